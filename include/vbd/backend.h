@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_BACKEND_H
+#define VBD_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "vbd/block.h"
+
+/*
+ * The block backend: the user's drive on top of a node. It owns the
+ * user-facing policy: permissions, cache mode, write-through flushing,
+ * sector sizes, and request accounting. Exports (vhost-user-blk, NBD) and
+ * tools (vbd-io) talk to a backend, never to a bare node.
+ */
+enum vbd_cache_mode {
+    VBD_CACHE_WRITEBACK,   /* page cache, flushes honoured */
+    VBD_CACHE_WRITETHROUGH,/* page cache, every write made durable (FUA or flush) */
+    VBD_CACHE_NONE,        /* O_DIRECT, writeback */
+    VBD_CACHE_DIRECTSYNC,  /* O_DIRECT + writethrough */
+    VBD_CACHE_UNSAFE,      /* page cache, flushes ignored */
+};
+/* "writeback","writethrough","none","directsync","unsafe" (and ACRN's
+ * "writethru"). Returns 0 or -EINVAL. */
+int vbd_cache_mode_parse(const char *s, enum vbd_cache_mode *mode);
+const char *vbd_cache_mode_name(enum vbd_cache_mode mode);
+/* Open flags the mode implies for the nodes (NOCACHE, NO_FLUSH) and whether
+ * the backend writes through. */
+unsigned vbd_cache_mode_open_flags(enum vbd_cache_mode mode);
+bool vbd_cache_mode_writethrough(enum vbd_cache_mode mode);
+
+enum vbd_stat_op { VBD_STAT_READ, VBD_STAT_WRITE, VBD_STAT_FLUSH, VBD_STAT_DISCARD, VBD_STAT_ZEROES, VBD_STAT_NR };
+#define VBD_LAT_BUCKETS 32 /* bucket i: latency in [2^i, 2^(i+1)) microseconds; 0 includes < 1 us */
+struct vbd_backend_stats {
+    uint64_t ops[VBD_STAT_NR];
+    uint64_t bytes[VBD_STAT_NR];
+    uint64_t errors[VBD_STAT_NR];
+    uint64_t total_ns[VBD_STAT_NR];
+    uint64_t lat_hist[VBD_STAT_NR][VBD_LAT_BUCKETS];
+};
+
+struct vbd_backend_opts {
+    bool read_only;
+    bool writethrough;          /* from the cache mode; can be toggled at run time (virtio CONFIG_WCE) */
+    uint32_t logical_block_size;  /* 512 or 4096 (0: 512) */
+    uint32_t physical_block_size; /* >= logical (0: logical) */
+    bool discard_unmap;         /* discard=unmap; else discards are ignored */
+    const char *name;           /* drive id, for messages and stats */
+    const char *serial;         /* virtio GET_ID; NULL: name */
+};
+
+struct vbd_backend;
+/* Takes a reference on root. */
+struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_backend_opts *opts, struct vbd_error **err);
+void vbd_backend_free(struct vbd_backend *be);
+struct vbd_node *vbd_backend_node(struct vbd_backend *be);
+uint64_t vbd_backend_size(struct vbd_backend *be);
+bool vbd_backend_read_only(struct vbd_backend *be);
+bool vbd_backend_writethrough(struct vbd_backend *be);
+void vbd_backend_set_writethrough(struct vbd_backend *be, bool wt);
+bool vbd_backend_discard_unmap(struct vbd_backend *be);
+uint32_t vbd_backend_logical_block_size(struct vbd_backend *be);
+uint32_t vbd_backend_physical_block_size(struct vbd_backend *be);
+const char *vbd_backend_name(struct vbd_backend *be);
+const char *vbd_backend_serial(struct vbd_backend *be);
+
+/* Coroutine context. Same return convention as vbd_node_co_*. Writes on a
+ * read-only backend fail with -EROFS; discard without discard_unmap
+ * succeeds without effect (as QEMU's discard=ignore). */
+int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags);
+int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags);
+int vbd_backend_co_flush(struct vbd_backend *be);
+int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes);
+int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t bytes, unsigned flags);
+
+void vbd_backend_get_stats(struct vbd_backend *be, struct vbd_backend_stats *out);
+/* Latency percentile (0..100) from the histogram, in microseconds (bucket upper bound). */
+uint64_t vbd_stats_percentile_us(const struct vbd_backend_stats *s, enum vbd_stat_op op, double pct);
+
+#endif

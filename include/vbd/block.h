@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_BLOCK_H
+#define VBD_BLOCK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "vbd/coroutine.h"
+#include "vbd/iov.h"
+
+struct json_object;
+struct vbd_error;
+
+/* ---------- request flags ---------- */
+#define VBD_REQ_FUA         0x1u /* write: data durable before completion */
+#define VBD_REQ_MAY_UNMAP   0x2u /* write_zeroes: may deallocate */
+#define VBD_REQ_NO_FALLBACK 0x4u /* write_zeroes: fail with -ENOTSUP rather than write zero buffers */
+
+/* ---------- open flags ---------- */
+#define VBD_OPEN_RDWR        0x0001u
+#define VBD_OPEN_NOCACHE     0x0002u /* O_DIRECT on file nodes (cache.direct=on) */
+#define VBD_OPEN_NO_FLUSH    0x0004u /* flushes are no-ops (cache.no-flush=on, cache=unsafe) */
+#define VBD_OPEN_NO_BACKING  0x0008u /* do not open the backing chain */
+#define VBD_OPEN_FORCE_SHARE 0x0010u /* -U: take no image locks, allow others to write */
+#define VBD_OPEN_UNMAP       0x0020u /* discard=unmap: pass discards down */
+#define VBD_OPEN_PROTOCOL    0x0040u /* open as protocol only: no format probing */
+#define VBD_OPEN_NO_IO       0x0080u /* metadata only (info): skip e.g. dirty-bit repair */
+#define VBD_OPEN_AIO_THREADS 0x0100u /* aio=threads for file nodes */
+#define VBD_OPEN_CHECK       0x0200u /* opened for check: allow a corrupt image */
+
+/* ---------- block status ---------- */
+#define VBD_BS_DATA         0x01u /* reads come from this node's file at *map */
+#define VBD_BS_ZERO         0x02u /* reads return zeroes */
+#define VBD_BS_OFFSET_VALID 0x04u /* *map and *file are meaningful */
+#define VBD_BS_ALLOCATED    0x08u /* defined by this layer (not by the backing) */
+#define VBD_BS_EOF          0x10u /* range reaches end of file */
+#define VBD_BS_COMPRESSED   0x20u
+
+enum vbd_prealloc { VBD_PREALLOC_OFF, VBD_PREALLOC_METADATA, VBD_PREALLOC_FALLOC, VBD_PREALLOC_FULL };
+extern const char *const vbd_prealloc_names[]; /* "off","metadata","falloc","full",NULL */
+
+/* Limits a driver declares; the generic layer enforces/emulates (pattern 2). */
+struct vbd_limits {
+    uint32_t request_alignment;  /* bytes; 1 = byte granularity. Power of two. */
+    uint32_t min_mem_alignment;  /* buffer alignment needed (O_DIRECT: 512/4096) */
+    uint64_t max_transfer;       /* 0 = unlimited; requests are split */
+    uint32_t opt_transfer;
+    uint32_t pdiscard_alignment;
+    uint64_t max_pdiscard;
+    uint64_t max_pwrite_zeroes;
+};
+
+struct vbd_node;
+struct vbd_tracked_req;
+
+struct vbd_image_info {
+    uint64_t virtual_size;
+    int64_t actual_size;     /* bytes allocated on the host, -1 unknown */
+    uint32_t cluster_size;   /* 0 if the format has none */
+    bool dirty_flag;
+    bool has_dirty_flag;
+    bool corrupt;
+    /* format-specific part, as QEMU's ImageInfoSpecific:
+     * {"type":"qcow2","data":{"compat":"1.1",...}}; owned by the caller. */
+    struct json_object *format_specific;
+};
+
+struct vbd_check_result {
+    int64_t corruptions, leaks, check_errors;
+    int64_t corruptions_fixed, leaks_fixed;
+    int64_t image_end_offset;
+    uint64_t total_clusters, allocated_clusters, fragmented_clusters, compressed_clusters;
+};
+#define VBD_CHECK_FIX_LEAKS  1u
+#define VBD_CHECK_FIX_ERRORS 2u
+
+struct vbd_snapshot_info {
+    char id[128];
+    char name[256];
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint32_t icount_valid;
+    uint64_t icount;
+};
+
+/* Create-time option descriptor (help text and validation for -o). */
+enum vbd_opt_type { VBD_OPT_STRING, VBD_OPT_BOOL, VBD_OPT_NUMBER, VBD_OPT_SIZE };
+struct vbd_opt_desc {
+    const char *name;
+    enum vbd_opt_type type;
+    const char *help;
+    const char *def_value; /* NULL = none */
+};
+
+enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
+#define VBD_DRV_CAP_MULTI_LOOP 0x1u /* requests may come from several loops (threads) at once */
+
+/*
+ * A driver: one file (qcow2: one folder), one `static const struct
+ * vbd_driver` table, one line in src/block/registry.c (pattern 1).
+ * Every co_ function runs in a coroutine. Bounds, alignment and read-only
+ * checks are done by the generic layer before a driver sees a request.
+ * NULL entries: the generic layer emulates (write_zeroes -> zero buffer
+ * writes, block_status -> "all data", flush -> no-op for nodes without
+ * children, pass to file for filters).
+ */
+struct vbd_driver {
+    uint32_t abi_size; /* sizeof(struct vbd_driver) when built: the table can grow */
+    const char *name;
+    enum vbd_driver_kind kind;
+    const char *const *protocols; /* URI/filename prefixes ("nbd", "nbd+unix"), NULL-terminated */
+    size_t state_size;            /* bytes of n->opaque, zeroed before open */
+    unsigned caps;
+
+    /* Format probing: a score 0..100 for the first 512+ bytes of a file. */
+    int (*probe)(const uint8_t *buf, size_t len, const char *filename);
+    /* "nbd://h/e" -> {"server":{...},"export":"e"} merged into opts. */
+    int (*parse_filename)(const char *filename, struct json_object *opts, struct vbd_error **err);
+
+    int (*open)(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err);
+    void (*close)(struct vbd_node *n);
+
+    int (*co_preadv)(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
+    int (*co_pwritev)(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
+    int (*co_flush)(struct vbd_node *n);
+    int (*co_pdiscard)(struct vbd_node *n, uint64_t off, uint64_t bytes);
+    int (*co_pwrite_zeroes)(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
+    /* Status of [off, off+bytes): flags VBD_BS_*, *pnum = bytes with the same
+     * status (>0, <= bytes). With OFFSET_VALID, *map is the offset in *file. */
+    int (*co_block_status)(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes,
+                           uint64_t *pnum, uint64_t *map, struct vbd_node **file);
+    int (*co_truncate)(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
+    int64_t (*get_allocated_size)(struct vbd_node *n);
+    int (*get_info)(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err);
+
+    /* Image creation: opts holds "size" and the -o options (values as
+     * strings or numbers); the driver creates the protocol file itself via
+     * vbd_create_protocol(). */
+    const struct vbd_opt_desc *create_opts; /* {NULL} terminated */
+    int (*co_create)(const char *filename, struct json_object *opts, struct vbd_error **err);
+    /* Space needed to convert `in` (may be NULL: only size) to this format with opts. */
+    int (*measure)(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated, struct vbd_error **err);
+
+    /* Format extras. */
+    int (*co_check)(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);
+    int (*co_amend)(struct vbd_node *n, struct json_object *opts, bool force, struct vbd_error **err);
+    int (*snapshot_create)(struct vbd_node *n, struct vbd_snapshot_info *sn, struct vbd_error **err);
+    int (*snapshot_goto)(struct vbd_node *n, const char *id_or_name, struct vbd_error **err);
+    int (*snapshot_delete)(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err);
+    int (*snapshot_list)(struct vbd_node *n, struct vbd_snapshot_info **out); /* returns count, *out malloc'd */
+    /* Change the recorded backing file (rebase -u, commit -d ...). */
+    int (*change_backing_file)(struct vbd_node *n, const char *backing_file, const char *backing_fmt, struct vbd_error **err);
+};
+
+/* A node: one driver instance in a graph. Created only through vbd_open*(). */
+struct vbd_node {
+    const struct vbd_driver *drv;
+    void *opaque;                /* driver state (drv->state_size bytes) */
+    char node_name[64];          /* user-given or auto "#nodeN" */
+    char filename[4096];         /* what info prints: path, URI or json:{...} */
+    struct vbd_node *file;       /* protocol/format child ("file") */
+    struct vbd_node *backing;    /* backing child, or NULL */
+    char backing_file[4096];     /* as recorded in the image ("" = none) */
+    char backing_format[32];
+    char full_backing_filename[4096];
+    uint64_t size;               /* virtual size in bytes; drivers keep it current */
+    unsigned open_flags;         /* VBD_OPEN_* as opened */
+    bool read_only;
+    struct vbd_limits bl;
+    unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */
+    unsigned supported_zero_flags;  /* VBD_REQ_MAY_UNMAP / FUA / NO_FALLBACK */
+    int refcnt;
+    /* generic-layer private */
+    struct vbd_tracked_req *tracked;
+    struct vbd_co_queue tracked_waiters;
+    struct vbd_node *next_named;
+    struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
+};
+
+/* ---------- registry ---------- */
+const struct vbd_driver *vbd_driver_find(const char *name);
+/* All drivers, NULL-terminated (for --help and probing). */
+const struct vbd_driver *const *vbd_driver_list(void);
+
+/* ---------- graph ---------- */
+/*
+ * Open a node as QEMU's bdrv_open does: opts may be NULL or hold "driver",
+ * "node-name", "file" (object, node-name reference or filename), "backing"
+ * (object, node-name, or JSON null to disable), "read-only", "cache.direct",
+ * "cache.no-flush", "discard", "aio", "force-share", plus driver options.
+ * filename may be NULL, a path, a protocol URI (nbd://...) or "json:{...}".
+ * Without "driver", the format is probed (raw as the fallback, with the
+ * same warning qemu-img gives for raw writes of probed images).
+ * Ownership of opts is taken (json_object_put'ed).
+ */
+struct vbd_node *vbd_open(const char *filename, struct json_object *opts, unsigned flags, struct vbd_error **err);
+/* For drivers: open child `key` ("file" or "backing") from parent opts.
+ * If absent, and filename != NULL, opens that as protocol (for "file").
+ * Returns NULL with *err set on failure. */
+struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opts, const char *key,
+                                const char *filename, unsigned flags, struct vbd_error **err);
+/* Open the backing chain of a format node from n->backing_file /
+ * n->backing_format (relative paths resolved against the directory of the
+ * overlay's file), unless opts["backing"] overrides it. Formats call this
+ * at the end of open. */
+int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err);
+void vbd_node_ref(struct vbd_node *n);
+void vbd_node_unref(struct vbd_node *n); /* closes at 0 (children unref'd) */
+struct vbd_node *vbd_node_find(const char *node_name);
+/* Iterate named nodes: pass NULL first. */
+struct vbd_node *vbd_node_next(struct vbd_node *prev);
+/* Format name of the top node ("raw", "qcow2", "file", ...). */
+static inline const char *vbd_node_format(const struct vbd_node *n) { return n->drv->name; }
+/* First node below n that is not a filter (for info on filtered chains). */
+struct vbd_node *vbd_node_skip_filters(struct vbd_node *n);
+
+/* ---------- I/O (coroutine context only; bounds/alignment checked here) ----------
+ * Return 0 on success (whole range done) or -errno. Offsets past the end are
+ * -EINVAL; writes to a read-only node are -EACCES. Unaligned requests on a
+ * node with request_alignment > 1 do read-modify-write, serialized against
+ * overlapping requests; requests above max_transfer are split. */
+int vbd_node_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
+int vbd_node_co_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
+int vbd_node_co_pread(struct vbd_node *n, uint64_t off, void *buf, uint64_t bytes);
+int vbd_node_co_pwrite(struct vbd_node *n, uint64_t off, const void *buf, uint64_t bytes, unsigned flags);
+int vbd_node_co_flush(struct vbd_node *n);  /* flushes the node and, below it, its children */
+int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes);
+int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
+int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes,
+                             uint64_t *pnum, uint64_t *map, struct vbd_node **file);
+/* Status through the backing chain from top down to (not including) base
+ * (NULL = whole chain). *depth: 1 = top, 2 = its backing, ...; 0 = nowhere (reads zero). */
+int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, bool want_zero, uint64_t off,
+                                   uint64_t bytes, uint64_t *pnum, uint64_t *map, struct vbd_node **file, int *depth);
+int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
+int64_t vbd_node_get_allocated_size(struct vbd_node *n);
+int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err);
+
+/* ---------- creation ---------- */
+/* Create an image of format fmt ("raw","qcow2",...). opts: "size" and -o options. */
+int vbd_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err);
+/* For format drivers: create the protocol-level file (truncate/preallocate). */
+int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err);
+
+#endif

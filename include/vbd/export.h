@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_EXPORT_H
+#define VBD_EXPORT_H
+
+#include <stdbool.h>
+
+struct json_object;
+struct vbd_error;
+struct vbd_loop;
+
+/*
+ * An export serves a node to the outside (vhost-user-blk, nbd, fuse). The
+ * daemon parses `--export type=T,id=...,node-name=...,...` into JSON and
+ * calls the type's create() from the main thread (its loop is running or
+ * about to run). One table per export type, registered in
+ * src/daemon/exports.c.
+ */
+struct vbd_export;
+struct vbd_export_type {
+    const char *type; /* "vhost-user-blk", "nbd" */
+    /* opts: all keys of --export except "type" (id, node-name, writable, ...).
+     * Takes the keys it knows; leftovers are reported by the caller. */
+    struct vbd_export *(*create)(struct json_object *opts, struct vbd_error **err);
+    /* Stop accepting, finish in-flight requests, flush, remove sockets.
+     * Called from the main thread's coroutine; returns when done. */
+    void (*shutdown)(struct vbd_export *exp);
+    void (*free)(struct vbd_export *exp);
+    /* For query-block-exports / stats (may be NULL). */
+    struct json_object *(*query)(struct vbd_export *exp);
+};
+
+/* Export types, NULL-terminated (src/daemon/exports.c). */
+const struct vbd_export_type *const *vbd_export_types(void);
+
+/* iothreads: `--object iothread,id=X` creates a thread with its own loop.
+ * Exports look them up by id; NULL id returns the main loop. */
+struct vbd_loop *vbd_iothread_loop(const char *id);
+/* Create an anonymous iothread (e.g. one per vhost-user queue). */
+struct vbd_loop *vbd_iothread_new_anonymous(const char *name, struct vbd_error **err);
+
+#endif

@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_LOOP_H
+#define VBD_LOOP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/socket.h>
+
+struct vbd_error;
+
+/*
+ * One event loop per thread. The io_uring backend drives file I/O, polls,
+ * timers and wake-ups through one ring; submissions are batched and flushed
+ * once per loop iteration (io_uring_submit_and_wait). When io_uring cannot
+ * be had (ENOSYS, EPERM, kernel.io_uring_disabled) the loop falls back to
+ * epoll + a thread pool, with the same API.
+ *
+ * File I/O method is per call site: aio=io_uring (the ring) or aio=threads
+ * (the thread pool), as in QEMU. With the epoll backend only "threads" is
+ * possible; VBD_AIO_IO_URING then degrades to threads silently and
+ * vbd_loop_has_io_uring() says so.
+ */
+enum vbd_aio { VBD_AIO_IO_URING = 0, VBD_AIO_THREADS = 1 };
+
+struct vbd_loop;
+
+/* Create the calling thread's loop (at most one per thread). queue_depth
+ * sizes the ring (0: default 256). Returns NULL with *err on failure.
+ * VBD_LOOP_FORCE_EPOLL (env VBD_NO_IO_URING=1 does the same) is for tests. */
+#define VBD_LOOP_FORCE_EPOLL 1u
+struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_error **err);
+void vbd_loop_free(struct vbd_loop *loop);
+/* The calling thread's loop; created on first use with defaults (aborts
+ * with a message if even the epoll fallback fails). */
+struct vbd_loop *vbd_loop_current(void);
+bool vbd_loop_has_io_uring(const struct vbd_loop *loop);
+
+/* One iteration: submit pending SQEs, wait for at least one event or until
+ * timeout_ns (-1 = forever, 0 = poll), run completions, scheduled
+ * coroutines and bottom halves. Returns number of events processed. */
+int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns);
+/* Run until *stop becomes true (checked after every iteration). */
+void vbd_loop_run(struct vbd_loop *loop, volatile bool *stop);
+/* Wake a loop blocked in run_once, from any thread or a signal handler. */
+void vbd_loop_kick(struct vbd_loop *loop);
+
+/* Bottom halves: run fn(arg) in loop's thread on its next iteration.
+ * Thread-safe (may be called from any thread); allocation-free when
+ * called with a caller-owned struct vbd_bh. */
+struct vbd_bh {
+    void (*fn)(void *arg);
+    void *arg;
+    struct vbd_bh *next; /* private */
+};
+void vbd_loop_schedule_bh(struct vbd_loop *loop, struct vbd_bh *bh);
+
+/* Monotonic clock in ns. */
+uint64_t vbd_clock_ns(void);
+
+/* Timers (loop thread only): callback fires once at deadline. */
+struct vbd_timer {
+    uint64_t deadline_ns;
+    void (*fn)(void *arg);
+    void *arg;
+    struct vbd_timer *next; /* private */
+    bool armed;             /* private */
+};
+void vbd_timer_arm(struct vbd_timer *t, uint64_t deadline_ns);
+void vbd_timer_cancel(struct vbd_timer *t);
+
+/*
+ * Coroutine I/O: submit on the current thread's loop and yield until the
+ * completion. Must be called from a coroutine. Return value as the syscall
+ * would have it but negative errno instead of -1/errno (short transfers are
+ * returned as-is; callers loop when they need all bytes).
+ */
+ssize_t vbd_co_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, enum vbd_aio aio);
+ssize_t vbd_co_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio);
+/* Full transfers: loop on short reads/writes; a read that hits EOF zero-fills
+ * the rest and succeeds (files may be shorter than the image's size). */
+int vbd_co_preadv_full(int fd, const struct iovec *iov, int iovcnt, off_t off, enum vbd_aio aio);
+int vbd_co_pwritev_full(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio);
+int vbd_co_fsync(int fd, bool datasync, enum vbd_aio aio);
+int vbd_co_fallocate(int fd, int mode, off_t off, off_t len);
+/* Wait until fd is ready for events (POLLIN/POLLOUT); returns revents or -errno. */
+int vbd_co_poll(int fd, short events);
+/* Sockets: non-blocking fds; these try the syscall first, then poll. They
+ * return once *some* progress is made (like the syscalls) except the _full
+ * variants, which return 0 only after all bytes, -errno otherwise
+ * (-ECONNRESET / -EPIPE when the peer closes mid-way, 0-byte read = -ECONNRESET). */
+ssize_t vbd_co_recv(int fd, void *buf, size_t len);
+ssize_t vbd_co_send(int fd, const void *buf, size_t len);
+int vbd_co_recv_full(int fd, void *buf, size_t len);
+int vbd_co_send_full(int fd, const void *buf, size_t len);
+int vbd_co_sendv_full(int fd, struct iovec *iov, int iovcnt); /* iov is modified */
+ssize_t vbd_co_recvmsg(int fd, struct msghdr *msg, int flags);
+ssize_t vbd_co_sendmsg(int fd, const struct msghdr *msg, int flags);
+int vbd_co_accept(int listen_fd, struct sockaddr *addr, socklen_t *len); /* returns fd, non-blocking, CLOEXEC */
+int vbd_co_connect(int fd, const struct sockaddr *addr, socklen_t len);
+void vbd_co_sleep_ns(uint64_t ns);
+/* Wait for an eventfd to be signalled (reads and returns the counter). */
+int64_t vbd_co_eventfd_wait(int efd);
+
+/* Run fn(arg) on the thread pool, yield until it returns its value. For
+ * syscalls io_uring cannot do (ioctl, fstat on slow fs, open, ...). */
+long vbd_co_run_in_thread(long (*fn)(void *arg), void *arg);
+
+/* Non-coroutine fd watching for servers (listening sockets, vhost kick fds):
+ * calls cb(arg, revents) from the loop each time fd becomes ready (level
+ * triggered, re-armed automatically) until removed. */
+struct vbd_fd_watch;
+struct vbd_fd_watch *vbd_loop_watch_fd(struct vbd_loop *loop, int fd, short events,
+                                       void (*cb)(void *arg, short revents), void *arg);
+void vbd_loop_unwatch_fd(struct vbd_fd_watch *w);
+
+#endif
