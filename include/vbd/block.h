@@ -180,6 +180,10 @@ struct vbd_node {
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
 };
 
+/* A driver file ends with VBD_DRIVER_REGISTER(qcow2, qcow2_driver); and
+ * src/block/registry.c lists `vbd_driver_qcow2` once: grep finds every driver. */
+#define VBD_DRIVER_REGISTER(name, table) const struct vbd_driver *const vbd_driver_##name = &(table)
+
 /* ---------- registry ---------- */
 const struct vbd_driver *vbd_driver_find(const char *name);
 /* All drivers, NULL-terminated (for --help and probing). */
