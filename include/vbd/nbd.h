@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_NBD_H
+#define VBD_NBD_H
+
+struct json_object;
+struct vbd_error;
+
+/*
+ * The daemon's NBD server (one per process, like qemu-storage-daemon's
+ * --nbd-server): opts are the keys of `--nbd-server` / QMP nbd-server-start:
+ * addr.type=unix|inet, addr.path, addr.host, addr.port, tls-creds,
+ * tls-authz, max-connections. Runs on the main loop (called from its
+ * coroutine or before the loop runs). NBD exports are created through the
+ * export type table (type=nbd) and need a running server.
+ */
+int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err);
+/* Stop listening, finish in-flight replies, close connections. */
+void vbd_nbd_server_stop(void);
+
+#endif
