@@ -1,0 +1,866 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Per-thread event loop. io_uring backend: every wait (file I/O, polls,
+ * the wake-up eventfd) is an SQE, submitted in one batch per iteration.
+ * Fallback (no io_uring, or VBD_NO_IO_URING=1): epoll for fds and the
+ * thread pool for file I/O, behind the same API.
+ * Completions never run request code directly: they put the waiting
+ * coroutine on the ready list, drained after all completions are reaped.
+ */
+#include "engine-internal.h"
+#include "vbd/error.h"
+#include "vbd/iov.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+struct loop_op {
+    void (*complete)(struct loop_op *op, int res);
+};
+
+struct fdreg {
+    struct loop_op *in_waiter, *out_waiter;
+    struct vbd_fd_watch *watch;
+    uint32_t registered; /* epoll events currently registered, 0 = none */
+};
+
+struct vbd_loop {
+    bool uring;
+    struct io_uring ring;
+    int epfd;
+    int efd;
+    uint64_t efd_buf;
+    struct loop_op efd_op;
+    pthread_mutex_t bh_lock;
+    struct vbd_bh *bh_head, *bh_tail;
+    atomic_bool bh_pending;
+    struct vbd_timer *timers; /* sorted by deadline */
+    struct fdreg *fds;
+    int nfds;
+};
+
+struct vbd_fd_watch {
+    struct loop_op op;
+    struct vbd_loop *loop;
+    int fd;
+    short events;
+    void (*cb)(void *arg, short revents);
+    void *arg;
+    bool armed, removed;
+};
+
+static __thread struct vbd_loop *tls_loop;
+
+uint64_t vbd_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static struct io_uring_sqe *loop_sqe(struct vbd_loop *loop)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&loop->ring);
+    while (!sqe) {
+        /* SQ full: flush what we have; never fail a request for it. */
+        io_uring_submit(&loop->ring);
+        sqe = io_uring_get_sqe(&loop->ring);
+    }
+    return sqe;
+}
+
+static void efd_complete(struct loop_op *op, int res)
+{
+    struct vbd_loop *loop = (struct vbd_loop *)((char *)op - offsetof(struct vbd_loop, efd_op));
+    (void)res;
+    struct io_uring_sqe *sqe = loop_sqe(loop);
+    io_uring_prep_read(sqe, loop->efd, &loop->efd_buf, sizeof(loop->efd_buf), 0);
+    io_uring_sqe_set_data(sqe, &loop->efd_op);
+}
+
+/* ---- epoll registrations ---- */
+
+static struct fdreg *fdreg_get(struct vbd_loop *loop, int fd)
+{
+    if (fd >= loop->nfds) {
+        int n = loop->nfds ? loop->nfds : 64;
+        while (n <= fd)
+            n *= 2;
+        struct fdreg *f = realloc(loop->fds, n * sizeof(*f));
+        if (!f)
+            abort();
+        memset(f + loop->nfds, 0, (n - loop->nfds) * sizeof(*f));
+        loop->fds = f;
+        loop->nfds = n;
+    }
+    return &loop->fds[fd];
+}
+
+static int fdreg_update(struct vbd_loop *loop, int fd)
+{
+    struct fdreg *r = fdreg_get(loop, fd);
+    uint32_t ev = 0;
+    if (r->in_waiter || (r->watch && (r->watch->events & POLLIN)))
+        ev |= EPOLLIN;
+    if (r->out_waiter || (r->watch && (r->watch->events & POLLOUT)))
+        ev |= EPOLLOUT;
+    if (ev == r->registered)
+        return 0;
+    struct epoll_event e = {.events = ev, .data.fd = fd};
+    int rc;
+    if (!ev) {
+        rc = epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+        if (rc < 0 && (errno == ENOENT || errno == EBADF))
+            rc = 0;
+    } else {
+        rc = epoll_ctl(loop->epfd, r->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &e);
+        /* The fd may have been closed and reused since: retry the other way. */
+        if (rc < 0 && errno == ENOENT)
+            rc = epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &e);
+        else if (rc < 0 && errno == EEXIST)
+            rc = epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &e);
+    }
+    if (rc < 0)
+        return -errno;
+    r->registered = ev;
+    return 0;
+}
+
+/* ---- creation ---- */
+
+struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_error **err)
+{
+    struct vbd_loop *loop = calloc(1, sizeof(*loop));
+    if (!loop) {
+        vbd_error_setf(err, ENOMEM, "cannot allocate an event loop");
+        return NULL;
+    }
+    pthread_mutex_init(&loop->bh_lock, NULL);
+    loop->epfd = -1;
+    loop->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (loop->efd < 0) {
+        vbd_error_setf(err, errno, "cannot create an eventfd: %s", strerror(errno));
+        free(loop);
+        return NULL;
+    }
+    const char *env = getenv("VBD_NO_IO_URING");
+    bool want_uring = !(flags & VBD_LOOP_FORCE_EPOLL) && !(env && *env && strcmp(env, "0") != 0);
+    if (want_uring) {
+        int rc = io_uring_queue_init(queue_depth ? queue_depth : 256, &loop->ring, 0);
+        if (rc == 0) {
+            loop->uring = true;
+            loop->efd_op.complete = efd_complete;
+            efd_complete(&loop->efd_op, 0);
+        } else {
+            vbd_debug("io_uring unavailable (%s): using epoll and worker threads", strerror(-rc));
+        }
+    }
+    if (!loop->uring) {
+        loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (loop->epfd < 0) {
+            vbd_error_setf(err, errno, "cannot create an epoll instance: %s", strerror(errno));
+            close(loop->efd);
+            free(loop);
+            return NULL;
+        }
+        struct epoll_event e = {.events = EPOLLIN, .data.fd = -1};
+        epoll_ctl(loop->epfd, EPOLL_CTL_ADD, loop->efd, &e);
+    }
+    if (!tls_loop)
+        tls_loop = loop;
+    return loop;
+}
+
+void vbd_loop_free(struct vbd_loop *loop)
+{
+    if (!loop)
+        return;
+    if (loop->uring)
+        io_uring_queue_exit(&loop->ring);
+    if (loop->epfd >= 0)
+        close(loop->epfd);
+    close(loop->efd);
+    free(loop->fds);
+    pthread_mutex_destroy(&loop->bh_lock);
+    if (tls_loop == loop)
+        tls_loop = NULL;
+    free(loop);
+}
+
+struct vbd_loop *vbd_loop_current_or_null(void)
+{
+    return tls_loop;
+}
+
+struct vbd_loop *vbd_loop_current(void)
+{
+    if (!tls_loop) {
+        struct vbd_error *err = NULL;
+        if (!vbd_loop_new(0, 0, &err)) {
+            fprintf(stderr, "vbd: cannot create an event loop: %s\n", err->msg);
+            abort();
+        }
+    }
+    return tls_loop;
+}
+
+bool vbd_loop_has_io_uring(const struct vbd_loop *loop)
+{
+    return loop->uring;
+}
+
+void vbd_loop_kick(struct vbd_loop *loop)
+{
+    uint64_t one = 1;
+    ssize_t r = write(loop->efd, &one, sizeof(one));
+    (void)r; /* EAGAIN: the counter is already non-zero, a wake-up is pending */
+}
+
+void vbd_loop_schedule_bh(struct vbd_loop *loop, struct vbd_bh *bh)
+{
+    bh->next = NULL;
+    pthread_mutex_lock(&loop->bh_lock);
+    if (loop->bh_tail)
+        loop->bh_tail->next = bh;
+    else
+        loop->bh_head = bh;
+    loop->bh_tail = bh;
+    atomic_store_explicit(&loop->bh_pending, true, memory_order_release);
+    pthread_mutex_unlock(&loop->bh_lock);
+    if (loop != tls_loop)
+        vbd_loop_kick(loop);
+}
+
+static int run_bhs(struct vbd_loop *loop)
+{
+    if (!atomic_load_explicit(&loop->bh_pending, memory_order_acquire))
+        return 0;
+    pthread_mutex_lock(&loop->bh_lock);
+    struct vbd_bh *list = loop->bh_head;
+    loop->bh_head = loop->bh_tail = NULL;
+    atomic_store_explicit(&loop->bh_pending, false, memory_order_relaxed);
+    pthread_mutex_unlock(&loop->bh_lock);
+    int n = 0;
+    while (list) {
+        struct vbd_bh *bh = list;
+        list = bh->next;
+        bh->fn(bh->arg);
+        n++;
+    }
+    return n;
+}
+
+/* ---- timers ---- */
+
+void vbd_timer_arm(struct vbd_timer *t, uint64_t deadline_ns)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    if (t->armed)
+        vbd_timer_cancel(t);
+    t->deadline_ns = deadline_ns;
+    struct vbd_timer **pp = &loop->timers;
+    while (*pp && (*pp)->deadline_ns <= deadline_ns)
+        pp = &(*pp)->next;
+    t->next = *pp;
+    *pp = t;
+    t->armed = true;
+}
+
+void vbd_timer_cancel(struct vbd_timer *t)
+{
+    if (!t->armed)
+        return;
+    struct vbd_loop *loop = vbd_loop_current();
+    for (struct vbd_timer **pp = &loop->timers; *pp; pp = &(*pp)->next) {
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    }
+    t->armed = false;
+}
+
+static int run_timers(struct vbd_loop *loop)
+{
+    int n = 0;
+    if (!loop->timers)
+        return 0;
+    uint64_t now = vbd_clock_ns();
+    while (loop->timers && loop->timers->deadline_ns <= now) {
+        struct vbd_timer *t = loop->timers;
+        loop->timers = t->next;
+        t->armed = false;
+        t->fn(t->arg);
+        n++;
+    }
+    return n;
+}
+
+/* ---- the iteration ---- */
+
+static int reap_uring(struct vbd_loop *loop)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&loop->ring, head, cqe)
+    {
+        struct loop_op *op = io_uring_cqe_get_data(cqe);
+        int res = cqe->res;
+        /* Advance first: complete() may queue SQEs and submit. */
+        io_uring_cqe_seen(&loop->ring, cqe);
+        if (op)
+            op->complete(op, res);
+        n++;
+    }
+    return n;
+}
+
+static int dispatch_epoll(struct vbd_loop *loop, struct epoll_event *ev, int nev)
+{
+    for (int i = 0; i < nev; i++) {
+        int fd = ev[i].data.fd;
+        if (fd < 0) {
+            uint64_t v;
+            while (read(loop->efd, &v, sizeof(v)) > 0)
+                ;
+            continue;
+        }
+        if (fd >= loop->nfds)
+            continue;
+        struct fdreg *r = &loop->fds[fd];
+        uint32_t e = ev[i].events;
+        short revents = ((e & EPOLLIN) ? POLLIN : 0) | ((e & EPOLLOUT) ? POLLOUT : 0) |
+                        ((e & EPOLLERR) ? POLLERR : 0) | ((e & EPOLLHUP) ? POLLHUP : 0);
+        if (r->in_waiter && (e & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
+            struct loop_op *op = r->in_waiter;
+            r->in_waiter = NULL;
+            op->complete(op, revents);
+        }
+        if (r->out_waiter && (e & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+            struct loop_op *op = r->out_waiter;
+            r->out_waiter = NULL;
+            op->complete(op, revents);
+        }
+        if (r->watch)
+            r->watch->cb(r->watch->arg, revents);
+        fdreg_update(loop, fd);
+    }
+    return nev;
+}
+
+int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
+{
+    int n = 0;
+    if (vbd_loop_has_ready(loop) || atomic_load_explicit(&loop->bh_pending, memory_order_acquire))
+        timeout_ns = 0;
+    if (loop->timers) {
+        uint64_t now = vbd_clock_ns();
+        int64_t until = loop->timers->deadline_ns > now ? (int64_t)(loop->timers->deadline_ns - now) : 0;
+        if (timeout_ns < 0 || until < timeout_ns)
+            timeout_ns = until;
+    }
+    if (loop->uring) {
+        struct io_uring_cqe *cqe = NULL;
+        if (timeout_ns == 0) {
+            io_uring_submit(&loop->ring);
+        } else if (timeout_ns < 0) {
+            io_uring_submit_and_wait(&loop->ring, 1);
+        } else {
+            struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+            io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, &ts, NULL);
+        }
+        n += reap_uring(loop);
+    } else {
+        struct epoll_event ev[64];
+        int ms = timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000);
+        int nev = epoll_wait(loop->epfd, ev, 64, ms);
+        if (nev > 0)
+            n += dispatch_epoll(loop, ev, nev);
+    }
+    n += run_bhs(loop);
+    n += run_timers(loop);
+    while (vbd_loop_has_ready(loop)) {
+        vbd_co_run_ready(loop);
+        n++;
+        /* Submit what the coroutines queued before running newly ready ones,
+         * but without blocking. */
+        break;
+    }
+    return n;
+}
+
+void vbd_loop_run(struct vbd_loop *loop, volatile bool *stop)
+{
+    while (!*stop)
+        vbd_loop_run_once(loop, -1);
+}
+
+/* ---- coroutine I/O ---- */
+
+struct co_op {
+    struct loop_op base;
+    struct vbd_co *co;
+    int res;
+};
+
+static void co_op_complete(struct loop_op *op, int res)
+{
+    struct co_op *c = (struct co_op *)op;
+    c->res = res;
+    vbd_co_wake(c->co);
+}
+
+static int uring_wait(struct vbd_loop *loop, struct io_uring_sqe *sqe)
+{
+    struct co_op op = {.base.complete = co_op_complete, .co = vbd_co_self()};
+    (void)loop;
+    assert(op.co && "I/O outside a coroutine");
+    io_uring_sqe_set_data(sqe, &op);
+    vbd_co_yield();
+    return op.res;
+}
+
+struct file_job {
+    int kind; /* 0 read, 1 write, 2 fsync, 3 fdatasync, 4 fallocate */
+    int fd;
+    const struct iovec *iov;
+    int iovcnt;
+    off_t off, len;
+    int flags;
+};
+
+static long file_job_run(void *opaque)
+{
+    struct file_job *j = opaque;
+    long r;
+    switch (j->kind) {
+    case 0:
+        r = preadv(j->fd, j->iov, j->iovcnt, j->off);
+        break;
+    case 1:
+        r = j->flags ? pwritev2(j->fd, j->iov, j->iovcnt, j->off, j->flags) : pwritev(j->fd, j->iov, j->iovcnt, j->off);
+        break;
+    case 2:
+        r = fsync(j->fd);
+        break;
+    case 3:
+        r = fdatasync(j->fd);
+        break;
+    default:
+        r = fallocate(j->fd, j->flags, j->off, j->len);
+        break;
+    }
+    return r < 0 ? -errno : r;
+}
+
+static bool use_uring(struct vbd_loop *loop, enum vbd_aio aio)
+{
+    return loop->uring && aio == VBD_AIO_IO_URING;
+}
+
+ssize_t vbd_co_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, enum vbd_aio aio)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    if (use_uring(loop, aio)) {
+        struct io_uring_sqe *sqe = loop_sqe(loop);
+        io_uring_prep_readv(sqe, fd, iov, iovcnt, off);
+        return uring_wait(loop, sqe);
+    }
+    struct file_job j = {.kind = 0, .fd = fd, .iov = iov, .iovcnt = iovcnt, .off = off};
+    return vbd_co_run_in_thread(file_job_run, &j);
+}
+
+ssize_t vbd_co_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    if (use_uring(loop, aio)) {
+        struct io_uring_sqe *sqe = loop_sqe(loop);
+        io_uring_prep_writev(sqe, fd, iov, iovcnt, off);
+        sqe->rw_flags = rwf_flags;
+        return uring_wait(loop, sqe);
+    }
+    struct file_job j = {.kind = 1, .fd = fd, .iov = iov, .iovcnt = iovcnt, .off = off, .flags = rwf_flags};
+    return vbd_co_run_in_thread(file_job_run, &j);
+}
+
+#define FULL_IOV_MAX 1024
+
+static int rw_full(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio, bool write)
+{
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    ssize_t r = write ? vbd_co_pwritev(fd, iov, iovcnt, off, rwf_flags, aio) : vbd_co_preadv(fd, iov, iovcnt, off, aio);
+    if (r < 0 && r != -EINTR && r != -EAGAIN)
+        return (int)r;
+    if (r >= 0 && (size_t)r == total)
+        return 0;
+    /* Short transfer (rare): continue on a private copy of the vector. */
+    if (iovcnt > FULL_IOV_MAX)
+        return -EINVAL;
+    struct iovec *rest = malloc(sizeof(*rest) * iovcnt);
+    if (!rest)
+        return -ENOMEM;
+    size_t done = r > 0 ? (size_t)r : 0;
+    while (done < total) {
+        int n = vbd_iov_slice(rest, iovcnt, iov, iovcnt, done, total - done);
+        r = write ? vbd_co_pwritev(fd, rest, n, off + done, rwf_flags, aio) : vbd_co_preadv(fd, rest, n, off + done, aio);
+        if (r == -EINTR || r == -EAGAIN)
+            continue;
+        if (r < 0) {
+            free(rest);
+            return (int)r;
+        }
+        if (r == 0) {
+            if (write) {
+                free(rest);
+                return -EIO;
+            }
+            vbd_iov_memset(iov, iovcnt, done, 0, total - done); /* past EOF reads as zeroes */
+            break;
+        }
+        done += r;
+    }
+    free(rest);
+    return 0;
+}
+
+int vbd_co_preadv_full(int fd, const struct iovec *iov, int iovcnt, off_t off, enum vbd_aio aio)
+{
+    return rw_full(fd, iov, iovcnt, off, 0, aio, false);
+}
+
+int vbd_co_pwritev_full(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio)
+{
+    return rw_full(fd, iov, iovcnt, off, rwf_flags, aio, true);
+}
+
+int vbd_co_fsync(int fd, bool datasync, enum vbd_aio aio)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    if (use_uring(loop, aio)) {
+        struct io_uring_sqe *sqe = loop_sqe(loop);
+        io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+        return uring_wait(loop, sqe);
+    }
+    struct file_job j = {.kind = datasync ? 3 : 2, .fd = fd};
+    return (int)vbd_co_run_in_thread(file_job_run, &j);
+}
+
+int vbd_co_fallocate(int fd, int mode, off_t off, off_t len)
+{
+    /* In the pool, not the ring: io_uring runs fallocate in its own
+     * worker anyway, and the pool path works on every backend. */
+    struct file_job j = {.kind = 4, .fd = fd, .off = off, .len = len, .flags = mode};
+    return (int)vbd_co_run_in_thread(file_job_run, &j);
+}
+
+struct epoll_wait_op {
+    struct loop_op base;
+    struct vbd_co *co;
+    int res;
+};
+
+int vbd_co_poll(int fd, short events)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    if (loop->uring) {
+        struct io_uring_sqe *sqe = loop_sqe(loop);
+        io_uring_prep_poll_add(sqe, fd, events);
+        return uring_wait(loop, sqe);
+    }
+    struct co_op op = {.base.complete = co_op_complete, .co = vbd_co_self()};
+    struct fdreg *r = fdreg_get(loop, fd);
+    if (events & POLLIN) {
+        if (r->in_waiter)
+            return -EBUSY;
+        r->in_waiter = &op.base;
+    } else {
+        if (r->out_waiter)
+            return -EBUSY;
+        r->out_waiter = &op.base;
+    }
+    int rc = fdreg_update(loop, fd);
+    if (rc < 0) {
+        if (events & POLLIN)
+            r->in_waiter = NULL;
+        else
+            r->out_waiter = NULL;
+        return rc;
+    }
+    vbd_co_yield();
+    return op.res;
+}
+
+ssize_t vbd_co_recv(int fd, void *buf, size_t len)
+{
+    for (;;) {
+        ssize_t r = recv(fd, buf, len, MSG_DONTWAIT);
+        if (r < 0 && errno == ENOTSOCK)
+            r = read(fd, buf, len);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        int p = vbd_co_poll(fd, POLLIN);
+        if (p < 0)
+            return p;
+    }
+}
+
+ssize_t vbd_co_send(int fd, const void *buf, size_t len)
+{
+    for (;;) {
+        ssize_t r = send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r < 0 && errno == ENOTSOCK)
+            r = write(fd, buf, len);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        int p = vbd_co_poll(fd, POLLOUT);
+        if (p < 0)
+            return p;
+    }
+}
+
+int vbd_co_recv_full(int fd, void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t r = vbd_co_recv(fd, (char *)buf + done, len - done);
+        if (r < 0)
+            return (int)r;
+        if (r == 0)
+            return -ECONNRESET;
+        done += r;
+    }
+    return 0;
+}
+
+int vbd_co_send_full(int fd, const void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t r = vbd_co_send(fd, (const char *)buf + done, len - done);
+        if (r < 0)
+            return (int)r;
+        done += r;
+    }
+    return 0;
+}
+
+ssize_t vbd_co_recvmsg(int fd, struct msghdr *msg, int flags)
+{
+    for (;;) {
+        ssize_t r = recvmsg(fd, msg, flags | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        int p = vbd_co_poll(fd, POLLIN);
+        if (p < 0)
+            return p;
+    }
+}
+
+ssize_t vbd_co_sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    for (;;) {
+        ssize_t r = sendmsg(fd, msg, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        int p = vbd_co_poll(fd, POLLOUT);
+        if (p < 0)
+            return p;
+    }
+}
+
+int vbd_co_sendv_full(int fd, struct iovec *iov, int iovcnt)
+{
+    while (iovcnt > 0) {
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = iovcnt};
+        ssize_t r = vbd_co_sendmsg(fd, &msg, 0);
+        if (r < 0)
+            return (int)r;
+        while (iovcnt > 0 && (size_t)r >= iov->iov_len) {
+            r -= iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + r;
+            iov->iov_len -= r;
+        }
+    }
+    return 0;
+}
+
+int vbd_co_accept(int listen_fd, struct sockaddr *addr, socklen_t *len)
+{
+    for (;;) {
+        int fd = accept4(listen_fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            return fd;
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        int p = vbd_co_poll(listen_fd, POLLIN);
+        if (p < 0)
+            return p;
+    }
+}
+
+int vbd_co_connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    if (connect(fd, addr, len) == 0)
+        return 0;
+    if (errno != EINPROGRESS && errno != EAGAIN)
+        return -errno;
+    int p = vbd_co_poll(fd, POLLOUT);
+    if (p < 0)
+        return p;
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+        return -errno;
+    return -soerr;
+}
+
+static void sleep_wake(void *arg)
+{
+    vbd_co_wake(arg);
+}
+
+void vbd_co_sleep_ns(uint64_t ns)
+{
+    struct vbd_timer t = {.fn = sleep_wake, .arg = vbd_co_self()};
+    vbd_timer_arm(&t, vbd_clock_ns() + ns);
+    vbd_co_yield();
+}
+
+int64_t vbd_co_eventfd_wait(int efd)
+{
+    for (;;) {
+        uint64_t v;
+        ssize_t r = read(efd, &v, sizeof(v));
+        if (r == sizeof(v))
+            return (int64_t)v;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && errno != EAGAIN)
+            return -errno;
+        int p = vbd_co_poll(efd, POLLIN);
+        if (p < 0)
+            return p;
+    }
+}
+
+/* ---- fd watches ---- */
+
+static void watch_arm(struct vbd_fd_watch *w)
+{
+    struct io_uring_sqe *sqe = loop_sqe(w->loop);
+    io_uring_prep_poll_add(sqe, w->fd, w->events);
+    io_uring_sqe_set_data(sqe, &w->op);
+    w->armed = true;
+}
+
+static void watch_complete(struct loop_op *op, int res)
+{
+    struct vbd_fd_watch *w = (struct vbd_fd_watch *)op;
+    w->armed = false;
+    if (w->removed) {
+        free(w);
+        return;
+    }
+    if (res > 0)
+        w->cb(w->arg, (short)res);
+    if (w->removed) {
+        free(w);
+        return;
+    }
+    if (res < 0 && res != -EINTR && res != -ECANCELED) {
+        /* The fd is gone (EBADF): report it once as an error, stop. */
+        w->cb(w->arg, POLLERR);
+        if (w->removed)
+            free(w);
+        return;
+    }
+    watch_arm(w);
+}
+
+struct vbd_fd_watch *vbd_loop_watch_fd(struct vbd_loop *loop, int fd, short events,
+                                       void (*cb)(void *arg, short revents), void *arg)
+{
+    struct vbd_fd_watch *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->op.complete = watch_complete;
+    w->loop = loop;
+    w->fd = fd;
+    w->events = events;
+    w->cb = cb;
+    w->arg = arg;
+    if (loop->uring) {
+        watch_arm(w);
+    } else {
+        struct fdreg *r = fdreg_get(loop, fd);
+        r->watch = w;
+        if (fdreg_update(loop, fd) < 0) {
+            r->watch = NULL;
+            free(w);
+            return NULL;
+        }
+    }
+    return w;
+}
+
+void vbd_loop_unwatch_fd(struct vbd_fd_watch *w)
+{
+    if (!w)
+        return;
+    struct vbd_loop *loop = w->loop;
+    if (loop->uring) {
+        if (w->removed)
+            return;
+        w->removed = true;
+        if (w->armed) {
+            struct io_uring_sqe *sqe = loop_sqe(loop);
+            io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)&w->op);
+            io_uring_sqe_set_data(sqe, NULL);
+            io_uring_submit(&loop->ring);
+        }
+        /* freed when its poll completes (or by watch_complete if in callback) */
+        return;
+    }
+    struct fdreg *r = fdreg_get(loop, w->fd);
+    if (r->watch == w) {
+        r->watch = NULL;
+        fdreg_update(loop, w->fd);
+    }
+    free(w);
+}

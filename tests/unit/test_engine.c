@@ -1,0 +1,281 @@
+#include "unit.h"
+#include "vbd/coroutine.h"
+#include "vbd/loop.h"
+#include "vbd/iov.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int order[16], norder;
+
+static void co_yield_twice(void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    order[norder++] = id;
+    vbd_co_yield();
+    order[norder++] = id + 10;
+}
+
+UNIT_TEST(coroutine_enter_yield)
+{
+    norder = 0;
+    struct vbd_co *a = vbd_co_create(co_yield_twice, (void *)1);
+    struct vbd_co *b = vbd_co_create(co_yield_twice, (void *)2);
+    vbd_co_enter(a);
+    vbd_co_enter(b);
+    vbd_co_enter(a);
+    vbd_co_enter(b);
+    CHECK_EQ(norder, 4);
+    CHECK_EQ(order[0], 1);
+    CHECK_EQ(order[1], 2);
+    CHECK_EQ(order[2], 11);
+    CHECK_EQ(order[3], 12);
+}
+
+static void inner(void *arg) { (*(int *)arg)++; vbd_co_yield(); (*(int *)arg)++; }
+static struct vbd_co *inner_co;
+static void outer(void *arg)
+{
+    inner_co = vbd_co_create(inner, arg);
+    vbd_co_enter(inner_co); /* nested: returns when inner yields */
+    (*(int *)arg) += 100;
+}
+
+UNIT_TEST(coroutine_nested)
+{
+    int v = 0;
+    vbd_co_enter(vbd_co_create(outer, &v));
+    CHECK_EQ(v, 101);
+    vbd_co_enter(inner_co);
+    CHECK_EQ(v, 102);
+}
+
+static void noop(void *arg) { (*(int *)arg)++; }
+UNIT_TEST(coroutine_pool_reuse)
+{
+    int v = 0;
+    for (int i = 0; i < 10000; i++)
+        vbd_co_enter(vbd_co_create(noop, &v));
+    CHECK_EQ(v, 10000);
+}
+
+static struct vbd_co_mutex mtx = VBD_CO_MUTEX_INIT;
+static int in_critical, max_in_critical, done_count;
+static void locker(void *arg)
+{
+    vbd_co_mutex_lock(&mtx);
+    in_critical++;
+    if (in_critical > max_in_critical)
+        max_in_critical = in_critical;
+    vbd_co_sleep_ns(1000000);
+    in_critical--;
+    vbd_co_mutex_unlock(&mtx);
+    done_count++;
+}
+
+UNIT_TEST(co_mutex_excludes)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    done_count = 0;
+    for (int i = 0; i < 5; i++)
+        vbd_co_enter(vbd_co_create(locker, NULL));
+    while (done_count < 5)
+        vbd_loop_run_once(loop, -1);
+    CHECK_EQ(max_in_critical, 1);
+}
+
+struct file_args { const char *path; enum vbd_aio aio; int rc; };
+static void file_io(void *opaque)
+{
+    struct file_args *a = opaque;
+    int fd = open(a->path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    char wbuf[8192], rbuf[8192];
+    for (int i = 0; i < 8192; i++) wbuf[i] = (char)(i * 7);
+    struct iovec w[2] = {{wbuf, 4096}, {wbuf + 4096, 4096}};
+    a->rc = vbd_co_pwritev_full(fd, w, 2, 4096, 0, a->aio);
+    if (!a->rc) a->rc = vbd_co_fsync(fd, true, a->aio);
+    struct iovec r = {rbuf, 8192};
+    if (!a->rc) a->rc = vbd_co_preadv_full(fd, &r, 1, 4096, a->aio);
+    if (!a->rc && memcmp(rbuf, wbuf, 8192)) a->rc = -EIO;
+    /* read past EOF zero-fills */
+    memset(rbuf, 1, 4096);
+    struct iovec r2 = {rbuf, 4096};
+    if (!a->rc) a->rc = vbd_co_preadv_full(fd, &r2, 1, 12288, a->aio);
+    if (!a->rc && !vbd_buffer_is_zero(rbuf, 4096)) a->rc = -EINVAL;
+    if (!a->rc) a->rc = vbd_co_fallocate(fd, 0, 0, 65536);
+    close(fd);
+}
+
+UNIT_TEST(file_io_both_aio)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/f", unit_tmpdir());
+    for (int aio = 0; aio < 2; aio++) {
+        struct file_args a = {path, aio, 1};
+        vbd_co_run_sync(file_io, &a);
+        CHECK_EQ(a.rc, 0);
+    }
+}
+
+static uint64_t wake_times[3];
+static int wake_n;
+static void sleeper(void *arg)
+{
+    vbd_co_sleep_ns((uint64_t)(uintptr_t)arg * 1000000ull);
+    wake_times[wake_n++] = (uint64_t)(uintptr_t)arg;
+}
+
+UNIT_TEST(sleep_order)
+{
+    wake_n = 0;
+    vbd_co_enter(vbd_co_create(sleeper, (void *)30));
+    vbd_co_enter(vbd_co_create(sleeper, (void *)10));
+    vbd_co_enter(vbd_co_create(sleeper, (void *)20));
+    while (wake_n < 3)
+        vbd_loop_run_once(vbd_loop_current(), -1);
+    CHECK_EQ(wake_times[0], 10);
+    CHECK_EQ(wake_times[1], 20);
+    CHECK_EQ(wake_times[2], 30);
+}
+
+static volatile bool bh_ran;
+static void bh_fn(void *arg) { (void)arg; bh_ran = true; }
+static struct vbd_bh remote_bh = {bh_fn, NULL, NULL};
+static void *bh_thread(void *arg) { usleep(10000); vbd_loop_schedule_bh(arg, &remote_bh); return NULL; }
+
+UNIT_TEST(bh_from_other_thread)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    pthread_t t;
+    bh_ran = false;
+    pthread_create(&t, NULL, bh_thread, loop);
+    while (!bh_ran)
+        vbd_loop_run_once(loop, -1);
+    pthread_join(t, NULL);
+    CHECK(bh_ran);
+}
+
+static struct vbd_loop *other_loop;
+static volatile bool other_stop;
+static void *loop_thread(void *arg)
+{
+    (void)arg;
+    other_loop = vbd_loop_current();
+    vbd_loop_run(other_loop, &other_stop);
+    return NULL;
+}
+struct move_args { struct vbd_loop *home; bool on_other, back_home, done; };
+static void mover(void *opaque)
+{
+    struct move_args *m = opaque;
+    vbd_co_move_to(other_loop);
+    m->on_other = vbd_loop_current() == other_loop;
+    vbd_co_move_to(m->home);
+    m->back_home = vbd_loop_current() == m->home;
+    m->done = true;
+}
+
+UNIT_TEST(co_move_between_threads)
+{
+    pthread_t t;
+    other_stop = false;
+    other_loop = NULL;
+    pthread_create(&t, NULL, loop_thread, NULL);
+    while (!__atomic_load_n(&other_loop, __ATOMIC_ACQUIRE))
+        usleep(1000);
+    struct move_args m = {vbd_loop_current(), false, false, false};
+    vbd_co_run_sync(mover, &m);
+    CHECK(m.on_other);
+    CHECK(m.back_home);
+    other_stop = true;
+    vbd_loop_kick(other_loop);
+    pthread_join(t, NULL);
+}
+
+struct sock_args { int fd; int rc; int passed_fd; };
+static void sock_reader(void *opaque)
+{
+    struct sock_args *s = opaque;
+    char buf[5];
+    s->rc = vbd_co_recv_full(s->fd, buf, 5);
+    if (!s->rc && memcmp(buf, "hello", 5)) s->rc = -EIO;
+    char b;
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {&b, 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    if (!s->rc && vbd_co_recvmsg(s->fd, &msg, 0) != 1) s->rc = -EIO;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (!s->rc && c && c->cmsg_type == SCM_RIGHTS) memcpy(&s->passed_fd, CMSG_DATA(c), sizeof(int));
+}
+static void sock_writer(void *opaque)
+{
+    struct sock_args *s = opaque;
+    vbd_co_sleep_ns(2000000);
+    s->rc = vbd_co_send_full(s->fd, "hello", 5);
+    int pass = 0; /* stdin */
+    char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec iov = {"x", 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET; c->cmsg_type = SCM_RIGHTS; c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &pass, sizeof(int));
+    if (!s->rc && vbd_co_sendmsg(s->fd, &msg, 0) != 1) s->rc = -EIO;
+}
+
+UNIT_TEST(socket_recv_send_fds)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    struct sock_args r = {sv[0], 1, -1}, w = {sv[1], 1, -1};
+    vbd_co_enter(vbd_co_create(sock_reader, &r));
+    vbd_co_enter(vbd_co_create(sock_writer, &w));
+    for (int i = 0; i < 1000 && (r.rc == 1 || w.rc == 1 || r.passed_fd < 0); i++)
+        vbd_loop_run_once(vbd_loop_current(), 100000000);
+    CHECK_EQ(r.rc, 0);
+    CHECK_EQ(w.rc, 0);
+    CHECK(r.passed_fd >= 0);
+    if (r.passed_fd >= 0) close(r.passed_fd);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static int watch_hits;
+static struct vbd_fd_watch *the_watch;
+static void watch_cb(void *arg, short revents)
+{
+    int fd = (int)(intptr_t)arg;
+    char c;
+    if (revents & POLLIN) { if (read(fd, &c, 1) == 1) watch_hits++; }
+    if (watch_hits == 3) vbd_loop_unwatch_fd(the_watch);
+}
+
+UNIT_TEST(watch_fd)
+{
+    int p[2];
+    CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+    watch_hits = 0;
+    the_watch = vbd_loop_watch_fd(vbd_loop_current(), p[0], POLLIN, watch_cb, (void *)(intptr_t)p[0]);
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ(write(p[1], "a", 1), 1);
+        vbd_loop_run_once(vbd_loop_current(), 50000000);
+        vbd_loop_run_once(vbd_loop_current(), 0);
+    }
+    CHECK_EQ(watch_hits, 3);
+    close(p[0]);
+    close(p[1]);
+    vbd_loop_run_once(vbd_loop_current(), 10000000);
+}
+
+static long thread_fn(void *arg) { return (long)(intptr_t)arg * 2; }
+static void run_thread_co(void *arg) { *(long *)arg = vbd_co_run_in_thread(thread_fn, (void *)21); }
+UNIT_TEST(run_in_thread)
+{
+    long v = 0;
+    vbd_co_run_sync(run_thread_co, &v);
+    CHECK_EQ(v, 42);
+}
