@@ -236,7 +236,8 @@ int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
 int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes,
                              uint64_t *pnum, uint64_t *map, struct vbd_node **file);
 /* Status through the backing chain from top down to (not including) base
- * (NULL = whole chain). *depth: 1 = top, 2 = its backing, ...; 0 = nowhere (reads zero). */
+ * (NULL = whole chain). *depth: 0 = top, 1 = its backing, ... (as qemu-img map).
+ * VBD_BS_ALLOCATED is set when some layer defines the range ("present"). */
 int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, bool want_zero, uint64_t off,
                                    uint64_t bytes, uint64_t *pnum, uint64_t *map, struct vbd_node **file, int *depth);
 int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
@@ -245,7 +246,7 @@ int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vb
 
 /* ---------- creation ---------- */
 /* Create an image of format fmt ("raw","qcow2",...). opts: "size" and -o options. */
-int vbd_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err);
+int vbd_image_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err);
 /* For format drivers: create the protocol-level file (truncate/preallocate). */
 int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err);
 

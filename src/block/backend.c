@@ -1,0 +1,278 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The user's drive: policy on top of a node (read-only, write-through,
+ * discard, sector size) and accounting. Requests may come from several
+ * queue threads; nodes whose driver is not multi-loop safe are only ever
+ * touched from the backend's home loop (requests hop there and back).
+ */
+#include "vbd/backend.h"
+#include "vbd/error.h"
+#include "vbd/loop.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct vbd_backend {
+    struct vbd_node *root;
+    struct vbd_loop *home; /* NULL: any loop may run requests */
+    bool read_only;
+    atomic_bool writethrough;
+    bool discard_unmap;
+    uint32_t lbs, pbs;
+    char name[64];
+    char serial[64];
+    struct {
+        _Atomic uint64_t ops, bytes, errors, total_ns;
+        _Atomic uint64_t hist[VBD_LAT_BUCKETS];
+    } stats[VBD_STAT_NR];
+};
+
+int vbd_cache_mode_parse(const char *s, enum vbd_cache_mode *mode)
+{
+    static const struct {
+        const char *name;
+        enum vbd_cache_mode mode;
+    } names[] = {
+        {"writeback", VBD_CACHE_WRITEBACK}, {"writethrough", VBD_CACHE_WRITETHROUGH},
+        {"writethru", VBD_CACHE_WRITETHROUGH}, {"none", VBD_CACHE_NONE},
+        {"directsync", VBD_CACHE_DIRECTSYNC}, {"unsafe", VBD_CACHE_UNSAFE},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(s, names[i].name)) {
+            *mode = names[i].mode;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+const char *vbd_cache_mode_name(enum vbd_cache_mode mode)
+{
+    static const char *const names[] = {"writeback", "writethrough", "none", "directsync", "unsafe"};
+    return names[mode];
+}
+
+unsigned vbd_cache_mode_open_flags(enum vbd_cache_mode mode)
+{
+    switch (mode) {
+    case VBD_CACHE_NONE:
+    case VBD_CACHE_DIRECTSYNC:
+        return VBD_OPEN_NOCACHE;
+    case VBD_CACHE_UNSAFE:
+        return VBD_OPEN_NO_FLUSH;
+    default:
+        return 0;
+    }
+}
+
+bool vbd_cache_mode_writethrough(enum vbd_cache_mode mode)
+{
+    return mode == VBD_CACHE_WRITETHROUGH || mode == VBD_CACHE_DIRECTSYNC;
+}
+
+static bool chain_multi_loop(struct vbd_node *n)
+{
+    for (; n; n = n->file) {
+        if (!(n->drv->caps & VBD_DRV_CAP_MULTI_LOOP))
+            return false;
+        if (n->backing && !chain_multi_loop(n->backing))
+            return false;
+    }
+    return true;
+}
+
+struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_backend_opts *o, struct vbd_error **err)
+{
+    uint32_t lbs = o->logical_block_size ? o->logical_block_size : 512;
+    uint32_t pbs = o->physical_block_size ? o->physical_block_size : lbs;
+    if ((lbs != 512 && lbs != 4096) || pbs < lbs || (pbs & (pbs - 1)) || pbs > 65536) {
+        vbd_error_setf(err, EINVAL, "Invalid sector sizes %u/%u: logical must be 512 or 4096, physical a power of two >= logical",
+                       lbs, pbs);
+        return NULL;
+    }
+    if (!o->read_only && root->read_only) {
+        vbd_error_setf(err, EACCES, "Block node '%s' is read-only", root->node_name);
+        return NULL;
+    }
+    struct vbd_backend *be = calloc(1, sizeof(*be));
+    if (!be)
+        abort();
+    vbd_node_ref(root);
+    be->root = root;
+    be->home = chain_multi_loop(root) ? NULL : vbd_loop_current();
+    be->read_only = o->read_only;
+    atomic_store(&be->writethrough, o->writethrough);
+    be->discard_unmap = o->discard_unmap;
+    be->lbs = lbs;
+    be->pbs = pbs;
+    snprintf(be->name, sizeof(be->name), "%s", o->name ? o->name : root->node_name);
+    snprintf(be->serial, sizeof(be->serial), "%s", o->serial ? o->serial : be->name);
+    return be;
+}
+
+void vbd_backend_free(struct vbd_backend *be)
+{
+    if (!be)
+        return;
+    vbd_node_unref(be->root);
+    free(be);
+}
+
+struct vbd_node *vbd_backend_node(struct vbd_backend *be) { return be->root; }
+uint64_t vbd_backend_size(struct vbd_backend *be) { return be->root->size; }
+bool vbd_backend_read_only(struct vbd_backend *be) { return be->read_only; }
+bool vbd_backend_writethrough(struct vbd_backend *be) { return atomic_load(&be->writethrough); }
+void vbd_backend_set_writethrough(struct vbd_backend *be, bool wt) { atomic_store(&be->writethrough, wt); }
+bool vbd_backend_discard_unmap(struct vbd_backend *be) { return be->discard_unmap; }
+uint32_t vbd_backend_logical_block_size(struct vbd_backend *be) { return be->lbs; }
+uint32_t vbd_backend_physical_block_size(struct vbd_backend *be) { return be->pbs; }
+const char *vbd_backend_name(struct vbd_backend *be) { return be->name; }
+const char *vbd_backend_serial(struct vbd_backend *be) { return be->serial; }
+
+static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes, int rc, uint64_t start_ns)
+{
+    uint64_t ns = vbd_clock_ns() - start_ns;
+    uint64_t us = ns / 1000;
+    int b = 0;
+    while (us > 1 && b < VBD_LAT_BUCKETS - 1) {
+        us >>= 1;
+        b++;
+    }
+    atomic_fetch_add_explicit(&be->stats[op].ops, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&be->stats[op].total_ns, ns, memory_order_relaxed);
+    atomic_fetch_add_explicit(&be->stats[op].hist[b], 1, memory_order_relaxed);
+    if (rc < 0)
+        atomic_fetch_add_explicit(&be->stats[op].errors, 1, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&be->stats[op].bytes, bytes, memory_order_relaxed);
+}
+
+/* Run the rest of a request on the home loop when the graph needs it. */
+static struct vbd_loop *enter_home(struct vbd_backend *be)
+{
+    if (!be->home)
+        return NULL;
+    struct vbd_loop *here = vbd_loop_current();
+    if (here == be->home)
+        return NULL;
+    vbd_co_move_to(be->home);
+    return here;
+}
+
+static void leave_home(struct vbd_loop *prev)
+{
+    if (prev)
+        vbd_co_move_to(prev);
+}
+
+static int check_req(struct vbd_backend *be, uint64_t off, uint64_t bytes)
+{
+    uint64_t size = be->root->size;
+    if (off > size || bytes > size - off)
+        return -EINVAL;
+    return 0;
+}
+
+int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
+{
+    uint64_t t = vbd_clock_ns();
+    int rc = check_req(be, off, bytes);
+    if (rc == 0) {
+        struct vbd_loop *prev = enter_home(be);
+        rc = vbd_node_co_preadv(be->root, off, bytes, qiov, 0, flags);
+        leave_home(prev);
+    }
+    account(be, VBD_STAT_READ, bytes, rc, t);
+    return rc;
+}
+
+int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
+{
+    uint64_t t = vbd_clock_ns();
+    int rc = be->read_only ? -EROFS : check_req(be, off, bytes);
+    if (rc == 0) {
+        if (atomic_load_explicit(&be->writethrough, memory_order_relaxed))
+            flags |= VBD_REQ_FUA;
+        struct vbd_loop *prev = enter_home(be);
+        rc = vbd_node_co_pwritev(be->root, off, bytes, qiov, 0, flags);
+        leave_home(prev);
+    }
+    account(be, VBD_STAT_WRITE, bytes, rc, t);
+    return rc;
+}
+
+int vbd_backend_co_flush(struct vbd_backend *be)
+{
+    uint64_t t = vbd_clock_ns();
+    int rc = 0;
+    if (!be->read_only) {
+        struct vbd_loop *prev = enter_home(be);
+        rc = vbd_node_co_flush(be->root);
+        leave_home(prev);
+    }
+    account(be, VBD_STAT_FLUSH, 0, rc, t);
+    return rc;
+}
+
+int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes)
+{
+    uint64_t t = vbd_clock_ns();
+    int rc = be->read_only ? -EROFS : check_req(be, off, bytes);
+    if (rc == 0 && be->discard_unmap) {
+        struct vbd_loop *prev = enter_home(be);
+        rc = vbd_node_co_pdiscard(be->root, off, bytes);
+        leave_home(prev);
+    }
+    account(be, VBD_STAT_DISCARD, bytes, rc, t);
+    return rc;
+}
+
+int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    uint64_t t = vbd_clock_ns();
+    int rc = be->read_only ? -EROFS : check_req(be, off, bytes);
+    if (rc == 0) {
+        if (!be->discard_unmap)
+            flags &= ~VBD_REQ_MAY_UNMAP;
+        if (atomic_load_explicit(&be->writethrough, memory_order_relaxed))
+            flags |= VBD_REQ_FUA;
+        struct vbd_loop *prev = enter_home(be);
+        rc = vbd_node_co_pwrite_zeroes(be->root, off, bytes, flags);
+        leave_home(prev);
+    }
+    account(be, VBD_STAT_ZEROES, bytes, rc, t);
+    return rc;
+}
+
+void vbd_backend_get_stats(struct vbd_backend *be, struct vbd_backend_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int op = 0; op < VBD_STAT_NR; op++) {
+        out->ops[op] = atomic_load(&be->stats[op].ops);
+        out->bytes[op] = atomic_load(&be->stats[op].bytes);
+        out->errors[op] = atomic_load(&be->stats[op].errors);
+        out->total_ns[op] = atomic_load(&be->stats[op].total_ns);
+        for (int b = 0; b < VBD_LAT_BUCKETS; b++)
+            out->lat_hist[op][b] = atomic_load(&be->stats[op].hist[b]);
+    }
+}
+
+uint64_t vbd_stats_percentile_us(const struct vbd_backend_stats *s, enum vbd_stat_op op, double pct)
+{
+    uint64_t total = 0;
+    for (int b = 0; b < VBD_LAT_BUCKETS; b++)
+        total += s->lat_hist[op][b];
+    if (!total)
+        return 0;
+    uint64_t want = (uint64_t)(total * pct / 100.0 + 0.5), seen = 0;
+    if (want == 0)
+        want = 1;
+    for (int b = 0; b < VBD_LAT_BUCKETS; b++) {
+        seen += s->lat_hist[op][b];
+        if (seen >= want)
+            return 2ull << b;
+    }
+    return 2ull << (VBD_LAT_BUCKETS - 1);
+}

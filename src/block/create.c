@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+#include "vbd/block.h"
+#include "vbd/error.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <string.h>
+
+int vbd_image_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    const struct vbd_driver *drv = vbd_driver_find(fmt);
+    if (!drv) {
+        vbd_error_setf(err, EINVAL, "Unknown file format '%s'", fmt);
+        return -EINVAL;
+    }
+    if (!drv->co_create) {
+        vbd_error_setf(err, ENOTSUP, "Format driver '%s' does not support image creation", fmt);
+        return -ENOTSUP;
+    }
+    return drv->co_create(filename, opts, err);
+}
+
+int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err)
+{
+    const struct vbd_driver *drv = NULL;
+    const char *colon = strchr(filename, ':');
+    const char *slash = strchr(filename, '/');
+    if (colon && (!slash || colon < slash)) {
+        for (const struct vbd_driver *const *d = vbd_driver_list(); *d && !drv; d++)
+            for (const char *const *p = (*d)->protocols; p && *p; p++)
+                if (strlen(*p) == (size_t)(colon - filename) && !strncmp(*p, filename, colon - filename))
+                    drv = *d;
+    }
+    if (!drv)
+        drv = vbd_driver_find("file");
+    if (!drv->co_create) {
+        vbd_error_setf(err, ENOTSUP, "Protocol driver '%s' does not support image creation", drv->name);
+        return -ENOTSUP;
+    }
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "size", json_object_new_int64((int64_t)size));
+    json_object_object_add(o, "preallocation", json_object_new_string(vbd_prealloc_names[prealloc]));
+    int rc = drv->co_create(filename, o, err);
+    json_object_put(o);
+    return rc;
+}

@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: MIT */
+/* Format driver "raw": the file as the disk, optionally a window of it
+ * (offset/size; ACRN's range= maps onto this). */
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+
+struct raw_state {
+    uint64_t offset;
+    bool has_size;
+};
+
+static int raw_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    return 1; /* the fallback: anything is a raw image */
+}
+
+static int raw_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct raw_state *s = n->opaque;
+    uint64_t size = 0;
+    int has_size;
+    if (vbd_opt_take_size(opts, "offset", &s->offset, err) < 0 ||
+        (has_size = vbd_opt_take_size(opts, "size", &size, err)) < 0)
+        return -EINVAL;
+    n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
+    if (!n->file)
+        return -EINVAL;
+    uint64_t fsize = n->file->size;
+    if (s->offset > fsize) {
+        vbd_error_setf(err, EINVAL, "Offset (%llu) cannot be greater than size of the file (%llu)",
+                       (unsigned long long)s->offset, (unsigned long long)fsize);
+        return -EINVAL;
+    }
+    if (has_size) {
+        if (size > fsize - s->offset) {
+            vbd_error_setf(err, EINVAL,
+                           "The sum of offset (%llu) and size (%llu) has to be smaller or equal to the actual size "
+                           "of the containing file (%llu)",
+                           (unsigned long long)s->offset, (unsigned long long)size, (unsigned long long)fsize);
+            return -EINVAL;
+        }
+        s->has_size = true;
+        n->size = size;
+    } else {
+        n->size = fsize - s->offset;
+    }
+    n->bl = n->file->bl;
+    if (s->offset & (n->bl.request_alignment - 1))
+        n->bl.request_alignment = 1; /* the file node does the read-modify-write */
+    n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
+    n->supported_write_flags = n->file->supported_write_flags;
+    n->supported_zero_flags = n->file->supported_zero_flags;
+    return 0;
+}
+
+static int raw_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                      unsigned flags)
+{
+    struct raw_state *s = n->opaque;
+    return vbd_node_co_preadv(n->file, off + s->offset, bytes, q, qoff, flags);
+}
+
+static int raw_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                       unsigned flags)
+{
+    struct raw_state *s = n->opaque;
+    return vbd_node_co_pwritev(n->file, off + s->offset, bytes, q, qoff, flags);
+}
+
+static int raw_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    struct raw_state *s = n->opaque;
+    return vbd_node_co_pdiscard(n->file, off + s->offset, bytes);
+}
+
+static int raw_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct raw_state *s = n->opaque;
+    return vbd_node_co_pwrite_zeroes(n->file, off + s->offset, bytes, flags);
+}
+
+static int raw_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                            uint64_t *map, struct vbd_node **file)
+{
+    struct raw_state *s = n->opaque;
+    int rc = vbd_node_co_block_status(n->file, want_zero, off + s->offset, bytes, pnum, map, file);
+    if (rc < 0)
+        return rc;
+    if (*pnum == 0) { /* beyond the file's end */
+        *pnum = bytes;
+        *map = off + s->offset;
+        *file = n->file;
+        return VBD_BS_ZERO | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
+    }
+    return (rc & ~VBD_BS_EOF) | VBD_BS_ALLOCATED;
+}
+
+static int raw_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
+                        struct vbd_error **err)
+{
+    struct raw_state *s = n->opaque;
+    if (s->has_size || s->offset) {
+        vbd_error_setf(err, ENOTSUP, "Cannot resize a raw image with the 'offset' or 'size' option");
+        return -ENOTSUP;
+    }
+    return vbd_node_co_truncate(n->file, size, exact, prealloc, err);
+}
+
+static const struct vbd_opt_desc raw_create_opts[] = {
+    {"size", VBD_OPT_SIZE, "Virtual disk size", NULL},
+    {"preallocation", VBD_OPT_STRING, "Preallocation mode (allowed values: off, falloc, full)", "off"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int raw_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    uint64_t size = 0;
+    int prealloc = 0;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
+        vbd_opt_take_enum(opts, "preallocation", vbd_prealloc_names, &prealloc, err) < 0)
+        return -EINVAL;
+    if (vbd_opts_check_empty(opts, "Block format 'raw'", err) < 0)
+        return -EINVAL;
+    if (prealloc == VBD_PREALLOC_METADATA) {
+        vbd_error_setf(err, EINVAL, "Unsupported preallocation mode 'metadata' for format raw");
+        return -EINVAL;
+    }
+    return vbd_create_protocol(filename, size, prealloc, err);
+}
+
+static int raw_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated,
+                       struct vbd_error **err)
+{
+    uint64_t size = 0;
+    int prealloc = 0;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
+        vbd_opt_take_enum(opts, "preallocation", vbd_prealloc_names, &prealloc, err) < 0)
+        return -EINVAL;
+    if (in) {
+        size = in->size;
+        uint64_t used = 0;
+        for (uint64_t off = 0; off < in->size;) {
+            uint64_t pnum;
+            int depth;
+            int rc = vbd_node_co_block_status_above(in, NULL, true, off, in->size - off, &pnum, NULL, NULL, &depth);
+            if (rc < 0) {
+                vbd_error_setf(err, -rc, "Could not get the block status of '%s': %s", in->filename, strerror(-rc));
+                return rc;
+            }
+            if ((rc & VBD_BS_ALLOCATED) && !(rc & VBD_BS_ZERO))
+                used += pnum;
+            off += pnum;
+        }
+        *required = prealloc ? size : used;
+    } else {
+        *required = size;
+    }
+    *fully_allocated = size;
+    return 0;
+}
+
+static const struct vbd_driver raw_driver = {
+    .abi_size = sizeof(struct vbd_driver),
+    .name = "raw",
+    .kind = VBD_DRV_FORMAT,
+    .state_size = sizeof(struct raw_state),
+    .caps = VBD_DRV_CAP_MULTI_LOOP,
+    .probe = raw_probe,
+    .open = raw_open,
+    .co_preadv = raw_preadv,
+    .co_pwritev = raw_pwritev,
+    .co_pdiscard = raw_pdiscard,
+    .co_pwrite_zeroes = raw_pwrite_zeroes,
+    .co_block_status = raw_block_status,
+    .co_truncate = raw_truncate,
+    .create_opts = raw_create_opts,
+    .co_create = raw_create,
+    .measure = raw_measure,
+};
+VBD_DRIVER_REGISTER(raw, raw_driver);

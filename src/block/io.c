@@ -1,0 +1,449 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The generic request path: bounds and permission checks once at the top,
+ * then alignment (read-modify-write through a bounce buffer, serialised
+ * against overlapping requests), splitting at max_transfer, FUA and
+ * write-zeroes emulation. Drivers below see only valid, aligned requests.
+ */
+#include "vbd/block.h"
+#include "vbd/error.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BOUNCE_CHUNK (1u << 20)
+#define MAX_IOV 1024
+
+struct vbd_tracked_req {
+    uint64_t start, end; /* aligned byte range */
+    uint64_t seq;
+    bool serialising;
+    struct vbd_tracked_req *next;
+};
+
+static uint64_t tracked_seq;
+
+static bool needs_tracking(struct vbd_node *n)
+{
+    return n->bl.request_alignment > 1;
+}
+
+static bool conflicts(const struct vbd_tracked_req *a, const struct vbd_tracked_req *b)
+{
+    return a->start < b->end && b->start < a->end && (a->serialising || b->serialising);
+}
+
+/* Register, then wait until no earlier conflicting request is in flight.
+ * Waiting only on earlier requests rules out deadlocks. */
+static void tracked_begin(struct vbd_node *n, struct vbd_tracked_req *r, uint64_t off, uint64_t bytes, bool ser)
+{
+    uint64_t a = n->bl.request_alignment;
+    r->start = off & ~(a - 1);
+    r->end = (off + bytes + a - 1) & ~(a - 1);
+    r->serialising = ser;
+    r->seq = ++tracked_seq;
+    r->next = n->tracked;
+    n->tracked = r;
+    for (;;) {
+        bool wait = false;
+        for (struct vbd_tracked_req *o = n->tracked; o; o = o->next)
+            if (o != r && o->seq < r->seq && conflicts(o, r)) {
+                wait = true;
+                break;
+            }
+        if (!wait)
+            return;
+        vbd_co_queue_wait(&n->tracked_waiters);
+    }
+}
+
+static void tracked_end(struct vbd_node *n, struct vbd_tracked_req *r)
+{
+    for (struct vbd_tracked_req **pp = &n->tracked; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    vbd_co_queue_wake_all(&n->tracked_waiters);
+}
+
+static int check_range(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    if (off > INT64_MAX || bytes > INT64_MAX || off + bytes > INT64_MAX)
+        return -EINVAL;
+    /* Protocol nodes may be written past their end (formats grow files). */
+    if (n->drv->kind != VBD_DRV_PROTOCOL && (off > n->size || bytes > n->size - off))
+        return -EINVAL;
+    return 0;
+}
+
+static bool mem_aligned(struct vbd_node *n, const struct vbd_qiov *q, size_t qoff, uint64_t bytes)
+{
+    uint32_t m = n->bl.min_mem_alignment;
+    if (m <= 1)
+        return true;
+    size_t skip = qoff, left = bytes;
+    for (int i = 0; i < q->niov && left; i++) {
+        if (skip >= q->iov[i].iov_len) {
+            skip -= q->iov[i].iov_len;
+            continue;
+        }
+        uintptr_t base = (uintptr_t)q->iov[i].iov_base + skip;
+        size_t len = q->iov[i].iov_len - skip;
+        if (len > left)
+            len = left;
+        if ((base & (m - 1)) || (len & (m - 1)))
+            return false;
+        left -= len;
+        skip = 0;
+    }
+    return true;
+}
+
+static uint64_t max_xfer(struct vbd_node *n)
+{
+    uint64_t m = n->bl.max_transfer ? n->bl.max_transfer : (1ull << 30);
+    uint64_t a = n->bl.request_alignment;
+    return m & ~(a - 1);
+}
+
+/* Aligned and in bounds: split at max_transfer and hand to the driver. */
+static int drv_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                  unsigned flags)
+{
+    uint64_t mx = max_xfer(n);
+    int (*fn)(struct vbd_node *, uint64_t, uint64_t, struct vbd_qiov *, size_t, unsigned) =
+        write ? n->drv->co_pwritev : n->drv->co_preadv;
+    if (!fn)
+        return -ENOTSUP;
+    unsigned dflags = write ? (flags & n->supported_write_flags) : flags;
+    while (bytes) {
+        uint64_t len = bytes < mx ? bytes : mx;
+        int rc = fn(n, off, len, q, qoff, dflags);
+        if (rc < 0)
+            return rc;
+        off += len;
+        qoff += len;
+        bytes -= len;
+    }
+    if (write && (flags & VBD_REQ_FUA) && !(n->supported_write_flags & VBD_REQ_FUA))
+        return vbd_node_co_flush(n);
+    return 0;
+}
+
+/* Unaligned (offset, length or memory): go through an aligned bounce
+ * buffer chunk by chunk; partial blocks at the ends are read first. */
+static int bounce_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                     unsigned flags, const void *zero_src)
+{
+    uint64_t a = n->bl.request_alignment;
+    uint32_t ma = n->bl.min_mem_alignment > 512 ? n->bl.min_mem_alignment : 512;
+    uint64_t start = off & ~(a - 1);
+    uint64_t end = (off + bytes + a - 1) & ~(a - 1);
+    uint64_t chunk = BOUNCE_CHUNK > a ? BOUNCE_CHUNK : a;
+    if (chunk > end - start)
+        chunk = end - start;
+    uint8_t *buf = vbd_alloc_aligned(ma > 4096 ? ma : 4096, chunk);
+    int rc = 0;
+    for (uint64_t pos = start; pos < end && rc == 0;) {
+        uint64_t len = end - pos < chunk ? end - pos : chunk;
+        uint64_t data_lo = off > pos ? off : pos;
+        uint64_t data_hi = off + bytes < pos + len ? off + bytes : pos + len;
+        struct iovec one = {buf, len};
+        struct vbd_qiov bq = {&one, 1, len};
+        if (!write || data_lo > pos || data_hi < pos + len) {
+            /* Past a protocol file's EOF the read zero-fills. */
+            rc = drv_rw(n, false, pos, len, &bq, 0, 0);
+            if (rc < 0)
+                break;
+        }
+        if (write) {
+            if (zero_src)
+                memset(buf + (data_lo - pos), 0, data_hi - data_lo);
+            else
+                vbd_iov_to_buf(q->iov, q->niov, qoff + (data_lo - off), buf + (data_lo - pos), data_hi - data_lo);
+            rc = drv_rw(n, true, pos, len, &bq, 0, flags);
+        } else {
+            vbd_iov_from_buf(q->iov, q->niov, qoff + (data_lo - off), buf + (data_lo - pos), data_hi - data_lo);
+        }
+        pos += len;
+    }
+    free(buf);
+    return rc;
+}
+
+static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                   unsigned flags)
+{
+    assert(vbd_in_co());
+    int rc = check_range(n, off, bytes);
+    if (rc < 0)
+        return rc;
+    if (write && n->read_only)
+        return -EACCES;
+    if (bytes == 0)
+        return 0;
+    if (q && qoff + bytes > q->size)
+        return -EINVAL;
+    uint64_t a = n->bl.request_alignment;
+    bool aligned = !((off | bytes) & (a - 1));
+    if (!needs_tracking(n) && mem_aligned(n, q, qoff, bytes))
+        return drv_rw(n, write, off, bytes, q, qoff, flags);
+    struct vbd_tracked_req tr;
+    tracked_begin(n, &tr, off, bytes, write && !aligned);
+    if (aligned && mem_aligned(n, q, qoff, bytes))
+        rc = drv_rw(n, write, off, bytes, q, qoff, flags);
+    else
+        rc = bounce_rw(n, write, off, bytes, q, qoff, flags, NULL);
+    tracked_end(n, &tr);
+    return rc;
+}
+
+int vbd_node_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off,
+                       unsigned flags)
+{
+    return node_rw(n, false, off, bytes, qiov, qiov_off, flags);
+}
+
+int vbd_node_co_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off,
+                        unsigned flags)
+{
+    return node_rw(n, true, off, bytes, qiov, qiov_off, flags);
+}
+
+int vbd_node_co_pread(struct vbd_node *n, uint64_t off, void *buf, uint64_t bytes)
+{
+    struct iovec one;
+    struct vbd_qiov q;
+    vbd_qiov_init_buf(&q, &one, buf, bytes);
+    return node_rw(n, false, off, bytes, &q, 0, 0);
+}
+
+int vbd_node_co_pwrite(struct vbd_node *n, uint64_t off, const void *buf, uint64_t bytes, unsigned flags)
+{
+    struct iovec one;
+    struct vbd_qiov q;
+    vbd_qiov_init_buf(&q, &one, (void *)buf, bytes);
+    return node_rw(n, true, off, bytes, &q, 0, flags);
+}
+
+int vbd_node_co_flush(struct vbd_node *n)
+{
+    assert(vbd_in_co());
+    if (!n || n->read_only)
+        return 0;
+    int rc = 0;
+    if (n->drv->co_flush)
+        rc = n->drv->co_flush(n);
+    if (rc == 0 && n->file && n->file != n)
+        rc = vbd_node_co_flush(n->file);
+    return rc;
+}
+
+int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    int rc = check_range(n, off, bytes);
+    if (rc < 0)
+        return rc;
+    if (n->read_only)
+        return -EACCES;
+    if (!bytes || !n->drv->co_pdiscard)
+        return 0;
+    /* Discard is advisory: shrink to whole aligned blocks. */
+    uint64_t a = n->bl.pdiscard_alignment > n->bl.request_alignment ? n->bl.pdiscard_alignment
+                                                                    : n->bl.request_alignment;
+    uint64_t start = (off + a - 1) / a * a, end = (off + bytes) / a * a;
+    if (end <= start)
+        return 0;
+    uint64_t mx = n->bl.max_pdiscard ? n->bl.max_pdiscard : (1ull << 62);
+    for (uint64_t pos = start; pos < end;) {
+        uint64_t len = end - pos < mx ? end - pos : mx;
+        rc = n->drv->co_pdiscard(n, pos, len);
+        if (rc == -ENOTSUP)
+            return 0;
+        if (rc < 0)
+            return rc;
+        pos += len;
+    }
+    return 0;
+}
+
+static int zero_fallback(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    uint64_t chunk = bytes < BOUNCE_CHUNK ? bytes : BOUNCE_CHUNK;
+    uint32_t ma = n->bl.min_mem_alignment > 4096 ? n->bl.min_mem_alignment : 4096;
+    chunk = (chunk + ma - 1) & ~(uint64_t)(ma - 1);
+    void *zero = vbd_alloc_aligned(ma, chunk);
+    memset(zero, 0, chunk);
+    int rc = 0;
+    while (bytes && rc == 0) {
+        uint64_t len = bytes < chunk ? bytes : chunk;
+        struct iovec one = {zero, len};
+        struct vbd_qiov q = {&one, 1, len};
+        rc = node_rw(n, true, off, len, &q, 0, flags & VBD_REQ_FUA);
+        off += len;
+        bytes -= len;
+    }
+    free(zero);
+    return rc;
+}
+
+int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    int rc = check_range(n, off, bytes);
+    if (rc < 0)
+        return rc;
+    if (n->read_only)
+        return -EACCES;
+    if (!bytes)
+        return 0;
+    uint64_t a = n->bl.request_alignment;
+    if (n->drv->co_pwrite_zeroes) {
+        /* Aligned middle through the driver; unaligned edges as data. */
+        uint64_t start = (off + a - 1) & ~(a - 1), end = (off + bytes) & ~(a - 1);
+        if (end > start) {
+            if (start > off && (rc = zero_fallback(n, off, start - off, flags)) < 0)
+                return rc;
+            uint64_t mx = n->bl.max_pwrite_zeroes ? n->bl.max_pwrite_zeroes & ~(a - 1) : (1ull << 62);
+            for (uint64_t pos = start; pos < end;) {
+                uint64_t len = end - pos < mx ? end - pos : mx;
+                rc = n->drv->co_pwrite_zeroes(n, pos, len, flags);
+                if (rc == -ENOTSUP) {
+                    if (flags & VBD_REQ_NO_FALLBACK)
+                        return rc;
+                    rc = zero_fallback(n, pos, end - pos, flags);
+                    if (rc < 0)
+                        return rc;
+                    break;
+                }
+                if (rc < 0)
+                    return rc;
+                pos += len;
+            }
+            if ((flags & VBD_REQ_FUA) && !(n->supported_zero_flags & VBD_REQ_FUA) && (rc = vbd_node_co_flush(n)) < 0)
+                return rc;
+            if (off + bytes > end)
+                return zero_fallback(n, end, off + bytes - end, flags);
+            return 0;
+        }
+    }
+    if (flags & VBD_REQ_NO_FALLBACK)
+        return -ENOTSUP;
+    return zero_fallback(n, off, bytes, flags);
+}
+
+int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                             uint64_t *map, struct vbd_node **file)
+{
+    uint64_t m = 0;
+    struct vbd_node *f = NULL;
+    if (off >= n->size) {
+        *pnum = 0;
+        return VBD_BS_EOF;
+    }
+    if (bytes > n->size - off)
+        bytes = n->size - off;
+    int rc;
+    if (n->drv->co_block_status) {
+        rc = n->drv->co_block_status(n, want_zero, off, bytes, pnum, &m, &f);
+    } else if (n->drv->kind == VBD_DRV_PROTOCOL || !n->file) {
+        *pnum = bytes;
+        m = off;
+        f = n;
+        rc = VBD_BS_DATA | VBD_BS_OFFSET_VALID;
+    } else {
+        rc = vbd_node_co_block_status(n->file, want_zero, off, bytes, pnum, &m, &f);
+        if (rc >= 0 && *pnum == 0) { /* past the file's end: zeroes */
+            *pnum = bytes;
+            rc = VBD_BS_ZERO;
+        }
+    }
+    if (rc < 0)
+        return rc;
+    if (*pnum == 0 || *pnum > bytes)
+        *pnum = bytes;
+    if (map)
+        *map = m;
+    if (file)
+        *file = f;
+    return rc;
+}
+
+int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, bool want_zero, uint64_t off,
+                                   uint64_t bytes, uint64_t *pnum, uint64_t *map, struct vbd_node **file,
+                                   int *depth)
+{
+    /* depth is 0-based as in qemu-img map: 0 = top. Not present anywhere:
+     * the depth of the last layer looked at, flags without ALLOCATED. */
+    struct vbd_node *p = vbd_node_skip_filters(top);
+    if (off >= top->size) {
+        *pnum = 0;
+        return VBD_BS_EOF;
+    }
+    uint64_t n = bytes < top->size - off ? bytes : top->size - off;
+    for (int d = 0;; d++) {
+        uint64_t got = 0;
+        int rc = vbd_node_co_block_status(p, want_zero, off, n, &got, map, file);
+        if (rc < 0)
+            return rc;
+        if (depth)
+            *depth = d;
+        if (got == 0) { /* a shorter backing file: the rest reads as zeroes */
+            *pnum = n;
+            return VBD_BS_ZERO;
+        }
+        if ((rc & VBD_BS_ALLOCATED) || p->drv->kind != VBD_DRV_FORMAT) {
+            *pnum = got;
+            return (rc & ~VBD_BS_EOF) | VBD_BS_ALLOCATED;
+        }
+        n = got;
+        struct vbd_node *next = p->backing ? vbd_node_skip_filters(p->backing) : NULL;
+        if (!next || next == base) {
+            *pnum = n;
+            return rc & ~(VBD_BS_ALLOCATED | VBD_BS_EOF);
+        }
+        p = next;
+    }
+}
+
+int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
+                         struct vbd_error **err)
+{
+    if (n->read_only) {
+        vbd_error_setf(err, EACCES, "Image '%s' is read-only", n->filename);
+        return -EACCES;
+    }
+    if (!n->drv->co_truncate) {
+        vbd_error_setf(err, ENOTSUP, "Image format '%s' does not support resizing", n->drv->name);
+        return -ENOTSUP;
+    }
+    int rc = n->drv->co_truncate(n, size, exact, prealloc, err);
+    if (rc == 0)
+        n->size = size;
+    return rc;
+}
+
+int64_t vbd_node_get_allocated_size(struct vbd_node *n)
+{
+    if (n->drv->get_allocated_size)
+        return n->drv->get_allocated_size(n);
+    int64_t total = 0;
+    if (n->file)
+        total = vbd_node_get_allocated_size(n->file);
+    return total;
+}
+
+int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
+{
+    memset(info, 0, sizeof(*info));
+    info->virtual_size = n->size;
+    info->actual_size = vbd_node_get_allocated_size(n);
+    if (n->drv->get_info)
+        return n->drv->get_info(n, info, err);
+    return 0;
+}
+
+const char *const vbd_prealloc_names[] = {"off", "metadata", "falloc", "full", NULL};

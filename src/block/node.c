@@ -1,0 +1,448 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The node graph: opening nodes from a filename and/or options the way
+ * QEMU's bdrv_open does (protocol by prefix, format by probing, children
+ * by name), backing chains, names and references.
+ */
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct vbd_node *named_nodes;
+static unsigned auto_name_counter;
+
+struct vbd_node *vbd_node_find(const char *name)
+{
+    for (struct vbd_node *n = named_nodes; n; n = n->next_named)
+        if (!strcmp(n->node_name, name))
+            return n;
+    return NULL;
+}
+
+struct vbd_node *vbd_node_next(struct vbd_node *prev)
+{
+    return prev ? prev->next_named : named_nodes;
+}
+
+void vbd_node_ref(struct vbd_node *n)
+{
+    n->refcnt++;
+}
+
+void vbd_node_unref(struct vbd_node *n)
+{
+    if (!n || --n->refcnt > 0)
+        return;
+    if (n->drv->close)
+        n->drv->close(n);
+    for (struct vbd_node **pp = &named_nodes; *pp; pp = &(*pp)->next_named) {
+        if (*pp == n) {
+            *pp = n->next_named;
+            break;
+        }
+    }
+    vbd_node_unref(n->backing);
+    vbd_node_unref(n->file);
+    json_object_put(n->options);
+    free(n->opaque);
+    free(n);
+}
+
+struct vbd_node *vbd_node_skip_filters(struct vbd_node *n)
+{
+    while (n && n->drv->kind == VBD_DRV_FILTER && n->file)
+        n = n->file;
+    return n;
+}
+
+static const struct vbd_driver *protocol_for(const char *filename)
+{
+    if (!filename)
+        return NULL;
+    const char *colon = strchr(filename, ':');
+    const char *slash = strchr(filename, '/');
+    if (!colon || (slash && slash < colon))
+        return NULL;
+    size_t plen = colon - filename;
+    for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++) {
+        if (!(*d)->protocols)
+            continue;
+        for (const char *const *p = (*d)->protocols; *p; p++)
+            if (strlen(*p) == plen && !strncmp(*p, filename, plen))
+                return *d;
+    }
+    return NULL;
+}
+
+/* Generic options every node accepts; they turn into open flags. */
+static int take_generic(struct json_object *opts, unsigned *flags, struct vbd_error **err)
+{
+    bool b;
+    int rc;
+    if ((rc = vbd_opt_take_bool(opts, "read-only", &b, err)) < 0)
+        return rc;
+    if (rc > 0 && b)
+        *flags &= ~VBD_OPEN_RDWR;
+    if ((rc = vbd_opt_take_bool(opts, "auto-read-only", &b, err)) < 0)
+        return rc;
+    if ((rc = vbd_opt_take_bool(opts, "cache.direct", &b, err)) < 0)
+        return rc;
+    if (rc > 0)
+        *flags = b ? (*flags | VBD_OPEN_NOCACHE) : (*flags & ~VBD_OPEN_NOCACHE);
+    if ((rc = vbd_opt_take_bool(opts, "cache.no-flush", &b, err)) < 0)
+        return rc;
+    if (rc > 0)
+        *flags = b ? (*flags | VBD_OPEN_NO_FLUSH) : (*flags & ~VBD_OPEN_NO_FLUSH);
+    if ((rc = vbd_opt_take_bool(opts, "force-share", &b, err)) < 0)
+        return rc;
+    if (rc > 0)
+        *flags = b ? (*flags | VBD_OPEN_FORCE_SHARE) : (*flags & ~VBD_OPEN_FORCE_SHARE);
+    static const char *const discard[] = {"ignore", "off", "unmap", "on", NULL};
+    int i;
+    if ((rc = vbd_opt_take_enum(opts, "discard", discard, &i, err)) < 0)
+        return rc;
+    if (rc > 0)
+        *flags = i >= 2 ? (*flags | VBD_OPEN_UNMAP) : (*flags & ~VBD_OPEN_UNMAP);
+    static const char *const aio[] = {"io_uring", "threads", "native", NULL};
+    if ((rc = vbd_opt_take_enum(opts, "aio", aio, &i, err)) < 0)
+        return rc;
+    if (rc > 0)
+        *flags = i == 1 ? (*flags | VBD_OPEN_AIO_THREADS) : (*flags & ~VBD_OPEN_AIO_THREADS);
+    static const char *const dz[] = {"off", NULL};
+    if ((rc = vbd_opt_take_enum(opts, "detect-zeroes", dz, &i, err)) < 0)
+        return rc;
+    return 0;
+}
+
+static struct vbd_node *node_create(const struct vbd_driver *drv, const char *filename, struct json_object *opts,
+                                    unsigned flags, struct vbd_error **err)
+{
+    char *name = NULL;
+    struct vbd_node *n = NULL;
+    if (vbd_opt_take_str(opts, "node-name", &name, err) < 0)
+        goto fail;
+    if (name && vbd_node_find(name)) {
+        vbd_error_setf(err, EEXIST, "Duplicate nodes with node-name='%s'", name);
+        goto fail;
+    }
+    if (take_generic(opts, &flags, err) < 0)
+        goto fail;
+    n = calloc(1, sizeof(*n));
+    if (!n)
+        abort();
+    n->drv = drv;
+    n->refcnt = 1;
+    n->open_flags = flags;
+    n->read_only = !(flags & VBD_OPEN_RDWR);
+    n->bl.request_alignment = 1;
+    if (name)
+        snprintf(n->node_name, sizeof(n->node_name), "%s", name);
+    else
+        snprintf(n->node_name, sizeof(n->node_name), "#block%03u", auto_name_counter++);
+    if (filename)
+        snprintf(n->filename, sizeof(n->filename), "%s", filename);
+    n->options = json_object_get(opts);
+    if (drv->state_size) {
+        n->opaque = calloc(1, drv->state_size);
+        if (!n->opaque)
+            abort();
+    }
+    /* Named before open so children opened by reference can be found. */
+    n->next_named = named_nodes;
+    named_nodes = n;
+    if (drv->open(n, opts, flags, err) < 0) {
+        for (struct vbd_node **pp = &named_nodes; *pp; pp = &(*pp)->next_named)
+            if (*pp == n) {
+                *pp = n->next_named;
+                break;
+            }
+        vbd_node_unref(n->backing);
+        vbd_node_unref(n->file);
+        json_object_put(n->options);
+        free(n->opaque);
+        free(n);
+        n = NULL;
+        goto fail;
+    }
+    char what[128];
+    snprintf(what, sizeof(what), "Block %s '%s'", drv->kind == VBD_DRV_PROTOCOL ? "protocol" : "format", drv->name);
+    if (vbd_opts_check_empty(opts, what, err) < 0) {
+        vbd_node_unref(n);
+        n = NULL;
+        goto fail;
+    }
+    if (!n->filename[0] && n->file)
+        snprintf(n->filename, sizeof(n->filename), "%s", n->file->filename);
+    if (n->bl.request_alignment == 0)
+        n->bl.request_alignment = 1;
+fail:
+    free(name);
+    return n;
+}
+
+static int probe_format(struct vbd_node *proto, const struct vbd_driver **out, struct vbd_error **err)
+{
+    uint8_t *buf = vbd_alloc_aligned(4096, 4096);
+    uint64_t len = proto->size < 4096 ? proto->size : 4096;
+    uint64_t alen = (len + 4095) & ~4095ull;
+    int rc = 0;
+    if (alen > proto->size)
+        alen = len; /* tiny file: the generic layer does the RMW */
+    memset(buf, 0, 4096);
+    if (len)
+        rc = vbd_node_co_pread(proto, 0, buf, len);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Could not read image for determining its format: %s", strerror(-rc));
+        free(buf);
+        return rc;
+    }
+    int best = 0;
+    const struct vbd_driver *bestd = vbd_driver_find("raw");
+    for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++) {
+        if ((*d)->kind != VBD_DRV_FORMAT || !(*d)->probe)
+            continue;
+        int score = (*d)->probe(buf, len, proto->filename);
+        if (score > best) {
+            best = score;
+            bestd = *d;
+        }
+    }
+    free(buf);
+    *out = bestd;
+    return 0;
+}
+
+struct open_args {
+    const char *filename;
+    struct json_object *opts;
+    unsigned flags;
+    struct vbd_error **err;
+    struct vbd_node *result;
+};
+
+static struct vbd_node *open_in_co(const char *filename, struct json_object *opts, unsigned flags,
+                                   struct vbd_error **err);
+
+static void open_entry(void *opaque)
+{
+    struct open_args *a = opaque;
+    a->result = open_in_co(a->filename, a->opts, a->flags, a->err);
+}
+
+struct vbd_node *vbd_open(const char *filename, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct open_args a = {filename, opts, flags, err, NULL};
+    vbd_co_run_sync(open_entry, &a);
+    return a.result;
+}
+
+static struct vbd_node *open_in_co(const char *filename, struct json_object *opts, unsigned flags,
+                                   struct vbd_error **err)
+{
+    struct vbd_node *result = NULL;
+    char *fname = NULL, *drvname = NULL;
+    if (!opts)
+        opts = json_object_new_object();
+    if (filename && !strncmp(filename, "json:", 5)) {
+        struct json_object *j = vbd_json_parse_object(filename, err);
+        if (!j)
+            goto out;
+        json_object_object_foreach(j, k, v) json_object_object_add(opts, k, json_object_get(v));
+        json_object_put(j);
+        filename = NULL;
+    }
+    if (vbd_opt_take_str(opts, "filename", &fname, err) < 0 || vbd_opt_take_str(opts, "driver", &drvname, err) < 0)
+        goto out;
+    if (fname) {
+        if (filename) {
+            vbd_error_setf(err, EINVAL, "Cannot give both a filename and the 'filename' option");
+            goto out;
+        }
+        filename = fname;
+    }
+    const struct vbd_driver *drv = NULL;
+    if (drvname) {
+        drv = vbd_driver_find(drvname);
+        if (!drv) {
+            vbd_error_setf(err, EINVAL, "Unknown driver '%s'", drvname);
+            goto out;
+        }
+    }
+    if (drv && drv->kind == VBD_DRV_PROTOCOL) {
+        if (filename && drv->parse_filename && protocol_for(filename) == drv) {
+            if (drv->parse_filename(filename, opts, err) < 0)
+                goto out;
+        } else if (filename) {
+            json_object_object_add(opts, "filename", json_object_new_string(filename));
+        }
+        result = node_create(drv, filename, opts, flags, err);
+        goto out;
+    }
+    if (!drv && (flags & VBD_OPEN_PROTOCOL)) {
+        const struct vbd_driver *p = protocol_for(filename);
+        if (!filename && !p) {
+            vbd_error_setf(err, EINVAL, "A block device must be specified for \"file\"");
+            goto out;
+        }
+        if (p) {
+            if (p->parse_filename && p->parse_filename(filename, opts, err) < 0)
+                goto out;
+            result = node_create(p, filename, opts, flags, err);
+        } else {
+            json_object_object_add(opts, "filename", json_object_new_string(filename));
+            result = node_create(vbd_driver_find("file"), filename, opts, flags, err);
+        }
+        goto out;
+    }
+    /* Format or filter (given or probed) over a "file" child. */
+    if (!drv) {
+        if (!filename && !vbd_opt_get(opts, "file")) {
+            vbd_error_setf(err, EINVAL, "No filename and no 'driver' given");
+            goto out;
+        }
+        struct json_object *file_opts = vbd_opt_take_obj(opts, "file");
+        struct vbd_node *proto;
+        if (file_opts && json_object_is_type(file_opts, json_type_string)) {
+            proto = vbd_node_find(json_object_get_string(file_opts));
+            if (!proto) {
+                vbd_error_setf(err, ENOENT, "Cannot find node-name '%s'", json_object_get_string(file_opts));
+                json_object_put(file_opts);
+                goto out;
+            }
+            vbd_node_ref(proto);
+            json_object_put(file_opts);
+        } else {
+            unsigned pflags = flags | VBD_OPEN_PROTOCOL;
+            /* generic options given at the top apply to the protocol too */
+            struct json_object *fo = file_opts ? file_opts : json_object_new_object();
+            proto = open_in_co(filename, fo, pflags, err);
+            if (!proto)
+                goto out;
+        }
+        if (probe_format(proto, &drv, err) < 0) {
+            vbd_node_unref(proto);
+            goto out;
+        }
+        if (!strcmp(drv->name, "raw") && (flags & VBD_OPEN_RDWR) && getenv("VBD_QUIET_PROBE") == NULL)
+            vbd_warn("Image format was not specified for '%s' and probing guessed raw. "
+                     "Automatically detecting the format is dangerous for raw images, write operations on "
+                     "block 0 will be restricted. Specify the 'raw' format explicitly to remove the restrictions.",
+                     proto->filename);
+        json_object_object_add(opts, "file", json_object_new_string(proto->node_name));
+        result = node_create(drv, filename, opts, flags, err);
+        vbd_node_unref(proto); /* the format node holds its own reference */
+        goto out;
+    }
+    if (filename && !vbd_opt_get(opts, "file")) {
+        struct json_object *fo = json_object_new_object();
+        json_object_object_add(fo, "filename", json_object_new_string(filename));
+        json_object_object_add(opts, "file", fo);
+    }
+    result = node_create(drv, filename, opts, flags, err);
+out:
+    if (result && result->filename[0] == 0 && filename)
+        snprintf(result->filename, sizeof(result->filename), "%s", filename);
+    if (!result && err && *err && filename && !strstr((*err)->msg, filename))
+        vbd_error_prepend(err, "Could not open '%s': ", filename);
+    free(fname);
+    free(drvname);
+    json_object_put(opts);
+    return result;
+}
+
+struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opts, const char *key,
+                                const char *filename, unsigned flags, struct vbd_error **err)
+{
+    struct json_object *v = vbd_opt_take_obj(opts, key);
+    if (!v) {
+        if (!filename) {
+            vbd_error_setf(err, EINVAL, "A block device must be specified for \"%s\"", key);
+            return NULL;
+        }
+        return vbd_open(filename, NULL, flags | (!strcmp(key, "file") ? VBD_OPEN_PROTOCOL : 0), err);
+    }
+    if (json_object_is_type(v, json_type_string)) {
+        const char *ref = json_object_get_string(v);
+        struct vbd_node *c = vbd_node_find(ref);
+        if (!c) {
+            vbd_error_setf(err, ENOENT, "Cannot find device='' nor node-name='%s'", ref);
+            json_object_put(v);
+            return NULL;
+        }
+        if ((flags & VBD_OPEN_RDWR) && c->read_only) {
+            vbd_error_setf(err, EACCES, "Block node '%s' is read-only", ref);
+            json_object_put(v);
+            return NULL;
+        }
+        vbd_node_ref(c);
+        json_object_put(v);
+        return c;
+    }
+    if (!json_object_is_type(v, json_type_object)) {
+        vbd_error_setf(err, EINVAL, "Parameter '%s' expects a node name or options", key);
+        json_object_put(v);
+        return NULL;
+    }
+    char *fname = NULL;
+    if (vbd_opt_take_str(v, "filename", &fname, err) < 0) {
+        json_object_put(v);
+        return NULL;
+    }
+    unsigned cflags = flags;
+    if (!strcmp(key, "file") && !vbd_opt_get(v, "driver"))
+        cflags |= VBD_OPEN_PROTOCOL;
+    struct vbd_node *c = vbd_open(fname ? fname : filename, v, cflags, err);
+    free(fname);
+    (void)parent;
+    return c;
+}
+
+static bool is_uri_or_json(const char *s)
+{
+    return !strncmp(s, "json:", 5) || protocol_for(s) != NULL;
+}
+
+int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    unsigned bflags = (flags & ~(VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL | VBD_OPEN_CHECK));
+    struct json_object *v = vbd_opt_get(opts, "backing");
+    if (v) {
+        if (json_object_is_type(v, json_type_null)) {
+            vbd_opt_take_obj(opts, "backing");
+            json_object_put(v);
+            return 0;
+        }
+        n->backing = vbd_open_child(n, opts, "backing", NULL, bflags, err);
+        return n->backing ? 0 : -EINVAL;
+    }
+    if (!n->backing_file[0] || (flags & VBD_OPEN_NO_BACKING))
+        return 0;
+    char path[4096];
+    if (n->backing_file[0] == '/' || is_uri_or_json(n->backing_file) || !n->file ||
+        is_uri_or_json(n->file->filename)) {
+        snprintf(path, sizeof(path), "%s", n->backing_file);
+    } else {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", n->file->filename);
+        snprintf(path, sizeof(path), "%s/%s", dirname(dir), n->backing_file);
+    }
+    snprintf(n->full_backing_filename, sizeof(n->full_backing_filename), "%s", path);
+    struct json_object *bo = json_object_new_object();
+    if (n->backing_format[0])
+        json_object_object_add(bo, "driver", json_object_new_string(n->backing_format));
+    struct vbd_error *e = NULL;
+    n->backing = vbd_open(path, bo, bflags, &e);
+    if (!n->backing) {
+        vbd_error_setf(err, e ? e->code : EINVAL, "Could not open backing file: %s", e ? e->msg : "unknown error");
+        vbd_error_free(e);
+        return -EINVAL;
+    }
+    return 0;
+}

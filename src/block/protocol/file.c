@@ -1,0 +1,444 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Protocol driver "file": regular files and host block devices, through
+ * the loop's io_uring (or its thread pool with aio=threads). Image locks
+ * are OFD locks on the same bytes QEMU uses, so vbd and QEMU tools see
+ * each other's locks.
+ */
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/loop.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* QEMU's permission bits and lock byte ranges (file-posix.c): byte
+ * 100+bit = "I use this permission", 200+bit = "I don't share it". */
+enum {
+    PERM_CONSISTENT_READ = 0x1,
+    PERM_WRITE = 0x2,
+    PERM_WRITE_UNCHANGED = 0x4,
+    PERM_RESIZE = 0x8,
+    PERM_ALL = 0xf,
+    LOCK_PERM_BASE = 100,
+    LOCK_SHARED_BASE = 200,
+};
+static const char *const perm_names[] = {"consistent read", "write", "write unchanged", "resize"};
+
+struct file_state {
+    int fd;
+    bool is_blockdev;
+    enum vbd_aio aio;
+    bool locked;
+};
+
+static int lock_byte(int fd, off_t byte, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+static bool byte_locked_by_other(int fd, off_t byte)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return false;
+    return fl.l_type != F_UNLCK;
+}
+
+static int apply_locks(struct vbd_node *n, int fd, unsigned perm, unsigned shared, struct vbd_error **err)
+{
+    for (int i = 0; i < 4; i++) {
+        if ((perm & (1u << i)) && lock_byte(fd, LOCK_PERM_BASE + i, F_RDLCK) < 0)
+            goto lockfail;
+        if (!(shared & (1u << i)) && lock_byte(fd, LOCK_SHARED_BASE + i, F_RDLCK) < 0)
+            goto lockfail;
+    }
+    for (int i = 0; i < 4; i++) {
+        if ((perm & (1u << i)) && byte_locked_by_other(fd, LOCK_SHARED_BASE + i)) {
+            vbd_error_setf(err, EAGAIN, "Failed to get \"%s\" lock: Is another process using the image [%s]?",
+                           perm_names[i], n->filename);
+            return -EAGAIN;
+        }
+        if (!(shared & (1u << i)) && byte_locked_by_other(fd, LOCK_PERM_BASE + i)) {
+            vbd_error_setf(err, EAGAIN, "Failed to get shared \"%s\" lock: Is another process using the image [%s]?",
+                           perm_names[i], n->filename);
+            return -EAGAIN;
+        }
+    }
+    return 0;
+lockfail:
+    vbd_error_setf(err, errno, "Failed to lock '%s': %s", n->filename, strerror(errno));
+    return -errno;
+}
+
+static int probe_direct_alignment(int fd, uint32_t *align)
+{
+    void *buf = vbd_alloc_aligned(4096, 4096);
+    int rc = -EINVAL;
+    for (uint32_t a = 512; a <= 4096; a *= 2) {
+        if (pread(fd, buf, a, 0) >= 0) {
+            *align = a;
+            rc = 0;
+            break;
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct file_state *s = n->opaque;
+    char *filename = NULL;
+    int locking = 0; /* auto */
+    static const char *const lockmodes[] = {"auto", "on", "off", NULL};
+    s->fd = -1;
+    if (vbd_opt_take_str(opts, "filename", &filename, err) < 0 ||
+        vbd_opt_take_enum(opts, "locking", lockmodes, &locking, err) < 0)
+        goto fail;
+    if (!filename) {
+        vbd_error_setf(err, EINVAL, "Parameter 'filename' is required for driver 'file'");
+        goto fail;
+    }
+    snprintf(n->filename, sizeof(n->filename), "%s", filename);
+    s->aio = (flags & VBD_OPEN_AIO_THREADS) ? VBD_AIO_THREADS : VBD_AIO_IO_URING;
+    int oflags = O_CLOEXEC | ((flags & VBD_OPEN_RDWR) ? O_RDWR : O_RDONLY);
+    if (flags & VBD_OPEN_NOCACHE)
+        oflags |= O_DIRECT;
+    s->fd = open(filename, oflags);
+    if (s->fd < 0 && errno == EINVAL && (flags & VBD_OPEN_NOCACHE)) {
+        vbd_error_setf(err, EINVAL,
+                       "Could not open '%s': the filesystem does not support O_DIRECT (cache.direct=on / cache=none)",
+                       filename);
+        goto fail;
+    }
+    if (s->fd < 0) {
+        vbd_error_setf(err, errno, "Could not open '%s': %s", filename, strerror(errno));
+        goto fail;
+    }
+    struct stat st;
+    if (fstat(s->fd, &st) < 0) {
+        vbd_error_setf(err, errno, "Could not stat '%s': %s", filename, strerror(errno));
+        goto fail;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        vbd_error_setf(err, EISDIR, "Could not open '%s': Is a directory", filename);
+        goto fail;
+    }
+    if (S_ISBLK(st.st_mode)) {
+        uint64_t size;
+        s->is_blockdev = true;
+        if (ioctl(s->fd, BLKGETSIZE64, &size) < 0) {
+            vbd_error_setf(err, errno, "Could not get the size of '%s': %s", filename, strerror(errno));
+            goto fail;
+        }
+        n->size = size;
+    } else if (S_ISREG(st.st_mode)) {
+        n->size = st.st_size;
+    } else {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': not a regular file or block device", filename);
+        goto fail;
+    }
+    if (flags & VBD_OPEN_NOCACHE) {
+        uint32_t a = 512;
+        int ssz;
+        if (s->is_blockdev && ioctl(s->fd, BLKSSZGET, &ssz) == 0)
+            a = ssz;
+        else if (probe_direct_alignment(s->fd, &a) < 0)
+            a = 4096;
+        n->bl.request_alignment = a;
+        n->bl.min_mem_alignment = a;
+    }
+    bool do_lock = locking != 2 && !(flags & VBD_OPEN_FORCE_SHARE);
+    if ((flags & VBD_OPEN_FORCE_SHARE) && (flags & VBD_OPEN_RDWR)) {
+        vbd_error_setf(err, EINVAL, "force-share=on can only be used with read-only images");
+        goto fail;
+    }
+    if (do_lock) {
+        unsigned perm = PERM_CONSISTENT_READ, shared = PERM_ALL & ~PERM_WRITE;
+        if (flags & VBD_OPEN_RDWR) {
+            perm |= PERM_WRITE | PERM_RESIZE;
+            shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+        }
+        if (apply_locks(n, s->fd, perm, shared, err) < 0)
+            goto fail;
+        s->locked = true;
+    }
+    n->supported_write_flags = VBD_REQ_FUA;
+    n->supported_zero_flags = VBD_REQ_MAY_UNMAP;
+    n->bl.max_transfer = 0;
+    free(filename);
+    return 0;
+fail:
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    free(filename);
+    return -EINVAL;
+}
+
+static void file_close(struct vbd_node *n)
+{
+    struct file_state *s = n->opaque;
+    if (s->fd >= 0)
+        close(s->fd); /* drops the OFD locks too */
+}
+
+static int file_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                       unsigned flags)
+{
+    struct file_state *s = n->opaque;
+    struct iovec iov[64];
+    if (qoff == 0 && bytes == q->size)
+        return vbd_co_preadv_full(s->fd, q->iov, q->niov, off, s->aio);
+    int cnt = vbd_iov_slice(iov, 64, q->iov, q->niov, qoff, bytes);
+    if (cnt >= 0)
+        return vbd_co_preadv_full(s->fd, iov, cnt, off, s->aio);
+    struct iovec *big = malloc(sizeof(*big) * q->niov);
+    if (!big)
+        return -ENOMEM;
+    cnt = vbd_iov_slice(big, q->niov, q->iov, q->niov, qoff, bytes);
+    int rc = vbd_co_preadv_full(s->fd, big, cnt, off, s->aio);
+    free(big);
+    return rc;
+}
+
+static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                        unsigned flags)
+{
+    struct file_state *s = n->opaque;
+    int rwf = (flags & VBD_REQ_FUA) ? RWF_DSYNC : 0;
+    struct iovec iov[64];
+    int rc;
+    if (qoff == 0 && bytes == q->size) {
+        rc = vbd_co_pwritev_full(s->fd, q->iov, q->niov, off, rwf, s->aio);
+    } else {
+        int cnt = vbd_iov_slice(iov, 64, q->iov, q->niov, qoff, bytes);
+        if (cnt >= 0) {
+            rc = vbd_co_pwritev_full(s->fd, iov, cnt, off, rwf, s->aio);
+        } else {
+            struct iovec *big = malloc(sizeof(*big) * q->niov);
+            if (!big)
+                return -ENOMEM;
+            cnt = vbd_iov_slice(big, q->niov, q->iov, q->niov, qoff, bytes);
+            rc = vbd_co_pwritev_full(s->fd, big, cnt, off, rwf, s->aio);
+            free(big);
+        }
+    }
+    if (rc == 0 && off + bytes > n->size && !s->is_blockdev)
+        n->size = off + bytes;
+    return rc;
+}
+
+static int file_flush(struct vbd_node *n)
+{
+    struct file_state *s = n->opaque;
+    if (n->open_flags & VBD_OPEN_NO_FLUSH)
+        return 0;
+    return vbd_co_fsync(s->fd, true, s->aio);
+}
+
+struct blk_ioctl {
+    int fd;
+    unsigned long req;
+    uint64_t range[2];
+};
+
+static long do_blk_ioctl(void *opaque)
+{
+    struct blk_ioctl *b = opaque;
+    return ioctl(b->fd, b->req, b->range) < 0 ? -errno : 0;
+}
+
+static int file_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    struct file_state *s = n->opaque;
+    if (s->is_blockdev) {
+        struct blk_ioctl b = {s->fd, BLKDISCARD, {off, bytes}};
+        long rc = vbd_co_run_in_thread(do_blk_ioctl, &b);
+        return rc == -EOPNOTSUPP ? -ENOTSUP : (int)rc;
+    }
+    int rc = vbd_co_fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, bytes);
+    return rc == -EOPNOTSUPP ? -ENOTSUP : rc;
+}
+
+static int file_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct file_state *s = n->opaque;
+    int rc;
+    if (s->is_blockdev) {
+        struct blk_ioctl b = {s->fd, BLKZEROOUT, {off, bytes}};
+        rc = (int)vbd_co_run_in_thread(do_blk_ioctl, &b);
+        return rc == -EOPNOTSUPP || rc == -EINVAL ? -ENOTSUP : rc;
+    }
+    if ((flags & VBD_REQ_MAY_UNMAP) && off + bytes <= n->size) {
+        rc = vbd_co_fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, bytes);
+        if (rc == 0)
+            return 0;
+    }
+    rc = vbd_co_fallocate(s->fd, FALLOC_FL_ZERO_RANGE, off, bytes);
+    if (rc == -EOPNOTSUPP || rc == -EINVAL)
+        return -ENOTSUP;
+    if (rc == 0 && off + bytes > n->size)
+        n->size = off + bytes;
+    return rc;
+}
+
+static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                             uint64_t *map, struct vbd_node **file)
+{
+    struct file_state *s = n->opaque;
+    *map = off;
+    *file = n;
+    if (s->is_blockdev) {
+        *pnum = bytes;
+        return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
+    }
+    off_t data = lseek(s->fd, off, SEEK_DATA);
+    if (data < 0) {
+        if (errno == ENXIO) { /* no data after off: a hole to the end */
+            *pnum = bytes;
+            return VBD_BS_ZERO | VBD_BS_OFFSET_VALID;
+        }
+        *pnum = bytes; /* SEEK_DATA unsupported: say data */
+        return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
+    }
+    if ((uint64_t)data > off) {
+        uint64_t len = (uint64_t)data - off;
+        *pnum = len < bytes ? len : bytes;
+        return VBD_BS_ZERO | VBD_BS_OFFSET_VALID;
+    }
+    off_t hole = lseek(s->fd, off, SEEK_HOLE);
+    uint64_t len = hole > (off_t)off ? (uint64_t)hole - off : bytes;
+    *pnum = len < bytes ? len : bytes;
+    return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
+}
+
+static int prealloc_range(int fd, uint64_t from, uint64_t to, enum vbd_prealloc p, struct vbd_error **err,
+                          const char *name)
+{
+    if (to <= from || p == VBD_PREALLOC_OFF || p == VBD_PREALLOC_METADATA)
+        return 0;
+    if (p == VBD_PREALLOC_FALLOC) {
+        if (fallocate(fd, 0, from, to - from) < 0) {
+            vbd_error_setf(err, errno, "Could not preallocate '%s': %s", name, strerror(errno));
+            return -errno;
+        }
+        return 0;
+    }
+    static char zero[1 << 16];
+    for (uint64_t pos = from; pos < to;) {
+        size_t len = to - pos < sizeof(zero) ? to - pos : sizeof(zero);
+        ssize_t r = pwrite(fd, zero, len, pos);
+        if (r < 0) {
+            vbd_error_setf(err, errno, "Could not preallocate '%s': %s", name, strerror(errno));
+            return -errno;
+        }
+        pos += r;
+    }
+    return 0;
+}
+
+static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
+                         struct vbd_error **err)
+{
+    struct file_state *s = n->opaque;
+    if (s->is_blockdev) {
+        if (size > n->size || (exact && size != n->size)) {
+            vbd_error_setf(err, ENOTSUP, "Cannot grow device files");
+            return -ENOTSUP;
+        }
+        return 0;
+    }
+    uint64_t old = n->size;
+    if (!exact && size < old)
+        return 0;
+    if (ftruncate(s->fd, size) < 0) {
+        vbd_error_setf(err, errno, "Failed to resize '%s': %s", n->filename, strerror(errno));
+        return -errno;
+    }
+    n->size = size;
+    return prealloc_range(s->fd, old, size, prealloc, err, n->filename);
+}
+
+static int64_t file_allocated(struct vbd_node *n)
+{
+    struct file_state *s = n->opaque;
+    struct stat st;
+    if (fstat(s->fd, &st) < 0)
+        return -errno;
+    return (int64_t)st.st_blocks * 512;
+}
+
+static const struct vbd_opt_desc file_create_opts[] = {
+    {"size", VBD_OPT_SIZE, "Virtual disk size", NULL},
+    {"preallocation", VBD_OPT_STRING, "Preallocation mode (allowed values: off, falloc, full)", "off"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int file_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    uint64_t size = 0;
+    int prealloc = 0;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
+        vbd_opt_take_enum(opts, "preallocation", vbd_prealloc_names, &prealloc, err) < 0)
+        return -EINVAL;
+    if (prealloc == VBD_PREALLOC_METADATA) {
+        vbd_error_setf(err, EINVAL, "Unsupported preallocation mode 'metadata' for a raw file");
+        return -EINVAL;
+    }
+    int fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        vbd_error_setf(err, errno, "Could not create '%s': %s", filename, strerror(errno));
+        return -errno;
+    }
+    struct stat st;
+    int rc = 0;
+    /* Take the write lock like an open would: never truncate an image in use. */
+    if (lock_byte(fd, LOCK_PERM_BASE + 1, F_RDLCK) == 0 && byte_locked_by_other(fd, LOCK_SHARED_BASE + 1)) {
+        vbd_error_setf(err, EAGAIN, "Failed to get \"write\" lock: Is another process using the image [%s]?",
+                       filename);
+        rc = -EAGAIN;
+    } else if (fstat(fd, &st) == 0 && S_ISBLK(st.st_mode)) {
+        rc = 0; /* devices keep their size */
+    } else if (ftruncate(fd, 0) < 0 || ftruncate(fd, size) < 0) {
+        vbd_error_setf(err, errno, "Could not resize '%s': %s", filename, strerror(errno));
+        rc = -errno;
+    } else {
+        rc = prealloc_range(fd, 0, size, prealloc, err, filename);
+    }
+    close(fd);
+    return rc;
+}
+
+static const struct vbd_driver file_driver = {
+    .abi_size = sizeof(struct vbd_driver),
+    .name = "file",
+    .kind = VBD_DRV_PROTOCOL,
+    .state_size = sizeof(struct file_state),
+    .caps = VBD_DRV_CAP_MULTI_LOOP,
+    .open = file_open,
+    .close = file_close,
+    .co_preadv = file_preadv,
+    .co_pwritev = file_pwritev,
+    .co_flush = file_flush,
+    .co_pdiscard = file_pdiscard,
+    .co_pwrite_zeroes = file_pwrite_zeroes,
+    .co_block_status = file_block_status,
+    .co_truncate = file_truncate,
+    .get_allocated_size = file_allocated,
+    .create_opts = file_create_opts,
+    .co_create = file_create,
+};
+VBD_DRIVER_REGISTER(file, file_driver);

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/* Every driver, once. grep VBD_DRIVER_REGISTER finds their tables. */
+#include "vbd/block.h"
+
+#include <string.h>
+
+extern const struct vbd_driver *const vbd_driver_file;
+extern const struct vbd_driver *const vbd_driver_null_co;
+extern const struct vbd_driver *const vbd_driver_raw;
+
+static const struct vbd_driver *const *const registry[] = {
+    &vbd_driver_file,
+    &vbd_driver_null_co,
+    &vbd_driver_raw,
+    NULL,
+};
+
+const struct vbd_driver *const *vbd_driver_list(void)
+{
+    static const struct vbd_driver *list[sizeof(registry) / sizeof(registry[0])];
+    if (!list[0])
+        for (size_t i = 0; registry[i]; i++)
+            list[i] = *registry[i];
+    return list;
+}
+
+const struct vbd_driver *vbd_driver_find(const char *name)
+{
+    if (!strcmp(name, "null"))
+        name = "null-co";
+    if (!strcmp(name, "host_device") || !strcmp(name, "host_cdrom"))
+        name = "file";
+    for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
+        if (!strcmp((*d)->name, name))
+            return *d;
+    return NULL;
+}
