@@ -1,0 +1,158 @@
+/* SPDX-License-Identifier: MIT */
+#include "common.h"
+
+#include "vbd/backend.h"
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/options.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tool_cvtstr(double value, char *buf, size_t len)
+{
+    static const char *const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    int u = 0;
+    while (value >= 1024 && u < 6) {
+        value /= 1024;
+        u++;
+    }
+    if (u == 0) {
+        snprintf(buf, len, "%.0f bytes", value);
+        return;
+    }
+    snprintf(buf, len, "%.3f", value);
+    char *dot = strchr(buf, '.');
+    if (dot && !strcmp(dot, ".000"))
+        *dot = 0;
+    snprintf(buf + strlen(buf), len - strlen(buf), " %s", units[u]);
+}
+
+int64_t tool_cvtnum(const char *s)
+{
+    uint64_t v;
+    struct vbd_error *err = NULL;
+    if (vbd_parse_size(s, &v, &err) < 0) {
+        vbd_error_free(err);
+        return -1;
+    }
+    return (int64_t)v;
+}
+
+void tool_report(struct vbd_error *err)
+{
+    if (err)
+        vbd_error_report("%s", err->msg);
+    vbd_error_free(err);
+}
+
+int tool_cache_flags(const char *cache, unsigned *flags, bool *writethrough)
+{
+    enum vbd_cache_mode mode;
+    if (!cache)
+        return 0;
+    if (vbd_cache_mode_parse(cache, &mode) < 0) {
+        vbd_error_report("Invalid cache option: %s", cache);
+        return -1;
+    }
+    *flags |= vbd_cache_mode_open_flags(mode);
+    if (writethrough)
+        *writethrough = vbd_cache_mode_writethrough(mode);
+    return 0;
+}
+
+int tool_aio_flags(const char *aio, unsigned *flags)
+{
+    if (!aio || !strcmp(aio, "io_uring") || !strcmp(aio, "native"))
+        return 0;
+    if (!strcmp(aio, "threads")) {
+        *flags |= VBD_OPEN_AIO_THREADS;
+        return 0;
+    }
+    vbd_error_report("Invalid aio option: %s", aio);
+    return -1;
+}
+
+struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opts, unsigned flags,
+                           const char *cache, bool *writethrough)
+{
+    struct vbd_error *err = NULL;
+    struct json_object *opts = NULL;
+    if (tool_cache_flags(cache, &flags, writethrough) < 0)
+        return NULL;
+    if (image_opts) {
+        if (fmt) {
+            vbd_error_report("--image-opts and --format are mutually exclusive");
+            return NULL;
+        }
+        opts = vbd_opts_parse(filename, NULL, &err);
+        if (!opts) {
+            tool_report(err);
+            return NULL;
+        }
+        filename = NULL;
+    } else if (fmt) {
+        if (!vbd_driver_find(fmt)) {
+            vbd_error_report("Could not open '%s': Unknown driver '%s'", filename, fmt);
+            return NULL;
+        }
+        opts = json_object_new_object();
+        json_object_object_add(opts, "driver", json_object_new_string(fmt));
+    }
+    struct vbd_node *n = vbd_open(filename, opts, flags, &err);
+    if (!n)
+        tool_report(err);
+    return n;
+}
+
+static int progress_last = -1;
+
+void tool_progress(double pct)
+{
+    int tenth = (int)(pct * 100);
+    if (tenth == progress_last)
+        return;
+    progress_last = tenth;
+    printf("    (%.2f/100%%)\r", pct);
+    fflush(stdout);
+}
+
+void tool_progress_end(void)
+{
+    if (progress_last >= 0) {
+        printf("    (100.00/100%%)\n");
+        progress_last = -1;
+    }
+}
+
+char *tool_json_pretty(struct json_object *o)
+{
+    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+                                                          JSON_C_TO_STRING_NOSLASHESCAPE);
+    /* json-c indents by 2; QEMU by 4 */
+    size_t len = strlen(s);
+    char *out = malloc(len * 2 + 1), *p = out;
+    bool bol = true;
+    for (const char *q = s; *q; q++) {
+        if (bol && *q == ' ') {
+            *p++ = ' ';
+            *p++ = ' ';
+            continue;
+        }
+        bol = *q == '\n';
+        *p++ = *q;
+    }
+    *p = 0;
+    return out;
+}
+
+void tool_print_json(struct json_object *o)
+{
+    char *s = tool_json_pretty(o);
+    printf("%s\n", s);
+    free(s);
+}

@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_TOOLS_COMMON_H
+#define VBD_TOOLS_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct vbd_node;
+struct vbd_error;
+struct json_object;
+
+/* qemu's cvtstr: "4 KiB", "1.500 MiB", "512 bytes". */
+void tool_cvtstr(double value, char *buf, size_t len);
+/* qemu's number parser for offsets/lengths (suffixes k,M,G,...); -1 on error. */
+int64_t tool_cvtnum(const char *s);
+/* Open an image as the tools do: fmt may be NULL (probe); image_opts: the
+ * filename is a keyval/JSON option string. cache: qemu-img -t/-T names
+ * (NULL: default). Returns NULL after printing "prog: msg" to stderr. */
+struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opts, unsigned flags,
+                           const char *cache, bool *writethrough);
+/* Parse a cache mode into open flags (prints error, returns -1 on bad name). */
+int tool_cache_flags(const char *cache, unsigned *flags, bool *writethrough);
+int tool_aio_flags(const char *aio, unsigned *flags);
+/* Print an error object as "prog: message" and free it. */
+void tool_report(struct vbd_error *err);
+/* "[  42.00/100%]" progress on stderr-free stdout like qemu-img -p. */
+void tool_progress(double pct);
+void tool_progress_end(void);
+/* JSON printed like QEMU's (4-space indent, ": " separators). */
+void tool_print_json(struct json_object *o);
+char *tool_json_pretty(struct json_object *o);
+
+#endif
