@@ -17,6 +17,7 @@ struct vbd_error;
 #define VBD_REQ_FUA         0x1u /* write: data durable before completion */
 #define VBD_REQ_MAY_UNMAP   0x2u /* write_zeroes: may deallocate */
 #define VBD_REQ_NO_FALLBACK 0x4u /* write_zeroes: fail with -ENOTSUP rather than write zero buffers */
+#define VBD_REQ_COMPRESSED  0x8u /* write: store compressed (formats that list it in supported_write_flags) */
 
 /* ---------- open flags ---------- */
 #define VBD_OPEN_RDWR        0x0001u
@@ -153,6 +154,9 @@ struct vbd_driver {
     int (*snapshot_list)(struct vbd_node *n, struct vbd_snapshot_info **out); /* returns count, *out malloc'd */
     /* Change the recorded backing file (rebase -u, commit -d ...). */
     int (*change_backing_file)(struct vbd_node *n, const char *backing_file, const char *backing_fmt, struct vbd_error **err);
+    /* Drop all data of this layer so reads fall through to the backing
+     * (commit without -d). */
+    int (*co_make_empty)(struct vbd_node *n);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*(). */

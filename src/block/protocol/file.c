@@ -417,6 +417,13 @@ static int file_create(const char *filename, struct json_object *opts, struct vb
         rc = -errno;
     } else {
         rc = prealloc_range(fd, 0, size, prealloc, err, filename);
+        /* As QEMU does: allocate the first block so O_DIRECT alignment
+         * probing on the new image finds data (and maps match qemu-img's). */
+        if (rc == 0 && prealloc == VBD_PREALLOC_OFF && size) {
+            static const char zero[4096];
+            ssize_t w = pwrite(fd, zero, size < 4096 ? size : 4096, 0);
+            (void)w;
+        }
     }
     close(fd);
     return rc;
