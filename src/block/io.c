@@ -365,6 +365,8 @@ int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
         return rc;
     if (*pnum == 0 || *pnum > bytes)
         *pnum = bytes;
+    if (off + *pnum >= n->size)
+        rc |= VBD_BS_EOF;
     if (map)
         *map = m;
     if (file)
@@ -397,13 +399,13 @@ int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, 
         }
         if ((rc & VBD_BS_ALLOCATED) || p->drv->kind != VBD_DRV_FORMAT) {
             *pnum = got;
-            return (rc & ~VBD_BS_EOF) | VBD_BS_ALLOCATED;
+            return rc | VBD_BS_ALLOCATED;
         }
         n = got;
         struct vbd_node *next = p->backing ? vbd_node_skip_filters(p->backing) : NULL;
         if (!next || next == base) {
             *pnum = n;
-            return rc & ~(VBD_BS_ALLOCATED | VBD_BS_EOF);
+            return rc & ~VBD_BS_ALLOCATED;
         }
         p = next;
     }

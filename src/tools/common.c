@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <json-c/json.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,21 @@ void tool_cvtstr(double value, char *buf, size_t len)
     if (dot && !strcmp(dot, ".000"))
         *dot = 0;
     snprintf(buf + strlen(buf), len - strlen(buf), " %s", units[u]);
+}
+
+void tool_size_to_str(double value, char *buf, size_t len)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    /* QEMU's rule: the unit changes at 1000 of the previous one, so
+     * 1000..1023 bytes print as "0.977 KiB". */
+    int e = 0;
+    frexp(value / (1000.0 / 1024.0), &e);
+    int u = (e - 1) / 10;
+    if (u < 0)
+        u = 0;
+    if (u > 6)
+        u = 6;
+    snprintf(buf, len, "%0.3g %s", value / (double)(1ull << (u * 10)), units[u]);
 }
 
 int64_t tool_cvtnum(const char *s)

@@ -12,6 +12,8 @@ struct json_object;
 
 /* qemu's cvtstr: "4 KiB", "1.500 MiB", "512 bytes". */
 void tool_cvtstr(double value, char *buf, size_t len);
+/* qemu's size_to_str for qemu-img info: "4 KiB", "2.07 MiB", "512 B". */
+void tool_size_to_str(double value, char *buf, size_t len);
 /* qemu's number parser for offsets/lengths (suffixes k,M,G,...); -1 on error. */
 int64_t tool_cvtnum(const char *s);
 /* Open an image as the tools do: fmt may be NULL (probe); image_opts: the

@@ -145,6 +145,7 @@ static int verb_create(int argc, char **argv)
             return 1;
         }
         have_size = true;
+        size = (size + 511) & ~511ull; /* qemu-img rounds up to whole sectors */
         optind++;
     }
     if (optind < argc) {
@@ -284,10 +285,10 @@ static void print_info_human(struct json_object *o)
     printf("image: %s\n", json_object_get_string(json_object_object_get(o, "filename")));
     printf("file format: %s\n", json_object_get_string(json_object_object_get(o, "format")));
     int64_t vs = json_object_get_int64(json_object_object_get(o, "virtual-size"));
-    tool_cvtstr((double)vs, s, sizeof(s));
+    tool_size_to_str((double)vs, s, sizeof(s));
     printf("virtual size: %s (%lld bytes)\n", s, (long long)vs);
     if (json_object_object_get_ex(o, "actual-size", &v)) {
-        tool_cvtstr((double)json_object_get_int64(v), s, sizeof(s));
+        tool_size_to_str((double)json_object_get_int64(v), s, sizeof(s));
         printf("disk size: %s\n", s);
     } else {
         printf("disk size: unavailable\n");
@@ -603,9 +604,11 @@ static int verb_compare(int argc, char **argv)
         uint64_t step = pa < pb ? pa : pb;
         if (strict) {
             uint64_t p1, p2;
-            int s1 = vbd_node_co_block_status_above(a, NULL, false, off, step, &p1, NULL, NULL, NULL);
-            int s2 = vbd_node_co_block_status_above(b, NULL, false, off, step, &p2, NULL, NULL, NULL);
-            if (s1 >= 0 && s2 >= 0 && ((s1 ^ s2) & VBD_BS_ALLOCATED)) {
+            /* whole remaining range, as qemu-img asks: the EOF bit counts */
+            int s1 = vbd_node_co_block_status_above(a, NULL, true, off, a->size - off, &p1, NULL, NULL, NULL);
+            int s2 = vbd_node_co_block_status_above(b, NULL, true, off, b->size - off, &p2, NULL, NULL, NULL);
+            unsigned m = VBD_BS_ALLOCATED | VBD_BS_DATA | VBD_BS_ZERO | VBD_BS_EOF; /* as qemu-img -s */
+            if (s1 >= 0 && s2 >= 0 && ((s1 ^ s2) & m)) {
                 if (!quiet)
                     printf("Strict mode: Offset %llu block status mismatch!\n", (unsigned long long)off);
                 rc = 1;
@@ -633,6 +636,8 @@ static int verb_compare(int argc, char **argv)
             tool_progress(100.0 * off / (common ? common : 1));
     }
     if (mismatch < 0 && a->size != b->size) {
+        if (!quiet)
+            printf("Warning: Image size mismatch!\n");
         /* The longer image's tail must read as zeroes. */
         struct vbd_node *big = a->size > b->size ? a : b;
         for (uint64_t off = common; off < big->size;) {
@@ -655,8 +660,6 @@ static int verb_compare(int argc, char **argv)
             }
             off += p;
         }
-        if (mismatch < 0 && !quiet)
-            printf("Warning: Image size mismatch!\n");
     }
     if (progress)
         tool_progress_end();
@@ -947,8 +950,11 @@ static int verb_resize(int argc, char **argv)
                                        {"preallocation", required_argument, NULL, OPT_PREALLOC},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
-    /* "-1G" must not be taken for an option: stop at the first non-option */
-    while ((c = getopt_long(argc, argv, "+hf:q", lo, NULL)) != -1) {
+    /* As qemu-img: a last argument "-1G" is the size, not an option. */
+    const char *neg_size = NULL;
+    if (argc > 2 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' && argv[argc - 1][1] <= '9')
+        neg_size = argv[--argc];
+    while ((c = getopt_long(argc, argv, "hf:q", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'q': quiet = true; break;
@@ -962,11 +968,11 @@ static int verb_resize(int argc, char **argv)
         default: return 1;
         }
     }
-    if (argc - optind != 2) {
+    if (argc - optind != (neg_size ? 1 : 2)) {
         vbd_error_report("Expecting image file name and size");
         return 1;
     }
-    const char *ss = argv[optind + 1];
+    const char *ss = neg_size ? neg_size : argv[optind + 1];
     int sign = 0;
     if (*ss == '+' || *ss == '-')
         sign = *ss++ == '+' ? 1 : -1;
@@ -1641,15 +1647,18 @@ static int verb_dd(int argc, char **argv)
     struct vbd_node *src = tool_open(in, fmt_or_null(fmt), false, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
     if (!src)
         return 1;
+    /* qemu-img dd sizes the output as count*bs and then drops the skipped
+     * part (count counts from the start of the input, not from skip). */
     uint64_t start = (uint64_t)skip * bs;
-    if (start > src->size) {
+    uint64_t end = src->size;
+    if (count >= 0 && (uint64_t)count * bs < end)
+        end = (uint64_t)count * bs;
+    if (start > end) {
         vbd_error_report("cannot skip to specified offset");
         vbd_node_unref(src);
         return 1;
     }
-    uint64_t len = src->size - start;
-    if (count >= 0 && (uint64_t)count * bs < len)
-        len = (uint64_t)count * bs;
+    uint64_t len = end - start;
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "size", json_object_new_int64((int64_t)len));
     struct vbd_error *err = NULL;

@@ -390,14 +390,20 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},     {NULL, 0, NULL, 0},
     };
     vbd_log_set_prog("vbd-io");
-    char **cmds = calloc(argc + 1, sizeof(char *));
+    static char *cmds[256];
     int ncmds = 0;
     const char *fmt = NULL, *cache = "writethrough", *aio = NULL;
     bool ro = false, force_share = false, image_opts = false;
     int c;
     while ((c = getopt_long(argc, argv, "c:f:rnt:i:UqhVk", longopts, NULL)) != -1) {
         switch (c) {
-        case 'c': cmds[ncmds++] = optarg; break;
+        case 'c':
+            if (ncmds == 255) {
+                vbd_error_report("too many -c commands (at most 255)");
+                return 1;
+            }
+            cmds[ncmds++] = optarg;
+            break;
         case 'f': fmt = optarg; break;
         case 'r': ro = true; break;
         case 'n': cache = "none"; break;
@@ -435,12 +441,12 @@ int main(int argc, char **argv)
     be = vbd_backend_new(node, &bo, &err);
     if (!be) {
         tool_report(err);
+        vbd_node_unref(node);
         return 1;
     }
     struct run_args ra = {cmds, ncmds};
     vbd_co_run_sync(run_all, &ra);
     vbd_backend_free(be);
     vbd_node_unref(node);
-    free(cmds);
     return failures ? 1 : 0;
 }

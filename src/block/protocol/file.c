@@ -166,7 +166,9 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         goto fail;
     }
     if (do_lock) {
-        unsigned perm = PERM_CONSISTENT_READ, shared = PERM_ALL & ~PERM_WRITE;
+        /* As QEMU: a reader shares everything (qemu-img info works beside
+         * a writer); a writer allows no other writer or resizer. */
+        unsigned perm = PERM_CONSISTENT_READ, shared = PERM_ALL;
         if (flags & VBD_OPEN_RDWR) {
             perm |= PERM_WRITE | PERM_RESIZE;
             shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
