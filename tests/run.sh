@@ -18,7 +18,7 @@ failures=""
 
 run_one() { # name, command...
     local name=$1; shift
-    local log="$OUT/$name.log"
+    local log="$OUT/${name//\//-}.log"
     local start=$SECONDS
     "$@" >"$log" 2>&1
     local rc=$?
@@ -29,16 +29,16 @@ run_one() { # name, command...
         skipped=$((skipped + 1)); printf 'SKIP  %-40s %s\n' "$name" "$(tail -1 "$log")"
     else
         failed=$((failed + 1)); failures="$failures $name"
-        printf 'FAIL  %-40s %3ss (log: tests/out/%s.log)\n' "$name" "$t" "$name"
+        printf 'FAIL  %-40s %3ss (log: tests/out/%s.log)\n' "$name" "$t" "${name//\//-}"
         tail -15 "$log" | sed 's/^/      /'
     fi
 }
 
 for t in "$BUILD"/tests/unit/test-*; do
-    [ -x "$t" ] || continue
+    [ -f "$t" ] && [ -x "$t" ] || continue
     n=${t##*/}
     run_one "unit/${n#test-}" "$t"
-    if [ "${n#test-}" = engine ] || [ "${n#test-}" = file ]; then
+    if [ "${n#test-}" = engine ] || [ "${n#test-}" = io ]; then
         run_one "unit/${n#test-}+no-io_uring" env VBD_NO_IO_URING=1 "$t"
     fi
 done
@@ -46,6 +46,7 @@ done
 for t in "$ROOT"/tests/integration/*.sh; do
     [ -f "$t" ] || continue
     n=${t##*/}
+    [ "$n" = lib.sh ] && continue
     run_one "integration/${n%.sh}" bash "$t"
 done
 

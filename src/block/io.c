@@ -74,8 +74,10 @@ static int check_range(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     if (off > INT64_MAX || bytes > INT64_MAX || off + bytes > INT64_MAX)
         return -EINVAL;
-    /* Protocol nodes may be written past their end (formats grow files). */
-    if (n->drv->kind != VBD_DRV_PROTOCOL && (off > n->size || bytes > n->size - off))
+    /* Growable protocol nodes (files) may be written past their end: the
+     * format above grows its file. Everything else has a fixed size. */
+    bool growable = n->drv->kind == VBD_DRV_PROTOCOL && n->drv->co_truncate;
+    if (!growable && (off > n->size || bytes > n->size - off))
         return -EINVAL;
     return 0;
 }

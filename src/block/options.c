@@ -24,7 +24,13 @@ static int keyval_set(struct json_object *root, const char *key, size_t klen, st
         const char *dot = memchr(p, '.', end - p);
         size_t len = (dot ? dot : end) - p;
         char name[256];
-        if (len == 0 || len >= sizeof(name)) {
+        bool valid = len > 0 && len < sizeof(name);
+        for (size_t i = 0; valid && i < len; i++) {
+            char ch = p[i];
+            valid = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+                    ch == '_';
+        }
+        if (!valid) {
             vbd_error_setf(err, EINVAL, "Invalid parameter '%.*s'", (int)klen, key);
             goto fail;
         }

@@ -125,14 +125,14 @@ struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opt
     return n;
 }
 
-static int progress_last = -1;
+static double progress_last = -1;
 
 void tool_progress(double pct)
 {
-    int tenth = (int)(pct * 100);
-    if (tenth == progress_last)
+    /* as qemu-img: a new line only after at least 1% of progress */
+    if (progress_last >= 0 && pct - progress_last < 1.0 && pct < 100.0)
         return;
-    progress_last = tenth;
+    progress_last = pct;
     printf("    (%.2f/100%%)\r", pct);
     fflush(stdout);
 }
