@@ -4,7 +4,7 @@
 set -e
 PKGS="build-essential pkg-config meson ninja-build clang liburing-dev zlib1g-dev libzstd-dev
 libjson-c-dev libgnutls28-dev libxml2-dev qemu-utils qemu-system-x86 nbdkit libnbd-bin fio
-busybox-static linux-image-amd64 kmod cpio gnutls-bin"
+busybox-static linux-image-amd64 kmod cpio gnutls-bin bc"
 missing=""
 for p in $PKGS; do
     st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

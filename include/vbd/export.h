@@ -15,7 +15,11 @@ struct vbd_loop;
  * about to run). One table per export type, registered in
  * src/daemon/exports.c.
  */
-struct vbd_export;
+struct vbd_export_type;
+/* Every export implementation embeds this first. */
+struct vbd_export {
+    const struct vbd_export_type *type;
+};
 struct vbd_export_type {
     const char *type; /* "vhost-user-blk", "nbd" */
     /* opts: all keys of --export except "type" (id, node-name, writable, ...).

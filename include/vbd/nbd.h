@@ -13,6 +13,9 @@ struct vbd_error;
  * coroutine or before the loop runs). NBD exports are created through the
  * export type table (type=nbd) and need a running server.
  */
+struct vbd_export_type;
+extern const struct vbd_export_type vbd_export_type_nbd;
+
 int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err);
 /* Stop listening, finish in-flight replies, close connections. */
 void vbd_nbd_server_stop(void);

@@ -252,7 +252,8 @@ int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
         return rc;
     if (n->read_only)
         return -EACCES;
-    if (!bytes || !n->drv->co_pdiscard)
+    /* discard=ignore (the default, as in QEMU) drops discards at this node */
+    if (!bytes || !n->drv->co_pdiscard || !(n->open_flags & VBD_OPEN_UNMAP))
         return 0;
     /* Discard is advisory: shrink to whole aligned blocks. */
     uint64_t a = n->bl.pdiscard_alignment > n->bl.request_alignment ? n->bl.pdiscard_alignment
@@ -302,6 +303,8 @@ int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
         return -EACCES;
     if (!bytes)
         return 0;
+    if (!(n->open_flags & VBD_OPEN_UNMAP))
+        flags &= ~VBD_REQ_MAY_UNMAP;
     uint64_t a = n->bl.request_alignment;
     if (n->drv->co_pwrite_zeroes) {
         /* Aligned middle through the driver; unaligned edges as data. */

@@ -731,6 +731,9 @@ int vbd_co_accept(int listen_fd, struct sockaddr *addr, socklen_t *len)
         int p = vbd_co_poll(listen_fd, POLLIN);
         if (p < 0)
             return p;
+        /* a listener that was shut down polls as hung up and never accepts again */
+        if (p & (POLLHUP | POLLERR | POLLNVAL))
+            return -ESHUTDOWN;
     }
 }
 

@@ -1728,7 +1728,9 @@ static void bench_worker(void *opaque)
         if (b->issued >= b->count)
             break;
         uint64_t off = b->offset;
-        b->offset += b->step;
+        /* as qemu-img bench: wrap modulo the image size, so a large
+         * step gives a strided pseudo-random pattern */
+        b->offset = (b->offset + b->step) % b->image_size;
         if (b->offset + b->bufsize > b->image_size)
             b->offset = 0;
         b->issued++;

@@ -1,0 +1,1050 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * NBD server: fixed newstyle handshake as an explicit sequence that never
+ * trusts a length, then transmission with requests of one connection
+ * running concurrently (a bounded pool of request slots) and replies sent
+ * whole under a per-connection lock, in completion order.
+ */
+#include "nbd-proto.h"
+
+#include "vbd/backend.h"
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/export.h"
+#include "vbd/loop.h"
+#include "vbd/nbd.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define NBD_MAX_OPTION_LEN   (64 * 1024)        /* a longer option ends the connection */
+#define NBD_MAX_NAME_LEN     4096
+#define NBD_MAX_REQUEST      (32u * 1024 * 1024) /* advertised maximum block size */
+#define NBD_SLOTS            64                  /* requests in flight per connection */
+#define NBD_MAX_EXTENTS      256
+#define NBD_HANDSHAKE_NS     (10ull * 1000000000) /* a client that stalls in the handshake is dropped */
+#define META_ALLOCATION      1u
+#define META_DEPTH           2u
+
+struct nbd_export {
+    struct vbd_export base;
+    char *id, *name, *description;
+    struct vbd_backend *be;
+    bool writable;
+    struct nbd_export *next;
+};
+
+struct nbd_conn;
+struct nbd_req {
+    struct nbd_conn *c;
+    uint16_t flags, type;
+    uint64_t cookie, offset;
+    uint32_t len;
+    uint8_t *buf;
+    size_t cap;
+    struct nbd_req *next;
+};
+
+struct nbd_conn {
+    int fd;
+    struct nbd_export *exp;
+    bool structured, no_zeroes;
+    unsigned meta; /* META_* selected */
+    bool closing;
+    int inflight;
+    struct vbd_co_mutex send_lock;
+    struct vbd_co_queue slot_q, drain_q;
+    struct nbd_req slots[NBD_SLOTS];
+    struct nbd_req *free_slots;
+    struct vbd_timer handshake_timer;
+    struct nbd_conn *next;
+};
+
+static struct {
+    bool running, stopping;
+    int listen_fd;
+    char *unix_path;
+    uint32_t max_connections;
+    int nconns;
+    struct nbd_conn *conns;
+    struct nbd_export *exports;
+    struct vbd_co_queue idle_q;
+    bool accept_done;
+} srv = {.listen_fd = -1};
+
+/* ------------------------------------------------------------------ */
+
+static int send_opt_reply(struct nbd_conn *c, uint32_t opt, uint32_t type, const void *data, uint32_t len)
+{
+    uint8_t h[20];
+    put_be64(h, NBD_REP_MAGIC);
+    put_be32(h + 8, opt);
+    put_be32(h + 12, type);
+    put_be32(h + 16, len);
+    struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, len}};
+    return vbd_co_sendv_full(c->fd, iov, len ? 2 : 1);
+}
+
+static int send_opt_error(struct nbd_conn *c, uint32_t opt, uint32_t type, const char *msg)
+{
+    vbd_debug("nbd: option %u refused: %s", opt, msg);
+    return send_opt_reply(c, opt, type, msg, (uint32_t)strlen(msg));
+}
+
+static struct nbd_export *find_export(const char *name)
+{
+    struct nbd_export *only = srv.exports && !srv.exports->next ? srv.exports : NULL;
+    for (struct nbd_export *e = srv.exports; e; e = e->next)
+        if (!strcmp(e->name, name))
+            return e;
+    /* "" is the default export when there is just one, as with qemu-nbd */
+    return !*name ? only : NULL;
+}
+
+static uint16_t export_flags(struct nbd_export *e)
+{
+    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_CACHE |
+                 NBD_FLAG_CAN_MULTI_CONN; /* flush goes to the shared node: covers every connection */
+    if (!e->writable)
+        f |= NBD_FLAG_READ_ONLY;
+    else
+        f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+    return f;
+}
+
+/* Parse "u32 namelen, name" at p (len bytes); returns bytes used or -1. */
+static int parse_name(const uint8_t *p, uint32_t len, char *name)
+{
+    if (len < 4)
+        return -1;
+    uint32_t nl = get_be32(p);
+    if (nl > NBD_MAX_NAME_LEN || nl > len - 4)
+        return -1;
+    memcpy(name, p + 4, nl);
+    name[nl] = 0;
+    if (strlen(name) != nl)
+        return -1; /* embedded NUL */
+    return (int)(4 + nl);
+}
+
+static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uint32_t len, bool go, bool *done)
+{
+    char name[NBD_MAX_NAME_LEN + 1];
+    int used = parse_name(data, len, name);
+    if (used < 0 || len - used < 2)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed NBD_OPT_INFO/GO request");
+    uint16_t nreq = get_be16(data + used);
+    if ((uint32_t)used + 2 + 2u * nreq != len)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_INFO/GO length does not match its content");
+    struct nbd_export *e = find_export(name);
+    if (!e) {
+        char msg[NBD_MAX_NAME_LEN + 64];
+        snprintf(msg, sizeof(msg), "export '%s' not present", name);
+        return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
+    }
+    bool want_name = false, want_desc = false, want_bs = false;
+    for (uint16_t i = 0; i < nreq; i++) {
+        uint16_t t = get_be16(data + used + 2 + 2 * i);
+        want_name |= t == NBD_INFO_NAME;
+        want_desc |= t == NBD_INFO_DESCRIPTION;
+        want_bs |= t == NBD_INFO_BLOCK_SIZE;
+    }
+    uint8_t buf[12];
+    int rc;
+    put_be16(buf, NBD_INFO_EXPORT);
+    put_be64(buf + 2, vbd_backend_size(e->be));
+    put_be16(buf + 10, export_flags(e));
+    if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, buf, 12)) < 0)
+        return rc;
+    if (want_name) {
+        size_t nl = strlen(e->name);
+        uint8_t *b = malloc(2 + nl);
+        put_be16(b, NBD_INFO_NAME);
+        memcpy(b + 2, e->name, nl);
+        rc = send_opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + nl));
+        free(b);
+        if (rc < 0)
+            return rc;
+    }
+    if (want_desc && e->description) {
+        size_t dl = strlen(e->description);
+        uint8_t *b = malloc(2 + dl);
+        put_be16(b, NBD_INFO_DESCRIPTION);
+        memcpy(b + 2, e->description, dl);
+        rc = send_opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + dl));
+        free(b);
+        if (rc < 0)
+            return rc;
+    }
+    if (want_bs) {
+        uint8_t b[14];
+        put_be16(b, NBD_INFO_BLOCK_SIZE);
+        put_be32(b + 2, 1);
+        put_be32(b + 6, 4096);
+        put_be32(b + 10, NBD_MAX_REQUEST);
+        if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, b, 14)) < 0)
+            return rc;
+    }
+    if ((rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0)) < 0)
+        return rc;
+    if (go) {
+        c->exp = e;
+        *done = true;
+    }
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    unsigned id;
+} meta_contexts[] = {{"base:allocation", META_ALLOCATION}, {"qemu:allocation-depth", META_DEPTH}};
+
+static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uint32_t len)
+{
+    bool set = opt == NBD_OPT_SET_META_CONTEXT;
+    if (!c->structured)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "structured replies must be negotiated first");
+    char name[NBD_MAX_NAME_LEN + 1];
+    int used = parse_name(data, len, name);
+    if (used < 0 || len - used < 4)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
+    if (!find_export(name)) {
+        char msg[NBD_MAX_NAME_LEN + 64];
+        snprintf(msg, sizeof(msg), "export '%s' not present", name);
+        return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
+    }
+    uint32_t nq = get_be32(data + used);
+    uint32_t pos = used + 4;
+    unsigned selected = 0;
+    /* validate all queries before replying */
+    uint32_t p = pos;
+    for (uint32_t i = 0; i < nq; i++) {
+        if (len - p < 4 || get_be32(data + p) > len - p - 4 || get_be32(data + p) > NBD_MAX_NAME_LEN)
+            return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed meta context query");
+        p += 4 + get_be32(data + p);
+    }
+    if (p != len)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "meta context request length does not match its content");
+    for (uint32_t i = 0; i <= nq; i++) {
+        char q[NBD_MAX_NAME_LEN + 1];
+        if (i == nq && nq)
+            break;
+        if (nq) {
+            uint32_t ql = get_be32(data + pos);
+            memcpy(q, data + pos + 4, ql);
+            q[ql] = 0;
+            pos += 4 + ql;
+        }
+        for (size_t m = 0; m < sizeof(meta_contexts) / sizeof(meta_contexts[0]); m++) {
+            const char *mn = meta_contexts[m].name;
+            bool match = nq == 0 ? !set
+                                 : (!strcmp(q, mn) || (!set && strchr(q, ':') && q[strlen(q) - 1] == ':' &&
+                                                       !strncmp(q, mn, strlen(q))));
+            if (!match || (selected & meta_contexts[m].id))
+                continue;
+            selected |= meta_contexts[m].id;
+            size_t nl = strlen(mn);
+            uint8_t b[4 + 64];
+            put_be32(b, set ? meta_contexts[m].id : 0);
+            memcpy(b + 4, mn, nl);
+            int rc = send_opt_reply(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + nl));
+            if (rc < 0)
+                return rc;
+        }
+        if (!nq)
+            break;
+    }
+    if (set)
+        c->meta = selected;
+    return send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+}
+
+/* Returns 0 when transmission should start, <0 to drop the connection. */
+static int handshake(struct nbd_conn *c)
+{
+    uint8_t hello[18];
+    put_be64(hello, NBD_MAGIC);
+    put_be64(hello + 8, NBD_IHAVEOPT);
+    put_be16(hello + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    int rc = vbd_co_send_full(c->fd, hello, sizeof(hello));
+    uint8_t cf[4];
+    if (rc < 0 || (rc = vbd_co_recv_full(c->fd, cf, 4)) < 0)
+        return rc;
+    uint32_t cflags = get_be32(cf);
+    if (!(cflags & NBD_FLAG_C_FIXED_NEWSTYLE) || (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))) {
+        vbd_warn("nbd: client sent unsupported handshake flags 0x%x, closing", cflags);
+        return -EPROTO;
+    }
+    c->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+    uint8_t *data = NULL;
+    for (;;) {
+        uint8_t h[16];
+        if ((rc = vbd_co_recv_full(c->fd, h, 16)) < 0)
+            break;
+        if (get_be64(h) != NBD_IHAVEOPT) {
+            vbd_warn("nbd: bad option magic from client, closing");
+            rc = -EPROTO;
+            break;
+        }
+        uint32_t opt = get_be32(h + 8), len = get_be32(h + 12);
+        if (len > NBD_MAX_OPTION_LEN) {
+            vbd_warn("nbd: option %u with %u bytes of data is too long, closing", opt, len);
+            rc = -EPROTO;
+            break;
+        }
+        free(data);
+        data = malloc(len ? len : 1);
+        if (!data || (rc = vbd_co_recv_full(c->fd, data, len)) < 0)
+            break;
+        bool done = false;
+        switch (opt) {
+        case NBD_OPT_EXPORT_NAME: {
+            char name[NBD_MAX_NAME_LEN + 1];
+            if (len > NBD_MAX_NAME_LEN) {
+                rc = -EPROTO;
+                break;
+            }
+            memcpy(name, data, len);
+            name[len] = 0;
+            struct nbd_export *e = find_export(name);
+            if (!e) {
+                vbd_warn("nbd: client asked for unknown export '%s', closing", name);
+                rc = -ENOENT;
+                break;
+            }
+            uint8_t r[10 + 124] = {0};
+            put_be64(r, vbd_backend_size(e->be));
+            put_be16(r + 8, export_flags(e));
+            rc = vbd_co_send_full(c->fd, r, c->no_zeroes ? 10 : sizeof(r));
+            c->exp = e;
+            done = true;
+            break;
+        }
+        case NBD_OPT_ABORT:
+            send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+            rc = -ECONNRESET;
+            break;
+        case NBD_OPT_LIST:
+            if (len) {
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+                break;
+            }
+            for (struct nbd_export *e = srv.exports; e && rc >= 0; e = e->next) {
+                size_t nl = strlen(e->name), dl = e->description ? strlen(e->description) : 0;
+                uint8_t *b = malloc(4 + nl + dl);
+                put_be32(b, (uint32_t)nl);
+                memcpy(b + 4, e->name, nl);
+                memcpy(b + 4 + nl, e->description, dl);
+                rc = send_opt_reply(c, opt, NBD_REP_SERVER, b, (uint32_t)(4 + nl + dl));
+                free(b);
+            }
+            if (rc >= 0)
+                rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+            break;
+        case NBD_OPT_STARTTLS:
+            rc = send_opt_error(c, opt, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+            break;
+        case NBD_OPT_INFO:
+        case NBD_OPT_GO:
+            rc = reply_info(c, opt, data, len, opt == NBD_OPT_GO, &done);
+            break;
+        case NBD_OPT_STRUCTURED_REPLY:
+            if (len)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+            else if (c->structured)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "structured replies already negotiated");
+            else {
+                c->structured = true;
+                rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+            }
+            break;
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT:
+            rc = reply_meta(c, opt, data, len);
+            break;
+        default: {
+            char msg[64];
+            snprintf(msg, sizeof(msg), "option %u is not supported", opt);
+            rc = send_opt_error(c, opt, NBD_REP_ERR_UNSUP, msg);
+        }
+        }
+        if (rc < 0 || done)
+            break;
+    }
+    free(data);
+    return rc < 0 ? rc : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* transmission                                                        */
+
+static uint32_t errno_to_nbd(int err)
+{
+    switch (err) {
+    case EPERM: case EROFS: case EACCES: return NBD_EPERM;
+    case ENOMEM: return NBD_ENOMEM;
+    case EINVAL: return NBD_EINVAL;
+    case ENOSPC: case EDQUOT: case EFBIG: return NBD_ENOSPC;
+    case EOVERFLOW: return NBD_EOVERFLOW;
+    case ENOTSUP: return NBD_ENOTSUP;
+    case ESHUTDOWN: return NBD_ESHUTDOWN;
+    default: return NBD_EIO;
+    }
+}
+
+static int send_simple(struct nbd_conn *c, struct nbd_req *r, int err, const void *data, uint32_t len)
+{
+    uint8_t h[16];
+    put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
+    put_be32(h + 4, err ? errno_to_nbd(err) : 0);
+    put_be64(h + 8, r->cookie);
+    struct iovec iov[2] = {{h, 16}, {(void *)data, len}};
+    vbd_co_mutex_lock(&c->send_lock);
+    int rc = vbd_co_sendv_full(c->fd, iov, (data && len && !err) ? 2 : 1);
+    vbd_co_mutex_unlock(&c->send_lock);
+    return rc;
+}
+
+/* One structured chunk; caller holds send_lock. */
+static int send_chunk(struct nbd_conn *c, struct nbd_req *r, uint16_t flags, uint16_t type, const void *p1, uint32_t l1,
+                      const void *p2, uint32_t l2)
+{
+    uint8_t h[20];
+    put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
+    put_be16(h + 4, flags);
+    put_be16(h + 6, type);
+    put_be64(h + 8, r->cookie);
+    put_be32(h + 16, l1 + l2);
+    struct iovec iov[3] = {{h, 20}, {(void *)p1, l1}, {(void *)p2, l2}};
+    return vbd_co_sendv_full(c->fd, iov, 1 + (l1 ? 1 : 0) + (l2 ? 1 : 0));
+}
+
+static int send_error_reply(struct nbd_conn *c, struct nbd_req *r, int err)
+{
+    if (!c->structured)
+        return send_simple(c, r, err, NULL, 0);
+    uint8_t p[6];
+    put_be32(p, errno_to_nbd(err));
+    put_be16(p + 4, 0);
+    vbd_co_mutex_lock(&c->send_lock);
+    int rc = send_chunk(c, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, p, 6, NULL, 0);
+    vbd_co_mutex_unlock(&c->send_lock);
+    return rc;
+}
+
+static int send_ok(struct nbd_conn *c, struct nbd_req *r)
+{
+    if (!c->structured)
+        return send_simple(c, r, 0, NULL, 0);
+    vbd_co_mutex_lock(&c->send_lock);
+    int rc = send_chunk(c, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, NULL, 0, NULL, 0);
+    vbd_co_mutex_unlock(&c->send_lock);
+    return rc;
+}
+
+static int backend_read(struct nbd_export *e, uint64_t off, uint8_t *buf, uint32_t len)
+{
+    struct iovec one;
+    struct vbd_qiov q;
+    vbd_qiov_init_buf(&q, &one, buf, len);
+    return vbd_backend_co_preadv(e->be, off, len, &q, 0);
+}
+
+static int handle_read(struct nbd_conn *c, struct nbd_req *r)
+{
+    struct nbd_export *e = c->exp;
+    struct vbd_node *n = vbd_backend_node(e->be);
+    if (!c->structured) {
+        int rc = backend_read(e, r->offset, r->buf, r->len);
+        return rc < 0 ? send_simple(c, r, -rc, NULL, 0) : send_simple(c, r, 0, r->buf, r->len);
+    }
+    /* Structured: holes are sent as hole chunks instead of zero bytes. */
+    struct { uint64_t off; uint32_t len; bool hole; } runs[16];
+    int nruns = 0;
+    uint64_t pos = r->offset, end = r->offset + r->len;
+    bool df = r->flags & NBD_CMD_FLAG_DF;
+    while (pos < end && !df) {
+        uint64_t pnum;
+        int st = vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, NULL);
+        if (st < 0 || pnum == 0)
+            break;
+        bool hole = (st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED);
+        if (nruns && runs[nruns - 1].hole == hole) {
+            runs[nruns - 1].len += (uint32_t)pnum;
+        } else if (nruns == 16) {
+            runs[15].len += (uint32_t)pnum;
+            runs[15].hole = false; /* too fragmented: send the rest as data */
+        } else {
+            runs[nruns].off = pos;
+            runs[nruns].len = (uint32_t)pnum;
+            runs[nruns].hole = hole;
+            nruns++;
+        }
+        pos += pnum;
+    }
+    if (pos < end || nruns == 0) { /* DF, or status unavailable: one data chunk */
+        nruns = 1;
+        runs[0].off = r->offset;
+        runs[0].len = r->len;
+        runs[0].hole = false;
+    }
+    for (int i = 0; i < nruns; i++) {
+        if (runs[i].hole)
+            continue;
+        int rc = backend_read(e, runs[i].off, r->buf + (runs[i].off - r->offset), runs[i].len);
+        if (rc < 0)
+            return send_error_reply(c, r, -rc);
+    }
+    vbd_co_mutex_lock(&c->send_lock);
+    int rc = 0;
+    for (int i = 0; i < nruns && rc >= 0; i++) {
+        uint16_t flags = i == nruns - 1 ? NBD_REPLY_FLAG_DONE : 0;
+        uint8_t p[12];
+        put_be64(p, runs[i].off);
+        if (runs[i].hole) {
+            put_be32(p + 8, runs[i].len);
+            rc = send_chunk(c, r, flags, NBD_REPLY_TYPE_OFFSET_HOLE, p, 12, NULL, 0);
+        } else {
+            rc = send_chunk(c, r, flags, NBD_REPLY_TYPE_OFFSET_DATA, p, 8, r->buf + (runs[i].off - r->offset),
+                            runs[i].len);
+        }
+    }
+    vbd_co_mutex_unlock(&c->send_lock);
+    return rc;
+}
+
+static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
+{
+    if (!c->structured || !c->meta)
+        return send_error_reply(c, r, EINVAL);
+    struct vbd_node *n = vbd_backend_node(c->exp->be);
+    unsigned todo[2], ntodo = 0;
+    if (c->meta & META_ALLOCATION)
+        todo[ntodo++] = META_ALLOCATION;
+    if (c->meta & META_DEPTH)
+        todo[ntodo++] = META_DEPTH;
+    uint32_t maxext = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS;
+    uint8_t *ext = malloc(4 + 8 * NBD_MAX_EXTENTS);
+    int rc = 0;
+    vbd_co_mutex_lock(&c->send_lock);
+    for (unsigned k = 0; k < ntodo && rc >= 0; k++) {
+        uint32_t next = 0;
+        uint64_t pos = r->offset, end = r->offset + r->len;
+        while (pos < end && next < maxext) {
+            uint64_t pnum;
+            int depth = 0;
+            int st = vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, &depth);
+            if (st < 0) {
+                rc = st;
+                break;
+            }
+            if (pnum == 0)
+                break;
+            uint32_t flags;
+            if (todo[k] == META_ALLOCATION)
+                flags = ((st & VBD_BS_DATA) ? 0 : NBD_STATE_HOLE) | ((st & VBD_BS_ZERO) ? NBD_STATE_ZERO : 0);
+            else
+                flags = (st & VBD_BS_ALLOCATED) ? (uint32_t)depth + 1 : 0;
+            if (next && get_be32(ext + 4 + 8 * (next - 1) + 4) == flags)
+                put_be32(ext + 4 + 8 * (next - 1), get_be32(ext + 4 + 8 * (next - 1)) + (uint32_t)pnum);
+            else {
+                put_be32(ext + 4 + 8 * next, (uint32_t)pnum);
+                put_be32(ext + 4 + 8 * next + 4, flags);
+                next++;
+            }
+            pos += pnum;
+        }
+        if (rc < 0)
+            break;
+        put_be32(ext, todo[k]);
+        rc = send_chunk(c, r, k == ntodo - 1 ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, ext, 4 + 8 * next,
+                        NULL, 0);
+    }
+    vbd_co_mutex_unlock(&c->send_lock);
+    free(ext);
+    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
+        return send_error_reply(c, r, -rc);
+    return rc;
+}
+
+static void request_done(struct nbd_conn *c, struct nbd_req *r)
+{
+    r->next = c->free_slots;
+    c->free_slots = r;
+    c->inflight--;
+    vbd_co_queue_wake_one(&c->slot_q);
+    if (!c->inflight)
+        vbd_co_queue_wake_all(&c->drain_q);
+}
+
+static void request_co(void *opaque)
+{
+    struct nbd_req *r = opaque;
+    struct nbd_conn *c = r->c;
+    struct nbd_export *e = c->exp;
+    uint64_t size = vbd_backend_size(e->be);
+    int rc = 0;
+    bool bad_range = r->offset > size || r->len > size - r->offset;
+    switch (r->type) {
+    case NBD_CMD_READ:
+        rc = bad_range ? send_error_reply(c, r, EINVAL) : handle_read(c, r);
+        break;
+    case NBD_CMD_WRITE: {
+        if (!e->writable) {
+            rc = send_error_reply(c, r, EPERM);
+            break;
+        }
+        if (bad_range) {
+            rc = send_error_reply(c, r, ENOSPC);
+            break;
+        }
+        struct iovec one;
+        struct vbd_qiov q;
+        vbd_qiov_init_buf(&q, &one, r->buf, r->len);
+        int err = vbd_backend_co_pwritev(e->be, r->offset, r->len, &q, (r->flags & NBD_CMD_FLAG_FUA) ? VBD_REQ_FUA : 0);
+        rc = err < 0 ? send_error_reply(c, r, -err) : send_ok(c, r);
+        break;
+    }
+    case NBD_CMD_FLUSH: {
+        int err = vbd_backend_co_flush(e->be);
+        rc = err < 0 ? send_error_reply(c, r, -err) : send_ok(c, r);
+        break;
+    }
+    case NBD_CMD_TRIM:
+    case NBD_CMD_WRITE_ZEROES: {
+        if (!e->writable) {
+            rc = send_error_reply(c, r, EPERM);
+            break;
+        }
+        if (bad_range) {
+            rc = send_error_reply(c, r, ENOSPC);
+            break;
+        }
+        int err;
+        if (r->type == NBD_CMD_TRIM) {
+            err = vbd_backend_co_pdiscard(e->be, r->offset, r->len);
+            if (err == 0 && (r->flags & NBD_CMD_FLAG_FUA))
+                err = vbd_backend_co_flush(e->be);
+        } else {
+            unsigned f = (r->flags & NBD_CMD_FLAG_NO_HOLE) ? 0 : VBD_REQ_MAY_UNMAP;
+            if (r->flags & NBD_CMD_FLAG_FUA)
+                f |= VBD_REQ_FUA;
+            if (r->flags & NBD_CMD_FLAG_FAST_ZERO)
+                f |= VBD_REQ_NO_FALLBACK;
+            err = vbd_backend_co_pwrite_zeroes(e->be, r->offset, r->len, f);
+        }
+        rc = err < 0 ? send_error_reply(c, r, -err) : send_ok(c, r);
+        break;
+    }
+    case NBD_CMD_CACHE:
+        rc = bad_range ? send_error_reply(c, r, EINVAL) : send_ok(c, r); /* the host page cache does this */
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        rc = bad_range || !r->len ? send_error_reply(c, r, EINVAL) : handle_block_status(c, r);
+        break;
+    default:
+        rc = send_error_reply(c, r, EINVAL);
+    }
+    if (rc < 0 && !c->closing) {
+        c->closing = true;
+        shutdown(c->fd, SHUT_RDWR);
+    }
+    request_done(c, r);
+}
+
+static bool flags_valid(uint16_t type, uint16_t flags)
+{
+    static const uint16_t allowed[] = {
+        [NBD_CMD_READ] = NBD_CMD_FLAG_DF,
+        [NBD_CMD_WRITE] = NBD_CMD_FLAG_FUA,
+        [NBD_CMD_DISC] = 0,
+        [NBD_CMD_FLUSH] = 0,
+        [NBD_CMD_TRIM] = NBD_CMD_FLAG_FUA,
+        [NBD_CMD_CACHE] = 0,
+        [NBD_CMD_WRITE_ZEROES] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+        [NBD_CMD_BLOCK_STATUS] = NBD_CMD_FLAG_REQ_ONE,
+    };
+    if (type > NBD_CMD_BLOCK_STATUS)
+        return true; /* unknown commands get EINVAL in request_co */
+    return !(flags & ~allowed[type]);
+}
+
+static void transmission(struct nbd_conn *c)
+{
+    for (int i = 0; i < NBD_SLOTS; i++) {
+        c->slots[i].c = c;
+        c->slots[i].next = c->free_slots;
+        c->free_slots = &c->slots[i];
+    }
+    while (!c->closing) {
+        uint8_t h[28];
+        if (vbd_co_recv_full(c->fd, h, 28) < 0)
+            break;
+        if (get_be32(h) != NBD_REQUEST_MAGIC) {
+            vbd_warn("nbd: bad request magic 0x%08x, closing the connection", get_be32(h));
+            break;
+        }
+        while (!c->free_slots)
+            vbd_co_queue_wait(&c->slot_q);
+        struct nbd_req *r = c->free_slots;
+        c->free_slots = r->next;
+        c->inflight++;
+        r->flags = get_be16(h + 4);
+        r->type = get_be16(h + 6);
+        r->cookie = get_be64(h + 8);
+        r->offset = get_be64(h + 16);
+        r->len = get_be32(h + 20 + 4 - 4);
+        r->len = get_be32(h + 24);
+        if (r->type == NBD_CMD_DISC) {
+            request_done(c, r);
+            break;
+        }
+        bool needs_buf = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE;
+        if (needs_buf && r->len > NBD_MAX_REQUEST) {
+            if (r->type == NBD_CMD_WRITE) {
+                /* its payload cannot be skipped safely: the spec lets us close */
+                vbd_warn("nbd: write of %u bytes exceeds the maximum %u, closing", r->len, NBD_MAX_REQUEST);
+                request_done(c, r);
+                break;
+            }
+            send_error_reply(c, r, EINVAL);
+            request_done(c, r);
+            continue;
+        }
+        if (needs_buf && r->cap < r->len) {
+            free(r->buf);
+            r->cap = r->len < 65536 ? 65536 : r->len;
+            r->buf = vbd_alloc_aligned(4096, r->cap);
+        }
+        if (r->type == NBD_CMD_WRITE && vbd_co_recv_full(c->fd, r->buf, r->len) < 0) {
+            request_done(c, r);
+            break;
+        }
+        if (!flags_valid(r->type, r->flags)) {
+            send_error_reply(c, r, EINVAL);
+            request_done(c, r);
+            continue;
+        }
+        /* run on the next iteration: requests read in one go are submitted together */
+        vbd_co_wake(vbd_co_create(request_co, r));
+    }
+    c->closing = true;
+    while (c->inflight)
+        vbd_co_queue_wait(&c->drain_q);
+    for (int i = 0; i < NBD_SLOTS; i++)
+        free(c->slots[i].buf);
+}
+
+static void handshake_timeout(void *opaque)
+{
+    struct nbd_conn *c = opaque;
+    vbd_warn("nbd: client did not finish the handshake in time, closing");
+    shutdown(c->fd, SHUT_RDWR);
+}
+
+static void conn_co(void *opaque)
+{
+    struct nbd_conn *c = opaque;
+    c->handshake_timer.fn = handshake_timeout;
+    c->handshake_timer.arg = c;
+    vbd_timer_arm(&c->handshake_timer, vbd_clock_ns() + NBD_HANDSHAKE_NS);
+    int rc = handshake(c);
+    vbd_timer_cancel(&c->handshake_timer);
+    if (rc == 0 && c->exp && !srv.stopping)
+        transmission(c);
+    close(c->fd);
+    for (struct nbd_conn **pp = &srv.conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    free(c);
+    srv.nconns--;
+    vbd_co_queue_wake_all(&srv.idle_q);
+}
+
+static void accept_co(void *opaque)
+{
+    while (!srv.stopping) {
+        int fd = vbd_co_accept(srv.listen_fd, NULL, NULL);
+        if (fd < 0) {
+            if (srv.stopping)
+                break;
+            if (fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM) {
+                vbd_warn("nbd: cannot accept a connection: %s", strerror(-fd));
+                vbd_co_sleep_ns(100000000);
+                continue;
+            }
+            if (fd == -EINVAL || fd == -EBADF || fd == -ESHUTDOWN)
+                break;
+            continue;
+        }
+        if (srv.max_connections && (uint32_t)srv.nconns >= srv.max_connections) {
+            vbd_warn("nbd: refusing a connection: max-connections=%u reached", srv.max_connections);
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct nbd_conn *c = calloc(1, sizeof(*c));
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        c->next = srv.conns;
+        srv.conns = c;
+        srv.nconns++;
+        vbd_co_wake(vbd_co_create(conn_co, c));
+    }
+    srv.accept_done = true;
+    vbd_co_queue_wake_all(&srv.idle_q);
+}
+
+/* ------------------------------------------------------------------ */
+/* server and export lifecycle                                         */
+
+static int listen_on(struct json_object *opts, struct vbd_error **err)
+{
+    char *type = NULL, *path = NULL, *host = NULL, *port = NULL;
+    int fd = -1;
+    if (vbd_opt_take_str(opts, "addr.type", &type, err) < 0 || vbd_opt_take_str(opts, "addr.path", &path, err) < 0 ||
+        vbd_opt_take_str(opts, "addr.host", &host, err) < 0 || vbd_opt_take_str(opts, "addr.port", &port, err) < 0)
+        goto out;
+    if (!type || !strcmp(type, "unix")) {
+        if (!path) {
+            vbd_error_setf(err, EINVAL, "NBD server: 'addr.path' is required for addr.type=unix");
+            goto out;
+        }
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof(sa.sun_path)) {
+            vbd_error_setf(err, ENAMETOOLONG, "NBD server: socket path '%s' is too long", path);
+            goto out;
+        }
+        strcpy(sa.sun_path, path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        unlink(path);
+        if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 128) < 0) {
+            vbd_error_setf(err, errno, "NBD server: cannot listen on '%s': %s", path, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            fd = -1;
+            goto out;
+        }
+        srv.unix_path = path;
+        path = NULL;
+    } else if (!strcmp(type, "inet")) {
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
+        int gai = getaddrinfo(host ? host : "0.0.0.0", port ? port : "10809", &hints, &res);
+        if (gai) {
+            vbd_error_setf(err, EINVAL, "NBD server: address '%s:%s': %s", host ? host : "", port ? port : "10809",
+                           gai_strerror(gai));
+            goto out;
+        }
+        fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int one = 1;
+        if (fd >= 0)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+            vbd_error_setf(err, errno, "NBD server: cannot listen on %s:%s: %s", host ? host : "*",
+                           port ? port : "10809", strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            fd = -1;
+        }
+        freeaddrinfo(res);
+    } else {
+        vbd_error_setf(err, EINVAL, "NBD server: addr.type must be 'unix' or 'inet', not '%s'", type);
+    }
+out:
+    free(type);
+    free(path);
+    free(host);
+    free(port);
+    return fd;
+}
+
+int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
+{
+    if (srv.running) {
+        vbd_error_setf(err, EBUSY, "NBD server already running");
+        return -EBUSY;
+    }
+    uint64_t maxc = 0;
+    char *tls = NULL;
+    if (vbd_opt_take_u64(opts, "max-connections", &maxc, err) < 0 || vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0)
+        return -EINVAL;
+    if (tls) {
+        vbd_error_setf(err, ENOTSUP, "NBD server: TLS (tls-creds=%s) is not supported yet", tls);
+        free(tls);
+        return -ENOTSUP;
+    }
+    int fd = listen_on(opts, err);
+    if (fd < 0)
+        return -EINVAL;
+    if (vbd_opts_check_empty(opts, "--nbd-server", err) < 0) {
+        close(fd);
+        return -EINVAL;
+    }
+    srv.listen_fd = fd;
+    srv.max_connections = (uint32_t)maxc;
+    srv.running = true;
+    srv.stopping = false;
+    srv.accept_done = false;
+    vbd_co_wake(vbd_co_create(accept_co, NULL));
+    return 0;
+}
+
+void vbd_nbd_server_stop(void)
+{
+    if (!srv.running)
+        return;
+    srv.stopping = true;
+    shutdown(srv.listen_fd, SHUT_RDWR); /* wakes the accept loop */
+    for (struct nbd_conn *c = srv.conns; c; c = c->next) {
+        c->closing = true;
+        shutdown(c->fd, SHUT_RD); /* in-flight replies still go out */
+    }
+    if (vbd_in_co())
+        while (srv.nconns || !srv.accept_done)
+            vbd_co_queue_wait(&srv.idle_q);
+    close(srv.listen_fd);
+    srv.listen_fd = -1;
+    if (srv.unix_path) {
+        unlink(srv.unix_path);
+        free(srv.unix_path);
+        srv.unix_path = NULL;
+    }
+    srv.running = false;
+}
+
+static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd_error **err)
+{
+    char *id = NULL, *node = NULL, *name = NULL, *desc = NULL, *bitmap = NULL;
+    bool writable = false, depth = true;
+    struct nbd_export *e = NULL;
+    if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "node-name", &node, err) < 0 ||
+        vbd_opt_take_str(opts, "name", &name, err) < 0 || vbd_opt_take_str(opts, "description", &desc, err) < 0 ||
+        vbd_opt_take_bool(opts, "writable", &writable, err) < 0 || vbd_opt_take_str(opts, "bitmap", &bitmap, err) < 0 ||
+        vbd_opt_take_bool(opts, "allocation-depth", &depth, err) < 0)
+        goto fail;
+    if (!id || !node) {
+        vbd_error_setf(err, EINVAL, "NBD export: '%s' is required", id ? "node-name" : "id");
+        goto fail;
+    }
+    if (bitmap) {
+        vbd_error_setf(err, ENOTSUP, "NBD export '%s': dirty bitmaps (bitmap=%s) are not supported yet", id, bitmap);
+        goto fail;
+    }
+    if (!srv.running) {
+        vbd_error_setf(err, EINVAL, "NBD export '%s': the NBD server is not running (use --nbd-server first)", id);
+        goto fail;
+    }
+    struct vbd_node *n = vbd_node_find(node);
+    if (!n) {
+        vbd_error_setf(err, ENOENT, "NBD export '%s': no node named '%s'", id, node);
+        goto fail;
+    }
+    if (!name)
+        name = strdup(node);
+    if (strlen(name) > NBD_MAX_NAME_LEN) {
+        vbd_error_setf(err, EINVAL, "NBD export '%s': name longer than %d bytes", id, NBD_MAX_NAME_LEN);
+        goto fail;
+    }
+    for (struct nbd_export *o = srv.exports; o; o = o->next)
+        if (!strcmp(o->name, name) || !strcmp(o->id, id)) {
+            vbd_error_setf(err, EEXIST, "NBD export '%s': an export with this %s already exists", id,
+                           !strcmp(o->id, id) ? "id" : "name");
+            goto fail;
+        }
+    struct vbd_backend_opts bo = {.read_only = !writable, .discard_unmap = true, .name = id};
+    struct vbd_backend *be = vbd_backend_new(n, &bo, err);
+    if (!be) {
+        vbd_error_prepend(err, "NBD export '%s': ", id);
+        goto fail;
+    }
+    e = calloc(1, sizeof(*e));
+    e->base.type = &vbd_export_type_nbd;
+    e->id = id;
+    e->name = name;
+    e->description = desc;
+    e->be = be;
+    e->writable = writable;
+    e->next = srv.exports;
+    srv.exports = e;
+    free(node);
+    return &e->base;
+fail:
+    free(id);
+    free(node);
+    free(name);
+    free(desc);
+    free(bitmap);
+    return NULL;
+}
+
+static void nbd_export_shutdown(struct vbd_export *base)
+{
+    struct nbd_export *e = (struct nbd_export *)base;
+    /* connections using this export are closed gracefully */
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        if (c->exp == e && !c->closing) {
+            c->closing = true;
+            shutdown(c->fd, SHUT_RD);
+        }
+    if (vbd_in_co()) {
+        for (;;) {
+            bool busy = false;
+            for (struct nbd_conn *c = srv.conns; c; c = c->next)
+                busy |= c->exp == e;
+            if (!busy)
+                break;
+            vbd_co_queue_wait(&srv.idle_q);
+        }
+        vbd_backend_co_flush(e->be);
+    }
+    for (struct nbd_export **pp = &srv.exports; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+}
+
+static void nbd_export_free(struct vbd_export *base)
+{
+    struct nbd_export *e = (struct nbd_export *)base;
+    vbd_backend_free(e->be);
+    free(e->id);
+    free(e->name);
+    free(e->description);
+    free(e);
+}
+
+static struct json_object *nbd_export_query(struct vbd_export *base)
+{
+    struct nbd_export *e = (struct nbd_export *)base;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "type", json_object_new_string("nbd"));
+    json_object_object_add(o, "id", json_object_new_string(e->id));
+    json_object_object_add(o, "node-name", json_object_new_string(vbd_backend_node(e->be)->node_name));
+    json_object_object_add(o, "shutting-down", json_object_new_boolean(false));
+    return o;
+}
+
+const struct vbd_export_type vbd_export_type_nbd = {
+    .type = "nbd",
+    .create = nbd_export_create,
+    .shutdown = nbd_export_shutdown,
+    .free = nbd_export_free,
+    .query = nbd_export_query,
+};
