@@ -5,7 +5,10 @@
 
 #include <stddef.h>
 
+extern const struct vbd_export_type vbd_export_type_vhost_user_blk;
+
 static const struct vbd_export_type *const export_types[] = {
+    &vbd_export_type_vhost_user_blk,
     &vbd_export_type_nbd,
     NULL,
 };

@@ -1,0 +1,912 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vhost-user back end: the message loop. Messages are handled one at a
+ * time in a coroutine; the ones that must wait for the device to go quiet
+ * (GET_VRING_BASE, memory table changes, reset, disconnect) simply yield
+ * until the rings' in-flight counts reach zero.
+ */
+#include "vhost-user.h"
+
+#include "vbd/error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define VU_HDR_SIZE 12
+#define VU_MAX_PAYLOAD 4096
+#define VU_MAX_FDS 8
+
+struct vu_msg {
+    uint32_t request, flags, size;
+    uint8_t payload[VU_MAX_PAYLOAD];
+    int fds[VU_MAX_FDS];
+    int nfds;
+};
+
+/* wire layouts (little-endian, packed as in the spec) */
+struct vu_region_wire {
+    uint64_t gpa, size, qva, mmap_offset;
+};
+
+static const char *request_name(uint32_t r)
+{
+    static const char *const names[] = {
+        [1] = "GET_FEATURES",     [2] = "SET_FEATURES",        [3] = "SET_OWNER",          [4] = "RESET_OWNER",
+        [5] = "SET_MEM_TABLE",    [6] = "SET_LOG_BASE",        [7] = "SET_LOG_FD",         [8] = "SET_VRING_NUM",
+        [9] = "SET_VRING_ADDR",   [10] = "SET_VRING_BASE",     [11] = "GET_VRING_BASE",    [12] = "SET_VRING_KICK",
+        [13] = "SET_VRING_CALL",  [14] = "SET_VRING_ERR",      [15] = "GET_PROTOCOL_FEATURES",
+        [16] = "SET_PROTOCOL_FEATURES", [17] = "GET_QUEUE_NUM", [18] = "SET_VRING_ENABLE", [19] = "SEND_RARP",
+        [20] = "NET_SET_MTU",     [21] = "SET_BACKEND_REQ_FD", [22] = "IOTLB_MSG",         [23] = "SET_VRING_ENDIAN",
+        [24] = "GET_CONFIG",      [25] = "SET_CONFIG",         [26] = "CREATE_CRYPTO_SESSION",
+        [27] = "CLOSE_CRYPTO_SESSION", [28] = "POSTCOPY_ADVISE", [29] = "POSTCOPY_LISTEN", [30] = "POSTCOPY_END",
+        [31] = "GET_INFLIGHT_FD", [32] = "SET_INFLIGHT_FD",    [33] = "GPU_SET_SOCKET",    [34] = "RESET_DEVICE",
+        [35] = "VRING_KICK",      [36] = "GET_MAX_MEM_SLOTS",  [37] = "ADD_MEM_REG",       [38] = "REM_MEM_REG",
+        [39] = "SET_STATUS",      [40] = "GET_STATUS",
+    };
+    return r < sizeof(names) / sizeof(names[0]) && names[r] ? names[r] : "unknown";
+}
+
+bool vu_has_feature(const struct vu_dev *dev, unsigned bit)
+{
+    return dev->features & (1ull << bit);
+}
+
+static bool has_protocol_feature(const struct vu_dev *dev, unsigned bit)
+{
+    return dev->protocol_features & (1ull << bit);
+}
+
+/* ------------------------------------------------------------------ */
+/* queues                                                              */
+
+bool vu_queue_can_process(const struct vu_queue *q)
+{
+    return q->started && q->enabled && !q->vq.broken && !q->dev->mem_changing && q->dev->conn_fd >= 0;
+}
+
+void vu_queue_req_start(struct vu_queue *q)
+{
+    q->inflight_reqs++;
+}
+
+static void notify_bh(void *arg)
+{
+    struct vu_queue *q = arg;
+    q->notify_pending = false;
+    if (q->call_fd >= 0 && vu_vq_should_notify(&q->vq))
+        eventfd_write(q->call_fd, 1);
+}
+
+void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
+{
+    vu_vq_push(&q->vq, head, len);
+    /* one interrupt per loop iteration, however many requests completed in it */
+    if (!q->notify_pending) {
+        q->notify_pending = true;
+        vbd_loop_schedule_bh(vbd_loop_current(), &q->notify_bh);
+    }
+    if (--q->inflight_reqs == 0)
+        vbd_co_queue_wake_all(&q->dev->idle);
+}
+
+void vu_queue_fail(struct vu_queue *q, const char *why)
+{
+    q->vq.broken = true;
+    vbd_error_report("%s: queue %d: %s; the queue is stopped until the device is reset", q->dev->name, q->index, why);
+    if (q->err_fd >= 0)
+        eventfd_write(q->err_fd, 1);
+}
+
+static void kick_cb(void *arg, short revents)
+{
+    struct vu_queue *q = arg;
+    eventfd_t v;
+    if (revents & (POLLERR | POLLNVAL))
+        return;
+    if (eventfd_read(q->kick_fd, &v) < 0 && errno != EAGAIN)
+        return;
+    if (vu_queue_can_process(q))
+        q->dev->ops->queue_kick(q);
+}
+
+static struct vu_queue *get_queue(struct vu_dev *dev, uint32_t index)
+{
+    if (index >= dev->max_queues)
+        return NULL;
+    if (!dev->queues[index]) {
+        struct vu_queue *q = calloc(1, sizeof(*q));
+        if (!q)
+            return NULL;
+        q->dev = dev;
+        q->index = (int)index;
+        q->kick_fd = q->call_fd = q->err_fd = -1;
+        q->notify_bh.fn = notify_bh;
+        q->notify_bh.arg = q;
+        dev->queues[index] = q;
+    }
+    return dev->queues[index];
+}
+
+static void wait_queue_idle(struct vu_queue *q)
+{
+    while (q->inflight_reqs)
+        vbd_co_queue_wait(&q->dev->idle);
+    if (q->notify_pending) {
+        /* deliver the last interrupt now: the ring is about to change hands */
+        q->notify_pending = false;
+        if (q->call_fd >= 0)
+            eventfd_write(q->call_fd, 1);
+    }
+}
+
+static int translate_rings(struct vu_dev *dev, struct vu_queue *q)
+{
+    uint16_t n = q->vq.num;
+    size_t avail_len = 4 + 2 * (size_t)n + 2, used_len = 4 + 8 * (size_t)n + 2;
+    q->vq.desc = vu_qva_to_host(&dev->mem, q->desc_qva, 16 * (size_t)n);
+    q->vq.avail = vu_qva_to_host(&dev->mem, q->avail_qva, avail_len);
+    q->vq.used = vu_qva_to_host(&dev->mem, q->used_qva, used_len);
+    if (!q->vq.desc || !q->vq.avail || !q->vq.used) {
+        vbd_error_report("%s: queue %d: ring addresses outside guest memory", dev->name, q->index);
+        return -EFAULT;
+    }
+    return 0;
+}
+
+static void queue_stop(struct vu_queue *q)
+{
+    if (q->kick_watch) {
+        vbd_loop_unwatch_fd(q->kick_watch);
+        q->kick_watch = NULL;
+    }
+    bool was_started = q->started;
+    q->started = false;
+    wait_queue_idle(q);
+    if (was_started && q->dev->ops->queue_stop)
+        q->dev->ops->queue_stop(q);
+}
+
+static void queue_free(struct vu_queue *q)
+{
+    queue_stop(q);
+    if (q->kick_fd >= 0)
+        close(q->kick_fd);
+    if (q->call_fd >= 0)
+        close(q->call_fd);
+    if (q->err_fd >= 0)
+        close(q->err_fd);
+    free(q);
+}
+
+static int queue_start(struct vu_dev *dev, struct vu_queue *q)
+{
+    if (!q->addr_set || !q->vq.num) {
+        vbd_error_report("%s: queue %d: kick before the ring size and addresses", dev->name, q->index);
+        return -EINVAL;
+    }
+    if (translate_rings(dev, q) < 0)
+        return -EFAULT;
+    q->vq.event_idx = vu_has_feature(dev, VIRTIO_RING_F_EVENT_IDX);
+    q->vq.indirect = vu_has_feature(dev, VIRTIO_RING_F_INDIRECT_DESC);
+    q->vq.broken = false;
+    q->vq.signalled_used_valid = false;
+    q->vq.used_idx = __atomic_load_n(&q->vq.used->idx, __ATOMIC_ACQUIRE);
+    q->vq.inflight = NULL;
+    if (dev->inflight_base && q->index < dev->inflight_num_queues && dev->inflight_queue_size == q->vq.num)
+        q->vq.inflight = (struct vu_inflight_queue *)((uint8_t *)dev->inflight_base +
+                                                      (size_t)q->index * vu_inflight_queue_size(q->vq.num));
+    if (!vu_has_feature(dev, VHOST_USER_F_PROTOCOL_FEATURES))
+        q->enabled = true; /* without the protocol feature rings start enabled */
+    int rc = dev->ops->queue_start(q);
+    if (rc < 0)
+        return rc;
+    q->started = true;
+    uint16_t heads[VU_MAX_QUEUE_SIZE];
+    int n = vu_vq_inflight_recover(&q->vq, heads, VU_MAX_QUEUE_SIZE);
+    if (n > 0) {
+        vbd_info("%s: queue %d: resubmitting %d requests left in flight by the previous back end", dev->name,
+                 q->index, n);
+        for (int i = 0; i < n; i++)
+            dev->ops->queue_resubmit(q, heads[i]);
+    }
+    q->kick_watch = vbd_loop_watch_fd(vbd_loop_current(), q->kick_fd, POLLIN, kick_cb, q);
+    if (!q->kick_watch)
+        return -ENOMEM;
+    if (vu_queue_can_process(q))
+        dev->ops->queue_kick(q); /* entries may be waiting already */
+    if (n > 0 && q->call_fd >= 0)
+        eventfd_write(q->call_fd, 1); /* completions the old back end pushed may not have been signalled */
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* memory                                                              */
+
+static void unmap_region(struct vu_mem_region *r)
+{
+    if (r->mmap_base)
+        munmap(r->mmap_base, r->mmap_len);
+    memset(r, 0, sizeof(*r));
+}
+
+static int map_region(struct vu_dev *dev, const struct vu_region_wire *w, int fd, struct vu_mem_region *r)
+{
+    if (!w->size || w->gpa + w->size < w->gpa || w->qva + w->size < w->qva ||
+        w->mmap_offset + w->size < w->mmap_offset) {
+        vbd_error_report("%s: memory region with a bad size or address", dev->name);
+        return -EINVAL;
+    }
+    size_t len = w->mmap_offset + w->size;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (p == MAP_FAILED) {
+        vbd_error_report("%s: cannot map guest memory (%llu bytes): %s", dev->name, (unsigned long long)len,
+                         strerror(errno));
+        return -errno;
+    }
+    r->gpa = w->gpa;
+    r->size = w->size;
+    r->qva = w->qva;
+    r->mmap_base = p;
+    r->mmap_len = len;
+    r->host = (uint8_t *)p + w->mmap_offset;
+    return 0;
+}
+
+/* Stop taking requests, wait for the ones in flight: they point into the old mappings. */
+static void mem_quiesce(struct vu_dev *dev)
+{
+    dev->mem_changing = true;
+    for (int i = 0; i < dev->max_queues; i++)
+        if (dev->queues[i])
+            wait_queue_idle(dev->queues[i]);
+}
+
+static void mem_resume(struct vu_dev *dev)
+{
+    dev->mem_changing = false;
+    for (int i = 0; i < dev->max_queues; i++) {
+        struct vu_queue *q = dev->queues[i];
+        if (q && q->addr_set && q->vq.num) {
+            if (translate_rings(dev, q) < 0) {
+                q->vq.broken = true;
+                continue;
+            }
+            if (vu_queue_can_process(q))
+                dev->ops->queue_kick(q);
+        }
+    }
+}
+
+static void mem_clear(struct vu_dev *dev)
+{
+    for (int i = 0; i < dev->mem.nregions; i++)
+        unmap_region(&dev->mem.r[i]);
+    dev->mem.nregions = 0;
+}
+
+static int set_mem_table(struct vu_dev *dev, struct vu_msg *m)
+{
+    uint32_t n;
+    memcpy(&n, m->payload, 4);
+    if (m->size < 8 + n * sizeof(struct vu_region_wire) || n > VU_MAX_MEM_REGIONS || (int)n != m->nfds) {
+        vbd_error_report("%s: SET_MEM_TABLE with %u regions and %d fds", dev->name, n, m->nfds);
+        return -EINVAL;
+    }
+    struct vu_mem fresh = {0};
+    for (uint32_t i = 0; i < n; i++) {
+        struct vu_region_wire w;
+        memcpy(&w, m->payload + 8 + i * sizeof(w), sizeof(w));
+        if (map_region(dev, &w, m->fds[i], &fresh.r[i]) < 0) {
+            for (uint32_t j = 0; j < i; j++)
+                unmap_region(&fresh.r[j]);
+            return -EINVAL;
+        }
+        fresh.nregions++;
+    }
+    mem_quiesce(dev);
+    mem_clear(dev);
+    dev->mem = fresh;
+    mem_resume(dev);
+    return 0;
+}
+
+static int add_mem_reg(struct vu_dev *dev, struct vu_msg *m)
+{
+    struct vu_region_wire w;
+    if (m->size < 8 + sizeof(w) || m->nfds != 1) {
+        vbd_error_report("%s: ADD_MEM_REG without a region or its fd", dev->name);
+        return -EINVAL;
+    }
+    memcpy(&w, m->payload + 8, sizeof(w));
+    if (dev->mem.nregions >= VU_MAX_MEM_REGIONS) {
+        vbd_error_report("%s: ADD_MEM_REG beyond %d regions", dev->name, VU_MAX_MEM_REGIONS);
+        return -ENOSPC;
+    }
+    struct vu_mem_region r;
+    if (map_region(dev, &w, m->fds[0], &r) < 0)
+        return -EINVAL;
+    mem_quiesce(dev);
+    dev->mem.r[dev->mem.nregions++] = r;
+    mem_resume(dev);
+    return 0;
+}
+
+static int rem_mem_reg(struct vu_dev *dev, struct vu_msg *m)
+{
+    struct vu_region_wire w;
+    if (m->size < 8 + sizeof(w))
+        return -EINVAL;
+    memcpy(&w, m->payload + 8, sizeof(w));
+    for (int i = 0; i < dev->mem.nregions; i++) {
+        struct vu_mem_region *r = &dev->mem.r[i];
+        if (r->gpa == w.gpa && r->size == w.size) {
+            mem_quiesce(dev);
+            unmap_region(r);
+            dev->mem.r[i] = dev->mem.r[--dev->mem.nregions];
+            memset(&dev->mem.r[dev->mem.nregions], 0, sizeof(*r));
+            mem_resume(dev);
+            return 0;
+        }
+    }
+    vbd_error_report("%s: REM_MEM_REG of a region that is not mapped", dev->name);
+    return -ENOENT;
+}
+
+/* ------------------------------------------------------------------ */
+/* inflight region                                                     */
+
+static void inflight_clear(struct vu_dev *dev)
+{
+    if (dev->inflight_base)
+        munmap(dev->inflight_base, dev->inflight_size);
+    if (dev->inflight_fd >= 0)
+        close(dev->inflight_fd);
+    dev->inflight_base = NULL;
+    dev->inflight_fd = -1;
+    dev->inflight_size = 0;
+}
+
+struct inflight_wire {
+    uint64_t mmap_size, mmap_offset;
+    uint16_t num_queues, queue_size;
+    uint8_t pad[4];
+};
+
+static int get_inflight_fd(struct vu_dev *dev, struct vu_msg *m, struct inflight_wire *out)
+{
+    struct inflight_wire w = {0};
+    memcpy(&w, m->payload, m->size < sizeof(w) ? m->size : sizeof(w));
+    if (!w.num_queues || w.num_queues > dev->max_queues || !w.queue_size || w.queue_size > VU_MAX_QUEUE_SIZE) {
+        vbd_error_report("%s: GET_INFLIGHT_FD for %u queues of %u", dev->name, w.num_queues, w.queue_size);
+        return -EINVAL;
+    }
+    inflight_clear(dev);
+    size_t size = (size_t)w.num_queues * vu_inflight_queue_size(w.queue_size);
+    int fd = memfd_create("vbd-inflight", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
+        vbd_error_report("%s: cannot create the inflight region: %s", dev->name, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -errno;
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        close(fd);
+        return -ENOMEM;
+    }
+    dev->inflight_base = p;
+    dev->inflight_size = size;
+    dev->inflight_fd = fd;
+    dev->inflight_num_queues = w.num_queues;
+    dev->inflight_queue_size = w.queue_size;
+    *out = w;
+    out->mmap_size = size;
+    out->mmap_offset = 0;
+    return fd;
+}
+
+static int set_inflight_fd(struct vu_dev *dev, struct vu_msg *m)
+{
+    struct inflight_wire w = {0};
+    memcpy(&w, m->payload, m->size < sizeof(w) ? m->size : sizeof(w));
+    if (m->nfds != 1 || !w.num_queues || w.num_queues > dev->max_queues || !w.queue_size ||
+        w.queue_size > VU_MAX_QUEUE_SIZE || w.mmap_size < (uint64_t)w.num_queues * vu_inflight_queue_size(w.queue_size)) {
+        vbd_error_report("%s: SET_INFLIGHT_FD with a region that does not fit %u queues of %u", dev->name,
+                         w.num_queues, w.queue_size);
+        return -EINVAL;
+    }
+    void *p = mmap(NULL, w.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, m->fds[0], (off_t)w.mmap_offset);
+    if (p == MAP_FAILED) {
+        vbd_error_report("%s: cannot map the inflight region: %s", dev->name, strerror(errno));
+        return -errno;
+    }
+    inflight_clear(dev);
+    dev->inflight_base = p;
+    dev->inflight_size = w.mmap_size;
+    dev->inflight_fd = m->fds[0];
+    m->fds[0] = -1; /* kept */
+    dev->inflight_num_queues = w.num_queues;
+    dev->inflight_queue_size = w.queue_size;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* messages                                                            */
+
+static int recv_msg(struct vu_dev *dev, struct vu_msg *m)
+{
+    uint8_t hdr[VU_HDR_SIZE];
+    char cbuf[CMSG_SPACE(sizeof(int) * VU_MAX_FDS)];
+    struct iovec iov = {hdr, sizeof(hdr)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    m->nfds = 0;
+    ssize_t r = vbd_co_recvmsg(dev->conn_fd, &mh, 0);
+    if (r <= 0)
+        return r == 0 ? -ECONNRESET : (int)r;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < n; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                if (m->nfds < VU_MAX_FDS)
+                    m->fds[m->nfds++] = fd;
+                else
+                    close(fd);
+            }
+        }
+    if (mh.msg_flags & MSG_CTRUNC)
+        vbd_warn("%s: too many file descriptors in one message; extra ones dropped", dev->name);
+    if (r < VU_HDR_SIZE && vbd_co_recv_full(dev->conn_fd, hdr + r, VU_HDR_SIZE - r) < 0)
+        return -ECONNRESET;
+    memcpy(&m->request, hdr, 4);
+    memcpy(&m->flags, hdr + 4, 4);
+    memcpy(&m->size, hdr + 8, 4);
+    if ((m->flags & 0x3) != VHOST_USER_VERSION) {
+        vbd_error_report("%s: message with protocol version %u (expected 1), disconnecting", dev->name,
+                         m->flags & 0x3);
+        return -EPROTO;
+    }
+    if (m->size > VU_MAX_PAYLOAD) {
+        vbd_error_report("%s: %s message of %u bytes is too large, disconnecting", dev->name,
+                         request_name(m->request), m->size);
+        return -EPROTO;
+    }
+    if (m->size && vbd_co_recv_full(dev->conn_fd, m->payload, m->size) < 0)
+        return -ECONNRESET;
+    return 0;
+}
+
+static int send_reply(struct vu_dev *dev, const struct vu_msg *req, const void *payload, uint32_t size, int fd)
+{
+    uint8_t hdr[VU_HDR_SIZE];
+    uint32_t flags = VHOST_USER_VERSION | VHOST_USER_FLAG_REPLY;
+    memcpy(hdr, &req->request, 4);
+    memcpy(hdr + 4, &flags, 4);
+    memcpy(hdr + 8, &size, 4);
+    struct iovec iov[2] = {{hdr, sizeof(hdr)}, {(void *)payload, size}};
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = size ? 2 : 1};
+    if (fd >= 0) {
+        memset(cbuf, 0, sizeof(cbuf));
+        mh.msg_control = cbuf;
+        mh.msg_controllen = sizeof(cbuf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    ssize_t r = vbd_co_sendmsg(dev->conn_fd, &mh, 0);
+    if (r < 0)
+        return (int)r;
+    if ((size_t)r < sizeof(hdr) + size) {
+        /* the rest goes without the fd */
+        size_t done = (size_t)r;
+        uint8_t all[VU_HDR_SIZE + VU_CONFIG_MAX + 64];
+        if (sizeof(hdr) + size > sizeof(all))
+            return -EMSGSIZE;
+        memcpy(all, hdr, sizeof(hdr));
+        memcpy(all + sizeof(hdr), payload, size);
+        return vbd_co_send_full(dev->conn_fd, all + done, sizeof(hdr) + size - done);
+    }
+    return 0;
+}
+
+static int reply_u64(struct vu_dev *dev, const struct vu_msg *m, uint64_t v)
+{
+    return send_reply(dev, m, &v, sizeof(v), -1);
+}
+
+static int take_fd(struct vu_msg *m)
+{
+    if (m->nfds < 1)
+        return -1;
+    int fd = m->fds[0];
+    m->fds[0] = -1;
+    return fd;
+}
+
+static void reset_device(struct vu_dev *dev)
+{
+    for (int i = 0; i < VU_MAX_QUEUES; i++)
+        if (dev->queues[i]) {
+            queue_free(dev->queues[i]);
+            dev->queues[i] = NULL;
+        }
+    dev->features = 0;
+    dev->features_acked = false;
+}
+
+/* Returns <0 on a failed request, 0 on success, 1 when a reply was already sent. */
+static int handle(struct vu_dev *dev, struct vu_msg *m)
+{
+    uint64_t u64 = 0;
+    if (m->size >= 8)
+        memcpy(&u64, m->payload, 8);
+    struct vu_queue *q = NULL;
+    switch (m->request) {
+    case VHOST_USER_GET_FEATURES:
+        return reply_u64(dev, m, dev->ops->features(dev)) < 0 ? -EIO : 1;
+    case VHOST_USER_SET_FEATURES: {
+        uint64_t offered = dev->ops->features(dev);
+        if (u64 & ~offered) {
+            vbd_error_report("%s: front end set features 0x%llx we did not offer", dev->name,
+                             (unsigned long long)(u64 & ~offered));
+            return -EINVAL;
+        }
+        dev->features = u64;
+        dev->features_acked = true;
+        dev->ops->features_set(dev, u64);
+        return 0;
+    }
+    case VHOST_USER_GET_PROTOCOL_FEATURES: {
+        uint64_t pf = (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+                      (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
+                      (1ull << VHOST_USER_PROTOCOL_F_RESET_DEVICE) |
+                      (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
+        return reply_u64(dev, m, pf) < 0 ? -EIO : 1;
+    }
+    case VHOST_USER_SET_PROTOCOL_FEATURES:
+        dev->protocol_features = u64;
+        return 0;
+    case VHOST_USER_SET_OWNER:
+        return 0;
+    case VHOST_USER_RESET_OWNER:
+    case VHOST_USER_RESET_DEVICE:
+        reset_device(dev);
+        return 0;
+    case VHOST_USER_GET_QUEUE_NUM:
+        return reply_u64(dev, m, dev->max_queues) < 0 ? -EIO : 1;
+    case VHOST_USER_GET_MAX_MEM_SLOTS:
+        return reply_u64(dev, m, VU_MAX_MEM_REGIONS) < 0 ? -EIO : 1;
+    case VHOST_USER_SET_MEM_TABLE:
+        return set_mem_table(dev, m);
+    case VHOST_USER_ADD_MEM_REG:
+        return add_mem_reg(dev, m);
+    case VHOST_USER_REM_MEM_REG:
+        return rem_mem_reg(dev, m);
+    case VHOST_USER_SET_VRING_NUM:
+    case VHOST_USER_SET_VRING_BASE:
+    case VHOST_USER_GET_VRING_BASE:
+    case VHOST_USER_SET_VRING_ENABLE: {
+        uint32_t index, num;
+        memcpy(&index, m->payload, 4);
+        memcpy(&num, m->payload + 4, 4);
+        if (m->size < 8 || !(q = get_queue(dev, index))) {
+            vbd_error_report("%s: %s for queue %u (the device has %u)", dev->name, request_name(m->request),
+                             index, dev->max_queues);
+            return -EINVAL;
+        }
+        if (m->request == VHOST_USER_SET_VRING_NUM) {
+            if (q->started || !num || num > VU_MAX_QUEUE_SIZE) {
+                vbd_error_report("%s: queue %u: bad ring size %u (1..%d, ring stopped)", dev->name, index, num,
+                                 VU_MAX_QUEUE_SIZE);
+                return -EINVAL;
+            }
+            q->vq.num = (uint16_t)num;
+        } else if (m->request == VHOST_USER_SET_VRING_BASE) {
+            if (q->started)
+                return -EBUSY;
+            q->vq.last_avail_idx = (uint16_t)num;
+        } else if (m->request == VHOST_USER_SET_VRING_ENABLE) {
+            q->enabled = num != 0;
+            if (vu_queue_can_process(q))
+                dev->ops->queue_kick(q);
+        } else {
+            queue_stop(q);
+            if (q->kick_fd >= 0) {
+                close(q->kick_fd);
+                q->kick_fd = -1;
+            }
+            uint32_t st[2] = {index, q->vq.last_avail_idx};
+            return send_reply(dev, m, st, sizeof(st), -1) < 0 ? -EIO : 1;
+        }
+        return 0;
+    }
+    case VHOST_USER_SET_VRING_ADDR: {
+        uint32_t index, flags;
+        uint64_t desc, used, avail;
+        if (m->size < 40)
+            return -EINVAL;
+        memcpy(&index, m->payload, 4);
+        memcpy(&flags, m->payload + 4, 4);
+        memcpy(&desc, m->payload + 8, 8);
+        memcpy(&used, m->payload + 16, 8);
+        memcpy(&avail, m->payload + 24, 8);
+        if (!(q = get_queue(dev, index)) || q->started) {
+            vbd_error_report("%s: SET_VRING_ADDR for queue %u that does not exist or runs", dev->name, index);
+            return -EINVAL;
+        }
+        q->desc_qva = desc;
+        q->used_qva = used;
+        q->avail_qva = avail;
+        q->addr_set = true;
+        if (q->vq.num && translate_rings(dev, q) < 0) {
+            q->addr_set = false;
+            return -EFAULT;
+        }
+        return 0;
+    }
+    case VHOST_USER_SET_VRING_KICK:
+    case VHOST_USER_SET_VRING_CALL:
+    case VHOST_USER_SET_VRING_ERR: {
+        uint32_t index = (uint32_t)(u64 & 0xff);
+        int fd = (u64 & VHOST_USER_VRING_NOFD) ? -1 : take_fd(m);
+        if (!(q = get_queue(dev, index))) {
+            if (fd >= 0)
+                close(fd);
+            vbd_error_report("%s: %s for queue %u (the device has %u)", dev->name, request_name(m->request),
+                             index, dev->max_queues);
+            return -EINVAL;
+        }
+        if (m->request == VHOST_USER_SET_VRING_KICK) {
+            if (fd < 0) {
+                vbd_error_report("%s: queue %u: polling mode (no kick fd) is not supported", dev->name, index);
+                return -EINVAL;
+            }
+            queue_stop(q);
+            if (q->kick_fd >= 0)
+                close(q->kick_fd);
+            q->kick_fd = fd;
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+            return queue_start(dev, q);
+        }
+        int *slot = m->request == VHOST_USER_SET_VRING_CALL ? &q->call_fd : &q->err_fd;
+        if (*slot >= 0)
+            close(*slot);
+        *slot = fd;
+        return 0;
+    }
+    case VHOST_USER_GET_CONFIG: {
+        uint32_t off, size;
+        if (m->size < 12)
+            return -EINVAL;
+        memcpy(&off, m->payload, 4);
+        memcpy(&size, m->payload + 4, 4);
+        if (size > VU_CONFIG_MAX || off > VU_CONFIG_MAX - size || m->size < 12 + size) {
+            vbd_error_report("%s: GET_CONFIG of %u bytes at %u", dev->name, size, off);
+            return -EINVAL;
+        }
+        uint8_t cfg[VU_CONFIG_MAX] = {0};
+        dev->ops->get_config(dev, cfg, VU_CONFIG_MAX);
+        memcpy(m->payload + 12, cfg + off, size);
+        return send_reply(dev, m, m->payload, 12 + size, -1) < 0 ? -EIO : 1;
+    }
+    case VHOST_USER_SET_CONFIG: {
+        uint32_t off, size;
+        if (m->size < 12)
+            return -EINVAL;
+        memcpy(&off, m->payload, 4);
+        memcpy(&size, m->payload + 4, 4);
+        if (size > VU_CONFIG_MAX || off > VU_CONFIG_MAX - size || m->size < 12 + size)
+            return -EINVAL;
+        return dev->ops->set_config(dev, off, m->payload + 12, size);
+    }
+    case VHOST_USER_GET_INFLIGHT_FD: {
+        struct inflight_wire w;
+        int fd = get_inflight_fd(dev, m, &w);
+        if (fd < 0)
+            return fd;
+        return send_reply(dev, m, &w, sizeof(w), fd) < 0 ? -EIO : 1;
+    }
+    case VHOST_USER_SET_INFLIGHT_FD:
+        return set_inflight_fd(dev, m);
+    case VHOST_USER_SET_BACKEND_REQ_FD: {
+        int fd = take_fd(m);
+        if (dev->backend_req_fd >= 0)
+            close(dev->backend_req_fd);
+        dev->backend_req_fd = fd;
+        return 0;
+    }
+    case VHOST_USER_SET_VRING_ENDIAN:
+        return (u64 >> 32) == 0 ? 0 : -ENOTSUP; /* little-endian only (VERSION_1) */
+    default:
+        vbd_warn("%s: unsupported vhost-user message %u (%s)", dev->name, m->request, request_name(m->request));
+        return -ENOTSUP;
+    }
+}
+
+static bool has_own_reply(uint32_t request)
+{
+    switch (request) {
+    case VHOST_USER_GET_FEATURES:
+    case VHOST_USER_GET_PROTOCOL_FEATURES:
+    case VHOST_USER_GET_VRING_BASE:
+    case VHOST_USER_GET_QUEUE_NUM:
+    case VHOST_USER_GET_CONFIG:
+    case VHOST_USER_GET_INFLIGHT_FD:
+    case VHOST_USER_GET_MAX_MEM_SLOTS:
+    case VHOST_USER_SET_LOG_BASE:
+        return true;
+    }
+    return false;
+}
+
+static void disconnect(struct vu_dev *dev)
+{
+    reset_device(dev);
+    mem_clear(dev);
+    inflight_clear(dev);
+    if (dev->backend_req_fd >= 0)
+        close(dev->backend_req_fd);
+    dev->backend_req_fd = -1;
+    dev->protocol_features = 0;
+    close(dev->conn_fd);
+    dev->conn_fd = -1;
+}
+
+static void serve(struct vu_dev *dev)
+{
+    struct vu_msg *m = malloc(sizeof(*m));
+    if (!m)
+        return;
+    while (!dev->stopping) {
+        int rc = recv_msg(dev, m);
+        if (rc < 0) {
+            if (rc != -ECONNRESET)
+                vbd_warn("%s: front end connection lost: %s", dev->name, strerror(-rc));
+            break;
+        }
+        vbd_debug("%s: %s (%u bytes, %d fds)", dev->name, request_name(m->request), m->size, m->nfds);
+        rc = handle(dev, m);
+        for (int i = 0; i < m->nfds; i++)
+            if (m->fds[i] >= 0)
+                close(m->fds[i]);
+        if (rc != 1 && (m->flags & VHOST_USER_FLAG_NEED_REPLY) &&
+            has_protocol_feature(dev, VHOST_USER_PROTOCOL_F_REPLY_ACK) && !has_own_reply(m->request)) {
+            if (reply_u64(dev, m, rc < 0 ? 1 : 0) < 0)
+                break;
+        } else if (rc < 0 && rc != -ENOTSUP && has_own_reply(m->request)) {
+            /* a GET the front end waits for: it must not hang, so we drop the connection */
+            vbd_error_report("%s: cannot answer %s, disconnecting", dev->name, request_name(m->request));
+            break;
+        }
+    }
+    free(m);
+    vbd_info("%s: front end disconnected", dev->name);
+    disconnect(dev);
+}
+
+static void conn_co(void *arg)
+{
+    struct vu_dev *dev = arg;
+    serve(dev);
+    dev->conn_done = true;
+    vbd_co_queue_wake_all(&dev->idle);
+}
+
+static int connect_client(struct vu_dev *dev)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", dev->path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int rc = vbd_co_connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+static void accept_co(void *arg)
+{
+    struct vu_dev *dev = arg;
+    bool warned = false;
+    while (!dev->stopping) {
+        int fd;
+        if (dev->server) {
+            fd = vbd_co_accept(dev->listen_fd, NULL, NULL);
+            if (fd < 0) {
+                if (dev->stopping || fd == -ESHUTDOWN || fd == -EINVAL || fd == -EBADF)
+                    break;
+                vbd_co_sleep_ns(100000000);
+                continue;
+            }
+            if (dev->conn_fd >= 0) {
+                vbd_warn("%s: refusing a second front end (one is connected)", dev->name);
+                close(fd);
+                continue;
+            }
+        } else {
+            if (dev->conn_fd >= 0) {
+                while (dev->conn_fd >= 0 && !dev->stopping)
+                    vbd_co_queue_wait(&dev->idle);
+                continue;
+            }
+            fd = connect_client(dev);
+            if (fd < 0) {
+                if (!warned)
+                    vbd_warn("%s: cannot connect to '%s': %s; retrying every second", dev->name, dev->path,
+                             strerror(-fd));
+                warned = true;
+                vbd_co_sleep_ns(1000000000);
+                continue;
+            }
+            warned = false;
+        }
+        vbd_info("%s: front end connected", dev->name);
+        dev->conn_fd = fd;
+        dev->conn_done = false;
+        vbd_co_wake(vbd_co_create(conn_co, dev));
+    }
+    dev->accept_done = true;
+    vbd_co_queue_wake_all(&dev->idle);
+}
+
+int vu_dev_start(struct vu_dev *dev, struct vbd_error **err)
+{
+    dev->listen_fd = dev->conn_fd = dev->inflight_fd = dev->backend_req_fd = -1;
+    dev->conn_done = true;
+    if (dev->server) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(dev->path) >= sizeof(sa.sun_path)) {
+            vbd_error_setf(err, ENAMETOOLONG, "%s: socket path '%s' is too long", dev->name, dev->path);
+            return -ENAMETOOLONG;
+        }
+        strcpy(sa.sun_path, dev->path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        unlink(dev->path);
+        if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+            int e = errno;
+            vbd_error_setf(err, e, "%s: cannot listen on '%s': %s", dev->name, dev->path, strerror(e));
+            if (fd >= 0)
+                close(fd);
+            return -e;
+        }
+        dev->listen_fd = fd;
+    }
+    dev->accept_done = false;
+    vbd_co_wake(vbd_co_create(accept_co, dev));
+    return 0;
+}
+
+void vu_dev_stop(struct vu_dev *dev)
+{
+    dev->stopping = true;
+    if (dev->listen_fd >= 0)
+        shutdown(dev->listen_fd, SHUT_RDWR);
+    if (dev->conn_fd >= 0)
+        shutdown(dev->conn_fd, SHUT_RDWR);
+    vbd_co_queue_wake_all(&dev->idle);
+    while (!dev->accept_done || !dev->conn_done)
+        vbd_co_queue_wait(&dev->idle);
+    if (dev->listen_fd >= 0) {
+        close(dev->listen_fd);
+        dev->listen_fd = -1;
+        unlink(dev->path);
+    }
+}

@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The vhost-user protocol, back-end side (QEMU docs/interop/vhost-user.rst):
+ * one front end at a time on a unix socket (we listen, or we connect),
+ * the memory table, the rings, the inflight region. The device on top
+ * (virtio-blk) plugs in through vu_dev_ops.
+ */
+#ifndef VBD_VHOST_USER_H
+#define VBD_VHOST_USER_H
+
+#include "virtqueue.h"
+
+#include "vbd/coroutine.h"
+#include "vbd/loop.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum vu_request {
+    VHOST_USER_GET_FEATURES = 1,
+    VHOST_USER_SET_FEATURES = 2,
+    VHOST_USER_SET_OWNER = 3,
+    VHOST_USER_RESET_OWNER = 4,
+    VHOST_USER_SET_MEM_TABLE = 5,
+    VHOST_USER_SET_LOG_BASE = 6,
+    VHOST_USER_SET_LOG_FD = 7,
+    VHOST_USER_SET_VRING_NUM = 8,
+    VHOST_USER_SET_VRING_ADDR = 9,
+    VHOST_USER_SET_VRING_BASE = 10,
+    VHOST_USER_GET_VRING_BASE = 11,
+    VHOST_USER_SET_VRING_KICK = 12,
+    VHOST_USER_SET_VRING_CALL = 13,
+    VHOST_USER_SET_VRING_ERR = 14,
+    VHOST_USER_GET_PROTOCOL_FEATURES = 15,
+    VHOST_USER_SET_PROTOCOL_FEATURES = 16,
+    VHOST_USER_GET_QUEUE_NUM = 17,
+    VHOST_USER_SET_VRING_ENABLE = 18,
+    VHOST_USER_SEND_RARP = 19,
+    VHOST_USER_NET_SET_MTU = 20,
+    VHOST_USER_SET_BACKEND_REQ_FD = 21,
+    VHOST_USER_IOTLB_MSG = 22,
+    VHOST_USER_SET_VRING_ENDIAN = 23,
+    VHOST_USER_GET_CONFIG = 24,
+    VHOST_USER_SET_CONFIG = 25,
+    VHOST_USER_GET_INFLIGHT_FD = 31,
+    VHOST_USER_SET_INFLIGHT_FD = 32,
+    VHOST_USER_RESET_DEVICE = 34,
+    VHOST_USER_VRING_KICK = 35,
+    VHOST_USER_GET_MAX_MEM_SLOTS = 36,
+    VHOST_USER_ADD_MEM_REG = 37,
+    VHOST_USER_REM_MEM_REG = 38,
+    VHOST_USER_SET_STATUS = 39,
+    VHOST_USER_GET_STATUS = 40,
+};
+
+#define VHOST_USER_F_PROTOCOL_FEATURES 30
+#define VHOST_USER_PROTOCOL_F_MQ 0
+#define VHOST_USER_PROTOCOL_F_REPLY_ACK 3
+#define VHOST_USER_PROTOCOL_F_CONFIG 9
+#define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD 12
+#define VHOST_USER_PROTOCOL_F_RESET_DEVICE 13
+#define VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS 15
+
+#define VHOST_USER_VERSION 0x1u
+#define VHOST_USER_FLAG_REPLY 0x4u
+#define VHOST_USER_FLAG_NEED_REPLY 0x8u
+#define VHOST_USER_VRING_NOFD (1ull << 8)
+
+#define VU_MAX_QUEUES 64
+#define VU_CONFIG_MAX 256
+
+struct vu_dev;
+
+struct vu_queue {
+    struct vu_dev *dev;
+    int index;
+    struct vu_vq vq;
+    uint64_t desc_qva, avail_qva, used_qva; /* as the front end gave them */
+    bool addr_set, started, enabled;
+    int kick_fd, call_fd, err_fd;
+    struct vbd_fd_watch *kick_watch;
+    unsigned inflight_reqs; /* popped, not yet pushed */
+    struct vbd_co_queue drained;
+    bool notify_pending;
+    struct vbd_bh notify_bh;
+    void *dev_queue; /* the device's per-queue state */
+};
+
+struct vu_dev_ops {
+    uint64_t (*features)(struct vu_dev *dev);
+    void (*features_set)(struct vu_dev *dev, uint64_t features);
+    /* fills cfg[0..len) of the device's config space */
+    void (*get_config)(struct vu_dev *dev, uint8_t *cfg, uint32_t len);
+    int (*set_config)(struct vu_dev *dev, uint32_t offset, const uint8_t *data, uint32_t len);
+    /* a ring was started (its size known): set up per-queue state */
+    int (*queue_start)(struct vu_queue *q);
+    void (*queue_stop)(struct vu_queue *q);
+    /* resubmit a request that was in flight when the previous back end died */
+    void (*queue_resubmit)(struct vu_queue *q, uint16_t head);
+    /* the guest kicked (or the ring became enabled): pop and process */
+    void (*queue_kick)(struct vu_queue *q);
+};
+
+struct vu_dev {
+    const struct vu_dev_ops *ops;
+    const char *name; /* for log lines: "vhost-user-blk export 'ID'" */
+    char *path;
+    bool server;
+    int listen_fd, conn_fd;
+    struct vbd_co *conn_co;
+    struct vbd_co *accept_co;
+    bool stopping, accept_done, conn_done;
+    struct vbd_co_queue idle;
+    uint16_t max_queues;
+    uint64_t features, protocol_features;
+    bool features_acked;
+    struct vu_mem mem;
+    int mem_fds[VU_MAX_MEM_REGIONS];
+    bool mem_changing;
+    struct vu_queue *queues[VU_MAX_QUEUES];
+    void *inflight_base;
+    size_t inflight_size;
+    int inflight_fd;
+    uint16_t inflight_queue_size;
+    uint16_t inflight_num_queues;
+    int backend_req_fd;
+    void *opaque; /* the device */
+};
+
+/* Starts listening (server) or connecting (client) on dev->path. */
+int vu_dev_start(struct vu_dev *dev, struct vbd_error **err);
+/* Coroutine context: disconnects, waits for in-flight requests, closes the socket. */
+void vu_dev_stop(struct vu_dev *dev);
+
+/* Request accounting for the device: call on pop/push so that
+ * GET_VRING_BASE and memory table changes can wait for quiescence. */
+void vu_queue_req_start(struct vu_queue *q);
+/* Publishes a used element and schedules the (batched) interrupt. */
+void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len);
+/* A malformed ring: log once, stop processing the queue until reset. */
+void vu_queue_fail(struct vu_queue *q, const char *why);
+bool vu_queue_can_process(const struct vu_queue *q);
+bool vu_has_feature(const struct vu_dev *dev, unsigned bit);
+
+#endif

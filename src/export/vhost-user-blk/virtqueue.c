@@ -1,0 +1,291 @@
+/* SPDX-License-Identifier: MIT */
+/* Split virtqueue processing over untrusted guest memory (virtio 1.x, 2.7). */
+#include "virtqueue.h"
+
+#include <errno.h>
+#include <linux/virtio_ring.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline uint16_t load_acquire16(const volatile uint16_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static inline void store_release16(volatile uint16_t *p, uint16_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+void *vu_gpa_to_host(const struct vu_mem *m, uint64_t gpa, uint64_t len)
+{
+    for (int i = 0; i < m->nregions; i++) {
+        const struct vu_mem_region *r = &m->r[i];
+        if (gpa >= r->gpa && gpa - r->gpa < r->size && len <= r->size - (gpa - r->gpa))
+            return r->host + (gpa - r->gpa);
+    }
+    return NULL;
+}
+
+void *vu_qva_to_host(const struct vu_mem *m, uint64_t qva, uint64_t len)
+{
+    for (int i = 0; i < m->nregions; i++) {
+        const struct vu_mem_region *r = &m->r[i];
+        if (qva >= r->qva && qva - r->qva < r->size && len <= r->size - (qva - r->qva))
+            return r->host + (qva - r->qva);
+    }
+    return NULL;
+}
+
+/* A buffer may span adjacent regions: map it piecewise. */
+static int map_buffer(const struct vu_mem *m, uint64_t gpa, uint32_t len, struct vu_elem *e, int *n)
+{
+    while (len) {
+        const struct vu_mem_region *r = NULL;
+        for (int i = 0; i < m->nregions; i++)
+            if (gpa >= m->r[i].gpa && gpa - m->r[i].gpa < m->r[i].size) {
+                r = &m->r[i];
+                break;
+            }
+        if (!r)
+            return -EFAULT;
+        uint64_t avail = r->size - (gpa - r->gpa);
+        uint32_t chunk = avail < len ? (uint32_t)avail : len;
+        if (*n >= e->iov_cap)
+            return -E2BIG;
+        e->iov[*n].iov_base = r->host + (gpa - r->gpa);
+        e->iov[*n].iov_len = chunk;
+        (*n)++;
+        gpa += chunk;
+        len -= chunk;
+    }
+    return 0;
+}
+
+int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e, const char **why)
+{
+    const struct vring_desc *table = vq->desc;
+    unsigned max = vq->num, idx = head, seen = 0;
+    bool in_indirect = false;
+    int n = 0;
+    e->head = head;
+    e->out_num = e->in_num = 0;
+    if (head >= vq->num) {
+        *why = "descriptor head index out of range";
+        return -EINVAL;
+    }
+    for (;;) {
+        if (++seen > max) {
+            *why = "descriptor chain longer than its table (a loop?)";
+            return -EINVAL;
+        }
+        struct vring_desc d;
+        memcpy(&d, (const void *)&table[idx], sizeof(d)); /* one snapshot: the guest may change it meanwhile */
+        if (d.flags & VRING_DESC_F_INDIRECT) {
+            if (!vq->indirect) {
+                *why = "indirect descriptor without the feature";
+                return -EINVAL;
+            }
+            if (in_indirect) {
+                *why = "indirect table inside an indirect table";
+                return -EINVAL;
+            }
+            if (d.flags & VRING_DESC_F_NEXT) {
+                *why = "indirect descriptor with the NEXT flag";
+                return -EINVAL;
+            }
+            if (d.len == 0 || d.len % sizeof(struct vring_desc) || d.len / sizeof(struct vring_desc) > VU_MAX_QUEUE_SIZE) {
+                *why = "indirect table of a bad size";
+                return -EINVAL;
+            }
+            table = vu_gpa_to_host(m, d.addr, d.len);
+            if (!table) {
+                *why = "indirect table outside guest memory";
+                return -EINVAL;
+            }
+            in_indirect = true;
+            max = d.len / sizeof(struct vring_desc);
+            idx = 0;
+            seen = 0;
+            continue;
+        }
+        if (d.flags & VRING_DESC_F_WRITE) {
+            int before = n;
+            int rc = map_buffer(m, d.addr, d.len, e, &n);
+            if (rc < 0) {
+                *why = rc == -E2BIG ? "too many segments in one request" : "buffer outside guest memory";
+                return -EINVAL;
+            }
+            e->in_num += n - before;
+        } else {
+            if (e->in_num) {
+                *why = "device-readable descriptor after a device-writable one";
+                return -EINVAL;
+            }
+            int before = n;
+            int rc = map_buffer(m, d.addr, d.len, e, &n);
+            if (rc < 0) {
+                *why = rc == -E2BIG ? "too many segments in one request" : "buffer outside guest memory";
+                return -EINVAL;
+            }
+            e->out_num += n - before;
+        }
+        if (!(d.flags & VRING_DESC_F_NEXT))
+            break;
+        if (d.next >= max) {
+            *why = "next descriptor index out of range";
+            return -EINVAL;
+        }
+        idx = d.next;
+    }
+    return 0;
+}
+
+int vu_vq_pending(const struct vu_vq *vq)
+{
+    uint16_t avail_idx = load_acquire16(&vq->avail->idx);
+    uint16_t n = (uint16_t)(avail_idx - vq->last_avail_idx);
+    return n > vq->num ? -1 : n;
+}
+
+int vu_vq_pop(struct vu_vq *vq, const struct vu_mem *m, struct vu_elem *e, const char **why)
+{
+    if (vq->broken) {
+        *why = "queue is broken";
+        return -EINVAL;
+    }
+    int pending = vu_vq_pending(vq);
+    if (pending < 0) {
+        *why = "available index moved by more than the queue size";
+        vq->broken = true;
+        return -EINVAL;
+    }
+    if (pending == 0)
+        return 0;
+    uint16_t head = vq->avail->ring[vq->last_avail_idx % vq->num];
+    int rc = vu_vq_map_chain(vq, m, head, e, why);
+    if (rc < 0) {
+        vq->broken = true;
+        return rc;
+    }
+    vq->last_avail_idx++;
+    vu_vq_inflight_get(vq, head);
+    return 1;
+}
+
+void vu_vq_inflight_get(struct vu_vq *vq, uint16_t head)
+{
+    if (!vq->inflight)
+        return;
+    vq->inflight->desc[head].counter = vq->inflight_counter++;
+    vq->inflight->desc[head].inflight = 1;
+}
+
+void vu_vq_push(struct vu_vq *vq, uint16_t head, uint32_t len)
+{
+    struct vu_inflight_queue *q = vq->inflight;
+    if (q)
+        q->last_batch_head = head;
+    struct vring_used_elem *u = &vq->used->ring[vq->used_idx % vq->num];
+    u->id = head;
+    u->len = len;
+    vq->used_idx++;
+    store_release16(&vq->used->idx, vq->used_idx);
+    if (q) {
+        q->desc[head].inflight = 0;
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        q->used_idx = vq->used_idx;
+    }
+}
+
+bool vu_vq_should_notify(struct vu_vq *vq)
+{
+    /* the used index must be visible before we read the driver's wishes */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (!vq->event_idx)
+        return !(load_acquire16(&vq->avail->flags) & VRING_AVAIL_F_NO_INTERRUPT);
+    uint16_t old = vq->signalled_used, new_idx = vq->used_idx;
+    bool valid = vq->signalled_used_valid;
+    vq->signalled_used = new_idx;
+    vq->signalled_used_valid = true;
+    if (!valid)
+        return true;
+    uint16_t used_event = load_acquire16(&vq->avail->ring[vq->num]);
+    return vring_need_event(used_event, new_idx, old);
+}
+
+bool vu_vq_enable_notification(struct vu_vq *vq)
+{
+    if (vq->event_idx) {
+        /* avail_event lives after the used ring */
+        uint16_t *avail_event = (uint16_t *)&vq->used->ring[vq->num];
+        store_release16(avail_event, vq->last_avail_idx);
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return vu_vq_pending(vq) != 0;
+}
+
+size_t vu_inflight_queue_size(uint16_t queue_size)
+{
+    size_t s = sizeof(struct vu_inflight_queue) + (size_t)queue_size * sizeof(struct vu_inflight_desc);
+    return (s + 63) & ~(size_t)63;
+}
+
+struct counter_head {
+    uint64_t counter;
+    uint16_t head;
+};
+
+static int by_counter(const void *a, const void *b)
+{
+    const struct counter_head *x = a, *y = b;
+    return x->counter < y->counter ? -1 : x->counter > y->counter;
+}
+
+int vu_vq_inflight_recover(struct vu_vq *vq, uint16_t *heads, int cap)
+{
+    struct vu_inflight_queue *q = vq->inflight;
+    if (!q)
+        return 0;
+    uint16_t used_idx = load_acquire16(&vq->used->idx);
+    if (q->version == 0 || q->desc_num != vq->num) {
+        /* fresh region (or a ring of another size): nothing to recover */
+        memset(q->desc, 0, (size_t)vq->num * sizeof(q->desc[0]));
+        q->version = 1;
+        q->desc_num = vq->num;
+        q->used_idx = used_idx;
+        vq->inflight_counter = 1;
+        return 0;
+    }
+    if (q->used_idx != used_idx) {
+        /* we died between publishing the used index and clearing the entry */
+        q->desc[q->last_batch_head % vq->num].inflight = 0;
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        q->used_idx = used_idx;
+    }
+    struct counter_head *list = malloc(sizeof(*list) * vq->num);
+    if (!list)
+        return -ENOMEM;
+    int n = 0;
+    uint64_t max = 0;
+    for (uint16_t i = 0; i < vq->num; i++) {
+        if (q->desc[i].inflight != 1)
+            continue;
+        list[n].counter = q->desc[i].counter;
+        list[n].head = i;
+        if (list[n].counter > max)
+            max = list[n].counter;
+        n++;
+    }
+    qsort(list, n, sizeof(*list), by_counter);
+    if (n > cap)
+        n = cap;
+    for (int i = 0; i < n; i++)
+        heads[i] = list[i].head;
+    free(list);
+    vq->inflight_counter = max + 1;
+    /* every popped request is either in the used ring or still in flight */
+    vq->used_idx = used_idx;
+    vq->last_avail_idx = (uint16_t)(used_idx + n);
+    return n;
+}

@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Guest memory and split virtqueues as a vhost-user back end sees them.
+ * Everything the guest controls (descriptor addresses, lengths, indices,
+ * flags) is untrusted: every access goes through the memory table and
+ * every chain is bounded. Kept free of sockets so that unit tests and the
+ * fuzzer can build hostile rings in plain memory.
+ */
+#ifndef VBD_VIRTQUEUE_H
+#define VBD_VIRTQUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define VU_MAX_MEM_REGIONS 32
+#define VU_MAX_QUEUE_SIZE  1024
+/* Longest chain we map: a full ring, or an indirect table of that size,
+ * plus splits where a buffer crosses memory regions. */
+#define VU_MAX_IOV (VU_MAX_QUEUE_SIZE + 16)
+
+struct vu_mem_region {
+    uint64_t gpa;  /* guest physical address */
+    uint64_t size;
+    uint64_t qva;  /* the front end's virtual address (ring addresses use it) */
+    uint8_t *host; /* our mapping of gpa */
+    void *mmap_base;
+    size_t mmap_len;
+};
+
+struct vu_mem {
+    int nregions;
+    struct vu_mem_region r[VU_MAX_MEM_REGIONS];
+};
+
+/* Host pointer for [gpa, gpa+len) when it lies inside one region, else NULL. */
+void *vu_gpa_to_host(const struct vu_mem *m, uint64_t gpa, uint64_t len);
+void *vu_qva_to_host(const struct vu_mem *m, uint64_t qva, uint64_t len);
+
+/* Per-descriptor record of the shared inflight region (split rings), so a
+ * restarted back end can find the requests that were in flight. */
+struct vu_inflight_desc {
+    uint8_t inflight;
+    uint8_t padding[5];
+    uint16_t next;
+    uint64_t counter;
+};
+struct vu_inflight_queue {
+    uint64_t features;
+    uint16_t version;
+    uint16_t desc_num;
+    uint16_t last_batch_head;
+    uint16_t used_idx;
+    struct vu_inflight_desc desc[];
+};
+size_t vu_inflight_queue_size(uint16_t queue_size);
+
+struct vring_desc;
+struct vring_avail;
+struct vring_used;
+
+struct vu_vq {
+    uint16_t num;
+    struct vring_desc *desc;
+    struct vring_avail *avail;
+    struct vring_used *used;
+    uint16_t last_avail_idx;
+    uint16_t used_idx;
+    uint16_t signalled_used;
+    bool signalled_used_valid;
+    bool event_idx;
+    bool indirect;
+    bool broken; /* set on a malformed ring: no further processing until reset */
+    struct vu_inflight_queue *inflight;
+    uint64_t inflight_counter;
+};
+
+/* A popped chain: out (device-readable) segments first, then in. */
+struct vu_elem {
+    uint16_t head;
+    int out_num, in_num;
+    struct iovec *iov;
+    int iov_cap;
+};
+
+/* Returns 1 with *e filled, 0 when the ring is empty, -EINVAL when the ring
+ * or chain is malformed (*why names the reason; the queue is then broken). */
+int vu_vq_pop(struct vu_vq *vq, const struct vu_mem *m, struct vu_elem *e, const char **why);
+/* Maps the chain at head (used when resubmitting inflight requests). */
+int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e, const char **why);
+/* Adds one used element and publishes it. */
+void vu_vq_push(struct vu_vq *vq, uint16_t head, uint32_t len);
+/* After pushes: true when the driver wants an interrupt now (EVENT_IDX aware). */
+bool vu_vq_should_notify(struct vu_vq *vq);
+/* With EVENT_IDX: ask for a kick at the next avail entry; returns true if
+ * more entries arrived meanwhile (the caller pops again). */
+bool vu_vq_enable_notification(struct vu_vq *vq);
+/* Count of avail entries not yet popped, or -1 if the index is impossible. */
+int vu_vq_pending(const struct vu_vq *vq);
+
+/* Inflight region bookkeeping (no-ops without a region). */
+void vu_vq_inflight_get(struct vu_vq *vq, uint16_t head);
+/* Start of a ring with a region: repairs the last batch, returns the heads
+ * still in flight in submission order (n written to *count, at most cap). */
+int vu_vq_inflight_recover(struct vu_vq *vq, uint16_t *heads, int cap);
+
+#endif
