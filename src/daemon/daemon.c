@@ -8,6 +8,7 @@
  */
 #include "daemon.h"
 
+#include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
@@ -38,6 +39,14 @@ static const char usage_text[] =
     "                    export a node (needs --nbd-server first)\n"
     "  --nbd-server addr.type=unix,addr.path=PATH | addr.type=inet,addr.host=HOST,addr.port=PORT\n"
     "                    [,max-connections=N]   start the NBD server\n"
+    "  --export type=vhost-user-blk,id=ID,node-name=NAME,addr.type=unix,addr.path=SOCKET[,writable=on|off]\n"
+    "           [,num-queues=N][,logical-block-size=512|4096][,physical-block-size=N][,writethrough=on|off]\n"
+    "           [,serial=S][,server=on|off]   serve a node to a VMM as a virtio-blk device (server=off: connect)\n"
+    "  --drive file=IMG[,format=raw|qcow2][,cache=writethrough|writeback|none|directsync|unsafe][,readonly=on]\n"
+    "          [,sectorsize=512|4096|LOGICAL/PHYSICAL][,range=START_LBA/SECTORS][,discard=unmap][,id=NAME]\n"
+    "          [,num-queues=N][,serial=S]   short form (as -drive and ACRN's device model: ro, writethru and\n"
+    "                    writeback are accepted as bare words); writethrough is the default\n"
+    "  --vhost-user SOCKET   export the last --drive over vhost-user-blk on SOCKET\n"
     "  --object iothread,id=ID   accepted for compatibility (exports run on the main loop)\n"
     "  --pidfile PATH    write the daemon's PID (after everything listens)\n"
     "  --daemonize       go to the background once every socket listens\n"
@@ -144,13 +153,239 @@ static int add_object(const char *arg, struct vbd_error **err)
     return rc;
 }
 
+/* The last --drive, waiting for its --vhost-user. */
+static struct pending_drive {
+    char node[64];
+    bool readonly, writethrough;
+    uint64_t lbs, pbs, queues;
+    char *serial;
+    bool set;
+} drive;
+static int ndrives;
+
+/* ACRN writes bare words (ro, writethru) and the path first: make it keyval. */
+static char *drive_to_keyval(const char *arg)
+{
+    size_t len = strlen(arg);
+    char *out = malloc(len * 2 + 64), *o = out;
+    bool first = true;
+    for (const char *p = arg; *p || first;) {
+        const char *start = p;
+        while (*p && !(*p == ',' && p[1] != ',')) /* ",," is an escaped comma */
+            p += (*p == ',' ? 2 : 1);
+        size_t n = (size_t)(p - start);
+        char word[64];
+        bool bare = !memchr(start, '=', n);
+        if (!first)
+            *o++ = ',';
+        if (bare && n < sizeof(word)) {
+            memcpy(word, start, n);
+            word[n] = 0;
+            const char *m = !strcmp(word, "ro") ? "readonly=on"
+                            : !strcmp(word, "writethru") ? "cache=writethrough"
+                            : !strcmp(word, "writeback") ? "cache=writeback"
+                            : !strcmp(word, "nocache") ? "cache=none"
+                            : NULL;
+            if (m) {
+                o += sprintf(o, "%s", m);
+                goto next;
+            }
+        }
+        if (bare && first)
+            o += sprintf(o, "file=");
+        memcpy(o, start, n);
+        o += n;
+    next:
+        first = false;
+        if (!*p)
+            break;
+        p++;
+    }
+    *o = 0;
+    return out;
+}
+
+static int add_drive(const char *arg, struct vbd_error **err)
+{
+    char *kv = drive_to_keyval(arg);
+    struct json_object *o = vbd_opts_parse(kv, NULL, err);
+    free(kv);
+    if (!o)
+        return -EINVAL;
+    char *file = NULL, *format = NULL, *cache = NULL, *sectorsize = NULL, *range = NULL, *discard = NULL,
+         *id = NULL, *serial = NULL;
+    bool readonly = false;
+    uint64_t queues = 0;
+    struct vbd_node *n = NULL;
+    int rc = -EINVAL;
+    if (vbd_opt_take_str(o, "file", &file, err) < 0 || vbd_opt_take_str(o, "format", &format, err) < 0 ||
+        vbd_opt_take_str(o, "cache", &cache, err) < 0 || vbd_opt_take_str(o, "sectorsize", &sectorsize, err) < 0 ||
+        vbd_opt_take_str(o, "range", &range, err) < 0 || vbd_opt_take_str(o, "discard", &discard, err) < 0 ||
+        vbd_opt_take_str(o, "id", &id, err) < 0 || vbd_opt_take_str(o, "serial", &serial, err) < 0 ||
+        vbd_opt_take_bool(o, "readonly", &readonly, err) < 0 || vbd_opt_take_u64(o, "num-queues", &queues, err) < 0 ||
+        vbd_opts_check_empty(o, "--drive", err) < 0)
+        goto out;
+    if (!file) {
+        vbd_error_setf(err, EINVAL, "--drive %s: 'file' is required", arg);
+        goto out;
+    }
+    enum vbd_cache_mode mode = VBD_CACHE_WRITETHROUGH; /* ACRN's default */
+    if (cache && vbd_cache_mode_parse(cache, &mode) < 0) {
+        vbd_error_setf(err, EINVAL,
+                       "--drive: cache=%s: expected writethrough, writeback, none, directsync or unsafe", cache);
+        goto out;
+    }
+    uint64_t lbs = 512, pbs = 0;
+    if (sectorsize) {
+        char *end;
+        lbs = strtoull(sectorsize, &end, 10);
+        if (*end == '/')
+            pbs = strtoull(end + 1, &end, 10);
+        if (*end || (lbs != 512 && lbs != 4096) || (pbs && (pbs < lbs || (pbs & (pbs - 1))))) {
+            vbd_error_setf(err, EINVAL, "--drive: sectorsize=%s: expected 512, 4096 or LOGICAL/PHYSICAL", sectorsize);
+            goto out;
+        }
+    }
+    bool unmap = false;
+    if (discard) {
+        if (!strcmp(discard, "unmap") || !strcmp(discard, "on"))
+            unmap = true;
+        else if (strcmp(discard, "ignore") && strcmp(discard, "off")) {
+            vbd_error_setf(err, EINVAL, "--drive: discard=%s: expected unmap or ignore", discard);
+            goto out;
+        }
+    }
+    char name[64];
+    if (id)
+        snprintf(name, sizeof(name), "%s", id);
+    else
+        snprintf(name, sizeof(name), "drive%d", ndrives);
+    struct json_object *fo = json_object_new_object();
+    json_object_object_add(fo, "driver", json_object_new_string("file"));
+    json_object_object_add(fo, "filename", json_object_new_string(file));
+    struct json_object *no = json_object_new_object();
+    if (format) {
+        json_object_object_add(no, "driver", json_object_new_string(format));
+        json_object_object_add(no, "file", fo);
+    } else {
+        json_object_put(fo); /* probed from the file name */
+    }
+    if (!range)
+        json_object_object_add(no, "node-name", json_object_new_string(name));
+    if (unmap)
+        json_object_object_add(no, "discard", json_object_new_string("unmap"));
+    unsigned flags = (readonly ? 0 : VBD_OPEN_RDWR) | vbd_cache_mode_open_flags(mode) | (unmap ? VBD_OPEN_UNMAP : 0);
+    n = vbd_open(format ? NULL : file, no, flags, err);
+    if (!n) {
+        vbd_error_prepend(err, "--drive %s: ", file);
+        goto out;
+    }
+    if (range) {
+        /* ACRN: range=<first 512-byte sector>/<number of sectors>; a raw window over the image */
+        char *end;
+        uint64_t start = strtoull(range, &end, 10), count = 0;
+        if (*end == '/')
+            count = strtoull(end + 1, &end, 10);
+        if (*end || !count || start > (UINT64_MAX >> 9) || count > (UINT64_MAX >> 9) ||
+            (start << 9) + (count << 9) < (start << 9) || (start << 9) + (count << 9) > n->size) {
+            vbd_error_setf(err, EINVAL, "--drive: range=%s: expected START_LBA/SECTORS inside the image (%llu sectors)",
+                           range, (unsigned long long)(n->size >> 9));
+            vbd_node_unref(n);
+            n = NULL;
+            goto out;
+        }
+        struct json_object *wo = json_object_new_object();
+        json_object_object_add(wo, "driver", json_object_new_string("raw"));
+        json_object_object_add(wo, "node-name", json_object_new_string(name));
+        json_object_object_add(wo, "file", json_object_new_string(n->node_name));
+        json_object_object_add(wo, "offset", json_object_new_uint64(start << 9));
+        json_object_object_add(wo, "size", json_object_new_uint64(count << 9));
+        struct vbd_node *w = vbd_open(NULL, wo, flags, err);
+        if (!w) {
+            vbd_error_prepend(err, "--drive %s: range=%s: ", file, range);
+            vbd_node_unref(n);
+            n = NULL;
+            goto out;
+        }
+        nodes = realloc(nodes, sizeof(*nodes) * (nnodes + 1));
+        nodes[nnodes++] = n;
+        n = w;
+    }
+    nodes = realloc(nodes, sizeof(*nodes) * (nnodes + 1));
+    nodes[nnodes++] = n;
+    free(drive.serial);
+    drive = (struct pending_drive){.readonly = readonly,
+                                   .writethrough = vbd_cache_mode_writethrough(mode),
+                                   .lbs = lbs,
+                                   .pbs = pbs,
+                                   .queues = queues,
+                                   .serial = serial,
+                                   .set = true};
+    serial = NULL;
+    snprintf(drive.node, sizeof(drive.node), "%s", name);
+    ndrives++;
+    rc = 0;
+out:
+    json_object_put(o);
+    free(file);
+    free(format);
+    free(cache);
+    free(sectorsize);
+    free(range);
+    free(discard);
+    free(id);
+    free(serial);
+    return rc;
+}
+
+static int add_vhost_user(const char *sock, struct vbd_error **err)
+{
+    if (!drive.set) {
+        vbd_error_setf(err, EINVAL, "--vhost-user %s: no --drive before it", sock);
+        return -EINVAL;
+    }
+    struct json_object *o = json_object_new_object();
+    char id[80];
+    snprintf(id, sizeof(id), "vhost-user-%s", drive.node);
+    json_object_object_add(o, "id", json_object_new_string(id));
+    json_object_object_add(o, "node-name", json_object_new_string(drive.node));
+    json_object_object_add(o, "addr.type", json_object_new_string("unix"));
+    json_object_object_add(o, "addr.path", json_object_new_string(sock));
+    json_object_object_add(o, "writable", json_object_new_boolean(!drive.readonly));
+    json_object_object_add(o, "writethrough", json_object_new_boolean(drive.writethrough));
+    json_object_object_add(o, "logical-block-size", json_object_new_uint64(drive.lbs));
+    if (drive.pbs)
+        json_object_object_add(o, "physical-block-size", json_object_new_uint64(drive.pbs));
+    if (drive.queues)
+        json_object_object_add(o, "num-queues", json_object_new_uint64(drive.queues));
+    if (drive.serial)
+        json_object_object_add(o, "serial", json_object_new_string(drive.serial));
+    struct vbd_export *e = NULL;
+    const struct vbd_export_type *t = NULL;
+    for (const struct vbd_export_type *const *p = vbd_export_types(); *p; p++)
+        if (!strcmp((*p)->type, "vhost-user-blk"))
+            t = *p;
+    if (t)
+        e = t->create(o, err);
+    json_object_put(o);
+    if (!e)
+        return -EINVAL;
+    struct export_entry *ent = calloc(1, sizeof(*ent));
+    ent->type = t;
+    ent->exp = e;
+    ent->next = exports;
+    exports = ent;
+    drive.set = false;
+    return 0;
+}
+
 struct startup {
     int argc;
     char **argv;
     int rc;
 };
 
-enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, OPT_DAEMONIZE };
+enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, OPT_DAEMONIZE, OPT_DRIVE, OPT_VHOST_USER };
 
 static void shutdown_all(void)
 {
@@ -167,6 +402,7 @@ static void daemon_co(void *opaque)
     static const struct option lo[] = {
         {"blockdev", required_argument, NULL, OPT_BLOCKDEV}, {"export", required_argument, NULL, OPT_EXPORT},
         {"nbd-server", required_argument, NULL, OPT_NBD_SERVER}, {"object", required_argument, NULL, OPT_OBJECT},
+        {"drive", required_argument, NULL, OPT_DRIVE}, {"vhost-user", required_argument, NULL, OPT_VHOST_USER},
         {"pidfile", required_argument, NULL, OPT_PIDFILE}, {"daemonize", no_argument, NULL, OPT_DAEMONIZE},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
@@ -181,6 +417,8 @@ static void daemon_co(void *opaque)
         case OPT_EXPORT: rc = add_export(optarg, &err); break;
         case OPT_NBD_SERVER: rc = add_nbd_server(optarg, &err); break;
         case OPT_OBJECT: rc = add_object(optarg, &err); break;
+        case OPT_DRIVE: rc = add_drive(optarg, &err); break;
+        case OPT_VHOST_USER: rc = add_vhost_user(optarg, &err); break;
         case OPT_PIDFILE: pidfile = optarg; break;
         case OPT_DAEMONIZE: break;
         case 'v': vbd_log_set_level(VBD_LOG_DEBUG); break;
@@ -270,5 +508,6 @@ int vbd_daemon_main(int argc, char **argv)
     for (int i = 0; i < nnodes; i++)
         vbd_node_unref(nodes[i]);
     free(nodes);
+    free(drive.serial);
     return s.rc;
 }
