@@ -1,0 +1,27 @@
+#!/bin/bash
+# QEMU as the NBD client of vbd-daemon's NBD export: a Linux guest runs the
+# block and filesystem workloads on it, and reads a read-only export.
+. "$(dirname "$0")/lib.sh"
+need qemu-system-x86_64 qemu-img
+G=$VBD_ROOT/tests/guest
+ls /boot/vmlinuz-* >/dev/null 2>&1 || skip "no guest kernel (linux-image-amd64)"
+S=$T/nbd.sock
+img=$T/disk.img
+must qemu-img create -q -f raw "$img" 64M
+"$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img",discard=unmap \
+    --blockdev driver=raw,node-name=disk0,file=file0,discard=unmap --nbd-server addr.type=unix,addr.path="$S" \
+    --export type=nbd,id=e0,node-name=disk0,name=vbd,writable=on --export type=nbd,id=e1,node-name=disk0,name=ro \
+    2>"$T/daemon.log" &
+dpid=$!
+on_exit "kill -9 $dpid 2>/dev/null"
+for _ in $(seq 100); do [ -S "$S" ] && break; sleep 0.1; done
+[ -S "$S" ] || { cat "$T/daemon.log"; fail "vbd-daemon did not start"; }
+step "basic workload over NBD, 2 queues"
+"$G/run-guest.sh" --nbd "nbd+unix:///vbd?socket=$S" --num-queues 2 --workload "$G/workloads/basic.sh" || fail basic
+step "fs workload over NBD"
+"$G/run-guest.sh" --nbd "nbd+unix:///vbd?socket=$S" --workload "$G/workloads/fs.sh" || fail fs
+step "read-only export"
+"$G/run-guest.sh" --nbd "nbd+unix:///ro?socket=$S" --readonly --workload "$G/workloads/readonly.sh" || fail readonly
+kill -TERM $dpid; wait $dpid || fail "vbd-daemon exit status $? after SIGTERM"
+! grep -q Sanitizer "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
+echo OK
