@@ -43,6 +43,12 @@ for t in "$BUILD"/tests/unit/test-*; do
     fi
 done
 
+for t in "$BUILD"/tests/fuzz/fuzz-*; do
+    [ -f "$t" ] && [ -x "$t" ] || continue
+    n=${t##*/}
+    run_one "fuzz/${n#fuzz-}" "$t" -5000 # deterministic smoke run; libFuzzer builds take a corpus instead
+done
+
 for t in "$ROOT"/tests/integration/*.sh; do
     [ -f "$t" ] || continue
     n=${t##*/}

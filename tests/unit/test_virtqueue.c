@@ -1,0 +1,329 @@
+/* Hostile and well-formed split rings built in plain memory: every
+ * malformed chain is refused with a reason, nothing is read or written
+ * outside the guest memory regions. */
+#include "unit.h"
+#include "virtqueue.h"
+
+#include <errno.h>
+#include <linux/virtio_ring.h>
+#include <stdlib.h>
+
+#define GPA_BASE 0x100000ull
+#define MEM_SIZE (1u << 20)
+#define QSIZE 16
+
+struct fake {
+    uint8_t *mem;
+    struct vu_mem m;
+    struct vu_vq vq;
+    struct iovec iov[64];
+    struct vu_elem e;
+};
+
+static uint64_t gpa(struct fake *f, void *p)
+{
+    return GPA_BASE + (uint64_t)((uint8_t *)p - f->mem);
+}
+
+static void setup(struct fake *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->mem = calloc(1, MEM_SIZE);
+    f->m.nregions = 1;
+    f->m.r[0] = (struct vu_mem_region){.gpa = GPA_BASE, .size = MEM_SIZE, .qva = 0x7f0000000000ull, .host = f->mem};
+    f->vq.num = QSIZE;
+    f->vq.desc = (struct vring_desc *)f->mem;
+    f->vq.avail = (struct vring_avail *)(f->mem + 4096);
+    f->vq.used = (struct vring_used *)(f->mem + 8192);
+    f->vq.indirect = true;
+    f->e.iov = f->iov;
+    f->e.iov_cap = 64;
+}
+
+static void teardown(struct fake *f)
+{
+    free(f->mem);
+}
+
+static void set_desc(struct fake *f, struct vring_desc *table, int i, uint64_t addr, uint32_t len, uint16_t flags,
+                     uint16_t next)
+{
+    (void)f;
+    table[i].addr = addr;
+    table[i].len = len;
+    table[i].flags = flags;
+    table[i].next = next;
+}
+
+static void offer(struct fake *f, uint16_t head)
+{
+    f->vq.avail->ring[f->vq.avail->idx % QSIZE] = head;
+    f->vq.avail->idx++;
+}
+
+static int pop(struct fake *f, const char **why)
+{
+    *why = "";
+    return vu_vq_pop(&f->vq, &f->m, &f->e, why);
+}
+
+UNIT_TEST(valid_chain_maps_out_then_in)
+{
+    struct fake f;
+    setup(&f);
+    uint8_t *buf = f.mem + 65536;
+    set_desc(&f, f.vq.desc, 0, gpa(&f, buf), 16, VRING_DESC_F_NEXT, 1);
+    set_desc(&f, f.vq.desc, 1, gpa(&f, buf + 4096), 4096, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    set_desc(&f, f.vq.desc, 2, gpa(&f, buf + 16), 1, VRING_DESC_F_WRITE, 0);
+    offer(&f, 0);
+    const char *why;
+    CHECK_EQ(pop(&f, &why), 1);
+    CHECK_EQ(f.e.out_num, 1);
+    CHECK_EQ(f.e.in_num, 2);
+    CHECK(f.iov[1].iov_base == buf + 4096);
+    CHECK_EQ(f.iov[1].iov_len, 4096);
+    CHECK_EQ(pop(&f, &why), 0); /* empty now */
+    vu_vq_push(&f.vq, 0, 4097);
+    CHECK_EQ(f.vq.used->idx, 1);
+    CHECK_EQ(f.vq.used->ring[0].id, 0);
+    CHECK_EQ(f.vq.used->ring[0].len, 4097);
+    teardown(&f);
+}
+
+UNIT_TEST(head_out_of_range)
+{
+    struct fake f;
+    setup(&f);
+    offer(&f, QSIZE + 3);
+    const char *why;
+    CHECK_EQ(pop(&f, &why), -EINVAL);
+    CHECK_STR(why, "descriptor head index out of range");
+    CHECK(f.vq.broken);
+    teardown(&f);
+}
+
+UNIT_TEST(chain_loop)
+{
+    struct fake f;
+    setup(&f);
+    set_desc(&f, f.vq.desc, 0, GPA_BASE + 65536, 16, VRING_DESC_F_NEXT, 1);
+    set_desc(&f, f.vq.desc, 1, GPA_BASE + 65536, 16, VRING_DESC_F_NEXT, 0);
+    offer(&f, 0);
+    const char *why;
+    CHECK_EQ(pop(&f, &why), -EINVAL);
+    CHECK_STR(why, "descriptor chain longer than its table (a loop?)");
+    teardown(&f);
+}
+
+UNIT_TEST(next_out_of_range)
+{
+    struct fake f;
+    setup(&f);
+    set_desc(&f, f.vq.desc, 0, GPA_BASE + 65536, 16, VRING_DESC_F_NEXT, 999);
+    offer(&f, 0);
+    const char *why;
+    CHECK_EQ(pop(&f, &why), -EINVAL);
+    CHECK_STR(why, "next descriptor index out of range");
+    teardown(&f);
+}
+
+UNIT_TEST(buffers_outside_memory)
+{
+    const uint64_t bad[][2] = {
+        {0, 16},                          /* below the region */
+        {GPA_BASE + MEM_SIZE - 8, 16},    /* crosses its end */
+        {GPA_BASE + MEM_SIZE, 1},         /* just past it */
+        {UINT64_MAX - 4, 16},             /* wraps around */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct fake f;
+        setup(&f);
+        set_desc(&f, f.vq.desc, 0, bad[i][0], (uint32_t)bad[i][1], 0, 0);
+        offer(&f, 0);
+        const char *why;
+        CHECK_EQ(pop(&f, &why), -EINVAL);
+        CHECK_STR(why, "buffer outside guest memory");
+        teardown(&f);
+    }
+}
+
+UNIT_TEST(buffer_spanning_two_regions_is_split)
+{
+    struct fake f;
+    setup(&f);
+    uint8_t *second = calloc(1, 65536);
+    f.m.r[1] = (struct vu_mem_region){.gpa = GPA_BASE + MEM_SIZE, .size = 65536, .qva = 1, .host = second};
+    f.m.nregions = 2;
+    set_desc(&f, f.vq.desc, 0, GPA_BASE + MEM_SIZE - 100, 300, VRING_DESC_F_WRITE, 0);
+    offer(&f, 0);
+    const char *why;
+    CHECK_EQ(pop(&f, &why), 1);
+    CHECK_EQ(f.e.in_num, 2);
+    CHECK_EQ(f.iov[0].iov_len, 100);
+    CHECK(f.iov[1].iov_base == second);
+    CHECK_EQ(f.iov[1].iov_len, 200);
+    free(second);
+    teardown(&f);
+}
+
+UNIT_TEST(readable_after_writable)
+{
+    struct fake f;
+    setup(&f);
+    set_desc(&f, f.vq.desc, 0, GPA_BASE + 65536, 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1);
+    set_desc(&f, f.vq.desc, 1, GPA_BASE + 65536, 16, 0, 0);
+    offer(&f, 0);
+    const char *why;
+    CHECK_EQ(pop(&f, &why), -EINVAL);
+    CHECK_STR(why, "device-readable descriptor after a device-writable one");
+    teardown(&f);
+}
+
+UNIT_TEST(indirect_tables)
+{
+    struct fake f;
+    setup(&f);
+    struct vring_desc *ind = (struct vring_desc *)(f.mem + 32768);
+    set_desc(&f, ind, 0, GPA_BASE + 65536, 16, VRING_DESC_F_NEXT, 1);
+    set_desc(&f, ind, 1, GPA_BASE + 70000, 512, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2);
+    set_desc(&f, ind, 2, GPA_BASE + 80000, 1, VRING_DESC_F_WRITE, 0);
+    set_desc(&f, f.vq.desc, 0, gpa(&f, ind), 3 * 16, VRING_DESC_F_INDIRECT, 0);
+    offer(&f, 0);
+    const char *why;
+    CHECK_EQ(pop(&f, &why), 1);
+    CHECK_EQ(f.e.out_num, 1);
+    CHECK_EQ(f.e.in_num, 2);
+
+    /* an indirect descriptor inside the table */
+    set_desc(&f, ind, 2, gpa(&f, ind), 16, VRING_DESC_F_INDIRECT, 0);
+    offer(&f, 0);
+    CHECK_EQ(pop(&f, &why), -EINVAL);
+    CHECK_STR(why, "indirect table inside an indirect table");
+
+    const struct {
+        uint64_t addr;
+        uint32_t len;
+        uint16_t flags;
+        const char *why;
+    } bad[] = {
+        {GPA_BASE + 32768, 3 * 16, VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT, "indirect descriptor with the NEXT flag"},
+        {GPA_BASE + 32768, 20, VRING_DESC_F_INDIRECT, "indirect table of a bad size"},
+        {GPA_BASE + 32768, 0, VRING_DESC_F_INDIRECT, "indirect table of a bad size"},
+        {GPA_BASE + 32768, 16 * 4096, VRING_DESC_F_INDIRECT, "indirect table of a bad size"},
+        {GPA_BASE + MEM_SIZE - 16, 32, VRING_DESC_F_INDIRECT, "indirect table outside guest memory"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct fake g;
+        setup(&g);
+        set_desc(&g, g.vq.desc, 0, bad[i].addr, bad[i].len, bad[i].flags, 1);
+        offer(&g, 0);
+        CHECK_EQ(pop(&g, &why), -EINVAL);
+        CHECK_STR(why, bad[i].why);
+        teardown(&g);
+    }
+    /* without the feature */
+    struct fake h;
+    setup(&h);
+    h.vq.indirect = false;
+    set_desc(&h, h.vq.desc, 0, GPA_BASE + 32768, 16, VRING_DESC_F_INDIRECT, 0);
+    offer(&h, 0);
+    CHECK_EQ(pop(&h, &why), -EINVAL);
+    CHECK_STR(why, "indirect descriptor without the feature");
+    teardown(&h);
+    teardown(&f);
+}
+
+UNIT_TEST(too_many_segments)
+{
+    struct fake f;
+    setup(&f);
+    f.e.iov_cap = 4;
+    for (int i = 0; i < 8; i++)
+        set_desc(&f, f.vq.desc, i, GPA_BASE + 65536 + i * 512, 512, i < 7 ? VRING_DESC_F_NEXT : 0, i + 1);
+    offer(&f, 0);
+    const char *why;
+    CHECK_EQ(pop(&f, &why), -EINVAL);
+    CHECK_STR(why, "too many segments in one request");
+    teardown(&f);
+}
+
+UNIT_TEST(avail_index_jump)
+{
+    struct fake f;
+    setup(&f);
+    f.vq.avail->idx = QSIZE + 1;
+    const char *why;
+    CHECK_EQ(pop(&f, &why), -EINVAL);
+    CHECK_STR(why, "available index moved by more than the queue size");
+    CHECK(f.vq.broken);
+    CHECK_EQ(pop(&f, &why), -EINVAL); /* stays broken */
+    teardown(&f);
+}
+
+UNIT_TEST(event_idx_notification)
+{
+    struct fake f;
+    setup(&f);
+    f.vq.event_idx = true;
+    set_desc(&f, f.vq.desc, 0, GPA_BASE + 65536, 1, VRING_DESC_F_WRITE, 0);
+    uint16_t *used_event = &f.vq.avail->ring[QSIZE];
+    *used_event = 0;
+    vu_vq_push(&f.vq, 0, 1);
+    CHECK(vu_vq_should_notify(&f.vq)); /* first one always */
+    *used_event = 5;                   /* the driver wants to hear at 6 */
+    vu_vq_push(&f.vq, 0, 1);
+    CHECK(!vu_vq_should_notify(&f.vq));
+    for (int i = 0; i < 4; i++)
+        vu_vq_push(&f.vq, 0, 1);
+    CHECK(vu_vq_should_notify(&f.vq)); /* crossed 5 */
+    /* without EVENT_IDX the NO_INTERRUPT flag decides */
+    f.vq.event_idx = false;
+    f.vq.avail->flags = VRING_AVAIL_F_NO_INTERRUPT;
+    CHECK(!vu_vq_should_notify(&f.vq));
+    f.vq.avail->flags = 0;
+    CHECK(vu_vq_should_notify(&f.vq));
+    /* the device asks for a kick at the next entry */
+    f.vq.event_idx = true;
+    f.vq.last_avail_idx = 7;
+    f.vq.avail->idx = 7;
+    CHECK(!vu_vq_enable_notification(&f.vq));
+    CHECK_EQ(*(uint16_t *)&f.vq.used->ring[QSIZE], 7);
+    teardown(&f);
+}
+
+UNIT_TEST(inflight_recovery_in_submission_order)
+{
+    struct fake f;
+    setup(&f);
+    uint8_t *region = calloc(1, vu_inflight_queue_size(QSIZE));
+    f.vq.inflight = (struct vu_inflight_queue *)region;
+    uint16_t heads[QSIZE];
+    CHECK_EQ(vu_vq_inflight_recover(&f.vq, heads, QSIZE), 0); /* fresh */
+    for (int i = 0; i < 4; i++)
+        set_desc(&f, f.vq.desc, i, GPA_BASE + 65536, 1, VRING_DESC_F_WRITE, 0);
+    offer(&f, 3);
+    offer(&f, 1);
+    offer(&f, 2);
+    const char *why;
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ(pop(&f, &why), 1);
+    vu_vq_push(&f.vq, 1, 1); /* 1 completes; 3 and 2 are lost with the back end */
+    /* a new back end maps the same region and ring */
+    struct vu_vq fresh = f.vq;
+    fresh.last_avail_idx = 0;
+    fresh.used_idx = 0;
+    CHECK_EQ(vu_vq_inflight_recover(&fresh, heads, QSIZE), 2);
+    CHECK_EQ(heads[0], 3);
+    CHECK_EQ(heads[1], 2);
+    CHECK_EQ(fresh.last_avail_idx, 3);
+    CHECK_EQ(fresh.used_idx, 1);
+
+    /* died between publishing the used index and clearing the entry */
+    f.vq.inflight->used_idx = 0;
+    f.vq.inflight->last_batch_head = 1;
+    f.vq.inflight->desc[1].inflight = 1;
+    fresh = f.vq;
+    CHECK_EQ(vu_vq_inflight_recover(&fresh, heads, QSIZE), 2);
+    free(region);
+    teardown(&f);
+}
