@@ -1,0 +1,120 @@
+#!/bin/bash
+# vbd-daemon's NBD export against real clients: qemu-img, qemu-io, nbdinfo,
+# nbdcopy; exports by name, read-only, multi-conn, hostile clients, SIGTERM.
+. "$(dirname "$0")/lib.sh"
+need qemu-img qemu-io nbdinfo nbdcopy python3
+S=$T/nbd.sock
+img=$T/disk.img
+must qemu-img create -q -f raw "$img" 64M
+must qemu-io -f raw -c "write -P 0x5a 1M 2M" -c "write -P 0x33 40M 64k" "$img" >/dev/null
+"$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
+    --nbd-server addr.type=unix,addr.path="$S" \
+    --export type=nbd,id=e0,node-name=disk0,name=disk,description="vbd test disk",writable=on \
+    --export type=nbd,id=e1,node-name=disk0,name=ro 2>"$T/daemon.log" &
+dpid=$!
+on_exit "kill -9 $dpid 2>/dev/null"
+for _ in $(seq 100); do [ -S "$S" ] && break; sleep 0.1; done
+[ -S "$S" ] || { cat "$T/daemon.log"; fail "vbd-daemon did not start"; }
+U="nbd+unix:///disk?socket=$S"
+RO="nbd+unix:///ro?socket=$S"
+
+step "nbdinfo --list: both exports, description, sizes"
+out=$(nbdinfo --list "nbd+unix://?socket=$S") || fail "nbdinfo --list"
+echo "$out" | grep -q 'export="disk"' || fail "export 'disk' not listed: $out"
+echo "$out" | grep -q 'export="ro"' || fail "export 'ro' not listed"
+echo "$out" | grep -q 'description: vbd test disk' || fail "description missing"
+[ "$(nbdinfo --size "$U")" = 67108864 ] || fail "size"
+nbdinfo --json "$RO" | python3 -c 'import json,sys; e=json.load(sys.stdin)["exports"][0]; sys.exit(0 if e["is_read_only"] else 1)' ||
+    fail "the read-only export is not flagged read-only"
+
+step "block status: nbdinfo --map and qemu-img map see the same extents as on the file"
+nbdinfo --map "$U" | awk '{print $1, $2, $3}' >"$T/nbdmap"
+grep -q "^ *1048576 *2097152 *0" "$T/nbdmap" || fail "data extent at 1M not reported: $(cat "$T/nbdmap")"
+qemu-img map --output=json -f raw "$U" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+data = [(e["start"], e["length"]) for e in m if e["data"]]
+assert (1048576, 2097152) in data and (41943040, 65536) in data, data
+' || fail "qemu-img map over NBD"
+nbdinfo --map=qemu:allocation-depth "$U" >/dev/null || fail "qemu:allocation-depth context"
+
+step "qemu-io writes with patterns (zero, discard, flush) and reads them back; the read-only export refuses writes"
+must qemu-io -f raw -c "write -P 0xa1 8M 1M" -c "write -P 0xa2 9M 4k" -c "write -z 1M 64k" -c "discard 2M 64k" -c flush "$U" >/dev/null
+must qemu-io -f raw -c "read -P 0x5a 1114112 983040" -c "read -P 0xa1 8M 1M" -c "read -P 0 1M 64k" "$U" >/dev/null
+must_fail_with "" qemu-io -f raw -c "write -P 1 0 4k" "$RO"
+
+step "qemu-img compare and convert over NBD"
+must qemu-img convert -f raw -O raw "$U" "$T/copy.raw"
+must qemu-img compare -f raw -F raw "$U" "$T/copy.raw"
+must "$VBD_IMG" compare -f raw -F raw "$T/copy.raw" "$img" -U
+
+step "nbdcopy both ways"
+must nbdcopy "$U" "$T/nbdcopy.raw"
+cmp "$T/nbdcopy.raw" "$T/copy.raw" || fail "nbdcopy out differs"
+head -c 4M /dev/urandom >"$T/rand"
+must qemu-img resize -q -f raw "$T/rand" 64M
+must nbdcopy "$T/rand" "$U"
+must qemu-img compare -f raw -F raw "$U" "$T/rand"
+
+step "multi-conn: write on one connection, flush, read on another"
+nbdinfo "$U" | grep -q "can_multi_conn: true" || fail "multi-conn not advertised"
+must qemu-io -f raw -c "write -P 0x77 20M 64k" -c flush "$U" >/dev/null
+must qemu-io -f raw -r -c "read -P 0x77 20M 64k" "$U" >/dev/null
+
+step "hostile clients: bad magic, oversized request, out-of-range, unknown command, stall, drop mid-flight"
+python3 - "$S" <<'PY' || fail "hostile client checks"
+import socket, struct, sys, time
+path = sys.argv[1]
+def hs(export=b'disk'):
+    s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(20)
+    magic, opt, flags = struct.unpack('>QQH', s.recv(18, socket.MSG_WAITALL))
+    assert magic == 0x4e42444d41474943 and opt == 0x49484156454F5054, 'greeting'
+    s.sendall(struct.pack('>I', 3))                                   # FIXED_NEWSTYLE | NO_ZEROES
+    s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, len(export)) + export)   # EXPORT_NAME
+    size, tflags = struct.unpack('>QH', s.recv(10, socket.MSG_WAITALL))
+    return s, size
+def req(s, typ, off, ln, flags=0, cookie=1, payload=b''):
+    s.sendall(struct.pack('>IHHQQI', 0x25609513, flags, typ, cookie, off, ln) + payload)
+def reply(s):
+    magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))
+    assert magic == 0x67446698, hex(magic)
+    return err, cookie
+s, size = hs()
+req(s, 0, size - 512, 1024); e, _ = reply(s); assert e == 22, ('read past end', e)       # EINVAL
+req(s, 0, 0, 64 << 20);      e, _ = reply(s); assert e == 22, ('oversized read', e)
+req(s, 42, 0, 0);            e, _ = reply(s); assert e == 22, ('unknown command', e)
+req(s, 0, 0, 512, flags=0x80); e, _ = reply(s); assert e == 22, ('unknown flag', e)
+req(s, 0, 0, 512); e, _ = reply(s); assert e == 0; s.recv(512, socket.MSG_WAITALL)         # still usable
+req(s, 1, 0, 64 << 20)       # a write too large: its payload cannot be skipped, the server closes
+assert s.recv(16) in (b'',) or True
+s.close()
+b = socket.socket(socket.AF_UNIX); b.connect(path); b.sendall(b'\0' * 18)  # garbage handshake
+b.close()
+for i in range(4):           # requests in flight, then the client vanishes
+    s, _ = hs()
+    for c in range(32):
+        req(s, 0, c * 65536, 65536, cookie=c)
+    s.close()
+st = socket.socket(socket.AF_UNIX); st.connect(path)   # stalls mid-handshake, stays open
+s, _ = hs()                                           # others are unaffected
+req(s, 0, 0, 4096); e, _ = reply(s); assert e == 0
+st.close()
+PY
+must qemu-io -f raw -c "read -P 0x77 20M 64k" "$U" >/dev/null
+kill -0 $dpid || fail "the daemon died"
+grep -q "exceeds the maximum" "$T/daemon.log" || fail "no log line for the oversized write"
+
+step "SIGTERM with a client connected: clean exit, socket removed"
+python3 -c "
+import socket,time,sys
+s=socket.socket(socket.AF_UNIX); s.connect('$S'); s.recv(18); time.sleep(30)" &
+cpid=$!
+sleep 0.5
+kill -TERM $dpid
+for _ in $(seq 100); do kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
+kill -0 $dpid 2>/dev/null && fail "vbd-daemon still running 10 s after SIGTERM"
+wait $dpid || fail "vbd-daemon exit status $? after SIGTERM"
+kill $cpid 2>/dev/null
+[ ! -e "$S" ] || fail "socket left behind"
+! grep -q Sanitizer "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
+echo OK
