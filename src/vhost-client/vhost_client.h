@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A small vhost-user-blk front end: it plays the VMM's part (guest memory
+ * in a memfd, feature negotiation, split rings) so that vbd-bench and the
+ * tests can drive any vhost-user-blk back end (ours, qemu-storage-daemon)
+ * without a VM. Single-threaded; the caller owns the request slots.
+ */
+#ifndef VBD_VHOST_CLIENT_H
+#define VBD_VHOST_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define VHC_MAX_QUEUES 16
+
+struct vhc_queue {
+    uint16_t num;
+    void *desc, *avail, *used; /* our mapping */
+    uint16_t avail_idx, last_used;
+    int kick_fd, call_fd;
+};
+
+struct vhc {
+    int sock;
+    int memfd;
+    uint8_t *mem;
+    size_t mem_size;
+    size_t mem_used; /* bump allocator */
+    uint64_t features, protocol_features;
+    uint64_t capacity; /* 512-byte sectors */
+    uint32_t blk_size;
+    uint16_t backend_queues;
+    int nqueues;
+    struct vhc_queue q[VHC_MAX_QUEUES];
+    bool event_idx;
+};
+
+/* Connects and negotiates; nqueues rings of ring_size entries. On failure
+ * returns -1 and prints a one-line reason into err. */
+int vhc_open(struct vhc *c, const char *socket_path, int nqueues, uint16_t ring_size, size_t mem_size, char *err,
+             size_t errlen);
+void vhc_close(struct vhc *c);
+/* Aligned memory inside guest RAM; returns NULL when exhausted. */
+void *vhc_alloc(struct vhc *c, size_t size, size_t align);
+uint64_t vhc_gpa(const struct vhc *c, const void *p);
+
+/* Descriptor helpers: writes descriptor i of queue q. */
+void vhc_set_desc(struct vhc *c, int q, uint16_t i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next);
+/* Publishes head in the available ring (no kick). */
+void vhc_offer(struct vhc *c, int q, uint16_t head);
+void vhc_kick(struct vhc *c, int q);
+/* Pops one used element: returns 1 and fills id/len, 0 if none. */
+int vhc_used(struct vhc *c, int q, uint32_t *id, uint32_t *len);
+/* Waits up to timeout_ms for an interrupt on any queue. */
+int vhc_wait(struct vhc *c, int timeout_ms);
+/* Asks the back end not to interrupt (busy polling). */
+void vhc_set_no_interrupt(struct vhc *c, int q, bool on);
+
+#endif
