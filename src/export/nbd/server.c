@@ -344,7 +344,8 @@ static int handshake(struct nbd_conn *c)
                 uint8_t *b = malloc(4 + nl + dl);
                 put_be32(b, (uint32_t)nl);
                 memcpy(b + 4, e->name, nl);
-                memcpy(b + 4 + nl, e->description, dl);
+                if (dl)
+                    memcpy(b + 4 + nl, e->description, dl);
                 rc = send_opt_reply(c, opt, NBD_REP_SERVER, b, (uint32_t)(4 + nl + dl));
                 free(b);
             }

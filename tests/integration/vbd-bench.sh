@@ -1,0 +1,56 @@
+#!/bin/bash
+# vbd-bench, our vhost-user-blk front end, against qemu-storage-daemon and
+# against vbd-daemon: --verify clean with 1 and 2 queues, the data really in
+# the image file, mixed workloads error-free, bad input refused clearly.
+. "$(dirname "$0")/lib.sh"
+need qemu-storage-daemon python3
+img=$T/disk.img
+truncate -s 128M "$img"
+S=$T/vu.sock
+run_backend() { # NAME CMD...: start, wait for the socket
+    rm -f "$S"
+    "$@" 2>"$T/${1##*/}.log" &
+    bpid=$!
+    for _ in $(seq 100); do [ -S "$S" ] && return; sleep 0.1; done
+    cat "$T/${1##*/}.log"; fail "$1 did not start"
+}
+on_exit '[ -n "${bpid:-}" ] && kill -9 $bpid 2>/dev/null'
+start_backend() {
+    run_backend "$bin" --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
+        --export type=vhost-user-blk,id=exp0,addr.type=unix,addr.path="$S",node-name=disk0,writable=on,num-queues=2
+}
+stop_backend() { kill -TERM $bpid; wait $bpid || fail "$bin exit status $? after SIGTERM"; bpid=; }
+for bin in qemu-storage-daemon "$VBD_DAEMON"; do
+    step "${bin##*/}: verify with 1 queue; the pattern is in the image file"
+    truncate -s 0 "$img"; truncate -s 128M "$img"
+    start_backend
+    must "$VBD_BENCH" --vhost-user "$S" --verify >/dev/null
+    stop_backend
+    python3 - "$img" <<'PY' || fail "${bin##*/}: the verify pattern is not in the image file"
+import array, sys
+K, C, M = 0x9E3779B97F4A7C15, 0x7662642d62656e63, (1 << 64) - 1
+f = open(sys.argv[1], 'rb')
+for off in (0, 4096, 33 << 20, (64 << 20) - 4096):   # vbd-bench's pattern: each 8-byte word from its offset
+    f.seek(off)
+    words = array.array('Q', f.read(4096))
+    want = [((off + 8 * i) * K & M) ^ C for i in range(512)]
+    if list(words) != want:
+        sys.exit('mismatch at %d' % off)
+f.seek(64 << 20)
+if f.read(1 << 20).count(0) != 1 << 20:
+    sys.exit('bytes beyond the verified region changed')
+PY
+    step "${bin##*/}: verify with 2 queues and 64K blocks; mixed random I/O with flushes"
+    start_backend
+    must "$VBD_BENCH" --vhost-user "$S" --verify -q 2 -d 8 -b 64k --size 32M >/dev/null
+    out=$("$VBD_BENCH" --vhost-user "$S" -q 2 -w randrw:70 -n 20000 --flush-every 50 --json) || fail "randrw: $out"
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["requests"] >= 20000 and r["iops"] > 0 and r["errors"] == 0 else 1)' "$out" ||
+        fail "randrw result: $out"
+    stop_backend
+done
+step "bad input: no socket, a plain file, bad options"
+must_fail_with "cannot connect" "$VBD_BENCH" --vhost-user "$T/nothing.sock"
+must_fail_with "invalid value" "$VBD_BENCH" --vhost-user "$S" -d 0
+must_fail_with "invalid value" "$VBD_BENCH" --vhost-user "$S" -w sideways
+must_fail_with "required" "$VBD_BENCH"
+echo OK
