@@ -238,7 +238,12 @@ static void run_phase(struct bench *b, uint64_t deadline)
                     continue;
                 }
                 struct slot *s = &b->slots[q * b->depth + id / 3];
-                complete(b, s, t);
+                if (!s->busy) {
+                    fprintf(stderr, "vbd-bench: the back end completed request %u twice\n", id);
+                    b->errors++;
+                    continue;
+                }
+                complete(b, s, now_ns()); /* not t: a request resubmitted in this pass may already be done */
                 progress = true;
                 if (!stop && more_work(b)) {
                     submit(b, s);

@@ -1,0 +1,57 @@
+#!/bin/bash
+# vbd-daemon vs qemu-storage-daemon as vhost-user-blk back ends, driven by
+# vbd-bench with the same parameters in one run; the server is pinned to
+# CPU 0 and the client to CPU 1. Ratio > 1 means vbd is better (IOPS: vbd/qsd;
+# p99: qsd/vbd). Not a test.   bench/vhost-user.sh [SECONDS]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
+VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
+SECS=${1:-5}
+dir=$(mktemp -d /dev/shm/vbd-vu-bench.XXXXXX)
+trap 'kill $spid 2>/dev/null; rm -rf "$dir"' EXIT
+sock=$dir/vu.sock img=$dir/disk.raw
+qemu-img create -q -f raw "$img" 1G
+qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
+spid=
+serve() { # server-binary node-kind queues
+    local bin=$1 kind=$2 nq=$3
+    rm -f "$sock"
+    local nodes=(--blockdev driver=null-co,node-name=disk0,size=1073741824,read-zeroes=on)
+    [ "$kind" = file ] && nodes=(--blockdev driver=file,node-name=file0,filename="$img",cache.direct=off
+                                 --blockdev driver=raw,node-name=disk0,file=file0)
+    taskset -c 0 "$bin" "${nodes[@]}" \
+        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$nq" \
+        >/dev/null 2>&1 &
+    spid=$!
+    for _ in $(seq 100); do [ -S "$sock" ] && return; sleep 0.05; done
+    echo "server $bin did not start" >&2; exit 1
+}
+field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['iops'] if sys.argv[2]=='iops' else r['lat-us']['p99'])" "$1" "$2"; }
+echo "machine: $(machine); $SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1"
+printf '%-6s %-3s %-18s %10s %10s %6s %9s %9s %6s\n' node q workload "vbd IOPS" "qsd IOPS" ratio "vbd p99" "qsd p99" ratio
+for kind in null file; do
+    for nq in 1 2; do
+        while IFS='|' read -r label args; do
+            declare -A iops=() p99=()
+            for who in vbd qsd; do
+                bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon
+                serve "$bin" $kind $nq
+                i=() p=()
+                for _ in $(seq "$REPS"); do
+                    out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q $nq $args -t "$SECS" --json)
+                    i+=("$(field "$out" iops)"); p+=("$(field "$out" p99)")
+                done
+                kill $spid; wait $spid 2>/dev/null || true
+                iops[$who]=$(printf '%s\n' "${i[@]}" | median); p99[$who]=$(printf '%s\n' "${p[@]}" | median)
+            done
+            printf '%-6s %-3s %-18s %10.0f %10.0f %6.2f %9.1f %9.1f %6.2f\n' $kind $nq "$label" "${iops[vbd]}" "${iops[qsd]}" \
+                "$(echo "${iops[vbd]} / ${iops[qsd]}" | bc -l)" "${p99[vbd]}" "${p99[qsd]}" "$(echo "${p99[qsd]} / ${p99[vbd]}" | bc -l)"
+        done <<ROWS
+4k randread QD1|-w randread -b 4k -d 1
+4k randread QD32|-w randread -b 4k -d 32
+4k randwrite QD32|-w randwrite -b 4k -d 32
+64k seqread QD8|-w read -b 64k -d 8
+ROWS
+    done
+done
