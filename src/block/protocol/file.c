@@ -39,6 +39,7 @@ struct file_state {
     int fd;
     bool is_blockdev;
     enum vbd_aio aio;
+    bool direct;
     bool locked;
 };
 
@@ -116,6 +117,7 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     int oflags = O_CLOEXEC | ((flags & VBD_OPEN_RDWR) ? O_RDWR : O_RDONLY);
     if (flags & VBD_OPEN_NOCACHE)
         oflags |= O_DIRECT;
+    s->direct = (flags & VBD_OPEN_NOCACHE) != 0;
     s->fd = open(filename, oflags);
     if (s->fd < 0 && errno == EINVAL && (flags & VBD_OPEN_NOCACHE)) {
         vbd_error_setf(err, EINVAL,
@@ -197,21 +199,31 @@ static void file_close(struct vbd_node *n)
         close(s->fd); /* drops the OFD locks too */
 }
 
+/* A large buffered transfer is a memcpy to or from the page cache, which
+ * io_uring performs inline in the submitting thread; on the pool it runs on
+ * another core in parallel with the loop (convert on tmpfs: 0.31 s -> 0.21 s). */
+#define FILE_BUFFERED_OFFLOAD (256 * 1024)
+static enum vbd_aio aio_for(const struct file_state *s, uint64_t bytes)
+{
+    return !s->direct && bytes >= FILE_BUFFERED_OFFLOAD ? VBD_AIO_THREADS : s->aio;
+}
+
 static int file_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                        unsigned flags)
 {
     struct file_state *s = n->opaque;
+    enum vbd_aio aio = aio_for(s, bytes);
     struct iovec iov[64];
     if (qoff == 0 && bytes == q->size)
-        return vbd_co_preadv_full(s->fd, q->iov, q->niov, off, s->aio);
+        return vbd_co_preadv_full(s->fd, q->iov, q->niov, off, aio);
     int cnt = vbd_iov_slice(iov, 64, q->iov, q->niov, qoff, bytes);
     if (cnt >= 0)
-        return vbd_co_preadv_full(s->fd, iov, cnt, off, s->aio);
+        return vbd_co_preadv_full(s->fd, iov, cnt, off, aio);
     struct iovec *big = malloc(sizeof(*big) * q->niov);
     if (!big)
         return -ENOMEM;
     cnt = vbd_iov_slice(big, q->niov, q->iov, q->niov, qoff, bytes);
-    int rc = vbd_co_preadv_full(s->fd, big, cnt, off, s->aio);
+    int rc = vbd_co_preadv_full(s->fd, big, cnt, off, aio);
     free(big);
     return rc;
 }
@@ -221,20 +233,21 @@ static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
 {
     struct file_state *s = n->opaque;
     int rwf = (flags & VBD_REQ_FUA) ? RWF_DSYNC : 0;
+    enum vbd_aio aio = aio_for(s, bytes);
     struct iovec iov[64];
     int rc;
     if (qoff == 0 && bytes == q->size) {
-        rc = vbd_co_pwritev_full(s->fd, q->iov, q->niov, off, rwf, s->aio);
+        rc = vbd_co_pwritev_full(s->fd, q->iov, q->niov, off, rwf, aio);
     } else {
         int cnt = vbd_iov_slice(iov, 64, q->iov, q->niov, qoff, bytes);
         if (cnt >= 0) {
-            rc = vbd_co_pwritev_full(s->fd, iov, cnt, off, rwf, s->aio);
+            rc = vbd_co_pwritev_full(s->fd, iov, cnt, off, rwf, aio);
         } else {
             struct iovec *big = malloc(sizeof(*big) * q->niov);
             if (!big)
                 return -ENOMEM;
             cnt = vbd_iov_slice(big, q->niov, q->iov, q->niov, qoff, bytes);
-            rc = vbd_co_pwritev_full(s->fd, big, cnt, off, rwf, s->aio);
+            rc = vbd_co_pwritev_full(s->fd, big, cnt, off, rwf, aio);
             free(big);
         }
     }
