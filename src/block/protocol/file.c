@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 /* QEMU's permission bits and lock byte ranges (file-posix.c): byte
@@ -40,6 +42,7 @@ struct file_state {
     bool is_blockdev;
     enum vbd_aio aio;
     bool direct;
+    bool in_memory; /* tmpfs: even O_DIRECT is a memcpy */
     bool locked;
 };
 
@@ -134,6 +137,8 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_error_setf(err, errno, "Could not stat '%s': %s", filename, strerror(errno));
         goto fail;
     }
+    struct statfs sfs;
+    s->in_memory = fstatfs(s->fd, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC;
     if (S_ISDIR(st.st_mode)) {
         vbd_error_setf(err, EISDIR, "Could not open '%s': Is a directory", filename);
         goto fail;
@@ -199,13 +204,13 @@ static void file_close(struct vbd_node *n)
         close(s->fd); /* drops the OFD locks too */
 }
 
-/* A large buffered transfer is a memcpy to or from the page cache, which
+/* A large buffered transfer (or any on tmpfs) is a memcpy to or from the page cache, which
  * io_uring performs inline in the submitting thread; on the pool it runs on
  * another core in parallel with the loop (convert on tmpfs: 0.31 s -> 0.21 s). */
 #define FILE_BUFFERED_OFFLOAD (256 * 1024)
 static enum vbd_aio aio_for(const struct file_state *s, uint64_t bytes)
 {
-    return !s->direct && bytes >= FILE_BUFFERED_OFFLOAD ? VBD_AIO_THREADS : s->aio;
+    return (!s->direct || s->in_memory) && bytes >= FILE_BUFFERED_OFFLOAD ? VBD_AIO_THREADS : s->aio;
 }
 
 static int file_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
