@@ -7,11 +7,13 @@
 extern const struct vbd_driver *const vbd_driver_file;
 extern const struct vbd_driver *const vbd_driver_null_co;
 extern const struct vbd_driver *const vbd_driver_raw;
+extern const struct vbd_driver *const vbd_driver_qcow2;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
     &vbd_driver_null_co,
     &vbd_driver_raw,
+    &vbd_driver_qcow2,
     NULL,
 };
 

@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: MIT */
+/* qcow2 cluster mapping: L1 -> L2 (cached, LRU) -> host cluster, and
+ * compressed clusters. The caller holds s->lock. */
+#include "qcow2.h"
+
+#include "vbd/error.h"
+#include "vbd/iov.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#include <zstd.h>
+
+static int load_l2(struct qcow2_state *s, uint64_t l2_off, struct qcow2_l2_slot **out)
+{
+    struct qcow2_l2_slot *victim = NULL;
+    for (int i = 0; i < s->l2_cache_slots; i++) {
+        struct qcow2_l2_slot *sl = &s->l2_cache[i];
+        if (sl->offset == l2_off && sl->table) {
+            sl->lru = ++s->lru_clock;
+            *out = sl;
+            return 0;
+        }
+        if (!victim || !sl->table || (victim->table && sl->lru < victim->lru))
+            victim = sl;
+    }
+    if (!victim->table)
+        victim->table = vbd_alloc_aligned(4096, s->cluster_size);
+    victim->offset = 0;
+    int rc = vbd_node_co_pread(s->n->file, l2_off, victim->table, s->cluster_size);
+    if (rc < 0)
+        return rc;
+    victim->offset = l2_off;
+    victim->lru = ++s->lru_clock;
+    *out = victim;
+    return 0;
+}
+
+int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t off)
+{
+    vbd_error_report("qcow2 image '%s' is corrupt: %s (0x%llx); further writes refused", s->n->file->filename, what,
+                     (unsigned long long)off);
+    s->corrupt = true;
+    if (!s->read_only)
+        qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
+    return -EIO;
+}
+
+int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index)
+{
+    uint8_t e[8];
+    put_be64p(e, s->l1[index]);
+    return vbd_node_co_pwrite(s->n->file, s->l1_table_offset + (uint64_t)index * 8, e, 8, 0);
+}
+
+int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t **table, uint32_t *index,
+                 struct qcow2_l2_slot **slot)
+{
+    uint64_t l1_index = guest_off >> (s->l2_bits + s->cluster_bits);
+    *index = (uint32_t)((guest_off >> s->cluster_bits) & ((1u << s->l2_bits) - 1));
+    *table = NULL;
+    if (l1_index >= s->l1_size)
+        return alloc ? -EINVAL : 0;
+    uint64_t l1e = s->l1[l1_index];
+    uint64_t l2_off = l1e & L1E_OFFSET_MASK;
+    if (l2_off && (l2_off & (s->cluster_size - 1)))
+        return qcow2_signal_corruption(s, "L2 table offset not cluster aligned", l2_off);
+    if (l2_off && (l2_off < s->cluster_size || l2_off + s->cluster_size > s->file_end + s->cluster_size))
+        return qcow2_signal_corruption(s, "L2 table offset outside the image", l2_off);
+    if (l2_off && alloc && !(l1e & QCOW_OFLAG_COPIED))
+        return -ENOTSUP; /* shared with a snapshot: needs L2 copy-on-write */
+    if (!l2_off) {
+        if (!alloc)
+            return 0;
+        int64_t nl2 = qcow2_alloc_clusters(s, 1);
+        if (nl2 < 0)
+            return (int)nl2;
+        struct qcow2_l2_slot *victim;
+        /* a fresh table: zero it in a cache slot, write it, flush, then point L1 at it */
+        int rc;
+        victim = NULL;
+        for (int i = 0; i < s->l2_cache_slots; i++) {
+            struct qcow2_l2_slot *sl = &s->l2_cache[i];
+            if (!victim || !sl->table || (victim->table && sl->lru < victim->lru))
+                victim = sl;
+        }
+        if (!victim->table)
+            victim->table = vbd_alloc_aligned(4096, s->cluster_size);
+        memset(victim->table, 0, s->cluster_size);
+        victim->offset = 0;
+        rc = vbd_node_co_pwrite(s->n->file, (uint64_t)nl2, victim->table, s->cluster_size, 0);
+        if (rc == 0)
+            rc = qcow2_flush_refcounts(s); /* table and its refcount before the L1 entry */
+        if (rc < 0)
+            return rc;
+        victim->offset = (uint64_t)nl2;
+        victim->lru = ++s->lru_clock;
+        s->l1[l1_index] = (uint64_t)nl2 | QCOW_OFLAG_COPIED;
+        rc = qcow2_write_l1_entry(s, (uint32_t)l1_index);
+        if (rc < 0)
+            return rc;
+        *table = victim->table;
+        if (slot)
+            *slot = victim;
+        return 0;
+    }
+    struct qcow2_l2_slot *sl;
+    int rc = load_l2(s, l2_off, &sl);
+    if (rc < 0)
+        return rc;
+    *table = sl->table;
+    if (slot)
+        *slot = sl;
+    return 0;
+}
+
+int qcow2_get_entry(struct qcow2_state *s, uint64_t guest_off, uint64_t *entry, uint64_t *bitmap)
+{
+    uint64_t *t;
+    uint32_t i;
+    int rc = qcow2_get_l2(s, guest_off, false, &t, &i, NULL);
+    *entry = *bitmap = 0;
+    if (rc < 0 || !t)
+        return rc;
+    if (s->extended_l2) {
+        *entry = be64(t[2 * i]);
+        *bitmap = be64(t[2 * i + 1]);
+    } else {
+        *entry = be64(t[i]);
+    }
+    return 0;
+}
+
+enum qcow2_cluster_type qcow2_entry_type(struct qcow2_state *s, uint64_t entry)
+{
+    if (entry & QCOW_OFLAG_COMPRESSED)
+        return QCOW2_COMPRESSED;
+    uint64_t off = entry & L2E_OFFSET_MASK;
+    if (!s->extended_l2 && (entry & QCOW_OFLAG_ZERO) && s->version >= 3)
+        return off ? QCOW2_ZERO_ALLOC : QCOW2_ZERO_PLAIN;
+    return off ? QCOW2_NORMAL : QCOW2_UNALLOCATED;
+}
+
+int qcow2_read_compressed(struct qcow2_state *s, uint64_t entry, uint8_t *out)
+{
+    uint64_t coff = entry & s->coffset_mask;
+    uint64_t nsect = ((entry >> s->csize_shift) & s->csize_mask) + 1;
+    uint64_t clen = nsect * 512 - (coff & 511);
+    if (clen > 2 * s->cluster_size)
+        return qcow2_signal_corruption(s, "compressed cluster larger than two clusters", coff);
+    if (coff + clen > s->n->file->size) {
+        /* the last compressed cluster may end past EOF: read what exists */
+        if (coff >= s->n->file->size)
+            return qcow2_signal_corruption(s, "compressed cluster past the end of the file", coff);
+        clen = s->n->file->size - coff;
+    }
+    int rc = vbd_node_co_pread(s->n->file, coff, s->cbuf, clen);
+    if (rc < 0)
+        return rc;
+    if (s->compression_type == 0) {
+        z_stream z = {0};
+        if (inflateInit2(&z, -12) != Z_OK)
+            return -ENOMEM;
+        z.next_in = s->cbuf;
+        z.avail_in = (uInt)clen;
+        z.next_out = out;
+        z.avail_out = (uInt)s->cluster_size;
+        int zr = inflate(&z, Z_FINISH);
+        uint64_t got = s->cluster_size - z.avail_out;
+        inflateEnd(&z);
+        if ((zr != Z_STREAM_END && zr != Z_BUF_ERROR) || got != s->cluster_size)
+            return qcow2_signal_corruption(s, "compressed cluster does not inflate to a cluster", coff);
+        return 0;
+    }
+    ZSTD_DCtx *d = ZSTD_createDCtx();
+    ZSTD_inBuffer in = {s->cbuf, clen, 0};
+    ZSTD_outBuffer o = {out, s->cluster_size, 0};
+    size_t zr = 1;
+    while (o.pos < o.size && in.pos < in.size) {
+        zr = ZSTD_decompressStream(d, &o, &in);
+        if (ZSTD_isError(zr))
+            break;
+    }
+    ZSTD_freeDCtx(d);
+    if (ZSTD_isError(zr) || o.pos != s->cluster_size)
+        return qcow2_signal_corruption(s, "compressed cluster does not decompress to a cluster", coff);
+    return 0;
+}

@@ -1,0 +1,713 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The qcow2 format driver: open, reads through the cluster map (backing
+ * file, zero and compressed clusters, subclusters), allocating writes with
+ * copy-on-write, block status, info and create.
+ *
+ * Crash safety of an allocating write: the data and the new cluster's
+ * refcount are written and flushed before the L2 entry that makes the
+ * cluster visible; a new L2 table is written and flushed before the L1
+ * entry that points to it. A crash leaves at worst leaked clusters.
+ */
+#include "qcow2.h"
+
+#include "vbd/error.h"
+#include "vbd/iov.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_L2_CACHE_BYTES (8u << 20)
+
+static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    return len >= 8 && get_be32p(buf) == QCOW2_MAGIC && (get_be32p(buf + 4) == 2 || get_be32p(buf + 4) == 3) ? 100
+                                                                                                             : 0;
+}
+
+static int qcow2_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    s->n = n;
+    uint64_t l2_cache = DEFAULT_L2_CACHE_BYTES, ignored;
+    if (vbd_opt_take_size(opts, "l2-cache-size", &l2_cache, err) < 0 ||
+        vbd_opt_take_size(opts, "refcount-cache-size", &ignored, err) < 0 ||
+        vbd_opt_take_size(opts, "cache-size", &ignored, err) < 0 ||
+        vbd_opt_take_u64(opts, "cache-clean-interval", &ignored, err) < 0)
+        return -EINVAL;
+    n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
+    if (!n->file)
+        return -EINVAL;
+    int rc = qcow2_read_header(n, s, flags, err);
+    if (rc < 0)
+        return rc;
+    rc = qcow2_load_reftable(s, err);
+    if (rc < 0)
+        return rc;
+    s->read_only = !(flags & VBD_OPEN_RDWR);
+    s->file_end = (n->file->size + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    uint64_t per_table = 1ull << (s->l2_bits + s->cluster_bits);
+    uint64_t want = (n->size + per_table - 1) / per_table + 1;
+    uint64_t cap = l2_cache / s->cluster_size;
+    s->l2_cache_slots = (int)(want < cap ? want : cap);
+    if (s->l2_cache_slots < 4)
+        s->l2_cache_slots = 4;
+    s->l2_cache = calloc((size_t)s->l2_cache_slots, sizeof(*s->l2_cache));
+    s->cluster_buf = vbd_alloc_aligned(4096, s->cluster_size);
+    s->cbuf = vbd_alloc_aligned(4096, 2 * s->cluster_size + 512);
+    n->bl.request_alignment = 1;
+    n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
+    n->bl.max_transfer = 0;
+    n->bl.opt_transfer = (uint32_t)s->cluster_size;
+    return vbd_open_backing(n, opts, flags, err);
+}
+
+static void qcow2_close(struct vbd_node *n)
+{
+    struct qcow2_state *s = n->opaque;
+    for (int i = 0; i < s->l2_cache_slots; i++)
+        free(s->l2_cache[i].table);
+    free(s->l2_cache);
+    free(s->reftable);
+    free(s->rc_block);
+    free(s->cluster_buf);
+    free(s->cbuf);
+    qcow2_free_header(s);
+}
+
+/* Bytes of [off, off+len) not defined by this image: from the backing file or zeroes. */
+static int read_unallocated(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff)
+{
+    uint64_t done = 0;
+    if (n->backing && off < n->backing->size) {
+        uint64_t b = n->backing->size - off < len ? n->backing->size - off : len;
+        int rc = vbd_node_co_preadv(n->backing, off, b, q, qoff, 0);
+        if (rc < 0)
+            return rc;
+        done = b;
+    }
+    if (done < len)
+        vbd_iov_memset(q->iov, q->niov, qoff + done, 0, len - done);
+    return 0;
+}
+
+struct extent {
+    enum qcow2_cluster_type type;
+    uint64_t host; /* for NORMAL: host offset of off */
+    uint64_t len;
+    uint64_t entry;
+};
+
+/* The mapping of off and how far it stays the same kind (contiguous on the host). */
+static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct extent *x)
+{
+    uint64_t entry, bitmap;
+    int rc = qcow2_get_entry(s, off, &entry, &bitmap);
+    if (rc < 0)
+        return rc;
+    uint64_t in_cluster = off & (s->cluster_size - 1);
+    uint64_t unit = s->extended_l2 ? (1ull << s->subcluster_bits) : s->cluster_size;
+    uint64_t len = unit - (off & (unit - 1));
+    enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+    if (entry & 0x3f00000000000000ull & ~(QCOW_OFLAG_COPIED | QCOW_OFLAG_COMPRESSED))
+        return -EIO;
+    if (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) {
+        if ((entry & L2E_OFFSET_MASK) & (s->cluster_size - 1)) {
+            vbd_error_report("qcow2: cluster allocation offset 0x%llx unaligned (L2 entry 0x%llx)",
+                             (unsigned long long)(entry & L2E_OFFSET_MASK), (unsigned long long)entry);
+            return -EIO;
+        }
+    }
+    if (s->extended_l2 && t != QCOW2_COMPRESSED) {
+        int sc = (int)(in_cluster >> s->subcluster_bits);
+        bool alloc = (bitmap >> sc) & 1, zero = (bitmap >> (32 + sc)) & 1;
+        if (alloc && zero)
+            return -EIO; /* both bits set is invalid */
+        if (zero)
+            t = QCOW2_ZERO_PLAIN;
+        else if (!alloc)
+            t = QCOW2_UNALLOCATED;
+        else if (!(entry & L2E_OFFSET_MASK))
+            return -EIO;
+        else
+            t = QCOW2_NORMAL;
+    }
+    x->type = t;
+    x->entry = entry;
+    x->host = (entry & L2E_OFFSET_MASK) + in_cluster;
+    if (len > max)
+        len = max;
+    x->len = len;
+    /* extend over following units of the same kind */
+    while (x->len < max && t != QCOW2_COMPRESSED) {
+        struct extent y;
+        uint64_t next = off + x->len;
+        uint64_t e2, b2;
+        if (qcow2_get_entry(s, next, &e2, &b2) < 0)
+            break;
+        enum qcow2_cluster_type t2 = qcow2_entry_type(s, e2);
+        if (s->extended_l2 && t2 != QCOW2_COMPRESSED) {
+            int sc = (int)((next & (s->cluster_size - 1)) >> s->subcluster_bits);
+            bool a = (b2 >> sc) & 1, z = (b2 >> (32 + sc)) & 1;
+            t2 = (a && z) ? QCOW2_COMPRESSED /* stop */ : z ? QCOW2_ZERO_PLAIN : !a ? QCOW2_UNALLOCATED : QCOW2_NORMAL;
+        }
+        y.host = (e2 & L2E_OFFSET_MASK) + (next & (s->cluster_size - 1));
+        if (t2 != t || (t == QCOW2_NORMAL && y.host != x->host + x->len))
+            break;
+        uint64_t l = unit < max - x->len ? unit : max - x->len;
+        x->len += l;
+    }
+    return 0;
+}
+
+static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                        unsigned flags)
+{
+    struct qcow2_state *s = n->opaque;
+    (void)flags;
+    while (bytes) {
+        struct extent x;
+        vbd_co_mutex_lock(&s->lock);
+        int rc = map_extent(s, off, bytes, &x);
+        if (rc == 0 && x.type == QCOW2_COMPRESSED) {
+            rc = qcow2_read_compressed(s, x.entry, s->cluster_buf);
+            if (rc == 0) /* copied out before the shared buffer is released */
+                vbd_iov_from_buf(q->iov, q->niov, qoff, s->cluster_buf + (off & (s->cluster_size - 1)), x.len);
+        }
+        vbd_co_mutex_unlock(&s->lock);
+        if (rc < 0)
+            return rc;
+        switch (x.type) {
+        case QCOW2_UNALLOCATED:
+            rc = read_unallocated(n, off, x.len, q, qoff);
+            break;
+        case QCOW2_ZERO_PLAIN:
+        case QCOW2_ZERO_ALLOC:
+            vbd_iov_memset(q->iov, q->niov, qoff, 0, x.len);
+            break;
+        case QCOW2_NORMAL:
+            rc = vbd_node_co_preadv(n->file, x.host, x.len, q, qoff, 0);
+            break;
+        case QCOW2_COMPRESSED:
+            break;
+        }
+        if (rc < 0)
+            return rc;
+        off += x.len;
+        qoff += x.len;
+        bytes -= x.len;
+    }
+    return 0;
+}
+
+/* One cluster's worth of an allocating write (lock held): the cluster gets
+ * a new host cluster holding its current content overlaid with the data. */
+static int write_cow_cluster(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
+                             uint64_t *inplace_host)
+{
+    struct qcow2_state *s = n->opaque;
+    uint64_t cstart = off & ~(s->cluster_size - 1);
+    uint64_t in = off - cstart;
+    uint64_t *table;
+    uint32_t index;
+    struct qcow2_l2_slot *slot = NULL;
+    int rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
+    if (rc == -ENOTSUP) {
+        vbd_error_report("qcow2: writing to clusters shared with an internal snapshot is not supported yet");
+        return -ENOTSUP;
+    }
+    if (rc < 0)
+        return rc;
+    uint64_t *ep = &table[s->extended_l2 ? 2 * index : index];
+    uint64_t entry = be64(ep[0]);
+    enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+    uint64_t host = entry & L2E_OFFSET_MASK;
+    bool in_place = (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && (entry & QCOW_OFLAG_COPIED) &&
+                    !(s->extended_l2 && (uint32_t)be64(ep[1]) != 0xffffffffu && t == QCOW2_NORMAL &&
+                      len != s->cluster_size);
+    if (in_place && t == QCOW2_NORMAL && (!s->extended_l2 || (uint32_t)be64(ep[1]) == 0xffffffffu)) {
+        /* an ordinary overwrite: no metadata change */
+        *inplace_host = host + in;
+        return 1;
+    }
+    /* build the whole cluster: current content, then the new data */
+    uint8_t *buf = s->cluster_buf;
+    if (len != s->cluster_size) {
+        struct iovec one = {buf, s->cluster_size};
+        struct vbd_qiov cq;
+        vbd_qiov_init(&cq, &one, 1);
+        if (t == QCOW2_COMPRESSED) {
+            rc = qcow2_read_compressed(s, entry, buf);
+        } else if (t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC) {
+            memset(buf, 0, s->cluster_size);
+        } else if (t == QCOW2_UNALLOCATED && !s->extended_l2) {
+            rc = read_unallocated(n, cstart, s->cluster_size, &cq, 0);
+        } else {
+            /* extended L2 or a shared cluster: per-subcluster content through the read path */
+            vbd_co_mutex_unlock(&s->lock);
+            rc = qcow2_preadv(n, cstart, s->cluster_size, &cq, 0, 0);
+            vbd_co_mutex_lock(&s->lock);
+            /* the L2 slot may have been evicted meanwhile: look it up again */
+            if (rc == 0)
+                rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
+            if (rc == 0) {
+                ep = &table[s->extended_l2 ? 2 * index : index];
+                if (be64(ep[0]) != entry)
+                    return -EAGAIN; /* someone else changed it: retry */
+            }
+        }
+        if (rc < 0)
+            return rc;
+    }
+    vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
+    uint64_t target = host;
+    bool fresh = !in_place;
+    if (fresh) {
+        int64_t a = qcow2_alloc_clusters(s, 1);
+        if (a < 0)
+            return (int)a;
+        target = (uint64_t)a;
+    }
+    if (qcow2_overlaps_metadata(s, target, s->cluster_size))
+        return qcow2_signal_corruption(s, "data cluster would overwrite metadata", target);
+    rc = vbd_node_co_pwrite(n->file, target, buf, s->cluster_size, 0);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s); /* data and refcount before the L2 entry */
+    if (rc < 0)
+        return rc;
+    /* lookup again: the flush yielded and the slot may have been reused */
+    rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
+    if (rc < 0)
+        return rc;
+    ep = &table[s->extended_l2 ? 2 * index : index];
+    ep[0] = be64(target | QCOW_OFLAG_COPIED);
+    if (s->extended_l2)
+        ep[1] = be64(0xffffffffull); /* every subcluster allocated, none zero */
+    uint64_t eoff = slot->offset + (uint64_t)index * s->l2_entry_size;
+    rc = vbd_node_co_pwrite(n->file, eoff, ep, s->l2_entry_size, 0);
+    if (rc < 0)
+        return rc;
+    if (fresh && (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && host)
+        qcow2_update_refcount(s, host, -1); /* the snapshot keeps its copy; a failure only leaks */
+    if (fresh && t == QCOW2_COMPRESSED) {
+        uint64_t coff = entry & s->coffset_mask;
+        uint64_t nsect = ((entry >> s->csize_shift) & s->csize_mask) + 1;
+        uint64_t last = (coff + nsect * 512 - (coff & 511) - 1) & ~(s->cluster_size - 1);
+        for (uint64_t c = coff & ~(s->cluster_size - 1); c <= last; c += s->cluster_size)
+            qcow2_update_refcount(s, c, -1);
+    }
+    return 0;
+}
+
+static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                         unsigned flags)
+{
+    struct qcow2_state *s = n->opaque;
+    (void)flags;
+    if (s->corrupt)
+        return -EIO;
+    while (bytes) {
+        uint64_t in = off & (s->cluster_size - 1);
+        uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
+        uint64_t host = 0;
+        vbd_co_mutex_lock(&s->lock);
+        int rc = write_cow_cluster(n, off, len, q, qoff, &host);
+        vbd_co_mutex_unlock(&s->lock);
+        if (rc == -EAGAIN)
+            continue;
+        if (rc < 0)
+            return rc;
+        if (rc == 1) {
+            if (qcow2_overlaps_metadata(s, host, len))
+                return qcow2_signal_corruption(s, "data write would overwrite metadata", host);
+            rc = vbd_node_co_pwritev(n->file, host, len, q, qoff, 0);
+            if (rc < 0)
+                return rc;
+        }
+        off += len;
+        qoff += len;
+        bytes -= len;
+    }
+    return 0;
+}
+
+static int qcow2_flush(struct vbd_node *n)
+{
+    (void)n;
+    return 0; /* metadata is written through; the file child is flushed by the caller */
+}
+
+static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                              uint64_t *map, struct vbd_node **file)
+{
+    struct qcow2_state *s = n->opaque;
+    (void)want_zero;
+    struct extent x;
+    vbd_co_mutex_lock(&s->lock);
+    int rc = map_extent(s, off, bytes, &x);
+    vbd_co_mutex_unlock(&s->lock);
+    if (rc < 0)
+        return rc;
+    *pnum = x.len;
+    switch (x.type) {
+    case QCOW2_UNALLOCATED:
+        /* without a backing file (or past its end) the range reads as zeroes */
+        if (!n->backing || off >= n->backing->size)
+            return VBD_BS_ZERO;
+        if (x.len > n->backing->size - off)
+            *pnum = n->backing->size - off;
+        return 0;
+    case QCOW2_ZERO_PLAIN:
+        return VBD_BS_ZERO | VBD_BS_ALLOCATED;
+    case QCOW2_ZERO_ALLOC:
+        *map = x.host;
+        *file = n->file;
+        return VBD_BS_ZERO | VBD_BS_ALLOCATED | VBD_BS_OFFSET_VALID;
+    case QCOW2_NORMAL:
+        *map = x.host;
+        *file = n->file;
+        return VBD_BS_DATA | VBD_BS_ALLOCATED | VBD_BS_OFFSET_VALID;
+    case QCOW2_COMPRESSED:
+        return VBD_BS_DATA | VBD_BS_ALLOCATED | VBD_BS_COMPRESSED;
+    }
+    return 0;
+}
+
+static int write_header_u64(struct qcow2_state *s, uint64_t at, uint64_t v)
+{
+    uint8_t b[8];
+    put_be64p(b, v);
+    return vbd_node_co_pwrite(s->n->file, at, b, 8, 0);
+}
+
+static int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
+                          struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    (void)exact;
+    if (prealloc != VBD_PREALLOC_OFF) {
+        vbd_error_setf(err, ENOTSUP, "qcow2: resize with preallocation is not supported yet");
+        return -ENOTSUP;
+    }
+    if (size < n->size) {
+        vbd_error_setf(err, ENOTSUP, "qcow2: shrinking images is not supported yet");
+        return -ENOTSUP;
+    }
+    if (s->nb_snapshots) {
+        vbd_error_setf(err, ENOTSUP, "qcow2: resizing images with internal snapshots is not supported yet");
+        return -ENOTSUP;
+    }
+    vbd_co_mutex_lock(&s->lock);
+    int rc = 0;
+    uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
+    uint64_t need = (size + per_l1 - 1) / per_l1;
+    if (need > s->l1_size) {
+        if (need * 8 > QCOW2_MAX_L1_BYTES) {
+            vbd_error_setf(err, EFBIG, "qcow2: an L1 table for %llu bytes would be too large",
+                           (unsigned long long)size);
+            rc = -EFBIG;
+            goto out;
+        }
+        uint64_t bytes = (need * 8 + s->cluster_size - 1) & ~(s->cluster_size - 1);
+        int64_t at = qcow2_alloc_clusters(s, bytes / s->cluster_size);
+        if (at < 0) {
+            rc = (int)at;
+            goto out;
+        }
+        uint64_t *l1 = calloc(1, bytes), *disk = calloc(1, bytes);
+        memcpy(l1, s->l1, (size_t)s->l1_size * 8);
+        for (uint64_t i = 0; i < bytes / 8; i++)
+            disk[i] = be64(l1[i]);
+        rc = vbd_node_co_pwrite(n->file, (uint64_t)at, disk, bytes, 0);
+        free(disk);
+        if (rc == 0)
+            rc = vbd_node_co_flush(n->file);
+        uint8_t h[12];
+        put_be32p(h, (uint32_t)need);
+        put_be64p(h + 4, (uint64_t)at);
+        if (rc == 0)
+            rc = vbd_node_co_pwrite(n->file, 36, h, 12, 0);
+        if (rc == 0)
+            rc = vbd_node_co_flush(n->file);
+        if (rc < 0) {
+            free(l1);
+            goto out;
+        }
+        uint64_t old = s->l1_table_offset, old_bytes = ((uint64_t)s->l1_size * 8 + s->cluster_size - 1) &
+                                                        ~(s->cluster_size - 1);
+        free(s->l1);
+        s->l1 = l1;
+        s->l1_size = (uint32_t)need;
+        s->l1_table_offset = (uint64_t)at;
+        for (uint64_t c = 0; old && c < old_bytes; c += s->cluster_size)
+            qcow2_update_refcount(s, old + c, -1);
+    }
+    rc = write_header_u64(s, 24, size);
+    if (rc == 0)
+        rc = vbd_node_co_flush(n->file);
+    if (rc == 0)
+        n->size = size;
+    else
+        vbd_error_setf(err, -rc, "qcow2: could not update the image size: %s", strerror(-rc));
+out:
+    vbd_co_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static int64_t qcow2_allocated(struct vbd_node *n)
+{
+    return vbd_node_get_allocated_size(n->file);
+}
+
+static int qcow2_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    (void)err;
+    info->cluster_size = (uint32_t)s->cluster_size;
+    info->has_dirty_flag = true;
+    info->dirty_flag = (s->incompat & QCOW2_INCOMPAT_DIRTY) != 0;
+    info->corrupt = s->corrupt;
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "compat", json_object_new_string(s->version == 2 ? "0.10" : "1.1"));
+    json_object_object_add(d, "compression-type", json_object_new_string(s->compression_type ? "zstd" : "zlib"));
+    if (s->version >= 3)
+        json_object_object_add(d, "lazy-refcounts",
+                               json_object_new_boolean((s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0));
+    json_object_object_add(d, "refcount-bits", json_object_new_int(1 << s->refcount_order));
+    if (s->version >= 3) {
+        json_object_object_add(d, "corrupt", json_object_new_boolean(s->corrupt));
+        json_object_object_add(d, "extended-l2", json_object_new_boolean(s->extended_l2));
+    }
+    struct json_object *fs = json_object_new_object();
+    json_object_object_add(fs, "type", json_object_new_string("qcow2"));
+    json_object_object_add(fs, "data", d);
+    info->format_specific = fs;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* create                                                              */
+
+static const struct vbd_opt_desc qcow2_create_opts[] = {
+    {"size", VBD_OPT_SIZE, "Virtual disk size", NULL},
+    {"compat", VBD_OPT_STRING, "Compatibility level (v2 [0.10] or v3 [1.1])", "1.1"},
+    {"backing_file", VBD_OPT_STRING, "File name of a base image", NULL},
+    {"backing_fmt", VBD_OPT_STRING, "Image format of the base image", NULL},
+    {"cluster_size", VBD_OPT_SIZE, "qcow2 cluster size", "65536"},
+    {"preallocation", VBD_OPT_STRING, "Preallocation mode (allowed values: off)", "off"},
+    {"lazy_refcounts", VBD_OPT_BOOL, "Postpone refcount updates", "off"},
+    {"refcount_bits", VBD_OPT_NUMBER, "Width of a reference count entry in bits", "16"},
+    {"compression_type", VBD_OPT_STRING, "Compression method used for image cluster compression", "zlib"},
+    {"extended_l2", VBD_OPT_BOOL, "Extended L2 tables", "off"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int qcow2_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    uint64_t size = 0, cluster_size = 65536, refcount_bits = 16;
+    char *compat = NULL, *backing = NULL, *backing_fmt = NULL, *prealloc = NULL, *ctype = NULL;
+    bool lazy = false, extl2 = false;
+    int rc = -EINVAL;
+    uint8_t *buf = NULL;
+    struct vbd_node *f = NULL;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_str(opts, "compat", &compat, err) < 0 ||
+        vbd_opt_take_str(opts, "backing_file", &backing, err) < 0 ||
+        vbd_opt_take_str(opts, "backing_fmt", &backing_fmt, err) < 0 ||
+        vbd_opt_take_size(opts, "cluster_size", &cluster_size, err) < 0 ||
+        vbd_opt_take_str(opts, "preallocation", &prealloc, err) < 0 ||
+        vbd_opt_take_bool(opts, "lazy_refcounts", &lazy, err) < 0 ||
+        vbd_opt_take_u64(opts, "refcount_bits", &refcount_bits, err) < 0 ||
+        vbd_opt_take_str(opts, "compression_type", &ctype, err) < 0 ||
+        vbd_opt_take_bool(opts, "extended_l2", &extl2, err) < 0)
+        goto out;
+    if (vbd_opts_check_empty(opts, "Block format 'qcow2'", err) < 0)
+        goto out;
+    int version = 3;
+    if (compat && (!strcmp(compat, "0.10") || !strcmp(compat, "v2")))
+        version = 2;
+    else if (compat && strcmp(compat, "1.1") && strcmp(compat, "v3")) {
+        vbd_error_setf(err, EINVAL, "Invalid compatibility level: '%s'", compat);
+        goto out;
+    }
+    if (cluster_size < 512 || cluster_size > (2u << 20) || (cluster_size & (cluster_size - 1))) {
+        vbd_error_setf(err, EINVAL, "Cluster size must be a power of two between 512 and 2048k");
+        goto out;
+    }
+    int order = 0;
+    while ((1ull << order) < refcount_bits)
+        order++;
+    if (refcount_bits > 64 || (1ull << order) != refcount_bits) {
+        vbd_error_setf(err, EINVAL, "Refcount width must be a power of two and may not exceed 64 bits");
+        goto out;
+    }
+    if (version == 2 && (refcount_bits != 16 || lazy || extl2 || (ctype && strcmp(ctype, "zlib")))) {
+        vbd_error_setf(err, EINVAL, "%s requires compat=1.1 or above",
+                       refcount_bits != 16 ? "Different refcount widths than 16 bits" :
+                       lazy ? "Lazy refcounts" : extl2 ? "Extended L2 entries" : "Non-zlib compression type");
+        goto out;
+    }
+    int comp = 0;
+    if (ctype && !strcmp(ctype, "zstd"))
+        comp = 1;
+    else if (ctype && strcmp(ctype, "zlib")) {
+        vbd_error_setf(err, EINVAL, "Invalid parameter '%s' for compression_type", ctype);
+        goto out;
+    }
+    if (extl2 && cluster_size < 16384) {
+        vbd_error_setf(err, EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
+        goto out;
+    }
+    if (prealloc && strcmp(prealloc, "off")) {
+        vbd_error_setf(err, ENOTSUP, "qcow2: preallocation=%s is not supported yet", prealloc);
+        rc = -ENOTSUP;
+        goto out;
+    }
+    if (backing_fmt && !backing) {
+        vbd_error_setf(err, EINVAL, "Backing format cannot be used without backing file");
+        goto out;
+    }
+    if (backing && strlen(backing) > QCOW2_MAX_BACKING_NAME) {
+        vbd_error_setf(err, EINVAL, "Backing file name too long");
+        goto out;
+    }
+    uint32_t cbits = 0;
+    while ((1ull << cbits) < cluster_size)
+        cbits++;
+    uint32_t l2_bits = cbits - (extl2 ? 4 : 3);
+    uint64_t per_l1 = 1ull << (l2_bits + cbits);
+    uint64_t l1_entries = (size + per_l1 - 1) / per_l1;
+    if (l1_entries * 8 > QCOW2_MAX_L1_BYTES) {
+        vbd_error_setf(err, EFBIG, "Image size is too large for this cluster size");
+        goto out;
+    }
+    uint64_t l1_clusters = (l1_entries * 8 + cluster_size - 1) / cluster_size;
+    if (!l1_clusters)
+        l1_clusters = 1;
+    /* layout: header | refcount table | refcount blocks | L1 */
+    uint64_t per_block = cluster_size * 8 / refcount_bits, blocks = 1, table_clusters = 1;
+    for (;;) {
+        uint64_t total = 1 + table_clusters + blocks + l1_clusters;
+        uint64_t nb = (total + per_block - 1) / per_block;
+        uint64_t nt = (nb * 8 + cluster_size - 1) / cluster_size;
+        if (nb == blocks && nt == table_clusters)
+            break;
+        blocks = nb;
+        table_clusters = nt;
+    }
+    uint64_t total = 1 + table_clusters + blocks + l1_clusters;
+    rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
+    if (rc < 0)
+        goto out;
+    f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    if (!f) {
+        rc = -EIO;
+        goto out;
+    }
+    buf = calloc(1, total * cluster_size);
+    uint8_t *h = buf;
+    put_be32p(h, QCOW2_MAGIC);
+    put_be32p(h + 4, (uint32_t)version);
+    put_be32p(h + 20, cbits);
+    put_be64p(h + 24, size);
+    put_be32p(h + 36, (uint32_t)l1_entries);
+    put_be64p(h + 40, (1 + table_clusters + blocks) * cluster_size);
+    put_be64p(h + 48, cluster_size);
+    put_be32p(h + 56, (uint32_t)table_clusters);
+    uint64_t pos = 72;
+    if (version == 3) {
+        uint64_t incompat = (comp ? QCOW2_INCOMPAT_COMPRESSION : 0) | (extl2 ? QCOW2_INCOMPAT_EXTL2 : 0);
+        put_be64p(h + 72, incompat);
+        put_be64p(h + 80, lazy ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
+        put_be32p(h + 96, (uint32_t)order);
+        put_be32p(h + 100, 112);
+        h[104] = (uint8_t)comp;
+        pos = 112;
+    }
+    if (backing_fmt) {
+        size_t l = strlen(backing_fmt);
+        put_be32p(h + pos, QCOW2_EXT_BACKING_FORMAT);
+        put_be32p(h + pos + 4, (uint32_t)l);
+        memcpy(h + pos + 8, backing_fmt, l);
+        pos += 8 + ((l + 7) & ~7ull);
+    }
+    static const struct {
+        uint8_t type, bit;
+        const char *name;
+    } features[] = {{0, 0, "dirty bit"},     {0, 1, "corrupt bit"},     {0, 2, "external data file"},
+                    {0, 3, "compression type"}, {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
+                    {2, 0, "bitmaps"},       {2, 1, "raw external data"}};
+    size_t nf = sizeof(features) / sizeof(features[0]);
+    put_be32p(h + pos, QCOW2_EXT_FEATURE_TABLE);
+    put_be32p(h + pos + 4, (uint32_t)(48 * nf));
+    for (size_t i = 0; i < nf; i++) {
+        uint8_t *e = h + pos + 8 + 48 * i;
+        e[0] = features[i].type;
+        e[1] = features[i].bit;
+        strncpy((char *)e + 2, features[i].name, 46);
+    }
+    pos += 8 + 48 * nf;
+    pos += 8; /* end-of-extensions marker (zeroes) */
+    if (backing) {
+        size_t l = strlen(backing);
+        if (pos + l > cluster_size) {
+            vbd_error_setf(err, EINVAL, "Backing file name too long for the header cluster");
+            rc = -EINVAL;
+            goto out;
+        }
+        memcpy(h + pos, backing, l);
+        put_be64p(h + 8, pos);
+        put_be32p(h + 16, (uint32_t)l);
+    }
+    uint8_t *table = buf + cluster_size;
+    for (uint64_t b = 0; b < blocks; b++)
+        put_be64p(table + 8 * b, (1 + table_clusters + b) * cluster_size);
+    /* every cluster of the layout has refcount 1 */
+    uint8_t *rb = buf + (1 + table_clusters) * cluster_size;
+    for (uint64_t c = 0; c < total; c++) {
+        uint64_t bit = c * refcount_bits;
+        if (refcount_bits >= 8)
+            rb[(bit / 8) + refcount_bits / 8 - 1] = 1; /* big-endian 1 */
+        else
+            rb[bit / 8] |= (uint8_t)(1u << (bit % 8));
+    }
+    rc = vbd_node_co_pwrite(f, 0, buf, total * cluster_size, 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(f);
+    if (rc < 0)
+        vbd_error_setf(err, -rc, "Could not write the qcow2 image '%s': %s", filename, strerror(-rc));
+out:
+    if (f)
+        vbd_node_unref(f);
+    free(buf);
+    free(compat);
+    free(backing);
+    free(backing_fmt);
+    free(prealloc);
+    free(ctype);
+    return rc < 0 ? rc : 0;
+}
+
+static const struct vbd_driver qcow2_driver = {
+    .abi_size = sizeof(struct vbd_driver),
+    .name = "qcow2",
+    .kind = VBD_DRV_FORMAT,
+    .state_size = sizeof(struct qcow2_state),
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .co_preadv = qcow2_preadv,
+    .co_pwritev = qcow2_pwritev,
+    .co_flush = qcow2_flush,
+    .co_block_status = qcow2_block_status,
+    .co_truncate = qcow2_truncate,
+    .get_allocated_size = qcow2_allocated,
+    .get_info = qcow2_get_info,
+    .create_opts = qcow2_create_opts,
+    .co_create = qcow2_create,
+};
+VBD_DRIVER_REGISTER(qcow2, qcow2_driver);

@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/* qcow2 internals shared by the files of this folder (QEMU docs/interop/qcow2.txt). */
+#ifndef VBD_QCOW2_H
+#define VBD_QCOW2_H
+
+#include "vbd/block.h"
+#include "vbd/coroutine.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MAX_L1_BYTES (32u << 20)       /* as QEMU: caps memory taken from l1_size */
+#define QCOW2_MAX_REFTABLE_BYTES (8u << 20)
+#define QCOW2_MAX_SNAPSHOTS 65536
+#define QCOW2_MAX_BACKING_NAME 1023
+
+#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN 0x1full
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+
+#define QCOW2_EXT_END 0
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+#define QCOW2_EXT_BITMAPS 0x23852875u
+#define QCOW2_EXT_ENCRYPTION 0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+
+#define L1E_OFFSET_MASK 0x00fffffffffffe00ull
+#define L2E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW_OFLAG_COPIED (1ull << 63)
+#define QCOW_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW_OFLAG_ZERO (1ull << 0)
+#define REFT_OFFSET_MASK 0xfffffffffffffe00ull
+
+enum qcow2_cluster_type {
+    QCOW2_UNALLOCATED,
+    QCOW2_ZERO_PLAIN,   /* zero flag, no host cluster */
+    QCOW2_ZERO_ALLOC,   /* zero flag with a preallocated host cluster */
+    QCOW2_NORMAL,
+    QCOW2_COMPRESSED,
+};
+
+struct qcow2_l2_slot {
+    uint64_t offset; /* host offset of the L2 table, 0 = free slot */
+    uint64_t *table; /* big-endian entries as on disk */
+    uint64_t lru;
+    bool dirty;
+};
+
+struct qcow2_ext {
+    uint32_t type, len;
+    uint8_t *data;
+};
+
+struct qcow2_state {
+    struct vbd_node *n;
+    uint32_t version;
+    uint32_t cluster_bits;
+    uint64_t cluster_size;
+    uint32_t l2_bits;       /* log2 of entries per L2 table */
+    uint32_t l2_entry_size; /* 8, or 16 with extended L2 */
+    bool extended_l2;
+    uint32_t subcluster_bits;
+    uint32_t refcount_order;
+    uint64_t incompat, compat, autoclear;
+    uint32_t header_length;
+    uint8_t compression_type; /* 0 zlib, 1 zstd */
+    uint32_t csize_shift;     /* compressed descriptor layout */
+    uint64_t csize_mask, coffset_mask;
+
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    uint64_t *l1; /* host-endian copy */
+
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint64_t *reftable; /* host-endian copy, refcount_table_clusters * cluster_size / 8 entries */
+    uint64_t reftable_entries;
+
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+
+    struct qcow2_ext *exts; /* unknown/other extensions, kept verbatim */
+    int nexts;
+    char *feature_names; /* raw feature name table, for messages */
+    uint32_t feature_names_len;
+
+    struct qcow2_l2_slot *l2_cache;
+    int l2_cache_slots;
+    uint64_t lru_clock;
+    /* refcount block cache: one block at a time is enough for our writes */
+    uint64_t rc_block_offset;
+    uint8_t *rc_block;
+
+    uint64_t free_cluster_hint; /* first host cluster that may be free */
+    uint64_t file_end;          /* host bytes in use (allocation starts here) */
+    struct vbd_co_mutex lock;   /* metadata: L1/L2/refcounts */
+    uint8_t *cluster_buf;       /* decompression / COW scratch (one cluster) */
+    uint8_t *cbuf;              /* compressed input scratch */
+    bool corrupt;
+    bool read_only;
+};
+
+/* header.c */
+int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags, struct vbd_error **err);
+int qcow2_write_header(struct qcow2_state *s);
+int qcow2_update_incompat(struct qcow2_state *s, uint64_t set, uint64_t clear);
+void qcow2_free_header(struct qcow2_state *s);
+
+/* cluster.c: mapping (lock held) */
+int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t **table, uint32_t *index,
+                 struct qcow2_l2_slot **slot);
+int qcow2_get_entry(struct qcow2_state *s, uint64_t guest_off, uint64_t *entry, uint64_t *bitmap);
+enum qcow2_cluster_type qcow2_entry_type(struct qcow2_state *s, uint64_t entry);
+int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t off);
+int qcow2_read_compressed(struct qcow2_state *s, uint64_t entry, uint8_t *out);
+int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index);
+
+/* refcount.c (lock held) */
+int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err);
+int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count);
+int qcow2_get_refcount(struct qcow2_state *s, uint64_t host_cluster, uint64_t *rc);
+int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta);
+int qcow2_flush_refcounts(struct qcow2_state *s);
+bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
+
+static inline uint64_t be64(uint64_t v)
+{
+    return __builtin_bswap64(v);
+}
+static inline uint32_t be32(uint32_t v)
+{
+    return __builtin_bswap32(v);
+}
+static inline uint64_t get_be64p(const uint8_t *p)
+{
+    uint64_t v;
+    __builtin_memcpy(&v, p, 8);
+    return be64(v);
+}
+static inline uint32_t get_be32p(const uint8_t *p)
+{
+    uint32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return be32(v);
+}
+static inline void put_be64p(uint8_t *p, uint64_t v)
+{
+    v = be64(v);
+    __builtin_memcpy(p, &v, 8);
+}
+static inline void put_be32p(uint8_t *p, uint32_t v)
+{
+    v = be32(v);
+    __builtin_memcpy(p, &v, 4);
+}
+
+#endif

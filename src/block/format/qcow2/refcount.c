@@ -1,0 +1,282 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 refcounts: the table, one cached block (written through), cluster
+ * allocation at the first free host clusters, new refcount blocks and a
+ * growing refcount table. The caller holds s->lock.
+ */
+#include "qcow2.h"
+
+#include "vbd/error.h"
+#include "vbd/iov.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint32_t rb_bits(const struct qcow2_state *s) /* log2 of refcounts per block */
+{
+    return s->cluster_bits + 3 - s->refcount_order;
+}
+
+int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
+{
+    uint64_t bytes = (uint64_t)s->refcount_table_clusters * s->cluster_size;
+    s->reftable_entries = bytes / 8;
+    s->reftable = malloc(bytes);
+    if (!s->reftable || vbd_node_co_pread(s->n->file, s->refcount_table_offset, s->reftable, bytes) < 0) {
+        vbd_error_setf(err, EIO, "Could not read the qcow2 refcount table");
+        return -EIO;
+    }
+    for (uint64_t i = 0; i < s->reftable_entries; i++) {
+        s->reftable[i] = be64(s->reftable[i]);
+        if (s->reftable[i] & ~REFT_OFFSET_MASK || (s->reftable[i] & (s->cluster_size - 1))) {
+            vbd_error_setf(err, EINVAL, "qcow2 refcount table entry %llu (0x%llx) is not cluster aligned",
+                           (unsigned long long)i, (unsigned long long)s->reftable[i]);
+            return -EINVAL;
+        }
+    }
+    s->rc_block = vbd_alloc_aligned(4096, s->cluster_size);
+    s->rc_block_offset = 0;
+    return 0;
+}
+
+static int load_block(struct qcow2_state *s, uint64_t off)
+{
+    if (s->rc_block_offset == off)
+        return 0;
+    s->rc_block_offset = 0;
+    if (off + s->cluster_size > s->n->file->size) {
+        memset(s->rc_block, 0, s->cluster_size); /* allocated but never written: all zero */
+        s->rc_block_offset = off;
+        return 0;
+    }
+    int rc = vbd_node_co_pread(s->n->file, off, s->rc_block, s->cluster_size);
+    if (rc == 0)
+        s->rc_block_offset = off;
+    return rc;
+}
+
+static uint64_t get_entry(const struct qcow2_state *s, const uint8_t *b, uint64_t i)
+{
+    switch (s->refcount_order) {
+    case 0: return (b[i / 8] >> (i % 8)) & 1;
+    case 1: return (b[i / 4] >> (2 * (i % 4))) & 3;
+    case 2: return (b[i / 2] >> (4 * (i % 2))) & 15;
+    case 3: return b[i];
+    case 4: return ((uint64_t)b[2 * i] << 8) | b[2 * i + 1];
+    case 5: return get_be32p(b + 4 * i);
+    default: return get_be64p(b + 8 * i);
+    }
+}
+
+static void set_entry(const struct qcow2_state *s, uint8_t *b, uint64_t i, uint64_t v)
+{
+    switch (s->refcount_order) {
+    case 0: b[i / 8] = (uint8_t)((b[i / 8] & ~(1u << (i % 8))) | (v << (i % 8))); break;
+    case 1: b[i / 4] = (uint8_t)((b[i / 4] & ~(3u << (2 * (i % 4)))) | (v << (2 * (i % 4)))); break;
+    case 2: b[i / 2] = (uint8_t)((b[i / 2] & ~(15u << (4 * (i % 2)))) | (v << (4 * (i % 2)))); break;
+    case 3: b[i] = (uint8_t)v; break;
+    case 4: b[2 * i] = (uint8_t)(v >> 8); b[2 * i + 1] = (uint8_t)v; break;
+    case 5: put_be32p(b + 4 * i, (uint32_t)v); break;
+    default: put_be64p(b + 8 * i, v);
+    }
+}
+
+int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t *rc)
+{
+    uint64_t idx = cluster >> rb_bits(s);
+    if (idx >= s->reftable_entries || !s->reftable[idx]) {
+        *rc = 0;
+        return 0;
+    }
+    int r = load_block(s, s->reftable[idx]);
+    if (r < 0)
+        return r;
+    *rc = get_entry(s, s->rc_block, cluster & ((1ull << rb_bits(s)) - 1));
+    return 0;
+}
+
+bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
+{
+#define OVERLAP(a, alen) ((a) < off + len && off < (a) + (alen))
+    if (OVERLAP(0, s->cluster_size))
+        return true;
+    if (s->l1_size && OVERLAP(s->l1_table_offset, (uint64_t)s->l1_size * 8))
+        return true;
+    if (OVERLAP(s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size))
+        return true;
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        if (s->reftable[i] && OVERLAP(s->reftable[i], s->cluster_size))
+            return true;
+    return false;
+#undef OVERLAP
+}
+
+static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value);
+
+/* A new refcount table, large enough for `entries`, placed at the end of
+ * the file; the header is switched to it only once it is on disk. */
+static int grow_reftable(struct qcow2_state *s, uint64_t entries)
+{
+    uint64_t per_cluster = s->cluster_size / 8;
+    uint64_t nclusters = (entries + per_cluster - 1) / per_cluster;
+    nclusters += nclusters / 2 + 1;
+    if (nclusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES)
+        return -EFBIG;
+    uint64_t new_entries = nclusters * per_cluster;
+    uint64_t *table = calloc(new_entries, 8);
+    if (!table)
+        return -ENOMEM;
+    memcpy(table, s->reftable, s->reftable_entries * 8);
+    uint64_t start = s->file_end;
+    uint64_t old_off = s->refcount_table_offset, old_clusters = s->refcount_table_clusters;
+    uint64_t *old = s->reftable;
+    s->reftable = table;
+    s->reftable_entries = new_entries;
+    s->file_end = start + nclusters * s->cluster_size;
+    int rc = 0;
+    /* the new table's own clusters need refcounts (may add refcount blocks after it) */
+    for (uint64_t c = 0; c < nclusters && rc == 0; c++)
+        rc = set_refcount(s, (start >> s->cluster_bits) + c, 1);
+    if (rc == 0) {
+        uint64_t *disk = malloc(new_entries * 8);
+        for (uint64_t i = 0; i < new_entries; i++)
+            disk[i] = be64(table[i]);
+        rc = vbd_node_co_pwrite(s->n->file, start, disk, new_entries * 8, 0);
+        free(disk);
+    }
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file);
+    if (rc == 0) {
+        uint8_t h[12];
+        put_be64p(h, start);
+        put_be32p(h + 8, (uint32_t)nclusters);
+        rc = vbd_node_co_pwrite(s->n->file, 48, h, 12, 0);
+        if (rc == 0)
+            rc = vbd_node_co_flush(s->n->file);
+    }
+    if (rc < 0) {
+        s->reftable = old;
+        s->reftable_entries = old_clusters * per_cluster;
+        free(table);
+        return rc;
+    }
+    s->refcount_table_offset = start;
+    s->refcount_table_clusters = (uint32_t)nclusters;
+    free(old);
+    for (uint64_t c = 0; c < old_clusters; c++)
+        set_refcount(s, (old_off >> s->cluster_bits) + c, 0); /* a failure only leaks */
+    return 0;
+}
+
+/* The refcount block covering `cluster`, created if missing. */
+static int ensure_block(struct qcow2_state *s, uint64_t cluster, uint64_t *block_off)
+{
+    uint64_t idx = cluster >> rb_bits(s);
+    if (idx >= s->reftable_entries) {
+        int rc = grow_reftable(s, idx + 1);
+        if (rc < 0)
+            return rc;
+    }
+    if (s->reftable[idx]) {
+        *block_off = s->reftable[idx];
+        return 0;
+    }
+    uint64_t off = s->file_end;
+    uint64_t self = off >> s->cluster_bits;
+    s->file_end = off + s->cluster_size;
+    memset(s->rc_block, 0, s->cluster_size);
+    s->rc_block_offset = 0;
+    if (self >> rb_bits(s) == idx)
+        set_entry(s, s->rc_block, self & ((1ull << rb_bits(s)) - 1), 1); /* it describes itself */
+    int rc = vbd_node_co_pwrite(s->n->file, off, s->rc_block, s->cluster_size, 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file); /* the block before the table entry that points to it */
+    if (rc < 0)
+        return rc;
+    s->rc_block_offset = off;
+    s->reftable[idx] = off;
+    uint8_t e[8];
+    put_be64p(e, off);
+    rc = vbd_node_co_pwrite(s->n->file, s->refcount_table_offset + idx * 8, e, 8, 0);
+    if (rc < 0)
+        return rc;
+    if (self >> rb_bits(s) != idx) {
+        rc = set_refcount(s, self, 1);
+        if (rc < 0)
+            return rc;
+    }
+    *block_off = off;
+    return 0;
+}
+
+static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value)
+{
+    uint64_t off;
+    int rc = ensure_block(s, cluster, &off);
+    if (rc < 0)
+        return rc;
+    rc = load_block(s, off);
+    if (rc < 0)
+        return rc;
+    uint64_t i = cluster & ((1ull << rb_bits(s)) - 1);
+    set_entry(s, s->rc_block, i, value);
+    /* write through: only the 512-byte sector that changed */
+    uint64_t byte = (i << s->refcount_order) / 8, sector = byte & ~511ull;
+    uint64_t len = s->cluster_size - sector < 512 ? s->cluster_size - sector : 512;
+    return vbd_node_co_pwrite(s->n->file, off + sector, s->rc_block + sector, len, 0);
+}
+
+int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta)
+{
+    uint64_t cluster = host_off >> s->cluster_bits, cur;
+    int rc = qcow2_get_refcount(s, cluster, &cur);
+    if (rc < 0)
+        return rc;
+    uint64_t max = s->refcount_order == 6 ? UINT64_MAX : (1ull << (1u << s->refcount_order)) - 1;
+    if ((delta < 0 && cur < (uint64_t)-delta) || (delta > 0 && max - cur < (uint64_t)delta))
+        return -ERANGE;
+    rc = set_refcount(s, cluster, cur + (uint64_t)delta);
+    if (rc == 0 && cur + (uint64_t)delta == 0 && cluster < s->free_cluster_hint)
+        s->free_cluster_hint = cluster;
+    return rc;
+}
+
+int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count)
+{
+    uint64_t c = s->free_cluster_hint, run = 0, start = 0;
+    uint64_t end_cluster = s->file_end >> s->cluster_bits;
+    /* look for a hole below the end of the file first, then append */
+    while (run < count && c < end_cluster) {
+        uint64_t rc;
+        if (qcow2_get_refcount(s, c, &rc) < 0)
+            return -EIO;
+        if (rc == 0 && !qcow2_overlaps_metadata(s, c << s->cluster_bits, s->cluster_size)) {
+            if (run++ == 0)
+                start = c;
+        } else {
+            run = 0;
+        }
+        c++;
+    }
+    if (run < count) {
+        if (!run)
+            start = end_cluster;
+        s->file_end = (start + count) << s->cluster_bits;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        int r = set_refcount(s, start + i, 1);
+        if (r < 0)
+            return r;
+    }
+    if (s->free_cluster_hint == start)
+        s->free_cluster_hint = start + count;
+    if (((start + count) << s->cluster_bits) > s->file_end)
+        s->file_end = (start + count) << s->cluster_bits;
+    return (int64_t)(start << s->cluster_bits);
+}
+
+int qcow2_flush_refcounts(struct qcow2_state *s)
+{
+    return vbd_node_co_flush(s->n->file);
+}
