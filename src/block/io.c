@@ -412,6 +412,10 @@ int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, 
             *pnum = n;
             return rc & ~VBD_BS_ALLOCATED;
         }
+        if (off >= next->size) { /* past the backing file's end: zeroes of this layer, as qemu-img map says */
+            *pnum = n;
+            return (rc & ~VBD_BS_ALLOCATED) | VBD_BS_ZERO;
+        }
         p = next;
     }
 }

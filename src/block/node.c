@@ -426,7 +426,7 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
         return 0;
     char path[4096];
     if (n->backing_file[0] == '/' || is_uri_or_json(n->backing_file) || !n->file ||
-        is_uri_or_json(n->file->filename)) {
+        is_uri_or_json(n->file->filename) || !strchr(n->file->filename, '/')) { /* as qemu: no "./" prefix */
         snprintf(path, sizeof(path), "%s", n->backing_file);
     } else {
         char dir[4096];

@@ -211,6 +211,9 @@ static struct json_object *image_info_json(struct vbd_node *n, struct vbd_error 
     if (vbd_node_get_info(n, &info, err) < 0)
         return NULL;
     struct json_object *o = json_object_new_object();
+    /* qemu-img prints this key first (its dictionary order) */
+    if (n->backing_file[0] && n->backing_format[0])
+        json_object_object_add(o, "backing-filename-format", json_object_new_string(n->backing_format));
     struct vbd_snapshot_info *sn = NULL;
     int nsn = n->drv->snapshot_list ? n->drv->snapshot_list(n, &sn) : 0;
     if (nsn > 0) {
@@ -243,8 +246,6 @@ static struct json_object *image_info_json(struct vbd_node *n, struct vbd_error 
         json_object_object_add(o, "full-backing-filename",
                                json_object_new_string(n->full_backing_filename[0] ? n->full_backing_filename : n->backing_file));
         json_object_object_add(o, "backing-filename", json_object_new_string(n->backing_file));
-        if (n->backing_format[0])
-            json_object_object_add(o, "backing-filename-format", json_object_new_string(n->backing_format));
     }
     json_object_object_add(o, "dirty-flag", json_object_new_boolean(info.dirty_flag));
     return o;

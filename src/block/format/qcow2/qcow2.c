@@ -131,7 +131,7 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
         if (zero)
             t = QCOW2_ZERO_PLAIN;
         else if (!alloc)
-            t = QCOW2_UNALLOCATED;
+            t = (entry & L2E_OFFSET_MASK) ? QCOW2_UNALLOC_ALLOC : QCOW2_UNALLOCATED;
         else if (!(entry & L2E_OFFSET_MASK))
             return -EIO;
         else
@@ -154,10 +154,13 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
         if (s->extended_l2 && t2 != QCOW2_COMPRESSED) {
             int sc = (int)((next & (s->cluster_size - 1)) >> s->subcluster_bits);
             bool a = (b2 >> sc) & 1, z = (b2 >> (32 + sc)) & 1;
-            t2 = (a && z) ? QCOW2_COMPRESSED /* stop */ : z ? QCOW2_ZERO_PLAIN : !a ? QCOW2_UNALLOCATED : QCOW2_NORMAL;
+            t2 = (a && z) ? QCOW2_COMPRESSED /* stop */
+                 : z      ? QCOW2_ZERO_PLAIN
+                 : !a     ? ((e2 & L2E_OFFSET_MASK) ? QCOW2_UNALLOC_ALLOC : QCOW2_UNALLOCATED)
+                          : QCOW2_NORMAL;
         }
         y.host = (e2 & L2E_OFFSET_MASK) + (next & (s->cluster_size - 1));
-        if (t2 != t || (t == QCOW2_NORMAL && y.host != x->host + x->len))
+        if (t2 != t || ((t == QCOW2_NORMAL || t == QCOW2_UNALLOC_ALLOC) && y.host != x->host + x->len))
             break;
         uint64_t l = unit < max - x->len ? unit : max - x->len;
         x->len += l;
@@ -184,6 +187,7 @@ static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
             return rc;
         switch (x.type) {
         case QCOW2_UNALLOCATED:
+        case QCOW2_UNALLOC_ALLOC:
             rc = read_unallocated(n, off, x.len, q, qoff);
             break;
         case QCOW2_ZERO_PLAIN:
@@ -356,12 +360,20 @@ static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
     *pnum = x.len;
     switch (x.type) {
     case QCOW2_UNALLOCATED:
+    case QCOW2_UNALLOC_ALLOC: {
+        int st = 0;
+        if (x.type == QCOW2_UNALLOC_ALLOC) { /* qemu-img map shows where it would go */
+            *map = x.host;
+            *file = n->file;
+            st = VBD_BS_OFFSET_VALID;
+        }
         /* without a backing file (or past its end) the range reads as zeroes */
         if (!n->backing || off >= n->backing->size)
-            return VBD_BS_ZERO;
+            return st | VBD_BS_ZERO;
         if (x.len > n->backing->size - off)
             *pnum = n->backing->size - off;
-        return 0;
+        return st;
+    }
     case QCOW2_ZERO_PLAIN:
         return VBD_BS_ZERO | VBD_BS_ALLOCATED;
     case QCOW2_ZERO_ALLOC:

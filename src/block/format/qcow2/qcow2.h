@@ -43,6 +43,7 @@
 
 enum qcow2_cluster_type {
     QCOW2_UNALLOCATED,
+    QCOW2_UNALLOC_ALLOC, /* extended L2: unallocated subcluster of an allocated cluster */
     QCOW2_ZERO_PLAIN,   /* zero flag, no host cluster */
     QCOW2_ZERO_ALLOC,   /* zero flag with a preallocated host cluster */
     QCOW2_NORMAL,
