@@ -26,11 +26,12 @@
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     (void)filename;
-    return len >= 8 && get_be32p(buf) == QCOW2_MAGIC && (get_be32p(buf + 4) == 2 || get_be32p(buf + 4) == 3) ? 100
-                                                                                                             : 0;
+    return len >= 4 && get_be32p(buf) == QCOW2_MAGIC ? 100 : 0; /* by magic alone: bad versions get an error */
 }
 
-static int qcow2_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+static void qcow2_close(struct vbd_node *n);
+
+static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
     s->n = n;
@@ -67,16 +68,28 @@ static int qcow2_open(struct vbd_node *n, struct json_object *opts, unsigned fla
     return vbd_open_backing(n, opts, flags, err);
 }
 
+/* The node layer frees only the node on a failed open: the driver frees its state. */
+static int qcow2_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    int rc = qcow2_open_inner(n, opts, flags, err);
+    if (rc < 0)
+        qcow2_close(n);
+    return rc;
+}
+
 static void qcow2_close(struct vbd_node *n)
 {
     struct qcow2_state *s = n->opaque;
-    for (int i = 0; i < s->l2_cache_slots; i++)
+    for (int i = 0; s->l2_cache && i < s->l2_cache_slots; i++)
         free(s->l2_cache[i].table);
     free(s->l2_cache);
+    s->l2_cache = NULL;
     free(s->reftable);
     free(s->rc_block);
     free(s->cluster_buf);
     free(s->cbuf);
+    s->reftable = NULL;
+    s->rc_block = s->cluster_buf = s->cbuf = NULL;
     qcow2_free_header(s);
 }
 
