@@ -101,4 +101,24 @@ qcheck o.qcow2
 must "$VBD_IO" -c "write -P 0x99 9G 1M" o.qcow2 >/dev/null
 must qemu-io -f qcow2 -c "read -P 0x99 9G 1M" -c "read -P 0x77 31M 4k" o.qcow2 >/dev/null
 qcheck o.qcow2
+step "vbd -> qemu-img: write-zeroes and discard (zero flag, unmapping, partial clusters), with and without backing"
+qemu-img create -q -f raw zb.raw 8M
+must qemu-io -f raw -c "write -P 0x21 0 8M" zb.raw >/dev/null
+Z=(-c "write -P 0x31 0 2M" -c "write -z 64k 256k" -c "write -z 1000 3000" -c "discard 512k 128k" -c "write -z -u 1M 128k"
+   -c "discard 4M 256k")
+for opts in "" compat=0.10 extended_l2=on; do
+    for back in none raw; do
+        [ "$opts/$back" = compat=0.10/raw ] && continue # v2 cannot record zeroes over a backing file: discard keeps data
+        rm -f z.qcow2 z.raw
+        if [ $back = raw ]; then
+            must "$VBD_IMG" create -q -f qcow2 ${opts:+-o $opts} -b zb.raw -F raw z.qcow2 8M; cp zb.raw z.raw
+        else
+            must "$VBD_IMG" create -q -f qcow2 ${opts:+-o $opts} z.qcow2 8M; qemu-img create -q -f raw z.raw 8M
+        fi
+        must "$VBD_IO" --image-opts "${Z[@]}" "driver=qcow2,discard=unmap,file.driver=file,file.filename=z.qcow2" >/dev/null
+        must qemu-io -f raw "${Z[@]}" z.raw >/dev/null
+        qcheck z.qcow2
+        qemu-img compare -q z.qcow2 z.raw || fail "zeroes/discard ($opts, backing $back) read back wrong"
+    done
+done
 echo OK

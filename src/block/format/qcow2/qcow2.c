@@ -353,6 +353,119 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
     return 0;
 }
 
+/* Drops this image's reference to what an L2 entry points at (after the
+ * entry itself changed on disk: a crash in between only leaks). */
+static void release_entry(struct qcow2_state *s, uint64_t entry)
+{
+    enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+    if (t == QCOW2_COMPRESSED) {
+        uint64_t coff = entry & s->coffset_mask;
+        uint64_t nsect = ((entry >> s->csize_shift) & s->csize_mask) + 1;
+        uint64_t last = (coff + nsect * 512 - (coff & 511) - 1) & ~(s->cluster_size - 1);
+        for (uint64_t c = coff & ~(s->cluster_size - 1); c <= last; c += s->cluster_size)
+            qcow2_update_refcount(s, c, -1);
+    } else if ((entry & L2E_OFFSET_MASK) && (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC || s->extended_l2)) {
+        qcow2_update_refcount(s, entry & L2E_OFFSET_MASK, -1);
+    }
+}
+
+/* Whole-cluster metadata change: zero flag, or no mapping at all. Lock held.
+ * Returns 1 when the cluster needs a data write instead. */
+static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, bool discard)
+{
+    struct qcow2_state *s = n->opaque;
+    bool backed = n->backing && cstart < n->backing->size;
+    uint64_t *table;
+    uint32_t index;
+    struct qcow2_l2_slot *slot = NULL;
+    int rc = qcow2_get_l2(s, cstart, false, &table, &index, &slot);
+    if (rc < 0)
+        return rc;
+    uint64_t entry = table ? be64(table[s->extended_l2 ? 2 * index : index]) : 0;
+    uint64_t bitmap = table && s->extended_l2 ? be64(table[2 * index + 1]) : 0;
+    if (!entry && !bitmap && !backed)
+        return 0; /* reads as zeroes already */
+    if (s->version < 3 && !(discard && !backed))
+        return discard ? 0 : 1; /* no zero flag in v2: discard is advisory, zeroes are data */
+    rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
+    if (rc == -ENOTSUP)
+        return discard ? 0 : 1; /* shared with a snapshot */
+    if (rc < 0)
+        return rc;
+    uint64_t *ep = &table[s->extended_l2 ? 2 * index : index];
+    enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+    uint64_t ne, nb = 0;
+    bool release = true;
+    if (s->extended_l2) {
+        bool keep = !unmap && !discard && (entry & L2E_OFFSET_MASK) && t != QCOW2_COMPRESSED;
+        ne = keep ? entry : 0;
+        nb = (discard && !backed) ? 0 : 0xffffffff00000000ull; /* all subclusters zero */
+        release = !keep;
+    } else if (discard && !backed) {
+        ne = 0;
+    } else if (!unmap && !discard && t == QCOW2_NORMAL && (entry & QCOW_OFLAG_COPIED)) {
+        ne = entry | QCOW_OFLAG_ZERO; /* keeps its host cluster (no unmap requested) */
+        release = false;
+    } else {
+        ne = QCOW_OFLAG_ZERO;
+    }
+    ep[0] = be64(ne);
+    if (s->extended_l2)
+        ep[1] = be64(nb);
+    rc = vbd_node_co_pwrite(n->file, slot->offset + (uint64_t)index * s->l2_entry_size, ep, s->l2_entry_size, 0);
+    if (rc < 0)
+        return rc;
+    if (release && entry)
+        release_entry(s, entry);
+    return 0;
+}
+
+static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags, bool discard)
+{
+    struct qcow2_state *s = n->opaque;
+    if (s->corrupt)
+        return -EIO;
+    while (bytes) {
+        uint64_t in = off & (s->cluster_size - 1);
+        uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
+        int rc = 1;
+        if (len == s->cluster_size) {
+            vbd_co_mutex_lock(&s->lock);
+            rc = set_cluster_zero(n, off, (flags & VBD_REQ_MAY_UNMAP) != 0, discard);
+            vbd_co_mutex_unlock(&s->lock);
+        } else if (discard) {
+            rc = 0; /* partial clusters: discard is advisory */
+        }
+        if (rc < 0)
+            return rc;
+        if (rc == 1) {
+            if (flags & VBD_REQ_NO_FALLBACK)
+                return -ENOTSUP;
+            uint8_t *z = vbd_alloc_aligned(4096, len);
+            memset(z, 0, len);
+            struct iovec one = {z, len};
+            struct vbd_qiov q = {&one, 1, len};
+            rc = qcow2_pwritev(n, off, len, &q, 0, 0);
+            free(z);
+            if (rc < 0)
+                return rc;
+        }
+        off += len;
+        bytes -= len;
+    }
+    return 0;
+}
+
+static int qcow2_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    return zero_or_discard(n, off, bytes, flags, false);
+}
+
+static int qcow2_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    return zero_or_discard(n, off, bytes, VBD_REQ_MAY_UNMAP, true);
+}
+
 static int qcow2_flush(struct vbd_node *n)
 {
     (void)n;
@@ -728,6 +841,8 @@ static const struct vbd_driver qcow2_driver = {
     .co_preadv = qcow2_preadv,
     .co_pwritev = qcow2_pwritev,
     .co_flush = qcow2_flush,
+    .co_pwrite_zeroes = qcow2_pwrite_zeroes,
+    .co_pdiscard = qcow2_pdiscard,
     .co_block_status = qcow2_block_status,
     .co_truncate = qcow2_truncate,
     .get_allocated_size = qcow2_allocated,
