@@ -1,0 +1,59 @@
+#!/bin/bash
+# Crash consistency: a vbd-io writer (allocating writes to distinct places,
+# a flush every few writes) is killed with SIGKILL at random moments. After
+# each kill qemu-img check must find no corruption (leaks are allowed, as in
+# QEMU), and every write that completed before the last completed flush must
+# read back. CRASH_CYCLES (default 50) cycles; bench/qcow2-crash.sh runs 1000.
+. "$(dirname "$0")/lib.sh"
+need qemu-img qemu-io python3 stdbuf
+cd "$T"
+cycles=${CRASH_CYCLES:-50}
+for cyc in $(seq "$cycles"); do
+    rm -f c.qcow2
+    opts=cluster_size=4k
+    [ $((cyc % 3)) = 1 ] && opts=cluster_size=64k
+    [ $((cyc % 3)) = 2 ] && opts=cluster_size=512,refcount_bits=1
+    must "$VBD_IMG" create -q -f qcow2 -o $opts c.qcow2 256M
+    # write k goes to its own 12 KiB slot, somewhere in the disk; a flush after every 4th
+    python3 - $cyc >cmds.txt <<'PY'
+import random, sys
+r = random.Random(int(sys.argv[1]))
+slots = r.sample(range((256 << 20) // 16384), 190)  # vbd-io takes up to 255 commands
+for k, s in enumerate(slots):
+    print('write -P 0x%02x %d %d' % (k % 250 + 1, s * 16384 + r.randrange(0, 4096), 12288))
+    if k % 4 == 3:
+        print('flush')
+PY
+    args=(); while read -r l; do args+=(-c "$l"); done <cmds.txt
+    stdbuf -oL "$VBD_IO" -f qcow2 "${args[@]}" c.qcow2 >out.txt 2>&1 &
+    pid=$!
+    sleep "0.$((RANDOM % 5))$((RANDOM % 10))"
+    kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+    out=$(qemu-img check c.qcow2 2>&1); rc=$?
+    [ $rc = 0 ] || [ $rc = 3 ] || fail "cycle $cyc ($opts): qemu-img check exit $rc: $out"
+    # writes completed before the last flush that completed = before the last flush followed by a completed write
+    python3 - cmds.txt out.txt >verify.txt <<'PY'
+import sys
+cmds = [l.strip() for l in open(sys.argv[1])]
+done = sum(1 for l in open(sys.argv[2]) if l.startswith('wrote '))
+writes_seen, safe = 0, 0
+for c in cmds:
+    if c.startswith('write'):
+        if writes_seen >= done:
+            break
+        writes_seen += 1
+    elif c == 'flush' and writes_seen < done:
+        safe = writes_seen   # a later write completed, so this flush did too
+w = [c for c in cmds if c.startswith('write')][:safe]
+for c in w:
+    _, _, p, off, ln = c.split()
+    print('read -P %s %s %s' % (p, off, ln))
+PY
+    echo "cycle $cyc ($opts): $(grep -c "^wrote" out.txt) writes completed, $(wc -l <verify.txt) checked after the crash"
+    if [ -s verify.txt ]; then
+        vargs=(); while read -r l; do vargs+=(-c "$l"); done <verify.txt
+        qemu-io -f qcow2 -r "${vargs[@]}" c.qcow2 >qio.txt 2>&1 || fail "cycle $cyc: qemu-io failed: $(tail -3 qio.txt)"
+        ! grep -q "Pattern verification failed" qio.txt || fail "cycle $cyc ($opts): data flushed before the crash is lost"
+    fi
+done
+echo "OK: $cycles kill cycles"
