@@ -43,6 +43,11 @@ struct file_state {
     enum vbd_aio aio;
     bool direct;
     bool in_memory; /* tmpfs: even O_DIRECT is a memcpy */
+    /* The last data extent SEEK_DATA/SEEK_HOLE found: SEEK_HOLE can cost a
+     * scan of the whole rest of the file (0.5 ms for 256 MiB on tmpfs) and an
+     * NBD server asks for each read. Writes only add data; anything that can
+     * make holes (discard, zeroes, truncate) forgets it. */
+    uint64_t data_start, data_end;
     bool locked;
 };
 
@@ -289,6 +294,7 @@ static int file_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
         long rc = vbd_co_run_in_thread(do_blk_ioctl, &b);
         return rc == -EOPNOTSUPP ? -ENOTSUP : (int)rc;
     }
+    s->data_start = s->data_end = 0;
     int rc = vbd_co_fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, bytes);
     return rc == -EOPNOTSUPP ? -ENOTSUP : rc;
 }
@@ -302,6 +308,7 @@ static int file_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
         rc = (int)vbd_co_run_in_thread(do_blk_ioctl, &b);
         return rc == -EOPNOTSUPP || rc == -EINVAL ? -ENOTSUP : rc;
     }
+    s->data_start = s->data_end = 0;
     if ((flags & VBD_REQ_MAY_UNMAP) && off + bytes <= n->size) {
         rc = vbd_co_fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, bytes);
         if (rc == 0)
@@ -325,6 +332,10 @@ static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
         *pnum = bytes;
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     }
+    if (off >= s->data_start && off < s->data_end) {
+        *pnum = s->data_end - off < bytes ? s->data_end - off : bytes;
+        return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
+    }
     off_t data = lseek(s->fd, off, SEEK_DATA);
     if (data < 0) {
         if (errno == ENXIO) { /* no data after off: a hole to the end */
@@ -341,6 +352,10 @@ static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
     }
     off_t hole = lseek(s->fd, off, SEEK_HOLE);
     uint64_t len = hole > (off_t)off ? (uint64_t)hole - off : bytes;
+    if (hole > (off_t)off) {
+        s->data_start = off;
+        s->data_end = (uint64_t)hole;
+    }
     *pnum = len < bytes ? len : bytes;
     return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
 }
@@ -384,6 +399,7 @@ static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
     uint64_t old = n->size;
     if (!exact && size < old)
         return 0;
+    s->data_start = s->data_end = 0;
     if (ftruncate(s->fd, size) < 0) {
         vbd_error_setf(err, errno, "Failed to resize '%s': %s", n->filename, strerror(errno));
         return -errno;

@@ -1,0 +1,59 @@
+#!/bin/bash
+# vbd-daemon's NBD export vs qemu-nbd vs nbdkit (file plugin) serving the
+# same raw file on /dev/shm, over a unix socket and TCP loopback, driven by
+# the same client (fio's nbd engine) in one run. Ratio = vbd / best peer
+# (> 1: vbd is faster). Not a test.   bench/nbd.sh [SECONDS]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
+SECS=${1:-3}
+dir=$(mktemp -d /dev/shm/vbd-nbd-bench.XXXXXX)
+spid=
+trap '[ -n "$spid" ] && kill $spid 2>/dev/null; rm -rf "$dir"' EXIT
+img=$dir/disk.raw
+qemu-img create -q -f raw "$img" 1G
+qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
+PORT=${PORT:-10899}
+serve() { # SERVER TRANSPORT -> sets URI and spid
+    local s=$1 t=$2 sock=$dir/s.sock
+    rm -f "$sock"
+    local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
+    [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
+    case $s in
+        vbd) "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
+                 --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
+        qemu-nbd) if [ $t = unix ]; then qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
+                  else qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
+        nbdkit) if [ $t = unix ]; then nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
+                else nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
+    esac
+    spid=$!
+    for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done
+    URI=$uri
+}
+stop() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; sleep 0.2; }
+fio_iops() { # URI RW BS DEPTH
+    fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --time_based --runtime="$SECS" \
+        --size=1G --output-format=json 2>/dev/null |
+        python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; print(round(j[d]['iops']))"
+}
+echo "machine: $(machine); fio ioengine=nbd, $SECS s per run"
+printf '%-5s %-18s %10s %10s %10s %7s\n' via workload vbd qemu-nbd nbdkit ratio
+for t in unix tcp; do
+    while IFS='|' read -r label rw bs depth; do
+        declare -A r=()
+        for s in vbd qemu-nbd nbdkit; do
+            serve $s $t
+            r[$s]=$(fio_iops "$URI" $rw $bs $depth || echo 0)
+            stop
+        done
+        best=${r[qemu-nbd]}; [ "${r[nbdkit]}" -gt "$best" ] && best=${r[nbdkit]}
+        printf '%-5s %-18s %10s %10s %10s %7.2f\n' $t "$label" "${r[vbd]}" "${r[qemu-nbd]}" "${r[nbdkit]}" \
+            "$(echo "${r[vbd]} / ($best + 0.0001)" | bc -l)"
+    done <<ROWS
+4k randread QD1|randread|4k|1
+4k randread QD32|randread|4k|32
+4k randwrite QD32|randwrite|4k|32
+1M seqread QD8|read|1M|8
+ROWS
+done
