@@ -41,6 +41,26 @@ if [ -x "$BIN/vbd-daemon" ]; then
     kill %1; wait %1 2>/dev/null || true
 fi
 
+say "Convert to qcow2 (same layout as qemu-img's), check it with qemu-img, grow it"
+run "$BIN/vbd-img" convert -f raw -O qcow2 -o compression_type=zstd disk.raw disk.qcow2
+run qemu-img check disk.qcow2
+run "$BIN/vbd-img" resize disk.qcow2 2G
+run "$BIN/vbd-img" info disk.qcow2
+
+say "An overlay on it, written by vbd, read by qemu-io"
+run "$BIN/vbd-img" create -f qcow2 -b disk.qcow2 -F qcow2 overlay.qcow2
+run "$BIN/vbd-io" -c 'write -P 0x77 4k 8k' overlay.qcow2
+run qemu-io -r -c 'read -P 0xab 0 4k' -c 'read -P 0x77 4k 8k' -c 'read -P 0xab 12k 1012k' overlay.qcow2
+run "$BIN/vbd-img" map overlay.qcow2
+
+say "Serve the overlay to a VMM over vhost-user-blk; vbd-bench plays the VM"
+"$BIN/vbd-daemon" --drive file=overlay.qcow2,format=qcow2,cache=writeback,num-queues=2 --vhost-user "$D/vu.sock" &
+for _ in $(seq 100); do [ -S "$D/vu.sock" ] && break; sleep 0.05; done
+run "$BIN/vbd-bench" --vhost-user "$D/vu.sock" -q 2 --verify --size 64M
+run "$BIN/vbd-bench" --vhost-user "$D/vu.sock" -q 2 -w randread -b 4k -d 32 -t 2
+kill %%; wait %% 2>/dev/null || true
+run qemu-img check overlay.qcow2
+
 say "Benchmark: vbd-img bench vs qemu-img bench (4k reads, 32 in flight, same file)"
 run "$BIN/vbd-img" bench -c 200000 -d 32 -s 4k -f raw disk.raw
 run qemu-img bench -c 200000 -d 32 -s 4k -f raw -i io_uring disk.raw
