@@ -441,10 +441,9 @@ int64_t vbd_node_get_allocated_size(struct vbd_node *n)
 {
     if (n->drv->get_allocated_size)
         return n->drv->get_allocated_size(n);
-    int64_t total = 0;
     if (n->file)
-        total = vbd_node_get_allocated_size(n->file);
-    return total;
+        return vbd_node_get_allocated_size(n->file);
+    return n->drv->kind == VBD_DRV_PROTOCOL && strcmp(n->drv->name, "null-co") ? -1 : 0; /* unknown (nbd) */
 }
 
 int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)

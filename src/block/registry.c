@@ -6,12 +6,14 @@
 
 extern const struct vbd_driver *const vbd_driver_file;
 extern const struct vbd_driver *const vbd_driver_null_co;
+extern const struct vbd_driver *const vbd_driver_nbd;
 extern const struct vbd_driver *const vbd_driver_raw;
 extern const struct vbd_driver *const vbd_driver_qcow2;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
     &vbd_driver_null_co,
+    &vbd_driver_nbd,
     &vbd_driver_raw,
     &vbd_driver_qcow2,
     NULL,

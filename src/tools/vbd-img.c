@@ -247,7 +247,12 @@ static struct json_object *image_info_json(struct vbd_node *n, struct vbd_error 
                                json_object_new_string(n->full_backing_filename[0] ? n->full_backing_filename : n->backing_file));
         json_object_object_add(o, "backing-filename", json_object_new_string(n->backing_file));
     }
-    json_object_object_add(o, "dirty-flag", json_object_new_boolean(info.dirty_flag));
+    /* qemu-img shows it when the image (or, for raw, its protocol) answers get_info: not over NBD */
+    struct vbd_node *bottom = n;
+    while (bottom->file)
+        bottom = bottom->file;
+    if (info.has_dirty_flag || strcmp(bottom->drv->name, "nbd"))
+        json_object_object_add(o, "dirty-flag", json_object_new_boolean(info.dirty_flag));
     return o;
 }
 

@@ -1,0 +1,890 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Protocol driver "nbd": an NBD client (NetworkBlockDevice/nbd doc/proto.md).
+ * Fixed newstyle handshake with GO (EXPORT_NAME for old servers),
+ * structured replies and base:allocation block status. Requests of one
+ * connection are in flight together: the issuing coroutine sends and
+ * sleeps, one reader coroutine reads replies and hands each to its owner by
+ * cookie; read data lands straight in the caller's buffers. A lost
+ * connection is re-established for up to reconnect-delay seconds, and the
+ * requests that were in flight are sent again.
+ */
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/loop.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define NBD_MAGIC 0x4e42444d41474943ull
+#define NBD_IHAVEOPT 0x49484156454f5054ull
+#define NBD_REP_MAGIC 0x3e889045565a9ull
+#define NBD_REQ_MAGIC 0x25609513u
+#define NBD_SIMPLE_MAGIC 0x67446698u
+#define NBD_STRUCT_MAGIC 0x668e33efu
+#define OPT_EXPORT_NAME 1
+#define OPT_GO 7
+#define OPT_STRUCTURED 8
+#define OPT_SET_META 10
+#define REP_ACK 1
+#define REP_INFO 3
+#define REP_META 4
+#define INFO_EXPORT 0
+#define INFO_BLOCK_SIZE 3
+#define TF_READ_ONLY (1u << 1)
+#define TF_SEND_FLUSH (1u << 2)
+#define TF_SEND_FUA (1u << 3)
+#define TF_SEND_TRIM (1u << 5)
+#define TF_SEND_WRITE_ZEROES (1u << 6)
+#define TF_SEND_FAST_ZERO (1u << 11)
+#define CMD_READ 0
+#define CMD_WRITE 1
+#define CMD_DISC 2
+#define CMD_FLUSH 3
+#define CMD_TRIM 4
+#define CMD_WRITE_ZEROES 6
+#define CMD_BLOCK_STATUS 7
+#define CMDF_FUA 1
+#define CMDF_NO_HOLE 2
+#define CMDF_REQ_ONE 8
+#define CMDF_FAST_ZERO 16
+#define CHUNK_NONE 0
+#define CHUNK_DATA 1
+#define CHUNK_HOLE 2
+#define CHUNK_BLOCK_STATUS 5
+#define CHUNK_ERROR 32769
+#define CHUNK_ERROR_OFFSET 32770
+#define MAX_INFLIGHT 64
+
+struct nbd_req {
+    bool busy, done, sent;
+    uint16_t type, flags;
+    uint64_t off;
+    uint32_t len;
+    struct vbd_qiov *qiov; /* read: destination; write: source */
+    size_t qoff;
+    const void *payload; /* write from a plain buffer (nothing else uses it) */
+    int error;
+    uint32_t bs_len, bs_flags; /* first block status extent */
+    bool bs_got;
+    struct vbd_co *co;
+};
+
+struct nbd_state {
+    char *path, *host, *port, *export;
+    uint64_t reconnect_ns;
+    int fd;
+    bool structured;
+    uint32_t meta_id;
+    bool has_meta;
+    uint16_t tflags;
+    uint32_t min_block, max_block;
+    struct nbd_req reqs[MAX_INFLIGHT];
+    struct vbd_co_queue slot_q, conn_q;
+    struct vbd_co_mutex send_lock;
+    bool reader_running, connecting, closing;
+    int inflight;
+};
+
+static uint64_t be64(uint64_t v) { return __builtin_bswap64(v); }
+static uint32_t be32(uint32_t v) { return __builtin_bswap32(v); }
+static uint16_t be16(uint16_t v) { return __builtin_bswap16(v); }
+
+static int nbd_errno(uint32_t e)
+{
+    switch (e) {
+    case 1: return -EPERM;
+    case 5: return -EIO;
+    case 12: return -ENOMEM;
+    case 22: return -EINVAL;
+    case 28: return -ENOSPC;
+    case 75: return -EOVERFLOW;
+    case 95: return -ENOTSUP;
+    case 108: return -ESHUTDOWN;
+    default: return -EIO;
+    }
+}
+
+static int send_opt(int fd, uint32_t opt, const void *data, uint32_t len)
+{
+    uint8_t h[16];
+    uint64_t m = be64(NBD_IHAVEOPT);
+    uint32_t o = be32(opt), l = be32(len);
+    memcpy(h, &m, 8);
+    memcpy(h + 8, &o, 4);
+    memcpy(h + 12, &l, 4);
+    int rc = vbd_co_send_full(fd, h, 16);
+    return rc == 0 && len ? vbd_co_send_full(fd, data, len) : rc;
+}
+
+/* One option reply; payload (up to cap bytes kept, the rest skipped). */
+static int recv_opt_reply(int fd, uint32_t *type, uint8_t *buf, uint32_t cap, uint32_t *len)
+{
+    uint8_t h[20];
+    int rc = vbd_co_recv_full(fd, h, 20);
+    if (rc < 0)
+        return rc;
+    uint64_t m;
+    memcpy(&m, h, 8);
+    if (be64(m) != NBD_REP_MAGIC)
+        return -EPROTO;
+    uint32_t t, l;
+    memcpy(&t, h + 12, 4);
+    memcpy(&l, h + 16, 4);
+    *type = be32(t);
+    *len = be32(l);
+    uint32_t keep = *len < cap ? *len : cap;
+    if (keep && (rc = vbd_co_recv_full(fd, buf, keep)) < 0)
+        return rc;
+    for (uint32_t left = *len - keep; left;) {
+        uint8_t junk[256];
+        uint32_t c = left < sizeof(junk) ? left : sizeof(junk);
+        if ((rc = vbd_co_recv_full(fd, junk, c)) < 0)
+            return rc;
+        left -= c;
+    }
+    return 0;
+}
+
+static int dial(struct nbd_state *s, struct vbd_error **err)
+{
+    int fd;
+    if (s->path) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(s->path) >= sizeof(sa.sun_path)) {
+            vbd_error_setf(err, ENAMETOOLONG, "NBD socket path '%s' is too long", s->path);
+            return -ENAMETOOLONG;
+        }
+        strcpy(sa.sun_path, s->path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int rc = fd < 0 ? -errno : vbd_co_connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+        if (rc < 0) {
+            if (fd >= 0)
+                close(fd);
+            vbd_error_setf(err, -rc, "Failed to connect to '%s': %s", s->path, strerror(-rc));
+            return rc;
+        }
+        return fd;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+    int gai = getaddrinfo(s->host, s->port, &hints, &res);
+    if (gai) {
+        vbd_error_setf(err, EINVAL, "address resolution failed for %s:%s: %s", s->host, s->port, gai_strerror(gai));
+        return -EINVAL;
+    }
+    int rc = -ECONNREFUSED;
+    fd = -1;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        rc = vbd_co_connect(fd, a->ai_addr, a->ai_addrlen);
+        if (rc == 0)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        vbd_error_setf(err, -rc, "Failed to connect to '%s:%s': %s", s->host, s->port, strerror(-rc));
+        return rc;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_error **err)
+{
+    uint8_t g[18];
+    if (vbd_co_recv_full(fd, g, 18) < 0) {
+        vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
+        return -EIO;
+    }
+    uint64_t m1, m2;
+    uint16_t hf;
+    memcpy(&m1, g, 8);
+    memcpy(&m2, g + 8, 8);
+    memcpy(&hf, g + 16, 2);
+    hf = be16(hf);
+    if (be64(m1) != NBD_MAGIC || be64(m2) != NBD_IHAVEOPT || !(hf & 1)) {
+        vbd_error_setf(err, EPROTO, "the server does not speak fixed newstyle NBD");
+        return -EPROTO;
+    }
+    uint32_t cf = be32(1u | (hf & 2u));
+    if (vbd_co_send_full(fd, &cf, 4) < 0)
+        return -EIO;
+    uint8_t buf[512];
+    uint32_t type, len;
+    s->structured = false;
+    if (send_opt(fd, OPT_STRUCTURED, NULL, 0) < 0 || recv_opt_reply(fd, &type, buf, sizeof(buf), &len) < 0)
+        return -EIO;
+    s->structured = type == REP_ACK;
+    size_t nl = strlen(s->export);
+    s->has_meta = false;
+    if (s->structured) {
+        uint8_t q[4 + 4096 + 4 + 4 + 15];
+        uint32_t v = be32((uint32_t)nl);
+        memcpy(q, &v, 4);
+        memcpy(q + 4, s->export, nl);
+        v = be32(1);
+        memcpy(q + 4 + nl, &v, 4);
+        v = be32(15);
+        memcpy(q + 8 + nl, &v, 4);
+        memcpy(q + 12 + nl, "base:allocation", 15);
+        if (send_opt(fd, OPT_SET_META, q, (uint32_t)(27 + nl)) < 0)
+            return -EIO;
+        for (;;) {
+            if (recv_opt_reply(fd, &type, buf, sizeof(buf), &len) < 0)
+                return -EIO;
+            if (type == REP_META && len >= 4) {
+                memcpy(&s->meta_id, buf, 4);
+                s->meta_id = be32(s->meta_id);
+                s->has_meta = true;
+                continue;
+            }
+            break; /* ACK or an error: block status is then just "data" */
+        }
+    }
+    uint8_t q[4 + 4096 + 2 + 2];
+    uint32_t v = be32((uint32_t)nl);
+    memcpy(q, &v, 4);
+    memcpy(q + 4, s->export, nl);
+    uint16_t ni = be16(1), it = be16(INFO_BLOCK_SIZE);
+    memcpy(q + 4 + nl, &ni, 2);
+    memcpy(q + 6 + nl, &it, 2);
+    if (send_opt(fd, OPT_GO, q, (uint32_t)(8 + nl)) < 0)
+        return -EIO;
+    s->min_block = 1;
+    s->max_block = 32u << 20;
+    bool have_export = false;
+    for (;;) {
+        if (recv_opt_reply(fd, &type, buf, sizeof(buf), &len) < 0) {
+            vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
+            return -EIO;
+        }
+        if (type == REP_INFO && len >= 2) {
+            uint16_t info;
+            memcpy(&info, buf, 2);
+            info = be16(info);
+            if (info == INFO_EXPORT && len >= 12) {
+                uint64_t sz;
+                memcpy(&sz, buf + 2, 8);
+                memcpy(&s->tflags, buf + 10, 2);
+                *size = be64(sz);
+                s->tflags = be16(s->tflags);
+                have_export = true;
+            } else if (info == INFO_BLOCK_SIZE && len >= 14) {
+                uint32_t mn, mx;
+                memcpy(&mn, buf + 2, 4);
+                memcpy(&mx, buf + 10, 4);
+                s->min_block = be32(mn);
+                s->max_block = be32(mx);
+            }
+            continue;
+        }
+        if (type == REP_ACK && have_export)
+            return 0;
+        if (type & 0x80000000u) {
+            if (type == 0x80000001u) /* GO unsupported: the old way */
+                break;
+            buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = 0;
+            vbd_error_setf(err, ENOENT, "Requested export '%s' not available%s%s", s->export, len ? ": " : "",
+                           len ? (char *)buf : "");
+            return -ENOENT;
+        }
+        vbd_error_setf(err, EPROTO, "unexpected NBD option reply 0x%x", type);
+        return -EPROTO;
+    }
+    if (send_opt(fd, OPT_EXPORT_NAME, s->export, (uint32_t)nl) < 0)
+        return -EIO;
+    uint8_t e[10];
+    if (vbd_co_recv_full(fd, e, 10) < 0) {
+        vbd_error_setf(err, ENOENT, "Requested export '%s' not available", s->export);
+        return -ENOENT;
+    }
+    uint64_t sz;
+    memcpy(&sz, e, 8);
+    memcpy(&s->tflags, e + 8, 2);
+    *size = be64(sz);
+    s->tflags = be16(s->tflags);
+    if (!(hf & 2)) {
+        uint8_t z[124];
+        vbd_co_recv_full(fd, z, 124);
+    }
+    return 0;
+}
+
+static void reader_co(void *arg);
+
+static int skip_bytes(int fd, uint64_t n)
+{
+    uint8_t junk[4096];
+    while (n) {
+        uint32_t c = n < sizeof(junk) ? (uint32_t)n : sizeof(junk);
+        if (vbd_co_recv_full(fd, junk, c) < 0)
+            return -EIO;
+        n -= c;
+    }
+    return 0;
+}
+
+/* Reads len bytes from the socket into qiov at qoff. */
+static int recv_into(int fd, struct vbd_qiov *q, size_t qoff, uint32_t len)
+{
+    struct iovec small[64], *iov = small;
+    int cap = 64, rc = 0;
+    if (q->niov > 64) {
+        cap = q->niov;
+        iov = malloc(sizeof(*iov) * (size_t)cap);
+        if (!iov)
+            return -ENOMEM;
+    }
+    while (len) {
+        int cnt = vbd_iov_slice(iov, cap, q->iov, q->niov, qoff, len);
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
+        ssize_t r = cnt > 0 ? vbd_co_recvmsg(fd, &mh, 0) : -1;
+        if (r <= 0) {
+            rc = -EIO;
+            break;
+        }
+        qoff += (size_t)r;
+        len -= (uint32_t)r;
+    }
+    if (iov != small)
+        free(iov);
+    return rc;
+}
+
+static void complete(struct nbd_state *s, struct nbd_req *r)
+{
+    r->done = true;
+    if (r->co)
+        vbd_co_wake(r->co);
+    (void)s;
+}
+
+static int read_reply(struct nbd_state *s)
+{
+    int fd = s->fd;
+    uint8_t h[20];
+    if (vbd_co_recv_full(fd, h, 4) < 0)
+        return -EIO;
+    uint32_t magic;
+    memcpy(&magic, h, 4);
+    magic = be32(magic);
+    if (magic == NBD_SIMPLE_MAGIC) {
+        if (vbd_co_recv_full(fd, h + 4, 12) < 0)
+            return -EIO;
+        uint32_t e;
+        uint64_t cookie;
+        memcpy(&e, h + 4, 4);
+        memcpy(&cookie, h + 8, 8);
+        cookie = be64(cookie);
+        if (cookie >= MAX_INFLIGHT || !s->reqs[cookie].busy)
+            return -EPROTO;
+        struct nbd_req *r = &s->reqs[cookie];
+        if (e)
+            r->error = nbd_errno(be32(e));
+        else if (r->type == CMD_READ && recv_into(fd, r->qiov, r->qoff, r->len) < 0)
+            return -EIO;
+        complete(s, r);
+        return 0;
+    }
+    if (magic != NBD_STRUCT_MAGIC || vbd_co_recv_full(fd, h + 4, 16) < 0)
+        return -EPROTO;
+    uint16_t flags, type;
+    uint64_t cookie;
+    uint32_t len;
+    memcpy(&flags, h + 4, 2);
+    memcpy(&type, h + 6, 2);
+    memcpy(&cookie, h + 8, 8);
+    memcpy(&len, h + 16, 4);
+    flags = be16(flags);
+    type = be16(type);
+    cookie = be64(cookie);
+    len = be32(len);
+    if (cookie >= MAX_INFLIGHT || !s->reqs[cookie].busy)
+        return -EPROTO;
+    struct nbd_req *r = &s->reqs[cookie];
+    if (type == CHUNK_DATA && r->type == CMD_READ && len >= 8) {
+        uint64_t o;
+        if (vbd_co_recv_full(fd, &o, 8) < 0)
+            return -EIO;
+        o = be64(o);
+        if (o < r->off || o - r->off + (len - 8) > r->len)
+            return -EPROTO;
+        if (recv_into(fd, r->qiov, r->qoff + (o - r->off), len - 8) < 0)
+            return -EIO;
+    } else if (type == CHUNK_HOLE && r->type == CMD_READ && len == 12) {
+        uint8_t b[12];
+        if (vbd_co_recv_full(fd, b, 12) < 0)
+            return -EIO;
+        uint64_t o;
+        uint32_t l;
+        memcpy(&o, b, 8);
+        memcpy(&l, b + 8, 4);
+        o = be64(o);
+        l = be32(l);
+        if (o < r->off || o - r->off + l > r->len)
+            return -EPROTO;
+        vbd_iov_memset(r->qiov->iov, r->qiov->niov, r->qoff + (o - r->off), 0, l);
+    } else if (type == CHUNK_BLOCK_STATUS && len >= 12) {
+        uint8_t b[12];
+        if (vbd_co_recv_full(fd, b, 12) < 0 || skip_bytes(fd, len - 12) < 0)
+            return -EIO;
+        uint32_t id, l, f;
+        memcpy(&id, b, 4);
+        memcpy(&l, b + 4, 4);
+        memcpy(&f, b + 8, 4);
+        if (be32(id) == s->meta_id && !r->bs_got) {
+            r->bs_len = be32(l);
+            r->bs_flags = be32(f);
+            r->bs_got = true;
+        }
+    } else if ((type == CHUNK_ERROR || type == CHUNK_ERROR_OFFSET) && len >= 6) {
+        uint32_t e;
+        if (vbd_co_recv_full(fd, &e, 4) < 0 || skip_bytes(fd, len - 4) < 0)
+            return -EIO;
+        r->error = nbd_errno(be32(e));
+    } else if (skip_bytes(fd, len) < 0) {
+        return -EIO;
+    }
+    if (flags & 1) /* DONE */
+        complete(s, r);
+    return 0;
+}
+
+static void reader_co(void *arg)
+{
+    struct vbd_node *n = arg;
+    struct nbd_state *s = n->opaque;
+    while (!s->closing && read_reply(s) == 0)
+        ;
+    s->reader_running = false;
+    if (s->closing) {
+        vbd_co_queue_wake_all(&s->conn_q);
+        return;
+    }
+    vbd_warn("NBD connection to '%s' lost", n->filename);
+    shutdown(s->fd, SHUT_RDWR);
+    /* requests in flight: resent after a reconnect, or failed */
+    for (int i = 0; i < MAX_INFLIGHT; i++)
+        if (s->reqs[i].busy && !s->reqs[i].done) {
+            s->reqs[i].sent = false;
+            if (!s->reconnect_ns) {
+                s->reqs[i].error = -EIO;
+                complete(s, &s->reqs[i]);
+            } else if (s->reqs[i].co) {
+                vbd_co_wake(s->reqs[i].co); /* it reconnects and sends again */
+            }
+        }
+    vbd_co_queue_wake_all(&s->conn_q);
+}
+
+/* Makes sure a live connection exists (reconnecting within the delay). */
+static int ensure_connected(struct vbd_node *n)
+{
+    struct nbd_state *s = n->opaque;
+    if (s->reader_running)
+        return 0;
+    if (s->connecting) {
+        while (s->connecting)
+            vbd_co_queue_wait(&s->conn_q);
+        return s->reader_running ? 0 : -EIO;
+    }
+    if (!s->reconnect_ns)
+        return -EIO;
+    s->connecting = true;
+    uint64_t deadline = vbd_clock_ns() + s->reconnect_ns;
+    int rc = -EIO;
+    while (!s->closing && vbd_clock_ns() < deadline) {
+        struct vbd_error *e = NULL;
+        int fd = dial(s, &e);
+        vbd_error_free(e);
+        uint64_t size;
+        if (fd >= 0) {
+            e = NULL;
+            if (handshake(s, fd, &size, &e) == 0) {
+                vbd_error_free(e);
+                close(s->fd);
+                s->fd = fd;
+                s->reader_running = true;
+                vbd_co_wake(vbd_co_create(reader_co, n));
+                vbd_info("NBD connection to '%s' re-established", n->filename);
+                rc = 0;
+                break;
+            }
+            vbd_error_free(e);
+            close(fd);
+        }
+        vbd_co_sleep_ns(200000000);
+    }
+    s->connecting = false;
+    vbd_co_queue_wake_all(&s->conn_q);
+    return rc;
+}
+
+static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
+{
+    uint8_t h[28];
+    uint32_t m = be32(NBD_REQ_MAGIC), l = be32(r->len);
+    uint16_t f = be16(r->flags), t = be16(r->type);
+    uint64_t c = be64(cookie), o = be64(r->off);
+    memcpy(h, &m, 4);
+    memcpy(h + 4, &f, 2);
+    memcpy(h + 6, &t, 2);
+    memcpy(h + 8, &c, 8);
+    memcpy(h + 16, &o, 8);
+    memcpy(h + 24, &l, 4);
+    vbd_co_mutex_lock(&s->send_lock);
+    int rc = vbd_co_send_full(s->fd, h, 28);
+    if (rc == 0 && r->type == CMD_WRITE) {
+        struct iovec iov[64];
+        int cnt = vbd_iov_slice(iov, 64, r->qiov->iov, r->qiov->niov, r->qoff, r->len);
+        if (cnt >= 0) {
+            rc = vbd_co_sendv_full(s->fd, iov, cnt);
+        } else {
+            uint8_t *tmp = malloc(r->len);
+            vbd_iov_to_buf(r->qiov->iov, r->qiov->niov, r->qoff, tmp, r->len);
+            rc = vbd_co_send_full(s->fd, tmp, r->len);
+            free(tmp);
+        }
+    }
+    vbd_co_mutex_unlock(&s->send_lock);
+    return rc;
+}
+
+static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_t off, uint32_t len,
+                      struct vbd_qiov *q, size_t qoff, struct nbd_req *out)
+{
+    struct nbd_state *s = n->opaque;
+    int slot = -1;
+    for (;;) {
+        for (int i = 0; i < MAX_INFLIGHT; i++)
+            if (!s->reqs[i].busy) {
+                slot = i;
+                break;
+            }
+        if (slot >= 0)
+            break;
+        vbd_co_queue_wait(&s->slot_q);
+    }
+    struct nbd_req *r = &s->reqs[slot];
+    *r = (struct nbd_req){.busy = true, .type = type, .flags = flags, .off = off, .len = len, .qiov = q, .qoff = qoff,
+                          .co = vbd_co_self()};
+    int rc = 0;
+    for (;;) {
+        rc = ensure_connected(n);
+        if (rc < 0)
+            break;
+        if (!r->sent) {
+            r->sent = true;
+            r->done = false;
+            r->error = 0;
+            r->bs_got = false;
+            if (send_request(s, r, (uint64_t)slot) < 0) {
+                r->sent = false;
+                /* the reader notices the broken socket; wait for it */
+            }
+        }
+        while (!r->done && (r->sent || s->reader_running))
+            vbd_co_yield();
+        if (r->done) {
+            rc = r->error;
+            break;
+        }
+    }
+    if (out)
+        *out = *r;
+    r->busy = false;
+    vbd_co_queue_wake_one(&s->slot_q);
+    return rc;
+}
+
+static int parse_uri(const char *uri, struct json_object *opts, struct vbd_error **err)
+{
+    /* nbd://host[:port]/export, nbd+tcp://..., nbd+unix:///export?socket=PATH, nbd:unix:PATH[:exportname=E],
+     * nbd:HOST:PORT[:exportname=E] */
+    char *dup = strdup(uri);
+    int rc = -EINVAL;
+    if (!strncmp(dup, "nbd+unix://", 11)) {
+        char *p = dup + 11, *q = strchr(p, '?');
+        if (*p == '/')
+            p++;
+        if (q)
+            *q++ = 0;
+        json_object_object_add(opts, "export", json_object_new_string(p));
+        char *sock = q && !strncmp(q, "socket=", 7) ? q + 7 : NULL;
+        if (!sock) {
+            vbd_error_setf(err, EINVAL, "NBD URI '%s': nbd+unix needs ?socket=PATH", uri);
+            goto out;
+        }
+        json_object_object_add(opts, "server.type", json_object_new_string("unix"));
+        json_object_object_add(opts, "server.path", json_object_new_string(sock));
+    } else if (!strncmp(dup, "nbd://", 6) || !strncmp(dup, "nbd+tcp://", 10)) {
+        char *p = strstr(dup, "://") + 3, *slash = strchr(p, '/');
+        if (slash)
+            *slash = 0;
+        char *colon = strrchr(p, ':');
+        if (colon && !strchr(colon, ']'))
+            *colon = 0;
+        json_object_object_add(opts, "server.type", json_object_new_string("inet"));
+        json_object_object_add(opts, "server.host", json_object_new_string(p));
+        json_object_object_add(opts, "server.port", json_object_new_string(colon ? colon + 1 : "10809"));
+        json_object_object_add(opts, "export", json_object_new_string(slash ? slash + 1 : ""));
+    } else if (!strncmp(dup, "nbd:", 4)) {
+        char *p = dup + 4, *ex = strstr(p, ":exportname=");
+        if (ex) {
+            *ex = 0;
+            json_object_object_add(opts, "export", json_object_new_string(ex + 12));
+        }
+        if (!strncmp(p, "unix:", 5)) {
+            json_object_object_add(opts, "server.type", json_object_new_string("unix"));
+            json_object_object_add(opts, "server.path", json_object_new_string(p + 5));
+        } else {
+            char *colon = strrchr(p, ':');
+            if (!colon) {
+                vbd_error_setf(err, EINVAL, "NBD filename '%s': expected nbd:HOST:PORT or nbd:unix:PATH", uri);
+                goto out;
+            }
+            *colon = 0;
+            json_object_object_add(opts, "server.type", json_object_new_string("inet"));
+            json_object_object_add(opts, "server.host", json_object_new_string(p));
+            json_object_object_add(opts, "server.port", json_object_new_string(colon + 1));
+        }
+    } else {
+        vbd_error_setf(err, EINVAL, "'%s' is not an NBD URI", uri);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(dup);
+    return rc;
+}
+
+static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct nbd_state *s = n->opaque;
+    char *type = NULL, *tls = NULL;
+    uint64_t delay = 0;
+    s->fd = -1;
+    if (vbd_opt_take_str(opts, "server.type", &type, err) < 0 || vbd_opt_take_str(opts, "server.path", &s->path, err) < 0 ||
+        vbd_opt_take_str(opts, "server.host", &s->host, err) < 0 ||
+        vbd_opt_take_str(opts, "server.port", &s->port, err) < 0 || vbd_opt_take_str(opts, "export", &s->export, err) < 0 ||
+        vbd_opt_take_u64(opts, "reconnect-delay", &delay, err) < 0 || vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0)
+        goto fail;
+    if (tls) {
+        vbd_error_setf(err, ENOTSUP, "NBD client: TLS (tls-creds=%s) is not supported yet", tls);
+        goto fail;
+    }
+    if (!type || (strcmp(type, "unix") && strcmp(type, "inet"))) {
+        vbd_error_setf(err, EINVAL, "NBD: server.type must be 'unix' or 'inet'%s%s%s", type ? " (not '" : "",
+                       type ? type : "", type ? "')" : "");
+        goto fail;
+    }
+    if (!strcmp(type, "unix") ? !s->path : !s->host) {
+        vbd_error_setf(err, EINVAL, "NBD: server.%s is required", !strcmp(type, "unix") ? "path" : "host");
+        goto fail;
+    }
+    if (!strcmp(type, "unix")) {
+        free(s->host);
+        s->host = NULL;
+    } else {
+        free(s->path);
+        s->path = NULL;
+        if (!s->port)
+            s->port = strdup("10809");
+    }
+    if (!s->export)
+        s->export = strdup("");
+    if (strlen(s->export) > 4096) {
+        vbd_error_setf(err, EINVAL, "NBD export name too long");
+        goto fail;
+    }
+    s->reconnect_ns = delay * 1000000000ull;
+    int fd = dial(s, err);
+    if (fd < 0)
+        goto fail;
+    uint64_t size = 0;
+    if (handshake(s, fd, &size, err) < 0) {
+        close(fd);
+        if (err && *err)
+            vbd_error_prepend(err, "NBD server %s: ", s->path ? s->path : s->host);
+        goto fail;
+    }
+    s->fd = fd;
+    n->size = size;
+    if ((flags & VBD_OPEN_RDWR) && (s->tflags & TF_READ_ONLY)) {
+        vbd_error_setf(err, EACCES, "NBD export '%s' is read-only", s->export);
+        close(fd);
+        s->fd = -1;
+        goto fail;
+    }
+    n->bl.request_alignment = s->min_block ? s->min_block : 1;
+    n->bl.max_transfer = s->max_block ? s->max_block : (32u << 20);
+    if (n->bl.max_transfer > (32u << 20))
+        n->bl.max_transfer = 32u << 20;
+    n->supported_write_flags = (s->tflags & TF_SEND_FUA) ? VBD_REQ_FUA : 0;
+    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | ((s->tflags & TF_SEND_FUA) ? VBD_REQ_FUA : 0) |
+                              ((s->tflags & TF_SEND_FAST_ZERO) ? VBD_REQ_NO_FALLBACK : 0);
+    if (s->path)
+        snprintf(n->filename, sizeof(n->filename), "nbd+unix:///%s?socket=%s", s->export, s->path);
+    else
+        snprintf(n->filename, sizeof(n->filename), "nbd://%s:%s/%s", s->host, s->port, s->export);
+    s->reader_running = true;
+    vbd_co_wake(vbd_co_create(reader_co, n));
+    free(type);
+    return 0;
+fail:
+    free(type);
+    free(tls);
+    free(s->path);
+    free(s->host);
+    free(s->port);
+    free(s->export);
+    s->path = s->host = s->port = s->export = NULL;
+    return -EINVAL;
+}
+
+static void wait_reader(void *arg)
+{
+    struct nbd_state *s = arg;
+    while (s->reader_running)
+        vbd_co_queue_wait(&s->conn_q);
+}
+
+static void nbd_close(struct vbd_node *n)
+{
+    struct nbd_state *s = n->opaque;
+    s->closing = true;
+    if (s->fd >= 0) {
+        uint8_t h[28] = {0};
+        uint32_t m = be32(NBD_REQ_MAGIC);
+        uint16_t t = be16(CMD_DISC);
+        memcpy(h, &m, 4);
+        memcpy(h + 6, &t, 2);
+        if (send(s->fd, h, 28, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+            /* the server is gone anyway */
+        }
+        shutdown(s->fd, SHUT_RDWR);
+        /* the reader coroutine ends on the shut-down socket: wait for it, it uses our state */
+        if (s->reader_running) {
+            if (vbd_in_co())
+                while (s->reader_running)
+                    vbd_co_queue_wait(&s->conn_q);
+            else
+                vbd_co_run_sync(wait_reader, s);
+        }
+        close(s->fd);
+    }
+    free(s->path);
+    free(s->host);
+    free(s->port);
+    free(s->export);
+}
+
+static int nbd_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                      unsigned flags)
+{
+    (void)flags;
+    return do_request(n, CMD_READ, 0, off, (uint32_t)bytes, q, qoff, NULL);
+}
+
+static int nbd_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                       unsigned flags)
+{
+    return do_request(n, CMD_WRITE, (flags & VBD_REQ_FUA) ? CMDF_FUA : 0, off, (uint32_t)bytes, q, qoff, NULL);
+}
+
+static int nbd_flush(struct vbd_node *n)
+{
+    struct nbd_state *s = n->opaque;
+    if (!(s->tflags & TF_SEND_FLUSH))
+        return 0;
+    return do_request(n, CMD_FLUSH, 0, 0, 0, NULL, 0, NULL);
+}
+
+static int nbd_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    struct nbd_state *s = n->opaque;
+    if (!(s->tflags & TF_SEND_TRIM))
+        return -ENOTSUP;
+    return do_request(n, CMD_TRIM, 0, off, (uint32_t)bytes, NULL, 0, NULL);
+}
+
+static int nbd_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct nbd_state *s = n->opaque;
+    if (!(s->tflags & TF_SEND_WRITE_ZEROES))
+        return -ENOTSUP;
+    if ((flags & VBD_REQ_NO_FALLBACK) && !(s->tflags & TF_SEND_FAST_ZERO))
+        return -ENOTSUP;
+    uint16_t f = ((flags & VBD_REQ_MAY_UNMAP) ? 0 : CMDF_NO_HOLE) | ((flags & VBD_REQ_FUA) ? CMDF_FUA : 0) |
+                 ((flags & VBD_REQ_NO_FALLBACK) ? CMDF_FAST_ZERO : 0);
+    return do_request(n, CMD_WRITE_ZEROES, f, off, (uint32_t)bytes, NULL, 0, NULL);
+}
+
+static int nbd_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                            uint64_t *map, struct vbd_node **file)
+{
+    struct nbd_state *s = n->opaque;
+    (void)want_zero;
+    *map = off;
+    *file = n;
+    if (!s->has_meta) {
+        *pnum = bytes;
+        return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
+    }
+    uint32_t len = bytes > (1u << 31) ? (1u << 31) : (uint32_t)bytes;
+    struct nbd_req r;
+    int rc = do_request(n, CMD_BLOCK_STATUS, CMDF_REQ_ONE, off, len, NULL, 0, &r);
+    if (rc < 0)
+        return rc;
+    if (!r.bs_got || !r.bs_len) {
+        *pnum = bytes;
+        return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
+    }
+    *pnum = r.bs_len < bytes ? r.bs_len : bytes;
+    int st = VBD_BS_OFFSET_VALID;
+    if (!(r.bs_flags & 1)) /* not a hole */
+        st |= VBD_BS_DATA;
+    if (r.bs_flags & 2)
+        st |= VBD_BS_ZERO;
+    return st;
+}
+
+static int nbd_parse_filename(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    return parse_uri(filename, opts, err);
+}
+
+static const char *const nbd_protocols[] = {"nbd", "nbd+unix", "nbd+tcp", NULL};
+
+static const struct vbd_driver nbd_driver = {
+    .abi_size = sizeof(struct vbd_driver),
+    .name = "nbd",
+    .kind = VBD_DRV_PROTOCOL,
+    .protocols = nbd_protocols,
+    .state_size = sizeof(struct nbd_state),
+    .parse_filename = nbd_parse_filename,
+    .open = nbd_open,
+    .close = nbd_close,
+    .co_preadv = nbd_preadv,
+    .co_pwritev = nbd_pwritev,
+    .co_flush = nbd_flush,
+    .co_pdiscard = nbd_pdiscard,
+    .co_pwrite_zeroes = nbd_pwrite_zeroes,
+    .co_block_status = nbd_block_status,
+};
+VBD_DRIVER_REGISTER(nbd, nbd_driver);
