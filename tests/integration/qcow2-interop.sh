@@ -46,6 +46,16 @@ for ct in zlib zstd; do
     must qemu-img compare -q c.qcow2 src.raw
 done
 
+step "vbd -> qemu-img: convert -c (zlib, zstd) packs compressed clusters qemu reads"
+for ct in zlib zstd; do
+    rm -f vc.qcow2
+    must "$VBD_IMG" convert -c -O qcow2 -o compression_type=$ct src.raw vc.qcow2
+    qcheck vc.qcow2
+    must qemu-img compare -q vc.qcow2 src.raw
+    qemu-img check vc.qcow2 | grep -q "[1-9][0-9.]*% compressed clusters" || fail "no compressed clusters ($ct)"
+    [ "$(stat -c %s vc.qcow2)" -lt $((2 << 20)) ] || fail "compressed image is not smaller than its data ($ct)"
+done
+
 step "qemu-img -> vbd: a backing chain of 3 over raw"
 rm -f base.raw mid.qcow2 top.qcow2
 qemu-img create -q -f raw base.raw 64M

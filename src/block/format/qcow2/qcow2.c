@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #define DEFAULT_L2_CACHE_BYTES (8u << 20)
 
@@ -65,6 +67,7 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
     n->bl.max_transfer = 0;
     n->bl.opt_transfer = (uint32_t)s->cluster_size;
+    n->supported_write_flags = VBD_REQ_COMPRESSED;
     return vbd_open_backing(n, opts, flags, err);
 }
 
@@ -321,17 +324,123 @@ static int write_cow_cluster(struct vbd_node *n, uint64_t off, uint64_t len, str
     return 0;
 }
 
+static void release_entry(struct qcow2_state *s, uint64_t entry);
+
+/* Compressed data is packed: a chunk goes into the rest of the cluster the
+ * previous chunk ended in (one more reference on it), or starts new ones. */
+static int64_t alloc_bytes(struct qcow2_state *s, uint64_t len)
+{
+    uint64_t in = s->compress_pos & (s->cluster_size - 1);
+    if (s->compress_pos && in && s->cluster_size - in >= len) {
+        uint64_t at = s->compress_pos;
+        int rc = qcow2_update_refcount(s, at & ~(s->cluster_size - 1), 1);
+        if (rc < 0)
+            return rc;
+        s->compress_pos += len;
+        return (int64_t)at;
+    }
+    int64_t at = qcow2_alloc_clusters(s, (len + s->cluster_size - 1) >> s->cluster_bits);
+    if (at >= 0)
+        s->compress_pos = (uint64_t)at + len;
+    return at;
+}
+
+static size_t compress_cluster(struct qcow2_state *s, const uint8_t *in, uint8_t *out, size_t cap)
+{
+    if (s->compression_type == 1) {
+        size_t r = ZSTD_compress(out, cap, in, s->cluster_size, 3);
+        return ZSTD_isError(r) ? 0 : r;
+    }
+    z_stream z = {0};
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        return 0;
+    z.next_in = (uint8_t *)in;
+    z.avail_in = (uInt)s->cluster_size;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    int zr = deflate(&z, Z_FINISH);
+    size_t got = cap - z.avail_out;
+    deflateEnd(&z);
+    return zr == Z_STREAM_END ? got : 0;
+}
+
+/* One whole cluster, compressed (convert -c). Returns 1 when compression
+ * does not pay: the caller writes it normally. */
+static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct vbd_qiov *q, size_t qoff)
+{
+    struct qcow2_state *s = n->opaque;
+    uint8_t *plain = vbd_alloc_aligned(4096, s->cluster_size);
+    uint8_t *packed = vbd_alloc_aligned(4096, s->cluster_size);
+    vbd_iov_to_buf(q->iov, q->niov, qoff, plain, s->cluster_size);
+    size_t clen = compress_cluster(s, plain, packed, s->cluster_size - 512);
+    int rc = 1;
+    if (!clen)
+        goto out;
+    vbd_co_mutex_lock(&s->lock);
+    uint64_t *table;
+    uint32_t index;
+    struct qcow2_l2_slot *slot = NULL;
+    rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
+    if (rc < 0) {
+        vbd_co_mutex_unlock(&s->lock);
+        rc = rc == -ENOTSUP ? 1 : rc;
+        goto out;
+    }
+    int64_t at = alloc_bytes(s, clen);
+    uint64_t extra = (((uint64_t)at + clen - 1) >> 9) - ((uint64_t)at >> 9);
+    if (at < 0 || extra > s->csize_mask || (uint64_t)at > s->coffset_mask) {
+        vbd_co_mutex_unlock(&s->lock);
+        rc = at < 0 ? (int)at : 1;
+        goto out;
+    }
+    if (qcow2_overlaps_metadata(s, (uint64_t)at, clen)) {
+        rc = qcow2_signal_corruption(s, "compressed data would overwrite metadata", (uint64_t)at);
+        vbd_co_mutex_unlock(&s->lock);
+        goto out;
+    }
+    rc = vbd_node_co_pwrite(n->file, (uint64_t)at, packed, clen, 0);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc == 0)
+        rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
+    if (rc == 0) {
+        uint64_t *ep = &table[s->extended_l2 ? 2 * index : index];
+        uint64_t old = be64(ep[0]);
+        ep[0] = be64(QCOW_OFLAG_COMPRESSED | (extra << s->csize_shift) | (uint64_t)at);
+        if (s->extended_l2)
+            ep[1] = 0;
+        rc = vbd_node_co_pwrite(n->file, slot->offset + (uint64_t)index * s->l2_entry_size, ep, s->l2_entry_size, 0);
+        if (rc == 0 && old)
+            release_entry(s, old);
+    }
+    vbd_co_mutex_unlock(&s->lock);
+out:
+    free(plain);
+    free(packed);
+    return rc;
+}
+
 static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                          unsigned flags)
 {
     struct qcow2_state *s = n->opaque;
-    (void)flags;
     if (s->corrupt)
         return -EIO;
     while (bytes) {
         uint64_t in = off & (s->cluster_size - 1);
         uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
         uint64_t host = 0;
+        if ((flags & VBD_REQ_COMPRESSED) && len == s->cluster_size) {
+            int crc = write_compressed_cluster(n, off, q, qoff);
+            if (crc < 0)
+                return crc;
+            if (crc == 0) {
+                off += len;
+                qoff += len;
+                bytes -= len;
+                continue;
+            }
+        }
         vbd_co_mutex_lock(&s->lock);
         int rc = write_cow_cluster(n, off, len, q, qoff, &host);
         vbd_co_mutex_unlock(&s->lock);

@@ -112,6 +112,7 @@ struct qcow2_state {
     uint8_t *cbuf;              /* compressed input scratch */
     bool corrupt;
     bool read_only;
+    uint64_t compress_pos; /* end of the last compressed chunk written */
 };
 
 /* header.c */
