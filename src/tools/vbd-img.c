@@ -284,6 +284,34 @@ static void print_specific(struct json_object *v, int indent)
     }
 }
 
+
+/* qemu-img's snapshot table (info and snapshot -l) */
+static void print_snapshot_table(struct json_object *v)
+{
+    printf("Snapshot list:\n");
+    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+    for (size_t i = 0; i < json_object_array_length(v); i++) {
+        struct json_object *sn = json_object_array_get_idx(v, i);
+        time_t t = json_object_get_int64(json_object_object_get(sn, "date-sec"));
+        struct tm tm;
+        char date[32], vmsz[32];
+        localtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        tool_size_to_str((double)json_object_get_int64(json_object_object_get(sn, "vm-state-size")), vmsz,
+                         sizeof(vmsz));
+        int64_t secs = json_object_get_int64(json_object_object_get(sn, "vm-clock-sec"));
+        struct json_object *ic = json_object_object_get(sn, "icount");
+        char icount[32] = "";
+        if (ic)
+            snprintf(icount, sizeof(icount), "%lld", (long long)json_object_get_int64(ic));
+        printf("%-9s %-16s %8s %19s %02lld:%02lld:%02lld.%03lld %10s\n",
+               json_object_get_string(json_object_object_get(sn, "id")),
+               json_object_get_string(json_object_object_get(sn, "name")), vmsz, date, (long long)(secs / 3600),
+               (long long)(secs / 60 % 60), (long long)(secs % 60),
+               (long long)(json_object_get_int64(json_object_object_get(sn, "vm-clock-nsec")) / 1000000), icount);
+    }
+}
+
 static void print_info_human(struct json_object *o)
 {
     char s[64];
@@ -311,26 +339,8 @@ static void print_info_human(struct json_object *o)
         if (json_object_object_get_ex(o, "backing-filename-format", &v))
             printf("backing file format: %s\n", json_object_get_string(v));
     }
-    if (json_object_object_get_ex(o, "snapshots", &v)) {
-        printf("Snapshot list:\n");
-        printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
-        for (size_t i = 0; i < json_object_array_length(v); i++) {
-            struct json_object *sn = json_object_array_get_idx(v, i);
-            time_t t = json_object_get_int64(json_object_object_get(sn, "date-sec"));
-            struct tm tm;
-            char date[32], vmsz[32];
-            localtime_r(&t, &tm);
-            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-            tool_cvtstr((double)json_object_get_int64(json_object_object_get(sn, "vm-state-size")), vmsz, sizeof(vmsz));
-            int64_t secs = json_object_get_int64(json_object_object_get(sn, "vm-clock-sec"));
-            printf("%-9s %-16s %8s %19s %02lld:%02lld:%02lld.%03lld %10lld\n",
-                   json_object_get_string(json_object_object_get(sn, "id")),
-                   json_object_get_string(json_object_object_get(sn, "name")), vmsz, date, (long long)(secs / 3600),
-                   (long long)(secs / 60 % 60), (long long)(secs % 60),
-                   (long long)(json_object_get_int64(json_object_object_get(sn, "vm-clock-nsec")) / 1000000),
-                   (long long)json_object_get_int64(json_object_object_get(sn, "icount")));
-        }
-    }
+    if (json_object_object_get_ex(o, "snapshots", &v))
+        print_snapshot_table(v);
     if (json_object_object_get_ex(o, "format-specific", &v)) {
         printf("Format specific information:\n");
         struct json_object *data;
@@ -1272,14 +1282,7 @@ static int verb_snapshot(int argc, char **argv)
             json_object_object_add(only, "format", json_object_new_string(""));
             json_object_object_add(only, "virtual-size", json_object_new_int64(0));
             json_object_object_add(only, "snapshots", json_object_get(sn));
-            /* reuse the table printer from info */
-            printf("Snapshot list:\n");
-            printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
-            for (size_t i = 0; i < json_object_array_length(sn); i++) {
-                struct json_object *s = json_object_array_get_idx(sn, i);
-                printf("%-9s %-16s %8s\n", json_object_get_string(json_object_object_get(s, "id")),
-                       json_object_get_string(json_object_object_get(s, "name")), "0 B");
-            }
+            print_snapshot_table(sn);
             json_object_put(only);
         }
         json_object_put(o);

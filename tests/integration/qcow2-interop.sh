@@ -56,6 +56,19 @@ for ct in zlib zstd; do
     [ "$(stat -c %s vc.qcow2)" -lt $((2 << 20)) ] || fail "compressed image is not smaller than its data ($ct)"
 done
 
+step "qemu-img -> vbd: internal snapshots listed as qemu-img lists them; the active layer reads right"
+rm -f sn.qcow2
+must qemu-img create -q -f qcow2 sn.qcow2 16M
+must qemu-io -c "write -P 1 0 1M" sn.qcow2 >/dev/null
+must qemu-img snapshot -c first sn.qcow2
+must qemu-io -c "write -P 2 0 64k" sn.qcow2 >/dev/null
+must qemu-img snapshot -c second sn.qcow2
+same_json snapshot -l sn.qcow2
+same_json info sn.qcow2
+check_reads sn.qcow2
+out=$("$VBD_IO" -c "write -P 3 0 4k" sn.qcow2 2>&1) && fail "a write into a cluster shared with a snapshot was accepted"
+qcheck sn.qcow2
+
 step "qemu-img -> vbd: a backing chain of 3 over raw"
 rm -f base.raw mid.qcow2 top.qcow2
 qemu-img create -q -f raw base.raw 64M

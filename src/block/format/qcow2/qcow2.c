@@ -957,6 +957,7 @@ static const struct vbd_driver qcow2_driver = {
     .get_allocated_size = qcow2_allocated,
     .get_info = qcow2_get_info,
     .co_check = qcow2_co_check,
+    .snapshot_list = qcow2_snapshot_list,
     .create_opts = qcow2_create_opts,
     .co_create = qcow2_create,
 };

@@ -130,6 +130,9 @@ int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t of
 int qcow2_read_compressed(struct qcow2_state *s, uint64_t entry, uint8_t *out);
 int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index);
 
+/* snapshot.c */
+int qcow2_snapshot_list(struct vbd_node *n, struct vbd_snapshot_info **out);
+
 /* check.c */
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);
 
