@@ -774,6 +774,22 @@ static void conn_co(void *opaque)
     vbd_co_queue_wake_all(&srv.idle_q);
 }
 
+/* Serves one already connected socket to completion (tests and the fuzzer
+ * feed the server through a socketpair). Coroutine context. */
+void vbd_nbd_serve_fd(int fd)
+{
+    struct nbd_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+    c->next = srv.conns;
+    srv.conns = c;
+    srv.nconns++;
+    conn_co(c);
+}
+
 static void accept_co(void *opaque)
 {
     while (!srv.stopping) {
