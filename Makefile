@@ -3,7 +3,7 @@ BUILD      ?= build
 BUILD_ASAN ?= build-asan
 MESON_OPTS ?=
 
-.PHONY: all deps build build-asan check check-unit check-integration demo bench clean format
+.PHONY: all deps build build-asan check check-unit check-integration demo bench clean format fuzz
 
 all: build
 
@@ -32,6 +32,17 @@ demo: build
 
 bench: build
 	@./bench/run.sh $(BUILD)
+
+# libFuzzer runs of every fuzz target (clang), FUZZ_SECONDS each; make check
+# only runs their deterministic smoke mode.
+FUZZ_SECONDS ?= 60
+build-fuzz/build.ninja:
+	CC=clang meson setup build-fuzz --buildtype=debug -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false $(MESON_OPTS)
+
+fuzz: deps build-fuzz/build.ninja
+	ninja -C build-fuzz
+	@for t in build-fuzz/tests/fuzz/fuzz-*; do [ -x "$$t" ] || continue; mkdir -p build-fuzz/corpus/$${t##*/}; \
+	    echo "== $$t"; "$$t" -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus/$${t##*/} 2>&1 | tail -2 || exit 1; done
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
