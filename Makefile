@@ -42,7 +42,8 @@ build-fuzz/build.ninja:
 fuzz: deps build-fuzz/build.ninja
 	ninja -C build-fuzz
 	@for t in build-fuzz/tests/fuzz/fuzz-*; do [ -x "$$t" ] || continue; mkdir -p build-fuzz/corpus/$${t##*/}; \
-	    echo "== $$t"; "$$t" -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus/$${t##*/} 2>&1 | tail -2 || exit 1; done
+	    echo "== $$t"; "$$t" -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus/$${t##*/} >build-fuzz/$${t##*/}.log 2>&1 \
+	    || { tail -30 build-fuzz/$${t##*/}.log; exit 1; }; tail -1 build-fuzz/$${t##*/}.log; done
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
