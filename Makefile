@@ -41,6 +41,7 @@ build-fuzz/build.ninja:
 
 fuzz: deps build-fuzz/build.ninja
 	ninja -C build-fuzz
+	@./scripts/fuzz-seeds.sh build-fuzz/corpus
 	@for t in build-fuzz/tests/fuzz/fuzz-*; do [ -f "$$t" ] && [ -x "$$t" ] || continue; mkdir -p build-fuzz/corpus/$${t##*/}; \
 	    echo "== $$t"; "$$t" -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus/$${t##*/} >build-fuzz/$${t##*/}.log 2>&1 \
 	    || { tail -30 build-fuzz/$${t##*/}.log; exit 1; }; tail -1 build-fuzz/$${t##*/}.log; done

@@ -1,0 +1,19 @@
+#!/bin/bash
+# Seed corpus for the qcow2 fuzz target: small images made by qemu-img
+# (v2/v3, 512 B to 64 KiB clusters, extended L2, compression, a snapshot, a
+# backing name). Idempotent.
+set -euo pipefail
+d=$1/fuzz-qcow2
+mkdir -p "$d"
+[ -n "$(ls -A "$d")" ] && exit 0
+cd "$d"
+qemu-img create -q -f qcow2 v3.qcow2 1M && qemu-io -c "write -P 1 0 64k" -c "write -z 128k 64k" v3.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 1M && qemu-io -c "write -P 2 4k 4k" v2.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=1 small.qcow2 256k
+qemu-io -c "write -P 3 1000 3000" small.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=16k extl2.qcow2 1M
+qemu-io -c "write -P 4 4k 4k" extl2.qcow2 >/dev/null
+head -c 200000 /dev/urandom >raw.bin
+qemu-img convert -q -c -O qcow2 -f raw raw.bin comp.qcow2 && rm raw.bin
+qemu-img snapshot -c s1 v3.qcow2
+qemu-img create -q -f qcow2 -b v3.qcow2 -F qcow2 backed.qcow2
