@@ -220,7 +220,8 @@ static struct json_object *image_info_json(struct vbd_node *n, struct vbd_error 
         struct json_object *arr = json_object_new_array();
         for (int i = 0; i < nsn; i++) {
             struct json_object *s = json_object_new_object();
-            json_object_object_add(s, "icount", json_object_new_int64((int64_t)sn[i].icount));
+            if (sn[i].icount_valid) /* qemu-img leaves it out when the snapshot has none */
+                json_object_object_add(s, "icount", json_object_new_int64((int64_t)sn[i].icount));
             json_object_object_add(s, "vm-clock-nsec", json_object_new_int64(sn[i].vm_clock_nsec % 1000000000));
             json_object_object_add(s, "name", json_object_new_string(sn[i].name));
             json_object_object_add(s, "date-sec", json_object_new_int64(sn[i].date_sec));

@@ -66,8 +66,37 @@ must qemu-img snapshot -c second sn.qcow2
 same_json snapshot -l sn.qcow2
 same_json info sn.qcow2
 check_reads sn.qcow2
-out=$("$VBD_IO" -c "write -P 3 0 4k" sn.qcow2 2>&1) && fail "a write into a cluster shared with a snapshot was accepted"
+must "$VBD_IO" -c "write -P 3 0 4k" -c "write -P 4 512k 4k" sn.qcow2 >/dev/null   # copy-on-write of shared L2 and data
 qcheck sn.qcow2
+same_json check --output=json sn.qcow2
+must qemu-io -r -c "read -P 3 0 4k" -c "read -P 2 4k 60k" -c "read -P 4 512k 4k" sn.qcow2 >/dev/null
+must qemu-img convert -l snapshot.name=first -O raw sn.qcow2 first.raw
+must qemu-io -f raw -r -c "read -P 1 0 1M" first.raw >/dev/null
+
+step "vbd -> qemu-img: snapshots created, applied and deleted by vbd"
+rm -f vs.qcow2
+must "$VBD_IMG" create -q -f qcow2 vs.qcow2 16M
+must "$VBD_IO" -c "write -P 0x11 0 1M" -c "write -P 0x12 8M 64k" vs.qcow2 >/dev/null
+must "$VBD_IMG" snapshot -c one vs.qcow2
+must "$VBD_IO" -c "write -P 0x21 0 64k" -c "write -P 0x22 100k 4k" -c "write -z 8M 64k" vs.qcow2 >/dev/null
+must "$VBD_IMG" snapshot -c two vs.qcow2
+must "$VBD_IO" -c "write -P 0x31 2M 64k" vs.qcow2 >/dev/null
+qcheck vs.qcow2
+same_json snapshot -l vs.qcow2
+same_json check --output=json vs.qcow2
+must qemu-img convert -l snapshot.name=one -O raw vs.qcow2 one.raw
+must qemu-io -f raw -r -c "read -P 0x11 0 1M" -c "read -P 0x12 8M 64k" -c "read -P 0 2M 64k" one.raw >/dev/null
+cp vs.qcow2 vs-qemu.qcow2
+must qemu-img snapshot -a two vs-qemu.qcow2       # qemu applies a snapshot vbd made
+must qemu-io -r -c "read -P 0x21 0 64k" -c "read -P 0x22 100k 4k" -c "read -P 0 8M 64k" -c "read -P 0 2M 64k" vs-qemu.qcow2 >/dev/null
+must "$VBD_IMG" snapshot -a one vs.qcow2
+qcheck vs.qcow2
+must qemu-io -r -c "read -P 0x11 0 1M" -c "read -P 0x12 8M 64k" -c "read -P 0 2M 64k" vs.qcow2 >/dev/null
+must "$VBD_IMG" snapshot -d two vs.qcow2
+must "$VBD_IMG" snapshot -d one vs.qcow2
+qcheck vs.qcow2
+[ -z "$(qemu-img snapshot -l vs.qcow2)" ] || fail "snapshots left after deleting them"
+must_fail_with "not found" "$VBD_IMG" snapshot -a nosuch vs.qcow2
 
 step "qemu-img -> vbd: a backing chain of 3 over raw"
 rm -f base.raw mid.qcow2 top.qcow2

@@ -43,7 +43,8 @@ static void add(struct ctx *c, uint64_t off, uint64_t len, const char *what)
         c->end = off + len;
 }
 
-static int walk_l2(struct ctx *c, uint64_t l2_off, uint64_t guest_base, uint8_t *table, uint64_t *prev_host)
+static int walk_l2(struct ctx *c, uint64_t l2_off, uint64_t guest_base, uint8_t *table, uint64_t *prev_host,
+                   bool active)
 {
     struct qcow2_state *s = c->s;
     if (vbd_node_co_pread(s->n->file, l2_off, table, s->cluster_size) < 0) {
@@ -62,8 +63,10 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint64_t guest_base, uint8_t 
             uint64_t coff = e & s->coffset_mask;
             uint64_t nsect = ((e >> s->csize_shift) & s->csize_mask) + 1;
             add(c, coff & ~511ull, nsect * 512, "compressed cluster");
-            c->res->allocated_clusters++;
-            c->res->compressed_clusters++;
+            if (active) {
+                c->res->allocated_clusters++;
+                c->res->compressed_clusters++;
+            }
             continue;
         }
         uint64_t host = e & L2E_OFFSET_MASK;
@@ -76,6 +79,8 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint64_t guest_base, uint8_t 
             continue;
         }
         add(c, host, s->cluster_size, "data cluster");
+        if (!active)
+            continue;
         c->res->allocated_clusters++;
         if (*prev_host && host != *prev_host + s->cluster_size)
             c->res->fragmented_clusters++;
@@ -87,10 +92,6 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint64_t guest_base, uint8_t 
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
-    if (s->nb_snapshots) {
-        vbd_error_setf(err, ENOTSUP, "qcow2: checking images with internal snapshots is not supported yet");
-        return -ENOTSUP;
-    }
     vbd_co_mutex_lock(&s->lock);
     struct ctx c = {.s = s, .res = res};
     c.nclusters = (n->file->size + s->cluster_size - 1) >> s->cluster_bits;
@@ -103,6 +104,44 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
     for (uint64_t i = 0; i < s->reftable_entries; i++)
         if (s->reftable[i])
             add(&c, s->reftable[i], s->cluster_size, "refcount block");
+    /* every snapshot: its table entry, its L1 table and what that reaches */
+    if (s->nb_snapshots) {
+        uint8_t *tab = NULL;
+        uint64_t tlen = 0, *offs = NULL;
+        if (qcow2_snapshot_table(s, &tab, &tlen, &offs) < 0) {
+            fprintf(stderr, "ERROR the snapshot table cannot be read\n");
+            res->corruptions++;
+        } else {
+            add(&c, s->snapshots_offset, tlen, "snapshot table");
+            for (uint32_t k = 0; k < s->nb_snapshots; k++) {
+                uint64_t l1o = get_be64p(tab + offs[k]);
+                uint32_t l1n = get_be32p(tab + offs[k] + 8);
+                if ((uint64_t)l1n * 8 > QCOW2_MAX_L1_BYTES || (l1o & (s->cluster_size - 1))) {
+                    fprintf(stderr, "ERROR snapshot %u has an invalid L1 table\n", k);
+                    res->corruptions++;
+                    continue;
+                }
+                add(&c, l1o, (uint64_t)l1n * 8, "snapshot L1 table");
+                uint64_t *sl1 = malloc((uint64_t)l1n * 8 + 8), dummy = 0;
+                if (l1n && vbd_node_co_pread(n->file, l1o, sl1, (uint64_t)l1n * 8) < 0) {
+                    res->check_errors++;
+                    free(sl1);
+                    continue;
+                }
+                for (uint32_t i = 0; i < l1n; i++) {
+                    uint64_t l2 = be64(sl1[i]) & L1E_OFFSET_MASK;
+                    if (!l2 || (l2 & (s->cluster_size - 1)))
+                        continue;
+                    add(&c, l2, s->cluster_size, "L2 table");
+                    if ((l2 >> s->cluster_bits) < c.nclusters)
+                        walk_l2(&c, l2, (uint64_t)i << (s->l2_bits + s->cluster_bits), table, &dummy, false);
+                }
+                free(sl1);
+            }
+            free(tab);
+            free(offs);
+        }
+    }
     uint64_t prev_host = 0;
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t l2 = s->l1[i] & L1E_OFFSET_MASK;
@@ -116,7 +155,7 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
         }
         add(&c, l2, s->cluster_size, "L2 table");
         if ((l2 >> s->cluster_bits) < c.nclusters)
-            walk_l2(&c, l2, (uint64_t)i << (s->l2_bits + s->cluster_bits), table, &prev_host);
+            walk_l2(&c, l2, (uint64_t)i << (s->l2_bits + s->cluster_bits), table, &prev_host, true);
     }
     /* the end as found, before any repair (qemu-img reports it so) */
     for (uint64_t k = c.nclusters; k-- > 0;) {

@@ -68,8 +68,37 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
         return qcow2_signal_corruption(s, "L2 table offset not cluster aligned", l2_off);
     if (l2_off && (l2_off < s->cluster_size || l2_off + s->cluster_size > s->file_end + s->cluster_size))
         return qcow2_signal_corruption(s, "L2 table offset outside the image", l2_off);
-    if (l2_off && alloc && !(l1e & QCOW_OFLAG_COPIED))
-        return -ENOTSUP; /* shared with a snapshot: needs L2 copy-on-write */
+    if (l2_off && alloc && !(l1e & QCOW_OFLAG_COPIED)) {
+        /* shared with a snapshot: the active image gets its own copy of the table
+         * (the data clusters it points to already hold a reference for each) */
+        struct qcow2_l2_slot *old;
+        int rc = load_l2(s, l2_off, &old);
+        if (rc < 0)
+            return rc;
+        int64_t nl2 = qcow2_alloc_clusters(s, 1);
+        if (nl2 < 0)
+            return (int)nl2;
+        uint8_t *copy = vbd_alloc_aligned(4096, s->cluster_size);
+        memcpy(copy, old->table, s->cluster_size);
+        rc = vbd_node_co_pwrite(s->n->file, (uint64_t)nl2, copy, s->cluster_size, 0);
+        if (rc == 0)
+            rc = qcow2_flush_refcounts(s);
+        if (rc == 0) {
+            s->l1[l1_index] = (uint64_t)nl2 | QCOW_OFLAG_COPIED;
+            rc = qcow2_write_l1_entry(s, (uint32_t)l1_index);
+        }
+        if (rc == 0) {
+            qcow2_update_refcount(s, l2_off, -1); /* a failure only leaks */
+            memcpy(old->table, copy, s->cluster_size);
+            old->offset = (uint64_t)nl2;
+            old->lru = ++s->lru_clock;
+            *table = old->table;
+            if (slot)
+                *slot = old;
+        }
+        free(copy);
+        return rc;
+    }
     if (!l2_off) {
         if (!alloc)
             return 0;

@@ -958,6 +958,9 @@ static const struct vbd_driver qcow2_driver = {
     .get_info = qcow2_get_info,
     .co_check = qcow2_co_check,
     .snapshot_list = qcow2_snapshot_list,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_goto = qcow2_snapshot_goto,
+    .snapshot_delete = qcow2_snapshot_delete,
     .create_opts = qcow2_create_opts,
     .co_create = qcow2_create,
 };

@@ -132,6 +132,10 @@ int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index);
 
 /* snapshot.c */
 int qcow2_snapshot_list(struct vbd_node *n, struct vbd_snapshot_info **out);
+int qcow2_snapshot_table(struct qcow2_state *s, uint8_t **tab, uint64_t *len, uint64_t **offs);
+int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, struct vbd_error **err);
+int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_error **err);
+int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err);
 
 /* check.c */
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);

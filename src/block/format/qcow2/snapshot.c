@@ -65,3 +65,386 @@ bad:
     free(list);
     return -EINVAL;
 }
+
+/* ------------------------------------------------------------------ */
+/* create, apply, delete (QEMU's reference scheme: a snapshot's L1 shares
+ * the L2 tables, and every cluster reachable from it holds one reference
+ * for it; COPIED flags mark what the active image owns alone) */
+
+#include "vbd/iov.h"
+
+#include <stdio.h>
+#include <time.h>
+
+static int read_table(struct qcow2_state *s, uint8_t **out, uint64_t *len, uint64_t *offs);
+
+int qcow2_snapshot_table(struct qcow2_state *s, uint8_t **tab, uint64_t *len, uint64_t **offs)
+{
+    *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t));
+    if (!*offs)
+        return -ENOMEM;
+    int rc = read_table(s, tab, len, *offs);
+    if (rc < 0) {
+        free(*offs);
+        *offs = NULL;
+    }
+    return rc;
+}
+
+/* The raw snapshot table and the offset of each entry. */
+static int read_table(struct qcow2_state *s, uint8_t **out, uint64_t *len, uint64_t *offs)
+{
+    struct vbd_node *n = s->n;
+    uint64_t off = s->snapshots_offset, total = 0;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        uint8_t h[40];
+        if (vbd_node_co_pread(n->file, off, h, 40) < 0)
+            return -EIO;
+        uint64_t l = 40 + get_be32p(h + 36) + ((h[12] << 8) | h[13]) + ((h[14] << 8) | h[15]);
+        l = (l + 7) & ~7ull;
+        if (offs)
+            offs[i] = total;
+        total += l;
+        off += l;
+        if (total > SNAPSHOT_TABLE_MAX)
+            return -EINVAL;
+    }
+    *out = malloc(total ? total : 1);
+    if (!*out)
+        return -ENOMEM;
+    if (total && vbd_node_co_pread(n->file, s->snapshots_offset, *out, total) < 0) {
+        free(*out);
+        return -EIO;
+    }
+    *len = total;
+    return 0;
+}
+
+static int add_refs(struct qcow2_state *s, uint64_t off, uint64_t len, int64_t delta)
+{
+    for (uint64_t c = off & ~(s->cluster_size - 1); c < off + len; c += s->cluster_size) {
+        int rc = qcow2_update_refcount(s, c, delta);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* +1/-1 on everything an L1 table reaches (L2 tables and data clusters). */
+static int l1_refs(struct qcow2_state *s, const uint64_t *l1, uint32_t l1_size, int64_t delta)
+{
+    uint8_t *t = vbd_alloc_aligned(4096, s->cluster_size);
+    int rc = 0;
+    for (uint32_t i = 0; i < l1_size && rc == 0; i++) {
+        uint64_t l2 = l1[i] & L1E_OFFSET_MASK;
+        if (!l2)
+            continue;
+        if ((rc = vbd_node_co_pread(s->n->file, l2, t, s->cluster_size)) < 0)
+            break;
+        for (uint32_t j = 0; j < (1u << s->l2_bits) && rc == 0; j++) {
+            uint64_t e = get_be64p(t + (uint64_t)j * s->l2_entry_size);
+            if (qcow2_entry_type(s, e) == QCOW2_COMPRESSED) {
+                uint64_t coff = e & s->coffset_mask;
+                uint64_t nsect = ((e >> s->csize_shift) & s->csize_mask) + 1;
+                rc = add_refs(s, coff & ~511ull, nsect * 512 - 0, delta);
+            } else if (e & L2E_OFFSET_MASK) {
+                rc = qcow2_update_refcount(s, e & L2E_OFFSET_MASK, delta);
+            }
+        }
+        if (rc == 0)
+            rc = qcow2_update_refcount(s, l2, delta);
+    }
+    free(t);
+    return rc;
+}
+
+/* COPIED on the active L1/L2 entries exactly where the refcount is 1. */
+static int fix_copied(struct qcow2_state *s)
+{
+    uint8_t *t = vbd_alloc_aligned(4096, s->cluster_size);
+    int rc = 0;
+    for (uint32_t i = 0; i < s->l1_size && rc == 0; i++) {
+        uint64_t l2 = s->l1[i] & L1E_OFFSET_MASK, r = 0;
+        if (!l2)
+            continue;
+        if ((rc = vbd_node_co_pread(s->n->file, l2, t, s->cluster_size)) < 0)
+            break;
+        bool dirty = false;
+        for (uint32_t j = 0; j < (1u << s->l2_bits) && rc == 0; j++) {
+            uint8_t *p = t + (uint64_t)j * s->l2_entry_size;
+            uint64_t e = get_be64p(p), h = e & L2E_OFFSET_MASK, hr = 0;
+            if (qcow2_entry_type(s, e) == QCOW2_COMPRESSED || !h)
+                continue;
+            rc = qcow2_get_refcount(s, h >> s->cluster_bits, &hr);
+            uint64_t ne = hr == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED;
+            if (ne != e) {
+                put_be64p(p, ne);
+                dirty = true;
+            }
+        }
+        if (rc == 0 && dirty)
+            rc = vbd_node_co_pwrite(s->n->file, l2, t, s->cluster_size, 0);
+        if (rc == 0)
+            rc = qcow2_get_refcount(s, l2 >> s->cluster_bits, &r);
+        uint64_t ne = r == 1 ? s->l1[i] | QCOW_OFLAG_COPIED : s->l1[i] & ~QCOW_OFLAG_COPIED;
+        if (rc == 0 && ne != s->l1[i]) {
+            s->l1[i] = ne;
+            rc = qcow2_write_l1_entry(s, i);
+        }
+    }
+    free(t);
+    /* the cached L2 tables are stale now */
+    for (int i = 0; i < s->l2_cache_slots; i++)
+        s->l2_cache[i].offset = 0;
+    return rc;
+}
+
+static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, uint32_t count)
+{
+    uint64_t old = s->snapshots_offset, old_len = 0;
+    uint8_t *oldtab = NULL;
+    if (s->nb_snapshots && read_table(s, &oldtab, &old_len, NULL) == 0)
+        free(oldtab);
+    int64_t at = 0;
+    int rc = 0;
+    if (len) {
+        at = qcow2_alloc_clusters(s, (len + s->cluster_size - 1) >> s->cluster_bits);
+        if (at < 0)
+            return (int)at;
+        rc = vbd_node_co_pwrite(s->n->file, (uint64_t)at, tab, len, 0);
+    }
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file);
+    uint8_t h[12];
+    put_be32p(h, count);
+    put_be64p(h + 4, (uint64_t)at);
+    if (rc == 0)
+        rc = vbd_node_co_pwrite(s->n->file, 60, h, 12, 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file);
+    if (rc < 0)
+        return rc;
+    s->nb_snapshots = count;
+    s->snapshots_offset = (uint64_t)at;
+    if (old && old_len)
+        add_refs(s, old, old_len, -1); /* a failure only leaks */
+    return 0;
+}
+
+static int find(struct qcow2_state *s, const uint8_t *tab, const uint64_t *offs, const char *id, const char *name)
+{
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        const uint8_t *e = tab + offs[i];
+        uint32_t extra = get_be32p(e + 36);
+        uint16_t il = (uint16_t)((e[12] << 8) | e[13]), nl = (uint16_t)((e[14] << 8) | e[15]);
+        const char *eid = (const char *)e + 40 + extra, *ename = eid + il;
+        if (id && strlen(id) == il && !memcmp(eid, id, il))
+            return (int)i;
+        if (name && strlen(name) == nl && !memcmp(ename, name, nl))
+            return (int)i;
+    }
+    return -1;
+}
+
+int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    if (s->read_only || s->corrupt) {
+        vbd_error_setf(err, EACCES, "the image is read-only or corrupt");
+        return -EACCES;
+    }
+    vbd_co_mutex_lock(&s->lock);
+    uint8_t *tab = NULL, *ntab = NULL;
+    uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t));
+    uint64_t *l1copy = NULL;
+    int rc = read_table(s, &tab, &len, offs);
+    if (rc < 0)
+        goto out;
+    if (find(s, tab, offs, NULL, sn->name) >= 0) {
+        vbd_error_setf(err, EEXIST, "a snapshot named '%s' already exists", sn->name);
+        rc = -EEXIST;
+        goto out;
+    }
+    unsigned long maxid = 0;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        const uint8_t *e = tab + offs[i];
+        uint16_t il = (uint16_t)((e[12] << 8) | e[13]);
+        char idb[32] = "";
+        memcpy(idb, e + 40 + get_be32p(e + 36), il < 31 ? il : 31);
+        unsigned long v = strtoul(idb, NULL, 10);
+        if (v > maxid)
+            maxid = v;
+    }
+    snprintf(sn->id, sizeof(sn->id), "%lu", maxid + 1);
+    /* 1. a copy of the active L1 for the snapshot */
+    uint64_t l1_bytes = (uint64_t)s->l1_size * 8;
+    int64_t l1_at = 0;
+    if (s->l1_size) {
+        l1_at = qcow2_alloc_clusters(s, (l1_bytes + s->cluster_size - 1) >> s->cluster_bits);
+        if (l1_at < 0) {
+            rc = (int)l1_at;
+            goto out;
+        }
+        l1copy = malloc(l1_bytes);
+        for (uint32_t i = 0; i < s->l1_size; i++)
+            l1copy[i] = be64(s->l1[i] & ~QCOW_OFLAG_COPIED);
+        if ((rc = vbd_node_co_pwrite(n->file, (uint64_t)l1_at, l1copy, l1_bytes, 0)) < 0)
+            goto out;
+    }
+    /* 2. one more reference on everything it reaches; the active image owns nothing alone now */
+    if ((rc = l1_refs(s, s->l1, s->l1_size, 1)) < 0 || (rc = vbd_node_co_flush(n->file)) < 0 ||
+        (rc = fix_copied(s)) < 0 || (rc = vbd_node_co_flush(n->file)) < 0)
+        goto out;
+    /* 3. the new table entry */
+    size_t il = strlen(sn->id), nl = strlen(sn->name);
+    uint64_t elen = (40 + 24 + il + nl + 7) & ~7ull;
+    ntab = calloc(1, len + elen);
+    memcpy(ntab, tab, len);
+    uint8_t *e = ntab + len;
+    put_be64p(e, (uint64_t)l1_at);
+    put_be32p(e + 8, s->l1_size);
+    e[12] = (uint8_t)(il >> 8), e[13] = (uint8_t)il;
+    e[14] = (uint8_t)(nl >> 8), e[15] = (uint8_t)nl;
+    put_be32p(e + 16, sn->date_sec);
+    put_be32p(e + 20, sn->date_nsec);
+    put_be64p(e + 24, sn->vm_clock_nsec);
+    put_be32p(e + 32, 0);  /* vm state: none */
+    put_be32p(e + 36, 24); /* extra data: vm_state_size_large, disk_size, icount */
+    put_be64p(e + 40, 0);
+    put_be64p(e + 48, n->size);
+    put_be64p(e + 56, 0); /* icount, as qemu-img snapshot -c records it */
+    memcpy(e + 64, sn->id, il);
+    memcpy(e + 64 + il, sn->name, nl);
+    rc = write_table(s, ntab, len + elen, s->nb_snapshots + 1);
+out:
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "%s", strerror(-rc));
+    vbd_co_mutex_unlock(&s->lock);
+    free(tab);
+    free(ntab);
+    free(offs);
+    free(l1copy);
+    return rc;
+}
+
+static int entry_l1(struct qcow2_state *s, const uint8_t *e, uint64_t **l1, uint32_t *size)
+{
+    uint64_t at = get_be64p(e);
+    *size = get_be32p(e + 8);
+    if ((uint64_t)*size * 8 > QCOW2_MAX_L1_BYTES || (at & (s->cluster_size - 1)))
+        return -EINVAL;
+    *l1 = malloc((uint64_t)*size * 8 + 8);
+    if (*size && vbd_node_co_pread(s->n->file, at, *l1, (uint64_t)*size * 8) < 0) {
+        free(*l1);
+        return -EIO;
+    }
+    for (uint32_t i = 0; i < *size; i++)
+        (*l1)[i] = be64((*l1)[i]);
+    return 0;
+}
+
+int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    vbd_co_mutex_lock(&s->lock);
+    uint8_t *tab = NULL;
+    uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t)), *l1 = NULL;
+    int rc = read_table(s, &tab, &len, offs);
+    int i = rc < 0 ? -1 : find(s, tab, offs, id, name);
+    if (rc == 0 && i < 0) {
+        vbd_error_setf(err, ENOENT, "snapshot '%s' not found", id ? id : name);
+        rc = -ENOENT;
+    }
+    uint32_t l1_size = 0;
+    if (rc == 0)
+        rc = entry_l1(s, tab + offs[i], &l1, &l1_size);
+    if (rc == 0) {
+        uint64_t elen = (i + 1 < (int)s->nb_snapshots ? offs[i + 1] : len) - offs[i];
+        uint64_t l1_at = get_be64p(tab + offs[i]);
+        memmove(tab + offs[i], tab + offs[i] + elen, len - offs[i] - elen);
+        /* the table first: a crash after it only leaks the snapshot's clusters */
+        rc = write_table(s, tab, len - elen, s->nb_snapshots - 1);
+        if (rc == 0)
+            rc = l1_refs(s, l1, l1_size, -1);
+        if (rc == 0 && l1_size)
+            rc = add_refs(s, l1_at, (uint64_t)l1_size * 8, -1);
+        if (rc == 0)
+            rc = fix_copied(s);
+        if (rc == 0)
+            rc = vbd_node_co_flush(n->file);
+    }
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "%s", strerror(-rc));
+    vbd_co_mutex_unlock(&s->lock);
+    free(tab);
+    free(offs);
+    free(l1);
+    return rc;
+}
+
+int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    vbd_co_mutex_lock(&s->lock);
+    uint8_t *tab = NULL;
+    uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t)), *l1 = NULL;
+    int rc = read_table(s, &tab, &len, offs);
+    int i = rc < 0 ? -1 : find(s, tab, offs, id_or_name, NULL);
+    if (i < 0 && rc == 0)
+        i = find(s, tab, offs, NULL, id_or_name);
+    if (rc == 0 && i < 0) {
+        vbd_error_setf(err, ENOENT, "snapshot '%s' not found", id_or_name);
+        rc = -ENOENT;
+    }
+    uint32_t l1_size = 0;
+    if (rc == 0)
+        rc = entry_l1(s, tab + offs[i], &l1, &l1_size);
+    if (rc == 0 && l1_size > s->l1_size) {
+        vbd_error_setf(err, ENOTSUP, "applying a snapshot larger than the current disk is not supported yet");
+        rc = -ENOTSUP;
+    }
+    uint64_t disk_size = n->size;
+    if (rc == 0 && get_be32p(tab + offs[i] + 36) >= 16)
+        disk_size = get_be64p(tab + offs[i] + 48);
+    if (rc == 0) {
+        /* references for the snapshot's view first, then drop the current one */
+        uint64_t *cur = malloc((uint64_t)s->l1_size * 8 + 8);
+        memcpy(cur, s->l1, (uint64_t)s->l1_size * 8);
+        rc = l1_refs(s, l1, l1_size, 1);
+        if (rc == 0)
+            rc = vbd_node_co_flush(n->file);
+        if (rc == 0) {
+            uint64_t bytes = (uint64_t)s->l1_size * 8;
+            uint64_t *disk = calloc(1, bytes + 8);
+            for (uint32_t k = 0; k < s->l1_size; k++) {
+                s->l1[k] = k < l1_size ? l1[k] & ~QCOW_OFLAG_COPIED : 0;
+                disk[k] = be64(s->l1[k]);
+            }
+            rc = vbd_node_co_pwrite(n->file, s->l1_table_offset, disk, bytes, 0);
+            free(disk);
+        }
+        if (rc == 0 && disk_size != n->size) {
+            uint8_t b[8];
+            put_be64p(b, disk_size);
+            rc = vbd_node_co_pwrite(n->file, 24, b, 8, 0);
+            if (rc == 0)
+                n->size = disk_size;
+        }
+        if (rc == 0)
+            rc = vbd_node_co_flush(n->file);
+        if (rc == 0)
+            rc = l1_refs(s, cur, s->l1_size, -1);
+        if (rc == 0)
+            rc = fix_copied(s);
+        if (rc == 0)
+            rc = vbd_node_co_flush(n->file);
+        free(cur);
+    }
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "%s", strerror(-rc));
+    vbd_co_mutex_unlock(&s->lock);
+    free(tab);
+    free(offs);
+    free(l1);
+    return rc;
+}
