@@ -93,6 +93,8 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
+    if (!s->read_only)
+        qcow2_writeback(s);
     struct ctx c = {.s = s, .res = res};
     c.nclusters = (n->file->size + s->cluster_size - 1) >> s->cluster_bits;
     c.ref = calloc(c.nclusters ? c.nclusters : 1, sizeof(uint64_t));

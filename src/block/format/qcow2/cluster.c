@@ -12,6 +12,63 @@
 #include <zlib.h>
 #include <zstd.h>
 
+void qcow2_defer_free(struct qcow2_state *s, uint64_t host_off)
+{
+    if (s->nfrees == s->frees_cap) {
+        size_t cap = s->frees_cap ? 2 * s->frees_cap : 64;
+        uint64_t *f = realloc(s->frees, cap * sizeof(*f));
+        if (!f)
+            return; /* leaks the cluster: harmless */
+        s->frees = f;
+        s->frees_cap = cap;
+    }
+    s->frees[s->nfrees++] = host_off;
+}
+
+int qcow2_writeback(struct qcow2_state *s)
+{
+    bool dirty = false;
+    for (int i = 0; i < s->l2_cache_slots; i++)
+        dirty |= s->l2_cache[i].dirty;
+    if (!dirty && !s->nfrees)
+        return 0;
+    int rc = vbd_node_co_flush(s->n->file); /* data and refcounts before the tables that use them */
+    for (int i = 0; rc == 0 && i < s->l2_cache_slots; i++) {
+        struct qcow2_l2_slot *sl = &s->l2_cache[i];
+        if (!sl->dirty)
+            continue;
+        rc = vbd_node_co_pwrite(s->n->file, sl->offset, sl->table, s->cluster_size, 0);
+        if (rc == 0)
+            sl->dirty = false;
+    }
+    if (rc == 0 && s->nfrees) {
+        rc = vbd_node_co_flush(s->n->file); /* the tables before the references they dropped */
+        for (size_t i = 0; rc == 0 && i < s->nfrees; i++)
+            qcow2_update_refcount(s, s->frees[i], -1); /* a failure only leaks */
+        if (rc == 0)
+            s->nfrees = 0;
+    }
+    return rc;
+}
+
+/* The least recently used slot, written back first if it holds changes. */
+static int pick_victim(struct qcow2_state *s, struct qcow2_l2_slot **out)
+{
+    struct qcow2_l2_slot *victim = NULL;
+    for (int i = 0; i < s->l2_cache_slots; i++) {
+        struct qcow2_l2_slot *sl = &s->l2_cache[i];
+        if (!victim || !sl->table || (victim->table && sl->lru < victim->lru))
+            victim = sl;
+    }
+    if (victim->dirty) {
+        int rc = qcow2_writeback(s);
+        if (rc < 0)
+            return rc;
+    }
+    *out = victim;
+    return 0;
+}
+
 static int load_l2(struct qcow2_state *s, uint64_t l2_off, struct qcow2_l2_slot **out)
 {
     struct qcow2_l2_slot *victim = NULL;
@@ -22,8 +79,18 @@ static int load_l2(struct qcow2_state *s, uint64_t l2_off, struct qcow2_l2_slot 
             *out = sl;
             return 0;
         }
-        if (!victim || !sl->table || (victim->table && sl->lru < victim->lru))
-            victim = sl;
+    }
+    int prc = pick_victim(s, &victim);
+    if (prc < 0)
+        return prc;
+    /* the writeback yielded: someone may have loaded the table meanwhile */
+    for (int i = 0; i < s->l2_cache_slots; i++) {
+        struct qcow2_l2_slot *sl = &s->l2_cache[i];
+        if (sl->offset == l2_off && sl->table) {
+            sl->lru = ++s->lru_clock;
+            *out = sl;
+            return 0;
+        }
     }
     if (!victim->table)
         victim->table = vbd_alloc_aligned(4096, s->cluster_size);
@@ -88,7 +155,7 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
             rc = qcow2_write_l1_entry(s, (uint32_t)l1_index);
         }
         if (rc == 0) {
-            qcow2_update_refcount(s, l2_off, -1); /* a failure only leaks */
+            qcow2_defer_free(s, l2_off); /* once the new L1 entry is on disk */
             memcpy(old->table, copy, s->cluster_size);
             old->offset = (uint64_t)nl2;
             old->lru = ++s->lru_clock;
@@ -105,15 +172,11 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
         int64_t nl2 = qcow2_alloc_clusters(s, 1);
         if (nl2 < 0)
             return (int)nl2;
-        struct qcow2_l2_slot *victim;
+        struct qcow2_l2_slot *victim = NULL;
         /* a fresh table: zero it in a cache slot, write it, flush, then point L1 at it */
-        int rc;
-        victim = NULL;
-        for (int i = 0; i < s->l2_cache_slots; i++) {
-            struct qcow2_l2_slot *sl = &s->l2_cache[i];
-            if (!victim || !sl->table || (victim->table && sl->lru < victim->lru))
-                victim = sl;
-        }
+        int rc = pick_victim(s, &victim);
+        if (rc < 0)
+            return rc;
         if (!victim->table)
             victim->table = vbd_alloc_aligned(4096, s->cluster_size);
         memset(victim->table, 0, s->cluster_size);

@@ -80,9 +80,18 @@ static int qcow2_open(struct vbd_node *n, struct json_object *opts, unsigned fla
     return rc;
 }
 
+static void writeback_co(void *arg);
+
 static void qcow2_close(struct vbd_node *n)
 {
     struct qcow2_state *s = n->opaque;
+    if (s->l2_cache && !s->read_only) {
+        /* metadata still in the cache reaches the disk before the image is closed */
+        if (vbd_in_co())
+            writeback_co(s);
+        else
+            vbd_co_run_sync(writeback_co, s);
+    }
     for (int i = 0; s->l2_cache && i < s->l2_cache_slots; i++)
         free(s->l2_cache[i].table);
     free(s->l2_cache);
@@ -93,6 +102,8 @@ static void qcow2_close(struct vbd_node *n)
     free(s->cbuf);
     s->reftable = NULL;
     s->rc_block = s->cluster_buf = s->cbuf = NULL;
+    free(s->frees);
+    s->frees = NULL;
     qcow2_free_header(s);
 }
 
@@ -296,8 +307,6 @@ static int write_cow_cluster(struct vbd_node *n, uint64_t off, uint64_t len, str
     if (qcow2_overlaps_metadata(s, target, s->cluster_size))
         return qcow2_signal_corruption(s, "data cluster would overwrite metadata", target);
     rc = vbd_node_co_pwrite(n->file, target, buf, s->cluster_size, 0);
-    if (rc == 0)
-        rc = qcow2_flush_refcounts(s); /* data and refcount before the L2 entry */
     if (rc < 0)
         return rc;
     /* lookup again: the flush yielded and the slot may have been reused */
@@ -308,18 +317,15 @@ static int write_cow_cluster(struct vbd_node *n, uint64_t off, uint64_t len, str
     ep[0] = be64(target | QCOW_OFLAG_COPIED);
     if (s->extended_l2)
         ep[1] = be64(0xffffffffull); /* every subcluster allocated, none zero */
-    uint64_t eoff = slot->offset + (uint64_t)index * s->l2_entry_size;
-    rc = vbd_node_co_pwrite(n->file, eoff, ep, s->l2_entry_size, 0);
-    if (rc < 0)
-        return rc;
+    slot->dirty = true; /* written after the next flush of the refcounts (qcow2_writeback) */
     if (fresh && (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && host)
-        qcow2_update_refcount(s, host, -1); /* the snapshot keeps its copy; a failure only leaks */
+        qcow2_defer_free(s, host); /* the snapshot keeps its copy */
     if (fresh && t == QCOW2_COMPRESSED) {
         uint64_t coff = entry & s->coffset_mask;
         uint64_t nsect = ((entry >> s->csize_shift) & s->csize_mask) + 1;
         uint64_t last = (coff + nsect * 512 - (coff & 511) - 1) & ~(s->cluster_size - 1);
         for (uint64_t c = coff & ~(s->cluster_size - 1); c <= last; c += s->cluster_size)
-            qcow2_update_refcount(s, c, -1);
+            qcow2_defer_free(s, c);
     }
     return 0;
 }
@@ -400,8 +406,6 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct 
     }
     rc = vbd_node_co_pwrite(n->file, (uint64_t)at, packed, clen, 0);
     if (rc == 0)
-        rc = qcow2_flush_refcounts(s);
-    if (rc == 0)
         rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
     if (rc == 0) {
         uint64_t *ep = &table[s->extended_l2 ? 2 * index : index];
@@ -409,8 +413,8 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct 
         ep[0] = be64(QCOW_OFLAG_COMPRESSED | (extra << s->csize_shift) | (uint64_t)at);
         if (s->extended_l2)
             ep[1] = 0;
-        rc = vbd_node_co_pwrite(n->file, slot->offset + (uint64_t)index * s->l2_entry_size, ep, s->l2_entry_size, 0);
-        if (rc == 0 && old)
+        slot->dirty = true;
+        if (old)
             release_entry(s, old);
     }
     vbd_co_mutex_unlock(&s->lock);
@@ -472,9 +476,9 @@ static void release_entry(struct qcow2_state *s, uint64_t entry)
         uint64_t nsect = ((entry >> s->csize_shift) & s->csize_mask) + 1;
         uint64_t last = (coff + nsect * 512 - (coff & 511) - 1) & ~(s->cluster_size - 1);
         for (uint64_t c = coff & ~(s->cluster_size - 1); c <= last; c += s->cluster_size)
-            qcow2_update_refcount(s, c, -1);
+            qcow2_defer_free(s, c);
     } else if ((entry & L2E_OFFSET_MASK) && (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC || s->extended_l2)) {
-        qcow2_update_refcount(s, entry & L2E_OFFSET_MASK, -1);
+        qcow2_defer_free(s, entry & L2E_OFFSET_MASK);
     }
 }
 
@@ -521,9 +525,7 @@ static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, boo
     ep[0] = be64(ne);
     if (s->extended_l2)
         ep[1] = be64(nb);
-    rc = vbd_node_co_pwrite(n->file, slot->offset + (uint64_t)index * s->l2_entry_size, ep, s->l2_entry_size, 0);
-    if (rc < 0)
-        return rc;
+    slot->dirty = true;
     if (release && entry)
         release_entry(s, entry);
     return 0;
@@ -577,8 +579,18 @@ static int qcow2_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 
 static int qcow2_flush(struct vbd_node *n)
 {
-    (void)n;
-    return 0; /* metadata is written through; the file child is flushed by the caller */
+    struct qcow2_state *s = n->opaque;
+    vbd_co_mutex_lock(&s->lock);
+    int rc = qcow2_writeback(s); /* the file child is flushed by the caller afterwards */
+    vbd_co_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static void writeback_co(void *arg)
+{
+    struct qcow2_state *s = arg;
+    if (qcow2_writeback(s) == 0)
+        vbd_node_co_flush(s->n->file);
 }
 
 static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,

@@ -113,6 +113,11 @@ struct qcow2_state {
     bool corrupt;
     bool read_only;
     uint64_t compress_pos; /* end of the last compressed chunk written */
+    /* Deferred metadata: dirty L2 tables reach the disk only after a flush
+     * has made the refcounts (and data) they depend on durable; clusters they
+     * no longer reference are released only after they are on disk. */
+    uint64_t *frees;
+    size_t nfrees, frees_cap;
 };
 
 /* header.c */
@@ -129,6 +134,8 @@ enum qcow2_cluster_type qcow2_entry_type(struct qcow2_state *s, uint64_t entry);
 int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t off);
 int qcow2_read_compressed(struct qcow2_state *s, uint64_t entry, uint8_t *out);
 int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index);
+int qcow2_writeback(struct qcow2_state *s);
+void qcow2_defer_free(struct qcow2_state *s, uint64_t host_off);
 
 /* snapshot.c */
 int qcow2_snapshot_list(struct vbd_node *n, struct vbd_snapshot_info **out);

@@ -254,6 +254,7 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
         return -EACCES;
     }
     vbd_co_mutex_lock(&s->lock);
+    qcow2_writeback(s); /* the tables on disk are what we walk */
     uint8_t *tab = NULL, *ntab = NULL;
     uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t));
     uint64_t *l1copy = NULL;
@@ -347,6 +348,7 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
+    qcow2_writeback(s); /* the tables on disk are what we walk */
     uint8_t *tab = NULL;
     uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t)), *l1 = NULL;
     int rc = read_table(s, &tab, &len, offs);
@@ -386,6 +388,7 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
+    qcow2_writeback(s); /* the tables on disk are what we walk */
     uint8_t *tab = NULL;
     uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t)), *l1 = NULL;
     int rc = read_table(s, &tab, &len, offs);
