@@ -220,7 +220,7 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
         }
     }
     res->image_end_offset = (int64_t)c.end;
-    if ((res->leaks_fixed || res->corruptions_fixed) && vbd_node_co_flush(n->file) < 0)
+    if ((res->leaks_fixed || res->corruptions_fixed) && qcow2_flush_refcounts(s) < 0)
         res->check_errors++;
     free(table);
     free(c.ref);

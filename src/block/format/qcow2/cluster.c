@@ -32,7 +32,7 @@ int qcow2_writeback(struct qcow2_state *s)
         dirty |= s->l2_cache[i].dirty;
     if (!dirty && !s->nfrees)
         return 0;
-    int rc = vbd_node_co_flush(s->n->file); /* data and refcounts before the tables that use them */
+    int rc = qcow2_flush_refcounts(s); /* data and refcounts before the tables that use them */
     for (int i = 0; rc == 0 && i < s->l2_cache_slots; i++) {
         struct qcow2_l2_slot *sl = &s->l2_cache[i];
         if (!sl->dirty)
@@ -42,7 +42,7 @@ int qcow2_writeback(struct qcow2_state *s)
             sl->dirty = false;
     }
     if (rc == 0 && s->nfrees) {
-        rc = vbd_node_co_flush(s->n->file); /* the tables before the references they dropped */
+        rc = qcow2_flush_refcounts(s); /* the tables before the references they dropped */
         for (size_t i = 0; rc == 0 && i < s->nfrees; i++)
             qcow2_update_refcount(s, s->frees[i], -1); /* a failure only leaks */
         if (rc == 0)

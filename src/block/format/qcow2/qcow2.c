@@ -581,7 +581,9 @@ static int qcow2_flush(struct vbd_node *n)
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
-    int rc = qcow2_writeback(s); /* the file child is flushed by the caller afterwards */
+    int rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_write_refcounts(s); /* the file child is flushed by the caller afterwards */
     vbd_co_mutex_unlock(&s->lock);
     return rc;
 }
@@ -590,7 +592,7 @@ static void writeback_co(void *arg)
 {
     struct qcow2_state *s = arg;
     if (qcow2_writeback(s) == 0)
-        vbd_node_co_flush(s->n->file);
+        qcow2_flush_refcounts(s);
 }
 
 static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
@@ -685,14 +687,14 @@ static int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vb
         rc = vbd_node_co_pwrite(n->file, (uint64_t)at, disk, bytes, 0);
         free(disk);
         if (rc == 0)
-            rc = vbd_node_co_flush(n->file);
+            rc = qcow2_flush_refcounts(s);
         uint8_t h[12];
         put_be32p(h, (uint32_t)need);
         put_be64p(h + 4, (uint64_t)at);
         if (rc == 0)
             rc = vbd_node_co_pwrite(n->file, 36, h, 12, 0);
         if (rc == 0)
-            rc = vbd_node_co_flush(n->file);
+            rc = qcow2_flush_refcounts(s);
         if (rc < 0) {
             free(l1);
             goto out;
@@ -708,7 +710,7 @@ static int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vb
     }
     rc = write_header_u64(s, 24, size);
     if (rc == 0)
-        rc = vbd_node_co_flush(n->file);
+        rc = qcow2_flush_refcounts(s);
     if (rc == 0)
         n->size = size;
     else

@@ -104,6 +104,7 @@ struct qcow2_state {
     /* refcount block cache: one block at a time is enough for our writes */
     uint64_t rc_block_offset;
     uint8_t *rc_block;
+    bool rc_dirty;
 
     uint64_t free_cluster_hint; /* first host cluster that may be free */
     uint64_t file_end;          /* host bytes in use (allocation starts here) */
@@ -153,6 +154,7 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count);
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t host_cluster, uint64_t *rc);
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta);
 int qcow2_flush_refcounts(struct qcow2_state *s);
+int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
 
 static inline uint64_t be64(uint64_t v)

@@ -40,10 +40,26 @@ int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
     return 0;
 }
 
+/* The cached block is written back lazily: before another block replaces
+ * it, and by qcow2_flush_refcounts(), which every metadata write that
+ * depends on refcounts goes through. */
+static int write_rc_block(struct qcow2_state *s)
+{
+    if (!s->rc_dirty || !s->rc_block_offset)
+        return 0;
+    int rc = vbd_node_co_pwrite(s->n->file, s->rc_block_offset, s->rc_block, s->cluster_size, 0);
+    if (rc == 0)
+        s->rc_dirty = false;
+    return rc;
+}
+
 static int load_block(struct qcow2_state *s, uint64_t off)
 {
     if (s->rc_block_offset == off)
         return 0;
+    int wrc = write_rc_block(s);
+    if (wrc < 0)
+        return wrc;
     s->rc_block_offset = 0;
     if (off + s->cluster_size > s->n->file->size) {
         memset(s->rc_block, 0, s->cluster_size); /* allocated but never written: all zero */
@@ -146,14 +162,14 @@ static int grow_reftable(struct qcow2_state *s, uint64_t entries)
         free(disk);
     }
     if (rc == 0)
-        rc = vbd_node_co_flush(s->n->file);
+        rc = qcow2_flush_refcounts(s);
     if (rc == 0) {
         uint8_t h[12];
         put_be64p(h, start);
         put_be32p(h + 8, (uint32_t)nclusters);
         rc = vbd_node_co_pwrite(s->n->file, 48, h, 12, 0);
         if (rc == 0)
-            rc = vbd_node_co_flush(s->n->file);
+            rc = qcow2_flush_refcounts(s);
     }
     if (rc < 0) {
         s->reftable = old;
@@ -182,6 +198,9 @@ static int ensure_block(struct qcow2_state *s, uint64_t cluster, uint64_t *block
         *block_off = s->reftable[idx];
         return 0;
     }
+    int wrc = write_rc_block(s);
+    if (wrc < 0)
+        return wrc;
     uint64_t off = s->file_end;
     uint64_t self = off >> s->cluster_bits;
     s->file_end = off + s->cluster_size;
@@ -191,7 +210,7 @@ static int ensure_block(struct qcow2_state *s, uint64_t cluster, uint64_t *block
         set_entry(s, s->rc_block, self & ((1ull << rb_bits(s)) - 1), 1); /* it describes itself */
     int rc = vbd_node_co_pwrite(s->n->file, off, s->rc_block, s->cluster_size, 0);
     if (rc == 0)
-        rc = vbd_node_co_flush(s->n->file); /* the block before the table entry that points to it */
+        rc = qcow2_flush_refcounts(s); /* the block before the table entry that points to it */
     if (rc < 0)
         return rc;
     s->rc_block_offset = off;
@@ -221,10 +240,8 @@ static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value)
         return rc;
     uint64_t i = cluster & ((1ull << rb_bits(s)) - 1);
     set_entry(s, s->rc_block, i, value);
-    /* write through: only the 512-byte sector that changed */
-    uint64_t byte = (i << s->refcount_order) / 8, sector = byte & ~511ull;
-    uint64_t len = s->cluster_size - sector < 512 ? s->cluster_size - sector : 512;
-    return vbd_node_co_pwrite(s->n->file, off + sector, s->rc_block + sector, len, 0);
+    s->rc_dirty = true;
+    return 0;
 }
 
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta)
@@ -276,7 +293,13 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count)
     return (int64_t)(start << s->cluster_bits);
 }
 
+int qcow2_write_refcounts(struct qcow2_state *s)
+{
+    return write_rc_block(s);
+}
+
 int qcow2_flush_refcounts(struct qcow2_state *s)
 {
-    return vbd_node_co_flush(s->n->file);
+    int rc = write_rc_block(s);
+    return rc < 0 ? rc : vbd_node_co_flush(s->n->file);
 }

@@ -214,14 +214,14 @@ static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, 
         rc = vbd_node_co_pwrite(s->n->file, (uint64_t)at, tab, len, 0);
     }
     if (rc == 0)
-        rc = vbd_node_co_flush(s->n->file);
+        rc = qcow2_flush_refcounts(s);
     uint8_t h[12];
     put_be32p(h, count);
     put_be64p(h + 4, (uint64_t)at);
     if (rc == 0)
         rc = vbd_node_co_pwrite(s->n->file, 60, h, 12, 0);
     if (rc == 0)
-        rc = vbd_node_co_flush(s->n->file);
+        rc = qcow2_flush_refcounts(s);
     if (rc < 0)
         return rc;
     s->nb_snapshots = count;
@@ -293,8 +293,8 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
             goto out;
     }
     /* 2. one more reference on everything it reaches; the active image owns nothing alone now */
-    if ((rc = l1_refs(s, s->l1, s->l1_size, 1)) < 0 || (rc = vbd_node_co_flush(n->file)) < 0 ||
-        (rc = fix_copied(s)) < 0 || (rc = vbd_node_co_flush(n->file)) < 0)
+    if ((rc = l1_refs(s, s->l1, s->l1_size, 1)) < 0 || (rc = qcow2_flush_refcounts(s)) < 0 ||
+        (rc = fix_copied(s)) < 0 || (rc = qcow2_flush_refcounts(s)) < 0)
         goto out;
     /* 3. the new table entry */
     size_t il = strlen(sn->id), nl = strlen(sn->name);
@@ -373,7 +373,7 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
         if (rc == 0)
             rc = fix_copied(s);
         if (rc == 0)
-            rc = vbd_node_co_flush(n->file);
+            rc = qcow2_flush_refcounts(s);
     }
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "%s", strerror(-rc));
@@ -415,7 +415,7 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
         memcpy(cur, s->l1, (uint64_t)s->l1_size * 8);
         rc = l1_refs(s, l1, l1_size, 1);
         if (rc == 0)
-            rc = vbd_node_co_flush(n->file);
+            rc = qcow2_flush_refcounts(s);
         if (rc == 0) {
             uint64_t bytes = (uint64_t)s->l1_size * 8;
             uint64_t *disk = calloc(1, bytes + 8);
@@ -434,13 +434,13 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
                 n->size = disk_size;
         }
         if (rc == 0)
-            rc = vbd_node_co_flush(n->file);
+            rc = qcow2_flush_refcounts(s);
         if (rc == 0)
             rc = l1_refs(s, cur, s->l1_size, -1);
         if (rc == 0)
             rc = fix_copied(s);
         if (rc == 0)
-            rc = vbd_node_co_flush(n->file);
+            rc = qcow2_flush_refcounts(s);
         free(cur);
     }
     if (rc < 0 && err && !*err)
