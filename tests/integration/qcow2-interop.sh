@@ -127,6 +127,17 @@ for opts in "" compat=0.10 cluster_size=512 cluster_size=4k cluster_size=2M refc
     same_json map --output=json v.qcow2
 done
 
+step "vbd -> qemu-img: concurrent allocating writes into the same and neighbouring clusters"
+rm -f cc.qcow2 cc.raw
+must "$VBD_IMG" create -q -f qcow2 -o cluster_size=64k cc.qcow2 4M
+qemu-img create -q -f raw cc.raw 4M
+A=(); for i in $(seq 0 15); do A+=(-c "aio_write -P $((i + 1)) $((i * 12288)) 12288"); done
+A+=(-c aio_flush)
+must "$VBD_IO" -f qcow2 "${A[@]}" cc.qcow2 >/dev/null
+must qemu-io -f raw "${A[@]}" cc.raw >/dev/null
+qcheck cc.qcow2
+must qemu-img compare -q cc.qcow2 cc.raw
+
 step "vbd -> qemu-img: random allocating writes over a backing file, and growth"
 rm -f b.raw o.qcow2
 qemu-img create -q -f raw b.raw 32M

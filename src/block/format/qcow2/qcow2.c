@@ -104,6 +104,8 @@ static void qcow2_close(struct vbd_node *n)
     s->rc_block = s->cluster_buf = s->cbuf = NULL;
     free(s->frees);
     s->frees = NULL;
+    while (s->nbufpool)
+        free(s->bufpool[--s->nbufpool]);
     qcow2_free_header(s);
 }
 
@@ -236,6 +238,37 @@ static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
     return 0;
 }
 
+static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
+                              uint8_t *buf, uint64_t entry, enum qcow2_cluster_type t, uint64_t host, bool in_place);
+
+static uint8_t *get_buf(struct qcow2_state *s)
+{
+    return s->nbufpool ? s->bufpool[--s->nbufpool] : vbd_alloc_aligned(4096, s->cluster_size);
+}
+
+static void put_buf(struct qcow2_state *s, uint8_t *b)
+{
+    if (s->nbufpool < 16)
+        s->bufpool[s->nbufpool++] = b;
+    else
+        free(b);
+}
+
+/* Lock held; returns with it held once no allocation of cstart is in flight. */
+static void wait_alloc(struct qcow2_state *s, uint64_t cstart)
+{
+    for (;;) {
+        bool busy = false;
+        for (int i = 0; i < s->nalloc_inflight; i++)
+            busy |= s->alloc_inflight[i] == cstart;
+        if (!busy)
+            return;
+        vbd_co_mutex_unlock(&s->lock);
+        vbd_co_queue_wait(&s->alloc_q);
+        vbd_co_mutex_lock(&s->lock);
+    }
+}
+
 /* One cluster's worth of an allocating write (lock held): the cluster gets
  * a new host cluster holding its current content overlaid with the data. */
 static int write_cow_cluster(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
@@ -267,7 +300,22 @@ static int write_cow_cluster(struct vbd_node *n, uint64_t off, uint64_t len, str
         return 1;
     }
     /* build the whole cluster: current content, then the new data */
-    uint8_t *buf = s->cluster_buf;
+    uint8_t *buf = get_buf(s);
+    rc = cow_fill_and_write(n, off, len, q, qoff, buf, entry, t, host, in_place);
+    put_buf(s, buf);
+    return rc;
+}
+
+static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
+                              uint8_t *buf, uint64_t entry, enum qcow2_cluster_type t, uint64_t host, bool in_place)
+{
+    struct qcow2_state *s = n->opaque;
+    uint64_t cstart = off & ~(s->cluster_size - 1);
+    uint64_t in = off - cstart;
+    uint64_t *table, *ep;
+    uint32_t index;
+    struct qcow2_l2_slot *slot = NULL;
+    int rc = 0;
     if (len != s->cluster_size) {
         struct iovec one = {buf, s->cluster_size};
         struct vbd_qiov cq;
@@ -306,7 +354,22 @@ static int write_cow_cluster(struct vbd_node *n, uint64_t off, uint64_t len, str
     }
     if (qcow2_overlaps_metadata(s, target, s->cluster_size))
         return qcow2_signal_corruption(s, "data cluster would overwrite metadata", target);
+    /* the data goes out without the lock: other clusters' allocations proceed meanwhile */
+    bool unlocked = s->nalloc_inflight < 64;
+    if (unlocked) {
+        s->alloc_inflight[s->nalloc_inflight++] = cstart;
+        vbd_co_mutex_unlock(&s->lock);
+    }
     rc = vbd_node_co_pwrite(n->file, target, buf, s->cluster_size, 0);
+    if (unlocked) {
+        vbd_co_mutex_lock(&s->lock);
+        for (int i = 0; i < s->nalloc_inflight; i++)
+            if (s->alloc_inflight[i] == cstart) {
+                s->alloc_inflight[i] = s->alloc_inflight[--s->nalloc_inflight];
+                break;
+            }
+        vbd_co_queue_wake_all(&s->alloc_q);
+    }
     if (rc < 0)
         return rc;
     /* lookup again: the flush yielded and the slot may have been reused */
@@ -383,6 +446,7 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct 
     if (!clen)
         goto out;
     vbd_co_mutex_lock(&s->lock);
+    wait_alloc(s, cstart);
     uint64_t *table;
     uint32_t index;
     struct qcow2_l2_slot *slot = NULL;
@@ -446,6 +510,7 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
             }
         }
         vbd_co_mutex_lock(&s->lock);
+        wait_alloc(s, off & ~(s->cluster_size - 1));
         int rc = write_cow_cluster(n, off, len, q, qoff, &host);
         vbd_co_mutex_unlock(&s->lock);
         if (rc == -EAGAIN)
@@ -542,6 +607,7 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
         int rc = 1;
         if (len == s->cluster_size) {
             vbd_co_mutex_lock(&s->lock);
+            wait_alloc(s, off);
             rc = set_cluster_zero(n, off, (flags & VBD_REQ_MAY_UNMAP) != 0, discard);
             vbd_co_mutex_unlock(&s->lock);
         } else if (discard) {

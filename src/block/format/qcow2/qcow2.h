@@ -117,6 +117,12 @@ struct qcow2_state {
     /* Deferred metadata: dirty L2 tables reach the disk only after a flush
      * has made the refcounts (and data) they depend on durable; clusters they
      * no longer reference are released only after they are on disk. */
+    /* guest clusters whose allocating write is in flight without the lock */
+    uint64_t alloc_inflight[64];
+    int nalloc_inflight;
+    struct vbd_co_queue alloc_q;
+    uint8_t *bufpool[16]; /* cluster-sized buffers for copy-on-write */
+    int nbufpool;
     uint64_t *frees;
     size_t nfrees, frees_cap;
 };
