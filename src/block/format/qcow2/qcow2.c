@@ -343,7 +343,9 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
         if (rc < 0)
             return rc;
     }
-    vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
+    bool whole = len == s->cluster_size; /* written straight from the caller's buffers */
+    if (!whole)
+        vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
     uint64_t target = host;
     bool fresh = !in_place;
     if (fresh) {
@@ -360,7 +362,8 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
         s->alloc_inflight[s->nalloc_inflight++] = cstart;
         vbd_co_mutex_unlock(&s->lock);
     }
-    rc = vbd_node_co_pwrite(n->file, target, buf, s->cluster_size, 0);
+    rc = whole ? vbd_node_co_pwritev(n->file, target, len, q, qoff, 0)
+               : vbd_node_co_pwrite(n->file, target, buf, s->cluster_size, 0);
     if (unlocked) {
         vbd_co_mutex_lock(&s->lock);
         for (int i = 0; i < s->nalloc_inflight; i++)
