@@ -715,6 +715,8 @@ struct convert {
     int error;
     int running;
     struct vbd_co_queue order_q, done_q;
+    /* block status may yield (nbd): without it, workers would claim the same offset */
+    struct vbd_co_mutex claim_lock;
 };
 
 #define CONVERT_CHUNK (2 * MIB)
@@ -754,7 +756,12 @@ static void convert_worker(void *opaque)
 {
     struct convert *cv = opaque;
     uint8_t *buf = vbd_alloc_aligned(4096, CONVERT_CHUNK);
-    while (!cv->error && cv->next < cv->total) {
+    for (;;) {
+        vbd_co_mutex_lock(&cv->claim_lock);
+        if (cv->error || cv->next >= cv->total) {
+            vbd_co_mutex_unlock(&cv->claim_lock);
+            break;
+        }
         uint64_t off = cv->next;
         int si = 0;
         while (si + 1 < cv->nsrc && off >= cv->src_start[si + 1])
@@ -766,6 +773,7 @@ static void convert_worker(void *opaque)
         int st = vbd_node_co_block_status_above(src, NULL, true, soff, len, &pnum, NULL, NULL, NULL);
         if (st < 0) {
             cv->error = st;
+            vbd_co_mutex_unlock(&cv->claim_lock);
             break;
         }
         if (pnum == 0)
@@ -774,6 +782,7 @@ static void convert_worker(void *opaque)
         /* compressed clusters must be written whole: keep data chunks aligned */
         cv->next = off + pnum;
         uint64_t my_seq = cv->seq++;
+        vbd_co_mutex_unlock(&cv->claim_lock);
         int rc = 0;
         if (!zero)
             rc = vbd_node_co_pread(src, soff, buf, pnum);

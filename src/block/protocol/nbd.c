@@ -88,7 +88,7 @@ struct nbd_state {
     uint32_t meta_id;
     bool has_meta;
     uint16_t tflags;
-    uint32_t min_block, max_block;
+    uint32_t min_block, pref_block, max_block;
     struct nbd_req reqs[MAX_INFLIGHT];
     struct vbd_co_queue slot_q, conn_q;
     struct vbd_co_mutex send_lock;
@@ -96,22 +96,40 @@ struct nbd_state {
     int inflight;
 };
 
-static uint64_t be64(uint64_t v) { return __builtin_bswap64(v); }
-static uint32_t be32(uint32_t v) { return __builtin_bswap32(v); }
-static uint16_t be16(uint16_t v) { return __builtin_bswap16(v); }
+static uint64_t be64(uint64_t v)
+{
+    return __builtin_bswap64(v);
+}
+static uint32_t be32(uint32_t v)
+{
+    return __builtin_bswap32(v);
+}
+static uint16_t be16(uint16_t v)
+{
+    return __builtin_bswap16(v);
+}
 
 static int nbd_errno(uint32_t e)
 {
     switch (e) {
-    case 1: return -EPERM;
-    case 5: return -EIO;
-    case 12: return -ENOMEM;
-    case 22: return -EINVAL;
-    case 28: return -ENOSPC;
-    case 75: return -EOVERFLOW;
-    case 95: return -ENOTSUP;
-    case 108: return -ESHUTDOWN;
-    default: return -EIO;
+    case 1:
+        return -EPERM;
+    case 5:
+        return -EIO;
+    case 12:
+        return -ENOMEM;
+    case 22:
+        return -EINVAL;
+    case 28:
+        return -ENOSPC;
+    case 75:
+        return -EOVERFLOW;
+    case 95:
+        return -ENOTSUP;
+    case 108:
+        return -ESHUTDOWN;
+    default:
+        return -EIO;
     }
 }
 
@@ -179,7 +197,8 @@ static int dial(struct nbd_state *s, struct vbd_error **err)
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
     int gai = getaddrinfo(s->host, s->port, &hints, &res);
     if (gai) {
-        vbd_error_setf(err, EINVAL, "address resolution failed for %s:%s: %s", s->host, s->port, gai_strerror(gai));
+        vbd_error_setf(err, EINVAL, "address resolution failed for %s:%s: %s", s->host, s->port,
+                       gai_strerror(gai));
         return -EINVAL;
     }
     int rc = -ECONNREFUSED;
@@ -266,6 +285,7 @@ static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_err
     if (send_opt(fd, OPT_GO, q, (uint32_t)(8 + nl)) < 0)
         return -EIO;
     s->min_block = 1;
+    s->pref_block = 4096;
     s->max_block = 32u << 20;
     bool have_export = false;
     for (;;) {
@@ -285,11 +305,24 @@ static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_err
                 s->tflags = be16(s->tflags);
                 have_export = true;
             } else if (info == INFO_BLOCK_SIZE && len >= 14) {
-                uint32_t mn, mx;
+                uint32_t mn, pr, mx;
                 memcpy(&mn, buf + 2, 4);
+                memcpy(&pr, buf + 6, 4);
                 memcpy(&mx, buf + 10, 4);
-                s->min_block = be32(mn);
-                s->max_block = be32(mx);
+                mn = be32(mn);
+                pr = be32(pr);
+                mx = be32(mx);
+                /* the generic layer's alignment emulation needs a power of two; the spec promises one */
+                if (!mn || (mn & (mn - 1)) || mn > 65536 || mx < mn || mx % mn || pr < mn) {
+                    vbd_error_setf(
+                        err, EPROTO,
+                        "NBD server sent invalid block sizes (minimum %u, preferred %u, maximum %u)", mn, pr,
+                        mx);
+                    return -EPROTO;
+                }
+                s->min_block = mn;
+                s->pref_block = pr;
+                s->max_block = mx;
             }
             continue;
         }
@@ -547,21 +580,23 @@ static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
     memcpy(h + 8, &c, 8);
     memcpy(h + 16, &o, 8);
     memcpy(h + 24, &l, 4);
-    vbd_co_mutex_lock(&s->send_lock);
-    int rc = vbd_co_send_full(s->fd, h, 28);
-    if (rc == 0 && r->type == CMD_WRITE) {
-        struct iovec iov[64];
-        int cnt = vbd_iov_slice(iov, 64, r->qiov->iov, r->qiov->niov, r->qoff, r->len);
-        if (cnt >= 0) {
-            rc = vbd_co_sendv_full(s->fd, iov, cnt);
-        } else {
-            uint8_t *tmp = malloc(r->len);
-            vbd_iov_to_buf(r->qiov->iov, r->qiov->niov, r->qoff, tmp, r->len);
-            rc = vbd_co_send_full(s->fd, tmp, r->len);
-            free(tmp);
-        }
+    /* header and payload leave in one sendmsg: fewer syscalls, and nothing can split them */
+    struct iovec small[65], *iov = small;
+    int cnt = 0;
+    if (r->type == CMD_WRITE) {
+        int cap = r->qiov->niov > 64 ? r->qiov->niov : 64;
+        if (cap > 64 && !(iov = malloc(sizeof(*iov) * (size_t)(cap + 1))))
+            return -ENOMEM;
+        cnt = vbd_iov_slice(iov + 1, cap, r->qiov->iov, r->qiov->niov, r->qoff, r->len);
     }
+    iov[0] = (struct iovec){.iov_base = h, .iov_len = 28};
+    vbd_co_mutex_lock(&s->send_lock);
+    int rc = vbd_co_sendv_full(s->fd, iov, cnt + 1);
+    if (rc < 0)
+        shutdown(s->fd, SHUT_RDWR); /* a half-sent request: only a new connection is in sync again */
     vbd_co_mutex_unlock(&s->send_lock);
+    if (iov != small)
+        free(iov);
     return rc;
 }
 
@@ -581,7 +616,13 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
         vbd_co_queue_wait(&s->slot_q);
     }
     struct nbd_req *r = &s->reqs[slot];
-    *r = (struct nbd_req){.busy = true, .type = type, .flags = flags, .off = off, .len = len, .qiov = q, .qoff = qoff,
+    *r = (struct nbd_req){.busy = true,
+                          .type = type,
+                          .flags = flags,
+                          .off = off,
+                          .len = len,
+                          .qiov = q,
+                          .qoff = qoff,
                           .co = vbd_co_self()};
     int rc = 0;
     for (;;) {
@@ -655,7 +696,8 @@ static int parse_uri(const char *uri, struct json_object *opts, struct vbd_error
         } else {
             char *colon = strrchr(p, ':');
             if (!colon) {
-                vbd_error_setf(err, EINVAL, "NBD filename '%s': expected nbd:HOST:PORT or nbd:unix:PATH", uri);
+                vbd_error_setf(err, EINVAL, "NBD filename '%s': expected nbd:HOST:PORT or nbd:unix:PATH",
+                               uri);
                 goto out;
             }
             *colon = 0;
@@ -679,10 +721,13 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     char *type = NULL, *tls = NULL;
     uint64_t delay = 0;
     s->fd = -1;
-    if (vbd_opt_take_str(opts, "server.type", &type, err) < 0 || vbd_opt_take_str(opts, "server.path", &s->path, err) < 0 ||
+    if (vbd_opt_take_str(opts, "server.type", &type, err) < 0 ||
+        vbd_opt_take_str(opts, "server.path", &s->path, err) < 0 ||
         vbd_opt_take_str(opts, "server.host", &s->host, err) < 0 ||
-        vbd_opt_take_str(opts, "server.port", &s->port, err) < 0 || vbd_opt_take_str(opts, "export", &s->export, err) < 0 ||
-        vbd_opt_take_u64(opts, "reconnect-delay", &delay, err) < 0 || vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0)
+        vbd_opt_take_str(opts, "server.port", &s->port, err) < 0 ||
+        vbd_opt_take_str(opts, "export", &s->export, err) < 0 ||
+        vbd_opt_take_u64(opts, "reconnect-delay", &delay, err) < 0 ||
+        vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0)
         goto fail;
     if (tls) {
         vbd_error_setf(err, ENOTSUP, "NBD client: TLS (tls-creds=%s) is not supported yet", tls);
@@ -735,6 +780,10 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     n->bl.max_transfer = s->max_block ? s->max_block : (32u << 20);
     if (n->bl.max_transfer > (32u << 20))
         n->bl.max_transfer = 32u << 20;
+    n->bl.opt_transfer = s->pref_block;
+    /* lengths travel as 32 bits; servers accept trim/zero beyond the data maximum */
+    n->bl.max_pdiscard = 1u << 31;
+    n->bl.max_pwrite_zeroes = 1u << 31;
     n->supported_write_flags = (s->tflags & TF_SEND_FUA) ? VBD_REQ_FUA : 0;
     n->supported_zero_flags = VBD_REQ_MAY_UNMAP | ((s->tflags & TF_SEND_FUA) ? VBD_REQ_FUA : 0) |
                               ((s->tflags & TF_SEND_FAST_ZERO) ? VBD_REQ_NO_FALLBACK : 0);
@@ -804,7 +853,8 @@ static int nbd_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
 static int nbd_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                        unsigned flags)
 {
-    return do_request(n, CMD_WRITE, (flags & VBD_REQ_FUA) ? CMDF_FUA : 0, off, (uint32_t)bytes, q, qoff, NULL);
+    return do_request(n, CMD_WRITE, (flags & VBD_REQ_FUA) ? CMDF_FUA : 0, off, (uint32_t)bytes, q, qoff,
+                      NULL);
 }
 
 static int nbd_flush(struct vbd_node *n)
