@@ -491,6 +491,75 @@ out:
     return rc;
 }
 
+/* Several whole clusters that are unallocated (and not being allocated):
+ * one contiguous host run, one data write. Returns the bytes written (0 when
+ * the fast path does not apply) or -errno. */
+#define RUN_MAX 64
+static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
+{
+    struct qcow2_state *s = n->opaque;
+    if ((off & (s->cluster_size - 1)) || bytes < 2 * s->cluster_size || s->extended_l2)
+        return 0;
+    vbd_co_mutex_lock(&s->lock);
+    uint64_t k = 0, max = bytes >> s->cluster_bits;
+    if (max > RUN_MAX)
+        max = RUN_MAX;
+    if (s->nalloc_inflight + (int)max > 64)
+        max = (uint64_t)(64 - s->nalloc_inflight);
+    bool backed = n->backing != NULL;
+    for (; k < max; k++) {
+        uint64_t c = off + (k << s->cluster_bits), e, b;
+        bool busy = false;
+        for (int i = 0; i < s->nalloc_inflight; i++)
+            busy |= s->alloc_inflight[i] == c;
+        if (busy || qcow2_get_entry(s, c, &e, &b) < 0)
+            break;
+        enum qcow2_cluster_type t = qcow2_entry_type(s, e);
+        if (!(t == QCOW2_UNALLOCATED || (t == QCOW2_ZERO_PLAIN && !backed)) || (e & L2E_OFFSET_MASK))
+            break;
+    }
+    if (k < 2) {
+        vbd_co_mutex_unlock(&s->lock);
+        return 0;
+    }
+    int64_t start = qcow2_alloc_clusters(s, k);
+    if (start < 0) {
+        vbd_co_mutex_unlock(&s->lock);
+        return start;
+    }
+    if (qcow2_overlaps_metadata(s, (uint64_t)start, k << s->cluster_bits)) {
+        int rc = qcow2_signal_corruption(s, "data clusters would overwrite metadata", (uint64_t)start);
+        vbd_co_mutex_unlock(&s->lock);
+        return rc;
+    }
+    for (uint64_t i = 0; i < k; i++)
+        s->alloc_inflight[s->nalloc_inflight++] = off + (i << s->cluster_bits);
+    vbd_co_mutex_unlock(&s->lock);
+    int rc = vbd_node_co_pwritev(n->file, (uint64_t)start, k << s->cluster_bits, q, qoff, 0);
+    vbd_co_mutex_lock(&s->lock);
+    for (uint64_t i = 0; i < k; i++) {
+        uint64_t c = off + (i << s->cluster_bits);
+        for (int j = 0; j < s->nalloc_inflight; j++)
+            if (s->alloc_inflight[j] == c) {
+                s->alloc_inflight[j] = s->alloc_inflight[--s->nalloc_inflight];
+                break;
+            }
+    }
+    for (uint64_t i = 0; rc == 0 && i < k; i++) {
+        uint64_t *table;
+        uint32_t index;
+        struct qcow2_l2_slot *slot = NULL;
+        rc = qcow2_get_l2(s, off + (i << s->cluster_bits), true, &table, &index, &slot);
+        if (rc < 0)
+            break;
+        table[index] = be64(((uint64_t)start + (i << s->cluster_bits)) | QCOW_OFLAG_COPIED);
+        slot->dirty = true; /* written after the refcounts (qcow2_writeback) */
+    }
+    vbd_co_queue_wake_all(&s->alloc_q);
+    vbd_co_mutex_unlock(&s->lock);
+    return rc < 0 ? rc : (int64_t)(k << s->cluster_bits);
+}
+
 static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                          unsigned flags)
 {
@@ -501,6 +570,17 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
         uint64_t in = off & (s->cluster_size - 1);
         uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
         uint64_t host = 0;
+        if (!(flags & VBD_REQ_COMPRESSED)) {
+            int64_t done = write_new_run(n, off, bytes, q, qoff);
+            if (done < 0)
+                return (int)done;
+            if (done > 0) {
+                off += (uint64_t)done;
+                qoff += (size_t)done;
+                bytes -= (uint64_t)done;
+                continue;
+            }
+        }
         if ((flags & VBD_REQ_COMPRESSED) && len == s->cluster_size) {
             int crc = write_compressed_cluster(n, off, q, qoff);
             if (crc < 0)
