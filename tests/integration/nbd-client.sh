@@ -93,9 +93,72 @@ q3=$!
 on_exit "kill $q3 2>/dev/null"
 wait $iopid || fail "the read after a server restart failed: $(cat rc.out)"
 
+step "no reconnect-delay: a lost server fails the next request with EIO, nothing hangs"
+"$VBD_IO" --image-opts -c "read -P 0x44 20M 64k" -c "sleep 1500" -c "read -P 0x44 20M 64k" \
+    "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$sock2,file.export=exp" >nr.out 2>&1 &
+iopid=$!
+sleep 0.7
+kill $q3; wait $q3 2>/dev/null
+timeout 30 tail --pid=$iopid -f /dev/null || fail "a read after the server died hung"
+wait $iopid && fail "a read after the server died succeeded: $(cat nr.out)"
+grep -qi "input/output error" nr.out || fail "no EIO after the server died: $(cat nr.out)"
+qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &
+q4=$!
+on_exit "kill $q4 2>/dev/null"
+for _ in $(seq 100); do [ -S "$sock2" ] && break; sleep 0.05; done
+
+step "legacy nbd:HOST:PORT and nbd+tcp:// filenames"
+port=$((20000 + RANDOM % 20000))
+nbdkit -f -i 127.0.0.1 -p $port memory 8M 2>/dev/null &
+kpid=$!
+on_exit "kill $kpid 2>/dev/null"
+for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.05; done
+must "$VBD_IO" -f raw -c "write -P 0x61 4k 8k" "nbd:127.0.0.1:$port" >/dev/null
+must "$VBD_IO" -f raw -r -c "read -P 0x61 4k 8k" "nbd+tcp://127.0.0.1:$port/" >/dev/null
+must qemu-io -f raw -r -c "read -P 0x61 4k 8k" "nbd:127.0.0.1:$port" >/dev/null
+kill $kpid
+
+step "discard through qemu-nbd --discard=unmap punches the file; nbdkit trim and zero read back as zeroes"
+qemu-img create -q -f raw dis.raw 8M
+must qemu-io -f raw -c "write -P 0x71 0 8M" dis.raw >/dev/null
+qemu-nbd -f raw -k "$T/dis.sock" --discard=unmap -t dis.raw 2>/dev/null &
+dpid2=$!
+on_exit "kill $dpid2 2>/dev/null"
+for _ in $(seq 100); do [ -S dis.sock ] && break; sleep 0.05; done
+must "$VBD_IO" -f raw -c "discard 1M 2M" -c "write -z -u 5M 1M" -c "read -P 0 1M 2M" -c "read -P 0x71 0 1M" \
+    "nbd+unix:///?socket=$T/dis.sock" >/dev/null
+kill $dpid2; wait $dpid2 2>/dev/null
+qemu-img map --output=json -f raw dis.raw | grep -q '"start": 1048576, "length": 2097152, "depth": 0, "present": true, "zero": true, "data": false' ||
+    fail "discard through NBD did not punch a hole: $(qemu-img map --output=json -f raw dis.raw)"
+must qemu-io -f raw -r -c "read -P 0 5M 1M" -c "read -P 0x71 3M 2M" dis.raw >/dev/null
+
+step "read-only export: write open refused with a clear error, read-only open works"
+qemu-nbd -r -f raw -k "$T/ro.sock" -t dis.raw 2>/dev/null &
+ropid=$!
+on_exit "kill $ropid 2>/dev/null"
+for _ in $(seq 100); do [ -S ro.sock ] && break; sleep 0.05; done
+must_fail_with "read-only" "$VBD_IO" -f raw -c "write 0 4k" "nbd+unix:///?socket=$T/ro.sock"
+must "$VBD_IO" -f raw -r -c "read -P 0x71 0 1M" "nbd+unix:///?socket=$T/ro.sock" >/dev/null
+kill $ropid
+
+step "server block size constraints (nbdkit blocksize-policy rejects what breaks them)"
+nbdkit -f -U "$T/bp.sock" --filter=blocksize-policy memory 16M blocksize-minimum=4096 blocksize-preferred=65536 \
+    blocksize-maximum=1M blocksize-error-policy=error 2>/dev/null &
+bppid=$!
+on_exit "kill $bppid 2>/dev/null"
+for _ in $(seq 100); do [ -S bp.sock ] && break; sleep 0.05; done
+must "$VBD_IO" -f raw -c "write -P 7 100 1000" -c "write -P 8 1M 5M" -c "aio_write -P 9 7M 3M" -c aio_flush \
+    -c "read -P 7 100 1000" -c "read -P 0 0 100" -c "read -P 0 1100 3000" -c "read -P 8 1M 5M" -c "read -P 9 7M 3M" \
+    "nbd+unix:///?socket=$T/bp.sock" >/dev/null
+kill $bppid
+
 step "bad input: one-line errors"
 must_fail_with "server.type" "$VBD_IO" --image-opts -c "read 0 1" "driver=nbd,server.type=carrier-pigeon,server.host=x"
 must_fail_with "Failed to connect" "$VBD_IO" -c "read 0 1" "nbd+unix:///x?socket=$T/none.sock"
 must_fail_with "not available" "$VBD_IO" -c "read 0 1" "nbd+unix:///nosuchexport?socket=$sock2"
 must_fail_with "socket=" "$VBD_IO" -c "read 0 1" "nbd+unix:///exp"
+must_fail_with "server.path" "$VBD_IO" --image-opts -c "read 0 1" "driver=nbd,server.type=unix"
+must_fail_with "not supported yet" "$VBD_IO" --image-opts -c "read 0 1" \
+    "driver=nbd,server.type=unix,server.path=$sock2,export=exp,tls-creds=tls0"
+must_fail_with "Failed to connect" "$VBD_IO" -c "read 0 1" "nbd://127.0.0.1:1/"
 echo OK
