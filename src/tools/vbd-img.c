@@ -1105,6 +1105,11 @@ static int verb_measure(int argc, char **argv)
     if (!opts)
         opts = json_object_new_object();
     json_object_object_add(opts, "size", json_object_new_int64(in ? (int64_t)in->size : size));
+    /* qemu-img reports the bitmaps a qcow2 v3 target could take over from a qcow2 input (we carry none) */
+    struct json_object *compat = NULL;
+    bool bitmaps = !strcmp(out_fmt, "qcow2") && in && !strcmp(vbd_node_skip_filters(in)->drv->name, "qcow2") &&
+                   !(json_object_object_get_ex(opts, "compat", &compat) &&
+                     (!strcmp(json_object_get_string(compat), "0.10") || !strcmp(json_object_get_string(compat), "v2")));
     uint64_t req = 0, full = 0;
     struct vbd_error *err = NULL;
     int rc = 0;
@@ -1113,12 +1118,16 @@ static int verb_measure(int argc, char **argv)
         rc = 1;
     } else if (json) {
         struct json_object *o = json_object_new_object();
+        if (bitmaps)
+            json_object_object_add(o, "bitmaps", json_object_new_int64(0));
         json_object_object_add(o, "required", json_object_new_int64((int64_t)req));
         json_object_object_add(o, "fully-allocated", json_object_new_int64((int64_t)full));
         tool_print_json(o);
         json_object_put(o);
     } else {
         printf("required size: %llu\nfully allocated size: %llu\n", (unsigned long long)req, (unsigned long long)full);
+        if (bitmaps)
+            printf("bitmaps size: 0\n");
     }
     json_object_put(opts);
     if (in)

@@ -142,25 +142,12 @@ static int raw_measure(struct json_object *opts, struct vbd_node *in, uint64_t *
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
         vbd_opt_take_enum(opts, "preallocation", vbd_prealloc_names, &prealloc, err) < 0)
         return -EINVAL;
-    if (in) {
+    (void)prealloc;
+    /* unallocated sectors count towards the file size of a raw image */
+    if (in)
         size = in->size;
-        uint64_t used = 0;
-        for (uint64_t off = 0; off < in->size;) {
-            uint64_t pnum;
-            int depth;
-            int rc = vbd_node_co_block_status_above(in, NULL, true, off, in->size - off, &pnum, NULL, NULL, &depth);
-            if (rc < 0) {
-                vbd_error_setf(err, -rc, "Could not get the block status of '%s': %s", in->filename, strerror(-rc));
-                return rc;
-            }
-            if ((rc & VBD_BS_ALLOCATED) && !(rc & VBD_BS_ZERO))
-                used += pnum;
-            off += pnum;
-        }
-        *required = prealloc ? size : used;
-    } else {
-        *required = size;
-    }
+    size = (size + 511) & ~511ull;
+    *required = size;
     *fully_allocated = size;
     return 0;
 }

@@ -22,7 +22,12 @@ struct ctx {
     uint64_t nclusters;
     struct vbd_check_result *res;
     uint64_t end; /* highest referenced byte */
+    bool release; /* drop one reference of each cluster instead of counting it */
 };
+
+/* check's findings go to stderr, as qemu-img prints them; the repair done
+ * at open of a dirty lazy-refcounts image is silent */
+#define report(c, ...) ((c)->s->quiet_check ? (void)0 : (void)fprintf(stderr, __VA_ARGS__))
 
 static void add(struct ctx *c, uint64_t off, uint64_t len, const char *what)
 {
@@ -30,9 +35,14 @@ static void add(struct ctx *c, uint64_t off, uint64_t len, const char *what)
     if (!len)
         return;
     uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
+    if (c->release) {
+        for (uint64_t k = first; k <= last && k < c->nclusters; k++)
+            qcow2_update_refcount(s, k << s->cluster_bits, -1); /* a failure only leaks */
+        return;
+    }
     for (uint64_t k = first; k <= last; k++) {
         if (k >= c->nclusters) {
-            fprintf(stderr, "ERROR %s at offset 0x%llx is beyond the end of the image file\n", what,
+            report(c, "ERROR %s at offset 0x%llx is beyond the end of the image file\n", what,
                     (unsigned long long)(k << s->cluster_bits));
             c->res->corruptions++;
             continue;
@@ -43,20 +53,18 @@ static void add(struct ctx *c, uint64_t off, uint64_t len, const char *what)
         c->end = off + len;
 }
 
-static int walk_l2(struct ctx *c, uint64_t l2_off, uint64_t guest_base, uint8_t *table, uint64_t *prev_host,
+static int walk_l2(struct ctx *c, uint64_t l2_off, uint8_t *table, uint64_t *prev_host,
                    bool active)
 {
     struct qcow2_state *s = c->s;
     if (vbd_node_co_pread(s->n->file, l2_off, table, s->cluster_size) < 0) {
-        fprintf(stderr, "ERROR could not read L2 table at 0x%llx\n", (unsigned long long)l2_off);
+        report(c, "ERROR could not read L2 table at 0x%llx\n", (unsigned long long)l2_off);
         c->res->check_errors++;
         return 0;
     }
     uint32_t entries = 1u << s->l2_bits;
     for (uint32_t i = 0; i < entries; i++) {
-        uint64_t guest = guest_base + ((uint64_t)i << s->cluster_bits);
-        if (guest >= s->n->size)
-            break;
+        /* entries past the disk size count too: a snapshot's VM state lives there */
         uint64_t e = get_be64p(table + (uint64_t)i * s->l2_entry_size);
         enum qcow2_cluster_type t = qcow2_entry_type(s, e);
         if (t == QCOW2_COMPRESSED) {
@@ -73,7 +81,7 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint64_t guest_base, uint8_t 
         if (!host)
             continue;
         if (host & (s->cluster_size - 1)) {
-            fprintf(stderr, "ERROR offset=%llx: Cluster is not properly aligned; L2 entry corrupted.\n",
+            report(c, "ERROR offset=%llx: Cluster is not properly aligned; L2 entry corrupted.\n",
                     (unsigned long long)host);
             c->res->corruptions++;
             continue;
@@ -87,6 +95,70 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint64_t guest_base, uint8_t 
         *prev_host = host;
     }
     return 0;
+}
+
+/* Persistent dirty bitmaps (kept, not used): their directory, tables and
+ * data clusters are references like any other. */
+static void add_bitmaps(struct ctx *c)
+{
+    struct qcow2_state *s = c->s;
+    if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && !c->release)
+        return;
+    for (int i = 0; i < s->nexts; i++) {
+        struct qcow2_ext *x = &s->exts[i];
+        if (x->type != QCOW2_EXT_BITMAPS || x->len < 24)
+            continue;
+        uint32_t nb = get_be32p(x->data);
+        uint64_t dir_size = get_be64p(x->data + 8), dir_off = get_be64p(x->data + 16);
+        if (!nb || !dir_size || dir_size > (64u << 20) || (dir_off & (s->cluster_size - 1))) {
+            report(c, "ERROR the bitmap directory (%llu bytes at 0x%llx) is invalid\n", (unsigned long long)dir_size,
+                   (unsigned long long)dir_off);
+            c->res->corruptions++;
+            return;
+        }
+        add(c, dir_off, dir_size, "bitmap directory");
+        uint8_t *dir = malloc(dir_size);
+        if (!dir || vbd_node_co_pread(s->n->file, dir_off, dir, dir_size) < 0) {
+            free(dir);
+            c->res->check_errors++;
+            return;
+        }
+        uint64_t p = 0;
+        for (uint32_t k = 0; k < nb && p + 24 <= dir_size; k++) {
+            uint64_t toff = get_be64p(dir + p);
+            uint32_t tsize = get_be32p(dir + p + 8);
+            uint32_t name = ((uint32_t)dir[p + 18] << 8) | dir[p + 19], extra = get_be32p(dir + p + 20);
+            p += (24ull + extra + name + 7) & ~7ull;
+            if (!toff || (toff & (s->cluster_size - 1)) || (uint64_t)tsize * 8 > (64u << 20)) {
+                c->res->corruptions++;
+                continue;
+            }
+            add(c, toff, (uint64_t)tsize * 8, "bitmap table");
+            uint64_t *t = malloc((uint64_t)tsize * 8 + 8);
+            if (tsize && vbd_node_co_pread(s->n->file, toff, t, (uint64_t)tsize * 8) == 0)
+                for (uint32_t j = 0; j < tsize; j++) {
+                    uint64_t o = be64(t[j]) & 0x00fffffffffffe00ull;
+                    if (o)
+                        add(c, o, s->cluster_size, "bitmap data");
+                }
+            free(t);
+        }
+        free(dir);
+    }
+}
+
+/* The clusters of bitmaps the header no longer lists (we do not keep them
+ * up to date, so writing invalidates them) go back to the free pool. Lock held. */
+int qcow2_release_bitmaps(struct qcow2_state *s)
+{
+    struct vbd_check_result res = {0};
+    struct ctx c = {.s = s, .res = &res, .release = true};
+    c.nclusters = (s->n->file->size + s->cluster_size - 1) >> s->cluster_bits;
+    bool quiet = s->quiet_check;
+    s->quiet_check = true;
+    add_bitmaps(&c);
+    s->quiet_check = quiet;
+    return qcow2_flush_refcounts(s);
 }
 
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
@@ -106,12 +178,13 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
     for (uint64_t i = 0; i < s->reftable_entries; i++)
         if (s->reftable[i])
             add(&c, s->reftable[i], s->cluster_size, "refcount block");
+    add_bitmaps(&c);
     /* every snapshot: its table entry, its L1 table and what that reaches */
     if (s->nb_snapshots) {
         uint8_t *tab = NULL;
         uint64_t tlen = 0, *offs = NULL;
         if (qcow2_snapshot_table(s, &tab, &tlen, &offs) < 0) {
-            fprintf(stderr, "ERROR the snapshot table cannot be read\n");
+            report(&c, "ERROR the snapshot table cannot be read\n");
             res->corruptions++;
         } else {
             add(&c, s->snapshots_offset, tlen, "snapshot table");
@@ -119,7 +192,7 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
                 uint64_t l1o = get_be64p(tab + offs[k]);
                 uint32_t l1n = get_be32p(tab + offs[k] + 8);
                 if ((uint64_t)l1n * 8 > QCOW2_MAX_L1_BYTES || (l1o & (s->cluster_size - 1))) {
-                    fprintf(stderr, "ERROR snapshot %u has an invalid L1 table\n", k);
+                    report(&c, "ERROR snapshot %u has an invalid L1 table\n", k);
                     res->corruptions++;
                     continue;
                 }
@@ -136,7 +209,7 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
                         continue;
                     add(&c, l2, s->cluster_size, "L2 table");
                     if ((l2 >> s->cluster_bits) < c.nclusters)
-                        walk_l2(&c, l2, (uint64_t)i << (s->l2_bits + s->cluster_bits), table, &dummy, false);
+                        walk_l2(&c, l2, table, &dummy, false);
                 }
                 free(sl1);
             }
@@ -150,14 +223,14 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
         if (!l2)
             continue;
         if (l2 & (s->cluster_size - 1)) {
-            fprintf(stderr, "ERROR L2 table offset 0x%llx (L1 index %u) is not cluster aligned\n",
+            report(&c, "ERROR L2 table offset 0x%llx (L1 index %u) is not cluster aligned\n",
                     (unsigned long long)l2, i);
             res->corruptions++;
             continue;
         }
         add(&c, l2, s->cluster_size, "L2 table");
         if ((l2 >> s->cluster_bits) < c.nclusters)
-            walk_l2(&c, l2, (uint64_t)i << (s->l2_bits + s->cluster_bits), table, &prev_host, true);
+            walk_l2(&c, l2, table, &prev_host, true);
     }
     /* the end as found, before any repair (qemu-img reports it so) */
     for (uint64_t k = c.nclusters; k-- > 0;) {
@@ -178,7 +251,7 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
             continue;
         bool leak = stored > c.ref[k];
         bool repair = leak ? (fix & VBD_CHECK_FIX_LEAKS) : (fix & VBD_CHECK_FIX_ERRORS);
-        fprintf(stderr, "%s cluster %llu refcount=%llu reference=%llu\n",
+        report(&c, "%s cluster %llu refcount=%llu reference=%llu\n",
                 repair ? "Repairing" : leak ? "Leaked" : "ERROR", (unsigned long long)k,
                 (unsigned long long)stored, (unsigned long long)c.ref[k]);
         if (repair && qcow2_update_refcount(s, k << s->cluster_bits, (int64_t)(c.ref[k] - stored)) == 0) {
@@ -200,7 +273,7 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
             continue;
         qcow2_get_refcount(s, l2 >> s->cluster_bits, &rc);
         if ((rc == 1) != !!(s->l1[i] & QCOW_OFLAG_COPIED)) {
-            fprintf(stderr, "ERROR OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%llx refcount=%llu\n", i,
+            report(&c, "ERROR OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%llx refcount=%llu\n", i,
                     (unsigned long long)s->l1[i], (unsigned long long)rc);
             res->corruptions++;
         }
@@ -213,7 +286,7 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
                 continue;
             qcow2_get_refcount(s, h >> s->cluster_bits, &hr);
             if ((hr == 1) != !!(e & QCOW_OFLAG_COPIED)) {
-                fprintf(stderr, "ERROR OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu\n",
+                report(&c, "ERROR OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu\n",
                         (unsigned long long)e, (unsigned long long)hr);
                 res->corruptions++;
             }

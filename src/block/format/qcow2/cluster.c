@@ -32,7 +32,16 @@ int qcow2_writeback(struct qcow2_state *s)
         dirty |= s->l2_cache[i].dirty;
     if (!dirty && !s->nfrees)
         return 0;
-    int rc = qcow2_flush_refcounts(s); /* data and refcounts before the tables that use them */
+    int rc;
+    if (s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) {
+        /* lazy refcounts: the dirty bit, not a flush, covers refcounts that
+         * have not reached the disk (an open repairs them) */
+        rc = qcow2_update_incompat(s, QCOW2_INCOMPAT_DIRTY, 0);
+        if (rc == 0)
+            rc = qcow2_write_refcounts(s);
+    } else {
+        rc = qcow2_flush_refcounts(s); /* data and refcounts before the tables that use them */
+    }
     for (int i = 0; rc == 0 && i < s->l2_cache_slots; i++) {
         struct qcow2_l2_slot *sl = &s->l2_cache[i];
         if (!sl->dirty)

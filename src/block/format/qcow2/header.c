@@ -235,12 +235,6 @@ int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags,
         rc = -EACCES;
         goto out;
     }
-    if ((s->incompat & QCOW2_INCOMPAT_DIRTY) && (flags & VBD_OPEN_RDWR) && !(flags & VBD_OPEN_CHECK)) {
-        vbd_error_setf(err, EINVAL,
-                       "qcow2: image was not closed cleanly (dirty, lazy refcounts); repair it first with "
-                       "'qemu-img check -r all'");
-        goto out;
-    }
     if (s->l1_size) {
         s->l1 = malloc((size_t)s->l1_size * 8);
         if (!s->l1 || vbd_node_co_pread(n->file, s->l1_table_offset, s->l1, (uint64_t)s->l1_size * 8) < 0) {

@@ -33,6 +33,42 @@ static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 
 static void qcow2_close(struct vbd_node *n);
 
+/* Before the first write: a dirty image (lazy refcounts, not closed
+ * cleanly) gets its refcounts rebuilt, as QEMU does at open; bitmaps we do
+ * not keep up to date are marked invalid (the autoclear rule). */
+static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, struct vbd_error **err)
+{
+    int rc = 0;
+    if (s->incompat & QCOW2_INCOMPAT_DIRTY) {
+        struct vbd_check_result res = {0};
+        s->quiet_check = true;
+        rc = qcow2_co_check(n, &res, VBD_CHECK_FIX_LEAKS | VBD_CHECK_FIX_ERRORS, err);
+        s->quiet_check = false;
+        if (rc == 0 && (res.corruptions || res.check_errors)) {
+            vbd_error_setf(err, EIO, "qcow2: the image was not closed cleanly and its refcounts could not be repaired "
+                           "(%llu corruptions left); run 'vbd-img check -r all'", (unsigned long long)res.corruptions);
+            return -EIO;
+        }
+        if (rc == 0)
+            rc = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);
+    }
+    if (rc == 0 && s->version >= 3 && (s->autoclear & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
+        bool had_bitmaps = (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) != 0;
+        s->autoclear &= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+        rc = qcow2_rewrite_header(s, n->backing_file, n->backing_format, err);
+        if (rc == 0 && had_bitmaps) {
+            vbd_log(VBD_LOG_WARN, "qcow2 '%s': persistent dirty bitmaps are dropped: vbd does not track them",
+                    n->filename);
+            vbd_co_mutex_lock(&s->lock);
+            rc = qcow2_release_bitmaps(s);
+            vbd_co_mutex_unlock(&s->lock);
+        }
+    }
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "qcow2: could not prepare the image for writing: %s", strerror(-rc));
+    return rc;
+}
+
 static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
@@ -68,6 +104,11 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     n->bl.max_transfer = 0;
     n->bl.opt_transfer = (uint32_t)s->cluster_size;
     n->supported_write_flags = VBD_REQ_COMPRESSED;
+    if (!s->read_only && !(flags & VBD_OPEN_CHECK)) {
+        rc = open_for_writing(n, s, err);
+        if (rc < 0)
+            return rc;
+    }
     return vbd_open_backing(n, opts, flags, err);
 }
 
@@ -396,7 +437,7 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     return 0;
 }
 
-static void release_entry(struct qcow2_state *s, uint64_t entry);
+
 
 /* Compressed data is packed: a chunk goes into the rest of the cluster the
  * previous chunk ended in (one more reference on it), or starts new ones. */
@@ -482,7 +523,7 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct 
             ep[1] = 0;
         slot->dirty = true;
         if (old)
-            release_entry(s, old);
+            qcow2_release_entry(s, old);
     }
     vbd_co_mutex_unlock(&s->lock);
 out:
@@ -616,7 +657,7 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
 
 /* Drops this image's reference to what an L2 entry points at (after the
  * entry itself changed on disk: a crash in between only leaks). */
-static void release_entry(struct qcow2_state *s, uint64_t entry)
+void qcow2_release_entry(struct qcow2_state *s, uint64_t entry)
 {
     enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
     if (t == QCOW2_COMPRESSED) {
@@ -675,7 +716,7 @@ static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, boo
         ep[1] = be64(nb);
     slot->dirty = true;
     if (release && entry)
-        release_entry(s, entry);
+        qcow2_release_entry(s, entry);
     return 0;
 }
 
@@ -740,8 +781,8 @@ static int qcow2_flush(struct vbd_node *n)
 static void writeback_co(void *arg)
 {
     struct qcow2_state *s = arg;
-    if (qcow2_writeback(s) == 0)
-        qcow2_flush_refcounts(s);
+    if (qcow2_writeback(s) == 0 && qcow2_flush_refcounts(s) == 0 && (s->incompat & QCOW2_INCOMPAT_DIRTY))
+        qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY); /* refcounts are on disk: clean */
 }
 
 static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
@@ -788,87 +829,6 @@ static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
     return 0;
 }
 
-static int write_header_u64(struct qcow2_state *s, uint64_t at, uint64_t v)
-{
-    uint8_t b[8];
-    put_be64p(b, v);
-    return vbd_node_co_pwrite(s->n->file, at, b, 8, 0);
-}
-
-static int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
-                          struct vbd_error **err)
-{
-    struct qcow2_state *s = n->opaque;
-    (void)exact;
-    if (prealloc != VBD_PREALLOC_OFF) {
-        vbd_error_setf(err, ENOTSUP, "qcow2: resize with preallocation is not supported yet");
-        return -ENOTSUP;
-    }
-    if (size < n->size) {
-        vbd_error_setf(err, ENOTSUP, "qcow2: shrinking images is not supported yet");
-        return -ENOTSUP;
-    }
-    if (s->nb_snapshots) {
-        vbd_error_setf(err, ENOTSUP, "qcow2: resizing images with internal snapshots is not supported yet");
-        return -ENOTSUP;
-    }
-    vbd_co_mutex_lock(&s->lock);
-    int rc = 0;
-    uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
-    uint64_t need = (size + per_l1 - 1) / per_l1;
-    if (need > s->l1_size) {
-        if (need * 8 > QCOW2_MAX_L1_BYTES) {
-            vbd_error_setf(err, EFBIG, "qcow2: an L1 table for %llu bytes would be too large",
-                           (unsigned long long)size);
-            rc = -EFBIG;
-            goto out;
-        }
-        uint64_t bytes = (need * 8 + s->cluster_size - 1) & ~(s->cluster_size - 1);
-        int64_t at = qcow2_alloc_clusters(s, bytes / s->cluster_size);
-        if (at < 0) {
-            rc = (int)at;
-            goto out;
-        }
-        uint64_t *l1 = calloc(1, bytes), *disk = calloc(1, bytes);
-        memcpy(l1, s->l1, (size_t)s->l1_size * 8);
-        for (uint64_t i = 0; i < bytes / 8; i++)
-            disk[i] = be64(l1[i]);
-        rc = vbd_node_co_pwrite(n->file, (uint64_t)at, disk, bytes, 0);
-        free(disk);
-        if (rc == 0)
-            rc = qcow2_flush_refcounts(s);
-        uint8_t h[12];
-        put_be32p(h, (uint32_t)need);
-        put_be64p(h + 4, (uint64_t)at);
-        if (rc == 0)
-            rc = vbd_node_co_pwrite(n->file, 36, h, 12, 0);
-        if (rc == 0)
-            rc = qcow2_flush_refcounts(s);
-        if (rc < 0) {
-            free(l1);
-            goto out;
-        }
-        uint64_t old = s->l1_table_offset, old_bytes = ((uint64_t)s->l1_size * 8 + s->cluster_size - 1) &
-                                                        ~(s->cluster_size - 1);
-        free(s->l1);
-        s->l1 = l1;
-        s->l1_size = (uint32_t)need;
-        s->l1_table_offset = (uint64_t)at;
-        for (uint64_t c = 0; old && c < old_bytes; c += s->cluster_size)
-            qcow2_update_refcount(s, old + c, -1);
-    }
-    rc = write_header_u64(s, 24, size);
-    if (rc == 0)
-        rc = qcow2_flush_refcounts(s);
-    if (rc == 0)
-        n->size = size;
-    else
-        vbd_error_setf(err, -rc, "qcow2: could not update the image size: %s", strerror(-rc));
-out:
-    vbd_co_mutex_unlock(&s->lock);
-    return rc;
-}
-
 static int64_t qcow2_allocated(struct vbd_node *n)
 {
     return vbd_node_get_allocated_size(n->file);
@@ -909,7 +869,7 @@ static const struct vbd_opt_desc qcow2_create_opts[] = {
     {"backing_file", VBD_OPT_STRING, "File name of a base image", NULL},
     {"backing_fmt", VBD_OPT_STRING, "Image format of the base image", NULL},
     {"cluster_size", VBD_OPT_SIZE, "qcow2 cluster size", "65536"},
-    {"preallocation", VBD_OPT_STRING, "Preallocation mode (allowed values: off)", "off"},
+    {"preallocation", VBD_OPT_STRING, "Preallocation mode (allowed values: off, metadata, falloc, full)", "off"},
     {"lazy_refcounts", VBD_OPT_BOOL, "Postpone refcount updates", "off"},
     {"refcount_bits", VBD_OPT_NUMBER, "Width of a reference count entry in bits", "16"},
     {"compression_type", VBD_OPT_STRING, "Compression method used for image cluster compression", "zlib"},
@@ -972,9 +932,16 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         vbd_error_setf(err, EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
         goto out;
     }
-    if (prealloc && strcmp(prealloc, "off")) {
-        vbd_error_setf(err, ENOTSUP, "qcow2: preallocation=%s is not supported yet", prealloc);
-        rc = -ENOTSUP;
+    int pmode = VBD_PREALLOC_OFF;
+    for (int i = 0; prealloc && vbd_prealloc_names[i]; i++)
+        if (!strcmp(prealloc, vbd_prealloc_names[i]))
+            pmode = i;
+    if (prealloc && strcmp(prealloc, vbd_prealloc_names[pmode])) {
+        vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", prealloc);
+        goto out;
+    }
+    if (pmode != VBD_PREALLOC_OFF && backing && !extl2) {
+        vbd_error_setf(err, EINVAL, "Backing file and preallocation can only be used at the same time if extended_l2 is on");
         goto out;
     }
     if (backing_fmt && !backing) {
@@ -1090,6 +1057,20 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         rc = vbd_node_co_flush(f);
     if (rc < 0)
         vbd_error_setf(err, -rc, "Could not write the qcow2 image '%s': %s", filename, strerror(-rc));
+    if (rc == 0 && pmode != VBD_PREALLOC_OFF) {
+        vbd_node_unref(f);
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "driver", json_object_new_string("qcow2"));
+        f = vbd_open(filename, o, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, err);
+        if (!f) {
+            rc = -EIO;
+            goto out;
+        }
+        struct qcow2_state *s = f->opaque;
+        vbd_co_mutex_lock(&s->lock);
+        rc = qcow2_preallocate(s, 0, size, (enum vbd_prealloc)pmode, err);
+        vbd_co_mutex_unlock(&s->lock);
+    }
 out:
     if (f)
         vbd_node_unref(f);
@@ -1126,5 +1107,9 @@ static const struct vbd_driver qcow2_driver = {
     .snapshot_delete = qcow2_snapshot_delete,
     .create_opts = qcow2_create_opts,
     .co_create = qcow2_create,
+    .measure = qcow2_measure,
+    .co_amend = qcow2_amend,
+    .change_backing_file = qcow2_change_backing_file,
+    .co_make_empty = qcow2_make_empty,
 };
 VBD_DRIVER_REGISTER(qcow2, qcow2_driver);

@@ -112,6 +112,7 @@ struct qcow2_state {
     uint8_t *cluster_buf;       /* decompression / COW scratch (one cluster) */
     uint8_t *cbuf;              /* compressed input scratch */
     bool corrupt;
+    bool quiet_check; /* the repair at open of a dirty image prints nothing */
     bool read_only;
     uint64_t compress_pos; /* end of the last compressed chunk written */
     /* Deferred metadata: dirty L2 tables reach the disk only after a flush
@@ -143,6 +144,20 @@ int qcow2_read_compressed(struct qcow2_state *s, uint64_t entry, uint8_t *out);
 int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index);
 int qcow2_writeback(struct qcow2_state *s);
 void qcow2_defer_free(struct qcow2_state *s, uint64_t host_off);
+void qcow2_release_entry(struct qcow2_state *s, uint64_t entry); /* qcow2.c */
+
+/* resize.c */
+int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries);
+int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum vbd_prealloc mode, struct vbd_error **err);
+int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
+
+/* amend.c */
+int qcow2_rewrite_header(struct qcow2_state *s, const char *backing, const char *backing_fmt, struct vbd_error **err);
+int qcow2_change_backing_file(struct vbd_node *n, const char *backing, const char *backing_fmt, struct vbd_error **err);
+int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct vbd_error **err);
+int qcow2_make_empty(struct vbd_node *n);
+int qcow2_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated,
+                  struct vbd_error **err);
 
 /* snapshot.c */
 int qcow2_snapshot_list(struct vbd_node *n, struct vbd_snapshot_info **out);
@@ -153,6 +168,7 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
 
 /* check.c */
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);
+int qcow2_release_bitmaps(struct qcow2_state *s);
 
 /* refcount.c (lock held) */
 int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err);

@@ -402,10 +402,8 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
     uint32_t l1_size = 0;
     if (rc == 0)
         rc = entry_l1(s, tab + offs[i], &l1, &l1_size);
-    if (rc == 0 && l1_size > s->l1_size) {
-        vbd_error_setf(err, ENOTSUP, "applying a snapshot larger than the current disk is not supported yet");
-        rc = -ENOTSUP;
-    }
+    if (rc == 0 && l1_size > s->l1_size && (rc = qcow2_grow_l1(s, l1_size)) < 0)
+        vbd_error_setf(err, -rc, "could not grow the L1 table to the snapshot's %u entries: %s", l1_size, strerror(-rc));
     uint64_t disk_size = n->size;
     if (rc == 0 && get_be32p(tab + offs[i] + 36) >= 16)
         disk_size = get_be64p(tab + offs[i] + 48);

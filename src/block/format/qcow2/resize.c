@@ -1,0 +1,268 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 resize: growing (the L1 table first, then the size in the
+ * header), preallocation of a range (metadata, falloc, full: L2 tables
+ * and host clusters mapped in advance, as QEMU's preallocation=), and
+ * shrinking when nothing is allocated past the new end.
+ */
+#include "qcow2.h"
+
+#include "vbd/error.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int write_header_u64(struct qcow2_state *s, uint64_t at, uint64_t v)
+{
+    uint8_t b[8];
+    put_be64p(b, v);
+    return vbd_node_co_pwrite(s->n->file, at, b, 8, 0);
+}
+
+/* A larger active L1 table, written and flushed before the header points to it. Lock held. */
+int qcow2_grow_l1(struct qcow2_state *s, uint64_t need)
+{
+    struct vbd_node *n = s->n;
+    if (need * 8 > QCOW2_MAX_L1_BYTES)
+        return -EFBIG;
+    uint64_t bytes = (need * 8 + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    int rc = qcow2_writeback(s);
+    if (rc < 0)
+        return rc;
+    int64_t at = qcow2_alloc_clusters(s, bytes / s->cluster_size);
+    if (at < 0)
+        return (int)at;
+    uint64_t *l1 = calloc(1, bytes), *disk = calloc(1, bytes);
+    if (!l1 || !disk) {
+        free(l1);
+        free(disk);
+        return -ENOMEM;
+    }
+    memcpy(l1, s->l1, (size_t)s->l1_size * 8);
+    for (uint64_t i = 0; i < bytes / 8; i++)
+        disk[i] = be64(l1[i]);
+    rc = vbd_node_co_pwrite(n->file, (uint64_t)at, disk, bytes, 0);
+    free(disk);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    uint8_t h[12];
+    put_be32p(h, (uint32_t)need);
+    put_be64p(h + 4, (uint64_t)at);
+    if (rc == 0)
+        rc = vbd_node_co_pwrite(n->file, 36, h, 12, 0);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc < 0) {
+        free(l1);
+        return rc;
+    }
+    uint64_t old = s->l1_table_offset,
+             old_bytes = ((uint64_t)s->l1_size * 8 + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    free(s->l1);
+    s->l1 = l1;
+    s->l1_size = (uint32_t)need;
+    s->l1_table_offset = (uint64_t)at;
+    for (uint64_t c = 0; old && c < old_bytes; c += s->cluster_size)
+        qcow2_update_refcount(s, old + c, -1);
+    return 0;
+}
+
+/* Maps every guest cluster of [start, end) that has no mapping yet to a
+ * host cluster (contiguous per L2 table), then makes the file cover them
+ * as `mode` asks. Lock held. */
+int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum vbd_prealloc mode, struct vbd_error **err)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t first_host = UINT64_MAX, last_host = 0;
+    int rc = 0;
+    for (uint64_t off = start & ~(cs - 1); off < end;) {
+        uint64_t *table;
+        uint32_t index;
+        struct qcow2_l2_slot *slot;
+        rc = qcow2_get_l2(s, off, true, &table, &index, &slot);
+        if (rc < 0)
+            break;
+        uint32_t per_table = 1u << s->l2_bits;
+        uint64_t count = per_table - index;
+        if (count > (end - off + cs - 1) / cs)
+            count = (end - off + cs - 1) / cs;
+        uint64_t todo = 0;
+        for (uint64_t k = 0; k < count; k++)
+            todo += table[(s->extended_l2 ? 2 : 1) * (index + k)] == 0;
+        if (todo) {
+            int64_t host = qcow2_alloc_clusters(s, todo);
+            if (host < 0) {
+                rc = (int)host;
+                break;
+            }
+            if ((uint64_t)host < first_host)
+                first_host = (uint64_t)host;
+            if ((uint64_t)host + todo * cs > last_host)
+                last_host = (uint64_t)host + todo * cs;
+            for (uint64_t k = 0, h = (uint64_t)host; k < count; k++) {
+                uint64_t *ep = &table[(s->extended_l2 ? 2 : 1) * (index + k)];
+                if (*ep)
+                    continue;
+                ep[0] = be64(h | QCOW_OFLAG_COPIED);
+                if (s->extended_l2) /* with a backing file the subclusters stay unallocated: it shows through */
+                    ep[1] = s->n->backing_file[0] ? 0 : be64(0xffffffffull);
+                h += cs;
+            }
+            slot->dirty = true;
+        }
+        off += count * cs;
+    }
+    /* the file covers the new clusters before any table points to them */
+    if (rc == 0 && last_host > s->n->file->size)
+        rc = vbd_node_co_truncate(s->n->file, last_host, false,
+                                  mode == VBD_PREALLOC_METADATA ? VBD_PREALLOC_OFF : mode, err);
+    if (rc == 0 && mode == VBD_PREALLOC_FULL && first_host < last_host) {
+        /* clusters reused below the old end of the file are written too */
+        uint64_t old_end = s->n->file->size < last_host ? s->n->file->size : last_host;
+        if (first_host < old_end)
+            rc = vbd_node_co_pwrite_zeroes(s->n->file, first_host, old_end - first_host, 0);
+    }
+    if (rc == 0)
+        rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "qcow2: preallocation failed: %s", strerror(-rc));
+    return rc;
+}
+
+/* Shrinking drops only what holds no data: the tail must be unallocated
+ * (or read as zeroes without a host cluster). */
+static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
+{
+    struct vbd_node *n = s->n;
+    uint64_t cs = s->cluster_size, per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
+    uint64_t from = (size + cs - 1) & ~(cs - 1);
+    int rc = qcow2_writeback(s);
+    for (uint64_t off = from; rc == 0 && off < n->size;) {
+        uint32_t l1i = (uint32_t)(off / per_l1);
+        if (l1i >= s->l1_size || !(s->l1[l1i] & L1E_OFFSET_MASK)) {
+            off = (uint64_t)(l1i + 1) * per_l1;
+            continue;
+        }
+        uint64_t e, bitmap;
+        rc = qcow2_get_entry(s, off, &e, &bitmap);
+        if (rc < 0)
+            break;
+        enum qcow2_cluster_type t = qcow2_entry_type(s, e);
+        if (t == QCOW2_NORMAL || t == QCOW2_COMPRESSED || t == QCOW2_ZERO_ALLOC || (e & L2E_OFFSET_MASK)) {
+            vbd_error_setf(err, ENOTSUP,
+                           "qcow2: cannot shrink to %llu bytes: data is allocated at offset %llu past the new end "
+                           "(discard it first)",
+                           (unsigned long long)size, (unsigned long long)off);
+            return -ENOTSUP;
+        }
+        off += cs;
+    }
+    if (rc < 0)
+        goto io;
+    /* zero-flag entries past the end go, so that growing again shows zeroes or the backing file as at creation */
+    for (uint64_t off = from; rc == 0 && off < n->size; off += cs) {
+        uint32_t l1i = (uint32_t)(off / per_l1);
+        if (l1i >= s->l1_size || !(s->l1[l1i] & L1E_OFFSET_MASK) || (off % per_l1 == 0 && off + per_l1 <= n->size))
+            continue; /* whole tables past the end are dropped below */
+        uint64_t *table;
+        uint32_t index;
+        struct qcow2_l2_slot *slot;
+        rc = qcow2_get_l2(s, off, true, &table, &index, &slot);
+        if (rc == 0 && table) {
+            uint64_t *ep = &table[(s->extended_l2 ? 2 : 1) * index];
+            if (ep[0] || (s->extended_l2 && ep[1])) {
+                ep[0] = 0;
+                if (s->extended_l2)
+                    ep[1] = 0;
+                slot->dirty = true;
+            }
+        }
+    }
+    if (rc == 0)
+        rc = qcow2_writeback(s);
+    /* L2 tables wholly past the new end: the L1 entry first, then the table's reference */
+    for (uint32_t i = (uint32_t)((from + per_l1 - 1) / per_l1); rc == 0 && i < s->l1_size; i++) {
+        uint64_t l2 = s->l1[i] & L1E_OFFSET_MASK;
+        if (!l2)
+            continue;
+        s->l1[i] = 0;
+        rc = qcow2_write_l1_entry(s, i);
+        for (int k = 0; k < s->l2_cache_slots; k++)
+            if (s->l2_cache[k].offset == l2) {
+                s->l2_cache[k].offset = 0;
+                s->l2_cache[k].dirty = false;
+            }
+        if (rc == 0)
+            qcow2_defer_free(s, l2);
+    }
+    if (rc == 0)
+        rc = write_header_u64(s, 24, size);
+    if (rc == 0)
+        rc = vbd_node_co_flush(n->file);
+    if (rc == 0) {
+        n->size = size;
+        rc = qcow2_writeback(s); /* releases the dropped tables */
+    }
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc == 0)
+        return 0;
+io:
+    vbd_error_setf(err, -rc, "qcow2: could not shrink the image: %s", strerror(-rc));
+    return rc;
+}
+
+int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    (void)exact;
+    if (size == n->size)
+        return 0;
+    if (s->nb_snapshots && (size < n->size || s->version < 3)) {
+        vbd_error_setf(err, ENOTSUP, size < n->size ? "Can't shrink an image which has snapshots"
+                                                   : "Can't resize a v2 image which has snapshots");
+        return -ENOTSUP;
+    }
+    if (size < n->size && prealloc != VBD_PREALLOC_OFF) {
+        vbd_error_setf(err, ENOTSUP, "Preallocation can't be used for shrinking an image");
+        return -ENOTSUP;
+    }
+    if (size % 512) {
+        vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
+        return -EINVAL;
+    }
+    vbd_co_mutex_lock(&s->lock);
+    int rc = 0;
+    if (size < n->size) {
+        rc = shrink(s, size, err);
+        goto out;
+    }
+    uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
+    uint64_t need = (size + per_l1 - 1) / per_l1;
+    if (need > s->l1_size) {
+        rc = qcow2_grow_l1(s, need);
+        if (rc == -EFBIG)
+            vbd_error_setf(err, EFBIG, "qcow2: an L1 table for %llu bytes would be too large", (unsigned long long)size);
+        else if (rc < 0)
+            vbd_error_setf(err, -rc, "qcow2: could not grow the L1 table: %s", strerror(-rc));
+        if (rc < 0)
+            goto out;
+    }
+    /* the clusters are mapped before the size says they exist */
+    if (prealloc != VBD_PREALLOC_OFF && (rc = qcow2_preallocate(s, n->size, size, prealloc, err)) < 0)
+        goto out;
+    rc = write_header_u64(s, 24, size);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc == 0)
+        n->size = size;
+    else
+        vbd_error_setf(err, -rc, "qcow2: could not update the image size: %s", strerror(-rc));
+out:
+    vbd_co_mutex_unlock(&s->lock);
+    return rc;
+}
