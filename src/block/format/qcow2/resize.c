@@ -69,6 +69,25 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t need)
     return 0;
 }
 
+/* falloc: space reserved (unwritten extents read as zeroes); full: zeroes written. */
+static int cover_clusters(struct qcow2_state *s, uint64_t host, uint64_t len, enum vbd_prealloc mode)
+{
+    if (mode == VBD_PREALLOC_FALLOC)
+        return vbd_node_co_pwrite_zeroes(s->n->file, host, len, 0);
+    if (mode != VBD_PREALLOC_FULL)
+        return 0;
+    uint64_t chunk = len < (1u << 20) ? len : (1u << 20);
+    uint8_t *z = vbd_alloc_aligned(4096, chunk);
+    if (!z)
+        return -ENOMEM;
+    memset(z, 0, chunk);
+    int rc = 0;
+    for (uint64_t done = 0; rc == 0 && done < len; done += chunk)
+        rc = vbd_node_co_pwrite(s->n->file, host + done, z, len - done < chunk ? len - done : chunk, 0);
+    free(z);
+    return rc;
+}
+
 /* Maps every guest cluster of [start, end) that has no mapping yet to a
  * host cluster (contiguous per L2 table), then makes the file cover them
  * as `mode` asks. Lock held. */
@@ -111,19 +130,16 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
                 h += cs;
             }
             slot->dirty = true;
+            rc = cover_clusters(s, (uint64_t)host, todo * cs, mode);
+            if (rc < 0)
+                break;
         }
         off += count * cs;
     }
     /* the file covers the new clusters before any table points to them */
     if (rc == 0 && last_host > s->n->file->size)
-        rc = vbd_node_co_truncate(s->n->file, last_host, false,
-                                  mode == VBD_PREALLOC_METADATA ? VBD_PREALLOC_OFF : mode, err);
-    if (rc == 0 && mode == VBD_PREALLOC_FULL && first_host < last_host) {
-        /* clusters reused below the old end of the file are written too */
-        uint64_t old_end = s->n->file->size < last_host ? s->n->file->size : last_host;
-        if (first_host < old_end)
-            rc = vbd_node_co_pwrite_zeroes(s->n->file, first_host, old_end - first_host, 0);
-    }
+        rc = vbd_node_co_truncate(s->n->file, last_host, false, VBD_PREALLOC_OFF, err);
+    (void)first_host;
     if (rc == 0)
         rc = qcow2_writeback(s);
     if (rc == 0)
