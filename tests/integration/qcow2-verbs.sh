@@ -180,6 +180,35 @@ if command -v qemu-system-x86_64 >/dev/null; then
     qcheck v.qcow2
 fi
 
+step "external data files: qemu-img's read by vbd, vbd's read by qemu-img, data_file_raw kept a valid raw image"
+must qemu-img create -q -f qcow2 -o data_file=qd.raw qd.qcow2 64M
+qemu-io -c 'write -P 1 0 100k' -c 'write -P 2 10M 4k' -c 'write -z 20M 1M' -c 'write -P 3 40M 64k' qd.qcow2 >/dev/null
+must qemu-img convert -O raw qd.qcow2 qd.ref
+"$VBD_IMG" compare -q -F raw qd.qcow2 qd.ref || fail "vbd reads qemu's data-file image differently"
+for verb in "info --output=json" "map --output=json"; do
+    # shellcheck disable=SC2086
+    same $verb qd.qcow2
+done
+for o in data_file=vd.raw data_file=vd.raw,extended_l2=on data_file=vd.raw,data_file_raw=on; do
+    rm -f vd.qcow2 vd.raw
+    must "$VBD_IMG" create -q -f qcow2 -o $o vd.qcow2 64M
+    "$VBD_IO" -c 'write -P 1 0 100k' -c 'write -P 2 10M 3k' -c 'write -z 11M 1M' -c 'discard 0 64k' \
+        -c 'write -P 4 30M 1M' -c 'write -z 30M 64k' vd.qcow2 >/dev/null || fail "vbd-io on $o"
+    qcheck vd.qcow2
+    qemu-io -r -c 'read -P 0 0 64k' -c 'read -P 1 64k 36k' -c 'read -P 2 10M 3k' -c 'read -P 0 11M 1M' -c 'read -P 0 30M 64k' \
+        -c 'read -P 4 30784k 960k' vd.qcow2 >qio.txt
+    grep -q "verification failed" qio.txt && fail "qemu reads vbd's $o image wrong: $(grep -m1 failed qio.txt)"
+    [ "$(stat -c %s vd.qcow2)" -lt 1048576 ] || fail "$o: data went into the qcow2 file ($(stat -c %s vd.qcow2) bytes)"
+    case $o in *raw=on*) qemu-img compare -q -f qcow2 -F raw vd.qcow2 vd.raw || fail "the raw data file differs from the image" ;; esac
+done
+must_fail_with "compatibility level" "$VBD_IMG" create -q -f qcow2 -o data_file=x.raw,compat=0.10 x.qcow2 1M
+must_fail_with "requires data-file" "$VBD_IMG" create -q -f qcow2 -o data_file_raw=on x.qcow2 1M
+must_fail_with "external data file" "$VBD_IMG" snapshot -c s vd.qcow2
+mv vd.raw moved.raw
+must_fail_with "data file" "$VBD_IMG" info vd.qcow2
+"$VBD_IO" -r --image-opts -c 'read -P 2 10M 3k' driver=qcow2,file.filename=vd.qcow2,data-file.filename=moved.raw >/dev/null ||
+    fail "data-file= does not override the name in the header"
+
 step "persistent bitmaps: kept while only read, dropped without leaks once vbd writes"
 must qemu-img create -q -f qcow2 bm.qcow2 64M
 must qemu-img bitmap --add bm.qcow2 b0

@@ -86,7 +86,8 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint8_t *table, uint64_t *pre
             c->res->corruptions++;
             continue;
         }
-        add(c, host, s->cluster_size, "data cluster");
+        if (!s->external) /* clusters in a data file are not refcounted */
+            add(c, host, s->cluster_size, "data cluster");
         if (!active)
             continue;
         c->res->allocated_clusters++;

@@ -237,10 +237,11 @@ enum qcow2_cluster_type qcow2_entry_type(struct qcow2_state *s, uint64_t entry)
 {
     if (entry & QCOW_OFLAG_COMPRESSED)
         return QCOW2_COMPRESSED;
-    uint64_t off = entry & L2E_OFFSET_MASK;
+    /* offset 0 is a real place in a data file: COPIED (always set there) tells it from "unallocated" */
+    bool mapped = (entry & L2E_OFFSET_MASK) || (s->external && (entry & QCOW_OFLAG_COPIED));
     if (!s->extended_l2 && (entry & QCOW_OFLAG_ZERO) && s->version >= 3)
-        return off ? QCOW2_ZERO_ALLOC : QCOW2_ZERO_PLAIN;
-    return off ? QCOW2_NORMAL : QCOW2_UNALLOCATED;
+        return mapped ? QCOW2_ZERO_ALLOC : QCOW2_ZERO_PLAIN;
+    return mapped ? QCOW2_NORMAL : QCOW2_UNALLOCATED;
 }
 
 int qcow2_read_compressed(struct qcow2_state *s, uint64_t entry, uint8_t *out)

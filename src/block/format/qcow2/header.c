@@ -155,11 +155,10 @@ int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags,
         rc = -ENOTSUP;
         goto out;
     }
-    if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
-        vbd_error_setf(err, ENOTSUP, "qcow2: images with an external data file are not supported yet");
-        rc = -ENOTSUP;
-        goto out;
-    }
+    s->external = (s->incompat & QCOW2_INCOMPAT_DATA_FILE) != 0;
+    s->data_raw = s->external && (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW);
+    if (!s->external && (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW))
+        s->autoclear &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW; /* meaningless without a data file */
     if (s->incompat & QCOW2_INCOMPAT_COMPRESSION) {
         if (s->header_length <= 104 || s->compression_type > 1) {
             vbd_error_setf(err, EINVAL, "qcow2: unknown compression type %u", s->compression_type);
@@ -266,6 +265,17 @@ int qcow2_update_incompat(struct qcow2_state *s, uint64_t set, uint64_t clear)
     if (rc == 0)
         s->incompat = v;
     return rc;
+}
+
+const char *qcow2_data_file_name(struct qcow2_state *s, uint32_t *len)
+{
+    for (int i = 0; i < s->nexts; i++)
+        if (s->exts[i].type == QCOW2_EXT_DATA_FILE) {
+            *len = s->exts[i].len;
+            return (const char *)s->exts[i].data;
+        }
+    *len = 0;
+    return NULL;
 }
 
 void qcow2_free_header(struct qcow2_state *s)

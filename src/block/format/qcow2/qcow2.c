@@ -33,6 +33,41 @@ static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 
 static void qcow2_close(struct vbd_node *n);
 
+/* The data file: the "data-file" option, or the name in the header
+ * (relative to the image's directory, as backing file names are). */
+static int open_data_file(struct vbd_node *n, struct qcow2_state *s, struct json_object *opts, unsigned flags,
+                          struct vbd_error **err)
+{
+    uint32_t len;
+    const char *name = qcow2_data_file_name(s, &len);
+    char path[4096] = "";
+    if (name && len) {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", n->file->filename);
+        char *slash = strrchr(dir, '/');
+        if (name[0] == '/' || !slash)
+            snprintf(path, sizeof(path), "%.*s", (int)len, name);
+        else {
+            *slash = 0;
+            snprintf(path, sizeof(path), "%s/%.*s", dir, (int)len, name);
+        }
+    }
+    if (!path[0] && !vbd_opt_get(opts, "data-file")) {
+        vbd_error_setf(err, EINVAL, "qcow2 image '%s' has an external data file but no name for it: 'data-file' is required",
+                       n->filename);
+        return -EINVAL;
+    }
+    s->data = vbd_open_child(n, opts, "data-file", path[0] ? path : NULL, (flags | VBD_OPEN_PROTOCOL) & ~VBD_OPEN_NO_BACKING,
+                             err);
+    if (!s->data) {
+        if (err && *err)
+            vbd_error_prepend(err, "Could not open the data file of '%s': ", n->filename);
+        s->data = NULL;
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* Before the first write: a dirty image (lazy refcounts, not closed
  * cleanly) gets its refcounts rebuilt, as QEMU does at open; bitmaps we do
  * not keep up to date are marked invalid (the autoclear rule). */
@@ -88,6 +123,15 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     rc = qcow2_load_reftable(s, err);
     if (rc < 0)
         return rc;
+    s->data = n->file;
+    if (s->external) {
+        rc = open_data_file(n, s, opts, flags, err);
+        if (rc < 0)
+            return rc;
+    } else if (vbd_opt_get(opts, "data-file")) {
+        vbd_error_setf(err, EINVAL, "'data-file' can only be set for images with an external data file");
+        return -EINVAL;
+    }
     s->read_only = !(flags & VBD_OPEN_RDWR);
     s->file_end = (n->file->size + s->cluster_size - 1) & ~(s->cluster_size - 1);
     uint64_t per_table = 1ull << (s->l2_bits + s->cluster_bits);
@@ -103,7 +147,7 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
     n->bl.max_transfer = 0;
     n->bl.opt_transfer = (uint32_t)s->cluster_size;
-    n->supported_write_flags = VBD_REQ_COMPRESSED;
+    n->supported_write_flags = s->external ? 0 : VBD_REQ_COMPRESSED; /* no compressed clusters in a data file */
     if (!s->read_only && !(flags & VBD_OPEN_CHECK)) {
         rc = open_for_writing(n, s, err);
         if (rc < 0)
@@ -147,6 +191,9 @@ static void qcow2_close(struct vbd_node *n)
     s->frees = NULL;
     while (s->nbufpool)
         free(s->bufpool[--s->nbufpool]);
+    if (s->data && s->data != n->file)
+        vbd_node_unref(s->data);
+    s->data = NULL;
     qcow2_free_header(s);
 }
 
@@ -198,11 +245,12 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
         bool alloc = (bitmap >> sc) & 1, zero = (bitmap >> (32 + sc)) & 1;
         if (alloc && zero)
             return -EIO; /* both bits set is invalid */
+        bool mapped = t == QCOW2_NORMAL; /* a host cluster (offset 0 counts in a data file) */
         if (zero)
             t = QCOW2_ZERO_PLAIN;
         else if (!alloc)
-            t = (entry & L2E_OFFSET_MASK) ? QCOW2_UNALLOC_ALLOC : QCOW2_UNALLOCATED;
-        else if (!(entry & L2E_OFFSET_MASK))
+            t = mapped ? QCOW2_UNALLOC_ALLOC : QCOW2_UNALLOCATED;
+        else if (!mapped)
             return -EIO;
         else
             t = QCOW2_NORMAL;
@@ -226,7 +274,7 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
             bool a = (b2 >> sc) & 1, z = (b2 >> (32 + sc)) & 1;
             t2 = (a && z) ? QCOW2_COMPRESSED /* stop */
                  : z      ? QCOW2_ZERO_PLAIN
-                 : !a     ? ((e2 & L2E_OFFSET_MASK) ? QCOW2_UNALLOC_ALLOC : QCOW2_UNALLOCATED)
+                 : !a     ? (t2 == QCOW2_NORMAL ? QCOW2_UNALLOC_ALLOC : QCOW2_UNALLOCATED)
                           : QCOW2_NORMAL;
         }
         y.host = (e2 & L2E_OFFSET_MASK) + (next & (s->cluster_size - 1));
@@ -265,7 +313,7 @@ static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
             vbd_iov_memset(q->iov, q->niov, qoff, 0, x.len);
             break;
         case QCOW2_NORMAL:
-            rc = vbd_node_co_preadv(n->file, x.host, x.len, q, qoff, 0);
+            rc = vbd_node_co_preadv(s->data, x.host, x.len, q, qoff, 0);
             break;
         case QCOW2_COMPRESSED:
             break;
@@ -281,6 +329,15 @@ static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
 
 static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
                               uint8_t *buf, uint64_t entry, enum qcow2_cluster_type t, uint64_t host, bool in_place);
+
+/* Host clusters for guest clusters [guest, +count): with a data file the
+ * same offsets there (nothing to count), else the first free ones. */
+static int64_t alloc_data(struct qcow2_state *s, uint64_t guest, uint64_t count)
+{
+    if (s->external)
+        return (int64_t)(guest & ~(s->cluster_size - 1));
+    return qcow2_alloc_clusters(s, count);
+}
 
 static uint8_t *get_buf(struct qcow2_state *s)
 {
@@ -390,12 +447,12 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     uint64_t target = host;
     bool fresh = !in_place;
     if (fresh) {
-        int64_t a = qcow2_alloc_clusters(s, 1);
+        int64_t a = alloc_data(s, cstart, 1);
         if (a < 0)
             return (int)a;
         target = (uint64_t)a;
     }
-    if (qcow2_overlaps_metadata(s, target, s->cluster_size))
+    if (qcow2_data_overlaps(s, target, s->cluster_size))
         return qcow2_signal_corruption(s, "data cluster would overwrite metadata", target);
     /* the data goes out without the lock: other clusters' allocations proceed meanwhile */
     bool unlocked = s->nalloc_inflight < 64;
@@ -403,8 +460,8 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
         s->alloc_inflight[s->nalloc_inflight++] = cstart;
         vbd_co_mutex_unlock(&s->lock);
     }
-    rc = whole ? vbd_node_co_pwritev(n->file, target, len, q, qoff, 0)
-               : vbd_node_co_pwrite(n->file, target, buf, s->cluster_size, 0);
+    rc = whole ? vbd_node_co_pwritev(s->data, target, len, q, qoff, 0)
+               : vbd_node_co_pwrite(s->data, target, buf, s->cluster_size, 0);
     if (unlocked) {
         vbd_co_mutex_lock(&s->lock);
         for (int i = 0; i < s->nalloc_inflight; i++)
@@ -425,7 +482,7 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     if (s->extended_l2)
         ep[1] = be64(0xffffffffull); /* every subcluster allocated, none zero */
     slot->dirty = true; /* written after the next flush of the refcounts (qcow2_writeback) */
-    if (fresh && (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && host)
+    if (fresh && (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && host && !s->external)
         qcow2_defer_free(s, host); /* the snapshot keeps its copy */
     if (fresh && t == QCOW2_COMPRESSED) {
         uint64_t coff = entry & s->coffset_mask;
@@ -563,12 +620,12 @@ static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, s
         vbd_co_mutex_unlock(&s->lock);
         return 0;
     }
-    int64_t start = qcow2_alloc_clusters(s, k);
+    int64_t start = alloc_data(s, off, k);
     if (start < 0) {
         vbd_co_mutex_unlock(&s->lock);
         return start;
     }
-    if (qcow2_overlaps_metadata(s, (uint64_t)start, k << s->cluster_bits)) {
+    if (qcow2_data_overlaps(s, (uint64_t)start, k << s->cluster_bits)) {
         int rc = qcow2_signal_corruption(s, "data clusters would overwrite metadata", (uint64_t)start);
         vbd_co_mutex_unlock(&s->lock);
         return rc;
@@ -576,7 +633,7 @@ static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, s
     for (uint64_t i = 0; i < k; i++)
         s->alloc_inflight[s->nalloc_inflight++] = off + (i << s->cluster_bits);
     vbd_co_mutex_unlock(&s->lock);
-    int rc = vbd_node_co_pwritev(n->file, (uint64_t)start, k << s->cluster_bits, q, qoff, 0);
+    int rc = vbd_node_co_pwritev(s->data, (uint64_t)start, k << s->cluster_bits, q, qoff, 0);
     vbd_co_mutex_lock(&s->lock);
     for (uint64_t i = 0; i < k; i++) {
         uint64_t c = off + (i << s->cluster_bits);
@@ -642,9 +699,9 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
         if (rc < 0)
             return rc;
         if (rc == 1) {
-            if (qcow2_overlaps_metadata(s, host, len))
+            if (qcow2_data_overlaps(s, host, len))
                 return qcow2_signal_corruption(s, "data write would overwrite metadata", host);
-            rc = vbd_node_co_pwritev(n->file, host, len, q, qoff, 0);
+            rc = vbd_node_co_pwritev(s->data, host, len, q, qoff, 0);
             if (rc < 0)
                 return rc;
         }
@@ -666,7 +723,8 @@ void qcow2_release_entry(struct qcow2_state *s, uint64_t entry)
         uint64_t last = (coff + nsect * 512 - (coff & 511) - 1) & ~(s->cluster_size - 1);
         for (uint64_t c = coff & ~(s->cluster_size - 1); c <= last; c += s->cluster_size)
             qcow2_defer_free(s, c);
-    } else if ((entry & L2E_OFFSET_MASK) && (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC || s->extended_l2)) {
+    } else if ((entry & L2E_OFFSET_MASK) && !s->external &&
+               (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC || s->extended_l2)) {
         qcow2_defer_free(s, entry & L2E_OFFSET_MASK);
     }
 }
@@ -725,6 +783,15 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
     struct qcow2_state *s = n->opaque;
     if (s->corrupt)
         return -EIO;
+    if (s->data_raw) {
+        /* the data file must read as the image does: zeroes go there too,
+         * and the clusters keep their 1:1 mapping (zero flag, no unmap) */
+        int rc = vbd_node_co_pwrite_zeroes(s->data, off, bytes, flags & VBD_REQ_MAY_UNMAP);
+        if (rc < 0)
+            return rc;
+        flags &= ~VBD_REQ_MAY_UNMAP;
+        discard = false;
+    }
     while (bytes) {
         uint64_t in = off & (s->cluster_size - 1);
         uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
@@ -803,7 +870,7 @@ static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
         int st = 0;
         if (x.type == QCOW2_UNALLOC_ALLOC) { /* qemu-img map shows where it would go */
             *map = x.host;
-            *file = n->file;
+            *file = s->data;
             st = VBD_BS_OFFSET_VALID;
         }
         /* without a backing file (or past its end) the range reads as zeroes */
@@ -817,11 +884,11 @@ static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
         return VBD_BS_ZERO | VBD_BS_ALLOCATED;
     case QCOW2_ZERO_ALLOC:
         *map = x.host;
-        *file = n->file;
+        *file = s->data;
         return VBD_BS_ZERO | VBD_BS_ALLOCATED | VBD_BS_OFFSET_VALID;
     case QCOW2_NORMAL:
         *map = x.host;
-        *file = n->file;
+        *file = s->data;
         return VBD_BS_DATA | VBD_BS_ALLOCATED | VBD_BS_OFFSET_VALID;
     case QCOW2_COMPRESSED:
         return VBD_BS_DATA | VBD_BS_ALLOCATED | VBD_BS_COMPRESSED;
@@ -849,6 +916,16 @@ static int qcow2_get_info(struct vbd_node *n, struct vbd_image_info *info, struc
         json_object_object_add(d, "lazy-refcounts",
                                json_object_new_boolean((s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0));
     json_object_object_add(d, "refcount-bits", json_object_new_int(1 << s->refcount_order));
+    if (s->external) {
+        uint32_t len;
+        const char *name = qcow2_data_file_name(s, &len);
+        if (name) {
+            char buf[4096];
+            snprintf(buf, sizeof(buf), "%.*s", (int)len, name);
+            json_object_object_add(d, "data-file", json_object_new_string(buf));
+        }
+        json_object_object_add(d, "data-file-raw", json_object_new_boolean(s->data_raw));
+    }
     if (s->version >= 3) {
         json_object_object_add(d, "corrupt", json_object_new_boolean(s->corrupt));
         json_object_object_add(d, "extended-l2", json_object_new_boolean(s->extended_l2));
@@ -874,14 +951,16 @@ static const struct vbd_opt_desc qcow2_create_opts[] = {
     {"refcount_bits", VBD_OPT_NUMBER, "Width of a reference count entry in bits", "16"},
     {"compression_type", VBD_OPT_STRING, "Compression method used for image cluster compression", "zlib"},
     {"extended_l2", VBD_OPT_BOOL, "Extended L2 tables", "off"},
+    {"data_file", VBD_OPT_STRING, "File name of an external data file", NULL},
+    {"data_file_raw", VBD_OPT_BOOL, "The external data file must stay valid as a raw image", "off"},
     {NULL, 0, NULL, NULL},
 };
 
 static int qcow2_create(const char *filename, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = 65536, refcount_bits = 16;
-    char *compat = NULL, *backing = NULL, *backing_fmt = NULL, *prealloc = NULL, *ctype = NULL;
-    bool lazy = false, extl2 = false;
+    char *compat = NULL, *backing = NULL, *backing_fmt = NULL, *prealloc = NULL, *ctype = NULL, *data_file = NULL;
+    bool lazy = false, extl2 = false, data_raw = false;
     int rc = -EINVAL;
     uint8_t *buf = NULL;
     struct vbd_node *f = NULL;
@@ -893,7 +972,9 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         vbd_opt_take_bool(opts, "lazy_refcounts", &lazy, err) < 0 ||
         vbd_opt_take_u64(opts, "refcount_bits", &refcount_bits, err) < 0 ||
         vbd_opt_take_str(opts, "compression_type", &ctype, err) < 0 ||
-        vbd_opt_take_bool(opts, "extended_l2", &extl2, err) < 0)
+        vbd_opt_take_bool(opts, "extended_l2", &extl2, err) < 0 ||
+        vbd_opt_take_str(opts, "data_file", &data_file, err) < 0 ||
+        vbd_opt_take_bool(opts, "data_file_raw", &data_raw, err) < 0)
         goto out;
     if (vbd_opts_check_empty(opts, "Block format 'qcow2'", err) < 0)
         goto out;
@@ -940,6 +1021,24 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", prealloc);
         goto out;
     }
+    if (data_file && version < 3) {
+        vbd_error_setf(err, EINVAL, "External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)");
+        goto out;
+    }
+    if (data_raw && !data_file) {
+        vbd_error_setf(err, EINVAL, "data-file-raw requires data-file");
+        goto out;
+    }
+    if (data_raw && backing) {
+        vbd_error_setf(err, EINVAL, "Backing file and data-file-raw cannot be used at the same time");
+        goto out;
+    }
+    if (data_file && strlen(data_file) > 1023) {
+        vbd_error_setf(err, EINVAL, "Data file name too long");
+        goto out;
+    }
+    if (data_raw && pmode == VBD_PREALLOC_OFF)
+        pmode = VBD_PREALLOC_METADATA; /* a raw data file is mapped 1:1 from the start */
     if (pmode != VBD_PREALLOC_OFF && backing && !extl2) {
         vbd_error_setf(err, EINVAL, "Backing file and preallocation can only be used at the same time if extended_l2 is on");
         goto out;
@@ -977,6 +1076,17 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         table_clusters = nt;
     }
     uint64_t total = 1 + table_clusters + blocks + l1_clusters;
+    char data_path[4096] = "";
+    if (data_file) { /* relative to the image, as it will be resolved at open */
+        const char *slash = strrchr(filename, '/');
+        if (data_file[0] == '/' || !slash)
+            snprintf(data_path, sizeof(data_path), "%s", data_file);
+        else
+            snprintf(data_path, sizeof(data_path), "%.*s/%s", (int)(slash - filename), filename, data_file);
+        rc = vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, err);
+        if (rc < 0)
+            goto out;
+    }
     rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
     if (rc < 0)
         goto out;
@@ -997,8 +1107,10 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
     put_be32p(h + 56, (uint32_t)table_clusters);
     uint64_t pos = 72;
     if (version == 3) {
-        uint64_t incompat = (comp ? QCOW2_INCOMPAT_COMPRESSION : 0) | (extl2 ? QCOW2_INCOMPAT_EXTL2 : 0);
+        uint64_t incompat = (comp ? QCOW2_INCOMPAT_COMPRESSION : 0) | (extl2 ? QCOW2_INCOMPAT_EXTL2 : 0) |
+                            (data_file ? QCOW2_INCOMPAT_DATA_FILE : 0);
         put_be64p(h + 72, incompat);
+        put_be64p(h + 88, data_raw ? QCOW2_AUTOCLEAR_DATA_FILE_RAW : 0);
         put_be64p(h + 80, lazy ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
         put_be32p(h + 96, (uint32_t)order);
         put_be32p(h + 100, 112);
@@ -1010,6 +1122,13 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         put_be32p(h + pos, QCOW2_EXT_BACKING_FORMAT);
         put_be32p(h + pos + 4, (uint32_t)l);
         memcpy(h + pos + 8, backing_fmt, l);
+        pos += 8 + ((l + 7) & ~7ull);
+    }
+    if (data_file) {
+        size_t l = strlen(data_file);
+        put_be32p(h + pos, QCOW2_EXT_DATA_FILE);
+        put_be32p(h + pos + 4, (uint32_t)l);
+        memcpy(h + pos + 8, data_file, l);
         pos += 8 + ((l + 7) & ~7ull);
     }
     static const struct {
@@ -1080,6 +1199,7 @@ out:
     free(backing_fmt);
     free(prealloc);
     free(ctype);
+    free(data_file);
     return rc < 0 ? rc : 0;
 }
 

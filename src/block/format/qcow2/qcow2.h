@@ -112,7 +112,11 @@ struct qcow2_state {
     uint8_t *cluster_buf;       /* decompression / COW scratch (one cluster) */
     uint8_t *cbuf;              /* compressed input scratch */
     bool corrupt;
-    bool quiet_check; /* the repair at open of a dirty image prints nothing */
+    bool quiet_check;
+    /* external data file: guest offset == host offset, data clusters not refcounted */
+    struct vbd_node *data; /* where data clusters live: n->file, or the data file */
+    bool external;
+    bool data_raw; /* the data file alone is a valid raw image: kept so */ /* the repair at open of a dirty image prints nothing */
     bool read_only;
     uint64_t compress_pos; /* end of the last compressed chunk written */
     /* Deferred metadata: dirty L2 tables reach the disk only after a flush
@@ -178,6 +182,11 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delt
 int qcow2_flush_refcounts(struct qcow2_state *s);
 int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
+static inline bool qcow2_data_overlaps(struct qcow2_state *s, uint64_t off, uint64_t len)
+{
+    return !s->external && qcow2_overlaps_metadata(s, off, len); /* data in its own file cannot hit metadata */
+}
+const char *qcow2_data_file_name(struct qcow2_state *s, uint32_t *len); /* header.c: from the extension */
 
 static inline uint64_t be64(uint64_t v)
 {

@@ -72,8 +72,13 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t need)
 /* falloc: space reserved (unwritten extents read as zeroes); full: zeroes written. */
 static int cover_clusters(struct qcow2_state *s, uint64_t host, uint64_t len, enum vbd_prealloc mode)
 {
+    if (s->data->size < host + len) {
+        int rc = vbd_node_co_truncate(s->data, host + len, false, VBD_PREALLOC_OFF, NULL);
+        if (rc < 0)
+            return rc;
+    }
     if (mode == VBD_PREALLOC_FALLOC)
-        return vbd_node_co_pwrite_zeroes(s->n->file, host, len, 0);
+        return vbd_node_co_pwrite_zeroes(s->data, host, len, 0);
     if (mode != VBD_PREALLOC_FULL)
         return 0;
     uint64_t chunk = len < (1u << 20) ? len : (1u << 20);
@@ -83,7 +88,7 @@ static int cover_clusters(struct qcow2_state *s, uint64_t host, uint64_t len, en
     memset(z, 0, chunk);
     int rc = 0;
     for (uint64_t done = 0; rc == 0 && done < len; done += chunk)
-        rc = vbd_node_co_pwrite(s->n->file, host + done, z, len - done < chunk ? len - done : chunk, 0);
+        rc = vbd_node_co_pwrite(s->data, host + done, z, len - done < chunk ? len - done : chunk, 0);
     free(z);
     return rc;
 }
@@ -110,7 +115,21 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
         uint64_t todo = 0;
         for (uint64_t k = 0; k < count; k++)
             todo += table[(s->extended_l2 ? 2 : 1) * (index + k)] == 0;
-        if (todo) {
+        if (todo && s->external) {
+            /* the data file maps 1:1: each cluster at its guest offset */
+            for (uint64_t k = 0; k < count; k++) {
+                uint64_t *ep = &table[(s->extended_l2 ? 2 : 1) * (index + k)];
+                if (*ep)
+                    continue;
+                ep[0] = be64((off + k * cs) | QCOW_OFLAG_COPIED);
+                if (s->extended_l2)
+                    ep[1] = s->n->backing_file[0] ? 0 : be64(0xffffffffull);
+            }
+            slot->dirty = true;
+            rc = cover_clusters(s, off, count * cs, mode);
+            if (rc < 0)
+                break;
+        } else if (todo) {
             int64_t host = qcow2_alloc_clusters(s, todo);
             if (host < 0) {
                 rc = (int)host;

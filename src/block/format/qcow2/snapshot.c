@@ -253,6 +253,10 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
         vbd_error_setf(err, EACCES, "the image is read-only or corrupt");
         return -EACCES;
     }
+    if (s->external) {
+        vbd_error_setf(err, ENOTSUP, "Can't create a snapshot of an image with an external data file");
+        return -ENOTSUP;
+    }
     vbd_co_mutex_lock(&s->lock);
     qcow2_writeback(s); /* the tables on disk are what we walk */
     uint8_t *tab = NULL, *ntab = NULL;
