@@ -161,6 +161,8 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
             rc = qcow2_flush_refcounts(s);
         if (rc == 0) {
             s->l1[l1_index] = (uint64_t)nl2 | QCOW_OFLAG_COPIED;
+        qcow2_metadata_moved(s);
+            qcow2_metadata_moved(s);
             rc = qcow2_write_l1_entry(s, (uint32_t)l1_index);
         }
         if (rc == 0) {

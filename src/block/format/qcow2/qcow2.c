@@ -123,6 +123,18 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     rc = qcow2_load_reftable(s, err);
     if (rc < 0)
         return rc;
+    if (s->nb_snapshots) {
+        uint8_t *tab = NULL;
+        uint64_t *offs = NULL;
+        rc = qcow2_snapshot_table(s, &tab, &s->snapshots_size, &offs);
+        free(tab);
+        free(offs);
+        if (rc < 0) {
+            vbd_error_setf(err, EINVAL, "qcow2 snapshot table (%u snapshots at 0x%llx) cannot be read or is too large",
+                           s->nb_snapshots, (unsigned long long)s->snapshots_offset);
+            return -EINVAL;
+        }
+    }
     s->data = n->file;
     if (s->external) {
         rc = open_data_file(n, s, opts, flags, err);
@@ -191,6 +203,9 @@ static void qcow2_close(struct vbd_node *n)
     s->frees = NULL;
     while (s->nbufpool)
         free(s->bufpool[--s->nbufpool]);
+    free(s->meta_index);
+    s->meta_index = NULL;
+    s->meta_valid = false;
     if (s->data && s->data != n->file)
         vbd_node_unref(s->data);
     s->data = NULL;

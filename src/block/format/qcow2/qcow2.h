@@ -89,6 +89,13 @@ struct qcow2_state {
 
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
+    uint64_t snapshots_size; /* bytes of the snapshot table */
+
+    /* host clusters of L2 tables and refcount blocks, sorted, for the
+     * overlap check; rebuilt from s->l1 and s->reftable after they change */
+    uint64_t *meta_index;
+    size_t nmeta, meta_cap;
+    bool meta_valid;
 
     uint64_t backing_file_offset;
     uint32_t backing_file_size;
@@ -182,6 +189,10 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delt
 int qcow2_flush_refcounts(struct qcow2_state *s);
 int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
+static inline void qcow2_metadata_moved(struct qcow2_state *s)
+{
+    s->meta_valid = false; /* an L1 or refcount table entry changed */
+}
 static inline bool qcow2_data_overlaps(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
     return !s->external && qcow2_overlaps_metadata(s, off, len); /* data in its own file cannot hit metadata */

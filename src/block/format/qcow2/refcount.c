@@ -112,20 +112,69 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t *rc)
     return 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void rebuild_meta_index(struct qcow2_state *s)
+{
+    size_t need = s->l1_size + s->reftable_entries;
+    if (need > s->meta_cap) {
+        uint64_t *m = realloc(s->meta_index, need * sizeof(*m));
+        if (!m)
+            return; /* stays invalid: the next check tries again */
+        s->meta_index = m;
+        s->meta_cap = need;
+    }
+    size_t k = 0;
+    for (uint32_t i = 0; i < s->l1_size; i++)
+        if (s->l1[i] & L1E_OFFSET_MASK)
+            s->meta_index[k++] = (s->l1[i] & L1E_OFFSET_MASK) >> s->cluster_bits;
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        if (s->reftable[i])
+            s->meta_index[k++] = s->reftable[i] >> s->cluster_bits;
+    qsort(s->meta_index, k, sizeof(uint64_t), cmp_u64);
+    s->nmeta = k;
+    s->meta_valid = true;
+}
+
+/* Would [off, off+len) hit the header, the active L1 or L2 tables, the
+ * refcount table or blocks, or the snapshot table? O(log n) per call: it
+ * runs before every data write whose target came from the image. */
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
 #define OVERLAP(a, alen) ((a) < off + len && off < (a) + (alen))
+    if (!len)
+        return false;
     if (OVERLAP(0, s->cluster_size))
         return true;
     if (s->l1_size && OVERLAP(s->l1_table_offset, (uint64_t)s->l1_size * 8))
         return true;
     if (OVERLAP(s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size))
         return true;
-    for (uint64_t i = 0; i < s->reftable_entries; i++)
-        if (s->reftable[i] && OVERLAP(s->reftable[i], s->cluster_size))
-            return true;
-    return false;
+    if (s->nb_snapshots && OVERLAP(s->snapshots_offset, s->snapshots_size))
+        return true;
 #undef OVERLAP
+    if (!s->meta_valid)
+        rebuild_meta_index(s);
+    if (!s->meta_valid) { /* out of memory: the slow way */
+        for (uint64_t i = 0; i < s->reftable_entries; i++)
+            if (s->reftable[i] && s->reftable[i] < off + len && off < s->reftable[i] + s->cluster_size)
+                return true;
+        return false;
+    }
+    uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
+    size_t lo = 0, hi = s->nmeta;
+    while (lo < hi) { /* first index entry >= first */
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->meta_index[mid] < first)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->nmeta && s->meta_index[lo] <= last;
 }
 
 static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value);
@@ -149,6 +198,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t entries)
     uint64_t *old = s->reftable;
     s->reftable = table;
     s->reftable_entries = new_entries;
+    qcow2_metadata_moved(s);
     s->file_end = start + nclusters * s->cluster_size;
     int rc = 0;
     /* the new table's own clusters need refcounts (may add refcount blocks after it) */
@@ -174,6 +224,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t entries)
     if (rc < 0) {
         s->reftable = old;
         s->reftable_entries = old_clusters * per_cluster;
+        qcow2_metadata_moved(s);
         free(table);
         return rc;
     }
@@ -215,6 +266,7 @@ static int ensure_block(struct qcow2_state *s, uint64_t cluster, uint64_t *block
         return rc;
     s->rc_block_offset = off;
     s->reftable[idx] = off;
+    qcow2_metadata_moved(s);
     uint8_t e[8];
     put_be64p(e, off);
     rc = vbd_node_co_pwrite(s->n->file, s->refcount_table_offset + idx * 8, e, 8, 0);

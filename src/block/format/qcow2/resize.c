@@ -62,6 +62,7 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t need)
              old_bytes = ((uint64_t)s->l1_size * 8 + s->cluster_size - 1) & ~(s->cluster_size - 1);
     free(s->l1);
     s->l1 = l1;
+    qcow2_metadata_moved(s);
     s->l1_size = (uint32_t)need;
     s->l1_table_offset = (uint64_t)at;
     for (uint64_t c = 0; old && c < old_bytes; c += s->cluster_size)
@@ -225,6 +226,7 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
         if (!l2)
             continue;
         s->l1[i] = 0;
+        qcow2_metadata_moved(s);
         rc = qcow2_write_l1_entry(s, i);
         for (int k = 0; k < s->l2_cache_slots; k++)
             if (s->l2_cache[k].offset == l2) {

@@ -189,6 +189,7 @@ static int fix_copied(struct qcow2_state *s)
         uint64_t ne = r == 1 ? s->l1[i] | QCOW_OFLAG_COPIED : s->l1[i] & ~QCOW_OFLAG_COPIED;
         if (rc == 0 && ne != s->l1[i]) {
             s->l1[i] = ne;
+            qcow2_metadata_moved(s);
             rc = qcow2_write_l1_entry(s, i);
         }
     }
@@ -226,6 +227,7 @@ static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, 
         return rc;
     s->nb_snapshots = count;
     s->snapshots_offset = (uint64_t)at;
+    s->snapshots_size = len;
     if (old && old_len)
         add_refs(s, old, old_len, -1); /* a failure only leaks */
     return 0;
@@ -423,6 +425,7 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
             uint64_t *disk = calloc(1, bytes + 8);
             for (uint32_t k = 0; k < s->l1_size; k++) {
                 s->l1[k] = k < l1_size ? l1[k] & ~QCOW_OFLAG_COPIED : 0;
+                qcow2_metadata_moved(s);
                 disk[k] = be64(s->l1[k]);
             }
             rc = vbd_node_co_pwrite(n->file, s->l1_table_offset, disk, bytes, 0);
