@@ -215,7 +215,8 @@ must qemu-img bitmap --add bm.qcow2 b0
 qemu-io -c 'write -P 1 0 4M' bm.qcow2 >/dev/null
 must qemu-img bitmap --add bm.qcow2 b1
 out=$("$VBD_IMG" check bm.qcow2 2>&1) || fail "vbd-img check of an image with bitmaps: $out"
-"$VBD_IMG" info bm.qcow2 >/dev/null
+same info bm.qcow2
+same info --output=json bm.qcow2
 qemu-img info bm.qcow2 | grep -q "name: b1" || fail "reading the image lost its bitmaps"
 "$VBD_IO" -c 'write -P 2 8M 1M' bm.qcow2 >/dev/null 2>&1
 qemu-img info bm.qcow2 | grep -q "name: b0" && fail "bitmaps not updated by our writes were kept"

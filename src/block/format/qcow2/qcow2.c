@@ -916,6 +916,48 @@ static int64_t qcow2_allocated(struct vbd_node *n)
     return vbd_node_get_allocated_size(n->file);
 }
 
+/* The persistent bitmaps' names, flags and granularities, as qemu-img info lists them. */
+static struct json_object *qcow2_bitmap_list(struct qcow2_state *s)
+{
+    if (s->version < 3 || !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+        return NULL;
+    for (int i = 0; i < s->nexts; i++) {
+        struct qcow2_ext *x = &s->exts[i];
+        if (x->type != QCOW2_EXT_BITMAPS || x->len < 24)
+            continue;
+        uint32_t nb = get_be32p(x->data);
+        uint64_t size = get_be64p(x->data + 8), off = get_be64p(x->data + 16);
+        if (!nb || size > (1u << 20) || nb > 65535)
+            return NULL;
+        uint8_t *dir = malloc(size);
+        if (!dir || vbd_node_co_pread(s->n->file, off, dir, size) < 0) {
+            free(dir);
+            return NULL;
+        }
+        struct json_object *arr = json_object_new_array();
+        for (uint64_t p = 0, k = 0; k < nb && p + 24 <= size; k++) {
+            uint32_t flags = get_be32p(dir + p + 12);
+            uint8_t gbits = dir[p + 17];
+            uint32_t name = ((uint32_t)dir[p + 18] << 8) | dir[p + 19], extra = get_be32p(dir + p + 20);
+            if (p + 24 + extra + name > size || gbits > 63)
+                break;
+            struct json_object *b = json_object_new_object(), *f = json_object_new_array();
+            if (flags & 1)
+                json_object_array_add(f, json_object_new_string("in-use"));
+            if (flags & 2)
+                json_object_array_add(f, json_object_new_string("auto"));
+            json_object_object_add(b, "flags", f);
+            json_object_object_add(b, "name", json_object_new_string_len((const char *)dir + p + 24 + extra, (int)name));
+            json_object_object_add(b, "granularity", json_object_new_int64((int64_t)1 << gbits));
+            json_object_array_add(arr, b);
+            p += (24 + extra + name + 7) & ~7ull;
+        }
+        free(dir);
+        return arr;
+    }
+    return NULL;
+}
+
 static int qcow2_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
@@ -930,6 +972,9 @@ static int qcow2_get_info(struct vbd_node *n, struct vbd_image_info *info, struc
     if (s->version >= 3)
         json_object_object_add(d, "lazy-refcounts",
                                json_object_new_boolean((s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0));
+    struct json_object *bm = qcow2_bitmap_list(s);
+    if (bm)
+        json_object_object_add(d, "bitmaps", bm);
     json_object_object_add(d, "refcount-bits", json_object_new_int(1 << s->refcount_order));
     if (s->external) {
         uint32_t len;
