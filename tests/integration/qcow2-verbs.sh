@@ -209,6 +209,26 @@ must_fail_with "data file" "$VBD_IMG" info vd.qcow2
 "$VBD_IO" -r --image-opts -c 'read -P 2 10M 3k' driver=qcow2,file.filename=vd.qcow2,data-file.filename=moved.raw >/dev/null ||
     fail "data-file= does not override the name in the header"
 
+step "cache options: tiny L2 and refcount caches evict and write back correctly; cache-clean-interval accepted"
+rm -f cs.qcow2 cq.qcow2
+must "$VBD_IMG" create -q -f qcow2 -o cluster_size=4k,refcount_bits=64 cs.qcow2 8G
+must qemu-img create -q -f qcow2 -o cluster_size=4k cq.qcow2 8G
+python3 - >wcmds.txt <<'PY'
+import random
+r = random.Random(7)
+for k in range(200):  # spread over 8 GiB: many L2 tables and refcount blocks (64-bit refcounts: 512 per block)
+    print('write -P 0x%02x %d %d' % (k % 200 + 1, r.randrange(0, 8 << 30, 4096), r.choice([4096, 12288, 65536])))
+    if k % 50 == 49:
+        print('flush')
+PY
+wargs=(); while read -r l; do wargs+=(-c "$l"); done <wcmds.txt
+"$VBD_IO" --image-opts "${wargs[@]}" driver=qcow2,file.filename=cs.qcow2,l2-cache-size=16k,refcount-cache-size=8k,cache-clean-interval=1 >/dev/null ||
+    fail "vbd-io with small caches"
+qemu-io "${wargs[@]}" cq.qcow2 >/dev/null
+qcheck cs.qcow2
+qemu-img compare -q cs.qcow2 cq.qcow2 || fail "small caches: the data differs from qemu-io's"
+must_fail_with "cache-size" "$VBD_IO" --image-opts -c 'read 0 4k' driver=qcow2,file.filename=cs.qcow2,l2-cache-size=1M,refcount-cache-size=1M,cache-size=1M
+
 step "persistent bitmaps: kept while only read, dropped without leaks once vbd writes"
 must qemu-img create -q -f qcow2 bm.qcow2 64M
 must qemu-img bitmap --add bm.qcow2 b0

@@ -24,6 +24,7 @@
 #include <zstd.h>
 
 #define DEFAULT_L2_CACHE_BYTES (8u << 20)
+#define DEFAULT_REFCOUNT_CACHE_BYTES (256u << 10) /* 4 blocks of 64 KiB, at least 2 */
 
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 {
@@ -32,6 +33,33 @@ static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 }
 
 static void qcow2_close(struct vbd_node *n);
+
+/* cache-clean-interval: cached tables not used during the last interval
+ * give their memory back (clean ones only; nothing is written here). */
+static void clean_caches(void *arg)
+{
+    struct qcow2_state *s = arg;
+    if (!s->lock.locked) { /* no coroutine is inside the metadata code */
+        for (int i = 0; i < s->l2_cache_slots; i++) {
+            struct qcow2_l2_slot *sl = &s->l2_cache[i];
+            if (sl->table && !sl->dirty && sl->lru <= s->lru_at_last_clean) {
+                free(sl->table);
+                sl->table = NULL;
+                sl->offset = 0;
+            }
+        }
+        for (int i = 0; i < s->rc_nslots; i++) {
+            struct qcow2_rc_slot *sl = &s->rc_slots[i];
+            if (sl->data && !sl->dirty && sl->lru <= s->lru_at_last_clean && sl != s->rc_cur) {
+                free(sl->data);
+                sl->data = NULL;
+                sl->offset = 0;
+            }
+        }
+        s->lru_at_last_clean = s->lru_clock;
+    }
+    vbd_timer_arm(&s->clean_timer, vbd_clock_ns() + s->cache_clean_interval * 1000000000ull);
+}
 
 /* The data file: the "data-file" option, or the name in the header
  * (relative to the image's directory, as backing file names are). */
@@ -108,18 +136,34 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
 {
     struct qcow2_state *s = n->opaque;
     s->n = n;
-    uint64_t l2_cache = DEFAULT_L2_CACHE_BYTES, ignored;
+    uint64_t l2_cache = DEFAULT_L2_CACHE_BYTES, rc_cache = DEFAULT_REFCOUNT_CACHE_BYTES, total = 0;
+    bool has_l2 = vbd_opt_get(opts, "l2-cache-size") != NULL, has_rc = vbd_opt_get(opts, "refcount-cache-size") != NULL;
+    bool has_total = vbd_opt_get(opts, "cache-size") != NULL;
     if (vbd_opt_take_size(opts, "l2-cache-size", &l2_cache, err) < 0 ||
-        vbd_opt_take_size(opts, "refcount-cache-size", &ignored, err) < 0 ||
-        vbd_opt_take_size(opts, "cache-size", &ignored, err) < 0 ||
-        vbd_opt_take_u64(opts, "cache-clean-interval", &ignored, err) < 0)
+        vbd_opt_take_size(opts, "refcount-cache-size", &rc_cache, err) < 0 ||
+        vbd_opt_take_size(opts, "cache-size", &total, err) < 0 ||
+        vbd_opt_take_u64(opts, "cache-clean-interval", &s->cache_clean_interval, err) < 0)
         return -EINVAL;
+    if (has_total && has_l2 && has_rc && l2_cache + rc_cache != total) {
+        vbd_error_setf(err, EINVAL, "l2-cache-size (%llu) + refcount-cache-size (%llu) != cache-size (%llu)",
+                       (unsigned long long)l2_cache, (unsigned long long)rc_cache, (unsigned long long)total);
+        return -EINVAL;
+    }
+    if (has_total && !has_l2 && !has_rc) { /* QEMU's split: the L2 cache first, refcounts a quarter of it */
+        rc_cache = total / 5;
+        l2_cache = total - rc_cache;
+    } else if (has_total && has_l2 && !has_rc) {
+        rc_cache = total > l2_cache ? total - l2_cache : 0;
+    } else if (has_total && has_rc && !has_l2) {
+        l2_cache = total > rc_cache ? total - rc_cache : 0;
+    }
     n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
     if (!n->file)
         return -EINVAL;
     int rc = qcow2_read_header(n, s, flags, err);
     if (rc < 0)
         return rc;
+    s->rc_nslots = (int)(rc_cache / s->cluster_size < 1024 ? rc_cache / s->cluster_size : 1024);
     rc = qcow2_load_reftable(s, err);
     if (rc < 0)
         return rc;
@@ -160,6 +204,11 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     n->bl.max_transfer = 0;
     n->bl.opt_transfer = (uint32_t)s->cluster_size;
     n->supported_write_flags = s->external ? 0 : VBD_REQ_COMPRESSED; /* no compressed clusters in a data file */
+    if (s->cache_clean_interval) {
+        s->clean_timer.fn = clean_caches;
+        s->clean_timer.arg = s;
+        vbd_timer_arm(&s->clean_timer, vbd_clock_ns() + s->cache_clean_interval * 1000000000ull);
+    }
     if (!s->read_only && !(flags & VBD_OPEN_CHECK)) {
         rc = open_for_writing(n, s, err);
         if (rc < 0)
@@ -189,16 +238,18 @@ static void qcow2_close(struct vbd_node *n)
         else
             vbd_co_run_sync(writeback_co, s);
     }
+    if (s->clean_timer.armed)
+        vbd_timer_cancel(&s->clean_timer);
     for (int i = 0; s->l2_cache && i < s->l2_cache_slots; i++)
         free(s->l2_cache[i].table);
     free(s->l2_cache);
     s->l2_cache = NULL;
     free(s->reftable);
-    free(s->rc_block);
+    qcow2_free_refcount_cache(s);
     free(s->cluster_buf);
     free(s->cbuf);
     s->reftable = NULL;
-    s->rc_block = s->cluster_buf = s->cbuf = NULL;
+    s->cluster_buf = s->cbuf = NULL;
     free(s->frees);
     s->frees = NULL;
     while (s->nbufpool)

@@ -5,6 +5,7 @@
 
 #include "vbd/block.h"
 #include "vbd/coroutine.h"
+#include "vbd/loop.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -108,10 +109,18 @@ struct qcow2_state {
     struct qcow2_l2_slot *l2_cache;
     int l2_cache_slots;
     uint64_t lru_clock;
-    /* refcount block cache: one block at a time is enough for our writes */
-    uint64_t rc_block_offset;
-    uint8_t *rc_block;
-    bool rc_dirty;
+    uint64_t cache_clean_interval; /* seconds; 0 = never */
+    uint64_t lru_at_last_clean;
+    struct vbd_timer clean_timer;
+    /* refcount block cache (refcount-cache-size): LRU slots, written back
+     * on eviction and by qcow2_write_refcounts()/qcow2_flush_refcounts() */
+    struct qcow2_rc_slot {
+        uint64_t offset; /* 0 = free */
+        uint8_t *data;
+        uint64_t lru;
+        bool dirty;
+    } *rc_slots, *rc_cur;
+    int rc_nslots;
 
     uint64_t free_cluster_hint; /* first host cluster that may be free */
     uint64_t file_end;          /* host bytes in use (allocation starts here) */
@@ -183,6 +192,7 @@ int qcow2_release_bitmaps(struct qcow2_state *s);
 
 /* refcount.c (lock held) */
 int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err);
+void qcow2_free_refcount_cache(struct qcow2_state *s);
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count);
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t host_cluster, uint64_t *rc);
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta);

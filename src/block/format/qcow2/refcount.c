@@ -35,41 +35,94 @@ int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
             return -EINVAL;
         }
     }
-    s->rc_block = vbd_alloc_aligned(4096, s->cluster_size);
-    s->rc_block_offset = 0;
+    if (s->rc_nslots < 2)
+        s->rc_nslots = 2;
+    s->rc_slots = calloc((size_t)s->rc_nslots, sizeof(*s->rc_slots));
+    if (!s->rc_slots) {
+        vbd_error_setf(err, ENOMEM, "Could not allocate the qcow2 refcount cache");
+        return -ENOMEM;
+    }
     return 0;
 }
 
-/* The cached block is written back lazily: before another block replaces
- * it, and by qcow2_flush_refcounts(), which every metadata write that
- * depends on refcounts goes through. */
-static int write_rc_block(struct qcow2_state *s)
+/* Dirty blocks are written back lazily: when their slot is reused, and by
+ * qcow2_write_refcounts()/qcow2_flush_refcounts(), which every metadata
+ * write that depends on refcounts goes through. */
+static int write_slot(struct qcow2_state *s, struct qcow2_rc_slot *sl)
 {
-    if (!s->rc_dirty || !s->rc_block_offset)
+    if (!sl->dirty || !sl->offset)
         return 0;
-    int rc = vbd_node_co_pwrite(s->n->file, s->rc_block_offset, s->rc_block, s->cluster_size, 0);
+    int rc = vbd_node_co_pwrite(s->n->file, sl->offset, sl->data, s->cluster_size, 0);
     if (rc == 0)
-        s->rc_dirty = false;
+        sl->dirty = false;
     return rc;
+}
+
+static int write_rc_blocks(struct qcow2_state *s)
+{
+    for (int i = 0; i < s->rc_nslots; i++) {
+        int rc = write_slot(s, &s->rc_slots[i]);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* A slot for a new block: a free one, or the least recently used (written back first). */
+static int take_slot(struct qcow2_state *s, struct qcow2_rc_slot **out)
+{
+    struct qcow2_rc_slot *v = &s->rc_slots[0];
+    for (int i = 0; i < s->rc_nslots; i++) {
+        struct qcow2_rc_slot *sl = &s->rc_slots[i];
+        if (!sl->offset) {
+            v = sl;
+            break;
+        }
+        if (sl->lru < v->lru)
+            v = sl;
+    }
+    int rc = write_slot(s, v);
+    if (rc < 0)
+        return rc;
+    if (!v->data && !(v->data = vbd_alloc_aligned(4096, s->cluster_size)))
+        return -ENOMEM;
+    v->offset = 0;
+    v->dirty = false;
+    v->lru = ++s->lru_clock;
+    *out = v;
+    return 0;
 }
 
 static int load_block(struct qcow2_state *s, uint64_t off)
 {
-    if (s->rc_block_offset == off)
+    if (s->rc_cur && s->rc_cur->offset == off)
         return 0;
-    int wrc = write_rc_block(s);
-    if (wrc < 0)
-        return wrc;
-    s->rc_block_offset = 0;
-    if (off + s->cluster_size > s->n->file->size) {
-        memset(s->rc_block, 0, s->cluster_size); /* allocated but never written: all zero */
-        s->rc_block_offset = off;
-        return 0;
-    }
-    int rc = vbd_node_co_pread(s->n->file, off, s->rc_block, s->cluster_size);
-    if (rc == 0)
-        s->rc_block_offset = off;
-    return rc;
+    for (int i = 0; i < s->rc_nslots; i++)
+        if (s->rc_slots[i].offset == off) {
+            s->rc_cur = &s->rc_slots[i];
+            s->rc_cur->lru = ++s->lru_clock;
+            return 0;
+        }
+    struct qcow2_rc_slot *sl;
+    s->rc_cur = NULL;
+    int rc = take_slot(s, &sl);
+    if (rc < 0)
+        return rc;
+    if (off + s->cluster_size > s->n->file->size)
+        memset(sl->data, 0, s->cluster_size); /* allocated but never written: all zero */
+    else if ((rc = vbd_node_co_pread(s->n->file, off, sl->data, s->cluster_size)) < 0)
+        return rc;
+    sl->offset = off;
+    s->rc_cur = sl;
+    return 0;
+}
+
+void qcow2_free_refcount_cache(struct qcow2_state *s)
+{
+    for (int i = 0; s->rc_slots && i < s->rc_nslots; i++)
+        free(s->rc_slots[i].data);
+    free(s->rc_slots);
+    s->rc_slots = s->rc_cur = NULL;
 }
 
 static uint64_t get_entry(const struct qcow2_state *s, const uint8_t *b, uint64_t i)
@@ -108,7 +161,7 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t *rc)
     int r = load_block(s, s->reftable[idx]);
     if (r < 0)
         return r;
-    *rc = get_entry(s, s->rc_block, cluster & ((1ull << rb_bits(s)) - 1));
+    *rc = get_entry(s, s->rc_cur->data, cluster & ((1ull << rb_bits(s)) - 1));
     return 0;
 }
 
@@ -249,22 +302,24 @@ static int ensure_block(struct qcow2_state *s, uint64_t cluster, uint64_t *block
         *block_off = s->reftable[idx];
         return 0;
     }
-    int wrc = write_rc_block(s);
-    if (wrc < 0)
-        return wrc;
+    struct qcow2_rc_slot *sl;
+    s->rc_cur = NULL;
+    int rc = take_slot(s, &sl);
+    if (rc < 0)
+        return rc;
     uint64_t off = s->file_end;
     uint64_t self = off >> s->cluster_bits;
     s->file_end = off + s->cluster_size;
-    memset(s->rc_block, 0, s->cluster_size);
-    s->rc_block_offset = 0;
+    memset(sl->data, 0, s->cluster_size);
     if (self >> rb_bits(s) == idx)
-        set_entry(s, s->rc_block, self & ((1ull << rb_bits(s)) - 1), 1); /* it describes itself */
-    int rc = vbd_node_co_pwrite(s->n->file, off, s->rc_block, s->cluster_size, 0);
+        set_entry(s, sl->data, self & ((1ull << rb_bits(s)) - 1), 1); /* it describes itself */
+    rc = vbd_node_co_pwrite(s->n->file, off, sl->data, s->cluster_size, 0);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s); /* the block before the table entry that points to it */
     if (rc < 0)
         return rc;
-    s->rc_block_offset = off;
+    sl->offset = off;
+    s->rc_cur = sl;
     s->reftable[idx] = off;
     qcow2_metadata_moved(s);
     uint8_t e[8];
@@ -291,8 +346,8 @@ static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value)
     if (rc < 0)
         return rc;
     uint64_t i = cluster & ((1ull << rb_bits(s)) - 1);
-    set_entry(s, s->rc_block, i, value);
-    s->rc_dirty = true;
+    set_entry(s, s->rc_cur->data, i, value);
+    s->rc_cur->dirty = true;
     return 0;
 }
 
@@ -347,11 +402,11 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count)
 
 int qcow2_write_refcounts(struct qcow2_state *s)
 {
-    return write_rc_block(s);
+    return write_rc_blocks(s);
 }
 
 int qcow2_flush_refcounts(struct qcow2_state *s)
 {
-    int rc = write_rc_block(s);
+    int rc = write_rc_blocks(s);
     return rc < 0 ? rc : vbd_node_co_flush(s->n->file);
 }
