@@ -370,6 +370,7 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count)
 {
     uint64_t c = s->free_cluster_hint, run = 0, start = 0;
     uint64_t end_cluster = s->file_end >> s->cluster_bits;
+    bool seen_free = false;
     /* look for a hole below the end of the file first, then append */
     while (run < count && c < end_cluster) {
         uint64_t rc;
@@ -378,8 +379,11 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count)
         if (rc == 0 && !qcow2_overlaps_metadata(s, c << s->cluster_bits, s->cluster_size)) {
             if (run++ == 0)
                 start = c;
+            seen_free = true;
         } else {
             run = 0;
+            if (!seen_free) /* everything up to here is in use: the next search starts after it */
+                s->free_cluster_hint = c + 1;
         }
         c++;
     }
