@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1434,27 +1435,49 @@ static int verb_commit(int argc, char **argv)
         return 1;
     struct vbd_node *img = vbd_node_skip_filters(top);
     int rc = 1;
-    struct vbd_node *base = NULL;
+    struct vbd_node *base = NULL, *layers[64];
+    int nlayers = 1;
+    layers[0] = img;
     uint8_t *buf = NULL;
     if (!img->backing_file[0]) {
         vbd_error_report("Image does not have a backing file");
         goto out;
     }
-    char path[4096], dir[4096];
-    snprintf(dir, sizeof(dir), "%s", img->file ? img->file->filename : img->filename);
-    char *slash = strrchr(dir, '/');
-    if (img->backing_file[0] == '/' || !slash)
-        snprintf(path, sizeof(path), "%s", img->backing_file);
-    else {
-        *slash = 0;
-        snprintf(path, sizeof(path), "%s/%s", dir, img->backing_file);
-    }
-    base = tool_open(path, img->backing_format[0] ? img->backing_format : NULL, false, VBD_OPEN_RDWR, NULL, NULL);
-    if (!base)
-        goto out;
-    if (base_name && strcmp(base_name, path) && strcmp(base_name, img->backing_file)) {
-        vbd_error_report("Base '%s' not found in the backing chain (only the direct backing file is supported)", base_name);
-        goto out;
+    /* walk down: every image above the base is opened on its own (no chain),
+     * read-only; the base read-write */
+    for (;;) {
+        struct vbd_node *cur = layers[nlayers - 1];
+        if (!cur->backing_file[0]) {
+            vbd_error_report("Base '%s' not found in the backing chain of '%s'", base_name, argv[optind]);
+            goto out;
+        }
+        char path[4096], dir[4096];
+        snprintf(dir, sizeof(dir), "%s", cur->file ? cur->file->filename : cur->filename);
+        char *slash = strrchr(dir, '/');
+        if (cur->backing_file[0] == '/' || !slash)
+            snprintf(path, sizeof(path), "%s", cur->backing_file);
+        else {
+            *slash = 0;
+            snprintf(path, sizeof(path), "%s/%s", dir, cur->backing_file);
+        }
+        char rp1[PATH_MAX], rp2[PATH_MAX];
+        bool is_base = !base_name || !strcmp(base_name, path) || !strcmp(base_name, cur->backing_file) ||
+                       (realpath(base_name, rp1) && realpath(path, rp2) && !strcmp(rp1, rp2));
+        const char *bfmt = cur->backing_format[0] ? cur->backing_format : NULL;
+        if (is_base) {
+            base = tool_open(path, bfmt, false, VBD_OPEN_RDWR, NULL, NULL);
+            if (!base)
+                goto out;
+            break;
+        }
+        if (nlayers == 64) {
+            vbd_error_report("Backing chain of '%s' is longer than 64 images", argv[optind]);
+            goto out;
+        }
+        layers[nlayers] = tool_open(path, bfmt, false, VBD_OPEN_NO_BACKING, NULL, NULL);
+        if (!layers[nlayers])
+            goto out;
+        nlayers++;
     }
     if (base->size < img->size) {
         struct vbd_error *err = NULL;
@@ -1465,20 +1488,31 @@ static int verb_commit(int argc, char **argv)
     }
     buf = vbd_alloc_aligned(4096, 2 * MIB);
     for (uint64_t off = 0; off < img->size;) {
-        uint64_t pnum;
-        int st = vbd_node_co_block_status(img, false, off, img->size - off, &pnum, NULL, NULL);
-        if (st < 0 || pnum == 0) {
-            vbd_error_report("Could not read the allocation status at %llu: %s", (unsigned long long)off, strerror(st < 0 ? -st : EIO));
-            goto out;
-        }
-        if (st & VBD_BS_ALLOCATED) {
-            int r = (st & VBD_BS_ZERO) ? vbd_node_co_pwrite_zeroes(base, off, pnum, 0) : copy_range(img, base, off, pnum, buf);
-            if (r < 0) {
-                vbd_error_report("Block job failed: %s", strerror(-r));
+        /* the topmost layer that has the range decides its content */
+        uint64_t step = img->size - off;
+        for (int i = 0; i < nlayers; i++) {
+            struct vbd_node *l = layers[i];
+            if (off >= l->size)
+                continue;
+            uint64_t pnum;
+            int st = vbd_node_co_block_status(l, false, off, step < l->size - off ? step : l->size - off, &pnum, NULL, NULL);
+            if (st < 0 || pnum == 0) {
+                vbd_error_report("Could not read the allocation status at %llu: %s", (unsigned long long)off,
+                                 strerror(st < 0 ? -st : EIO));
                 goto out;
             }
+            if (pnum < step)
+                step = pnum;
+            if (st & VBD_BS_ALLOCATED) {
+                int r = (st & VBD_BS_ZERO) ? vbd_node_co_pwrite_zeroes(base, off, step, 0) : copy_range(l, base, off, step, buf);
+                if (r < 0) {
+                    vbd_error_report("Block job failed: %s", strerror(-r));
+                    goto out;
+                }
+                break;
+            }
         }
-        off += pnum;
+        off += step;
         if (progress && !quiet)
             tool_progress(100.0 * off / img->size);
     }
@@ -1488,7 +1522,8 @@ static int verb_commit(int argc, char **argv)
         vbd_error_report("Could not flush the base image");
         goto out;
     }
-    if (!drop && img->drv->co_make_empty) {
+    /* as qemu-img: only a commit into the implicit (direct) backing file empties the image */
+    if (!drop && !base_name && img->drv->co_make_empty) {
         int r = img->drv->co_make_empty(img);
         if (r < 0) {
             vbd_error_report("Could not empty %s: %s", argv[optind], strerror(-r));
@@ -1502,6 +1537,8 @@ out:
     free(buf);
     if (base)
         vbd_node_unref(base);
+    for (int i = 1; i < nlayers; i++)
+        vbd_node_unref(layers[i]);
     vbd_node_unref(top);
     return rc;
 }

@@ -95,6 +95,30 @@ must "$VBD_IMG" commit -q -d top2.qcow2
 equal base1.qcow2 top2.raw
 [ "$(qemu-img map --output=json top2.qcow2 | grep -c '"depth": 0')" -ge 1 ] || fail "commit -d emptied the overlay"
 
+step "commit -b BASE: a chain of three committed into its bottom; the top is not emptied (as qemu-img)"
+rm -f c0.qcow2 c1.qcow2 c2.qcow2
+must qemu-img create -q -f qcow2 c0.qcow2 64M
+must qemu-img create -q -f qcow2 -b c0.qcow2 -F qcow2 c1.qcow2
+must qemu-img create -q -f qcow2 -b c1.qcow2 -F qcow2 c2.qcow2
+qemu-io -c 'write -P 1 0 1M' c0.qcow2 >/dev/null
+qemu-io -c 'write -P 2 1M 1M' -c 'write -z 0 64k' c1.qcow2 >/dev/null
+qemu-io -c 'write -P 3 2M 1M' -c 'write -P 4 1536k 64k' c2.qcow2 >/dev/null
+must qemu-img convert -O raw c2.qcow2 c2.raw
+cp c0.qcow2 c0.bak; cp c1.qcow2 c1.bak; cp c2.qcow2 c2.bak
+must "$VBD_IMG" commit -q -b c0.qcow2 c2.qcow2
+qcheck c0.qcow2
+equal c0.qcow2 c2.raw
+equal c2.qcow2 c2.raw
+qemu-img map --output=json c2.qcow2 | grep -q '"depth": 0, "present": true' || fail "commit -b emptied the top image"
+cp c0.bak c0.qcow2; cp c1.bak c1.qcow2; cp c2.bak c2.qcow2
+qemu-img commit -q -b c0.qcow2 c2.qcow2
+qemu-img map --output=json c2.qcow2 >q.map
+cp c0.bak c0.qcow2; cp c1.bak c1.qcow2; cp c2.bak c2.qcow2
+must "$VBD_IMG" commit -q -b c0.qcow2 c2.qcow2
+"$VBD_IMG" map --output=json c2.qcow2 >v.map
+diff -u q.map v.map || fail "after commit -b the chain maps differently from qemu-img's result"
+must_fail_with "not found in the backing chain" "$VBD_IMG" commit -b nothere.qcow2 c2.qcow2
+
 step "amend compat=0.10: zero clusters expanded, snapshots keep their data"
 must qemu-img create -q -f qcow2 a.qcow2 64M
 qemu-io -c 'write -P 1 0 1M' -c 'write -z 2M 1M' -c 'write -P 2 4M 64k' a.qcow2 >/dev/null
