@@ -253,16 +253,37 @@ qcheck cs.qcow2
 qemu-img compare -q cs.qcow2 cq.qcow2 || fail "small caches: the data differs from qemu-io's"
 must_fail_with "cache-size" "$VBD_IO" --image-opts -c 'read 0 4k' driver=qcow2,file.filename=cs.qcow2,l2-cache-size=1M,refcount-cache-size=1M,cache-size=1M
 
-step "persistent bitmaps: kept while only read, dropped without leaks once vbd writes"
+step "persistent bitmaps: vbd's writes, zeroes and discards are tracked; qemu-nbd exports what vbd recorded"
+need qemu-nbd nbdinfo
 must qemu-img create -q -f qcow2 bm.qcow2 64M
 must qemu-img bitmap --add bm.qcow2 b0
-qemu-io -c 'write -P 1 0 4M' bm.qcow2 >/dev/null
-must qemu-img bitmap --add bm.qcow2 b1
+must qemu-img bitmap --add --granularity 1M bm.qcow2 b1
+must qemu-img bitmap --add --disable bm.qcow2 off
+qemu-io -c 'write -P 1 1M 64k' bm.qcow2 >/dev/null
 out=$("$VBD_IMG" check bm.qcow2 2>&1) || fail "vbd-img check of an image with bitmaps: $out"
 same info bm.qcow2
 same info --output=json bm.qcow2
-qemu-img info bm.qcow2 | grep -q "name: b1" || fail "reading the image lost its bitmaps"
-"$VBD_IO" -c 'write -P 2 8M 1M' bm.qcow2 >/dev/null 2>&1
-qemu-img info bm.qcow2 | grep -q "name: b0" && fail "bitmaps not updated by our writes were kept"
+"$VBD_IO" -c 'write -P 2 10M 4k' -c 'write -z 20M 128k' -c 'discard 30M 64k' bm.qcow2 >/dev/null || fail "vbd-io on bm.qcow2"
 qcheck bm.qcow2
+same info --output=json bm.qcow2   # no bitmap left in-use by a clean close
+dirty_map() { # BITMAP: the dirty ranges qemu-nbd exports for it
+    rm -f q.sock
+    qemu-nbd -r -t -k "$T/q.sock" -B "$1" -f qcow2 bm.qcow2 2>qn.log &
+    local p=$!
+    for _ in $(seq 100); do [ -S q.sock ] && break; sleep 0.05; done
+    nbdinfo --map=qemu:dirty-bitmap:"$1" "nbd+unix:///?socket=$T/q.sock" | awk '$3 == 1 { print $1, $2 }'
+    kill $p; wait $p 2>/dev/null
+}
+[ "$(dirty_map b0 | tr '\n' ' ')" = "1048576 65536 10485760 65536 20971520 131072 31457280 65536 " ] ||
+    fail "b0 does not hold vbd's writes: $(dirty_map b0 | tr '\n' ' ')"
+[ "$(dirty_map b1 | tr '\n' ' ')" = "1048576 1048576 10485760 1048576 20971520 1048576 31457280 1048576 " ] ||
+    fail "b1 (1 MiB granularity) does not hold vbd's writes: $(dirty_map b1 | tr '\n' ' ')"
+[ -z "$(dirty_map off)" ] || fail "a disabled bitmap changed: $(dirty_map off)"
+must_fail_with "bitmaps" "$VBD_IMG" resize bm.qcow2 128M
+# killed while open: the bitmap stays marked in-use, which QEMU reports as inconsistent (never silently stale)
+"$VBD_IO" -c 'write -P 3 40M 4k' -c 'sleep 3000' bm.qcow2 >/dev/null 2>&1 &
+p=$!
+for _ in $(seq 100); do qemu-img info -U bm.qcow2 2>/dev/null | grep -q "in-use" && break; sleep 0.05; done
+kill -9 $p; wait $p 2>/dev/null
+qemu-img info -U bm.qcow2 | grep -q "in-use" || fail "a killed writer left the bitmap looking consistent"
 echo ok

@@ -254,6 +254,10 @@ static int downgrade(struct qcow2_state *s, struct vbd_error **err)
         vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with a non-zlib compression type");
         return -ENOTSUP;
     }
+    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
+        vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with persistent bitmaps");
+        return -ENOTSUP;
+    }
     if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
         vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with a data file");
         return -ENOTSUP;

@@ -22,7 +22,6 @@ struct ctx {
     uint64_t nclusters;
     struct vbd_check_result *res;
     uint64_t end; /* highest referenced byte */
-    bool release; /* drop one reference of each cluster instead of counting it */
 };
 
 /* check's findings go to stderr, as qemu-img prints them; the repair done
@@ -35,11 +34,6 @@ static void add(struct ctx *c, uint64_t off, uint64_t len, const char *what)
     if (!len)
         return;
     uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
-    if (c->release) {
-        for (uint64_t k = first; k <= last && k < c->nclusters; k++)
-            qcow2_update_refcount(s, k << s->cluster_bits, -1); /* a failure only leaks */
-        return;
-    }
     for (uint64_t k = first; k <= last; k++) {
         if (k >= c->nclusters) {
             report(c, "ERROR %s at offset 0x%llx is beyond the end of the image file\n", what,
@@ -103,7 +97,7 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint8_t *table, uint64_t *pre
 static void add_bitmaps(struct ctx *c)
 {
     struct qcow2_state *s = c->s;
-    if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && !c->release)
+    if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
         return;
     for (int i = 0; i < s->nexts; i++) {
         struct qcow2_ext *x = &s->exts[i];
@@ -146,20 +140,6 @@ static void add_bitmaps(struct ctx *c)
         }
         free(dir);
     }
-}
-
-/* The clusters of bitmaps the header no longer lists (we do not keep them
- * up to date, so writing invalidates them) go back to the free pool. Lock held. */
-int qcow2_release_bitmaps(struct qcow2_state *s)
-{
-    struct vbd_check_result res = {0};
-    struct ctx c = {.s = s, .res = &res, .release = true};
-    c.nclusters = (s->n->file->size + s->cluster_size - 1) >> s->cluster_bits;
-    bool quiet = s->quiet_check;
-    s->quiet_check = true;
-    add_bitmaps(&c);
-    s->quiet_check = quiet;
-    return qcow2_flush_refcounts(s);
 }
 
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)

@@ -115,18 +115,13 @@ static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, struct vb
         if (rc == 0)
             rc = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);
     }
-    if (rc == 0 && s->version >= 3 && (s->autoclear & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
-        bool had_bitmaps = (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) != 0;
-        s->autoclear &= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    uint64_t known = QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    if (rc == 0 && s->version >= 3 && (s->autoclear & ~known)) {
+        s->autoclear &= known; /* features we do not keep up to date stop being valid */
         rc = qcow2_rewrite_header(s, n->backing_file, n->backing_format, err);
-        if (rc == 0 && had_bitmaps) {
-            vbd_log(VBD_LOG_WARN, "qcow2 '%s': persistent dirty bitmaps are dropped: vbd does not track them",
-                    n->filename);
-            vbd_co_mutex_lock(&s->lock);
-            rc = qcow2_release_bitmaps(s);
-            vbd_co_mutex_unlock(&s->lock);
-        }
     }
+    if (rc == 0)
+        rc = qcow2_bitmaps_open(s, err);
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "qcow2: could not prepare the image for writing: %s", strerror(-rc));
     return rc;
@@ -227,6 +222,7 @@ static int qcow2_open(struct vbd_node *n, struct json_object *opts, unsigned fla
 }
 
 static void writeback_co(void *arg);
+static void close_co(void *arg);
 
 static void qcow2_close(struct vbd_node *n)
 {
@@ -234,9 +230,9 @@ static void qcow2_close(struct vbd_node *n)
     if (s->l2_cache && !s->read_only) {
         /* metadata still in the cache reaches the disk before the image is closed */
         if (vbd_in_co())
-            writeback_co(s);
+            close_co(s);
         else
-            vbd_co_run_sync(writeback_co, s);
+            vbd_co_run_sync(close_co, s);
     }
     if (s->clean_timer.armed)
         vbd_timer_cancel(&s->clean_timer);
@@ -254,6 +250,7 @@ static void qcow2_close(struct vbd_node *n)
     s->frees = NULL;
     while (s->nbufpool)
         free(s->bufpool[--s->nbufpool]);
+    qcow2_bitmaps_free(s);
     free(s->meta_index);
     s->meta_index = NULL;
     s->meta_valid = false;
@@ -730,6 +727,7 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
     struct qcow2_state *s = n->opaque;
     if (s->corrupt)
         return -EIO;
+    qcow2_bitmaps_dirty(s, off, bytes);
     while (bytes) {
         uint64_t in = off & (s->cluster_size - 1);
         uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
@@ -849,6 +847,7 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
     struct qcow2_state *s = n->opaque;
     if (s->corrupt)
         return -EIO;
+    qcow2_bitmaps_dirty(s, off, bytes);
     if (s->data_raw) {
         /* the data file must read as the image does: zeroes go there too,
          * and the clusters keep their 1:1 mapping (zero flag, no unmap) */
@@ -916,6 +915,17 @@ static void writeback_co(void *arg)
     struct qcow2_state *s = arg;
     if (qcow2_writeback(s) == 0 && qcow2_flush_refcounts(s) == 0 && (s->incompat & QCOW2_INCOMPAT_DIRTY))
         qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY); /* refcounts are on disk: clean */
+}
+
+/* At close: metadata, then the bitmaps' bits (their new clusters need refcounts on disk) */
+static void close_co(void *arg)
+{
+    struct qcow2_state *s = arg;
+    writeback_co(s);
+    if (s->nbitmaps && !s->corrupt && qcow2_bitmaps_store(s) < 0)
+        vbd_warn("qcow2 '%s': the persistent bitmaps could not be stored; they stay marked inconsistent", s->n->filename);
+    if (s->nbitmaps)
+        writeback_co(s);
 }
 
 static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,

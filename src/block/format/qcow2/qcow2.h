@@ -132,7 +132,12 @@ struct qcow2_state {
     /* external data file: guest offset == host offset, data clusters not refcounted */
     struct vbd_node *data; /* where data clusters live: n->file, or the data file */
     bool external;
-    bool data_raw; /* the data file alone is a valid raw image: kept so */ /* the repair at open of a dirty image prints nothing */
+    bool data_raw; /* the data file alone is a valid raw image: kept so */
+    /* persistent dirty bitmaps tracked while open read-write (bitmaps.c) */
+    struct qcow2_bitmap *bitmaps;
+    int nbitmaps;
+    uint8_t *bm_dir;
+    uint64_t bm_dir_offset, bm_dir_size; /* the repair at open of a dirty image prints nothing */
     bool read_only;
     uint64_t compress_pos; /* end of the last compressed chunk written */
     /* Deferred metadata: dirty L2 tables reach the disk only after a flush
@@ -166,6 +171,12 @@ int qcow2_writeback(struct qcow2_state *s);
 void qcow2_defer_free(struct qcow2_state *s, uint64_t host_off);
 void qcow2_release_entry(struct qcow2_state *s, uint64_t entry); /* qcow2.c */
 
+/* bitmaps.c */
+int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err);
+void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len);
+int qcow2_bitmaps_store(struct qcow2_state *s);
+void qcow2_bitmaps_free(struct qcow2_state *s);
+
 /* resize.c */
 int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries);
 int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum vbd_prealloc mode, struct vbd_error **err);
@@ -188,7 +199,6 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
 
 /* check.c */
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);
-int qcow2_release_bitmaps(struct qcow2_state *s);
 
 /* refcount.c (lock held) */
 int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err);

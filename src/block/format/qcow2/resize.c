@@ -268,6 +268,10 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
         vbd_error_setf(err, ENOTSUP, "Preallocation can't be used for shrinking an image");
         return -ENOTSUP;
     }
+    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
+        vbd_error_setf(err, ENOTSUP, "Can't resize an image which has persistent bitmaps");
+        return -ENOTSUP;
+    }
     if (size % 512) {
         vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
         return -EINVAL;
