@@ -22,7 +22,10 @@ struct vbd_error;
  * possible; VBD_AIO_IO_URING then degrades to threads silently and
  * vbd_loop_has_io_uring() says so.
  */
-enum vbd_aio { VBD_AIO_IO_URING = 0, VBD_AIO_THREADS = 1 };
+/* VBD_AIO_SYNC: the syscall runs on the loop thread itself, for files whose
+ * I/O is a memory copy that never sleeps (tmpfs): a hand-off to io_uring's
+ * workers or the thread pool costs more than the copy. */
+enum vbd_aio { VBD_AIO_IO_URING = 0, VBD_AIO_THREADS = 1, VBD_AIO_SYNC = 2 };
 
 struct vbd_loop;
 

@@ -472,6 +472,10 @@ static bool use_uring(struct vbd_loop *loop, enum vbd_aio aio)
 
 ssize_t vbd_co_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, enum vbd_aio aio)
 {
+    if (aio == VBD_AIO_SYNC) {
+        ssize_t r = preadv(fd, iov, iovcnt, off);
+        return r < 0 ? -errno : r;
+    }
     struct vbd_loop *loop = vbd_loop_current();
     if (use_uring(loop, aio)) {
         struct io_uring_sqe *sqe = loop_sqe(loop);
@@ -484,6 +488,10 @@ ssize_t vbd_co_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, en
 
 ssize_t vbd_co_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio)
 {
+    if (aio == VBD_AIO_SYNC) {
+        ssize_t r = pwritev2(fd, iov, iovcnt, off, rwf_flags);
+        return r < 0 ? -errno : r;
+    }
     struct vbd_loop *loop = vbd_loop_current();
     if (use_uring(loop, aio)) {
         struct io_uring_sqe *sqe = loop_sqe(loop);

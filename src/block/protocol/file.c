@@ -215,7 +215,10 @@ static void file_close(struct vbd_node *n)
 #define FILE_BUFFERED_OFFLOAD (256 * 1024)
 static enum vbd_aio aio_for(const struct file_state *s, uint64_t bytes)
 {
-    return (!s->direct || s->in_memory) && bytes >= FILE_BUFFERED_OFFLOAD ? VBD_AIO_THREADS : s->aio;
+    if ((!s->direct || s->in_memory) && bytes >= FILE_BUFFERED_OFFLOAD)
+        return VBD_AIO_THREADS;
+    /* tmpfs: a small copy on this thread beats a hop to io_uring's workers (tmpfs reads are punted there) */
+    return s->in_memory && s->aio == VBD_AIO_IO_URING ? VBD_AIO_SYNC : s->aio;
 }
 
 static int file_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
@@ -353,8 +356,15 @@ static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
     off_t hole = lseek(s->fd, off, SEEK_HOLE);
     uint64_t len = hole > (off_t)off ? (uint64_t)hole - off : bytes;
     if (hole > (off_t)off) {
-        s->data_start = off;
-        s->data_end = (uint64_t)hole;
+        /* one data extent cached; one that touches it grows it (random
+         * reads of a fully written file soon hit it every time) */
+        if (s->data_end > s->data_start && off <= s->data_end && (uint64_t)hole >= s->data_start) {
+            s->data_start = off < s->data_start ? off : s->data_start;
+            s->data_end = (uint64_t)hole > s->data_end ? (uint64_t)hole : s->data_end;
+        } else {
+            s->data_start = off;
+            s->data_end = (uint64_t)hole;
+        }
     }
     *pnum = len < bytes ? len : bytes;
     return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
