@@ -381,6 +381,7 @@ static void run_all(void *opaque)
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* one line per command, as it completes (scripts watch it) */
     static const struct option longopts[] = {
         {"cmd", required_argument, NULL, 'c'},   {"format", required_argument, NULL, 'f'},
         {"read-only", no_argument, NULL, 'r'},   {"nocache", no_argument, NULL, 'n'},

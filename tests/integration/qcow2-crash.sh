@@ -5,9 +5,10 @@
 # QEMU), and every write that completed before the last completed flush must
 # read back. CRASH_CYCLES (default 50) cycles; bench/qcow2-crash.sh runs 1000.
 . "$(dirname "$0")/lib.sh"
-need qemu-img qemu-io python3 stdbuf
+need qemu-img qemu-io python3
 cd "$T"
 cycles=${CRASH_CYCLES:-50}
+total_writes=0 killed_mid_run=0
 for cyc in $(seq "$cycles"); do
     rm -f c.qcow2
     opts=cluster_size=4k
@@ -27,10 +28,14 @@ for k, s in enumerate(slots):
         print('flush')
 PY
     args=(); while read -r l; do args+=(-c "$l"); done <cmds.txt
-    stdbuf -oL "$VBD_IO" -f qcow2 "${args[@]}" c.qcow2 >out.txt 2>&1 &
+    "$VBD_IO" -f qcow2 "${args[@]}" c.qcow2 >out.txt 2>&1 &
     pid=$!
     sleep "0.$((RANDOM % 5))$((RANDOM % 10))"
-    kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+    kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; wrc=$?
+    # killed (137) or finished (0); anything else means the writer never ran properly
+    [ $wrc = 137 ] || [ $wrc = 0 ] || fail "cycle $cyc: vbd-io exited with $wrc: $(head -3 out.txt)"
+    n=$(grep -c "^wrote" out.txt); total_writes=$((total_writes + n))
+    [ "$n" -lt 190 ] && killed_mid_run=$((killed_mid_run + 1))
     if $lazy; then
         # lazy refcounts: the dirty bit stands for refcounts not yet on disk;
         # our read-write open repairs them, after which the image is clean
@@ -66,4 +71,7 @@ PY
         ! grep -q "Pattern verification failed" qio.txt || fail "cycle $cyc ($opts): data flushed before the crash is lost"
     fi
 done
-echo "OK: $cycles kill cycles"
+# the test must have exercised something: writes completed, and kills that cut a run short
+[ $total_writes -gt 0 ] || fail "no write completed in $cycles cycles"
+[ $killed_mid_run -gt 0 ] || fail "no cycle was killed in the middle of its writes"
+echo "OK: $cycles kill cycles, $total_writes writes completed, $killed_mid_run cycles killed mid-run"
