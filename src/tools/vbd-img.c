@@ -10,6 +10,7 @@
 #include "vbd/error.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
+#include "vbd/tls.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -1937,9 +1938,15 @@ int main(int argc, char **argv)
         if (!strcmp(v->name, argv[1])) {
             verb_argc = argc - 1;
             verb_argv = argv + 1;
+            /* --object (TLS credentials for nbd nodes) works with every command, as in qemu-img */
+            if (tool_take_objects(&verb_argc, verb_argv) < 0) {
+                vbd_tls_creds_remove_all();
+                return 1;
+            }
             optind = 1;
             /* qemu-img's raw-probing warning is noise for a tool run */
             vbd_co_run_sync(run_verb, (void *)v);
+            vbd_tls_creds_remove_all();
             fflush(stdout);
             return verb_rc;
         }
