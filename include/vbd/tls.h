@@ -64,6 +64,9 @@ void vbd_tls_bye(struct vbd_tls *t);
  * close); returns 0 if all went out. */
 int vbd_tls_try_send(struct vbd_tls *t, const void *buf, size_t len);
 void vbd_tls_free(struct vbd_tls *t);
+/* Why a session that had completed its handshake failed (a fatal alert
+ * from the peer, say), or NULL. */
+const char *vbd_tls_error(const struct vbd_tls *t);
 /* "TLS1.3 / ECDHE-RSA / AES-256-GCM" style description for logs. */
 const char *vbd_tls_describe(struct vbd_tls *t, char *buf, size_t len);
 

@@ -89,6 +89,7 @@ struct vbd_tls {
     int fd;
     bool server, failed;
     bool rd_shut; /* vbd_chan_shutdown(SHUT_RD): receive no more */
+    char error[160]; /* why the session failed after the handshake ("" if it did not) */
     struct vbd_tls_creds *creds;
     char *hostname;
     uint8_t stage[TLS_STAGE]; /* small pieces of a sendv gathered into one record */
@@ -527,25 +528,37 @@ int vbd_tls_handshake(struct vbd_tls *t, struct vbd_error **err)
         if (!gnutls_error_is_fatal(g))
             continue; /* a warning alert */
         t->failed = true;
+        /* tell the peer why (GnuTLS does not on its own); one try, no waiting */
+        if (g != GNUTLS_E_FATAL_ALERT_RECEIVED && g != GNUTLS_E_PREMATURE_TERMINATION && g != GNUTLS_E_PULL_ERROR &&
+            g != GNUTLS_E_PUSH_ERROR)
+            gnutls_alert_send_appropriate(t->session, g);
         if (g == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
             gnutls_datum_t out = {NULL, 0};
             unsigned st = gnutls_session_get_verify_cert_status(t->session);
             gnutls_certificate_verification_status_print(st, GNUTLS_CRT_X509, &out, 0);
+            for (size_t n = out.data ? strlen((char *)out.data) : 0; n && out.data[n - 1] == ' '; n--)
+                out.data[n - 1] = 0;
             vbd_error_setf(err, EACCES, "TLS handshake failed: the %s's certificate is not accepted: %s", peer,
                            out.data ? (char *)out.data : "verification failed");
             gnutls_free(out.data);
             return -EACCES;
         }
+        const char *psk_hint = t->creds->kind != CREDS_PSK ? ""
+                               : t->server ? " (the client's PSK username or key is not in keys.psk)"
+                                           : " (the server does not know this PSK username or key)";
         if (g == GNUTLS_E_FATAL_ALERT_RECEIVED) {
             const char *a = gnutls_alert_get_name(gnutls_alert_get(t->session));
-            vbd_error_setf(err, EACCES, "TLS handshake failed: the %s refused it (alert: %s)", peer, a ? a : "?");
+            vbd_error_setf(err, EACCES, "TLS handshake failed: the %s refused it (alert: %s)%s", peer, a ? a : "?",
+                           psk_hint);
             return -EACCES;
         }
         if (g == GNUTLS_E_PREMATURE_TERMINATION || g == GNUTLS_E_PULL_ERROR || g == GNUTLS_E_PUSH_ERROR) {
-            vbd_error_setf(err, ECONNRESET, "TLS handshake failed: the %s closed the connection", peer);
+            vbd_error_setf(err, ECONNRESET, "TLS handshake failed: the %s closed the connection%s", peer,
+                           t->server ? " (it may not trust this server's certificate)" : "");
             return -ECONNRESET;
         }
-        vbd_error_setf(err, EPROTO, "TLS handshake failed: %s", gnutls_strerror(g));
+        vbd_error_setf(err, EPROTO, "TLS handshake failed: %s%s", gnutls_strerror(g),
+                       g == GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER || g == GNUTLS_E_DECRYPTION_FAILED ? psk_hint : "");
         return -EPROTO;
     }
     if (vbd_log_get_level() >= VBD_LOG_DEBUG) {
@@ -584,8 +597,21 @@ static int tls_error(struct vbd_tls *t, ssize_t g, const char *op)
     if (g == GNUTLS_E_PREMATURE_TERMINATION || g == GNUTLS_E_PULL_ERROR || g == GNUTLS_E_PUSH_ERROR ||
         g == GNUTLS_E_SESSION_EOF)
         return -ECONNRESET;
-    vbd_debug("TLS %s: %s", op, gnutls_strerror((int)g));
+    if (g == GNUTLS_E_FATAL_ALERT_RECEIVED) {
+        /* TLS 1.3: a server that refuses the client's certificate says so after the handshake */
+        const char *a = gnutls_alert_get_name(gnutls_alert_get(t->session));
+        snprintf(t->error, sizeof(t->error), "the %s ended the TLS session (alert: %s)", t->server ? "client" : "server",
+                 a ? a : "?");
+    } else {
+        snprintf(t->error, sizeof(t->error), "TLS %s failed: %s", op, gnutls_strerror((int)g));
+    }
+    vbd_debug("%s", t->error);
     return -EIO;
+}
+
+const char *vbd_tls_error(const struct vbd_tls *t)
+{
+    return t && t->error[0] ? t->error : NULL;
 }
 
 static ssize_t tls_recv(struct vbd_tls *t, void *buf, size_t len)
@@ -762,6 +788,7 @@ int vbd_tls_handshake(struct vbd_tls *t, struct vbd_error **err)
 }
 
 void vbd_tls_bye(struct vbd_tls *t) { (void)t; }
+const char *vbd_tls_error(const struct vbd_tls *t) { (void)t; return NULL; }
 int vbd_tls_try_send(struct vbd_tls *t, const void *buf, size_t len) { (void)t, (void)buf, (void)len; return -ENOTSUP; }
 void vbd_tls_free(struct vbd_tls *t) { (void)t; }
 

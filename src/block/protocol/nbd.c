@@ -228,13 +228,23 @@ static int dial(struct nbd_state *s, struct vbd_error **err)
     return fd;
 }
 
+/* The connection ended in the handshake: say so, with TLS's reason if it has one. */
+static int closed(struct vbd_chan *ch, struct vbd_error **err)
+{
+    const char *why = vbd_tls_error(ch->tls);
+    if (why) {
+        vbd_error_setf(err, EACCES, "%s", why);
+        return -EACCES;
+    }
+    vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
+    return -EIO;
+}
+
 static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, struct vbd_error **err)
 {
     uint8_t g[18];
-    if (vbd_chan_recv_full(ch, g, 18) < 0) {
-        vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
-        return -EIO;
-    }
+    if (vbd_chan_recv_full(ch, g, 18) < 0)
+        return closed(ch, err);
     uint64_t m1, m2;
     uint16_t hf;
     memcpy(&m1, g, 8);
@@ -246,18 +256,14 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
         return -EPROTO;
     }
     uint32_t cf = be32(1u | (hf & 2u));
-    if (vbd_chan_send_full(ch, &cf, 4) < 0) {
-        vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
-        return -EIO;
-    }
+    if (vbd_chan_send_full(ch, &cf, 4) < 0)
+        return closed(ch, err);
     uint8_t buf[512];
     uint32_t type, len;
     if (s->tls_creds) {
         /* STARTTLS, then the rest of the handshake inside TLS */
-        if (send_opt(ch, OPT_STARTTLS, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0) {
-            vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
-            return -EIO;
-        }
+        if (send_opt(ch, OPT_STARTTLS, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+            return closed(ch, err);
         if (type != REP_ACK) {
             buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = 0;
             vbd_error_setf(err, ENOTSUP, "the NBD server does not accept TLS%s%s", len ? ": " : "",
@@ -271,10 +277,8 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
             return rc;
     }
     s->structured = false;
-    if (send_opt(ch, OPT_STRUCTURED, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0) {
-        vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
-        return -EIO;
-    }
+    if (send_opt(ch, OPT_STRUCTURED, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+        return closed(ch, err);
     if (type == REP_ERR_TLS_REQD) {
         vbd_error_setf(err, EACCES, "the NBD server requires TLS (give the client tls-creds)");
         return -EACCES;
@@ -293,10 +297,10 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
         memcpy(q + 8 + nl, &v, 4);
         memcpy(q + 12 + nl, "base:allocation", 15);
         if (send_opt(ch, OPT_SET_META, q, (uint32_t)(27 + nl)) < 0)
-            return -EIO;
+            return closed(ch, err);
         for (;;) {
             if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
-                return -EIO;
+                return closed(ch, err);
             if (type == REP_META && len >= 4) {
                 memcpy(&s->meta_id, buf, 4);
                 s->meta_id = be32(s->meta_id);
@@ -314,16 +318,14 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
     memcpy(q + 4 + nl, &ni, 2);
     memcpy(q + 6 + nl, &it, 2);
     if (send_opt(ch, OPT_GO, q, (uint32_t)(8 + nl)) < 0)
-        return -EIO;
+        return closed(ch, err);
     s->min_block = 1;
     s->pref_block = 4096;
     s->max_block = 32u << 20;
     bool have_export = false;
     for (;;) {
-        if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0) {
-            vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
-            return -EIO;
-        }
+        if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+            return closed(ch, err);
         if (type == REP_INFO && len >= 2) {
             uint16_t info;
             memcpy(&info, buf, 2);
@@ -375,7 +377,7 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
         return -EPROTO;
     }
     if (send_opt(ch, OPT_EXPORT_NAME, s->export, (uint32_t)nl) < 0)
-        return -EIO;
+        return closed(ch, err);
     uint8_t e[10];
     if (vbd_chan_recv_full(ch, e, 10) < 0) {
         vbd_error_setf(err, ENOENT, "Requested export '%s' not available", s->export);

@@ -282,6 +282,12 @@ static int start_tls(struct nbd_conn *c)
         vbd_warn("nbd: client connection: %s", err ? err->msg : "TLS failed");
         vbd_error_free(err);
         vbd_tls_free(t);
+        /* Let the alert reach the client: closing with its next bytes unread would reset the connection
+         * and drop the alert. Read until it closes (the handshake timer bounds this). */
+        shutdown(c->ch.fd, SHUT_WR);
+        char junk[4096];
+        while (vbd_co_recv(c->ch.fd, junk, sizeof(junk)) > 0)
+            ;
         return rc;
     }
     c->ch.tls = t;
