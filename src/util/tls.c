@@ -554,7 +554,9 @@ int vbd_tls_handshake(struct vbd_tls *t, struct vbd_error **err)
         }
         if (g == GNUTLS_E_PREMATURE_TERMINATION || g == GNUTLS_E_PULL_ERROR || g == GNUTLS_E_PUSH_ERROR) {
             vbd_error_setf(err, ECONNRESET, "TLS handshake failed: the %s closed the connection%s", peer,
-                           t->server ? " (it may not trust this server's certificate)" : "");
+                           t->creds->kind == CREDS_PSK ? psk_hint
+                           : t->server && t->creds->kind == CREDS_X509 ? " (it may not trust this server's certificate)"
+                                                                        : "");
             return -ECONNRESET;
         }
         vbd_error_setf(err, EPROTO, "TLS handshake failed: %s%s", gnutls_strerror(g),
