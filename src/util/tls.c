@@ -13,6 +13,7 @@
 
 #include "vbd/tls.h"
 
+#include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
@@ -83,15 +84,27 @@ struct vbd_tls_creds {
 
 /* The largest record payload: what one gnutls_record_send puts on the wire. */
 #define TLS_STAGE 16384
+/* Read-ahead: one recv brings several records (GnuTLS alone reads each
+ * record's header and body separately: two syscalls per 16 KiB). */
+#define TLS_INBUF (128 * 1024)
+/* The records of one send call leave in one or a few sends. */
+#define TLS_OUTBUF (256 * 1024)
+#define TLS_HANDSHAKE_NS (30ull * 1000000000)
 
 struct vbd_tls {
     gnutls_session_t session;
     int fd;
     bool server, failed;
-    bool rd_shut; /* vbd_chan_shutdown(SHUT_RD): receive no more */
+    bool rd_shut;   /* vbd_chan_shutdown(SHUT_RD): receive no more */
+    bool nowait;    /* bye / try_send: the transport never waits */
+    bool corked;    /* inside a send call: encrypted records gather in out[] */
+    bool timed_out; /* the handshake timer fired */
     char error[160]; /* why the session failed after the handshake ("" if it did not) */
     struct vbd_tls_creds *creds;
     char *hostname;
+    size_t in_pos, in_len, out_len;
+    uint8_t *in, *out;
+    struct vbd_timer timer;
     uint8_t stage[TLS_STAGE]; /* small pieces of a sendv gathered into one record */
 };
 
@@ -435,6 +448,121 @@ void vbd_tls_creds_remove_all(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* transport: GnuTLS reads and writes through these                    */
+
+/* These wait by yielding the coroutine, so GnuTLS sees a blocking socket
+ * and never has to be called again with the same arguments. Exceptions:
+ * t->nowait (never wait: EAGAIN), and t->rd_shut, which makes a receive
+ * give up with EAGAIN so that the session stays able to send. */
+
+static ssize_t sock_send(struct vbd_tls *t, const void *buf, size_t len)
+{
+    for (;;) {
+        ssize_t r = send(t->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if ((errno != EAGAIN && errno != EWOULDBLOCK) || t->nowait || !vbd_in_co())
+            return -1;
+        int p = vbd_co_poll(t->fd, POLLOUT);
+        if (p < 0) {
+            errno = -p;
+            return -1;
+        }
+    }
+}
+
+/* 0, or -1 with errno (the stream is then lost). */
+static int flush_out(struct vbd_tls *t)
+{
+    size_t done = 0;
+    while (done < t->out_len) {
+        ssize_t r = sock_send(t, t->out + done, t->out_len - done);
+        if (r < 0) {
+            t->out_len = 0;
+            return -1;
+        }
+        done += (size_t)r;
+    }
+    t->out_len = 0;
+    return 0;
+}
+
+static ssize_t tls_push(gnutls_transport_ptr_t p, const void *buf, size_t len)
+{
+    struct vbd_tls *t = p;
+    if (t->corked && len <= TLS_OUTBUF) {
+        if (t->out_len + len > TLS_OUTBUF && flush_out(t) < 0) {
+            gnutls_transport_set_errno(t->session, errno);
+            return -1;
+        }
+        memcpy(t->out + t->out_len, buf, len);
+        t->out_len += len;
+        return (ssize_t)len;
+    }
+    if (t->out_len && flush_out(t) < 0) { /* keep the order */
+        gnutls_transport_set_errno(t->session, errno);
+        return -1;
+    }
+    ssize_t r = sock_send(t, buf, len);
+    if (r < 0)
+        gnutls_transport_set_errno(t->session, errno);
+    return r;
+}
+
+static ssize_t tls_pull(gnutls_transport_ptr_t p, void *buf, size_t len)
+{
+    struct vbd_tls *t = p;
+    for (;;) {
+        if (t->in_pos < t->in_len) {
+            size_t n = t->in_len - t->in_pos < len ? t->in_len - t->in_pos : len;
+            memcpy(buf, t->in + t->in_pos, n);
+            t->in_pos += n;
+            return (ssize_t)n;
+        }
+        if (t->rd_shut) {
+            gnutls_transport_set_errno(t->session, EAGAIN);
+            return -1;
+        }
+        ssize_t r = len >= TLS_INBUF ? recv(t->fd, buf, len, MSG_DONTWAIT) : recv(t->fd, t->in, TLS_INBUF, MSG_DONTWAIT);
+        if (r > 0 && len >= TLS_INBUF)
+            return r;
+        if (r > 0) {
+            t->in_pos = 0;
+            t->in_len = (size_t)r;
+            continue;
+        }
+        if (r == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if ((errno == EAGAIN || errno == EWOULDBLOCK) && !t->nowait && vbd_in_co()) {
+            int pr = vbd_co_poll(t->fd, POLLIN);
+            if (pr < 0) {
+                gnutls_transport_set_errno(t->session, -pr);
+                return -1;
+            }
+            continue;
+        }
+        gnutls_transport_set_errno(t->session, errno);
+        return -1;
+    }
+}
+
+/* GnuTLS asks whether data is there (ms = 0) or to wait for it. */
+static int tls_pull_timeout(gnutls_transport_ptr_t p, unsigned ms)
+{
+    struct vbd_tls *t = p;
+    if (t->in_pos < t->in_len || t->rd_shut)
+        return 1;
+    struct pollfd pfd = {.fd = t->fd, .events = POLLIN};
+    if (!ms || t->nowait || !vbd_in_co())
+        return poll(&pfd, 1, 0);
+    return vbd_co_poll(t->fd, POLLIN) < 0 ? -1 : 1; /* our own timer bounds the handshake */
+}
+
+/* ------------------------------------------------------------------ */
 /* sessions                                                            */
 
 struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostname, struct vbd_error **err)
@@ -446,10 +574,21 @@ struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostnam
     }
     t->fd = fd;
     t->server = c->endpoint == VBD_TLS_SERVER;
+    t->in = malloc(TLS_INBUF);
+    t->out = malloc(TLS_OUTBUF);
+    if (!t->in || !t->out) {
+        vbd_error_setf(err, ENOMEM, "out of memory");
+        free(t->in);
+        free(t->out);
+        free(t);
+        return NULL;
+    }
     const char *errpos = NULL;
     int g = gnutls_init(&t->session, (t->server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL);
     if (g < 0) {
         vbd_error_setf(err, ENOMEM, "TLS: cannot create a session: %s", gnutls_strerror(g));
+        free(t->in);
+        free(t->out);
         free(t);
         return NULL;
     }
@@ -484,7 +623,11 @@ struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostnam
     }
     if (c->verify_peer)
         gnutls_session_set_verify_cert(t->session, t->server ? NULL : t->hostname, 0);
-    gnutls_transport_set_int(t->session, fd);
+    gnutls_transport_set_ptr(t->session, t);
+    gnutls_transport_set_push_function(t->session, tls_push);
+    gnutls_transport_set_pull_function(t->session, tls_pull);
+    gnutls_transport_set_pull_timeout_function(t->session, tls_pull_timeout);
+    gnutls_handshake_set_timeout(t->session, 0); /* ours: t->timer */
     return t;
 fail:
     vbd_error_setf(err, EINVAL, "TLS: cannot set up a session with '%s': %s", c->id, gnutls_strerror(g));
@@ -499,6 +642,8 @@ void vbd_tls_free(struct vbd_tls *t)
     gnutls_deinit(t->session);
     vbd_tls_creds_unref(t->creds);
     free(t->hostname);
+    free(t->in);
+    free(t->out);
     free(t);
 }
 
@@ -509,7 +654,35 @@ static int tls_wait(struct vbd_tls *t)
     return p < 0 ? p : 0;
 }
 
+static void handshake_timeout(void *arg)
+{
+    struct vbd_tls *t = arg;
+    t->timed_out = true;
+    shutdown(t->fd, SHUT_RDWR); /* the waiting transport call returns */
+}
+
+static int handshake(struct vbd_tls *t, struct vbd_error **err);
+
 int vbd_tls_handshake(struct vbd_tls *t, struct vbd_error **err)
+{
+    t->timer.fn = handshake_timeout;
+    t->timer.arg = t;
+    vbd_timer_arm(&t->timer, vbd_clock_ns() + TLS_HANDSHAKE_NS);
+    int rc = handshake(t, err);
+    vbd_timer_cancel(&t->timer);
+    if (rc < 0 && t->timed_out) {
+        if (err && *err) {
+            vbd_error_free(*err);
+            *err = NULL;
+        }
+        vbd_error_setf(err, ETIMEDOUT, "TLS handshake timed out after %llu s",
+                       (unsigned long long)(TLS_HANDSHAKE_NS / 1000000000));
+        rc = -ETIMEDOUT;
+    }
+    return rc;
+}
+
+static int handshake(struct vbd_tls *t, struct vbd_error **err)
 {
     const char *peer = t->server ? "client" : "server";
     for (;;) {
@@ -530,8 +703,11 @@ int vbd_tls_handshake(struct vbd_tls *t, struct vbd_error **err)
         t->failed = true;
         /* tell the peer why (GnuTLS does not on its own); one try, no waiting */
         if (g != GNUTLS_E_FATAL_ALERT_RECEIVED && g != GNUTLS_E_PREMATURE_TERMINATION && g != GNUTLS_E_PULL_ERROR &&
-            g != GNUTLS_E_PUSH_ERROR)
+            g != GNUTLS_E_PUSH_ERROR) {
+            t->nowait = true;
             gnutls_alert_send_appropriate(t->session, g);
+            t->nowait = false;
+        }
         if (g == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
             gnutls_datum_t out = {NULL, 0};
             unsigned st = gnutls_session_get_verify_cert_status(t->session);
@@ -580,15 +756,22 @@ const char *vbd_tls_describe(struct vbd_tls *t, char *buf, size_t len)
 
 void vbd_tls_bye(struct vbd_tls *t)
 {
-    if (t && !t->failed)
-        gnutls_bye(t->session, GNUTLS_SHUT_WR); /* non-blocking session: one try */
+    if (!t || t->failed)
+        return;
+    t->nowait = true; /* one try */
+    gnutls_bye(t->session, GNUTLS_SHUT_WR);
+    t->nowait = false;
 }
 
 int vbd_tls_try_send(struct vbd_tls *t, const void *buf, size_t len)
 {
     if (t->failed)
         return -EIO;
+    t->nowait = true;
     ssize_t r = gnutls_record_send(t->session, buf, len);
+    t->nowait = false;
+    if (r != (ssize_t)len)
+        t->failed = true; /* maybe half a record out: nothing more can follow */
     return r == (ssize_t)len ? 0 : -EAGAIN;
 }
 
@@ -629,6 +812,8 @@ static ssize_t tls_recv(struct vbd_tls *t, void *buf, size_t len)
         if (g == 0)
             return -ECONNRESET; /* close_notify */
         if (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED) {
+            if (t->rd_shut)
+                return -ECONNRESET;
             int p = tls_wait(t);
             if (p < 0)
                 return p;
@@ -640,7 +825,7 @@ static ssize_t tls_recv(struct vbd_tls *t, void *buf, size_t len)
     }
 }
 
-/* Sends buf whole (possibly several records). */
+/* Sends buf whole (possibly several records); corked by the caller. */
 static int tls_send_all(struct vbd_tls *t, const uint8_t *buf, size_t len)
 {
     while (len) {
@@ -668,9 +853,25 @@ static int tls_send_all(struct vbd_tls *t, const uint8_t *buf, size_t len)
     return 0;
 }
 
-/* Small pieces (headers) are gathered with the start of what follows into
- * one record; large buffers go out from where they are. */
+static int tls_sendv_records(struct vbd_tls *t, const struct iovec *iov, int iovcnt);
+
+/* Everything in iov, as records gathered in t->out and sent together. */
 static int tls_sendv(struct vbd_tls *t, const struct iovec *iov, int iovcnt)
+{
+    t->corked = true;
+    int rc = tls_sendv_records(t, iov, iovcnt);
+    t->corked = false;
+    if (rc == 0 && t->out_len && flush_out(t) < 0) {
+        rc = errno == EPIPE ? -EPIPE : -ECONNRESET;
+        t->failed = true;
+    }
+    t->out_len = 0;
+    return rc;
+}
+
+/* Small pieces (headers) are gathered with the start of what follows into
+ * one record; large buffers are encrypted from where they are. */
+static int tls_sendv_records(struct vbd_tls *t, const struct iovec *iov, int iovcnt)
 {
     size_t fill = 0;
     int rc;
@@ -738,7 +939,8 @@ int vbd_chan_send_full(struct vbd_chan *ch, const void *buf, size_t len)
 {
     if (!ch->tls)
         return vbd_co_send_full(ch->fd, buf, len);
-    return tls_send_all(ch->tls, buf, len);
+    struct iovec one = {(void *)buf, len};
+    return tls_sendv(ch->tls, &one, 1);
 }
 
 int vbd_chan_sendv_full(struct vbd_chan *ch, struct iovec *iov, int iovcnt)
