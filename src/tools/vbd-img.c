@@ -1921,7 +1921,8 @@ static void usage(FILE *f)
                "A disk image tool with qemu-img's commands, options, exit codes and JSON output.\n\nCommands:\n");
     for (const struct verb *v = verbs; v->name; v++)
         fprintf(f, "  %-10s %s\n", v->name, v->summary);
-    fprintf(f, "\nRun 'vbd-img COMMAND --help' for a command's options.\n"
+    fprintf(f, "\nRun 'vbd-img COMMAND --help' for a command's options. Every command also takes\n"
+               "--object tls-creds-x509|tls-creds-psk,id=ID,dir=DIR,endpoint=client,... for nbd nodes' tls-creds=ID.\n"
                "Supported formats:");
     for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
         fprintf(f, " %s", (*d)->name);
