@@ -38,7 +38,7 @@ for t in "$BUILD"/tests/unit/test-*; do
     [ -f "$t" ] && [ -x "$t" ] || continue
     n=${t##*/}
     run_one "unit/${n#test-}" "$t"
-    if [ "${n#test-}" = engine ] || [ "${n#test-}" = io ]; then
+    if [ "${n#test-}" = engine ] || [ "${n#test-}" = io ] || [ "${n#test-}" = tls ]; then
         run_one "unit/${n#test-}+no-io_uring" env VBD_NO_IO_URING=1 "$t"
     fi
 done

@@ -15,6 +15,7 @@
 #include "vbd/loop.h"
 #include "vbd/nbd.h"
 #include "vbd/options.h"
+#include "vbd/tls.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,7 +39,7 @@ static const char usage_text[] =
     "  --export type=nbd,id=ID,node-name=NAME[,name=EXPORT][,description=TEXT][,writable=on|off]\n"
     "                    export a node (needs --nbd-server first)\n"
     "  --nbd-server addr.type=unix,addr.path=PATH | addr.type=inet,addr.host=HOST,addr.port=PORT\n"
-    "                    [,max-connections=N]   start the NBD server\n"
+    "                    [,max-connections=N][,tls-creds=ID]   start the NBD server (tls-creds: TLS required)\n"
     "  --export type=vhost-user-blk,id=ID,node-name=NAME,addr.type=unix,addr.path=SOCKET[,writable=on|off]\n"
     "           [,num-queues=N][,logical-block-size=512|4096][,physical-block-size=N][,writethrough=on|off]\n"
     "           [,serial=S][,server=on|off]   serve a node to a VMM as a virtio-blk device (server=off: connect)\n"
@@ -48,6 +49,11 @@ static const char usage_text[] =
     "                    writeback are accepted as bare words); writethrough is the default\n"
     "  --vhost-user SOCKET   export the last --drive over vhost-user-blk on SOCKET\n"
     "  --object iothread,id=ID   accepted for compatibility (exports run on the main loop)\n"
+    "  --object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client[,verify-peer=on|off]\n"
+    "  --object tls-creds-psk,id=ID,dir=DIR,endpoint=server|client[,username=NAME]\n"
+    "                    TLS credentials for --nbd-server tls-creds=ID and nbd nodes' tls-creds=ID\n"
+    "                    (x509 DIR: ca-cert.pem, server-cert.pem/-key.pem or client-cert.pem/-key.pem;\n"
+    "                    psk DIR: keys.psk as psktool writes it)\n"
     "  --pidfile PATH    write the daemon's PID (after everything listens)\n"
     "  --daemonize       go to the background once every socket listens\n"
     "  -v, --verbose     debug log;  -h, --help;  -V, --version\n"
@@ -144,8 +150,13 @@ static int add_object(const char *arg, struct vbd_error **err)
     char *t = NULL;
     vbd_opt_take_str(opts, "qom-type", &t, err);
     int rc = 0;
-    if (!t || strcmp(t, "iothread")) {
-        vbd_error_setf(err, EINVAL, "--object: unsupported object type '%s' (supported: iothread)", t ? t : "");
+    if (t && vbd_tls_creds_type(t)) {
+        rc = vbd_tls_creds_add(t, opts, err);
+    } else if (!t || strcmp(t, "iothread")) {
+        vbd_error_setf(err, EINVAL,
+                       "--object: unsupported object type '%s' (supported: iothread, tls-creds-x509, tls-creds-psk, "
+                       "tls-creds-anon)",
+                       t ? t : "");
         rc = -EINVAL;
     }
     free(t);
@@ -508,6 +519,7 @@ int vbd_daemon_main(int argc, char **argv)
     for (int i = 0; i < nnodes; i++)
         vbd_node_unref(nodes[i]);
     free(nodes);
+    vbd_tls_creds_remove_all();
     free(drive.serial);
     return s.rc;
 }

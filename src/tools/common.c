@@ -5,6 +5,7 @@
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
+#include "vbd/tls.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -171,4 +172,60 @@ void tool_print_json(struct json_object *o)
     char *s = tool_json_pretty(o);
     printf("%s\n", s);
     free(s);
+}
+
+int tool_add_object(const char *arg)
+{
+    struct vbd_error *err = NULL;
+    struct json_object *opts = vbd_opts_parse(arg, "qom-type", &err);
+    if (!opts) {
+        tool_report(err);
+        return -1;
+    }
+    char *type = NULL;
+    int rc = vbd_opt_take_str(opts, "qom-type", &type, &err);
+    if (rc == 0)
+        vbd_error_setf(&err, EINVAL, "--object %s: 'qom-type' is required", arg);
+    else if (rc > 0 && !vbd_tls_creds_type(type))
+        vbd_error_setf(&err, EINVAL, "--object: unsupported object type '%s' (supported: tls-creds-x509, tls-creds-psk, tls-creds-anon)", type);
+    else if (rc > 0)
+        rc = vbd_tls_creds_add(type, opts, &err);
+    free(type);
+    json_object_put(opts);
+    if (err) {
+        tool_report(err);
+        return -1;
+    }
+    return 0;
+}
+
+int tool_take_objects(int *argc, char **argv)
+{
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        if (!strcmp(argv[i], "--")) {
+            while (i < *argc)
+                argv[out++] = argv[i++];
+            break;
+        }
+        const char *val = NULL;
+        if (!strcmp(argv[i], "--object")) {
+            if (i + 1 >= *argc) {
+                vbd_error_report("option '--object' requires an argument");
+                return -1;
+            }
+            val = argv[++i];
+        } else if (!strncmp(argv[i], "--object=", 9)) {
+            val = argv[i] + 9;
+        }
+        if (!val) {
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (tool_add_object(val) < 0)
+            return -1;
+    }
+    *argc = out;
+    argv[out] = NULL;
+    return 0;
 }

@@ -10,6 +10,7 @@
 #include "vbd/error.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
+#include "vbd/tls.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -35,6 +36,7 @@ static int verb_rc;
 enum {
     OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_BACKING_CHAIN, OPT_SHRINK, OPT_PREALLOC, OPT_SIZE, OPT_PATTERN,
     OPT_FLUSH_INTERVAL, OPT_NO_DRAIN, OPT_TARGET_IS_ZERO, OPT_START, OPT_MAXLEN, OPT_OBJECT, OPT_FORCE,
+    OPT_TARGET_IMAGE_OPTS,
 };
 
 static bool parse_output(const char *s, bool *json)
@@ -816,9 +818,10 @@ static int verb_convert(int argc, char **argv)
                *backing_fmt = NULL;
     struct json_object *opts = NULL;
     bool compress = false, progress = false, no_create = false, out_of_order = false, quiet = false, force = false,
-         target_zero = false, image_opts = false;
+         target_zero = false, image_opts = false, target_image_opts = false;
     int64_t sparse = 4096, parallel = 8;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
+                                       {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
                                        {NULL, 0, NULL, 0}};
     int c;
@@ -853,9 +856,10 @@ static int verb_convert(int argc, char **argv)
         case 'U': force = true; break;
         case OPT_TARGET_IS_ZERO: target_zero = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
+        case OPT_TARGET_IMAGE_OPTS: target_image_opts = true; break;
         case 'h':
             printf("Usage: vbd-img convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]\n"
-                   "                       [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] [-U] filename [filename2 [...]] output_filename\n"
+                   "                       [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] [--target-image-opts] [-U] filename [filename2 [...]] output_filename\n"
                    "Copy (and concatenate) images into OUTPUT, converting the format. Holes and zero runs of -S bytes\n"
                    "(default 4k) are not written; -c compresses (formats that support it); -m runs N requests in parallel.\n");
             return 0;
@@ -872,6 +876,10 @@ static int verb_convert(int argc, char **argv)
     }
     if (target_zero && !no_create) {
         vbd_error_report("--target-is-zero requires use of -n flag");
+        return 1;
+    }
+    if (target_image_opts && !no_create) {
+        vbd_error_report("--target-image-opts requires use of -n flag");
         return 1;
     }
     const char *out = argv[argc - 1];
@@ -926,7 +934,15 @@ static int verb_convert(int argc, char **argv)
     if (backing)
         dflags |= VBD_OPEN_NO_BACKING;
     struct vbd_error *err = NULL;
-    cv.dst = vbd_open(out, dopts, dflags, &err);
+    if (target_image_opts) {
+        /* OUTPUT is the whole option string (driver=raw,file.driver=nbd,...), as qemu-img's */
+        json_object_put(dopts);
+        if (!(dopts = vbd_opts_parse(out, NULL, &err))) {
+            tool_report(err);
+            goto out;
+        }
+    }
+    cv.dst = vbd_open(target_image_opts ? NULL : out, dopts, dflags, &err);
     if (!cv.dst) {
         tool_report(err);
         goto out;
@@ -1951,7 +1967,8 @@ static void usage(FILE *f)
                "A disk image tool with qemu-img's commands, options, exit codes and JSON output.\n\nCommands:\n");
     for (const struct verb *v = verbs; v->name; v++)
         fprintf(f, "  %-10s %s\n", v->name, v->summary);
-    fprintf(f, "\nRun 'vbd-img COMMAND --help' for a command's options.\n"
+    fprintf(f, "\nRun 'vbd-img COMMAND --help' for a command's options. Every command also takes\n"
+               "--object tls-creds-x509|tls-creds-psk,id=ID,dir=DIR,endpoint=client,... for nbd nodes' tls-creds=ID.\n"
                "Supported formats:");
     for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
         fprintf(f, " %s", (*d)->name);
@@ -1983,9 +2000,15 @@ int main(int argc, char **argv)
         if (!strcmp(v->name, argv[1])) {
             verb_argc = argc - 1;
             verb_argv = argv + 1;
+            /* --object (TLS credentials for nbd nodes) works with every command, as in qemu-img */
+            if (tool_take_objects(&verb_argc, verb_argv) < 0) {
+                vbd_tls_creds_remove_all();
+                return 1;
+            }
             optind = 1;
             /* qemu-img's raw-probing warning is noise for a tool run */
             vbd_co_run_sync(run_verb, (void *)v);
+            vbd_tls_creds_remove_all();
             fflush(stdout);
             return verb_rc;
         }

@@ -10,6 +10,7 @@
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
+#include "vbd/tls.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -31,6 +32,8 @@ static const char usage_text[] =
     "  -i, --aio MODE       io_uring|threads (default io_uring)\n"
     "  -U, --force-share    open without taking image locks (read-only)\n"
     "      --image-opts     FILE is an option string (driver=...,file.filename=...)\n"
+    "      --object OBJ     tls-creds-x509|tls-creds-psk,id=ID,dir=DIR,endpoint=client,... (for an nbd\n"
+    "                       node's tls-creds=ID)\n"
     "  -q, --quiet          print nothing but errors\n"
     "  -h, --help           this help;  -V, --version  version\n"
     "\n"
@@ -388,7 +391,8 @@ int main(int argc, char **argv)
         {"cache", required_argument, NULL, 't'}, {"aio", required_argument, NULL, 'i'},
         {"force-share", no_argument, NULL, 'U'}, {"image-opts", no_argument, NULL, 'O'},
         {"quiet", no_argument, NULL, 'q'},       {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},     {NULL, 0, NULL, 0},
+        {"version", no_argument, NULL, 'V'},     {"object", required_argument, NULL, 'o'},
+        {NULL, 0, NULL, 0},
     };
     vbd_log_set_prog("vbd-io");
     static char *cmds[256];
@@ -414,6 +418,12 @@ int main(int argc, char **argv)
         case 'O': image_opts = true; break;
         case 'q': quiet = true; break;
         case 'k': break;
+        case 'o':
+            if (tool_add_object(optarg) < 0) {
+                vbd_tls_creds_remove_all();
+                return 1;
+            }
+            break;
         case 'h': fputs(usage_text, stdout); return 0;
         case 'V': printf("vbd-io version " "0.1.0" "\n"); return 0;
         default: fputs(usage_text, stderr); return 1;
@@ -449,5 +459,6 @@ int main(int argc, char **argv)
     vbd_co_run_sync(run_all, &ra);
     vbd_backend_free(be);
     vbd_node_unref(node);
+    vbd_tls_creds_remove_all();
     return failures ? 1 : 0;
 }

@@ -13,6 +13,7 @@
 #include "vbd/error.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
+#include "vbd/tls.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -33,12 +34,14 @@
 #define NBD_SIMPLE_MAGIC 0x67446698u
 #define NBD_STRUCT_MAGIC 0x668e33efu
 #define OPT_EXPORT_NAME 1
+#define OPT_STARTTLS 5
 #define OPT_GO 7
 #define OPT_STRUCTURED 8
 #define OPT_SET_META 10
 #define REP_ACK 1
 #define REP_INFO 3
 #define REP_META 4
+#define REP_ERR_TLS_REQD 0x80000005u
 #define INFO_EXPORT 0
 #define INFO_BLOCK_SIZE 3
 #define TF_READ_ONLY (1u << 1)
@@ -83,7 +86,9 @@ struct nbd_req {
 struct nbd_state {
     char *path, *host, *port, *export;
     uint64_t reconnect_ns;
-    int fd;
+    struct vbd_chan ch; /* the connection (fd -1: none) and its TLS session */
+    struct vbd_tls_creds *tls_creds;
+    char *tls_hostname; /* the name the server's certificate must carry */
     bool structured;
     uint32_t meta_id;
     bool has_meta;
@@ -133,7 +138,7 @@ static int nbd_errno(uint32_t e)
     }
 }
 
-static int send_opt(int fd, uint32_t opt, const void *data, uint32_t len)
+static int send_opt(struct vbd_chan *ch, uint32_t opt, const void *data, uint32_t len)
 {
     uint8_t h[16];
     uint64_t m = be64(NBD_IHAVEOPT);
@@ -141,15 +146,15 @@ static int send_opt(int fd, uint32_t opt, const void *data, uint32_t len)
     memcpy(h, &m, 8);
     memcpy(h + 8, &o, 4);
     memcpy(h + 12, &l, 4);
-    int rc = vbd_co_send_full(fd, h, 16);
-    return rc == 0 && len ? vbd_co_send_full(fd, data, len) : rc;
+    int rc = vbd_chan_send_full(ch, h, 16);
+    return rc == 0 && len ? vbd_chan_send_full(ch, data, len) : rc;
 }
 
 /* One option reply; payload (up to cap bytes kept, the rest skipped). */
-static int recv_opt_reply(int fd, uint32_t *type, uint8_t *buf, uint32_t cap, uint32_t *len)
+static int recv_opt_reply(struct vbd_chan *ch, uint32_t *type, uint8_t *buf, uint32_t cap, uint32_t *len)
 {
     uint8_t h[20];
-    int rc = vbd_co_recv_full(fd, h, 20);
+    int rc = vbd_chan_recv_full(ch, h, 20);
     if (rc < 0)
         return rc;
     uint64_t m;
@@ -162,12 +167,12 @@ static int recv_opt_reply(int fd, uint32_t *type, uint8_t *buf, uint32_t cap, ui
     *type = be32(t);
     *len = be32(l);
     uint32_t keep = *len < cap ? *len : cap;
-    if (keep && (rc = vbd_co_recv_full(fd, buf, keep)) < 0)
+    if (keep && (rc = vbd_chan_recv_full(ch, buf, keep)) < 0)
         return rc;
     for (uint32_t left = *len - keep; left;) {
         uint8_t junk[256];
         uint32_t c = left < sizeof(junk) ? left : sizeof(junk);
-        if ((rc = vbd_co_recv_full(fd, junk, c)) < 0)
+        if ((rc = vbd_chan_recv_full(ch, junk, c)) < 0)
             return rc;
         left -= c;
     }
@@ -223,13 +228,23 @@ static int dial(struct nbd_state *s, struct vbd_error **err)
     return fd;
 }
 
-static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_error **err)
+/* The connection ended in the handshake: say so, with TLS's reason if it has one. */
+static int closed(struct vbd_chan *ch, struct vbd_error **err)
+{
+    const char *why = vbd_tls_error(ch->tls);
+    if (why) {
+        vbd_error_setf(err, EACCES, "%s", why);
+        return -EACCES;
+    }
+    vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
+    return -EIO;
+}
+
+static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, struct vbd_error **err)
 {
     uint8_t g[18];
-    if (vbd_co_recv_full(fd, g, 18) < 0) {
-        vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
-        return -EIO;
-    }
+    if (vbd_chan_recv_full(ch, g, 18) < 0)
+        return closed(ch, err);
     uint64_t m1, m2;
     uint16_t hf;
     memcpy(&m1, g, 8);
@@ -241,13 +256,33 @@ static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_err
         return -EPROTO;
     }
     uint32_t cf = be32(1u | (hf & 2u));
-    if (vbd_co_send_full(fd, &cf, 4) < 0)
-        return -EIO;
+    if (vbd_chan_send_full(ch, &cf, 4) < 0)
+        return closed(ch, err);
     uint8_t buf[512];
     uint32_t type, len;
+    if (s->tls_creds) {
+        /* STARTTLS, then the rest of the handshake inside TLS */
+        if (send_opt(ch, OPT_STARTTLS, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+            return closed(ch, err);
+        if (type != REP_ACK) {
+            buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = 0;
+            vbd_error_setf(err, ENOTSUP, "the NBD server does not accept TLS%s%s", len ? ": " : "",
+                           len ? (char *)buf : "");
+            return -ENOTSUP;
+        }
+        if (!(ch->tls = vbd_tls_new(s->tls_creds, ch->fd, s->tls_hostname, err)))
+            return -EIO;
+        int rc = vbd_tls_handshake(ch->tls, err);
+        if (rc < 0)
+            return rc;
+    }
     s->structured = false;
-    if (send_opt(fd, OPT_STRUCTURED, NULL, 0) < 0 || recv_opt_reply(fd, &type, buf, sizeof(buf), &len) < 0)
-        return -EIO;
+    if (send_opt(ch, OPT_STRUCTURED, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+        return closed(ch, err);
+    if (type == REP_ERR_TLS_REQD) {
+        vbd_error_setf(err, EACCES, "the NBD server requires TLS (give the client tls-creds)");
+        return -EACCES;
+    }
     s->structured = type == REP_ACK;
     size_t nl = strlen(s->export);
     s->has_meta = false;
@@ -261,11 +296,11 @@ static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_err
         v = be32(15);
         memcpy(q + 8 + nl, &v, 4);
         memcpy(q + 12 + nl, "base:allocation", 15);
-        if (send_opt(fd, OPT_SET_META, q, (uint32_t)(27 + nl)) < 0)
-            return -EIO;
+        if (send_opt(ch, OPT_SET_META, q, (uint32_t)(27 + nl)) < 0)
+            return closed(ch, err);
         for (;;) {
-            if (recv_opt_reply(fd, &type, buf, sizeof(buf), &len) < 0)
-                return -EIO;
+            if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+                return closed(ch, err);
             if (type == REP_META && len >= 4) {
                 memcpy(&s->meta_id, buf, 4);
                 s->meta_id = be32(s->meta_id);
@@ -282,17 +317,15 @@ static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_err
     uint16_t ni = be16(1), it = be16(INFO_BLOCK_SIZE);
     memcpy(q + 4 + nl, &ni, 2);
     memcpy(q + 6 + nl, &it, 2);
-    if (send_opt(fd, OPT_GO, q, (uint32_t)(8 + nl)) < 0)
-        return -EIO;
+    if (send_opt(ch, OPT_GO, q, (uint32_t)(8 + nl)) < 0)
+        return closed(ch, err);
     s->min_block = 1;
     s->pref_block = 4096;
     s->max_block = 32u << 20;
     bool have_export = false;
     for (;;) {
-        if (recv_opt_reply(fd, &type, buf, sizeof(buf), &len) < 0) {
-            vbd_error_setf(err, EIO, "NBD server closed the connection during the handshake");
-            return -EIO;
-        }
+        if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+            return closed(ch, err);
         if (type == REP_INFO && len >= 2) {
             uint16_t info;
             memcpy(&info, buf, 2);
@@ -331,6 +364,10 @@ static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_err
         if (type & 0x80000000u) {
             if (type == 0x80000001u) /* GO unsupported: the old way */
                 break;
+            if (type == REP_ERR_TLS_REQD) {
+                vbd_error_setf(err, EACCES, "the NBD server requires TLS (give the client tls-creds)");
+                return -EACCES;
+            }
             buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = 0;
             vbd_error_setf(err, ENOENT, "Requested export '%s' not available%s%s", s->export, len ? ": " : "",
                            len ? (char *)buf : "");
@@ -339,10 +376,10 @@ static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_err
         vbd_error_setf(err, EPROTO, "unexpected NBD option reply 0x%x", type);
         return -EPROTO;
     }
-    if (send_opt(fd, OPT_EXPORT_NAME, s->export, (uint32_t)nl) < 0)
-        return -EIO;
+    if (send_opt(ch, OPT_EXPORT_NAME, s->export, (uint32_t)nl) < 0)
+        return closed(ch, err);
     uint8_t e[10];
-    if (vbd_co_recv_full(fd, e, 10) < 0) {
+    if (vbd_chan_recv_full(ch, e, 10) < 0) {
         vbd_error_setf(err, ENOENT, "Requested export '%s' not available", s->export);
         return -ENOENT;
     }
@@ -353,47 +390,50 @@ static int handshake(struct nbd_state *s, int fd, uint64_t *size, struct vbd_err
     s->tflags = be16(s->tflags);
     if (!(hf & 2)) {
         uint8_t z[124];
-        vbd_co_recv_full(fd, z, 124);
+        vbd_chan_recv_full(ch, z, 124);
     }
     return 0;
 }
 
 static void reader_co(void *arg);
 
-static int skip_bytes(int fd, uint64_t n)
+static void chan_close(struct vbd_chan *ch)
+{
+    vbd_tls_free(ch->tls);
+    ch->tls = NULL;
+    if (ch->fd >= 0)
+        close(ch->fd);
+    ch->fd = -1;
+}
+
+static int skip_bytes(struct vbd_chan *ch, uint64_t n)
 {
     uint8_t junk[4096];
     while (n) {
         uint32_t c = n < sizeof(junk) ? (uint32_t)n : sizeof(junk);
-        if (vbd_co_recv_full(fd, junk, c) < 0)
+        if (vbd_chan_recv_full(ch, junk, c) < 0)
             return -EIO;
         n -= c;
     }
     return 0;
 }
 
-/* Reads len bytes from the socket into qiov at qoff. */
-static int recv_into(int fd, struct vbd_qiov *q, size_t qoff, uint32_t len)
+/* Reads len bytes from the connection into qiov at qoff. */
+static int recv_into(struct vbd_chan *ch, struct vbd_qiov *q, size_t qoff, uint32_t len)
 {
     struct iovec small[64], *iov = small;
     int cap = 64, rc = 0;
+    if (!len)
+        return 0;
     if (q->niov > 64) {
         cap = q->niov;
         iov = malloc(sizeof(*iov) * (size_t)cap);
         if (!iov)
             return -ENOMEM;
     }
-    while (len) {
-        int cnt = vbd_iov_slice(iov, cap, q->iov, q->niov, qoff, len);
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
-        ssize_t r = cnt > 0 ? vbd_co_recvmsg(fd, &mh, 0) : -1;
-        if (r <= 0) {
-            rc = -EIO;
-            break;
-        }
-        qoff += (size_t)r;
-        len -= (uint32_t)r;
-    }
+    int cnt = vbd_iov_slice(iov, cap, q->iov, q->niov, qoff, len);
+    if (cnt <= 0 || vbd_chan_recvv_full(ch, iov, cnt) < 0)
+        rc = -EIO;
     if (iov != small)
         free(iov);
     return rc;
@@ -409,15 +449,15 @@ static void complete(struct nbd_state *s, struct nbd_req *r)
 
 static int read_reply(struct nbd_state *s)
 {
-    int fd = s->fd;
+    struct vbd_chan *ch = &s->ch;
     uint8_t h[20];
-    if (vbd_co_recv_full(fd, h, 4) < 0)
+    if (vbd_chan_recv_full(ch, h, 4) < 0)
         return -EIO;
     uint32_t magic;
     memcpy(&magic, h, 4);
     magic = be32(magic);
     if (magic == NBD_SIMPLE_MAGIC) {
-        if (vbd_co_recv_full(fd, h + 4, 12) < 0)
+        if (vbd_chan_recv_full(ch, h + 4, 12) < 0)
             return -EIO;
         uint32_t e;
         uint64_t cookie;
@@ -429,12 +469,12 @@ static int read_reply(struct nbd_state *s)
         struct nbd_req *r = &s->reqs[cookie];
         if (e)
             r->error = nbd_errno(be32(e));
-        else if (r->type == CMD_READ && recv_into(fd, r->qiov, r->qoff, r->len) < 0)
+        else if (r->type == CMD_READ && recv_into(ch, r->qiov, r->qoff, r->len) < 0)
             return -EIO;
         complete(s, r);
         return 0;
     }
-    if (magic != NBD_STRUCT_MAGIC || vbd_co_recv_full(fd, h + 4, 16) < 0)
+    if (magic != NBD_STRUCT_MAGIC || vbd_chan_recv_full(ch, h + 4, 16) < 0)
         return -EPROTO;
     uint16_t flags, type;
     uint64_t cookie;
@@ -452,16 +492,16 @@ static int read_reply(struct nbd_state *s)
     struct nbd_req *r = &s->reqs[cookie];
     if (type == CHUNK_DATA && r->type == CMD_READ && len >= 8) {
         uint64_t o;
-        if (vbd_co_recv_full(fd, &o, 8) < 0)
+        if (vbd_chan_recv_full(ch, &o, 8) < 0)
             return -EIO;
         o = be64(o);
         if (o < r->off || o - r->off + (len - 8) > r->len)
             return -EPROTO;
-        if (recv_into(fd, r->qiov, r->qoff + (o - r->off), len - 8) < 0)
+        if (recv_into(ch, r->qiov, r->qoff + (o - r->off), len - 8) < 0)
             return -EIO;
     } else if (type == CHUNK_HOLE && r->type == CMD_READ && len == 12) {
         uint8_t b[12];
-        if (vbd_co_recv_full(fd, b, 12) < 0)
+        if (vbd_chan_recv_full(ch, b, 12) < 0)
             return -EIO;
         uint64_t o;
         uint32_t l;
@@ -474,7 +514,7 @@ static int read_reply(struct nbd_state *s)
         vbd_iov_memset(r->qiov->iov, r->qiov->niov, r->qoff + (o - r->off), 0, l);
     } else if (type == CHUNK_BLOCK_STATUS && len >= 12) {
         uint8_t b[12];
-        if (vbd_co_recv_full(fd, b, 12) < 0 || skip_bytes(fd, len - 12) < 0)
+        if (vbd_chan_recv_full(ch, b, 12) < 0 || skip_bytes(ch, len - 12) < 0)
             return -EIO;
         uint32_t id, l, f;
         memcpy(&id, b, 4);
@@ -487,10 +527,10 @@ static int read_reply(struct nbd_state *s)
         }
     } else if ((type == CHUNK_ERROR || type == CHUNK_ERROR_OFFSET) && len >= 6) {
         uint32_t e;
-        if (vbd_co_recv_full(fd, &e, 4) < 0 || skip_bytes(fd, len - 4) < 0)
+        if (vbd_chan_recv_full(ch, &e, 4) < 0 || skip_bytes(ch, len - 4) < 0)
             return -EIO;
         r->error = nbd_errno(be32(e));
-    } else if (skip_bytes(fd, len) < 0) {
+    } else if (skip_bytes(ch, len) < 0) {
         return -EIO;
     }
     if (flags & 1) /* DONE */
@@ -510,7 +550,7 @@ static void reader_co(void *arg)
         return;
     }
     vbd_warn("NBD connection to '%s' lost", n->filename);
-    shutdown(s->fd, SHUT_RDWR);
+    vbd_chan_shutdown(&s->ch, SHUT_RDWR);
     /* requests in flight: resent after a reconnect, or failed */
     for (int i = 0; i < MAX_INFLIGHT; i++)
         if (s->reqs[i].busy && !s->reqs[i].done) {
@@ -543,24 +583,24 @@ static int ensure_connected(struct vbd_node *n)
     int rc = -EIO;
     while (!s->closing && vbd_clock_ns() < deadline) {
         struct vbd_error *e = NULL;
-        int fd = dial(s, &e);
-        vbd_error_free(e);
+        struct vbd_chan nc = {.fd = dial(s, &e), .tls = NULL};
         uint64_t size;
-        if (fd >= 0) {
-            e = NULL;
-            if (handshake(s, fd, &size, &e) == 0) {
-                vbd_error_free(e);
-                close(s->fd);
-                s->fd = fd;
-                s->reader_running = true;
-                vbd_co_wake(vbd_co_create(reader_co, n));
-                vbd_info("NBD connection to '%s' re-established", n->filename);
-                rc = 0;
-                break;
-            }
+        if (nc.fd >= 0 && handshake(s, &nc, &size, &e) == 0) {
+            /* under the send lock: no sender is still inside the old connection's TLS session */
+            vbd_co_mutex_lock(&s->send_lock);
+            chan_close(&s->ch);
+            s->ch = nc;
+            vbd_co_mutex_unlock(&s->send_lock);
+            s->reader_running = true;
+            vbd_co_wake(vbd_co_create(reader_co, n));
+            vbd_info("NBD connection to '%s' re-established%s", n->filename, nc.tls ? " (TLS)" : "");
             vbd_error_free(e);
-            close(fd);
+            rc = 0;
+            break;
         }
+        vbd_debug("NBD reconnect to '%s': %s", n->filename, e ? e->msg : "failed");
+        vbd_error_free(e);
+        chan_close(&nc);
         vbd_co_sleep_ns(200000000);
     }
     s->connecting = false;
@@ -591,9 +631,9 @@ static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
     }
     iov[0] = (struct iovec){.iov_base = h, .iov_len = 28};
     vbd_co_mutex_lock(&s->send_lock);
-    int rc = vbd_co_sendv_full(s->fd, iov, cnt + 1);
+    int rc = vbd_chan_sendv_full(&s->ch, iov, cnt + 1);
     if (rc < 0)
-        shutdown(s->fd, SHUT_RDWR); /* a half-sent request: only a new connection is in sync again */
+        vbd_chan_shutdown(&s->ch, SHUT_RDWR); /* a half-sent request: only a new connection is in sync again */
     vbd_co_mutex_unlock(&s->send_lock);
     if (iov != small)
         free(iov);
@@ -720,17 +760,20 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     struct nbd_state *s = n->opaque;
     char *type = NULL, *tls = NULL;
     uint64_t delay = 0;
-    s->fd = -1;
+    s->ch.fd = -1;
     if (vbd_opt_take_str(opts, "server.type", &type, err) < 0 ||
         vbd_opt_take_str(opts, "server.path", &s->path, err) < 0 ||
         vbd_opt_take_str(opts, "server.host", &s->host, err) < 0 ||
         vbd_opt_take_str(opts, "server.port", &s->port, err) < 0 ||
         vbd_opt_take_str(opts, "export", &s->export, err) < 0 ||
         vbd_opt_take_u64(opts, "reconnect-delay", &delay, err) < 0 ||
-        vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0)
+        vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0 ||
+        vbd_opt_take_str(opts, "tls-hostname", &s->tls_hostname, err) < 0)
         goto fail;
-    if (tls) {
-        vbd_error_setf(err, ENOTSUP, "NBD client: TLS (tls-creds=%s) is not supported yet", tls);
+    if (tls && !(s->tls_creds = vbd_tls_creds_get(tls, VBD_TLS_CLIENT, "NBD client", err)))
+        goto fail;
+    if (s->tls_hostname && !s->tls_creds) {
+        vbd_error_setf(err, EINVAL, "NBD: tls-hostname needs tls-creds");
         goto fail;
     }
     if (!type || (strcmp(type, "unix") && strcmp(type, "inet"))) {
@@ -750,6 +793,9 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         s->path = NULL;
         if (!s->port)
             s->port = strdup("10809");
+        /* the server's certificate must name the host we dial, unless told otherwise */
+        if (s->tls_creds && !s->tls_hostname)
+            s->tls_hostname = strdup(s->host);
     }
     if (!s->export)
         s->export = strdup("");
@@ -758,22 +804,21 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         goto fail;
     }
     s->reconnect_ns = delay * 1000000000ull;
-    int fd = dial(s, err);
-    if (fd < 0)
+    struct vbd_chan ch = {.fd = dial(s, err), .tls = NULL};
+    if (ch.fd < 0)
         goto fail;
     uint64_t size = 0;
-    if (handshake(s, fd, &size, err) < 0) {
-        close(fd);
+    if (handshake(s, &ch, &size, err) < 0) {
+        chan_close(&ch);
         if (err && *err)
             vbd_error_prepend(err, "NBD server %s: ", s->path ? s->path : s->host);
         goto fail;
     }
-    s->fd = fd;
+    s->ch = ch;
     n->size = size;
     if ((flags & VBD_OPEN_RDWR) && (s->tflags & TF_READ_ONLY)) {
         vbd_error_setf(err, EACCES, "NBD export '%s' is read-only", s->export);
-        close(fd);
-        s->fd = -1;
+        chan_close(&s->ch);
         goto fail;
     }
     n->bl.request_alignment = s->min_block ? s->min_block : 1;
@@ -794,6 +839,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     s->reader_running = true;
     vbd_co_wake(vbd_co_create(reader_co, n));
     free(type);
+    free(tls);
     return 0;
 fail:
     free(type);
@@ -802,7 +848,10 @@ fail:
     free(s->host);
     free(s->port);
     free(s->export);
-    s->path = s->host = s->port = s->export = NULL;
+    free(s->tls_hostname);
+    vbd_tls_creds_unref(s->tls_creds);
+    s->tls_creds = NULL;
+    s->path = s->host = s->port = s->export = s->tls_hostname = NULL;
     return -EINVAL;
 }
 
@@ -817,16 +866,20 @@ static void nbd_close(struct vbd_node *n)
 {
     struct nbd_state *s = n->opaque;
     s->closing = true;
-    if (s->fd >= 0) {
+    if (s->ch.fd >= 0) {
         uint8_t h[28] = {0};
         uint32_t m = be32(NBD_REQ_MAGIC);
         uint16_t t = be16(CMD_DISC);
         memcpy(h, &m, 4);
         memcpy(h + 6, &t, 2);
-        if (send(s->fd, h, 28, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+        /* goodbye without waiting: if it cannot go out now, the server is gone or busy anyway */
+        if (s->ch.tls) {
+            if (!s->send_lock.locked && s->reader_running && vbd_tls_try_send(s->ch.tls, h, 28) == 0)
+                vbd_tls_bye(s->ch.tls);
+        } else if (send(s->ch.fd, h, 28, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
             /* the server is gone anyway */
         }
-        shutdown(s->fd, SHUT_RDWR);
+        vbd_chan_shutdown(&s->ch, SHUT_RDWR);
         /* the reader coroutine ends on the shut-down socket: wait for it, it uses our state */
         if (s->reader_running) {
             if (vbd_in_co())
@@ -835,8 +888,10 @@ static void nbd_close(struct vbd_node *n)
             else
                 vbd_co_run_sync(wait_reader, s);
         }
-        close(s->fd);
+        chan_close(&s->ch);
     }
+    vbd_tls_creds_unref(s->tls_creds);
+    free(s->tls_hostname);
     free(s->path);
     free(s->host);
     free(s->port);

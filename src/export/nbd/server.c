@@ -14,6 +14,7 @@
 #include "vbd/loop.h"
 #include "vbd/nbd.h"
 #include "vbd/options.h"
+#include "vbd/tls.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -56,7 +57,7 @@ struct nbd_req {
 };
 
 struct nbd_conn {
-    int fd;
+    struct vbd_chan ch; /* the socket, and its TLS session once STARTTLS is done */
     struct nbd_export *exp;
     bool structured, no_zeroes;
     unsigned meta; /* META_* selected */
@@ -78,6 +79,7 @@ static struct {
     int nconns;
     struct nbd_conn *conns;
     struct nbd_export *exports;
+    struct vbd_tls_creds *tls; /* set: TLS is required (NBD_OPT_STARTTLS first) */
     struct vbd_co_queue idle_q;
     bool accept_done;
 } srv = {.listen_fd = -1};
@@ -92,7 +94,7 @@ static int send_opt_reply(struct nbd_conn *c, uint32_t opt, uint32_t type, const
     put_be32(h + 12, type);
     put_be32(h + 16, len);
     struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, len}};
-    return vbd_co_sendv_full(c->fd, iov, len ? 2 : 1);
+    return vbd_chan_sendv_full(&c->ch, iov, len ? 2 : 1);
 }
 
 static int send_opt_error(struct nbd_conn *c, uint32_t opt, uint32_t type, const char *msg)
@@ -269,6 +271,29 @@ static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     return send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
 }
 
+/* NBD_OPT_STARTTLS was acknowledged: the TLS handshake on the same socket
+ * (the client sends nothing else before it, so nothing is buffered). */
+static int start_tls(struct nbd_conn *c)
+{
+    struct vbd_error *err = NULL;
+    struct vbd_tls *t = vbd_tls_new(srv.tls, c->ch.fd, NULL, &err);
+    int rc = t ? vbd_tls_handshake(t, &err) : -EIO;
+    if (rc < 0) {
+        vbd_warn("nbd: client connection: %s", err ? err->msg : "TLS failed");
+        vbd_error_free(err);
+        vbd_tls_free(t);
+        /* Let the alert reach the client: closing with its next bytes unread would reset the connection
+         * and drop the alert. Read until it closes (the handshake timer bounds this). */
+        shutdown(c->ch.fd, SHUT_WR);
+        char junk[4096];
+        while (vbd_co_recv(c->ch.fd, junk, sizeof(junk)) > 0)
+            ;
+        return rc;
+    }
+    c->ch.tls = t;
+    return 0;
+}
+
 /* Returns 0 when transmission should start, <0 to drop the connection. */
 static int handshake(struct nbd_conn *c)
 {
@@ -276,9 +301,9 @@ static int handshake(struct nbd_conn *c)
     put_be64(hello, NBD_MAGIC);
     put_be64(hello + 8, NBD_IHAVEOPT);
     put_be16(hello + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    int rc = vbd_co_send_full(c->fd, hello, sizeof(hello));
+    int rc = vbd_chan_send_full(&c->ch, hello, sizeof(hello));
     uint8_t cf[4];
-    if (rc < 0 || (rc = vbd_co_recv_full(c->fd, cf, 4)) < 0)
+    if (rc < 0 || (rc = vbd_chan_recv_full(&c->ch, cf, 4)) < 0)
         return rc;
     uint32_t cflags = get_be32(cf);
     if (!(cflags & NBD_FLAG_C_FIXED_NEWSTYLE) || (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))) {
@@ -289,7 +314,7 @@ static int handshake(struct nbd_conn *c)
     uint8_t *data = NULL;
     for (;;) {
         uint8_t h[16];
-        if ((rc = vbd_co_recv_full(c->fd, h, 16)) < 0)
+        if ((rc = vbd_chan_recv_full(&c->ch, h, 16)) < 0)
             break;
         if (get_be64(h) != NBD_IHAVEOPT) {
             vbd_warn("nbd: bad option magic from client, closing");
@@ -304,9 +329,21 @@ static int handshake(struct nbd_conn *c)
         }
         free(data);
         data = malloc(len ? len : 1);
-        if (!data || (rc = vbd_co_recv_full(c->fd, data, len)) < 0)
+        if (!data || (rc = vbd_chan_recv_full(&c->ch, data, len)) < 0)
             break;
         bool done = false;
+        if (srv.tls && !c->ch.tls && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+            /* TLS first: every other option is refused, EXPORT_NAME (no error reply possible) closes */
+            if (opt == NBD_OPT_EXPORT_NAME) {
+                vbd_warn("nbd: client asked for an export without TLS, which this server requires; closing");
+                rc = -EACCES;
+            } else {
+                rc = send_opt_error(c, opt, NBD_REP_ERR_TLS_REQD, "TLS is required on this server (NBD_OPT_STARTTLS)");
+            }
+            if (rc < 0)
+                break;
+            continue;
+        }
         switch (opt) {
         case NBD_OPT_EXPORT_NAME: {
             char name[NBD_MAX_NAME_LEN + 1];
@@ -325,7 +362,7 @@ static int handshake(struct nbd_conn *c)
             uint8_t r[10 + 124] = {0};
             put_be64(r, vbd_backend_size(e->be));
             put_be16(r + 8, export_flags(e));
-            rc = vbd_co_send_full(c->fd, r, c->no_zeroes ? 10 : sizeof(r));
+            rc = vbd_chan_send_full(&c->ch, r, c->no_zeroes ? 10 : sizeof(r));
             c->exp = e;
             done = true;
             break;
@@ -353,7 +390,14 @@ static int handshake(struct nbd_conn *c)
                 rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
             break;
         case NBD_OPT_STARTTLS:
-            rc = send_opt_error(c, opt, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+            if (!srv.tls)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+            else if (c->ch.tls)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "TLS is already negotiated");
+            else if (len)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+            else if ((rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0)) >= 0)
+                rc = start_tls(c);
             break;
         case NBD_OPT_INFO:
         case NBD_OPT_GO:
@@ -411,7 +455,7 @@ static int send_simple(struct nbd_conn *c, struct nbd_req *r, int err, const voi
     put_be64(h + 8, r->cookie);
     struct iovec iov[2] = {{h, 16}, {(void *)data, len}};
     vbd_co_mutex_lock(&c->send_lock);
-    int rc = vbd_co_sendv_full(c->fd, iov, (data && len && !err) ? 2 : 1);
+    int rc = vbd_chan_sendv_full(&c->ch, iov, (data && len && !err) ? 2 : 1);
     vbd_co_mutex_unlock(&c->send_lock);
     return rc;
 }
@@ -427,7 +471,7 @@ static int send_chunk(struct nbd_conn *c, struct nbd_req *r, uint16_t flags, uin
     put_be64(h + 8, r->cookie);
     put_be32(h + 16, l1 + l2);
     struct iovec iov[3] = {{h, 20}, {(void *)p1, l1}, {(void *)p2, l2}};
-    return vbd_co_sendv_full(c->fd, iov, 1 + (l1 ? 1 : 0) + (l2 ? 1 : 0));
+    return vbd_chan_sendv_full(&c->ch, iov, 1 + (l1 ? 1 : 0) + (l2 ? 1 : 0));
 }
 
 static int send_error_reply(struct nbd_conn *c, struct nbd_req *r, int err)
@@ -658,7 +702,7 @@ static void request_co(void *opaque)
     }
     if (rc < 0 && !c->closing) {
         c->closing = true;
-        shutdown(c->fd, SHUT_RDWR);
+        vbd_chan_shutdown(&c->ch, SHUT_RDWR);
     }
     request_done(c, r);
 }
@@ -689,7 +733,7 @@ static void transmission(struct nbd_conn *c)
     }
     while (!c->closing) {
         uint8_t h[28];
-        if (vbd_co_recv_full(c->fd, h, 28) < 0)
+        if (vbd_chan_recv_full(&c->ch, h, 28) < 0)
             break;
         if (get_be32(h) != NBD_REQUEST_MAGIC) {
             vbd_warn("nbd: bad request magic 0x%08x, closing the connection", get_be32(h));
@@ -727,7 +771,7 @@ static void transmission(struct nbd_conn *c)
             r->cap = r->len < 65536 ? 65536 : r->len;
             r->buf = vbd_alloc_aligned(4096, r->cap);
         }
-        if (r->type == NBD_CMD_WRITE && vbd_co_recv_full(c->fd, r->buf, r->len) < 0) {
+        if (r->type == NBD_CMD_WRITE && vbd_chan_recv_full(&c->ch, r->buf, r->len) < 0) {
             request_done(c, r);
             break;
         }
@@ -750,7 +794,7 @@ static void handshake_timeout(void *opaque)
 {
     struct nbd_conn *c = opaque;
     vbd_warn("nbd: client did not finish the handshake in time, closing");
-    shutdown(c->fd, SHUT_RDWR);
+    vbd_chan_shutdown(&c->ch, SHUT_RDWR);
 }
 
 static void conn_co(void *opaque)
@@ -763,7 +807,11 @@ static void conn_co(void *opaque)
     vbd_timer_cancel(&c->handshake_timer);
     if (rc == 0 && c->exp && !srv.stopping)
         transmission(c);
-    close(c->fd);
+    if (c->ch.tls) {
+        vbd_tls_bye(c->ch.tls);
+        vbd_tls_free(c->ch.tls);
+    }
+    close(c->ch.fd);
     for (struct nbd_conn **pp = &srv.conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
@@ -783,7 +831,7 @@ void vbd_nbd_serve_fd(int fd)
         close(fd);
         return;
     }
-    c->fd = fd;
+    c->ch.fd = fd;
     c->next = srv.conns;
     srv.conns = c;
     srv.nconns++;
@@ -818,7 +866,7 @@ static void accept_co(void *opaque)
             close(fd);
             continue;
         }
-        c->fd = fd;
+        c->ch.fd = fd;
         c->next = srv.conns;
         srv.conns = c;
         srv.nconns++;
@@ -898,21 +946,36 @@ int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
         return -EBUSY;
     }
     uint64_t maxc = 0;
-    char *tls = NULL;
-    if (vbd_opt_take_u64(opts, "max-connections", &maxc, err) < 0 || vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0)
+    char *tls = NULL, *authz = NULL;
+    if (vbd_opt_take_u64(opts, "max-connections", &maxc, err) < 0 || vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0 ||
+        vbd_opt_take_str(opts, "tls-authz", &authz, err) < 0) {
+        free(tls);
         return -EINVAL;
-    if (tls) {
-        vbd_error_setf(err, ENOTSUP, "NBD server: TLS (tls-creds=%s) is not supported yet", tls);
+    }
+    if (authz) {
+        vbd_error_setf(err, ENOTSUP, "NBD server: tls-authz=%s is not supported (verify-peer=on checks the client's certificate against the CA)", authz);
+        free(authz);
         free(tls);
         return -ENOTSUP;
     }
+    struct vbd_tls_creds *creds = NULL;
+    if (tls) {
+        creds = vbd_tls_creds_get(tls, VBD_TLS_SERVER, "NBD server", err);
+        free(tls);
+        if (!creds)
+            return -EINVAL;
+    }
     int fd = listen_on(opts, err);
-    if (fd < 0)
+    if (fd < 0) {
+        vbd_tls_creds_unref(creds);
         return -EINVAL;
+    }
     if (vbd_opts_check_empty(opts, "--nbd-server", err) < 0) {
+        vbd_tls_creds_unref(creds);
         close(fd);
         return -EINVAL;
     }
+    srv.tls = creds;
     srv.listen_fd = fd;
     srv.max_connections = (uint32_t)maxc;
     srv.running = true;
@@ -930,7 +993,7 @@ void vbd_nbd_server_stop(void)
     shutdown(srv.listen_fd, SHUT_RDWR); /* wakes the accept loop */
     for (struct nbd_conn *c = srv.conns; c; c = c->next) {
         c->closing = true;
-        shutdown(c->fd, SHUT_RD); /* in-flight replies still go out */
+        vbd_chan_shutdown(&c->ch, SHUT_RD); /* in-flight replies still go out */
     }
     if (vbd_in_co())
         while (srv.nconns || !srv.accept_done)
@@ -942,6 +1005,8 @@ void vbd_nbd_server_stop(void)
         free(srv.unix_path);
         srv.unix_path = NULL;
     }
+    vbd_tls_creds_unref(srv.tls); /* sessions hold their own references */
+    srv.tls = NULL;
     srv.running = false;
 }
 
@@ -1017,7 +1082,7 @@ static void nbd_export_shutdown(struct vbd_export *base)
     for (struct nbd_conn *c = srv.conns; c; c = c->next)
         if (c->exp == e && !c->closing) {
             c->closing = true;
-            shutdown(c->fd, SHUT_RD);
+            vbd_chan_shutdown(&c->ch, SHUT_RD);
         }
     if (vbd_in_co()) {
         for (;;) {
