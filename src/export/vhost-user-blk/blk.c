@@ -38,7 +38,6 @@ extern const struct vbd_export_type vbd_export_type_vhost_user_blk;
 #define BLK_MERGE_MAX_IOV 1024
 #define BLK_MERGE_MAX_BYTES (4u << 20)
 #define BLK_MERGE_POOL 16 /* merged requests in flight per queue; beyond, requests go down one by one */
-#define BLK_RETRY_NS 1000000000ull
 
 struct blk_export;
 
@@ -103,6 +102,7 @@ struct blk_export {
     struct blk_req *parked, **parked_tail;
     int nparked;
     uint64_t retries;
+    uint64_t retry_ns; /* 0: only on SIGUSR1 */
     struct vbd_timer retry_timer;
 };
 
@@ -422,25 +422,26 @@ static void park(struct blk_req *r, int err)
 {
     struct blk_export *e = r->bq->e;
     if (!e->stopped)
-        vbd_error_report("%s: %s at sector %llu failed: %s; %s=%s: the device stops and the request is retried every "
-                         "second (SIGUSR1: now)",
+        vbd_error_report("%s: %s at sector %llu failed: %s; %s=%s: the device stops and the request is retried %s",
                          e->name, type_name(r->type), (unsigned long long)r->sector, strerror(-err),
                          r->type == VIRTIO_BLK_T_IN ? "rerror" : "werror",
-                         (r->type == VIRTIO_BLK_T_IN ? e->rerror : e->werror) == BLK_ERR_STOP ? "stop" : "enospc");
+                         (r->type == VIRTIO_BLK_T_IN ? e->rerror : e->werror) == BLK_ERR_STOP ? "stop" : "enospc",
+                         e->retry_ns ? "every retry-interval and on SIGUSR1" : "on SIGUSR1");
     e->stopped = true;
     r->next_free = NULL;
     *e->parked_tail = r;
     e->parked_tail = &r->next_free;
     e->nparked++;
-    if (!e->retry_timer.armed)
-        vbd_timer_arm(&e->retry_timer, vbd_clock_ns() + BLK_RETRY_NS);
+    if (e->retry_ns && !e->retry_timer.armed)
+        vbd_timer_arm(&e->retry_timer, vbd_clock_ns() + e->retry_ns);
 }
 
 static void req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
 {
     struct blk_queue *bq = r->bq;
     struct blk_export *e = bq->e;
-    if (err < 0 && io && error_stops(e, r->type, err)) {
+    /* a ring that is stopping waits for its requests: they cannot be parked then */
+    if (err < 0 && io && error_stops(e, r->type, err) && vu_queue_can_process(bq->q)) {
         park(r, err);
         return;
     }
@@ -833,7 +834,7 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     char *werror = NULL, *rerror = NULL;
     bool writable = false, writethrough = false, server = true, has_wt = false, merge = true;
     enum blk_err_action wact = BLK_ERR_REPORT, ract = BLK_ERR_REPORT;
-    uint64_t nq = 0, lbs = 512, pbs = 0;
+    uint64_t nq = 0, lbs = 512, pbs = 0, retry_ms = 1000;
     struct blk_export *e = NULL;
     if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "node-name", &node, err) < 0 ||
         vbd_opt_take_str(opts, "addr.type", &atype, err) < 0 || vbd_opt_take_str(opts, "addr.path", &path, err) < 0 ||
@@ -843,8 +844,14 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
         vbd_opt_take_u64(opts, "physical-block-size", &pbs, err) < 0 ||
         vbd_opt_take_str(opts, "iothread", &iothread, err) < 0 || vbd_opt_take_str(opts, "serial", &serial, err) < 0 ||
         vbd_opt_take_bool(opts, "server", &server, err) < 0 || vbd_opt_take_bool(opts, "merge", &merge, err) < 0 ||
-        vbd_opt_take_str(opts, "werror", &werror, err) < 0 || vbd_opt_take_str(opts, "rerror", &rerror, err) < 0)
+        vbd_opt_take_str(opts, "werror", &werror, err) < 0 || vbd_opt_take_str(opts, "rerror", &rerror, err) < 0 ||
+        vbd_opt_take_u64(opts, "retry-interval", &retry_ms, err) < 0)
         goto fail;
+    if (retry_ms > 3600000) {
+        vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': retry-interval=%llu: at most 3600000 ms (0: only on "
+                       "SIGUSR1)", id ? id : "", (unsigned long long)retry_ms);
+        goto fail;
+    }
     if (werror && parse_err_action(werror, true, &wact) < 0) {
         vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': werror=%s: expected report, stop or enospc",
                        id ? id : "", werror);
@@ -925,6 +932,7 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     e->werror = wact;
     e->rerror = ract;
     e->parked_tail = &e->parked;
+    e->retry_ns = retry_ms * 1000000ull;
     e->retry_timer.fn = retry_timer_cb;
     e->retry_timer.arg = e;
     e->capacity = vbd_backend_size(e->be) / 512;

@@ -86,6 +86,8 @@ static void notify_bh(void *arg)
     q->notify_pending = false;
     if (q->call_fd >= 0 && vu_vq_should_notify(&q->vq))
         eventfd_write(q->call_fd, 1);
+    if (q->inflight_reqs == 0)
+        vbd_co_queue_wake_all(&q->dev->idle);
 }
 
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
@@ -142,14 +144,10 @@ static void wait_queue_idle(struct vu_queue *q)
 {
     if (q->dev->ops->queue_cancel)
         q->dev->ops->queue_cancel(q);
-    while (q->inflight_reqs)
+    /* the last interrupt goes out too (its bottom half must have run before
+     * the queue can be freed) */
+    while (q->inflight_reqs || q->notify_pending)
         vbd_co_queue_wait(&q->dev->idle);
-    if (q->notify_pending) {
-        /* deliver the last interrupt now: the ring is about to change hands */
-        q->notify_pending = false;
-        if (q->call_fd >= 0)
-            eventfd_write(q->call_fd, 1);
-    }
 }
 
 static int translate_rings(struct vu_dev *dev, struct vu_queue *q)
