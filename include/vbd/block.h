@@ -157,6 +157,9 @@ struct vbd_driver {
     /* Drop all data of this layer so reads fall through to the backing
      * (commit without -d). */
     int (*co_make_empty)(struct vbd_node *n);
+    /* Re-read a size that can change behind our back (a file grown or
+     * shrunk by another program); the children are refreshed first. */
+    int (*refresh_size)(struct vbd_node *n);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*(). */
@@ -244,6 +247,10 @@ int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
  * VBD_BS_ALLOCATED is set when some layer defines the range ("present"). */
 int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, bool want_zero, uint64_t off,
                                    uint64_t bytes, uint64_t *pnum, uint64_t *map, struct vbd_node **file, int *depth);
+/* Re-read the sizes of n and its children (files resized by someone else,
+ * e.g. `truncate -s` or `qemu-img resize` before a SIGHUP to vbd-daemon).
+ * Nodes whose size is fixed by their own metadata (qcow2) keep it. */
+int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err);
 int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
 int64_t vbd_node_get_allocated_size(struct vbd_node *n);
 int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err);

@@ -437,6 +437,26 @@ int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
     return rc;
 }
 
+int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err)
+{
+    if (n->file) {
+        int rc = vbd_node_refresh_size(n->file, err);
+        if (rc < 0)
+            return rc;
+    }
+    if (n->backing) {
+        int rc = vbd_node_refresh_size(n->backing, err);
+        if (rc < 0)
+            return rc;
+    }
+    if (!n->drv->refresh_size)
+        return 0;
+    int rc = n->drv->refresh_size(n);
+    if (rc < 0)
+        vbd_error_setf(err, -rc, "Could not get the size of '%s': %s", n->filename, strerror(-rc));
+    return rc;
+}
+
 int64_t vbd_node_get_allocated_size(struct vbd_node *n)
 {
     if (n->drv->get_allocated_size)

@@ -42,10 +42,16 @@ static const char usage_text[] =
     "                    [,max-connections=N][,tls-creds=ID]   start the NBD server (tls-creds: TLS required)\n"
     "  --export type=vhost-user-blk,id=ID,node-name=NAME,addr.type=unix,addr.path=SOCKET[,writable=on|off]\n"
     "           [,num-queues=N][,logical-block-size=512|4096][,physical-block-size=N][,writethrough=on|off]\n"
-    "           [,serial=S][,server=on|off]   serve a node to a VMM as a virtio-blk device (server=off: connect)\n"
+    "           [,serial=S][,server=on|off][,werror=report|stop|enospc][,rerror=report|stop]\n"
+    "           [,retry-interval=MS][,merge=on|off]\n"
+    "                    serve a node to a VMM as a virtio-blk device. server=off: connect to the VMM's\n"
+    "                    socket. werror/rerror=stop (enospc: on ENOSPC only): a failed request waits and is\n"
+    "                    retried every retry-interval (default 1000 ms; 0: only on SIGUSR1). merge: adjacent\n"
+    "                    requests of one kick go down as one request (default on)\n"
     "  --drive file=IMG[,format=raw|qcow2][,cache=writethrough|writeback|none|directsync|unsafe][,readonly=on]\n"
     "          [,sectorsize=512|4096|LOGICAL/PHYSICAL][,range=START_LBA/SECTORS][,discard=unmap][,id=NAME]\n"
-    "          [,num-queues=N][,serial=S]   short form (as -drive and ACRN's device model: ro, writethru and\n"
+    "          [,num-queues=N][,serial=S][,werror=report|stop|enospc][,rerror=report|stop]\n"
+    "                    short form (as -drive and ACRN's device model: ro, writethru and\n"
     "                    writeback are accepted as bare words); writethrough is the default\n"
     "  --vhost-user SOCKET   export the last --drive over vhost-user-blk on SOCKET\n"
     "  --object iothread,id=ID   accepted for compatibility (exports run on the main loop)\n"
@@ -58,7 +64,8 @@ static const char usage_text[] =
     "  --daemonize       go to the background once every socket listens\n"
     "  -v, --verbose     debug log;  -h, --help;  -V, --version\n"
     "\n"
-    "Options are processed in order. SIGTERM or SIGINT stops the daemon cleanly.\n";
+    "Options are processed in order. SIGTERM or SIGINT stops the daemon cleanly. SIGHUP re-reads the\n"
+    "size of every node (after a file was resized) and tells the VMs. SIGUSR1 retries stopped requests.\n";
 
 struct export_entry {
     const struct vbd_export_type *type;
@@ -70,13 +77,18 @@ static struct export_entry *exports;
 static struct vbd_node **nodes;
 static int nnodes;
 static volatile bool stop_requested;
+static volatile sig_atomic_t hup_requested, cont_requested;
 static struct vbd_loop *main_loop;
 static int ready_pipe = -1;
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    stop_requested = true;
+    if (sig == SIGHUP)
+        hup_requested = 1;
+    else if (sig == SIGUSR1)
+        cont_requested = 1;
+    else
+        stop_requested = true;
     if (main_loop)
         vbd_loop_kick(main_loop);
 }
@@ -169,7 +181,7 @@ static struct pending_drive {
     char node[64];
     bool readonly, writethrough;
     uint64_t lbs, pbs, queues;
-    char *serial;
+    char *serial, *werror, *rerror;
     bool set;
 } drive;
 static int ndrives;
@@ -224,7 +236,7 @@ static int add_drive(const char *arg, struct vbd_error **err)
     if (!o)
         return -EINVAL;
     char *file = NULL, *format = NULL, *cache = NULL, *sectorsize = NULL, *range = NULL, *discard = NULL,
-         *id = NULL, *serial = NULL;
+         *id = NULL, *serial = NULL, *werror = NULL, *rerror = NULL;
     bool readonly = false;
     uint64_t queues = 0;
     struct vbd_node *n = NULL;
@@ -233,6 +245,7 @@ static int add_drive(const char *arg, struct vbd_error **err)
         vbd_opt_take_str(o, "cache", &cache, err) < 0 || vbd_opt_take_str(o, "sectorsize", &sectorsize, err) < 0 ||
         vbd_opt_take_str(o, "range", &range, err) < 0 || vbd_opt_take_str(o, "discard", &discard, err) < 0 ||
         vbd_opt_take_str(o, "id", &id, err) < 0 || vbd_opt_take_str(o, "serial", &serial, err) < 0 ||
+        vbd_opt_take_str(o, "werror", &werror, err) < 0 || vbd_opt_take_str(o, "rerror", &rerror, err) < 0 ||
         vbd_opt_take_bool(o, "readonly", &readonly, err) < 0 || vbd_opt_take_u64(o, "num-queues", &queues, err) < 0 ||
         vbd_opts_check_empty(o, "--drive", err) < 0)
         goto out;
@@ -325,14 +338,18 @@ static int add_drive(const char *arg, struct vbd_error **err)
     nodes = realloc(nodes, sizeof(*nodes) * (nnodes + 1));
     nodes[nnodes++] = n;
     free(drive.serial);
+    free(drive.werror);
+    free(drive.rerror);
     drive = (struct pending_drive){.readonly = readonly,
                                    .writethrough = vbd_cache_mode_writethrough(mode),
                                    .lbs = lbs,
                                    .pbs = pbs,
                                    .queues = queues,
                                    .serial = serial,
+                                   .werror = werror,
+                                   .rerror = rerror,
                                    .set = true};
-    serial = NULL;
+    serial = werror = rerror = NULL;
     snprintf(drive.node, sizeof(drive.node), "%s", name);
     ndrives++;
     rc = 0;
@@ -346,6 +363,8 @@ out:
     free(discard);
     free(id);
     free(serial);
+    free(werror);
+    free(rerror);
     return rc;
 }
 
@@ -371,6 +390,10 @@ static int add_vhost_user(const char *sock, struct vbd_error **err)
         json_object_object_add(o, "num-queues", json_object_new_uint64(drive.queues));
     if (drive.serial)
         json_object_object_add(o, "serial", json_object_new_string(drive.serial));
+    if (drive.werror)
+        json_object_object_add(o, "werror", json_object_new_string(drive.werror));
+    if (drive.rerror)
+        json_object_object_add(o, "rerror", json_object_new_string(drive.rerror));
     struct vbd_export *e = NULL;
     const struct vbd_export_type *t = NULL;
     for (const struct vbd_export_type *const *p = vbd_export_types(); *p; p++)
@@ -397,6 +420,26 @@ struct startup {
 };
 
 enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, OPT_DAEMONIZE, OPT_DRIVE, OPT_VHOST_USER };
+
+/* SIGHUP: files may have been resized by someone else; re-read the sizes
+ * and let the exports tell their clients. */
+static void refresh_sizes(void)
+{
+    for (int i = 0; i < nnodes; i++) {
+        uint64_t old = nodes[i]->size;
+        struct vbd_error *err = NULL;
+        if (vbd_node_refresh_size(nodes[i], &err) < 0) {
+            vbd_warn("SIGHUP: node '%s': %s", nodes[i]->node_name, err ? err->msg : "cannot refresh its size");
+            vbd_error_free(err);
+        } else if (nodes[i]->size != old) {
+            vbd_info("SIGHUP: node '%s' is now %llu bytes (was %llu)", nodes[i]->node_name,
+                     (unsigned long long)nodes[i]->size, (unsigned long long)old);
+        }
+    }
+    for (struct export_entry *e = exports; e; e = e->next)
+        if (e->type->resized)
+            e->type->resized(e->exp);
+}
 
 static void shutdown_all(void)
 {
@@ -470,8 +513,19 @@ static void daemon_co(void *opaque)
             close(dn);
         }
     }
-    while (!s->rc && !stop_requested)
+    while (!s->rc && !stop_requested) {
         vbd_co_sleep_ns(200000000); /* the loop is kicked by signals; this bounds the check */
+        if (hup_requested) {
+            hup_requested = 0;
+            refresh_sizes();
+        }
+        if (cont_requested) {
+            cont_requested = 0;
+            for (struct export_entry *e = exports; e; e = e->next)
+                if (e->type->cont)
+                    e->type->cont(e->exp);
+        }
+    }
     shutdown_all();
     if (pidfile && !s->rc)
         unlink(pidfile);
@@ -507,6 +561,8 @@ int vbd_daemon_main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     main_loop = vbd_loop_current();
     struct startup s = {argc, argv, 0};
@@ -521,5 +577,7 @@ int vbd_daemon_main(int argc, char **argv)
     free(nodes);
     vbd_tls_creds_remove_all();
     free(drive.serial);
+    free(drive.werror);
+    free(drive.rerror);
     return s.rc;
 }

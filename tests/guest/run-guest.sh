@@ -12,10 +12,12 @@ Usage: run-guest.sh DISK --workload FILE [options]
   --env NAME=VAL   exported to the workload    --timeout S (default 180)
   --readonly       read-only disk (--nbd/--image)
   --reconnect      vhost-user chardev with reconnect=1 (back end may restart)
+  --listen         vhost-user: QEMU listens on SOCKET (server=on,wait=off) and the
+                   back end connects to it (vbd-daemon's server=off)
   --device-opts O  appended to -device         --log FILE  keep the console
 USAGE
 }
-mode= target= fmt=raw workload= nq=1 smp=2 timeout=180 ro=0 reconnect=0 devopts= log= envs=()
+mode= target= fmt=raw workload= nq=1 smp=2 timeout=180 ro=0 reconnect=0 listen=0 devopts= log= envs=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --vhost-user) mode=vhost-user target=$2; shift ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
         --timeout) timeout=$2; shift ;;
         --readonly) ro=1 ;;
         --reconnect) reconnect=1 ;;
+        --listen) listen=1 ;;
         --device-opts) devopts=,$2; shift ;;
         --log) log=$2; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -37,7 +40,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$mode" ] && [ -r "$workload" ] || { echo "run-guest: need a disk and a readable --workload" >&2; exit 2; }
-[ $mode != vhost-user ] || [ -S "$target" ] || { echo "run-guest: no socket at '$target'" >&2; exit 2; }
+[ $mode != vhost-user ] || [ $listen = 1 ] || [ -S "$target" ] || { echo "run-guest: no socket at '$target'" >&2; exit 2; }
 read -r kver base < <("$here/build-initramfs.sh") || exit 2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -53,6 +56,7 @@ rostr=; [ $ro = 1 ] && rostr=,readonly=on
 case $mode in
     vhost-user)
         rc=; [ $reconnect = 1 ] && rc=,reconnect=1
+        [ $listen = 1 ] && rc=,server=on,wait=off
         disk=(-object memory-backend-memfd,id=mem0,size=256M,share=on -machine memory-backend=mem0
               -chardev "socket,id=vu0,path=$(esc "$target")$rc"
               -device "vhost-user-blk-pci,chardev=vu0,num-queues=$nq$devopts") ;;

@@ -152,11 +152,20 @@ static int raw_measure(struct json_object *opts, struct vbd_node *in, uint64_t *
     return 0;
 }
 
+static int raw_refresh_size(struct vbd_node *n)
+{
+    struct raw_state *s = n->opaque;
+    if (!s->has_size)
+        n->size = n->file->size > s->offset ? n->file->size - s->offset : 0;
+    return 0;
+}
+
 static const struct vbd_driver raw_driver = {
     .abi_size = sizeof(struct vbd_driver),
     .name = "raw",
     .kind = VBD_DRV_FORMAT,
     .state_size = sizeof(struct raw_state),
+    .refresh_size = raw_refresh_size,
     .caps = VBD_DRV_CAP_MULTI_LOOP,
     .probe = raw_probe,
     .open = raw_open,

@@ -475,11 +475,32 @@ static int file_create(const char *filename, struct json_object *opts, struct vb
     return rc;
 }
 
+static int file_refresh_size(struct vbd_node *n)
+{
+    struct file_state *s = n->opaque;
+    if (s->is_blockdev) {
+        uint64_t size;
+        if (ioctl(s->fd, BLKGETSIZE64, &size) < 0)
+            return -errno;
+        n->size = size;
+        return 0;
+    }
+    struct stat st;
+    if (fstat(s->fd, &st) < 0)
+        return -errno;
+    if ((uint64_t)st.st_size != n->size) {
+        n->size = (uint64_t)st.st_size;
+        s->data_start = s->data_end = 0;
+    }
+    return 0;
+}
+
 static const struct vbd_driver file_driver = {
     .abi_size = sizeof(struct vbd_driver),
     .name = "file",
     .kind = VBD_DRV_PROTOCOL,
     .state_size = sizeof(struct file_state),
+    .refresh_size = file_refresh_size,
     .caps = VBD_DRV_CAP_MULTI_LOOP,
     .open = file_open,
     .close = file_close,

@@ -31,14 +31,39 @@ extern const struct vbd_export_type vbd_export_type_vhost_user_blk;
 #define BLK_MAX_DISCARD_SECTORS (32u << 11) /* 32 MiB */
 #define BLK_DEFAULT_QUEUES 16
 
+/* Request merging (as QEMU's virtio_blk_submit_multireq): at most this many
+ * requests are sorted at once, and a merged request has at most this many
+ * segments (IOV_MAX: one preadv/pwritev) and bytes. */
+#define BLK_MERGE_MAX_REQS 32
+#define BLK_MERGE_MAX_IOV 1024
+#define BLK_MERGE_MAX_BYTES (4u << 20)
+#define BLK_MERGE_POOL 16 /* merged requests in flight per queue; beyond, requests go down one by one */
+
 struct blk_export;
 
 struct blk_req {
     struct blk_queue *bq;
     struct vu_elem elem;
+    /* decoded from the chain (req_decode) */
+    uint32_t type;
+    uint64_t sector;
+    uint8_t *status;
+    struct iovec *out, *in; /* payload after the header / before the status byte */
+    int nout, nin;
+    size_t out_bytes, in_bytes;
     struct iovec iov_inline[BLK_INLINE_IOV];
     struct iovec *iov_heap;
-    struct blk_req *next_free;
+    struct blk_req *next_free; /* also: the parked list */
+};
+
+struct blk_merge {
+    struct blk_queue *bq;
+    bool write;
+    uint64_t off;
+    int niov, nreqs;
+    struct blk_req *reqs[BLK_MERGE_MAX_REQS];
+    struct blk_merge *next_free;
+    struct iovec iov[BLK_MERGE_MAX_IOV];
 };
 
 struct blk_queue {
@@ -47,7 +72,16 @@ struct blk_queue {
     struct blk_req *reqs;
     struct blk_req *free_list;
     uint16_t nreqs;
+    /* requests popped in this kick that may be merged */
+    struct blk_req *batch[BLK_MERGE_MAX_REQS];
+    int nbatch;
+    bool batch_write;
+    struct blk_merge *merges;
+    struct blk_merge *merge_free;
+    uint64_t merged_reqs, merged_groups;
 };
+
+enum blk_err_action { BLK_ERR_REPORT, BLK_ERR_STOP, BLK_ERR_ENOSPC };
 
 struct blk_export {
     struct vbd_export base;
@@ -59,7 +93,17 @@ struct blk_export {
     uint16_t num_queues;
     uint32_t lbs, pbs;
     bool discard;
+    bool merge;
     uint64_t guest_features;
+    uint64_t capacity; /* sectors, as last told to the front end */
+    /* werror/rerror=stop|enospc: failed requests wait here, the queues stop */
+    enum blk_err_action werror, rerror;
+    bool stopped;
+    struct blk_req *parked, **parked_tail;
+    int nparked;
+    uint64_t retries;
+    uint64_t retry_ns; /* 0: only on SIGUSR1 */
+    struct vbd_timer retry_timer;
 };
 
 /* ------------------------------------------------------------------ */
@@ -106,13 +150,19 @@ static void put_le64(uint8_t *p, uint64_t v)
     memcpy(p, &v, 8);
 }
 
+/* In 512-byte sectors, whole logical blocks only. */
+static uint64_t capacity_of(struct blk_export *e)
+{
+    return vbd_backend_size(e->be) / e->lbs * e->lbs / 512;
+}
+
 static void blk_get_config(struct vu_dev *dev, uint8_t *cfg, uint32_t len)
 {
     struct blk_export *e = dev->opaque;
     struct virtio_blk_config c;
     memset(&c, 0, sizeof(c));
     uint8_t *p = (uint8_t *)&c;
-    put_le64(p + offsetof(struct virtio_blk_config, capacity), vbd_backend_size(e->be) / 512);
+    put_le64(p + offsetof(struct virtio_blk_config, capacity), capacity_of(e));
     put_le32(p + offsetof(struct virtio_blk_config, size_max), BLK_SIZE_MAX);
     put_le32(p + offsetof(struct virtio_blk_config, seg_max), BLK_SEG_MAX);
     put_le32(p + offsetof(struct virtio_blk_config, blk_size), e->lbs);
@@ -198,7 +248,7 @@ static bool range_ok(struct blk_export *e, uint64_t sector, uint64_t bytes)
     return off <= size && bytes <= size - off && off % e->lbs == 0 && bytes % e->lbs == 0;
 }
 
-static int do_discard_zeroes(struct blk_export *e, uint32_t type, struct iovec *iov, int n)
+static int do_discard_zeroes(struct blk_export *e, uint32_t type, struct iovec *iov, int n, bool *io)
 {
     size_t total = 0;
     for (int i = 0; i < n; i++)
@@ -208,7 +258,12 @@ static int do_discard_zeroes(struct blk_export *e, uint32_t type, struct iovec *
     if (total / 16 > 1)
         return -ENOTSUP; /* max_discard_seg = max_write_zeroes_seg = 1 */
     uint8_t seg[16];
-    take_front(&iov, &n, seg, 16);
+    size_t got = 0;
+    for (int i = 0; i < n && got < 16; i++) { /* read, not consumed: a retried request reads it again */
+        size_t c = iov[i].iov_len < 16 - got ? iov[i].iov_len : 16 - got;
+        memcpy(seg + got, iov[i].iov_base, c);
+        got += c;
+    }
     uint64_t sector;
     uint32_t num, flags;
     memcpy(&sector, seg, 8);
@@ -226,19 +281,26 @@ static int do_discard_zeroes(struct blk_export *e, uint32_t type, struct iovec *
     if (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)
         return -ENOTSUP;
     unsigned f = (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) && e->discard ? VBD_REQ_MAY_UNMAP : 0;
+    *io = true;
     return vbd_backend_co_pwrite_zeroes(e->be, sector << 9, (uint64_t)num << 9, f);
 }
 
-static void req_co(void *arg)
+static void req_release(struct blk_req *r)
 {
-    struct blk_req *r = arg;
     struct blk_queue *bq = r->bq;
-    struct blk_export *e = bq->e;
+    r->next_free = bq->free_list;
+    bq->free_list = r;
+}
+
+/* Splits a popped chain into header, payload and status byte. Malformed
+ * chains break the queue; false is returned after the descriptor was given
+ * back. */
+static bool req_decode(struct blk_req *r)
+{
+    struct blk_queue *bq = r->bq;
     struct iovec *out = r->elem.iov, *in = r->elem.iov + r->elem.out_num;
     int nout = r->elem.out_num, nin = r->elem.in_num;
-    uint32_t used_len = 0;
     uint8_t hdr[16];
-    int err = 0;
 
     /* the status byte is the last writable byte; find it first */
     uint8_t *status = NULL;
@@ -253,82 +315,151 @@ static void req_co(void *arg)
     if (!status || !take_front(&out, &nout, hdr, sizeof(hdr))) {
         vu_queue_fail(bq->q, status ? "request without a complete header" : "request without a status byte");
         /* give the descriptor back so the guest's accounting stays sane */
+        vu_queue_req_start(bq->q);
         vu_queue_complete(bq->q, r->elem.head, 0);
-        goto done;
+        req_release(r);
+        return false;
     }
-    uint32_t type;
-    uint64_t sector;
-    memcpy(&type, hdr, 4);
-    memcpy(&sector, hdr + 8, 8);
-    size_t in_bytes = 0, out_bytes = 0;
+    memcpy(&r->type, hdr, 4);
+    memcpy(&r->sector, hdr + 8, 8);
+    r->status = status;
+    r->out = out;
+    r->nout = nout;
+    r->in = in;
+    r->nin = nin;
+    r->in_bytes = r->out_bytes = 0;
     for (int i = 0; i < nin; i++)
-        in_bytes += in[i].iov_len;
+        r->in_bytes += in[i].iov_len;
     for (int i = 0; i < nout; i++)
-        out_bytes += out[i].iov_len;
+        r->out_bytes += out[i].iov_len;
+    return true;
+}
 
-    switch (type) {
+/* Runs the request's I/O. *io says whether an error came from the backend
+ * (those are subject to werror/rerror; malformed requests are not). */
+static int req_run(struct blk_req *r, uint32_t *used_len, bool *io)
+{
+    struct blk_export *e = r->bq->e;
+    *used_len = 0;
+    *io = false;
+    switch (r->type) {
     case VIRTIO_BLK_T_IN: {
-        if (!range_ok(e, sector, in_bytes)) {
-            err = -EINVAL;
-            break;
-        }
+        if (!range_ok(e, r->sector, r->in_bytes))
+            return -EINVAL;
         struct vbd_qiov qiov;
-        vbd_qiov_init(&qiov, in, nin);
-        err = vbd_backend_co_preadv(e->be, sector << 9, in_bytes, &qiov, 0);
+        vbd_qiov_init(&qiov, r->in, r->nin);
+        *io = true;
+        int err = vbd_backend_co_preadv(e->be, r->sector << 9, r->in_bytes, &qiov, 0);
         if (err >= 0)
-            used_len = (uint32_t)in_bytes;
-        break;
+            *used_len = (uint32_t)r->in_bytes;
+        return err;
     }
     case VIRTIO_BLK_T_OUT: {
-        if (!e->writable) {
-            err = -EROFS;
-            break;
-        }
-        if (!range_ok(e, sector, out_bytes)) {
-            err = -EINVAL;
-            break;
-        }
+        if (!e->writable)
+            return -EROFS;
+        if (!range_ok(e, r->sector, r->out_bytes))
+            return -EINVAL;
         struct vbd_qiov qiov;
-        vbd_qiov_init(&qiov, out, nout);
-        err = vbd_backend_co_pwritev(e->be, sector << 9, out_bytes, &qiov, 0);
-        break;
+        vbd_qiov_init(&qiov, r->out, r->nout);
+        *io = true;
+        return vbd_backend_co_pwritev(e->be, r->sector << 9, r->out_bytes, &qiov, 0);
     }
     case VIRTIO_BLK_T_FLUSH:
-        err = vbd_backend_co_flush(e->be);
-        break;
+        *io = true;
+        return vbd_backend_co_flush(e->be);
     case VIRTIO_BLK_T_GET_ID: {
         char id[VIRTIO_BLK_ID_BYTES] = {0};
         const char *serial = vbd_backend_serial(e->be);
         strncpy(id, serial ? serial : "", sizeof(id));
-        size_t n = in_bytes < sizeof(id) ? in_bytes : sizeof(id);
+        size_t n = r->in_bytes < sizeof(id) ? r->in_bytes : sizeof(id);
         size_t done = 0;
-        for (int i = 0; i < nin && done < n; i++) {
-            size_t c = in[i].iov_len < n - done ? in[i].iov_len : n - done;
-            memcpy(in[i].iov_base, id + done, c);
+        for (int i = 0; i < r->nin && done < n; i++) {
+            size_t c = r->in[i].iov_len < n - done ? r->in[i].iov_len : n - done;
+            memcpy(r->in[i].iov_base, id + done, c);
             done += c;
         }
-        used_len = (uint32_t)n;
-        break;
+        *used_len = (uint32_t)n;
+        return 0;
     }
     case VIRTIO_BLK_T_DISCARD:
     case VIRTIO_BLK_T_WRITE_ZEROES:
-        if (!e->writable) {
-            err = -EROFS;
-            break;
-        }
-        err = do_discard_zeroes(e, type, out, nout);
-        break;
+        if (!e->writable)
+            return -EROFS;
+        return do_discard_zeroes(e, r->type, r->out, r->nout, io);
     default:
-        err = -ENOTSUP;
+        return -ENOTSUP;
+    }
+}
+
+static const char *type_name(uint32_t type)
+{
+    switch (type) {
+    case VIRTIO_BLK_T_IN: return "read";
+    case VIRTIO_BLK_T_OUT: return "write";
+    case VIRTIO_BLK_T_FLUSH: return "flush";
+    case VIRTIO_BLK_T_DISCARD: return "discard";
+    case VIRTIO_BLK_T_WRITE_ZEROES: return "write-zeroes";
+    default: return "request";
+    }
+}
+
+/* werror/rerror: should this failure stop the device (park the request)? */
+static bool error_stops(struct blk_export *e, uint32_t type, int err)
+{
+    enum blk_err_action a;
+    if (type == VIRTIO_BLK_T_IN)
+        a = e->rerror;
+    else if (type == VIRTIO_BLK_T_OUT || type == VIRTIO_BLK_T_FLUSH || type == VIRTIO_BLK_T_WRITE_ZEROES)
+        a = e->werror;
+    else
+        return false;
+    return a == BLK_ERR_STOP || (a == BLK_ERR_ENOSPC && err == -ENOSPC);
+}
+
+static void retry_timer_cb(void *arg);
+
+static void park(struct blk_req *r, int err)
+{
+    struct blk_export *e = r->bq->e;
+    if (!e->stopped)
+        vbd_error_report("%s: %s at sector %llu failed: %s; %s=%s: the device stops and the request is retried %s",
+                         e->name, type_name(r->type), (unsigned long long)r->sector, strerror(-err),
+                         r->type == VIRTIO_BLK_T_IN ? "rerror" : "werror",
+                         (r->type == VIRTIO_BLK_T_IN ? e->rerror : e->werror) == BLK_ERR_STOP ? "stop" : "enospc",
+                         e->retry_ns ? "every retry-interval and on SIGUSR1" : "on SIGUSR1");
+    e->stopped = true;
+    r->next_free = NULL;
+    *e->parked_tail = r;
+    e->parked_tail = &r->next_free;
+    e->nparked++;
+    if (e->retry_ns && !e->retry_timer.armed)
+        vbd_timer_arm(&e->retry_timer, vbd_clock_ns() + e->retry_ns);
+}
+
+static void req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
+{
+    struct blk_queue *bq = r->bq;
+    struct blk_export *e = bq->e;
+    /* a ring that is stopping waits for its requests: they cannot be parked then */
+    if (err < 0 && io && error_stops(e, r->type, err) && vu_queue_can_process(bq->q)) {
+        park(r, err);
+        return;
     }
     if (err < 0 && err != -ENOTSUP)
-        vbd_debug("%s: request type %u at sector %llu failed: %s", e->name, type, (unsigned long long)sector,
+        vbd_debug("%s: %s at sector %llu failed: %s", e->name, type_name(r->type), (unsigned long long)r->sector,
                   strerror(-err));
-    *status = status_of(err);
+    *r->status = status_of(err);
     vu_queue_complete(bq->q, r->elem.head, used_len + 1);
-done:
-    r->next_free = bq->free_list;
-    bq->free_list = r;
+    req_release(r);
+}
+
+static void req_co(void *arg)
+{
+    struct blk_req *r = arg;
+    uint32_t used_len;
+    bool io;
+    int err = req_run(r, &used_len, &io);
+    req_finish(r, err, used_len, io);
 }
 
 static void submit(struct blk_queue *bq, struct blk_req *r)
@@ -336,6 +467,133 @@ static void submit(struct blk_queue *bq, struct blk_req *r)
     vu_queue_req_start(bq->q);
     struct vbd_co *co = vbd_co_create(req_co, r);
     vbd_co_enter(co); /* runs until its first I/O wait: submissions of one kick go out together */
+}
+
+/* One backend request for several adjacent guest requests. */
+static void merged_co(void *arg)
+{
+    struct blk_merge *m = arg;
+    struct blk_queue *bq = m->bq;
+    struct blk_export *e = bq->e;
+    struct vbd_qiov qiov;
+    vbd_qiov_init(&qiov, m->iov, m->niov);
+    int err = m->write ? vbd_backend_co_pwritev(e->be, m->off, qiov.size, &qiov, 0)
+                       : vbd_backend_co_preadv(e->be, m->off, qiov.size, &qiov, 0);
+    for (int i = 0; i < m->nreqs; i++) {
+        struct blk_req *r = m->reqs[i];
+        if (err >= 0) {
+            req_finish(r, 0, m->write ? 0 : (uint32_t)r->in_bytes, true);
+        } else {
+            /* find out which part failed: each request on its own, with its own error policy */
+            uint32_t used_len;
+            bool io;
+            int rc = req_run(r, &used_len, &io);
+            req_finish(r, rc, used_len, io);
+        }
+    }
+    m->next_free = bq->merge_free;
+    bq->merge_free = m;
+}
+
+static void insertion_sort(struct blk_req **a, int n)
+{
+    for (int i = 1; i < n; i++) {
+        struct blk_req *x = a[i];
+        int j = i - 1;
+        while (j >= 0 && a[j]->sector > x->sector) {
+            a[j + 1] = a[j];
+            j--;
+        }
+        a[j + 1] = x;
+    }
+}
+
+static struct iovec *req_data(struct blk_req *r, int *n, size_t *bytes)
+{
+    bool write = r->type == VIRTIO_BLK_T_OUT;
+    *n = write ? r->nout : r->nin;
+    *bytes = write ? r->out_bytes : r->in_bytes;
+    return write ? r->out : r->in;
+}
+
+/* Sorts the batch by sector and submits runs of contiguous requests as one
+ * backend request each (virtio_blk_submit_multireq's approach); everything
+ * comes from preallocated per-queue arrays. */
+static void batch_flush(struct blk_queue *bq)
+{
+    int n = bq->nbatch;
+    bq->nbatch = 0;
+    if (n == 0)
+        return;
+    if (n == 1) {
+        submit(bq, bq->batch[0]);
+        return;
+    }
+    insertion_sort(bq->batch, n);
+    for (int i = 0; i < n;) {
+        int niov;
+        size_t bytes, b;
+        req_data(bq->batch[i], &niov, &bytes);
+        uint64_t end = (bq->batch[i]->sector << 9) + bytes;
+        int j = i + 1;
+        while (j < n && (bq->batch[j]->sector << 9) == end) {
+            int k;
+            req_data(bq->batch[j], &k, &b);
+            if (niov + k > BLK_MERGE_MAX_IOV || bytes + b > BLK_MERGE_MAX_BYTES)
+                break;
+            niov += k;
+            bytes += b;
+            end += b;
+            j++;
+        }
+        struct blk_merge *m = j - i > 1 ? bq->merge_free : NULL;
+        if (!m) {
+            for (; i < j; i++)
+                submit(bq, bq->batch[i]);
+            continue;
+        }
+        bq->merge_free = m->next_free;
+        m->write = bq->batch_write;
+        m->off = bq->batch[i]->sector << 9;
+        m->niov = 0;
+        m->nreqs = 0;
+        for (; i < j; i++) {
+            struct blk_req *r = bq->batch[i];
+            int k;
+            struct iovec *d = req_data(r, &k, &b);
+            memcpy(m->iov + m->niov, d, sizeof(*d) * (size_t)k);
+            m->niov += k;
+            m->reqs[m->nreqs++] = r;
+            vu_queue_req_start(bq->q);
+        }
+        bq->merged_reqs += (uint64_t)m->nreqs;
+        bq->merged_groups++;
+        vbd_co_enter(vbd_co_create(merged_co, m));
+    }
+}
+
+/* A decoded request: reads and writes that can go down as they are join the
+ * batch (one direction at a time), anything else flushes the batch first. */
+static void dispatch(struct blk_queue *bq, struct blk_req *r)
+{
+    struct blk_export *e = bq->e;
+    bool write = r->type == VIRTIO_BLK_T_OUT;
+    bool mergeable = (r->type == VIRTIO_BLK_T_IN || (write && e->writable)) && e->merge;
+    if (mergeable) {
+        int k;
+        size_t bytes;
+        req_data(r, &k, &bytes);
+        mergeable = bytes > 0 && k <= BLK_MERGE_MAX_IOV && range_ok(e, r->sector, bytes);
+    }
+    if (!mergeable) {
+        batch_flush(bq);
+        submit(bq, r);
+        return;
+    }
+    if (bq->nbatch == BLK_MERGE_MAX_REQS || (bq->nbatch && bq->batch_write != write))
+        batch_flush(bq);
+    bq->batch_write = write;
+    bq->batch[bq->nbatch++] = r;
 }
 
 static struct blk_req *req_alloc(struct blk_queue *bq)
@@ -355,10 +613,12 @@ static void blk_queue_kick(struct vu_queue *q)
     if (!bq)
         return;
     for (;;) {
-        while (vu_queue_can_process(q)) {
+        while (vu_queue_can_process(q) && !bq->e->stopped) {
             struct blk_req *r = req_alloc(bq);
-            if (!r)
+            if (!r) {
+                batch_flush(bq);
                 return; /* every descriptor is in flight: completions will make room */
+            }
             const char *why = NULL;
             int rc = vu_vq_pop(&q->vq, &q->dev->mem, &r->elem, &why);
             if (rc == -EINVAL && !strcmp(why, "too many segments in one request")) {
@@ -369,19 +629,99 @@ static void blk_queue_kick(struct vu_queue *q)
                 rc = r->elem.iov ? vu_vq_pop(&q->vq, &q->dev->mem, &r->elem, &why) : -EINVAL;
             }
             if (rc <= 0) {
-                r->next_free = bq->free_list;
-                bq->free_list = r;
+                req_release(r);
+                batch_flush(bq);
                 if (rc < 0)
                     vu_queue_fail(q, why);
                 goto rearm;
             }
-            submit(bq, r);
+            if (req_decode(r))
+                dispatch(bq, r);
         }
+        batch_flush(bq);
         return;
     rearm:
-        if (!vu_queue_can_process(q) || !vu_vq_enable_notification(&q->vq))
+        if (!vu_queue_can_process(q) || bq->e->stopped || !vu_vq_enable_notification(&q->vq))
             return;
     }
+}
+
+/* Retries the parked requests (timer, or SIGUSR1 through the daemon) and
+ * lets the queues run again. */
+static void blk_resume(struct blk_export *e)
+{
+    if (!e->stopped)
+        return;
+    vbd_timer_cancel(&e->retry_timer);
+    struct blk_req *list = e->parked;
+    int n = e->nparked;
+    e->parked = NULL;
+    e->parked_tail = &e->parked;
+    e->nparked = 0;
+    e->stopped = false;
+    e->retries++;
+    vbd_debug("%s: retrying %d stopped request(s)", e->name, n);
+    while (list) {
+        struct blk_req *r = list;
+        list = r->next_free;
+        vbd_co_enter(vbd_co_create(req_co, r));
+    }
+    if (e->stopped)
+        return; /* failed again at once (rare: most I/O yields first) */
+    vbd_info("%s: resumed", e->name);
+    for (int i = 0; i < VU_MAX_QUEUES; i++) {
+        struct vu_queue *q = e->dev.queues[i];
+        if (q && q->dev_queue && vu_queue_can_process(q))
+            blk_queue_kick(q);
+    }
+}
+
+static void retry_timer_cb(void *arg)
+{
+    blk_resume(arg);
+}
+
+/* The ring is about to stop (GET_VRING_BASE, reset, disconnect): parked
+ * requests of this queue cannot wait any longer, they fail. */
+static void blk_queue_cancel(struct vu_queue *q)
+{
+    struct blk_queue *bq = q->dev_queue;
+    if (!bq)
+        return;
+    struct blk_export *e = bq->e;
+    int cancelled = 0;
+    for (struct blk_req **pp = &e->parked; *pp;) {
+        struct blk_req *r = *pp;
+        if (r->bq != bq) {
+            pp = &r->next_free;
+            continue;
+        }
+        *pp = r->next_free;
+        e->nparked--;
+        cancelled++;
+        *r->status = VIRTIO_BLK_S_IOERR;
+        vu_queue_complete(q, r->elem.head, 1);
+        req_release(r);
+    }
+    e->parked_tail = &e->parked;
+    while (*e->parked_tail)
+        e->parked_tail = &(*e->parked_tail)->next_free;
+    if (cancelled)
+        vbd_warn("%s: queue %d stops with %d stopped request(s): they fail with an I/O error", e->name, q->index,
+                 cancelled);
+    if (!e->parked && e->stopped) {
+        e->stopped = false;
+        vbd_timer_cancel(&e->retry_timer);
+    }
+}
+
+static void queue_state_free(struct blk_queue *bq)
+{
+    for (int i = 0; i < bq->nreqs; i++)
+        free(bq->reqs[i].iov_heap);
+    free(bq->reqs);
+    free(bq->merges);
+    free(bq);
 }
 
 static int blk_queue_start(struct vu_queue *q)
@@ -389,10 +729,7 @@ static int blk_queue_start(struct vu_queue *q)
     struct blk_export *e = q->dev->opaque;
     struct blk_queue *bq = q->dev_queue;
     if (bq && bq->nreqs != q->vq.num) {
-        for (int i = 0; i < bq->nreqs; i++)
-            free(bq->reqs[i].iov_heap);
-        free(bq->reqs);
-        free(bq);
+        queue_state_free(bq);
         bq = NULL;
     }
     if (!bq) {
@@ -400,7 +737,9 @@ static int blk_queue_start(struct vu_queue *q)
         if (!bq)
             return -ENOMEM;
         bq->reqs = calloc(q->vq.num, sizeof(*bq->reqs));
-        if (!bq->reqs) {
+        bq->merges = e->merge ? calloc(BLK_MERGE_POOL, sizeof(*bq->merges)) : NULL;
+        if (!bq->reqs || (e->merge && !bq->merges)) {
+            free(bq->reqs);
             free(bq);
             return -ENOMEM;
         }
@@ -409,10 +748,17 @@ static int blk_queue_start(struct vu_queue *q)
     bq->q = q;
     bq->e = e;
     bq->free_list = NULL;
+    bq->nbatch = 0;
     for (int i = bq->nreqs - 1; i >= 0; i--) {
         bq->reqs[i].bq = bq;
         bq->reqs[i].next_free = bq->free_list;
         bq->free_list = &bq->reqs[i];
+    }
+    bq->merge_free = NULL;
+    for (int i = 0; bq->merges && i < BLK_MERGE_POOL; i++) {
+        bq->merges[i].bq = bq;
+        bq->merges[i].next_free = bq->merge_free;
+        bq->merge_free = &bq->merges[i];
     }
     q->dev_queue = bq;
     return 0;
@@ -423,10 +769,11 @@ static void blk_queue_stop(struct vu_queue *q)
     struct blk_queue *bq = q->dev_queue;
     if (!bq)
         return;
-    for (int i = 0; i < bq->nreqs; i++)
-        free(bq->reqs[i].iov_heap);
-    free(bq->reqs);
-    free(bq);
+    struct blk_export *e = bq->e;
+    if (bq->merged_groups)
+        vbd_debug("%s: queue %d: %llu requests went down merged into %llu", e->name, q->index,
+                  (unsigned long long)bq->merged_reqs, (unsigned long long)bq->merged_groups);
+    queue_state_free(bq);
     q->dev_queue = NULL;
 }
 
@@ -440,12 +787,12 @@ static void blk_queue_resubmit(struct vu_queue *q, uint16_t head)
     r->elem.iov_cap = VU_MAX_IOV;
     const char *why = NULL;
     if (!r->elem.iov || vu_vq_map_chain(&q->vq, &q->dev->mem, head, &r->elem, &why) < 0) {
-        r->next_free = bq->free_list;
-        bq->free_list = r;
+        req_release(r);
         vu_queue_fail(q, why ? why : "out of memory");
         return;
     }
-    submit(bq, r);
+    if (req_decode(r))
+        submit(bq, r);
 }
 
 static const struct vu_dev_ops blk_ops = {
@@ -457,6 +804,7 @@ static const struct vu_dev_ops blk_ops = {
     .queue_stop = blk_queue_stop,
     .queue_resubmit = blk_queue_resubmit,
     .queue_kick = blk_queue_kick,
+    .queue_cancel = blk_queue_cancel,
 };
 
 /* ------------------------------------------------------------------ */
@@ -467,11 +815,26 @@ static bool power_of_two(uint64_t v)
     return v && !(v & (v - 1));
 }
 
+static int parse_err_action(const char *s, bool write, enum blk_err_action *a)
+{
+    if (!strcmp(s, "report"))
+        *a = BLK_ERR_REPORT;
+    else if (!strcmp(s, "stop"))
+        *a = BLK_ERR_STOP;
+    else if (write && !strcmp(s, "enospc"))
+        *a = BLK_ERR_ENOSPC;
+    else
+        return -EINVAL;
+    return 0;
+}
+
 static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd_error **err)
 {
     char *id = NULL, *node = NULL, *atype = NULL, *path = NULL, *iothread = NULL, *serial = NULL;
-    bool writable = false, writethrough = false, server = true, has_wt = false;
-    uint64_t nq = 0, lbs = 512, pbs = 0;
+    char *werror = NULL, *rerror = NULL;
+    bool writable = false, writethrough = false, server = true, has_wt = false, merge = true;
+    enum blk_err_action wact = BLK_ERR_REPORT, ract = BLK_ERR_REPORT;
+    uint64_t nq = 0, lbs = 512, pbs = 0, retry_ms = 1000;
     struct blk_export *e = NULL;
     if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "node-name", &node, err) < 0 ||
         vbd_opt_take_str(opts, "addr.type", &atype, err) < 0 || vbd_opt_take_str(opts, "addr.path", &path, err) < 0 ||
@@ -480,8 +843,25 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
         vbd_opt_take_u64(opts, "logical-block-size", &lbs, err) < 0 ||
         vbd_opt_take_u64(opts, "physical-block-size", &pbs, err) < 0 ||
         vbd_opt_take_str(opts, "iothread", &iothread, err) < 0 || vbd_opt_take_str(opts, "serial", &serial, err) < 0 ||
-        vbd_opt_take_bool(opts, "server", &server, err) < 0)
+        vbd_opt_take_bool(opts, "server", &server, err) < 0 || vbd_opt_take_bool(opts, "merge", &merge, err) < 0 ||
+        vbd_opt_take_str(opts, "werror", &werror, err) < 0 || vbd_opt_take_str(opts, "rerror", &rerror, err) < 0 ||
+        vbd_opt_take_u64(opts, "retry-interval", &retry_ms, err) < 0)
         goto fail;
+    if (retry_ms > 3600000) {
+        vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': retry-interval=%llu: at most 3600000 ms (0: only on "
+                       "SIGUSR1)", id ? id : "", (unsigned long long)retry_ms);
+        goto fail;
+    }
+    if (werror && parse_err_action(werror, true, &wact) < 0) {
+        vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': werror=%s: expected report, stop or enospc",
+                       id ? id : "", werror);
+        goto fail;
+    }
+    if (rerror && parse_err_action(rerror, false, &ract) < 0) {
+        vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': rerror=%s: expected report or stop", id ? id : "",
+                       rerror);
+        goto fail;
+    }
     if (vbd_opt_get(opts, "writethrough")) {
         has_wt = true;
         if (vbd_opt_take_bool(opts, "writethrough", &writethrough, err) < 0)
@@ -548,6 +928,14 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     e->lbs = (uint32_t)lbs;
     e->pbs = (uint32_t)(pbs ? pbs : lbs);
     e->discard = bo.discard_unmap;
+    e->merge = merge;
+    e->werror = wact;
+    e->rerror = ract;
+    e->parked_tail = &e->parked;
+    e->retry_ns = retry_ms * 1000000ull;
+    e->retry_timer.fn = retry_timer_cb;
+    e->retry_timer.arg = e;
+    e->capacity = vbd_backend_size(e->be) / 512;
     e->dev.ops = &blk_ops;
     e->dev.name = e->name;
     e->dev.path = path;
@@ -569,8 +957,12 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     free(atype);
     free(iothread);
     free(serial);
+    free(werror);
+    free(rerror);
     return &e->base;
 fail:
+    free(werror);
+    free(rerror);
     free(id);
     free(node);
     free(atype);
@@ -583,6 +975,7 @@ fail:
 static void blk_export_shutdown(struct vbd_export *base)
 {
     struct blk_export *e = (struct blk_export *)base;
+    vbd_timer_cancel(&e->retry_timer);
     if (vbd_in_co()) {
         vu_dev_stop(&e->dev);
         vbd_backend_co_flush(e->be);
@@ -592,6 +985,7 @@ static void blk_export_shutdown(struct vbd_export *base)
 static void blk_export_free(struct vbd_export *base)
 {
     struct blk_export *e = (struct blk_export *)base;
+    vbd_timer_cancel(&e->retry_timer);
     vbd_backend_free(e->be);
     free(e->dev.path);
     free(e->id);
@@ -606,7 +1000,33 @@ static struct json_object *blk_export_query(struct vbd_export *base)
     json_object_object_add(o, "id", json_object_new_string(e->id));
     json_object_object_add(o, "node-name", json_object_new_string(vbd_backend_node(e->be)->node_name));
     json_object_object_add(o, "shutting-down", json_object_new_boolean(e->dev.stopping));
+    json_object_object_add(o, "stopped", json_object_new_boolean(e->stopped));
+    json_object_object_add(o, "stopped-requests", json_object_new_int(e->nparked));
     return o;
+}
+
+/* SIGHUP: the node's size was re-read; a new capacity goes to the front
+ * end with a config change notification (QEMU then re-reads the config and
+ * interrupts the guest, which updates /sys/block/vda/size). */
+static void blk_export_resized(struct vbd_export *base)
+{
+    struct blk_export *e = (struct blk_export *)base;
+    uint64_t cap = capacity_of(e);
+    if (cap == e->capacity)
+        return;
+    vbd_info("%s: capacity %llu -> %llu sectors", e->name, (unsigned long long)e->capacity, (unsigned long long)cap);
+    e->capacity = cap;
+    int rc = vu_dev_config_changed(&e->dev);
+    if (rc == -ENOTSUP)
+        vbd_warn("%s: the front end gave no back-end channel (BACKEND_REQ): the guest sees the new size only after "
+                 "the device is reset",
+                 e->name);
+}
+
+/* SIGUSR1 (the daemon's 'cont'): retry stopped requests now. */
+static void blk_export_cont(struct vbd_export *base)
+{
+    blk_resume((struct blk_export *)base);
 }
 
 const struct vbd_export_type vbd_export_type_vhost_user_blk = {
@@ -615,4 +1035,6 @@ const struct vbd_export_type vbd_export_type_vhost_user_blk = {
     .shutdown = blk_export_shutdown,
     .free = blk_export_free,
     .query = blk_export_query,
+    .cont = blk_export_cont,
+    .resized = blk_export_resized,
 };

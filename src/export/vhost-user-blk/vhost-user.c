@@ -86,6 +86,8 @@ static void notify_bh(void *arg)
     q->notify_pending = false;
     if (q->call_fd >= 0 && vu_vq_should_notify(&q->vq))
         eventfd_write(q->call_fd, 1);
+    if (q->inflight_reqs == 0)
+        vbd_co_queue_wake_all(&q->dev->idle);
 }
 
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
@@ -140,14 +142,12 @@ static struct vu_queue *get_queue(struct vu_dev *dev, uint32_t index)
 
 static void wait_queue_idle(struct vu_queue *q)
 {
-    while (q->inflight_reqs)
+    if (q->dev->ops->queue_cancel)
+        q->dev->ops->queue_cancel(q);
+    /* the last interrupt goes out too (its bottom half must have run before
+     * the queue can be freed) */
+    while (q->inflight_reqs || q->notify_pending)
         vbd_co_queue_wait(&q->dev->idle);
-    if (q->notify_pending) {
-        /* deliver the last interrupt now: the ring is about to change hands */
-        q->notify_pending = false;
-        if (q->call_fd >= 0)
-            eventfd_write(q->call_fd, 1);
-    }
 }
 
 static int translate_rings(struct vu_dev *dev, struct vu_queue *q)
@@ -574,7 +574,7 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
     case VHOST_USER_GET_PROTOCOL_FEATURES: {
         uint64_t pf = (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
                       (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
-                      (1ull << VHOST_USER_PROTOCOL_F_RESET_DEVICE) |
+                      (1ull << VHOST_USER_PROTOCOL_F_RESET_DEVICE) | (1ull << VHOST_USER_PROTOCOL_F_BACKEND_REQ) |
                       (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
         return reply_u64(dev, m, pf) < 0 ? -EIO : 1;
     }
@@ -725,8 +725,13 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
         return set_inflight_fd(dev, m);
     case VHOST_USER_SET_BACKEND_REQ_FD: {
         int fd = take_fd(m);
+        if (fd < 0) {
+            vbd_error_report("%s: SET_BACKEND_REQ_FD without a file descriptor", dev->name);
+            return -EINVAL;
+        }
         if (dev->backend_req_fd >= 0)
             close(dev->backend_req_fd);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         dev->backend_req_fd = fd;
         return 0;
     }
@@ -736,6 +741,23 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
         vbd_warn("%s: unsupported vhost-user message %u (%s)", dev->name, m->request, request_name(m->request));
         return -ENOTSUP;
     }
+}
+
+#define VHOST_USER_BACKEND_CONFIG_CHANGE_MSG 2
+
+int vu_dev_config_changed(struct vu_dev *dev)
+{
+    if (dev->conn_fd < 0)
+        return 1;
+    if (!has_protocol_feature(dev, VHOST_USER_PROTOCOL_F_BACKEND_REQ) || dev->backend_req_fd < 0)
+        return -ENOTSUP;
+    /* no NEED_REPLY: the front end answers by reading the config (GET_CONFIG) */
+    uint32_t hdr[3] = {VHOST_USER_BACKEND_CONFIG_CHANGE_MSG, VHOST_USER_VERSION, 0};
+    int rc = vbd_in_co() ? vbd_co_send_full(dev->backend_req_fd, hdr, sizeof(hdr))
+                         : (send(dev->backend_req_fd, hdr, sizeof(hdr), MSG_NOSIGNAL) == sizeof(hdr) ? 0 : -errno);
+    if (rc < 0)
+        vbd_warn("%s: cannot send the config change to the front end: %s", dev->name, strerror(-rc));
+    return rc;
 }
 
 static bool has_own_reply(uint32_t request)

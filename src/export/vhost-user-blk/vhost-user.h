@@ -56,6 +56,7 @@ enum vu_request {
 #define VHOST_USER_F_PROTOCOL_FEATURES 30
 #define VHOST_USER_PROTOCOL_F_MQ 0
 #define VHOST_USER_PROTOCOL_F_REPLY_ACK 3
+#define VHOST_USER_PROTOCOL_F_BACKEND_REQ 5
 #define VHOST_USER_PROTOCOL_F_CONFIG 9
 #define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD 12
 #define VHOST_USER_PROTOCOL_F_RESET_DEVICE 13
@@ -99,6 +100,9 @@ struct vu_dev_ops {
     void (*queue_resubmit)(struct vu_queue *q, uint16_t head);
     /* the guest kicked (or the ring became enabled): pop and process */
     void (*queue_kick)(struct vu_queue *q);
+    /* the ring is about to stop: complete requests the device holds back
+     * (stopped by an error policy), or the wait for quiescence never ends */
+    void (*queue_cancel)(struct vu_queue *q);
 };
 
 struct vu_dev {
@@ -141,5 +145,10 @@ void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len);
 void vu_queue_fail(struct vu_queue *q, const char *why);
 bool vu_queue_can_process(const struct vu_queue *q);
 bool vu_has_feature(const struct vu_dev *dev, unsigned bit);
+/* Tells the front end that the config space changed (a resize): sends
+ * VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the back-end channel. Returns 0,
+ * 1 when no front end is connected, -ENOTSUP when it gave us no back-end
+ * channel (BACKEND_REQ not negotiated), or a send error. */
+int vu_dev_config_changed(struct vu_dev *dev);
 
 #endif
