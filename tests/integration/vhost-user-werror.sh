@@ -67,7 +67,8 @@ if mount -t tmpfs -o size=80M tmpfs "$mnt" 2>/dev/null; then
     wait $bpid || { cat "$T/bench.out" "$T/daemon.log"; fail "vbd-bench --verify failed after space was freed"; }
     bpid=
     grep -q "67108864 bytes written and read back identical" "$T/bench.out" || fail "no verify line: $(cat "$T/bench.out")"
-    grep -q "resumed" "$T/daemon.log" || fail "no 'resumed' line in the daemon's log"
+    grep -q "the stopped requests went through after [0-9]* retries" "$T/daemon.log" || fail "no line for the end of the stop"
+    [ "$(grep -c "device stops" "$T/daemon.log")" = 1 ] || fail "more than one error line for one stop: $(cat "$T/daemon.log")"
     stop_daemon
     check_pattern "$img"
 

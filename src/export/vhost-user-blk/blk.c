@@ -54,6 +54,7 @@ struct blk_req {
     struct iovec iov_inline[BLK_INLINE_IOV];
     struct iovec *iov_heap;
     struct blk_req *next_free; /* also: the parked list */
+    bool retrying;             /* re-run after a stop */
 };
 
 struct blk_merge {
@@ -99,8 +100,9 @@ struct blk_export {
     /* werror/rerror=stop|enospc: failed requests wait here, the queues stop */
     enum blk_err_action werror, rerror;
     bool stopped;
+    bool stop_reported; /* one error line per episode, not one per retry */
     struct blk_req *parked, **parked_tail;
-    int nparked;
+    int nparked, nretrying;
     uint64_t retries;
     uint64_t retry_ns; /* 0: only on SIGUSR1 */
     struct vbd_timer retry_timer;
@@ -421,13 +423,18 @@ static void retry_timer_cb(void *arg);
 static void park(struct blk_req *r, int err)
 {
     struct blk_export *e = r->bq->e;
-    if (!e->stopped)
+    if (r->retrying) {
+        r->retrying = false;
+        e->nretrying--;
+    }
+    if (!e->stop_reported)
         vbd_error_report("%s: %s at sector %llu failed: %s; %s=%s: the device stops and the request is retried %s",
                          e->name, type_name(r->type), (unsigned long long)r->sector, strerror(-err),
                          r->type == VIRTIO_BLK_T_IN ? "rerror" : "werror",
                          (r->type == VIRTIO_BLK_T_IN ? e->rerror : e->werror) == BLK_ERR_STOP ? "stop" : "enospc",
                          e->retry_ns ? "every retry-interval and on SIGUSR1" : "on SIGUSR1");
     e->stopped = true;
+    e->stop_reported = true;
     r->next_free = NULL;
     *e->parked_tail = r;
     e->parked_tail = &r->next_free;
@@ -444,6 +451,16 @@ static void req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
     if (err < 0 && io && error_stops(e, r->type, err) && vu_queue_can_process(bq->q)) {
         park(r, err);
         return;
+    }
+    if (r->retrying) {
+        r->retrying = false;
+        if (--e->nretrying == 0 && !e->stopped && e->stop_reported) {
+            if (err >= 0)
+                vbd_info("%s: the stopped requests went through after %llu retries; the device runs again", e->name,
+                         (unsigned long long)e->retries);
+            e->stop_reported = false;
+            e->retries = 0;
+        }
     }
     if (err < 0 && err != -ENOTSUP)
         vbd_debug("%s: %s at sector %llu failed: %s", e->name, type_name(r->type), (unsigned long long)r->sector,
@@ -664,11 +681,12 @@ static void blk_resume(struct blk_export *e)
     while (list) {
         struct blk_req *r = list;
         list = r->next_free;
+        r->retrying = true;
+        e->nretrying++;
         vbd_co_enter(vbd_co_create(req_co, r));
     }
     if (e->stopped)
         return; /* failed again at once (rare: most I/O yields first) */
-    vbd_info("%s: resumed", e->name);
     for (int i = 0; i < VU_MAX_QUEUES; i++) {
         struct vu_queue *q = e->dev.queues[i];
         if (q && q->dev_queue && vu_queue_can_process(q))
@@ -711,6 +729,8 @@ static void blk_queue_cancel(struct vu_queue *q)
                  cancelled);
     if (!e->parked && e->stopped) {
         e->stopped = false;
+        e->stop_reported = false;
+        e->retries = 0;
         vbd_timer_cancel(&e->retry_timer);
     }
 }
