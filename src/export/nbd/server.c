@@ -45,6 +45,11 @@ struct nbd_export {
     struct nbd_export *next;
 };
 
+#define NBD_REPLY_PARTS      40   /* iovecs of one reply: up to 16 read runs, a header and data each */
+#define NBD_REPLY_SMALL      17   /* chunk headers with their small payloads */
+#define NBD_OUT_IOV          512  /* replies gathered into one send */
+#define NBD_RBUF             (64 * 1024) /* request headers (and small writes) read ahead */
+
 struct nbd_conn;
 struct nbd_req {
     struct nbd_conn *c;
@@ -54,6 +59,11 @@ struct nbd_req {
     uint8_t *buf;
     size_t cap;
     struct nbd_req *next;
+    /* the reply being built: pieces point into small[], buf or ext */
+    struct iovec riov[NBD_REPLY_PARTS];
+    int rn, nsmall;
+    uint8_t small[NBD_REPLY_SMALL][32];
+    uint8_t *ext; /* block status payloads (two contexts), allocated on first use */
 };
 
 struct nbd_conn {
@@ -63,7 +73,16 @@ struct nbd_conn {
     unsigned meta; /* META_* selected */
     bool closing;
     int inflight;
-    struct vbd_co_mutex send_lock;
+    /* Replies of requests that finish in the same loop iteration leave in
+     * one send: requests queue their pieces and wait; the flusher sends. */
+    struct iovec *out, *out_spare;
+    int out_n;
+    uint64_t out_gen, sent_gen; /* batch being filled / last batch sent */
+    int send_err;
+    bool flusher_running, flush_stop;
+    struct vbd_co_queue flush_q, sent_q, space_q, flusher_exit_q;
+    uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
+    size_t rpos, rlen;
     struct vbd_co_queue slot_q, drain_q;
     struct nbd_req slots[NBD_SLOTS];
     struct nbd_req *free_slots;
@@ -447,22 +466,109 @@ static uint32_t errno_to_nbd(int err)
     }
 }
 
+static void reply_small(struct nbd_req *r, const void *a, size_t la, const void *b, size_t lb)
+{
+    uint8_t *p = r->small[r->nsmall++];
+    memcpy(p, a, la);
+    if (lb)
+        memcpy(p + la, b, lb);
+    r->riov[r->rn++] = (struct iovec){p, la + lb};
+}
+
+static void reply_ref(struct nbd_req *r, const void *p, size_t len)
+{
+    if (len)
+        r->riov[r->rn++] = (struct iovec){(void *)p, len};
+}
+
+/* Sends the reply built in r (with the other replies of this loop
+ * iteration) and waits until it is out: its pieces point into r. */
+static int reply_send(struct nbd_conn *c, struct nbd_req *r)
+{
+    int n = r->rn;
+    r->rn = r->nsmall = 0;
+    while (!c->send_err && c->out_n + n > NBD_OUT_IOV)
+        vbd_co_queue_wait(&c->space_q);
+    if (c->send_err)
+        return c->send_err;
+    memcpy(c->out + c->out_n, r->riov, (size_t)n * sizeof(struct iovec));
+    c->out_n += n;
+    uint64_t mine = c->out_gen;
+    vbd_co_queue_wake_one(&c->flush_q);
+    while (!c->send_err && c->sent_gen < mine)
+        vbd_co_queue_wait(&c->sent_q);
+    return c->send_err;
+}
+
+static void flusher_co(void *opaque)
+{
+    struct nbd_conn *c = opaque;
+    for (;;) {
+        while (!c->out_n && !c->flush_stop)
+            vbd_co_queue_wait(&c->flush_q);
+        if (!c->out_n)
+            break;
+        struct iovec *batch = c->out;
+        int n = c->out_n;
+        uint64_t gen = c->out_gen++;
+        c->out = c->out_spare;
+        c->out_spare = batch;
+        c->out_n = 0;
+        vbd_co_queue_wake_all(&c->space_q);
+        int rc = c->send_err ? c->send_err : vbd_chan_sendv_full(&c->ch, batch, n);
+        if (rc < 0 && !c->send_err)
+            c->send_err = rc;
+        c->sent_gen = gen;
+        vbd_co_queue_wake_all(&c->sent_q);
+    }
+    c->flusher_running = false;
+    vbd_co_queue_wake_all(&c->flusher_exit_q);
+}
+
+/* Request bytes: from the read-ahead buffer; large payloads straight into
+ * place. TLS sessions keep their own read-ahead. */
+static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
+{
+    if (c->ch.tls || !c->rbuf)
+        return vbd_chan_recv_full(&c->ch, dst, len);
+    size_t have = c->rlen - c->rpos, take = have < len ? have : len;
+    memcpy(dst, c->rbuf + c->rpos, take);
+    c->rpos += take;
+    dst = (uint8_t *)dst + take;
+    len -= take;
+    if (!len)
+        return 0;
+    c->rpos = c->rlen = 0;
+    if (len >= NBD_RBUF / 2)
+        return vbd_co_recv_full(c->ch.fd, dst, len);
+    while (c->rlen < len) {
+        ssize_t r = vbd_co_recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen);
+        if (r < 0)
+            return (int)r;
+        if (r == 0)
+            return -ECONNRESET;
+        c->rlen += (size_t)r;
+    }
+    memcpy(dst, c->rbuf, len);
+    c->rpos = len;
+    return 0;
+}
+
 static int send_simple(struct nbd_conn *c, struct nbd_req *r, int err, const void *data, uint32_t len)
 {
     uint8_t h[16];
     put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
     put_be32(h + 4, err ? errno_to_nbd(err) : 0);
     put_be64(h + 8, r->cookie);
-    struct iovec iov[2] = {{h, 16}, {(void *)data, len}};
-    vbd_co_mutex_lock(&c->send_lock);
-    int rc = vbd_chan_sendv_full(&c->ch, iov, (data && len && !err) ? 2 : 1);
-    vbd_co_mutex_unlock(&c->send_lock);
-    return rc;
+    reply_small(r, h, 16, NULL, 0);
+    if (data && !err)
+        reply_ref(r, data, len);
+    return reply_send(c, r);
 }
 
-/* One structured chunk; caller holds send_lock. */
-static int send_chunk(struct nbd_conn *c, struct nbd_req *r, uint16_t flags, uint16_t type, const void *p1, uint32_t l1,
-                      const void *p2, uint32_t l2)
+/* Adds one structured chunk to r's reply: p1 (at most 12 bytes) is copied, p2 referenced. */
+static void add_chunk(struct nbd_req *r, uint16_t flags, uint16_t type, const void *p1, uint32_t l1, const void *p2,
+                      uint32_t l2)
 {
     uint8_t h[20];
     put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
@@ -470,31 +576,28 @@ static int send_chunk(struct nbd_conn *c, struct nbd_req *r, uint16_t flags, uin
     put_be16(h + 6, type);
     put_be64(h + 8, r->cookie);
     put_be32(h + 16, l1 + l2);
-    struct iovec iov[3] = {{h, 20}, {(void *)p1, l1}, {(void *)p2, l2}};
-    return vbd_chan_sendv_full(&c->ch, iov, 1 + (l1 ? 1 : 0) + (l2 ? 1 : 0));
+    reply_small(r, h, 20, p1, l1);
+    reply_ref(r, p2, l2);
 }
 
 static int send_error_reply(struct nbd_conn *c, struct nbd_req *r, int err)
 {
+    r->rn = r->nsmall = 0; /* whatever was being built is replaced */
     if (!c->structured)
         return send_simple(c, r, err, NULL, 0);
     uint8_t p[6];
     put_be32(p, errno_to_nbd(err));
     put_be16(p + 4, 0);
-    vbd_co_mutex_lock(&c->send_lock);
-    int rc = send_chunk(c, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, p, 6, NULL, 0);
-    vbd_co_mutex_unlock(&c->send_lock);
-    return rc;
+    add_chunk(r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, p, 6, NULL, 0);
+    return reply_send(c, r);
 }
 
 static int send_ok(struct nbd_conn *c, struct nbd_req *r)
 {
     if (!c->structured)
         return send_simple(c, r, 0, NULL, 0);
-    vbd_co_mutex_lock(&c->send_lock);
-    int rc = send_chunk(c, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, NULL, 0, NULL, 0);
-    vbd_co_mutex_unlock(&c->send_lock);
-    return rc;
+    add_chunk(r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, NULL, 0, NULL, 0);
+    return reply_send(c, r);
 }
 
 static int backend_read(struct nbd_export *e, uint64_t off, uint8_t *buf, uint32_t len)
@@ -550,22 +653,18 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
         if (rc < 0)
             return send_error_reply(c, r, -rc);
     }
-    vbd_co_mutex_lock(&c->send_lock);
-    int rc = 0;
-    for (int i = 0; i < nruns && rc >= 0; i++) {
+    for (int i = 0; i < nruns; i++) {
         uint16_t flags = i == nruns - 1 ? NBD_REPLY_FLAG_DONE : 0;
         uint8_t p[12];
         put_be64(p, runs[i].off);
         if (runs[i].hole) {
             put_be32(p + 8, runs[i].len);
-            rc = send_chunk(c, r, flags, NBD_REPLY_TYPE_OFFSET_HOLE, p, 12, NULL, 0);
+            add_chunk(r, flags, NBD_REPLY_TYPE_OFFSET_HOLE, p, 12, NULL, 0);
         } else {
-            rc = send_chunk(c, r, flags, NBD_REPLY_TYPE_OFFSET_DATA, p, 8, r->buf + (runs[i].off - r->offset),
-                            runs[i].len);
+            add_chunk(r, flags, NBD_REPLY_TYPE_OFFSET_DATA, p, 8, r->buf + (runs[i].off - r->offset), runs[i].len);
         }
     }
-    vbd_co_mutex_unlock(&c->send_lock);
-    return rc;
+    return reply_send(c, r);
 }
 
 static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
@@ -579,10 +678,12 @@ static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
     if (c->meta & META_DEPTH)
         todo[ntodo++] = META_DEPTH;
     uint32_t maxext = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS;
-    uint8_t *ext = malloc(4 + 8 * NBD_MAX_EXTENTS);
+    size_t per_ctx = 4 + 8 * NBD_MAX_EXTENTS;
+    if (!r->ext && !(r->ext = malloc(2 * per_ctx)))
+        return send_error_reply(c, r, ENOMEM);
     int rc = 0;
-    vbd_co_mutex_lock(&c->send_lock);
     for (unsigned k = 0; k < ntodo && rc >= 0; k++) {
+        uint8_t *ext = r->ext + k * per_ctx;
         uint32_t next = 0;
         uint64_t pos = r->offset, end = r->offset + r->len;
         while (pos < end && next < maxext) {
@@ -612,14 +713,11 @@ static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
         if (rc < 0)
             break;
         put_be32(ext, todo[k]);
-        rc = send_chunk(c, r, k == ntodo - 1 ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, ext, 4 + 8 * next,
-                        NULL, 0);
+        add_chunk(r, k == ntodo - 1 ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, NULL, 0, ext, 4 + 8 * next);
     }
-    vbd_co_mutex_unlock(&c->send_lock);
-    free(ext);
-    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
+    if (rc < 0)
         return send_error_reply(c, r, -rc);
-    return rc;
+    return reply_send(c, r);
 }
 
 static void request_done(struct nbd_conn *c, struct nbd_req *r)
@@ -731,9 +829,21 @@ static void transmission(struct nbd_conn *c)
         c->slots[i].next = c->free_slots;
         c->free_slots = &c->slots[i];
     }
+    c->out = malloc(sizeof(struct iovec) * NBD_OUT_IOV);
+    c->out_spare = malloc(sizeof(struct iovec) * NBD_OUT_IOV);
+    c->rbuf = c->ch.tls ? NULL : malloc(NBD_RBUF);
+    if (!c->out || !c->out_spare) {
+        free(c->out);
+        free(c->out_spare);
+        free(c->rbuf);
+        return;
+    }
+    c->out_gen = 1;
+    c->flusher_running = true;
+    vbd_co_wake(vbd_co_create(flusher_co, c));
     while (!c->closing) {
         uint8_t h[28];
-        if (vbd_chan_recv_full(&c->ch, h, 28) < 0)
+        if (conn_recv(c, h, 28) < 0)
             break;
         if (get_be32(h) != NBD_REQUEST_MAGIC) {
             vbd_warn("nbd: bad request magic 0x%08x, closing the connection", get_be32(h));
@@ -771,7 +881,7 @@ static void transmission(struct nbd_conn *c)
             r->cap = r->len < 65536 ? 65536 : r->len;
             r->buf = vbd_alloc_aligned(4096, r->cap);
         }
-        if (r->type == NBD_CMD_WRITE && vbd_chan_recv_full(&c->ch, r->buf, r->len) < 0) {
+        if (r->type == NBD_CMD_WRITE && conn_recv(c, r->buf, r->len) < 0) {
             request_done(c, r);
             break;
         }
@@ -786,8 +896,17 @@ static void transmission(struct nbd_conn *c)
     c->closing = true;
     while (c->inflight)
         vbd_co_queue_wait(&c->drain_q);
-    for (int i = 0; i < NBD_SLOTS; i++)
+    c->flush_stop = true;
+    vbd_co_queue_wake_all(&c->flush_q);
+    while (c->flusher_running)
+        vbd_co_queue_wait(&c->flusher_exit_q);
+    for (int i = 0; i < NBD_SLOTS; i++) {
         free(c->slots[i].buf);
+        free(c->slots[i].ext);
+    }
+    free(c->out);
+    free(c->out_spare);
+    free(c->rbuf);
 }
 
 static void handshake_timeout(void *opaque)
