@@ -8,8 +8,9 @@ struct vbd_error;
 /*
  * The daemon's NBD server (one per process, like qemu-storage-daemon's
  * --nbd-server): opts are the keys of `--nbd-server` / QMP nbd-server-start:
- * addr.type=unix|inet, addr.path, addr.host, addr.port, tls-creds,
- * tls-authz, max-connections. Runs on the main loop (called from its
+ * addr.type=unix|inet, addr.path, addr.host, addr.port, tls-creds (the id
+ * of an endpoint=server tls-creds-* object: TLS is then required;
+ * tls-authz is refused), max-connections. Runs on the main loop (called from its
  * coroutine or before the loop runs). NBD exports are created through the
  * export type table (type=nbd) and need a running server.
  */

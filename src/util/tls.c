@@ -95,10 +95,10 @@ struct vbd_tls {
     gnutls_session_t session;
     int fd;
     bool server, failed;
-    bool rd_shut;   /* vbd_chan_shutdown(SHUT_RD): receive no more */
-    bool nowait;    /* bye / try_send: the transport never waits */
-    bool corked;    /* inside a send call: encrypted records gather in out[] */
-    bool timed_out; /* the handshake timer fired */
+    bool rd_shut;    /* vbd_chan_shutdown(SHUT_RD): receive no more */
+    bool nowait;     /* bye / try_send: the transport never waits */
+    bool corked;     /* inside a send call: encrypted records gather in out[] */
+    bool timed_out;  /* the handshake timer fired */
     char error[160]; /* why the session failed after the handshake ("" if it did not) */
     struct vbd_tls_creds *creds;
     char *hostname;
@@ -150,8 +150,8 @@ const char *vbd_tls_creds_id(const struct vbd_tls_creds *c)
 
 /* dir/name; *path malloc'd. Returns 1 if the file exists, 0 if it does not
  * (an error only when required), -1 on error. */
-static int creds_file(const struct vbd_tls_creds *c, const char *dir, const char *name, bool required, char **path,
-                      struct vbd_error **err)
+static int creds_file(const struct vbd_tls_creds *c, const char *dir, const char *name, bool required,
+                      char **path, struct vbd_error **err)
 {
     if (asprintf(path, "%s/%s", dir, name) < 0) {
         *path = NULL;
@@ -183,8 +183,8 @@ static int load_dh(struct vbd_tls_creds *c, const char *dir, struct vbd_error **
         rc = gnutls_dh_params_import_pkcs3(c->dh, &d, GNUTLS_X509_FMT_PEM);
     gnutls_free(d.data);
     if (rc < 0)
-        vbd_error_setf(err, EINVAL, "%s '%s': cannot load DH parameters %s: %s", kind_names[c->kind], c->id, path,
-                       gnutls_strerror(rc));
+        vbd_error_setf(err, EINVAL, "%s '%s': cannot load DH parameters %s: %s", kind_names[c->kind], c->id,
+                       path, gnutls_strerror(rc));
     free(path);
     return rc < 0 ? -1 : 1;
 }
@@ -197,13 +197,14 @@ static int load_x509(struct vbd_tls_creds *c, const char *dir, struct vbd_error 
     /* the CA verifies the peer: a client always needs it (QEMU's rule), a server when it checks clients */
     if ((have_ca = creds_file(c, dir, "ca-cert.pem", !server || c->verify_peer, &ca, err)) < 0 ||
         (have_ca && (have_crl = creds_file(c, dir, "ca-crl.pem", false, &crl, err)) < 0) ||
-        (have_cert = creds_file(c, dir, server ? "server-cert.pem" : "client-cert.pem", server, &cert, err)) < 0 ||
-        (have_key = creds_file(c, dir, server ? "server-key.pem" : "client-key.pem", server || have_cert, &key,
-                               err)) < 0)
+        (have_cert = creds_file(c, dir, server ? "server-cert.pem" : "client-cert.pem", server, &cert, err)) <
+            0 ||
+        (have_key = creds_file(c, dir, server ? "server-key.pem" : "client-key.pem", server || have_cert,
+                               &key, err)) < 0)
         goto out;
     if (have_key && !have_cert) {
-        vbd_error_setf(err, ENOENT, "%s '%s': %s/client-key.pem has no client-cert.pem beside it", kind_names[c->kind],
-                       c->id, dir);
+        vbd_error_setf(err, ENOENT, "%s '%s': %s/client-key.pem has no client-cert.pem beside it",
+                       kind_names[c->kind], c->id, dir);
         goto out;
     }
     int g = gnutls_certificate_allocate_credentials(&c->x509);
@@ -214,8 +215,8 @@ static int load_x509(struct vbd_tls_creds *c, const char *dir, struct vbd_error 
     if (have_ca) {
         g = gnutls_certificate_set_x509_trust_file(c->x509, ca, GNUTLS_X509_FMT_PEM);
         if (g <= 0) {
-            vbd_error_setf(err, EINVAL, "%s '%s': cannot load CA certificate %s: %s", kind_names[c->kind], c->id,
-                           ca, g < 0 ? gnutls_strerror(g) : "no certificate in the file");
+            vbd_error_setf(err, EINVAL, "%s '%s': cannot load CA certificate %s: %s", kind_names[c->kind],
+                           c->id, ca, g < 0 ? gnutls_strerror(g) : "no certificate in the file");
             goto out;
         }
     }
@@ -224,9 +225,10 @@ static int load_x509(struct vbd_tls_creds *c, const char *dir, struct vbd_error 
                        gnutls_strerror(g));
         goto out;
     }
-    if (have_cert && (g = gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM)) < 0) {
-        vbd_error_setf(err, EINVAL, "%s '%s': cannot load certificate %s with key %s: %s", kind_names[c->kind],
-                       c->id, cert, key, gnutls_strerror(g));
+    if (have_cert &&
+        (g = gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM)) < 0) {
+        vbd_error_setf(err, EINVAL, "%s '%s': cannot load certificate %s with key %s: %s",
+                       kind_names[c->kind], c->id, cert, key, gnutls_strerror(g));
         goto out;
     }
     if (server) {
@@ -274,7 +276,8 @@ static int load_psk(struct vbd_tls_creds *c, const char *dir, const char *userna
     }
     FILE *f = fopen(path, "re");
     if (!f) {
-        vbd_error_setf(err, errno, "%s '%s': cannot open %s: %s", kind_names[c->kind], c->id, path, strerror(errno));
+        vbd_error_setf(err, errno, "%s '%s': cannot open %s: %s", kind_names[c->kind], c->id, path,
+                       strerror(errno));
         goto out;
     }
     char line[1024];
@@ -293,8 +296,8 @@ static int load_psk(struct vbd_tls_creds *c, const char *dir, const char *userna
         }
         if ((g = gnutls_psk_allocate_client_credentials(&c->psk_client)) < 0 ||
             (g = gnutls_psk_set_client_credentials(c->psk_client, username, &key, GNUTLS_PSK_KEY_HEX)) < 0) {
-            vbd_error_setf(err, EINVAL, "%s '%s': bad key for user '%s' in %s: %s", kind_names[c->kind], c->id,
-                           username, path, gnutls_strerror(g));
+            vbd_error_setf(err, EINVAL, "%s '%s': bad key for user '%s' in %s: %s", kind_names[c->kind],
+                           c->id, username, path, gnutls_strerror(g));
             break;
         }
         found = true;
@@ -302,8 +305,8 @@ static int load_psk(struct vbd_tls_creds *c, const char *dir, const char *userna
     explicit_bzero(line, sizeof(line));
     fclose(f);
     if (!found) {
-        vbd_error_setf(err, ENOENT, "%s '%s': username '%s' not found in %s", kind_names[c->kind], c->id, username,
-                       path);
+        vbd_error_setf(err, ENOENT, "%s '%s': username '%s' not found in %s", kind_names[c->kind], c->id,
+                       username, path);
         goto out;
     }
     rc = 0;
@@ -395,8 +398,9 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("aes"))
-        def = c->endpoint == VBD_TLS_SERVER ? "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305:%SERVER_PRECEDENCE"
-                                            : "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305";
+        def = c->endpoint == VBD_TLS_SERVER
+                  ? "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305:%SERVER_PRECEDENCE"
+                  : "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305";
 #endif
     if (asprintf(&c->priority, "%s%s", priority ? priority : def, extra[c->kind]) < 0) {
         c->priority = NULL;
@@ -407,8 +411,8 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
     gnutls_priority_t pc;
     const char *errpos = NULL;
     if ((g = gnutls_priority_init(&pc, c->priority, &errpos)) < 0) {
-        vbd_error_setf(err, EINVAL, "%s '%s': bad priority string '%s' (at '%s'): %s", qom_type, c->id, c->priority,
-                       errpos ? errpos : "", gnutls_strerror(g));
+        vbd_error_setf(err, EINVAL, "%s '%s': bad priority string '%s' (at '%s'): %s", qom_type, c->id,
+                       c->priority, errpos ? errpos : "", gnutls_strerror(g));
         goto fail;
     }
     gnutls_priority_deinit(pc);
@@ -435,15 +439,17 @@ struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint wa
         if (strcmp(c->id, id))
             continue;
         if (c->endpoint != want) {
-            vbd_error_setf(err, EINVAL, "%s: TLS credentials '%s' have endpoint=%s, expected endpoint=%s", who, id,
-                           c->endpoint == VBD_TLS_SERVER ? "server" : "client",
+            vbd_error_setf(err, EINVAL, "%s: TLS credentials '%s' have endpoint=%s, expected endpoint=%s",
+                           who, id, c->endpoint == VBD_TLS_SERVER ? "server" : "client",
                            want == VBD_TLS_SERVER ? "server" : "client");
             return NULL;
         }
         __atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL);
         return c;
     }
-    vbd_error_setf(err, ENOENT, "%s: no TLS credentials object with id '%s' (create it with --object tls-creds-x509 or tls-creds-psk)",
+    vbd_error_setf(err, ENOENT,
+                   "%s: no TLS credentials object with id '%s' (create it with --object tls-creds-x509 or "
+                   "tls-creds-psk)",
                    who, id);
     return NULL;
 }
@@ -535,7 +541,8 @@ static ssize_t tls_pull(gnutls_transport_ptr_t p, void *buf, size_t len)
             gnutls_transport_set_errno(t->session, EAGAIN);
             return -1;
         }
-        ssize_t r = len >= TLS_INBUF ? recv(t->fd, buf, len, MSG_DONTWAIT) : recv(t->fd, t->in, TLS_INBUF, MSG_DONTWAIT);
+        ssize_t r = len >= TLS_INBUF ? recv(t->fd, buf, len, MSG_DONTWAIT)
+                                     : recv(t->fd, t->in, TLS_INBUF, MSG_DONTWAIT);
         if (r > 0 && len >= TLS_INBUF)
             return r;
         if (r > 0) {
@@ -594,7 +601,8 @@ struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostnam
         return NULL;
     }
     const char *errpos = NULL;
-    int g = gnutls_init(&t->session, (t->server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL);
+    int g = gnutls_init(&t->session,
+                        (t->server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL);
     if (g < 0) {
         vbd_error_setf(err, ENOMEM, "TLS: cannot create a session: %s", gnutls_strerror(g));
         free(t->in);
@@ -712,8 +720,8 @@ static int handshake(struct vbd_tls *t, struct vbd_error **err)
             continue; /* a warning alert */
         t->failed = true;
         /* tell the peer why (GnuTLS does not on its own); one try, no waiting */
-        if (g != GNUTLS_E_FATAL_ALERT_RECEIVED && g != GNUTLS_E_PREMATURE_TERMINATION && g != GNUTLS_E_PULL_ERROR &&
-            g != GNUTLS_E_PUSH_ERROR) {
+        if (g != GNUTLS_E_FATAL_ALERT_RECEIVED && g != GNUTLS_E_PREMATURE_TERMINATION &&
+            g != GNUTLS_E_PULL_ERROR && g != GNUTLS_E_PUSH_ERROR) {
             t->nowait = true;
             gnutls_alert_send_appropriate(t->session, g);
             t->nowait = false;
@@ -724,8 +732,8 @@ static int handshake(struct vbd_tls *t, struct vbd_error **err)
             gnutls_certificate_verification_status_print(st, GNUTLS_CRT_X509, &out, 0);
             for (size_t n = out.data ? strlen((char *)out.data) : 0; n && out.data[n - 1] == ' '; n--)
                 out.data[n - 1] = 0;
-            vbd_error_setf(err, EACCES, "TLS handshake failed: the %s's certificate is not accepted: %s", peer,
-                           out.data ? (char *)out.data : "verification failed");
+            vbd_error_setf(err, EACCES, "TLS handshake failed: the %s's certificate is not accepted: %s",
+                           peer, out.data ? (char *)out.data : "verification failed");
             gnutls_free(out.data);
             return -EACCES;
         }
@@ -734,19 +742,21 @@ static int handshake(struct vbd_tls *t, struct vbd_error **err)
                                            : " (the server does not know this PSK username or key)";
         if (g == GNUTLS_E_FATAL_ALERT_RECEIVED) {
             const char *a = gnutls_alert_get_name(gnutls_alert_get(t->session));
-            vbd_error_setf(err, EACCES, "TLS handshake failed: the %s refused it (alert: %s)%s", peer, a ? a : "?",
-                           psk_hint);
+            vbd_error_setf(err, EACCES, "TLS handshake failed: the %s refused it (alert: %s)%s", peer,
+                           a ? a : "?", psk_hint);
             return -EACCES;
         }
         if (g == GNUTLS_E_PREMATURE_TERMINATION || g == GNUTLS_E_PULL_ERROR || g == GNUTLS_E_PUSH_ERROR) {
             vbd_error_setf(err, ECONNRESET, "TLS handshake failed: the %s closed the connection%s", peer,
                            t->creds->kind == CREDS_PSK ? psk_hint
-                           : t->server && t->creds->kind == CREDS_X509 ? " (it may not trust this server's certificate)"
-                                                                        : "");
+                           : t->server && t->creds->kind == CREDS_X509
+                               ? " (it may not trust this server's certificate)"
+                               : "");
             return -ECONNRESET;
         }
         vbd_error_setf(err, EPROTO, "TLS handshake failed: %s%s", gnutls_strerror(g),
-                       g == GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER || g == GNUTLS_E_DECRYPTION_FAILED ? psk_hint : "");
+                       g == GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER || g == GNUTLS_E_DECRYPTION_FAILED ? psk_hint
+                                                                                                   : "");
         return -EPROTO;
     }
     if (vbd_log_get_level() >= VBD_LOG_DEBUG) {
@@ -796,8 +806,8 @@ static int tls_error(struct vbd_tls *t, ssize_t g, const char *op)
     if (g == GNUTLS_E_FATAL_ALERT_RECEIVED) {
         /* TLS 1.3: a server that refuses the client's certificate says so after the handshake */
         const char *a = gnutls_alert_get_name(gnutls_alert_get(t->session));
-        snprintf(t->error, sizeof(t->error), "the %s ended the TLS session (alert: %s)", t->server ? "client" : "server",
-                 a ? a : "?");
+        snprintf(t->error, sizeof(t->error), "the %s ended the TLS session (alert: %s)",
+                 t->server ? "client" : "server", a ? a : "?");
     } else {
         snprintf(t->error, sizeof(t->error), "TLS %s failed: %s", op, gnutls_strerror((int)g));
     }
@@ -984,8 +994,15 @@ struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint wa
     return NULL;
 }
 
-void vbd_tls_creds_unref(struct vbd_tls_creds *c) { (void)c; }
-const char *vbd_tls_creds_id(const struct vbd_tls_creds *c) { (void)c; return ""; }
+void vbd_tls_creds_unref(struct vbd_tls_creds *c)
+{
+    (void)c;
+}
+const char *vbd_tls_creds_id(const struct vbd_tls_creds *c)
+{
+    (void)c;
+    return "";
+}
 void vbd_tls_creds_remove_all(void) {}
 
 struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostname, struct vbd_error **err)
@@ -1002,10 +1019,24 @@ int vbd_tls_handshake(struct vbd_tls *t, struct vbd_error **err)
     return -ENOTSUP;
 }
 
-void vbd_tls_bye(struct vbd_tls *t) { (void)t; }
-const char *vbd_tls_error(const struct vbd_tls *t) { (void)t; return NULL; }
-int vbd_tls_try_send(struct vbd_tls *t, const void *buf, size_t len) { (void)t, (void)buf, (void)len; return -ENOTSUP; }
-void vbd_tls_free(struct vbd_tls *t) { (void)t; }
+void vbd_tls_bye(struct vbd_tls *t)
+{
+    (void)t;
+}
+const char *vbd_tls_error(const struct vbd_tls *t)
+{
+    (void)t;
+    return NULL;
+}
+int vbd_tls_try_send(struct vbd_tls *t, const void *buf, size_t len)
+{
+    (void)t, (void)buf, (void)len;
+    return -ENOTSUP;
+}
+void vbd_tls_free(struct vbd_tls *t)
+{
+    (void)t;
+}
 
 const char *vbd_tls_describe(struct vbd_tls *t, char *buf, size_t len)
 {
@@ -1014,10 +1045,25 @@ const char *vbd_tls_describe(struct vbd_tls *t, char *buf, size_t len)
     return buf;
 }
 
-void vbd_chan_shutdown(struct vbd_chan *ch, int how) { shutdown(ch->fd, how); }
-int vbd_chan_recv_full(struct vbd_chan *ch, void *buf, size_t len) { return vbd_co_recv_full(ch->fd, buf, len); }
-int vbd_chan_recvv_full(struct vbd_chan *ch, struct iovec *iov, int iovcnt) { return plain_recvv_full(ch->fd, iov, iovcnt); }
-int vbd_chan_send_full(struct vbd_chan *ch, const void *buf, size_t len) { return vbd_co_send_full(ch->fd, buf, len); }
-int vbd_chan_sendv_full(struct vbd_chan *ch, struct iovec *iov, int iovcnt) { return vbd_co_sendv_full(ch->fd, iov, iovcnt); }
+void vbd_chan_shutdown(struct vbd_chan *ch, int how)
+{
+    shutdown(ch->fd, how);
+}
+int vbd_chan_recv_full(struct vbd_chan *ch, void *buf, size_t len)
+{
+    return vbd_co_recv_full(ch->fd, buf, len);
+}
+int vbd_chan_recvv_full(struct vbd_chan *ch, struct iovec *iov, int iovcnt)
+{
+    return plain_recvv_full(ch->fd, iov, iovcnt);
+}
+int vbd_chan_send_full(struct vbd_chan *ch, const void *buf, size_t len)
+{
+    return vbd_co_send_full(ch->fd, buf, len);
+}
+int vbd_chan_sendv_full(struct vbd_chan *ch, struct iovec *iov, int iovcnt)
+{
+    return vbd_co_sendv_full(ch->fd, iov, iovcnt);
+}
 
 #endif

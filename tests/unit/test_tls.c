@@ -120,7 +120,8 @@ static void handshake_co(void *arg)
     struct side *s = arg;
     struct vbd_error *err = NULL;
     bool server = strstr(s->creds, "srv") != NULL;
-    struct vbd_tls_creds *c = vbd_tls_creds_get(s->creds, server ? VBD_TLS_SERVER : VBD_TLS_CLIENT, "test", &err);
+    struct vbd_tls_creds *c =
+        vbd_tls_creds_get(s->creds, server ? VBD_TLS_SERVER : VBD_TLS_CLIENT, "test", &err);
     s->ch.tls = c ? vbd_tls_new(c, s->ch.fd, NULL, &err) : NULL;
     vbd_tls_creds_unref(c);
     s->rc = s->ch.tls ? vbd_tls_handshake(s->ch.tls, &err) : -EINVAL;
@@ -156,7 +157,10 @@ static void unpair(struct side *a, struct side *b)
     }
 }
 
-static uint8_t pattern(size_t i, unsigned seed) { return (uint8_t)((i * 131 + seed * 7 + (i >> 9)) & 0xff); }
+static uint8_t pattern(size_t i, unsigned seed)
+{
+    return (uint8_t)((i * 131 + seed * 7 + (i >> 9)) & 0xff);
+}
 
 struct bulk {
     struct side *s;
@@ -225,7 +229,8 @@ static void send_co(void *arg)
 
 static void run_bulk(struct side *from, struct side *to, size_t len, unsigned seed)
 {
-    struct bulk r = {to, len, seed, -1, false, vbd_co_self()}, w = {from, len, seed, -1, false, vbd_co_self()};
+    struct bulk r = {to, len, seed, -1, false, vbd_co_self()},
+                w = {from, len, seed, -1, false, vbd_co_self()};
     vbd_co_wake(vbd_co_create(recv_check_co, &r));
     vbd_co_wake(vbd_co_create(send_co, &w));
     while (!r.done || !w.done)
@@ -243,7 +248,8 @@ static void psk_bulk(void *arg)
     CHECK_EQ(cli.rc, 0);
     if (srv.rc == 0 && cli.rc == 0) {
         run_bulk(&cli, &srv, 28, 1);
-        run_bulk(&srv, &cli, 3 * 1024 * 1024 + 17, 2); /* bigger than the socket buffers and the gathering buffer */
+        run_bulk(&srv, &cli, 3 * 1024 * 1024 + 17,
+                 2); /* bigger than the socket buffers and the gathering buffer */
         run_bulk(&cli, &srv, 16384, 3);
         run_bulk(&srv, &cli, 16384 * 5 + 20, 4);
     }
@@ -271,7 +277,8 @@ static void duplex_send_co(void *arg)
     struct duplex *d = arg;
     uint8_t *msg = malloc(300000);
     for (int k = 0; k < MSGS / 4 && d->rc == 0; k++) {
-        uint32_t len = 8 + (uint32_t)((k * 7919 + d->id * 104729) % 299000); /* past the 256 KiB gathering buffer: flushes inside GnuTLS */
+        uint32_t len = 8 + (uint32_t)((k * 7919 + d->id * 104729) %
+                                      299000); /* past the 256 KiB gathering buffer: flushes inside GnuTLS */
         memcpy(msg, &len, 4);
         uint32_t tag = (uint32_t)(d->id * 1000 + k);
         memcpy(msg + 4, &tag, 4);

@@ -633,7 +633,8 @@ static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
     vbd_co_mutex_lock(&s->send_lock);
     int rc = vbd_chan_sendv_full(&s->ch, iov, cnt + 1);
     if (rc < 0)
-        vbd_chan_shutdown(&s->ch, SHUT_RDWR); /* a half-sent request: only a new connection is in sync again */
+        vbd_chan_shutdown(&s->ch,
+                          SHUT_RDWR); /* a half-sent request: only a new connection is in sync again */
     vbd_co_mutex_unlock(&s->send_lock);
     if (iov != small)
         free(iov);
