@@ -529,6 +529,8 @@ static void flusher_co(void *opaque)
  * place. TLS sessions keep their own read-ahead. */
 static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
 {
+    if (!len)
+        return 0;
     if (c->ch.tls || !c->rbuf)
         return vbd_chan_recv_full(&c->ch, dst, len);
     size_t have = c->rlen - c->rpos, take = have < len ? have : len;
