@@ -49,6 +49,7 @@ struct nbd_export {
 #define NBD_REPLY_SMALL      17   /* chunk headers with their small payloads */
 #define NBD_OUT_IOV          512  /* replies gathered into one send */
 #define NBD_RBUF             (64 * 1024) /* request headers (and small writes) read ahead */
+#define NBD_POLL_NS          (32 * 1000) /* busy-poll the socket this long before waiting */
 
 struct nbd_conn;
 struct nbd_req {
@@ -543,8 +544,27 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
     c->rpos = c->rlen = 0;
     if (len >= NBD_RBUF / 2)
         return vbd_co_recv_full(c->ch.fd, dst, len);
+    uint64_t spin_until = 0;
     while (c->rlen < len) {
-        ssize_t r = vbd_co_recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen);
+        /* Poll briefly before arming a wait: arming a poll on the socket costs
+         * more than a few retries when the client sends its next request
+         * right after our reply (QEMU's adaptive polling does the same). */
+        ssize_t r = recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            uint64_t now = vbd_clock_ns();
+            if (!spin_until)
+                spin_until = now + NBD_POLL_NS;
+            if (now < spin_until) {
+                vbd_co_wake(vbd_co_self()); /* let the replies and other requests run first */
+                vbd_co_yield();
+                continue;
+            }
+            r = vbd_co_recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen);
+        } else if (r < 0 && errno != EINTR) {
+            r = -errno;
+        } else if (r < 0) {
+            continue;
+        }
         if (r < 0)
             return (int)r;
         if (r == 0)
