@@ -50,6 +50,7 @@ struct nbd_export {
 #define NBD_OUT_IOV          512  /* replies gathered into one send */
 #define NBD_RBUF             (64 * 1024) /* request headers (and small writes) read ahead */
 #define NBD_POLL_NS          (32 * 1000) /* busy-poll the socket this long before waiting */
+#define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
 
 struct nbd_conn;
 struct nbd_req {
@@ -65,6 +66,7 @@ struct nbd_req {
     int rn, nsmall;
     uint8_t small[NBD_REPLY_SMALL][32];
     uint8_t *ext; /* block status payloads (two contexts), allocated on first use */
+    bool counted; /* its length is in c->inflight_bytes */
 };
 
 struct nbd_conn {
@@ -82,6 +84,7 @@ struct nbd_conn {
     int send_err;
     bool flusher_running, flush_stop;
     struct vbd_co_queue flush_q, sent_q, space_q, flusher_exit_q;
+    uint64_t inflight_bytes; /* data of the reads and writes in flight */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
     size_t rpos, rlen;
     struct vbd_co_queue slot_q, drain_q;
@@ -552,8 +555,9 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
         ssize_t r = recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, MSG_DONTWAIT);
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             uint64_t now = vbd_clock_ns();
+            /* large transfers in flight use other threads (and are few): no spinning against them */
             if (!spin_until)
-                spin_until = now + NBD_POLL_NS;
+                spin_until = c->inflight_bytes < NBD_POLL_MAX_INFLIGHT ? now + NBD_POLL_NS : now;
             if (now < spin_until) {
                 vbd_co_wake(vbd_co_self()); /* let the replies and other requests run first */
                 vbd_co_yield();
@@ -744,6 +748,9 @@ static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
 
 static void request_done(struct nbd_conn *c, struct nbd_req *r)
 {
+    if (r->counted)
+        c->inflight_bytes -= r->len;
+    r->counted = false;
     r->next = c->free_slots;
     c->free_slots = r;
     c->inflight--;
@@ -913,6 +920,9 @@ static void transmission(struct nbd_conn *c)
             continue;
         }
         /* run on the next iteration: requests read in one go are submitted together */
+        r->counted = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE;
+        if (r->counted)
+            c->inflight_bytes += r->len;
         vbd_co_wake(vbd_co_create(request_co, r));
     }
     c->closing = true;
