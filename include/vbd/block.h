@@ -160,6 +160,10 @@ struct vbd_driver {
     /* Re-read a size that can change behind our back (a file grown or
      * shrunk by another program); the children are refreshed first. */
     int (*refresh_size)(struct vbd_node *n);
+    /* Persistent dirty bitmap `name`: 1 if [off, ...) starts dirty, 0 if
+     * clean, *pnum bytes alike (<= bytes); -ENOENT: no such bitmap,
+     * -EINVAL: it is marked inconsistent. */
+    int (*co_bitmap_status)(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*(). */
@@ -240,6 +244,8 @@ int vbd_node_co_pwrite(struct vbd_node *n, uint64_t off, const void *buf, uint64
 int vbd_node_co_flush(struct vbd_node *n);  /* flushes the node and, below it, its children */
 int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes);
 int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
+/* The dirty bitmap `name` of n (or of the format node under n's filters); see co_bitmap_status. */
+int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
 int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes,
                              uint64_t *pnum, uint64_t *map, struct vbd_node **file);
 /* Status through the backing chain from top down to (not including) base

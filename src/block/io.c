@@ -340,6 +340,20 @@ int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
     return zero_fallback(n, off, bytes, flags);
 }
 
+int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)
+{
+    struct vbd_node *img = vbd_node_skip_filters(n);
+    if (!img || !img->drv->co_bitmap_status)
+        return -ENOENT;
+    if (off >= img->size) {
+        *pnum = bytes;
+        return 0;
+    }
+    if (bytes > img->size - off)
+        bytes = img->size - off;
+    return img->drv->co_bitmap_status(img, name, off, bytes, pnum);
+}
+
 int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
                              uint64_t *map, struct vbd_node **file)
 {

@@ -36,10 +36,12 @@
 #define NBD_HANDSHAKE_NS     (10ull * 1000000000) /* a client that stalls in the handshake is dropped */
 #define META_ALLOCATION      1u
 #define META_DEPTH           2u
+#define META_BITMAP          3u
 
 struct nbd_export {
     struct vbd_export base;
     char *id, *name, *description;
+    char *bitmap; /* exported as the meta context qemu:dirty-bitmap:NAME */
     struct vbd_backend *be;
     bool writable;
     struct nbd_export *next;
@@ -243,10 +245,23 @@ static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     int used = parse_name(data, len, name);
     if (used < 0 || len - used < 4)
         return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
-    if (!find_export(name)) {
+    struct nbd_export *exp = find_export(name);
+    if (!exp) {
         char msg[NBD_MAX_NAME_LEN + 64];
         snprintf(msg, sizeof(msg), "export '%s' not present", name);
         return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
+    }
+    char bitmap_ctx[NBD_MAX_NAME_LEN + 32];
+    struct { const char *name; unsigned id; } ctx[3];
+    size_t nctx = 0;
+    for (size_t m = 0; m < sizeof(meta_contexts) / sizeof(meta_contexts[0]); m++) {
+        ctx[nctx].name = meta_contexts[m].name;
+        ctx[nctx++].id = meta_contexts[m].id;
+    }
+    if (exp->bitmap) {
+        snprintf(bitmap_ctx, sizeof(bitmap_ctx), "qemu:dirty-bitmap:%s", exp->bitmap);
+        ctx[nctx].name = bitmap_ctx;
+        ctx[nctx++].id = META_BITMAP;
     }
     uint32_t nq = get_be32(data + used);
     uint32_t pos = used + 4;
@@ -270,17 +285,18 @@ static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
             q[ql] = 0;
             pos += 4 + ql;
         }
-        for (size_t m = 0; m < sizeof(meta_contexts) / sizeof(meta_contexts[0]); m++) {
-            const char *mn = meta_contexts[m].name;
+        for (size_t m = 0; m < nctx; m++) {
+            const char *mn = ctx[m].name;
             bool match = nq == 0 ? !set
                                  : (!strcmp(q, mn) || (!set && strchr(q, ':') && q[strlen(q) - 1] == ':' &&
                                                        !strncmp(q, mn, strlen(q))));
-            if (!match || (selected & meta_contexts[m].id))
+            unsigned bit = 1u << (ctx[m].id - 1);
+            if (!match || (selected & bit))
                 continue;
-            selected |= meta_contexts[m].id;
+            selected |= bit;
             size_t nl = strlen(mn);
-            uint8_t b[4 + 64];
-            put_be32(b, set ? meta_contexts[m].id : 0);
+            uint8_t b[4 + NBD_MAX_NAME_LEN + 32];
+            put_be32(b, set ? ctx[m].id : 0);
             memcpy(b + 4, mn, nl);
             int rc = send_opt_reply(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + nl));
             if (rc < 0)
@@ -698,14 +714,16 @@ static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
     if (!c->structured || !c->meta)
         return send_error_reply(c, r, EINVAL);
     struct vbd_node *n = vbd_backend_node(c->exp->be);
-    unsigned todo[2], ntodo = 0;
+    unsigned todo[3], ntodo = 0;
     if (c->meta & META_ALLOCATION)
         todo[ntodo++] = META_ALLOCATION;
     if (c->meta & META_DEPTH)
         todo[ntodo++] = META_DEPTH;
+    if ((c->meta & (1u << (META_BITMAP - 1))) && c->exp->bitmap)
+        todo[ntodo++] = META_BITMAP;
     uint32_t maxext = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS;
     size_t per_ctx = 4 + 8 * NBD_MAX_EXTENTS;
-    if (!r->ext && !(r->ext = malloc(2 * per_ctx)))
+    if (!r->ext && !(r->ext = malloc(3 * per_ctx)))
         return send_error_reply(c, r, ENOMEM);
     int rc = 0;
     for (unsigned k = 0; k < ntodo && rc >= 0; k++) {
@@ -715,7 +733,9 @@ static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
         while (pos < end && next < maxext) {
             uint64_t pnum;
             int depth = 0;
-            int st = vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, &depth);
+            int st = todo[k] == META_BITMAP
+                         ? vbd_node_co_bitmap_status(n, c->exp->bitmap, pos, end - pos, &pnum)
+                         : vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, &depth);
             if (st < 0) {
                 rc = st;
                 break;
@@ -723,7 +743,9 @@ static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
             if (pnum == 0)
                 break;
             uint32_t flags;
-            if (todo[k] == META_ALLOCATION)
+            if (todo[k] == META_BITMAP)
+                flags = st ? 1 : 0; /* NBD_STATE_DIRTY */
+            else if (todo[k] == META_ALLOCATION)
                 flags = ((st & VBD_BS_DATA) ? 0 : NBD_STATE_HOLE) | ((st & VBD_BS_ZERO) ? NBD_STATE_ZERO : 0);
             else
                 flags = (st & VBD_BS_ALLOCATED) ? (uint32_t)depth + 1 : 0;
@@ -1175,10 +1197,6 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
         vbd_error_setf(err, EINVAL, "NBD export: '%s' is required", id ? "node-name" : "id");
         goto fail;
     }
-    if (bitmap) {
-        vbd_error_setf(err, ENOTSUP, "NBD export '%s': dirty bitmaps (bitmap=%s) are not supported yet", id, bitmap);
-        goto fail;
-    }
     if (!srv.running) {
         vbd_error_setf(err, EINVAL, "NBD export '%s': the NBD server is not running (use --nbd-server first)", id);
         goto fail;
@@ -1200,6 +1218,16 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
                            !strcmp(o->id, id) ? "id" : "name");
             goto fail;
         }
+    if (bitmap) {
+        uint64_t pnum;
+        int st = vbd_node_co_bitmap_status(n, bitmap, 0, n->size ? n->size : 1, &pnum);
+        if (st < 0) {
+            vbd_error_setf(err, -st, "NBD export '%s': %s '%s' on node '%s'", id,
+                           st == -ENOENT ? "no persistent dirty bitmap named" : "cannot export the inconsistent bitmap",
+                           bitmap, node);
+            goto fail;
+        }
+    }
     struct vbd_backend_opts bo = {.read_only = !writable, .discard_unmap = true, .name = id};
     struct vbd_backend *be = vbd_backend_new(n, &bo, err);
     if (!be) {
@@ -1211,6 +1239,8 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     e->id = id;
     e->name = name;
     e->description = desc;
+    e->bitmap = bitmap;
+    bitmap = NULL;
     e->be = be;
     e->writable = writable;
     e->next = srv.exports;
@@ -1260,6 +1290,7 @@ static void nbd_export_free(struct vbd_export *base)
     free(e->id);
     free(e->name);
     free(e->description);
+    free(e->bitmap);
     free(e);
 }
 

@@ -24,6 +24,8 @@
 #define BME_ALL_ONES 1ull
 
 struct qcow2_bitmap {
+    char *name;
+    bool tracking;        /* enabled and open read-write: writes set its bits */
     uint64_t dir_pos;     /* offset of its entry in the directory */
     uint64_t table_offset;
     uint32_t table_size;
@@ -130,6 +132,8 @@ int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
             goto bad;
         }
         put_be32p(e + 12, flags | BME_IN_USE); /* until a clean close stores the bits */
+        b.name = strndup((const char *)e + 24 + extra, name);
+        b.tracking = true;
         s->bitmaps[s->nbitmaps++] = b;
         changed = true;
     }
@@ -150,6 +154,8 @@ void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
     for (int i = 0; i < s->nbitmaps && len; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
+        if (!b->tracking)
+            continue;
         uint64_t first = off >> b->granularity_bits, last = (off + len - 1) >> b->granularity_bits;
         if (last >= b->nbits)
             last = b->nbits - 1;
@@ -163,8 +169,12 @@ void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len)
 int qcow2_bitmaps_store(struct qcow2_state *s)
 {
     int rc = 0;
+    int tracked = 0;
     for (int i = 0; i < s->nbitmaps && rc == 0; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
+        if (!b->tracking)
+            continue;
+        tracked++;
         uint64_t bytes = (b->nbits + 7) / 8, cs = s->cluster_size;
         uint64_t *table = malloc((uint64_t)b->table_size * 8);
         uint8_t *buf = vbd_alloc_aligned(4096, cs);
@@ -211,17 +221,117 @@ int qcow2_bitmaps_store(struct qcow2_state *s)
             put_be32p(e + 12, get_be32p(e + 12) & ~BME_IN_USE);
         }
     }
-    if (rc == 0 && s->nbitmaps)
+    if (rc == 0 && tracked)
         rc = vbd_node_co_flush(s->n->file);
-    if (rc == 0 && s->nbitmaps)
+    if (rc == 0 && tracked)
         rc = write_dir(s);
     return rc;
 }
 
-void qcow2_bitmaps_free(struct qcow2_state *s)
+/* A bitmap for reading (an NBD export of it): the tracked one, or loaded
+ * from the image once. Lock held. */
+static int find_bitmap(struct qcow2_state *s, const char *name, struct qcow2_bitmap **out)
 {
     for (int i = 0; i < s->nbitmaps; i++)
+        if (s->bitmaps[i].name && !strcmp(s->bitmaps[i].name, name)) {
+            *out = &s->bitmaps[i];
+            return 0;
+        }
+    struct qcow2_ext *x = bitmaps_ext(s);
+    if (!x)
+        return -ENOENT;
+    uint32_t nb = get_be32p(x->data);
+    uint64_t size = get_be64p(x->data + 8), off = get_be64p(x->data + 16);
+    if (!nb || !size || size > BME_MAX_DIR || (off & (s->cluster_size - 1)) || off >= s->n->file->size ||
+        size > s->n->file->size - off)
+        return -EINVAL;
+    uint8_t *dir = malloc(size);
+    if (!dir)
+        return -ENOMEM;
+    int rc = vbd_node_co_pread(s->n->file, off, dir, size);
+    uint64_t p = 0;
+    for (uint32_t k = 0; rc == 0 && k < nb && p + 24 <= size; k++) {
+        uint8_t *e = dir + p;
+        uint32_t flags = get_be32p(e + 12), nlen = ((uint32_t)e[18] << 8) | e[19], extra = get_be32p(e + 20);
+        uint64_t len = (24ull + extra + nlen + 7) & ~7ull;
+        if (len > size - p) {
+            rc = -EINVAL;
+            break;
+        }
+        p += len;
+        if (nlen != strlen(name) || memcmp(e + 24 + extra, name, nlen))
+            continue;
+        if (flags & BME_IN_USE) {
+            rc = -EINVAL; /* inconsistent: QEMU would not export it either */
+            break;
+        }
+        struct qcow2_bitmap b = {.table_offset = get_be64p(e), .table_size = get_be32p(e + 8), .granularity_bits = e[17]};
+        if (e[16] != 1 || b.granularity_bits < 9 || b.granularity_bits > 31 || !b.table_size ||
+            b.table_size > BME_MAX_TABLE_ENTRIES || (b.table_offset & (s->cluster_size - 1))) {
+            rc = -EINVAL;
+            break;
+        }
+        b.nbits = (s->n->size + (1ull << b.granularity_bits) - 1) >> b.granularity_bits;
+        if ((b.nbits + 7) / 8 > (uint64_t)b.table_size * s->cluster_size) {
+            rc = -EINVAL;
+            break;
+        }
+        uint64_t *table = malloc((uint64_t)b.table_size * 8);
+        b.bits = calloc(1, (b.nbits + 7) / 8 + 1);
+        struct qcow2_bitmap *grown = realloc(s->bitmaps, sizeof(*s->bitmaps) * (size_t)(s->nbitmaps + 1));
+        if (!table || !b.bits || !grown) {
+            free(table);
+            free(b.bits);
+            if (grown)
+                s->bitmaps = grown;
+            rc = -ENOMEM;
+            break;
+        }
+        s->bitmaps = grown;
+        rc = vbd_node_co_pread(s->n->file, b.table_offset, table, (uint64_t)b.table_size * 8);
+        for (uint32_t i = 0; rc == 0 && i < b.table_size; i++)
+            table[i] = be64(table[i]);
+        if (rc == 0)
+            rc = load_bits(s, &b, table);
+        free(table);
+        if (rc < 0) {
+            free(b.bits);
+            break;
+        }
+        b.name = strdup(name);
+        s->bitmaps[s->nbitmaps] = b;
+        *out = &s->bitmaps[s->nbitmaps++];
+        free(dir);
+        return 0;
+    }
+    free(dir);
+    return rc < 0 ? rc : -ENOENT;
+}
+
+int qcow2_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)
+{
+    struct qcow2_state *s = n->opaque;
+    struct qcow2_bitmap *b;
+    vbd_co_mutex_lock(&s->lock);
+    int rc = find_bitmap(s, name, &b);
+    vbd_co_mutex_unlock(&s->lock);
+    if (rc < 0)
+        return rc;
+    uint64_t g = b->granularity_bits, k = off >> g, end = off + bytes;
+    bool dirty = k < b->nbits && ((b->bits[k / 8] >> (k % 8)) & 1);
+    uint64_t pos = (k + 1) << g;
+    for (k++; pos < end && k < b->nbits && (bool)((b->bits[k / 8] >> (k % 8)) & 1) == dirty; k++)
+        pos += 1ull << g;
+    *pnum = (pos < end ? pos : end) - off;
+    return dirty;
+}
+
+void qcow2_bitmaps_free(struct qcow2_state *s)
+{
+    for (int i = 0; i < s->nbitmaps; i++) {
         free(s->bitmaps[i].bits);
+        free(s->bitmaps[i].name);
+    }
     free(s->bitmaps);
     free(s->bm_dir);
     s->bitmaps = NULL;

@@ -1352,5 +1352,6 @@ static const struct vbd_driver qcow2_driver = {
     .co_amend = qcow2_amend,
     .change_backing_file = qcow2_change_backing_file,
     .co_make_empty = qcow2_make_empty,
+    .co_bitmap_status = qcow2_bitmap_status,
 };
 VBD_DRIVER_REGISTER(qcow2, qcow2_driver);

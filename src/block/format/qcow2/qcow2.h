@@ -176,6 +176,7 @@ int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err);
 void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len);
 int qcow2_bitmaps_store(struct qcow2_state *s);
 void qcow2_bitmaps_free(struct qcow2_state *s);
+int qcow2_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
 
 /* resize.c */
 int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries);
