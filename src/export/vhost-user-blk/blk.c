@@ -77,6 +77,7 @@ struct blk_queue {
     struct blk_req *batch[BLK_MERGE_MAX_REQS];
     int nbatch;
     bool batch_write;
+    uint64_t batch_end; /* byte after the last batched request */
     struct blk_merge *merges;
     struct blk_merge *merge_free;
     uint64_t merged_reqs, merged_groups;
@@ -607,9 +608,16 @@ static void dispatch(struct blk_queue *bq, struct blk_req *r)
         submit(bq, r);
         return;
     }
-    if (bq->nbatch == BLK_MERGE_MAX_REQS || (bq->nbatch && bq->batch_write != write))
+    /* only a request that continues the previous one waits for company:
+     * random I/O goes down at once instead of in lock-step with its kick */
+    int k;
+    size_t bytes;
+    req_data(r, &k, &bytes);
+    if (bq->nbatch == BLK_MERGE_MAX_REQS ||
+        (bq->nbatch && (bq->batch_write != write || (r->sector << 9) != bq->batch_end)))
         batch_flush(bq);
     bq->batch_write = write;
+    bq->batch_end = (r->sector << 9) + bytes;
     bq->batch[bq->nbatch++] = r;
 }
 
