@@ -59,16 +59,17 @@ echo "$out" | grep -q "corrupt" || fail "no corruption message: $out"
 must_fail_with "corrupt" "$VBD_IO" -c "write -P 1 0 4k" bad.qcow2
 qemu-img info bad.qcow2 | grep -q "corrupt: true" || fail "qemu-img does not see the corrupt bit"
 must "$VBD_IO" -r -c "read 64k 64k" bad.qcow2 >/dev/null   # still readable read-only
-for target in l2 refblock snaptable; do
+for target in l2 refblock snaptable snapl1; do
     step "a write into a cluster whose L2 entry points at the $target: refused, image marked corrupt"
     cp good.qcow2 bad.qcow2
-    [ $target = snaptable ] && { must qemu-img snapshot -c s1 bad.qcow2; must qemu-io -c "write -P 2 0 256k" bad.qcow2 >/dev/null; }
+    case $target in snap*) must qemu-img snapshot -c s1 bad.qcow2; must qemu-io -c "write -P 2 0 256k" bad.qcow2 >/dev/null ;; esac
     l1b=$(python3 -c "import struct; d=open('bad.qcow2','rb').read(72); print(struct.unpack('>Q', d[40:48])[0])")
     l2b=$(python3 -c "import struct,sys; f=open('bad.qcow2','rb'); f.seek($l1b); print(struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00)")
     case $target in
     l2) at=$l2b ;;
     refblock) at=$(python3 -c "import struct; f=open('bad.qcow2','rb'); d=f.read(72); f.seek(struct.unpack('>Q', d[48:56])[0]); print(struct.unpack('>Q', f.read(8))[0])") ;;
     snaptable) at=$(python3 -c "import struct; d=open('bad.qcow2','rb').read(72); print(struct.unpack('>Q', d[64:72])[0])") ;;
+    snapl1) at=$(python3 -c "import struct; f=open('bad.qcow2','rb'); d=f.read(72); f.seek(struct.unpack('>Q', d[64:72])[0]); print(struct.unpack('>Q', f.read(8))[0])") ;;
     esac
     python3 -c "
 import struct; f=open('bad.qcow2','r+b'); f.seek($l2b + 8); f.write(struct.pack('>Q', 0x8000000000000000 | $at))"   # cluster 1 -> metadata

@@ -163,11 +163,7 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     if (rc < 0)
         return rc;
     if (s->nb_snapshots) {
-        uint8_t *tab = NULL;
-        uint64_t *offs = NULL;
-        rc = qcow2_snapshot_table(s, &tab, &s->snapshots_size, &offs);
-        free(tab);
-        free(offs);
+        rc = qcow2_snapshot_l1_ranges(s);
         if (rc < 0) {
             vbd_error_setf(err, EINVAL, "qcow2 snapshot table (%u snapshots at 0x%llx) cannot be read or is too large",
                            s->nb_snapshots, (unsigned long long)s->snapshots_offset);
@@ -251,6 +247,8 @@ static void qcow2_close(struct vbd_node *n)
     while (s->nbufpool)
         free(s->bufpool[--s->nbufpool]);
     qcow2_bitmaps_free(s);
+    free(s->snap_l1);
+    s->snap_l1 = NULL;
     free(s->meta_index);
     s->meta_index = NULL;
     s->meta_valid = false;

@@ -91,6 +91,8 @@ struct qcow2_state {
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
     uint64_t snapshots_size; /* bytes of the snapshot table */
+    uint64_t (*snap_l1)[2];  /* the snapshots' L1 tables (offset, bytes), sorted by offset */
+    uint32_t nsnap_l1;
 
     /* host clusters of L2 tables and refcount blocks, sorted, for the
      * overlap check; rebuilt from s->l1 and s->reftable after they change */
@@ -194,6 +196,8 @@ int qcow2_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requi
 /* snapshot.c */
 int qcow2_snapshot_list(struct vbd_node *n, struct vbd_snapshot_info **out);
 int qcow2_snapshot_table(struct qcow2_state *s, uint8_t **tab, uint64_t *len, uint64_t **offs);
+/* Caches where the snapshots' L1 tables are (for the overlap check) from the table on disk. */
+int qcow2_snapshot_l1_ranges(struct qcow2_state *s);
 int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, struct vbd_error **err);
 int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_error **err);
 int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err);

@@ -209,6 +209,20 @@ bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
         return true;
     if (s->nb_snapshots && OVERLAP(s->snapshots_offset, s->snapshots_size))
         return true;
+    if (s->nsnap_l1) { /* the snapshots' L1 tables: the last one starting before the end */
+        size_t lo = 0, hi = s->nsnap_l1;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (s->snap_l1[mid][0] < off + len)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        /* tables may overlap each other only in a corrupt image: check back a few */
+        for (size_t k = lo; k-- > 0 && lo - k <= 8;)
+            if (OVERLAP(s->snap_l1[k][0], s->snap_l1[k][1]))
+                return true;
+    }
 #undef OVERLAP
     if (!s->meta_valid)
         rebuild_meta_index(s);

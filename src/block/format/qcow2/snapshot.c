@@ -92,6 +92,46 @@ int qcow2_snapshot_table(struct qcow2_state *s, uint8_t **tab, uint64_t *len, ui
 }
 
 /* The raw snapshot table and the offset of each entry. */
+static int cmp_range(const void *a, const void *b)
+{
+    uint64_t x = ((const uint64_t *)a)[0], y = ((const uint64_t *)b)[0];
+    return x < y ? -1 : x > y;
+}
+
+int qcow2_snapshot_l1_ranges(struct qcow2_state *s)
+{
+    free(s->snap_l1);
+    s->snap_l1 = NULL;
+    s->nsnap_l1 = 0;
+    s->snapshots_size = 0;
+    if (!s->nb_snapshots)
+        return 0;
+    uint8_t *tab = NULL;
+    uint64_t len = 0, *offs = NULL;
+    int rc = qcow2_snapshot_table(s, &tab, &len, &offs);
+    if (rc < 0)
+        return rc;
+    s->snapshots_size = len;
+    s->snap_l1 = calloc(s->nb_snapshots, sizeof(*s->snap_l1));
+    if (!s->snap_l1) {
+        free(tab);
+        free(offs);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        uint64_t l1o = get_be64p(tab + offs[i]);
+        uint32_t l1n = get_be32p(tab + offs[i] + 8);
+        if (!l1n)
+            continue;
+        s->snap_l1[s->nsnap_l1][0] = l1o;
+        s->snap_l1[s->nsnap_l1++][1] = (uint64_t)l1n * 8;
+    }
+    qsort(s->snap_l1, s->nsnap_l1, sizeof(*s->snap_l1), cmp_range);
+    free(tab);
+    free(offs);
+    return 0;
+}
+
 static int read_table(struct qcow2_state *s, uint8_t **out, uint64_t *len, uint64_t *offs)
 {
     struct vbd_node *n = s->n;
@@ -228,6 +268,11 @@ static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, 
     s->nb_snapshots = count;
     s->snapshots_offset = (uint64_t)at;
     s->snapshots_size = len;
+    if (qcow2_snapshot_l1_ranges(s) < 0) { /* cannot happen for a table just written; stay safe */
+        free(s->snap_l1);
+        s->snap_l1 = NULL;
+        s->nsnap_l1 = 0;
+    }
     if (old && old_len)
         add_refs(s, old, old_len, -1); /* a failure only leaks */
     return 0;
