@@ -279,6 +279,12 @@ dirty_map() { # BITMAP: the dirty ranges qemu-nbd exports for it
 [ "$(dirty_map b1 | tr '\n' ' ')" = "1048576 1048576 10485760 1048576 20971520 1048576 31457280 1048576 " ] ||
     fail "b1 (1 MiB granularity) does not hold vbd's writes: $(dirty_map b1 | tr '\n' ' ')"
 [ -z "$(dirty_map off)" ] || fail "a disabled bitmap changed: $(dirty_map off)"
+# applying an internal snapshot may change every cluster: the enabled bitmaps must say so
+must qemu-img snapshot -c s0 bm.qcow2
+must "$VBD_IMG" snapshot -a s0 bm.qcow2
+qcheck bm.qcow2
+[ "$(dirty_map b0 | tr '\n' ' ')" = "0 67108864 " ] || fail "after a snapshot revert b0 is not all dirty: $(dirty_map b0 | tr '\n' ' ')"
+[ -z "$(dirty_map off)" ] || fail "a disabled bitmap changed on revert"
 must_fail_with "bitmaps" "$VBD_IMG" resize bm.qcow2 128M
 # killed while open: the bitmap stays marked in-use, which QEMU reports as inconsistent (never silently stale)
 "$VBD_IO" -c 'write -P 3 40M 4k' -c 'sleep 3000' bm.qcow2 >/dev/null 2>&1 &

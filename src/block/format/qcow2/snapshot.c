@@ -492,6 +492,9 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);
         free(cur);
+        /* the whole disk may have changed: every tracked dirty bitmap says so
+         * (an incremental backup taken from it must not miss the revert) */
+        qcow2_bitmaps_dirty(s, 0, n->size);
     }
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "%s", strerror(-rc));
