@@ -70,16 +70,66 @@ static int load_bits(struct qcow2_state *s, struct qcow2_bitmap *b, uint64_t *ta
     return 0;
 }
 
+/* Where the header's bitmaps extension says the directory is, checked against the file. */
+static int dir_location(struct qcow2_state *s, const struct qcow2_ext *x, uint32_t *nb, uint64_t *size, uint64_t *off)
+{
+    *nb = get_be32p(x->data);
+    *size = get_be64p(x->data + 8);
+    *off = get_be64p(x->data + 16);
+    if (!*nb || !*size || *size > BME_MAX_DIR || (*off & (s->cluster_size - 1)) || *off >= s->n->file->size ||
+        *size > s->n->file->size - *off)
+        return -EINVAL;
+    return 0;
+}
+
+/* Bytes of the directory entry at e, or 0 if it does not fit in the avail bytes left. */
+static uint64_t entry_len(const uint8_t *e, uint64_t avail)
+{
+    if (avail < 24)
+        return 0;
+    uint32_t name = ((uint32_t)e[18] << 8) | e[19], extra = get_be32p(e + 20);
+    uint64_t len = (24ull + extra + name + 7) & ~7ull;
+    return len > avail ? 0 : len;
+}
+
+/* A dirty-tracking entry's fields checked and its bits read into b->bits
+ * (the caller's on success). */
+static int load_entry(struct qcow2_state *s, const uint8_t *e, struct qcow2_bitmap *b)
+{
+    b->table_offset = get_be64p(e);
+    b->table_size = get_be32p(e + 8);
+    b->granularity_bits = e[17];
+    if (e[16] != 1 || b->granularity_bits < 9 || b->granularity_bits > 31 || !b->table_size ||
+        b->table_size > BME_MAX_TABLE_ENTRIES || (b->table_offset & (s->cluster_size - 1)))
+        return -EINVAL;
+    b->nbits = (s->n->size + (1ull << b->granularity_bits) - 1) >> b->granularity_bits;
+    if ((b->nbits + 7) / 8 > (uint64_t)b->table_size * s->cluster_size)
+        return -EINVAL;
+    uint64_t *table = malloc((uint64_t)b->table_size * 8);
+    b->bits = calloc(1, (b->nbits + 7) / 8 + 1);
+    int rc = table && b->bits ? vbd_node_co_pread(s->n->file, b->table_offset, table, (uint64_t)b->table_size * 8)
+                              : -ENOMEM;
+    for (uint32_t i = 0; rc == 0 && i < b->table_size; i++)
+        table[i] = be64(table[i]);
+    if (rc == 0)
+        rc = load_bits(s, b, table);
+    free(table);
+    if (rc < 0) {
+        free(b->bits);
+        b->bits = NULL;
+    }
+    return rc;
+}
+
 /* At a read-write open (before any write): load enabled, consistent bitmaps. */
 int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
 {
     struct qcow2_ext *x = bitmaps_ext(s);
     if (!x)
         return 0;
-    uint32_t nb = get_be32p(x->data);
-    uint64_t size = get_be64p(x->data + 8), off = get_be64p(x->data + 16);
-    if (!nb || !size || size > BME_MAX_DIR || (off & (s->cluster_size - 1)) || off >= s->n->file->size ||
-        size > s->n->file->size - off) {
+    uint32_t nb;
+    uint64_t size, off;
+    if (dir_location(s, x, &nb, &size, &off) < 0) {
         vbd_error_setf(err, EINVAL, "qcow2 bitmap directory (%llu bytes at 0x%llx) is invalid", (unsigned long long)size,
                        (unsigned long long)off);
         return -EINVAL;
@@ -96,41 +146,19 @@ int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
     bool changed = false;
     uint64_t p = 0;
     for (uint32_t k = 0; k < nb; k++) {
-        if (p + 24 > size)
-            goto bad;
         uint8_t *e = s->bm_dir + p;
-        uint32_t flags = get_be32p(e + 12), name = ((uint32_t)e[18] << 8) | e[19], extra = get_be32p(e + 20);
-        uint64_t len = (24ull + extra + name + 7) & ~7ull;
-        if (len > size - p)
+        uint64_t len = entry_len(e, size - p);
+        if (!len)
             goto bad;
-        struct qcow2_bitmap b = {.dir_pos = p, .table_offset = get_be64p(e), .table_size = get_be32p(e + 8),
-                                 .granularity_bits = e[17]};
+        uint32_t flags = get_be32p(e + 12), name = ((uint32_t)e[18] << 8) | e[19], extra = get_be32p(e + 20);
+        struct qcow2_bitmap b = {.dir_pos = p};
         p += len;
         if ((flags & BME_IN_USE) || !(flags & BME_AUTO) || e[16] != 1 || extra)
             continue; /* inconsistent, disabled, or not a dirty-tracking bitmap we know: left as it is */
-        if (b.granularity_bits < 9 || b.granularity_bits > 31 || !b.table_size || b.table_size > BME_MAX_TABLE_ENTRIES ||
-            (b.table_offset & (s->cluster_size - 1)))
+        if ((rc = load_entry(s, e, &b)) == -ENOMEM)
+            return rc;
+        if (rc < 0)
             goto bad;
-        b.nbits = (s->n->size + (1ull << b.granularity_bits) - 1) >> b.granularity_bits;
-        if ((b.nbits + 7) / 8 > (uint64_t)b.table_size * s->cluster_size)
-            goto bad;
-        uint64_t *table = malloc((uint64_t)b.table_size * 8);
-        b.bits = calloc(1, (b.nbits + 7) / 8 + 1);
-        if (!table || !b.bits) {
-            free(table);
-            free(b.bits);
-            return -ENOMEM;
-        }
-        rc = vbd_node_co_pread(s->n->file, b.table_offset, table, (uint64_t)b.table_size * 8);
-        for (uint32_t i = 0; rc == 0 && i < b.table_size; i++)
-            table[i] = be64(table[i]);
-        if (rc == 0)
-            rc = load_bits(s, &b, table);
-        free(table);
-        if (rc < 0) {
-            free(b.bits);
-            goto bad;
-        }
         put_be32p(e + 12, flags | BME_IN_USE); /* until a clean close stores the bits */
         b.name = strndup((const char *)e + 24 + extra, name);
         b.tracking = true;
@@ -238,66 +266,43 @@ static int find_bitmap(struct qcow2_state *s, const char *name, struct qcow2_bit
             return 0;
         }
     struct qcow2_ext *x = bitmaps_ext(s);
+    uint32_t nb;
+    uint64_t size, off;
     if (!x)
         return -ENOENT;
-    uint32_t nb = get_be32p(x->data);
-    uint64_t size = get_be64p(x->data + 8), off = get_be64p(x->data + 16);
-    if (!nb || !size || size > BME_MAX_DIR || (off & (s->cluster_size - 1)) || off >= s->n->file->size ||
-        size > s->n->file->size - off)
+    if (dir_location(s, x, &nb, &size, &off) < 0)
         return -EINVAL;
     uint8_t *dir = malloc(size);
     if (!dir)
         return -ENOMEM;
     int rc = vbd_node_co_pread(s->n->file, off, dir, size);
     uint64_t p = 0;
-    for (uint32_t k = 0; rc == 0 && k < nb && p + 24 <= size; k++) {
+    for (uint32_t k = 0; rc == 0 && k < nb; k++) {
         uint8_t *e = dir + p;
-        uint32_t flags = get_be32p(e + 12), nlen = ((uint32_t)e[18] << 8) | e[19], extra = get_be32p(e + 20);
-        uint64_t len = (24ull + extra + nlen + 7) & ~7ull;
-        if (len > size - p) {
+        if (size - p < 24)
+            break; /* the directory ends early: the bitmap is not there */
+        uint64_t len = entry_len(e, size - p);
+        if (!len) {
             rc = -EINVAL;
             break;
         }
         p += len;
+        uint32_t flags = get_be32p(e + 12), nlen = ((uint32_t)e[18] << 8) | e[19], extra = get_be32p(e + 20);
         if (nlen != strlen(name) || memcmp(e + 24 + extra, name, nlen))
             continue;
         if (flags & BME_IN_USE) {
             rc = -EINVAL; /* inconsistent: QEMU would not export it either */
             break;
         }
-        struct qcow2_bitmap b = {.table_offset = get_be64p(e), .table_size = get_be32p(e + 8), .granularity_bits = e[17]};
-        if (e[16] != 1 || b.granularity_bits < 9 || b.granularity_bits > 31 || !b.table_size ||
-            b.table_size > BME_MAX_TABLE_ENTRIES || (b.table_offset & (s->cluster_size - 1))) {
-            rc = -EINVAL;
-            break;
-        }
-        b.nbits = (s->n->size + (1ull << b.granularity_bits) - 1) >> b.granularity_bits;
-        if ((b.nbits + 7) / 8 > (uint64_t)b.table_size * s->cluster_size) {
-            rc = -EINVAL;
-            break;
-        }
-        uint64_t *table = malloc((uint64_t)b.table_size * 8);
-        b.bits = calloc(1, (b.nbits + 7) / 8 + 1);
+        struct qcow2_bitmap b = {0};
         struct qcow2_bitmap *grown = realloc(s->bitmaps, sizeof(*s->bitmaps) * (size_t)(s->nbitmaps + 1));
-        if (!table || !b.bits || !grown) {
-            free(table);
-            free(b.bits);
-            if (grown)
-                s->bitmaps = grown;
+        if (!grown) {
             rc = -ENOMEM;
             break;
         }
         s->bitmaps = grown;
-        rc = vbd_node_co_pread(s->n->file, b.table_offset, table, (uint64_t)b.table_size * 8);
-        for (uint32_t i = 0; rc == 0 && i < b.table_size; i++)
-            table[i] = be64(table[i]);
-        if (rc == 0)
-            rc = load_bits(s, &b, table);
-        free(table);
-        if (rc < 0) {
-            free(b.bits);
+        if ((rc = load_entry(s, e, &b)) < 0)
             break;
-        }
         b.name = strdup(name);
         s->bitmaps[s->nbitmaps] = b;
         *out = &s->bitmaps[s->nbitmaps++];
