@@ -225,6 +225,12 @@ for o in data_file=vd.raw data_file=vd.raw,extended_l2=on data_file=vd.raw,data_
     [ "$(stat -c %s vd.qcow2)" -lt 1048576 ] || fail "$o: data went into the qcow2 file ($(stat -c %s vd.qcow2) bytes)"
     case $o in *raw=on*) qemu-img compare -q -f qcow2 -F raw vd.qcow2 vd.raw || fail "the raw data file differs from the image" ;; esac
 done
+# 512-byte clusters: the header cluster holds the extensions only without the feature name table (as qemu-img makes it)
+must "$VBD_IMG" create -q -f qcow2 -o cluster_size=512,data_file=small.raw small.qcow2 1M
+qcheck small.qcow2
+qemu-img info small.qcow2 | grep -q "data file: small.raw" || fail "512-byte clusters: data file name lost"
+must "$VBD_IMG" create -q -f qcow2 -o cluster_size=512 -b vd.qcow2 -F qcow2 small2.qcow2
+qcheck small2.qcow2
 must_fail_with "compatibility level" "$VBD_IMG" create -q -f qcow2 -o data_file=x.raw,compat=0.10 x.qcow2 1M
 must_fail_with "requires data-file" "$VBD_IMG" create -q -f qcow2 -o data_file_raw=on x.qcow2 1M
 must_fail_with "external data file" "$VBD_IMG" snapshot -c s vd.qcow2

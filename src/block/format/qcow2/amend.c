@@ -22,6 +22,62 @@ static const struct {
                      {0, 3, "compression type"},  {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
                      {2, 0, "bitmaps"},           {2, 1, "raw external data"}};
 
+/* Into the header cluster h from pos on: the extensions (backing format,
+ * then exts except skip_type, then the feature name table if asked and it
+ * fits), the
+ * end marker, then the backing file name (h's offset and size fields set).
+ * Returns where the backing name starts, -ENOSPC if it does not all fit. */
+int64_t qcow2_put_extensions(uint8_t *h, uint64_t cluster_size, uint64_t pos, const char *backing, const char *backing_fmt,
+                             const struct qcow2_ext *exts, int nexts, uint32_t skip_type, bool with_feature_table)
+{
+#define ROOM(bytes) (pos + (bytes) + 8 <= cluster_size)
+    if (backing && *backing && backing_fmt && *backing_fmt) {
+        size_t l = strlen(backing_fmt);
+        if (!ROOM(8 + ((l + 7) & ~7ull)))
+            return -ENOSPC;
+        put_be32p(h + pos, QCOW2_EXT_BACKING_FORMAT);
+        put_be32p(h + pos + 4, (uint32_t)l);
+        memcpy(h + pos + 8, backing_fmt, l);
+        pos += 8 + ((l + 7) & ~7ull);
+    }
+    for (int i = 0; i < nexts; i++) {
+        const struct qcow2_ext *x = &exts[i];
+        if (skip_type && x->type == skip_type)
+            continue;
+        if (!ROOM(8 + ((x->len + 7ull) & ~7ull)))
+            return -ENOSPC;
+        put_be32p(h + pos, x->type);
+        put_be32p(h + pos + 4, x->len);
+        memcpy(h + pos + 8, x->data, x->len);
+        pos += 8 + ((x->len + 7ull) & ~7ull);
+    }
+    size_t nf = sizeof(feature_table) / sizeof(feature_table[0]);
+    /* the feature names are only for messages: left out, as QEMU does, where
+     * they would not fit beside the backing file name (512-byte clusters) */
+    if (with_feature_table && ROOM(8 + 48 * nf + (backing ? strlen(backing) : 0))) {
+        put_be32p(h + pos, QCOW2_EXT_FEATURE_TABLE);
+        put_be32p(h + pos + 4, (uint32_t)(48 * nf));
+        for (size_t i = 0; i < nf; i++) {
+            uint8_t *e = h + pos + 8 + 48 * i;
+            e[0] = feature_table[i].type;
+            e[1] = feature_table[i].bit;
+            strncpy((char *)e + 2, feature_table[i].name, 46);
+        }
+        pos += 8 + 48 * nf;
+    }
+#undef ROOM
+    pos += 8; /* end of extensions */
+    if (backing && *backing) {
+        size_t l = strlen(backing);
+        if (l > QCOW2_MAX_BACKING_NAME || pos + l > cluster_size)
+            return -ENOSPC;
+        memcpy(h + pos, backing, l);
+        put_be64p(h + 8, pos);
+        put_be32p(h + 16, (uint32_t)l);
+    }
+    return (int64_t)pos;
+}
+
 /* The header cluster as the state describes it: fixed fields, extensions
  * (backing format, the ones kept verbatim, the feature name table), then
  * the backing file name. Written in one piece, as QEMU does. */
@@ -50,55 +106,10 @@ int qcow2_rewrite_header(struct qcow2_state *s, const char *backing, const char 
         put_be32p(h + 100, hlen);
         h[104] = s->compression_type;
     }
-    uint64_t pos = hlen;
-    bool fits = true;
-#define ROOM(bytes) (fits = fits && pos + (bytes) + 8 <= s->cluster_size)
-    if (backing && *backing && backing_fmt && *backing_fmt) {
-        size_t l = strlen(backing_fmt);
-        if (ROOM(8 + ((l + 7) & ~7ull))) {
-            put_be32p(h + pos, QCOW2_EXT_BACKING_FORMAT);
-            put_be32p(h + pos + 4, (uint32_t)l);
-            memcpy(h + pos + 8, backing_fmt, l);
-            pos += 8 + ((l + 7) & ~7ull);
-        }
-    }
-    for (int i = 0; i < s->nexts; i++) {
-        struct qcow2_ext *x = &s->exts[i];
-        if (x->type == QCOW2_EXT_BITMAPS && !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
-            continue; /* invalidated bitmaps are not carried on */
-        if (ROOM(8 + ((x->len + 7ull) & ~7ull))) {
-            put_be32p(h + pos, x->type);
-            put_be32p(h + pos + 4, x->len);
-            memcpy(h + pos + 8, x->data, x->len);
-            pos += 8 + ((x->len + 7ull) & ~7ull);
-        }
-    }
-    if (s->version >= 3) {
-        size_t nf = sizeof(feature_table) / sizeof(feature_table[0]);
-        if (ROOM(8 + 48 * nf)) {
-            put_be32p(h + pos, QCOW2_EXT_FEATURE_TABLE);
-            put_be32p(h + pos + 4, (uint32_t)(48 * nf));
-            for (size_t i = 0; i < nf; i++) {
-                uint8_t *e = h + pos + 8 + 48 * i;
-                e[0] = feature_table[i].type;
-                e[1] = feature_table[i].bit;
-                strncpy((char *)e + 2, feature_table[i].name, 46);
-            }
-            pos += 8 + 48 * nf;
-        }
-    }
-    pos += 8; /* end of extensions */
-    if (backing && *backing) {
-        size_t l = strlen(backing);
-        if (l > QCOW2_MAX_BACKING_NAME || pos + l > s->cluster_size)
-            fits = false;
-        else {
-            memcpy(h + pos, backing, l);
-            put_be64p(h + 8, pos);
-            put_be32p(h + 16, (uint32_t)l);
-        }
-    }
-#undef ROOM
+    int64_t pos = qcow2_put_extensions(h, s->cluster_size, hlen, backing, backing_fmt, s->exts, s->nexts,
+                                       (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) ? 0 : QCOW2_EXT_BITMAPS,
+                                       s->version >= 3);
+    bool fits = pos >= 0;
     if (!fits) {
         free(h);
         vbd_error_setf(err, ENOSPC, "qcow2: the header extensions and backing file name do not fit in one %llu-byte cluster",
@@ -118,7 +129,7 @@ int qcow2_rewrite_header(struct qcow2_state *s, const char *backing, const char 
         snprintf(n->backing_file, sizeof(n->backing_file), "%s", backing ? backing : "");
     if (backing_fmt != n->backing_format)
         snprintf(n->backing_format, sizeof(n->backing_format), "%s", backing && *backing && backing_fmt ? backing_fmt : "");
-    s->backing_file_offset = backing && *backing ? pos : 0;
+    s->backing_file_offset = backing && *backing ? (uint64_t)pos : 0;
     s->backing_file_size = backing && *backing ? (uint32_t)strlen(backing) : 0;
     return 0;
 }

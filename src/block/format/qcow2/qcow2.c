@@ -1236,47 +1236,13 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         h[104] = (uint8_t)comp;
         pos = 112;
     }
-    if (backing_fmt) {
-        size_t l = strlen(backing_fmt);
-        put_be32p(h + pos, QCOW2_EXT_BACKING_FORMAT);
-        put_be32p(h + pos + 4, (uint32_t)l);
-        memcpy(h + pos + 8, backing_fmt, l);
-        pos += 8 + ((l + 7) & ~7ull);
-    }
-    if (data_file) {
-        size_t l = strlen(data_file);
-        put_be32p(h + pos, QCOW2_EXT_DATA_FILE);
-        put_be32p(h + pos + 4, (uint32_t)l);
-        memcpy(h + pos + 8, data_file, l);
-        pos += 8 + ((l + 7) & ~7ull);
-    }
-    static const struct {
-        uint8_t type, bit;
-        const char *name;
-    } features[] = {{0, 0, "dirty bit"},     {0, 1, "corrupt bit"},     {0, 2, "external data file"},
-                    {0, 3, "compression type"}, {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
-                    {2, 0, "bitmaps"},       {2, 1, "raw external data"}};
-    size_t nf = sizeof(features) / sizeof(features[0]);
-    put_be32p(h + pos, QCOW2_EXT_FEATURE_TABLE);
-    put_be32p(h + pos + 4, (uint32_t)(48 * nf));
-    for (size_t i = 0; i < nf; i++) {
-        uint8_t *e = h + pos + 8 + 48 * i;
-        e[0] = features[i].type;
-        e[1] = features[i].bit;
-        strncpy((char *)e + 2, features[i].name, 46);
-    }
-    pos += 8 + 48 * nf;
-    pos += 8; /* end-of-extensions marker (zeroes) */
-    if (backing) {
-        size_t l = strlen(backing);
-        if (pos + l > cluster_size) {
-            vbd_error_setf(err, EINVAL, "Backing file name too long for the header cluster");
-            rc = -EINVAL;
-            goto out;
-        }
-        memcpy(h + pos, backing, l);
-        put_be64p(h + 8, pos);
-        put_be32p(h + 16, (uint32_t)l);
+    /* the same extensions (and bounds) as every later header rewrite; v2 images get the feature table too */
+    struct qcow2_ext dext = {QCOW2_EXT_DATA_FILE, data_file ? (uint32_t)strlen(data_file) : 0, (uint8_t *)data_file};
+    if (qcow2_put_extensions(h, cluster_size, pos, backing, backing_fmt, &dext, data_file ? 1 : 0, 0, true) < 0) {
+        vbd_error_setf(err, EINVAL, "Backing file name, backing format and data file name too long for the %llu-byte header cluster",
+                       (unsigned long long)cluster_size);
+        rc = -EINVAL;
+        goto out;
     }
     uint8_t *table = buf + cluster_size;
     for (uint64_t b = 0; b < blocks; b++)
