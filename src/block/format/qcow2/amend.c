@@ -22,6 +22,22 @@ static const struct {
                      {0, 3, "compression type"},  {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
                      {2, 0, "bitmaps"},           {2, 1, "raw external data"}};
 
+/* The cluster size and refcount width a new image may have; *order = log2(refcount_bits). */
+int qcow2_check_geometry(uint64_t cluster_size, uint64_t refcount_bits, uint32_t *order, struct vbd_error **err)
+{
+    if (cluster_size < 512 || cluster_size > (2u << 20) || (cluster_size & (cluster_size - 1))) {
+        vbd_error_setf(err, EINVAL, "Cluster size must be a power of two between 512 and 2048k");
+        return -EINVAL;
+    }
+    for (*order = 0; (1ull << *order) < refcount_bits;)
+        (*order)++;
+    if (refcount_bits > 64 || (1ull << *order) != refcount_bits) {
+        vbd_error_setf(err, EINVAL, "Refcount width must be a power of two and may not exceed 64 bits");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* Into the header cluster h from pos on: the extensions (backing format,
  * then exts except skip_type, then the feature name table if asked and it
  * fits), the
@@ -580,17 +596,9 @@ int qcow2_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requi
         goto out;
     if (vbd_opts_check_empty(opts, "Block format 'qcow2'", err) < 0)
         goto out;
-    if (cluster_size < 512 || cluster_size > (2u << 20) || (cluster_size & (cluster_size - 1))) {
-        vbd_error_setf(err, EINVAL, "Cluster size must be a power of two between 512 and 2048k");
+    uint32_t order;
+    if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
         goto out;
-    }
-    uint32_t order = 0;
-    while ((1ull << order) < refcount_bits)
-        order++;
-    if (refcount_bits > 64 || (1ull << order) != refcount_bits) {
-        vbd_error_setf(err, EINVAL, "Refcount width must be a power of two and may not exceed 64 bits");
-        goto out;
-    }
     bool full = prealloc && (!strcmp(prealloc, "full") || !strcmp(prealloc, "falloc"));
     if (prealloc && !full && strcmp(prealloc, "off") && strcmp(prealloc, "metadata")) {
         vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", prealloc);

@@ -1104,17 +1104,9 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         vbd_error_setf(err, EINVAL, "Invalid compatibility level: '%s'", compat);
         goto out;
     }
-    if (cluster_size < 512 || cluster_size > (2u << 20) || (cluster_size & (cluster_size - 1))) {
-        vbd_error_setf(err, EINVAL, "Cluster size must be a power of two between 512 and 2048k");
+    uint32_t order;
+    if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
         goto out;
-    }
-    int order = 0;
-    while ((1ull << order) < refcount_bits)
-        order++;
-    if (refcount_bits > 64 || (1ull << order) != refcount_bits) {
-        vbd_error_setf(err, EINVAL, "Refcount width must be a power of two and may not exceed 64 bits");
-        goto out;
-    }
     if (version == 2 && (refcount_bits != 16 || lazy || extl2 || (ctype && strcmp(ctype, "zlib")))) {
         vbd_error_setf(err, EINVAL, "%s requires compat=1.1 or above",
                        refcount_bits != 16 ? "Different refcount widths than 16 bits" :

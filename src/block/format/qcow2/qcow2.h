@@ -186,6 +186,7 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
 int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
 
 /* amend.c */
+int qcow2_check_geometry(uint64_t cluster_size, uint64_t refcount_bits, uint32_t *order, struct vbd_error **err);
 int64_t qcow2_put_extensions(uint8_t *h, uint64_t cluster_size, uint64_t pos, const char *backing, const char *backing_fmt,
                              const struct qcow2_ext *exts, int nexts, uint32_t skip_type, bool with_feature_table);
 int qcow2_rewrite_header(struct qcow2_state *s, const char *backing, const char *backing_fmt, struct vbd_error **err);
