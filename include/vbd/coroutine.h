@@ -45,6 +45,10 @@ struct vbd_loop;
  * whose driver is not VBD_DRV_CAP_MULTI_LOOP (qcow2), and comes back. */
 void vbd_co_move_to(struct vbd_loop *loop);
 
+/* Frees the calling thread's pool of finished coroutines (a thread that
+ * exits calls it last: the pool lives in thread-local storage). */
+void vbd_co_thread_cleanup(void);
+
 /* Wait queue of coroutines (FIFO). Not thread-safe: one loop only. */
 struct vbd_co_queue {
     struct vbd_co *head, *tail;

@@ -41,10 +41,11 @@ struct vbd_export_type {
 /* Export types, NULL-terminated (src/daemon/exports.c). */
 const struct vbd_export_type *const *vbd_export_types(void);
 
-/* iothreads: `--object iothread,id=X` creates a thread with its own loop.
- * Exports look them up by id; NULL id returns the main loop. */
+/* iothreads: `--object iothread,id=X` starts a thread with its own loop
+ * (src/daemon/iothread.c). Exports look them up by id (NULL: no such
+ * iothread); they stop after every export has shut down. */
+int vbd_iothread_add(struct json_object *opts, struct vbd_error **err);
 struct vbd_loop *vbd_iothread_loop(const char *id);
-/* Create an anonymous iothread (e.g. one per vhost-user queue). */
-struct vbd_loop *vbd_iothread_new_anonymous(const char *name, struct vbd_error **err);
+void vbd_iothread_stop_all(void);
 
 #endif

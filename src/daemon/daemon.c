@@ -54,7 +54,7 @@ static const char usage_text[] =
     "                    short form (as -drive and ACRN's device model: ro, writethru and\n"
     "                    writeback are accepted as bare words); writethrough is the default\n"
     "  --vhost-user SOCKET   export the last --drive over vhost-user-blk on SOCKET\n"
-    "  --object iothread,id=ID   accepted for compatibility (exports run on the main loop)\n"
+    "  --object iothread,id=ID   a thread with its own event loop for exports' queues (iothread=ID)\n"
     "  --object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client[,verify-peer=on|off]\n"
     "  --object tls-creds-psk,id=ID,dir=DIR,endpoint=server|client[,username=NAME]\n"
     "                    TLS credentials for --nbd-server tls-creds=ID and nbd nodes' tls-creds=ID\n"
@@ -164,7 +164,11 @@ static int add_object(const char *arg, struct vbd_error **err)
     int rc = 0;
     if (t && vbd_tls_creds_type(t)) {
         rc = vbd_tls_creds_add(t, opts, err);
-    } else if (!t || strcmp(t, "iothread")) {
+    } else if (t && !strcmp(t, "iothread")) {
+        rc = vbd_iothread_add(opts, err);
+        if (rc == 0 && vbd_opts_check_empty(opts, "--object iothread", err) < 0)
+            rc = -EINVAL; /* the thread stays: it idles until the daemon exits */
+    } else {
         vbd_error_setf(err, EINVAL,
                        "--object: unsupported object type '%s' (supported: iothread, tls-creds-x509, tls-creds-psk, "
                        "tls-creds-anon)",
@@ -567,6 +571,7 @@ int vbd_daemon_main(int argc, char **argv)
     main_loop = vbd_loop_current();
     struct startup s = {argc, argv, 0};
     vbd_co_run_sync(daemon_co, &s);
+    vbd_iothread_stop_all(); /* every export has stopped using them */
     for (struct export_entry *e = exports, *n; e; e = n) {
         n = e->next;
         e->type->free(e->exp);

@@ -210,6 +210,17 @@ static void co_release(struct vbd_co *co)
     }
 }
 
+void vbd_co_thread_cleanup(void)
+{
+    while (co_thr.free_list) {
+        struct vbd_co *co = co_thr.free_list;
+        co_thr.free_list = co->next;
+        munmap(co->mem, co->mem_size);
+        free(co);
+    }
+    co_thr.free_count = 0;
+}
+
 static void co_wake_bh(void *arg)
 {
     struct vbd_co *co = arg;

@@ -2,9 +2,10 @@
 /*
  * The virtio-blk device (virtio 1.x, 5.2) served over vhost-user, and the
  * `--export type=vhost-user-blk` export. Requests are coroutines that run
- * on the export's loop; their objects are preallocated per ring (one per
- * descriptor, so a full ring never waits for memory), and their iovecs
- * point straight into guest memory.
+ * on their ring's loop (an iothread, or the daemon's main loop); their
+ * objects are preallocated per ring (one per descriptor, so a full ring
+ * never waits for memory), and their iovecs point straight into guest
+ * memory.
  */
 #include "vhost-user.h"
 
@@ -81,7 +82,15 @@ struct blk_queue {
     struct blk_merge *merges;
     struct blk_merge *merge_free;
     uint64_t merged_reqs, merged_groups;
+    /* requests stopped by werror/rerror=stop, waiting for a retry */
+    struct blk_req *parked, **parked_tail;
 };
+
+/* Export state that the rings' threads share */
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
+#define XCHG(x, v) __atomic_exchange_n(&(x), (v), __ATOMIC_ACQ_REL)
+#define ADD(x, v) __atomic_add_fetch(&(x), (v), __ATOMIC_ACQ_REL)
 
 enum blk_err_action { BLK_ERR_REPORT, BLK_ERR_STOP, BLK_ERR_ENOSPC };
 
@@ -98,15 +107,23 @@ struct blk_export {
     bool merge;
     uint64_t guest_features;
     uint64_t capacity; /* sectors, as last told to the front end */
-    /* werror/rerror=stop|enospc: failed requests wait here, the queues stop */
+    /* werror/rerror=stop|enospc: a failed request waits on its ring's parked
+     * list and every ring stops popping. The rings may run on several
+     * threads (atomics below); the retry timer and the retries are driven
+     * from the control loop (blk_resume), which visits each ring's loop. */
     enum blk_err_action werror, rerror;
     bool stopped;
     bool stop_reported; /* one error line per episode, not one per retry */
-    struct blk_req *parked, **parked_tail;
     int nparked, nretrying;
     uint64_t retries;
     uint64_t retry_ns; /* 0: only on SIGUSR1 */
-    struct vbd_timer retry_timer;
+    struct vbd_timer retry_timer; /* control loop */
+    struct vbd_bh arm_bh, kick_bh; /* a ring asks the control loop to arm the timer / look at every ring */
+    bool arm_pending, kick_pending;
+    int resumers; /* blk_resume coroutines not finished */
+    /* iothread=: the rings are spread over these loops (none: the control loop) */
+    struct vbd_loop *loops[VU_MAX_QUEUES];
+    int nloops;
 };
 
 /* ------------------------------------------------------------------ */
@@ -419,29 +436,34 @@ static bool error_stops(struct blk_export *e, uint32_t type, int err)
     return a == BLK_ERR_STOP || (a == BLK_ERR_ENOSPC && err == -ENOSPC);
 }
 
-static void retry_timer_cb(void *arg);
+static void on_control_loop(struct blk_export *e, bool *pending, struct vbd_bh *bh)
+{
+    if (!__atomic_exchange_n(pending, true, __ATOMIC_ACQ_REL))
+        vbd_loop_schedule_bh(e->dev.loop, bh);
+}
 
+/* On the request's ring loop. */
 static void park(struct blk_req *r, int err)
 {
-    struct blk_export *e = r->bq->e;
+    struct blk_queue *bq = r->bq;
+    struct blk_export *e = bq->e;
     if (r->retrying) {
         r->retrying = false;
-        e->nretrying--;
+        ADD(e->nretrying, -1);
     }
-    if (!e->stop_reported)
+    if (!XCHG(e->stop_reported, true))
         vbd_error_report("%s: %s at sector %llu failed: %s; %s=%s: the device stops and the request is retried %s",
                          e->name, type_name(r->type), (unsigned long long)r->sector, strerror(-err),
                          r->type == VIRTIO_BLK_T_IN ? "rerror" : "werror",
                          (r->type == VIRTIO_BLK_T_IN ? e->rerror : e->werror) == BLK_ERR_STOP ? "stop" : "enospc",
                          e->retry_ns ? "every retry-interval and on SIGUSR1" : "on SIGUSR1");
-    e->stopped = true;
-    e->stop_reported = true;
+    STORE(e->stopped, true);
     r->next_free = NULL;
-    *e->parked_tail = r;
-    e->parked_tail = &r->next_free;
-    e->nparked++;
-    if (e->retry_ns && !e->retry_timer.armed)
-        vbd_timer_arm(&e->retry_timer, vbd_clock_ns() + e->retry_ns);
+    *bq->parked_tail = r;
+    bq->parked_tail = &r->next_free;
+    ADD(e->nparked, 1);
+    if (e->retry_ns)
+        on_control_loop(e, &e->arm_pending, &e->arm_bh);
 }
 
 static void req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
@@ -455,12 +477,11 @@ static void req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
     }
     if (r->retrying) {
         r->retrying = false;
-        if (--e->nretrying == 0 && !e->stopped && e->stop_reported) {
+        if (ADD(e->nretrying, -1) == 0 && !LOAD(e->stopped) && XCHG(e->stop_reported, false)) {
             if (err >= 0)
                 vbd_info("%s: the stopped requests went through after %llu retries; the device runs again", e->name,
-                         (unsigned long long)e->retries);
-            e->stop_reported = false;
-            e->retries = 0;
+                         (unsigned long long)LOAD(e->retries));
+            STORE(e->retries, 0);
         }
     }
     if (err < 0 && err != -ENOTSUP)
@@ -638,7 +659,7 @@ static void blk_queue_kick(struct vu_queue *q)
     if (!bq)
         return;
     for (;;) {
-        while (vu_queue_can_process(q) && !bq->e->stopped) {
+        while (vu_queue_can_process(q) && !LOAD(bq->e->stopped)) {
             struct blk_req *r = req_alloc(bq);
             if (!r) {
                 batch_flush(bq);
@@ -666,49 +687,104 @@ static void blk_queue_kick(struct vu_queue *q)
         batch_flush(bq);
         return;
     rearm:
-        if (!vu_queue_can_process(q) || bq->e->stopped || !vu_vq_enable_notification(&q->vq))
+        if (!vu_queue_can_process(q) || LOAD(bq->e->stopped) || !vu_vq_enable_notification(&q->vq))
             return;
     }
 }
 
-/* Retries the parked requests (timer, or SIGUSR1 through the daemon) and
- * lets the queues run again. */
-static void blk_resume(struct blk_export *e)
+/* Control loop, in a coroutine: retries the parked requests (timer, or
+ * SIGUSR1 through the daemon) and lets the rings run again; kick_all: look
+ * at every ring even if nothing was stopped (a ring's cancel restarted the
+ * device). Each ring is visited on its own loop, under the device lock so
+ * that no ring is set up or torn down meanwhile. */
+static void blk_resume(struct blk_export *e, bool kick_all)
 {
-    if (!e->stopped)
+    if (!LOAD(e->stopped) && !kick_all)
         return;
-    vbd_timer_cancel(&e->retry_timer);
-    struct blk_req *list = e->parked;
-    int n = e->nparked;
-    e->parked = NULL;
-    e->parked_tail = &e->parked;
-    e->nparked = 0;
-    e->stopped = false;
-    e->retries++;
-    vbd_debug("%s: retrying %d stopped request(s)", e->name, n);
-    while (list) {
-        struct blk_req *r = list;
-        list = r->next_free;
-        r->retrying = true;
-        e->nretrying++;
-        vbd_co_enter(vbd_co_create(req_co, r));
+    vbd_co_mutex_lock(&e->dev.lock);
+    if (XCHG(e->stopped, false)) {
+        vbd_timer_cancel(&e->retry_timer);
+        ADD(e->retries, 1);
+        vbd_debug("%s: retrying %d stopped request(s)", e->name, LOAD(e->nparked));
+    } else if (!kick_all) {
+        vbd_co_mutex_unlock(&e->dev.lock);
+        return;
     }
-    if (e->stopped)
-        return; /* failed again at once (rare: most I/O yields first) */
     for (int i = 0; i < VU_MAX_QUEUES; i++) {
         struct vu_queue *q = e->dev.queues[i];
-        if (q && q->dev_queue && vu_queue_can_process(q))
-            blk_queue_kick(q);
+        if (!q || !q->started)
+            continue;
+        struct vbd_loop *prev = vu_queue_enter(q);
+        struct blk_queue *bq = q->dev_queue;
+        if (bq) {
+            struct blk_req *list = bq->parked;
+            bq->parked = NULL;
+            bq->parked_tail = &bq->parked;
+            while (list) {
+                struct blk_req *r = list;
+                list = r->next_free;
+                ADD(e->nparked, -1);
+                r->retrying = true;
+                ADD(e->nretrying, 1);
+                vbd_co_enter(vbd_co_create(req_co, r));
+            }
+            if (vu_queue_can_process(q) && !LOAD(e->stopped))
+                blk_queue_kick(q);
+        }
+        vu_queue_leave(prev);
     }
+    vbd_co_mutex_unlock(&e->dev.lock);
+}
+
+struct resume_args {
+    struct blk_export *e;
+    bool kick_all;
+};
+
+static void resume_co(void *arg)
+{
+    struct resume_args *a = arg;
+    struct blk_export *e = a->e;
+    blk_resume(e, a->kick_all);
+    free(a);
+    ADD(e->resumers, -1);
+}
+
+static void start_resume(struct blk_export *e, bool kick_all)
+{
+    struct resume_args *a = malloc(sizeof(*a));
+    if (!a)
+        abort();
+    a->e = e;
+    a->kick_all = kick_all;
+    ADD(e->resumers, 1);
+    vbd_co_wake(vbd_co_create(resume_co, a));
 }
 
 static void retry_timer_cb(void *arg)
 {
-    blk_resume(arg);
+    start_resume(arg, false);
+}
+
+static void arm_bh(void *arg)
+{
+    struct blk_export *e = arg;
+    STORE(e->arm_pending, false);
+    if (LOAD(e->stopped) && !e->dev.stopping && !e->retry_timer.armed)
+        vbd_timer_arm(&e->retry_timer, vbd_clock_ns() + e->retry_ns);
+}
+
+static void kick_bh(void *arg)
+{
+    struct blk_export *e = arg;
+    STORE(e->kick_pending, false);
+    if (!e->dev.stopping)
+        start_resume(e, true);
 }
 
 /* The ring is about to stop (GET_VRING_BASE, reset, disconnect): parked
- * requests of this queue cannot wait any longer, they fail. */
+ * requests of this queue cannot wait any longer, they fail. On the ring's
+ * loop. */
 static void blk_queue_cancel(struct vu_queue *q)
 {
     struct blk_queue *bq = q->dev_queue;
@@ -716,30 +792,27 @@ static void blk_queue_cancel(struct vu_queue *q)
         return;
     struct blk_export *e = bq->e;
     int cancelled = 0;
-    for (struct blk_req **pp = &e->parked; *pp;) {
-        struct blk_req *r = *pp;
-        if (r->bq != bq) {
-            pp = &r->next_free;
-            continue;
-        }
-        *pp = r->next_free;
-        e->nparked--;
+    struct blk_req *list = bq->parked;
+    bq->parked = NULL;
+    bq->parked_tail = &bq->parked;
+    while (list) {
+        struct blk_req *r = list;
+        list = r->next_free;
         cancelled++;
         *r->status = VIRTIO_BLK_S_IOERR;
         vu_queue_complete(q, r->elem.head, 1);
         req_release(r);
     }
-    e->parked_tail = &e->parked;
-    while (*e->parked_tail)
-        e->parked_tail = &(*e->parked_tail)->next_free;
-    if (cancelled)
-        vbd_warn("%s: queue %d stops with %d stopped request(s): they fail with an I/O error", e->name, q->index,
-                 cancelled);
-    if (!e->parked && e->stopped) {
-        e->stopped = false;
-        e->stop_reported = false;
-        e->retries = 0;
-        vbd_timer_cancel(&e->retry_timer);
+    if (!cancelled)
+        return;
+    vbd_warn("%s: queue %d stops with %d stopped request(s): they fail with an I/O error", e->name, q->index,
+             cancelled);
+    if (ADD(e->nparked, -cancelled) == 0 && XCHG(e->stopped, false)) {
+        /* nothing waits any more: the device runs again, and the other
+         * rings must look at requests that arrived while it was stopped */
+        STORE(e->stop_reported, false);
+        STORE(e->retries, 0);
+        on_control_loop(e, &e->kick_pending, &e->kick_bh);
     }
 }
 
@@ -777,6 +850,8 @@ static int blk_queue_start(struct vu_queue *q)
     bq->e = e;
     bq->free_list = NULL;
     bq->nbatch = 0;
+    bq->parked = NULL;
+    bq->parked_tail = &bq->parked;
     for (int i = bq->nreqs - 1; i >= 0; i--) {
         bq->reqs[i].bq = bq;
         bq->reqs[i].next_free = bq->free_list;
@@ -856,9 +931,59 @@ static int parse_err_action(const char *s, bool write, enum blk_err_action *a)
     return 0;
 }
 
+/* iothread=ID, or a list (iothread.0=A,iothread.1=B or a JSON array) that
+ * the rings are spread over, ring i on the (i mod n)th: QEMU's forms. */
+static int take_iothreads(struct json_object *opts, const char *id, struct vbd_loop **loops, int *nloops,
+                          struct vbd_error **err)
+{
+    struct json_object *v = vbd_opt_take_obj(opts, "iothread");
+    *nloops = 0;
+    if (!v)
+        return 0;
+    int rc = 0;
+    size_t n = 0;
+    if (json_object_is_type(v, json_type_array))
+        n = json_object_array_length(v);
+    else if (json_object_is_type(v, json_type_object))
+        n = (size_t)json_object_object_length(v);
+    else
+        n = 1;
+    if (n == 0 || n > VU_MAX_QUEUES) {
+        vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': iothread: between 1 and %d iothreads", id,
+                       VU_MAX_QUEUES);
+        rc = -EINVAL;
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        struct json_object *item = v;
+        char key[16];
+        snprintf(key, sizeof(key), "%zu", i);
+        if (json_object_is_type(v, json_type_array))
+            item = json_object_array_get_idx(v, i);
+        else if (json_object_is_type(v, json_type_object) && !json_object_object_get_ex(v, key, &item))
+            item = NULL;
+        if (!item || !json_object_is_type(item, json_type_string)) {
+            vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': iothread: expected an iothread id or a list "
+                           "iothread.0=ID,iothread.1=ID,...", id);
+            rc = -EINVAL;
+            break;
+        }
+        const char *name = json_object_get_string(item);
+        loops[i] = vbd_iothread_loop(name);
+        if (!loops[i]) {
+            vbd_error_setf(err, ENOENT, "vhost-user-blk export '%s': no iothread '%s' (create it with --object "
+                           "iothread,id=%s first)", id, name, name);
+            rc = -ENOENT;
+        }
+    }
+    json_object_put(v);
+    if (rc == 0)
+        *nloops = (int)n;
+    return rc;
+}
+
 static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd_error **err)
 {
-    char *id = NULL, *node = NULL, *atype = NULL, *path = NULL, *iothread = NULL, *serial = NULL;
+    char *id = NULL, *node = NULL, *atype = NULL, *path = NULL, *serial = NULL;
     char *werror = NULL, *rerror = NULL;
     bool writable = false, writethrough = false, server = true, has_wt = false, merge = true;
     enum blk_err_action wact = BLK_ERR_REPORT, ract = BLK_ERR_REPORT;
@@ -870,7 +995,7 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
         vbd_opt_take_u64(opts, "num-queues", &nq, err) < 0 ||
         vbd_opt_take_u64(opts, "logical-block-size", &lbs, err) < 0 ||
         vbd_opt_take_u64(opts, "physical-block-size", &pbs, err) < 0 ||
-        vbd_opt_take_str(opts, "iothread", &iothread, err) < 0 || vbd_opt_take_str(opts, "serial", &serial, err) < 0 ||
+        vbd_opt_take_str(opts, "serial", &serial, err) < 0 ||
         vbd_opt_take_bool(opts, "server", &server, err) < 0 || vbd_opt_take_bool(opts, "merge", &merge, err) < 0 ||
         vbd_opt_take_str(opts, "werror", &werror, err) < 0 || vbd_opt_take_str(opts, "rerror", &rerror, err) < 0 ||
         vbd_opt_take_u64(opts, "retry-interval", &retry_ms, err) < 0)
@@ -900,6 +1025,10 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
                        !id ? "id" : !node ? "node-name" : "addr.path");
         goto fail;
     }
+    struct vbd_loop *loops[VU_MAX_QUEUES];
+    int nloops;
+    if (take_iothreads(opts, id, loops, &nloops, err) < 0)
+        goto fail;
     if (atype && strcmp(atype, "unix")) {
         vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': addr.type must be 'unix', not '%s'", id, atype);
         goto fail;
@@ -959,7 +1088,14 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     e->merge = merge;
     e->werror = wact;
     e->rerror = ract;
-    e->parked_tail = &e->parked;
+    memcpy(e->loops, loops, sizeof(loops[0]) * (size_t)nloops);
+    e->nloops = nloops;
+    e->dev.queue_loops = e->loops;
+    e->dev.nqueue_loops = nloops;
+    e->arm_bh.fn = arm_bh;
+    e->arm_bh.arg = e;
+    e->kick_bh.fn = kick_bh;
+    e->kick_bh.arg = e;
     e->retry_ns = retry_ms * 1000000ull;
     e->retry_timer.fn = retry_timer_cb;
     e->retry_timer.arg = e;
@@ -983,7 +1119,6 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     }
     free(node);
     free(atype);
-    free(iothread);
     free(serial);
     free(werror);
     free(rerror);
@@ -995,7 +1130,6 @@ fail:
     free(node);
     free(atype);
     free(path);
-    free(iothread);
     free(serial);
     return NULL;
 }
@@ -1006,6 +1140,10 @@ static void blk_export_shutdown(struct vbd_export *base)
     vbd_timer_cancel(&e->retry_timer);
     if (vbd_in_co()) {
         vu_dev_stop(&e->dev);
+        /* what the rings asked the control loop to do must be done before e goes */
+        while (LOAD(e->arm_pending) || LOAD(e->kick_pending) || LOAD(e->resumers))
+            vbd_co_sleep_ns(1000000);
+        vbd_timer_cancel(&e->retry_timer);
         vbd_backend_co_flush(e->be);
     }
 }
@@ -1028,8 +1166,8 @@ static struct json_object *blk_export_query(struct vbd_export *base)
     json_object_object_add(o, "id", json_object_new_string(e->id));
     json_object_object_add(o, "node-name", json_object_new_string(vbd_backend_node(e->be)->node_name));
     json_object_object_add(o, "shutting-down", json_object_new_boolean(e->dev.stopping));
-    json_object_object_add(o, "stopped", json_object_new_boolean(e->stopped));
-    json_object_object_add(o, "stopped-requests", json_object_new_int(e->nparked));
+    json_object_object_add(o, "stopped", json_object_new_boolean(LOAD(e->stopped)));
+    json_object_object_add(o, "stopped-requests", json_object_new_int(LOAD(e->nparked)));
     return o;
 }
 
@@ -1054,7 +1192,7 @@ static void blk_export_resized(struct vbd_export *base)
 /* SIGUSR1 (the daemon's 'cont'): retry stopped requests now. */
 static void blk_export_cont(struct vbd_export *base)
 {
-    blk_resume((struct blk_export *)base);
+    blk_resume((struct blk_export *)base, false);
 }
 
 const struct vbd_export_type vbd_export_type_vhost_user_blk = {

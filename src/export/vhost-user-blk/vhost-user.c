@@ -72,7 +72,20 @@ static bool has_protocol_feature(const struct vu_dev *dev, unsigned bit)
 
 bool vu_queue_can_process(const struct vu_queue *q)
 {
-    return q->started && q->enabled && !q->vq.broken && !q->dev->mem_changing && q->dev->conn_fd >= 0;
+    return q->started && q->enabled && !q->vq.broken && !__atomic_load_n(&q->dev->mem_changing, __ATOMIC_RELAXED) &&
+           __atomic_load_n(&q->dev->conn_fd, __ATOMIC_RELAXED) >= 0;
+}
+
+struct vbd_loop *vu_queue_enter(struct vu_queue *q)
+{
+    struct vbd_loop *here = vbd_loop_current();
+    vbd_co_move_to(q->loop);
+    return here;
+}
+
+void vu_queue_leave(struct vbd_loop *prev)
+{
+    vbd_co_move_to(prev);
 }
 
 void vu_queue_req_start(struct vu_queue *q)
@@ -87,7 +100,7 @@ static void notify_bh(void *arg)
     if (q->call_fd >= 0 && vu_vq_should_notify(&q->vq))
         eventfd_write(q->call_fd, 1);
     if (q->inflight_reqs == 0)
-        vbd_co_queue_wake_all(&q->dev->idle);
+        vbd_co_queue_wake_all(&q->idle);
 }
 
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
@@ -99,7 +112,7 @@ void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
         vbd_loop_schedule_bh(vbd_loop_current(), &q->notify_bh);
     }
     if (--q->inflight_reqs == 0)
-        vbd_co_queue_wake_all(&q->dev->idle);
+        vbd_co_queue_wake_all(&q->idle);
 }
 
 void vu_queue_fail(struct vu_queue *q, const char *why)
@@ -133,6 +146,7 @@ static struct vu_queue *get_queue(struct vu_dev *dev, uint32_t index)
         q->dev = dev;
         q->index = (int)index;
         q->kick_fd = q->call_fd = q->err_fd = -1;
+        q->loop = dev->nqueue_loops ? dev->queue_loops[index % (uint32_t)dev->nqueue_loops] : dev->loop;
         q->notify_bh.fn = notify_bh;
         q->notify_bh.arg = q;
         dev->queues[index] = q;
@@ -140,6 +154,7 @@ static struct vu_queue *get_queue(struct vu_dev *dev, uint32_t index)
     return dev->queues[index];
 }
 
+/* On q's loop. */
 static void wait_queue_idle(struct vu_queue *q)
 {
     if (q->dev->ops->queue_cancel)
@@ -147,7 +162,7 @@ static void wait_queue_idle(struct vu_queue *q)
     /* the last interrupt goes out too (its bottom half must have run before
      * the queue can be freed) */
     while (q->inflight_reqs || q->notify_pending)
-        vbd_co_queue_wait(&q->dev->idle);
+        vbd_co_queue_wait(&q->idle);
 }
 
 static int translate_rings(struct vu_dev *dev, struct vu_queue *q)
@@ -166,6 +181,7 @@ static int translate_rings(struct vu_dev *dev, struct vu_queue *q)
 
 static void queue_stop(struct vu_queue *q)
 {
+    struct vbd_loop *prev = vu_queue_enter(q);
     if (q->kick_watch) {
         vbd_loop_unwatch_fd(q->kick_watch);
         q->kick_watch = NULL;
@@ -175,6 +191,7 @@ static void queue_stop(struct vu_queue *q)
     wait_queue_idle(q);
     if (was_started && q->dev->ops->queue_stop)
         q->dev->ops->queue_stop(q);
+    vu_queue_leave(prev);
 }
 
 static void queue_free(struct vu_queue *q)
@@ -189,7 +206,7 @@ static void queue_free(struct vu_queue *q)
     free(q);
 }
 
-static int queue_start(struct vu_dev *dev, struct vu_queue *q)
+static int queue_start_here(struct vu_dev *dev, struct vu_queue *q)
 {
     if (!q->addr_set || !q->vq.num) {
         vbd_error_report("%s: queue %d: kick before the ring size and addresses", dev->name, q->index);
@@ -230,6 +247,14 @@ static int queue_start(struct vu_dev *dev, struct vu_queue *q)
     return 0;
 }
 
+static int queue_start(struct vu_dev *dev, struct vu_queue *q)
+{
+    struct vbd_loop *prev = vu_queue_enter(q);
+    int rc = queue_start_here(dev, q);
+    vu_queue_leave(prev);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* memory                                                              */
 
@@ -266,24 +291,36 @@ static int map_region(struct vu_dev *dev, const struct vu_region_wire *w, int fd
 /* Stop taking requests, wait for the ones in flight: they point into the old mappings. */
 static void mem_quiesce(struct vu_dev *dev)
 {
-    dev->mem_changing = true;
+    /* a ring thread that sees the flag pops nothing more; the visit to its
+     * loop comes after every pop it had started */
+    __atomic_store_n(&dev->mem_changing, true, __ATOMIC_RELEASE);
     for (int i = 0; i < dev->max_queues; i++)
-        if (dev->queues[i])
+        if (dev->queues[i]) {
+            struct vbd_loop *prev = vu_queue_enter(dev->queues[i]);
             wait_queue_idle(dev->queues[i]);
+            vu_queue_leave(prev);
+        }
 }
 
 static void mem_resume(struct vu_dev *dev)
 {
-    dev->mem_changing = false;
     for (int i = 0; i < dev->max_queues; i++) {
         struct vu_queue *q = dev->queues[i];
         if (q && q->addr_set && q->vq.num) {
-            if (translate_rings(dev, q) < 0) {
+            struct vbd_loop *prev = vu_queue_enter(q);
+            if (translate_rings(dev, q) < 0)
                 q->vq.broken = true;
-                continue;
-            }
+            vu_queue_leave(prev);
+        }
+    }
+    __atomic_store_n(&dev->mem_changing, false, __ATOMIC_RELEASE);
+    for (int i = 0; i < dev->max_queues; i++) {
+        struct vu_queue *q = dev->queues[i];
+        if (q && q->started) {
+            struct vbd_loop *prev = vu_queue_enter(q);
             if (vu_queue_can_process(q))
                 dev->ops->queue_kick(q);
+            vu_queue_leave(prev);
         }
     }
 }
@@ -621,9 +658,11 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
                 return -EBUSY;
             q->vq.last_avail_idx = (uint16_t)num;
         } else if (m->request == VHOST_USER_SET_VRING_ENABLE) {
+            struct vbd_loop *prev = vu_queue_enter(q);
             q->enabled = num != 0;
             if (vu_queue_can_process(q))
                 dev->ops->queue_kick(q);
+            vu_queue_leave(prev);
         } else {
             queue_stop(q);
             if (q->kick_fd >= 0) {
@@ -683,10 +722,13 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
             fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
             return queue_start(dev, q);
         }
+        /* the ring's thread signals these fds: swap them there */
+        struct vbd_loop *prev = vu_queue_enter(q);
         int *slot = m->request == VHOST_USER_SET_VRING_CALL ? &q->call_fd : &q->err_fd;
         if (*slot >= 0)
             close(*slot);
         *slot = fd;
+        vu_queue_leave(prev);
         return 0;
     }
     case VHOST_USER_GET_CONFIG: {
@@ -786,7 +828,7 @@ static void disconnect(struct vu_dev *dev)
     dev->backend_req_fd = -1;
     dev->protocol_features = 0;
     close(dev->conn_fd);
-    dev->conn_fd = -1;
+    __atomic_store_n(&dev->conn_fd, -1, __ATOMIC_RELAXED);
 }
 
 static void serve(struct vu_dev *dev)
@@ -802,7 +844,9 @@ static void serve(struct vu_dev *dev)
             break;
         }
         vbd_debug("%s: %s (%u bytes, %d fds)", dev->name, request_name(m->request), m->size, m->nfds);
+        vbd_co_mutex_lock(&dev->lock);
         rc = handle(dev, m);
+        vbd_co_mutex_unlock(&dev->lock);
         for (int i = 0; i < m->nfds; i++)
             if (m->fds[i] >= 0)
                 close(m->fds[i]);
@@ -818,7 +862,9 @@ static void serve(struct vu_dev *dev)
     }
     free(m);
     vbd_info("%s: front end disconnected", dev->name);
+    vbd_co_mutex_lock(&dev->lock);
     disconnect(dev);
+    vbd_co_mutex_unlock(&dev->lock);
 }
 
 static void conn_co(void *arg)
@@ -891,6 +937,7 @@ static void accept_co(void *arg)
 
 int vu_dev_start(struct vu_dev *dev, struct vbd_error **err)
 {
+    dev->loop = vbd_loop_current();
     dev->listen_fd = dev->conn_fd = dev->inflight_fd = dev->backend_req_fd = -1;
     dev->conn_done = true;
     if (dev->server) {

@@ -72,16 +72,28 @@ enum vu_request {
 
 struct vu_dev;
 
+/*
+ * Threads: the message loop runs on the device's control loop (dev->loop).
+ * Each ring belongs to one loop (q->loop: an iothread, or the control
+ * loop): its kick watch, its requests, its interrupts and everything that
+ * reads or changes the ring run there. The message handler reaches a ring
+ * by moving its coroutine onto the ring's loop (vu_queue_enter) and back,
+ * and waits there for the ring to go idle; the memory table changes only
+ * while every ring is quiescent. Handlers hold dev->lock (a control-loop
+ * mutex) so that the device's own control work (retrying requests stopped
+ * by an error policy) never runs while rings are being set up or torn down.
+ */
 struct vu_queue {
     struct vu_dev *dev;
     int index;
+    struct vbd_loop *loop; /* the thread that owns this ring */
     struct vu_vq vq;
     uint64_t desc_qva, avail_qva, used_qva; /* as the front end gave them */
     bool addr_set, started, enabled;
     int kick_fd, call_fd, err_fd;
     struct vbd_fd_watch *kick_watch;
     unsigned inflight_reqs; /* popped, not yet pushed */
-    struct vbd_co_queue drained;
+    struct vbd_co_queue idle; /* on q->loop: waits for inflight_reqs == 0 */
     bool notify_pending;
     struct vbd_bh notify_bh;
     void *dev_queue; /* the device's per-queue state */
@@ -115,12 +127,16 @@ struct vu_dev {
     struct vbd_co *accept_co;
     bool stopping, accept_done, conn_done;
     struct vbd_co_queue idle;
+    struct vbd_loop *loop;                   /* the control loop (set by vu_dev_start) */
+    struct vbd_loop *const *queue_loops;     /* ring i runs on queue_loops[i % n]; none: dev->loop */
+    int nqueue_loops;
+    struct vbd_co_mutex lock;                /* held by message handlers (control loop only) */
     uint16_t max_queues;
     uint64_t features, protocol_features;
     bool features_acked;
     struct vu_mem mem;
     int mem_fds[VU_MAX_MEM_REGIONS];
-    bool mem_changing;
+    bool mem_changing; /* read by ring threads (atomically) */
     struct vu_queue *queues[VU_MAX_QUEUES];
     void *inflight_base;
     size_t inflight_size;
@@ -135,6 +151,11 @@ struct vu_dev {
 int vu_dev_start(struct vu_dev *dev, struct vbd_error **err);
 /* Coroutine context: disconnects, waits for in-flight requests, closes the socket. */
 void vu_dev_stop(struct vu_dev *dev);
+
+/* Coroutine context: continue on q's loop; returns the loop to go back to
+ * with vu_queue_leave. */
+struct vbd_loop *vu_queue_enter(struct vu_queue *q);
+void vu_queue_leave(struct vbd_loop *prev);
 
 /* Request accounting for the device: call on pop/push so that
  * GET_VRING_BASE and memory table changes can wait for quiescence. */
