@@ -76,11 +76,12 @@ guest --workload "$G/workloads/basic.sh" --env VBD_EXPECT_LBS=4096
 stop_daemon
 
 if "$VBD_IMG" create -q -f qcow2 "$T/probe.qcow2" 1M >/dev/null 2>&1; then
-    step "qcow2 image: fs workload, qemu-img check clean"
+    step "qcow2 image, 2 queues on 2 iothreads: fs workload, qemu-img check clean"
     q=$T/disk.qcow2
     must qemu-img create -q -f qcow2 "$q" 64M
-    start_daemon --blockdev driver=file,node-name=file0,filename="$q" --blockdev driver=qcow2,node-name=disk0,file=file0 \
-        --export "$export_opts,writable=on,num-queues=2"
+    start_daemon --object iothread,id=io0 --object iothread,id=io1 \
+        --blockdev driver=file,node-name=file0,filename="$q" --blockdev driver=qcow2,node-name=disk0,file=file0 \
+        --export "$export_opts,writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
     guest --num-queues 2 --workload "$G/workloads/fs.sh"
     stop_daemon
     qcheck "$q"
@@ -88,17 +89,18 @@ else
     echo "(qcow2 part skipped: vbd-img cannot create qcow2 yet)"
 fi
 
-step "the back end is killed (-9) and restarted under a running fs workload"
-start_daemon --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --export "$export_opts,writable=on,num-queues=2"
+step "the back end (2 queues on 2 iothreads) is killed (-9) and restarted under a running fs workload"
+iot="--object iothread,id=io0 --object iothread,id=io1"
+start_daemon $iot --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
+    --export "$export_opts,writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
 "$G/run-guest.sh" --vhost-user "$S" --reconnect --num-queues 2 --workload "$G/workloads/fs.sh" --env VBD_FILES=300 \
     --timeout 200 --log "$T/console.log" >"$T/guest.out" 2>&1 &
 gpid=$!
 for _ in $(seq 600); do grep -q "fs: mkfs" "$T/console.log" 2>/dev/null && break; sleep 0.1; done
 sleep 1.5
 kill -9 $dpid; wait $dpid 2>/dev/null
-start_daemon --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --export "$export_opts,writable=on,num-queues=2"
+start_daemon $iot --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
+    --export "$export_opts,writable=on,num-queues=2,iothread=io1"
 wait $gpid || { cat "$T/guest.out" "$T/daemon.log"; fail "the guest did not survive the back end's restart"; }
 grep -q "front end connected" "$T/daemon.log" || fail "QEMU never reconnected"
 stop_daemon

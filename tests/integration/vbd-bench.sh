@@ -48,6 +48,33 @@ PY
         fail "randrw result: $out"
     stop_backend
 done
+step "vbd-daemon with 4 queues over 2 iothreads: verify, mixed I/O with flushes, the data in the file"
+truncate -s 0 "$img"; truncate -s 128M "$img"
+bin=$VBD_DAEMON
+run_backend "$bin" --object iothread,id=io0 --object iothread,id=io1 \
+    --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
+    --export type=vhost-user-blk,id=exp0,addr.type=unix,addr.path="$S",node-name=disk0,writable=on,num-queues=4,iothread.0=io0,iothread.1=io1
+out=$("$VBD_BENCH" --vhost-user "$S" -q 4 -w randrw:70 -n 40000 --flush-every 50 --json) || fail "randrw on iothreads: $out"
+python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["requests"] >= 40000 and r["errors"] == 0 else 1)' "$out" ||
+    fail "randrw on iothreads: $out"
+must "$VBD_BENCH" --vhost-user "$S" --verify -q 4 -d 16 --size 32M >/dev/null
+stop_backend
+python3 - "$img" <<'PY' || fail "the verify pattern written through 4 queues on iothreads is not in the image file"
+import array, sys
+K, C, M = 0x9E3779B97F4A7C15, 0x7662642d62656e63, (1 << 64) - 1
+f = open(sys.argv[1], 'rb')
+for off in (0, 8 << 20, (32 << 20) - 4096):
+    f.seek(off)
+    if list(array.array('Q', f.read(4096))) != [((off + 8 * i) * K & M) ^ C for i in range(512)]:
+        sys.exit('mismatch at %d' % off)
+PY
+step "iothread errors: an unknown iothread, a bad list"
+must_fail_with "no iothread 'nope'" "$VBD_DAEMON" --blockdev driver=null-co,node-name=n0 \
+    --export type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path="$S",iothread=nope
+must_fail_with "exists already" "$VBD_DAEMON" --object iothread,id=a --object iothread,id=a
+must_fail_with "expected an iothread id" "$VBD_DAEMON" --object iothread,id=a --blockdev driver=null-co,node-name=n0 \
+    --export type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path="$S",iothread.0=a,iothread.2=a
+
 step "bad input: no socket, a plain file, bad options"
 must_fail_with "cannot connect" "$VBD_BENCH" --vhost-user "$T/nothing.sock"
 must_fail_with "invalid value" "$VBD_BENCH" --vhost-user "$S" -d 0

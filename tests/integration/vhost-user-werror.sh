@@ -89,8 +89,9 @@ else
     echo "(tmpfs part skipped: cannot mount a tmpfs here)"
 fi
 
+iot=() # daemon options that put the rings on iothreads
 nbd_export() { # export options... : vbd-daemon on nbdkit
-    start_daemon --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/nbd.sock" \
+    start_daemon "${iot[@]}" --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/nbd.sock" \
         --blockdev driver=raw,node-name=disk0,file=n0 \
         --export "type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path=$S,writable=on$1"
 }
@@ -104,11 +105,12 @@ case "$out" in *"failed with status 1"*) ;; *) fail "unexpected vbd-bench output
 stop_daemon
 stop_nbdkit
 
-step "werror=enospc: ENOSPC stops the device; the writes succeed once the error goes away"
+step "werror=enospc, 2 rings on 2 iothreads: ENOSPC stops the device; the writes succeed once the error goes away"
 touch "$T/enospc"
 start_nbdkit error-pwrite=ENOSPC error-pwrite-rate=100% error-pwrite-file="$T/enospc"
-nbd_export ",werror=enospc,retry-interval=200"
-"$VBD_BENCH" --vhost-user "$S" --verify --size 8M -d 16 >"$T/bench.out" 2>&1 &
+iot=(--object iothread,id=io0 --object iothread,id=io1)
+nbd_export ",werror=enospc,retry-interval=200,num-queues=2,iothread.0=io0,iothread.1=io1"
+"$VBD_BENCH" --vhost-user "$S" --verify --size 8M -q 2 -d 16 >"$T/bench.out" 2>&1 &
 bpid=$!
 wait_log "werror=enospc: the device stops"
 sleep 1
@@ -120,11 +122,11 @@ grep -q "read back identical" "$T/bench.out" || fail "no verify line: $(cat "$T/
 stop_daemon
 stop_nbdkit
 
-step "rerror=stop,retry-interval=0: a failed read waits for SIGUSR1"
+step "rerror=stop,retry-interval=0, 2 rings on an iothread: a failed read waits for SIGUSR1"
 touch "$T/eio"
 start_nbdkit error-pread=EIO error-pread-rate=100% error-pread-file="$T/eio"
-nbd_export ",rerror=stop,retry-interval=0"
-"$VBD_BENCH" --vhost-user "$S" -w read -n 256 -d 8 >"$T/bench.out" 2>&1 &
+nbd_export ",rerror=stop,retry-interval=0,num-queues=2,iothread=io1"
+"$VBD_BENCH" --vhost-user "$S" -w read -n 256 -q 2 -d 8 >"$T/bench.out" 2>&1 &
 bpid=$!
 wait_log "read at sector .* failed: Input/output error; rerror=stop: the device stops and the request is retried on SIGUSR1"
 rm "$T/eio"
@@ -136,18 +138,19 @@ bpid=
 grep -q "errors 0" "$T/bench.out" || fail "errors after SIGUSR1: $(cat "$T/bench.out")"
 stop_daemon
 
-step "a front end that goes away while requests are stopped: the daemon fails them and keeps serving"
+step "a front end that goes away while requests are stopped (2 rings, 2 iothreads): the daemon fails them and keeps serving"
 touch "$T/eio"
-nbd_export ",rerror=stop,retry-interval=0"
-"$VBD_BENCH" --vhost-user "$S" -w read -n 256 -d 8 >"$T/bench.out" 2>&1 &
+nbd_export ",rerror=stop,retry-interval=0,num-queues=2,iothread.0=io0,iothread.1=io1"
+"$VBD_BENCH" --vhost-user "$S" -w read -n 256 -q 2 -d 8 >"$T/bench.out" 2>&1 &
 bpid=$!
 wait_log "rerror=stop: the device stops"
 kill -9 $bpid; wait $bpid 2>/dev/null; bpid=
 wait_log "front end disconnected"
 rm "$T/eio"
-must "$VBD_BENCH" --vhost-user "$S" -w read -n 256 -d 8 >/dev/null
+must "$VBD_BENCH" --vhost-user "$S" -w read -n 256 -q 2 -d 8 >/dev/null
 stop_daemon
 stop_nbdkit
+iot=()
 
 step "bad input"
 must_fail_with "werror=sideways: expected report, stop or enospc" "$VBD_DAEMON" --blockdev driver=null-co,node-name=d0 \
