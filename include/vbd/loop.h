@@ -110,6 +110,30 @@ int64_t vbd_co_eventfd_wait(int efd);
  * syscalls io_uring cannot do (ioctl, fstat on slow fs, open, ...). */
 long vbd_co_run_in_thread(long (*fn)(void *arg), void *arg);
 
+/*
+ * Pollers (QEMU's io_poll handlers): a device whose work arrives in shared
+ * memory (a vhost-user ring) can be polled instead of waiting for its
+ * notification. Before the loop blocks it busy-polls its pollers for up to
+ * the loop's poll time, adaptively (grown while waits are short, shrunk
+ * when they are long; 0 turns it off), unless file I/O is in flight (it
+ * completes through io_uring's or the pool's threads, which may need this
+ * CPU). poll() looks for work and handles it, true if it found some;
+ * before_sleep() is called every time the loop is about to block: it
+ * re-enables the notification and returns true (having handled the work)
+ * if work arrived meanwhile. Loop thread only.
+ */
+struct vbd_poller {
+    bool (*poll)(void *arg);
+    bool (*before_sleep)(void *arg);
+    void *arg;
+    struct vbd_poller *next; /* private */
+};
+void vbd_loop_add_poller(struct vbd_loop *loop, struct vbd_poller *p);
+void vbd_loop_remove_poller(struct vbd_loop *loop, struct vbd_poller *p);
+/* Upper bound of the busy-poll time (default 32 us, as QEMU's poll-max-ns). */
+void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns);
+bool vbd_loop_polling(const struct vbd_loop *loop);
+
 /* Non-coroutine fd watching for servers (listening sockets, vhost kick fds):
  * calls cb(arg, revents) from the loop each time fd becomes ready (level
  * triggered, re-armed automatically) until removed. */

@@ -25,6 +25,8 @@ struct iothread {
     pthread_t thread;
     struct vbd_loop *loop;
     volatile bool stop;
+    uint64_t poll_max_ns;
+    bool poll_set;
     sem_t ready;
     char failure[256];
     struct iothread *next;
@@ -49,6 +51,8 @@ static void *iothread_main(void *arg)
         sem_post(&t->ready);
         return NULL;
     }
+    if (t->poll_set)
+        vbd_loop_set_poll_max_ns(loop, t->poll_max_ns);
     t->loop = loop;
     sem_post(&t->ready);
     vbd_loop_run(loop, &t->stop);
@@ -60,12 +64,15 @@ static void *iothread_main(void *arg)
 int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
 {
     char *id = NULL;
-    uint64_t ignored;
-    /* QEMU's polling and batching knobs: our loops busy-poll on their own */
-    static const char *const tuning[] = {"poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch",
-                                         "thread-pool-min", "thread-pool-max"};
-    if (vbd_opt_take_str(opts, "id", &id, err) < 0)
+    uint64_t ignored, poll_max_ns = 0;
+    bool poll_set = vbd_opt_get(opts, "poll-max-ns") != NULL;
+    /* QEMU's other polling and batching knobs: accepted, our own rules apply */
+    static const char *const tuning[] = {"poll-grow", "poll-shrink", "aio-max-batch", "thread-pool-min",
+                                         "thread-pool-max"};
+    if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_u64(opts, "poll-max-ns", &poll_max_ns, err) < 0) {
+        free(id);
         return -EINVAL;
+    }
     for (size_t i = 0; i < sizeof(tuning) / sizeof(tuning[0]); i++)
         if (vbd_opt_take_u64(opts, tuning[i], &ignored, err) < 0) {
             free(id);
@@ -85,6 +92,8 @@ int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
     if (!t)
         abort();
     t->id = id;
+    t->poll_max_ns = poll_max_ns;
+    t->poll_set = poll_set;
     sem_init(&t->ready, 0, 0);
     int rc = pthread_create(&t->thread, NULL, iothread_main, t);
     if (rc == 0)

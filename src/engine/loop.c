@@ -49,7 +49,13 @@ struct vbd_loop {
     struct vbd_timer *timers; /* sorted by deadline */
     struct fdreg *fds;
     int nfds;
+    struct vbd_poller *pollers;
+    uint64_t poll_max_ns, poll_ns; /* bound, and the current (adaptive) busy-poll time */
+    unsigned io_inflight;
 };
+
+#define POLL_MAX_NS_DEFAULT 32768
+#define POLL_GROW_START_NS 4096
 
 struct vbd_fd_watch {
     struct loop_op op;
@@ -178,6 +184,7 @@ struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_e
         struct epoll_event e = {.events = EPOLLIN, .data.fd = -1};
         epoll_ctl(loop->epfd, EPOLL_CTL_ADD, loop->efd, &e);
     }
+    loop->poll_max_ns = loop->poll_ns = POLL_MAX_NS_DEFAULT;
     if (!tls_loop)
         tls_loop = loop;
     return loop;
@@ -360,9 +367,100 @@ static int dispatch_epoll(struct vbd_loop *loop, struct epoll_event *ev, int nev
     return nev;
 }
 
+void vbd_loop_io_begin(struct vbd_loop *loop)
+{
+    loop->io_inflight++;
+}
+
+void vbd_loop_io_end(struct vbd_loop *loop)
+{
+    loop->io_inflight--;
+}
+
+void vbd_loop_add_poller(struct vbd_loop *loop, struct vbd_poller *p)
+{
+    p->next = loop->pollers;
+    loop->pollers = p;
+}
+
+void vbd_loop_remove_poller(struct vbd_loop *loop, struct vbd_poller *p)
+{
+    for (struct vbd_poller **pp = &loop->pollers; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    p->next = NULL;
+}
+
+void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns)
+{
+    loop->poll_max_ns = ns;
+    loop->poll_ns = ns;
+}
+
+bool vbd_loop_polling(const struct vbd_loop *loop)
+{
+    return loop->poll_max_ns != 0;
+}
+
+static bool run_pollers(struct vbd_loop *loop)
+{
+    bool found = false;
+    for (struct vbd_poller *p = loop->pollers, *next; p; p = next) {
+        next = p->next; /* a poller may remove itself */
+        found |= p->poll(p->arg);
+    }
+    return found;
+}
+
+static bool loop_has_events(struct vbd_loop *loop)
+{
+    return vbd_loop_has_ready(loop) || atomic_load_explicit(&loop->bh_pending, memory_order_acquire) ||
+           (loop->uring && io_uring_cq_ready(&loop->ring));
+}
+
+/* The loop would block: busy-poll first (true: something happened, do
+ * not block), then let the pollers re-arm their notifications. */
+static bool poll_before_blocking(struct vbd_loop *loop, int64_t timeout_ns)
+{
+    if (loop->poll_ns && loop->io_inflight == 0 && (timeout_ns < 0 || (uint64_t)timeout_ns > loop->poll_ns)) {
+        if (loop->uring)
+            io_uring_submit(&loop->ring);
+        uint64_t end = vbd_clock_ns() + loop->poll_ns;
+        do {
+            if (run_pollers(loop) || loop_has_events(loop))
+                return true;
+        } while (vbd_clock_ns() < end);
+    }
+    bool found = false;
+    for (struct vbd_poller *p = loop->pollers, *next; p; p = next) {
+        next = p->next;
+        found |= p->before_sleep(p->arg);
+    }
+    return found;
+}
+
+/* QEMU's adaptive polling: a wait longer than the bound means polling is
+ * wasted here, so poll less; a short one means a little more would have
+ * caught it. */
+static void adapt_poll_time(struct vbd_loop *loop, uint64_t blocked_ns)
+{
+    if (!loop->poll_max_ns || loop->io_inflight)
+        return;
+    if (blocked_ns > loop->poll_max_ns)
+        loop->poll_ns = loop->poll_ns > POLL_GROW_START_NS ? loop->poll_ns / 2 : 0;
+    else if (loop->poll_ns < loop->poll_max_ns)
+        loop->poll_ns = loop->poll_ns ? loop->poll_ns * 2 : POLL_GROW_START_NS;
+    if (loop->poll_ns > loop->poll_max_ns)
+        loop->poll_ns = loop->poll_max_ns;
+}
+
 int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
 {
     int n = 0;
+    if (loop->pollers && run_pollers(loop))
+        timeout_ns = 0;
     if (vbd_loop_has_ready(loop) || atomic_load_explicit(&loop->bh_pending, memory_order_acquire))
         timeout_ns = 0;
     if (loop->timers) {
@@ -370,6 +468,13 @@ int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
         int64_t until = loop->timers->deadline_ns > now ? (int64_t)(loop->timers->deadline_ns - now) : 0;
         if (timeout_ns < 0 || until < timeout_ns)
             timeout_ns = until;
+    }
+    uint64_t block_start = 0;
+    if (timeout_ns != 0 && loop->pollers) {
+        if (poll_before_blocking(loop, timeout_ns))
+            timeout_ns = 0;
+        else
+            block_start = vbd_clock_ns();
     }
     if (loop->uring) {
         struct io_uring_cqe *cqe = NULL;
@@ -389,6 +494,8 @@ int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
         if (nev > 0)
             n += dispatch_epoll(loop, ev, nev);
     }
+    if (block_start)
+        adapt_poll_time(loop, vbd_clock_ns() - block_start);
     n += run_bhs(loop);
     n += run_timers(loop);
     while (vbd_loop_has_ready(loop)) {
@@ -422,13 +529,15 @@ static void co_op_complete(struct loop_op *op, int res)
     vbd_co_wake(c->co);
 }
 
-static int uring_wait(struct vbd_loop *loop, struct io_uring_sqe *sqe)
+/* file_io: counted in io_inflight (the pollers do not spin meanwhile) */
+static int uring_wait(struct vbd_loop *loop, struct io_uring_sqe *sqe, bool file_io)
 {
     struct co_op op = {.base.complete = co_op_complete, .co = vbd_co_self()};
-    (void)loop;
     assert(op.co && "I/O outside a coroutine");
     io_uring_sqe_set_data(sqe, &op);
+    loop->io_inflight += file_io;
     vbd_co_yield();
+    loop->io_inflight -= file_io;
     return op.res;
 }
 
@@ -480,7 +589,7 @@ ssize_t vbd_co_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, en
     if (use_uring(loop, aio)) {
         struct io_uring_sqe *sqe = loop_sqe(loop);
         io_uring_prep_readv(sqe, fd, iov, iovcnt, off);
-        return uring_wait(loop, sqe);
+        return uring_wait(loop, sqe, true);
     }
     struct file_job j = {.kind = 0, .fd = fd, .iov = iov, .iovcnt = iovcnt, .off = off};
     return vbd_co_run_in_thread(file_job_run, &j);
@@ -497,7 +606,7 @@ ssize_t vbd_co_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off, i
         struct io_uring_sqe *sqe = loop_sqe(loop);
         io_uring_prep_writev(sqe, fd, iov, iovcnt, off);
         sqe->rw_flags = rwf_flags;
-        return uring_wait(loop, sqe);
+        return uring_wait(loop, sqe, true);
     }
     struct file_job j = {.kind = 1, .fd = fd, .iov = iov, .iovcnt = iovcnt, .off = off, .flags = rwf_flags};
     return vbd_co_run_in_thread(file_job_run, &j);
@@ -561,7 +670,7 @@ int vbd_co_fsync(int fd, bool datasync, enum vbd_aio aio)
     if (use_uring(loop, aio)) {
         struct io_uring_sqe *sqe = loop_sqe(loop);
         io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
-        return uring_wait(loop, sqe);
+        return uring_wait(loop, sqe, true);
     }
     struct file_job j = {.kind = datasync ? 3 : 2, .fd = fd};
     return (int)vbd_co_run_in_thread(file_job_run, &j);
@@ -587,7 +696,7 @@ int vbd_co_poll(int fd, short events)
     if (loop->uring) {
         struct io_uring_sqe *sqe = loop_sqe(loop);
         io_uring_prep_poll_add(sqe, fd, events);
-        return uring_wait(loop, sqe);
+        return uring_wait(loop, sqe, false);
     }
     struct co_op op = {.base.complete = co_op_complete, .co = vbd_co_self()};
     struct fdreg *r = fdreg_get(loop, fd);

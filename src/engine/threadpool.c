@@ -81,7 +81,9 @@ long vbd_co_run_in_thread(long (*fn)(void *arg), void *arg)
         .loop = vbd_loop_current(),
         .done_bh = {.fn = pool_job_done, .arg = vbd_co_self()},
     };
+    vbd_loop_io_begin(job.loop);
     vbd_pool_submit(&job);
     vbd_co_yield();
+    vbd_loop_io_end(job.loop);
     return job.ret;
 }

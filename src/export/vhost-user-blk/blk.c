@@ -687,7 +687,7 @@ static void blk_queue_kick(struct vu_queue *q)
         batch_flush(bq);
         return;
     rearm:
-        if (!vu_queue_can_process(q) || LOAD(bq->e->stopped) || !vu_vq_enable_notification(&q->vq))
+        if (!vu_queue_can_process(q) || LOAD(bq->e->stopped) || !vu_queue_rearm(q))
             return;
     }
 }

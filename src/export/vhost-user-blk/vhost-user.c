@@ -123,6 +123,42 @@ void vu_queue_fail(struct vu_queue *q, const char *why)
         eventfd_write(q->err_fd, 1);
 }
 
+bool vu_queue_rearm(struct vu_queue *q)
+{
+    if (q->polled && vbd_loop_polling(q->loop)) {
+        if (!q->notify_off) {
+            vu_vq_disable_notification(&q->vq);
+            q->notify_off = true;
+        }
+        return false;
+    }
+    return vu_vq_enable_notification(&q->vq);
+}
+
+/* Poller (DESIGN: the loop busy-polls a ring before it blocks). */
+static bool queue_poll(void *arg)
+{
+    struct vu_queue *q = arg;
+    if (!vu_queue_can_process(q) || vu_vq_pending(&q->vq) == 0)
+        return false;
+    uint16_t before = q->vq.last_avail_idx;
+    q->dev->ops->queue_kick(q);
+    return q->vq.last_avail_idx != before;
+}
+
+static bool queue_before_sleep(void *arg)
+{
+    struct vu_queue *q = arg;
+    if (!q->notify_off)
+        return false;
+    q->notify_off = false;
+    if (!vu_queue_can_process(q) || !vu_vq_enable_notification(&q->vq))
+        return false;
+    uint16_t before = q->vq.last_avail_idx;
+    q->dev->ops->queue_kick(q);
+    return q->vq.last_avail_idx != before;
+}
+
 static void kick_cb(void *arg, short revents)
 {
     struct vu_queue *q = arg;
@@ -186,6 +222,14 @@ static void queue_stop(struct vu_queue *q)
         vbd_loop_unwatch_fd(q->kick_watch);
         q->kick_watch = NULL;
     }
+    if (q->polled) {
+        vbd_loop_remove_poller(q->loop, &q->poller);
+        q->polled = false;
+        /* leave the ring asking for kicks, for whoever runs it next */
+        if (q->notify_off && q->started && !__atomic_load_n(&q->dev->mem_changing, __ATOMIC_RELAXED))
+            vu_vq_enable_notification(&q->vq);
+        q->notify_off = false;
+    }
     bool was_started = q->started;
     q->started = false;
     wait_queue_idle(q);
@@ -240,6 +284,10 @@ static int queue_start_here(struct vu_dev *dev, struct vu_queue *q)
     q->kick_watch = vbd_loop_watch_fd(vbd_loop_current(), q->kick_fd, POLLIN, kick_cb, q);
     if (!q->kick_watch)
         return -ENOMEM;
+    q->poller = (struct vbd_poller){.poll = queue_poll, .before_sleep = queue_before_sleep, .arg = q};
+    vbd_loop_add_poller(q->loop, &q->poller);
+    q->polled = true;
+    q->notify_off = false;
     if (vu_queue_can_process(q))
         dev->ops->queue_kick(q); /* entries may be waiting already */
     if (n > 0 && q->call_fd >= 0)

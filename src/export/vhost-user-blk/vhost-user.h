@@ -92,6 +92,8 @@ struct vu_queue {
     bool addr_set, started, enabled;
     int kick_fd, call_fd, err_fd;
     struct vbd_fd_watch *kick_watch;
+    struct vbd_poller poller; /* registered on q->loop while started */
+    bool polled, notify_off;  /* notify_off: kicks suppressed while the loop polls */
     unsigned inflight_reqs; /* popped, not yet pushed */
     struct vbd_co_queue idle; /* on q->loop: waits for inflight_reqs == 0 */
     bool notify_pending;
@@ -160,6 +162,9 @@ void vu_queue_leave(struct vbd_loop *prev);
 /* Request accounting for the device: call on pop/push so that
  * GET_VRING_BASE and memory table changes can wait for quiescence. */
 void vu_queue_req_start(struct vu_queue *q);
+/* The ring is empty: ask for a kick at the next entry (or, while the loop
+ * polls the ring, suppress kicks). True when entries arrived meanwhile. */
+bool vu_queue_rearm(struct vu_queue *q);
 /* Publishes a used element and schedules the (batched) interrupt. */
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len);
 /* A malformed ring: log once, stop processing the queue until reset. */

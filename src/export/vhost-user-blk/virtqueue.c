@@ -220,9 +220,19 @@ bool vu_vq_enable_notification(struct vu_vq *vq)
         /* avail_event lives after the used ring */
         uint16_t *avail_event = (uint16_t *)&vq->used->ring[vq->num];
         store_release16(avail_event, vq->last_avail_idx);
+    } else {
+        store_release16(&vq->used->flags, load_acquire16(&vq->used->flags) & ~VRING_USED_F_NO_NOTIFY);
     }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return vu_vq_pending(vq) != 0;
+}
+
+void vu_vq_disable_notification(struct vu_vq *vq)
+{
+    /* with EVENT_IDX nothing to write: avail_event is left behind, so the
+     * driver stops kicking once it has passed it */
+    if (!vq->event_idx)
+        store_release16(&vq->used->flags, load_acquire16(&vq->used->flags) | VRING_USED_F_NO_NOTIFY);
 }
 
 size_t vu_inflight_queue_size(uint16_t queue_size)

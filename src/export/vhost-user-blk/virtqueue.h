@@ -96,6 +96,8 @@ bool vu_vq_should_notify(struct vu_vq *vq);
 /* With EVENT_IDX: ask for a kick at the next avail entry; returns true if
  * more entries arrived meanwhile (the caller pops again). */
 bool vu_vq_enable_notification(struct vu_vq *vq);
+/* While the device polls the ring: ask the driver not to kick. */
+void vu_vq_disable_notification(struct vu_vq *vq);
 /* Count of avail entries not yet popped, or -1 if the index is impossible. */
 int vu_vq_pending(const struct vu_vq *vq);
 
