@@ -3,6 +3,8 @@
 # vbd-bench with the same parameters in one run; the server is pinned to
 # CPU 0 and the client to CPU 1. Ratio > 1 means vbd is better (IOPS: vbd/qsd;
 # p99: qsd/vbd). Not a test.   bench/vhost-user.sh [SECONDS]
+# IOTHREAD=1: both servers run the export on an iothread (--object iothread,
+# export iothread=io0) instead of the main loop (still on CPU 0).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
@@ -20,15 +22,17 @@ serve() { # server-binary node-kind queues
     local nodes=(--blockdev driver=null-co,node-name=disk0,size=1073741824,read-zeroes=on)
     [ "$kind" = file ] && nodes=(--blockdev driver=file,node-name=file0,filename="$img",cache.direct=off
                                  --blockdev driver=raw,node-name=disk0,file=file0)
-    taskset -c 0 "$bin" "${nodes[@]}" \
-        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$nq" \
+    local iot=() iot_opt=
+    [ "${IOTHREAD:-0}" = 1 ] && iot=(--object iothread,id=io0) iot_opt=,iothread=io0
+    taskset -c 0 "$bin" "${iot[@]}" "${nodes[@]}" \
+        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$nq"$iot_opt \
         >/dev/null 2>&1 &
     spid=$!
     for _ in $(seq 100); do [ -S "$sock" ] && return; sleep 0.05; done
     echo "server $bin did not start" >&2; exit 1
 }
 field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['iops'] if sys.argv[2]=='iops' else r['lat-us']['p99'])" "$1" "$2"; }
-echo "machine: $(machine); $SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1"
+echo "machine: $(machine); $SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}"
 printf '%-6s %-3s %-18s %10s %10s %6s %9s %9s %6s\n' node q workload "vbd IOPS" "qsd IOPS" ratio "vbd p99" "qsd p99" ratio
 for kind in null file; do
     for nq in 1 2; do
