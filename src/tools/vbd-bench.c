@@ -3,12 +3,21 @@
  * vbd-bench: a vhost-user-blk front end that drives a back end (vbd-daemon,
  * qemu-storage-daemon, ...) the way a VM would, without a VM: N queues of
  * depth D, random or sequential reads/writes, flushes, a verify mode, and
- * IOPS, bandwidth and latency percentiles.
+ * IOPS, bandwidth and latency percentiles. With --nbd it drives an NBD
+ * server the same way (a connection per queue, through vbd's nbd client
+ * driver), so one tool compares vhost-user and NBD back ends.
  */
 #include "../vhost-client/vhost_client.h"
 
+#include "vbd/block.h"
+#include "vbd/coroutine.h"
+#include "vbd/error.h"
+#include "vbd/iov.h"
+#include "vbd/loop.h"
+
 #include <errno.h>
 #include <getopt.h>
+#include <json-c/json.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
 #include <stdio.h>
@@ -18,10 +27,13 @@
 
 static const char usage_text[] =
     "Usage: vbd-bench --vhost-user SOCKET [options]\n"
-    "Drive a vhost-user-blk back end like a VM would and measure it.\n"
+    "       vbd-bench --nbd URI [options]\n"
+    "Drive a vhost-user-blk back end like a VM would, or an NBD server, and measure it.\n"
     "\n"
     "  --vhost-user SOCKET  the back end's unix socket\n"
-    "  -q, --queues N       virtqueues (default 1)\n"
+    "  --nbd URI            an NBD export: nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH\n"
+    "                       (one connection per queue, through vbd's nbd client)\n"
+    "  -q, --queues N       virtqueues, or NBD connections (default 1)\n"
     "  -d, --depth N        requests in flight per queue (default 32, at most 340)\n"
     "  -b, --block-size N   bytes per request, multiple of 512 (default 4096; k/M suffixes)\n"
     "  -w, --workload W     read, write, randread, randwrite, randrw[:PERCENT_READ] (default randread)\n"
@@ -40,6 +52,7 @@ static const char usage_text[] =
 enum op { OP_READ, OP_WRITE, OP_FLUSH };
 
 struct slot {
+    struct bench *b;
     int q;
     uint16_t head;
     struct virtio_blk_outhdr *hdr;
@@ -49,10 +62,16 @@ struct slot {
     enum op op;
     uint64_t start_ns;
     bool busy;
+    int result; /* NBD: 0 or -errno */
 };
 
 struct bench {
     struct vhc c;
+    const char *nbd_uri;
+    struct vbd_node *nodes[VHC_MAX_QUEUES]; /* NBD: one connection per queue */
+    uint64_t deadline;
+    int running;
+    struct vbd_co *waiter;
     int queues, depth;
     uint32_t bs;
     bool rand, mixed, write_only, verify, poll, json;
@@ -147,7 +166,8 @@ static bool more_work(struct bench *b)
     return b->count ? b->issued < b->count : true;
 }
 
-static void submit(struct bench *b, struct slot *s)
+/* The next request of the workload for slot s: op and offset. */
+static void pick(struct bench *b, struct slot *s)
 {
     enum op op;
     uint64_t blocks = b->size / b->bs;
@@ -174,6 +194,14 @@ static void submit(struct bench *b, struct slot *s)
             b->writes_since_flush[s->q]++;
     }
     s->op = op;
+    if (op == OP_WRITE && b->verify)
+        fill_pattern(s->buf, s->off, b->bs);
+}
+
+static void submit(struct bench *b, struct slot *s)
+{
+    pick(b, s);
+    enum op op = s->op;
     s->hdr->type = op == OP_READ ? VIRTIO_BLK_T_IN : op == OP_WRITE ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_FLUSH;
     s->hdr->ioprio = 0;
     s->hdr->sector = s->off / 512;
@@ -181,8 +209,6 @@ static void submit(struct bench *b, struct slot *s)
     uint16_t h = s->head;
     vhc_set_desc(&b->c, s->q, h, vhc_gpa(&b->c, s->hdr), 16, VRING_DESC_F_NEXT, op == OP_FLUSH ? h + 2 : h + 1);
     if (op != OP_FLUSH) {
-        if (op == OP_WRITE && b->verify)
-            fill_pattern(s->buf, s->off, b->bs);
         vhc_set_desc(&b->c, s->q, h + 1, vhc_gpa(&b->c, s->buf), b->bs,
                      VRING_DESC_F_NEXT | (op == OP_READ ? VRING_DESC_F_WRITE : 0), h + 2);
     }
@@ -196,11 +222,17 @@ static void complete(struct bench *b, struct slot *s, uint64_t t)
 {
     s->busy = false;
     b->hist[bucket(t - s->start_ns)]++;
-    if (*s->status != VIRTIO_BLK_S_OK) {
-        if (b->errors++ == 0)
-            fprintf(stderr, "vbd-bench: %s at offset %llu failed with status %u\n",
-                    s->op == OP_READ ? "read" : s->op == OP_WRITE ? "write" : "flush", (unsigned long long)s->off,
-                    *s->status);
+    bool failed = b->nbd_uri ? s->result < 0 : *s->status != VIRTIO_BLK_S_OK;
+    if (failed) {
+        if (b->errors++ == 0) {
+            const char *what = s->op == OP_READ ? "read" : s->op == OP_WRITE ? "write" : "flush";
+            if (b->nbd_uri)
+                fprintf(stderr, "vbd-bench: %s at offset %llu failed: %s\n", what, (unsigned long long)s->off,
+                        strerror(-s->result));
+            else
+                fprintf(stderr, "vbd-bench: %s at offset %llu failed with status %u\n", what,
+                        (unsigned long long)s->off, *s->status);
+        }
         return;
     }
     if (s->op == OP_FLUSH)
@@ -265,6 +297,93 @@ static void run_phase(struct bench *b, uint64_t deadline)
     }
 }
 
+/* NBD: each slot is a coroutine that runs requests back to back on its
+ * queue's connection; the connection pipelines the slots' requests. */
+static void nbd_slot_co(void *arg)
+{
+    struct slot *s = arg;
+    struct bench *b = s->b;
+    struct vbd_node *n = b->nodes[s->q];
+    while (more_work(b) && !(b->deadline && now_ns() >= b->deadline)) {
+        pick(b, s);
+        s->busy = true;
+        s->start_ns = now_ns();
+        if (s->op == OP_FLUSH) {
+            s->result = vbd_node_co_flush(n);
+        } else {
+            struct iovec iov = {s->buf, b->bs};
+            struct vbd_qiov qiov;
+            vbd_qiov_init(&qiov, &iov, 1);
+            s->result = s->op == OP_READ ? vbd_node_co_preadv(n, s->off, b->bs, &qiov, 0, 0)
+                                         : vbd_node_co_pwritev(n, s->off, b->bs, &qiov, 0, 0);
+        }
+        complete(b, s, now_ns());
+    }
+    if (--b->running == 0 && b->waiter)
+        vbd_co_wake(b->waiter);
+}
+
+static void nbd_run_phase(struct bench *b, uint64_t deadline)
+{
+    b->deadline = deadline;
+    b->running = b->queues * b->depth;
+    b->waiter = vbd_co_self();
+    for (int i = 0; i < b->queues * b->depth; i++)
+        vbd_co_wake(vbd_co_create(nbd_slot_co, &b->slots[i]));
+    while (b->running)
+        vbd_co_yield();
+    b->waiter = NULL;
+}
+
+struct nbd_open_args {
+    struct bench *b;
+    bool writable;
+    int rc;
+    char err[512];
+};
+
+static void nbd_open_co(void *arg)
+{
+    struct nbd_open_args *a = arg;
+    struct bench *b = a->b;
+    for (int q = 0; q < b->queues; q++) {
+        struct vbd_error *err = NULL;
+        struct json_object *opts = json_object_new_object();
+        json_object_object_add(opts, "driver", json_object_new_string("nbd"));
+        b->nodes[q] = vbd_open(b->nbd_uri, opts, a->writable ? VBD_OPEN_RDWR : 0, &err);
+        if (!b->nodes[q]) {
+            snprintf(a->err, sizeof(a->err), "%s", err ? err->msg : "cannot connect");
+            vbd_error_free(err);
+            a->rc = -1;
+            return;
+        }
+    }
+}
+
+static void nbd_close_co(void *arg)
+{
+    struct bench *b = arg;
+    for (int q = 0; q < b->queues; q++)
+        if (b->nodes[q])
+            vbd_node_unref(b->nodes[q]);
+}
+
+static void nbd_bench_co(void *arg)
+{
+    struct bench *b = arg;
+    uint64_t t0 = now_ns();
+    if (b->verify) {
+        b->phase = 0;
+        nbd_run_phase(b, 0);
+        b->phase = 1;
+        b->issued = 0;
+        b->seq_off = 0;
+        nbd_run_phase(b, 0);
+    } else {
+        nbd_run_phase(b, b->count ? 0 : t0 + (uint64_t)(b->seconds * 1e9));
+    }
+}
+
 static uint64_t parse_size(const char *s, bool *ok)
 {
     char *end;
@@ -280,6 +399,68 @@ static uint64_t parse_size(const char *s, bool *ok)
     return v * mul;
 }
 
+static void report(struct bench *b, double secs)
+{
+    double iops = b->done / secs, mbs = b->bytes / secs / 1e6;
+    double p50 = percentile_us(b, 50), p99 = percentile_us(b, 99), p999 = percentile_us(b, 99.9);
+    if (b->json)
+        printf("{\"workload\": \"%s\", \"block-size\": %u, \"queues\": %d, \"depth\": %d, \"seconds\": %.3f, "
+               "\"requests\": %llu, \"iops\": %.0f, \"mb-per-s\": %.1f, \"lat-us\": {\"p50\": %.1f, \"p99\": %.1f, "
+               "\"p99.9\": %.1f}, \"errors\": %llu, \"verify-mismatches\": %llu}\n",
+               b->verify ? "verify" : b->workload, b->bs, b->queues, b->depth, secs, (unsigned long long)b->done, iops, mbs,
+               p50, p99, p999, (unsigned long long)b->errors, (unsigned long long)b->mismatches);
+    else
+        printf("vbd-bench: %s bs=%u queues=%d depth=%d: %llu requests in %.2fs\n"
+               "  IOPS %.0f  MB/s %.1f  latency us: p50 %.1f  p99 %.1f  p99.9 %.1f  errors %llu\n",
+               b->verify ? "verify" : b->workload, b->bs, b->queues, b->depth, (unsigned long long)b->done, secs, iops, mbs,
+               p50, p99, p999, (unsigned long long)b->errors);
+    if (b->verify && b->mismatches)
+        fprintf(stderr, "vbd-bench: verify: %llu blocks differ, the first at byte offset %llu\n",
+                (unsigned long long)b->mismatches, (unsigned long long)b->first_bad);
+    else if (b->verify && !b->errors)
+        printf("  verify: %llu bytes written and read back identical\n", (unsigned long long)b->size);
+}
+
+static int nbd_main(struct bench *b)
+{
+    vbd_log_set_prog("vbd-bench");
+    bool writable = b->verify || b->write_only || b->mixed || b->flush_every;
+    struct nbd_open_args a = {.b = b, .writable = writable};
+    vbd_co_run_sync(nbd_open_co, &a);
+    if (a.rc < 0) {
+        fprintf(stderr, "vbd-bench: %s\n", a.err);
+        vbd_co_run_sync(nbd_close_co, b);
+        return 2;
+    }
+    uint64_t disk = b->nodes[0]->size;
+    if (!b->size || b->size > disk)
+        b->size = b->verify && disk > (64u << 20) ? (64u << 20) : disk;
+    b->size -= b->size % b->bs;
+    if (b->size < b->bs) {
+        fprintf(stderr, "vbd-bench: block size %u does not fit the export (%llu bytes)\n", b->bs,
+                (unsigned long long)disk);
+        vbd_co_run_sync(nbd_close_co, b);
+        return 2;
+    }
+    b->slots = calloc((size_t)b->queues * b->depth, sizeof(*b->slots));
+    for (int q = 0; q < b->queues; q++)
+        for (int i = 0; i < b->depth; i++) {
+            struct slot *s = &b->slots[q * b->depth + i];
+            s->b = b;
+            s->q = q;
+            s->buf = aligned_alloc(4096, (b->bs + 4095) / 4096 * 4096);
+            memset(s->buf, 0, b->bs);
+        }
+    uint64_t t0 = now_ns();
+    vbd_co_run_sync(nbd_bench_co, b);
+    report(b, (now_ns() - t0) / 1e9);
+    vbd_co_run_sync(nbd_close_co, b);
+    for (int i = 0; i < b->queues * b->depth; i++)
+        free(b->slots[i].buf);
+    free(b->slots);
+    return b->errors || b->mismatches ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct bench b;
@@ -292,8 +473,9 @@ int main(int argc, char **argv)
     b.workload = "randread";
     b.rng = 0x2545F4914F6CDD1Dull;
     uint64_t mem_mb = 0;
-    enum { O_VU = 256, O_SIZE, O_FLUSH, O_VERIFY, O_POLL, O_MEM, O_JSON };
+    enum { O_VU = 256, O_NBD, O_SIZE, O_FLUSH, O_VERIFY, O_POLL, O_MEM, O_JSON };
     static const struct option lo[] = {{"vhost-user", required_argument, NULL, O_VU},
+                                       {"nbd", required_argument, NULL, O_NBD},
                                        {"queues", required_argument, NULL, 'q'},
                                        {"depth", required_argument, NULL, 'd'},
                                        {"block-size", required_argument, NULL, 'b'},
@@ -313,6 +495,7 @@ int main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "q:d:b:w:t:n:h", lo, NULL)) != -1) {
         switch (opt) {
         case O_VU: sock = optarg; break;
+        case O_NBD: b.nbd_uri = optarg; break;
         case 'q': b.queues = atoi(optarg); ok = b.queues >= 1 && b.queues <= VHC_MAX_QUEUES; break;
         case 'd': b.depth = atoi(optarg); ok = b.depth >= 1 && b.depth <= 340; break;
         case 'b': b.bs = (uint32_t)parse_size(optarg, &ok); ok = ok && b.bs && b.bs % 512 == 0 && b.bs <= (4u << 20); break;
@@ -350,10 +533,13 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!sock || optind < argc) {
-        fprintf(stderr, "vbd-bench: %s\n", sock ? "unexpected argument" : "--vhost-user SOCKET is required");
+    if (!(sock || b.nbd_uri) || (sock && b.nbd_uri) || optind < argc) {
+        fprintf(stderr, "vbd-bench: %s\n",
+                optind < argc ? "unexpected argument" : "one of --vhost-user SOCKET or --nbd URI is required");
         return 2;
     }
+    if (b.nbd_uri)
+        return nbd_main(&b);
     uint16_t ring = 8;
     while (ring < 3 * b.depth)
         ring *= 2;
@@ -410,26 +596,10 @@ int main(int argc, char **argv)
     } else {
         run_phase(&b, b.count ? 0 : t0 + (uint64_t)(b.seconds * 1e9));
     }
-    double secs = (now_ns() - t0) / 1e9;
-    double iops = b.done / secs, mbs = b.bytes / secs / 1e6;
-    double p50 = percentile_us(&b, 50), p99 = percentile_us(&b, 99), p999 = percentile_us(&b, 99.9);
-    if (b.json)
-        printf("{\"workload\": \"%s\", \"block-size\": %u, \"queues\": %d, \"depth\": %d, \"seconds\": %.3f, "
-               "\"requests\": %llu, \"iops\": %.0f, \"mb-per-s\": %.1f, \"lat-us\": {\"p50\": %.1f, \"p99\": %.1f, "
-               "\"p99.9\": %.1f}, \"errors\": %llu, \"verify-mismatches\": %llu}\n",
-               b.verify ? "verify" : b.workload, b.bs, b.queues, b.depth, secs, (unsigned long long)b.done, iops, mbs,
-               p50, p99, p999, (unsigned long long)b.errors, (unsigned long long)b.mismatches);
-    else
-        printf("vbd-bench: %s bs=%u queues=%d depth=%d: %llu requests in %.2fs\n"
-               "  IOPS %.0f  MB/s %.1f  latency us: p50 %.1f  p99 %.1f  p99.9 %.1f  errors %llu\n",
-               b.verify ? "verify" : b.workload, b.bs, b.queues, b.depth, (unsigned long long)b.done, secs, iops, mbs,
-               p50, p99, p999, (unsigned long long)b.errors);
-    if (b.verify && b.mismatches)
-        fprintf(stderr, "vbd-bench: verify: %llu blocks differ, the first at byte offset %llu\n",
-                (unsigned long long)b.mismatches, (unsigned long long)b.first_bad);
-    else if (b.verify && !b.errors)
-        printf("  verify: %llu bytes written and read back identical\n", (unsigned long long)b.size);
+    report(&b, (now_ns() - t0) / 1e9);
     vhc_close(&b.c);
     free(b.slots);
     return b.errors || b.mismatches ? 1 : 0;
 }
+
+
