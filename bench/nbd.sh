@@ -1,8 +1,9 @@
 #!/bin/bash
 # vbd-daemon's NBD export vs qemu-nbd vs nbdkit (file plugin) serving the
 # same raw file on /dev/shm, over a unix socket and TCP loopback, driven by
-# the same client (fio's nbd engine) in one run. Ratio = vbd / best peer
-# (> 1: vbd is faster). Not a test.   bench/nbd.sh [SECONDS]
+# the same clients (fio's nbd engine, then vbd-bench --nbd) in one run.
+# Ratio = vbd / best peer (> 1: vbd is faster). Not a test.
+#   bench/nbd.sh [SECONDS]      CLIENTS="fio vbd-bench" (default both)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
@@ -37,14 +38,22 @@ fio_iops() { # URI RW BS DEPTH
         --size=1G --output-format=json 2>/dev/null |
         python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; print(round(j[d]['iops']))"
 }
-echo "machine: $(machine); fio ioengine=nbd, $SECS s per run"
+VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
+bench_iops() { # URI RW BS DEPTH (vbd-bench's workload names are fio's)
+    "$VBD_BENCH" --nbd "$1" -w "$2" -b "$3" -d "$4" -t "$SECS" --json |
+        python3 -c "import json,sys; print(round(json.load(sys.stdin)['iops']))"
+}
+echo "machine: $(machine); $SECS s per run"
+for client in ${CLIENTS:-fio vbd-bench}; do
+echo "client: $client"
 printf '%-5s %-18s %10s %10s %10s %7s\n' via workload vbd qemu-nbd nbdkit ratio
 for t in unix tcp; do
     while IFS='|' read -r label rw bs depth; do
         declare -A r=()
         for s in vbd qemu-nbd nbdkit; do
             serve $s $t
-            r[$s]=$(fio_iops "$URI" $rw $bs $depth || echo 0)
+            if [ $client = fio ]; then r[$s]=$(fio_iops "$URI" $rw $bs $depth || echo 0)
+            else r[$s]=$(bench_iops "$URI" $rw $bs $depth || echo 0); fi
             stop
         done
         best=${r[qemu-nbd]}; [ "${r[nbdkit]}" -gt "$best" ] && best=${r[nbdkit]}
@@ -56,4 +65,5 @@ for t in unix tcp; do
 4k randwrite QD32|randwrite|4k|32
 1M seqread QD8|read|1M|8
 ROWS
+done
 done
