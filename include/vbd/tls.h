@@ -68,7 +68,7 @@ struct vbd_tls_client_opts {
 };
 struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts *o, const char *who,
                                                struct vbd_error **err);
-/* Created by vbd_tls_creds_new_client from the system's CAs. */
+/* Created by vbd_tls_creds_new_client from the system's CAs (false for NULL). */
 bool vbd_tls_creds_system_ca(const struct vbd_tls_creds *c);
 /* Drop every registered object (at exit; users keep their references). */
 void vbd_tls_creds_remove_all(void);

@@ -570,7 +570,7 @@ const char *vbd_tls_creds_type_name(const struct vbd_tls_creds *c)
 
 bool vbd_tls_creds_system_ca(const struct vbd_tls_creds *c)
 {
-    return c->system_ca;
+    return c && c->system_ca;
 }
 
 struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint want, const char *who,
