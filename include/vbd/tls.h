@@ -48,6 +48,28 @@ struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint wa
                                         struct vbd_error **err);
 void vbd_tls_creds_unref(struct vbd_tls_creds *c);
 const char *vbd_tls_creds_id(const struct vbd_tls_creds *c);
+/* "tls-creds-x509", "tls-creds-psk" or "tls-creds-anon". */
+const char *vbd_tls_creds_type_name(const struct vbd_tls_creds *c);
+/* x509 credentials that check the peer's certificate (verify-peer=on). */
+bool vbd_tls_creds_verify_peer(const struct vbd_tls_creds *c);
+
+/*
+ * Client credentials given the way libnbd's URIs give them (nbds://...?
+ * tls-certificates=DIR or tls-psk-file=FILE): private to their user, not
+ * registered. psk_file set: PSK with that psktool file and username (NULL:
+ * the login name). Else x509 from cert_dir (ca-cert.pem, optional
+ * client-cert.pem and client-key.pem); cert_dir NULL: libnbd's defaults
+ * ($HOME/.pki/libnbd, $HOME/.config/pki/libnbd, or /etc/pki/libnbd for
+ * root), else the system's trusted CAs. "who" starts messages.
+ */
+struct vbd_tls_client_opts {
+    const char *cert_dir, *psk_file, *username;
+    bool verify_peer;
+};
+struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts *o, const char *who,
+                                               struct vbd_error **err);
+/* Created by vbd_tls_creds_new_client from the system's CAs (false for NULL). */
+bool vbd_tls_creds_system_ca(const struct vbd_tls_creds *c);
 /* Drop every registered object (at exit; users keep their references). */
 void vbd_tls_creds_remove_all(void);
 
@@ -67,6 +89,13 @@ void vbd_tls_free(struct vbd_tls *t);
 /* Why a session that had completed its handshake failed (a fatal alert
  * from the peer, say), or NULL. */
 const char *vbd_tls_error(const struct vbd_tls *t);
+/* The distinguished name of the peer's x509 certificate as GnuTLS writes
+ * it (gnutls_x509_crt_get_dn, what QEMU's tls-authz checks), malloc'd;
+ * NULL with *err when the peer sent none. After the handshake. */
+char *vbd_tls_peer_dn(struct vbd_tls *t, struct vbd_error **err);
+/* Refuse a session whose handshake succeeded: send a fatal access_denied
+ * alert (one try, no waiting); the session is unusable afterwards. */
+void vbd_tls_deny(struct vbd_tls *t);
 /* "TLS1.3 / ECDHE-RSA / AES-256-GCM" style description for logs. */
 const char *vbd_tls_describe(struct vbd_tls *t, char *buf, size_t len);
 

@@ -8,6 +8,7 @@
  */
 #include "daemon.h"
 
+#include "vbd/authz.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -39,7 +40,9 @@ static const char usage_text[] =
     "  --export type=nbd,id=ID,node-name=NAME[,name=EXPORT][,description=TEXT][,writable=on|off]\n"
     "                    export a node (needs --nbd-server first)\n"
     "  --nbd-server addr.type=unix,addr.path=PATH | addr.type=inet,addr.host=HOST,addr.port=PORT\n"
-    "                    [,max-connections=N][,tls-creds=ID]   start the NBD server (tls-creds: TLS required)\n"
+    "                    [,max-connections=N][,tls-creds=ID[,tls-authz=ID]]   start the NBD server\n"
+    "                    (tls-creds: TLS required; tls-authz: the client certificate's DN must be\n"
+    "                    allowed by that authz object, and tls-creds x509 with verify-peer=on)\n"
     "  --export type=vhost-user-blk,id=ID,node-name=NAME,addr.type=unix,addr.path=SOCKET[,writable=on|off]\n"
     "           [,num-queues=N][,logical-block-size=512|4096][,physical-block-size=N][,writethrough=on|off]\n"
     "           [,serial=S][,server=on|off][,werror=report|stop|enospc][,rerror=report|stop]\n"
@@ -63,6 +66,13 @@ static const char usage_text[] =
     "                    TLS credentials for --nbd-server tls-creds=ID and nbd nodes' tls-creds=ID\n"
     "                    (x509 DIR: ca-cert.pem, server-cert.pem/-key.pem or client-cert.pem/-key.pem;\n"
     "                    psk DIR: keys.psk as psktool writes it)\n"
+    "  --object authz-simple,id=ID,identity=DN\n"
+    "  --object '{\"qom-type\":\"authz-list\",\"id\":\"ID\",\"policy\":\"deny\",\"rules\":\n"
+    "            [{\"match\":\"O=vbd,CN=*\",\"policy\":\"allow\",\"format\":\"glob\"}]}'\n"
+    "                    who may connect to --nbd-server tls-authz=ID: the client certificate's\n"
+    "                    distinguished name (as O=vbd,CN=client; in keyval ',' is written ',,')\n"
+    "                    must equal identity (authz-simple), or the first rule that matches it decides\n"
+    "                    (authz-list; exact or glob with * and ?; no rule: policy, default deny)\n"
     "  --pidfile PATH    write the daemon's PID (after everything listens)\n"
     "  --daemonize       go to the background once every socket listens\n"
     "  -v, --verbose     debug log;  -h, --help;  -V, --version\n"
@@ -167,15 +177,18 @@ static int add_object(const char *arg, struct vbd_error **err)
     int rc = 0;
     if (t && vbd_tls_creds_type(t)) {
         rc = vbd_tls_creds_add(t, opts, err);
+    } else if (t && vbd_authz_type(t)) {
+        rc = vbd_authz_add(t, opts, err);
     } else if (t && !strcmp(t, "iothread")) {
         rc = vbd_iothread_add(opts, err);
         if (rc == 0 && vbd_opts_check_empty(opts, "--object iothread", err) < 0)
             rc = -EINVAL; /* the thread stays: it idles until the daemon exits */
     } else {
-        vbd_error_setf(err, EINVAL,
-                       "--object: unsupported object type '%s' (supported: iothread, tls-creds-x509, tls-creds-psk, "
-                       "tls-creds-anon)",
-                       t ? t : "");
+        vbd_error_setf(
+            err, EINVAL,
+            "--object: unsupported object type '%s' (supported: iothread, tls-creds-x509, tls-creds-psk, "
+            "tls-creds-anon, authz-simple, authz-list)",
+            t ? t : "");
         rc = -EINVAL;
     }
     free(t);
@@ -584,6 +597,7 @@ int vbd_daemon_main(int argc, char **argv)
         vbd_node_unref(nodes[i]);
     free(nodes);
     vbd_tls_creds_remove_all();
+    vbd_authz_remove_all();
     free(drive.serial);
     free(drive.werror);
     free(drive.rerror);

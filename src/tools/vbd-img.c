@@ -1969,6 +1969,9 @@ static void usage(FILE *f)
         fprintf(f, "  %-10s %s\n", v->name, v->summary);
     fprintf(f, "\nRun 'vbd-img COMMAND --help' for a command's options. Every command also takes\n"
                "--object tls-creds-x509|tls-creds-psk,id=ID,dir=DIR,endpoint=client,... for nbd nodes' tls-creds=ID.\n"
+               "NBD filenames: nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, and with TLS required\n"
+               "nbds:// and nbds+unix:// taking libnbd's tls-certificates=DIR, tls-psk-file=FILE, tls-username=NAME,\n"
+               "tls-verify-peer=false, tls-hostname=NAME, or tls-creds=ID (an --object).\n"
                "Supported formats:");
     for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
         fprintf(f, " %s", (*d)->name);

@@ -34,6 +34,8 @@ static const char usage_text[] =
     "      --image-opts     FILE is an option string (driver=...,file.filename=...)\n"
     "      --object OBJ     tls-creds-x509|tls-creds-psk,id=ID,dir=DIR,endpoint=client,... (for an nbd\n"
     "                       node's tls-creds=ID)\n"
+    "  FILE may be an NBD URI: nbd://, nbd+unix://, or nbds://, nbds+unix:// (TLS required) with\n"
+    "  ?tls-certificates=DIR, ?tls-psk-file=FILE[&tls-username=NAME] or ?tls-creds=ID\n"
     "  -q, --quiet          print nothing but errors\n"
     "  -h, --help           this help;  -V, --version  version\n"
     "\n"

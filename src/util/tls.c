@@ -61,16 +61,20 @@ static int plain_recvv_full(int fd, struct iovec *iov, int iovcnt)
 #include <arpa/inet.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#include <pwd.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 enum creds_kind { CREDS_X509, CREDS_PSK, CREDS_ANON };
 static const char *const kind_names[] = {"tls-creds-x509", "tls-creds-psk", "tls-creds-anon"};
 
 struct vbd_tls_creds {
     char *id;
+    char *what; /* how messages name it: "tls-creds-x509 'ID'", or the URI parameter it came from */
     enum creds_kind kind;
     enum vbd_tls_endpoint endpoint;
     bool verify_peer;
+    bool system_ca; /* x509 client trusting the system's CAs (an nbds:// URI without credentials) */
     char *priority;
     int refs;
     gnutls_certificate_credentials_t x509;
@@ -133,6 +137,7 @@ static void creds_free(struct vbd_tls_creds *c)
     if (c->dh)
         gnutls_dh_params_deinit(c->dh);
     free(c->id);
+    free(c->what);
     free(c->priority);
     free(c);
 }
@@ -164,8 +169,7 @@ static int creds_file(const struct vbd_tls_creds *c, const char *dir, const char
     int e = errno;
     if (e == ENOENT && !required)
         return 0;
-    vbd_error_setf(err, e, "%s '%s': unable to access credentials %s: %s", kind_names[c->kind], c->id, *path,
-                   strerror(e));
+    vbd_error_setf(err, e, "%s: unable to access credentials %s: %s", c->what, *path, strerror(e));
     return -1;
 }
 
@@ -183,8 +187,8 @@ static int load_dh(struct vbd_tls_creds *c, const char *dir, struct vbd_error **
         rc = gnutls_dh_params_import_pkcs3(c->dh, &d, GNUTLS_X509_FMT_PEM);
     gnutls_free(d.data);
     if (rc < 0)
-        vbd_error_setf(err, EINVAL, "%s '%s': cannot load DH parameters %s: %s", kind_names[c->kind], c->id,
-                       path, gnutls_strerror(rc));
+        vbd_error_setf(err, EINVAL, "%s: cannot load DH parameters %s: %s", c->what, path,
+                       gnutls_strerror(rc));
     free(path);
     return rc < 0 ? -1 : 1;
 }
@@ -203,32 +207,30 @@ static int load_x509(struct vbd_tls_creds *c, const char *dir, struct vbd_error 
                                &key, err)) < 0)
         goto out;
     if (have_key && !have_cert) {
-        vbd_error_setf(err, ENOENT, "%s '%s': %s/client-key.pem has no client-cert.pem beside it",
-                       kind_names[c->kind], c->id, dir);
+        vbd_error_setf(err, ENOENT, "%s: %s/client-key.pem has no client-cert.pem beside it", c->what, dir);
         goto out;
     }
     int g = gnutls_certificate_allocate_credentials(&c->x509);
     if (g < 0) {
-        vbd_error_setf(err, ENOMEM, "%s '%s': %s", kind_names[c->kind], c->id, gnutls_strerror(g));
+        vbd_error_setf(err, ENOMEM, "%s: %s", c->what, gnutls_strerror(g));
         goto out;
     }
     if (have_ca) {
         g = gnutls_certificate_set_x509_trust_file(c->x509, ca, GNUTLS_X509_FMT_PEM);
         if (g <= 0) {
-            vbd_error_setf(err, EINVAL, "%s '%s': cannot load CA certificate %s: %s", kind_names[c->kind],
-                           c->id, ca, g < 0 ? gnutls_strerror(g) : "no certificate in the file");
+            vbd_error_setf(err, EINVAL, "%s: cannot load CA certificate %s: %s", c->what, ca,
+                           g < 0 ? gnutls_strerror(g) : "no certificate in the file");
             goto out;
         }
     }
     if (have_crl && (g = gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM)) < 0) {
-        vbd_error_setf(err, EINVAL, "%s '%s': cannot load CRL %s: %s", kind_names[c->kind], c->id, crl,
-                       gnutls_strerror(g));
+        vbd_error_setf(err, EINVAL, "%s: cannot load CRL %s: %s", c->what, crl, gnutls_strerror(g));
         goto out;
     }
     if (have_cert &&
         (g = gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM)) < 0) {
-        vbd_error_setf(err, EINVAL, "%s '%s': cannot load certificate %s with key %s: %s",
-                       kind_names[c->kind], c->id, cert, key, gnutls_strerror(g));
+        vbd_error_setf(err, EINVAL, "%s: cannot load certificate %s with key %s: %s", c->what, cert, key,
+                       gnutls_strerror(g));
         goto out;
     }
     if (server) {
@@ -250,18 +252,15 @@ out:
 }
 
 /* psktool's keys.psk: "username:hexkey" lines. */
-static int load_psk(struct vbd_tls_creds *c, const char *dir, const char *username, struct vbd_error **err)
+static int load_psk(struct vbd_tls_creds *c, const char *dir, const char *path, const char *username,
+                    struct vbd_error **err)
 {
-    char *path = NULL;
     int rc = -1;
-    if (creds_file(c, dir, "keys.psk", true, &path, err) < 0)
-        goto out;
     int g;
     if (c->endpoint == VBD_TLS_SERVER) {
         if ((g = gnutls_psk_allocate_server_credentials(&c->psk_server)) < 0 ||
             (g = gnutls_psk_set_server_credentials_file(c->psk_server, path)) < 0) {
-            vbd_error_setf(err, EINVAL, "%s '%s': cannot load %s: %s", kind_names[c->kind], c->id, path,
-                           gnutls_strerror(g));
+            vbd_error_setf(err, EINVAL, "%s: cannot load %s: %s", c->what, path, gnutls_strerror(g));
             goto out;
         }
         int dh = load_dh(c, dir, err);
@@ -276,8 +275,7 @@ static int load_psk(struct vbd_tls_creds *c, const char *dir, const char *userna
     }
     FILE *f = fopen(path, "re");
     if (!f) {
-        vbd_error_setf(err, errno, "%s '%s': cannot open %s: %s", kind_names[c->kind], c->id, path,
-                       strerror(errno));
+        vbd_error_setf(err, errno, "%s: cannot open %s: %s", c->what, path, strerror(errno));
         goto out;
     }
     char line[1024];
@@ -290,14 +288,13 @@ static int load_psk(struct vbd_tls_creds *c, const char *dir, const char *userna
         hex[strcspn(hex, "\r\n")] = 0;
         gnutls_datum_t key = {(unsigned char *)hex, (unsigned)strlen(hex)};
         if (!key.size) {
-            vbd_error_setf(err, EINVAL, "%s '%s': empty key for user '%s' in %s", kind_names[c->kind], c->id,
-                           username, path);
+            vbd_error_setf(err, EINVAL, "%s: empty key for user '%s' in %s", c->what, username, path);
             break;
         }
         if ((g = gnutls_psk_allocate_client_credentials(&c->psk_client)) < 0 ||
             (g = gnutls_psk_set_client_credentials(c->psk_client, username, &key, GNUTLS_PSK_KEY_HEX)) < 0) {
-            vbd_error_setf(err, EINVAL, "%s '%s': bad key for user '%s' in %s: %s", kind_names[c->kind],
-                           c->id, username, path, gnutls_strerror(g));
+            vbd_error_setf(err, EINVAL, "%s: bad key for user '%s' in %s: %s", c->what, username, path,
+                           gnutls_strerror(g));
             break;
         }
         found = true;
@@ -305,20 +302,70 @@ static int load_psk(struct vbd_tls_creds *c, const char *dir, const char *userna
     explicit_bzero(line, sizeof(line));
     fclose(f);
     if (!found) {
-        vbd_error_setf(err, ENOENT, "%s '%s': username '%s' not found in %s", kind_names[c->kind], c->id,
-                       username, path);
+        vbd_error_setf(err, ENOENT, "%s: username '%s' not found in %s", c->what, username, path);
         goto out;
     }
     rc = 0;
 out:
-    free(path);
     return rc;
+}
+
+static struct vbd_tls_creds *creds_alloc(enum creds_kind kind, enum vbd_tls_endpoint endpoint, const char *id,
+                                         const char *what, struct vbd_error **err)
+{
+    struct vbd_tls_creds *c = calloc(1, sizeof(*c));
+    if (!c || !(c->id = strdup(id)) ||
+        (what ? !(c->what = strdup(what)) : asprintf(&c->what, "%s '%s'", kind_names[kind], id) < 0)) {
+        if (c) {
+            c->what = NULL;
+            free(c->id);
+        }
+        free(c);
+        vbd_error_setf(err, ENOMEM, "out of memory");
+        return NULL;
+    }
+    c->kind = kind;
+    c->endpoint = endpoint;
+    c->refs = 1;
+    return c;
+}
+
+/* The session priority string, checked now rather than at the first connection. */
+static int set_priority(struct vbd_tls_creds *c, const char *priority, struct vbd_error **err)
+{
+    static const char *const extra[] = {"", ":+ECDHE-PSK:+DHE-PSK:+PSK", ":+ANON-ECDH:+ANON-DH"};
+    /* NORMAL lists ChaCha20 before AES-128-GCM, and PSK sessions (SHA-256 only in TLS 1.3) then get
+     * ChaCha20, many times slower than AES-GCM where the CPU has AES instructions: move it last there,
+     * and let a server's order decide. An explicit priority= is taken as it is. */
+    const char *def = "NORMAL";
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("aes"))
+        def = c->endpoint == VBD_TLS_SERVER
+                  ? "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305:%SERVER_PRECEDENCE"
+                  : "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305";
+#endif
+    if (asprintf(&c->priority, "%s%s", priority ? priority : def, extra[c->kind]) < 0) {
+        c->priority = NULL;
+        vbd_error_setf(err, ENOMEM, "out of memory");
+        return -1;
+    }
+    gnutls_priority_t pc;
+    const char *errpos = NULL;
+    int g = gnutls_priority_init(&pc, c->priority, &errpos);
+    if (g < 0) {
+        vbd_error_setf(err, EINVAL, "%s: bad priority string '%s' (at '%s'): %s", c->what, c->priority,
+                       errpos ? errpos : "", gnutls_strerror(g));
+        return -1;
+    }
+    gnutls_priority_deinit(pc);
+    return 0;
 }
 
 int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd_error **err)
 {
     static const char *const endpoints[] = {"server", "client", NULL};
-    char *id = NULL, *dir = NULL, *username = NULL, *priority = NULL;
+    char *id = NULL, *dir = NULL, *username = NULL, *priority = NULL, *psk = NULL;
     int endpoint = VBD_TLS_CLIENT;
     bool verify = true;
     struct vbd_tls_creds *c = NULL;
@@ -355,25 +402,19 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
         vbd_error_setf(err, EINVAL, "%s '%s': 'username' is for endpoint=client", qom_type, id);
         goto fail;
     }
-    c = calloc(1, sizeof(*c));
-    if (!c) {
-        vbd_error_setf(err, ENOMEM, "out of memory");
+    if (!(c = creds_alloc((enum creds_kind)kind, (enum vbd_tls_endpoint)endpoint, id, NULL, err)))
         goto fail;
-    }
-    c->id = id;
-    id = NULL;
-    c->kind = (enum creds_kind)kind;
-    c->endpoint = (enum vbd_tls_endpoint)endpoint;
     /* PSK and anonymous sessions have no certificates to check */
     c->verify_peer = kind == CREDS_X509 && verify;
-    c->refs = 1;
     int rc = 0, g = 0;
     switch (c->kind) {
     case CREDS_X509:
         rc = load_x509(c, dir, err);
         break;
     case CREDS_PSK:
-        rc = load_psk(c, dir, username ? username : "qemu", err);
+        rc = creds_file(c, dir, "keys.psk", true, &psk, err);
+        if (rc >= 0)
+            rc = load_psk(c, dir, psk, username ? username : "qemu", err);
         break;
     case CREDS_ANON:
         if (c->endpoint == VBD_TLS_SERVER) {
@@ -383,42 +424,18 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
             g = gnutls_anon_allocate_client_credentials(&c->anon_client);
         }
         if (g < 0) {
-            vbd_error_setf(err, ENOMEM, "%s '%s': %s", qom_type, c->id, gnutls_strerror(g));
+            vbd_error_setf(err, ENOMEM, "%s: %s", c->what, gnutls_strerror(g));
             rc = -1;
         }
         break;
     }
-    if (rc < 0)
+    if (rc < 0 || set_priority(c, priority, err) < 0)
         goto fail;
-    static const char *const extra[] = {"", ":+ECDHE-PSK:+DHE-PSK:+PSK", ":+ANON-ECDH:+ANON-DH"};
-    /* NORMAL lists ChaCha20 before AES-128-GCM, and PSK sessions (SHA-256 only in TLS 1.3) then get
-     * ChaCha20, many times slower than AES-GCM where the CPU has AES instructions: move it last there,
-     * and let a server's order decide. An explicit priority= is taken as it is. */
-    const char *def = "NORMAL";
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("aes"))
-        def = c->endpoint == VBD_TLS_SERVER
-                  ? "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305:%SERVER_PRECEDENCE"
-                  : "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305";
-#endif
-    if (asprintf(&c->priority, "%s%s", priority ? priority : def, extra[c->kind]) < 0) {
-        c->priority = NULL;
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        goto fail;
-    }
-    /* check the priority string now, not at the first connection */
-    gnutls_priority_t pc;
-    const char *errpos = NULL;
-    if ((g = gnutls_priority_init(&pc, c->priority, &errpos)) < 0) {
-        vbd_error_setf(err, EINVAL, "%s '%s': bad priority string '%s' (at '%s'): %s", qom_type, c->id,
-                       c->priority, errpos ? errpos : "", gnutls_strerror(g));
-        goto fail;
-    }
-    gnutls_priority_deinit(pc);
     c->next = registry;
     registry = c;
+    free(id);
     free(dir);
+    free(psk);
     free(username);
     free(priority);
     return 0;
@@ -427,9 +444,133 @@ fail:
         creds_free(c);
     free(id);
     free(dir);
+    free(psk);
     free(username);
     free(priority);
     return -EINVAL;
+}
+
+/* The login name, as libnbd takes it for PSK; the effective user's name where there is no login
+ * (no controlling terminal, as under a service manager). */
+static int login_name(char *buf, size_t len)
+{
+    if (getlogin_r(buf, len) == 0 && *buf)
+        return 0;
+    struct passwd pw, *res = NULL;
+    char tmp[1024];
+    if (getpwuid_r(geteuid(), &pw, tmp, sizeof(tmp), &res) != 0 || !res || strlen(res->pw_name) >= len)
+        return -1;
+    strcpy(buf, res->pw_name);
+    return 0;
+}
+
+/* libnbd's default certificate directories, in its order: the first with a ca-cert.pem. */
+static char *default_cert_dir(void)
+{
+    const char *home = getenv("HOME");
+    char *d = NULL;
+    if (geteuid() == 0) {
+        d = strdup("/etc/pki/libnbd");
+    } else if (home && *home) {
+        if (asprintf(&d, "%s/.pki/libnbd", home) < 0)
+            return NULL;
+        char *ca = NULL;
+        bool have = asprintf(&ca, "%s/ca-cert.pem", d) >= 0 && access(ca, R_OK) == 0;
+        free(ca);
+        if (have)
+            return d;
+        free(d);
+        if (asprintf(&d, "%s/.config/pki/libnbd", home) < 0)
+            return NULL;
+    }
+    char *ca = NULL;
+    bool have = d && asprintf(&ca, "%s/ca-cert.pem", d) >= 0 && access(ca, R_OK) == 0;
+    free(ca);
+    if (!have) {
+        free(d);
+        d = NULL;
+    }
+    return d;
+}
+
+struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts *o, const char *who,
+                                               struct vbd_error **err)
+{
+    struct vbd_tls_creds *c = NULL;
+    char *dir = NULL, what[4200];
+    if (o->psk_file) {
+        char user[256];
+        const char *username = o->username;
+        if (!username) {
+            if (login_name(user, sizeof(user)) < 0) {
+                vbd_error_setf(err, ENOENT, "%s: no login name for the PSK username (give tls-username=NAME)",
+                               who);
+                return NULL;
+            }
+            username = user;
+        }
+        snprintf(what, sizeof(what), "%s: tls-psk-file=%s", who, o->psk_file);
+        if (!(c = creds_alloc(CREDS_PSK, VBD_TLS_CLIENT, "tls-psk-file", what, err)))
+            return NULL;
+        struct stat st;
+        if (stat(o->psk_file, &st) < 0) {
+            vbd_error_setf(err, errno, "%s: %s", what, strerror(errno));
+            goto fail;
+        }
+        if (load_psk(c, NULL, o->psk_file, username, err) < 0)
+            goto fail;
+    } else {
+        /* like libnbd: the given directory, else its default ones, else the system's CAs */
+        dir = o->cert_dir ? strdup(o->cert_dir) : default_cert_dir();
+        if (dir)
+            snprintf(what, sizeof(what), "%s: tls-certificates=%s", who, dir);
+        else
+            snprintf(what, sizeof(what), "%s: the system's trusted CAs", who);
+        if (!(c = creds_alloc(CREDS_X509, VBD_TLS_CLIENT, dir ? "tls-certificates" : "system-ca", what, err)))
+            goto fail;
+        c->verify_peer = o->verify_peer;
+        if (dir) {
+            if (load_x509(c, dir, err) < 0)
+                goto fail;
+        } else {
+            int g = gnutls_certificate_allocate_credentials(&c->x509);
+            if (g >= 0)
+                g = gnutls_certificate_set_x509_system_trust(c->x509);
+            if (g <= 0) {
+                vbd_error_setf(
+                    err, ENOENT,
+                    "%s: no system CA certificates%s%s (give tls-certificates=DIR, tls-psk-file=FILE "
+                    "or tls-creds=ID)",
+                    who, g < 0 ? ": " : "", g < 0 ? gnutls_strerror(g) : "");
+                goto fail;
+            }
+        }
+        c->system_ca = !dir;
+    }
+    if (set_priority(c, NULL, err) < 0)
+        goto fail;
+    free(dir);
+    return c;
+fail:
+    free(dir);
+    if (c)
+        creds_free(c);
+    return NULL;
+}
+
+bool vbd_tls_creds_verify_peer(const struct vbd_tls_creds *c)
+{
+    return c->verify_peer;
+}
+
+const char *vbd_tls_creds_type_name(const struct vbd_tls_creds *c)
+{
+    return kind_names[c->kind];
+}
+
+bool vbd_tls_creds_system_ca(const struct vbd_tls_creds *c)
+{
+    return c && c->system_ca;
 }
 
 struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint want, const char *who,
@@ -648,7 +789,7 @@ struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostnam
     gnutls_handshake_set_timeout(t->session, 0); /* ours: t->timer */
     return t;
 fail:
-    vbd_error_setf(err, EINVAL, "TLS: cannot set up a session with '%s': %s", c->id, gnutls_strerror(g));
+    vbd_error_setf(err, EINVAL, "TLS: cannot set up a session with %s: %s", c->what, gnutls_strerror(g));
     vbd_tls_free(t);
     return NULL;
 }
@@ -773,6 +914,53 @@ const char *vbd_tls_describe(struct vbd_tls *t, char *buf, size_t len)
     snprintf(buf, len, "%s, key exchange %s", d ? d : "?", kx ? kx : "?");
     gnutls_free(d);
     return buf;
+}
+
+char *vbd_tls_peer_dn(struct vbd_tls *t, struct vbd_error **err)
+{
+    unsigned n = 0;
+    const gnutls_datum_t *certs = gnutls_certificate_type_get(t->session) == GNUTLS_CRT_X509
+                                      ? gnutls_certificate_get_peers(t->session, &n)
+                                      : NULL;
+    if (!certs || !n) {
+        vbd_error_setf(err, EACCES, "the %s sent no certificate", t->server ? "client" : "server");
+        return NULL;
+    }
+    gnutls_x509_crt_t crt;
+    char *dn = NULL;
+    size_t len = 0;
+    int g = gnutls_x509_crt_init(&crt);
+    if (g < 0) {
+        vbd_error_setf(err, ENOMEM, "cannot read the peer's certificate: %s", gnutls_strerror(g));
+        return NULL;
+    }
+    /* the first certificate is the peer's own; the DN as QEMU's authz sees it */
+    if ((g = gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER)) >= 0 &&
+        (g = gnutls_x509_crt_get_dn(crt, NULL, &len)) == GNUTLS_E_SHORT_MEMORY_BUFFER) {
+        len++;
+        if (!(dn = malloc(len)))
+            g = GNUTLS_E_MEMORY_ERROR;
+        else
+            g = gnutls_x509_crt_get_dn(crt, dn, &len);
+    }
+    gnutls_x509_crt_deinit(crt);
+    if (g < 0 || !dn) {
+        vbd_error_setf(err, EACCES, "cannot read the distinguished name of the peer's certificate: %s",
+                       gnutls_strerror(g < 0 ? g : GNUTLS_E_INTERNAL_ERROR));
+        free(dn);
+        return NULL;
+    }
+    return dn;
+}
+
+void vbd_tls_deny(struct vbd_tls *t)
+{
+    if (t->failed)
+        return;
+    t->nowait = true; /* one try: the connection is dropped next anyway */
+    gnutls_alert_send(t->session, GNUTLS_AL_FATAL, GNUTLS_A_ACCESS_DENIED);
+    t->nowait = false;
+    t->failed = true;
 }
 
 void vbd_tls_bye(struct vbd_tls *t)
@@ -992,6 +1180,39 @@ struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint wa
     (void)want;
     vbd_error_setf(err, ENOTSUP, "%s: TLS (tls-creds=%s) is not available in this build", who, id);
     return NULL;
+}
+
+struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts *o, const char *who,
+                                               struct vbd_error **err)
+{
+    (void)o;
+    vbd_error_setf(err, ENOTSUP, "%s: TLS is not available in this build", who);
+    return NULL;
+}
+bool vbd_tls_creds_verify_peer(const struct vbd_tls_creds *c)
+{
+    (void)c;
+    return false;
+}
+const char *vbd_tls_creds_type_name(const struct vbd_tls_creds *c)
+{
+    (void)c;
+    return "";
+}
+bool vbd_tls_creds_system_ca(const struct vbd_tls_creds *c)
+{
+    (void)c;
+    return false;
+}
+char *vbd_tls_peer_dn(struct vbd_tls *t, struct vbd_error **err)
+{
+    (void)t;
+    vbd_error_setf(err, ENOTSUP, "TLS is not available in this build");
+    return NULL;
+}
+void vbd_tls_deny(struct vbd_tls *t)
+{
+    (void)t;
 }
 
 void vbd_tls_creds_unref(struct vbd_tls_creds *c)

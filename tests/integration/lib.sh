@@ -32,3 +32,32 @@ qcheck() { # qemu-img check must report no errors and no leaks
     out=$(qemu-img check "$@" 2>&1) || fail "qemu-img check $*: $out"
 }
 step() { echo "--- $*"; }
+# gen_pki DIR: a CA (DIR/ca-cert.pem) and, each beside a copy of it, a server
+# certificate for localhost/127.0.0.1 (DIR/server), a client certificate
+# O=vbd,CN=vbd-test-client (DIR/client) and a second one
+# O=vbd,CN=vbd-other-client (DIR/client2), in QEMU's file names. Needs certtool.
+gen_pki() {
+    local d=$1 who f cn
+    mkdir -p "$d/server" "$d/client" "$d/client2"
+    certtool --generate-privkey --key-type=ecdsa --outfile "$d/ca-key.pem" 2>/dev/null || fail "certtool"
+    printf 'cn = vbd test CA %s\nca\ncert_signing_key\nexpiration_days = 2\n' "$d" >"$d/ca.info"
+    certtool --generate-self-signed --load-privkey "$d/ca-key.pem" --template "$d/ca.info" \
+        --outfile "$d/ca-cert.pem" 2>/dev/null || fail "certtool CA"
+    printf 'organization = vbd\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' >"$d/server.info"
+    for who in server client client2; do
+        f=${who%2}
+        if [ "$who" != server ]; then
+            cn=vbd-test-client
+            [ "$who" = client2 ] && cn=vbd-other-client
+            printf 'organization = vbd\ncn = %s\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
+                "$cn" >"$d/$who.info"
+        fi
+        certtool --generate-privkey --key-type=ecdsa --outfile "$d/$who/$f-key.pem" 2>/dev/null
+        certtool --generate-certificate --load-ca-certificate "$d/ca-cert.pem" --load-ca-privkey "$d/ca-key.pem" \
+            --load-privkey "$d/$who/$f-key.pem" --template "$d/$who.info" --outfile "$d/$who/$f-cert.pem" \
+            2>/dev/null || fail "certtool $who"
+        cp "$d/ca-cert.pem" "$d/$who/"
+    done
+}
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }

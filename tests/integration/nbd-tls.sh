@@ -13,25 +13,8 @@ need qemu-img qemu-io qemu-nbd nbdkit nbdinfo certtool psktool python3
 cd "$T"
 
 step "credentials: a CA with server and client certificates, another CA, PSK keys"
-gen_ca() { # DIR: CA in DIR, server certs in DIR/server, client certs in DIR/client
-    local d=$1
-    mkdir -p "$d/server" "$d/client"
-    certtool --generate-privkey --key-type=ecdsa --outfile "$d/ca-key.pem" 2>/dev/null || fail "certtool"
-    printf 'cn = vbd test CA %s\nca\ncert_signing_key\nexpiration_days = 2\n' "$d" >"$d/ca.info"
-    certtool --generate-self-signed --load-privkey "$d/ca-key.pem" --template "$d/ca.info" \
-        --outfile "$d/ca-cert.pem" 2>/dev/null || fail "certtool CA"
-    printf 'organization = vbd\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' >"$d/server.info"
-    printf 'organization = vbd\ncn = vbd-test-client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n' >"$d/client.info"
-    for who in server client; do
-        certtool --generate-privkey --key-type=ecdsa --outfile "$d/$who/$who-key.pem" 2>/dev/null
-        certtool --generate-certificate --load-ca-certificate "$d/ca-cert.pem" --load-ca-privkey "$d/ca-key.pem" \
-            --load-privkey "$d/$who/$who-key.pem" --template "$d/$who.info" --outfile "$d/$who/$who-cert.pem" \
-            2>/dev/null || fail "certtool $who"
-        cp "$d/ca-cert.pem" "$d/$who/"
-    done
-}
-gen_ca "$T/pki"
-gen_ca "$T/other"
+gen_pki "$T/pki"
+gen_pki "$T/other"
 mkdir -p nocert psk-srv psk-cli psk-bad
 cp pki/ca-cert.pem nocert/
 psktool -u alice -p psk-srv/keys.psk >/dev/null 2>&1 || fail "psktool"
@@ -42,9 +25,6 @@ CLI_X509="tls-creds-x509,id=tls0,dir=$T/pki/client,endpoint=client"
 CLI_OTHER="tls-creds-x509,id=tls0,dir=$T/other/client,endpoint=client"
 SRV_PSK="tls-creds-psk,id=tls0,dir=$T/psk-srv,endpoint=server"
 CLI_PSK="tls-creds-psk,id=tls0,dir=$T/psk-cli,endpoint=client,username=alice"
-
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
 
 qemu-img create -q -f raw disk.raw 64M
 must qemu-io -f raw -c "write -P 0x42 1M 2M" -c "write -P 0x43 10M 64k" disk.raw >/dev/null

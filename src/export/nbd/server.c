@@ -7,6 +7,7 @@
  */
 #include "nbd-proto.h"
 
+#include "vbd/authz.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -105,6 +106,7 @@ static struct {
     struct nbd_conn *conns;
     struct nbd_export *exports;
     struct vbd_tls_creds *tls; /* set: TLS is required (NBD_OPT_STARTTLS first) */
+    struct vbd_authz *authz;   /* set: the client certificate's DN must be allowed by it */
     struct vbd_co_queue idle_q;
     bool accept_done;
 } srv = {.listen_fd = -1};
@@ -317,6 +319,20 @@ static int start_tls(struct nbd_conn *c)
     struct vbd_error *err = NULL;
     struct vbd_tls *t = vbd_tls_new(srv.tls, c->ch.fd, NULL, &err);
     int rc = t ? vbd_tls_handshake(t, &err) : -EIO;
+    if (rc == 0 && srv.authz) {
+        /* QEMU's tls-authz: checked once the handshake has verified the certificate, before any option */
+        char *dn = vbd_tls_peer_dn(t, &err);
+        if (dn && !vbd_authz_is_allowed(srv.authz, dn))
+            vbd_error_setf(&err, EACCES, "TLS x509 authz check for '%s' is denied by '%s'", dn,
+                           vbd_authz_id(srv.authz));
+        else if (dn)
+            vbd_debug("nbd: client '%s' allowed by '%s'", dn, vbd_authz_id(srv.authz));
+        free(dn);
+        if (err) {
+            vbd_tls_deny(t); /* the client learns why: an access_denied alert */
+            rc = -EACCES;
+        }
+    }
     if (rc < 0) {
         vbd_warn("nbd: client connection: %s", err ? err->msg : "TLS failed");
         vbd_error_free(err);
@@ -1125,30 +1141,39 @@ int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
         free(tls);
         return -EINVAL;
     }
-    if (authz) {
-        vbd_error_setf(err, ENOTSUP, "NBD server: tls-authz=%s is not supported (verify-peer=on checks the client's certificate against the CA)", authz);
-        free(authz);
-        free(tls);
-        return -ENOTSUP;
-    }
     struct vbd_tls_creds *creds = NULL;
-    if (tls) {
+    struct vbd_authz *az = NULL;
+    if (tls)
         creds = vbd_tls_creds_get(tls, VBD_TLS_SERVER, "NBD server", err);
-        free(tls);
+    if (authz && (!tls || creds)) {
+        /* the DN is only worth checking on a certificate the handshake verified */
         if (!creds)
-            return -EINVAL;
+            vbd_error_setf(err, EINVAL, "NBD server: tls-authz=%s needs tls-creds (x509 with verify-peer=on)",
+                           authz);
+        else if (!vbd_tls_creds_verify_peer(creds))
+            vbd_error_setf(
+                err, EINVAL,
+                "NBD server: tls-authz=%s needs x509 credentials with verify-peer=on ('%s' is %s%s)", authz,
+                tls, vbd_tls_creds_type_name(creds),
+                strcmp(vbd_tls_creds_type_name(creds), "tls-creds-x509") ? "" : " with verify-peer=off");
+        else
+            az = vbd_authz_get(authz, "NBD server", err);
     }
-    int fd = listen_on(opts, err);
+    bool ok = (!tls || creds) && (!authz || az);
+    free(tls);
+    free(authz);
+    int fd = ok ? listen_on(opts, err) : -1;
+    if (fd >= 0 && vbd_opts_check_empty(opts, "--nbd-server", err) < 0) {
+        close(fd);
+        fd = -1;
+    }
     if (fd < 0) {
         vbd_tls_creds_unref(creds);
-        return -EINVAL;
-    }
-    if (vbd_opts_check_empty(opts, "--nbd-server", err) < 0) {
-        vbd_tls_creds_unref(creds);
-        close(fd);
+        vbd_authz_unref(az);
         return -EINVAL;
     }
     srv.tls = creds;
+    srv.authz = az;
     srv.listen_fd = fd;
     srv.max_connections = (uint32_t)maxc;
     srv.running = true;
@@ -1180,6 +1205,8 @@ void vbd_nbd_server_stop(void)
     }
     vbd_tls_creds_unref(srv.tls); /* sessions hold their own references */
     srv.tls = NULL;
+    vbd_authz_unref(srv.authz);
+    srv.authz = NULL;
     srv.running = false;
 }
 

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_AUTHZ_H
+#define VBD_AUTHZ_H
+
+#include <stdbool.h>
+
+struct json_object;
+struct vbd_error;
+
+/*
+ * Authorization objects with QEMU's names and rules; a server asks whether
+ * an identity may connect (the NBD server's tls-authz=ID: the distinguished
+ * name of the client's certificate, as vbd_tls_peer_dn gives it).
+ *
+ *   --object authz-simple,id=ID,identity=NAME
+ *       allows exactly NAME
+ *   --object '{"qom-type":"authz-list","id":"ID","policy":"deny",
+ *              "rules":[{"match":"O=vbd,CN=*","policy":"allow","format":"glob"}]}'
+ *       the first rule whose match fits decides; none: policy (default
+ *       deny). format=exact (default) compares the whole string, glob
+ *       takes '*' for any run of characters and '?' for one (GLib's simple
+ *       patterns, as QEMU: no brackets, no escapes). In keyval form the
+ *       rules are rules.0.match=...,rules.0.policy=...
+ *
+ * authz-list-file and authz-pam are refused by name.
+ */
+
+struct vbd_authz;
+
+/* True for every authz-* qom-type: vbd_authz_add creates or refuses it. */
+bool vbd_authz_type(const char *qom_type);
+/* Create and register an object; opts are its keys without qom-type. */
+int vbd_authz_add(const char *qom_type, struct json_object *opts, struct vbd_error **err);
+/* A new reference to object id, or NULL with *err ("who" names the user). */
+struct vbd_authz *vbd_authz_get(const char *id, const char *who, struct vbd_error **err);
+void vbd_authz_unref(struct vbd_authz *a);
+const char *vbd_authz_id(const struct vbd_authz *a);
+bool vbd_authz_is_allowed(const struct vbd_authz *a, const char *identity);
+/* Drop every registered object (users keep their references). */
+void vbd_authz_remove_all(void);
+
+/* GLib's g_pattern_match_simple rules: '*' any run (also empty), '?' one
+ * UTF-8 character, everything else itself. */
+bool vbd_authz_glob_match(const char *pattern, const char *s);
+
+#endif

@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * authz-simple and authz-list objects (QEMU's authz/simple.c and
+ * authz/list.c behaviour): an identity is allowed or not.
+ */
+#include "vbd/authz.h"
+
+#include "vbd/error.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct authz_rule {
+    char *match;
+    bool allow, glob;
+};
+
+struct vbd_authz {
+    char *id;
+    bool list;          /* authz-list; else authz-simple */
+    char *identity;     /* authz-simple */
+    bool allow_default; /* authz-list: when no rule matches */
+    struct authz_rule *rules;
+    size_t nrules;
+    int refs;
+    struct vbd_authz *next;
+};
+
+static struct vbd_authz *registry;
+
+bool vbd_authz_type(const char *qom_type)
+{
+    return !strncmp(qom_type, "authz-", 6);
+}
+
+static void authz_free(struct vbd_authz *a)
+{
+    for (size_t i = 0; i < a->nrules; i++)
+        free(a->rules[i].match);
+    free(a->rules);
+    free(a->identity);
+    free(a->id);
+    free(a);
+}
+
+void vbd_authz_unref(struct vbd_authz *a)
+{
+    if (a && --a->refs == 0)
+        authz_free(a);
+}
+
+const char *vbd_authz_id(const struct vbd_authz *a)
+{
+    return a->id;
+}
+
+static const char *utf8_next(const char *s)
+{
+    s++;
+    while ((*s & 0xc0) == 0x80)
+        s++;
+    return s;
+}
+
+bool vbd_authz_glob_match(const char *p, const char *s)
+{
+    /* the usual backtracking to the last '*': linear in practice, no recursion on hostile input */
+    const char *star_p = NULL, *star_s = NULL;
+    while (*s) {
+        if (*p == '*') {
+            star_p = ++p;
+            star_s = s;
+        } else if (*p == '?') {
+            p++;
+            s = utf8_next(s);
+        } else if (*p && *p == *s) {
+            p++;
+            s++;
+        } else if (star_p) {
+            p = star_p;
+            s = star_s = utf8_next(star_s);
+        } else {
+            return false;
+        }
+    }
+    while (*p == '*')
+        p++;
+    return !*p;
+}
+
+bool vbd_authz_is_allowed(const struct vbd_authz *a, const char *identity)
+{
+    if (!a->list)
+        return !strcmp(a->identity, identity);
+    for (size_t i = 0; i < a->nrules; i++) {
+        const struct authz_rule *r = &a->rules[i];
+        if (r->glob ? vbd_authz_glob_match(r->match, identity) : !strcmp(r->match, identity))
+            return r->allow;
+    }
+    return a->allow_default;
+}
+
+static const char *const policies[] = {"deny", "allow", NULL};
+
+/* One rule object: match, policy, format. */
+static int take_rule(struct vbd_authz *a, struct json_object *ro, size_t i, struct vbd_error **err)
+{
+    static const char *const formats[] = {"exact", "glob", NULL};
+    char what[96];
+    snprintf(what, sizeof(what), "authz-list '%s' rule %zu", a->id, i);
+    if (!json_object_is_type(ro, json_type_object)) {
+        vbd_error_setf(err, EINVAL, "%s: expected an object with match, policy and format", what);
+        return -EINVAL;
+    }
+    struct authz_rule *r = &a->rules[a->nrules];
+    int policy = -1, format = 0;
+    if (vbd_opt_take_str(ro, "match", &r->match, err) < 0 ||
+        vbd_opt_take_enum(ro, "policy", policies, &policy, err) < 0 ||
+        vbd_opt_take_enum(ro, "format", formats, &format, err) < 0) {
+        vbd_error_prepend(err, "%s: ", what);
+        free(r->match);
+        r->match = NULL;
+        return -EINVAL;
+    }
+    a->nrules++; /* owns r->match from here */
+    if (!r->match || policy < 0) {
+        vbd_error_setf(err, EINVAL, "%s: '%s' is required", what, r->match ? "policy" : "match");
+        return -EINVAL;
+    }
+    r->allow = policy == 1;
+    r->glob = format == 1;
+    return vbd_opts_check_empty(ro, what, err) < 0 ? -EINVAL : 0;
+}
+
+/* rules: a JSON array, or keyval's {"0": {...}, "1": {...}}. */
+static int take_rules(struct vbd_authz *a, struct json_object *rules, struct vbd_error **err)
+{
+    size_t n;
+    bool array = json_object_is_type(rules, json_type_array);
+    if (array) {
+        n = json_object_array_length(rules);
+    } else if (json_object_is_type(rules, json_type_object)) {
+        n = (size_t)json_object_object_length(rules);
+    } else {
+        vbd_error_setf(err, EINVAL, "authz-list '%s': 'rules' must be a list of rules", a->id);
+        return -EINVAL;
+    }
+    if (n && !(a->rules = calloc(n, sizeof(*a->rules)))) {
+        vbd_error_setf(err, ENOMEM, "out of memory");
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *ro = NULL;
+        if (array) {
+            ro = json_object_array_get_idx(rules, i);
+        } else {
+            char key[24];
+            snprintf(key, sizeof(key), "%zu", i);
+            if (!json_object_object_get_ex(rules, key, &ro)) {
+                vbd_error_setf(err, EINVAL, "authz-list '%s': rules are not numbered 0 to %zu (no rules.%zu)",
+                               a->id, n - 1, i);
+                return -EINVAL;
+            }
+        }
+        int rc = take_rule(a, ro, i, err);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int vbd_authz_add(const char *qom_type, struct json_object *opts, struct vbd_error **err)
+{
+    bool list = !strcmp(qom_type, "authz-list");
+    if (!list && strcmp(qom_type, "authz-simple")) {
+        vbd_error_setf(err, ENOTSUP, "--object %s is not supported (supported: authz-simple, authz-list)",
+                       qom_type);
+        return -ENOTSUP;
+    }
+    struct vbd_authz *a = calloc(1, sizeof(*a));
+    if (!a) {
+        vbd_error_setf(err, ENOMEM, "out of memory");
+        return -ENOMEM;
+    }
+    a->list = list;
+    a->refs = 1;
+    int policy = 0;
+    struct json_object *rules = NULL;
+    if (vbd_opt_take_str(opts, "id", &a->id, err) < 0)
+        goto fail;
+    if (!a->id) {
+        vbd_error_setf(err, EINVAL, "%s: 'id' is required", qom_type);
+        goto fail;
+    }
+    for (struct vbd_authz *o = registry; o; o = o->next)
+        if (!strcmp(o->id, a->id)) {
+            vbd_error_setf(err, EEXIST, "attempt to add duplicate object id '%s'", a->id);
+            goto fail;
+        }
+    if (!list) {
+        if (vbd_opt_take_str(opts, "identity", &a->identity, err) < 0)
+            goto fail;
+        if (!a->identity) {
+            vbd_error_setf(err, EINVAL, "authz-simple '%s': 'identity' is required", a->id);
+            goto fail;
+        }
+    } else {
+        if (vbd_opt_take_enum(opts, "policy", policies, &policy, err) < 0)
+            goto fail;
+        a->allow_default = policy == 1;
+        rules = vbd_opt_take_obj(opts, "rules");
+        if (rules && take_rules(a, rules, err) < 0)
+            goto fail;
+    }
+    char what[96];
+    snprintf(what, sizeof(what), "%s '%s'", qom_type, a->id);
+    if (vbd_opts_check_empty(opts, what, err) < 0)
+        goto fail;
+    json_object_put(rules);
+    a->next = registry;
+    registry = a;
+    return 0;
+fail:
+    json_object_put(rules);
+    authz_free(a);
+    return -EINVAL;
+}
+
+struct vbd_authz *vbd_authz_get(const char *id, const char *who, struct vbd_error **err)
+{
+    for (struct vbd_authz *a = registry; a; a = a->next)
+        if (!strcmp(a->id, id)) {
+            a->refs++;
+            return a;
+        }
+    vbd_error_setf(
+        err, ENOENT,
+        "%s: no authorization object with id '%s' (create it with --object authz-simple or authz-list)", who,
+        id);
+    return NULL;
+}
+
+void vbd_authz_remove_all(void)
+{
+    while (registry) {
+        struct vbd_authz *a = registry;
+        registry = a->next;
+        vbd_authz_unref(a);
+    }
+}
