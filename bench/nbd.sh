@@ -3,7 +3,9 @@
 # same raw file on /dev/shm, over a unix socket and TCP loopback, driven by
 # the same clients (fio's nbd engine, then vbd-bench --nbd) in one run.
 # Ratio = vbd / best peer (> 1: vbd is faster). Not a test.
-#   bench/nbd.sh [SECONDS]      CLIENTS="fio vbd-bench" (default both)
+#   bench/nbd.sh [SECONDS]      CLIENTS="fio vbd-bench copy" (default all)
+# "copy": nbdcopy of the whole export to null: and qemu-img bench (4K reads,
+# QD32), in seconds (lower is better; ratio = best peer time / vbd time).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
@@ -45,6 +47,7 @@ bench_iops() { # URI RW BS DEPTH (vbd-bench's workload names are fio's)
 }
 echo "machine: $(machine); $SECS s per run"
 for client in ${CLIENTS:-fio vbd-bench}; do
+[ $client = copy ] && continue
 echo "client: $client"
 printf '%-5s %-18s %10s %10s %10s %7s\n' via workload vbd qemu-nbd nbdkit ratio
 for t in unix tcp; do
@@ -67,3 +70,22 @@ for t in unix tcp; do
 ROWS
 done
 done
+secs_of() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -1; }
+if [[ " ${CLIENTS:-fio vbd-bench copy} " == *" copy "* ]]; then
+    echo "clients: nbdcopy (1 GiB to null:) and qemu-img bench (-c 200000 -d 32, 4K reads), seconds"
+    printf '%-5s %-24s %10s %10s %10s %7s\n' via client vbd qemu-nbd nbdkit ratio
+    for t in unix tcp; do
+        for c in nbdcopy qemu-img-bench; do
+            declare -A r=()
+            for s in vbd qemu-nbd nbdkit; do
+                serve $s $t
+                if [ $c = nbdcopy ]; then r[$s]=$(secs_of nbdcopy "$URI" null:)
+                else r[$s]=$(bench_secs qemu-img bench -f raw -c 200000 -d 32 -s 4k "$URI"); fi
+                stop
+            done
+            best=${r[qemu-nbd]}; (( $(echo "${r[nbdkit]} < $best" | bc -l) )) && best=${r[nbdkit]}
+            printf '%-5s %-24s %10s %10s %10s %7.2f\n' $t $c "${r[vbd]}" "${r[qemu-nbd]}" "${r[nbdkit]}" \
+                "$(echo "$best / (${r[vbd]} + 0.0001)" | bc -l)"
+        done
+    done
+fi

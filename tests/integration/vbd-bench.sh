@@ -48,6 +48,17 @@ PY
         fail "randrw result: $out"
     stop_backend
 done
+check_verify_pattern() { # FILE MIB: vbd-bench's verify pattern at the start, middle and end of the first MIB MiB
+    python3 - "$1" "$2" <<'PY' || fail "the verify pattern is not in $1"
+import array, sys
+K, C, M = 0x9E3779B97F4A7C15, 0x7662642d62656e63, (1 << 64) - 1
+f, end = open(sys.argv[1], 'rb'), int(sys.argv[2].rstrip('M')) << 20
+for off in (0, end // 2, end - 4096):
+    f.seek(off)
+    if list(array.array('Q', f.read(4096))) != [((off + 8 * i) * K & M) ^ C for i in range(512)]:
+        sys.exit('mismatch at %d' % off)
+PY
+}
 step "vbd-daemon with 4 queues over 2 iothreads: verify, mixed I/O with flushes, the data in the file"
 truncate -s 0 "$img"; truncate -s 128M "$img"
 bin=$VBD_DAEMON
@@ -59,15 +70,7 @@ python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["request
     fail "randrw on iothreads: $out"
 must "$VBD_BENCH" --vhost-user "$S" --verify -q 4 -d 16 --size 32M >/dev/null
 stop_backend
-python3 - "$img" <<'PY' || fail "the verify pattern written through 4 queues on iothreads is not in the image file"
-import array, sys
-K, C, M = 0x9E3779B97F4A7C15, 0x7662642d62656e63, (1 << 64) - 1
-f = open(sys.argv[1], 'rb')
-for off in (0, 8 << 20, (32 << 20) - 4096):
-    f.seek(off)
-    if list(array.array('Q', f.read(4096))) != [((off + 8 * i) * K & M) ^ C for i in range(512)]:
-        sys.exit('mismatch at %d' % off)
-PY
+check_verify_pattern "$img" 32M
 step "iothread errors: an unknown iothread, a bad list"
 must_fail_with "no iothread 'nope'" "$VBD_DAEMON" --blockdev driver=null-co,node-name=n0 \
     --export type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path="$S",iothread=nope
@@ -77,17 +80,6 @@ must_fail_with "expected an iothread id" "$VBD_DAEMON" --object iothread,id=a --
 
 step "vbd-bench --nbd: verify against vbd-daemon's NBD export, qemu-nbd and nbdkit; the data in the file"
 need qemu-nbd nbdkit
-check_verify_pattern() {
-    python3 - "$1" <<'PY' || fail "the verify pattern written over NBD is not in $1"
-import array, sys
-K, C, M = 0x9E3779B97F4A7C15, 0x7662642d62656e63, (1 << 64) - 1
-f = open(sys.argv[1], 'rb')
-for off in (0, 8 << 20, (64 << 20) - 4096):
-    f.seek(off)
-    if list(array.array('Q', f.read(4096))) != [((off + 8 * i) * K & M) ^ C for i in range(512)]:
-        sys.exit('mismatch at %d' % off)
-PY
-}
 N=$T/nbd.sock
 wait_nbd() { for _ in $(seq 100); do [ -S "$N" ] && return; sleep 0.1; done; fail "$1 did not start"; }
 truncate -s 0 "$img"; truncate -s 128M "$img"
@@ -104,7 +96,7 @@ python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["request
     fail "randrw over NBD: $out"
 must "$VBD_BENCH" --nbd "nbd+unix:///disk?socket=$N" --verify -b 64k >/dev/null
 kill -TERM $bpid; wait $bpid || fail "vbd-daemon exit status $? after SIGTERM"; bpid=
-check_verify_pattern "$img"
+check_verify_pattern "$img" 64M
 truncate -s 0 "$img"; truncate -s 128M "$img"
 rm -f "$N"
 qemu-nbd -f raw -x disk -k "$N" --persistent --shared=4 "$img" 2>"$T/qemu-nbd.log" &
@@ -112,7 +104,7 @@ bpid=$!
 wait_nbd qemu-nbd
 must "$VBD_BENCH" --nbd "nbd+unix:///disk?socket=$N" --verify -q 2 -d 16 >/dev/null
 kill $bpid; wait $bpid 2>/dev/null; bpid=
-check_verify_pattern "$img"
+check_verify_pattern "$img" 64M
 rm -f "$N"
 nbdkit -f -U "$N" memory 64M 2>"$T/nbdkit.log" &
 bpid=$!

@@ -692,6 +692,15 @@ static void blk_queue_kick(struct vu_queue *q)
     }
 }
 
+/* On the ring's loop: its parked requests, the list emptied. */
+static struct blk_req *take_parked(struct blk_queue *bq)
+{
+    struct blk_req *list = bq->parked;
+    bq->parked = NULL;
+    bq->parked_tail = &bq->parked;
+    return list;
+}
+
 /* Control loop, in a coroutine: retries the parked requests (timer, or
  * SIGUSR1 through the daemon) and lets the rings run again; kick_all: look
  * at every ring even if nothing was stopped (a ring's cancel restarted the
@@ -717,9 +726,7 @@ static void blk_resume(struct blk_export *e, bool kick_all)
         struct vbd_loop *prev = vu_queue_enter(q);
         struct blk_queue *bq = q->dev_queue;
         if (bq) {
-            struct blk_req *list = bq->parked;
-            bq->parked = NULL;
-            bq->parked_tail = &bq->parked;
+            struct blk_req *list = take_parked(bq);
             while (list) {
                 struct blk_req *r = list;
                 list = r->next_free;
@@ -792,9 +799,7 @@ static void blk_queue_cancel(struct vu_queue *q)
         return;
     struct blk_export *e = bq->e;
     int cancelled = 0;
-    struct blk_req *list = bq->parked;
-    bq->parked = NULL;
-    bq->parked_tail = &bq->parked;
+    struct blk_req *list = take_parked(bq);
     while (list) {
         struct blk_req *r = list;
         list = r->next_free;
