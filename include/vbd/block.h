@@ -164,6 +164,10 @@ struct vbd_driver {
      * clean, *pnum bytes alike (<= bytes); -ENOENT: no such bitmap,
      * -EINVAL: it is marked inconsistent. */
     int (*co_bitmap_status)(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
+    /* The file descriptor whose bytes are the node's, 1:1, read through the
+     * page cache (a local file), or -1: lets a server send data with
+     * sendfile(2) instead of reading it into memory first. */
+    int (*page_cache_fd)(struct vbd_node *n);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*(). */
@@ -253,6 +257,11 @@ int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
  * VBD_BS_ALLOCATED is set when some layer defines the range ("present"). */
 int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, bool want_zero, uint64_t off,
                                    uint64_t bytes, uint64_t *pnum, uint64_t *map, struct vbd_node **file, int *depth);
+/* A file whose bytes at map are n's bytes at off, for a zero-copy send of a
+ * data range: n is a file node or a raw node right above one (the only
+ * mappings that cannot change under a reader), the whole range is data.
+ * Returns the fd (the node's; not to be closed) and *map, or -1. */
+int vbd_node_co_zero_copy_source(struct vbd_node *n, uint64_t off, uint64_t bytes, uint64_t *map);
 /* Re-read the sizes of n and its children (files resized by someone else,
  * e.g. `truncate -s` or `qemu-img resize` before a SIGHUP to vbd-daemon).
  * Nodes whose size is fixed by their own metadata (qcow2) keep it. */

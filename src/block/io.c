@@ -354,6 +354,21 @@ int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off
     return img->drv->co_bitmap_status(img, name, off, bytes, pnum);
 }
 
+int vbd_node_co_zero_copy_source(struct vbd_node *n, uint64_t off, uint64_t bytes, uint64_t *map)
+{
+    struct vbd_node *below = n->drv->page_cache_fd ? n : n->file;
+    if (!below || !below->drv->page_cache_fd || (below != n && strcmp(n->drv->name, "raw")))
+        return -1;
+    uint64_t pnum, m;
+    struct vbd_node *f = NULL;
+    int st = vbd_node_co_block_status(n, false, off, bytes, &pnum, &m, &f);
+    if (st < 0 || f != below || pnum < bytes || (st & (VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ZERO)) !=
+                                                     (VBD_BS_DATA | VBD_BS_OFFSET_VALID))
+        return -1;
+    *map = m;
+    return below->drv->page_cache_fd(below);
+}
+
 int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
                              uint64_t *map, struct vbd_node **file)
 {

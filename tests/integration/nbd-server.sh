@@ -104,6 +104,38 @@ must qemu-io -f raw -c "read -P 0x77 20M 64k" "$U" >/dev/null
 kill -0 $dpid || fail "the daemon died"
 grep -q "exceeds the maximum" "$T/daemon.log" || fail "no log line for the oversized write"
 
+step "large reads (sendfile from the page cache) interleaved with small ones: every reply whole and right"
+python3 - "$S" "$img" <<'PY' || fail "large/small read interleaving"
+import socket, struct, sys, random
+path, img = sys.argv[1], open(sys.argv[2], 'rb').read()
+s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(30)
+s.recv(18, socket.MSG_WAITALL)
+s.sendall(struct.pack('>I', 3) + struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk')   # simple replies
+s.recv(10, socket.MSG_WAITALL)
+rnd = random.Random(7)
+reqs = {}
+for cookie in range(64):   # 1-2 MiB reads over data, over data and a hole, and 4K reads, all in flight at once
+    big = cookie % 4 == 0
+    ln = rnd.choice((1 << 20, 2 << 20, 65536 * 3)) if big else 4096
+    off = rnd.randrange(0, (len(img) - ln) // 4096) * 4096
+    if cookie == 0:
+        off, ln = 1 << 20, 2 << 20          # the 0x5a region exactly
+    reqs[cookie] = (off, ln)
+    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, cookie, off, ln))
+for _ in range(64):
+    magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))
+    assert magic == 0x67446698 and err == 0, (hex(magic), err)
+    off, ln = reqs.pop(cookie)
+    data = b''
+    while len(data) < ln:
+        chunk = s.recv(ln - len(data))
+        assert chunk, 'connection closed mid-reply'
+        data += chunk
+    assert data == img[off:off + ln], 'wrong data for cookie %d (%d bytes at %d)' % (cookie, ln, off)
+assert not reqs
+PY
+out=$(qemu-img compare -f raw -F raw "$img" "$U") || fail "qemu-img compare after large reads: $out"
+
 step "SIGTERM with a client connected: clean exit, socket removed"
 python3 -c "
 import socket,time,sys

@@ -495,6 +495,12 @@ static int file_refresh_size(struct vbd_node *n)
     return 0;
 }
 
+static int file_page_cache_fd(struct vbd_node *n)
+{
+    struct file_state *s = n->opaque;
+    return s->is_blockdev || (s->direct && !s->in_memory) ? -1 : s->fd;
+}
+
 static const struct vbd_driver file_driver = {
     .abi_size = sizeof(struct vbd_driver),
     .name = "file",
@@ -510,6 +516,7 @@ static const struct vbd_driver file_driver = {
     .co_pdiscard = file_pdiscard,
     .co_pwrite_zeroes = file_pwrite_zeroes,
     .co_block_status = file_block_status,
+    .page_cache_fd = file_page_cache_fd,
     .co_truncate = file_truncate,
     .get_allocated_size = file_allocated,
     .create_opts = file_create_opts,

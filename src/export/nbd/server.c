@@ -18,6 +18,7 @@
 #include "vbd/tls.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <json-c/json.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -54,6 +56,7 @@ struct nbd_export {
 #define NBD_RBUF             (64 * 1024) /* request headers (and small writes) read ahead */
 #define NBD_POLL_NS          (32 * 1000) /* busy-poll the socket this long before waiting */
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
+#define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 
 struct nbd_conn;
 struct nbd_req {
@@ -87,6 +90,7 @@ struct nbd_conn {
     int send_err;
     bool flusher_running, flush_stop;
     struct vbd_co_queue flush_q, sent_q, space_q, flusher_exit_q;
+    struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
     uint64_t inflight_bytes; /* data of the reads and writes in flight */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
     size_t rpos, rlen;
@@ -551,7 +555,9 @@ static void flusher_co(void *opaque)
         c->out_spare = batch;
         c->out_n = 0;
         vbd_co_queue_wake_all(&c->space_q);
+        vbd_co_mutex_lock(&c->send_lock);
         int rc = c->send_err ? c->send_err : vbd_chan_sendv_full(&c->ch, batch, n);
+        vbd_co_mutex_unlock(&c->send_lock);
         if (rc < 0 && !c->send_err)
             c->send_err = rc;
         c->sent_gen = gen;
@@ -638,6 +644,61 @@ static void add_chunk(struct nbd_req *r, uint16_t flags, uint16_t type, const vo
     reply_ref(r, p2, l2);
 }
 
+/* A read reply whose data goes from the page cache to the socket with
+ * sendfile(2): the server neither reads it into memory nor copies it out
+ * again (half the memory traffic; over TCP the pages are not copied at
+ * all). Only for plain sockets and mappings that cannot move under us (see
+ * vbd_node_co_zero_copy_source); the header and data leave under the send
+ * lock, so no other reply lands in between. */
+static int send_read_zero_copy(struct nbd_conn *c, struct nbd_req *r, int fd, uint64_t foff)
+{
+    uint8_t h[28];
+    size_t hl;
+    if (c->structured) {
+        put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
+        put_be16(h + 4, NBD_REPLY_FLAG_DONE);
+        put_be16(h + 6, NBD_REPLY_TYPE_OFFSET_DATA);
+        put_be64(h + 8, r->cookie);
+        put_be32(h + 16, 8 + r->len);
+        put_be64(h + 20, r->offset);
+        hl = 28;
+    } else {
+        put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
+        put_be32(h + 4, 0);
+        put_be64(h + 8, r->cookie);
+        hl = 16;
+    }
+    vbd_co_mutex_lock(&c->send_lock);
+    int rc = c->send_err;
+    if (!rc) {
+        struct iovec iov = {h, hl};
+        rc = vbd_co_sendv_full(c->ch.fd, &iov, 1);
+    }
+    off_t pos = (off_t)foff;
+    size_t left = r->len;
+    while (!rc && left) {
+        ssize_t w = sendfile(c->ch.fd, fd, &pos, left);
+        if (w > 0) {
+            left -= (size_t)w;
+        } else if (w == 0) {
+            /* the file ended under us (truncated): the promised length still goes out, as zeroes */
+            static const uint8_t zeroes[4096];
+            struct iovec z = {(void *)zeroes, left < sizeof(zeroes) ? left : sizeof(zeroes)};
+            rc = vbd_co_sendv_full(c->ch.fd, &z, 1);
+            left -= z.iov_len;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int ev = vbd_co_poll(c->ch.fd, POLLOUT);
+            rc = ev < 0 ? ev : 0;
+        } else if (errno != EINTR) {
+            rc = -errno;
+        }
+    }
+    if (rc < 0 && !c->send_err)
+        c->send_err = rc; /* a reply cut short: the stream is unusable */
+    vbd_co_mutex_unlock(&c->send_lock);
+    return rc;
+}
+
 static int send_error_reply(struct nbd_conn *c, struct nbd_req *r, int err)
 {
     r->rn = r->nsmall = 0; /* whatever was being built is replaced */
@@ -670,6 +731,12 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
 {
     struct nbd_export *e = c->exp;
     struct vbd_node *n = vbd_backend_node(e->be);
+    if (!c->ch.tls && r->len >= NBD_ZERO_COPY_MIN) {
+        uint64_t foff;
+        int fd = vbd_node_co_zero_copy_source(n, r->offset, r->len, &foff);
+        if (fd >= 0)
+            return send_read_zero_copy(c, r, fd, foff);
+    }
     if (!c->structured) {
         int rc = backend_read(e, r->offset, r->buf, r->len);
         return rc < 0 ? send_simple(c, r, -rc, NULL, 0) : send_simple(c, r, 0, r->buf, r->len);
