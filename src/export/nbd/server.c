@@ -91,6 +91,7 @@ struct nbd_conn {
     bool flusher_running, flush_stop;
     struct vbd_co_queue flush_q, sent_q, space_q, flusher_exit_q;
     struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
+    bool sendfile_ok;              /* a unix socket: see send_read_zero_copy */
     uint64_t inflight_bytes; /* data of the reads and writes in flight */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
     size_t rpos, rlen;
@@ -646,8 +647,9 @@ static void add_chunk(struct nbd_req *r, uint16_t flags, uint16_t type, const vo
 
 /* A read reply whose data goes from the page cache to the socket with
  * sendfile(2): the server neither reads it into memory nor copies it out
- * again (half the memory traffic; over TCP the pages are not copied at
- * all). Only for plain sockets and mappings that cannot move under us (see
+ * again (half the memory traffic). Only for plain unix sockets (over TCP loopback the page-sized
+ * pieces of a spliced send cost more than the copy they save: 1M reads
+ * went from 3.2k to 1.8k IOPS) and mappings that cannot move under us (see
  * vbd_node_co_zero_copy_source); the header and data leave under the send
  * lock, so no other reply lands in between. */
 static int send_read_zero_copy(struct nbd_conn *c, struct nbd_req *r, int fd, uint64_t foff)
@@ -731,7 +733,7 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
 {
     struct nbd_export *e = c->exp;
     struct vbd_node *n = vbd_backend_node(e->be);
-    if (!c->ch.tls && r->len >= NBD_ZERO_COPY_MIN) {
+    if (c->sendfile_ok && !c->ch.tls && r->len >= NBD_ZERO_COPY_MIN) {
         uint64_t foff;
         int fd = vbd_node_co_zero_copy_source(n, r->offset, r->len, &foff);
         if (fd >= 0)
@@ -1123,6 +1125,9 @@ static void accept_co(void *opaque)
             continue;
         }
         c->ch.fd = fd;
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof(sa);
+        c->sendfile_ok = getsockname(fd, (struct sockaddr *)&sa, &salen) == 0 && sa.ss_family == AF_UNIX;
         c->next = srv.conns;
         srv.conns = c;
         srv.nconns++;
