@@ -1,9 +1,10 @@
 # vbd: the two commands are `make demo` and `make check`.
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
+BUILD_TSAN ?= build-tsan
 MESON_OPTS ?=
 
-.PHONY: all deps build build-asan check check-unit check-integration demo bench clean format fuzz
+.PHONY: all deps build build-asan build-tsan check check-unit check-integration demo bench clean format fuzz
 
 all: build
 
@@ -16,6 +17,14 @@ $(BUILD)/build.ninja:
 $(BUILD_ASAN)/build.ninja:
 	meson setup $(BUILD_ASAN) --buildtype=debug -Doptimization=1 -Db_sanitize=address,undefined -Db_lundef=false $(MESON_OPTS)
 
+# ThreadSanitizer build of the daemon only: tests/integration/tsan-iothreads.sh
+# runs it with rings on iothreads (make check builds it).
+$(BUILD_TSAN)/build.ninja:
+	meson setup $(BUILD_TSAN) --buildtype=debugoptimized -Db_sanitize=thread $(MESON_OPTS)
+
+build-tsan: deps $(BUILD_TSAN)/build.ninja
+	ninja -C $(BUILD_TSAN) src/tools/vbd-daemon
+
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
@@ -24,7 +33,7 @@ build-asan: deps $(BUILD_ASAN)/build.ninja
 
 # Every test (unit + interop against qemu-img/qemu-io/qemu-nbd/nbdkit/guest)
 # under ASan+UBSan; ends with "N passed, N failed".
-check: build-asan
+check: build-asan build-tsan
 	@./tests/run.sh $(BUILD_ASAN)
 
 demo: build

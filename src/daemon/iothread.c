@@ -56,7 +56,7 @@ static void *iothread_main(void *arg)
     t->loop = loop;
     sem_post(&t->ready);
     vbd_loop_run(loop, &t->stop);
-    vbd_loop_free(loop);
+    /* the loop itself is freed by the joiner: it may still be kicking it */
     vbd_co_thread_cleanup();
     return NULL;
 }
@@ -127,9 +127,10 @@ void vbd_iothread_stop_all(void)
     while (iothreads) {
         struct iothread *t = iothreads;
         iothreads = t->next;
-        t->stop = true;
+        __atomic_store_n(&t->stop, true, __ATOMIC_RELEASE);
         vbd_loop_kick(t->loop);
         pthread_join(t->thread, NULL);
+        vbd_loop_free(t->loop);
         sem_destroy(&t->ready);
         free(t->id);
         free(t);

@@ -19,6 +19,18 @@
 #if __has_feature(address_sanitizer)
 #define VBD_ASAN 1
 #endif
+#if __has_feature(thread_sanitizer)
+#define VBD_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define VBD_TSAN 1
+#endif
+#ifdef VBD_TSAN
+/* ThreadSanitizer must know each stack switch, or it sees one thread's
+ * accesses jump between stacks and coroutines moving between threads as
+ * races. */
+#include <sanitizer/tsan_interface.h>
 #endif
 #if defined(__SANITIZE_ADDRESS__)
 #define VBD_ASAN 1
@@ -40,6 +52,7 @@ struct co_ctx {
     void *stack_bottom;
     size_t stack_size;
     void *fake_stack;
+    void *tsan_fiber;
 };
 
 struct vbd_co {
@@ -96,6 +109,11 @@ __asm__(".text\n"
 
 static void co_switch(struct co_ctx *from, struct co_ctx *to, bool from_finished)
 {
+#ifdef VBD_TSAN
+    if (!from->tsan_fiber)
+        from->tsan_fiber = __tsan_get_current_fiber(); /* a thread's own stack */
+    __tsan_switch_to_fiber(to->tsan_fiber, 0);
+#endif
 #ifdef VBD_ASAN
     if (from_finished)
         from->fake_stack = NULL;
@@ -145,6 +163,15 @@ static void co_entry(void)
 static void co_entry_uc(void) { co_entry(); }
 #endif
 
+static void co_free(struct vbd_co *co)
+{
+#ifdef VBD_TSAN
+    __tsan_destroy_fiber(co->ctx.tsan_fiber);
+#endif
+    munmap(co->mem, co->mem_size);
+    free(co);
+}
+
 static struct vbd_co *co_alloc(void)
 {
     struct vbd_co *co = calloc(1, sizeof(*co));
@@ -160,6 +187,9 @@ static struct vbd_co *co_alloc(void)
     mprotect(co->mem, page, PROT_NONE); /* guard page: overflow faults, not corrupts */
     co->ctx.stack_bottom = (char *)co->mem + page;
     co->ctx.stack_size = VBD_CO_STACK_DEFAULT;
+#ifdef VBD_TSAN
+    co->ctx.tsan_fiber = __tsan_create_fiber(0);
+#endif
 #if defined(__x86_64__)
     uintptr_t top = ((uintptr_t)co->ctx.stack_bottom + co->ctx.stack_size) & ~(uintptr_t)15;
     void **sp = (void **)top;
@@ -205,8 +235,7 @@ static void co_release(struct vbd_co *co)
         co_thr.free_list = co;
         co_thr.free_count++;
     } else {
-        munmap(co->mem, co->mem_size);
-        free(co);
+        co_free(co);
     }
 }
 
@@ -215,8 +244,7 @@ void vbd_co_thread_cleanup(void)
     while (co_thr.free_list) {
         struct vbd_co *co = co_thr.free_list;
         co_thr.free_list = co->next;
-        munmap(co->mem, co->mem_size);
-        free(co);
+        co_free(co);
     }
     co_thr.free_count = 0;
 }

@@ -510,7 +510,7 @@ int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
 
 void vbd_loop_run(struct vbd_loop *loop, volatile bool *stop)
 {
-    while (!*stop)
+    while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE))
         vbd_loop_run_once(loop, -1);
 }
 
