@@ -76,12 +76,13 @@ guest --workload "$G/workloads/basic.sh" --env VBD_EXPECT_LBS=4096
 stop_daemon
 
 if "$VBD_IMG" create -q -f qcow2 "$T/probe.qcow2" 1M >/dev/null 2>&1; then
-    step "qcow2 image, 2 queues on 2 iothreads: fs workload, qemu-img check clean"
+    step "qcow2 image, 2 queues on 2 iothreads: block workload (writers on every queue), fs workload, qemu-img check clean"
     q=$T/disk.qcow2
     must qemu-img create -q -f qcow2 "$q" 64M
     start_daemon --object iothread,id=io0 --object iothread,id=io1 \
         --blockdev driver=file,node-name=file0,filename="$q" --blockdev driver=qcow2,node-name=disk0,file=file0 \
         --export "$export_opts,writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
+    guest --num-queues 2 --workload "$G/workloads/basic.sh"
     guest --num-queues 2 --workload "$G/workloads/fs.sh"
     stop_daemon
     qcheck "$q"
