@@ -619,12 +619,27 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
     return 0;
 }
 
-static int send_simple(struct nbd_conn *c, struct nbd_req *r, int err, const void *data, uint32_t len)
+static void simple_header(uint8_t h[16], const struct nbd_req *r, int err)
 {
-    uint8_t h[16];
     put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
     put_be32(h + 4, err ? errno_to_nbd(err) : 0);
     put_be64(h + 8, r->cookie);
+}
+
+/* A structured chunk's header; len: the payload's bytes after it. */
+static void chunk_header(uint8_t h[20], const struct nbd_req *r, uint16_t flags, uint16_t type, uint32_t len)
+{
+    put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
+    put_be16(h + 4, flags);
+    put_be16(h + 6, type);
+    put_be64(h + 8, r->cookie);
+    put_be32(h + 16, len);
+}
+
+static int send_simple(struct nbd_conn *c, struct nbd_req *r, int err, const void *data, uint32_t len)
+{
+    uint8_t h[16];
+    simple_header(h, r, err);
     reply_small(r, h, 16, NULL, 0);
     if (data && !err)
         reply_ref(r, data, len);
@@ -636,11 +651,7 @@ static void add_chunk(struct nbd_req *r, uint16_t flags, uint16_t type, const vo
                       uint32_t l2)
 {
     uint8_t h[20];
-    put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
-    put_be16(h + 4, flags);
-    put_be16(h + 6, type);
-    put_be64(h + 8, r->cookie);
-    put_be32(h + 16, l1 + l2);
+    chunk_header(h, r, flags, type, l1 + l2);
     reply_small(r, h, 20, p1, l1);
     reply_ref(r, p2, l2);
 }
@@ -657,17 +668,11 @@ static int send_read_zero_copy(struct nbd_conn *c, struct nbd_req *r, int fd, ui
     uint8_t h[28];
     size_t hl;
     if (c->structured) {
-        put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
-        put_be16(h + 4, NBD_REPLY_FLAG_DONE);
-        put_be16(h + 6, NBD_REPLY_TYPE_OFFSET_DATA);
-        put_be64(h + 8, r->cookie);
-        put_be32(h + 16, 8 + r->len);
+        chunk_header(h, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, 8 + r->len);
         put_be64(h + 20, r->offset);
         hl = 28;
     } else {
-        put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
-        put_be32(h + 4, 0);
-        put_be64(h + 8, r->cookie);
+        simple_header(h, r, 0);
         hl = 16;
     }
     vbd_co_mutex_lock(&c->send_lock);

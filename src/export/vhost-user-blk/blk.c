@@ -743,29 +743,24 @@ static void blk_resume(struct blk_export *e, bool kick_all)
     vbd_co_mutex_unlock(&e->dev.lock);
 }
 
-struct resume_args {
-    struct blk_export *e;
-    bool kick_all;
-};
-
 static void resume_co(void *arg)
 {
-    struct resume_args *a = arg;
-    struct blk_export *e = a->e;
-    blk_resume(e, a->kick_all);
-    free(a);
+    struct blk_export *e = arg;
+    blk_resume(e, false);
+    ADD(e->resumers, -1);
+}
+
+static void resume_kick_all_co(void *arg)
+{
+    struct blk_export *e = arg;
+    blk_resume(e, true);
     ADD(e->resumers, -1);
 }
 
 static void start_resume(struct blk_export *e, bool kick_all)
 {
-    struct resume_args *a = malloc(sizeof(*a));
-    if (!a)
-        abort();
-    a->e = e;
-    a->kick_all = kick_all;
     ADD(e->resumers, 1);
-    vbd_co_wake(vbd_co_create(resume_co, a));
+    vbd_co_wake(vbd_co_create(kick_all ? resume_kick_all_co : resume_co, e));
 }
 
 static void retry_timer_cb(void *arg)

@@ -135,15 +135,22 @@ bool vu_queue_rearm(struct vu_queue *q)
     return vu_vq_enable_notification(&q->vq);
 }
 
+/* Runs the device on the ring; true if it took requests off it (a device
+ * stopped by an error policy takes none: no busy loop then). */
+static bool kick_popped(struct vu_queue *q)
+{
+    uint16_t before = q->vq.last_avail_idx;
+    q->dev->ops->queue_kick(q);
+    return q->vq.last_avail_idx != before;
+}
+
 /* Poller (DESIGN: the loop busy-polls a ring before it blocks). */
 static bool queue_poll(void *arg)
 {
     struct vu_queue *q = arg;
     if (!vu_queue_can_process(q) || vu_vq_pending(&q->vq) == 0)
         return false;
-    uint16_t before = q->vq.last_avail_idx;
-    q->dev->ops->queue_kick(q);
-    return q->vq.last_avail_idx != before;
+    return kick_popped(q);
 }
 
 static bool queue_before_sleep(void *arg)
@@ -154,9 +161,7 @@ static bool queue_before_sleep(void *arg)
     q->notify_off = false;
     if (!vu_queue_can_process(q) || !vu_vq_enable_notification(&q->vq))
         return false;
-    uint16_t before = q->vq.last_avail_idx;
-    q->dev->ops->queue_kick(q);
-    return q->vq.last_avail_idx != before;
+    return kick_popped(q);
 }
 
 static void kick_cb(void *arg, short revents)
