@@ -8,21 +8,6 @@ need qemu-system-x86_64 qemu-img python3 busybox
 G=$VBD_ROOT/tests/guest
 ls /boot/vmlinuz-* >/dev/null 2>&1 || skip "no guest kernel (linux-image-amd64)"
 S=$T/vu.sock
-dpid=
-start_daemon() {
-    rm -f "$S"
-    "$VBD_DAEMON" "$@" 2>>"$T/daemon.log" &
-    dpid=$!
-    for _ in $(seq 100); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
-    cat "$T/daemon.log"; fail "vbd-daemon did not start: $*"
-}
-stop_daemon() { # SIGTERM: clean exit, socket removed, no sanitizer report
-    kill -TERM $dpid; wait $dpid; local rc=$?
-    [ $rc = 0 ] || { cat "$T/daemon.log"; fail "vbd-daemon exited with $rc after SIGTERM"; }
-    [ ! -e "$S" ] || fail "socket left behind after SIGTERM"
-    ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
-    dpid=
-}
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 guest() { "$G/run-guest.sh" --vhost-user "$S" --timeout 200 "$@" || fail "guest: $*"; }
 export_opts="type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=$S,node-name=disk0"

@@ -61,3 +61,22 @@ gen_pki() {
 }
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
+# vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,
+# started afresh each time); stop_daemon: SIGTERM, exit status 0, socket
+# removed, no sanitizer report.
+dpid=
+start_daemon() {
+    rm -f "$S"
+    : >"$T/daemon.log"
+    "$VBD_DAEMON" "$@" 2>>"$T/daemon.log" &
+    dpid=$!
+    for _ in $(seq 100); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
+    cat "$T/daemon.log"; fail "vbd-daemon did not start: $*"
+}
+stop_daemon() {
+    kill -TERM $dpid; wait $dpid; local rc=$?
+    [ $rc = 0 ] || { cat "$T/daemon.log"; fail "vbd-daemon exited with $rc after SIGTERM"; }
+    [ ! -e "$S" ] || fail "socket left behind after SIGTERM"
+    ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
+    dpid=
+}

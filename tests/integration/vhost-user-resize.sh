@@ -8,20 +8,6 @@
 . "$(dirname "$0")/lib.sh"
 need python3
 S=$T/vu.sock
-dpid=
-start_daemon() {
-    rm -f "$S"
-    "$VBD_DAEMON" "$@" 2>>"$T/daemon.log" &
-    dpid=$!
-    for _ in $(seq 100); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
-    cat "$T/daemon.log"; fail "vbd-daemon did not start: $*"
-}
-stop_daemon() {
-    kill -TERM $dpid; wait $dpid; local rc=$?
-    [ $rc = 0 ] || { cat "$T/daemon.log"; fail "vbd-daemon exited with $rc after SIGTERM"; }
-    ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
-    dpid=
-}
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 img=$T/disk.img
 

@@ -9,20 +9,6 @@
 need python3 nbdkit
 S=$T/vu.sock
 dpid= bpid= kpid= mnt=
-start_daemon() {
-    rm -f "$S"
-    : >"$T/daemon.log"
-    "$VBD_DAEMON" "$@" 2>>"$T/daemon.log" &
-    dpid=$!
-    for _ in $(seq 100); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
-    cat "$T/daemon.log"; fail "vbd-daemon did not start: $*"
-}
-stop_daemon() {
-    kill -TERM $dpid; wait $dpid; local rc=$?
-    [ $rc = 0 ] || { cat "$T/daemon.log"; fail "vbd-daemon exited with $rc after SIGTERM"; }
-    ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
-    dpid=
-}
 wait_log() { # PATTERN: wait up to 60 s for a daemon log line
     for _ in $(seq 600); do grep -q "$1" "$T/daemon.log" && return; sleep 0.1; done
     cat "$T/daemon.log"; fail "no '$1' in the daemon's log"

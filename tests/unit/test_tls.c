@@ -171,6 +171,23 @@ struct bulk {
     struct vbd_co *waiter;
 };
 
+/* Splits buf[0..len) into at most 64 pieces, sizes from cuts[0..6] in turn. */
+static int cut_iov(uint8_t *buf, size_t len, const size_t cuts[7], struct iovec iov[64])
+{
+    int n = 0;
+    size_t off = 0;
+    for (int i = 0; off < len && n < 63; i++) {
+        size_t c = cuts[i % 7];
+        if (c > len - off)
+            c = len - off;
+        iov[n++] = (struct iovec){buf + off, c};
+        off += c;
+    }
+    if (off < len)
+        iov[n++] = (struct iovec){buf + off, len - off};
+    return n;
+}
+
 /* Receives len bytes into pieces of awkward sizes and checks the pattern. */
 static void recv_check_co(void *arg)
 {
@@ -178,17 +195,7 @@ static void recv_check_co(void *arg)
     uint8_t *buf = malloc(b->len);
     static const size_t cuts[] = {1, 27, 16384, 5, 70001, 16383, 3};
     struct iovec iov[64];
-    int n = 0;
-    size_t off = 0;
-    for (int i = 0; off < b->len && n < 63; i++) {
-        size_t c = cuts[i % 7];
-        if (c > b->len - off)
-            c = b->len - off;
-        iov[n++] = (struct iovec){buf + off, c};
-        off += c;
-    }
-    if (off < b->len)
-        iov[n++] = (struct iovec){buf + off, b->len - off};
+    int n = cut_iov(buf, b->len, cuts, iov);
     b->rc = vbd_chan_recvv_full(&b->s->ch, iov, n);
     for (size_t i = 0; b->rc == 0 && i < b->len; i++)
         if (buf[i] != pattern(i, b->seed)) {
@@ -210,17 +217,7 @@ static void send_co(void *arg)
         buf[i] = pattern(i, b->seed);
     static const size_t cuts[] = {20, 8, 100000, 16384, 1, 4096, 65536};
     struct iovec iov[64];
-    int n = 0;
-    size_t off = 0;
-    for (int i = 0; off < b->len && n < 63; i++) {
-        size_t c = cuts[i % 7];
-        if (c > b->len - off)
-            c = b->len - off;
-        iov[n++] = (struct iovec){buf + off, c};
-        off += c;
-    }
-    if (off < b->len)
-        iov[n++] = (struct iovec){buf + off, b->len - off};
+    int n = cut_iov(buf, b->len, cuts, iov);
     b->rc = vbd_chan_sendv_full(&b->s->ch, iov, n);
     free(buf);
     b->done = true;
