@@ -292,8 +292,12 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
     uint64_t unit = s->extended_l2 ? (1ull << s->subcluster_bits) : s->cluster_size;
     uint64_t len = unit - (off & (unit - 1));
     enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
-    if (entry & 0x3f00000000000000ull & ~(QCOW_OFLAG_COPIED | QCOW_OFLAG_COMPRESSED))
+    /* bits 56-61 of a compressed entry are part of its sector count */
+    if (t != QCOW2_COMPRESSED && (entry & L2E_STD_RESERVED)) {
+        vbd_error_report("qcow2 image '%s': the L2 entry of guest offset 0x%llx has reserved bits set (0x%llx)",
+                         s->n->filename, (unsigned long long)off, (unsigned long long)entry);
         return -EIO;
+    }
     if (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) {
         if ((entry & L2E_OFFSET_MASK) & (s->cluster_size - 1)) {
             vbd_error_report("qcow2: cluster allocation offset 0x%llx unaligned (L2 entry 0x%llx)",
@@ -330,6 +334,8 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
         if (qcow2_get_entry(s, next, &e2, &b2) < 0)
             break;
         enum qcow2_cluster_type t2 = qcow2_entry_type(s, e2);
+        if (t2 != QCOW2_COMPRESSED && (e2 & L2E_STD_RESERVED))
+            break; /* reported when the next extent starts there */
         if (s->extended_l2 && t2 != QCOW2_COMPRESSED) {
             int sc = (int)((next & (s->cluster_size - 1)) >> s->subcluster_bits);
             bool a = (b2 >> sc) & 1, z = (b2 >> (32 + sc)) & 1;
@@ -347,38 +353,95 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
     return 0;
 }
 
-static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
-                        unsigned flags)
+static struct qcow2_range *range_conflict(struct qcow2_state *s, uint64_t start, uint64_t end, bool exclusive)
+{
+    for (struct qcow2_range *r = s->ranges; r; r = r->next)
+        if (r->start < end && start < r->end && (exclusive || r->exclusive))
+            return r;
+    return NULL;
+}
+
+/* Lock held. Registers r for [start, end) once nothing conflicting is in
+ * flight. Returns true when it had to wait: the lock was dropped, so what
+ * the caller looked up before may have changed. */
+static bool range_lock(struct qcow2_state *s, struct qcow2_range *r, uint64_t start, uint64_t end, bool exclusive)
+{
+    bool waited = false;
+    struct qcow2_range *busy;
+    while ((busy = range_conflict(s, start, end, exclusive))) {
+        waited = true;
+        vbd_co_mutex_unlock(&s->lock);
+        vbd_co_queue_wait(&busy->waiters); /* its owner wakes us before its frame is gone */
+        vbd_co_mutex_lock(&s->lock);
+    }
+    *r = (struct qcow2_range){.start = start, .end = end, .exclusive = exclusive, .next = s->ranges};
+    s->ranges = r;
+    return waited;
+}
+
+static void range_unlock(struct qcow2_state *s, struct qcow2_range *r)
+{
+    for (struct qcow2_range **p = &s->ranges; *p; p = &(*p)->next)
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+    vbd_co_queue_wake_all(&r->waiters);
+}
+
+static uint64_t cluster_floor(const struct qcow2_state *s, uint64_t off)
+{
+    return off & ~(s->cluster_size - 1);
+}
+
+static uint64_t cluster_ceil(const struct qcow2_state *s, uint64_t off)
+{
+    return (off + s->cluster_size - 1) & ~(s->cluster_size - 1);
+}
+
+/* range_held: the caller holds an exclusive range over [off, off+bytes)
+ * (a copy-on-write reading the cluster it is about to replace). */
+static int read_range(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                      bool range_held)
 {
     struct qcow2_state *s = n->opaque;
-    (void)flags;
     while (bytes) {
         struct extent x;
+        struct qcow2_range r;
+        bool ranged = false;
         vbd_co_mutex_lock(&s->lock);
         int rc = map_extent(s, off, bytes, &x);
+        if (rc == 0 && x.type == QCOW2_NORMAL && !range_held) {
+            /* the host clusters stay ours until the read is done */
+            ranged = true;
+            if (range_lock(s, &r, cluster_floor(s, off), cluster_ceil(s, off + x.len), false))
+                rc = map_extent(s, off, x.len, &x);
+        }
         if (rc == 0 && x.type == QCOW2_COMPRESSED) {
             rc = qcow2_read_compressed(s, x.entry, s->cluster_buf);
             if (rc == 0) /* copied out before the shared buffer is released */
                 vbd_iov_from_buf(q->iov, q->niov, qoff, s->cluster_buf + (off & (s->cluster_size - 1)), x.len);
         }
         vbd_co_mutex_unlock(&s->lock);
-        if (rc < 0)
-            return rc;
-        switch (x.type) {
-        case QCOW2_UNALLOCATED:
-        case QCOW2_UNALLOC_ALLOC:
-            rc = read_unallocated(n, off, x.len, q, qoff);
-            break;
-        case QCOW2_ZERO_PLAIN:
-        case QCOW2_ZERO_ALLOC:
-            vbd_iov_memset(q->iov, q->niov, qoff, 0, x.len);
-            break;
-        case QCOW2_NORMAL:
-            rc = vbd_node_co_preadv(s->data, x.host, x.len, q, qoff, 0);
-            break;
-        case QCOW2_COMPRESSED:
-            break;
+        if (rc == 0) {
+            switch (x.type) {
+            case QCOW2_UNALLOCATED:
+            case QCOW2_UNALLOC_ALLOC:
+                rc = read_unallocated(n, off, x.len, q, qoff);
+                break;
+            case QCOW2_ZERO_PLAIN:
+            case QCOW2_ZERO_ALLOC:
+                vbd_iov_memset(q->iov, q->niov, qoff, 0, x.len);
+                break;
+            case QCOW2_NORMAL:
+                rc = vbd_node_co_preadv(s->data, x.host, x.len, q, qoff, 0);
+                break;
+            case QCOW2_COMPRESSED:
+                break;
+            }
         }
+        if (ranged)
+            range_unlock(s, &r);
         if (rc < 0)
             return rc;
         off += x.len;
@@ -388,8 +451,12 @@ static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
     return 0;
 }
 
-static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
-                              uint8_t *buf, uint64_t entry, enum qcow2_cluster_type t, uint64_t host, bool in_place);
+static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                        unsigned flags)
+{
+    (void)flags;
+    return read_range(n, off, bytes, q, qoff, false);
+}
 
 /* Host clusters for guest clusters [guest, +count): with a data file the
  * same offsets there (nothing to count), else the first free ones. */
@@ -413,68 +480,47 @@ static void put_buf(struct qcow2_state *s, uint8_t *b)
         free(b);
 }
 
-/* Lock held; returns with it held once no allocation of cstart is in flight. */
-static void wait_alloc(struct qcow2_state *s, uint64_t cstart)
+/* A write of [in, in+len) of a cluster with this entry goes to the mapped
+ * host cluster as it is, changing no metadata. */
+static bool plain_overwrite(const struct qcow2_state *s, uint64_t entry, uint64_t bitmap, uint64_t in, uint64_t len)
 {
-    for (;;) {
-        bool busy = false;
-        for (int i = 0; i < s->nalloc_inflight; i++)
-            busy |= s->alloc_inflight[i] == cstart;
-        if (!busy)
-            return;
-        vbd_co_mutex_unlock(&s->lock);
-        vbd_co_queue_wait(&s->alloc_q);
-        vbd_co_mutex_lock(&s->lock);
-    }
+    if (entry & (QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO) || !(entry & QCOW_OFLAG_COPIED))
+        return false;
+    if (!(entry & L2E_OFFSET_MASK) && !s->external)
+        return false;
+    if (!s->extended_l2)
+        return true;
+    /* every subcluster written to must be allocated (and so not zero) already */
+    uint32_t first = (uint32_t)(in >> s->subcluster_bits), last = (uint32_t)((in + len - 1) >> s->subcluster_bits);
+    uint32_t want = (uint32_t)(((2ull << last) - 1) & ~((1ull << first) - 1));
+    return ((uint32_t)bitmap & want) == want && !((bitmap >> 32) & want);
 }
 
-/* One cluster's worth of an allocating write (lock held): the cluster gets
- * a new host cluster holding its current content overlaid with the data. */
-static int write_cow_cluster(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
-                             uint64_t *inplace_host)
-{
-    struct qcow2_state *s = n->opaque;
-    uint64_t cstart = off & ~(s->cluster_size - 1);
-    uint64_t in = off - cstart;
-    uint64_t *table;
-    uint32_t index;
-    struct qcow2_l2_slot *slot = NULL;
-    int rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
-    if (rc == -ENOTSUP) {
-        vbd_error_report("qcow2: writing to clusters shared with an internal snapshot is not supported yet");
-        return -ENOTSUP;
-    }
-    if (rc < 0)
-        return rc;
-    uint64_t *ep = &table[s->extended_l2 ? 2 * index : index];
-    uint64_t entry = be64(ep[0]);
-    enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
-    uint64_t host = entry & L2E_OFFSET_MASK;
-    bool in_place = (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && (entry & QCOW_OFLAG_COPIED) &&
-                    !(s->extended_l2 && (uint32_t)be64(ep[1]) != 0xffffffffu && t == QCOW2_NORMAL &&
-                      len != s->cluster_size);
-    if (in_place && t == QCOW2_NORMAL && (!s->extended_l2 || (uint32_t)be64(ep[1]) == 0xffffffffu)) {
-        /* an ordinary overwrite: no metadata change */
-        *inplace_host = host + in;
-        return 1;
-    }
-    /* build the whole cluster: current content, then the new data */
-    uint8_t *buf = get_buf(s);
-    rc = cow_fill_and_write(n, off, len, q, qoff, buf, entry, t, host, in_place);
-    put_buf(s, buf);
-    return rc;
-}
-
+/*
+ * One cluster's worth of a write whose mapping must change (lock held, the
+ * caller holds the cluster's range exclusively): the cluster gets a host
+ * cluster (new unless in_place) holding its current content overlaid with
+ * the data, then the L2 entry is switched to it.
+ */
 static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
-                              uint8_t *buf, uint64_t entry, enum qcow2_cluster_type t, uint64_t host, bool in_place)
+                              uint8_t *buf)
 {
     struct qcow2_state *s = n->opaque;
-    uint64_t cstart = off & ~(s->cluster_size - 1);
+    uint64_t cstart = cluster_floor(s, off);
     uint64_t in = off - cstart;
     uint64_t *table, *ep;
     uint32_t index;
     struct qcow2_l2_slot *slot = NULL;
-    int rc = 0;
+    int rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
+    if (rc == -ENOTSUP)
+        vbd_error_report("qcow2: writing to clusters shared with an internal snapshot is not supported yet");
+    if (rc < 0)
+        return rc;
+    ep = &table[s->extended_l2 ? 2 * index : index];
+    uint64_t entry = be64(ep[0]);
+    enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+    uint64_t host = entry & L2E_OFFSET_MASK;
+    bool in_place = (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && (entry & QCOW_OFLAG_COPIED);
     if (len != s->cluster_size) {
         struct iovec one = {buf, s->cluster_size};
         struct vbd_qiov cq;
@@ -488,16 +534,13 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
         } else {
             /* extended L2 or a shared cluster: per-subcluster content through the read path */
             vbd_co_mutex_unlock(&s->lock);
-            rc = qcow2_preadv(n, cstart, s->cluster_size, &cq, 0, 0);
+            rc = read_range(n, cstart, s->cluster_size, &cq, 0, true);
             vbd_co_mutex_lock(&s->lock);
             /* the L2 slot may have been evicted meanwhile: look it up again */
             if (rc == 0)
                 rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
-            if (rc == 0) {
-                ep = &table[s->extended_l2 ? 2 * index : index];
-                if (be64(ep[0]) != entry)
-                    return -EAGAIN; /* someone else changed it: retry */
-            }
+            if (rc == 0 && be64(table[s->extended_l2 ? 2 * index : index]) != entry)
+                return qcow2_signal_corruption(s, "L2 entry changed under an exclusive range", cstart);
         }
         if (rc < 0)
             return rc;
@@ -506,8 +549,7 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     if (!whole)
         vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
     uint64_t target = host;
-    bool fresh = !in_place;
-    if (fresh) {
+    if (!in_place) {
         int64_t a = alloc_data(s, cstart, 1);
         if (a < 0)
             return (int)a;
@@ -515,26 +557,17 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     }
     if (qcow2_data_overlaps(s, target, s->cluster_size))
         return qcow2_signal_corruption(s, "data cluster would overwrite metadata", target);
-    /* the data goes out without the lock: other clusters' allocations proceed meanwhile */
-    bool unlocked = s->nalloc_inflight < 64;
-    if (unlocked) {
-        s->alloc_inflight[s->nalloc_inflight++] = cstart;
-        vbd_co_mutex_unlock(&s->lock);
-    }
+    /* the data goes out without the lock: other clusters' requests proceed meanwhile */
+    vbd_co_mutex_unlock(&s->lock);
     rc = whole ? vbd_node_co_pwritev(s->data, target, len, q, qoff, 0)
                : vbd_node_co_pwrite(s->data, target, buf, s->cluster_size, 0);
-    if (unlocked) {
-        vbd_co_mutex_lock(&s->lock);
-        for (int i = 0; i < s->nalloc_inflight; i++)
-            if (s->alloc_inflight[i] == cstart) {
-                s->alloc_inflight[i] = s->alloc_inflight[--s->nalloc_inflight];
-                break;
-            }
-        vbd_co_queue_wake_all(&s->alloc_q);
-    }
-    if (rc < 0)
+    vbd_co_mutex_lock(&s->lock);
+    if (rc < 0) {
+        if (!in_place && !s->external)
+            qcow2_update_refcount(s, target, -1); /* never referenced: give it back */
         return rc;
-    /* lookup again: the flush yielded and the slot may have been reused */
+    }
+    /* look up again: the slot may have been evicted while the lock was dropped */
     rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
     if (rc < 0)
         return rc;
@@ -543,18 +576,54 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     if (s->extended_l2)
         ep[1] = be64(0xffffffffull); /* every subcluster allocated, none zero */
     slot->dirty = true; /* written after the next flush of the refcounts (qcow2_writeback) */
-    if (fresh && (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && host && !s->external)
-        qcow2_defer_free(s, host); /* the snapshot keeps its copy */
-    if (fresh && t == QCOW2_COMPRESSED) {
-        uint64_t coff = entry & s->coffset_mask;
-        uint64_t nsect = ((entry >> s->csize_shift) & s->csize_mask) + 1;
-        uint64_t last = (coff + nsect * 512 - (coff & 511) - 1) & ~(s->cluster_size - 1);
-        for (uint64_t c = coff & ~(s->cluster_size - 1); c <= last; c += s->cluster_size)
-            qcow2_defer_free(s, c);
-    }
+    if (!in_place && entry)
+        qcow2_release_entry(s, entry); /* the snapshot (or nobody) keeps the old copy */
     return 0;
 }
 
+/* One cluster's worth of a write (lock held on entry and on return). */
+static int write_cluster(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff)
+{
+    struct qcow2_state *s = n->opaque;
+    uint64_t cstart = cluster_floor(s, off), in = off - cstart;
+    struct qcow2_range r;
+    bool held = false, exclusive = false, overwrite;
+    uint64_t entry, bitmap;
+    for (;;) {
+        int rc = qcow2_get_entry(s, cstart, &entry, &bitmap);
+        if (rc < 0) {
+            if (held)
+                range_unlock(s, &r);
+            return rc;
+        }
+        overwrite = plain_overwrite(s, entry, bitmap, in, len);
+        if (held && (exclusive || overwrite))
+            break; /* what we hold covers what the write needs */
+        if (held)
+            range_unlock(s, &r);
+        exclusive = !overwrite;
+        held = true;
+        if (!range_lock(s, &r, cstart, cstart + s->cluster_size, exclusive))
+            break; /* took it without waiting: the entry is still current */
+    }
+    int rc;
+    if (overwrite) {
+        uint64_t host = (entry & L2E_OFFSET_MASK) + in;
+        if (qcow2_data_overlaps(s, host, len)) {
+            rc = qcow2_signal_corruption(s, "data write would overwrite metadata", host);
+        } else {
+            vbd_co_mutex_unlock(&s->lock);
+            rc = vbd_node_co_pwritev(s->data, host, len, q, qoff, 0);
+            vbd_co_mutex_lock(&s->lock);
+        }
+    } else {
+        uint8_t *buf = get_buf(s);
+        rc = cow_fill_and_write(n, off, len, q, qoff, buf);
+        put_buf(s, buf);
+    }
+    range_unlock(s, &r);
+    return rc;
+}
 
 
 /* Compressed data is packed: a chunk goes into the rest of the cluster the
@@ -607,28 +676,26 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct 
     int rc = 1;
     if (!clen)
         goto out;
+    struct qcow2_range r;
     vbd_co_mutex_lock(&s->lock);
-    wait_alloc(s, cstart);
+    range_lock(s, &r, cstart, cstart + s->cluster_size, true);
     uint64_t *table;
     uint32_t index;
     struct qcow2_l2_slot *slot = NULL;
     rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
     if (rc < 0) {
-        vbd_co_mutex_unlock(&s->lock);
         rc = rc == -ENOTSUP ? 1 : rc;
-        goto out;
+        goto unlock;
     }
     int64_t at = alloc_bytes(s, clen);
     uint64_t extra = (((uint64_t)at + clen - 1) >> 9) - ((uint64_t)at >> 9);
     if (at < 0 || extra > s->csize_mask || (uint64_t)at > s->coffset_mask) {
-        vbd_co_mutex_unlock(&s->lock);
         rc = at < 0 ? (int)at : 1;
-        goto out;
+        goto unlock;
     }
     if (qcow2_overlaps_metadata(s, (uint64_t)at, clen)) {
         rc = qcow2_signal_corruption(s, "compressed data would overwrite metadata", (uint64_t)at);
-        vbd_co_mutex_unlock(&s->lock);
-        goto out;
+        goto unlock;
     }
     rc = vbd_node_co_pwrite(n->file, (uint64_t)at, packed, clen, 0);
     if (rc == 0)
@@ -643,6 +710,8 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct 
         if (old)
             qcow2_release_entry(s, old);
     }
+unlock:
+    range_unlock(s, &r);
     vbd_co_mutex_unlock(&s->lock);
 out:
     free(plain);
@@ -663,15 +732,11 @@ static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, s
     uint64_t k = 0, max = bytes >> s->cluster_bits;
     if (max > RUN_MAX)
         max = RUN_MAX;
-    if (s->nalloc_inflight + (int)max > 64)
-        max = (uint64_t)(64 - s->nalloc_inflight);
     bool backed = n->backing != NULL;
+    /* the lock stays held from here to range_lock: nobody registers a range meanwhile */
     for (; k < max; k++) {
         uint64_t c = off + (k << s->cluster_bits), e, b;
-        bool busy = false;
-        for (int i = 0; i < s->nalloc_inflight; i++)
-            busy |= s->alloc_inflight[i] == c;
-        if (busy || qcow2_get_entry(s, c, &e, &b) < 0)
+        if (range_conflict(s, c, c + s->cluster_size, true) || qcow2_get_entry(s, c, &e, &b) < 0)
             break;
         enum qcow2_cluster_type t = qcow2_entry_type(s, e);
         if (!(t == QCOW2_UNALLOCATED || (t == QCOW2_ZERO_PLAIN && !backed)) || (e & L2E_OFFSET_MASK))
@@ -681,28 +746,24 @@ static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, s
         vbd_co_mutex_unlock(&s->lock);
         return 0;
     }
+    struct qcow2_range r;
+    uint64_t len = k << s->cluster_bits;
+    if (range_lock(s, &r, off, off + len, true)) {
+        range_unlock(s, &r); /* cannot happen (see above); the cluster path copes either way */
+        vbd_co_mutex_unlock(&s->lock);
+        return 0;
+    }
     int64_t start = alloc_data(s, off, k);
-    if (start < 0) {
+    int rc = start < 0 ? (int)start : 0;
+    if (rc == 0 && qcow2_data_overlaps(s, (uint64_t)start, len))
+        rc = qcow2_signal_corruption(s, "data clusters would overwrite metadata", (uint64_t)start);
+    if (rc == 0) {
         vbd_co_mutex_unlock(&s->lock);
-        return start;
-    }
-    if (qcow2_data_overlaps(s, (uint64_t)start, k << s->cluster_bits)) {
-        int rc = qcow2_signal_corruption(s, "data clusters would overwrite metadata", (uint64_t)start);
-        vbd_co_mutex_unlock(&s->lock);
-        return rc;
-    }
-    for (uint64_t i = 0; i < k; i++)
-        s->alloc_inflight[s->nalloc_inflight++] = off + (i << s->cluster_bits);
-    vbd_co_mutex_unlock(&s->lock);
-    int rc = vbd_node_co_pwritev(s->data, (uint64_t)start, k << s->cluster_bits, q, qoff, 0);
-    vbd_co_mutex_lock(&s->lock);
-    for (uint64_t i = 0; i < k; i++) {
-        uint64_t c = off + (i << s->cluster_bits);
-        for (int j = 0; j < s->nalloc_inflight; j++)
-            if (s->alloc_inflight[j] == c) {
-                s->alloc_inflight[j] = s->alloc_inflight[--s->nalloc_inflight];
-                break;
-            }
+        rc = vbd_node_co_pwritev(s->data, (uint64_t)start, len, q, qoff, 0);
+        vbd_co_mutex_lock(&s->lock);
+        if (rc < 0 && !s->external)
+            for (uint64_t i = 0; i < k; i++) /* never referenced: give them back */
+                qcow2_update_refcount(s, (uint64_t)start + (i << s->cluster_bits), -1);
     }
     for (uint64_t i = 0; rc == 0 && i < k; i++) {
         uint64_t *table;
@@ -714,9 +775,9 @@ static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, s
         table[index] = be64(((uint64_t)start + (i << s->cluster_bits)) | QCOW_OFLAG_COPIED);
         slot->dirty = true; /* written after the refcounts (qcow2_writeback) */
     }
-    vbd_co_queue_wake_all(&s->alloc_q);
+    range_unlock(s, &r);
     vbd_co_mutex_unlock(&s->lock);
-    return rc < 0 ? rc : (int64_t)(k << s->cluster_bits);
+    return rc < 0 ? rc : (int64_t)len;
 }
 
 static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
@@ -729,7 +790,6 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
     while (bytes) {
         uint64_t in = off & (s->cluster_size - 1);
         uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
-        uint64_t host = 0;
         if (!(flags & VBD_REQ_COMPRESSED)) {
             int64_t done = write_new_run(n, off, bytes, q, qoff);
             if (done < 0)
@@ -741,32 +801,16 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
                 continue;
             }
         }
-        if ((flags & VBD_REQ_COMPRESSED) && len == s->cluster_size) {
-            int crc = write_compressed_cluster(n, off, q, qoff);
-            if (crc < 0)
-                return crc;
-            if (crc == 0) {
-                off += len;
-                qoff += len;
-                bytes -= len;
-                continue;
-            }
+        int rc = 1;
+        if ((flags & VBD_REQ_COMPRESSED) && len == s->cluster_size)
+            rc = write_compressed_cluster(n, off, q, qoff); /* 1: does not pay, written normally */
+        if (rc == 1) {
+            vbd_co_mutex_lock(&s->lock);
+            rc = write_cluster(n, off, len, q, qoff);
+            vbd_co_mutex_unlock(&s->lock);
         }
-        vbd_co_mutex_lock(&s->lock);
-        wait_alloc(s, off & ~(s->cluster_size - 1));
-        int rc = write_cow_cluster(n, off, len, q, qoff, &host);
-        vbd_co_mutex_unlock(&s->lock);
-        if (rc == -EAGAIN)
-            continue;
         if (rc < 0)
             return rc;
-        if (rc == 1) {
-            if (qcow2_data_overlaps(s, host, len))
-                return qcow2_signal_corruption(s, "data write would overwrite metadata", host);
-            rc = vbd_node_co_pwritev(s->data, host, len, q, qoff, 0);
-            if (rc < 0)
-                return rc;
-        }
         off += len;
         qoff += len;
         bytes -= len;
@@ -860,9 +904,11 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
         uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
         int rc = 1;
         if (len == s->cluster_size) {
+            struct qcow2_range r;
             vbd_co_mutex_lock(&s->lock);
-            wait_alloc(s, off);
+            range_lock(s, &r, off, off + len, true);
             rc = set_cluster_zero(n, off, (flags & VBD_REQ_MAY_UNMAP) != 0, discard);
+            range_unlock(s, &r);
             vbd_co_mutex_unlock(&s->lock);
         } else if (discard) {
             rc = 0; /* partial clusters: discard is advisory */

@@ -37,6 +37,7 @@
 
 #define L1E_OFFSET_MASK 0x00fffffffffffe00ull
 #define L2E_OFFSET_MASK 0x00fffffffffffe00ull
+#define L2E_STD_RESERVED 0x3f000000000001feull /* bits 1-8 and 56-61 of a standard entry */
 #define QCOW_OFLAG_COPIED (1ull << 63)
 #define QCOW_OFLAG_COMPRESSED (1ull << 62)
 #define QCOW_OFLAG_ZERO (1ull << 0)
@@ -56,6 +57,23 @@ struct qcow2_l2_slot {
     uint64_t *table; /* big-endian entries as on disk */
     uint64_t lru;
     bool dirty;
+};
+
+/*
+ * A guest range a request works on (QEMU's in-flight allocations, made
+ * general). It is registered under s->lock before the request first drops
+ * the lock and unregistered when the request is done with it, and lives on
+ * the request's stack. Exclusive: whoever changes the range's mapping (an
+ * allocation, a copy-on-write, a zero or discard, a compressed write).
+ * Shared: whoever reads or overwrites the mapped host clusters in place,
+ * which must not be freed or reused meanwhile. A request holds at most one
+ * range at a time, so waiting for one cannot deadlock.
+ */
+struct qcow2_range {
+    uint64_t start, end; /* guest bytes, cluster aligned */
+    bool exclusive;
+    struct vbd_co_queue waiters;
+    struct qcow2_range *next;
 };
 
 struct qcow2_ext {
@@ -145,10 +163,8 @@ struct qcow2_state {
     /* Deferred metadata: dirty L2 tables reach the disk only after a flush
      * has made the refcounts (and data) they depend on durable; clusters they
      * no longer reference are released only after they are on disk. */
-    /* guest clusters whose allocating write is in flight without the lock */
-    uint64_t alloc_inflight[64];
-    int nalloc_inflight;
-    struct vbd_co_queue alloc_q;
+    /* guest ranges that requests work on while s->lock is dropped (qcow2.c) */
+    struct qcow2_range *ranges;
     uint8_t *bufpool[16]; /* cluster-sized buffers for copy-on-write */
     int nbufpool;
     uint64_t *frees;

@@ -45,6 +45,17 @@ int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
     return 0;
 }
 
+/* With lazy refcounts the refcounts on disk may fall behind the tables
+ * that use them; the header's dirty flag says so, and it must reach the
+ * disk before the first refcount change it covers (a crash in between
+ * would leave a refcount the repairing open never looks at). */
+static int lazy_dirty_first(struct qcow2_state *s)
+{
+    if (!(s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) || (s->incompat & QCOW2_INCOMPAT_DIRTY))
+        return 0;
+    return qcow2_update_incompat(s, QCOW2_INCOMPAT_DIRTY, 0);
+}
+
 /* Dirty blocks are written back lazily: when their slot is reused, and by
  * qcow2_write_refcounts()/qcow2_flush_refcounts(), which every metadata
  * write that depends on refcounts goes through. */
@@ -52,7 +63,10 @@ static int write_slot(struct qcow2_state *s, struct qcow2_rc_slot *sl)
 {
     if (!sl->dirty || !sl->offset)
         return 0;
-    int rc = vbd_node_co_pwrite(s->n->file, sl->offset, sl->data, s->cluster_size, 0);
+    int rc = lazy_dirty_first(s);
+    if (rc < 0)
+        return rc;
+    rc = vbd_node_co_pwrite(s->n->file, sl->offset, sl->data, s->cluster_size, 0);
     if (rc == 0)
         sl->dirty = false;
     return rc;
@@ -256,6 +270,9 @@ static int grow_reftable(struct qcow2_state *s, uint64_t entries)
     if (nclusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES)
         return -EFBIG;
     uint64_t new_entries = nclusters * per_cluster;
+    int rc = lazy_dirty_first(s);
+    if (rc < 0)
+        return rc;
     uint64_t *table = calloc(new_entries, 8);
     if (!table)
         return -ENOMEM;
@@ -267,7 +284,6 @@ static int grow_reftable(struct qcow2_state *s, uint64_t entries)
     s->reftable_entries = new_entries;
     qcow2_metadata_moved(s);
     s->file_end = start + nclusters * s->cluster_size;
-    int rc = 0;
     /* the new table's own clusters need refcounts (may add refcount blocks after it) */
     for (uint64_t c = 0; c < nclusters && rc == 0; c++)
         rc = set_refcount(s, (start >> s->cluster_bits) + c, 1);
@@ -317,8 +333,11 @@ static int ensure_block(struct qcow2_state *s, uint64_t cluster, uint64_t *block
         return 0;
     }
     struct qcow2_rc_slot *sl;
+    int rc = lazy_dirty_first(s);
+    if (rc < 0)
+        return rc;
     s->rc_cur = NULL;
-    int rc = take_slot(s, &sl);
+    rc = take_slot(s, &sl);
     if (rc < 0)
         return rc;
     uint64_t off = s->file_end;
