@@ -32,7 +32,10 @@ int qcow2_writeback(struct qcow2_state *s)
         dirty |= s->l2_cache[i].dirty;
     if (!dirty && !s->nfrees)
         return 0;
-    int rc;
+    /* data before the tables that point to it: a data file is flushed apart */
+    int rc = s->external && dirty ? vbd_node_co_flush(s->data) : 0;
+    if (rc < 0)
+        return rc;
     if (s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) {
         /* lazy refcounts: the dirty bit, not a flush, covers refcounts that
          * have not reached the disk (an open repairs them) */

@@ -530,7 +530,9 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
         } else if (t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC) {
             memset(buf, 0, s->cluster_size);
         } else if (t == QCOW2_UNALLOCATED && !s->extended_l2) {
+            vbd_co_mutex_unlock(&s->lock); /* the backing file is read without blocking this image */
             rc = read_unallocated(n, cstart, s->cluster_size, &cq, 0);
+            vbd_co_mutex_lock(&s->lock);
         } else {
             /* extended L2 or a shared cluster: per-subcluster content through the read path */
             vbd_co_mutex_unlock(&s->lock);
@@ -596,7 +598,10 @@ static int write_cluster(struct vbd_node *n, uint64_t off, uint64_t len, struct 
                 range_unlock(s, &r);
             return rc;
         }
-        overwrite = plain_overwrite(s, entry, bitmap, in, len);
+        uint64_t l1_index = cstart >> (s->l2_bits + s->cluster_bits);
+        /* a table shared with a snapshot is copied first, whatever its entries say */
+        overwrite = l1_index < s->l1_size && (s->l1[l1_index] & QCOW_OFLAG_COPIED) &&
+                    plain_overwrite(s, entry, bitmap, in, len);
         if (held && (exclusive || overwrite))
             break; /* what we hold covers what the write needs */
         if (held)
@@ -947,7 +952,10 @@ static int qcow2_flush(struct vbd_node *n)
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
-    int rc = qcow2_writeback(s);
+    /* the generic layer flushes n->file only: data in a data file first */
+    int rc = s->external ? vbd_node_co_flush(s->data) : 0;
+    if (rc == 0)
+        rc = qcow2_writeback(s);
     if (rc == 0)
         rc = qcow2_write_refcounts(s); /* the file child is flushed by the caller afterwards */
     vbd_co_mutex_unlock(&s->lock);
