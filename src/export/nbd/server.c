@@ -5,7 +5,7 @@
  * running concurrently (a bounded pool of request slots) and replies sent
  * whole under a per-connection lock, in completion order.
  */
-#include "nbd-proto.h"
+#include "vbd/nbd-protocol.h"
 
 #include "vbd/authz.h"
 #include "vbd/backend.h"
@@ -121,10 +121,10 @@ static struct {
 static int send_opt_reply(struct nbd_conn *c, uint32_t opt, uint32_t type, const void *data, uint32_t len)
 {
     uint8_t h[20];
-    put_be64(h, NBD_REP_MAGIC);
-    put_be32(h + 8, opt);
-    put_be32(h + 12, type);
-    put_be32(h + 16, len);
+    put_be64p(h, NBD_REP_MAGIC);
+    put_be32p(h + 8, opt);
+    put_be32p(h + 12, type);
+    put_be32p(h + 16, len);
     struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, len}};
     return vbd_chan_sendv_full(&c->ch, iov, len ? 2 : 1);
 }
@@ -161,7 +161,7 @@ static int parse_name(const uint8_t *p, uint32_t len, char *name)
 {
     if (len < 4)
         return -1;
-    uint32_t nl = get_be32(p);
+    uint32_t nl = get_be32p(p);
     if (nl > NBD_MAX_NAME_LEN || nl > len - 4)
         return -1;
     memcpy(name, p + 4, nl);
@@ -177,7 +177,7 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     int used = parse_name(data, len, name);
     if (used < 0 || len - used < 2)
         return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed NBD_OPT_INFO/GO request");
-    uint16_t nreq = get_be16(data + used);
+    uint16_t nreq = get_be16p(data + used);
     if ((uint32_t)used + 2 + 2u * nreq != len)
         return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_INFO/GO length does not match its content");
     struct nbd_export *e = find_export(name);
@@ -188,22 +188,22 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     }
     bool want_name = false, want_desc = false, want_bs = false;
     for (uint16_t i = 0; i < nreq; i++) {
-        uint16_t t = get_be16(data + used + 2 + 2 * i);
+        uint16_t t = get_be16p(data + used + 2 + 2 * i);
         want_name |= t == NBD_INFO_NAME;
         want_desc |= t == NBD_INFO_DESCRIPTION;
         want_bs |= t == NBD_INFO_BLOCK_SIZE;
     }
     uint8_t buf[12];
     int rc;
-    put_be16(buf, NBD_INFO_EXPORT);
-    put_be64(buf + 2, vbd_backend_size(e->be));
-    put_be16(buf + 10, export_flags(e));
+    put_be16p(buf, NBD_INFO_EXPORT);
+    put_be64p(buf + 2, vbd_backend_size(e->be));
+    put_be16p(buf + 10, export_flags(e));
     if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, buf, 12)) < 0)
         return rc;
     if (want_name) {
         size_t nl = strlen(e->name);
         uint8_t *b = malloc(2 + nl);
-        put_be16(b, NBD_INFO_NAME);
+        put_be16p(b, NBD_INFO_NAME);
         memcpy(b + 2, e->name, nl);
         rc = send_opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + nl));
         free(b);
@@ -213,7 +213,7 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     if (want_desc && e->description) {
         size_t dl = strlen(e->description);
         uint8_t *b = malloc(2 + dl);
-        put_be16(b, NBD_INFO_DESCRIPTION);
+        put_be16p(b, NBD_INFO_DESCRIPTION);
         memcpy(b + 2, e->description, dl);
         rc = send_opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + dl));
         free(b);
@@ -222,10 +222,10 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     }
     if (want_bs) {
         uint8_t b[14];
-        put_be16(b, NBD_INFO_BLOCK_SIZE);
-        put_be32(b + 2, 1);
-        put_be32(b + 6, 4096);
-        put_be32(b + 10, NBD_MAX_REQUEST);
+        put_be16p(b, NBD_INFO_BLOCK_SIZE);
+        put_be32p(b + 2, 1);
+        put_be32p(b + 6, 4096);
+        put_be32p(b + 10, NBD_MAX_REQUEST);
         if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, b, 14)) < 0)
             return rc;
     }
@@ -270,15 +270,15 @@ static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
         ctx[nctx].name = bitmap_ctx;
         ctx[nctx++].id = META_BITMAP;
     }
-    uint32_t nq = get_be32(data + used);
+    uint32_t nq = get_be32p(data + used);
     uint32_t pos = used + 4;
     unsigned selected = 0;
     /* validate all queries before replying */
     uint32_t p = pos;
     for (uint32_t i = 0; i < nq; i++) {
-        if (len - p < 4 || get_be32(data + p) > len - p - 4 || get_be32(data + p) > NBD_MAX_NAME_LEN)
+        if (len - p < 4 || get_be32p(data + p) > len - p - 4 || get_be32p(data + p) > NBD_MAX_NAME_LEN)
             return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed meta context query");
-        p += 4 + get_be32(data + p);
+        p += 4 + get_be32p(data + p);
     }
     if (p != len)
         return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "meta context request length does not match its content");
@@ -287,7 +287,7 @@ static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
         if (i == nq && nq)
             break;
         if (nq) {
-            uint32_t ql = get_be32(data + pos);
+            uint32_t ql = get_be32p(data + pos);
             memcpy(q, data + pos + 4, ql);
             q[ql] = 0;
             pos += 4 + ql;
@@ -303,7 +303,7 @@ static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
             selected |= bit;
             size_t nl = strlen(mn);
             uint8_t b[4 + NBD_MAX_NAME_LEN + 32];
-            put_be32(b, set ? ctx[m].id : 0);
+            put_be32p(b, set ? ctx[m].id : 0);
             memcpy(b + 4, mn, nl);
             int rc = send_opt_reply(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + nl));
             if (rc < 0)
@@ -358,14 +358,14 @@ static int start_tls(struct nbd_conn *c)
 static int handshake(struct nbd_conn *c)
 {
     uint8_t hello[18];
-    put_be64(hello, NBD_MAGIC);
-    put_be64(hello + 8, NBD_IHAVEOPT);
-    put_be16(hello + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    put_be64p(hello, NBD_MAGIC);
+    put_be64p(hello + 8, NBD_IHAVEOPT);
+    put_be16p(hello + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
     int rc = vbd_chan_send_full(&c->ch, hello, sizeof(hello));
     uint8_t cf[4];
     if (rc < 0 || (rc = vbd_chan_recv_full(&c->ch, cf, 4)) < 0)
         return rc;
-    uint32_t cflags = get_be32(cf);
+    uint32_t cflags = get_be32p(cf);
     if (!(cflags & NBD_FLAG_C_FIXED_NEWSTYLE) || (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))) {
         vbd_warn("nbd: client sent unsupported handshake flags 0x%x, closing", cflags);
         return -EPROTO;
@@ -376,12 +376,12 @@ static int handshake(struct nbd_conn *c)
         uint8_t h[16];
         if ((rc = vbd_chan_recv_full(&c->ch, h, 16)) < 0)
             break;
-        if (get_be64(h) != NBD_IHAVEOPT) {
+        if (get_be64p(h) != NBD_IHAVEOPT) {
             vbd_warn("nbd: bad option magic from client, closing");
             rc = -EPROTO;
             break;
         }
-        uint32_t opt = get_be32(h + 8), len = get_be32(h + 12);
+        uint32_t opt = get_be32p(h + 8), len = get_be32p(h + 12);
         if (len > NBD_MAX_OPTION_LEN) {
             vbd_warn("nbd: option %u with %u bytes of data is too long, closing", opt, len);
             rc = -EPROTO;
@@ -420,8 +420,8 @@ static int handshake(struct nbd_conn *c)
                 break;
             }
             uint8_t r[10 + 124] = {0};
-            put_be64(r, vbd_backend_size(e->be));
-            put_be16(r + 8, export_flags(e));
+            put_be64p(r, vbd_backend_size(e->be));
+            put_be16p(r + 8, export_flags(e));
             rc = vbd_chan_send_full(&c->ch, r, c->no_zeroes ? 10 : sizeof(r));
             c->exp = e;
             done = true;
@@ -439,7 +439,7 @@ static int handshake(struct nbd_conn *c)
             for (struct nbd_export *e = srv.exports; e && rc >= 0; e = e->next) {
                 size_t nl = strlen(e->name), dl = e->description ? strlen(e->description) : 0;
                 uint8_t *b = malloc(4 + nl + dl);
-                put_be32(b, (uint32_t)nl);
+                put_be32p(b, (uint32_t)nl);
                 memcpy(b + 4, e->name, nl);
                 if (dl)
                     memcpy(b + 4 + nl, e->description, dl);
@@ -621,19 +621,19 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
 
 static void simple_header(uint8_t h[16], const struct nbd_req *r, int err)
 {
-    put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
-    put_be32(h + 4, err ? errno_to_nbd(err) : 0);
-    put_be64(h + 8, r->cookie);
+    put_be32p(h, NBD_SIMPLE_REPLY_MAGIC);
+    put_be32p(h + 4, err ? errno_to_nbd(err) : 0);
+    put_be64p(h + 8, r->cookie);
 }
 
 /* A structured chunk's header; len: the payload's bytes after it. */
 static void chunk_header(uint8_t h[20], const struct nbd_req *r, uint16_t flags, uint16_t type, uint32_t len)
 {
-    put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
-    put_be16(h + 4, flags);
-    put_be16(h + 6, type);
-    put_be64(h + 8, r->cookie);
-    put_be32(h + 16, len);
+    put_be32p(h, NBD_STRUCTURED_REPLY_MAGIC);
+    put_be16p(h + 4, flags);
+    put_be16p(h + 6, type);
+    put_be64p(h + 8, r->cookie);
+    put_be32p(h + 16, len);
 }
 
 static int send_simple(struct nbd_conn *c, struct nbd_req *r, int err, const void *data, uint32_t len)
@@ -669,7 +669,7 @@ static int send_read_zero_copy(struct nbd_conn *c, struct nbd_req *r, int fd, ui
     size_t hl;
     if (c->structured) {
         chunk_header(h, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, 8 + r->len);
-        put_be64(h + 20, r->offset);
+        put_be64p(h + 20, r->offset);
         hl = 28;
     } else {
         simple_header(h, r, 0);
@@ -712,8 +712,8 @@ static int send_error_reply(struct nbd_conn *c, struct nbd_req *r, int err)
     if (!c->structured)
         return send_simple(c, r, err, NULL, 0);
     uint8_t p[6];
-    put_be32(p, errno_to_nbd(err));
-    put_be16(p + 4, 0);
+    put_be32p(p, errno_to_nbd(err));
+    put_be16p(p + 4, 0);
     add_chunk(r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, p, 6, NULL, 0);
     return reply_send(c, r);
 }
@@ -788,9 +788,9 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
     for (int i = 0; i < nruns; i++) {
         uint16_t flags = i == nruns - 1 ? NBD_REPLY_FLAG_DONE : 0;
         uint8_t p[12];
-        put_be64(p, runs[i].off);
+        put_be64p(p, runs[i].off);
         if (runs[i].hole) {
-            put_be32(p + 8, runs[i].len);
+            put_be32p(p + 8, runs[i].len);
             add_chunk(r, flags, NBD_REPLY_TYPE_OFFSET_HOLE, p, 12, NULL, 0);
         } else {
             add_chunk(r, flags, NBD_REPLY_TYPE_OFFSET_DATA, p, 8, r->buf + (runs[i].off - r->offset), runs[i].len);
@@ -839,18 +839,18 @@ static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
                 flags = ((st & VBD_BS_DATA) ? 0 : NBD_STATE_HOLE) | ((st & VBD_BS_ZERO) ? NBD_STATE_ZERO : 0);
             else
                 flags = (st & VBD_BS_ALLOCATED) ? (uint32_t)depth + 1 : 0;
-            if (next && get_be32(ext + 4 + 8 * (next - 1) + 4) == flags)
-                put_be32(ext + 4 + 8 * (next - 1), get_be32(ext + 4 + 8 * (next - 1)) + (uint32_t)pnum);
+            if (next && get_be32p(ext + 4 + 8 * (next - 1) + 4) == flags)
+                put_be32p(ext + 4 + 8 * (next - 1), get_be32p(ext + 4 + 8 * (next - 1)) + (uint32_t)pnum);
             else {
-                put_be32(ext + 4 + 8 * next, (uint32_t)pnum);
-                put_be32(ext + 4 + 8 * next + 4, flags);
+                put_be32p(ext + 4 + 8 * next, (uint32_t)pnum);
+                put_be32p(ext + 4 + 8 * next + 4, flags);
                 next++;
             }
             pos += pnum;
         }
         if (rc < 0)
             break;
-        put_be32(ext, todo[k]);
+        put_be32p(ext, todo[k]);
         add_chunk(r, k == ntodo - 1 ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, NULL, 0, ext, 4 + 8 * next);
     }
     if (rc < 0)
@@ -986,8 +986,8 @@ static void transmission(struct nbd_conn *c)
         uint8_t h[28];
         if (conn_recv(c, h, 28) < 0)
             break;
-        if (get_be32(h) != NBD_REQUEST_MAGIC) {
-            vbd_warn("nbd: bad request magic 0x%08x, closing the connection", get_be32(h));
+        if (get_be32p(h) != NBD_REQUEST_MAGIC) {
+            vbd_warn("nbd: bad request magic 0x%08x, closing the connection", get_be32p(h));
             break;
         }
         while (!c->free_slots)
@@ -995,12 +995,12 @@ static void transmission(struct nbd_conn *c)
         struct nbd_req *r = c->free_slots;
         c->free_slots = r->next;
         c->inflight++;
-        r->flags = get_be16(h + 4);
-        r->type = get_be16(h + 6);
-        r->cookie = get_be64(h + 8);
-        r->offset = get_be64(h + 16);
-        r->len = get_be32(h + 20 + 4 - 4);
-        r->len = get_be32(h + 24);
+        r->flags = get_be16p(h + 4);
+        r->type = get_be16p(h + 6);
+        r->cookie = get_be64p(h + 8);
+        r->offset = get_be64p(h + 16);
+        r->len = get_be32p(h + 20 + 4 - 4);
+        r->len = get_be32p(h + 24);
         if (r->type == NBD_CMD_DISC) {
             request_done(c, r);
             break;
