@@ -330,7 +330,7 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
             vbd_node_unref(proto);
             goto out;
         }
-        if (!strcmp(drv->name, "raw") && (flags & VBD_OPEN_RDWR) && getenv("VBD_QUIET_PROBE") == NULL)
+        if ((drv->caps & VBD_DRV_CAP_PROBE_FALLBACK) && (flags & VBD_OPEN_RDWR) && getenv("VBD_QUIET_PROBE") == NULL)
             vbd_warn("Image format was not specified for '%s' and probing guessed raw. "
                      "Automatically detecting the format is dangerous for raw images, write operations on "
                      "block 0 will be restricted. Specify the 'raw' format explicitly to remove the restrictions.",

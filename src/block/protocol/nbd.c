@@ -931,9 +931,9 @@ static const char *const nbd_protocols[] = {"nbd",       "nbd+unix", "nbd+tcp", 
                                             "nbds+unix", "nbds+tcp", NULL};
 
 static const struct vbd_driver nbd_driver = {
-    .abi_size = sizeof(struct vbd_driver),
     .name = "nbd",
     .kind = VBD_DRV_PROTOCOL,
+    .caps = VBD_DRV_CAP_REMOTE,
     .protocols = nbd_protocols,
     .state_size = sizeof(struct nbd_state),
     .parse_filename = nbd_parse_filename,
