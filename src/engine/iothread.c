@@ -7,7 +7,7 @@
  */
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
-#include "vbd/export.h"
+#include "vbd/iothread.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
 
