@@ -14,7 +14,7 @@
 
 /* psktool's keys.psk: "username:hexkey" lines. */
 int tls_load_psk(struct vbd_tls_creds *c, const char *dir, const char *path, const char *username,
-                    struct vbd_error **err)
+                 struct vbd_error **err)
 {
     int rc = -1;
     int g;

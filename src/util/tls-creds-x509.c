@@ -3,6 +3,7 @@
  * and libnbd's default directories. */
 #include "tls-internal.h"
 
+#include "vbd/alloc.h"
 #include "vbd/error.h"
 
 #include <errno.h>
@@ -76,21 +77,19 @@ char *tls_default_cert_dir(void)
     const char *home = getenv("HOME");
     char *d = NULL;
     if (geteuid() == 0) {
-        d = strdup("/etc/pki/libnbd");
+        d = vbd_xstrdup("/etc/pki/libnbd");
     } else if (home && *home) {
-        if (asprintf(&d, "%s/.pki/libnbd", home) < 0)
-            return NULL;
-        char *ca = NULL;
-        bool have = asprintf(&ca, "%s/ca-cert.pem", d) >= 0 && access(ca, R_OK) == 0;
+        d = vbd_xasprintf("%s/.pki/libnbd", home);
+        char *ca = vbd_xasprintf("%s/ca-cert.pem", d);
+        bool have = access(ca, R_OK) == 0;
         free(ca);
         if (have)
             return d;
         free(d);
-        if (asprintf(&d, "%s/.config/pki/libnbd", home) < 0)
-            return NULL;
+        d = vbd_xasprintf("%s/.config/pki/libnbd", home);
     }
-    char *ca = NULL;
-    bool have = d && asprintf(&ca, "%s/ca-cert.pem", d) >= 0 && access(ca, R_OK) == 0;
+    char *ca = d ? vbd_xasprintf("%s/ca-cert.pem", d) : NULL;
+    bool have = ca && access(ca, R_OK) == 0;
     free(ca);
     if (!have) {
         free(d);

@@ -7,6 +7,7 @@
  */
 #include "tls-internal.h"
 
+#include "vbd/alloc.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
 
@@ -61,13 +62,9 @@ const char *vbd_tls_creds_id(const struct vbd_tls_creds *c)
 }
 
 int tls_creds_file(const struct vbd_tls_creds *c, const char *dir, const char *name, bool required,
-                      char **path, struct vbd_error **err)
+                   char **path, struct vbd_error **err)
 {
-    if (asprintf(path, "%s/%s", dir, name) < 0) {
-        *path = NULL;
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        return -1;
-    }
+    *path = vbd_xasprintf("%s/%s", dir, name);
     struct stat st;
     if (stat(*path, &st) == 0)
         return 1;
@@ -99,19 +96,11 @@ int tls_load_dh(struct vbd_tls_creds *c, const char *dir, struct vbd_error **err
 }
 
 static struct vbd_tls_creds *creds_alloc(enum creds_kind kind, enum vbd_tls_endpoint endpoint, const char *id,
-                                         const char *what, struct vbd_error **err)
+                                         const char *what)
 {
-    struct vbd_tls_creds *c = calloc(1, sizeof(*c));
-    if (!c || !(c->id = strdup(id)) ||
-        (what ? !(c->what = strdup(what)) : asprintf(&c->what, "%s '%s'", vbd_tls_kind_names[kind], id) < 0)) {
-        if (c) {
-            c->what = NULL;
-            free(c->id);
-        }
-        free(c);
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        return NULL;
-    }
+    struct vbd_tls_creds *c = vbd_xcalloc(1, sizeof(*c));
+    c->id = vbd_xstrdup(id);
+    c->what = what ? vbd_xstrdup(what) : vbd_xasprintf("%s '%s'", vbd_tls_kind_names[kind], id);
     c->kind = kind;
     c->endpoint = endpoint;
     c->refs = 1;
@@ -133,11 +122,7 @@ static int set_priority(struct vbd_tls_creds *c, const char *priority, struct vb
                   ? "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305:%SERVER_PRECEDENCE"
                   : "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305";
 #endif
-    if (asprintf(&c->priority, "%s%s", priority ? priority : def, extra[c->kind]) < 0) {
-        c->priority = NULL;
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        return -1;
-    }
+    c->priority = vbd_xasprintf("%s%s", priority ? priority : def, extra[c->kind]);
     gnutls_priority_t pc;
     const char *errpos = NULL;
     int g = gnutls_priority_init(&pc, c->priority, &errpos);
@@ -190,8 +175,7 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
         vbd_error_setf(err, EINVAL, "%s '%s': 'username' is for endpoint=client", qom_type, id);
         goto fail;
     }
-    if (!(c = creds_alloc((enum creds_kind)kind, (enum vbd_tls_endpoint)endpoint, id, NULL, err)))
-        goto fail;
+    c = creds_alloc((enum creds_kind)kind, (enum vbd_tls_endpoint)endpoint, id, NULL);
     /* PSK and anonymous sessions have no certificates to check */
     c->verify_peer = kind == CREDS_X509 && verify;
     int rc = 0, g = 0;
@@ -255,8 +239,7 @@ struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts 
             username = user;
         }
         snprintf(what, sizeof(what), "%s: tls-psk-file=%s", who, o->psk_file);
-        if (!(c = creds_alloc(CREDS_PSK, VBD_TLS_CLIENT, "tls-psk-file", what, err)))
-            return NULL;
+        c = creds_alloc(CREDS_PSK, VBD_TLS_CLIENT, "tls-psk-file", what);
         struct stat st;
         if (stat(o->psk_file, &st) < 0) {
             vbd_error_setf(err, errno, "%s: %s", what, strerror(errno));
@@ -266,13 +249,12 @@ struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts 
             goto fail;
     } else {
         /* like libnbd: the given directory, else its default ones, else the system's CAs */
-        dir = o->cert_dir ? strdup(o->cert_dir) : tls_default_cert_dir();
+        dir = o->cert_dir ? vbd_xstrdup(o->cert_dir) : tls_default_cert_dir();
         if (dir)
             snprintf(what, sizeof(what), "%s: tls-certificates=%s", who, dir);
         else
             snprintf(what, sizeof(what), "%s: the system's trusted CAs", who);
-        if (!(c = creds_alloc(CREDS_X509, VBD_TLS_CLIENT, dir ? "tls-certificates" : "system-ca", what, err)))
-            goto fail;
+        c = creds_alloc(CREDS_X509, VBD_TLS_CLIENT, dir ? "tls-certificates" : "system-ca", what);
         c->verify_peer = o->verify_peer;
         if (dir) {
             if (tls_load_x509(c, dir, err) < 0)

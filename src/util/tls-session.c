@@ -10,6 +10,7 @@
  */
 #include "tls-internal.h"
 
+#include "vbd/alloc.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
@@ -170,22 +171,11 @@ static int tls_pull_timeout(gnutls_transport_ptr_t p, unsigned ms)
 
 struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostname, struct vbd_error **err)
 {
-    struct vbd_tls *t = calloc(1, sizeof(*t));
-    if (!t) {
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        return NULL;
-    }
+    struct vbd_tls *t = vbd_xcalloc(1, sizeof(*t));
     t->fd = fd;
     t->server = c->endpoint == VBD_TLS_SERVER;
-    t->in = malloc(TLS_INBUF);
-    t->out = malloc(TLS_OUTBUF);
-    if (!t->in || !t->out) {
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        free(t->in);
-        free(t->out);
-        free(t);
-        return NULL;
-    }
+    t->in = vbd_xmalloc(TLS_INBUF);
+    t->out = vbd_xmalloc(TLS_OUTBUF);
     const char *errpos = NULL;
     int g = gnutls_init(&t->session,
                         (t->server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL);
@@ -218,7 +208,7 @@ struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostnam
     if (g < 0)
         goto fail;
     if (!t->server && hostname && *hostname) {
-        t->hostname = strdup(hostname);
+        t->hostname = vbd_xstrdup(hostname);
         unsigned char addr[16];
         /* SNI carries DNS names only (RFC 6066) */
         if (!inet_pton(AF_INET, hostname, addr) && !inet_pton(AF_INET6, hostname, addr) &&
@@ -383,10 +373,8 @@ char *vbd_tls_peer_dn(struct vbd_tls *t, struct vbd_error **err)
     if ((g = gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER)) >= 0 &&
         (g = gnutls_x509_crt_get_dn(crt, NULL, &len)) == GNUTLS_E_SHORT_MEMORY_BUFFER) {
         len++;
-        if (!(dn = malloc(len)))
-            g = GNUTLS_E_MEMORY_ERROR;
-        else
-            g = gnutls_x509_crt_get_dn(crt, dn, &len);
+        dn = vbd_xmalloc(len);
+        g = gnutls_x509_crt_get_dn(crt, dn, &len);
     }
     gnutls_x509_crt_deinit(crt);
     if (g < 0 || !dn) {

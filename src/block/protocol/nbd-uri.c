@@ -7,6 +7,7 @@
  */
 #include "nbd-uri.h"
 
+#include "vbd/alloc.h"
 #include "vbd/error.h"
 
 #include <errno.h>
@@ -30,9 +31,7 @@ static int hexval(char c)
 /* RFC 3986 percent-decoding of s[0, len): a new string, or NULL for a bad escape or an encoded NUL. */
 static char *uri_decode(const char *s, size_t len)
 {
-    char *out = malloc(len + 1), *o = out;
-    if (!out)
-        return NULL;
+    char *out = vbd_xmalloc(len + 1), *o = out;
     for (size_t i = 0; i < len; i++) {
         if (s[i] != '%') {
             *o++ = s[i];
@@ -79,7 +78,7 @@ static int parse_url(const char *uri, size_t scheme_len, struct json_object *opt
                            "NBD URI '%s': bad IPv6 address (expected [ADDRESS] or [ADDRESS]:PORT)", uri);
             goto out;
         }
-        host = strndup(hp + 1, (size_t)(rb - hp - 1));
+        host = vbd_xstrndup(hp + 1, (size_t)(rb - hp - 1));
         colon = rb + 1 < hp + hlen ? rb + 1 : NULL;
     } else {
         colon = memchr(hp, ':', hlen);
@@ -89,10 +88,10 @@ static int parse_url(const char *uri, size_t scheme_len, struct json_object *opt
     if (colon) {
         size_t pl = (size_t)(hp + hlen - colon - 1);
         char *end = NULL;
-        port = strndup(colon + 1, pl);
-        unsigned long pn = port ? strtoul(port, &end, 10) : 0;
-        if (!port || !pl || strspn(port, "0123456789") != pl || pn == 0 || pn > 65535) {
-            vbd_error_setf(err, EINVAL, "NBD URI '%s': bad port '%s'", uri, port ? port : "");
+        port = vbd_xstrndup(colon + 1, pl);
+        unsigned long pn = strtoul(port, &end, 10);
+        if (!pl || strspn(port, "0123456789") != pl || pn == 0 || pn > 65535) {
+            vbd_error_setf(err, EINVAL, "NBD URI '%s': bad port '%s'", uri, port);
             goto out;
         }
     }
@@ -206,12 +205,8 @@ int nbd_uri_parse(const char *uri, struct json_object *opts, struct vbd_error **
         return -EINVAL;
     }
     /* QEMU's old forms: nbd:unix:PATH[:exportname=E], nbd:HOST:PORT[:exportname=E] */
-    char *dup = strdup(uri);
+    char *dup = vbd_xstrdup(uri);
     int rc = -EINVAL;
-    if (!dup) {
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        return -ENOMEM;
-    }
     if (!strncmp(dup, "nbd:", 4)) {
         char *p = dup + 4, *ex = strstr(p, ":exportname=");
         if (ex) {

@@ -9,6 +9,7 @@
  * connection is re-established for up to reconnect-delay seconds, and the
  * requests that were in flight are sent again.
  */
+#include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
@@ -698,7 +699,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         vbd_error_setf(err, EINVAL, "NBD: tls-hostname needs tls-creds");
         goto fail;
     }
-    s->tls_hostname = hostname ? strdup(hostname) : NULL;
+    s->tls_hostname = hostname ? vbd_xstrdup(hostname) : NULL;
     if (!type || (strcmp(type, "unix") && strcmp(type, "inet"))) {
         vbd_error_setf(err, EINVAL, "NBD: server.type must be 'unix' or 'inet'%s%s%s", type ? " (not '" : "",
                        type ? type : "", type ? "')" : "");
@@ -715,10 +716,10 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         free(s->path);
         s->path = NULL;
         if (!s->port)
-            s->port = strdup("10809");
+            s->port = vbd_xstrdup("10809");
         /* the server's certificate must name the host we dial, unless told otherwise */
         if ((tls || libnbd_tls) && !s->tls_hostname)
-            s->tls_hostname = strdup(s->host);
+            s->tls_hostname = vbd_xstrdup(s->host);
     }
     if (tls && !(s->tls_creds = vbd_tls_creds_get(tls, VBD_TLS_CLIENT, "NBD client", err)))
         goto fail;
@@ -729,7 +730,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
             goto fail;
     }
     if (!s->export)
-        s->export = strdup("");
+        s->export = vbd_xstrdup("");
     if (strlen(s->export) > 4096) {
         vbd_error_setf(err, EINVAL, "NBD export name too long");
         goto fail;

@@ -3,6 +3,7 @@
  * handshake looks names up in. */
 #include "internal.h"
 
+#include "vbd/alloc.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -48,7 +49,7 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
         goto fail;
     }
     if (!name)
-        name = strdup(node);
+        name = vbd_xstrdup(node);
     if (strlen(name) > NBD_MAX_NAME_LEN) {
         vbd_error_setf(err, EINVAL, "NBD export '%s': name longer than %d bytes", id, NBD_MAX_NAME_LEN);
         goto fail;
@@ -75,7 +76,7 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
         vbd_error_prepend(err, "NBD export '%s': ", id);
         goto fail;
     }
-    e = calloc(1, sizeof(*e));
+    e = vbd_xcalloc(1, sizeof(*e));
     e->base.type = &vbd_export_type_nbd;
     e->id = id;
     e->name = name;

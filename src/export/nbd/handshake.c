@@ -6,6 +6,7 @@
  */
 #include "internal.h"
 
+#include "vbd/alloc.h"
 #include "vbd/authz.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
@@ -91,7 +92,7 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
         return rc;
     if (want_name) {
         size_t nl = strlen(e->name);
-        uint8_t *b = malloc(2 + nl);
+        uint8_t *b = vbd_xmalloc(2 + nl);
         put_be16p(b, NBD_INFO_NAME);
         memcpy(b + 2, e->name, nl);
         rc = send_opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + nl));
@@ -101,7 +102,7 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     }
     if (want_desc && e->description) {
         size_t dl = strlen(e->description);
-        uint8_t *b = malloc(2 + dl);
+        uint8_t *b = vbd_xmalloc(2 + dl);
         put_be16p(b, NBD_INFO_DESCRIPTION);
         memcpy(b + 2, e->description, dl);
         rc = send_opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + dl));
@@ -277,8 +278,8 @@ int nbd_handshake(struct nbd_conn *c)
             break;
         }
         free(data);
-        data = malloc(len ? len : 1);
-        if (!data || (rc = vbd_chan_recv_full(&c->ch, data, len)) < 0)
+        data = vbd_xmalloc(len);
+        if ((rc = vbd_chan_recv_full(&c->ch, data, len)) < 0)
             break;
         bool done = false;
         if (srv.tls && !c->ch.tls && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
@@ -327,7 +328,7 @@ int nbd_handshake(struct nbd_conn *c)
             }
             for (struct nbd_export *e = srv.exports; e && rc >= 0; e = e->next) {
                 size_t nl = strlen(e->name), dl = e->description ? strlen(e->description) : 0;
-                uint8_t *b = malloc(4 + nl + dl);
+                uint8_t *b = vbd_xmalloc(4 + nl + dl);
                 put_be32p(b, (uint32_t)nl);
                 memcpy(b + 4, e->name, nl);
                 if (dl)
