@@ -11,7 +11,10 @@
  * The block backend: the user's drive on top of a node. It owns the
  * user-facing policy: permissions, cache mode, write-through flushing,
  * sector sizes, and request accounting. Exports (vhost-user-blk, NBD) and
- * tools (vbd-io) talk to a backend, never to a bare node.
+ * tools (vbd-io) send every read, write, flush, discard and zeroing through
+ * a backend. What a backend does not offer they ask its node
+ * (vbd_backend_node): the NBD server's block status, dirty bitmaps and
+ * sendfile source, vbd-io's map, info and truncate.
  */
 enum vbd_cache_mode {
     VBD_CACHE_WRITEBACK,   /* page cache, flushes honoured */

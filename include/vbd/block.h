@@ -97,7 +97,19 @@ struct vbd_opt_desc {
 };
 
 enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
+/* What a driver is, for the generic layer and the tools (they ask these,
+ * never a driver's name). */
 #define VBD_DRV_CAP_MULTI_LOOP 0x1u /* requests may come from several loops (threads) at once */
+/* Its bytes are n->file's at an offset, 1:1 (block status maps into the
+ * file): a server may send data straight from the file (sendfile). */
+#define VBD_DRV_CAP_FILE_WINDOW 0x2u
+/* Probing settles on it when no other format matches (it takes any file):
+ * opening such a guess writable warns, as a guest could write another
+ * format's header into block 0. */
+#define VBD_DRV_CAP_PROBE_FALLBACK 0x4u
+/* The data is behind a server: image info (the dirty flag) cannot be
+ * known here (QEMU's nbd driver answers no get_info either). */
+#define VBD_DRV_CAP_REMOTE 0x8u
 
 /*
  * A driver: one file (qcow2: one folder), one `static const struct
@@ -109,12 +121,11 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * children, pass to file for filters).
  */
 struct vbd_driver {
-    uint32_t abi_size; /* sizeof(struct vbd_driver) when built: the table can grow */
     const char *name;
     enum vbd_driver_kind kind;
     const char *const *protocols; /* URI/filename prefixes ("nbd", "nbd+unix"), NULL-terminated */
     size_t state_size;            /* bytes of n->opaque, zeroed before open */
-    unsigned caps;
+    unsigned caps;                /* VBD_DRV_CAP_* */
 
     /* Format probing: a score 0..100 for the first 512+ bytes of a file. */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);

@@ -2,6 +2,8 @@
 #ifndef VBD_EXPORT_H
 #define VBD_EXPORT_H
 
+#include "vbd/iothread.h" /* exports put their queues on iothreads */
+
 #include <stdbool.h>
 
 struct json_object;
@@ -9,11 +11,11 @@ struct vbd_error;
 struct vbd_loop;
 
 /*
- * An export serves a node to the outside (vhost-user-blk, nbd, fuse). The
+ * An export serves a node to the outside (vhost-user-blk, nbd). The
  * daemon parses `--export type=T,id=...,node-name=...,...` into JSON and
  * calls the type's create() from the main thread (its loop is running or
  * about to run). One table per export type, registered in
- * src/daemon/exports.c.
+ * src/export/registry.c.
  */
 struct vbd_export_type;
 /* Every export implementation embeds this first. */
@@ -38,14 +40,7 @@ struct vbd_export_type {
     void (*resized)(struct vbd_export *exp);
 };
 
-/* Export types, NULL-terminated (src/daemon/exports.c). */
+/* Export types, NULL-terminated (src/export/registry.c). */
 const struct vbd_export_type *const *vbd_export_types(void);
-
-/* iothreads: `--object iothread,id=X` starts a thread with its own loop
- * (src/daemon/iothread.c). Exports look them up by id (NULL: no such
- * iothread); they stop after every export has shut down. */
-int vbd_iothread_add(struct json_object *opts, struct vbd_error **err);
-struct vbd_loop *vbd_iothread_loop(const char *id);
-void vbd_iothread_stop_all(void);
 
 #endif

@@ -5,6 +5,7 @@
  * queue threads; nodes whose driver is not multi-loop safe are only ever
  * touched from the backend's home loop (requests hop there and back).
  */
+#include "vbd/alloc.h"
 #include "vbd/backend.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
@@ -96,9 +97,7 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
         vbd_error_setf(err, EACCES, "Block node '%s' is read-only", root->node_name);
         return NULL;
     }
-    struct vbd_backend *be = calloc(1, sizeof(*be));
-    if (!be)
-        abort();
+    struct vbd_backend *be = vbd_xcalloc(1, sizeof(*be));
     vbd_node_ref(root);
     be->root = root;
     be->home = chain_multi_loop(root) ? NULL : vbd_loop_current();

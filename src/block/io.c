@@ -357,7 +357,7 @@ int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off
 int vbd_node_co_zero_copy_source(struct vbd_node *n, uint64_t off, uint64_t bytes, uint64_t *map)
 {
     struct vbd_node *below = n->drv->page_cache_fd ? n : n->file;
-    if (!below || !below->drv->page_cache_fd || (below != n && strcmp(n->drv->name, "raw")))
+    if (!below || !below->drv->page_cache_fd || (below != n && !(n->drv->caps & VBD_DRV_CAP_FILE_WINDOW)))
         return -1;
     uint64_t pnum, m;
     struct vbd_node *f = NULL;
@@ -492,7 +492,7 @@ int64_t vbd_node_get_allocated_size(struct vbd_node *n)
         return n->drv->get_allocated_size(n);
     if (n->file)
         return vbd_node_get_allocated_size(n->file);
-    return n->drv->kind == VBD_DRV_PROTOCOL && strcmp(n->drv->name, "null-co") ? -1 : 0; /* unknown (nbd) */
+    return n->drv->kind == VBD_DRV_PROTOCOL ? -1 : 0; /* a protocol that cannot say (nbd) */
 }
 
 int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)

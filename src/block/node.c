@@ -4,6 +4,7 @@
  * QEMU's bdrv_open does (protocol by prefix, format by probing, children
  * by name), backing chains, names and references.
  */
+#include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
@@ -134,9 +135,7 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
     }
     if (take_generic(opts, &flags, err) < 0)
         goto fail;
-    n = calloc(1, sizeof(*n));
-    if (!n)
-        abort();
+    n = vbd_xcalloc(1, sizeof(*n));
     n->drv = drv;
     n->refcnt = 1;
     n->open_flags = flags;
@@ -150,9 +149,7 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
         snprintf(n->filename, sizeof(n->filename), "%s", filename);
     n->options = json_object_get(opts);
     if (drv->state_size) {
-        n->opaque = calloc(1, drv->state_size);
-        if (!n->opaque)
-            abort();
+        n->opaque = vbd_xcalloc(1, drv->state_size);
     }
     /* Named before open so children opened by reference can be found. */
     n->next_named = named_nodes;
@@ -330,7 +327,7 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
             vbd_node_unref(proto);
             goto out;
         }
-        if (!strcmp(drv->name, "raw") && (flags & VBD_OPEN_RDWR) && getenv("VBD_QUIET_PROBE") == NULL)
+        if ((drv->caps & VBD_DRV_CAP_PROBE_FALLBACK) && (flags & VBD_OPEN_RDWR) && getenv("VBD_QUIET_PROBE") == NULL)
             vbd_warn("Image format was not specified for '%s' and probing guessed raw. "
                      "Automatically detecting the format is dangerous for raw images, write operations on "
                      "block 0 will be restricted. Specify the 'raw' format explicitly to remove the restrictions.",

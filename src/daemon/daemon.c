@@ -13,6 +13,7 @@
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
+#include "vbd/iothread.h"
 #include "vbd/loop.h"
 #include "vbd/nbd.h"
 #include "vbd/options.h"

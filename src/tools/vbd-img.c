@@ -255,7 +255,7 @@ static struct json_object *image_info_json(struct vbd_node *n, struct vbd_error 
     struct vbd_node *bottom = n;
     while (bottom->file)
         bottom = bottom->file;
-    if (info.has_dirty_flag || strcmp(bottom->drv->name, "nbd"))
+    if (info.has_dirty_flag || !(bottom->drv->caps & VBD_DRV_CAP_REMOTE))
         json_object_object_add(o, "dirty-flag", json_object_new_boolean(info.dirty_flag));
     return o;
 }
@@ -1124,7 +1124,7 @@ static int verb_measure(int argc, char **argv)
     json_object_object_add(opts, "size", json_object_new_int64(in ? (int64_t)in->size : size));
     /* qemu-img reports the bitmaps a qcow2 v3 target could take over from a qcow2 input (we carry none) */
     struct json_object *compat = NULL;
-    bool bitmaps = !strcmp(out_fmt, "qcow2") && in && !strcmp(vbd_node_skip_filters(in)->drv->name, "qcow2") &&
+    bool bitmaps = !strcmp(out_fmt, "qcow2") && in && vbd_node_skip_filters(in)->drv->co_bitmap_status &&
                    !(json_object_object_get_ex(opts, "compat", &compat) &&
                      (!strcmp(json_object_get_string(compat), "0.10") || !strcmp(json_object_get_string(compat), "v2")));
     uint64_t req = 0, full = 0;

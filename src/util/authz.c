@@ -5,6 +5,7 @@
  */
 #include "vbd/authz.h"
 
+#include "vbd/alloc.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
 
@@ -149,10 +150,8 @@ static int take_rules(struct vbd_authz *a, struct json_object *rules, struct vbd
         vbd_error_setf(err, EINVAL, "authz-list '%s': 'rules' must be a list of rules", a->id);
         return -EINVAL;
     }
-    if (n && !(a->rules = calloc(n, sizeof(*a->rules)))) {
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        return -ENOMEM;
-    }
+    if (n)
+        a->rules = vbd_xcalloc(n, sizeof(*a->rules));
     for (size_t i = 0; i < n; i++) {
         struct json_object *ro = NULL;
         if (array) {
@@ -181,11 +180,7 @@ int vbd_authz_add(const char *qom_type, struct json_object *opts, struct vbd_err
                        qom_type);
         return -ENOTSUP;
     }
-    struct vbd_authz *a = calloc(1, sizeof(*a));
-    if (!a) {
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        return -ENOMEM;
-    }
+    struct vbd_authz *a = vbd_xcalloc(1, sizeof(*a));
     a->list = list;
     a->refs = 1;
     int policy = 0;

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "vbd/alloc.h"
 #include "vbd/error.h"
 
 #include <stdio.h>
@@ -9,9 +10,7 @@ void vbd_error_vsetf(struct vbd_error **err, int code, const char *fmt, va_list 
 {
     if (!err || *err)
         return; /* keep the first, most specific error */
-    struct vbd_error *e = calloc(1, sizeof(*e));
-    if (!e)
-        abort();
+    struct vbd_error *e = vbd_xcalloc(1, sizeof(*e));
     e->code = code < 0 ? -code : code;
     vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
     *err = e;

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "vbd/alloc.h"
 #include "vbd/iov.h"
 
 #include <stdio.h>
@@ -104,9 +105,7 @@ void *vbd_alloc_aligned(size_t align, size_t size)
     void *p = NULL;
     if (align < sizeof(void *))
         align = sizeof(void *);
-    if (posix_memalign(&p, align, size ? size : align) != 0) {
-        fprintf(stderr, "vbd: out of memory allocating %zu bytes\n", size);
-        abort();
-    }
+    if (posix_memalign(&p, align, size ? size : align) != 0)
+        vbd_out_of_memory(size);
     return p;
 }

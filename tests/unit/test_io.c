@@ -56,7 +56,7 @@ static int mem_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned
 }
 
 static const struct vbd_driver mem_driver = {
-    .abi_size = sizeof(struct vbd_driver), .name = "file", .kind = VBD_DRV_PROTOCOL,
+    .name = "file", .kind = VBD_DRV_PROTOCOL,
     .open = mem_open, .co_preadv = mem_preadv, .co_pwritev = mem_pwritev, .co_flush = mem_flush,
     .co_pwrite_zeroes = mem_zeroes,
 };

@@ -1,4 +1,4 @@
-/* src/util/tls.c: credentials objects, and TLS channels over a socketpair
+/* src/util/tls-*.c: credentials objects, and TLS channels over a socketpair
  * driven by coroutines: the handshake, mixed iovecs in both directions,
  * a receiver and serialised senders on one session at the same time,
  * SHUT_RD that leaves sending possible, refusals that do not hang. */

@@ -161,12 +161,11 @@ static int raw_refresh_size(struct vbd_node *n)
 }
 
 static const struct vbd_driver raw_driver = {
-    .abi_size = sizeof(struct vbd_driver),
     .name = "raw",
     .kind = VBD_DRV_FORMAT,
     .state_size = sizeof(struct raw_state),
     .refresh_size = raw_refresh_size,
-    .caps = VBD_DRV_CAP_MULTI_LOOP,
+    .caps = VBD_DRV_CAP_MULTI_LOOP | VBD_DRV_CAP_FILE_WINDOW | VBD_DRV_CAP_PROBE_FALLBACK,
     .probe = raw_probe,
     .open = raw_open,
     .co_preadv = raw_preadv,

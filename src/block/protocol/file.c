@@ -502,7 +502,6 @@ static int file_page_cache_fd(struct vbd_node *n)
 }
 
 static const struct vbd_driver file_driver = {
-    .abi_size = sizeof(struct vbd_driver),
     .name = "file",
     .kind = VBD_DRV_PROTOCOL,
     .state_size = sizeof(struct file_state),

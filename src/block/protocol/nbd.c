@@ -9,11 +9,15 @@
  * connection is re-established for up to reconnect-delay seconds, and the
  * requests that were in flight are sent again.
  */
+#include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
+#include "vbd/nbd-protocol.h"
 #include "vbd/options.h"
 #include "vbd/tls.h"
+
+#include "nbd-uri.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -28,46 +32,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define NBD_MAGIC 0x4e42444d41474943ull
-#define NBD_IHAVEOPT 0x49484156454f5054ull
-#define NBD_REP_MAGIC 0x3e889045565a9ull
-#define NBD_REQ_MAGIC 0x25609513u
-#define NBD_SIMPLE_MAGIC 0x67446698u
-#define NBD_STRUCT_MAGIC 0x668e33efu
-#define OPT_EXPORT_NAME 1
-#define OPT_STARTTLS 5
-#define OPT_GO 7
-#define OPT_STRUCTURED 8
-#define OPT_SET_META 10
-#define REP_ACK 1
-#define REP_INFO 3
-#define REP_META 4
-#define REP_ERR_TLS_REQD 0x80000005u
-#define INFO_EXPORT 0
-#define INFO_BLOCK_SIZE 3
-#define TF_READ_ONLY (1u << 1)
-#define TF_SEND_FLUSH (1u << 2)
-#define TF_SEND_FUA (1u << 3)
-#define TF_SEND_TRIM (1u << 5)
-#define TF_SEND_WRITE_ZEROES (1u << 6)
-#define TF_SEND_FAST_ZERO (1u << 11)
-#define CMD_READ 0
-#define CMD_WRITE 1
-#define CMD_DISC 2
-#define CMD_FLUSH 3
-#define CMD_TRIM 4
-#define CMD_WRITE_ZEROES 6
-#define CMD_BLOCK_STATUS 7
-#define CMDF_FUA 1
-#define CMDF_NO_HOLE 2
-#define CMDF_REQ_ONE 8
-#define CMDF_FAST_ZERO 16
-#define CHUNK_NONE 0
-#define CHUNK_DATA 1
-#define CHUNK_HOLE 2
-#define CHUNK_BLOCK_STATUS 5
-#define CHUNK_ERROR 32769
-#define CHUNK_ERROR_OFFSET 32770
 #define MAX_INFLIGHT 64
 
 struct nbd_req {
@@ -102,37 +66,24 @@ struct nbd_state {
     int inflight;
 };
 
-static uint64_t be64(uint64_t v)
-{
-    return __builtin_bswap64(v);
-}
-static uint32_t be32(uint32_t v)
-{
-    return __builtin_bswap32(v);
-}
-static uint16_t be16(uint16_t v)
-{
-    return __builtin_bswap16(v);
-}
-
 static int nbd_errno(uint32_t e)
 {
     switch (e) {
-    case 1:
+    case NBD_EPERM:
         return -EPERM;
-    case 5:
+    case NBD_EIO:
         return -EIO;
-    case 12:
+    case NBD_ENOMEM:
         return -ENOMEM;
-    case 22:
+    case NBD_EINVAL:
         return -EINVAL;
-    case 28:
+    case NBD_ENOSPC:
         return -ENOSPC;
-    case 75:
+    case NBD_EOVERFLOW:
         return -EOVERFLOW;
-    case 95:
+    case NBD_ENOTSUP:
         return -ENOTSUP;
-    case 108:
+    case NBD_ESHUTDOWN:
         return -ESHUTDOWN;
     default:
         return -EIO;
@@ -252,20 +203,20 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
     memcpy(&m2, g + 8, 8);
     memcpy(&hf, g + 16, 2);
     hf = be16(hf);
-    if (be64(m1) != NBD_MAGIC || be64(m2) != NBD_IHAVEOPT || !(hf & 1)) {
+    if (be64(m1) != NBD_MAGIC || be64(m2) != NBD_IHAVEOPT || !(hf & NBD_FLAG_FIXED_NEWSTYLE)) {
         vbd_error_setf(err, EPROTO, "the server does not speak fixed newstyle NBD");
         return -EPROTO;
     }
-    uint32_t cf = be32(1u | (hf & 2u));
+    uint32_t cf = be32(NBD_FLAG_C_FIXED_NEWSTYLE | (hf & NBD_FLAG_NO_ZEROES));
     if (vbd_chan_send_full(ch, &cf, 4) < 0)
         return closed(ch, err);
     uint8_t buf[512];
     uint32_t type, len;
     if (s->tls_creds) {
         /* STARTTLS, then the rest of the handshake inside TLS */
-        if (send_opt(ch, OPT_STARTTLS, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+        if (send_opt(ch, NBD_OPT_STARTTLS, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
             return closed(ch, err);
-        if (type != REP_ACK) {
+        if (type != NBD_REP_ACK) {
             buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = 0;
             vbd_error_setf(err, ENOTSUP, "the NBD server does not accept TLS%s%s", len ? ": " : "",
                            len ? (char *)buf : "");
@@ -278,13 +229,13 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
             return rc;
     }
     s->structured = false;
-    if (send_opt(ch, OPT_STRUCTURED, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
+    if (send_opt(ch, NBD_OPT_STRUCTURED_REPLY, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
         return closed(ch, err);
-    if (type == REP_ERR_TLS_REQD) {
+    if (type == NBD_REP_ERR_TLS_REQD) {
         vbd_error_setf(err, EACCES, "the NBD server requires TLS (give the client tls-creds)");
         return -EACCES;
     }
-    s->structured = type == REP_ACK;
+    s->structured = type == NBD_REP_ACK;
     size_t nl = strlen(s->export);
     s->has_meta = false;
     if (s->structured) {
@@ -297,12 +248,12 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
         v = be32(15);
         memcpy(q + 8 + nl, &v, 4);
         memcpy(q + 12 + nl, "base:allocation", 15);
-        if (send_opt(ch, OPT_SET_META, q, (uint32_t)(27 + nl)) < 0)
+        if (send_opt(ch, NBD_OPT_SET_META_CONTEXT, q, (uint32_t)(27 + nl)) < 0)
             return closed(ch, err);
         for (;;) {
             if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
                 return closed(ch, err);
-            if (type == REP_META && len >= 4) {
+            if (type == NBD_REP_META_CONTEXT && len >= 4) {
                 memcpy(&s->meta_id, buf, 4);
                 s->meta_id = be32(s->meta_id);
                 s->has_meta = true;
@@ -315,10 +266,10 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
     uint32_t v = be32((uint32_t)nl);
     memcpy(q, &v, 4);
     memcpy(q + 4, s->export, nl);
-    uint16_t ni = be16(1), it = be16(INFO_BLOCK_SIZE);
+    uint16_t ni = be16(1), it = be16(NBD_INFO_BLOCK_SIZE);
     memcpy(q + 4 + nl, &ni, 2);
     memcpy(q + 6 + nl, &it, 2);
-    if (send_opt(ch, OPT_GO, q, (uint32_t)(8 + nl)) < 0)
+    if (send_opt(ch, NBD_OPT_GO, q, (uint32_t)(8 + nl)) < 0)
         return closed(ch, err);
     s->min_block = 1;
     s->pref_block = 4096;
@@ -327,18 +278,18 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
     for (;;) {
         if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
             return closed(ch, err);
-        if (type == REP_INFO && len >= 2) {
+        if (type == NBD_REP_INFO && len >= 2) {
             uint16_t info;
             memcpy(&info, buf, 2);
             info = be16(info);
-            if (info == INFO_EXPORT && len >= 12) {
+            if (info == NBD_INFO_EXPORT && len >= 12) {
                 uint64_t sz;
                 memcpy(&sz, buf + 2, 8);
                 memcpy(&s->tflags, buf + 10, 2);
                 *size = be64(sz);
                 s->tflags = be16(s->tflags);
                 have_export = true;
-            } else if (info == INFO_BLOCK_SIZE && len >= 14) {
+            } else if (info == NBD_INFO_BLOCK_SIZE && len >= 14) {
                 uint32_t mn, pr, mx;
                 memcpy(&mn, buf + 2, 4);
                 memcpy(&pr, buf + 6, 4);
@@ -360,12 +311,12 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
             }
             continue;
         }
-        if (type == REP_ACK && have_export)
+        if (type == NBD_REP_ACK && have_export)
             return 0;
         if (type & 0x80000000u) {
             if (type == 0x80000001u) /* GO unsupported: the old way */
                 break;
-            if (type == REP_ERR_TLS_REQD) {
+            if (type == NBD_REP_ERR_TLS_REQD) {
                 vbd_error_setf(err, EACCES, "the NBD server requires TLS (give the client tls-creds)");
                 return -EACCES;
             }
@@ -377,7 +328,7 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
         vbd_error_setf(err, EPROTO, "unexpected NBD option reply 0x%x", type);
         return -EPROTO;
     }
-    if (send_opt(ch, OPT_EXPORT_NAME, s->export, (uint32_t)nl) < 0)
+    if (send_opt(ch, NBD_OPT_EXPORT_NAME, s->export, (uint32_t)nl) < 0)
         return closed(ch, err);
     uint8_t e[10];
     if (vbd_chan_recv_full(ch, e, 10) < 0) {
@@ -389,7 +340,7 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
     memcpy(&s->tflags, e + 8, 2);
     *size = be64(sz);
     s->tflags = be16(s->tflags);
-    if (!(hf & 2)) {
+    if (!(hf & NBD_FLAG_NO_ZEROES)) {
         uint8_t z[124];
         vbd_chan_recv_full(ch, z, 124);
     }
@@ -457,7 +408,7 @@ static int read_reply(struct nbd_state *s)
     uint32_t magic;
     memcpy(&magic, h, 4);
     magic = be32(magic);
-    if (magic == NBD_SIMPLE_MAGIC) {
+    if (magic == NBD_SIMPLE_REPLY_MAGIC) {
         if (vbd_chan_recv_full(ch, h + 4, 12) < 0)
             return -EIO;
         uint32_t e;
@@ -470,12 +421,12 @@ static int read_reply(struct nbd_state *s)
         struct nbd_req *r = &s->reqs[cookie];
         if (e)
             r->error = nbd_errno(be32(e));
-        else if (r->type == CMD_READ && recv_into(ch, r->qiov, r->qoff, r->len) < 0)
+        else if (r->type == NBD_CMD_READ && recv_into(ch, r->qiov, r->qoff, r->len) < 0)
             return -EIO;
         complete(s, r);
         return 0;
     }
-    if (magic != NBD_STRUCT_MAGIC || vbd_chan_recv_full(ch, h + 4, 16) < 0)
+    if (magic != NBD_STRUCTURED_REPLY_MAGIC || vbd_chan_recv_full(ch, h + 4, 16) < 0)
         return -EPROTO;
     uint16_t flags, type;
     uint64_t cookie;
@@ -491,7 +442,7 @@ static int read_reply(struct nbd_state *s)
     if (cookie >= MAX_INFLIGHT || !s->reqs[cookie].busy)
         return -EPROTO;
     struct nbd_req *r = &s->reqs[cookie];
-    if (type == CHUNK_DATA && r->type == CMD_READ && len >= 8) {
+    if (type == NBD_REPLY_TYPE_OFFSET_DATA && r->type == NBD_CMD_READ && len >= 8) {
         uint64_t o;
         if (vbd_chan_recv_full(ch, &o, 8) < 0)
             return -EIO;
@@ -500,7 +451,7 @@ static int read_reply(struct nbd_state *s)
             return -EPROTO;
         if (recv_into(ch, r->qiov, r->qoff + (o - r->off), len - 8) < 0)
             return -EIO;
-    } else if (type == CHUNK_HOLE && r->type == CMD_READ && len == 12) {
+    } else if (type == NBD_REPLY_TYPE_OFFSET_HOLE && r->type == NBD_CMD_READ && len == 12) {
         uint8_t b[12];
         if (vbd_chan_recv_full(ch, b, 12) < 0)
             return -EIO;
@@ -513,7 +464,7 @@ static int read_reply(struct nbd_state *s)
         if (o < r->off || o - r->off + l > r->len)
             return -EPROTO;
         vbd_iov_memset(r->qiov->iov, r->qiov->niov, r->qoff + (o - r->off), 0, l);
-    } else if (type == CHUNK_BLOCK_STATUS && len >= 12) {
+    } else if (type == NBD_REPLY_TYPE_BLOCK_STATUS && len >= 12) {
         uint8_t b[12];
         if (vbd_chan_recv_full(ch, b, 12) < 0 || skip_bytes(ch, len - 12) < 0)
             return -EIO;
@@ -526,7 +477,7 @@ static int read_reply(struct nbd_state *s)
             r->bs_flags = be32(f);
             r->bs_got = true;
         }
-    } else if ((type == CHUNK_ERROR || type == CHUNK_ERROR_OFFSET) && len >= 6) {
+    } else if ((type == NBD_REPLY_TYPE_ERROR || type == NBD_REPLY_TYPE_ERROR_OFFSET) && len >= 6) {
         uint32_t e;
         if (vbd_chan_recv_full(ch, &e, 4) < 0 || skip_bytes(ch, len - 4) < 0)
             return -EIO;
@@ -612,7 +563,7 @@ static int ensure_connected(struct vbd_node *n)
 static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
 {
     uint8_t h[28];
-    uint32_t m = be32(NBD_REQ_MAGIC), l = be32(r->len);
+    uint32_t m = be32(NBD_REQUEST_MAGIC), l = be32(r->len);
     uint16_t f = be16(r->flags), t = be16(r->type);
     uint64_t c = be64(cookie), o = be64(r->off);
     memcpy(h, &m, 4);
@@ -624,7 +575,7 @@ static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
     /* header and payload leave in one sendmsg: fewer syscalls, and nothing can split them */
     struct iovec small[65], *iov = small;
     int cnt = 0;
-    if (r->type == CMD_WRITE) {
+    if (r->type == NBD_CMD_WRITE) {
         int cap = r->qiov->niov > 64 ? r->qiov->niov : 64;
         if (cap > 64 && !(iov = malloc(sizeof(*iov) * (size_t)(cap + 1))))
             return -ENOMEM;
@@ -695,269 +646,6 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
     return rc;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* RFC 3986 percent-decoding of s[0, len): a new string, or NULL for a bad escape or an encoded NUL. */
-static char *uri_decode(const char *s, size_t len)
-{
-    char *out = malloc(len + 1), *o = out;
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] != '%') {
-            *o++ = s[i];
-            continue;
-        }
-        int hi = len - i >= 3 ? hexval(s[i + 1]) : -1, lo = len - i >= 3 ? hexval(s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(out);
-            return NULL;
-        }
-        *o++ = (char)(hi << 4 | lo);
-        i += 2;
-    }
-    *o = 0;
-    return out;
-}
-
-/* The query parameters an NBD URI may carry: libnbd's, plus tls-creds naming an --object (QEMU's way). */
-static const char *const uri_params[] = {"socket",       "tls-creds",    "tls-certificates", "tls-psk-file",
-                                         "tls-username", "tls-hostname", "tls-verify-peer",  NULL};
-
-/* scheme://[user@]host[:port][/export][?key=value&...] (the NBD URI spec, libnbd's query parameters). */
-static int parse_url(const char *uri, size_t scheme_len, struct json_object *opts, struct vbd_error **err)
-{
-    bool tls = !strncasecmp(uri, "nbds", 4);
-    bool unix_sock = scheme_len > 5 && !strncasecmp(uri + scheme_len - 5, "+unix", 5);
-    const char *a = uri + scheme_len + 3;
-    size_t alen = strcspn(a, "/?#");
-    const char *hp = a, *p;
-    char *user = NULL, *host = NULL, *port = NULL, *export = NULL, *vals[7] = {NULL};
-    int rc = -EINVAL;
-    const char *at = memrchr(a, '@', alen);
-    if (at) {
-        if (!(user = uri_decode(a, (size_t)(at - a))))
-            goto bad_escape;
-        hp = at + 1;
-    }
-    size_t hlen = (size_t)(a + alen - hp);
-    const char *colon = NULL;
-    if (hlen && *hp == '[') { /* IPv6 literal */
-        const char *rb = memchr(hp, ']', hlen);
-        if (!rb || (rb + 1 < hp + hlen && rb[1] != ':')) {
-            vbd_error_setf(err, EINVAL,
-                           "NBD URI '%s': bad IPv6 address (expected [ADDRESS] or [ADDRESS]:PORT)", uri);
-            goto out;
-        }
-        host = strndup(hp + 1, (size_t)(rb - hp - 1));
-        colon = rb + 1 < hp + hlen ? rb + 1 : NULL;
-    } else {
-        colon = memchr(hp, ':', hlen);
-        if (!(host = uri_decode(hp, colon ? (size_t)(colon - hp) : hlen)))
-            goto bad_escape;
-    }
-    if (colon) {
-        size_t pl = (size_t)(hp + hlen - colon - 1);
-        char *end = NULL;
-        port = strndup(colon + 1, pl);
-        unsigned long pn = port ? strtoul(port, &end, 10) : 0;
-        if (!port || !pl || strspn(port, "0123456789") != pl || pn == 0 || pn > 65535) {
-            vbd_error_setf(err, EINVAL, "NBD URI '%s': bad port '%s'", uri, port ? port : "");
-            goto out;
-        }
-    }
-    p = a + alen;
-    if (*p == '/') {
-        size_t el = strcspn(p + 1, "?#");
-        if (!(export = uri_decode(p + 1, el)))
-            goto bad_escape;
-        p += 1 + el;
-    }
-    if (*p == '?') {
-        const char *q = p + 1, *qend = q + strcspn(q, "#");
-        while (q < qend) {
-            size_t il = strcspn(q, "&");
-            if (q + il > qend)
-                il = (size_t)(qend - q);
-            const char *eq = memchr(q, '=', il);
-            char *key = il ? uri_decode(q, eq ? (size_t)(eq - q) : il) : NULL;
-            if (il && !key)
-                goto bad_escape;
-            int k = -1;
-            for (int i = 0; key && uri_params[i]; i++)
-                if (!strcmp(key, uri_params[i]))
-                    k = i;
-            if (key && k < 0) {
-                vbd_error_setf(err, EINVAL,
-                               "NBD URI '%s': unknown query parameter '%s' (known: socket, tls-certificates, "
-                               "tls-psk-file, tls-username, tls-hostname, tls-verify-peer, tls-creds)",
-                               uri, key);
-                free(key);
-                goto out;
-            }
-            if (k >= 0) {
-                if (vals[k] || !eq || eq + 1 == q + il) {
-                    vbd_error_setf(err, EINVAL, "NBD URI '%s': query parameter '%s' %s", uri, key,
-                                   vals[k] ? "is given twice" : "needs a value");
-                    free(key);
-                    goto out;
-                }
-                if (!(vals[k] = uri_decode(eq + 1, (size_t)(q + il - eq - 1)))) {
-                    free(key);
-                    goto bad_escape;
-                }
-            }
-            free(key);
-            q += il + (q + il < qend);
-        }
-    }
-    if (unix_sock && (*host || port)) {
-        vbd_error_setf(err, EINVAL, "NBD URI '%s': %.*s takes no host or port (the socket is ?socket=PATH)",
-                       uri, (int)scheme_len, uri);
-        goto out;
-    }
-    if (unix_sock != !!vals[0]) {
-        vbd_error_setf(err, EINVAL, "NBD URI '%s': %s", uri,
-                       unix_sock ? "nbd+unix needs ?socket=PATH" : "socket= is for nbd+unix:// URIs");
-        goto out;
-    }
-    for (int i = 1; !tls && uri_params[i]; i++)
-        if (vals[i]) {
-            vbd_error_setf(err, EINVAL,
-                           "NBD URI '%s': %s= is for nbds:// URIs (an nbd:// URI never uses TLS)", uri,
-                           uri_params[i]);
-            goto out;
-        }
-    if (unix_sock) {
-        json_object_object_add(opts, "server.type", json_object_new_string("unix"));
-        json_object_object_add(opts, "server.path", json_object_new_string(vals[0]));
-    } else {
-        json_object_object_add(opts, "server.type", json_object_new_string("inet"));
-        json_object_object_add(opts, "server.host", json_object_new_string(*host ? host : "localhost"));
-        json_object_object_add(opts, "server.port", json_object_new_string(port ? port : "10809"));
-    }
-    json_object_object_add(opts, "export", json_object_new_string(export ? export : ""));
-    if (tls) {
-        json_object_object_add(opts, "tls", json_object_new_string("on"));
-        for (int i = 1; uri_params[i]; i++)
-            if (vals[i])
-                json_object_object_add(opts, uri_params[i], json_object_new_string(vals[i]));
-        /* libnbd: the URI's user is the PSK username */
-        if (user && *user && vals[3] && !vals[4])
-            json_object_object_add(opts, "tls-username", json_object_new_string(user));
-    }
-    rc = 0;
-    goto out;
-bad_escape:
-    vbd_error_setf(err, EINVAL, "NBD URI '%s': bad percent-encoding", uri);
-out:
-    for (int i = 0; i < 7; i++)
-        free(vals[i]);
-    free(user);
-    free(host);
-    free(port);
-    free(export);
-    return rc;
-}
-
-static int parse_uri(const char *uri, struct json_object *opts, struct vbd_error **err)
-{
-    static const char *const schemes[] = {"nbd",      "nbd+tcp",   "nbd+unix", "nbds",
-                                          "nbds+tcp", "nbds+unix", NULL};
-    const char *sep = strstr(uri, "://");
-    if (sep) {
-        size_t sl = (size_t)(sep - uri);
-        for (int i = 0; schemes[i]; i++)
-            if (strlen(schemes[i]) == sl && !strncasecmp(uri, schemes[i], sl))
-                return parse_url(uri, sl, opts, err);
-        vbd_error_setf(err, EINVAL,
-                       "'%s' is not an NBD URI (schemes: nbd, nbd+tcp, nbd+unix, nbds, nbds+tcp, nbds+unix)",
-                       uri);
-        return -EINVAL;
-    }
-    /* QEMU's old forms: nbd:unix:PATH[:exportname=E], nbd:HOST:PORT[:exportname=E] */
-    char *dup = strdup(uri);
-    int rc = -EINVAL;
-    if (!dup) {
-        vbd_error_setf(err, ENOMEM, "out of memory");
-        return -ENOMEM;
-    }
-    if (!strncmp(dup, "nbd:", 4)) {
-        char *p = dup + 4, *ex = strstr(p, ":exportname=");
-        if (ex) {
-            *ex = 0;
-            json_object_object_add(opts, "export", json_object_new_string(ex + 12));
-        }
-        if (!strncmp(p, "unix:", 5)) {
-            json_object_object_add(opts, "server.type", json_object_new_string("unix"));
-            json_object_object_add(opts, "server.path", json_object_new_string(p + 5));
-        } else {
-            char *colon = strrchr(p, ':');
-            if (!colon) {
-                vbd_error_setf(err, EINVAL, "NBD filename '%s': expected nbd:HOST:PORT or nbd:unix:PATH",
-                               uri);
-                goto out;
-            }
-            *colon = 0;
-            json_object_object_add(opts, "server.type", json_object_new_string("inet"));
-            json_object_object_add(opts, "server.host", json_object_new_string(p));
-            json_object_object_add(opts, "server.port", json_object_new_string(colon + 1));
-        }
-    } else {
-        vbd_error_setf(err, EINVAL, "'%s' is not an NBD URI", uri);
-        goto out;
-    }
-    rc = 0;
-out:
-    free(dup);
-    return rc;
-}
-
-/* Appends s, percent-encoding what would end or split a query value or a path. */
-static void uri_put(char *buf, size_t size, size_t *len, const char *str, bool value)
-{
-    for (const unsigned char *c = (const unsigned char *)str; *c && *len + 4 < size; c++) {
-        if (*c > 0x20 && *c < 0x7f && !strchr(value ? "%&#+?" : "%#?", *c))
-            buf[(*len)++] = (char)*c;
-        else
-            *len += (size_t)snprintf(buf + *len, size - *len, "%%%02X", *c);
-    }
-    buf[*len] = 0;
-}
-
-/* nbds:// filename: the URI's scheme and every TLS parameter it was given, so it opens again as it is. */
-static void uri_filename(char *buf, size_t size, const struct nbd_state *s, const char *q[][2], size_t nq)
-{
-    size_t len = 0;
-    bool v6 = s->host && strchr(s->host, ':');
-    len += (size_t)snprintf(buf, size, "%s://%s%s%s%s%s/", s->path ? "nbds+unix" : "nbds", v6 ? "[" : "",
-                            s->host ? s->host : "", v6 ? "]" : "", s->host ? ":" : "",
-                            s->port && s->host ? s->port : "");
-    if (len >= size) {
-        buf[size - 1] = 0;
-        return;
-    }
-    uri_put(buf, size, &len, s->export, false);
-    char sep = '?';
-    for (size_t i = 0; i <= nq; i++) {
-        const char *key = i ? q[i - 1][0] : "socket", *val = i ? q[i - 1][1] : s->path;
-        if (!val || len + strlen(key) + 3 >= size)
-            continue;
-        len += (size_t)snprintf(buf + len, size - len, "%c%s=", sep, key);
-        uri_put(buf, size, &len, val, true);
-        sep = '&';
-    }
-}
-
 static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct nbd_state *s = n->opaque;
@@ -1011,7 +699,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         vbd_error_setf(err, EINVAL, "NBD: tls-hostname needs tls-creds");
         goto fail;
     }
-    s->tls_hostname = hostname ? strdup(hostname) : NULL;
+    s->tls_hostname = hostname ? vbd_xstrdup(hostname) : NULL;
     if (!type || (strcmp(type, "unix") && strcmp(type, "inet"))) {
         vbd_error_setf(err, EINVAL, "NBD: server.type must be 'unix' or 'inet'%s%s%s", type ? " (not '" : "",
                        type ? type : "", type ? "')" : "");
@@ -1028,10 +716,10 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         free(s->path);
         s->path = NULL;
         if (!s->port)
-            s->port = strdup("10809");
+            s->port = vbd_xstrdup("10809");
         /* the server's certificate must name the host we dial, unless told otherwise */
         if ((tls || libnbd_tls) && !s->tls_hostname)
-            s->tls_hostname = strdup(s->host);
+            s->tls_hostname = vbd_xstrdup(s->host);
     }
     if (tls && !(s->tls_creds = vbd_tls_creds_get(tls, VBD_TLS_CLIENT, "NBD client", err)))
         goto fail;
@@ -1042,7 +730,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
             goto fail;
     }
     if (!s->export)
-        s->export = strdup("");
+        s->export = vbd_xstrdup("");
     if (strlen(s->export) > 4096) {
         vbd_error_setf(err, EINVAL, "NBD export name too long");
         goto fail;
@@ -1067,7 +755,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     }
     s->ch = ch;
     n->size = size;
-    if ((flags & VBD_OPEN_RDWR) && (s->tflags & TF_READ_ONLY)) {
+    if ((flags & VBD_OPEN_RDWR) && (s->tflags & NBD_FLAG_READ_ONLY)) {
         vbd_error_setf(err, EACCES, "NBD export '%s' is read-only", s->export);
         chan_close(&s->ch);
         goto fail;
@@ -1080,14 +768,15 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     /* lengths travel as 32 bits; servers accept trim/zero beyond the data maximum */
     n->bl.max_pdiscard = 1u << 31;
     n->bl.max_pwrite_zeroes = 1u << 31;
-    n->supported_write_flags = (s->tflags & TF_SEND_FUA) ? VBD_REQ_FUA : 0;
-    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | ((s->tflags & TF_SEND_FUA) ? VBD_REQ_FUA : 0) |
-                              ((s->tflags & TF_SEND_FAST_ZERO) ? VBD_REQ_NO_FALLBACK : 0);
+    n->supported_write_flags = (s->tflags & NBD_FLAG_SEND_FUA) ? VBD_REQ_FUA : 0;
+    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | ((s->tflags & NBD_FLAG_SEND_FUA) ? VBD_REQ_FUA : 0) |
+                              ((s->tflags & NBD_FLAG_SEND_FAST_ZERO) ? VBD_REQ_NO_FALLBACK : 0);
     if (libnbd_tls) {
         const char *tlsq[][2] = {{"tls-creds", tls},         {"tls-certificates", certs},
                                  {"tls-psk-file", psk},      {"tls-username", user},
                                  {"tls-hostname", hostname}, {"tls-verify-peer", verify ? NULL : "false"}};
-        uri_filename(n->filename, sizeof(n->filename), s, tlsq, sizeof(tlsq) / sizeof(tlsq[0]));
+        struct nbd_uri_addr addr = {.path = s->path, .host = s->host, .port = s->port, .export = s->export};
+        nbd_uri_tls_filename(n->filename, sizeof(n->filename), &addr, tlsq, sizeof(tlsq) / sizeof(tlsq[0]));
     } else if (s->path) {
         snprintf(n->filename, sizeof(n->filename), "nbd+unix:///%s?socket=%s", s->export, s->path);
     } else {
@@ -1133,8 +822,8 @@ static void nbd_close(struct vbd_node *n)
     s->closing = true;
     if (s->ch.fd >= 0) {
         uint8_t h[28] = {0};
-        uint32_t m = be32(NBD_REQ_MAGIC);
-        uint16_t t = be16(CMD_DISC);
+        uint32_t m = be32(NBD_REQUEST_MAGIC);
+        uint16_t t = be16(NBD_CMD_DISC);
         memcpy(h, &m, 4);
         memcpy(h + 6, &t, 2);
         /* goodbye without waiting: if it cannot go out now, the server is gone or busy anyway */
@@ -1167,42 +856,42 @@ static int nbd_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
                       unsigned flags)
 {
     (void)flags;
-    return do_request(n, CMD_READ, 0, off, (uint32_t)bytes, q, qoff, NULL);
+    return do_request(n, NBD_CMD_READ, 0, off, (uint32_t)bytes, q, qoff, NULL);
 }
 
 static int nbd_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                        unsigned flags)
 {
-    return do_request(n, CMD_WRITE, (flags & VBD_REQ_FUA) ? CMDF_FUA : 0, off, (uint32_t)bytes, q, qoff,
+    return do_request(n, NBD_CMD_WRITE, (flags & VBD_REQ_FUA) ? NBD_CMD_FLAG_FUA : 0, off, (uint32_t)bytes, q, qoff,
                       NULL);
 }
 
 static int nbd_flush(struct vbd_node *n)
 {
     struct nbd_state *s = n->opaque;
-    if (!(s->tflags & TF_SEND_FLUSH))
+    if (!(s->tflags & NBD_FLAG_SEND_FLUSH))
         return 0;
-    return do_request(n, CMD_FLUSH, 0, 0, 0, NULL, 0, NULL);
+    return do_request(n, NBD_CMD_FLUSH, 0, 0, 0, NULL, 0, NULL);
 }
 
 static int nbd_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     struct nbd_state *s = n->opaque;
-    if (!(s->tflags & TF_SEND_TRIM))
+    if (!(s->tflags & NBD_FLAG_SEND_TRIM))
         return -ENOTSUP;
-    return do_request(n, CMD_TRIM, 0, off, (uint32_t)bytes, NULL, 0, NULL);
+    return do_request(n, NBD_CMD_TRIM, 0, off, (uint32_t)bytes, NULL, 0, NULL);
 }
 
 static int nbd_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
     struct nbd_state *s = n->opaque;
-    if (!(s->tflags & TF_SEND_WRITE_ZEROES))
+    if (!(s->tflags & NBD_FLAG_SEND_WRITE_ZEROES))
         return -ENOTSUP;
-    if ((flags & VBD_REQ_NO_FALLBACK) && !(s->tflags & TF_SEND_FAST_ZERO))
+    if ((flags & VBD_REQ_NO_FALLBACK) && !(s->tflags & NBD_FLAG_SEND_FAST_ZERO))
         return -ENOTSUP;
-    uint16_t f = ((flags & VBD_REQ_MAY_UNMAP) ? 0 : CMDF_NO_HOLE) | ((flags & VBD_REQ_FUA) ? CMDF_FUA : 0) |
-                 ((flags & VBD_REQ_NO_FALLBACK) ? CMDF_FAST_ZERO : 0);
-    return do_request(n, CMD_WRITE_ZEROES, f, off, (uint32_t)bytes, NULL, 0, NULL);
+    uint16_t f = ((flags & VBD_REQ_MAY_UNMAP) ? 0 : NBD_CMD_FLAG_NO_HOLE) | ((flags & VBD_REQ_FUA) ? NBD_CMD_FLAG_FUA : 0) |
+                 ((flags & VBD_REQ_NO_FALLBACK) ? NBD_CMD_FLAG_FAST_ZERO : 0);
+    return do_request(n, NBD_CMD_WRITE_ZEROES, f, off, (uint32_t)bytes, NULL, 0, NULL);
 }
 
 static int nbd_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
@@ -1218,7 +907,7 @@ static int nbd_block_status(struct vbd_node *n, bool want_zero, uint64_t off, ui
     }
     uint32_t len = bytes > (1u << 31) ? (1u << 31) : (uint32_t)bytes;
     struct nbd_req r;
-    int rc = do_request(n, CMD_BLOCK_STATUS, CMDF_REQ_ONE, off, len, NULL, 0, &r);
+    int rc = do_request(n, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, off, len, NULL, 0, &r);
     if (rc < 0)
         return rc;
     if (!r.bs_got || !r.bs_len) {
@@ -1227,25 +916,25 @@ static int nbd_block_status(struct vbd_node *n, bool want_zero, uint64_t off, ui
     }
     *pnum = r.bs_len < bytes ? r.bs_len : bytes;
     int st = VBD_BS_OFFSET_VALID;
-    if (!(r.bs_flags & 1)) /* not a hole */
+    if (!(r.bs_flags & NBD_STATE_HOLE)) /* not a hole */
         st |= VBD_BS_DATA;
-    if (r.bs_flags & 2)
+    if (r.bs_flags & NBD_STATE_ZERO)
         st |= VBD_BS_ZERO;
     return st;
 }
 
 static int nbd_parse_filename(const char *filename, struct json_object *opts, struct vbd_error **err)
 {
-    return parse_uri(filename, opts, err);
+    return nbd_uri_parse(filename, opts, err);
 }
 
 static const char *const nbd_protocols[] = {"nbd",       "nbd+unix", "nbd+tcp", "nbds",
                                             "nbds+unix", "nbds+tcp", NULL};
 
 static const struct vbd_driver nbd_driver = {
-    .abi_size = sizeof(struct vbd_driver),
     .name = "nbd",
     .kind = VBD_DRV_PROTOCOL,
+    .caps = VBD_DRV_CAP_REMOTE,
     .protocols = nbd_protocols,
     .state_size = sizeof(struct nbd_state),
     .parse_filename = nbd_parse_filename,

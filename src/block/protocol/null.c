@@ -94,7 +94,6 @@ static int64_t null_allocated(struct vbd_node *n)
 static const char *const null_protocols[] = {"null-co", NULL};
 
 static const struct vbd_driver null_driver = {
-    .abi_size = sizeof(struct vbd_driver),
     .name = "null-co",
     .kind = VBD_DRV_PROTOCOL,
     .protocols = null_protocols,

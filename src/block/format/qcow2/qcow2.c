@@ -1335,7 +1335,6 @@ out:
 }
 
 static const struct vbd_driver qcow2_driver = {
-    .abi_size = sizeof(struct vbd_driver),
     .name = "qcow2",
     .kind = VBD_DRV_FORMAT,
     .state_size = sizeof(struct qcow2_state),

@@ -4,6 +4,7 @@
 #define VBD_QCOW2_H
 
 #include "vbd/block.h"
+#include "vbd/bswap.h"
 #include "vbd/coroutine.h"
 #include "vbd/loop.h"
 
@@ -242,36 +243,5 @@ static inline bool qcow2_data_overlaps(struct qcow2_state *s, uint64_t off, uint
     return !s->external && qcow2_overlaps_metadata(s, off, len); /* data in its own file cannot hit metadata */
 }
 const char *qcow2_data_file_name(struct qcow2_state *s, uint32_t *len); /* header.c: from the extension */
-
-static inline uint64_t be64(uint64_t v)
-{
-    return __builtin_bswap64(v);
-}
-static inline uint32_t be32(uint32_t v)
-{
-    return __builtin_bswap32(v);
-}
-static inline uint64_t get_be64p(const uint8_t *p)
-{
-    uint64_t v;
-    __builtin_memcpy(&v, p, 8);
-    return be64(v);
-}
-static inline uint32_t get_be32p(const uint8_t *p)
-{
-    uint32_t v;
-    __builtin_memcpy(&v, p, 4);
-    return be32(v);
-}
-static inline void put_be64p(uint8_t *p, uint64_t v)
-{
-    v = be64(v);
-    __builtin_memcpy(p, &v, 8);
-}
-static inline void put_be32p(uint8_t *p, uint32_t v)
-{
-    v = be32(v);
-    __builtin_memcpy(p, &v, 4);
-}
 
 #endif

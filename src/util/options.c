@@ -5,6 +5,8 @@
  * "size=1G" and {"size": 1073741824} are the same to a driver.
  */
 #include "vbd/options.h"
+
+#include "vbd/alloc.h"
 #include "vbd/error.h"
 
 #include <ctype.h>
@@ -68,9 +70,7 @@ struct json_object *vbd_keyval_parse(const char *str, const char *implied_key, s
     const char *p = str;
     bool first = true;
     size_t cap = strlen(str) + 1;
-    char *val = malloc(cap);
-    if (!val)
-        abort();
+    char *val = vbd_xmalloc(cap);
     while (*p) {
         /* key: up to '=' or ',' (keys cannot contain either) */
         const char *k = p;
@@ -252,7 +252,7 @@ int vbd_opt_take_str(struct json_object *opts, const char *key, char **out, stru
         vbd_error_setf(err, EINVAL, "Parameter '%s' expects a string", key);
         return -EINVAL;
     }
-    *out = strdup(s);
+    *out = vbd_xstrdup(s);
     opt_remove(opts, key);
     return 1;
 }

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* NBD protocol constants (NetworkBlockDevice/nbd doc/proto.md). All
- * integers are big-endian on the wire. */
-#ifndef VBD_NBD_PROTO_H
-#define VBD_NBD_PROTO_H
+/* NBD protocol constants (NetworkBlockDevice/nbd doc/proto.md), one set
+ * for the server (src/export/nbd) and the client driver
+ * (src/block/protocol/nbd.c). All integers are big-endian on the wire
+ * (vbd/bswap.h). */
+#ifndef VBD_NBD_PROTOCOL_H
+#define VBD_NBD_PROTOCOL_H
 
-#include <endian.h>
-#include <stdint.h>
-#include <string.h>
+#include "vbd/bswap.h"
 
 #define NBD_MAGIC            0x4e42444d41474943ull /* "NBDMAGIC" */
 #define NBD_IHAVEOPT         0x49484156454f5054ull /* "IHAVEOPT" */
@@ -88,12 +88,5 @@ enum { NBD_CMD_READ = 0, NBD_CMD_WRITE = 1, NBD_CMD_DISC = 2, NBD_CMD_FLUSH = 3,
 #define NBD_EOVERFLOW 75
 #define NBD_ENOTSUP 95
 #define NBD_ESHUTDOWN 108
-
-static inline void put_be16(uint8_t *p, uint16_t v) { v = htobe16(v); memcpy(p, &v, 2); }
-static inline void put_be32(uint8_t *p, uint32_t v) { v = htobe32(v); memcpy(p, &v, 4); }
-static inline void put_be64(uint8_t *p, uint64_t v) { v = htobe64(v); memcpy(p, &v, 8); }
-static inline uint16_t get_be16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return be16toh(v); }
-static inline uint32_t get_be32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return be32toh(v); }
-static inline uint64_t get_be64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return be64toh(v); }
 
 #endif

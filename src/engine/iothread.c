@@ -5,9 +5,10 @@
  * iothread=X, or a list the queues are spread over). They run until the
  * daemon has shut every export down, then stop and are joined.
  */
+#include "vbd/alloc.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
-#include "vbd/export.h"
+#include "vbd/iothread.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
 
@@ -88,9 +89,7 @@ int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
         free(id);
         return -EEXIST;
     }
-    struct iothread *t = calloc(1, sizeof(*t));
-    if (!t)
-        abort();
+    struct iothread *t = vbd_xcalloc(1, sizeof(*t));
     t->id = id;
     t->poll_max_ns = poll_max_ns;
     t->poll_set = poll_set;

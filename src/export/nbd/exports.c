@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: MIT */
+/* NBD server, exports: the export type table (type=nbd) and the list the
+ * handshake looks names up in. */
+#include "internal.h"
+
+#include "vbd/alloc.h"
+#include "vbd/backend.h"
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/nbd.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct nbd_export *nbd_find_export(const char *name)
+{
+    struct nbd_export *only = srv.exports && !srv.exports->next ? srv.exports : NULL;
+    for (struct nbd_export *e = srv.exports; e; e = e->next)
+        if (!strcmp(e->name, name))
+            return e;
+    /* "" is the default export when there is just one, as with qemu-nbd */
+    return !*name ? only : NULL;
+}
+
+static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd_error **err)
+{
+    char *id = NULL, *node = NULL, *name = NULL, *desc = NULL, *bitmap = NULL;
+    bool writable = false, depth = true;
+    struct nbd_export *e = NULL;
+    if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "node-name", &node, err) < 0 ||
+        vbd_opt_take_str(opts, "name", &name, err) < 0 || vbd_opt_take_str(opts, "description", &desc, err) < 0 ||
+        vbd_opt_take_bool(opts, "writable", &writable, err) < 0 || vbd_opt_take_str(opts, "bitmap", &bitmap, err) < 0 ||
+        vbd_opt_take_bool(opts, "allocation-depth", &depth, err) < 0)
+        goto fail;
+    if (!id || !node) {
+        vbd_error_setf(err, EINVAL, "NBD export: '%s' is required", id ? "node-name" : "id");
+        goto fail;
+    }
+    if (!srv.running) {
+        vbd_error_setf(err, EINVAL, "NBD export '%s': the NBD server is not running (use --nbd-server first)", id);
+        goto fail;
+    }
+    struct vbd_node *n = vbd_node_find(node);
+    if (!n) {
+        vbd_error_setf(err, ENOENT, "NBD export '%s': no node named '%s'", id, node);
+        goto fail;
+    }
+    if (!name)
+        name = vbd_xstrdup(node);
+    if (strlen(name) > NBD_MAX_NAME_LEN) {
+        vbd_error_setf(err, EINVAL, "NBD export '%s': name longer than %d bytes", id, NBD_MAX_NAME_LEN);
+        goto fail;
+    }
+    for (struct nbd_export *o = srv.exports; o; o = o->next)
+        if (!strcmp(o->name, name) || !strcmp(o->id, id)) {
+            vbd_error_setf(err, EEXIST, "NBD export '%s': an export with this %s already exists", id,
+                           !strcmp(o->id, id) ? "id" : "name");
+            goto fail;
+        }
+    if (bitmap) {
+        uint64_t pnum;
+        int st = vbd_node_co_bitmap_status(n, bitmap, 0, n->size ? n->size : 1, &pnum);
+        if (st < 0) {
+            vbd_error_setf(err, -st, "NBD export '%s': %s '%s' on node '%s'", id,
+                           st == -ENOENT ? "no persistent dirty bitmap named" : "cannot export the inconsistent bitmap",
+                           bitmap, node);
+            goto fail;
+        }
+    }
+    struct vbd_backend_opts bo = {.read_only = !writable, .discard_unmap = true, .name = id};
+    struct vbd_backend *be = vbd_backend_new(n, &bo, err);
+    if (!be) {
+        vbd_error_prepend(err, "NBD export '%s': ", id);
+        goto fail;
+    }
+    e = vbd_xcalloc(1, sizeof(*e));
+    e->base.type = &vbd_export_type_nbd;
+    e->id = id;
+    e->name = name;
+    e->description = desc;
+    e->bitmap = bitmap;
+    bitmap = NULL;
+    e->be = be;
+    e->writable = writable;
+    e->next = srv.exports;
+    srv.exports = e;
+    free(node);
+    return &e->base;
+fail:
+    free(id);
+    free(node);
+    free(name);
+    free(desc);
+    free(bitmap);
+    return NULL;
+}
+
+static void nbd_export_shutdown(struct vbd_export *base)
+{
+    struct nbd_export *e = (struct nbd_export *)base;
+    /* connections using this export are closed gracefully */
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        if (c->exp == e && !c->closing) {
+            c->closing = true;
+            vbd_chan_shutdown(&c->ch, SHUT_RD);
+        }
+    if (vbd_in_co()) {
+        for (;;) {
+            bool busy = false;
+            for (struct nbd_conn *c = srv.conns; c; c = c->next)
+                busy |= c->exp == e;
+            if (!busy)
+                break;
+            vbd_co_queue_wait(&srv.idle_q);
+        }
+        vbd_backend_co_flush(e->be);
+    }
+    for (struct nbd_export **pp = &srv.exports; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+}
+
+static void nbd_export_free(struct vbd_export *base)
+{
+    struct nbd_export *e = (struct nbd_export *)base;
+    vbd_backend_free(e->be);
+    free(e->id);
+    free(e->name);
+    free(e->description);
+    free(e->bitmap);
+    free(e);
+}
+
+static struct json_object *nbd_export_query(struct vbd_export *base)
+{
+    struct nbd_export *e = (struct nbd_export *)base;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "type", json_object_new_string("nbd"));
+    json_object_object_add(o, "id", json_object_new_string(e->id));
+    json_object_object_add(o, "node-name", json_object_new_string(vbd_backend_node(e->be)->node_name));
+    json_object_object_add(o, "shutting-down", json_object_new_boolean(false));
+    return o;
+}
+
+const struct vbd_export_type vbd_export_type_nbd = {
+    .type = "nbd",
+    .create = nbd_export_create,
+    .shutdown = nbd_export_shutdown,
+    .free = nbd_export_free,
+    .query = nbd_export_query,
+};

@@ -1,0 +1,381 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * NBD server, handshake: fixed newstyle option negotiation as an explicit
+ * sequence that never trusts a length (STARTTLS, INFO/GO, LIST, meta
+ * contexts), up to the export the client picks.
+ */
+#include "internal.h"
+
+#include "vbd/alloc.h"
+#include "vbd/authz.h"
+#include "vbd/backend.h"
+#include "vbd/block.h"
+#include "vbd/error.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static int send_opt_reply(struct nbd_conn *c, uint32_t opt, uint32_t type, const void *data, uint32_t len)
+{
+    uint8_t h[20];
+    put_be64p(h, NBD_REP_MAGIC);
+    put_be32p(h + 8, opt);
+    put_be32p(h + 12, type);
+    put_be32p(h + 16, len);
+    struct iovec iov[2] = {{h, sizeof(h)}, {(void *)data, len}};
+    return vbd_chan_sendv_full(&c->ch, iov, len ? 2 : 1);
+}
+
+static int send_opt_error(struct nbd_conn *c, uint32_t opt, uint32_t type, const char *msg)
+{
+    vbd_debug("nbd: option %u refused: %s", opt, msg);
+    return send_opt_reply(c, opt, type, msg, (uint32_t)strlen(msg));
+}
+
+static uint16_t export_flags(struct nbd_export *e)
+{
+    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_CACHE |
+                 NBD_FLAG_CAN_MULTI_CONN; /* flush goes to the shared node: covers every connection */
+    if (!e->writable)
+        f |= NBD_FLAG_READ_ONLY;
+    else
+        f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+    return f;
+}
+
+/* Parse "u32 namelen, name" at p (len bytes); returns bytes used or -1. */
+static int parse_name(const uint8_t *p, uint32_t len, char *name)
+{
+    if (len < 4)
+        return -1;
+    uint32_t nl = get_be32p(p);
+    if (nl > NBD_MAX_NAME_LEN || nl > len - 4)
+        return -1;
+    memcpy(name, p + 4, nl);
+    name[nl] = 0;
+    if (strlen(name) != nl)
+        return -1; /* embedded NUL */
+    return (int)(4 + nl);
+}
+
+static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uint32_t len, bool go, bool *done)
+{
+    char name[NBD_MAX_NAME_LEN + 1];
+    int used = parse_name(data, len, name);
+    if (used < 0 || len - used < 2)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed NBD_OPT_INFO/GO request");
+    uint16_t nreq = get_be16p(data + used);
+    if ((uint32_t)used + 2 + 2u * nreq != len)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_INFO/GO length does not match its content");
+    struct nbd_export *e = nbd_find_export(name);
+    if (!e) {
+        char msg[NBD_MAX_NAME_LEN + 64];
+        snprintf(msg, sizeof(msg), "export '%s' not present", name);
+        return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
+    }
+    bool want_name = false, want_desc = false, want_bs = false;
+    for (uint16_t i = 0; i < nreq; i++) {
+        uint16_t t = get_be16p(data + used + 2 + 2 * i);
+        want_name |= t == NBD_INFO_NAME;
+        want_desc |= t == NBD_INFO_DESCRIPTION;
+        want_bs |= t == NBD_INFO_BLOCK_SIZE;
+    }
+    uint8_t buf[12];
+    int rc;
+    put_be16p(buf, NBD_INFO_EXPORT);
+    put_be64p(buf + 2, vbd_backend_size(e->be));
+    put_be16p(buf + 10, export_flags(e));
+    if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, buf, 12)) < 0)
+        return rc;
+    if (want_name) {
+        size_t nl = strlen(e->name);
+        uint8_t *b = vbd_xmalloc(2 + nl);
+        put_be16p(b, NBD_INFO_NAME);
+        memcpy(b + 2, e->name, nl);
+        rc = send_opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + nl));
+        free(b);
+        if (rc < 0)
+            return rc;
+    }
+    if (want_desc && e->description) {
+        size_t dl = strlen(e->description);
+        uint8_t *b = vbd_xmalloc(2 + dl);
+        put_be16p(b, NBD_INFO_DESCRIPTION);
+        memcpy(b + 2, e->description, dl);
+        rc = send_opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + dl));
+        free(b);
+        if (rc < 0)
+            return rc;
+    }
+    if (want_bs) {
+        uint8_t b[14];
+        put_be16p(b, NBD_INFO_BLOCK_SIZE);
+        put_be32p(b + 2, 1);
+        put_be32p(b + 6, 4096);
+        put_be32p(b + 10, NBD_MAX_REQUEST);
+        if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, b, 14)) < 0)
+            return rc;
+    }
+    if ((rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0)) < 0)
+        return rc;
+    if (go) {
+        c->exp = e;
+        *done = true;
+    }
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    unsigned id;
+} meta_contexts[] = {{"base:allocation", META_ALLOCATION}, {"qemu:allocation-depth", META_DEPTH}};
+
+static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uint32_t len)
+{
+    bool set = opt == NBD_OPT_SET_META_CONTEXT;
+    if (!c->structured)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "structured replies must be negotiated first");
+    char name[NBD_MAX_NAME_LEN + 1];
+    int used = parse_name(data, len, name);
+    if (used < 0 || len - used < 4)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
+    struct nbd_export *exp = nbd_find_export(name);
+    if (!exp) {
+        char msg[NBD_MAX_NAME_LEN + 64];
+        snprintf(msg, sizeof(msg), "export '%s' not present", name);
+        return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
+    }
+    char bitmap_ctx[NBD_MAX_NAME_LEN + 32];
+    struct { const char *name; unsigned id; } ctx[3];
+    size_t nctx = 0;
+    for (size_t m = 0; m < sizeof(meta_contexts) / sizeof(meta_contexts[0]); m++) {
+        ctx[nctx].name = meta_contexts[m].name;
+        ctx[nctx++].id = meta_contexts[m].id;
+    }
+    if (exp->bitmap) {
+        snprintf(bitmap_ctx, sizeof(bitmap_ctx), "qemu:dirty-bitmap:%s", exp->bitmap);
+        ctx[nctx].name = bitmap_ctx;
+        ctx[nctx++].id = META_BITMAP;
+    }
+    uint32_t nq = get_be32p(data + used);
+    uint32_t pos = used + 4;
+    unsigned selected = 0;
+    /* validate all queries before replying */
+    uint32_t p = pos;
+    for (uint32_t i = 0; i < nq; i++) {
+        if (len - p < 4 || get_be32p(data + p) > len - p - 4 || get_be32p(data + p) > NBD_MAX_NAME_LEN)
+            return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed meta context query");
+        p += 4 + get_be32p(data + p);
+    }
+    if (p != len)
+        return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "meta context request length does not match its content");
+    for (uint32_t i = 0; i <= nq; i++) {
+        char q[NBD_MAX_NAME_LEN + 1];
+        if (i == nq && nq)
+            break;
+        if (nq) {
+            uint32_t ql = get_be32p(data + pos);
+            memcpy(q, data + pos + 4, ql);
+            q[ql] = 0;
+            pos += 4 + ql;
+        }
+        for (size_t m = 0; m < nctx; m++) {
+            const char *mn = ctx[m].name;
+            bool match = nq == 0 ? !set
+                                 : (!strcmp(q, mn) || (!set && strchr(q, ':') && q[strlen(q) - 1] == ':' &&
+                                                       !strncmp(q, mn, strlen(q))));
+            unsigned bit = 1u << (ctx[m].id - 1);
+            if (!match || (selected & bit))
+                continue;
+            selected |= bit;
+            size_t nl = strlen(mn);
+            uint8_t b[4 + NBD_MAX_NAME_LEN + 32];
+            put_be32p(b, set ? ctx[m].id : 0);
+            memcpy(b + 4, mn, nl);
+            int rc = send_opt_reply(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + nl));
+            if (rc < 0)
+                return rc;
+        }
+        if (!nq)
+            break;
+    }
+    if (set)
+        c->meta = selected;
+    return send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+}
+
+/* NBD_OPT_STARTTLS was acknowledged: the TLS handshake on the same socket
+ * (the client sends nothing else before it, so nothing is buffered). */
+static int start_tls(struct nbd_conn *c)
+{
+    struct vbd_error *err = NULL;
+    struct vbd_tls *t = vbd_tls_new(srv.tls, c->ch.fd, NULL, &err);
+    int rc = t ? vbd_tls_handshake(t, &err) : -EIO;
+    if (rc == 0 && srv.authz) {
+        /* QEMU's tls-authz: checked once the handshake has verified the certificate, before any option */
+        char *dn = vbd_tls_peer_dn(t, &err);
+        if (dn && !vbd_authz_is_allowed(srv.authz, dn))
+            vbd_error_setf(&err, EACCES, "TLS x509 authz check for '%s' is denied by '%s'", dn,
+                           vbd_authz_id(srv.authz));
+        else if (dn)
+            vbd_debug("nbd: client '%s' allowed by '%s'", dn, vbd_authz_id(srv.authz));
+        free(dn);
+        if (err) {
+            vbd_tls_deny(t); /* the client learns why: an access_denied alert */
+            rc = -EACCES;
+        }
+    }
+    if (rc < 0) {
+        vbd_warn("nbd: client connection: %s", err ? err->msg : "TLS failed");
+        vbd_error_free(err);
+        vbd_tls_free(t);
+        /* Let the alert reach the client: closing with its next bytes unread would reset the connection
+         * and drop the alert. Read until it closes (the handshake timer bounds this). */
+        shutdown(c->ch.fd, SHUT_WR);
+        char junk[4096];
+        while (vbd_co_recv(c->ch.fd, junk, sizeof(junk)) > 0)
+            ;
+        return rc;
+    }
+    c->ch.tls = t;
+    return 0;
+}
+
+/* Returns 0 when transmission should start, <0 to drop the connection. */
+int nbd_handshake(struct nbd_conn *c)
+{
+    uint8_t hello[18];
+    put_be64p(hello, NBD_MAGIC);
+    put_be64p(hello + 8, NBD_IHAVEOPT);
+    put_be16p(hello + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    int rc = vbd_chan_send_full(&c->ch, hello, sizeof(hello));
+    uint8_t cf[4];
+    if (rc < 0 || (rc = vbd_chan_recv_full(&c->ch, cf, 4)) < 0)
+        return rc;
+    uint32_t cflags = get_be32p(cf);
+    if (!(cflags & NBD_FLAG_C_FIXED_NEWSTYLE) || (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))) {
+        vbd_warn("nbd: client sent unsupported handshake flags 0x%x, closing", cflags);
+        return -EPROTO;
+    }
+    c->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+    uint8_t *data = NULL;
+    for (;;) {
+        uint8_t h[16];
+        if ((rc = vbd_chan_recv_full(&c->ch, h, 16)) < 0)
+            break;
+        if (get_be64p(h) != NBD_IHAVEOPT) {
+            vbd_warn("nbd: bad option magic from client, closing");
+            rc = -EPROTO;
+            break;
+        }
+        uint32_t opt = get_be32p(h + 8), len = get_be32p(h + 12);
+        if (len > NBD_MAX_OPTION_LEN) {
+            vbd_warn("nbd: option %u with %u bytes of data is too long, closing", opt, len);
+            rc = -EPROTO;
+            break;
+        }
+        free(data);
+        data = vbd_xmalloc(len);
+        if ((rc = vbd_chan_recv_full(&c->ch, data, len)) < 0)
+            break;
+        bool done = false;
+        if (srv.tls && !c->ch.tls && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+            /* TLS first: every other option is refused, EXPORT_NAME (no error reply possible) closes */
+            if (opt == NBD_OPT_EXPORT_NAME) {
+                vbd_warn("nbd: client asked for an export without TLS, which this server requires; closing");
+                rc = -EACCES;
+            } else {
+                rc = send_opt_error(c, opt, NBD_REP_ERR_TLS_REQD, "TLS is required on this server (NBD_OPT_STARTTLS)");
+            }
+            if (rc < 0)
+                break;
+            continue;
+        }
+        switch (opt) {
+        case NBD_OPT_EXPORT_NAME: {
+            char name[NBD_MAX_NAME_LEN + 1];
+            if (len > NBD_MAX_NAME_LEN) {
+                rc = -EPROTO;
+                break;
+            }
+            memcpy(name, data, len);
+            name[len] = 0;
+            struct nbd_export *e = nbd_find_export(name);
+            if (!e) {
+                vbd_warn("nbd: client asked for unknown export '%s', closing", name);
+                rc = -ENOENT;
+                break;
+            }
+            uint8_t r[10 + 124] = {0};
+            put_be64p(r, vbd_backend_size(e->be));
+            put_be16p(r + 8, export_flags(e));
+            rc = vbd_chan_send_full(&c->ch, r, c->no_zeroes ? 10 : sizeof(r));
+            c->exp = e;
+            done = true;
+            break;
+        }
+        case NBD_OPT_ABORT:
+            send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+            rc = -ECONNRESET;
+            break;
+        case NBD_OPT_LIST:
+            if (len) {
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+                break;
+            }
+            for (struct nbd_export *e = srv.exports; e && rc >= 0; e = e->next) {
+                size_t nl = strlen(e->name), dl = e->description ? strlen(e->description) : 0;
+                uint8_t *b = vbd_xmalloc(4 + nl + dl);
+                put_be32p(b, (uint32_t)nl);
+                memcpy(b + 4, e->name, nl);
+                if (dl)
+                    memcpy(b + 4 + nl, e->description, dl);
+                rc = send_opt_reply(c, opt, NBD_REP_SERVER, b, (uint32_t)(4 + nl + dl));
+                free(b);
+            }
+            if (rc >= 0)
+                rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+            break;
+        case NBD_OPT_STARTTLS:
+            if (!srv.tls)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+            else if (c->ch.tls)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "TLS is already negotiated");
+            else if (len)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+            else if ((rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0)) >= 0)
+                rc = start_tls(c);
+            break;
+        case NBD_OPT_INFO:
+        case NBD_OPT_GO:
+            rc = reply_info(c, opt, data, len, opt == NBD_OPT_GO, &done);
+            break;
+        case NBD_OPT_STRUCTURED_REPLY:
+            if (len)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+            else if (c->structured)
+                rc = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "structured replies already negotiated");
+            else {
+                c->structured = true;
+                rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+            }
+            break;
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT:
+            rc = reply_meta(c, opt, data, len);
+            break;
+        default: {
+            char msg[64];
+            snprintf(msg, sizeof(msg), "option %u is not supported", opt);
+            rc = send_opt_error(c, opt, NBD_REP_ERR_UNSUP, msg);
+        }
+        }
+        if (rc < 0 || done)
+            break;
+    }
+    free(data);
+    return rc < 0 ? rc : 0;
+}

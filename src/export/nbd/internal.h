@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The NBD server's parts (one file per phase of the protocol, as nbdkit
+ * splits its server): server.c listens, accepts and runs each connection;
+ * handshake.c negotiates options up to NBD_OPT_GO; transmission.c reads
+ * requests, runs them on the backend and sends the replies; exports.c
+ * keeps the exports (the export type table). Everything runs on the main
+ * loop.
+ */
+#ifndef VBD_NBD_SERVER_INTERNAL_H
+#define VBD_NBD_SERVER_INTERNAL_H
+
+#include "vbd/coroutine.h"
+#include "vbd/export.h"
+#include "vbd/loop.h"
+#include "vbd/nbd-protocol.h"
+#include "vbd/tls.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define NBD_MAX_OPTION_LEN   (64 * 1024)        /* a longer option ends the connection */
+#define NBD_MAX_NAME_LEN     4096
+#define NBD_MAX_REQUEST      (32u * 1024 * 1024) /* advertised maximum block size */
+#define NBD_SLOTS            64                  /* requests in flight per connection */
+#define NBD_MAX_EXTENTS      256
+#define NBD_HANDSHAKE_NS     (10ull * 1000000000) /* a client that stalls in the handshake is dropped */
+#define META_ALLOCATION      1u
+#define META_DEPTH           2u
+#define META_BITMAP          3u
+
+struct nbd_export {
+    struct vbd_export base;
+    char *id, *name, *description;
+    char *bitmap; /* exported as the meta context qemu:dirty-bitmap:NAME */
+    struct vbd_backend *be;
+    bool writable;
+    struct nbd_export *next;
+};
+
+#define NBD_REPLY_PARTS      40   /* iovecs of one reply: up to 16 read runs, a header and data each */
+#define NBD_REPLY_SMALL      17   /* chunk headers with their small payloads */
+#define NBD_OUT_IOV          512  /* replies gathered into one send */
+#define NBD_RBUF             (64 * 1024) /* request headers (and small writes) read ahead */
+#define NBD_POLL_NS          (32 * 1000) /* busy-poll the socket this long before waiting */
+#define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
+#define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
+
+struct nbd_conn;
+struct nbd_req {
+    struct nbd_conn *c;
+    uint16_t flags, type;
+    uint64_t cookie, offset;
+    uint32_t len;
+    uint8_t *buf;
+    size_t cap;
+    struct nbd_req *next;
+    /* the reply being built: pieces point into small[], buf or ext */
+    struct iovec riov[NBD_REPLY_PARTS];
+    int rn, nsmall;
+    uint8_t small[NBD_REPLY_SMALL][32];
+    uint8_t *ext; /* block status payloads (two contexts), allocated on first use */
+    bool counted; /* its length is in c->inflight_bytes */
+};
+
+struct nbd_conn {
+    struct vbd_chan ch; /* the socket, and its TLS session once STARTTLS is done */
+    struct nbd_export *exp;
+    bool structured, no_zeroes;
+    unsigned meta; /* META_* selected */
+    bool closing;
+    int inflight;
+    /* Replies of requests that finish in the same loop iteration leave in
+     * one send: requests queue their pieces and wait; the flusher sends. */
+    struct iovec *out, *out_spare;
+    int out_n;
+    uint64_t out_gen, sent_gen; /* batch being filled / last batch sent */
+    int send_err;
+    bool flusher_running, flush_stop;
+    struct vbd_co_queue flush_q, sent_q, space_q, flusher_exit_q;
+    struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
+    bool sendfile_ok;              /* a unix socket: see send_read_zero_copy */
+    uint64_t inflight_bytes; /* data of the reads and writes in flight */
+    uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
+    size_t rpos, rlen;
+    struct vbd_co_queue slot_q, drain_q;
+    struct nbd_req slots[NBD_SLOTS];
+    struct nbd_req *free_slots;
+    struct vbd_timer handshake_timer;
+    struct nbd_conn *next;
+};
+
+struct nbd_server {
+    bool running, stopping;
+    int listen_fd;
+    char *unix_path;
+    uint32_t max_connections;
+    int nconns;
+    struct nbd_conn *conns;
+    struct nbd_export *exports;
+    struct vbd_tls_creds *tls; /* set: TLS is required (NBD_OPT_STARTTLS first) */
+    struct vbd_authz *authz;   /* set: the client certificate's DN must be allowed by it */
+    struct vbd_co_queue idle_q;
+    bool accept_done;
+};
+
+/* The one server of the process (server.c). */
+extern struct nbd_server srv;
+
+/* handshake.c: returns 0 when transmission should start (c->exp is set),
+ * <0 to drop the connection. */
+int nbd_handshake(struct nbd_conn *c);
+/* transmission.c: serves requests until the client leaves or c->closing,
+ * then waits for the requests in flight. */
+void nbd_transmission(struct nbd_conn *c);
+/* exports.c: the export a client asks for by name ("" is the only one). */
+struct nbd_export *nbd_find_export(const char *name);
+
+#endif

@@ -1,0 +1,332 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * TLS credentials objects (--object tls-creds-x509/-psk/-anon, as QEMU's
+ * crypto/tlscreds.c): the registry, creation from options, the client
+ * credentials an nbds:// URI gives, the priority string. The x509 and PSK
+ * files are read by tls-creds-x509.c and tls-creds-psk.c.
+ */
+#include "tls-internal.h"
+
+#include "vbd/alloc.h"
+#include "vbd/error.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+const char *const vbd_tls_kind_names[] = {"tls-creds-x509", "tls-creds-psk", "tls-creds-anon"};
+
+static struct vbd_tls_creds *registry;
+
+bool vbd_tls_creds_type(const char *qom_type)
+{
+    for (size_t i = 0; i < sizeof(vbd_tls_kind_names) / sizeof(vbd_tls_kind_names[0]); i++)
+        if (!strcmp(qom_type, vbd_tls_kind_names[i]))
+            return true;
+    return false;
+}
+
+static void creds_free(struct vbd_tls_creds *c)
+{
+    if (c->x509)
+        gnutls_certificate_free_credentials(c->x509);
+    if (c->psk_server)
+        gnutls_psk_free_server_credentials(c->psk_server);
+    if (c->psk_client)
+        gnutls_psk_free_client_credentials(c->psk_client);
+    if (c->anon_server)
+        gnutls_anon_free_server_credentials(c->anon_server);
+    if (c->anon_client)
+        gnutls_anon_free_client_credentials(c->anon_client);
+    if (c->dh)
+        gnutls_dh_params_deinit(c->dh);
+    free(c->id);
+    free(c->what);
+    free(c->priority);
+    free(c);
+}
+
+void vbd_tls_creds_unref(struct vbd_tls_creds *c)
+{
+    if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        creds_free(c);
+}
+
+const char *vbd_tls_creds_id(const struct vbd_tls_creds *c)
+{
+    return c->id;
+}
+
+int tls_creds_file(const struct vbd_tls_creds *c, const char *dir, const char *name, bool required,
+                   char **path, struct vbd_error **err)
+{
+    *path = vbd_xasprintf("%s/%s", dir, name);
+    struct stat st;
+    if (stat(*path, &st) == 0)
+        return 1;
+    int e = errno;
+    if (e == ENOENT && !required)
+        return 0;
+    vbd_error_setf(err, e, "%s: unable to access credentials %s: %s", c->what, *path, strerror(e));
+    return -1;
+}
+
+int tls_load_dh(struct vbd_tls_creds *c, const char *dir, struct vbd_error **err)
+{
+    char *path = NULL;
+    int have = tls_creds_file(c, dir, "dh-params.pem", false, &path, err);
+    if (have <= 0) {
+        free(path);
+        return have;
+    }
+    gnutls_datum_t d = {NULL, 0};
+    int rc = gnutls_load_file(path, &d);
+    if (rc >= 0 && (rc = gnutls_dh_params_init(&c->dh)) >= 0)
+        rc = gnutls_dh_params_import_pkcs3(c->dh, &d, GNUTLS_X509_FMT_PEM);
+    gnutls_free(d.data);
+    if (rc < 0)
+        vbd_error_setf(err, EINVAL, "%s: cannot load DH parameters %s: %s", c->what, path,
+                       gnutls_strerror(rc));
+    free(path);
+    return rc < 0 ? -1 : 1;
+}
+
+static struct vbd_tls_creds *creds_alloc(enum creds_kind kind, enum vbd_tls_endpoint endpoint, const char *id,
+                                         const char *what)
+{
+    struct vbd_tls_creds *c = vbd_xcalloc(1, sizeof(*c));
+    c->id = vbd_xstrdup(id);
+    c->what = what ? vbd_xstrdup(what) : vbd_xasprintf("%s '%s'", vbd_tls_kind_names[kind], id);
+    c->kind = kind;
+    c->endpoint = endpoint;
+    c->refs = 1;
+    return c;
+}
+
+/* The session priority string, checked now rather than at the first connection. */
+static int set_priority(struct vbd_tls_creds *c, const char *priority, struct vbd_error **err)
+{
+    static const char *const extra[] = {"", ":+ECDHE-PSK:+DHE-PSK:+PSK", ":+ANON-ECDH:+ANON-DH"};
+    /* NORMAL lists ChaCha20 before AES-128-GCM, and PSK sessions (SHA-256 only in TLS 1.3) then get
+     * ChaCha20, many times slower than AES-GCM where the CPU has AES instructions: move it last there,
+     * and let a server's order decide. An explicit priority= is taken as it is. */
+    const char *def = "NORMAL";
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("aes"))
+        def = c->endpoint == VBD_TLS_SERVER
+                  ? "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305:%SERVER_PRECEDENCE"
+                  : "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305";
+#endif
+    c->priority = vbd_xasprintf("%s%s", priority ? priority : def, extra[c->kind]);
+    gnutls_priority_t pc;
+    const char *errpos = NULL;
+    int g = gnutls_priority_init(&pc, c->priority, &errpos);
+    if (g < 0) {
+        vbd_error_setf(err, EINVAL, "%s: bad priority string '%s' (at '%s'): %s", c->what, c->priority,
+                       errpos ? errpos : "", gnutls_strerror(g));
+        return -1;
+    }
+    gnutls_priority_deinit(pc);
+    return 0;
+}
+
+int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd_error **err)
+{
+    static const char *const endpoints[] = {"server", "client", NULL};
+    char *id = NULL, *dir = NULL, *username = NULL, *priority = NULL, *psk = NULL;
+    int endpoint = VBD_TLS_CLIENT;
+    bool verify = true;
+    struct vbd_tls_creds *c = NULL;
+    int kind = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(qom_type, vbd_tls_kind_names[i]))
+            kind = i;
+    if (kind < 0) {
+        vbd_error_setf(err, EINVAL, "unknown TLS credentials type '%s'", qom_type);
+        return -EINVAL;
+    }
+    if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "dir", &dir, err) < 0 ||
+        vbd_opt_take_enum(opts, "endpoint", endpoints, &endpoint, err) < 0 ||
+        vbd_opt_take_bool(opts, "verify-peer", &verify, err) < 0 ||
+        vbd_opt_take_str(opts, "priority", &priority, err) < 0 ||
+        (kind == CREDS_PSK && vbd_opt_take_str(opts, "username", &username, err) < 0))
+        goto fail;
+    if (!id) {
+        vbd_error_setf(err, EINVAL, "%s: 'id' is required", qom_type);
+        goto fail;
+    }
+    if (vbd_opts_check_empty(opts, qom_type, err) < 0)
+        goto fail;
+    for (struct vbd_tls_creds *o = registry; o; o = o->next)
+        if (!strcmp(o->id, id)) {
+            vbd_error_setf(err, EEXIST, "attempt to add duplicate object id '%s'", id);
+            goto fail;
+        }
+    if (kind != CREDS_ANON && !dir) {
+        vbd_error_setf(err, EINVAL, "%s '%s': 'dir' is required", qom_type, id);
+        goto fail;
+    }
+    if (kind == CREDS_PSK && username && endpoint == VBD_TLS_SERVER) {
+        vbd_error_setf(err, EINVAL, "%s '%s': 'username' is for endpoint=client", qom_type, id);
+        goto fail;
+    }
+    c = creds_alloc((enum creds_kind)kind, (enum vbd_tls_endpoint)endpoint, id, NULL);
+    /* PSK and anonymous sessions have no certificates to check */
+    c->verify_peer = kind == CREDS_X509 && verify;
+    int rc = 0, g = 0;
+    switch (c->kind) {
+    case CREDS_X509:
+        rc = tls_load_x509(c, dir, err);
+        break;
+    case CREDS_PSK:
+        rc = tls_creds_file(c, dir, "keys.psk", true, &psk, err);
+        if (rc >= 0)
+            rc = tls_load_psk(c, dir, psk, username ? username : "qemu", err);
+        break;
+    case CREDS_ANON:
+        if (c->endpoint == VBD_TLS_SERVER) {
+            if ((g = gnutls_anon_allocate_server_credentials(&c->anon_server)) >= 0)
+                gnutls_anon_set_server_known_dh_params(c->anon_server, GNUTLS_SEC_PARAM_MEDIUM);
+        } else {
+            g = gnutls_anon_allocate_client_credentials(&c->anon_client);
+        }
+        if (g < 0) {
+            vbd_error_setf(err, ENOMEM, "%s: %s", c->what, gnutls_strerror(g));
+            rc = -1;
+        }
+        break;
+    }
+    if (rc < 0 || set_priority(c, priority, err) < 0)
+        goto fail;
+    c->next = registry;
+    registry = c;
+    free(id);
+    free(dir);
+    free(psk);
+    free(username);
+    free(priority);
+    return 0;
+fail:
+    if (c)
+        creds_free(c);
+    free(id);
+    free(dir);
+    free(psk);
+    free(username);
+    free(priority);
+    return -EINVAL;
+}
+
+struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts *o, const char *who,
+                                               struct vbd_error **err)
+{
+    struct vbd_tls_creds *c = NULL;
+    char *dir = NULL, what[4200];
+    if (o->psk_file) {
+        char user[256];
+        const char *username = o->username;
+        if (!username) {
+            if (tls_login_name(user, sizeof(user)) < 0) {
+                vbd_error_setf(err, ENOENT, "%s: no login name for the PSK username (give tls-username=NAME)",
+                               who);
+                return NULL;
+            }
+            username = user;
+        }
+        snprintf(what, sizeof(what), "%s: tls-psk-file=%s", who, o->psk_file);
+        c = creds_alloc(CREDS_PSK, VBD_TLS_CLIENT, "tls-psk-file", what);
+        struct stat st;
+        if (stat(o->psk_file, &st) < 0) {
+            vbd_error_setf(err, errno, "%s: %s", what, strerror(errno));
+            goto fail;
+        }
+        if (tls_load_psk(c, NULL, o->psk_file, username, err) < 0)
+            goto fail;
+    } else {
+        /* like libnbd: the given directory, else its default ones, else the system's CAs */
+        dir = o->cert_dir ? vbd_xstrdup(o->cert_dir) : tls_default_cert_dir();
+        if (dir)
+            snprintf(what, sizeof(what), "%s: tls-certificates=%s", who, dir);
+        else
+            snprintf(what, sizeof(what), "%s: the system's trusted CAs", who);
+        c = creds_alloc(CREDS_X509, VBD_TLS_CLIENT, dir ? "tls-certificates" : "system-ca", what);
+        c->verify_peer = o->verify_peer;
+        if (dir) {
+            if (tls_load_x509(c, dir, err) < 0)
+                goto fail;
+        } else {
+            int g = gnutls_certificate_allocate_credentials(&c->x509);
+            if (g >= 0)
+                g = gnutls_certificate_set_x509_system_trust(c->x509);
+            if (g <= 0) {
+                vbd_error_setf(
+                    err, ENOENT,
+                    "%s: no system CA certificates%s%s (give tls-certificates=DIR, tls-psk-file=FILE "
+                    "or tls-creds=ID)",
+                    who, g < 0 ? ": " : "", g < 0 ? gnutls_strerror(g) : "");
+                goto fail;
+            }
+        }
+        c->system_ca = !dir;
+    }
+    if (set_priority(c, NULL, err) < 0)
+        goto fail;
+    free(dir);
+    return c;
+fail:
+    free(dir);
+    if (c)
+        creds_free(c);
+    return NULL;
+}
+
+bool vbd_tls_creds_verify_peer(const struct vbd_tls_creds *c)
+{
+    return c->verify_peer;
+}
+
+const char *vbd_tls_creds_type_name(const struct vbd_tls_creds *c)
+{
+    return vbd_tls_kind_names[c->kind];
+}
+
+bool vbd_tls_creds_system_ca(const struct vbd_tls_creds *c)
+{
+    return c && c->system_ca;
+}
+
+struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint want, const char *who,
+                                        struct vbd_error **err)
+{
+    for (struct vbd_tls_creds *c = registry; c; c = c->next) {
+        if (strcmp(c->id, id))
+            continue;
+        if (c->endpoint != want) {
+            vbd_error_setf(err, EINVAL, "%s: TLS credentials '%s' have endpoint=%s, expected endpoint=%s",
+                           who, id, c->endpoint == VBD_TLS_SERVER ? "server" : "client",
+                           want == VBD_TLS_SERVER ? "server" : "client");
+            return NULL;
+        }
+        __atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL);
+        return c;
+    }
+    vbd_error_setf(err, ENOENT,
+                   "%s: no TLS credentials object with id '%s' (create it with --object tls-creds-x509 or "
+                   "tls-creds-psk)",
+                   who, id);
+    return NULL;
+}
+
+void vbd_tls_creds_remove_all(void)
+{
+    while (registry) {
+        struct vbd_tls_creds *c = registry;
+        registry = c->next;
+        vbd_tls_creds_unref(c);
+    }
+}
