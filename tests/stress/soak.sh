@@ -41,7 +41,7 @@ one() { # kind transport seed ops
     local d="$OUT/current"
     runs=$((runs + 1))
     if stress_case "$1" "$2" "$3" "$4" "$d" 2>"$OUT/err.log"; then
-        echo "ok   $1/$2 seed=$3 ${STRESS_LAST_OPS:-0} ops"
+        echo "ok   $1/$2 seed=$3 ${STRESS_LAST_OPS:-0} ops ($STRESS_LAST_VARIANT)"
         rm -rf "$d"
     else
         failed=$((failed + 1))

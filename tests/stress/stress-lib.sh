@@ -27,13 +27,15 @@ words = ("the block layer keeps a cluster of data in memory while the guest writ
          "refcount table offset header snapshot backing chain discard flush zero allocate copy on write "
          "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt").split()
 out = bytearray()
+small = bytes(b % 13 for b in range(256))  # random small numbers: compressible, not trivially
 while len(out) < size:
     kind = r.randrange(6)
     n = r.choice((512, 1500, 4096, 9000, 65536, 200000))
     if kind == 0:
-        s = []
-        while sum(map(len, s)) < n:
-            s.append(" ".join(r.choice(words) for _ in range(r.randrange(3, 14))) + ".\n")
+        s, have = [], 0
+        while have < n:
+            s.append(" ".join(r.choices(words, k=r.randrange(3, 14))) + ".\n")
+            have += len(s[-1])
         out += "".join(s).encode()[:n]
     elif kind == 1:
         out += r.randbytes(n)
@@ -42,7 +44,7 @@ while len(out) < size:
     elif kind == 3:
         out += bytes(r.randrange(1, 256) for _ in range(r.randrange(1, 9))) * (n // 4)
     elif kind == 4:
-        out += b"".join(r.randrange(0, 1000).to_bytes(4, "little") for _ in range(n // 4))
+        out += r.randbytes(n).translate(small)
     else:
         out += bytes(n) if r.randrange(2) else r.randbytes(n // 2) + bytes(n - n // 2)
 open(path, "wb").write(bytes(out[:size]))
@@ -149,6 +151,7 @@ stress_kill_daemon() { [ -n "$_stress_dpid" ] && kill -9 $_stress_dpid 2>/dev/nu
 
 stress_case() { # KIND TRANSPORT SEED OPS DIR
     local kind=$1 tr=$2 seed=$3 ops=$4 d=$5 rc=0 limit out
+    STRESS_LAST_OPS=0 STRESS_LAST_VARIANT=""
     rm -rf "$d" && mkdir -p "$d" || return 1
     stress_make "$kind" "$d" "$seed" || { echo "stress: cannot create image kind $kind" >&2; return 1; }
     case $ops in
@@ -158,11 +161,22 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
     local args=(--seed "$seed" $limit --cluster-size "$cs" --init "$d/init.raw" --shadow-out "$d/shadow.raw")
     [ $sub = 1 ] && args+=(--subclusters)
     [ -n "$backraw" ] && args+=(--backing "$backraw")
-    local node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap"
+    # the seed also picks the I/O path under the image: page cache and
+    # io_uring, O_DIRECT (the generic layer's alignment and serialisation of
+    # unaligned requests), or the thread pool
+    local lib_io=() file_io=""
+    case $((seed % 3)) in
+    1) lib_io=(-t none) file_io=,cache.direct=on STRESS_LAST_VARIANT="cache.direct=on" ;;
+    2) lib_io=(-i threads) file_io=,aio=threads STRESS_LAST_VARIANT="aio=threads" ;;
+    *) STRESS_LAST_VARIANT="io_uring, page cache" ;;
+    esac
+    # compressed writes of whole clusters next to the other requests
+    case $kind in zlib | zstd | c4k | snapshot) lib_io+=(--compress) ;; esac
+    local node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap$file_io"
         --blockdev "driver=qcow2,node-name=d0,file=f0,discard=unmap")
     case $tr in
     lib)
-        "$STRESS_BIN" "${args[@]}" --qd 16 -f qcow2 "$img" >"$d/stress.log" 2>&1 || rc=1
+        "$STRESS_BIN" "${args[@]}" "${lib_io[@]}" --qd 16 -f qcow2 "$img" >"$d/stress.log" 2>&1 || rc=1
         ;;
     nbd)
         _stress_start_daemon "$d" "$d/nbd.sock" "${node[@]}" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
@@ -192,7 +206,7 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
     esac
     STRESS_LAST_OPS=$(sed -n 's/.* seed=[0-9]* \([0-9]*\) ops .*/\1/p' "$d/stress.log" | tail -1)
     if [ $rc != 0 ]; then
-        echo "stress: FAILED kind=$kind transport=$tr seed=$seed (vbd-stress):" >&2
+        echo "stress: FAILED kind=$kind transport=$tr seed=$seed ($STRESS_LAST_VARIANT) (vbd-stress):" >&2
         tail -30 "$d/stress.log" >&2
         return 1
     fi

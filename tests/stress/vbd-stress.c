@@ -61,6 +61,7 @@ static const char usage_text[] =
     "  --backing FILE       raw file with the backing chain's content (a discard may expose it)\n"
     "  --shadow-out FILE    write the expected final content here (raw)\n"
     "  --no-discard         never discard (a target that does not support it)\n"
+    "  --compress           write some whole clusters with VBD_REQ_COMPRESSED (IMAGE only)\n"
     "  --align N            every offset and length a multiple of N (vhost-user: at least 512)\n"
     "  -f, --format FMT     IMAGE's format (default: probed);  --image-opts: IMAGE is an option string\n"
     "  -t, --cache MODE     cache mode for IMAGE (default writeback);  -i, --aio MODE io_uring|threads\n"
@@ -105,7 +106,7 @@ struct hist {
 static struct {
     enum transport transport;
     const char *image, *nbd_uri, *vu_sock, *fmt, *cache, *aio, *init, *backing, *shadow_out;
-    bool image_opts, subclusters, no_discard, verbose;
+    bool image_opts, subclusters, no_discard, verbose, compress;
     int qd, conns, nhot;
     uint64_t seed, max_ops, cluster, subcluster, align, max_len;
     double seconds;
@@ -121,7 +122,7 @@ static struct {
     struct worker w[64];
     struct vbd_co_queue changed;
     uint64_t rng, issued, completed, deadline;
-    uint64_t counts[OP__N], collisions, waits, pinned;
+    uint64_t counts[OP__N], collisions, waits, pinned, compressed_writes;
     int running;
     bool failed, stop_reapers;
     struct vbd_co *main_co;
@@ -496,6 +497,12 @@ static void worker_co(void *arg)
             fill(w->buf, off, len, write_id);
             if (S.transport != T_VHOST && rnd_below(8) == 0)
                 flags |= VBD_REQ_FUA;
+            /* whole clusters may be stored compressed: the compressed
+             * allocation path meets the others on the hot clusters too */
+            if (S.compress && off % S.cluster == 0 && len % S.cluster == 0 && rnd_below(3) == 0) {
+                flags = VBD_REQ_COMPRESSED;
+                S.compressed_writes++;
+            }
         }
         if (mutating) {
             h = &S.hist[S.seq % HISTORY];
@@ -704,7 +711,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     vbd_log_set_prog("vbd-stress");
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
-           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS };
+           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -714,7 +721,7 @@ int main(int argc, char **argv)
         {"no-discard", no_argument, NULL, O_NODISCARD},  {"align", required_argument, NULL, O_ALIGN},
         {"nbd", required_argument, NULL, O_NBD},         {"conns", required_argument, NULL, O_CONNS},
         {"vhost-user", required_argument, NULL, O_VU},   {"queues", required_argument, NULL, O_QUEUES},
-        {"image-opts", no_argument, NULL, O_IMGOPTS},    {"format", required_argument, NULL, 'f'},
+        {"image-opts", no_argument, NULL, O_IMGOPTS},    {"compress", no_argument, NULL, O_COMPRESS},    {"format", required_argument, NULL, 'f'},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -739,6 +746,7 @@ int main(int argc, char **argv)
         case O_VU: S.vu_sock = optarg; S.transport = T_VHOST; break;
         case O_QUEUES: S.conns = atoi(optarg); break;
         case O_IMGOPTS: S.image_opts = true; break;
+        case O_COMPRESS: S.compress = true; break;
         case 'f': S.fmt = optarg; break;
         case 't': S.cache = optarg; break;
         case 'i': S.aio = optarg; break;
@@ -746,6 +754,10 @@ int main(int argc, char **argv)
         case 'h': fputs(usage_text, stdout); return 0;
         default: fputs(usage_text, stderr); return 2;
         }
+    }
+    if (S.compress && S.transport != T_LIB) {
+        fprintf(stderr, "vbd-stress: --compress needs an IMAGE opened in this process\n");
+        return 2;
     }
     if (S.nbd_uri && S.vu_sock) {
         fprintf(stderr, "vbd-stress: --nbd and --vhost-user are mutually exclusive\n");
@@ -876,10 +888,10 @@ int main(int argc, char **argv)
     if (rc == 0 && S.shadow_out && save_raw(S.shadow_out, S.exp, S.size) < 0)
         rc = 1;
     printf("vbd-stress: %s: seed=%" PRIu64 " %" PRIu64 " ops (%" PRIu64 " reads, %" PRIu64 " writes, %" PRIu64
-           " write-zeroes, %" PRIu64 " with unmap, %" PRIu64 " discards, %" PRIu64 " flushes), %" PRIu64
+           " write-zeroes, %" PRIu64 " with unmap, %" PRIu64 " discards, %" PRIu64 " flushes, %" PRIu64 " compressed), %" PRIu64
            " met another request in flight on the same cluster, %" PRIu64 " uncertain bytes pinned\n",
            rc ? "FAILED" : "ok", S.seed, S.issued, S.counts[OP_READ], S.counts[OP_WRITE], S.counts[OP_ZERO],
-           S.counts[OP_ZERO_UNMAP], S.counts[OP_DISCARD], S.counts[OP_FLUSH], S.collisions, S.pinned);
+           S.counts[OP_ZERO_UNMAP], S.counts[OP_DISCARD], S.counts[OP_FLUSH], S.compressed_writes, S.collisions, S.pinned);
 out:
     if (S.transport != T_VHOST)
         vbd_co_run_sync(close_co, NULL);
