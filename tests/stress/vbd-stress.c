@@ -61,6 +61,7 @@ static const char usage_text[] =
     "  --backing FILE       raw file with the backing chain's content (a discard may expose it)\n"
     "  --shadow-out FILE    write the expected final content here (raw)\n"
     "  --no-discard         never discard (a target that does not support it)\n"
+"  --no-zeroes          never write zeroes (to tell which kind of request a failure needs)\n"
     "  --compress           write some whole clusters with VBD_REQ_COMPRESSED (IMAGE only)\n"
     "  --align N            every offset and length a multiple of N (vhost-user: at least 512)\n"
     "  -f, --format FMT     IMAGE's format (default: probed);  --image-opts: IMAGE is an option string\n"
@@ -106,7 +107,7 @@ struct hist {
 static struct {
     enum transport transport;
     const char *image, *nbd_uri, *vu_sock, *fmt, *cache, *aio, *init, *backing, *shadow_out;
-    bool image_opts, subclusters, no_discard, verbose, compress;
+    bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress;
     int qd, conns, nhot;
     uint64_t seed, max_ops, cluster, subcluster, align, max_len;
     double seconds;
@@ -423,9 +424,9 @@ static enum op pick_op(void)
     if (r < 71)
         return OP_WRITE;
     if (r < 79)
-        return OP_ZERO;
+        return S.no_zeroes ? OP_WRITE : OP_ZERO;
     if (r < 86)
-        return OP_ZERO_UNMAP;
+        return S.no_zeroes ? OP_WRITE : OP_ZERO_UNMAP;
     if (r < 96)
         return S.no_discard ? OP_WRITE : OP_DISCARD;
     return OP_FLUSH;
@@ -711,7 +712,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     vbd_log_set_prog("vbd-stress");
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
-           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS };
+           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -721,7 +722,8 @@ int main(int argc, char **argv)
         {"no-discard", no_argument, NULL, O_NODISCARD},  {"align", required_argument, NULL, O_ALIGN},
         {"nbd", required_argument, NULL, O_NBD},         {"conns", required_argument, NULL, O_CONNS},
         {"vhost-user", required_argument, NULL, O_VU},   {"queues", required_argument, NULL, O_QUEUES},
-        {"image-opts", no_argument, NULL, O_IMGOPTS},    {"compress", no_argument, NULL, O_COMPRESS},    {"format", required_argument, NULL, 'f'},
+        {"image-opts", no_argument, NULL, O_IMGOPTS},    {"compress", no_argument, NULL, O_COMPRESS},
+        {"no-zeroes", no_argument, NULL, O_NOZEROES},    {"format", required_argument, NULL, 'f'},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -747,6 +749,7 @@ int main(int argc, char **argv)
         case O_QUEUES: S.conns = atoi(optarg); break;
         case O_IMGOPTS: S.image_opts = true; break;
         case O_COMPRESS: S.compress = true; break;
+        case O_NOZEROES: S.no_zeroes = true; break;
         case 'f': S.fmt = optarg; break;
         case 't': S.cache = optarg; break;
         case 'i': S.aio = optarg; break;
