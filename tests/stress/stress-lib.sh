@@ -158,10 +158,14 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
     STRESS_LAST_OPS=0 STRESS_LAST_VARIANT=""
     rm -rf "$d" && mkdir -p "$d" || return 1
     stress_make "$kind" "$d" "$seed" || { echo "stress: cannot create image kind $kind" >&2; return 1; }
+    # a request that never completes must not hang make check: the guard
+    # is 10 minutes beyond the run's own limit (a safety net, not a timing test)
+    local guard=600
     case $ops in
-    *s) limit="--seconds ${ops%s}" ;;
+    *s) limit="--seconds ${ops%s}" guard=$((${ops%s} + 600)) ;;
     *) limit="--ops $ops" ;;
     esac
+    local run=(timeout -k 10 "$guard" "$STRESS_BIN")
     local args=(--seed "$seed" $limit --cluster-size "$cs" --init "$d/init.raw" --shadow-out "$d/shadow.raw")
     [ $sub = 1 ] && args+=(--subclusters)
     [ -n "$backraw" ] && args+=(--backing "$backraw")
@@ -181,19 +185,19 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
         --blockdev "driver=qcow2,node-name=d0,file=f0,discard=unmap")
     case $tr in
     lib)
-        "$STRESS_BIN" "${args[@]}" "${lib_io[@]}" --qd 16 -f qcow2 "$img" >"$d/stress.log" 2>&1 || rc=1
+        "${run[@]}" "${args[@]}" "${lib_io[@]}" --qd 16 -f qcow2 "$img" >"$d/stress.log" 2>&1 || rc=1
         ;;
     nbd)
         _stress_start_daemon "$d" "$d/nbd.sock" "${node[@]}" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
             --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on" || return 1
-        "$STRESS_BIN" "${args[@]}" --qd 16 --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
+        "${run[@]}" "${args[@]}" --qd 16 --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
         _stress_stop_daemon "$d" || rc=1
         ;;
     vhost)
         _stress_start_daemon "$d" "$d/vu.sock" --object iothread,id=io0 --object iothread,id=io1 "${node[@]}" \
             --export "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=$d/vu.sock,writable=on,num-queues=4,iothread.0=io0,iothread.1=io1" ||
             return 1
-        "$STRESS_BIN" "${args[@]}" --qd 16 --vhost-user "$d/vu.sock" --queues 4 >"$d/stress.log" 2>&1 || rc=1
+        "${run[@]}" "${args[@]}" --qd 16 --vhost-user "$d/vu.sock" --queues 4 >"$d/stress.log" 2>&1 || rc=1
         _stress_stop_daemon "$d" || rc=1
         ;;
     qemu-nbd)
@@ -206,7 +210,7 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
             2>"$d/daemon.log" &
         _stress_dpid=$!
         for _ in $(seq 300); do [ -S "$d/q.sock" ] && break; kill -0 $_stress_dpid 2>/dev/null || break; sleep 0.1; done
-        "$STRESS_BIN" "${args[@]}" --no-zeroes --qd 16 --nbd "nbd+unix:///disk?socket=$d/q.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
+        "${run[@]}" "${args[@]}" --no-zeroes --qd 16 --nbd "nbd+unix:///disk?socket=$d/q.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
         _stress_stop_daemon "$d" || rc=1
         ;;
     *) echo "stress: unknown transport '$tr' (known: $STRESS_TRANSPORTS qemu-nbd)" >&2; return 1 ;;
