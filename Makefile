@@ -4,7 +4,7 @@ BUILD_ASAN ?= build-asan
 BUILD_TSAN ?= build-tsan
 MESON_OPTS ?=
 
-.PHONY: all deps build build-asan build-tsan check check-unit check-integration demo bench clean format fuzz
+.PHONY: all deps build build-asan build-tsan check check-unit check-integration demo bench clean format fuzz soak
 
 all: build
 
@@ -54,6 +54,15 @@ fuzz: deps build-fuzz/build.ninja
 	@for t in build-fuzz/tests/fuzz/fuzz-*; do [ -f "$$t" ] && [ -x "$$t" ] || continue; mkdir -p build-fuzz/corpus/$${t##*/}; \
 	    echo "== $$t"; "$$t" -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus/$${t##*/} >build-fuzz/$${t##*/}.log 2>&1 \
 	    || { tail -30 build-fuzz/$${t##*/}.log; exit 1; }; tail -1 build-fuzz/$${t##*/}.log; done
+
+# The qcow2 stress test (tests/stress) with random seeds for SOAK_SECONDS,
+# cycling over every image kind and NBD / vhost-user / in-process; prints the
+# seed of any failure and the number of operations. Release build (asserts
+# on) for more operations per second; SOAK_BUILD=build-asan for sanitizers.
+SOAK_SECONDS ?= 600
+SOAK_BUILD ?= $(BUILD)
+soak: build
+	@SOAK_SECONDS=$(SOAK_SECONDS) ./tests/stress/soak.sh $(SOAK_BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

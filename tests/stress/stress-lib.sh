@@ -1,0 +1,250 @@
+# Sourced by tests/integration/qcow2-stress.sh and tests/stress/soak.sh.
+# stress_case KIND TRANSPORT SEED OPS DIR: creates an image of KIND with
+# qemu-img in DIR (fresh), runs vbd-stress against it through TRANSPORT
+# (lib: in process; nbd: vbd-daemon's NBD export, 4 connections; vhost:
+# vbd-daemon's vhost-user-blk export, 4 queues on 2 iothreads), then checks
+# with qemu-img: check clean, compare identical to the shadow, and for
+# kinds with an internal snapshot `snapshot -a` back and compare with the
+# content at snapshot time. Returns 0 on success; on failure prints why
+# (with the seed) and returns 1. OPS may be "Ns" for a time limit.
+# STRESS_EXTRA: more vbd-stress options (--no-zeroes, --no-discard, --qd N).
+# Transport qemu-nbd (not in the default list) runs the same load against
+# QEMU's qcow2 driver: a check that the harness only flags real bugs.
+# Needs: VBD_BUILD, qemu-img, qemu-io, python3.
+
+# (both lists may be narrowed from the environment)
+STRESS_KINDS=${STRESS_KINDS:-"c512 c4k c64k c2m ext64k ext16k-backing ext64k-backing ext2m-backing rc1 rc64 lazy zlib zstd
+snapshot snapshot-ext backing-chain data-file data-file-raw bitmaps"}
+STRESS_TRANSPORTS=${STRESS_TRANSPORTS:-"lib nbd vhost"}
+STRESS_BIN=${STRESS_BIN:-$VBD_BUILD/tests/stress/vbd-stress}
+STRESS_DAEMON=${STRESS_DAEMON:-$VBD_BUILD/src/tools/vbd-daemon}
+
+# Real-looking data (text, random bytes, zero runs, short repeats, small
+# integers): compressible in parts, not in others, so compressed clusters
+# span many sectors. Deterministic for a seed.
+stress_data() { # FILE SIZE SEED
+    python3 - "$1" "$2" "$3" <<'EOF'
+import random, sys
+path, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+r = random.Random(seed)
+words = ("the block layer keeps a cluster of data in memory while the guest writes its file system journal "
+         "refcount table offset header snapshot backing chain discard flush zero allocate copy on write "
+         "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt").split()
+out = bytearray()
+small = bytes(b % 13 for b in range(256))  # random small numbers: compressible, not trivially
+while len(out) < size:
+    kind = r.randrange(6)
+    n = r.choice((512, 1500, 4096, 9000, 65536, 200000))
+    if kind == 0:
+        s, have = [], 0
+        while have < n:
+            s.append(" ".join(r.choices(words, k=r.randrange(3, 14))) + ".\n")
+            have += len(s[-1])
+        out += "".join(s).encode()[:n]
+    elif kind == 1:
+        out += r.randbytes(n)
+    elif kind == 2:
+        out += bytes(n)
+    elif kind == 3:
+        out += bytes(r.randrange(1, 256) for _ in range(r.randrange(1, 9))) * (n // 4)
+    elif kind == 4:
+        out += r.randbytes(n).translate(small)
+    else:
+        out += bytes(n) if r.randrange(2) else r.randbytes(n // 2) + bytes(n - n // 2)
+open(path, "wb").write(bytes(out[:size]))
+EOF
+}
+
+# Sets in the caller: img cs sub snap backraw size; creates DIR/img.qcow2,
+# DIR/init.raw (content before the run), DIR/back.raw if there is a backing
+# chain (what a discard may expose).
+stress_make() { # KIND DIR SEED
+    local kind=$1 d=$2 seed=$3 opts="" src
+    img=$d/img.qcow2 cs=65536 sub=0 snap=0 backraw="" size=$((16 << 20))
+    case $kind in
+    c512) cs=512 size=$((4 << 20)) ;;
+    c4k) cs=4096 ;;
+    c64k) ;;
+    c2m) cs=$((2 << 20)) size=$((32 << 20)) ;;
+    ext64k) sub=1 opts=extended_l2=on ;;
+    ext16k-backing) cs=16384 sub=1 opts=extended_l2=on ;;
+    ext64k-backing) sub=1 opts=extended_l2=on ;;
+    ext2m-backing) cs=$((2 << 20)) size=$((32 << 20)) sub=1 opts=extended_l2=on ;;
+    rc1) opts=refcount_bits=1 ;;
+    rc64) opts=refcount_bits=64 ;;
+    lazy) opts=lazy_refcounts=on ;;
+    zlib | zstd) opts=compression_type=$kind ;;
+    snapshot) snap=1 ;;
+    snapshot-ext) cs=32768 sub=1 snap=1 opts=extended_l2=on ;;
+    backing-chain) ;;
+    data-file) opts=data_file=$d/img.data ;;
+    data-file-raw) opts=data_file=$d/img.data,data_file_raw=on ;;
+    bitmaps) ;;
+    *) echo "stress: unknown image kind '$kind' (known: $STRESS_KINDS)" >&2; return 1 ;;
+    esac
+    opts=cluster_size=$cs${opts:+,$opts}
+    stress_data "$d/data.raw" "$size" "$seed" || return 1
+    case $kind in
+    *-backing)
+        # an empty top over a full base: every partial write copies from backing
+        qemu-img convert -q -f raw -O qcow2 "$d/data.raw" "$d/base.qcow2" || return 1
+        qemu-img create -q -f qcow2 -b "$d/base.qcow2" -F qcow2 -o "$opts" "$img" || return 1
+        cp "$d/data.raw" "$d/init.raw"
+        backraw=$d/data.raw
+        ;;
+    backing-chain)
+        # base (data) <- mid (patterns over part of it) <- top (more patterns)
+        qemu-img convert -q -f raw -O qcow2 "$d/data.raw" "$d/base.qcow2" || return 1
+        qemu-img create -q -f qcow2 -b "$d/base.qcow2" -F qcow2 -o cluster_size=32768 "$d/mid.qcow2" || return 1
+        qemu-io -f qcow2 -c "write -P 0x11 1M 3M" -c "write -z 5M 1M" -c "discard 7M 512k" -c "write -P 0x12 9000 70000" \
+            "$d/mid.qcow2" >/dev/null || return 1
+        qemu-img create -q -f qcow2 -b "$d/mid.qcow2" -F qcow2 -o "$opts" "$img" || return 1
+        qemu-io -f qcow2 -c "write -P 0x21 2M 1M" -c "write -z 3M 64k" -c "write -P 0x22 12345 4096" "$img" >/dev/null || return 1
+        qemu-img convert -q -f qcow2 -O raw "$d/mid.qcow2" "$d/back.raw" || return 1
+        qemu-img convert -q -f qcow2 -O raw "$img" "$d/init.raw" || return 1
+        backraw=$d/back.raw
+        ;;
+    zlib | zstd)
+        qemu-img convert -q -c -f raw -O qcow2 -o "$opts" "$d/data.raw" "$img" || return 1
+        qemu-img info "$img" | grep -q "compression type: $kind" || { echo "stress: $img is not $kind-compressed" >&2; return 1; }
+        cp "$d/data.raw" "$d/init.raw"
+        ;;
+    *)
+        qemu-img create -q -f qcow2 -o "$opts" "$img" "$size" || return 1
+        qemu-img convert -q -n --target-is-zero -f raw -O qcow2 "$d/data.raw" "$img" || return 1
+        cp "$d/data.raw" "$d/init.raw"
+        ;;
+    esac
+    if [ $snap = 1 ]; then
+        qemu-img snapshot -c s0 "$img" || return 1
+    fi
+    if [ $kind = bitmaps ]; then
+        qemu-img bitmap --add "$img" b0 && qemu-img bitmap --add -g 4096 "$img" b1 &&
+            qemu-img bitmap --add "$img" b2 --disable || return 1
+    fi
+    return 0
+}
+
+_stress_dpid=
+_stress_start_daemon() { # DIR SOCKET daemon-args...
+    local d=$1 sock=$2; shift 2
+    rm -f "$sock"
+    "$STRESS_DAEMON" "$@" 2>"$d/daemon.log" &
+    _stress_dpid=$!
+    for _ in $(seq 300); do
+        [ -S "$sock" ] && return 0
+        kill -0 $_stress_dpid 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "stress: vbd-daemon did not start: $*" >&2
+    cat "$d/daemon.log" >&2
+    kill -9 $_stress_dpid 2>/dev/null; wait $_stress_dpid 2>/dev/null; _stress_dpid=
+    return 1
+}
+_stress_stop_daemon() { # DIR
+    [ -n "$_stress_dpid" ] || return 0
+    kill -TERM $_stress_dpid; wait $_stress_dpid; local rc=$?
+    _stress_dpid=
+    if [ $rc != 0 ] || grep -q Sanitizer "$1/daemon.log"; then
+        echo "stress: vbd-daemon exited with $rc after SIGTERM" >&2
+        tail -40 "$1/daemon.log" >&2
+        return 1
+    fi
+}
+stress_kill_daemon() { [ -n "$_stress_dpid" ] && kill -9 $_stress_dpid 2>/dev/null; _stress_dpid=; }
+
+stress_case() { # KIND TRANSPORT SEED OPS DIR
+    local kind=$1 tr=$2 seed=$3 ops=$4 d=$5 rc=0 limit out
+    STRESS_LAST_OPS=0 STRESS_LAST_VARIANT=""
+    rm -rf "$d" && mkdir -p "$d" || return 1
+    stress_make "$kind" "$d" "$seed" || { echo "stress: cannot create image kind $kind" >&2; return 1; }
+    # a request that never completes must not hang make check: the guard
+    # is 10 minutes beyond the run's own limit (a safety net, not a timing test)
+    local guard=600
+    case $ops in
+    *s) limit="--seconds ${ops%s}" guard=$((${ops%s} + 600)) ;;
+    *) limit="--ops $ops" ;;
+    esac
+    local run=(timeout -k 10 "$guard" "$STRESS_BIN")
+    local args=(--seed "$seed" $limit --cluster-size "$cs" --init "$d/init.raw" --shadow-out "$d/shadow.raw")
+    [ $sub = 1 ] && args+=(--subclusters)
+    [ -n "$backraw" ] && args+=(--backing "$backraw")
+    args+=(${STRESS_EXTRA:-}) # e.g. --no-zeroes or --no-discard, to narrow a failure down
+    # the seed also picks the I/O path under the image: page cache and
+    # io_uring, O_DIRECT (the generic layer's alignment and serialisation of
+    # unaligned requests), or the thread pool
+    local lib_io=() file_io=""
+    case $((seed % 3)) in
+    1) lib_io=(-t none) file_io=,cache.direct=on STRESS_LAST_VARIANT="cache.direct=on" ;;
+    2) lib_io=(-i threads) file_io=,aio=threads STRESS_LAST_VARIANT="aio=threads" ;;
+    *) STRESS_LAST_VARIANT="io_uring, page cache" ;;
+    esac
+    # compressed writes of whole clusters next to the other requests
+    case $kind in zlib | zstd | c4k) lib_io+=(--compress) ;; esac
+    local node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap$file_io"
+        --blockdev "driver=qcow2,node-name=d0,file=f0,discard=unmap")
+    case $tr in
+    lib)
+        "${run[@]}" "${args[@]}" "${lib_io[@]}" --qd 16 -f qcow2 "$img" >"$d/stress.log" 2>&1 || rc=1
+        ;;
+    nbd)
+        _stress_start_daemon "$d" "$d/nbd.sock" "${node[@]}" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
+            --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on" || return 1
+        "${run[@]}" "${args[@]}" --qd 16 --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
+        _stress_stop_daemon "$d" || rc=1
+        ;;
+    vhost)
+        _stress_start_daemon "$d" "$d/vu.sock" --object iothread,id=io0 --object iothread,id=io1 "${node[@]}" \
+            --export "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=$d/vu.sock,writable=on,num-queues=4,iothread.0=io0,iothread.1=io1" ||
+            return 1
+        "${run[@]}" "${args[@]}" --qd 16 --vhost-user "$d/vu.sock" --queues 4 >"$d/stress.log" 2>&1 || rc=1
+        _stress_stop_daemon "$d" || rc=1
+        ;;
+    qemu-nbd)
+        # the same load against QEMU's qcow2 driver: a check of the harness,
+        # not in the default list. Without write-zeroes: QEMU 7.2 itself
+        # loses data and corrupts refcounts when write-zeroes meet other
+        # writes in flight on the same cluster (its other requests pass).
+        rm -f "$d/q.sock"
+        qemu-nbd --persistent --shared=8 -f qcow2 --discard=unmap --cache=writeback -k "$d/q.sock" -x disk "$img" \
+            2>"$d/daemon.log" &
+        _stress_dpid=$!
+        for _ in $(seq 300); do [ -S "$d/q.sock" ] && break; kill -0 $_stress_dpid 2>/dev/null || break; sleep 0.1; done
+        "${run[@]}" "${args[@]}" --no-zeroes --qd 16 --nbd "nbd+unix:///disk?socket=$d/q.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
+        _stress_stop_daemon "$d" || rc=1
+        ;;
+    *) echo "stress: unknown transport '$tr' (known: $STRESS_TRANSPORTS qemu-nbd)" >&2; return 1 ;;
+    esac
+    STRESS_LAST_OPS=$(sed -n 's/.* seed=[0-9]* \([0-9]*\) ops .*/\1/p' "$d/stress.log" | tail -1)
+    if [ $rc != 0 ]; then
+        echo "stress: FAILED kind=$kind transport=$tr seed=$seed ($STRESS_LAST_VARIANT) (vbd-stress):" >&2
+        tail -30 "$d/stress.log" >&2
+        return 1
+    fi
+    out=$(qemu-img check "$img" 2>&1) || {
+        echo "stress: FAILED kind=$kind transport=$tr seed=$seed: qemu-img check:" >&2
+        echo "$out" | tail -20 >&2
+        return 1
+    }
+    out=$(qemu-img compare -f qcow2 -F raw "$img" "$d/shadow.raw" 2>&1) || {
+        echo "stress: FAILED kind=$kind transport=$tr seed=$seed: the image differs from the shadow: $out" >&2
+        return 1
+    }
+    if [ $kind = bitmaps ]; then
+        out=$(qemu-img info --output=json "$img")
+        case $out in *in-use*) echo "stress: FAILED kind=$kind transport=$tr seed=$seed: a bitmap is left in-use" >&2; return 1 ;; esac
+        case $out in *'"name": "b2"'*) ;; *) echo "stress: FAILED kind=$kind transport=$tr seed=$seed: bitmap b2 is gone" >&2; return 1 ;; esac
+    fi
+    if [ $snap = 1 ]; then
+        out=$(qemu-img snapshot -a s0 "$img" 2>&1 && qemu-img compare -f qcow2 -F raw "$img" "$d/init.raw" 2>&1) || {
+            echo "stress: FAILED kind=$kind transport=$tr seed=$seed: after snapshot -a s0 the image differs from the content at snapshot time: $out" >&2
+            return 1
+        }
+        out=$(qemu-img check "$img" 2>&1) || {
+            echo "stress: FAILED kind=$kind transport=$tr seed=$seed: qemu-img check after snapshot -a:" >&2
+            echo "$out" | tail -20 >&2
+            return 1
+        }
+    fi
+    return 0
+}

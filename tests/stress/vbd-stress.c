@@ -1,0 +1,911 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-stress: a model-based (fsx-like) stress test of a block device. N
+ * coroutines issue random reads, writes (aligned and not, inside a
+ * subcluster, inside a cluster, across cluster boundaries, many clusters),
+ * write-zeroes (with and without MAY_UNMAP), discards and flushes,
+ * concentrated on a few hot clusters so that requests meet on the same
+ * cluster all the time. An in-memory shadow records what every byte must
+ * contain; every read is checked against it.
+ *
+ * The rule that keeps the expected content well defined: requests in flight
+ * never share a byte, except reads with reads. Mutations DO share clusters
+ * (and subclusters): that is where allocation, COW and refcount bugs live.
+ * A discard leaves each byte "old, zero or backing" (what a format may
+ * legally return); the first read pins it to what it saw.
+ *
+ * Targets: an image opened in this process through vbd's library, an NBD
+ * export (several connections, through vbd's nbd client), or a vhost-user-blk
+ * export (several queues, through src/vhost-client). At the end the whole
+ * device is read back and checked, flushed, and the shadow is written out
+ * as a raw file for `qemu-img compare`.
+ */
+#include "../../src/tools/common.h"
+#include "../../src/vhost-client/vhost_client.h"
+
+#include "vbd/backend.h"
+#include "vbd/block.h"
+#include "vbd/coroutine.h"
+#include "vbd/error.h"
+#include "vbd/iov.h"
+#include "vbd/loop.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <linux/virtio_blk.h>
+#include <linux/virtio_ring.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char usage_text[] =
+    "Usage: vbd-stress [OPTIONS] IMAGE                  (in this process, through vbd's library)\n"
+    "       vbd-stress [OPTIONS] --nbd URI [--conns N]   (an NBD export, N connections)\n"
+    "       vbd-stress [OPTIONS] --vhost-user SOCKET [--queues N]  (a vhost-user-blk export)\n"
+    "Random overlapping I/O against a shadow model; exit 0 if every read matched.\n"
+    "\n"
+    "  --seed N             random seed (default: from the clock; always printed)\n"
+    "  --ops N              stop after N requests (default 20000)\n"
+    "  --seconds S          stop after S seconds instead (whichever comes first with --ops)\n"
+    "  --qd N               coroutines with one request each in flight (default 16, at most 64)\n"
+    "  --cluster-size N     cluster size of the image (default 64k): where the hot spots are\n"
+    "  --subclusters        the image has extended L2 entries (32 subclusters per cluster)\n"
+    "  --hot N              number of hot clusters (default 4)\n"
+    "  --init FILE          raw file with the image's content before the run (default: zeroes)\n"
+    "  --backing FILE       raw file with the backing chain's content (a discard may expose it)\n"
+    "  --shadow-out FILE    write the expected final content here (raw)\n"
+    "  --no-discard         never discard (a target that does not support it)\n"
+"  --no-zeroes          never write zeroes (to tell which kind of request a failure needs)\n"
+    "  --compress           write some whole clusters with VBD_REQ_COMPRESSED (IMAGE only)\n"
+    "  --align N            every offset and length a multiple of N (vhost-user: at least 512)\n"
+    "  -f, --format FMT     IMAGE's format (default: probed);  --image-opts: IMAGE is an option string\n"
+    "  -t, --cache MODE     cache mode for IMAGE (default writeback);  -i, --aio MODE io_uring|threads\n"
+    "  -v, --verbose        print every request\n"
+    "Exit status: 0 no mismatch, 1 mismatch or failed request, 2 bad usage or cannot connect.\n";
+
+enum op { OP_READ, OP_WRITE, OP_ZERO, OP_ZERO_UNMAP, OP_DISCARD, OP_FLUSH, OP__N };
+static const char *const op_names[OP__N] = {"read", "write", "write-zeroes", "write-zeroes(unmap)", "discard", "flush"};
+
+/* A byte the shadow does not pin down: it may be the old value, zero, or
+ * the backing file's byte (after a discard). */
+#define MAY_ZERO 1u
+#define MAY_BACKING 2u
+
+enum transport { T_LIB, T_NBD, T_VHOST };
+
+struct worker {
+    int id;
+    int conn; /* NBD connection or vhost queue */
+    uint16_t head;
+    struct vbd_co *co;
+    uint8_t *buf; /* max_len bytes (vhost: in guest memory) */
+    struct virtio_blk_outhdr *hdr;
+    uint8_t *status;
+    struct virtio_blk_discard_write_zeroes *seg;
+    bool busy; /* vhost: request on the ring */
+    /* the byte range this worker's request owns while in flight */
+    bool active, mutating;
+    uint64_t off, len;
+};
+
+/* The last mutations, to print the history of a byte on a mismatch. */
+#define HISTORY 8192
+struct hist {
+    uint64_t seq;
+    uint32_t id;
+    enum op op;
+    uint64_t off, len;
+    uint64_t done_seq; /* 0: not completed */
+};
+
+static struct {
+    enum transport transport;
+    const char *image, *nbd_uri, *vu_sock, *fmt, *cache, *aio, *init, *backing, *shadow_out;
+    bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress;
+    int qd, conns, nhot;
+    uint64_t seed, max_ops, cluster, subcluster, align, max_len;
+    double seconds;
+
+    struct vbd_backend *be[VHC_MAX_QUEUES];
+    struct vbd_node *node[VHC_MAX_QUEUES];
+    struct vhc vhc;
+    bool vhc_discard, vhc_zeroes;
+    uint64_t size;
+
+    uint8_t *exp, *fuzzy, *back;
+    uint64_t *hot;
+    struct worker w[64];
+    struct vbd_co_queue changed;
+    uint64_t rng, issued, completed, deadline;
+    uint64_t counts[OP__N], collisions, waits, pinned, compressed_writes;
+    int running;
+    bool failed, stop_reapers;
+    struct vbd_co *main_co;
+    struct hist hist[HISTORY];
+    uint64_t seq;
+    uint32_t next_write_id;
+} S = {.qd = 16, .conns = 1, .nhot = 4, .max_ops = 20000, .cluster = 65536, .cache = "writeback", .align = 1};
+
+static uint64_t rnd(void)
+{
+    /* splitmix64: good enough and trivially replayable from the seed */
+    uint64_t z = (S.rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static uint64_t rnd_below(uint64_t n) { return n ? rnd() % n : 0; }
+
+/* Write data: each 8-byte word of the device (aligned on the device, not on
+ * the request) carries the id of the write and its own offset, so a
+ * mismatch says which write's data landed where. */
+#define WORD_MAGIC 0xA5C3A5C3A5C3A5C3ull
+static uint64_t word_for(uint32_t id, uint64_t dev_off) { return (((uint64_t)id << 32) | (dev_off >> 3 & 0xffffffffu)) ^ WORD_MAGIC; }
+
+static void fill(uint8_t *buf, uint64_t off, uint64_t len, uint32_t id)
+{
+    for (uint64_t i = 0; i < len;) {
+        uint64_t word_off = (off + i) & ~7ull, v = word_for(id, word_off);
+        uint64_t k = (off + i) - word_off;
+        for (; k < 8 && i < len; k++, i++)
+            buf[i] = (uint8_t)(v >> (8 * k));
+    }
+}
+
+static void describe_word(const uint8_t *got, uint64_t got_off, uint64_t dev_off)
+{
+    uint64_t word_off = dev_off & ~7ull, v = 0;
+    if (word_off < got_off)
+        return;
+    for (int k = 0; k < 8; k++)
+        v |= (uint64_t)got[word_off - got_off + k] << (8 * k);
+    v ^= WORD_MAGIC;
+    uint32_t id = (uint32_t)(v >> 32);
+    uint64_t at = (v & 0xffffffffu) << 3;
+    if (id && id <= S.next_write_id)
+        fprintf(stderr, "vbd-stress:   the word at %" PRIu64 " looks like write #%u's data for offset %" PRIu64 "%s\n",
+                word_off, id, at, (at & 0xffffffffull << 3) == (word_off & 0xffffffffull << 3) ? " (its own place)" : " (MISPLACED)");
+}
+
+static void print_history(uint64_t byte)
+{
+    fprintf(stderr, "vbd-stress: the last mutations covering byte %" PRIu64 " (seq issued -> completed):\n", byte);
+    int shown = 0;
+    uint64_t first = S.seq > HISTORY ? S.seq - HISTORY : 0;
+    for (uint64_t q = S.seq; q > first && shown < 12; q--) {
+        struct hist *h = &S.hist[(q - 1) % HISTORY];
+        if (byte >= h->off && byte < h->off + h->len) {
+            fprintf(stderr, "vbd-stress:   #%" PRIu64 " -> %s%" PRIu64 " %s off=%" PRIu64 " len=%" PRIu64, h->seq,
+                    h->done_seq ? "" : "(in flight)", h->done_seq, op_names[h->op], h->off, h->len);
+            if (h->op == OP_WRITE)
+                fprintf(stderr, " write #%u", h->id);
+            fputc('\n', stderr);
+            shown++;
+        }
+    }
+}
+
+static void fail_now(void)
+{
+    S.failed = true;
+    vbd_co_queue_wake_all(&S.changed);
+}
+
+/* Compares what a read returned with the model; pins bytes that were
+ * uncertain. false (after printing the evidence) on a mismatch. */
+static bool check_read(const uint8_t *got, uint64_t off, uint64_t len, const char *what)
+{
+    for (uint64_t i = 0; i < len; i++) {
+        uint64_t b = off + i;
+        uint8_t e = S.exp[b], g = got[i], fz = S.fuzzy[b];
+        if (g == e && !fz)
+            continue;
+        bool ok = g == e || ((fz & MAY_ZERO) && g == 0) || ((fz & MAY_BACKING) && g == S.back[b]);
+        if (ok) {
+            S.exp[b] = g;
+            S.fuzzy[b] = 0;
+            S.pinned++;
+            continue;
+        }
+        uint64_t nbad = 0;
+        for (uint64_t j = i; j < len; j++) {
+            uint8_t fj = S.fuzzy[off + j];
+            if (got[j] != S.exp[off + j] && !((fj & MAY_ZERO) && !got[j]) && !((fj & MAY_BACKING) && got[j] == S.back[off + j]))
+                nbad++;
+        }
+        fprintf(stderr,
+                "vbd-stress: MISMATCH seed=%" PRIu64 " (%s) %s off=%" PRIu64 " len=%" PRIu64 ": first bad byte at %" PRIu64
+                " (cluster %" PRIu64 " +%" PRIu64 "): expected 0x%02x%s%s, got 0x%02x; %" PRIu64 " bad bytes in the request\n",
+                S.seed, S.image ? S.image : S.nbd_uri ? S.nbd_uri : S.vu_sock, what, off, len, b, b / S.cluster,
+                b % S.cluster, e, fz & MAY_ZERO ? " or 0x00" : "", fz & MAY_BACKING ? " or the backing byte" : "", g, nbad);
+        if (fz & MAY_BACKING)
+            fprintf(stderr, "vbd-stress:   (backing byte 0x%02x)\n", S.back[b]);
+        describe_word(got, off, b);
+        print_history(b);
+        fail_now();
+        return false;
+    }
+    return true;
+}
+
+/* ---- transports ---- */
+
+static int vhost_io(struct worker *w, enum op op, uint64_t off, uint64_t len)
+{
+    struct vhc *c = &S.vhc;
+    int q = w->conn;
+    uint16_t h = w->head;
+    uint32_t type = op == OP_READ      ? VIRTIO_BLK_T_IN
+                    : op == OP_WRITE   ? VIRTIO_BLK_T_OUT
+                    : op == OP_FLUSH   ? VIRTIO_BLK_T_FLUSH
+                    : op == OP_DISCARD ? VIRTIO_BLK_T_DISCARD
+                                       : VIRTIO_BLK_T_WRITE_ZEROES;
+    w->hdr->type = type;
+    w->hdr->ioprio = 0;
+    w->hdr->sector = op == OP_READ || op == OP_WRITE ? off / 512 : 0;
+    *w->status = 0xff;
+    vhc_set_desc(c, q, h, vhc_gpa(c, w->hdr), sizeof(*w->hdr), VRING_DESC_F_NEXT, h + 1);
+    uint16_t last = h + 1;
+    if (op == OP_READ || op == OP_WRITE) {
+        vhc_set_desc(c, q, h + 1, vhc_gpa(c, w->buf), (uint32_t)len, VRING_DESC_F_NEXT | (op == OP_READ ? VRING_DESC_F_WRITE : 0),
+                     h + 2);
+        last = h + 2;
+    } else if (op != OP_FLUSH) {
+        w->seg->sector = off / 512;
+        w->seg->num_sectors = (uint32_t)(len / 512);
+        w->seg->flags = op == OP_ZERO_UNMAP ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0;
+        vhc_set_desc(c, q, h + 1, vhc_gpa(c, w->seg), sizeof(*w->seg), VRING_DESC_F_NEXT, h + 2);
+        last = h + 2;
+    }
+    vhc_set_desc(c, q, last, vhc_gpa(c, w->status), 1, VRING_DESC_F_WRITE, 0);
+    w->busy = true;
+    vhc_offer(c, q, h);
+    vhc_kick(c, q);
+    while (w->busy)
+        vbd_co_yield(); /* the queue's reaper wakes us */
+    return *w->status == VIRTIO_BLK_S_OK ? 0 : *w->status == VIRTIO_BLK_S_UNSUPP ? -ENOTSUP : -EIO;
+}
+
+/* One per vhost queue: waits for the queue's interrupt and wakes the
+ * coroutines whose requests completed. */
+static void vhost_reaper(void *arg)
+{
+    int q = (int)(intptr_t)arg;
+    while (!S.stop_reapers) {
+        uint32_t id, len;
+        while (vhc_used(&S.vhc, q, &id, &len)) {
+            struct worker *found = NULL;
+            for (int i = 0; i < S.qd; i++)
+                if (S.w[i].conn == q && S.w[i].head == id && S.w[i].busy)
+                    found = &S.w[i];
+            if (!found) {
+                fprintf(stderr, "vbd-stress: queue %d: the back end completed descriptor %u that is not in flight\n", q, id);
+                fail_now();
+                continue;
+            }
+            found->busy = false;
+            vbd_co_wake(found->co);
+        }
+        if (S.stop_reapers)
+            break;
+        vbd_co_eventfd_wait(S.vhc.q[q].call_fd);
+    }
+    S.running--;
+    vbd_co_queue_wake_all(&S.changed);
+}
+
+static int do_io(struct worker *w, enum op op, uint64_t off, uint64_t len, unsigned flags)
+{
+    if (S.transport == T_VHOST)
+        return vhost_io(w, op, off, len);
+    struct vbd_backend *be = S.be[w->conn];
+    struct iovec iov;
+    struct vbd_qiov qiov;
+    vbd_qiov_init_buf(&qiov, &iov, w->buf, len);
+    switch (op) {
+    case OP_READ: return vbd_backend_co_preadv(be, off, len, &qiov, 0);
+    case OP_WRITE: return vbd_backend_co_pwritev(be, off, len, &qiov, flags);
+    case OP_ZERO: return vbd_backend_co_pwrite_zeroes(be, off, len, flags);
+    case OP_ZERO_UNMAP: return vbd_backend_co_pwrite_zeroes(be, off, len, flags | VBD_REQ_MAY_UNMAP);
+    case OP_DISCARD: return vbd_backend_co_pdiscard(be, off, len);
+    case OP_FLUSH: return vbd_backend_co_flush(be);
+    default: return -EINVAL;
+    }
+}
+
+/* ---- the generator ---- */
+
+static bool overlaps(uint64_t a, uint64_t al, uint64_t b, uint64_t bl) { return a < b + bl && b < a + al; }
+
+/* Does [off, off+len) conflict with a request in flight? Reads may share
+ * bytes with reads; nothing else may share a byte. */
+static bool conflicts(const struct worker *self, uint64_t off, uint64_t len, bool mutating)
+{
+    for (int i = 0; i < S.qd; i++) {
+        const struct worker *o = &S.w[i];
+        if (o == self || !o->active)
+            continue;
+        if ((mutating || o->mutating) && overlaps(off, len, o->off, o->len))
+            return true;
+    }
+    return false;
+}
+
+/* Another request in flight touches one of the clusters of this one. */
+static bool shares_cluster(const struct worker *self, uint64_t off, uint64_t len)
+{
+    uint64_t c0 = off / S.cluster, c1 = (off + len - 1) / S.cluster;
+    for (int i = 0; i < S.qd; i++) {
+        const struct worker *o = &S.w[i];
+        if (o == self || !o->active || !o->mutating)
+            continue;
+        if (o->off / S.cluster <= c1 && c0 <= (o->off + o->len - 1) / S.cluster)
+            return true;
+    }
+    return false;
+}
+
+static void pick_range(uint64_t *offp, uint64_t *lenp)
+{
+    uint64_t cs = S.cluster, sc = S.subcluster, off, len;
+    uint64_t c = rnd_below(100) < 85 ? S.hot[rnd_below((uint64_t)S.nhot)] : rnd_below(S.size / cs);
+    uint64_t base = c * cs;
+    switch (rnd_below(8)) {
+    case 0: { /* inside one subcluster (a cluster without extended L2), unaligned */
+        uint64_t s = base + rnd_below(cs / sc) * sc, r = rnd_below(sc);
+        off = s + r;
+        len = 1 + rnd_below(sc - r);
+        break;
+    }
+    case 1: { /* inside one cluster, unaligned */
+        uint64_t r = rnd_below(cs);
+        off = base + r;
+        len = 1 + rnd_below(cs - r);
+        break;
+    }
+    case 2: { /* 512-byte (or 4k) aligned inside one cluster */
+        uint64_t a = cs >= 4096 && rnd_below(2) ? 4096 : 512, n = cs / a, r = rnd_below(n);
+        off = base + r * a;
+        len = (1 + rnd_below(n - r)) * a;
+        break;
+    }
+    case 3: /* whole subclusters */ {
+        uint64_t n = cs / sc, r = rnd_below(n);
+        off = base + r * sc;
+        len = (1 + rnd_below(n - r)) * sc;
+        break;
+    }
+    case 4: /* one whole cluster */
+        off = base;
+        len = cs;
+        break;
+    case 5: { /* across a cluster boundary */
+        uint64_t a = 1 + rnd_below(cs < 8192 ? cs : 8192), b = 1 + rnd_below(cs < 8192 ? cs : 8192);
+        off = base + cs - (a > cs ? cs : a);
+        len = a + b;
+        break;
+    }
+    case 6: { /* several clusters */
+        off = base + (rnd_below(2) ? rnd_below(cs) : 0);
+        len = (1 + rnd_below(3)) * cs + (rnd_below(2) ? rnd_below(cs) : 0);
+        break;
+    }
+    default: { /* small, anywhere in the hot cluster or its neighbour */
+        off = base + rnd_below(2 * cs);
+        len = 1 + rnd_below(4096);
+        break;
+    }
+    }
+    if (len > S.max_len)
+        len = S.max_len;
+    /* round to the transport's alignment */
+    uint64_t a = S.align;
+    off -= off % a;
+    len = (len + a - 1) / a * a;
+    if (off >= S.size)
+        off = S.size - a;
+    if (off + len > S.size)
+        len = S.size - off;
+    *offp = off;
+    *lenp = len;
+}
+
+static enum op pick_op(void)
+{
+    uint64_t r = rnd_below(100);
+    if (r < 36)
+        return OP_READ;
+    if (r < 71)
+        return OP_WRITE;
+    if (r < 79)
+        return S.no_zeroes ? OP_WRITE : OP_ZERO;
+    if (r < 86)
+        return S.no_zeroes ? OP_WRITE : OP_ZERO_UNMAP;
+    if (r < 96)
+        return S.no_discard ? OP_WRITE : OP_DISCARD;
+    return OP_FLUSH;
+}
+
+static bool more(void)
+{
+    if (S.failed || S.issued >= S.max_ops)
+        return false;
+    return !S.deadline || vbd_clock_ns() < S.deadline;
+}
+
+static void apply(enum op op, const uint8_t *buf, uint64_t off, uint64_t len)
+{
+    switch (op) {
+    case OP_WRITE:
+        memcpy(S.exp + off, buf, len);
+        memset(S.fuzzy + off, 0, len);
+        break;
+    case OP_ZERO:
+    case OP_ZERO_UNMAP:
+        memset(S.exp + off, 0, len);
+        memset(S.fuzzy + off, 0, len);
+        break;
+    case OP_DISCARD:
+        for (uint64_t i = 0; i < len; i++)
+            S.fuzzy[off + i] |= MAY_ZERO | (S.back ? MAY_BACKING : 0);
+        break;
+    default: break;
+    }
+}
+
+static void worker_co(void *arg)
+{
+    struct worker *w = arg;
+    while (more()) {
+        enum op op = pick_op();
+        uint64_t off = 0, len = 0;
+        bool mutating = op != OP_READ && op != OP_FLUSH;
+        if (op != OP_FLUSH) {
+            int tries = 0;
+            for (;;) {
+                pick_range(&off, &len);
+                if (!conflicts(w, off, len, mutating))
+                    break;
+                if (++tries < 8)
+                    continue;
+                /* everything we picked is busy: wait for a completion */
+                S.waits++;
+                vbd_co_queue_wait(&S.changed);
+                if (!more())
+                    goto out;
+                tries = 0;
+            }
+        }
+        uint64_t id = ++S.issued;
+        S.counts[op]++;
+        if (op != OP_FLUSH && shares_cluster(w, off, len))
+            S.collisions++;
+        w->active = op != OP_FLUSH;
+        w->mutating = mutating;
+        w->off = off;
+        w->len = len;
+        struct hist *h = NULL;
+        uint32_t write_id = 0;
+        unsigned flags = 0;
+        if (op == OP_WRITE) {
+            write_id = ++S.next_write_id;
+            fill(w->buf, off, len, write_id);
+            if (S.transport != T_VHOST && rnd_below(8) == 0)
+                flags |= VBD_REQ_FUA;
+            /* whole clusters may be stored compressed: the compressed
+             * allocation path meets the others on the hot clusters too */
+            if (S.compress && off % S.cluster == 0 && len % S.cluster == 0 && rnd_below(3) == 0) {
+                flags = VBD_REQ_COMPRESSED;
+                S.compressed_writes++;
+            }
+        }
+        if (mutating) {
+            h = &S.hist[S.seq % HISTORY];
+            *h = (struct hist){.seq = ++S.seq, .id = write_id, .op = op, .off = off, .len = len};
+        }
+        if (S.verbose)
+            printf("#%" PRIu64 " w%d %s off=%" PRIu64 " len=%" PRIu64 "\n", id, w->id, op_names[op], off, len);
+        int rc = do_io(w, op, off, len, flags);
+        if (h && h->seq == S.hist[(h->seq - 1) % HISTORY].seq)
+            h->done_seq = ++S.completed;
+        if (rc < 0) {
+            fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": %s off=%" PRIu64 " len=%" PRIu64 " failed: %s\n", S.seed,
+                    op_names[op], off, len, strerror(-rc));
+            fail_now();
+        } else if (op == OP_READ) {
+            check_read(w->buf, off, len, "read");
+        } else {
+            apply(op, w->buf, off, len);
+        }
+        w->active = false;
+        vbd_co_queue_wake_all(&S.changed);
+    }
+out:
+    S.running--;
+    vbd_co_queue_wake_all(&S.changed);
+}
+
+/* ---- setup, final check, main ---- */
+
+static int load_raw(const char *path, uint8_t *dst, uint64_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "vbd-stress: cannot open '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    uint64_t done = 0;
+    while (done < size) {
+        ssize_t n = pread(fd, dst + done, size - done, (off_t)done);
+        if (n < 0) {
+            fprintf(stderr, "vbd-stress: cannot read '%s': %s\n", path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        if (n == 0)
+            break; /* shorter file: the rest reads as zeroes */
+        done += (uint64_t)n;
+    }
+    close(fd);
+    return 0;
+}
+
+static int save_raw(const char *path, const uint8_t *src, uint64_t size)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "vbd-stress: cannot create '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    uint64_t done = 0;
+    while (done < size) {
+        ssize_t n = pwrite(fd, src + done, size - done, (off_t)done);
+        if (n <= 0) {
+            fprintf(stderr, "vbd-stress: cannot write '%s': %s\n", path, n < 0 ? strerror(errno) : "short write");
+            close(fd);
+            return -1;
+        }
+        done += (uint64_t)n;
+    }
+    close(fd);
+    return 0;
+}
+
+struct run {
+    int rc;
+    char err[512];
+};
+
+static int open_targets(struct run *r)
+{
+    struct vbd_error *err = NULL;
+    if (S.transport == T_LIB) {
+        unsigned flags = VBD_OPEN_RDWR | VBD_OPEN_UNMAP;
+        bool writethrough = false;
+        if (tool_aio_flags(S.aio, &flags) < 0)
+            return -1;
+        S.node[0] = tool_open(S.image, S.fmt, S.image_opts, flags, S.cache, &writethrough);
+        if (!S.node[0])
+            return -1;
+        S.conns = 1;
+    } else if (S.transport == T_NBD) {
+        for (int i = 0; i < S.conns; i++) {
+            struct json_object *opts = json_object_new_object();
+            json_object_object_add(opts, "driver", json_object_new_string("nbd"));
+            S.node[i] = vbd_open(S.nbd_uri, opts, VBD_OPEN_RDWR | VBD_OPEN_UNMAP, &err);
+            if (!S.node[i]) {
+                snprintf(r->err, sizeof(r->err), "%s", err ? err->msg : "cannot connect");
+                vbd_error_free(err);
+                return -1;
+            }
+        }
+    } else {
+        return 0;
+    }
+    for (int i = 0; i < S.conns; i++) {
+        struct vbd_backend_opts bo = {.discard_unmap = true};
+        S.be[i] = vbd_backend_new(S.node[i], &bo, &err);
+        if (!S.be[i]) {
+            snprintf(r->err, sizeof(r->err), "%s", err ? err->msg : "cannot attach");
+            vbd_error_free(err);
+            return -1;
+        }
+    }
+    S.size = S.node[0]->size;
+    return 0;
+}
+
+static void close_targets(void)
+{
+    for (int i = 0; i < VHC_MAX_QUEUES; i++) {
+        if (S.be[i])
+            vbd_backend_free(S.be[i]);
+        if (S.node[i])
+            vbd_node_unref(S.node[i]);
+        S.be[i] = NULL;
+        S.node[i] = NULL;
+    }
+}
+
+/* Reads the whole device back (pinning every uncertain byte), then flushes. */
+static void final_check(void)
+{
+    struct worker *w = &S.w[0];
+    for (uint64_t off = 0; off < S.size && !S.failed; off += S.max_len) {
+        uint64_t len = S.size - off < S.max_len ? S.size - off : S.max_len;
+        int rc = do_io(w, OP_READ, off, len, 0);
+        if (rc < 0) {
+            fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": final read off=%" PRIu64 " len=%" PRIu64 " failed: %s\n", S.seed,
+                    off, len, strerror(-rc));
+            fail_now();
+            return;
+        }
+        check_read(w->buf, off, len, "final read-back");
+    }
+    if (!S.failed) {
+        for (int i = 0; i < S.conns; i++) {
+            S.w[0].conn = i;
+            int rc = do_io(w, OP_FLUSH, 0, 0, 0);
+            if (rc < 0) {
+                fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": final flush failed: %s\n", S.seed, strerror(-rc));
+                fail_now();
+            }
+        }
+    }
+}
+
+static void open_co(void *arg)
+{
+    struct run *r = arg;
+    if (open_targets(r) < 0)
+        r->rc = 2;
+}
+
+static void close_co(void *arg) { close_targets(); }
+
+static void main_co(void *arg)
+{
+    struct run *r = arg;
+    if (S.transport == T_VHOST) {
+        S.running += S.conns;
+        for (int q = 0; q < S.conns; q++)
+            vbd_co_wake(vbd_co_create(vhost_reaper, (void *)(intptr_t)q));
+    }
+    S.running += S.qd;
+    for (int i = 0; i < S.qd; i++)
+        vbd_co_wake(S.w[i].co = vbd_co_create(worker_co, &S.w[i]));
+    while (S.running > (S.transport == T_VHOST ? S.conns : 0))
+        vbd_co_queue_wait(&S.changed);
+    if (!S.failed) {
+        /* the final pass runs on worker 0's slot from this coroutine */
+        S.w[0].co = vbd_co_self();
+        final_check();
+    }
+    if (S.transport == T_VHOST) {
+        S.stop_reapers = true;
+        for (int q = 0; q < S.conns; q++)
+            eventfd_write(S.vhc.q[q].call_fd, 1);
+        while (S.running)
+            vbd_co_queue_wait(&S.changed);
+    }
+    r->rc = S.failed ? 1 : 0;
+}
+
+static uint64_t parse_num(const char *s, const char *opt)
+{
+    int64_t v = tool_cvtnum(s);
+    if (v < 0) {
+        fprintf(stderr, "vbd-stress: invalid value '%s' for %s\n", s, opt);
+        exit(2);
+    }
+    return (uint64_t)v;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    vbd_log_set_prog("vbd-stress");
+    enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
+           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES };
+    static const struct option lo[] = {
+        {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
+        {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
+        {"cluster-size", required_argument, NULL, O_CS}, {"subclusters", no_argument, NULL, O_SUB},
+        {"hot", required_argument, NULL, O_HOT},         {"init", required_argument, NULL, O_INIT},
+        {"backing", required_argument, NULL, O_BACKING}, {"shadow-out", required_argument, NULL, O_SHADOW},
+        {"no-discard", no_argument, NULL, O_NODISCARD},  {"align", required_argument, NULL, O_ALIGN},
+        {"nbd", required_argument, NULL, O_NBD},         {"conns", required_argument, NULL, O_CONNS},
+        {"vhost-user", required_argument, NULL, O_VU},   {"queues", required_argument, NULL, O_QUEUES},
+        {"image-opts", no_argument, NULL, O_IMGOPTS},    {"compress", no_argument, NULL, O_COMPRESS},
+        {"no-zeroes", no_argument, NULL, O_NOZEROES},    {"format", required_argument, NULL, 'f'},
+        {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
+        {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    bool have_seed = false, ops_given = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "f:t:i:vh", lo, NULL)) != -1) {
+        switch (opt) {
+        case O_SEED: S.seed = strtoull(optarg, NULL, 0); have_seed = true; break;
+        case O_OPS: S.max_ops = parse_num(optarg, "--ops"); ops_given = true; break;
+        case O_SECONDS: S.seconds = atof(optarg); break;
+        case O_QD: S.qd = atoi(optarg); break;
+        case O_CS: S.cluster = parse_num(optarg, "--cluster-size"); break;
+        case O_SUB: S.subclusters = true; break;
+        case O_HOT: S.nhot = atoi(optarg); break;
+        case O_INIT: S.init = optarg; break;
+        case O_BACKING: S.backing = optarg; break;
+        case O_SHADOW: S.shadow_out = optarg; break;
+        case O_NODISCARD: S.no_discard = true; break;
+        case O_ALIGN: S.align = parse_num(optarg, "--align"); break;
+        case O_NBD: S.nbd_uri = optarg; S.transport = T_NBD; break;
+        case O_CONNS: S.conns = atoi(optarg); break;
+        case O_VU: S.vu_sock = optarg; S.transport = T_VHOST; break;
+        case O_QUEUES: S.conns = atoi(optarg); break;
+        case O_IMGOPTS: S.image_opts = true; break;
+        case O_COMPRESS: S.compress = true; break;
+        case O_NOZEROES: S.no_zeroes = true; break;
+        case 'f': S.fmt = optarg; break;
+        case 't': S.cache = optarg; break;
+        case 'i': S.aio = optarg; break;
+        case 'v': S.verbose = true; break;
+        case 'h': fputs(usage_text, stdout); return 0;
+        default: fputs(usage_text, stderr); return 2;
+        }
+    }
+    if (S.compress && S.transport != T_LIB) {
+        fprintf(stderr, "vbd-stress: --compress needs an IMAGE opened in this process\n");
+        return 2;
+    }
+    if (S.nbd_uri && S.vu_sock) {
+        fprintf(stderr, "vbd-stress: --nbd and --vhost-user are mutually exclusive\n");
+        return 2;
+    }
+    if (S.transport == T_LIB) {
+        if (optind != argc - 1) {
+            fprintf(stderr, "vbd-stress: expected exactly one image (or --nbd / --vhost-user); see --help\n");
+            return 2;
+        }
+        S.image = argv[optind];
+    } else if (optind != argc) {
+        fprintf(stderr, "vbd-stress: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (S.qd < 1 || S.qd > 64 || S.conns < 1 || S.conns > VHC_MAX_QUEUES || S.nhot < 1 || S.nhot > 1024 ||
+        S.cluster < 512 || (S.cluster & (S.cluster - 1)) || S.align < 1 || S.seconds < 0) {
+        fprintf(stderr, "vbd-stress: --qd must be 1..64, --conns/--queues 1..%d, --hot 1..1024, --cluster-size a power of "
+                        "two >= 512, --align >= 1\n",
+                VHC_MAX_QUEUES);
+        return 2;
+    }
+    if (S.transport == T_VHOST && S.align % 512)
+        S.align = S.align < 512 ? 512 : (S.align + 511) / 512 * 512;
+    S.subcluster = S.subclusters ? S.cluster / 32 : S.cluster;
+    if (S.subcluster < S.align)
+        S.subcluster = S.align;
+    if (!have_seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        S.seed = ((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 20);
+        S.seed %= 1000000000000ull;
+    }
+    S.rng = S.seed;
+    S.max_len = 4 * S.cluster;
+    if (S.max_len < 65536)
+        S.max_len = 65536;
+    if (S.max_len > (4u << 20))
+        S.max_len = 4u << 20;
+    if (S.seconds > 0) {
+        S.deadline = vbd_clock_ns() + (uint64_t)(S.seconds * 1e9);
+        if (!ops_given)
+            S.max_ops = UINT64_MAX;
+    }
+
+    struct run r = {0};
+    if (S.transport == T_VHOST) {
+        uint16_t ring = 8;
+        int per_queue = (S.qd + S.conns - 1) / S.conns;
+        while (ring < 3 * per_queue)
+            ring *= 2;
+        size_t mem = (size_t)S.qd * (S.max_len + 8192) + (size_t)S.conns * 3 * 65536 + (2u << 20);
+        if (vhc_open(&S.vhc, S.vu_sock, S.conns, ring, mem, r.err, sizeof(r.err)) < 0) {
+            fprintf(stderr, "vbd-stress: %s\n", r.err);
+            vhc_close(&S.vhc);
+            return 2;
+        }
+        S.size = S.vhc.capacity * 512;
+        S.vhc_discard = S.vhc.features & (1ull << VIRTIO_BLK_F_DISCARD);
+        S.vhc_zeroes = S.vhc.features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
+        if (!S.vhc_discard)
+            S.no_discard = true;
+        if (!S.vhc_zeroes || (S.vhc.features & (1ull << VIRTIO_BLK_F_RO))) {
+            fprintf(stderr, "vbd-stress: '%s' is read-only or lacks write-zeroes\n", S.vu_sock);
+            vhc_close(&S.vhc);
+            return 2;
+        }
+    }
+    for (int i = 0; i < S.qd; i++) {
+        struct worker *w = &S.w[i];
+        w->id = i;
+        w->conn = i % S.conns;
+        w->head = (uint16_t)(3 * (i / S.conns));
+        if (S.transport == T_VHOST) {
+            w->hdr = vhc_alloc(&S.vhc, 64, 64);
+            w->status = (uint8_t *)w->hdr + sizeof(*w->hdr);
+            w->seg = (void *)((uint8_t *)w->hdr + 32);
+            w->buf = vhc_alloc(&S.vhc, S.max_len, 4096);
+            if (!w->hdr || !w->buf) {
+                fprintf(stderr, "vbd-stress: guest memory too small\n");
+                return 2;
+            }
+        } else {
+            w->buf = vbd_alloc_aligned(4096, S.max_len);
+        }
+    }
+
+    /* open first to learn the size, then set up the model, then run */
+    if (S.transport != T_VHOST)
+        vbd_co_run_sync(open_co, &r);
+    int rc = 0;
+    if (r.rc) {
+        if (r.err[0])
+            fprintf(stderr, "vbd-stress: %s\n", r.err);
+        rc = 2;
+        goto out;
+    }
+    if (S.size < 2 * S.cluster || S.size % S.align) {
+        fprintf(stderr, "vbd-stress: the device (%" PRIu64 " bytes) must hold at least two clusters of %" PRIu64 "\n",
+                S.size, S.cluster);
+        rc = 2;
+        goto out;
+    }
+    S.exp = calloc(1, S.size);
+    S.fuzzy = calloc(1, S.size);
+    if (S.backing) {
+        S.back = calloc(1, S.size);
+        if (load_raw(S.backing, S.back, S.size) < 0) {
+            rc = 2;
+            goto out;
+        }
+    }
+    if (S.init && load_raw(S.init, S.exp, S.size) < 0) {
+        rc = 2;
+        goto out;
+    }
+    /* hot clusters: spread over the device, some of them neighbours so
+     * that requests across a boundary meet requests inside either cluster */
+    S.hot = calloc((size_t)S.nhot, sizeof(*S.hot));
+    uint64_t nclusters = S.size / S.cluster;
+    for (int i = 0; i < S.nhot; i++)
+        S.hot[i] = i % 2 && S.hot[i - 1] + 1 < nclusters ? S.hot[i - 1] + 1 : rnd_below(nclusters - 1);
+    printf("vbd-stress: seed=%" PRIu64 " target=%s size=%" PRIu64 " cluster=%" PRIu64 " subcluster=%" PRIu64 " qd=%d %s=%d\n",
+           S.seed, S.image ? S.image : S.nbd_uri ? S.nbd_uri : S.vu_sock, S.size, S.cluster, S.subcluster, S.qd,
+           S.transport == T_VHOST ? "queues" : "conns", S.conns);
+    vbd_co_run_sync(main_co, &r);
+    rc = r.rc;
+    if (rc == 0 && S.shadow_out && save_raw(S.shadow_out, S.exp, S.size) < 0)
+        rc = 1;
+    printf("vbd-stress: %s: seed=%" PRIu64 " %" PRIu64 " ops (%" PRIu64 " reads, %" PRIu64 " writes, %" PRIu64
+           " write-zeroes, %" PRIu64 " with unmap, %" PRIu64 " discards, %" PRIu64 " flushes, %" PRIu64 " compressed), %" PRIu64
+           " met another request in flight on the same cluster, %" PRIu64 " uncertain bytes pinned\n",
+           rc ? "FAILED" : "ok", S.seed, S.issued, S.counts[OP_READ], S.counts[OP_WRITE], S.counts[OP_ZERO],
+           S.counts[OP_ZERO_UNMAP], S.counts[OP_DISCARD], S.counts[OP_FLUSH], S.compressed_writes, S.collisions, S.pinned);
+out:
+    if (S.transport != T_VHOST)
+        vbd_co_run_sync(close_co, NULL);
+    if (S.transport == T_VHOST)
+        vhc_close(&S.vhc);
+    else
+        for (int i = 0; i < S.qd; i++)
+            free(S.w[i].buf);
+    free(S.exp);
+    free(S.fuzzy);
+    free(S.back);
+    free(S.hot);
+    return rc;
+}
