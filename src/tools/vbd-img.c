@@ -1210,6 +1210,8 @@ static int verb_check(int argc, char **argv)
         struct json_object *o = json_object_new_object();
         /* the key order qemu-img prints */
         json_object_object_add(o, "image-end-offset", json_object_new_int64(r.image_end_offset));
+        if (r.compressed_clusters) /* qemu-img leaves it out when zero */
+            json_object_object_add(o, "compressed-clusters", json_object_new_int64((int64_t)r.compressed_clusters));
         json_object_object_add(o, "total-clusters", json_object_new_int64((int64_t)r.total_clusters));
         if (r.corruptions)
             json_object_object_add(o, "corruptions", json_object_new_int64(r.corruptions));
@@ -1220,14 +1222,13 @@ static int verb_check(int argc, char **argv)
             json_object_object_add(o, "leaks", json_object_new_int64(r.leaks));
         if (r.leaks_fixed)
             json_object_object_add(o, "leaks-fixed", json_object_new_int64(r.leaks_fixed));
-        json_object_object_add(o, "allocated-clusters", json_object_new_int64((int64_t)r.allocated_clusters));
+        if (r.allocated_clusters) /* qemu-img leaves it out when zero */
+            json_object_object_add(o, "allocated-clusters", json_object_new_int64((int64_t)r.allocated_clusters));
         json_object_object_add(o, "filename", json_object_new_string(n->filename));
         json_object_object_add(o, "format", json_object_new_string(img->drv->name));
-        /* qemu-img leaves these out when they are zero */
+        /* qemu-img leaves it out when zero */
         if (r.fragmented_clusters)
             json_object_object_add(o, "fragmented-clusters", json_object_new_int64((int64_t)r.fragmented_clusters));
-        if (r.compressed_clusters)
-            json_object_object_add(o, "compressed-clusters", json_object_new_int64((int64_t)r.compressed_clusters));
         tool_print_json(o);
         json_object_put(o);
     } else if (!quiet) {
