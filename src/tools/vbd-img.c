@@ -712,6 +712,7 @@ struct convert {
     bool in_order;
     bool target_zero;
     bool compress;
+    uint64_t cluster; /* -c: the target's cluster size; chunks are whole clusters */
     uint64_t sparse; /* -S: 0 = no detection */
     uint64_t done_bytes;
     bool progress;
@@ -731,6 +732,21 @@ static int convert_chunk_write(struct convert *cv, uint64_t off, uint64_t len, u
             return 0;
         return vbd_node_co_pwrite_zeroes(cv->dst, off, len, VBD_REQ_MAY_UNMAP);
     }
+    if (cv->compress) {
+        /* As qemu-img: every cluster with data is written compressed (whole), an
+         * all-zero one is not written at all (-S 0: written all the same). */
+        for (uint64_t pos = 0; pos < len; pos += cv->cluster) {
+            uint64_t l = len - pos < cv->cluster ? len - pos : cv->cluster;
+            int rc;
+            if (cv->sparse && vbd_buffer_is_zero(buf + pos, l))
+                rc = cv->target_zero ? 0 : vbd_node_co_pwrite_zeroes(cv->dst, off + pos, l, VBD_REQ_MAY_UNMAP);
+            else
+                rc = vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, l, VBD_REQ_COMPRESSED);
+            if (rc < 0)
+                return rc;
+        }
+        return 0;
+    }
     if (cv->sparse) {
         /* Write only the parts that are not all-zero runs of -S bytes. */
         uint64_t s = cv->sparse, pos = 0;
@@ -745,14 +761,14 @@ static int convert_chunk_write(struct convert *cv, uint64_t off, uint64_t len, u
                 run += l2;
             }
             int rc = z ? (cv->target_zero ? 0 : vbd_node_co_pwrite_zeroes(cv->dst, off + pos, run, VBD_REQ_MAY_UNMAP))
-                       : vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, run, cv->compress ? VBD_REQ_COMPRESSED : 0);
+                       : vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, run, 0);
             if (rc < 0)
                 return rc;
             pos += run;
         }
         return 0;
     }
-    return vbd_node_co_pwrite(cv->dst, off, buf, len, cv->compress ? VBD_REQ_COMPRESSED : 0);
+    return vbd_node_co_pwrite(cv->dst, off, buf, len, 0);
 }
 
 static void convert_worker(void *opaque)
@@ -782,7 +798,16 @@ static void convert_worker(void *opaque)
         if (pnum == 0)
             pnum = len;
         bool zero = (st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED);
-        /* compressed clusters must be written whole: keep data chunks aligned */
+        if (cv->compress) {
+            /* compressed clusters are written whole (off stays cluster aligned): a zero
+             * run shorter than a cluster is read with the data around it */
+            if (pnum >= cv->cluster) {
+                pnum -= pnum % cv->cluster;
+            } else {
+                pnum = len < cv->cluster ? len : cv->cluster;
+                zero = false;
+            }
+        }
         cv->next = off + pnum;
         uint64_t my_seq = cv->seq++;
         vbd_co_mutex_unlock(&cv->claim_lock);
@@ -955,6 +980,16 @@ static int verb_convert(int argc, char **argv)
     if (compress && !(cv.dst->supported_write_flags & VBD_REQ_COMPRESSED)) {
         vbd_error_report("Compression not supported for this file format");
         goto out;
+    }
+    if (compress) {
+        struct vbd_image_info info = {0};
+        if (vbd_node_get_info(vbd_node_skip_filters(cv.dst), &info, NULL) == 0)
+            cv.cluster = info.cluster_size;
+        json_object_put(info.format_specific);
+        if (!cv.cluster || cv.cluster > CONVERT_CHUNK) {
+            vbd_error_report("Compression needs a cluster size of at most %u bytes", (unsigned)CONVERT_CHUNK);
+            goto out;
+        }
     }
     cv.running = (int)parallel;
     for (int i = 0; i < parallel; i++)
