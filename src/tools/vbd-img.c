@@ -1595,6 +1595,21 @@ out:
     return rc;
 }
 
+/* Do a and b differ in their first 512-byte sector; *run: how far that stays so, in whole sectors. */
+static bool sector_run(const uint8_t *a, const uint8_t *b, uint64_t len, uint64_t *run)
+{
+    uint64_t i = len < 512 ? len : 512;
+    bool differ = memcmp(a, b, i) != 0;
+    while (i < len) {
+        uint64_t l = len - i < 512 ? len - i : 512;
+        if ((memcmp(a + i, b + i, l) != 0) != differ)
+            break;
+        i += l;
+    }
+    *run = i;
+    return differ;
+}
+
 static int verb_rebase(int argc, char **argv)
 {
     const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL;
@@ -1676,9 +1691,15 @@ static int verb_rebase(int argc, char **argv)
                     vbd_error_report("error while reading: %s", strerror(-r));
                     goto out;
                 }
-                if (memcmp(b1, b2, pnum) && (r = vbd_node_co_pwrite(img, off, b1, pnum, 0)) < 0) {
-                    vbd_error_report("error while writing: %s", strerror(-r));
-                    goto out;
+                /* as qemu-img: only the 512-byte sectors where the two differ get the old data */
+                for (uint64_t pos = 0; pos < pnum;) {
+                    uint64_t run;
+                    bool differ = sector_run(b1 + pos, b2 + pos, pnum - pos, &run);
+                    if (differ && (r = vbd_node_co_pwrite(img, off + pos, b1 + pos, run, 0)) < 0) {
+                        vbd_error_report("error while writing: %s", strerror(-r));
+                        goto out;
+                    }
+                    pos += run;
                 }
             }
             off += pnum;
