@@ -1280,7 +1280,7 @@ static int verb_check(int argc, char **argv)
             printf("\n%lld internal errors have occurred during the check.\n", (long long)r.check_errors);
         if (!r.corruptions && !r.leaks && !r.check_errors)
             printf("No errors were found on the image.\n");
-        if (r.total_clusters)
+        if (r.total_clusters && r.allocated_clusters)
             printf("%llu/%llu = %.2f%% allocated, %.2f%% fragmented, %.2f%% compressed clusters\n",
                    (unsigned long long)r.allocated_clusters, (unsigned long long)r.total_clusters,
                    100.0 * r.allocated_clusters / r.total_clusters,

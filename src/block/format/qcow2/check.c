@@ -252,6 +252,13 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
         } else {
             add(&c, s->snapshots_offset, tlen);
             for (uint32_t k = 0; k < s->nb_snapshots; k++) {
+                uint64_t entry_end = k + 1 < s->nb_snapshots ? offs[k + 1] : tlen;
+                if (s->snapshots_offset + entry_end > n->file->size) {
+                    /* a truncated table: this entry and the ones after it are lost */
+                    report(&c, "ERROR snapshot table entry %u is incomplete\n", k);
+                    res->corruptions++;
+                    break;
+                }
                 uint64_t l1o = get_be64p(tab + offs[k]);
                 uint32_t l1n = get_be32p(tab + offs[k] + 8);
                 if ((uint64_t)l1n * 8 > QCOW2_MAX_L1_BYTES || (l1o & (s->cluster_size - 1))) {
