@@ -433,7 +433,7 @@ static bool map_mergeable(const struct map_entry *a, const struct map_entry *b)
            (!a->file || !b->file || !strcmp(a->file, b->file));
 }
 
-static void map_print(const struct map_entry *e, bool json, bool first)
+static int map_print(const struct map_entry *e, bool json, bool first)
 {
     if (json) {
         printf("%s{ \"start\": %llu, \"length\": %llu, \"depth\": %d, \"present\": %s, \"zero\": %s, \"data\": %s",
@@ -442,13 +442,17 @@ static void map_print(const struct map_entry *e, bool json, bool first)
         if (e->has_offset)
             printf(", \"offset\": %llu", (unsigned long long)e->offset);
         printf("}");
-    } else if (e->data && e->has_offset) {
+    } else if (e->data && !e->has_offset) {
+        vbd_error_report("File contains external, encrypted or compressed clusters.");
+        return -1;
+    } else if (e->data && !e->zero) { /* data reading as zeroes (over a hole of the file) is not listed */
         char a[32], b[32], c2[32];
         snprintf(a, sizeof(a), "%#llx", (unsigned long long)e->start);
         snprintf(b, sizeof(b), "%#llx", (unsigned long long)e->length);
         snprintf(c2, sizeof(c2), "%#llx", (unsigned long long)e->offset);
         printf("%-16s%-16s%-16s%s\n", e->start ? a : "0", b, e->offset ? c2 : "0", e->file ? e->file : "");
     }
+    return 0;
 }
 
 static int verb_map(int argc, char **argv)
@@ -513,7 +517,11 @@ static int verb_map(int argc, char **argv)
             cur.length += e.length;
         } else {
             if (have) {
-                map_print(&cur, json, first);
+                if (map_print(&cur, json, first) < 0) {
+                    have = false;
+                    rc = 1;
+                    break;
+                }
                 first = false;
             }
             cur = e;
@@ -522,7 +530,7 @@ static int verb_map(int argc, char **argv)
         off += pnum;
     }
     if (have && !rc) {
-        map_print(&cur, json, first);
+        rc = map_print(&cur, json, first) < 0;
         first = false;
     }
     if (json)
