@@ -1,10 +1,11 @@
 #!/bin/bash
 # vbd-img check --output=json prints what qemu-img check prints (every
-# counter: allocated, fragmented, compressed, end offset, corruptions; and
-# the exit code) over a matrix of images made by qemu-img/qemu-io: cluster
-# sizes, extended L2, external data file, compressed clusters, snapshots,
-# backing, preallocation; then the same images truncated (corrupt: exit 2,
-# not a failure to open), and L1/L2 entries with reserved bits set.
+# counter: allocated, fragmented, compressed, end offset, corruptions; the
+# exit code; the messages) over a matrix of images made by qemu-img/qemu-io:
+# cluster sizes, extended L2, external data file, compressed clusters (zlib,
+# zstd), snapshots, backing, preallocation, refcount widths, lazy refcounts,
+# bitmaps; then the same images truncated (corrupt: exit 2, not a failure
+# to open), and L1/L2 entries with reserved bits set.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
@@ -22,6 +23,8 @@ agree() { # FILE: same exit code and JSON as qemu-img check
     qemu-img check --output=json "$1" >q.json 2>q.err; qr=$?
     [ $vr = $qr ] || fail "check exit codes differ on $1: vbd $vr, qemu $qr ($(head -2 v.err))"
     diff -u q.json v.json >&2 || fail "check JSON differs on $1"
+    # the same findings (qemu-img reports them in another order)
+    diff -u <(sort q.err) <(sort v.err) >&2 || fail "check messages differ on $1"
     echo $vr
 }
 mk() { # NAME OPTS SIZE QEMU-IO-COMMANDS...
@@ -50,6 +53,23 @@ must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
 must qemu-io -f qcow2 -c "write -P 2 1M 4k" -c "write -P 3 3M 64k" top.qcow2 >/dev/null
 for p in metadata falloc full; do mk pre-$p preallocation=$p 8M "write -P 1 1M 64k"; done
 must qemu-img create -q -f qcow2 empty.qcow2 1G
+mk rc1 refcount_bits=1 16M "write -P 1 0 1M" "write -P 2 5M 64k"
+mk rc64 refcount_bits=64,cluster_size=4k 16M "write -P 1 0 1M" "write -P 2 5M 64k"
+mk lazy lazy_refcounts=on 16M "write -P 1 0 1M" "write -P 2 5M 64k"
+mk bm cluster_size=64k 16M "write -P 1 0 1M"
+must qemu-img bitmap --add bm.qcow2 b0
+must qemu-io -f qcow2 -c "write -P 2 5M 64k" bm.qcow2 >/dev/null
+must qemu-img bitmap --add -g 4k bm.qcow2 b1
+must qemu-img convert -c -O qcow2 -o extended_l2=on mixed.raw compx.qcow2
+must qemu-io -f qcow2 -c "write -P 1 100k 4k" -c "write -z 2M 4k" compx.qcow2 >/dev/null
+mk zstd compression_type=zstd 16M "write -c -P 1 0 64k" "write -c -P 2 1M 64k"
+mk dfx data_file=dfx.raw,extended_l2=on 16M "write -P 1 0 1M" "write -z 4M 4k" "write -P 2 8M 4k"
+mk snap4k cluster_size=4k 8M "write -P 1 0 1M"
+must qemu-img snapshot -c a snap4k.qcow2
+must qemu-io -f qcow2 -c "write -P 2 100k 300k" snap4k.qcow2 >/dev/null
+must qemu-img snapshot -c b snap4k.qcow2
+must qemu-io -f qcow2 -c "write -P 3 0 8k" -c "discard 500k 100k" snap4k.qcow2 >/dev/null
+must qemu-img snapshot -d a snap4k.qcow2
 images=$(ls *.qcow2)
 for f in $images; do
     r=$(agree "$f") || exit 1
@@ -60,7 +80,7 @@ done
 # count as fragmented, and a data file's cluster at offset 0 is allocated
 grep -q '"compressed-clusters"' <("$VBD_IMG" check --output=json comp.qcow2) || fail "no compressed clusters counted"
 step "truncated images: corrupt (exit 2), same counters as qemu-img"
-for f in c512 c64k comp snap ext df pre-metadata; do
+for f in c512 c64k comp snap snap4k ext df pre-metadata; do
     for t in 512 65536 65600 200000 1000000; do
         cp $f.qcow2 t.qcow2; truncate -s $t t.qcow2
         [ "$(stat -c %s $f.qcow2)" -gt $t ] || continue

@@ -38,6 +38,12 @@ must qemu-img create -q -f qcow2 -o extended_l2=on -b xb.qcow2 -F qcow2 xt.qcow2
 must qemu-io -f qcow2 -c "write -P 2 10k 3k" -c "write -z 100k 4k" -c "write -z 1M 64k" xt.qcow2 >/dev/null
 must qemu-img create -q -f qcow2 -b c2m.qcow2 -F qcow2 top.qcow2 80M
 must qemu-io -f qcow2 -c "write -P 3 1M 4k" -c "write -z 70M 64k" top.qcow2 >/dev/null
+mk rc1 refcount_bits=1 16M "write -P 1 0 1M" "write -P 2 5M 64k"
+mk lazy lazy_refcounts=on 16M "write -P 1 0 1M" "write -z 5M 64k"
+mk dfx data_file=dfx.raw,extended_l2=on 16M "write -P 1 0 1M" "write -z 4M 4k" "write -P 2 8M 4k"
+mk snap4k cluster_size=4k 8M "write -P 1 0 1M"
+must qemu-img snapshot -c a snap4k.qcow2
+must qemu-io -f qcow2 -c "write -P 3 0 8k" -c "discard 500k 100k" -c "write -z 700k 4k" snap4k.qcow2 >/dev/null
 for f in *.qcow2; do
     step "$f"
     agree "$f"

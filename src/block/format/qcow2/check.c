@@ -252,7 +252,8 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
         } else {
             add(&c, s->snapshots_offset, tlen);
             for (uint32_t k = 0; k < s->nb_snapshots; k++) {
-                uint64_t entry_end = k + 1 < s->nb_snapshots ? offs[k + 1] : tlen;
+                const uint8_t *h = tab + offs[k]; /* the entry without its padding to 8 bytes */
+                uint64_t entry_end = offs[k] + 40 + get_be32p(h + 36) + (((unsigned)h[12] << 8) | h[13]) + (((unsigned)h[14] << 8) | h[15]);
                 if (s->snapshots_offset + entry_end > n->file->size) {
                     /* a truncated table: this entry and the ones after it are lost */
                     report(&c, "ERROR snapshot table entry %u is incomplete\n", k);
