@@ -1687,11 +1687,12 @@ static int verb_rebase(int argc, char **argv)
                 pnum = 2 * MIB;
             if (!(st & VBD_BS_ALLOCATED)) {
                 /* old view: the current backing chain; new view: nb (zeroes past its end or if none) */
-                int r = img->backing ? vbd_node_co_pread(img->backing, off, b1, pnum) : 0;
-                if (!img->backing || off >= img->backing->size)
-                    memset(b1, 0, pnum);
-                else if (off + pnum > img->backing->size)
-                    memset(b1 + (img->backing->size - off), 0, off + pnum - img->backing->size);
+                /* both read as zeroes past their ends */
+                struct vbd_node *ob = img->backing;
+                int r = 0;
+                memset(b1, 0, pnum);
+                if (ob && off < ob->size)
+                    r = vbd_node_co_pread(ob, off, b1, off + pnum > ob->size ? ob->size - off : pnum);
                 memset(b2, 0, pnum);
                 if (r == 0 && nb && off < nb->size)
                     r = vbd_node_co_pread(nb, off, b2, off + pnum > nb->size ? nb->size - off : pnum);

@@ -41,4 +41,19 @@ for new in base.qcow2 zero.qcow2 ""; do
     [ "$qs" = "$vs" ] || fail "rebase onto '$new': file size $vs, qemu-img's $qs"
     qcheck vtop.qcow2
 done
+step "backings shorter than the image (old 4M, new 2M, image 6M): both read as zeroes past their ends"
+head -c 4M mixed.raw >old.raw
+must qemu-img convert -O qcow2 old.raw old.qcow2
+must qemu-img create -q -f qcow2 new.qcow2 2M
+must qemu-io -f qcow2 -c "write -P 9 0 1M" new.qcow2 >/dev/null
+rm -f top.qcow2; must qemu-img create -q -f qcow2 -b old.qcow2 -F qcow2 top.qcow2 6M
+must qemu-io -f qcow2 -c "write -P 5 100k 8k" -c "write -P 6 3M 64k" -c "write -P 7 5M 4k" top.qcow2 >/dev/null
+must qemu-img convert -O raw top.qcow2 expect.raw
+cp top.qcow2 vtop.qcow2
+must qemu-img rebase -q -b new.qcow2 -F qcow2 top.qcow2
+must "$VBD_IMG" rebase -q -b new.qcow2 -F qcow2 vtop.qcow2
+must qemu-img compare -F raw vtop.qcow2 expect.raw >/dev/null
+diff <(shape top.qcow2) <(shape vtop.qcow2) || fail "map after rebase onto a shorter backing differs from qemu-img's"
+[ "$(stat -c %s top.qcow2)" = "$(stat -c %s vtop.qcow2)" ] || fail "rebase onto a shorter backing: file sizes differ"
+qcheck vtop.qcow2
 echo OK
