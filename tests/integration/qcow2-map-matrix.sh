@@ -33,6 +33,8 @@ mk pfx preallocation=falloc,extended_l2=on 8M "write -P 1 1M 4k" "write -z 2M 32
 mk pfull preallocation=full 8M "write -P 1 1M 64k"
 mk df data_file=df.raw 16M "write -P 1 0 1M" "write -P 2 8M 64k" "write -z 4M 64k"
 mk pmd preallocation=metadata,data_file=pmd.raw 8M "write -P 1 1M 4k"
+mk pmr preallocation=metadata,data_file=pmr.raw,data_file_raw=on 8M "write -P 1 1M 4k"
+mk pm512 preallocation=metadata,cluster_size=512 2M "write -P 1 1M 4k"
 mk xb extended_l2=on 8M "write -P 1 0 4M"
 must qemu-img create -q -f qcow2 -o extended_l2=on -b xb.qcow2 -F qcow2 xt.qcow2
 must qemu-io -f qcow2 -c "write -P 2 10k 3k" -c "write -z 100k 4k" -c "write -z 1M 64k" xt.qcow2 >/dev/null
