@@ -106,6 +106,29 @@ for spec in "l1 0x1000000000000000" "l1 0x100" "l2 0x0200000000000000" "l2 0x2";
     [ "$r" = 2 ] || fail "reserved bits $spec: check exited $r, expected 2"
     grep -q "reserved bits set" v.err || fail "reserved bits $spec: no message: $(cat v.err)"
 done
+step "hostile offsets (snapshot L1 table, L2 table, data cluster near 2^64 or far past the end): reported, no crash"
+hostile() { # SRC WHAT: put a huge offset in; check must report corruption (2) or an error (1), as qemu-img (1 or 2)
+    python3 - "$@" <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b'); what = sys.argv[2]
+f.seek(40); l1 = struct.unpack('>Q', f.read(8))[0]
+f.seek(l1); e = struct.unpack('>Q', f.read(8))[0]
+if what == 'snapl1':
+    # 2 MiB of L1 entries 1 MiB below 2^64: offset + length wraps around
+    f.seek(64); so = struct.unpack('>Q', f.read(8))[0]; f.seek(so); f.write(struct.pack('>QI', 0xfffffffffff00000, 1 << 18))
+elif what == 'l2':
+    f.seek(l1); f.write(struct.pack('>Q', (1 << 63) | 0x00fffffffff00000))
+else:
+    f.seek(e & 0x00fffffffffffe00); f.write(struct.pack('>Q', (1 << 63) | 0x00fffffffff00000))
+PY
+}
+for what in snapl1 l2 data; do
+    cp snap.qcow2 h.qcow2; hostile h.qcow2 $what
+    "$VBD_IMG" check h.qcow2 >/dev/null 2>v.err; vr=$?
+    qemu-img check h.qcow2 >/dev/null 2>&1; qr=$?
+    case $vr in 1|2) ;; *) fail "hostile $what: vbd-img check exited $vr: $(tail -3 v.err)";; esac
+    case $qr in 1|2) ;; *) fail "hostile $what: qemu-img check exited $qr (test premise)";; esac
+done
 step "every image of the matrix is still clean for qemu-img"
 for f in $images; do qcheck "$f"; done
 echo OK

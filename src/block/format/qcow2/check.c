@@ -37,8 +37,9 @@ static void add(struct ctx *c, uint64_t off, uint64_t len)
     struct qcow2_state *s = c->s;
     if (!len)
         return;
-    uint64_t file_len = s->n->file->size;
-    if (off + len > file_len && off + len - file_len >= s->cluster_size) {
+    /* how far a counted region may reach (written so that no sum can wrap) */
+    uint64_t limit = s->n->file->size + s->cluster_size - 1;
+    if (off >= limit || len > limit - off) {
         report(c, "ERROR: counting reference for region exceeding the end of the file by one cluster or more: "
                   "offset 0x%llx size 0x%llx\n", (unsigned long long)off, (unsigned long long)len);
         c->res->corruptions++;
