@@ -433,7 +433,7 @@ static bool map_mergeable(const struct map_entry *a, const struct map_entry *b)
            (!a->file || !b->file || !strcmp(a->file, b->file));
 }
 
-static void map_print(const struct map_entry *e, bool json, bool first)
+static int map_print(const struct map_entry *e, bool json, bool first)
 {
     if (json) {
         printf("%s{ \"start\": %llu, \"length\": %llu, \"depth\": %d, \"present\": %s, \"zero\": %s, \"data\": %s",
@@ -442,13 +442,17 @@ static void map_print(const struct map_entry *e, bool json, bool first)
         if (e->has_offset)
             printf(", \"offset\": %llu", (unsigned long long)e->offset);
         printf("}");
-    } else if (e->data && e->has_offset) {
+    } else if (e->data && !e->has_offset) {
+        vbd_error_report("File contains external, encrypted or compressed clusters.");
+        return -1;
+    } else if (e->data && !e->zero) { /* data reading as zeroes (over a hole of the file) is not listed */
         char a[32], b[32], c2[32];
         snprintf(a, sizeof(a), "%#llx", (unsigned long long)e->start);
         snprintf(b, sizeof(b), "%#llx", (unsigned long long)e->length);
         snprintf(c2, sizeof(c2), "%#llx", (unsigned long long)e->offset);
         printf("%-16s%-16s%-16s%s\n", e->start ? a : "0", b, e->offset ? c2 : "0", e->file ? e->file : "");
     }
+    return 0;
 }
 
 static int verb_map(int argc, char **argv)
@@ -513,7 +517,11 @@ static int verb_map(int argc, char **argv)
             cur.length += e.length;
         } else {
             if (have) {
-                map_print(&cur, json, first);
+                if (map_print(&cur, json, first) < 0) {
+                    have = false;
+                    rc = 1;
+                    break;
+                }
                 first = false;
             }
             cur = e;
@@ -522,7 +530,7 @@ static int verb_map(int argc, char **argv)
         off += pnum;
     }
     if (have && !rc) {
-        map_print(&cur, json, first);
+        rc = map_print(&cur, json, first) < 0;
         first = false;
     }
     if (json)
@@ -712,6 +720,7 @@ struct convert {
     bool in_order;
     bool target_zero;
     bool compress;
+    uint64_t cluster; /* -c: the target's cluster size; chunks are whole clusters */
     uint64_t sparse; /* -S: 0 = no detection */
     uint64_t done_bytes;
     bool progress;
@@ -731,6 +740,21 @@ static int convert_chunk_write(struct convert *cv, uint64_t off, uint64_t len, u
             return 0;
         return vbd_node_co_pwrite_zeroes(cv->dst, off, len, VBD_REQ_MAY_UNMAP);
     }
+    if (cv->compress) {
+        /* As qemu-img: every cluster with data is written compressed (whole), an
+         * all-zero one is not written at all (-S 0: written all the same). */
+        for (uint64_t pos = 0; pos < len; pos += cv->cluster) {
+            uint64_t l = len - pos < cv->cluster ? len - pos : cv->cluster;
+            int rc;
+            if (cv->sparse && vbd_buffer_is_zero(buf + pos, l))
+                rc = cv->target_zero ? 0 : vbd_node_co_pwrite_zeroes(cv->dst, off + pos, l, VBD_REQ_MAY_UNMAP);
+            else
+                rc = vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, l, VBD_REQ_COMPRESSED);
+            if (rc < 0)
+                return rc;
+        }
+        return 0;
+    }
     if (cv->sparse) {
         /* Write only the parts that are not all-zero runs of -S bytes. */
         uint64_t s = cv->sparse, pos = 0;
@@ -745,14 +769,14 @@ static int convert_chunk_write(struct convert *cv, uint64_t off, uint64_t len, u
                 run += l2;
             }
             int rc = z ? (cv->target_zero ? 0 : vbd_node_co_pwrite_zeroes(cv->dst, off + pos, run, VBD_REQ_MAY_UNMAP))
-                       : vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, run, cv->compress ? VBD_REQ_COMPRESSED : 0);
+                       : vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, run, 0);
             if (rc < 0)
                 return rc;
             pos += run;
         }
         return 0;
     }
-    return vbd_node_co_pwrite(cv->dst, off, buf, len, cv->compress ? VBD_REQ_COMPRESSED : 0);
+    return vbd_node_co_pwrite(cv->dst, off, buf, len, 0);
 }
 
 static void convert_worker(void *opaque)
@@ -782,7 +806,16 @@ static void convert_worker(void *opaque)
         if (pnum == 0)
             pnum = len;
         bool zero = (st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED);
-        /* compressed clusters must be written whole: keep data chunks aligned */
+        if (cv->compress) {
+            /* compressed clusters are written whole (off stays cluster aligned): a zero
+             * run shorter than a cluster is read with the data around it */
+            if (pnum >= cv->cluster) {
+                pnum -= pnum % cv->cluster;
+            } else {
+                pnum = len < cv->cluster ? len : cv->cluster;
+                zero = false;
+            }
+        }
         cv->next = off + pnum;
         uint64_t my_seq = cv->seq++;
         vbd_co_mutex_unlock(&cv->claim_lock);
@@ -955,6 +988,16 @@ static int verb_convert(int argc, char **argv)
     if (compress && !(cv.dst->supported_write_flags & VBD_REQ_COMPRESSED)) {
         vbd_error_report("Compression not supported for this file format");
         goto out;
+    }
+    if (compress) {
+        struct vbd_image_info info = {0};
+        if (vbd_node_get_info(vbd_node_skip_filters(cv.dst), &info, NULL) == 0)
+            cv.cluster = info.cluster_size;
+        json_object_put(info.format_specific);
+        if (!cv.cluster || cv.cluster > CONVERT_CHUNK) {
+            vbd_error_report("Compression needs a cluster size of at most %u bytes", (unsigned)CONVERT_CHUNK);
+            goto out;
+        }
     }
     cv.running = (int)parallel;
     for (int i = 0; i < parallel; i++)
@@ -1210,6 +1253,8 @@ static int verb_check(int argc, char **argv)
         struct json_object *o = json_object_new_object();
         /* the key order qemu-img prints */
         json_object_object_add(o, "image-end-offset", json_object_new_int64(r.image_end_offset));
+        if (r.compressed_clusters) /* qemu-img leaves it out when zero */
+            json_object_object_add(o, "compressed-clusters", json_object_new_int64((int64_t)r.compressed_clusters));
         json_object_object_add(o, "total-clusters", json_object_new_int64((int64_t)r.total_clusters));
         if (r.corruptions)
             json_object_object_add(o, "corruptions", json_object_new_int64(r.corruptions));
@@ -1220,14 +1265,13 @@ static int verb_check(int argc, char **argv)
             json_object_object_add(o, "leaks", json_object_new_int64(r.leaks));
         if (r.leaks_fixed)
             json_object_object_add(o, "leaks-fixed", json_object_new_int64(r.leaks_fixed));
-        json_object_object_add(o, "allocated-clusters", json_object_new_int64((int64_t)r.allocated_clusters));
+        if (r.allocated_clusters) /* qemu-img leaves it out when zero */
+            json_object_object_add(o, "allocated-clusters", json_object_new_int64((int64_t)r.allocated_clusters));
         json_object_object_add(o, "filename", json_object_new_string(n->filename));
         json_object_object_add(o, "format", json_object_new_string(img->drv->name));
-        /* qemu-img leaves these out when they are zero */
+        /* qemu-img leaves it out when zero */
         if (r.fragmented_clusters)
             json_object_object_add(o, "fragmented-clusters", json_object_new_int64((int64_t)r.fragmented_clusters));
-        if (r.compressed_clusters)
-            json_object_object_add(o, "compressed-clusters", json_object_new_int64((int64_t)r.compressed_clusters));
         tool_print_json(o);
         json_object_put(o);
     } else if (!quiet) {
@@ -1244,7 +1288,7 @@ static int verb_check(int argc, char **argv)
             printf("\n%lld internal errors have occurred during the check.\n", (long long)r.check_errors);
         if (!r.corruptions && !r.leaks && !r.check_errors)
             printf("No errors were found on the image.\n");
-        if (r.total_clusters)
+        if (r.total_clusters && r.allocated_clusters)
             printf("%llu/%llu = %.2f%% allocated, %.2f%% fragmented, %.2f%% compressed clusters\n",
                    (unsigned long long)r.allocated_clusters, (unsigned long long)r.total_clusters,
                    100.0 * r.allocated_clusters / r.total_clusters,
@@ -1559,6 +1603,21 @@ out:
     return rc;
 }
 
+/* Do a and b differ in their first 512-byte sector; *run: how far that stays so, in whole sectors. */
+static bool sector_run(const uint8_t *a, const uint8_t *b, uint64_t len, uint64_t *run)
+{
+    uint64_t i = len < 512 ? len : 512;
+    bool differ = memcmp(a, b, i) != 0;
+    while (i < len) {
+        uint64_t l = len - i < 512 ? len - i : 512;
+        if ((memcmp(a + i, b + i, l) != 0) != differ)
+            break;
+        i += l;
+    }
+    *run = i;
+    return differ;
+}
+
 static int verb_rebase(int argc, char **argv)
 {
     const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL;
@@ -1628,11 +1687,12 @@ static int verb_rebase(int argc, char **argv)
                 pnum = 2 * MIB;
             if (!(st & VBD_BS_ALLOCATED)) {
                 /* old view: the current backing chain; new view: nb (zeroes past its end or if none) */
-                int r = img->backing ? vbd_node_co_pread(img->backing, off, b1, pnum) : 0;
-                if (!img->backing || off >= img->backing->size)
-                    memset(b1, 0, pnum);
-                else if (off + pnum > img->backing->size)
-                    memset(b1 + (img->backing->size - off), 0, off + pnum - img->backing->size);
+                /* both read as zeroes past their ends */
+                struct vbd_node *ob = img->backing;
+                int r = 0;
+                memset(b1, 0, pnum);
+                if (ob && off < ob->size)
+                    r = vbd_node_co_pread(ob, off, b1, off + pnum > ob->size ? ob->size - off : pnum);
                 memset(b2, 0, pnum);
                 if (r == 0 && nb && off < nb->size)
                     r = vbd_node_co_pread(nb, off, b2, off + pnum > nb->size ? nb->size - off : pnum);
@@ -1640,9 +1700,15 @@ static int verb_rebase(int argc, char **argv)
                     vbd_error_report("error while reading: %s", strerror(-r));
                     goto out;
                 }
-                if (memcmp(b1, b2, pnum) && (r = vbd_node_co_pwrite(img, off, b1, pnum, 0)) < 0) {
-                    vbd_error_report("error while writing: %s", strerror(-r));
-                    goto out;
+                /* as qemu-img: only the 512-byte sectors where the two differ get the old data */
+                for (uint64_t pos = 0; pos < pnum;) {
+                    uint64_t run;
+                    bool differ = sector_run(b1 + pos, b2 + pos, pnum - pos, &run);
+                    if (differ && (r = vbd_node_co_pwrite(img, off + pos, b1 + pos, run, 0)) < 0) {
+                        vbd_error_report("error while writing: %s", strerror(-r));
+                        goto out;
+                    }
+                    pos += run;
                 }
             }
             off += pnum;

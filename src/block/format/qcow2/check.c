@@ -19,36 +19,53 @@
 struct ctx {
     struct qcow2_state *s;
     uint64_t *ref;
-    uint64_t nclusters;
+    uint64_t nclusters; /* clusters of the file, the last one partial */
+    uint64_t nref;      /* clusters counted: a reference may end in the cluster after the file's last */
     struct vbd_check_result *res;
-    uint64_t end; /* highest referenced byte */
 };
 
 /* check's findings go to stderr, as qemu-img prints them; the repair done
  * at open of a dirty lazy-refcounts image is silent */
 #define report(c, ...) ((c)->s->quiet_check ? (void)0 : (void)fprintf(stderr, __VA_ARGS__))
 
-static void add(struct ctx *c, uint64_t off, uint64_t len, const char *what)
+/* A reference to [off, off+len). Like qemu-img, a region ending less than a
+ * cluster past the end of the file counts (the file may end inside its last
+ * cluster, and a compressed cluster may end past it); one reaching further
+ * is a corruption (a truncated image). */
+static void add(struct ctx *c, uint64_t off, uint64_t len)
 {
     struct qcow2_state *s = c->s;
     if (!len)
         return;
-    uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
-    for (uint64_t k = first; k <= last; k++) {
-        if (k >= c->nclusters) {
-            report(c, "ERROR %s at offset 0x%llx is beyond the end of the image file\n", what,
-                    (unsigned long long)(k << s->cluster_bits));
-            c->res->corruptions++;
-            continue;
-        }
-        c->ref[k]++;
+    /* how far a counted region may reach (written so that no sum can wrap) */
+    uint64_t limit = s->n->file->size + s->cluster_size - 1;
+    if (off >= limit || len > limit - off) {
+        report(c, "ERROR: counting reference for region exceeding the end of the file by one cluster or more: "
+                  "offset 0x%llx size 0x%llx\n", (unsigned long long)off, (unsigned long long)len);
+        c->res->corruptions++;
+        return;
     }
-    if (off + len > c->end)
-        c->end = off + len;
+    uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
+    for (uint64_t k = first; k <= last; k++)
+        c->ref[k]++;
+    if (last + 1 > c->nref)
+        c->nref = last + 1;
 }
 
-static int walk_l2(struct ctx *c, uint64_t l2_off, uint8_t *table, uint64_t *prev_host,
-                   bool active)
+/* Bits the spec reserves in an L1 entry and in a standard (uncompressed) L2
+ * entry; qemu-img check counts an entry using them as a corruption. */
+#define L1E_RESERVED_MASK 0x7f000000000001ffull
+#define L2E_STD_RESERVED_MASK 0x3f000000000001feull
+#define L2_BITMAP_ALLOC_MASK 0xffffffffull
+
+/*
+ * One L2 table: its references, and for the active table the counters of
+ * qemu-img check. "Fragmented" counts as qemu does: an allocated cluster
+ * not right after the previous allocated cluster of the same L2 table (each
+ * table starts afresh), and every compressed cluster (it shares sectors
+ * with its neighbours, so reading it never continues a sequential read).
+ */
+static int walk_l2(struct ctx *c, uint64_t l2_off, uint8_t *table, bool active)
 {
     struct qcow2_state *s = c->s;
     if (vbd_node_co_pread(s->n->file, l2_off, table, s->cluster_size) < 0) {
@@ -56,40 +73,98 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint8_t *table, uint64_t *pre
         c->res->check_errors++;
         return 0;
     }
+    uint64_t next_contiguous = 0;
     uint32_t entries = 1u << s->l2_bits;
     for (uint32_t i = 0; i < entries; i++) {
         /* entries past the disk size count too: a snapshot's VM state lives there */
         uint64_t e = get_be64p(table + (uint64_t)i * s->l2_entry_size);
+        uint64_t bitmap = s->extended_l2 ? get_be64p(table + (uint64_t)i * s->l2_entry_size + 8) : 0;
         enum qcow2_cluster_type t = qcow2_entry_type(s, e);
+        if (t != QCOW2_COMPRESSED && (e & L2E_STD_RESERVED_MASK)) {
+            report(c, "ERROR found l2 entry with reserved bits set: %llx\n", (unsigned long long)e);
+            c->res->corruptions++;
+        }
         if (t == QCOW2_COMPRESSED) {
+            if (e & QCOW_OFLAG_COPIED) {
+                report(c, "ERROR: coffset=0x%llx: copied flag must never be set for compressed clusters\n",
+                       (unsigned long long)(e & s->coffset_mask));
+                c->res->corruptions++;
+            }
+            if (s->external) {
+                report(c, "ERROR compressed cluster %u with data file, entry=0x%llx\n", i, (unsigned long long)e);
+                c->res->corruptions++;
+                continue;
+            }
+            if (bitmap) {
+                report(c, "ERROR compressed cluster %u with non-zero subcluster allocation bitmap, entry=0x%llx\n",
+                       i, (unsigned long long)e);
+                c->res->corruptions++;
+                continue;
+            }
             uint64_t coff = e & s->coffset_mask;
             uint64_t nsect = ((e >> s->csize_shift) & s->csize_mask) + 1;
-            add(c, coff & ~511ull, nsect * 512, "compressed cluster");
+            add(c, coff & ~511ull, nsect * 512);
             if (active) {
                 c->res->allocated_clusters++;
                 c->res->compressed_clusters++;
+                c->res->fragmented_clusters++;
+            }
+            continue;
+        }
+        if (t != QCOW2_NORMAL && t != QCOW2_ZERO_ALLOC) {
+            if (t == QCOW2_UNALLOCATED && (bitmap & L2_BITMAP_ALLOC_MASK)) {
+                report(c, "ERROR: Unallocated cluster has non-zero subcluster allocation map\n");
+                c->res->corruptions++;
             }
             continue;
         }
         uint64_t host = e & L2E_OFFSET_MASK;
-        if (!host)
-            continue;
+        if ((bitmap >> 32) & bitmap) {
+            report(c, "ERROR offset=%llx: Allocated cluster has corrupted subcluster allocation bitmap\n",
+                   (unsigned long long)host);
+            c->res->corruptions++;
+        }
         if (host & (s->cluster_size - 1)) {
             report(c, "ERROR offset=%llx: Cluster is not properly aligned; L2 entry corrupted.\n",
                     (unsigned long long)host);
             c->res->corruptions++;
             continue;
         }
+        if (active) {
+            c->res->allocated_clusters++;
+            if (next_contiguous && host != next_contiguous)
+                c->res->fragmented_clusters++;
+            next_contiguous = host + s->cluster_size;
+        }
         if (!s->external) /* clusters in a data file are not refcounted */
-            add(c, host, s->cluster_size, "data cluster");
-        if (!active)
-            continue;
-        c->res->allocated_clusters++;
-        if (*prev_host && host != *prev_host + s->cluster_size)
-            c->res->fragmented_clusters++;
-        *prev_host = host;
+            add(c, host, s->cluster_size);
     }
     return 0;
+}
+
+/* An L1 table (active or a snapshot's): its L2 tables and what they reach. */
+static void walk_l1(struct ctx *c, const uint64_t *l1_host_order, uint32_t l1_size, uint8_t *table, bool active)
+{
+    struct qcow2_state *s = c->s;
+    for (uint32_t i = 0; i < l1_size; i++) {
+        uint64_t e = l1_host_order[i];
+        if (e & L1E_RESERVED_MASK) {
+            report(c, "ERROR found L1 entry with reserved bits set: %llx\n", (unsigned long long)e);
+            c->res->corruptions++;
+        }
+        uint64_t l2 = e & L1E_OFFSET_MASK;
+        if (!l2)
+            continue;
+        if (l2 & (s->cluster_size - 1)) {
+            report(c, "ERROR l2_offset=%llx: Table is not cluster aligned; L1 entry corrupted\n",
+                   (unsigned long long)l2);
+            c->res->corruptions++;
+            continue;
+        }
+        add(c, l2, s->cluster_size);
+        if ((l2 >> s->cluster_bits) < c->nclusters)
+            walk_l2(c, l2, table, active);
+    }
 }
 
 /* Persistent dirty bitmaps (kept, not used): their directory, tables and
@@ -111,7 +186,7 @@ static void add_bitmaps(struct ctx *c)
             c->res->corruptions++;
             return;
         }
-        add(c, dir_off, dir_size, "bitmap directory");
+        add(c, dir_off, dir_size);
         uint8_t *dir = malloc(dir_size);
         if (!dir || vbd_node_co_pread(s->n->file, dir_off, dir, dir_size) < 0) {
             free(dir);
@@ -128,13 +203,13 @@ static void add_bitmaps(struct ctx *c)
                 c->res->corruptions++;
                 continue;
             }
-            add(c, toff, (uint64_t)tsize * 8, "bitmap table");
+            add(c, toff, (uint64_t)tsize * 8);
             uint64_t *t = malloc((uint64_t)tsize * 8 + 8);
             if (tsize && vbd_node_co_pread(s->n->file, toff, t, (uint64_t)tsize * 8) == 0)
                 for (uint32_t j = 0; j < tsize; j++) {
                     uint64_t o = be64(t[j]) & 0x00fffffffffffe00ull;
                     if (o)
-                        add(c, o, s->cluster_size, "bitmap data");
+                        add(c, o, s->cluster_size);
                 }
             free(t);
         }
@@ -150,15 +225,23 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
         qcow2_writeback(s);
     struct ctx c = {.s = s, .res = res};
     c.nclusters = (n->file->size + s->cluster_size - 1) >> s->cluster_bits;
-    c.ref = calloc(c.nclusters ? c.nclusters : 1, sizeof(uint64_t));
+    c.nref = c.nclusters;
+    c.ref = calloc(c.nclusters + 1, sizeof(uint64_t));
     uint8_t *table = vbd_alloc_aligned(4096, s->cluster_size);
     res->total_clusters = (n->size + s->cluster_size - 1) >> s->cluster_bits;
-    add(&c, 0, s->cluster_size, "header");
-    add(&c, s->l1_table_offset, (uint64_t)s->l1_size * 8, "L1 table");
-    add(&c, s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size, "refcount table");
-    for (uint64_t i = 0; i < s->reftable_entries; i++)
-        if (s->reftable[i])
-            add(&c, s->reftable[i], s->cluster_size, "refcount block");
+    add(&c, 0, s->cluster_size);
+    add(&c, s->l1_table_offset, (uint64_t)s->l1_size * 8);
+    add(&c, s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size);
+    for (uint64_t i = 0; i < s->reftable_entries; i++) {
+        if (!s->reftable[i])
+            continue;
+        if ((s->reftable[i] >> s->cluster_bits) >= c.nclusters) {
+            report(&c, "ERROR refcount block %llu is outside image\n", (unsigned long long)i);
+            res->corruptions++;
+            continue;
+        }
+        add(&c, s->reftable[i], s->cluster_size);
+    }
     add_bitmaps(&c);
     /* every snapshot: its table entry, its L1 table and what that reaches */
     if (s->nb_snapshots) {
@@ -168,8 +251,16 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
             report(&c, "ERROR the snapshot table cannot be read\n");
             res->corruptions++;
         } else {
-            add(&c, s->snapshots_offset, tlen, "snapshot table");
+            add(&c, s->snapshots_offset, tlen);
             for (uint32_t k = 0; k < s->nb_snapshots; k++) {
+                const uint8_t *h = tab + offs[k]; /* the entry without its padding to 8 bytes */
+                uint64_t entry_end = offs[k] + 40 + get_be32p(h + 36) + (((unsigned)h[12] << 8) | h[13]) + (((unsigned)h[14] << 8) | h[15]);
+                if (s->snapshots_offset + entry_end > n->file->size) {
+                    /* a truncated table: this entry and the ones after it are lost */
+                    report(&c, "ERROR snapshot table entry %u is incomplete\n", k);
+                    res->corruptions++;
+                    break;
+                }
                 uint64_t l1o = get_be64p(tab + offs[k]);
                 uint32_t l1n = get_be32p(tab + offs[k] + 8);
                 if ((uint64_t)l1n * 8 > QCOW2_MAX_L1_BYTES || (l1o & (s->cluster_size - 1))) {
@@ -177,57 +268,32 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
                     res->corruptions++;
                     continue;
                 }
-                add(&c, l1o, (uint64_t)l1n * 8, "snapshot L1 table");
-                uint64_t *sl1 = malloc((uint64_t)l1n * 8 + 8), dummy = 0;
+                add(&c, l1o, (uint64_t)l1n * 8);
+                uint64_t *sl1 = malloc((uint64_t)l1n * 8 + 8);
                 if (l1n && vbd_node_co_pread(n->file, l1o, sl1, (uint64_t)l1n * 8) < 0) {
                     res->check_errors++;
                     free(sl1);
                     continue;
                 }
-                for (uint32_t i = 0; i < l1n; i++) {
-                    uint64_t l2 = be64(sl1[i]) & L1E_OFFSET_MASK;
-                    if (!l2 || (l2 & (s->cluster_size - 1)))
-                        continue;
-                    add(&c, l2, s->cluster_size, "L2 table");
-                    if ((l2 >> s->cluster_bits) < c.nclusters)
-                        walk_l2(&c, l2, table, &dummy, false);
-                }
+                for (uint32_t i = 0; i < l1n; i++)
+                    sl1[i] = be64(sl1[i]);
+                walk_l1(&c, sl1, l1n, table, false);
                 free(sl1);
             }
             free(tab);
             free(offs);
         }
     }
-    uint64_t prev_host = 0;
-    for (uint32_t i = 0; i < s->l1_size; i++) {
-        uint64_t l2 = s->l1[i] & L1E_OFFSET_MASK;
-        if (!l2)
-            continue;
-        if (l2 & (s->cluster_size - 1)) {
-            report(&c, "ERROR L2 table offset 0x%llx (L1 index %u) is not cluster aligned\n",
-                    (unsigned long long)l2, i);
-            res->corruptions++;
-            continue;
-        }
-        add(&c, l2, s->cluster_size, "L2 table");
-        if ((l2 >> s->cluster_bits) < c.nclusters)
-            walk_l2(&c, l2, table, &prev_host, true);
-    }
-    /* the end as found, before any repair (qemu-img reports it so) */
-    for (uint64_t k = c.nclusters; k-- > 0;) {
-        uint64_t stored;
-        if (qcow2_get_refcount(s, k, &stored) == 0 && (stored || c.ref[k])) {
-            if (((k + 1) << s->cluster_bits) > c.end)
-                c.end = (k + 1) << s->cluster_bits;
-            break;
-        }
-    }
-    for (uint64_t k = 0; k < c.nclusters; k++) {
+    walk_l1(&c, s->l1, s->l1_size, table, true);
+    uint64_t end = 0;
+    for (uint64_t k = 0; k < c.nref; k++) {
         uint64_t stored;
         if (qcow2_get_refcount(s, k, &stored) < 0) {
             res->check_errors++;
             continue;
         }
+        if (stored || c.ref[k]) /* the end as found, before any repair (qemu-img reports it so) */
+            end = (k + 1) << s->cluster_bits;
         if (stored == c.ref[k])
             continue;
         bool leak = stored > c.ref[k];
@@ -250,7 +316,8 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
     /* the COPIED flag must say "refcount is 1" exactly when it is */
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t l2 = s->l1[i] & L1E_OFFSET_MASK, rc = 0;
-        if (!l2 || (l2 & (s->cluster_size - 1)) || (l2 >> s->cluster_bits) >= c.nclusters)
+        /* tables past the end of a truncated file read as zeroes, refcounts there as 0, as in qemu-img */
+        if (!l2 || (l2 & (s->cluster_size - 1)))
             continue;
         qcow2_get_refcount(s, l2 >> s->cluster_bits, &rc);
         if ((rc == 1) != !!(s->l1[i] & QCOW_OFLAG_COPIED)) {
@@ -262,10 +329,13 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
             continue;
         for (uint32_t j = 0; j < (1u << s->l2_bits); j++) {
             uint64_t e = get_be64p(table + (uint64_t)j * s->l2_entry_size), h = e & L2E_OFFSET_MASK, hr = 0;
-            if (qcow2_entry_type(s, e) == QCOW2_COMPRESSED || !h || (h & (s->cluster_size - 1)) ||
-                (h >> s->cluster_bits) >= c.nclusters)
+            enum qcow2_cluster_type t = qcow2_entry_type(s, e);
+            if ((t != QCOW2_NORMAL && t != QCOW2_ZERO_ALLOC) || (h & (s->cluster_size - 1)))
                 continue;
-            qcow2_get_refcount(s, h >> s->cluster_bits, &hr);
+            if (s->external) /* a data file's clusters are not refcounted: each is used once */
+                hr = 1;
+            else
+                qcow2_get_refcount(s, h >> s->cluster_bits, &hr);
             if ((hr == 1) != !!(e & QCOW_OFLAG_COPIED)) {
                 report(&c, "ERROR OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu\n",
                         (unsigned long long)e, (unsigned long long)hr);
@@ -273,7 +343,7 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
             }
         }
     }
-    res->image_end_offset = (int64_t)c.end;
+    res->image_end_offset = (int64_t)end;
     if ((res->leaks_fixed || res->corruptions_fixed) && qcow2_flush_refcounts(s) < 0)
         res->check_errors++;
     free(table);

@@ -197,22 +197,24 @@ int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags,
         rc = -EFBIG;
         goto out;
     }
-    if (s->l1_size && (s->l1_table_offset % s->cluster_size || s->l1_table_offset > fsize ||
-                       (uint64_t)s->l1_size * 8 > fsize - s->l1_table_offset)) {
+    /* check opens a truncated image (tables past the end read as zeroes) to report it corrupt, as qemu-img does */
+    uint64_t table_limit = (flags & VBD_OPEN_CHECK) ? UINT64_MAX / 2 : fsize;
+    if (s->l1_size && (s->l1_table_offset % s->cluster_size || s->l1_table_offset > table_limit ||
+                       (uint64_t)s->l1_size * 8 > table_limit - s->l1_table_offset)) {
         vbd_error_setf(err, EINVAL, "qcow2 L1 table offset 0x%llx is invalid or past the end of the file",
                        (unsigned long long)s->l1_table_offset);
         goto out;
     }
     if (s->refcount_table_offset % s->cluster_size || !s->refcount_table_clusters ||
         (uint64_t)s->refcount_table_clusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES ||
-        s->refcount_table_offset > fsize ||
-        (uint64_t)s->refcount_table_clusters * s->cluster_size > fsize - s->refcount_table_offset) {
+        s->refcount_table_offset > table_limit ||
+        (uint64_t)s->refcount_table_clusters * s->cluster_size > table_limit - s->refcount_table_offset) {
         vbd_error_setf(err, EINVAL, "qcow2 refcount table (offset 0x%llx, %u clusters) is invalid",
                        (unsigned long long)s->refcount_table_offset, s->refcount_table_clusters);
         goto out;
     }
     if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS ||
-        (s->nb_snapshots && (s->snapshots_offset % s->cluster_size || s->snapshots_offset >= fsize))) {
+        (s->nb_snapshots && (s->snapshots_offset % s->cluster_size || s->snapshots_offset >= table_limit))) {
         vbd_error_setf(err, EINVAL, "qcow2 snapshot table (%u snapshots at 0x%llx) is invalid", s->nb_snapshots,
                        (unsigned long long)s->snapshots_offset);
         goto out;

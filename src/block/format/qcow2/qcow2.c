@@ -980,14 +980,42 @@ static void close_co(void *arg)
         writeback_co(s);
 }
 
+/*
+ * Does the image look metadata-preallocated: many more clusters in use (by
+ * the refcounts) than the file really holds? QEMU's test, so that map tells
+ * the same: then allocated clusters can lie over holes of the file, and
+ * block status asks the file about them. Looked at once per open.
+ */
+static bool metadata_preallocated(struct qcow2_state *s)
+{
+    if (s->metadata_prealloc)
+        return s->metadata_prealloc == 2;
+    s->metadata_prealloc = 1;
+    int64_t real = vbd_node_get_allocated_size(s->n->file);
+    if (real < 0)
+        return false;
+    uint64_t real_clusters = (uint64_t)real >> s->cluster_bits;
+    uint64_t threshold = real_clusters * 10 / 9 > real_clusters + 2 ? real_clusters * 10 / 9 : real_clusters + 2;
+    uint64_t end = (s->n->file->size + s->cluster_size - 1) >> s->cluster_bits, in_use = 0;
+    for (uint64_t k = 0; k < end && in_use < threshold; k++) {
+        uint64_t rc;
+        if (qcow2_get_refcount(s, k, &rc) < 0)
+            return false;
+        in_use += rc != 0;
+    }
+    if (in_use >= threshold)
+        s->metadata_prealloc = 2;
+    return s->metadata_prealloc == 2;
+}
+
 static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
                               uint64_t *map, struct vbd_node **file)
 {
     struct qcow2_state *s = n->opaque;
-    (void)want_zero;
     struct extent x;
     vbd_co_mutex_lock(&s->lock);
     int rc = map_extent(s, off, bytes, &x);
+    bool ask_file = rc == 0 && want_zero && x.type == QCOW2_NORMAL && metadata_preallocated(s);
     vbd_co_mutex_unlock(&s->lock);
     if (rc < 0)
         return rc;
@@ -1009,15 +1037,40 @@ static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
         return st;
     }
     case QCOW2_ZERO_PLAIN:
+        if (s->extended_l2 && qcow2_entry_type(s, x.entry) == QCOW2_NORMAL) {
+            /* zero subclusters of an allocated cluster: qemu-img map shows where they live;
+             * the next cluster may lie elsewhere on the host */
+            uint64_t to_cluster_end = s->cluster_size - (off & (s->cluster_size - 1));
+            if (*pnum > to_cluster_end)
+                *pnum = to_cluster_end;
+            *map = x.host;
+            *file = s->data;
+            return VBD_BS_ZERO | VBD_BS_ALLOCATED | VBD_BS_OFFSET_VALID;
+        }
         return VBD_BS_ZERO | VBD_BS_ALLOCATED;
     case QCOW2_ZERO_ALLOC:
         *map = x.host;
         *file = s->data;
         return VBD_BS_ZERO | VBD_BS_ALLOCATED | VBD_BS_OFFSET_VALID;
-    case QCOW2_NORMAL:
+    case QCOW2_NORMAL: {
         *map = x.host;
         *file = s->data;
-        return VBD_BS_DATA | VBD_BS_ALLOCATED | VBD_BS_OFFSET_VALID;
+        int st = VBD_BS_DATA | VBD_BS_ALLOCATED | VBD_BS_OFFSET_VALID;
+        if (ask_file) {
+            /* data over a hole of the file reads as zeroes (as QEMU's BDRV_BLOCK_RECURSE) */
+            uint64_t file_pnum = 0;
+            int fst = vbd_node_co_block_status(s->data, true, x.host, *pnum, &file_pnum, NULL, NULL);
+            if (fst >= 0) {
+                if ((fst & VBD_BS_EOF) && (!file_pnum || (fst & VBD_BS_ZERO))) {
+                    st |= VBD_BS_ZERO; /* past the end of the file */
+                } else {
+                    *pnum = file_pnum;
+                    st |= fst & VBD_BS_ZERO;
+                }
+            }
+        }
+        return st;
+    }
     case QCOW2_COMPRESSED:
         return VBD_BS_DATA | VBD_BS_ALLOCATED | VBD_BS_COMPRESSED;
     }

@@ -150,6 +150,7 @@ struct qcow2_state {
     uint8_t *cbuf;              /* compressed input scratch */
     bool corrupt;
     bool quiet_check;
+    uint8_t metadata_prealloc; /* block status: 0 not looked at yet, 1 no, 2 yes (see qcow2_block_status) */
     /* external data file: guest offset == host offset, data clusters not refcounted */
     struct vbd_node *data; /* where data clusters live: n->file, or the data file */
     bool external;

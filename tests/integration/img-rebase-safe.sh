@@ -1,0 +1,59 @@
+#!/bin/bash
+# vbd-img rebase (safe mode) writes what qemu-img rebase writes: the old
+# backing's data only where old and new backing differ under unallocated
+# parts of the image, nothing where they agree (zeroes included). The same
+# chain is rebased by both tools: the guest-visible content is unchanged,
+# the map (host offsets aside) and the file size equal qemu-img's result,
+# and the result checks clean.
+. "$(dirname "$0")/lib.sh"
+need qemu-img qemu-io python3
+cd "$T"
+python3 - <<'PY'
+import random
+r = random.Random(5); out = bytearray()
+while len(out) < 6 << 20:
+    k = r.randrange(3); n = r.randrange(1000, 200000)
+    out += bytes(n) if k == 0 else r.randbytes(n) if k == 1 else (b'line %d of some text, ' % r.randrange(1000)) * (n // 24)
+open('mixed.raw', 'wb').write(out[:6 << 20])
+PY
+chain() { # base (real-looking data) <- mid (a few writes) <- top (a few writes)
+    rm -f base.qcow2 mid.qcow2 top.qcow2 zero.qcow2
+    must qemu-img convert -O qcow2 mixed.raw base.qcow2
+    must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
+    must qemu-io -f qcow2 -c "write -P 3 1M 300k" -c "write -z 4M 64k" -c "write -P 4 5M 4k" -c "write -P 0 2M 128k" \
+        mid.qcow2 >/dev/null
+    must qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2
+    must qemu-io -f qcow2 -c "write -P 5 1100k 8k" -c "write -P 6 0 64k" top.qcow2 >/dev/null
+    must qemu-img create -q -f qcow2 zero.qcow2 6M   # a new backing that reads as zeroes
+}
+shape() { qemu-img map --output=json "$1" | sed 's/, "offset": [0-9]*//'; }
+for new in base.qcow2 zero.qcow2 ""; do
+    step "rebase top onto '${new:-(none)}'"
+    chain
+    must qemu-img convert -O raw top.qcow2 expect.raw
+    cp top.qcow2 vtop.qcow2
+    must qemu-img rebase -q -b "$new" -F qcow2 top.qcow2
+    must "$VBD_IMG" rebase -q -b "$new" -F qcow2 vtop.qcow2
+    must qemu-img compare -F raw vtop.qcow2 expect.raw >/dev/null
+    diff <(shape top.qcow2) <(shape vtop.qcow2) || fail "map after rebase onto '$new' differs from qemu-img's"
+    qs=$(stat -c %s top.qcow2); vs=$(stat -c %s vtop.qcow2)
+    echo "sizes: qemu-img $qs, vbd $vs"
+    [ "$qs" = "$vs" ] || fail "rebase onto '$new': file size $vs, qemu-img's $qs"
+    qcheck vtop.qcow2
+done
+step "backings shorter than the image (old 4M, new 2M, image 6M): both read as zeroes past their ends"
+head -c 4M mixed.raw >old.raw
+must qemu-img convert -O qcow2 old.raw old.qcow2
+must qemu-img create -q -f qcow2 new.qcow2 2M
+must qemu-io -f qcow2 -c "write -P 9 0 1M" new.qcow2 >/dev/null
+rm -f top.qcow2; must qemu-img create -q -f qcow2 -b old.qcow2 -F qcow2 top.qcow2 6M
+must qemu-io -f qcow2 -c "write -P 5 100k 8k" -c "write -P 6 3M 64k" -c "write -P 7 5M 4k" top.qcow2 >/dev/null
+must qemu-img convert -O raw top.qcow2 expect.raw
+cp top.qcow2 vtop.qcow2
+must qemu-img rebase -q -b new.qcow2 -F qcow2 top.qcow2
+must "$VBD_IMG" rebase -q -b new.qcow2 -F qcow2 vtop.qcow2
+must qemu-img compare -F raw vtop.qcow2 expect.raw >/dev/null
+diff <(shape top.qcow2) <(shape vtop.qcow2) || fail "map after rebase onto a shorter backing differs from qemu-img's"
+[ "$(stat -c %s top.qcow2)" = "$(stat -c %s vtop.qcow2)" ] || fail "rebase onto a shorter backing: file sizes differ"
+qcheck vtop.qcow2
+echo OK
