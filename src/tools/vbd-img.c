@@ -55,6 +55,19 @@ static bool parse_output(const char *s, bool *json)
 /* Merge "-o a=b,c=d" strings into one options object. "help" is special. */
 static int add_o(struct json_object **opts, const char *s)
 {
+    /* qemu-img takes a "?" element of the list as "help" (the keyval syntax has no such key) */
+    for (const char *p = s; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == 1 && *p == '?') {
+            if (!*opts)
+                *opts = json_object_new_object();
+            json_object_object_add(*opts, "help", json_object_new_boolean(true));
+            return 0;
+        }
+        p += len;
+        while (*p == ',')
+            p++;
+    }
     struct vbd_error *err = NULL;
     struct json_object *o = vbd_keyval_parse(s, NULL, &err);
     if (!o) {
@@ -1938,6 +1951,8 @@ static int verb_bench(int argc, char **argv)
 /* ------------------------------------------------------------------ */
 /* dispatch                                                            */
 
+int verb_bitmap(int argc, char **argv); /* img-bitmap.c */
+
 static const struct verb {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -1945,6 +1960,7 @@ static const struct verb {
 } verbs[] = {
     {"amend", verb_amend, "change format options of an image"},
     {"bench", verb_bench, "run a simple I/O benchmark on an image"},
+    {"bitmap", verb_bitmap, "add, remove, clear, enable, disable or merge persistent dirty bitmaps"},
     {"check", verb_check, "check (and repair) an image's metadata"},
     {"commit", verb_commit, "write an image's changes into its backing file"},
     {"compare", verb_compare, "compare the contents of two images"},

@@ -281,10 +281,6 @@ static int downgrade(struct qcow2_state *s, struct vbd_error **err)
         vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with a non-zlib compression type");
         return -ENOTSUP;
     }
-    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
-        vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with persistent bitmaps");
-        return -ENOTSUP;
-    }
     if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
         vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with a data file");
         return -ENOTSUP;
@@ -294,7 +290,12 @@ static int downgrade(struct qcow2_state *s, struct vbd_error **err)
                        (unsigned long long)(s->incompat & ~QCOW2_INCOMPAT_DIRTY));
         return -ENOTSUP;
     }
-    int rc = qcow2_writeback(s);
+    /* v2 has no bitmaps: QEMU 7.2 accepts the downgrade and clears the
+     * autoclear bit, which orphans them (leaked clusters, a warning at every
+     * open); they are removed here instead, clusters released */
+    int rc = qcow2_bitmaps_remove_all(s, err);
+    if (rc == 0)
+        rc = qcow2_writeback(s);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s);
     if (rc < 0)
