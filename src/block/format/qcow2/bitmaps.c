@@ -807,3 +807,84 @@ int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, stru
     vbd_co_mutex_unlock(&s->lock);
     return rc;
 }
+
+/* Before a resize: every bitmap must be one that can follow it (QEMU
+ * refuses with an inconsistent one). Lock held. */
+int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
+{
+    struct dir d;
+    int rc = dir_load(s, &d);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "qcow2: could not read the bitmap directory: %s", strerror(-rc));
+        return rc;
+    }
+    for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
+        bool tracked = false;
+        for (int k = 0; k < s->nbitmaps && !tracked; k++)
+            tracked = s->bitmaps[k].tracking &&
+                      strlen(s->bitmaps[k].name) == entry_name_len(&d.e[i]) &&
+                      !memcmp(s->bitmaps[k].name, entry_name(&d.e[i]), entry_name_len(&d.e[i]));
+        if (((get_be32p(d.e[i].raw + 12) & BME_IN_USE) && !tracked) || d.e[i].raw[16] != 1) {
+            vbd_error_setf(err, EINVAL, "Bitmap '%.*s' is inconsistent and cannot be used", (int)entry_name_len(&d.e[i]),
+                           entry_name(&d.e[i]));
+            rc = -EINVAL;
+        }
+    }
+    dir_free(&d);
+    return rc;
+}
+
+/* Every bitmap made to cover `size` bytes (bits past the old end clear,
+ * bits past the new end dropped), written to new clusters. The bitmaps
+ * are not tracked again until qcow2_bitmaps_reload(). Lock held. */
+int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
+{
+    struct dir d = {0};
+    int rc = begin_change(s);
+    if (rc == 0)
+        rc = dir_load(s, &d);
+    for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
+        struct dir_entry *e = &d.e[i];
+        if ((get_be32p(e->raw + 12) & BME_IN_USE) || e->raw[16] != 1)
+            continue; /* refused before (qcow2_bitmaps_check_resize) */
+        if ((rc = entry_bits(s, e)) < 0)
+            break;
+        uint32_t g = e->raw[17];
+        uint64_t nbits = (size + (1ull << g) - 1) >> g, bytes = (nbits + 7) / 8;
+        uint64_t tsize = (bytes + s->cluster_size - 1) / s->cluster_size;
+        if (!tsize)
+            tsize = 1;
+        if (tsize > BME_MAX_TABLE_ENTRIES) {
+            rc = -EFBIG;
+            break;
+        }
+        uint8_t *bits = calloc(1, bytes + 1);
+        if (!bits) {
+            rc = -ENOMEM;
+            break;
+        }
+        uint64_t keep = nbits < e->nbits ? nbits : e->nbits;
+        memcpy(bits, e->bits, (keep + 7) / 8);
+        if (keep % 8)
+            bits[keep / 8] &= (uint8_t)((1u << (keep % 8)) - 1);
+        free(e->bits);
+        e->bits = bits;
+        e->nbits = nbits;
+        put_be32p(e->raw + 8, (uint32_t)tsize);
+    }
+    if (rc == 0)
+        rc = dir_store(s, &d, err);
+    dir_free(&d);
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "qcow2: could not resize the persistent bitmaps: %s", strerror(-rc));
+    return rc;
+}
+
+/* After a resize (the node's size current): the enabled bitmaps tracked again. Lock held. */
+int qcow2_bitmaps_reload(struct qcow2_state *s, struct vbd_error **err)
+{
+    if (s->read_only)
+        return 0;
+    qcow2_bitmaps_free(s);
+    return qcow2_bitmaps_open(s, err);
+}
