@@ -455,9 +455,8 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         vbd_error_setf(err, EINVAL, "Backing format cannot be used without backing file");
         goto out;
     }
-    if (has_size && size < n->size) {
-        vbd_error_setf(err, ENOTSUP, "qcow2: amend cannot shrink the image; use 'vbd-img resize --shrink'");
-        rc = -ENOTSUP;
+    if (has_size && size % 512) {
+        vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
         goto out;
     }
     if (has_lazy && lazy && version < 3) {
@@ -487,7 +486,7 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
             rc = downgrade(s, err);
     }
     vbd_co_mutex_unlock(&s->lock);
-    if (rc == 0 && has_size && size > n->size)
+    if (rc == 0 && has_size && size != n->size) /* smaller: discards past the new end, as resize --shrink */
         rc = n->drv->co_truncate(n, size, false, VBD_PREALLOC_OFF, err);
 out:
     free(compat);

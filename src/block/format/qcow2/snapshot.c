@@ -507,7 +507,8 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
 
 /* A read-only view of a snapshot (qemu-img convert -l): its L1 table
  * replaces the active one in memory only; with both id and name given,
- * both must match, as in QEMU. */
+ * both must match, as in QEMU. L2 tables cached are keyed by their host
+ * offset, so they stay valid. */
 int qcow2_snapshot_load_tmp(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
@@ -537,9 +538,7 @@ int qcow2_snapshot_load_tmp(struct vbd_node *n, const char *id, const char *name
     if (rc == 0 && (rc = entry_l1(s, tab + offs[found], &l1, &l1_size)) < 0)
         vbd_error_setf(err, -rc, "Failed to load snapshot's L1 table: %s", strerror(-rc));
     if (rc == 0) {
-        uint64_t disk_size = n->size;
-        if (get_be32p(tab + offs[found] + 36) >= 16)
-            disk_size = get_be64p(tab + offs[found] + 48);
+        /* the node keeps its size, as in QEMU: a snapshot taken at another size is cut or padded with zeroes */
         for (uint32_t k = 0; k < l1_size; k++)
             l1[k] &= ~QCOW_OFLAG_COPIED; /* shared with the snapshot: never written in place */
         free(s->l1);
@@ -547,7 +546,6 @@ int qcow2_snapshot_load_tmp(struct vbd_node *n, const char *id, const char *name
         l1 = NULL;
         s->l1_size = l1_size;
         qcow2_metadata_moved(s);
-        n->size = disk_size;
     }
     vbd_co_mutex_unlock(&s->lock);
     free(tab);
