@@ -227,6 +227,66 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
     return rc;
 }
 
+/* Refcount blocks that count nothing but (perhaps) themselves go, as
+ * QEMU's qcow2_shrink_reftable() drops them: the table on disk first, then
+ * the block's own reference. Without it the blocks made for the discarded
+ * tail would keep the file long. Lock held, refcounts flushed. */
+static int drop_unused_refblocks(struct qcow2_state *s)
+{
+    uint32_t per_block_bits = s->cluster_bits + 3 - s->refcount_order;
+    bool *unused = calloc(s->reftable_entries + 1, sizeof(bool));
+    if (!unused)
+        return -ENOMEM;
+    bool any = false;
+    int rc = 0;
+    for (uint64_t i = 0; rc == 0 && i < s->reftable_entries; i++) {
+        uint64_t block = s->reftable[i] & REFT_OFFSET_MASK;
+        if (!block)
+            continue;
+        bool empty = true;
+        for (uint64_t c = i << per_block_bits; empty && c < (i + 1) << per_block_bits; c++) {
+            uint64_t refs;
+            if ((rc = qcow2_get_refcount(s, c, &refs)) < 0)
+                break;
+            empty = !refs || c == block >> s->cluster_bits;
+        }
+        unused[i] = rc == 0 && empty;
+        any |= unused[i];
+    }
+    uint64_t bytes = (uint64_t)s->refcount_table_clusters * s->cluster_size;
+    uint64_t *disk = rc == 0 && any ? calloc(1, bytes) : NULL;
+    if (rc == 0 && any && !disk)
+        rc = -ENOMEM;
+    if (disk) {
+        for (uint64_t i = 0; i < s->reftable_entries; i++)
+            disk[i] = unused[i] ? 0 : be64(s->reftable[i]);
+        rc = vbd_node_co_pwrite(s->n->file, s->refcount_table_offset, disk, bytes, 0);
+        if (rc == 0)
+            rc = vbd_node_co_flush(s->n->file);
+        free(disk);
+    }
+    for (uint64_t i = 0; rc == 0 && any && i < s->reftable_entries; i++) {
+        if (!unused[i])
+            continue;
+        uint64_t block = s->reftable[i] & REFT_OFFSET_MASK;
+        s->reftable[i] = 0;
+        qcow2_metadata_moved(s);
+        for (int k = 0; k < s->rc_nslots; k++) /* its cached copy must never be written back */
+            if (s->rc_slots[k].offset == block) {
+                if (s->rc_cur == &s->rc_slots[k])
+                    s->rc_cur = NULL;
+                s->rc_slots[k].offset = 0;
+                s->rc_slots[k].dirty = false;
+            }
+        if ((block >> s->cluster_bits) >> per_block_bits != i) /* counted by another block */
+            rc = qcow2_update_refcount(s, block, -1);
+    }
+    free(unused);
+    if (rc == 0 && any)
+        rc = qcow2_flush_refcounts(s);
+    return rc;
+}
+
 /* The file ends after the last cluster still in use, as QEMU leaves it. */
 static void trim_file(struct qcow2_state *s)
 {
@@ -283,8 +343,13 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
         if (rc < 0)
             return rc;
     }
-    if (!s->external)
+    if (!s->external) {
+        if ((rc = drop_unused_refblocks(s)) < 0) {
+            vbd_error_setf(err, -rc, "qcow2: could not release the unused refcount blocks: %s", strerror(-rc));
+            return rc;
+        }
         trim_file(s);
+    }
     return 0;
 }
 
