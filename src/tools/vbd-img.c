@@ -938,6 +938,7 @@ static int verb_convert(int argc, char **argv)
     }
     if (o_is_help(opts)) {
         print_create_help(out_fmt);
+        json_object_put(opts);
         return 0;
     }
     if (argc - optind < 2) {
@@ -1423,6 +1424,44 @@ static int verb_snapshot(int argc, char **argv)
     return rc;
 }
 
+/* amend -o help: the options amend takes, listed as qemu-img lists them
+ * (the format from -f, or from the image). */
+static int print_amend_help(const char *fmt, const char *filename, bool image_opts)
+{
+    static const char *const amendable[] = {"backing_file", "backing_fmt",   "compat", "data_file", "data_file_raw",
+                                            "lazy_refcounts", "refcount_bits", "size",   NULL};
+    const struct vbd_driver *d = NULL;
+    if (!fmt && filename) {
+        struct vbd_node *n = tool_open(filename, NULL, image_opts, VBD_OPEN_NO_BACKING | VBD_OPEN_FORCE_SHARE, NULL, NULL);
+        if (!n)
+            return 1;
+        d = vbd_node_skip_filters(n)->drv;
+        vbd_node_unref(n);
+    } else if (fmt && !(d = vbd_driver_find(fmt))) {
+        vbd_error_report("Unknown file format '%s'", fmt);
+        return 1;
+    }
+    if (!d) {
+        vbd_error_report("Expecting one image file name");
+        return 1;
+    }
+    if (!d->co_amend) {
+        vbd_error_report("Format driver '%s' does not support option amendment", d->name);
+        return 1;
+    }
+    static const char *const types[] = {"str", "bool (on/off)", "num", "size"};
+    printf("Amend options for '%s':\n", d->name);
+    for (const char *const *a = amendable; *a; a++)
+        for (const struct vbd_opt_desc *o = d->create_opts; o && o->name; o++) {
+            if (strcmp(o->name, *a))
+                continue;
+            char head[64];
+            snprintf(head, sizeof(head), "  %s=<%s>", o->name, types[o->type]);
+            printf("%-24s - %s\n", head, o->help ? o->help : "");
+        }
+    return 0;
+}
+
 static int verb_amend(int argc, char **argv)
 {
     const char *fmt = NULL;
@@ -1447,6 +1486,10 @@ static int verb_amend(int argc, char **argv)
     if (!opts) {
         vbd_error_report("Must specify options (-o)");
         return 1;
+    }
+    if (o_is_help(opts)) {
+        json_object_put(opts);
+        return print_amend_help(fmt_or_null(fmt), optind < argc ? argv[optind] : NULL, image_opts);
     }
     if (optind != argc - 1) {
         vbd_error_report("Expecting one image file name");

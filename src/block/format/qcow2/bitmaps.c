@@ -613,11 +613,14 @@ static int begin_change(struct qcow2_state *s)
     return rc;
 }
 
+/* Also after a failure: the bitmaps were stored, so tracking must resume. */
 static int end_change(struct qcow2_state *s, int rc, struct vbd_error **err)
 {
-    if (rc < 0 || s->read_only)
+    if (s->read_only)
         return rc;
-    return qcow2_bitmaps_open(s, err);
+    qcow2_bitmaps_free(s);
+    int orc = qcow2_bitmaps_open(s, rc < 0 ? NULL : err);
+    return rc < 0 ? rc : orc;
 }
 
 int qcow2_bitmaps_remove_all(struct qcow2_state *s, struct vbd_error **err)
@@ -665,19 +668,9 @@ static int apply(struct qcow2_state *s, struct dir *d, const struct vbd_bitmap_o
     const char *name = op->name;
     int i = dir_find(d, name);
     if (op->action == VBD_BITMAP_ADD) {
-        if (i >= 0)
-            return op_fail(err, EEXIST, op, "Bitmap already exists: %s", name);
+        /* the order of QEMU's checks, so that the same error wins */
         if (!*name)
             return op_fail(err, EINVAL, op, "Bitmap name cannot be empty");
-        if (s->version < 3)
-            return op_fail(err, ENOTSUP, op, "Can't make bitmap '%s' persistent in '%s': Cannot store dirty bitmaps in qcow2 v2 files",
-                           name, s->n->node_name);
-        if (strlen(name) > BME_MAX_NAME)
-            return op_fail(err, EINVAL, op, "Can't make bitmap '%s' persistent in '%s': Name length exceeds maximum (%u characters)",
-                           name, s->n->node_name, BME_MAX_NAME);
-        if (d->n >= BME_MAX_BITMAPS)
-            return op_fail(err, ENOSPC, op, "Can't make bitmap '%s' persistent in '%s': Too many persistent bitmaps", name,
-                           s->n->node_name);
         uint32_t g = op->granularity;
         if (!g) /* QEMU's default: the cluster size, within 4k..64k */
             g = s->cluster_size < 4096 ? 4096 : s->cluster_size > 65536 ? 65536 : (uint32_t)s->cluster_size;
@@ -686,6 +679,15 @@ static int apply(struct qcow2_state *s, struct dir *d, const struct vbd_bitmap_o
             gbits++;
         if ((1ull << gbits) != g || gbits < 9 || gbits > 31)
             return op_fail(err, EINVAL, op, "Granularity must be power of 2 and at least 512");
+        if (s->version < 3)
+            return op_fail(err, ENOTSUP, op, "Can't make bitmap '%s' persistent in '%s': Cannot store dirty bitmaps in qcow2 v2 files",
+                           name, s->n->node_name);
+        if (d->n >= BME_MAX_BITMAPS)
+            return op_fail(err, ENOSPC, op, "Can't make bitmap '%s' persistent in '%s': Too many persistent bitmaps", name,
+                           s->n->node_name);
+        if (strlen(name) > BME_MAX_NAME) /* the name cut short: the reason must fit in the message */
+            return op_fail(err, EINVAL, op, "Can't make bitmap '%.64s...' persistent in '%s': Name length exceeds maximum (%u characters)",
+                           name, s->n->node_name, BME_MAX_NAME);
         uint64_t nbits = (s->n->size + g - 1) >> gbits;
         uint64_t tsize = ((nbits + 7) / 8 + s->cluster_size - 1) / s->cluster_size;
         if (!tsize)
@@ -693,6 +695,8 @@ static int apply(struct qcow2_state *s, struct dir *d, const struct vbd_bitmap_o
         if (tsize > BME_MAX_TABLE_ENTRIES)
             return op_fail(err, EFBIG, op, "Can't make bitmap '%s' persistent in '%s': Too much space will be occupied by the bitmap. "
                            "Use larger granularity", name, s->n->node_name);
+        if (i >= 0)
+            return op_fail(err, EEXIST, op, "Bitmap already exists: %s", name);
         struct dir_entry *grown = realloc(d->e, sizeof(*d->e) * (d->n + 1));
         if (!grown)
             return -ENOMEM;
@@ -880,11 +884,9 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
     return rc;
 }
 
-/* After a resize (the node's size current): the enabled bitmaps tracked again. Lock held. */
-int qcow2_bitmaps_reload(struct qcow2_state *s, struct vbd_error **err)
+/* After qcow2_bitmaps_resize (the node's size current, rc its result):
+ * the enabled bitmaps tracked again. Lock held. */
+int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err)
 {
-    if (s->read_only)
-        return 0;
-    qcow2_bitmaps_free(s);
-    return qcow2_bitmaps_open(s, err);
+    return end_change(s, rc, err);
 }

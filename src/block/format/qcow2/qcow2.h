@@ -183,7 +183,7 @@ int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, stru
 int qcow2_bitmaps_remove_all(struct qcow2_state *s, struct vbd_error **err);
 int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err);
 int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err);
-int qcow2_bitmaps_reload(struct qcow2_state *s, struct vbd_error **err);
+int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err);
 
 /* resize.c */
 int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries);

@@ -339,7 +339,8 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
     }
     n->size = size;
     if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
-        rc = qcow2_bitmaps_resize(s, size, err); /* after the header: a table larger than needed is valid */
+        /* after the header: a table larger than needed is valid */
+        rc = qcow2_bitmaps_reload(s, qcow2_bitmaps_resize(s, size, err), err);
         if (rc < 0)
             return rc;
     }
@@ -373,7 +374,8 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     }
     vbd_co_mutex_lock(&s->lock);
     int rc = 0;
-    if ((s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && (rc = qcow2_bitmaps_check_resize(s, err)) < 0) {
+    bool bitmaps = s->autoclear & QCOW2_AUTOCLEAR_BITMAPS;
+    if (bitmaps && (rc = qcow2_bitmaps_check_resize(s, err)) < 0) {
         vbd_co_mutex_unlock(&s->lock);
         return rc;
     }
@@ -396,8 +398,8 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     if (prealloc != VBD_PREALLOC_OFF && (rc = qcow2_preallocate(s, n->size, size, prealloc, err)) < 0)
         goto out;
     /* bitmaps grow before the size says they must cover more */
-    if ((s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && (rc = qcow2_bitmaps_resize(s, size, err)) < 0)
-        goto out;
+    if (bitmaps && (rc = qcow2_bitmaps_resize(s, size, err)) < 0)
+        goto reload;
     rc = write_header_u64(s, 24, size);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s);
@@ -405,12 +407,10 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
         n->size = size;
     else
         vbd_error_setf(err, -rc, "qcow2: could not update the image size: %s", strerror(-rc));
+reload:
+    if (bitmaps)
+        rc = qcow2_bitmaps_reload(s, rc, err); /* tracked again, at the size the image has */
 out:
-    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
-        int brc = qcow2_bitmaps_reload(s, err); /* tracked again, at the size the image has */
-        if (rc == 0)
-            rc = brc;
-    }
     vbd_co_mutex_unlock(&s->lock);
     return rc;
 }
