@@ -123,6 +123,17 @@ fi
 must "$VBD_IMG" resize -q b.qcow2.v 100M
 qcheck b.qcow2.v
 
+step "shrink with an external data file: the data file is cut too"
+rm -f x.qcow2* x.raw
+for t in q v; do
+    must qemu-img create -q -f qcow2 -o data_file=x$t.raw x.qcow2.$t 64M
+    qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 40M 1M' x.qcow2.$t >/dev/null
+done
+must qemu-img resize -q --shrink x.qcow2.q 16M
+must "$VBD_IMG" resize -q --shrink x.qcow2.v 16M
+compare_results x.qcow2
+[ "$(size_of xv.raw)" = "$(size_of xq.raw)" ] || fail "data file: $(size_of xv.raw) bytes, qemu-img leaves $(size_of xq.raw)"
+
 step "amend -o size= smaller: as qemu-img amend"
 rm -f a.qcow2*
 must qemu-img create -q -f qcow2 a.qcow2 64M

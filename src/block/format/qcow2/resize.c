@@ -338,6 +338,10 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
         return rc;
     }
     n->size = size;
+    /* an external data file is cut at the new end too, as QEMU does */
+    if (s->external && s->data->size > size && (rc = vbd_node_co_truncate(s->data, size, true, VBD_PREALLOC_OFF, err)) < 0 &&
+        rc != -ENOTSUP)
+        return rc;
     if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
         /* after the header: a table larger than needed is valid */
         rc = qcow2_bitmaps_reload(s, qcow2_bitmaps_resize(s, size, err), err);
