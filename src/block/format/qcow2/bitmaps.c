@@ -77,7 +77,7 @@ static int dir_location(struct qcow2_state *s, const struct qcow2_ext *x, uint32
     *nb = get_be32p(x->data);
     *size = get_be64p(x->data + 8);
     *off = get_be64p(x->data + 16);
-    if (!*nb || !*size || *size > BME_MAX_DIR || (*off & (s->cluster_size - 1)) || *off >= s->n->file->size ||
+    if (!*nb || !*size || *size > BME_MAX_DIR || *nb > *size / 24 || (*off & (s->cluster_size - 1)) || *off >= s->n->file->size ||
         *size > s->n->file->size - *off)
         return -EINVAL;
     return 0;
