@@ -87,6 +87,17 @@ struct vbd_snapshot_info {
     uint64_t icount;
 };
 
+/* One change to a persistent dirty bitmap (qemu-img bitmap's actions). */
+enum vbd_bitmap_action { VBD_BITMAP_ADD, VBD_BITMAP_REMOVE, VBD_BITMAP_CLEAR, VBD_BITMAP_ENABLE, VBD_BITMAP_DISABLE, VBD_BITMAP_MERGE };
+struct vbd_bitmap_op {
+    enum vbd_bitmap_action action;
+    const char *name;
+    uint32_t granularity;       /* ADD: bytes per bit, 0 = the format's default */
+    bool disabled;              /* ADD: created not tracking writes */
+    const uint64_t (*ranges)[2]; /* MERGE: the source's dirty (offset, length) ranges */
+    size_t nranges;
+};
+
 /* Create-time option descriptor (help text and validation for -o). */
 enum vbd_opt_type { VBD_OPT_STRING, VBD_OPT_BOOL, VBD_OPT_NUMBER, VBD_OPT_SIZE };
 struct vbd_opt_desc {
@@ -175,6 +186,12 @@ struct vbd_driver {
      * clean, *pnum bytes alike (<= bytes); -ENOENT: no such bitmap,
      * -EINVAL: it is marked inconsistent. */
     int (*co_bitmap_status)(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
+    /* Add, remove, clear, enable, disable or merge into a persistent bitmap
+     * (stored before returning); errors worded as qemu-img's. */
+    int (*co_bitmap_change)(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd_error **err);
+    /* Make a read-only node show an internal snapshot's contents instead
+     * of the active image's (qemu-img convert -l); id and/or name select it. */
+    int (*snapshot_load_tmp)(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err);
     /* The file descriptor whose bytes are the node's, 1:1, read through the
      * page cache (a local file), or -1: lets a server send data with
      * sendfile(2) instead of reading it into memory first. */

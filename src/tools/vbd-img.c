@@ -55,6 +55,19 @@ static bool parse_output(const char *s, bool *json)
 /* Merge "-o a=b,c=d" strings into one options object. "help" is special. */
 static int add_o(struct json_object **opts, const char *s)
 {
+    /* qemu-img takes a "?" element of the list as "help" (the keyval syntax has no such key) */
+    for (const char *p = s; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == 1 && *p == '?') {
+            if (!*opts)
+                *opts = json_object_new_object();
+            json_object_object_add(*opts, "help", json_object_new_boolean(true));
+            return 0;
+        }
+        p += len;
+        while (*p == ',')
+            p++;
+    }
     struct vbd_error *err = NULL;
     struct json_object *o = vbd_keyval_parse(s, NULL, &err);
     if (!o) {
@@ -845,6 +858,60 @@ static void convert_worker(void *opaque)
     vbd_co_queue_wake_all(&cv->order_q);
 }
 
+/* -l snapshot.id=ID,snapshot.name=NAME or -l ID_OR_NAME (an id first, then a name, as qemu-img). */
+static int convert_load_snapshot(struct vbd_node *n, const char *arg)
+{
+    struct vbd_node *img = vbd_node_skip_filters(n);
+    char *id = NULL, *name = NULL;
+    struct vbd_error *err = NULL;
+    int rc = -1;
+    if (!strncmp(arg, "snapshot.", 9)) {
+        struct json_object *o = vbd_keyval_parse(arg, NULL, &err), *sn = NULL, *v;
+        bool ok = o && json_object_object_get_ex(o, "snapshot", &sn) && json_object_is_type(sn, json_type_object);
+        if (ok) {
+            json_object_object_foreach(sn, k, val) {
+                if ((strcmp(k, "id") && strcmp(k, "name")) || !json_object_is_type(val, json_type_string)) {
+                    vbd_error_report("Invalid parameter 'snapshot.%s'", k);
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if (ok && json_object_object_get_ex(sn, "id", &v))
+            id = strdup(json_object_get_string(v));
+        if (ok && json_object_object_get_ex(sn, "name", &v))
+            name = strdup(json_object_get_string(v));
+        json_object_put(o);
+        vbd_error_free(err);
+        err = NULL;
+        if (!ok) {
+            vbd_error_report("Failed in parsing snapshot param '%s'", arg);
+            goto out;
+        }
+    }
+    if (!img->drv->snapshot_load_tmp) {
+        vbd_error_report("Failed to load snapshot: Block format '%s' used by device '%s' does not support internal snapshots",
+                         img->drv->name, img->node_name);
+        goto out;
+    }
+    if (id || name)
+        rc = img->drv->snapshot_load_tmp(img, id, name, &err);
+    else if (!strncmp(arg, "snapshot.", 9))
+        vbd_error_setf(&err, EINVAL, "snapshot_id and name are both NULL");
+    else if ((rc = img->drv->snapshot_load_tmp(img, arg, NULL, &err)) == -ENOENT) {
+        vbd_error_free(err);
+        err = NULL;
+        rc = img->drv->snapshot_load_tmp(img, NULL, arg, &err);
+    }
+    if (rc < 0)
+        vbd_error_report("Failed to load snapshot: %s", err ? err->msg : "failed");
+out:
+    vbd_error_free(err);
+    free(id);
+    free(name);
+    return rc < 0 ? -1 : 0;
+}
+
 static int verb_convert(int argc, char **argv)
 {
     const char *fmt = NULL, *out_fmt = "raw", *cache = "unsafe", *src_cache = "writeback", *backing = NULL,
@@ -858,10 +925,12 @@ static int verb_convert(int argc, char **argv)
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
                                        {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hf:O:o:cpS:nm:Wt:T:B:F:qU", lo, NULL)) != -1) {
+    const char *snapshot = NULL;
+    while ((c = getopt_long(argc, argv, "hf:O:o:cpS:nm:Wt:T:B:F:qUl:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
+        case 'l': snapshot = optarg; break;
         case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
         case 'c': compress = true; break;
         case 'p': progress = true; break;
@@ -892,6 +961,7 @@ static int verb_convert(int argc, char **argv)
         case OPT_TARGET_IMAGE_OPTS: target_image_opts = true; break;
         case 'h':
             printf("Usage: vbd-img convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]\n"
+                   "                       [-l snapshot_param] (snapshot.id=ID,snapshot.name=NAME or an id or name)\n"
                    "                       [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] [--target-image-opts] [-U] filename [filename2 [...]] output_filename\n"
                    "Copy (and concatenate) images into OUTPUT, converting the format. Holes and zero runs of -S bytes\n"
                    "(default 4k) are not written; -c compresses (formats that support it); -m runs N requests in parallel.\n");
@@ -901,6 +971,7 @@ static int verb_convert(int argc, char **argv)
     }
     if (o_is_help(opts)) {
         print_create_help(out_fmt);
+        json_object_put(opts);
         return 0;
     }
     if (argc - optind < 2) {
@@ -919,12 +990,18 @@ static int verb_convert(int argc, char **argv)
     struct convert cv = {.in_order = !out_of_order, .sparse = (uint64_t)sparse, .progress = progress && !quiet,
                          .compress = compress};
     cv.nsrc = argc - optind - 1;
+    if (snapshot && cv.nsrc > 1) {
+        vbd_error_report("No support for concatenating multiple snapshot");
+        return 1;
+    }
     cv.src = calloc(cv.nsrc, sizeof(*cv.src));
     cv.src_start = calloc(cv.nsrc + 1, sizeof(uint64_t));
     int rc = 1;
     for (int i = 0; i < cv.nsrc; i++) {
         cv.src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, src_cache, NULL);
         if (!cv.src[i])
+            goto out;
+        if (snapshot && convert_load_snapshot(cv.src[i], snapshot) < 0)
             goto out;
         cv.src_start[i] = cv.total;
         cv.total += cv.src[i]->size;
@@ -1391,6 +1468,44 @@ static int verb_snapshot(int argc, char **argv)
     return rc;
 }
 
+/* amend -o help: the options amend takes, listed as qemu-img lists them
+ * (the format from -f, or from the image). */
+static int print_amend_help(const char *fmt, const char *filename, bool image_opts)
+{
+    static const char *const amendable[] = {"backing_file", "backing_fmt",   "compat", "data_file", "data_file_raw",
+                                            "lazy_refcounts", "refcount_bits", "size",   NULL};
+    const struct vbd_driver *d = NULL;
+    if (!fmt && filename) {
+        struct vbd_node *n = tool_open(filename, NULL, image_opts, VBD_OPEN_NO_BACKING | VBD_OPEN_FORCE_SHARE, NULL, NULL);
+        if (!n)
+            return 1;
+        d = vbd_node_skip_filters(n)->drv;
+        vbd_node_unref(n);
+    } else if (fmt && !(d = vbd_driver_find(fmt))) {
+        vbd_error_report("Unknown file format '%s'", fmt);
+        return 1;
+    }
+    if (!d) {
+        vbd_error_report("Expecting one image file name");
+        return 1;
+    }
+    if (!d->co_amend) {
+        vbd_error_report("Format driver '%s' does not support option amendment", d->name);
+        return 1;
+    }
+    static const char *const types[] = {"str", "bool (on/off)", "num", "size"};
+    printf("Amend options for '%s':\n", d->name);
+    for (const char *const *a = amendable; *a; a++)
+        for (const struct vbd_opt_desc *o = d->create_opts; o && o->name; o++) {
+            if (strcmp(o->name, *a))
+                continue;
+            char head[64];
+            snprintf(head, sizeof(head), "  %s=<%s>", o->name, types[o->type]);
+            printf("%-24s - %s\n", head, o->help ? o->help : "");
+        }
+    return 0;
+}
+
 static int verb_amend(int argc, char **argv)
 {
     const char *fmt = NULL;
@@ -1415,6 +1530,10 @@ static int verb_amend(int argc, char **argv)
     if (!opts) {
         vbd_error_report("Must specify options (-o)");
         return 1;
+    }
+    if (o_is_help(opts)) {
+        json_object_put(opts);
+        return print_amend_help(fmt_or_null(fmt), optind < argc ? argv[optind] : NULL, image_opts);
     }
     if (optind != argc - 1) {
         vbd_error_report("Expecting one image file name");
@@ -2004,6 +2123,8 @@ static int verb_bench(int argc, char **argv)
 /* ------------------------------------------------------------------ */
 /* dispatch                                                            */
 
+int verb_bitmap(int argc, char **argv); /* img-bitmap.c */
+
 static const struct verb {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -2011,6 +2132,7 @@ static const struct verb {
 } verbs[] = {
     {"amend", verb_amend, "change format options of an image"},
     {"bench", verb_bench, "run a simple I/O benchmark on an image"},
+    {"bitmap", verb_bitmap, "add, remove, clear, enable, disable or merge persistent dirty bitmaps"},
     {"check", verb_check, "check (and repair) an image's metadata"},
     {"commit", verb_commit, "write an image's changes into its backing file"},
     {"compare", verb_compare, "compare the contents of two images"},

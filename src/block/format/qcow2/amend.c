@@ -281,10 +281,6 @@ static int downgrade(struct qcow2_state *s, struct vbd_error **err)
         vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with a non-zlib compression type");
         return -ENOTSUP;
     }
-    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
-        vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with persistent bitmaps");
-        return -ENOTSUP;
-    }
     if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
         vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with a data file");
         return -ENOTSUP;
@@ -294,7 +290,12 @@ static int downgrade(struct qcow2_state *s, struct vbd_error **err)
                        (unsigned long long)(s->incompat & ~QCOW2_INCOMPAT_DIRTY));
         return -ENOTSUP;
     }
-    int rc = qcow2_writeback(s);
+    /* v2 has no bitmaps: QEMU 7.2 accepts the downgrade and clears the
+     * autoclear bit, which orphans them (leaked clusters, a warning at every
+     * open); they are removed here instead, clusters released */
+    int rc = qcow2_bitmaps_remove_all(s, err);
+    if (rc == 0)
+        rc = qcow2_writeback(s);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s);
     if (rc < 0)
@@ -454,9 +455,8 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         vbd_error_setf(err, EINVAL, "Backing format cannot be used without backing file");
         goto out;
     }
-    if (has_size && size < n->size) {
-        vbd_error_setf(err, ENOTSUP, "qcow2: amend cannot shrink the image; use 'vbd-img resize --shrink'");
-        rc = -ENOTSUP;
+    if (has_size && size % 512) {
+        vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
         goto out;
     }
     if (has_lazy && lazy && version < 3) {
@@ -486,7 +486,7 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
             rc = downgrade(s, err);
     }
     vbd_co_mutex_unlock(&s->lock);
-    if (rc == 0 && has_size && size > n->size)
+    if (rc == 0 && has_size && size != n->size) /* smaller: discards past the new end, as resize --shrink */
         rc = n->drv->co_truncate(n, size, false, VBD_PREALLOC_OFF, err);
 out:
     free(compat);

@@ -12,6 +12,7 @@
 #include "vbd/error.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,7 +77,7 @@ static int dir_location(struct qcow2_state *s, const struct qcow2_ext *x, uint32
     *nb = get_be32p(x->data);
     *size = get_be64p(x->data + 8);
     *off = get_be64p(x->data + 16);
-    if (!*nb || !*size || *size > BME_MAX_DIR || (*off & (s->cluster_size - 1)) || *off >= s->n->file->size ||
+    if (!*nb || !*size || *size > BME_MAX_DIR || *nb > *size / 24 || (*off & (s->cluster_size - 1)) || *off >= s->n->file->size ||
         *size > s->n->file->size - *off)
         return -EINVAL;
     return 0;
@@ -342,4 +343,550 @@ void qcow2_bitmaps_free(struct qcow2_state *s)
     s->bitmaps = NULL;
     s->bm_dir = NULL;
     s->nbitmaps = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Managing the bitmaps (vbd-img bitmap, amend compat=0.10): the whole
+ * directory is read, changed in memory and written to new clusters; the
+ * header then points to it, and only after that are the clusters of the
+ * old directory and of changed or removed bitmaps released. A crash
+ * leaves the old or the new set, plus leaked clusters at worst. */
+
+#define BME_MAX_NAME 1023
+#define BME_MAX_BITMAPS 65535
+
+struct dir_entry {
+    uint8_t *raw;  /* the entry as on disk (name and extra data included) */
+    uint64_t len;
+    uint8_t *bits; /* new contents to be written, or NULL: table kept */
+    uint64_t nbits;
+    uint64_t old_table; /* released once the new directory is in place */
+    uint32_t old_table_size;
+};
+
+struct dir {
+    struct dir_entry *e;
+    uint32_t n;
+};
+
+static uint32_t entry_name_len(const struct dir_entry *d)
+{
+    return ((uint32_t)d->raw[18] << 8) | d->raw[19];
+}
+
+static const char *entry_name(const struct dir_entry *d)
+{
+    return (const char *)d->raw + 24 + get_be32p(d->raw + 20);
+}
+
+static void dir_free(struct dir *d)
+{
+    for (uint32_t i = 0; i < d->n; i++) {
+        free(d->e[i].raw);
+        free(d->e[i].bits);
+    }
+    free(d->e);
+    d->e = NULL;
+    d->n = 0;
+}
+
+static int dir_find(const struct dir *d, const char *name)
+{
+    size_t l = strlen(name);
+    for (uint32_t i = 0; i < d->n; i++)
+        if (entry_name_len(&d->e[i]) == l && !memcmp(entry_name(&d->e[i]), name, l))
+            return (int)i;
+    return -1;
+}
+
+static int dir_load(struct qcow2_state *s, struct dir *d)
+{
+    d->e = NULL;
+    d->n = 0;
+    struct qcow2_ext *x = bitmaps_ext(s);
+    if (!x)
+        return 0;
+    uint32_t nb;
+    uint64_t size, off;
+    if (dir_location(s, x, &nb, &size, &off) < 0)
+        return -EINVAL;
+    uint8_t *buf = malloc(size);
+    d->e = calloc(nb, sizeof(*d->e));
+    int rc = buf && d->e ? vbd_node_co_pread(s->n->file, off, buf, size) : -ENOMEM;
+    uint64_t p = 0;
+    for (uint32_t k = 0; rc == 0 && k < nb; k++) {
+        uint64_t len = entry_len(buf + p, size - p);
+        if (!len) {
+            rc = -EINVAL;
+            break;
+        }
+        struct dir_entry *e = &d->e[d->n];
+        e->raw = malloc(len);
+        if (!e->raw) {
+            rc = -ENOMEM;
+            break;
+        }
+        memcpy(e->raw, buf + p, len);
+        e->len = len;
+        d->n++;
+        p += len;
+    }
+    free(buf);
+    if (rc < 0)
+        dir_free(d);
+    return rc;
+}
+
+/* The data clusters a bitmap table points to, then the table's own clusters. */
+static int release_table(struct qcow2_state *s, uint64_t table_offset, uint32_t table_size)
+{
+    if (!table_offset || !table_size || table_size > BME_MAX_TABLE_ENTRIES || (table_offset & (s->cluster_size - 1)))
+        return 0; /* never a valid table: nothing of ours to release */
+    uint64_t *table = malloc((uint64_t)table_size * 8);
+    if (!table)
+        return -ENOMEM;
+    int rc = vbd_node_co_pread(s->n->file, table_offset, table, (uint64_t)table_size * 8);
+    for (uint32_t i = 0; rc == 0 && i < table_size; i++) {
+        uint64_t off = be64(table[i]) & BME_TABLE_OFFSET_MASK;
+        if (off)
+            rc = qcow2_update_refcount(s, off, -1);
+    }
+    free(table);
+    uint64_t bytes = ((uint64_t)table_size * 8 + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    for (uint64_t c = 0; rc == 0 && c < bytes; c += s->cluster_size)
+        rc = qcow2_update_refcount(s, table_offset + c, -1);
+    return rc;
+}
+
+/* New table and data clusters for an entry whose bits changed (all-zero clusters stay unallocated). */
+static int write_bits(struct qcow2_state *s, struct dir_entry *e)
+{
+    uint64_t cs = s->cluster_size, bytes = (e->nbits + 7) / 8;
+    uint32_t tsize = get_be32p(e->raw + 8);
+    uint64_t tbytes = ((uint64_t)tsize * 8 + cs - 1) & ~(cs - 1);
+    uint64_t *table = calloc(1, tbytes);
+    uint8_t *buf = vbd_alloc_aligned(4096, cs);
+    int rc = table && buf ? 0 : -ENOMEM;
+    for (uint32_t t = 0; rc == 0 && t < tsize && t * cs < bytes; t++) {
+        uint64_t n = bytes - t * cs < cs ? bytes - t * cs : cs;
+        bool zero = true;
+        for (uint64_t j = 0; j < n && zero; j++)
+            zero = e->bits[t * cs + j] == 0;
+        if (zero)
+            continue;
+        int64_t at = qcow2_alloc_clusters(s, 1);
+        if (at < 0) {
+            rc = (int)at;
+            break;
+        }
+        memset(buf, 0, cs);
+        memcpy(buf, e->bits + t * cs, n);
+        table[t] = be64((uint64_t)at);
+        rc = vbd_node_co_pwrite(s->n->file, (uint64_t)at, buf, cs, 0);
+    }
+    int64_t at = rc == 0 ? qcow2_alloc_clusters(s, tbytes / cs) : rc;
+    if (at < 0)
+        rc = (int)at;
+    if (rc == 0)
+        rc = vbd_node_co_pwrite(s->n->file, (uint64_t)at, table, tbytes, 0);
+    if (rc == 0)
+        put_be64p(e->raw, (uint64_t)at);
+    free(table);
+    free(buf);
+    return rc;
+}
+
+static int set_bitmaps_ext(struct qcow2_state *s, uint32_t nb, uint64_t size, uint64_t off)
+{
+    struct qcow2_ext *x = NULL;
+    for (int i = 0; i < s->nexts; i++)
+        if (s->exts[i].type == QCOW2_EXT_BITMAPS)
+            x = &s->exts[i];
+    if (!nb) {
+        if (x) {
+            free(x->data);
+            *x = s->exts[--s->nexts];
+        }
+        s->autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
+        return 0;
+    }
+    if (!x) {
+        struct qcow2_ext *grown = realloc(s->exts, sizeof(*s->exts) * (size_t)(s->nexts + 1));
+        if (!grown)
+            return -ENOMEM;
+        s->exts = grown;
+        x = &s->exts[s->nexts++];
+        *x = (struct qcow2_ext){.type = QCOW2_EXT_BITMAPS};
+    }
+    if (x->len < 24) {
+        uint8_t *data = calloc(1, 24);
+        if (!data)
+            return -ENOMEM;
+        free(x->data);
+        x->data = data;
+        x->len = 24;
+    }
+    put_be32p(x->data, nb);
+    put_be32p(x->data + 4, 0);
+    put_be64p(x->data + 8, size);
+    put_be64p(x->data + 16, off);
+    s->autoclear |= QCOW2_AUTOCLEAR_BITMAPS;
+    return 0;
+}
+
+/* Writes d as the image's directory (changed bits first), points the header
+ * to it, then releases what the old one alone referenced. Lock held. */
+static int dir_store(struct qcow2_state *s, struct dir *d, struct vbd_error **err)
+{
+    struct qcow2_ext *x = bitmaps_ext(s);
+    uint64_t old_off = 0, old_size = 0;
+    if (x) {
+        old_size = get_be64p(x->data + 8);
+        old_off = get_be64p(x->data + 16);
+    }
+    int rc = 0;
+    uint64_t size = 0;
+    for (uint32_t i = 0; rc == 0 && i < d->n; i++) {
+        size += d->e[i].len;
+        if (d->e[i].bits)
+            rc = write_bits(s, &d->e[i]);
+    }
+    uint64_t cs = s->cluster_size, at = 0;
+    if (rc == 0 && d->n) {
+        int64_t a = qcow2_alloc_clusters(s, (size + cs - 1) / cs);
+        uint8_t *buf = a >= 0 ? calloc(1, (size + cs - 1) & ~(cs - 1)) : NULL;
+        rc = a < 0 ? (int)a : buf ? 0 : -ENOMEM;
+        for (uint64_t p = 0, i = 0; rc == 0 && i < d->n; p += d->e[i++].len)
+            memcpy(buf + p, d->e[i].raw, d->e[i].len);
+        if (rc == 0)
+            rc = vbd_node_co_pwrite(s->n->file, (uint64_t)a, buf, (size + cs - 1) & ~(cs - 1), 0);
+        free(buf);
+        at = a < 0 ? 0 : (uint64_t)a;
+    }
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s); /* everything the header will point to is on disk */
+    uint64_t old_autoclear = s->autoclear;
+    if (rc == 0)
+        rc = set_bitmaps_ext(s, d->n, size, at);
+    if (rc == 0 && (rc = qcow2_rewrite_header(s, s->n->backing_file, s->n->backing_format, err)) < 0)
+        s->autoclear = old_autoclear;
+    if (rc < 0)
+        return rc;
+    for (uint64_t c = 0; old_off && c < old_size; c += cs)
+        rc = rc ? rc : qcow2_update_refcount(s, old_off + c, -1);
+    for (uint32_t i = 0; rc == 0 && i < d->n; i++)
+        if (d->e[i].old_table)
+            rc = release_table(s, d->e[i].old_table, d->e[i].old_table_size);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    return rc;
+}
+
+/* The bits of an entry, for changing: read from its clusters. */
+static int entry_bits(struct qcow2_state *s, struct dir_entry *e)
+{
+    if (e->bits)
+        return 0;
+    struct qcow2_bitmap b = {0};
+    int rc = load_entry(s, e->raw, &b);
+    if (rc < 0)
+        return rc;
+    e->bits = b.bits;
+    e->nbits = b.nbits;
+    e->old_table = b.table_offset;
+    e->old_table_size = b.table_size;
+    return 0;
+}
+
+/* The bitmaps tracked in memory reach the disk (in-use cleared) before
+ * the directory is changed; they are loaded again afterwards. */
+static int begin_change(struct qcow2_state *s)
+{
+    int rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc == 0 && s->nbitmaps)
+        rc = qcow2_bitmaps_store(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    qcow2_bitmaps_free(s);
+    return rc;
+}
+
+/* Also after a failure: the bitmaps were stored, so tracking must resume. */
+static int end_change(struct qcow2_state *s, int rc, struct vbd_error **err)
+{
+    if (s->read_only)
+        return rc;
+    qcow2_bitmaps_free(s);
+    int orc = qcow2_bitmaps_open(s, rc < 0 ? NULL : err);
+    return rc < 0 ? rc : orc;
+}
+
+int qcow2_bitmaps_remove_all(struct qcow2_state *s, struct vbd_error **err)
+{
+    if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+        return 0;
+    struct dir d, empty = {0};
+    int rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    qcow2_bitmaps_free(s); /* their bits are going: nothing to store */
+    if (rc == 0)
+        rc = dir_load(s, &d);
+    if (rc < 0)
+        return rc;
+    for (uint32_t i = 0; i < d.n; i++) {
+        d.e[i].old_table = get_be64p(d.e[i].raw);
+        d.e[i].old_table_size = get_be32p(d.e[i].raw + 8);
+    }
+    rc = dir_store(s, &empty, err);
+    for (uint32_t i = 0; rc == 0 && i < d.n; i++)
+        rc = release_table(s, d.e[i].old_table, d.e[i].old_table_size);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    dir_free(&d);
+    return rc;
+}
+
+static int op_fail(struct vbd_error **err, int rc, const struct vbd_bitmap_op *op, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int op_fail(struct vbd_error **err, int rc, const struct vbd_bitmap_op *op, const char *fmt, ...)
+{
+    (void)op;
+    char msg[1400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    vbd_error_setf(err, rc, "%s", msg);
+    return -rc;
+}
+
+static int apply(struct qcow2_state *s, struct dir *d, const struct vbd_bitmap_op *op, struct vbd_error **err)
+{
+    const char *name = op->name;
+    int i = dir_find(d, name);
+    if (op->action == VBD_BITMAP_ADD) {
+        /* the order of QEMU's checks, so that the same error wins */
+        if (!*name)
+            return op_fail(err, EINVAL, op, "Bitmap name cannot be empty");
+        uint32_t g = op->granularity;
+        if (!g) /* QEMU's default: the cluster size, within 4k..64k */
+            g = s->cluster_size < 4096 ? 4096 : s->cluster_size > 65536 ? 65536 : (uint32_t)s->cluster_size;
+        uint32_t gbits = 0;
+        while ((1ull << gbits) < g)
+            gbits++;
+        if ((1ull << gbits) != g || gbits < 9 || gbits > 31)
+            return op_fail(err, EINVAL, op, "Granularity must be power of 2 and at least 512");
+        if (s->version < 3)
+            return op_fail(err, ENOTSUP, op, "Can't make bitmap '%s' persistent in '%s': Cannot store dirty bitmaps in qcow2 v2 files",
+                           name, s->n->node_name);
+        if (d->n >= BME_MAX_BITMAPS)
+            return op_fail(err, ENOSPC, op, "Can't make bitmap '%s' persistent in '%s': Too many persistent bitmaps", name,
+                           s->n->node_name);
+        if (strlen(name) > BME_MAX_NAME) /* the name cut short: the reason must fit in the message */
+            return op_fail(err, EINVAL, op, "Can't make bitmap '%.64s...' persistent in '%s': Name length exceeds maximum (%u characters)",
+                           name, s->n->node_name, BME_MAX_NAME);
+        uint64_t nbits = (s->n->size + g - 1) >> gbits;
+        uint64_t tsize = ((nbits + 7) / 8 + s->cluster_size - 1) / s->cluster_size;
+        if (!tsize)
+            tsize = 1;
+        if (tsize > BME_MAX_TABLE_ENTRIES)
+            return op_fail(err, EFBIG, op, "Can't make bitmap '%s' persistent in '%s': Too much space will be occupied by the bitmap. "
+                           "Use larger granularity", name, s->n->node_name);
+        if (i >= 0)
+            return op_fail(err, EEXIST, op, "Bitmap already exists: %s", name);
+        struct dir_entry *grown = realloc(d->e, sizeof(*d->e) * (d->n + 1));
+        if (!grown)
+            return -ENOMEM;
+        d->e = grown;
+        size_t nl = strlen(name);
+        struct dir_entry *e = &d->e[d->n];
+        *e = (struct dir_entry){.len = (24 + nl + 7) & ~7ull, .nbits = nbits};
+        e->raw = calloc(1, e->len);
+        e->bits = calloc(1, (nbits + 7) / 8 + 1);
+        if (!e->raw || !e->bits) {
+            free(e->raw);
+            free(e->bits);
+            return -ENOMEM;
+        }
+        put_be32p(e->raw + 8, (uint32_t)tsize);
+        put_be32p(e->raw + 12, op->disabled ? 0 : BME_AUTO);
+        e->raw[16] = 1;
+        e->raw[17] = (uint8_t)gbits;
+        e->raw[18] = (uint8_t)(nl >> 8);
+        e->raw[19] = (uint8_t)nl;
+        memcpy(e->raw + 24, name, nl);
+        d->n++;
+        return 0;
+    }
+    if (i < 0)
+        return op_fail(err, ENOENT, op, "Dirty bitmap '%s' not found", name);
+    struct dir_entry *e = &d->e[i];
+    uint32_t flags = get_be32p(e->raw + 12);
+    if (op->action == VBD_BITMAP_REMOVE) {
+        /* its clusters are released by the caller once the directory without it is written */
+        free(e->raw);
+        free(e->bits);
+        memmove(e, e + 1, sizeof(*e) * (d->n - (uint32_t)i - 1));
+        d->n--;
+        return 0;
+    }
+    if ((flags & BME_IN_USE) || e->raw[16] != 1)
+        return op_fail(err, EINVAL, op, "Bitmap '%s' is inconsistent and cannot be used", name);
+    switch (op->action) {
+    case VBD_BITMAP_ENABLE:
+        put_be32p(e->raw + 12, flags | BME_AUTO);
+        return 0;
+    case VBD_BITMAP_DISABLE:
+        put_be32p(e->raw + 12, flags & ~BME_AUTO);
+        return 0;
+    case VBD_BITMAP_CLEAR:
+    case VBD_BITMAP_MERGE: {
+        int rc = entry_bits(s, e);
+        if (rc < 0)
+            return op_fail(err, -rc, op, "Could not read bitmap '%s': %s", name, strerror(-rc));
+        if (op->action == VBD_BITMAP_CLEAR) {
+            memset(e->bits, 0, (e->nbits + 7) / 8);
+            return 0;
+        }
+        uint32_t g = e->raw[17];
+        for (size_t r = 0; r < op->nranges; r++) {
+            uint64_t off = op->ranges[r][0], len = op->ranges[r][1];
+            if (!len)
+                continue;
+            uint64_t last = (off + len - 1) >> g;
+            for (uint64_t k = off >> g; k <= last && k < e->nbits; k++)
+                e->bits[k / 8] |= (uint8_t)(1u << (k % 8));
+        }
+        return 0;
+    }
+    default:
+        return op_fail(err, EINVAL, op, "unknown bitmap operation");
+    }
+}
+
+int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    if (n->read_only) {
+        vbd_error_setf(err, EROFS, "qcow2: the image is open read-only");
+        return -EROFS;
+    }
+    vbd_co_mutex_lock(&s->lock);
+    struct dir d = {0};
+    int rc = begin_change(s);
+    if (rc == 0)
+        rc = dir_load(s, &d);
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "qcow2: could not read the bitmap directory: %s", strerror(-rc));
+    /* entries removed stay released only after the new directory is written */
+    uint64_t (*gone)[2] = NULL;
+    uint32_t ngone = 0;
+    if (rc == 0 && op->action == VBD_BITMAP_REMOVE) {
+        int i = dir_find(&d, op->name);
+        if (i >= 0) {
+            gone = malloc(sizeof(*gone));
+            if (!gone)
+                rc = -ENOMEM;
+            else {
+                gone[0][0] = get_be64p(d.e[i].raw);
+                gone[0][1] = get_be32p(d.e[i].raw + 8);
+                ngone = 1;
+            }
+        }
+    }
+    if (rc == 0)
+        rc = apply(s, &d, op, err);
+    if (rc == 0 && (rc = dir_store(s, &d, err)) < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "qcow2: could not write the bitmap directory: %s", strerror(-rc));
+    for (uint32_t k = 0; rc == 0 && k < ngone; k++)
+        rc = release_table(s, gone[k][0], (uint32_t)gone[k][1]);
+    if (rc == 0 && ngone)
+        rc = qcow2_flush_refcounts(s);
+    free(gone);
+    dir_free(&d);
+    rc = end_change(s, rc, err);
+    vbd_co_mutex_unlock(&s->lock);
+    return rc;
+}
+
+/* Before a resize: every bitmap must be one that can follow it (QEMU
+ * refuses with an inconsistent one). Lock held. */
+int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
+{
+    struct dir d;
+    int rc = dir_load(s, &d);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "qcow2: could not read the bitmap directory: %s", strerror(-rc));
+        return rc;
+    }
+    for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
+        bool tracked = false;
+        for (int k = 0; k < s->nbitmaps && !tracked; k++)
+            tracked = s->bitmaps[k].tracking &&
+                      strlen(s->bitmaps[k].name) == entry_name_len(&d.e[i]) &&
+                      !memcmp(s->bitmaps[k].name, entry_name(&d.e[i]), entry_name_len(&d.e[i]));
+        if (((get_be32p(d.e[i].raw + 12) & BME_IN_USE) && !tracked) || d.e[i].raw[16] != 1) {
+            vbd_error_setf(err, EINVAL, "Bitmap '%.*s' is inconsistent and cannot be used", (int)entry_name_len(&d.e[i]),
+                           entry_name(&d.e[i]));
+            rc = -EINVAL;
+        }
+    }
+    dir_free(&d);
+    return rc;
+}
+
+/* Every bitmap made to cover `size` bytes (bits past the old end clear,
+ * bits past the new end dropped), written to new clusters. The bitmaps
+ * are not tracked again until qcow2_bitmaps_reload(). Lock held. */
+int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
+{
+    struct dir d = {0};
+    int rc = begin_change(s);
+    if (rc == 0)
+        rc = dir_load(s, &d);
+    for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
+        struct dir_entry *e = &d.e[i];
+        if ((get_be32p(e->raw + 12) & BME_IN_USE) || e->raw[16] != 1)
+            continue; /* refused before (qcow2_bitmaps_check_resize) */
+        if ((rc = entry_bits(s, e)) < 0)
+            break;
+        uint32_t g = e->raw[17];
+        uint64_t nbits = (size + (1ull << g) - 1) >> g, bytes = (nbits + 7) / 8;
+        uint64_t tsize = (bytes + s->cluster_size - 1) / s->cluster_size;
+        if (!tsize)
+            tsize = 1;
+        if (tsize > BME_MAX_TABLE_ENTRIES) {
+            rc = -EFBIG;
+            break;
+        }
+        uint8_t *bits = calloc(1, bytes + 1);
+        if (!bits) {
+            rc = -ENOMEM;
+            break;
+        }
+        uint64_t keep = nbits < e->nbits ? nbits : e->nbits;
+        memcpy(bits, e->bits, (keep + 7) / 8);
+        if (keep % 8)
+            bits[keep / 8] &= (uint8_t)((1u << (keep % 8)) - 1);
+        free(e->bits);
+        e->bits = bits;
+        e->nbits = nbits;
+        put_be32p(e->raw + 8, (uint32_t)tsize);
+    }
+    if (rc == 0)
+        rc = dir_store(s, &d, err);
+    dir_free(&d);
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "qcow2: could not resize the persistent bitmaps: %s", strerror(-rc));
+    return rc;
+}
+
+/* After qcow2_bitmaps_resize (the node's size current, rc its result):
+ * the enabled bitmaps tracked again. Lock held. */
+int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err)
+{
+    return end_change(s, rc, err);
 }

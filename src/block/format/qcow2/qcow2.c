@@ -1415,5 +1415,7 @@ static const struct vbd_driver qcow2_driver = {
     .change_backing_file = qcow2_change_backing_file,
     .co_make_empty = qcow2_make_empty,
     .co_bitmap_status = qcow2_bitmap_status,
+    .co_bitmap_change = qcow2_bitmap_change,
+    .snapshot_load_tmp = qcow2_snapshot_load_tmp,
 };
 VBD_DRIVER_REGISTER(qcow2, qcow2_driver);

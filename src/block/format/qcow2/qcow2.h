@@ -197,6 +197,11 @@ void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len);
 int qcow2_bitmaps_store(struct qcow2_state *s);
 void qcow2_bitmaps_free(struct qcow2_state *s);
 int qcow2_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
+int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd_error **err);
+int qcow2_bitmaps_remove_all(struct qcow2_state *s, struct vbd_error **err);
+int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err);
+int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err);
+int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err);
 
 /* resize.c */
 int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries);
@@ -222,6 +227,7 @@ int qcow2_snapshot_l1_ranges(struct qcow2_state *s);
 int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, struct vbd_error **err);
 int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_error **err);
 int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err);
+int qcow2_snapshot_load_tmp(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err);
 
 /* check.c */
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);

@@ -169,88 +169,193 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
     return rc;
 }
 
-/* Shrinking drops only what holds no data: the tail must be unallocated
- * (or read as zeroes without a host cluster). */
-static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
+/* Every mapping of [from, end) goes, as QEMU's shrink discards it: the
+ * entries of the table holding the new end are cleared, tables wholly
+ * past it are dropped from L1; each reference they held (data clusters,
+ * the tables themselves) is released once the change is on disk. Data
+ * shared with a snapshot keeps the snapshot's reference. Lock held. */
+static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
 {
-    struct vbd_node *n = s->n;
-    uint64_t cs = s->cluster_size, per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
-    uint64_t from = (size + cs - 1) & ~(cs - 1);
-    int rc = qcow2_writeback(s);
-    for (uint64_t off = from; rc == 0 && off < n->size;) {
+    uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
+    uint32_t per_table = 1u << s->l2_bits, step = s->extended_l2 ? 2 : 1;
+    int rc = 0;
+    for (uint64_t off = from; rc == 0 && off < end;) {
         uint32_t l1i = (uint32_t)(off / per_l1);
-        if (l1i >= s->l1_size || !(s->l1[l1i] & L1E_OFFSET_MASK)) {
-            off = (uint64_t)(l1i + 1) * per_l1;
+        uint64_t table_end = (uint64_t)(l1i + 1) * per_l1;
+        if (l1i >= s->l1_size)
+            break;
+        uint64_t l2 = s->l1[l1i] & L1E_OFFSET_MASK;
+        if (!l2) {
+            off = table_end;
             continue;
         }
-        uint64_t e, bitmap;
-        rc = qcow2_get_entry(s, off, &e, &bitmap);
-        if (rc < 0)
-            break;
-        enum qcow2_cluster_type t = qcow2_entry_type(s, e);
-        if (t == QCOW2_NORMAL || t == QCOW2_COMPRESSED || t == QCOW2_ZERO_ALLOC || (e & L2E_OFFSET_MASK)) {
-            vbd_error_setf(err, ENOTSUP,
-                           "qcow2: cannot shrink to %llu bytes: data is allocated at offset %llu past the new end "
-                           "(discard it first)",
-                           (unsigned long long)size, (unsigned long long)off);
-            return -ENOTSUP;
-        }
-        off += cs;
-    }
-    if (rc < 0)
-        goto io;
-    /* zero-flag entries past the end go, so that growing again shows zeroes or the backing file as at creation */
-    for (uint64_t off = from; rc == 0 && off < n->size; off += cs) {
-        uint32_t l1i = (uint32_t)(off / per_l1);
-        if (l1i >= s->l1_size || !(s->l1[l1i] & L1E_OFFSET_MASK) || (off % per_l1 == 0 && off + per_l1 <= n->size))
-            continue; /* whole tables past the end are dropped below */
         uint64_t *table;
         uint32_t index;
-        struct qcow2_l2_slot *slot;
-        rc = qcow2_get_l2(s, off, true, &table, &index, &slot);
-        if (rc == 0 && table) {
-            uint64_t *ep = &table[(s->extended_l2 ? 2 : 1) * index];
-            if (ep[0] || (s->extended_l2 && ep[1])) {
+        struct qcow2_l2_slot *slot = NULL;
+        bool whole = off % per_l1 == 0;
+        /* a table kept in part becomes the active image's own (copied if a snapshot shares it) */
+        rc = qcow2_get_l2(s, off, !whole, &table, &index, &slot);
+        if (rc < 0 || !table)
+            break;
+        for (uint32_t k = index; k < per_table; k++) {
+            uint64_t *ep = &table[step * k];
+            if (!ep[0] && (step == 1 || !ep[1]))
+                continue;
+            qcow2_release_entry(s, be64(ep[0]));
+            if (!whole) {
                 ep[0] = 0;
-                if (s->extended_l2)
+                if (step == 2)
                     ep[1] = 0;
                 slot->dirty = true;
             }
         }
+        if (whole) {
+            s->l1[l1i] = 0;
+            qcow2_metadata_moved(s);
+            rc = qcow2_write_l1_entry(s, l1i);
+            if (slot) {
+                slot->offset = 0;
+                slot->dirty = false;
+            }
+            if (rc == 0)
+                qcow2_defer_free(s, l2);
+        }
+        off = table_end;
     }
     if (rc == 0)
-        rc = qcow2_writeback(s);
-    /* L2 tables wholly past the new end: the L1 entry first, then the table's reference */
-    for (uint32_t i = (uint32_t)((from + per_l1 - 1) / per_l1); rc == 0 && i < s->l1_size; i++) {
-        uint64_t l2 = s->l1[i] & L1E_OFFSET_MASK;
-        if (!l2)
+        rc = qcow2_writeback(s); /* tables and L1 on disk, then the references go */
+    return rc;
+}
+
+/* Refcount blocks that count nothing but (perhaps) themselves go, as
+ * QEMU's qcow2_shrink_reftable() drops them: the table on disk first, then
+ * the block's own reference. Without it the blocks made for the discarded
+ * tail would keep the file long. Lock held, refcounts flushed. */
+static int drop_unused_refblocks(struct qcow2_state *s)
+{
+    uint32_t per_block_bits = s->cluster_bits + 3 - s->refcount_order;
+    bool *unused = calloc(s->reftable_entries + 1, sizeof(bool));
+    if (!unused)
+        return -ENOMEM;
+    bool any = false;
+    int rc = 0;
+    for (uint64_t i = 0; rc == 0 && i < s->reftable_entries; i++) {
+        uint64_t block = s->reftable[i] & REFT_OFFSET_MASK;
+        if (!block)
             continue;
-        s->l1[i] = 0;
-        qcow2_metadata_moved(s);
-        rc = qcow2_write_l1_entry(s, i);
-        for (int k = 0; k < s->l2_cache_slots; k++)
-            if (s->l2_cache[k].offset == l2) {
-                s->l2_cache[k].offset = 0;
-                s->l2_cache[k].dirty = false;
-            }
-        if (rc == 0)
-            qcow2_defer_free(s, l2);
+        bool empty = true;
+        for (uint64_t c = i << per_block_bits; empty && c < (i + 1) << per_block_bits; c++) {
+            uint64_t refs;
+            if ((rc = qcow2_get_refcount(s, c, &refs)) < 0)
+                break;
+            empty = !refs || c == block >> s->cluster_bits;
+        }
+        unused[i] = rc == 0 && empty;
+        any |= unused[i];
     }
+    uint64_t bytes = (uint64_t)s->refcount_table_clusters * s->cluster_size;
+    uint64_t *disk = rc == 0 && any ? calloc(1, bytes) : NULL;
+    if (rc == 0 && any && !disk)
+        rc = -ENOMEM;
+    if (disk) {
+        for (uint64_t i = 0; i < s->reftable_entries; i++)
+            disk[i] = unused[i] ? 0 : be64(s->reftable[i]);
+        rc = vbd_node_co_pwrite(s->n->file, s->refcount_table_offset, disk, bytes, 0);
+        if (rc == 0)
+            rc = vbd_node_co_flush(s->n->file);
+        free(disk);
+    }
+    for (uint64_t i = 0; rc == 0 && any && i < s->reftable_entries; i++) {
+        if (!unused[i])
+            continue;
+        uint64_t block = s->reftable[i] & REFT_OFFSET_MASK;
+        s->reftable[i] = 0;
+        qcow2_metadata_moved(s);
+        for (int k = 0; k < s->rc_nslots; k++) /* its cached copy must never be written back */
+            if (s->rc_slots[k].offset == block) {
+                if (s->rc_cur == &s->rc_slots[k])
+                    s->rc_cur = NULL;
+                s->rc_slots[k].offset = 0;
+                s->rc_slots[k].dirty = false;
+            }
+        if ((block >> s->cluster_bits) >> per_block_bits != i) /* counted by another block */
+            rc = qcow2_update_refcount(s, block, -1);
+    }
+    free(unused);
+    if (rc == 0 && any)
+        rc = qcow2_flush_refcounts(s);
+    return rc;
+}
+
+/* The file ends after the last cluster still in use, as QEMU leaves it. */
+static void trim_file(struct qcow2_state *s)
+{
+    uint64_t c = s->file_end >> s->cluster_bits, refs = 0;
+    while (c > 1) {
+        if (qcow2_get_refcount(s, c - 1, &refs) < 0 || refs)
+            break;
+        c--;
+    }
+    uint64_t end = c << s->cluster_bits;
+    if (end >= s->n->file->size)
+        return;
+    struct vbd_error *err = NULL;
+    /* exact: a regular file's truncate to a smaller size is otherwise a no-op;
+     * a block device cannot be cut (-ENOTSUP), which is no news to report */
+    int rc = vbd_node_co_truncate(s->n->file, end, true, VBD_PREALLOC_OFF, &err);
+    if (rc == -ENOTSUP) {
+        vbd_error_free(err);
+        return;
+    }
+    if (rc < 0) {
+        vbd_warn("qcow2: failed to truncate the tail of the image: %s", err ? err->msg : "error");
+        vbd_error_free(err);
+        return;
+    }
+    s->file_end = end;
+    if (s->free_cluster_hint > c)
+        s->free_cluster_hint = c;
+}
+
+/* Shrinking, as QEMU does it: what lies past the new end (rounded up to a
+ * cluster) is discarded, then the size goes down and the file is cut. */
+static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
+{
+    struct vbd_node *n = s->n;
+    uint64_t cs = s->cluster_size;
+    uint64_t from = (size + cs - 1) & ~(cs - 1);
+    int rc = qcow2_writeback(s);
+    if (rc == 0 && from < n->size)
+        rc = drop_mappings(s, from, n->size);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
     if (rc == 0)
         rc = write_header_u64(s, 24, size);
     if (rc == 0)
         rc = vbd_node_co_flush(n->file);
-    if (rc == 0) {
-        n->size = size;
-        rc = qcow2_writeback(s); /* releases the dropped tables */
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "qcow2: could not shrink the image: %s", strerror(-rc));
+        return rc;
     }
-    if (rc == 0)
-        rc = qcow2_flush_refcounts(s);
-    if (rc == 0)
-        return 0;
-io:
-    vbd_error_setf(err, -rc, "qcow2: could not shrink the image: %s", strerror(-rc));
-    return rc;
+    n->size = size;
+    /* an external data file is cut at the new end too, as QEMU does */
+    if (s->external && s->data->size > size && (rc = vbd_node_co_truncate(s->data, size, true, VBD_PREALLOC_OFF, err)) < 0 &&
+        rc != -ENOTSUP)
+        return rc;
+    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
+        /* after the header: a table larger than needed is valid */
+        rc = qcow2_bitmaps_reload(s, qcow2_bitmaps_resize(s, size, err), err);
+        if (rc < 0)
+            return rc;
+    }
+    if (!s->external) {
+        if ((rc = drop_unused_refblocks(s)) < 0) {
+            vbd_error_setf(err, -rc, "qcow2: could not release the unused refcount blocks: %s", strerror(-rc));
+            return rc;
+        }
+        trim_file(s);
+    }
+    return 0;
 }
 
 int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err)
@@ -259,17 +364,12 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     (void)exact;
     if (size == n->size)
         return 0;
-    if (s->nb_snapshots && (size < n->size || s->version < 3)) {
-        vbd_error_setf(err, ENOTSUP, size < n->size ? "Can't shrink an image which has snapshots"
-                                                   : "Can't resize a v2 image which has snapshots");
+    if (s->nb_snapshots && s->version < 3) {
+        vbd_error_setf(err, ENOTSUP, "Can't resize a v2 image which has snapshots");
         return -ENOTSUP;
     }
     if (size < n->size && prealloc != VBD_PREALLOC_OFF) {
         vbd_error_setf(err, ENOTSUP, "Preallocation can't be used for shrinking an image");
-        return -ENOTSUP;
-    }
-    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
-        vbd_error_setf(err, ENOTSUP, "Can't resize an image which has persistent bitmaps");
         return -ENOTSUP;
     }
     if (size % 512) {
@@ -278,6 +378,11 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     }
     vbd_co_mutex_lock(&s->lock);
     int rc = 0;
+    bool bitmaps = s->autoclear & QCOW2_AUTOCLEAR_BITMAPS;
+    if (bitmaps && (rc = qcow2_bitmaps_check_resize(s, err)) < 0) {
+        vbd_co_mutex_unlock(&s->lock);
+        return rc;
+    }
     if (size < n->size) {
         rc = shrink(s, size, err);
         goto out;
@@ -296,6 +401,9 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     /* the clusters are mapped before the size says they exist */
     if (prealloc != VBD_PREALLOC_OFF && (rc = qcow2_preallocate(s, n->size, size, prealloc, err)) < 0)
         goto out;
+    /* bitmaps grow before the size says they must cover more */
+    if (bitmaps && (rc = qcow2_bitmaps_resize(s, size, err)) < 0)
+        goto reload;
     rc = write_header_u64(s, 24, size);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s);
@@ -303,6 +411,9 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
         n->size = size;
     else
         vbd_error_setf(err, -rc, "qcow2: could not update the image size: %s", strerror(-rc));
+reload:
+    if (bitmaps)
+        rc = qcow2_bitmaps_reload(s, rc, err); /* tracked again, at the size the image has */
 out:
     vbd_co_mutex_unlock(&s->lock);
     return rc;

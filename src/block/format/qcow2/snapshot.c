@@ -504,3 +504,52 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
     free(l1);
     return rc;
 }
+
+/* A read-only view of a snapshot (qemu-img convert -l): its L1 table
+ * replaces the active one in memory only; with both id and name given,
+ * both must match, as in QEMU. L2 tables cached are keyed by their host
+ * offset, so they stay valid. */
+int qcow2_snapshot_load_tmp(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    if (!n->read_only) {
+        vbd_error_setf(err, EINVAL, "Device is not readonly");
+        return -EINVAL;
+    }
+    vbd_co_mutex_lock(&s->lock);
+    uint8_t *tab = NULL;
+    uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t)), *l1 = NULL;
+    int rc = offs ? read_table(s, &tab, &len, offs) : -ENOMEM, found = -1;
+    for (uint32_t i = 0; rc == 0 && i < s->nb_snapshots && found < 0; i++) {
+        const uint8_t *e = tab + offs[i];
+        uint32_t extra = get_be32p(e + 36);
+        uint16_t il = (uint16_t)((e[12] << 8) | e[13]), nl = (uint16_t)((e[14] << 8) | e[15]);
+        const char *eid = (const char *)e + 40 + extra, *ename = eid + il;
+        bool id_ok = !id || (strlen(id) == il && !memcmp(eid, id, il));
+        bool name_ok = !name || (strlen(name) == nl && !memcmp(ename, name, nl));
+        if (id_ok && name_ok)
+            found = (int)i;
+    }
+    if (rc == 0 && found < 0) {
+        vbd_error_setf(err, ENOENT, "Can't find snapshot");
+        rc = -ENOENT;
+    }
+    uint32_t l1_size = 0;
+    if (rc == 0 && (rc = entry_l1(s, tab + offs[found], &l1, &l1_size)) < 0)
+        vbd_error_setf(err, -rc, "Failed to load snapshot's L1 table: %s", strerror(-rc));
+    if (rc == 0) {
+        /* the node keeps its size, as in QEMU: a snapshot taken at another size is cut or padded with zeroes */
+        for (uint32_t k = 0; k < l1_size; k++)
+            l1[k] &= ~QCOW_OFLAG_COPIED; /* shared with the snapshot: never written in place */
+        free(s->l1);
+        s->l1 = l1;
+        l1 = NULL;
+        s->l1_size = l1_size;
+        qcow2_metadata_moved(s);
+    }
+    vbd_co_mutex_unlock(&s->lock);
+    free(tab);
+    free(offs);
+    free(l1);
+    return rc;
+}
