@@ -2,6 +2,8 @@
 #ifndef VBD_BLOCK_H
 #define VBD_BLOCK_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -188,12 +190,23 @@ struct vbd_node {
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */
     unsigned supported_zero_flags;  /* VBD_REQ_MAY_UNMAP / FUA / NO_FALLBACK */
     int refcnt;
-    /* generic-layer private */
+    /* generic-layer private (io.c): requests in flight on a node with
+     * request_alignment > 1, which may come from several loops at once */
+    pthread_mutex_t reqs_lock;             /* guards tracked and tracked_seq */
     struct vbd_tracked_req *tracked;
-    struct vbd_co_queue tracked_waiters;
+    uint64_t tracked_seq;
+    atomic_uint untracked_in_flight;       /* aligned requests off the list */
+    atomic_uint serialising_in_flight;     /* read-modify-write requests on the list */
+    pthread_t home_thread;                 /* the thread (loop) that opened it */
     struct vbd_node *next_named;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
 };
+
+/* n->size is written on the node's home loop (open, truncate, refresh, a
+ * protocol file growing under its format) while requests on other loops
+ * check their bounds against it: both sides go through these. */
+static inline uint64_t vbd_node_size(const struct vbd_node *n) { return __atomic_load_n(&n->size, __ATOMIC_RELAXED); }
+static inline void vbd_node_set_size(struct vbd_node *n, uint64_t size) { __atomic_store_n(&n->size, size, __ATOMIC_RELAXED); }
 
 /* A driver file ends with VBD_DRIVER_REGISTER(qcow2, qcow2_driver); and
  * src/block/registry.c lists `vbd_driver_qcow2` once: grep finds every driver. */
