@@ -426,6 +426,7 @@ int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off
     struct vbd_node *img = vbd_node_skip_filters(n);
     if (!img || !img->drv->co_bitmap_status)
         return -ENOENT;
+    assert_home(img);
     if (off >= vbd_node_size(img)) {
         *pnum = bytes;
         return 0;
