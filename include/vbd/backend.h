@@ -52,6 +52,11 @@ struct vbd_backend_opts {
     const char *serial;         /* virtio GET_ID; NULL: name */
 };
 
+/* Concurrency: a backend is created and freed on the home thread of its
+ * root node (vbd/block.h); the co_ functions, the accessors, set_writethrough
+ * and get_stats may be called from any loop at once (the write-through flag
+ * and the statistics are atomics, the rest is fixed at creation). Requests
+ * over a graph that is not multi-loop run on the home loop and come back. */
 struct vbd_backend;
 /* Takes a reference on root. */
 struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_backend_opts *opts, struct vbd_error **err);

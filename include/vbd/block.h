@@ -2,6 +2,8 @@
 #ifndef VBD_BLOCK_H
 #define VBD_BLOCK_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -123,6 +125,38 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
 #define VBD_DRV_CAP_REMOTE 0x8u
 
 /*
+ * Concurrency contract of a node (docs/DESIGN.md, "Concurrency contract").
+ *
+ * Home: every node belongs to the thread, and so the loop, that opened it
+ * (n->home_thread; the daemon's main loop). The graph changes only there:
+ * open, close, references, children, names, options, and every driver
+ * call outside the request path (truncate, refresh_size, get_info, check,
+ * amend, snapshots, bitmaps, change_backing_file, make_empty). Asserted by
+ * vbd_node_ref/unref and by the generic I/O entry points below.
+ *
+ * A driver without VBD_DRV_CAP_MULTI_LOOP (qcow2, the nbd client) is
+ * entered only from its home loop, so its state needs no thread lock, only
+ * coroutine locks (vbd_co_mutex) where a request yields in the middle of an
+ * update. A backend over a graph holding any such node runs its requests
+ * on the home loop (backend.c moves them there and back); io.c asserts it.
+ *
+ * A driver with VBD_DRV_CAP_MULTI_LOOP (file, raw, null-co) may see
+ * co_preadv, co_pwritev, co_flush, co_pdiscard, co_pwrite_zeroes and
+ * co_block_status from coroutines of several loops at once, each doing its
+ * I/O on its own loop's io_uring, and concurrently with the home-loop calls
+ * above. What those calls touch must be immutable after open, atomic, or
+ * under a lock never held across a yield (file: the size through
+ * vbd_node_size/vbd_node_set_size, its extent cache atomic; raw: immutable).
+ * The capability is a promise about the driver's own state only: a node is
+ * entered from several loops only if every node below it is multi-loop
+ * too (raw over qcow2 is single-loop).
+ *
+ * The generic layer (io.c) is multi-loop safe for every node: its list of
+ * requests in flight (alignment, read-modify-write) is guarded by
+ * n->reqs_lock, taken only when a serialising request is in flight.
+ */
+
+/*
  * A driver: one file (qcow2: one folder), one `static const struct
  * vbd_driver` table, one line in src/block/registry.c (pattern 1).
  * Every co_ function runs in a coroutine. Bounds, alignment and read-only
@@ -198,7 +232,10 @@ struct vbd_driver {
     int (*page_cache_fd)(struct vbd_node *n);
 };
 
-/* A node: one driver instance in a graph. Created only through vbd_open*(). */
+/* A node: one driver instance in a graph. Created only through vbd_open*().
+ * Fields are written at open, on the home thread, and only read afterwards
+ * (from any loop for a multi-loop chain), except: size (vbd_node_size), the
+ * generic-layer private part (io.c), refcnt and next_named (home thread). */
 struct vbd_node {
     const struct vbd_driver *drv;
     void *opaque;                /* driver state (drv->state_size bytes) */
@@ -216,12 +253,23 @@ struct vbd_node {
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */
     unsigned supported_zero_flags;  /* VBD_REQ_MAY_UNMAP / FUA / NO_FALLBACK */
     int refcnt;
-    /* generic-layer private */
+    /* generic-layer private (io.c): requests in flight on a node with
+     * request_alignment > 1, which may come from several loops at once */
+    pthread_mutex_t reqs_lock;             /* guards tracked and tracked_seq */
     struct vbd_tracked_req *tracked;
-    struct vbd_co_queue tracked_waiters;
+    uint64_t tracked_seq;
+    atomic_uint untracked_in_flight;       /* aligned requests off the list */
+    atomic_uint serialising_in_flight;     /* read-modify-write requests on the list */
+    pthread_t home_thread;                 /* the thread (loop) that opened it */
     struct vbd_node *next_named;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
 };
+
+/* n->size is written on the node's home loop (open, truncate, refresh, a
+ * protocol file growing under its format) while requests on other loops
+ * check their bounds against it: both sides go through these. */
+static inline uint64_t vbd_node_size(const struct vbd_node *n) { return __atomic_load_n(&n->size, __ATOMIC_RELAXED); }
+static inline void vbd_node_set_size(struct vbd_node *n, uint64_t size) { __atomic_store_n(&n->size, size, __ATOMIC_RELAXED); }
 
 /* A driver file ends with VBD_DRIVER_REGISTER(qcow2, qcow2_driver); and
  * src/block/registry.c lists `vbd_driver_qcow2` once: grep finds every driver. */

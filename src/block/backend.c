@@ -10,7 +10,9 @@
 #include "vbd/error.h"
 #include "vbd/loop.h"
 
+#include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +102,9 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
     struct vbd_backend *be = vbd_xcalloc(1, sizeof(*be));
     vbd_node_ref(root);
     be->root = root;
+    /* Requests hop to the loop that opened the graph when some node in it
+     * is not multi-loop: that is the loop this backend is created on. */
+    assert(pthread_equal(root->home_thread, pthread_self()));
     be->home = chain_multi_loop(root) ? NULL : vbd_loop_current();
     be->read_only = o->read_only;
     atomic_store(&be->writethrough, o->writethrough);
@@ -120,7 +125,7 @@ void vbd_backend_free(struct vbd_backend *be)
 }
 
 struct vbd_node *vbd_backend_node(struct vbd_backend *be) { return be->root; }
-uint64_t vbd_backend_size(struct vbd_backend *be) { return be->root->size; }
+uint64_t vbd_backend_size(struct vbd_backend *be) { return vbd_node_size(be->root); }
 bool vbd_backend_read_only(struct vbd_backend *be) { return be->read_only; }
 bool vbd_backend_writethrough(struct vbd_backend *be) { return atomic_load(&be->writethrough); }
 void vbd_backend_set_writethrough(struct vbd_backend *be, bool wt) { atomic_store(&be->writethrough, wt); }
@@ -168,7 +173,7 @@ static void leave_home(struct vbd_loop *prev)
 
 static int check_req(struct vbd_backend *be, uint64_t off, uint64_t bytes)
 {
-    uint64_t size = be->root->size;
+    uint64_t size = vbd_node_size(be->root);
     if (off > size || bytes > size - off)
         return -EINVAL;
     return 0;

@@ -11,20 +11,40 @@
 #include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define BOUNCE_CHUNK (1u << 20)
 #define MAX_IOV 1024
 
+/*
+ * Overlapping requests on a node with request_alignment > 1 (cache.direct=on
+ * files and raw on top of them). A write that is not aligned is a
+ * read-modify-write of whole blocks: it is "serialising" and must not
+ * overlap any other request in flight, earlier or later, or one of the two
+ * writes is lost. Requests may come from several loops at once (multi-loop
+ * drivers), so the list is guarded by n->reqs_lock, as QEMU's bs->reqs_lock.
+ *
+ * Aligned requests are nearly all of them, and they only need to keep
+ * out of serialising ones: while no serialising request is in flight they
+ * are counted in n->untracked_in_flight, take no lock and stay off the
+ * list. Dekker-style (both sides sequentially consistent): an aligned
+ * request adds itself to the count and then looks for serialising
+ * requests; a serialising request announces itself and then waits for the
+ * count to drain. At least one of the two sees the other. Once a
+ * serialising request is announced, new aligned requests take the lock
+ * and join the list until it is done.
+ */
 struct vbd_tracked_req {
     uint64_t start, end; /* aligned byte range */
-    uint64_t seq;
+    uint64_t seq;        /* order of arrival on the list: only earlier conflicts are waited for */
     bool serialising;
+    bool waiting;        /* yielded in tracked_begin; whoever changes the list wakes it */
+    struct vbd_co *co;
     struct vbd_tracked_req *next;
 };
-
-static uint64_t tracked_seq;
 
 static bool needs_tracking(struct vbd_node *n)
 {
@@ -36,6 +56,48 @@ static bool conflicts(const struct vbd_tracked_req *a, const struct vbd_tracked_
     return a->start < b->end && b->start < a->end && (a->serialising || b->serialising);
 }
 
+/* reqs_lock held */
+static bool must_wait(struct vbd_node *n, const struct vbd_tracked_req *r)
+{
+    if (r->serialising && atomic_load(&n->untracked_in_flight))
+        return true;
+    for (struct vbd_tracked_req *o = n->tracked; o; o = o->next)
+        if (o != r && o->seq < r->seq && conflicts(o, r))
+            return true;
+    return false;
+}
+
+/* reqs_lock held. A waiter on another loop is woken there (vbd_co_wake),
+ * never before it has yielded: its loop runs the wake-up only then. */
+static void wake_waiters(struct vbd_node *n)
+{
+    for (struct vbd_tracked_req *o = n->tracked; o; o = o->next)
+        if (o->waiting) {
+            o->waiting = false;
+            vbd_co_wake(o->co);
+        }
+}
+
+static void untracked_end(struct vbd_node *n)
+{
+    /* The last one out wakes a serialising request waiting for the count. */
+    if (atomic_fetch_sub(&n->untracked_in_flight, 1) == 1 && atomic_load(&n->serialising_in_flight)) {
+        pthread_mutex_lock(&n->reqs_lock);
+        wake_waiters(n);
+        pthread_mutex_unlock(&n->reqs_lock);
+    }
+}
+
+/* The lock-free entry of an aligned request: true if it may go on untracked. */
+static bool untracked_begin(struct vbd_node *n)
+{
+    atomic_fetch_add(&n->untracked_in_flight, 1);
+    if (!atomic_load(&n->serialising_in_flight))
+        return true;
+    untracked_end(n);
+    return false;
+}
+
 /* Register, then wait until no earlier conflicting request is in flight.
  * Waiting only on earlier requests rules out deadlocks. */
 static void tracked_begin(struct vbd_node *n, struct vbd_tracked_req *r, uint64_t off, uint64_t bytes, bool ser)
@@ -44,40 +106,54 @@ static void tracked_begin(struct vbd_node *n, struct vbd_tracked_req *r, uint64_
     r->start = off & ~(a - 1);
     r->end = (off + bytes + a - 1) & ~(a - 1);
     r->serialising = ser;
-    r->seq = ++tracked_seq;
+    r->waiting = false;
+    r->co = vbd_co_self();
+    pthread_mutex_lock(&n->reqs_lock);
+    if (ser)
+        atomic_fetch_add(&n->serialising_in_flight, 1);
+    r->seq = ++n->tracked_seq;
     r->next = n->tracked;
     n->tracked = r;
-    for (;;) {
-        bool wait = false;
-        for (struct vbd_tracked_req *o = n->tracked; o; o = o->next)
-            if (o != r && o->seq < r->seq && conflicts(o, r)) {
-                wait = true;
-                break;
-            }
-        if (!wait)
-            return;
-        vbd_co_queue_wait(&n->tracked_waiters);
+    while (must_wait(n, r)) {
+        r->waiting = true;
+        pthread_mutex_unlock(&n->reqs_lock);
+        vbd_co_yield();
+        pthread_mutex_lock(&n->reqs_lock);
     }
+    pthread_mutex_unlock(&n->reqs_lock);
 }
 
 static void tracked_end(struct vbd_node *n, struct vbd_tracked_req *r)
 {
+    pthread_mutex_lock(&n->reqs_lock);
     for (struct vbd_tracked_req **pp = &n->tracked; *pp; pp = &(*pp)->next)
         if (*pp == r) {
             *pp = r->next;
             break;
         }
-    vbd_co_queue_wake_all(&n->tracked_waiters);
+    if (r->serialising)
+        atomic_fetch_sub(&n->serialising_in_flight, 1);
+    wake_waiters(n);
+    pthread_mutex_unlock(&n->reqs_lock);
+}
+
+/* The concurrency contract (vbd/block.h): a node whose driver is not
+ * multi-loop is entered only from the thread (loop) that opened it. */
+static inline void assert_home(const struct vbd_node *n)
+{
+    assert((n->drv->caps & VBD_DRV_CAP_MULTI_LOOP) || pthread_equal(n->home_thread, pthread_self()));
 }
 
 static int check_range(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
+    assert_home(n);
     if (off > INT64_MAX || bytes > INT64_MAX || off + bytes > INT64_MAX)
         return -EINVAL;
     /* Growable protocol nodes (files) may be written past their end: the
      * format above grows its file. Everything else has a fixed size. */
     bool growable = n->drv->kind == VBD_DRV_PROTOCOL && n->drv->co_truncate;
-    if (!growable && (off > n->size || bytes > n->size - off))
+    uint64_t size = vbd_node_size(n);
+    if (!growable && (off > size || bytes > size - off))
         return -EINVAL;
     return 0;
 }
@@ -192,14 +268,18 @@ static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes,
         return -EINVAL;
     uint64_t a = n->bl.request_alignment;
     bool aligned = !((off | bytes) & (a - 1));
-    if (!needs_tracking(n) && mem_aligned(n, q, qoff, bytes))
+    bool direct = aligned && mem_aligned(n, q, qoff, bytes);
+    if (!needs_tracking(n) && direct)
         return drv_rw(n, write, off, bytes, q, qoff, flags);
+    bool serialising = write && !aligned;
+    if (!serialising && untracked_begin(n)) {
+        rc = direct ? drv_rw(n, write, off, bytes, q, qoff, flags) : bounce_rw(n, write, off, bytes, q, qoff, flags, NULL);
+        untracked_end(n);
+        return rc;
+    }
     struct vbd_tracked_req tr;
-    tracked_begin(n, &tr, off, bytes, write && !aligned);
-    if (aligned && mem_aligned(n, q, qoff, bytes))
-        rc = drv_rw(n, write, off, bytes, q, qoff, flags);
-    else
-        rc = bounce_rw(n, write, off, bytes, q, qoff, flags, NULL);
+    tracked_begin(n, &tr, off, bytes, serialising);
+    rc = direct ? drv_rw(n, write, off, bytes, q, qoff, flags) : bounce_rw(n, write, off, bytes, q, qoff, flags, NULL);
     tracked_end(n, &tr);
     return rc;
 }
@@ -237,6 +317,7 @@ int vbd_node_co_flush(struct vbd_node *n)
     assert(vbd_in_co());
     if (!n || n->read_only)
         return 0;
+    assert_home(n);
     int rc = 0;
     if (n->drv->co_flush)
         rc = n->drv->co_flush(n);
@@ -345,12 +426,13 @@ int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off
     struct vbd_node *img = vbd_node_skip_filters(n);
     if (!img || !img->drv->co_bitmap_status)
         return -ENOENT;
-    if (off >= img->size) {
+    assert_home(img);
+    if (off >= vbd_node_size(img)) {
         *pnum = bytes;
         return 0;
     }
-    if (bytes > img->size - off)
-        bytes = img->size - off;
+    if (bytes > vbd_node_size(img) - off)
+        bytes = vbd_node_size(img) - off;
     return img->drv->co_bitmap_status(img, name, off, bytes, pnum);
 }
 
@@ -374,12 +456,14 @@ int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
 {
     uint64_t m = 0;
     struct vbd_node *f = NULL;
-    if (off >= n->size) {
+    assert_home(n);
+    uint64_t size = vbd_node_size(n);
+    if (off >= size) {
         *pnum = 0;
         return VBD_BS_EOF;
     }
-    if (bytes > n->size - off)
-        bytes = n->size - off;
+    if (bytes > size - off)
+        bytes = size - off;
     int rc;
     if (n->drv->co_block_status) {
         rc = n->drv->co_block_status(n, want_zero, off, bytes, pnum, &m, &f);
@@ -399,7 +483,7 @@ int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
         return rc;
     if (*pnum == 0 || *pnum > bytes)
         *pnum = bytes;
-    if (off + *pnum >= n->size)
+    if (off + *pnum >= size)
         rc |= VBD_BS_EOF;
     if (map)
         *map = m;
@@ -415,11 +499,11 @@ int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, 
     /* depth is 0-based as in qemu-img map: 0 = top. Not present anywhere:
      * the depth of the last layer looked at, flags without ALLOCATED. */
     struct vbd_node *p = vbd_node_skip_filters(top);
-    if (off >= top->size) {
+    if (off >= vbd_node_size(top)) {
         *pnum = 0;
         return VBD_BS_EOF;
     }
-    uint64_t n = bytes < top->size - off ? bytes : top->size - off;
+    uint64_t n = bytes < vbd_node_size(top) - off ? bytes : vbd_node_size(top) - off;
     for (int d = 0;; d++) {
         uint64_t got = 0;
         int rc = vbd_node_co_block_status(p, want_zero, off, n, &got, map, file);
@@ -441,7 +525,7 @@ int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, 
             *pnum = n;
             return rc & ~VBD_BS_ALLOCATED;
         }
-        if (off >= next->size) { /* past the backing file's end: zeroes of this layer, as qemu-img map says */
+        if (off >= vbd_node_size(next)) { /* past the backing file's end: zeroes of this layer, as qemu-img map says */
             *pnum = n;
             return (rc & ~VBD_BS_ALLOCATED) | VBD_BS_ZERO;
         }
@@ -452,6 +536,7 @@ int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, 
 int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
                          struct vbd_error **err)
 {
+    assert_home(n);
     if (n->read_only) {
         vbd_error_setf(err, EACCES, "Image '%s' is read-only", n->filename);
         return -EACCES;
@@ -462,7 +547,7 @@ int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
     }
     int rc = n->drv->co_truncate(n, size, exact, prealloc, err);
     if (rc == 0)
-        n->size = size;
+        vbd_node_set_size(n, size);
     return rc;
 }
 
@@ -498,7 +583,7 @@ int64_t vbd_node_get_allocated_size(struct vbd_node *n)
 int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
 {
     memset(info, 0, sizeof(*info));
-    info->virtual_size = n->size;
+    info->virtual_size = vbd_node_size(n);
     info->actual_size = vbd_node_get_allocated_size(n);
     if (n->drv->get_info)
         return n->drv->get_info(n, info, err);

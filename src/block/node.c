@@ -9,9 +9,11 @@
 #include "vbd/error.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,14 +34,20 @@ struct vbd_node *vbd_node_next(struct vbd_node *prev)
     return prev ? prev->next_named : named_nodes;
 }
 
+/* The graph (references, names, children) changes only on the thread
+ * that opened the node: vbd/block.h, the concurrency contract. */
 void vbd_node_ref(struct vbd_node *n)
 {
+    assert(pthread_equal(n->home_thread, pthread_self()));
     n->refcnt++;
 }
 
 void vbd_node_unref(struct vbd_node *n)
 {
-    if (!n || --n->refcnt > 0)
+    if (!n)
+        return;
+    assert(pthread_equal(n->home_thread, pthread_self()));
+    if (--n->refcnt > 0)
         return;
     if (n->drv->close)
         n->drv->close(n);
@@ -52,6 +60,7 @@ void vbd_node_unref(struct vbd_node *n)
     vbd_node_unref(n->backing);
     vbd_node_unref(n->file);
     json_object_put(n->options);
+    pthread_mutex_destroy(&n->reqs_lock);
     free(n->opaque);
     free(n);
 }
@@ -138,6 +147,8 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
     n = vbd_xcalloc(1, sizeof(*n));
     n->drv = drv;
     n->refcnt = 1;
+    pthread_mutex_init(&n->reqs_lock, NULL);
+    n->home_thread = pthread_self();
     n->open_flags = flags;
     n->read_only = !(flags & VBD_OPEN_RDWR);
     n->bl.request_alignment = 1;
@@ -163,6 +174,7 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
         vbd_node_unref(n->backing);
         vbd_node_unref(n->file);
         json_object_put(n->options);
+        pthread_mutex_destroy(&n->reqs_lock);
         free(n->opaque);
         free(n);
         n = NULL;

@@ -1,17 +1,21 @@
 #!/bin/bash
 # vbd-daemon built with ThreadSanitizer (make build-tsan), rings on two
-# iothreads: a raw node served over vhost-user-blk (4 rings) and NBD at
-# once, a qcow2 node (its requests hop to the main loop and back), and
-# werror=enospc stopping and resuming the rings; every run verifies its
-# data, and the daemon must end without a single ThreadSanitizer report.
+# iothreads. Every node type an export on iothreads can reach (raw over a
+# file with cache.direct=on and off, a file alone, null-co, raw at an
+# unaligned offset so that every write is a read-modify-write, qcow2 over a
+# cache.direct=on file, raw over an nbd client node) is served over
+# vhost-user-blk (4 rings) and NBD (2 connections, main loop) at once, with
+# load on both sides and the data verified both ways; a SIGHUP resize under
+# load; werror=enospc stopping and resuming the rings. The daemon must end
+# without a single ThreadSanitizer report.
 . "$(dirname "$0")/lib.sh"
-need nbdkit qemu-img
+need nbdkit qemu-img qemu-nbd
 TSAN_DAEMON=${VBD_TSAN_BUILD:-$VBD_ROOT/build-tsan}/src/tools/vbd-daemon
 [ -x "$TSAN_DAEMON" ] || skip "no ThreadSanitizer build (make build-tsan)"
 export TSAN_OPTIONS="halt_on_error=0 exitcode=66"
 S=$T/vu.sock N=$T/nbd.sock
-dpid= kpid=
-on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null; [ -n "$kpid" ] && kill $kpid 2>/dev/null'
+dpid= kpid= qpid=
+on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null; [ -n "$kpid" ] && kill $kpid 2>/dev/null; [ -n "$qpid" ] && kill $qpid 2>/dev/null'
 iot=(--object iothread,id=io0 --object iothread,id=io1)
 start() { # daemon options...
     rm -f "$S"
@@ -20,35 +24,120 @@ start() { # daemon options...
     for _ in $(seq 200); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
     cat "$T/daemon.log"; fail "the ThreadSanitizer daemon did not start"
 }
+tsan_report() { # what: fail with the first report if the log has one
+    if grep -q "ThreadSanitizer" "$T/daemon.log"; then
+        grep -A30 "WARNING: ThreadSanitizer" "$T/daemon.log" | head -60
+        grep "^SUMMARY: ThreadSanitizer" "$T/daemon.log" | sort | uniq -c
+        fail "ThreadSanitizer report ($1)"
+    fi
+}
 stop() {
     kill -TERM $dpid; wait $dpid; local rc=$?; dpid=
-    if grep -q "ThreadSanitizer" "$T/daemon.log"; then
-        grep -A30 "WARNING: ThreadSanitizer" "$T/daemon.log" | head -60; fail "ThreadSanitizer report ($1)"
+    tsan_report "$1"
+    [ $rc = 0 ] || { tail -30 "$T/daemon.log"; fail "daemon exit status $rc ($1)"; }
+}
+# A dead daemon leaves vbd-bench waiting for completions: wait for each
+# client or for the daemon to die, whichever comes first.
+bench_bg() { # NAME ARGS...: vbd-bench in the background, output in $T/NAME.out
+    local name=$1; shift
+    "$VBD_BENCH" "$@" >"$T/$name.out" 2>&1 &
+    eval "bpid_$name=$!"
+}
+bench_wait() { # NAME WHAT
+    local pid
+    eval "pid=\$bpid_$1"
+    for _ in $(seq 6000); do
+        kill -0 "$pid" 2>/dev/null || break
+        if ! kill -0 "$dpid" 2>/dev/null; then
+            kill "$pid"; wait "$pid"
+            tail -30 "$T/daemon.log"; tsan_report "$2"; fail "the daemon died during $1 ($2)"
+        fi
+        sleep 0.05
+    done
+    wait "$pid" || { cat "$T/$1.out"; tail -30 "$T/daemon.log"; tsan_report "$2"; fail "vbd-bench $1 failed ($2)"; }
+}
+VU=(--vhost-user "$S" -q 4)
+NB=(--nbd "nbd+unix:///disk?socket=$N" -q 2)
+# load WHAT VERIFY(yes/no): load on 4 rings over 2 iothreads and on 2 NBD
+# connections at once; with VERIFY each side in turn checks every byte of
+# a pattern it wrote while the other side reads.
+load() {
+    local what=$1 verify=$2
+    if [ "$verify" = yes ]; then
+        bench_bg vu "${VU[@]}" -d 16 --verify --size 16M
+        bench_bg nbd "${NB[@]}" -w randread -n 3000
+        bench_wait vu "$what: vhost-user verify"; bench_wait nbd "$what: NBD reads"
     fi
-    [ $rc = 0 ] || { cat "$T/daemon.log"; fail "daemon exit status $rc ($1)"; }
+    bench_bg vu "${VU[@]}" -w randrw:70 -n 12000 --flush-every 50
+    bench_bg nbd "${NB[@]}" -w randrw:70 -n 4000 --flush-every 50
+    bench_wait vu "$what: vhost-user randrw"; bench_wait nbd "$what: NBD randrw"
+    if [ "$verify" = yes ]; then
+        bench_bg nbd "${NB[@]}" -d 16 --verify --size 16M
+        bench_bg vu "${VU[@]}" -w randread -n 6000
+        bench_wait nbd "$what: NBD verify"; bench_wait vu "$what: vhost-user reads"
+    fi
+}
+serve() { # NODE-NAME blockdev options...: start the daemon exporting NODE-NAME both ways
+    local node=$1; shift
+    start "$@" \
+        --export type=vhost-user-blk,id=e0,node-name="$node",addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1 \
+        --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name="$node",name=disk,writable=on
 }
 
-step "raw node on 4 rings over 2 iothreads and on NBD at once: verify both ways, mixed I/O with flushes"
-truncate -s 128M "$T/disk.img"
-start --blockdev driver=file,node-name=f0,filename="$T/disk.img" --blockdev driver=raw,node-name=d0,file=f0 \
-    --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1 \
-    --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=d0,name=disk,writable=on
-must "$VBD_BENCH" --vhost-user "$S" -q 4 -d 16 --verify --size 16M >/dev/null
-"$VBD_BENCH" --vhost-user "$S" -q 4 -w randrw:70 -n 20000 --flush-every 50 >"$T/vu.out" 2>&1 &
-bpid=$!
-must "$VBD_BENCH" --nbd "nbd+unix:///disk?socket=$N" -q 2 -w randrw:70 -n 10000 --flush-every 50 >/dev/null
-wait $bpid || fail "vhost-user randrw: $(cat "$T/vu.out")"
-must "$VBD_BENCH" --nbd "nbd+unix:///disk?socket=$N" --verify --size 16M >/dev/null
-stop "raw"
+step "raw over a cache.direct=on file; SIGHUP resize under load"
+truncate -s 64M "$T/disk.img"
+serve d0 --blockdev driver=file,node-name=f0,filename="$T/disk.img",cache.direct=on --blockdev driver=raw,node-name=d0,file=f0
+load "raw/file direct" yes
+bench_bg vu "${VU[@]}" -w randrw:70 -n 12000 --flush-every 50
+truncate -s 96M "$T/disk.img"
+kill -HUP $dpid
+for _ in $(seq 200); do grep -q "node 'd0' is now" "$T/daemon.log" && break; sleep 0.05; done
+grep -q "node 'd0' is now 100663296 bytes" "$T/daemon.log" || { cat "$T/daemon.log"; fail "SIGHUP: no resize of d0"; }
+bench_wait vu "raw/file direct: randrw across a resize"
+stop "raw over file, cache.direct=on"
 
-step "qcow2 node on 4 rings over 2 iothreads (requests hop to the main loop); qemu-img check clean"
+step "raw over a buffered file"
+truncate -s 0 "$T/disk.img"; truncate -s 64M "$T/disk.img"
+serve d0 --blockdev driver=file,node-name=f0,filename="$T/disk.img" --blockdev driver=raw,node-name=d0,file=f0
+load "raw/file" yes
+stop "raw over file"
+
+step "a cache.direct=on file node alone"
+truncate -s 0 "$T/disk.img"; truncate -s 64M "$T/disk.img"
+serve f0 --blockdev driver=file,node-name=f0,filename="$T/disk.img",cache.direct=on
+load "file direct" yes
+stop "file direct"
+
+step "raw at an unaligned offset over a cache.direct=on file: every write a read-modify-write"
+truncate -s 0 "$T/disk.img"; truncate -s $((64 * 1048576 + 512)) "$T/disk.img"
+serve d0 --blockdev driver=file,node-name=f0,filename="$T/disk.img",cache.direct=on \
+    --blockdev driver=raw,node-name=d0,file=f0,offset=256,size=64M
+load "raw offset/file direct" yes
+stop "raw at an offset over file, cache.direct=on"
+
+step "null-co"
+serve n0 --blockdev driver=null-co,node-name=n0,size=64M,read-zeroes=on
+load "null-co" no
+stop "null-co"
+
+step "qcow2 over a cache.direct=on file (requests hop to the main loop); qemu-img check clean"
 must qemu-img create -q -f qcow2 "$T/disk.qcow2" 64M
-start --blockdev driver=file,node-name=f0,filename="$T/disk.qcow2" --blockdev driver=qcow2,node-name=d0,file=f0 \
-    --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1
-must "$VBD_BENCH" --vhost-user "$S" -q 4 -d 16 --verify --size 16M >/dev/null
-must "$VBD_BENCH" --vhost-user "$S" -q 4 -w randrw:70 -n 10000 --flush-every 50 >/dev/null
+serve d0 --blockdev driver=file,node-name=f0,filename="$T/disk.qcow2",cache.direct=on --blockdev driver=qcow2,node-name=d0,file=f0
+load "qcow2/file direct" yes
 stop "qcow2"
 qcheck "$T/disk.qcow2"
+
+step "raw over an nbd client node (qemu-nbd serving a file)"
+truncate -s 0 "$T/disk.img"; truncate -s 64M "$T/disk.img"
+rm -f "$T/q.sock"
+qemu-nbd -f raw -x q -k "$T/q.sock" --persistent --shared=2 "$T/disk.img" 2>"$T/qemu-nbd.log" &
+qpid=$!
+wait_sock "$T/q.sock"
+serve d0 --blockdev driver=nbd,node-name=c0,server.type=unix,server.path="$T/q.sock",export=q \
+    --blockdev driver=raw,node-name=d0,file=c0
+load "raw/nbd client" yes
+stop "raw over nbd"
+kill $qpid; wait $qpid 2>/dev/null; qpid=
 
 step "werror=enospc on 2 rings over 2 iothreads: stop, retries, resume"
 touch "$T/enospc"
@@ -56,15 +145,14 @@ rm -f "$T/k.sock"
 nbdkit -f -U "$T/k.sock" --filter=error memory 64M error-pwrite=ENOSPC error-pwrite-rate=100% \
     error-pwrite-file="$T/enospc" 2>/dev/null &
 kpid=$!
-for _ in $(seq 100); do [ -S "$T/k.sock" ] && break; sleep 0.1; done
+wait_sock "$T/k.sock"
 start --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/k.sock" --blockdev driver=raw,node-name=d0,file=n0 \
     --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=2,iothread.0=io0,iothread.1=io1,werror=enospc,retry-interval=200
-"$VBD_BENCH" --vhost-user "$S" -q 2 -d 16 --verify --size 8M >"$T/b.out" 2>&1 &
-bpid=$!
+bench_bg b --vhost-user "$S" -q 2 -d 16 --verify --size 8M
 for _ in $(seq 300); do grep -q "the device stops" "$T/daemon.log" && break; sleep 0.1; done
 grep -q "the device stops" "$T/daemon.log" || fail "the device never stopped on ENOSPC"
 rm "$T/enospc"
-wait $bpid || fail "verify after ENOSPC went away: $(cat "$T/b.out")"
+bench_wait b "verify after ENOSPC went away"
 grep -q "went through after" "$T/daemon.log" || fail "no line for the end of the stop"
 stop "werror"
 kill $kpid; wait $kpid 2>/dev/null; kpid=

@@ -155,8 +155,10 @@ static int raw_measure(struct json_object *opts, struct vbd_node *in, uint64_t *
 static int raw_refresh_size(struct vbd_node *n)
 {
     struct raw_state *s = n->opaque;
-    if (!s->has_size)
-        n->size = n->file->size > s->offset ? n->file->size - s->offset : 0;
+    if (!s->has_size) {
+        uint64_t fsize = vbd_node_size(n->file);
+        vbd_node_set_size(n, fsize > s->offset ? fsize - s->offset : 0);
+    }
     return 0;
 }
 

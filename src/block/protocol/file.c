@@ -51,6 +51,26 @@ struct file_state {
     bool locked;
 };
 
+/* The extent cache is read and changed by requests on every loop, without
+ * a lock: each field is accessed atomically and a reader may see a start
+ * and an end from two different extents, or an extent a concurrent
+ * discard just punched. Both only make a hole look like data, which is
+ * always a correct answer (reads of it return zeroes); a range is never
+ * reported as a hole from the cache. */
+static void extent_get(const struct file_state *s, uint64_t *start, uint64_t *end)
+{
+    *start = __atomic_load_n(&s->data_start, __ATOMIC_RELAXED);
+    *end = __atomic_load_n(&s->data_end, __ATOMIC_RELAXED);
+}
+
+static void extent_set(struct file_state *s, uint64_t start, uint64_t end)
+{
+    __atomic_store_n(&s->data_start, start, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->data_end, end, __ATOMIC_RELAXED);
+}
+
+static void extent_forget(struct file_state *s) { extent_set(s, 0, 0); }
+
 static int lock_byte(int fd, off_t byte, short type)
 {
     struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
@@ -155,9 +175,9 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
             vbd_error_setf(err, errno, "Could not get the size of '%s': %s", filename, strerror(errno));
             goto fail;
         }
-        n->size = size;
+        vbd_node_set_size(n, size);
     } else if (S_ISREG(st.st_mode)) {
-        n->size = st.st_size;
+        vbd_node_set_size(n, st.st_size);
     } else {
         vbd_error_setf(err, EINVAL, "Could not open '%s': not a regular file or block device", filename);
         goto fail;
@@ -221,6 +241,15 @@ static enum vbd_aio aio_for(const struct file_state *s, uint64_t bytes)
     return s->in_memory && s->aio == VBD_AIO_IO_URING ? VBD_AIO_SYNC : s->aio;
 }
 
+/* A write past the end grew the file. Writers on several loops may race
+ * here: the size only ever grows. */
+static void grow_to(struct vbd_node *n, uint64_t end)
+{
+    uint64_t cur = vbd_node_size(n);
+    while (end > cur && !__atomic_compare_exchange_n(&n->size, &cur, end, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
 static int file_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                        unsigned flags)
 {
@@ -264,8 +293,8 @@ static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
             free(big);
         }
     }
-    if (rc == 0 && off + bytes > n->size && !s->is_blockdev)
-        n->size = off + bytes;
+    if (rc == 0 && !s->is_blockdev)
+        grow_to(n, off + bytes);
     return rc;
 }
 
@@ -297,7 +326,7 @@ static int file_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
         long rc = vbd_co_run_in_thread(do_blk_ioctl, &b);
         return rc == -EOPNOTSUPP ? -ENOTSUP : (int)rc;
     }
-    s->data_start = s->data_end = 0;
+    extent_forget(s);
     int rc = vbd_co_fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, bytes);
     return rc == -EOPNOTSUPP ? -ENOTSUP : rc;
 }
@@ -311,8 +340,8 @@ static int file_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
         rc = (int)vbd_co_run_in_thread(do_blk_ioctl, &b);
         return rc == -EOPNOTSUPP || rc == -EINVAL ? -ENOTSUP : rc;
     }
-    s->data_start = s->data_end = 0;
-    if ((flags & VBD_REQ_MAY_UNMAP) && off + bytes <= n->size) {
+    extent_forget(s);
+    if ((flags & VBD_REQ_MAY_UNMAP) && off + bytes <= vbd_node_size(n)) {
         rc = vbd_co_fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, bytes);
         if (rc == 0)
             return 0;
@@ -320,8 +349,8 @@ static int file_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
     rc = vbd_co_fallocate(s->fd, FALLOC_FL_ZERO_RANGE, off, bytes);
     if (rc == -EOPNOTSUPP || rc == -EINVAL)
         return -ENOTSUP;
-    if (rc == 0 && off + bytes > n->size)
-        n->size = off + bytes;
+    if (rc == 0)
+        grow_to(n, off + bytes);
     return rc;
 }
 
@@ -335,8 +364,10 @@ static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
         *pnum = bytes;
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     }
-    if (off >= s->data_start && off < s->data_end) {
-        *pnum = s->data_end - off < bytes ? s->data_end - off : bytes;
+    uint64_t cached_start, cached_end;
+    extent_get(s, &cached_start, &cached_end);
+    if (off >= cached_start && off < cached_end) {
+        *pnum = cached_end - off < bytes ? cached_end - off : bytes;
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     }
     off_t data = lseek(s->fd, off, SEEK_DATA);
@@ -358,13 +389,11 @@ static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
     if (hole > (off_t)off) {
         /* one data extent cached; one that touches it grows it (random
          * reads of a fully written file soon hit it every time) */
-        if (s->data_end > s->data_start && off <= s->data_end && (uint64_t)hole >= s->data_start) {
-            s->data_start = off < s->data_start ? off : s->data_start;
-            s->data_end = (uint64_t)hole > s->data_end ? (uint64_t)hole : s->data_end;
-        } else {
-            s->data_start = off;
-            s->data_end = (uint64_t)hole;
-        }
+        if (cached_end > cached_start && off <= cached_end && (uint64_t)hole >= cached_start)
+            extent_set(s, off < cached_start ? off : cached_start,
+                       (uint64_t)hole > cached_end ? (uint64_t)hole : cached_end);
+        else
+            extent_set(s, off, (uint64_t)hole);
     }
     *pnum = len < bytes ? len : bytes;
     return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
@@ -400,21 +429,21 @@ static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
 {
     struct file_state *s = n->opaque;
     if (s->is_blockdev) {
-        if (size > n->size || (exact && size != n->size)) {
+        if (size > vbd_node_size(n) || (exact && size != vbd_node_size(n))) {
             vbd_error_setf(err, ENOTSUP, "Cannot grow device files");
             return -ENOTSUP;
         }
         return 0;
     }
-    uint64_t old = n->size;
+    uint64_t old = vbd_node_size(n);
     if (!exact && size < old)
         return 0;
-    s->data_start = s->data_end = 0;
+    extent_forget(s);
     if (ftruncate(s->fd, size) < 0) {
         vbd_error_setf(err, errno, "Failed to resize '%s': %s", n->filename, strerror(errno));
         return -errno;
     }
-    n->size = size;
+    vbd_node_set_size(n, size);
     return prealloc_range(s->fd, old, size, prealloc, err, n->filename);
 }
 
@@ -482,15 +511,15 @@ static int file_refresh_size(struct vbd_node *n)
         uint64_t size;
         if (ioctl(s->fd, BLKGETSIZE64, &size) < 0)
             return -errno;
-        n->size = size;
+        vbd_node_set_size(n, size);
         return 0;
     }
     struct stat st;
     if (fstat(s->fd, &st) < 0)
         return -errno;
-    if ((uint64_t)st.st_size != n->size) {
-        n->size = (uint64_t)st.st_size;
-        s->data_start = s->data_end = 0;
+    if ((uint64_t)st.st_size != vbd_node_size(n)) {
+        vbd_node_set_size(n, (uint64_t)st.st_size);
+        extent_forget(s);
     }
     return 0;
 }
