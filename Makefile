@@ -67,5 +67,13 @@ soak: build
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
+# make install PREFIX=$$HOME/.local (default /usr/local): the four tools into PREFIX/bin.
+PREFIX ?= /usr/local
+.PHONY: install
+install: build
+	meson configure $(BUILD) -Dprefix=$(abspath $(PREFIX))
+	meson install -C $(BUILD)
+
+# every build directory and the test logs
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_TSAN) build-fuzz tests/out

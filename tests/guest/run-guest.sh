@@ -1,6 +1,7 @@
 #!/bin/bash
-# Boots Debian's kernel under QEMU (TCG) with one virtio-blk disk and runs a
-# workload in it. Exit: 0 PASS, 1 FAIL, 2 usage, 3 TIMEOUT, 4 KERNEL PANIC,
+# Boots Debian's kernel under QEMU (KVM where /dev/kvm is usable, else TCG;
+# VBD_ACCEL=kvm|tcg forces one, see accel.sh) with one virtio-blk disk and
+# runs a workload in it. Exit: 0 PASS, 1 FAIL, 2 usage, 3 TIMEOUT, 4 KERNEL PANIC,
 # 5 NO RESULT (QEMU refused the disk or died).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,6 +43,9 @@ done
 [ -n "$mode" ] && [ -r "$workload" ] || { echo "run-guest: need a disk and a readable --workload" >&2; exit 2; }
 [ $mode != vhost-user ] || [ $listen = 1 ] || [ -S "$target" ] || { echo "run-guest: no socket at '$target'" >&2; exit 2; }
 read -r kver base < <("$here/build-initramfs.sh") || exit 2
+. "$here/accel.sh"
+pick_accel "/boot/vmlinuz-$kver" || exit 2
+echo "run-guest: accel $ACCEL ($ACCEL_WHY)"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 log=${log:-$tmp/console.log}
@@ -66,7 +70,7 @@ case $mode in
               -device "virtio-blk-pci,drive=d0,num-queues=$nq$devopts") ;;
 esac
 start=$(date +%s.%N)
-timeout -k 10 "$timeout" qemu-system-x86_64 -accel tcg -nographic -nodefaults -no-reboot \
+timeout -k 10 "$timeout" qemu-system-x86_64 -accel "$ACCEL" -nographic -nodefaults -no-reboot \
     -machine pc -cpu max -smp "$smp" -m 256M -kernel "/boot/vmlinuz-$kver" -initrd "$tmp/initrd" \
     -append "console=ttyS0 panic=-1 oops=panic loglevel=4 vbd.timeout=$((timeout - 30))" \
     -chardev "stdio,id=con0,signal=off,logfile=$(esc "$log")" -serial chardev:con0 \
@@ -77,8 +81,8 @@ result=$(tr -d '\r' <"$log" | grep -a -o 'GUEST-RESULT: .*' | tail -1)
 panic=$(tr -d '\r' <"$log" | grep -a -m1 'Kernel panic' || true)
 grep -a 'vbd:' "$log" | tr -d '\r' | sed 's/^.*vbd:/  vbd:/' | tail -40
 case "$result" in
-    "GUEST-RESULT: PASS") echo "run-guest: PASS ($mode, ${secs}s)"; exit 0 ;;
-    "GUEST-RESULT: FAIL"*) echo "run-guest: FAIL ($mode, ${secs}s): ${result#GUEST-RESULT: FAIL }"; exit 1 ;;
+    "GUEST-RESULT: PASS") echo "run-guest: PASS ($mode, $ACCEL, ${secs}s)"; exit 0 ;;
+    "GUEST-RESULT: FAIL"*) echo "run-guest: FAIL ($mode, $ACCEL, ${secs}s): ${result#GUEST-RESULT: FAIL }"; exit 1 ;;
 esac
 tail -30 "$log" >&2
 cat "$tmp/err" >&2

@@ -82,9 +82,11 @@ start_daemon $iot --blockdev driver=file,node-name=file0,filename="$img" --block
 "$G/run-guest.sh" --vhost-user "$S" --reconnect --num-queues 2 --workload "$G/workloads/fs.sh" --env VBD_FILES=300 \
     --timeout 200 --log "$T/console.log" >"$T/guest.out" 2>&1 &
 gpid=$!
-for _ in $(seq 600); do grep -q "fs: mkfs" "$T/console.log" 2>/dev/null && break; sleep 0.1; done
-sleep 1.5
+# kill it the moment the workload starts: mkfs and everything after it need the back end
+for _ in $(seq 6000); do grep -q "fs: mkfs" "$T/console.log" 2>/dev/null && break; kill -0 $gpid 2>/dev/null || break; sleep 0.05; done
+grep -q "fs: mkfs" "$T/console.log" || { cat "$T/guest.out"; fail "the fs workload never started"; }
 kill -9 $dpid; wait $dpid 2>/dev/null
+! grep -q "fs: done" "$T/console.log" || fail "the workload ended before the back end was killed: nothing tested"
 start_daemon $iot --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
     --export "$export_opts,writable=on,num-queues=2,iothread=io1"
 wait $gpid || { cat "$T/guest.out" "$T/daemon.log"; fail "the guest did not survive the back end's restart"; }

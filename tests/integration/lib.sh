@@ -59,6 +59,21 @@ gen_pki() {
         cp "$d/ca-cert.pem" "$d/$who/"
     done
 }
+# wait_lock_free [qemu-img info options] IMG: wait until a reader can take
+# the image lock. After a writer that used io_uring is killed, the kernel
+# drops the file references of its ring only after the process is reaped,
+# so the image lock can outlive the process by some milliseconds; poll for
+# it instead of racing it. Returns at once on an error that is not a lock
+# conflict (the caller's own check reports it); fails after ~10 s.
+lock_waits=0
+wait_lock_free() {
+    local out i
+    for i in $(seq 200); do
+        out=$(qemu-img info "$@" 2>&1) && { [ $i = 1 ] || lock_waits=$((lock_waits + 1)); return 0; }
+        case "$out" in *"lock"*) sleep 0.05 ;; *) return 0 ;; esac
+    done
+    fail "image lock still held 10 s after its writer was reaped: $out"
+}
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
 # vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,

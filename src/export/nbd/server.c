@@ -4,6 +4,7 @@
  * through the handshake and transmission; starts and stops the server.
  */
 #include "internal.h"
+#include "util/socket.h"
 
 #include "vbd/authz.h"
 #include "vbd/error.h"
@@ -125,18 +126,14 @@ static int listen_on(struct json_object *opts, struct vbd_error **err)
             vbd_error_setf(err, EINVAL, "NBD server: 'addr.path' is required for addr.type=unix");
             goto out;
         }
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        if (strlen(path) >= sizeof(sa.sun_path)) {
+        fd = vbd_unix_listen(path, 128);
+        if (fd == -ENAMETOOLONG) {
             vbd_error_setf(err, ENAMETOOLONG, "NBD server: socket path '%s' is too long", path);
+            fd = -1;
             goto out;
         }
-        strcpy(sa.sun_path, path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        unlink(path);
-        if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 128) < 0) {
-            vbd_error_setf(err, errno, "NBD server: cannot listen on '%s': %s", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
+        if (fd < 0) {
+            vbd_error_setf(err, -fd, "NBD server: cannot listen on '%s': %s", path, strerror(-fd));
             fd = -1;
             goto out;
         }

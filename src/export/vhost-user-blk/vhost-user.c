@@ -6,6 +6,7 @@
  * until the rings' in-flight counts reach zero.
  */
 #include "vhost-user.h"
+#include "util/socket.h"
 
 #include "vbd/error.h"
 
@@ -994,20 +995,14 @@ int vu_dev_start(struct vu_dev *dev, struct vbd_error **err)
     dev->listen_fd = dev->conn_fd = dev->inflight_fd = dev->backend_req_fd = -1;
     dev->conn_done = true;
     if (dev->server) {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        if (strlen(dev->path) >= sizeof(sa.sun_path)) {
+        int fd = vbd_unix_listen(dev->path, 4);
+        if (fd == -ENAMETOOLONG) {
             vbd_error_setf(err, ENAMETOOLONG, "%s: socket path '%s' is too long", dev->name, dev->path);
-            return -ENAMETOOLONG;
+            return fd;
         }
-        strcpy(sa.sun_path, dev->path);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        unlink(dev->path);
-        if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
-            int e = errno;
-            vbd_error_setf(err, e, "%s: cannot listen on '%s': %s", dev->name, dev->path, strerror(e));
-            if (fd >= 0)
-                close(fd);
-            return -e;
+        if (fd < 0) {
+            vbd_error_setf(err, -fd, "%s: cannot listen on '%s': %s", dev->name, dev->path, strerror(-fd));
+            return fd;
         }
         dev->listen_fd = fd;
     }

@@ -1,0 +1,14 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_UTIL_SOCKET_H
+#define VBD_UTIL_SOCKET_H
+
+/*
+ * A listening unix socket at PATH that exists only once it accepts: the
+ * socket is bound to a temporary name in PATH's directory, listens, and is
+ * then renamed over PATH (replacing a stale socket left there). A client
+ * that waits for the file and connects at once is never refused.
+ * Returns a non-blocking, close-on-exec fd, or -errno (nothing left behind).
+ */
+int vbd_unix_listen(const char *path, int backlog);
+
+#endif
