@@ -35,6 +35,10 @@
 #define NBD_MAX_NAME_LEN     4096
 #define NBD_MAX_REQUEST      (32u * 1024 * 1024) /* advertised maximum block size */
 #define NBD_SLOTS            64                  /* requests in flight per connection */
+/* Data buffers a client can make us hold: in flight, and kept for reuse.
+ * Without a bound, 64 maximum-size requests pin 2 GiB per connection. */
+#define NBD_MAX_INFLIGHT_BYTES (64u * 1024 * 1024)
+#define NBD_MAX_KEPT_BYTES     (64u * 1024 * 1024)
 #define NBD_MAX_EXTENTS      256
 #define NBD_HANDSHAKE_NS     (10ull * 1000000000) /* a client that stalls in the handshake is dropped */
 #define META_ALLOCATION      1u
@@ -93,6 +97,7 @@ struct nbd_conn {
     struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
     bool sendfile_ok;              /* a unix socket: see send_read_zero_copy */
     uint64_t inflight_bytes; /* data of the reads and writes in flight */
+    uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
     size_t rpos, rlen;
     struct vbd_co_queue slot_q, drain_q;
@@ -863,6 +868,12 @@ static void request_done(struct nbd_conn *c, struct nbd_req *r)
     if (r->counted)
         c->inflight_bytes -= r->len;
     r->counted = false;
+    if (c->buf_bytes > NBD_MAX_KEPT_BYTES && r->cap > 65536) {
+        c->buf_bytes -= r->cap;
+        free(r->buf);
+        r->buf = NULL;
+        r->cap = 0;
+    }
     r->next = c->free_slots;
     c->free_slots = r;
     c->inflight--;
@@ -1017,10 +1028,14 @@ static void transmission(struct nbd_conn *c)
             request_done(c, r);
             continue;
         }
+        while (needs_buf && c->inflight_bytes && c->inflight_bytes + r->len > NBD_MAX_INFLIGHT_BYTES)
+            vbd_co_queue_wait(&c->slot_q);
         if (needs_buf && r->cap < r->len) {
             free(r->buf);
+            c->buf_bytes -= r->cap;
             r->cap = r->len < 65536 ? 65536 : r->len;
             r->buf = vbd_alloc_aligned(4096, r->cap);
+            c->buf_bytes += r->cap;
         }
         if (r->type == NBD_CMD_WRITE && conn_recv(c, r->buf, r->len) < 0) {
             request_done(c, r);
