@@ -71,6 +71,7 @@ struct bench {
     struct vbd_node *nodes[VHC_MAX_QUEUES]; /* NBD: one connection per queue */
     uint64_t deadline;
     int running;
+    bool broken; /* the back end broke the ring: nothing more can run on it */
     struct vbd_co *waiter;
     int queues, depth;
     uint32_t bs;
@@ -263,7 +264,15 @@ static void run_phase(struct bench *b, uint64_t deadline)
         for (int q = 0; q < b->queues; q++) {
             uint32_t id, len;
             bool resubmitted = false;
-            while (vhc_used(&b->c, q, &id, &len)) {
+            int got;
+            while ((got = vhc_used(&b->c, q, &id, &len)) != 0) {
+                if (got < 0) {
+                    fprintf(stderr, "vbd-bench: queue %d: the back end moved the used index past the ring's size\n", q);
+                    for (int i = 0; i < nslots; i++)
+                        b->errors += b->slots[i].busy;
+                    b->broken = true;
+                    return;
+                }
                 if (id % 3 || id / 3 >= (uint32_t)b->depth) {
                     fprintf(stderr, "vbd-bench: the back end returned a descriptor we never offered (%u)\n", id);
                     b->errors++;
@@ -592,7 +601,8 @@ int main(int argc, char **argv)
         b.phase = 1;
         b.issued = 0;
         b.seq_off = 0;
-        run_phase(&b, 0);
+        if (!b.broken)
+            run_phase(&b, 0);
     } else {
         run_phase(&b, b.count ? 0 : t0 + (uint64_t)(b.seconds * 1e9));
     }

@@ -47,8 +47,7 @@ static int seterr(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
-static int send_msg(struct vhc *c, uint32_t req, uint32_t flags, const void *payload, uint32_t size, const int *fds,
-                    int nfds)
+int vhc_send(struct vhc *c, uint32_t req, uint32_t flags, const void *payload, uint32_t size, const int *fds, int nfds)
 {
     uint8_t hdr[12];
     flags |= 1;
@@ -56,8 +55,10 @@ static int send_msg(struct vhc *c, uint32_t req, uint32_t flags, const void *pay
     memcpy(hdr + 4, &flags, 4);
     memcpy(hdr + 8, &size, 4);
     struct iovec iov[2] = {{hdr, 12}, {(void *)payload, size}};
-    char cbuf[CMSG_SPACE(sizeof(int) * 8)];
+    char cbuf[CMSG_SPACE(sizeof(int) * VHC_MAX_SEND_FDS)];
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = size ? 2 : 1};
+    if (nfds < 0 || nfds > VHC_MAX_SEND_FDS)
+        return -1;
     if (nfds) {
         memset(cbuf, 0, sizeof(cbuf));
         mh.msg_control = cbuf;
@@ -72,7 +73,9 @@ static int send_msg(struct vhc *c, uint32_t req, uint32_t flags, const void *pay
     return r == (ssize_t)(12 + size) ? 0 : -1;
 }
 
-static int recv_reply(struct vhc *c, uint32_t req, void *payload, uint32_t size)
+/* A hostile back end may send anything: the reply must be for req, at most
+ * 4096 bytes; fds it attaches are dropped by the kernel (no control buffer). */
+int vhc_recv(struct vhc *c, uint32_t req, void *payload, uint32_t size)
 {
     uint8_t hdr[12];
     if (recv(c->sock, hdr, 12, MSG_WAITALL) != 12)
@@ -91,7 +94,7 @@ static int recv_reply(struct vhc *c, uint32_t req, void *payload, uint32_t size)
 
 static int get_u64(struct vhc *c, uint32_t req, uint64_t *v)
 {
-    if (send_msg(c, req, 0, NULL, 0, NULL, 0) < 0 || recv_reply(c, req, v, 8) != 8)
+    if (vhc_send(c, req, 0, NULL, 0, NULL, 0) < 0 || vhc_recv(c, req, v, 8) != 8)
         return -1;
     return 0;
 }
@@ -100,11 +103,11 @@ static int get_u64(struct vhc *c, uint32_t req, uint64_t *v)
 static int set_msg(struct vhc *c, uint32_t req, const void *payload, uint32_t size, const int *fds, int nfds)
 {
     bool ack = c->protocol_features & (1ull << PF_REPLY_ACK);
-    if (send_msg(c, req, ack ? 0x8 : 0, payload, size, fds, nfds) < 0)
+    if (vhc_send(c, req, ack ? 0x8 : 0, payload, size, fds, nfds) < 0)
         return -1;
     if (ack) {
         uint64_t v = 1;
-        if (recv_reply(c, req, &v, 8) != 8 || v != 0)
+        if (vhc_recv(c, req, &v, 8) != 8 || v != 0)
             return -1;
     }
     return 0;
@@ -167,7 +170,7 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
         if (get_u64(c, GET_PROTOCOL_FEATURES, &pf) < 0)
             return seterr(err, errlen, "'%s': no answer to GET_PROTOCOL_FEATURES", path);
         uint64_t pw = pf & ((1ull << PF_MQ) | (1ull << PF_REPLY_ACK) | (1ull << PF_CONFIG));
-        if (send_msg(c, SET_PROTOCOL_FEATURES, 0, &pw, 8, NULL, 0) < 0)
+        if (vhc_send(c, SET_PROTOCOL_FEATURES, 0, &pw, 8, NULL, 0) < 0)
             return seterr(err, errlen, "'%s': connection lost", path);
         c->protocol_features = pw;
     }
@@ -176,7 +179,7 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
         uint64_t n;
         if (get_u64(c, GET_QUEUE_NUM, &n) < 0)
             return seterr(err, errlen, "'%s': no answer to GET_QUEUE_NUM", path);
-        c->backend_queues = (uint16_t)n;
+        c->backend_queues = n > 0xffff ? 0xffff : (uint16_t)n;
     }
     if (nqueues > c->backend_queues)
         return seterr(err, errlen, "'%s': the back end supports %u queues, %d requested", path, c->backend_queues,
@@ -187,16 +190,22 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
         uint8_t cfg[12 + 60] = {0};
         uint32_t sz = 60;
         memcpy(cfg + 4, &sz, 4);
-        if (send_msg(c, GET_CONFIG, 0, cfg, sizeof(cfg), NULL, 0) < 0 ||
-            recv_reply(c, GET_CONFIG, cfg, sizeof(cfg)) < 12 + 28)
+        if (vhc_send(c, GET_CONFIG, 0, cfg, sizeof(cfg), NULL, 0) < 0 ||
+            vhc_recv(c, GET_CONFIG, cfg, sizeof(cfg)) < 12 + 28)
             return seterr(err, errlen, "'%s': GET_CONFIG failed", path);
         memcpy(&c->capacity, cfg + 12, 8);
         memcpy(&c->blk_size, cfg + 12 + 20, 4);
     }
     if (!c->blk_size || !(c->features & (1ull << VIRTIO_BLK_F_BLK_SIZE)))
         c->blk_size = 512;
+    if (c->blk_size < 512 || c->blk_size > (1u << 20) || (c->blk_size & (c->blk_size - 1)))
+        return seterr(err, errlen, "'%s': the device reports a block size of %u bytes (a power of two 512..1M)",
+                      path, c->blk_size);
     if (!c->capacity)
         return seterr(err, errlen, "'%s': the device reports no capacity (CONFIG not offered?)", path);
+    if (c->capacity > (UINT64_MAX >> 9) / 2)
+        return seterr(err, errlen, "'%s': the device reports an impossible capacity of %llu sectors", path,
+                      (unsigned long long)c->capacity);
 
     struct {
         uint32_t n, pad;
@@ -240,8 +249,8 @@ void vhc_close(struct vhc *c)
 {
     for (int i = 0; i < c->nqueues && c->sock >= 0; i++) {
         uint32_t st[2] = {(uint32_t)i, 0};
-        if (send_msg(c, GET_VRING_BASE, 0, st, 8, NULL, 0) == 0)
-            recv_reply(c, GET_VRING_BASE, st, 8);
+        if (vhc_send(c, GET_VRING_BASE, 0, st, 8, NULL, 0) == 0)
+            vhc_recv(c, GET_VRING_BASE, st, 8);
     }
     for (int i = 0; i < VHC_MAX_QUEUES; i++) {
         if (c->q[i].kick_fd >= 0)
@@ -289,8 +298,11 @@ int vhc_used(struct vhc *c, int q, uint32_t *id, uint32_t *len)
 {
     struct vhc_queue *vq = &c->q[q];
     struct vring_used *u = vq->used;
-    if (__atomic_load_n(&u->idx, __ATOMIC_ACQUIRE) == vq->last_used)
+    uint16_t idx = __atomic_load_n(&u->idx, __ATOMIC_ACQUIRE);
+    if (idx == vq->last_used)
         return 0;
+    if ((uint16_t)(idx - vq->last_used) > vq->num)
+        return -1; /* more completions than the ring holds: a broken back end */
     struct vring_used_elem *e = &u->ring[vq->last_used % vq->num];
     *id = e->id;
     *len = e->len;

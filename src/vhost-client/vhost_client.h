@@ -41,6 +41,14 @@ struct vhc {
 int vhc_open(struct vhc *c, const char *socket_path, int nqueues, uint16_t ring_size, size_t mem_size, char *err,
              size_t errlen);
 void vhc_close(struct vhc *c);
+/* Raw messages (tests that play a hostile front end): send one message
+ * with up to VHC_MAX_SEND_FDS fds (version bits added to flags); receive the
+ * reply to req, copying at most size bytes. Return 0 / the reply's payload
+ * size, or -1. */
+#define VHC_MAX_SEND_FDS 16
+int vhc_send(struct vhc *c, uint32_t req, uint32_t flags, const void *payload, uint32_t size, const int *fds,
+             int nfds);
+int vhc_recv(struct vhc *c, uint32_t req, void *payload, uint32_t size);
 /* Aligned memory inside guest RAM; returns NULL when exhausted. */
 void *vhc_alloc(struct vhc *c, size_t size, size_t align);
 uint64_t vhc_gpa(const struct vhc *c, const void *p);
@@ -50,7 +58,8 @@ void vhc_set_desc(struct vhc *c, int q, uint16_t i, uint64_t gpa, uint32_t len, 
 /* Publishes head in the available ring (no kick). */
 void vhc_offer(struct vhc *c, int q, uint16_t head);
 void vhc_kick(struct vhc *c, int q);
-/* Pops one used element: returns 1 and fills id/len, 0 if none. */
+/* Pops one used element: returns 1 and fills id/len, 0 if none, -1 when
+ * the back end moved the used index further than the ring's size. */
 int vhc_used(struct vhc *c, int q, uint32_t *id, uint32_t *len);
 /* Waits up to timeout_ms for an interrupt on any queue. */
 int vhc_wait(struct vhc *c, int timeout_ms);

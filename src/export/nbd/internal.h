@@ -24,6 +24,10 @@
 #define NBD_MAX_NAME_LEN     4096
 #define NBD_MAX_REQUEST      (32u * 1024 * 1024) /* advertised maximum block size */
 #define NBD_SLOTS            64                  /* requests in flight per connection */
+/* Data buffers a client can make us hold: in flight, and kept for reuse.
+ * Without a bound, 64 maximum-size requests pin 2 GiB per connection. */
+#define NBD_MAX_INFLIGHT_BYTES (64u * 1024 * 1024)
+#define NBD_MAX_KEPT_BYTES     (64u * 1024 * 1024)
 #define NBD_MAX_EXTENTS      256
 #define NBD_HANDSHAKE_NS     (10ull * 1000000000) /* a client that stalls in the handshake is dropped */
 #define META_ALLOCATION      1u
@@ -82,6 +86,7 @@ struct nbd_conn {
     struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
     bool sendfile_ok;              /* a unix socket: see send_read_zero_copy */
     uint64_t inflight_bytes; /* data of the reads and writes in flight */
+    uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
     size_t rpos, rlen;
     struct vbd_co_queue slot_q, drain_q;

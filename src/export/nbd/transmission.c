@@ -389,6 +389,12 @@ static void request_done(struct nbd_conn *c, struct nbd_req *r)
     if (r->counted)
         c->inflight_bytes -= r->len;
     r->counted = false;
+    if (c->buf_bytes > NBD_MAX_KEPT_BYTES && r->cap > 65536) {
+        c->buf_bytes -= r->cap;
+        free(r->buf);
+        r->buf = NULL;
+        r->cap = 0;
+    }
     r->next = c->free_slots;
     c->free_slots = r;
     c->inflight--;
@@ -543,10 +549,14 @@ void nbd_transmission(struct nbd_conn *c)
             request_done(c, r);
             continue;
         }
+        while (needs_buf && c->inflight_bytes && c->inflight_bytes + r->len > NBD_MAX_INFLIGHT_BYTES)
+            vbd_co_queue_wait(&c->slot_q);
         if (needs_buf && r->cap < r->len) {
             free(r->buf);
+            c->buf_bytes -= r->cap;
             r->cap = r->len < 65536 ? 65536 : r->len;
             r->buf = vbd_alloc_aligned(4096, r->cap);
+            c->buf_bytes += r->cap;
         }
         if (r->type == NBD_CMD_WRITE && conn_recv(c, r->buf, r->len) < 0) {
             request_done(c, r);

@@ -21,6 +21,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@ struct vu_msg {
     uint8_t payload[VU_MAX_PAYLOAD];
     int fds[VU_MAX_FDS];
     int nfds;
+    bool fds_truncated; /* the front end sent more than VU_MAX_FDS: the kernel dropped some */
 };
 
 /* wire layouts (little-endian, packed as in the spec) */
@@ -165,14 +167,37 @@ static bool queue_before_sleep(void *arg)
     return kick_popped(q);
 }
 
+/* A kick fd that can never be read again (a pipe whose writer is gone, an
+ * fd in an error state) stays ready for ever: left armed, the loop would
+ * spin on it. The ring stops until the front end sets it up again. */
+static void kick_fd_broken(struct vu_queue *q, const char *why)
+{
+    vbd_loop_unwatch_fd(q->kick_watch);
+    q->kick_watch = NULL;
+    vu_queue_fail(q, why);
+}
+
 static void kick_cb(void *arg, short revents)
 {
     struct vu_queue *q = arg;
-    eventfd_t v;
-    if (revents & (POLLERR | POLLNVAL))
+    if (revents & (POLLERR | POLLNVAL)) {
+        kick_fd_broken(q, "the kick file descriptor is in an error state");
         return;
-    if (eventfd_read(q->kick_fd, &v) < 0 && errno != EAGAIN)
+    }
+    uint8_t buf[64]; /* an eventfd gives 8 bytes; anything else is drained in one go */
+    ssize_t r = read(q->kick_fd, buf, sizeof(buf));
+    if (r == 0) {
+        kick_fd_broken(q, "the kick file descriptor reached its end (its writer is gone)");
         return;
+    }
+    if (r < 0 && errno != EAGAIN && errno != EINTR) {
+        kick_fd_broken(q, "the kick file descriptor cannot be read");
+        return;
+    }
+    if (r < 0 && (revents & POLLHUP)) {
+        kick_fd_broken(q, "the kick file descriptor hung up");
+        return;
+    }
     if (vu_queue_can_process(q))
         q->dev->ops->queue_kick(q);
 }
@@ -207,18 +232,29 @@ static void wait_queue_idle(struct vu_queue *q)
         vbd_co_queue_wait(&q->idle);
 }
 
-static int translate_rings(struct vu_dev *dev, struct vu_queue *q)
+/* All three pointers or none: a ring whose memory went away (REM_MEM_REG,
+ * a smaller SET_MEM_TABLE) keeps no pointer into the old mapping. Returns
+ * NULL, or why the rings cannot be used (the caller reports it). */
+static const char *translate_rings(struct vu_dev *dev, struct vu_queue *q)
 {
     uint16_t n = q->vq.num;
     size_t avail_len = 4 + 2 * (size_t)n + 2, used_len = 4 + 8 * (size_t)n + 2;
-    q->vq.desc = vu_qva_to_host(&dev->mem, q->desc_qva, 16 * (size_t)n);
-    q->vq.avail = vu_qva_to_host(&dev->mem, q->avail_qva, avail_len);
-    q->vq.used = vu_qva_to_host(&dev->mem, q->used_qva, used_len);
-    if (!q->vq.desc || !q->vq.avail || !q->vq.used) {
-        vbd_error_report("%s: queue %d: ring addresses outside guest memory", dev->name, q->index);
-        return -EFAULT;
-    }
-    return 0;
+    void *desc = vu_qva_to_host(&dev->mem, q->desc_qva, 16 * (size_t)n);
+    void *avail = vu_qva_to_host(&dev->mem, q->avail_qva, avail_len);
+    void *used = vu_qva_to_host(&dev->mem, q->used_qva, used_len);
+    q->vq.desc = NULL;
+    q->vq.avail = NULL;
+    q->vq.used = NULL;
+    if (!desc || !avail || !used)
+        return "ring addresses outside guest memory";
+    /* the front end's addresses were aligned, but a region mapped at an odd
+     * mmap_offset moves them: the host addresses are what we dereference */
+    if ((uintptr_t)desc % 16 || (uintptr_t)avail % 2 || (uintptr_t)used % 4)
+        return "the rings land unaligned in our mapping (region offset not aligned)";
+    q->vq.desc = desc;
+    q->vq.avail = avail;
+    q->vq.used = used;
+    return NULL;
 }
 
 static void queue_stop(struct vu_queue *q)
@@ -232,7 +268,8 @@ static void queue_stop(struct vu_queue *q)
         vbd_loop_remove_poller(q->loop, &q->poller);
         q->polled = false;
         /* leave the ring asking for kicks, for whoever runs it next */
-        if (q->notify_off && q->started && !__atomic_load_n(&q->dev->mem_changing, __ATOMIC_RELAXED))
+        if (q->notify_off && q->started && q->vq.used && !q->vq.broken &&
+            !__atomic_load_n(&q->dev->mem_changing, __ATOMIC_RELAXED))
             vu_vq_enable_notification(&q->vq);
         q->notify_off = false;
     }
@@ -262,8 +299,15 @@ static int queue_start_here(struct vu_dev *dev, struct vu_queue *q)
         vbd_error_report("%s: queue %d: kick before the ring size and addresses", dev->name, q->index);
         return -EINVAL;
     }
-    if (translate_rings(dev, q) < 0)
+    if (!dev->features_acked) {
+        vbd_error_report("%s: queue %d: kick before SET_FEATURES", dev->name, q->index);
+        return -EINVAL;
+    }
+    const char *bad = translate_rings(dev, q);
+    if (bad) {
+        vbd_error_report("%s: queue %d: %s", dev->name, q->index, bad);
         return -EFAULT;
+    }
     q->vq.event_idx = vu_has_feature(dev, VIRTIO_RING_F_EVENT_IDX);
     q->vq.indirect = vu_has_feature(dev, VIRTIO_RING_F_INDIRECT_DESC);
     q->vq.broken = false;
@@ -288,8 +332,11 @@ static int queue_start_here(struct vu_dev *dev, struct vu_queue *q)
             dev->ops->queue_resubmit(q, heads[i]);
     }
     q->kick_watch = vbd_loop_watch_fd(vbd_loop_current(), q->kick_fd, POLLIN, kick_cb, q);
-    if (!q->kick_watch)
-        return -ENOMEM;
+    if (!q->kick_watch) {
+        /* e.g. a regular file, which epoll refuses */
+        vbd_error_report("%s: queue %d: cannot watch the kick file descriptor", dev->name, q->index);
+        return -EINVAL;
+    }
     q->poller = (struct vbd_poller){.poll = queue_poll, .before_sleep = queue_before_sleep, .arg = q};
     vbd_loop_add_poller(q->loop, &q->poller);
     q->polled = true;
@@ -319,13 +366,61 @@ static void unmap_region(struct vu_mem_region *r)
     memset(r, 0, sizeof(*r));
 }
 
-static int map_region(struct vu_dev *dev, const struct vu_region_wire *w, int fd, struct vu_mem_region *r)
+/* [a, a+alen) and [b, b+blen) meet (lengths non-zero, ends may be 2^64). */
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 {
-    if (!w->size || w->gpa + w->size < w->gpa || w->qva + w->size < w->qva ||
-        w->mmap_offset + w->size < w->mmap_offset) {
-        vbd_error_report("%s: memory region with a bad size or address", dev->name);
+    return a - b < blen || b - a < alen;
+}
+
+/* A region must be backed by its fd to its last byte: a mapping past the
+ * end of the file faults (SIGBUS) at the first access, and the guest
+ * chooses which addresses we touch. */
+static int region_fits_fd(struct vu_dev *dev, const char *what, int fd, uint64_t offset, uint64_t size)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        vbd_error_report("%s: %s: cannot inspect the memory fd: %s", dev->name, what, strerror(errno));
         return -EINVAL;
     }
+    if (!S_ISREG(st.st_mode)) {
+        vbd_error_report("%s: %s: the memory fd is not a file or memfd (mode 0%o)", dev->name, what,
+                         (unsigned)(st.st_mode & S_IFMT));
+        return -EINVAL;
+    }
+    if (offset + size < offset || offset + size > (uint64_t)st.st_size || offset + size > SIZE_MAX) {
+        vbd_error_report("%s: %s: %llu bytes at offset %llu go past the end of its fd (%lld bytes)", dev->name,
+                         what, (unsigned long long)size, (unsigned long long)offset, (long long)st.st_size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* The region must not overlap the regions of mem (in guest physical or in
+ * front-end virtual addresses): a translation would depend on the order. */
+static int region_check(struct vu_dev *dev, const char *what, const struct vu_region_wire *w, const struct vu_mem *mem)
+{
+    if (!w->size || (w->gpa + w->size < w->gpa && w->gpa + w->size != 0) ||
+        (w->qva + w->size < w->qva && w->qva + w->size != 0)) {
+        vbd_error_report("%s: %s: region of %llu bytes at guest address 0x%llx (front end 0x%llx) is empty or wraps",
+                         dev->name, what, (unsigned long long)w->size, (unsigned long long)w->gpa,
+                         (unsigned long long)w->qva);
+        return -EINVAL;
+    }
+    for (int i = 0; i < mem->nregions; i++) {
+        const struct vu_mem_region *o = &mem->r[i];
+        if (ranges_overlap(w->gpa, w->size, o->gpa, o->size) || ranges_overlap(w->qva, w->size, o->qva, o->size)) {
+            vbd_error_report("%s: %s: region at guest address 0x%llx overlaps the one at 0x%llx", dev->name, what,
+                             (unsigned long long)w->gpa, (unsigned long long)o->gpa);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int map_region(struct vu_dev *dev, const struct vu_region_wire *w, int fd, struct vu_mem_region *r)
+{
+    if (region_fits_fd(dev, "memory region", fd, w->mmap_offset, w->size) < 0)
+        return -EINVAL;
     size_t len = w->mmap_offset + w->size;
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     if (p == MAP_FAILED) {
@@ -360,12 +455,19 @@ static void mem_resume(struct vu_dev *dev)
 {
     for (int i = 0; i < dev->max_queues; i++) {
         struct vu_queue *q = dev->queues[i];
-        if (q && q->addr_set && q->vq.num) {
-            struct vbd_loop *prev = vu_queue_enter(q);
-            if (translate_rings(dev, q) < 0)
-                q->vq.broken = true;
-            vu_queue_leave(prev);
+        if (!q)
+            continue;
+        struct vbd_loop *prev = vu_queue_enter(q);
+        if (!q->started) {
+            /* translated again when it starts: nothing may point into the old mappings meanwhile */
+            q->vq.desc = NULL;
+            q->vq.avail = NULL;
+            q->vq.used = NULL;
+        } else if (translate_rings(dev, q) && !q->vq.broken) {
+            /* a running ring whose memory went away fails; it keeps no pointer into the old mapping */
+            vu_queue_fail(q, "its rings are no longer in guest memory (a region was removed while it ran)");
         }
+        vu_queue_leave(prev);
     }
     __atomic_store_n(&dev->mem_changing, false, __ATOMIC_RELEASE);
     for (int i = 0; i < dev->max_queues; i++) {
@@ -388,17 +490,19 @@ static void mem_clear(struct vu_dev *dev)
 
 static int set_mem_table(struct vu_dev *dev, struct vu_msg *m)
 {
-    uint32_t n;
+    uint32_t n = 0;
     memcpy(&n, m->payload, 4);
-    if (m->size < 8 + n * sizeof(struct vu_region_wire) || n > VU_MAX_MEM_REGIONS || (int)n != m->nfds) {
-        vbd_error_report("%s: SET_MEM_TABLE with %u regions and %d fds", dev->name, n, m->nfds);
+    if (m->size < 8 || n > VU_MAX_MEM_REGIONS || m->size != 8 + n * sizeof(struct vu_region_wire) ||
+        (int)n != m->nfds) {
+        vbd_error_report("%s: SET_MEM_TABLE of %u bytes with %u regions and %d fds (at most %d regions, one fd each)",
+                         dev->name, m->size, n, m->nfds, VU_MAX_MEM_REGIONS);
         return -EINVAL;
     }
     struct vu_mem fresh = {0};
     for (uint32_t i = 0; i < n; i++) {
         struct vu_region_wire w;
         memcpy(&w, m->payload + 8 + i * sizeof(w), sizeof(w));
-        if (map_region(dev, &w, m->fds[i], &fresh.r[i]) < 0) {
+        if (region_check(dev, "SET_MEM_TABLE", &w, &fresh) < 0 || map_region(dev, &w, m->fds[i], &fresh.r[i]) < 0) {
             for (uint32_t j = 0; j < i; j++)
                 unmap_region(&fresh.r[j]);
             return -EINVAL;
@@ -424,8 +528,15 @@ static int add_mem_reg(struct vu_dev *dev, struct vu_msg *m)
         vbd_error_report("%s: ADD_MEM_REG beyond %d regions", dev->name, VU_MAX_MEM_REGIONS);
         return -ENOSPC;
     }
+    for (int i = 0; i < dev->mem.nregions; i++) {
+        const struct vu_mem_region *o = &dev->mem.r[i];
+        if (o->gpa == w.gpa && o->size == w.size && o->qva == w.qva) {
+            vbd_debug("%s: ADD_MEM_REG of a region we have already", dev->name);
+            return 0;
+        }
+    }
     struct vu_mem_region r;
-    if (map_region(dev, &w, m->fds[0], &r) < 0)
+    if (region_check(dev, "ADD_MEM_REG", &w, &dev->mem) < 0 || map_region(dev, &w, m->fds[0], &r) < 0)
         return -EINVAL;
     mem_quiesce(dev);
     dev->mem.r[dev->mem.nregions++] = r;
@@ -474,10 +585,24 @@ struct inflight_wire {
     uint8_t pad[4];
 };
 
+/* The running rings point into the inflight region: it changes only
+ * while every ring is stopped. */
+static bool any_ring_started(const struct vu_dev *dev, const char *what)
+{
+    for (int i = 0; i < VU_MAX_QUEUES; i++)
+        if (dev->queues[i] && dev->queues[i]->started) {
+            vbd_error_report("%s: %s while queue %d runs (stop the rings first)", dev->name, what, i);
+            return true;
+        }
+    return false;
+}
+
 static int get_inflight_fd(struct vu_dev *dev, struct vu_msg *m, struct inflight_wire *out)
 {
     struct inflight_wire w = {0};
     memcpy(&w, m->payload, m->size < sizeof(w) ? m->size : sizeof(w));
+    if (any_ring_started(dev, "GET_INFLIGHT_FD"))
+        return -EBUSY;
     if (!w.num_queues || w.num_queues > dev->max_queues || !w.queue_size || w.queue_size > VU_MAX_QUEUE_SIZE) {
         vbd_error_report("%s: GET_INFLIGHT_FD for %u queues of %u", dev->name, w.num_queues, w.queue_size);
         return -EINVAL;
@@ -517,6 +642,10 @@ static int set_inflight_fd(struct vu_dev *dev, struct vu_msg *m)
                          w.num_queues, w.queue_size);
         return -EINVAL;
     }
+    if (any_ring_started(dev, "SET_INFLIGHT_FD"))
+        return -EBUSY;
+    if (region_fits_fd(dev, "SET_INFLIGHT_FD", m->fds[0], w.mmap_offset, w.mmap_size) < 0)
+        return -EINVAL;
     void *p = mmap(NULL, w.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, m->fds[0], (off_t)w.mmap_offset);
     if (p == MAP_FAILED) {
         vbd_error_report("%s: cannot map the inflight region: %s", dev->name, strerror(errno));
@@ -535,13 +664,33 @@ static int set_inflight_fd(struct vu_dev *dev, struct vu_msg *m)
 /* ------------------------------------------------------------------ */
 /* messages                                                            */
 
+static void close_msg_fds(struct vu_msg *m)
+{
+    for (int i = 0; i < m->nfds; i++)
+        if (m->fds[i] >= 0)
+            close(m->fds[i]);
+    m->nfds = 0;
+}
+
+static int recv_msg_fds(struct vu_dev *dev, struct vu_msg *m);
+
+/* Every error return leaves no fd of the message open. */
 static int recv_msg(struct vu_dev *dev, struct vu_msg *m)
+{
+    int rc = recv_msg_fds(dev, m);
+    if (rc < 0)
+        close_msg_fds(m);
+    return rc;
+}
+
+static int recv_msg_fds(struct vu_dev *dev, struct vu_msg *m)
 {
     uint8_t hdr[VU_HDR_SIZE];
     char cbuf[CMSG_SPACE(sizeof(int) * VU_MAX_FDS)];
     struct iovec iov = {hdr, sizeof(hdr)};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
     m->nfds = 0;
+    m->fds_truncated = false;
     ssize_t r = vbd_co_recvmsg(dev->conn_fd, &mh, 0);
     if (r <= 0)
         return r == 0 ? -ECONNRESET : (int)r;
@@ -557,8 +706,7 @@ static int recv_msg(struct vu_dev *dev, struct vu_msg *m)
                     close(fd);
             }
         }
-    if (mh.msg_flags & MSG_CTRUNC)
-        vbd_warn("%s: too many file descriptors in one message; extra ones dropped", dev->name);
+    m->fds_truncated = (mh.msg_flags & MSG_CTRUNC) != 0;
     if (r < VU_HDR_SIZE && vbd_co_recv_full(dev->conn_fd, hdr + r, VU_HDR_SIZE - r) < 0)
         return -ECONNRESET;
     memcpy(&m->request, hdr, 4);
@@ -629,6 +777,91 @@ static int take_fd(struct vu_msg *m)
     return fd;
 }
 
+/* The payload size and the fds each request carries (vhost-user.rst):
+ * anything else is refused before the handler sees it, so the handlers
+ * never read what the front end did not send. */
+static int msg_check(struct vu_dev *dev, const struct vu_msg *m)
+{
+    const char *name = request_name(m->request);
+    uint32_t size = 0, min_size = 0; /* exact size, or at least min_size */
+    int fds = 0;
+    uint64_t u64 = 0;
+    if (m->size >= 8)
+        memcpy(&u64, m->payload, 8);
+    switch (m->request) {
+    case VHOST_USER_SET_FEATURES:
+    case VHOST_USER_SET_PROTOCOL_FEATURES:
+    case VHOST_USER_SET_VRING_NUM:
+    case VHOST_USER_SET_VRING_BASE:
+    case VHOST_USER_GET_VRING_BASE:
+    case VHOST_USER_SET_VRING_ENABLE:
+    case VHOST_USER_SET_VRING_ENDIAN:
+        size = 8;
+        break;
+    case VHOST_USER_SET_VRING_KICK:
+    case VHOST_USER_SET_VRING_CALL:
+    case VHOST_USER_SET_VRING_ERR:
+        size = 8;
+        fds = (u64 & VHOST_USER_VRING_NOFD) ? 0 : 1;
+        if (m->size == 8 && fds && m->nfds == 0) {
+            vbd_error_report("%s: %s without a file descriptor and without the NOFD flag", dev->name, name);
+            return -EINVAL;
+        }
+        break;
+    case VHOST_USER_SET_VRING_ADDR:
+        size = 40;
+        break;
+    case VHOST_USER_ADD_MEM_REG:
+    case VHOST_USER_REM_MEM_REG: /* QEMU sends the region's fd with REM_MEM_REG too */
+        size = 40;
+        fds = 1;
+        break;
+    case VHOST_USER_SET_MEM_TABLE:
+        min_size = 8;
+        fds = VU_MAX_FDS; /* one per region: set_mem_table checks the count */
+        break;
+    case VHOST_USER_GET_CONFIG:
+    case VHOST_USER_SET_CONFIG:
+        min_size = 12;
+        break;
+    case VHOST_USER_GET_INFLIGHT_FD:
+    case VHOST_USER_SET_INFLIGHT_FD:
+        min_size = 20; /* 24 with QEMU's padding */
+        fds = m->request == VHOST_USER_SET_INFLIGHT_FD;
+        break;
+    case VHOST_USER_SET_BACKEND_REQ_FD:
+    case VHOST_USER_SET_LOG_BASE:
+    case VHOST_USER_SET_LOG_FD:
+        min_size = 0;
+        fds = 1;
+        break;
+    default: /* GET_* without arguments, SET_OWNER, resets, and requests we refuse anyway */
+        break;
+    }
+    if (m->fds_truncated) {
+        vbd_error_report("%s: %s came with more than %d file descriptors", dev->name, name, VU_MAX_FDS);
+        return -EINVAL;
+    }
+    if (m->nfds > fds) {
+        vbd_error_report("%s: %s came with %d file descriptors (it takes %d)", dev->name, name, m->nfds, fds);
+        return -EINVAL;
+    }
+    if (size ? m->size != size : m->size < min_size) {
+        vbd_error_report("%s: %s with a payload of %u bytes (%s %u)", dev->name, name, m->size,
+                         size ? "expected" : "at least", size ? size : min_size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static uint64_t protocol_features_offered(void)
+{
+    return (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+           (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
+           (1ull << VHOST_USER_PROTOCOL_F_RESET_DEVICE) | (1ull << VHOST_USER_PROTOCOL_F_BACKEND_REQ) |
+           (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
+}
+
 static void reset_device(struct vu_dev *dev)
 {
     for (int i = 0; i < VU_MAX_QUEUES; i++)
@@ -662,21 +895,27 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
         dev->ops->features_set(dev, u64);
         return 0;
     }
-    case VHOST_USER_GET_PROTOCOL_FEATURES: {
-        uint64_t pf = (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
-                      (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
-                      (1ull << VHOST_USER_PROTOCOL_F_RESET_DEVICE) | (1ull << VHOST_USER_PROTOCOL_F_BACKEND_REQ) |
-                      (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
-        return reply_u64(dev, m, pf) < 0 ? -EIO : 1;
-    }
+    case VHOST_USER_GET_PROTOCOL_FEATURES:
+        return reply_u64(dev, m, protocol_features_offered()) < 0 ? -EIO : 1;
     case VHOST_USER_SET_PROTOCOL_FEATURES:
+        if (u64 & ~protocol_features_offered()) {
+            vbd_error_report("%s: front end set protocol features 0x%llx we did not offer", dev->name,
+                             (unsigned long long)(u64 & ~protocol_features_offered()));
+            return -EINVAL;
+        }
         dev->protocol_features = u64;
         return 0;
     case VHOST_USER_SET_OWNER:
+        if (dev->owned) {
+            vbd_error_report("%s: SET_OWNER again on a connection that has an owner", dev->name);
+            return -EBUSY;
+        }
+        dev->owned = true;
         return 0;
     case VHOST_USER_RESET_OWNER:
     case VHOST_USER_RESET_DEVICE:
         reset_device(dev);
+        dev->owned = m->request == VHOST_USER_RESET_DEVICE && dev->owned;
         return 0;
     case VHOST_USER_GET_QUEUE_NUM:
         return reply_u64(dev, m, dev->max_queues) < 0 ? -EIO : 1;
@@ -695,21 +934,25 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
         uint32_t index, num;
         memcpy(&index, m->payload, 4);
         memcpy(&num, m->payload + 4, 4);
-        if (m->size < 8 || !(q = get_queue(dev, index))) {
+        if (!(q = get_queue(dev, index))) {
             vbd_error_report("%s: %s for queue %u (the device has %u)", dev->name, request_name(m->request),
                              index, dev->max_queues);
             return -EINVAL;
         }
         if (m->request == VHOST_USER_SET_VRING_NUM) {
-            if (q->started || !num || num > VU_MAX_QUEUE_SIZE) {
-                vbd_error_report("%s: queue %u: bad ring size %u (1..%d, ring stopped)", dev->name, index, num,
-                                 VU_MAX_QUEUE_SIZE);
+            /* split rings: a power of two, or the 16-bit indices do not wrap with the ring */
+            if (q->started || !num || num > VU_MAX_QUEUE_SIZE || (num & (num - 1))) {
+                vbd_error_report("%s: queue %u: bad ring size %u (a power of two up to %d, ring stopped)", dev->name,
+                                 index, num, VU_MAX_QUEUE_SIZE);
                 return -EINVAL;
             }
             q->vq.num = (uint16_t)num;
         } else if (m->request == VHOST_USER_SET_VRING_BASE) {
-            if (q->started)
-                return -EBUSY;
+            if (q->started || num > UINT16_MAX) {
+                vbd_error_report("%s: queue %u: SET_VRING_BASE %u %s", dev->name, index, num,
+                                 q->started ? "while the ring runs" : "beyond a 16-bit ring index");
+                return q->started ? -EBUSY : -EINVAL;
+            }
             q->vq.last_avail_idx = (uint16_t)num;
         } else if (m->request == VHOST_USER_SET_VRING_ENABLE) {
             struct vbd_loop *prev = vu_queue_enter(q);
@@ -731,8 +974,6 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
     case VHOST_USER_SET_VRING_ADDR: {
         uint32_t index, flags;
         uint64_t desc, used, avail;
-        if (m->size < 40)
-            return -EINVAL;
         memcpy(&index, m->payload, 4);
         memcpy(&flags, m->payload + 4, 4);
         memcpy(&desc, m->payload + 8, 8);
@@ -742,14 +983,27 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
             vbd_error_report("%s: SET_VRING_ADDR for queue %u that does not exist or runs", dev->name, index);
             return -EINVAL;
         }
+        if (flags & VHOST_VRING_F_LOG_USED) {
+            vbd_error_report("%s: queue %u: SET_VRING_ADDR asks for used-ring logging, which was not negotiated",
+                             dev->name, index);
+            return -EINVAL;
+        }
+        /* virtio 1.x 2.7: descriptor table 16, available ring 2, used ring 4 bytes aligned */
+        if (desc % 16 || avail % 2 || used % 4) {
+            vbd_error_report("%s: queue %u: unaligned ring addresses (desc 0x%llx, avail 0x%llx, used 0x%llx)",
+                             dev->name, index, (unsigned long long)desc, (unsigned long long)avail,
+                             (unsigned long long)used);
+            return -EINVAL;
+        }
         q->desc_qva = desc;
         q->used_qva = used;
         q->avail_qva = avail;
-        q->addr_set = true;
-        if (q->vq.num && translate_rings(dev, q) < 0) {
-            q->addr_set = false;
+        const char *bad = q->vq.num ? translate_rings(dev, q) : NULL;
+        if (bad) {
+            vbd_error_report("%s: queue %u: %s", dev->name, index, bad);
             return -EFAULT;
         }
+        q->addr_set = true;
         return 0;
     }
     case VHOST_USER_SET_VRING_KICK:
@@ -776,6 +1030,9 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
             fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
             return queue_start(dev, q);
         }
+        /* a front end that never reads a full pipe must not block the ring's thread */
+        if (fd >= 0)
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         /* the ring's thread signals these fds: swap them there */
         struct vbd_loop *prev = vu_queue_enter(q);
         int *slot = m->request == VHOST_USER_SET_VRING_CALL ? &q->call_fd : &q->err_fd;
@@ -787,8 +1044,6 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
     }
     case VHOST_USER_GET_CONFIG: {
         uint32_t off, size;
-        if (m->size < 12)
-            return -EINVAL;
         memcpy(&off, m->payload, 4);
         memcpy(&size, m->payload + 4, 4);
         if (size > VU_CONFIG_MAX || off > VU_CONFIG_MAX - size || m->size < 12 + size) {
@@ -802,12 +1057,12 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
     }
     case VHOST_USER_SET_CONFIG: {
         uint32_t off, size;
-        if (m->size < 12)
-            return -EINVAL;
         memcpy(&off, m->payload, 4);
         memcpy(&size, m->payload + 4, 4);
-        if (size > VU_CONFIG_MAX || off > VU_CONFIG_MAX - size || m->size < 12 + size)
+        if (size > VU_CONFIG_MAX || off > VU_CONFIG_MAX - size || m->size < 12 + size) {
+            vbd_error_report("%s: SET_CONFIG of %u bytes at %u", dev->name, size, off);
             return -EINVAL;
+        }
         return dev->ops->set_config(dev, off, m->payload + 12, size);
     }
     case VHOST_USER_GET_INFLIGHT_FD: {
@@ -881,6 +1136,7 @@ static void disconnect(struct vu_dev *dev)
         close(dev->backend_req_fd);
     dev->backend_req_fd = -1;
     dev->protocol_features = 0;
+    dev->owned = false;
     close(dev->conn_fd);
     __atomic_store_n(&dev->conn_fd, -1, __ATOMIC_RELAXED);
 }
@@ -899,7 +1155,9 @@ static void serve(struct vu_dev *dev)
         }
         vbd_debug("%s: %s (%u bytes, %d fds)", dev->name, request_name(m->request), m->size, m->nfds);
         vbd_co_mutex_lock(&dev->lock);
-        rc = handle(dev, m);
+        rc = msg_check(dev, m);
+        if (rc == 0)
+            rc = handle(dev, m);
         vbd_co_mutex_unlock(&dev->lock);
         for (int i = 0; i < m->nfds; i++)
             if (m->fds[i] >= 0)
@@ -915,10 +1173,11 @@ static void serve(struct vu_dev *dev)
         }
     }
     free(m);
-    vbd_info("%s: front end disconnected", dev->name);
     vbd_co_mutex_lock(&dev->lock);
     disconnect(dev);
     vbd_co_mutex_unlock(&dev->lock);
+    /* logged once the next front end can be accepted (tests wait for it) */
+    vbd_info("%s: front end disconnected", dev->name);
 }
 
 static void conn_co(void *arg)

@@ -66,6 +66,7 @@ enum vu_request {
 #define VHOST_USER_FLAG_REPLY 0x4u
 #define VHOST_USER_FLAG_NEED_REPLY 0x8u
 #define VHOST_USER_VRING_NOFD (1ull << 8)
+#define VHOST_VRING_F_LOG_USED 0x1u /* SET_VRING_ADDR flags: log_guest_addr is valid */
 
 #define VU_MAX_QUEUES 64
 #define VU_CONFIG_MAX 256
@@ -136,6 +137,7 @@ struct vu_dev {
     uint16_t max_queues;
     uint64_t features, protocol_features;
     bool features_acked;
+    bool owned; /* SET_OWNER seen on this connection */
     struct vu_mem mem;
     int mem_fds[VU_MAX_MEM_REGIONS];
     bool mem_changing; /* read by ring threads (atomically) */

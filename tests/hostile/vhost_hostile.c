@@ -1,0 +1,1298 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A hostile vhost-user front end: it plays a malicious or buggy VMM against
+ * a running vbd-daemon (vhost-user-blk export, 2 queues) and checks, case
+ * by case, that the daemon refuses the bad message with a line in its log
+ * (NACKed when REPLY_ACK is on), drops the connection cleanly, and serves a
+ * well-behaved front end right after. The daemon's fd count and RSS are
+ * measured after the first round and after the last: they must stay flat.
+ *
+ *   vhost_hostile SOCKET DAEMON_LOG DAEMON_PID ROUNDS [MAX_RSS_GROWTH_KB] [CASE]
+ *
+ * With --backend it plays a hostile back end for one front end (vbd-bench):
+ *
+ *   vhost_hostile --backend SOCKET KIND
+ *
+ * Waits are on conditions (a line in the log, a used ring entry), each
+ * bounded by a generous deadline; nothing depends on timing.
+ */
+#include "vhost-client/vhost_client.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/virtio_blk.h>
+#include <linux/virtio_ring.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    GET_FEATURES = 1,
+    SET_FEATURES = 2,
+    SET_OWNER = 3,
+    RESET_OWNER = 4,
+    SET_MEM_TABLE = 5,
+    SET_LOG_BASE = 6,
+    SET_VRING_NUM = 8,
+    SET_VRING_ADDR = 9,
+    SET_VRING_BASE = 10,
+    GET_VRING_BASE = 11,
+    SET_VRING_KICK = 12,
+    SET_VRING_CALL = 13,
+    SET_PROTOCOL_FEATURES = 16,
+    GET_CONFIG = 24,
+    GET_INFLIGHT_FD = 31,
+    SET_INFLIGHT_FD = 32,
+    ADD_MEM_REG = 37,
+    REM_MEM_REG = 38,
+};
+#define NEED_REPLY 0x8u
+#define NOFD (1ull << 8)
+#define MEM (1u << 20)
+#define DEADLINE_NS (60ull * 1000000000ull)
+
+static const char *sock_path, *log_path;
+static pid_t daemon_pid;
+static long case_off; /* the daemon log's size when the current case began */
+static int conns;     /* connections the current case opened (each must be logged as disconnected) */
+static char why[512];
+
+static int failf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void pause_ms(int ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- the daemon's log -------------------------------------------------- */
+
+static long log_size(void)
+{
+    struct stat st;
+    return stat(log_path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+/* The log from off on (malloc'd, NUL-terminated). */
+static char *log_since(long off)
+{
+    FILE *f = fopen(log_path, "r");
+    if (!f)
+        return strdup("");
+    fseek(f, 0, SEEK_END);
+    long end = ftell(f);
+    long n = end > off ? end - off : 0;
+    char *buf = malloc((size_t)n + 1);
+    fseek(f, off, SEEK_SET);
+    n = (long)fread(buf, 1, (size_t)n, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static int count_in(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Waits until the log since off holds expect (if any) and `disconnects`
+ * disconnection lines. */
+static int wait_log(long off, const char *expect, int disconnects)
+{
+    uint64_t deadline = now_ns() + DEADLINE_NS;
+    for (;;) {
+        char *text = log_since(off);
+        bool seen = !expect || strstr(text, expect);
+        int d = count_in(text, "front end disconnected");
+        bool sanitizer = strstr(text, "Sanitizer") || strstr(text, "runtime error");
+        free(text);
+        if (sanitizer)
+            return failf("sanitizer report in the daemon log");
+        if (kill(daemon_pid, 0) < 0)
+            return failf("the daemon died");
+        if (seen && d >= disconnects)
+            return 0;
+        if (now_ns() > deadline)
+            return seen ? failf("the daemon logged %d of %d disconnections", d, disconnects)
+                        : failf("no '%s' in the daemon log", expect);
+        pause_ms(5);
+    }
+}
+
+/* ---- connections and messages ------------------------------------------ */
+
+static int raw_connect(struct vhc *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->memfd = -1;
+    for (int i = 0; i < VHC_MAX_QUEUES; i++)
+        c->q[i].kick_fd = c->q[i].call_fd = -1;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+    c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->sock < 0 || connect(c->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+        return failf("cannot connect: %s", strerror(errno));
+    struct timeval tv = {.tv_sec = 60};
+    setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    conns++;
+    return 0;
+}
+
+/* A negotiated front end with ring 0 running (ring 1 left unset). */
+static int good_open(struct vhc *c)
+{
+    char err[256];
+    conns++;
+    if (vhc_open(c, sock_path, 1, 8, MEM, err, sizeof(err)) < 0) {
+        vhc_close(c);
+        return failf("a good front end was refused: %s", err);
+    }
+    return 0;
+}
+
+/* Sends with NEED_REPLY: the back end must answer with a failure. */
+static int expect_nack(struct vhc *c, uint32_t req, const void *payload, uint32_t size, const int *fds,
+                       int nfds)
+{
+    uint64_t v = 0;
+    if (vhc_send(c, req, NEED_REPLY, payload, size, fds, nfds) < 0)
+        return failf("cannot send request %u", req);
+    if (vhc_recv(c, req, &v, 8) != 8)
+        return failf("no reply to request %u", req);
+    return v ? 0 : failf("request %u was accepted", req);
+}
+
+static int expect_ack(struct vhc *c, uint32_t req, const void *payload, uint32_t size, const int *fds,
+                      int nfds)
+{
+    uint64_t v = 1;
+    if (vhc_send(c, req, NEED_REPLY, payload, size, fds, nfds) < 0 || vhc_recv(c, req, &v, 8) != 8)
+        return failf("no reply to request %u", req);
+    return v == 0 ? 0 : failf("request %u was refused", req);
+}
+
+/* A header that may lie about the payload size, and any number of fds. */
+static int raw_send(int sock, uint32_t req, uint32_t flags, uint32_t size, const void *payload, size_t len,
+                    const int *fds, int nfds)
+{
+    uint8_t buf[12 + 256];
+    memcpy(buf, &req, 4);
+    memcpy(buf + 4, &flags, 4);
+    memcpy(buf + 8, &size, 4);
+    if (len > 256)
+        return -1;
+    memcpy(buf + 12, payload, len);
+    struct iovec iov = {buf, 12 + len};
+    char cbuf[CMSG_SPACE(sizeof(int) * 32)];
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds) {
+        memset(cbuf, 0, sizeof(cbuf));
+        mh.msg_control = cbuf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+    }
+    return sendmsg(sock, &mh, MSG_NOSIGNAL) == (ssize_t)(12 + len) ? 0 : -1;
+}
+
+static int memfd_of(size_t size)
+{
+    int fd = memfd_create("hostile", MFD_CLOEXEC);
+    if (fd >= 0 && ftruncate(fd, (off_t)size) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void close_all(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+struct region {
+    uint64_t gpa, size, qva, offset;
+};
+struct mem_reg_msg {
+    uint32_t pad, pad2;
+    struct region r;
+};
+
+/* ADD_MEM_REG of r backed by fd must be refused. */
+static int add_region_refused(struct region r, int fd)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    struct mem_reg_msg m = {0, 0, r};
+    int rc = expect_nack(&c, ADD_MEM_REG, &m, sizeof(m), &fd, 1);
+    close(fd);
+    vhc_close(&c);
+    return rc;
+}
+
+/* SET_MEM_TABLE of n regions with nfds fds must be refused. */
+static int mem_table_refused(const struct region *r, uint32_t n, const int *fds, int nfds)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint8_t buf[8 + 8 * sizeof(struct region)] = {0};
+    uint32_t shown = n > 8 ? 8 : n;
+    memcpy(buf, &n, 4);
+    memcpy(buf + 8, r, shown * sizeof(*r));
+    int rc = expect_nack(&c, SET_MEM_TABLE, buf, 8 + shown * (uint32_t)sizeof(*r), fds, nfds);
+    vhc_close(&c);
+    return rc;
+}
+
+/* One request on ring 0, completed with status OK. */
+static int one_read(struct vhc *c, bool wait_irq)
+{
+    struct virtio_blk_outhdr *h = vhc_alloc(c, sizeof(*h), 16);
+    uint8_t *buf = vhc_alloc(c, 512, 512), *status = vhc_alloc(c, 1, 1);
+    if (!h || !buf || !status)
+        return failf("out of guest memory");
+    h->type = VIRTIO_BLK_T_IN;
+    h->sector = 0;
+    *status = 0xff;
+    vhc_set_desc(c, 0, 0, vhc_gpa(c, h), sizeof(*h), VRING_DESC_F_NEXT, 1);
+    vhc_set_desc(c, 0, 1, vhc_gpa(c, buf), 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_set_desc(c, 0, 2, vhc_gpa(c, status), 1, VRING_DESC_F_WRITE, 0);
+    vhc_offer(c, 0, 0);
+    vhc_kick(c, 0);
+    uint64_t deadline = now_ns() + DEADLINE_NS;
+    uint32_t id, len;
+    while (!vhc_used(c, 0, &id, &len)) {
+        if (now_ns() > deadline)
+            return failf("the request was never completed");
+        if (wait_irq)
+            vhc_wait(c, 1000);
+        else
+            pause_ms(1);
+    }
+    return id == 0 && *status == VIRTIO_BLK_S_OK ? 0
+                                                 : failf("request completed as id %u status %u", id, *status);
+}
+
+static int good_client(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int rc = one_read(&c, true);
+    vhc_close(&c);
+    return rc;
+}
+
+/* Ring 1 (not running on a fresh good connection): the addresses given. */
+static int vring_addr_refused(uint32_t flags, uint64_t desc_off, uint64_t avail_off, uint64_t used_off)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint64_t base = (uint64_t)(uintptr_t)c.mem + 0x80000;
+    struct {
+        uint32_t index, flags;
+        uint64_t desc, used, avail, log;
+    } va = {1, flags, base + desc_off, base + 0x1000 + used_off, base + 0x2000 + avail_off, base + 0x3000};
+    uint32_t st[2] = {1, 8};
+    int rc = expect_ack(&c, SET_VRING_NUM, st, 8, NULL, 0);
+    if (rc == 0)
+        rc = expect_nack(&c, SET_VRING_ADDR, &va, sizeof(va), NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+/* Ring 0 restarted with kick_fd: the ring must fail (logged), nothing spins. */
+static int bad_kick_fd(int kick_fd)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint64_t idx = 0;
+    /* accepted (it is a valid fd), then refused when the ring watches it */
+    vhc_send(&c, SET_VRING_KICK, NEED_REPLY, &idx, 8, &kick_fd, 1);
+    uint64_t v;
+    int rc = vhc_recv(&c, SET_VRING_KICK, &v, 8) == 8 ? 0 : failf("no reply to SET_VRING_KICK");
+    /* the ring fails when its loop sees the fd: wait for it before hanging up */
+    if (rc == 0)
+        rc = wait_log(case_off, "the kick file descriptor", 0);
+    close(kick_fd);
+    vhc_close(&c);
+    return rc;
+}
+
+/* ---- the cases ---------------------------------------------------------- */
+
+static int c_mem_past_fd(void)
+{
+    return add_region_refused((struct region){1ull << 32, MEM, 1ull << 40, 0}, memfd_of(65536));
+}
+
+static int c_mem_offset_past_fd(void)
+{
+    return add_region_refused((struct region){1ull << 32, 65536, 1ull << 40, 1 << 20}, memfd_of(65536));
+}
+
+static int c_mem_offset_wraps(void)
+{
+    return add_region_refused((struct region){1ull << 32, 8192, 1ull << 40, UINT64_MAX - 4095},
+                              memfd_of(65536));
+}
+
+static int c_mem_gpa_wraps(void)
+{
+    return add_region_refused((struct region){UINT64_MAX - 4095, 8192, 1ull << 40, 0}, memfd_of(65536));
+}
+
+static int c_mem_qva_wraps(void)
+{
+    return add_region_refused((struct region){1ull << 32, 8192, UINT64_MAX - 4095, 0}, memfd_of(65536));
+}
+
+static int c_mem_empty(void)
+{
+    return add_region_refused((struct region){1ull << 32, 0, 1ull << 40, 0}, memfd_of(65536));
+}
+
+static int c_mem_overlap(void)
+{
+    /* the good client's RAM is at guest address 0 */
+    return add_region_refused((struct region){4096, 65536, 1ull << 40, 0}, memfd_of(65536));
+}
+
+static int c_mem_not_a_file(void)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return failf("pipe");
+    close(p[0]);
+    return add_region_refused((struct region){1ull << 32, 4096, 1ull << 40, 0}, p[1]);
+}
+
+static int c_mem_table_overlap(void)
+{
+    int fds[2] = {memfd_of(MEM), memfd_of(MEM)};
+    struct region r[2] = {{0, MEM, 1ull << 40, 0}, {MEM / 2, MEM, 1ull << 41, 0}};
+    int rc = mem_table_refused(r, 2, fds, 2);
+    close_all(fds, 2);
+    return rc;
+}
+
+static int c_mem_table_fd_count(void)
+{
+    int fd = memfd_of(MEM);
+    struct region r[2] = {{0, MEM, 1ull << 40, 0}, {1ull << 32, MEM, 1ull << 41, 0}};
+    int rc = mem_table_refused(r, 2, &fd, 1);
+    close(fd);
+    return rc;
+}
+
+static int c_mem_table_too_many(void)
+{
+    struct region r[8] = {{0}};
+    return mem_table_refused(r, 1000, NULL, 0);
+}
+
+static int c_mem_table_past_fd(void)
+{
+    int fd = memfd_of(65536);
+    struct region r = {0, MEM, 1ull << 40, 0};
+    int rc = mem_table_refused(&r, 1, &fd, 1);
+    close(fd);
+    return rc;
+}
+
+struct inflight_msg {
+    uint64_t mmap_size, mmap_offset;
+    uint16_t num_queues, queue_size;
+    uint8_t pad[4];
+};
+
+static int c_inflight_past_fd(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint32_t st[2] = {0, 0};
+    int rc = -1;
+    /* rings stopped first: the region's size is what gets refused */
+    if (vhc_send(&c, GET_VRING_BASE, 0, st, 8, NULL, 0) < 0 || vhc_recv(&c, GET_VRING_BASE, st, 8) != 8) {
+        failf("no reply to GET_VRING_BASE");
+    } else {
+        int fd = memfd_of(4096);
+        struct inflight_msg m = {1 << 20, 0, 1, 8, {0}};
+        rc = expect_nack(&c, SET_INFLIGHT_FD, &m, sizeof(m), &fd, 1);
+        close(fd);
+    }
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_inflight_while_running(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int fd = memfd_of(1 << 20);
+    struct inflight_msg m = {1 << 20, 0, 2, 8, {0}};
+    int rc = expect_nack(&c, SET_INFLIGHT_FD, &m, sizeof(m), &fd, 1);
+    close(fd);
+    if (rc == 0)
+        rc = one_read(&c, true); /* the ring still works on the region it had */
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_inflight_get_while_running(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    struct inflight_msg m = {0, 0, 2, 8, {0}};
+    /* a GET the front end waits for: refused by dropping the connection */
+    vhc_send(&c, GET_INFLIGHT_FD, 0, &m, sizeof(m), NULL, 0);
+    int rc = vhc_recv(&c, GET_INFLIGHT_FD, &m, sizeof(m)) < 0 ? 0 : failf("GET_INFLIGHT_FD answered");
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_rem_ring_region(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    /* a request in flight, then the ring's own memory goes away */
+    struct virtio_blk_outhdr *h = vhc_alloc(&c, sizeof(*h), 16);
+    uint8_t *buf = vhc_alloc(&c, 512, 512), *status = vhc_alloc(&c, 1, 1);
+    h->type = VIRTIO_BLK_T_IN;
+    vhc_set_desc(&c, 0, 0, vhc_gpa(&c, h), sizeof(*h), VRING_DESC_F_NEXT, 1);
+    vhc_set_desc(&c, 0, 1, vhc_gpa(&c, buf), 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_set_desc(&c, 0, 2, vhc_gpa(&c, status), 1, VRING_DESC_F_WRITE, 0);
+    vhc_offer(&c, 0, 0);
+    vhc_kick(&c, 0);
+    struct mem_reg_msg m = {0, 0, {0, MEM, (uint64_t)(uintptr_t)c.mem, 0}};
+    int rc = expect_ack(&c, REM_MEM_REG, &m, sizeof(m), &c.memfd, 1);
+    uint32_t st[2] = {0, 0};
+    if (rc == 0 &&
+        (vhc_send(&c, GET_VRING_BASE, 0, st, 8, NULL, 0) < 0 || vhc_recv(&c, GET_VRING_BASE, st, 8) != 8))
+        rc = failf("no reply to GET_VRING_BASE after the ring's memory was removed");
+    vhc_close(&c);
+    return rc;
+}
+
+/* Eight fds with a message the reader refuses before the handler. */
+static int framing_with_fds(uint32_t flags, uint32_t size)
+{
+    struct vhc c;
+    if (raw_connect(&c) < 0)
+        return -1;
+    int fds[8];
+    for (int i = 0; i < 8; i++)
+        fds[i] = eventfd(0, EFD_CLOEXEC);
+    uint64_t v = 0;
+    int rc = raw_send(c.sock, SET_FEATURES, flags, size, &v, 8, fds, 8);
+    close_all(fds, 8);
+    vhc_close(&c);
+    return rc < 0 ? failf("send failed") : 0;
+}
+
+static int c_bad_version(void)
+{
+    return framing_with_fds(2, 8);
+}
+
+static int c_oversize(void)
+{
+    return framing_with_fds(1, 1u << 20);
+}
+
+static int c_too_many_fds(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int fds[12];
+    for (int i = 0; i < 12; i++)
+        fds[i] = eventfd(0, EFD_CLOEXEC);
+    uint64_t idx = 1;
+    int rc = expect_nack(&c, SET_VRING_CALL, &idx, 8, fds, 12);
+    close_all(fds, 12);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_fds_on_plain_message(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int fds[3] = {eventfd(0, EFD_CLOEXEC), eventfd(0, EFD_CLOEXEC), memfd_of(4096)};
+    int rc = expect_nack(&c, SET_FEATURES, &c.features, 8, fds, 3);
+    close_all(fds, 3);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_fd_with_nofd(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int fd = eventfd(0, EFD_CLOEXEC);
+    uint64_t idx = 1 | NOFD;
+    int rc = expect_nack(&c, SET_VRING_CALL, &idx, 8, &fd, 1);
+    close(fd);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_kick_without_fd(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint64_t idx = 1;
+    int rc = expect_nack(&c, SET_VRING_KICK, &idx, 8, NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_unaligned_desc(void)
+{
+    return vring_addr_refused(0, 8, 0, 0);
+}
+
+static int c_unaligned_avail(void)
+{
+    return vring_addr_refused(0, 0, 1, 0);
+}
+
+static int c_unaligned_used(void)
+{
+    return vring_addr_refused(0, 0, 0, 2);
+}
+
+/* Aligned front-end addresses in a region mapped at an odd file offset: the
+ * rings would be unaligned where the back end reads them. */
+static int c_unaligned_in_mapping(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint64_t qva = 1ull << 40;
+    int fd = memfd_of(1 << 17);
+    struct mem_reg_msg m = {0, 0, {1ull << 32, 1 << 16, qva, 8}};
+    uint32_t st[2] = {1, 8};
+    struct {
+        uint32_t index, flags;
+        uint64_t desc, used, avail, log;
+    } va = {1, 0, qva, qva + 0x2000, qva + 0x1000, 0};
+    int rc = expect_ack(&c, ADD_MEM_REG, &m, sizeof(m), &fd, 1);
+    close(fd);
+    if (rc == 0)
+        rc = expect_ack(&c, SET_VRING_NUM, st, 8, NULL, 0);
+    if (rc == 0)
+        rc = expect_nack(&c, SET_VRING_ADDR, &va, sizeof(va), NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_vring_addr_log(void)
+{
+    return vring_addr_refused(1, 0, 0, 0);
+}
+
+static int c_kick_pipe_no_reader(void)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return failf("pipe");
+    close(p[0]);
+    return bad_kick_fd(p[1]);
+}
+
+static int c_kick_pipe_eof(void)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return failf("pipe");
+    close(p[1]);
+    return bad_kick_fd(p[0]);
+}
+
+static int c_kick_regular_file(void)
+{
+    return bad_kick_fd(memfd_of(4096));
+}
+
+/* A payload of the wrong size for req. */
+static int wrong_size(uint32_t req, uint32_t size, bool with_fd)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint8_t payload[64] = {1};
+    int fd = with_fd ? memfd_of(4096) : -1;
+    int rc = expect_nack(&c, req, payload, size, &fd, with_fd);
+    if (fd >= 0)
+        close(fd);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_size_set_features(void)
+{
+    return wrong_size(SET_FEATURES, 4, false);
+}
+
+static int c_size_vring_addr(void)
+{
+    return wrong_size(SET_VRING_ADDR, 24, false);
+}
+
+static int c_size_vring_num(void)
+{
+    return wrong_size(SET_VRING_NUM, 0, false);
+}
+
+static int c_size_add_mem_reg(void)
+{
+    return wrong_size(ADD_MEM_REG, 8, true);
+}
+
+static int c_size_mem_table(void)
+{
+    return wrong_size(SET_MEM_TABLE, 4, false);
+}
+
+/* Every fixed-size request, four bytes too long: refused, one line each. */
+static int c_size_every_request(void)
+{
+    static const struct {
+        uint32_t req, size;
+    } fixed[] = {{SET_FEATURES, 8},
+                 {SET_PROTOCOL_FEATURES, 8},
+                 {SET_VRING_NUM, 8},
+                 {SET_VRING_BASE, 8},
+                 {18 /* SET_VRING_ENABLE */, 8},
+                 {SET_VRING_ADDR, 40},
+                 {REM_MEM_REG, 40},
+                 {SET_VRING_CALL, 8}};
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint8_t payload[64] = {1};
+    int rc = 0;
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]) && rc == 0; i++)
+        rc = expect_nack(&c, fixed[i].req, payload, fixed[i].size + 4, NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+static int vring_state_refused(uint32_t req, uint32_t index, uint32_t num)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint32_t st[2] = {index, num};
+    int rc = expect_nack(&c, req, st, 8, NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_ring_size_huge(void)
+{
+    return vring_state_refused(SET_VRING_NUM, 1, 65536);
+}
+
+static int c_ring_size_npot(void)
+{
+    return vring_state_refused(SET_VRING_NUM, 1, 100);
+}
+
+static int c_vring_base_big(void)
+{
+    return vring_state_refused(SET_VRING_BASE, 1, 70000);
+}
+
+static int c_vring_index(void)
+{
+    return vring_state_refused(SET_VRING_NUM, 1000, 8);
+}
+
+static int c_vring_call_index(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int fd = eventfd(0, EFD_CLOEXEC);
+    uint64_t idx = 200;
+    int rc = expect_nack(&c, SET_VRING_CALL, &idx, 8, &fd, 1);
+    close(fd);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_get_vring_base_index(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint32_t st[2] = {99, 0};
+    vhc_send(&c, GET_VRING_BASE, 0, st, 8, NULL, 0);
+    int rc = vhc_recv(&c, GET_VRING_BASE, st, 8) < 0 ? 0 : failf("GET_VRING_BASE of queue 99 answered");
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_kick_before_features(void)
+{
+    struct vhc c;
+    if (raw_connect(&c) < 0)
+        return -1;
+    int memfd = memfd_of(MEM);
+    uint8_t *mem = mmap(NULL, MEM, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    uint64_t qva = (uint64_t)(uintptr_t)mem;
+    uint8_t mt[8 + sizeof(struct region)] = {1};
+    struct region r = {0, MEM, qva, 0};
+    memcpy(mt + 8, &r, sizeof(r));
+    uint32_t st[2] = {0, 8};
+    struct {
+        uint32_t index, flags;
+        uint64_t desc, used, avail, log;
+    } va = {0, 0, qva, qva + 4096, qva + 8192, 0};
+    int kick = eventfd(0, EFD_CLOEXEC);
+    uint64_t idx = 0;
+    int rc = vhc_send(&c, SET_MEM_TABLE, 0, mt, sizeof(mt), &memfd, 1) < 0 ||
+                     vhc_send(&c, SET_VRING_NUM, 0, st, 8, NULL, 0) < 0 ||
+                     vhc_send(&c, SET_VRING_ADDR, 0, &va, sizeof(va), NULL, 0) < 0 ||
+                     vhc_send(&c, SET_VRING_KICK, 0, &idx, 8, &kick, 1) < 0
+                 ? failf("send failed")
+                 : 0;
+    /* the reply to a GET comes after every message before it was handled */
+    uint64_t f;
+    if (rc == 0 &&
+        (vhc_send(&c, GET_FEATURES, 0, NULL, 0, NULL, 0) < 0 || vhc_recv(&c, GET_FEATURES, &f, 8) != 8))
+        rc = failf("no answer to GET_FEATURES");
+    close(kick);
+    munmap(mem, MEM);
+    close(memfd);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_owner_twice(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int rc = expect_nack(&c, SET_OWNER, NULL, 0, NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_protocol_features_unoffered(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint64_t pf = c.protocol_features | (1ull << 40);
+    int rc = expect_nack(&c, SET_PROTOCOL_FEATURES, &pf, 8, NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_features_unoffered(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint64_t f = c.features | (1ull << 63);
+    int rc = expect_nack(&c, SET_FEATURES, &f, 8, NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_get_config_oversize(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    uint8_t cfg[12 + 60] = {0};
+    uint32_t sz = 100000;
+    memcpy(cfg + 4, &sz, 4);
+    vhc_send(&c, GET_CONFIG, 0, cfg, sizeof(cfg), NULL, 0);
+    int rc =
+        vhc_recv(&c, GET_CONFIG, cfg, sizeof(cfg)) < 0 ? 0 : failf("GET_CONFIG of 100000 bytes answered");
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_truncated_header(void)
+{
+    struct vhc c;
+    if (raw_connect(&c) < 0)
+        return -1;
+    int fds[4] = {eventfd(0, EFD_CLOEXEC), eventfd(0, EFD_CLOEXEC), memfd_of(4096), memfd_of(4096)};
+    /* 6 of the header's 12 bytes, 4 fds, then the connection closes */
+    struct msghdr mh = {0};
+    uint8_t hdr[6] = {SET_MEM_TABLE, 0, 0, 0, 1, 0};
+    struct iovec iov = {hdr, sizeof(hdr)};
+    char cbuf[CMSG_SPACE(sizeof(fds))];
+    memset(cbuf, 0, sizeof(cbuf));
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof(cbuf);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(fds));
+    memcpy(CMSG_DATA(cm), fds, sizeof(fds));
+    int rc = sendmsg(c.sock, &mh, MSG_NOSIGNAL) == (ssize_t)sizeof(hdr) ? 0 : failf("send failed");
+    close_all(fds, 4);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_close_mid_payload(void)
+{
+    struct vhc c;
+    if (raw_connect(&c) < 0)
+        return -1;
+    int fds[2] = {memfd_of(MEM), memfd_of(MEM)};
+    uint8_t part[10] = {2};
+    int rc = raw_send(c.sock, SET_MEM_TABLE, 1, 8 + 2 * sizeof(struct region), part, sizeof(part), fds, 2);
+    close_all(fds, 2);
+    vhc_close(&c);
+    return rc < 0 ? failf("send failed") : 0;
+}
+
+static int c_call_fd_full_pipe(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+        vhc_close(&c);
+        return failf("pipe");
+    }
+    char junk[4096] = {0};
+    while (write(p[1], junk, sizeof(junk)) > 0)
+        ;
+    /* blocking again on our side: the back end must not block on it */
+    fcntl(p[1], F_SETFL, fcntl(p[1], F_GETFL) & ~O_NONBLOCK);
+    uint64_t idx = 0;
+    int rc = expect_ack(&c, SET_VRING_CALL, &idx, 8, &p[1], 1);
+    close(p[1]);
+    if (rc == 0)
+        rc = one_read(&c, false); /* no interrupt can come: poll the used ring */
+    close(p[0]);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_reset_owner_running(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int rc = vhc_send(&c, RESET_OWNER, 0, NULL, 0, NULL, 0) < 0 ? failf("send failed") : 0;
+    uint64_t f;
+    if (rc == 0 &&
+        (vhc_send(&c, GET_FEATURES, 0, NULL, 0, NULL, 0) < 0 || vhc_recv(&c, GET_FEATURES, &f, 8) != 8))
+        rc = failf("no answer to GET_FEATURES after RESET_OWNER");
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_unknown_request(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int rc = expect_nack(&c, 999, NULL, 0, NULL, 0);
+    vhc_close(&c);
+    return rc;
+}
+
+static int c_log_base(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int fd = memfd_of(4096);
+    uint64_t log[2] = {4096, 0};
+    int rc = vhc_send(&c, SET_LOG_BASE, 0, log, sizeof(log), &fd, 1) < 0 ? failf("send failed") : 0;
+    close(fd);
+    vhc_close(&c);
+    return rc;
+}
+
+struct hcase {
+    const char *name;
+    int (*run)(void);
+    const char *expect; /* in the daemon log; NULL: a plain disconnection */
+    int times;          /* how often expect is logged per connection */
+};
+
+static const struct hcase cases[] = {
+    {"mem-past-fd", c_mem_past_fd, "go past the end of its fd", 1},
+    {"mem-offset-past-fd", c_mem_offset_past_fd, "go past the end of its fd", 1},
+    {"mem-offset-wraps", c_mem_offset_wraps, "go past the end of its fd", 1},
+    {"mem-gpa-wraps", c_mem_gpa_wraps, "is empty or wraps", 1},
+    {"mem-qva-wraps", c_mem_qva_wraps, "is empty or wraps", 1},
+    {"mem-empty", c_mem_empty, "is empty or wraps", 1},
+    {"mem-overlap", c_mem_overlap, "overlaps the one at", 1},
+    {"mem-not-a-file", c_mem_not_a_file, "not a file or memfd", 1},
+    {"mem-table-overlap", c_mem_table_overlap, "overlaps the one at", 1},
+    {"mem-table-fd-count", c_mem_table_fd_count, "SET_MEM_TABLE of 72 bytes with 2 regions and 1 fds", 1},
+    {"mem-table-too-many", c_mem_table_too_many, "with 1000 regions", 1},
+    {"mem-table-past-fd", c_mem_table_past_fd, "go past the end of its fd", 1},
+    {"inflight-past-fd", c_inflight_past_fd, "SET_INFLIGHT_FD: 1048576 bytes at offset 0 go past the end", 1},
+    {"inflight-while-running", c_inflight_while_running, "SET_INFLIGHT_FD while queue 0 runs", 1},
+    {"inflight-get-while-running", c_inflight_get_while_running, "GET_INFLIGHT_FD while queue 0 runs", 1},
+    {"rem-ring-region", c_rem_ring_region, "no longer in guest memory (a region was removed while it ran)",
+     1},
+    {"bad-version", c_bad_version, "protocol version 2", 1},
+    {"oversize", c_oversize, "is too large", 1},
+    {"too-many-fds", c_too_many_fds, "came with more than 8 file descriptors", 1},
+    {"fds-on-plain-message", c_fds_on_plain_message, "SET_FEATURES came with 3 file descriptors (it takes 0)",
+     1},
+    {"fd-with-nofd", c_fd_with_nofd, "SET_VRING_CALL came with 1 file descriptors (it takes 0)", 1},
+    {"kick-without-fd", c_kick_without_fd, "SET_VRING_KICK without a file descriptor", 1},
+    {"unaligned-desc", c_unaligned_desc, "unaligned ring addresses", 1},
+    {"unaligned-avail", c_unaligned_avail, "unaligned ring addresses", 1},
+    {"unaligned-used", c_unaligned_used, "unaligned ring addresses", 1},
+    {"unaligned-in-mapping", c_unaligned_in_mapping, "the rings land unaligned in our mapping", 1},
+    {"vring-addr-log", c_vring_addr_log, "asks for used-ring logging", 1},
+    {"kick-pipe-no-reader", c_kick_pipe_no_reader, "the kick file descriptor", 1},
+    {"kick-pipe-eof", c_kick_pipe_eof, "the kick file descriptor", 1},
+    {"kick-regular-file", c_kick_regular_file, "the kick file descriptor", 1},
+    {"size-set-features", c_size_set_features, "SET_FEATURES with a payload of 4 bytes", 1},
+    {"size-vring-addr", c_size_vring_addr, "SET_VRING_ADDR with a payload of 24 bytes", 1},
+    {"size-vring-num", c_size_vring_num, "SET_VRING_NUM with a payload of 0 bytes", 1},
+    {"size-add-mem-reg", c_size_add_mem_reg, "ADD_MEM_REG with a payload of 8 bytes", 1},
+    {"size-every-request", c_size_every_request, "with a payload of 12 bytes (expected 8)", 6},
+    {"size-mem-table", c_size_mem_table, "SET_MEM_TABLE with a payload of 4 bytes", 1},
+    {"ring-size-huge", c_ring_size_huge, "bad ring size 65536", 1},
+    {"ring-size-not-power-of-2", c_ring_size_npot, "bad ring size 100", 1},
+    {"vring-base-big", c_vring_base_big, "SET_VRING_BASE 70000 beyond", 1},
+    {"vring-index", c_vring_index, "SET_VRING_NUM for queue 1000", 1},
+    {"vring-call-index", c_vring_call_index, "SET_VRING_CALL for queue 200", 1},
+    {"get-vring-base-index", c_get_vring_base_index, "GET_VRING_BASE for queue 99", 1},
+    {"kick-before-features", c_kick_before_features, "kick before SET_FEATURES", 1},
+    {"owner-twice", c_owner_twice, "SET_OWNER again", 1},
+    {"protocol-features-unoffered", c_protocol_features_unoffered,
+     "protocol features 0x10000000000 we did not offer", 1},
+    {"features-unoffered", c_features_unoffered, "features 0x8000000000000000 we did not offer", 1},
+    {"get-config-oversize", c_get_config_oversize, "GET_CONFIG of 100000 bytes", 1},
+    {"truncated-header", c_truncated_header, NULL, 1},
+    {"close-mid-payload", c_close_mid_payload, NULL, 1},
+    {"call-fd-full-pipe", c_call_fd_full_pipe, NULL, 1},
+    {"reset-owner-running", c_reset_owner_running, NULL, 1},
+    {"unknown-request", c_unknown_request, "unsupported vhost-user message 999", 1},
+    {"log-base", c_log_base, "unsupported vhost-user message 6", 1},
+};
+
+static long fd_count(void)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)daemon_pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    long n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static long rss_kb(void)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)daemon_pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmRSS:", 6))
+            kb = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* ---- a hostile back end ------------------------------------------------- */
+
+struct be_msg {
+    uint32_t req, flags, size;
+    uint8_t payload[4096];
+    int fds[8], nfds;
+};
+
+static int be_recv(int sock, struct be_msg *m)
+{
+    uint8_t hdr[12];
+    char cbuf[CMSG_SPACE(sizeof(int) * 8)];
+    struct iovec iov = {hdr, 12};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    m->nfds = 0;
+    ssize_t r = recvmsg(sock, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC);
+    if (r != 12)
+        return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < n && m->nfds < 8; i++)
+                memcpy(&m->fds[m->nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        }
+    memcpy(&m->req, hdr, 4);
+    memcpy(&m->flags, hdr + 4, 4);
+    memcpy(&m->size, hdr + 8, 4);
+    if (m->size > sizeof(m->payload) ||
+        (m->size && recv(sock, m->payload, m->size, MSG_WAITALL) != (ssize_t)m->size))
+        return -1;
+    return 0;
+}
+
+static void be_reply(int sock, uint32_t req, uint32_t size_field, const void *payload, uint32_t len)
+{
+    uint8_t buf[12 + 256];
+    uint32_t flags = 1 | 0x4;
+    memcpy(buf, &req, 4);
+    memcpy(buf + 4, &flags, 4);
+    memcpy(buf + 8, &size_field, 4);
+    memcpy(buf + 12, payload, len);
+    if (send(sock, buf, 12 + len, MSG_NOSIGNAL) < 0)
+        return;
+}
+
+/* Listens on path only once it accepts: bind a temporary name, listen, rename. */
+static int be_listen(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.tmp", path);
+    unlink(sa.sun_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 1) < 0 ||
+        rename(sa.sun_path, path) < 0) {
+        perror("vhost-hostile: listen");
+        return -1;
+    }
+    return fd;
+}
+
+static int backend_main(const char *path, const char *kind)
+{
+    int lfd = be_listen(path);
+    if (lfd < 0)
+        return 2;
+    int sock = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (sock < 0)
+        return 2;
+    struct be_msg *m = malloc(sizeof(*m));
+    uint8_t *mem = NULL;
+    size_t mem_len = 0;
+    uint64_t mem_qva = 0, used_qva = 0;
+    int call_fd = -1;
+    bool acks = false;
+    uint64_t features =
+        (1ull << 32) | (1ull << 30) | (1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_FLUSH);
+    while (be_recv(sock, m) == 0) {
+        uint64_t v = 0;
+        bool replied = false;
+        switch (m->req) {
+        case GET_FEATURES:
+            if (!strcmp(kind, "reply-wrong-request"))
+                be_reply(sock, SET_FEATURES, 8, &features, 8);
+            else if (!strcmp(kind, "reply-huge"))
+                be_reply(sock, GET_FEATURES, 0x7fffffff, &features, 8);
+            else if (!strcmp(kind, "reply-cut"))
+                be_reply(sock, GET_FEATURES, 8, &features, 3);
+            else
+                be_reply(sock, GET_FEATURES, 8, &features, 8);
+            if (!strcmp(kind, "reply-cut"))
+                goto out;
+            replied = true;
+            break;
+        case 15: /* GET_PROTOCOL_FEATURES: MQ, REPLY_ACK, CONFIG */
+            v = 1 | 8 | (1 << 9);
+            be_reply(sock, m->req, 8, &v, 8);
+            replied = true;
+            break;
+        case SET_PROTOCOL_FEATURES:
+            memcpy(&v, m->payload, 8);
+            acks = v & 8;
+            break;
+        case 17: /* GET_QUEUE_NUM */
+            v = !strcmp(kind, "queues-zero") ? 0 : !strcmp(kind, "queues-huge") ? 1ull << 40 : 1;
+            be_reply(sock, m->req, 8, &v, 8);
+            replied = true;
+            break;
+        case GET_CONFIG: {
+            uint8_t cfg[12 + 60] = {0};
+            uint64_t capacity = !strcmp(kind, "capacity-huge") ? UINT64_MAX / 4 : 2048;
+            uint32_t blk = !strcmp(kind, "blk-size-odd")    ? 3
+                           : !strcmp(kind, "blk-size-huge") ? 1u << 31
+                                                            : 512;
+            memcpy(cfg + 12, &capacity, 8);
+            memcpy(cfg + 12 + 20, &blk, 4);
+            be_reply(sock, m->req, !strcmp(kind, "config-short") ? 16 : sizeof(cfg), cfg,
+                     !strcmp(kind, "config-short") ? 16 : sizeof(cfg));
+            replied = true;
+            break;
+        }
+        case SET_MEM_TABLE:
+            if (m->nfds == 1 && m->size >= 8 + sizeof(struct region)) {
+                struct region r;
+                memcpy(&r, m->payload + 8, sizeof(r));
+                mem_len = r.size + r.offset;
+                mem_qva = r.qva - r.offset;
+                mem = mmap(NULL, mem_len, PROT_READ | PROT_WRITE, MAP_SHARED, m->fds[0], 0);
+                if (mem == MAP_FAILED)
+                    mem = NULL;
+            }
+            break;
+        case SET_VRING_ADDR:
+            memcpy(&used_qva, m->payload + 16, 8);
+            break;
+        case GET_VRING_BASE:
+            be_reply(sock, m->req, 8, m->payload, 8);
+            replied = true;
+            break;
+        case SET_VRING_CALL:
+            if (m->nfds) {
+                call_fd = m->fds[0];
+                m->fds[0] = -1;
+            }
+            break;
+        }
+        if (!replied && acks && (m->flags & NEED_REPLY)) {
+            v = !strcmp(kind, "nack-all");
+            be_reply(sock, m->req, 8, &v, 8);
+        }
+        /* the first kick: the used ring jumps far past the ring's size */
+        if (m->req == SET_VRING_KICK && !strcmp(kind, "used-jump") && mem && used_qva - mem_qva < mem_len) {
+            struct vring_used *u = (struct vring_used *)(mem + (used_qva - mem_qva));
+            __atomic_store_n(&u->idx, (uint16_t)40000, __ATOMIC_RELEASE);
+            if (call_fd >= 0)
+                eventfd_write(call_fd, 1);
+        }
+        close_all(m->fds, m->nfds);
+    }
+out:
+    free(m);
+    if (mem)
+        munmap(mem, mem_len);
+    if (call_fd >= 0)
+        close(call_fd);
+    close(sock);
+    close(lfd);
+    unlink(path);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && !strcmp(argv[1], "--backend"))
+        return backend_main(argv[2], argv[3]);
+    if (argc < 5) {
+        fprintf(stderr, "usage: %s SOCKET DAEMON_LOG DAEMON_PID ROUNDS [MAX_RSS_GROWTH_KB] [CASE]\n",
+                argv[0]);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    sock_path = argv[1];
+    log_path = argv[2];
+    daemon_pid = (pid_t)atoi(argv[3]);
+    int rounds = atoi(argv[4]);
+    long max_growth = argc > 5 ? atol(argv[5]) : 16384;
+    const char *only = argc > 6 ? argv[6] : NULL;
+    size_t ncases = sizeof(cases) / sizeof(cases[0]);
+    long fds0 = 0, rss0 = 0, connections = 0;
+    for (int round = 0; round < rounds; round++) {
+        for (size_t i = 0; i < ncases; i++) {
+            const struct hcase *t = &cases[i];
+            if (only && strcmp(only, t->name))
+                continue;
+            long off = case_off = log_size();
+            conns = 0;
+            why[0] = 0;
+            int rc = t->run();
+            int bad_conns = conns;
+            if (rc == 0)
+                rc = wait_log(off, t->expect, conns);
+            if (rc == 0) {
+                char *text = log_since(off);
+                /* the refusal is one line, and not repeated (a failed kick fd is not re-armed) */
+                int want = t->times * bad_conns;
+                if (t->expect && count_in(text, t->expect) != want)
+                    rc = failf("'%s' logged %d times (expected %d)", t->expect, count_in(text, t->expect),
+                               want);
+                free(text);
+            }
+            if (rc == 0 && (rc = good_client()) == 0)
+                rc = wait_log(off, NULL, conns);
+            connections += conns;
+            if (rc < 0) {
+                fprintf(stderr, "FAIL %s (round %d): %s\n", t->name, round + 1, why);
+                return 1;
+            }
+            if (round == 0)
+                printf("ok   %s\n", t->name);
+        }
+        if (round == 0) {
+            fds0 = fd_count();
+            rss0 = rss_kb();
+        }
+    }
+    long fds1 = fd_count(), rss1 = rss_kb();
+    printf("%ld connections; daemon fds %ld -> %ld, VmRSS %ld -> %ld kB\n", connections, fds0, fds1, rss0,
+           rss1);
+    if (fds1 != fds0) {
+        fprintf(stderr, "FAIL the daemon's fd count went from %ld to %ld\n", fds0, fds1);
+        return 1;
+    }
+    if (rss1 - rss0 > max_growth) {
+        fprintf(stderr, "FAIL the daemon's RSS grew by %ld kB (allowed %ld)\n", rss1 - rss0, max_growth);
+        return 1;
+    }
+    return 0;
+}
