@@ -337,7 +337,7 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
         vbd_error_setf(err, -rc, "qcow2: could not shrink the image: %s", strerror(-rc));
         return rc;
     }
-    n->size = size;
+    vbd_node_set_size(n, size);
     /* an external data file is cut at the new end too, as QEMU does */
     if (s->external && s->data->size > size && (rc = vbd_node_co_truncate(s->data, size, true, VBD_PREALLOC_OFF, err)) < 0 &&
         rc != -ENOTSUP)
@@ -408,7 +408,7 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     if (rc == 0)
         rc = qcow2_flush_refcounts(s);
     if (rc == 0)
-        n->size = size;
+        vbd_node_set_size(n, size);
     else
         vbd_error_setf(err, -rc, "qcow2: could not update the image size: %s", strerror(-rc));
 reload:

@@ -481,7 +481,7 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
             put_be64p(b, disk_size);
             rc = vbd_node_co_pwrite(n->file, 24, b, 8, 0);
             if (rc == 0)
-                n->size = disk_size;
+                vbd_node_set_size(n, disk_size);
         }
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);
