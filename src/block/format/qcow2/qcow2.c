@@ -637,12 +637,15 @@ static int64_t alloc_bytes(struct qcow2_state *s, uint64_t len)
 {
     uint64_t in = s->compress_pos & (s->cluster_size - 1);
     if (s->compress_pos && in && s->cluster_size - in >= len) {
-        uint64_t at = s->compress_pos;
-        int rc = qcow2_update_refcount(s, at & ~(s->cluster_size - 1), 1);
+        uint64_t at = s->compress_pos, cur;
+        int rc = qcow2_get_refcount(s, at >> s->cluster_bits, &cur);
         if (rc < 0)
             return rc;
-        s->compress_pos += len;
-        return (int64_t)at;
+        /* one more reference, unless the counter is full (refcount_bits=1): a new cluster then */
+        if (cur && qcow2_update_refcount(s, at & ~(s->cluster_size - 1), 1) == 0) {
+            s->compress_pos += len;
+            return (int64_t)at;
+        }
     }
     int64_t at = qcow2_alloc_clusters(s, (len + s->cluster_size - 1) >> s->cluster_bits);
     if (at >= 0)

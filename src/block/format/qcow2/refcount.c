@@ -381,6 +381,10 @@ static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value)
     uint64_t i = cluster & ((1ull << rb_bits(s)) - 1);
     set_entry(s, s->rc_cur->data, i, value);
     s->rc_cur->dirty = true;
+    /* a freed cluster can be handed out again as anything: compressed data
+     * must never again be packed into its tail */
+    if (value == 0 && s->compress_pos && (s->compress_pos >> s->cluster_bits) == cluster)
+        s->compress_pos = 0;
     return 0;
 }
 
