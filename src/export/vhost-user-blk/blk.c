@@ -667,7 +667,7 @@ static void blk_queue_kick(struct vu_queue *q)
             }
             const char *why = NULL;
             int rc = vu_vq_pop(&q->vq, &q->dev->mem, &r->elem, &why);
-            if (rc == -EINVAL && !strcmp(why, "too many segments in one request")) {
+            if (rc == -E2BIG) {
                 /* retry with the large vector (rare: chains beyond seg_max) */
                 q->vq.broken = false;
                 r->elem.iov = req_iov(r, VU_MAX_IOV);
