@@ -114,7 +114,7 @@ int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, str
             int rc = map_buffer(m, d.addr, d.len, e, &n);
             if (rc < 0) {
                 *why = rc == -E2BIG ? "too many segments in one request" : "buffer outside guest memory";
-                return -EINVAL;
+                return rc;
             }
             e->in_num += n - before;
         } else {
@@ -126,7 +126,7 @@ int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, str
             int rc = map_buffer(m, d.addr, d.len, e, &n);
             if (rc < 0) {
                 *why = rc == -E2BIG ? "too many segments in one request" : "buffer outside guest memory";
-                return -EINVAL;
+                return rc;
             }
             e->out_num += n - before;
         }

@@ -84,10 +84,15 @@ struct vu_elem {
     int iov_cap;
 };
 
-/* Returns 1 with *e filled, 0 when the ring is empty, -EINVAL when the ring
- * or chain is malformed (*why names the reason; the queue is then broken). */
+/* Returns 1 with *e filled, 0 when the ring is empty, or a negative errno
+ * when the ring or chain is refused and the queue is then broken: -E2BIG
+ * when the chain has more segments than e->iov_cap (a caller may retry with
+ * a larger vector after clearing vq->broken), -EFAULT when a buffer lies
+ * outside guest memory, -EINVAL for any other malformed ring or chain.
+ * *why names the reason, for the log line only; callers compare errnos. */
 int vu_vq_pop(struct vu_vq *vq, const struct vu_mem *m, struct vu_elem *e, const char **why);
-/* Maps the chain at head (used when resubmitting inflight requests). */
+/* Maps the chain at head (used when resubmitting inflight requests); errors
+ * as vu_vq_pop's. */
 int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e, const char **why);
 /* Adds one used element and publishes it. */
 void vu_vq_push(struct vu_vq *vq, uint16_t head, uint32_t len);
