@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img amend.
+ */
+#include "img.h"
+
+/* amend -o help: the options amend takes, listed as qemu-img lists them
+ * (the format from -f, or from the image). */
+static int print_amend_help(const char *fmt, const char *filename, bool image_opts)
+{
+    static const char *const amendable[] = {"backing_file", "backing_fmt",   "compat", "data_file", "data_file_raw",
+                                            "lazy_refcounts", "refcount_bits", "size",   NULL};
+    const struct vbd_driver *d = NULL;
+    if (!fmt && filename) {
+        struct vbd_node *n = tool_open(filename, NULL, image_opts, VBD_OPEN_NO_BACKING | VBD_OPEN_FORCE_SHARE, NULL, NULL);
+        if (!n)
+            return 1;
+        d = vbd_node_skip_filters(n)->drv;
+        vbd_node_unref(n);
+    } else if (fmt && !(d = vbd_driver_find(fmt))) {
+        vbd_error_report("Unknown file format '%s'", fmt);
+        return 1;
+    }
+    if (!d) {
+        vbd_error_report("Expecting one image file name");
+        return 1;
+    }
+    if (!d->co_amend) {
+        vbd_error_report("Format driver '%s' does not support option amendment", d->name);
+        return 1;
+    }
+    static const char *const types[] = {"str", "bool (on/off)", "num", "size"};
+    printf("Amend options for '%s':\n", d->name);
+    for (const char *const *a = amendable; *a; a++)
+        for (const struct vbd_opt_desc *o = d->create_opts; o && o->name; o++) {
+            if (strcmp(o->name, *a))
+                continue;
+            char head[64];
+            snprintf(head, sizeof(head), "  %s=<%s>", o->name, types[o->type]);
+            printf("%-24s - %s\n", head, o->help ? o->help : "");
+        }
+    return 0;
+}
+
+int verb_amend(int argc, char **argv)
+{
+    const char *fmt = NULL;
+    struct json_object *opts = NULL;
+    bool force = false, image_opts = false;
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force", no_argument, NULL, OPT_FORCE},
+                                       {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "ho:f:t:pq", lo, NULL)) != -1) {
+        switch (c) {
+        case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
+        case 'f': fmt = optarg; break;
+        case OPT_FORCE: force = true; break;
+        case OPT_IMAGE_OPTS: image_opts = true; break;
+        case 't': case 'p': case 'q': break;
+        case 'h':
+            printf("Usage: vbd-img amend [-f fmt] [--force] -o options filename\nChange format options of an existing image.\n");
+            return 0;
+        default: return 1;
+        }
+    }
+    if (!opts) {
+        vbd_error_report("Must specify options (-o)");
+        return 1;
+    }
+    if (o_is_help(opts)) {
+        json_object_put(opts);
+        return print_amend_help(fmt_or_null(fmt), optind < argc ? argv[optind] : NULL, image_opts);
+    }
+    if (optind != argc - 1) {
+        vbd_error_report("Expecting one image file name");
+        json_object_put(opts);
+        return 1;
+    }
+    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
+    if (!n) {
+        json_object_put(opts);
+        return 1;
+    }
+    struct vbd_node *img = vbd_node_skip_filters(n);
+    int rc = 0;
+    struct vbd_error *err = NULL;
+    if (!img->drv->co_amend) {
+        vbd_error_report("Format driver '%s' does not support option amendment", img->drv->name);
+        rc = 1;
+    } else if (img->drv->co_amend(img, opts, force, &err) < 0) {
+        vbd_error_report("Error while amending options: %s", err ? err->msg : "failed");
+        rc = 1;
+    }
+    vbd_error_free(err);
+    json_object_put(opts);
+    vbd_node_unref(n);
+    return rc;
+}

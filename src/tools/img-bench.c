@@ -1,0 +1,157 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img bench.
+ */
+#include "img.h"
+
+struct bench {
+    struct vbd_node *n;
+    bool write;
+    uint64_t bufsize, step, offset, image_size;
+    int64_t count, issued, completed;
+    int64_t flush_interval;
+    bool drain;
+    int in_flight;
+    int error;
+    struct vbd_co_queue done_q, drain_q;
+    bool flushing;
+    int workers;
+};
+
+static void bench_worker(void *opaque)
+{
+    struct bench *b = opaque;
+    uint8_t *buf = vbd_alloc_aligned(4096, b->bufsize);
+    memset(buf, 0, b->bufsize);
+    struct iovec one = {buf, b->bufsize};
+    struct vbd_qiov q = {&one, 1, b->bufsize};
+    extern int bench_pattern;
+    if (bench_pattern >= 0)
+        memset(buf, bench_pattern, b->bufsize);
+    while (!b->error && b->issued < b->count) {
+        while (b->flushing)
+            vbd_co_queue_wait(&b->drain_q);
+        if (b->issued >= b->count)
+            break;
+        uint64_t off = b->offset;
+        /* as qemu-img bench: wrap modulo the image size, so a large
+         * step gives a strided pseudo-random pattern */
+        b->offset = (b->offset + b->step) % b->image_size;
+        if (b->offset + b->bufsize > b->image_size)
+            b->offset = 0;
+        b->issued++;
+        b->in_flight++;
+        int rc = b->write ? vbd_node_co_pwritev(b->n, off, b->bufsize, &q, 0, 0)
+                          : vbd_node_co_preadv(b->n, off, b->bufsize, &q, 0, 0);
+        b->in_flight--;
+        if (rc < 0) {
+            b->error = rc;
+            break;
+        }
+        b->completed++;
+        if (b->flush_interval && b->completed % b->flush_interval == 0) {
+            if (b->drain) {
+                b->flushing = true;
+                while (b->in_flight)
+                    vbd_co_queue_wait(&b->done_q);
+            }
+            int r = vbd_node_co_flush(b->n);
+            b->flushing = false;
+            vbd_co_queue_wake_all(&b->drain_q);
+            if (r < 0) {
+                b->error = r;
+                break;
+            }
+        }
+        if (b->flushing && !b->in_flight)
+            vbd_co_queue_wake_all(&b->done_q);
+    }
+    free(buf);
+    b->workers--;
+    vbd_co_queue_wake_all(&b->done_q);
+    vbd_co_queue_wake_all(&b->drain_q);
+}
+
+int bench_pattern = -1;
+
+int verb_bench(int argc, char **argv)
+{
+    const char *fmt = NULL, *cache = "writeback", *aio = NULL;
+    int64_t count = 75000, depth = 64, bufsize = 4096, step = 0, offset = 0, flush_interval = 0;
+    bool write = false, quiet = false, force = false, no_drain = false, image_opts = false;
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"pattern", required_argument, NULL, OPT_PATTERN},
+                                       {"flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL},
+                                       {"no-drain", no_argument, NULL, OPT_NO_DRAIN}, {"force-share", no_argument, NULL, 'U'},
+                                       {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "hc:d:f:ni:o:qs:S:t:wU", lo, NULL)) != -1) {
+        switch (c) {
+        case 'c': count = tool_cvtnum(optarg); if (count <= 0) { vbd_error_report("Invalid request count specified"); return 1; } break;
+        case 'd': depth = tool_cvtnum(optarg); if (depth <= 0 || depth > 4096) { vbd_error_report("Invalid queue depth specified"); return 1; } break;
+        case 'f': fmt = optarg; break;
+        case 'n': cache = "none"; break;
+        case 'i': aio = optarg; break;
+        case 'o': offset = tool_cvtnum(optarg); if (offset < 0) { vbd_error_report("Invalid offset specified"); return 1; } break;
+        case 'q': quiet = true; break;
+        case 's': bufsize = tool_cvtnum(optarg); if (bufsize <= 0 || bufsize > INT32_MAX) { vbd_error_report("Invalid buffer size specified"); return 1; } break;
+        case 'S': step = tool_cvtnum(optarg); if (step < 0) { vbd_error_report("Invalid step size specified"); return 1; } break;
+        case 't': cache = optarg; break;
+        case 'w': write = true; break;
+        case 'U': force = true; break;
+        case OPT_PATTERN: bench_pattern = (int)strtol(optarg, NULL, 0) & 0xff; break;
+        case OPT_FLUSH_INTERVAL: flush_interval = tool_cvtnum(optarg); if (flush_interval < 0) { vbd_error_report("Invalid flush interval specified"); return 1; } break;
+        case OPT_NO_DRAIN: no_drain = true; break;
+        case OPT_IMAGE_OPTS: image_opts = true; break;
+        case 'h':
+            printf("Usage: vbd-img bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [--no-drain] [-i aio] [-n]\n"
+                   "                     [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+                   "Run COUNT sequential requests (step -S, default the buffer size) with DEPTH in flight; same options as qemu-img bench.\n");
+            return 0;
+        default: return 1;
+        }
+    }
+    if (optind != argc - 1) {
+        vbd_error_report("Expecting one image file name");
+        return 1;
+    }
+    if (!write && (flush_interval || bench_pattern >= 0)) {
+        vbd_error_report(flush_interval ? "--flush-interval is only available in write tests" : "--pattern is only available in write tests");
+        return 1;
+    }
+    unsigned flags = (write ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
+    if (tool_aio_flags(aio, &flags) < 0)
+        return 1;
+    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags, cache, NULL);
+    if (!n)
+        return 1;
+    struct bench b = {.n = n, .write = write, .bufsize = bufsize, .step = step ? step : bufsize, .offset = offset,
+                      .image_size = n->size, .count = count, .flush_interval = flush_interval, .drain = !no_drain};
+    if ((uint64_t)bufsize > n->size) {
+        vbd_error_report("Buffer size is larger than the image");
+        vbd_node_unref(n);
+        return 1;
+    }
+    if (!quiet)
+        printf("Sending %lld %s requests, %lld bytes each, %lld in parallel (starting at offset %lld, step size %lld)\n",
+               (long long)count, write ? "write" : "read", (long long)bufsize, (long long)depth, (long long)offset,
+               (long long)b.step);
+    if (flush_interval && !quiet)
+        printf("Sending flush every %lld requests\n", (long long)flush_interval);
+    uint64_t t0 = vbd_clock_ns();
+    b.workers = (int)(depth < count ? depth : count);
+    int nw = b.workers;
+    for (int i = 0; i < nw; i++)
+        vbd_co_wake(vbd_co_create(bench_worker, &b));
+    while (b.workers)
+        vbd_co_queue_wait(&b.done_q);
+    double secs = (vbd_clock_ns() - t0) / 1e9;
+    int rc = 0;
+    if (b.error) {
+        vbd_error_report("Failed request: %s", strerror(-b.error));
+        rc = 1;
+    } else if (!quiet) {
+        printf("Run completed in %3.3f seconds.\n", secs);
+    }
+    vbd_node_unref(n);
+    return rc;
+}

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img check.
+ */
+#include "img.h"
+
+int verb_check(int argc, char **argv)
+{
+    const char *fmt = NULL, *repair = NULL;
+    bool json = false, quiet = false, force = false, image_opts = false;
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, OPT_OUTPUT},
+                                       {"repair", required_argument, NULL, 'r'}, {"force-share", no_argument, NULL, 'U'},
+                                       {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "hf:r:T:qU", lo, NULL)) != -1) {
+        switch (c) {
+        case 'f': fmt = optarg; break;
+        case 'r': repair = optarg; break;
+        case 'q': quiet = true; break;
+        case 'U': force = true; break;
+        case 'T': break;
+        case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
+        case OPT_IMAGE_OPTS: image_opts = true; break;
+        case 'h':
+            printf("Usage: vbd-img check [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-U] filename\n"
+                   "Check an image's metadata. Exit: 0 clean, 1 check incomplete, 2 corruptions, 3 leaks only, 63 unsupported.\n");
+            return 0;
+        default: return 1;
+        }
+    }
+    unsigned fix = 0;
+    if (repair) {
+        if (!strcmp(repair, "leaks"))
+            fix = VBD_CHECK_FIX_LEAKS;
+        else if (!strcmp(repair, "all"))
+            fix = VBD_CHECK_FIX_LEAKS | VBD_CHECK_FIX_ERRORS;
+        else {
+            vbd_error_report("Unknown option value for -r (expecting 'leaks' or 'all'): %s", repair);
+            return 1;
+        }
+    }
+    if (optind != argc - 1) {
+        vbd_error_report("Expecting one image file name");
+        return 1;
+    }
+    unsigned flags = VBD_OPEN_CHECK | VBD_OPEN_NO_BACKING | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
+    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags, NULL, NULL);
+    if (!n)
+        return 1;
+    struct vbd_node *img = vbd_node_skip_filters(n);
+    if (!img->drv->co_check) {
+        vbd_error_report("This image format does not support checks");
+        vbd_node_unref(n);
+        return 63;
+    }
+    struct vbd_check_result r = {0};
+    struct vbd_error *err = NULL;
+    int ret = img->drv->co_check(img, &r, fix, &err);
+    if (ret < 0 && !r.check_errors)
+        r.check_errors = 1;
+    if (json) {
+        struct json_object *o = json_object_new_object();
+        /* the key order qemu-img prints */
+        json_object_object_add(o, "image-end-offset", json_object_new_int64(r.image_end_offset));
+        if (r.compressed_clusters) /* qemu-img leaves it out when zero */
+            json_object_object_add(o, "compressed-clusters", json_object_new_int64((int64_t)r.compressed_clusters));
+        json_object_object_add(o, "total-clusters", json_object_new_int64((int64_t)r.total_clusters));
+        if (r.corruptions)
+            json_object_object_add(o, "corruptions", json_object_new_int64(r.corruptions));
+        if (r.corruptions_fixed)
+            json_object_object_add(o, "corruptions-fixed", json_object_new_int64(r.corruptions_fixed));
+        json_object_object_add(o, "check-errors", json_object_new_int64(r.check_errors));
+        if (r.leaks)
+            json_object_object_add(o, "leaks", json_object_new_int64(r.leaks));
+        if (r.leaks_fixed)
+            json_object_object_add(o, "leaks-fixed", json_object_new_int64(r.leaks_fixed));
+        if (r.allocated_clusters) /* qemu-img leaves it out when zero */
+            json_object_object_add(o, "allocated-clusters", json_object_new_int64((int64_t)r.allocated_clusters));
+        json_object_object_add(o, "filename", json_object_new_string(n->filename));
+        json_object_object_add(o, "format", json_object_new_string(img->drv->name));
+        /* qemu-img leaves it out when zero */
+        if (r.fragmented_clusters)
+            json_object_object_add(o, "fragmented-clusters", json_object_new_int64((int64_t)r.fragmented_clusters));
+        tool_print_json(o);
+        json_object_put(o);
+    } else if (!quiet) {
+        if (r.leaks_fixed || r.corruptions_fixed)
+            printf("The following inconsistencies were found and repaired:\n\n    %lld leaked clusters\n    %lld corruptions\n\nDouble checking the fixed image now...\n",
+                   (long long)r.leaks_fixed, (long long)r.corruptions_fixed);
+        if (r.corruptions)
+            printf("\n%lld errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
+                   (long long)r.corruptions);
+        if (r.leaks)
+            printf("\n%lld leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
+                   (long long)r.leaks);
+        if (r.check_errors)
+            printf("\n%lld internal errors have occurred during the check.\n", (long long)r.check_errors);
+        if (!r.corruptions && !r.leaks && !r.check_errors)
+            printf("No errors were found on the image.\n");
+        if (r.total_clusters && r.allocated_clusters)
+            printf("%llu/%llu = %.2f%% allocated, %.2f%% fragmented, %.2f%% compressed clusters\n",
+                   (unsigned long long)r.allocated_clusters, (unsigned long long)r.total_clusters,
+                   100.0 * r.allocated_clusters / r.total_clusters,
+                   r.allocated_clusters ? 100.0 * r.fragmented_clusters / r.allocated_clusters : 0.0,
+                   r.allocated_clusters ? 100.0 * r.compressed_clusters / r.allocated_clusters : 0.0);
+        if (r.image_end_offset)
+            printf("Image end offset: %lld\n", (long long)r.image_end_offset);
+    }
+    if (err)
+        tool_report(err);
+    vbd_node_unref(n);
+    if (r.check_errors)
+        return 1;
+    if (r.corruptions)
+        return 2;
+    if (r.leaks)
+        return 3;
+    return 0;
+}

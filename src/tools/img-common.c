@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img: option helpers shared by several verbs.
+ */
+#include "img.h"
+
+bool parse_output(const char *s, bool *json)
+{
+    if (!strcmp(s, "json"))
+        *json = true;
+    else if (!strcmp(s, "human"))
+        *json = false;
+    else {
+        vbd_error_report("--output must be used with human or json as argument.");
+        return false;
+    }
+    return true;
+}
+
+/* Merge "-o a=b,c=d" strings into one options object. "help" is special. */
+int add_o(struct json_object **opts, const char *s)
+{
+    /* qemu-img takes a "?" element of the list as "help" (the keyval syntax has no such key) */
+    for (const char *p = s; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == 1 && *p == '?') {
+            if (!*opts)
+                *opts = json_object_new_object();
+            json_object_object_add(*opts, "help", json_object_new_boolean(true));
+            return 0;
+        }
+        p += len;
+        while (*p == ',')
+            p++;
+    }
+    struct vbd_error *err = NULL;
+    struct json_object *o = vbd_keyval_parse(s, NULL, &err);
+    if (!o) {
+        vbd_error_report("Invalid option list: %s", err ? err->msg : s);
+        vbd_error_free(err);
+        return -1;
+    }
+    if (!*opts)
+        *opts = json_object_new_object();
+    json_object_object_foreach(o, k, v) json_object_object_add(*opts, k, json_object_get(v));
+    json_object_put(o);
+    return 0;
+}
+
+bool o_is_help(struct json_object *opts)
+{
+    return opts && (json_object_object_get_ex(opts, "help", NULL) || json_object_object_get_ex(opts, "?", NULL));
+}
+
+void print_create_help(const char *fmt)
+{
+    const struct vbd_driver *d = vbd_driver_find(fmt);
+    if (!d) {
+        vbd_error_report("Unknown file format '%s'", fmt);
+        return;
+    }
+    printf("Supported %s options:\n", fmt);
+    for (const struct vbd_opt_desc *o = d->create_opts; o && o->name; o++) {
+        static const char *const types[] = {"str", "bool", "num", "size"};
+        printf("  %-22s <%s>%s%s%s\n", o->name, types[o->type], o->help ? " - " : "", o->help ? o->help : "",
+               "");
+        if (o->def_value)
+            printf("  %-22s  (default: %s)\n", "", o->def_value);
+    }
+}

@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img dd.
+ */
+#include "img.h"
+
+int verb_dd(int argc, char **argv)
+{
+    const char *fmt = NULL, *out_fmt = "raw", *in = NULL, *out = NULL;
+    int64_t bs = 512, count = -1, skip = 0;
+    bool force = false;
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "hf:O:U", lo, NULL)) != -1) {
+        switch (c) {
+        case 'f': fmt = optarg; break;
+        case 'O': out_fmt = optarg; break;
+        case 'U': force = true; break;
+        case 'h':
+            printf("Usage: vbd-img dd [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output\n"
+                   "Copy COUNT blocks of BS bytes (default 512) from INPUT, skipping SKIP blocks, into a new OUTPUT image.\n");
+            return 0;
+        default: return 1;
+        }
+    }
+    for (int i = optind; i < argc; i++) {
+        char *eq = strchr(argv[i], '=');
+        if (!eq) {
+            vbd_error_report("unrecognized operand %s", argv[i]);
+            return 1;
+        }
+        size_t kl = eq - argv[i];
+        const char *v = eq + 1;
+        if (!strncmp(argv[i], "if", kl) && kl == 2)
+            in = v;
+        else if (!strncmp(argv[i], "of", kl) && kl == 2)
+            out = v;
+        else if (!strncmp(argv[i], "bs", kl) && kl == 2) {
+            bs = tool_cvtnum(v);
+            if (bs <= 0 || bs > INT32_MAX) {
+                vbd_error_report("invalid number: '%s'", v);
+                return 1;
+            }
+        } else if (!strncmp(argv[i], "count", kl) && kl == 5) {
+            count = tool_cvtnum(v);
+            if (count < 0) {
+                vbd_error_report("invalid number: '%s'", v);
+                return 1;
+            }
+        } else if (!strncmp(argv[i], "skip", kl) && kl == 4) {
+            skip = tool_cvtnum(v);
+            if (skip < 0) {
+                vbd_error_report("invalid number: '%s'", v);
+                return 1;
+            }
+        } else {
+            vbd_error_report("unrecognized operand %s", argv[i]);
+            return 1;
+        }
+    }
+    if (!in || !out) {
+        vbd_error_report("Must specify both input and output files");
+        return 1;
+    }
+    struct vbd_node *src = tool_open(in, fmt_or_null(fmt), false, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
+    if (!src)
+        return 1;
+    /* qemu-img dd sizes the output as count*bs and then drops the skipped
+     * part (count counts from the start of the input, not from skip). */
+    uint64_t start = (uint64_t)skip * bs;
+    uint64_t end = src->size;
+    if (count >= 0 && (uint64_t)count * bs < end)
+        end = (uint64_t)count * bs;
+    if (start > end) {
+        vbd_error_report("cannot skip to specified offset");
+        vbd_node_unref(src);
+        return 1;
+    }
+    uint64_t len = end - start;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "size", json_object_new_int64((int64_t)len));
+    struct vbd_error *err = NULL;
+    int rc = 1;
+    struct vbd_node *dst = NULL;
+    uint8_t *buf = NULL;
+    if (vbd_image_co_create(out_fmt, out, o, &err) < 0) {
+        vbd_error_report("%s: error while creating output image: %s", out, err ? err->msg : "failed");
+        vbd_error_free(err);
+        goto done;
+    }
+    dst = tool_open(out, out_fmt, false, VBD_OPEN_RDWR, NULL, NULL);
+    if (!dst)
+        goto done;
+    buf = vbd_alloc_aligned(4096, (size_t)bs);
+    for (uint64_t pos = 0; pos < len;) {
+        uint64_t l = len - pos < (uint64_t)bs ? len - pos : (uint64_t)bs;
+        int r = vbd_node_co_pread(src, start + pos, buf, l);
+        if (r == 0)
+            r = vbd_node_co_pwrite(dst, pos, buf, l, 0);
+        if (r < 0) {
+            vbd_error_report("error while copying at offset %llu: %s", (unsigned long long)pos, strerror(-r));
+            goto done;
+        }
+        pos += l;
+    }
+    rc = vbd_node_co_flush(dst) < 0;
+done:
+    json_object_put(o);
+    free(buf);
+    if (dst)
+        vbd_node_unref(dst);
+    vbd_node_unref(src);
+    return rc;
+}

@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img info; its image JSON and snapshot table are shared with snapshot -l.
+ */
+#include "img.h"
+
+struct json_object *image_info_json(struct vbd_node *n, struct vbd_error **err)
+{
+    struct vbd_image_info info;
+    if (vbd_node_get_info(n, &info, err) < 0)
+        return NULL;
+    struct json_object *o = json_object_new_object();
+    /* qemu-img prints this key first (its dictionary order) */
+    if (n->backing_file[0] && n->backing_format[0])
+        json_object_object_add(o, "backing-filename-format", json_object_new_string(n->backing_format));
+    struct vbd_snapshot_info *sn = NULL;
+    int nsn = n->drv->snapshot_list ? n->drv->snapshot_list(n, &sn) : 0;
+    if (nsn > 0) {
+        struct json_object *arr = json_object_new_array();
+        for (int i = 0; i < nsn; i++) {
+            struct json_object *s = json_object_new_object();
+            if (sn[i].icount_valid) /* qemu-img leaves it out when the snapshot has none */
+                json_object_object_add(s, "icount", json_object_new_int64((int64_t)sn[i].icount));
+            json_object_object_add(s, "vm-clock-nsec", json_object_new_int64(sn[i].vm_clock_nsec % 1000000000));
+            json_object_object_add(s, "name", json_object_new_string(sn[i].name));
+            json_object_object_add(s, "date-sec", json_object_new_int64(sn[i].date_sec));
+            json_object_object_add(s, "date-nsec", json_object_new_int64(sn[i].date_nsec));
+            json_object_object_add(s, "vm-clock-sec", json_object_new_int64(sn[i].vm_clock_nsec / 1000000000));
+            json_object_object_add(s, "id", json_object_new_string(sn[i].id));
+            json_object_object_add(s, "vm-state-size", json_object_new_int64((int64_t)sn[i].vm_state_size));
+            json_object_array_add(arr, s);
+        }
+        json_object_object_add(o, "snapshots", arr);
+    }
+    free(sn);
+    json_object_object_add(o, "virtual-size", json_object_new_int64((int64_t)info.virtual_size));
+    json_object_object_add(o, "filename", json_object_new_string(n->filename));
+    if (info.cluster_size)
+        json_object_object_add(o, "cluster-size", json_object_new_int64(info.cluster_size));
+    json_object_object_add(o, "format", json_object_new_string(n->drv->name));
+    if (info.actual_size >= 0)
+        json_object_object_add(o, "actual-size", json_object_new_int64(info.actual_size));
+    if (info.format_specific)
+        json_object_object_add(o, "format-specific", info.format_specific);
+    if (n->backing_file[0]) {
+        json_object_object_add(o, "full-backing-filename",
+                               json_object_new_string(n->full_backing_filename[0] ? n->full_backing_filename : n->backing_file));
+        json_object_object_add(o, "backing-filename", json_object_new_string(n->backing_file));
+    }
+    /* qemu-img shows it when the image (or, for raw, its protocol) answers get_info: not over NBD */
+    struct vbd_node *bottom = n;
+    while (bottom->file)
+        bottom = bottom->file;
+    if (info.has_dirty_flag || !(bottom->drv->caps & VBD_DRV_CAP_REMOTE))
+        json_object_object_add(o, "dirty-flag", json_object_new_boolean(info.dirty_flag));
+    return o;
+}
+
+static void print_specific(struct json_object *v, int indent)
+{
+    json_object_object_foreach(v, k, val) {
+        char key[128];
+        snprintf(key, sizeof(key), "%s", k);
+        for (char *p = key; *p; p++)
+            if (*p == '-')
+                *p = ' ';
+        if (json_object_is_type(val, json_type_object)) {
+            printf("%*s%s:\n", indent, "", key);
+            print_specific(val, indent + 4);
+        } else if (json_object_is_type(val, json_type_array)) {
+            printf("%*s%s:\n", indent, "", key);
+            for (size_t i = 0; i < json_object_array_length(val); i++) {
+                struct json_object *e = json_object_array_get_idx(val, i);
+                if (json_object_is_type(e, json_type_object)) {
+                    printf("%*s[%zu]:\n", indent + 4, "", i);
+                    print_specific(e, indent + 8);
+                } else {
+                    printf("%*s[%zu]: %s\n", indent + 4, "", i, json_object_get_string(e));
+                }
+            }
+        } else {
+            printf("%*s%s: %s\n", indent, "", key, json_object_get_string(val));
+        }
+    }
+}
+
+
+/* qemu-img's snapshot table (info and snapshot -l) */
+void print_snapshot_table(struct json_object *v)
+{
+    printf("Snapshot list:\n");
+    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+    for (size_t i = 0; i < json_object_array_length(v); i++) {
+        struct json_object *sn = json_object_array_get_idx(v, i);
+        time_t t = json_object_get_int64(json_object_object_get(sn, "date-sec"));
+        struct tm tm;
+        char date[32], vmsz[32];
+        localtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        tool_size_to_str((double)json_object_get_int64(json_object_object_get(sn, "vm-state-size")), vmsz,
+                         sizeof(vmsz));
+        int64_t secs = json_object_get_int64(json_object_object_get(sn, "vm-clock-sec"));
+        struct json_object *ic = json_object_object_get(sn, "icount");
+        char icount[32] = "";
+        if (ic)
+            snprintf(icount, sizeof(icount), "%lld", (long long)json_object_get_int64(ic));
+        printf("%-9s %-16s %8s %19s %02lld:%02lld:%02lld.%03lld %10s\n",
+               json_object_get_string(json_object_object_get(sn, "id")),
+               json_object_get_string(json_object_object_get(sn, "name")), vmsz, date, (long long)(secs / 3600),
+               (long long)(secs / 60 % 60), (long long)(secs % 60),
+               (long long)(json_object_get_int64(json_object_object_get(sn, "vm-clock-nsec")) / 1000000), icount);
+    }
+}
+
+static void print_info_human(struct json_object *o)
+{
+    char s[64];
+    struct json_object *v;
+    printf("image: %s\n", json_object_get_string(json_object_object_get(o, "filename")));
+    printf("file format: %s\n", json_object_get_string(json_object_object_get(o, "format")));
+    int64_t vs = json_object_get_int64(json_object_object_get(o, "virtual-size"));
+    tool_size_to_str((double)vs, s, sizeof(s));
+    printf("virtual size: %s (%lld bytes)\n", s, (long long)vs);
+    if (json_object_object_get_ex(o, "actual-size", &v)) {
+        tool_size_to_str((double)json_object_get_int64(v), s, sizeof(s));
+        printf("disk size: %s\n", s);
+    } else {
+        printf("disk size: unavailable\n");
+    }
+    if (json_object_object_get_ex(o, "cluster-size", &v))
+        printf("cluster_size: %lld\n", (long long)json_object_get_int64(v));
+    if (json_object_object_get_ex(o, "backing-filename", &v)) {
+        struct json_object *full;
+        const char *bf = json_object_get_string(v);
+        printf("backing file: %s", bf);
+        if (json_object_object_get_ex(o, "full-backing-filename", &full) && strcmp(json_object_get_string(full), bf))
+            printf(" (actual path: %s)", json_object_get_string(full));
+        printf("\n");
+        if (json_object_object_get_ex(o, "backing-filename-format", &v))
+            printf("backing file format: %s\n", json_object_get_string(v));
+    }
+    if (json_object_object_get_ex(o, "snapshots", &v))
+        print_snapshot_table(v);
+    if (json_object_object_get_ex(o, "format-specific", &v)) {
+        printf("Format specific information:\n");
+        struct json_object *data;
+        if (json_object_object_get_ex(v, "data", &data))
+            print_specific(data, 4);
+    }
+}
+
+int verb_info(int argc, char **argv)
+{
+    const char *fmt = NULL;
+    bool json = false, chain = false, image_opts = false, force = false;
+    static const struct option lo[] = {
+        {"help", no_argument, NULL, 'h'},          {"format", required_argument, NULL, 'f'},
+        {"output", required_argument, NULL, OPT_OUTPUT}, {"backing-chain", no_argument, NULL, OPT_BACKING_CHAIN},
+        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
+        {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "f:hU", lo, NULL)) != -1) {
+        switch (c) {
+        case 'f': fmt = optarg; break;
+        case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
+        case OPT_BACKING_CHAIN: chain = true; break;
+        case OPT_IMAGE_OPTS: image_opts = true; break;
+        case 'U': force = true; break;
+        case 'h':
+            printf("Usage: vbd-img info [-f fmt] [--output=human|json] [--backing-chain] [-U] [--image-opts] filename\n"
+                   "Print the format, sizes, backing file and format-specific data of an image.\n");
+            return 0;
+        default: return 1;
+        }
+    }
+    if (optind != argc - 1) {
+        vbd_error_report("Expecting one image file name");
+        return 1;
+    }
+    struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
+                                     (force ? VBD_OPEN_FORCE_SHARE : 0) | VBD_OPEN_NO_IO | (chain ? 0 : VBD_OPEN_NO_BACKING),
+                                     NULL, NULL);
+    if (!top)
+        return 1;
+    struct json_object *list = json_object_new_array();
+    int rc = 0;
+    for (struct vbd_node *n = top; n; n = chain ? n->backing : NULL) {
+        struct vbd_node *img = n;
+        struct vbd_error *err = NULL;
+        struct json_object *o = image_info_json(img, &err);
+        if (!o) {
+            tool_report(err);
+            rc = 1;
+            break;
+        }
+        json_object_array_add(list, o);
+    }
+    if (!rc) {
+        if (json) {
+            tool_print_json(chain ? list : json_object_array_get_idx(list, 0));
+        } else {
+            for (size_t i = 0; i < json_object_array_length(list); i++) {
+                if (i)
+                    printf("\n");
+                print_info_human(json_object_array_get_idx(list, i));
+            }
+        }
+    }
+    json_object_put(list);
+    vbd_node_unref(top);
+    return rc;
+}

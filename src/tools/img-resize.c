@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img resize.
+ */
+#include "img.h"
+
+int verb_resize(int argc, char **argv)
+{
+    const char *fmt = NULL, *prealloc_s = "off";
+    bool shrink = false, quiet = false, image_opts = false;
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"shrink", no_argument, NULL, OPT_SHRINK},
+                                       {"preallocation", required_argument, NULL, OPT_PREALLOC},
+                                       {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
+    int c;
+    /* As qemu-img: a last argument "-1G" is the size, not an option. */
+    const char *neg_size = NULL;
+    if (argc > 2 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' && argv[argc - 1][1] <= '9')
+        neg_size = argv[--argc];
+    while ((c = getopt_long(argc, argv, "hf:q", lo, NULL)) != -1) {
+        switch (c) {
+        case 'f': fmt = optarg; break;
+        case 'q': quiet = true; break;
+        case OPT_SHRINK: shrink = true; break;
+        case OPT_PREALLOC: prealloc_s = optarg; break;
+        case OPT_IMAGE_OPTS: image_opts = true; break;
+        case 'h':
+            printf("Usage: vbd-img resize [-f fmt] [--preallocation=off|falloc|full] [--shrink] [-q] filename [+|-]size\n"
+                   "Grow or (with --shrink) shrink the image's virtual size.\n");
+            return 0;
+        default: return 1;
+        }
+    }
+    if (argc - optind != (neg_size ? 1 : 2)) {
+        vbd_error_report("Expecting image file name and size");
+        return 1;
+    }
+    const char *ss = neg_size ? neg_size : argv[optind + 1];
+    int sign = 0;
+    if (*ss == '+' || *ss == '-')
+        sign = *ss++ == '+' ? 1 : -1;
+    uint64_t delta;
+    struct vbd_error *err = NULL;
+    if (vbd_parse_size(ss, &delta, &err) < 0) {
+        vbd_error_free(err);
+        vbd_error_report("Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, "
+                         "megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        return 1;
+    }
+    int prealloc = -1;
+    for (int i = 0; vbd_prealloc_names[i]; i++)
+        if (!strcmp(vbd_prealloc_names[i], prealloc_s))
+            prealloc = i;
+    if (prealloc < 0) {
+        vbd_error_report("Invalid preallocation mode: '%s'", prealloc_s);
+        return 1;
+    }
+    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR, NULL, NULL);
+    if (!n)
+        return 1;
+    uint64_t old = n->size, size;
+    if (sign > 0)
+        size = old + delta;
+    else if (sign < 0) {
+        if (delta > old) {
+            vbd_error_report("New image size must be positive");
+            vbd_node_unref(n);
+            return 1;
+        }
+        size = old - delta;
+    } else
+        size = delta;
+    int rc = 0;
+    if (size < old && !shrink) {
+        vbd_error_report("Use the --shrink option to perform a shrink operation.");
+        vbd_warn("Shrinking an image will delete all data beyond the shrunken image's end. Before performing such "
+                 "an operation, make sure there is no important data there.");
+        rc = 1;
+    } else if (size < old && prealloc) {
+        vbd_error_report("Preallocation can only be used for growing images");
+        rc = 1;
+    } else if (vbd_node_co_truncate(n, size, true, prealloc, &err) < 0) {
+        tool_report(err);
+        rc = 1;
+    } else if (!quiet) {
+        printf("Image resized.\n");
+    }
+    vbd_node_unref(n);
+    return rc;
+}

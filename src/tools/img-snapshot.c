@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img snapshot.
+ */
+#include "img.h"
+
+int verb_snapshot(int argc, char **argv)
+{
+    const char *fmt = NULL, *name = NULL;
+    char action = 0;
+    bool quiet = false, force = false, image_opts = false;
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'},
+                                       {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "hlc:a:d:f:qU", lo, NULL)) != -1) {
+        switch (c) {
+        case 'l': case 'c': case 'a': case 'd':
+            if (action) {
+                vbd_error_report("Cannot mix '-l', '-a', '-c', '-d'");
+                return 1;
+            }
+            action = (char)c;
+            name = optarg;
+            break;
+        case 'f': fmt = optarg; break;
+        case 'q': quiet = true; break;
+        case 'U': force = true; break;
+        case OPT_IMAGE_OPTS: image_opts = true; break;
+        case 'h':
+            printf("Usage: vbd-img snapshot [-l | -a snapshot | -c snapshot | -d snapshot] [-f fmt] [-q] [-U] filename\n"
+                   "List, apply (revert to), create or delete internal snapshots.\n");
+            return 0;
+        default: return 1;
+        }
+    }
+    if (optind != argc - 1 || !action) {
+        vbd_error_report(action ? "Expecting one image file name" : "One of -l, -a, -c, -d is required");
+        return 1;
+    }
+    unsigned flags = action == 'l' ? (force ? VBD_OPEN_FORCE_SHARE : 0) : VBD_OPEN_RDWR;
+    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags | VBD_OPEN_NO_BACKING, NULL, NULL);
+    if (!n)
+        return 1;
+    struct vbd_node *img = vbd_node_skip_filters(n);
+    struct vbd_error *err = NULL;
+    int rc = 0;
+    if (!img->drv->snapshot_list) {
+        vbd_error_report("Could not %s snapshot '%s': Operation not supported", action == 'l' ? "list" : action == 'c' ? "create" : action == 'a' ? "apply" : "delete",
+                         name ? name : "");
+        rc = 1;
+    } else if (action == 'l') {
+        struct json_object *o = image_info_json(img, &err);
+        struct json_object *sn;
+        if (o && json_object_object_get_ex(o, "snapshots", &sn)) {
+            struct json_object *only = json_object_new_object();
+            json_object_object_add(only, "filename", json_object_new_string(""));
+            json_object_object_add(only, "format", json_object_new_string(""));
+            json_object_object_add(only, "virtual-size", json_object_new_int64(0));
+            json_object_object_add(only, "snapshots", json_object_get(sn));
+            print_snapshot_table(sn);
+            json_object_put(only);
+        }
+        json_object_put(o);
+    } else if (action == 'c') {
+        struct vbd_snapshot_info sn = {0};
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(sn.name, sizeof(sn.name), "%s", name);
+        sn.date_sec = (uint32_t)ts.tv_sec;
+        sn.date_nsec = (uint32_t)ts.tv_nsec;
+        rc = img->drv->snapshot_create(img, &sn, &err) < 0;
+        if (rc)
+            vbd_error_report("Could not create snapshot '%s': %s", name, err ? err->msg : "failed");
+    } else if (action == 'a') {
+        rc = img->drv->snapshot_goto(img, name, &err) < 0;
+        if (rc)
+            vbd_error_report("Could not apply snapshot '%s': %s", name, err ? err->msg : "failed");
+    } else {
+        rc = img->drv->snapshot_delete(img, name, name, &err) < 0;
+        if (rc)
+            vbd_error_report("Could not delete snapshot '%s': %s", name, err ? err->msg : "failed");
+    }
+    vbd_error_free(err);
+    (void)quiet;
+    vbd_node_unref(n);
+    return rc;
+}

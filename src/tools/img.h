@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vbd-img internals: the verbs (one img-<verb>.c each, dispatched from
+ * vbd-img.c) and the helpers more than one verb uses.
+ */
+#ifndef VBD_TOOLS_IMG_H
+#define VBD_TOOLS_IMG_H
+
+#include "common.h"
+
+#include "vbd/backend.h"
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/loop.h"
+#include "vbd/options.h"
+#include "vbd/tls.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (1024 * 1024)
+
+/* long options without a short letter (img-bitmap.c numbers its own from 300) */
+enum {
+    OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_BACKING_CHAIN, OPT_SHRINK, OPT_PREALLOC, OPT_SIZE, OPT_PATTERN,
+    OPT_FLUSH_INTERVAL, OPT_NO_DRAIN, OPT_TARGET_IS_ZERO, OPT_START, OPT_MAXLEN, OPT_OBJECT, OPT_FORCE,
+    OPT_TARGET_IMAGE_OPTS,
+};
+
+/* img-common.c */
+bool parse_output(const char *s, bool *json);
+int add_o(struct json_object **opts, const char *s);
+bool o_is_help(struct json_object *opts);
+void print_create_help(const char *fmt);
+static inline const char *fmt_or_null(const char *f) { return f && *f ? f : NULL; }
+
+/* img-info.c, also used by snapshot -l */
+struct json_object *image_info_json(struct vbd_node *n, struct vbd_error **err);
+void print_snapshot_table(struct json_object *v);
+
+/* the verbs: argv[0] is the verb's name, options follow; the exit code is returned */
+int verb_amend(int argc, char **argv);
+int verb_bench(int argc, char **argv);
+int verb_bitmap(int argc, char **argv);
+int verb_check(int argc, char **argv);
+int verb_commit(int argc, char **argv);
+int verb_compare(int argc, char **argv);
+int verb_convert(int argc, char **argv);
+int verb_create(int argc, char **argv);
+int verb_dd(int argc, char **argv);
+int verb_info(int argc, char **argv);
+int verb_map(int argc, char **argv);
+int verb_measure(int argc, char **argv);
+int verb_rebase(int argc, char **argv);
+int verb_resize(int argc, char **argv);
+int verb_snapshot(int argc, char **argv);
+
+#endif
