@@ -64,6 +64,24 @@ fail:
     return -EINVAL;
 }
 
+/* A value up to the next single ',' (",," is a literal comma) into val;
+ * *p is left on that ',' or the end. Returns the value's length. */
+static size_t take_value(const char **p, char *val)
+{
+    const char *q = *p;
+    size_t n = 0;
+    while (*q) {
+        if (*q == ',') {
+            if (q[1] != ',')
+                break;
+            q++; /* the second ',' is copied below */
+        }
+        val[n++] = *q++;
+    }
+    *p = q;
+    return n;
+}
+
 struct json_object *vbd_keyval_parse(const char *str, const char *implied_key, struct vbd_error **err)
 {
     struct json_object *root = json_object_new_object();
@@ -82,32 +100,11 @@ struct json_object *vbd_keyval_parse(const char *str, const char *implied_key, s
         size_t vlen = 0;
         if (has_value) {
             p++;
-            /* value: ",," is a literal comma */
-            while (*p) {
-                if (*p == ',') {
-                    if (p[1] == ',') {
-                        val[vlen++] = ',';
-                        p += 2;
-                        continue;
-                    }
-                    break;
-                }
-                val[vlen++] = *p++;
-            }
+            vlen = take_value(&p, val);
         } else if (first && implied_key) {
             /* leading bare value belongs to the implied key, commas doubled */
             p = k;
-            while (*p) {
-                if (*p == ',') {
-                    if (p[1] == ',') {
-                        val[vlen++] = ',';
-                        p += 2;
-                        continue;
-                    }
-                    break;
-                }
-                val[vlen++] = *p++;
-            }
+            vlen = take_value(&p, val);
             key = implied_key;
             klen = strlen(implied_key);
             has_value = true;

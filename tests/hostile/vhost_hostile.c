@@ -16,6 +16,7 @@
  * Waits are on conditions (a line in the log, a used ring entry), each
  * bounded by a generous deadline; nothing depends on timing.
  */
+#include "export/vhost-user-blk/vhost-user.h" /* the wire format, as the daemon reads it */
 #include "vhost-client/vhost_client.h"
 
 #include <dirent.h>
@@ -36,28 +37,6 @@
 #include <time.h>
 #include <unistd.h>
 
-enum {
-    GET_FEATURES = 1,
-    SET_FEATURES = 2,
-    SET_OWNER = 3,
-    RESET_OWNER = 4,
-    SET_MEM_TABLE = 5,
-    SET_LOG_BASE = 6,
-    SET_VRING_NUM = 8,
-    SET_VRING_ADDR = 9,
-    SET_VRING_BASE = 10,
-    GET_VRING_BASE = 11,
-    SET_VRING_KICK = 12,
-    SET_VRING_CALL = 13,
-    SET_PROTOCOL_FEATURES = 16,
-    GET_CONFIG = 24,
-    GET_INFLIGHT_FD = 31,
-    SET_INFLIGHT_FD = 32,
-    ADD_MEM_REG = 37,
-    REM_MEM_REG = 38,
-};
-#define NEED_REPLY 0x8u
-#define NOFD (1ull << 8)
 #define MEM (1u << 20)
 #define DEADLINE_NS (60ull * 1000000000ull)
 
@@ -182,7 +161,7 @@ static int expect_nack(struct vhc *c, uint32_t req, const void *payload, uint32_
                        int nfds)
 {
     uint64_t v = 0;
-    if (vhc_send(c, req, NEED_REPLY, payload, size, fds, nfds) < 0)
+    if (vhc_send(c, req, VHOST_USER_FLAG_NEED_REPLY, payload, size, fds, nfds) < 0)
         return failf("cannot send request %u", req);
     if (vhc_recv(c, req, &v, 8) != 8)
         return failf("no reply to request %u", req);
@@ -193,7 +172,7 @@ static int expect_ack(struct vhc *c, uint32_t req, const void *payload, uint32_t
                       int nfds)
 {
     uint64_t v = 1;
-    if (vhc_send(c, req, NEED_REPLY, payload, size, fds, nfds) < 0 || vhc_recv(c, req, &v, 8) != 8)
+    if (vhc_send(c, req, VHOST_USER_FLAG_NEED_REPLY, payload, size, fds, nfds) < 0 || vhc_recv(c, req, &v, 8) != 8)
         return failf("no reply to request %u", req);
     return v == 0 ? 0 : failf("request %u was refused", req);
 }
@@ -257,7 +236,7 @@ static int add_region_refused(struct region r, int fd)
     if (good_open(&c) < 0)
         return -1;
     struct mem_reg_msg m = {0, 0, r};
-    int rc = expect_nack(&c, ADD_MEM_REG, &m, sizeof(m), &fd, 1);
+    int rc = expect_nack(&c, VHOST_USER_ADD_MEM_REG, &m, sizeof(m), &fd, 1);
     close(fd);
     vhc_close(&c);
     return rc;
@@ -273,7 +252,7 @@ static int mem_table_refused(const struct region *r, uint32_t n, const int *fds,
     uint32_t shown = n > 8 ? 8 : n;
     memcpy(buf, &n, 4);
     memcpy(buf + 8, r, shown * sizeof(*r));
-    int rc = expect_nack(&c, SET_MEM_TABLE, buf, 8 + shown * (uint32_t)sizeof(*r), fds, nfds);
+    int rc = expect_nack(&c, VHOST_USER_SET_MEM_TABLE, buf, 8 + shown * (uint32_t)sizeof(*r), fds, nfds);
     vhc_close(&c);
     return rc;
 }
@@ -329,9 +308,9 @@ static int vring_addr_refused(uint32_t flags, uint64_t desc_off, uint64_t avail_
         uint64_t desc, used, avail, log;
     } va = {1, flags, base + desc_off, base + 0x1000 + used_off, base + 0x2000 + avail_off, base + 0x3000};
     uint32_t st[2] = {1, 8};
-    int rc = expect_ack(&c, SET_VRING_NUM, st, 8, NULL, 0);
+    int rc = expect_ack(&c, VHOST_USER_SET_VRING_NUM, st, 8, NULL, 0);
     if (rc == 0)
-        rc = expect_nack(&c, SET_VRING_ADDR, &va, sizeof(va), NULL, 0);
+        rc = expect_nack(&c, VHOST_USER_SET_VRING_ADDR, &va, sizeof(va), NULL, 0);
     vhc_close(&c);
     return rc;
 }
@@ -344,9 +323,9 @@ static int bad_kick_fd(int kick_fd)
         return -1;
     uint64_t idx = 0;
     /* accepted (it is a valid fd), then refused when the ring watches it */
-    vhc_send(&c, SET_VRING_KICK, NEED_REPLY, &idx, 8, &kick_fd, 1);
+    vhc_send(&c, VHOST_USER_SET_VRING_KICK, VHOST_USER_FLAG_NEED_REPLY, &idx, 8, &kick_fd, 1);
     uint64_t v;
-    int rc = vhc_recv(&c, SET_VRING_KICK, &v, 8) == 8 ? 0 : failf("no reply to SET_VRING_KICK");
+    int rc = vhc_recv(&c, VHOST_USER_SET_VRING_KICK, &v, 8) == 8 ? 0 : failf("no reply to SET_VRING_KICK");
     /* the ring fails when its loop sees the fd: wait for it before hanging up */
     if (rc == 0)
         rc = wait_log(case_off, "the kick file descriptor", 0);
@@ -450,12 +429,12 @@ static int c_inflight_past_fd(void)
     uint32_t st[2] = {0, 0};
     int rc = -1;
     /* rings stopped first: the region's size is what gets refused */
-    if (vhc_send(&c, GET_VRING_BASE, 0, st, 8, NULL, 0) < 0 || vhc_recv(&c, GET_VRING_BASE, st, 8) != 8) {
+    if (vhc_send(&c, VHOST_USER_GET_VRING_BASE, 0, st, 8, NULL, 0) < 0 || vhc_recv(&c, VHOST_USER_GET_VRING_BASE, st, 8) != 8) {
         failf("no reply to GET_VRING_BASE");
     } else {
         int fd = memfd_of(4096);
         struct inflight_msg m = {1 << 20, 0, 1, 8, {0}};
-        rc = expect_nack(&c, SET_INFLIGHT_FD, &m, sizeof(m), &fd, 1);
+        rc = expect_nack(&c, VHOST_USER_SET_INFLIGHT_FD, &m, sizeof(m), &fd, 1);
         close(fd);
     }
     vhc_close(&c);
@@ -469,7 +448,7 @@ static int c_inflight_while_running(void)
         return -1;
     int fd = memfd_of(1 << 20);
     struct inflight_msg m = {1 << 20, 0, 2, 8, {0}};
-    int rc = expect_nack(&c, SET_INFLIGHT_FD, &m, sizeof(m), &fd, 1);
+    int rc = expect_nack(&c, VHOST_USER_SET_INFLIGHT_FD, &m, sizeof(m), &fd, 1);
     close(fd);
     if (rc == 0)
         rc = one_read(&c, true); /* the ring still works on the region it had */
@@ -484,8 +463,8 @@ static int c_inflight_get_while_running(void)
         return -1;
     struct inflight_msg m = {0, 0, 2, 8, {0}};
     /* a GET the front end waits for: refused by dropping the connection */
-    vhc_send(&c, GET_INFLIGHT_FD, 0, &m, sizeof(m), NULL, 0);
-    int rc = vhc_recv(&c, GET_INFLIGHT_FD, &m, sizeof(m)) < 0 ? 0 : failf("GET_INFLIGHT_FD answered");
+    vhc_send(&c, VHOST_USER_GET_INFLIGHT_FD, 0, &m, sizeof(m), NULL, 0);
+    int rc = vhc_recv(&c, VHOST_USER_GET_INFLIGHT_FD, &m, sizeof(m)) < 0 ? 0 : failf("GET_INFLIGHT_FD answered");
     vhc_close(&c);
     return rc;
 }
@@ -505,10 +484,10 @@ static int c_rem_ring_region(void)
     vhc_offer(&c, 0, 0);
     vhc_kick(&c, 0);
     struct mem_reg_msg m = {0, 0, {0, MEM, (uint64_t)(uintptr_t)c.mem, 0}};
-    int rc = expect_ack(&c, REM_MEM_REG, &m, sizeof(m), &c.memfd, 1);
+    int rc = expect_ack(&c, VHOST_USER_REM_MEM_REG, &m, sizeof(m), &c.memfd, 1);
     uint32_t st[2] = {0, 0};
     if (rc == 0 &&
-        (vhc_send(&c, GET_VRING_BASE, 0, st, 8, NULL, 0) < 0 || vhc_recv(&c, GET_VRING_BASE, st, 8) != 8))
+        (vhc_send(&c, VHOST_USER_GET_VRING_BASE, 0, st, 8, NULL, 0) < 0 || vhc_recv(&c, VHOST_USER_GET_VRING_BASE, st, 8) != 8))
         rc = failf("no reply to GET_VRING_BASE after the ring's memory was removed");
     vhc_close(&c);
     return rc;
@@ -524,7 +503,7 @@ static int framing_with_fds(uint32_t flags, uint32_t size)
     for (int i = 0; i < 8; i++)
         fds[i] = eventfd(0, EFD_CLOEXEC);
     uint64_t v = 0;
-    int rc = raw_send(c.sock, SET_FEATURES, flags, size, &v, 8, fds, 8);
+    int rc = raw_send(c.sock, VHOST_USER_SET_FEATURES, flags, size, &v, 8, fds, 8);
     close_all(fds, 8);
     vhc_close(&c);
     return rc < 0 ? failf("send failed") : 0;
@@ -549,7 +528,7 @@ static int c_too_many_fds(void)
     for (int i = 0; i < 12; i++)
         fds[i] = eventfd(0, EFD_CLOEXEC);
     uint64_t idx = 1;
-    int rc = expect_nack(&c, SET_VRING_CALL, &idx, 8, fds, 12);
+    int rc = expect_nack(&c, VHOST_USER_SET_VRING_CALL, &idx, 8, fds, 12);
     close_all(fds, 12);
     vhc_close(&c);
     return rc;
@@ -561,7 +540,7 @@ static int c_fds_on_plain_message(void)
     if (good_open(&c) < 0)
         return -1;
     int fds[3] = {eventfd(0, EFD_CLOEXEC), eventfd(0, EFD_CLOEXEC), memfd_of(4096)};
-    int rc = expect_nack(&c, SET_FEATURES, &c.features, 8, fds, 3);
+    int rc = expect_nack(&c, VHOST_USER_SET_FEATURES, &c.features, 8, fds, 3);
     close_all(fds, 3);
     vhc_close(&c);
     return rc;
@@ -573,8 +552,8 @@ static int c_fd_with_nofd(void)
     if (good_open(&c) < 0)
         return -1;
     int fd = eventfd(0, EFD_CLOEXEC);
-    uint64_t idx = 1 | NOFD;
-    int rc = expect_nack(&c, SET_VRING_CALL, &idx, 8, &fd, 1);
+    uint64_t idx = 1 | VHOST_USER_VRING_NOFD;
+    int rc = expect_nack(&c, VHOST_USER_SET_VRING_CALL, &idx, 8, &fd, 1);
     close(fd);
     vhc_close(&c);
     return rc;
@@ -586,7 +565,7 @@ static int c_kick_without_fd(void)
     if (good_open(&c) < 0)
         return -1;
     uint64_t idx = 1;
-    int rc = expect_nack(&c, SET_VRING_KICK, &idx, 8, NULL, 0);
+    int rc = expect_nack(&c, VHOST_USER_SET_VRING_KICK, &idx, 8, NULL, 0);
     vhc_close(&c);
     return rc;
 }
@@ -621,12 +600,12 @@ static int c_unaligned_in_mapping(void)
         uint32_t index, flags;
         uint64_t desc, used, avail, log;
     } va = {1, 0, qva, qva + 0x2000, qva + 0x1000, 0};
-    int rc = expect_ack(&c, ADD_MEM_REG, &m, sizeof(m), &fd, 1);
+    int rc = expect_ack(&c, VHOST_USER_ADD_MEM_REG, &m, sizeof(m), &fd, 1);
     close(fd);
     if (rc == 0)
-        rc = expect_ack(&c, SET_VRING_NUM, st, 8, NULL, 0);
+        rc = expect_ack(&c, VHOST_USER_SET_VRING_NUM, st, 8, NULL, 0);
     if (rc == 0)
-        rc = expect_nack(&c, SET_VRING_ADDR, &va, sizeof(va), NULL, 0);
+        rc = expect_nack(&c, VHOST_USER_SET_VRING_ADDR, &va, sizeof(va), NULL, 0);
     vhc_close(&c);
     return rc;
 }
@@ -676,27 +655,27 @@ static int wrong_size(uint32_t req, uint32_t size, bool with_fd)
 
 static int c_size_set_features(void)
 {
-    return wrong_size(SET_FEATURES, 4, false);
+    return wrong_size(VHOST_USER_SET_FEATURES, 4, false);
 }
 
 static int c_size_vring_addr(void)
 {
-    return wrong_size(SET_VRING_ADDR, 24, false);
+    return wrong_size(VHOST_USER_SET_VRING_ADDR, 24, false);
 }
 
 static int c_size_vring_num(void)
 {
-    return wrong_size(SET_VRING_NUM, 0, false);
+    return wrong_size(VHOST_USER_SET_VRING_NUM, 0, false);
 }
 
 static int c_size_add_mem_reg(void)
 {
-    return wrong_size(ADD_MEM_REG, 8, true);
+    return wrong_size(VHOST_USER_ADD_MEM_REG, 8, true);
 }
 
 static int c_size_mem_table(void)
 {
-    return wrong_size(SET_MEM_TABLE, 4, false);
+    return wrong_size(VHOST_USER_SET_MEM_TABLE, 4, false);
 }
 
 /* Every fixed-size request, four bytes too long: refused, one line each. */
@@ -704,14 +683,14 @@ static int c_size_every_request(void)
 {
     static const struct {
         uint32_t req, size;
-    } fixed[] = {{SET_FEATURES, 8},
-                 {SET_PROTOCOL_FEATURES, 8},
-                 {SET_VRING_NUM, 8},
-                 {SET_VRING_BASE, 8},
+    } fixed[] = {{VHOST_USER_SET_FEATURES, 8},
+                 {VHOST_USER_SET_PROTOCOL_FEATURES, 8},
+                 {VHOST_USER_SET_VRING_NUM, 8},
+                 {VHOST_USER_SET_VRING_BASE, 8},
                  {18 /* SET_VRING_ENABLE */, 8},
-                 {SET_VRING_ADDR, 40},
-                 {REM_MEM_REG, 40},
-                 {SET_VRING_CALL, 8}};
+                 {VHOST_USER_SET_VRING_ADDR, 40},
+                 {VHOST_USER_REM_MEM_REG, 40},
+                 {VHOST_USER_SET_VRING_CALL, 8}};
     struct vhc c;
     if (good_open(&c) < 0)
         return -1;
@@ -736,22 +715,22 @@ static int vring_state_refused(uint32_t req, uint32_t index, uint32_t num)
 
 static int c_ring_size_huge(void)
 {
-    return vring_state_refused(SET_VRING_NUM, 1, 65536);
+    return vring_state_refused(VHOST_USER_SET_VRING_NUM, 1, 65536);
 }
 
 static int c_ring_size_npot(void)
 {
-    return vring_state_refused(SET_VRING_NUM, 1, 100);
+    return vring_state_refused(VHOST_USER_SET_VRING_NUM, 1, 100);
 }
 
 static int c_vring_base_big(void)
 {
-    return vring_state_refused(SET_VRING_BASE, 1, 70000);
+    return vring_state_refused(VHOST_USER_SET_VRING_BASE, 1, 70000);
 }
 
 static int c_vring_index(void)
 {
-    return vring_state_refused(SET_VRING_NUM, 1000, 8);
+    return vring_state_refused(VHOST_USER_SET_VRING_NUM, 1000, 8);
 }
 
 static int c_vring_call_index(void)
@@ -761,7 +740,7 @@ static int c_vring_call_index(void)
         return -1;
     int fd = eventfd(0, EFD_CLOEXEC);
     uint64_t idx = 200;
-    int rc = expect_nack(&c, SET_VRING_CALL, &idx, 8, &fd, 1);
+    int rc = expect_nack(&c, VHOST_USER_SET_VRING_CALL, &idx, 8, &fd, 1);
     close(fd);
     vhc_close(&c);
     return rc;
@@ -773,8 +752,8 @@ static int c_get_vring_base_index(void)
     if (good_open(&c) < 0)
         return -1;
     uint32_t st[2] = {99, 0};
-    vhc_send(&c, GET_VRING_BASE, 0, st, 8, NULL, 0);
-    int rc = vhc_recv(&c, GET_VRING_BASE, st, 8) < 0 ? 0 : failf("GET_VRING_BASE of queue 99 answered");
+    vhc_send(&c, VHOST_USER_GET_VRING_BASE, 0, st, 8, NULL, 0);
+    int rc = vhc_recv(&c, VHOST_USER_GET_VRING_BASE, st, 8) < 0 ? 0 : failf("GET_VRING_BASE of queue 99 answered");
     vhc_close(&c);
     return rc;
 }
@@ -797,16 +776,16 @@ static int c_kick_before_features(void)
     } va = {0, 0, qva, qva + 4096, qva + 8192, 0};
     int kick = eventfd(0, EFD_CLOEXEC);
     uint64_t idx = 0;
-    int rc = vhc_send(&c, SET_MEM_TABLE, 0, mt, sizeof(mt), &memfd, 1) < 0 ||
-                     vhc_send(&c, SET_VRING_NUM, 0, st, 8, NULL, 0) < 0 ||
-                     vhc_send(&c, SET_VRING_ADDR, 0, &va, sizeof(va), NULL, 0) < 0 ||
-                     vhc_send(&c, SET_VRING_KICK, 0, &idx, 8, &kick, 1) < 0
+    int rc = vhc_send(&c, VHOST_USER_SET_MEM_TABLE, 0, mt, sizeof(mt), &memfd, 1) < 0 ||
+                     vhc_send(&c, VHOST_USER_SET_VRING_NUM, 0, st, 8, NULL, 0) < 0 ||
+                     vhc_send(&c, VHOST_USER_SET_VRING_ADDR, 0, &va, sizeof(va), NULL, 0) < 0 ||
+                     vhc_send(&c, VHOST_USER_SET_VRING_KICK, 0, &idx, 8, &kick, 1) < 0
                  ? failf("send failed")
                  : 0;
     /* the reply to a GET comes after every message before it was handled */
     uint64_t f;
     if (rc == 0 &&
-        (vhc_send(&c, GET_FEATURES, 0, NULL, 0, NULL, 0) < 0 || vhc_recv(&c, GET_FEATURES, &f, 8) != 8))
+        (vhc_send(&c, VHOST_USER_GET_FEATURES, 0, NULL, 0, NULL, 0) < 0 || vhc_recv(&c, VHOST_USER_GET_FEATURES, &f, 8) != 8))
         rc = failf("no answer to GET_FEATURES");
     close(kick);
     munmap(mem, MEM);
@@ -820,7 +799,7 @@ static int c_owner_twice(void)
     struct vhc c;
     if (good_open(&c) < 0)
         return -1;
-    int rc = expect_nack(&c, SET_OWNER, NULL, 0, NULL, 0);
+    int rc = expect_nack(&c, VHOST_USER_SET_OWNER, NULL, 0, NULL, 0);
     vhc_close(&c);
     return rc;
 }
@@ -831,7 +810,7 @@ static int c_protocol_features_unoffered(void)
     if (good_open(&c) < 0)
         return -1;
     uint64_t pf = c.protocol_features | (1ull << 40);
-    int rc = expect_nack(&c, SET_PROTOCOL_FEATURES, &pf, 8, NULL, 0);
+    int rc = expect_nack(&c, VHOST_USER_SET_PROTOCOL_FEATURES, &pf, 8, NULL, 0);
     vhc_close(&c);
     return rc;
 }
@@ -842,7 +821,7 @@ static int c_features_unoffered(void)
     if (good_open(&c) < 0)
         return -1;
     uint64_t f = c.features | (1ull << 63);
-    int rc = expect_nack(&c, SET_FEATURES, &f, 8, NULL, 0);
+    int rc = expect_nack(&c, VHOST_USER_SET_FEATURES, &f, 8, NULL, 0);
     vhc_close(&c);
     return rc;
 }
@@ -855,9 +834,9 @@ static int c_get_config_oversize(void)
     uint8_t cfg[12 + 60] = {0};
     uint32_t sz = 100000;
     memcpy(cfg + 4, &sz, 4);
-    vhc_send(&c, GET_CONFIG, 0, cfg, sizeof(cfg), NULL, 0);
+    vhc_send(&c, VHOST_USER_GET_CONFIG, 0, cfg, sizeof(cfg), NULL, 0);
     int rc =
-        vhc_recv(&c, GET_CONFIG, cfg, sizeof(cfg)) < 0 ? 0 : failf("GET_CONFIG of 100000 bytes answered");
+        vhc_recv(&c, VHOST_USER_GET_CONFIG, cfg, sizeof(cfg)) < 0 ? 0 : failf("GET_CONFIG of 100000 bytes answered");
     vhc_close(&c);
     return rc;
 }
@@ -870,7 +849,7 @@ static int c_truncated_header(void)
     int fds[4] = {eventfd(0, EFD_CLOEXEC), eventfd(0, EFD_CLOEXEC), memfd_of(4096), memfd_of(4096)};
     /* 6 of the header's 12 bytes, 4 fds, then the connection closes */
     struct msghdr mh = {0};
-    uint8_t hdr[6] = {SET_MEM_TABLE, 0, 0, 0, 1, 0};
+    uint8_t hdr[6] = {VHOST_USER_SET_MEM_TABLE, 0, 0, 0, 1, 0};
     struct iovec iov = {hdr, sizeof(hdr)};
     char cbuf[CMSG_SPACE(sizeof(fds))];
     memset(cbuf, 0, sizeof(cbuf));
@@ -896,7 +875,7 @@ static int c_close_mid_payload(void)
         return -1;
     int fds[2] = {memfd_of(MEM), memfd_of(MEM)};
     uint8_t part[10] = {2};
-    int rc = raw_send(c.sock, SET_MEM_TABLE, 1, 8 + 2 * sizeof(struct region), part, sizeof(part), fds, 2);
+    int rc = raw_send(c.sock, VHOST_USER_SET_MEM_TABLE, 1, 8 + 2 * sizeof(struct region), part, sizeof(part), fds, 2);
     close_all(fds, 2);
     vhc_close(&c);
     return rc < 0 ? failf("send failed") : 0;
@@ -918,7 +897,7 @@ static int c_call_fd_full_pipe(void)
     /* blocking again on our side: the back end must not block on it */
     fcntl(p[1], F_SETFL, fcntl(p[1], F_GETFL) & ~O_NONBLOCK);
     uint64_t idx = 0;
-    int rc = expect_ack(&c, SET_VRING_CALL, &idx, 8, &p[1], 1);
+    int rc = expect_ack(&c, VHOST_USER_SET_VRING_CALL, &idx, 8, &p[1], 1);
     close(p[1]);
     if (rc == 0)
         rc = one_read(&c, false); /* no interrupt can come: poll the used ring */
@@ -932,10 +911,10 @@ static int c_reset_owner_running(void)
     struct vhc c;
     if (good_open(&c) < 0)
         return -1;
-    int rc = vhc_send(&c, RESET_OWNER, 0, NULL, 0, NULL, 0) < 0 ? failf("send failed") : 0;
+    int rc = vhc_send(&c, VHOST_USER_RESET_OWNER, 0, NULL, 0, NULL, 0) < 0 ? failf("send failed") : 0;
     uint64_t f;
     if (rc == 0 &&
-        (vhc_send(&c, GET_FEATURES, 0, NULL, 0, NULL, 0) < 0 || vhc_recv(&c, GET_FEATURES, &f, 8) != 8))
+        (vhc_send(&c, VHOST_USER_GET_FEATURES, 0, NULL, 0, NULL, 0) < 0 || vhc_recv(&c, VHOST_USER_GET_FEATURES, &f, 8) != 8))
         rc = failf("no answer to GET_FEATURES after RESET_OWNER");
     vhc_close(&c);
     return rc;
@@ -958,7 +937,7 @@ static int c_log_base(void)
         return -1;
     int fd = memfd_of(4096);
     uint64_t log[2] = {4096, 0};
-    int rc = vhc_send(&c, SET_LOG_BASE, 0, log, sizeof(log), &fd, 1) < 0 ? failf("send failed") : 0;
+    int rc = vhc_send(&c, VHOST_USER_SET_LOG_BASE, 0, log, sizeof(log), &fd, 1) < 0 ? failf("send failed") : 0;
     close(fd);
     vhc_close(&c);
     return rc;
@@ -1139,15 +1118,15 @@ static int backend_main(const char *path, const char *kind)
         uint64_t v = 0;
         bool replied = false;
         switch (m->req) {
-        case GET_FEATURES:
+        case VHOST_USER_GET_FEATURES:
             if (!strcmp(kind, "reply-wrong-request"))
-                be_reply(sock, SET_FEATURES, 8, &features, 8);
+                be_reply(sock, VHOST_USER_SET_FEATURES, 8, &features, 8);
             else if (!strcmp(kind, "reply-huge"))
-                be_reply(sock, GET_FEATURES, 0x7fffffff, &features, 8);
+                be_reply(sock, VHOST_USER_GET_FEATURES, 0x7fffffff, &features, 8);
             else if (!strcmp(kind, "reply-cut"))
-                be_reply(sock, GET_FEATURES, 8, &features, 3);
+                be_reply(sock, VHOST_USER_GET_FEATURES, 8, &features, 3);
             else
-                be_reply(sock, GET_FEATURES, 8, &features, 8);
+                be_reply(sock, VHOST_USER_GET_FEATURES, 8, &features, 8);
             if (!strcmp(kind, "reply-cut"))
                 goto out;
             replied = true;
@@ -1157,7 +1136,7 @@ static int backend_main(const char *path, const char *kind)
             be_reply(sock, m->req, 8, &v, 8);
             replied = true;
             break;
-        case SET_PROTOCOL_FEATURES:
+        case VHOST_USER_SET_PROTOCOL_FEATURES:
             memcpy(&v, m->payload, 8);
             acks = v & 8;
             break;
@@ -1166,7 +1145,7 @@ static int backend_main(const char *path, const char *kind)
             be_reply(sock, m->req, 8, &v, 8);
             replied = true;
             break;
-        case GET_CONFIG: {
+        case VHOST_USER_GET_CONFIG: {
             uint8_t cfg[12 + 60] = {0};
             uint64_t capacity = !strcmp(kind, "capacity-huge") ? UINT64_MAX / 4 : 2048;
             uint32_t blk = !strcmp(kind, "blk-size-odd")    ? 3
@@ -1179,7 +1158,7 @@ static int backend_main(const char *path, const char *kind)
             replied = true;
             break;
         }
-        case SET_MEM_TABLE:
+        case VHOST_USER_SET_MEM_TABLE:
             if (m->nfds == 1 && m->size >= 8 + sizeof(struct region)) {
                 struct region r;
                 memcpy(&r, m->payload + 8, sizeof(r));
@@ -1190,26 +1169,26 @@ static int backend_main(const char *path, const char *kind)
                     mem = NULL;
             }
             break;
-        case SET_VRING_ADDR:
+        case VHOST_USER_SET_VRING_ADDR:
             memcpy(&used_qva, m->payload + 16, 8);
             break;
-        case GET_VRING_BASE:
+        case VHOST_USER_GET_VRING_BASE:
             be_reply(sock, m->req, 8, m->payload, 8);
             replied = true;
             break;
-        case SET_VRING_CALL:
+        case VHOST_USER_SET_VRING_CALL:
             if (m->nfds) {
                 call_fd = m->fds[0];
                 m->fds[0] = -1;
             }
             break;
         }
-        if (!replied && acks && (m->flags & NEED_REPLY)) {
+        if (!replied && acks && (m->flags & VHOST_USER_FLAG_NEED_REPLY)) {
             v = !strcmp(kind, "nack-all");
             be_reply(sock, m->req, 8, &v, 8);
         }
         /* the first kick: the used ring jumps far past the ring's size */
-        if (m->req == SET_VRING_KICK && !strcmp(kind, "used-jump") && mem && used_qva - mem_qva < mem_len) {
+        if (m->req == VHOST_USER_SET_VRING_KICK && !strcmp(kind, "used-jump") && mem && used_qva - mem_qva < mem_len) {
             struct vring_used *u = (struct vring_used *)(mem + (used_qva - mem_qva));
             __atomic_store_n(&u->idx, (uint16_t)40000, __ATOMIC_RELEASE);
             if (call_fd >= 0)
