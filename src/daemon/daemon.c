@@ -7,6 +7,7 @@
  * finish their in-flight requests, nodes are flushed, sockets removed.
  */
 #include "daemon.h"
+#include "daemon/objects.h"
 
 #include "vbd/authz.h"
 #include "vbd/backend.h"
@@ -81,15 +82,6 @@ static const char usage_text[] =
     "Options are processed in order. SIGTERM or SIGINT stops the daemon cleanly. SIGHUP re-reads the\n"
     "size of every node (after a file was resized) and tells the VMs. SIGUSR1 retries stopped requests.\n";
 
-struct export_entry {
-    const struct vbd_export_type *type;
-    struct vbd_export *exp;
-    struct export_entry *next;
-};
-
-static struct export_entry *exports;
-static struct vbd_node **nodes;
-static int nnodes;
 static volatile bool stop_requested;
 static volatile sig_atomic_t hup_requested, cont_requested;
 static struct vbd_loop *main_loop;
@@ -120,8 +112,7 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
     struct vbd_node *n = vbd_open(NULL, opts, VBD_OPEN_RDWR, err);
     if (!n)
         return -EINVAL;
-    nodes = realloc(nodes, sizeof(*nodes) * (nnodes + 1));
-    nodes[nnodes++] = n;
+    vbd_daemon_node_add(n);
     return 0;
 }
 
@@ -130,32 +121,9 @@ static int add_export(const char *arg, struct vbd_error **err)
     struct json_object *opts = vbd_opts_parse(arg, NULL, err);
     if (!opts)
         return -EINVAL;
-    char *type = NULL;
-    int rc = vbd_opt_take_str(opts, "type", &type, err);
-    const struct vbd_export_type *t = NULL;
-    if (rc == 0)
-        vbd_error_setf(err, EINVAL, "--export %s: 'type' is required", arg);
-    for (const struct vbd_export_type *const *p = vbd_export_types(); rc > 0 && *p; p++)
-        if (!strcmp((*p)->type, type))
-            t = *p;
-    if (rc > 0 && !t)
-        vbd_error_setf(err, EINVAL, "--export: unknown export type '%s'", type);
-    struct vbd_export *e = t ? t->create(opts, err) : NULL;
-    if (e && vbd_opts_check_empty(opts, "--export", err) < 0) {
-        t->shutdown(e);
-        t->free(e);
-        e = NULL;
-    }
+    int rc = vbd_daemon_export_add(opts, "--export", err);
     json_object_put(opts);
-    free(type);
-    if (!e)
-        return -EINVAL;
-    struct export_entry *ent = calloc(1, sizeof(*ent));
-    ent->type = t;
-    ent->exp = e;
-    ent->next = exports;
-    exports = ent;
-    return 0;
+    return rc;
 }
 
 static int add_nbd_server(const char *arg, struct vbd_error **err)
@@ -352,12 +320,10 @@ static int add_drive(const char *arg, struct vbd_error **err)
             n = NULL;
             goto out;
         }
-        nodes = realloc(nodes, sizeof(*nodes) * (nnodes + 1));
-        nodes[nnodes++] = n;
+        vbd_daemon_node_add(n);
         n = w;
     }
-    nodes = realloc(nodes, sizeof(*nodes) * (nnodes + 1));
-    nodes[nnodes++] = n;
+    vbd_daemon_node_add(n);
     free(drive.serial);
     free(drive.werror);
     free(drive.rerror);
@@ -398,6 +364,7 @@ static int add_vhost_user(const char *sock, struct vbd_error **err)
     struct json_object *o = json_object_new_object();
     char id[80];
     snprintf(id, sizeof(id), "vhost-user-%s", drive.node);
+    json_object_object_add(o, "type", json_object_new_string("vhost-user-blk"));
     json_object_object_add(o, "id", json_object_new_string(id));
     json_object_object_add(o, "node-name", json_object_new_string(drive.node));
     json_object_object_add(o, "addr.type", json_object_new_string("unix"));
@@ -415,23 +382,11 @@ static int add_vhost_user(const char *sock, struct vbd_error **err)
         json_object_object_add(o, "werror", json_object_new_string(drive.werror));
     if (drive.rerror)
         json_object_object_add(o, "rerror", json_object_new_string(drive.rerror));
-    struct vbd_export *e = NULL;
-    const struct vbd_export_type *t = NULL;
-    for (const struct vbd_export_type *const *p = vbd_export_types(); *p; p++)
-        if (!strcmp((*p)->type, "vhost-user-blk"))
-            t = *p;
-    if (t)
-        e = t->create(o, err);
+    int rc = vbd_daemon_export_add(o, "--vhost-user", err);
     json_object_put(o);
-    if (!e)
-        return -EINVAL;
-    struct export_entry *ent = calloc(1, sizeof(*ent));
-    ent->type = t;
-    ent->exp = e;
-    ent->next = exports;
-    exports = ent;
-    drive.set = false;
-    return 0;
+    if (rc == 0)
+        drive.set = false;
+    return rc;
 }
 
 struct startup {
@@ -446,29 +401,27 @@ enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, 
  * and let the exports tell their clients. */
 static void refresh_sizes(void)
 {
-    for (int i = 0; i < nnodes; i++) {
-        uint64_t old = nodes[i]->size;
+    for (struct vbd_node *n = vbd_daemon_node_next(NULL); n; n = vbd_daemon_node_next(n)) {
+        uint64_t old = n->size;
         struct vbd_error *err = NULL;
-        if (vbd_node_refresh_size(nodes[i], &err) < 0) {
-            vbd_warn("SIGHUP: node '%s': %s", nodes[i]->node_name, err ? err->msg : "cannot refresh its size");
+        if (vbd_node_refresh_size(n, &err) < 0) {
+            vbd_warn("SIGHUP: node '%s': %s", n->node_name, err ? err->msg : "cannot refresh its size");
             vbd_error_free(err);
-        } else if (nodes[i]->size != old) {
-            vbd_info("SIGHUP: node '%s' is now %llu bytes (was %llu)", nodes[i]->node_name,
-                     (unsigned long long)nodes[i]->size, (unsigned long long)old);
+        } else if (n->size != old) {
+            vbd_info("SIGHUP: node '%s' is now %llu bytes (was %llu)", n->node_name, (unsigned long long)n->size,
+                     (unsigned long long)old);
         }
     }
-    for (struct export_entry *e = exports; e; e = e->next)
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
         if (e->type->resized)
             e->type->resized(e->exp);
 }
 
 static void shutdown_all(void)
 {
-    for (struct export_entry *e = exports; e; e = e->next)
-        e->type->shutdown(e->exp);
+    vbd_daemon_shutdown_exports();
     vbd_nbd_server_stop();
-    for (int i = 0; i < nnodes; i++)
-        vbd_node_co_flush(nodes[i]);
+    vbd_daemon_flush_nodes();
 }
 
 static void daemon_co(void *opaque)
@@ -542,7 +495,7 @@ static void daemon_co(void *opaque)
         }
         if (cont_requested) {
             cont_requested = 0;
-            for (struct export_entry *e = exports; e; e = e->next)
+            for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
                 if (e->type->cont)
                     e->type->cont(e->exp);
         }
@@ -589,14 +542,7 @@ int vbd_daemon_main(int argc, char **argv)
     struct startup s = {argc, argv, 0};
     vbd_co_run_sync(daemon_co, &s);
     vbd_iothread_stop_all(); /* every export has stopped using them */
-    for (struct export_entry *e = exports, *n; e; e = n) {
-        n = e->next;
-        e->type->free(e->exp);
-        free(e);
-    }
-    for (int i = 0; i < nnodes; i++)
-        vbd_node_unref(nodes[i]);
-    free(nodes);
+    vbd_daemon_free_all();
     vbd_tls_creds_remove_all();
     vbd_authz_remove_all();
     free(drive.serial);

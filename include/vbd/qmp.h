@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_QMP_H
+#define VBD_QMP_H
+
+#include <stdbool.h>
+
+struct json_object;
+struct vbd_error;
+
+/*
+ * QMP, the control protocol of qemu-storage-daemon, served by vbd-daemon
+ * (docs/interop/qmp-spec in QEMU). The monitor (src/qmp/monitor.c) reads
+ * requests, the dispatcher (src/qmp/dispatch.c) checks the top-level
+ * arguments against the command's table entry and runs it; each group of
+ * commands is one file, src/qmp/cmd-<group>.c, with one table listed in
+ * src/qmp/commands.c.
+ *
+ * Threads: commands run one at a time, in a coroutine on the main loop
+ * (they may yield: flush, drain, wait for an iothread). Events may be
+ * raised from any thread.
+ */
+
+/* Error classes QEMU still uses (qapi/error.json). */
+#define VBD_QMP_GENERIC_ERROR "GenericError"
+#define VBD_QMP_COMMAND_NOT_FOUND "CommandNotFound"
+#define VBD_QMP_DEVICE_NOT_ACTIVE "DeviceNotActive"
+#define VBD_QMP_DEVICE_NOT_FOUND "DeviceNotFound"
+
+struct vbd_qmp_error {
+    const char *cls; /* one of the classes above; NULL: no error */
+    char desc[512];
+};
+
+__attribute__((format(printf, 3, 4)))
+void vbd_qmp_error_setf(struct vbd_qmp_error *e, const char *cls, const char *fmt, ...);
+/* GenericError with src's message; frees src (NULL src: "failed"). */
+void vbd_qmp_error_take(struct vbd_qmp_error *e, struct vbd_error *src);
+
+/*
+ * A command. args is the "arguments" object (an empty object when the
+ * request had none); the handler may take keys out of it. It returns the
+ * "return" value (a new reference; vbd_qmp_ok() for {}), or NULL with *err
+ * set.
+ *
+ * arg_spec lists the top-level arguments for the dispatcher and for
+ * query-qmp-schema: space-separated "name:type", type one of str, int,
+ * number, bool, object, array, any; a leading '?' marks it optional, e.g.
+ * "node-name:str size:int ?iothread:str". The dispatcher refuses a missing
+ * or unexpected argument and a wrong JSON type, as QEMU words them, before
+ * the handler runs. NULL: the command is "boxed" (blockdev-add, object-add,
+ * block-export-add ...) and its handler checks everything itself.
+ */
+struct vbd_qmp_command {
+    const char *name;
+    const char *arg_spec;
+    struct json_object *(*run)(struct json_object *args, struct vbd_qmp_error *err);
+    unsigned flags; /* VBD_QMP_* */
+};
+#define VBD_QMP_BEFORE_CAPS 1u /* allowed before qmp_capabilities (only qmp_capabilities itself) */
+
+/* NULL-terminated list of every command (src/qmp/commands.c). */
+const struct vbd_qmp_command *vbd_qmp_command_find(const char *name);
+/* Iterate: start with NULL. */
+const struct vbd_qmp_command *vbd_qmp_command_next(const struct vbd_qmp_command *prev);
+
+/* {} as a return value. */
+struct json_object *vbd_qmp_ok(void);
+
+/*
+ * Run one request object ({"execute": ..., "arguments": ..., "id": ...})
+ * and return the reply object ({"return": ...} or {"error": ...}, with the
+ * id echoed). negotiated: the client sent qmp_capabilities. Coroutine on
+ * the main loop. Used by the monitor and by the fuzz target.
+ */
+struct json_object *vbd_qmp_dispatch(struct json_object *request, bool negotiated);
+
+/*
+ * Events: sent to every monitor that negotiated capabilities, with a
+ * timestamp taken now. Takes the reference on data (may be NULL). Safe
+ * from any thread; the monitors send it from the main loop.
+ */
+void vbd_qmp_event(const char *name, struct json_object *data);
+
+/* vbd-daemon: --chardev socket,id=ID,path=PATH,server=on,wait=off (or
+ * host=,port=) and --monitor [chardev=]ID. Main thread. */
+int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err);
+int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err);
+/* Close every monitor and chardev (daemon exit). */
+void vbd_qmp_shutdown(void);
+/* Set by the 'quit' command; the daemon's main coroutine watches it. */
+bool vbd_qmp_quit_requested(void);
+
+#endif

@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: MIT */
+/* The daemon's user-created nodes and exports (objects.h). */
+#include "daemon/objects.h"
+
+#include "vbd/alloc.h"
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/export.h"
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct vbd_node **nodes;
+static int nnodes;
+static struct vbd_daemon_export *exports;
+
+void vbd_daemon_node_add(struct vbd_node *n)
+{
+    nodes = vbd_xrealloc(nodes, sizeof(*nodes) * (nnodes + 1));
+    nodes[nnodes++] = n;
+}
+
+struct vbd_node *vbd_daemon_node_find(const char *name)
+{
+    for (int i = 0; i < nnodes; i++)
+        if (!strcmp(nodes[i]->node_name, name))
+            return nodes[i];
+    return NULL;
+}
+
+struct vbd_node *vbd_daemon_node_next(struct vbd_node *prev)
+{
+    int i = 0;
+    if (prev)
+        while (i < nnodes && nodes[i++] != prev)
+            ;
+    return i < nnodes ? nodes[i] : NULL;
+}
+
+int vbd_daemon_node_del(const char *name, struct vbd_error **err)
+{
+    for (int i = 0; i < nnodes; i++) {
+        struct vbd_node *n = nodes[i];
+        if (strcmp(n->node_name, name))
+            continue;
+        if (n->refcnt > 1) {
+            vbd_error_setf(err, EBUSY, "Node '%s' is busy: it is in use (by an export, another node or a job)", name);
+            return -EBUSY;
+        }
+        memmove(&nodes[i], &nodes[i + 1], sizeof(*nodes) * (size_t)(nnodes - i - 1));
+        nnodes--;
+        vbd_node_co_flush(n);
+        vbd_node_unref(n);
+        return 0;
+    }
+    vbd_error_setf(err, ENOENT, "Failed to find node with node-name='%s'", name);
+    return -ENOENT;
+}
+
+int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd_error **err)
+{
+    char *type = NULL;
+    struct json_object *idv = vbd_opt_get(opts, "id");
+    const char *id = idv && json_object_is_type(idv, json_type_string) ? json_object_get_string(idv) : NULL;
+    int rc = vbd_opt_take_str(opts, "type", &type, err);
+    const struct vbd_export_type *t = NULL;
+    if (rc == 0)
+        vbd_error_setf(err, EINVAL, "%s: 'type' is required", what);
+    for (const struct vbd_export_type *const *p = vbd_export_types(); rc > 0 && *p; p++)
+        if (!strcmp((*p)->type, type))
+            t = *p;
+    if (rc > 0 && !t)
+        vbd_error_setf(err, EINVAL, "%s: unknown export type '%s'", what, type);
+    free(type);
+    if (!t)
+        return -EINVAL;
+    if (!id) {
+        vbd_error_setf(err, EINVAL, "%s: 'id' is required", what);
+        return -EINVAL;
+    }
+    if (vbd_daemon_export_find(id)) {
+        vbd_error_setf(err, EEXIST, "Block export id '%s' is already in use", id);
+        return -EEXIST;
+    }
+    struct vbd_daemon_export *ent = vbd_xcalloc(1, sizeof(*ent));
+    snprintf(ent->id, sizeof(ent->id), "%s", id); /* before create() takes "id" out */
+    struct vbd_export *e = t->create(opts, err);
+    if (e && vbd_opts_check_empty(opts, what, err) < 0) {
+        t->shutdown(e);
+        t->free(e);
+        e = NULL;
+    }
+    if (!e) {
+        free(ent);
+        return -EINVAL;
+    }
+    ent->type = t;
+    ent->exp = e;
+    struct vbd_daemon_export **tail = &exports;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = ent; /* in creation order, as query-block-exports lists them */
+    return 0;
+}
+
+struct vbd_daemon_export *vbd_daemon_export_find(const char *id)
+{
+    for (struct vbd_daemon_export *e = exports; e; e = e->next)
+        if (!strcmp(e->id, id))
+            return e;
+    return NULL;
+}
+
+struct vbd_daemon_export *vbd_daemon_export_first(void)
+{
+    return exports;
+}
+
+void vbd_daemon_export_remove(struct vbd_daemon_export *e)
+{
+    for (struct vbd_daemon_export **p = &exports; *p; p = &(*p)->next)
+        if (*p == e) {
+            *p = e->next;
+            break;
+        }
+    e->type->shutdown(e->exp);
+    e->type->free(e->exp);
+    free(e);
+}
+
+void vbd_daemon_shutdown_exports(void)
+{
+    for (struct vbd_daemon_export *e = exports; e; e = e->next)
+        e->type->shutdown(e->exp);
+}
+
+void vbd_daemon_flush_nodes(void)
+{
+    for (int i = 0; i < nnodes; i++)
+        vbd_node_co_flush(nodes[i]);
+}
+
+void vbd_daemon_free_all(void)
+{
+    for (struct vbd_daemon_export *e = exports, *n; e; e = n) {
+        n = e->next;
+        e->type->free(e->exp);
+        free(e);
+    }
+    exports = NULL;
+    for (int i = nnodes - 1; i >= 0; i--)
+        vbd_node_unref(nodes[i]);
+    free(nodes);
+    nodes = NULL;
+    nnodes = 0;
+}

@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_DAEMON_OBJECTS_H
+#define VBD_DAEMON_OBJECTS_H
+
+#include <stdbool.h>
+
+struct json_object;
+struct vbd_error;
+struct vbd_export;
+struct vbd_export_type;
+struct vbd_node;
+
+/*
+ * What the user created in vbd-daemon, from the command line or QMP: the
+ * nodes it named (--blockdev, --drive, blockdev-add; the daemon holds one
+ * reference on each, as QEMU's "monitor-owned" nodes) and the exports by
+ * id. Main thread only (the main loop's coroutines: startup, QMP commands,
+ * signals).
+ */
+
+/* Takes over the caller's reference on n. */
+void vbd_daemon_node_add(struct vbd_node *n);
+/* A node the user added, by node-name, or NULL (nodes opened implicitly
+ * below one, e.g. its "file", are reachable with vbd_node_find). */
+struct vbd_node *vbd_daemon_node_find(const char *name);
+/* Iterate the user's nodes in the order they were added; start with NULL. */
+struct vbd_node *vbd_daemon_node_next(struct vbd_node *prev);
+/* blockdev-del: drop the daemon's reference. Refused (-EBUSY, message
+ * naming the node) while anything else holds it: an export, a parent
+ * node, a job. -ENOENT if the user did not add it. */
+int vbd_daemon_node_del(const char *name, struct vbd_error **err);
+
+struct vbd_daemon_export {
+    char id[128];
+    const struct vbd_export_type *type;
+    struct vbd_export *exp;
+    struct vbd_daemon_export *next;
+};
+/* --export / block-export-add: opts holds "type", "id" and the type's
+ * keys (taken; leftovers are an error naming `what`). */
+int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd_error **err);
+struct vbd_daemon_export *vbd_daemon_export_find(const char *id);
+struct vbd_daemon_export *vbd_daemon_export_first(void);
+/* Shut the export down (in-flight requests finish) and free it. */
+void vbd_daemon_export_remove(struct vbd_daemon_export *e);
+
+/* Daemon exit: shut every export down, flush every node (remove_all
+ * frees them, after the iothreads stopped). */
+void vbd_daemon_shutdown_exports(void);
+void vbd_daemon_flush_nodes(void);
+void vbd_daemon_free_all(void);
+
+#endif

@@ -1,0 +1,8 @@
+/* SPDX-License-Identifier: MIT */
+#include "qmp/commands.h"
+
+#include <stddef.h>
+
+const struct vbd_qmp_command vbd_qmp_cmds_core[] = {
+    {NULL, NULL, NULL, 0},
+};
