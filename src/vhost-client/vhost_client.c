@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include "vhost_client.h"
 
+#include "vbd/vhost-user-protocol.h"
+
 #include <errno.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_config.h>
@@ -16,27 +18,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-enum {
-    GET_FEATURES = 1,
-    SET_FEATURES = 2,
-    SET_OWNER = 3,
-    SET_MEM_TABLE = 5,
-    SET_VRING_NUM = 8,
-    SET_VRING_ADDR = 9,
-    SET_VRING_BASE = 10,
-    GET_VRING_BASE = 11,
-    SET_VRING_KICK = 12,
-    SET_VRING_CALL = 13,
-    GET_PROTOCOL_FEATURES = 15,
-    SET_PROTOCOL_FEATURES = 16,
-    GET_QUEUE_NUM = 17,
-    SET_VRING_ENABLE = 18,
-    GET_CONFIG = 24,
-};
-#define F_PROTOCOL_FEATURES 30
-#define PF_MQ 0
-#define PF_REPLY_ACK 3
-#define PF_CONFIG 9
 
 static int seterr(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -50,7 +31,7 @@ static int seterr(char *err, size_t errlen, const char *fmt, ...)
 int vhc_send(struct vhc *c, uint32_t req, uint32_t flags, const void *payload, uint32_t size, const int *fds, int nfds)
 {
     uint8_t hdr[12];
-    flags |= 1;
+    flags |= VHOST_USER_VERSION;
     memcpy(hdr, &req, 4);
     memcpy(hdr + 4, &flags, 4);
     memcpy(hdr + 8, &size, 4);
@@ -102,7 +83,7 @@ static int get_u64(struct vhc *c, uint32_t req, uint64_t *v)
 /* With REPLY_ACK every setting message is confirmed, so errors surface at once. */
 static int set_msg(struct vhc *c, uint32_t req, const void *payload, uint32_t size, const int *fds, int nfds)
 {
-    bool ack = c->protocol_features & (1ull << PF_REPLY_ACK);
+    bool ack = c->protocol_features & (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK);
     if (vhc_send(c, req, ack ? 0x8 : 0, payload, size, fds, nfds) < 0)
         return -1;
     if (ack) {
@@ -157,42 +138,42 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
     }
 
     uint64_t f;
-    if (get_u64(c, GET_FEATURES, &f) < 0)
-        return seterr(err, errlen, "'%s': no answer to GET_FEATURES (not a vhost-user back end?)", path);
+    if (get_u64(c, VHOST_USER_GET_FEATURES, &f) < 0)
+        return seterr(err, errlen, "'%s': no answer to VHOST_USER_GET_FEATURES (not a vhost-user back end?)", path);
     if (!(f & (1ull << VIRTIO_F_VERSION_1)))
         return seterr(err, errlen, "'%s': the back end does not offer VIRTIO_F_VERSION_1", path);
-    uint64_t want = (1ull << VIRTIO_F_VERSION_1) | (1ull << F_PROTOCOL_FEATURES) | (1ull << VIRTIO_BLK_F_FLUSH) |
+    uint64_t want = (1ull << VIRTIO_F_VERSION_1) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) | (1ull << VIRTIO_BLK_F_FLUSH) |
                     (1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_MQ) |
                     (1ull << VIRTIO_BLK_F_RO) | (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
     c->features = f & want;
-    if (f & (1ull << F_PROTOCOL_FEATURES)) {
+    if (f & (1ull << VHOST_USER_F_PROTOCOL_FEATURES)) {
         uint64_t pf;
-        if (get_u64(c, GET_PROTOCOL_FEATURES, &pf) < 0)
-            return seterr(err, errlen, "'%s': no answer to GET_PROTOCOL_FEATURES", path);
-        uint64_t pw = pf & ((1ull << PF_MQ) | (1ull << PF_REPLY_ACK) | (1ull << PF_CONFIG));
-        if (vhc_send(c, SET_PROTOCOL_FEATURES, 0, &pw, 8, NULL, 0) < 0)
+        if (get_u64(c, VHOST_USER_GET_PROTOCOL_FEATURES, &pf) < 0)
+            return seterr(err, errlen, "'%s': no answer to VHOST_USER_GET_PROTOCOL_FEATURES", path);
+        uint64_t pw = pf & ((1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) | (1ull << VHOST_USER_PROTOCOL_F_CONFIG));
+        if (vhc_send(c, VHOST_USER_SET_PROTOCOL_FEATURES, 0, &pw, 8, NULL, 0) < 0)
             return seterr(err, errlen, "'%s': connection lost", path);
         c->protocol_features = pw;
     }
     c->backend_queues = 1;
-    if (c->protocol_features & (1ull << PF_MQ)) {
+    if (c->protocol_features & (1ull << VHOST_USER_PROTOCOL_F_MQ)) {
         uint64_t n;
-        if (get_u64(c, GET_QUEUE_NUM, &n) < 0)
-            return seterr(err, errlen, "'%s': no answer to GET_QUEUE_NUM", path);
+        if (get_u64(c, VHOST_USER_GET_QUEUE_NUM, &n) < 0)
+            return seterr(err, errlen, "'%s': no answer to VHOST_USER_GET_QUEUE_NUM", path);
         c->backend_queues = n > 0xffff ? 0xffff : (uint16_t)n;
     }
     if (nqueues > c->backend_queues)
         return seterr(err, errlen, "'%s': the back end supports %u queues, %d requested", path, c->backend_queues,
                       nqueues);
-    if (set_msg(c, SET_OWNER, NULL, 0, NULL, 0) < 0 || set_msg(c, SET_FEATURES, &c->features, 8, NULL, 0) < 0)
-        return seterr(err, errlen, "'%s': SET_OWNER/SET_FEATURES refused", path);
-    if (c->protocol_features & (1ull << PF_CONFIG)) {
+    if (set_msg(c, VHOST_USER_SET_OWNER, NULL, 0, NULL, 0) < 0 || set_msg(c, VHOST_USER_SET_FEATURES, &c->features, 8, NULL, 0) < 0)
+        return seterr(err, errlen, "'%s': VHOST_USER_SET_OWNER/VHOST_USER_SET_FEATURES refused", path);
+    if (c->protocol_features & (1ull << VHOST_USER_PROTOCOL_F_CONFIG)) {
         uint8_t cfg[12 + 60] = {0};
         uint32_t sz = 60;
         memcpy(cfg + 4, &sz, 4);
-        if (vhc_send(c, GET_CONFIG, 0, cfg, sizeof(cfg), NULL, 0) < 0 ||
-            vhc_recv(c, GET_CONFIG, cfg, sizeof(cfg)) < 12 + 28)
-            return seterr(err, errlen, "'%s': GET_CONFIG failed", path);
+        if (vhc_send(c, VHOST_USER_GET_CONFIG, 0, cfg, sizeof(cfg), NULL, 0) < 0 ||
+            vhc_recv(c, VHOST_USER_GET_CONFIG, cfg, sizeof(cfg)) < 12 + 28)
+            return seterr(err, errlen, "'%s': VHOST_USER_GET_CONFIG failed", path);
         memcpy(&c->capacity, cfg + 12, 8);
         memcpy(&c->blk_size, cfg + 12 + 20, 4);
     }
@@ -211,8 +192,8 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
         uint32_t n, pad;
         uint64_t gpa, size, qva, off;
     } mt = {1, 0, 0, mem_size, (uint64_t)(uintptr_t)c->mem, 0};
-    if (set_msg(c, SET_MEM_TABLE, &mt, sizeof(mt), &c->memfd, 1) < 0)
-        return seterr(err, errlen, "'%s': SET_MEM_TABLE refused", path);
+    if (set_msg(c, VHOST_USER_SET_MEM_TABLE, &mt, sizeof(mt), &c->memfd, 1) < 0)
+        return seterr(err, errlen, "'%s': VHOST_USER_SET_MEM_TABLE refused", path);
 
     c->nqueues = nqueues;
     for (int i = 0; i < nqueues; i++) {
@@ -234,13 +215,13 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
         uint32_t base[2] = {(uint32_t)i, 0};
         uint64_t idx = (uint64_t)i;
         uint32_t en[2] = {(uint32_t)i, 1};
-        if (set_msg(c, SET_VRING_NUM, st, 8, NULL, 0) < 0 || set_msg(c, SET_VRING_BASE, base, 8, NULL, 0) < 0 ||
-            set_msg(c, SET_VRING_ADDR, &va, sizeof(va), NULL, 0) < 0 ||
-            set_msg(c, SET_VRING_CALL, &idx, 8, &q->call_fd, 1) < 0 ||
-            set_msg(c, SET_VRING_KICK, &idx, 8, &q->kick_fd, 1) < 0)
+        if (set_msg(c, VHOST_USER_SET_VRING_NUM, st, 8, NULL, 0) < 0 || set_msg(c, VHOST_USER_SET_VRING_BASE, base, 8, NULL, 0) < 0 ||
+            set_msg(c, VHOST_USER_SET_VRING_ADDR, &va, sizeof(va), NULL, 0) < 0 ||
+            set_msg(c, VHOST_USER_SET_VRING_CALL, &idx, 8, &q->call_fd, 1) < 0 ||
+            set_msg(c, VHOST_USER_SET_VRING_KICK, &idx, 8, &q->kick_fd, 1) < 0)
             return seterr(err, errlen, "'%s': queue %d set-up refused", path, i);
-        if ((c->features & (1ull << F_PROTOCOL_FEATURES)) && set_msg(c, SET_VRING_ENABLE, en, 8, NULL, 0) < 0)
-            return seterr(err, errlen, "'%s': SET_VRING_ENABLE refused", path);
+        if ((c->features & (1ull << VHOST_USER_F_PROTOCOL_FEATURES)) && set_msg(c, VHOST_USER_SET_VRING_ENABLE, en, 8, NULL, 0) < 0)
+            return seterr(err, errlen, "'%s': VHOST_USER_SET_VRING_ENABLE refused", path);
     }
     return 0;
 }
@@ -249,8 +230,8 @@ void vhc_close(struct vhc *c)
 {
     for (int i = 0; i < c->nqueues && c->sock >= 0; i++) {
         uint32_t st[2] = {(uint32_t)i, 0};
-        if (vhc_send(c, GET_VRING_BASE, 0, st, 8, NULL, 0) == 0)
-            vhc_recv(c, GET_VRING_BASE, st, 8);
+        if (vhc_send(c, VHOST_USER_GET_VRING_BASE, 0, st, 8, NULL, 0) == 0)
+            vhc_recv(c, VHOST_USER_GET_VRING_BASE, st, 8);
     }
     for (int i = 0; i < VHC_MAX_QUEUES; i++) {
         if (c->q[i].kick_fd >= 0)

@@ -16,7 +16,7 @@
  * Waits are on conditions (a line in the log, a used ring entry), each
  * bounded by a generous deadline; nothing depends on timing.
  */
-#include "export/vhost-user-blk/vhost-user.h" /* the wire format, as the daemon reads it */
+#include "vbd/vhost-user-protocol.h" /* the wire format, as the daemon reads it */
 #include "vhost-client/vhost_client.h"
 
 #include <dirent.h>
