@@ -1102,10 +1102,15 @@ int vu_dev_config_changed(struct vu_dev *dev)
         return 1;
     if (!has_protocol_feature(dev, VHOST_USER_PROTOCOL_F_BACKEND_REQ) || dev->backend_req_fd < 0)
         return -ENOTSUP;
-    /* no NEED_REPLY: the front end answers by reading the config (GET_CONFIG) */
+    /* No NEED_REPLY: the front end answers by reading the config
+     * (GET_CONFIG). Never wait for room on the channel: a front end that
+     * does not read it must not stall the caller (a QMP block_resize, the
+     * SIGHUP handler); it sees the new size at its next GET_CONFIG. The
+     * 12-byte message goes whole or not at all on a unix stream socket
+     * with room for it. */
     uint32_t hdr[3] = {VHOST_USER_BACKEND_CONFIG_CHANGE_MSG, VHOST_USER_VERSION, 0};
-    int rc = vbd_in_co() ? vbd_co_send_full(dev->backend_req_fd, hdr, sizeof(hdr))
-                         : (send(dev->backend_req_fd, hdr, sizeof(hdr), MSG_NOSIGNAL) == sizeof(hdr) ? 0 : -errno);
+    ssize_t sent = send(dev->backend_req_fd, hdr, sizeof(hdr), MSG_NOSIGNAL | MSG_DONTWAIT);
+    int rc = sent == (ssize_t)sizeof(hdr) ? 0 : sent < 0 ? -errno : -EAGAIN;
     if (rc < 0)
         vbd_warn("%s: cannot send the config change to the front end: %s", dev->name, strerror(-rc));
     return rc;
