@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "vhost_client.h"
 
+#include "vbd/barrier.h"
 #include "vbd/vhost-user-protocol.h"
 
 #include <errno.h>
@@ -270,7 +271,7 @@ void vhc_offer(struct vhc *c, int q, uint16_t head)
 void vhc_kick(struct vhc *c, int q)
 {
     struct vring_used *u = c->q[q].used;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    vbd_smp_mb();
     if (!(__atomic_load_n(&u->flags, __ATOMIC_ACQUIRE) & VRING_USED_F_NO_NOTIFY))
         eventfd_write(c->q[q].kick_fd, 1);
 }

@@ -2,6 +2,9 @@
 /* Split virtqueue processing over untrusted guest memory (virtio 1.x, 2.7). */
 #include "virtqueue.h"
 
+#include "vbd/barrier.h"
+
+
 #include <errno.h>
 #include <linux/virtio_ring.h>
 #include <stdlib.h>
@@ -193,15 +196,14 @@ void vu_vq_push(struct vu_vq *vq, uint16_t head, uint32_t len)
     store_release16(&vq->used->idx, vq->used_idx);
     if (q) {
         q->desc[head].inflight = 0;
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        q->used_idx = vq->used_idx;
+        __atomic_store_n(&q->used_idx, vq->used_idx, __ATOMIC_RELEASE); /* after the entry is cleared */
     }
 }
 
 bool vu_vq_should_notify(struct vu_vq *vq)
 {
     /* the used index must be visible before we read the driver's wishes */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    vbd_smp_mb();
     if (!vq->event_idx)
         return !(load_acquire16(&vq->avail->flags) & VRING_AVAIL_F_NO_INTERRUPT);
     uint16_t old = vq->signalled_used, new_idx = vq->used_idx;
@@ -223,7 +225,7 @@ bool vu_vq_enable_notification(struct vu_vq *vq)
     } else {
         store_release16(&vq->used->flags, load_acquire16(&vq->used->flags) & ~VRING_USED_F_NO_NOTIFY);
     }
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    vbd_smp_mb();
     return vu_vq_pending(vq) != 0;
 }
 
@@ -270,8 +272,7 @@ int vu_vq_inflight_recover(struct vu_vq *vq, uint16_t *heads, int cap)
     if (q->used_idx != used_idx) {
         /* we died between publishing the used index and clearing the entry */
         q->desc[q->last_batch_head % vq->num].inflight = 0;
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        q->used_idx = used_idx;
+        __atomic_store_n(&q->used_idx, used_idx, __ATOMIC_RELEASE); /* after the entry is cleared */
     }
     struct counter_head *list = malloc(sizeof(*list) * vq->num);
     if (!list)
