@@ -39,17 +39,7 @@ vbd_map() { # IMG BITMAP: the map vbd-daemon exports
 # the same arguments (@ stands for the file); both exit statuses and
 # messages must agree
 both() { # IMG ARGS...
-    local img=$1 a t; shift
-    for t in q v; do
-        cp "$img" "$img.$t"
-        local args=()
-        for a in "$@"; do [ "$a" = @ ] && args+=("$img.$t") || args+=("$a"); done
-        if [ $t = q ]; then
-            qemu-img "${args[@]}" >q.out 2>&1; qrc=$?
-        else
-            "$VBD_IMG" "${args[@]}" >v.out 2>&1; vrc=$?
-        fi
-    done
+    on_copies "$@"
     [ $qrc = $vrc ] || fail "$*: vbd-img exits $vrc ($(cat v.out)), qemu-img $qrc ($(cat q.out))"
     sed "s/^qemu-img:/vbd-img:/; s/#block[0-9]*/NODE/g; s/'[^']*\\.q'/FILE/g" q.out >q.cmp
     sed "s/#block[0-9]*/NODE/g; s/'[^']*\\.v'/FILE/g" v.out >v.cmp

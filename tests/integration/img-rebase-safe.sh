@@ -8,14 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
-python3 - <<'PY'
-import random
-r = random.Random(5); out = bytearray()
-while len(out) < 6 << 20:
-    k = r.randrange(3); n = r.randrange(1000, 200000)
-    out += bytes(n) if k == 0 else r.randbytes(n) if k == 1 else (b'line %d of some text, ' % r.randrange(1000)) * (n // 24)
-open('mixed.raw', 'wb').write(out[:6 << 20])
-PY
+mixed_data mixed.raw 5
 chain() { # base (real-looking data) <- mid (a few writes) <- top (a few writes)
     rm -f base.qcow2 mid.qcow2 top.qcow2 zero.qcow2
     must qemu-img convert -O qcow2 mixed.raw base.qcow2

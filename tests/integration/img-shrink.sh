@@ -20,17 +20,9 @@ for e in json.load(sys.stdin):
 }
 # IMG.q (qemu-img) and IMG.v (vbd-img) made from copies of IMG by ARGS, where @ stands for the file
 shrink_both() { # IMG ARGS...
-    local img=$1 a t; shift
-    for t in q v; do
-        cp "$img" "$img.$t"
-        local args=()
-        for a in "$@"; do [ "$a" = @ ] && args+=("$img.$t") || args+=("$a"); done
-        if [ $t = q ]; then
-            qemu-img "${args[@]}" >q.out 2>&1 || fail "qemu-img ${args[*]}: $(cat q.out)"
-        else
-            "$VBD_IMG" "${args[@]}" >v.out 2>&1 || fail "vbd-img ${args[*]}: $(cat v.out)"
-        fi
-    done
+    on_copies "$@"
+    [ $qrc = 0 ] || fail "qemu-img ${*:2}: $(cat q.out)"
+    [ $vrc = 0 ] || fail "vbd-img ${*:2}: $(cat v.out)"
 }
 compare_results() { # IMG: vbd-img's result against qemu-img's
     local img=$1

@@ -74,6 +74,35 @@ wait_lock_free() {
     done
     fail "image lock still held 10 s after its writer was reaped: $out"
 }
+# mixed_data FILE SEED: 6 MiB of real-looking content (text, random bytes
+# and zero runs, deterministic from SEED): compresses like a disk image,
+# unlike a pattern that fits any compressed cluster in one sector.
+mixed_data() {
+    python3 - "$1" "$2" <<'PY'
+import random, sys
+r = random.Random(int(sys.argv[2])); out = bytearray()
+while len(out) < 6 << 20:
+    k = r.randrange(3); n = r.randrange(1000, 200000)
+    out += bytes(n) if k == 0 else r.randbytes(n) if k == 1 else (b'line %d of some text, ' % r.randrange(1000)) * (n // 24)
+open(sys.argv[1], 'wb').write(out[:6 << 20])
+PY
+}
+# on_copies IMG ARGS...: run qemu-img ARGS on a copy IMG.q and vbd-img ARGS
+# on a copy IMG.v, where an argument @ stands for the copy; exit statuses
+# in qrc/vrc, output in q.out/v.out (in the current directory).
+on_copies() {
+    local img=$1 a t; shift
+    for t in q v; do
+        cp "$img" "$img.$t"
+        local args=()
+        for a in "$@"; do [ "$a" = @ ] && args+=("$img.$t") || args+=("$a"); done
+        if [ $t = q ]; then
+            qemu-img "${args[@]}" >q.out 2>&1; qrc=$?
+        else
+            "$VBD_IMG" "${args[@]}" >v.out 2>&1; vrc=$?
+        fi
+    done
+}
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
 # vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,

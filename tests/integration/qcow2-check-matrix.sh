@@ -9,15 +9,7 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
-# real-looking content: text, random bytes and zero runs (deterministic)
-python3 - <<'PY'
-import random
-r = random.Random(11); out = bytearray()
-while len(out) < 6 << 20:
-    k = r.randrange(3); n = r.randrange(1000, 200000)
-    out += bytes(n) if k == 0 else r.randbytes(n) if k == 1 else (b'line %d of some text, ' % r.randrange(1000)) * (n // 24)
-open('mixed.raw', 'wb').write(out[:6 << 20])
-PY
+mixed_data mixed.raw 11
 agree() { # FILE: same exit code and JSON as qemu-img check
     "$VBD_IMG" check --output=json "$1" >v.json 2>v.err; vr=$?
     qemu-img check --output=json "$1" >q.json 2>q.err; qr=$?

@@ -631,23 +631,43 @@ static int write_cluster(struct vbd_node *n, uint64_t off, uint64_t len, struct 
 }
 
 
-/* Compressed data is packed: a chunk goes into the rest of the cluster the
- * previous chunk ended in (one more reference on it), or starts new ones. */
+/* Compressed data is packed, as QEMU packs it: a chunk starts where the
+ * previous one ended (one more reference on that cluster) and runs on
+ * into the next clusters when they are allocated right behind it; else it
+ * starts new clusters. Never in a cluster that was freed meanwhile: that
+ * resets compress_pos (refcount.c), and a full counter (refcount_bits=1)
+ * cannot take the extra reference. */
 static int64_t alloc_bytes(struct qcow2_state *s, uint64_t len)
 {
-    uint64_t in = s->compress_pos & (s->cluster_size - 1);
-    if (s->compress_pos && in && s->cluster_size - in >= len) {
-        uint64_t at = s->compress_pos, cur;
+    uint64_t cs = s->cluster_size, in = s->compress_pos & (cs - 1), cur = 0;
+    if (s->compress_pos && in) {
+        uint64_t at = s->compress_pos, cluster_end = (at | (cs - 1)) + 1;
         int rc = qcow2_get_refcount(s, at >> s->cluster_bits, &cur);
         if (rc < 0)
             return rc;
-        /* one more reference, unless the counter is full (refcount_bits=1): a new cluster then */
-        if (cur && qcow2_update_refcount(s, at & ~(s->cluster_size - 1), 1) == 0) {
-            s->compress_pos += len;
-            return (int64_t)at;
+        if (cur && cs - in >= len) {
+            if (qcow2_update_refcount(s, at, 1) == 0) {
+                s->compress_pos += len;
+                return (int64_t)at;
+            }
+        } else if (cur) {
+            uint64_t more = (len - (cs - in) + cs - 1) >> s->cluster_bits;
+            int64_t next = qcow2_alloc_clusters(s, more);
+            if (next < 0)
+                return next;
+            if ((uint64_t)next == cluster_end && qcow2_update_refcount(s, at, 1) == 0) {
+                s->compress_pos = at + len;
+                return (int64_t)at;
+            }
+            /* not right behind it (or the counter is full): give them back */
+            for (uint64_t k = 0; k < more; k++) {
+                rc = qcow2_update_refcount(s, (uint64_t)next + (k << s->cluster_bits), -1);
+                if (rc < 0)
+                    return rc;
+            }
         }
     }
-    int64_t at = qcow2_alloc_clusters(s, (len + s->cluster_size - 1) >> s->cluster_bits);
+    int64_t at = qcow2_alloc_clusters(s, (len + cs - 1) >> s->cluster_bits);
     if (at >= 0)
         s->compress_pos = (uint64_t)at + len;
     return at;
@@ -680,7 +700,7 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct 
     uint8_t *plain = vbd_alloc_aligned(4096, s->cluster_size);
     uint8_t *packed = vbd_alloc_aligned(4096, s->cluster_size);
     vbd_iov_to_buf(q->iov, q->niov, qoff, plain, s->cluster_size);
-    size_t clen = compress_cluster(s, plain, packed, s->cluster_size - 512);
+    size_t clen = compress_cluster(s, plain, packed, s->cluster_size - 1); /* as QEMU: any saving pays */
     int rc = 1;
     if (!clen)
         goto out;
