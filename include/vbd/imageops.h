@@ -52,11 +52,13 @@ struct vbd_copy_opts {
 
 struct vbd_imageops_ctl;
 /* Called after every unit of work (a chunk copied, a range found to need
- * nothing), in the operation's coroutine, with the progress already
- * counted: `written` is how many bytes of the unit were written to the
- * target (0 for a skipped range), for a rate limit. It may yield (a job
- * pauses or sleeps here) and may set the cancel flag. A negative return
- * stops the operation with that error. */
+ * nothing), in the operation's coroutine (vbd_co_convert: in the worker
+ * that did the chunk, so calls may overlap when one yields), with the
+ * progress already counted. off is where the unit starts (in the target);
+ * written is how many of its bytes were written to the target (0 for a
+ * skipped range), for a rate limit. It may yield (a job pauses or sleeps
+ * here) and may set the cancel flag. A negative return stops the
+ * operation with that error. */
 typedef int vbd_imageops_chunk_fn(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written);
 
 struct vbd_imageops_ctl {
