@@ -82,7 +82,7 @@ int verb_commit(int argc, char **argv)
             goto out;
         nlayers++;
     }
-    /* as before the library had it: whole chunks of zeroes become write-zeroes requests */
+    /* an all-zero chunk of the top becomes a write-zeroes request on the base */
     struct vbd_copy_opts copy = {.zero_detect = VBD_IMAGEOPS_CHUNK_DEFAULT};
     struct vbd_imageops_ctl ctl = {.chunk_done = progress && !quiet ? img_print_progress : NULL};
     struct vbd_error *err = NULL;
