@@ -4,21 +4,6 @@
  */
 #include "img.h"
 
-static int copy_range(struct vbd_node *from, struct vbd_node *to, uint64_t off, uint64_t len, uint8_t *buf)
-{
-    while (len) {
-        uint64_t l = len < 2 * MIB ? len : 2 * MIB;
-        int rc = vbd_node_co_pread(from, off, buf, l);
-        if (rc == 0)
-            rc = vbd_buffer_is_zero(buf, l) ? vbd_node_co_pwrite_zeroes(to, off, l, 0) : vbd_node_co_pwrite(to, off, buf, l, 0);
-        if (rc < 0)
-            return rc;
-        off += l;
-        len -= l;
-    }
-    return 0;
-}
-
 int verb_commit(int argc, char **argv)
 {
     const char *fmt = NULL, *base_name = NULL;
@@ -57,7 +42,6 @@ int verb_commit(int argc, char **argv)
     struct vbd_node *base = NULL, *layers[64];
     int nlayers = 1;
     layers[0] = img;
-    uint8_t *buf = NULL;
     if (!img->backing_file[0]) {
         vbd_error_report("Image does not have a backing file");
         goto out;
@@ -98,42 +82,13 @@ int verb_commit(int argc, char **argv)
             goto out;
         nlayers++;
     }
-    if (base->size < img->size) {
-        struct vbd_error *err = NULL;
-        if (vbd_node_co_truncate(base, img->size, false, VBD_PREALLOC_OFF, &err) < 0) {
-            tool_report(err);
-            goto out;
-        }
-    }
-    buf = vbd_alloc_aligned(4096, 2 * MIB);
-    for (uint64_t off = 0; off < img->size;) {
-        /* the topmost layer that has the range decides its content */
-        uint64_t step = img->size - off;
-        for (int i = 0; i < nlayers; i++) {
-            struct vbd_node *l = layers[i];
-            if (off >= l->size)
-                continue;
-            uint64_t pnum;
-            int st = vbd_node_co_block_status(l, false, off, step < l->size - off ? step : l->size - off, &pnum, NULL, NULL);
-            if (st < 0 || pnum == 0) {
-                vbd_error_report("Could not read the allocation status at %llu: %s", (unsigned long long)off,
-                                 strerror(st < 0 ? -st : EIO));
-                goto out;
-            }
-            if (pnum < step)
-                step = pnum;
-            if (st & VBD_BS_ALLOCATED) {
-                int r = (st & VBD_BS_ZERO) ? vbd_node_co_pwrite_zeroes(base, off, step, 0) : copy_range(l, base, off, step, buf);
-                if (r < 0) {
-                    vbd_error_report("Block job failed: %s", strerror(-r));
-                    goto out;
-                }
-                break;
-            }
-        }
-        off += step;
-        if (progress && !quiet)
-            tool_progress(100.0 * off / img->size);
+    /* an all-zero chunk of the top becomes a write-zeroes request on the base */
+    struct vbd_copy_opts copy = {.zero_detect = VBD_IMAGEOPS_CHUNK_DEFAULT};
+    struct vbd_imageops_ctl ctl = {.chunk_done = progress && !quiet ? img_print_progress : NULL};
+    struct vbd_error *err = NULL;
+    if (vbd_co_commit_layers(layers, nlayers, base, &copy, &ctl, &err) < 0) {
+        tool_report(err);
+        goto out;
     }
     if (progress && !quiet)
         tool_progress_end();
@@ -153,7 +108,6 @@ int verb_commit(int argc, char **argv)
         printf("Image committed.\n");
     rc = 0;
 out:
-    free(buf);
     if (base)
         vbd_node_unref(base);
     for (int i = 1; i < nlayers; i++)

@@ -68,3 +68,11 @@ void print_create_help(const char *fmt)
             printf("  %-22s  (default: %s)\n", "", o->def_value);
     }
 }
+
+int img_print_progress(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written)
+{
+    uint64_t current, total;
+    vbd_imageops_progress(ctl, &current, &total);
+    tool_progress(100.0 * current / (total ? total : 1));
+    return 0;
+}

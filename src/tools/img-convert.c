@@ -4,141 +4,7 @@
  */
 #include "img.h"
 
-struct convert {
-    struct vbd_node **src;
-    int nsrc;
-    uint64_t *src_start; /* offset of each source in the concatenation */
-    uint64_t total;
-    struct vbd_node *dst;
-    uint64_t next; /* next offset to hand out */
-    uint64_t next_write_seq, seq;
-    bool in_order;
-    bool target_zero;
-    bool compress;
-    uint64_t cluster; /* -c: the target's cluster size; chunks are whole clusters */
-    uint64_t sparse; /* -S: 0 = no detection */
-    uint64_t done_bytes;
-    bool progress;
-    int error;
-    int running;
-    struct vbd_co_queue order_q, done_q;
-    /* block status may yield (nbd): without it, workers would claim the same offset */
-    struct vbd_co_mutex claim_lock;
-};
-
-#define CONVERT_CHUNK (2 * MIB)
-
-static int convert_chunk_write(struct convert *cv, uint64_t off, uint64_t len, uint8_t *buf, bool zero)
-{
-    if (zero) {
-        if (cv->target_zero)
-            return 0;
-        return vbd_node_co_pwrite_zeroes(cv->dst, off, len, VBD_REQ_MAY_UNMAP);
-    }
-    if (cv->compress) {
-        /* As qemu-img: every cluster with data is written compressed (whole), an
-         * all-zero one is not written at all (-S 0: written all the same). */
-        for (uint64_t pos = 0; pos < len; pos += cv->cluster) {
-            uint64_t l = len - pos < cv->cluster ? len - pos : cv->cluster;
-            int rc;
-            if (cv->sparse && vbd_buffer_is_zero(buf + pos, l))
-                rc = cv->target_zero ? 0 : vbd_node_co_pwrite_zeroes(cv->dst, off + pos, l, VBD_REQ_MAY_UNMAP);
-            else
-                rc = vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, l, VBD_REQ_COMPRESSED);
-            if (rc < 0)
-                return rc;
-        }
-        return 0;
-    }
-    if (cv->sparse) {
-        /* Write only the parts that are not all-zero runs of -S bytes. */
-        uint64_t s = cv->sparse, pos = 0;
-        while (pos < len) {
-            uint64_t l = len - pos < s ? len - pos : s;
-            bool z = vbd_buffer_is_zero(buf + pos, l);
-            uint64_t run = l;
-            while (pos + run < len) {
-                uint64_t l2 = len - pos - run < s ? len - pos - run : s;
-                if (vbd_buffer_is_zero(buf + pos + run, l2) != z)
-                    break;
-                run += l2;
-            }
-            int rc = z ? (cv->target_zero ? 0 : vbd_node_co_pwrite_zeroes(cv->dst, off + pos, run, VBD_REQ_MAY_UNMAP))
-                       : vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, run, 0);
-            if (rc < 0)
-                return rc;
-            pos += run;
-        }
-        return 0;
-    }
-    return vbd_node_co_pwrite(cv->dst, off, buf, len, 0);
-}
-
-static void convert_worker(void *opaque)
-{
-    struct convert *cv = opaque;
-    uint8_t *buf = vbd_alloc_aligned(4096, CONVERT_CHUNK);
-    for (;;) {
-        vbd_co_mutex_lock(&cv->claim_lock);
-        if (cv->error || cv->next >= cv->total) {
-            vbd_co_mutex_unlock(&cv->claim_lock);
-            break;
-        }
-        uint64_t off = cv->next;
-        int si = 0;
-        while (si + 1 < cv->nsrc && off >= cv->src_start[si + 1])
-            si++;
-        struct vbd_node *src = cv->src[si];
-        uint64_t soff = off - cv->src_start[si];
-        uint64_t len = src->size - soff < CONVERT_CHUNK ? src->size - soff : CONVERT_CHUNK;
-        uint64_t pnum;
-        int st = vbd_node_co_block_status_above(src, NULL, true, soff, len, &pnum, NULL, NULL, NULL);
-        if (st < 0) {
-            cv->error = st;
-            vbd_co_mutex_unlock(&cv->claim_lock);
-            break;
-        }
-        if (pnum == 0)
-            pnum = len;
-        bool zero = (st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED);
-        if (cv->compress) {
-            /* compressed clusters are written whole (off stays cluster aligned): a zero
-             * run shorter than a cluster is read with the data around it */
-            if (pnum >= cv->cluster) {
-                pnum -= pnum % cv->cluster;
-            } else {
-                pnum = len < cv->cluster ? len : cv->cluster;
-                zero = false;
-            }
-        }
-        cv->next = off + pnum;
-        uint64_t my_seq = cv->seq++;
-        vbd_co_mutex_unlock(&cv->claim_lock);
-        int rc = 0;
-        if (!zero)
-            rc = vbd_node_co_pread(src, soff, buf, pnum);
-        if (cv->in_order)
-            while (cv->next_write_seq != my_seq && !cv->error)
-                vbd_co_queue_wait(&cv->order_q);
-        if (rc == 0 && !cv->error)
-            rc = convert_chunk_write(cv, off, pnum, buf, zero);
-        if (cv->in_order) {
-            cv->next_write_seq++;
-            vbd_co_queue_wake_all(&cv->order_q);
-        }
-        if (rc < 0) {
-            cv->error = rc;
-            break;
-        }
-        cv->done_bytes += pnum;
-        if (cv->progress)
-            tool_progress(100.0 * cv->done_bytes / (cv->total ? cv->total : 1));
-    }
-    free(buf);
-    if (--cv->running == 0)
-        vbd_co_queue_wake_all(&cv->done_q);
-    vbd_co_queue_wake_all(&cv->order_q);
-}
+#include "vbd/alloc.h"
 
 /* -l snapshot.id=ID,snapshot.name=NAME or -l ID_OR_NAME (an id first, then a name, as qemu-img). */
 static int convert_load_snapshot(struct vbd_node *n, const char *arg)
@@ -269,26 +135,22 @@ int verb_convert(int argc, char **argv)
         return 1;
     }
     const char *out = argv[argc - 1];
-    struct convert cv = {.in_order = !out_of_order, .sparse = (uint64_t)sparse, .progress = progress && !quiet,
-                         .compress = compress};
-    cv.nsrc = argc - optind - 1;
-    if (snapshot && cv.nsrc > 1) {
+    int nsrc = argc - optind - 1;
+    if (snapshot && nsrc > 1) {
         vbd_error_report("No support for concatenating multiple snapshot");
         return 1;
     }
-    cv.src = calloc(cv.nsrc, sizeof(*cv.src));
-    cv.src_start = calloc(cv.nsrc + 1, sizeof(uint64_t));
+    struct vbd_node **src = vbd_xcalloc(nsrc, sizeof(*src)), *dst = NULL;
+    uint64_t total = 0;
     int rc = 1;
-    for (int i = 0; i < cv.nsrc; i++) {
-        cv.src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, src_cache, NULL);
-        if (!cv.src[i])
+    for (int i = 0; i < nsrc; i++) {
+        src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, src_cache, NULL);
+        if (!src[i])
             goto out;
-        if (snapshot && convert_load_snapshot(cv.src[i], snapshot) < 0)
+        if (snapshot && convert_load_snapshot(src[i], snapshot) < 0)
             goto out;
-        cv.src_start[i] = cv.total;
-        cv.total += cv.src[i]->size;
+        total += src[i]->size;
     }
-    cv.src_start[cv.nsrc] = cv.total;
     const struct vbd_driver *od = vbd_driver_find(out_fmt);
     if (!od || od->kind != VBD_DRV_FORMAT) {
         vbd_error_report("Unknown file format '%s'", out_fmt);
@@ -297,7 +159,7 @@ int verb_convert(int argc, char **argv)
     if (!no_create) {
         if (!opts)
             opts = json_object_new_object();
-        json_object_object_add(opts, "size", json_object_new_int64((int64_t)cv.total));
+        json_object_object_add(opts, "size", json_object_new_int64((int64_t)total));
         if (backing)
             json_object_object_add(opts, "backing_file", json_object_new_string(backing));
         if (backing_fmt)
@@ -314,7 +176,6 @@ int verb_convert(int argc, char **argv)
         vbd_error_report("-o has no effect when skipping image creation");
         goto out;
     }
-    cv.target_zero = target_zero;
     struct json_object *dopts = json_object_new_object();
     json_object_object_add(dopts, "driver", json_object_new_string(out_fmt));
     bool wt = false;
@@ -334,52 +195,55 @@ int verb_convert(int argc, char **argv)
             goto out;
         }
     }
-    cv.dst = vbd_open(target_image_opts ? NULL : out, dopts, dflags, &err);
-    if (!cv.dst) {
+    dst = vbd_open(target_image_opts ? NULL : out, dopts, dflags, &err);
+    if (!dst) {
         tool_report(err);
         goto out;
     }
-    if (cv.dst->size < cv.total) {
-        vbd_error_report("Output image is too small (%llu < %llu bytes)", (unsigned long long)cv.dst->size,
-                         (unsigned long long)cv.total);
+    if (dst->size < total) {
+        vbd_error_report("Output image is too small (%llu < %llu bytes)", (unsigned long long)dst->size,
+                         (unsigned long long)total);
         goto out;
     }
-    if (compress && !(cv.dst->supported_write_flags & VBD_REQ_COMPRESSED)) {
+    if (compress && !(dst->supported_write_flags & VBD_REQ_COMPRESSED)) {
         vbd_error_report("Compression not supported for this file format");
         goto out;
     }
+    struct vbd_copy_opts copy = {.zero_detect = (uint64_t)sparse, .target_is_zero = target_zero,
+                                 .zero_flags = VBD_REQ_MAY_UNMAP, .parallel = (unsigned)parallel,
+                                 .out_of_order = out_of_order};
     if (compress) {
         struct vbd_image_info info = {0};
-        if (vbd_node_get_info(vbd_node_skip_filters(cv.dst), &info, NULL) == 0)
-            cv.cluster = info.cluster_size;
+        if (vbd_node_get_info(vbd_node_skip_filters(dst), &info, NULL) == 0)
+            copy.cluster_size = info.cluster_size;
         json_object_put(info.format_specific);
-        if (!cv.cluster || cv.cluster > CONVERT_CHUNK) {
-            vbd_error_report("Compression needs a cluster size of at most %u bytes", (unsigned)CONVERT_CHUNK);
+        if (!copy.cluster_size || copy.cluster_size > VBD_IMAGEOPS_CHUNK_DEFAULT) {
+            vbd_error_report("Compression needs a cluster size of at most %u bytes", VBD_IMAGEOPS_CHUNK_DEFAULT);
             goto out;
         }
+        copy.write_flags = VBD_REQ_COMPRESSED;
     }
-    cv.running = (int)parallel;
-    for (int i = 0; i < parallel; i++)
-        vbd_co_wake(vbd_co_create(convert_worker, &cv));
-    while (cv.running)
-        vbd_co_queue_wait(&cv.done_q);
-    if (cv.progress)
+    struct vbd_imageops_ctl ctl = {.chunk_done = progress && !quiet ? img_print_progress : NULL};
+    int crc = vbd_co_convert(src, nsrc, dst, &copy, &ctl, &err);
+    if (progress && !quiet)
         tool_progress_end();
-    if (!cv.error)
-        cv.error = vbd_node_co_flush(cv.dst);
-    if (cv.error) {
-        vbd_error_report("error while writing at byte %llu: %s", (unsigned long long)cv.next, strerror(-cv.error));
+    if (crc < 0) {
+        tool_report(err);
+        goto out;
+    }
+    int frc = vbd_node_co_flush(dst);
+    if (frc < 0) {
+        vbd_error_report("error while writing at byte %llu: %s", (unsigned long long)total, strerror(-frc));
         goto out;
     }
     rc = 0;
 out:
     json_object_put(opts);
-    if (cv.dst)
-        vbd_node_unref(cv.dst);
-    for (int i = 0; i < cv.nsrc; i++)
-        if (cv.src[i])
-            vbd_node_unref(cv.src[i]);
-    free(cv.src);
-    free(cv.src_start);
+    if (dst)
+        vbd_node_unref(dst);
+    for (int i = 0; i < nsrc; i++)
+        if (src[i])
+            vbd_node_unref(src[i]);
+    free(src);
     return rc;
 }

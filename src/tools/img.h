@@ -11,6 +11,7 @@
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "vbd/imageops.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
 #include "vbd/tls.h"
@@ -39,6 +40,8 @@ bool parse_output(const char *s, bool *json);
 int add_o(struct json_object **opts, const char *s);
 bool o_is_help(struct json_object *opts);
 void print_create_help(const char *fmt);
+/* A vbd_imageops_ctl chunk_done that prints -p progress (tool_progress). */
+int img_print_progress(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written);
 static inline const char *fmt_or_null(const char *f) { return f && *f ? f : NULL; }
 
 /* img-info.c, also used by snapshot -l */

@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * imageops: copying a range from one node to another, and what commit,
+ * rebase and convert share (the chunk writer, progress, cancellation).
+ */
+#include "imageops-internal.h"
+
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/iov.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PARALLEL_DEFAULT 8
+#define PARALLEL_MAX 64
+#define CHUNK_MAX (64u * 1024 * 1024)
+
+int imageops_opts(const struct vbd_copy_opts *in, struct vbd_copy_opts *out, struct vbd_error **err)
+{
+    static const struct vbd_copy_opts defaults;
+    *out = in ? *in : defaults;
+    if (!out->chunk_size)
+        out->chunk_size = VBD_IMAGEOPS_CHUNK_DEFAULT;
+    if (!out->parallel)
+        out->parallel = PARALLEL_DEFAULT;
+    if (out->chunk_size % 512 || out->chunk_size > CHUNK_MAX) {
+        vbd_error_setf(err, EINVAL, "Chunk size %llu is not a multiple of 512 bytes up to 64 MiB",
+                       (unsigned long long)out->chunk_size);
+        return -EINVAL;
+    }
+    if (out->zero_detect % 512) {
+        vbd_error_setf(err, EINVAL, "Zero detection granularity %llu is not a multiple of 512 bytes",
+                       (unsigned long long)out->zero_detect);
+        return -EINVAL;
+    }
+    if ((out->write_flags & VBD_REQ_COMPRESSED) &&
+        (!out->cluster_size || out->cluster_size > out->chunk_size || out->chunk_size % out->cluster_size)) {
+        vbd_error_setf(err, EINVAL, "Compression needs a cluster size of at most %llu bytes",
+                       (unsigned long long)out->chunk_size);
+        return -EINVAL;
+    }
+    if (out->parallel > PARALLEL_MAX) {
+        vbd_error_setf(err, EINVAL, "At most %d requests can run in parallel, not %u", PARALLEL_MAX, out->parallel);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+const char *imageops_node_label(const struct vbd_node *n)
+{
+    return n->filename[0] ? n->filename : n->node_name;
+}
+
+int imageops_io_error(struct vbd_error **err, int rc, const char *what, const struct vbd_node *n, uint64_t off)
+{
+    vbd_error_setf(err, -rc, "%s '%s' at offset %llu: %s", what, imageops_node_label(n), (unsigned long long)off,
+                   strerror(-rc));
+    return rc;
+}
+
+int imageops_check_cancel(struct vbd_imageops_ctl *ctl, const struct vbd_node *n, uint64_t off, struct vbd_error **err)
+{
+    if (!ctl || !__atomic_load_n(&ctl->cancel, __ATOMIC_RELAXED))
+        return 0;
+    vbd_error_setf(err, ECANCELED, "Cancelled at offset %llu of '%s'", (unsigned long long)off, imageops_node_label(n));
+    return -ECANCELED;
+}
+
+void imageops_add_total(struct vbd_imageops_ctl *ctl, uint64_t bytes)
+{
+    if (ctl)
+        __atomic_add_fetch(&ctl->total, bytes, __ATOMIC_RELAXED);
+}
+
+int imageops_advance(struct vbd_imageops_ctl *ctl, const struct vbd_node *n, uint64_t off, uint64_t bytes,
+                     uint64_t written, struct vbd_error **err)
+{
+    if (!ctl)
+        return 0;
+    __atomic_add_fetch(&ctl->current, bytes, __ATOMIC_RELAXED);
+    if (!ctl->chunk_done)
+        return 0;
+    int rc = ctl->chunk_done(ctl, off, written);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Stopped at offset %llu of '%s': %s", (unsigned long long)(off + bytes),
+                       imageops_node_label(n), strerror(-rc));
+        return rc;
+    }
+    return 0;
+}
+
+int imageops_write_zeroes(struct vbd_node *dst, uint64_t off, uint64_t len, const struct vbd_copy_opts *o,
+                          struct vbd_error **err)
+{
+    if (o->target_is_zero)
+        return 0;
+    int rc = vbd_node_co_pwrite_zeroes(dst, off, len, o->zero_flags);
+    return rc < 0 ? imageops_io_error(err, rc, "Could not write zeroes to", dst, off) : 0;
+}
+
+static int write_data(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8_t *buf, unsigned flags,
+                      struct vbd_error **err)
+{
+    int rc = vbd_node_co_pwrite(dst, off, buf, len, flags);
+    return rc < 0 ? imageops_io_error(err, rc, "Could not write", dst, off) : 0;
+}
+
+int imageops_write(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8_t *buf,
+                   const struct vbd_copy_opts *o, struct vbd_error **err)
+{
+    int rc = 0;
+    if (o->write_flags & VBD_REQ_COMPRESSED) {
+        /* As qemu-img: every cluster with data is written compressed (whole), an
+         * all-zero one is not written as data (without zero detection: all the same). */
+        for (uint64_t pos = 0; pos < len && rc == 0; pos += o->cluster_size) {
+            uint64_t l = len - pos < o->cluster_size ? len - pos : o->cluster_size;
+            if (o->zero_detect && vbd_buffer_is_zero(buf + pos, l))
+                rc = imageops_write_zeroes(dst, off + pos, l, o, err);
+            else
+                rc = write_data(dst, off + pos, l, buf + pos, o->write_flags, err);
+        }
+        return rc;
+    }
+    if (!o->zero_detect)
+        return write_data(dst, off, len, buf, o->write_flags, err);
+    /* Write only the parts that are not all-zero runs of zero_detect bytes. */
+    uint64_t s = o->zero_detect;
+    for (uint64_t pos = 0; pos < len && rc == 0;) {
+        uint64_t l = len - pos < s ? len - pos : s;
+        bool zero = vbd_buffer_is_zero(buf + pos, l);
+        uint64_t run = l;
+        while (pos + run < len) {
+            uint64_t l2 = len - pos - run < s ? len - pos - run : s;
+            if (vbd_buffer_is_zero(buf + pos + run, l2) != zero)
+                break;
+            run += l2;
+        }
+        rc = zero ? imageops_write_zeroes(dst, off + pos, run, o, err)
+                  : write_data(dst, off + pos, run, buf + pos, o->write_flags, err);
+        pos += run;
+    }
+    return rc;
+}
+
+int imageops_copy(struct vbd_node *src, struct vbd_node *dst, uint64_t off, uint64_t bytes, uint8_t *buf,
+                  const struct vbd_copy_opts *o, struct vbd_imageops_ctl *ctl, struct vbd_error **err)
+{
+    while (bytes) {
+        uint64_t l = bytes < o->chunk_size ? bytes : o->chunk_size;
+        int rc = imageops_check_cancel(ctl, dst, off, err);
+        if (rc < 0)
+            return rc;
+        rc = vbd_node_co_pread(src, off, buf, l);
+        if (rc < 0)
+            return imageops_io_error(err, rc, "Could not read", src, off);
+        rc = imageops_write(dst, off, l, buf, o, err);
+        if (rc < 0)
+            return rc;
+        rc = imageops_advance(ctl, dst, off, l, l, err);
+        if (rc < 0)
+            return rc;
+        off += l;
+        bytes -= l;
+    }
+    return 0;
+}
+
+int vbd_co_copy_range(struct vbd_node *src, struct vbd_node *dst, uint64_t off, uint64_t bytes,
+                      const struct vbd_copy_opts *opts, struct vbd_imageops_ctl *ctl, struct vbd_error **err)
+{
+    struct vbd_copy_opts o;
+    int rc = imageops_opts(opts, &o, err);
+    if (rc < 0)
+        return rc;
+    uint64_t src_size = vbd_node_size(src), dst_size = vbd_node_size(dst);
+    if (off > src_size || bytes > src_size - off || off > dst_size || bytes > dst_size - off) {
+        vbd_error_setf(err, EINVAL, "Range %llu+%llu lies past the end of '%s' (%llu bytes) or '%s' (%llu bytes)",
+                       (unsigned long long)off, (unsigned long long)bytes, imageops_node_label(src),
+                       (unsigned long long)src_size, imageops_node_label(dst), (unsigned long long)dst_size);
+        return -EINVAL;
+    }
+    imageops_add_total(ctl, bytes);
+    uint8_t *buf = vbd_alloc_aligned(4096, o.chunk_size);
+    rc = imageops_copy(src, dst, off, bytes, buf, &o, ctl, err);
+    free(buf);
+    return rc;
+}
