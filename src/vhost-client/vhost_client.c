@@ -129,7 +129,7 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
     setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 
     c->mem_size = mem_size;
-    c->memfd = memfd_create("vbd-bench-guest", MFD_CLOEXEC);
+    c->memfd = memfd_create("vbd-bench-guest", MFD_CLOEXEC | MFD_ALLOW_SEALING); /* as QEMU's memfd backend */
     if (c->memfd < 0 || ftruncate(c->memfd, (off_t)mem_size) < 0)
         return seterr(err, errlen, "cannot create guest memory: %s", strerror(errno));
     c->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, c->memfd, 0);

@@ -341,6 +341,26 @@ static int c_mem_past_fd(void)
     return add_region_refused((struct region){1ull << 32, MEM, 1ull << 40, 0}, memfd_of(65536));
 }
 
+/* The front end shrinks its (sealable, as QEMU makes them) memfd after
+ * handing it over: refused by the seal the back end put on it, and the
+ * ring goes on working (without the seal, the next request would touch a
+ * page past the end: SIGBUS). */
+static int c_mem_shrunk_after_handover(void)
+{
+    struct vhc c;
+    if (good_open(&c) < 0)
+        return -1;
+    int rc = 0;
+    if (ftruncate(c.memfd, 4096) == 0)
+        rc = failf("the front end could shrink guest memory under the back end's mapping");
+    else if (errno != EPERM)
+        rc = failf("shrinking the memfd failed with %s, expected EPERM (sealed)", strerror(errno));
+    if (rc == 0)
+        rc = one_read(&c, true);
+    vhc_close(&c);
+    return rc;
+}
+
 static int c_mem_offset_past_fd(void)
 {
     return add_region_refused((struct region){1ull << 32, 65536, 1ull << 40, 1 << 20}, memfd_of(65536));
@@ -952,6 +972,7 @@ struct hcase {
 
 static const struct hcase cases[] = {
     {"mem-past-fd", c_mem_past_fd, "go past the end of its fd", 1},
+    {"mem-shrunk-after-handover", c_mem_shrunk_after_handover, NULL, 0},
     {"mem-offset-past-fd", c_mem_offset_past_fd, "go past the end of its fd", 1},
     {"mem-offset-wraps", c_mem_offset_wraps, "go past the end of its fd", 1},
     {"mem-gpa-wraps", c_mem_gpa_wraps, "is empty or wraps", 1},

@@ -374,10 +374,17 @@ static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 
 /* A region must be backed by its fd to its last byte: a mapping past the
  * end of the file faults (SIGBUS) at the first access, and the guest
- * chooses which addresses we touch. */
+ * chooses which addresses we touch. A memfd is sealed against shrinking
+ * first (QEMU seals its memfd backends itself), so the size checked here
+ * stays true: a front end cannot truncate the memory under a running ring.
+ * A memfd already sealed with F_SEAL_SEAL, a tmpfs or hugetlbfs file cannot
+ * be protected so; a front end that truncates its own guest's memory then
+ * kills us as it kills its guest. */
 static int region_fits_fd(struct vu_dev *dev, const char *what, int fd, uint64_t offset, uint64_t size)
 {
     struct stat st;
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
+        vbd_debug("%s: %s: the memory fd cannot be sealed against shrinking: %s", dev->name, what, strerror(errno));
     if (fstat(fd, &st) < 0) {
         vbd_error_report("%s: %s: cannot inspect the memory fd: %s", dev->name, what, strerror(errno));
         return -EINVAL;
