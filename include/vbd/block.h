@@ -343,8 +343,8 @@ struct vbd_node *vbd_node_skip_filters(struct vbd_node *n);
  * read-modify-write, serialized against overlapping requests; requests
  * above max_transfer are split. */
 
-/* No request reaches past this byte (offsets and lengths travel as
- * int64_t in places: files, the NBD wire's 63-bit offsets). */
+/* No request reaches past this byte: offsets become off_t (files) and
+ * int64_t (QEMU's limit, which NBD clients share) below. */
 #define VBD_MAX_REQUEST_END ((uint64_t)INT64_MAX)
 /* The range rule of every request, in one place: 0 if [off, off+bytes)
  * does not overflow and lies within size, else -EINVAL. The entry points
