@@ -74,7 +74,9 @@ const char *vbd_backend_serial(struct vbd_backend *be);
 
 /* Coroutine context. Same return convention as vbd_node_co_*. Writes on a
  * read-only backend fail with -EROFS; discard without discard_unmap
- * succeeds without effect (as QEMU's discard=ignore). */
+ * succeeds without effect (as QEMU's discard=ignore). The range is checked
+ * once, by the node's entry point (vbd_request_check); the backend adds
+ * only its own policy, and the drive's size over a growable node. */
 int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags);
 int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags);
 int vbd_backend_co_flush(struct vbd_backend *be);

@@ -159,11 +159,34 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
 /*
  * A driver: one file (qcow2: one folder), one `static const struct
  * vbd_driver` table, one line in src/block/registry.c (pattern 1).
- * Every co_ function runs in a coroutine. Bounds, alignment and read-only
- * checks are done by the generic layer before a driver sees a request.
- * NULL entries: the generic layer emulates (write_zeroes -> zero buffer
- * writes, block_status -> "all data", flush -> no-op for nodes without
- * children, pass to file for filters).
+ * Every co_ function runs in a coroutine. NULL entries: the generic layer
+ * emulates (write_zeroes -> zero buffer writes, block_status -> "all
+ * data", flush -> no-op for nodes without children, pass to file for
+ * filters).
+ *
+ * A request is validated once, where it enters the library: the
+ * vbd_node_co_* entry points (io.c). Drivers may assume, and assert rather
+ * than check, that every request they get
+ *  - has bytes > 0 and lies within n->size rounded up to request_alignment
+ *    (no overflow); only a growable node (vbd_node_growable: a file under
+ *    a format) gets writes and reads past its end;
+ *  - co_preadv/co_pwritev: off and bytes are multiples of
+ *    bl.request_alignment, bytes <= bl.max_transfer (if set), the buffers
+ *    are aligned to bl.min_mem_alignment, qiov holds qiov_off + bytes;
+ *  - co_pwritev/co_pdiscard/co_pwrite_zeroes: the node is not read-only;
+ *  - co_pwritev flags are a subset of n->supported_write_flags (FUA is
+ *    emulated with a flush above); co_preadv gets no flags;
+ *  - co_pwrite_zeroes: aligned to request_alignment, bytes <=
+ *    bl.max_pwrite_zeroes (if set); VBD_REQ_NO_FALLBACK only if the node
+ *    lists it in supported_zero_flags, VBD_REQ_MAY_UNMAP only if it was
+ *    opened with VBD_OPEN_UNMAP;
+ *  - co_pdiscard: only on a node opened with VBD_OPEN_UNMAP, aligned to
+ *    the larger of bl.pdiscard_alignment and request_alignment, bytes <=
+ *    bl.max_pdiscard;
+ *  - co_block_status/co_bitmap_status: off + bytes <= n->size.
+ * What comes from the image itself (tables, entries, offsets read from
+ * disk) is not a request: a driver checks it and fails with an error
+ * (-EIO, corrupt), never with an assert.
  */
 struct vbd_driver {
     const char *name;
@@ -314,9 +337,25 @@ struct vbd_node *vbd_node_skip_filters(struct vbd_node *n);
 
 /* ---------- I/O (coroutine context only; bounds/alignment checked here) ----------
  * Return 0 on success (whole range done) or -errno. Offsets past the end are
- * -EINVAL; writes to a read-only node are -EACCES. Unaligned requests on a
- * node with request_alignment > 1 do read-modify-write, serialized against
- * overlapping requests; requests above max_transfer are split. */
+ * -EINVAL; writes to a read-only node are -EACCES; a VBD_REQ_NO_FALLBACK
+ * zeroing the node cannot do fast is -ENOTSUP, before anything is written.
+ * Unaligned requests on a node with request_alignment > 1 do
+ * read-modify-write, serialized against overlapping requests; requests
+ * above max_transfer are split. */
+
+/* No request reaches past this byte: offsets become off_t (files) and
+ * int64_t (QEMU's limit, which NBD clients share) below. */
+#define VBD_MAX_REQUEST_END ((uint64_t)INT64_MAX)
+/* The range rule of every request, in one place: 0 if [off, off+bytes)
+ * does not overflow and lies within size, else -EINVAL. The entry points
+ * below apply it; an export that must answer a bad range with its own
+ * protocol's error checks with this first, and nothing else. */
+int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes);
+/* A node that may be written past its end (a protocol node that can be
+ * resized: the format above grows its file). Its requests are only
+ * checked for overflow; a user's drive over one is bounded by its
+ * backend. */
+bool vbd_node_growable(const struct vbd_node *n);
 int vbd_node_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
 int vbd_node_co_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
 int vbd_node_co_pread(struct vbd_node *n, uint64_t off, void *buf, uint64_t bytes);

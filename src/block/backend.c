@@ -22,6 +22,7 @@ struct vbd_backend {
     struct vbd_node *root;
     struct vbd_loop *home; /* NULL: any loop may run requests */
     bool read_only;
+    bool root_growable; /* vbd_node_growable(root): the size is bounded here, not by io.c */
     atomic_bool writethrough;
     bool discard_unmap;
     uint32_t lbs, pbs;
@@ -107,6 +108,7 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
     assert(pthread_equal(root->home_thread, pthread_self()));
     be->home = chain_multi_loop(root) ? NULL : vbd_loop_current();
     be->read_only = o->read_only;
+    be->root_growable = vbd_node_growable(root);
     atomic_store(&be->writethrough, o->writethrough);
     be->discard_unmap = o->discard_unmap;
     be->lbs = lbs;
@@ -171,18 +173,18 @@ static void leave_home(struct vbd_loop *prev)
         vbd_co_move_to(prev);
 }
 
-static int check_req(struct vbd_backend *be, uint64_t off, uint64_t bytes)
+/* io.c bounds every request by its node's size (vbd_request_check), so a
+ * request normally goes down unchecked. A drive does not grow, though: over
+ * a node that would (a bare file) its bound is the same rule, applied here. */
+static int check_drive_range(struct vbd_backend *be, uint64_t off, uint64_t bytes)
 {
-    uint64_t size = vbd_node_size(be->root);
-    if (off > size || bytes > size - off)
-        return -EINVAL;
-    return 0;
+    return be->root_growable ? vbd_request_check(vbd_node_size(be->root), off, bytes) : 0;
 }
 
 int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
 {
     uint64_t t = vbd_clock_ns();
-    int rc = check_req(be, off, bytes);
+    int rc = check_drive_range(be, off, bytes);
     if (rc == 0) {
         struct vbd_loop *prev = enter_home(be);
         rc = vbd_node_co_preadv(be->root, off, bytes, qiov, 0, flags);
@@ -195,7 +197,7 @@ int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, 
 int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
 {
     uint64_t t = vbd_clock_ns();
-    int rc = be->read_only ? -EROFS : check_req(be, off, bytes);
+    int rc = be->read_only ? -EROFS : check_drive_range(be, off, bytes);
     if (rc == 0) {
         if (atomic_load_explicit(&be->writethrough, memory_order_relaxed))
             flags |= VBD_REQ_FUA;
@@ -223,11 +225,14 @@ int vbd_backend_co_flush(struct vbd_backend *be)
 int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes)
 {
     uint64_t t = vbd_clock_ns();
-    int rc = be->read_only ? -EROFS : check_req(be, off, bytes);
-    if (rc == 0 && be->discard_unmap) {
+    int rc = be->read_only ? -EROFS : 0;
+    if (rc == 0 && be->discard_unmap && (rc = check_drive_range(be, off, bytes)) == 0) {
         struct vbd_loop *prev = enter_home(be);
         rc = vbd_node_co_pdiscard(be->root, off, bytes);
         leave_home(prev);
+    } else if (rc == 0 && !be->discard_unmap) {
+        /* dropped here, so io.c never sees it: a bad range fails all the same */
+        rc = vbd_request_check(vbd_node_size(be->root), off, bytes);
     }
     account(be, VBD_STAT_DISCARD, bytes, rc, t);
     return rc;
@@ -236,7 +241,7 @@ int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes
 int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t bytes, unsigned flags)
 {
     uint64_t t = vbd_clock_ns();
-    int rc = be->read_only ? -EROFS : check_req(be, off, bytes);
+    int rc = be->read_only ? -EROFS : check_drive_range(be, off, bytes);
     if (rc == 0) {
         if (!be->discard_unmap)
             flags &= ~VBD_REQ_MAY_UNMAP;

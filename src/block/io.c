@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The generic request path: bounds and permission checks once at the top,
- * then alignment (read-modify-write through a bounce buffer, serialised
- * against overlapping requests), splitting at max_transfer, FUA and
- * write-zeroes emulation. Drivers below see only valid, aligned requests.
+ * The generic request path: bounds, permission and flag checks once at the
+ * top, then alignment (read-modify-write through a bounce buffer,
+ * serialised against overlapping requests), splitting at max_transfer, FUA
+ * and write-zeroes emulation. Drivers below see only valid, aligned
+ * requests (what they may assume: vbd/block.h, struct vbd_driver).
  */
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -144,18 +145,26 @@ static inline void assert_home(const struct vbd_node *n)
     assert((n->drv->caps & VBD_DRV_CAP_MULTI_LOOP) || pthread_equal(n->home_thread, pthread_self()));
 }
 
+int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes)
+{
+    if (off > VBD_MAX_REQUEST_END || bytes > VBD_MAX_REQUEST_END - off)
+        return -EINVAL;
+    if (off > size || bytes > size - off)
+        return -EINVAL;
+    return 0;
+}
+
+bool vbd_node_growable(const struct vbd_node *n)
+{
+    /* a format grows its file by writing past the end */
+    return n->drv->kind == VBD_DRV_PROTOCOL && n->drv->co_truncate;
+}
+
+/* The request edge: every range a caller hands in is checked here, once. */
 static int check_range(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     assert_home(n);
-    if (off > INT64_MAX || bytes > INT64_MAX || off + bytes > INT64_MAX)
-        return -EINVAL;
-    /* Growable protocol nodes (files) may be written past their end: the
-     * format above grows its file. Everything else has a fixed size. */
-    bool growable = n->drv->kind == VBD_DRV_PROTOCOL && n->drv->co_truncate;
-    uint64_t size = vbd_node_size(n);
-    if (!growable && (off > size || bytes > size - off))
-        return -EINVAL;
-    return 0;
+    return vbd_request_check(vbd_node_growable(n) ? VBD_MAX_REQUEST_END : vbd_node_size(n), off, bytes);
 }
 
 static bool mem_aligned(struct vbd_node *n, const struct vbd_qiov *q, size_t qoff, uint64_t bytes)
@@ -197,7 +206,7 @@ static int drv_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, 
         write ? n->drv->co_pwritev : n->drv->co_preadv;
     if (!fn)
         return -ENOTSUP;
-    unsigned dflags = write ? (flags & n->supported_write_flags) : flags;
+    unsigned dflags = write ? (flags & n->supported_write_flags) : 0; /* no read flags exist */
     while (bytes) {
         uint64_t len = bytes < mx ? bytes : mx;
         int rc = fn(n, off, len, q, qoff, dflags);
@@ -384,6 +393,9 @@ int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
         return -EACCES;
     if (!bytes)
         return 0;
+    /* before anything is written: a fast zero that cannot be fast has no side effects */
+    if ((flags & VBD_REQ_NO_FALLBACK) && !(n->supported_zero_flags & VBD_REQ_NO_FALLBACK))
+        return -ENOTSUP;
     if (!(n->open_flags & VBD_OPEN_UNMAP))
         flags &= ~VBD_REQ_MAY_UNMAP;
     uint64_t a = n->bl.request_alignment;
@@ -433,6 +445,10 @@ int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off
     }
     if (bytes > vbd_node_size(img) - off)
         bytes = vbd_node_size(img) - off;
+    if (!bytes) {
+        *pnum = 0;
+        return 0;
+    }
     return img->drv->co_bitmap_status(img, name, off, bytes, pnum);
 }
 
@@ -464,6 +480,10 @@ int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
     }
     if (bytes > size - off)
         bytes = size - off;
+    if (!bytes) { /* nothing asked, nothing to say: drivers never see an empty range */
+        *pnum = 0;
+        return 0;
+    }
     int rc;
     if (n->drv->co_block_status) {
         rc = n->drv->co_block_status(n, want_zero, off, bytes, pnum, &m, &f);

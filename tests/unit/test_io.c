@@ -252,6 +252,55 @@ UNIT_TEST(read_only_node_refuses_writes)
     vbd_node_unref(n);
 }
 
+/* The one range rule (vbd/block.h): io.c applies it, exports check with it. */
+UNIT_TEST(request_range_rule)
+{
+    const uint64_t m = 1 << 20, top = VBD_MAX_REQUEST_END;
+    CHECK_EQ(vbd_request_check(m, 0, m), 0);
+    CHECK_EQ(vbd_request_check(m, m, 0), 0);
+    CHECK_EQ(vbd_request_check(m, m - 512, 512), 0);
+    CHECK_EQ(vbd_request_check(m, m, 1), -EINVAL);
+    CHECK_EQ(vbd_request_check(m, m - 512, 513), -EINVAL);
+    CHECK_EQ(vbd_request_check(m, m + 1, 0), -EINVAL);
+    CHECK_EQ(vbd_request_check(m, UINT64_MAX - 511, 1024), -EINVAL); /* wraps 2^64 */
+    CHECK_EQ(vbd_request_check(UINT64_MAX, top, 0), 0);
+    CHECK_EQ(vbd_request_check(UINT64_MAX, top, 1), -EINVAL);
+    CHECK_EQ(vbd_request_check(UINT64_MAX, top + 1, 0), -EINVAL);
+    CHECK_EQ(vbd_request_check(UINT64_MAX, 1, top), -EINVAL);
+}
+
+/* A zeroing that must not fall back to writing zero data, on a node that
+ * cannot zero fast, fails before anything is written (its unaligned edges
+ * included) and never reaches the driver. */
+static void zero_nofallback_unaligned(void *o) { struct fz *f = o; f->rc = vbd_node_co_pwrite_zeroes(f->n, 100, 8192, VBD_REQ_NO_FALLBACK); }
+UNIT_TEST(no_fallback_zeroing_has_no_side_effects)
+{
+    cfg_align = 512;
+    cfg_zeroes_supported = false;
+    struct vbd_node *n = open_mem();
+    n->supported_zero_flags = 0;
+    memset(mem, 0xaa, 16384);
+    struct fz f = {n, 1};
+    vbd_co_run_sync(zero_nofallback_unaligned, &f);
+    CHECK_EQ(f.rc, -ENOTSUP);
+    CHECK_EQ(reqs, 0);
+    CHECK_EQ(zero_calls, 0);
+    CHECK_EQ(mem[100], 0xaa);
+    CHECK_EQ(mem[8291], 0xaa);
+    /* a node that lists the flag gets the request */
+    n->supported_zero_flags = VBD_REQ_NO_FALLBACK;
+    cfg_zeroes_supported = true;
+    vbd_co_run_sync(zero_nofallback_unaligned, &f);
+    CHECK_EQ(f.rc, 0);
+    CHECK_EQ(zero_calls, 1);
+    CHECK_EQ(mem[99], 0xaa);
+    CHECK_EQ(mem[100], 0);
+    CHECK_EQ(mem[8291], 0);
+    CHECK_EQ(mem[8292], 0xaa);
+    cfg_zeroes_supported = false;
+    vbd_node_unref(n);
+}
+
 UNIT_TEST(cache_modes_as_qemu)
 {
     enum vbd_cache_mode m;

@@ -210,7 +210,7 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         s->locked = true;
     }
     n->supported_write_flags = VBD_REQ_FUA;
-    n->supported_zero_flags = VBD_REQ_MAY_UNMAP;
+    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | VBD_REQ_NO_FALLBACK; /* zeroes by fallocate or not at all */
     n->bl.max_transfer = 0;
     free(filename);
     return 0;

@@ -19,6 +19,7 @@
 
 #include "nbd-uri.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <netdb.h>
@@ -852,16 +853,21 @@ static void nbd_close(struct vbd_node *n)
     free(s->export);
 }
 
+/* Lengths travel as 32 bits: io.c splits requests at bl.max_transfer
+ * (<= 32 MiB), bl.max_pdiscard and bl.max_pwrite_zeroes (2 GiB), set in
+ * nbd_open. */
 static int nbd_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                       unsigned flags)
 {
     (void)flags;
+    assert(bytes <= n->bl.max_transfer);
     return do_request(n, NBD_CMD_READ, 0, off, (uint32_t)bytes, q, qoff, NULL);
 }
 
 static int nbd_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                        unsigned flags)
 {
+    assert(bytes <= n->bl.max_transfer);
     return do_request(n, NBD_CMD_WRITE, (flags & VBD_REQ_FUA) ? NBD_CMD_FLAG_FUA : 0, off, (uint32_t)bytes, q, qoff,
                       NULL);
 }
@@ -879,6 +885,7 @@ static int nbd_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
     struct nbd_state *s = n->opaque;
     if (!(s->tflags & NBD_FLAG_SEND_TRIM))
         return -ENOTSUP;
+    assert(bytes <= n->bl.max_pdiscard);
     return do_request(n, NBD_CMD_TRIM, 0, off, (uint32_t)bytes, NULL, 0, NULL);
 }
 
@@ -887,8 +894,11 @@ static int nbd_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, u
     struct nbd_state *s = n->opaque;
     if (!(s->tflags & NBD_FLAG_SEND_WRITE_ZEROES))
         return -ENOTSUP;
+    /* io.c passes NO_FALLBACK only as supported_zero_flags allow (the first
+     * server's FAST_ZERO), but a reconnect may land on a server without it */
     if ((flags & VBD_REQ_NO_FALLBACK) && !(s->tflags & NBD_FLAG_SEND_FAST_ZERO))
         return -ENOTSUP;
+    assert(bytes <= n->bl.max_pwrite_zeroes);
     uint16_t f = ((flags & VBD_REQ_MAY_UNMAP) ? 0 : NBD_CMD_FLAG_NO_HOLE) | ((flags & VBD_REQ_FUA) ? NBD_CMD_FLAG_FUA : 0) |
                  ((flags & VBD_REQ_NO_FALLBACK) ? NBD_CMD_FLAG_FAST_ZERO : 0);
     return do_request(n, NBD_CMD_WRITE_ZEROES, f, off, (uint32_t)bytes, NULL, 0, NULL);

@@ -42,7 +42,7 @@ static int null_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     n->size = size;
     snprintf(n->filename, sizeof(n->filename), "null-co://");
     n->supported_write_flags = VBD_REQ_FUA;
-    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | VBD_REQ_FUA;
+    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | VBD_REQ_FUA | VBD_REQ_NO_FALLBACK;
     return 0;
 }
 

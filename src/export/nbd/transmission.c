@@ -408,9 +408,10 @@ static void request_co(void *opaque)
     struct nbd_req *r = opaque;
     struct nbd_conn *c = r->c;
     struct nbd_export *e = c->exp;
-    uint64_t size = vbd_backend_size(e->be);
     int rc = 0;
-    bool bad_range = r->offset > size || r->len > size - r->offset;
+    /* checked before the backend only to answer with the spec's error
+     * (EINVAL, ENOSPC for writes): the rule is the library's own */
+    bool bad_range = vbd_request_check(vbd_backend_size(e->be), r->offset, r->len) < 0;
     switch (r->type) {
     case NBD_CMD_READ:
         rc = bad_range ? send_error_reply(c, r, EINVAL) : handle_read(c, r);

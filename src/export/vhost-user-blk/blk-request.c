@@ -45,13 +45,14 @@ static uint8_t status_of(int err)
     return err == -ENOTSUP ? VIRTIO_BLK_S_UNSUPP : err < 0 ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
 }
 
+/* Checked before the backend so that a malformed request fails with IOERR
+ * and is not subject to werror/rerror; the range rule is the library's. */
 bool blk_range_ok(struct blk_export *e, uint64_t sector, uint64_t bytes)
 {
-    uint64_t size = vbd_backend_size(e->be);
     if (sector > (UINT64_MAX >> 9))
         return false;
     uint64_t off = sector << 9;
-    return off <= size && bytes <= size - off && off % e->lbs == 0 && bytes % e->lbs == 0;
+    return vbd_request_check(vbd_backend_size(e->be), off, bytes) == 0 && off % e->lbs == 0 && bytes % e->lbs == 0;
 }
 
 static int do_discard_zeroes(struct blk_export *e, uint32_t type, struct iovec *iov, int n, bool *io)

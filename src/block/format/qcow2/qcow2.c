@@ -15,6 +15,7 @@
 #include "vbd/iov.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -195,6 +196,7 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     n->bl.max_transfer = 0;
     n->bl.opt_transfer = (uint32_t)s->cluster_size;
     n->supported_write_flags = s->external ? 0 : VBD_REQ_COMPRESSED; /* no compressed clusters in a data file */
+    n->supported_zero_flags = VBD_REQ_NO_FALLBACK; /* zero_or_discard fails rather than write zero data */
     if (s->cache_clean_interval) {
         s->clean_timer.fn = clean_caches;
         s->clean_timer.arg = s;
@@ -812,6 +814,9 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
                          unsigned flags)
 {
     struct qcow2_state *s = n->opaque;
+    /* io.c: no writes to a read-only node; only supported_write_flags pass
+     * (no COMPRESSED with a data file). A corrupt image is not a request error. */
+    assert(!n->read_only && !(s->external && (flags & VBD_REQ_COMPRESSED)));
     if (s->corrupt)
         return -EIO;
     qcow2_bitmaps_dirty(s, off, bytes);
@@ -915,6 +920,7 @@ static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, boo
 static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags, bool discard)
 {
     struct qcow2_state *s = n->opaque;
+    assert(!n->read_only); /* io.c refuses zeroes and discards on a read-only node */
     if (s->corrupt)
         return -EIO;
     qcow2_bitmaps_dirty(s, off, bytes);
