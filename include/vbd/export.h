@@ -9,6 +9,7 @@
 struct json_object;
 struct vbd_error;
 struct vbd_loop;
+struct vbd_backend;
 
 /*
  * An export serves a node to the outside (vhost-user-blk, nbd). The
@@ -38,6 +39,9 @@ struct vbd_export_type {
      * resized: the node's size may have changed; tell the client. */
     void (*cont)(struct vbd_export *exp);
     void (*resized)(struct vbd_export *exp);
+    /* The backend the export's requests go through (query-blockstats, and
+     * who writes to which node for blockdev-reopen). */
+    struct vbd_backend *(*backend)(struct vbd_export *exp);
 };
 
 /* Export types, NULL-terminated (src/export/registry.c). */

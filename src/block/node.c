@@ -422,12 +422,11 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
 {
     unsigned bflags = (flags & ~(VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL | VBD_OPEN_CHECK));
     struct json_object *v = vbd_opt_get(opts, "backing");
+    if (!v && opts && json_object_object_get_ex(opts, "backing", NULL)) {
+        json_object_object_del(opts, "backing"); /* JSON null (json-c holds it as NULL): no backing */
+        return 0;
+    }
     if (v) {
-        if (json_object_is_type(v, json_type_null)) {
-            vbd_opt_take_obj(opts, "backing");
-            json_object_put(v);
-            return 0;
-        }
         n->backing = vbd_open_child(n, opts, "backing", NULL, bflags, err);
         return n->backing ? 0 : -EINVAL;
     }
