@@ -42,11 +42,12 @@ void vbd_node_write_threshold_exceeded(struct vbd_node *n, uint64_t threshold, u
         h->write_threshold(n, threshold, end - threshold);
 }
 
-/* Is `child` written through another read-write node than `except`? */
+/* Is `child` written through another read-write node than `except`?
+ * (An overlay reads its backing only: not a writer.) */
 static bool other_writer(struct vbd_node *child, struct vbd_node *except)
 {
     for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
-        if (m != except && !m->read_only && (m->file == child || m->backing == child))
+        if (m != except && !m->read_only && m->file == child)
             return true;
     return false;
 }

@@ -90,7 +90,8 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
                 !flag_matches(val, "no-flush", (n->open_flags & VBD_OPEN_NO_FLUSH) != 0, err, name))
                 return false;
         } else if (!strcmp(key, "discard")) {
-            if (!strcmp(json_object_get_string(val), "unmap") != !(n->open_flags & VBD_OPEN_UNMAP)) {
+            bool unmap = !strcmp(json_object_get_string(val), "unmap");
+            if (unmap != ((n->open_flags & VBD_OPEN_UNMAP) != 0)) {
                 vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                                    "Cannot change the option 'discard' of node '%s' (blockdev-reopen changes "
                                    "read-only only)",

@@ -12,6 +12,7 @@
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
+#include "vbd/iothread.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -41,7 +42,10 @@ static const struct key_type file_keys[] = {
 static const struct key_type null_keys[] = {{"size", "int"}, {"latency-ns", "int"}, {"read-zeroes", "bool"}, {NULL, NULL}};
 static const struct key_type nbd_keys[] = {
     {"server", "obj"}, {"export", "str"}, {"tls-creds", "str"}, {"tls-hostname", "str"}, {"x-dirty-bitmap", "str"},
-    {"reconnect-delay", "int"}, {"open-timeout", "int"}, {NULL, NULL},
+    {"reconnect-delay", "int"}, {"open-timeout", "int"},
+    /* vbd's own: TLS without an object (vbd-img's nbds:// URIs) */
+    {"tls", "bool"}, {"tls-certificates", "str"}, {"tls-psk-file", "str"}, {"tls-username", "str"},
+    {"tls-verify-peer", "bool"}, {NULL, NULL},
 };
 static const struct key_type raw_keys[] = {{"file", "ref"}, {"offset", "int"}, {"size", "int"}, {NULL, NULL}};
 static const struct key_type qcow2_keys[] = {
@@ -180,9 +184,12 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, bool reop
         const struct key_type *kt = find_key(base_keys, k);
         if (!kt)
             kt = find_key(keys, k);
-        if (kt && !check_value(path, kt->type, v, reopen, err))
+        if (!kt) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", path);
             return false;
-        /* other keys: vbd's own extensions, or refused by the driver at open */
+        }
+        if (!check_value(path, kt->type, v, reopen, err))
+            return false;
     }
     /* a format needs its file (QEMU's schema makes it mandatory) */
     if (find_key(keys, "file") && !json_object_object_get_ex(o, "file", NULL)) {
@@ -387,12 +394,18 @@ static struct json_object *block_set_write_threshold(struct json_object *args, s
 static struct json_object *x_blockdev_set_iothread(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *name = opt_str(args, "node-name");
+    struct json_object *iot = json_object_object_get(args, "iothread"), *fv;
+    bool force = json_object_object_get_ex(args, "force", &fv) && json_object_get_boolean(fv);
     struct vbd_node *n = vbd_node_find(name);
     if (!n) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to find node with node-name='%s'", name);
         return NULL;
     }
-    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
+    if (iot && !json_object_is_type(iot, json_type_string)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'iothread', expected: StrOrNull");
+        return NULL;
+    }
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e && !force; e = e->next) {
         struct vbd_backend *be = e->type->backend ? e->type->backend(e->exp) : NULL;
         for (struct vbd_node *m = be ? vbd_backend_node(be) : NULL; m; m = m->file != m ? m->file : NULL)
             if (m == n) {
@@ -403,11 +416,20 @@ static struct json_object *x_blockdev_set_iothread(struct json_object *args, str
                 return NULL;
             }
     }
-    /* nodes live on the main loop; the exports' iothreads take their requests there and back */
+    if (!iot) /* null: the main loop, where every node lives */
+        return vbd_qmp_ok();
+    const char *id = json_object_get_string(iot);
+    if (!vbd_iothread_loop(id)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find iothread %s", id);
+        return NULL;
+    }
+    /* The graph changes on a node's home loop only (vbd/block.h), and the
+     * monitor runs on the main loop: nodes stay there; an export on an
+     * iothread sends the requests of single-loop nodes there and back. */
     vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                       "Moving node '%s' to an iothread is not supported: a node's requests run on the loop its "
-                       "export chose",
-                       name);
+                       "Node '%s' cannot move to iothread '%s': vbd keeps every node on the main loop (its exports' "
+                       "iothreads run the requests)",
+                       name, id);
     return NULL;
 }
 
