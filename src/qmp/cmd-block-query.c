@@ -276,9 +276,7 @@ static struct json_object *node_stats(struct vbd_node *n, int depth)
     }
     if (depth < 64 && n->file && n->file != n)
         json_object_object_add(o, "parent", node_stats(n->file, depth + 1));
-    if (depth < 64 && n->backing)
-        json_object_object_add(o, "backing", node_stats(n->backing, depth + 1));
-    return o;
+    return o; /* the backing only at the top of an export's entry, as QEMU */
 }
 
 struct json_object *vbd_qmp_query_blockstats(struct json_object *args, struct vbd_qmp_error *err)
