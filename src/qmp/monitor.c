@@ -134,11 +134,100 @@ static bool client_queue(struct qmp_client *c, const char *text, size_t len, boo
     return true;
 }
 
+/* Growable text for one message. */
+struct text {
+    char *p;
+    size_t len, cap;
+    bool failed;
+};
+
+static void text_add(struct text *t, const char *s, size_t n)
+{
+    if (t->failed)
+        return;
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap : 256;
+        while (cap < t->len + n + 1)
+            cap *= 2;
+        char *p = realloc(t->p, cap);
+        if (!p) {
+            t->failed = true;
+            return;
+        }
+        t->p = p;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+    t->p[t->len] = 0;
+}
+
+/* QEMU's layout, {"key": value, "key": [1, 2]}, so a session reads the same
+ * as with qemu-storage-daemon; '/' is not escaped (paths stay readable). */
+static void text_json(struct text *t, struct json_object *o)
+{
+    switch (json_object_get_type(o)) {
+    case json_type_object: {
+        bool first = true;
+        text_add(t, "{", 1);
+        json_object_object_foreach(o, key, val)
+        {
+            if (!first)
+                text_add(t, ", ", 2);
+            first = false;
+            struct json_object *k = json_object_new_string(key);
+            const char *ks = json_object_to_json_string_ext(k, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+            text_add(t, ks, strlen(ks));
+            json_object_put(k);
+            text_add(t, ": ", 2);
+            text_json(t, val);
+        }
+        text_add(t, "}", 1);
+        break;
+    }
+    case json_type_array: {
+        size_t n = json_object_array_length(o);
+        text_add(t, "[", 1);
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                text_add(t, ", ", 2);
+            text_json(t, json_object_array_get_idx(o, i));
+        }
+        text_add(t, "]", 1);
+        break;
+    }
+    default: {
+        size_t n;
+        const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+        text_add(t, s, n);
+        break;
+    }
+    }
+}
+
+/* The message as one line of text (malloc'd), or NULL. */
+static char *json_line(struct json_object *o, size_t *len)
+{
+    struct text t = {0};
+    text_json(&t, o);
+    if (t.failed || !t.p) {
+        free(t.p);
+        return NULL;
+    }
+    *len = t.len;
+    return t.p;
+}
+
 static void client_queue_json(struct qmp_client *c, struct json_object *o, bool is_event)
 {
     size_t len;
-    const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_SPACED, &len);
+    char *s = json_line(o, &len);
+    if (!s) {
+        client_drop(c, "out of memory");
+        return;
+    }
     client_queue(c, s, len, is_event);
+    free(s);
 }
 
 static void writer_co(void *opaque)
@@ -172,6 +261,32 @@ static void writer_co(void *opaque)
 
 /* ---- input ---- */
 
+static struct json_object *error_reply(const char *desc, struct json_object *id)
+{
+    struct json_object *reply = json_object_new_object(), *e = json_object_new_object();
+    json_object_object_add(e, "class", json_object_new_string(VBD_QMP_GENERIC_ERROR));
+    json_object_object_add(e, "desc", json_object_new_string(desc));
+    json_object_object_add(reply, "error", e);
+    if (id)
+        json_object_object_add(reply, "id", json_object_get(id));
+    return reply;
+}
+
+/* qmp_capabilities {"enable": [..., "oob", ...]} (already checked by the dispatcher) */
+static bool wants_oob(struct json_object *req)
+{
+    struct json_object *args, *enable;
+    if (!json_object_object_get_ex(req, "arguments", &args) || !json_object_object_get_ex(args, "enable", &enable) ||
+        !json_object_is_type(enable, json_type_array))
+        return false;
+    for (size_t i = 0; i < json_object_array_length(enable); i++) {
+        const char *cap = json_object_get_string(json_object_array_get_idx(enable, i));
+        if (cap && !strcmp(cap, "oob"))
+            return true;
+    }
+    return false;
+}
+
 static void on_request(void *opaque, struct json_object *req, const char *parse_error)
 {
     struct qmp_client *c = opaque;
@@ -182,11 +297,7 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
     if (c->closing)
         return;
     if (parse_error) {
-        reply = json_object_new_object();
-        struct json_object *e = json_object_new_object();
-        json_object_object_add(e, "class", json_object_new_string(VBD_QMP_GENERIC_ERROR));
-        json_object_object_add(e, "desc", json_object_new_string(parse_error));
-        json_object_object_add(reply, "error", e);
+        reply = error_reply(parse_error, NULL);
     } else {
         bool is_caps = false;
         struct json_object *exec;
@@ -194,8 +305,17 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
             json_object_is_type(exec, json_type_string))
             is_caps = !strcmp(json_object_get_string(exec), "qmp_capabilities");
         reply = vbd_qmp_dispatch(req, c->negotiated);
-        if (is_caps && json_object_object_get_ex(reply, "return", NULL))
-            c->negotiated = true;
+        if (is_caps && json_object_object_get_ex(reply, "return", NULL)) {
+            if (wants_oob(req)) {
+                /* QEMU's answer where out-of-band is not offered: commands run in order here */
+                struct json_object *id = NULL;
+                json_object_object_get_ex(req, "id", &id);
+                json_object_put(reply);
+                reply = error_reply("Capability oob not available", id);
+            } else {
+                c->negotiated = true;
+            }
+        }
     }
     client_queue_json(c, reply, false);
     json_object_put(reply);
@@ -294,10 +414,11 @@ static void send_events(void *unused)
         struct pending_event *ev = list;
         list = ev->next;
         size_t len;
-        const char *s = json_object_to_json_string_length(ev->msg, JSON_C_TO_STRING_SPACED, &len);
-        for (struct qmp_monitor *mon = monitors; mon; mon = mon->next)
+        char *s = json_line(ev->msg, &len);
+        for (struct qmp_monitor *mon = monitors; s && mon; mon = mon->next)
             if (mon->client && mon->client->negotiated)
                 client_queue(mon->client, s, len, true);
+        free(s);
         json_object_put(ev->msg);
         free(ev);
     }
