@@ -17,6 +17,9 @@ must qemu-io -f qcow2 -c "write -P 0x5a 0 1M" "$T/base.qcow2" >/dev/null
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$T/top.qcow2" || fail "qemu-img create overlay"
 ln -s base.qcow2 "$T/base-link.qcow2"
 qemu-img create -q -f qcow2 "$T/w.qcow2" 64M || fail "qemu-img create w"
+qemu-img create -q -f qcow2 "$T/bm.qcow2" 64M || fail "qemu-img create bm"
+must qemu-img bitmap --add "$T/bm.qcow2" b0
+must qemu-io -f qcow2 -c "write 0 64k" "$T/bm.qcow2" >/dev/null
 # c.qcow2: one cluster of data, then L1[0] points into the middle of a cluster
 qemu-img create -q -f qcow2 "$T/c.qcow2" 8M || fail "qemu-img create c"
 must qemu-io -f qcow2 -c "write -P 0x11 0 64k" "$T/c.qcow2" >/dev/null
@@ -139,6 +142,26 @@ error_of("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "top",
 error_of("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "nope", "file": "top-file"}]})
 check("read-write users" in error_of("blockdev-reopen", {"options": [
     {"driver": "qcow2", "node-name": "w", "file": "wf", "read-only": True}]}), "writable export refuses ro")
+
+# --- reopen with a persistent bitmap: stored and consistent while read-only, in use again after
+def bitmap_flags(share):
+    info = img_info(f"{T}/bm.qcow2", share)
+    return info["format-specific"]["data"]["bitmaps"][0]["flags"] if isinstance(info, dict) else info
+ex("blockdev-add", {"driver": "qcow2", "node-name": "bm",
+                    "file": {"driver": "file", "filename": f"{T}/bm.qcow2", "node-name": "bm-file"}})
+check(bitmap_flags(True) == ["in-use", "auto"], f"in use while writable: {bitmap_flags(True)}")
+db = nodes()["bm"]["dirty-bitmaps"]
+check(db == [{"name": "b0", "recording": True, "persistent": True, "busy": False, "count": 65536,
+              "granularity": 65536}], f"dirty-bitmaps: {db}")
+bm_ro = {"driver": "qcow2", "node-name": "bm", "file": "bm-file", "read-only": True}
+ex("blockdev-reopen", {"options": [bm_ro]})
+poll(lambda: bitmap_flags(False) == ["auto"], "bitmap stored, not in use, image unlocked")
+r = run("qemu-img", "check", f"{T}/bm.qcow2")
+check(r.returncode == 0 and "No errors" in r.stdout, f"qemu-img check bm: {r.stdout}{r.stderr}")
+ex("blockdev-reopen", {"options": [dict(bm_ro, **{"read-only": False})]})
+check(bitmap_flags(True) == ["in-use", "auto"], f"in use again: {bitmap_flags(True)}")
+ex("blockdev-del", {"node-name": "bm"})
+poll(lambda: bitmap_flags(False) == ["auto"], "stored and unlocked at blockdev-del")
 
 # --- write threshold: one event when a write through the export passes it, then disarmed
 ex("block-set-write-threshold", {"node-name": "w", "write-threshold": 1 << 20})
