@@ -71,7 +71,9 @@ static struct json_object *image_info(struct vbd_node *n, bool with_backing, str
     }
     add_str(o, "filename", n->filename);
     add_str(o, "format", n->drv->name);
-    if (!(n->drv->caps & VBD_DRV_CAP_REMOTE))
+    /* as QEMU: only drivers that answer get_info there have it: formats and
+     * host files (resizable protocols), not null-co or an nbd client */
+    if (!(n->drv->caps & VBD_DRV_CAP_REMOTE) && (n->drv->kind != VBD_DRV_PROTOCOL || n->drv->co_truncate))
         add_bool(o, "dirty-flag", info.dirty_flag);
     if (info.actual_size >= 0)
         add_int(o, "actual-size", info.actual_size);
