@@ -6,7 +6,7 @@
 # is in use; a write through an NBD export (qemu-io) past a write threshold
 # raises BLOCK_WRITE_THRESHOLD once and is counted by query-blockstats; a
 # read of a qcow2 image with a broken L1 entry raises BLOCK_IMAGE_CORRUPTED
-# and marks the image corrupt.
+# and marks the image corrupt; auto-read-only opens an immutable file read-only.
 source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 
@@ -32,6 +32,14 @@ with open(sys.argv[1], "r+b") as f:
     f.seek(l1); f.write(struct.pack(">Q", e + 512))
 EOF
 
+# an image nobody may open for writing, not even root (auto-read-only falls back to read-only)
+truncate -s 1M "$T/imm.raw"
+IMM=0
+if chattr +i "$T/imm.raw" 2>/dev/null; then
+    IMM=1
+    on_exit 'chattr -i "$T/imm.raw" 2>/dev/null'
+fi
+
 start_daemon --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
     --nbd-server addr.type=unix,addr.path="$N" \
     --blockdev driver=file,node-name=wf,filename="$T/w.qcow2" --blockdev driver=qcow2,node-name=w,file=wf \
@@ -40,7 +48,7 @@ start_daemon --chardev socket,id=mon,path="$S",server=on,wait=off --monitor char
     --export type=nbd,id=ec,node-name=c
 on_exit '[ -z "$dpid" ] || kill -9 $dpid 2>/dev/null'
 
-PYTHONPATH=$VBD_ROOT/tests/qmp T=$T N=$N python3 - "$S" <<'EOF' || fail "QMP block session (see above)"
+PYTHONPATH=$VBD_ROOT/tests/qmp T=$T N=$N IMM=$IMM python3 - "$S" <<'EOF' || fail "QMP block session (see above)"
 import json, os, subprocess, sys, time
 from qmp import QMP, QMPError
 
@@ -101,6 +109,13 @@ error_of("blockdev-add", {"driver": "qcow2", "node-name": "x", "file": "no-such-
 error_of("blockdev-add", {"driver": "qcow2", "node-name": "x"})
 error_of("blockdev-add", {"driver": "file", "node-name": "x", "filename": f"{T}/none"})
 error_of("blockdev-add", {"driver": "file", "node-name": "x", "filename": f"{T}/w.qcow2", "read-only": "yes"})
+
+if os.environ["IMM"] == "1":  # auto-read-only: read-only when writing is refused, as QEMU's file driver
+    error_of("blockdev-add", {"driver": "file", "node-name": "imm", "filename": f"{T}/imm.raw"})
+    ex("blockdev-add", {"driver": "file", "node-name": "imm", "filename": f"{T}/imm.raw", "auto-read-only": True})
+    # (qsd lists it as ro=false: QEMU keeps such a node nominally writable until a writer comes)
+    check(nodes()["imm"]["ro"], "auto-read-only opened it read-only")
+    ex("blockdev-del", {"node-name": "imm"})
 
 # --- blockdev-del: refused in use, refused for a node opened below another
 ex("blockdev-add", {"driver": "raw", "node-name": "over", "file": "top"})
