@@ -361,12 +361,16 @@ int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vb
  * coroutine. Fails with -ENOTSUP for drivers without reopen_rw. */
 int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_error **err);
 
-/* What a node reports to the management layer; any thread. */
+/* What a node reports to the management layer (any thread), and what
+ * the management layer knows about a node (home thread). */
 struct vbd_node_event_handlers {
     /* A write (or zeroing, discard) ended past the threshold by `exceeded` bytes. */
     void (*write_threshold)(struct vbd_node *n, uint64_t threshold, uint64_t exceeded);
     /* A format driver found its metadata corrupt (offset/size -1: unknown). */
     void (*corrupted)(struct vbd_node *n, const char *msg, int64_t offset, int64_t size, bool fatal);
+    /* Does a user outside the graph (a writable export) write to n? Then
+     * n stays read-write when a node above it becomes read-only. */
+    bool (*written_outside)(struct vbd_node *n);
 };
 void vbd_node_set_event_handlers(const struct vbd_node_event_handlers *h);
 void vbd_node_report_corruption(struct vbd_node *n, const char *msg, int64_t offset, int64_t size, bool fatal);

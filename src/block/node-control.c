@@ -42,10 +42,13 @@ void vbd_node_write_threshold_exceeded(struct vbd_node *n, uint64_t threshold, u
         h->write_threshold(n, threshold, end - threshold);
 }
 
-/* Is `child` written through another read-write node than `except`?
- * (An overlay reads its backing only: not a writer.) */
+/* Is `child` written by an export, or through another read-write node
+ * than `except`? (An overlay reads its backing only: not a writer.) */
 static bool other_writer(struct vbd_node *child, struct vbd_node *except)
 {
+    const struct vbd_node_event_handlers *h = atomic_load(&handlers);
+    if (h && h->written_outside && h->written_outside(child))
+        return true;
     for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
         if (m != except && !m->read_only && m->file == child)
             return true;

@@ -458,9 +458,20 @@ static void on_corrupted(struct vbd_node *n, const char *msg, int64_t offset, in
     vbd_qmp_event("BLOCK_IMAGE_CORRUPTED", d);
 }
 
+static bool written_by_an_export(struct vbd_node *n)
+{
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
+        struct vbd_backend *be = e->type->backend ? e->type->backend(e->exp) : NULL;
+        if (be && !vbd_backend_read_only(be) && vbd_backend_node(be) == n)
+            return true;
+    }
+    return false;
+}
+
 static const struct vbd_node_event_handlers qmp_handlers = {
     .write_threshold = on_write_threshold,
     .corrupted = on_corrupted,
+    .written_outside = written_by_an_export,
 };
 
 /* Linked in only with the command tables (vbd-daemon): its nodes report to the monitors. */

@@ -33,7 +33,7 @@ with open(sys.argv[1], "r+b") as f:
 EOF
 
 # an image nobody may open for writing, not even root (auto-read-only falls back to read-only)
-truncate -s 1M "$T/imm.raw"
+truncate -s 1M "$T/imm.raw" "$T/x.raw"
 IMM=0
 if chattr +i "$T/imm.raw" 2>/dev/null; then
     IMM=1
@@ -44,6 +44,7 @@ start_daemon --chardev socket,id=mon,path="$S",server=on,wait=off --monitor char
     --nbd-server addr.type=unix,addr.path="$N" \
     --blockdev driver=file,node-name=wf,filename="$T/w.qcow2" --blockdev driver=qcow2,node-name=w,file=wf \
     --export type=nbd,id=ew,node-name=w,writable=on \
+    --blockdev driver=file,node-name=xf,filename="$T/x.raw" --export type=nbd,id=ex,node-name=xf,writable=on \
     --blockdev driver=file,node-name=cf,filename="$T/c.qcow2" --blockdev driver=qcow2,node-name=c,file=cf \
     --export type=nbd,id=ec,node-name=c
 on_exit '[ -z "$dpid" ] || kill -9 $dpid 2>/dev/null'
@@ -157,6 +158,16 @@ error_of("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "top",
 error_of("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "nope", "file": "top-file"}]})
 check("read-write users" in error_of("blockdev-reopen", {"options": [
     {"driver": "qcow2", "node-name": "w", "file": "wf", "read-only": True}]}), "writable export refuses ro")
+
+# --- a node over a file an export writes: the node goes read-only, the file stays writable
+ex("blockdev-add", {"driver": "raw", "node-name": "xr", "file": "xf"})
+ex("blockdev-reopen", {"options": [{"driver": "raw", "node-name": "xr", "file": "xf", "read-only": True}]})
+check(nodes()["xr"]["ro"] and not nodes()["xf"]["ro"], "the exported file stays writable")
+r = nbd("xf", "write -P 0x66 0 4k")
+check(r.returncode == 0 and "wrote" in r.stdout, f"write through the export after the reopen: {r.stdout}{r.stderr}")
+check("read-write users" in error_of("blockdev-reopen", {"options": [
+    {"driver": "file", "node-name": "xf", "filename": f"{T}/x.raw", "read-only": True}]}), "exported file refuses ro")
+ex("blockdev-del", {"node-name": "xr"})
 
 # --- reopen with a persistent bitmap: stored and consistent while read-only, in use again after
 def bitmap_flags(share):
