@@ -125,10 +125,10 @@ int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t of
     s->corrupt = true;
     if (!s->read_only)
         qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
-    if (first) { /* QEMU's wording; later findings are not reported again */
+    if (first) { /* once, as QEMU; off is where the bad metadata points, not an access: in the message */
         char msg[256];
-        snprintf(msg, sizeof(msg), "Marking image as corrupt: %s; further corruption events will be suppressed", what);
-        vbd_node_report_corruption(s->n, msg, (int64_t)off, -1, !s->read_only); /* fatal: marked in the image */
+        snprintf(msg, sizeof(msg), "%s (0x%llx)", what, (unsigned long long)off);
+        vbd_node_report_corruption(s->n, msg, -1, -1, !s->read_only); /* fatal: marked in the image */
     }
     return -EIO;
 }
