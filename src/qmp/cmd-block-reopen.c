@@ -46,7 +46,7 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
                            idx);
         return false;
     }
-    if (!vbd_qmp_check_blockdev(o, prefix, true, err))
+    if (!vbd_qmp_check_blockdev(o, prefix, err))
         return false;
     struct json_object *v;
     if (!json_object_object_get_ex(o, "node-name", &v)) {

@@ -108,8 +108,7 @@ static const struct key_type *find_key(const struct key_type *keys, const char *
     return NULL;
 }
 
-static bool check_value(const char *path, const char *type, struct json_object *v, bool reopen,
-                        struct vbd_qmp_error *err)
+static bool check_value(const char *path, const char *type, struct json_object *v, struct vbd_qmp_error *err)
 {
     const char *have = json_kind(v);
     bool ok;
@@ -146,19 +145,19 @@ static bool check_value(const char *path, const char *type, struct json_object *
                 vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", sub);
                 return false;
             }
-            if (!check_value(sub, kt->type, cv, reopen, err))
+            if (!check_value(sub, kt->type, cv, err))
                 return false;
         }
     }
     if ((!strcmp(type, "ref") || !strcmp(type, "ref-or-null")) && !strcmp(have, "obj")) {
         char sub[256];
         snprintf(sub, sizeof(sub), "%s.", path);
-        return vbd_qmp_check_blockdev(v, sub, reopen, err);
+        return vbd_qmp_check_blockdev(v, sub, err);
     }
     return true;
 }
 
-bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, bool reopen, struct vbd_qmp_error *err)
+bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vbd_qmp_error *err)
 {
     struct json_object *drv;
     if (!json_object_object_get_ex(o, "driver", &drv)) {
@@ -167,7 +166,7 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, bool reop
     }
     char path[256];
     snprintf(path, sizeof(path), "%sdriver", prefix);
-    if (!check_value(path, "str", drv, reopen, err))
+    if (!check_value(path, "str", drv, err))
         return false;
     const struct key_type *keys = NULL;
     for (size_t i = 0; i < sizeof(driver_keys) / sizeof(driver_keys[0]); i++)
@@ -188,7 +187,7 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, bool reop
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", path);
             return false;
         }
-        if (!check_value(path, kt->type, v, reopen, err))
+        if (!check_value(path, kt->type, v, err))
             return false;
     }
     /* a format needs its file (QEMU's schema makes it mandatory) */
@@ -216,7 +215,7 @@ static bool node_name_ok(const char *s)
 
 static struct json_object *blockdev_add(struct json_object *args, struct vbd_qmp_error *err)
 {
-    if (!vbd_qmp_check_blockdev(args, "", false, err))
+    if (!vbd_qmp_check_blockdev(args, "", err))
         return NULL;
     struct json_object *nn;
     if (!json_object_object_get_ex(args, "node-name", &nn)) {

@@ -13,7 +13,7 @@ struct vbd_node;
 /* Check a BlockdevOptions object as QEMU's schema types it (prefix: ""
  * at the top, "file." for a nested child, "options[0]." for reopen).
  * Unknown keys are refused, as QEMU; vbd's own nbd TLS keys are known. */
-bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, bool reopen, struct vbd_qmp_error *err);
+bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vbd_qmp_error *err);
 
 /* Is n (or a node below it through "file") written by an export? */
 bool vbd_qmp_node_written_by_export(struct vbd_node *n);
