@@ -6,7 +6,9 @@
 # is in use; a write through an NBD export (qemu-io) past a write threshold
 # raises BLOCK_WRITE_THRESHOLD once and is counted by query-blockstats; a
 # read of a qcow2 image with a broken L1 entry raises BLOCK_IMAGE_CORRUPTED
-# and marks the image corrupt; auto-read-only opens an immutable file read-only.
+# and marks the image corrupt; auto-read-only opens an immutable file read-only;
+# a client reading through an export sees no error while its node is reopened
+# read-only and read-write ten times.
 source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 
@@ -20,6 +22,8 @@ qemu-img create -q -f qcow2 "$T/w.qcow2" 64M || fail "qemu-img create w"
 qemu-img create -q -f qcow2 "$T/bm.qcow2" 64M || fail "qemu-img create bm"
 must qemu-img bitmap --add "$T/bm.qcow2" b0
 must qemu-io -f qcow2 -c "write 0 64k" "$T/bm.qcow2" >/dev/null
+qemu-img create -q -f qcow2 "$T/q.qcow2" 16M || fail "qemu-img create q"
+must qemu-io -f qcow2 -c "write -P 0x77 0 4M" "$T/q.qcow2" >/dev/null
 # c.qcow2: one cluster of data, then L1[0] points into the middle of a cluster
 qemu-img create -q -f qcow2 "$T/c.qcow2" 8M || fail "qemu-img create c"
 must qemu-io -f qcow2 -c "write -P 0x11 0 64k" "$T/c.qcow2" >/dev/null
@@ -45,6 +49,8 @@ start_daemon --chardev socket,id=mon,path="$S",server=on,wait=off --monitor char
     --blockdev driver=file,node-name=wf,filename="$T/w.qcow2" --blockdev driver=qcow2,node-name=w,file=wf \
     --export type=nbd,id=ew,node-name=w,writable=on \
     --blockdev driver=file,node-name=xf,filename="$T/x.raw" --export type=nbd,id=ex,node-name=xf,writable=on \
+    --blockdev driver=file,node-name=qf,filename="$T/q.qcow2" --blockdev driver=qcow2,node-name=q,file=qf \
+    --export type=nbd,id=eq,node-name=q \
     --blockdev driver=file,node-name=cf,filename="$T/c.qcow2" --blockdev driver=qcow2,node-name=c,file=cf \
     --export type=nbd,id=ec,node-name=c
 on_exit '[ -z "$dpid" ] || kill -9 $dpid 2>/dev/null'
@@ -169,6 +175,17 @@ check("read-write users" in error_of("blockdev-reopen", {"options": [
     {"driver": "file", "node-name": "xf", "filename": f"{T}/x.raw", "read-only": True}]}), "exported file refuses ro")
 ex("blockdev-del", {"node-name": "xr"})
 
+# --- reopen back and forth while a client reads through an export: no request fails
+reader = subprocess.Popen(["qemu-io", "-r", "-f", "raw"] + ["-c", "read -P 0x77 0 4M"] * 100
+                          + [f"nbd+unix:///q?socket={N}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+q_opts = {"driver": "qcow2", "node-name": "q", "file": "qf"}
+for i in range(10):
+    ex("blockdev-reopen", {"options": [dict(q_opts, **{"read-only": True})]})
+    ex("blockdev-reopen", {"options": [dict(q_opts, **{"read-only": False})]})
+out, _ = reader.communicate(timeout=300)
+check(reader.returncode == 0 and out.count("read 4194304/4194304") == 100 and "failed" not in out,
+      f"reads during the reopens: {out[-300:]}")
+
 # --- reopen with a persistent bitmap: stored and consistent while read-only, in use again after
 def bitmap_flags(share):
     info = img_info(f"{T}/bm.qcow2", share)
@@ -225,6 +242,7 @@ EOF
 stop_daemon
 qcheck "$T/top.qcow2"
 qcheck "$T/w.qcow2"
+qcheck "$T/q.qcow2"
 out=$(qemu-img info "$T/top.qcow2") || fail "qemu-img info top"
 case "$out" in *"backing file: base-link.qcow2"*"128 MiB"* | *"128 MiB"*"backing file: base-link.qcow2"*) ;; *) fail "top after the session: $out" ;; esac
 out=$(qemu-io -f qcow2 -c "read -P 0x33 0 64k" -c "read -P 0x44 2M 64k" -c "read -P 0x55 4M 64k" "$T/w.qcow2" 2>&1) ||
