@@ -253,6 +253,12 @@ struct vbd_driver {
      * page cache (a local file), or -1: lets a server send data with
      * sendfile(2) instead of reading it into memory first. */
     int (*page_cache_fd)(struct vbd_node *n);
+    /* blockdev-reopen read-only <-> read-write (vbd_node_co_set_read_only
+     * calls it between flushing and switching n->read_only; children are
+     * switched by the caller). Going read-only: write everything back and
+     * leave the image clean for other readers; going read-write: prepare
+     * it as an open for writing would. NULL: the driver cannot switch. */
+    int (*reopen_rw)(struct vbd_node *n, bool rw, struct vbd_error **err);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*().
@@ -286,6 +292,7 @@ struct vbd_node {
     pthread_t home_thread;                 /* the thread (loop) that opened it */
     struct vbd_node *next_named;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
+    uint64_t write_threshold;    /* block-set-write-threshold; 0 = off (atomic: checked by writes on any loop) */
 };
 
 /* n->size is written on the node's home loop (open, truncate, refresh, a
@@ -384,6 +391,39 @@ int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err);
 int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
 int64_t vbd_node_get_allocated_size(struct vbd_node *n);
 int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err);
+
+/* ---------- control of a live node (vbd-daemon's QMP monitor) ---------- */
+/* Switch n between read-only and read-write, as blockdev-reopen does.
+ * Going read-only flushes n, then its "file" child follows if no other
+ * read-write node sits on it; going read-write switches the "file" child
+ * first. The image locks follow (qemu-img sees the change). Home thread,
+ * coroutine. Fails with -ENOTSUP for drivers without reopen_rw. */
+int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_error **err);
+
+/* What a node reports to the management layer (any thread), and what
+ * the management layer knows about a node (home thread). */
+struct vbd_node_event_handlers {
+    /* A write (or zeroing, discard) ended past the threshold by `exceeded` bytes. */
+    void (*write_threshold)(struct vbd_node *n, uint64_t threshold, uint64_t exceeded);
+    /* A format driver found its metadata corrupt (offset/size -1: unknown). */
+    void (*corrupted)(struct vbd_node *n, const char *msg, int64_t offset, int64_t size, bool fatal);
+    /* Does a user outside the graph (a writable export) write to n? Then
+     * n stays read-write when a node above it becomes read-only. */
+    bool (*written_outside)(struct vbd_node *n);
+};
+void vbd_node_set_event_handlers(const struct vbd_node_event_handlers *h);
+void vbd_node_report_corruption(struct vbd_node *n, const char *msg, int64_t offset, int64_t size, bool fatal);
+/* block-set-write-threshold: the first write that ends past `threshold`
+ * reports it once and disarms it (0: off), as QEMU. */
+void vbd_node_set_write_threshold(struct vbd_node *n, uint64_t threshold);
+void vbd_node_write_threshold_exceeded(struct vbd_node *n, uint64_t threshold, uint64_t end);
+/* The write path's check: one relaxed load when no threshold is set. */
+static inline void vbd_node_check_write_threshold(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    uint64_t t = __atomic_load_n(&n->write_threshold, __ATOMIC_RELAXED);
+    if (__builtin_expect(t != 0 && off + bytes > t, 0))
+        vbd_node_write_threshold_exceeded(n, t, off + bytes);
+}
 
 /* ---------- creation ---------- */
 /* Create an image of format fmt ("raw","qcow2",...). opts: "size" and -o options. */

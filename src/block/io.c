@@ -271,6 +271,8 @@ static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes,
         return rc;
     if (write && n->read_only)
         return -EACCES;
+    if (write)
+        vbd_node_check_write_threshold(n, off, bytes);
     if (bytes == 0)
         return 0;
     if (q && qoff + bytes > q->size)
@@ -342,6 +344,7 @@ int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
         return rc;
     if (n->read_only)
         return -EACCES;
+    vbd_node_check_write_threshold(n, off, bytes);
     /* discard=ignore (the default, as in QEMU) drops discards at this node */
     if (!bytes || !n->drv->co_pdiscard || !(n->open_flags & VBD_OPEN_UNMAP))
         return 0;
@@ -391,6 +394,7 @@ int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
         return rc;
     if (n->read_only)
         return -EACCES;
+    vbd_node_check_write_threshold(n, off, bytes);
     if (!bytes)
         return 0;
     /* before anything is written: a fast zero that cannot be fast has no side effects */

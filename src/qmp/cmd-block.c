@@ -1,8 +1,493 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * QMP block commands: nodes added, removed, resized and watched at run
+ * time, as qemu-storage-daemon does them (qapi/block-core.json). The
+ * queries are in cmd-block-query.c, blockdev-reopen in cmd-block-reopen.c.
+ */
+#include "qmp/cmd-block.h"
 #include "qmp/commands.h"
 
-#include <stddef.h>
+#include "daemon/objects.h"
+#include "vbd/backend.h"
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/export.h"
+#include "vbd/iothread.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------- BlockdevOptions, typed as QEMU's schema types them ---------- */
+
+/* One key: name and type. Types: str, int, bool, obj (any object), ref
+ * (node name or nested BlockdevOptions), ref-or-null (backing),
+ * cache ({direct, no-flush}), any, or "enum:a,b,c". */
+struct key_type {
+    const char *name, *type;
+};
+
+static const struct key_type base_keys[] = {
+    {"driver", "str"},       {"node-name", "str"},       {"discard", "enum:ignore,unmap"},
+    {"cache", "cache"},      {"read-only", "bool"},      {"auto-read-only", "bool"},
+    {"force-share", "bool"}, {"detect-zeroes", "enum:off,on,unmap"}, {NULL, NULL},
+};
+static const struct key_type file_keys[] = {
+    {"filename", "str"},   {"pr-manager", "str"}, {"locking", "enum:auto,on,off"}, {"aio", "enum:threads,native,io_uring"},
+    {"aio-max-batch", "int"}, {"drop-cache", "bool"}, {"x-check-cache-dropped", "bool"}, {NULL, NULL},
+};
+static const struct key_type null_keys[] = {{"size", "int"}, {"latency-ns", "int"}, {"read-zeroes", "bool"}, {NULL, NULL}};
+static const struct key_type nbd_keys[] = {
+    {"server", "obj"}, {"export", "str"}, {"tls-creds", "str"}, {"tls-hostname", "str"}, {"x-dirty-bitmap", "str"},
+    {"reconnect-delay", "int"}, {"open-timeout", "int"},
+    /* vbd's own: TLS without an object (vbd-img's nbds:// URIs) */
+    {"tls", "bool"}, {"tls-certificates", "str"}, {"tls-psk-file", "str"}, {"tls-username", "str"},
+    {"tls-verify-peer", "bool"}, {NULL, NULL},
+};
+static const struct key_type raw_keys[] = {{"file", "ref"}, {"offset", "int"}, {"size", "int"}, {NULL, NULL}};
+static const struct key_type qcow2_keys[] = {
+    {"file", "ref"}, {"backing", "ref-or-null"}, {"data-file", "ref"}, {"lazy-refcounts", "bool"},
+    {"pass-discard-request", "bool"}, {"pass-discard-snapshot", "bool"}, {"pass-discard-other", "bool"},
+    {"overlap-check", "any"}, {"cache-size", "int"}, {"l2-cache-size", "int"}, {"l2-cache-entry-size", "int"},
+    {"refcount-cache-size", "int"}, {"cache-clean-interval", "int"}, {"encrypt", "any"}, {NULL, NULL},
+};
+static const struct {
+    const char *driver;
+    const struct key_type *keys;
+} driver_keys[] = {
+    {"file", file_keys}, {"host_device", file_keys}, {"host_cdrom", file_keys}, {"null-co", null_keys},
+    {"null-aio", null_keys}, {"nbd", nbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
+};
+
+static const char *json_kind(struct json_object *v)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_string: return "str";
+    case json_type_int: return "int";
+    case json_type_double: return "number";
+    case json_type_boolean: return "bool";
+    case json_type_object: return "obj";
+    case json_type_array: return "array";
+    default: return "null";
+    }
+}
+
+static const char *expected_word(const char *type)
+{
+    if (!strcmp(type, "str") || !strncmp(type, "enum:", 5))
+        return "string";
+    if (!strcmp(type, "int"))
+        return "integer";
+    if (!strcmp(type, "bool"))
+        return "boolean";
+    if (!strcmp(type, "ref") || !strcmp(type, "ref-or-null"))
+        return "BlockdevRef";
+    return "object";
+}
+
+static bool enum_has(const char *list, const char *word)
+{
+    size_t len = strlen(word);
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == len && !strncmp(p, word, n))
+            return true;
+        p += n + (p[n] == ',');
+    }
+    return false;
+}
+
+static const struct key_type *find_key(const struct key_type *keys, const char *name)
+{
+    for (; keys && keys->name; keys++)
+        if (!strcmp(keys->name, name))
+            return keys;
+    return NULL;
+}
+
+static bool check_value(const char *path, const char *type, struct json_object *v, struct vbd_qmp_error *err)
+{
+    const char *have = json_kind(v);
+    bool ok;
+    if (!strcmp(type, "any"))
+        ok = true;
+    else if (!strncmp(type, "enum:", 5))
+        ok = !strcmp(have, "str");
+    else if (!strcmp(type, "ref"))
+        ok = !strcmp(have, "str") || !strcmp(have, "obj");
+    else if (!strcmp(type, "ref-or-null"))
+        ok = !strcmp(have, "str") || !strcmp(have, "obj") || !strcmp(have, "null");
+    else if (!strcmp(type, "cache"))
+        ok = !strcmp(have, "obj");
+    else
+        ok = !strcmp(have, type);
+    if (!ok) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", path,
+                           expected_word(type));
+        return false;
+    }
+    if (!strncmp(type, "enum:", 5) && !enum_has(type + 5, json_object_get_string(v))) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' does not accept value '%s'", path,
+                           json_object_get_string(v));
+        return false;
+    }
+    if (!strcmp(type, "cache")) {
+        static const struct key_type cache_keys[] = {{"direct", "bool"}, {"no-flush", "bool"}, {NULL, NULL}};
+        json_object_object_foreach(v, k, cv)
+        {
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s.%s", path, k);
+            const struct key_type *kt = find_key(cache_keys, k);
+            if (!kt) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", sub);
+                return false;
+            }
+            if (!check_value(sub, kt->type, cv, err))
+                return false;
+        }
+    }
+    if ((!strcmp(type, "ref") || !strcmp(type, "ref-or-null")) && !strcmp(have, "obj")) {
+        char sub[256];
+        snprintf(sub, sizeof(sub), "%s.", path);
+        return vbd_qmp_check_blockdev(v, sub, err);
+    }
+    return true;
+}
+
+bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vbd_qmp_error *err)
+{
+    struct json_object *drv;
+    if (!json_object_object_get_ex(o, "driver", &drv)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sdriver' is missing", prefix);
+        return false;
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "%sdriver", prefix);
+    if (!check_value(path, "str", drv, err))
+        return false;
+    const struct key_type *keys = NULL;
+    for (size_t i = 0; i < sizeof(driver_keys) / sizeof(driver_keys[0]); i++)
+        if (!strcmp(driver_keys[i].driver, json_object_get_string(drv)))
+            keys = driver_keys[i].keys;
+    if (!keys || !vbd_driver_find(json_object_get_string(drv))) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' does not accept value '%s'", path,
+                           json_object_get_string(drv));
+        return false;
+    }
+    json_object_object_foreach(o, k, v)
+    {
+        snprintf(path, sizeof(path), "%s%s", prefix, k);
+        const struct key_type *kt = find_key(base_keys, k);
+        if (!kt)
+            kt = find_key(keys, k);
+        if (!kt) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", path);
+            return false;
+        }
+        if (!check_value(path, kt->type, v, err))
+            return false;
+    }
+    /* a format needs its file (QEMU's schema makes it mandatory) */
+    if (find_key(keys, "file") && !json_object_object_get_ex(o, "file", NULL)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sfile' is missing", prefix);
+        return false;
+    }
+    if (!strcmp(json_object_get_string(drv), "file") && !json_object_object_get_ex(o, "filename", NULL)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sfilename' is missing", prefix);
+        return false;
+    }
+    return true;
+}
+
+/* QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'. */
+static bool node_name_ok(const char *s)
+{
+    if (!isalpha((unsigned char)*s) || strlen(s) > 31)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("-._", *s))
+            return false;
+    return true;
+}
+
+static struct json_object *blockdev_add(struct json_object *args, struct vbd_qmp_error *err)
+{
+    if (!vbd_qmp_check_blockdev(args, "", err))
+        return NULL;
+    struct json_object *nn;
+    if (!json_object_object_get_ex(args, "node-name", &nn)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'node-name' must be specified for the root node");
+        return NULL;
+    }
+    if (!node_name_ok(json_object_get_string(nn))) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid node-name: '%s'", json_object_get_string(nn));
+        return NULL;
+    }
+    struct json_object *v;
+    bool auto_ro = json_object_object_get_ex(args, "auto-read-only", &v) && json_object_get_boolean(v);
+    bool ro = json_object_object_get_ex(args, "read-only", &v) && json_object_get_boolean(v);
+    struct json_object *retry = NULL;
+    if (auto_ro && !ro)
+        json_object_deep_copy(args, &retry, NULL);
+    struct vbd_error *e = NULL;
+    struct vbd_node *n = vbd_open(NULL, json_object_get(args), VBD_OPEN_RDWR, &e);
+    if (!n && retry && e && (e->code == EACCES || e->code == EROFS || e->code == EPERM)) {
+        /* auto-read-only: what cannot be written is opened read-only, as QEMU's file driver */
+        vbd_error_free(e);
+        e = NULL;
+        n = vbd_open(NULL, json_object_get(retry), 0, &e);
+    }
+    json_object_put(retry);
+    if (!n) {
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
+    vbd_daemon_node_add(n);
+    return vbd_qmp_ok();
+}
+
+static struct json_object *blockdev_del(struct json_object *args, struct vbd_qmp_error *err)
+{
+    const char *name = json_object_get_string(json_object_object_get(args, "node-name"));
+    if (!vbd_daemon_node_find(name) && vbd_node_find(name)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is not owned by the monitor", name);
+        return NULL;
+    }
+    struct vbd_error *e = NULL;
+    if (vbd_daemon_node_del(name, &e) < 0) {
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
+    return vbd_qmp_ok();
+}
+
+static const char *opt_str(struct json_object *args, const char *key)
+{
+    struct json_object *v;
+    return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
+}
+
+/* A node by device or node-name, worded as QEMU's bdrv_lookup_bs(). vbd
+ * has no named backends: a device is a node name too. */
+static struct vbd_node *lookup_node(const char *device, const char *node_name, struct vbd_qmp_error *err)
+{
+    struct vbd_node *n = NULL;
+    if (device)
+        n = vbd_node_find(device);
+    if (!n && node_name)
+        n = vbd_node_find(node_name);
+    if (!n)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'",
+                           device ? device : "", node_name ? node_name : "");
+    return n;
+}
+
+bool vbd_qmp_node_written_by_export(struct vbd_node *n)
+{
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
+        struct vbd_backend *be = e->type->backend ? e->type->backend(e->exp) : NULL;
+        if (!be || vbd_backend_read_only(be))
+            continue;
+        for (struct vbd_node *m = vbd_backend_node(be); m; m = m->file != m ? m->file : NULL)
+            if (m == n)
+                return true;
+    }
+    return false;
+}
+
+static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
+{
+    int64_t size = json_object_get_int64(json_object_object_get(args, "size"));
+    struct vbd_node *n = lookup_node(opt_str(args, "device"), opt_str(args, "node-name"), err);
+    if (!n)
+        return NULL;
+    if (size < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'size' expects a >0 size");
+        return NULL;
+    }
+    struct vbd_error *e = NULL;
+    if (vbd_node_co_truncate(n, (uint64_t)size, false, VBD_PREALLOC_OFF, &e) < 0) {
+        vbd_error_prepend(&e, "Cannot resize node '%s': ", n->node_name);
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
+    /* as SIGHUP: the nodes above see the new size, the exports tell their clients */
+    for (struct vbd_node *m = vbd_daemon_node_next(NULL); m; m = vbd_daemon_node_next(m)) {
+        if (vbd_node_refresh_size(m, &e) < 0) {
+            vbd_warn("block_resize: node '%s': %s", m->node_name, e ? e->msg : "cannot refresh its size");
+            vbd_error_free(e);
+            e = NULL;
+        }
+    }
+    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x; x = x->next)
+        if (x->type->resized)
+            x->type->resized(x->exp);
+    return vbd_qmp_ok();
+}
+
+static struct json_object *change_backing_file(struct json_object *args, struct vbd_qmp_error *err)
+{
+    const char *device = opt_str(args, "device"), *image = opt_str(args, "image-node-name");
+    const char *backing_file = opt_str(args, "backing-file");
+    struct vbd_node *top = lookup_node(device, device, err);
+    if (!top)
+        return NULL;
+    struct vbd_node *n = lookup_node(NULL, image, err);
+    if (!n)
+        return NULL;
+    struct vbd_node *m = top;
+    while (m && m != n)
+        m = m->backing ? m->backing : (m->drv->kind == VBD_DRV_FILTER ? m->file : NULL);
+    if (!m) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is not in the backing chain of '%s'", image, device);
+        return NULL;
+    }
+    if (!n->drv->change_backing_file) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' (driver '%s') has no backing file to change", image,
+                           n->drv->name);
+        return NULL;
+    }
+    /* as QEMU: a read-only image is made writable for the change, then read-only again */
+    struct vbd_error *e = NULL;
+    bool was_ro = n->read_only;
+    if (was_ro && vbd_node_co_set_read_only(n, false, &e) < 0) {
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
+    const char *fmt = n->backing ? n->backing->drv->name : (n->backing_format[0] ? n->backing_format : NULL);
+    char fmtbuf[32] = "";
+    if (fmt)
+        snprintf(fmtbuf, sizeof(fmtbuf), "%s", fmt);
+    int rc = n->drv->change_backing_file(n, backing_file, fmt ? fmtbuf : NULL, &e);
+    if (rc == 0)
+        rc = vbd_node_co_flush(n);
+    if (was_ro) {
+        struct vbd_error *e2 = NULL;
+        if (vbd_node_co_set_read_only(n, true, &e2) < 0)
+            vbd_error_propagate(&e, e2);
+    }
+    if (rc < 0 || e) {
+        if (!e)
+            vbd_error_setf(&e, -rc, "Could not change the backing file of '%s': %s", image, strerror(-rc));
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
+    return vbd_qmp_ok();
+}
+
+static struct json_object *block_set_write_threshold(struct json_object *args, struct vbd_qmp_error *err)
+{
+    const char *name = opt_str(args, "node-name");
+    struct vbd_node *n = vbd_node_find(name);
+    if (!n) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Device '%s' not found", name);
+        return NULL;
+    }
+    vbd_node_set_write_threshold(n, (uint64_t)json_object_get_int64(json_object_object_get(args, "write-threshold")));
+    return vbd_qmp_ok();
+}
+
+static struct json_object *x_blockdev_set_iothread(struct json_object *args, struct vbd_qmp_error *err)
+{
+    const char *name = opt_str(args, "node-name");
+    struct json_object *iot = json_object_object_get(args, "iothread"), *fv;
+    bool force = json_object_object_get_ex(args, "force", &fv) && json_object_get_boolean(fv);
+    struct vbd_node *n = vbd_node_find(name);
+    if (!n) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to find node with node-name='%s'", name);
+        return NULL;
+    }
+    if (iot && !json_object_is_type(iot, json_type_string)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'iothread', expected: StrOrNull");
+        return NULL;
+    }
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e && !force; e = e->next) {
+        struct vbd_backend *be = e->type->backend ? e->type->backend(e->exp) : NULL;
+        for (struct vbd_node *m = be ? vbd_backend_node(be) : NULL; m; m = m->file != m ? m->file : NULL)
+            if (m == n) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                                   "Node %s is associated with a BlockBackend and could be in use (use force=true "
+                                   "to override this check)",
+                                   name);
+                return NULL;
+            }
+    }
+    if (!iot) /* null: the main loop, where every node lives */
+        return vbd_qmp_ok();
+    const char *id = json_object_get_string(iot);
+    if (!vbd_iothread_loop(id)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find iothread %s", id);
+        return NULL;
+    }
+    /* The graph changes on a node's home loop only (vbd/block.h), and the
+     * monitor runs on the main loop: nodes stay there; an export on an
+     * iothread sends the requests of single-loop nodes there and back. */
+    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                       "Node '%s' cannot move to iothread '%s': vbd keeps every node on the main loop (its exports' "
+                       "iothreads run the requests)",
+                       name, id);
+    return NULL;
+}
+
+/* ---------- events ---------- */
+
+static void on_write_threshold(struct vbd_node *n, uint64_t threshold, uint64_t exceeded)
+{
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "node-name", json_object_new_string(n->node_name));
+    json_object_object_add(d, "amount-exceeded", json_object_new_uint64(exceeded));
+    json_object_object_add(d, "write-threshold", json_object_new_uint64(threshold));
+    vbd_qmp_event("BLOCK_WRITE_THRESHOLD", d);
+}
+
+static void on_corrupted(struct vbd_node *n, const char *msg, int64_t offset, int64_t size, bool fatal)
+{
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "device", json_object_new_string("")); /* no named backends, as qsd's exports */
+    json_object_object_add(d, "node-name", json_object_new_string(n->node_name));
+    json_object_object_add(d, "msg", json_object_new_string(msg));
+    if (offset >= 0)
+        json_object_object_add(d, "offset", json_object_new_int64(offset));
+    if (size >= 0)
+        json_object_object_add(d, "size", json_object_new_int64(size));
+    json_object_object_add(d, "fatal", json_object_new_boolean(fatal));
+    vbd_qmp_event("BLOCK_IMAGE_CORRUPTED", d);
+}
+
+static bool written_by_an_export(struct vbd_node *n)
+{
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
+        struct vbd_backend *be = e->type->backend ? e->type->backend(e->exp) : NULL;
+        if (be && !vbd_backend_read_only(be) && vbd_backend_node(be) == n)
+            return true;
+    }
+    return false;
+}
+
+static const struct vbd_node_event_handlers qmp_handlers = {
+    .write_threshold = on_write_threshold,
+    .corrupted = on_corrupted,
+    .written_outside = written_by_an_export,
+};
+
+/* Linked in only with the command tables (vbd-daemon): its nodes report to the monitors. */
+__attribute__((constructor)) static void register_block_events(void)
+{
+    vbd_node_set_event_handlers(&qmp_handlers);
+}
 
 const struct vbd_qmp_command vbd_qmp_cmds_block[] = {
+    {"blockdev-add", NULL, blockdev_add, 0},
+    {"blockdev-del", "node-name:str", blockdev_del, 0},
+    {"blockdev-reopen", "options:array", vbd_qmp_blockdev_reopen, 0},
+    {"query-named-block-nodes", "?flat:bool", vbd_qmp_query_named_block_nodes, 0},
+    {"block_resize", "?device:str ?node-name:str size:int", block_resize, 0},
+    {"query-blockstats", "?query-nodes:bool", vbd_qmp_query_blockstats, 0},
+    {"change-backing-file", "device:str image-node-name:str backing-file:str", change_backing_file, 0},
+    {"block-set-write-threshold", "node-name:str write-threshold:int", block_set_write_threshold, 0},
+    {"x-blockdev-set-iothread", "node-name:str iothread:any ?force:bool", x_blockdev_set_iothread, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -162,6 +162,15 @@ static int raw_refresh_size(struct vbd_node *n)
     return 0;
 }
 
+/* blockdev-reopen: raw keeps no state of its own; its file follows (vbd_node_co_set_read_only). */
+static int raw_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
+{
+    (void)n;
+    (void)rw;
+    (void)err;
+    return 0;
+}
+
 static const struct vbd_driver raw_driver = {
     .name = "raw",
     .kind = VBD_DRV_FORMAT,
@@ -179,5 +188,6 @@ static const struct vbd_driver raw_driver = {
     .create_opts = raw_create_opts,
     .co_create = raw_create,
     .measure = raw_measure,
+    .reopen_rw = raw_reopen_rw,
 };
 VBD_DRIVER_REGISTER(raw, raw_driver);

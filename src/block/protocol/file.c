@@ -530,6 +530,48 @@ static int file_page_cache_fd(struct vbd_node *n)
     return s->is_blockdev || (s->direct && !s->in_memory) ? -1 : s->fd;
 }
 
+/* blockdev-reopen: a new open file description with the new access mode
+ * and the locks that go with it takes the place of the old one under the
+ * same fd number (requests on other loops keep using s->fd); closing the
+ * old description drops its locks, so other programs see the change. */
+static int file_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
+{
+    struct file_state *s = n->opaque;
+    int fd = open(n->filename, O_CLOEXEC | (rw ? O_RDWR : O_RDONLY) | (s->direct ? O_DIRECT : 0));
+    if (fd < 0) {
+        int e = errno;
+        vbd_error_setf(err, e, "Could not reopen '%s' %s: %s", n->filename, rw ? "read-write" : "read-only",
+                       strerror(e));
+        return -e;
+    }
+    if (s->locked) {
+        unsigned perm = PERM_CONSISTENT_READ, shared = PERM_ALL;
+        if (rw) {
+            perm |= PERM_WRITE | PERM_RESIZE;
+            shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+        }
+        int rc = apply_locks(n, fd, perm, shared, err);
+        if (rc < 0) {
+            close(fd);
+            return rc;
+        }
+    }
+    /* The old description's locks go now, not when the last reference to it
+     * (an io_uring request still holding the file) is dropped. */
+    for (int i = 0; s->locked && i < 4; i++) {
+        lock_byte(s->fd, LOCK_PERM_BASE + i, F_UNLCK);
+        lock_byte(s->fd, LOCK_SHARED_BASE + i, F_UNLCK);
+    }
+    if (dup3(fd, s->fd, O_CLOEXEC) < 0) {
+        int e = errno;
+        vbd_error_setf(err, e, "Could not reopen '%s': %s", n->filename, strerror(e));
+        close(fd);
+        return -e;
+    }
+    close(fd);
+    return 0;
+}
+
 static const struct vbd_driver file_driver = {
     .name = "file",
     .kind = VBD_DRV_PROTOCOL,
@@ -549,5 +591,6 @@ static const struct vbd_driver file_driver = {
     .get_allocated_size = file_allocated,
     .create_opts = file_create_opts,
     .co_create = file_create,
+    .reopen_rw = file_reopen_rw,
 };
 VBD_DRIVER_REGISTER(file, file_driver);

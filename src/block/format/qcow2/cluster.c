@@ -7,6 +7,7 @@
 #include "vbd/iov.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -120,9 +121,15 @@ int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t of
 {
     vbd_error_report("qcow2 image '%s' is corrupt: %s (0x%llx); further writes refused", s->n->file->filename, what,
                      (unsigned long long)off);
+    bool first = !s->corrupt;
     s->corrupt = true;
     if (!s->read_only)
         qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
+    if (first) { /* once, as QEMU; off is where the bad metadata points, not an access: in the message */
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s (0x%llx)", what, (unsigned long long)off);
+        vbd_node_report_corruption(s->n, msg, -1, -1, !s->read_only); /* fatal: marked in the image */
+    }
     return -EIO;
 }
 

@@ -1416,6 +1416,41 @@ out:
     return rc < 0 ? rc : 0;
 }
 
+/* blockdev-reopen (libvirt around a commit). Going read-only: as a close,
+ * metadata and the bitmaps reach the disk and the image is marked clean,
+ * so other programs may read it; going read-write: as an open for writing
+ * (repair a dirty image, take the bitmaps in use again). */
+static int qcow2_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    if (rw) {
+        s->read_only = false;
+        int rc = s->corrupt ? -EIO : open_for_writing(n, s, err);
+        if (rc < 0) {
+            vbd_error_setf(err, -rc, "qcow2 '%s' cannot be made read-write: %s", n->filename,
+                           s->corrupt ? "the image is corrupt" : strerror(-rc));
+            s->read_only = true;
+        }
+        return rc;
+    }
+    vbd_co_mutex_lock(&s->lock);
+    int rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc == 0 && s->nbitmaps && !s->corrupt && (rc = qcow2_bitmaps_store(s)) == 0 && (rc = qcow2_writeback(s)) == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc == 0 && (s->incompat & QCOW2_INCOMPAT_DIRTY))
+        rc = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);
+    if (rc == 0) {
+        qcow2_bitmaps_free(s);
+        s->read_only = true;
+    }
+    vbd_co_mutex_unlock(&s->lock);
+    if (rc < 0)
+        vbd_error_setf(err, -rc, "qcow2 '%s': could not write its metadata back: %s", n->filename, strerror(-rc));
+    return rc;
+}
+
 static const struct vbd_driver qcow2_driver = {
     .name = "qcow2",
     .kind = VBD_DRV_FORMAT,
@@ -1446,5 +1481,6 @@ static const struct vbd_driver qcow2_driver = {
     .co_bitmap_status = qcow2_bitmap_status,
     .co_bitmap_change = qcow2_bitmap_change,
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
+    .reopen_rw = qcow2_reopen_rw,
 };
 VBD_DRIVER_REGISTER(qcow2, qcow2_driver);

@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Control of a live node by the management layer (vbd-daemon's QMP
+ * monitor): switching between read-only and read-write, the write
+ * threshold, and reports of corrupt images. The block layer raises the
+ * reports through handlers it is given, so drivers need no QMP code.
+ */
+#include "vbd/block.h"
+#include "vbd/error.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <string.h>
+
+static _Atomic(const struct vbd_node_event_handlers *) handlers;
+
+void vbd_node_set_event_handlers(const struct vbd_node_event_handlers *h)
+{
+    atomic_store(&handlers, h);
+}
+
+void vbd_node_report_corruption(struct vbd_node *n, const char *msg, int64_t offset, int64_t size, bool fatal)
+{
+    const struct vbd_node_event_handlers *h = atomic_load(&handlers);
+    if (h && h->corrupted)
+        h->corrupted(n, msg, offset, size, fatal);
+}
+
+void vbd_node_set_write_threshold(struct vbd_node *n, uint64_t threshold)
+{
+    __atomic_store_n(&n->write_threshold, threshold, __ATOMIC_RELAXED);
+}
+
+void vbd_node_write_threshold_exceeded(struct vbd_node *n, uint64_t threshold, uint64_t end)
+{
+    /* Writers on several loops may cross it at once: the one that disarms it reports. */
+    if (!__atomic_compare_exchange_n(&n->write_threshold, &threshold, 0, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return;
+    const struct vbd_node_event_handlers *h = atomic_load(&handlers);
+    if (h && h->write_threshold)
+        h->write_threshold(n, threshold, end - threshold);
+}
+
+/* Is `child` written by an export, or through another read-write node
+ * than `except`? (An overlay reads its backing only: not a writer.) */
+static bool other_writer(struct vbd_node *child, struct vbd_node *except)
+{
+    const struct vbd_node_event_handlers *h = atomic_load(&handlers);
+    if (h && h->written_outside && h->written_outside(child))
+        return true;
+    for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
+        if (m != except && !m->read_only && m->file == child)
+            return true;
+    return false;
+}
+
+/* New writes are refused (io.c checks n->read_only) before the driver
+ * writes everything back; a driver going read-write is ready before the
+ * first write comes. */
+static int switch_node(struct vbd_node *n, bool read_only, struct vbd_error **err)
+{
+    if (read_only)
+        n->read_only = true;
+    int rc = n->drv->reopen_rw(n, !read_only, err);
+    if (rc < 0) {
+        n->read_only = !read_only;
+        return rc;
+    }
+    n->read_only = read_only;
+    n->open_flags = read_only ? (n->open_flags & ~VBD_OPEN_RDWR) : (n->open_flags | VBD_OPEN_RDWR);
+    return 0;
+}
+
+int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_error **err)
+{
+    if (n->read_only == read_only)
+        return 0;
+    if (!n->drv->reopen_rw) {
+        vbd_error_setf(err, ENOTSUP, "Node '%s' (driver '%s') cannot switch between read-only and read-write",
+                       n->node_name, n->drv->name);
+        return -ENOTSUP;
+    }
+    struct vbd_node *child = n->file && n->file != n ? n->file : NULL;
+    if (read_only) {
+        if (other_writer(n, NULL)) {
+            vbd_error_setf(err, EBUSY, "Read-only block node '%s' cannot support read-write users", n->node_name);
+            return -EBUSY;
+        }
+        int rc = vbd_node_co_flush(n);
+        if (rc < 0) {
+            vbd_error_setf(err, -rc, "Could not flush node '%s' before making it read-only: %s", n->node_name,
+                           strerror(-rc));
+            return rc;
+        }
+        rc = switch_node(n, true, err);
+        if (rc < 0)
+            return rc;
+        /* the child stays writable for its other users */
+        if (child && !child->read_only && child->drv->reopen_rw && !other_writer(child, n))
+            return vbd_node_co_set_read_only(child, true, err);
+        return 0;
+    }
+    bool child_switched = false;
+    if (child && child->read_only) {
+        int rc = vbd_node_co_set_read_only(child, false, err);
+        if (rc < 0)
+            return rc;
+        child_switched = true;
+    }
+    int rc = switch_node(n, false, err);
+    if (rc < 0 && child_switched)
+        vbd_node_co_set_read_only(child, true, NULL);
+    return rc;
+}

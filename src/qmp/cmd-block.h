@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared by the block command files (cmd-block*.c). */
+#ifndef VBD_QMP_CMD_BLOCK_H
+#define VBD_QMP_CMD_BLOCK_H
+
+#include "vbd/qmp.h"
+
+#include <stdbool.h>
+
+struct json_object;
+struct vbd_node;
+
+/* Check a BlockdevOptions object as QEMU's schema types it (prefix: ""
+ * at the top, "file." for a nested child, "options[0]." for reopen).
+ * Unknown keys are refused, as QEMU; vbd's own nbd TLS keys are known. */
+bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vbd_qmp_error *err);
+
+/* Is n (or a node below it through "file") written by an export? */
+bool vbd_qmp_node_written_by_export(struct vbd_node *n);
+
+struct json_object *vbd_qmp_query_named_block_nodes(struct json_object *args, struct vbd_qmp_error *err);
+struct json_object *vbd_qmp_query_blockstats(struct json_object *args, struct vbd_qmp_error *err);
+struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd_qmp_error *err);
+
+#endif
