@@ -38,7 +38,22 @@ struct vbd_export_type {
      * resized: the node's size may have changed; tell the client. */
     void (*cont)(struct vbd_export *exp);
     void (*resized)(struct vbd_export *exp);
+    /* Optional, main thread. in_use: a client is connected (QMP's
+     * block-export-del mode=safe refuses then). disconnect: drop the
+     * clients now (mode=hard), without waiting for them: shutdown() then
+     * finishes what was in flight. */
+    bool (*in_use)(struct vbd_export *exp);
+    void (*disconnect)(struct vbd_export *exp);
 };
+
+/*
+ * An export's request failed on the node: raise QMP's BLOCK_IO_ERROR
+ * {device: the export id, node-name, operation read|write, action
+ * report|stop|ignore, nospace, reason}. Any thread; errors only, never the
+ * successful path (it allocates).
+ */
+void vbd_export_io_error_event(const char *export_id, const char *node_name, bool write, int err,
+                               const char *action);
 
 /* Export types, NULL-terminated (src/export/registry.c). */
 const struct vbd_export_type *const *vbd_export_types(void);

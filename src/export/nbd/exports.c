@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 struct nbd_export *nbd_find_export(const char *name)
@@ -147,10 +148,38 @@ static struct json_object *nbd_export_query(struct vbd_export *base)
     return o;
 }
 
+/* A client negotiated this export (connections still in the handshake
+ * have not chosen one). */
+static bool nbd_export_in_use(struct vbd_export *base)
+{
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        if (c->exp == (struct nbd_export *)base)
+            return true;
+    return false;
+}
+
+/* block-export-del mode=hard: no more requests and no more replies; the
+ * requests in flight still finish on the node before shutdown returns. */
+static void nbd_export_disconnect(struct vbd_export *base)
+{
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        if (c->exp == (struct nbd_export *)base) {
+            c->closing = true;
+            vbd_chan_shutdown(&c->ch, SHUT_RDWR);
+        }
+}
+
+void nbd_export_io_error(struct nbd_export *e, bool write, int err)
+{
+    vbd_export_io_error_event(e->id, vbd_backend_node(e->be)->node_name, write, err, "report");
+}
+
 const struct vbd_export_type vbd_export_type_nbd = {
     .type = "nbd",
     .create = nbd_export_create,
     .shutdown = nbd_export_shutdown,
     .free = nbd_export_free,
     .query = nbd_export_query,
+    .in_use = nbd_export_in_use,
+    .disconnect = nbd_export_disconnect,
 };

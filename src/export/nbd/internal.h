@@ -121,5 +121,8 @@ int nbd_handshake(struct nbd_conn *c);
 void nbd_transmission(struct nbd_conn *c);
 /* exports.c: the export a client asks for by name ("" is the only one). */
 struct nbd_export *nbd_find_export(const char *name);
+/* A request failed on the node: QMP's BLOCK_IO_ERROR (action report: the
+ * client gets the error). */
+void nbd_export_io_error(struct nbd_export *e, bool write, int err);
 
 #endif
