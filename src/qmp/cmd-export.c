@@ -298,10 +298,10 @@ static struct json_object *nbd_server_stop(struct json_object *args, struct vbd_
 /* nbd: bitmaps [NAME] (vbd exports one bitmap per export) becomes
  * --export's bitmap=NAME; iothread is a preference qsd may not honour
  * either (fixed-iothread=false): NBD connections run on the main loop. */
-static bool nbd_export_opts(struct json_object *args, struct json_object *opts, struct vbd_qmp_error *err)
+static bool nbd_export_opts(struct json_object *args, const char *id, struct json_object *opts,
+                            struct vbd_qmp_error *err)
 {
     struct json_object *bitmaps, *iot;
-    const char *id = str_of(args, "id");
     if (json_object_object_get_ex(args, "bitmaps", &bitmaps)) {
         size_t n = json_object_array_length(bitmaps);
         struct json_object *b = n ? json_object_array_get_idx(bitmaps, 0) : NULL;
@@ -349,7 +349,8 @@ static bool nbd_export_opts(struct json_object *args, struct json_object *opts, 
 }
 
 /* vhost-user-blk: addr is QMP's flat SocketAddress {"type":"unix","path":...}. */
-static bool vhost_export_opts(struct json_object *args, struct json_object *opts, struct vbd_qmp_error *err)
+static bool vhost_export_opts(struct json_object *args, const char *id, struct json_object *opts,
+                              struct vbd_qmp_error *err)
 {
     static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
     static const char *const werrors[] = {"report", "stop", "enospc", NULL};
@@ -371,8 +372,7 @@ static bool vhost_export_opts(struct json_object *args, struct json_object *opts
         return false;
     if (strcmp(json_object_get_string(t), "unix")) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "vhost-user-blk export '%s': only socket address type 'unix' is supported",
-                           str_of(args, "id"));
+                           "vhost-user-blk export '%s': only socket address type 'unix' is supported", id);
         return false;
     }
     if (!qmp_check_members(addr, "type:str path:str", "addr", err))
@@ -399,8 +399,7 @@ static struct json_object *block_export_add(struct json_object *args, struct vbd
     bool nbd = !strcmp(json_object_get_string(t), "nbd");
     if (!qmp_check_members(args, nbd ? EXPORT_COMMON EXPORT_NBD : EXPORT_COMMON EXPORT_VHOST, "", err))
         return NULL;
-    const char *id = str_of(args, "id");
-    if (!qmp_id_wellformed(id)) {
+    if (!qmp_id_wellformed(str_of(args, "id"))) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid block export id");
         return NULL;
     }
@@ -408,7 +407,8 @@ static struct json_object *block_export_add(struct json_object *args, struct vbd
     move_key(args, "type", opts, "type");
     move_key(args, "id", opts, "id");
     move_key(args, "node-name", opts, "node-name");
-    if (!(nbd ? nbd_export_opts(args, opts, err) : vhost_export_opts(args, opts, err))) {
+    const char *id = str_of(opts, "id");
+    if (!(nbd ? nbd_export_opts(args, id, opts, err) : vhost_export_opts(args, id, opts, err))) {
         json_object_put(opts);
         return NULL;
     }
@@ -456,7 +456,14 @@ static struct json_object *query_block_exports(struct json_object *args, struct 
 {
     (void)args, (void)err;
     struct json_object *list = json_object_new_array();
-    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
+    size_t n = 0;
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
+        n++;
+    /* newest first, as qsd lists them */
+    for (size_t i = n; i-- > 0;) {
+        struct vbd_daemon_export *e = vbd_daemon_export_first();
+        for (size_t k = 0; k < i; k++)
+            e = e->next;
         struct json_object *q = e->type->query ? e->type->query(e->exp) : NULL, *v;
         struct json_object *o = json_object_new_object();
         json_object_object_add(o, "type", json_object_new_string(e->type->type));
