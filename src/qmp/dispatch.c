@@ -186,11 +186,6 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
                            "Expecting capabilities negotiation with 'qmp_capabilities'");
         goto out;
     }
-    if (negotiated && (c->flags & VBD_QMP_BEFORE_CAPS)) {
-        vbd_qmp_error_setf(&err, VBD_QMP_COMMAND_NOT_FOUND,
-                           "Capabilities negotiation is already complete, command ignored");
-        goto out;
-    }
     /* handlers may take keys out: give them their own copy */
     struct json_object *own = NULL;
     if (args)
@@ -199,6 +194,14 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
         own = json_object_new_object();
     if (own && check_args(c, own, &err)) {
         struct json_object *ret = c->run(own, &err);
+        if (ret && !err.cls && negotiated && (c->flags & VBD_QMP_BEFORE_CAPS)) {
+            /* as QEMU: the arguments are checked (and may fail) first;
+             * negotiation commands have no side effect but the monitor's */
+            json_object_put(ret);
+            ret = NULL;
+            vbd_qmp_error_setf(&err, VBD_QMP_COMMAND_NOT_FOUND,
+                               "Capabilities negotiation is already complete, command ignored");
+        }
         if (ret && !err.cls) {
             reply = json_object_new_object();
             json_object_object_add(reply, "return", ret);
