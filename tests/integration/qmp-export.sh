@@ -20,17 +20,30 @@ on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 truncate -s 64M "$T/a.img"
 qemu-img create -q -f qcow2 "$T/b.qcow2" 32M
 gen_pki "$T/pki"
-# TODO(qmp-block): add B with blockdev-add once it is merged; until then it comes from the command line
-start_daemon --chardev socket,id=mon0,path="$S",server=on,wait=off --monitor chardev=mon0 \
-    --blockdev driver=file,node-name=A,filename="$T/a.img" \
-    --blockdev driver=file,node-name=Bf,filename="$T/b.qcow2" --blockdev driver=qcow2,node-name=B,file=Bf
+mon=(--chardev socket,id=mon0,path="$S",server=on,wait=off --monitor chardev=mon0)
+start_daemon "${mon[@]}" --blockdev driver=file,node-name=A,filename="$T/a.img"
+# node B comes with blockdev-add (and goes with blockdev-del) where the daemon has it; else from the command line
+B_ADD=qmp
+VBD_QMP_PY=$VBD_ROOT/tests/qmp python3 - "$S" <<'PY' || B_ADD=cmdline
+import os, sys
+sys.path.insert(0, os.environ["VBD_QMP_PY"])
+from qmp import QMP
+m = QMP(sys.argv[1], negotiate=True)
+sys.exit(0 if "blockdev-add" in [c["name"] for c in m.execute("query-commands")] else 1)
+PY
+if [ $B_ADD = cmdline ]; then
+    echo "(no blockdev-add in this daemon: node B comes from the command line)"
+    stop_daemon
+    start_daemon "${mon[@]}" --blockdev driver=file,node-name=A,filename="$T/a.img" \
+        --blockdev driver=file,node-name=Bf,filename="$T/b.qcow2" --blockdev driver=qcow2,node-name=B,file=Bf
+fi
 
-VBD_QMP_PY=$VBD_ROOT/tests/qmp python3 - "$T" "$VBD_BENCH" "$dpid" <<'PY' || { cat "$T/daemon.log"; fail "see above"; }
+VBD_QMP_PY=$VBD_ROOT/tests/qmp python3 - "$T" "$VBD_BENCH" "$dpid" "$B_ADD" <<'PY' || { cat "$T/daemon.log"; fail "see above"; }
 import json, os, subprocess, sys, threading, time
 sys.path.insert(0, os.environ["VBD_QMP_PY"])
 from qmp import QMP, QMPError
 
-T, BENCH, DAEMON_PID = sys.argv[1], sys.argv[2], int(sys.argv[3])
+T, BENCH, DAEMON_PID, B_ADD = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 NBD = T + "/nbd.sock"
 
 def fail(msg):
@@ -123,13 +136,18 @@ a = AClient()
 a.start()
 a.advanced("export A was added")
 
-step("export B over NBD; a second client reads and writes it with qemu-io and nbdinfo")
+step("node B (%s) exported over NBD; a second client reads and writes it with qemu-io and nbdinfo" % (
+    "blockdev-add" if B_ADD == "qmp" else "from the command line"))
+if B_ADD == "qmp":
+    m.execute("blockdev-add", driver="qcow2", node_name="B", file={"driver": "file", "filename": T + "/b.qcow2"})
 r = m.cmd("block-export-add", {"type": "nbd", "id": "expB", "node-name": "B", "name": "diskB", "writable": True,
                                "description": "node B"})
 if r != {"return": {}}:
     fail("block-export-add expB: %s" % r)
 expect_error(m.cmd("block-export-add", {"type": "nbd", "id": "expB", "node-name": "B"}), "GenericError",
              "already in use")
+if B_ADD == "qmp":
+    expect_error(m.cmd("blockdev-del", {"node-name": "B"}), "GenericError", "")  # exported: in use
 exports = sorted(m.execute("query-block-exports"), key=lambda e: e["id"])
 want = [{"type": "nbd", "id": "expA", "node-name": "A", "shutting-down": False},
         {"type": "nbd", "id": "expB", "node-name": "B", "shutting-down": False}]
@@ -213,6 +231,8 @@ except subprocess.TimeoutExpired:
 if os.path.exists(VU):
     fail("the vhost-user socket is left behind")
 m.execute("object-del", id="io0")
+if B_ADD == "qmp":
+    m.execute("blockdev-del", node_name="B")
 if m.execute("query-iothreads") != []:
     fail("io0 still listed")
 expect_error(m.cmd("object-del", {"id": "io0"}), "GenericError", "not found")
