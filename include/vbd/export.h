@@ -33,17 +33,17 @@ struct vbd_export_type {
     void (*free)(struct vbd_export *exp);
     /* For query-block-exports / stats (may be NULL). */
     struct json_object *(*query)(struct vbd_export *exp);
-    /* Optional, from the main thread's coroutine. cont: retry requests
-     * stopped by an error policy (werror=stop) now, as QMP 'cont' does.
-     * resized: the node's size may have changed; tell the client. */
-    void (*cont)(struct vbd_export *exp);
-    void (*resized)(struct vbd_export *exp);
     /* Optional, main thread. in_use: a client is connected (QMP's
      * block-export-del mode=safe refuses then). disconnect: drop the
      * clients now (mode=hard), without waiting for them: shutdown() then
      * finishes what was in flight. */
     bool (*in_use)(struct vbd_export *exp);
     void (*disconnect)(struct vbd_export *exp);
+    /* Optional, from the main thread's coroutine. cont: retry requests
+     * stopped by an error policy (werror=stop) now, as QMP 'cont' does.
+     * resized: the node's size may have changed; tell the client. */
+    void (*cont)(struct vbd_export *exp);
+    void (*resized)(struct vbd_export *exp);
 };
 
 /*

@@ -137,17 +137,6 @@ static void nbd_export_free(struct vbd_export *base)
     free(e);
 }
 
-static struct json_object *nbd_export_query(struct vbd_export *base)
-{
-    struct nbd_export *e = (struct nbd_export *)base;
-    struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "type", json_object_new_string("nbd"));
-    json_object_object_add(o, "id", json_object_new_string(e->id));
-    json_object_object_add(o, "node-name", json_object_new_string(vbd_backend_node(e->be)->node_name));
-    json_object_object_add(o, "shutting-down", json_object_new_boolean(false));
-    return o;
-}
-
 /* A client negotiated this export (connections still in the handshake
  * have not chosen one). */
 static bool nbd_export_in_use(struct vbd_export *base)
@@ -174,12 +163,23 @@ void nbd_export_io_error(struct nbd_export *e, bool write, int err)
     vbd_export_io_error_event(e->id, vbd_backend_node(e->be)->node_name, write, err, "report");
 }
 
+static struct json_object *nbd_export_query(struct vbd_export *base)
+{
+    struct nbd_export *e = (struct nbd_export *)base;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "type", json_object_new_string("nbd"));
+    json_object_object_add(o, "id", json_object_new_string(e->id));
+    json_object_object_add(o, "node-name", json_object_new_string(vbd_backend_node(e->be)->node_name));
+    json_object_object_add(o, "shutting-down", json_object_new_boolean(false));
+    return o;
+}
+
 const struct vbd_export_type vbd_export_type_nbd = {
     .type = "nbd",
     .create = nbd_export_create,
     .shutdown = nbd_export_shutdown,
     .free = nbd_export_free,
-    .query = nbd_export_query,
     .in_use = nbd_export_in_use,
     .disconnect = nbd_export_disconnect,
+    .query = nbd_export_query,
 };

@@ -566,9 +566,9 @@ const struct vbd_export_type vbd_export_type_vhost_user_blk = {
     .create = blk_export_create,
     .shutdown = blk_export_shutdown,
     .free = blk_export_free,
+    .in_use = blk_export_in_use,
+    .disconnect = blk_export_disconnect,
     .query = blk_export_query,
     .cont = blk_export_cont,
     .resized = blk_export_resized,
-    .in_use = blk_export_in_use,
-    .disconnect = blk_export_disconnect,
 };
