@@ -99,31 +99,41 @@ fail:
     return NULL;
 }
 
+/* Closes the connections that use e (gracefully: in-flight replies still
+ * go out) or are sending a handshake reply about it; true if any is left. */
+static bool close_users(struct nbd_export *e)
+{
+    bool busy = false;
+    for (struct nbd_conn *c = srv.conns; c; c = c->next) {
+        if (c->exp != e && c->pinned != e)
+            continue;
+        busy = true;
+        if (!c->closing) {
+            c->closing = true;
+            vbd_chan_shutdown(&c->ch, c->exp == e ? SHUT_RD : SHUT_RDWR);
+        }
+    }
+    return busy;
+}
+
 static void nbd_export_shutdown(struct vbd_export *base)
 {
     struct nbd_export *e = (struct nbd_export *)base;
-    /* connections using this export are closed gracefully */
-    for (struct nbd_conn *c = srv.conns; c; c = c->next)
-        if (c->exp == e && !c->closing) {
-            c->closing = true;
-            vbd_chan_shutdown(&c->ch, SHUT_RD);
-        }
-    if (vbd_in_co()) {
-        for (;;) {
-            bool busy = false;
-            for (struct nbd_conn *c = srv.conns; c; c = c->next)
-                busy |= c->exp == e;
-            if (!busy)
-                break;
-            vbd_co_queue_wait(&srv.idle_q);
-        }
-        vbd_backend_co_flush(e->be);
-    }
+    /* first out of the list: no handshake finds it from now on */
     for (struct nbd_export **pp = &srv.exports; *pp; pp = &(*pp)->next)
         if (*pp == e) {
             *pp = e->next;
             break;
         }
+    bool busy = close_users(e);
+    if (vbd_in_co()) {
+        /* a handshake that had found it may still pick it: look again each time */
+        while (busy) {
+            vbd_co_queue_wait(&srv.idle_q);
+            busy = close_users(e);
+        }
+        vbd_backend_co_flush(e->be);
+    }
 }
 
 static void nbd_export_free(struct vbd_export *base)
@@ -152,7 +162,7 @@ static bool nbd_export_in_use(struct vbd_export *base)
 static void nbd_export_disconnect(struct vbd_export *base)
 {
     for (struct nbd_conn *c = srv.conns; c; c = c->next)
-        if (c->exp == (struct nbd_export *)base) {
+        if (c->exp == (struct nbd_export *)base || c->pinned == (struct nbd_export *)base) {
             c->closing = true;
             vbd_chan_shutdown(&c->ch, SHUT_RDWR);
         }

@@ -71,6 +71,10 @@ struct nbd_req {
 struct nbd_conn {
     struct vbd_chan ch; /* the socket, and its TLS session once STARTTLS is done */
     struct nbd_export *exp;
+    /* The export a handshake reply is about while it is being sent (the
+     * sends yield): an export being removed (block-export-del) waits for
+     * it as for exp, or it would be freed under the handshake. */
+    struct nbd_export *pinned;
     bool structured, no_zeroes;
     unsigned meta; /* META_* selected */
     bool closing;
