@@ -38,6 +38,18 @@ const char *vbd_authz_id(const struct vbd_authz *a);
 bool vbd_authz_is_allowed(const struct vbd_authz *a, const char *identity);
 /* Drop every registered object (users keep their references). */
 void vbd_authz_remove_all(void);
+/* QMP object-del: -EBUSY while the NBD server uses it, -ENOENT if there is
+ * none, with *err saying so. */
+int vbd_authz_remove(const char *id, struct vbd_error **err);
+/* The registered ids, newest first: start with NULL; NULL at the end. */
+const char *vbd_authz_next(const char *prev);
+/* qom-get/qom-list: qom-type and properties (identity; policy and rules)
+ * as a new JSON object; NULL if there is no such object. */
+struct json_object *vbd_authz_props(const char *id, const char **qom_type);
+/* qom-set authz-simple's identity (checked from the main loop, as every
+ * user of these objects runs there). -ENOENT: no such object, -EINVAL:
+ * not an authz-simple. */
+int vbd_authz_set_identity(const char *id, const char *identity);
 
 /* GLib's g_pattern_match_simple rules: '*' any run (also empty), '?' one
  * UTF-8 character, everything else itself. */

@@ -34,6 +34,12 @@ struct vbd_export_type {
     void (*free)(struct vbd_export *exp);
     /* For query-block-exports / stats (may be NULL). */
     struct json_object *(*query)(struct vbd_export *exp);
+    /* Optional, main thread. in_use: a client is connected (QMP's
+     * block-export-del mode=safe refuses then). disconnect: drop the
+     * clients now (mode=hard), without waiting for them: shutdown() then
+     * finishes what was in flight. */
+    bool (*in_use)(struct vbd_export *exp);
+    void (*disconnect)(struct vbd_export *exp);
     /* Optional, from the main thread's coroutine. cont: retry requests
      * stopped by an error policy (werror=stop) now, as QMP 'cont' does.
      * resized: the node's size may have changed; tell the client. */
@@ -44,6 +50,15 @@ struct vbd_export_type {
      * under a running export (live snapshot). */
     struct vbd_backend *(*backend)(struct vbd_export *exp);
 };
+
+/*
+ * An export's request failed on the node: raise QMP's BLOCK_IO_ERROR
+ * {device: the export id, node-name, operation read|write, action
+ * report|stop|ignore, nospace, reason}. Any thread; errors only, never the
+ * successful path (it allocates).
+ */
+void vbd_export_io_error_event(const char *export_id, const char *node_name, bool write, int err,
+                               const char *action);
 
 /* Export types, NULL-terminated (src/export/registry.c). */
 const struct vbd_export_type *const *vbd_export_types(void);

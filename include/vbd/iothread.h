@@ -2,6 +2,9 @@
 #ifndef VBD_IOTHREAD_H
 #define VBD_IOTHREAD_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 struct json_object;
 struct vbd_error;
 struct vbd_loop;
@@ -13,5 +16,29 @@ struct vbd_loop;
 int vbd_iothread_add(struct json_object *opts, struct vbd_error **err);
 struct vbd_loop *vbd_iothread_loop(const char *id);
 void vbd_iothread_stop_all(void);
+
+/* A user (an export's rings, a node moved there) takes the iothread and
+ * gives it back when it no longer runs anything there; object-del refuses
+ * an iothread that has users. acquire: NULL if there is no such iothread. */
+struct vbd_loop *vbd_iothread_acquire(const char *id);
+void vbd_iothread_release(struct vbd_loop *loop);
+/* QMP object-del: stop and join the thread. -EBUSY while it has users,
+ * -ENOENT if there is none, with *err saying so. */
+int vbd_iothread_remove(const char *id, struct vbd_error **err);
+
+/* For query-iothreads and qom-get/qom-set/qom-list. */
+struct vbd_iothread_info {
+    const char *id;
+    int thread_id;
+    uint64_t poll_max_ns, poll_grow, poll_shrink, aio_max_batch, thread_pool_min, thread_pool_max;
+    int users;
+};
+bool vbd_iothread_info(const char *id, struct vbd_iothread_info *info);
+/* The ids in creation order: start with NULL; NULL at the end. */
+const char *vbd_iothread_next(const char *prev);
+/* poll-max-ns (applied on the thread), poll-grow, poll-shrink,
+ * aio-max-batch (kept: the loop's own rules apply); -EINVAL for any other
+ * property, -ENOENT for no such iothread. */
+int vbd_iothread_set(const char *id, const char *prop, uint64_t value);
 
 #endif

@@ -2,6 +2,8 @@
 #ifndef VBD_NBD_H
 #define VBD_NBD_H
 
+#include <stdbool.h>
+
 struct json_object;
 struct vbd_error;
 
@@ -20,6 +22,7 @@ extern const struct vbd_export_type vbd_export_type_nbd;
 int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err);
 /* Stop listening, finish in-flight replies, close connections. */
 void vbd_nbd_server_stop(void);
+bool vbd_nbd_server_running(void);
 /* Serve one connected socket (closed at the end); for tests and fuzzing. */
 void vbd_nbd_serve_fd(int fd);
 

@@ -72,6 +72,16 @@ struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts 
 bool vbd_tls_creds_system_ca(const struct vbd_tls_creds *c);
 /* Drop every registered object (at exit; users keep their references). */
 void vbd_tls_creds_remove_all(void);
+/* QMP object-del: unregister and drop object id. -EBUSY while anything
+ * else holds a reference (the NBD server, an nbd node, a session), -ENOENT
+ * if there is none, with *err saying so. */
+int vbd_tls_creds_remove(const char *id, struct vbd_error **err);
+/* The registered ids, newest first: start with NULL; NULL at the end. */
+const char *vbd_tls_creds_next(const char *prev);
+/* qom-get/qom-list: the object's qom-type and its properties as JSON
+ * (endpoint, dir, verify-peer, username, loaded), a new object; NULL if
+ * there is no such object. */
+struct json_object *vbd_tls_creds_props(const char *id, const char **qom_type);
 
 /* A session on connected socket fd. hostname (client only, may be NULL):
  * the name the server's certificate must carry, also sent as SNI. */

@@ -20,14 +20,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 struct iothread {
     char *id;
     pthread_t thread;
+    pid_t tid;
     struct vbd_loop *loop;
     volatile bool stop;
     uint64_t poll_max_ns;
     bool poll_set;
+    /* QEMU's other knobs: kept for qom-get/query-iothreads, our loop's own rules apply */
+    uint64_t poll_grow, poll_shrink, aio_max_batch, pool_min, pool_max;
+    int users; /* exports running rings on it: object-del refuses while > 0 */
+    struct vbd_bh poll_bh; /* qom-set poll-max-ns: applied on the thread itself */
+    uint64_t poll_new;
+    bool poll_bh_pending;
     sem_t ready;
     char failure[256];
     struct iothread *next;
@@ -54,6 +63,7 @@ static void *iothread_main(void *arg)
     }
     if (t->poll_set)
         vbd_loop_set_poll_max_ns(loop, t->poll_max_ns);
+    t->tid = (pid_t)syscall(SYS_gettid);
     t->loop = loop;
     sem_post(&t->ready);
     vbd_loop_run(loop, &t->stop);
@@ -65,7 +75,7 @@ static void *iothread_main(void *arg)
 int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
 {
     char *id = NULL;
-    uint64_t ignored, poll_max_ns = 0;
+    uint64_t tune[5] = {0, 0, 0, 0, 64}, poll_max_ns = 32768;
     bool poll_set = vbd_opt_get(opts, "poll-max-ns") != NULL;
     /* QEMU's other polling and batching knobs: accepted, our own rules apply */
     static const char *const tuning[] = {"poll-grow", "poll-shrink", "aio-max-batch", "thread-pool-min",
@@ -75,7 +85,7 @@ int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
         return -EINVAL;
     }
     for (size_t i = 0; i < sizeof(tuning) / sizeof(tuning[0]); i++)
-        if (vbd_opt_take_u64(opts, tuning[i], &ignored, err) < 0) {
+        if (vbd_opt_take_u64(opts, tuning[i], &tune[i], err) < 0) {
             free(id);
             return -EINVAL;
         }
@@ -93,6 +103,11 @@ int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
     t->id = id;
     t->poll_max_ns = poll_max_ns;
     t->poll_set = poll_set;
+    t->poll_grow = tune[0];
+    t->poll_shrink = tune[1];
+    t->aio_max_batch = tune[2];
+    t->pool_min = tune[3];
+    t->pool_max = tune[4];
     sem_init(&t->ready, 0, 0);
     int rc = pthread_create(&t->thread, NULL, iothread_main, t);
     if (rc == 0)
@@ -108,8 +123,125 @@ int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
         free(t);
         return -EIO;
     }
-    t->next = iothreads;
-    iothreads = t;
+    struct iothread **tail = &iothreads; /* creation order, as query-iothreads lists them */
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = t;
+    return 0;
+}
+
+static struct iothread *find(const char *id)
+{
+    for (struct iothread *t = iothreads; t; t = t->next)
+        if (!strcmp(t->id, id))
+            return t;
+    return NULL;
+}
+
+struct vbd_loop *vbd_iothread_acquire(const char *id)
+{
+    struct iothread *t = find(id);
+    if (!t)
+        return NULL;
+    t->users++;
+    return t->loop;
+}
+
+void vbd_iothread_release(struct vbd_loop *loop)
+{
+    for (struct iothread *t = iothreads; t; t = t->next)
+        if (t->loop == loop && t->users > 0) {
+            t->users--;
+            return;
+        }
+}
+
+static void join_and_free(struct iothread *t)
+{
+    __atomic_store_n(&t->stop, true, __ATOMIC_RELEASE);
+    vbd_loop_kick(t->loop);
+    pthread_join(t->thread, NULL);
+    vbd_loop_free(t->loop);
+    sem_destroy(&t->ready);
+    free(t->id);
+    free(t);
+}
+
+int vbd_iothread_remove(const char *id, struct vbd_error **err)
+{
+    for (struct iothread **pp = &iothreads; *pp; pp = &(*pp)->next) {
+        struct iothread *t = *pp;
+        if (strcmp(t->id, id))
+            continue;
+        if (t->users) {
+            vbd_error_setf(err, EBUSY, "iothread '%s' is in use by %d export%s", id, t->users,
+                           t->users == 1 ? "" : "s");
+            return -EBUSY;
+        }
+        *pp = t->next;
+        /* a poll-max-ns change may still be scheduled on the loop: the loop runs it before it stops */
+        join_and_free(t);
+        return 0;
+    }
+    vbd_error_setf(err, ENOENT, "object '%s' not found", id);
+    return -ENOENT;
+}
+
+bool vbd_iothread_info(const char *id, struct vbd_iothread_info *info)
+{
+    struct iothread *t = find(id);
+    if (!t)
+        return false;
+    *info = (struct vbd_iothread_info){.id = t->id,
+                                       .thread_id = t->tid,
+                                       .poll_max_ns = t->poll_max_ns,
+                                       .poll_grow = t->poll_grow,
+                                       .poll_shrink = t->poll_shrink,
+                                       .aio_max_batch = t->aio_max_batch,
+                                       .thread_pool_min = t->pool_min,
+                                       .thread_pool_max = t->pool_max,
+                                       .users = t->users};
+    return true;
+}
+
+const char *vbd_iothread_next(const char *prev)
+{
+    struct iothread *t = prev ? find(prev) : NULL;
+    t = prev ? (t ? t->next : NULL) : iothreads;
+    return t ? t->id : NULL;
+}
+
+static void apply_poll_max_ns(void *arg)
+{
+    struct iothread *t = arg;
+    __atomic_store_n(&t->poll_bh_pending, false, __ATOMIC_RELEASE);
+    vbd_loop_set_poll_max_ns(t->loop, __atomic_load_n(&t->poll_new, __ATOMIC_ACQUIRE));
+}
+
+int vbd_iothread_set(const char *id, const char *prop, uint64_t value)
+{
+    struct iothread *t = find(id);
+    if (!t)
+        return -ENOENT;
+    if (!strcmp(prop, "poll-max-ns")) {
+        t->poll_max_ns = value;
+        t->poll_set = true;
+        __atomic_store_n(&t->poll_new, value, __ATOMIC_RELEASE);
+        t->poll_bh.fn = apply_poll_max_ns;
+        t->poll_bh.arg = t;
+        /* the loop's own thread reads its poll time without locks: change it there (once
+         * scheduled, the bh reads the newest value) */
+        if (!__atomic_exchange_n(&t->poll_bh_pending, true, __ATOMIC_ACQ_REL))
+            vbd_loop_schedule_bh(t->loop, &t->poll_bh);
+    } else if (!strcmp(prop, "poll-grow")) {
+        t->poll_grow = value;
+    } else if (!strcmp(prop, "poll-shrink")) {
+        t->poll_shrink = value;
+    } else if (!strcmp(prop, "aio-max-batch")) {
+        t->aio_max_batch = value;
+    } else {
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -126,12 +258,6 @@ void vbd_iothread_stop_all(void)
     while (iothreads) {
         struct iothread *t = iothreads;
         iothreads = t->next;
-        __atomic_store_n(&t->stop, true, __ATOMIC_RELEASE);
-        vbd_loop_kick(t->loop);
-        pthread_join(t->thread, NULL);
-        vbd_loop_free(t->loop);
-        sem_destroy(&t->ready);
-        free(t->id);
-        free(t);
+        join_and_free(t);
     }
 }

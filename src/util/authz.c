@@ -247,3 +247,74 @@ void vbd_authz_remove_all(void)
         vbd_authz_unref(a);
     }
 }
+
+static struct vbd_authz *find(const char *id)
+{
+    struct vbd_authz *a = registry;
+    while (a && strcmp(a->id, id))
+        a = a->next;
+    return a;
+}
+
+int vbd_authz_remove(const char *id, struct vbd_error **err)
+{
+    for (struct vbd_authz **pp = &registry; *pp; pp = &(*pp)->next) {
+        struct vbd_authz *a = *pp;
+        if (strcmp(a->id, id))
+            continue;
+        if (a->refs > 1) {
+            vbd_error_setf(err, EBUSY, "%s '%s' is in use by the NBD server (tls-authz)",
+                           a->list ? "authz-list" : "authz-simple", id);
+            return -EBUSY;
+        }
+        *pp = a->next;
+        vbd_authz_unref(a);
+        return 0;
+    }
+    vbd_error_setf(err, ENOENT, "object '%s' not found", id);
+    return -ENOENT;
+}
+
+const char *vbd_authz_next(const char *prev)
+{
+    struct vbd_authz *a = prev ? find(prev) : NULL;
+    a = prev ? (a ? a->next : NULL) : registry;
+    return a ? a->id : NULL;
+}
+
+struct json_object *vbd_authz_props(const char *id, const char **qom_type)
+{
+    struct vbd_authz *a = find(id);
+    if (!a)
+        return NULL;
+    *qom_type = a->list ? "authz-list" : "authz-simple";
+    struct json_object *o = json_object_new_object();
+    if (!a->list) {
+        json_object_object_add(o, "identity", json_object_new_string(a->identity));
+        return o;
+    }
+    json_object_object_add(o, "policy", json_object_new_string(policies[a->allow_default]));
+    struct json_object *rules = json_object_new_array();
+    for (size_t i = 0; i < a->nrules; i++) {
+        struct json_object *r = json_object_new_object();
+        json_object_object_add(r, "match", json_object_new_string(a->rules[i].match));
+        json_object_object_add(r, "policy", json_object_new_string(policies[a->rules[i].allow]));
+        json_object_object_add(r, "format", json_object_new_string(a->rules[i].glob ? "glob" : "exact"));
+        json_object_array_add(rules, r);
+    }
+    json_object_object_add(o, "rules", rules);
+    return o;
+}
+
+int vbd_authz_set_identity(const char *id, const char *identity)
+{
+    struct vbd_authz *a = find(id);
+    if (!a)
+        return -ENOENT;
+    if (a->list)
+        return -EINVAL;
+    char *copy = vbd_xstrdup(identity);
+    free(a->identity);
+    a->identity = copy;
+    return 0;
+}

@@ -45,6 +45,8 @@ static void creds_free(struct vbd_tls_creds *c)
     if (c->dh)
         gnutls_dh_params_deinit(c->dh);
     free(c->id);
+    free(c->dir);
+    free(c->username);
     free(c->what);
     free(c->priority);
     free(c);
@@ -203,6 +205,9 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
     }
     if (rc < 0 || set_priority(c, priority, err) < 0)
         goto fail;
+    c->dir = dir;
+    c->username = username;
+    dir = username = NULL;
     c->next = registry;
     registry = c;
     free(id);
@@ -329,4 +334,53 @@ void vbd_tls_creds_remove_all(void)
         registry = c->next;
         vbd_tls_creds_unref(c);
     }
+}
+
+int vbd_tls_creds_remove(const char *id, struct vbd_error **err)
+{
+    for (struct vbd_tls_creds **pp = &registry; *pp; pp = &(*pp)->next) {
+        struct vbd_tls_creds *c = *pp;
+        if (strcmp(c->id, id))
+            continue;
+        if (__atomic_load_n(&c->refs, __ATOMIC_ACQUIRE) > 1) {
+            vbd_error_setf(err, EBUSY, "%s is in use (by the NBD server, an nbd node or a TLS session)", c->what);
+            return -EBUSY;
+        }
+        *pp = c->next;
+        vbd_tls_creds_unref(c);
+        return 0;
+    }
+    vbd_error_setf(err, ENOENT, "object '%s' not found", id);
+    return -ENOENT;
+}
+
+const char *vbd_tls_creds_next(const char *prev)
+{
+    struct vbd_tls_creds *c = registry;
+    if (prev) {
+        while (c && strcmp(c->id, prev))
+            c = c->next;
+        c = c ? c->next : NULL;
+    }
+    return c ? c->id : NULL;
+}
+
+struct json_object *vbd_tls_creds_props(const char *id, const char **qom_type)
+{
+    struct vbd_tls_creds *c = registry;
+    while (c && strcmp(c->id, id))
+        c = c->next;
+    if (!c)
+        return NULL;
+    *qom_type = vbd_tls_kind_names[c->kind];
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "endpoint", json_object_new_string(c->endpoint == VBD_TLS_SERVER ? "server" : "client"));
+    if (c->dir)
+        json_object_object_add(o, "dir", json_object_new_string(c->dir));
+    if (c->kind == CREDS_X509)
+        json_object_object_add(o, "verify-peer", json_object_new_boolean(c->verify_peer));
+    if (c->kind == CREDS_PSK && c->username)
+        json_object_object_add(o, "username", json_object_new_string(c->username));
+    json_object_object_add(o, "loaded", json_object_new_boolean(true));
+    return o;
 }

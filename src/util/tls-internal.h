@@ -37,6 +37,7 @@ struct vbd_tls_creds {
     bool verify_peer;
     bool system_ca; /* x509 client trusting the system's CAs (an nbds:// URI without credentials) */
     char *priority;
+    char *dir, *username; /* as given, for qom-get */
     int refs;
     gnutls_certificate_credentials_t x509;
     gnutls_psk_server_credentials_t psk_server;

@@ -73,6 +73,21 @@ const char *vbd_tls_creds_id(const struct vbd_tls_creds *c)
     return "";
 }
 void vbd_tls_creds_remove_all(void) {}
+int vbd_tls_creds_remove(const char *id, struct vbd_error **err)
+{
+    vbd_error_setf(err, ENOENT, "object '%s' not found", id);
+    return -ENOENT;
+}
+const char *vbd_tls_creds_next(const char *prev)
+{
+    (void)prev;
+    return NULL;
+}
+struct json_object *vbd_tls_creds_props(const char *id, const char **qom_type)
+{
+    (void)id, (void)qom_type;
+    return NULL;
+}
 
 struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostname, struct vbd_error **err)
 {

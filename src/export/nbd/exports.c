@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 struct nbd_export *nbd_find_export(const char *name)
@@ -98,31 +99,41 @@ fail:
     return NULL;
 }
 
+/* Closes the connections that use e (gracefully: in-flight replies still
+ * go out) or are sending a handshake reply about it; true if any is left. */
+static bool close_users(struct nbd_export *e)
+{
+    bool busy = false;
+    for (struct nbd_conn *c = srv.conns; c; c = c->next) {
+        if (c->exp != e && c->pinned != e)
+            continue;
+        busy = true;
+        if (!c->closing) {
+            c->closing = true;
+            vbd_chan_shutdown(&c->ch, c->exp == e ? SHUT_RD : SHUT_RDWR);
+        }
+    }
+    return busy;
+}
+
 static void nbd_export_shutdown(struct vbd_export *base)
 {
     struct nbd_export *e = (struct nbd_export *)base;
-    /* connections using this export are closed gracefully */
-    for (struct nbd_conn *c = srv.conns; c; c = c->next)
-        if (c->exp == e && !c->closing) {
-            c->closing = true;
-            vbd_chan_shutdown(&c->ch, SHUT_RD);
-        }
-    if (vbd_in_co()) {
-        for (;;) {
-            bool busy = false;
-            for (struct nbd_conn *c = srv.conns; c; c = c->next)
-                busy |= c->exp == e;
-            if (!busy)
-                break;
-            vbd_co_queue_wait(&srv.idle_q);
-        }
-        vbd_backend_co_flush(e->be);
-    }
+    /* first out of the list: no handshake finds it from now on */
     for (struct nbd_export **pp = &srv.exports; *pp; pp = &(*pp)->next)
         if (*pp == e) {
             *pp = e->next;
             break;
         }
+    bool busy = close_users(e);
+    if (vbd_in_co()) {
+        /* a handshake that had found it may still pick it: look again each time */
+        while (busy) {
+            vbd_co_queue_wait(&srv.idle_q);
+            busy = close_users(e);
+        }
+        vbd_backend_co_flush(e->be);
+    }
 }
 
 static void nbd_export_free(struct vbd_export *base)
@@ -134,6 +145,32 @@ static void nbd_export_free(struct vbd_export *base)
     free(e->description);
     free(e->bitmap);
     free(e);
+}
+
+/* A client negotiated this export (connections still in the handshake
+ * have not chosen one). */
+static bool nbd_export_in_use(struct vbd_export *base)
+{
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        if (c->exp == (struct nbd_export *)base)
+            return true;
+    return false;
+}
+
+/* block-export-del mode=hard: no more requests and no more replies; the
+ * requests in flight still finish on the node before shutdown returns. */
+static void nbd_export_disconnect(struct vbd_export *base)
+{
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        if (c->exp == (struct nbd_export *)base || c->pinned == (struct nbd_export *)base) {
+            c->closing = true;
+            vbd_chan_shutdown(&c->ch, SHUT_RDWR);
+        }
+}
+
+void nbd_export_io_error(struct nbd_export *e, bool write, int err)
+{
+    vbd_export_io_error_event(e->id, vbd_backend_node(e->be)->node_name, write, err, "report");
 }
 
 static struct json_object *nbd_export_query(struct vbd_export *base)
@@ -157,6 +194,8 @@ const struct vbd_export_type vbd_export_type_nbd = {
     .create = nbd_export_create,
     .shutdown = nbd_export_shutdown,
     .free = nbd_export_free,
+    .in_use = nbd_export_in_use,
+    .disconnect = nbd_export_disconnect,
     .query = nbd_export_query,
     .backend = nbd_export_backend,
 };

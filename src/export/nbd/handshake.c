@@ -71,6 +71,7 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     if ((uint32_t)used + 2 + 2u * nreq != len)
         return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_INFO/GO length does not match its content");
     struct nbd_export *e = nbd_find_export(name);
+    c->pinned = e; /* held across the replies' sends: see struct nbd_conn */
     if (!e) {
         char msg[NBD_MAX_NAME_LEN + 64];
         snprintf(msg, sizeof(msg), "export '%s' not present", name);
@@ -312,7 +313,9 @@ int nbd_handshake(struct nbd_conn *c)
             uint8_t r[10 + 124] = {0};
             put_be64p(r, vbd_backend_size(e->be));
             put_be16p(r + 8, export_flags(e));
+            c->pinned = e;
             rc = vbd_chan_send_full(&c->ch, r, c->no_zeroes ? 10 : sizeof(r));
+            c->pinned = NULL;
             c->exp = e;
             done = true;
             break;
@@ -352,6 +355,7 @@ int nbd_handshake(struct nbd_conn *c)
         case NBD_OPT_INFO:
         case NBD_OPT_GO:
             rc = reply_info(c, opt, data, len, opt == NBD_OPT_GO, &done);
+            c->pinned = NULL;
             break;
         case NBD_OPT_STRUCTURED_REPLY:
             if (len)

@@ -71,6 +71,10 @@ struct nbd_req {
 struct nbd_conn {
     struct vbd_chan ch; /* the socket, and its TLS session once STARTTLS is done */
     struct nbd_export *exp;
+    /* The export a handshake reply is about while it is being sent (the
+     * sends yield): an export being removed (block-export-del) waits for
+     * it as for exp, or it would be freed under the handshake. */
+    struct nbd_export *pinned;
     bool structured, no_zeroes;
     unsigned meta; /* META_* selected */
     bool closing;
@@ -121,5 +125,8 @@ int nbd_handshake(struct nbd_conn *c);
 void nbd_transmission(struct nbd_conn *c);
 /* exports.c: the export a client asks for by name ("" is the only one). */
 struct nbd_export *nbd_find_export(const char *name);
+/* A request failed on the node: QMP's BLOCK_IO_ERROR (action report: the
+ * client gets the error). */
+void nbd_export_io_error(struct nbd_export *e, bool write, int err);
 
 #endif

@@ -251,3 +251,8 @@ void vbd_nbd_server_stop(void)
     srv.authz = NULL;
     srv.running = false;
 }
+
+bool vbd_nbd_server_running(void)
+{
+    return srv.running;
+}

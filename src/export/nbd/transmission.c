@@ -257,7 +257,10 @@ static int backend_read(struct nbd_export *e, uint64_t off, uint8_t *buf, uint32
     struct iovec one;
     struct vbd_qiov q;
     vbd_qiov_init_buf(&q, &one, buf, len);
-    return vbd_backend_co_preadv(e->be, off, len, &q, 0);
+    int rc = vbd_backend_co_preadv(e->be, off, len, &q, 0);
+    if (rc < 0)
+        nbd_export_io_error(e, false, rc);
+    return rc;
 }
 
 static int handle_read(struct nbd_conn *c, struct nbd_req *r)
@@ -429,11 +432,15 @@ static void request_co(void *opaque)
         struct vbd_qiov q;
         vbd_qiov_init_buf(&q, &one, r->buf, r->len);
         int err = vbd_backend_co_pwritev(e->be, r->offset, r->len, &q, (r->flags & NBD_CMD_FLAG_FUA) ? VBD_REQ_FUA : 0);
+        if (err < 0)
+            nbd_export_io_error(e, true, err);
         rc = err < 0 ? send_error_reply(c, r, -err) : send_ok(c, r);
         break;
     }
     case NBD_CMD_FLUSH: {
         int err = vbd_backend_co_flush(e->be);
+        if (err < 0)
+            nbd_export_io_error(e, true, err);
         rc = err < 0 ? send_error_reply(c, r, -err) : send_ok(c, r);
         break;
     }
@@ -460,6 +467,8 @@ static void request_co(void *opaque)
                 f |= VBD_REQ_NO_FALLBACK;
             err = vbd_backend_co_pwrite_zeroes(e->be, r->offset, r->len, f);
         }
+        if (err < 0 && err != -ENOTSUP)
+            nbd_export_io_error(e, true, err);
         rc = err < 0 ? send_error_reply(c, r, -err) : send_ok(c, r);
         break;
     }

@@ -21,6 +21,13 @@ bool blk_error_stops(struct blk_export *e, uint32_t type, int err)
     return a == BLK_ERR_STOP || (a == BLK_ERR_ENOSPC && err == -ENOSPC);
 }
 
+/* QMP's BLOCK_IO_ERROR, where the policy decided: "stop" (parked) or
+ * "report" (the guest gets VIRTIO_BLK_S_IOERR). On the request's ring loop. */
+void blk_io_error_event(struct blk_export *e, uint32_t type, int err, const char *action)
+{
+    vbd_export_io_error_event(e->id, vbd_backend_node(e->be)->node_name, type != VIRTIO_BLK_T_IN, err, action);
+}
+
 static void on_control_loop(struct blk_export *e, bool *pending, struct vbd_bh *bh)
 {
     if (!__atomic_exchange_n(pending, true, __ATOMIC_ACQ_REL))

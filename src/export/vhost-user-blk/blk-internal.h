@@ -147,6 +147,7 @@ void blk_dispatch(struct blk_queue *bq, struct blk_req *r);
 /* blk-errors.c */
 bool blk_error_stops(struct blk_export *e, uint32_t type, int err);
 void blk_park(struct blk_req *r, int err);
+void blk_io_error_event(struct blk_export *e, uint32_t type, int err, const char *action);
 void blk_resume(struct blk_export *e, bool kick_all);
 void blk_retry_timer_cb(void *arg);
 void blk_arm_bh(void *arg);

@@ -216,9 +216,14 @@ void blk_req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
     struct blk_export *e = bq->e;
     /* a ring that is stopping waits for its requests: they cannot be parked then */
     if (err < 0 && io && blk_error_stops(e, r->type, err) && vu_queue_can_process(bq->q)) {
+        uint32_t type = r->type;
         blk_park(r, err);
+        /* after the park: whoever sees the event and resumes finds the export stopped */
+        blk_io_error_event(e, type, err, "stop");
         return;
     }
+    if (err < 0 && io)
+        blk_io_error_event(e, r->type, err, "report");
     if (r->retrying) {
         r->retrying = false;
         if (ADD(e->nretrying, -1) == 0 && !LOAD(e->stopped) && XCHG(e->stop_reported, false)) {

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 extern const struct vbd_export_type vbd_export_type_vhost_user_blk;
 
@@ -279,6 +280,7 @@ static int take_iothreads(struct json_object *opts, const char *id, struct vbd_l
 {
     struct json_object *v = vbd_opt_take_obj(opts, "iothread");
     *nloops = 0;
+    memset(loops, 0, sizeof(*loops) * VU_MAX_QUEUES);
     if (!v)
         return 0;
     int rc = 0;
@@ -309,7 +311,7 @@ static int take_iothreads(struct json_object *opts, const char *id, struct vbd_l
             break;
         }
         const char *name = json_object_get_string(item);
-        loops[i] = vbd_iothread_loop(name);
+        loops[i] = vbd_iothread_acquire(name); /* object-del refuses it while we use it */
         if (!loops[i]) {
             vbd_error_setf(err, ENOENT, "vhost-user-blk export '%s': no iothread '%s' (create it with --object "
                            "iothread,id=%s first)", id, name, name);
@@ -319,6 +321,9 @@ static int take_iothreads(struct json_object *opts, const char *id, struct vbd_l
     json_object_put(v);
     if (rc == 0)
         *nloops = (int)n;
+    else
+        for (size_t i = 0; i < n && loops[i]; i++)
+            vbd_iothread_release(loops[i]);
     return rc;
 }
 
@@ -330,6 +335,8 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     enum blk_err_action wact = BLK_ERR_REPORT, ract = BLK_ERR_REPORT;
     uint64_t nq = 0, lbs = 512, pbs = 0, retry_ms = 1000;
     struct blk_export *e = NULL;
+    struct vbd_loop *loops[VU_MAX_QUEUES];
+    int nloops = 0;
     if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "node-name", &node, err) < 0 ||
         vbd_opt_take_str(opts, "addr.type", &atype, err) < 0 || vbd_opt_take_str(opts, "addr.path", &path, err) < 0 ||
         vbd_opt_take_bool(opts, "writable", &writable, err) < 0 ||
@@ -366,8 +373,6 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
                        !id ? "id" : !node ? "node-name" : "addr.path");
         goto fail;
     }
-    struct vbd_loop *loops[VU_MAX_QUEUES];
-    int nloops;
     if (take_iothreads(opts, id, loops, &nloops, err) < 0)
         goto fail;
     if (atype && strcmp(atype, "unix")) {
@@ -465,6 +470,8 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     free(rerror);
     return &e->base;
 fail:
+    for (int i = 0; i < nloops; i++)
+        vbd_iothread_release(loops[i]);
     free(werror);
     free(rerror);
     free(id);
@@ -494,6 +501,8 @@ static void blk_export_free(struct vbd_export *base)
     struct blk_export *e = (struct blk_export *)base;
     vbd_timer_cancel(&e->retry_timer);
     vbd_backend_free(e->be);
+    for (int i = 0; i < e->nloops; i++)
+        vbd_iothread_release(e->loops[i]);
     free(e->dev.path);
     free(e->id);
     free(e);
@@ -530,6 +539,22 @@ static void blk_export_resized(struct vbd_export *base)
                  e->name);
 }
 
+/* A front end is connected (QMP's block-export-del mode=safe refuses). */
+static bool blk_export_in_use(struct vbd_export *base)
+{
+    struct blk_export *e = (struct blk_export *)base;
+    return __atomic_load_n(&e->dev.conn_fd, __ATOMIC_RELAXED) >= 0;
+}
+
+/* mode=hard: cut the front end off now; shutdown() then waits for the
+ * requests in flight and cancels the stopped ones. */
+static void blk_export_disconnect(struct vbd_export *base)
+{
+    struct blk_export *e = (struct blk_export *)base;
+    if (e->dev.conn_fd >= 0)
+        shutdown(e->dev.conn_fd, SHUT_RDWR);
+}
+
 /* SIGUSR1 (the daemon's 'cont'): retry stopped requests now. */
 static void blk_export_cont(struct vbd_export *base)
 {
@@ -546,6 +571,8 @@ const struct vbd_export_type vbd_export_type_vhost_user_blk = {
     .create = blk_export_create,
     .shutdown = blk_export_shutdown,
     .free = blk_export_free,
+    .in_use = blk_export_in_use,
+    .disconnect = blk_export_disconnect,
     .query = blk_export_query,
     .cont = blk_export_cont,
     .resized = blk_export_resized,

@@ -1,0 +1,371 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * QMP: the user-creatable objects vbd has (iothread, tls-creds-x509/-psk/
+ * -anon, authz-simple/-list) as QEMU's QOM shows them: object-add and
+ * object-del, qom-list of "/objects" and "/objects/ID", qom-get/qom-set of
+ * their properties, query-iothreads. vbd has no object tree: the paths are
+ * resolved against the three registries (src/engine/iothread.c,
+ * src/util/tls-creds.c, src/util/authz.c), which also refuse to delete an
+ * object something still uses.
+ */
+#include "qmp/cmd-export.h"
+
+#include "vbd/authz.h"
+#include "vbd/error.h"
+#include "vbd/iothread.h"
+#include "vbd/tls.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *str_of(struct json_object *o, const char *key)
+{
+    struct json_object *v;
+    return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : NULL;
+}
+
+/* An object's qom-type and properties (not "type"), or NULL if there is no
+ * object with that id. */
+static struct json_object *object_props(const char *id, const char **qom_type)
+{
+    struct vbd_iothread_info t;
+    if (vbd_iothread_info(id, &t)) {
+        *qom_type = "iothread";
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "thread-pool-min", json_object_new_int64((int64_t)t.thread_pool_min));
+        json_object_object_add(o, "aio-max-batch", json_object_new_int64((int64_t)t.aio_max_batch));
+        json_object_object_add(o, "thread-pool-max", json_object_new_int64((int64_t)t.thread_pool_max));
+        json_object_object_add(o, "poll-max-ns", json_object_new_int64((int64_t)t.poll_max_ns));
+        json_object_object_add(o, "poll-grow", json_object_new_int64((int64_t)t.poll_grow));
+        json_object_object_add(o, "poll-shrink", json_object_new_int64((int64_t)t.poll_shrink));
+        return o;
+    }
+    struct json_object *o = vbd_tls_creds_props(id, qom_type);
+    return o ? o : vbd_authz_props(id, qom_type);
+}
+
+static bool object_exists(const char *id)
+{
+    const char *type;
+    struct json_object *o = object_props(id, &type);
+    json_object_put(o);
+    return o != NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* object-add / object-del                                             */
+
+static const char *const qom_types[] = {"iothread",     "tls-creds-x509", "tls-creds-psk", "tls-creds-anon",
+                                        "authz-simple", "authz-list",     NULL};
+
+/* Each type's properties as QEMU 7.2's ObjectOptions lists them (qom-type
+ * and id are checked first). sanity-check and passwordid pass the type
+ * check and are then refused by name: vbd does not implement them. */
+static const char *members_of(const char *type)
+{
+    if (!strcmp(type, "iothread"))
+        return "qom-type:str id:str ?aio-max-batch:int ?poll-max-ns:int ?poll-grow:int ?poll-shrink:int "
+               "?thread-pool-min:int ?thread-pool-max:int";
+    if (!strcmp(type, "tls-creds-x509"))
+        return "qom-type:str id:str ?loaded:bool ?endpoint:str ?dir:str ?priority:str ?sanity-check:bool "
+               "?verify-peer:bool ?passwordid:str";
+    if (!strcmp(type, "tls-creds-psk"))
+        return "qom-type:str id:str ?loaded:bool ?endpoint:str ?dir:str ?priority:str ?username:str";
+    if (!strcmp(type, "tls-creds-anon"))
+        return "qom-type:str id:str ?loaded:bool ?endpoint:str ?dir:str ?priority:str";
+    if (!strcmp(type, "authz-simple"))
+        return "qom-type:str id:str identity:str";
+    return "qom-type:str id:str ?policy:str ?rules:array";
+}
+
+static bool check_rules(struct json_object *args, struct vbd_qmp_error *err)
+{
+    static const char *const policies[] = {"deny", "allow", NULL};
+    static const char *const formats[] = {"exact", "glob", NULL};
+    struct json_object *rules;
+    if (!json_object_object_get_ex(args, "rules", &rules))
+        return true;
+    for (size_t i = 0; i < json_object_array_length(rules); i++) {
+        struct json_object *r = json_object_array_get_idx(rules, i);
+        char name[32];
+        snprintf(name, sizeof(name), "rules[%zu]", i);
+        if (!json_object_is_type(r, json_type_object)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: object",
+                               name);
+            return false;
+        }
+        if (!qmp_check_members(r, "match:str policy:str ?format:str", name, err) ||
+            !qmp_check_enum(r, "policy", name, policies, err) || !qmp_check_enum(r, "format", name, formats, err))
+            return false;
+    }
+    return true;
+}
+
+struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_error *err)
+{
+    static const char *const endpoints[] = {"server", "client", NULL};
+    static const char *const policies[] = {"deny", "allow", NULL};
+    struct json_object *v;
+    if (!json_object_object_get_ex(args, "qom-type", &v)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'qom-type' is missing");
+        return NULL;
+    }
+    if (!json_object_is_type(v, json_type_string)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'qom-type', expected: string");
+        return NULL;
+    }
+    char type[64];
+    snprintf(type, sizeof(type), "%s", json_object_get_string(v));
+    if (!qmp_check_enum(args, "qom-type", "", qom_types, err) ||
+        !qmp_check_members(args, members_of(type), "", err) ||
+        !qmp_check_enum(args, "endpoint", "", endpoints, err) || !qmp_check_enum(args, "policy", "", policies, err) ||
+        !check_rules(args, err))
+        return NULL;
+    const char *id = str_of(args, "id");
+    if (!qmp_id_wellformed(id)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'id' expects an identifier");
+        return NULL;
+    }
+    if (object_exists(id)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "attempt to add duplicate property '%s' to object (type 'container')", id);
+        return NULL;
+    }
+    struct json_object *loaded;
+    if (json_object_object_get_ex(args, "loaded", &loaded) && !json_object_get_boolean(loaded)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s '%s': loaded=false is not supported (vbd loads the "
+                           "credentials when the object is created)", type, id);
+        return NULL;
+    }
+    json_object_object_del(args, "loaded"); /* deprecated in QEMU; always true */
+    json_object_object_del(args, "qom-type");
+    struct vbd_error *verr = NULL;
+    int rc;
+    if (!strcmp(type, "iothread"))
+        rc = vbd_iothread_add(args, &verr); /* every key was checked above */
+    else if (vbd_tls_creds_type(type))
+        rc = vbd_tls_creds_add(type, args, &verr);
+    else
+        rc = vbd_authz_add(type, args, &verr);
+    if (rc < 0) {
+        vbd_qmp_error_take(err, verr);
+        return NULL;
+    }
+    return vbd_qmp_ok();
+}
+
+struct json_object *qmp_object_del(struct json_object *args, struct vbd_qmp_error *err)
+{
+    const char *id = str_of(args, "id"), *type = NULL;
+    struct json_object *o = object_props(id, &type);
+    json_object_put(o);
+    if (!o) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "object '%s' not found", id);
+        return NULL;
+    }
+    struct vbd_error *verr = NULL;
+    int rc;
+    if (!strcmp(type, "iothread"))
+        rc = vbd_iothread_remove(id, &verr);
+    else if (vbd_tls_creds_type(type))
+        rc = vbd_tls_creds_remove(id, &verr);
+    else
+        rc = vbd_authz_remove(id, &verr);
+    if (rc < 0) {
+        vbd_qmp_error_take(err, verr);
+        return NULL;
+    }
+    return vbd_qmp_ok();
+}
+
+/* ------------------------------------------------------------------ */
+/* qom-list / qom-get / qom-set                                        */
+
+enum qom_node { QOM_NONE, QOM_ROOT, QOM_OBJECTS, QOM_OBJECT };
+
+/*
+ * "/" (the root), "/objects" (the container) and "/objects/ID"; as QEMU,
+ * a path without the leading '/' is a partial path, matched against the
+ * end of the full ones ("objects", "ID", "objects/ID"), and a trailing '/'
+ * is ignored.
+ */
+static enum qom_node resolve(const char *path, char *id, size_t idlen)
+{
+    bool absolute = path[0] == '/';
+    char p[256];
+    if (strlen(path) >= sizeof(p))
+        return QOM_NONE;
+    snprintf(p, sizeof(p), "%s", path + absolute);
+    size_t n = strlen(p);
+    if (n && p[n - 1] == '/')
+        p[--n] = 0;
+    if (!n)
+        return absolute ? QOM_ROOT : QOM_NONE;
+    if (!strcmp(p, "objects"))
+        return QOM_OBJECTS;
+    const char *name = !strncmp(p, "objects/", 8) ? p + 8 : absolute ? NULL : p;
+    if (!name || strchr(name, '/') || !object_exists(name))
+        return QOM_NONE;
+    snprintf(id, idlen, "%s", name);
+    return QOM_OBJECT;
+}
+
+static enum qom_node resolve_or_fail(const char *path, char *id, size_t idlen, struct vbd_qmp_error *err)
+{
+    enum qom_node n = resolve(path, id, idlen);
+    if (n == QOM_NONE)
+        vbd_qmp_error_setf(err, VBD_QMP_DEVICE_NOT_FOUND, "Device '%s' not found", path);
+    return n;
+}
+
+static struct json_object *prop_entry(const char *name, const char *type)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(name));
+    json_object_object_add(o, "type", json_object_new_string(type));
+    return o;
+}
+
+/* QOM's type names for the properties (QAPI enums and structs by name). */
+static const char *prop_type(const char *name, struct json_object *v)
+{
+    if (!strcmp(name, "endpoint"))
+        return "QCryptoTLSCredsEndpoint";
+    if (!strcmp(name, "policy"))
+        return "QAuthZListPolicy";
+    if (!strcmp(name, "rules"))
+        return "QAuthZListRule";
+    switch (json_object_get_type(v)) {
+    case json_type_int: return "int";
+    case json_type_boolean: return "bool";
+    default: return "string";
+    }
+}
+
+static void list_objects(struct json_object *list)
+{
+    const char *type;
+    for (const char *id = vbd_iothread_next(NULL); id; id = vbd_iothread_next(id))
+        json_object_array_add(list, prop_entry(id, "child<iothread>"));
+    for (const char *id = vbd_tls_creds_next(NULL); id; id = vbd_tls_creds_next(id)) {
+        json_object_put(vbd_tls_creds_props(id, &type));
+        char t[64];
+        snprintf(t, sizeof(t), "child<%s>", type);
+        json_object_array_add(list, prop_entry(id, t));
+    }
+    for (const char *id = vbd_authz_next(NULL); id; id = vbd_authz_next(id)) {
+        json_object_put(vbd_authz_props(id, &type));
+        char t[64];
+        snprintf(t, sizeof(t), "child<%s>", type);
+        json_object_array_add(list, prop_entry(id, t));
+    }
+}
+
+struct json_object *qmp_qom_list(struct json_object *args, struct vbd_qmp_error *err)
+{
+    char id[256];
+    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), err);
+    if (n == QOM_NONE)
+        return NULL;
+    struct json_object *list = json_object_new_array();
+    json_object_array_add(list, prop_entry("type", "string"));
+    if (n == QOM_ROOT) {
+        json_object_array_add(list, prop_entry("objects", "child<container>"));
+    } else if (n == QOM_OBJECTS) {
+        list_objects(list);
+    } else {
+        const char *type;
+        struct json_object *props = object_props(id, &type);
+        json_object_object_foreach(props, key, val)
+        {
+            json_object_array_add(list, prop_entry(key, prop_type(key, val)));
+        }
+        json_object_put(props);
+    }
+    return list;
+}
+
+struct json_object *qmp_qom_get(struct json_object *args, struct vbd_qmp_error *err)
+{
+    char id[256];
+    const char *prop = str_of(args, "property"), *type = "container";
+    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), err);
+    if (n == QOM_NONE)
+        return NULL;
+    struct json_object *props = n == QOM_OBJECT ? object_props(id, &type) : NULL, *v, *ret = NULL;
+    if (!strcmp(prop, "type"))
+        ret = json_object_new_string(type);
+    else if (props && json_object_object_get_ex(props, prop, &v))
+        ret = json_object_get(v);
+    else
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property '%s.%s' not found", type, prop);
+    json_object_put(props);
+    return ret;
+}
+
+struct json_object *qmp_qom_set(struct json_object *args, struct vbd_qmp_error *err)
+{
+    char id[256];
+    const char *prop = str_of(args, "property"), *type = "container";
+    struct json_object *value;
+    json_object_object_get_ex(args, "value", &value);
+    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), err);
+    if (n == QOM_NONE)
+        return NULL;
+    struct json_object *props = n == QOM_OBJECT ? object_props(id, &type) : NULL;
+    bool known = !strcmp(prop, "type") || (props && json_object_object_get_ex(props, prop, NULL));
+    json_object_put(props);
+    if (!known) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property '%s.%s' not found", type, prop);
+        return NULL;
+    }
+    if (!strcmp(type, "iothread") && strcmp(prop, "thread-pool-min") && strcmp(prop, "thread-pool-max") &&
+        strcmp(prop, "type")) {
+        if (!json_object_is_type(value, json_type_int) || json_object_get_int64(value) < 0) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", prop,
+                               json_object_is_type(value, json_type_int) ? "uint64" : "integer");
+            return NULL;
+        }
+        vbd_iothread_set(id, prop, (uint64_t)json_object_get_int64(value));
+        return vbd_qmp_ok();
+    }
+    if (!strcmp(type, "authz-simple") && !strcmp(prop, "identity")) {
+        if (!json_object_is_type(value, json_type_string)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'identity', expected: string");
+            return NULL;
+        }
+        vbd_authz_set_identity(id, json_object_get_string(value));
+        return vbd_qmp_ok();
+    }
+    if (!strcmp(prop, "type"))
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property '%s.type' is not writable", type);
+    else
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Property '%s.%s' cannot be changed in vbd (only an iothread's poll-max-ns, poll-grow, "
+                           "poll-shrink and aio-max-batch and an authz-simple's identity can); delete the object and "
+                           "add it again",
+                           type, prop);
+    return NULL;
+}
+
+struct json_object *qmp_query_iothreads(struct json_object *args, struct vbd_qmp_error *err)
+{
+    (void)args, (void)err;
+    struct json_object *list = json_object_new_array();
+    for (const char *id = vbd_iothread_next(NULL); id; id = vbd_iothread_next(id)) {
+        struct vbd_iothread_info t;
+        if (!vbd_iothread_info(id, &t))
+            continue;
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "id", json_object_new_string(t.id));
+        json_object_object_add(o, "thread-id", json_object_new_int(t.thread_id));
+        json_object_object_add(o, "poll-max-ns", json_object_new_int64((int64_t)t.poll_max_ns));
+        json_object_object_add(o, "poll-grow", json_object_new_int64((int64_t)t.poll_grow));
+        json_object_object_add(o, "poll-shrink", json_object_new_int64((int64_t)t.poll_shrink));
+        json_object_object_add(o, "aio-max-batch", json_object_new_int64((int64_t)t.aio_max_batch));
+        json_object_array_add(list, o);
+    }
+    return list;
+}
