@@ -12,7 +12,9 @@
 # every cycle (only the kill moment varies); with CRASH_NEW_SEEDS=1 it keeps
 # cycle N's image options but each cycle draws its own write list.
 # CRASH_KILL_MS=M kills at a random moment in the first M ms instead of the
-# first 500 ms (a release build finishes its writes in ~150 ms). CRASH_KEEP=DIR:
+# first 500 ms (a release build finishes its writes in ~150 ms); CRASH_KILL_AT_WRITE=K
+# (or random: 1-190) kills once K writes have completed, however loaded the
+# machine is (CRASH_KILL_MS drifts towards the first writes under load). CRASH_KEEP=DIR:
 # on a failure the image as the kill left it, the commands and the output are
 # copied there.
 . "$(dirname "$0")/lib.sh"
@@ -21,6 +23,7 @@ cd "$T"
 cycles=${CRASH_CYCLES:-50}
 total_writes=0 killed_mid_run=0
 keep=${CRASH_KEEP:-}
+[ -z "${CRASH_KILL_AT_WRITE:-}" ] || exec {tick}<> <(:) # never readable: read -t on it waits
 crash_fail() { # keep the evidence when asked, then fail
     if [ -n "$keep" ]; then
         mkdir -p "$keep" && cp c.crashed cmds.txt out.txt "$keep"/ 2>/dev/null
@@ -50,9 +53,20 @@ for k, s in enumerate(slots):
         print('flush')
 PY
     args=(); while read -r l; do args+=(-c "$l"); done <cmds.txt
+    : >out.txt
     "$VBD_IO" -f qcow2 "${args[@]}" c.qcow2 >out.txt 2>&1 &
     pid=$!
-    if [ -n "${CRASH_KILL_MS:-}" ]; then
+    if [ -n "${CRASH_KILL_AT_WRITE:-}" ]; then
+        # kill once the writer has printed its k-th "wrote" line (each write prints two
+        # lines): the kill point does not depend on how loaded the machine is
+        k=$CRASH_KILL_AT_WRITE; [ "$k" = random ] && k=$((RANDOM % 190 + 1))
+        lines=()
+        while kill -0 $pid 2>/dev/null; do
+            mapfile -t lines <out.txt
+            [ ${#lines[@]} -ge $((2 * k)) ] && break
+            read -r -t 0.002 -u $tick || true # a sleep without a fork
+        done
+    elif [ -n "${CRASH_KILL_MS:-}" ]; then
         ms=$(( (RANDOM * 32768 + RANDOM) % CRASH_KILL_MS ))
         sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
     else
