@@ -11,7 +11,7 @@ VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
 VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 SECS=${1:-5}
 dir=$(mktemp -d /dev/shm/vbd-vu-bench.XXXXXX)
-trap 'kill $spid 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT # set -e also stops a trap at a failing kill
 sock=$dir/vu.sock img=$dir/disk.raw
 qemu-img create -q -f raw "$img" 1G
 qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null

@@ -171,7 +171,6 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
             rc = qcow2_flush_refcounts(s);
         if (rc == 0) {
             s->l1[l1_index] = (uint64_t)nl2 | QCOW_OFLAG_COPIED;
-        qcow2_metadata_moved(s);
             qcow2_metadata_moved(s);
             rc = qcow2_write_l1_entry(s, (uint32_t)l1_index);
         }
@@ -210,6 +209,7 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
         victim->offset = (uint64_t)nl2;
         victim->lru = ++s->lru_clock;
         s->l1[l1_index] = (uint64_t)nl2 | QCOW_OFLAG_COPIED;
+        qcow2_metadata_added(s, (uint64_t)nl2); /* data writes aimed at it are refused from now on */
         rc = qcow2_write_l1_entry(s, (uint32_t)l1_index);
         if (rc < 0)
             return rc;

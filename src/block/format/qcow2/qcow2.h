@@ -245,6 +245,7 @@ static inline void qcow2_metadata_moved(struct qcow2_state *s)
 {
     s->meta_valid = false; /* an L1 or refcount table entry changed */
 }
+void qcow2_metadata_added(struct qcow2_state *s, uint64_t off); /* a new L2 table or refcount block */
 static inline bool qcow2_data_overlaps(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
     return !s->external && qcow2_overlaps_metadata(s, off, len); /* data in its own file cannot hit metadata */

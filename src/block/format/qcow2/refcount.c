@@ -207,6 +207,31 @@ static void rebuild_meta_index(struct qcow2_state *s)
     s->meta_valid = true;
 }
 
+/* A table that took a free L1 (or refcount table) entry goes into the
+ * sorted index at once: invalidating it instead would sort the whole index
+ * again after every new L2 table, O(n^2 log n) over a first full write. */
+void qcow2_metadata_added(struct qcow2_state *s, uint64_t off)
+{
+    if (!s->meta_valid)
+        return; /* rebuilt from the tables at the next check */
+    if (s->nmeta == s->meta_cap) {
+        s->meta_valid = false;
+        return;
+    }
+    uint64_t c = off >> s->cluster_bits;
+    size_t lo = 0, hi = s->nmeta;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->meta_index[mid] < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    memmove(&s->meta_index[lo + 1], &s->meta_index[lo], (s->nmeta - lo) * sizeof(*s->meta_index));
+    s->meta_index[lo] = c;
+    s->nmeta++;
+}
+
 /* Would [off, off+len) hit the header, the active L1 or L2 tables, the
  * refcount table or blocks, or the snapshot table? O(log n) per call: it
  * runs before every data write whose target came from the image. */
