@@ -150,7 +150,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
         vbd_qmp_error_setf(&err, VBD_QMP_GENERIC_ERROR, "QMP input must be a JSON object");
         return error_reply(&err);
     }
-    json_object_object_get_ex(req, "id", &id);
+    bool has_id = json_object_object_get_ex(req, "id", &id); /* "id": null is echoed too */
     json_object_object_foreach(req, key, val)
     {
         (void)val;
@@ -217,7 +217,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
 out:
     if (!reply)
         reply = error_reply(&err);
-    if (id)
+    if (has_id)
         json_object_object_add(reply, "id", json_object_get(id));
     return reply;
 }

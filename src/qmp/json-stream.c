@@ -7,6 +7,7 @@
 #include "qmp/monitor.h"
 
 #include <json-c/json.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -38,6 +39,57 @@ static void parse_error(struct qmp_stream *s, const char *why)
     s->skipping = true;
     s->skipped = 0;
     s->cb(s->opaque, NULL, desc);
+}
+
+/* RFC 3629 UTF-8: no overlong forms, no surrogates, nothing above
+ * U+10FFFF (json-c's own check lets all three through; QEMU refuses them). */
+static bool utf8_valid(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
+        if (!len || c > 0xf4 || i + len > n)
+            return false;
+        unsigned cp = c & (0x3f >> (len - 1));
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[i + k] & 0x3f);
+        }
+        static const unsigned min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+/* Every key and string in v (depth bounded by the tokener). */
+static bool strings_valid(struct json_object *v)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_string:
+        return utf8_valid((const unsigned char *)json_object_get_string(v), (size_t)json_object_get_string_len(v));
+    case json_type_object: {
+        json_object_object_foreach(v, key, val)
+        {
+            if (!utf8_valid((const unsigned char *)key, strlen(key)) || !strings_valid(val))
+                return false;
+        }
+        return true;
+    }
+    case json_type_array:
+        for (size_t i = 0; i < json_object_array_length(v); i++)
+            if (!strings_valid(json_object_array_get_idx(v, i)))
+                return false;
+        return true;
+    default:
+        return true;
+    }
 }
 
 int qmp_stream_feed(struct qmp_stream *s, const char *buf, size_t len)
@@ -78,7 +130,10 @@ int qmp_stream_feed(struct qmp_stream *s, const char *buf, size_t len)
             s->value_bytes = 0;
             buf += used;
             len -= used;
-            s->cb(s->opaque, v, NULL);
+            if (strings_valid(v))
+                s->cb(s->opaque, v, NULL);
+            else
+                s->cb(s->opaque, NULL, "JSON parse error, invalid UTF-8 sequence in string");
             json_object_put(v);
             continue;
         }
