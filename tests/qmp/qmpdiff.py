@@ -5,7 +5,8 @@ vbd-daemon and compare the replies.
 
     qmpdiff.py [-v] SCRIPT [--both ARG]... [--qsd ARG]... [--vbd ARG]...
 
-Each daemon gets its own temporary directory {DIR} and is started with
+Each daemon gets its own temporary directory {DIR} (under $TMPDIR; kept when
+something differs, to look at) and is started with
     --chardev socket,id=qmp0,path={DIR}/qmp.sock,server=on,wait=off --monitor chardev=qmp0
 plus the --both arguments (and its own --qsd / --vbd ones), {DIR} replaced.
 Binaries: $QSD (default qemu-storage-daemon) and $VBD_DAEMON (default
@@ -121,8 +122,11 @@ class Run:
         sock = os.path.join(self.dir, "qmp.sock")
         cmd = [self.binary, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
                "--monitor", "chardev=qmp0"] + self.args
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "w"))
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=open(self.stderr_path, "w"))
+        except OSError as e:
+            raise HarnessError(f"cannot start {self.name}: {e}")
         deadline = time.monotonic() + 60
         while not os.path.exists(sock):
             if self.proc.poll() is not None:
@@ -374,7 +378,7 @@ def main(argv):
         if status == 0:
             r.cleanup()
         else:
-            print(f"    {r.name}'s directory kept: {r.dir}")
+            print(f"    {r.name}'s directory kept: {r.dir}", flush=True)
     return status
 
 
