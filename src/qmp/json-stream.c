@@ -124,8 +124,10 @@ int qmp_stream_feed(struct qmp_stream *s, const char *buf, size_t len)
         size_t used = json_tokener_get_parse_end(s->tok);
         if (used > chunk)
             used = chunk;
-        if ((v || jerr == json_tokener_success) && used) {
-            /* a complete value (json null comes back as NULL with success) */
+        if (v || (jerr == json_tokener_success && used)) {
+            /* a complete value (json null comes back as NULL with success);
+             * a number or literal ends on the byte after it, which may be
+             * the first of this chunk: then nothing of it is used */
             json_tokener_reset(s->tok);
             s->value_bytes = 0;
             buf += used;
