@@ -3,6 +3,13 @@
  * QMP's input: a stream of JSON values parsed incrementally with json-c's
  * tokener (strict JSON, UTF-8 validated, depth-limited), whatever way the
  * bytes are split into reads. Bounds and resync: see monitor.h.
+ *
+ * Where QEMU's own JSON parser differs (tests/qmp/diff-core.jsonl marks
+ * each): QEMU also takes single-quoted strings, refuses a duplicate key
+ * and a lone surrogate escape ("\ud800"), and turns an integer beyond 64
+ * bits into a float; json-c keeps the last duplicate, turns the escape into
+ * U+FFFD and saturates the integer. QEMU resyncs after an error where the
+ * brackets balance, this parser at the next newline.
  */
 #include "qmp/monitor.h"
 

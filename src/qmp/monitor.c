@@ -22,7 +22,9 @@
  *    queue past QMP_OUT_HARD disconnects the client. Dropping the event
  *    instead would leave the client believing in state that changed (an
  *    export it thinks is there) without any sign; a closed connection is
- *    a sign every QMP client handles (reconnect, query again).
+ *    a sign every QMP client handles (reconnect, query again). (QEMU keeps
+ *    whatever the chardev did not take in the monitor's output buffer,
+ *    without a bound, and drops nothing but rate-limited guest events.)
  */
 #include "qmp/monitor.h"
 
