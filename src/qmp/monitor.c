@@ -369,6 +369,8 @@ static void serve_client(struct qmp_monitor *mon, int fd)
         return;
     }
     c->fd = fd;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* TCP: replies go out at once (fails harmlessly on unix) */
     qmp_stream_init(&c->stream, on_request, c);
     mon->client = c;
     greet(c);
