@@ -51,6 +51,8 @@ cases = [
     (b'{"execute": "query-version", "id": "\xed\xa0\x80"}\n', "UTF-8 surrogate"),
     (b'{"execute": "query-version", "id": "\xc0\x80"}\n', "overlong UTF-8"),
     (b'{"execute": "query-version", "id": "\xf4\x90\x80\x80"}\n', "UTF-8 above U+10FFFF"),
+    (b'{"execute": "query-version", "execute": "quit"}\n', "duplicate key"),
+    (b'{"execute": "query-version", "arguments": {"a": {"b": [{"c": 1, "c": 2}]}}}\n', "nested duplicate key"),
     (b'\x00\n', "NUL"),
     (b'[' * 65 + b']' * 65 + b'\n', "65 levels"),
     (b'{"a":' * 100000 + b'\n', "100000 levels"),
