@@ -554,8 +554,10 @@ int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
     char *backend = NULL, *id = NULL, *path = NULL, *host = NULL, *port = NULL;
     bool server = false, wait = false, remote_ok = false;
     int fd = -1, rc = -EINVAL;
+    pthread_mutex_lock(&events_lock); /* an iothread may raise an event meanwhile */
     if (!main_loop)
         main_loop = vbd_loop_current();
+    pthread_mutex_unlock(&events_lock);
     if (vbd_opt_take_str(opts, "backend", &backend, err) < 0 || vbd_opt_take_str(opts, "id", &id, err) < 0 ||
         vbd_opt_take_str(opts, "path", &path, err) < 0 || vbd_opt_take_str(opts, "host", &host, err) < 0 ||
         vbd_opt_take_str(opts, "port", &port, err) < 0 || vbd_opt_take_bool(opts, "server", &server, err) < 0 ||
