@@ -142,7 +142,23 @@ static struct json_object *error_reply(const struct vbd_qmp_error *err)
     return r;
 }
 
+static const struct vbd_qmp_command *find_in(const struct vbd_qmp_command *table, const char *name)
+{
+    if (!table)
+        return vbd_qmp_command_find(name);
+    for (; table->name; table++)
+        if (!strcmp(table->name, name))
+            return table;
+    return NULL;
+}
+
 struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
+{
+    return vbd_qmp_dispatch_table(req, negotiated, NULL);
+}
+
+struct json_object *vbd_qmp_dispatch_table(struct json_object *req, bool negotiated,
+                                           const struct vbd_qmp_command *table)
 {
     struct vbd_qmp_error err = {0};
     struct json_object *reply = NULL, *id = NULL, *exec = NULL, *args = NULL;
@@ -150,7 +166,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
         vbd_qmp_error_setf(&err, VBD_QMP_GENERIC_ERROR, "QMP input must be a JSON object");
         return error_reply(&err);
     }
-    json_object_object_get_ex(req, "id", &id);
+    bool has_id = json_object_object_get_ex(req, "id", &id); /* "id": null is echoed too */
     json_object_object_foreach(req, key, val)
     {
         (void)val;
@@ -176,7 +192,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
         goto out;
     }
     const char *name = json_object_get_string(exec);
-    const struct vbd_qmp_command *c = vbd_qmp_command_find(name);
+    const struct vbd_qmp_command *c = find_in(table, name);
     if (!c) {
         vbd_qmp_error_setf(&err, VBD_QMP_COMMAND_NOT_FOUND, "The command %s has not been found", name);
         goto out;
@@ -217,7 +233,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
 out:
     if (!reply)
         reply = error_reply(&err);
-    if (id)
+    if (has_id)
         json_object_object_add(reply, "id", json_object_get(id));
     return reply;
 }
