@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 struct json_object;
+struct vbd_backend;
 struct vbd_error;
 struct vbd_loop;
 
@@ -38,6 +39,10 @@ struct vbd_export_type {
      * resized: the node's size may have changed; tell the client. */
     void (*cont)(struct vbd_export *exp);
     void (*resized)(struct vbd_export *exp);
+    /* The backend its requests go through (may be NULL: the export has
+     * none). The daemon drains it and swaps its root for graph changes
+     * under a running export (live snapshot). */
+    struct vbd_backend *(*backend)(struct vbd_export *exp);
 };
 
 /* Export types, NULL-terminated (src/export/registry.c). */

@@ -147,10 +147,16 @@ static struct json_object *nbd_export_query(struct vbd_export *base)
     return o;
 }
 
+static struct vbd_backend *nbd_export_backend(struct vbd_export *base)
+{
+    return ((struct nbd_export *)base)->be;
+}
+
 const struct vbd_export_type vbd_export_type_nbd = {
     .type = "nbd",
     .create = nbd_export_create,
     .shutdown = nbd_export_shutdown,
     .free = nbd_export_free,
     .query = nbd_export_query,
+    .backend = nbd_export_backend,
 };

@@ -536,6 +536,11 @@ static void blk_export_cont(struct vbd_export *base)
     blk_resume((struct blk_export *)base, false);
 }
 
+static struct vbd_backend *blk_export_backend(struct vbd_export *base)
+{
+    return ((struct blk_export *)base)->be;
+}
+
 const struct vbd_export_type vbd_export_type_vhost_user_blk = {
     .type = "vhost-user-blk",
     .create = blk_export_create,
@@ -544,4 +549,5 @@ const struct vbd_export_type vbd_export_type_vhost_user_blk = {
     .query = blk_export_query,
     .cont = blk_export_cont,
     .resized = blk_export_resized,
+    .backend = blk_export_backend,
 };
