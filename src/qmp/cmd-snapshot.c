@@ -360,8 +360,12 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         int rc = vbd_image_co_create(format, file, o, &e);
         json_object_put(o);
         if (rc < 0) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Could not create '%s': %s", file, e ? e->msg : strerror(-rc));
-            vbd_error_free(e);
+            if (e && strstr(e->msg, file))
+                vbd_qmp_error_take(err, e);
+            else {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Could not create '%s': %s", file, e ? e->msg : strerror(-rc));
+                vbd_error_free(e);
+            }
             return -1;
         }
     }
