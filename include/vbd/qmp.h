@@ -20,6 +20,10 @@ struct vbd_error;
  * raised from any thread.
  */
 
+/* vbd's version, as the QMP greeting's "package" says it. */
+#define VBD_VERSION "0.1.0"
+#define VBD_QMP_PACKAGE "vbd-daemon " VBD_VERSION
+
 /* Error classes QEMU still uses (qapi/error.json). */
 #define VBD_QMP_GENERIC_ERROR "GenericError"
 #define VBD_QMP_COMMAND_NOT_FOUND "CommandNotFound"

@@ -18,6 +18,7 @@
 #include "vbd/loop.h"
 #include "vbd/nbd.h"
 #include "vbd/options.h"
+#include "vbd/qmp.h"
 #include "vbd/tls.h"
 
 #include <errno.h>
@@ -31,7 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define VBD_DAEMON_VERSION "0.1.0"
+#define VBD_DAEMON_VERSION VBD_VERSION
 
 static const char usage_text[] =
     "Usage: vbd-daemon [options]\n"
@@ -75,11 +76,17 @@ static const char usage_text[] =
     "                    distinguished name (as O=vbd,CN=client; in keyval ',' is written ',,')\n"
     "                    must equal identity (authz-simple), or the first rule that matches it decides\n"
     "                    (authz-list; exact or glob with * and ?; no rule: policy, default deny)\n"
+    "  --chardev socket,id=ID,path=PATH,server=on,wait=off\n"
+    "  --chardev socket,id=ID,host=HOST,port=PORT,server=on,wait=off[,insecure-remote=on]\n"
+    "                    a socket for a QMP monitor (unix: created mode 0600; TCP: loopback only unless\n"
+    "                    insecure-remote=on, as QMP has no authentication). One client at a time\n"
+    "  --monitor [chardev=]ID\n"
+    "                    serve QMP (qemu-storage-daemon's control protocol) on chardev ID\n"
     "  --pidfile PATH    write the daemon's PID (after everything listens)\n"
     "  --daemonize       go to the background once every socket listens\n"
     "  -v, --verbose     debug log;  -h, --help;  -V, --version\n"
     "\n"
-    "Options are processed in order. SIGTERM or SIGINT stops the daemon cleanly. SIGHUP re-reads the\n"
+    "Options are processed in order. SIGTERM, SIGINT or QMP 'quit' stop the daemon cleanly. SIGHUP re-reads the\n"
     "size of every node (after a file was resized) and tells the VMs. SIGUSR1 retries stopped requests.\n";
 
 static volatile bool stop_requested;
@@ -114,6 +121,26 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
         return -EINVAL;
     vbd_daemon_node_add(n);
     return 0;
+}
+
+static int add_chardev(const char *arg, struct vbd_error **err)
+{
+    struct json_object *opts = vbd_opts_parse(arg, "backend", err);
+    if (!opts)
+        return -EINVAL;
+    int rc = vbd_qmp_chardev_add(opts, err);
+    json_object_put(opts);
+    return rc;
+}
+
+static int add_monitor(const char *arg, struct vbd_error **err)
+{
+    struct json_object *opts = vbd_opts_parse(arg, "chardev", err);
+    if (!opts)
+        return -EINVAL;
+    int rc = vbd_qmp_monitor_add(opts, err);
+    json_object_put(opts);
+    return rc;
 }
 
 static int add_export(const char *arg, struct vbd_error **err)
@@ -395,7 +422,8 @@ struct startup {
     int rc;
 };
 
-enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, OPT_DAEMONIZE, OPT_DRIVE, OPT_VHOST_USER };
+enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, OPT_DAEMONIZE, OPT_DRIVE, OPT_VHOST_USER,
+       OPT_CHARDEV, OPT_MONITOR };
 
 /* SIGHUP: files may have been resized by someone else; re-read the sizes
  * and let the exports tell their clients. */
@@ -419,6 +447,7 @@ static void refresh_sizes(void)
 
 static void shutdown_all(void)
 {
+    vbd_qmp_shutdown(); /* first: no command runs while exports stop */
     vbd_daemon_shutdown_exports();
     vbd_nbd_server_stop();
     vbd_daemon_flush_nodes();
@@ -430,6 +459,7 @@ static void daemon_co(void *opaque)
     static const struct option lo[] = {
         {"blockdev", required_argument, NULL, OPT_BLOCKDEV}, {"export", required_argument, NULL, OPT_EXPORT},
         {"nbd-server", required_argument, NULL, OPT_NBD_SERVER}, {"object", required_argument, NULL, OPT_OBJECT},
+        {"chardev", required_argument, NULL, OPT_CHARDEV}, {"monitor", required_argument, NULL, OPT_MONITOR},
         {"drive", required_argument, NULL, OPT_DRIVE}, {"vhost-user", required_argument, NULL, OPT_VHOST_USER},
         {"pidfile", required_argument, NULL, OPT_PIDFILE}, {"daemonize", no_argument, NULL, OPT_DAEMONIZE},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
@@ -445,6 +475,8 @@ static void daemon_co(void *opaque)
         case OPT_EXPORT: rc = add_export(optarg, &err); break;
         case OPT_NBD_SERVER: rc = add_nbd_server(optarg, &err); break;
         case OPT_OBJECT: rc = add_object(optarg, &err); break;
+        case OPT_CHARDEV: rc = add_chardev(optarg, &err); break;
+        case OPT_MONITOR: rc = add_monitor(optarg, &err); break;
         case OPT_DRIVE: rc = add_drive(optarg, &err); break;
         case OPT_VHOST_USER: rc = add_vhost_user(optarg, &err); break;
         case OPT_PIDFILE: pidfile = optarg; break;
@@ -487,8 +519,10 @@ static void daemon_co(void *opaque)
             close(dn);
         }
     }
-    while (!s->rc && !stop_requested) {
-        vbd_co_sleep_ns(200000000); /* the loop is kicked by signals; this bounds the check */
+    while (!s->rc && !stop_requested && !vbd_qmp_quit_requested()) {
+        vbd_co_sleep_ns(200000000); /* the loop is kicked by signals and quit; this bounds the check */
+        if (stop_requested || vbd_qmp_quit_requested())
+            break;
         if (hup_requested) {
             hup_requested = 0;
             refresh_sizes();

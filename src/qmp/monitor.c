@@ -1,0 +1,596 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The QMP monitor: --chardev socket (unix or loopback TCP, server side) and
+ * --monitor, as qemu-storage-daemon has them.
+ *
+ * One client per chardev at a time, as QEMU's socket chardev: a second
+ * connection waits in the listen backlog until the first one closes. Each
+ * client has two coroutines on the main loop: the reader parses requests
+ * and runs them one at a time (vbd_qmp_dispatch), the writer sends the
+ * output queue (replies and events) whenever the socket is writable; the
+ * socket is non-blocking, so the main loop never waits for a client.
+ *
+ * Bounds (a hostile or stuck client cannot grow the daemon):
+ *  - input: one JSON value is at most QMP_MAX_REQUEST bytes and nests at
+ *    most QMP_MAX_DEPTH levels (json-stream.c); beyond: an error reply and
+ *    the rest of the line is skipped; a client that keeps sending after
+ *    that without a newline is disconnected.
+ *  - output: above QMP_OUT_SOFT queued bytes the reader stops reading (a
+ *    client that does not read its replies gets no new ones: back-pressure);
+ *    replies come only from requests, so at most one reply passes the soft
+ *    bound. Events do not wait for requests: an event that would take the
+ *    queue past QMP_OUT_HARD disconnects the client. Dropping the event
+ *    instead would leave the client believing in state that changed (an
+ *    export it thinks is there) without any sign; a closed connection is
+ *    a sign every QMP client handles (reconnect, query again).
+ */
+#include "qmp/monitor.h"
+
+#include "util/socket.h"
+#include "vbd/coroutine.h"
+#include "vbd/error.h"
+#include "vbd/loop.h"
+#include "vbd/options.h"
+#include "vbd/qmp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define QMP_OUT_SOFT (1u << 20)
+#define QMP_OUT_HARD (4u << 20)
+
+struct out_msg {
+    struct out_msg *next;
+    size_t len, off;
+    char data[];
+};
+
+struct qmp_chardev {
+    char *id;
+    int listen_fd;
+    char *unix_path; /* removed at exit */
+    bool has_monitor;
+    struct qmp_chardev *next;
+};
+
+struct qmp_client {
+    int fd;
+    bool negotiated;
+    bool closing;     /* stop reading, writer finishes */
+    bool writer_done;
+    struct out_msg *out_head, *out_tail;
+    size_t out_bytes;
+    struct vbd_co_queue writer_wait; /* writer: queue empty */
+    struct vbd_co_queue reader_wait; /* reader: queue over the soft bound, or waiting for the writer */
+    struct qmp_stream stream;
+    char buf[65536]; /* input; one per client: a command may yield while another client reads */
+};
+
+struct qmp_monitor {
+    struct qmp_chardev *chr;
+    struct qmp_client *client; /* the connected one, or NULL */
+    bool done;                 /* accept loop ended */
+    struct qmp_monitor *next;
+};
+
+static struct qmp_chardev *chardevs;
+static struct qmp_monitor *monitors;
+static bool stopping, quit_requested;
+static struct vbd_co_queue monitors_done_q = VBD_CO_QUEUE_INIT;
+static struct vbd_loop *main_loop;
+
+/* ---- output ---- */
+
+static void client_drop(struct qmp_client *c, const char *why)
+{
+    if (c->closing)
+        return;
+    if (why)
+        vbd_warn("QMP: disconnecting a client: %s", why);
+    c->closing = true;
+    shutdown(c->fd, SHUT_RDWR); /* wakes both coroutines out of their polls */
+    vbd_co_queue_wake_all(&c->writer_wait);
+    vbd_co_queue_wake_all(&c->reader_wait);
+}
+
+/* Queue text + "\r\n" (QEMU's monitor ends every line so). */
+static bool client_queue(struct qmp_client *c, const char *text, size_t len, bool is_event)
+{
+    if (c->closing)
+        return false;
+    if (is_event && c->out_bytes + len + 2 > QMP_OUT_HARD) {
+        client_drop(c, "it does not read its output (events queued past the bound)");
+        return false;
+    }
+    struct out_msg *m = malloc(sizeof(*m) + len + 2);
+    if (!m) {
+        client_drop(c, "out of memory");
+        return false;
+    }
+    memcpy(m->data, text, len);
+    memcpy(m->data + len, "\r\n", 2);
+    m->len = len + 2;
+    m->off = 0;
+    m->next = NULL;
+    if (c->out_tail)
+        c->out_tail->next = m;
+    else
+        c->out_head = m;
+    c->out_tail = m;
+    c->out_bytes += m->len;
+    vbd_co_queue_wake_one(&c->writer_wait);
+    return true;
+}
+
+static void client_queue_json(struct qmp_client *c, struct json_object *o, bool is_event)
+{
+    size_t len;
+    const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_SPACED, &len);
+    client_queue(c, s, len, is_event);
+}
+
+static void writer_co(void *opaque)
+{
+    struct qmp_client *c = opaque;
+    for (;;) {
+        while (!c->out_head && !c->closing)
+            vbd_co_queue_wait(&c->writer_wait);
+        if (!c->out_head)
+            break;
+        struct out_msg *m = c->out_head;
+        ssize_t n = vbd_co_send(c->fd, m->data + m->off, m->len - m->off);
+        if (n <= 0) {
+            client_drop(c, NULL); /* the peer went away */
+            break;
+        }
+        m->off += (size_t)n;
+        c->out_bytes -= (size_t)n;
+        if (m->off == m->len) {
+            c->out_head = m->next;
+            if (!c->out_head)
+                c->out_tail = NULL;
+            free(m);
+        }
+        if (c->out_bytes <= QMP_OUT_SOFT)
+            vbd_co_queue_wake_all(&c->reader_wait);
+    }
+    c->writer_done = true;
+    vbd_co_queue_wake_all(&c->reader_wait);
+}
+
+/* ---- input ---- */
+
+static void on_request(void *opaque, struct json_object *req, const char *parse_error)
+{
+    struct qmp_client *c = opaque;
+    struct json_object *reply;
+    /* back-pressure per request: one read may hold many small requests */
+    while (c->out_bytes > QMP_OUT_SOFT && !c->closing)
+        vbd_co_queue_wait(&c->reader_wait);
+    if (c->closing)
+        return;
+    if (parse_error) {
+        reply = json_object_new_object();
+        struct json_object *e = json_object_new_object();
+        json_object_object_add(e, "class", json_object_new_string(VBD_QMP_GENERIC_ERROR));
+        json_object_object_add(e, "desc", json_object_new_string(parse_error));
+        json_object_object_add(reply, "error", e);
+    } else {
+        bool is_caps = false;
+        struct json_object *exec;
+        if (json_object_is_type(req, json_type_object) && json_object_object_get_ex(req, "execute", &exec) &&
+            json_object_is_type(exec, json_type_string))
+            is_caps = !strcmp(json_object_get_string(exec), "qmp_capabilities");
+        reply = vbd_qmp_dispatch(req, c->negotiated);
+        if (is_caps && json_object_object_get_ex(reply, "return", NULL))
+            c->negotiated = true;
+    }
+    client_queue_json(c, reply, false);
+    json_object_put(reply);
+}
+
+static void greet(struct qmp_client *c)
+{
+    struct json_object *g = json_object_new_object(), *q = json_object_new_object();
+    json_object_object_add(q, "version", vbd_qmp_version());
+    json_object_object_add(q, "capabilities", json_object_new_array()); /* no OOB: commands run in order */
+    json_object_object_add(g, "QMP", q);
+    client_queue_json(c, g, false);
+    json_object_put(g);
+}
+
+static void serve_client(struct qmp_monitor *mon, int fd)
+{
+    struct qmp_client *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+    qmp_stream_init(&c->stream, on_request, c);
+    mon->client = c;
+    greet(c);
+    vbd_co_wake(vbd_co_create(writer_co, c));
+    while (!c->closing && !stopping) {
+        while (c->out_bytes > QMP_OUT_SOFT && !c->closing)
+            vbd_co_queue_wait(&c->reader_wait);
+        if (c->closing)
+            break;
+        ssize_t n = vbd_co_recv(fd, c->buf, sizeof(c->buf));
+        if (n <= 0)
+            break;
+        if (qmp_stream_feed(&c->stream, c->buf, (size_t)n) < 0) {
+            client_drop(c, "it keeps sending a request over the size bound");
+            break;
+        }
+    }
+    /* EOF: the client may have half-closed and still read the replies */
+    c->closing = true;
+    vbd_co_queue_wake_all(&c->writer_wait);
+    while (!c->writer_done)
+        vbd_co_queue_wait(&c->reader_wait);
+    mon->client = NULL;
+    for (struct out_msg *m = c->out_head, *next; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    qmp_stream_destroy(&c->stream);
+    close(fd);
+    free(c);
+}
+
+static void monitor_co(void *opaque)
+{
+    struct qmp_monitor *mon = opaque;
+    while (!stopping) {
+        int fd = vbd_co_accept(mon->chr->listen_fd, NULL, NULL);
+        if (fd < 0) {
+            if (stopping || fd == -EINVAL || fd == -EBADF)
+                break;
+            if (fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM) {
+                vbd_warn("QMP: cannot accept a connection on '%s': %s", mon->chr->id, strerror(-fd));
+                vbd_co_sleep_ns(100000000);
+            }
+            continue;
+        }
+        serve_client(mon, fd);
+    }
+    mon->done = true;
+    vbd_co_queue_wake_all(&monitors_done_q);
+}
+
+/* ---- events ---- */
+
+struct pending_event {
+    struct pending_event *next;
+    struct json_object *msg;
+};
+static pthread_mutex_t events_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pending_event *events_head, **events_tail = &events_head;
+static bool events_bh_scheduled;
+static struct vbd_bh events_bh;
+
+static void send_events(void *unused)
+{
+    pthread_mutex_lock(&events_lock);
+    struct pending_event *list = events_head;
+    events_head = NULL;
+    events_tail = &events_head;
+    events_bh_scheduled = false; /* from here a new event schedules the bh again (it left the loop's list) */
+    pthread_mutex_unlock(&events_lock);
+    while (list) {
+        struct pending_event *ev = list;
+        list = ev->next;
+        size_t len;
+        const char *s = json_object_to_json_string_length(ev->msg, JSON_C_TO_STRING_SPACED, &len);
+        for (struct qmp_monitor *mon = monitors; mon; mon = mon->next)
+            if (mon->client && mon->client->negotiated)
+                client_queue(mon->client, s, len, true);
+        json_object_put(ev->msg);
+        free(ev);
+    }
+}
+
+void vbd_qmp_event(const char *name, struct json_object *data)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct json_object *msg = json_object_new_object(), *ts = json_object_new_object();
+    json_object_object_add(ts, "seconds", json_object_new_int64(tv.tv_sec));
+    json_object_object_add(ts, "microseconds", json_object_new_int64(tv.tv_usec));
+    json_object_object_add(msg, "timestamp", ts);
+    json_object_object_add(msg, "event", json_object_new_string(name));
+    if (data)
+        json_object_object_add(msg, "data", data);
+    struct pending_event *ev = malloc(sizeof(*ev));
+    if (!ev) {
+        json_object_put(msg);
+        return;
+    }
+    ev->msg = msg;
+    ev->next = NULL;
+    pthread_mutex_lock(&events_lock);
+    if (!main_loop || stopping) {
+        pthread_mutex_unlock(&events_lock);
+        json_object_put(msg);
+        free(ev);
+        return;
+    }
+    *events_tail = ev;
+    events_tail = &ev->next;
+    bool schedule = !events_bh_scheduled;
+    events_bh_scheduled = true;
+    if (schedule) {
+        events_bh.fn = send_events;
+        events_bh.arg = NULL;
+        vbd_loop_schedule_bh(main_loop, &events_bh);
+    }
+    pthread_mutex_unlock(&events_lock);
+}
+
+/* ---- chardevs and monitors ---- */
+
+static struct qmp_chardev *chardev_find(const char *id)
+{
+    for (struct qmp_chardev *c = chardevs; c; c = c->next)
+        if (!strcmp(c->id, id))
+            return c;
+    return NULL;
+}
+
+static bool is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            return a->s6_addr[12] == 127;
+        return IN6_IS_ADDR_LOOPBACK(a);
+    }
+    return false;
+}
+
+static int tcp_listen(const char *id, const char *host, const char *port, bool remote_ok, struct vbd_error **err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
+    int gai = getaddrinfo(host && *host ? host : NULL, port, &hints, &res);
+    if (gai) {
+        vbd_error_setf(err, EINVAL, "--chardev %s: address '%s:%s': %s", id, host ? host : "", port,
+                       gai_strerror(gai));
+        return -EINVAL;
+    }
+    if (!remote_ok && !is_loopback(res->ai_addr)) {
+        vbd_error_setf(err, EPERM,
+                       "--chardev %s: refusing to serve QMP on '%s', which is not a loopback address (QMP has "
+                       "no authentication: anyone who can connect controls the daemon); add "
+                       "insecure-remote=on to do it anyway",
+                       id, host && *host ? host : "*");
+        freeaddrinfo(res);
+        return -EPERM;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1) < 0) {
+        int e = errno;
+        vbd_error_setf(err, e, "--chardev %s: cannot listen on %s:%s: %s", id, host && *host ? host : "*", port,
+                       strerror(e));
+        if (fd >= 0)
+            close(fd);
+        fd = -e;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
+{
+    char *backend = NULL, *id = NULL, *path = NULL, *host = NULL, *port = NULL;
+    bool server = false, wait = false, remote_ok = false;
+    int fd = -1, rc = -EINVAL;
+    if (!main_loop)
+        main_loop = vbd_loop_current();
+    if (vbd_opt_take_str(opts, "backend", &backend, err) < 0 || vbd_opt_take_str(opts, "id", &id, err) < 0 ||
+        vbd_opt_take_str(opts, "path", &path, err) < 0 || vbd_opt_take_str(opts, "host", &host, err) < 0 ||
+        vbd_opt_take_str(opts, "port", &port, err) < 0 || vbd_opt_take_bool(opts, "server", &server, err) < 0 ||
+        vbd_opt_take_bool(opts, "wait", &wait, err) < 0 ||
+        vbd_opt_take_bool(opts, "insecure-remote", &remote_ok, err) < 0)
+        goto out;
+    if (!id) {
+        vbd_error_setf(err, EINVAL, "--chardev: 'id' is required");
+        goto out;
+    }
+    if (!backend || strcmp(backend, "socket")) {
+        vbd_error_setf(err, EINVAL, "--chardev %s: backend '%s' is not supported (only 'socket')", id,
+                       backend ? backend : "");
+        goto out;
+    }
+    if (vbd_opts_check_empty(opts, "--chardev socket", err) < 0)
+        goto out;
+    if (chardev_find(id)) {
+        vbd_error_setf(err, EEXIST, "--chardev: duplicate ID '%s'", id);
+        goto out;
+    }
+    if (!server) {
+        vbd_error_setf(err, EINVAL, "--chardev %s: only server=on is supported (the daemon listens)", id);
+        goto out;
+    }
+    if (wait) {
+        vbd_error_setf(err, EINVAL, "--chardev %s: wait=on is not supported (use wait=off)", id);
+        goto out;
+    }
+    if (!path == !port) {
+        vbd_error_setf(err, EINVAL, "--chardev %s: give either path=PATH or host=HOST,port=PORT", id);
+        goto out;
+    }
+    if (path) {
+        /* 0600 whatever the umask: whoever connects controls the daemon.
+         * Chardevs are made at startup, before any other thread creates files. */
+        mode_t old = umask(0177);
+        fd = vbd_unix_listen(path, 1);
+        umask(old);
+        if (fd < 0) {
+            vbd_error_setf(err, -fd, "--chardev %s: cannot listen on '%s': %s", id, path, strerror(-fd));
+            goto out;
+        }
+    } else {
+        fd = tcp_listen(id, host, port, remote_ok, err);
+        if (fd < 0)
+            goto out;
+    }
+    struct qmp_chardev *c = calloc(1, sizeof(*c));
+    if (!c) {
+        vbd_error_setf(err, ENOMEM, "--chardev %s: out of memory", id);
+        goto out;
+    }
+    c->id = id;
+    c->listen_fd = fd;
+    c->unix_path = path;
+    c->next = chardevs;
+    chardevs = c;
+    id = path = NULL;
+    fd = -1;
+    rc = 0;
+out:
+    if (fd >= 0) {
+        close(fd);
+        if (path)
+            unlink(path);
+    }
+    free(backend);
+    free(id);
+    free(path);
+    free(host);
+    free(port);
+    return rc;
+}
+
+int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err)
+{
+    char *chr = NULL, *mode = NULL;
+    bool pretty = false;
+    int rc = -EINVAL;
+    if (vbd_opt_take_str(opts, "chardev", &chr, err) < 0 || vbd_opt_take_str(opts, "mode", &mode, err) < 0 ||
+        vbd_opt_take_bool(opts, "pretty", &pretty, err) < 0 || vbd_opts_check_empty(opts, "--monitor", err) < 0)
+        goto out;
+    if (!chr) {
+        vbd_error_setf(err, EINVAL, "--monitor: 'chardev' is required");
+        goto out;
+    }
+    if (mode && strcmp(mode, "control")) {
+        vbd_error_setf(err, EINVAL, "--monitor %s: mode '%s' is not supported (only 'control', QMP)", chr, mode);
+        goto out;
+    }
+    if (pretty) {
+        vbd_error_setf(err, EINVAL, "--monitor %s: pretty=on is not supported", chr);
+        goto out;
+    }
+    struct qmp_chardev *c = chardev_find(chr);
+    if (!c) {
+        vbd_error_setf(err, ENOENT, "--monitor: chardev '%s' not found (define it with --chardev first)", chr);
+        goto out;
+    }
+    if (c->has_monitor) {
+        vbd_error_setf(err, EBUSY, "--monitor: chardev '%s' already has a monitor", chr);
+        goto out;
+    }
+    struct qmp_monitor *mon = calloc(1, sizeof(*mon));
+    if (!mon) {
+        vbd_error_setf(err, ENOMEM, "--monitor %s: out of memory", chr);
+        goto out;
+    }
+    mon->chr = c;
+    c->has_monitor = true;
+    mon->next = monitors;
+    monitors = mon;
+    vbd_co_wake(vbd_co_create(monitor_co, mon));
+    rc = 0;
+out:
+    free(chr);
+    free(mode);
+    return rc;
+}
+
+void vbd_qmp_request_quit(void)
+{
+    quit_requested = true;
+    if (main_loop)
+        vbd_loop_kick(main_loop);
+}
+
+bool vbd_qmp_quit_requested(void)
+{
+    return quit_requested;
+}
+
+void vbd_qmp_shutdown(void)
+{
+    pthread_mutex_lock(&events_lock);
+    stopping = true; /* no more events queued */
+    pthread_mutex_unlock(&events_lock);
+    for (struct qmp_monitor *mon = monitors; mon; mon = mon->next) {
+        shutdown(mon->chr->listen_fd, SHUT_RDWR); /* wakes the accept */
+        struct qmp_client *c = mon->client;
+        if (c) {
+            /* what is queued (the reply to quit) goes out if the socket takes it now */
+            while (c->out_head) {
+                struct out_msg *m = c->out_head;
+                ssize_t n = send(c->fd, m->data + m->off, m->len - m->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+                if (n <= 0)
+                    break;
+                m->off += (size_t)n;
+                c->out_bytes -= (size_t)n;
+                if (m->off < m->len)
+                    break;
+                c->out_head = m->next;
+                if (!c->out_head)
+                    c->out_tail = NULL;
+                free(m);
+            }
+            client_drop(c, NULL);
+        }
+    }
+    if (vbd_in_co()) {
+        for (struct qmp_monitor *mon = monitors; mon; mon = mon->next)
+            while (!mon->done)
+                vbd_co_queue_wait(&monitors_done_q);
+    }
+    /* the events bh may still be scheduled: it finds no monitor */
+    for (struct qmp_monitor *mon = monitors, *next; mon; mon = next) {
+        next = mon->next;
+        free(mon);
+    }
+    monitors = NULL;
+    for (struct qmp_chardev *c = chardevs, *next; c; c = next) {
+        next = c->next;
+        close(c->listen_fd);
+        if (c->unix_path)
+            unlink(c->unix_path);
+        free(c->unix_path);
+        free(c->id);
+        free(c);
+    }
+    chardevs = NULL;
+    pthread_mutex_lock(&events_lock);
+    while (events_head) {
+        struct pending_event *ev = events_head;
+        events_head = ev->next;
+        json_object_put(ev->msg);
+        free(ev);
+    }
+    events_tail = &events_head;
+    pthread_mutex_unlock(&events_lock);
+}

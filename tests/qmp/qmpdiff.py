@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Differential QMP test: run one script against qemu-storage-daemon and
+vbd-daemon and compare the replies.
+
+    qmpdiff.py [-v] SCRIPT [--both ARG]... [--qsd ARG]... [--vbd ARG]...
+
+Each daemon gets its own temporary directory {DIR} and is started with
+    --chardev socket,id=qmp0,path={DIR}/qmp.sock,server=on,wait=off --monitor chardev=qmp0
+plus the --both arguments (and its own --qsd / --vbd ones), {DIR} replaced.
+Binaries: $QSD (default qemu-storage-daemon) and $VBD_DAEMON (default
+$VBD_BUILD/src/tools/vbd-daemon, else vbd-daemon from PATH).
+
+Script lines ({DIR} is replaced everywhere):
+    # a comment                      (whole line)
+    ! shell command                  run with sh in {DIR}, once per daemon, at
+                                     that point (before the daemon starts if it
+                                     comes before the first request); must exit 0
+    {"execute": ...}                 a request; its reply is compared
+    not json at all                  sent as it is (parse-error tests)
+    ?event NAME                      wait (30 s) for event NAME; its data compared
+    ...  # differs: REASON           a trailing marker: a difference on this line
+                                     is deliberate (printed, not a failure)
+    ...  # exact                     values must be equal too (paths under {DIR}
+                                     are compared as "{DIR}/...")
+The harness sends qmp_capabilities first unless the first request of the
+script is qmp_capabilities itself or a line '#! no-negotiate' is present.
+
+Compared: the top-level key (return or error); for errors the class; for
+returns the structure, recursively: the same keys with the same JSON types;
+lists the same length with elements of the same structure (in any order).
+Exit status 0: no difference except marked ones; 1: a difference; 2: the
+harness itself failed (a daemon did not start, a '!' command failed).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qmp import QMP  # noqa: E402
+
+MARK_RE = re.compile(r"\s+#\s*(differs:.*|exact)\s*$")
+
+
+class Line:
+    def __init__(self, no, text):
+        self.no = no
+        self.differs = None
+        self.exact = False
+        m = MARK_RE.search(text)
+        if m and not text.lstrip().startswith("#"):
+            mark = m.group(1)
+            if mark.startswith("differs:"):
+                self.differs = mark[len("differs:"):].strip() or "(no reason given)"
+            else:
+                self.exact = True
+            text = text[: m.start()]
+        self.text = text.strip()
+        self.kind = "comment"
+        if not self.text or self.text.startswith("#"):
+            return
+        if self.text.startswith("!"):
+            self.kind = "shell"
+            self.text = self.text[1:].strip()
+        elif self.text.startswith("?event"):
+            self.kind = "event"
+            self.text = self.text[len("?event"):].strip()
+        else:
+            self.kind = "request"
+
+
+def parse_script(path):
+    lines = []
+    with open(path) as f:
+        for no, raw in enumerate(f, 1):
+            ln = Line(no, raw.rstrip("\n"))
+            if ln.kind != "comment" or ln.text.startswith("#!"):
+                lines.append(ln)
+    return lines
+
+
+def vbd_binary():
+    if os.environ.get("VBD_DAEMON"):
+        return os.environ["VBD_DAEMON"]
+    b = os.environ.get("VBD_BUILD")
+    if b and os.path.exists(os.path.join(b, "src/tools/vbd-daemon")):
+        return os.path.join(b, "src/tools/vbd-daemon")
+    return shutil.which("vbd-daemon") or "vbd-daemon"
+
+
+class Run:
+    """One daemon running the script."""
+
+    def __init__(self, name, binary, args, lines, negotiate):
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix=f"qmpdiff-{name}-")
+        self.replies = {}  # line number -> reply (dict) or a string for a harness failure
+        self.proc = None
+        self.stderr_path = os.path.join(self.dir, "stderr.log")
+        self.binary = binary
+        self.args = [a.replace("{DIR}", self.dir) for a in args]
+        self.lines = lines
+        self.negotiate = negotiate
+
+    def sub(self, s):
+        return s.replace("{DIR}", self.dir)
+
+    def shell(self, ln):
+        r = subprocess.run(self.sub(ln.text), shell=True, cwd=self.dir, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise HarnessError(f"{self.name}: line {ln.no}: '{ln.text}' exited {r.returncode}:\n{r.stdout}{r.stderr}")
+
+    def start(self):
+        sock = os.path.join(self.dir, "qmp.sock")
+        cmd = [self.binary, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
+               "--monitor", "chardev=qmp0"] + self.args
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.stderr_path, "w"))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            if self.proc.poll() is not None:
+                raise HarnessError(f"{self.name} exited {self.proc.returncode} at startup: {' '.join(cmd)}\n"
+                                   + self.stderr())
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{self.name}: no monitor socket after 60 s")
+            time.sleep(0.02)
+        self.qmp = QMP(sock, timeout=60)
+        if self.negotiate:
+            r = self.qmp.cmd("qmp_capabilities")
+            if "return" not in r:
+                raise HarnessError(f"{self.name}: qmp_capabilities failed: {r}")
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def normalize(self, v):
+        if isinstance(v, str):
+            return v.replace(self.dir, "{DIR}")
+        if isinstance(v, list):
+            return [self.normalize(x) for x in v]
+        if isinstance(v, dict):
+            return {k: self.normalize(x) for k, x in v.items()}
+        return v
+
+    def run(self):
+        started = False
+        closed = None
+        for ln in self.lines:
+            if ln.kind == "shell":
+                self.shell(ln)
+                continue
+            if ln.kind == "comment":
+                continue
+            if not started:
+                self.start()
+                started = True
+            if closed:
+                self.replies[ln.no] = closed
+                continue
+            try:
+                if ln.kind == "event":
+                    ev = self.qmp.wait_event(ln.text, timeout=30)
+                    self.replies[ln.no] = self.normalize({"event": ev["event"], "data": ev.get("data")})
+                else:
+                    self.qmp.send_raw(self.sub(ln.text) + "\n")
+                    self.replies[ln.no] = self.normalize(self.qmp.recv())
+            except (EOFError, OSError, TimeoutError, ValueError) as e:
+                closed = f"<connection failed: {e}>"
+                self.replies[ln.no] = closed
+        if not started:
+            self.start()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return f"{self.name} did not exit within 60 s of SIGTERM"
+        return None
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class HarnessError(Exception):
+    pass
+
+
+def jtype(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def shape(v):
+    """Canonical structure text: keys and types, recursively."""
+    t = jtype(v)
+    if t == "object":
+        return "{" + ",".join(f"{k}:{shape(v[k])}" for k in sorted(v)) + "}"
+    if t == "array":
+        return "[" + ",".join(sorted(shape(x) for x in v)) + "]"
+    return t
+
+
+def compare(a, b, path, exact, out):
+    """Differences between qsd's value a and vbd's value b, as lines in out."""
+    ta, tb = jtype(a), jtype(b)
+    if ta != tb:
+        out.append(f"{path or '.'}: qsd has {ta} {json.dumps(a)[:80]}, vbd has {tb} {json.dumps(b)[:80]}")
+        return
+    if ta == "object":
+        for k in sorted(set(a) | set(b)):
+            p = f"{path}.{k}" if path else k
+            if k not in b:
+                out.append(f"{p}: only in qsd ({json.dumps(a[k])[:80]})")
+            elif k not in a:
+                out.append(f"{p}: only in vbd ({json.dumps(b[k])[:80]})")
+            else:
+                compare(a[k], b[k], p, exact, out)
+    elif ta == "array":
+        if len(a) != len(b):
+            out.append(f"{path or '.'}: qsd has {len(a)} elements, vbd has {len(b)}")
+        # pair elements of the same structure first (order may differ), the rest in order
+        left = list(range(len(b)))
+        pairs, unmatched = [], []
+        for i, x in enumerate(a):
+            sx = shape(x) if not exact else json.dumps(x, sort_keys=True)
+            for j in left:
+                sy = shape(b[j]) if not exact else json.dumps(b[j], sort_keys=True)
+                if sx == sy:
+                    pairs.append((i, j))
+                    left.remove(j)
+                    break
+            else:
+                unmatched.append(i)
+        for i, j in zip(unmatched, left):
+            compare(a[i], b[j], f"{path}[{i}]", exact, out)
+    elif exact and a != b:
+        out.append(f"{path or '.'}: qsd has {json.dumps(a)[:80]}, vbd has {json.dumps(b)[:80]}")
+
+
+def compare_replies(ra, rb, exact):
+    out = []
+    if isinstance(ra, str) or isinstance(rb, str):
+        if ra != rb:
+            out.append(f"qsd: {ra if isinstance(ra, str) else 'replied'}; vbd: {rb if isinstance(rb, str) else 'replied'}")
+        return out
+    ka = "error" if "error" in ra else "return" if "return" in ra else "event" if "event" in ra else "?"
+    kb = "error" if "error" in rb else "return" if "return" in rb else "event" if "event" in rb else "?"
+    if ka != kb:
+        out.append(f"qsd replied with {ka}, vbd with {kb}")
+        return out
+    if ka == "error":
+        ca, cb = ra["error"].get("class"), rb["error"].get("class")
+        if ca != cb:
+            out.append(f"error class: qsd {ca}, vbd {cb}")
+    else:
+        compare(ra.get(ka if ka != "event" else "data"), rb.get(kb if kb != "event" else "data"),
+                ka if ka != "event" else "data", exact, out)
+    if ("id" in ra) != ("id" in rb):
+        out.append("id: echoed by only one of them")
+    elif "id" in ra:
+        compare(ra["id"], rb["id"], "id", True, out)
+    return out
+
+
+def main(argv):
+    verbose = False
+    args = argv[1:]
+    if args and args[0] == "-v":
+        verbose = True
+        args = args[1:]
+    if not args or args[0].startswith("-"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    script = args[0]
+    both, qsd_args, vbd_args = [], [], []
+    i = 1
+    while i < len(args):
+        if args[i] in ("--both", "--qsd", "--vbd") and i + 1 < len(args):
+            {"--both": both, "--qsd": qsd_args, "--vbd": vbd_args}[args[i]].append(args[i + 1])
+            i += 2
+        else:
+            print(f"qmpdiff: unexpected argument '{args[i]}'", file=sys.stderr)
+            return 2
+    lines = parse_script(script)
+    requests = [ln for ln in lines if ln.kind == "request"]
+    negotiate = not any(ln.text == "#! no-negotiate" for ln in lines)
+    if requests:
+        try:
+            first = json.loads(requests[0].text)
+            if isinstance(first, dict) and first.get("execute") == "qmp_capabilities":
+                negotiate = False
+        except ValueError:
+            pass
+    runs = [Run("qsd", os.environ.get("QSD", "qemu-storage-daemon"), both + qsd_args, lines, negotiate),
+            Run("vbd", vbd_binary(), both + vbd_args, lines, negotiate)]
+    status = 0
+    try:
+        for r in runs:
+            r.run()
+            why = r.stop()
+            if why:
+                print(f"FAIL {why}")
+                status = 1
+        vbd = runs[1]
+        err = vbd.stderr()
+        if vbd.proc.returncode not in (0, None) or "Sanitizer" in err or "runtime error" in err:
+            print(f"FAIL vbd-daemon exited {vbd.proc.returncode}:\n{err}")
+            status = 1
+    except HarnessError as e:
+        print(f"qmpdiff: {e}", file=sys.stderr)
+        for r in runs:
+            r.stop()
+        return 2
+    finally:
+        for r in runs:
+            if r.proc and r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait()
+    ndiff = ndeliberate = nsame = 0
+    for ln in lines:
+        if ln.kind not in ("request", "event"):
+            continue
+        ra, rb = runs[0].replies.get(ln.no, "<not run>"), runs[1].replies.get(ln.no, "<not run>")
+        diffs = compare_replies(ra, rb, ln.exact)
+        label = ln.text if ln.kind == "request" else f"?event {ln.text}"
+        if not diffs:
+            nsame += 1
+            if ln.differs:
+                print(f"note {script}:{ln.no}: marked 'differs: {ln.differs}' but the replies agree")
+            if verbose:
+                print(f"same {script}:{ln.no}: {label}")
+            continue
+        if ln.differs:
+            ndeliberate += 1
+            head = f"deliberate {script}:{ln.no} ({ln.differs})"
+        else:
+            ndiff += 1
+            status = 1
+            head = f"DIFF {script}:{ln.no}"
+        print(f"{head}: {label}")
+        for d in diffs:
+            print(f"    {d}")
+        if verbose or not ln.differs:
+            print(f"    qsd: {json.dumps(ra)[:400]}")
+            print(f"    vbd: {json.dumps(rb)[:400]}")
+    print(f"qmpdiff {script}: {nsame} same, {ndeliberate} deliberate differences, {ndiff} differences")
+    for r in runs:
+        if status == 0:
+            r.cleanup()
+        else:
+            print(f"    {r.name}'s directory kept: {r.dir}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
