@@ -176,14 +176,20 @@ static void restore_bits(struct bitmap_state *st)
 /* The node and the existing bitmap of a remove/clear/enable/disable. */
 static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, const char *name, struct vbd_qmp_error *err)
 {
-    struct vbd_node *n = qmp_lookup_node(node, err);
-    if (!n)
+    struct vbd_node *n = vbd_node_find(node);
+    if (!n) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' not found", node);
         return NULL;
+    }
     tx_drain(a, n);
     uint64_t pnum;
     int st = vbd_node_co_bitmap_status(n, name, 0, 1, &pnum);
     if (st == -ENOENT || (st < 0 && st != -EINVAL) || !n->drv->co_bitmap_change) {
         not_found(name, -ENOENT, err);
+        return NULL;
+    }
+    if (n->read_only) { /* below an overlay, or opened so */
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' is readonly and cannot be modified", name);
         return NULL;
     }
     return n;
@@ -229,6 +235,11 @@ static int add_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Can't add bitmap '%s' to '%s': vbd-daemon keeps only persistent bitmaps (qcow2); use persistent=true",
                            name, node);
+        return -1;
+    }
+    if (n->read_only && n->drv->co_bitmap_change) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't make bitmap '%s' persistent in '%s': the node is read-only", name,
+                           node);
         return -1;
     }
     tx_drain(a, n);
