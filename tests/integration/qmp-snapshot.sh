@@ -47,7 +47,7 @@ wait_sock "$Q"
 
 step "blockdev-snapshot-sync while qemu-io writes over NBD: the writer sees no error, the base is frozen at the switch"
 writes=""
-for i in $(seq 0 255); do writes="$writes -c 'write -P 0xb2 $((8 * 1048576 + i * 65536)) 64k'"; done
+for i in $(seq 0 1023); do writes="$writes -c 'write -P 0xb2 $((8 * 1048576 + i * 16384)) 16k'"; done
 eval qemu-io -f raw $writes "'$U'" >"$T/writer.log" 2>&1 &
 wpid=$!
 out=$(qmp blockdev-snapshot-sync "{\"node-name\":\"disk0\",\"snapshot-file\":\"$ov\",\"snapshot-node-name\":\"ov1\",\"format\":\"qcow2\"}") ||
@@ -56,8 +56,8 @@ must qemu-img convert -U -f qcow2 -O raw "$base" "$T/base-at-snapshot.raw"
 python3 -c '
 import sys
 d = open(sys.argv[1], "rb").read()
-n = sum(d[o:o + 65536] == b"\xb2" * 65536 for o in range(8 << 20, 24 << 20, 65536))
-print(f"the writer had written {n} of its 256 blocks when the snapshot switched")' "$T/base-at-snapshot.raw"
+n = sum(d[o:o + 16384] == b"\xb2" * 16384 for o in range(8 << 20, 24 << 20, 16384))
+print(f"the writer had written {n} of its 1024 blocks when the snapshot switched")' "$T/base-at-snapshot.raw"
 wait $wpid || { cat "$T/writer.log"; fail "the writer saw an error across the snapshot"; }
 ! grep -qi "error\|fail" "$T/writer.log" || { cat "$T/writer.log"; fail "the writer reported an error"; }
 must qemu-io -f raw -c "write -P 0xc3 0 1M" -c "write -P 0xc4 32M 2M" -c flush "$U" >/dev/null
