@@ -161,7 +161,8 @@ void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d
             d->be[d->n++] = be;
         }
     }
-    /* close every gate first, then wait: the exports drain in parallel */
+    /* one after the other: a drained export's requests wait at its gate
+     * while the next one's in-flight requests finish */
     for (int i = 0; i < d->n; i++)
         vbd_backend_co_drain_begin(d->be[i]);
 }
