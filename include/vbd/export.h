@@ -7,9 +7,9 @@
 #include <stdbool.h>
 
 struct json_object;
-struct vbd_backend;
 struct vbd_error;
 struct vbd_loop;
+struct vbd_backend;
 
 /*
  * An export serves a node to the outside (vhost-user-blk, nbd). The
@@ -39,9 +39,8 @@ struct vbd_export_type {
      * resized: the node's size may have changed; tell the client. */
     void (*cont)(struct vbd_export *exp);
     void (*resized)(struct vbd_export *exp);
-    /* The backend its requests go through (may be NULL: the export has
-     * none). The daemon drains it and swaps its root for graph changes
-     * under a running export (live snapshot). */
+    /* The backend the export's requests go through (query-blockstats, and
+     * who writes to which node for blockdev-reopen). */
     struct vbd_backend *(*backend)(struct vbd_export *exp);
 };
 

@@ -421,12 +421,9 @@ static bool is_uri_or_json(const char *s)
 int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     unsigned bflags = (flags & ~(VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL | VBD_OPEN_CHECK));
-    struct json_object *v = NULL;
-    /* "backing": null (json-c holds JSON null as a NULL value, so ask
-     * whether the key is there), or QEMU's deprecated "" for it: no backing */
-    if (opts && json_object_object_get_ex(opts, "backing", &v) &&
-        (!v || (json_object_is_type(v, json_type_string) && !*json_object_get_string(v)))) {
-        json_object_object_del(opts, "backing");
+    struct json_object *v = vbd_opt_get(opts, "backing");
+    if (!v && opts && json_object_object_get_ex(opts, "backing", NULL)) {
+        json_object_object_del(opts, "backing"); /* JSON null (json-c holds it as NULL): no backing */
         return 0;
     }
     if (v) {
