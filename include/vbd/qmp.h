@@ -77,6 +77,10 @@ struct json_object *vbd_qmp_ok(void);
  * the main loop. Used by the monitor and by the fuzz target.
  */
 struct json_object *vbd_qmp_dispatch(struct json_object *request, bool negotiated);
+/* The same with the commands looked up in table (ended by a NULL name)
+ * instead of every group: the fuzz target runs only harmless commands. */
+struct json_object *vbd_qmp_dispatch_table(struct json_object *request, bool negotiated,
+                                           const struct vbd_qmp_command *table);
 
 /*
  * Events: sent to every monitor that negotiated capabilities, with a

@@ -5,6 +5,7 @@
 
 #include <json-c/json.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 /* The interface is qemu-storage-daemon 7.2's: management tools compare
@@ -36,16 +37,13 @@ static struct json_object *qmp_capabilities(struct json_object *args, struct vbd
                 vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'enable[%zu]', expected: string", i);
                 return NULL;
             }
-            if (!strcmp(name, "oob")) {
-                /* QEMU's wording for a monitor that cannot do out-of-band */
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Capability 'oob' not available");
-                return NULL;
-            }
+            if (!strcmp(name, "oob"))
+                continue; /* a valid value; the monitor refuses it (it offers no capability) */
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'null' does not accept value '%s'", name);
             return NULL;
         }
     }
-    return vbd_qmp_ok(); /* the monitor marks the client negotiated on success */
+    return vbd_qmp_ok(); /* the monitor checks what it offers and marks the client negotiated */
 }
 
 static struct json_object *query_version(struct json_object *args, struct vbd_qmp_error *err)
@@ -64,6 +62,85 @@ static struct json_object *query_commands(struct json_object *args, struct vbd_q
     return list;
 }
 
+/* SchemaInfo entries as qsd's introspection has them (type names are
+ * opaque strings there too). What vbd knows honestly: each command's
+ * top-level arguments from its arg_spec (a boxed command, arg_spec NULL,
+ * gets arg-type "any": its members are not described), no return types
+ * ("any") and no events. */
+static struct json_object *schema_entry(const char *name, const char *meta)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(name));
+    json_object_object_add(o, "meta-type", json_object_new_string(meta));
+    return o;
+}
+
+static const char *schema_type(const char *spec_type)
+{
+    if (!strcmp(spec_type, "str") || !strcmp(spec_type, "int") || !strcmp(spec_type, "number") ||
+        !strcmp(spec_type, "bool"))
+        return spec_type;
+    if (!strcmp(spec_type, "array"))
+        return "[any]";
+    return "any"; /* object, any */
+}
+
+static struct json_object *query_qmp_schema(struct json_object *args, struct vbd_qmp_error *err)
+{
+    struct json_object *list = json_object_new_array();
+    unsigned next_type = 1; /* "0" is the empty object */
+    for (const struct vbd_qmp_command *c = vbd_qmp_command_next(NULL); c; c = vbd_qmp_command_next(c)) {
+        struct json_object *cmd = schema_entry(c->name, "command");
+        json_object_object_add(cmd, "ret-type", json_object_new_string("any"));
+        if (!c->arg_spec) {
+            json_object_object_add(cmd, "arg-type", json_object_new_string("any"));
+        } else if (!c->arg_spec[strspn(c->arg_spec, " ")]) {
+            json_object_object_add(cmd, "arg-type", json_object_new_string("0"));
+        } else {
+            char tname[16];
+            snprintf(tname, sizeof(tname), "%u", next_type++);
+            json_object_object_add(cmd, "arg-type", json_object_new_string(tname));
+            struct json_object *obj = schema_entry(tname, "object"), *members = json_object_new_array();
+            for (const char *p = c->arg_spec; *p;) {
+                p += strspn(p, " ");
+                size_t n = strcspn(p, " ");
+                if (!n)
+                    break;
+                bool optional = *p == '?';
+                const char *word = p + optional;
+                size_t wn = n - optional, colon = strcspn(word, ":");
+                char aname[64], atype[16];
+                snprintf(aname, sizeof(aname), "%.*s", (int)(colon < wn ? colon : wn), word);
+                snprintf(atype, sizeof(atype), "%.*s", colon < wn ? (int)(wn - colon - 1) : 0, word + colon + 1);
+                struct json_object *m = json_object_new_object();
+                json_object_object_add(m, "name", json_object_new_string(aname));
+                json_object_object_add(m, "type", json_object_new_string(schema_type(atype)));
+                if (optional)
+                    json_object_object_add(m, "default", NULL); /* QEMU's mark of an optional member */
+                json_object_array_add(members, m);
+                p += n;
+            }
+            json_object_object_add(obj, "members", members);
+            json_object_array_add(list, obj);
+        }
+        json_object_array_add(list, cmd);
+    }
+    struct json_object *empty = schema_entry("0", "object");
+    json_object_object_add(empty, "members", json_object_new_array());
+    json_object_array_add(list, empty);
+    struct json_object *arr = schema_entry("[any]", "array");
+    json_object_object_add(arr, "element-type", json_object_new_string("any"));
+    json_object_array_add(list, arr);
+    static const char *const builtins[][2] = {{"str", "string"}, {"int", "int"},   {"number", "number"},
+                                              {"bool", "boolean"}, {"any", "value"}, {"null", "null"}};
+    for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++) {
+        struct json_object *b = schema_entry(builtins[i][0], "builtin");
+        json_object_object_add(b, "json-type", json_object_new_string(builtins[i][1]));
+        json_object_array_add(list, b);
+    }
+    return list;
+}
+
 static struct json_object *quit(struct json_object *args, struct vbd_qmp_error *err)
 {
     vbd_qmp_request_quit();
@@ -74,6 +151,7 @@ const struct vbd_qmp_command vbd_qmp_cmds_core[] = {
     {"qmp_capabilities", "?enable:array", qmp_capabilities, VBD_QMP_BEFORE_CAPS},
     {"query-version", "", query_version, 0},
     {"query-commands", "", query_commands, 0},
+    {"query-qmp-schema", "", query_qmp_schema, 0},
     {"quit", "", quit, 0},
     {NULL, NULL, NULL, 0},
 };

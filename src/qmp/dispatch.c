@@ -142,7 +142,23 @@ static struct json_object *error_reply(const struct vbd_qmp_error *err)
     return r;
 }
 
+static const struct vbd_qmp_command *find_in(const struct vbd_qmp_command *table, const char *name)
+{
+    if (!table)
+        return vbd_qmp_command_find(name);
+    for (; table->name; table++)
+        if (!strcmp(table->name, name))
+            return table;
+    return NULL;
+}
+
 struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
+{
+    return vbd_qmp_dispatch_table(req, negotiated, NULL);
+}
+
+struct json_object *vbd_qmp_dispatch_table(struct json_object *req, bool negotiated,
+                                           const struct vbd_qmp_command *table)
 {
     struct vbd_qmp_error err = {0};
     struct json_object *reply = NULL, *id = NULL, *exec = NULL, *args = NULL;
@@ -150,7 +166,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
         vbd_qmp_error_setf(&err, VBD_QMP_GENERIC_ERROR, "QMP input must be a JSON object");
         return error_reply(&err);
     }
-    json_object_object_get_ex(req, "id", &id);
+    bool has_id = json_object_object_get_ex(req, "id", &id); /* "id": null is echoed too */
     json_object_object_foreach(req, key, val)
     {
         (void)val;
@@ -176,7 +192,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
         goto out;
     }
     const char *name = json_object_get_string(exec);
-    const struct vbd_qmp_command *c = vbd_qmp_command_find(name);
+    const struct vbd_qmp_command *c = find_in(table, name);
     if (!c) {
         vbd_qmp_error_setf(&err, VBD_QMP_COMMAND_NOT_FOUND, "The command %s has not been found", name);
         goto out;
@@ -184,11 +200,6 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
     if (!negotiated && !(c->flags & VBD_QMP_BEFORE_CAPS)) {
         vbd_qmp_error_setf(&err, VBD_QMP_COMMAND_NOT_FOUND,
                            "Expecting capabilities negotiation with 'qmp_capabilities'");
-        goto out;
-    }
-    if (negotiated && (c->flags & VBD_QMP_BEFORE_CAPS)) {
-        vbd_qmp_error_setf(&err, VBD_QMP_COMMAND_NOT_FOUND,
-                           "Capabilities negotiation is already complete, command ignored");
         goto out;
     }
     /* handlers may take keys out: give them their own copy */
@@ -199,6 +210,14 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
         own = json_object_new_object();
     if (own && check_args(c, own, &err)) {
         struct json_object *ret = c->run(own, &err);
+        if (ret && !err.cls && negotiated && (c->flags & VBD_QMP_BEFORE_CAPS)) {
+            /* as QEMU: the arguments are checked (and may fail) first;
+             * negotiation commands have no side effect but the monitor's */
+            json_object_put(ret);
+            ret = NULL;
+            vbd_qmp_error_setf(&err, VBD_QMP_COMMAND_NOT_FOUND,
+                               "Capabilities negotiation is already complete, command ignored");
+        }
         if (ret && !err.cls) {
             reply = json_object_new_object();
             json_object_object_add(reply, "return", ret);
@@ -214,7 +233,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
 out:
     if (!reply)
         reply = error_reply(&err);
-    if (id)
+    if (has_id)
         json_object_object_add(reply, "id", json_object_get(id));
     return reply;
 }

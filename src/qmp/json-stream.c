@@ -3,10 +3,19 @@
  * QMP's input: a stream of JSON values parsed incrementally with json-c's
  * tokener (strict JSON, UTF-8 validated, depth-limited), whatever way the
  * bytes are split into reads. Bounds and resync: see monitor.h.
+ *
+ * Where QEMU's own JSON parser differs (tests/qmp/diff-core.jsonl marks
+ * each): QEMU also takes single-quoted strings, refuses a lone surrogate
+ * escape ("\ud800") and turns an integer beyond 64 bits into a float;
+ * json-c turns the escape into U+FFFD and saturates the integer. QEMU
+ * resyncs after an error where the brackets balance, this parser at the
+ * next newline. A duplicate key, which json-c takes silently (the last
+ * wins), is refused as QEMU does (count_colons).
  */
 #include "qmp/monitor.h"
 
 #include <json-c/json.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -29,12 +38,93 @@ void qmp_stream_destroy(struct qmp_stream *s)
     s->tok = NULL;
 }
 
+
+/* RFC 3629 UTF-8: no overlong forms, no surrogates, nothing above
+ * U+10FFFF (json-c's own check lets all three through; QEMU refuses them). */
+static bool utf8_valid(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
+        if (!len || c > 0xf4 || i + len > n)
+            return false;
+        unsigned cp = c & (0x3f >> (len - 1));
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[i + k] & 0x3f);
+        }
+        static const unsigned min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+/* Every key and string in v (depth bounded by the tokener); *members
+ * counts the object members json-c kept. */
+static bool strings_valid(struct json_object *v, size_t *members)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_string:
+        return utf8_valid((const unsigned char *)json_object_get_string(v), (size_t)json_object_get_string_len(v));
+    case json_type_object: {
+        *members += (size_t)json_object_object_length(v);
+        json_object_object_foreach(v, key, val)
+        {
+            if (!utf8_valid((const unsigned char *)key, strlen(key)) || !strings_valid(val, members))
+                return false;
+        }
+        return true;
+    }
+    case json_type_array:
+        for (size_t i = 0; i < json_object_array_length(v); i++)
+            if (!strings_valid(json_object_array_get_idx(v, i), members))
+                return false;
+        return true;
+    default:
+        return true;
+    }
+}
+
+/* In JSON text a ':' outside strings separates one object member's key
+ * and value: counted over the bytes json-c consumed for this value, it is
+ * the number of members written. json-c can only keep fewer (a duplicate
+ * replaces the earlier member, and whatever that held), so the counts
+ * differ exactly when some object had a duplicate key. */
+static void count_colons(struct qmp_stream *s, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (s->escaped)
+            s->escaped = false;
+        else if (s->in_string)
+            s->escaped = c == '\\', s->in_string = c != '"';
+        else if (c == '"')
+            s->in_string = true;
+        else if (c == ':')
+            s->colons++;
+    }
+}
+
+static void value_reset(struct qmp_stream *s)
+{
+    json_tokener_reset(s->tok);
+    s->value_bytes = 0;
+    s->colons = 0;
+    s->in_string = s->escaped = false;
+}
+
 static void parse_error(struct qmp_stream *s, const char *why)
 {
     char desc[160];
     snprintf(desc, sizeof(desc), "JSON parse error, %s", why);
-    json_tokener_reset(s->tok);
-    s->value_bytes = 0;
+    value_reset(s);
     s->skipping = true;
     s->skipped = 0;
     s->cb(s->opaque, NULL, desc);
@@ -72,17 +162,26 @@ int qmp_stream_feed(struct qmp_stream *s, const char *buf, size_t len)
         size_t used = json_tokener_get_parse_end(s->tok);
         if (used > chunk)
             used = chunk;
-        if ((v || jerr == json_tokener_success) && used) {
-            /* a complete value (json null comes back as NULL with success) */
-            json_tokener_reset(s->tok);
-            s->value_bytes = 0;
+        if (v || (jerr == json_tokener_success && used)) {
+            /* a complete value (json null comes back as NULL with success);
+             * a number or literal ends on the byte after it, which may be
+             * the first of this chunk: then nothing of it is used */
+            count_colons(s, buf, used);
+            size_t written = s->colons, kept = 0;
+            value_reset(s);
             buf += used;
             len -= used;
-            s->cb(s->opaque, v, NULL);
+            if (!strings_valid(v, &kept))
+                s->cb(s->opaque, NULL, "JSON parse error, invalid UTF-8 sequence in string");
+            else if (kept != written)
+                s->cb(s->opaque, NULL, "JSON parse error, duplicate key"); /* QEMU's words */
+            else
+                s->cb(s->opaque, v, NULL);
             json_object_put(v);
             continue;
         }
         if (jerr == json_tokener_continue) {
+            count_colons(s, buf, chunk);
             s->value_bytes += chunk;
             buf += chunk;
             len -= chunk;

@@ -22,7 +22,9 @@
  *    queue past QMP_OUT_HARD disconnects the client. Dropping the event
  *    instead would leave the client believing in state that changed (an
  *    export it thinks is there) without any sign; a closed connection is
- *    a sign every QMP client handles (reconnect, query again).
+ *    a sign every QMP client handles (reconnect, query again). (QEMU keeps
+ *    whatever the chardev did not take in the monitor's output buffer,
+ *    without a bound, and drops nothing but rate-limited guest events.)
  */
 #include "qmp/monitor.h"
 
@@ -70,6 +72,7 @@ struct qmp_client {
     bool negotiated;
     bool closing;     /* stop reading, writer finishes */
     bool writer_done;
+    bool writer_busy; /* in vbd_co_send with the head message */
     struct out_msg *out_head, *out_tail;
     size_t out_bytes;
     struct vbd_co_queue writer_wait; /* writer: queue empty */
@@ -93,12 +96,37 @@ static struct vbd_loop *main_loop;
 
 /* ---- output ---- */
 
-static void client_drop(struct qmp_client *c, const char *why)
+/* Send what is queued as far as the socket takes it now, without waiting. */
+static void flush_now(struct qmp_client *c)
+{
+    if (c->writer_busy)
+        return; /* the writer is in a send of the head message: it owns it until it returns */
+    while (c->out_head) {
+        struct out_msg *m = c->out_head;
+        ssize_t n = send(c->fd, m->data + m->off, m->len - m->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n <= 0)
+            break;
+        m->off += (size_t)n;
+        c->out_bytes -= (size_t)n;
+        if (m->off < m->len)
+            break;
+        c->out_head = m->next;
+        if (!c->out_head)
+            c->out_tail = NULL;
+        free(m);
+    }
+}
+
+/* flush: the last replies (an error that explains why) go out first if the
+ * socket takes them without waiting. */
+static void client_drop(struct qmp_client *c, const char *why, bool flush)
 {
     if (c->closing)
         return;
     if (why)
         vbd_warn("QMP: disconnecting a client: %s", why);
+    if (flush)
+        flush_now(c);
     c->closing = true;
     shutdown(c->fd, SHUT_RDWR); /* wakes both coroutines out of their polls */
     vbd_co_queue_wake_all(&c->writer_wait);
@@ -111,12 +139,12 @@ static bool client_queue(struct qmp_client *c, const char *text, size_t len, boo
     if (c->closing)
         return false;
     if (is_event && c->out_bytes + len + 2 > QMP_OUT_HARD) {
-        client_drop(c, "it does not read its output (events queued past the bound)");
+        client_drop(c, "it does not read its output (events queued past the bound)", false);
         return false;
     }
     struct out_msg *m = malloc(sizeof(*m) + len + 2);
     if (!m) {
-        client_drop(c, "out of memory");
+        client_drop(c, "out of memory", false);
         return false;
     }
     memcpy(m->data, text, len);
@@ -134,11 +162,100 @@ static bool client_queue(struct qmp_client *c, const char *text, size_t len, boo
     return true;
 }
 
+/* Growable text for one message. */
+struct text {
+    char *p;
+    size_t len, cap;
+    bool failed;
+};
+
+static void text_add(struct text *t, const char *s, size_t n)
+{
+    if (t->failed)
+        return;
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap : 256;
+        while (cap < t->len + n + 1)
+            cap *= 2;
+        char *p = realloc(t->p, cap);
+        if (!p) {
+            t->failed = true;
+            return;
+        }
+        t->p = p;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+    t->p[t->len] = 0;
+}
+
+/* QEMU's layout, {"key": value, "key": [1, 2]}, so a session reads the same
+ * as with qemu-storage-daemon; '/' is not escaped (paths stay readable). */
+static void text_json(struct text *t, struct json_object *o)
+{
+    switch (json_object_get_type(o)) {
+    case json_type_object: {
+        bool first = true;
+        text_add(t, "{", 1);
+        json_object_object_foreach(o, key, val)
+        {
+            if (!first)
+                text_add(t, ", ", 2);
+            first = false;
+            struct json_object *k = json_object_new_string(key);
+            const char *ks = json_object_to_json_string_ext(k, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+            text_add(t, ks, strlen(ks));
+            json_object_put(k);
+            text_add(t, ": ", 2);
+            text_json(t, val);
+        }
+        text_add(t, "}", 1);
+        break;
+    }
+    case json_type_array: {
+        size_t n = json_object_array_length(o);
+        text_add(t, "[", 1);
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                text_add(t, ", ", 2);
+            text_json(t, json_object_array_get_idx(o, i));
+        }
+        text_add(t, "]", 1);
+        break;
+    }
+    default: {
+        size_t n;
+        const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+        text_add(t, s, n);
+        break;
+    }
+    }
+}
+
+/* The message as one line of text (malloc'd), or NULL. */
+static char *json_line(struct json_object *o, size_t *len)
+{
+    struct text t = {0};
+    text_json(&t, o);
+    if (t.failed || !t.p) {
+        free(t.p);
+        return NULL;
+    }
+    *len = t.len;
+    return t.p;
+}
+
 static void client_queue_json(struct qmp_client *c, struct json_object *o, bool is_event)
 {
     size_t len;
-    const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_SPACED, &len);
+    char *s = json_line(o, &len);
+    if (!s) {
+        client_drop(c, "out of memory", false);
+        return;
+    }
     client_queue(c, s, len, is_event);
+    free(s);
 }
 
 static void writer_co(void *opaque)
@@ -150,9 +267,11 @@ static void writer_co(void *opaque)
         if (!c->out_head)
             break;
         struct out_msg *m = c->out_head;
+        c->writer_busy = true;
         ssize_t n = vbd_co_send(c->fd, m->data + m->off, m->len - m->off);
+        c->writer_busy = false;
         if (n <= 0) {
-            client_drop(c, NULL); /* the peer went away */
+            client_drop(c, NULL, false); /* the peer went away */
             break;
         }
         m->off += (size_t)n;
@@ -172,6 +291,32 @@ static void writer_co(void *opaque)
 
 /* ---- input ---- */
 
+static struct json_object *error_reply(const char *desc, bool has_id, struct json_object *id)
+{
+    struct json_object *reply = json_object_new_object(), *e = json_object_new_object();
+    json_object_object_add(e, "class", json_object_new_string(VBD_QMP_GENERIC_ERROR));
+    json_object_object_add(e, "desc", json_object_new_string(desc));
+    json_object_object_add(reply, "error", e);
+    if (has_id)
+        json_object_object_add(reply, "id", json_object_get(id));
+    return reply;
+}
+
+/* qmp_capabilities {"enable": [..., "oob", ...]} (already checked by the dispatcher) */
+static bool wants_oob(struct json_object *req)
+{
+    struct json_object *args, *enable;
+    if (!json_object_object_get_ex(req, "arguments", &args) || !json_object_object_get_ex(args, "enable", &enable) ||
+        !json_object_is_type(enable, json_type_array))
+        return false;
+    for (size_t i = 0; i < json_object_array_length(enable); i++) {
+        const char *cap = json_object_get_string(json_object_array_get_idx(enable, i));
+        if (cap && !strcmp(cap, "oob"))
+            return true;
+    }
+    return false;
+}
+
 static void on_request(void *opaque, struct json_object *req, const char *parse_error)
 {
     struct qmp_client *c = opaque;
@@ -182,11 +327,7 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
     if (c->closing)
         return;
     if (parse_error) {
-        reply = json_object_new_object();
-        struct json_object *e = json_object_new_object();
-        json_object_object_add(e, "class", json_object_new_string(VBD_QMP_GENERIC_ERROR));
-        json_object_object_add(e, "desc", json_object_new_string(parse_error));
-        json_object_object_add(reply, "error", e);
+        reply = error_reply(parse_error, false, NULL);
     } else {
         bool is_caps = false;
         struct json_object *exec;
@@ -194,8 +335,17 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
             json_object_is_type(exec, json_type_string))
             is_caps = !strcmp(json_object_get_string(exec), "qmp_capabilities");
         reply = vbd_qmp_dispatch(req, c->negotiated);
-        if (is_caps && json_object_object_get_ex(reply, "return", NULL))
-            c->negotiated = true;
+        if (is_caps && json_object_object_get_ex(reply, "return", NULL)) {
+            if (wants_oob(req)) {
+                /* QEMU's answer where out-of-band is not offered: commands run in order here */
+                struct json_object *id = NULL;
+                bool has_id = json_object_object_get_ex(req, "id", &id);
+                json_object_put(reply);
+                reply = error_reply("Capability oob not available", has_id, id);
+            } else {
+                c->negotiated = true;
+            }
+        }
     }
     client_queue_json(c, reply, false);
     json_object_put(reply);
@@ -219,6 +369,8 @@ static void serve_client(struct qmp_monitor *mon, int fd)
         return;
     }
     c->fd = fd;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* TCP: replies go out at once (fails harmlessly on unix) */
     qmp_stream_init(&c->stream, on_request, c);
     mon->client = c;
     greet(c);
@@ -232,7 +384,7 @@ static void serve_client(struct qmp_monitor *mon, int fd)
         if (n <= 0)
             break;
         if (qmp_stream_feed(&c->stream, c->buf, (size_t)n) < 0) {
-            client_drop(c, "it keeps sending a request over the size bound");
+            client_drop(c, "it keeps sending a request over the size bound", true);
             break;
         }
     }
@@ -294,10 +446,11 @@ static void send_events(void *unused)
         struct pending_event *ev = list;
         list = ev->next;
         size_t len;
-        const char *s = json_object_to_json_string_length(ev->msg, JSON_C_TO_STRING_SPACED, &len);
-        for (struct qmp_monitor *mon = monitors; mon; mon = mon->next)
+        char *s = json_line(ev->msg, &len);
+        for (struct qmp_monitor *mon = monitors; s && mon; mon = mon->next)
             if (mon->client && mon->client->negotiated)
                 client_queue(mon->client, s, len, true);
+        free(s);
         json_object_put(ev->msg);
         free(ev);
     }
@@ -384,7 +537,7 @@ static int tcp_listen(const char *id, const char *host, const char *port, bool r
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
     if (fd >= 0)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1) < 0) {
+    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 16) < 0) {
         int e = errno;
         vbd_error_setf(err, e, "--chardev %s: cannot listen on %s:%s: %s", id, host && *host ? host : "*", port,
                        strerror(e));
@@ -401,8 +554,10 @@ int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
     char *backend = NULL, *id = NULL, *path = NULL, *host = NULL, *port = NULL;
     bool server = false, wait = false, remote_ok = false;
     int fd = -1, rc = -EINVAL;
+    pthread_mutex_lock(&events_lock); /* an iothread may raise an event meanwhile */
     if (!main_loop)
         main_loop = vbd_loop_current();
+    pthread_mutex_unlock(&events_lock);
     if (vbd_opt_take_str(opts, "backend", &backend, err) < 0 || vbd_opt_take_str(opts, "id", &id, err) < 0 ||
         vbd_opt_take_str(opts, "path", &path, err) < 0 || vbd_opt_take_str(opts, "host", &host, err) < 0 ||
         vbd_opt_take_str(opts, "port", &port, err) < 0 || vbd_opt_take_bool(opts, "server", &server, err) < 0 ||
@@ -440,7 +595,7 @@ int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
         /* 0600 whatever the umask: whoever connects controls the daemon.
          * Chardevs are made at startup, before any other thread creates files. */
         mode_t old = umask(0177);
-        fd = vbd_unix_listen(path, 1);
+        fd = vbd_unix_listen(path, 16); /* queued clients wait there for their turn */
         umask(old);
         if (fd < 0) {
             vbd_error_setf(err, -fd, "--chardev %s: cannot listen on '%s': %s", id, path, strerror(-fd));
@@ -545,22 +700,7 @@ void vbd_qmp_shutdown(void)
         shutdown(mon->chr->listen_fd, SHUT_RDWR); /* wakes the accept */
         struct qmp_client *c = mon->client;
         if (c) {
-            /* what is queued (the reply to quit) goes out if the socket takes it now */
-            while (c->out_head) {
-                struct out_msg *m = c->out_head;
-                ssize_t n = send(c->fd, m->data + m->off, m->len - m->off, MSG_DONTWAIT | MSG_NOSIGNAL);
-                if (n <= 0)
-                    break;
-                m->off += (size_t)n;
-                c->out_bytes -= (size_t)n;
-                if (m->off < m->len)
-                    break;
-                c->out_head = m->next;
-                if (!c->out_head)
-                    c->out_tail = NULL;
-                free(m);
-            }
-            client_drop(c, NULL);
+            client_drop(c, NULL, true); /* the reply to quit goes out if the socket takes it now */
         }
     }
     if (vbd_in_co()) {

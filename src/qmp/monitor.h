@@ -27,6 +27,10 @@ typedef void qmp_stream_cb(void *opaque, struct json_object *value, const char *
 struct qmp_stream {
     struct json_tokener *tok;
     size_t value_bytes; /* fed to the value being parsed */
+    /* duplicate keys: json-c keeps the last one silently; the ':' outside
+     * strings of a value must equal the members json-c kept */
+    size_t colons;
+    bool in_string, escaped;
     bool skipping;      /* after an error, up to the next newline */
     size_t skipped;
     qmp_stream_cb *cb;

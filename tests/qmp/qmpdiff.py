@@ -5,7 +5,8 @@ vbd-daemon and compare the replies.
 
     qmpdiff.py [-v] SCRIPT [--both ARG]... [--qsd ARG]... [--vbd ARG]...
 
-Each daemon gets its own temporary directory {DIR} and is started with
+Each daemon gets its own temporary directory {DIR} (under $TMPDIR; kept when
+something differs, to look at) and is started with
     --chardev socket,id=qmp0,path={DIR}/qmp.sock,server=on,wait=off --monitor chardev=qmp0
 plus the --both arguments (and its own --qsd / --vbd ones), {DIR} replaced.
 Binaries: $QSD (default qemu-storage-daemon) and $VBD_DAEMON (default
@@ -121,8 +122,11 @@ class Run:
         sock = os.path.join(self.dir, "qmp.sock")
         cmd = [self.binary, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
                "--monitor", "chardev=qmp0"] + self.args
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "w"))
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=open(self.stderr_path, "w"))
+        except OSError as e:
+            raise HarnessError(f"cannot start {self.name}: {e}")
         deadline = time.monotonic() + 60
         while not os.path.exists(sock):
             if self.proc.poll() is not None:
@@ -170,8 +174,12 @@ class Run:
                 continue
             try:
                 if ln.kind == "event":
-                    ev = self.qmp.wait_event(ln.text, timeout=30)
-                    self.replies[ln.no] = self.normalize({"event": ev["event"], "data": ev.get("data")})
+                    try:
+                        ev = self.qmp.wait_event(ln.text, timeout=30)
+                        self.replies[ln.no] = self.normalize({"event": ev["event"], "data": ev.get("data")})
+                    except (TimeoutError, socket.timeout):
+                        self.replies[ln.no] = f"<no {ln.text} event within 30 s>"
+                    self.qmp.sock.settimeout(60)  # wait_event shortened it
                 else:
                     self.qmp.send_raw(self.sub(ln.text) + "\n")
                     self.replies[ln.no] = self.normalize(self.qmp.recv())
@@ -266,8 +274,8 @@ def compare(a, b, path, exact, out):
 def compare_replies(ra, rb, exact):
     out = []
     if isinstance(ra, str) or isinstance(rb, str):
-        if ra != rb:
-            out.append(f"qsd: {ra if isinstance(ra, str) else 'replied'}; vbd: {rb if isinstance(rb, str) else 'replied'}")
+        # a harness failure (no reply, no event) is reported even when both had it
+        out.append(f"qsd: {ra if isinstance(ra, str) else 'replied'}; vbd: {rb if isinstance(rb, str) else 'replied'}")
         return out
     ka = "error" if "error" in ra else "return" if "return" in ra else "event" if "event" in ra else "?"
     kb = "error" if "error" in rb else "return" if "return" in rb else "event" if "event" in rb else "?"
@@ -374,7 +382,7 @@ def main(argv):
         if status == 0:
             r.cleanup()
         else:
-            print(f"    {r.name}'s directory kept: {r.dir}")
+            print(f"    {r.name}'s directory kept: {r.dir}", flush=True)
     return status
 
 
