@@ -2,11 +2,11 @@
 # Snapshots and dirty bitmaps over QMP under a running NBD export, checked
 # with qemu-img and qemu-io: blockdev-snapshot-sync while a writer runs
 # (the base stays as it was at the switch, the writer never sees an error,
-# the overlay holds the new writes), blockdev-snapshot with an overlay
-# given on the command line, internal snapshots (qemu-img snapshot -l),
-# persistent bitmaps (qemu-img info shows what qemu-storage-daemon's same
-# commands leave), and a transaction with one bad action that changes
-# nothing.
+# the overlay holds the new writes), blockdev-snapshot of an overlay given
+# on the command line while a writer runs (the same), internal snapshots
+# (qemu-img snapshot -l), persistent bitmaps (qemu-img info shows what
+# qemu-storage-daemon's same commands leave), and a transaction with one
+# bad action that changes nothing.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io qemu-nbd nbdinfo python3
 S=$T/nbd.sock
@@ -178,15 +178,22 @@ must qmp transaction '{"actions":[{"type":"block-dirty-bitmap-add","data":{"node
 qemu-img snapshot -U -l "$ov" | grep -q " t6 " || fail "t6 (from a good transaction) not listed"
 must qmp block-dirty-bitmap-remove '{"node":"ov1","name":"t5"}' >/dev/null
 
-step "blockdev-snapshot: the command line's overlay (backing null) goes on top of ov1"
+step "blockdev-snapshot while qemu-io writes: the command line's overlay (backing null) goes on top of ov1"
 qmp_err blockdev-snapshot '{"node":"ov1","overlay":"nope"}' GenericError
 qmp_err blockdev-snapshot '{"node":"disk0","overlay":"top2"}' GenericError # disk0 is below ov1
-must qmp blockdev-snapshot '{"node":"ov1","overlay":"top2"}' >/dev/null
+writes=""
+for i in $(seq 0 511); do writes="$writes -c 'write -P 0xf1 $((48 * 1048576 + i * 16384)) 16k'"; done
+eval qemu-io -f raw $writes "'$U'" >"$T/writer2.log" 2>&1 &
+wpid=$!
+out=$(qmp blockdev-snapshot '{"node":"ov1","overlay":"top2"}') || fail "blockdev-snapshot: $out"
+must qemu-img convert -U -f qcow2 -O raw "$ov" "$T/ov-at-snapshot.raw"
+wait $wpid || { cat "$T/writer2.log"; fail "the writer saw an error across blockdev-snapshot"; }
+! grep -qi "error\|fail" "$T/writer2.log" || { cat "$T/writer2.log"; fail "the writer reported an error"; }
 qmp_err blockdev-snapshot '{"node":"ov1","overlay":"top2"}' GenericError
-must qemu-io -f raw -c "write -P 0xf1 48M 1M" -c flush "$U" >/dev/null
-must qemu-io -f raw -r -c "read -P 0xf1 48M 1M" -c "read -P 0xe2 44M 64k" -c "read -P 0xd4 0 64k" -c "read -P 0xa2 60M 1M" "$U" >/dev/null
-must qemu-io -f qcow2 -U -r -c "read -P 0 48M 1M" "$ov" >/dev/null
+must qemu-io -f raw -r -c "read -P 0xf1 48M 8M" -c "read -P 0xe2 44M 64k" -c "read -P 0xd4 0 64k" -c "read -P 0xa2 60M 1M" "$U" >/dev/null
+must qemu-img compare -U -f qcow2 -F raw "$ov" "$T/ov-at-snapshot.raw"
 stop_daemon
+must qemu-img compare -f qcow2 -F raw "$ov" "$T/ov-at-snapshot.raw"
 
 step "offline: qemu-img check clean on all three, the chain, the internal snapshot's contents, the bitmaps"
 qcheck "$base"
