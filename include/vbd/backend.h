@@ -72,6 +72,33 @@ uint32_t vbd_backend_physical_block_size(struct vbd_backend *be);
 const char *vbd_backend_name(struct vbd_backend *be);
 const char *vbd_backend_serial(struct vbd_backend *be);
 
+/*
+ * Drained sections and root swaps (a live snapshot's switch to the overlay,
+ * later a job's pivot): DESIGN.md pattern 13.
+ *
+ * Thread rules: these run in a coroutine on the loop the backend was
+ * created on (its "ctl" loop: the daemon's main loop), never on a request's
+ * loop. drain_begin closes the backend's gate and returns once no request
+ * is past it on any loop (requests already in the node finish first; new
+ * ones wait, on the ctl loop, until drain_end). Drains nest (a counter).
+ * Inside a drained section the caller may change the graph below the
+ * backend and swap its root with set_root; requests that waited resume on
+ * the new root, and return to their own loop afterwards. A request never
+ * sees half a graph. Callers must not issue requests through the same
+ * backend while they hold it drained (they would wait for themselves).
+ * What the exports read straight from the node (vbd_backend_node: the NBD
+ * server's block status) is not gated: a request racing the swap may see
+ * the old root's status, which was true when it was read.
+ */
+void vbd_backend_co_drain_begin(struct vbd_backend *be);
+void vbd_backend_drain_end(struct vbd_backend *be);
+/* Inside a drained section: the backend now sends its requests to root
+ * (it takes a reference on root and drops the one on the old root);
+ * -EACCES if the backend writes and root is read-only. */
+int vbd_backend_set_root(struct vbd_backend *be, struct vbd_node *root, struct vbd_error **err);
+/* drain_begin + set_root + drain_end. */
+int vbd_backend_co_replace_root(struct vbd_backend *be, struct vbd_node *root, struct vbd_error **err);
+
 /* Coroutine context. Same return convention as vbd_node_co_*. Writes on a
  * read-only backend fail with -EROFS; discard without discard_unmap
  * succeeds without effect (as QEMU's discard=ignore). The range is checked

@@ -46,8 +46,9 @@ struct vbd_export_type {
     void (*cont)(struct vbd_export *exp);
     void (*resized)(struct vbd_export *exp);
     /* The backend its requests go through (may be NULL: the export has
-     * none). The daemon drains it and swaps its root for graph changes
-     * under a running export (live snapshot). */
+     * none): query-blockstats, who writes to which node for
+     * blockdev-reopen; the daemon drains it and swaps its root for graph
+     * changes under a running export (live snapshot). */
     struct vbd_backend *(*backend)(struct vbd_export *exp);
 };
 

@@ -19,8 +19,9 @@
 #include <string.h>
 
 struct vbd_backend {
-    struct vbd_node *root;
-    struct vbd_loop *home; /* NULL: any loop may run requests */
+    struct vbd_node *root; /* atomic: replaced in a drained section, read from any loop */
+    struct vbd_loop *home; /* NULL: any loop may run requests; changes with root */
+    struct vbd_loop *ctl;  /* the loop it was created on: drains and root swaps happen there */
     bool read_only;
     bool root_growable; /* vbd_node_growable(root): the size is bounded here, not by io.c */
     atomic_bool writethrough;
@@ -32,6 +33,12 @@ struct vbd_backend {
         _Atomic uint64_t ops, bytes, errors, total_ns;
         _Atomic uint64_t hist[VBD_LAT_BUCKETS];
     } stats[VBD_STAT_NR];
+    /* The drain gate (vbd_backend_co_drain_begin): requests between
+     * be_enter and be_leave, and whether new ones must wait. */
+    atomic_uint in_flight;
+    atomic_bool quiesced;
+    unsigned drain_depth;            /* ctl loop only */
+    struct vbd_co_queue gate_waiters; /* on the ctl loop */
 };
 
 int vbd_cache_mode_parse(const char *s, enum vbd_cache_mode *mode)
@@ -103,6 +110,7 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
     struct vbd_backend *be = vbd_xcalloc(1, sizeof(*be));
     vbd_node_ref(root);
     be->root = root;
+    be->ctl = vbd_loop_current();
     /* Requests hop to the loop that opened the graph when some node in it
      * is not multi-loop: that is the loop this backend is created on. */
     assert(pthread_equal(root->home_thread, pthread_self()));
@@ -122,12 +130,19 @@ void vbd_backend_free(struct vbd_backend *be)
 {
     if (!be)
         return;
+    assert(be->drain_depth == 0 && vbd_co_queue_empty(&be->gate_waiters));
     vbd_node_unref(be->root);
     free(be);
 }
 
-struct vbd_node *vbd_backend_node(struct vbd_backend *be) { return be->root; }
-uint64_t vbd_backend_size(struct vbd_backend *be) { return vbd_node_size(be->root); }
+/* The root as a request or an accessor on any loop sees it. */
+static struct vbd_node *root_of(struct vbd_backend *be)
+{
+    return __atomic_load_n(&be->root, __ATOMIC_ACQUIRE);
+}
+
+struct vbd_node *vbd_backend_node(struct vbd_backend *be) { return root_of(be); }
+uint64_t vbd_backend_size(struct vbd_backend *be) { return vbd_node_size(root_of(be)); }
 bool vbd_backend_read_only(struct vbd_backend *be) { return be->read_only; }
 bool vbd_backend_writethrough(struct vbd_backend *be) { return atomic_load(&be->writethrough); }
 void vbd_backend_set_writethrough(struct vbd_backend *be, bool wt) { atomic_store(&be->writethrough, wt); }
@@ -155,22 +170,102 @@ static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes,
         atomic_fetch_add_explicit(&be->stats[op].bytes, bytes, memory_order_relaxed);
 }
 
-/* Run the rest of a request on the home loop when the graph needs it. */
-static struct vbd_loop *enter_home(struct vbd_backend *be)
+/*
+ * The drain gate. A request passes be_enter before it looks at the root
+ * and be_leave after its last use of it. Fast path: one atomic increment
+ * and one load (the same cache line the statistics already touch). While
+ * the backend is drained, a request that arrives decrements again, moves
+ * to the ctl loop and waits there (a single-loop queue, so no lock): it
+ * goes on with the new root once the drain ends.
+ *
+ * The increment before the load of `quiesced` here, and the store of
+ * `quiesced` before the load of in_flight in drain_begin, are sequentially
+ * consistent: either the drainer sees the request or the request sees the
+ * gate closed (never neither).
+ */
+static struct vbd_loop *gate_wait(struct vbd_backend *be)
 {
-    if (!be->home)
-        return NULL;
-    struct vbd_loop *here = vbd_loop_current();
-    if (here == be->home)
-        return NULL;
-    vbd_co_move_to(be->home);
-    return here;
+    struct vbd_loop *origin = vbd_loop_current();
+    atomic_fetch_sub(&be->in_flight, 1);
+    vbd_co_move_to(be->ctl);
+    /* quiesced changes only on the ctl loop, so it cannot change between
+     * this check and the increment */
+    while (atomic_load(&be->quiesced))
+        vbd_co_queue_wait(&be->gate_waiters);
+    atomic_fetch_add(&be->in_flight, 1);
+    return origin == be->ctl ? NULL : origin;
 }
 
-static void leave_home(struct vbd_loop *prev)
+/* Returns the loop to go back to in be_leave (NULL: stayed). Runs the
+ * rest of the request on the home loop when the graph needs it. */
+static struct vbd_loop *be_enter(struct vbd_backend *be)
 {
-    if (prev)
-        vbd_co_move_to(prev);
+    struct vbd_loop *origin = NULL;
+    atomic_fetch_add(&be->in_flight, 1);
+    if (atomic_load(&be->quiesced))
+        origin = gate_wait(be);
+    if (!be->home)
+        return origin;
+    struct vbd_loop *here = vbd_loop_current();
+    if (here != be->home) {
+        if (!origin)
+            origin = here;
+        vbd_co_move_to(be->home);
+    }
+    return origin;
+}
+
+static void be_leave(struct vbd_backend *be, struct vbd_loop *origin)
+{
+    atomic_fetch_sub_explicit(&be->in_flight, 1, memory_order_release);
+    if (origin)
+        vbd_co_move_to(origin);
+}
+
+void vbd_backend_co_drain_begin(struct vbd_backend *be)
+{
+    assert(vbd_in_co() && vbd_loop_current() == be->ctl);
+    if (be->drain_depth++ == 0)
+        atomic_store(&be->quiesced, true);
+    /* Polled: a wake-up from the last request out would put a cross-loop
+     * wake on every request's exit path for the sake of a rare graph
+     * change. The wait is as long as the slowest request in flight. */
+    while (atomic_load(&be->in_flight))
+        vbd_co_sleep_ns(100 * 1000);
+}
+
+void vbd_backend_drain_end(struct vbd_backend *be)
+{
+    assert(vbd_loop_current() == be->ctl && be->drain_depth > 0);
+    if (--be->drain_depth)
+        return;
+    atomic_store(&be->quiesced, false);
+    vbd_co_queue_wake_all(&be->gate_waiters);
+}
+
+int vbd_backend_set_root(struct vbd_backend *be, struct vbd_node *root, struct vbd_error **err)
+{
+    assert(be->drain_depth > 0 && vbd_loop_current() == be->ctl);
+    assert(pthread_equal(root->home_thread, pthread_self()));
+    if (!be->read_only && root->read_only) {
+        vbd_error_setf(err, EACCES, "Block node '%s' is read-only", root->node_name);
+        return -EACCES;
+    }
+    struct vbd_node *old = be->root;
+    vbd_node_ref(root);
+    be->home = chain_multi_loop(root) ? NULL : be->ctl;
+    be->root_growable = vbd_node_growable(root);
+    __atomic_store_n(&be->root, root, __ATOMIC_RELEASE);
+    vbd_node_unref(old);
+    return 0;
+}
+
+int vbd_backend_co_replace_root(struct vbd_backend *be, struct vbd_node *root, struct vbd_error **err)
+{
+    vbd_backend_co_drain_begin(be);
+    int rc = vbd_backend_set_root(be, root, err);
+    vbd_backend_drain_end(be);
+    return rc;
 }
 
 /* io.c bounds every request by its node's size (vbd_request_check), so a
@@ -178,7 +273,7 @@ static void leave_home(struct vbd_loop *prev)
  * a node that would (a bare file) its bound is the same rule, applied here. */
 static int check_drive_range(struct vbd_backend *be, uint64_t off, uint64_t bytes)
 {
-    return be->root_growable ? vbd_request_check(vbd_node_size(be->root), off, bytes) : 0;
+    return be->root_growable ? vbd_request_check(vbd_node_size(root_of(be)), off, bytes) : 0;
 }
 
 int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
@@ -186,9 +281,9 @@ int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, 
     uint64_t t = vbd_clock_ns();
     int rc = check_drive_range(be, off, bytes);
     if (rc == 0) {
-        struct vbd_loop *prev = enter_home(be);
-        rc = vbd_node_co_preadv(be->root, off, bytes, qiov, 0, flags);
-        leave_home(prev);
+        struct vbd_loop *origin = be_enter(be);
+        rc = vbd_node_co_preadv(root_of(be), off, bytes, qiov, 0, flags);
+        be_leave(be, origin);
     }
     account(be, VBD_STAT_READ, bytes, rc, t);
     return rc;
@@ -201,9 +296,9 @@ int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes,
     if (rc == 0) {
         if (atomic_load_explicit(&be->writethrough, memory_order_relaxed))
             flags |= VBD_REQ_FUA;
-        struct vbd_loop *prev = enter_home(be);
-        rc = vbd_node_co_pwritev(be->root, off, bytes, qiov, 0, flags);
-        leave_home(prev);
+        struct vbd_loop *origin = be_enter(be);
+        rc = vbd_node_co_pwritev(root_of(be), off, bytes, qiov, 0, flags);
+        be_leave(be, origin);
     }
     account(be, VBD_STAT_WRITE, bytes, rc, t);
     return rc;
@@ -214,9 +309,9 @@ int vbd_backend_co_flush(struct vbd_backend *be)
     uint64_t t = vbd_clock_ns();
     int rc = 0;
     if (!be->read_only) {
-        struct vbd_loop *prev = enter_home(be);
-        rc = vbd_node_co_flush(be->root);
-        leave_home(prev);
+        struct vbd_loop *origin = be_enter(be);
+        rc = vbd_node_co_flush(root_of(be));
+        be_leave(be, origin);
     }
     account(be, VBD_STAT_FLUSH, 0, rc, t);
     return rc;
@@ -227,12 +322,12 @@ int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes
     uint64_t t = vbd_clock_ns();
     int rc = be->read_only ? -EROFS : 0;
     if (rc == 0 && be->discard_unmap && (rc = check_drive_range(be, off, bytes)) == 0) {
-        struct vbd_loop *prev = enter_home(be);
-        rc = vbd_node_co_pdiscard(be->root, off, bytes);
-        leave_home(prev);
+        struct vbd_loop *origin = be_enter(be);
+        rc = vbd_node_co_pdiscard(root_of(be), off, bytes);
+        be_leave(be, origin);
     } else if (rc == 0 && !be->discard_unmap) {
         /* dropped here, so io.c never sees it: a bad range fails all the same */
-        rc = vbd_request_check(vbd_node_size(be->root), off, bytes);
+        rc = vbd_request_check(vbd_node_size(root_of(be)), off, bytes);
     }
     account(be, VBD_STAT_DISCARD, bytes, rc, t);
     return rc;
@@ -247,9 +342,9 @@ int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t 
             flags &= ~VBD_REQ_MAY_UNMAP;
         if (atomic_load_explicit(&be->writethrough, memory_order_relaxed))
             flags |= VBD_REQ_FUA;
-        struct vbd_loop *prev = enter_home(be);
-        rc = vbd_node_co_pwrite_zeroes(be->root, off, bytes, flags);
-        leave_home(prev);
+        struct vbd_loop *origin = be_enter(be);
+        rc = vbd_node_co_pwrite_zeroes(root_of(be), off, bytes, flags);
+        be_leave(be, origin);
     }
     account(be, VBD_STAT_ZEROES, bytes, rc, t);
     return rc;

@@ -3,11 +3,13 @@
 #include "daemon/objects.h"
 
 #include "vbd/alloc.h"
+#include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -130,6 +132,70 @@ void vbd_daemon_export_remove(struct vbd_daemon_export *e)
     e->type->shutdown(e->exp);
     e->type->free(e->exp);
     free(e);
+}
+
+static bool reaches(const struct vbd_node *top, const struct vbd_node *n)
+{
+    for (; top; top = top->file) {
+        if (top == n)
+            return true;
+        if (top->backing && reaches(top->backing, n))
+            return true;
+    }
+    return false;
+}
+
+static struct vbd_backend *export_backend(struct vbd_daemon_export *e)
+{
+    return e->type->backend ? e->type->backend(e->exp) : NULL;
+}
+
+void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d)
+{
+    d->be = NULL;
+    d->n = 0;
+    for (struct vbd_daemon_export *e = exports; e; e = e->next) {
+        struct vbd_backend *be = export_backend(e);
+        if (be && reaches(vbd_backend_node(be), node)) {
+            d->be = vbd_xrealloc(d->be, sizeof(*d->be) * (size_t)(d->n + 1));
+            d->be[d->n++] = be;
+        }
+    }
+    /* one after the other: a drained export's requests wait at its gate
+     * while the next one's in-flight requests finish */
+    for (int i = 0; i < d->n; i++)
+        vbd_backend_co_drain_begin(d->be[i]);
+}
+
+void vbd_daemon_drain_end(struct vbd_daemon_drain *d)
+{
+    for (int i = 0; i < d->n; i++)
+        vbd_backend_drain_end(d->be[i]);
+    free(d->be);
+    d->be = NULL;
+    d->n = 0;
+}
+
+int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, struct vbd_error **err)
+{
+    int n = 0;
+    for (struct vbd_daemon_export *e = exports; e; e = e->next) {
+        struct vbd_backend *be = export_backend(e);
+        if (be && vbd_backend_node(be) == old && !vbd_backend_read_only(be) && new_root->read_only) {
+            vbd_error_setf(err, EACCES, "Block node '%s' is read-only (export '%s' writes)", new_root->node_name, e->id);
+            return -EACCES;
+        }
+    }
+    for (struct vbd_daemon_export *e = exports; e; e = e->next) {
+        struct vbd_backend *be = export_backend(e);
+        if (be && vbd_backend_node(be) == old) {
+            int rc = vbd_backend_set_root(be, new_root, err);
+            assert(rc == 0); /* the only reason it fails was checked above */
+            (void)rc;
+            n++;
+        }
+    }
+    return n;
 }
 
 void vbd_daemon_shutdown_exports(void)

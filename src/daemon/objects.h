@@ -44,6 +44,25 @@ struct vbd_daemon_export *vbd_daemon_export_first(void);
 /* Shut the export down (in-flight requests finish) and free it. */
 void vbd_daemon_export_remove(struct vbd_daemon_export *e);
 
+/*
+ * Graph changes under running exports (live snapshots, internal snapshots
+ * and bitmap changes over QMP). A drain covers every export whose backend
+ * reaches the node (it is the backend's root or below it): their requests
+ * in flight finish and new ones wait until drain_end (vbd/backend.h). In a
+ * coroutine on the main loop; the set is kept in `d` so that drain_end
+ * ends exactly what begin started, even after the graph changed.
+ */
+struct vbd_daemon_drain {
+    struct vbd_backend **be;
+    int n;
+};
+void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d);
+void vbd_daemon_drain_end(struct vbd_daemon_drain *d);
+/* Inside a drain of `old`: every export whose backend's root is old sends
+ * its requests to `new` from now on. Nothing changes on failure (a
+ * writable export and a read-only new node). Returns how many switched. */
+int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, struct vbd_error **err);
+
 /* Daemon exit: shut every export down, flush every node (remove_all
  * frees them, after the iothreads stopped). */
 void vbd_daemon_shutdown_exports(void);

@@ -68,6 +68,7 @@ int verb_snapshot(int argc, char **argv)
         snprintf(sn.name, sizeof(sn.name), "%s", name);
         sn.date_sec = (uint32_t)ts.tv_sec;
         sn.date_nsec = (uint32_t)ts.tv_nsec;
+        sn.icount_valid = true; /* qemu-img snapshot -c records an icount of 0 */
         rc = img->drv->snapshot_create(img, &sn, &err) < 0;
         if (rc)
             vbd_error_report("Could not create snapshot '%s': %s", name, err ? err->msg : "failed");

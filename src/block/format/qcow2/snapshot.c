@@ -364,7 +364,7 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
     put_be32p(e + 36, 24); /* extra data: vm_state_size_large, disk_size, icount */
     put_be64p(e + 40, 0);
     put_be64p(e + 48, n->size);
-    put_be64p(e + 56, 0); /* icount, as qemu-img snapshot -c records it */
+    put_be64p(e + 56, sn->icount_valid ? sn->icount : UINT64_MAX); /* none: -1, as QEMU's QMP records it */
     memcpy(e + 64, sn->id, il);
     memcpy(e + 64 + il, sn->name, nl);
     rc = write_table(s, ntab, len + elen, s->nb_snapshots + 1);

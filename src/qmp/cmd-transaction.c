@@ -1,0 +1,256 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * QMP 'transaction': several snapshot and bitmap actions, all or nothing
+ * (qapi/transaction.json). Every action is checked first (shape and
+ * argument types, as QEMU's visitor does before anything runs), then
+ * prepared in order; if one fails, those prepared are aborted in reverse
+ * order, else all are committed. completion-mode 'grouped' only matters
+ * for block jobs, which no action here starts: refused as QEMU refuses it
+ * for these actions.
+ */
+#include "qmp/commands.h"
+#include "qmp/snapshot.h"
+
+#include "vbd/alloc.h"
+#include "vbd/block.h"
+
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct vbd_node *qmp_lookup_node(const char *name, struct vbd_qmp_error *err)
+{
+    struct vbd_node *n = vbd_node_find(name);
+    if (!n)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'", name, name);
+    return n;
+}
+
+struct vbd_node *qmp_node_parent(struct vbd_node *n, const char **role)
+{
+    for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p)) {
+        if (p->backing == n) {
+            *role = "backing hd";
+            return p;
+        }
+        if (p->file == n) {
+            *role = "file";
+            return p;
+        }
+    }
+    return NULL;
+}
+
+void tx_drain(struct tx_action *a, struct vbd_node *n)
+{
+    if (a->drained)
+        return;
+    vbd_daemon_co_drain_begin(n, &a->drain);
+    a->drained = true;
+}
+
+/* ---------- argument checks with QEMU's wording, for nested objects ---------- */
+
+static const char *json_type_word(struct json_object *v)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_string: return "str";
+    case json_type_int: return "int";
+    case json_type_double: return "number";
+    case json_type_boolean: return "bool";
+    case json_type_object: return "object";
+    case json_type_array: return "array";
+    default: return "null";
+    }
+}
+
+static const char *expected_word(const char *type)
+{
+    if (!strcmp(type, "str"))
+        return "string";
+    if (!strcmp(type, "int"))
+        return "integer";
+    if (!strcmp(type, "bool"))
+        return "boolean";
+    return type;
+}
+
+/* One "?name:type" word of an arg_spec; NULL at the end. */
+static const char *spec_next(const char *p, char name[64], char type[16], bool *optional)
+{
+    while (*p == ' ')
+        p++;
+    if (!*p)
+        return NULL;
+    *optional = *p == '?';
+    p += *optional;
+    size_t n = strcspn(p, ":");
+    snprintf(name, 64, "%.*s", (int)n, p);
+    p += n + (p[n] == ':');
+    n = strcspn(p, " ");
+    snprintf(type, 16, "%.*s", (int)n, p);
+    return p + n;
+}
+
+/* args against spec, names in messages prefixed by `prefix` ("actions[0].data."). */
+static int check_args(const char *spec, struct json_object *args, const char *prefix, struct vbd_qmp_error *err)
+{
+    char name[64], type[16];
+    bool optional;
+    for (const char *p = spec; (p = spec_next(p, name, type, &optional));) {
+        struct json_object *v;
+        if (!json_object_object_get_ex(args, name, &v)) {
+            if (!optional) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s%s' is missing", prefix, name);
+                return -1;
+            }
+            continue;
+        }
+        const char *have = json_type_word(v);
+        bool ok = !strcmp(type, "any") || !strcmp(type, have) || (!strcmp(type, "number") && !strcmp(have, "int"));
+        if (!ok) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s%s', expected: %s", prefix, name,
+                               expected_word(type));
+            return -1;
+        }
+    }
+    json_object_object_foreach(args, key, val)
+    {
+        (void)val;
+        bool known = false;
+        for (const char *p = spec; !known && (p = spec_next(p, name, type, &optional));)
+            known = !strcmp(name, key);
+        if (!known) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s%s' is unexpected", prefix, key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---------- running ---------- */
+
+static bool grouped_refused(const struct tx_action *a, bool grouped, struct vbd_qmp_error *err)
+{
+    if (grouped)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Action '%s' does not support Transaction property completion-mode = grouped", a->type->name);
+    return grouped;
+}
+
+static int tx_run(struct tx_action *acts, int n, bool grouped, struct vbd_qmp_error *err)
+{
+    int prepared = 0, rc = 0;
+    for (; prepared < n; prepared++) {
+        struct tx_action *a = &acts[prepared];
+        if (grouped_refused(a, grouped, err) || a->type->prepare(a, err) < 0) {
+            rc = -1;
+            break;
+        }
+    }
+    if (rc == 0) {
+        for (int i = 0; i < n; i++)
+            if (acts[i].type->commit)
+                acts[i].type->commit(&acts[i]);
+    } else {
+        /* the failed one undid itself; the others in reverse order */
+        for (int i = prepared - 1; i >= 0; i--)
+            if (acts[i].type->abort)
+                acts[i].type->abort(&acts[i]);
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        if (acts[i].type->clean)
+            acts[i].type->clean(&acts[i]);
+        if (acts[i].drained)
+            vbd_daemon_drain_end(&acts[i].drain);
+    }
+    return rc;
+}
+
+struct json_object *tx_run_one(const struct tx_action_type *t, struct json_object *args, struct vbd_qmp_error *err)
+{
+    struct tx_action a = {.type = t, .data = args};
+    if (t->check && t->check(args, "", err) < 0)
+        return NULL;
+    return tx_run(&a, 1, false, err) < 0 ? NULL : vbd_qmp_ok();
+}
+
+/* The 'abort' action: always fails its prepare (tests of rollback). */
+static int abort_prepare(struct tx_action *a, struct vbd_qmp_error *err)
+{
+    (void)a;
+    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Transaction aborted using Abort action");
+    return -1;
+}
+static const struct tx_action_type tx_abort = {.name = "abort", .arg_spec = "", .prepare = abort_prepare};
+
+static const struct tx_action_type *const action_types[] = {
+    &tx_abort,
+    &tx_bitmap_add,
+    &tx_bitmap_remove,
+    &tx_bitmap_clear,
+    &tx_bitmap_enable,
+    &tx_bitmap_disable,
+    &tx_bitmap_merge,
+    &tx_blockdev_snapshot,
+    &tx_internal_snapshot,
+    &tx_blockdev_snapshot_sync,
+    NULL,
+};
+
+/* Checked as QEMU's visitor checks TransactionAction: {type, data}. */
+static int parse_action(struct json_object *item, int i, struct tx_action *a, struct vbd_qmp_error *err)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "actions[%d]", i);
+    if (!json_object_is_type(item, json_type_object)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: object", prefix);
+        return -1;
+    }
+    snprintf(prefix, sizeof(prefix), "actions[%d].", i);
+    if (check_args("type:str data:object", item, prefix, err) < 0)
+        return -1;
+    const char *type = json_object_get_string(json_object_object_get(item, "type"));
+    for (const struct tx_action_type *const *t = action_types; *t; t++)
+        if (!strcmp((*t)->name, type))
+            a->type = *t;
+    if (!a->type) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'type' does not accept value '%s'", type);
+        return -1;
+    }
+    a->data = json_object_object_get(item, "data");
+    snprintf(prefix, sizeof(prefix), "actions[%d].data.", i);
+    if (check_args(a->type->arg_spec, a->data, prefix, err) < 0)
+        return -1;
+    return a->type->check ? a->type->check(a->data, prefix, err) : 0;
+}
+
+struct json_object *qmp_transaction(struct json_object *args, struct vbd_qmp_error *err)
+{
+    struct json_object *list = json_object_object_get(args, "actions"), *props = NULL;
+    bool grouped = false;
+    int n = (int)json_object_array_length(list);
+    struct tx_action *acts = vbd_xcalloc((size_t)n + 1, sizeof(*acts));
+    for (int i = 0; i < n; i++)
+        if (parse_action(json_object_array_get_idx(list, (size_t)i), i, &acts[i], err) < 0)
+            goto fail;
+    if (json_object_object_get_ex(args, "properties", &props)) {
+        if (check_args("?completion-mode:str", props, "properties.", err) < 0)
+            goto fail;
+        struct json_object *mode = json_object_object_get(props, "completion-mode");
+        const char *m = mode ? json_object_get_string(mode) : "individual";
+        grouped = !strcmp(m, "grouped");
+        if (!grouped && strcmp(m, "individual")) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'completion-mode' does not accept value '%s'", m);
+            goto fail;
+        }
+    }
+    if (tx_run(acts, n, grouped, err) < 0)
+        goto fail;
+    free(acts);
+    return vbd_qmp_ok();
+fail:
+    free(acts);
+    return NULL;
+}
