@@ -317,6 +317,8 @@ static bool wants_oob(struct json_object *req)
     return false;
 }
 
+static struct vbd_co_mutex dispatch_lock = VBD_CO_MUTEX_INIT;
+
 static void on_request(void *opaque, struct json_object *req, const char *parse_error)
 {
     struct qmp_client *c = opaque;
@@ -334,7 +336,16 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
         if (json_object_is_type(req, json_type_object) && json_object_object_get_ex(req, "execute", &exec) &&
             json_object_is_type(exec, json_type_string))
             is_caps = !strcmp(json_object_get_string(exec), "qmp_capabilities");
+        /* One command at a time across every monitor, as QEMU's dispatcher:
+         * a handler may yield (drain, flush) and must not find the graph
+         * changed under it by another client's command meanwhile. */
+        vbd_co_mutex_lock(&dispatch_lock);
+        if (c->closing) { /* closed (quit, daemon exit) while it waited its turn */
+            vbd_co_mutex_unlock(&dispatch_lock);
+            return;
+        }
         reply = vbd_qmp_dispatch(req, c->negotiated);
+        vbd_co_mutex_unlock(&dispatch_lock);
         if (is_caps && json_object_object_get_ex(reply, "return", NULL)) {
             if (wants_oob(req)) {
                 /* QEMU's answer where out-of-band is not offered: commands run in order here */
