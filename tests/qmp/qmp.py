@@ -78,8 +78,9 @@ class QMP:
         self.send_raw(json.dumps(req) + "\n")
         return self.recv()
 
-    def execute(self, name, **args):
-        reply = self.cmd(name, {k.replace("_", "-"): v for k, v in args.items()} or None)
+    def execute(self, command, /, **args):
+        """Arguments as keywords, '_' standing for '-' (node_name=...)."""
+        reply = self.cmd(command, {k.replace("_", "-"): v for k, v in args.items()} or None)
         if "error" in reply:
             raise QMPError(reply)
         return reply["return"]
