@@ -181,6 +181,7 @@ for try in 1 2 3 4 5; do
     pid=$!
     for _ in $(seq 1000); do [ "$(grep -c wrote o.txt)" -ge 10 ] && break; sleep 0.01; done
     kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+    wait_lock_free l.qcow2 # io_uring's file references can outlive the reaped writer (lib.sh)
     if qemu-img info --output=json l.qcow2 | grep -q '"dirty-flag": true'; then dirty=1; break; fi
 done
 [ $dirty = 1 ] || fail "the writer was never caught with a dirty image in 5 tries"
