@@ -74,7 +74,7 @@ for opt in "static=off" "static=on"; do
     must cp a.vdi b.vdi
     cmds=(-c "aio_write -P 0x71 3146000 5000" -c "aio_write -P 0x72 3200000 700" -c "aio_write -P 0x73 4100000 300000"
           -c "aio_write -P 0x74 3145728 100" -c "aio_write -P 0x75 5000 3000" -c aio_flush
-          -c "write -P 0x76 7340000 9000")
+          -c "write -P 0x76 7340000 9000" -c "write -z 1500 2000" -c "write -z 6000000 5000")
     must "$VBD_IO" -f vdi "${cmds[@]}" a.vdi >/dev/null
     qcmds=(); for c in "${cmds[@]}"; do [ "$c" = -c ] && continue; [ "$c" = aio_flush ] && continue; qcmds+=(-c "${c#aio_}"); done
     must qemu-io -f vdi "${qcmds[@]}" b.vdi >/dev/null

@@ -328,6 +328,24 @@ static int vdi_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
     return 0;
 }
 
+/* Unallocated blocks already read as zeroes: only allocated ones are written. */
+static int vdi_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct vdi_state *s = n->opaque;
+    (void)flags;
+    while (bytes) {
+        uint64_t host, len;
+        if (!vdi_map(s, off, bytes, &host, &len)) {
+            int rc = vbd_node_co_pwrite_zeroes(n->file, host, len, 0);
+            if (rc < 0)
+                return rc;
+        }
+        off += len;
+        bytes -= len;
+    }
+    return 0;
+}
+
 static int vdi_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
                             uint64_t *map, struct vbd_node **file)
 {
@@ -480,6 +498,7 @@ static const struct vbd_driver vdi_driver = {
     .close = vdi_close,
     .co_preadv = vdi_preadv,
     .co_pwritev = vdi_pwritev,
+    .co_pwrite_zeroes = vdi_pwrite_zeroes,
     .co_block_status = vdi_block_status,
     .get_info = vdi_get_info,
     .co_check = vdi_co_check,
