@@ -47,6 +47,7 @@ for opt in "static=off" "static=on"; do
         rm -f c.vdi
         must "$VBD_IMG" convert -f raw -O vdi -o $opt q.raw c.vdi
         qcheck c.vdi
+        must "$VBD_IMG" check -q c.vdi
         must qemu-img compare -q -f raw -F vdi q.raw c.vdi
         [ "$(info_key "$(qemu-img info --output=json c.vdi)" virtual-size)" = "$(stat -c %s q.raw)" ] ||
             fail "c.vdi has another virtual size than its source"
@@ -114,4 +115,15 @@ check_bad "points to block" 0x200 "<I" 0x12345
 check_bad "used twice" 0x204 "<I" 0
 check_bad "parent UUID" 0x1b8 "<I" 1
 check_bad "image type" 0x4c "<I" 7
+step "check: a map with a block used twice, an entry past the image, a wrong count: exit 2 as qemu-img"
+for fault in "0x204 <I 0" "0x208 <I 0x999" "0x184 <I 1"; do
+    cp good.vdi bad.vdi
+    must qemu-io -f vdi -c "write -P 2 2M 1M" bad.vdi >/dev/null
+    patch bad.vdi $fault
+    rc=0; qemu-img check bad.vdi >/dev/null 2>&1 || rc=$?
+    vrc=0; out=$("$VBD_IMG" check bad.vdi 2>&1) || vrc=$?
+    [ $rc = 2 ] && [ $vrc = 2 ] || fail "check of a map patched with '$fault': qemu-img exit $rc, vbd-img $vrc: $out"
+    grep -q "^ERROR: " <<<"$out" || fail "vbd-img check names no error for '$fault': $out"
+done
+must "$VBD_IMG" check -q good.vdi
 echo PASS

@@ -161,6 +161,10 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         vbd_error_setf(err, -rc, "Could not read the VDI block map of '%s': %s", n->filename, strerror(-rc));
         return rc;
     }
+    for (uint32_t i = 0; i < s->blocks; i++)
+        s->bmap[i] = get_le32((const uint8_t *)&s->bmap[i]);
+    if (flags & VBD_OPEN_CHECK)
+        return 0; /* check reports what is wrong with the map */
     /* every entry names a block of the data area, once; writes allocate after the last */
     uint8_t *seen = calloc((size_t)s->blocks / 8 + 1, 1);
     if (!seen) {
@@ -170,8 +174,7 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
     uint32_t in_use = 0;
     rc = 0;
     for (uint32_t i = 0; i < s->blocks; i++) {
-        uint32_t e = get_le32((const uint8_t *)&s->bmap[i]);
-        s->bmap[i] = e;
+        uint32_t e = s->bmap[i];
         if (e == VDI_UNALLOCATED || e == VDI_DISCARDED)
             continue;
         if (e >= s->blocks) {
@@ -198,7 +201,7 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         }
     }
     free(seen);
-    if (rc == 0 && in_use != s->blocks_allocated && (flags & VBD_OPEN_RDWR) && !(flags & VBD_OPEN_CHECK)) {
+    if (rc == 0 && in_use != s->blocks_allocated && (flags & VBD_OPEN_RDWR)) {
         vbd_error_setf(err, EINVAL, "Corrupt VDI image '%s': %u blocks in the map, the header says %u allocated",
                        n->filename, in_use, s->blocks_allocated);
         rc = -EINVAL;
@@ -393,21 +396,41 @@ static int vdi_get_info(struct vbd_node *n, struct vbd_image_info *info, struct 
     return 0;
 }
 
+/* The map's entries, as qemu-img checks them: each within the image, no
+ * block used twice, their count the header's. Reported, not repaired. */
 static int vdi_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
     struct vdi_state *s = n->opaque;
     (void)fix;
-    (void)err;
+    uint32_t *owner = malloc(((size_t)s->blocks + 1) * sizeof(*owner)); /* data block -> the map entry using it */
+    if (!owner) {
+        vbd_error_setf(err, ENOMEM, "VDI image '%s': no memory to check the block map", n->filename);
+        return -ENOMEM;
+    }
+    memset(owner, 0xff, ((size_t)s->blocks + 1) * sizeof(*owner));
     uint32_t in_use = 0;
-    for (uint32_t i = 0; i < s->blocks; i++)
-        if (s->bmap[i] != VDI_UNALLOCATED && s->bmap[i] != VDI_DISCARDED)
-            in_use++;
+    for (uint32_t i = 0; i < s->blocks; i++) {
+        uint32_t e = s->bmap[i];
+        if (e == VDI_UNALLOCATED || e == VDI_DISCARDED)
+            continue;
+        if (e >= s->blocks) {
+            fprintf(stderr, "ERROR: block index %u too large, is %u\n", i, e);
+            res->corruptions++;
+            continue;
+        }
+        in_use++;
+        if (owner[e] != VDI_UNALLOCATED) {
+            fprintf(stderr, "ERROR: block %u of the data area used by map entries %u and %u\n", e, owner[e], i);
+            res->corruptions++;
+        } else {
+            owner[e] = i;
+        }
+    }
+    free(owner);
     if (in_use != s->blocks_allocated) {
         fprintf(stderr, "ERROR: allocated blocks mismatch, is %u, should be %u\n", in_use, s->blocks_allocated);
         res->corruptions++;
     }
-    res->total_clusters = s->blocks;
-    res->allocated_clusters = in_use;
     return 0;
 }
 
