@@ -67,6 +67,10 @@ for opt in "static=off" "static=on"; do
         fail "$opt: virtual sizes differ"
 done
 
+step "a size past the VDI limit is refused with qemu-img's error"
+q=$(qemu-img create -q -f vdi huge.vdi 5000T 2>&1) && fail "qemu-img created a 5000T vdi"
+must_fail_with "${q##*: }" "$VBD_IMG" create -q -f vdi huge.vdi 5000T
+
 step "vbd-io writes into qemu-img images (with concurrent writes to one unallocated block) = qemu-io's writes"
 for opt in "static=off" "static=on"; do
     rm -f a.vdi b.vdi

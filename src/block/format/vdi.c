@@ -26,8 +26,8 @@
 #define VDI_BLOCK_SIZE (1u << 20) /* the only block size VirtualBox and qemu-img make */
 #define VDI_UNALLOCATED 0xffffffffu
 #define VDI_DISCARDED 0xfffffffeu /* reads as zeroes, as unallocated */
-/* qemu-img's limit: the map of a larger disk would not fit its 32-bit indexes */
-#define VDI_BLOCKS_MAX (0xffffffffu / 4u)
+/* qemu-img's limit: 512 Mi - 128 blocks, a 2 GiB block map */
+#define VDI_BLOCKS_MAX 0x1fffff80u
 
 /* header field offsets */
 enum {
