@@ -93,6 +93,15 @@ f.seek(16); f.write(struct.pack("<Q", feat | 2))
 f.seek(l1off); l2, = struct.unpack("<Q", f.read(8))
 f.seek(l2 + 8 * 10); f.write(struct.pack("<Q", 1 << 40))
 EOF
+cp "$T/d.qed" "$T/e.qed"
+qemu-img check --output=json "$T/d.qed" >"$T/q.json" 2>&1
+"$VBD_IMG" check --output=json "$T/d.qed" >"$T/v.json" 2>&1; rc=$?
+[ $rc = 2 ] || fail "vbd-img check of a corrupt qed exited $rc, not 2"
+cmp -s "$T/q.json" "$T/v.json" || fail "vbd-img check differs from qemu-img check: $(diff "$T/q.json" "$T/v.json")"
+must "$VBD_IMG" check -q -r all "$T/e.qed"
+qcheck -f qed "$T/e.qed"
+[ "$(qemu-img info --output=json "$T/e.qed" | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty-flag"])')" = False ] ||
+    fail "vbd-img check -r all left the need-check flag set"
 [ "$("$VBD_IMG" info --output=json "$T/d.qed" | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty-flag"])')" = True ] ||
     fail "vbd-img info does not show the need-check flag"
 must "$VBD_IO" -f qed -c 'write -P 0x32 1M 4k' "$T/d.qed" >/dev/null

@@ -392,14 +392,18 @@ static int qed_co_check(struct vbd_node *n, struct vbd_check_result *res, unsign
             break;
         }
         bool dirty = false;
+        uint64_t prev = 0;
         for (uint64_t j = 0; j < s->table_entries; j++) {
             uint64_t e = le64toh(l2[j]);
             if (e == 0 || e == QED_ZERO_CLUSTER)
                 continue;
-            if (offset_valid(s, e) && mark_used(&c, e, s->cluster_size)) {
-                res->allocated_clusters++;
+            /* counted as qemu-img counts them: every entry, valid or not */
+            res->allocated_clusters++;
+            if (prev && prev + s->cluster_size != e)
+                res->fragmented_clusters++;
+            prev = e;
+            if (offset_valid(s, e) && mark_used(&c, e, s->cluster_size))
                 continue;
-            }
             res->corruptions++;
             if (fixing) {
                 l2[j] = 0;
@@ -414,7 +418,6 @@ static int qed_co_check(struct vbd_node *n, struct vbd_check_result *res, unsign
     for (uint64_t i = 0; i < c.nclusters && rc == 0; i++)
         if (!(c.used[i / 8] & (1u << (i % 8))))
             res->leaks++;
-    res->image_end_offset = (int64_t)s->file_end;
     free(l2);
     free(c.used);
     if (rc == 0 && fixing && !res->corruptions && !res->check_errors) {
