@@ -294,7 +294,9 @@ static int qed_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
         if (rc < 0)
             return rc;
         if (kind == 2) {
-            rc = vbd_node_co_pwritev(n->file, host, run, q, qoff, flags & VBD_REQ_FUA);
+            rc = vbd_node_co_pwritev(n->file, host, run, q, qoff, 0);
+            if (rc == 0 && (flags & VBD_REQ_FUA))
+                rc = vbd_node_co_flush(n->file);
         } else {
             vbd_co_mutex_lock(&s->alloc_lock);
             /* another request may have allocated it meanwhile: look again */
