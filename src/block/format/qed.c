@@ -603,9 +603,13 @@ static int qed_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_
         vbd_error_setf(err, ENOTSUP, "Unsupported preallocation mode '%s'", vbd_prealloc_names[prealloc]);
         return -ENOTSUP;
     }
-    if (size < s->image_size || size % 512 || size > qed_max_size(s->cluster_size, s->table_size)) {
+    if (size % 512 || size > qed_max_size(s->cluster_size, s->table_size)) {
         vbd_error_setf(err, EINVAL, "Invalid image size specified");
         return -EINVAL;
+    }
+    if (size < s->image_size) {
+        vbd_error_setf(err, ENOTSUP, "Shrinking images is currently not supported");
+        return -ENOTSUP;
     }
     uint64_t old = s->image_size;
     s->image_size = size;
