@@ -162,4 +162,18 @@ f.seek(l2); f.write(struct.pack("<Q", 1 << 50))
 EOF
 out=$("$VBD_IMG" convert -O raw "$T/bad.qed" "$T/o.raw" 2>&1) && fail "a bad L2 entry was read"
 case "$out" in *AddressSanitizer* | *runtime\ error*) fail "sanitizer: $out" ;; esac
+# a run of contiguous entries whose second cluster lies past the file's end: an error, not a short read
+must qemu-img create -q -f qed "$T/run.qed" 4M
+must qemu-io -f qed -c 'write -P 7 0 64k' "$T/run.qed" >/dev/null
+python3 - "$T/run.qed" <<'EOF'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+f.seek(40); l1off, = struct.unpack("<Q", f.read(8))
+f.seek(l1off); l2, = struct.unpack("<Q", f.read(8))
+f.seek(0, 2); end = f.tell()
+f.seek(l2); f.write(struct.pack("<QQ", end - 65536, end))  # the file's last cluster, then one past it
+EOF
+out=$("$VBD_IO" -f qed -c 'read 0 64k' "$T/run.qed" 2>&1) || fail "the valid cluster is not readable: $out"
+out=$("$VBD_IO" -f qed -c 'read 0 128k' "$T/run.qed" 2>&1) && fail "a table entry past the file's end was read: $out"
+case "$out" in *AddressSanitizer* | *runtime\ error*) fail "sanitizer: $out" ;; esac
 echo ok

@@ -167,7 +167,8 @@ static int lookup(struct vbd_node *n, uint64_t off, uint64_t bytes, uint64_t *ru
     uint64_t i = 1;
     for (; i < cnt; i++) {
         int ki = e[i] == 0 ? 0 : e[i] == QED_ZERO_CLUSTER ? 1 : 2;
-        if (ki != k || (k == 2 && e[i] != e[0] + i * cs))
+        /* each entry checked, not just the first: a run ends at one pointing past the file (the next lookup reports it) */
+        if (ki != k || (k == 2 && (e[i] != e[0] + i * cs || !offset_valid(s, e[i]))))
             break;
     }
     uint64_t len = i * cs - in;
