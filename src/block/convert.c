@@ -66,7 +66,9 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     uint64_t pnum = 0;
     int st = vbd_node_co_block_status_above(src, NULL, true, *soff, l, &pnum, NULL, NULL, NULL);
     if (st < 0) {
-        convert_fail(cv, imageops_io_error(&err, st, "Could not read the allocation status of", src, *soff), err);
+        /* two statements: the order in which arguments are evaluated is unspecified, err may be read first */
+        imageops_io_error(&err, st, "Could not read the allocation status of", src, *soff);
+        convert_fail(cv, st, err);
         return 0;
     }
     if (pnum == 0)

@@ -10,6 +10,7 @@ extern const struct vbd_driver *const vbd_driver_nbd;
 extern const struct vbd_driver *const vbd_driver_raw;
 extern const struct vbd_driver *const vbd_driver_qcow2;
 extern const struct vbd_driver *const vbd_driver_vdi;
+extern const struct vbd_driver *const vbd_driver_qed;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -18,6 +19,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_raw,
     &vbd_driver_qcow2,
     &vbd_driver_vdi,
+    &vbd_driver_qed,
     NULL,
 };
 

@@ -61,7 +61,8 @@ int verb_check(int argc, char **argv)
     if (json) {
         struct json_object *o = json_object_new_object();
         /* the key order qemu-img prints */
-        json_object_object_add(o, "image-end-offset", json_object_new_int64(r.image_end_offset));
+        if (r.image_end_offset > 0) /* qemu-img leaves it out for formats that do not know it (qed) */
+            json_object_object_add(o, "image-end-offset", json_object_new_int64(r.image_end_offset));
         if (r.compressed_clusters) /* qemu-img leaves it out when zero */
             json_object_object_add(o, "compressed-clusters", json_object_new_int64((int64_t)r.compressed_clusters));
         json_object_object_add(o, "total-clusters", json_object_new_int64((int64_t)r.total_clusters));
