@@ -101,4 +101,30 @@ patch 36 '<Q' 18446744073709551615; must_fail_with "nb_sectors" "$VBD_IMG" info 
 patch 64 '<I' 1000000;    must_fail_with "BAT entry 0" "$VBD_IMG" info h.img
 patch 64 '<I' 4294967295; must_fail_with "BAT entry 0" "$VBD_IO" -c 'read 0 512' h.img
 truncate -s 40 h.img;     must_fail_with "h.img" "$VBD_IMG" info -f parallels h.img
+step "vbd-img check agrees with qemu-img check (report, exit status, repair)"
+for case in clean unclean outside leak; do
+    must qemu-img create -q -f parallels -o cluster_size=64k c.img 4M
+    must qemu-io -f parallels -c 'write -P 1 0 64k' -c 'write -P 2 1M 100k' c.img >/dev/null
+    case $case in
+    unclean) python3 -c 'f=open("c.img","r+b"); f.seek(44); f.write(b"Ynot")' ;;
+    outside) python3 -c 'import struct; f=open("c.img","r+b"); f.seek(64+4*5); f.write(struct.pack("<I",100))' ;;
+    leak) truncate -s +100000 c.img ;;
+    esac
+    for fix in "" "-r all"; do
+        on_copies c.img check $fix --output=json @
+        [ $qrc = $vrc ] || fail "check $case [$fix]: exit $vrc, qemu-img $qrc: $(cat v.out)"
+        python3 - q.out v.out <<'PY' || fail "check $case [$fix] reports differ: $(cat q.out v.out)"
+import json, re, sys
+def load(p):
+    t = open(p).read()
+    d = json.loads(t[t.index('{'):t.rindex('}') + 1]); d.pop('filename')
+    return d, [l for l in t.splitlines() if l.startswith(('ERROR', 'Repairing'))]
+sys.exit(load(sys.argv[1]) != load(sys.argv[2]))
+PY
+        if [ -n "$fix" ]; then
+            qcheck -f parallels c.img.v
+            must qemu-img compare -q -f parallels -F parallels c.img.q c.img.v
+        fi
+    done
+done
 echo ok

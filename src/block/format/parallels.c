@@ -31,6 +31,7 @@ struct parallels_state {
     uint64_t data_end;      /* next cluster is allocated here */
     uint8_t header[PRL_HEADER_SIZE];
     bool writable;
+    bool unclean;           /* the in-use flag was set when we opened it */
     bool bat_dirty;
     uint32_t dirty_lo, dirty_hi; /* BAT entries [lo, hi) not yet on disk */
     struct vbd_co_mutex alloc_lock;
@@ -179,8 +180,8 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
         if (!s->bat[i])
             continue;
         if (off < data_off || off > fsize || fsize - off < s->cluster_size) {
-            if (off >= data_off && off < fsize && (flags & VBD_OPEN_RDWR) == 0)
-                continue; /* a short last cluster reads as zeroes past EOF */
+            if ((off >= data_off && off < fsize && (flags & VBD_OPEN_RDWR) == 0) || (flags & VBD_OPEN_CHECK))
+                continue; /* a short last cluster reads as zeroes past EOF; check reports the rest */
             vbd_error_setf(err, EINVAL,
                            "Invalid parallels image '%s': BAT entry %u (offset %llu) outside the data area of the file",
                            name, i, (unsigned long long)off);
@@ -194,6 +195,7 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
     s->writable = (flags & VBD_OPEN_RDWR) != 0;
     bool unclean = le32_at(h + 44) == PRL_INUSE_MAGIC;
+    s->unclean = unclean;
     if (s->writable) {
         /* a writer that died left the BAT possibly inconsistent: QEMU 7.2
          * asks for a check before it writes again */
@@ -390,6 +392,85 @@ static int parallels_get_info(struct vbd_node *n, struct vbd_image_info *info, s
     return 0;
 }
 
+/* As qemu-img 7.2 checks a parallels image: the in-use flag and BAT
+ * entries past the file are corruptions, the file beyond the last cluster
+ * a leak; -r all drops those entries, clears the flag (at close) and
+ * truncates the file. Messages as QEMU's, on stderr. */
+static int parallels_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
+{
+    struct parallels_state *s = n->opaque;
+    bool fix_errors = (fix & VBD_CHECK_FIX_ERRORS) && s->writable;
+    bool fix_leaks = (fix & VBD_CHECK_FIX_LEAKS) && s->writable;
+    /* whole sectors, as QEMU measures the file */
+    uint64_t fsize = (vbd_node_size(n->file) + 511) & ~511ull;
+    int rc = 0;
+    if (s->unclean) {
+        fprintf(stderr, "%s image was not closed correctly\n", fix_errors ? "Repairing" : "ERROR");
+        if (fix_errors) {
+            s->unclean = false; /* the flag is cleared when the image is closed */
+            res->corruptions_fixed++;
+        } else {
+            res->corruptions++;
+        }
+    }
+    vbd_co_mutex_lock(&s->alloc_lock);
+    uint64_t high = 0;
+    res->total_clusters = s->bat_entries;
+    for (uint32_t i = 0; i < s->bat_entries; i++) {
+        uint64_t off = cluster_host_offset(s, i);
+        if (!off)
+            continue;
+        if (off > fsize) {
+            fprintf(stderr, "%s cluster %u is outside image\n", fix_errors ? "Repairing" : "ERROR", i);
+            if (fix_errors) {
+                s->bat[i] = 0;
+                if (!s->bat_dirty || i < s->dirty_lo)
+                    s->dirty_lo = i;
+                if (!s->bat_dirty || i + 1 > s->dirty_hi)
+                    s->dirty_hi = i + 1;
+                s->bat_dirty = true;
+                res->corruptions_fixed++;
+                continue;
+            }
+            res->corruptions++; /* still counted below, as qemu-img does */
+        }
+        res->allocated_clusters++; /* qemu-img 7.2 counts no fragmentation here */
+        if (off > high)
+            high = off;
+    }
+    uint64_t end = high ? high + s->cluster_size : (uint64_t)le32_at(s->header + 48) * 512;
+    if (!end)
+        end = (PRL_HEADER_SIZE + (uint64_t)s->bat_entries * 4 + 511) & ~511ull;
+    res->image_end_offset = (int64_t)end;
+    if (fsize > end) {
+        uint64_t count = (fsize - end + s->cluster_size - 1) / s->cluster_size;
+        fprintf(stderr, "%s space leaked at the end of the image %llu\n", fix_leaks ? "Repairing" : "ERROR",
+                (unsigned long long)(fsize - end));
+        if (fix_leaks) {
+            rc = vbd_node_co_truncate(n->file, end, true, VBD_PREALLOC_OFF, err);
+            if (rc < 0) {
+                res->check_errors++;
+                res->leaks += (int64_t)count;
+            } else {
+                res->leaks_fixed += (int64_t)count;
+            }
+        } else {
+            res->leaks += (int64_t)count;
+        }
+    }
+    if (rc == 0 && s->bat_dirty) {
+        rc = write_dirty_bat(s);
+        if (rc == 0)
+            rc = vbd_node_co_flush(n->file);
+        if (rc < 0) {
+            res->check_errors++;
+            vbd_error_setf(err, -rc, "Could not write the parallels BAT: %s", strerror(-rc));
+        }
+    }
+    vbd_co_mutex_unlock(&s->alloc_lock);
+    return rc;
+}
+
 static const struct vbd_opt_desc parallels_create_opts[] = {
     {"size", VBD_OPT_SIZE, "Virtual disk size", NULL},
     {"cluster_size", VBD_OPT_SIZE, "Parallels image cluster size", "1048576"},
@@ -479,6 +560,7 @@ static const struct vbd_driver parallels_driver = {
     .co_flush = parallels_flush,
     .co_block_status = parallels_block_status,
     .get_info = parallels_get_info,
+    .co_check = parallels_check,
     .create_opts = parallels_create_opts,
     .co_create = parallels_create,
     .measure = parallels_measure,
