@@ -24,7 +24,7 @@
 
 struct parallels_state {
     struct vbd_node *n;
-    uint32_t *bat;          /* host order */
+    uint32_t *bat;          /* little-endian, as on disk: written back without a copy */
     uint32_t bat_entries;
     uint64_t cluster_size;
     uint64_t off_multiplier; /* bytes per unit of a BAT entry */
@@ -75,7 +75,7 @@ static uint64_t cluster_host_offset(const struct parallels_state *s, uint64_t id
 {
     if (idx >= s->bat_entries)
         return 0;
-    return (uint64_t)s->bat[idx] * s->off_multiplier;
+    return (uint64_t)le32toh(s->bat[idx]) * s->off_multiplier;
 }
 
 static int write_header_inuse(struct parallels_state *s, bool inuse)
@@ -98,13 +98,7 @@ static int write_dirty_bat(struct parallels_state *s)
     if (rc < 0)
         return rc;
     uint32_t lo = s->dirty_lo, hi = s->dirty_hi;
-    uint32_t *le = malloc((size_t)(hi - lo) * 4);
-    if (!le)
-        return -ENOMEM;
-    for (uint32_t i = lo; i < hi; i++)
-        le[i - lo] = htole32(s->bat[i]);
-    rc = vbd_node_co_pwrite(s->n->file, PRL_HEADER_SIZE + (uint64_t)lo * 4, le, (uint64_t)(hi - lo) * 4, 0);
-    free(le);
+    rc = vbd_node_co_pwrite(s->n->file, PRL_HEADER_SIZE + (uint64_t)lo * 4, s->bat + lo, (uint64_t)(hi - lo) * 4, 0);
     if (rc == 0)
         s->bat_dirty = false;
     return rc;
@@ -175,9 +169,8 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
     /* the next cluster goes after the last one in use, as in QEMU */
     s->data_end = data_off;
     for (uint32_t i = 0; i < s->bat_entries; i++) {
-        s->bat[i] = le32toh(s->bat[i]);
-        uint64_t off = (uint64_t)s->bat[i] * s->off_multiplier;
-        if (!s->bat[i])
+        uint64_t off = cluster_host_offset(s, i);
+        if (!off)
             continue;
         if (off < data_off || off > fsize || fsize - off < s->cluster_size) {
             if ((off >= data_off && off < fsize && (flags & VBD_OPEN_RDWR) == 0) || (flags & VBD_OPEN_CHECK))
@@ -310,7 +303,7 @@ static int allocate_and_write(struct parallels_state *s, uint64_t idx, uint64_t 
     if (rc < 0)
         goto out;
     s->data_end = host + s->cluster_size;
-    s->bat[idx] = (uint32_t)(host / s->off_multiplier);
+    s->bat[idx] = htole32((uint32_t)(host / s->off_multiplier));
     uint32_t i = (uint32_t)idx;
     if (!s->bat_dirty) {
         s->dirty_lo = i;
