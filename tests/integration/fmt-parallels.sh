@@ -96,6 +96,7 @@ patch() { # patch FIELD-OFFSET STRUCT-FMT VALUE -> h.img
 patch 28 '<I' 0;          must_fail_with "tracks" "$VBD_IMG" info h.img
 patch 28 '<I' 4294967295; must_fail_with "cluster" "$VBD_IMG" info h.img
 patch 32 '<I' 4294967295; must_fail_with "bat_entries" "$VBD_IMG" info h.img
+patch 32 '<I' 400000000;  must_fail_with "bat_entries" "$VBD_IMG" info h.img
 patch 48 '<I' 4294967295; must_fail_with "data_off" "$VBD_IMG" info h.img
 patch 36 '<Q' 18446744073709551615; must_fail_with "nb_sectors" "$VBD_IMG" info h.img
 patch 64 '<I' 1000000;    must_fail_with "BAT entry 0" "$VBD_IMG" info h.img

@@ -143,6 +143,10 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
         return -EFBIG;
     }
     s->bat_entries = le32_at(h + 32);
+    if (s->bat_entries > INT32_MAX / 4) { /* QEMU's limit ("Catalog too large") */
+        vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': BAT too large (bat_entries %u)", name, s->bat_entries);
+        return -EFBIG;
+    }
     uint64_t bat_end = PRL_HEADER_SIZE + (uint64_t)s->bat_entries * 4;
     if (bat_end > fsize) {
         vbd_error_setf(err, EINVAL, "Invalid parallels image '%s': BAT (bat_entries %u) reaches past the end of the file",
@@ -197,7 +201,7 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
                            name);
             return -EACCES;
         }
-        if (s->bat_entries > UINT32_MAX / 4 || s->data_end / s->off_multiplier > UINT32_MAX) {
+        if (s->data_end / s->off_multiplier >= UINT32_MAX) {
             vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': too large to be written", name);
             return -EFBIG;
         }
@@ -289,8 +293,10 @@ static int allocate_and_write(struct parallels_state *s, uint64_t idx, uint64_t 
         rc = -EIO;
         goto out;
     }
-    host = s->data_end;
-    if (host % s->off_multiplier || host / s->off_multiplier > UINT32_MAX) {
+    /* v2 entries count clusters: a foreign image's data area may start off that grid */
+    host = (s->data_end + s->off_multiplier - 1) / s->off_multiplier * s->off_multiplier;
+    if (host / s->off_multiplier > UINT32_MAX) {
+        vbd_node_report_corruption(s->n, "parallels image full: a BAT entry cannot address a new cluster", -1, -1, false);
         rc = -EFBIG;
         goto out;
     }
