@@ -11,6 +11,7 @@ extern const struct vbd_driver *const vbd_driver_raw;
 extern const struct vbd_driver *const vbd_driver_qcow2;
 extern const struct vbd_driver *const vbd_driver_vdi;
 extern const struct vbd_driver *const vbd_driver_qed;
+extern const struct vbd_driver *const vbd_driver_parallels;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -20,6 +21,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_qcow2,
     &vbd_driver_vdi,
     &vbd_driver_qed,
+    &vbd_driver_parallels,
     NULL,
 };
 

@@ -1,0 +1,567 @@
+/* SPDX-License-Identifier: MIT */
+/* Format driver "parallels": Parallels/Virtuozzo expanding images (a
+ * 64-byte header, a block allocation table of 32-bit entries, then the
+ * clusters in allocation order), read and written as qemu-img does. */
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/options.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PRL_MAGIC_V1 "WithoutFreeSpace" /* BAT entries count sectors */
+#define PRL_MAGIC_V2 "WithouFreSpacExt" /* BAT entries count clusters */
+#define PRL_VERSION 2
+#define PRL_INUSE_MAGIC 0x746F6E59u
+#define PRL_HEADER_SIZE 64
+#define PRL_DEFAULT_CLUSTER 1048576u
+/* QEMU refuses clusters beyond this many sectors ("Too big cluster") */
+#define PRL_MAX_TRACKS (INT32_MAX / 513)
+
+struct parallels_state {
+    struct vbd_node *n;
+    uint32_t *bat;          /* little-endian, as on disk: written back without a copy */
+    uint32_t bat_entries;
+    uint64_t cluster_size;
+    uint64_t off_multiplier; /* bytes per unit of a BAT entry */
+    uint64_t data_end;      /* next cluster is allocated here */
+    uint8_t header[PRL_HEADER_SIZE];
+    bool writable;
+    bool unclean;           /* the in-use flag was set when we opened it */
+    bool bat_dirty;
+    uint32_t dirty_lo, dirty_hi; /* BAT entries [lo, hi) not yet on disk */
+    struct vbd_co_mutex alloc_lock;
+};
+
+static uint32_t le32_at(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return le32toh(v);
+}
+static uint64_t le64_at(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return le64toh(v);
+}
+static void put_le32_at(uint8_t *p, uint32_t v)
+{
+    v = htole32(v);
+    memcpy(p, &v, 4);
+}
+static void put_le64_at(uint8_t *p, uint64_t v)
+{
+    v = htole64(v);
+    memcpy(p, &v, 8);
+}
+
+static int parallels_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    if (len < PRL_HEADER_SIZE)
+        return 0;
+    if ((!memcmp(buf, PRL_MAGIC_V1, 16) || !memcmp(buf, PRL_MAGIC_V2, 16)) && le32_at(buf + 16) == PRL_VERSION)
+        return 100;
+    return 0;
+}
+
+/* Host byte offset of cluster idx's data, 0 if unallocated. */
+static uint64_t cluster_host_offset(const struct parallels_state *s, uint64_t idx)
+{
+    if (idx >= s->bat_entries)
+        return 0;
+    return (uint64_t)le32toh(s->bat[idx]) * s->off_multiplier;
+}
+
+static int write_header_inuse(struct parallels_state *s, bool inuse)
+{
+    put_le32_at(s->header + 44, inuse ? PRL_INUSE_MAGIC : 0);
+    int rc = vbd_node_co_pwrite(s->n->file, 0, s->header, PRL_HEADER_SIZE, 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file);
+    return rc;
+}
+
+/* BAT entries reach the disk only after the data they point to is stable
+ * (the flush before writing them), so a crash never leaves an entry
+ * pointing at unwritten data. Called with alloc_lock held. */
+static int write_dirty_bat(struct parallels_state *s)
+{
+    if (!s->bat_dirty)
+        return 0;
+    int rc = vbd_node_co_flush(s->n->file);
+    if (rc < 0)
+        return rc;
+    uint32_t lo = s->dirty_lo, hi = s->dirty_hi;
+    rc = vbd_node_co_pwrite(s->n->file, PRL_HEADER_SIZE + (uint64_t)lo * 4, s->bat + lo, (uint64_t)(hi - lo) * 4, 0);
+    if (rc == 0)
+        s->bat_dirty = false;
+    return rc;
+}
+
+static int open_image(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct parallels_state *s = n->opaque;
+    s->n = n;
+    n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
+    if (!n->file)
+        return -EINVAL;
+    const char *name = n->file->filename;
+    uint64_t fsize = n->file->size;
+    uint8_t *h = s->header;
+    if (fsize < PRL_HEADER_SIZE || vbd_node_co_pread(n->file, 0, h, PRL_HEADER_SIZE) < 0) {
+        vbd_error_setf(err, EINVAL, "Could not read the parallels header of '%s'", name);
+        return -EINVAL;
+    }
+    if (le32_at(h + 16) != PRL_VERSION || (memcmp(h, PRL_MAGIC_V1, 16) && memcmp(h, PRL_MAGIC_V2, 16))) {
+        vbd_error_setf(err, EINVAL, "Image '%s' not in Parallels format", name);
+        return -EINVAL;
+    }
+    bool v1 = !memcmp(h, PRL_MAGIC_V1, 16);
+    uint32_t tracks = le32_at(h + 28);
+    if (tracks == 0) {
+        vbd_error_setf(err, EINVAL, "Invalid parallels image '%s': Zero sectors per track (tracks)", name);
+        return -EINVAL;
+    }
+    if (tracks > PRL_MAX_TRACKS) {
+        vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': Too big cluster (tracks %u)", name, tracks);
+        return -EFBIG;
+    }
+    s->cluster_size = (uint64_t)tracks * 512;
+    s->off_multiplier = v1 ? 512 : s->cluster_size;
+    uint64_t nb_sectors = le64_at(h + 36);
+    if (v1)
+        nb_sectors &= 0xffffffffu;
+    if (nb_sectors > VBD_MAX_REQUEST_END / 512) {
+        vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': virtual size (nb_sectors %llu) too large", name,
+                       (unsigned long long)nb_sectors);
+        return -EFBIG;
+    }
+    s->bat_entries = le32_at(h + 32);
+    if (s->bat_entries > INT32_MAX / 4) { /* QEMU's limit ("Catalog too large") */
+        vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': BAT too large (bat_entries %u)", name, s->bat_entries);
+        return -EFBIG;
+    }
+    uint64_t bat_end = PRL_HEADER_SIZE + (uint64_t)s->bat_entries * 4;
+    if (bat_end > fsize) {
+        vbd_error_setf(err, EINVAL, "Invalid parallels image '%s': BAT (bat_entries %u) reaches past the end of the file",
+                       name, s->bat_entries);
+        return -EINVAL;
+    }
+    uint64_t data_off = (uint64_t)le32_at(h + 48) * 512;
+    if (data_off == 0)
+        data_off = (bat_end + 511) & ~511ull;
+    if (data_off < bat_end || data_off > fsize) {
+        vbd_error_setf(err, EINVAL, "Invalid parallels image '%s': data_off %llu outside [end of BAT, file size]", name,
+                       (unsigned long long)data_off);
+        return -EINVAL;
+    }
+    s->bat = malloc(s->bat_entries ? (size_t)s->bat_entries * 4 : 4);
+    if (!s->bat) {
+        vbd_error_setf(err, ENOMEM, "Could not allocate the parallels BAT of '%s'", name);
+        return -ENOMEM;
+    }
+    if (s->bat_entries && vbd_node_co_pread(n->file, PRL_HEADER_SIZE, s->bat, (uint64_t)s->bat_entries * 4) < 0) {
+        vbd_error_setf(err, EIO, "Could not read the parallels BAT of '%s'", name);
+        return -EIO;
+    }
+    /* the next cluster goes after the last one in use, as in QEMU */
+    s->data_end = data_off;
+    for (uint32_t i = 0; i < s->bat_entries; i++) {
+        uint64_t off = cluster_host_offset(s, i);
+        if (!off)
+            continue;
+        if (off < data_off || off > fsize || fsize - off < s->cluster_size) {
+            if ((off >= data_off && off < fsize && (flags & VBD_OPEN_RDWR) == 0) || (flags & VBD_OPEN_CHECK))
+                continue; /* a short last cluster reads as zeroes past EOF; check reports the rest */
+            vbd_error_setf(err, EINVAL,
+                           "Invalid parallels image '%s': BAT entry %u (offset %llu) outside the data area of the file",
+                           name, i, (unsigned long long)off);
+            return -EINVAL;
+        }
+        if (off + s->cluster_size > s->data_end)
+            s->data_end = off + s->cluster_size;
+    }
+    n->size = nb_sectors * 512;
+    n->bl.request_alignment = 1;
+    n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
+    s->writable = (flags & VBD_OPEN_RDWR) != 0;
+    bool unclean = le32_at(h + 44) == PRL_INUSE_MAGIC;
+    s->unclean = unclean;
+    if (s->writable) {
+        /* a writer that died left the BAT possibly inconsistent: QEMU 7.2
+         * asks for a check before it writes again */
+        if (unclean && !(flags & VBD_OPEN_CHECK)) {
+            vbd_error_setf(err, EACCES, "parallels: Image '%s' was not closed correctly; cannot be opened read/write",
+                           name);
+            return -EACCES;
+        }
+        if (s->data_end / s->off_multiplier >= UINT32_MAX) {
+            vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': too large to be written", name);
+            return -EFBIG;
+        }
+        int rc = write_header_inuse(s, true);
+        if (rc < 0) {
+            vbd_error_setf(err, -rc, "Could not mark the parallels image '%s' in use: %s", name, strerror(-rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* close is not called when open fails: nothing of a half-open image stays */
+static int parallels_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct parallels_state *s = n->opaque;
+    int rc = open_image(n, opts, flags, err);
+    if (rc < 0) {
+        free(s->bat);
+        s->bat = NULL;
+        s->writable = false;
+    }
+    return rc;
+}
+
+static void close_co(void *arg)
+{
+    struct parallels_state *s = arg;
+    vbd_co_mutex_lock(&s->alloc_lock);
+    int rc = write_dirty_bat(s);
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file);
+    if (rc == 0)
+        write_header_inuse(s, false); /* left in use on failure: the next writer must check */
+    vbd_co_mutex_unlock(&s->alloc_lock);
+}
+
+static void parallels_close(struct vbd_node *n)
+{
+    struct parallels_state *s = n->opaque;
+    if (s->writable && s->bat) {
+        if (vbd_in_co())
+            close_co(s);
+        else
+            vbd_co_run_sync(close_co, s);
+    }
+    free(s->bat);
+    s->bat = NULL;
+}
+
+static int parallels_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                            unsigned flags)
+{
+    struct parallels_state *s = n->opaque;
+    (void)flags;
+    while (bytes) {
+        uint64_t idx = off / s->cluster_size, in = off % s->cluster_size;
+        uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
+        uint64_t host = cluster_host_offset(s, idx);
+        if (host) {
+            int rc = vbd_node_co_preadv(n->file, host + in, len, q, qoff, 0);
+            if (rc < 0)
+                return rc;
+        } else {
+            vbd_iov_memset(q->iov, q->niov, qoff, 0, len);
+        }
+        off += len;
+        qoff += len;
+        bytes -= len;
+    }
+    return 0;
+}
+
+/* A new cluster for idx, zeroed, with [in, in+len) of the request in it;
+ * its BAT entry goes to disk at the next flush (write_dirty_bat). */
+static int allocate_and_write(struct parallels_state *s, uint64_t idx, uint64_t in, uint64_t len,
+                              struct vbd_qiov *q, size_t qoff)
+{
+    struct vbd_node *f = s->n->file;
+    vbd_co_mutex_lock(&s->alloc_lock);
+    uint64_t host = cluster_host_offset(s, idx);
+    int rc = 0;
+    if (host) { /* another request allocated it while we waited */
+        vbd_co_mutex_unlock(&s->alloc_lock);
+        return vbd_node_co_pwritev(f, host + in, len, q, qoff, 0);
+    }
+    if (idx >= s->bat_entries) {
+        vbd_node_report_corruption(s->n, "write past the end of the parallels BAT", -1, -1, false);
+        rc = -EIO;
+        goto out;
+    }
+    /* v2 entries count clusters: a foreign image's data area may start off that grid */
+    host = (s->data_end + s->off_multiplier - 1) / s->off_multiplier * s->off_multiplier;
+    if (host / s->off_multiplier > UINT32_MAX) {
+        vbd_node_report_corruption(s->n, "parallels image full: a BAT entry cannot address a new cluster", -1, -1, false);
+        rc = -EFBIG;
+        goto out;
+    }
+    if (in > 0)
+        rc = vbd_node_co_pwrite_zeroes(f, host, in, 0);
+    if (rc == 0)
+        rc = vbd_node_co_pwritev(f, host + in, len, q, qoff, 0);
+    if (rc == 0 && in + len < s->cluster_size)
+        rc = vbd_node_co_pwrite_zeroes(f, host + in + len, s->cluster_size - in - len, 0);
+    if (rc < 0)
+        goto out;
+    s->data_end = host + s->cluster_size;
+    s->bat[idx] = htole32((uint32_t)(host / s->off_multiplier));
+    uint32_t i = (uint32_t)idx;
+    if (!s->bat_dirty) {
+        s->dirty_lo = i;
+        s->dirty_hi = i + 1;
+        s->bat_dirty = true;
+    } else {
+        if (i < s->dirty_lo)
+            s->dirty_lo = i;
+        if (i + 1 > s->dirty_hi)
+            s->dirty_hi = i + 1;
+    }
+out:
+    vbd_co_mutex_unlock(&s->alloc_lock);
+    return rc;
+}
+
+static int parallels_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                             unsigned flags)
+{
+    struct parallels_state *s = n->opaque;
+    (void)flags;
+    while (bytes) {
+        uint64_t idx = off / s->cluster_size, in = off % s->cluster_size;
+        uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
+        uint64_t host = cluster_host_offset(s, idx);
+        int rc = host ? vbd_node_co_pwritev(n->file, host + in, len, q, qoff, 0)
+                      : allocate_and_write(s, idx, in, len, q, qoff);
+        if (rc < 0)
+            return rc;
+        off += len;
+        qoff += len;
+        bytes -= len;
+    }
+    return 0;
+}
+
+static int parallels_flush(struct vbd_node *n)
+{
+    struct parallels_state *s = n->opaque;
+    if (!s->bat_dirty)
+        return 0;
+    vbd_co_mutex_lock(&s->alloc_lock);
+    int rc = write_dirty_bat(s);
+    vbd_co_mutex_unlock(&s->alloc_lock);
+    return rc;
+}
+
+static int parallels_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                                  uint64_t *map, struct vbd_node **file)
+{
+    struct parallels_state *s = n->opaque;
+    (void)want_zero;
+    uint64_t idx = off / s->cluster_size, in = off % s->cluster_size;
+    uint64_t host = cluster_host_offset(s, idx);
+    uint64_t len = s->cluster_size - in;
+    /* extend over following clusters of the same kind (contiguous if allocated) */
+    while (len < bytes) {
+        uint64_t next = cluster_host_offset(s, idx + 1);
+        if (host ? next != host + (len + in) : next != 0)
+            break;
+        len += s->cluster_size;
+        idx++;
+    }
+    *pnum = len < bytes ? len : bytes;
+    if (!host)
+        return VBD_BS_ZERO; /* no backing: unallocated clusters read as zeroes */
+    host = cluster_host_offset(s, off / s->cluster_size) + in;
+    *map = host;
+    *file = n->file;
+    return VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
+}
+
+static int parallels_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
+{
+    /* as qemu-img 7.2: no cluster size, no dirty flag, no format-specific data */
+    (void)n;
+    (void)info;
+    (void)err;
+    return 0;
+}
+
+/* As qemu-img 7.2 checks a parallels image: the in-use flag and BAT
+ * entries past the file are corruptions, the file beyond the last cluster
+ * a leak; -r all drops those entries, clears the flag (at close) and
+ * truncates the file. Messages as QEMU's, on stderr. */
+static int parallels_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
+{
+    struct parallels_state *s = n->opaque;
+    bool fix_errors = (fix & VBD_CHECK_FIX_ERRORS) && s->writable;
+    bool fix_leaks = (fix & VBD_CHECK_FIX_LEAKS) && s->writable;
+    /* whole sectors, as QEMU measures the file */
+    uint64_t fsize = (vbd_node_size(n->file) + 511) & ~511ull;
+    int rc = 0;
+    if (s->unclean) {
+        fprintf(stderr, "%s image was not closed correctly\n", fix_errors ? "Repairing" : "ERROR");
+        if (fix_errors) {
+            s->unclean = false; /* the flag is cleared when the image is closed */
+            res->corruptions_fixed++;
+        } else {
+            res->corruptions++;
+        }
+    }
+    vbd_co_mutex_lock(&s->alloc_lock);
+    uint64_t high = 0;
+    res->total_clusters = s->bat_entries;
+    for (uint32_t i = 0; i < s->bat_entries; i++) {
+        uint64_t off = cluster_host_offset(s, i);
+        if (!off)
+            continue;
+        if (off > fsize) {
+            fprintf(stderr, "%s cluster %u is outside image\n", fix_errors ? "Repairing" : "ERROR", i);
+            if (fix_errors) {
+                s->bat[i] = 0;
+                if (!s->bat_dirty || i < s->dirty_lo)
+                    s->dirty_lo = i;
+                if (!s->bat_dirty || i + 1 > s->dirty_hi)
+                    s->dirty_hi = i + 1;
+                s->bat_dirty = true;
+                res->corruptions_fixed++;
+                continue;
+            }
+            res->corruptions++; /* still counted below, as qemu-img does */
+        }
+        res->allocated_clusters++; /* qemu-img 7.2 counts no fragmentation here */
+        if (off > high)
+            high = off;
+    }
+    uint64_t end = high ? high + s->cluster_size : (uint64_t)le32_at(s->header + 48) * 512;
+    if (!end)
+        end = (PRL_HEADER_SIZE + (uint64_t)s->bat_entries * 4 + 511) & ~511ull;
+    res->image_end_offset = (int64_t)end;
+    if (fsize > end) {
+        uint64_t count = (fsize - end + s->cluster_size - 1) / s->cluster_size;
+        fprintf(stderr, "%s space leaked at the end of the image %llu\n", fix_leaks ? "Repairing" : "ERROR",
+                (unsigned long long)(fsize - end));
+        if (fix_leaks) {
+            rc = vbd_node_co_truncate(n->file, end, true, VBD_PREALLOC_OFF, err);
+            if (rc < 0) {
+                res->check_errors++;
+                res->leaks += (int64_t)count;
+            } else {
+                res->leaks_fixed += (int64_t)count;
+            }
+        } else {
+            res->leaks += (int64_t)count;
+        }
+    }
+    if (rc == 0 && s->bat_dirty) {
+        rc = write_dirty_bat(s);
+        if (rc == 0)
+            rc = vbd_node_co_flush(n->file);
+        if (rc < 0) {
+            res->check_errors++;
+            vbd_error_setf(err, -rc, "Could not write the parallels BAT: %s", strerror(-rc));
+        }
+    }
+    vbd_co_mutex_unlock(&s->alloc_lock);
+    return rc;
+}
+
+static const struct vbd_opt_desc parallels_create_opts[] = {
+    {"size", VBD_OPT_SIZE, "Virtual disk size", NULL},
+    {"cluster_size", VBD_OPT_SIZE, "Parallels image cluster size", "1048576"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int parallels_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    uint64_t size = 0, cluster_size = PRL_DEFAULT_CLUSTER;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
+        vbd_opt_take_size(opts, "cluster_size", &cluster_size, err) < 0)
+        return -EINVAL;
+    if (vbd_opts_check_empty(opts, "Block format 'parallels'", err) < 0)
+        return -EINVAL;
+    if (size > VBD_MAX_REQUEST_END - 511 || cluster_size > VBD_MAX_REQUEST_END - 511) {
+        vbd_error_setf(err, EINVAL, "Image size is too large for this cluster size");
+        return -EINVAL;
+    }
+    size = (size + 511) & ~511ull;
+    cluster_size = (cluster_size + 511) & ~511ull;
+    if (cluster_size == 0 || cluster_size / 512 > PRL_MAX_TRACKS) {
+        vbd_error_setf(err, EINVAL, "Cluster size %llu is out of range for a parallels image",
+                       (unsigned long long)cluster_size);
+        return -EINVAL;
+    }
+    if (size / cluster_size >= (1ull << 32) / 4) {
+        vbd_error_setf(err, EINVAL, "Image size is too large for this cluster size");
+        return -EINVAL;
+    }
+    uint64_t bat_entries = (size + cluster_size - 1) / cluster_size;
+    uint64_t meta = (PRL_HEADER_SIZE + bat_entries * 4 + cluster_size - 1) / cluster_size * cluster_size;
+    int rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
+    if (rc < 0)
+        return rc;
+    struct vbd_node *f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    if (!f)
+        return -EIO;
+    uint8_t h[PRL_HEADER_SIZE] = {0};
+    memcpy(h, PRL_MAGIC_V2, 16);
+    put_le32_at(h + 16, PRL_VERSION);
+    put_le32_at(h + 20, 16);                              /* heads: geometry is unused on the image level */
+    put_le32_at(h + 24, (uint32_t)(size / 512 / 16 / 32)); /* cylinders */
+    put_le32_at(h + 28, (uint32_t)(cluster_size / 512));
+    put_le32_at(h + 32, (uint32_t)bat_entries);
+    put_le64_at(h + 36, size / 512);
+    put_le32_at(h + 48, (uint32_t)(meta / 512));
+    /* the zeroed BAT first, then the header that makes it an image */
+    rc = vbd_node_co_pwrite_zeroes(f, 0, meta, 0);
+    if (rc == 0)
+        rc = vbd_node_co_pwrite(f, 0, h, sizeof(h), 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(f);
+    if (rc < 0)
+        vbd_error_setf(err, -rc, "Could not write the parallels image '%s': %s", filename, strerror(-rc));
+    vbd_node_unref(f);
+    return rc;
+}
+
+static int parallels_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required,
+                             uint64_t *fully_allocated, struct vbd_error **err)
+{
+    uint64_t size = 0, cluster_size = PRL_DEFAULT_CLUSTER;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
+        vbd_opt_take_size(opts, "cluster_size", &cluster_size, err) < 0)
+        return -EINVAL;
+    if (in)
+        size = in->size;
+    cluster_size = (cluster_size + 511) & ~511ull;
+    if (!cluster_size)
+        cluster_size = 512;
+    uint64_t clusters = (size + cluster_size - 1) / cluster_size;
+    uint64_t meta = (PRL_HEADER_SIZE + clusters * 4 + cluster_size - 1) / cluster_size * cluster_size;
+    *fully_allocated = meta + clusters * cluster_size;
+    *required = *fully_allocated;
+    return 0;
+}
+
+static const struct vbd_driver parallels_driver = {
+    .name = "parallels",
+    .kind = VBD_DRV_FORMAT,
+    .state_size = sizeof(struct parallels_state),
+    .probe = parallels_probe,
+    .open = parallels_open,
+    .close = parallels_close,
+    .co_preadv = parallels_preadv,
+    .co_pwritev = parallels_pwritev,
+    .co_flush = parallels_flush,
+    .co_block_status = parallels_block_status,
+    .get_info = parallels_get_info,
+    .co_check = parallels_check,
+    .create_opts = parallels_create_opts,
+    .co_create = parallels_create,
+    .measure = parallels_measure,
+};
+VBD_DRIVER_REGISTER(parallels, parallels_driver);

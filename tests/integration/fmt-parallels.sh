@@ -1,0 +1,164 @@
+#!/bin/bash
+# The parallels format (issue 16): images qemu-img made and qemu-io wrote
+# read the same through vbd-img/vbd-io; images vbd-img and vbd-io write
+# check clean and compare identical in qemu-img; the in-use flag is kept
+# as QEMU 7.2 keeps it; hostile headers give a one-line error.
+source "$(dirname "$0")/lib.sh"
+need qemu-img qemu-io python3
+cd "$T"
+
+# writes at unaligned offsets crossing 4k, 64k and 1M cluster boundaries
+WRITES=(-c 'write -P 0x11 1000 5000' -c 'write -P 0x22 65000 70000' -c 'write -P 0x33 1048000 3000'
+        -c 'write -P 0x44 3145727 2' -c 'write -P 0x55 9999999 123456')
+READS=(-c 'read -P 0x11 1000 5000' -c 'read -P 0x22 65000 70000' -c 'read -P 0x33 1048000 3000'
+       -c 'read -P 0x44 3145727 2' -c 'read -P 0x55 9999999 123456' -c 'read -P 0 0 1000' -c 'read -P 0 6000 59000')
+
+json_key() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get(sys.argv[2]))' "$1" "$2"; }
+
+for cs in 4k 64k default; do
+    opt=(); [ $cs = default ] || opt=(-o cluster_size=$cs)
+    step "qemu-img made, qemu-io written, cluster_size=$cs"
+    must qemu-img create -q -f parallels "${opt[@]}" q.img 20M
+    must qemu-io -f parallels "${WRITES[@]}" q.img >/dev/null
+    must "$VBD_IMG" convert -O raw q.img v.raw
+    must qemu-img convert -f parallels -O raw q.img q.raw
+    cmp v.raw q.raw || fail "vbd-img convert -O raw differs from qemu-img's (cluster_size=$cs)"
+    out=$("$VBD_IO" -r "${READS[@]}" q.img 2>&1) || fail "vbd-io read: $out"
+    "$VBD_IO" -r -c 'read -P 0x12 1000 10' q.img >/dev/null 2>&1 && fail "vbd-io accepted a wrong pattern"
+    "$VBD_IMG" info --output=json q.img >v.json || fail "vbd-img info"
+    qemu-img info --output=json q.img >q.json
+    for k in virtual-size format; do
+        [ "$(json_key v.json $k)" = "$(json_key q.json $k)" ] || fail "info $k: vbd $(json_key v.json $k) qemu $(json_key q.json $k)"
+    done
+    "$VBD_IMG" map --output=json q.img >v.map || fail "vbd-img map"
+    qemu-img map --output=json q.img >q.map
+    cmp v.map q.map || fail "map differs: $(diff v.map q.map)"
+
+    step "vbd-img convert raw -> parallels, cluster_size=$cs"
+    mixed_data m.raw 7
+    must "$VBD_IMG" convert -f raw -O parallels "${opt[@]}" m.raw v.img
+    must qemu-img create -q -f parallels "${opt[@]}" ref.img 6M
+    [ "$(stat -c %s v.img)" -le $((6 * 1048576 + 2 * 1048576)) ] || fail "converted image larger than its data"
+    qcheck -f parallels v.img
+    must qemu-img compare -q -f raw -F parallels m.raw v.img
+    out=$(qemu-img info --output=json v.img) || fail "qemu-img info on vbd's image: $out"
+    [ "$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" = $((6 << 20)) ] ||
+        fail "converted virtual size"
+
+    step "vbd-io writes into a qemu-img made image, cluster_size=$cs"
+    must qemu-img create -q -f parallels "${opt[@]}" w.img 20M
+    must qemu-io -f parallels -c 'write -P 0x66 2M 4k' w.img >/dev/null
+    cp w.img w2.img
+    # concurrent writes into the same unallocated clusters, disjoint bytes
+    AIO=(-c 'aio_write -P 0x71 5242880 100' -c 'aio_write -P 0x72 5244000 3000' -c 'aio_write -P 0x73 5250000 1000000'
+         -c 'aio_write -P 0x74 5243180 700' -c 'aio_write -P 0x75 2097252 9000' -c 'aio_flush')
+    SYNC=(-c 'write -P 0x71 5242880 100' -c 'write -P 0x72 5244000 3000' -c 'write -P 0x73 5250000 1000000'
+          -c 'write -P 0x74 5243180 700' -c 'write -P 0x75 2097252 9000')
+    must "$VBD_IO" -f parallels "${WRITES[@]}" "${AIO[@]}" w.img >/dev/null
+    must qemu-io -f parallels "${WRITES[@]}" "${SYNC[@]}" w2.img >/dev/null
+    qcheck -f parallels w.img
+    must qemu-img compare -q -f parallels -F parallels w.img w2.img
+done
+
+step "version 1 images (BAT entries in sectors)"
+must qemu-img create -q -f parallels -o cluster_size=64k q.img 20M
+must qemu-io -f parallels "${WRITES[@]}" q.img >/dev/null
+python3 - q.img <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b'); h = bytearray(f.read(64))
+tracks, n = struct.unpack_from('<II', h, 28)
+bat = list(struct.unpack_from('<%dI' % n, f.read(4 * n)))
+h[0:16] = b'WithoutFreeSpace'
+f.seek(0); f.write(h); f.write(struct.pack('<%dI' % n, *[e * tracks for e in bat]))
+PY
+must "$VBD_IMG" convert -O raw q.img v.raw
+must qemu-img convert -f parallels -O raw q.img q.raw
+cmp v.raw q.raw || fail "v1 image reads differently"
+
+step "the in-use flag"
+must qemu-img create -q -f parallels u.img 4M
+python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(44); f.write(b"Ynot")' u.img
+qemu-io -f parallels -c 'write 0 512' u.img >/dev/null 2>&1 && fail "qemu-io wrote an image left in use"
+must_fail_with "not closed correctly" "$VBD_IO" -f parallels -c 'write 0 512' u.img
+must "$VBD_IO" -r -f parallels -c 'read -P 0 0 4k' u.img >/dev/null
+python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(44); f.write(bytes(4))' u.img
+must "$VBD_IO" -f parallels -c 'write -P 9 0 512' u.img >/dev/null
+[ "$(od -An -tx1 -j44 -N4 u.img | tr -d ' ')" = 00000000 ] || fail "in-use flag left set after a clean close"
+must qemu-io -f parallels -c 'read -P 9 0 512' u.img >/dev/null
+
+step "hostile headers"
+must qemu-img create -q -f parallels -o cluster_size=64k h0.img 4M
+must qemu-io -f parallels -c 'write -P 1 0 64k' h0.img >/dev/null
+patch() { # patch FIELD-OFFSET STRUCT-FMT VALUE -> h.img
+    cp h0.img h.img
+    python3 -c 'import struct,sys; f=open("h.img","r+b"); f.seek(int(sys.argv[1])); f.write(struct.pack(sys.argv[2], int(sys.argv[3])))' "$@"
+}
+patch 28 '<I' 0;          must_fail_with "tracks" "$VBD_IMG" info h.img
+patch 28 '<I' 4294967295; must_fail_with "cluster" "$VBD_IMG" info h.img
+patch 32 '<I' 4294967295; must_fail_with "bat_entries" "$VBD_IMG" info h.img
+patch 32 '<I' 400000000;  must_fail_with "bat_entries" "$VBD_IMG" info h.img
+patch 48 '<I' 4294967295; must_fail_with "data_off" "$VBD_IMG" info h.img
+patch 36 '<Q' 18446744073709551615; must_fail_with "nb_sectors" "$VBD_IMG" info h.img
+patch 64 '<I' 1000000;    must_fail_with "BAT entry 0" "$VBD_IMG" info h.img
+patch 64 '<I' 4294967295; must_fail_with "BAT entry 0" "$VBD_IO" -c 'read 0 512' h.img
+truncate -s 40 h.img;     must_fail_with "h.img" "$VBD_IMG" info -f parallels h.img
+step "vbd-img check agrees with qemu-img check (report, exit status, repair)"
+for case in clean unclean outside leak; do
+    must qemu-img create -q -f parallels -o cluster_size=64k c.img 4M
+    must qemu-io -f parallels -c 'write -P 1 0 64k' -c 'write -P 2 1M 100k' c.img >/dev/null
+    case $case in
+    unclean) python3 -c 'f=open("c.img","r+b"); f.seek(44); f.write(b"Ynot")' ;;
+    outside) python3 -c 'import struct; f=open("c.img","r+b"); f.seek(64+4*5); f.write(struct.pack("<I",100))' ;;
+    leak) truncate -s +100000 c.img ;;
+    esac
+    for fix in "" "-r all"; do
+        on_copies c.img check $fix --output=json @
+        [ $qrc = $vrc ] || fail "check $case [$fix]: exit $vrc, qemu-img $qrc: $(cat v.out)"
+        python3 - q.out v.out <<'PY' || fail "check $case [$fix] reports differ: $(cat q.out v.out)"
+import json, re, sys
+def load(p):
+    t = open(p).read()
+    d = json.loads(t[t.index('{'):t.rindex('}') + 1]); d.pop('filename')
+    return d, [l for l in t.splitlines() if l.startswith(('ERROR', 'Repairing'))]
+sys.exit(load(sys.argv[1]) != load(sys.argv[2]))
+PY
+        if [ -n "$fix" ]; then
+            qcheck -f parallels c.img.v
+            must qemu-img compare -q -f parallels -F parallels c.img.q c.img.v
+        fi
+    done
+done
+step "the model-based stress test (tests/stress/vbd-stress) on parallels images, in process and over NBD"
+STRESS=$VBD_BUILD/tests/stress/vbd-stress
+[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+head -c 3M /dev/urandom >init.raw && truncate -s 8M init.raw
+stress_check() { # s.img checks clean and holds what the model expects
+    qcheck -f parallels s.img
+    must qemu-img compare -q -f parallels -F raw s.img shadow.raw
+}
+n=0
+for cs in 4096 1048576; do
+    for io in "" "-t none" "-i threads"; do
+        n=$((n + 1))
+        must qemu-img create -q -f parallels -o cluster_size=$cs s.img 8M
+        must qemu-img convert -q -n -f raw -O parallels init.raw s.img
+        out=$(timeout -k 10 600 "$STRESS" --seed $((100 + n)) --ops 1500 --cluster-size $cs --init init.raw \
+              --shadow-out shadow.raw $io -f parallels s.img 2>&1) || fail "vbd-stress cs=$cs [$io] seed=$((100 + n)): $(echo "$out" | tail -5)"
+        stress_check
+    done
+done
+must qemu-img create -q -f parallels -o cluster_size=65536 s.img 8M
+must qemu-img convert -q -n -f raw -O parallels init.raw s.img
+"$VBD_DAEMON" --blockdev "driver=file,node-name=f0,filename=$T/s.img" --blockdev "driver=parallels,node-name=d0,file=f0" \
+    --nbd-server "addr.type=unix,addr.path=$T/nbd.sock" --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on" \
+    2>daemon.log &
+dpid=$!
+on_exit "kill -9 $dpid 2>/dev/null"
+wait_sock "$T/nbd.sock"
+out=$(timeout -k 10 600 "$STRESS" --seed 200 --ops 1500 --cluster-size 65536 --init init.raw --shadow-out shadow.raw \
+      --nbd "nbd+unix:///disk?socket=$T/nbd.sock" --conns 4 2>&1) || fail "vbd-stress over NBD seed=200: $(echo "$out" | tail -5)"
+kill -TERM $dpid
+wait $dpid || fail "vbd-daemon exited with $? after SIGTERM: $(tail -5 daemon.log)"
+grep -q Sanitizer daemon.log && fail "vbd-daemon: $(cat daemon.log)"
+stress_check
+echo ok
