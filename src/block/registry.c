@@ -9,6 +9,7 @@ extern const struct vbd_driver *const vbd_driver_null_co;
 extern const struct vbd_driver *const vbd_driver_nbd;
 extern const struct vbd_driver *const vbd_driver_raw;
 extern const struct vbd_driver *const vbd_driver_qcow2;
+extern const struct vbd_driver *const vbd_driver_vpc;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -16,6 +17,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_nbd,
     &vbd_driver_raw,
     &vbd_driver_qcow2,
+    &vbd_driver_vpc,
     NULL,
 };
 
