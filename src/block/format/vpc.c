@@ -592,7 +592,8 @@ static int vpc_measure(struct json_object *opts, struct vbd_node *in, uint64_t *
     uint64_t entries = (bytes + VHD_DEFAULT_BLOCK_SIZE - 1) / VHD_DEFAULT_BLOCK_SIZE;
     uint64_t meta = 3 * 512 + ((entries * 4 + 511) & ~511ull) + VHD_FOOTER_SIZE;
     *fully_allocated = meta + entries * (VHD_DEFAULT_BLOCK_SIZE + 512);
-    *required = *fully_allocated; /* without walking the input's allocation: an upper bound */
+    /* empty: the metadata only; from an input, without walking its allocation: an upper bound */
+    *required = in ? *fully_allocated : meta;
     return 0;
 }
 
