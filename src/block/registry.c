@@ -12,6 +12,7 @@ extern const struct vbd_driver *const vbd_driver_qcow2;
 extern const struct vbd_driver *const vbd_driver_vdi;
 extern const struct vbd_driver *const vbd_driver_qed;
 extern const struct vbd_driver *const vbd_driver_parallels;
+extern const struct vbd_driver *const vbd_driver_vpc;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -22,6 +23,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_vdi,
     &vbd_driver_qed,
     &vbd_driver_parallels,
+    &vbd_driver_vpc,
     NULL,
 };
 
