@@ -237,6 +237,22 @@ ev = m.wait_event("BLOCK_IMAGE_CORRUPTED", timeout=30)["data"]
 check(ev["node-name"] == "c" and ev["device"] == "" and "L2 table offset" in ev["msg"] and ev["fatal"] is True,
       f"corrupt event: {ev}")
 check(nodes()["c"]["image"]["format-specific"]["data"]["corrupt"] is True, "query shows corrupt")
+
+# --- blockdev-add of the foreign formats (QEMU's generic format options): qemu-io's pattern read over NBD
+for fmt in ("vdi", "vpc", "parallels", "qed"):
+    img = f"{T}/f.{fmt}"
+    check(run("qemu-img", "create", "-q", "-f", fmt, img, "8M").returncode == 0, f"qemu-img create -f {fmt}")
+    check(run("qemu-io", "-f", fmt, "-c", "write -P 0x66 1M 64k", img).returncode == 0, f"qemu-io write {fmt}")
+    f = {"driver": "file", "filename": img}
+    if fmt != "qed":
+        check("'backing' is unexpected" in error_of("blockdev-add", {"driver": fmt, "node-name": "nb", "file": f,
+                                                                      "backing": None}), f"{fmt}: backing refused")
+    ex("blockdev-add", {"driver": fmt, "node-name": f"n-{fmt}", "file": f})
+    check(nodes()[f"n-{fmt}"]["drv"] == fmt, f"{fmt} node listed")
+    ex("block-export-add", {"type": "nbd", "id": f"e-{fmt}", "node-name": f"n-{fmt}"})
+    r = nbd(f"n-{fmt}", "read -P 0x66 1M 64k", "-r")
+    check(r.returncode == 0 and "Pattern verification failed" not in r.stdout + r.stderr,
+          f"{fmt}: pattern over NBD: {r.stdout}{r.stderr}")
 EOF
 
 stop_daemon
