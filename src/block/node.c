@@ -433,7 +433,7 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
         n->backing = vbd_open_child(n, opts, "backing", NULL, bflags, err);
         return n->backing ? 0 : -EINVAL;
     }
-    if (!n->backing_file[0] || (flags & VBD_OPEN_NO_BACKING))
+    if (!n->backing_file[0])
         return 0;
     char path[4096];
     if (n->backing_file[0] == '/' || is_uri_or_json(n->backing_file) || !n->file ||
@@ -444,7 +444,11 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
         snprintf(dir, sizeof(dir), "%s", n->file->filename);
         snprintf(path, sizeof(path), "%s/%s", dirname(dir), n->backing_file);
     }
+    /* Resolved even when the chain is not opened: info shows it, as
+     * qemu-img's "full-backing-filename" / "(actual path: ...)". */
     snprintf(n->full_backing_filename, sizeof(n->full_backing_filename), "%s", path);
+    if (flags & VBD_OPEN_NO_BACKING)
+        return 0;
     struct json_object *bo = json_object_new_object();
     if (n->backing_format[0])
         json_object_object_add(bo, "driver", json_object_new_string(n->backing_format));

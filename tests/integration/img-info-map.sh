@@ -38,4 +38,11 @@ for maker in qemu vbd; do
     mk "$T/odd.raw" 1000001
     check_img "$T/odd.raw" raw "$maker odd size"
 done
+step "qcow2 with a relative backing file in another directory"
+# qemu-img resolves the name against the overlay's directory (its
+# "full-backing-filename", "actual path" in human output), not the cwd.
+mkdir -p "$T/sub"
+must qemu-img create -q -f qcow2 "$T/sub/base.qcow2" 10M
+must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$T/sub/top.qcow2"
+(cd "$T" && check_img sub/top.qcow2 qcow2 "relative backing") || exit 1
 echo ok
