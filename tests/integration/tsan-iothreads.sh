@@ -123,7 +123,7 @@ serve n0 --blockdev driver=null-co,node-name=n0,size=64M,read-zeroes=on
 load "null-co" no
 stop "null-co"
 
-step "qcow2 over a cache.direct=on file (requests hop to the main loop); qemu-img check clean"
+step "qcow2 over a cache.direct=on file, exported over NBD too (its graph comes back to the main loop: the rings hop there); qemu-img check clean"
 must qemu-img create -q -f qcow2 "$T/disk.qcow2" 64M
 serve d0 --blockdev driver=file,node-name=f0,filename="$T/disk.qcow2",cache.direct=on --blockdev driver=qcow2,node-name=d0,file=f0
 load "qcow2/file direct" yes
