@@ -71,10 +71,20 @@ int vbd_daemon_node_del(const char *name, struct vbd_error **err)
     return -ENOENT;
 }
 
+/* A multi-loop graph (raw over file) runs on every ring's loop already:
+ * moving it would change nothing. */
+static bool single_loop_below(struct vbd_node *n)
+{
+    for (; n; n = n->file != n ? n->file : NULL)
+        if (!(n->drv->caps & VBD_DRV_CAP_MULTI_LOOP) || (n->backing && single_loop_below(n->backing)))
+            return true;
+    return false;
+}
+
 /* An export whose requests arrive on an iothread takes the graph there if
- * it is its only user and the graph can move (no nbd client node): a
- * single-loop graph then runs where the requests arrive. Otherwise it
- * stays, and the requests hop to it (backend.c). */
+ * it is its only user, the graph is single-loop and can move (no nbd
+ * client node): the graph then runs where the requests arrive. Otherwise
+ * it stays, and the requests hop to it (backend.c). */
 static void follow_export(struct vbd_daemon_export *ent)
 {
     struct vbd_backend *be = export_backend(ent);
@@ -82,7 +92,8 @@ static void follow_export(struct vbd_daemon_export *ent)
     if (!be || !loop || !vbd_in_co())
         return;
     struct vbd_node *root = vbd_backend_node(be);
-    if (!subtree_on(root, vbd_loop_current()) || vbd_node_fixed_loop_below(root) || export_touching(root, ent, false))
+    if (!subtree_on(root, vbd_loop_current()) || !single_loop_below(root) || vbd_node_fixed_loop_below(root) ||
+        export_touching(root, ent, false))
         return;
     struct vbd_error *e = NULL;
     if (co_move(root, loop, &e) == 0)

@@ -43,6 +43,14 @@ stop() {
 # client or for the daemon to die, whichever comes first.
 bench_bg() { # NAME ARGS...: vbd-bench in the background, output in $T/NAME.out
     local name=$1; shift
+    # one vhost-user front end at a time: the last one's hang-up must have
+    # been seen by the daemon, or the next one is refused
+    if [ "$name" = vu ] || [ "$name" = b ]; then
+        for _ in $(seq 400); do
+            [ "$(grep -c 'front end connected' "$T/daemon.log")" = "$(grep -c 'front end disconnected' "$T/daemon.log")" ] && break
+            sleep 0.05
+        done
+    fi
     "$VBD_BENCH" "$@" >"$T/$name.out" 2>&1 &
     eval "bpid_$name=$!"
 }
