@@ -99,7 +99,7 @@ ok("blockdev-snapshot-delete-internal-sync", device="disk0", name="snap2")
 
 # the export goes: the graph it took comes back; then it moves alone
 ok("x-blockdev-set-iothread", node_name="disk0", iothread="io1", force=True)
-ok("block-export-del", id="e0")
+ok("block-export-del", id="e0", mode="hard")  # vbd-bench has gone; its hang-up may not be seen yet
 m.wait_event("BLOCK_EXPORT_DELETED")
 ok("object-del", id="io1")  # no export and no node uses it any more
 ok("x-blockdev-set-iothread", node_name="disk0", iothread="io0")
@@ -122,7 +122,7 @@ err("x-blockdev-set-iothread", "exported by nbd export 'n0'", node_name="disk0",
 r = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0xa5 1M 3M", f"nbd+unix:///disk?socket={T}/nbd.sock"],
                    capture_output=True, text=True)
 assert r.returncode == 0 and "wrote" in r.stdout, r
-ok("block-export-del", id="n0")
+ok("block-export-del", id="n0", mode="hard")  # qemu-io has gone; its hang-up may not be seen yet
 m.wait_event("BLOCK_EXPORT_DELETED")
 
 # blockdev-del of a node that lives on an iothread: closed there, the
