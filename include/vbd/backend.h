@@ -52,11 +52,14 @@ struct vbd_backend_opts {
     const char *serial;         /* virtio GET_ID; NULL: name */
 };
 
-/* Concurrency: a backend is created and freed on the home thread of its
- * root node (vbd/block.h); the co_ functions, the accessors, set_writethrough
- * and get_stats may be called from any loop at once (the write-through flag
- * and the statistics are atomics, the rest is fixed at creation). Requests
- * over a graph that is not multi-loop run on the home loop and come back. */
+/* Concurrency: a backend is created and freed on the graph thread of its
+ * root node (n->home_thread, vbd/block.h); the co_ functions, the accessors,
+ * set_writethrough and get_stats may be called from any loop at once (the
+ * write-through flag and the statistics are atomics, the rest is fixed at
+ * creation or changed only while drained). Requests over a graph that is
+ * not multi-loop run on the root's home loop (n->home_loop: it follows the
+ * graph when vbd_node_co_set_home moves it, inside a drained section) and
+ * come back. */
 struct vbd_backend;
 /* Takes a reference on root. */
 struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_backend_opts *opts, struct vbd_error **err);

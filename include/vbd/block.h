@@ -14,6 +14,7 @@
 
 struct json_object;
 struct vbd_error;
+struct vbd_loop;
 
 /* ---------- request flags ---------- */
 #define VBD_REQ_FUA         0x1u /* write: data durable before completion */
@@ -124,21 +125,44 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * known here (QEMU's nbd driver answers no get_info either). */
 #define VBD_DRV_CAP_REMOTE 0x8u
 
+/* Its requests are bound to the loop it was opened on (the nbd client's
+ * connection and reader coroutine): it never changes home loop. */
+#define VBD_DRV_CAP_FIXED_LOOP 0x10u
+
 /*
  * Concurrency contract of a node (docs/DESIGN.md, "Concurrency contract").
  *
- * Home: every node belongs to the thread, and so the loop, that opened it
- * (n->home_thread; the daemon's main loop). The graph changes only there:
- * open, close, references, children, names, options, and every driver
- * call outside the request path (truncate, refresh_size, get_info, check,
- * amend, snapshots, bitmaps, change_backing_file, make_empty). Asserted by
- * vbd_node_ref/unref and by the generic I/O entry points below.
+ * Two owners. The graph belongs to the thread that opened the node
+ * (n->home_thread: the daemon's main thread): references, children,
+ * names, options, open and the decision to close change only there, in
+ * vbd_node_ref/unref and vbd_open (asserted). The driver's state belongs
+ * to the node's home loop (n->home_loop): the loop that opened it, until
+ * vbd_node_co_set_home moves the node (and everything below it) to
+ * another loop, an iothread. Every driver call runs on the home loop:
+ * requests, flush, truncate, refresh_size, get_info, check, amend,
+ * snapshots, bitmaps, change_backing_file, make_empty, reopen, close.
  *
- * A driver without VBD_DRV_CAP_MULTI_LOOP (qcow2, the nbd client) is
- * entered only from its home loop, so its state needs no thread lock, only
- * coroutine locks (vbd_co_mutex) where a request yields in the middle of an
- * update. A backend over a graph holding any such node runs its requests
- * on the home loop (backend.c moves them there and back); io.c asserts it.
+ * A driver without VBD_DRV_CAP_MULTI_LOOP (qcow2, qed, the nbd client) is
+ * therefore entered from one loop at a time, so its state needs no thread
+ * lock, only coroutine locks (vbd_co_mutex) where a request yields in the
+ * middle of an update. The generic entry points (io.c: the vbd_node_co_*
+ * requests, block status, bitmap status, truncate, refresh_size, get_info,
+ * get_allocated_size) move a caller on another loop to the home loop and
+ * back (vbd_co_move_to), so they may be called from any loop, in a
+ * coroutine. Code that calls driver hooks itself (QMP's snapshot, bitmap
+ * and backing-file commands) brackets the calls with
+ * vbd_node_co_enter_home/vbd_node_co_leave_home and changes no graph
+ * structure in between.
+ *
+ * Moving (vbd_node_co_set_home) happens on the graph thread, in a
+ * coroutine, while nothing else can enter the moved nodes: every backend
+ * that reaches them drained, no other control command running (QMP runs
+ * one at a time), and no user that reads them outside a backend (the NBD
+ * server's block status). A driver with loop-bound state (qcow2's
+ * cache-clean timer) gets detach_loop on the old loop and attach_loop on
+ * the new one; one whose state cannot move (VBD_DRV_CAP_FIXED_LOOP) makes
+ * the move fail with an error naming it. home_loop is read without a lock
+ * (atomic) by requests on any loop: it only changes while they cannot run.
  *
  * A driver with VBD_DRV_CAP_MULTI_LOOP (file, raw, null-co) may see
  * co_preadv, co_pwritev, co_flush, co_pdiscard, co_pwrite_zeroes and
@@ -147,9 +171,9 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * above. What those calls touch must be immutable after open, atomic, or
  * under a lock never held across a yield (file: the size through
  * vbd_node_size/vbd_node_set_size, its extent cache atomic; raw: immutable).
- * The capability is a promise about the driver's own state only: a node is
- * entered from several loops only if every node below it is multi-loop
- * too (raw over qcow2 is single-loop).
+ * The capability is a promise about the driver's own state only: a backend
+ * runs its requests on the caller's loop only if every node below its root
+ * is multi-loop too (raw over qcow2 hops to qcow2's home loop in io.c).
  *
  * The generic layer (io.c) is multi-loop safe for every node: its list of
  * requests in flight (alignment, read-modify-write) is guarded by
@@ -259,6 +283,11 @@ struct vbd_driver {
      * leave the image clean for other readers; going read-write: prepare
      * it as an open for writing would. NULL: the driver cannot switch. */
     int (*reopen_rw)(struct vbd_node *n, bool rw, struct vbd_error **err);
+    /* vbd_node_co_set_home: detach_loop runs on the old home loop (cancel
+     * what is armed there: timers, watches), attach_loop on the new one
+     * (re-arm). NULL: the driver keeps nothing bound to a loop. */
+    void (*detach_loop)(struct vbd_node *n);
+    void (*attach_loop)(struct vbd_node *n);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*().
@@ -289,11 +318,17 @@ struct vbd_node {
     uint64_t tracked_seq;
     atomic_uint untracked_in_flight;       /* aligned requests off the list */
     atomic_uint serialising_in_flight;     /* read-modify-write requests on the list */
-    pthread_t home_thread;                 /* the thread (loop) that opened it */
+    pthread_t home_thread;                 /* the thread that opened it: the graph changes there */
+    struct vbd_loop *home_loop;            /* driver calls run there (atomic: vbd_node_home_loop) */
     struct vbd_node *next_named;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
     uint64_t write_threshold;    /* block-set-write-threshold; 0 = off (atomic: checked by writes on any loop) */
 };
+
+static inline struct vbd_loop *vbd_node_home_loop(const struct vbd_node *n)
+{
+    return __atomic_load_n(&n->home_loop, __ATOMIC_ACQUIRE);
+}
 
 /* n->size is written on the node's home loop (open, truncate, refresh, a
  * protocol file growing under its format) while requests on other loops
@@ -391,6 +426,22 @@ int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err);
 int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
 int64_t vbd_node_get_allocated_size(struct vbd_node *n);
 int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err);
+
+/* ---------- home loop (the concurrency contract above) ---------- */
+/* In a coroutine: continue on n's home loop if n is single-loop and the
+ * caller is elsewhere. Returns the loop to come back to (NULL: stayed);
+ * pass it to vbd_node_co_leave_home. */
+struct vbd_loop *vbd_node_co_enter_home(struct vbd_node *n);
+void vbd_node_co_leave_home(struct vbd_loop *origin);
+/* n or a node below it (file, backing, recursively) that cannot leave its
+ * loop (VBD_DRV_CAP_FIXED_LOOP), or NULL. */
+struct vbd_node *vbd_node_fixed_loop_below(struct vbd_node *n);
+/* Move n and every node below it to `loop` (file and backing children,
+ * recursively), calling the drivers' detach_loop/attach_loop on the old and
+ * new loops. Graph thread, coroutine; the caller has made sure nothing
+ * enters these nodes meanwhile (every backend over them drained). Fails,
+ * moving nothing, if a node below is VBD_DRV_CAP_FIXED_LOOP. */
+int vbd_node_co_set_home(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err);
 
 /* ---------- control of a live node (vbd-daemon's QMP monitor) ---------- */
 /* Switch n between read-only and read-write, as blockdev-reopen does.

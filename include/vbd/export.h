@@ -50,6 +50,15 @@ struct vbd_export_type {
      * blockdev-reopen; the daemon drains it and swaps its root for graph
      * changes under a running export (live snapshot). */
     struct vbd_backend *(*backend)(struct vbd_export *exp);
+    /* Optional: the loop its requests arrive on when that is not the main
+     * loop (vhost-user-blk: its first ring's iothread). The daemon moves
+     * the node's graph there when no other export uses it, so that a
+     * single-loop graph (qcow2) does not hop for every request. */
+    struct vbd_loop *(*request_loop)(struct vbd_export *exp);
+    /* It reads its node outside its backend's drain gate (the NBD server's
+     * block status and zero-copy reads): the graph under it stays on the
+     * main loop and cannot move while it is exported. */
+    bool reads_node;
 };
 
 /*

@@ -22,6 +22,13 @@ void vbd_iothread_stop_all(void);
  * an iothread that has users. acquire: NULL if there is no such iothread. */
 struct vbd_loop *vbd_iothread_acquire(const char *id);
 void vbd_iothread_release(struct vbd_loop *loop);
+/* A block node lives there (its home loop, vbd/block.h): vbd_node_co_set_home
+ * and the node's close count them; no-ops for a loop that is no iothread
+ * (the main loop). */
+void vbd_iothread_node_hold(struct vbd_loop *loop);
+void vbd_iothread_node_release(struct vbd_loop *loop);
+/* The id of the iothread running loop, or NULL (the main loop). */
+const char *vbd_iothread_id(struct vbd_loop *loop);
 /* QMP object-del: stop and join the thread. -EBUSY while it has users,
  * -ENOENT if there is none, with *err saying so. */
 int vbd_iothread_remove(const char *id, struct vbd_error **err);

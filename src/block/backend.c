@@ -3,7 +3,7 @@
  * The user's drive: policy on top of a node (read-only, write-through,
  * discard, sector size) and accounting. Requests may come from several
  * queue threads; nodes whose driver is not multi-loop safe are only ever
- * touched from the backend's home loop (requests hop there and back).
+ * touched from the root's home loop (requests hop there and back).
  */
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
@@ -20,7 +20,7 @@
 
 struct vbd_backend {
     struct vbd_node *root; /* atomic: replaced in a drained section, read from any loop */
-    struct vbd_loop *home; /* NULL: any loop may run requests; changes with root */
+    bool single_loop;      /* some node below root is single-loop: requests run on root's home loop; changes with root */
     struct vbd_loop *ctl;  /* the loop it was created on: drains and root swaps happen there */
     bool read_only;
     bool root_growable; /* vbd_node_growable(root): the size is bounded here, not by io.c */
@@ -111,10 +111,11 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
     vbd_node_ref(root);
     be->root = root;
     be->ctl = vbd_loop_current();
-    /* Requests hop to the loop that opened the graph when some node in it
-     * is not multi-loop: that is the loop this backend is created on. */
+    /* Requests hop to the root's home loop when some node in the graph is
+     * not multi-loop (the whole request runs there, rather than hopping at
+     * every single-loop node on the way down). */
     assert(pthread_equal(root->home_thread, pthread_self()));
-    be->home = chain_multi_loop(root) ? NULL : vbd_loop_current();
+    be->single_loop = !chain_multi_loop(root);
     be->read_only = o->read_only;
     be->root_growable = vbd_node_growable(root);
     atomic_store(&be->writethrough, o->writethrough);
@@ -204,13 +205,15 @@ static struct vbd_loop *be_enter(struct vbd_backend *be)
     atomic_fetch_add(&be->in_flight, 1);
     if (atomic_load(&be->quiesced))
         origin = gate_wait(be);
-    if (!be->home)
+    if (!be->single_loop)
         return origin;
+    /* past the gate: the root and its home loop change only while drained */
+    struct vbd_loop *home = vbd_node_home_loop(root_of(be));
     struct vbd_loop *here = vbd_loop_current();
-    if (here != be->home) {
+    if (here != home) {
         if (!origin)
             origin = here;
-        vbd_co_move_to(be->home);
+        vbd_co_move_to(home);
     }
     return origin;
 }
@@ -253,7 +256,7 @@ int vbd_backend_set_root(struct vbd_backend *be, struct vbd_node *root, struct v
     }
     struct vbd_node *old = be->root;
     vbd_node_ref(root);
-    be->home = chain_multi_loop(root) ? NULL : be->ctl;
+    be->single_loop = !chain_multi_loop(root);
     be->root_growable = vbd_node_growable(root);
     __atomic_store_n(&be->root, root, __ATOMIC_RELEASE);
     vbd_node_unref(old);

@@ -8,6 +8,7 @@
  */
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "vbd/loop.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -139,10 +140,30 @@ static void tracked_end(struct vbd_node *n, struct vbd_tracked_req *r)
 }
 
 /* The concurrency contract (vbd/block.h): a node whose driver is not
- * multi-loop is entered only from the thread (loop) that opened it. */
+ * multi-loop is entered only on its home loop. */
 static inline void assert_home(const struct vbd_node *n)
 {
-    assert((n->drv->caps & VBD_DRV_CAP_MULTI_LOOP) || pthread_equal(n->home_thread, pthread_self()));
+    assert((n->drv->caps & VBD_DRV_CAP_MULTI_LOOP) || vbd_node_home_loop(n) == vbd_loop_current());
+}
+
+struct vbd_loop *vbd_node_co_enter_home(struct vbd_node *n)
+{
+    if (n->drv->caps & VBD_DRV_CAP_MULTI_LOOP)
+        return NULL;
+    struct vbd_loop *home = vbd_node_home_loop(n), *here = vbd_loop_current();
+    if (home == here)
+        return NULL;
+    /* only a coroutine can change threads: callers outside one (the tools)
+     * open and use their nodes on one loop */
+    assert(vbd_in_co());
+    vbd_co_move_to(home);
+    return here;
+}
+
+void vbd_node_co_leave_home(struct vbd_loop *origin)
+{
+    if (origin)
+        vbd_co_move_to(origin);
 }
 
 int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes)
@@ -262,7 +283,7 @@ static int bounce_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t byte
     return rc;
 }
 
-static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                    unsigned flags)
 {
     assert(vbd_in_co());
@@ -292,6 +313,16 @@ static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes,
     tracked_begin(n, &tr, off, bytes, serialising);
     rc = direct ? drv_rw(n, write, off, bytes, q, qoff, flags) : bounce_rw(n, write, off, bytes, q, qoff, flags, NULL);
     tracked_end(n, &tr);
+    return rc;
+}
+
+/* The entry of every read and write: on the home loop from here down. */
+static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                   unsigned flags)
+{
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = node_rw_home(n, write, off, bytes, q, qoff, flags);
+    vbd_node_co_leave_home(origin);
     return rc;
 }
 
@@ -328,16 +359,28 @@ int vbd_node_co_flush(struct vbd_node *n)
     assert(vbd_in_co());
     if (!n || n->read_only)
         return 0;
-    assert_home(n);
     int rc = 0;
-    if (n->drv->co_flush)
+    if (n->drv->co_flush) {
+        struct vbd_loop *origin = vbd_node_co_enter_home(n);
         rc = n->drv->co_flush(n);
+        vbd_node_co_leave_home(origin);
+    }
     if (rc == 0 && n->file && n->file != n)
         rc = vbd_node_co_flush(n->file);
     return rc;
 }
 
+static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes);
+
 int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = pdiscard_home(n, off, bytes);
+    vbd_node_co_leave_home(origin);
+    return rc;
+}
+
+static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     int rc = check_range(n, off, bytes);
     if (rc < 0)
@@ -387,7 +430,17 @@ static int zero_fallback(struct vbd_node *n, uint64_t off, uint64_t bytes, unsig
     return rc;
 }
 
+static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
+
 int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = pwrite_zeroes_home(n, off, bytes, flags);
+    vbd_node_co_leave_home(origin);
+    return rc;
+}
+
+static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
     int rc = check_range(n, off, bytes);
     if (rc < 0)
@@ -442,7 +495,6 @@ int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off
     struct vbd_node *img = vbd_node_skip_filters(n);
     if (!img || !img->drv->co_bitmap_status)
         return -ENOENT;
-    assert_home(img);
     if (off >= vbd_node_size(img)) {
         *pnum = bytes;
         return 0;
@@ -453,7 +505,10 @@ int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off
         *pnum = 0;
         return 0;
     }
-    return img->drv->co_bitmap_status(img, name, off, bytes, pnum);
+    struct vbd_loop *origin = vbd_node_co_enter_home(img);
+    int rc = img->drv->co_bitmap_status(img, name, off, bytes, pnum);
+    vbd_node_co_leave_home(origin);
+    return rc;
 }
 
 int vbd_node_co_zero_copy_source(struct vbd_node *n, uint64_t off, uint64_t bytes, uint64_t *map)
@@ -471,7 +526,19 @@ int vbd_node_co_zero_copy_source(struct vbd_node *n, uint64_t off, uint64_t byte
     return below->drv->page_cache_fd(below);
 }
 
+static int block_status_home(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                             uint64_t *map, struct vbd_node **file);
+
 int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                             uint64_t *map, struct vbd_node **file)
+{
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = block_status_home(n, want_zero, off, bytes, pnum, map, file);
+    vbd_node_co_leave_home(origin);
+    return rc;
+}
+
+static int block_status_home(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
                              uint64_t *map, struct vbd_node **file)
 {
     uint64_t m = 0;
@@ -560,7 +627,6 @@ int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, 
 int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
                          struct vbd_error **err)
 {
-    assert_home(n);
     if (n->read_only) {
         vbd_error_setf(err, EACCES, "Image '%s' is read-only", n->filename);
         return -EACCES;
@@ -569,7 +635,9 @@ int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
         vbd_error_setf(err, ENOTSUP, "Image format '%s' does not support resizing", n->drv->name);
         return -ENOTSUP;
     }
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
     int rc = n->drv->co_truncate(n, size, exact, prealloc, err);
+    vbd_node_co_leave_home(origin);
     if (rc == 0)
         vbd_node_set_size(n, size);
     return rc;
@@ -589,7 +657,9 @@ int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err)
     }
     if (!n->drv->refresh_size)
         return 0;
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
     int rc = n->drv->refresh_size(n);
+    vbd_node_co_leave_home(origin);
     if (rc < 0)
         vbd_error_setf(err, -rc, "Could not get the size of '%s': %s", n->filename, strerror(-rc));
     return rc;
@@ -597,8 +667,12 @@ int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err)
 
 int64_t vbd_node_get_allocated_size(struct vbd_node *n)
 {
-    if (n->drv->get_allocated_size)
-        return n->drv->get_allocated_size(n);
+    if (n->drv->get_allocated_size) {
+        struct vbd_loop *origin = vbd_node_co_enter_home(n);
+        int64_t r = n->drv->get_allocated_size(n);
+        vbd_node_co_leave_home(origin);
+        return r;
+    }
     if (n->file)
         return vbd_node_get_allocated_size(n->file);
     return n->drv->kind == VBD_DRV_PROTOCOL ? -1 : 0; /* a protocol that cannot say (nbd) */
@@ -609,9 +683,12 @@ int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vb
     memset(info, 0, sizeof(*info));
     info->virtual_size = vbd_node_size(n);
     info->actual_size = vbd_node_get_allocated_size(n);
-    if (n->drv->get_info)
-        return n->drv->get_info(n, info, err);
-    return 0;
+    if (!n->drv->get_info)
+        return 0;
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = n->drv->get_info(n, info, err);
+    vbd_node_co_leave_home(origin);
+    return rc;
 }
 
 const char *const vbd_prealloc_names[] = {"off", "metadata", "falloc", "full", NULL};

@@ -62,7 +62,9 @@ static int switch_node(struct vbd_node *n, bool read_only, struct vbd_error **er
 {
     if (read_only)
         n->read_only = true;
+    struct vbd_loop *origin = vbd_node_co_enter_home(n); /* driver state: its home loop's */
     int rc = n->drv->reopen_rw(n, !read_only, err);
+    vbd_node_co_leave_home(origin);
     if (rc < 0) {
         n->read_only = !read_only;
         return rc;

@@ -7,6 +7,8 @@
 #include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "vbd/iothread.h"
+#include "vbd/loop.h"
 #include "vbd/options.h"
 
 #include <assert.h>
@@ -49,8 +51,13 @@ void vbd_node_unref(struct vbd_node *n)
     assert(pthread_equal(n->home_thread, pthread_self()));
     if (--n->refcnt > 0)
         return;
-    if (n->drv->close)
+    if (n->drv->close) {
+        /* the driver's state is its home loop's (an iothread's, for a moved node) */
+        struct vbd_loop *origin = vbd_node_co_enter_home(n);
         n->drv->close(n);
+        vbd_node_co_leave_home(origin);
+    }
+    vbd_iothread_node_release(vbd_node_home_loop(n));
     for (struct vbd_node **pp = &named_nodes; *pp; pp = &(*pp)->next_named) {
         if (*pp == n) {
             *pp = n->next_named;
@@ -149,6 +156,7 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
     n->refcnt = 1;
     pthread_mutex_init(&n->reqs_lock, NULL);
     n->home_thread = pthread_self();
+    n->home_loop = vbd_loop_current();
     n->open_flags = flags;
     n->read_only = !(flags & VBD_OPEN_RDWR);
     n->bl.request_alignment = 1;
@@ -459,5 +467,63 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_error_free(e);
         return -EINVAL;
     }
+    return 0;
+}
+
+/* ---------- home loop ---------- */
+
+struct vbd_node *vbd_node_fixed_loop_below(struct vbd_node *n)
+{
+    for (; n; n = n->file != n ? n->file : NULL) {
+        if (n->drv->caps & VBD_DRV_CAP_FIXED_LOOP)
+            return n;
+        struct vbd_node *b = vbd_node_fixed_loop_below(n->backing);
+        if (b)
+            return b;
+    }
+    return NULL;
+}
+
+static void move_one(struct vbd_node *n, struct vbd_loop *to)
+{
+    struct vbd_loop *from = vbd_node_home_loop(n);
+    if (from == to)
+        return;
+    struct vbd_loop *origin = vbd_loop_current();
+    if (n->drv->detach_loop) {
+        vbd_co_move_to(from);
+        n->drv->detach_loop(n);
+    }
+    __atomic_store_n(&n->home_loop, to, __ATOMIC_RELEASE);
+    if (n->drv->attach_loop) {
+        vbd_co_move_to(to);
+        n->drv->attach_loop(n);
+    }
+    vbd_co_move_to(origin);
+    vbd_iothread_node_hold(to); /* object-del keeps the thread while a node lives there */
+    vbd_iothread_node_release(from);
+}
+
+static void move_below(struct vbd_node *n, struct vbd_loop *to)
+{
+    for (; n; n = n->file != n ? n->file : NULL) {
+        move_one(n, to);
+        if (n->backing)
+            move_below(n->backing, to);
+    }
+}
+
+int vbd_node_co_set_home(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
+{
+    assert(vbd_in_co() && pthread_equal(n->home_thread, pthread_self()));
+    struct vbd_node *fixed = vbd_node_fixed_loop_below(n);
+    if (fixed && vbd_node_home_loop(fixed) != loop) {
+        vbd_error_setf(err, ENOTSUP,
+                       "Node '%s' cannot change its event loop: node '%s' (driver %s) is bound to the loop it was "
+                       "opened on",
+                       n->node_name, fixed->node_name, fixed->drv->name);
+        return -ENOTSUP;
+    }
+    move_below(n, loop);
     return 0;
 }

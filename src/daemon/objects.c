@@ -7,6 +7,8 @@
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
+#include "vbd/iothread.h"
+#include "vbd/loop.h"
 #include "vbd/options.h"
 
 #include <assert.h>
@@ -15,6 +17,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static bool reaches(const struct vbd_node *top, const struct vbd_node *n);
+static struct vbd_backend *export_backend(struct vbd_daemon_export *e);
+static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err);
+static bool subtree_on(struct vbd_node *n, struct vbd_loop *loop);
+static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struct vbd_daemon_export *except, bool readers);
 
 static struct vbd_node **nodes;
 static int nnodes;
@@ -63,6 +71,36 @@ int vbd_daemon_node_del(const char *name, struct vbd_error **err)
     return -ENOENT;
 }
 
+/* A multi-loop graph (raw over file) runs on every ring's loop already:
+ * moving it would change nothing. */
+static bool single_loop_below(struct vbd_node *n)
+{
+    for (; n; n = n->file != n ? n->file : NULL)
+        if (!(n->drv->caps & VBD_DRV_CAP_MULTI_LOOP) || (n->backing && single_loop_below(n->backing)))
+            return true;
+    return false;
+}
+
+/* An export whose requests arrive on an iothread takes the graph there if
+ * it is its only user, the graph is single-loop and can move (no nbd
+ * client node): the graph then runs where the requests arrive. Otherwise
+ * it stays, and the requests hop to it (backend.c). */
+static void follow_export(struct vbd_daemon_export *ent)
+{
+    struct vbd_backend *be = export_backend(ent);
+    struct vbd_loop *loop = ent->type->request_loop ? ent->type->request_loop(ent->exp) : NULL;
+    if (!be || !loop || !vbd_in_co())
+        return;
+    struct vbd_node *root = vbd_backend_node(be);
+    if (!subtree_on(root, vbd_loop_current()) || !single_loop_below(root) || vbd_node_fixed_loop_below(root) ||
+        export_touching(root, ent, false))
+        return;
+    struct vbd_error *e = NULL;
+    if (co_move(root, loop, &e) == 0)
+        ent->moved_to = loop;
+    vbd_error_free(e);
+}
+
 int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd_error **err)
 {
     char *type = NULL;
@@ -88,6 +126,14 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
         vbd_error_setf(err, EEXIST, "Block export id '%s' is already in use", id);
         return -EEXIST;
     }
+    struct json_object *nv = vbd_opt_get(opts, "node-name");
+    struct vbd_node *target = nv && json_object_is_type(nv, json_type_string) ? vbd_node_find(json_object_get_string(nv))
+                                                                            : NULL;
+    /* an export that reads its node outside the drain gate keeps the graph
+     * on the main loop (objects.h): what an iothread export moved comes back */
+    if (t->reads_node && target && !subtree_on(target, vbd_loop_current()) &&
+        co_move(target, vbd_loop_current(), err) < 0)
+        return -EINVAL;
     struct vbd_daemon_export *ent = vbd_xcalloc(1, sizeof(*ent));
     snprintf(ent->id, sizeof(ent->id), "%s", id); /* before create() takes "id" out */
     struct vbd_export *e = t->create(opts, err);
@@ -106,6 +152,7 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     while (*tail)
         tail = &(*tail)->next;
     *tail = ent; /* in creation order, as query-block-exports lists them */
+    follow_export(ent);
     return 0;
 }
 
@@ -130,6 +177,17 @@ void vbd_daemon_export_remove(struct vbd_daemon_export *e)
             break;
         }
     e->type->shutdown(e->exp);
+    /* the graph it took comes back to the main loop unless another export
+     * uses it (then it stays where it is: that one's requests hop) */
+    struct vbd_backend *be = export_backend(e);
+    struct vbd_node *root = be ? vbd_backend_node(be) : NULL;
+    if (e->moved_to && root && vbd_in_co() && !export_touching(root, e, false)) {
+        struct vbd_error *err = NULL;
+        if (co_move(root, vbd_loop_current(), &err) < 0) {
+            vbd_error_report("%s", err ? err->msg : "could not move a node back to the main loop");
+            vbd_error_free(err);
+        }
+    }
     e->type->free(e->exp);
     free(e);
 }
@@ -206,8 +264,103 @@ void vbd_daemon_shutdown_exports(void)
 
 void vbd_daemon_flush_nodes(void)
 {
+    /* the exports have stopped: every node goes back to the main loop
+     * before the iothreads stop (nothing to drain any more) */
+    for (int i = 0; i < nnodes; i++) {
+        struct vbd_error *e = NULL;
+        if (vbd_node_co_set_home(nodes[i], vbd_loop_current(), &e) < 0) {
+            vbd_error_report("%s", e ? e->msg : "could not move a node back to the main loop");
+            vbd_error_free(e);
+        }
+    }
     for (int i = 0; i < nnodes; i++)
         vbd_node_co_flush(nodes[i]);
+}
+
+/* ---------- home loops (vbd/block.h, the concurrency contract) ---------- */
+
+/* n and every node below it, once each */
+static void collect(struct vbd_node *n, struct vbd_node ***v, int *cnt)
+{
+    for (; n; n = n->file != n ? n->file : NULL) {
+        for (int i = 0; i < *cnt; i++)
+            if ((*v)[i] == n)
+                return;
+        *v = vbd_xrealloc(*v, sizeof(**v) * (size_t)(*cnt + 1));
+        (*v)[(*cnt)++] = n;
+        collect(n->backing, v, cnt);
+    }
+}
+
+static bool subtree_on(struct vbd_node *n, struct vbd_loop *loop)
+{
+    for (; n; n = n->file != n ? n->file : NULL)
+        if (vbd_node_home_loop(n) != loop || (n->backing && !subtree_on(n->backing, loop)))
+            return false;
+    return true;
+}
+
+/* An export (other than `except`; only those that read the node outside
+ * their backend if `readers`) whose graph shares a node with n's. */
+static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struct vbd_daemon_export *except, bool readers)
+{
+    struct vbd_node **v = NULL;
+    int cnt = 0;
+    collect(n, &v, &cnt);
+    struct vbd_daemon_export *found = NULL;
+    for (struct vbd_daemon_export *e = exports; e && !found; e = e->next) {
+        struct vbd_backend *be = export_backend(e);
+        if (e == except || !be || (readers && !e->type->reads_node))
+            continue;
+        for (int i = 0; i < cnt && !found; i++)
+            if (reaches(vbd_backend_node(be), v[i]))
+                found = e;
+    }
+    free(v);
+    return found;
+}
+
+static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
+{
+    if (loop != vbd_loop_current()) {
+        struct vbd_daemon_export *r = export_touching(n, NULL, true);
+        if (r) {
+            vbd_error_setf(err, EBUSY,
+                           "Node '%s' cannot leave the main loop: it is exported by %s export '%s', which reads it "
+                           "from the main loop",
+                           n->node_name, r->type->type, r->id);
+            return -EBUSY;
+        }
+    }
+    /* nothing may enter the nodes while they move: every export over any
+     * of them drained, one after the other (as vbd_daemon_co_drain_begin) */
+    struct vbd_node **v = NULL;
+    int cnt = 0;
+    collect(n, &v, &cnt);
+    struct vbd_backend **be = NULL;
+    int nbe = 0;
+    for (struct vbd_daemon_export *e = exports; e; e = e->next) {
+        struct vbd_backend *b = export_backend(e);
+        for (int i = 0; b && i < cnt; i++)
+            if (reaches(vbd_backend_node(b), v[i])) {
+                be = vbd_xrealloc(be, sizeof(*be) * (size_t)(nbe + 1));
+                be[nbe++] = b;
+                break;
+            }
+    }
+    free(v);
+    for (int i = 0; i < nbe; i++)
+        vbd_backend_co_drain_begin(be[i]);
+    int rc = vbd_node_co_set_home(n, loop, err);
+    for (int i = 0; i < nbe; i++)
+        vbd_backend_drain_end(be[i]);
+    free(be);
+    return rc;
+}
+
+int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
+{
+    return co_move(n, loop ? loop : vbd_loop_current(), err);
 }
 
 void vbd_daemon_free_all(void)

@@ -35,6 +35,7 @@ struct vbd_daemon_export {
     const struct vbd_export_type *type;
     struct vbd_export *exp;
     struct vbd_daemon_export *next;
+    struct vbd_loop *moved_to; /* it took its graph to this iothread (follow_export) */
 };
 /* --export / block-export-add: opts holds "type", "id" and the type's
  * keys (taken; leftovers are an error naming `what`). */
@@ -62,6 +63,13 @@ void vbd_daemon_drain_end(struct vbd_daemon_drain *d);
  * its requests to `new` from now on. Nothing changes on failure (a
  * writable export and a read-only new node). Returns how many switched. */
 int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, struct vbd_error **err);
+
+/* x-blockdev-set-iothread: move n and the nodes below it to loop (NULL:
+ * the main loop), every export over them drained meanwhile. Refused while
+ * an export that reads its node from the main loop (NBD) uses them, or if
+ * one cannot move (an nbd client node). Main loop, coroutine. */
+struct vbd_loop;
+int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err);
 
 /* Daemon exit: shut every export down, flush every node (remove_all
  * frees them, after the iothreads stopped). */

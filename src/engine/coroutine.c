@@ -168,6 +168,12 @@ static void co_free(struct vbd_co *co)
 #ifdef VBD_TSAN
     __tsan_destroy_fiber(co->ctx.tsan_fiber);
 #endif
+#ifdef VBD_ASAN
+    /* the redzones of the frames it ran stay in the shadow after munmap: a
+     * later mmap at the same address (another coroutine's stack, once an
+     * iothread that ran coroutines has exited) would trip over them */
+    ASAN_UNPOISON_MEMORY_REGION(co->mem, co->mem_size);
+#endif
     munmap(co->mem, co->mem_size);
     free(co);
 }

@@ -34,6 +34,7 @@ struct iothread {
     /* QEMU's other knobs: kept for qom-get/query-iothreads, our loop's own rules apply */
     uint64_t poll_grow, poll_shrink, aio_max_batch, pool_min, pool_max;
     int users; /* exports running rings on it: object-del refuses while > 0 */
+    int nodes; /* nodes whose home loop it is (vbd_node_co_set_home): likewise */
     struct vbd_bh poll_bh; /* qom-set poll-max-ns: applied on the thread itself */
     uint64_t poll_new;
     bool poll_bh_pending;
@@ -156,6 +157,34 @@ void vbd_iothread_release(struct vbd_loop *loop)
         }
 }
 
+static struct iothread *by_loop(struct vbd_loop *loop)
+{
+    for (struct iothread *t = iothreads; t; t = t->next)
+        if (t->loop == loop)
+            return t;
+    return NULL;
+}
+
+void vbd_iothread_node_hold(struct vbd_loop *loop)
+{
+    struct iothread *t = by_loop(loop);
+    if (t)
+        t->nodes++;
+}
+
+void vbd_iothread_node_release(struct vbd_loop *loop)
+{
+    struct iothread *t = by_loop(loop);
+    if (t && t->nodes > 0)
+        t->nodes--;
+}
+
+const char *vbd_iothread_id(struct vbd_loop *loop)
+{
+    struct iothread *t = by_loop(loop);
+    return t ? t->id : NULL;
+}
+
 static void join_and_free(struct iothread *t)
 {
     __atomic_store_n(&t->stop, true, __ATOMIC_RELEASE);
@@ -176,6 +205,11 @@ int vbd_iothread_remove(const char *id, struct vbd_error **err)
         if (t->users) {
             vbd_error_setf(err, EBUSY, "iothread '%s' is in use by %d export%s", id, t->users,
                            t->users == 1 ? "" : "s");
+            return -EBUSY;
+        }
+        if (t->nodes) {
+            vbd_error_setf(err, EBUSY, "iothread '%s' is the home of %d block node%s (x-blockdev-set-iothread them "
+                           "back to null first)", id, t->nodes, t->nodes == 1 ? "" : "s");
             return -EBUSY;
         }
         *pp = t->next;

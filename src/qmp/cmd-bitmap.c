@@ -113,7 +113,9 @@ static int change(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd
                                n->node_name);
         return -ENOTSUP;
     }
+    struct vbd_loop *origin = vbd_node_co_enter_home(n); /* driver state: its home loop's */
     int rc = n->drv->co_bitmap_change(n, op, &e);
+    vbd_node_co_leave_home(origin);
     if (rc < 0) {
         if (err)
             vbd_qmp_error_take(err, e);

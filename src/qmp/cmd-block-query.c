@@ -34,7 +34,12 @@ static void add_bool(struct json_object *o, const char *k, bool v)
 static struct json_object *snapshot_list(struct vbd_node *n)
 {
     struct vbd_snapshot_info *sn = NULL;
-    int count = n->drv->snapshot_list ? n->drv->snapshot_list(n, &sn) : 0;
+    int count = 0;
+    if (n->drv->snapshot_list) {
+        struct vbd_loop *origin = vbd_node_co_enter_home(n); /* driver state: its home loop's */
+        count = n->drv->snapshot_list(n, &sn);
+        vbd_node_co_leave_home(origin);
+    }
     if (count <= 0) {
         free(sn);
         return NULL;

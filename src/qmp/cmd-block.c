@@ -367,7 +367,9 @@ static struct json_object *change_backing_file(struct json_object *args, struct 
     char fmtbuf[32] = "";
     if (fmt)
         snprintf(fmtbuf, sizeof(fmtbuf), "%s", fmt);
+    struct vbd_loop *origin = vbd_node_co_enter_home(n); /* driver state: its home loop's */
     int rc = n->drv->change_backing_file(n, backing_file, fmt ? fmtbuf : NULL, &e);
+    vbd_node_co_leave_home(origin);
     if (rc == 0)
         rc = vbd_node_co_flush(n);
     if (was_ro) {
@@ -421,21 +423,23 @@ static struct json_object *x_blockdev_set_iothread(struct json_object *args, str
                 return NULL;
             }
     }
-    if (!iot) /* null: the main loop, where every node lives */
-        return vbd_qmp_ok();
-    const char *id = json_object_get_string(iot);
-    if (!vbd_iothread_loop(id)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find iothread %s", id);
+    struct vbd_loop *loop = NULL; /* null: back to the main loop */
+    if (iot) {
+        const char *id = json_object_get_string(iot);
+        loop = vbd_iothread_loop(id);
+        if (!loop) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find iothread %s", id);
+            return NULL;
+        }
+    }
+    /* n and the nodes below it change home (vbd/block.h): an export over
+     * them (force) is drained meanwhile and its requests follow */
+    struct vbd_error *e = NULL;
+    if (vbd_daemon_co_move_node(n, loop, &e) < 0) {
+        vbd_qmp_error_take(err, e);
         return NULL;
     }
-    /* The graph changes on a node's home loop only (vbd/block.h), and the
-     * monitor runs on the main loop: nodes stay there; an export on an
-     * iothread sends the requests of single-loop nodes there and back. */
-    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                       "Node '%s' cannot move to iothread '%s': vbd keeps every node on the main loop (its exports' "
-                       "iothreads run the requests)",
-                       name, id);
-    return NULL;
+    return vbd_qmp_ok();
 }
 
 /* ---------- events ---------- */

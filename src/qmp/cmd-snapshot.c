@@ -98,7 +98,9 @@ static int internal_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         return -1;
     }
     struct vbd_snapshot_info *list = NULL;
+    struct vbd_loop *origin = vbd_node_co_enter_home(n); /* driver calls on the node's home loop */
     int count = n->drv->snapshot_list(n, &list);
+    vbd_node_co_leave_home(origin);
     if (count < 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to get a snapshot list: %s", strerror(-count));
         return -1;
@@ -122,7 +124,10 @@ static int internal_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     sn.date_sec = (uint32_t)ts.tv_sec;
     sn.date_nsec = (uint32_t)ts.tv_nsec;
     struct vbd_error *e = NULL;
-    if (n->drv->snapshot_create(n, &sn, &e) < 0) {
+    origin = vbd_node_co_enter_home(n);
+    rc = n->drv->snapshot_create(n, &sn, &e);
+    vbd_node_co_leave_home(origin);
+    if (rc < 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to create snapshot '%s' on device '%s': %s", name, device,
                            e ? e->msg : "failed");
         vbd_error_free(e);
@@ -139,7 +144,12 @@ static void internal_abort(struct tx_action *a)
 {
     struct internal_state *st = a->state;
     struct vbd_error *e = NULL;
-    if (st && st->n->drv->snapshot_delete(st->n, st->id, NULL, &e) < 0) {
+    if (!st)
+        return;
+    struct vbd_loop *origin = vbd_node_co_enter_home(st->n);
+    int rc = st->n->drv->snapshot_delete(st->n, st->id, NULL, &e);
+    vbd_node_co_leave_home(origin);
+    if (rc < 0) {
         vbd_error_report("transaction abort: could not delete internal snapshot %s of '%s': %s", st->id, st->n->node_name,
                          e ? e->msg : "failed");
         vbd_error_free(e);
@@ -204,7 +214,9 @@ static struct json_object *qmp_internal_snapshot_delete(struct json_object *args
     vbd_daemon_co_drain_begin(n, &d);
     struct json_object *ret = NULL;
     struct vbd_snapshot_info *list = NULL;
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
     int count = n->drv->snapshot_list(n, &list);
+    vbd_node_co_leave_home(origin);
     int i = count < 0 ? -1 : find_snapshot(list, count, id, name);
     if (count < 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to get a snapshot list: %s", strerror(-count));
@@ -216,7 +228,10 @@ static struct json_object *qmp_internal_snapshot_delete(struct json_object *args
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Device '%s' is read only", device);
     } else {
         struct vbd_error *e = NULL;
-        if (n->drv->snapshot_delete(n, list[i].id, NULL, &e) < 0)
+        origin = vbd_node_co_enter_home(n);
+        int rc = n->drv->snapshot_delete(n, list[i].id, NULL, &e);
+        vbd_node_co_leave_home(origin);
+        if (rc < 0)
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to delete snapshot '%s' on device '%s': %s", list[i].id,
                                device, e ? e->msg : "failed");
         else
@@ -250,6 +265,15 @@ static int external_switch(struct tx_action *a, struct external_state *st, struc
         return -1;
     }
     struct vbd_error *e = NULL;
+    /* the overlay joins its backing's home loop (an iothread the graph was
+     * moved to): the exports' requests keep running where they did. It is
+     * new and unused; if it cannot move (an nbd file), it stays and the
+     * requests hop (vbd/block.h) */
+    struct vbd_loop *home = vbd_node_home_loop(st->old);
+    if (vbd_node_home_loop(st->overlay) != home && vbd_node_co_set_home(st->overlay, home, &e) < 0) {
+        vbd_error_free(e);
+        e = NULL;
+    }
     if (vbd_daemon_replace_root(st->old, st->overlay, &e) < 0) {
         vbd_qmp_error_take(err, e);
         return -1;

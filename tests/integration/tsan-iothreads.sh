@@ -7,7 +7,10 @@
 # vhost-user-blk (4 rings) and NBD (2 connections, main loop) at once, with
 # load on both sides and the data verified both ways; a SIGHUP resize under
 # load; werror=enospc stopping and resuming the rings. The daemon must end
-# without a single ThreadSanitizer report.
+# without a single ThreadSanitizer report. A qcow2 disk exported over
+# vhost-user-blk only follows the rings to an iothread and is moved between
+# the iothreads and the main loop over QMP under load, with internal
+# snapshots, bitmaps, resizes and queries in between.
 . "$(dirname "$0")/lib.sh"
 need nbdkit qemu-img qemu-nbd
 TSAN_DAEMON=${VBD_TSAN_BUILD:-$VBD_ROOT/build-tsan}/src/tools/vbd-daemon
@@ -40,6 +43,14 @@ stop() {
 # client or for the daemon to die, whichever comes first.
 bench_bg() { # NAME ARGS...: vbd-bench in the background, output in $T/NAME.out
     local name=$1; shift
+    # one vhost-user front end at a time: the last one's hang-up must have
+    # been seen by the daemon, or the next one is refused
+    if [ "$name" = vu ] || [ "$name" = b ]; then
+        for _ in $(seq 400); do
+            [ "$(grep -c 'front end connected' "$T/daemon.log")" = "$(grep -c 'front end disconnected' "$T/daemon.log")" ] && break
+            sleep 0.05
+        done
+    fi
     "$VBD_BENCH" "$@" >"$T/$name.out" 2>&1 &
     eval "bpid_$name=$!"
 }
@@ -120,12 +131,53 @@ serve n0 --blockdev driver=null-co,node-name=n0,size=64M,read-zeroes=on
 load "null-co" no
 stop "null-co"
 
-step "qcow2 over a cache.direct=on file (requests hop to the main loop); qemu-img check clean"
+step "qcow2 over a cache.direct=on file, exported over NBD too (its graph comes back to the main loop: the rings hop there); qemu-img check clean"
 must qemu-img create -q -f qcow2 "$T/disk.qcow2" 64M
 serve d0 --blockdev driver=file,node-name=f0,filename="$T/disk.qcow2",cache.direct=on --blockdev driver=qcow2,node-name=d0,file=f0
 load "qcow2/file direct" yes
 stop "qcow2"
 qcheck "$T/disk.qcow2"
+
+step "qcow2 on an iothread (vhost-user only: the graph follows the rings): moves and QMP control commands under load"
+must qemu-img create -q -f qcow2 "$T/moved.qcow2" 64M
+start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off --monitor chardev=mon \
+    --blockdev driver=file,node-name=f0,filename="$T/moved.qcow2",cache.direct=on \
+    --blockdev driver=qcow2,node-name=d0,file=f0,cache-clean-interval=1 \
+    --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1
+for verify in yes no; do
+    if [ $verify = yes ]; then
+        bench_bg vu "${VU[@]}" -d 16 --verify --size 64M
+    else
+        bench_bg vu "${VU[@]}" -w randrw:70 -n 30000 --flush-every 50 --size 64M
+    fi
+    PYTHONPATH=$VBD_ROOT/tests/qmp T=$T PHASE=$verify BPID=$(eval echo \$bpid_vu) python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "qcow2 moved: QMP"; fail "QMP under load"; }
+import os, sys
+from qmp import QMP
+m = QMP(sys.argv[1], negotiate=True)
+bench = int(os.environ["BPID"])
+def alive():
+    try:
+        os.kill(bench, 0)
+        return open(f"/proc/{bench}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
+i = 0
+while alive() and i < 200:
+    cmds = [("x-blockdev-set-iothread", {"node-name": "d0", "iothread": ["io1", None, "io0"][i % 3], "force": True}),
+            ("query-named-block-nodes", {}),
+            ("blockdev-snapshot-internal-sync", {"device": "d0", "name": f"s{os.environ['PHASE']}{i}"}),
+            ("block-dirty-bitmap-add", {"node": "d0", "name": f"b{os.environ['PHASE']}{i}", "persistent": True}),
+            ("block_resize", {"node-name": "d0", "size": (64 << 20) + (i + 1) * 65536})]
+    name, args = cmds[i % len(cmds)]
+    r = m.cmd(name, args)
+    assert "return" in r, (name, args, r)
+    i += 1
+print(f"{i} QMP commands under load", file=sys.stderr)
+PY
+    bench_wait vu "qcow2 moved between iothreads, verify=$verify"
+done
+stop "qcow2 moved between iothreads"
+qcheck "$T/moved.qcow2"
 
 step "raw over an nbd client node (qemu-nbd serving a file)"
 truncate -s 0 "$T/disk.img"; truncate -s 64M "$T/disk.img"

@@ -566,6 +566,14 @@ static struct vbd_backend *blk_export_backend(struct vbd_export *base)
     return ((struct blk_export *)base)->be;
 }
 
+/* With rings on iothreads, the graph can live on the first ring's: the
+ * requests of that ring then run where they arrive, the other rings' hop. */
+static struct vbd_loop *blk_export_request_loop(struct vbd_export *base)
+{
+    struct blk_export *e = (struct blk_export *)base;
+    return e->nloops ? e->loops[0] : NULL;
+}
+
 const struct vbd_export_type vbd_export_type_vhost_user_blk = {
     .type = "vhost-user-blk",
     .create = blk_export_create,
@@ -577,4 +585,5 @@ const struct vbd_export_type vbd_export_type_vhost_user_blk = {
     .cont = blk_export_cont,
     .resized = blk_export_resized,
     .backend = blk_export_backend,
+    .request_loop = blk_export_request_loop,
 };

@@ -1451,6 +1451,22 @@ static int qcow2_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
     return rc;
 }
 
+/* The cache-clean timer is armed on the home loop (timers are per loop):
+ * it follows the node when it moves (vbd_node_co_set_home). */
+static void qcow2_detach_loop(struct vbd_node *n)
+{
+    struct qcow2_state *s = n->opaque;
+    if (s->clean_timer.armed)
+        vbd_timer_cancel(&s->clean_timer);
+}
+
+static void qcow2_attach_loop(struct vbd_node *n)
+{
+    struct qcow2_state *s = n->opaque;
+    if (s->cache_clean_interval && s->clean_timer.fn)
+        vbd_timer_arm(&s->clean_timer, vbd_clock_ns() + s->cache_clean_interval * 1000000000ull);
+}
+
 static const struct vbd_driver qcow2_driver = {
     .name = "qcow2",
     .kind = VBD_DRV_FORMAT,
@@ -1482,5 +1498,7 @@ static const struct vbd_driver qcow2_driver = {
     .co_bitmap_change = qcow2_bitmap_change,
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
     .reopen_rw = qcow2_reopen_rw,
+    .detach_loop = qcow2_detach_loop,
+    .attach_loop = qcow2_attach_loop,
 };
 VBD_DRIVER_REGISTER(qcow2, qcow2_driver);
