@@ -137,6 +137,7 @@ struct vbd_job_tracker;
  * hold new ones back; with a dirty bitmap (granularity > 0) every write
  * marks its range. */
 struct vbd_job_tracker *vbd_job_tracker_new(struct vbd_node *n, uint64_t granularity);
+/* Unhooks, then waits (coroutine) for the writes inside the hook to end. */
 void vbd_job_tracker_free(struct vbd_job_tracker *t);
 void vbd_job_tracker_lock(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes);
 void vbd_job_tracker_unlock(struct vbd_job_tracker *t);

@@ -31,6 +31,9 @@ struct vbd_job_tracker {
     uint64_t nbits, ndirty;
     uint64_t *bits;
     struct vbd_job *job;
+    int users;                  /* writes between begin and end (or waiting in begin) */
+    bool closing;
+    struct vbd_co_queue close_wait; /* tracker_free waiting for them */
 };
 
 static bool overlaps(uint64_t a, uint64_t al, uint64_t b, uint64_t bl)
@@ -59,7 +62,8 @@ static void hook_begin(struct vbd_write_hook *h, struct vbd_hooked_write *w)
     struct vbd_job_tracker *t = (struct vbd_job_tracker *)h;
     struct vbd_loop *here = vbd_loop_current();
     vbd_co_move_to(t->loop);
-    while (t->locked && t->lock_owner != w->co && overlaps(t->lock_off, t->lock_bytes, w->off, w->bytes))
+    t->users++;
+    while (!t->closing && t->locked && t->lock_owner != w->co && overlaps(t->lock_off, t->lock_bytes, w->off, w->bytes))
         vbd_co_queue_wait(&t->write_waiters);
     w->next = t->inflight;
     t->inflight = w;
@@ -82,6 +86,8 @@ static void hook_end(struct vbd_write_hook *h, struct vbd_hooked_write *w)
     if (w->co != t->lock_owner)
         mark(t, w->off, w->bytes);
     vbd_co_queue_wake_all(&t->lock_waiters);
+    if (--t->users == 0 && t->closing)
+        vbd_co_queue_wake_all(&t->close_wait);
     vbd_co_move_to(here);
 }
 
@@ -105,9 +111,14 @@ void vbd_job_tracker_free(struct vbd_job_tracker *t)
 {
     if (!t)
         return;
-    /* called drained or with no write in flight through the hook */
+    /* new writes no longer see it; the ones inside begin..end finish first
+     * (the node's writes come from this loop: none is between loading the
+     * hook and calling begin) */
     __atomic_store_n(&t->n->write_hook, NULL, __ATOMIC_RELEASE);
+    t->closing = true;
     vbd_co_queue_wake_all(&t->write_waiters);
+    while (t->users > 0)
+        vbd_co_queue_wait(&t->close_wait);
     free(t->bits);
     free(t);
 }

@@ -14,6 +14,9 @@ python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/dif
     --both --blockdev --both '{"driver":"qcow2","node-name":"cbase","file":{"driver":"file","filename":"{DIR}/cbase.qcow2"},"backing":null}' \
     --both --blockdev --both '{"driver":"qcow2","node-name":"cmid","file":{"driver":"file","filename":"{DIR}/cmid.qcow2"},"backing":"cbase"}' \
     --both --blockdev --both '{"driver":"qcow2","node-name":"ctop","file":{"driver":"file","filename":"{DIR}/ctop.qcow2"},"backing":"cmid"}' \
+    --both --blockdev --both '{"driver":"qcow2","node-name":"dbase","file":{"driver":"file","filename":"{DIR}/dbase.qcow2"},"backing":null}' \
+    --both --blockdev --both '{"driver":"qcow2","node-name":"dtop","file":{"driver":"file","filename":"{DIR}/dtop.qcow2"},"backing":"dbase"}' \
     --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" \
     --both --export --both "type=nbd,id=e0,node-name=ctop,name=e0,writable=on" \
-    --both --export --both "type=nbd,id=e1,node-name=top,name=e1,writable=on" || fail "vbd-daemon and qemu-storage-daemon differ"
+    --both --export --both "type=nbd,id=e1,node-name=top,name=e1,writable=on" \
+    --both --export --both "type=nbd,id=e2,node-name=dtop,name=e2,writable=on" || fail "vbd-daemon and qemu-storage-daemon differ"
