@@ -43,14 +43,9 @@ struct commit {
     int ignored;
 };
 
-static int io_error(struct vbd_error **err, int rc, const char *what, struct vbd_node *n, uint64_t off)
-{
-    vbd_error_setf(err, -rc, "%s '%s' at %llu: %s", what, n->node_name, (unsigned long long)off, strerror(-rc));
-    return rc;
-}
 
 /* One pass over everything top..above base defines. */
-static int commit_pass(struct vbd_job *job, struct vbd_error **err)
+static int commit_pass(struct vbd_job *job)
 {
     struct commit *c = job->opaque;
     uint64_t len = vbd_node_size(c->top);
@@ -59,8 +54,22 @@ static int commit_pass(struct vbd_job *job, struct vbd_error **err)
             return -ECANCELED;
         uint64_t n = len - off < JOB_CHUNK ? len - off : JOB_CHUNK, pnum = 0;
         int st = vbd_node_co_block_status_above(c->top, c->base, true, off, n, &pnum, NULL, NULL, NULL);
-        if (st < 0 || !pnum)
-            return io_error(err, st < 0 ? st : -EIO, "Could not read the allocation status of", c->top, off);
+        if (st >= 0 && !pnum)
+            st = -EIO;
+        if (st < 0) {
+            enum vbd_error_action a = vbd_job_error_action(job, true, -st);
+            if (a == VBD_ACTION_STOP) {
+                vbd_job_pause_point(job);
+                continue;
+            }
+            if (a == VBD_ACTION_REPORT)
+                return st;
+            if (!c->ignored)
+                c->ignored = st;
+            off += n;
+            job->ctl.current += n;
+            continue;
+        }
         n = pnum;
         bool copy = st & VBD_BS_ALLOCATED;
         if (copy) {
@@ -119,7 +128,7 @@ static int commit_run(struct vbd_job *job, struct vbd_error **err)
             return rc;
     }
     c->buf = vbd_alloc_aligned(4096, JOB_CHUNK);
-    int rc = commit_pass(job, err);
+    int rc = commit_pass(job);
     if (rc == 0 && c->active) {
         for (;;) {
             rc = copy_dirty(job, false);
@@ -144,11 +153,9 @@ static int commit_run(struct vbd_job *job, struct vbd_error **err)
     }
     if (rc == 0 && c->ignored)
         rc = c->ignored;
-    if (rc < 0 && rc != -ECANCELED && err && !*err)
-        vbd_error_setf(err, -rc, "%s", strerror(-rc));
-    if (rc == 0 && (rc = vbd_node_co_flush(c->base)) < 0)
-        vbd_error_setf(err, -rc, "Could not flush '%s': %s", c->base->node_name, strerror(-rc));
-    return rc;
+    if (rc == 0)
+        rc = vbd_node_co_flush(c->base);
+    return rc; /* the job's error is strerror's, as QEMU's */
 }
 
 static void commit_complete(struct vbd_job *job)

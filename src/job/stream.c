@@ -57,12 +57,27 @@ static int stream_run(struct vbd_job *job, struct vbd_error **err)
                 }
             }
         }
-        if (st < 0 || !pnum) {
+        if (st >= 0 && !pnum)
+            st = -EIO;
+        if (st < 0) {
+            /* a read error of the chain (the NBD server went away): the
+             * job's error policy, as for the copy itself */
             vbd_job_tracker_unlock(s->tracker);
-            rc = st < 0 ? st : -EIO;
-            vbd_error_setf(err, -rc, "Could not read the allocation status of '%s' at %llu: %s", top->node_name,
-                           (unsigned long long)off, strerror(-rc));
-            break;
+            enum vbd_error_action a = vbd_job_error_action(job, true, -st);
+            if (a == VBD_ACTION_STOP) {
+                vbd_job_pause_point(job);
+                continue;
+            }
+            if (a == VBD_ACTION_REPORT) {
+                rc = st;
+                break;
+            }
+            if (!ignored)
+                ignored = st;
+            n = len - off < JOB_CHUNK ? len - off : JOB_CHUNK;
+            off += n;
+            job->ctl.current += n;
+            continue;
         }
         if (copy) {
             rc = job_copy_range(job, top, top, off, n, zero, buf, &ignored);
@@ -84,11 +99,10 @@ static int stream_run(struct vbd_job *job, struct vbd_error **err)
     free(buf);
     if (rc == 0 && ignored)
         rc = ignored;
-    if (rc == 0) {
+    if (rc == 0)
         rc = vbd_node_co_flush(top);
-        if (rc < 0)
-            vbd_error_setf(err, -rc, "Could not flush '%s': %s", top->node_name, strerror(-rc));
-    }
+    /* the job's error is strerror's, as QEMU's */
+    (void)err;
     return rc;
 }
 

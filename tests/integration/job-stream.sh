@@ -10,7 +10,11 @@
 #     overlay ends equal to the model, read through the export after the
 #     NBD server stopped and from the file, qemu-img check clean;
 #  B. qemu-io pattern writes through the export during the stream: the
-#     overlays of both daemons equal each other and a model made offline.
+#     overlays of both daemons equal each other and a model made offline;
+#  E. the NBD server stops during the stream: on-error=stop sends
+#     BLOCK_JOB_ERROR (read, stop) and pauses the job (io-status failed), it
+#     is cancelled; the default policy (report) fails the next job with
+#     BLOCK_JOB_COMPLETED carrying the error. The overlay stays consistent.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io qemu-nbd python3
 STRESS=$VBD_BUILD/tests/stress/vbd-stress
@@ -51,23 +55,52 @@ nbd_start() {
 on_exit 'kill -9 $dpid $npid 2>/dev/null'
 
 for d in vbd qsd; do
-    for scen in A B; do
+    for scen in A B E; do
         step "$d, scenario $scen"
         rm -rf "$T/$d$scen" && mkdir "$T/$d$scen" && cd "$T/$d$scen"
         nbd_start
         daemon_start $d
-        python3 - "$d" "$scen" "$STRESS" <<'PY' || fail "$d scenario $scen"
+        python3 - "$d" "$scen" "$STRESS" $npid <<'PY' || fail "$d scenario $scen"
 import os, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
-who, scen, stress = sys.argv[1:4]
+who, scen, stress, npid = sys.argv[1:5]
 s = Session("qmp.sock", who)
-# 2 MiB/s: the job is still copying when the writers (2 s) are done
-s.run("block-stream", **{"job-id": "s0", "device": "top", "speed": 2 << 20})
+if scen == "E":
+    s.run("block-stream", **{"job-id": "s0", "device": "top", "speed": 1, "on-error": "stop"})
+    s.status("s0", "created"); s.status("s0", "running")
+    # one chunk copied, the job sleeps for its rate: the server goes away
+    sh(f"kill -TERM {npid}; while kill -0 {npid} 2>/dev/null; do sleep 0.05; done", "stopping qemu-nbd")
+    s.run("block-job-set-speed", device="s0", speed=0)
+    ev = s.m.wait_event("BLOCK_JOB_ERROR", timeout=60)["data"]
+    if ev != {"device": "s0", "operation": "read", "action": "stop"}:
+        fail(f"{who}: BLOCK_JOB_ERROR {ev}")
+    s.status("s0", "paused")
+    bj = s.run("query-block-jobs")[0]
+    if bj["io-status"] != "failed" or not bj["paused"] or bj["status"] != "paused":
+        fail(f"{who}: after the error: {bj}")
+    s.run("job-cancel", id="s0")
+    s.status("s0", "aborting")
+    if s.m.wait_event("BLOCK_JOB_CANCELLED", timeout=60)["data"]["device"] != "s0":
+        fail("BLOCK_JOB_CANCELLED")
+    s.status("s0", "concluded"); s.status("s0", "null")
+    s.run("block-stream", **{"job-id": "s1", "device": "top"})
+    s.status("s1", "created"); s.status("s1", "running")
+    ev = s.m.wait_event("BLOCK_JOB_ERROR", timeout=60)["data"]
+    if ev != {"device": "s1", "operation": "read", "action": "report"}:
+        fail(f"{who}: BLOCK_JOB_ERROR {ev}")
+    s.status("s1", "aborting")
+    ev = s.m.wait_event("BLOCK_JOB_COMPLETED", timeout=60)["data"]
+    if ev.get("error") != "Input/output error":
+        fail(f"{who}: BLOCK_JOB_COMPLETED {ev}")
+    s.status("s1", "concluded"); s.status("s1", "null")
+    sys.exit(0)
+# 1 MiB/s: the job is still copying when the writers (400 requests) are done
+s.run("block-stream", **{"job-id": "s0", "device": "top", "speed": 1 << 20})
 s.status("s0", "created"); s.status("s0", "running")
 nbd = "nbd+unix:///disk?socket=nbd.sock"
 if scen == "A":
-    sh(f"{stress} --seed 11 --seconds 2 --ops 100000000 --qd 4 --init ../base.raw --no-discard "
+    sh(f"{stress} --seed 11 --ops 400 --qd 4 --init ../base.raw --no-discard "
        f"--shadow-out shadow.raw --nbd '{nbd}' --conns 2", "vbd-stress during the stream")
 else:
     sh("qemu-io -f raw -c 'write -P 0xa1 0 64k' -c 'write -P 0xa2 500k 100k' -c 'write -P 0xa3 13M 3M' "
@@ -81,7 +114,7 @@ if who == "vbd":
     if not j or j["status"] != "running" or j["current-progress"] >= j["total-progress"]:
         fail(f"{who}: the job was not running while the guest wrote: {j}")
     bj = s.run("query-block-jobs")[0]
-    if bj["speed"] != 2 << 20 or bj["type"] != "stream" or bj["len"] != 32 << 20:
+    if bj["speed"] != 1 << 20 or bj["type"] != "stream" or bj["len"] != 32 << 20:
         fail(f"{who}: query-block-jobs {bj}")
 if j:  # (qsd's may end meanwhile: then the verb is refused)
     r = s.m.cmd("block-job-set-speed", {"device": "s0", "speed": 0})
@@ -89,7 +122,12 @@ if j:  # (qsd's may end meanwhile: then the verb is refused)
         fail(f"{who}: block-job-set-speed: {r}")
 s.completed("s0")
 PY
-        kill -TERM $npid; wait $npid 2>/dev/null; npid=
+        kill -TERM $npid 2>/dev/null; wait $npid 2>/dev/null; npid=
+        if [ $scen = E ]; then # (its backing, the NBD server, is gone)
+            daemon_stop $d
+            qcheck 'json:{"driver":"qcow2","backing":null,"file":{"driver":"file","filename":"'"$PWD"'/top.qcow2"}}'
+            continue
+        fi
         [ $scen = A ] && exp=shadow.raw || exp=../model.raw
         # the NBD server is gone: everything is local now
         must qemu-img compare -q -f raw -F raw "nbd+unix:///disk?socket=$PWD/nbd.sock" $exp
