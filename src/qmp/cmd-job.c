@@ -94,7 +94,7 @@ static bool blocked(struct vbd_node *n, struct vbd_qmp_error *err)
     return j != NULL;
 }
 
-static int job_options(struct json_object *args, uint64_t *speed, enum vbd_on_error *on_error, bool *af, bool *ad,
+static int job_options(struct json_object *args, enum vbd_on_error *on_error, bool *af, bool *ad,
                        struct vbd_qmp_error *err)
 {
     if (parse_on_error(args, on_error, err) < 0)
@@ -139,7 +139,7 @@ static struct json_object *qmp_block_stream(struct json_object *args, struct vbd
     uint64_t speed;
     enum vbd_on_error on_error;
     bool af, ad;
-    if (job_options(args, &speed, &on_error, &af, &ad, err) < 0)
+    if (job_options(args, &on_error, &af, &ad, err) < 0)
         return NULL;
     struct vbd_node *bs = qmp_lookup_node(device, err);
     if (!bs)
@@ -200,10 +200,9 @@ static struct json_object *qmp_block_commit(struct json_object *args, struct vbd
     const char *device = arg_str(args, "device"), *base = arg_str(args, "base"), *base_node = arg_str(args, "base-node");
     const char *top = arg_str(args, "top"), *top_node = arg_str(args, "top-node");
     const char *backing_file = arg_str(args, "backing-file"), *job_id = arg_str(args, "job-id");
-    uint64_t speed;
-    enum vbd_on_error on_error;
+        enum vbd_on_error on_error;
     bool af, ad;
-    if (job_options(args, &speed, &on_error, &af, &ad, err) < 0)
+    if (job_options(args, &on_error, &af, &ad, err) < 0)
         return NULL;
     /* the device lookup comes first: libvirt probes with DeviceNotFound */
     struct vbd_node *bs = vbd_node_find(device);
