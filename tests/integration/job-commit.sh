@@ -9,8 +9,9 @@
 #     mid removed afterwards (blockdev-del); top reads what the writers'
 #     model says, base holds what mid over base showed;
 #  A. active: top into base; writers during the copy and while READY, then
-#     job-complete switches the export to base with no request lost, and
-#     writers go on against base; top and mid removed; base equals the
+#     job-complete switches the export to base with no request lost (for
+#     vbd-daemon, vbd-stress runs across the switch: its reads and final
+#     check span it), and writers go on against base; top and mid removed; base equals the
 #     model. Every image ends qemu-img check clean.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
@@ -69,10 +70,11 @@ def writers(seed, secs, init, out):
         sh(f"{stress} --seed {seed} --seconds {secs} --ops 100000000 --qd 4 --init {init} --no-discard "
            f"--shadow-out {out} --nbd '{nbd}' --conns 2", f"vbd-stress (seed {seed})")
         return
-    # qemu-storage-daemon 7.2 misplaced data under vbd-stress in 6 of 20
-    # runs of this test (reads through its NBD export returning another
-    # offset's write): it gets fixed qemu-io writes, applied to a raw copy
-    # of the expected content as well
+    # under vbd-stress, reads through qemu-storage-daemon's export during
+    # its commit jobs returned another offset's data in 6 of 20 runs (never
+    # without a job in 6 runs; whether qsd 7.2 or the NBD client inside
+    # vbd-stress is at fault is not known yet): qsd gets fixed qemu-io
+    # writes, applied to a raw copy of the expected content as well
     import random
     r = random.Random(seed)
     cmds = []
@@ -108,11 +110,31 @@ else:
     ev = s.m.wait_event("BLOCK_JOB_READY", timeout=300)["data"]
     if ev["device"] != "c1" or ev["type"] != "commit":
         fail(f"{who}: BLOCK_JOB_READY {ev}")
-    # mirrored while READY
-    writers(32, 1, "shadow1.raw", "shadow2.raw")
-    still_running("c1", "ready")
-    s.run("job-complete", id="c1")
-    s.completed("c1")
+    if who == "vbd":
+        # writers across the switch: job-complete comes once their writes
+        # reach the job (its total grows with the dirty chunks it copies),
+        # and they are still running when the job has ended
+        import subprocess, time
+        p = subprocess.Popen(f"{stress} --seed 32 --seconds 4 --ops 100000000 --qd 4 --init shadow1.raw "
+                             f"--no-discard --shadow-out shadow2.raw --nbd '{nbd}' --conns 2",
+                             shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ready_total = s.job("c1")["total-progress"]
+        while s.job("c1")["total-progress"] == ready_total:
+            if p.poll() is not None:
+                fail(f"vbd-stress ended before its writes reached the job: {p.stdout.read()[-2000:]}")
+            time.sleep(0.02)  # polling the job's progress
+        s.run("job-complete", id="c1")
+        s.completed("c1")
+        if p.poll() is not None:
+            fail("the writers were done before the switch: not tested across it")
+        out = p.communicate()[0]
+        if p.returncode:
+            fail(f"vbd-stress across job-complete: {out[-3000:]}")
+    else:
+        # mirrored while READY
+        writers(32, 1, "shadow1.raw", "shadow2.raw")
+        s.run("job-complete", id="c1")
+        s.completed("c1")
     # the export now writes to base
     writers(33, 1, "shadow2.raw", "shadow.raw")
     s.run("blockdev-del", **{"node-name": "top"})
