@@ -323,6 +323,21 @@ struct vbd_node {
     struct vbd_node *next_named;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
     uint64_t write_threshold;    /* block-set-write-threshold; 0 = off (atomic: checked by writes on any loop) */
+    struct vbd_write_hook *write_hook; /* a block job watching writes (atomic; NULL: none) */
+};
+
+/* A block job's view of the writes to a node (stream: its copy must not
+ * overwrite the guest's newer data; active commit: a dirty bitmap). Every
+ * write, zeroing and discard entering the node calls begin before and end
+ * after it, with w on the writer's stack; begin may yield. */
+struct vbd_hooked_write {
+    uint64_t off, bytes;
+    struct vbd_co *co;
+    struct vbd_hooked_write *next;
+};
+struct vbd_write_hook {
+    void (*begin)(struct vbd_write_hook *h, struct vbd_hooked_write *w);
+    void (*end)(struct vbd_write_hook *h, struct vbd_hooked_write *w);
 };
 
 static inline struct vbd_loop *vbd_node_home_loop(const struct vbd_node *n)

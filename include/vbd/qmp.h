@@ -67,6 +67,11 @@ const struct vbd_qmp_command *vbd_qmp_command_find(const char *name);
 /* Iterate: start with NULL. */
 const struct vbd_qmp_command *vbd_qmp_command_next(const struct vbd_qmp_command *prev);
 
+/* The lock commands run under (one at a time): a block job holds it while
+ * it changes the graph at its end. Coroutine, main loop. */
+void vbd_qmp_graph_lock(void);
+void vbd_qmp_graph_unlock(void);
+
 /* {} as a return value. */
 struct json_object *vbd_qmp_ok(void);
 

@@ -316,12 +316,35 @@ static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t b
     return rc;
 }
 
+/* A write hook (a block job) sees the write around it; one load when none. */
+#define HOOKED(n, off, bytes, call)                                                                                    \
+    do {                                                                                                               \
+        struct vbd_write_hook *h_ = __atomic_load_n(&(n)->write_hook, __ATOMIC_ACQUIRE);                               \
+        if (__builtin_expect(h_ == NULL, 1))                                                                           \
+            return call;                                                                                               \
+        struct vbd_hooked_write w_ = {.off = (off), .bytes = (bytes), .co = vbd_co_self()};                            \
+        h_->begin(h_, &w_);                                                                                            \
+        int rc_ = call;                                                                                                \
+        h_->end(h_, &w_);                                                                                              \
+        return rc_;                                                                                                    \
+    } while (0)
+
+/* Writes pass the node's write hook (a block job) on the home loop, where
+ * the job's state lives: the hook never runs on two loops at once. */
+static int rw_hooked(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                     unsigned flags)
+{
+    if (!write)
+        return node_rw_home(n, false, off, bytes, q, qoff, flags);
+    HOOKED(n, off, bytes, node_rw_home(n, true, off, bytes, q, qoff, flags));
+}
+
 /* The entry of every read and write: on the home loop from here down. */
 static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                    unsigned flags)
 {
     struct vbd_loop *origin = vbd_node_co_enter_home(n);
-    int rc = node_rw_home(n, write, off, bytes, q, qoff, flags);
+    int rc = rw_hooked(n, write, off, bytes, q, qoff, flags);
     vbd_node_co_leave_home(origin);
     return rc;
 }
@@ -372,10 +395,15 @@ int vbd_node_co_flush(struct vbd_node *n)
 
 static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes);
 
-int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+static int node_pdiscard_hooked(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    HOOKED(n, off, bytes, pdiscard_home(n, off, bytes));
+}
+
+static int node_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     struct vbd_loop *origin = vbd_node_co_enter_home(n);
-    int rc = pdiscard_home(n, off, bytes);
+    int rc = node_pdiscard_hooked(n, off, bytes);
     vbd_node_co_leave_home(origin);
     return rc;
 }
@@ -422,7 +450,7 @@ static int zero_fallback(struct vbd_node *n, uint64_t off, uint64_t bytes, unsig
         uint64_t len = bytes < chunk ? bytes : chunk;
         struct iovec one = {zero, len};
         struct vbd_qiov q = {&one, 1, len};
-        rc = node_rw(n, true, off, len, &q, 0, flags & VBD_REQ_FUA);
+        rc = node_rw_home(n, true, off, len, &q, 0, flags & VBD_REQ_FUA); /* hooked by the caller */
         off += len;
         bytes -= len;
     }
@@ -432,10 +460,15 @@ static int zero_fallback(struct vbd_node *n, uint64_t off, uint64_t bytes, unsig
 
 static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
 
-int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+static int node_pwrite_zeroes_hooked(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    HOOKED(n, off, bytes, pwrite_zeroes_home(n, off, bytes, flags));
+}
+
+static int node_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
     struct vbd_loop *origin = vbd_node_co_enter_home(n);
-    int rc = pwrite_zeroes_home(n, off, bytes, flags);
+    int rc = node_pwrite_zeroes_hooked(n, off, bytes, flags);
     vbd_node_co_leave_home(origin);
     return rc;
 }
@@ -488,6 +521,16 @@ static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, 
     if (flags & VBD_REQ_NO_FALLBACK)
         return -ENOTSUP;
     return zero_fallback(n, off, bytes, flags);
+}
+
+int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    return node_pwrite_zeroes(n, off, bytes, flags);
+}
+
+int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    return node_pdiscard(n, off, bytes);
 }
 
 int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)

@@ -8,6 +8,7 @@
  */
 #include "daemon.h"
 #include "daemon/objects.h"
+#include "vbd/job.h"
 
 #include "vbd/authz.h"
 #include "vbd/backend.h"
@@ -448,6 +449,7 @@ static void refresh_sizes(void)
 static void shutdown_all(void)
 {
     vbd_qmp_shutdown(); /* first: no command runs while exports stop */
+    vbd_job_cancel_all_sync(); /* jobs end (cancelled, images consistent) while the exports still run */
     vbd_daemon_shutdown_exports();
     vbd_nbd_server_stop();
     vbd_daemon_flush_nodes();

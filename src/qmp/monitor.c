@@ -319,6 +319,10 @@ static bool wants_oob(struct json_object *req)
 
 static struct vbd_co_mutex dispatch_lock = VBD_CO_MUTEX_INIT;
 
+/* A block job's graph change at its end takes the commands' lock too. */
+void vbd_qmp_graph_lock(void) { vbd_co_mutex_lock(&dispatch_lock); }
+void vbd_qmp_graph_unlock(void) { vbd_co_mutex_unlock(&dispatch_lock); }
+
 static void on_request(void *opaque, struct json_object *req, const char *parse_error)
 {
     struct qmp_client *c = opaque;

@@ -20,6 +20,10 @@ Script lines ({DIR} is replaced everywhere):
     {"execute": ...}                 a request; its reply is compared
     not json at all                  sent as it is (parse-error tests)
     ?event NAME                      wait (30 s) for event NAME; its data compared
+    ?event NAME {"k": "v"}           the next event NAME whose data has these
+                                     members; the NAME events before it are
+                                     dropped (a job's transitions that one
+                                     daemon makes and the other does not)
     ...  # differs: REASON           a trailing marker: a difference on this line
                                      is deliberate (printed, not a failure)
     ...  # exact                     values must be equal too (paths under {DIR}
@@ -175,7 +179,14 @@ class Run:
             try:
                 if ln.kind == "event":
                     try:
-                        ev = self.qmp.wait_event(ln.text, timeout=30)
+                        name, _, want = ln.text.partition(" ")
+                        want = json.loads(want) if want.strip() else {}
+                        deadline = time.monotonic() + 30
+                        while True:
+                            ev = self.qmp.wait_event(name, timeout=max(0.1, deadline - time.monotonic()))
+                            data = ev.get("data") or {}
+                            if all(data.get(k) == v for k, v in want.items()):
+                                break
                         self.replies[ln.no] = self.normalize({"event": ev["event"], "data": ev.get("data")})
                     except (TimeoutError, socket.timeout):
                         self.replies[ln.no] = f"<no {ln.text} event within 30 s>"

@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_JOB_H
+#define VBD_JOB_H
+
+/*
+ * Block jobs (QEMU's qapi/job.json): long-running coroutines on the main
+ * loop (the nodes' home) that copy between nodes while the guest runs,
+ * with QEMU's state machine, verbs, events, rate limit and error policy.
+ *
+ * A job is a driver (DESIGN.md pattern 10): `run` copies with pause and
+ * cancel points; prepare/commit/abort/clean make the graph change at the
+ * end, in QEMU's order. Everything here runs on the main loop: the job's
+ * coroutine and the QMP handlers; graph changes hold the QMP dispatch lock
+ * (vbd_qmp_graph_lock), so a command never sees half a change.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "vbd/block.h"
+#include "vbd/imageops.h"
+#include "vbd/loop.h"
+
+struct vbd_error;
+struct vbd_qmp_error;
+struct json_object;
+
+enum vbd_job_status {
+    VBD_JOB_UNDEFINED, VBD_JOB_CREATED, VBD_JOB_RUNNING, VBD_JOB_PAUSED, VBD_JOB_READY, VBD_JOB_STANDBY,
+    VBD_JOB_WAITING, VBD_JOB_PENDING, VBD_JOB_ABORTING, VBD_JOB_CONCLUDED, VBD_JOB_NULL, VBD_JOB_STATUS_NR
+};
+enum vbd_job_verb { VBD_VERB_CANCEL, VBD_VERB_PAUSE, VBD_VERB_RESUME, VBD_VERB_SET_SPEED, VBD_VERB_COMPLETE,
+                    VBD_VERB_FINALIZE, VBD_VERB_DISMISS, VBD_VERB_NR };
+/* BlockdevOnError */
+enum vbd_on_error { VBD_ON_ERROR_REPORT, VBD_ON_ERROR_IGNORE, VBD_ON_ERROR_ENOSPC, VBD_ON_ERROR_STOP, VBD_ON_ERROR_AUTO };
+enum vbd_error_action { VBD_ACTION_REPORT, VBD_ACTION_IGNORE, VBD_ACTION_STOP };
+
+struct vbd_job;
+struct vbd_job_driver {
+    const char *type; /* JobType: "stream", "commit" */
+    /* The copy. 0 or -errno (-ECANCELED when cancelled), *err may say why. */
+    int (*run)(struct vbd_job *job, struct vbd_error **err);
+    /* job-complete on a READY job (NULL: the verb is refused). */
+    void (*complete)(struct vbd_job *job);
+    /* Graph change at the end of a successful run (drained, graph lock held). */
+    int (*prepare)(struct vbd_job *job, struct vbd_error **err);
+    void (*commit)(struct vbd_job *job);
+    void (*abort)(struct vbd_job *job);
+    void (*clean)(struct vbd_job *job);
+    void (*free)(struct vbd_job *job); /* the driver's part of the job */
+    /* Does the job use n (busy for another job / blockdev-del)? */
+    bool (*uses_node)(struct vbd_job *job, struct vbd_node *n);
+};
+
+struct vbd_job {
+    const struct vbd_job_driver *drv;
+    char id[128];
+    enum vbd_job_status status;
+    bool auto_finalize, auto_dismiss;
+    int pause_count;
+    bool user_paused;
+    bool busy;
+    bool cancelled, force_cancel;
+    bool run_done;   /* run returned; the job waits in waiting/pending or ended */
+    bool iostatus_failed;
+    uint64_t speed;  /* bytes/s, 0 = unlimited */
+    uint64_t rl_start_ns, rl_bytes;
+    struct vbd_imageops_ctl ctl; /* progress (current/total) */
+    int ret;
+    char error[512];  /* set when ret < 0 */
+    enum vbd_on_error on_error;
+    struct vbd_co *co;
+    bool parked;      /* yielded in a sleep or a pause; a kick wakes it */
+    struct vbd_timer timer;
+    struct vbd_job *next;
+    void *opaque;     /* the driver's */
+};
+
+extern const char *const vbd_job_status_names[VBD_JOB_STATUS_NR];
+
+/* Creation: registers the job (status created, event) with a checked id;
+ * NULL with QEMU's error. The caller fills opaque, then starts it. */
+struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id, bool auto_finalize,
+                               bool auto_dismiss, uint64_t speed, enum vbd_on_error on_error, struct vbd_qmp_error *err);
+void vbd_job_start(struct vbd_job *job);
+/* A job refused after its creation (as QEMU's job_early_fail): null, freed. */
+void vbd_job_early_fail(struct vbd_job *job);
+struct vbd_job *vbd_job_find(const char *id);
+struct vbd_job *vbd_job_next(struct vbd_job *prev);
+/* The job that uses n, or NULL. */
+struct vbd_job *vbd_job_using_node(struct vbd_node *n);
+
+/* In run: */
+bool vbd_job_is_cancelled(struct vbd_job *job);     /* force cancel: stop now */
+bool vbd_job_cancel_requested(struct vbd_job *job); /* any cancel (a soft one in READY completes without pivot) */
+void vbd_job_pause_point(struct vbd_job *job);
+/* Sleep (with pause and cancel points), then the rate limit for `written` bytes. */
+void vbd_job_sleep_ns(struct vbd_job *job, uint64_t ns);
+void vbd_job_ratelimit(struct vbd_job *job, uint64_t written);
+/* Yield until kicked (a write, complete, cancel, pause). */
+void vbd_job_wait(struct vbd_job *job);
+void vbd_job_kick(struct vbd_job *job);
+void vbd_job_transition_ready(struct vbd_job *job);
+/* An I/O error: the action by on_error (BLOCK_JOB_ERROR sent); STOP pauses the job. */
+enum vbd_error_action vbd_job_error_action(struct vbd_job *job, bool is_read, int error);
+
+/* Verbs (QMP handlers, graph lock held). 0 or -1 with *err. */
+int vbd_job_user_pause(struct vbd_job *job, struct vbd_qmp_error *err);
+int vbd_job_user_resume(struct vbd_job *job, struct vbd_qmp_error *err);
+int vbd_job_user_cancel(struct vbd_job *job, bool force, struct vbd_qmp_error *err);
+int vbd_job_complete(struct vbd_job *job, struct vbd_qmp_error *err);
+int vbd_job_finalize(struct vbd_job *job, struct vbd_qmp_error *err);
+int vbd_job_dismiss(struct vbd_job *job, struct vbd_qmp_error *err);
+int vbd_job_set_speed(struct vbd_job *job, int64_t speed, struct vbd_qmp_error *err);
+
+/* JobInfo and BlockJobInfo. */
+struct json_object *vbd_job_info(struct vbd_job *job);
+struct json_object *vbd_block_job_info(struct vbd_job *job);
+
+/* Daemon exit: cancel every job and wait until they are gone. Coroutine. */
+void vbd_job_cancel_all_sync(void);
+
+/* ---------- the jobs (QMP's checks done by the caller) ---------- */
+/* block-stream: copy the chain between top and base (NULL: all of it) into top. */
+struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struct vbd_node *base,
+                                 const char *backing_file, uint64_t speed, enum vbd_on_error on_error,
+                                 bool auto_finalize, bool auto_dismiss, struct vbd_qmp_error *err);
+/* block-commit: top..above base into base. active: top is an export's
+ * root; the job mirrors until READY and job-complete moves the exports to
+ * base. Otherwise overlay (top's parent) is re-pointed to base at the end. */
+struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struct vbd_node *base, bool active,
+                                 const char *backing_file, int64_t speed, enum vbd_on_error on_error,
+                                 bool auto_finalize, bool auto_dismiss, struct vbd_qmp_error *err);
+
+/* ---------- guest writes seen by a job (vbd_write_hook on its node) ---------- */
+struct vbd_job_tracker;
+/* Track writes to n: ranges the job locks wait for writes in flight and
+ * hold new ones back; with a dirty bitmap (granularity > 0) every write
+ * marks its range. */
+struct vbd_job_tracker *vbd_job_tracker_new(struct vbd_node *n, uint64_t granularity);
+/* Unhooks, then waits (coroutine) for the writes inside the hook to end. */
+void vbd_job_tracker_free(struct vbd_job_tracker *t);
+void vbd_job_tracker_lock(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes);
+void vbd_job_tracker_unlock(struct vbd_job_tracker *t);
+/* First dirty chunk at or after *off (cleared; returned in *off and *bytes): false when none. */
+bool vbd_job_tracker_take_dirty(struct vbd_job_tracker *t, uint64_t *off, uint64_t *bytes, uint64_t max);
+uint64_t vbd_job_tracker_dirty_count(struct vbd_job_tracker *t);
+void vbd_job_tracker_set_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes);
+/* The job to kick when a write marks something dirty. */
+void vbd_job_tracker_set_job(struct vbd_job_tracker *t, struct vbd_job *job);
+
+#endif

@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * block-commit (QEMU's block/commit.c and the active commit of
+ * block/mirror.c): what the layers from top down to base's overlay define
+ * is written into base.
+ *
+ * Intermediate (top below the active layer): nothing writes to the layers
+ * committed, so one pass suffices; at the end the overlay above top is
+ * re-pointed to base (its header too) and the layers drop out.
+ *
+ * Active (top is what the exports write to): a dirty bitmap on top,
+ * fed by every guest write (vbd_job_tracker), says what changed since it
+ * was copied. After the first pass the job copies dirty chunks until none
+ * is left (READY), and keeps doing so; job-complete ends it: with the
+ * exports drained the last dirty chunks are copied and the exports are
+ * switched to base, so no request is lost and base holds every byte the
+ * guest wrote. A chunk's dirty bit is cleared before it is read, so a
+ * write that lands during the copy marks it again.
+ */
+#include "job-internal.h"
+
+#include "daemon/objects.h"
+#include "vbd/alloc.h"
+#include "vbd/error.h"
+#include "vbd/qmp.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DIRTY_GRANULARITY (64 * 1024)
+
+struct commit {
+    struct vbd_node *top, *base, *overlay; /* references held; overlay NULL when active */
+    bool active;
+    char backing_file[4096];
+    bool base_was_ro;
+    bool complete;  /* job-complete asked */
+    bool pivoted;
+    struct vbd_job_tracker *tracker;
+    uint8_t *buf;
+    int ignored;
+};
+
+
+/* One pass over everything top..above base defines. */
+static int commit_pass(struct vbd_job *job)
+{
+    struct commit *c = job->opaque;
+    uint64_t len = vbd_node_size(c->top);
+    for (uint64_t off = 0; off < len;) {
+        if (vbd_job_is_cancelled(job))
+            return -ECANCELED;
+        uint64_t n = len - off < JOB_CHUNK ? len - off : JOB_CHUNK, pnum = 0;
+        int st = vbd_node_co_block_status_above(c->top, c->base, true, off, n, &pnum, NULL, NULL, NULL);
+        if (st >= 0 && !pnum)
+            st = -EIO;
+        if (st < 0) {
+            enum vbd_error_action a = vbd_job_error_action(job, true, -st);
+            if (a == VBD_ACTION_STOP) {
+                vbd_job_pause_point(job);
+                continue;
+            }
+            if (a == VBD_ACTION_REPORT)
+                return st;
+            if (!c->ignored)
+                c->ignored = st;
+            off += n;
+            job->ctl.current += n;
+            continue;
+        }
+        n = pnum;
+        bool copy = st & VBD_BS_ALLOCATED;
+        if (copy) {
+            int rc = job_copy_range(job, c->top, c->base, off, n, st & VBD_BS_ZERO, c->buf, &c->ignored);
+            if (rc == 1) {
+                vbd_job_pause_point(job);
+                continue;
+            }
+            if (rc < 0)
+                return rc;
+        }
+        off += n;
+        job->ctl.current += n;
+        vbd_job_ratelimit(job, copy ? n : 0);
+    }
+    return 0;
+}
+
+/* Copy the dirty chunks until none is left (or the job is told to stop). */
+static int copy_dirty(struct vbd_job *job, bool drained)
+{
+    struct commit *c = job->opaque;
+    uint64_t off = 0, bytes;
+    while (vbd_job_tracker_take_dirty(c->tracker, &off, &bytes, JOB_CHUNK)) {
+        if (!drained && vbd_job_is_cancelled(job))
+            return -ECANCELED;
+        job->ctl.total += bytes;
+        int rc = job_copy_range(job, c->top, c->base, off, bytes, false, c->buf, &c->ignored);
+        if (rc == 1) {
+            vbd_job_tracker_set_dirty(c->tracker, off, bytes);
+            if (drained)
+                return -EIO;
+            vbd_job_pause_point(job);
+            continue;
+        }
+        if (rc < 0) {
+            vbd_job_tracker_set_dirty(c->tracker, off, bytes);
+            return rc;
+        }
+        job->ctl.current += bytes;
+        off += bytes;
+        if (!drained)
+            vbd_job_ratelimit(job, bytes);
+    }
+    return 0;
+}
+
+static int commit_run(struct vbd_job *job, struct vbd_error **err)
+{
+    struct commit *c = job->opaque;
+    uint64_t len = vbd_node_size(c->top);
+    job->ctl.total = len;
+    if (vbd_node_size(c->base) < len) {
+        int rc = vbd_node_co_truncate(c->base, len, false, VBD_PREALLOC_OFF, err);
+        if (rc < 0)
+            return rc;
+    }
+    c->buf = vbd_alloc_aligned(4096, JOB_CHUNK);
+    int rc = commit_pass(job);
+    if (rc == 0 && c->active) {
+        for (;;) {
+            rc = copy_dirty(job, false);
+            if (rc < 0)
+                break;
+            if (job->status == VBD_JOB_RUNNING && vbd_job_tracker_dirty_count(c->tracker) == 0) {
+                rc = vbd_node_co_flush(c->base);
+                if (rc < 0)
+                    break;
+                vbd_job_transition_ready(job);
+            }
+            if (vbd_job_is_cancelled(job)) {
+                rc = -ECANCELED;
+                break;
+            }
+            if (job->status == VBD_JOB_READY && (c->complete || vbd_job_cancel_requested(job)))
+                break;
+            if (vbd_job_tracker_dirty_count(c->tracker) == 0)
+                vbd_job_wait(job); /* a guest write, complete, cancel or pause wakes it */
+            vbd_job_pause_point(job);
+        }
+    }
+    if (rc == 0 && c->ignored)
+        rc = c->ignored;
+    if (rc == 0)
+        rc = vbd_node_co_flush(c->base);
+    return rc; /* the job's error is strerror's, as QEMU's */
+}
+
+static void commit_complete(struct vbd_job *job)
+{
+    struct commit *c = job->opaque;
+    c->complete = true;
+}
+
+static int change_backing(struct vbd_node *overlay, const char *file, struct vbd_node *base, struct vbd_error **err)
+{
+    if (!overlay->drv->change_backing_file)
+        return 0;
+    bool ro = overlay->read_only;
+    if (ro && vbd_node_co_set_read_only(overlay, false, err) < 0)
+        return -EACCES;
+    int rc = overlay->drv->change_backing_file(overlay, file, base->drv->name, err);
+    if (ro) {
+        struct vbd_error *e = NULL;
+        if (vbd_node_co_set_read_only(overlay, true, &e) < 0) {
+            vbd_log(VBD_LOG_WARN, "%s", e ? e->msg : "could not switch back to read-only");
+            vbd_error_free(e);
+        }
+    }
+    return rc;
+}
+
+static int commit_prepare(struct vbd_job *job, struct vbd_error **err)
+{
+    struct commit *c = job->opaque;
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(c->top, &d);
+    int rc = 0;
+    if (c->active) {
+        /* the guest's last writes, with nothing writing any more */
+        rc = copy_dirty(job, true);
+        if (rc == 0)
+            rc = vbd_node_co_flush(c->base);
+        if (rc < 0)
+            vbd_error_setf(err, -rc, "Could not copy the last writes into '%s': %s", c->base->node_name,
+                           strerror(-rc));
+        else if (!vbd_job_cancel_requested(job)) {
+            rc = vbd_daemon_replace_root(c->top, c->base, err);
+            if (rc >= 0) {
+                c->pivoted = true;
+                rc = 0;
+            }
+        }
+    } else {
+        const char *file = c->backing_file[0] ? c->backing_file : c->base->filename;
+        rc = change_backing(c->overlay, file, c->base, err);
+        if (rc == 0) {
+            vbd_node_ref(c->base);
+            struct vbd_node *old = c->overlay->backing;
+            c->overlay->backing = c->base;
+            vbd_node_unref(old);
+        }
+    }
+    vbd_daemon_drain_end(&d);
+    return rc;
+}
+
+static void release_nodes(struct commit *c)
+{
+    if (!c->top)
+        return;
+    vbd_node_unref(c->top);
+    vbd_node_unref(c->base);
+    if (c->overlay)
+        vbd_node_unref(c->overlay);
+    c->top = c->base = c->overlay = NULL;
+}
+
+static void commit_clean(struct vbd_job *job)
+{
+    struct commit *c = job->opaque;
+    vbd_job_tracker_free(c->tracker);
+    c->tracker = NULL;
+    if (c->base_was_ro && !c->pivoted) {
+        struct vbd_error *e = NULL;
+        if (vbd_node_co_set_read_only(c->base, true, &e) < 0) {
+            vbd_log(VBD_LOG_WARN, "commit job '%s': %s", job->id, e ? e->msg : "could not switch back to read-only");
+            vbd_error_free(e);
+        }
+    }
+    /* the layers are the user's again (blockdev-del) while the job waits to be dismissed */
+    release_nodes(c);
+}
+
+static void commit_free(struct vbd_job *job)
+{
+    struct commit *c = job->opaque;
+    if (!c)
+        return;
+    vbd_job_tracker_free(c->tracker);
+    release_nodes(c);
+    free(c->buf);
+    free(c);
+}
+
+static bool commit_uses(struct vbd_job *job, struct vbd_node *n)
+{
+    struct commit *c = job->opaque;
+    if (!c->top)
+        return false;
+    if (n == c->base || n == c->overlay)
+        return true;
+    for (struct vbd_node *p = c->top; p && p != c->base; p = p->backing)
+        if (p == n)
+            return true;
+    return false;
+}
+
+static const struct vbd_job_driver commit_driver = {
+    .type = "commit",
+    .run = commit_run,
+    .prepare = commit_prepare,
+    .clean = commit_clean,
+    .free = commit_free,
+    .uses_node = commit_uses,
+};
+
+/* Active commit: QEMU runs it as a mirror job, which job-complete ends. */
+static const struct vbd_job_driver active_commit_driver = {
+    .type = "commit",
+    .run = commit_run,
+    .complete = commit_complete,
+    .prepare = commit_prepare,
+    .clean = commit_clean,
+    .free = commit_free,
+    .uses_node = commit_uses,
+};
+
+struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struct vbd_node *base, bool active,
+                                 const char *backing_file, int64_t speed, enum vbd_on_error on_error,
+                                 bool auto_finalize, bool auto_dismiss, struct vbd_qmp_error *err)
+{
+    struct vbd_node *overlay = active ? NULL : job_overlay_of(top);
+    if (!active && !overlay) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Could not find overlay image for %s:", top->node_name);
+        return NULL;
+    }
+    bool was_ro = base->read_only;
+    if (was_ro) {
+        struct vbd_error *e = NULL;
+        if (vbd_node_co_set_read_only(base, false, &e) < 0) {
+            vbd_qmp_error_take(err, e);
+            return NULL;
+        }
+    }
+    struct vbd_job *job = vbd_job_create(active ? &active_commit_driver : &commit_driver, job_id, auto_finalize,
+                                         auto_dismiss, 0, on_error, err);
+    if (job && vbd_job_set_speed(job, speed, err) < 0) {
+        /* QEMU sets the speed of the job it created: created, then null */
+        vbd_job_early_fail(job);
+        job = NULL;
+    }
+    if (!job) {
+        if (was_ro) {
+            struct vbd_error *e = NULL;
+            vbd_node_co_set_read_only(base, true, &e);
+            vbd_error_free(e);
+        }
+        return NULL;
+    }
+    struct commit *c = vbd_xcalloc(1, sizeof(*c));
+    vbd_node_ref(top);
+    vbd_node_ref(base);
+    if (overlay)
+        vbd_node_ref(overlay);
+    c->top = top;
+    c->base = base;
+    c->overlay = overlay;
+    c->active = active;
+    c->base_was_ro = was_ro;
+    if (backing_file)
+        snprintf(c->backing_file, sizeof(c->backing_file), "%s", backing_file);
+    if (active) {
+        c->tracker = vbd_job_tracker_new(top, DIRTY_GRANULARITY);
+        vbd_job_tracker_set_job(c->tracker, job);
+    }
+    job->opaque = c;
+    vbd_job_start(job);
+    return job;
+}

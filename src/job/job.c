@@ -1,0 +1,558 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The job core: QEMU's job state machine (qapi/job.json), its verbs and
+ * events, pause points, the rate limit and the error policy. Main loop
+ * only: the jobs' coroutines and the QMP handlers that steer them.
+ */
+#include "vbd/job.h"
+
+#include "vbd/alloc.h"
+#include "vbd/coroutine.h"
+#include "vbd/error.h"
+#include "vbd/qmp.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *const vbd_job_status_names[VBD_JOB_STATUS_NR] = {
+    "undefined", "created", "running", "paused", "ready", "standby",
+    "waiting", "pending", "aborting", "concluded", "null",
+};
+static const char *const verb_names[VBD_VERB_NR] = {"cancel", "pause", "resume", "set-speed", "complete", "finalize",
+                                                    "dismiss"};
+
+/* QEMU's transition table (job.c JobSTT): from -> to. */
+static const bool stt[VBD_JOB_STATUS_NR][VBD_JOB_STATUS_NR] = {
+    /*                      U  C  R  P  Y  S  W  D  X  E  N */
+    [VBD_JOB_UNDEFINED] = {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    [VBD_JOB_CREATED]   = {0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1},
+    [VBD_JOB_RUNNING]   = {0, 0, 0, 1, 1, 0, 1, 0, 1, 0, 0},
+    [VBD_JOB_PAUSED]    = {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0},
+    [VBD_JOB_READY]     = {0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0},
+    [VBD_JOB_STANDBY]   = {0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0},
+    [VBD_JOB_WAITING]   = {0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0},
+    [VBD_JOB_PENDING]   = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0},
+    [VBD_JOB_ABORTING]  = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0},
+    [VBD_JOB_CONCLUDED] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    [VBD_JOB_NULL]      = {0},
+};
+/* Which verbs each state takes (JobVerbTable). */
+static const bool verbs[VBD_VERB_NR][VBD_JOB_STATUS_NR] = {
+    /*                       U  C  R  P  Y  S  W  D  X  E  N */
+    [VBD_VERB_CANCEL]    = {0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0},
+    [VBD_VERB_PAUSE]     = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    [VBD_VERB_RESUME]    = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    [VBD_VERB_SET_SPEED] = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    [VBD_VERB_COMPLETE]  = {0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0}, /* standby too, as QEMU 7.2 does */
+    [VBD_VERB_FINALIZE]  = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0},
+    [VBD_VERB_DISMISS]   = {0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0},
+};
+
+static struct vbd_job *jobs;
+static struct vbd_co_queue jobs_gone = VBD_CO_QUEUE_INIT;
+
+static void set_status(struct vbd_job *job, enum vbd_job_status s)
+{
+    if (job->status == s)
+        return; /* QEMU sends no event for a non-change */
+    if (!stt[job->status][s])
+        vbd_log(VBD_LOG_WARN, "job '%s': unexpected transition %s -> %s", job->id, vbd_job_status_names[job->status],
+                     vbd_job_status_names[s]);
+    job->status = s;
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "id", json_object_new_string(job->id));
+    json_object_object_add(d, "status", json_object_new_string(vbd_job_status_names[s]));
+    vbd_qmp_event("JOB_STATUS_CHANGE", d);
+}
+
+static int apply_verb(struct vbd_job *job, enum vbd_job_verb v, struct vbd_qmp_error *err)
+{
+    if (verbs[v][job->status])
+        return 0;
+    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Job '%s' in state '%s' cannot accept command verb '%s'", job->id,
+                       vbd_job_status_names[job->status], verb_names[v]);
+    return -1;
+}
+
+/* QEMU's id_wellformed. */
+static bool id_ok(const char *s)
+{
+    if (!isalpha((unsigned char)s[0]))
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("-._", *s))
+            return false;
+    return true;
+}
+
+struct vbd_job *vbd_job_find(const char *id)
+{
+    for (struct vbd_job *j = jobs; j; j = j->next)
+        if (!strcmp(j->id, id))
+            return j;
+    return NULL;
+}
+
+struct vbd_job *vbd_job_next(struct vbd_job *prev)
+{
+    return prev ? prev->next : jobs;
+}
+
+struct vbd_job *vbd_job_using_node(struct vbd_node *n)
+{
+    for (struct vbd_job *j = jobs; j; j = j->next)
+        if (j->status != VBD_JOB_NULL && j->drv->uses_node && j->drv->uses_node(j, n))
+            return j;
+    return NULL;
+}
+
+struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id, bool auto_finalize,
+                               bool auto_dismiss, uint64_t speed, enum vbd_on_error on_error, struct vbd_qmp_error *err)
+{
+    if (!id || !id_ok(id) || strlen(id) >= sizeof(((struct vbd_job *)0)->id)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid job ID '%s'", id ? id : "");
+        return NULL;
+    }
+    if (vbd_job_find(id)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Job ID '%s' already in use", id);
+        return NULL;
+    }
+    struct vbd_job *job = vbd_xcalloc(1, sizeof(*job));
+    job->drv = drv;
+    snprintf(job->id, sizeof(job->id), "%s", id);
+    job->auto_finalize = auto_finalize;
+    job->auto_dismiss = auto_dismiss;
+    job->speed = speed;
+    job->on_error = on_error;
+    job->busy = true;
+    struct vbd_job **pp = &jobs;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = job;
+    set_status(job, VBD_JOB_CREATED);
+    return job;
+}
+
+static void job_free(struct vbd_job *job)
+{
+    for (struct vbd_job **pp = &jobs; *pp; pp = &(*pp)->next)
+        if (*pp == job) {
+            *pp = job->next;
+            break;
+        }
+    vbd_timer_cancel(&job->timer);
+    if (job->drv->free)
+        job->drv->free(job);
+    free(job);
+    vbd_co_queue_wake_all(&jobs_gone);
+}
+
+/* ---------- events ---------- */
+
+static struct json_object *block_event_data(struct vbd_job *job)
+{
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "type", json_object_new_string(job->drv->type));
+    json_object_object_add(d, "device", json_object_new_string(job->id));
+    uint64_t cur, total;
+    vbd_imageops_progress(&job->ctl, &cur, &total);
+    json_object_object_add(d, "len", json_object_new_int64((int64_t)total));
+    json_object_object_add(d, "offset", json_object_new_int64((int64_t)cur));
+    json_object_object_add(d, "speed", json_object_new_int64((int64_t)job->speed));
+    return d;
+}
+
+/* ---------- the end of a job (graph lock held) ---------- */
+
+static void conclude(struct vbd_job *job)
+{
+    set_status(job, VBD_JOB_CONCLUDED);
+    if (job->auto_dismiss) {
+        set_status(job, VBD_JOB_NULL);
+        job_free(job);
+    }
+}
+
+static void finalize_single(struct vbd_job *job)
+{
+    if (job->ret == 0) {
+        if (job->drv->commit)
+            job->drv->commit(job);
+    } else if (job->drv->abort) {
+        job->drv->abort(job);
+    }
+    if (job->drv->clean)
+        job->drv->clean(job);
+    if (vbd_job_is_cancelled(job)) {
+        vbd_qmp_event("BLOCK_JOB_CANCELLED", block_event_data(job));
+    } else {
+        struct json_object *d = block_event_data(job);
+        if (job->ret)
+            json_object_object_add(d, "error", json_object_new_string(job->error));
+        vbd_qmp_event("BLOCK_JOB_COMPLETED", d);
+    }
+    conclude(job);
+}
+
+static void set_failed(struct vbd_job *job, int ret, const char *msg)
+{
+    job->ret = ret;
+    if (!job->error[0])
+        snprintf(job->error, sizeof(job->error), "%s", msg ? msg : strerror(-ret));
+}
+
+static void abort_job(struct vbd_job *job)
+{
+    set_status(job, VBD_JOB_ABORTING);
+    finalize_single(job);
+}
+
+/* PENDING -> prepare -> commit/abort -> CONCLUDED */
+static void do_finalize(struct vbd_job *job)
+{
+    struct vbd_error *e = NULL;
+    int rc = job->drv->prepare ? job->drv->prepare(job, &e) : 0;
+    if (rc < 0) {
+        set_failed(job, rc, e ? e->msg : NULL);
+        vbd_error_free(e);
+        abort_job(job);
+        return;
+    }
+    finalize_single(job);
+}
+
+/* run ended: RUNNING/READY -> WAITING -> PENDING (-> finalize) or ABORTING */
+static void job_completed(struct vbd_job *job)
+{
+    if (job->ret == 0 && vbd_job_is_cancelled(job))
+        set_failed(job, -ECANCELED, NULL);
+    if (job->ret < 0) {
+        abort_job(job);
+        return;
+    }
+    set_status(job, VBD_JOB_WAITING);
+    set_status(job, VBD_JOB_PENDING);
+    if (job->auto_finalize) {
+        do_finalize(job);
+        return;
+    }
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "type", json_object_new_string(job->drv->type));
+    json_object_object_add(d, "id", json_object_new_string(job->id));
+    vbd_qmp_event("BLOCK_JOB_PENDING", d);
+}
+
+static void job_co(void *arg)
+{
+    struct vbd_job *job = arg;
+    struct vbd_error *e = NULL;
+    vbd_job_pause_point(job);
+    int rc = vbd_job_is_cancelled(job) ? -ECANCELED : job->drv->run(job, &e);
+    job->busy = false;
+    job->run_done = true;
+    if (rc < 0 && !(rc == -ECANCELED && vbd_job_is_cancelled(job)))
+        set_failed(job, rc, e ? e->msg : NULL);
+    vbd_error_free(e);
+    vbd_qmp_graph_lock();
+    job_completed(job);
+    vbd_qmp_graph_unlock();
+}
+
+void vbd_job_early_fail(struct vbd_job *job)
+{
+    set_status(job, VBD_JOB_NULL);
+    job_free(job);
+}
+
+void vbd_job_start(struct vbd_job *job)
+{
+    set_status(job, VBD_JOB_RUNNING);
+    job->co = vbd_co_create(job_co, job);
+    vbd_co_wake(job->co);
+}
+
+/* ---------- inside run ---------- */
+
+bool vbd_job_is_cancelled(struct vbd_job *job) { return job->cancelled && job->force_cancel; }
+bool vbd_job_cancel_requested(struct vbd_job *job) { return job->cancelled; }
+
+void vbd_job_kick(struct vbd_job *job)
+{
+    if (job->parked) {
+        job->parked = false;
+        vbd_timer_cancel(&job->timer);
+        vbd_co_wake(job->co);
+    }
+}
+
+static void timer_cb(void *arg)
+{
+    vbd_job_kick(arg);
+}
+
+static void park(struct vbd_job *job)
+{
+    job->parked = true;
+    job->busy = false;
+    while (job->parked)
+        vbd_co_yield();
+    job->busy = true;
+}
+
+void vbd_job_pause_point(struct vbd_job *job)
+{
+    if (job->pause_count == 0 || vbd_job_is_cancelled(job))
+        return;
+    enum vbd_job_status was = job->status;
+    set_status(job, was == VBD_JOB_READY ? VBD_JOB_STANDBY : VBD_JOB_PAUSED);
+    while (job->pause_count > 0 && !vbd_job_is_cancelled(job))
+        park(job);
+    set_status(job, was);
+}
+
+void vbd_job_wait(struct vbd_job *job)
+{
+    if (vbd_job_cancel_requested(job) || job->pause_count)
+        return;
+    park(job);
+}
+
+void vbd_job_sleep_ns(struct vbd_job *job, uint64_t ns)
+{
+    if (!vbd_job_cancel_requested(job) && !job->pause_count) {
+        job->timer.fn = timer_cb;
+        job->timer.arg = job;
+        vbd_timer_arm(&job->timer, vbd_clock_ns() + ns);
+        park(job);
+        vbd_timer_cancel(&job->timer);
+    }
+    vbd_job_pause_point(job);
+}
+
+void vbd_job_ratelimit(struct vbd_job *job, uint64_t written)
+{
+    if (!job->speed) {
+        vbd_job_pause_point(job);
+        return;
+    }
+    uint64_t now = vbd_clock_ns();
+    if (!job->rl_start_ns)
+        job->rl_start_ns = now;
+    job->rl_bytes += written;
+    for (;;) {
+        /* the time by which this many bytes are allowed at this speed */
+        uint64_t speed = job->speed;
+        if (!speed || vbd_job_cancel_requested(job))
+            break;
+        unsigned __int128 due = job->rl_start_ns + (unsigned __int128)job->rl_bytes * 1000000000u / speed;
+        now = vbd_clock_ns();
+        if (due <= now)
+            break;
+        uint64_t wait = due - now > 3600ull * 1000000000u ? 3600ull * 1000000000u : (uint64_t)(due - now);
+        vbd_job_sleep_ns(job, wait);
+    }
+    vbd_job_pause_point(job);
+}
+
+void vbd_job_transition_ready(struct vbd_job *job)
+{
+    set_status(job, VBD_JOB_READY);
+    vbd_qmp_event("BLOCK_JOB_READY", block_event_data(job));
+}
+
+enum vbd_error_action vbd_job_error_action(struct vbd_job *job, bool is_read, int error)
+{
+    enum vbd_error_action a;
+    switch (job->on_error) {
+    case VBD_ON_ERROR_ENOSPC: a = error == ENOSPC ? VBD_ACTION_STOP : VBD_ACTION_REPORT; break;
+    case VBD_ON_ERROR_STOP: a = VBD_ACTION_STOP; break;
+    case VBD_ON_ERROR_IGNORE: a = VBD_ACTION_IGNORE; break;
+    default: a = VBD_ACTION_REPORT; break;
+    }
+    static const char *const names[] = {"report", "ignore", "stop"};
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "device", json_object_new_string(job->id));
+    json_object_object_add(d, "operation", json_object_new_string(is_read ? "read" : "write"));
+    json_object_object_add(d, "action", json_object_new_string(names[a]));
+    vbd_qmp_event("BLOCK_JOB_ERROR", d);
+    if (a == VBD_ACTION_STOP) {
+        /* paused as by the user: job-resume retries */
+        job->pause_count++;
+        job->user_paused = true;
+        job->iostatus_failed = true;
+    }
+    return a;
+}
+
+/* ---------- verbs ---------- */
+
+int vbd_job_user_pause(struct vbd_job *job, struct vbd_qmp_error *err)
+{
+    if (apply_verb(job, VBD_VERB_PAUSE, err) < 0)
+        return -1;
+    if (job->user_paused) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Job is already paused");
+        return -1;
+    }
+    job->user_paused = true;
+    job->pause_count++;
+    vbd_job_kick(job); /* a sleeping job reaches its pause point now */
+    return 0;
+}
+
+int vbd_job_user_resume(struct vbd_job *job, struct vbd_qmp_error *err)
+{
+    if (!job->user_paused || job->pause_count <= 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't resume a job that was not paused");
+        return -1;
+    }
+    if (apply_verb(job, VBD_VERB_RESUME, err) < 0)
+        return -1;
+    job->iostatus_failed = false;
+    job->user_paused = false;
+    job->pause_count--;
+    if (job->pause_count == 0)
+        vbd_job_kick(job);
+    return 0;
+}
+
+int vbd_job_user_cancel(struct vbd_job *job, bool force, struct vbd_qmp_error *err)
+{
+    if (apply_verb(job, VBD_VERB_CANCEL, err) < 0)
+        return -1;
+    /* only a READY job can be cancelled softly (it then completes without
+     * its graph change, as QEMU's mirror) */
+    if (job->status != VBD_JOB_READY && job->status != VBD_JOB_STANDBY && !job->run_done)
+        force = true;
+    job->force_cancel |= force;
+    job->cancelled = true;
+    vbd_imageops_cancel(&job->ctl);
+    if (job->run_done) {
+        /* waiting for job-finalize: abort it now */
+        if (job->status == VBD_JOB_PENDING || job->status == VBD_JOB_WAITING) {
+            job->force_cancel = true;
+            set_failed(job, -ECANCELED, NULL);
+            abort_job(job);
+        }
+        return 0;
+    }
+    if (job->pause_count > 0 && force) {
+        /* a paused job is cancelled too (QEMU resumes it to let it die) */
+        job->pause_count = 0;
+        job->user_paused = false;
+    }
+    vbd_job_kick(job);
+    return 0;
+}
+
+int vbd_job_complete(struct vbd_job *job, struct vbd_qmp_error *err)
+{
+    if (apply_verb(job, VBD_VERB_COMPLETE, err) < 0)
+        return -1;
+    if (vbd_job_cancel_requested(job) || !job->drv->complete) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "The active block job '%s' cannot be completed", job->id);
+        return -1;
+    }
+    job->drv->complete(job);
+    vbd_job_kick(job);
+    return 0;
+}
+
+int vbd_job_finalize(struct vbd_job *job, struct vbd_qmp_error *err)
+{
+    if (apply_verb(job, VBD_VERB_FINALIZE, err) < 0)
+        return -1;
+    do_finalize(job);
+    return 0;
+}
+
+int vbd_job_dismiss(struct vbd_job *job, struct vbd_qmp_error *err)
+{
+    if (apply_verb(job, VBD_VERB_DISMISS, err) < 0)
+        return -1;
+    set_status(job, VBD_JOB_NULL);
+    job_free(job);
+    return 0;
+}
+
+int vbd_job_set_speed(struct vbd_job *job, int64_t speed, struct vbd_qmp_error *err)
+{
+    if (apply_verb(job, VBD_VERB_SET_SPEED, err) < 0)
+        return -1;
+    if (speed < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'speed' expects a non-negative value");
+        return -1;
+    }
+    job->speed = (uint64_t)speed;
+    job->rl_start_ns = 0;
+    job->rl_bytes = 0;
+    vbd_job_kick(job); /* a job sleeping for the old speed recomputes */
+    return 0;
+}
+
+/* ---------- queries ---------- */
+
+struct json_object *vbd_job_info(struct vbd_job *job)
+{
+    struct json_object *o = json_object_new_object();
+    uint64_t cur, total;
+    vbd_imageops_progress(&job->ctl, &cur, &total);
+    json_object_object_add(o, "id", json_object_new_string(job->id));
+    json_object_object_add(o, "type", json_object_new_string(job->drv->type));
+    json_object_object_add(o, "status", json_object_new_string(vbd_job_status_names[job->status]));
+    json_object_object_add(o, "current-progress", json_object_new_int64((int64_t)cur));
+    json_object_object_add(o, "total-progress", json_object_new_int64((int64_t)total));
+    if (job->ret)
+        json_object_object_add(o, "error", json_object_new_string(job->error));
+    return o;
+}
+
+struct json_object *vbd_block_job_info(struct vbd_job *job)
+{
+    struct json_object *o = block_event_data(job);
+    json_object_object_add(o, "busy", json_object_new_boolean(job->busy));
+    json_object_object_add(o, "paused", json_object_new_boolean(job->pause_count > 0));
+    json_object_object_add(o, "io-status", json_object_new_string(job->iostatus_failed ? "failed" : "ok"));
+    json_object_object_add(o, "ready", json_object_new_boolean(job->status == VBD_JOB_READY ||
+                                                               job->status == VBD_JOB_STANDBY));
+    json_object_object_add(o, "status", json_object_new_string(vbd_job_status_names[job->status]));
+    json_object_object_add(o, "auto-finalize", json_object_new_boolean(job->auto_finalize));
+    json_object_object_add(o, "auto-dismiss", json_object_new_boolean(job->auto_dismiss));
+    if (job->ret)
+        json_object_object_add(o, "error", json_object_new_string(job->error));
+    return o;
+}
+
+void vbd_job_cancel_all_sync(void)
+{
+    for (;;) {
+        struct vbd_job *live = NULL;
+        for (struct vbd_job *j = jobs; j; j = j->next) {
+            if (j->status == VBD_JOB_CONCLUDED) {
+                struct vbd_qmp_error e = {0};
+                vbd_job_dismiss(j, &e);
+                live = NULL;
+                break;
+            }
+            live = j;
+        }
+        if (!jobs)
+            return;
+        if (!live)
+            continue;
+        struct vbd_qmp_error e = {0};
+        char id[sizeof(live->id)];
+        snprintf(id, sizeof(id), "%s", live->id);
+        vbd_qmp_graph_lock();
+        live->auto_dismiss = true;
+        if (!live->cancelled || !live->force_cancel)
+            vbd_job_user_cancel(live, true, &e);
+        vbd_qmp_graph_unlock();
+        if (vbd_job_find(id)) /* not ended at once (pending) */
+            vbd_co_queue_wait(&jobs_gone);
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Helpers for the block job tests (tests/integration/job-*.sh): one QMP
+session that starts a job, runs writers while it runs and checks its
+events, for vbd-daemon and qemu-storage-daemon alike."""
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qmp import QMP  # noqa: E402
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+class Session:
+    def __init__(self, sock, who):
+        self.who = who
+        self.m = QMP(sock, negotiate=True)
+
+    def run(self, cmd, **args):
+        r = self.m.cmd(cmd, args)
+        if "error" in r:
+            fail(f"{self.who}: {cmd} {json.dumps(args)}: {r['error']}")
+        return r["return"]
+
+    def error(self, cmd, **args):
+        r = self.m.cmd(cmd, args)
+        if "error" not in r:
+            fail(f"{self.who}: {cmd} {json.dumps(args)} succeeded, an error was expected")
+        return r["error"]
+
+    def job(self, jid):
+        for j in self.run("query-jobs"):
+            if j["id"] == jid:
+                return j
+        return None
+
+    def status(self, jid, want):
+        """The next JOB_STATUS_CHANGE of jid must be `want` (QEMU's drained
+        sections pause and resume a job on the way: those pairs are skipped)."""
+        while True:
+            ev = self.m.wait_event("JOB_STATUS_CHANGE", timeout=300)["data"]
+            if ev["id"] != jid:
+                continue
+            if ev["status"] == want:
+                return
+            if ev["status"] in ("paused", "running") and want not in ("paused", "running"):
+                continue
+            fail(f"{self.who}: job {jid} went to '{ev['status']}', expected '{want}'")
+
+    def completed(self, jid, ready=False):
+        """A job run to its end with auto-finalize and auto-dismiss: its
+        events in order and BLOCK_JOB_COMPLETED without an error."""
+        if ready:
+            self.status(jid, "ready")
+        for s in ("waiting", "pending"):
+            self.status(jid, s)
+        ev = self.m.wait_event("BLOCK_JOB_COMPLETED", timeout=300)["data"]
+        if ev["device"] != jid or "error" in ev:
+            fail(f"{self.who}: BLOCK_JOB_COMPLETED {ev}")
+        if ev["offset"] != ev["len"]:
+            fail(f"{self.who}: job {jid} completed at {ev['offset']} of {ev['len']}")
+        for s in ("concluded", "null"):
+            self.status(jid, s)
+        if self.job(jid):
+            fail(f"{self.who}: job {jid} still listed after auto-dismiss")
+
+
+def sh(cmd, what):
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    if r.returncode:
+        fail(f"{what}: exit {r.returncode}: {(r.stdout + r.stderr)[-2000:]}")
+    return r.stdout
