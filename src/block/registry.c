@@ -13,6 +13,8 @@ extern const struct vbd_driver *const vbd_driver_vdi;
 extern const struct vbd_driver *const vbd_driver_qed;
 extern const struct vbd_driver *const vbd_driver_parallels;
 extern const struct vbd_driver *const vbd_driver_vpc;
+extern const struct vbd_driver *const vbd_driver_throttle;
+extern const struct vbd_driver *const vbd_driver_blkdebug;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -24,6 +26,8 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_qed,
     &vbd_driver_parallels,
     &vbd_driver_vpc,
+    &vbd_driver_throttle,
+    &vbd_driver_blkdebug,
     NULL,
 };
 
