@@ -71,6 +71,21 @@ within() {
         fail "$4: $1, expected $2 +-$3 %"
     echo "    $4: $1 (expected $2 +-$3 %)"
 }
+# measured WHAT VBD QSD EXPECTED: the differential first (vbd within 10 %
+# of qsd, both measured at the same time); then vbd within 10 % of the
+# model's EXPECTED value, checked only when qsd itself got there: on a host
+# too busy to reach the limit (the shared machine's load can starve both
+# daemons' clients) that check says nothing about vbd and is reported
+# instead of failed.
+measured() {
+    echo "    $1: vbd $2, qsd $3, expected $4"
+    within "$2" "$3" 10 "$1, vbd against qsd"
+    if python3 -c "import sys; v,r=map(float,sys.argv[1:3]); sys.exit(0 if abs(v-r)<=r*0.1 else 1)" "$3" "$4"; then
+        within "$2" "$4" 10 "$1, vbd against the limit"
+    else
+        echo "    (qsd got $3, not $4 +-10 %: host too busy for the absolute check; load $(cut -d' ' -f1 /proc/loadavg))"
+    fi
+}
 # rate REQUESTS SECONDS BURST: requests per second after the first BURST,
 # which QEMU's buckets let through at once (a tenth of a second's worth)
 rate() { python3 -c "import sys; n,s,b=map(float,sys.argv[1:4]); print(round((n-b)/s,1))" "$@"; }
@@ -84,8 +99,7 @@ wait $b1 || fail "qemu-img bench on vbd: $(cat "$T/bv")"
 tv=$(sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p' "$T/bv")
 tq=$(sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p' "$T/bq")
 rv=$(rate 1530 "$tv" 30) rq=$(rate 1530 "$tq" 30)
-within "$rv" 300 10 "vbd IOPS"
-within "$rv" "$rq" 10 "vbd IOPS against qsd's $rq"
+measured IOPS "$rv" "$rq" 300
 
 step "bps-read=2M, bps-write=1M over NBD (vbd-bench, 64 KiB reads then writes)"
 # one daemon pair per direction: a fresh group, buckets empty
@@ -101,8 +115,7 @@ for w in read write; do
     # burst: a tenth of the limit in bytes
     bv=$(python3 -c "import sys; print(round(($n*65536-$lim/10)/float(sys.argv[1])))" "$(jget "$T/jv" seconds)")
     bq=$(python3 -c "import sys; print(round(($n*65536-$lim/10)/float(sys.argv[1])))" "$(jget "$T/jq" seconds)")
-    within "$bv" $lim 10 "vbd $w bytes/s"
-    within "$bv" "$bq" 10 "vbd $w bytes/s against qsd's $bq"
+    measured "$w bytes/s" "$bv" "$bq" $lim
     stop_pair
 done
 
@@ -119,8 +132,7 @@ b1=$!
 bench_json "$T/jq" --vhost-user "$T/q.vu0" -n 1240
 wait $b1 || fail "vbd-bench on vbd"
 rv=$(rate 1240 "$(jget "$T/jv" seconds)" 40) rq=$(rate 1240 "$(jget "$T/jq" seconds)" 40)
-within "$rv" 400 10 "vbd IOPS in the burst"
-within "$rv" "$rq" 10 "vbd IOPS in the burst against qsd's $rq"
+measured "IOPS in the burst" "$rv" "$rq" 400
 for p in v q; do
     qmp_to $p '{"execute":"qom-set","arguments":{"path":"/objects/g0","property":"limits","value":{'"$L"'}}}' |
         grep -q '"return"' || fail "qom-set on $p"
@@ -130,20 +142,21 @@ b1=$!
 bench_json "$T/jq" --vhost-user "$T/q.vu1" -n 2560
 wait $b1 || fail "vbd-bench on vbd"
 sv=$(jget "$T/jv" seconds) sq=$(jget "$T/jq" seconds)
-within "$sv" 8.8 10 "seconds for 2560 requests (burst, then average)"
-within "$sv" "$sq" 10 "seconds for 2560 requests against qsd's $sq"
+measured "seconds for 2560 requests (burst, then average)" "$sv" "$sq" 8.8
 stop_pair
 
 step "two exports in one group (iops-total=400, vhost-user on an iothread): each gets 40-60 %"
 start_pair limits.iops-total=400 vhost
-bench_json "$T/j0" --vhost-user "$T/v.vu0" -t 5 &
-b1=$!
-bench_json "$T/j1" --vhost-user "$T/v.vu1" -t 5
-wait $b1 || fail "vbd-bench on e0"
-i0=$(jget "$T/j0" iops) i1=$(jget "$T/j1" iops)
-within "$i0" 200 20 "export e0 IOPS (of 400)"
-within "$i1" 200 20 "export e1 IOPS (of 400)"
-within $((i0 + i1)) 400 10 "the group's IOPS"
+for j in v0 v1 q0 q1; do
+    bench_json "$T/j$j" --vhost-user "$T/${j:0:1}.vu${j:1}" -t 5 &
+    eval "b$j=\$!"
+done
+for j in v0 v1 q0 q1; do eval "wait \$b$j" || fail "vbd-bench $j"; done
+i0=$(jget "$T/jv0" iops) i1=$(jget "$T/jv1" iops) q0=$(jget "$T/jq0" iops) q1=$(jget "$T/jq1" iops)
+# each member's share of what the group got: 50 % +-10 points
+within "$i0" $(((i0 + i1) / 2)) 20 "export e0's IOPS, half of the group's $((i0 + i1))"
+within "$i1" $(((i0 + i1) / 2)) 20 "export e1's IOPS, half of the group's $((i0 + i1))"
+measured "the group's IOPS" $((i0 + i1)) $((q0 + q1)) 400
 
 step "qom-set limits: effective within a second"
 # 50 IOPS would take 20 s for 1000 requests; after the change they are not throttled
@@ -168,18 +181,31 @@ step "--drive throttling names (legacy and throttling.*), shared group"
 S=$T/d.sock
 # data, not holes: NBD sends holes without reading them (as QEMU's server)
 must qemu-img create -f raw -o preallocation=full "$T/a.img" 64M >/dev/null
-must qemu-img create -f raw -o preallocation=full "$T/b.img" 64M >/dev/null
+for f in b c d; do must qemu-img create -f raw -o preallocation=full "$T/$f.img" 64M >/dev/null; done
 start_daemon --drive file="$T/a.img",format=raw,id=d0,iops=300,group=gd --drive file="$T/b.img",format=raw,id=d1,throttling.iops-total=300,throttling.group=gd \
     --nbd-server addr.type=unix,addr.path=$T/d.nbd --export type=nbd,id=e0,node-name=d0,name=d0 \
     --export type=nbd,id=e1,node-name=d1,name=d1 --vhost-user "$S"
-bench_json "$T/j0" --nbd "nbd+unix:///d0?socket=$T/d.nbd" -t 5 &
-b1=$!
-bench_json "$T/j1" --nbd "nbd+unix:///d1?socket=$T/d.nbd" -t 5
-wait $b1 || fail "vbd-bench on d0"
-i0=$(jget "$T/j0" iops) i1=$(jget "$T/j1" iops)
-within $((i0 + i1)) 300 10 "IOPS of the two drives of group gd"
-within "$i0" 150 20 "drive d0 IOPS (of 300)"
+# qsd has no --drive: the same graph spelled out is the reference
+rm -f "$T/q.nbd"
+qemu-storage-daemon --object throttle-group,id=gd,limits.iops-total=300 \
+    --blockdev file,node-name=f0,filename="$T/c.img" --blockdev file,node-name=f1,filename="$T/d.img" \
+    --blockdev throttle,node-name=d0,throttle-group=gd,file=f0 --blockdev throttle,node-name=d1,throttle-group=gd,file=f1 \
+    --nbd-server addr.type=unix,addr.path=$T/q.nbd --export type=nbd,id=e0,node-name=d0,name=d0 \
+    --export type=nbd,id=e1,node-name=d1,name=d1 2>"$T/qsd.log" &
+qpid=$!
+wait_sock "$T/q.nbd"
+for j in v0 v1 q0 q1; do
+    [ ${j:0:1} = v ] && sock=$T/d.nbd || sock=$T/q.nbd
+    bench_json "$T/j$j" --nbd "nbd+unix:///d${j:1}?socket=$sock" -t 5 &
+    eval "b$j=\$!"
+done
+for j in v0 v1 q0 q1; do eval "wait \$b$j" || fail "vbd-bench $j"; done
+i0=$(jget "$T/jv0" iops) i1=$(jget "$T/jv1" iops) q0=$(jget "$T/jq0" iops) q1=$(jget "$T/jq1" iops)
+echo "    vbd: $(cat "$T/jv0" "$T/jv1" | cut -c1-120)"
+measured "IOPS of the two drives of group gd" $((i0 + i1)) $((q0 + q1)) 300
+within "$i0" $(((i0 + i1) / 2)) 20 "drive d0's IOPS, half of the group's $((i0 + i1))"
 stop_daemon
+kill $qpid; wait $qpid 2>/dev/null; qpid=
 
 step "hostile options: one-line errors"
 must_fail_with "Throttle group 'nope' does not exist" "$VBD_DAEMON" --blockdev null-co,node-name=n0 \
