@@ -113,10 +113,9 @@ out:
     return rc;
 }
 
-static int blkdebug_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct blkdebug_state *s = n->opaque;
-    pthread_mutex_init(&s->lock, NULL);
     struct json_object *rules = vbd_opt_take_obj(opts, "inject-error");
     if (rules) {
         /* keyval gives {"0":{...},"1":{...}}, JSON an array */
@@ -176,6 +175,16 @@ static void blkdebug_close(struct vbd_node *n)
     struct blkdebug_state *s = n->opaque;
     free(s->rules);
     pthread_mutex_destroy(&s->lock);
+}
+
+static int blkdebug_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct blkdebug_state *s = n->opaque;
+    pthread_mutex_init(&s->lock, NULL);
+    int rc = do_open(n, opts, flags, err);
+    if (rc < 0)
+        blkdebug_close(n); /* a failed open is not closed */
+    return rc;
 }
 
 /* The errno of the first rule this request triggers, or 0. */
@@ -250,7 +259,7 @@ static int blkdebug_block_status(struct vbd_node *n, bool want_zero, uint64_t of
         *pnum = bytes;
         return VBD_BS_ZERO;
     }
-    return rc < 0 ? rc : (rc & ~VBD_BS_EOF);
+    return rc < 0 ? rc : (int)((unsigned)rc & ~VBD_BS_EOF);
 }
 
 static int blkdebug_refresh_size(struct vbd_node *n)

@@ -88,7 +88,7 @@ static int throttle_block_status(struct vbd_node *n, bool want_zero, uint64_t of
         *pnum = bytes;
         return VBD_BS_ZERO;
     }
-    return rc < 0 ? rc : (rc & ~VBD_BS_EOF);
+    return rc < 0 ? rc : (int)((unsigned)rc & ~VBD_BS_EOF);
 }
 
 static int throttle_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
