@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---------- configuration ---------- */
 
@@ -141,12 +142,12 @@ static int limits_apply(struct vbd_throttle_config *c, struct json_object *limit
     static const char *const suffix[3] = {"", "-max", "-max-length"};
     for (int pass = 0; pass < 3; pass++) {
         for (size_t i = 0; i < NLIMITS; i++) {
-            char key[64], path[160];
-            snprintf(key, sizeof(key), "%s%s", limit_names[i].name, suffix[pass]);
-            snprintf(path, sizeof(path), "%s%s", prefix, key);
+            char mkey[64], path[160];
+            snprintf(mkey, sizeof(mkey), "%s%s", limit_names[i].name, suffix[pass]);
+            snprintf(path, sizeof(path), "%s%s", prefix, mkey);
             struct json_object *v;
             int64_t x;
-            if (!json_object_object_get_ex(limits, key, &v))
+            if (!json_object_object_get_ex(limits, mkey, &v))
                 continue;
             if (get_int(v, path, drive, &x, err) < 0)
                 return -EINVAL;
@@ -156,7 +157,7 @@ static int limits_apply(struct vbd_throttle_config *c, struct json_object *limit
             else if (pass == 1)
                 b->max = (uint64_t)x;
             else if (x > (int64_t)UINT_MAX) {
-                vbd_error_setf(err, EINVAL, "%s value must be in the range [0, %u]", key, UINT_MAX);
+                vbd_error_setf(err, EINVAL, "%s value must be in the range [0, %u]", mkey, UINT_MAX);
                 return -EINVAL;
             } else
                 b->burst_length = (uint64_t)x;
@@ -262,14 +263,16 @@ static void leak(struct vbd_throttle_config *c, uint64_t *previous, uint64_t now
 {
     if (now <= *previous)
         return;
-    double delta = (double)(now - *previous);
+    double secs = (double)(now - *previous) * 1e-9;
     *previous = now;
     for (int i = 0; i < VBD_THR_BUCKETS; i++) {
         struct vbd_throttle_bucket *b = &c->b[i];
-        double l = b->level - (double)b->avg * delta / 1e9;
+        if (!b->avg) /* unlimited: its level is never looked at */
+            continue;
+        double l = b->level - (double)b->avg * secs;
         b->level = l > 0 ? l : 0;
         if (b->burst_length > 1) {
-            l = b->burst_level - (double)b->max * delta / 1e9;
+            l = b->burst_level - (double)b->max * secs;
             b->burst_level = l > 0 ? l : 0;
         }
     }
@@ -323,15 +326,21 @@ static void account(struct vbd_throttle_config *c, int is_write, uint64_t bytes)
         units = (double)bytes / (double)c->op_size;
     const int bps[2] = {VBD_THR_BPS_TOTAL, is_write ? VBD_THR_BPS_WRITE : VBD_THR_BPS_READ};
     const int ops[2] = {VBD_THR_OPS_TOTAL, is_write ? VBD_THR_OPS_WRITE : VBD_THR_OPS_READ};
+    /* unlimited buckets (avg 0) are skipped: nothing reads their level
+     * (new limits start from empty buckets) */
     for (int i = 0; i < 2; i++) {
         struct vbd_throttle_bucket *b = &c->b[bps[i]];
-        b->level += (double)bytes;
-        if (b->burst_length > 1)
-            b->burst_level += (double)bytes;
+        if (b->avg) {
+            b->level += (double)bytes;
+            if (b->burst_length > 1)
+                b->burst_level += (double)bytes;
+        }
         b = &c->b[ops[i]];
-        b->level += units;
-        if (b->burst_length > 1)
-            b->burst_level += units;
+        if (b->avg) {
+            b->level += units;
+            if (b->burst_length > 1)
+                b->burst_level += units;
+        }
     }
 }
 
@@ -665,13 +674,34 @@ const char *vbd_throttle_member_group(const struct vbd_throttle_member *m)
     return m->g->name;
 }
 
+/* CLOCK_MONOTONIC as of the last tick: a quarter of the precise clock's
+ * cost, never ahead of it (the same clock, read late). */
+static uint64_t coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 void vbd_throttle_co_intercept(struct vbd_throttle_member *m, bool is_write, uint64_t bytes)
 {
     struct group *g = m->g;
     int d = is_write;
     pthread_mutex_lock(&g->lock);
-    uint64_t now = vbd_clock_ns(), w = 0;
+    uint64_t now = 0, w = 0;
     if (!g->queued[d]) {
+        /* The usual case of limits not reached is decided on the coarse
+         * clock: it can only leak less than the precise one (what it
+         * misses is leaked at the next reading), so a request it lets
+         * through the precise clock would let through too; one it would
+         * hold is looked at again with the precise clock. */
+        leak(&g->cfg, &g->previous_leak, coarse_ns());
+        if (!wait_for(&g->cfg, d)) {
+            account(&g->cfg, d, bytes);
+            pthread_mutex_unlock(&g->lock);
+            return;
+        }
+        now = vbd_clock_ns();
         leak(&g->cfg, &g->previous_leak, now);
         w = wait_for(&g->cfg, d);
         if (!w) {
@@ -679,6 +709,8 @@ void vbd_throttle_co_intercept(struct vbd_throttle_member *m, bool is_write, uin
             pthread_mutex_unlock(&g->lock);
             return;
         }
+    } else {
+        now = vbd_clock_ns();
     }
     struct waiter self = {.co = vbd_co_self(), .bytes = bytes};
     assert(self.co);
