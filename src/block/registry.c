@@ -15,6 +15,7 @@ extern const struct vbd_driver *const vbd_driver_parallels;
 extern const struct vbd_driver *const vbd_driver_vpc;
 extern const struct vbd_driver *const vbd_driver_throttle;
 extern const struct vbd_driver *const vbd_driver_blkdebug;
+extern const struct vbd_driver *const vbd_driver_copy_on_read;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -28,6 +29,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_vpc,
     &vbd_driver_throttle,
     &vbd_driver_blkdebug,
+    &vbd_driver_copy_on_read,
     NULL,
 };
 

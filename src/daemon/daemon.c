@@ -59,7 +59,7 @@ static const char usage_text[] =
     "          [,sectorsize=512|4096|LOGICAL/PHYSICAL][,range=START_LBA/SECTORS][,discard=unmap][,id=NAME]\n"
     "          [,num-queues=N][,serial=S][,werror=report|stop|enospc][,rerror=report|stop]\n"
     "          [,throttling.iops-total=N,throttling.bps-read=N,...,throttling.group=NAME]\n"
-    "          [,iops=N,iops_rd=N,bps_wr=N,iops_max=N,iops_size=N,group=NAME,...]\n"
+    "          [,iops=N,iops_rd=N,bps_wr=N,iops_max=N,iops_size=N,group=NAME,...][,copy-on-read=on]\n"
     "                    short form (as -drive and ACRN's device model: ro, writethru and\n"
     "                    writeback are accepted as bare words); writethrough is the default\n"
     "  --vhost-user SOCKET   export the last --drive over vhost-user-blk on SOCKET\n"
@@ -269,7 +269,8 @@ static int add_drive(const char *arg, struct vbd_error **err)
     struct vbd_throttle_config tcfg;
     char *tgroup = NULL;
     int throttled = vbd_throttle_take_drive_opts(o, &tcfg, &tgroup, err);
-    if (throttled < 0)
+    bool cor = false;
+    if (throttled < 0 || vbd_opt_take_bool(o, "copy-on-read", &cor, err) < 0)
         goto out;
     if (vbd_opt_take_str(o, "file", &file, err) < 0 || vbd_opt_take_str(o, "format", &format, err) < 0 ||
         vbd_opt_take_str(o, "cache", &cache, err) < 0 || vbd_opt_take_str(o, "sectorsize", &sectorsize, err) < 0 ||
@@ -326,10 +327,12 @@ static int add_drive(const char *arg, struct vbd_error **err)
     }
     /* throttled: a throttle node on top takes the drive's name (QEMU puts
      * the limits on the drive's BlockBackend; the result is the same) */
-    char inner[80];
-    snprintf(inner, sizeof(inner), "%s-throttled", name);
+    char inner[80], cor_name[80];
+    snprintf(inner, sizeof(inner), "%s-%s", name, cor ? "fmt" : "throttled");
+    snprintf(cor_name, sizeof(cor_name), "%s-cor", name);
+    bool filtered = throttled || cor;
     if (!range)
-        json_object_object_add(no, "node-name", json_object_new_string(throttled ? inner : name));
+        json_object_object_add(no, "node-name", json_object_new_string(filtered ? inner : name));
     if (unmap)
         json_object_object_add(no, "discard", json_object_new_string("unmap"));
     unsigned flags = (readonly ? 0 : VBD_OPEN_RDWR) | vbd_cache_mode_open_flags(mode) | (unmap ? VBD_OPEN_UNMAP : 0);
@@ -354,7 +357,7 @@ static int add_drive(const char *arg, struct vbd_error **err)
         }
         struct json_object *wo = json_object_new_object();
         json_object_object_add(wo, "driver", json_object_new_string("raw"));
-        json_object_object_add(wo, "node-name", json_object_new_string(throttled ? inner : name));
+        json_object_object_add(wo, "node-name", json_object_new_string(filtered ? inner : name));
         json_object_object_add(wo, "file", json_object_new_string(n->node_name));
         json_object_object_add(wo, "offset", json_object_new_uint64(start << 9));
         json_object_object_add(wo, "size", json_object_new_uint64(count << 9));
@@ -367,6 +370,23 @@ static int add_drive(const char *arg, struct vbd_error **err)
         }
         vbd_daemon_node_add(n);
         n = w;
+    }
+    if (cor) {
+        /* copy-on-read=on: the filter goes right above the format, under
+         * the throttling (as QEMU's -drive) */
+        struct json_object *co = json_object_new_object();
+        json_object_object_add(co, "driver", json_object_new_string("copy-on-read"));
+        json_object_object_add(co, "node-name", json_object_new_string(throttled ? cor_name : name));
+        json_object_object_add(co, "file", json_object_new_string(n->node_name));
+        struct vbd_node *c = vbd_open(NULL, co, flags, err);
+        if (!c) {
+            vbd_error_prepend(err, "--drive %s: ", file);
+            vbd_node_unref(n);
+            n = NULL;
+            goto out;
+        }
+        vbd_daemon_node_add(n);
+        n = c;
     }
     if (throttled) {
         /* as -drive: the group is the drive's unless throttling.group names one */

@@ -60,6 +60,7 @@ static const struct key_type generic_format_keys[] = {{"file", "ref"}, {NULL, NU
 static const struct key_type generic_cow_format_keys[] = {{"file", "ref"}, {"backing", "ref-or-null"}, {NULL, NULL}};
 /* BlockdevOptionsThrottle and BlockdevOptionsBlkdebug */
 static const struct key_type throttle_keys[] = {{"throttle-group", "str"}, {"file", "ref"}, {NULL, NULL}};
+static const struct key_type cor_keys[] = {{"file", "ref"}, {"bottom", "str"}, {NULL, NULL}};
 static const struct key_type blkdebug_keys[] = {
     {"image", "ref"}, {"config", "str"}, {"align", "int"}, {"max-transfer", "int"}, {"opt-write-zero", "int"},
     {"max-write-zero", "int"}, {"opt-discard", "int"}, {"max-discard", "int"}, {"inject-error", "any"},
@@ -73,6 +74,7 @@ static const struct {
     {"null-aio", null_keys}, {"nbd", nbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
     {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
+    {"copy-on-read", cor_keys},
 };
 
 static const char *json_kind(struct json_object *v)
