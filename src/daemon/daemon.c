@@ -20,6 +20,7 @@
 #include "vbd/nbd.h"
 #include "vbd/options.h"
 #include "vbd/qmp.h"
+#include "vbd/throttle.h"
 #include "vbd/tls.h"
 
 #include <errno.h>
@@ -58,6 +59,8 @@ static const char usage_text[] =
     "  --drive file=IMG[,format=raw|qcow2][,cache=writethrough|writeback|none|directsync|unsafe][,readonly=on]\n"
     "          [,sectorsize=512|4096|LOGICAL/PHYSICAL][,range=START_LBA/SECTORS][,discard=unmap][,id=NAME]\n"
     "          [,num-queues=N][,serial=S][,werror=report|stop|enospc][,rerror=report|stop]\n"
+    "          [,throttling.iops-total=N,throttling.bps-read=N,...,throttling.group=NAME]\n"
+    "          [,iops=N,iops_rd=N,bps_wr=N,iops_max=N,iops_size=N,group=NAME,...][,copy-on-read=on]\n"
     "                    short form (as -drive and ACRN's device model: ro, writethru and\n"
     "                    writeback are accepted as bare words); writethrough is the default\n"
     "  --vhost-user SOCKET   export the last --drive over vhost-user-blk on SOCKET\n"
@@ -65,6 +68,10 @@ static const char usage_text[] =
     "                    a thread with its own event loop for exports' queues (vhost-user-blk: iothread=ID,\n"
     "                    or iothread.0=ID0,iothread.1=ID1,... to spread the queues); poll-max-ns bounds the\n"
     "                    busy-polling of rings before the thread sleeps (default 32768, 0: off)\n"
+    "  --object throttle-group,id=ID,limits.iops-total=N[,limits.bps-read=N,limits.iops-total-max=N,\n"
+    "          limits.iops-total-max-length=SECONDS,limits.iops-size=BYTES...]\n"
+    "                    I/O limits as QEMU's, shared by the throttle nodes that name the group\n"
+    "                    (--blockdev throttle,node-name=NAME,throttle-group=ID,file=NODE); qom-set changes them\n"
     "  --object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client[,verify-peer=on|off]\n"
     "  --object tls-creds-psk,id=ID,dir=DIR,endpoint=server|client[,username=NAME]\n"
     "                    TLS credentials for --nbd-server tls-creds=ID and nbd nodes' tls-creds=ID\n"
@@ -176,6 +183,8 @@ static int add_object(const char *arg, struct vbd_error **err)
         rc = vbd_tls_creds_add(t, opts, err);
     } else if (t && vbd_authz_type(t)) {
         rc = vbd_authz_add(t, opts, err);
+    } else if (t && !strcmp(t, "throttle-group")) {
+        rc = vbd_throttle_group_add_opts(opts, err);
     } else if (t && !strcmp(t, "iothread")) {
         rc = vbd_iothread_add(opts, err);
         if (rc == 0 && vbd_opts_check_empty(opts, "--object iothread", err) < 0)
@@ -184,7 +193,7 @@ static int add_object(const char *arg, struct vbd_error **err)
         vbd_error_setf(
             err, EINVAL,
             "--object: unsupported object type '%s' (supported: iothread, tls-creds-x509, tls-creds-psk, "
-            "tls-creds-anon, authz-simple, authz-list)",
+            "tls-creds-anon, authz-simple, authz-list, throttle-group)",
             t ? t : "");
         rc = -EINVAL;
     }
@@ -258,6 +267,12 @@ static int add_drive(const char *arg, struct vbd_error **err)
     uint64_t queues = 0;
     struct vbd_node *n = NULL;
     int rc = -EINVAL;
+    struct vbd_throttle_config tcfg;
+    char *tgroup = NULL;
+    int throttled = vbd_throttle_take_drive_opts(o, &tcfg, &tgroup, err);
+    bool cor = false;
+    if (throttled < 0 || vbd_opt_take_bool(o, "copy-on-read", &cor, err) < 0)
+        goto out;
     if (vbd_opt_take_str(o, "file", &file, err) < 0 || vbd_opt_take_str(o, "format", &format, err) < 0 ||
         vbd_opt_take_str(o, "cache", &cache, err) < 0 || vbd_opt_take_str(o, "sectorsize", &sectorsize, err) < 0 ||
         vbd_opt_take_str(o, "range", &range, err) < 0 || vbd_opt_take_str(o, "discard", &discard, err) < 0 ||
@@ -311,8 +326,14 @@ static int add_drive(const char *arg, struct vbd_error **err)
     } else {
         json_object_put(fo); /* probed from the file name */
     }
+    /* throttled: a throttle node on top takes the drive's name (QEMU puts
+     * the limits on the drive's BlockBackend; the result is the same) */
+    char inner[80], cor_name[80];
+    snprintf(inner, sizeof(inner), "%s-%s", name, cor ? "fmt" : "throttled");
+    snprintf(cor_name, sizeof(cor_name), "%s-cor", name);
+    bool filtered = throttled || cor;
     if (!range)
-        json_object_object_add(no, "node-name", json_object_new_string(name));
+        json_object_object_add(no, "node-name", json_object_new_string(filtered ? inner : name));
     if (unmap)
         json_object_object_add(no, "discard", json_object_new_string("unmap"));
     unsigned flags = (readonly ? 0 : VBD_OPEN_RDWR) | vbd_cache_mode_open_flags(mode) | (unmap ? VBD_OPEN_UNMAP : 0);
@@ -337,7 +358,7 @@ static int add_drive(const char *arg, struct vbd_error **err)
         }
         struct json_object *wo = json_object_new_object();
         json_object_object_add(wo, "driver", json_object_new_string("raw"));
-        json_object_object_add(wo, "node-name", json_object_new_string(name));
+        json_object_object_add(wo, "node-name", json_object_new_string(filtered ? inner : name));
         json_object_object_add(wo, "file", json_object_new_string(n->node_name));
         json_object_object_add(wo, "offset", json_object_new_uint64(start << 9));
         json_object_object_add(wo, "size", json_object_new_uint64(count << 9));
@@ -350,6 +371,45 @@ static int add_drive(const char *arg, struct vbd_error **err)
         }
         vbd_daemon_node_add(n);
         n = w;
+    }
+    if (cor) {
+        /* copy-on-read=on: the filter goes right above the format, under
+         * the throttling (as QEMU's -drive) */
+        struct json_object *co = json_object_new_object();
+        json_object_object_add(co, "driver", json_object_new_string("copy-on-read"));
+        json_object_object_add(co, "node-name", json_object_new_string(throttled ? cor_name : name));
+        json_object_object_add(co, "file", json_object_new_string(n->node_name));
+        struct vbd_node *c = vbd_open(NULL, co, flags, err);
+        if (!c) {
+            vbd_error_prepend(err, "--drive %s: ", file);
+            vbd_node_unref(n);
+            n = NULL;
+            goto out;
+        }
+        vbd_daemon_node_add(n);
+        n = c;
+    }
+    if (throttled) {
+        /* as -drive: the group is the drive's unless throttling.group names one */
+        const char *gname = tgroup ? tgroup : name;
+        struct json_object *to = json_object_new_object();
+        json_object_object_add(to, "driver", json_object_new_string("throttle"));
+        json_object_object_add(to, "node-name", json_object_new_string(name));
+        json_object_object_add(to, "throttle-group", json_object_new_string(gname));
+        json_object_object_add(to, "file", json_object_new_string(n->node_name));
+        struct vbd_node *t = NULL;
+        if (vbd_throttle_group_configure(gname, &tcfg, err) == 0)
+            t = vbd_open(NULL, to, flags, err);
+        else
+            json_object_put(to);
+        if (!t) {
+            vbd_error_prepend(err, "--drive %s: ", file);
+            vbd_node_unref(n);
+            n = NULL;
+            goto out;
+        }
+        vbd_daemon_node_add(n);
+        n = t;
     }
     vbd_daemon_node_add(n);
     free(drive.serial);
@@ -370,6 +430,7 @@ static int add_drive(const char *arg, struct vbd_error **err)
     rc = 0;
 out:
     json_object_put(o);
+    free(tgroup);
     free(file);
     free(format);
     free(cache);

@@ -58,6 +58,14 @@ static const struct key_type qcow2_keys[] = {
  * BlockdevOptionsGenericCOWFormat (qed) */
 static const struct key_type generic_format_keys[] = {{"file", "ref"}, {NULL, NULL}};
 static const struct key_type generic_cow_format_keys[] = {{"file", "ref"}, {"backing", "ref-or-null"}, {NULL, NULL}};
+/* BlockdevOptionsThrottle and BlockdevOptionsBlkdebug */
+static const struct key_type throttle_keys[] = {{"throttle-group", "str"}, {"file", "ref"}, {NULL, NULL}};
+static const struct key_type cor_keys[] = {{"file", "ref"}, {"bottom", "str"}, {NULL, NULL}};
+static const struct key_type blkdebug_keys[] = {
+    {"image", "ref"}, {"config", "str"}, {"align", "int"}, {"max-transfer", "int"}, {"opt-write-zero", "int"},
+    {"max-write-zero", "int"}, {"opt-discard", "int"}, {"max-discard", "int"}, {"inject-error", "any"},
+    {"set-state", "any"}, {"take-child-perms", "any"}, {"unshare-child-perms", "any"}, {NULL, NULL},
+};
 static const struct {
     const char *driver;
     const struct key_type *keys;
@@ -65,7 +73,8 @@ static const struct {
     {"file", file_keys}, {"host_device", file_keys}, {"host_cdrom", file_keys}, {"null-co", null_keys},
     {"null-aio", null_keys}, {"nbd", nbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
-    {"qed", generic_cow_format_keys},
+    {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
+    {"copy-on-read", cor_keys},
 };
 
 static const char *json_kind(struct json_object *v)
@@ -199,6 +208,14 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vb
     /* a format needs its file (QEMU's schema makes it mandatory) */
     if (find_key(keys, "file") && !json_object_object_get_ex(o, "file", NULL)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sfile' is missing", prefix);
+        return false;
+    }
+    if (find_key(keys, "image") && !json_object_object_get_ex(o, "image", NULL)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%simage' is missing", prefix);
+        return false;
+    }
+    if (find_key(keys, "throttle-group") && !json_object_object_get_ex(o, "throttle-group", NULL)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sthrottle-group' is missing", prefix);
         return false;
     }
     if (!strcmp(json_object_get_string(drv), "file") && !json_object_object_get_ex(o, "filename", NULL)) {

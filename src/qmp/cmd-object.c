@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * QMP: the user-creatable objects vbd has (iothread, tls-creds-x509/-psk/
- * -anon, authz-simple/-list) as QEMU's QOM shows them: object-add and
+ * -anon, authz-simple/-list, throttle-group) as QEMU's QOM shows them: object-add and
  * object-del, qom-list of "/objects" and "/objects/ID", qom-get/qom-set of
  * their properties, query-iothreads. vbd has no object tree: the paths are
  * resolved against the three registries (src/engine/iothread.c,
@@ -13,6 +13,7 @@
 #include "vbd/authz.h"
 #include "vbd/error.h"
 #include "vbd/iothread.h"
+#include "vbd/throttle.h"
 #include "vbd/tls.h"
 
 #include <errno.h>
@@ -42,6 +43,20 @@ static struct json_object *object_props(const char *id, const char **qom_type)
         json_object_object_add(o, "poll-shrink", json_object_new_int64((int64_t)t.poll_shrink));
         return o;
     }
+    struct vbd_throttle_config cfg;
+    if (vbd_throttle_group_is_object(id) && vbd_throttle_group_get(id, &cfg)) {
+        *qom_type = "throttle-group";
+        struct json_object *limits = vbd_throttle_limits_json(&cfg), *o = json_object_new_object();
+        json_object_object_add(o, "limits", json_object_get(limits));
+        json_object_object_foreach(limits, key, val)
+        {
+            char name[64];
+            snprintf(name, sizeof(name), "x-%s", key);
+            json_object_object_add(o, name, json_object_get(val));
+        }
+        json_object_put(limits);
+        return o;
+    }
     struct json_object *o = vbd_tls_creds_props(id, qom_type);
     return o ? o : vbd_authz_props(id, qom_type);
 }
@@ -57,8 +72,8 @@ static bool object_exists(const char *id)
 /* ------------------------------------------------------------------ */
 /* object-add / object-del                                             */
 
-static const char *const qom_types[] = {"iothread",     "tls-creds-x509", "tls-creds-psk", "tls-creds-anon",
-                                        "authz-simple", "authz-list",     NULL};
+static const char *const qom_types[] = {"iothread",     "tls-creds-x509", "tls-creds-psk",  "tls-creds-anon",
+                                        "authz-simple", "authz-list",     "throttle-group", NULL};
 
 /* Each type's properties as QEMU 7.2's ObjectOptions lists them (qom-type
  * and id are checked first). sanity-check and passwordid pass the type
@@ -77,6 +92,14 @@ static const char *members_of(const char *type)
         return "qom-type:str id:str ?loaded:bool ?endpoint:str ?dir:str ?priority:str";
     if (!strcmp(type, "authz-simple"))
         return "qom-type:str id:str identity:str";
+    if (!strcmp(type, "throttle-group"))
+        return "qom-type:str id:str ?limits:object "
+               "?x-iops-total:int ?x-iops-total-max:int ?x-iops-total-max-length:int "
+               "?x-iops-read:int ?x-iops-read-max:int ?x-iops-read-max-length:int "
+               "?x-iops-write:int ?x-iops-write-max:int ?x-iops-write-max-length:int "
+               "?x-bps-total:int ?x-bps-total-max:int ?x-bps-total-max-length:int "
+               "?x-bps-read:int ?x-bps-read-max:int ?x-bps-read-max-length:int "
+               "?x-bps-write:int ?x-bps-write-max:int ?x-bps-write-max-length:int ?x-iops-size:int";
     return "qom-type:str id:str ?policy:str ?rules:array";
 }
 
@@ -145,6 +168,8 @@ struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_erro
     int rc;
     if (!strcmp(type, "iothread"))
         rc = vbd_iothread_add(args, &verr); /* every key was checked above */
+    else if (!strcmp(type, "throttle-group"))
+        rc = vbd_throttle_group_add_opts(args, &verr);
     else if (vbd_tls_creds_type(type))
         rc = vbd_tls_creds_add(type, args, &verr);
     else
@@ -169,6 +194,8 @@ struct json_object *qmp_object_del(struct json_object *args, struct vbd_qmp_erro
     int rc;
     if (!strcmp(type, "iothread"))
         rc = vbd_iothread_remove(id, &verr);
+    else if (!strcmp(type, "throttle-group"))
+        rc = vbd_throttle_group_remove(id, &verr);
     else if (vbd_tls_creds_type(type))
         rc = vbd_tls_creds_remove(id, &verr);
     else
@@ -237,6 +264,8 @@ static const char *prop_type(const char *name, struct json_object *v)
         return "QAuthZListPolicy";
     if (!strcmp(name, "rules"))
         return "QAuthZListRule";
+    if (!strcmp(name, "limits"))
+        return "ThrottleLimits";
     switch (json_object_get_type(v)) {
     case json_type_int: return "int";
     case json_type_boolean: return "bool";
@@ -261,6 +290,8 @@ static void list_objects(struct json_object *list)
         snprintf(t, sizeof(t), "child<%s>", type);
         json_object_array_add(list, prop_entry(id, t));
     }
+    for (const char *id = vbd_throttle_group_next(NULL); id; id = vbd_throttle_group_next(id))
+        json_object_array_add(list, prop_entry(id, "child<throttle-group>"));
 }
 
 struct json_object *qmp_qom_list(struct json_object *args, struct vbd_qmp_error *err)
@@ -331,6 +362,21 @@ struct json_object *qmp_qom_set(struct json_object *args, struct vbd_qmp_error *
         vbd_iothread_set(id, prop, (uint64_t)json_object_get_int64(value));
         return vbd_qmp_ok();
     }
+    if (!strcmp(type, "throttle-group") && !strcmp(prop, "limits")) {
+        /* as QEMU: the members given change, the others keep their value */
+        struct vbd_throttle_config cfg;
+        struct vbd_error *verr = NULL;
+        if (!vbd_throttle_group_get(id, &cfg) || vbd_throttle_limits_apply(&cfg, value, "", &verr) < 0 ||
+            vbd_throttle_group_set(id, &cfg, &verr) < 0) {
+            vbd_qmp_error_take(err, verr);
+            return NULL;
+        }
+        return vbd_qmp_ok();
+    }
+    if (!strcmp(type, "throttle-group") && strcmp(prop, "type")) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property cannot be set after initialization");
+        return NULL;
+    }
     if (!strcmp(type, "authz-simple") && !strcmp(prop, "identity")) {
         if (!json_object_is_type(value, json_type_string)) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'identity', expected: string");
@@ -344,7 +390,7 @@ struct json_object *qmp_qom_set(struct json_object *args, struct vbd_qmp_error *
     else
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Property '%s.%s' cannot be changed in vbd (only an iothread's poll-max-ns, poll-grow, "
-                           "poll-shrink and aio-max-batch and an authz-simple's identity can); delete the object and "
+                           "poll-shrink and aio-max-batch, an authz-simple's identity and a throttle-group's limits can); delete the object and "
                            "add it again",
                            type, prop);
     return NULL;

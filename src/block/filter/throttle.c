@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: MIT */
+/* Filter driver "throttle" (QEMU's block/throttle.c): the requests of its
+ * file wait until the limits of its throttle group let them through
+ * (vbd/throttle.h). Reads count as reads; writes, zeroing and discards as
+ * writes; flushes and block status are not throttled. */
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/options.h"
+#include "vbd/throttle.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+struct throttle_state {
+    struct vbd_throttle_member *m;
+};
+
+static int throttle_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct throttle_state *s = n->opaque;
+    char *group = NULL;
+    if (vbd_opt_take_str(opts, "throttle-group", &group, err) < 0)
+        return -EINVAL;
+    if (!group) {
+        vbd_error_setf(err, EINVAL, "Parameter 'throttle-group' is missing");
+        return -EINVAL;
+    }
+    s->m = vbd_throttle_member_join(group, err);
+    free(group);
+    if (!s->m)
+        return -EINVAL;
+    n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
+    if (!n->file) {
+        vbd_throttle_member_leave(s->m);
+        s->m = NULL;
+        return -EINVAL;
+    }
+    n->size = vbd_node_size(n->file);
+    n->bl = n->file->bl;
+    n->supported_write_flags = n->file->supported_write_flags;
+    n->supported_zero_flags = n->file->supported_zero_flags;
+    return 0;
+}
+
+static void throttle_close(struct vbd_node *n)
+{
+    struct throttle_state *s = n->opaque;
+    vbd_throttle_member_leave(s->m);
+    s->m = NULL;
+}
+
+static int throttle_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                           unsigned flags)
+{
+    struct throttle_state *s = n->opaque;
+    vbd_throttle_co_intercept(s->m, false, bytes);
+    return vbd_node_co_preadv(n->file, off, bytes, q, qoff, flags);
+}
+
+static int throttle_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                            unsigned flags)
+{
+    struct throttle_state *s = n->opaque;
+    vbd_throttle_co_intercept(s->m, true, bytes);
+    return vbd_node_co_pwritev(n->file, off, bytes, q, qoff, flags);
+}
+
+static int throttle_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    struct throttle_state *s = n->opaque;
+    vbd_throttle_co_intercept(s->m, true, bytes);
+    return vbd_node_co_pdiscard(n->file, off, bytes);
+}
+
+static int throttle_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct throttle_state *s = n->opaque;
+    vbd_throttle_co_intercept(s->m, true, bytes);
+    return vbd_node_co_pwrite_zeroes(n->file, off, bytes, flags);
+}
+
+static int throttle_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                                 uint64_t *map, struct vbd_node **file)
+{
+    int rc = vbd_node_co_block_status(n->file, want_zero, off, bytes, pnum, map, file);
+    if (rc >= 0 && *pnum == 0) { /* past the file's end */
+        *pnum = bytes;
+        return VBD_BS_ZERO;
+    }
+    return rc < 0 ? rc : (int)((unsigned)rc & ~VBD_BS_EOF);
+}
+
+static int throttle_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
+                             struct vbd_error **err)
+{
+    int rc = vbd_node_co_truncate(n->file, size, exact, prealloc, err);
+    if (rc == 0)
+        vbd_node_set_size(n, vbd_node_size(n->file));
+    return rc;
+}
+
+static int throttle_refresh_size(struct vbd_node *n)
+{
+    vbd_node_set_size(n, vbd_node_size(n->file));
+    return 0;
+}
+
+static int throttle_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
+{
+    (void)n, (void)rw, (void)err;
+    return 0;
+}
+
+static const struct vbd_driver throttle_driver = {
+    .name = "throttle",
+    .kind = VBD_DRV_FILTER,
+    .state_size = sizeof(struct throttle_state),
+    .caps = VBD_DRV_CAP_MULTI_LOOP,
+    .open = throttle_open,
+    .close = throttle_close,
+    .co_preadv = throttle_preadv,
+    .co_pwritev = throttle_pwritev,
+    .co_pdiscard = throttle_pdiscard,
+    .co_pwrite_zeroes = throttle_pwrite_zeroes,
+    .co_block_status = throttle_block_status,
+    .co_truncate = throttle_truncate,
+    .refresh_size = throttle_refresh_size,
+    .reopen_rw = throttle_reopen_rw,
+};
+VBD_DRIVER_REGISTER(throttle, throttle_driver);

@@ -1,0 +1,229 @@
+#!/bin/bash
+# Throttle groups and the throttle filter (issue 14) against
+# qemu-storage-daemon 7.2: the QMP objects and their errors word for word
+# (tests/qmp/diff-throttle.jsonl), then the same limits on both daemons
+# measured in the same run, over NBD (qemu-img bench, vbd-bench) and over
+# vhost-user-blk on an iothread (vbd-bench): each rate within 10 % of the
+# limit and of qemu-storage-daemon's (a differential); bursts as QEMU's model
+# gives them; two exports in one group each get 40-60 %; a limit changed
+# with qom-set takes effect within a second; --drive's throttling names;
+# hostile options answered with one line.
+# Limits are low (<= 500 IOPS) so the shared 2-core host reaches them.
+. "$(dirname "$0")/lib.sh"
+need python3 qemu-storage-daemon qemu-img
+export VBD_DAEMON
+# qmp_to v|q REQUEST: one request to vbd-daemon's (v) or qsd's (q) monitor; prints the reply
+qmp_to() { printf '{"execute":"qmp_capabilities"}\n%s\n' "$2" | python3 "$VBD_ROOT/tests/qmp/qmp.py" "$T/$1.qmp" | tail -1; }
+qmp_v() { qmp_to v "$1"; }
+qpid=
+on_exit '[ -z "$qpid" ] || kill $qpid 2>/dev/null; [ -z "$dpid" ] || kill $dpid 2>/dev/null'
+
+step "QMP objects and errors equal to qemu-storage-daemon's"
+python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-throttle.jsonl" \
+    --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
+    --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff found differences (above)"
+
+# start_pair LIMITS EXPORT...: both daemons with group g0 (LIMITS as keyval
+# after "limits."), null-co nodes n0/n1 under throttle nodes t0/t1, the
+# vbd one on $T/v.*, qsd's on $T/q.*; EXPORT: nbd or vhost
+start_pair() {
+    local limits=$1 kind=$2 p args
+    for p in v q; do
+        args=(--chardev socket,id=m0,path=$T/$p.qmp,server=on,wait=off --monitor chardev=m0
+            --object throttle-group,id=g0,$limits --object iothread,id=io0
+            --blockdev null-co,node-name=n0,size=1073741824 --blockdev null-co,node-name=n1,size=1073741824
+            --blockdev throttle,node-name=t0,throttle-group=g0,file=n0
+            --blockdev throttle,node-name=t1,throttle-group=g0,file=n1)
+        if [ "$kind" = nbd ]; then
+            args+=(--nbd-server addr.type=unix,addr.path=$T/$p.nbd
+                --export type=nbd,id=e0,node-name=t0,name=t0,writable=on --export type=nbd,id=e1,node-name=t1,name=t1,writable=on)
+        else
+            args+=(--export type=vhost-user-blk,id=e0,node-name=t0,addr.type=unix,addr.path=$T/$p.vu0,writable=on,iothread=io0
+                --export type=vhost-user-blk,id=e1,node-name=t1,addr.type=unix,addr.path=$T/$p.vu1,writable=on,iothread=io0)
+        fi
+        # the export's socket is made last: waiting for it waits for all
+        rm -f "$T/$p".*
+        [ "$kind" = nbd ] && S=$T/$p.nbd || S=$T/$p.vu1
+        if [ $p = v ]; then
+            start_daemon "${args[@]}"
+        else
+            qemu-storage-daemon "${args[@]}" 2>"$T/qsd.log" &
+            qpid=$!
+            wait_sock "$S"
+        fi
+    done
+}
+stop_pair() {
+    S=$T/v.nbd
+    [ -e "$S" ] || S=$T/v.vu1
+    stop_daemon
+    kill $qpid; wait $qpid 2>/dev/null; qpid=
+}
+# bench_json OUT ARGS...: vbd-bench --json into OUT (exit status checked)
+bench_json() {
+    local out=$1; shift
+    "$VBD_BENCH" --json "$@" >"$out" 2>"$out.err" || { cat "$out.err"; fail "vbd-bench $*"; }
+}
+jget() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+# within VALUE REF PCT WHAT: |VALUE-REF| <= PCT % of REF
+within() {
+    python3 -c "import sys; v,r,p=map(float,sys.argv[1:4]); sys.exit(0 if abs(v-r)<=r*p/100 else 1)" "$1" "$2" "$3" ||
+        fail "$4: $1, expected $2 +-$3 %"
+    echo "    $4: $1 (expected $2 +-$3 %)"
+}
+# measured WHAT VBD QSD EXPECTED: the differential first (vbd within 10 %
+# of qsd, both measured at the same time); then vbd within 10 % of the
+# model's EXPECTED value, checked only when qsd itself got there: on a host
+# too busy to reach the limit (the shared machine's load can starve both
+# daemons' clients) that check says nothing about vbd and is reported
+# instead of failed.
+measured() {
+    echo "    $1: vbd $2, qsd $3, expected $4"
+    within "$2" "$3" 10 "$1, vbd against qsd"
+    if python3 -c "import sys; v,r=map(float,sys.argv[1:3]); sys.exit(0 if abs(v-r)<=r*0.1 else 1)" "$3" "$4"; then
+        within "$2" "$4" 10 "$1, vbd against the limit"
+    else
+        echo "    (qsd got $3, not $4 +-10 %: host too busy for the absolute check; load $(cut -d' ' -f1 /proc/loadavg))"
+    fi
+}
+# rate REQUESTS SECONDS BURST: requests per second after the first BURST,
+# which QEMU's buckets let through at once (a tenth of a second's worth)
+rate() { python3 -c "import sys; n,s,b=map(float,sys.argv[1:4]); print(round((n-b)/s,1))" "$@"; }
+
+step "iops-total=300 over NBD: qemu-img bench, both daemons at once"
+start_pair limits.iops-total=300 nbd
+qemu-img bench -f raw -c 1530 -d 32 "nbd+unix:///t0?socket=$T/v.nbd" >"$T/bv" 2>&1 &
+b1=$!
+qemu-img bench -f raw -c 1530 -d 32 "nbd+unix:///t0?socket=$T/q.nbd" >"$T/bq" 2>&1 || fail "qemu-img bench on qsd: $(cat "$T/bq")"
+wait $b1 || fail "qemu-img bench on vbd: $(cat "$T/bv")"
+tv=$(sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p' "$T/bv")
+tq=$(sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p' "$T/bq")
+rv=$(rate 1530 "$tv" 30) rq=$(rate 1530 "$tq" 30)
+measured IOPS "$rv" "$rq" 300
+
+step "bps-read=2M, bps-write=1M over NBD (vbd-bench, 64 KiB reads then writes)"
+# one daemon pair per direction: a fresh group, buckets empty
+stop_pair
+for w in read write; do
+    [ $w = read ] && lim=2097152 || lim=1048576
+    start_pair limits.bps-read=2097152,limits.bps-write=1048576 nbd
+    n=$((lim * 5 / 65536))
+    bench_json "$T/jv" --nbd "nbd+unix:///t0?socket=$T/v.nbd" -w $w -b 64k -d 8 -n $n &
+    b1=$!
+    bench_json "$T/jq" --nbd "nbd+unix:///t0?socket=$T/q.nbd" -w $w -b 64k -d 8 -n $n
+    wait $b1 || fail "vbd-bench on vbd"
+    # burst: a tenth of the limit in bytes
+    bv=$(python3 -c "import sys; print(round(($n*65536-$lim/10)/float(sys.argv[1])))" "$(jget "$T/jv" seconds)")
+    bq=$(python3 -c "import sys; print(round(($n*65536-$lim/10)/float(sys.argv[1])))" "$(jget "$T/jq" seconds)")
+    measured "$w bytes/s" "$bv" "$bq" $lim
+    stop_pair
+done
+
+step "bursts: iops-total=200, iops-total-max=400, iops-total-max-length=2 over vhost-user on an iothread"
+# QEMU's model: 40 (max/10) at once, then 400/s while the bucket of
+# max * length = 800 fills at 400-200 per second: (800-40)/200 = 3.8 s; then
+# 200/s. Run 1 (1240 requests, 3 s) stays inside the burst; a qom-set of the
+# same limits empties the buckets (as QEMU's); run 2 (2560 requests) takes
+# 3.8 s of burst and 5 s at the average: 8.8 s.
+L='"iops-total":200,"iops-total-max":400,"iops-total-max-length":2'
+start_pair "limits.iops-total=200,limits.iops-total-max=400,limits.iops-total-max-length=2" vhost
+bench_json "$T/jv" --vhost-user "$T/v.vu0" -n 1240 &
+b1=$!
+bench_json "$T/jq" --vhost-user "$T/q.vu0" -n 1240
+wait $b1 || fail "vbd-bench on vbd"
+rv=$(rate 1240 "$(jget "$T/jv" seconds)" 40) rq=$(rate 1240 "$(jget "$T/jq" seconds)" 40)
+measured "IOPS in the burst" "$rv" "$rq" 400
+for p in v q; do
+    qmp_to $p '{"execute":"qom-set","arguments":{"path":"/objects/g0","property":"limits","value":{'"$L"'}}}' |
+        grep -q '"return"' || fail "qom-set on $p"
+done
+bench_json "$T/jv" --vhost-user "$T/v.vu1" -n 2560 &
+b1=$!
+bench_json "$T/jq" --vhost-user "$T/q.vu1" -n 2560
+wait $b1 || fail "vbd-bench on vbd"
+sv=$(jget "$T/jv" seconds) sq=$(jget "$T/jq" seconds)
+measured "seconds for 2560 requests (burst, then average)" "$sv" "$sq" 8.8
+stop_pair
+
+step "two exports in one group (iops-total=400, vhost-user on an iothread): each gets 40-60 %"
+start_pair limits.iops-total=400 vhost
+for j in v0 v1 q0 q1; do
+    bench_json "$T/j$j" --vhost-user "$T/${j:0:1}.vu${j:1}" -t 5 &
+    eval "b$j=\$!"
+done
+for j in v0 v1 q0 q1; do eval "wait \$b$j" || fail "vbd-bench $j"; done
+i0=$(jget "$T/jv0" iops) i1=$(jget "$T/jv1" iops) q0=$(jget "$T/jq0" iops) q1=$(jget "$T/jq1" iops)
+# each member's share of what the group got: 50 % +-10 points
+within "$i0" $(((i0 + i1) / 2)) 20 "export e0's IOPS, half of the group's $((i0 + i1))"
+within "$i1" $(((i0 + i1) / 2)) 20 "export e1's IOPS, half of the group's $((i0 + i1))"
+measured "the group's IOPS" $((i0 + i1)) $((q0 + q1)) 400
+
+step "qom-set limits: effective within a second"
+# 50 IOPS would take 20 s for 1000 requests; after the change they are not throttled
+qmp_v '{"execute":"qom-set","arguments":{"path":"/objects/g0","property":"limits","value":{"iops-total":50}}}' |
+    grep -q '"return"' || fail "qom-set iops-total=50"
+"$VBD_BENCH" --vhost-user "$T/v.vu0" -n 1000 --json >"$T/j0" 2>&1 &
+b1=$!
+sleep 1 # let it run under the old limit
+qmp_v '{"execute":"qom-set","arguments":{"path":"/objects/g0","property":"limits","value":{"iops-total":0}}}' |
+    grep -q '"return"' || fail "qom-set iops-total=0"
+t0=$(date +%s.%N)
+wait $b1 || fail "vbd-bench after qom-set: $(cat "$T/j0")"
+dt=$(python3 -c "import sys; print(round(float(sys.argv[2])-float(sys.argv[1]),2))" "$t0" "$(date +%s.%N)")
+python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 1.0 else 1)" "$dt" ||
+    fail "the requests left after qom-set took $dt s"
+echo "    the requests left after qom-set finished $dt s after it"
+qmp_v '{"execute":"qom-get","arguments":{"path":"/objects/g0","property":"limits"}}' |
+    grep -q '"iops-total": 0' || fail "qom-get after qom-set"
+stop_pair
+
+step "--drive throttling names (legacy and throttling.*), shared group"
+S=$T/d.sock
+# data, not holes: NBD sends holes without reading them (as QEMU's server)
+must qemu-img create -f raw -o preallocation=full "$T/a.img" 64M >/dev/null
+for f in b c d; do must qemu-img create -f raw -o preallocation=full "$T/$f.img" 64M >/dev/null; done
+start_daemon --drive file="$T/a.img",format=raw,id=d0,iops=300,group=gd --drive file="$T/b.img",format=raw,id=d1,throttling.iops-total=300,throttling.group=gd \
+    --nbd-server addr.type=unix,addr.path=$T/d.nbd --export type=nbd,id=e0,node-name=d0,name=d0 \
+    --export type=nbd,id=e1,node-name=d1,name=d1 --vhost-user "$S"
+# qsd has no --drive: the same graph spelled out is the reference
+rm -f "$T/q.nbd"
+qemu-storage-daemon --object throttle-group,id=gd,limits.iops-total=300 \
+    --blockdev file,node-name=f0,filename="$T/c.img" --blockdev file,node-name=f1,filename="$T/d.img" \
+    --blockdev throttle,node-name=d0,throttle-group=gd,file=f0 --blockdev throttle,node-name=d1,throttle-group=gd,file=f1 \
+    --nbd-server addr.type=unix,addr.path=$T/q.nbd --export type=nbd,id=e0,node-name=d0,name=d0 \
+    --export type=nbd,id=e1,node-name=d1,name=d1 2>"$T/qsd.log" &
+qpid=$!
+wait_sock "$T/q.nbd"
+for j in v0 v1 q0 q1; do
+    [ ${j:0:1} = v ] && sock=$T/d.nbd || sock=$T/q.nbd
+    bench_json "$T/j$j" --nbd "nbd+unix:///d${j:1}?socket=$sock" -t 5 &
+    eval "b$j=\$!"
+done
+for j in v0 v1 q0 q1; do eval "wait \$b$j" || fail "vbd-bench $j"; done
+i0=$(jget "$T/jv0" iops) i1=$(jget "$T/jv1" iops) q0=$(jget "$T/jq0" iops) q1=$(jget "$T/jq1" iops)
+echo "    vbd: $(cat "$T/jv0" "$T/jv1" | cut -c1-120)"
+measured "IOPS of the two drives of group gd" $((i0 + i1)) $((q0 + q1)) 300
+within "$i0" $(((i0 + i1) / 2)) 20 "drive d0's IOPS, half of the group's $((i0 + i1))"
+stop_daemon
+kill $qpid; wait $qpid 2>/dev/null; qpid=
+
+step "hostile options: one-line errors"
+must_fail_with "Throttle group 'nope' does not exist" "$VBD_DAEMON" --blockdev null-co,node-name=n0 \
+    --blockdev throttle,node-name=t0,throttle-group=nope,file=n0
+must_fail_with "Parameter 'throttle-group' is missing" "$VBD_DAEMON" --blockdev null-co,node-name=n0 \
+    --blockdev throttle,node-name=t0,file=n0
+must_fail_with "bps_max/iops_max cannot be lower than bps/iops" "$VBD_DAEMON" \
+    --object throttle-group,id=g,limits.iops-total=100,limits.iops-total-max=10
+must_fail_with "bps/iops/max values must be within [0, 1000000000000000]" "$VBD_DAEMON" \
+    --object throttle-group,id=g,limits.bps-total=-1
+must_fail_with "bps/iops/max total values and read/write values cannot be used at the same time" "$VBD_DAEMON" \
+    --drive file="$T/a.img",format=raw,bps=100,bps_rd=50
+must_fail_with "bps_max/iops_max cannot be lower than bps/iops" "$VBD_DAEMON" \
+    --drive file="$T/a.img",format=raw,iops=100,iops_max=50
+must_fail_with "Parameter 'throttling.iops-total' expects a number" "$VBD_DAEMON" \
+    --drive file="$T/a.img",format=raw,throttling.iops-total=lots
+must_fail_with "'iops' and its alias 'throttling.iops-total' can't be used at the same time" "$VBD_DAEMON" \
+    --drive file="$T/a.img",format=raw,iops=1,throttling.iops-total=2
+must_fail_with "iops size requires an iops value to be set" "$VBD_DAEMON" \
+    --drive file="$T/a.img",format=raw,bps=100,iops_size=4096
+echo OK
