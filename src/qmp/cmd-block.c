@@ -65,7 +65,7 @@ static const struct {
     {"file", file_keys}, {"host_device", file_keys}, {"host_cdrom", file_keys}, {"null-co", null_keys},
     {"null-aio", null_keys}, {"nbd", nbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
-    {"qed", generic_cow_format_keys},
+    {"qed", generic_cow_format_keys}, {"vmdk", generic_cow_format_keys},
 };
 
 static const char *json_kind(struct json_object *v)

@@ -1,0 +1,1654 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Format driver "vmdk": VMware virtual disks, as qemu-img reads and makes
+ * them. A disk is a list of extents, each a range of the virtual disk kept
+ * in one file:
+ *  - hosted sparse (magic "KDMV"): a header, a grain directory (GD) of
+ *    sector offsets of grain tables (GT), GT entries holding the sector of
+ *    each grain (0 = unallocated, 1 = zeroed with the zeroed-grain flag),
+ *    and a redundant copy of both (RGD) kept in step; streamOptimized is
+ *    the same with every grain deflated behind a 12-byte marker (lba, size),
+ *    the grain directory possibly at the end of the stream (a footer);
+ *  - ESX sparse (magic "COWD", vmfsSparse): the same two levels, 4096
+ *    entries per table, no redundant copy;
+ *  - flat: the bytes of the range at an offset of a file.
+ * monolithicSparse and streamOptimized carry their descriptor (a text file
+ * of key=value lines and extent lines) inside the sparse file; the other
+ * subformats have a descriptor file naming extent files next to it.
+ *
+ * Allocating writes append a grain at the end of the extent file and then
+ * set its GT entries (and flush before that when a backing file's data was
+ * copied in): a crash leaves at worst a leaked grain. New GTs are written
+ * before the GD entry naming them. All of it under one coroutine mutex;
+ * reads and writes in place of allocated grains do not take it.
+ */
+#include "vbd/block.h"
+#include "vbd/coroutine.h"
+#include "vbd/error.h"
+#include "vbd/iov.h"
+#include "vbd/options.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+#define VMDK4_MAGIC 0x564d444bu /* "KDMV" read as little-endian */
+#define VMDK3_MAGIC 0x44574f43u /* "COWD" */
+#define F_NL_DETECT (1u << 0)
+#define F_RGD (1u << 1)
+#define F_ZERO_GRAIN (1u << 2)
+#define F_COMPRESS (1u << 16)
+#define F_MARKER (1u << 17)
+#define GD_AT_END UINT64_MAX
+#define GTE_ZEROED 1u
+#define DEFLATE 1
+#define SECTOR 512u
+#define DESC_MAX ((1u << 20) - 1)   /* longest descriptor read, as qemu-img */
+#define MAX_GRAIN_SECTORS 0x200000u /* 1 GiB grains: qemu-img's limit */
+#define MAX_GD_ENTRIES (32u << 20)
+#define MAX_EXTENTS 65536u
+#define RUN_MAX 512u
+#define SPLIT_SIZE 0x80000000ull    /* twoGbMaxExtent* extent size */
+#define MARKER_BYTES 12u
+
+enum { K_UNALLOC, K_ZERO, K_DATA, K_COMP };
+
+struct vmdk_extent {
+    struct vbd_node *file; /* n->file or owned */
+    bool owned;
+    bool flat, compressed, has_marker, zero_grain, cowd;
+    char type[16];          /* the extent line's type ("" for the monolithic ones, as qemu-img) */
+    uint64_t start, bytes;  /* range of the virtual disk */
+    uint64_t flat_off;      /* flat: where the range starts in the file */
+    uint64_t grain;         /* bytes per grain */
+    uint32_t gtes;          /* entries per grain table */
+    uint32_t gd_entries;
+    uint64_t gd_off, rgd_off; /* bytes; rgd_off 0 = none */
+    uint32_t *gd, *rgd;     /* host order, sectors */
+    uint64_t file_end;      /* next allocation */
+    bool gd_at_end;
+};
+
+struct vmdk_state {
+    struct vmdk_extent *ext;
+    unsigned next;
+    char create_type[64];
+    uint32_t cid, parent_cid;
+    char *desc;            /* descriptor text (NUL-terminated) */
+    uint64_t desc_off;     /* where it lives in n->file */
+    uint64_t desc_room;    /* embedded: bytes reserved for it; 0 = a descriptor file */
+    bool cid_updated, backing_checked, backing_ok;
+    bool read_only;
+    struct vbd_co_mutex lock;
+};
+
+static inline uint32_t ld32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+static inline uint64_t ld64(const uint8_t *p) { return ld32(p) | (uint64_t)ld32(p + 4) << 32; }
+static inline void st32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void st64(uint8_t *p, uint64_t v)
+{
+    st32(p, (uint32_t)v);
+    st32(p + 4, (uint32_t)(v >> 32));
+}
+static uint64_t div_up(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
+/* ---------- probe ---------- */
+
+static int vmdk_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    if (len < 4)
+        return 0;
+    uint32_t m = ld32(buf);
+    if (m == VMDK4_MAGIC || m == VMDK3_MAGIC)
+        return 100;
+    /* a descriptor file: comments and blank lines, then version=1|2|3 */
+    const char *p = (const char *)buf, *end = p + len;
+    while (p < end) {
+        if (*p == '#') {
+            while (p < end && *p != '\n')
+                p++;
+            p++;
+            continue;
+        }
+        if (*p == ' ') {
+            while (p < end && *p == ' ')
+                p++;
+            if (p < end && *p == '\r')
+                p++;
+            if (p == end || *p != '\n')
+                return 0;
+            p++;
+            continue;
+        }
+        size_t left = (size_t)(end - p);
+        if (left >= 10 && !strncmp(p, "version=", 8) && p[8] >= '1' && p[8] <= '3' &&
+            (p[9] == '\n' || (p[9] == '\r' && left >= 11 && p[10] == '\n')))
+            return 100;
+        return 0;
+    }
+    return 0;
+}
+
+/* ---------- descriptor text ---------- */
+
+/* Value of `key` in a descriptor (key = "value" or key=value) into out. */
+static bool desc_get(const char *desc, const char *key, char *out, size_t outlen)
+{
+    size_t kl = strlen(key);
+    for (const char *p = desc; *p;) {
+        const char *eol = strchr(p, '\n');
+        const char *le = eol ? eol : p + strlen(p);
+        const char *q = p;
+        while (q < le && (*q == ' ' || *q == '\t'))
+            q++;
+        if ((size_t)(le - q) > kl && !strncmp(q, key, kl)) {
+            const char *v = q + kl;
+            while (v < le && (*v == ' ' || *v == '\t'))
+                v++;
+            if (v < le && *v == '=') {
+                v++;
+                while (v < le && (*v == ' ' || *v == '\t'))
+                    v++;
+                const char *ve = le;
+                while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                    ve--;
+                if (ve - v >= 2 && *v == '"' && ve[-1] == '"') {
+                    v++;
+                    ve--;
+                } else if (v < ve && *v == '"') {
+                    return false;
+                }
+                if ((size_t)(ve - v) >= outlen)
+                    return false;
+                memcpy(out, v, (size_t)(ve - v));
+                out[ve - v] = 0;
+                return true;
+            }
+        }
+        p = eol ? eol + 1 : le;
+    }
+    return false;
+}
+
+static bool desc_get_hex32(const char *desc, const char *key, uint32_t *v)
+{
+    char b[32], *end;
+    if (!desc_get(desc, key, b, sizeof(b)))
+        return false;
+    errno = 0;
+    unsigned long long x = strtoull(b, &end, 16);
+    if (end == b || errno || x > UINT32_MAX)
+        return false;
+    *v = (uint32_t)x;
+    return true;
+}
+
+/* The descriptor with CID's value replaced (malloc'd). */
+static char *desc_with_cid(const char *desc, uint32_t cid)
+{
+    size_t len = strlen(desc);
+    char *out = malloc(len + 16);
+    size_t o = 0;
+    bool done = false;
+    for (const char *p = desc; *p;) {
+        const char *eol = strchr(p, '\n');
+        const char *le = eol ? eol + 1 : p + strlen(p);
+        if (!done && !strncmp(p, "CID", 3) && (p[3] == '=' || p[3] == ' ')) {
+            o += (size_t)sprintf(out + o, "CID=%08" PRIx32 "\n", cid);
+            done = true;
+        } else {
+            memcpy(out + o, p, (size_t)(le - p));
+            o += (size_t)(le - p);
+        }
+        p = le;
+    }
+    out[o] = 0;
+    return out;
+}
+
+/* ---------- extents: lookup ---------- */
+
+static struct vmdk_extent *find_extent(struct vmdk_state *s, uint64_t off)
+{
+    unsigned lo = 0, hi = s->next;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        struct vmdk_extent *e = &s->ext[mid];
+        if (off < e->start)
+            hi = mid;
+        else if (off - e->start >= e->bytes)
+            lo = mid + 1;
+        else
+            return e;
+    }
+    return NULL;
+}
+
+static void report_bad(struct vbd_node *n, const char *what, uint64_t off)
+{
+    char msg[128];
+    snprintf(msg, sizeof(msg), "vmdk: %s points outside the extent file", what);
+    vbd_node_report_corruption(n, msg, (int64_t)off, -1, false);
+}
+
+static uint64_t gt_bytes(const struct vmdk_extent *e) { return (uint64_t)e->gtes * 4; }
+
+/* The run from off (inside extent e, not past bytes) of one kind: K_DATA
+ * at contiguous *host offsets, K_COMP one compressed grain at *host (its
+ * marker), K_ZERO or K_UNALLOC. *gt_sector gets the grain table's sector
+ * (0 = none). */
+static int lookup(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint64_t bytes, uint64_t *run, int *kind,
+                  uint64_t *host)
+{
+    uint64_t rel = off - e->start;
+    if (bytes > e->bytes - rel)
+        bytes = e->bytes - rel;
+    if (e->flat) {
+        *run = bytes;
+        *kind = K_DATA;
+        *host = e->flat_off + rel;
+        return 0;
+    }
+    uint64_t gi = rel / e->grain, in = rel % e->grain;
+    uint64_t gdi = gi / e->gtes, gti = gi % e->gtes;
+    uint64_t fsize = vbd_node_size(e->file);
+    if (gdi >= e->gd_entries)
+        return -EIO;
+    uint64_t cnt = div_up(in + bytes, e->grain);
+    if (cnt > e->gtes - gti)
+        cnt = e->gtes - gti;
+    if (cnt > RUN_MAX)
+        cnt = RUN_MAX;
+    uint64_t gt = (uint64_t)e->gd[gdi] * SECTOR;
+    if (!gt) {
+        uint64_t len = cnt * e->grain - in;
+        *run = len < bytes ? len : bytes;
+        *kind = K_UNALLOC;
+        *host = 0;
+        return 0;
+    }
+    if (gt + gt_bytes(e) > fsize) {
+        report_bad(n, "a grain directory entry", gt);
+        return -EIO;
+    }
+    uint32_t ent[RUN_MAX];
+    int rc = vbd_node_co_pread(e->file, gt + gti * 4, ent, cnt * 4);
+    if (rc < 0)
+        return rc;
+    int k = 0;
+    uint64_t i;
+    for (i = 0; i < cnt; i++) {
+        uint32_t v = le32toh(ent[i]);
+        int ki = v == 0 ? K_UNALLOC : (v == GTE_ZEROED && e->zero_grain) ? K_ZERO : e->compressed ? K_COMP : K_DATA;
+        uint64_t h = (uint64_t)v * SECTOR;
+        if (ki >= K_DATA && h >= fsize) {
+            if (i == 0) {
+                report_bad(n, "a grain table entry", h);
+                return -EIO;
+            }
+            break; /* the next lookup reports it */
+        }
+        if (i == 0) {
+            k = ki;
+            *host = ki >= K_DATA ? h + (ki == K_DATA ? in : 0) : 0;
+            if (ki == K_COMP) {
+                i = 1;
+                break;
+            }
+            continue;
+        }
+        if (ki != k || (k == K_DATA && h != *host - in + i * e->grain))
+            break;
+    }
+    uint64_t len = i * e->grain - in;
+    *run = len < bytes ? len : bytes;
+    *kind = k;
+    return 0;
+}
+
+/* ---------- reads ---------- */
+
+/* CID of a vmdk backing file must be our parentCID, as qemu-img checks
+ * before reading through to it. */
+static bool backing_valid(struct vbd_node *n)
+{
+    struct vmdk_state *s = n->opaque;
+    if (!s->backing_checked) {
+        s->backing_checked = true;
+        s->backing_ok = true;
+        struct vbd_node *b = n->backing ? vbd_node_skip_filters(n->backing) : NULL;
+        if (b && b->drv == n->drv) {
+            struct vmdk_state *bs = b->opaque;
+            s->backing_ok = bs->cid == s->parent_cid;
+        } else if (b) {
+            s->backing_ok = false;
+        }
+    }
+    return s->backing_ok;
+}
+
+static int read_backing(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
+{
+    uint64_t bsize = n->backing ? vbd_node_size(n->backing) : 0;
+    uint64_t have = off < bsize ? (bsize - off < bytes ? bsize - off : bytes) : 0;
+    if (n->backing && !backing_valid(n))
+        return -EINVAL;
+    if (have) {
+        int rc = vbd_node_co_preadv(n->backing, off, have, q, qoff, 0);
+        if (rc < 0)
+            return rc;
+    }
+    if (have < bytes)
+        vbd_iov_memset(q->iov, q->niov, qoff + have, 0, bytes - have);
+    return 0;
+}
+
+/* Inflate the grain whose marker is at host into out (e->grain bytes);
+ * *got = bytes it holds (the last grain of a disk may be shorter). */
+static int read_compressed(struct vbd_node *n, struct vmdk_extent *e, uint64_t host, uint8_t *out, uint64_t *got)
+{
+    uint64_t fsize = vbd_node_size(e->file);
+    uint64_t want = 2 * e->grain + MARKER_BYTES;
+    if (want > fsize - host)
+        want = fsize - host;
+    uint8_t *buf = vbd_alloc_aligned(4096, want ? want : 1);
+    int rc = vbd_node_co_pread(e->file, host, buf, want);
+    if (rc < 0)
+        goto out;
+    const uint8_t *data = buf;
+    uint64_t dlen = want;
+    if (e->has_marker) {
+        if (want < MARKER_BYTES) {
+            rc = -EIO;
+            goto out;
+        }
+        dlen = ld32(buf + 8);
+        data = buf + MARKER_BYTES;
+        if (!dlen || dlen > want - MARKER_BYTES) {
+            rc = -EIO;
+            goto out;
+        }
+    }
+    uLongf olen = (uLongf)e->grain;
+    if (uncompress(out, &olen, data, (uLong)dlen) != Z_OK) {
+        rc = -EIO;
+        goto out;
+    }
+    *got = olen;
+out:
+    free(buf);
+    if (rc == -EIO)
+        vbd_node_report_corruption(n, "vmdk: a compressed grain does not inflate", (int64_t)host, -1, false);
+    return rc;
+}
+
+static int vmdk_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
+{
+    struct vmdk_state *s = n->opaque;
+    (void)flags;
+    uint8_t *gbuf = NULL;
+    int rc = 0;
+    while (bytes && rc == 0) {
+        struct vmdk_extent *e = find_extent(s, off);
+        if (!e) {
+            rc = -EIO;
+            break;
+        }
+        uint64_t run, host;
+        int kind;
+        rc = lookup(n, e, off, bytes, &run, &kind, &host);
+        if (rc < 0)
+            break;
+        if (kind == K_DATA) {
+            rc = vbd_node_co_preadv(e->file, host, run, q, qoff, 0);
+        } else if (kind == K_COMP) {
+            uint64_t in = (off - e->start) % e->grain, got = 0;
+            if (!gbuf)
+                gbuf = malloc(e->grain);
+            rc = read_compressed(n, e, host, gbuf, &got);
+            if (rc == 0 && in + run > got) {
+                vbd_node_report_corruption(n, "vmdk: a compressed grain is too short", (int64_t)host, -1, false);
+                rc = -EIO;
+            }
+            if (rc == 0)
+                vbd_iov_from_buf(q->iov, q->niov, qoff, gbuf + in, run);
+        } else if (kind == K_UNALLOC) {
+            rc = read_backing(n, off, run, q, qoff);
+        } else {
+            vbd_iov_memset(q->iov, q->niov, qoff, 0, run);
+        }
+        off += run;
+        qoff += run;
+        bytes -= run;
+    }
+    free(gbuf);
+    return rc;
+}
+
+/* ---------- writes ---------- */
+
+static int update_cid(struct vbd_node *n)
+{
+    struct vmdk_state *s = n->opaque;
+    if (s->cid_updated || !s->desc)
+        return 0;
+    s->cid_updated = true;
+    uint32_t cid;
+    if (getrandom(&cid, sizeof(cid), 0) != sizeof(cid))
+        cid = (uint32_t)rand();
+    char *nd = desc_with_cid(s->desc, cid);
+    size_t len = strlen(nd);
+    int rc;
+    if (s->desc_room) {
+        if (len > s->desc_room) {
+            free(nd);
+            return 0; /* no room: leave the old CID, as the data is what matters */
+        }
+        uint8_t *buf = calloc(1, s->desc_room);
+        memcpy(buf, nd, len);
+        rc = vbd_node_co_pwrite(n->file, s->desc_off, buf, s->desc_room, 0);
+        free(buf);
+    } else {
+        rc = vbd_node_co_pwrite(n->file, 0, nd, len, 0);
+        if (rc == 0 && vbd_node_size(n->file) > len)
+            rc = vbd_node_co_truncate(n->file, len, false, VBD_PREALLOC_OFF, NULL);
+    }
+    if (rc == 0) {
+        free(s->desc);
+        s->desc = nd;
+        s->cid = cid;
+    } else {
+        free(nd);
+    }
+    return rc;
+}
+
+/* A new grain table (and its redundant copy) for GD entry gdi: zeroed
+ * tables first, then the directory entries. */
+static int alloc_gt(struct vmdk_extent *e, uint64_t gdi)
+{
+    uint64_t tb = div_up(gt_bytes(e), SECTOR) * SECTOR;
+    int copies = e->rgd ? 2 : 1;
+    uint64_t at = e->file_end;
+    if (at / SECTOR + (uint64_t)copies * tb / SECTOR > UINT32_MAX)
+        return -ENOSPC;
+    uint8_t *z = vbd_alloc_aligned(4096, tb * (uint64_t)copies);
+    memset(z, 0, tb * (uint64_t)copies);
+    int rc = vbd_node_co_pwrite(e->file, at, z, tb * (uint64_t)copies, 0);
+    free(z);
+    if (rc < 0)
+        return rc;
+    e->file_end = at + tb * (uint64_t)copies;
+    if (!e->compressed)
+        e->file_end = div_up(e->file_end, e->grain) * e->grain;
+    uint8_t le[4];
+    if (e->rgd) {
+        st32(le, (uint32_t)((at + tb) / SECTOR));
+        if ((rc = vbd_node_co_pwrite(e->file, e->rgd_off + gdi * 4, le, 4, 0)) < 0)
+            return rc;
+        e->rgd[gdi] = (uint32_t)((at + tb) / SECTOR);
+    }
+    st32(le, (uint32_t)(at / SECTOR));
+    if ((rc = vbd_node_co_pwrite(e->file, e->gd_off + gdi * 4, le, 4, 0)) < 0)
+        return rc;
+    e->gd[gdi] = (uint32_t)(at / SECTOR);
+    return 0;
+}
+
+static int set_gte(struct vmdk_extent *e, uint64_t gi, uint32_t v)
+{
+    uint64_t gdi = gi / e->gtes, gti = gi % e->gtes;
+    uint8_t le[4];
+    st32(le, v);
+    int rc = vbd_node_co_pwrite(e->file, (uint64_t)e->gd[gdi] * SECTOR + gti * 4, le, 4, 0);
+    if (rc == 0 && e->rgd && e->rgd[gdi] && gdi < e->gd_entries)
+        rc = vbd_node_co_pwrite(e->file, (uint64_t)e->rgd[gdi] * SECTOR + gti * 4, le, 4, 0);
+    return rc;
+}
+
+/* Write the grain holding off (lock held): its old contents (backing,
+ * zeroes or the inflated old grain) with [off, off+len) from q (NULL:
+ * zeroes) go to a new grain at the end of the file, then its GT entry. */
+static int write_new_grain(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint64_t len, int kind,
+                           uint64_t host, struct vbd_qiov *q, size_t qoff)
+{
+    uint64_t rel = off - e->start;
+    uint64_t gi = rel / e->grain, in = rel % e->grain;
+    uint64_t gstart = off - in;
+    uint64_t glen = e->bytes - (rel - in) < e->grain ? e->bytes - (rel - in) : e->grain;
+    uint64_t gdi = gi / e->gtes;
+    int rc = 0;
+    if (!e->gd[gdi] && (rc = alloc_gt(e, gdi)) < 0)
+        return rc;
+    uint8_t *buf = vbd_alloc_aligned(4096, e->grain);
+    memset(buf, 0, e->grain);
+    struct iovec one;
+    struct vbd_qiov bq;
+    vbd_qiov_init_buf(&bq, &one, buf, glen);
+    if (in > 0 || in + len < glen) {
+        if (kind == K_UNALLOC && n->backing) {
+            rc = read_backing(n, gstart, glen, &bq, 0);
+        } else if (kind == K_COMP) {
+            uint64_t got = 0;
+            rc = read_compressed(n, e, host, buf, &got);
+        } else if (kind == K_DATA) {
+            rc = vbd_node_co_pread(e->file, host, buf, glen);
+        }
+    }
+    if (rc < 0)
+        goto out;
+    if (q)
+        vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
+    else
+        memset(buf + in, 0, len);
+    uint64_t at = e->file_end;
+    if (e->compressed) {
+        uLongf clen = compressBound((uLong)glen);
+        uint64_t room = div_up(MARKER_BYTES + clen, SECTOR) * SECTOR;
+        uint8_t *c = vbd_alloc_aligned(4096, room);
+        memset(c, 0, room);
+        if (compress(c + MARKER_BYTES, &clen, buf, (uLong)glen) != Z_OK) {
+            free(c);
+            rc = -EIO;
+            goto out;
+        }
+        st64(c, gstart / SECTOR - e->start / SECTOR);
+        st32(c + 8, (uint32_t)clen);
+        room = div_up(MARKER_BYTES + clen, SECTOR) * SECTOR;
+        if (at / SECTOR > UINT32_MAX - room / SECTOR) {
+            free(c);
+            rc = -ENOSPC;
+            goto out;
+        }
+        rc = vbd_node_co_pwrite(e->file, at, c, room, 0);
+        free(c);
+        if (rc == 0)
+            e->file_end = at + room;
+    } else {
+        if (at / SECTOR > UINT32_MAX - e->grain / SECTOR) {
+            rc = -ENOSPC;
+            goto out;
+        }
+        rc = vbd_node_co_pwrite(e->file, at, buf, e->grain, 0);
+        if (rc == 0)
+            e->file_end = at + e->grain;
+    }
+    if (rc == 0 && n->backing && kind == K_UNALLOC)
+        rc = vbd_node_co_flush(e->file);
+    if (rc == 0)
+        rc = set_gte(e, gi, (uint32_t)(at / SECTOR));
+out:
+    free(buf);
+    return rc;
+}
+
+static int vmdk_write(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
+{
+    struct vmdk_state *s = n->opaque;
+    int rc = 0;
+    if (!s->cid_updated) {
+        vbd_co_mutex_lock(&s->lock);
+        rc = update_cid(n);
+        vbd_co_mutex_unlock(&s->lock);
+        if (rc < 0)
+            return rc;
+    }
+    while (bytes) {
+        struct vmdk_extent *e = find_extent(s, off);
+        if (!e)
+            return -EIO;
+        uint64_t run, host;
+        int kind;
+        if ((rc = lookup(n, e, off, bytes, &run, &kind, &host)) < 0)
+            return rc;
+        if (kind == K_DATA) {
+            if (q)
+                rc = vbd_node_co_pwritev(e->file, host, run, q, qoff, 0);
+            else
+                rc = vbd_node_co_pwrite_zeroes(e->file, host, run, 0);
+        } else {
+            vbd_co_mutex_lock(&s->lock);
+            /* another request may have allocated it meanwhile: look again, one grain */
+            uint64_t in = (off - e->start) % e->grain;
+            uint64_t cap = e->grain - in < bytes ? e->grain - in : bytes;
+            rc = lookup(n, e, off, cap, &run, &kind, &host);
+            if (rc == 0) {
+                if (kind == K_DATA)
+                    run = 0; /* now allocated: written in place next round */
+                else if (!q && kind == K_ZERO)
+                    ; /* already zeroes */
+                else if (!q && kind == K_UNALLOC && !n->backing)
+                    ; /* reads as zeroes already */
+                else if (!q && e->zero_grain && in == 0 && run == e->grain) {
+                    uint64_t gi = (off - e->start) / e->grain;
+                    if (!e->gd[gi / e->gtes])
+                        rc = alloc_gt(e, gi / e->gtes);
+                    if (rc == 0)
+                        rc = set_gte(e, gi, GTE_ZEROED);
+                }
+                else
+                    rc = write_new_grain(n, e, off, run, kind, host, q, qoff);
+            }
+            vbd_co_mutex_unlock(&s->lock);
+        }
+        if (rc < 0)
+            return rc;
+        off += run;
+        qoff += run;
+        bytes -= run;
+    }
+    if (flags & VBD_REQ_FUA)
+        rc = vbd_node_co_flush(n);
+    return rc;
+}
+
+static int vmdk_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
+{
+    return vmdk_write(n, off, bytes, q, qoff, flags);
+}
+
+static int vmdk_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    return vmdk_write(n, off, bytes, NULL, 0, flags & VBD_REQ_FUA);
+}
+
+static int vmdk_flush(struct vbd_node *n)
+{
+    struct vmdk_state *s = n->opaque;
+    int rc = 0;
+    for (unsigned i = 0; i < s->next && rc == 0; i++)
+        if (s->ext[i].owned)
+            rc = vbd_node_co_flush(s->ext[i].file);
+    if (rc == 0)
+        rc = vbd_node_co_flush(n->file);
+    return rc;
+}
+
+static int vmdk_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                             uint64_t *map, struct vbd_node **file)
+{
+    struct vmdk_state *s = n->opaque;
+    struct vmdk_extent *e = find_extent(s, off);
+    if (!e)
+        return -EIO;
+    uint64_t host;
+    int kind;
+    int rc = lookup(n, e, off, bytes, pnum, &kind, &host);
+    if (rc < 0)
+        return rc;
+    if (kind == K_UNALLOC)
+        return !n->backing || off >= vbd_node_size(n->backing) ? VBD_BS_ZERO : 0;
+    if (kind == K_ZERO)
+        return VBD_BS_ZERO | VBD_BS_ALLOCATED;
+    *file = e->file;
+    if (kind == K_COMP)
+        return VBD_BS_DATA | VBD_BS_ALLOCATED | VBD_BS_COMPRESSED;
+    *map = host;
+    int st = VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
+    if (e->flat && want_zero) {
+        /* as qemu-img: holes of a flat extent's file read as zeroes */
+        uint64_t fsize = vbd_node_size(e->file), fp = 0, fm = 0;
+        struct vbd_node *ff = NULL;
+        if (host >= fsize)
+            return st | VBD_BS_ZERO;
+        uint64_t l = fsize - host < *pnum ? fsize - host : *pnum;
+        int fst = vbd_node_co_block_status(e->file, true, host, l, &fp, &fm, &ff);
+        if (fst >= 0 && fp) {
+            *pnum = fp;
+            st |= fst & VBD_BS_ZERO;
+        }
+    }
+    return st;
+}
+
+/* ---------- open ---------- */
+
+static void free_extents(struct vmdk_state *s)
+{
+    for (unsigned i = 0; i < s->next; i++) {
+        struct vmdk_extent *e = &s->ext[i];
+        free(e->gd);
+        free(e->rgd);
+        if (e->owned && e->file)
+            vbd_node_unref(e->file);
+    }
+    free(s->ext);
+    s->ext = NULL;
+    s->next = 0;
+}
+
+static struct vmdk_extent *add_extent(struct vmdk_state *s, struct vbd_node *file, bool owned, uint64_t sectors)
+{
+    if (s->next % 16 == 0)
+        s->ext = realloc(s->ext, (s->next + 16) * sizeof(*s->ext));
+    struct vmdk_extent *e = &s->ext[s->next];
+    memset(e, 0, sizeof(*e));
+    e->file = file;
+    e->owned = owned;
+    e->start = s->next ? s->ext[s->next - 1].start + s->ext[s->next - 1].bytes : 0;
+    e->bytes = sectors * SECTOR;
+    s->next++;
+    return e;
+}
+
+static int load_table(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint32_t **out, const char *what,
+                      struct vbd_error **err)
+{
+    uint64_t len = (uint64_t)e->gd_entries * 4, fsize = vbd_node_size(e->file);
+    if (off > fsize || len > fsize - off) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': the %s lies past the end of '%s'", n->filename, what,
+                       e->file->filename);
+        return -EINVAL;
+    }
+    uint32_t *t = malloc(len ? len : 1);
+    int rc = vbd_node_co_pread(e->file, off, t, len);
+    if (rc < 0) {
+        free(t);
+        vbd_error_setf(err, -rc, "Could not read the %s from '%s': %s", what, e->file->filename, strerror(-rc));
+        return rc;
+    }
+    for (uint64_t i = 0; i < e->gd_entries; i++)
+        t[i] = le32toh(t[i]);
+    *out = t;
+    return 0;
+}
+
+static int sparse_geometry(struct vbd_node *n, struct vmdk_extent *e, uint64_t capacity, uint64_t granularity,
+                           uint32_t gtes, struct vbd_error **err)
+{
+    if (granularity == 0 || granularity > MAX_GRAIN_SECTORS) {
+        vbd_error_setf(err, EFBIG, "Could not open '%s': invalid granularity %" PRIu64 ", image may be corrupt",
+                       n->filename, granularity);
+        return -EFBIG;
+    }
+    if (gtes == 0) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': L1 entry size is invalid", n->filename);
+        return -EINVAL;
+    }
+    uint64_t per_gt = (uint64_t)gtes * granularity;
+    uint64_t gd = div_up(capacity, per_gt);
+    if (gd > MAX_GD_ENTRIES) {
+        vbd_error_setf(err, EFBIG, "Could not open '%s': L1 size too big", n->filename);
+        return -EFBIG;
+    }
+    e->grain = granularity * SECTOR;
+    e->gtes = gtes;
+    e->gd_entries = (uint32_t)gd;
+    return 0;
+}
+
+static int open_sparse(struct vbd_node *n, struct vmdk_extent *e, const uint8_t *h, bool writable,
+                       struct vbd_error **err)
+{
+    uint64_t fsize = vbd_node_size(e->file);
+    int rc;
+    if (ld32(h) == VMDK3_MAGIC) {
+        /* ESX sparse: version, flags, disk sectors, granularity, GD sector, GD size */
+        e->cowd = true;
+        uint64_t cap = ld32(h + 12), gran = ld32(h + 16), gdo = ld32(h + 20), gds = ld32(h + 24);
+        if (!e->bytes) /* opened directly: the header's size (in a descriptor, the extent line's wins) */
+            e->bytes = cap * SECTOR;
+        if ((rc = sparse_geometry(n, e, e->bytes / SECTOR, gran, 4096, err)) < 0)
+            return rc;
+        if (gds < e->gd_entries) {
+            vbd_error_setf(err, EINVAL, "Could not open '%s': the grain directory of '%s' is too small", n->filename,
+                           e->file->filename);
+            return -EINVAL;
+        }
+        e->gd_off = gdo * SECTOR;
+        snprintf(e->type, sizeof(e->type), "%s", e->type[0] ? e->type : "VMFSSPARSE");
+        rc = load_table(n, e, e->gd_off, &e->gd, "grain directory", err);
+        e->file_end = div_up(fsize, e->grain) * e->grain;
+        return rc;
+    }
+    uint32_t version = ld32(h + 4), flags = ld32(h + 8), gtes = ld32(h + 44);
+    uint64_t capacity = ld64(h + 12), gran = ld64(h + 20), rgd = ld64(h + 48), gdo = ld64(h + 56);
+    uint64_t grain_off = ld64(h + 64);
+    uint16_t alg = (uint16_t)(h[77] | h[78] << 8);
+    if (gdo == GD_AT_END) {
+        /* streamOptimized written as a stream: the footer (a marker sector,
+         * a header, an end-of-stream marker) holds the real header */
+        uint8_t f[3 * SECTOR];
+        if (fsize < 4 * SECTOR) {
+            vbd_error_setf(err, EINVAL, "Could not open '%s': Invalid footer", n->filename);
+            return -EINVAL;
+        }
+        if ((rc = vbd_node_co_pread(e->file, (fsize & ~(uint64_t)(SECTOR - 1)) - sizeof(f), f, sizeof(f))) < 0) {
+            vbd_error_setf(err, -rc, "Could not open '%s': Failed to read footer", n->filename);
+            return rc;
+        }
+        const uint8_t *fh = f + SECTOR, *eos = f + 2 * SECTOR;
+        if (ld32(fh) != VMDK4_MAGIC || ld32(f + 8) != 0 || ld32(f + 12) != 3 || ld64(eos) != 0 || ld32(eos + 8) != 0 ||
+            ld32(eos + 12) != 0) {
+            vbd_error_setf(err, EINVAL, "Could not open '%s': Invalid footer", n->filename);
+            return -EINVAL;
+        }
+        version = ld32(fh + 4);
+        flags = ld32(fh + 8);
+        gtes = ld32(fh + 44);
+        capacity = ld64(fh + 12);
+        gran = ld64(fh + 20);
+        rgd = ld64(fh + 48);
+        gdo = ld64(fh + 56);
+        grain_off = ld64(fh + 64);
+        alg = (uint16_t)(fh[77] | fh[78] << 8);
+        e->gd_at_end = true;
+    }
+    e->compressed = alg == DEFLATE;
+    if (version > 3) {
+        vbd_error_setf(err, ENOTSUP, "Could not open '%s': Unsupported VMDK version %" PRIu32, n->filename, version);
+        return -ENOTSUP;
+    }
+    if (version == 3 && writable && !e->compressed) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': VMDK version 3 must be read only", n->filename);
+        return -EINVAL;
+    }
+    if (gtes > 512) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': L2 table size too big", n->filename);
+        return -EINVAL;
+    }
+    if (capacity > VBD_MAX_REQUEST_END / SECTOR) {
+        vbd_error_setf(err, EFBIG, "Could not open '%s': capacity %" PRIu64 " sectors is too large", n->filename,
+                       capacity);
+        return -EFBIG;
+    }
+    if (grain_off > fsize / SECTOR) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': File truncated, expecting at least %" PRIu64 " bytes",
+                       n->filename, grain_off * SECTOR);
+        return -EINVAL;
+    }
+    if (!e->bytes)
+        e->bytes = capacity * SECTOR;
+    if ((rc = sparse_geometry(n, e, e->bytes / SECTOR, gran, gtes, err)) < 0)
+        return rc;
+    if (gdo > UINT64_MAX / SECTOR || ((flags & F_RGD) && rgd > UINT64_MAX / SECTOR)) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': the grain directory lies past the end of '%s'", n->filename,
+                       e->file->filename);
+        return -EINVAL;
+    }
+    e->has_marker = flags & F_MARKER;
+    e->zero_grain = flags & F_ZERO_GRAIN;
+    e->gd_off = gdo * SECTOR;
+    if ((rc = load_table(n, e, e->gd_off, &e->gd, "grain directory", err)) < 0)
+        return rc;
+    if (flags & F_RGD) {
+        e->rgd_off = rgd * SECTOR;
+        if ((rc = load_table(n, e, e->rgd_off, &e->rgd, "redundant grain directory", err)) < 0)
+            return rc;
+    }
+    e->file_end = e->compressed ? div_up(fsize, SECTOR) * SECTOR : div_up(fsize, e->grain) * e->grain;
+    return 0;
+}
+
+/* Directory of the descriptor's file name (with the trailing '/'), "" for none. */
+static void dir_of(const char *path, char *out, size_t outlen)
+{
+    const char *sl = strrchr(path, '/');
+    size_t l = sl ? (size_t)(sl - path) + 1 : 0;
+    if (l >= outlen)
+        l = 0;
+    memcpy(out, path, l);
+    out[l] = 0;
+}
+
+/* An extent file name may only name a file in the descriptor's own
+ * directory tree: no absolute paths, no "..", no symlink leading out. */
+static int check_extent_path(struct vbd_node *n, const char *dir, const char *fname, const char *full,
+                             struct vbd_error **err)
+{
+    if (fname[0] == '/' || !strcmp(fname, "..") || !strncmp(fname, "../", 3) || strstr(fname, "/../") ||
+        (strlen(fname) >= 3 && !strcmp(fname + strlen(fname) - 3, "/.."))) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': extent file '%s' lies outside the descriptor's directory",
+                       n->filename, fname);
+        return -EINVAL;
+    }
+    char rd[PATH_MAX], rf[PATH_MAX];
+    if (!realpath(dir[0] ? dir : ".", rd))
+        return 0; /* not a local path: opening it gives the error */
+    if (!realpath(full, rf))
+        return 0;
+    size_t l = strlen(rd);
+    if (strncmp(rf, rd, l) || (rf[l] != '/' && !(l == 1 && rd[0] == '/'))) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': extent file '%s' lies outside the descriptor's directory",
+                       n->filename, fname);
+        return -EINVAL;
+    }
+    struct stat a, b;
+    char rdesc[PATH_MAX];
+    if (realpath(n->file->filename, rdesc) && !strcmp(rdesc, rf)) {
+        vbd_error_setf(err, ELOOP, "Could not open '%s': extent file '%s' is the descriptor itself", n->filename, fname);
+        return -ELOOP;
+    }
+    if (stat(n->file->filename, &a) == 0 && stat(full, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+        vbd_error_setf(err, ELOOP, "Could not open '%s': extent file '%s' is the descriptor itself", n->filename, fname);
+        return -ELOOP;
+    }
+    return 0;
+}
+
+static int parse_extents(struct vbd_node *n, const char *desc, unsigned flags, struct vbd_error **err)
+{
+    struct vmdk_state *s = n->opaque;
+    char dir[4096];
+    dir_of(n->file->filename, dir, sizeof(dir));
+    bool writable = flags & VBD_OPEN_RDWR;
+    for (const char *p = desc; *p;) {
+        const char *eol = strchr(p, '\n');
+        size_t ll = eol ? (size_t)(eol - p) : strlen(p);
+        char line[1100];
+        const char *next = eol ? eol + 1 : p + ll;
+        if (ll >= sizeof(line)) {
+            p = next;
+            continue;
+        }
+        memcpy(line, p, ll);
+        line[ll] = 0;
+        p = next;
+        char access[11], type[11], fname[512];
+        int64_t sectors = 0, flat_off = -1;
+        int m = sscanf(line, "%10s %" SCNd64 " %10s \"%511[^\n\r\"]\" %" SCNd64, access, &sectors, type, fname, &flat_off);
+        if (m < 4 || strcmp(access, "RW"))
+            continue;
+        bool bad = false;
+        if (!strcmp(type, "FLAT"))
+            bad = m != 5 || flat_off < 0;
+        else if (!strcmp(type, "VMFS")) {
+            bad = m != 4;
+            flat_off = 0;
+        } else
+            bad = m != 4;
+        if (bad) {
+            vbd_error_setf(err, EINVAL, "Could not open '%s': Invalid extent line: %s", n->filename, line);
+            return -EINVAL;
+        }
+        if (sectors <= 0 || (strcmp(type, "FLAT") && strcmp(type, "SPARSE") && strcmp(type, "VMFS") &&
+                             strcmp(type, "VMFSSPARSE") && strcmp(type, "SESPARSE")))
+            continue;
+        if (!strcmp(type, "SESPARSE")) {
+            vbd_error_setf(err, ENOTSUP, "Could not open '%s': seSparse extents are not supported", n->filename);
+            return -ENOTSUP;
+        }
+        uint64_t start = s->next ? s->ext[s->next - 1].start + s->ext[s->next - 1].bytes : 0;
+        if ((uint64_t)sectors > (VBD_MAX_REQUEST_END - start) / SECTOR || s->next >= MAX_EXTENTS ||
+            (flat_off > 0 && (uint64_t)flat_off > UINT64_MAX / SECTOR)) {
+            vbd_error_setf(err, EFBIG, "Could not open '%s': the extents are too large", n->filename);
+            return -EFBIG;
+        }
+        char full[4096 + 512];
+        snprintf(full, sizeof(full), "%s%s", dir, fname);
+        int rc = check_extent_path(n, dir, fname, full, err);
+        if (rc < 0)
+            return rc;
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "driver", json_object_new_string("file"));
+        struct json_object *lk = NULL;
+        if (n->file->options && json_object_object_get_ex(n->file->options, "locking", &lk) && lk)
+            json_object_object_add(o, "locking", json_object_get(lk));
+        struct vbd_node *f = vbd_open(full, o, (flags & (VBD_OPEN_RDWR | VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH |
+                                                         VBD_OPEN_FORCE_SHARE | VBD_OPEN_AIO_THREADS)) |
+                                                   VBD_OPEN_PROTOCOL,
+                                      err);
+        if (!f)
+            return -EINVAL;
+        struct vmdk_extent *e = add_extent(s, f, true, (uint64_t)sectors);
+        snprintf(e->type, sizeof(e->type), "%s", type);
+        if (!strcmp(type, "FLAT") || !strcmp(type, "VMFS")) {
+            e->flat = true;
+            e->flat_off = (uint64_t)flat_off * SECTOR;
+            continue;
+        }
+        uint8_t h[SECTOR];
+        if (vbd_node_size(f) < SECTOR || vbd_node_co_pread(f, 0, h, SECTOR) < 0 ||
+            (ld32(h) != VMDK4_MAGIC && ld32(h) != VMDK3_MAGIC)) {
+            vbd_error_setf(err, EINVAL, "Could not open '%s': extent '%s' is not in VMDK format", n->filename, fname);
+            return -EINVAL;
+        }
+        if (ld32(h) == VMDK4_MAGIC && ld64(h + 12) == 0 && ld64(h + 28) != 0) {
+            vbd_error_setf(err, ELOOP, "Could not open '%s': extent '%s' is itself a descriptor", n->filename, fname);
+            return -ELOOP;
+        }
+        if ((rc = open_sparse(n, e, h, writable, err)) < 0)
+            return rc;
+    }
+    if (!s->next) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': the descriptor names no extent", n->filename);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static char *read_desc(struct vbd_node *n, uint64_t off, uint64_t max, struct vbd_error **err)
+{
+    uint64_t fsize = vbd_node_size(n->file);
+    uint64_t len = off < fsize ? fsize - off : 0;
+    if (len > max)
+        len = max;
+    char *d = malloc(len + 1);
+    int rc = len ? vbd_node_co_pread(n->file, off, d, len) : 0;
+    if (rc < 0) {
+        free(d);
+        vbd_error_setf(err, -rc, "Could not open '%s': cannot read the descriptor: %s", n->filename, strerror(-rc));
+        return NULL;
+    }
+    d[len] = 0;
+    return d;
+}
+
+static int open_desc_file(struct vbd_node *n, unsigned flags, struct vbd_error **err)
+{
+    struct vmdk_state *s = n->opaque;
+    if (!desc_get(s->desc, "createType", s->create_type, sizeof(s->create_type))) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': invalid VMDK image descriptor", n->filename);
+        return -EINVAL;
+    }
+    static const char *const ok[] = {"monolithicFlat", "vmfs", "vmfsSparse", "twoGbMaxExtentSparse",
+                                     "twoGbMaxExtentFlat", NULL};
+    bool found = false;
+    for (int i = 0; ok[i]; i++)
+        found |= !strcmp(ok[i], s->create_type);
+    if (!found) {
+        vbd_error_setf(err, ENOTSUP, "Could not open '%s': Unsupported image type '%s'", n->filename, s->create_type);
+        return -ENOTSUP;
+    }
+    return parse_extents(n, s->desc, flags, err);
+}
+
+static int vmdk_open_inner(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct vmdk_state *s = n->opaque;
+    n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
+    if (!n->file)
+        return -EINVAL;
+    s->read_only = !(flags & VBD_OPEN_RDWR);
+    uint64_t fsize = vbd_node_size(n->file);
+    if (fsize < 4) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': File is too small, not a valid image", n->filename);
+        return -EINVAL;
+    }
+    uint8_t h[SECTOR] = {0};
+    int rc = vbd_node_co_pread(n->file, 0, h, fsize < SECTOR ? fsize : SECTOR);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Could not open '%s': Could not read from file: %s", n->filename, strerror(-rc));
+        return rc;
+    }
+    uint32_t magic = ld32(h);
+    if (magic == VMDK4_MAGIC || magic == VMDK3_MAGIC) {
+        if (fsize < SECTOR) {
+            vbd_error_setf(err, EINVAL, "Could not open '%s': File truncated, the header is incomplete", n->filename);
+            return -EINVAL;
+        }
+        uint64_t dofs = magic == VMDK4_MAGIC ? ld64(h + 28) : 0, dsz = magic == VMDK4_MAGIC ? ld64(h + 36) : 0;
+        if (magic == VMDK4_MAGIC && ld64(h + 12) == 0 && dofs) {
+            /* a sparse header that only carries a descriptor */
+            if (dofs > fsize / SECTOR) {
+                vbd_error_setf(err, EINVAL, "Could not open '%s': the descriptor lies past the end of the file", n->filename);
+                return -EINVAL;
+            }
+            if (!(s->desc = read_desc(n, dofs * SECTOR, DESC_MAX, err)))
+                return -EIO;
+            s->desc_off = dofs * SECTOR;
+            s->desc_room = dsz * SECTOR < DESC_MAX ? dsz * SECTOR : DESC_MAX;
+            if ((rc = open_desc_file(n, flags, err)) < 0)
+                return rc;
+        } else {
+            struct vmdk_extent *e = add_extent(s, n->file, false, 0);
+            if ((rc = open_sparse(n, e, h, flags & VBD_OPEN_RDWR, err)) < 0)
+                return rc;
+            snprintf(s->create_type, sizeof(s->create_type), "%s",
+                     e->compressed ? "streamOptimized" : e->cowd ? "vmfsSparse" : "monolithicSparse");
+            if (magic == VMDK4_MAGIC && dofs && dofs <= fsize / SECTOR) {
+                s->desc_off = dofs * SECTOR;
+                s->desc_room = dsz * SECTOR < DESC_MAX ? dsz * SECTOR : DESC_MAX;
+                if (!s->desc_room)
+                    s->desc_room = SECTOR;
+                if (!(s->desc = read_desc(n, s->desc_off, s->desc_room, err)))
+                    return -EIO;
+            }
+        }
+    } else {
+        if (!(s->desc = read_desc(n, 0, DESC_MAX, err)))
+            return -EIO;
+        if ((rc = open_desc_file(n, flags, err)) < 0)
+            return rc;
+    }
+    if (!s->desc || !desc_get_hex32(s->desc, "CID", &s->cid) || !desc_get_hex32(s->desc, "parentCID", &s->parent_cid)) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': the descriptor has no valid CID/parentCID", n->filename);
+        return -EINVAL;
+    }
+    char hint[4096];
+    if (desc_get(s->desc, "parentFileNameHint", hint, sizeof(hint))) {
+        snprintf(n->backing_file, sizeof(n->backing_file), "%s", hint);
+        snprintf(n->backing_format, sizeof(n->backing_format), "vmdk");
+    } else if (strstr(s->desc, "parentFileNameHint")) {
+        vbd_error_setf(err, EINVAL, "Could not open '%s': invalid parentFileNameHint", n->filename);
+        return -EINVAL;
+    }
+    if (!s->read_only) {
+        for (unsigned i = 0; i < s->next; i++) {
+            if (s->ext[i].gd_at_end) {
+                vbd_error_setf(err, EROFS,
+                               "Could not open '%s': a streamOptimized image with its grain directory at the end is read-only",
+                               n->filename);
+                return -EROFS;
+            }
+        }
+    }
+    n->size = s->next ? s->ext[s->next - 1].start + s->ext[s->next - 1].bytes : 0;
+    n->bl.request_alignment = 1;
+    n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
+    for (unsigned i = 0; i < s->next; i++) {
+        if (s->ext[i].file->bl.min_mem_alignment > n->bl.min_mem_alignment)
+            n->bl.min_mem_alignment = s->ext[i].file->bl.min_mem_alignment;
+        if (!s->ext[i].flat && s->ext[i].grain > n->bl.opt_transfer)
+            n->bl.opt_transfer = (uint32_t)s->ext[i].grain;
+    }
+    n->supported_write_flags = VBD_REQ_FUA | VBD_REQ_COMPRESSED;
+    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | VBD_REQ_FUA;
+    return vbd_open_backing(n, opts, flags, err);
+}
+
+static void vmdk_close(struct vbd_node *n)
+{
+    struct vmdk_state *s = n->opaque;
+    free_extents(s);
+    free(s->desc);
+    s->desc = NULL;
+}
+
+static int vmdk_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    int rc = vmdk_open_inner(n, opts, flags, err);
+    if (rc < 0)
+        vmdk_close(n);
+    return rc;
+}
+
+static int vmdk_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
+{
+    struct vmdk_state *s = n->opaque;
+    if (rw) {
+        for (unsigned i = 0; i < s->next; i++) {
+            if (s->ext[i].owned || s->ext[i].gd_at_end) {
+                vbd_error_setf(err, ENOTSUP, "vmdk: '%s' cannot be switched to read-write", n->filename);
+                return -ENOTSUP;
+            }
+        }
+    }
+    s->read_only = !rw;
+    return 0;
+}
+
+/* ---------- info, check ---------- */
+
+static int vmdk_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
+{
+    struct vmdk_state *s = n->opaque;
+    (void)err;
+    bool same = true;
+    for (unsigned i = 1; i < s->next; i++) {
+        const struct vmdk_extent *a = &s->ext[0], *b = &s->ext[i];
+        same &= a->flat == b->flat && a->compressed == b->compressed && (a->flat || a->grain == b->grain);
+    }
+    if (same && s->next && !s->ext[0].flat)
+        info->cluster_size = (uint32_t)s->ext[0].grain;
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "cid", json_object_new_int64(s->cid));
+    json_object_object_add(d, "parent-cid", json_object_new_int64(s->parent_cid));
+    json_object_object_add(d, "create-type", json_object_new_string(s->create_type));
+    struct json_object *a = json_object_new_array();
+    for (unsigned i = 0; i < s->next; i++) {
+        const struct vmdk_extent *e = &s->ext[i];
+        struct json_object *x = json_object_new_object();
+        if (e->compressed)
+            json_object_object_add(x, "compressed", json_object_new_boolean(1));
+        json_object_object_add(x, "virtual-size", json_object_new_int64((int64_t)e->bytes));
+        json_object_object_add(x, "filename", json_object_new_string(e->file->filename));
+        if (!e->flat)
+            json_object_object_add(x, "cluster-size", json_object_new_int64((int64_t)e->grain));
+        json_object_object_add(x, "format", json_object_new_string(e->type));
+        json_object_array_add(a, x);
+    }
+    json_object_object_add(d, "extents", a);
+    struct json_object *fs = json_object_new_object();
+    json_object_object_add(fs, "type", json_object_new_string("vmdk"));
+    json_object_object_add(fs, "data", d);
+    info->format_specific = fs;
+    info->needs_compressed_writes = s->next && s->ext[0].compressed;
+    return 0;
+}
+
+static int64_t vmdk_allocated_size(struct vbd_node *n)
+{
+    struct vmdk_state *s = n->opaque;
+    int64_t total = vbd_node_get_allocated_size(n->file);
+    if (total < 0)
+        return total;
+    for (unsigned i = 0; i < s->next; i++) {
+        if (!s->ext[i].owned)
+            continue;
+        int64_t r = vbd_node_get_allocated_size(s->ext[i].file);
+        if (r < 0)
+            return r;
+        total += r;
+    }
+    return total;
+}
+
+/* As qemu-img: every allocated grain must start inside its file; the
+ * first one that does not ends the check with one corruption. */
+static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
+{
+    struct vmdk_state *s = n->opaque;
+    if (fix) {
+        vbd_error_setf(err, ENOTSUP, "This image format does not support checks with repair");
+        return -ENOTSUP;
+    }
+    for (unsigned i = 0; i < s->next; i++) {
+        struct vmdk_extent *e = &s->ext[i];
+        if (e->flat)
+            continue;
+        uint64_t fsize = vbd_node_size(e->file);
+        res->total_clusters += div_up(e->bytes, e->grain);
+        uint32_t *t = malloc(gt_bytes(e));
+        for (uint64_t gdi = 0; gdi < e->gd_entries; gdi++) {
+            uint64_t gt = (uint64_t)e->gd[gdi] * SECTOR;
+            if (!gt)
+                continue;
+            uint64_t first = gdi * e->gtes, ngr = div_up(e->bytes, e->grain);
+            uint64_t cnt = ngr - first < e->gtes ? ngr - first : e->gtes;
+            int rc = gt + cnt * 4 > fsize ? -EINVAL : vbd_node_co_pread(e->file, gt, t, cnt * 4);
+            if (rc < 0) {
+                fprintf(stderr, "ERROR: could not get cluster_offset for sector %" PRIu64 "\n",
+                        (e->start + first * e->grain) / SECTOR);
+                res->corruptions++;
+                free(t);
+                return 0;
+            }
+            for (uint64_t j = 0; j < cnt; j++) {
+                uint32_t v = le32toh(t[j]);
+                if (!v || (v == GTE_ZEROED && e->zero_grain))
+                    continue;
+                res->allocated_clusters++;
+                if (e->compressed)
+                    res->compressed_clusters++;
+                if ((uint64_t)v * SECTOR >= fsize) {
+                    fprintf(stderr, "ERROR: cluster offset for sector %" PRIu64 " points after EOF\n",
+                            (e->start + (first + j) * e->grain) / SECTOR);
+                    res->corruptions++;
+                    free(t);
+                    return 0;
+                }
+            }
+        }
+        free(t);
+    }
+    return 0;
+}
+
+/* ---------- create ---------- */
+
+static const struct vbd_opt_desc vmdk_create_opts[] = {
+    {"size", VBD_OPT_SIZE, "Virtual disk size", NULL},
+    {"adapter_type", VBD_OPT_STRING, "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX", NULL},
+    {"backing_file", VBD_OPT_STRING, "File name of a base image", NULL},
+    {"backing_fmt", VBD_OPT_STRING, "Must be 'vmdk' if present", NULL},
+    {"compat6", VBD_OPT_BOOL, "VMDK version 6 image", "off"},
+    {"hwversion", VBD_OPT_STRING, "VMDK hardware version", "undefined"},
+    {"toolsversion", VBD_OPT_STRING, "VMware guest tools version", NULL},
+    {"subformat", VBD_OPT_STRING,
+     "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | "
+     "twoGbMaxExtentFlat | streamOptimized} ",
+     NULL},
+    {"zeroed_grain", VBD_OPT_BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature", NULL},
+    {NULL, 0, NULL, NULL},
+};
+
+/* The sparse extent layout qemu-img makes: header, descriptor room (20
+ * sectors), redundant GD and GTs, GD and GTs, grains from a 64 KiB
+ * boundary. */
+struct sparse_layout {
+    uint64_t cap, gd_sectors, gt_count, rgd, gd, grain_off;
+};
+
+static void sparse_layout(uint64_t bytes, struct sparse_layout *l)
+{
+    l->cap = bytes / SECTOR;
+    uint64_t grains = div_up(l->cap, 128);
+    l->gt_count = div_up(grains, 512);
+    l->gd_sectors = div_up(l->gt_count * 4, SECTOR);
+    l->rgd = 21;
+    l->gd = l->rgd + l->gd_sectors + 4 * l->gt_count;
+    l->grain_off = div_up(l->gd + l->gd_sectors + 4 * l->gt_count, 128) * 128;
+}
+
+static int init_sparse(struct vbd_node *f, uint64_t bytes, bool compress, bool zeroed_grain)
+{
+    struct sparse_layout l;
+    sparse_layout(bytes, &l);
+    uint8_t h[SECTOR] = {0};
+    st32(h, VMDK4_MAGIC);
+    st32(h + 4, compress ? 3 : zeroed_grain ? 2 : 1);
+    st32(h + 8, F_RGD | F_NL_DETECT | (compress ? F_COMPRESS | F_MARKER : 0) | (zeroed_grain ? F_ZERO_GRAIN : 0));
+    st64(h + 12, l.cap);
+    st64(h + 20, 128);
+    st64(h + 28, 1);
+    st64(h + 36, 20);
+    st32(h + 44, 512);
+    st64(h + 48, l.rgd);
+    st64(h + 56, l.gd);
+    st64(h + 64, l.grain_off);
+    h[73] = 0xa;
+    h[74] = 0x20;
+    h[75] = 0xd;
+    h[76] = 0xa;
+    h[77] = compress ? DEFLATE : 0;
+    int rc = vbd_node_co_pwrite(f, 0, h, SECTOR, 0);
+    if (rc == 0)
+        rc = vbd_node_co_truncate(f, l.grain_off * SECTOR, false, VBD_PREALLOC_OFF, NULL);
+    uint64_t gdb = l.gd_sectors * SECTOR;
+    uint8_t *gd = calloc(1, gdb ? gdb : 1);
+    for (uint64_t i = 0; rc == 0 && i < l.gt_count; i++)
+        st32(gd + 4 * i, (uint32_t)(l.rgd + l.gd_sectors + 4 * i));
+    if (rc == 0 && gdb)
+        rc = vbd_node_co_pwrite(f, l.rgd * SECTOR, gd, gdb, 0);
+    for (uint64_t i = 0; rc == 0 && i < l.gt_count; i++)
+        st32(gd + 4 * i, (uint32_t)(l.gd + l.gd_sectors + 4 * i));
+    if (rc == 0 && gdb)
+        rc = vbd_node_co_pwrite(f, l.gd * SECTOR, gd, gdb, 0);
+    free(gd);
+    return rc;
+}
+
+static struct vbd_node *create_file(const char *path, struct vbd_error **err)
+{
+    if (vbd_create_protocol(path, 0, VBD_PREALLOC_OFF, err) < 0)
+        return NULL;
+    return vbd_open(path, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+}
+
+static const char *const subformats[] = {"monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",
+                                         "twoGbMaxExtentFlat", "streamOptimized", NULL};
+static const char *const adapters[] = {"ide", "buslogic", "lsilogic", "legacyESX", NULL};
+
+static int vmdk_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    uint64_t size = 0;
+    char *adapter = NULL, *backing = NULL, *backing_fmt = NULL, *hw = NULL, *tools = NULL, *subfmt = NULL;
+    bool compat6 = false, zeroed = false;
+    int rc = -EINVAL;
+    struct vbd_node *desc_node = NULL;
+    char *lines = NULL, *desc = NULL;
+    size_t lines_len = 0;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_str(opts, "adapter_type", &adapter, err) < 0 ||
+        vbd_opt_take_str(opts, "backing_file", &backing, err) < 0 ||
+        vbd_opt_take_str(opts, "backing_fmt", &backing_fmt, err) < 0 ||
+        vbd_opt_take_bool(opts, "compat6", &compat6, err) < 0 || vbd_opt_take_str(opts, "hwversion", &hw, err) < 0 ||
+        vbd_opt_take_str(opts, "toolsversion", &tools, err) < 0 || vbd_opt_take_str(opts, "subformat", &subfmt, err) < 0 ||
+        vbd_opt_take_bool(opts, "zeroed_grain", &zeroed, err) < 0)
+        goto out;
+    if (vbd_opts_check_empty(opts, "Block format 'vmdk'", err) < 0)
+        goto out;
+    if (backing_fmt && strcmp(backing_fmt, "vmdk")) {
+        vbd_error_setf(err, EINVAL, "backing_file must be a vmdk image");
+        goto out;
+    }
+    size = div_up(size, SECTOR) * SECTOR;
+    int sub = 0, ad = 0;
+    if (subfmt) {
+        for (sub = 0; subformats[sub] && strcmp(subformats[sub], subfmt); sub++)
+            ;
+        if (!subformats[sub]) {
+            vbd_error_setf(err, EINVAL, "Parameter 'subformat' does not accept value '%s'", subfmt);
+            goto out;
+        }
+    }
+    if (adapter) {
+        for (ad = 0; adapters[ad] && strcmp(adapters[ad], adapter); ad++)
+            ;
+        if (!adapters[ad]) {
+            vbd_error_setf(err, EINVAL, "Parameter 'adapter_type' does not accept value '%s'", adapter);
+            goto out;
+        }
+    }
+    if (hw && !strcmp(hw, "undefined")) {
+        free(hw);
+        hw = NULL;
+    }
+    if (compat6) {
+        if (hw) {
+            vbd_error_setf(err, EINVAL, "compat6 cannot be enabled with hwversion set");
+            goto out;
+        }
+        hw = strdup("6");
+    }
+    bool split = sub == 2 || sub == 3, flat = sub == 1 || sub == 3, compress = sub == 4;
+    if (flat && backing) {
+        vbd_error_setf(err, ENOTSUP, "Flat image can't have backing file");
+        rc = -ENOTSUP;
+        goto out;
+    }
+    if (flat && zeroed) {
+        vbd_error_setf(err, ENOTSUP, "Flat image can't enable zeroed grain");
+        rc = -ENOTSUP;
+        goto out;
+    }
+    if (size / SECTOR > (uint64_t)UINT32_MAX * 128 && !flat) {
+        /* grain offsets are 32-bit sectors: qemu-img's limit for sparse extents */
+        vbd_error_setf(err, EFBIG, "Could not create '%s': size too large for a sparse VMDK extent", filename);
+        rc = -EFBIG;
+        goto out;
+    }
+    /* path/prefix/postfix of the name, as qemu-img splits it */
+    char path[4096], prefix[4096], postfix[4096];
+    const char *base = strrchr(filename, '/');
+    base = base ? base + 1 : filename;
+    if ((size_t)(base - filename) >= sizeof(path) || strlen(base) >= sizeof(prefix)) {
+        vbd_error_setf(err, ENAMETOOLONG, "Could not create '%s': name too long", filename);
+        goto out;
+    }
+    memcpy(path, filename, (size_t)(base - filename));
+    path[base - filename] = 0;
+    const char *dot = strrchr(base, '.');
+    snprintf(prefix, sizeof(prefix), "%.*s", dot ? (int)(dot - base) : (int)strlen(base), base);
+    snprintf(postfix, sizeof(postfix), "%s", dot ? dot : "");
+
+    uint32_t parent_cid = 0xffffffffu;
+    if (backing) {
+        char full[8192];
+        if (backing[0] == '/' || strstr(backing, "://") || !strncmp(backing, "json:", 5))
+            snprintf(full, sizeof(full), "%s", backing);
+        else
+            snprintf(full, sizeof(full), "%s%s", path, backing);
+        struct vbd_node *b = vbd_open(full, NULL, VBD_OPEN_NO_BACKING, err);
+        if (!b) {
+            rc = -EIO;
+            goto out;
+        }
+        struct vbd_node *bf = vbd_node_skip_filters(b);
+        if (strcmp(vbd_node_format(bf), "vmdk")) {
+            vbd_error_setf(err, EINVAL, "Invalid backing file format: %s. Must be vmdk", vbd_node_format(bf));
+            vbd_node_unref(b);
+            goto out;
+        }
+        parent_cid = ((struct vmdk_state *)bf->opaque)->cid;
+        vbd_node_unref(b);
+    }
+    desc_node = create_file(filename, err);
+    if (!desc_node) {
+        rc = -EIO;
+        goto out;
+    }
+    lines = calloc(1, 1);
+    if (!split && !flat) {
+        if ((rc = init_sparse(desc_node, size, compress, zeroed)) < 0) {
+            vbd_error_setf(err, -rc, "Could not write '%s': %s", filename, strerror(-rc));
+            goto out;
+        }
+        lines_len = (size_t)asprintf(&desc, "RW %" PRIu64 " SPARSE \"%s\"\n", size / SECTOR, base);
+        free(lines);
+        lines = desc;
+        desc = NULL;
+    } else {
+        uint64_t done = 0;
+        for (int idx = 1; done < size; idx++) {
+            uint64_t cur = split && size - done > SPLIT_SIZE ? SPLIT_SIZE : size - done;
+            char rel[8300], full[16600];
+            if (split)
+                snprintf(rel, sizeof(rel), "%s-%c%03d%s", prefix, flat ? 'f' : 's', idx, postfix);
+            else
+                snprintf(rel, sizeof(rel), "%s-flat%s", prefix, postfix);
+            snprintf(full, sizeof(full), "%s%s", path, rel);
+            struct vbd_node *f = create_file(full, err);
+            if (!f) {
+                rc = -EIO;
+                goto out;
+            }
+            rc = flat ? vbd_node_co_truncate(f, cur, false, VBD_PREALLOC_OFF, NULL) : init_sparse(f, cur, compress, zeroed);
+            vbd_node_unref(f);
+            if (rc < 0) {
+                vbd_error_setf(err, -rc, "Could not write '%s': %s", full, strerror(-rc));
+                goto out;
+            }
+            char *l = NULL;
+            int ln = flat ? asprintf(&l, "RW %" PRIu64 " FLAT \"%s\" 0\n", cur / SECTOR, rel)
+                          : asprintf(&l, "RW %" PRIu64 " SPARSE \"%s\"\n", cur / SECTOR, rel);
+            lines = realloc(lines, lines_len + (size_t)ln + 1);
+            memcpy(lines + lines_len, l, (size_t)ln + 1);
+            lines_len += (size_t)ln;
+            free(l);
+            done += cur;
+        }
+    }
+    uint32_t cid;
+    if (getrandom(&cid, sizeof(cid), 0) != sizeof(cid))
+        cid = (uint32_t)rand();
+    char parent_line[4200] = "";
+    if (backing)
+        snprintf(parent_line, sizeof(parent_line), "parentFileNameHint=\"%s\"", backing);
+    uint32_t heads = ad == 0 ? 16 : 255;
+    int dl = asprintf(&desc,
+                      "# Disk DescriptorFile\nversion=1\nCID=%" PRIx32 "\nparentCID=%" PRIx32 "\ncreateType=\"%s\"\n%s\n"
+                      "# Extent description\n%s\n# The Disk Data Base\n#DDB\n\n"
+                      "ddb.virtualHWVersion = \"%s\"\nddb.geometry.cylinders = \"%" PRIu64 "\"\n"
+                      "ddb.geometry.heads = \"%" PRIu32 "\"\nddb.geometry.sectors = \"63\"\n"
+                      "ddb.adapterType = \"%s\"\nddb.toolsVersion = \"%s\"\n",
+                      cid, parent_cid, subformats[sub], parent_line, lines, hw ? hw : "4",
+                      (uint64_t)(size / (63ull * heads * SECTOR)), heads, adapters[ad], tools ? tools : "2147483647");
+    if (!split && !flat && (size_t)dl > 20 * SECTOR) {
+        vbd_error_setf(err, EINVAL, "Could not create '%s': the descriptor is too long", filename);
+        goto out;
+    }
+    rc = vbd_node_co_pwrite(desc_node, !split && !flat ? SECTOR : 0, desc, (uint64_t)dl, 0);
+    if (rc == 0 && (split || flat))
+        rc = vbd_node_co_truncate(desc_node, (uint64_t)dl, false, VBD_PREALLOC_OFF, NULL);
+    if (rc == 0)
+        rc = vbd_node_co_flush(desc_node);
+    if (rc < 0)
+        vbd_error_setf(err, -rc, "Could not write description: %s", strerror(-rc));
+out:
+    if (desc_node)
+        vbd_node_unref(desc_node);
+    free(lines);
+    free(desc);
+    free(adapter);
+    free(backing);
+    free(backing_fmt);
+    free(hw);
+    free(tools);
+    free(subfmt);
+    return rc < 0 ? rc : 0;
+}
+
+/* Space a conversion needs: the metadata qemu-img lays out, plus every
+ * grain with data (compressed grains counted whole: an upper bound). */
+static int vmdk_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully,
+                        struct vbd_error **err)
+{
+    uint64_t size = 0;
+    char *subfmt = NULL;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_str(opts, "subformat", &subfmt, err) < 0)
+        return -EINVAL;
+    int sub = 0;
+    if (subfmt)
+        for (sub = 0; subformats[sub] && strcmp(subformats[sub], subfmt); sub++)
+            ;
+    free(subfmt);
+    if (!subformats[sub]) {
+        vbd_error_setf(err, EINVAL, "Invalid subformat");
+        return -EINVAL;
+    }
+    if (in)
+        size = vbd_node_size(in);
+    size = div_up(size, SECTOR) * SECTOR;
+    bool flat = sub == 1 || sub == 3;
+    const uint64_t desc = 1024, grain = 65536;
+    if (flat) {
+        *required = *fully = size + desc;
+        return 0;
+    }
+    uint64_t meta = 0;
+    uint64_t per = sub == 2 || sub == 3 ? SPLIT_SIZE : size;
+    for (uint64_t done = 0; done < size || (done == 0 && size == 0); done += per) {
+        struct sparse_layout l;
+        sparse_layout(size - done < per ? size - done : per, &l);
+        meta += l.grain_off * SECTOR;
+        if (!per)
+            break;
+    }
+    *fully = meta + div_up(size, grain) * grain + (sub == 2 ? desc : 0);
+    uint64_t data = 0;
+    for (uint64_t off = 0; in && off < size;) {
+        uint64_t pnum = 0, map = 0;
+        struct vbd_node *file = NULL;
+        int depth = 0;
+        uint64_t end = (off / grain + 1) * grain;
+        if (end > size)
+            end = size;
+        int st = vbd_node_co_block_status_above(in, NULL, true, off, end - off, &pnum, &map, &file, &depth);
+        if (st < 0)
+            return st;
+        if ((st & VBD_BS_ALLOCATED) && !(st & VBD_BS_ZERO)) {
+            data += grain;
+            off = end;
+        } else {
+            off += pnum ? pnum : end - off;
+        }
+    }
+    *required = in ? meta + data + (sub == 2 ? desc : 0) : *fully - div_up(size, grain) * grain;
+    return 0;
+}
+
+static const struct vbd_driver vmdk_driver = {
+    .name = "vmdk",
+    .kind = VBD_DRV_FORMAT,
+    .state_size = sizeof(struct vmdk_state),
+    .probe = vmdk_probe,
+    .open = vmdk_open,
+    .close = vmdk_close,
+    .co_preadv = vmdk_preadv,
+    .co_pwritev = vmdk_pwritev,
+    .co_pwrite_zeroes = vmdk_pwrite_zeroes,
+    .co_flush = vmdk_flush,
+    .co_block_status = vmdk_block_status,
+    .get_allocated_size = vmdk_allocated_size,
+    .get_info = vmdk_get_info,
+    .co_check = vmdk_co_check,
+    .create_opts = vmdk_create_opts,
+    .co_create = vmdk_create,
+    .measure = vmdk_measure,
+    .reopen_rw = vmdk_reopen_rw,
+};
+VBD_DRIVER_REGISTER(vmdk, vmdk_driver);
