@@ -614,7 +614,10 @@ static int vmdk_write(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
         int kind;
         if ((rc = lookup(n, e, off, bytes, &run, &kind, &host)) < 0)
             return rc;
-        if (kind == K_DATA) {
+        uint64_t in = e->flat ? 0 : (off - e->start) % e->grain;
+        bool zero_gte = !q && !e->flat && e->zero_grain && in == 0 && bytes >= e->grain &&
+                        e->bytes - (off - e->start) >= e->grain;
+        if (kind == K_DATA && !zero_gte) {
             if (q)
                 rc = vbd_node_co_pwritev(e->file, host, run, q, qoff, 0);
             else
@@ -622,23 +625,22 @@ static int vmdk_write(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
         } else {
             vbd_co_mutex_lock(&s->lock);
             /* another request may have allocated it meanwhile: look again, one grain */
-            uint64_t in = (off - e->start) % e->grain;
             uint64_t cap = e->grain - in < bytes ? e->grain - in : bytes;
             rc = lookup(n, e, off, cap, &run, &kind, &host);
             if (rc == 0) {
-                if (kind == K_DATA)
-                    run = 0; /* now allocated: written in place next round */
-                else if (!q && kind == K_ZERO)
+                if (!q && kind == K_ZERO)
                     ; /* already zeroes */
                 else if (!q && kind == K_UNALLOC && !n->backing)
                     ; /* reads as zeroes already */
-                else if (!q && e->zero_grain && in == 0 && run == e->grain) {
+                else if (zero_gte && run == e->grain) {
+                    /* as qemu-img: a whole grain becomes a zeroed entry, its old data left behind */
                     uint64_t gi = (off - e->start) / e->grain;
                     if (!e->gd[gi / e->gtes])
                         rc = alloc_gt(e, gi / e->gtes);
                     if (rc == 0)
                         rc = set_gte(e, gi, GTE_ZEROED);
-                }
+                } else if (kind == K_DATA)
+                    run = 0; /* now allocated: written in place next round */
                 else
                     rc = write_new_grain(n, e, off, run, kind, host, q, qoff);
             }
@@ -760,8 +762,15 @@ static int load_table(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, u
         vbd_error_setf(err, -rc, "Could not read the %s from '%s': %s", what, e->file->filename, strerror(-rc));
         return rc;
     }
-    for (uint64_t i = 0; i < e->gd_entries; i++)
+    for (uint64_t i = 0; i < e->gd_entries; i++) {
         t[i] = le32toh(t[i]);
+        if (t[i] && (uint64_t)t[i] * SECTOR + gt_bytes(e) > fsize) {
+            vbd_error_setf(err, EINVAL, "Could not open '%s': %s entry %" PRIu64 " points past the end of '%s'",
+                           n->filename, what, i, e->file->filename);
+            free(t);
+            return -EINVAL;
+        }
+    }
     *out = t;
     return 0;
 }
