@@ -89,6 +89,61 @@ EOF
     rm -f ./*.vmdk ./*.raw
 done
 
+step "streamOptimized as VMware streams it (grain directory at the end, a footer): vbd reads what qemu reads"
+head -c 3000000 /dev/urandom >rnd.bin
+python3 - rnd.bin vm.vmdk <<'EOF'
+import struct, sys, zlib
+data = open(sys.argv[1], 'rb').read()
+cap = 16384  # sectors (8 MiB): data in the first 3 MB and a copy at 6 MiB
+disk = bytearray(cap * 512); disk[0:len(data)] = data; disk[6 << 20:(6 << 20) + 500000] = data[:500000]
+def hdr(gd):
+    h = bytearray(512)
+    h[0:4] = b'KDMV'
+    struct.pack_into('<IIQQQQIQQQ', h, 4, 3, 0x30001, cap, 128, 1, 2, 512, 0, gd, 128)
+    h[73:77] = b'\n \r\n'; struct.pack_into('<H', h, 77, 1)
+    return h
+out = bytearray(hdr(0xffffffffffffffff))
+desc = b'# Disk DescriptorFile\nversion=1\nCID=abcdef01\nparentCID=ffffffff\ncreateType="streamOptimized"\nRW 16384 SPARSE "vm.vmdk"\n'
+out += desc.ljust(1024, b'\0')
+out += bytes(128 * 512 - len(out))
+def marker(val, typ):
+    m = bytearray(512); struct.pack_into('<QII', m, 0, val, 0, typ); return m
+gts = {}
+for g in range(cap // 128):
+    chunk = bytes(disk[g * 65536:(g + 1) * 65536])
+    if chunk == bytes(65536):
+        continue
+    c = zlib.compress(chunk)
+    gts.setdefault(g // 512, {})[g % 512] = len(out) // 512
+    rec = struct.pack('<QI', g * 128, len(c)) + c
+    out += rec + bytes(-len(rec) % 512)
+gd = [0] * ((cap // 128 + 511) // 512)
+for t, ents in gts.items():
+    out += marker(4, 1)
+    gd[t] = len(out) // 512
+    tab = [0] * 512
+    for i, v in ents.items():
+        tab[i] = v
+    out += struct.pack('<512I', *tab)
+out += marker(1, 2)
+gd_sector = len(out) // 512
+out += struct.pack('<%dI' % len(gd), *gd).ljust(512, b'\0')
+out += marker(1, 3) + hdr(gd_sector) + bytes(512)
+open(sys.argv[2], 'wb').write(out)
+EOF
+must qemu-img convert -f vmdk -O raw vm.vmdk q.raw
+must "$VBD_IMG" convert -f vmdk -O raw vm.vmdk v.raw
+cmp q.raw v.raw || fail "stream: vbd reads otherwise than qemu"
+cmp <(head -c 3000000 v.raw) rnd.bin || fail "stream: the data differs"
+run_io "$VBD_IO" vmdk vm.vmdk -c 'read -P 0 3000000 3291456' -c 'read -P 0 6791456 1597152'
+must qemu-img info --output=json vm.vmdk >qi.json
+must "$VBD_IMG" info --output=json vm.vmdk >vi.json
+[ "$(info_keys qi.json)" = "$(info_keys vi.json)" ] || fail "stream: info differs: $(info_keys qi.json) vs $(info_keys vi.json)"
+must_fail_with "Read-only" "$VBD_IO" -f vmdk -c "write 0 512" vm.vmdk
+must "$VBD_IMG" convert -O qcow2 vm.vmdk c.qcow2
+out=$(qemu-img compare -f vmdk -F qcow2 vm.vmdk c.qcow2) || fail "stream: convert to qcow2: $out"
+rm -f ./*.vmdk ./*.raw ./*.qcow2 rnd.bin
+
 step "create options as qemu-img's"
 desc_of() { # the descriptor without its random CID
     local f=$1

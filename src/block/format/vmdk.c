@@ -87,6 +87,7 @@ struct vmdk_state {
     uint64_t desc_room;    /* embedded: bytes reserved for it; 0 = a descriptor file */
     bool cid_updated, backing_checked, backing_ok;
     bool read_only;
+    bool stream_ro;        /* an extent has its GD at the end: writes refused */
     struct vbd_co_mutex lock;
 };
 
@@ -599,6 +600,8 @@ static int vmdk_write(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
 {
     struct vmdk_state *s = n->opaque;
     int rc = 0;
+    if (s->stream_ro)
+        return -EROFS; /* appending grains would overwrite the footer: read-only, as VMware streams are */
     if (!s->cid_updated) {
         vbd_co_mutex_lock(&s->lock);
         rc = update_cid(n);
@@ -1145,16 +1148,8 @@ static int vmdk_open_inner(struct vbd_node *n, struct json_object *opts, unsigne
         vbd_error_setf(err, EINVAL, "Could not open '%s': invalid parentFileNameHint", n->filename);
         return -EINVAL;
     }
-    if (!s->read_only) {
-        for (unsigned i = 0; i < s->next; i++) {
-            if (s->ext[i].gd_at_end) {
-                vbd_error_setf(err, EROFS,
-                               "Could not open '%s': a streamOptimized image with its grain directory at the end is read-only",
-                               n->filename);
-                return -EROFS;
-            }
-        }
-    }
+    for (unsigned i = 0; i < s->next; i++)
+        s->stream_ro |= s->ext[i].gd_at_end;
     n->size = s->next ? s->ext[s->next - 1].start + s->ext[s->next - 1].bytes : 0;
     n->bl.request_alignment = 1;
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
