@@ -26,6 +26,7 @@
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/iov.h"
+#include "vbd/loop.h"
 #include "vbd/options.h"
 
 #include <ctype.h>
@@ -248,9 +249,8 @@ static void report_bad(struct vbd_node *n, const char *what, uint64_t off)
 static uint64_t gt_bytes(const struct vmdk_extent *e) { return (uint64_t)e->gtes * 4; }
 
 /* The run from off (inside extent e, not past bytes) of one kind: K_DATA
- * at contiguous *host offsets, K_COMP one compressed grain at *host (its
- * marker), K_ZERO or K_UNALLOC. *gt_sector gets the grain table's sector
- * (0 = none). */
+ * at contiguous *host offsets, K_COMP compressed grains (*host: the first one's
+ * marker), K_ZERO or K_UNALLOC. */
 static int lookup(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint64_t bytes, uint64_t *run, int *kind,
                   uint64_t *host)
 {
@@ -305,12 +305,9 @@ static int lookup(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint6
         if (i == 0) {
             k = ki;
             *host = ki >= K_DATA ? h + (ki == K_DATA ? in : 0) : 0;
-            if (ki == K_COMP) {
-                i = 1;
-                break;
-            }
             continue;
         }
+        /* compressed grains make one run for block status; reads take them one by one */
         if (ki != k || (k == K_DATA && h != *host - in + i * e->grain))
             break;
     }
@@ -357,15 +354,36 @@ static int read_backing(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
     return 0;
 }
 
+struct inflate_job {
+    const uint8_t *in;
+    uint64_t in_len;
+    uint8_t *out;
+    uint64_t out_len;
+};
+
+static long inflate_job_run(void *arg)
+{
+    struct inflate_job *j = arg;
+    uLongf olen = (uLongf)j->out_len;
+    if (uncompress(j->out, &olen, j->in, (uLong)j->in_len) != Z_OK)
+        return -EIO;
+    j->out_len = olen;
+    return 0;
+}
+
 /* Inflate the grain whose marker is at host into out (e->grain bytes);
- * *got = bytes it holds (the last grain of a disk may be shorter). */
+ * *got = bytes it holds (the last grain of a disk may be shorter). The
+ * inflating runs on the thread pool: the requests in flight (convert's
+ * workers) inflate their grains on several cores at once. */
 static int read_compressed(struct vbd_node *n, struct vmdk_extent *e, uint64_t host, uint8_t *out, uint64_t *got)
 {
     uint64_t fsize = vbd_node_size(e->file);
-    uint64_t want = 2 * e->grain + MARKER_BYTES;
-    if (want > fsize - host)
-        want = fsize - host;
-    uint8_t *buf = vbd_alloc_aligned(4096, want ? want : 1);
+    uint64_t max = 2 * e->grain + MARKER_BYTES; /* as qemu-img: a grain deflates to at most twice its size */
+    if (max > fsize - host)
+        max = fsize - host;
+    /* most grains deflate to less than a grain: read that much first */
+    uint64_t want = e->grain + 4096 < max ? e->grain + 4096 : max;
+    uint8_t *buf = vbd_alloc_aligned(4096, max ? max : 1);
     int rc = vbd_node_co_pread(e->file, host, buf, want);
     if (rc < 0)
         goto out;
@@ -378,17 +396,20 @@ static int read_compressed(struct vbd_node *n, struct vmdk_extent *e, uint64_t h
         }
         dlen = ld32(buf + 8);
         data = buf + MARKER_BYTES;
-        if (!dlen || dlen > want - MARKER_BYTES) {
+        if (!dlen || dlen > max - MARKER_BYTES) {
             rc = -EIO;
             goto out;
         }
+        if (MARKER_BYTES + dlen > want && (rc = vbd_node_co_pread(e->file, host + want, buf + want,
+                                                                   MARKER_BYTES + dlen - want)) < 0)
+            goto out;
+    } else if (want < max && (rc = vbd_node_co_pread(e->file, host + want, buf + want, max - want)) == 0) {
+        dlen = max;
     }
-    uLongf olen = (uLongf)e->grain;
-    if (uncompress(out, &olen, data, (uLong)dlen) != Z_OK) {
-        rc = -EIO;
-        goto out;
-    }
-    *got = olen;
+    struct inflate_job j = {.in = data, .in_len = dlen, .out = out, .out_len = e->grain};
+    rc = (int)vbd_co_run_in_thread(inflate_job_run, &j);
+    if (rc == 0)
+        *got = j.out_len;
 out:
     free(buf);
     if (rc == -EIO)
@@ -417,6 +438,8 @@ static int vmdk_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
             rc = vbd_node_co_preadv(e->file, host, run, q, qoff, 0);
         } else if (kind == K_COMP) {
             uint64_t in = (off - e->start) % e->grain, got = 0;
+            if (run > e->grain - in)
+                run = e->grain - in;
             if (!gbuf)
                 gbuf = malloc(e->grain);
             rc = read_compressed(n, e, host, gbuf, &got);
@@ -1252,7 +1275,8 @@ static int64_t vmdk_allocated_size(struct vbd_node *n)
 }
 
 /* As qemu-img: every allocated grain must start inside its file; the
- * first one that does not ends the check with one corruption. */
+ * first one that does not ends the check with one corruption. No cluster
+ * counts: qemu-img reports none for vmdk. */
 static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
     struct vmdk_state *s = n->opaque;
@@ -1265,7 +1289,6 @@ static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsig
         if (e->flat)
             continue;
         uint64_t fsize = vbd_node_size(e->file);
-        res->total_clusters += div_up(e->bytes, e->grain);
         uint32_t *t = malloc(gt_bytes(e));
         for (uint64_t gdi = 0; gdi < e->gd_entries; gdi++) {
             uint64_t gt = (uint64_t)e->gd[gdi] * SECTOR;
@@ -1285,9 +1308,6 @@ static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsig
                 uint32_t v = le32toh(t[j]);
                 if (!v || (v == GTE_ZEROED && e->zero_grain))
                     continue;
-                res->allocated_clusters++;
-                if (e->compressed)
-                    res->compressed_clusters++;
                 if ((uint64_t)v * SECTOR >= fsize) {
                     fprintf(stderr, "ERROR: cluster offset for sector %" PRIu64 " points after EOF\n",
                             (e->start + (first + j) * e->grain) / SECTOR);
