@@ -70,6 +70,12 @@ strip = lambda d: (d["virtual-size"], d.get("cluster-size"), d["format-specific"
 sys.exit(strip(a) != strip(b))
 EOF
     run_io qemu-io vmdk v.vmdk "${r[@]}"
+    # measure (qemu-img has none for vmdk): what the conversion took (an upper bound where
+    # grains are compressed or a descriptor file's length is estimated), exactly for monolithicSparse
+    req=$("$VBD_IMG" measure -O vmdk -o subformat=$sub --output=json q.raw | python3 -c 'import json,sys; print(json.load(sys.stdin)["required"])')
+    got=$(cat v*.vmdk | wc -c)
+    [ "$req" -ge "$got" ] || fail "$sub: measure says $req, the image takes $got"
+    [ $sub != monolithicSparse ] || [ "$req" = "$got" ] || fail "$sub: measure says $req, the image takes $got"
     if [ $sub != monolithicFlat ] && [ $sub != twoGbMaxExtentFlat ]; then
         must "$VBD_IMG" convert -c -f raw -O vmdk -o subformat=$sub q.raw c.vmdk
         out=$(qemu-img compare -f raw -F vmdk q.raw c.vmdk) || fail "$sub: convert -c: qemu-img compare: $out"
