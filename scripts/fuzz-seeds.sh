@@ -4,7 +4,8 @@
 # compression, a snapshot, a backing name; vmdk: monolithicSparse with and
 # without zeroed grains, streamOptimized, a descriptor file). Idempotent.
 set -euo pipefail
-top=$(cd "$1" 2>/dev/null || mkdir -p "$1"; cd "$1" && pwd)
+mkdir -p "$1"
+top=$(cd "$1" && pwd)
 d=$top/fuzz-qcow2
 mkdir -p "$d"
 if [ -z "$(ls -A "$d")" ]; then
