@@ -1,11 +1,14 @@
 #!/bin/bash
-# Seed corpus for the qcow2 fuzz target: small images made by qemu-img
-# (v2/v3, 512 B to 64 KiB clusters, extended L2, compression, a snapshot, a
-# backing name). Idempotent.
+# Seed corpora for the qcow2 and vmdk fuzz targets: small images made by
+# qemu-img (qcow2: v2/v3, 512 B to 64 KiB clusters, extended L2,
+# compression, a snapshot, a backing name; vmdk: monolithicSparse with and
+# without zeroed grains, streamOptimized, a descriptor file). Idempotent.
 set -euo pipefail
-d=$1/fuzz-qcow2
+mkdir -p "$1"
+top=$(cd "$1" && pwd)
+d=$top/fuzz-qcow2
 mkdir -p "$d"
-[ -n "$(ls -A "$d")" ] && exit 0
+if [ -z "$(ls -A "$d")" ]; then
 cd "$d"
 qemu-img create -q -f qcow2 v3.qcow2 1M && qemu-io -c "write -P 1 0 64k" -c "write -z 128k 64k" v3.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 1M && qemu-io -c "write -P 2 4k 4k" v2.qcow2 >/dev/null
@@ -17,3 +20,14 @@ head -c 200000 /dev/urandom >raw.bin
 qemu-img convert -q -c -O qcow2 -f raw raw.bin comp.qcow2 && rm raw.bin
 qemu-img snapshot -c s1 v3.qcow2
 qemu-img create -q -f qcow2 -b v3.qcow2 -F qcow2 backed.qcow2
+fi
+d=$top/fuzz-vmdk
+mkdir -p "$d"
+if [ -z "$(ls -A "$d")" ]; then
+    cd "$d"
+    qemu-img create -q -f vmdk sparse.vmdk 1M && qemu-io -f vmdk -c "write -P 1 0 64k" -c "write -P 2 300k 5000" sparse.vmdk >/dev/null
+    qemu-img create -q -f vmdk -o zeroed_grain=on zg.vmdk 1M && qemu-io -f vmdk -c "write -P 3 0 128k" -c "write -z 0 64k" zg.vmdk >/dev/null
+    head -c 200000 /dev/urandom >raw.bin
+    qemu-img convert -q -O vmdk -o subformat=streamOptimized -f raw raw.bin stream.vmdk && rm raw.bin
+    printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 128 FLAT "x-flat.vmdk" 0\n' >desc.vmdk
+fi

@@ -66,6 +66,9 @@ struct vbd_image_info {
     bool dirty_flag;
     bool has_dirty_flag;
     bool corrupt;
+    /* writes must be whole compressed clusters (a streamOptimized vmdk):
+     * convert writes it as with -c, as qemu-img does */
+    bool needs_compressed_writes;
     /* format-specific part, as QEMU's ImageInfoSpecific:
      * {"type":"qcow2","data":{"compat":"1.1",...}}; owned by the caller. */
     struct json_object *format_specific;

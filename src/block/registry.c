@@ -16,6 +16,7 @@ extern const struct vbd_driver *const vbd_driver_vpc;
 extern const struct vbd_driver *const vbd_driver_throttle;
 extern const struct vbd_driver *const vbd_driver_blkdebug;
 extern const struct vbd_driver *const vbd_driver_copy_on_read;
+extern const struct vbd_driver *const vbd_driver_vmdk;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -30,6 +31,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_throttle,
     &vbd_driver_blkdebug,
     &vbd_driver_copy_on_read,
+    &vbd_driver_vmdk,
     NULL,
 };
 

@@ -74,7 +74,7 @@ static const struct {
     {"null-aio", null_keys}, {"nbd", nbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
     {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
-    {"copy-on-read", cor_keys},
+    {"copy-on-read", cor_keys}, {"vmdk", generic_cow_format_keys},
 };
 
 static const char *json_kind(struct json_object *v)

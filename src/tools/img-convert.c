@@ -205,6 +205,12 @@ int verb_convert(int argc, char **argv)
                          (unsigned long long)total);
         goto out;
     }
+    if (!compress) {
+        struct vbd_image_info info = {0};
+        if (vbd_node_get_info(vbd_node_skip_filters(dst), &info, NULL) == 0 && info.needs_compressed_writes)
+            compress = true;
+        json_object_put(info.format_specific);
+    }
     if (compress && !(dst->supported_write_flags & VBD_REQ_COMPRESSED)) {
         vbd_error_report("Compression not supported for this file format");
         goto out;

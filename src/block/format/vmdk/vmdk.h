@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: MIT */
+/* The vmdk driver's shared parts: on-disk constants, the extent and node
+ * state, and what create.c (create, measure) offers vmdk.c. */
+#ifndef VBD_FORMAT_VMDK_H
+#define VBD_FORMAT_VMDK_H
+
+#include "vbd/block.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct json_object;
+struct vbd_error;
+
+#define VMDK4_MAGIC 0x564d444bu /* "KDMV" read as little-endian */
+#define VMDK3_MAGIC 0x44574f43u /* "COWD" */
+#define F_NL_DETECT (1u << 0)
+#define F_RGD (1u << 1)
+#define F_ZERO_GRAIN (1u << 2)
+#define F_COMPRESS (1u << 16)
+#define F_MARKER (1u << 17)
+#define GD_AT_END UINT64_MAX
+#define GTE_ZEROED 1u
+#define DEFLATE 1
+#define SECTOR 512u
+#define DESC_MAX ((1u << 20) - 1)   /* longest descriptor read, as qemu-img */
+#define MAX_GRAIN_SECTORS 0x200000u /* 1 GiB grains: qemu-img's limit */
+#define MAX_GD_ENTRIES (32u << 20)
+#define MAX_EXTENTS 65536u
+#define RUN_MAX 512u
+#define SPLIT_SIZE 0x80000000ull    /* twoGbMaxExtent* extent size */
+#define MARKER_BYTES 12u
+
+enum { K_UNALLOC, K_ZERO, K_DATA, K_COMP };
+
+struct vmdk_extent {
+    struct vbd_node *file; /* n->file or owned */
+    bool owned;
+    bool flat, compressed, has_marker, zero_grain, cowd;
+    char type[16];          /* the extent line's type ("" for the monolithic ones, as qemu-img) */
+    uint64_t start, bytes;  /* range of the virtual disk */
+    uint64_t flat_off;      /* flat: where the range starts in the file */
+    uint64_t grain;         /* bytes per grain */
+    uint32_t gtes;          /* entries per grain table */
+    uint32_t gd_entries;
+    uint64_t gd_off, rgd_off; /* bytes; rgd_off 0 = none */
+    uint32_t *gd, *rgd;     /* host order, sectors */
+    uint64_t file_end;      /* next allocation */
+    bool gd_at_end;
+};
+
+struct vmdk_state {
+    struct vmdk_extent *ext;
+    unsigned next;
+    char create_type[64];
+    uint32_t cid, parent_cid;
+    char *desc;            /* descriptor text (NUL-terminated) */
+    uint64_t desc_off;     /* where it lives in n->file */
+    uint64_t desc_room;    /* embedded: bytes reserved for it; 0 = a descriptor file */
+    bool cid_updated, backing_checked, backing_ok;
+    bool read_only;
+    bool stream_ro;        /* an extent has its GD at the end: writes refused */
+    struct vbd_co_mutex lock;
+};
+
+static inline uint32_t ld32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+static inline uint64_t ld64(const uint8_t *p) { return ld32(p) | (uint64_t)ld32(p + 4) << 32; }
+static inline void st32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void st64(uint8_t *p, uint64_t v)
+{
+    st32(p, (uint32_t)v);
+    st32(p + 4, (uint32_t)(v >> 32));
+}
+static inline uint64_t div_up(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
+extern const struct vbd_opt_desc vmdk_create_opts[];
+int vmdk_create(const char *filename, struct json_object *opts, struct vbd_error **err);
+int vmdk_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully,
+                 struct vbd_error **err);
+
+#endif
