@@ -13,6 +13,7 @@ extern const struct vbd_driver *const vbd_driver_vdi;
 extern const struct vbd_driver *const vbd_driver_qed;
 extern const struct vbd_driver *const vbd_driver_parallels;
 extern const struct vbd_driver *const vbd_driver_vpc;
+extern const struct vbd_driver *const vbd_driver_vhdx;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -24,6 +25,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_qed,
     &vbd_driver_parallels,
     &vbd_driver_vpc,
+    &vbd_driver_vhdx,
     NULL,
 };
 
