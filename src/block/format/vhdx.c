@@ -539,9 +539,12 @@ out:
     return rc;
 }
 
-/* Commit one BAT sector through the log (see the top of the file). */
-static int log_write_bat_sector(struct vbd_node *n, struct vhdx_state *s, uint64_t sector_index)
+/* Set BAT entry idx to entry through the log (see the top of the file):
+ * the in-memory entry changes only once the change is on disk, so that
+ * other requests see the block only when it is there for good. */
+static int log_write_bat_entry(struct vbd_node *n, struct vhdx_state *s, uint64_t idx, uint64_t entry)
 {
+    uint64_t sector_index = idx * 8 / VHDX_LOG_SECTOR;
     uint8_t log_guid[16];
     int rc = 0;
     guid_generate(log_guid);
@@ -555,6 +558,7 @@ static int log_write_bat_sector(struct vbd_node *n, struct vhdx_state *s, uint64
     const uint64_t *src = s->bat + sector_index * (VHDX_LOG_SECTOR / 8);
     for (unsigned i = 0; i < VHDX_LOG_SECTOR / 8; i++)
         put_le64(sec + i * 8, src[i]);
+    put_le64(sec + idx * 8 % VHDX_LOG_SECTOR, entry);
     uint64_t seq = s->log_seq ? s->log_seq : 1;
     uint64_t fsize = vbd_node_size(n->file);
     uint64_t file_off = s->bat_offset + sector_index * VHDX_LOG_SECTOR;
@@ -584,10 +588,11 @@ static int log_write_bat_sector(struct vbd_node *n, struct vhdx_state *s, uint64
         rc = vbd_node_co_pwrite(n->file, file_off, sec, VHDX_LOG_SECTOR, 0);
     if (rc == 0)
         rc = vbd_node_co_flush(n->file);
-    if (rc == 0)
+    if (rc == 0) {
+        s->bat[idx] = entry; /* committed: the replay of the log would write it too */
         rc = update_headers(n, s, false, zero_guid);
-    if (rc == 0)
-        s->log_seq = seq + 1;
+    }
+    s->log_seq = seq + 1;
     free(e);
     free(sec);
     return rc;
@@ -1047,11 +1052,7 @@ static int alloc_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vb
         rc = vbd_node_co_flush(n->file); /* the data before the BAT entry that makes it visible */
     if (rc < 0)
         goto out;
-    uint64_t old = s->bat[idx];
-    s->bat[idx] = block | PB_FULLY_PRESENT;
-    rc = log_write_bat_sector(n, s, idx * 8 / VHDX_LOG_SECTOR);
-    if (rc < 0)
-        s->bat[idx] = old;
+    rc = log_write_bat_entry(n, s, idx, block | PB_FULLY_PRESENT);
 out:
     vbd_co_mutex_unlock(&s->lock);
     return rc;
