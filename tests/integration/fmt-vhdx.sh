@@ -3,7 +3,7 @@
 # makes (each subformat, block sizes, block_state_zero) read the same
 # through vbd; images and writes vbd makes read the same through qemu and
 # check clean; vbd-img create lays images out as qemu-img does; a dirty
-# image (a log left by a crash, written by vhdx-log.py after the spec) is
+# image (a log left by a crash, written by vhdx-craft.py after the spec) is
 # refused read-only by both, replayed by a read-write open of vbd as by
 # qemu-img check -r all; the stress test on a dynamic image; hostile logs,
 # BATs and headers give one-line errors and leave the file untouched.
@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T" || exit 1
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
-LOGPY=$VBD_ROOT/tests/integration/vhdx-log.py
+LOGPY=$VBD_ROOT/tests/integration/vhdx-craft.py
 
 # patterns at unaligned offsets, crossing the 1 MiB and 8 MiB block boundaries
 writes=(-c 'write -P 0x11 1000 3000000' -c 'write -P 0x22 8387000 5000' -c 'write -P 0x33 9000001 777'
@@ -205,7 +205,7 @@ bad "has no metadata region" $((RT1 + 48)) 00 rt1
 bad "unsupported VHDX log version" H+64 0100 hdr
 bad "invalid VHDX log offset" H+72 0000020000000000 hdr
 bad "no 'metadata' signature" $((3 << 20)) 00
-bad "differencing VHDX images" $(((3 << 20) + 65536 + 4)) 02
+bad "differencing VHDX image without a parent locator" $(((3 << 20) + 65536 + 4)) 02
 bad "invalid VHDX block size" $(((3 << 20) + 65536)) 00003000
 bad "invalid VHDX logical sector size" $(((3 << 20) + 65536 + 32)) 00010000
 bad "invalid VHDX virtual disk size" $(((3 << 20) + 65536 + 8)) 0000000000000001
@@ -227,6 +227,32 @@ must_fail_with "smaller than its 1 MiB header section" "$VBD_IMG" info s.vhdx
 printf 'vhdxfile' | dd of=n.raw bs=1 seek=512 conv=notrunc 2>/dev/null; truncate -s 2M n.raw
 fmt=$("$VBD_IMG" info --output=json n.raw | python3 -c 'import json,sys; print(json.load(sys.stdin)["format"])')
 [ "$fmt" = raw ] || fail "a file with 'vhdxfile' not at 0 probed as $fmt"
+
+step "a differencing image (made after the spec; qemu-img 7.2 cannot read one): read through its parent"
+must qemu-img create -q -f vhdx -o block_size=1M parent.vhdx 8M
+must qemu-io -f vhdx -c 'write -P 0x31 0 6M' -c 'write -P 0x32 1048576 10000' parent.vhdx >/dev/null
+must qemu-img convert -f vhdx -O raw parent.vhdx parent.raw
+must qemu-img create -q -f vhdx -o block_size=1M,block_state_zero=off child.vhdx 8M
+must python3 "$LOGPY" diff child.vhdx parent.raw want.raw
+must "$VBD_IMG" info --output=json child.vhdx >vi.json
+python3 -c 'import json,sys; d=json.load(open("vi.json")); sys.exit(d.get("backing-filename") != "parent.vhdx")' ||
+    fail "differencing: vbd-img info does not name the parent: $(cat vi.json)"
+must "$VBD_IMG" convert -f vhdx -O raw child.vhdx got.raw
+cmp got.raw want.raw || fail "differencing: vbd-img convert -O raw reads other content"
+must "$VBD_IMG" convert -f vhdx -O qcow2 child.vhdx got.qcow2
+out=$(qemu-img compare -f qcow2 -F raw got.qcow2 want.raw) || fail "differencing: converted to qcow2: $out"
+must "$VBD_IO" -r -c "read -P 0xc2 $((1048576 + 10 * 512)) 5120" -c "read -P 0x32 $((1048576 + 9 * 512)) 512" \
+    -c "read -P 0 $((2 << 20)) 1M" -c "read -P 0x31 $((3 << 20)) 1M" -c "read -P 0 $((6 << 20)) 2M" child.vhdx >/dev/null
+m=$("$VBD_IMG" map -f vhdx --output=json child.vhdx | python3 -c 'import json,sys; print([(e["start"], e["length"], e["depth"], e["zero"]) for e in json.load(sys.stdin)])')
+M=1048576
+want="[(0, $M, 0, False), ($M, 5120, 1, False), ($((M + 5120)), 5120, 0, False), ($((M + 10240)), $((980 * 512)), 1, False), "
+want+="($((M + 1000 * 512)), $((500 * 512)), 0, False), ($((M + 1500 * 512)), $((548 * 512)), 1, False), ($((2 * M)), $M, 0, True), "
+want+="($((3 * M)), $((3 * M)), 1, False), ($((6 * M)), $((2 * M)), 1, True)]"
+[ "$m" = "$want" ] || fail "differencing: map $m, want $want"
+must_fail_with "can only be opened read-only" "$VBD_IO" -c 'read 0 1' child.vhdx
+must mv parent.vhdx elsewhere.vhdx
+must_fail_with "parent.vhdx" "$VBD_IMG" convert -f vhdx -O raw child.vhdx got.raw
+rm -f child.vhdx elsewhere.vhdx parent.raw want.raw got.raw got.qcow2
 
 step "the model-based stress test (tests/stress/vbd-stress) on dynamic vhdx images"
 STRESS=$VBD_BUILD/tests/stress/vbd-stress

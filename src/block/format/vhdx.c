@@ -19,8 +19,13 @@
  * opened read-only is refused, as QEMU does, with the command that
  * replays it.
  *
- * Differencing images (has_parent) are refused: QEMU cannot create or
- * read them either. */
+ * Differencing images (has_parent; QEMU refuses them) are read, read-only:
+ * the parent named by the parent locator's relative_path is the backing
+ * node; a PARTIALLY_PRESENT block's sectors come from this file where the
+ * block's sector bitmap (one bit per logical sector, in the sector bitmap
+ * block the BAT lists after each chunk of payload blocks) says so, from
+ * the parent elsewhere; absent, undefined and unmapped blocks are the
+ * parent's. */
 #include "vbd/block.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
@@ -170,6 +175,7 @@ struct vhdx_state {
     uint64_t meta_offset, meta_length;
     uint32_t block_size, lsec, psec;
     bool fixed;           /* leave_blocks_allocated */
+    bool diff;            /* has_parent: a differencing image */
     uint64_t vsize;
     uint64_t chunk_ratio;
     uint64_t data_blocks, bat_entries;
@@ -701,6 +707,101 @@ out:
     return rc;
 }
 
+/* UTF-16LE (BMP) to UTF-8, NUL-terminated; false if it does not fit. */
+static bool utf16_to_utf8(const uint8_t *in, size_t in_len, char *out, size_t out_size)
+{
+    size_t o = 0;
+    for (size_t i = 0; i + 1 < in_len; i += 2) {
+        uint16_t c = get_le16(in + i);
+        uint8_t b[3];
+        size_t nb;
+        if (c < 0x80) {
+            b[0] = (uint8_t)c;
+            nb = 1;
+        } else if (c < 0x800) {
+            b[0] = (uint8_t)(0xc0 | c >> 6);
+            b[1] = (uint8_t)(0x80 | (c & 0x3f));
+            nb = 2;
+        } else {
+            b[0] = (uint8_t)(0xe0 | c >> 12);
+            b[1] = (uint8_t)(0x80 | ((c >> 6) & 0x3f));
+            b[2] = (uint8_t)(0x80 | (c & 0x3f));
+            nb = 3;
+        }
+        if (!c || o + nb >= out_size)
+            return false;
+        memcpy(out + o, b, nb);
+        o += nb;
+    }
+    out[o] = 0;
+    return true;
+}
+
+/* The parent's path from the VHDX parent locator: relative_path (Windows
+ * separators), else the last component of absolute_win32_path, looked up
+ * beside the image as vbd_open_backing does with relative names. */
+static int read_parent_locator(struct vbd_node *n, uint64_t off, uint32_t len, struct vbd_error **err)
+{
+    const char *name = n->file->filename;
+    if (len < 20 || len > 64 * KiB) {
+        vbd_error_setf(err, EINVAL, "Image '%s': VHDX parent locator of %u bytes", name, len);
+        return -EINVAL;
+    }
+    uint8_t *l = malloc(len);
+    if (!l)
+        return -ENOMEM;
+    int rc = vbd_node_co_pread(n->file, off, l, len);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Could not read the VHDX parent locator of '%s': %s", name, strerror(-rc));
+        free(l);
+        return rc;
+    }
+    uint16_t count = get_le16(l + 18);
+    char rel[1024] = "", abs_path[1024] = "";
+    rc = -EINVAL;
+    if (20 + (uint64_t)count * 12 > len) {
+        vbd_error_setf(err, EINVAL, "Image '%s': VHDX parent locator has %u entries, more than fit", name, count);
+        goto out;
+    }
+    for (uint16_t i = 0; i < count; i++) {
+        const uint8_t *e = l + 20 + i * 12;
+        uint32_t ko = get_le32(e), vo = get_le32(e + 4);
+        uint16_t kl = get_le16(e + 8), vl = get_le16(e + 10);
+        if (ko > len || kl > len - ko || vo > len || vl > len - vo) {
+            vbd_error_setf(err, EINVAL, "Image '%s': VHDX parent locator entry %u is outside the locator", name, i);
+            goto out;
+        }
+        char key[64], val[1024];
+        if (!utf16_to_utf8(l + ko, kl, key, sizeof(key)) || !utf16_to_utf8(l + vo, vl, val, sizeof(val)))
+            continue;
+        if (!strcmp(key, "relative_path"))
+            memcpy(rel, val, sizeof(rel));
+        else if (!strcmp(key, "absolute_win32_path"))
+            memcpy(abs_path, val, sizeof(abs_path));
+    }
+    const char *path = rel;
+    if (!*rel && *abs_path) {
+        char *base = strrchr(abs_path, '\\');
+        path = base ? base + 1 : abs_path;
+    }
+    if (!*path) {
+        vbd_error_setf(err, EINVAL, "Image '%s': the VHDX parent locator names no parent path", name);
+        goto out;
+    }
+    char *d = n->backing_file;
+    const char *p = path;
+    if (!strncmp(p, ".\\", 2))
+        p += 2;
+    for (; *p && d < n->backing_file + sizeof(n->backing_file) - 1; p++)
+        *d++ = *p == '\\' ? '/' : *p;
+    *d = 0;
+    snprintf(n->backing_format, sizeof(n->backing_format), "vhdx");
+    rc = 0;
+out:
+    free(l);
+    return rc;
+}
+
 static int read_metadata(struct vbd_node *n, struct vhdx_state *s, struct vbd_error **err)
 {
     const char *name = n->file->filename;
@@ -767,9 +868,22 @@ static int read_metadata(struct vbd_node *n, struct vhdx_state *s, struct vbd_er
     uint32_t pflags = get_le32(v + 4);
     s->fixed = pflags & 1;
     if (pflags & 2) {
-        vbd_error_setf(err, ENOTSUP, "Image '%s': differencing VHDX images (with a parent) are not supported", name);
-        rc = -ENOTSUP;
-        goto out;
+        if (!have[5]) {
+            vbd_error_setf(err, EINVAL, "Image '%s': a differencing VHDX image without a parent locator", name);
+            rc = -EINVAL;
+            goto out;
+        }
+        if (s->rw) {
+            vbd_error_setf(err, ENOTSUP, "Image '%s': differencing VHDX images can only be opened read-only", name);
+            rc = -ENOTSUP;
+            goto out;
+        }
+        s->diff = true;
+        for (uint16_t i = 0; i < count; i++) /* the locator's length, checked above */
+            if (!memcmp(m + 32 + i * 32, parent_loc_guid, 16))
+                rc = read_parent_locator(n, item_off[5], get_le32(m + 32 + i * 32 + 20), err);
+        if (rc < 0)
+            goto out;
     }
     if ((rc = vbd_node_co_pread(n->file, item_off[1], v, 8)) < 0)
         goto io;
@@ -857,6 +971,37 @@ static int check_bat(struct vbd_node *n, struct vhdx_state *s, const struct regi
             (*errors)++;
         }
     }
+    for (uint64_t c = 0; s->diff && c < s->bat_entries / (s->chunk_ratio + 1); c++) {
+        uint64_t e = s->bat[c * (s->chunk_ratio + 1) + s->chunk_ratio];
+        if ((e & BAT_STATE_MASK) != PB_FULLY_PRESENT) /* SB_BLOCK_PRESENT has the same value */
+            continue;
+        uint64_t off = e & BAT_OFFSET_MASK;
+        char msg[256] = "";
+        if (off > fsize || MiB > fsize - off)
+            snprintf(msg, sizeof(msg), "VHDX sector bitmap block %llu at offset %llu points after end of file (%llu)",
+                     (unsigned long long)c, (unsigned long long)off, (unsigned long long)fsize);
+        else if (overlaps(regs, nregs, off, MiB))
+            snprintf(msg, sizeof(msg), "VHDX sector bitmap block %llu at offset %llu overlaps the image's metadata",
+                     (unsigned long long)c, (unsigned long long)off);
+        if (!*msg) {
+            struct region *b = realloc(blocks, sizeof(*blocks) * (nb + 1));
+            if (!b) {
+                rc = -ENOMEM;
+                goto out;
+            }
+            blocks = b;
+            blocks[nb].start = off;
+            blocks[nb++].end = off + MiB;
+            continue;
+        }
+        if (!errors) {
+            vbd_error_setf(err, EINVAL, "Image '%s': %s", n->file->filename, msg);
+            rc = -EINVAL;
+            goto out;
+        }
+        vbd_error_report("%s", msg);
+        (*errors)++;
+    }
     qsort(blocks, nb, sizeof(*blocks), cmp_region);
     for (uint64_t i = 1; i < nb; i++)
         if (blocks[i].start < blocks[i - 1].end) {
@@ -923,7 +1068,10 @@ static int vhdx_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         return rc;
     s->chunk_ratio = VHDX_MAX_SECTORS_PER_BLOCK * s->lsec / s->block_size;
     s->data_blocks = (s->vsize + s->block_size - 1) / s->block_size;
-    s->bat_entries = s->data_blocks ? s->data_blocks + (s->data_blocks - 1) / s->chunk_ratio : 0;
+    if (s->diff) /* every chunk ends with its sector bitmap entry */
+        s->bat_entries = (s->data_blocks + s->chunk_ratio - 1) / s->chunk_ratio * (s->chunk_ratio + 1);
+    else
+        s->bat_entries = s->data_blocks ? s->data_blocks + (s->data_blocks - 1) / s->chunk_ratio : 0;
     if (s->bat_entries > s->bat_length / 8)
         return bad(err, EINVAL, name, "the VHDX BAT region is too small for %llu entries", s->bat_entries);
     s->bat = malloc(s->bat_length); /* a multiple of 1 MiB, so whole log sectors */
@@ -969,6 +1117,10 @@ static int vhdx_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     n->bl.request_alignment = 1;
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
     n->bl.opt_transfer = s->block_size;
+    if (s->diff && (rc = vbd_open_backing(n, opts, flags, err)) < 0) {
+        vhdx_free(s);
+        return rc;
+    }
     return 0;
 }
 
@@ -987,6 +1139,88 @@ static uint64_t entry_of(const struct vhdx_state *s, uint64_t off, uint64_t *in_
     return s->bat[bat_index(s, blk)];
 }
 
+/* The parent's bytes (zeroes past its end, or without one). */
+static int read_parent(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
+{
+    uint64_t psize = n->backing ? vbd_node_size(n->backing) : 0;
+    uint64_t have = off >= psize ? 0 : psize - off < bytes ? psize - off : bytes;
+    if (have) {
+        int rc = vbd_node_co_preadv(n->backing, off, have, q, qoff, 0);
+        if (rc < 0)
+            return rc;
+    }
+    if (have < bytes)
+        vbd_iov_memset(q->iov, q->niov, qoff + have, 0, bytes - have);
+    return 0;
+}
+
+/* [off, off+len) of a PARTIALLY_PRESENT block at host offset block_off:
+ * runs of sectors whose bitmap bit is set come from the file, the others
+ * from the parent. Bit k (LSB first) of the chunk's bitmap is its
+ * logical sector k. */
+static int read_partial(struct vbd_node *n, uint64_t off, uint64_t in, uint64_t len, uint64_t block_off,
+                        struct vbd_qiov *q, size_t qoff)
+{
+    struct vhdx_state *s = n->opaque;
+    uint64_t blk = off / s->block_size, chunk = blk / s->chunk_ratio;
+    uint64_t sbe = s->bat[chunk * (s->chunk_ratio + 1) + s->chunk_ratio];
+    if ((sbe & BAT_STATE_MASK) != PB_FULLY_PRESENT)
+        return -EIO; /* a partial block without its sector bitmap */
+    uint64_t start = (blk % s->chunk_ratio) * s->block_size + in; /* byte in the chunk */
+    uint64_t first = start / s->lsec, last = (start + len - 1) / s->lsec;
+    uint64_t nbytes = last / 8 - first / 8 + 1;
+    uint8_t *bm = malloc(nbytes);
+    if (!bm)
+        return -ENOMEM;
+    int rc = vbd_node_co_pread(n->file, (sbe & BAT_OFFSET_MASK) + first / 8, bm, nbytes);
+    for (uint64_t done = 0; rc == 0 && done < len;) {
+        uint64_t sec = (start + done) / s->lsec;
+        bool bit = bm[sec / 8 - first / 8] >> (sec % 8) & 1;
+        uint64_t run = (sec + 1) * s->lsec - (start + done);
+        while (done + run < len) {
+            uint64_t nx = (start + done + run) / s->lsec;
+            if ((bool)(bm[nx / 8 - first / 8] >> (nx % 8) & 1) != bit)
+                break;
+            run += s->lsec;
+        }
+        if (done + run > len)
+            run = len - done;
+        rc = bit ? vbd_node_co_preadv(n->file, block_off + in + done, run, q, qoff + done, 0)
+                 : read_parent(n, off + done, run, q, qoff + done);
+        done += run;
+    }
+    free(bm);
+    return rc;
+}
+
+/* In the partial block of off: whether its sector is this file's, and
+ * *len cut to the run of sectors alike. */
+static int partial_run(struct vbd_node *n, uint64_t off, uint64_t in, uint64_t *len, bool *mine)
+{
+    struct vhdx_state *s = n->opaque;
+    uint64_t blk = off / s->block_size, chunk = blk / s->chunk_ratio;
+    uint64_t sbe = s->bat[chunk * (s->chunk_ratio + 1) + s->chunk_ratio];
+    if ((sbe & BAT_STATE_MASK) != PB_FULLY_PRESENT)
+        return -EIO;
+    uint64_t start = (blk % s->chunk_ratio) * s->block_size + in;
+    uint64_t first = start / s->lsec, last = (start + *len - 1) / s->lsec;
+    uint64_t nbytes = last / 8 - first / 8 + 1;
+    uint8_t *bm = malloc(nbytes);
+    if (!bm)
+        return -ENOMEM;
+    int rc = vbd_node_co_pread(n->file, (sbe & BAT_OFFSET_MASK) + first / 8, bm, nbytes);
+    if (rc == 0) {
+        *mine = bm[0] >> (first % 8) & 1;
+        uint64_t sec = first + 1;
+        while (sec <= last && (bool)(bm[sec / 8 - first / 8] >> (sec % 8) & 1) == *mine)
+            sec++;
+        if (sec <= last)
+            *len = sec * s->lsec - start;
+    }
+    free(bm);
+    return rc;
+}
+
 static int vhdx_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
 {
     struct vhdx_state *s = n->opaque;
@@ -1002,12 +1236,23 @@ static int vhdx_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
             break;
         case PB_NOT_PRESENT:
         case PB_UNDEFINED:
-        case PB_ZERO:
         case PB_UNMAPPED:
         case PB_UNMAPPED_V095:
+            if (s->diff) {
+                rc = read_parent(n, off, len, q, qoff);
+                break;
+            }
+            /* fall through */
+        case PB_ZERO:
             vbd_iov_memset(q->iov, q->niov, qoff, 0, len);
             break;
-        default: /* PARTIALLY_PRESENT needs a parent; 4 is no state */
+        case PB_PARTIALLY_PRESENT:
+            if (s->diff) {
+                rc = read_partial(n, off, in, len, e & BAT_OFFSET_MASK, q, qoff);
+                break;
+            }
+            return -EIO;
+        default: /* 4 is no state */
             return -EIO;
         }
         if (rc < 0)
@@ -1115,8 +1360,25 @@ static int vhdx_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
     uint64_t in, avail;
     uint64_t e = entry_of(s, off, &in, &avail);
     unsigned st = e & BAT_STATE_MASK;
-    if (st == 4 || st == PB_PARTIALLY_PRESENT)
+    if (st == 4 || (st == PB_PARTIALLY_PRESENT && !s->diff))
         return -EIO;
+    if (s->diff && st != PB_FULLY_PRESENT) {
+        /* one block at a time: absent blocks are the parent's; in a partial
+         * one, the run of sectors alike in the bitmap */
+        *pnum = avail < bytes ? avail : bytes;
+        if (st == PB_ZERO)
+            return VBD_BS_ZERO | VBD_BS_ALLOCATED;
+        if (st != PB_PARTIALLY_PRESENT)
+            return 0;
+        bool mine;
+        int rc = partial_run(n, off, in, pnum, &mine);
+        if (rc < 0)
+            return rc;
+        if (!mine)
+            return 0;
+        *map = (e & BAT_OFFSET_MASK) + in;
+        return VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
+    }
     bool data = st == PB_FULLY_PRESENT;
     uint64_t host = (e & BAT_OFFSET_MASK) + in;
     uint64_t done = 0;

@@ -1,19 +1,28 @@
 #!/usr/bin/env python3
-# Make a VHDX image dirty the way a crash in the middle of a metadata
-# update leaves it, following Microsoft's VHDX spec (not QEMU's code): a
-# new block's data is in the file, the log holds the entries that make it
+# Hand-made VHDX images, following Microsoft's VHDX spec (not QEMU's code),
+# for what qemu-img cannot make.
+#
+# A dirty image is made dirty the way a crash in the middle of a metadata
+# update leaves it: a new block's data is in the file, the log holds the entries that make it
 # visible, the active header names the log, the BAT and the rest of the
 # file do not have the changes yet.
 #
-#   vhdx-log.py dirty IMG RAW      IMG (dynamic, made by qemu-img) gets two
+#   vhdx-craft.py dirty IMG RAW      IMG (dynamic, made by qemu-img) gets two
 #       log entries: seq N writes a BAT sector allocating block 1 at the end
 #       of the file (filled with 0x5a) and overwrites a 4 KiB sector of
 #       block 0 with 0xa5; seq N+1 zeroes 8 KiB of block 0. A stale entry
 #       with another log GUID sits before them. RAW (the image's content
 #       before) is changed to what the image reads after replaying.
-#   vhdx-log.py hostile IMG KIND   one entry writing outside the file's data:
+#   vhdx-craft.py hostile IMG KIND   one entry writing outside the file's data:
 #       KIND=past-eof (a data sector past the end of the file), zero-huge (a
 #       zero descriptor of 2^50 bytes), header (over the header section).
+#   vhdx-craft.py diff IMG PARENT_RAW OUT_RAW  IMG (dynamic, 1 MiB blocks,
+#       block_state_zero=off, made by qemu-img) becomes a differencing image
+#       whose parent locator names ./parent.vhdx (relative_path, Windows
+#       style): block 0 present (0xc1), block 1 partially present (0xc2 in
+#       sectors 10-19 and 1000-1499, the parent's elsewhere), block 2 zero,
+#       block 3 absent, block 4 unmapped (both the parent's). OUT_RAW gets
+#       what it reads as, from the parent's content PARENT_RAW.
 import os
 import struct
 import sys
@@ -159,8 +168,68 @@ def hostile(path, kind):
     img.set_log_guid(guid)
 
 
+def utf16(t):
+    return t.encode('utf-16-le')
+
+
+def diff(path, parent_raw, out_raw):
+    img = Image(path)
+    assert img.block_size == MiB
+    f = img.f
+    rt = img.read(192 * 1024, 64 * 1024)
+    meta_off = struct.unpack_from('<Q', rt, 16 + 32 + 16)[0]
+    m = bytearray(img.read(meta_off, 64 * 1024))
+    n = struct.unpack_from('<H', m, 10)[0]
+    assert n == 5
+    # the parent locator item, after the others
+    keys = [('parent_linkage', '{%s}' % uuid.uuid4()), ('relative_path', '.\\parent.vhdx'),
+            ('absolute_win32_path', 'C:\\vms\\parent.vhdx')]
+    loc = bytearray(uuid.UUID('b04aefb7-d19e-4a81-b789-25b8e9445913').bytes_le + struct.pack('<HH', 0, len(keys)))
+    strings = bytearray()
+    base = 20 + 12 * len(keys)
+    for k, v in keys:
+        ko = base + len(strings); strings += utf16(k)
+        vo = base + len(strings); strings += utf16(v)
+        loc += struct.pack('<IIHH', ko, vo, len(utf16(k)), len(utf16(v)))
+    loc += strings
+    item_off = 64 * 1024 + 4096
+    m[32 + 32 * n:32 + 32 * n + 32] = (uuid.UUID('a8d35f2d-b30b-454d-abf7-d3d84834ab0c').bytes_le +
+                                      struct.pack('<IIII', item_off, len(loc), 4, 0))
+    struct.pack_into('<H', m, 10, n + 1)
+    img.write(meta_off, bytes(m))
+    img.write(meta_off + item_off, bytes(loc))
+    fp = bytearray(img.read(meta_off + 64 * 1024, 8))
+    struct.pack_into('<I', fp, 4, 2)  # has_parent
+    img.write(meta_off + 64 * 1024, bytes(fp))
+    size = img.size()
+    at = (size + MiB - 1) // MiB * MiB
+    b0, b1, sb = at, at + MiB, at + 2 * MiB
+    img.write(b0, b'\xc1' * MiB)
+    img.write(b1, b'\xc2' * MiB)
+    bitmap = bytearray(MiB)
+    sectors = list(range(10, 20)) + list(range(1000, 1500))
+    for k in sectors:
+        s = 2048 + k  # block 1's sectors follow block 0's in the chunk
+        bitmap[s // 8] |= 1 << (s % 8)
+    img.write(sb, bytes(bitmap))
+    bat = bytearray(img.read(img.bat_off, 8 * 4097))
+    for i, e in enumerate([b0 | 6, b1 | 7, 2, 0, 3]):
+        struct.pack_into('<Q', bat, 8 * i, e)
+    struct.pack_into('<Q', bat, 8 * 4096, sb | 6)  # the chunk's sector bitmap entry
+    img.write(img.bat_off, bytes(bat))
+    f.close()
+    raw = bytearray(open(parent_raw, 'rb').read())
+    raw[0:MiB] = b'\xc1' * MiB
+    for k in sectors:
+        raw[MiB + 512 * k:MiB + 512 * (k + 1)] = b'\xc2' * 512
+    raw[2 * MiB:3 * MiB] = bytes(MiB)
+    open(out_raw, 'wb').write(raw)
+
+
 if __name__ == '__main__':
     if sys.argv[1] == 'dirty':
         dirty(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == 'diff':
+        diff(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         hostile(sys.argv[2], sys.argv[3])
