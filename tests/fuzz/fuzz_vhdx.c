@@ -1,7 +1,8 @@
 /* Fuzz target: a VHDX image whose structures are mutated by the input.
  * A valid image (1 MiB blocks, 8 MiB disk: headers, region tables,
  * metadata, a BAT with present, zero and absent blocks, optionally a log
- * to replay) is built in memory; the input, after a flags byte, is XORed
+ * to replay, optionally differencing with a partially present block) is
+ * built in memory; the input, after a flags byte, is XORed
  * over windows of the active header, the first region table, the metadata
  * table and items, the BAT and the log (from the window the second byte
  * picks on), so that an all-zero input is the
@@ -24,7 +25,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MB (1u << 20)
-#define IMG_SIZE (7u * MB)
+#define IMG_SIZE (8u * MB)
 
 struct job {
     const char *path;
@@ -68,7 +69,7 @@ static const uint8_t log_guid[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 
 
 /* The valid image; with a log: one entry (seq 10) allocating block 3 at
  * 6 MiB through a BAT sector and zeroing 8 KiB of block 0. */
-static void build(uint8_t *img, bool dirty)
+static void build(uint8_t *img, bool dirty, bool diff)
 {
     memcpy(img, "vhdxfile", 8);
     for (int i = 0; i < 2; i++) {
@@ -95,7 +96,7 @@ static void build(uint8_t *img, bool dirty)
     memcpy(img + (256u << 10), rt, 64u << 10);
     uint8_t *m = img + 3 * MB;
     memcpy(m, "metadata", 8);
-    put_le16(m + 10, 5);
+    put_le16(m + 10, diff ? 6 : 5);
     static const uint32_t lens[5] = {8, 8, 16, 4, 4};
     uint32_t off = 64u << 10;
     for (int i = 0; i < 5; i++) {
@@ -108,13 +109,35 @@ static void build(uint8_t *img, bool dirty)
     }
     uint8_t *it = m + (64u << 10);
     put_le32(it, MB);
+    if (diff) { /* has_parent, a locator naming "p.vhdx", block 2 partial with its bitmap at 7 MiB */
+        static const uint8_t g_loc[16] = {0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3, 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c};
+        put_le32(it + 4, 2);
+        uint8_t *e = m + 32 + 32 * 5;
+        memcpy(e, g_loc, 16);
+        put_le32(e + 16, (64u << 10) + 4096);
+        put_le32(e + 20, 128);
+        put_le32(e + 24, 4);
+        uint8_t *l = m + (64u << 10) + 4096;
+        put_le16(l + 18, 1);
+        put_le32(l + 20, 32);
+        put_le32(l + 24, 60);
+        put_le16(l + 28, 26);
+        put_le16(l + 30, 12);
+        static const char k[] = "relative_path", v[] = "p.vhdx";
+        for (int i = 0; i < 13; i++)
+            put_le16(l + 32 + 2 * i, (uint8_t)k[i]);
+        for (int i = 0; i < 6; i++)
+            put_le16(l + 60 + 2 * i, (uint8_t)v[i]);
+        memset(img + 7 * MB, 0x0f, 4096);
+        put_le64(img + 2 * MB + 4096 * 8, 7 * MB | 6);
+    }
     put_le64(it + 8, 8 * MB);
     put_le32(it + 32, 512);
     put_le32(it + 36, 512);
     uint8_t *bat = img + 2 * MB;
     put_le64(bat, 4 * MB | 6);
     put_le64(bat + 8, 2);
-    put_le64(bat + 16, 5 * MB | 6);
+    put_le64(bat + 16, 5 * MB | (diff ? 7 : 6));
     memset(img + 4 * MB, 0x11, 4096);
     memset(img + 5 * MB, 0x22, 4096);
     if (dirty) {
@@ -171,7 +194,7 @@ static void run_co(void *arg)
             fprintf(stderr, "open: %s\n", err->msg);
         vbd_error_free(err);
         if (!n)
-            return;
+            continue; /* read-only next (a differencing image opens only so) */
         uint8_t *buf = malloc(65536);
         uint64_t limit = n->size < (32u << 20) ? n->size : (32u << 20); /* bounded work per input */
         for (uint64_t off = 0; off < limit; off += 65536) {
@@ -221,12 +244,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size--;
     /* the parts of the image that are not holes */
     static const struct { uint32_t off, len; } parts[] = {
-        {0, 320u << 10}, {MB, 3 * 4096}, {2 * MB, 4096}, {3 * MB, (64u << 10) + 4096},
-        {4 * MB, 4096}, {5 * MB, 4096}, {6 * MB, 4096},
+        {0, 320u << 10}, {MB, 3 * 4096}, {2 * MB, 4096}, {3 * MB, (64u << 10) + 8192},
+        {4 * MB, 4096}, {5 * MB, 4096}, {6 * MB, 4096}, {7 * MB, 4096}, {2 * MB + (32u << 10), 4096},
     };
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
         memset(img + parts[i].off, 0, parts[i].len);
-    build(img, flags & 1);
+    build(img, flags & 1, flags & 0x80);
     /* windows the input is XORed over, in order */
     static const struct { uint32_t off, len; } win[] = {
         /* past the signatures: a wrong one is one early refusal */
@@ -236,6 +259,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         {3 * MB + (64u << 10), 48}, /* metadata items */
         {2 * MB, 256},             /* BAT */
         {MB + 8, 3 * 4096 - 8},    /* log */
+        {3 * MB + (64u << 10) + 4096, 128}, /* parent locator (0x80) */
     };
     size_t nwin = sizeof(win) / sizeof(win[0]);
     size_t pos = 1, first = size ? data[0] % nwin : 0; /* the second byte picks where the input starts */
@@ -252,7 +276,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd < 0)
         return 0;
-    size_t end = flags & 1 ? IMG_SIZE : 6 * MB;
+    size_t end = flags & 0x80 ? IMG_SIZE : flags & 1 ? 7 * MB : 6 * MB;
     if (flags & 0x40)
         end -= MB / 2; /* truncated */
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)

@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T" || exit 1
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
-LOGPY=$VBD_ROOT/tests/integration/vhdx-craft.py
+CRAFT=$VBD_ROOT/tests/integration/vhdx-craft.py
 
 # patterns at unaligned offsets, crossing the 1 MiB and 8 MiB block boundaries
 writes=(-c 'write -P 0x11 1000 3000000' -c 'write -P 0x22 8387000 5000' -c 'write -P 0x33 9000001 777'
@@ -121,7 +121,7 @@ for bs in 1M 8M; do
     must qemu-img create -q -f vhdx -o block_size=$bs d.vhdx 20M
     must qemu-io -f vhdx -c 'write -P 0x11 1000 60000' -c 'write -P 0x22 3000000 100000' d.vhdx >/dev/null
     must qemu-img convert -f vhdx -O raw d.vhdx want.raw
-    must python3 "$LOGPY" dirty d.vhdx want.raw
+    must python3 "$CRAFT" dirty d.vhdx want.raw
     for c in q v c; do must cp d.vhdx $c.vhdx; done
     qemu-img info v.vhdx >qi.txt 2>&1 && fail "bs=$bs: qemu-img info opened a dirty image read-only"
     grep -q "needs to be replayed" qi.txt || fail "bs=$bs: qemu-img info of a dirty image: $(cat qi.txt)"
@@ -148,7 +148,7 @@ must qemu-img create -q -f vhdx -o block_size=1M base.vhdx 8M
 must qemu-io -f vhdx -c 'write -P 0x11 0 100000' base.vhdx >/dev/null
 for kind in past-eof zero-huge header; do
     must cp base.vhdx h.vhdx
-    must python3 "$LOGPY" hostile h.vhdx $kind
+    must python3 "$CRAFT" hostile h.vhdx $kind
     must cp h.vhdx before.vhdx
     must_fail_with "outside the file's data" "$VBD_IO" -c 'read 0 512' h.vhdx
     cmp h.vhdx before.vhdx || fail "log $kind: the refused replay changed the file"
@@ -157,7 +157,7 @@ done
 
 step "hostile headers, region tables, metadata and BAT: one-line errors"
 patch() { # patch IMG OFFSET HEXBYTES [hdr|rt1]: OFFSET may be H+N (in the active header); then fix that checksum
-    VHDX_LOGPY=$LOGPY python3 - "$@" <<'EOF'
+    VHDX_LOGPY=$CRAFT python3 - "$@" <<'EOF'
 import importlib.util, os, struct, sys
 spec = importlib.util.spec_from_file_location('vl', os.environ['VHDX_LOGPY'])
 vl = importlib.util.module_from_spec(spec); spec.loader.exec_module(vl)
@@ -233,7 +233,7 @@ must qemu-img create -q -f vhdx -o block_size=1M parent.vhdx 8M
 must qemu-io -f vhdx -c 'write -P 0x31 0 6M' -c 'write -P 0x32 1048576 10000' parent.vhdx >/dev/null
 must qemu-img convert -f vhdx -O raw parent.vhdx parent.raw
 must qemu-img create -q -f vhdx -o block_size=1M,block_state_zero=off child.vhdx 8M
-must python3 "$LOGPY" diff child.vhdx parent.raw want.raw
+must python3 "$CRAFT" diff child.vhdx parent.raw want.raw
 must "$VBD_IMG" info --output=json child.vhdx >vi.json
 python3 -c 'import json,sys; d=json.load(open("vi.json")); sys.exit(d.get("backing-filename") != "parent.vhdx")' ||
     fail "differencing: vbd-img info does not name the parent: $(cat vi.json)"
