@@ -297,7 +297,9 @@ static uint32_t desc_sectors(uint32_t count)
  * circular log): signature, GUID, sequence (want_seq, 0 = any), lengths,
  * descriptors, data sectors and checksum. *budget bounds the bytes
  * checksummed so that a log full of near-valid entries cannot hang the
- * open. Returns 1 with *e filled, 0 if not a valid entry. */
+ * open. Returns 1 with *e filled, 0 if not a valid entry, -E2BIG when
+ * the budget is spent (refuse rather than miss the active sequence),
+ * -ENOMEM. */
 static int log_entry_at(const struct vhdx_state *s, const uint8_t *log, uint32_t nsect, uint32_t pos,
                         uint64_t want_seq, uint64_t *budget, struct log_entry *e)
 {
@@ -311,12 +313,14 @@ static int log_entry_at(const struct vhdx_state *s, const uint8_t *log, uint32_t
         memcmp(h + L_LOG_GUID, s->hdr[s->cur] + H_LOG_GUID, 16))
         return 0;
     uint32_t sectors = len / VHDX_LOG_SECTOR, dsect = desc_sectors(count);
-    if (dsect > sectors || *budget < len)
+    if (dsect > sectors)
         return 0;
+    if (*budget < len)
+        return -E2BIG;
     *budget -= len;
     uint8_t *buf = malloc(len);
     if (!buf)
-        return 0;
+        return -ENOMEM;
     for (uint32_t i = 0; i < sectors; i++)
         memcpy(buf + (uint64_t)i * VHDX_LOG_SECTOR, log + (uint64_t)((pos + i) % nsect) * VHDX_LOG_SECTOR,
                VHDX_LOG_SECTOR);
@@ -370,7 +374,12 @@ static int log_search(const struct vhdx_state *s, const uint8_t *log, struct log
     uint64_t pos = 0;
     while (pos < nsect) {
         struct log_entry e;
-        if (!log_entry_at(s, log, nsect, (uint32_t)pos, 0, &budget, &e)) {
+        int v = log_entry_at(s, log, nsect, (uint32_t)pos, 0, &budget, &e);
+        if (v < 0) {
+            free_entries(best, nbest);
+            return v;
+        }
+        if (!v) {
             pos++;
             continue;
         }
@@ -386,7 +395,13 @@ static int log_search(const struct vhdx_state *s, const uint8_t *log, struct log
         pos += e.sectors;
         while (used < nsect) {
             struct log_entry f;
-            if (!log_entry_at(s, log, nsect, (uint32_t)(pos % nsect), e.seq + 1, &budget, &f))
+            int w = log_entry_at(s, log, nsect, (uint32_t)(pos % nsect), e.seq + 1, &budget, &f);
+            if (w < 0) {
+                free_entries(run, nrun);
+                free_entries(best, nbest);
+                return w;
+            }
+            if (!w)
                 break;
             if (used + f.sectors > nsect) {
                 free(f.buf);
@@ -462,6 +477,10 @@ static int log_replay(struct vbd_node *n, struct vhdx_state *s, struct vbd_error
     if (rc == 0)
         rc = log_search(s, log, &ents, &nents);
     free(log);
+    if (rc == -E2BIG) {
+        vbd_error_setf(err, EINVAL, "Image '%s': the VHDX log holds too many damaged entries to find the active ones", name);
+        return -EINVAL;
+    }
     if (rc < 0) {
         vbd_error_setf(err, -rc, "Image '%s': could not read the VHDX log: %s", name, strerror(-rc));
         return rc;
