@@ -26,601 +26,31 @@
  * block the BAT lists after each chunk of payload blocks) says so, from
  * the parent elsewhere; absent, undefined and unmapped blocks are the
  * parent's. */
-#include "vbd/block.h"
-#include "vbd/coroutine.h"
-#include "vbd/error.h"
+#include "vhdx.h"
+
 #include "vbd/iov.h"
 #include "vbd/options.h"
 
-#include <endian.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
-#define KiB 1024ull
-#define MiB (1024ull * 1024)
-#define TiB (MiB * MiB)
-
-#define VHDX_HEADER_SECTION MiB
-#define VHDX_HEADER_SIZE 4096
-#define VHDX_HEADER1_OFF (64 * KiB)
-#define VHDX_HEADER2_OFF (128 * KiB)
-#define VHDX_RT1_OFF (192 * KiB)
-#define VHDX_RT2_OFF (256 * KiB)
-#define VHDX_RT_SIZE (64 * KiB)
-#define VHDX_META_TABLE_SIZE (64 * KiB)
-#define VHDX_LOG_SECTOR 4096u
-#define VHDX_BLOCK_MIN MiB
-#define VHDX_BLOCK_MAX (256 * MiB)
-#define VHDX_MAX_SIZE (64 * TiB)
-#define VHDX_MAX_SECTORS_PER_BLOCK (1ull << 23)
-#define VHDX_LOG_SCAN_BUDGET (512 * MiB) /* bytes checksummed while searching a damaged log */
-
-/* header fields */
-#define H_SEQ 8
-#define H_FILE_GUID 16
-#define H_DATA_GUID 32
-#define H_LOG_GUID 48
-#define H_LOG_VERSION 64
-#define H_VERSION 66
-#define H_LOG_LENGTH 68
-#define H_LOG_OFFSET 72
-
-/* payload block states */
-#define PB_NOT_PRESENT 0
-#define PB_UNDEFINED 1
-#define PB_ZERO 2
-#define PB_UNMAPPED 3
-#define PB_UNMAPPED_V095 5 /* an older draft's value, read as UNMAPPED (as QEMU) */
-#define PB_FULLY_PRESENT 6
-#define PB_PARTIALLY_PRESENT 7
-#define BAT_STATE_MASK 7ull
-#define BAT_OFFSET_MASK (~(MiB - 1))
-
-/* GUIDs as stored: data1/2/3 little-endian, data4 as bytes */
-#define GUID(d1, d2, d3, a, b, c, d, e, f, g, h)                                                                    \
-    {(uint8_t)(d1), (uint8_t)((d1) >> 8), (uint8_t)((d1) >> 16), (uint8_t)((d1) >> 24), (uint8_t)(d2),              \
-     (uint8_t)((d2) >> 8), (uint8_t)(d3), (uint8_t)((d3) >> 8), a, b, c, d, e, f, g, h}
-static const uint8_t bat_guid[16] = GUID(0x2dc27766, 0xf623, 0x4200, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08);
-static const uint8_t metadata_guid[16] = GUID(0x8b7ca206, 0x4790, 0x4b9a, 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e);
-static const uint8_t file_param_guid[16] = GUID(0xcaa16737, 0xfa36, 0x4d43, 0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b);
-static const uint8_t vsize_guid[16] = GUID(0x2fa54224, 0xcd1b, 0x4876, 0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8);
-static const uint8_t page83_guid[16] = GUID(0xbeca12ab, 0xb2e6, 0x4523, 0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46);
-static const uint8_t lsec_guid[16] = GUID(0x8141bf1d, 0xa96f, 0x4709, 0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f);
-static const uint8_t psec_guid[16] = GUID(0xcda348c7, 0x445d, 0x4471, 0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56);
-static const uint8_t parent_loc_guid[16] = GUID(0xa8d35f2d, 0xb30b, 0x454d, 0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c);
-static const uint8_t zero_guid[16];
-
-static inline uint16_t get_le16(const void *p) { uint16_t v; memcpy(&v, p, 2); return le16toh(v); }
-static inline uint32_t get_le32(const void *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
-static inline uint64_t get_le64(const void *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
-static inline void put_le16(void *p, uint16_t v) { v = htole16(v); memcpy(p, &v, 2); }
-static inline void put_le32(void *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
-static inline void put_le64(void *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
-
-/* ---------- CRC-32C (Castagnoli, reflected 0x82f63b78), slicing by 8 ---------- */
-
-static uint32_t crc_tab[8][256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-        crc_tab[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++)
-            crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
-}
-
-static uint32_t crc32c_update(uint32_t crc, const uint8_t *p, size_t len)
-{
-    while (len && ((uintptr_t)p & 7)) {
-        crc = (crc >> 8) ^ crc_tab[0][(crc ^ *p++) & 0xff];
-        len--;
-    }
-    while (len >= 8) {
-        uint32_t lo = get_le32(p) ^ crc, hi = get_le32(p + 4);
-        crc = crc_tab[7][lo & 0xff] ^ crc_tab[6][(lo >> 8) & 0xff] ^ crc_tab[5][(lo >> 16) & 0xff] ^
-              crc_tab[4][lo >> 24] ^ crc_tab[3][hi & 0xff] ^ crc_tab[2][(hi >> 8) & 0xff] ^
-              crc_tab[1][(hi >> 16) & 0xff] ^ crc_tab[0][hi >> 24];
-        p += 8;
-        len -= 8;
-    }
-    while (len--)
-        crc = (crc >> 8) ^ crc_tab[0][(crc ^ *p++) & 0xff];
-    return crc;
-}
-
-/* The checksum of buf with its 4-byte checksum field at crc_at read as zero. */
-static uint32_t vhdx_crc(const uint8_t *buf, size_t len, size_t crc_at)
-{
-    static const uint8_t zero4[4];
-    pthread_once(&crc_once, crc_init);
-    uint32_t c = crc32c_update(0xffffffffu, buf, crc_at);
-    c = crc32c_update(c, zero4, 4);
-    c = crc32c_update(c, buf + crc_at + 4, len - crc_at - 4);
-    return ~c;
-}
-
-static void vhdx_set_crc(uint8_t *buf, size_t len, size_t crc_at)
-{
-    put_le32(buf + crc_at, vhdx_crc(buf, len, crc_at));
-}
-
-static void guid_generate(uint8_t *g)
-{
-    if (getrandom(g, 16, 0) != 16)
-        for (int i = 0; i < 16; i++)
-            g[i] = (uint8_t)rand();
-    g[7] = (uint8_t)((g[7] & 0x0f) | 0x40); /* version 4, in the little-endian data3 */
-    g[8] = (uint8_t)((g[8] & 0x3f) | 0x80);
-}
-
-/* ---------- state ---------- */
-
-struct vhdx_state {
-    uint8_t hdr[2][VHDX_HEADER_SIZE]; /* both headers as on disk; hdr[cur] is active */
-    int cur;
-    uint8_t session_guid[16];
-    uint64_t log_offset;
-    uint32_t log_length;
-    uint64_t bat_offset, bat_length;
-    uint64_t meta_offset, meta_length;
-    uint32_t block_size, lsec, psec;
-    bool fixed;           /* leave_blocks_allocated */
-    bool diff;            /* has_parent: a differencing image */
-    uint64_t vsize;
-    uint64_t chunk_ratio;
-    uint64_t data_blocks, bat_entries;
-    uint64_t *bat;        /* host order, bat_length rounded up to a log sector; written under lock */
-    uint64_t alloc_end;   /* new blocks go at this, rounded up to 1 MiB */
-    uint64_t log_seq;     /* sequence number of the next log entry */
-    bool data_guid_done;  /* data_write_guid renewed for this session */
-    bool log_replayed;
-    bool rw;
-    struct vbd_co_mutex lock;
-};
-
-static uint64_t bat_index(const struct vhdx_state *s, uint64_t blk)
-{
-    return blk + blk / s->chunk_ratio;
-}
+const uint8_t vhdx_bat_guid[16] = VHDX_GUID(0x2dc27766, 0xf623, 0x4200, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08);
+const uint8_t vhdx_metadata_guid[16] = VHDX_GUID(0x8b7ca206, 0x4790, 0x4b9a, 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e);
+const uint8_t vhdx_file_param_guid[16] = VHDX_GUID(0xcaa16737, 0xfa36, 0x4d43, 0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b);
+const uint8_t vhdx_vsize_guid[16] = VHDX_GUID(0x2fa54224, 0xcd1b, 0x4876, 0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8);
+const uint8_t vhdx_page83_guid[16] = VHDX_GUID(0xbeca12ab, 0xb2e6, 0x4523, 0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46);
+const uint8_t vhdx_lsec_guid[16] = VHDX_GUID(0x8141bf1d, 0xa96f, 0x4709, 0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f);
+const uint8_t vhdx_psec_guid[16] = VHDX_GUID(0xcda348c7, 0x445d, 0x4471, 0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56);
+const uint8_t vhdx_parent_loc_guid[16] = VHDX_GUID(0xa8d35f2d, 0xb30b, 0x454d, 0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c);
+const uint8_t vhdx_zero_guid[16] = {0};
 
 static void vhdx_free(struct vhdx_state *s)
 {
     free(s->bat);
     s->bat = NULL;
-}
-
-/* ---------- headers ---------- */
-
-static int header_offset(int i)
-{
-    return i ? VHDX_HEADER2_OFF : VHDX_HEADER1_OFF;
-}
-
-static int read_headers(struct vbd_node *n, struct vhdx_state *s, struct vbd_error **err)
-{
-    bool valid[2];
-    uint64_t seq[2];
-    for (int i = 0; i < 2; i++) {
-        int rc = vbd_node_co_pread(n->file, header_offset(i), s->hdr[i], VHDX_HEADER_SIZE);
-        if (rc < 0) {
-            vbd_error_setf(err, -rc, "Could not read the VHDX headers of '%s': %s", n->file->filename, strerror(-rc));
-            return rc;
-        }
-        const uint8_t *h = s->hdr[i];
-        valid[i] = !memcmp(h, "head", 4) && get_le32(h + 4) == vhdx_crc(h, VHDX_HEADER_SIZE, 4) &&
-                   get_le16(h + H_VERSION) == 1;
-        seq[i] = get_le64(h + H_SEQ);
-    }
-    if (valid[0] && valid[1]) {
-        if (seq[0] != seq[1])
-            s->cur = seq[1] > seq[0];
-        else if (!memcmp(s->hdr[0], s->hdr[1], 80)) /* Disk2VHD writes two identical headers */
-            s->cur = 0;
-        else
-            valid[0] = valid[1] = false;
-    } else {
-        s->cur = valid[1];
-    }
-    if (!valid[0] && !valid[1]) {
-        vbd_error_setf(err, EINVAL, "Image '%s': no valid VHDX header found", n->file->filename);
-        return -EINVAL;
-    }
-    return 0;
-}
-
-/* Write the inactive header as the new active one (sequence + 1), with
- * this session's file_write_guid, optionally a new data_write_guid and a
- * new log GUID. The spec updates the headers twice so both are current. */
-static int update_header(struct vbd_node *n, struct vhdx_state *s, bool new_data_guid, const uint8_t *log_guid)
-{
-    int other = !s->cur;
-    uint8_t *h = s->hdr[other];
-    memcpy(h, s->hdr[s->cur], VHDX_HEADER_SIZE);
-    put_le64(h + H_SEQ, get_le64(s->hdr[s->cur] + H_SEQ) + 1);
-    memcpy(h + H_FILE_GUID, s->session_guid, 16);
-    if (new_data_guid)
-        guid_generate(h + H_DATA_GUID);
-    if (log_guid)
-        memcpy(h + H_LOG_GUID, log_guid, 16);
-    vhdx_set_crc(h, VHDX_HEADER_SIZE, 4);
-    int rc = vbd_node_co_pwrite(n->file, header_offset(other), h, VHDX_HEADER_SIZE, 0);
-    if (rc == 0)
-        rc = vbd_node_co_flush(n->file);
-    if (rc == 0)
-        s->cur = other;
-    return rc;
-}
-
-static int update_headers(struct vbd_node *n, struct vhdx_state *s, bool new_data_guid, const uint8_t *log_guid)
-{
-    int rc = update_header(n, s, new_data_guid, log_guid);
-    return rc < 0 ? rc : update_header(n, s, new_data_guid, log_guid);
-}
-
-/* ---------- log ---------- */
-
-/* log entry header */
-#define L_CHECKSUM 4
-#define L_ENTRY_LENGTH 8
-#define L_TAIL 12
-#define L_SEQ 16
-#define L_DESC_COUNT 24
-#define L_LOG_GUID 32
-#define L_FLUSHED 48
-#define L_LAST 56
-#define L_HDR_SIZE 64
-/* descriptors: "desc"/"zero", trailing(4)/reserved, leading(8)/zero_length, file_offset, seq */
-#define D_SIZE 32
-
-struct log_entry {
-    uint64_t seq;
-    uint32_t sectors;
-    uint8_t *buf; /* the entry, contiguous (malloc'd) */
-};
-
-static uint32_t desc_sectors(uint32_t count)
-{
-    return (uint32_t)(((uint64_t)count + 2 + 127) / 128); /* the header takes two descriptor slots */
-}
-
-/* Validate the entry starting at log sector pos (wrapping around the
- * circular log): signature, GUID, sequence (want_seq, 0 = any), lengths,
- * descriptors, data sectors and checksum. *budget bounds the bytes
- * checksummed so that a log full of near-valid entries cannot hang the
- * open. Returns 1 with *e filled, 0 if not a valid entry, -E2BIG when
- * the budget is spent (refuse rather than miss the active sequence),
- * -ENOMEM. */
-static int log_entry_at(const struct vhdx_state *s, const uint8_t *log, uint32_t nsect, uint32_t pos,
-                        uint64_t want_seq, uint64_t *budget, struct log_entry *e)
-{
-    const uint8_t *h = log + (uint64_t)pos * VHDX_LOG_SECTOR;
-    if (memcmp(h, "loge", 4))
-        return 0;
-    uint32_t len = get_le32(h + L_ENTRY_LENGTH);
-    uint64_t seq = get_le64(h + L_SEQ);
-    uint32_t count = get_le32(h + L_DESC_COUNT);
-    if (!len || len % VHDX_LOG_SECTOR || len > s->log_length || !seq || (want_seq && seq != want_seq) ||
-        memcmp(h + L_LOG_GUID, s->hdr[s->cur] + H_LOG_GUID, 16))
-        return 0;
-    uint32_t sectors = len / VHDX_LOG_SECTOR, dsect = desc_sectors(count);
-    if (dsect > sectors)
-        return 0;
-    if (*budget < len)
-        return -E2BIG;
-    *budget -= len;
-    uint8_t *buf = malloc(len);
-    if (!buf)
-        return -ENOMEM;
-    for (uint32_t i = 0; i < sectors; i++)
-        memcpy(buf + (uint64_t)i * VHDX_LOG_SECTOR, log + (uint64_t)((pos + i) % nsect) * VHDX_LOG_SECTOR,
-               VHDX_LOG_SECTOR);
-    uint32_t ndata = 0;
-    for (uint32_t i = 0; i < count; i++) {
-        const uint8_t *d = buf + L_HDR_SIZE + (uint64_t)i * D_SIZE;
-        if (get_le64(d + 24) != seq || get_le64(d + 16) % VHDX_LOG_SECTOR)
-            goto invalid;
-        if (!memcmp(d, "zero", 4)) {
-            if (get_le64(d + 8) % VHDX_LOG_SECTOR)
-                goto invalid;
-        } else if (!memcmp(d, "desc", 4)) {
-            if (dsect + ndata >= sectors)
-                goto invalid;
-            const uint8_t *ds = buf + (uint64_t)(dsect + ndata) * VHDX_LOG_SECTOR;
-            if (memcmp(ds, "data", 4) || ((uint64_t)get_le32(ds + 4) << 32 | get_le32(ds + 4092)) != seq)
-                goto invalid;
-            ndata++;
-        } else {
-            goto invalid;
-        }
-    }
-    if (vhdx_crc(buf, len, L_CHECKSUM) != get_le32(buf + L_CHECKSUM))
-        goto invalid;
-    e->seq = seq;
-    e->sectors = sectors;
-    e->buf = buf;
-    return 1;
-invalid:
-    free(buf);
-    return 0;
-}
-
-static void free_entries(struct log_entry *v, uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++)
-        free(v[i].buf);
-    free(v);
-}
-
-/* The active sequence, as QEMU finds it: scanning the log from its start,
- * every run of valid entries with consecutive sequence numbers; the run
- * ending with the highest sequence number wins. */
-static int log_search(const struct vhdx_state *s, const uint8_t *log, struct log_entry **out, uint32_t *nout)
-{
-    uint32_t nsect = s->log_length / VHDX_LOG_SECTOR;
-    uint64_t budget = VHDX_LOG_SCAN_BUDGET;
-    struct log_entry *best = NULL;
-    uint32_t nbest = 0;
-    uint64_t best_seq = 0;
-    uint64_t pos = 0;
-    while (pos < nsect) {
-        struct log_entry e;
-        int v = log_entry_at(s, log, nsect, (uint32_t)pos, 0, &budget, &e);
-        if (v < 0) {
-            free_entries(best, nbest);
-            return v;
-        }
-        if (!v) {
-            pos++;
-            continue;
-        }
-        struct log_entry *run = malloc(sizeof(*run) * 4);
-        if (!run) {
-            free(e.buf);
-            free_entries(best, nbest);
-            return -ENOMEM;
-        }
-        uint32_t nrun = 0, cap = 4;
-        uint64_t used = e.sectors;
-        run[nrun++] = e;
-        pos += e.sectors;
-        while (used < nsect) {
-            struct log_entry f;
-            int w = log_entry_at(s, log, nsect, (uint32_t)(pos % nsect), e.seq + 1, &budget, &f);
-            if (w < 0) {
-                free_entries(run, nrun);
-                free_entries(best, nbest);
-                return w;
-            }
-            if (!w)
-                break;
-            if (used + f.sectors > nsect) {
-                free(f.buf);
-                break;
-            }
-            if (nrun == cap) {
-                struct log_entry *r = realloc(run, sizeof(*run) * cap * 2);
-                if (!r) {
-                    free(f.buf);
-                    free_entries(run, nrun);
-                    free_entries(best, nbest);
-                    return -ENOMEM;
-                }
-                run = r;
-                cap *= 2;
-            }
-            run[nrun++] = f;
-            e = f;
-            used += f.sectors;
-            pos += f.sectors;
-        }
-        if (!best || e.seq > best_seq) {
-            free_entries(best, nbest);
-            best = run;
-            nbest = nrun;
-            best_seq = e.seq;
-        } else {
-            free_entries(run, nrun);
-        }
-    }
-    *out = best;
-    *nout = nbest;
-    return 0;
-}
-
-/* Replay the active log sequence, if any, into the file (read-write) or
- * refuse (read-only). Runs before the region tables are read: the log may
- * rewrite the BAT and the metadata, never the header section or itself. */
-static int log_replay(struct vbd_node *n, struct vhdx_state *s, struct vbd_error **err)
-{
-    const char *name = n->file->filename;
-    const uint8_t *h = s->hdr[s->cur];
-    s->log_offset = get_le64(h + H_LOG_OFFSET);
-    s->log_length = get_le32(h + H_LOG_LENGTH);
-    uint64_t fsize = vbd_node_size(n->file);
-    if (s->log_offset < MiB || s->log_offset % MiB) {
-        vbd_error_setf(err, EINVAL, "Image '%s': invalid VHDX log offset %llu", name, (unsigned long long)s->log_offset);
-        return -EINVAL;
-    }
-    if (get_le16(h + H_LOG_VERSION) != 0) {
-        vbd_error_setf(err, ENOTSUP, "Image '%s': unsupported VHDX log version %u", name, get_le16(h + H_LOG_VERSION));
-        return -ENOTSUP;
-    }
-    if (!memcmp(h + H_LOG_GUID, zero_guid, 16) || s->log_length == 0)
-        return 0;
-    if (s->log_length % MiB) {
-        vbd_error_setf(err, EINVAL, "Image '%s': invalid VHDX log length %u", name, s->log_length);
-        return -EINVAL;
-    }
-    if (s->log_offset > fsize || s->log_length > fsize - s->log_offset) {
-        vbd_error_setf(err, EINVAL, "Image '%s': the VHDX log (offset %llu, length %u) is past the end of the file", name,
-                       (unsigned long long)s->log_offset, s->log_length);
-        return -EINVAL;
-    }
-    uint8_t *log = malloc(s->log_length);
-    if (!log) {
-        vbd_error_setf(err, ENOMEM, "Image '%s': cannot allocate the VHDX log", name);
-        return -ENOMEM;
-    }
-    int rc = vbd_node_co_pread(n->file, s->log_offset, log, s->log_length);
-    struct log_entry *ents = NULL;
-    uint32_t nents = 0;
-    if (rc == 0)
-        rc = log_search(s, log, &ents, &nents);
-    free(log);
-    if (rc == -E2BIG) {
-        vbd_error_setf(err, EINVAL, "Image '%s': the VHDX log holds too many damaged entries to find the active ones", name);
-        return -EINVAL;
-    }
-    if (rc < 0) {
-        vbd_error_setf(err, -rc, "Image '%s': could not read the VHDX log: %s", name, strerror(-rc));
-        return rc;
-    }
-    if (!nents)
-        return 0; /* a log GUID but no valid entry: nothing was committed */
-    if (!s->rw) {
-        free_entries(ents, nents);
-        vbd_error_setf(err, EPERM,
-                       "VHDX image file '%s' opened read-only, but contains a log that needs to be replayed; "
-                       "to replay the log, run: vbd-img check -r all '%s'", name, name);
-        return -EPERM;
-    }
-    /* Check every write first so that a hostile entry changes nothing. An
-     * entry may grow the file to its last_file_offset, within one block of
-     * the current end (QEMU grows it). */
-    uint64_t limit = fsize;
-    for (uint32_t i = 0; i < nents; i++) {
-        const uint8_t *b = ents[i].buf;
-        uint64_t flushed = get_le64(b + L_FLUSHED), last = get_le64(b + L_LAST);
-        if (flushed > fsize) {
-            vbd_error_setf(err, EINVAL, "Image '%s': VHDX log entry %llu expects a file of %llu bytes, it has %llu: truncated image",
-                           name, (unsigned long long)ents[i].seq, (unsigned long long)flushed, (unsigned long long)fsize);
-            rc = -EINVAL;
-            goto out;
-        }
-        if (last > limit && last <= fsize + VHDX_BLOCK_MAX + MiB)
-            limit = last;
-    }
-    for (uint32_t i = 0; i < nents; i++) {
-        const uint8_t *b = ents[i].buf;
-        uint32_t count = get_le32(b + L_DESC_COUNT);
-        for (uint32_t j = 0; j < count; j++) {
-            const uint8_t *d = b + L_HDR_SIZE + (uint64_t)j * D_SIZE;
-            uint64_t off = get_le64(d + 16);
-            uint64_t len = memcmp(d, "zero", 4) ? VHDX_LOG_SECTOR : get_le64(d + 8);
-            bool in_log = off < s->log_offset + s->log_length && off + len > s->log_offset;
-            if (off < VHDX_HEADER_SECTION || off > limit || len > limit - off || in_log) {
-                vbd_error_setf(err, EINVAL,
-                               "Image '%s': VHDX log entry %llu writes %llu bytes at %llu, outside the file's data (file size %llu)",
-                               name, (unsigned long long)ents[i].seq, (unsigned long long)len, (unsigned long long)off,
-                               (unsigned long long)fsize);
-                rc = -EINVAL;
-                goto out;
-            }
-        }
-    }
-    uint8_t *sector = vbd_alloc_aligned(4096, VHDX_LOG_SECTOR);
-    for (uint32_t i = 0; i < nents && rc == 0; i++) {
-        const uint8_t *b = ents[i].buf;
-        uint32_t count = get_le32(b + L_DESC_COUNT), dsect = desc_sectors(count), ndata = 0;
-        for (uint32_t j = 0; j < count && rc == 0; j++) {
-            const uint8_t *d = b + L_HDR_SIZE + (uint64_t)j * D_SIZE;
-            uint64_t off = get_le64(d + 16);
-            if (!memcmp(d, "zero", 4)) {
-                rc = vbd_node_co_pwrite_zeroes(n->file, off, get_le64(d + 8), 0);
-                continue;
-            }
-            const uint8_t *ds = b + (uint64_t)(dsect + ndata++) * VHDX_LOG_SECTOR;
-            memcpy(sector, d + 8, 8);              /* leading bytes */
-            memcpy(sector + 8, ds + 8, 4084);
-            memcpy(sector + 4092, d + 4, 4);       /* trailing bytes */
-            rc = vbd_node_co_pwrite(n->file, off, sector, VHDX_LOG_SECTOR, 0);
-        }
-    }
-    free(sector);
-    if (rc == 0 && limit > vbd_node_size(n->file))
-        rc = vbd_node_co_truncate(n->file, (limit + MiB - 1) & ~(MiB - 1), false, VBD_PREALLOC_OFF, NULL);
-    if (rc == 0)
-        rc = vbd_node_co_flush(n->file);
-    if (rc == 0)
-        rc = update_headers(n, s, false, zero_guid);
-    if (rc < 0) {
-        vbd_error_setf(err, -rc, "Image '%s': could not replay the VHDX log: %s", name, strerror(-rc));
-        goto out;
-    }
-    s->log_seq = ents[nents - 1].seq + 1;
-    s->log_replayed = true;
-out:
-    free_entries(ents, nents);
-    return rc;
-}
-
-/* Set BAT entry idx to entry through the log (see the top of the file):
- * the in-memory entry changes only once the change is on disk, so that
- * other requests see the block only when it is there for good. */
-static int log_write_bat_entry(struct vbd_node *n, struct vhdx_state *s, uint64_t idx, uint64_t entry)
-{
-    uint64_t sector_index = idx * 8 / VHDX_LOG_SECTOR;
-    uint8_t log_guid[16];
-    int rc = 0;
-    guid_generate(log_guid);
-    rc = update_headers(n, s, false, log_guid);
-    if (rc < 0)
-        return rc;
-    uint8_t *e = vbd_alloc_aligned(4096, 2 * VHDX_LOG_SECTOR);
-    memset(e, 0, 2 * VHDX_LOG_SECTOR);
-    uint8_t *data = e + VHDX_LOG_SECTOR;
-    uint8_t *sec = vbd_alloc_aligned(4096, VHDX_LOG_SECTOR);
-    const uint64_t *src = s->bat + sector_index * (VHDX_LOG_SECTOR / 8);
-    for (unsigned i = 0; i < VHDX_LOG_SECTOR / 8; i++)
-        put_le64(sec + i * 8, src[i]);
-    put_le64(sec + idx * 8 % VHDX_LOG_SECTOR, entry);
-    uint64_t seq = s->log_seq ? s->log_seq : 1;
-    uint64_t fsize = vbd_node_size(n->file);
-    uint64_t file_off = s->bat_offset + sector_index * VHDX_LOG_SECTOR;
-    memcpy(e, "loge", 4);
-    put_le32(e + L_ENTRY_LENGTH, 2 * VHDX_LOG_SECTOR);
-    put_le32(e + L_TAIL, 0);
-    put_le64(e + L_SEQ, seq);
-    put_le32(e + L_DESC_COUNT, 1);
-    memcpy(e + L_LOG_GUID, log_guid, 16);
-    put_le64(e + L_FLUSHED, fsize);
-    put_le64(e + L_LAST, fsize);
-    uint8_t *d = e + L_HDR_SIZE;
-    memcpy(d, "desc", 4);
-    memcpy(d + 4, sec + 4092, 4);
-    memcpy(d + 8, sec, 8);
-    put_le64(d + 16, file_off);
-    put_le64(d + 24, seq);
-    memcpy(data, "data", 4);
-    put_le32(data + 4, (uint32_t)(seq >> 32));
-    memcpy(data + 8, sec + 8, 4084);
-    put_le32(data + 4092, (uint32_t)seq);
-    vhdx_set_crc(e, 2 * VHDX_LOG_SECTOR, L_CHECKSUM);
-    rc = vbd_node_co_pwrite(n->file, s->log_offset, e, 2 * VHDX_LOG_SECTOR, 0);
-    if (rc == 0)
-        rc = vbd_node_co_flush(n->file);
-    if (rc == 0)
-        rc = vbd_node_co_pwrite(n->file, file_off, sec, VHDX_LOG_SECTOR, 0);
-    if (rc == 0)
-        rc = vbd_node_co_flush(n->file);
-    if (rc == 0) {
-        s->bat[idx] = entry; /* committed: the replay of the log would write it too */
-        rc = update_headers(n, s, false, zero_guid);
-    }
-    s->log_seq = seq + 1;
-    free(e);
-    free(sec);
-    return rc;
 }
 
 /* ---------- open ---------- */
@@ -675,7 +105,7 @@ static int read_region_table(struct vbd_node *n, struct vhdx_state *s, struct re
         const uint8_t *e = rt + 16 + i * 32;
         uint64_t off = get_le64(e + 16);
         uint32_t len = get_le32(e + 24), bits = get_le32(e + 28);
-        bool is_bat = !memcmp(e, bat_guid, 16), is_meta = !memcmp(e, metadata_guid, 16);
+        bool is_bat = !memcmp(e, vhdx_bat_guid, 16), is_meta = !memcmp(e, vhdx_metadata_guid, 16);
         if (!is_bat && !is_meta) {
             if (bits & 1) {
                 vbd_error_setf(err, ENOTSUP, "Image '%s': unsupported required VHDX region", name);
@@ -842,7 +272,7 @@ static int read_metadata(struct vbd_node *n, struct vhdx_state *s, struct vbd_er
         bad(err, EINVAL, name, "VHDX metadata table has %llu entries, more than fit", count);
         goto out;
     }
-    static const uint8_t *const guids[] = {file_param_guid, vsize_guid, page83_guid, lsec_guid, psec_guid, parent_loc_guid};
+    static const uint8_t *const guids[] = {vhdx_file_param_guid, vhdx_vsize_guid, vhdx_page83_guid, vhdx_lsec_guid, vhdx_psec_guid, vhdx_parent_loc_guid};
     static const uint32_t min_len[] = {8, 8, 16, 4, 4, 0};
     static const char *const names[] = {"file parameters", "virtual disk size", "page 83 data", "logical sector size",
                                         "physical sector size", "parent locator"};
@@ -899,7 +329,7 @@ static int read_metadata(struct vbd_node *n, struct vhdx_state *s, struct vbd_er
         }
         s->diff = true;
         for (uint16_t i = 0; i < count; i++) /* the locator's length, checked above */
-            if (!memcmp(m + 32 + i * 32, parent_loc_guid, 16))
+            if (!memcmp(m + 32 + i * 32, vhdx_parent_loc_guid, 16))
                 rc = read_parent_locator(n, item_off[5], get_le32(m + 32 + i * 32 + 20), err);
         if (rc < 0)
             goto out;
@@ -1067,10 +497,10 @@ static int vhdx_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_error_setf(err, EINVAL, "Image '%s' is not a VHDX image: no 'vhdxfile' signature", name);
         return -EINVAL;
     }
-    guid_generate(s->session_guid);
-    if ((rc = read_headers(n, s, err)) < 0)
+    vhdx_guid_generate(s->session_guid);
+    if ((rc = vhdx_read_headers(n, s, err)) < 0)
         return rc;
-    if ((rc = log_replay(n, s, err)) < 0)
+    if ((rc = vhdx_log_replay(n, s, err)) < 0)
         return rc;
     fsize = vbd_node_size(n->file);
     struct region regs[4] = {{0, VHDX_HEADER_SECTION}};
@@ -1125,7 +555,7 @@ static int vhdx_open(struct vbd_node *n, struct json_object *opts, unsigned flag
             return bad(err, EINVAL, name, "the VHDX log (offset %llu) is past the end of the file", s->log_offset);
         }
         /* a new file_write_guid before any other write, as the spec asks */
-        rc = update_headers(n, s, false, NULL);
+        rc = vhdx_update_headers(n, s, false, NULL);
         if (rc < 0) {
             vhdx_free(s);
             vbd_error_setf(err, -rc, "Could not write the VHDX headers of '%s': %s", name, strerror(-rc));
@@ -1316,7 +746,7 @@ static int alloc_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vb
         rc = vbd_node_co_flush(n->file); /* the data before the BAT entry that makes it visible */
     if (rc < 0)
         goto out;
-    rc = log_write_bat_entry(n, s, idx, block | PB_FULLY_PRESENT);
+    rc = vhdx_log_write_bat_entry(n, s, idx, block | PB_FULLY_PRESENT);
 out:
     vbd_co_mutex_unlock(&s->lock);
     return rc;
@@ -1329,7 +759,7 @@ static int first_write(struct vbd_node *n, struct vhdx_state *s)
     int rc = 0;
     vbd_co_mutex_lock(&s->lock);
     if (!s->data_guid_done) {
-        rc = update_headers(n, s, true, NULL);
+        rc = vhdx_update_headers(n, s, true, NULL);
         if (rc == 0)
             s->data_guid_done = true;
     }
@@ -1389,7 +819,7 @@ static int vhdx_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
             return VBD_BS_ZERO | VBD_BS_ALLOCATED;
         if (st != PB_PARTIALLY_PRESENT)
             return 0;
-        bool mine;
+        bool mine = false;
         int rc = partial_run(n, off, in, pnum, &mine);
         if (rc < 0)
             return rc;
@@ -1445,235 +875,6 @@ static int vhdx_co_check(struct vbd_node *n, struct vbd_check_result *res, unsig
     return check_bat(n, s, regs, nregs, &res->corruptions, err);
 }
 
-/* ---------- create ---------- */
-
-static const struct vbd_opt_desc vhdx_create_opts[] = {
-    {"size", VBD_OPT_SIZE, "Virtual disk size; max of 64TB.", NULL},
-    {"log_size", VBD_OPT_SIZE, "Log size; min 1MB.", "1048576"},
-    {"block_size", VBD_OPT_SIZE, "Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.", "0"},
-    {"subformat", VBD_OPT_STRING, "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'.", "dynamic"},
-    {"block_state_zero", VBD_OPT_BOOL,
-     "Force use of payload blocks of type 'ZERO'. Non-standard, but default.  Do not set to 'off' when using 'qemu-img convert' with subformat=dynamic.",
-     "on"},
-    {NULL, 0, NULL, NULL},
-};
-
-static const char *const vhdx_subformat_names[] = {"dynamic", "fixed", NULL};
-
-struct vhdx_params {
-    uint64_t size;
-    uint64_t log_size, block_size;
-    bool fixed, zero_blocks;
-    /* layout */
-    uint64_t bat_offset, bat_length, meta_offset, data_offset, bat_entries, data_blocks;
-};
-
-static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in, struct vhdx_params *p,
-                             struct vbd_error **err)
-{
-    int sub = 0;
-    p->log_size = MiB;
-    p->block_size = 0;
-    p->zero_blocks = true;
-    if (vbd_opt_take_size(opts, "size", &p->size, err) < 0 || vbd_opt_take_size(opts, "log_size", &p->log_size, err) < 0 ||
-        vbd_opt_take_size(opts, "block_size", &p->block_size, err) < 0 ||
-        vbd_opt_take_enum(opts, "subformat", vhdx_subformat_names, &sub, err) < 0 ||
-        vbd_opt_take_bool(opts, "block_state_zero", &p->zero_blocks, err) < 0)
-        return -EINVAL;
-    if (vbd_opts_check_empty(opts, "Block format 'vhdx'", err) < 0)
-        return -EINVAL;
-    p->fixed = sub == 1;
-    if (in)
-        p->size = in->size;
-    p->size = (p->size + 511) & ~511ull;
-    if (p->size > VHDX_MAX_SIZE) {
-        vbd_error_setf(err, EINVAL, "Image size too large; max of 64TB");
-        return -EINVAL;
-    }
-    /* qemu-img rounds the log up to 1 MiB first, then refuses an empty one */
-    p->log_size = (p->log_size + MiB - 1) & ~(MiB - 1);
-    if (p->log_size < MiB || p->log_size > UINT32_MAX) {
-        vbd_error_setf(err, EINVAL, "Log size must be a multiple of 1 MB");
-        return -EINVAL;
-    }
-    if (p->block_size == 0) {
-        if (p->size > 32 * TiB)
-            p->block_size = 64 * MiB;
-        else if (p->size > 100 * 1024 * MiB)
-            p->block_size = 32 * MiB;
-        else if (p->size > 1024 * MiB)
-            p->block_size = 16 * MiB;
-        else
-            p->block_size = 8 * MiB;
-    }
-    p->block_size = (p->block_size + MiB - 1) & ~(MiB - 1);
-    if (p->block_size > VHDX_BLOCK_MAX)
-        p->block_size = VHDX_BLOCK_MAX;
-    if (p->block_size & (p->block_size - 1)) {
-        vbd_error_setf(err, EINVAL, "Block size must be a power of two");
-        return -EINVAL;
-    }
-    uint64_t chunk_ratio = VHDX_MAX_SECTORS_PER_BLOCK * 512 / p->block_size;
-    p->data_blocks = (p->size + p->block_size - 1) / p->block_size;
-    p->bat_entries = p->data_blocks ? p->data_blocks + (p->data_blocks - 1) / chunk_ratio : 0;
-    p->bat_offset = VHDX_HEADER_SECTION + p->log_size;
-    p->bat_length = (p->bat_entries * 8 + MiB - 1) & ~(MiB - 1);
-    if (!p->bat_length)
-        p->bat_length = MiB;
-    p->meta_offset = p->bat_offset + p->bat_length;
-    p->data_offset = p->bat_offset + p->bat_length + 5 * MiB; /* as QEMU: metadata, then room to grow */
-    return 0;
-}
-
-static int vhdx_create(const char *filename, struct json_object *opts, struct vbd_error **err)
-{
-    struct vhdx_params p;
-    int rc = vhdx_parse_create(opts, NULL, &p, err);
-    if (rc < 0)
-        return rc;
-    rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
-    if (rc < 0)
-        return rc;
-    struct vbd_node *f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
-    if (!f)
-        return -EIO;
-    uint64_t file_size = p.data_offset + (p.fixed ? p.size : 0);
-    uint8_t *hs = calloc(1, VHDX_HEADER_SECTION); /* file id, headers, region tables */
-    uint8_t *meta = calloc(1, VHDX_META_TABLE_SIZE + 64);
-    uint8_t *bat = calloc(1, p.bat_length);
-    if (!hs || !meta || !bat) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    rc = vbd_node_co_truncate(f, file_size, true, VBD_PREALLOC_OFF, err);
-    if (rc < 0)
-        goto out;
-
-    memcpy(hs, "vhdxfile", 8);
-    static const char creator[] = "vbd";
-    for (size_t i = 0; i < sizeof(creator) - 1; i++)
-        put_le16(hs + 8 + 2 * i, (uint16_t)creator[i]);
-    uint8_t *h = hs + VHDX_HEADER1_OFF;
-    uint32_t seq;
-    if (getrandom(&seq, sizeof(seq), 0) != sizeof(seq))
-        seq = (uint32_t)rand();
-    memcpy(h, "head", 4);
-    put_le64(h + H_SEQ, seq);
-    guid_generate(h + H_FILE_GUID);
-    guid_generate(h + H_DATA_GUID);
-    put_le16(h + H_LOG_VERSION, 0);
-    put_le16(h + H_VERSION, 1);
-    put_le32(h + H_LOG_LENGTH, (uint32_t)p.log_size);
-    put_le64(h + H_LOG_OFFSET, VHDX_HEADER_SECTION);
-    vhdx_set_crc(h, VHDX_HEADER_SIZE, 4);
-    uint8_t *h2 = hs + VHDX_HEADER2_OFF;
-    memcpy(h2, h, VHDX_HEADER_SIZE);
-    put_le64(h2 + H_SEQ, (uint64_t)seq + 1);
-    vhdx_set_crc(h2, VHDX_HEADER_SIZE, 4);
-    uint8_t *rt = hs + VHDX_RT1_OFF;
-    memcpy(rt, "regi", 4);
-    put_le32(rt + 8, 2);
-    memcpy(rt + 16, bat_guid, 16);
-    put_le64(rt + 32, p.bat_offset);
-    put_le32(rt + 40, (uint32_t)p.bat_length);
-    memcpy(rt + 48, metadata_guid, 16);
-    put_le64(rt + 64, p.meta_offset);
-    put_le32(rt + 72, (uint32_t)MiB);
-    vhdx_set_crc(rt, VHDX_RT_SIZE, 4);
-    memcpy(hs + VHDX_RT2_OFF, rt, VHDX_RT_SIZE);
-
-    memcpy(meta, "metadata", 8);
-    put_le16(meta + 10, 5);
-    static const uint8_t *const guids[5] = {file_param_guid, vsize_guid, page83_guid, lsec_guid, psec_guid};
-    static const uint32_t lens[5] = {8, 8, 16, 4, 4};
-    static const uint32_t flags[5] = {4, 6, 6, 6, 6}; /* required (and virtual disk) */
-    uint32_t item = VHDX_META_TABLE_SIZE;
-    for (int i = 0; i < 5; i++) {
-        uint8_t *e = meta + 32 + 32 * i;
-        memcpy(e, guids[i], 16);
-        put_le32(e + 16, item);
-        put_le32(e + 20, lens[i]);
-        put_le32(e + 24, flags[i]);
-        item += lens[i];
-    }
-    uint8_t *items = meta + VHDX_META_TABLE_SIZE;
-    put_le32(items, (uint32_t)p.block_size);
-    put_le32(items + 4, p.fixed ? 1 : 0);
-    put_le64(items + 8, p.size);
-    guid_generate(items + 16);
-    put_le32(items + 32, 512);
-    put_le32(items + 36, 512);
-
-    /* QEMU's BAT: ZERO blocks with block_state_zero (even when fixed),
-     * else a fixed image's blocks laid out after the metadata, else
-     * NOT_PRESENT */
-    uint64_t chunk_ratio = VHDX_MAX_SECTORS_PER_BLOCK * 512 / p.block_size;
-    for (uint64_t b = 0; b < p.data_blocks; b++) {
-        uint64_t e = PB_NOT_PRESENT;
-        if (p.zero_blocks)
-            e = PB_ZERO;
-        else if (p.fixed)
-            e = ((p.data_offset + b * p.block_size + MiB - 1) & ~(MiB - 1)) | PB_FULLY_PRESENT;
-        put_le64(bat + (b + b / chunk_ratio) * 8, e);
-    }
-    rc = vbd_node_co_pwrite(f, 0, hs, VHDX_HEADER_SECTION, 0);
-    if (rc == 0)
-        rc = vbd_node_co_pwrite(f, p.bat_offset, bat, p.bat_length, 0);
-    if (rc == 0)
-        rc = vbd_node_co_pwrite(f, p.meta_offset, meta, VHDX_META_TABLE_SIZE + 64, 0);
-    if (rc == 0)
-        rc = vbd_node_co_flush(f);
-out:
-    if (rc < 0 && !(err && *err))
-        vbd_error_setf(err, -rc, "Could not create the VHDX image '%s': %s", filename, strerror(-rc));
-    free(hs);
-    free(meta);
-    free(bat);
-    vbd_node_unref(f);
-    return rc < 0 ? rc : 0;
-}
-
-/* qemu-img 7.2 cannot measure vhdx; this gives what vbd-img convert
- * writes: the metadata QEMU's layout reserves, plus the blocks holding
- * data (all of them when fixed). */
-static int vhdx_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated,
-                        struct vbd_error **err)
-{
-    struct vhdx_params p;
-    int rc = vhdx_parse_create(opts, in, &p, err);
-    if (rc < 0)
-        return rc;
-    uint64_t blocks_bytes = p.data_blocks * p.block_size;
-    *fully_allocated = p.data_offset + blocks_bytes;
-    if (p.fixed) {
-        *required = *fully_allocated;
-        return 0;
-    }
-    *required = p.data_offset;
-    if (!in)
-        return 0;
-    /* a block is written when any of it holds data */
-    for (uint64_t b = 0; b < p.data_blocks; b++) {
-        uint64_t off = b * p.block_size, end = off + p.block_size < in->size ? off + p.block_size : in->size;
-        while (off < end) {
-            uint64_t pnum = 0, map;
-            struct vbd_node *file;
-            int depth;
-            int st = vbd_node_co_block_status_above(in, NULL, true, off, end - off, &pnum, &map, &file, &depth);
-            if (st < 0) {
-                vbd_error_setf(err, -st, "Could not measure: block status failed: %s", strerror(-st));
-                return st;
-            }
-            if (!(st & VBD_BS_ZERO) && (st & (VBD_BS_DATA | VBD_BS_ALLOCATED))) {
-                *required += p.block_size;
-                break;
-            }
-            off += pnum;
-        }
-    }
-    return 0;
-}
-
 static const struct vbd_driver vhdx_driver = {
     .name = "vhdx",
     .kind = VBD_DRV_FORMAT,
@@ -1686,7 +887,7 @@ static const struct vbd_driver vhdx_driver = {
     .co_block_status = vhdx_block_status,
     .get_info = vhdx_get_info,
     .create_opts = vhdx_create_opts,
-    .co_create = vhdx_create,
+    .co_create = vhdx_co_create,
     .measure = vhdx_measure,
     .co_check = vhdx_co_check,
 };
