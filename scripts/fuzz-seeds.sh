@@ -6,6 +6,13 @@
 set -euo pipefail
 mkdir -p "$1"
 top=$(cd "$1" && pwd)
+# vhdx: the target builds a valid image itself; an input is a flags byte
+# (1 dirty log, 2/4/8 keep the header/region table/log checksums as
+# mutated, 0x10 read-only, 0x20 open for check, 0x40 truncated, 0x80 differencing), then a
+# window selector and bytes XORed over the image's structures.
+v=$top/fuzz-vhdx
+mkdir -p "$v"
+for s in 00 01 11 21 40 4100 80 90; do [ -e "$v/seed-$s" ] || printf "$(echo $s | sed 's/../\\x&/g')" >"$v/seed-$s"; done
 d=$top/fuzz-qcow2
 mkdir -p "$d"
 if [ -z "$(ls -A "$d")" ]; then

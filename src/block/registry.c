@@ -17,6 +17,7 @@ extern const struct vbd_driver *const vbd_driver_throttle;
 extern const struct vbd_driver *const vbd_driver_blkdebug;
 extern const struct vbd_driver *const vbd_driver_copy_on_read;
 extern const struct vbd_driver *const vbd_driver_vmdk;
+extern const struct vbd_driver *const vbd_driver_vhdx;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -32,6 +33,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_blkdebug,
     &vbd_driver_copy_on_read,
     &vbd_driver_vmdk,
+    &vbd_driver_vhdx,
     NULL,
 };
 

@@ -54,7 +54,7 @@ static const struct key_type qcow2_keys[] = {
     {"overlap-check", "any"}, {"cache-size", "int"}, {"l2-cache-size", "int"}, {"l2-cache-entry-size", "int"},
     {"refcount-cache-size", "int"}, {"cache-clean-interval", "int"}, {"encrypt", "any"}, {NULL, NULL},
 };
-/* QEMU's BlockdevOptionsGenericFormat (vdi, vpc, parallels) and
+/* QEMU's BlockdevOptionsGenericFormat (vdi, vpc, parallels, vhdx) and
  * BlockdevOptionsGenericCOWFormat (qed) */
 static const struct key_type generic_format_keys[] = {{"file", "ref"}, {NULL, NULL}};
 static const struct key_type generic_cow_format_keys[] = {{"file", "ref"}, {"backing", "ref-or-null"}, {NULL, NULL}};
@@ -75,6 +75,7 @@ static const struct {
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
     {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
     {"copy-on-read", cor_keys}, {"vmdk", generic_cow_format_keys},
+    {"vhdx", generic_format_keys},
 };
 
 static const char *json_kind(struct json_object *v)

@@ -239,7 +239,7 @@ check(ev["node-name"] == "c" and ev["device"] == "" and "L2 table offset" in ev[
 check(nodes()["c"]["image"]["format-specific"]["data"]["corrupt"] is True, "query shows corrupt")
 
 # --- blockdev-add of the foreign formats (QEMU's generic format options): qemu-io's pattern read over NBD
-for fmt in ("vdi", "vpc", "parallels", "qed", "vmdk"):
+for fmt in ("vdi", "vpc", "parallels", "qed", "vmdk", "vhdx"):
     img = f"{T}/f.{fmt}"
     check(run("qemu-img", "create", "-q", "-f", fmt, img, "8M").returncode == 0, f"qemu-img create -f {fmt}")
     check(run("qemu-io", "-f", fmt, "-c", "write -P 0x66 1M 64k", img).returncode == 0, f"qemu-io write {fmt}")

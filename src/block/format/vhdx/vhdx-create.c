@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT */
+/* vhdx: image creation with qemu-img 7.2's options and layout, and measure
+ * (which qemu-img 7.2 cannot do for vhdx). */
+#include "vhdx.h"
+
+#include "vbd/options.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <sys/random.h>
+
+/* ---------- create ---------- */
+
+const struct vbd_opt_desc vhdx_create_opts[] = {
+    {"size", VBD_OPT_SIZE, "Virtual disk size; max of 64TB.", NULL},
+    {"log_size", VBD_OPT_SIZE, "Log size; min 1MB.", "1048576"},
+    {"block_size", VBD_OPT_SIZE, "Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.", "0"},
+    {"subformat", VBD_OPT_STRING, "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'.", "dynamic"},
+    {"block_state_zero", VBD_OPT_BOOL,
+     "Force use of payload blocks of type 'ZERO'. Non-standard, but default.  Do not set to 'off' when using 'qemu-img convert' with subformat=dynamic.",
+     "on"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const char *const vhdx_subformat_names[] = {"dynamic", "fixed", NULL};
+
+struct vhdx_params {
+    uint64_t size;
+    uint64_t log_size, block_size;
+    bool fixed, zero_blocks;
+    /* layout */
+    uint64_t bat_offset, bat_length, meta_offset, data_offset, bat_entries, data_blocks;
+};
+
+static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in, struct vhdx_params *p,
+                             struct vbd_error **err)
+{
+    int sub = 0;
+    p->log_size = MiB;
+    p->block_size = 0;
+    p->zero_blocks = true;
+    if (vbd_opt_take_size(opts, "size", &p->size, err) < 0 || vbd_opt_take_size(opts, "log_size", &p->log_size, err) < 0 ||
+        vbd_opt_take_size(opts, "block_size", &p->block_size, err) < 0 ||
+        vbd_opt_take_enum(opts, "subformat", vhdx_subformat_names, &sub, err) < 0 ||
+        vbd_opt_take_bool(opts, "block_state_zero", &p->zero_blocks, err) < 0)
+        return -EINVAL;
+    if (vbd_opts_check_empty(opts, "Block format 'vhdx'", err) < 0)
+        return -EINVAL;
+    p->fixed = sub == 1;
+    if (in)
+        p->size = in->size;
+    p->size = (p->size + 511) & ~511ull;
+    if (p->size > VHDX_MAX_SIZE) {
+        vbd_error_setf(err, EINVAL, "Image size too large; max of 64TB");
+        return -EINVAL;
+    }
+    /* qemu-img rounds the log up to 1 MiB first, then refuses an empty one */
+    p->log_size = (p->log_size + MiB - 1) & ~(MiB - 1);
+    if (p->log_size < MiB || p->log_size > UINT32_MAX) {
+        vbd_error_setf(err, EINVAL, "Log size must be a multiple of 1 MB");
+        return -EINVAL;
+    }
+    if (p->block_size == 0) {
+        if (p->size > 32 * TiB)
+            p->block_size = 64 * MiB;
+        else if (p->size > 100 * 1024 * MiB)
+            p->block_size = 32 * MiB;
+        else if (p->size > 1024 * MiB)
+            p->block_size = 16 * MiB;
+        else
+            p->block_size = 8 * MiB;
+    }
+    p->block_size = (p->block_size + MiB - 1) & ~(MiB - 1);
+    if (p->block_size > VHDX_BLOCK_MAX)
+        p->block_size = VHDX_BLOCK_MAX;
+    if (p->block_size & (p->block_size - 1)) {
+        vbd_error_setf(err, EINVAL, "Block size must be a power of two");
+        return -EINVAL;
+    }
+    uint64_t chunk_ratio = VHDX_MAX_SECTORS_PER_BLOCK * 512 / p->block_size;
+    p->data_blocks = (p->size + p->block_size - 1) / p->block_size;
+    p->bat_entries = p->data_blocks ? p->data_blocks + (p->data_blocks - 1) / chunk_ratio : 0;
+    p->bat_offset = VHDX_HEADER_SECTION + p->log_size;
+    p->bat_length = (p->bat_entries * 8 + MiB - 1) & ~(MiB - 1);
+    if (!p->bat_length)
+        p->bat_length = MiB;
+    p->meta_offset = p->bat_offset + p->bat_length;
+    p->data_offset = p->bat_offset + p->bat_length + 5 * MiB; /* as QEMU: metadata, then room to grow */
+    return 0;
+}
+
+int vhdx_co_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    struct vhdx_params p;
+    int rc = vhdx_parse_create(opts, NULL, &p, err);
+    if (rc < 0)
+        return rc;
+    rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
+    if (rc < 0)
+        return rc;
+    struct vbd_node *f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    if (!f)
+        return -EIO;
+    uint64_t file_size = p.data_offset + (p.fixed ? p.size : 0);
+    uint8_t *hs = calloc(1, VHDX_HEADER_SECTION); /* file id, headers, region tables */
+    uint8_t *meta = calloc(1, VHDX_META_TABLE_SIZE + 64);
+    uint8_t *bat = calloc(1, p.bat_length);
+    if (!hs || !meta || !bat) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = vbd_node_co_truncate(f, file_size, true, VBD_PREALLOC_OFF, err);
+    if (rc < 0)
+        goto out;
+
+    memcpy(hs, "vhdxfile", 8);
+    static const char creator[] = "vbd";
+    for (size_t i = 0; i < sizeof(creator) - 1; i++)
+        put_le16(hs + 8 + 2 * i, (uint16_t)creator[i]);
+    uint8_t *h = hs + VHDX_HEADER1_OFF;
+    uint32_t seq;
+    if (getrandom(&seq, sizeof(seq), 0) != sizeof(seq))
+        seq = (uint32_t)rand();
+    memcpy(h, "head", 4);
+    put_le64(h + H_SEQ, seq);
+    vhdx_guid_generate(h + H_FILE_GUID);
+    vhdx_guid_generate(h + H_DATA_GUID);
+    put_le16(h + H_LOG_VERSION, 0);
+    put_le16(h + H_VERSION, 1);
+    put_le32(h + H_LOG_LENGTH, (uint32_t)p.log_size);
+    put_le64(h + H_LOG_OFFSET, VHDX_HEADER_SECTION);
+    vhdx_set_crc(h, VHDX_HEADER_SIZE, 4);
+    uint8_t *h2 = hs + VHDX_HEADER2_OFF;
+    memcpy(h2, h, VHDX_HEADER_SIZE);
+    put_le64(h2 + H_SEQ, (uint64_t)seq + 1);
+    vhdx_set_crc(h2, VHDX_HEADER_SIZE, 4);
+    uint8_t *rt = hs + VHDX_RT1_OFF;
+    memcpy(rt, "regi", 4);
+    put_le32(rt + 8, 2);
+    memcpy(rt + 16, vhdx_bat_guid, 16);
+    put_le64(rt + 32, p.bat_offset);
+    put_le32(rt + 40, (uint32_t)p.bat_length);
+    memcpy(rt + 48, vhdx_metadata_guid, 16);
+    put_le64(rt + 64, p.meta_offset);
+    put_le32(rt + 72, (uint32_t)MiB);
+    vhdx_set_crc(rt, VHDX_RT_SIZE, 4);
+    memcpy(hs + VHDX_RT2_OFF, rt, VHDX_RT_SIZE);
+
+    memcpy(meta, "metadata", 8);
+    put_le16(meta + 10, 5);
+    static const uint8_t *const guids[5] = {vhdx_file_param_guid, vhdx_vsize_guid, vhdx_page83_guid, vhdx_lsec_guid, vhdx_psec_guid};
+    static const uint32_t lens[5] = {8, 8, 16, 4, 4};
+    static const uint32_t flags[5] = {4, 6, 6, 6, 6}; /* required (and virtual disk) */
+    uint32_t item = VHDX_META_TABLE_SIZE;
+    for (int i = 0; i < 5; i++) {
+        uint8_t *e = meta + 32 + 32 * i;
+        memcpy(e, guids[i], 16);
+        put_le32(e + 16, item);
+        put_le32(e + 20, lens[i]);
+        put_le32(e + 24, flags[i]);
+        item += lens[i];
+    }
+    uint8_t *items = meta + VHDX_META_TABLE_SIZE;
+    put_le32(items, (uint32_t)p.block_size);
+    put_le32(items + 4, p.fixed ? 1 : 0);
+    put_le64(items + 8, p.size);
+    vhdx_guid_generate(items + 16);
+    put_le32(items + 32, 512);
+    put_le32(items + 36, 512);
+
+    /* QEMU's BAT: ZERO blocks with block_state_zero (even when fixed),
+     * else a fixed image's blocks laid out after the metadata, else
+     * NOT_PRESENT */
+    uint64_t chunk_ratio = VHDX_MAX_SECTORS_PER_BLOCK * 512 / p.block_size;
+    for (uint64_t b = 0; b < p.data_blocks; b++) {
+        uint64_t e = PB_NOT_PRESENT;
+        if (p.zero_blocks)
+            e = PB_ZERO;
+        else if (p.fixed)
+            e = ((p.data_offset + b * p.block_size + MiB - 1) & ~(MiB - 1)) | PB_FULLY_PRESENT;
+        put_le64(bat + (b + b / chunk_ratio) * 8, e);
+    }
+    rc = vbd_node_co_pwrite(f, 0, hs, VHDX_HEADER_SECTION, 0);
+    if (rc == 0)
+        rc = vbd_node_co_pwrite(f, p.bat_offset, bat, p.bat_length, 0);
+    if (rc == 0)
+        rc = vbd_node_co_pwrite(f, p.meta_offset, meta, VHDX_META_TABLE_SIZE + 64, 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(f);
+out:
+    if (rc < 0 && !(err && *err))
+        vbd_error_setf(err, -rc, "Could not create the VHDX image '%s': %s", filename, strerror(-rc));
+    free(hs);
+    free(meta);
+    free(bat);
+    vbd_node_unref(f);
+    return rc < 0 ? rc : 0;
+}
+
+/* qemu-img 7.2 cannot measure vhdx; this gives what vbd-img convert
+ * writes: the metadata QEMU's layout reserves, plus the blocks holding
+ * data (all of them when fixed). */
+int vhdx_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated,
+                 struct vbd_error **err)
+{
+    struct vhdx_params p;
+    int rc = vhdx_parse_create(opts, in, &p, err);
+    if (rc < 0)
+        return rc;
+    uint64_t blocks_bytes = p.data_blocks * p.block_size;
+    *fully_allocated = p.data_offset + blocks_bytes;
+    if (p.fixed) {
+        *required = *fully_allocated;
+        return 0;
+    }
+    *required = p.data_offset;
+    if (!in)
+        return 0;
+    /* a block is written when any of it holds data */
+    for (uint64_t b = 0; b < p.data_blocks; b++) {
+        uint64_t off = b * p.block_size, end = off + p.block_size < in->size ? off + p.block_size : in->size;
+        while (off < end) {
+            uint64_t pnum = 0, map;
+            struct vbd_node *file;
+            int depth;
+            int st = vbd_node_co_block_status_above(in, NULL, true, off, end - off, &pnum, &map, &file, &depth);
+            if (st < 0) {
+                vbd_error_setf(err, -st, "Could not measure: block status failed: %s", strerror(-st));
+                return st;
+            }
+            if (!(st & VBD_BS_ZERO) && (st & (VBD_BS_DATA | VBD_BS_ALLOCATED))) {
+                *required += p.block_size;
+                break;
+            }
+            off += pnum;
+        }
+    }
+    return 0;
+}
