@@ -13,6 +13,9 @@ extern const struct vbd_driver *const vbd_driver_vdi;
 extern const struct vbd_driver *const vbd_driver_qed;
 extern const struct vbd_driver *const vbd_driver_parallels;
 extern const struct vbd_driver *const vbd_driver_vpc;
+extern const struct vbd_driver *const vbd_driver_bochs;
+extern const struct vbd_driver *const vbd_driver_cloop;
+extern const struct vbd_driver *const vbd_driver_dmg;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -24,6 +27,9 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_qed,
     &vbd_driver_parallels,
     &vbd_driver_vpc,
+    &vbd_driver_bochs,
+    &vbd_driver_cloop,
+    &vbd_driver_dmg,
     NULL,
 };
 

@@ -54,7 +54,7 @@ static const struct key_type qcow2_keys[] = {
     {"overlap-check", "any"}, {"cache-size", "int"}, {"l2-cache-size", "int"}, {"l2-cache-entry-size", "int"},
     {"refcount-cache-size", "int"}, {"cache-clean-interval", "int"}, {"encrypt", "any"}, {NULL, NULL},
 };
-/* QEMU's BlockdevOptionsGenericFormat (vdi, vpc, parallels) and
+/* QEMU's BlockdevOptionsGenericFormat (vdi, vpc, parallels, bochs, cloop, dmg) and
  * BlockdevOptionsGenericCOWFormat (qed) */
 static const struct key_type generic_format_keys[] = {{"file", "ref"}, {NULL, NULL}};
 static const struct key_type generic_cow_format_keys[] = {{"file", "ref"}, {"backing", "ref-or-null"}, {NULL, NULL}};
@@ -65,6 +65,7 @@ static const struct {
     {"file", file_keys}, {"host_device", file_keys}, {"host_cdrom", file_keys}, {"null-co", null_keys},
     {"null-aio", null_keys}, {"nbd", nbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
+    {"bochs", generic_format_keys}, {"cloop", generic_format_keys}, {"dmg", generic_format_keys},
     {"qed", generic_cow_format_keys},
 };
 
