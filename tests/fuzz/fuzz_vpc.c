@@ -7,7 +7,8 @@
  * inputs that do are fixed unless their in_saved_state byte is set, so
  * that mutations get past them. An input whose first byte ends in binary
  * 11 makes that wrapper a differencing image whose parent locator entries
- * are the input's first bytes too, opened read-only. */
+ * are the input's first bytes too; differencing images are opened
+ * read-only. */
 #include "vbd/block.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
@@ -135,6 +136,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         uint8_t *copy = malloc(size);
         memcpy(copy, data, size);
+        diff = copy[63] == 4 && !copy[60] && !copy[61] && !copy[62]; /* differencing: read-only */
         if (!copy[84]) {
             fix_checksum(copy, 512, 64);
             uint64_t dyn = 0;
