@@ -100,6 +100,7 @@ hostile b.img "f.seek(80); f.write(struct.pack('<I', 3000))" "extent size 3000 i
 hostile b.img "f.seek(512); f.write(struct.pack('<I', 0x10000000))" "points past the end of the file" bochs
 hostile b.img "f.seek(88); f.write(struct.pack('<Q', 1 << 50))" "catalog size" bochs
 hostile c65536.cloop "f.truncate(700)" "offset table" cloop
+hostile c65536.cloop "f.seek(132); f.write(struct.pack('>I', 0x7fffffff))" "requires too many offsets" cloop
 hostile c65536.cloop "f.seek(128); f.write(struct.pack('>I', 1000))" "multiple of 512" cloop
 hostile c65536.cloop "f.seek(128); f.write(struct.pack('>I', 1 << 30))" "64 MiB or less" cloop
 hostile c65536.cloop "f.seek(144); f.write(struct.pack('>Q', 1 << 40))" "invalid cloop compressed block size" cloop

@@ -7,8 +7,8 @@
  * zlib stream in [offsets[i], offsets[i+1]) and inflates to exactly
  * block_size bytes. The disk is n_blocks * block_size bytes.
  *
- * Hostile images: block_size at most 64 MiB, the offset table must lie in
- * the file (so its size is bounded by the file's), offsets increase and
+ * Hostile images: block_size at most 64 MiB, the offset table at most
+ * 512 MiB and within the file, offsets increase and
  * end within the file, each compressed block is at most 128 MiB (qemu's
  * bounds), and inflate writes into a block_size buffer and must produce
  * exactly block_size bytes. */
@@ -26,6 +26,7 @@
 #define CLOOP_HEADER 128
 #define CLOOP_MAX_BLOCK_SIZE (64u << 20)
 #define CLOOP_MAX_COMPRESSED (2ull * CLOOP_MAX_BLOCK_SIZE)
+#define CLOOP_MAX_TABLE (512ull << 20) /* qemu's: 16 TB at 256 KiB blocks */
 
 static const char cloop_magic[] = "#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n";
 
@@ -94,6 +95,11 @@ static int cloop_open(struct vbd_node *n, struct json_object *opts, unsigned fla
         return -EINVAL;
     }
     uint64_t table_bytes = ((uint64_t)s->n_blocks + 1) * 8;
+    if (table_bytes > CLOOP_MAX_TABLE) {
+        vbd_error_setf(err, EINVAL, "Image '%s': cloop image requires too many offsets (%u blocks), try increasing block size",
+                       name, s->n_blocks);
+        return -EINVAL;
+    }
     if (table_bytes > fsize - (CLOOP_HEADER + 8)) {
         vbd_error_setf(err, EINVAL, "Image '%s': cloop offset table (%u blocks) is past the end of the file", name,
                        s->n_blocks);

@@ -15,7 +15,8 @@
  * and the terminator are dropped as in qemu.
  *
  * Hostile images: every table lies within the file before it is read, the
- * XML at most 16 MiB, chunk data within the file, compressed lengths and
+ * XML at most 16 MiB, a resource at most 64 MiB, at most 8M chunks, chunk
+ * data within the file, compressed lengths and
  * the sector counts of chunks that are decompressed or copied at most
  * 64 MiB (qemu's bounds), and decompression writes into a buffer of
  * exactly the chunk's size and must fill it. */
@@ -34,6 +35,8 @@
 #define DMG_LENGTHS_MAX (64u << 20)
 #define DMG_SECTORCOUNTS_MAX (DMG_LENGTHS_MAX / 512)
 #define DMG_XML_MAX (16u << 20)
+#define DMG_RESOURCE_MAX (64u << 20) /* one mish block: 1.6M chunks */
+#define DMG_MAX_CHUNKS (1u << 23)    /* 8 TiB in 1 MiB chunks; a 320 MiB table */
 
 enum {
     UDZE = 0,
@@ -137,6 +140,10 @@ static int dmg_parse_mish(struct vbd_node *n, const uint8_t *b, uint64_t len, st
                 s->warned_unknown = true;
             }
         }
+        if (s->n_chunks == DMG_MAX_CHUNKS) {
+            vbd_error_setf(err, EFBIG, "Image '%s': more than %u dmg chunks", name, DMG_MAX_CHUNKS);
+            return -EFBIG;
+        }
         if (s->n_chunks == s->cap) {
             uint32_t cap = s->cap ? s->cap * 2 : 64;
             struct dmg_chunk *nc = realloc(s->chunks, (size_t)cap * sizeof(*nc));
@@ -179,6 +186,12 @@ static int dmg_read_rsrc(struct vbd_node *n, uint64_t begin, uint64_t length, st
         uint64_t len = get_be32p(l);
         off += 4;
         if (len == 0 || len > end - off) {
+            rc = -EINVAL;
+            break;
+        }
+        if (len > DMG_RESOURCE_MAX) {
+            vbd_error_setf(err, EINVAL, "Image '%s': dmg resource of %llu bytes is too large (max %u)", name,
+                           (unsigned long long)len, DMG_RESOURCE_MAX);
             rc = -EINVAL;
             break;
         }
