@@ -7,7 +7,7 @@ set -e
 # scripts call: python3, ca-certificates (the system CA store the nbds://
 # client falls back to), file (nbdinfo runs it to describe the content).
 PKGS="build-essential pkg-config meson ninja-build clang liburing-dev zlib1g-dev libzstd-dev
-libjson-c-dev libgnutls28-dev libxml2-dev qemu-utils qemu-system-x86 nbdkit libnbd-bin fio
+libjson-c-dev libgnutls28-dev libbz2-dev cloop-utils libxml2-dev qemu-utils qemu-system-x86 nbdkit libnbd-bin fio
 busybox-static linux-image-amd64 kmod cpio gnutls-bin bc python3 ca-certificates file"
 missing=""
 for p in $PKGS; do

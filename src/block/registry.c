@@ -18,6 +18,9 @@ extern const struct vbd_driver *const vbd_driver_blkdebug;
 extern const struct vbd_driver *const vbd_driver_copy_on_read;
 extern const struct vbd_driver *const vbd_driver_vmdk;
 extern const struct vbd_driver *const vbd_driver_vhdx;
+extern const struct vbd_driver *const vbd_driver_bochs;
+extern const struct vbd_driver *const vbd_driver_cloop;
+extern const struct vbd_driver *const vbd_driver_dmg;
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -34,6 +37,9 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_copy_on_read,
     &vbd_driver_vmdk,
     &vbd_driver_vhdx,
+    &vbd_driver_bochs,
+    &vbd_driver_cloop,
+    &vbd_driver_dmg,
     NULL,
 };
 

@@ -54,7 +54,7 @@ static const struct key_type qcow2_keys[] = {
     {"overlap-check", "any"}, {"cache-size", "int"}, {"l2-cache-size", "int"}, {"l2-cache-entry-size", "int"},
     {"refcount-cache-size", "int"}, {"cache-clean-interval", "int"}, {"encrypt", "any"}, {NULL, NULL},
 };
-/* QEMU's BlockdevOptionsGenericFormat (vdi, vpc, parallels, vhdx) and
+/* QEMU's BlockdevOptionsGenericFormat (vdi, vpc, parallels, vhdx, bochs, cloop, dmg) and
  * BlockdevOptionsGenericCOWFormat (qed) */
 static const struct key_type generic_format_keys[] = {{"file", "ref"}, {NULL, NULL}};
 static const struct key_type generic_cow_format_keys[] = {{"file", "ref"}, {"backing", "ref-or-null"}, {NULL, NULL}};
@@ -76,6 +76,7 @@ static const struct {
     {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
     {"copy-on-read", cor_keys}, {"vmdk", generic_cow_format_keys},
     {"vhdx", generic_format_keys},
+    {"bochs", generic_format_keys}, {"cloop", generic_format_keys}, {"dmg", generic_format_keys},
 };
 
 static const char *json_kind(struct json_object *v)

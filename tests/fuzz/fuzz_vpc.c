@@ -5,7 +5,10 @@
  * footer get a valid dynamic footer and header (16 MiB, 2 MiB blocks)
  * in front, so that mutations reach the BAT and the blocks; checksums of
  * inputs that do are fixed unless their in_saved_state byte is set, so
- * that mutations get past them. */
+ * that mutations get past them. An input whose first byte ends in binary
+ * 11 makes that wrapper a differencing image whose parent locator entries
+ * are the input's first bytes too; differencing images are opened
+ * read-only. */
 #include "vbd/block.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
@@ -21,6 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 struct job {
     const char *path;
+    bool diff; /* a differencing image: opened read-only, without its parent */
 };
 
 static void put_be32(uint8_t *p, uint32_t v)
@@ -57,7 +61,7 @@ static void run_co(void *arg)
     json_object_object_add(f, "filename", json_object_new_string(j->path));
     json_object_object_add(f, "locking", json_object_new_string("off"));
     json_object_object_add(o, "file", f);
-    struct vbd_node *n = vbd_open(NULL, o, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, &err);
+    struct vbd_node *n = vbd_open(NULL, o, (j->diff ? 0 : VBD_OPEN_RDWR) | VBD_OPEN_NO_BACKING, &err);
     vbd_error_free(err);
     if (!n)
         return;
@@ -77,7 +81,7 @@ static void run_co(void *arg)
         off += pnum;
     }
     memset(buf, 0xa5, 65536);
-    for (uint64_t off = 1000; off < limit && off < (16u << 20); off += 3u << 20)
+    for (uint64_t off = 1000; off < limit && off < (16u << 20) && !j->diff; off += 3u << 20)
         vbd_node_co_pwrite(n, off, buf, limit - off < 5000 ? limit - off : 5000, 0);
     free(buf);
     vbd_node_unref(n);
@@ -97,8 +101,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FILE *f = fopen(path, "wb");
     if (!f)
         return 0;
+    bool diff = false;
     if (size < 1536 || memcmp(data, "conectix", 8)) {
         uint8_t hdr[1536] = {0};
+        diff = size && (data[0] & 3) == 3;
         memcpy(hdr, "conectix", 8);
         put_be32(hdr + 8, 2);
         put_be32(hdr + 12, 0x00010000);
@@ -107,7 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         put_be64(hdr + 40, 16u << 20);
         put_be64(hdr + 48, 16u << 20);
         put_be32(hdr + 56, 0xffff10ffu);        /* CHS maximum */
-        put_be32(hdr + 60, 3);                  /* dynamic */
+        put_be32(hdr + 60, diff ? 4 : 3);       /* differencing or dynamic */
         fix_checksum(hdr, 512, 64);
         uint8_t *d = hdr + 512;
         memcpy(d, "cxsparse", 8);
@@ -116,6 +122,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         put_be32(d + 24, 0x00010000);
         put_be32(d + 28, 8);
         put_be32(d + 32, 2u << 20);
+        if (diff) {
+            memcpy(d + 576, data, size < 192 ? size : 192); /* locator entries */
+            d[65] = 'p';                                     /* the parent's name, UTF-16BE */
+        }
         fix_checksum(d, 1024, 36);
         fwrite(hdr, 1, sizeof(hdr), f);
         fwrite(data, 1, size, f);
@@ -126,6 +136,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         uint8_t *copy = malloc(size);
         memcpy(copy, data, size);
+        diff = copy[63] == 4 && !copy[60] && !copy[61] && !copy[62]; /* differencing: read-only */
         if (!copy[84]) {
             fix_checksum(copy, 512, 64);
             uint64_t dyn = 0;
@@ -138,7 +149,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(copy);
     }
     fclose(f);
-    struct job j = {path};
+    struct job j = {path, diff};
     vbd_co_run_sync(run_co, &j);
     unlink(path);
     return 0;

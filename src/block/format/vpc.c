@@ -6,9 +6,19 @@
  * and the block allocation table (BAT: big-endian sector numbers of the
  * blocks, 0xffffffff = unallocated). Each allocated block is a sector
  * bitmap (rounded up to 512 bytes) followed by block_size bytes of data.
- * As qemu, reads ignore the bitmap (only differencing images need it) and
- * allocation sets it all ones. A fixed image is raw data plus the footer at
- * its end, so probing cannot see it: it opens only with -f vpc. */
+ * As qemu, reads of a dynamic image ignore the bitmap and allocation sets
+ * it all ones. A fixed image is raw data plus the footer at its end, so
+ * probing cannot see it: it opens only with -f vpc.
+ *
+ * A differencing image is a dynamic one over a parent VHD: a sector whose
+ * bitmap bit is set (most significant bit first) is the child's, any
+ * other sector, and every sector of an unallocated block, reads from the
+ * parent. The parent is found by the dynamic header's parent locators: a
+ * relative Windows path (W2ru, relative to the child's directory), an
+ * absolute one (W2ku: on a non-Windows host, its file name in the child's
+ * directory), a file:// URL (MacX), else the parent's name in the header.
+ * qemu 7.2 reads such an image as a dynamic one, without its parent.
+ * Differencing images are read-only here. */
 #include "vbd/block.h"
 #include "vbd/bswap.h"
 #include "vbd/coroutine.h"
@@ -76,6 +86,7 @@ struct vpc_state {
     uint64_t free_data_block_offset; /* where the next block goes: the footer's place */
     struct vbd_co_mutex alloc_lock;
     uint8_t *ones_bitmap;          /* bitmap_size bytes of 0xff, written at allocation */
+    bool diff;                     /* differencing: bitmaps count, n->backing is the parent */
 };
 
 static uint32_t vpc_checksum(const uint8_t *buf, size_t len, size_t skip_at)
@@ -135,6 +146,121 @@ static void vpc_free(struct vpc_state *s)
     s->ones_bitmap = NULL;
 }
 
+/* UTF-16 (little- or big-endian) of len bytes to UTF-8 in out, up to a NUL;
+ * false if it is malformed or does not fit. */
+static bool utf16_to_utf8(const uint8_t *p, size_t len, bool be, char *out, size_t outsz)
+{
+    size_t o = 0;
+    for (size_t i = 0; i + 1 < len; i += 2) {
+        uint32_t c = be ? (uint32_t)(p[i] << 8 | p[i + 1]) : (uint32_t)(p[i + 1] << 8 | p[i]);
+        if (c == 0)
+            break;
+        if (c >= 0xd800 && c < 0xdc00) {
+            if (i + 3 >= len)
+                return false;
+            uint32_t lo = be ? (uint32_t)(p[i + 2] << 8 | p[i + 3]) : (uint32_t)(p[i + 3] << 8 | p[i + 2]);
+            if (lo < 0xdc00 || lo >= 0xe000)
+                return false;
+            c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
+            i += 2;
+        } else if (c >= 0xdc00 && c < 0xe000) {
+            return false;
+        }
+        uint8_t u[4];
+        size_t n = 0;
+        if (c < 0x80) {
+            u[n++] = (uint8_t)c;
+        } else if (c < 0x800) {
+            u[n++] = (uint8_t)(0xc0 | c >> 6);
+            u[n++] = (uint8_t)(0x80 | (c & 0x3f));
+        } else if (c < 0x10000) {
+            u[n++] = (uint8_t)(0xe0 | c >> 12);
+            u[n++] = (uint8_t)(0x80 | (c >> 6 & 0x3f));
+            u[n++] = (uint8_t)(0x80 | (c & 0x3f));
+        } else {
+            u[n++] = (uint8_t)(0xf0 | c >> 18);
+            u[n++] = (uint8_t)(0x80 | (c >> 12 & 0x3f));
+            u[n++] = (uint8_t)(0x80 | (c >> 6 & 0x3f));
+            u[n++] = (uint8_t)(0x80 | (c & 0x3f));
+        }
+        if (o + n >= outsz)
+            return false;
+        memcpy(out + o, u, n);
+        o += n;
+    }
+    out[o] = 0;
+    return o > 0;
+}
+
+#define VHD_MAX_LOCATOR 8192 /* bytes of a parent path we read */
+
+/* n->backing_file from the parent locators of dynamic header d (see the
+ * top of the file for the order). */
+static int vpc_parent_name(struct vbd_node *n, const uint8_t *d, uint64_t fsize, struct vbd_error **err)
+{
+    static const char codes[][5] = {"W2ru", "W2ku", "MacX"};
+    const char *name = n->file->filename;
+    char path[sizeof(n->backing_file)];
+    path[0] = 0;
+    for (int c = 0; c < 3 && !path[0]; c++) {
+        for (int i = 0; i < 8 && !path[0]; i++) {
+            const uint8_t *e = d + 576 + 24 * i;
+            if (memcmp(e, codes[c], 4))
+                continue;
+            uint64_t len = get_be32p(e + 8), off = get_be64p(e + 16);
+            if (len == 0 || len > VHD_MAX_LOCATOR || off > fsize || len > fsize - off) {
+                vbd_error_setf(err, EINVAL, "Image '%s': VHD parent locator %s (offset %llu, %llu bytes) is outside the file",
+                               name, codes[c], (unsigned long long)off, (unsigned long long)len);
+                return -EINVAL;
+            }
+            uint8_t buf[VHD_MAX_LOCATOR + 1];
+            int rc = vbd_node_co_pread(n->file, off, buf, len);
+            if (rc < 0) {
+                vbd_error_setf(err, -rc, "Could not read the VHD parent locator of '%s': %s", name, strerror(-rc));
+                return rc;
+            }
+            bool ok;
+            if (c == 2) { /* UTF-8 file:// URL */
+                buf[len] = 0;
+                const char *p = (const char *)buf;
+                if (!strncmp(p, "file://", 7))
+                    p += 7;
+                ok = *p && strlen(p) < sizeof(path);
+                if (ok)
+                    snprintf(path, sizeof(path), "%s", p);
+            } else {
+                ok = utf16_to_utf8(buf, len, false, path, sizeof(path));
+            }
+            if (!ok) {
+                vbd_error_setf(err, EINVAL, "Image '%s': VHD parent locator %s is not a valid path", name, codes[c]);
+                return -EINVAL;
+            }
+        }
+        if (path[0] && c < 2) { /* a Windows path */
+            for (char *p = path; *p; p++)
+                if (*p == '\\')
+                    *p = '/';
+            if (c == 1 && strchr(path, ':')) { /* "C:/dir/parent.vhd": its file name beside the child */
+                char *b = strrchr(path, '/');
+                memmove(path, b ? b + 1 : strchr(path, ':') + 1, strlen(b ? b + 1 : strchr(path, ':') + 1) + 1);
+            }
+            while (!strncmp(path, "./", 2))
+                memmove(path, path + 2, strlen(path + 2) + 1);
+        }
+    }
+    if (!path[0] && !utf16_to_utf8(d + 64, 512, true, path, sizeof(path))) {
+        vbd_error_setf(err, EINVAL, "Image '%s': differencing VHD image names no parent", name);
+        return -EINVAL;
+    }
+    if (!path[0]) {
+        vbd_error_setf(err, EINVAL, "Image '%s': differencing VHD image names no parent", name);
+        return -EINVAL;
+    }
+    snprintf(n->backing_file, sizeof(n->backing_file), "%s", path);
+    snprintf(n->backing_format, sizeof(n->backing_format), "vpc"); /* a fixed parent does not probe */
+    return 0;
+}
+
 static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct vpc_state *s = n->opaque;
@@ -168,11 +294,13 @@ static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         return -EINVAL;
     }
     s->type = get_be32p(f + F_TYPE);
-    if (s->type == VHD_DIFFERENCING) {
-        vbd_error_setf(err, ENOTSUP, "Image '%s': differencing VHD images are not supported", name);
+    s->diff = s->type == VHD_DIFFERENCING;
+    if (s->diff && (flags & VBD_OPEN_RDWR)) {
+        vbd_error_setf(err, ENOTSUP, "Image '%s': writing to differencing VHD images is not supported (open it read-only)",
+                       name);
         return -ENOTSUP;
     }
-    if (s->type != VHD_FIXED && s->type != VHD_DYNAMIC) {
+    if (s->type != VHD_FIXED && s->type != VHD_DYNAMIC && !s->diff) {
         vbd_error_setf(err, EINVAL, "Image '%s': unknown VHD disk type %u in the footer", name, s->type);
         return -EINVAL;
     }
@@ -281,6 +409,15 @@ static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     n->bl.request_alignment = 512; /* io.c does the read-modify-write of partial sectors */
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
     n->bl.opt_transfer = s->block_size;
+    if (s->diff) {
+        rc = vpc_parent_name(n, d, fsize, err);
+        if (rc == 0)
+            rc = vbd_open_backing(n, opts, flags, err);
+        if (rc < 0) {
+            vpc_free(s);
+            return rc;
+        }
+    }
     return 0;
 
 io_error:
@@ -307,6 +444,61 @@ static uint64_t vpc_lookup(struct vpc_state *s, uint64_t off, uint64_t *avail)
     return (uint64_t)entry * 512 + s->bitmap_size + in_block;
 }
 
+/* The parent's bytes; past its end, or without one, zeroes. */
+static int vpc_read_parent(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff)
+{
+    uint64_t psize = n->backing ? vbd_node_size(n->backing) : 0;
+    uint64_t have = off < psize ? (psize - off < len ? psize - off : len) : 0;
+    if (have) {
+        int rc = vbd_node_co_preadv(n->backing, off, have, q, qoff, 0);
+        if (rc < 0)
+            return rc;
+    }
+    if (have < len)
+        vbd_iov_memset(q->iov, q->niov, qoff + have, 0, len - have);
+    return 0;
+}
+
+#define VPC_BITMAP_CHUNK 4096 /* bitmap bytes read at once: 32768 sectors */
+
+/* Sectors [off, off+len) of one allocated block of a differencing image
+ * whose data for off is at host: the bitmap says child or parent. */
+static int vpc_read_diff(struct vbd_node *n, uint64_t off, uint64_t len, uint64_t host, struct vbd_qiov *q, size_t qoff)
+{
+    struct vpc_state *s = n->opaque;
+    uint64_t first = off % s->block_size / 512;
+    uint64_t bitmap_off = host - off % s->block_size - s->bitmap_size;
+    uint8_t bm[VPC_BITMAP_CHUNK];
+    while (len) {
+        uint64_t count = len / 512;
+        uint64_t b0 = first / 8;
+        if (count > (VPC_BITMAP_CHUNK - 1) * 8ull)
+            count = (VPC_BITMAP_CHUNK - 1) * 8ull;
+        uint64_t b1 = (first + count - 1) / 8;
+        int rc = vbd_node_co_pread(n->file, bitmap_off + b0, bm, b1 - b0 + 1);
+        if (rc < 0)
+            return rc;
+        for (uint64_t i = 0; i < count;) {
+            bool set = bm[(first + i) / 8 - b0] & (0x80 >> ((first + i) % 8));
+            uint64_t j = i + 1;
+            while (j < count && (bool)(bm[(first + j) / 8 - b0] & (0x80 >> ((first + j) % 8))) == set)
+                j++;
+            uint64_t run = (j - i) * 512;
+            rc = set ? vbd_node_co_preadv(n->file, host + i * 512, run, q, qoff + i * 512, 0)
+                     : vpc_read_parent(n, off + i * 512, run, q, qoff + i * 512);
+            if (rc < 0)
+                return rc;
+            i = j;
+        }
+        first += count;
+        off += count * 512;
+        host += count * 512;
+        qoff += count * 512;
+        len -= count * 512;
+    }
+    return 0;
+}
+
 static int vpc_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                       unsigned flags)
 {
@@ -319,8 +511,12 @@ static int vpc_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
         uint64_t host = vpc_lookup(s, off, &avail);
         uint64_t len = avail < bytes ? avail : bytes;
         int rc = 0;
-        if (host)
+        if (host && s->diff)
+            rc = vpc_read_diff(n, off, len, host, q, qoff);
+        else if (host)
             rc = vbd_node_co_preadv(n->file, host, len, q, qoff, 0);
+        else if (s->diff)
+            rc = vpc_read_parent(n, off, len, q, qoff);
         else
             vbd_iov_memset(q->iov, q->niov, qoff, 0, len);
         if (rc < 0)
@@ -411,6 +607,30 @@ static int vpc_block_status(struct vbd_node *n, bool want_zero, uint64_t off, ui
     uint64_t host = vpc_lookup(s, off, &avail);
     bool allocated = host != 0;
     uint64_t done = 0;
+    if (s->diff && allocated) { /* the run of sectors alike in the bitmap, within this block */
+        uint64_t first = off % s->block_size / 512;
+        uint64_t count = (avail < bytes ? avail : bytes) / 512;
+        if (count > (VPC_BITMAP_CHUNK - 1) * 8ull)
+            count = (VPC_BITMAP_CHUNK - 1) * 8ull;
+        if (count == 0) /* the disk's last partial sector */
+            count = 1;
+        uint8_t bm[VPC_BITMAP_CHUNK];
+        uint64_t b0 = first / 8, b1 = (first + count - 1) / 8;
+        uint64_t in_block = off % s->block_size;
+        int rc = vbd_node_co_pread(n->file, host - in_block - s->bitmap_size + b0, bm, b1 - b0 + 1);
+        if (rc < 0)
+            return rc;
+        bool set = bm[0] & (0x80 >> (first % 8));
+        uint64_t j = 1;
+        while (j < count && (bool)(bm[(first + j) / 8 - b0] & (0x80 >> ((first + j) % 8))) == set)
+            j++;
+        uint64_t run = (first + j) * 512 - in_block;
+        *pnum = run < bytes ? run : bytes;
+        if (!set)
+            return !n->backing || off >= vbd_node_size(n->backing) ? VBD_BS_ZERO : 0;
+        *map = host;
+        return VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
+    }
     /* merge following blocks of the same kind, contiguous in the file when allocated */
     for (;;) {
         uint64_t len = avail < bytes - done ? avail : bytes - done;
@@ -422,6 +642,8 @@ static int vpc_block_status(struct vbd_node *n, bool want_zero, uint64_t off, ui
             break;
     }
     *pnum = done;
+    if (!allocated && s->diff) /* the parent's */
+        return !n->backing || off >= vbd_node_size(n->backing) ? VBD_BS_ZERO : 0;
     if (!allocated)
         return VBD_BS_ZERO;
     *map = host;
@@ -433,7 +655,7 @@ static int vpc_get_info(struct vbd_node *n, struct vbd_image_info *info, struct 
     struct vpc_state *s = n->opaque;
     (void)err;
     info->virtual_size = n->size;
-    info->cluster_size = s->type == VHD_DYNAMIC ? s->block_size : 0;
+    info->cluster_size = s->type != VHD_FIXED ? s->block_size : 0;
     return 0;
 }
 
