@@ -20,6 +20,7 @@
 #include "vbd/options.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <json-c/json.h>
 #include <rados/librados.h>
 #include <rbd/librbd.h>
@@ -44,6 +45,7 @@ struct vrbd_state {
     rbd_image_t image;
     char *image_name, *snap, *pool, *ns;
     uint64_t object_size;
+    pthread_mutex_t grow_lock; /* a write past the end resizes once */
 };
 
 /* ---------- filename: rbd:pool[/ns]/image[@snap][:k=v[:k=v...]] ---------- */
@@ -357,10 +359,58 @@ static void aio_done(rbd_completion_t c, void *arg)
 
 enum vrbd_op { OP_READ, OP_WRITE, OP_FLUSH, OP_DISCARD, OP_ZEROES };
 
+/* Grow the image to at least `want` bytes (never shrink: requests of
+ * several loops may race here); on the thread pool, the lock only there. */
+struct grow_job {
+    struct vrbd_state *s;
+    uint64_t want;
+};
+
+static long grow_fn(void *arg)
+{
+    struct grow_job *j = arg;
+    pthread_mutex_lock(&j->s->grow_lock);
+    uint64_t cur = 0;
+    int r = rbd_get_size(j->s->image, &cur);
+    if (r == 0 && cur < j->want)
+        r = rbd_resize(j->s->image, j->want);
+    pthread_mutex_unlock(&j->s->grow_lock);
+    return r;
+}
+
+static int grow_to(struct vbd_node *n, uint64_t want)
+{
+    struct grow_job j = {n->opaque, want};
+    int r = (int)run_blocking(grow_fn, &j);
+    if (r < 0)
+        return r;
+    uint64_t cur = vbd_node_size(n);
+    while (cur < want && !__atomic_compare_exchange_n(&n->size, &cur, want, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+    return 0;
+}
+
 static int vrbd_aio(struct vbd_node *n, enum vrbd_op op, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                    int zero_flags)
 {
     struct vrbd_state *s = n->opaque;
+    /* A format on top grows its file by writing past the end (as QEMU's
+     * rbd driver, resize first); reads and discards there see nothing. */
+    uint64_t size = vbd_node_size(n);
+    if (op != OP_FLUSH && off + bytes > size) {
+        if (op == OP_WRITE || op == OP_ZEROES) {
+            int r = grow_to(n, off + bytes);
+            if (r < 0)
+                return r;
+        } else {
+            uint64_t in = off < size ? size - off : 0;
+            if (op == OP_READ)
+                vbd_iov_memset(q->iov, q->niov, qoff + in, 0, bytes - in);
+            if (in == 0)
+                return 0;
+            bytes = in;
+        }
+    }
     struct vrbd_req req = {.co = vbd_co_self(), .ret = 0};
     rbd_completion_t c;
     struct iovec stack_iov[64], *iov = stack_iov;
@@ -547,6 +597,7 @@ static void vrbd_close_node(struct vbd_node *n)
     struct vrbd_state *s = n->opaque;
     struct close_job j = {s->cluster, s->io, s->image};
     run_blocking(close_fn, &j);
+    pthread_mutex_destroy(&s->grow_lock);
     free(s->image_name);
     free(s->snap);
     free(s->pool);
@@ -589,6 +640,7 @@ static int vrbd_open_node(struct vbd_node *n, struct json_object *opts, unsigned
     }
     s->image = j.image;
     s->object_size = j.info.obj_size;
+    pthread_mutex_init(&s->grow_lock, NULL);
     n->size = j.info.size;
     s->image_name = strdup(o.image);
     s->pool = strdup(o.pool);
