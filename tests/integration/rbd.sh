@@ -150,28 +150,44 @@ awk '$1 == 2097152 || ($1 < 2097152 && $1 + $2 > 2097152)' nbd.map | grep -q "da
 stop_daemon
 must qemu-io -f raw -c 'read -P 0x71 2M 64k' "$(R z)" >/dev/null
 
-step "the model-based stress test (tests/stress/vbd-stress) on an rbd node, in process and over NBD"
+step "the model-based stress test (tests/stress/vbd-stress) on rbd: in process, NBD (4 connections), vhost-user-blk (4 queues on 2 iothreads), qcow2 on rbd"
 STRESS=$VBD_BUILD/tests/stress/vbd-stress
 [ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
 head -c 3M /dev/urandom >init.raw && truncate -s 8M init.raw
 n=0
-for tr in lib nbd; do
-    n=$((n + 1))
-    must "$VBD_IMG" create -q -f raw -o cluster_size=64k "$(R st$n)" 8M
-    must qemu-img convert -n -f raw -O raw init.raw "$(R st$n)"
-    if [ $tr = lib ]; then
-        out=$(timeout -k 10 600 "$STRESS" --seed $((300 + n)) --ops 1500 --cluster-size 65536 --init init.raw \
-              --shadow-out shadow.raw -f raw "$(R st$n)" 2>&1) || fail "vbd-stress seed=$((300 + n)): $(echo "$out" | tail -5)"
+for tr in lib nbd vhost qcow2; do
+    n=$((n + 1)) fmt=raw
+    if [ $tr = qcow2 ]; then
+        fmt=qcow2
+        must "$VBD_IMG" create -q -f qcow2 -o cluster_size=64k "$(R st$n)" 8M
     else
-        start_daemon --blockdev "driver=rbd,node-name=r0,pool=rbd,image=st$n,conf=$C" \
-            --blockdev "driver=raw,node-name=d0,file=r0" \
-            --nbd-server "addr.type=unix,addr.path=$S" --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on"
-        out=$(timeout -k 10 600 "$STRESS" --seed $((300 + n)) --ops 1500 --cluster-size 65536 --init init.raw \
-              --shadow-out shadow.raw --nbd "nbd+unix:///disk?socket=$S" --conns 4 2>&1) ||
-            fail "vbd-stress over NBD seed=$((300 + n)): $(echo "$out" | tail -5)"
-        stop_daemon
+        must "$VBD_IMG" create -q -f raw -o cluster_size=64k "$(R st$n)" 8M
     fi
-    must qemu-img compare -q -f raw -F raw "$(R st$n)" shadow.raw
+    must qemu-img convert -n -f raw -O $fmt init.raw "$(R st$n)"
+    stress=(timeout -k 10 600 "$STRESS" --seed $((300 + n)) --ops 1500 --cluster-size 65536 --init init.raw
+            --shadow-out shadow.raw)
+    node=(--blockdev "driver=rbd,node-name=r0,pool=rbd,image=st$n,conf=$C,discard=unmap"
+          --blockdev "driver=raw,node-name=d0,file=r0,discard=unmap")
+    case $tr in
+    lib | qcow2)
+        out=$("${stress[@]}" -f $fmt "$(R st$n)" 2>&1) || fail "vbd-stress $tr seed=$((300 + n)): $(echo "$out" | tail -5)" ;;
+    nbd)
+        start_daemon "${node[@]}" --nbd-server "addr.type=unix,addr.path=$S" \
+            --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on"
+        out=$("${stress[@]}" --nbd "nbd+unix:///disk?socket=$S" --conns 4 2>&1) ||
+            fail "vbd-stress over NBD seed=$((300 + n)): $(echo "$out" | tail -5)"
+        stop_daemon ;;
+    vhost)
+        S=$T/vu.sock
+        start_daemon --object iothread,id=io0 --object iothread,id=io1 "${node[@]}" \
+            --export "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=$S,writable=on,num-queues=4,iothread.0=io0,iothread.1=io1"
+        out=$("${stress[@]}" --vhost-user "$S" --queues 4 2>&1) ||
+            fail "vbd-stress over vhost-user seed=$((300 + n)): $(echo "$out" | tail -5)"
+        stop_daemon
+        S=$T/nbd.sock ;;
+    esac
+    [ $tr = qcow2 ] && qcheck -f qcow2 "$(R st$n)"
+    must qemu-img compare -q -f $fmt -F raw "$(R st$n)" shadow.raw
 done
 
 step "bad input: unreachable monitor (bounded, one line), wrong pool, wrong image, bad filenames"
