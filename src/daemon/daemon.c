@@ -19,6 +19,7 @@
 #include "vbd/nbd.h"
 #include "vbd/options.h"
 #include "vbd/qmp.h"
+#include "vbd/secret.h"
 #include "vbd/tls.h"
 
 #include <errno.h>
@@ -175,6 +176,8 @@ static int add_object(const char *arg, struct vbd_error **err)
         rc = vbd_tls_creds_add(t, opts, err);
     } else if (t && vbd_authz_type(t)) {
         rc = vbd_authz_add(t, opts, err);
+    } else if (t && !strcmp(t, "secret")) {
+        rc = vbd_secret_add(opts, err);
     } else if (t && !strcmp(t, "iothread")) {
         rc = vbd_iothread_add(opts, err);
         if (rc == 0 && vbd_opts_check_empty(opts, "--object iothread", err) < 0)
@@ -182,7 +185,7 @@ static int add_object(const char *arg, struct vbd_error **err)
     } else {
         vbd_error_setf(
             err, EINVAL,
-            "--object: unsupported object type '%s' (supported: iothread, tls-creds-x509, tls-creds-psk, "
+            "--object: unsupported object type '%s' (supported: iothread, secret, tls-creds-x509, tls-creds-psk, "
             "tls-creds-anon, authz-simple, authz-list)",
             t ? t : "");
         rc = -EINVAL;

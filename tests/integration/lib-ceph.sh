@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced after lib.sh by the tests that need a Ceph cluster (rbd.sh).
 # A throwaway single-host cluster in $T/ceph: one monitor, one OSD (no
 # manager: librbd, qemu and fio need none), pool "rbd" with one replica.
@@ -13,7 +14,7 @@
 # (data in the OSD's memory: faster to start, lost with the OSD).
 # Packages: ceph-mon ceph-osd ceph-common (scripts/deps.sh).
 
-CEPH_DIR= CEPH_CONF=
+CEPH_DIR="" CEPH_CONF=""
 _ceph_t0=0
 
 _ceph_port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -18,6 +18,7 @@
 #include "vbd/error.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
+#include "vbd/secret.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -33,7 +34,8 @@
 #define RBD_MAX_ORDER 25
 
 struct vrbd_conn_opts {
-    char *pool, *ns, *image, *snap, *conf, *user, *key_secret;
+    char *pool, *ns, *image, *snap, *conf, *user;
+    char *key_secret; /* the id, then the key itself (base64) */
     char *mon_host, *auth_client;
     struct json_object *keypairs; /* [k, v, k, v...] from the filename */
     bool cache;                   /* rbd_cache: off with cache.direct=on */
@@ -248,9 +250,12 @@ static int take_conn_opts(struct json_object *opts, struct vrbd_conn_opts *o, st
         return -EINVAL;
     }
     if (o->key_secret) {
-        /* vbd has no secret objects yet: refuse rather than connect without the key */
-        vbd_error_setf(err, ENOENT, "No secret with id '%s'", o->key_secret);
-        return -ENOENT;
+        /* as QEMU: the secret object holds the cephx key; Ceph wants it base64 */
+        char *k = vbd_secret_get_base64(o->key_secret, err);
+        if (!k)
+            return -ENOENT;
+        free(o->key_secret);
+        o->key_secret = k;
     }
     return 0;
 }
@@ -298,6 +303,10 @@ static long connect_fn(void *arg)
     }
     if (o->mon_host && (r = rados_conf_set(j->cluster, "mon_host", o->mon_host)) < 0) {
         snprintf(j->msg, sizeof(j->msg), "invalid mon_host '%s'", o->mon_host);
+        goto fail;
+    }
+    if (o->key_secret && (r = rados_conf_set(j->cluster, "key", o->key_secret)) < 0) {
+        snprintf(j->msg, sizeof(j->msg), "Could not set the cephx key");
         goto fail;
     }
     if (o->auth_client && (r = rados_conf_set(j->cluster, "auth_client_required", o->auth_client)) < 0) {
