@@ -3,7 +3,8 @@
 # A throwaway single-host cluster in $T/ceph: one monitor, one OSD (no
 # manager: librbd, qemu and fio need none), pool "rbd" with one replica.
 # Everything lives in that directory (config, keyring, sockets, logs, pid
-# files), cephx is off, and the daemons listen on 127.0.0.1 only, on ports
+# files), cephx is on (client.admin's key in $CEPH_DIR/keyring, which the
+# config names, so rbd, qemu and vbd find it), and the daemons listen on 127.0.0.1 only, on ports
 # found free from 3300 up, so tests can run beside each other.
 #
 #   ceph_start          start it; sets CEPH_CONF and CEPH_DIR, stops it at exit
@@ -42,7 +43,7 @@ _ceph_pid() {
 }
 
 ceph_start() {
-    need ceph-mon ceph-osd ceph monmaptool rados rbd
+    need ceph-mon ceph-osd ceph monmaptool ceph-authtool rados rbd
     _ceph_t0=$SECONDS
     CEPH_DIR=$T/ceph
     CEPH_CONF=$CEPH_DIR/ceph.conf
@@ -65,9 +66,11 @@ ms_bind_ipv6 = false
 ms_bind_msgr1 = false
 ms_bind_port_min = $((port + 2))
 ms_bind_port_max = $((port + 300))
-auth_cluster_required = none
-auth_service_required = none
-auth_client_required = none
+auth_cluster_required = cephx
+auth_service_required = cephx
+auth_client_required = cephx
+auth_allow_insecure_global_id_reclaim = false
+mon_warn_on_insecure_global_id_reclaim_allowed = false
 keyring = $CEPH_DIR/keyring
 run_dir = $CEPH_DIR/run
 admin_socket = $CEPH_DIR/run/\$name.\$pid.asok
@@ -87,6 +90,7 @@ mon_data_avail_crit = 0
 [mon]
 mon_data = $CEPH_DIR/mon.\$id
 [osd]
+keyring = $CEPH_DIR/osd.\$id/keyring
 osd_data = $CEPH_DIR/osd.\$id
 osd_objectstore = ${CEPH_OBJECTSTORE:-bluestore}
 bluestore_block_path = $CEPH_DIR/osd.\$id/block.file
@@ -101,15 +105,21 @@ memstore_device_bytes = 1073741824
 osd_max_object_name_len = 460
 osd_max_object_namespace_len = 64
 EOF
-    : >"$CEPH_DIR/keyring"
+    ceph-authtool --create-keyring "$CEPH_DIR/keyring" --gen-key -n mon. --cap mon "allow *" >/dev/null &&
+        ceph-authtool "$CEPH_DIR/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' \
+            --cap mgr 'allow *' >/dev/null || fail "ceph: ceph-authtool failed"
     monmaptool --create --fsid "$fsid" --addv a "[v2:$CEPH_MON_ADDR]" "$CEPH_DIR/monmap" >/dev/null ||
         fail "ceph: monmaptool failed"
-    ceph-mon -c "$CEPH_CONF" -i a --mkfs --monmap "$CEPH_DIR/monmap" || fail "ceph: mon mkfs failed"
+    ceph-mon -c "$CEPH_CONF" -i a --mkfs --monmap "$CEPH_DIR/monmap" --keyring "$CEPH_DIR/keyring" || fail "ceph: mon mkfs failed"
     ceph-mon -c "$CEPH_CONF" -i a || fail "ceph: mon did not start"
     ceph_wait 60 "the monitor" ceph_cli mon stat
-    local uuid id
+    local uuid id key
     uuid=$(cat /proc/sys/kernel/random/uuid)
-    id=$(ceph_cli osd new "$uuid") && [ "$id" = 0 ] || fail "ceph: osd new gave '$id'"
+    key=$(ceph-authtool --gen-print-key)
+    echo "{\"cephx_secret\": \"$key\"}" >"$CEPH_DIR/osd.0/new.json"
+    id=$(ceph_cli osd new "$uuid" -i "$CEPH_DIR/osd.0/new.json") && [ "$id" = 0 ] || fail "ceph: osd new gave '$id'"
+    ceph-authtool --create-keyring "$CEPH_DIR/osd.0/keyring" --name osd.0 --add-key "$key" >/dev/null ||
+        fail "ceph: osd keyring"
     ceph-osd -c "$CEPH_CONF" -i 0 --mkfs --osd-uuid "$uuid" >"$CEPH_DIR/log/osd-mkfs.out" 2>&1 ||
         { cat "$CEPH_DIR/log/osd-mkfs.out" >&2; fail "ceph: osd mkfs failed"; }
     ceph_osd_start

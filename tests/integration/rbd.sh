@@ -7,7 +7,7 @@
 # does them; a qcow2 on rbd; write-zeroes and discard; an NBD export of an
 # rbd node; the model-based stress test on an rbd node; bad input (an
 # unreachable monitor fails in bounded time with one line, a wrong pool or
-# image); and the fault case: the OSD killed with SIGKILL during writes
+# image, a wrong key); cephx with the key in a secret object (key-secret); and the fault case: the OSD killed with SIGKILL during writes
 # and restarted, every acknowledged write still there.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib-ceph.sh"
@@ -38,9 +38,12 @@ step "blockdev options: pool/image/conf, server.N + auth-client-required without
 must "$VBD_IO" --image-opts -c 'read -P 0xa1 0 1M' \
     "driver=raw,file.driver=rbd,file.pool=rbd,file.image=a,file.conf=$C" >/dev/null
 mon_host=${CEPH_MON_ADDR%:*} mon_port=${CEPH_MON_ADDR##*:}
+admin_key=$(ceph_cli auth print-key client.admin) || fail "no admin key"
 if [ "$mon_port" = 3300 ]; then # librados speaks msgr2 to an untyped address on 3300 only
-    must env CEPH_CONF=/nonexistent "$VBD_IO" --image-opts -c 'read -P 0xb1 1M 1M' \
-        "driver=raw,file.driver=rbd,file.pool=rbd,file.image=a,file.server.0.host=$mon_host,file.server.0.port=$mon_port,file.auth-client-required.0=none" >/dev/null
+    # no config file at all: the monitor, the user and its key from options
+    must env CEPH_CONF=/nonexistent "$VBD_IO" --object "secret,id=adm,data=$admin_key,format=base64" --image-opts \
+        -c 'read -P 0xb1 1M 1M' \
+        "driver=raw,file.driver=rbd,file.pool=rbd,file.image=a,file.server.0.host=$mon_host,file.server.0.port=$mon_port,file.auth-client-required.0=cephx,file.user=admin,file.key-secret=adm" >/dev/null
 fi
 must "$VBD_IO" -c 'read -P 0xb1 1M 1M' \
     "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"rbd\",\"pool\":\"rbd\",\"image\":\"a\",\"conf\":\"$C\"}}" >/dev/null
@@ -54,6 +57,26 @@ must qemu-io -f raw -c 'read -P 0xd2 64k 64k' \
 must_fail_with "error reading header from b" "$VBD_IO" -f raw -c 'read 0 1' "$(R b)"
 # id= is the client name (client.admin is what the rbd tool uses)
 must "$VBD_IO" -f raw -c 'read -P 0xa1 0 4k' "rbd:rbd/a:id=admin:conf=$C" >/dev/null
+
+step "cephx: a user whose key is only in a secret object (key-secret), base64 or raw bytes from a file"
+ceph_cli auth get-or-create client.vbd mon 'profile rbd' osd 'profile rbd pool=rbd' >/dev/null || fail "auth get-or-create"
+vkey=$(ceph_cli auth print-key client.vbd) || fail "no key for client.vbd"
+printf '%s' "$vkey" | base64 -d >vbd.key
+vo() { echo "driver=raw,file.driver=rbd,file.pool=rbd,file.image=a,file.conf=$C,file.user=vbd$1"; }
+# the keyring the config names has no key for client.vbd
+must_fail_with "error connecting: Permission denied" "$VBD_IO" -f raw -c 'read 0 1' "rbd:rbd/a:conf=$C:id=vbd"
+must "$VBD_IO" --object "secret,id=k0,data=$vkey,format=base64" --image-opts -c 'read -P 0xa1 0 1M' \
+    -c 'write -P 0xa3 4M 64k' "$(vo ,file.key-secret=k0)" >/dev/null
+must "$VBD_IO" --object "secret,id=k1,file=$T/vbd.key" --image-opts -c 'read -P 0xa3 4M 64k' \
+    "$(vo ,file.key-secret=k1)" >/dev/null
+must qemu-io --object "secret,id=k0,data=$vkey,format=base64" --image-opts -c 'read -P 0xa3 4M 64k' \
+    "$(vo ,file.key-secret=k0)" >/dev/null
+must_fail_with "error connecting: Permission denied" "$VBD_IO" \
+    --object "secret,id=k2,data=$(ceph-authtool --gen-print-key),format=base64" --image-opts -c 'read 0 1' \
+    "$(vo ,file.key-secret=k2)"
+must_fail_with "No secret with id 'k9'" "$VBD_IO" --image-opts -c 'read 0 1' "$(vo ,file.key-secret=k9)"
+must_fail_with "not valid base64" "$VBD_IO" --object "secret,id=k3,data=not*base64,format=base64" \
+    --image-opts -c 'read 0 1' "$(vo ,file.key-secret=k3)"
 
 step "create, info (object size, features), convert qcow2 -> rbd -> raw, map skips holes"
 out=$("$VBD_IMG" create -f raw -o cluster_size=1M "$(R c)" 32M 2>&1) || fail "create: $out"
@@ -137,9 +160,10 @@ must qemu-io -f qcow2 -c 'read -P 0x51 0 1M' -c 'read -P 0x52 40M 3M' -c 'write 
 must "$VBD_IO" -f qcow2 -c 'read -P 0x53 8M 64k' -c 'read -P 0 9M 1M' "$(R q)" >/dev/null
 must "$VBD_IMG" check -f qcow2 "$(R q)" >/dev/null
 
-step "an NBD export of an rbd node (vbd-daemon), read and written by qemu-io, block status by nbdinfo"
+step "an NBD export of an rbd node (vbd-daemon, cephx key from a secret object), read and written by qemu-io, block status by nbdinfo"
 S=$T/nbd.sock
-start_daemon --blockdev "driver=rbd,node-name=r0,pool=rbd,image=z,conf=$C" \
+start_daemon --object "secret,id=k0,data=$vkey,format=base64" \
+    --blockdev "driver=rbd,node-name=r0,pool=rbd,image=z,conf=$C,user=vbd,key-secret=k0" \
     --blockdev "driver=raw,node-name=d0,file=r0" \
     --nbd-server "addr.type=unix,addr.path=$S" --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on"
 must qemu-io -f raw -c 'read -P 0 0 256k' -c 'read -P 0xe1 256k 256k' -c 'write -P 0x71 2M 64k' \
@@ -204,7 +228,6 @@ must_fail_with "has no value" "$VBD_IO" -f raw -c 'read 0 1' "rbd:rbd/a:conf"
 must_fail_with "error reading conf file /nonexistent.conf" "$VBD_IO" -f raw -c 'read 0 1' "rbd:rbd/a:conf=/nonexistent.conf"
 must_fail_with "invalid conf option no_such_option" "$VBD_IO" -f raw -c 'read 0 1' "rbd:rbd/a:conf=$C:no_such_option=1"
 must_fail_with "Parameter 'image' is missing" "$VBD_IO" --image-opts -c 'read 0 1' "driver=rbd,pool=rbd,conf=$C"
-must_fail_with "No secret with id 'sec0'" "$VBD_IO" --image-opts -c 'read 0 1' "driver=rbd,pool=rbd,image=a,conf=$C,key-secret=sec0"
 must_fail_with "Can't use snapshot name for image creation" "$VBD_IMG" create -f raw "rbd:rbd/new@s:conf=$C" 1M
 
 step "fault: SIGKILL the OSD during writes (vbd-io, cache=none), restart it: no acknowledged write lost"
