@@ -45,6 +45,7 @@ if [ "$mon_port" = 3300 ]; then # librados speaks msgr2 to an untyped address on
         -c 'read -P 0xb1 1M 1M' \
         "driver=raw,file.driver=rbd,file.pool=rbd,file.image=a,file.server.0.host=$mon_host,file.server.0.port=$mon_port,file.auth-client-required.0=cephx,file.user=admin,file.key-secret=adm" >/dev/null
 fi
+must "$VBD_IO" --image-opts -c 'read -P 0xb1 1M 1M' "driver=rbd,filename=rbd:rbd/a:conf=$C" >/dev/null
 must "$VBD_IO" -c 'read -P 0xb1 1M 1M' \
     "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"rbd\",\"pool\":\"rbd\",\"image\":\"a\",\"conf\":\"$C\"}}" >/dev/null
 must rbdc namespace create rbd/ns1
@@ -140,6 +141,7 @@ must qemu-io -f raw -c 'write -P 0xf1 0 1M' "$(R a)" >/dev/null
 grep -q "^s1 *s1 *64 MiB" l.out || fail "snapshot -l: $(cat l.out)"
 qemu-img snapshot -l "$(R a)" 2>/dev/null | grep -q "^s1 " || fail "qemu-img does not see s1"
 must qemu-img snapshot -c s2 "$(R a)" 2>/dev/null
+"$VBD_IMG" info -f raw "$(R a)" | grep -q "^s2 " || fail "vbd-img info lists no snapshots: $("$VBD_IMG" info -f raw "$(R a)")"
 "$VBD_IMG" snapshot -f raw -l "$(R a)" | grep -q "^s2 " || fail "vbd-img does not see QEMU's s2"
 must "$VBD_IO" -r -f raw -c 'read -P 0xa1 0 1M' "rbd:rbd/a@s1:conf=$C" >/dev/null
 must "$VBD_IO" -r --image-opts -c 'read -P 0xf1 0 1M' \

@@ -627,10 +627,11 @@ static int vrbd_open_node(struct vbd_node *n, struct json_object *opts, unsigned
     struct vrbd_state *s = n->opaque;
     struct vrbd_conn_opts o = {0};
     char *fname = NULL;
-    int rc = take_conn_opts(opts, &o, err);
-    if (rc < 0)
+    int rc = vbd_opt_take_str(opts, "filename", &fname, err);
+    /* driver=rbd,filename=rbd:...: the same as the filename alone */
+    if (rc > 0 && (rc = vrbd_parse_filename(fname, opts, err)) < 0)
         goto out;
-    if ((rc = vbd_opt_take_str(opts, "filename", &fname, err)) < 0)
+    if (rc < 0 || (rc = take_conn_opts(opts, &o, err)) < 0)
         goto out;
     rc = 0;
     if (o.snap && (flags & VBD_OPEN_RDWR)) {
