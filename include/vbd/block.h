@@ -499,5 +499,9 @@ static inline void vbd_node_check_write_threshold(struct vbd_node *n, uint64_t o
 int vbd_image_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err);
 /* For format drivers: create the protocol-level file (truncate/preallocate). */
 int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err);
+/* The same with the protocol's own creation options (rbd's cluster_size);
+ * a key the protocol does not list is an error. */
+int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct json_object *extra,
+                             struct vbd_error **err);
 
 #endif

@@ -22,6 +22,12 @@ int vbd_image_co_create(const char *fmt, const char *filename, struct json_objec
 
 int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err)
 {
+    return vbd_create_protocol_opts(filename, size, prealloc, NULL, err);
+}
+
+int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct json_object *extra,
+                             struct vbd_error **err)
+{
     const struct vbd_driver *drv = NULL;
     const char *colon = strchr(filename, ':');
     const char *slash = strchr(filename, '/');
@@ -38,6 +44,19 @@ int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc p
         return -ENOTSUP;
     }
     struct json_object *o = json_object_new_object();
+    if (extra) {
+        json_object_object_foreach(extra, k, v) {
+            bool known = false;
+            for (const struct vbd_opt_desc *d = drv->create_opts; d && d->name && !known; d++)
+                known = !strcmp(d->name, k);
+            if (!known) {
+                vbd_error_setf(err, EINVAL, "Protocol driver '%s' does not support option '%s'", drv->name, k);
+                json_object_put(o);
+                return -EINVAL;
+            }
+            json_object_object_add(o, k, json_object_get(v));
+        }
+    }
     json_object_object_add(o, "size", json_object_new_int64((int64_t)size));
     json_object_object_add(o, "preallocation", json_object_new_string(vbd_prealloc_names[prealloc]));
     int rc = drv->co_create(filename, o, err);

@@ -1,12 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /* Every driver, once. grep VBD_DRIVER_REGISTER finds their tables. */
 #include "vbd/block.h"
+#include "vbd-config.h"
 
 #include <string.h>
 
 extern const struct vbd_driver *const vbd_driver_file;
 extern const struct vbd_driver *const vbd_driver_null_co;
 extern const struct vbd_driver *const vbd_driver_nbd;
+#if VBD_HAVE_RBD
+extern const struct vbd_driver *const vbd_driver_rbd;
+#endif
 extern const struct vbd_driver *const vbd_driver_raw;
 extern const struct vbd_driver *const vbd_driver_qcow2;
 extern const struct vbd_driver *const vbd_driver_vdi;
@@ -26,6 +30,9 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
     &vbd_driver_null_co,
     &vbd_driver_nbd,
+#if VBD_HAVE_RBD
+    &vbd_driver_rbd,
+#endif
     &vbd_driver_raw,
     &vbd_driver_qcow2,
     &vbd_driver_vdi,

@@ -20,6 +20,7 @@
 #include "vbd/nbd.h"
 #include "vbd/options.h"
 #include "vbd/qmp.h"
+#include "vbd/secret.h"
 #include "vbd/throttle.h"
 #include "vbd/tls.h"
 
@@ -183,6 +184,8 @@ static int add_object(const char *arg, struct vbd_error **err)
         rc = vbd_tls_creds_add(t, opts, err);
     } else if (t && vbd_authz_type(t)) {
         rc = vbd_authz_add(t, opts, err);
+    } else if (t && !strcmp(t, "secret")) {
+        rc = vbd_secret_add(opts, err);
     } else if (t && !strcmp(t, "throttle-group")) {
         rc = vbd_throttle_group_add_opts(opts, err);
     } else if (t && !strcmp(t, "iothread")) {
@@ -192,7 +195,7 @@ static int add_object(const char *arg, struct vbd_error **err)
     } else {
         vbd_error_setf(
             err, EINVAL,
-            "--object: unsupported object type '%s' (supported: iothread, tls-creds-x509, tls-creds-psk, "
+            "--object: unsupported object type '%s' (supported: iothread, secret, tls-creds-x509, tls-creds-psk, "
             "tls-creds-anon, authz-simple, authz-list, throttle-group)",
             t ? t : "");
         rc = -EINVAL;

@@ -47,6 +47,12 @@ static const struct key_type nbd_keys[] = {
     {"tls", "bool"}, {"tls-certificates", "str"}, {"tls-psk-file", "str"}, {"tls-username", "str"},
     {"tls-verify-peer", "bool"}, {NULL, NULL},
 };
+/* QEMU 7.2's BlockdevOptionsRbd */
+static const struct key_type rbd_keys[] = {
+    {"pool", "str"}, {"namespace", "str"}, {"image", "str"}, {"conf", "str"}, {"snapshot", "str"},
+    {"encrypt", "any"}, {"user", "str"}, {"auth-client-required", "any"}, {"key-secret", "str"},
+    {"server", "any"}, {NULL, NULL},
+};
 static const struct key_type raw_keys[] = {{"file", "ref"}, {"offset", "int"}, {"size", "int"}, {NULL, NULL}};
 static const struct key_type qcow2_keys[] = {
     {"file", "ref"}, {"backing", "ref-or-null"}, {"data-file", "ref"}, {"lazy-refcounts", "bool"},
@@ -71,7 +77,7 @@ static const struct {
     const struct key_type *keys;
 } driver_keys[] = {
     {"file", file_keys}, {"host_device", file_keys}, {"host_cdrom", file_keys}, {"null-co", null_keys},
-    {"null-aio", null_keys}, {"nbd", nbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
+    {"null-aio", null_keys}, {"nbd", nbd_keys}, {"rbd", rbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
     {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
     {"copy-on-read", cor_keys}, {"vmdk", generic_cow_format_keys},

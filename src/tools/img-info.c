@@ -14,7 +14,12 @@ struct json_object *image_info_json(struct vbd_node *n, struct vbd_error **err)
     if (n->backing_file[0] && n->backing_format[0])
         json_object_object_add(o, "backing-filename-format", json_object_new_string(n->backing_format));
     struct vbd_snapshot_info *sn = NULL;
-    int nsn = n->drv->snapshot_list ? n->drv->snapshot_list(n, &sn) : 0;
+    /* as QEMU's snapshot fallback: raw shows its protocol's (rbd's) snapshots */
+    struct vbd_node *sn_node = n;
+    while (!sn_node->drv->snapshot_list && sn_node->file && sn_node->file != sn_node && !sn_node->backing &&
+           sn_node->drv->kind != VBD_DRV_PROTOCOL)
+        sn_node = sn_node->file;
+    int nsn = sn_node->drv->snapshot_list ? sn_node->drv->snapshot_list(sn_node, &sn) : 0;
     if (nsn > 0) {
         struct json_object *arr = json_object_new_array();
         for (int i = 0; i < nsn; i++) {

@@ -42,6 +42,10 @@ int verb_snapshot(int argc, char **argv)
     if (!n)
         return 1;
     struct vbd_node *img = vbd_node_skip_filters(n);
+    /* as QEMU's snapshot fallback: a format without snapshots (raw) passes
+     * them to its file (rbd) */
+    while (!img->drv->snapshot_list && img->file && img->file != img && !img->backing)
+        img = img->file;
     struct vbd_error *err = NULL;
     int rc = 0;
     if (!img->drv->snapshot_list) {

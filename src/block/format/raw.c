@@ -112,6 +112,22 @@ static int raw_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_
     return vbd_node_co_truncate(n->file, size, exact, prealloc, err);
 }
 
+/* As QEMU's raw_get_info: what the protocol says (rbd: its object size
+ * and image details), a plain file says nothing. */
+static int raw_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
+{
+    struct vbd_node *f = n->file;
+    if (!f || f->drv->kind != VBD_DRV_PROTOCOL || !f->drv->get_info)
+        return 0;
+    struct vbd_image_info fi;
+    int rc = vbd_node_get_info(f, &fi, err);
+    if (rc < 0)
+        return rc;
+    info->cluster_size = fi.cluster_size;
+    info->format_specific = fi.format_specific;
+    return 0;
+}
+
 static const struct vbd_opt_desc raw_create_opts[] = {
     {"size", VBD_OPT_SIZE, "Virtual disk size", NULL},
     {"preallocation", VBD_OPT_STRING, "Preallocation mode (allowed values: off, falloc, full)", "off"},
@@ -125,13 +141,26 @@ static int raw_create(const char *filename, struct json_object *opts, struct vbd
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
         vbd_opt_take_enum(opts, "preallocation", vbd_prealloc_names, &prealloc, err) < 0)
         return -EINVAL;
-    if (vbd_opts_check_empty(opts, "Block format 'raw'", err) < 0)
+    /* the protocol's own creation options (rbd's cluster_size), as QEMU's
+     * raw create passes its options down to the protocol */
+    struct json_object *cs = vbd_opt_take_obj(opts, "cluster_size");
+    if (vbd_opts_check_empty(opts, "Block format 'raw'", err) < 0) {
+        json_object_put(cs);
         return -EINVAL;
+    }
     if (prealloc == VBD_PREALLOC_METADATA) {
+        json_object_put(cs);
         vbd_error_setf(err, EINVAL, "Unsupported preallocation mode 'metadata' for format raw");
         return -EINVAL;
     }
-    return vbd_create_protocol(filename, size, prealloc, err);
+    struct json_object *extra = NULL;
+    if (cs) {
+        extra = json_object_new_object();
+        json_object_object_add(extra, "cluster_size", cs);
+    }
+    int rc = vbd_create_protocol_opts(filename, size, prealloc, extra, err);
+    json_object_put(extra);
+    return rc;
 }
 
 static int raw_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated,
@@ -185,6 +214,7 @@ static const struct vbd_driver raw_driver = {
     .co_pwrite_zeroes = raw_pwrite_zeroes,
     .co_block_status = raw_block_status,
     .co_truncate = raw_truncate,
+    .get_info = raw_get_info,
     .create_opts = raw_create_opts,
     .co_create = raw_create,
     .measure = raw_measure,

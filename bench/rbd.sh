@@ -1,0 +1,69 @@
+#!/bin/bash
+# vbd-daemon vs qemu-storage-daemon serving the same rbd image (a throwaway
+# one-OSD Ceph cluster from tests/integration/lib-ceph.sh) over
+# vhost-user-blk, driven by vbd-bench with the same parameters; and the
+# limit: fio's rbd engine talking to librbd directly. Both servers use their
+# default cache mode (librbd's cache on, as QEMU sets rbd_cache for
+# cache.direct=off). Ratio > 1 means vbd is better (vbd/qsd, and vbd/fio:
+# how close to librbd itself). Not a test.   bench/rbd.sh [SECONDS]
+set -uo pipefail
+VBD_BUILD=${VBD_BUILD:-$(cd "$(dirname "$0")/.." && pwd)/build}
+source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/../tests/integration/lib.sh"
+source "$(dirname "$0")/../tests/integration/lib-ceph.sh"
+need fio qemu-storage-daemon bc python3
+VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
+VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
+SECS=${1:-5}
+ceph_start >&2
+export CEPH_CONF # fio's rbd engine reads the configuration librados finds
+rbd -c "$CEPH_CONF" create --size 1G bench || fail "rbd create"
+# librbd answers never-written objects from the object map without the
+# OSD: fill the image first so reads measure the cluster
+fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=write --bs=4M --iodepth=8 \
+    --size=1G >/dev/null || fail "fio fill"
+sock=$T/vu.sock spid=
+on_exit 'kill $spid 2>/dev/null'
+serve() { # server-binary
+    rm -f "$sock"
+    "$1" --blockdev "driver=rbd,node-name=r0,pool=rbd,image=bench,conf=$CEPH_CONF" \
+        --blockdev driver=raw,node-name=disk0,file=r0 \
+        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues=1 \
+        >"$T/server.log" 2>&1 &
+    spid=$!
+    for _ in $(seq 200); do [ -S "$sock" ] && return; sleep 0.05; done
+    cat "$T/server.log" >&2; fail "server $1 did not start"
+}
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['iops'])" "$1"; }
+fio_iops() { # rw bs depth
+    fio --name=lim --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw="$1" --bs="$2" \
+        --iodepth="$3" --runtime="$SECS" --time_based --output-format=json 2>/dev/null |
+        python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print(j['read']['iops'] + j['write']['iops'])"
+}
+echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, medians of $REPS; Ceph $(ceph --version | awk '{print $3}'), 1 OSD (BlueStore on a sparse file), 1 replica"
+printf '%-18s %10s %10s %10s %8s %8s\n' workload "vbd IOPS" "qsd IOPS" "fio-rbd" vbd/qsd vbd/fio
+while IFS='|' read -r label args rw bs depth; do
+    declare -A iops=()
+    for who in vbd qsd; do
+        bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon
+        serve "$bin"
+        i=()
+        for _ in $(seq "$REPS"); do
+            out=$("$VBD_BENCH" --vhost-user "$sock" -q 1 $args -t "$SECS" --json) || fail "vbd-bench against $who"
+            i+=("$(field "$out")")
+        done
+        kill $spid; wait $spid 2>/dev/null
+        spid=
+        iops[$who]=$(printf '%s\n' "${i[@]}" | median)
+    done
+    f=()
+    for _ in $(seq "$REPS"); do f+=("$(fio_iops "$rw" "$bs" "$depth")"); done
+    iops[fio]=$(printf '%s\n' "${f[@]}" | median)
+    printf '%-18s %10.0f %10.0f %10.0f %8.2f %8.2f\n' "$label" "${iops[vbd]}" "${iops[qsd]}" "${iops[fio]}" \
+        "$(echo "${iops[vbd]} / ${iops[qsd]}" | bc -l)" "$(echo "${iops[vbd]} / ${iops[fio]}" | bc -l)"
+done <<ROWS
+4k randread QD32|-w randread -b 4k -d 32|randread|4k|32
+4k randwrite QD32|-w randwrite -b 4k -d 32|randwrite|4k|32
+1M read QD4|-w read -b 1M -d 4|read|1M|4
+1M write QD4|-w write -b 1M -d 4|write|1M|4
+ROWS
