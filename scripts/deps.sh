@@ -8,7 +8,8 @@ set -e
 # client falls back to), file (nbdinfo runs it to describe the content).
 PKGS="build-essential pkg-config meson ninja-build clang liburing-dev zlib1g-dev libzstd-dev
 libjson-c-dev libgnutls28-dev libxml2-dev qemu-utils qemu-system-x86 nbdkit libnbd-bin fio
-busybox-static linux-image-amd64 kmod cpio gnutls-bin bc python3 ca-certificates file"
+busybox-static linux-image-amd64 kmod cpio gnutls-bin bc python3 ca-certificates file
+libiscsi-dev libiscsi-bin tgt qemu-block-extra"
 missing=""
 for p in $PKGS; do
     st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

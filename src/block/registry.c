@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Every driver, once. grep VBD_DRIVER_REGISTER finds their tables. */
 #include "vbd/block.h"
+#include "vbd-config.h"
 
 #include <string.h>
 
@@ -13,6 +14,9 @@ extern const struct vbd_driver *const vbd_driver_vdi;
 extern const struct vbd_driver *const vbd_driver_qed;
 extern const struct vbd_driver *const vbd_driver_parallels;
 extern const struct vbd_driver *const vbd_driver_vpc;
+#if VBD_HAVE_LIBISCSI
+extern const struct vbd_driver *const vbd_driver_iscsi;
+#endif
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -24,6 +28,9 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_qed,
     &vbd_driver_parallels,
     &vbd_driver_vpc,
+#if VBD_HAVE_LIBISCSI
+    &vbd_driver_iscsi,
+#endif
     NULL,
 };
 

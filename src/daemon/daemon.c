@@ -18,6 +18,7 @@
 #include "vbd/loop.h"
 #include "vbd/nbd.h"
 #include "vbd/options.h"
+#include "vbd/secret.h"
 #include "vbd/qmp.h"
 #include "vbd/tls.h"
 
@@ -173,6 +174,8 @@ static int add_object(const char *arg, struct vbd_error **err)
     int rc = 0;
     if (t && vbd_tls_creds_type(t)) {
         rc = vbd_tls_creds_add(t, opts, err);
+    } else if (t && !strcmp(t, "secret")) {
+        rc = vbd_secret_add(opts, err);
     } else if (t && vbd_authz_type(t)) {
         rc = vbd_authz_add(t, opts, err);
     } else if (t && !strcmp(t, "iothread")) {
@@ -182,7 +185,7 @@ static int add_object(const char *arg, struct vbd_error **err)
     } else {
         vbd_error_setf(
             err, EINVAL,
-            "--object: unsupported object type '%s' (supported: iothread, tls-creds-x509, tls-creds-psk, "
+            "--object: unsupported object type '%s' (supported: iothread, secret, tls-creds-x509, tls-creds-psk, "
             "tls-creds-anon, authz-simple, authz-list)",
             t ? t : "");
         rc = -EINVAL;

@@ -5,6 +5,7 @@
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
+#include "vbd/secret.h"
 #include "vbd/tls.h"
 
 #include <ctype.h>
@@ -186,8 +187,10 @@ int tool_add_object(const char *arg)
     int rc = vbd_opt_take_str(opts, "qom-type", &type, &err);
     if (rc == 0)
         vbd_error_setf(&err, EINVAL, "--object %s: 'qom-type' is required", arg);
+    else if (rc > 0 && !strcmp(type, "secret"))
+        rc = vbd_secret_add(opts, &err);
     else if (rc > 0 && !vbd_tls_creds_type(type))
-        vbd_error_setf(&err, EINVAL, "--object: unsupported object type '%s' (supported: tls-creds-x509, tls-creds-psk, tls-creds-anon)", type);
+        vbd_error_setf(&err, EINVAL, "--object: unsupported object type '%s' (supported: secret, tls-creds-x509, tls-creds-psk, tls-creds-anon)", type);
     else if (rc > 0)
         rc = vbd_tls_creds_add(type, opts, &err);
     free(type);
