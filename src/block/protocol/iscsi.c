@@ -660,7 +660,7 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
     vbd_timer_cancel(&wt);
     if (!w.done || w.status != SCSI_STATUS_GOOD) {
         if (!w.done)
-            vbd_error_setf(err, ETIMEDOUT, "iSCSI: no login to %s at %s within %llu seconds", s->target, s->portal,
+            vbd_error_setf(err, ETIMEDOUT, "iSCSI: login to %s at %s timed out after %llu seconds", s->target, s->portal,
                            (unsigned long long)limit);
         else
             vbd_error_setf(err, EIO, "iSCSI: cannot open LUN %d of %s at %s: %s", s->lun, s->target, s->portal,
