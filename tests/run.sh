@@ -52,7 +52,7 @@ done
 for t in "$ROOT"/tests/integration/*.sh; do
     [ -f "$t" ] || continue
     n=${t##*/}
-    [ "$n" = lib.sh ] && continue
+    case $n in lib.sh | lib-*.sh) continue ;; esac # sourced helpers (lib-tgt.sh), not tests
     run_one "integration/${n%.sh}" bash "$t"
 done
 

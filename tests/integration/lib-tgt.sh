@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # TGT_* are for the test that sources this
 # Sourced after lib.sh: a private tgtd (Debian's user-space iSCSI target)
 # for one test. tgtd needs root (its control socket lives in
 # /var/run/tgtd/socket.<N>, N at most 32767); each instance takes a free
@@ -12,7 +14,7 @@
 # Stopped in the EXIT trap (only the PID it started, checked by cmdline).
 need tgtd tgtadm
 [ "$(id -u)" = 0 ] || skip "tgtd needs root (control socket in /var/run/tgtd)"
-TGT_PID= TGT_PORT= TGT_CTRL= TGT_IMG= TGT_IQN=
+TGT_PID='' TGT_PORT='' TGT_CTRL='' TGT_IMG='' TGT_IQN='' TGT_URL=''
 
 _tgt_ours() { [ -n "$TGT_PID" ] && tr '\0' ' ' 2>/dev/null <"/proc/$TGT_PID/cmdline" | grep -q "^tgtd -f -C $TGT_CTRL "; }
 _tgt_alive() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1; [ "$st" != Z ]; }
@@ -40,8 +42,7 @@ _tgt_setup() {
 
 tgt_start() {
     TGT_IMG=$1 TGT_IQN=${2:-iqn.2024-01.org.vbd.test:disk1}
-    local try
-    for try in 1 2 3 4 5 6 7 8; do
+    for _ in 1 2 3 4 5 6 7 8; do
         TGT_PORT=$((20001 + RANDOM % 29999)) TGT_CTRL=$((TGT_PORT - 20000))
         [ -e "/var/run/tgtd/socket.$TGT_CTRL" ] && continue
         (exec 3<>"/dev/tcp/127.0.0.1/$TGT_PORT") 2>/dev/null && continue
