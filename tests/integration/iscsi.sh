@@ -135,7 +135,7 @@ done
 kill -0 $io_pid 2>/dev/null || fail "the writes ended before tgtd could be killed"
 tgt_kill9
 tgt_restart
-wait $io_pid || fail "vbd-io failed across the target restart: $(cat fault.err)"
+wait $io_pid || fail "vbd-io failed across the target restart (exit status $?): $(cat fault.err)"
 grep -q "session re-established" fault.err || fail "no reconnect was reported: $(cat fault.err)"
 [ "$(grep -c '^wrote 1048576/1048576' fault.out)" = 192 ] || fail "not every write completed"
 args=()

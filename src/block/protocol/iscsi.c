@@ -30,6 +30,7 @@
 #include <json-c/json.h>
 #include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -94,7 +95,7 @@ static void fd_ready(void *arg, short revents)
         vbd_debug("iSCSI %s: %s", s->portal, iscsi_get_error(s->iscsi));
     /* a socket that reported an error or hang-up is finished with: watch
      * whatever socket libiscsi holds now, even under the same number */
-    if (revents & (POLLERR | POLLHUP | POLLNVAL))
+    if ((revents & (POLLERR | POLLHUP | POLLNVAL)) || !iscsi_is_logged_in(s->iscsi))
         s->watch_fd = -1;
     update_events(s);
 }
@@ -153,6 +154,11 @@ static void timer_fn(void *arg)
             iscsi_nop_out_async(s->iscsi, NULL, NULL, 0, NULL);
         }
     }
+    /* while it reconnects, libiscsi swaps sockets, a new one maybe under
+     * the old one's number, which the watch cannot tell apart: watch
+     * afresh on every tick until the session is back */
+    if (!iscsi_is_logged_in(s->iscsi))
+        s->watch_fd = -1;
     update_events(s);
     vbd_timer_arm(&s->timer, vbd_clock_ns() + EVENT_INTERVAL_NS);
 }
@@ -638,6 +644,13 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
         iscsi_set_timeout(s->iscsi, (int)timeout);
     snprintf(n->filename, sizeof(n->filename), "iscsi://%s/%s/%d", s->portal, s->target, s->lun);
 
+    /* libiscsi writes with writev(2), which cannot say MSG_NOSIGNAL: a
+     * target that dies under a write would kill the whole process with
+     * SIGPIPE instead of starting a reconnect (vbd-daemon ignores it
+     * already; the tools do not) */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
     /* log in, bounded: a portal that does not answer is an error in time */
     s->loop = vbd_loop_current();
     struct connect_wait w = {.co = vbd_co_self()};
