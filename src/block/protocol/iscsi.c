@@ -640,8 +640,10 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
         vbd_error_setf(err, EINVAL, "iSCSI: CHAP user: %s", iscsi_get_error(s->iscsi));
         goto fail;
     }
-    if (timeout)
-        iscsi_set_timeout(s->iscsi, (int)timeout);
+    /* the login's PDUs time out in libiscsi itself (which then cleans
+     * up after them); the commands afterwards get the user's timeout */
+    uint64_t limit = timeout ? timeout : DEFAULT_CONNECT_TIMEOUT_S;
+    iscsi_set_timeout(s->iscsi, (int)limit);
     snprintf(n->filename, sizeof(n->filename), "iscsi://%s/%s/%d", s->portal, s->target, s->lun);
 
     /* libiscsi writes with writev(2), which cannot say MSG_NOSIGNAL: a
@@ -661,9 +663,9 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
     }
     s->timer = (struct vbd_timer){.fn = timer_fn, .arg = s};
     vbd_timer_arm(&s->timer, vbd_clock_ns() + EVENT_INTERVAL_NS);
+    /* a safety net for a TCP connect that never completes */
     struct vbd_timer wt = {.fn = connect_timeout, .arg = &w};
-    uint64_t limit = timeout ? timeout : DEFAULT_CONNECT_TIMEOUT_S;
-    vbd_timer_arm(&wt, vbd_clock_ns() + limit * 1000000000ull);
+    vbd_timer_arm(&wt, vbd_clock_ns() + (limit + 2) * 1000000000ull);
     update_events(s);
     while (!w.done && !w.timed_out) {
         w.waiting = true;
@@ -674,13 +676,14 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
     if (!w.done || w.status != SCSI_STATUS_GOOD) {
         if (!w.done)
             vbd_error_setf(err, ETIMEDOUT, "iSCSI: login to %s at %s timed out after %llu seconds", s->target, s->portal,
-                           (unsigned long long)limit);
+                           (unsigned long long)limit + 2);
         else
             vbd_error_setf(err, EIO, "iSCSI: cannot open LUN %d of %s at %s: %s", s->lun, s->target, s->portal,
                            login_error(s));
         rc = w.done ? -EIO : -ETIMEDOUT;
         goto fail;
     }
+    iscsi_set_timeout(s->iscsi, (int)timeout);
     if ((rc = probe_lun(n, flags, err)) < 0)
         goto fail;
     s->zero_block = vbd_xcalloc(1, s->block_size);
