@@ -25,11 +25,16 @@ _tgt_launch() {
     setsid tgtd -f -C "$TGT_CTRL" --iscsi "portal=127.0.0.1:$TGT_PORT" </dev/null >>"$T/tgtd.log" 2>&1 &
     TGT_PID=$!
     disown "$TGT_PID" # its SIGKILL is no job news
-    for _ in $(seq 200); do
+    for _ in $(seq 400); do
         [ -S "/var/run/tgtd/socket.$TGT_CTRL" ] && (exec 3<>"/dev/tcp/127.0.0.1/$TGT_PORT") 2>/dev/null && return 0
-        _tgt_alive "$TGT_PID" || return 1
+        _tgt_alive "$TGT_PID" || break
         sleep 0.05
     done
+    echo "tgtd on port $TGT_PORT did not come up; its log:" >>"$T/tgtd.err"
+    tail -8 "$T/tgtd.log" >>"$T/tgtd.err"
+    _tgt_ours && kill -KILL "$TGT_PID"
+    while _tgt_alive "$TGT_PID"; do sleep 0.05; done
+    rm -f "/var/run/tgtd/socket.$TGT_CTRL" "/var/run/tgtd/socket.$TGT_CTRL.lock"
     return 1
 }
 
@@ -53,7 +58,7 @@ tgt_start() {
         fi
         tgt_stop # lost a race for the port: another one
     done
-    fail "tgtd did not start (log: $(tail -3 "$T/tgtd.log"))"
+    fail "tgtd did not start: $(cat "$T/tgtd.err")"
 }
 
 tgt_kill9() {
@@ -63,7 +68,7 @@ tgt_kill9() {
 }
 
 tgt_restart() {
-    _tgt_launch || fail "tgtd did not restart on port $TGT_PORT (log: $(tail -3 "$T/tgtd.log"))"
+    _tgt_launch || _tgt_launch || fail "tgtd did not restart on port $TGT_PORT: $(cat "$T/tgtd.err")"
     _tgt_setup || fail "tgtadm could not set up the target again"
 }
 
