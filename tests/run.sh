@@ -52,7 +52,7 @@ done
 for t in "$ROOT"/tests/integration/*.sh; do
     [ -f "$t" ] || continue
     n=${t##*/}
-    case $n in lib.sh | lib-*.sh) continue ;; esac # sourced helpers (lib-tgt.sh), not tests
+    case $n in lib.sh | lib-*.sh) continue ;; esac # sourced helpers, not tests
     run_one "integration/${n%.sh}" bash "$t"
 done
 

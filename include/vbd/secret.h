@@ -2,17 +2,20 @@
 #ifndef VBD_SECRET_H
 #define VBD_SECRET_H
 
+#include <stddef.h>
+
 struct json_object;
 struct vbd_error;
 
 /*
- * QEMU's "secret" objects (--object secret,id=sec0,data=... or
- * file=PATH), so that a password (iSCSI CHAP's password-secret) need not
- * sit in a node's options. Only format=raw. Process-wide, main thread.
+ * QEMU's "secret" object (--object secret,id=ID,data=...|file=PATH
+ * [,format=raw|base64]): a password or key that drivers look up by id
+ * (rbd's key-secret). Unencrypted secrets only (no keyid/iv). The store is
+ * process-wide; add and remove on the main thread.
  */
-/* opts holds "id" and "data" or "file" (and "format"); keys are taken. */
-int vbd_secret_add(struct json_object *opts, struct vbd_error **err);
-/* A malloc'd copy of the secret's bytes (a string), or NULL with *err. */
-char *vbd_secret_lookup(const char *id, struct vbd_error **err);
+int vbd_secret_add(struct json_object *opts, struct vbd_error **err); /* takes id, data, file, format */
+/* The secret's bytes as base64 (malloc'd, NUL-terminated), or NULL with *err. */
+char *vbd_secret_get_base64(const char *id, struct vbd_error **err);
+void vbd_secret_remove_all(void);
 
 #endif

@@ -18,8 +18,8 @@
 #include "vbd/loop.h"
 #include "vbd/nbd.h"
 #include "vbd/options.h"
-#include "vbd/secret.h"
 #include "vbd/qmp.h"
+#include "vbd/secret.h"
 #include "vbd/tls.h"
 
 #include <errno.h>
@@ -174,10 +174,10 @@ static int add_object(const char *arg, struct vbd_error **err)
     int rc = 0;
     if (t && vbd_tls_creds_type(t)) {
         rc = vbd_tls_creds_add(t, opts, err);
-    } else if (t && !strcmp(t, "secret")) {
-        rc = vbd_secret_add(opts, err);
     } else if (t && vbd_authz_type(t)) {
         rc = vbd_authz_add(t, opts, err);
+    } else if (t && !strcmp(t, "secret")) {
+        rc = vbd_secret_add(opts, err);
     } else if (t && !strcmp(t, "iothread")) {
         rc = vbd_iothread_add(opts, err);
         if (rc == 0 && vbd_opts_check_empty(opts, "--object iothread", err) < 0)

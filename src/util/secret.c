@@ -1,8 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* QEMU's "secret" objects (vbd/secret.h). */
+/* The "secret" object: see include/vbd/secret.h. */
 #include "vbd/secret.h"
-
-#include "vbd/alloc.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
 
@@ -12,83 +10,157 @@
 #include <string.h>
 
 struct secret {
-    char *id, *value;
+    char *id;
+    char *b64; /* kept encoded: every user so far (Ceph's key) wants base64 */
     struct secret *next;
 };
 static struct secret *secrets;
 
-static char *read_file(const char *path, struct vbd_error **err)
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_encode(const unsigned char *in, size_t len)
 {
-    FILE *f = fopen(path, "re");
+    char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
+    for (size_t i = 0; i < len; i += 3) {
+        unsigned v = in[i] << 16 | (i + 1 < len ? in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
+        *o++ = b64chars[v >> 18 & 63];
+        *o++ = b64chars[v >> 12 & 63];
+        *o++ = i + 1 < len ? b64chars[v >> 6 & 63] : '=';
+        *o++ = i + 2 < len ? b64chars[v & 63] : '=';
+    }
+    *o = 0;
+    return out;
+}
+
+static int b64_valid(const char *s)
+{
+    size_t n = strlen(s), pad = 0;
+    if (n % 4)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '=') {
+            if (i < n - 2 || ++pad > 2)
+                return 0;
+        } else if (pad || !strchr(b64chars, s[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static struct secret *find(const char *id)
+{
+    for (struct secret *s = secrets; s; s = s->next)
+        if (!strcmp(s->id, id))
+            return s;
+    return NULL;
+}
+
+static char *read_file(const char *path, size_t *len, struct vbd_error **err)
+{
+    FILE *f = fopen(path, "rb");
     if (!f) {
-        vbd_error_setf(err, errno, "secret: cannot read '%s': %s", path, strerror(errno));
+        vbd_error_setf(err, errno, "Unable to read %s: %s", path, strerror(errno));
         return NULL;
     }
-    char *buf = vbd_xmalloc(65537);
-    size_t len = fread(buf, 1, 65537, f);
-    int bad = ferror(f) || len > 65536 || memchr(buf, 0, len);
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while ((r = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n == cap && cap < (1u << 20))
+            buf = realloc(buf, cap *= 2);
+        else if (n == cap)
+            break;
+    }
     fclose(f);
-    if (bad) {
-        vbd_error_setf(err, EINVAL, "secret: '%s' is unreadable, over 64 KiB or holds a NUL byte", path);
-        free(buf);
-        return NULL;
-    }
-    buf[len] = 0;
+    *len = n;
     return buf;
 }
 
 int vbd_secret_add(struct json_object *opts, struct vbd_error **err)
 {
-    char *id = NULL, *data = NULL, *file = NULL, *format = NULL, *iv = NULL, *keyid = NULL;
-    int rc = -EINVAL;
+    char *id = NULL, *data = NULL, *file = NULL, *keyid = NULL;
+    int format = 0, rc = -EINVAL;
+    static const char *const formats[] = {"raw", "base64", NULL};
     if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "data", &data, err) < 0 ||
-        vbd_opt_take_str(opts, "file", &file, err) < 0 || vbd_opt_take_str(opts, "format", &format, err) < 0 ||
-        vbd_opt_take_str(opts, "iv", &iv, err) < 0 || vbd_opt_take_str(opts, "keyid", &keyid, err) < 0 ||
-        vbd_opts_check_empty(opts, "secret", err) < 0)
+        vbd_opt_take_str(opts, "file", &file, err) < 0 || vbd_opt_take_str(opts, "keyid", &keyid, err) < 0 ||
+        vbd_opt_take_enum(opts, "format", formats, &format, err) < 0)
         goto out;
-    if (!id || !*id) {
-        vbd_error_setf(err, EINVAL, "secret: 'id' is required");
-        goto out;
-    }
-    if (!!data == !!file) {
-        vbd_error_setf(err, EINVAL, "secret '%s': give exactly one of 'data' and 'file'", id);
+    if (!id) {
+        vbd_error_setf(err, EINVAL, "Parameter 'id' is missing");
         goto out;
     }
-    if ((format && strcmp(format, "raw")) || iv || keyid) {
-        vbd_error_setf(err, ENOTSUP, "secret '%s': only format=raw without keyid/iv is supported", id);
+    if (keyid) {
+        vbd_error_setf(err, ENOTSUP, "secret '%s': encrypted secrets (keyid) are not supported", id);
         goto out;
     }
-    for (struct secret *s = secrets; s; s = s->next)
-        if (!strcmp(s->id, id)) {
-            vbd_error_setf(err, EEXIST, "attempt to add duplicate property '%s' to object (type 'container')", id);
+    if (!data == !file) {
+        vbd_error_setf(err, EINVAL, "secret '%s': exactly one of 'data' and 'file' is needed", id);
+        goto out;
+    }
+    if (find(id)) {
+        vbd_error_setf(err, EEXIST, "attempt to add duplicate property '%s' to object (type 'container')", id);
+        goto out;
+    }
+    if (vbd_opts_check_empty(opts, "secret", err) < 0)
+        goto out;
+    size_t len = data ? strlen(data) : 0;
+    char *bytes = data ? data : read_file(file, &len, err);
+    if (!bytes)
+        goto out;
+    char *b64;
+    if (format == 1) {
+        b64 = strndup(bytes, len);
+        /* a trailing newline from a file is not part of the text */
+        while (*b64 && (b64[strlen(b64) - 1] == '\n' || b64[strlen(b64) - 1] == '\r'))
+            b64[strlen(b64) - 1] = 0;
+        if (!b64_valid(b64)) {
+            vbd_error_setf(err, EINVAL, "secret '%s': the data is not valid base64", id);
+            free(b64);
+            if (bytes != data)
+                free(bytes);
             goto out;
         }
-    char *value = data ? data : read_file(file, err);
-    if (!value)
-        goto out;
-    data = NULL;
-    struct secret *s = vbd_xcalloc(1, sizeof(*s));
+    } else {
+        b64 = b64_encode((const unsigned char *)bytes, len);
+    }
+    if (bytes != data)
+        free(bytes);
+    if (!secrets)
+        atexit(vbd_secret_remove_all); /* once: the list is empty only before the first add */
+    struct secret *s = calloc(1, sizeof(*s));
     s->id = id;
-    s->value = value;
+    id = NULL;
+    s->b64 = b64;
     s->next = secrets;
     secrets = s;
-    id = NULL;
     rc = 0;
 out:
     free(id);
     free(data);
     free(file);
-    free(format);
-    free(iv);
     free(keyid);
     return rc;
 }
 
-char *vbd_secret_lookup(const char *id, struct vbd_error **err)
+char *vbd_secret_get_base64(const char *id, struct vbd_error **err)
 {
-    for (struct secret *s = secrets; s; s = s->next)
-        if (!strcmp(s->id, id))
-            return vbd_xstrdup(s->value);
-    vbd_error_setf(err, ENOENT, "No secret with id '%s'", id);
-    return NULL;
+    struct secret *s = find(id);
+    if (!s) {
+        vbd_error_setf(err, ENOENT, "No secret with id '%s'", id);
+        return NULL;
+    }
+    return strdup(s->b64);
+}
+
+void vbd_secret_remove_all(void)
+{
+    while (secrets) {
+        struct secret *s = secrets;
+        secrets = s->next;
+        free(s->id);
+        free(s->b64);
+        free(s);
+    }
 }

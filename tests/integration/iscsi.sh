@@ -114,6 +114,10 @@ must qemu-io -f raw -r -c "read -P 0x61 2M 64k" "$CU" >/dev/null
 printf %s s3cret-pass >pw
 must "$VBD_IO" --object secret,id=pw0,file="$T/pw" --image-opts -c "read -P 0x61 2M 64k" \
     "driver=raw,file.driver=iscsi,file.portal=127.0.0.1:$TGT_PORT,file.target=$TGT_IQN,file.lun=1,file.user=vbduser,file.password-secret=pw0" >/dev/null
+must "$VBD_IMG" info --object secret,id=pw1,format=base64,data="$(printf %s s3cret-pass | base64)" --image-opts \
+    "driver=iscsi,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1,user=vbduser,password-secret=pw1" >/dev/null
+one_line "No secret with id 'nope'" "$VBD_IMG" info --image-opts \
+    "driver=iscsi,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1,user=vbduser,password-secret=nope"
 tgt_adm --op unbind --mode account --tid 1 --user vbduser >/dev/null || fail "tgtadm unbind account"
 
 step "tgtd killed with -9 during writes and restarted: the writes go on, nothing acknowledged is lost"

@@ -37,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
 #define ISCSI_DEFAULT_PORT "3260"
 #define ISCSI_DEFAULT_INITIATOR "iqn.2008-11.org.linux-kvm"
 #define EVENT_INTERVAL_NS 250000000ull
@@ -428,6 +430,44 @@ static const char *login_error(struct iscsi_state *s)
     return buf;
 }
 
+/* The secret store keeps base64 (Ceph's keys want it); CHAP wants the
+ * text itself, which must not hold a NUL. */
+static char *secret_string(const char *id, struct vbd_error **err)
+{
+    char *b64 = vbd_secret_get_base64(id, err);
+    if (!b64) {
+        vbd_error_prepend(err, "iSCSI: password-secret: ");
+        return NULL;
+    }
+    size_t n = strlen(b64), o = 0;
+    char *out = vbd_xmalloc(n / 4 * 3 + 1);
+    unsigned acc = 0;
+    int bits = 0;
+    bool bad = false;
+    for (size_t i = 0; i < n && b64[i] != '='; i++) {
+        const char *p = strchr(b64chars, b64[i]);
+        if (!p || !*p) {
+            bad = true;
+            break;
+        }
+        acc = acc << 6 | (unsigned)(p - b64chars);
+        if ((bits += 6) >= 8) {
+            bits -= 8;
+            out[o++] = (char)(acc >> bits & 0xff);
+        }
+    }
+    out[o] = 0;
+    memset(b64, 0, n);
+    free(b64);
+    if (bad || memchr(out, 0, o)) {
+        memset(out, 0, o);
+        free(out);
+        vbd_error_setf(err, EINVAL, "iSCSI: password-secret '%s' is not a text password", id);
+        return NULL;
+    }
+    return out;
+}
+
 static const char *const header_digests[] = {"crc32c", "none", "crc32c-none", "none-crc32c", NULL};
 
 static int inquiry(struct vbd_node *n, int evpd, int page, struct scsi_task **out)
@@ -608,10 +648,8 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
             vbd_error_setf(err, EINVAL, "iSCSI: 'password' and 'password-secret' are mutually exclusive");
             goto out;
         }
-        if (!(password = vbd_secret_lookup(secret, err))) {
-            vbd_error_prepend(err, "iSCSI: password-secret: ");
+        if (!(password = secret_string(secret, err)))
             goto out;
-        }
     }
     if (password && !user) {
         vbd_error_setf(err, EINVAL, "iSCSI: a password needs a 'user'");
