@@ -42,7 +42,7 @@ fio_iops() { # RW BS DEPTH
 }
 echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, median of $REPS"
 limit=$(timeout -s INT "$SECS" iscsi-perf -r -m 32 -b 8 "$TGT_URL" 2>&1 | tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 |
-    awk '{print $3}')
+    awk '{print $3}' || true)
 echo "limit: iscsi-perf 4K randread QD32 straight to the LUN: $limit IOPS"
 printf '%-20s %10s %10s %7s\n' workload vbd qsd ratio
 while IFS='|' read -r label rw bs depth; do

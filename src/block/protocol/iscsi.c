@@ -73,7 +73,7 @@ struct iscsi_state {
     bool session_lost; /* said so; say when it is back */
     bool logging_out;
     struct vbd_timer timer;
-    unsigned ticks;
+    unsigned ticks, idle_ticks;
     bool request_timed_out;
     char *portal, *target, *initiator;
     int lun;
@@ -155,6 +155,21 @@ static void timer_fn(void *arg)
         } else {
             iscsi_nop_out_async(s->iscsi, NULL, NULL, 0, NULL);
         }
+    }
+    /* libiscsi 1.19 can end a failed reconnect attempt with no socket
+     * and nothing to wait for, and then iscsi_service never tries again
+     * (it returns at once without a socket): with the session down and
+     * nothing to watch for 2 s, start the reconnect anew. Harmless while
+     * a back-off runs: libiscsi then only notes the reconnect as pending. */
+    if (s->zero_block && !s->logging_out && !iscsi_is_logged_in(s->iscsi) &&
+        (iscsi_get_fd(s->iscsi) < 0 || !iscsi_which_events(s->iscsi))) {
+        if (++s->idle_ticks >= 8) {
+            s->idle_ticks = 0;
+            vbd_debug("iSCSI %s: reconnect stalled, starting it again", s->portal);
+            iscsi_reconnect(s->iscsi);
+        }
+    } else {
+        s->idle_ticks = 0;
     }
     /* while it reconnects, libiscsi swaps sockets, a new one maybe under
      * the old one's number, which the watch cannot tell apart: watch
