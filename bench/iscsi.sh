@@ -27,7 +27,7 @@ serve() {
     case $1 in
     vbd) "$VBD_DAEMON" --blockdev "$node" --nbd-server addr.type=unix,addr.path="$sock" \
         --export type=nbd,id=e0,node-name=i0,name=disk,writable=on >/dev/null 2>&1 & ;;
-    qsd) qemu-storage-daemon --blockdev "$node,cache.direct=off" --nbd-server addr.type=unix,addr.path="$sock" \
+    qsd) qemu-storage-daemon --blockdev "$node" --nbd-server addr.type=unix,addr.path="$sock" \
         --export type=nbd,id=e0,node-name=i0,name=disk,writable=on >/dev/null 2>&1 & ;;
     esac
     spid=$!

@@ -128,7 +128,7 @@ done
 # libiscsi 1.19 leaks a login PDU of its reconnect (in the library, not
 # through vbd's allocations): LeakSanitizer is told to skip only that
 printf 'leak:libiscsi.so\n' >lsan.supp
-LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$T/lsan.supp "$VBD_IO" -f raw "${cmds[@]}" "$U" >fault.out 2>fault.err &
+LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$T/lsan.supp LIBISCSI_DEBUG=${LIBISCSI_DEBUG:-0} "$VBD_IO" -f raw "${cmds[@]}" "$U" >fault.out 2>fault.err &
 io_pid=$!
 # the first pass is under way when block 32 M holds its pattern
 for _ in $(seq 600); do
@@ -139,6 +139,12 @@ done
 kill -0 $io_pid 2>/dev/null || fail "the writes ended before tgtd could be killed"
 tgt_kill9
 tgt_restart
+# a reconnect that never comes back is a failure with its trail, not a hang
+for _ in $(seq 1200); do kill -0 $io_pid 2>/dev/null || break; sleep 0.1; done
+if kill -0 $io_pid 2>/dev/null; then
+    kill -KILL $io_pid
+    fail "vbd-io still waits 120 s after the target came back: $(grep -v '^\[' fault.err | tail -20)"
+fi
 wait $io_pid || fail "vbd-io failed across the target restart (exit status $?): $(cat fault.err)"
 grep -q "session re-established" fault.err || fail "no reconnect was reported: $(cat fault.err)"
 [ "$(grep -c '^wrote 1048576/1048576' fault.out)" = 192 ] || fail "not every write completed"
