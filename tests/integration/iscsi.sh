@@ -128,7 +128,7 @@ done
 # libiscsi 1.19 leaks a login PDU of its reconnect (in the library, not
 # through vbd's allocations): LeakSanitizer is told to skip only that
 printf 'leak:libiscsi.so\n' >lsan.supp
-LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$T/lsan.supp LIBISCSI_DEBUG=${LIBISCSI_DEBUG:-0} "$VBD_IO" -f raw "${cmds[@]}" "$U" >fault.out 2>fault.err &
+LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$T/lsan.supp LIBISCSI_DEBUG=2 "$VBD_IO" -f raw "${cmds[@]}" "$U" >fault.out 2>fault.err &
 io_pid=$!
 # the first pass is under way when block 32 M holds its pattern
 for _ in $(seq 600); do
@@ -143,7 +143,7 @@ tgt_restart
 for _ in $(seq 1200); do kill -0 $io_pid 2>/dev/null || break; sleep 0.1; done
 if kill -0 $io_pid 2>/dev/null; then
     kill -KILL $io_pid
-    fail "vbd-io still waits 120 s after the target came back: $(grep -v '^\[' fault.err | tail -20)"
+    fail "vbd-io still waits 120 s after the target came back: $(tail -20 fault.err)"
 fi
 wait $io_pid || fail "vbd-io failed across the target restart (exit status $?): $(cat fault.err)"
 grep -q "session re-established" fault.err || fail "no reconnect was reported: $(cat fault.err)"
