@@ -4,7 +4,7 @@
 # by fio's nbd engine: 4K randread/randwrite QD32, 1M sequential read QD8.
 # The limit: iscsi-perf (libiscsi straight to the LUN, reads only).
 # Ratio = vbd / qsd (> 1: vbd is faster). Needs root (tgtd). Not a test.
-#   bench/iscsi.sh [SECONDS]
+#   [THIN=0] [REPS=N] bench/iscsi.sh [SECONDS]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
@@ -18,10 +18,14 @@ on_exit "rm -f $img"
 qemu-img create -q -f raw "$img" 1G
 qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
 tgt_start "$img"
+# THIN=0: a LUN without thin provisioning (no GET LBA STATUS: vbd's NBD
+# server asks block status before every structured read, one more round
+# trip to the target each)
+[ "${THIN:-1}" = 1 ] || tgt_adm --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=0
 sock=$T/nbd.sock
 spid=
 on_exit '[ -n "$spid" ] && kill $spid 2>/dev/null'
-node="driver=iscsi,node-name=i0,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1"
+node="driver=iscsi,node-name=i0,transport=tcp,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1"
 serve() {
     rm -f "$sock"
     case $1 in

@@ -86,3 +86,6 @@ tgt_stop() {
     TGT_PID=
 }
 on_exit tgt_stop
+# a test killed by timeout(1) or ^C still stops its tgtd (bash runs the EXIT trap only on exit)
+trap 'exit 143' TERM
+trap 'exit 130' INT
