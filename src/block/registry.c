@@ -25,6 +25,9 @@ extern const struct vbd_driver *const vbd_driver_vhdx;
 extern const struct vbd_driver *const vbd_driver_bochs;
 extern const struct vbd_driver *const vbd_driver_cloop;
 extern const struct vbd_driver *const vbd_driver_dmg;
+#if VBD_HAVE_LIBISCSI
+extern const struct vbd_driver *const vbd_driver_iscsi;
+#endif
 
 static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_file,
@@ -47,6 +50,9 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_bochs,
     &vbd_driver_cloop,
     &vbd_driver_dmg,
+#if VBD_HAVE_LIBISCSI
+    &vbd_driver_iscsi,
+#endif
     NULL,
 };
 

@@ -257,6 +257,18 @@ static char *drive_to_keyval(const char *arg)
     return out;
 }
 
+static bool is_protocol_uri(const char *f)
+{
+    const char *colon = strchr(f, ':'), *slash = strchr(f, '/');
+    if (!colon || (slash && slash < colon))
+        return false;
+    for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
+        for (const char *const *p = (*d)->protocols; p && *p; p++)
+            if (strlen(*p) == (size_t)(colon - f) && !strncmp(*p, f, strlen(*p)))
+                return true;
+    return false;
+}
+
 static int add_drive(const char *arg, struct vbd_error **err)
 {
     char *kv = drive_to_keyval(arg);
@@ -319,8 +331,10 @@ static int add_drive(const char *arg, struct vbd_error **err)
         snprintf(name, sizeof(name), "%s", id);
     else
         snprintf(name, sizeof(name), "drive%d", ndrives);
+    /* a URI (iscsi://, nbd://) opens its protocol driver under the format */
     struct json_object *fo = json_object_new_object();
-    json_object_object_add(fo, "driver", json_object_new_string("file"));
+    if (!is_protocol_uri(file))
+        json_object_object_add(fo, "driver", json_object_new_string("file"));
     json_object_object_add(fo, "filename", json_object_new_string(file));
     struct json_object *no = json_object_new_object();
     if (format) {

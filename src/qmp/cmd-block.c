@@ -53,6 +53,12 @@ static const struct key_type rbd_keys[] = {
     {"encrypt", "any"}, {"user", "str"}, {"auth-client-required", "any"}, {"key-secret", "str"},
     {"server", "any"}, {NULL, NULL},
 };
+/* QEMU's BlockdevOptionsIscsi ("password" is QEMU's runtime option the URI fills) */
+static const struct key_type iscsi_keys[] = {
+    {"transport", "enum:tcp,iser"}, {"portal", "str"}, {"target", "str"}, {"lun", "int"}, {"user", "str"},
+    {"password-secret", "str"}, {"initiator-name", "str"}, {"header-digest", "enum:crc32c,none,crc32c-none,none-crc32c"},
+    {"timeout", "int"}, {NULL, NULL},
+};
 static const struct key_type raw_keys[] = {{"file", "ref"}, {"offset", "int"}, {"size", "int"}, {NULL, NULL}};
 static const struct key_type qcow2_keys[] = {
     {"file", "ref"}, {"backing", "ref-or-null"}, {"data-file", "ref"}, {"lazy-refcounts", "bool"},
@@ -77,7 +83,7 @@ static const struct {
     const struct key_type *keys;
 } driver_keys[] = {
     {"file", file_keys}, {"host_device", file_keys}, {"host_cdrom", file_keys}, {"null-co", null_keys},
-    {"null-aio", null_keys}, {"nbd", nbd_keys}, {"rbd", rbd_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
+    {"null-aio", null_keys}, {"nbd", nbd_keys}, {"rbd", rbd_keys}, {"iscsi", iscsi_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
     {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
     {"copy-on-read", cor_keys}, {"vmdk", generic_cow_format_keys},
