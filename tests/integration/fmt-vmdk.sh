@@ -265,6 +265,15 @@ bad "Input/output error" "$gt" ffffff00
 qc=$(qemu-img check -f vmdk x.vmdk 2>&1) && fail "qemu-img check passed a grain past EOF"
 vc=$("$VBD_IMG" check -f vmdk x.vmdk 2>&1) && fail "vbd-img check passed a grain past EOF"
 [ "$(echo "$qc" | grep ERROR)" = "$(echo "$vc" | grep ERROR)" ] || fail "check: qemu-img says $qc, vbd-img $vc"
+# a grain table entry pointing into the image's own metadata (sector 1,
+# the descriptor): a write there fails instead of overwriting it (found by
+# fuzz-vmdk: the write succeeded and destroyed the descriptor and tables)
+must cp h.vmdk m.vmdk
+patch m.vmdk "$gt" 01000000
+must_fail_with "Input/output error" "$VBD_IO" -f vmdk -c 'write -P 0x77 0 4k' m.vmdk
+python3 -c 'import struct,sys; b=open(sys.argv[1],"rb").read(); meta=b[:struct.unpack_from("<Q", b, 64)[0]*512]; sys.exit(1 if b"\x77"*512 in meta else 0)' m.vmdk \
+    || fail "a guest write landed in the vmdk's metadata"
+must qemu-img info -f vmdk m.vmdk >/dev/null
 must cp h.vmdk x.vmdk
 truncate -s 30000 x.vmdk
 must_fail_with "File truncated" "$VBD_IMG" info -f vmdk x.vmdk

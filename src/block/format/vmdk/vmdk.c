@@ -231,9 +231,15 @@ static int lookup(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint6
         uint32_t v = le32toh(ent[i]);
         int ki = v == 0 ? K_UNALLOC : (v == GTE_ZEROED && e->zero_grain) ? K_ZERO : e->compressed ? K_COMP : K_DATA;
         uint64_t h = (uint64_t)v * SECTOR;
-        if (ki >= K_DATA && h >= fsize) {
+        /* a grain inside the header, descriptor or tables would let a
+         * guest write overwrite the image's own metadata */
+        if (ki >= K_DATA && (h >= fsize || h < e->data_start)) {
             if (i == 0) {
-                report_bad(n, "a grain table entry", h);
+                if (h < e->data_start)
+                    vbd_node_report_corruption(n, "vmdk: a grain table entry points into the image's metadata",
+                                               (int64_t)h, -1, false);
+                else
+                    report_bad(n, "a grain table entry", h);
                 return -EIO;
             }
             break; /* the next lookup reports it */
@@ -841,6 +847,7 @@ static int open_sparse(struct vbd_node *n, struct vmdk_extent *e, const uint8_t 
         return -EINVAL;
     }
     e->bytes = capacity * SECTOR; /* the header's size, not the extent line's, as qemu-img */
+    e->data_start = grain_off * SECTOR;
     if ((rc = sparse_geometry(n, e, e->bytes / SECTOR, gran, gtes, err)) < 0)
         return rc;
     if (gdo > UINT64_MAX / SECTOR || ((flags & F_RGD) && rgd > UINT64_MAX / SECTOR)) {

@@ -46,6 +46,7 @@ struct vmdk_extent {
     uint64_t gd_off, rgd_off; /* bytes; rgd_off 0 = none */
     uint32_t *gd, *rgd;     /* host order, sectors */
     uint64_t file_end;      /* next allocation */
+    uint64_t data_start;    /* bytes: grains live at or past the header's overHead (0: unchecked) */
     bool gd_at_end;
 };
 
