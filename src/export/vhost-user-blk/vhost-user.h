@@ -47,6 +47,7 @@ struct vu_queue {
     unsigned inflight_reqs; /* popped, not yet pushed */
     struct vbd_co_queue idle; /* on q->loop: waits for inflight_reqs == 0 */
     bool notify_pending;
+    bool pushed_unsignalled; /* completed after this iteration's first interrupt */
     struct vbd_bh notify_bh;
     void *dev_queue; /* the device's per-queue state */
 };
