@@ -6,6 +6,8 @@
 # request, which compares across hosts. Not a test.   bench/vhost-user.sh [SECONDS]
 # IOTHREAD=1: both servers run the export on an iothread (--object iothread,
 # export iothread=io0) instead of the main loop (still on CPU 0).
+# BASE_DAEMON=<an older vbd-daemon>: it runs each row too (between vbd and
+# qsd), and two more columns give its IOPS and CPU per request.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
@@ -35,14 +37,15 @@ serve() { # server-binary node-kind queues
 field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); f=sys.argv[2]; print(r['lat-us']['p99'] if f=='p99' else r[f])" "$1" "$2"; }
 echo "machine: $(machine); host: $(host_kind)"
 echo "$SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}"
-printf '%-6s %-3s %-18s %10s %10s %6s %9s %9s %6s %8s %8s\n' node q workload "vbd IOPS" "qsd IOPS" ratio "vbd p99" "qsd p99" ratio \
-    "vbd ns/r" "qsd ns/r"
+whos="vbd qsd"; [ -n "${BASE_DAEMON:-}" ] && whos="vbd base qsd"
+printf '%-6s %-3s %-18s %10s %10s %6s %9s %9s %6s %8s %8s%s\n' node q workload "vbd IOPS" "qsd IOPS" ratio "vbd p99" "qsd p99" ratio \
+    "vbd ns/r" "qsd ns/r" "${BASE_DAEMON:+   base IOPS base ns/r}"
 for kind in null file; do
     for nq in 1 2; do
         while IFS='|' read -r label args; do
             declare -A iops=() p99=() nsr=()
-            for who in vbd qsd; do
-                bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon
+            for who in $whos; do
+                bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon; [ $who = base ] && bin=$BASE_DAEMON
                 serve "$bin" $kind $nq
                 i=() p=() c=()
                 for _ in $(seq "$REPS"); do
@@ -56,9 +59,10 @@ for kind in null file; do
                 iops[$who]=$(printf '%s\n' "${i[@]}" | median); p99[$who]=$(printf '%s\n' "${p[@]}" | median)
                 nsr[$who]=$(printf '%s\n' "${c[@]}" | median)
             done
-            printf '%-6s %-3s %-18s %10.0f %10.0f %6.2f %9.1f %9.1f %6.2f %8.0f %8.0f\n' $kind $nq "$label" "${iops[vbd]}" "${iops[qsd]}" \
+            base=; [ -n "${BASE_DAEMON:-}" ] && base=$(printf ' %12.0f %9.0f' "${iops[base]}" "${nsr[base]}")
+            printf '%-6s %-3s %-18s %10.0f %10.0f %6.2f %9.1f %9.1f %6.2f %8.0f %8.0f%s\n' $kind $nq "$label" "${iops[vbd]}" "${iops[qsd]}" \
                 "$(echo "${iops[vbd]} / ${iops[qsd]}" | bc -l)" "${p99[vbd]}" "${p99[qsd]}" "$(echo "${p99[qsd]} / ${p99[vbd]}" | bc -l)" \
-                "${nsr[vbd]}" "${nsr[qsd]}"
+                "${nsr[vbd]}" "${nsr[qsd]}" "$base"
         done <<ROWS
 4k randread QD1|-w randread -b 4k -d 1
 4k randread QD32|-w randread -b 4k -d 32
