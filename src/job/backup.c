@@ -49,24 +49,32 @@ struct backup {
     int werr;
     uint64_t werr_off;
     struct vbd_co_queue worker_wait;
+    struct vbd_loop *loop;
 };
 
 static void hook_begin(struct vbd_write_hook *h, struct vbd_hooked_write *w)
 {
     struct backup *b = (struct backup *)h;
-    b->hook_users++;
+    struct vbd_loop *here = vbd_loop_current();
+    /* counted before the hop: unhook waits for a write already past the hook's load */
+    __atomic_add_fetch(&b->hook_users, 1, __ATOMIC_SEQ_CST);
+    vbd_co_move_to(b->loop); /* the job's state is the main loop's */
     /* a failed copy is recorded in the cbw state: the job fails with it */
     vbd_cbw_co_before_write(b->cbw, w->off, w->bytes);
     if (vbd_cbw_copy_error(b->cbw))
         vbd_job_kick(b->job);
+    vbd_co_move_to(here);
 }
 
 static void hook_end(struct vbd_write_hook *h, struct vbd_hooked_write *w)
 {
     struct backup *b = (struct backup *)h;
     (void)w;
-    if (--b->hook_users == 0 && b->unhooked)
+    struct vbd_loop *here = vbd_loop_current();
+    vbd_co_move_to(b->loop);
+    if (__atomic_sub_fetch(&b->hook_users, 1, __ATOMIC_SEQ_CST) == 0 && b->unhooked)
         vbd_co_queue_wake_all(&b->hook_wait);
+    vbd_co_move_to(here);
 }
 
 static void unhook(struct backup *b)
@@ -75,7 +83,7 @@ static void unhook(struct backup *b)
         return;
     __atomic_store_n(&b->source->write_hook, NULL, __ATOMIC_RELEASE);
     b->unhooked = true;
-    while (b->hook_users > 0)
+    while (__atomic_load_n(&b->hook_users, __ATOMIC_SEQ_CST) > 0)
         vbd_co_queue_wait(&b->hook_wait);
 }
 
@@ -255,6 +263,7 @@ struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, st
         return NULL;
     struct backup *b = vbd_xcalloc(1, sizeof(*b));
     b->job = job;
+    b->loop = vbd_loop_current();
     b->o = *o;
     vbd_node_ref(source);
     vbd_node_ref(target);

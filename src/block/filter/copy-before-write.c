@@ -11,14 +11,17 @@
  * Serialisation, as QEMU's block-copy with its in-flight requests: a
  * cluster being copied is claimed (other writers and the job wait on it
  * rather than copying it twice); a write waits, after its copies, for the
- * point-in-time reads of the source it overlaps. Everything runs on the
- * source's home loop: coroutine queues suffice.
+ * point-in-time reads of the source it overlaps. The state lives on the
+ * loop that made it (the main loop): every entry moves there and back, so
+ * coroutine queues suffice even when the source's writes come from an
+ * iothread.
  */
 #include "vbd/cbw.h"
 
 #include "vbd/alloc.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
+#include "vbd/loop.h"
 #include "vbd/options.h"
 
 #include <errno.h>
@@ -43,6 +46,7 @@ struct vbd_cbw {
     struct vbd_co_queue wait; /* anyone waiting for a span to end */
     int copy_error, snap_error;
     bool break_snapshot;
+    struct vbd_loop *loop;
 };
 
 static bool todo(const struct vbd_cbw *c, uint64_t i) { return c->todo[i / 64] >> (i % 64) & 1; }
@@ -95,6 +99,7 @@ struct vbd_cbw *vbd_cbw_new(struct vbd_node *source, struct vbd_node *target, ui
     c->source = source;
     c->target = target;
     c->cluster = cluster;
+    c->loop = vbd_loop_current();
     c->size = vbd_node_size(source);
     c->nbits = (c->size + cluster - 1) / cluster;
     c->todo = vbd_xcalloc((size_t)(c->nbits / 64 + 1), sizeof(uint64_t));
@@ -225,7 +230,11 @@ int vbd_cbw_co_copy(struct vbd_cbw *c, uint64_t off, uint64_t bytes, bool skip_u
 {
     uint64_t last = (off + bytes + c->cluster - 1) / c->cluster;
     *copied = 0;
-    return copy_clusters(c, off / c->cluster, last < c->nbits ? last : c->nbits, skip_unallocated, copied);
+    struct vbd_loop *here = vbd_loop_current();
+    vbd_co_move_to(c->loop);
+    int rc = copy_clusters(c, off / c->cluster, last < c->nbits ? last : c->nbits, skip_unallocated, copied);
+    vbd_co_move_to(here);
+    return rc;
 }
 
 int vbd_cbw_co_before_write(struct vbd_cbw *c, uint64_t off, uint64_t bytes)
@@ -233,6 +242,8 @@ int vbd_cbw_co_before_write(struct vbd_cbw *c, uint64_t off, uint64_t bytes)
     if (!bytes || off >= c->size)
         return 0;
     uint64_t last = (off + bytes + c->cluster - 1) / c->cluster;
+    struct vbd_loop *here = vbd_loop_current();
+    vbd_co_move_to(c->loop);
     int rc = c->snap_error ? 0 : copy_clusters(c, off / c->cluster, last < c->nbits ? last : c->nbits, false, NULL);
     if (rc < 0 && c->break_snapshot) {
         c->snap_error = rc; /* the image is lost; the guest goes on */
@@ -240,12 +251,14 @@ int vbd_cbw_co_before_write(struct vbd_cbw *c, uint64_t off, uint64_t bytes)
     }
     while (overlaps(c->reading, off, off + bytes))
         vbd_co_queue_wait(&c->wait);
+    vbd_co_move_to(here);
     return rc;
 }
 
 int vbd_cbw_co_snapshot_read(struct vbd_cbw *c, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
 {
-    struct vbd_loop *origin = vbd_node_co_enter_home(c->source);
+    struct vbd_loop *here = vbd_loop_current();
+    vbd_co_move_to(c->loop);
     int rc = 0;
     for (uint64_t pos = off; pos < off + bytes && rc == 0;) {
         if (c->snap_error) {
@@ -269,7 +282,7 @@ int vbd_cbw_co_snapshot_read(struct vbd_cbw *c, uint64_t off, uint64_t bytes, st
         }
         pos = end;
     }
-    vbd_node_co_leave_home(origin);
+    vbd_co_move_to(here);
     return rc;
 }
 
