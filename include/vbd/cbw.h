@@ -56,8 +56,13 @@ int vbd_cbw_co_snapshot_read(struct vbd_cbw *c, uint64_t off, uint64_t bytes, st
 /* A copy failed with on-cbw-error=break-snapshot: reads of the image fail with it. */
 int vbd_cbw_snapshot_error(struct vbd_cbw *c);
 void vbd_cbw_set_break_snapshot(struct vbd_cbw *c, bool on);
-/* The first copy error seen (0: none): the backup job fails with it. */
+/* The first error of a copy for a guest write (0: none): the backup job
+ * fails with it. The job's own copies return theirs (its error policy). */
 int vbd_cbw_copy_error(struct vbd_cbw *c);
+/* Did the last failed copy fail reading the source (else writing the target)? */
+bool vbd_cbw_last_error_read(struct vbd_cbw *c);
+/* Write the copies compressed (the target lists VBD_REQ_COMPRESSED). */
+void vbd_cbw_set_compress(struct vbd_cbw *c, bool on);
 
 /* The state of a copy-before-write filter node, or NULL (not one). */
 struct vbd_cbw *vbd_cbw_of_node(struct vbd_node *n);

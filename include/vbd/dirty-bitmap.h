@@ -30,6 +30,9 @@ void vbd_dirty_bitmap_remove(struct vbd_node *n, struct vbd_dirty_bitmap *bm);
 /* A node going away: all of its bitmaps. */
 void vbd_dirty_bitmaps_release(struct vbd_node *n);
 
+/* n's bitmaps, newest first: pass NULL first (main loop). */
+struct vbd_dirty_bitmap *vbd_dirty_bitmap_next(struct vbd_node *n, struct vbd_dirty_bitmap *prev);
+const char *vbd_dirty_bitmap_name(const struct vbd_dirty_bitmap *bm);
 uint32_t vbd_dirty_bitmap_granularity(const struct vbd_dirty_bitmap *bm);
 bool vbd_dirty_bitmap_enabled(const struct vbd_dirty_bitmap *bm);
 void vbd_dirty_bitmap_set_enabled(struct vbd_dirty_bitmap *bm, bool enabled);

@@ -102,6 +102,12 @@ void vbd_dirty_bitmaps_release(struct vbd_node *n)
         vbd_dirty_bitmap_remove(n, n->dirty_bitmaps);
 }
 
+struct vbd_dirty_bitmap *vbd_dirty_bitmap_next(struct vbd_node *n, struct vbd_dirty_bitmap *prev)
+{
+    return prev ? prev->next : n->dirty_bitmaps;
+}
+
+const char *vbd_dirty_bitmap_name(const struct vbd_dirty_bitmap *bm) { return bm->name; }
 uint32_t vbd_dirty_bitmap_granularity(const struct vbd_dirty_bitmap *bm) { return (uint32_t)bm->gran; }
 bool vbd_dirty_bitmap_enabled(const struct vbd_dirty_bitmap *bm) { return !bm->disabled; }
 bool vbd_dirty_bitmap_busy(const struct vbd_dirty_bitmap *bm) { return bm->busy; }

@@ -47,6 +47,7 @@ struct backup {
     int inflight;
     uint64_t done_bytes;
     int werr;
+    bool werr_read;
     uint64_t werr_off;
     struct vbd_co_queue worker_wait;
     struct vbd_loop *loop;
@@ -101,6 +102,7 @@ static void worker_co(void *arg)
     if (rc < 0 && !b->werr) {
         b->werr = rc;
         b->werr_off = w->off;
+        b->werr_read = vbd_cbw_last_error_read(b->cbw);
     }
     b->done_bytes += copied;
     b->inflight--;
@@ -139,8 +141,9 @@ static int backup_run(struct vbd_job *job, struct vbd_error **err)
             break; /* a guest write could not save its old data: the image is incomplete */
         if (b->werr) {
             wait_workers(b, 0);
-            bool is_read = true; /* which side failed is not known: the source's policy first */
-            enum vbd_error_action a = vbd_job_error_action(job, is_read, -b->werr);
+            /* the job core knows one policy: the side that failed picks it */
+            job->on_error = b->werr_read ? b->o.on_source_error : b->o.on_target_error;
+            enum vbd_error_action a = vbd_job_error_action(job, b->werr_read, -b->werr);
             if (a == VBD_ACTION_REPORT) {
                 rc = b->werr;
                 break;
@@ -271,6 +274,7 @@ struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, st
     b->target = target;
     struct vbd_dirty_bitmap *select = o->sync == VBD_BACKUP_BITMAP ? o->bitmap : NULL;
     b->cbw = vbd_cbw_new(source, target, vbd_cbw_default_cluster(target), select);
+    vbd_cbw_set_compress(b->cbw, o->compress);
     if (o->bitmap) {
         /* the bits taken now; the bitmap goes on recording the writes after this point */
         uint64_t size = vbd_node_size(source), pnum = 0;

@@ -139,7 +139,7 @@ static struct json_object *qmp_blockdev_backup(struct json_object *args, struct 
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target must have the same size");
         return NULL;
     }
-    if (o.compress) {
+    if (o.compress && !(target->supported_write_flags & VBD_REQ_COMPRESSED)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Compression is not supported for this drive %s", target->node_name);
         return NULL;
     }

@@ -42,7 +42,7 @@ for d in vbd qsd; do
     dpid=$!
     wait_sock "$PWD/nbd.sock"
     python3 - "$d" "$IOW" <<'PY' || fail "$d"
-import os, sys
+import os, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
 who, iow = sys.argv[1:3]
@@ -89,7 +89,15 @@ s.run("block-export-add", type="nbd", id="e1", **{"node-name": "src"}, name="bm"
 out = sh("nbdinfo --map=qemu:dirty-bitmap:b0 'nbd+unix:///bm?socket=nbd.sock'", "nbdinfo")
 if [l.split()[2] for l in out.splitlines()] != ["0"]:
     fail(f"{who}: b0 after the incremental backup: {out}")
-s.run("block-export-del", id="e1")
+for _ in range(600):  # nbdinfo's connection may not be gone yet: wait for that
+    r = s.m.cmd("block-export-del", {"id": "e1"})
+    if "error" not in r:
+        break
+    if "still in use" not in r["error"]["desc"]:
+        fail(f"{who}: block-export-del: {r}")
+    time.sleep(0.05)
+else:
+    fail(f"{who}: export e1 still in use after 30 s")
 for n in ("inc", "full"):
     s.run("blockdev-del", **{"node-name": n})
 PY

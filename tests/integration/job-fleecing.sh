@@ -42,18 +42,30 @@ for d in vbd qsd; do
     dpid=$!
     wait_sock "$PWD/qmp.sock"
     python3 - "$d" "$R1" "$R2" <<'PY' || fail "$d"
-import os, subprocess, sys
+import os, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
 who, r1, r2 = sys.argv[1:4]
 s = Session("qmp.sock", who)
 cwd = os.getcwd()
 disk = "nbd+unix:///disk?socket=nbd.sock"
+def del_export(eid):
+    # a client that just exited may not be gone from the server yet: "safe"
+    # removal waits for that (the condition, polled, up to 30 s)
+    for _ in range(600):
+        r = s.m.cmd("block-export-del", {"id": eid})
+        if "error" not in r:
+            break
+        if "still in use" not in r["error"]["desc"]:
+            fail(f"{who}: block-export-del {eid}: {r}")
+        time.sleep(0.05)
+    else:
+        fail(f"{who}: export {eid} still in use after 30 s")
+    s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
 s.run("block-dirty-bitmap-add", node="src", name="b0")
 s.run("block-export-add", type="nbd", id="guest", **{"node-name": "src"}, name="disk", writable=True)
 sh(f"qemu-io -f raw {r1} '{disk}'", "round 1")
-s.run("block-export-del", id="guest")
-s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
+del_export("guest")
 # the point in time
 s.run("block-dirty-bitmap-disable", node="src", name="b0")
 s.run("blockdev-add", driver="qcow2", **{"node-name": "tmp"}, file={"driver": "file", "filename": f"{cwd}/fleece.qcow2"},
@@ -72,8 +84,7 @@ sh(f"nbdcopy '{fl}' after.raw", "nbdcopy after round 2")
 open("map.txt", "w").write(sh(f"nbdinfo --map=qemu:dirty-bitmap:b0 '{fl}'", "nbdinfo"))
 sh(f"qemu-img compare -q -f raw -F raw '{disk}' ../final.raw", "the disk after round 2")
 for e in ("fl", "guest"):
-    s.run("block-export-del", id=e)
-    s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
+    del_export(e)
 for n in ("fleece", "cbw", "tmp"):
     s.run("blockdev-del", **{"node-name": n})
 PY

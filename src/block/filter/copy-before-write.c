@@ -46,6 +46,8 @@ struct vbd_cbw {
     struct vbd_co_queue wait; /* anyone waiting for a span to end */
     int copy_error, snap_error;
     bool break_snapshot;
+    bool compress;
+    bool last_err_read; /* the last failed copy failed reading the source */
     struct vbd_loop *loop;
 };
 
@@ -135,6 +137,8 @@ bool vbd_cbw_todo(struct vbd_cbw *c, uint64_t off) { return off / c->cluster < c
 int vbd_cbw_snapshot_error(struct vbd_cbw *c) { return c->snap_error; }
 void vbd_cbw_set_break_snapshot(struct vbd_cbw *c, bool on) { c->break_snapshot = on; }
 int vbd_cbw_copy_error(struct vbd_cbw *c) { return c->copy_error; }
+bool vbd_cbw_last_error_read(struct vbd_cbw *c) { return c->last_err_read; }
+void vbd_cbw_set_compress(struct vbd_cbw *c, bool on) { c->compress = on; }
 
 bool vbd_cbw_next(struct vbd_cbw *c, uint64_t *off)
 {
@@ -168,14 +172,23 @@ static int copy_span(struct vbd_cbw *c, uint64_t s, uint64_t e, int st, uint64_t
             *skipped = true;
             return 0;
         }
-        if (st & VBD_BS_ZERO)
+        if (st & VBD_BS_ZERO) {
+            c->last_err_read = false;
             return vbd_node_co_pwrite_zeroes(c->target, s, e - s, 0);
+        }
     }
     size_t align = c->source->bl.min_mem_alignment > 4096 ? c->source->bl.min_mem_alignment : 4096;
     void *buf = vbd_alloc_aligned(align, (size_t)(e - s));
     int rc = vbd_node_co_pread(c->source, s, buf, e - s);
-    if (rc == 0)
+    c->last_err_read = rc < 0;
+    if (rc == 0 && c->compress) {
+        /* compressed writes are one cluster each */
+        for (uint64_t p = s; p < e && rc == 0; p += c->cluster)
+            rc = vbd_node_co_pwrite(c->target, p, (uint8_t *)buf + (p - s), e - p < c->cluster ? e - p : c->cluster,
+                                    VBD_REQ_COMPRESSED);
+    } else if (rc == 0) {
         rc = vbd_node_co_pwrite(c->target, s, buf, e - s, 0);
+    }
     free(buf);
     return rc;
 }
@@ -217,7 +230,7 @@ static int copy_clusters(struct vbd_cbw *c, uint64_t first, uint64_t last, bool 
                 set_todo(c, k, false);
         span_del(c, &c->copying, &sp);
         if (rc < 0) {
-            if (!c->copy_error)
+            if (!copied && !c->copy_error) /* a guest write's copy: the image is incomplete */
                 c->copy_error = rc;
             return rc;
         }
