@@ -10,6 +10,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
+export VBD_ROOT=${VBD_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 ROUNDS=${ROUNDS:-5}
 dir=$(mktemp -d "${DIR:-/var/tmp}/vbd-backup-bench.XXXXXX")
 dpid=
@@ -50,7 +51,6 @@ PY
     kill -TERM $dpid; wait $dpid || true; dpid=
     qemu-img compare -q src.qcow2 tgt.qcow2 || { echo "$1: the backup differs from the source" >&2; exit 1; }
 }
-export VBD_ROOT=${VBD_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 echo "machine: $(machine)"
 echo "round vbd_s qsd_s qsd/vbd"
 : >vbd.t; : >qsd.t; : >ratio.t

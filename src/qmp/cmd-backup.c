@@ -12,6 +12,7 @@
 #include "vbd/error.h"
 
 #include <json-c/json.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *arg_str(struct json_object *args, const char *key)
@@ -48,7 +49,24 @@ static int on_error(struct json_object *args, const char *key, enum vbd_on_error
     return 0;
 }
 
+/* The options and checks both commands share, then the job; bs and
+ * target looked up by the caller. */
+static struct json_object *backup_common(struct json_object *args, struct vbd_node *bs, struct vbd_node *target,
+                                         struct vbd_qmp_error *err);
+
 static struct json_object *qmp_blockdev_backup(struct json_object *args, struct vbd_qmp_error *err)
+{
+    struct vbd_node *bs = qmp_lookup_node(arg_str(args, "device"), err);
+    if (!bs)
+        return NULL;
+    struct vbd_node *target = qmp_lookup_node(arg_str(args, "target"), err);
+    if (!target)
+        return NULL;
+    return backup_common(args, bs, target, err);
+}
+
+static struct json_object *backup_common(struct json_object *args, struct vbd_node *bs, struct vbd_node *target,
+                                         struct vbd_qmp_error *err)
 {
     static const char *const syncs[] = {"full", "top", "none", "incremental", "bitmap", NULL};
     static const char *const modes[] = {"on-success", "never", "always", NULL};
@@ -85,12 +103,6 @@ static struct json_object *qmp_blockdev_backup(struct json_object *args, struct 
     o.auto_dismiss = arg_bool(args, "auto-dismiss", true);
     o.bitmap_mode = (enum vbd_bitmap_sync_mode)mode;
     o.sync = sync == 0 ? VBD_BACKUP_FULL : sync == 1 ? VBD_BACKUP_TOP : sync == 2 ? VBD_BACKUP_NONE : VBD_BACKUP_BITMAP;
-    struct vbd_node *bs = qmp_lookup_node(arg_str(args, "device"), err);
-    if (!bs)
-        return NULL;
-    struct vbd_node *target = qmp_lookup_node(arg_str(args, "target"), err);
-    if (!target)
-        return NULL;
     if (bitmap) {
         if (!(o.bitmap = vbd_dirty_bitmap_find_below(bs, bitmap, NULL))) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' could not be found", bitmap);
@@ -148,7 +160,67 @@ static struct json_object *qmp_blockdev_backup(struct json_object *args, struct 
     return vbd_qmp_ok();
 }
 
+/* drive-backup: the target is a file, made here unless mode=existing (as
+ * QEMU: the source's format and size; sync=top's target has the source's
+ * backing file, sync=none's the source itself), opened for the job and
+ * closed with it. */
+static struct json_object *qmp_drive_backup(struct json_object *args, struct vbd_qmp_error *err)
+{
+    static const char *const modes[] = {"existing", "absolute-paths", NULL};
+    const char *file = arg_str(args, "target"), *format = arg_str(args, "format"), *sync = arg_str(args, "sync");
+    int mode = pick(arg_str(args, "mode"), modes, 1);
+    if (mode < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'mode' does not accept value '%s'", arg_str(args, "mode"));
+        return NULL;
+    }
+    struct vbd_node *bs = qmp_lookup_node(arg_str(args, "device"), err);
+    if (!bs)
+        return NULL;
+    if (!format && mode == 1)
+        format = bs->drv->name;
+    struct vbd_node *backing = NULL;
+    if (sync && !strcmp(sync, "top"))
+        backing = vbd_node_skip_filters(bs)->backing;
+    else if (sync && !strcmp(sync, "none"))
+        backing = bs;
+    struct vbd_error *e = NULL;
+    if (mode == 1) {
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "size", json_object_new_int64((int64_t)vbd_node_size(bs)));
+        if (backing) {
+            json_object_object_add(o, "backing_file", json_object_new_string(backing->filename));
+            json_object_object_add(o, "backing_fmt", json_object_new_string(backing->drv->name));
+        }
+        int rc = vbd_image_co_create(format, file, o, &e);
+        json_object_put(o);
+        if (rc < 0) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Could not create '%s': %s", file, e ? e->msg : strerror(-rc));
+            vbd_error_free(e);
+            return NULL;
+        }
+    }
+    struct json_object *o = json_object_new_object();
+    if (format)
+        json_object_object_add(o, "driver", json_object_new_string(format));
+    /* the backing is the running node, not its file opened once more */
+    if (format && vbd_driver_find(format) && vbd_driver_find(format)->change_backing_file)
+        json_object_object_add(o, "backing", backing ? json_object_new_string(backing->node_name) : NULL);
+    struct vbd_node *target = vbd_open(file, o, VBD_OPEN_RDWR, &e);
+    if (!target) {
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
+    struct json_object *r = backup_common(args, bs, target, err);
+    vbd_node_unref(target); /* the job holds it until its end */
+    return r;
+}
+
 const struct vbd_qmp_command vbd_qmp_cmds_backup[] = {
+    {"drive-backup",
+     "?job-id:str device:str target:str ?format:str sync:str ?mode:str ?speed:int ?bitmap:str ?bitmap-mode:str "
+     "?compress:bool ?on-source-error:str ?on-target-error:str ?auto-finalize:bool ?auto-dismiss:bool "
+     "?filter-node-name:str ?x-perf:object",
+     qmp_drive_backup, 0},
     {"blockdev-backup",
      "?job-id:str device:str target:str sync:str ?speed:int ?bitmap:str ?bitmap-mode:str ?compress:bool "
      "?on-source-error:str ?on-target-error:str ?auto-finalize:bool ?auto-dismiss:bool ?filter-node-name:str "
