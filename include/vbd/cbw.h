@@ -47,6 +47,8 @@ int vbd_cbw_co_copy(struct vbd_cbw *c, uint64_t off, uint64_t bytes, bool skip_u
 bool vbd_cbw_next(struct vbd_cbw *c, uint64_t *off);
 /* Bytes still to copy. */
 uint64_t vbd_cbw_remaining(struct vbd_cbw *c);
+/* Bytes still to copy in the clusters of [off, off + bytes). */
+uint64_t vbd_cbw_todo_bytes(struct vbd_cbw *c, uint64_t off, uint64_t bytes);
 /* Is the cluster at off still to copy (read from the source)? */
 bool vbd_cbw_todo(struct vbd_cbw *c, uint64_t off);
 /* Drop [off, off + bytes) from what is to copy (sync=top's unallocated, snapshot-access discard). */

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #define BACKUP_WORKERS 8
+#define BACKUP_CHUNK (1u << 20) /* one worker's step, QEMU's block-copy task size */
 
 struct backup {
     struct vbd_write_hook hook;
@@ -98,13 +99,16 @@ static void worker_co(void *arg)
     struct worker *w = arg;
     struct backup *b = w->b;
     uint64_t copied = 0;
-    int rc = vbd_cbw_co_copy(b->cbw, w->off, JOB_CHUNK, b->o.sync == VBD_BACKUP_TOP, &copied);
+    int rc = vbd_cbw_co_copy(b->cbw, w->off, BACKUP_CHUNK, b->o.sync == VBD_BACKUP_TOP, &copied);
     if (rc < 0 && !b->werr) {
         b->werr = rc;
         b->werr_off = w->off;
         b->werr_read = vbd_cbw_last_error_read(b->cbw);
     }
     b->done_bytes += copied;
+    struct vbd_job *job = b->job;
+    uint64_t rem = vbd_cbw_remaining(b->cbw);
+    job->ctl.current = job->ctl.total > rem ? job->ctl.total - rem : 0;
     b->inflight--;
     free(w);
     vbd_co_queue_wake_all(&b->worker_wait);
@@ -130,7 +134,7 @@ static int backup_run(struct vbd_job *job, struct vbd_error **err)
         return vbd_cbw_copy_error(b->cbw);
     }
     int workers = b->o.max_workers > 0 ? b->o.max_workers : BACKUP_WORKERS;
-    uint64_t cursor = 0, paced = 0;
+    uint64_t cursor = 0;
     int rc = 0;
     for (;;) {
         if (vbd_job_is_cancelled(job)) {
@@ -149,7 +153,7 @@ static int backup_run(struct vbd_job *job, struct vbd_error **err)
                 break;
             }
             if (a == VBD_ACTION_IGNORE)
-                vbd_cbw_forget(b->cbw, b->werr_off, JOB_CHUNK);
+                vbd_cbw_forget(b->cbw, b->werr_off, BACKUP_CHUNK);
             b->werr = 0;
             vbd_job_pause_point(job); /* stop: until job-resume, then the chunk again */
             cursor = 0;
@@ -167,15 +171,15 @@ static int backup_run(struct vbd_job *job, struct vbd_error **err)
         }
         struct worker *w = vbd_xcalloc(1, sizeof(*w));
         w->b = b;
-        w->off = off / JOB_CHUNK * JOB_CHUNK;
-        cursor = w->off + JOB_CHUNK;
+        w->off = off / BACKUP_CHUNK * BACKUP_CHUNK;
+        cursor = w->off + BACKUP_CHUNK;
+        /* paced by what is started, as QEMU's block-copy: the next chunk
+         * waits for the time this one is due */
+        uint64_t started = vbd_cbw_todo_bytes(b->cbw, w->off, BACKUP_CHUNK);
         b->inflight++;
         vbd_co_wake(vbd_co_create(worker_co, w));
         wait_workers(b, workers - 1);
-        uint64_t rem = vbd_cbw_remaining(b->cbw);
-        job->ctl.current = job->ctl.total > rem ? job->ctl.total - rem : 0;
-        vbd_job_ratelimit(job, b->done_bytes - paced);
-        paced = b->done_bytes;
+        vbd_job_ratelimit(job, started);
     }
     wait_workers(b, 0);
     if (rc == 0 && (rc = vbd_cbw_copy_error(b->cbw)) == 0) {

@@ -108,7 +108,7 @@ static struct json_object *backup_common(struct json_object *args, struct vbd_no
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' could not be found", bitmap);
             return NULL;
         }
-        if (!json_object_object_get_ex(args, "bitmap-mode", NULL) && o.sync != VBD_BACKUP_BITMAP) {
+        if (!json_object_object_get_ex(args, "bitmap-mode", NULL)) { /* sync=bitmap too: QEMU has no default */
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap sync mode must be given when providing a bitmap");
             return NULL;
         }

@@ -133,6 +133,14 @@ void vbd_cbw_free(struct vbd_cbw *c)
 
 uint64_t vbd_cbw_cluster(struct vbd_cbw *c) { return c->cluster; }
 uint64_t vbd_cbw_remaining(struct vbd_cbw *c) { return c->ntodo * c->cluster; }
+uint64_t vbd_cbw_todo_bytes(struct vbd_cbw *c, uint64_t off, uint64_t bytes)
+{
+    uint64_t n = 0;
+    for (uint64_t i = off / c->cluster; i < c->nbits && i * c->cluster < off + bytes; i++)
+        if (todo(c, i))
+            n += c->cluster;
+    return n;
+}
 bool vbd_cbw_todo(struct vbd_cbw *c, uint64_t off) { return off / c->cluster < c->nbits && todo(c, off / c->cluster); }
 int vbd_cbw_snapshot_error(struct vbd_cbw *c) { return c->snap_error; }
 void vbd_cbw_set_break_snapshot(struct vbd_cbw *c, bool on) { c->break_snapshot = on; }
