@@ -21,7 +21,7 @@ args=()
 for i in $(seq 0 15); do args+=(-c "write -P $((i + 1)) $((i * 128))M 64M"); done
 qemu-io -f qcow2 "${args[@]}" src.qcow2 >/dev/null
 
-one() { # $1 = vbd|qsd: prints the seconds
+one() { # $1 = vbd|qsd: prints the seconds and the daemon's CPU seconds
     local bin=$VBD_DAEMON
     [ "$1" = qsd ] && bin=qemu-storage-daemon
     rm -f tgt.qcow2 qmp.sock
@@ -48,17 +48,21 @@ if "error" in ev["data"] or ev["data"]["offset"] != ev["data"]["len"]:
     sys.exit(f"backup failed: {ev}")
 print("%.3f" % t)
 PY
+    # the daemon's CPU time (user + system) over its whole life
+    echo "$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' /proc/$dpid/stat)"
     kill -TERM $dpid; wait $dpid || true; dpid=
     qemu-img compare -q src.qcow2 tgt.qcow2 || { echo "$1: the backup differs from the source" >&2; exit 1; }
 }
 echo "machine: $(machine)"
-echo "round vbd_s qsd_s qsd/vbd"
-: >vbd.t; : >qsd.t; : >ratio.t
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "round vbd_s qsd_s qsd/vbd vbd_cpu_s qsd_cpu_s"
+: >vbd.t; : >qsd.t; : >ratio.t; : >vc.t; : >qc.t
 for r in $(seq "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then v=$(one vbd); q=$(one qsd); else q=$(one qsd); v=$(one vbd); fi
-    echo "$v" >>vbd.t; echo "$q" >>qsd.t
-    ratio=$(echo "$q $v" | awk '{printf "%.2f", $1 / $2}')
+    if [ $((r % 2)) = 1 ]; then v=($(one vbd)); q=($(one qsd)); else q=($(one qsd)); v=($(one vbd)); fi
+    echo "${v[0]}" >>vbd.t; echo "${q[0]}" >>qsd.t; echo "${v[1]}" >>vc.t; echo "${q[1]}" >>qc.t
+    ratio=$(echo "${q[0]} ${v[0]}" | awk '{printf "%.2f", $1 / $2}')
     echo "$ratio" >>ratio.t
-    echo "$r $v $q $ratio"
+    echo "$r ${v[0]} ${q[0]} $ratio ${v[1]} ${q[1]}"
 done
-echo "median vbd $(median <vbd.t) s, qsd $(median <qsd.t) s, ratio qsd/vbd $(median <ratio.t)"
+echo "median vbd $(median <vbd.t) s, qsd $(median <qsd.t) s, ratio qsd/vbd $(median <ratio.t); CPU vbd $(median <vc.t) s, qsd $(median <qc.t) s"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
