@@ -8,7 +8,8 @@
 #  2. the same failure with the default policy (report) ends the job with
 #     BLOCK_JOB_COMPLETED carrying "No space left on device";
 #  3. drive-backup sync=full makes its own qcow2 target file: equal to the
-#     source, qemu-img check clean;
+#     source, qemu-img check clean; compress=on to a qcow2 target: equal to
+#     the source, its clusters compressed;
 #  4. (vbd) kill -9 of the daemon during a backup while qemu-io writes
 #     through an export: source and target pass qemu-img check (leaks at
 #     most), and the source still holds data the writer had flushed.
@@ -36,6 +37,7 @@ for d in vbd qsd; do
     # preallocated: vbd's blkdebug is not growable (qcow2 above it could not
     # write past the file's end), so the file has its full size already
     for t in t1 t2; do must qemu-img create -q -f qcow2 -o preallocation=metadata $t.qcow2 16M; done
+    must qemu-img create -q -f qcow2 t4.qcow2 16M
     start $d
     python3 - "$d" <<'PY' || fail "$d"
 import os, sys
@@ -78,15 +80,24 @@ s.run("drive-backup", **{"job-id": "b3", "device": "src", "target": f"{cwd}/t3.q
                          "sync": "full"})
 s.status("b3", "created"); s.status("b3", "running")
 s.completed("b3")
-for n in ("t1", "t2"):
+# compressed
+s.run("blockdev-add", driver="qcow2", **{"node-name": "t4"}, file={"driver": "file", "filename": f"{cwd}/t4.qcow2"})
+s.run("blockdev-backup", **{"job-id": "b4", "device": "src", "target": "t4", "sync": "full", "compress": True})
+s.status("b4", "created"); s.status("b4", "running")
+s.completed("b4")
+for n in ("t1", "t2", "t4"):
     s.run("blockdev-del", **{"node-name": n})
 PY
     kill -TERM $dpid; wait $dpid; rc=$?; dpid=
     [ $rc = 0 ] || fail "$d exited with $rc: $(tail -5 daemon.log)"
     ! grep -q Sanitizer daemon.log || fail "$d: $(cat daemon.log)"
-    for f in src t1 t2 t3; do qcheck $f.qcow2; done
+    for f in src t1 t2 t3 t4; do qcheck $f.qcow2; done
     must qemu-img compare -q t1.qcow2 ../base.qcow2
     must qemu-img compare -q t3.qcow2 ../base.qcow2
+    must qemu-img compare -q t4.qcow2 ../base.qcow2
+    qemu-img check --output=json t4.qcow2 | python3 -c 'import json, sys
+c = json.load(sys.stdin)["compressed-clusters"]
+sys.exit(0 if c == 256 else f"compressed clusters: {c} of 256")' || fail "$d: t4.qcow2 is not compressed throughout"
     cd "$T"
 done
 
