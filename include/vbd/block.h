@@ -327,6 +327,7 @@ struct vbd_node {
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
     uint64_t write_threshold;    /* block-set-write-threshold; 0 = off (atomic: checked by writes on any loop) */
     struct vbd_write_hook *write_hook; /* a block job watching writes (atomic; NULL: none) */
+    struct vbd_dirty_bitmap *dirty_bitmaps; /* in-memory bitmaps (vbd/dirty-bitmap.h; atomic head) */
 };
 
 /* A block job's view of the writes to a node (stream: its copy must not

@@ -873,7 +873,10 @@ void qcow2_release_entry(struct qcow2_state *s, uint64_t entry)
 static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, bool discard)
 {
     struct qcow2_state *s = n->opaque;
-    bool backed = n->backing && cstart < n->backing->size;
+    /* opened with backing=null, the header may still name one that a later
+     * open shows through: only a zero flag keeps the zeroes then (QEMU
+     * writes one in every v3 image) */
+    bool backed = n->backing ? cstart < n->backing->size : n->backing_file[0] != 0;
     uint64_t *table;
     uint32_t index;
     struct qcow2_l2_slot *slot = NULL;
