@@ -2,7 +2,8 @@
 # vbd-daemon --state FILE: what QMP changed comes back after a restart.
 # 1. Nodes, the NBD server, an export, an iothread object, a live snapshot
 #    (blockdev-snapshot: the export pivots to the overlay) and a
-#    blockdev-snapshot-sync made over QMP; a node added and deleted again.
+#    blockdev-snapshot-sync made over QMP; a node added and deleted again;
+#    a block-stream that drops a node's backing.
 #    After kill -9 and a restart with the same --state, the named nodes
 #    (driver, read-only, backing), the exports and objects are the same,
 #    and qemu-io reads through the re-created NBD export what it wrote
@@ -21,6 +22,9 @@ S=$T/qmp.sock
 qemu-img create -q -f qcow2 base.qcow2 16M || fail "qemu-img create"
 must qemu-io -f qcow2 -c 'write -P 0x11 0 4M' base.qcow2 >/dev/null
 qemu-img create -q -f qcow2 ov.qcow2 16M || fail "qemu-img create"
+qemu-img create -q -f qcow2 mid.qcow2 16M && qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 ||
+    fail "qemu-img create"
+must qemu-io -f qcow2 -c 'write -P 0x22 0 1M' mid.qcow2 >/dev/null
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 
 qmp() { # qmp PYTHON-STATEMENTS: m is a negotiated session on $S
@@ -59,8 +63,12 @@ ok("blockdev-add", driver="null-co", **{"node-name": "gone"})
 ok("blockdev-del", **{"node-name": "gone"})
 ok("blockdev-snapshot-sync", **{"node-name": "ov", "snapshot-file": os.getcwd() + "/s2.qcow2",
                                 "snapshot-node-name": "s2", "format": "qcow2"})
+ok("blockdev-add", driver="qcow2", **{"node-name": "top"}, file={"driver": "file", "filename": "top.qcow2"})
+ok("block-stream", **{"job-id": "j0", "device": "top"})
+m.wait_event("BLOCK_JOB_COMPLETED", timeout=120)
 v = view()
-assert [e for e in v["exports"]] == [["e0", "s2"]] or v["exports"] == [("e0", "s2")], v
+assert v["exports"] == [("e0", "s2")], v
+assert v["nodes"]["top"][2] is None, v  # the job dropped its backing
 json.dump(v, open("view.before", "w"), sort_keys=True)
 PY
 must qemu-io -f raw -c 'write -P 0x5a 1M 64k' "nbd+unix:///disk?socket=$T/nbd.sock" >/dev/null
@@ -78,7 +86,9 @@ PY
 must qemu-io -f raw -c 'read -P 0x5a 1M 64k' -c 'read -P 0x11 0 1M' -c 'read -P 0x11 2M 2M' \
     "nbd+unix:///disk?socket=$T/nbd.sock" >/dev/null
 stop_daemon
-for i in base ov s2; do qcheck "$T/$i.qcow2"; done
+for i in base ov s2 mid top; do qcheck "$T/$i.qcow2"; done
+must qemu-io -f qcow2 -c 'read -P 0x22 0 1M' top.qcow2 >/dev/null
+[ "$(qemu-img info --output=json top.qcow2 | grep -c backing-filename)" = 0 ] || fail "top.qcow2 still has a backing file"
 bf=$(qemu-img info --output=json s2.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename"])')
 [ "$(basename "$bf")" = ov.qcow2 ] || fail "s2.qcow2 names $bf as its backing file, not ov.qcow2"
 
