@@ -248,6 +248,10 @@ struct vbd_driver {
      * vbd_create_protocol(). */
     const struct vbd_opt_desc *create_opts; /* {NULL} terminated */
     int (*co_create)(const char *filename, struct json_object *opts, struct vbd_error **err);
+    /* The same onto an open protocol node, whose content it replaces
+     * (QMP blockdev-create names the image's file by node). NULL: only
+     * by file name. */
+    int (*co_create_node)(struct vbd_node *file, struct json_object *opts, struct vbd_error **err);
     /* Space needed to convert `in` (may be NULL: only size) to this format with opts. */
     int (*measure)(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated, struct vbd_error **err);
 

@@ -11,4 +11,6 @@ extern const struct vbd_qmp_command vbd_qmp_cmds_export[];   /* cmd-export.c: nb
 extern const struct vbd_qmp_command vbd_qmp_cmds_snapshot[];
 extern const struct vbd_qmp_command vbd_qmp_cmds_job[];      /* cmd-job.c: block-stream, block-commit, job verbs and queries */ /* cmd-snapshot.c: snapshots, bitmaps, transaction */
 
+extern const struct vbd_qmp_command vbd_qmp_cmds_create[];   /* cmd-create.c: blockdev-create, x-blockdev-amend */
+
 #endif
