@@ -85,6 +85,16 @@ static int create_format(struct vbd_job *job, struct create_job *c, const char *
         size_t i = 0;
         while (i < sizeof(renames) / sizeof(renames[0]) && strcmp(renames[i].qmp, key))
             i++;
+        if (!strcmp(driver, "vdi") && !strcmp(key, "preallocation")) {
+            /* metadata: a static image (every block mapped); vdi has no other mode */
+            const char *pa = json_object_get_string(val);
+            if (strcmp(pa, "off") && strcmp(pa, "metadata")) {
+                vbd_error_setf(err, EINVAL, "Preallocation mode not supported for vdi");
+                goto out;
+            }
+            json_object_object_add(o, "static", json_object_new_boolean(!strcmp(pa, "metadata")));
+            continue;
+        }
         if (!strcmp(key, "encrypt")) {
             vbd_error_setf(err, ENOTSUP, "Encrypted %s images are not supported by vbd-daemon", driver);
             goto out;

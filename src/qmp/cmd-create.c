@@ -33,9 +33,13 @@ static const struct {
     {"qcow2", "file=ref ?data-file=ref ?data-file-raw=bool ?extended-l2=bool size=int ?version=enum:v2|v3 "
               "?backing-file=str ?backing-fmt=drv ?encrypt=object ?cluster-size=int ?preallocation=" PREALLOC
               " ?lazy-refcounts=bool ?refcount-bits=int ?compression-type=enum:zlib|zstd"},
+    {"parallels", "file=ref size=int ?cluster-size=int"},
+    {"qed", "file=ref size=int ?backing-file=str ?backing-fmt=drv ?cluster-size=int ?table-size=int"},
+    {"vdi", "file=ref size=int ?preallocation=" PREALLOC},
+    {"vpc", "file=ref size=int ?subformat=enum:dynamic|fixed ?force-size=bool"},
 };
 /* QEMU's create drivers vbd-daemon does not create on a node (yet). */
-static const char qemu_create_drivers[] = "|gluster|luks|nfs|parallels|qcow|qed|rbd|ssh|vdi|vhdx|vmdk|vpc|";
+static const char qemu_create_drivers[] = "|gluster|luks|nfs|qcow|rbd|ssh|vhdx|vmdk|";
 
 static bool in_list(const char *list, const char *word)
 {

@@ -1337,20 +1337,10 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         if (rc < 0)
             goto out;
     }
-    if (target) {
-        vbd_node_ref(target);
-        f = target;
-        if (f->drv->co_truncate && (rc = vbd_node_co_truncate(f, 0, false, VBD_PREALLOC_OFF, err)) < 0)
-            goto out;
-    } else {
-        rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
-        if (rc < 0)
-            goto out;
-        f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
-        if (!f) {
-            rc = -EIO;
-            goto out;
-        }
+    f = vbd_create_protocol_node(filename, target, 0, err);
+    if (!f) {
+        rc = -EIO;
+        goto out;
     }
     buf = calloc(1, total * cluster_size);
     uint8_t *h = buf;
