@@ -11,9 +11,11 @@
 # 2. The command line and FILE naming the same node: an error, FILE kept.
 # 3. Damaged files (truncated, a byte changed, not JSON, empty, from a
 #    newer version) are refused with one line naming FILE; FILE unchanged.
-# 4. A loop of QMP changes and kill -9 at random moments: after each
-#    restart the configuration is exactly the one before the command in
-#    flight or the one after it, never a mix.
+#    A FILE that cannot be written makes the command's reply an error.
+# 4. A loop of QMP changes (nodes, exports, objects added and deleted, live
+#    snapshots that move exports to an overlay) and kill -9 at random
+#    moments: after each restart the configuration is exactly the one
+#    before the command in flight or the one after it, never a mix.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
@@ -112,6 +114,15 @@ sed 's/"vbd-state": 1/"vbd-state": 2/' st.copy >"$ST" && damaged "newer version"
 out=$("$VBD_DAEMON" --state "$ST" 2>&1); case "$out" in *newer*) ;; *) fail "newer version: $out" ;; esac
 cp st.copy "$ST"
 
+step "a state file that cannot be written: the reply says so"
+qmpd --state "$T/nodir/state.json"
+qmp <<'PY' || fail "unwritable state file"
+r = m.cmd("blockdev-add", {"driver": "null-co", "node-name": "z"})
+if "error" not in r or "nodir/state.json" not in r["error"]["desc"]:
+    print(f"FAIL: {r}", file=sys.stderr); sys.exit(1)
+PY
+stop_daemon
+
 step "a loop of QMP changes with kill -9 at random moments"
 rm -f "$ST"
 python3 - "$VBD_DAEMON" "$ST" "${STATE_LOOPS:-25}" <<'PY' || fail "kill loop"
@@ -141,16 +152,32 @@ def view(m):
     exports = sorted([e["id"], e["node-name"]] for e in ok("query-block-exports"))
     objs = sorted(o["name"] for o in ok("qom-list", path="/objects") if o["type"].startswith("child<"))
     return json.loads(json.dumps({"nodes": nodes, "exports": exports, "objects": objs}, sort_keys=True))
+def visible(st):
+    return {k: v for k, v in st.items() if not k.startswith("_")}
 def predict(cur, c):
-    """The configuration after command c succeeds, or cur if it must fail."""
+    """The configuration after command c succeeds, or cur if it must fail.
+    _backing (overlay -> its backing) and _fname (node -> filename) are the
+    model's own: QMP shows a backing by file name only."""
     nxt = json.loads(json.dumps(cur))
     name, a = c
-    if name == "blockdev-add":
+    if name == "blockdev-add" and a["driver"] == "null-co":
         nxt["nodes"][a["node-name"]] = ["null-co", False, None]
+        nxt["_fname"][a["node-name"]] = "null-co://"
+    elif name == "blockdev-add":
+        nxt["nodes"][a["node-name"]] = ["qcow2", False, None]
+        nxt["_fname"][a["node-name"]] = a["file"]["filename"]
     elif name == "blockdev-del":
-        if any(e[1] == a["node-name"] for e in cur["exports"]):
-            return cur  # busy: an export uses it
-        del nxt["nodes"][a["node-name"]]
+        n = a["node-name"]
+        if any(e[1] == n for e in cur["exports"]) or n in cur["_backing"].values():
+            return cur  # busy: an export or an overlay uses it
+        del nxt["nodes"][n]
+        nxt["_backing"].pop(n, None)
+    elif name == "blockdev-snapshot":
+        base, ov = a["node"], a["overlay"]
+        nxt["nodes"][ov][2] = cur["_fname"][base]
+        nxt["nodes"][base][1] = True  # below an overlay nothing writes to it
+        nxt["exports"] = sorted([e[0], ov if e[1] == base else e[1]] for e in cur["exports"])
+        nxt["_backing"][ov] = base
     elif name == "block-export-add":
         nxt["exports"] = sorted(cur["exports"] + [[a["id"], a["node-name"]]])
     elif name == "block-export-del":
@@ -162,13 +189,18 @@ def predict(cur, c):
     return nxt
 serial = 0
 kills_in_flight = 0
-allowed = None
-for it in range(loops):
+allowed = [{"nodes": {}, "exports": [], "objects": [], "_backing": {}, "_fname": {}}]
+counts = {}
+for it in range(loops + 1):
     p = start()
     m = QMP(sock, negotiate=True)
-    cur = view(m)
-    if allowed is not None and cur not in allowed:
-        fail(f"iteration {it}: after the restart {cur}\nexpected one of {allowed}")
+    v = view(m)
+    match = [a for a in allowed if visible(a) == v]
+    if not match:
+        fail(f"iteration {it}: after the restart {v}\nexpected one of {[visible(a) for a in allowed]}")
+    cur = match[0]
+    if it == loops:
+        break
     killer = threading.Timer(rnd.uniform(0.0, 0.3), lambda: p.send_signal(signal.SIGKILL))
     killer.start()
     pending = None
@@ -176,7 +208,10 @@ for it in range(loops):
         while True:
             serial += 1
             nodes = sorted(cur["nodes"])
-            k = rnd.randrange(6)
+            fresh = [n for n in nodes if cur["nodes"][n][0] == "qcow2" and cur["nodes"][n][2] is None
+                     and n not in cur["_backing"]]
+            tops = [n for n in nodes if not cur["nodes"][n][1]]
+            k = rnd.randrange(8)
             if k == 0 or not nodes:
                 c = ("blockdev-add", {"driver": "null-co", "node-name": f"n{serial}", "size": 1 << 20})
             elif k == 1:
@@ -186,17 +221,26 @@ for it in range(loops):
                                           "addr": {"type": "unix", "path": os.path.abspath(f"vu{serial}.sock")}})
             elif k == 3 and cur["exports"]:
                 c = ("block-export-del", {"id": rnd.choice(cur["exports"])[0]})
-            elif k == 4 or not cur["objects"]:
+            elif k == 4:
                 c = ("object-add", {"qom-type": "throttle-group", "id": f"t{serial}", "limits": {"iops-total": 1000}})
-            else:
+            elif k == 5 and cur["objects"]:
                 c = ("object-del", {"id": rnd.choice(cur["objects"])})
+            elif k == 6 or not fresh or not [t for t in tops if t not in fresh[:1]]:
+                img = os.path.abspath(f"ov{serial}.qcow2")
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img, "1M"], check=True)
+                c = ("blockdev-add", {"driver": "qcow2", "node-name": f"o{serial}", "backing": None,
+                                      "file": {"driver": "file", "filename": img}})
+            else:
+                ov = fresh[0]
+                c = ("blockdev-snapshot", {"node": rnd.choice([t for t in tops if t != ov]), "overlay": ov})
             pending = predict(cur, c)
             r = m.cmd(c[0], c[1])
             if ("error" in r) != (pending == cur):
                 fail(f"{c}: {r}, expected {'an error' if pending == cur else 'success'}")
+            counts[c[0]] = counts.get(c[0], 0) + 1
             cur, pending = pending, None
-            if view(m) != cur:
-                fail(f"after {c}: {view(m)}, expected {cur}")
+            if view(m) != visible(cur):
+                fail(f"after {c}: {view(m)}, expected {visible(cur)}")
     except (EOFError, ConnectionResetError, BrokenPipeError):
         pass  # killed
     killer.cancel()
@@ -206,13 +250,9 @@ for it in range(loops):
     # a command was in flight: the state before it or after it, nothing else
     allowed = [cur] if pending is None else [cur, pending]
     kills_in_flight += pending is not None
-p = start()
-m = QMP(sock, negotiate=True)
-cur = view(m)
-if cur not in allowed:
-    fail(f"last restart: {cur}\nexpected one of {allowed}")
 m.cmd("quit")
 p.wait()
-print(f"{loops} kills, {kills_in_flight} with a command in flight, {serial} commands")
+print(f"commands acknowledged: {json.dumps(counts, sort_keys=True)}")
+print(f"{loops} kills, {kills_in_flight} with a command in flight")
 PY
 echo "daemon-state: ok"
