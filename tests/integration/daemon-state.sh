@@ -208,8 +208,10 @@ for it in range(loops + 1):
         while True:
             serial += 1
             nodes = sorted(cur["nodes"])
+            # an overlay: a qcow2 node without backing that nothing uses yet
             fresh = [n for n in nodes if cur["nodes"][n][0] == "qcow2" and cur["nodes"][n][2] is None
-                     and n not in cur["_backing"]]
+                     and n not in cur["_backing"] and n not in cur["_backing"].values()
+                     and not any(e[1] == n for e in cur["exports"])]
             tops = [n for n in nodes if not cur["nodes"][n][1]]
             k = rnd.randrange(8)
             if k == 0 or not nodes:
