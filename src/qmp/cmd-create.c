@@ -37,9 +37,10 @@ static const struct {
     {"qed", "file=ref size=int ?backing-file=str ?backing-fmt=drv ?cluster-size=int ?table-size=int"},
     {"vdi", "file=ref size=int ?preallocation=" PREALLOC},
     {"vpc", "file=ref size=int ?subformat=enum:dynamic|fixed ?force-size=bool"},
+    {"vhdx", "file=ref size=int ?log-size=int ?block-size=int ?subformat=enum:dynamic|fixed ?block-state-zero=bool"},
 };
 /* QEMU's create drivers vbd-daemon does not create on a node (yet). */
-static const char qemu_create_drivers[] = "|gluster|luks|nfs|qcow|rbd|ssh|vhdx|vmdk|";
+static const char qemu_create_drivers[] = "|gluster|luks|nfs|qcow|rbd|ssh|vmdk|";
 
 static bool in_list(const char *list, const char *word)
 {

@@ -2,7 +2,7 @@
 # blockdev-create and x-blockdev-amend against qemu-storage-daemon 7.2:
 # tests/qmp/diff-create.jsonl run on both by qmpdiff.py (the jobs' replies,
 # states, events and errors, QAPI's argument errors), then the images each
-# daemon made (qcow2 with each option, vdi, qed, parallels, vpc): qemu-img
+# daemon made (qcow2 with each option, vdi, qed, parallels, vpc, vhdx): qemu-img
 # check clean (in the script) and qemu-img info the same (sizes, cluster
 # size, compat, lazy refcounts, refcount bits, compression, extended L2,
 # backing file, subformats), the file names and the on-disk size aside.
@@ -32,5 +32,5 @@ if q != v:
 PY
     n=$((n + 1))
 done
-[ $n = 16 ] || fail "expected 16 images from each daemon, compared $n"
+[ $n = 19 ] || fail "expected 19 images from each daemon, compared $n"
 echo "job-create-diff: ok ($n images compared)"
