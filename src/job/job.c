@@ -180,14 +180,14 @@ static void conclude(struct vbd_job *job)
 static void finalize_single(struct vbd_job *job)
 {
     if (job->ret == 0) {
-        if (job->drv->commit) {
+        if (job->drv->commit)
             job->drv->commit(job);
-            /* the graph changed (a layer dropped, a pivot): vbd-daemon --state */
-            struct vbd_error *e = NULL;
-            if (vbd_qmp_config_changed("job-finalize", NULL, &e) < 0)
-                vbd_warn("job '%s': %s", job->id, e ? e->msg : "the daemon's state was not saved");
-            vbd_error_free(e);
-        }
+        /* prepare/commit may have changed the graph (a layer dropped, a
+         * pivot): vbd-daemon --state */
+        struct vbd_error *e = NULL;
+        if (vbd_qmp_config_changed("job-finalize", NULL, &e) < 0)
+            vbd_warn("job '%s': %s", job->id, e ? e->msg : "the daemon's state was not saved");
+        vbd_error_free(e);
     } else if (job->drv->abort) {
         job->drv->abort(job);
     }

@@ -65,7 +65,8 @@ ok("blockdev-add", driver="null-co", **{"node-name": "gone"})
 ok("blockdev-del", **{"node-name": "gone"})
 ok("blockdev-snapshot-sync", **{"node-name": "ov", "snapshot-file": os.getcwd() + "/s2.qcow2",
                                 "snapshot-node-name": "s2", "format": "qcow2"})
-ok("blockdev-add", driver="qcow2", **{"node-name": "top"}, file={"driver": "file", "filename": "top.qcow2"})
+ok("blockdev-add", driver="qcow2", **{"node-name": "mid"}, file={"driver": "file", "filename": "mid.qcow2"})
+ok("blockdev-add", driver="qcow2", **{"node-name": "top"}, file={"driver": "file", "filename": "top.qcow2"}, backing="mid")
 ok("block-stream", **{"job-id": "j0", "device": "top"})
 m.wait_event("BLOCK_JOB_COMPLETED", timeout=120)
 v = view()
@@ -89,6 +90,7 @@ must qemu-io -f raw -c 'read -P 0x5a 1M 64k' -c 'read -P 0x11 0 1M' -c 'read -P 
     "nbd+unix:///disk?socket=$T/nbd.sock" >/dev/null
 stop_daemon
 for i in base ov s2 mid top; do qcheck "$T/$i.qcow2"; done
+grep -q '"backing": null' "$ST" || fail "the state file does not say top has no backing after the stream: $(cat "$ST")"
 must qemu-io -f qcow2 -c 'read -P 0x22 0 1M' top.qcow2 >/dev/null
 [ "$(qemu-img info --output=json top.qcow2 | grep -c backing-filename)" = 0 ] || fail "top.qcow2 still has a backing file"
 bf=$(qemu-img info --output=json s2.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename"])')
