@@ -41,6 +41,7 @@
 #define STATE_MAX_BYTES (64u << 20)
 
 static char *state_path;
+static char *last_written; /* FILE's text as this daemon last wrote it */
 static bool replaying;
 /* name -> the arguments it was made with (json objects, insertion order) */
 static struct json_object *node_recs, *export_recs, *object_recs, *iothread_recs;
@@ -319,6 +320,12 @@ static int save(struct vbd_error **err)
     json_object_object_add(top, "commands", cmds);
     json_object_object_add(top, "crc32", json_object_new_int64(cmds_crc(cmds)));
     const char *text = json_object_to_json_string_ext(top, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
+    if (last_written && !strcmp(last_written, text)) {
+        /* nothing changed (a pivot saved inside its drained section is
+         * saved again by the dispatcher): no write, no fsync */
+        json_object_put(top);
+        return 0;
+    }
     size_t plen = strlen(state_path);
     char *tmp = vbd_xmalloc(plen + 8), *dir = vbd_xstrdup(state_path);
     snprintf(tmp, plen + 8, "%s.tmp", state_path);
@@ -345,6 +352,8 @@ static int save(struct vbd_error **err)
     if (dfd >= 0)
         close(dfd);
 out:
+    free(last_written);
+    last_written = rc < 0 ? NULL : vbd_xstrdup(text);
     if (rc < 0)
         vbd_error_setf(err, -rc, "the change is made but the state file '%s' could not be written: %s", state_path,
                        strerror(-rc));
@@ -378,7 +387,8 @@ void vbd_state_free(void)
     json_object_put(nbd_rec);
     node_recs = export_recs = object_recs = iothread_recs = cmdline_nodes = nbd_rec = NULL;
     free(state_path);
-    state_path = NULL;
+    free(last_written);
+    state_path = last_written = NULL;
 }
 
 /* The file's commands, checked; NULL with *err naming what is wrong. */

@@ -3,7 +3,8 @@
 # 1. Nodes, the NBD server, an export, an iothread object, a live snapshot
 #    (blockdev-snapshot: the export pivots to the overlay) and a
 #    blockdev-snapshot-sync made over QMP; a node added and deleted again;
-#    a block-stream that drops a node's backing.
+#    a block-stream that drops a node's backing; an active block-commit that
+#    moves the export down to the overlay.
 #    After kill -9 and a restart with the same --state, the named nodes
 #    (driver, read-only, backing), the exports and objects are the same,
 #    and qemu-io reads through the re-created NBD export what it wrote
@@ -72,6 +73,12 @@ m.wait_event("BLOCK_JOB_COMPLETED", timeout=120)
 v = view()
 assert v["exports"] == [("e0", "s2")], v
 assert v["nodes"]["top"][2] is None, v  # the job dropped its backing
+ok("block-commit", **{"job-id": "j1", "device": "s2", "base-node": "ov"})
+m.wait_event("BLOCK_JOB_READY", timeout=120)
+ok("job-complete", id="j1")
+m.wait_event("BLOCK_JOB_COMPLETED", timeout=120)
+v = view()
+assert v["exports"] == [("e0", "ov")], v  # the active commit moved the export
 json.dump(v, open("view.before", "w"), sort_keys=True)
 PY
 must qemu-io -f raw -c 'write -P 0x5a 1M 64k' "nbd+unix:///disk?socket=$T/nbd.sock" >/dev/null
