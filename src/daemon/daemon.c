@@ -161,7 +161,12 @@ static int add_export(const char *arg, struct vbd_error **err)
     struct json_object *opts = vbd_opts_parse(arg, NULL, err);
     if (!opts)
         return -EINVAL;
+    struct json_object *copy = NULL;
+    json_object_deep_copy(opts, &copy, NULL);
     int rc = vbd_daemon_export_add(opts, "--export", err);
+    if (rc == 0)
+        vbd_state_note_cmdline_export(copy);
+    json_object_put(copy);
     json_object_put(opts);
     return rc;
 }
@@ -492,7 +497,12 @@ static int add_vhost_user(const char *sock, struct vbd_error **err)
         json_object_object_add(o, "werror", json_object_new_string(drive.werror));
     if (drive.rerror)
         json_object_object_add(o, "rerror", json_object_new_string(drive.rerror));
+    struct json_object *copy = NULL;
+    json_object_deep_copy(o, &copy, NULL);
     int rc = vbd_daemon_export_add(o, "--vhost-user", err);
+    if (rc == 0)
+        vbd_state_note_cmdline_export(copy);
+    json_object_put(copy);
     json_object_put(o);
     if (rc == 0)
         drive.set = false;

@@ -47,6 +47,10 @@ static bool replaying;
 static struct json_object *node_recs, *export_recs, *object_recs, *iothread_recs;
 static struct json_object *nbd_rec;    /* nbd-server-start's arguments, or NULL */
 static struct json_object *cmdline_nodes; /* node-names the command line made: never written */
+/* the command line's exports (id -> their options) and those of them QMP
+ * deleted: a pivot or a delete of one is written as a block-export-del
+ * (and a block-export-add on the new node) replayed after the command line */
+static struct json_object *cmdline_exports, *cmdline_exports_deleted;
 
 static struct json_object *copy(struct json_object *o)
 {
@@ -102,8 +106,11 @@ static bool record(const char *cmd, struct json_object *args)
         if ((name = str_arg(args, "id")))
             json_object_object_add(export_recs, name, copy(args));
     } else if (!strcmp(cmd, "block-export-del")) {
-        if ((name = str_arg(args, "id")))
+        if ((name = str_arg(args, "id"))) {
             json_object_object_del(export_recs, name);
+            if (json_object_object_get_ex(cmdline_exports, name, NULL))
+                json_object_object_add(cmdline_exports_deleted, name, NULL);
+        }
     } else if (!strcmp(cmd, "nbd-server-start")) {
         json_object_put(nbd_rec);
         nbd_rec = copy(args);
@@ -259,6 +266,27 @@ static struct json_object *describe(void)
     }
 
     struct json_object *cmds = json_object_new_array();
+    /* the command line's exports QMP deleted or moved to another node go
+     * first, before anything could use their ids */
+    struct json_object *moved = json_object_new_array();
+    json_object_object_foreach(cmdline_exports, cid, cargs)
+    {
+        struct vbd_daemon_export *e = vbd_daemon_export_find(cid);
+        struct vbd_node *root = e ? vbd_daemon_export_node(e) : NULL;
+        const char *was = str_arg(cargs, "node-name");
+        bool pivoted = e && !json_object_object_get_ex(cmdline_exports_deleted, cid, NULL) && root &&
+                       !implicit_name(root) && was && strcmp(was, root->node_name);
+        if (!json_object_object_get_ex(cmdline_exports_deleted, cid, NULL) && !pivoted)
+            continue;
+        struct json_object *a = json_object_new_object();
+        json_object_object_add(a, "id", json_object_new_string(cid));
+        add_cmd(cmds, "block-export-del", a);
+        if (pivoted) {
+            a = copy(cargs);
+            json_object_object_add(a, "node-name", json_object_new_string(root->node_name));
+            json_object_array_add(moved, a);
+        }
+    }
     json_object_object_foreach(object_recs, on, ov)
     {
         (void)on;
@@ -276,6 +304,11 @@ static struct json_object *describe(void)
     }
     if (nbd_rec)
         add_cmd(cmds, "nbd-server-start", copy(nbd_rec));
+    /* in the command line's own form (keyval strings), replayed as
+     * --export is, not as QMP's typed block-export-add */
+    for (size_t i = 0; i < json_object_array_length(moved); i++)
+        add_cmd(cmds, "--export", json_object_get(json_object_array_get_idx(moved, i)));
+    json_object_put(moved);
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
         struct json_object *rec;
         if (!json_object_object_get_ex(export_recs, e->id, &rec))
@@ -384,6 +417,9 @@ void vbd_state_free(void)
     json_object_put(object_recs);
     json_object_put(iothread_recs);
     json_object_put(cmdline_nodes);
+    json_object_put(cmdline_exports);
+    json_object_put(cmdline_exports_deleted);
+    cmdline_exports = cmdline_exports_deleted = NULL;
     json_object_put(nbd_rec);
     node_recs = export_recs = object_recs = iothread_recs = cmdline_nodes = nbd_rec = NULL;
     free(state_path);
@@ -488,6 +524,16 @@ out:
     return cmds;
 }
 
+void vbd_state_note_cmdline_export(struct json_object *opts)
+{
+    const char *id = str_arg(opts, "id");
+    if (!id)
+        return;
+    if (!cmdline_exports)
+        cmdline_exports = json_object_new_object();
+    json_object_object_add(cmdline_exports, id, copy(opts));
+}
+
 int vbd_state_load(const char *path, struct vbd_error **err)
 {
     state_path = vbd_xstrdup(path);
@@ -496,6 +542,9 @@ int vbd_state_load(const char *path, struct vbd_error **err)
     object_recs = new_recs(object_recs);
     iothread_recs = new_recs(iothread_recs);
     cmdline_nodes = new_recs(cmdline_nodes);
+    cmdline_exports_deleted = new_recs(cmdline_exports_deleted);
+    if (!cmdline_exports)
+        cmdline_exports = json_object_new_object();
     for (struct vbd_node *n = vbd_daemon_node_next(NULL); n; n = vbd_daemon_node_next(n))
         json_object_object_add(cmdline_nodes, n->node_name, NULL);
     bool absent;
@@ -510,6 +559,26 @@ int vbd_state_load(const char *path, struct vbd_error **err)
     vbd_qmp_graph_lock();
     for (size_t i = 0; i < json_object_array_length(cmds); i++) {
         struct json_object *req = json_object_array_get_idx(cmds, i);
+        const char *x = json_object_get_string(json_object_object_get(req, "execute"));
+        if (!strcmp(x, "--export")) {
+            /* a command-line export moved to another node over QMP */
+            struct json_object *a = copy(json_object_object_get(req, "arguments"));
+            struct vbd_error *ee = NULL;
+            const char *id = str_arg(a, "id");
+            char idbuf[128];
+            snprintf(idbuf, sizeof(idbuf), "%s", id ? id : "");
+            if (vbd_daemon_export_add(a, "--state export", &ee) < 0) {
+                vbd_error_setf(err, EINVAL, "--state %s: command %zu (--export %s) failed: %s; not starting, the file is left as it is",
+                               path, i + 1, idbuf, ee ? ee->msg : "error");
+                vbd_error_free(ee);
+                json_object_put(a);
+                rc = -EINVAL;
+                break;
+            }
+            json_object_put(a);
+            json_object_object_del(cmdline_exports_deleted, idbuf); /* there again, on its new node */
+            continue;
+        }
         struct json_object *reply = vbd_qmp_dispatch(req, true), *e, *desc;
         if (json_object_object_get_ex(reply, "error", &e)) {
             json_object_object_get_ex(e, "desc", &desc);

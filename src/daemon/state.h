@@ -23,5 +23,9 @@ struct vbd_error;
  * is left as it is. Coroutine on the main loop. */
 int vbd_state_load(const char *path, struct vbd_error **err);
 void vbd_state_free(void);
+/* An export the command line made (its options, as vbd_daemon_export_add
+ * got them): a pivot or delete of it over QMP is kept. */
+struct json_object;
+void vbd_state_note_cmdline_export(struct json_object *opts);
 
 #endif

@@ -9,7 +9,10 @@
 #    (driver, read-only, backing), the exports and objects are the same,
 #    and qemu-io reads through the re-created NBD export what it wrote
 #    through the old one.
-# 2. The command line and FILE naming the same node: an error, FILE kept.
+# 2. A snapshot of an export the command line made (it moves to the
+#    overlay) and the delete of another are kept across kill -9 and a
+#    restart with the same command line. The command line and FILE naming
+#    the same node: an error, FILE kept.
 # 3. Damaged files (truncated, a byte changed, not JSON, empty, from a
 #    newer version) are refused with one line naming FILE; FILE unchanged.
 #    A FILE that cannot be written makes the command's reply an error.
@@ -102,6 +105,41 @@ must qemu-io -f qcow2 -c 'read -P 0x22 0 1M' top.qcow2 >/dev/null
 [ "$(qemu-img info --output=json top.qcow2 | grep -c backing-filename)" = 0 ] || fail "top.qcow2 still has a backing file"
 bf=$(qemu-img info --output=json s2.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename"])')
 [ "$(basename "$bf")" = ov.qcow2 ] || fail "s2.qcow2 names $bf as its backing file, not ov.qcow2"
+
+step "a snapshot of an export the command line made, and the delete of another, survive a restart"
+qemu-img create -q -f qcow2 cb.qcow2 16M && qemu-img create -q -f qcow2 cov.qcow2 16M || fail "qemu-img create"
+must qemu-io -f qcow2 -c 'write -P 0x33 0 1M' cb.qcow2 >/dev/null
+cmdline=(--blockdev '{"driver":"qcow2","node-name":"cb","file":{"driver":"file","filename":"cb.qcow2"}}'
+         --nbd-server "addr.type=unix,addr.path=$T/nbd2.sock"
+         --export type=nbd,id=ce,node-name=cb,name=cdisk,writable=on --export type=nbd,id=cx,node-name=cb,name=cx
+         --state "$T/st2.json")
+qmpd "${cmdline[@]}"
+qmp <<'PY' || fail "QMP changes to the command line's export"
+ok("blockdev-add", driver="qcow2", **{"node-name": "cov"}, backing=None, file={"driver": "file", "filename": "cov.qcow2"})
+ok("blockdev-snapshot", node="cb", overlay="cov")
+ok("block-export-del", id="cx")
+m.wait_event("BLOCK_EXPORT_DELETED", timeout=30)
+v = view()
+assert v["exports"] == [("ce", "cov")], v
+json.dump(v, open("view2.before", "w"), sort_keys=True)
+PY
+must qemu-io -f raw -c 'write -P 0x77 2M 64k' "nbd+unix:///cdisk?socket=$T/nbd2.sock" >/dev/null
+crash
+qmpd "${cmdline[@]}"
+qmp <<'PY' || fail "the command line's export after the restart"
+v = json.loads(json.dumps(view(), sort_keys=True))
+before = json.load(open("view2.before"))
+# cb is the command line's: writable again (nothing writes to it now that
+# the export is on the overlay), as the command line says
+assert before["nodes"]["cb"][1] and not v["nodes"]["cb"][1], (before, v)
+before["nodes"]["cb"][1] = v["nodes"]["cb"][1] = None
+if v != before:
+    print(f"FAIL: after the restart {v}\nbefore it {before}", file=sys.stderr); sys.exit(1)
+PY
+must qemu-io -f raw -c 'read -P 0x77 2M 64k' -c 'read -P 0x33 0 1M' "nbd+unix:///cdisk?socket=$T/nbd2.sock" >/dev/null
+stop_daemon
+qcheck "$T/cb.qcow2"
+qcheck "$T/cov.qcow2"
 
 step "the command line and FILE name the same node: refused, FILE kept"
 cp "$ST" st.copy
