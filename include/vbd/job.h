@@ -62,6 +62,7 @@ struct vbd_job {
     bool cancelled, force_cancel;
     bool run_done;   /* run returned; the job waits in waiting/pending or ended */
     bool iostatus_failed;
+    bool iostatus_nospace; /* the failure was ENOSPC: io-status 'nospace' */
     uint64_t speed;  /* bytes/s, 0 = unlimited */
     uint64_t rl_start_ns, rl_bytes;
     struct vbd_imageops_ctl ctl; /* progress (current/total) */

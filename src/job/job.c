@@ -388,6 +388,7 @@ enum vbd_error_action vbd_job_error_action(struct vbd_job *job, bool is_read, in
             job->user_paused = true;
         }
         job->iostatus_failed = true;
+        job->iostatus_nospace = error == ENOSPC;
     }
     return a;
 }
@@ -520,7 +521,7 @@ struct json_object *vbd_block_job_info(struct vbd_job *job)
     struct json_object *o = block_event_data(job);
     json_object_object_add(o, "busy", json_object_new_boolean(job->busy));
     json_object_object_add(o, "paused", json_object_new_boolean(job->pause_count > 0));
-    json_object_object_add(o, "io-status", json_object_new_string(job->iostatus_failed ? "failed" : "ok"));
+    json_object_object_add(o, "io-status", json_object_new_string(!job->iostatus_failed ? "ok" : job->iostatus_nospace ? "nospace" : "failed"));
     json_object_object_add(o, "ready", json_object_new_boolean(job->status == VBD_JOB_READY ||
                                                                job->status == VBD_JOB_STANDBY));
     json_object_object_add(o, "status", json_object_new_string(vbd_job_status_names[job->status]));

@@ -58,7 +58,7 @@ struct mirror {
     struct slot *slots;
     struct vbd_co_queue slot_wait; /* the job waiting for a slot or for the copies to end */
     bool stopped;                  /* an error policy stopped the job: copies end, then the pause */
-    int ret, ignored;
+    int ret;
 };
 
 static void update_total(struct mirror *m)
@@ -67,25 +67,21 @@ static void update_total(struct mirror *m)
     m->job->ctl.total = m->job->ctl.current + m->inflight_bytes + vbd_job_tracker_dirty_count(m->tracker) * m->gran;
 }
 
-/* After an error, the policy's answer: 0 go on (ignored), 1 stopped, -errno fail. */
+/* After an error, the policy's answer: 1 copy the range again later
+ * (ignore: at once, as QEMU's mirror; stop: after job-resume), -errno fail. */
 static int on_error(struct mirror *m, bool is_read, int rc)
 {
-    if (m->stopped)
-        return 1; /* another copy stopped the job: this one waits for job-resume too */
+    /* each failed copy reports (as QEMU: one BLOCK_JOB_ERROR per request);
+     * the job pauses once */
     enum vbd_error_action a = vbd_job_error_action(m->job, is_read, -rc);
-    if (a == VBD_ACTION_IGNORE) {
-        if (!m->ignored)
-            m->ignored = rc;
-        return 0;
-    }
-    if (a == VBD_ACTION_STOP) {
+    if (a == VBD_ACTION_REPORT)
+        return rc;
+    if (a == VBD_ACTION_STOP)
         m->stopped = true;
-        return 1;
-    }
-    return rc;
+    return 1;
 }
 
-/* Copy [off, off + bytes): 0 done, 1 stopped by the policy, -errno. */
+/* Copy [off, off + bytes): 0 done, 1 to be copied again (error policy), -errno. */
 static int copy_range(struct mirror *m, uint64_t off, uint64_t bytes, uint8_t *buf)
 {
     for (uint64_t pos = off, end = off + bytes; pos < end;) {
@@ -94,11 +90,7 @@ static int copy_range(struct mirror *m, uint64_t off, uint64_t bytes, uint8_t *b
         if (st >= 0 && !pnum)
             st = -EIO;
         if (st < 0) {
-            int r = on_error(m, true, st);
-            if (r)
-                return r;
-            pos = end; /* ignored: the rest of the chunk is skipped */
-            break;
+            return on_error(m, true, st);
         }
         uint64_t n = pnum;
         int rc = 0;
@@ -116,11 +108,8 @@ static int copy_range(struct mirror *m, uint64_t off, uint64_t bytes, uint8_t *b
             if (rc >= 0)
                 rc = vbd_node_co_pwrite(m->target, pos, buf, n, 0);
         }
-        if (rc < 0) {
-            int r = on_error(m, is_read, rc);
-            if (r)
-                return r;
-        }
+        if (rc < 0)
+            return on_error(m, is_read, rc);
         pos += n;
     }
     return 0;
@@ -132,7 +121,7 @@ static void slot_co(void *arg)
     struct mirror *m = s->m;
     int rc = copy_range(m, s->off, s->bytes, s->buf);
     if (rc)
-        vbd_job_tracker_set_dirty(m->tracker, s->off, s->bytes); /* copied again after job-resume */
+        vbd_job_tracker_set_dirty(m->tracker, s->off, s->bytes); /* again (after job-resume if stopped) */
     if (rc < 0 && !m->ret)
         m->ret = rc;
     if (rc == 0)
@@ -236,8 +225,6 @@ static int mirror_run(struct vbd_job *job, struct vbd_error **err)
     wait_all(m);
     if (rc == 0 && m->ret)
         rc = m->ret;
-    if (rc == 0 && m->ignored)
-        rc = m->ignored;
     if (rc == 0)
         rc = vbd_node_co_flush(m->target);
     return rc; /* the job's error is strerror's, as QEMU's */
