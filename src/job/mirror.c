@@ -37,20 +37,19 @@
 #define MIRROR_MAX_INFLIGHT 16
 
 struct slot {
-    struct mirror *m;
+    struct job_mirror *m;
     bool used;
     uint64_t off, bytes;
     uint8_t *buf;
 };
 
-struct mirror {
+/* The copy engine (job-internal.h), shared with active commit. */
+struct job_mirror {
     struct vbd_job *job;
-    struct vbd_node *src, *target, *base; /* references held; base: where block status stops (NULL: whole chain) */
-    struct vbd_node *replaces;            /* whose exports and parents move to the target (a reference) */
-    enum vbd_mirror_sync sync;
-    bool target_owned;  /* drive-mirror's: the daemon takes it at the pivot, closes it otherwise */
+    struct vbd_node *src, *target, *base; /* borrowed from the job; base: where block status stops (NULL: whole chain) */
     bool unmap;
-    bool complete, pivoted;
+    bool initial_copy;
+    bool complete;
     struct vbd_job_tracker *tracker;
     uint64_t gran, chunk;
     int nslots, inflight;
@@ -61,7 +60,16 @@ struct mirror {
     int ret;
 };
 
-static void update_total(struct mirror *m)
+/* blockdev-mirror / drive-mirror: the engine and the graph change. */
+struct mirror {
+    struct job_mirror *m;
+    struct vbd_node *src, *target, *base; /* references held */
+    struct vbd_node *replaces;            /* whose exports and parents move to the target (a reference) */
+    bool target_owned;  /* drive-mirror's: the daemon takes it at the pivot, closes it otherwise */
+    bool pivoted;
+};
+
+static void update_total(struct job_mirror *m)
 {
     /* QEMU's: what is done plus what is left (grows with the guest's writes) */
     m->job->ctl.total = m->job->ctl.current + m->inflight_bytes + vbd_job_tracker_dirty_count(m->tracker) * m->gran;
@@ -69,7 +77,7 @@ static void update_total(struct mirror *m)
 
 /* After an error, the policy's answer: 1 copy the range again later
  * (ignore: at once, as QEMU's mirror; stop: after job-resume), -errno fail. */
-static int on_error(struct mirror *m, bool is_read, int rc)
+static int on_error(struct job_mirror *m, bool is_read, int rc)
 {
     /* each failed copy reports (as QEMU: one BLOCK_JOB_ERROR per request);
      * the job pauses once */
@@ -82,7 +90,7 @@ static int on_error(struct mirror *m, bool is_read, int rc)
 }
 
 /* Copy [off, off + bytes): 0 done, 1 to be copied again (error policy), -errno. */
-static int copy_range(struct mirror *m, uint64_t off, uint64_t bytes, uint8_t *buf)
+static int copy_range(struct job_mirror *m, uint64_t off, uint64_t bytes, uint8_t *buf)
 {
     for (uint64_t pos = off, end = off + bytes; pos < end;) {
         uint64_t pnum = 0;
@@ -118,7 +126,7 @@ static int copy_range(struct mirror *m, uint64_t off, uint64_t bytes, uint8_t *b
 static void slot_co(void *arg)
 {
     struct slot *s = arg;
-    struct mirror *m = s->m;
+    struct job_mirror *m = s->m;
     int rc = copy_range(m, s->off, s->bytes, s->buf);
     if (rc)
         vbd_job_tracker_set_dirty(m->tracker, s->off, s->bytes); /* again (after job-resume if stopped) */
@@ -133,7 +141,7 @@ static void slot_co(void *arg)
     vbd_co_queue_wake_all(&m->slot_wait);
 }
 
-static bool overlaps_inflight(struct mirror *m, uint64_t off, uint64_t bytes)
+static bool overlaps_inflight(struct job_mirror *m, uint64_t off, uint64_t bytes)
 {
     for (int i = 0; i < m->nslots; i++)
         if (m->slots[i].used && off < m->slots[i].off + m->slots[i].bytes && m->slots[i].off < off + bytes)
@@ -141,14 +149,14 @@ static bool overlaps_inflight(struct mirror *m, uint64_t off, uint64_t bytes)
     return false;
 }
 
-static void wait_all(struct mirror *m)
+static void wait_all(struct job_mirror *m)
 {
     while (m->inflight)
         vbd_co_queue_wait(&m->slot_wait);
 }
 
 /* Start copying [off, off + bytes) in a free slot, once nothing in flight overlaps it. */
-static void start_copy(struct mirror *m, uint64_t off, uint64_t bytes)
+static void start_copy(struct job_mirror *m, uint64_t off, uint64_t bytes)
 {
     while (m->inflight == m->nslots || overlaps_inflight(m, off, bytes))
         vbd_co_queue_wait(&m->slot_wait);
@@ -164,12 +172,11 @@ static void start_copy(struct mirror *m, uint64_t off, uint64_t bytes)
     vbd_co_wake(vbd_co_create(slot_co, s));
 }
 
-static int mirror_run(struct vbd_job *job, struct vbd_error **err)
+int job_mirror_run(struct job_mirror *m)
 {
-    (void)err;
-    struct mirror *m = job->opaque;
+    struct vbd_job *job = m->job;
     uint64_t len = vbd_node_size(m->src);
-    if (m->sync != VBD_MIRROR_SYNC_NONE)
+    if (m->initial_copy)
         vbd_job_tracker_set_dirty(m->tracker, 0, len);
     update_total(m);
     uint64_t next = 0;
@@ -230,14 +237,9 @@ static int mirror_run(struct vbd_job *job, struct vbd_error **err)
     return rc; /* the job's error is strerror's, as QEMU's */
 }
 
-static void mirror_complete(struct vbd_job *job)
-{
-    struct mirror *m = job->opaque;
-    m->complete = true;
-}
+void job_mirror_complete(struct job_mirror *m) { m->complete = true; }
 
-/* The guest's last writes, with nothing writing to the source any more. */
-static int copy_last(struct mirror *m)
+static int copy_last(struct job_mirror *m)
 {
     uint64_t off = 0, bytes;
     while (vbd_job_tracker_take_dirty(m->tracker, &off, &bytes, m->chunk)) {
@@ -253,87 +255,151 @@ static int copy_last(struct mirror *m)
     return 0;
 }
 
-static int mirror_prepare(struct vbd_job *job, struct vbd_error **err)
+int job_mirror_sync_last(struct job_mirror *m)
 {
-    struct mirror *m = job->opaque;
-    struct vbd_daemon_drain d;
-    vbd_daemon_co_drain_begin(m->src, &d);
-    int rc = 0;
     m->stopped = false;
-    if (!vbd_job_cancel_requested(job)) {
-        rc = copy_last(m);
-        if (rc == 0)
-            rc = vbd_node_co_flush(m->target);
-        if (rc < 0) {
-            vbd_error_setf(err, -rc, "Could not copy the last writes to '%s': %s", m->target->node_name,
-                           strerror(-rc));
-        } else {
-            struct vbd_node *old = m->replaces;
-            /* the target joins the old node's home loop (an iothread) when it can */
-            struct vbd_loop *home = vbd_node_home_loop(old);
-            struct vbd_error *e = NULL;
-            if (vbd_node_home_loop(m->target) != home && vbd_node_co_set_home(m->target, home, &e) < 0) {
-                vbd_error_free(e);
-                e = NULL;
-            }
-            rc = vbd_daemon_replace_root(old, m->target, err);
-            if (rc >= 0) {
-                rc = 0;
-                /* every node whose backing the old node was reads the target */
-                for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
-                    if (p->backing == old && p != m->target) {
-                        vbd_node_ref(m->target);
-                        p->backing = m->target;
-                        vbd_node_unref(old);
-                    }
-                m->pivoted = true;
-            }
-        }
-    }
-    vbd_daemon_drain_end(&d);
+    int rc = copy_last(m);
+    if (rc == 0)
+        rc = vbd_node_co_flush(m->target);
     return rc;
 }
 
-static void release_nodes(struct mirror *m)
+void job_mirror_stop_tracking(struct job_mirror *m)
 {
-    if (!m->src)
-        return;
-    vbd_node_unref(m->src);
-    vbd_node_unref(m->replaces);
-    if (m->base)
-        vbd_node_unref(m->base);
-    if (m->target_owned && m->pivoted)
-        vbd_daemon_node_add(m->target); /* drive-mirror's target is the daemon's now, with our reference */
-    else
-        vbd_node_unref(m->target);
-    m->src = m->target = m->base = m->replaces = NULL;
-}
-
-static void mirror_clean(struct vbd_job *job)
-{
-    struct mirror *m = job->opaque;
-    vbd_job_tracker_free(m->tracker);
-    m->tracker = NULL;
-    release_nodes(m);
-}
-
-static void mirror_free(struct vbd_job *job)
-{
-    struct mirror *m = job->opaque;
     if (!m)
         return;
     vbd_job_tracker_free(m->tracker);
-    release_nodes(m);
+    m->tracker = NULL;
+}
+
+struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_opts *o)
+{
+    struct job_mirror *m = vbd_xcalloc(1, sizeof(*m));
+    m->job = job;
+    m->src = o->src;
+    m->target = o->target;
+    m->base = o->base;
+    m->unmap = o->unmap;
+    m->initial_copy = o->initial_copy;
+    m->gran = o->granularity ? o->granularity : 64 * 1024;
+    /* a chunk is a few granules, the slots share buf-size */
+    uint64_t buf = o->buf_size ? o->buf_size : 16 * 1024 * 1024;
+    m->chunk = m->gran > MIRROR_MAX_CHUNK ? m->gran : MIRROR_MAX_CHUNK;
+    if (buf < m->chunk)
+        m->chunk = buf < m->gran ? m->gran : buf / m->gran * m->gran;
+    m->nslots = (int)(buf / m->chunk);
+    if (m->nslots < 1)
+        m->nslots = 1;
+    if (m->nslots > MIRROR_MAX_INFLIGHT)
+        m->nslots = MIRROR_MAX_INFLIGHT;
+    m->slots = vbd_xcalloc((size_t)m->nslots, sizeof(*m->slots));
+    for (int i = 0; i < m->nslots; i++) {
+        m->slots[i].m = m;
+        m->slots[i].buf = vbd_alloc_aligned(4096, m->chunk);
+    }
+    m->tracker = vbd_job_tracker_new(m->src, m->gran);
+    vbd_job_tracker_set_job(m->tracker, job);
+    return m;
+}
+
+void job_mirror_free(struct job_mirror *m)
+{
+    if (!m)
+        return;
+    vbd_job_tracker_free(m->tracker);
     for (int i = 0; i < m->nslots; i++)
         free(m->slots[i].buf);
     free(m->slots);
     free(m);
 }
 
+/* ---------- blockdev-mirror / drive-mirror ---------- */
+
+static int mirror_run(struct vbd_job *job, struct vbd_error **err)
+{
+    (void)err;
+    struct mirror *mj = job->opaque;
+    return job_mirror_run(mj->m);
+}
+
+static void mirror_complete(struct vbd_job *job)
+{
+    struct mirror *mj = job->opaque;
+    job_mirror_complete(mj->m);
+}
+
+static int mirror_prepare(struct vbd_job *job, struct vbd_error **err)
+{
+    struct mirror *mj = job->opaque;
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(mj->src, &d);
+    /* the guest's last writes: a cancel in READY leaves the target a copy
+     * of this moment too (QEMU's point-in-time block-job-cancel) */
+    int rc = job_mirror_sync_last(mj->m);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Could not copy the last writes to '%s': %s", mj->target->node_name, strerror(-rc));
+    } else if (!vbd_job_cancel_requested(job)) {
+        struct vbd_node *old = mj->replaces;
+        /* the target joins the old node's home loop (an iothread) when it can */
+        struct vbd_loop *home = vbd_node_home_loop(old);
+        struct vbd_error *e = NULL;
+        if (vbd_node_home_loop(mj->target) != home && vbd_node_co_set_home(mj->target, home, &e) < 0) {
+            vbd_error_free(e);
+            e = NULL;
+        }
+        rc = vbd_daemon_replace_root(old, mj->target, err);
+        if (rc >= 0) {
+            rc = 0;
+            /* every node whose backing the old node was reads the target */
+            for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
+                if (p->backing == old && p != mj->target) {
+                    vbd_node_ref(mj->target);
+                    p->backing = mj->target;
+                    vbd_node_unref(old);
+                }
+            mj->pivoted = true;
+        }
+    }
+    vbd_daemon_drain_end(&d);
+    return rc;
+}
+
+static void release_nodes(struct mirror *mj)
+{
+    if (!mj->src)
+        return;
+    vbd_node_unref(mj->src);
+    vbd_node_unref(mj->replaces);
+    if (mj->base)
+        vbd_node_unref(mj->base);
+    if (mj->target_owned && mj->pivoted)
+        vbd_daemon_node_add(mj->target); /* drive-mirror's target is the daemon's now, with our reference */
+    else
+        vbd_node_unref(mj->target);
+    mj->src = mj->target = mj->base = mj->replaces = NULL;
+}
+
+static void mirror_clean(struct vbd_job *job)
+{
+    struct mirror *mj = job->opaque;
+    job_mirror_stop_tracking(mj->m);
+    release_nodes(mj);
+}
+
+static void mirror_free(struct vbd_job *job)
+{
+    struct mirror *mj = job->opaque;
+    if (!mj)
+        return;
+    job_mirror_free(mj->m);
+    release_nodes(mj);
+    free(mj);
+}
+
 static bool mirror_uses(struct vbd_job *job, struct vbd_node *n)
 {
-    struct mirror *m = job->opaque;
-    return m->src && (n == m->src || n == m->target || n == m->replaces);
+    struct mirror *mj = job->opaque;
+    return mj->src && (n == mj->src || n == mj->target || n == mj->replaces);
 }
 
 static const struct vbd_job_driver mirror_driver = {
@@ -369,40 +435,25 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
     if (!job)
         return NULL;
     job->on_target_error = a->on_target_error;
-    struct mirror *m = vbd_xcalloc(1, sizeof(*m));
-    m->job = job;
-    m->src = a->src;
-    m->target = a->target;
-    m->replaces = a->replaces ? a->replaces : a->src;
-    m->base = a->sync == VBD_MIRROR_SYNC_FULL ? NULL : a->src->backing;
-    vbd_node_ref(m->src);
-    vbd_node_ref(m->replaces);
-    if (m->base)
-        vbd_node_ref(m->base);
+    struct mirror *mj = vbd_xcalloc(1, sizeof(*mj));
+    mj->src = a->src;
+    mj->target = a->target;
+    mj->replaces = a->replaces ? a->replaces : a->src;
+    /* top and none: what the backing provides, the target's backing provides too */
+    mj->base = a->sync == VBD_MIRROR_SYNC_FULL ? NULL : a->src->backing;
+    vbd_node_ref(mj->src);
+    vbd_node_ref(mj->replaces);
+    if (mj->base)
+        vbd_node_ref(mj->base);
     if (!a->target_owned)
-        vbd_node_ref(m->target); /* drive-mirror hands its reference over */
-    m->target_owned = a->target_owned;
-    m->sync = a->sync;
-    m->unmap = a->unmap;
-    m->gran = a->granularity ? a->granularity : 64 * 1024;
-    /* a chunk is a few granules, the slots share buf-size */
-    uint64_t buf = a->buf_size ? a->buf_size : 16 * 1024 * 1024;
-    m->chunk = m->gran > MIRROR_MAX_CHUNK ? m->gran : MIRROR_MAX_CHUNK;
-    if (buf < m->chunk)
-        m->chunk = buf < m->gran ? m->gran : buf / m->gran * m->gran;
-    m->nslots = (int)(buf / m->chunk);
-    if (m->nslots < 1)
-        m->nslots = 1;
-    if (m->nslots > MIRROR_MAX_INFLIGHT)
-        m->nslots = MIRROR_MAX_INFLIGHT;
-    m->slots = vbd_xcalloc((size_t)m->nslots, sizeof(*m->slots));
-    for (int i = 0; i < m->nslots; i++) {
-        m->slots[i].m = m;
-        m->slots[i].buf = vbd_alloc_aligned(4096, m->chunk);
-    }
-    m->tracker = vbd_job_tracker_new(m->src, m->gran);
-    vbd_job_tracker_set_job(m->tracker, job);
-    job->opaque = m;
+        vbd_node_ref(mj->target); /* drive-mirror hands its reference over */
+    mj->target_owned = a->target_owned;
+    struct job_mirror_opts o = {
+        .src = mj->src, .target = mj->target, .base = mj->base, .granularity = a->granularity,
+        .buf_size = a->buf_size, .initial_copy = a->sync != VBD_MIRROR_SYNC_NONE, .unmap = a->unmap,
+    };
+    mj->m = job_mirror_new(job, &o);
+    job->opaque = mj;
     vbd_job_start(job);
     return job;
 }
