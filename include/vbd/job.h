@@ -66,12 +66,14 @@ struct vbd_job {
     bool cancelled, force_cancel;
     bool run_done;   /* run returned; the job waits in waiting/pending or ended */
     bool iostatus_failed;
+    bool iostatus_nospace; /* the failure was ENOSPC: io-status 'nospace' */
     uint64_t speed;  /* bytes/s, 0 = unlimited */
     uint64_t rl_start_ns, rl_bytes;
     struct vbd_imageops_ctl ctl; /* progress (current/total) */
     int ret;
     char error[512];  /* set when ret < 0 */
-    enum vbd_on_error on_error;
+    enum vbd_on_error on_error;        /* reads (on-source-error), and writes unless: */
+    enum vbd_on_error on_target_error; /* writes (mirror's on-target-error; = on_error by default) */
     struct vbd_co *co;
     bool parked;      /* yielded in a sleep or a pause; a kick wakes it */
     struct vbd_timer timer;
@@ -142,6 +144,22 @@ struct vbd_job *vbd_create_job_start(const char *job_id, struct json_object *opt
 /* x-blockdev-amend: an "amend" job on n (options checked: n's driver). */
 struct vbd_job *vbd_amend_job_start(const char *job_id, struct vbd_node *n, struct json_object *options, bool force,
                                     struct vbd_qmp_error *err);
+
+/* blockdev-mirror / drive-mirror: src copied to target (same size or
+ * larger) until READY; job-complete moves replaces' (default: src's)
+ * exports and parent nodes to target. */
+enum vbd_mirror_sync { VBD_MIRROR_SYNC_FULL, VBD_MIRROR_SYNC_TOP, VBD_MIRROR_SYNC_NONE };
+struct vbd_mirror_args {
+    const char *job_id;
+    struct vbd_node *src, *target, *replaces;
+    bool target_owned; /* the caller's reference on target passes to the job (drive-mirror) */
+    enum vbd_mirror_sync sync;
+    uint64_t granularity, buf_size; /* 0: defaults (64 KiB, 16 MiB) */
+    int64_t speed;
+    enum vbd_on_error on_source_error, on_target_error;
+    bool unmap, auto_finalize, auto_dismiss;
+};
+struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err);
 
 /* ---------- guest writes seen by a job (vbd_write_hook on its node) ---------- */
 struct vbd_job_tracker;

@@ -145,8 +145,8 @@ static int backup_run(struct vbd_job *job, struct vbd_error **err)
             break; /* a guest write could not save its old data: the image is incomplete */
         if (b->werr) {
             wait_workers(b, 0);
-            /* the job core knows one policy: the side that failed picks it */
-            job->on_error = b->werr_read ? b->o.on_source_error : b->o.on_target_error;
+            job->on_error = b->o.on_source_error; /* reads */
+            job->on_target_error = b->o.on_target_error;
             enum vbd_error_action a = vbd_job_error_action(job, b->werr_read, -b->werr);
             if (a == VBD_ACTION_REPORT) {
                 rc = b->werr;

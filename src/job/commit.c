@@ -8,14 +8,12 @@
  * committed, so one pass suffices; at the end the overlay above top is
  * re-pointed to base (its header too) and the layers drop out.
  *
- * Active (top is what the exports write to): a dirty bitmap on top,
- * fed by every guest write (vbd_job_tracker), says what changed since it
- * was copied. After the first pass the job copies dirty chunks until none
- * is left (READY), and keeps doing so; job-complete ends it: with the
- * exports drained the last dirty chunks are copied and the exports are
- * switched to base, so no request is lost and base holds every byte the
- * guest wrote. A chunk's dirty bit is cleared before it is read, so a
- * write that lands during the copy marks it again.
+ * Active (top is what the exports write to): mirror.c's loop (as QEMU
+ * runs it as a mirror job) copies top..above base into base, then the
+ * chunks the guest dirties, until none is left (READY), and keeps doing so;
+ * job-complete ends it: with the exports drained the last dirty chunks are
+ * copied and the exports are switched to base, so no request is lost and
+ * base holds every byte the guest wrote.
  */
 #include "job-internal.h"
 
@@ -29,16 +27,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DIRTY_GRANULARITY (64 * 1024)
-
 struct commit {
     struct vbd_node *top, *base, *overlay; /* references held; overlay NULL when active */
     bool active;
     char backing_file[4096];
     bool base_was_ro;
-    bool complete;  /* job-complete asked */
     bool pivoted;
-    struct vbd_job_tracker *tracker;
+    struct job_mirror *mirror; /* active */
     uint8_t *buf;
     int ignored;
 };
@@ -88,35 +83,6 @@ static int commit_pass(struct vbd_job *job)
     return 0;
 }
 
-/* Copy the dirty chunks until none is left (or the job is told to stop). */
-static int copy_dirty(struct vbd_job *job, bool drained)
-{
-    struct commit *c = job->opaque;
-    uint64_t off = 0, bytes;
-    while (vbd_job_tracker_take_dirty(c->tracker, &off, &bytes, JOB_CHUNK)) {
-        if (!drained && vbd_job_is_cancelled(job))
-            return -ECANCELED;
-        job->ctl.total += bytes;
-        int rc = job_copy_range(job, c->top, c->base, off, bytes, false, c->buf, &c->ignored);
-        if (rc == 1) {
-            vbd_job_tracker_set_dirty(c->tracker, off, bytes);
-            if (drained)
-                return -EIO;
-            vbd_job_pause_point(job);
-            continue;
-        }
-        if (rc < 0) {
-            vbd_job_tracker_set_dirty(c->tracker, off, bytes);
-            return rc;
-        }
-        job->ctl.current += bytes;
-        off += bytes;
-        if (!drained)
-            vbd_job_ratelimit(job, bytes);
-    }
-    return 0;
-}
-
 static int commit_run(struct vbd_job *job, struct vbd_error **err)
 {
     struct commit *c = job->opaque;
@@ -127,30 +93,10 @@ static int commit_run(struct vbd_job *job, struct vbd_error **err)
         if (rc < 0)
             return rc;
     }
+    if (c->active)
+        return job_mirror_run(c->mirror);
     c->buf = vbd_alloc_aligned(4096, JOB_CHUNK);
     int rc = commit_pass(job);
-    if (rc == 0 && c->active) {
-        for (;;) {
-            rc = copy_dirty(job, false);
-            if (rc < 0)
-                break;
-            if (job->status == VBD_JOB_RUNNING && vbd_job_tracker_dirty_count(c->tracker) == 0) {
-                rc = vbd_node_co_flush(c->base);
-                if (rc < 0)
-                    break;
-                vbd_job_transition_ready(job);
-            }
-            if (vbd_job_is_cancelled(job)) {
-                rc = -ECANCELED;
-                break;
-            }
-            if (job->status == VBD_JOB_READY && (c->complete || vbd_job_cancel_requested(job)))
-                break;
-            if (vbd_job_tracker_dirty_count(c->tracker) == 0)
-                vbd_job_wait(job); /* a guest write, complete, cancel or pause wakes it */
-            vbd_job_pause_point(job);
-        }
-    }
     if (rc == 0 && c->ignored)
         rc = c->ignored;
     if (rc == 0)
@@ -161,7 +107,7 @@ static int commit_run(struct vbd_job *job, struct vbd_error **err)
 static void commit_complete(struct vbd_job *job)
 {
     struct commit *c = job->opaque;
-    c->complete = true;
+    job_mirror_complete(c->mirror);
 }
 
 static int change_backing(struct vbd_node *overlay, const char *file, struct vbd_node *base, struct vbd_error **err)
@@ -189,10 +135,9 @@ static int commit_prepare(struct vbd_job *job, struct vbd_error **err)
     vbd_daemon_co_drain_begin(c->top, &d);
     int rc = 0;
     if (c->active) {
-        /* the guest's last writes, with nothing writing any more */
-        rc = copy_dirty(job, true);
-        if (rc == 0)
-            rc = vbd_node_co_flush(c->base);
+        /* the guest's last writes, with nothing writing any more (a
+         * cancel in READY too: base is a copy of that moment, as QEMU's) */
+        rc = job_mirror_sync_last(c->mirror);
         if (rc < 0)
             vbd_error_setf(err, -rc, "Could not copy the last writes into '%s': %s", c->base->node_name,
                            strerror(-rc));
@@ -236,8 +181,7 @@ static void release_nodes(struct commit *c)
 static void commit_clean(struct vbd_job *job)
 {
     struct commit *c = job->opaque;
-    vbd_job_tracker_free(c->tracker);
-    c->tracker = NULL;
+    job_mirror_stop_tracking(c->mirror);
     if (c->base_was_ro && !c->pivoted) {
         struct vbd_error *e = NULL;
         if (vbd_node_co_set_read_only(c->base, true, &e) < 0) {
@@ -254,7 +198,7 @@ static void commit_free(struct vbd_job *job)
     struct commit *c = job->opaque;
     if (!c)
         return;
-    vbd_job_tracker_free(c->tracker);
+    job_mirror_free(c->mirror);
     release_nodes(c);
     free(c->buf);
     free(c);
@@ -338,8 +282,8 @@ struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struc
     if (backing_file)
         snprintf(c->backing_file, sizeof(c->backing_file), "%s", backing_file);
     if (active) {
-        c->tracker = vbd_job_tracker_new(top, DIRTY_GRANULARITY);
-        vbd_job_tracker_set_job(c->tracker, job);
+        struct job_mirror_opts o = {.src = top, .target = base, .base = base, .initial_copy = true};
+        c->mirror = job_mirror_new(job, &o);
     }
     job->opaque = c;
     vbd_job_start(job);

@@ -21,4 +21,26 @@ int job_copy_range(struct vbd_job *job, struct vbd_node *src, struct vbd_node *d
 /* The node whose backing is n, or NULL. */
 struct vbd_node *job_overlay_of(struct vbd_node *n);
 
+/* The mirroring loop (mirror.c) of blockdev-mirror and active commit: a
+ * dirty bitmap on src fed by its writes, chunks copied to target several at
+ * a time, READY once in sync, then on until job-complete or a cancel. */
+struct job_mirror;
+struct job_mirror_opts {
+    struct vbd_node *src, *target;
+    struct vbd_node *base;   /* block status stops there: what it provides is not copied (NULL: whole chain) */
+    uint64_t granularity, buf_size; /* 0: 64 KiB, 16 MiB */
+    bool initial_copy;       /* everything is dirty at the start (else only what is written from now on) */
+    bool unmap;              /* zero ranges may deallocate on the target */
+};
+/* The nodes are borrowed: the caller holds them until job_mirror_free. */
+struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_opts *o);
+/* The job's run: 0 (READY and completed, or cancelled in READY) or -errno. */
+int job_mirror_run(struct job_mirror *m);
+void job_mirror_complete(struct job_mirror *m);
+/* In prepare, with src's writers drained: the last dirty chunks, target flushed. */
+int job_mirror_sync_last(struct job_mirror *m);
+/* No more tracking of src's writes (coroutine: waits for writes inside the hook). */
+void job_mirror_stop_tracking(struct job_mirror *m);
+void job_mirror_free(struct job_mirror *m);
+
 #endif

@@ -128,6 +128,7 @@ struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id,
     job->auto_dismiss = auto_dismiss;
     job->speed = speed;
     job->on_error = on_error;
+    job->on_target_error = on_error;
     job->busy = true;
     struct vbd_job **pp = &jobs;
     while (*pp)
@@ -377,7 +378,7 @@ void vbd_job_transition_ready(struct vbd_job *job)
 enum vbd_error_action vbd_job_error_action(struct vbd_job *job, bool is_read, int error)
 {
     enum vbd_error_action a;
-    switch (job->on_error) {
+    switch (is_read ? job->on_error : job->on_target_error) {
     case VBD_ON_ERROR_ENOSPC: a = error == ENOSPC ? VBD_ACTION_STOP : VBD_ACTION_REPORT; break;
     case VBD_ON_ERROR_STOP: a = VBD_ACTION_STOP; break;
     case VBD_ON_ERROR_IGNORE: a = VBD_ACTION_IGNORE; break;
@@ -390,10 +391,14 @@ enum vbd_error_action vbd_job_error_action(struct vbd_job *job, bool is_read, in
     json_object_object_add(d, "action", json_object_new_string(names[a]));
     vbd_qmp_event("BLOCK_JOB_ERROR", d);
     if (a == VBD_ACTION_STOP) {
-        /* paused as by the user: job-resume retries */
-        job->pause_count++;
-        job->user_paused = true;
+        /* paused as by the user: job-resume retries. Once, as QEMU's
+         * block_job_error_action, however many copies in flight failed */
+        if (!job->user_paused) {
+            job->pause_count++;
+            job->user_paused = true;
+        }
         job->iostatus_failed = true;
+        job->iostatus_nospace = error == ENOSPC;
     }
     return a;
 }
@@ -526,7 +531,7 @@ struct json_object *vbd_block_job_info(struct vbd_job *job)
     struct json_object *o = block_event_data(job);
     json_object_object_add(o, "busy", json_object_new_boolean(job->busy));
     json_object_object_add(o, "paused", json_object_new_boolean(job->pause_count > 0));
-    json_object_object_add(o, "io-status", json_object_new_string(job->iostatus_failed ? "failed" : "ok"));
+    json_object_object_add(o, "io-status", json_object_new_string(!job->iostatus_failed ? "ok" : job->iostatus_nospace ? "nospace" : "failed"));
     json_object_object_add(o, "ready", json_object_new_boolean(job->status == VBD_JOB_READY ||
                                                                job->status == VBD_JOB_STANDBY));
     json_object_object_add(o, "status", json_object_new_string(vbd_job_status_names[job->status]));

@@ -13,6 +13,8 @@ static const struct vbd_qmp_command *const groups[] = {
     vbd_qmp_cmds_job,
     vbd_qmp_cmds_backup,
     vbd_qmp_cmds_create,
+
+    vbd_qmp_cmds_mirror,
     NULL,
 };
 

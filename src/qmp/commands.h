@@ -14,4 +14,6 @@ extern const struct vbd_qmp_command vbd_qmp_cmds_backup[];   /* cmd-backup.c: bl
 
 extern const struct vbd_qmp_command vbd_qmp_cmds_create[];   /* cmd-create.c: blockdev-create, x-blockdev-amend */
 
+extern const struct vbd_qmp_command vbd_qmp_cmds_mirror[];   /* cmd-mirror.c: blockdev-mirror, drive-mirror */
+
 #endif

@@ -1,0 +1,118 @@
+#!/bin/bash
+# blockdev-mirror: vbd-daemon vs qemu-storage-daemon 7.2 in one run. Not a test.
+#   bench/job-mirror.sh [DIR]      (DIR: where the images go, default /var/tmp)
+# Source: a 2 GiB qcow2 with data in every other MiB (1 GiB of data), target:
+# a new empty qcow2 on the same file system, both opened with
+# cache.direct=on (no page cache: every run reads the disk); the source is
+# also exported over vhost-user-blk (the guest's view).
+#  1. time to READY of blockdev-mirror sync=full, no guest load (median of
+#     REPS runs, a fresh target each);
+#  2. guest-side IOPS: vbd-bench 4K randread QD32 for SECS s before any job,
+#     then for SECS s while a mirror runs, rate-limited to the same SPEED
+#     for both daemons (so that both jobs copy at the same rate and last
+#     longer than the measurement: checked), ratio during/before.
+# Ratios > 1: vbd better (READY: qsd time / vbd time; IOPS drop: vbd's
+# during/before over qsd's).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
+VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SECS=${SECS:-3}
+SPEED=${SPEED:-$((128 << 20))}
+dir=$(mktemp -d "${1:-/var/tmp}/vbd-mirror-bench.XXXXXX")
+spid=
+trap 'kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
+cd "$dir"
+python3 - <<'PY'
+import os
+mib = 1 << 20
+with open("src.raw", "wb") as f:
+    f.truncate(2048 * mib)
+    block = bytearray(os.urandom(mib))
+    for i in range(0, 2048, 2):
+        block[0:8] = i.to_bytes(8, "little")  # every MiB differs
+        f.seek(i * mib)
+        f.write(block)
+PY
+qemu-img convert -q -f raw -O qcow2 src.raw src.qcow2
+rm -f src.raw
+serve() { # who
+    local bin=$VBD_DAEMON
+    [ "$1" = qsd ] && bin=qemu-storage-daemon
+    rm -f vu.sock qmp.sock
+    taskset -c 0 "$bin" --chardev socket,id=q,path="$dir/qmp.sock",server=on,wait=off --monitor chardev=q \
+        --blockdev '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$dir"'/src.qcow2","cache":{"direct":true}}}' \
+        --export type=vhost-user-blk,id=e0,node-name=src,addr.type=unix,addr.path="$dir/vu.sock",writable=on,num-queues=1 \
+        >daemon.log 2>&1 &
+    spid=$!
+    for _ in $(seq 100); do [ -S vu.sock ] && [ -S qmp.sock ] && return; sleep 0.05; done
+    echo "server $bin did not start: $(cat daemon.log)" >&2; exit 1
+}
+# qmp.py: run one mirror to a fresh target; prints the seconds to READY
+mirror() { # mode(ready|load) speed
+    rm -f tgt.qcow2
+    qemu-img create -q -f qcow2 tgt.qcow2 2G
+    python3 - "$1" "$2" "$VBD_BENCH" "$SECS" "$ROOT" <<'PY'
+import json, subprocess, sys, time
+mode, speed, bench, secs, root = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+sys.path.insert(0, root + "/tests/qmp")
+from qmp import QMP
+m = QMP("qmp.sock", negotiate=True)
+def ok(r):
+    if "error" in r:
+        sys.exit(f"QMP: {r['error']}")
+    return r["return"]
+ok(m.cmd("blockdev-add", {"driver": "qcow2", "node-name": "tgt",
+                          "file": {"driver": "file", "filename": "tgt.qcow2", "cache": {"direct": True}}}))
+t0 = time.monotonic()
+ok(m.cmd("blockdev-mirror", {"job-id": "m", "device": "src", "target": "tgt", "sync": "full", "speed": speed}))
+if mode == "load":
+    out = subprocess.run(["taskset", "-c", "1", bench, "--vhost-user", "vu.sock", "-w", "randread", "-b", "4k",
+                          "-d", "32", "-t", secs, "--json"], capture_output=True, text=True, check=True).stdout
+    jobs = ok(m.cmd("query-jobs", {}))
+    if not jobs or jobs[0]["status"] != "running":
+        sys.exit(f"the mirror was not running any more at the end of the measurement: {jobs}")
+    print(json.loads(out)["iops"])
+    ok(m.cmd("block-job-set-speed", {"device": "m", "speed": 0}))
+while True:
+    ev = m.wait_event("BLOCK_JOB_READY", timeout=600)
+    if ev["data"]["device"] == "m":
+        break
+if mode == "ready":
+    print(f"{time.monotonic() - t0:.3f}")
+ok(m.cmd("block-job-cancel", {"device": "m"}))  # in READY: ends without the pivot
+m.wait_event("BLOCK_JOB_COMPLETED", timeout=600)
+while ok(m.cmd("query-jobs", {})):
+    time.sleep(0.05)
+ok(m.cmd("blockdev-del", {"node-name": "tgt"}))
+PY
+}
+echo "machine: $(machine); load average $(cut -d' ' -f1-3 /proc/loadavg); images in $dir ($(df -T "$dir" | awk 'NR==2 {print $2}')); REPS=$REPS, $SECS s per IOPS run, mirror speed under load $SPEED B/s; server on CPU 0, vbd-bench on CPU 1"
+declare -A ready before during
+for who in vbd qsd; do
+    serve $who
+    r=()
+    for _ in $(seq "$REPS"); do r+=("$(mirror ready 0)"); done
+    ready[$who]=$(printf '%s\n' "${r[@]}" | median)
+    b=() l=()
+    for _ in $(seq "$REPS"); do
+        out=$(taskset -c 1 "$VBD_BENCH" --vhost-user vu.sock -w randread -b 4k -d 32 -t "$SECS" --json)
+        b+=("$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["iops"])' "$out")")
+        l+=("$(mirror load "$SPEED")")
+    done
+    before[$who]=$(printf '%s\n' "${b[@]}" | median)
+    during[$who]=$(printf '%s\n' "${l[@]}" | median)
+    kill $spid; wait $spid 2>/dev/null || true
+    spid=
+    echo "$who: READY runs ${r[*]} s; IOPS before ${b[*]}; during ${l[*]}"
+done
+printf '%-34s %12s %12s %8s\n' "" vbd qsd ratio
+printf '%-34s %12.2f %12.2f %8.2f\n' "time to READY (s, 1 GiB of data)" "${ready[vbd]}" "${ready[qsd]}" \
+    "$(echo "${ready[qsd]} / ${ready[vbd]}" | bc -l)"
+printf '%-34s %12.0f %12.0f %8.2f\n' "4K randread QD32 IOPS before" "${before[vbd]}" "${before[qsd]}" \
+    "$(echo "${before[vbd]} / ${before[qsd]}" | bc -l)"
+printf '%-34s %12.0f %12.0f %8.2f\n' "... during the mirror" "${during[vbd]}" "${during[qsd]}" \
+    "$(echo "${during[vbd]} / ${during[qsd]}" | bc -l)"
+vr=$(echo "${during[vbd]} / ${before[vbd]}" | bc -l) qr=$(echo "${during[qsd]} / ${before[qsd]}" | bc -l)
+printf '%-34s %12.2f %12.2f %8.2f\n' "during / before" "$vr" "$qr" "$(echo "$vr / $qr" | bc -l)"

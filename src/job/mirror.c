@@ -1,0 +1,464 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * blockdev-mirror and drive-mirror (QEMU's block/mirror.c): the source's
+ * content is copied to the target while the guest writes to the source;
+ * every guest write marks its chunks in a dirty bitmap (vbd_job_tracker),
+ * and the job copies dirty chunks until none is left (READY), and keeps
+ * doing so until job-complete: then, with every export on the source
+ * drained, the last dirty chunks are copied, the target is flushed and
+ * the exports (and the nodes whose backing the source was) switch to the
+ * target. No request is lost: the drain lets the ones in flight finish,
+ * holds new ones back, and they run on the target once it ends.
+ *
+ * The copy: sync=full and top start with every chunk dirty; a chunk is
+ * looked at with block status (above the source's backing for top and
+ * none: what the backing provides the target's backing provides too), a
+ * hole or zero range becomes write-zeroes unless the target already reads
+ * zeroes there, data is read and written. Up to buf-size bytes are in
+ * flight, in several chunks copied by their own coroutines; two copies of
+ * the same chunk never overlap (the later waits), so an older read never
+ * lands after a newer one. A chunk's dirty bit is cleared before it is
+ * read: a guest write during the copy marks it again.
+ */
+#include "job-internal.h"
+
+#include "daemon/objects.h"
+#include "vbd/alloc.h"
+#include "vbd/coroutine.h"
+#include "vbd/error.h"
+#include "vbd/qmp.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MIRROR_MAX_CHUNK (1024 * 1024)
+#define MIRROR_MAX_INFLIGHT 16
+
+struct slot {
+    struct job_mirror *m;
+    bool used;
+    uint64_t off, bytes;
+    uint8_t *buf;
+};
+
+/* The copy engine (job-internal.h), shared with active commit. */
+struct job_mirror {
+    struct vbd_job *job;
+    struct vbd_node *src, *target, *base; /* borrowed from the job; base: where block status stops (NULL: whole chain) */
+    bool unmap;
+    bool initial_copy;
+    bool complete;
+    struct vbd_job_tracker *tracker;
+    uint64_t gran, chunk;
+    int nslots, inflight;
+    uint64_t inflight_bytes;
+    struct slot *slots;
+    struct vbd_co_queue slot_wait; /* the job waiting for a slot or for the copies to end */
+    bool stopped;                  /* an error policy stopped the job: copies end, then the pause */
+    int ret;
+};
+
+/* blockdev-mirror / drive-mirror: the engine and the graph change. */
+struct mirror {
+    struct job_mirror *m;
+    struct vbd_node *src, *target, *base; /* references held */
+    struct vbd_node *replaces;            /* whose exports and parents move to the target (a reference) */
+    bool target_owned;  /* drive-mirror's: the daemon takes it at the pivot, closes it otherwise */
+    bool pivoted;
+};
+
+static void update_total(struct job_mirror *m)
+{
+    /* QEMU's: what is done plus what is left (grows with the guest's writes) */
+    m->job->ctl.total = m->job->ctl.current + m->inflight_bytes + vbd_job_tracker_dirty_count(m->tracker) * m->gran;
+}
+
+/* After an error, the policy's answer: 1 copy the range again later
+ * (ignore: at once, as QEMU's mirror; stop: after job-resume), -errno fail. */
+static int on_error(struct job_mirror *m, bool is_read, int rc)
+{
+    /* each failed copy reports (as QEMU: one BLOCK_JOB_ERROR per request);
+     * the job pauses once */
+    enum vbd_error_action a = vbd_job_error_action(m->job, is_read, -rc);
+    if (a == VBD_ACTION_REPORT)
+        return rc;
+    if (a == VBD_ACTION_STOP)
+        m->stopped = true;
+    return 1;
+}
+
+/* Copy [off, off + bytes): 0 done, 1 to be copied again (error policy), -errno. */
+static int copy_range(struct job_mirror *m, uint64_t off, uint64_t bytes, uint8_t *buf)
+{
+    for (uint64_t pos = off, end = off + bytes; pos < end;) {
+        uint64_t pnum = 0;
+        int st = vbd_node_co_block_status_above(m->src, m->base, true, pos, end - pos, &pnum, NULL, NULL, NULL);
+        if (st >= 0 && !pnum)
+            st = -EIO;
+        if (st < 0) {
+            return on_error(m, true, st);
+        }
+        uint64_t n = pnum;
+        int rc = 0;
+        bool is_read = false;
+        if (m->base && !(st & VBD_BS_ALLOCATED)) {
+            /* provided by the backing the target shares */
+        } else if (!(st & VBD_BS_ALLOCATED) || (st & VBD_BS_ZERO)) {
+            uint64_t tn = 0;
+            int tst = vbd_node_co_block_status_above(m->target, NULL, true, pos, n, &tn, NULL, NULL, NULL);
+            if (tst < 0 || !(tst & VBD_BS_ZERO) || tn < n)
+                rc = vbd_node_co_pwrite_zeroes(m->target, pos, n, m->unmap ? VBD_REQ_MAY_UNMAP : 0);
+        } else {
+            rc = vbd_node_co_pread(m->src, pos, buf, n);
+            is_read = rc < 0;
+            if (rc >= 0)
+                rc = vbd_node_co_pwrite(m->target, pos, buf, n, 0);
+        }
+        if (rc < 0)
+            return on_error(m, is_read, rc);
+        pos += n;
+    }
+    return 0;
+}
+
+static void slot_co(void *arg)
+{
+    struct slot *s = arg;
+    struct job_mirror *m = s->m;
+    int rc = copy_range(m, s->off, s->bytes, s->buf);
+    if (rc)
+        vbd_job_tracker_set_dirty(m->tracker, s->off, s->bytes); /* again (after job-resume if stopped) */
+    if (rc < 0 && !m->ret)
+        m->ret = rc;
+    if (rc == 0)
+        m->job->ctl.current += s->bytes;
+    s->used = false;
+    m->inflight--;
+    m->inflight_bytes -= s->bytes;
+    update_total(m);
+    vbd_co_queue_wake_all(&m->slot_wait);
+}
+
+static bool overlaps_inflight(struct job_mirror *m, uint64_t off, uint64_t bytes)
+{
+    for (int i = 0; i < m->nslots; i++)
+        if (m->slots[i].used && off < m->slots[i].off + m->slots[i].bytes && m->slots[i].off < off + bytes)
+            return true;
+    return false;
+}
+
+static void wait_all(struct job_mirror *m)
+{
+    while (m->inflight)
+        vbd_co_queue_wait(&m->slot_wait);
+}
+
+/* Start copying [off, off + bytes) in a free slot, once nothing in flight overlaps it. */
+static void start_copy(struct job_mirror *m, uint64_t off, uint64_t bytes)
+{
+    while (m->inflight == m->nslots || overlaps_inflight(m, off, bytes))
+        vbd_co_queue_wait(&m->slot_wait);
+    struct slot *s = NULL;
+    for (int i = 0; i < m->nslots && !s; i++)
+        if (!m->slots[i].used)
+            s = &m->slots[i];
+    s->used = true;
+    s->off = off;
+    s->bytes = bytes;
+    m->inflight++;
+    m->inflight_bytes += bytes;
+    vbd_co_wake(vbd_co_create(slot_co, s));
+}
+
+int job_mirror_run(struct job_mirror *m)
+{
+    struct vbd_job *job = m->job;
+    uint64_t len = vbd_node_size(m->src);
+    if (m->initial_copy)
+        vbd_job_tracker_set_dirty(m->tracker, 0, len);
+    update_total(m);
+    uint64_t next = 0;
+    int rc = 0;
+    for (;;) {
+        if (vbd_job_is_cancelled(job)) {
+            rc = -ECANCELED;
+            break;
+        }
+        if (m->ret) {
+            rc = m->ret;
+            break;
+        }
+        if (m->stopped || job->pause_count) {
+            /* the copies in flight end first: a paused job does no I/O */
+            wait_all(m);
+            if (m->ret)
+                continue;
+            m->stopped = false;
+            vbd_job_pause_point(job);
+            continue;
+        }
+        uint64_t off = next, bytes;
+        if (vbd_job_tracker_take_dirty(m->tracker, &off, &bytes, m->chunk)) {
+            start_copy(m, off, bytes);
+            next = off + bytes;
+            vbd_job_ratelimit(job, bytes);
+            continue;
+        }
+        if (m->inflight) {
+            vbd_co_queue_wait(&m->slot_wait);
+            continue;
+        }
+        /* in sync */
+        if (job->status == VBD_JOB_RUNNING) {
+            int f = vbd_node_co_flush(m->target);
+            if (f < 0) {
+                int r = on_error(m, false, f);
+                if (r < 0) {
+                    rc = r;
+                    break;
+                }
+                if (r)
+                    continue;
+            }
+            vbd_job_transition_ready(job);
+        }
+        if (job->status == VBD_JOB_READY && (m->complete || vbd_job_cancel_requested(job)))
+            break;
+        vbd_job_wait(job); /* a guest write, complete, cancel or pause wakes it */
+        vbd_job_pause_point(job);
+    }
+    wait_all(m);
+    if (rc == 0 && m->ret)
+        rc = m->ret;
+    if (rc == 0)
+        rc = vbd_node_co_flush(m->target);
+    return rc; /* the job's error is strerror's, as QEMU's */
+}
+
+void job_mirror_complete(struct job_mirror *m) { m->complete = true; }
+
+static int copy_last(struct job_mirror *m)
+{
+    uint64_t off = 0, bytes;
+    while (vbd_job_tracker_take_dirty(m->tracker, &off, &bytes, m->chunk)) {
+        int rc = copy_range(m, off, bytes, m->slots[0].buf);
+        if (rc) {
+            vbd_job_tracker_set_dirty(m->tracker, off, bytes);
+            return rc < 0 ? rc : -EIO;
+        }
+        m->job->ctl.current += bytes;
+        m->job->ctl.total += bytes;
+        off += bytes;
+    }
+    return 0;
+}
+
+int job_mirror_sync_last(struct job_mirror *m)
+{
+    m->stopped = false;
+    int rc = copy_last(m);
+    if (rc == 0)
+        rc = vbd_node_co_flush(m->target);
+    return rc;
+}
+
+void job_mirror_stop_tracking(struct job_mirror *m)
+{
+    if (!m)
+        return;
+    vbd_job_tracker_free(m->tracker);
+    m->tracker = NULL;
+}
+
+struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_opts *o)
+{
+    struct job_mirror *m = vbd_xcalloc(1, sizeof(*m));
+    m->job = job;
+    m->src = o->src;
+    m->target = o->target;
+    m->base = o->base;
+    m->unmap = o->unmap;
+    m->initial_copy = o->initial_copy;
+    m->gran = o->granularity ? o->granularity : 64 * 1024;
+    /* a chunk is a few granules, the slots share buf-size */
+    uint64_t buf = o->buf_size ? o->buf_size : 16 * 1024 * 1024;
+    m->chunk = m->gran > MIRROR_MAX_CHUNK ? m->gran : MIRROR_MAX_CHUNK;
+    if (buf < m->chunk)
+        m->chunk = buf < m->gran ? m->gran : buf / m->gran * m->gran;
+    m->nslots = (int)(buf / m->chunk);
+    if (m->nslots < 1)
+        m->nslots = 1;
+    if (m->nslots > MIRROR_MAX_INFLIGHT)
+        m->nslots = MIRROR_MAX_INFLIGHT;
+    m->slots = vbd_xcalloc((size_t)m->nslots, sizeof(*m->slots));
+    for (int i = 0; i < m->nslots; i++) {
+        m->slots[i].m = m;
+        m->slots[i].buf = vbd_alloc_aligned(4096, m->chunk);
+    }
+    m->tracker = vbd_job_tracker_new(m->src, m->gran);
+    vbd_job_tracker_set_job(m->tracker, job);
+    return m;
+}
+
+void job_mirror_free(struct job_mirror *m)
+{
+    if (!m)
+        return;
+    vbd_job_tracker_free(m->tracker);
+    for (int i = 0; i < m->nslots; i++)
+        free(m->slots[i].buf);
+    free(m->slots);
+    free(m);
+}
+
+/* ---------- blockdev-mirror / drive-mirror ---------- */
+
+static int mirror_run(struct vbd_job *job, struct vbd_error **err)
+{
+    (void)err;
+    struct mirror *mj = job->opaque;
+    return job_mirror_run(mj->m);
+}
+
+static void mirror_complete(struct vbd_job *job)
+{
+    struct mirror *mj = job->opaque;
+    job_mirror_complete(mj->m);
+}
+
+static int mirror_prepare(struct vbd_job *job, struct vbd_error **err)
+{
+    struct mirror *mj = job->opaque;
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(mj->src, &d);
+    /* the guest's last writes: a cancel in READY leaves the target a copy
+     * of this moment too (QEMU's point-in-time block-job-cancel) */
+    int rc = job_mirror_sync_last(mj->m);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Could not copy the last writes to '%s': %s", mj->target->node_name, strerror(-rc));
+    } else if (!vbd_job_cancel_requested(job)) {
+        struct vbd_node *old = mj->replaces;
+        /* the target joins the old node's home loop (an iothread) when it can */
+        struct vbd_loop *home = vbd_node_home_loop(old);
+        struct vbd_error *e = NULL;
+        if (vbd_node_home_loop(mj->target) != home && vbd_node_co_set_home(mj->target, home, &e) < 0) {
+            vbd_error_free(e);
+            e = NULL;
+        }
+        rc = vbd_daemon_replace_root(old, mj->target, err);
+        if (rc >= 0) {
+            rc = 0;
+            /* every node whose backing the old node was reads the target */
+            for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
+                if (p->backing == old && p != mj->target) {
+                    vbd_node_ref(mj->target);
+                    p->backing = mj->target;
+                    vbd_node_unref(old);
+                }
+            mj->pivoted = true;
+            /* vbd-daemon --state: saved before the guest writes to the target */
+            struct vbd_error *ce = NULL;
+            if (vbd_qmp_config_changed("job-finalize", NULL, &ce) < 0)
+                vbd_warn("job '%s': %s", job->id, ce ? ce->msg : "the daemon's state was not saved");
+            vbd_error_free(ce);
+        }
+    }
+    vbd_daemon_drain_end(&d);
+    return rc;
+}
+
+static void release_nodes(struct mirror *mj)
+{
+    if (!mj->src)
+        return;
+    vbd_node_unref(mj->src);
+    vbd_node_unref(mj->replaces);
+    if (mj->base)
+        vbd_node_unref(mj->base);
+    if (mj->target_owned && mj->pivoted)
+        vbd_daemon_node_add(mj->target); /* drive-mirror's target is the daemon's now, with our reference */
+    else
+        vbd_node_unref(mj->target);
+    mj->src = mj->target = mj->base = mj->replaces = NULL;
+}
+
+static void mirror_clean(struct vbd_job *job)
+{
+    struct mirror *mj = job->opaque;
+    job_mirror_stop_tracking(mj->m);
+    release_nodes(mj);
+}
+
+static void mirror_free(struct vbd_job *job)
+{
+    struct mirror *mj = job->opaque;
+    if (!mj)
+        return;
+    job_mirror_free(mj->m);
+    release_nodes(mj);
+    free(mj);
+}
+
+static bool mirror_uses(struct vbd_job *job, struct vbd_node *n)
+{
+    struct mirror *mj = job->opaque;
+    return mj->src && (n == mj->src || n == mj->target || n == mj->replaces);
+}
+
+static const struct vbd_job_driver mirror_driver = {
+    .type = "mirror",
+    .run = mirror_run,
+    .complete = mirror_complete,
+    .prepare = mirror_prepare,
+    .clean = mirror_clean,
+    .free = mirror_free,
+    .uses_node = mirror_uses,
+};
+
+struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err)
+{
+    if (a->src == a->target) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't mirror node into itself");
+        return NULL;
+    }
+    if (vbd_node_size(a->target) < vbd_node_size(a->src)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target image have different sizes");
+        return NULL;
+    }
+    if (a->target->read_only) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block node '%s' is read-only", a->target->node_name);
+        return NULL;
+    }
+    struct vbd_job *job = vbd_job_create(&mirror_driver, a->job_id, a->auto_finalize, a->auto_dismiss, 0,
+                                         a->on_source_error, err);
+    if (job && vbd_job_set_speed(job, a->speed, err) < 0) {
+        vbd_job_early_fail(job);
+        job = NULL;
+    }
+    if (!job)
+        return NULL;
+    job->on_target_error = a->on_target_error;
+    struct mirror *mj = vbd_xcalloc(1, sizeof(*mj));
+    mj->src = a->src;
+    mj->target = a->target;
+    mj->replaces = a->replaces ? a->replaces : a->src;
+    /* top and none: what the backing provides, the target's backing provides too */
+    mj->base = a->sync == VBD_MIRROR_SYNC_FULL ? NULL : a->src->backing;
+    vbd_node_ref(mj->src);
+    vbd_node_ref(mj->replaces);
+    if (mj->base)
+        vbd_node_ref(mj->base);
+    if (!a->target_owned)
+        vbd_node_ref(mj->target); /* drive-mirror hands its reference over */
+    mj->target_owned = a->target_owned;
+    struct job_mirror_opts o = {
+        .src = mj->src, .target = mj->target, .base = mj->base, .granularity = a->granularity,
+        .buf_size = a->buf_size, .initial_copy = a->sync != VBD_MIRROR_SYNC_NONE, .unmap = a->unmap,
+    };
+    mj->m = job_mirror_new(job, &o);
+    job->opaque = mj;
+    vbd_job_start(job);
+    return job;
+}

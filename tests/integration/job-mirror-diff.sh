@@ -1,0 +1,16 @@
+#!/bin/bash
+# Mirror jobs against qemu-storage-daemon 7.2: tests/qmp/diff-mirror.jsonl
+# run on both by qmpdiff.py (blockdev-mirror and drive-mirror argument
+# errors in QEMU's order and classes; pause, resume, complete, cancel before
+# and in READY, finalize, dismiss; the events with their values; the export
+# after each pivot, read over NBD).
+. "$(dirname "$0")/lib.sh"
+need qemu-storage-daemon qemu-img qemu-io python3
+python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-mirror.jsonl" \
+    --both --blockdev --both '{"driver":"qcow2","node-name":"base","file":{"driver":"file","filename":"{DIR}/base.qcow2"},"backing":null}' \
+    --both --blockdev --both '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"{DIR}/top.qcow2"},"backing":"base"}' \
+    --both --blockdev --both '{"driver":"qcow2","node-name":"tgt","file":{"driver":"file","filename":"{DIR}/tgt.qcow2"}}' \
+    --both --blockdev --both '{"driver":"qcow2","node-name":"tgt2","file":{"driver":"file","filename":"{DIR}/tgt2.qcow2"}}' \
+    --both --blockdev --both '{"driver":"qcow2","node-name":"small","file":{"driver":"file","filename":"{DIR}/small.qcow2"}}' \
+    --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" \
+    --both --export --both "type=nbd,id=e0,node-name=top,name=e0,writable=on" || fail "vbd-daemon and qemu-storage-daemon differ"
