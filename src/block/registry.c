@@ -20,6 +20,7 @@ extern const struct vbd_driver *const vbd_driver_vpc;
 extern const struct vbd_driver *const vbd_driver_throttle;
 extern const struct vbd_driver *const vbd_driver_blkdebug;
 extern const struct vbd_driver *const vbd_driver_copy_on_read;
+extern const struct vbd_driver *const vbd_driver_quorum;
 extern const struct vbd_driver *const vbd_driver_vmdk;
 extern const struct vbd_driver *const vbd_driver_vhdx;
 extern const struct vbd_driver *const vbd_driver_bochs;
@@ -45,6 +46,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_throttle,
     &vbd_driver_blkdebug,
     &vbd_driver_copy_on_read,
+    &vbd_driver_quorum,
     &vbd_driver_vmdk,
     &vbd_driver_vhdx,
     &vbd_driver_bochs,
