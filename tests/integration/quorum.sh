@@ -16,6 +16,66 @@ step "QMP and NBD: replies, data and events equal to qemu-storage-daemon's"
 QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-quorum.jsonl" \
     --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" || fail "qmpdiff found differences (above)"
 
+step "a guest reading a corrupted range over and over: QUORUM_REPORT_BAD at most once a second, as qemu-storage-daemon"
+# 50 reads in one qemu-io; both daemons must hold the events back (QEMU:
+# the first at once, the latest of each second when it ends). The count
+# depends on how long the reads take on a loaded host: asserted is only that
+# it is far below one per read, on both.
+for d in q v; do
+    mkdir -p "$T/rl$d"
+    for x in a b c; do must qemu-img create -q -f raw "$T/rl$d/$x.img" 1M; done
+    must qemu-io -f raw -c "write -P 0x66 0 64k" "$T/rl$d/c.img" >/dev/null
+done
+python3 - "$VBD_ROOT/tests/qmp" "$T" "$VBD_DAEMON" <<'PY' || fail "event rate limit (above)"
+import os, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from qmp import QMP
+T, vbd = sys.argv[2], sys.argv[3]
+counts = {}
+for d, binary in (("q", "qemu-storage-daemon"), ("v", vbd)):
+    dd = f"{T}/rl{d}"
+    args = [binary, "--chardev", f"socket,id=m,path={dd}/qmp.sock,server=on,wait=off", "--monitor", "chardev=m",
+            "--nbd-server", f"addr.type=unix,addr.path={dd}/nbd.sock"]
+    for x in "abc":
+        args += ["--blockdev", f"driver=file,node-name=f{x},filename={dd}/{x}.img"]
+    args += ["--blockdev", '{"driver":"quorum","node-name":"q","children":["fa","fb","fc"],"vote-threshold":2}',
+             "--export", "type=nbd,id=e,node-name=q,name=q"]
+    p = subprocess.Popen(args, stderr=open(f"{dd}/daemon.log", "w"))
+    try:
+        for _ in range(600):
+            if os.path.exists(f"{dd}/qmp.sock"):
+                break
+            time.sleep(0.05)
+        m = QMP(f"{dd}/qmp.sock")
+        m.execute("qmp_capabilities")
+        cmds = []
+        for _ in range(50):
+            cmds += ["-c", "read -P 0 0 4k"]
+        r = subprocess.run(["qemu-io", "-f", "raw", "-r", f"nbd+unix:///q?socket={dd}/nbd.sock"] + cmds,
+                           capture_output=True, text=True)
+        if r.stdout.count("read 4096/4096") != 50:
+            sys.exit(f"{binary}: not 50 good reads: {r.stdout[-300:]}{r.stderr}")
+        n = 0
+        try:
+            while True:  # the last one comes at most a second after the reads
+                ev = m.wait_event("QUORUM_REPORT_BAD", timeout=2.5)
+                if ev["data"]["node-name"] != "fc":
+                    sys.exit(f"{binary}: {ev}")
+                n += 1
+        except (TimeoutError, OSError):
+            pass
+        counts[binary] = n
+    finally:
+        p.terminate()
+        rc = p.wait()
+    log = open(f"{dd}/daemon.log").read()
+    if rc != 0 or "Sanitizer" in log or "runtime error" in log:
+        sys.exit(f"{binary} exited {rc}: {log}")
+print("    QUORUM_REPORT_BAD events for 50 bad reads:", counts)
+if any(n < 1 or n > 10 for n in counts.values()):
+    sys.exit("expected between 1 and 10 on both")
+PY
+
 step "qcow2 children: writes reach all three, a majority outvotes a corrupted one (vbd-io)"
 for x in a b c; do must qemu-img create -q -f qcow2 "$T/$x.qcow2" 4M; done
 Q="driver=quorum,vote-threshold=2"
