@@ -391,7 +391,7 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
         const char *ref = json_object_get_string(v);
         struct vbd_node *c = vbd_node_find(ref);
         if (!c) {
-            vbd_error_setf(err, ENOENT, "Cannot find device='' nor node-name='%s'", ref);
+            vbd_error_setf(err, ENOENT, "Cannot find device='%s' nor node-name='%s'", ref, ref);
             json_object_put(v);
             return NULL;
         }

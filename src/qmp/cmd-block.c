@@ -72,6 +72,11 @@ static const struct key_type generic_format_keys[] = {{"file", "ref"}, {NULL, NU
 static const struct key_type generic_cow_format_keys[] = {{"file", "ref"}, {"backing", "ref-or-null"}, {NULL, NULL}};
 /* BlockdevOptionsThrottle and BlockdevOptionsBlkdebug */
 static const struct key_type throttle_keys[] = {{"throttle-group", "str"}, {"file", "ref"}, {NULL, NULL}};
+/* BlockdevOptionsQuorum: children is a list of BlockdevRef */
+static const struct key_type quorum_keys[] = {
+    {"blkverify", "bool"}, {"children", "refs"}, {"vote-threshold", "int"}, {"rewrite-corrupted", "bool"},
+    {"read-pattern", "enum:quorum,fifo"}, {NULL, NULL},
+};
 static const struct key_type cor_keys[] = {{"file", "ref"}, {"bottom", "str"}, {NULL, NULL}};
 /* BlockdevOptionsCbw and BlockdevOptionsGenericFormat (snapshot-access) */
 static const struct key_type cbw_keys[] = {
@@ -91,7 +96,7 @@ static const struct {
     {"null-aio", null_keys}, {"nbd", nbd_keys}, {"rbd", rbd_keys}, {"iscsi", iscsi_keys}, {"raw", raw_keys}, {"qcow2", qcow2_keys},
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
     {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
-    {"copy-on-read", cor_keys}, {"vmdk", generic_cow_format_keys},
+    {"copy-on-read", cor_keys}, {"quorum", quorum_keys}, {"vmdk", generic_cow_format_keys},
     {"copy-before-write", cbw_keys}, {"snapshot-access", generic_format_keys},
     {"vhdx", generic_format_keys},
     {"bochs", generic_format_keys}, {"cloop", generic_format_keys}, {"dmg", generic_format_keys},
@@ -120,6 +125,8 @@ static const char *expected_word(const char *type)
         return "boolean";
     if (!strcmp(type, "ref") || !strcmp(type, "ref-or-null"))
         return "BlockdevRef";
+    if (!strcmp(type, "refs"))
+        return "array";
     return "object";
 }
 
@@ -157,6 +164,8 @@ static bool check_value(const char *path, const char *type, struct json_object *
         ok = !strcmp(have, "str") || !strcmp(have, "obj") || !strcmp(have, "null");
     else if (!strcmp(type, "cache"))
         ok = !strcmp(have, "obj");
+    else if (!strcmp(type, "refs"))
+        ok = !strcmp(have, "array");
     else
         ok = !strcmp(have, type);
     if (!ok) {
@@ -181,6 +190,14 @@ static bool check_value(const char *path, const char *type, struct json_object *
                 return false;
             }
             if (!check_value(sub, kt->type, cv, err))
+                return false;
+        }
+    }
+    if (!strcmp(type, "refs")) {
+        for (size_t i = 0; i < json_object_array_length(v); i++) {
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+            if (!check_value(sub, "ref", json_object_array_get_idx(v, i), err))
                 return false;
         }
     }
@@ -234,6 +251,13 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vb
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%simage' is missing", prefix);
         return false;
     }
+    /* QEMU's schema makes these mandatory too (quorum) */
+    static const char *const required[] = {"children", "vote-threshold"};
+    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
+        if (find_key(keys, required[i]) && !json_object_object_get_ex(o, required[i], NULL)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s%s' is missing", prefix, required[i]);
+            return false;
+        }
     if (find_key(keys, "throttle-group") && !json_object_object_get_ex(o, "throttle-group", NULL)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sthrottle-group' is missing", prefix);
         return false;

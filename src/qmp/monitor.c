@@ -29,6 +29,7 @@
 #include "qmp/monitor.h"
 
 #include "util/socket.h"
+#include "vbd/alloc.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
@@ -449,6 +450,97 @@ static struct pending_event *events_head, **events_tail = &events_head;
 static bool events_bh_scheduled;
 static struct vbd_bh events_bh;
 
+static void broadcast(struct json_object *msg)
+{
+    size_t len;
+    char *s = json_line(msg, &len);
+    for (struct qmp_monitor *mon = monitors; s && mon; mon = mon->next)
+        if (mon->client && mon->client->negotiated)
+            client_queue(mon->client, s, len, true);
+    free(s);
+}
+
+/*
+ * Events a guest can raise as often as it likes (a quorum child read over
+ * and over) go out at most once a second, as QEMU's
+ * monitor_qapi_event_conf: the first at once, and the latest of those that
+ * come within the second when it ends (the ones between are dropped).
+ * QUORUM_REPORT_BAD is limited per child (node-name), as QEMU's hash.
+ * Main loop only (send_events and the timers).
+ */
+#define EVENT_RATE_NS 1000000000ull
+struct event_limit {
+    char name[32], key[128];
+    struct json_object *pending; /* the latest held back, or NULL */
+    struct vbd_timer timer;
+    struct event_limit *next;
+};
+static struct event_limit *event_limits;
+
+static const char *limit_key(const char *name, struct json_object *msg)
+{
+    if (!strcmp(name, "QUORUM_FAILURE"))
+        return "";
+    if (strcmp(name, "QUORUM_REPORT_BAD"))
+        return NULL;
+    struct json_object *data, *nn;
+    if (json_object_object_get_ex(msg, "data", &data) && json_object_object_get_ex(data, "node-name", &nn))
+        return json_object_get_string(nn);
+    return "";
+}
+
+static void event_limit_end(void *arg)
+{
+    struct event_limit *l = arg;
+    if (l->pending) {
+        /* sent now, and the next second starts */
+        broadcast(l->pending);
+        json_object_put(l->pending);
+        l->pending = NULL;
+        vbd_timer_arm(&l->timer, vbd_clock_ns() + EVENT_RATE_NS);
+        return;
+    }
+    for (struct event_limit **p = &event_limits; *p; p = &(*p)->next)
+        if (*p == l) {
+            *p = l->next;
+            break;
+        }
+    free(l);
+}
+
+/* Takes msg: sent, held back or dropped. */
+static void send_limited(struct json_object *msg)
+{
+    struct json_object *ev;
+    const char *name = json_object_object_get_ex(msg, "event", &ev) ? json_object_get_string(ev) : "";
+    const char *key = limit_key(name, msg);
+    if (!monitors) { /* after vbd_qmp_shutdown: nobody to send to */
+        json_object_put(msg);
+        return;
+    }
+    if (!key) {
+        broadcast(msg);
+        json_object_put(msg);
+        return;
+    }
+    for (struct event_limit *l = event_limits; l; l = l->next)
+        if (!strcmp(l->name, name) && !strcmp(l->key, key)) {
+            json_object_put(l->pending);
+            l->pending = msg;
+            return;
+        }
+    struct event_limit *l = vbd_xcalloc(1, sizeof(*l));
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    snprintf(l->key, sizeof(l->key), "%s", key);
+    l->timer.fn = event_limit_end;
+    l->timer.arg = l;
+    l->next = event_limits;
+    event_limits = l;
+    broadcast(msg);
+    json_object_put(msg);
+    vbd_timer_arm(&l->timer, vbd_clock_ns() + EVENT_RATE_NS);
+}
+
 static void send_events(void *unused)
 {
     pthread_mutex_lock(&events_lock);
@@ -460,13 +552,7 @@ static void send_events(void *unused)
     while (list) {
         struct pending_event *ev = list;
         list = ev->next;
-        size_t len;
-        char *s = json_line(ev->msg, &len);
-        for (struct qmp_monitor *mon = monitors; s && mon; mon = mon->next)
-            if (mon->client && mon->client->negotiated)
-                client_queue(mon->client, s, len, true);
-        free(s);
-        json_object_put(ev->msg);
+        send_limited(ev->msg);
         free(ev);
     }
 }
@@ -724,6 +810,13 @@ void vbd_qmp_shutdown(void)
                 vbd_co_queue_wait(&monitors_done_q);
     }
     /* the events bh may still be scheduled: it finds no monitor */
+    while (event_limits) {
+        struct event_limit *l = event_limits;
+        event_limits = l->next;
+        vbd_timer_cancel(&l->timer);
+        json_object_put(l->pending);
+        free(l);
+    }
     for (struct qmp_monitor *mon = monitors, *next; mon; mon = next) {
         next = mon->next;
         free(mon);

@@ -78,6 +78,13 @@ sys.exit(0 if top == 1 << 20 else 1)" || fail "--drive copy-on-read=on did not c
 step "hostile options: one-line errors"
 overlay h
 must_fail_with "Bottom node 'nope' not found" "$VBD_DAEMON" $(graph h),bottom=nope
+# QEMU 7.2 takes a bottom outside the chain and spins at 100 % CPU,
+# deaf to SIGTERM (bdrv_freeze_backing_chain never meets it): vbd refuses it
 must_fail_with "Bottom node 'nn' is not in the backing chain of 'top'" "$VBD_DAEMON" \
     --blockdev null-co,node-name=nn $(graph h),bottom=nn
+# a filter as bottom: QEMU's words, checked against qemu-storage-daemon
+flt="--object throttle-group,id=g0 --blockdev null-co,node-name=nn --blockdev throttle,node-name=tf,throttle-group=g0,file=nn"
+qerr=$(timeout 60 qemu-storage-daemon $flt $(graph h),bottom=tf 2>&1 </dev/null) && fail "qemu-storage-daemon took a filter as bottom"
+must_fail_with "${qerr##*: }" "$VBD_DAEMON" $flt $(graph h),bottom=tf
+[ "${qerr##*: }" = "Bottom node 'tf' is a filter" ] || fail "qemu-storage-daemon: $qerr"
 echo OK

@@ -27,7 +27,9 @@ Script lines ({DIR} is replaced everywhere):
     ...  # differs: REASON           a trailing marker: a difference on this line
                                      is deliberate (printed, not a failure)
     ...  # exact                     values must be equal too (paths under {DIR}
-                                     are compared as "{DIR}/...")
+                                     are compared as "{DIR}/..."); with
+                                     QMPDIFF_ERROR_TEXT=1 in the environment,
+                                     an error's text too
 The harness sends qmp_capabilities first unless the first request of the
 script is qmp_capabilities itself or a line '#! no-negotiate' is present.
 
@@ -297,6 +299,8 @@ def compare_replies(ra, rb, exact):
         ca, cb = ra["error"].get("class"), rb["error"].get("class")
         if ca != cb:
             out.append(f"error class: qsd {ca}, vbd {cb}")
+        elif exact and os.environ.get("QMPDIFF_ERROR_TEXT") and ra["error"].get("desc") != rb["error"].get("desc"):
+            out.append(f"error text: qsd '{ra['error'].get('desc')}', vbd '{rb['error'].get('desc')}'")
     else:
         compare(ra.get(ka if ka != "event" else "data"), rb.get(kb if kb != "event" else "data"),
                 ka if ka != "event" else "data", exact, out)

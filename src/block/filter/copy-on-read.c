@@ -76,16 +76,23 @@ static int cor_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         return -EINVAL;
     }
     if (bottom) {
-        /* QEMU 7.2 takes a bottom outside the chain and then copies
-         * everything; vbd refuses it, as the user meant something else */
+        /* QEMU 7.2 refuses a missing bottom and a filter with these words;
+         * a bottom outside the chain it takes and then spins forever
+         * freezing the chain (its walk never meets the bottom), so there is
+         * no QEMU wording to match: vbd refuses it. */
         struct vbd_node *b = vbd_node_find(bottom), *m = vbd_node_skip_filters(n->file);
-        while (m && m != b)
-            m = m->backing ? vbd_node_skip_filters(m->backing) : NULL;
         if (!b) {
             vbd_error_setf(err, ENOENT, "Bottom node '%s' not found", bottom);
             free(bottom);
             return -ENOENT;
         }
+        if (b->drv->kind == VBD_DRV_FILTER) {
+            vbd_error_setf(err, EINVAL, "Bottom node '%s' is a filter", bottom);
+            free(bottom);
+            return -EINVAL;
+        }
+        while (m && m != b)
+            m = m->backing ? vbd_node_skip_filters(m->backing) : NULL;
         if (!m) {
             vbd_error_setf(err, EINVAL, "Bottom node '%s' is not in the backing chain of '%s'", bottom,
                            n->file->node_name);

@@ -25,6 +25,7 @@
 #include <json-c/json.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -344,6 +345,65 @@ static void account(struct vbd_throttle_config *c, int is_write, uint64_t bytes)
     }
 }
 
+/* n requests of direction is_write, together `bytes`, each at most
+ * op_size (one operation each): what account() adds for each of them. */
+static void account_many(struct vbd_throttle_config *c, int is_write, uint64_t n, uint64_t bytes)
+{
+    const int bps[2] = {VBD_THR_BPS_TOTAL, is_write ? VBD_THR_BPS_WRITE : VBD_THR_BPS_READ};
+    const int ops[2] = {VBD_THR_OPS_TOTAL, is_write ? VBD_THR_OPS_WRITE : VBD_THR_OPS_READ};
+    for (int i = 0; i < 2; i++) {
+        struct vbd_throttle_bucket *b = &c->b[bps[i]];
+        if (b->avg) {
+            b->level += (double)bytes;
+            if (b->burst_length > 1)
+                b->burst_level += (double)bytes;
+        }
+        b = &c->b[ops[i]];
+        if (b->avg) {
+            b->level += (double)n;
+            if (b->burst_length > 1)
+                b->burst_level += (double)n;
+        }
+    }
+}
+
+/* What bucket b can still take before a request would have to wait:
+ * bucket_wait() is 0 while level <= size (and burst_level <= burst size). */
+static double bucket_room(const struct vbd_throttle_bucket *b)
+{
+    if (!b->avg)
+        return 1e30;
+    double size = b->max ? (double)b->max * (double)b->burst_length : (double)b->avg / 10;
+    double room = size - b->level;
+    if (b->burst_length > 1) {
+        double burst = (double)b->max / 10 - b->burst_level;
+        if (burst < room)
+            room = burst;
+    }
+    return room;
+}
+
+/* ---------- the lock-free path ----------
+ * A request that the limits are far from holding back need not take the
+ * group's lock, read the precise clock and walk six buckets: under the
+ * lock, after a request went through, each direction is granted a credit
+ * of operations and bytes that many more requests can take with one
+ * compare-and-swap, chosen so that none of them could have been held by
+ * QEMU's model: the room left in each bucket it fills (shared buckets, the
+ * totals, split between the two directions), without counting what the
+ * buckets leak meanwhile. It is good for one tick of the coarse clock
+ * (4 ms at HZ=250); the next request under the lock (a new tick, a request
+ * the credit does not cover, the timer) takes back what is left, accounts
+ * what was used as of the tick it was granted in, and grants again. The
+ * levels thus lag QEMU's by at most one tick's leak. A request larger than
+ * iops-size (more than one operation) always takes the lock. */
+#define CREDIT_BYTES_BITS 40
+#define CREDIT(ops, bytes) (((uint64_t)(ops) << CREDIT_BYTES_BITS) | (uint64_t)(bytes))
+#define CREDIT_OPS(c) ((c) >> CREDIT_BYTES_BITS)
+#define CREDIT_BYTES(c) ((c) & ((1ull << CREDIT_BYTES_BITS) - 1))
+#define CREDIT_OPS_MAX ((1ull << (64 - CREDIT_BYTES_BITS)) - 1)
+#define CREDIT_BYTES_MAX ((1ull << CREDIT_BYTES_BITS) - 1)
+
 /* ---------- groups ---------- */
 
 struct waiter {
@@ -377,6 +437,14 @@ struct group {
     bool bh_pending;
     uint64_t bh_deadline;
     bool dead; /* removed while its bottom half was pending: the bh frees it */
+    /* The lock-free path (vbd_throttle_co_intercept): credit[d] is what
+     * requests of direction d may take without the lock during the
+     * coarse-clock tick credit_tick, packed as CREDIT(ops, bytes); granted[d]
+     * what was handed out (under the lock). */
+    _Atomic uint64_t credit[2];
+    _Atomic uint64_t credit_tick;
+    _Atomic uint64_t op_size; /* cfg.op_size, for the lock-free path */
+    uint64_t granted[2];
     struct group *next;
 };
 
@@ -428,12 +496,56 @@ static struct vbd_throttle_member *next_queued(struct group *g, int d)
     return NULL;
 }
 
+/* g->lock held: take back the credit; what was used goes into the buckets
+ * as of the tick it was granted in. */
+static void reconcile(struct group *g)
+{
+    for (int d = 0; d < 2; d++) {
+        if (!g->granted[d])
+            continue;
+        uint64_t left = atomic_exchange(&g->credit[d], 0);
+        uint64_t ops = CREDIT_OPS(g->granted[d]) - CREDIT_OPS(left);
+        uint64_t bytes = CREDIT_BYTES(g->granted[d]) - CREDIT_BYTES(left);
+        g->granted[d] = 0;
+        if (ops) {
+            leak(&g->cfg, &g->previous_leak, atomic_load_explicit(&g->credit_tick, memory_order_relaxed));
+            account_many(&g->cfg, d, ops, bytes);
+        }
+    }
+}
+
+/* g->lock held, the credit taken back: grant the rooms left, for the
+ * coarse tick `tick`, to each direction that has nothing queued. */
+static void grant(struct group *g, uint64_t tick)
+{
+    atomic_store_explicit(&g->credit_tick, tick, memory_order_relaxed);
+    for (int d = 0; d < 2; d++) {
+        if (g->queued[d])
+            continue;
+        const struct vbd_throttle_config *c = &g->cfg;
+        double ops = bucket_room(&c->b[VBD_THR_OPS_TOTAL]) / 2, bytes = bucket_room(&c->b[VBD_THR_BPS_TOTAL]) / 2;
+        double o = bucket_room(&c->b[d ? VBD_THR_OPS_WRITE : VBD_THR_OPS_READ]);
+        double b = bucket_room(&c->b[d ? VBD_THR_BPS_WRITE : VBD_THR_BPS_READ]);
+        if (o < ops)
+            ops = o;
+        if (b < bytes)
+            bytes = b;
+        if (ops < 1 || bytes < 1)
+            continue;
+        uint64_t no = ops >= (double)CREDIT_OPS_MAX ? CREDIT_OPS_MAX : (uint64_t)ops;
+        uint64_t nb = bytes >= (double)CREDIT_BYTES_MAX ? CREDIT_BYTES_MAX : (uint64_t)bytes;
+        g->granted[d] = CREDIT(no, nb);
+        atomic_store_explicit(&g->credit[d], g->granted[d], memory_order_release);
+    }
+}
+
 /* g->lock held: let through every queued request the buckets allow, in
  * round-robin order over the members; returns when the next one may go
  * (0: nothing left waiting). */
 static uint64_t dispatch(struct group *g)
 {
     uint64_t now = vbd_clock_ns(), next = 0;
+    reconcile(g);
     for (int d = 0; d < 2; d++) {
         while (g->queued[d]) {
             leak(&g->cfg, &g->previous_leak, now);
@@ -498,6 +610,7 @@ static struct group *group_new(const char *name, const struct vbd_throttle_confi
     g->object = object;
     pthread_mutex_init(&g->lock, NULL);
     g->cfg = *cfg;
+    atomic_store_explicit(&g->op_size, cfg->op_size, memory_order_relaxed);
     for (int i = 0; i < VBD_THR_BUCKETS; i++)
         g->cfg.b[i].level = g->cfg.b[i].burst_level = 0;
     g->previous_leak = vbd_clock_ns();
@@ -591,7 +704,9 @@ bool vbd_throttle_group_get(const char *name, struct vbd_throttle_config *cfg)
 static void set_config(struct group *g, const struct vbd_throttle_config *cfg)
 {
     pthread_mutex_lock(&g->lock);
+    reconcile(g); /* the credit was measured against the old limits */
     g->cfg = *cfg;
+    atomic_store_explicit(&g->op_size, cfg->op_size, memory_order_relaxed);
     /* as QEMU's throttle_config(): the buckets start empty */
     for (int i = 0; i < VBD_THR_BUCKETS; i++)
         g->cfg.b[i].level = g->cfg.b[i].burst_level = 0;
@@ -683,11 +798,33 @@ static uint64_t coarse_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* The lock-free path: true if the credit of this tick covers the request. */
+static bool take_credit(struct group *g, int d, uint64_t bytes)
+{
+    if (bytes > CREDIT_BYTES_MAX)
+        return false;
+    uint64_t c = atomic_load_explicit(&g->credit[d], memory_order_acquire);
+    if (!c || coarse_ns() != atomic_load_explicit(&g->credit_tick, memory_order_relaxed))
+        return false;
+    do {
+        if (!CREDIT_OPS(c) || CREDIT_BYTES(c) < bytes)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&g->credit[d], &c, c - CREDIT(1, bytes), memory_order_acq_rel,
+                                                    memory_order_acquire));
+    return true;
+}
+
 void vbd_throttle_co_intercept(struct vbd_throttle_member *m, bool is_write, uint64_t bytes)
 {
     struct group *g = m->g;
     int d = is_write;
+    /* op_size changes only with the limits, which take the credit back */
+    uint64_t op_size = atomic_load_explicit(&g->op_size, memory_order_relaxed);
+    bool one_op = !op_size || bytes <= op_size;
+    if (one_op && take_credit(g, d, bytes))
+        return;
     pthread_mutex_lock(&g->lock);
+    reconcile(g);
     uint64_t now = 0, w = 0;
     if (!g->queued[d]) {
         /* The usual case of limits not reached is decided on the coarse
@@ -695,9 +832,11 @@ void vbd_throttle_co_intercept(struct vbd_throttle_member *m, bool is_write, uin
          * misses is leaked at the next reading), so a request it lets
          * through the precise clock would let through too; one it would
          * hold is looked at again with the precise clock. */
-        leak(&g->cfg, &g->previous_leak, coarse_ns());
+        uint64_t tick = coarse_ns();
+        leak(&g->cfg, &g->previous_leak, tick);
         if (!wait_for(&g->cfg, d)) {
             account(&g->cfg, d, bytes);
+            grant(g, tick);
             pthread_mutex_unlock(&g->lock);
             return;
         }
@@ -706,6 +845,7 @@ void vbd_throttle_co_intercept(struct vbd_throttle_member *m, bool is_write, uin
         w = wait_for(&g->cfg, d);
         if (!w) {
             account(&g->cfg, d, bytes);
+            grant(g, tick);
             pthread_mutex_unlock(&g->lock);
             return;
         }

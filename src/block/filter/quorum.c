@@ -1,0 +1,626 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Filter driver "quorum" (QEMU's block/quorum.c, options as QEMU 7.2's
+ * BlockdevOptionsQuorum): N children holding the same data. Writes go to
+ * every child at once and succeed when at least vote-threshold children
+ * took them. Reads (read-pattern=quorum) read every child at once and
+ * vote: children whose data is byte for byte the same form a version, the
+ * version with most votes wins if it has at least vote-threshold of them;
+ * the children outside it are reported with QUORUM_REPORT_BAD and, with
+ * rewrite-corrupted, given the winner's data. No quorum: QUORUM_FAILURE
+ * and EIO. A child failing with an I/O error is reported and simply has no
+ * vote, so the node works on while a quorum of children is left.
+ * read-pattern=fifo reads the first child that answers without error.
+ *
+ * Ties go as QEMU's: among versions with the same count the one the
+ * highest-indexed child first voted for wins, and reports come in QEMU's
+ * order (its lists are built at the head): by version, newest first, and
+ * within one by child, highest index first.
+ *
+ * The children are not file/backing, so the graph walks that move nodes
+ * between loops do not see them: the node keeps the loop it was opened on
+ * (VBD_DRV_CAP_FIXED_LOOP), and its requests run there, one loop, so the
+ * per-request state needs no lock. Each request allocates its children's
+ * read buffers (bytes a client chose: -ENOMEM fails that request only).
+ */
+#include "vbd/alloc.h"
+#include "vbd/block.h"
+#include "vbd/error.h"
+#include "vbd/options.h"
+#include "vbd/qmp.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct quorum_state {
+    struct vbd_node **children;
+    int nchildren;
+    int threshold;
+    bool rewrite_corrupted;
+    bool fifo;
+};
+
+enum qop { QOP_READ, QOP_WRITE, QOP_ZEROES };
+
+/* One request through the quorum: what every child does, and its result. */
+struct qreq {
+    struct vbd_node *n;
+    enum qop op;
+    uint64_t off, bytes;
+    struct vbd_qiov *qiov;
+    size_t qoff;
+    unsigned flags;
+    uint8_t **buf; /* reads: one buffer per child; rewrites: buf[0] is the winner's data */
+    int *ret;
+    int success, running;
+    bool quiet; /* rewrites: a failure is not reported */
+    struct vbd_co_queue done;
+};
+
+struct qchild {
+    struct qreq *r;
+    int idx;
+};
+
+/* ---------- events (qapi/block-core.json) ---------- */
+
+static void report_bad(const char *type, uint64_t off, uint64_t bytes, const char *node_name, int ret)
+{
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "type", json_object_new_string(type));
+    if (ret < 0)
+        json_object_object_add(d, "error", json_object_new_string(strerror(-ret)));
+    json_object_object_add(d, "node-name", json_object_new_string(node_name));
+    uint64_t start = off / 512, end = (off + bytes + 511) / 512;
+    json_object_object_add(d, "sector-num", json_object_new_int64((int64_t)start));
+    json_object_object_add(d, "sectors-count", json_object_new_int64((int64_t)(end - start)));
+    vbd_qmp_event("QUORUM_REPORT_BAD", d);
+}
+
+static void report_failure(struct qreq *r)
+{
+    struct json_object *d = json_object_new_object();
+    uint64_t start = r->off / 512, end = (r->off + r->bytes + 511) / 512;
+    json_object_object_add(d, "reference", json_object_new_string(r->n->node_name));
+    json_object_object_add(d, "sector-num", json_object_new_int64((int64_t)start));
+    json_object_object_add(d, "sectors-count", json_object_new_int64((int64_t)(end - start)));
+    vbd_qmp_event("QUORUM_FAILURE", d);
+}
+
+/* ---------- options ---------- */
+
+/* vote-threshold comes as a JSON integer or a keyval string; QEMU words
+ * every bad value the same way. */
+static int take_threshold(struct json_object *opts, int *out, struct vbd_error **err)
+{
+    struct json_object *v = vbd_opt_get(opts, "vote-threshold");
+    if (!v) {
+        vbd_error_setf(err, EINVAL, "Parameter 'vote-threshold' is missing");
+        return -EINVAL;
+    }
+    long long t = 0;
+    if (json_object_is_type(v, json_type_int)) {
+        t = json_object_get_int64(v);
+    } else if (json_object_is_type(v, json_type_string)) {
+        const char *s = json_object_get_string(v);
+        char *end;
+        errno = 0;
+        t = strtoll(s, &end, 0);
+        if (!*s || *end || errno) {
+            vbd_error_setf(err, EINVAL, "Parameter 'vote-threshold' expects a number");
+            return -EINVAL;
+        }
+    } else {
+        vbd_error_setf(err, EINVAL, "Invalid parameter type for 'vote-threshold', expected: integer");
+        return -EINVAL;
+    }
+    json_object_object_del(opts, "vote-threshold");
+    *out = t < 0 ? 0 : t > 1000000 ? 1000000 : (int)t;
+    return 0;
+}
+
+static void quorum_close(struct vbd_node *n)
+{
+    struct quorum_state *s = n->opaque;
+    for (int i = 0; i < s->nchildren; i++)
+        vbd_node_unref(s->children[i]);
+    free(s->children);
+    s->children = NULL;
+    s->nchildren = 0;
+}
+
+static int open_children(struct vbd_node *n, struct json_object *list, int count, unsigned flags,
+                         struct vbd_error **err)
+{
+    struct quorum_state *s = n->opaque;
+    s->children = vbd_xcalloc((size_t)count, sizeof(*s->children));
+    for (int i = 0; i < count; i++) {
+        char key[32], path[48];
+        snprintf(key, sizeof(key), "%d", i);
+        snprintf(path, sizeof(path), "children.%d", i);
+        struct json_object *c = json_object_is_type(list, json_type_array) ? json_object_array_get_idx(list, (size_t)i)
+                                                                           : json_object_object_get(list, key);
+        /* vbd_open_child takes its child by key out of an object */
+        struct json_object *holder = json_object_new_object();
+        json_object_object_add(holder, path, json_object_get(c));
+        s->children[i] = vbd_open_child(n, holder, path, NULL, flags, err);
+        json_object_put(holder);
+        if (!s->children[i])
+            return -EINVAL;
+        s->nchildren = i + 1;
+    }
+    return 0;
+}
+
+static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct quorum_state *s = n->opaque;
+    struct json_object *list = vbd_opt_get(opts, "children");
+    if (!list) {
+        vbd_error_setf(err, EINVAL, "Parameter 'children' is missing");
+        return -EINVAL;
+    }
+    /* keyval gives {"0":...,"1":...}, JSON a list: both as QEMU's qdict array */
+    int count = -1;
+    if (json_object_is_type(list, json_type_array)) {
+        count = (int)json_object_array_length(list);
+    } else if (json_object_is_type(list, json_type_object)) {
+        count = json_object_object_length(list);
+        for (int i = 0; i < count; i++) {
+            char key[32];
+            snprintf(key, sizeof(key), "%d", i);
+            if (!json_object_object_get_ex(list, key, NULL))
+                count = -1;
+        }
+    }
+    if (count < 0) {
+        vbd_error_setf(err, EINVAL, "Option children is not a valid array");
+        return -EINVAL;
+    }
+    if (count < 1) {
+        vbd_error_setf(err, EINVAL, "Number of provided children must be 1 or more");
+        return -EINVAL;
+    }
+    bool blkverify = false;
+    char *pattern = NULL;
+    if (take_threshold(opts, &s->threshold, err) < 0 || vbd_opt_take_bool(opts, "blkverify", &blkverify, err) < 0 ||
+        vbd_opt_take_bool(opts, "rewrite-corrupted", &s->rewrite_corrupted, err) < 0 ||
+        vbd_opt_take_str(opts, "read-pattern", &pattern, err) < 0)
+        return -EINVAL;
+    if (s->threshold < 1) {
+        vbd_error_setf(err, EINVAL, "Parameter 'vote-threshold' expects a value >= 1");
+        free(pattern);
+        return -ERANGE;
+    }
+    if (s->threshold > count) {
+        vbd_error_setf(err, EINVAL, "threshold may not exceed children count");
+        free(pattern);
+        return -ERANGE;
+    }
+    if (pattern && strcmp(pattern, "quorum") && strcmp(pattern, "fifo")) {
+        vbd_error_setf(err, EINVAL, "Parameter 'read-pattern' does not accept value '%s'", pattern);
+        free(pattern);
+        return -EINVAL;
+    }
+    s->fifo = pattern && !strcmp(pattern, "fifo");
+    free(pattern);
+    if (s->fifo) {
+        /* QEMU reads neither with fifo: a lone reader has nobody to vote with */
+        blkverify = false;
+        s->rewrite_corrupted = false;
+    }
+    if (blkverify && (count != 2 || s->threshold != 2)) {
+        vbd_error_setf(err, EINVAL, "blkverify=on can only be set if there are exactly two files and vote-threshold is 2");
+        return -EINVAL;
+    }
+    if (blkverify && s->rewrite_corrupted) {
+        vbd_error_setf(err, EINVAL, "rewrite-corrupted=on cannot be used with blkverify=on");
+        return -EINVAL;
+    }
+    if (blkverify) {
+        /* QEMU's blkverify mode ends the process at the first mismatch: a
+         * debugging aid that has no place in a daemon serving guests */
+        vbd_error_setf(err, ENOTSUP, "quorum: blkverify=on is not supported by vbd");
+        return -ENOTSUP;
+    }
+    list = vbd_opt_take_obj(opts, "children");
+    int rc = open_children(n, list, count, flags, err);
+    json_object_put(list);
+    if (rc < 0)
+        return rc;
+    uint64_t size = vbd_node_size(s->children[0]);
+    for (int i = 1; i < count; i++)
+        if (vbd_node_size(s->children[i]) != size) {
+            vbd_error_setf(err, EIO, "quorum: children differ in size: '%s' has %llu bytes, '%s' %llu",
+                           s->children[0]->node_name, (unsigned long long)size, s->children[i]->node_name,
+                           (unsigned long long)vbd_node_size(s->children[i]));
+            return -EIO;
+        }
+    n->size = size;
+    /* the loosest child's limits: every request reaches every child, and
+     * each child's own entry point aligns and splits for it */
+    n->bl.request_alignment = 1;
+    n->bl.min_mem_alignment = 1;
+    for (int i = 0; i < count; i++) {
+        const struct vbd_limits *l = &s->children[i]->bl;
+        if (l->request_alignment > n->bl.request_alignment)
+            n->bl.request_alignment = l->request_alignment;
+        if (l->min_mem_alignment > n->bl.min_mem_alignment)
+            n->bl.min_mem_alignment = l->min_mem_alignment;
+    }
+    /* FUA is emulated with a flush of every child, as QEMU's quorum lists
+     * no write flag; zeroing keeps the flags every child has */
+    n->supported_write_flags = 0;
+    n->supported_zero_flags = VBD_REQ_FUA | VBD_REQ_MAY_UNMAP | VBD_REQ_NO_FALLBACK;
+    for (int i = 0; i < count; i++)
+        n->supported_zero_flags &= s->children[i]->supported_zero_flags;
+    snprintf(n->filename, sizeof(n->filename), "quorum:%s", s->children[0]->filename);
+    return 0;
+}
+
+static int quorum_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    int rc = do_open(n, opts, flags, err);
+    if (rc < 0)
+        quorum_close(n); /* a failed open is not closed */
+    return rc;
+}
+
+/* ---------- requests on every child at once ---------- */
+
+static void child_entry(void *arg)
+{
+    struct qchild *c = arg;
+    struct qreq *r = c->r;
+    struct quorum_state *s = r->n->opaque;
+    struct vbd_node *child = s->children[c->idx];
+    int rc;
+    switch (r->op) {
+    case QOP_READ:
+        rc = vbd_node_co_pread(child, r->off, r->buf[c->idx], r->bytes);
+        break;
+    case QOP_WRITE:
+        rc = vbd_node_co_pwritev(child, r->off, r->bytes, r->qiov, r->qoff, r->flags);
+        break;
+    default:
+        rc = vbd_node_co_pwrite_zeroes(child, r->off, r->bytes, r->flags);
+        break;
+    }
+    r->ret[c->idx] = rc;
+    if (rc == 0)
+        r->success++;
+    else if (!r->quiet)
+        report_bad(r->op == QOP_READ ? "read" : "write", r->off, r->bytes, child->node_name, rc);
+    if (--r->running == 0)
+        vbd_co_queue_wake_all(&r->done);
+}
+
+/* Run r->op on the children in mask (all: ~0) in parallel and wait. */
+static void run_children(struct qreq *r, struct qchild *cs, const bool *mask)
+{
+    struct quorum_state *s = r->n->opaque;
+    r->running = 1; /* held until every child is started */
+    for (int i = 0; i < s->nchildren; i++) {
+        if (mask && !mask[i])
+            continue;
+        cs[i] = (struct qchild){r, i};
+        r->running++;
+        vbd_co_wake(vbd_co_create(child_entry, &cs[i]));
+    }
+    r->running--;
+    while (r->running)
+        vbd_co_queue_wait(&r->done);
+}
+
+/* The errno most children failed with (QEMU's quorum_vote_error): ties go
+ * to the error the highest-indexed child saw first. */
+static int vote_error(struct qreq *r)
+{
+    struct quorum_state *s = r->n->opaque;
+    int best = 0, best_count = 0;
+    for (int i = s->nchildren - 1; i >= 0; i--) {
+        if (!r->ret[i])
+            continue;
+        /* a value's weight, counted where it first appears from index 0 */
+        bool first = true;
+        for (int j = 0; j < i; j++)
+            if (r->ret[j] == r->ret[i])
+                first = false;
+        if (!first)
+            continue;
+        int count = 0;
+        for (int j = 0; j < s->nchildren; j++)
+            count += r->ret[j] == r->ret[i];
+        if (count > best_count) {
+            best_count = count;
+            best = r->ret[i];
+        }
+    }
+    return best;
+}
+
+/* Too few children succeeded: QUORUM_FAILURE and the majority's error. */
+static int too_few(struct qreq *r)
+{
+    struct quorum_state *s = r->n->opaque;
+    if (r->success >= s->threshold)
+        return 0;
+    report_failure(r);
+    int e = vote_error(r);
+    return e ? e : -EIO;
+}
+
+static uint64_t hash64(const uint8_t *p, uint64_t len)
+{
+    /* FNV-1a over 8-byte words: only groups candidates, buffers are compared */
+    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    for (; i < len; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Vote among the children that read without error; the winner's index, or
+ * -1 (no quorum). version[i]: the version child i voted for (-1: no vote). */
+static int vote(struct qreq *r, int *version, int *nversions)
+{
+    struct quorum_state *s = r->n->opaque;
+    int first = -1;
+    bool all_same = true;
+    for (int i = 0; i < s->nchildren; i++) {
+        version[i] = -1;
+        if (r->ret[i])
+            continue;
+        if (first < 0)
+            first = i;
+        else if (all_same && memcmp(r->buf[first], r->buf[i], r->bytes))
+            all_same = false;
+    }
+    if (all_same) {
+        for (int i = 0; i < s->nchildren; i++)
+            if (!r->ret[i])
+                version[i] = 0;
+        *nversions = 1;
+        return first;
+    }
+    uint64_t *hash = vbd_xcalloc((size_t)s->nchildren, sizeof(*hash));
+    int *rep = vbd_xcalloc((size_t)s->nchildren, sizeof(*rep)), *count = vbd_xcalloc((size_t)s->nchildren, sizeof(*count));
+    int nv = 0;
+    for (int i = 0; i < s->nchildren; i++) {
+        if (r->ret[i])
+            continue;
+        uint64_t h = hash64(r->buf[i], r->bytes);
+        int v = 0;
+        while (v < nv && !(hash[v] == h && !memcmp(r->buf[rep[v]], r->buf[i], r->bytes)))
+            v++;
+        if (v == nv) {
+            hash[nv] = h;
+            rep[nv] = i;
+            count[nv++] = 0;
+        }
+        count[v]++;
+        version[i] = v;
+    }
+    int win = -1, max = 0;
+    for (int v = nv - 1; v >= 0; v--) /* QEMU's list is newest first, strictly greater wins */
+        if (count[v] > max) {
+            max = count[v];
+            win = v;
+        }
+    int winner = max >= s->threshold ? rep[win] : -1;
+    free(hash);
+    free(rep);
+    free(count);
+    *nversions = nv;
+    return winner;
+}
+
+static int read_quorum(struct qreq *r)
+{
+    struct quorum_state *s = r->n->opaque;
+    int nc = s->nchildren;
+    size_t align = r->n->bl.min_mem_alignment > 4096 ? r->n->bl.min_mem_alignment : 4096;
+    r->buf = calloc((size_t)nc, sizeof(*r->buf));
+    struct qchild *cs = calloc((size_t)nc, sizeof(*cs));
+    int *version = calloc((size_t)nc, sizeof(*version));
+    int rc = (r->buf && cs && version) ? 0 : -ENOMEM;
+    for (int i = 0; i < nc && rc == 0; i++)
+        if (posix_memalign((void **)&r->buf[i], align, r->bytes))
+            rc = -ENOMEM;
+    if (rc < 0)
+        goto out;
+    run_children(r, cs, NULL);
+    rc = too_few(r);
+    if (rc < 0)
+        goto out;
+    int nv = 0, winner = vote(r, version, &nv);
+    if (winner < 0) {
+        report_failure(r);
+        rc = -EIO;
+        goto out;
+    }
+    vbd_iov_from_buf(r->qiov->iov, r->qiov->niov, r->qoff, r->buf[winner], r->bytes);
+    if (nv == 1)
+        goto out;
+    int wv = version[winner];
+    bool *bad = vbd_xcalloc((size_t)nc, sizeof(*bad));
+    for (int v = nv - 1; v >= 0; v--) {
+        if (v == wv)
+            continue;
+        for (int i = nc - 1; i >= 0; i--)
+            if (version[i] == v) {
+                report_bad("read", r->off, r->bytes, s->children[i]->node_name, 0);
+                bad[i] = true;
+            }
+    }
+    if (s->rewrite_corrupted) {
+        /* in parallel, errors ignored: a correction attempt changes
+         * nothing for the reader (QEMU's quorum_rewrite_entry) */
+        struct iovec one = {r->buf[winner], r->bytes};
+        struct vbd_qiov wq = {&one, 1, r->bytes};
+        struct qreq w = {.n = r->n, .op = QOP_WRITE, .off = r->off, .bytes = r->bytes, .qiov = &wq, .ret = r->ret,
+                         .quiet = true};
+        w.done = (struct vbd_co_queue)VBD_CO_QUEUE_INIT;
+        run_children(&w, cs, bad);
+    }
+    free(bad);
+out:
+    for (int i = 0; r->buf && i < nc; i++)
+        free(r->buf[i]);
+    free(r->buf);
+    free(cs);
+    free(version);
+    return rc;
+}
+
+static int read_fifo(struct qreq *r)
+{
+    struct quorum_state *s = r->n->opaque;
+    int rc = -EIO;
+    for (int i = 0; i < s->nchildren; i++) {
+        rc = vbd_node_co_preadv(s->children[i], r->off, r->bytes, r->qiov, r->qoff, 0);
+        if (rc == 0)
+            break;
+        report_bad("read", r->off, r->bytes, s->children[i]->node_name, rc);
+    }
+    return rc;
+}
+
+static int quorum_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                         unsigned flags)
+{
+    struct quorum_state *s = n->opaque;
+    int *ret = calloc((size_t)s->nchildren, sizeof(*ret));
+    if (!ret)
+        return -ENOMEM;
+    struct qreq r = {.n = n, .op = QOP_READ, .off = off, .bytes = bytes, .qiov = q, .qoff = qoff, .flags = flags,
+                     .ret = ret};
+    r.done = (struct vbd_co_queue)VBD_CO_QUEUE_INIT;
+    int rc = s->fifo ? read_fifo(&r) : read_quorum(&r);
+    free(ret);
+    return rc;
+}
+
+static int write_all(struct vbd_node *n, enum qop op, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                     unsigned flags)
+{
+    struct quorum_state *s = n->opaque;
+    int *ret = calloc((size_t)s->nchildren, sizeof(*ret));
+    struct qchild *cs = calloc((size_t)s->nchildren, sizeof(*cs));
+    int rc = -ENOMEM;
+    if (ret && cs) {
+        struct qreq r = {.n = n, .op = op, .off = off, .bytes = bytes, .qiov = q, .qoff = qoff, .flags = flags,
+                         .ret = ret};
+        r.done = (struct vbd_co_queue)VBD_CO_QUEUE_INIT;
+        run_children(&r, cs, NULL);
+        rc = too_few(&r);
+    }
+    free(ret);
+    free(cs);
+    return rc;
+}
+
+static int quorum_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                          unsigned flags)
+{
+    return write_all(n, QOP_WRITE, off, bytes, q, qoff, flags);
+}
+
+static int quorum_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    return write_all(n, QOP_ZEROES, off, bytes, NULL, 0, flags);
+}
+
+/* One child after the other, as QEMU; success when enough children flushed. */
+static int quorum_flush(struct vbd_node *n)
+{
+    struct quorum_state *s = n->opaque;
+    int *ret = vbd_xcalloc((size_t)s->nchildren, sizeof(*ret));
+    int ok = 0;
+    for (int i = 0; i < s->nchildren; i++) {
+        ret[i] = vbd_node_co_flush(s->children[i]);
+        if (ret[i])
+            report_bad("flush", 0, 0, s->children[i]->node_name, ret[i]);
+        else
+            ok++;
+    }
+    struct qreq r = {.n = n, .ret = ret, .success = ok};
+    int rc = ok >= s->threshold ? 0 : vote_error(&r);
+    free(ret);
+    return rc;
+}
+
+/* Data if any child has data there (the longest such run), zeroes only
+ * where every child reads zeroes (the shortest run): QEMU's answer. */
+static int quorum_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                               uint64_t *map, struct vbd_node **file)
+{
+    struct quorum_state *s = n->opaque;
+    uint64_t pzero = bytes, pdata = 0;
+    (void)map, (void)file;
+    for (int i = 0; i < s->nchildren; i++) {
+        uint64_t got = 0;
+        int rc = vbd_node_co_block_status_above(s->children[i], NULL, want_zero, off, bytes, &got, NULL, NULL, NULL);
+        if (rc < 0) {
+            report_bad("read", off, bytes, s->children[i]->node_name, rc);
+            pdata = bytes;
+            break;
+        }
+        if (got == 0 || got > bytes)
+            got = bytes;
+        if (rc & VBD_BS_ZERO) {
+            if (got < pzero)
+                pzero = got;
+        } else if (got > pdata) {
+            pdata = got;
+        }
+    }
+    if (pdata) {
+        *pnum = pdata;
+        return VBD_BS_DATA;
+    }
+    *pnum = pzero;
+    return VBD_BS_ZERO;
+}
+
+static int quorum_refresh_size(struct vbd_node *n)
+{
+    struct quorum_state *s = n->opaque;
+    uint64_t size = vbd_node_size(s->children[0]);
+    for (int i = 1; i < s->nchildren; i++)
+        if (vbd_node_size(s->children[i]) != size)
+            return -EIO;
+    vbd_node_set_size(n, size);
+    return 0;
+}
+
+static int quorum_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
+{
+    (void)n, (void)rw, (void)err;
+    return 0;
+}
+
+static const struct vbd_driver quorum_driver = {
+    .name = "quorum",
+    .kind = VBD_DRV_FILTER,
+    .state_size = sizeof(struct quorum_state),
+    .caps = VBD_DRV_CAP_FIXED_LOOP,
+    .open = quorum_open,
+    .close = quorum_close,
+    .co_preadv = quorum_preadv,
+    .co_pwritev = quorum_pwritev,
+    .co_flush = quorum_flush,
+    .co_pwrite_zeroes = quorum_pwrite_zeroes,
+    .co_block_status = quorum_block_status,
+    .refresh_size = quorum_refresh_size,
+    .reopen_rw = quorum_reopen_rw,
+};
+VBD_DRIVER_REGISTER(quorum, quorum_driver);
