@@ -352,7 +352,7 @@ static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes,
 {
     /* The common request in one test: a multi-loop node that needs no
      * alignment, tracking or splitting, a request inside it, and for a
-     * write no job hook, no threshold and no flag to emulate. What the
+     * write no job hook, no dirty bitmap, no threshold and no flag to emulate. What the
      * path below would do with it is exactly the driver call, so it is
      * made here; its checks cost as much as the driver call itself for a
      * filter passing requests to its file (a throttle node's second pass
@@ -366,7 +366,8 @@ static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes,
             return drv->co_preadv(n, off, bytes, q, qoff, 0);
         }
         if (write && drv->co_pwritev && !n->read_only && !(flags & ~n->supported_write_flags) &&
-            !__atomic_load_n(&n->write_hook, __ATOMIC_ACQUIRE) && !__atomic_load_n(&n->write_threshold, __ATOMIC_RELAXED)) {
+            !__atomic_load_n(&n->write_hook, __ATOMIC_ACQUIRE) && !vbd_node_has_dirty_bitmaps(n) &&
+            !__atomic_load_n(&n->write_threshold, __ATOMIC_RELAXED)) {
             assert(vbd_in_co());
             return drv->co_pwritev(n, off, bytes, q, qoff, flags);
         }
