@@ -1306,7 +1306,9 @@ static int64_t vmdk_allocated_size(struct vbd_node *n)
 }
 
 /* As qemu-img: every allocated grain must start inside its file; the
- * first one that does not ends the check with one corruption. No cluster
+ * first one that does not ends the check with one corruption and fails it
+ * (qemu-img: "Check failed: Invalid argument", or "Operation not
+ * permitted" when a table cannot be read: its internal -1). No cluster
  * counts: qemu-img reports none for vmdk. */
 static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
@@ -1333,7 +1335,7 @@ static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsig
                         (e->start + first * e->grain) / SECTOR);
                 res->corruptions++;
                 free(t);
-                return 0;
+                return -EPERM;
             }
             for (uint64_t j = 0; j < cnt; j++) {
                 uint32_t v = le32toh(t[j]);
@@ -1344,7 +1346,7 @@ static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsig
                             (e->start + (first + j) * e->grain) / SECTOR);
                     res->corruptions++;
                     free(t);
-                    return 0;
+                    return -EINVAL;
                 }
             }
         }
