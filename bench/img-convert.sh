@@ -1,12 +1,14 @@
 #!/bin/bash
 # vbd-img convert vs qemu-img convert of a 2 GiB raw image with data,
 # written zeroes and holes (as ../shared/bench/img-convert.sh lays it
-# out), raw -> raw. Ratio = qemu time / vbd time (>1: vbd faster).
+# out), raw -> raw and raw -> qcow2. Ratio = qemu time / vbd time (>1: vbd
+# faster); "cpu" is user+system seconds of the tool (all its threads), which
+# compares across hosts better than the wall time.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 DIRS=${*:-/dev/shm /var/tmp}
 echo "machine: $(machine); medians of $REPS runs"
-printf '%-10s %-26s %9s %9s %7s %10s %10s\n' where case "vbd s" "qemu s" ratio "vbd MiB" "qemu MiB"
+printf '%-10s %-26s %9s %9s %7s %9s %9s %9s %9s\n' where case "vbd s" "qemu s" ratio "vbd cpu" "qemu cpu" "vbd MiB" "qemu MiB"
 for d in $DIRS; do
     src=$d/vbd-conv-src-$$.raw
     trap 'rm -f "$src" "$d"/vbd-conv-out-$$*' EXIT
@@ -21,21 +23,31 @@ for i in range(512):
     os.pwrite(fd, zero, i * 4 * M + M)
 os.close(fd)
 PY
-    for case in "raw->raw|-f raw -O raw" "raw->raw -m 16 -W|-f raw -O raw -m 16 -W" "raw->raw -t none|-f raw -O raw -t none -T none"; do
-        label=${case%%|*} args=${case#*|}
-        v=() q=()
+    # wall and cpu (user+sys) seconds of one run of "$@"
+    timed() {
+        local t=$d/vbd-conv-time-$$
+        /usr/bin/time -f '%e %U %S' -o "$t" "$@" || exit 1
+        awk '{printf "%s %.3f\n", $1, $2 + $3}' "$t"
+    }
+    for case in "raw->raw|-f raw -O raw|raw" "raw->raw -m 16 -W|-f raw -O raw -m 16 -W|raw" \
+                "raw->raw -t none|-f raw -O raw -t none -T none|raw" "raw->qcow2|-f raw -O qcow2|qcow2" \
+                "raw->qcow2 -m 16 -W|-f raw -O qcow2 -m 16 -W|qcow2"; do
+        IFS='|' read -r label args ext <<<"$case"
+        v=() q=() vc=() qc=()
         for _ in $(seq "$REPS"); do
-            out=$d/vbd-conv-out-$$.raw
+            out=$d/vbd-conv-out-$$.$ext
             rm -f "$out"; sync
-            s=$(date +%s.%N); "$VBD_IMG" convert $args "$src" "$out"; e=$(date +%s.%N)
-            v+=("$(echo "$e - $s" | bc -l)"); vm=$(du -m "$out" | cut -f1)
-            qemu-img compare -q "$src" "$out" || { echo "vbd output differs!" >&2; exit 1; }
+            read -r w c < <(timed "$VBD_IMG" convert $args "$src" "$out")
+            v+=("$w"); vc+=("$c"); vm=$(du -m "$out" | cut -f1)
+            qemu-img compare -q -f raw -F "$ext" "$src" "$out" || { echo "vbd output differs!" >&2; exit 1; }
             rm -f "$out"; sync
-            s=$(date +%s.%N); qemu-img convert $args "$src" "$out"; e=$(date +%s.%N)
-            q+=("$(echo "$e - $s" | bc -l)"); qm=$(du -m "$out" | cut -f1)
+            read -r w c < <(timed qemu-img convert $args "$src" "$out")
+            q+=("$w"); qc+=("$c"); qm=$(du -m "$out" | cut -f1)
         done
         vs=$(printf '%s\n' "${v[@]}" | median); qs=$(printf '%s\n' "${q[@]}" | median)
-        printf '%-10s %-26s %9.3f %9.3f %7.2f %10s %10s\n' "$d" "$label" "$vs" "$qs" "$(echo "$qs / $vs" | bc -l)" "$vm" "$qm"
+        vcs=$(printf '%s\n' "${vc[@]}" | median); qcs=$(printf '%s\n' "${qc[@]}" | median)
+        printf '%-10s %-26s %9.3f %9.3f %7.2f %9.3f %9.3f %9s %9s\n' "$d" "$label" "$vs" "$qs" "$(echo "$qs / $vs" | bc -l)" \
+            "$vcs" "$qcs" "$vm" "$qm"
     done
-    rm -f "$src" "$d"/vbd-conv-out-$$*
+    rm -f "$src" "$d"/vbd-conv-out-$$* "$d"/vbd-conv-time-$$
 done

@@ -31,7 +31,20 @@ struct convert {
     struct vbd_co_queue order_q, done_q;
     /* block status may yield (nbd): without it, workers would claim the same offset */
     struct vbd_co_mutex claim_lock;
+    /* The extent the last block status described, in source bs_src's offsets:
+     * asked once for the whole rest of the source and handed out chunk by
+     * chunk (on tmpfs each SEEK_DATA/SEEK_HOLE scans the page cache, asking
+     * per chunk made the lseeks the convert's main cost). Only the claiming
+     * worker reads it, under claim_lock. */
+    int bs_src;
+    uint64_t bs_start, bs_end;
+    int bs_status;
 };
+
+/* One block status request covers at most this much: nbd and the drivers'
+ * own limits are far below 2^63, and a bounded extent bounds the work a
+ * driver does walking its tables for one answer. */
+#define BS_QUERY_MAX (1ull << 30)
 
 static void convert_fail(struct convert *cv, int rc, struct vbd_error *err)
 {
@@ -64,14 +77,27 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     uint64_t chunk = cv->o->chunk_size, cluster = cv->o->cluster_size;
     uint64_t l = src_size - *soff < chunk ? src_size - *soff : chunk;
     uint64_t pnum = 0;
-    int st = vbd_node_co_block_status_above(src, NULL, true, *soff, l, &pnum, NULL, NULL, NULL);
-    if (st < 0) {
-        /* two statements: the order in which arguments are evaluated is unspecified, err may be read first */
-        imageops_io_error(&err, st, "Could not read the allocation status of", src, *soff);
-        convert_fail(cv, st, err);
-        return 0;
+    int st;
+    if (cv->bs_src == si && *soff >= cv->bs_start && *soff < cv->bs_end) {
+        st = cv->bs_status;
+        pnum = cv->bs_end - *soff;
+    } else {
+        uint64_t q = src_size - *soff < BS_QUERY_MAX ? src_size - *soff : BS_QUERY_MAX;
+        st = vbd_node_co_block_status_above(src, NULL, true, *soff, q, &pnum, NULL, NULL, NULL);
+        if (st < 0) {
+            /* two statements: the order in which arguments are evaluated is unspecified, err may be read first */
+            imageops_io_error(&err, st, "Could not read the allocation status of", src, *soff);
+            convert_fail(cv, st, err);
+            return 0;
+        }
+        if (pnum == 0 || pnum > q)
+            pnum = q;
+        cv->bs_src = si;
+        cv->bs_start = *soff;
+        cv->bs_end = *soff + pnum;
+        cv->bs_status = st;
     }
-    if (pnum == 0)
+    if (pnum > l)
         pnum = l;
     *zero = (st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED);
     if (cv->o->write_flags & VBD_REQ_COMPRESSED) {
@@ -142,7 +168,7 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
         vbd_error_setf(err, ENOTSUP, "Compression not supported for this file format");
         return -ENOTSUP;
     }
-    struct convert cv = {.src = src, .nsrc = nsrc, .dst = dst, .o = &o, .ctl = ctl};
+    struct convert cv = {.src = src, .nsrc = nsrc, .dst = dst, .o = &o, .ctl = ctl, .bs_src = -1};
     cv.src_start = vbd_xcalloc((size_t)nsrc + 1, sizeof(uint64_t));
     for (int i = 0; i < nsrc; i++) {
         cv.src_start[i] = cv.total;

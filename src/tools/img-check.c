@@ -56,8 +56,15 @@ int verb_check(int argc, char **argv)
     struct vbd_check_result r = {0};
     struct vbd_error *err = NULL;
     int ret = img->drv->co_check(img, &r, fix, &err);
-    if (ret < 0 && !r.check_errors)
-        r.check_errors = 1;
+    if (ret < 0) {
+        /* as qemu-img: a check that fails prints no result */
+        if (err)
+            tool_report(err);
+        else
+            vbd_error_report("Check failed: %s", strerror(-ret));
+        vbd_node_unref(n);
+        return 1;
+    }
     if (json) {
         struct json_object *o = json_object_new_object();
         /* the key order qemu-img prints */
@@ -65,7 +72,8 @@ int verb_check(int argc, char **argv)
             json_object_object_add(o, "image-end-offset", json_object_new_int64(r.image_end_offset));
         if (r.compressed_clusters) /* qemu-img leaves it out when zero */
             json_object_object_add(o, "compressed-clusters", json_object_new_int64((int64_t)r.compressed_clusters));
-        json_object_object_add(o, "total-clusters", json_object_new_int64((int64_t)r.total_clusters));
+        if (r.total_clusters) /* qemu-img leaves it out when zero: formats without cluster counts (vmdk, vhdx, vdi) */
+            json_object_object_add(o, "total-clusters", json_object_new_int64((int64_t)r.total_clusters));
         if (r.corruptions)
             json_object_object_add(o, "corruptions", json_object_new_int64(r.corruptions));
         if (r.corruptions_fixed)

@@ -274,6 +274,22 @@ must_fail_with "Input/output error" "$VBD_IO" -f vmdk -c 'write -P 0x77 0 4k' m.
 python3 -c 'import struct,sys; b=open(sys.argv[1],"rb").read(); meta=b[:struct.unpack_from("<Q", b, 64)[0]*512]; sys.exit(1 if b"\x77"*512 in meta else 0)' m.vmdk \
     || fail "a guest write landed in the vmdk's metadata"
 must qemu-img info -f vmdk m.vmdk >/dev/null
+# the same with a grain table written after the image was made (past
+# overHead): the directory's second entry cleared, a write at 32M makes vbd
+# append a new table; then a first-table entry pointing at that table
+must cp h.vmdk t.vmdk
+read -r gd1 rgd1 < <(python3 -c 'import struct,sys; b=open(sys.argv[1],"rb").read(512); print(struct.unpack_from("<Q", b, 56)[0]*512 + 4, struct.unpack_from("<Q", b, 48)[0]*512 + 4)' t.vmdk)
+patch t.vmdk "$gd1" 00000000
+patch t.vmdk "$rgd1" 00000000
+must "$VBD_IO" -f vmdk -c 'write -P 0x55 32M 64k' t.vmdk >/dev/null
+newgt=$(python3 -c 'import struct,sys; b=open(sys.argv[1],"rb").read(); print(struct.unpack_from("<I", b, struct.unpack_from("<Q", b, 56)[0]*512 + 4)[0])' t.vmdk)
+[ "$((newgt * 512))" -ge "$(python3 -c 'import struct,sys; print(struct.unpack_from("<Q", open(sys.argv[1],"rb").read(512), 64)[0]*512)' t.vmdk)" ] \
+    || fail "the new grain table ($newgt) is not past overHead"
+patch t.vmdk "$gt" "$(python3 -c "import struct; print(struct.pack('<I', $newgt).hex())")"
+must_fail_with "Input/output error" "$VBD_IO" -f vmdk -c 'write -P 0x77 0 4k' t.vmdk
+python3 -c 'import sys; b=open(sys.argv[1],"rb").read(); o=int(sys.argv[2])*512; sys.exit(1 if b"\x77"*512 in b[o:o+4096] else 0)' t.vmdk "$newgt" \
+    || fail "a guest write landed in a grain table appended after overHead"
+must qemu-io -f vmdk -c 'read -P 0x55 32M 64k' t.vmdk >/dev/null
 must cp h.vmdk x.vmdk
 truncate -s 30000 x.vmdk
 must_fail_with "File truncated" "$VBD_IMG" info -f vmdk x.vmdk

@@ -413,12 +413,14 @@ static int parallels_check(struct vbd_node *n, struct vbd_check_result *res, uns
         }
     }
     vbd_co_mutex_lock(&s->alloc_lock);
-    uint64_t high = 0;
+    uint64_t high = 0, prev = 0;
     res->total_clusters = s->bat_entries;
     for (uint32_t i = 0; i < s->bat_entries; i++) {
         uint64_t off = cluster_host_offset(s, i);
-        if (!off)
+        if (!off) {
+            prev = 0; /* as qemu-img: a hole between two clusters is no fragmentation */
             continue;
+        }
         if (off > fsize) {
             fprintf(stderr, "%s cluster %u is outside image\n", fix_errors ? "Repairing" : "ERROR", i);
             if (fix_errors) {
@@ -429,13 +431,18 @@ static int parallels_check(struct vbd_node *n, struct vbd_check_result *res, uns
                     s->dirty_hi = i + 1;
                 s->bat_dirty = true;
                 res->corruptions_fixed++;
+                prev = 0;
                 continue;
             }
             res->corruptions++; /* still counted below, as qemu-img does */
         }
-        res->allocated_clusters++; /* qemu-img 7.2 counts no fragmentation here */
+        res->allocated_clusters++;
         if (off > high)
             high = off;
+        /* qemu-img's count: neighbour entries whose clusters do not follow each other in the file */
+        if (prev && prev + s->cluster_size != off)
+            res->fragmented_clusters++;
+        prev = off;
     }
     uint64_t end = high ? high + s->cluster_size : (uint64_t)le32_at(s->header + 48) * 512;
     if (!end)

@@ -48,6 +48,9 @@ struct file_state {
      * NBD server asks for each read. Writes only add data; anything that can
      * make holes (discard, zeroes, truncate) forgets it. */
     uint64_t data_start, data_end;
+    /* Where the last SEEK_DATA from inside a hole found data (0: none): a
+     * walk over the file asks there next, and needs only the SEEK_HOLE. */
+    uint64_t next_data;
     bool locked;
 };
 
@@ -69,7 +72,11 @@ static void extent_set(struct file_state *s, uint64_t start, uint64_t end)
     __atomic_store_n(&s->data_end, end, __ATOMIC_RELAXED);
 }
 
-static void extent_forget(struct file_state *s) { extent_set(s, 0, 0); }
+static void extent_forget(struct file_state *s)
+{
+    extent_set(s, 0, 0);
+    __atomic_store_n(&s->next_data, 0, __ATOMIC_RELAXED);
+}
 
 static int lock_byte(int fd, off_t byte, short type)
 {
@@ -370,7 +377,10 @@ static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
         *pnum = cached_end - off < bytes ? cached_end - off : bytes;
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     }
-    off_t data = lseek(s->fd, off, SEEK_DATA);
+    /* a stale hint (a discard raced) makes SEEK_HOLE below find the hole
+     * at off, and the range is said to be data: still a correct answer */
+    uint64_t hint = __atomic_load_n(&s->next_data, __ATOMIC_RELAXED);
+    off_t data = hint && hint == off ? (off_t)off : lseek(s->fd, off, SEEK_DATA);
     if (data < 0) {
         if (errno == ENXIO) { /* no data after off: a hole to the end */
             *pnum = bytes;
@@ -380,6 +390,7 @@ static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     }
     if ((uint64_t)data > off) {
+        __atomic_store_n(&s->next_data, (uint64_t)data, __ATOMIC_RELAXED);
         uint64_t len = (uint64_t)data - off;
         *pnum = len < bytes ? len : bytes;
         return VBD_BS_ZERO | VBD_BS_OFFSET_VALID;

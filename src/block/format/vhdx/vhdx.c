@@ -804,7 +804,6 @@ static int vhdx_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
                              uint64_t *map, struct vbd_node **file)
 {
     struct vhdx_state *s = n->opaque;
-    (void)want_zero;
     *file = n->file;
     uint64_t in, avail;
     uint64_t e = entry_of(s, off, &in, &avail);
@@ -847,7 +846,20 @@ static int vhdx_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
     if (!data)
         return VBD_BS_ZERO | (st == PB_ZERO ? VBD_BS_ALLOCATED : 0);
     *map = host;
-    return VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
+    int rc = VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
+    if (want_zero) {
+        /* qemu-img writes a block's zero runs as holes of the file: they read
+         * as zeroes, and convert then skips them instead of reading them */
+        uint64_t fp = 0;
+        int fst = vbd_node_co_block_status(n->file, true, host, done, &fp, NULL, NULL);
+        if (fst >= 0 && fp) {
+            *pnum = fp;
+            rc |= fst & VBD_BS_ZERO;
+        } else if (fst >= 0 && (fst & VBD_BS_EOF)) {
+            rc |= VBD_BS_ZERO; /* past the file's end */
+        }
+    }
+    return rc;
 }
 
 static int vhdx_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)

@@ -184,6 +184,87 @@ static void report_bad(struct vbd_node *n, const char *what, uint64_t off)
 
 static uint64_t gt_bytes(const struct vmdk_extent *e) { return (uint64_t)e->gtes * 4; }
 
+/* Whether [start, end) overlaps the extent's metadata. */
+static bool in_meta(const struct vmdk_extent *e, uint64_t start, uint64_t end)
+{
+    unsigned lo = 0, hi = e->nmeta;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        if (e->meta[mid].end <= start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < e->nmeta && e->meta[lo].start < end;
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+    const struct vmdk_range *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sort r[0..k) and merge the ranges that overlap or touch; the count left. */
+static size_t merge_ranges(struct vmdk_range *r, size_t k)
+{
+    if (!k)
+        return 0;
+    qsort(r, k, sizeof(*r), range_cmp);
+    size_t o = 0;
+    for (size_t i = 1; i < k; i++) {
+        if (r[i].start <= r[o].end) {
+            if (r[i].end > r[o].end)
+                r[o].end = r[i].end;
+        } else {
+            r[++o] = r[i];
+        }
+    }
+    return o + 1;
+}
+
+/* e->meta from the header's overHead, the directories and the tables they
+ * point to (their entries were checked to lie in the file). */
+static int build_meta(struct vbd_node *n, struct vmdk_extent *e, struct vbd_error **err)
+{
+    uint64_t tb = div_up(gt_bytes(e), SECTOR) * SECTOR;
+    uint64_t db = div_up((uint64_t)e->gd_entries * 4, SECTOR) * SECTOR;
+    size_t cap = 3 + (size_t)e->gd_entries * (e->rgd ? 2 : 1), k = 0;
+    struct vmdk_range *r = malloc(cap * sizeof(*r));
+    if (!r) {
+        vbd_error_setf(err, ENOMEM, "Could not open '%s': no memory for the table of its metadata", n->filename);
+        return -ENOMEM;
+    }
+    if (e->data_start)
+        r[k++] = (struct vmdk_range){0, e->data_start};
+    r[k++] = (struct vmdk_range){e->gd_off, e->gd_off + db};
+    if (e->rgd)
+        r[k++] = (struct vmdk_range){e->rgd_off, e->rgd_off + db};
+    for (uint32_t i = 0; i < e->gd_entries; i++) {
+        if (e->gd[i])
+            r[k++] = (struct vmdk_range){(uint64_t)e->gd[i] * SECTOR, (uint64_t)e->gd[i] * SECTOR + tb};
+        if (e->rgd && e->rgd[i])
+            r[k++] = (struct vmdk_range){(uint64_t)e->rgd[i] * SECTOR, (uint64_t)e->rgd[i] * SECTOR + tb};
+    }
+    k = merge_ranges(r, k);
+    struct vmdk_range *t = realloc(r, (k ? k : 1) * sizeof(*r));
+    free(e->meta);
+    e->meta = t ? t : r;
+    e->nmeta = (unsigned)k;
+    return 0;
+}
+
+/* A table written after open joins e->meta. */
+static int meta_add(struct vmdk_extent *e, uint64_t start, uint64_t end)
+{
+    struct vmdk_range *r = realloc(e->meta, ((size_t)e->nmeta + 1) * sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r[e->nmeta] = (struct vmdk_range){start, end};
+    e->meta = r;
+    e->nmeta = (unsigned)merge_ranges(r, (size_t)e->nmeta + 1);
+    return 0;
+}
+
 /* The run from off (inside extent e, not past bytes) of one kind: K_DATA
  * at contiguous *host offsets, K_COMP compressed grains (*host: the first one's
  * marker), K_ZERO or K_UNALLOC. */
@@ -232,10 +313,12 @@ static int lookup(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint6
         int ki = v == 0 ? K_UNALLOC : (v == GTE_ZEROED && e->zero_grain) ? K_ZERO : e->compressed ? K_COMP : K_DATA;
         uint64_t h = (uint64_t)v * SECTOR;
         /* a grain inside the header, descriptor or tables would let a
-         * guest write overwrite the image's own metadata */
-        if (ki >= K_DATA && (h >= fsize || h < e->data_start)) {
+         * guest write overwrite the image's own metadata (a compressed
+         * grain is never written in place: its start is enough) */
+        bool meta = ki >= K_DATA && h < fsize && in_meta(e, h, ki == K_DATA ? h + e->grain : h + 1);
+        if (ki >= K_DATA && (h >= fsize || meta)) {
             if (i == 0) {
-                if (h < e->data_start)
+                if (meta)
                     vbd_node_report_corruption(n, "vmdk: a grain table entry points into the image's metadata",
                                                (int64_t)h, -1, false);
                 else
@@ -456,6 +539,8 @@ static int alloc_gt(struct vmdk_extent *e, uint64_t gdi)
     int rc = vbd_node_co_pwrite(e->file, at, z, tb * (uint64_t)copies, 0);
     free(z);
     if (rc < 0)
+        return rc;
+    if ((rc = meta_add(e, at, at + tb * (uint64_t)copies)) < 0)
         return rc;
     e->file_end = at + tb * (uint64_t)copies;
     if (!e->compressed)
@@ -692,6 +777,7 @@ static void free_extents(struct vmdk_state *s)
         struct vmdk_extent *e = &s->ext[i];
         free(e->gd);
         free(e->rgd);
+        free(e->meta);
         if (e->owned && e->file)
             vbd_node_unref(e->file);
     }
@@ -788,7 +874,7 @@ static int open_sparse(struct vbd_node *n, struct vmdk_extent *e, const uint8_t 
         snprintf(e->type, sizeof(e->type), "%s", e->type[0] ? e->type : "VMFSSPARSE");
         rc = load_table(n, e, e->gd_off, &e->gd, "grain directory", err);
         e->file_end = div_up(fsize, e->grain) * e->grain;
-        return rc;
+        return rc < 0 ? rc : build_meta(n, e, err);
     }
     uint32_t version = ld32(h + 4), flags = ld32(h + 8), gtes = ld32(h + 44);
     uint64_t capacity = ld64(h + 12), gran = ld64(h + 20), rgd = ld64(h + 48), gdo = ld64(h + 56);
@@ -866,7 +952,7 @@ static int open_sparse(struct vbd_node *n, struct vmdk_extent *e, const uint8_t 
             return rc;
     }
     e->file_end = e->compressed ? div_up(fsize, SECTOR) * SECTOR : div_up(fsize, e->grain) * e->grain;
-    return 0;
+    return build_meta(n, e, err);
 }
 
 /* Directory of the descriptor's file name (with the trailing '/'), "" for none. */
@@ -1220,7 +1306,9 @@ static int64_t vmdk_allocated_size(struct vbd_node *n)
 }
 
 /* As qemu-img: every allocated grain must start inside its file; the
- * first one that does not ends the check with one corruption. No cluster
+ * first one that does not ends the check with one corruption and fails it
+ * (qemu-img: "Check failed: Invalid argument", or "Operation not
+ * permitted" when a table cannot be read: its internal -1). No cluster
  * counts: qemu-img reports none for vmdk. */
 static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
@@ -1247,7 +1335,7 @@ static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsig
                         (e->start + first * e->grain) / SECTOR);
                 res->corruptions++;
                 free(t);
-                return 0;
+                return -EPERM;
             }
             for (uint64_t j = 0; j < cnt; j++) {
                 uint32_t v = le32toh(t[j]);
@@ -1258,7 +1346,7 @@ static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsig
                             (e->start + (first + j) * e->grain) / SECTOR);
                     res->corruptions++;
                     free(t);
-                    return 0;
+                    return -EINVAL;
                 }
             }
         }

@@ -33,6 +33,11 @@ struct vbd_error;
 
 enum { K_UNALLOC, K_ZERO, K_DATA, K_COMP };
 
+/* bytes [start, end) of an extent file */
+struct vmdk_range {
+    uint64_t start, end;
+};
+
 struct vmdk_extent {
     struct vbd_node *file; /* n->file or owned */
     bool owned;
@@ -47,6 +52,11 @@ struct vmdk_extent {
     uint32_t *gd, *rgd;     /* host order, sectors */
     uint64_t file_end;      /* next allocation */
     uint64_t data_start;    /* bytes: grains live at or past the header's overHead (0: unchecked) */
+    /* Where the extent's own metadata lies (the header up to overHead, the
+     * directories, every grain table, those appended later too): sorted,
+     * disjoint, merged when they touch. A grain there is corruption. */
+    struct vmdk_range *meta;
+    unsigned nmeta;
     bool gd_at_end;
 };
 
