@@ -77,6 +77,21 @@ timeout -k 10 600 "$VBD_BUILD/tests/stress/vbd-stress" --seed $seed --ops 3000 -
 stop_daemon
 cmp shadow.raw disk.img || fail "after vbd-stress (seed $seed) the LUN differs from the model"
 
+# The NBD server asks block status before each read; the driver answers
+# from its allocation cache what GET LBA STATUS told it, and writes,
+# discards and zeroes in the same clusters must keep that cache honest.
+step "an NBD export of the LUN (discard=unmap, 2 connections): the stress test through block status and the allocation cache"
+S=$T/nbd.sock
+cp disk.img init.raw
+start_daemon --blockdev "driver=iscsi,node-name=i0,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1,discard=unmap" \
+    --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=i0,name=lun,writable=on
+seed=$((RANDOM * 32768 + RANDOM))
+timeout -k 10 600 "$VBD_BUILD/tests/stress/vbd-stress" --seed $seed --ops 3000 --qd 16 --align 512 --init init.raw \
+    --shadow-out shadow.raw --nbd "nbd+unix:///lun?socket=$S" --conns 2 >stress.log 2>&1 ||
+    { tail -20 stress.log; fail "vbd-stress seed $seed over NBD on the iSCSI LUN"; }
+stop_daemon
+cmp shadow.raw disk.img || fail "after vbd-stress over NBD (seed $seed) the LUN differs from the model"
+
 step "bad input: refused portal, silent portal (bounded), wrong IQN, wrong LUN, LUN 0 is no disk, bad URI"
 closed=$((TGT_PORT + 1))
 (exec 3<>"/dev/tcp/127.0.0.1/$closed") 2>/dev/null && closed=$((TGT_PORT + 2))

@@ -36,7 +36,7 @@ _ceph_pid() {
     local f=$CEPH_DIR/run/$1.pid pid
     [ -s "$f" ] || return 1
     pid=$(cat "$f")
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-c $CEPH_CONF" || return 1
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "-c $CEPH_CONF" || return 1
     # a zombie is gone for our purposes (PID 1 reaps it later)
     [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
     echo "$pid"
