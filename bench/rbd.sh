@@ -56,24 +56,25 @@ echo "cache mode: $CACHE (rbd_cache $([ $CACHE = none ] && echo off || echo on) 
 echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, medians of $REPS; Ceph $(ceph --version | awk '{print $3}'), 1 OSD (BlueStore on a sparse file), 1 replica"
 printf '%-18s %10s %10s %10s %8s %8s\n' workload "vbd IOPS" "qsd IOPS" "fio-rbd" vbd/qsd vbd/fio
 while IFS='|' read -r label args rw bs depth; do
-    declare -A iops=()
-    for who in vbd qsd; do
-        bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon
-        serve "$bin"
-        i=()
-        for _ in $(seq "$REPS"); do
+    # vbd, qsd and fio take turns in each round, so a change in the shared
+    # machine's load falls on all three rather than on whoever ran then
+    declare -A all=([vbd]= [qsd]= [fio]=)
+    for _ in $(seq "$REPS"); do
+        for who in vbd qsd; do
+            bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon
+            serve "$bin"
             out=$("$VBD_BENCH" --vhost-user "$sock" -q 1 $args -t "$SECS" --json) || fail "vbd-bench against $who"
-            i+=("$(field "$out")")
+            all[$who]="${all[$who]} $(field "$out")"
+            kill $spid; wait $spid 2>/dev/null
+            spid=
         done
-        kill $spid; wait $spid 2>/dev/null
-        spid=
-        iops[$who]=$(printf '%s\n' "${i[@]}" | median)
+        all[fio]="${all[fio]} $(fio_iops "$rw" "$bs" "$depth")"
     done
-    f=()
-    for _ in $(seq "$REPS"); do f+=("$(fio_iops "$rw" "$bs" "$depth")"); done
-    iops[fio]=$(printf '%s\n' "${f[@]}" | median)
+    declare -A iops=()
+    for who in vbd qsd fio; do iops[$who]=$(printf '%s\n' ${all[$who]} | median); done
     printf '%-18s %10.0f %10.0f %10.0f %8.2f %8.2f\n' "$label" "${iops[vbd]}" "${iops[qsd]}" "${iops[fio]}" \
         "$(echo "${iops[vbd]} / ${iops[qsd]}" | bc -l)" "$(echo "${iops[vbd]} / ${iops[fio]}" | bc -l)"
+    echo "  runs: vbd${all[vbd]} / qsd${all[qsd]} / fio${all[fio]}" | sed 's/\.[0-9]*//g' >&2
 done <<ROWS
 4k randread QD32|-w randread -b 4k -d 32|randread|4k|32
 4k randwrite QD32|-w randwrite -b 4k -d 32|randwrite|4k|32

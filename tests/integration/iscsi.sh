@@ -213,7 +213,8 @@ tgt_restart
 for _ in $(seq 1200); do kill -0 $io_pid 2>/dev/null || break; sleep 0.1; done
 if kill -0 $io_pid 2>/dev/null; then
     kill -KILL $io_pid
-    fail "vbd-io still waits 120 s after the target came back: $(tail -20 fault.err)"
+    fail "vbd-io still waits 120 s after the target came back: $(tail -20 fault.err)
+tgtd (pid $TGT_PID) $(_tgt_alive "$TGT_PID" && echo "is running" || echo "is gone"); port $TGT_PORT $( (exec 3<>"/dev/tcp/127.0.0.1/$TGT_PORT") 2>/dev/null && echo accepts || echo refuses); tgtd's log: $(tail -8 "$T/tgtd.log")"
 fi
 wait $io_pid || fail "vbd-io failed across the target restart (exit status $?): $(cat fault.err)"
 grep -q "session re-established" fault.err || fail "no reconnect was reported: $(cat fault.err)"
