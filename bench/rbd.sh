@@ -2,10 +2,12 @@
 # vbd-daemon vs qemu-storage-daemon serving the same rbd image (a throwaway
 # one-OSD Ceph cluster from tests/integration/lib-ceph.sh) over
 # vhost-user-blk, driven by vbd-bench with the same parameters; and the
-# limit: fio's rbd engine talking to librbd directly. Both servers use their
-# default cache mode (librbd's cache on, as QEMU sets rbd_cache for
-# cache.direct=off). Ratio > 1 means vbd is better (vbd/qsd, and vbd/fio:
-# how close to librbd itself). Not a test.   bench/rbd.sh [SECONDS]
+# limit: fio's rbd engine talking to librbd directly. Both servers run the
+# same cache mode, CACHE=writeback (default: cache.direct=off, librbd's cache
+# on, as QEMU sets rbd_cache) or CACHE=none (cache.direct=on: rbd_cache off
+# in both servers, and in fio through a config file saying so). Ratio > 1
+# means vbd is better (vbd/qsd, and vbd/fio: how close to librbd itself).
+# Not a test.   [CACHE=none] [REPS=N] bench/rbd.sh [SECONDS]
 set -uo pipefail
 VBD_BUILD=${VBD_BUILD:-$(cd "$(dirname "$0")/.." && pwd)/build}
 source "$(dirname "$0")/common.sh"
@@ -17,6 +19,16 @@ VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 SECS=${1:-5}
 ceph_start >&2
 export CEPH_CONF # fio's rbd engine reads the configuration librados finds
+CACHE=${CACHE:-writeback} cacheopt= fioconf=$CEPH_CONF
+case $CACHE in
+writeback) ;;
+none)
+    cacheopt=,cache.direct=on
+    fioconf=$T/fio.conf
+    cp "$CEPH_CONF" "$fioconf"
+    printf '[client]\nrbd_cache = false\n' >>"$T/fio.conf" ;;
+*) fail "CACHE=writeback or none" ;;
+esac
 rbd -c "$CEPH_CONF" create --size 1G bench || fail "rbd create"
 # librbd answers never-written objects from the object map without the
 # OSD: fill the image first so reads measure the cluster
@@ -26,7 +38,7 @@ sock=$T/vu.sock spid=
 on_exit 'kill $spid 2>/dev/null'
 serve() { # server-binary
     rm -f "$sock"
-    "$1" --blockdev "driver=rbd,node-name=r0,pool=rbd,image=bench,conf=$CEPH_CONF" \
+    "$1" --blockdev "driver=rbd,node-name=r0,pool=rbd,image=bench,conf=$CEPH_CONF$cacheopt" \
         --blockdev driver=raw,node-name=disk0,file=r0 \
         --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues=1 \
         >"$T/server.log" 2>&1 &
@@ -36,31 +48,33 @@ serve() { # server-binary
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['iops'])" "$1"; }
 fio_iops() { # rw bs depth
-    fio --name=lim --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw="$1" --bs="$2" \
+    CEPH_CONF=$fioconf fio --name=lim --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw="$1" --bs="$2" \
         --iodepth="$3" --runtime="$SECS" --time_based --output-format=json 2>/dev/null |
         python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print(j['read']['iops'] + j['write']['iops'])"
 }
+echo "cache mode: $CACHE (rbd_cache $([ $CACHE = none ] && echo off || echo on) in vbd, qsd and fio)"
 echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, medians of $REPS; Ceph $(ceph --version | awk '{print $3}'), 1 OSD (BlueStore on a sparse file), 1 replica"
 printf '%-18s %10s %10s %10s %8s %8s\n' workload "vbd IOPS" "qsd IOPS" "fio-rbd" vbd/qsd vbd/fio
 while IFS='|' read -r label args rw bs depth; do
-    declare -A iops=()
-    for who in vbd qsd; do
-        bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon
-        serve "$bin"
-        i=()
-        for _ in $(seq "$REPS"); do
+    # vbd, qsd and fio take turns in each round, so a change in the shared
+    # machine's load falls on all three rather than on whoever ran then
+    declare -A all=([vbd]= [qsd]= [fio]=)
+    for _ in $(seq "$REPS"); do
+        for who in vbd qsd; do
+            bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon
+            serve "$bin"
             out=$("$VBD_BENCH" --vhost-user "$sock" -q 1 $args -t "$SECS" --json) || fail "vbd-bench against $who"
-            i+=("$(field "$out")")
+            all[$who]="${all[$who]} $(field "$out")"
+            kill $spid; wait $spid 2>/dev/null
+            spid=
         done
-        kill $spid; wait $spid 2>/dev/null
-        spid=
-        iops[$who]=$(printf '%s\n' "${i[@]}" | median)
+        all[fio]="${all[fio]} $(fio_iops "$rw" "$bs" "$depth")"
     done
-    f=()
-    for _ in $(seq "$REPS"); do f+=("$(fio_iops "$rw" "$bs" "$depth")"); done
-    iops[fio]=$(printf '%s\n' "${f[@]}" | median)
+    declare -A iops=()
+    for who in vbd qsd fio; do iops[$who]=$(printf '%s\n' ${all[$who]} | median); done
     printf '%-18s %10.0f %10.0f %10.0f %8.2f %8.2f\n' "$label" "${iops[vbd]}" "${iops[qsd]}" "${iops[fio]}" \
         "$(echo "${iops[vbd]} / ${iops[qsd]}" | bc -l)" "$(echo "${iops[vbd]} / ${iops[fio]}" | bc -l)"
+    echo "  runs: vbd${all[vbd]} / qsd${all[qsd]} / fio${all[fio]}" | sed 's/\.[0-9]*//g' >&2
 done <<ROWS
 4k randread QD32|-w randread -b 4k -d 32|randread|4k|32
 4k randwrite QD32|-w randwrite -b 4k -d 32|randwrite|4k|32

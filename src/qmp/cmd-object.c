@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * QMP: the user-creatable objects vbd has (iothread, tls-creds-x509/-psk/
- * -anon, authz-simple/-list, throttle-group) as QEMU's QOM shows them: object-add and
+ * -anon, authz-simple/-list, throttle-group, secret) as QEMU's QOM shows them: object-add and
  * object-del, qom-list of "/objects" and "/objects/ID", qom-get/qom-set of
  * their properties, query-iothreads. vbd has no object tree: the paths are
  * resolved against the three registries (src/engine/iothread.c,
@@ -13,6 +13,7 @@
 #include "vbd/authz.h"
 #include "vbd/error.h"
 #include "vbd/iothread.h"
+#include "vbd/secret.h"
 #include "vbd/throttle.h"
 #include "vbd/tls.h"
 
@@ -57,6 +58,16 @@ static struct json_object *object_props(const char *id, const char **qom_type)
         json_object_put(limits);
         return o;
     }
+    const char *fmt = vbd_secret_format(id);
+    if (fmt) {
+        /* data, file and iv are write-only in QEMU too: the secret is
+         * never shown */
+        *qom_type = "secret";
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "loaded", json_object_new_boolean(true));
+        json_object_object_add(o, "format", json_object_new_string(fmt));
+        return o;
+    }
     struct json_object *o = vbd_tls_creds_props(id, qom_type);
     return o ? o : vbd_authz_props(id, qom_type);
 }
@@ -73,7 +84,7 @@ static bool object_exists(const char *id)
 /* object-add / object-del                                             */
 
 static const char *const qom_types[] = {"iothread",     "tls-creds-x509", "tls-creds-psk",  "tls-creds-anon",
-                                        "authz-simple", "authz-list",     "throttle-group", NULL};
+                                        "authz-simple", "authz-list",     "throttle-group", "secret",       NULL};
 
 /* Each type's properties as QEMU 7.2's ObjectOptions lists them (qom-type
  * and id are checked first). sanity-check and passwordid pass the type
@@ -92,6 +103,8 @@ static const char *members_of(const char *type)
         return "qom-type:str id:str ?loaded:bool ?endpoint:str ?dir:str ?priority:str";
     if (!strcmp(type, "authz-simple"))
         return "qom-type:str id:str identity:str";
+    if (!strcmp(type, "secret"))
+        return "qom-type:str id:str ?loaded:bool ?format:str ?data:str ?file:str ?keyid:str ?iv:str";
     if (!strcmp(type, "throttle-group"))
         return "qom-type:str id:str ?limits:object "
                "?x-iops-total:int ?x-iops-total-max:int ?x-iops-total-max-length:int "
@@ -126,10 +139,22 @@ static bool check_rules(struct json_object *args, struct vbd_qmp_error *err)
     return true;
 }
 
+/* vbd_secret_add takes the options the --object parser gives: strings */
+static int add_secret(struct json_object *args, struct vbd_error **err)
+{
+    struct json_object *v;
+    if (json_object_object_get_ex(args, "iv", &v)) {
+        vbd_error_setf(err, ENOTSUP, "secret '%s': encrypted secrets (keyid, iv) are not supported", str_of(args, "id"));
+        return -ENOTSUP;
+    }
+    return vbd_secret_add(args, err);
+}
+
 struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_error *err)
 {
     static const char *const endpoints[] = {"server", "client", NULL};
     static const char *const policies[] = {"deny", "allow", NULL};
+    static const char *const formats[] = {"raw", "base64", NULL};
     struct json_object *v;
     if (!json_object_object_get_ex(args, "qom-type", &v)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'qom-type' is missing");
@@ -144,7 +169,7 @@ struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_erro
     if (!qmp_check_enum(args, "qom-type", "", qom_types, err) ||
         !qmp_check_members(args, members_of(type), "", err) ||
         !qmp_check_enum(args, "endpoint", "", endpoints, err) || !qmp_check_enum(args, "policy", "", policies, err) ||
-        !check_rules(args, err))
+        !qmp_check_enum(args, "format", "", formats, err) || !check_rules(args, err))
         return NULL;
     const char *id = str_of(args, "id");
     if (!qmp_id_wellformed(id)) {
@@ -170,6 +195,8 @@ struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_erro
         rc = vbd_iothread_add(args, &verr); /* every key was checked above */
     else if (!strcmp(type, "throttle-group"))
         rc = vbd_throttle_group_add_opts(args, &verr);
+    else if (!strcmp(type, "secret"))
+        rc = add_secret(args, &verr);
     else if (vbd_tls_creds_type(type))
         rc = vbd_tls_creds_add(type, args, &verr);
     else
@@ -196,6 +223,8 @@ struct json_object *qmp_object_del(struct json_object *args, struct vbd_qmp_erro
         rc = vbd_iothread_remove(id, &verr);
     else if (!strcmp(type, "throttle-group"))
         rc = vbd_throttle_group_remove(id, &verr);
+    else if (!strcmp(type, "secret"))
+        rc = vbd_secret_remove(id, &verr);
     else if (vbd_tls_creds_type(type))
         rc = vbd_tls_creds_remove(id, &verr);
     else
@@ -292,6 +321,8 @@ static void list_objects(struct json_object *list)
     }
     for (const char *id = vbd_throttle_group_next(NULL); id; id = vbd_throttle_group_next(id))
         json_object_array_add(list, prop_entry(id, "child<throttle-group>"));
+    for (const char *id = vbd_secret_next(NULL); id; id = vbd_secret_next(id))
+        json_object_array_add(list, prop_entry(id, "child<secret>"));
 }
 
 struct json_object *qmp_qom_list(struct json_object *args, struct vbd_qmp_error *err)

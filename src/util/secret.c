@@ -5,6 +5,7 @@
 #include "vbd/options.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 struct secret {
     char *id;
     char *b64; /* kept encoded: every user so far (Ceph's key) wants base64 */
+    int format; /* as given: 0 raw, 1 base64 */
     struct secret *next;
 };
 static struct secret *secrets;
@@ -127,12 +129,16 @@ int vbd_secret_add(struct json_object *opts, struct vbd_error **err)
     }
     if (bytes != data)
         free(bytes);
-    if (!secrets)
-        atexit(vbd_secret_remove_all); /* once: the list is empty only before the first add */
+    static bool registered;
+    if (!registered) {
+        registered = true;
+        atexit(vbd_secret_remove_all);
+    }
     struct secret *s = calloc(1, sizeof(*s));
     s->id = id;
     id = NULL;
     s->b64 = b64;
+    s->format = format;
     s->next = secrets;
     secrets = s;
     rc = 0;
@@ -152,6 +158,38 @@ char *vbd_secret_get_base64(const char *id, struct vbd_error **err)
         return NULL;
     }
     return strdup(s->b64);
+}
+
+const char *vbd_secret_format(const char *id)
+{
+    struct secret *s = id ? find(id) : NULL;
+    return s ? (s->format ? "base64" : "raw") : NULL;
+}
+
+const char *vbd_secret_next(const char *prev)
+{
+    if (!prev)
+        return secrets ? secrets->id : NULL;
+    struct secret *s = find(prev);
+    return s && s->next ? s->next->id : NULL;
+}
+
+int vbd_secret_remove(const char *id, struct vbd_error **err)
+{
+    for (struct secret **pp = &secrets; *pp; pp = &(*pp)->next) {
+        struct secret *s = *pp;
+        if (strcmp(s->id, id))
+            continue;
+        *pp = s->next;
+        free(s->id);
+        /* the key does not linger in freed memory */
+        memset(s->b64, 0, strlen(s->b64));
+        free(s->b64);
+        free(s);
+        return 0;
+    }
+    vbd_error_setf(err, ENOENT, "object '%s' not found", id);
+    return -ENOENT;
 }
 
 void vbd_secret_remove_all(void)

@@ -77,6 +77,21 @@ timeout -k 10 600 "$VBD_BUILD/tests/stress/vbd-stress" --seed $seed --ops 3000 -
 stop_daemon
 cmp shadow.raw disk.img || fail "after vbd-stress (seed $seed) the LUN differs from the model"
 
+# The NBD server asks block status before each read; the driver answers
+# from its allocation cache what GET LBA STATUS told it, and writes,
+# discards and zeroes in the same clusters must keep that cache honest.
+step "an NBD export of the LUN (discard=unmap, 2 connections): the stress test through block status and the allocation cache"
+S=$T/nbd.sock
+cp disk.img init.raw
+start_daemon --blockdev "driver=iscsi,node-name=i0,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1,discard=unmap" \
+    --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=i0,name=lun,writable=on
+seed=$((RANDOM * 32768 + RANDOM))
+timeout -k 10 600 "$VBD_BUILD/tests/stress/vbd-stress" --seed $seed --ops 3000 --qd 16 --align 512 --init init.raw \
+    --shadow-out shadow.raw --nbd "nbd+unix:///lun?socket=$S" --conns 2 >stress.log 2>&1 ||
+    { tail -20 stress.log; fail "vbd-stress seed $seed over NBD on the iSCSI LUN"; }
+stop_daemon
+cmp shadow.raw disk.img || fail "after vbd-stress over NBD (seed $seed) the LUN differs from the model"
+
 step "bad input: refused portal, silent portal (bounded), wrong IQN, wrong LUN, LUN 0 is no disk, bad URI"
 closed=$((TGT_PORT + 1))
 (exec 3<>"/dev/tcp/127.0.0.1/$closed") 2>/dev/null && closed=$((TGT_PORT + 2))
@@ -118,6 +133,61 @@ must "$VBD_IMG" info --object secret,id=pw1,format=base64,data="$(printf %s s3cr
     "driver=iscsi,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1,user=vbduser,password-secret=pw1" >/dev/null
 one_line "No secret with id 'nope'" "$VBD_IMG" info --image-opts \
     "driver=iscsi,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1,user=vbduser,password-secret=nope"
+
+step "CHAP over QMP: object-add secret (data/file, raw/base64) for blockdev-add's password-secret; object-del"
+S=$T/qmp.sock
+start_daemon --chardev socket,id=mon0,path="$S",server=on,wait=off --monitor chardev=mon0
+VBD_QMP_PY=$VBD_ROOT/tests/qmp python3 - "$S" "$TGT_PORT" "$TGT_IQN" "$T/pw" <<'PY' || { cat "$T/daemon.log"; fail "see above"; }
+import base64, os, sys
+sys.path.insert(0, os.environ["VBD_QMP_PY"])
+from qmp import QMP
+sock, port, iqn, pwfile = sys.argv[1:]
+
+def fail(msg):
+    print("FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+def expect_error(reply, words):
+    if "error" not in reply or words not in reply["error"]["desc"]:
+        fail("expected an error '%s', got %s" % (words, reply))
+
+def lun(name, secret):
+    return {"driver": "iscsi", "node-name": name, "portal": "127.0.0.1:" + port, "target": iqn, "lun": 1,
+            "user": "vbduser", "password-secret": secret}
+
+m = QMP(sock, negotiate=True)
+m.execute("object-add", qom_type="secret", id="s0", data=base64.b64encode(b"s3cret-pass").decode(), format="base64")
+m.execute("object-add", qom_type="secret", id="s1", file=pwfile)
+m.execute("object-add", qom_type="secret", id="bad", data="wrong-pass")
+for n, s in (("n0", "s0"), ("n1", "s1")):
+    m.execute("blockdev-add", **lun(n, s))
+expect_error(m.cmd("blockdev-add", lun("n2", "bad")), "Failed to log in")
+expect_error(m.cmd("blockdev-add", lun("n3", "nope")), "No secret with id 'nope'")
+if m.execute("qom-get", path="/objects/s0", property="format") != "base64":
+    fail("qom-get format of s0")
+if m.execute("qom-get", path="s1", property="type") != "secret":
+    fail("qom-get type of s1")
+expect_error(m.cmd("qom-get", {"path": "/objects/s0", "property": "data"}), "not found")
+names = [p["name"] for p in m.execute("qom-list", path="/objects")]
+if not {"s0", "s1", "bad"} <= set(names):
+    fail("qom-list /objects: %s" % names)
+expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "s0", "data": "x"}), "duplicate")
+expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "b64", "data": "not*base64", "format": "base64"}),
+             "not valid base64")
+expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e", "data": "x", "format": "hex"}), "format")
+expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e"}), "exactly one of 'data' and 'file'")
+expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e", "file": "/nonexistent/pw"}), "/nonexistent/pw")
+expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e", "data": "x", "keyid": "k"}), "not supported")
+# the open node keeps its session; a new one needs the secret
+m.execute("object-del", id="s0")
+expect_error(m.cmd("blockdev-add", lun("n4", "s0")), "No secret with id 's0'")
+m.execute("blockdev-del", node_name="n0")
+m.execute("blockdev-del", node_name="n1")
+for s in ("s1", "bad"):
+    m.execute("object-del", id=s)
+expect_error(m.cmd("object-del", {"id": "s1"}), "not found")
+PY
+stop_daemon
 tgt_adm --op unbind --mode account --tid 1 --user vbduser >/dev/null || fail "tgtadm unbind account"
 
 step "tgtd killed with -9 during writes and restarted: the writes go on, nothing acknowledged is lost"
@@ -143,7 +213,8 @@ tgt_restart
 for _ in $(seq 1200); do kill -0 $io_pid 2>/dev/null || break; sleep 0.1; done
 if kill -0 $io_pid 2>/dev/null; then
     kill -KILL $io_pid
-    fail "vbd-io still waits 120 s after the target came back: $(tail -20 fault.err)"
+    fail "vbd-io still waits 120 s after the target came back: $(tail -20 fault.err)
+tgtd (pid $TGT_PID) $(_tgt_alive "$TGT_PID" && echo "is running" || echo "is gone"); port $TGT_PORT $( (exec 3<>"/dev/tcp/127.0.0.1/$TGT_PORT") 2>/dev/null && echo accepts || echo refuses); tgtd's log: $(tail -8 "$T/tgtd.log")"
 fi
 wait $io_pid || fail "vbd-io failed across the target restart (exit status $?): $(cat fault.err)"
 grep -q "session re-established" fault.err || fail "no reconnect was reported: $(cat fault.err)"

@@ -36,7 +36,7 @@ _ceph_pid() {
     local f=$CEPH_DIR/run/$1.pid pid
     [ -s "$f" ] || return 1
     pid=$(cat "$f")
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-c $CEPH_CONF" || return 1
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "-c $CEPH_CONF" || return 1
     # a zombie is gone for our purposes (PID 1 reaps it later)
     [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
     echo "$pid"
@@ -49,9 +49,11 @@ ceph_start() {
     CEPH_CONF=$CEPH_DIR/ceph.conf
     mkdir -p "$CEPH_DIR"/{run,log,mon.a,osd.0}
     on_exit ceph_stop
-    local port=3300
+    local port=3300 tries=0 fsid
+    # a port found free may be taken by a test beside this one before the
+    # monitor binds it: then the monitor fails and the next port is tried
+    while :; do
     while ! _ceph_port_free $port || ! _ceph_port_free $((port + 1)); do port=$((port + 7)); done
-    local fsid
     fsid=$(cat /proc/sys/kernel/random/uuid)
     CEPH_MON_ADDR=127.0.0.1:$port
     cat >"$CEPH_CONF" <<EOF
@@ -108,10 +110,15 @@ EOF
     ceph-authtool --create-keyring "$CEPH_DIR/keyring" --gen-key -n mon. --cap mon "allow *" >/dev/null &&
         ceph-authtool "$CEPH_DIR/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' \
             --cap mgr 'allow *' >/dev/null || fail "ceph: ceph-authtool failed"
-    monmaptool --create --fsid "$fsid" --addv a "[v2:$CEPH_MON_ADDR]" "$CEPH_DIR/monmap" >/dev/null ||
+    monmaptool --create --clobber --fsid "$fsid" --addv a "[v2:$CEPH_MON_ADDR]" "$CEPH_DIR/monmap" >/dev/null ||
         fail "ceph: monmaptool failed"
     ceph-mon -c "$CEPH_CONF" -i a --mkfs --monmap "$CEPH_DIR/monmap" --keyring "$CEPH_DIR/keyring" || fail "ceph: mon mkfs failed"
-    ceph-mon -c "$CEPH_CONF" -i a || fail "ceph: mon did not start"
+    ceph-mon -c "$CEPH_CONF" -i a 2>>"$CEPH_DIR/log/mon-start.err" && break
+    tries=$((tries + 1))
+    [ $tries -lt 5 ] || { tail -3 "$CEPH_DIR/log/mon-start.err" >&2; fail "ceph: mon did not start"; }
+    rm -rf "$CEPH_DIR/mon.a" && mkdir "$CEPH_DIR/mon.a"
+    port=$((port + 7))
+    done
     ceph_wait 60 "the monitor" ceph_cli mon stat
     local uuid id key
     uuid=$(cat /proc/sys/kernel/random/uuid)

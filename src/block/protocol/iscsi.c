@@ -83,12 +83,130 @@ struct iscsi_state {
     uint32_t max_ws_blocks, max_unmap_blocks;
     uint8_t *zero_block;
     bool closing;
+    /*
+     * What GET LBA STATUS said, per cluster, so block status (the NBD
+     * server asks before each read) and reads of unmapped ranges need no
+     * round trip, as QEMU's allocmap/allocmap_valid. A set bit of allocmap:
+     * the cluster may hold data. A set bit of validmap: the cluster is known
+     * to be wholly mapped (allocmap set) or wholly unmapped (clear). Writes
+     * set allocmap over every cluster they touch, so a "wholly unmapped"
+     * never outlives one; discards forget what was known. No validmap with
+     * cache.direct=on: every question then goes to the target.
+     */
+    uint64_t *allocmap, *validmap;
+    uint64_t cluster_size, nclusters;
+    uint64_t unmap_gran_bytes;
+    bool nocache;
+    uint64_t writes_done; /* bumped by each data-changing command's end */
 };
 
 /* ---------- the loop side ---------- */
 
 static void update_events(struct iscsi_state *s);
 static void drop_watch(struct iscsi_state *s);
+
+/* ---------- the allocation cache ---------- */
+
+static void bits_set(uint64_t *map, uint64_t first, uint64_t n, bool on)
+{
+    for (uint64_t i = first; i < first + n; i++) {
+        if (on)
+            map[i / 64] |= 1ull << (i % 64);
+        else
+            map[i / 64] &= ~(1ull << (i % 64));
+    }
+}
+
+static bool bit(const uint64_t *map, uint64_t i)
+{
+    return map[i / 64] >> (i % 64) & 1;
+}
+
+static void allocmap_free(struct iscsi_state *s)
+{
+    free(s->allocmap);
+    free(s->validmap);
+    s->allocmap = s->validmap = NULL;
+    s->nclusters = 0;
+}
+
+/* The target's unmap granularity when it is a sensible page size, else
+ * 64 KiB; larger for huge LUNs so each map stays within 2 MiB. */
+static void allocmap_init(struct iscsi_state *s)
+{
+    uint64_t unmap_gran_bytes = s->unmap_gran_bytes;
+    bool nocache = s->nocache;
+    allocmap_free(s);
+    if (!s->lbpme)
+        return;
+    uint64_t cs = 65536, size = s->num_blocks * s->block_size;
+    if (unmap_gran_bytes >= 4096 && unmap_gran_bytes <= (16u << 20) && !(unmap_gran_bytes & (unmap_gran_bytes - 1)))
+        cs = unmap_gran_bytes;
+    if (cs < s->block_size)
+        cs = s->block_size;
+    while ((size + cs - 1) / cs > (1ull << 24))
+        cs *= 2;
+    s->cluster_size = cs;
+    s->nclusters = (size + cs - 1) / cs;
+    size_t words = (size_t)((s->nclusters + 63) / 64);
+    s->allocmap = calloc(words ? words : 1, sizeof(uint64_t));
+    /* nothing known yet: allocmap all set (maybe data), validmap clear */
+    if (s->allocmap)
+        memset(s->allocmap, 0xff, words * sizeof(uint64_t));
+    if (!nocache)
+        s->validmap = calloc(words ? words : 1, sizeof(uint64_t));
+    if (!s->allocmap || (!nocache && !s->validmap))
+        allocmap_free(s);
+}
+
+/*
+ * [off, off + bytes) is mapped (allocated), unmapped (!allocated), or
+ * changed in a way not known (!valid: a discard). Every cluster it touches
+ * may hold data after a write; only the clusters it wholly covers become
+ * known.
+ */
+static void allocmap_update(struct iscsi_state *s, uint64_t off, uint64_t bytes, bool allocated, bool valid)
+{
+    if (!s->allocmap || !bytes)
+        return;
+    uint64_t cs = s->cluster_size, end = off + bytes;
+    uint64_t out_first = off / cs, out_end = (end + cs - 1) / cs;
+    uint64_t in_first = (off + cs - 1) / cs, in_end = end / cs;
+    /* the last cluster may be short: reaching the LUN's end covers it */
+    if (end >= s->num_blocks * s->block_size)
+        in_end = s->nclusters;
+    if (out_end > s->nclusters)
+        out_end = s->nclusters;
+    if (out_first >= out_end)
+        return;
+    if (allocated)
+        bits_set(s->allocmap, out_first, out_end - out_first, true);
+    else if (in_end > in_first)
+        bits_set(s->allocmap, in_first, in_end - in_first, false);
+    if (!s->validmap)
+        return;
+    if (!valid)
+        bits_set(s->validmap, out_first, out_end - out_first, false);
+    else if (in_end > in_first)
+        bits_set(s->validmap, in_first, in_end - in_first, true);
+}
+
+/* What the cache knows at off: -1 nothing, else 1 (mapped) or 0 (unmapped)
+ * for *len bytes from off (at most bytes). */
+static int allocmap_lookup(struct iscsi_state *s, uint64_t off, uint64_t bytes, uint64_t *len)
+{
+    if (!s->validmap)
+        return -1;
+    uint64_t cs = s->cluster_size, c = off / cs, end = off + bytes;
+    if (c >= s->nclusters || !bit(s->validmap, c))
+        return -1;
+    bool a = bit(s->allocmap, c);
+    uint64_t run_end = (c + 1) * cs;
+    for (c++; run_end < end && c < s->nclusters && bit(s->validmap, c) && bit(s->allocmap, c) == a; c++)
+        run_end += cs;
+    *len = (run_end < end ? run_end : end) - off;
+    return a;
+}
 
 static void fd_ready(void *arg, short revents)
 {
@@ -204,6 +322,9 @@ static void task_cb(struct iscsi_context *iscsi, int status, void *command_data,
         vbd_co_wake(r->co);
 }
 
+/* descriptors asked per GET LBA STATUS: the cache learns that much more */
+#define LBA_STATUS_DESCS 32
+
 static struct scsi_task *submit(struct iscsi_state *s, struct iscsi_req *r)
 {
     struct iscsi_context *i = s->iscsi;
@@ -240,7 +361,7 @@ static struct scsi_task *submit(struct iscsi_state *s, struct iscsi_req *r)
         t = iscsi_writesame16_task(i, s->lun, r->lba, s->zero_block, s->block_size, r->nblocks, 0, r->unmap, 0, 0, task_cb, r);
         break;
     case OP_LBA_STATUS:
-        t = iscsi_get_lba_status_task(i, s->lun, r->lba, 8 + 16, task_cb, r);
+        t = iscsi_get_lba_status_task(i, s->lun, r->lba, 8 + 16 * LBA_STATUS_DESCS, task_cb, r);
         break;
     case OP_INQUIRY:
         t = iscsi_inquiry_task(i, s->lun, r->evpd, r->page, 255, task_cb, r);
@@ -622,6 +743,9 @@ static int probe_lun(struct vbd_node *n, unsigned flags, struct vbd_error **err)
     n->supported_write_flags = s->dpofua ? VBD_REQ_FUA : 0;
     /* unmapping in WRITE SAME only where unmapped blocks read as zeroes */
     n->supported_zero_flags = s->lbpws && s->lbprz ? VBD_REQ_MAY_UNMAP : 0;
+    s->unmap_gran_bytes = (uint64_t)unmap_gran * s->block_size;
+    s->nocache = flags & VBD_OPEN_NOCACHE;
+    allocmap_init(s);
     return 0;
 }
 
@@ -820,6 +944,7 @@ static void iscsi_close(struct vbd_node *n)
     vbd_co_run_sync(close_end_co, s);
     iscsi_destroy_context(s->iscsi);
     free(s->zero_block);
+    allocmap_free(s);
     free(s->portal);
     free(s->target);
     free(s->initiator);
@@ -842,7 +967,14 @@ static int rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, stru
                           .iov = (struct scsi_iovec *)iov,
                           .niov = cnt,
                           .fua = (flags & VBD_REQ_FUA) ? 1 : 0};
+    if (write) /* a block status answered meanwhile must not say "unmapped" */
+        allocmap_update(s, off, bytes, true, true);
     int rc = run(n, &r, NULL);
+    if (write) {
+        /* even a failed write may have mapped some of it */
+        allocmap_update(s, off, bytes, true, true);
+        s->writes_done++;
+    }
     if (r.task)
         scsi_free_scsi_task(r.task);
     if (iov != small)
@@ -852,7 +984,14 @@ static int rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, stru
 
 static int iscsi_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
 {
+    struct iscsi_state *s = n->opaque;
     (void)flags;
+    uint64_t len;
+    /* known unmapped, and unmapped blocks read as zeroes: no round trip */
+    if (s->lbprz && allocmap_lookup(s, off, bytes, &len) == 0 && len == bytes) {
+        vbd_iov_memset(q->iov, q->niov, qoff, 0, bytes);
+        return 0;
+    }
     return rw(n, false, off, bytes, q, qoff, 0);
 }
 
@@ -877,7 +1016,11 @@ static int iscsi_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
         return -ENOTSUP;
     struct iscsi_req r = {.op = OP_UNMAP, .lba = off / s->block_size, .nblocks = (uint32_t)(bytes / s->block_size)};
     struct scsi_sense sense = {0};
+    /* the target may unmap all, some or none of it */
+    allocmap_update(s, off, bytes, false, false);
     int rc = run(n, &r, &sense);
+    allocmap_update(s, off, bytes, false, false);
+    s->writes_done++;
     if (r.task)
         scsi_free_scsi_task(r.task);
     /* discard is advisory: a target that turns UNMAP down is not asked again */
@@ -898,7 +1041,11 @@ static int iscsi_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes,
                           .nblocks = (uint32_t)(bytes / s->block_size),
                           .unmap = (flags & VBD_REQ_MAY_UNMAP) && s->lbpws && s->lbprz};
     struct scsi_sense sense = {0};
+    /* zeroes with UNMAP may leave the blocks mapped or not; without, mapped */
+    allocmap_update(s, off, bytes, !r.unmap, !r.unmap);
     int rc = run(n, &r, &sense);
+    allocmap_update(s, off, bytes, !r.unmap, !r.unmap);
+    s->writes_done++;
     if (r.task)
         scsi_free_scsi_task(r.task);
     /* no WRITE SAME(16) there: the generic layer writes zero buffers, now and later */
@@ -919,7 +1066,13 @@ static int iscsi_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
     *pnum = bytes;
     if (!s->has_lba_status)
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
-    uint64_t lba = off / s->block_size;
+    uint64_t known_len;
+    int known = allocmap_lookup(s, off, bytes, &known_len);
+    if (known >= 0) {
+        *pnum = known_len;
+        return known ? VBD_BS_DATA | VBD_BS_OFFSET_VALID : VBD_BS_OFFSET_VALID | (s->lbprz ? VBD_BS_ZERO : 0);
+    }
+    uint64_t lba = off / s->block_size, writes_before = s->writes_done;
     struct iscsi_req r = {.op = OP_LBA_STATUS, .lba = lba};
     struct scsi_sense sense = {0};
     int rc = run(n, &r, &sense);
@@ -944,6 +1097,16 @@ static int iscsi_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
                 ret = VBD_BS_OFFSET_VALID | (s->lbprz ? VBD_BS_ZERO : 0);
         }
     }
+    /* Remembered unless data changed while the target answered: then the
+     * answer may be older than a write the cache already knows of. */
+    for (uint32_t i = 0; st && s->writes_done == writes_before && i < st->num_descriptors; i++) {
+        const struct scsi_lba_status_descriptor *d = &st->descriptors[i];
+        if (d->lba >= s->num_blocks || !d->num_blocks)
+            break;
+        uint64_t nb = d->num_blocks < s->num_blocks - d->lba ? d->num_blocks : s->num_blocks - d->lba;
+        bool mapped = d->provisioning == SCSI_PROVISIONING_TYPE_MAPPED;
+        allocmap_update(s, d->lba * s->block_size, nb * s->block_size, mapped, true);
+    }
     scsi_free_scsi_task(r.task);
     return ret;
 }
@@ -964,7 +1127,10 @@ static int iscsi_refresh_size(struct vbd_node *n)
             blocks = c && c->block_size == s->block_size ? (uint64_t)c->lba + 1 : 0;
         }
         if (blocks && blocks <= VBD_MAX_REQUEST_END / s->block_size) {
+            bool changed = blocks != s->num_blocks;
             s->num_blocks = blocks;
+            if (changed) /* new clusters, maybe a new cluster size: start over */
+                allocmap_init(s);
             vbd_node_set_size(n, blocks * s->block_size);
         } else {
             rc = -EIO;

@@ -353,17 +353,36 @@ static int vrbd_connect(struct vrbd_conn_opts *o, rados_t *cluster, rados_ioctx_
 
 /* ---------- aio ---------- */
 
+/*
+ * Reads and writes larger than RBD_CHUNK go to librbd as several requests
+ * in flight at once. The vhost-user-blk export merges a guest's adjacent
+ * requests (four sequential 1 MiB reads become one 4 MiB read of one
+ * object); librbd sends one OSD operation per object, so without the split
+ * the merge would serialise what the guest had in flight (1M reads QD4:
+ * about half the rate of the same requests unmerged, measured).
+ */
+#define RBD_CHUNK (1u << 20)
+#define RBD_MAX_CHUNKS 64
+
 struct vrbd_req {
     struct vbd_co *co;
+    int pending; /* chunks in flight + 1 while they are being sent */
+};
+
+struct vrbd_chunk {
+    struct vrbd_req *req;
     ssize_t ret;
 };
 
 static void aio_done(rbd_completion_t c, void *arg)
 {
-    struct vrbd_req *r = arg;
-    r->ret = rbd_aio_get_return_value(c);
+    struct vrbd_chunk *ch = arg;
+    struct vrbd_req *r = ch->req;
+    ch->ret = rbd_aio_get_return_value(c);
     rbd_aio_release(c);
-    vbd_co_wake(r->co); /* from librbd's thread: scheduled on the coroutine's loop */
+    /* from librbd's thread: scheduled on the coroutine's loop */
+    if (__atomic_sub_fetch(&r->pending, 1, __ATOMIC_ACQ_REL) == 0)
+        vbd_co_wake(r->co);
 }
 
 enum vrbd_op { OP_READ, OP_WRITE, OP_FLUSH, OP_DISCARD, OP_ZEROES };
@@ -420,40 +439,65 @@ static int vrbd_aio(struct vbd_node *n, enum vrbd_op op, uint64_t off, uint64_t 
             bytes = in;
         }
     }
-    struct vrbd_req req = {.co = vbd_co_self(), .ret = 0};
-    rbd_completion_t c;
+    struct vrbd_req req = {.co = vbd_co_self(), .pending = 1};
+    bool data = op == OP_READ || op == OP_WRITE;
+    uint64_t chunk = data && bytes > RBD_CHUNK ? RBD_CHUNK : (bytes ? bytes : 1);
+    if ((bytes + chunk - 1) / chunk > RBD_MAX_CHUNKS)
+        chunk = (bytes + RBD_MAX_CHUNKS - 1) / RBD_MAX_CHUNKS;
+    int nchunks = data ? (int)((bytes + chunk - 1) / chunk) : 1;
+    struct vrbd_chunk chunks[RBD_MAX_CHUNKS];
+    /* every chunk's slice: at most one more entry per chunk than the qiov */
     struct iovec stack_iov[64], *iov = stack_iov;
-    int niov = 0;
-    if (op == OP_READ || op == OP_WRITE) {
-        int cap = q->niov < 64 ? 64 : q->niov;
-        if (cap > 64)
-            iov = malloc(sizeof(*iov) * cap);
-        niov = vbd_iov_slice(iov, cap, q->iov, q->niov, qoff, bytes);
+    int cap = data ? q->niov + nchunks : 0;
+    if (cap > 64)
+        iov = malloc(sizeof(*iov) * (size_t)cap);
+    int r = 0, sent = 0, used = 0;
+    for (; sent < nchunks; sent++) {
+        uint64_t coff = (uint64_t)sent * chunk;
+        uint64_t clen = data ? (bytes - coff < chunk ? bytes - coff : chunk) : bytes;
+        struct iovec *ciov = iov + used;
+        int cniov = 0;
+        if (data) {
+            cniov = vbd_iov_slice(ciov, cap - used, q->iov, q->niov, qoff + coff, clen);
+            used += cniov;
+        }
+        chunks[sent] = (struct vrbd_chunk){.req = &req, .ret = 0};
+        rbd_completion_t c;
+        r = rbd_aio_create_completion(&chunks[sent], aio_done, &c);
+        if (r < 0)
+            break;
+        __atomic_add_fetch(&req.pending, 1, __ATOMIC_RELAXED);
+        switch (op) {
+        case OP_READ: r = rbd_aio_readv(s->image, ciov, cniov, off + coff, c); break;
+        case OP_WRITE: r = rbd_aio_writev(s->image, ciov, cniov, off + coff, c); break;
+        case OP_FLUSH: r = rbd_aio_flush(s->image, c); break;
+        case OP_DISCARD: r = rbd_aio_discard(s->image, off, bytes, c); break;
+        case OP_ZEROES: r = rbd_aio_write_zeroes(s->image, off, bytes, c, zero_flags, 0); break;
+        }
+        if (r < 0) {
+            __atomic_sub_fetch(&req.pending, 1, __ATOMIC_RELAXED);
+            rbd_aio_release(c);
+            break;
+        }
     }
-    int r = rbd_aio_create_completion(&req, aio_done, &c);
-    if (r < 0)
-        goto out;
-    switch (op) {
-    case OP_READ: r = rbd_aio_readv(s->image, iov, niov, off, c); break;
-    case OP_WRITE: r = rbd_aio_writev(s->image, iov, niov, off, c); break;
-    case OP_FLUSH: r = rbd_aio_flush(s->image, c); break;
-    case OP_DISCARD: r = rbd_aio_discard(s->image, off, bytes, c); break;
-    case OP_ZEROES: r = rbd_aio_write_zeroes(s->image, off, bytes, c, zero_flags, 0); break;
+    /* what was sent must finish before the buffers and chunks go away */
+    if (__atomic_sub_fetch(&req.pending, 1, __ATOMIC_ACQ_REL) != 0)
+        vbd_co_yield();
+    for (int i = 0; i < sent && r >= 0; i++) {
+        ssize_t ret = chunks[i].ret;
+        if (ret < 0) {
+            r = (int)ret;
+            break;
+        }
+        /* reads answer the byte count; past the image's end (a resize by
+         * another client) the rest reads as zeroes */
+        uint64_t coff = (uint64_t)i * chunk, clen = bytes - coff < chunk ? bytes - coff : chunk;
+        if (op == OP_READ && (uint64_t)ret < clen)
+            vbd_iov_memset(q->iov, q->niov, qoff + coff + (uint64_t)ret, 0, clen - (uint64_t)ret);
     }
-    if (r < 0) {
-        rbd_aio_release(c);
-        goto out;
-    }
-    vbd_co_yield();
-    r = req.ret < 0 ? (int)req.ret : 0;
-    /* reads answer the byte count; past the image's end (a resize by
-     * another client) the rest reads as zeroes */
-    if (r == 0 && op == OP_READ && (uint64_t)req.ret < bytes)
-        vbd_iov_memset(q->iov, q->niov, qoff + req.ret, 0, bytes - req.ret);
-out:
     if (iov != stack_iov)
         free(iov);
-    return r;
+    return r < 0 ? r : 0;
 }
 
 static int vrbd_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
