@@ -82,7 +82,9 @@ static bool check_attrs(struct ctx *c, xmlNodePtr n, const char *where, const ch
 {
     for (xmlAttrPtr a = n->properties; a; a = a->next)
         if (!in_list((const char *)a->name, allowed)) {
-            fail(c, "%s %s=: not supported by vbd", where, (const char *)a->name);
+            /* "<driver>" -> "<driver sgio='filtered'>" */
+            const char *v = a->children && a->children->content ? (const char *)a->children->content : "";
+            fail(c, "%.*s %s='%s'>: not supported by vbd", (int)strlen(where) - 1, where, (const char *)a->name, v);
             return false;
         }
     return true;
@@ -689,7 +691,13 @@ static bool map_disk(struct ctx *c, xmlNodePtr disk)
         /* as QEMU: disks without a group_name are each their own group, named after the device */
         const char *g = group ? group : tdev;
         struct vbd_error *e = NULL;
-        if (vbd_throttle_group_configure(g, &tcfg, &e) < 0) {
+        struct vbd_throttle_config have;
+        /* a throttle-group object, so that qom-get/qom-set see and change the
+         * limits later (libvirt's blkdeviotune); a second disk naming the
+         * group sets them, as block_set_io_throttle does in QEMU */
+        int rc = vbd_throttle_group_get(g, &have) ? vbd_throttle_group_set(g, &tcfg, &e)
+                                                   : vbd_throttle_group_add(g, &tcfg, &e);
+        if (rc < 0) {
             fail(c, "<iotune><group_name>%s</group_name>: %s", g, e ? e->msg : "cannot configure");
             vbd_error_free(e);
             ok = false;
