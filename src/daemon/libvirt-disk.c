@@ -404,8 +404,9 @@ static bool open_layer(struct ctx *c, xmlNodePtr e, int depth, bool ro, char *fm
         put_bool(so, "read-only", true);
     else
         put_bool(so, "auto-read-only", true);
-    if (c->discard)
-        put_str(so, "discard", c->discard);
+    /* libvirt lets every protocol node pass discards down; the format node
+     * (driver discard=) decides whether the guest's reach it */
+    put_str(so, "discard", "unmap");
     if (!add_node(c, so))
         return false;
 

@@ -89,6 +89,37 @@ add_case iotune "<disk type='file' device='disk'>
     <size_iops_sec>8192</size_iops_sec><group_name>tier1</group_name></iotune>
 </disk>"
 
+# iSCSI: a user-space target (tgt) when vbd has the iscsi driver
+if command -v tgtd >/dev/null && [ "$(id -u)" = 0 ] && "$VBD_IMG" --help 2>&1 | grep -qw iscsi; then
+    source "$(dirname "$0")/lib-tgt.sh"
+    qemu-img create -q -f raw "$T/lun.raw" 16M || fail "qemu-img create lun"
+    tgt_start "$T/lun.raw"
+    add_case iscsi "<disk type='network' device='disk'>
+  <driver name='qemu' type='raw' cache='directsync'/>
+  <source protocol='iscsi' name='$TGT_IQN/1'><host name='127.0.0.1' port='$TGT_PORT'/></source>
+  <target dev='vdh' bus='virtio'/>
+</disk>"
+else
+    echo "(no iscsi case: needs root, tgtd and vbd's iscsi driver)"
+fi
+
+# RBD: a throwaway Ceph cluster (memstore: the data is not kept) when vbd has the rbd driver
+if command -v ceph-mon >/dev/null && "$VBD_IMG" --help 2>&1 | grep -qw rbd; then
+    CEPH_OBJECTSTORE=memstore
+    source "$(dirname "$0")/lib-ceph.sh"
+    ceph_start
+    rbd -c "$CEPH_CONF" create --size 16M rbd/lv || fail "rbd create"
+    mon=$(grep -o 'v2:127.0.0.1:[0-9]*' "$CEPH_CONF" | head -n1 | cut -d: -f3)
+    [ -n "$mon" ] || fail "no monitor address in $CEPH_CONF"
+    add_case rbd "<disk type='network' device='disk'>
+  <driver name='qemu' type='raw' cache='none' discard='unmap'/>
+  <source protocol='rbd' name='rbd/lv'><host name='127.0.0.1' port='$mon'/><config file='$CEPH_CONF'/></source>
+  <target dev='vdi' bus='virtio'/>
+</disk>"
+else
+    echo "(no rbd case: needs ceph-mon and vbd's rbd driver)"
+fi
+
 Q=$T/qmp.sock
 S=$Q
 on_exit '[ -z "$dpid" ] || kill -9 $dpid 2>/dev/null'
@@ -131,7 +162,7 @@ while node is not None:
     node = lv[b] if isinstance(b, str) else None
 
 # vbd's: the top node is the target, named layers below it
-tdev = {"chain": "vda", "readonly": "vdc", "block": "vdd", "nbd": "vde", "cor": "vdf", "iotune": "vdg"}.get(case, "vdb")
+tdev = {"chain": "vda", "readonly": "vdc", "block": "vdd", "nbd": "vde", "cor": "vdf", "iotune": "vdg", "iscsi": "vdh", "rbd": "vdi"}.get(case, "vdb")
 top = vbd[tdev]
 vfilters = []
 name = tdev
@@ -161,6 +192,8 @@ for k, (lf, ls) in enumerate(layers):
     assert vs["ro"] == ro, f"layer {k} protocol read-only: vbd {vs['ro']}, libvirt auto-read-only under {ro}"
     if ls["driver"] in ("file", "host_device"):
         assert vs["file"] == ls["filename"], f"layer {k} file: vbd {vs['file']}, libvirt {ls['filename']}"
+    if ls["driver"] == "rbd":
+        assert vs["file"].startswith("rbd:rbd/lv"), f"layer {k} rbd image: vbd {vs['file']}"
     nxt = layers[k + 1][1] if k + 1 < len(layers) else None
     if nxt is not None:
         assert vf.get("backing_file") == nxt["filename"], f"layer {k} backing: vbd {vf.get('backing_file')}, libvirt {nxt['filename']}"
