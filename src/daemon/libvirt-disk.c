@@ -167,6 +167,13 @@ static bool network_source(struct ctx *c, xmlNodePtr src, const char *where, str
     static const char *const src_kids[] = {"host", "auth", "reconnect", "config", "snapshot", NULL};
     if (!check_attrs(c, src, "<source>", src_attrs) || !check_children(c, src, "<source>", src_kids))
         return false;
+    /* the children that mean something only for one protocol */
+    static const char *const only[][2] = {{"reconnect", "nbd"}, {"config", "rbd"}, {"snapshot", "rbd"}};
+    for (size_t i = 0; i < sizeof(only) / sizeof(only[0]); i++)
+        if (child(src, only[i][0]) && strcmp(proto, only[i][1])) {
+            fail(c, "%s<source protocol='%s'><%s>: only for protocol %s", where, proto, only[i][0], only[i][1]);
+            return false;
+        }
     const char *tls = attr(src, "tls");
     if (tls && strcmp(tls, "no")) {
         fail(c, "%s<source tls='%s'>: not supported by vbd (use --blockdev with tls-creds)", where, tls);
@@ -250,9 +257,12 @@ static bool network_source(struct ctx *c, xmlNodePtr src, const char *where, str
         }
         char *pool = strndup(name, (size_t)(slash - name)), *image = vbd_xstrdup(slash + 1);
         char *at = strchr(image, '@');
+        xmlNodePtr snap = child(src, "snapshot");
         if (at) {
             *at = 0;
             put_str(o, "snapshot", at + 1);
+        } else if (snap && attr(snap, "name")) {
+            put_str(o, "snapshot", attr(snap, "name"));
         }
         put_str(o, "pool", pool);
         put_str(o, "image", image);
@@ -629,6 +639,11 @@ static bool map_disk(struct ctx *c, xmlNodePtr disk)
                                             "auth", NULL};
     if (!check_attrs(c, disk, "<disk>", disk_attrs) || !check_children(c, disk, "<disk>", disk_kids))
         return false;
+    const char *dtype = attr(disk, "type");
+    if (child(disk, "auth") && (!dtype || strcmp(dtype, "network"))) {
+        fail(c, "<disk type='%s'><auth>: only for network disks", dtype ? dtype : "");
+        return false;
+    }
     const char *dev = attr(disk, "device");
     if (dev && strcmp(dev, "disk")) {
         fail(c, "<disk device='%s'>: vbd serves disks only", dev);

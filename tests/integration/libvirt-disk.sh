@@ -249,6 +249,13 @@ bad "cache='bogus'" "<disk type='file'><driver name='qemu' type='raw' cache='bog
 bad "<driver sgio=" "<disk type='file'><driver name='qemu' type='raw' sgio='filtered'/><source file='$T/r.raw'/><target dev='vda'/></disk>"
 bad "<iotune><bogus_sec>" "<disk type='file'><driver name='qemu' type='raw'/><source file='$T/r.raw'/><target dev='vda'/><iotune><bogus_sec>1</bogus_sec></iotune></disk>"
 bad "no vmdk2 format" "<disk type='file'><driver name='qemu' type='vmdk2'/><source file='$T/r.raw'/><target dev='vda'/></disk>"
+bad "<disk type='file'><auth>: only for network disks" "<disk type='file'><driver name='qemu' type='raw'/><source file='$T/r.raw'/><auth username='u'><secret type='ceph' usage='s'/></auth><target dev='vda'/></disk>"
+bad "<reconnect>: only for protocol nbd" "<disk type='network'><driver name='qemu' type='raw'/><source protocol='iscsi' name='iqn.x/1'><host name='127.0.0.1'/><reconnect delay='1'/></source><target dev='vda'/></disk>"
+# a chain longer than any real one ends with an error, not a deep recursion
+deep="<disk type='file'><driver name='qemu' type='qcow2'/><source file='$T/base.qcow2'/>"
+for _ in $(seq 40); do deep+="<backingStore type='file'><format type='qcow2'/><source file='$T/base.qcow2'/>"; done
+for _ in $(seq 40); do deep+="</backingStore>"; done
+bad "chain deeper than 32" "$deep<target dev='vda'/></disk>"
 bad "not XML" "<disk type='file'><source file='$T/r.raw'/>"
 must_fail_with "no <disk> with <target dev='vdz'>" "$VBD_DAEMON" --libvirt-disk "$T/dom-chain.xml#vdz"
 bad "node 'vda-storage': Could not open" "<disk type='file'><driver name='qemu' type='raw'/><source file='$T/missing.raw'/><target dev='vda'/></disk>"
