@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the libvirt tests after lib.sh: a private libvirtd for this test only.
 #
 # Debian 12 has the monolithic libvirtd (no virtqemud) and, without
@@ -15,7 +16,7 @@
 #   libvirt_stop         destroys its domains, stops QEMU and the daemons by PID
 #                        (registered with on_exit by libvirt_start)
 
-LV_DIR= LV_URI= LV_PID=
+LV_DIR='' LV_URI='' LV_PID=''
 
 virsh_() { timeout 120 virsh -q -c "$LV_URI" "$@"; }
 

@@ -105,7 +105,7 @@ fi
 
 # RBD: a throwaway Ceph cluster (memstore: the data is not kept) when vbd has the rbd driver
 if command -v ceph-mon >/dev/null && "$VBD_IMG" --help 2>&1 | grep -qw rbd; then
-    CEPH_OBJECTSTORE=memstore
+    export CEPH_OBJECTSTORE=memstore
     source "$(dirname "$0")/lib-ceph.sh"
     ceph_start
     rbd -c "$CEPH_CONF" create --size 16M rbd/lv || fail "rbd create"
@@ -217,6 +217,7 @@ step "the printed <disk type='vhostuser'> is a disk libvirt accepts"
 P=$T/vhu.sock
 S=$P
 "$VBD_DAEMON" --libvirt-disk "$T/case-chain.xml" --vhost-user "$P" --print-libvirt-disk >"$T/printed.xml" 2>"$T/daemon.log" &
+# shellcheck disable=SC2034 # stop_daemon (lib.sh) stops it
 dpid=$!
 wait_sock "$P"
 for _ in $(seq 100); do grep -q '</disk>' "$T/printed.xml" && break; sleep 0.05; done

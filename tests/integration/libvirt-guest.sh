@@ -20,7 +20,7 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || skip "no guest kernel (linux-image-amd64)"
 read -r kver base < <("$G/build-initramfs.sh") || fail "cannot build the guest's initramfs"
 libvirt_start
 on_exit '[ -z "$apid" ] || kill -9 $apid 2>/dev/null; [ -z "$bpid" ] || kill -9 $bpid 2>/dev/null'
-apid= bpid=
+apid='' bpid=''
 
 must qemu-img create -q -f qcow2 "$T/a.qcow2" 128M
 must qemu-img create -q -f raw "$T/b.raw" 32M
@@ -144,7 +144,7 @@ step "the daemons stop cleanly; the images are consistent"
 for p in $apid $bpid; do
     kill -TERM $p; wait $p || fail "vbd-daemon $p exited with $? after SIGTERM"
 done
-apid= bpid=
+apid='' bpid=''
 ! grep -q Sanitizer "$T/a.log" "$T/b.log" || { cat "$T/a.log" "$T/b.log"; fail "sanitizer report"; }
 # killed with -9: leaked clusters are allowed (exit 3), errors are not
 qemu-img check "$T/a.qcow2" >"$T/check.out" 2>&1; rc=$?
