@@ -129,7 +129,7 @@ for c in "${cases[@]}"; do
     virsh_ domxml-to-native qemu-argv "$T/dom-$c.xml" >"$T/argv-$c" || fail "$c: libvirt refused the disk"
     start_daemon --chardev socket,id=m,path="$Q",server=on,wait=off --monitor m \
         --libvirt-disk "$T/case-$c.xml" --vhost-user "$T/vhu-$c.sock"
-    PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$Q" "$T/argv-$c" "$c" >"$T/cmp-$c.out" 2>&1 <<'EOF' || { cat "$T/cmp-$c.out"; fail "$c: vbd's nodes differ from libvirt's"; }
+    PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$Q" "$T/argv-$c" "$c" >"$T/cmp-$c.out" 2>&1 <<'EOF' || { cat "$T/cmp-$c.out"; tail -n 60 "$T/daemon.log"; fail "$c: vbd's nodes differ from libvirt's"; }
 import json, shlex, sys
 from qmp import QMP
 sock, argv_file, case = sys.argv[1:]
