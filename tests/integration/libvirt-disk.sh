@@ -121,12 +121,14 @@ else
 fi
 
 Q=$T/qmp.sock
-S=$Q
 on_exit '[ -z "$dpid" ] || kill -9 $dpid 2>/dev/null'
 for c in "${cases[@]}"; do
     step "$c: libvirt's -blockdev vs vbd's nodes"
     domain "vbd-$c" "$(cat "$T/case-$c.xml")" >"$T/dom-$c.xml"
     virsh_ domxml-to-native qemu-argv "$T/dom-$c.xml" >"$T/argv-$c" || fail "$c: libvirt refused the disk"
+    # ready once the export listens: the QMP socket comes first and answers
+    # while the nodes are still opening (an rbd node takes a while)
+    S=$T/vhu-$c.sock
     start_daemon --chardev socket,id=m,path="$Q",server=on,wait=off --monitor m \
         --libvirt-disk "$T/case-$c.xml" --vhost-user "$T/vhu-$c.sock"
     PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$Q" "$T/argv-$c" "$c" >"$T/cmp-$c.out" 2>&1 <<'EOF' || { cat "$T/cmp-$c.out"; tail -n 60 "$T/daemon.log"; fail "$c: vbd's nodes differ from libvirt's"; }
