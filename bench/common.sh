@@ -7,3 +7,16 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 # seconds of one "Run completed in X seconds." run
 bench_secs() { "$@" | sed -n 's/^Run completed in \([0-9.]*\) seconds\./\1/p'; }
 machine() { echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(qemu-img --version | head -1)"; }
+# user+system CPU time of a process (all its threads), in ns
+cpu_ns() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f\n", ($14 + $15) * 1e9 / hz}' "/proc/$1/stat"; }
+# a kind of host, for RESULTS.md: a syscall's cost decides which way several rows go
+host_kind() {
+    local v; v=$(systemd-detect-virt --vm 2>/dev/null || true)
+    [ -n "$v" ] && [ "$v" != none ] || v=$(grep -qw hypervisor /proc/cpuinfo && echo "vm" || echo "bare metal")
+    echo "$v, ~$(syscall_ns) ns per syscall"
+}
+# ns of one getppid() (a null syscall), best of 3 short runs of perf bench
+syscall_ns() {
+    for _ in 1 2 3; do perf bench syscall basic -l 300000 2>/dev/null | awk '/usecs\/op/ {printf "%.0f\n", $1 * 1000}'; done |
+        sort -n | head -1
+}

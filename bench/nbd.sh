@@ -2,7 +2,9 @@
 # vbd-daemon's NBD export vs qemu-nbd vs nbdkit (file plugin) serving the
 # same raw file on /dev/shm, over a unix socket and TCP loopback, driven by
 # the same clients (fio's nbd engine, then vbd-bench --nbd) in one run.
-# Ratio = vbd / best peer (> 1: vbd is faster). Not a test.
+# Ratio = vbd / best peer (> 1: vbd is faster); "ns/r": each server's CPU
+# (user+system, all threads) per request, which compares across hosts. The
+# server is pinned to CPU 0 and the client to CPU 1. Not a test.
 #   bench/nbd.sh [SECONDS]      CLIENTS="fio vbd-bench copy" (default all)
 # "copy": nbdcopy of the whole export to null: and qemu-img bench (4K reads,
 # QD32), in seconds (lower is better; ratio = best peer time / vbd time).
@@ -23,45 +25,49 @@ serve() { # SERVER TRANSPORT -> sets URI and spid
     local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
     [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
     case $s in
-        vbd) "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
+        vbd) taskset -c 0 "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
                  --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
-        qemu-nbd) if [ $t = unix ]; then qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
-                  else qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
-        nbdkit) if [ $t = unix ]; then nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
-                else nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
+        qemu-nbd) if [ $t = unix ]; then taskset -c 0 qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
+                  else taskset -c 0 qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
+        nbdkit) if [ $t = unix ]; then taskset -c 0 nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
+                else taskset -c 0 nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
     esac
     spid=$!
     for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done
     URI=$uri
 }
 stop() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; sleep 0.2; }
+# Both print "IOPS REQUESTS"
 fio_iops() { # URI RW BS DEPTH
-    fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --time_based --runtime="$SECS" \
+    taskset -c 1 fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --time_based --runtime="$SECS" \
         --size=1G --output-format=json 2>/dev/null |
-        python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; print(round(j[d]['iops']))"
+        python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; print(round(j[d]['iops']), j[d]['total_ios'])"
 }
 VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 bench_iops() { # URI RW BS DEPTH (vbd-bench's workload names are fio's)
-    "$VBD_BENCH" --nbd "$1" -w "$2" -b "$3" -d "$4" -t "$SECS" --json |
-        python3 -c "import json,sys; print(round(json.load(sys.stdin)['iops']))"
+    taskset -c 1 "$VBD_BENCH" --nbd "$1" -w "$2" -b "$3" -d "$4" -t "$SECS" --json |
+        python3 -c "import json,sys; r=json.load(sys.stdin); print(round(r['iops']), r['requests'])"
 }
-echo "machine: $(machine); $SECS s per run"
+echo "machine: $(machine); host: $(host_kind); $SECS s per run"
 for client in ${CLIENTS:-fio vbd-bench}; do
 [ $client = copy ] && continue
 echo "client: $client"
-printf '%-5s %-18s %10s %10s %10s %7s\n' via workload vbd qemu-nbd nbdkit ratio
+printf '%-5s %-18s %10s %10s %10s %7s %8s %8s %8s\n' via workload vbd qemu-nbd nbdkit ratio "vbd ns/r" "qnbd ns/r" "kit ns/r"
 for t in unix tcp; do
     while IFS='|' read -r label rw bs depth; do
-        declare -A r=()
+        declare -A r=() nsr=()
         for s in vbd qemu-nbd nbdkit; do
             serve $s $t
-            if [ $client = fio ]; then r[$s]=$(fio_iops "$URI" $rw $bs $depth || echo 0)
-            else r[$s]=$(bench_iops "$URI" $rw $bs $depth || echo 0); fi
+            c0=$(cpu_ns $spid)
+            if [ $client = fio ]; then out=$(fio_iops "$URI" $rw $bs $depth || echo 0 0)
+            else out=$(bench_iops "$URI" $rw $bs $depth || echo 0 0); fi
+            c1=$(cpu_ns $spid)
+            r[$s]=${out% *}; nsr[$s]=$(( (c1 - c0) / (${out#* } + 1) ))
             stop
         done
         best=${r[qemu-nbd]}; [ "${r[nbdkit]}" -gt "$best" ] && best=${r[nbdkit]}
-        printf '%-5s %-18s %10s %10s %10s %7.2f\n' $t "$label" "${r[vbd]}" "${r[qemu-nbd]}" "${r[nbdkit]}" \
-            "$(echo "${r[vbd]} / ($best + 0.0001)" | bc -l)"
+        printf '%-5s %-18s %10s %10s %10s %7.2f %8s %8s %8s\n' $t "$label" "${r[vbd]}" "${r[qemu-nbd]}" "${r[nbdkit]}" \
+            "$(echo "${r[vbd]} / ($best + 0.0001)" | bc -l)" "${nsr[vbd]}" "${nsr[qemu-nbd]}" "${nsr[nbdkit]}"
     done <<ROWS
 4k randread QD1|randread|4k|1
 4k randread QD32|randread|4k|32

@@ -248,6 +248,10 @@ struct vbd_driver {
      * vbd_create_protocol(). */
     const struct vbd_opt_desc *create_opts; /* {NULL} terminated */
     int (*co_create)(const char *filename, struct json_object *opts, struct vbd_error **err);
+    /* The same onto an open protocol node, whose content it replaces
+     * (QMP blockdev-create names the image's file by node). NULL: only
+     * by file name. */
+    int (*co_create_node)(struct vbd_node *file, struct json_object *opts, struct vbd_error **err);
     /* Space needed to convert `in` (may be NULL: only size) to this format with opts. */
     int (*measure)(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated, struct vbd_error **err);
 
@@ -327,6 +331,7 @@ struct vbd_node {
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
     uint64_t write_threshold;    /* block-set-write-threshold; 0 = off (atomic: checked by writes on any loop) */
     struct vbd_write_hook *write_hook; /* a block job watching writes (atomic; NULL: none) */
+    struct vbd_dirty_bitmap *dirty_bitmaps; /* in-memory bitmaps (vbd/dirty-bitmap.h; atomic head) */
 };
 
 /* A block job's view of the writes to a node (stream: its copy must not
@@ -501,6 +506,11 @@ int vbd_image_co_create(const char *fmt, const char *filename, struct json_objec
 int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err);
 /* The same with the protocol's own creation options (rbd's cluster_size);
  * a key the protocol does not list is an error. */
+/* For format drivers' create: the protocol node to write the new image
+ * to, emptied and sized: target itself (co_create_node) or the file made
+ * at filename (co_create). A new reference, or NULL with *err. */
+struct vbd_node *vbd_create_protocol_node(const char *filename, struct vbd_node *target, uint64_t size,
+                                          struct vbd_error **err);
 int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct json_object *extra,
                              struct vbd_error **err);
 

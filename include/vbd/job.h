@@ -37,6 +37,10 @@ enum vbd_error_action { VBD_ACTION_REPORT, VBD_ACTION_IGNORE, VBD_ACTION_STOP };
 struct vbd_job;
 struct vbd_job_driver {
     const char *type; /* JobType: "stream", "commit" */
+    /* A job on no block device (QEMU's Job, not BlockJob: blockdev-create,
+     * x-blockdev-amend): no BLOCK_JOB_* events, not in query-block-jobs,
+     * not found by the block-job-* verbs. */
+    bool plain;
     /* The copy. 0 or -errno (-ECANCELED when cancelled), *err may say why. */
     int (*run)(struct vbd_job *job, struct vbd_error **err);
     /* job-complete on a READY job (NULL: the verb is refused). */
@@ -130,6 +134,14 @@ struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struc
 struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struct vbd_node *base, bool active,
                                  const char *backing_file, int64_t speed, enum vbd_on_error on_error,
                                  bool auto_finalize, bool auto_dismiss, struct vbd_qmp_error *err);
+
+/* blockdev-create: a "create" job writing the image options describe
+ * (BlockdevCreateOptions, checked by the caller: a driver with
+ * co_create_node, or "file"). */
+struct vbd_job *vbd_create_job_start(const char *job_id, struct json_object *options, struct vbd_qmp_error *err);
+/* x-blockdev-amend: an "amend" job on n (options checked: n's driver). */
+struct vbd_job *vbd_amend_job_start(const char *job_id, struct vbd_node *n, struct json_object *options, bool force,
+                                    struct vbd_qmp_error *err);
 
 /* ---------- guest writes seen by a job (vbd_write_hook on its node) ---------- */
 struct vbd_job_tracker;

@@ -72,6 +72,17 @@ const struct vbd_qmp_command *vbd_qmp_command_next(const struct vbd_qmp_command 
 void vbd_qmp_graph_lock(void);
 void vbd_qmp_graph_unlock(void);
 
+/*
+ * A change to the daemon's configuration (vbd-daemon --state): the hook
+ * runs after every command that succeeded (args: its arguments, NULL if
+ * none) and after a block job changed the graph at its end (command
+ * "job-finalize", args NULL), under the commands' lock, before the reply
+ * goes out. A failure of the hook turns the reply into an error. Main loop.
+ */
+typedef int (*vbd_qmp_change_hook)(const char *command, struct json_object *args, struct vbd_error **err);
+void vbd_qmp_set_change_hook(vbd_qmp_change_hook fn);
+int vbd_qmp_config_changed(const char *command, struct json_object *args, struct vbd_error **err);
+
 /* {} as a return value. */
 struct json_object *vbd_qmp_ok(void);
 

@@ -63,3 +63,27 @@ int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_preal
     json_object_put(o);
     return rc;
 }
+
+struct vbd_node *vbd_create_protocol_node(const char *filename, struct vbd_node *target, uint64_t size,
+                                          struct vbd_error **err)
+{
+    if (!target) {
+        if (vbd_create_protocol(filename, size, VBD_PREALLOC_OFF, err) < 0)
+            return NULL;
+        return vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    }
+    /* as a new file: nothing of the old content left (shrinking needs
+     * exact); a device keeps its size (-ENOTSUP), as vbd_create_protocol
+     * leaves it */
+    struct vbd_error *e = NULL;
+    int rc = target->drv->co_truncate ? vbd_node_co_truncate(target, 0, true, VBD_PREALLOC_OFF, &e) : 0;
+    if (rc == 0 && size)
+        rc = vbd_node_co_truncate(target, size, true, VBD_PREALLOC_OFF, &e);
+    if (rc < 0 && rc != -ENOTSUP) {
+        vbd_error_propagate(err, e);
+        return NULL;
+    }
+    vbd_error_free(e);
+    vbd_node_ref(target);
+    return target;
+}

@@ -7,6 +7,7 @@
  * requests (what they may assume: vbd/block.h, struct vbd_driver).
  */
 #include "vbd/block.h"
+#include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
 
@@ -320,12 +321,18 @@ static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t b
 #define HOOKED(n, off, bytes, call)                                                                                    \
     do {                                                                                                               \
         struct vbd_write_hook *h_ = __atomic_load_n(&(n)->write_hook, __ATOMIC_ACQUIRE);                               \
-        if (__builtin_expect(h_ == NULL, 1))                                                                           \
+        bool bm_ = vbd_node_has_dirty_bitmaps(n);                                                                      \
+        if (__builtin_expect(h_ == NULL && !bm_, 1))                                                                   \
             return call;                                                                                               \
         struct vbd_hooked_write w_ = {.off = (off), .bytes = (bytes), .co = vbd_co_self()};                            \
-        h_->begin(h_, &w_);                                                                                            \
+        if (h_)                                                                                                        \
+            h_->begin(h_, &w_);                                                                                        \
         int rc_ = call;                                                                                                \
-        h_->end(h_, &w_);                                                                                              \
+        /* marked after the write, failed or not, as QEMU's write_req_finish */                                       \
+        if (bm_ || vbd_node_has_dirty_bitmaps(n))                                                                      \
+            vbd_dirty_bitmaps_mark(n, off, bytes);                                                                     \
+        if (h_)                                                                                                        \
+            h_->end(h_, &w_);                                                                                          \
         return rc_;                                                                                                    \
     } while (0)
 
@@ -535,6 +542,9 @@ int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 
 int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)
 {
+    struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find_below(n, name, NULL);
+    if (mem)
+        return vbd_dirty_bitmap_status(mem, off, bytes, pnum);
     struct vbd_node *img = vbd_node_skip_filters(n);
     if (!img || !img->drv->co_bitmap_status)
         return -ENOENT;

@@ -6,6 +6,7 @@
  */
 #include "vbd/alloc.h"
 #include "vbd/block.h"
+#include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 #include "vbd/iothread.h"
 #include "vbd/loop.h"
@@ -58,6 +59,7 @@ void vbd_node_unref(struct vbd_node *n)
         vbd_node_co_leave_home(origin);
     }
     vbd_iothread_node_release(vbd_node_home_loop(n));
+    vbd_dirty_bitmaps_release(n);
     for (struct vbd_node **pp = &named_nodes; *pp; pp = &(*pp)->next_named) {
         if (*pp == n) {
             *pp = n->next_named;

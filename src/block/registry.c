@@ -20,6 +20,8 @@ extern const struct vbd_driver *const vbd_driver_vpc;
 extern const struct vbd_driver *const vbd_driver_throttle;
 extern const struct vbd_driver *const vbd_driver_blkdebug;
 extern const struct vbd_driver *const vbd_driver_copy_on_read;
+extern const struct vbd_driver *const vbd_driver_copy_before_write;
+extern const struct vbd_driver *const vbd_driver_snapshot_access;
 extern const struct vbd_driver *const vbd_driver_vmdk;
 extern const struct vbd_driver *const vbd_driver_vhdx;
 extern const struct vbd_driver *const vbd_driver_bochs;
@@ -45,6 +47,8 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_throttle,
     &vbd_driver_blkdebug,
     &vbd_driver_copy_on_read,
+    &vbd_driver_copy_before_write,
+    &vbd_driver_snapshot_access,
     &vbd_driver_vmdk,
     &vbd_driver_vhdx,
     &vbd_driver_bochs,

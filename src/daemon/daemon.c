@@ -9,6 +9,7 @@
 #include "daemon.h"
 #include "daemon/libvirt-disk.h"
 #include "daemon/objects.h"
+#include "daemon/state.h"
 #include "vbd/job.h"
 
 #include "vbd/alloc.h"
@@ -100,6 +101,9 @@ static const char usage_text[] =
     "                    insecure-remote=on, as QMP has no authentication). One client at a time\n"
     "  --monitor [chardev=]ID\n"
     "                    serve QMP (qemu-storage-daemon's control protocol) on chardev ID\n"
+    "  --state FILE      keep what QMP changes (nodes, exports, NBD server, objects, snapshots, job pivots) in\n"
+    "                    FILE, written atomically before each reply; at start FILE is replayed after the other\n"
+    "                    options (the same node-name or id in both is an error; a damaged FILE is refused)\n"
     "  --pidfile PATH    write the daemon's PID (after everything listens)\n"
     "  --daemonize       go to the background once every socket listens\n"
     "  -v, --verbose     debug log;  -h, --help;  -V, --version\n"
@@ -166,7 +170,12 @@ static int add_export(const char *arg, struct vbd_error **err)
     struct json_object *opts = vbd_opts_parse(arg, NULL, err);
     if (!opts)
         return -EINVAL;
+    struct json_object *copy = NULL;
+    json_object_deep_copy(opts, &copy, NULL);
     int rc = vbd_daemon_export_add(opts, "--export", err);
+    if (rc == 0)
+        vbd_state_note_cmdline_export(copy);
+    json_object_put(copy);
     json_object_put(opts);
     return rc;
 }
@@ -511,7 +520,12 @@ static int add_vhost_user(const char *sock, struct vbd_error **err)
         json_object_object_add(o, "rerror", json_object_new_string(drive.rerror));
     if (drive.iothread)
         json_object_object_add(o, "iothread", json_object_new_string(drive.iothread));
+    struct json_object *copy = NULL;
+    json_object_deep_copy(o, &copy, NULL);
     int rc = vbd_daemon_export_add(o, "--vhost-user", err);
+    if (rc == 0)
+        vbd_state_note_cmdline_export(copy);
+    json_object_put(copy);
     json_object_put(o);
     if (rc == 0 && drive.lv) {
         char *x = vbd_libvirt_disk_vhostuser_xml(drive.lv, sock, drive.queues ? drive.queues : 1);
@@ -564,7 +578,7 @@ struct startup {
 };
 
 enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, OPT_DAEMONIZE, OPT_DRIVE, OPT_VHOST_USER,
-       OPT_CHARDEV, OPT_MONITOR, OPT_LIBVIRT_DISK, OPT_PRINT_LIBVIRT_DISK };
+       OPT_CHARDEV, OPT_MONITOR, OPT_STATE, OPT_LIBVIRT_DISK, OPT_PRINT_LIBVIRT_DISK };
 
 /* SIGHUP: files may have been resized by someone else; re-read the sizes
  * and let the exports tell their clients. */
@@ -603,12 +617,12 @@ static void daemon_co(void *opaque)
         {"nbd-server", required_argument, NULL, OPT_NBD_SERVER}, {"object", required_argument, NULL, OPT_OBJECT},
         {"chardev", required_argument, NULL, OPT_CHARDEV}, {"monitor", required_argument, NULL, OPT_MONITOR},
         {"drive", required_argument, NULL, OPT_DRIVE}, {"vhost-user", required_argument, NULL, OPT_VHOST_USER},
-        {"pidfile", required_argument, NULL, OPT_PIDFILE}, {"daemonize", no_argument, NULL, OPT_DAEMONIZE},
-        {"libvirt-disk", required_argument, NULL, OPT_LIBVIRT_DISK},
+        {"state", required_argument, NULL, OPT_STATE}, {"pidfile", required_argument, NULL, OPT_PIDFILE},
+        {"daemonize", no_argument, NULL, OPT_DAEMONIZE}, {"libvirt-disk", required_argument, NULL, OPT_LIBVIRT_DISK},
         {"print-libvirt-disk", no_argument, NULL, OPT_PRINT_LIBVIRT_DISK},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
-    const char *pidfile = NULL;
+    const char *pidfile = NULL, *state = NULL;
     int c;
     optind = 1;
     while ((c = getopt_long(s->argc, s->argv, "vhV", lo, NULL)) != -1) {
@@ -626,6 +640,7 @@ static void daemon_co(void *opaque)
         case OPT_LIBVIRT_DISK: rc = add_libvirt_disk(optarg, &err); break;
         case OPT_PRINT_LIBVIRT_DISK: print_libvirt = true; break;
         case OPT_PIDFILE: pidfile = optarg; break;
+        case OPT_STATE: state = optarg; break;
         case OPT_DAEMONIZE: break;
         case 'v': vbd_log_set_level(VBD_LOG_DEBUG); break;
         case 'h': fputs(usage_text, stdout); s->rc = 0; return;
@@ -643,6 +658,15 @@ static void daemon_co(void *opaque)
     if (!s->rc && optind < s->argc) {
         vbd_error_report("unexpected argument '%s'", s->argv[optind]);
         s->rc = 1;
+    }
+    if (!s->rc && state) {
+        /* after the command line: FILE's nodes may sit on its nodes */
+        struct vbd_error *err = NULL;
+        if (vbd_state_load(state, &err) < 0) {
+            vbd_error_report("%s", err ? err->msg : "--state: failed");
+            vbd_error_free(err);
+            s->rc = 1;
+        }
     }
     if (!s->rc && print_libvirt) {
         /* once every socket listens, so that a domain started with it connects at once */
@@ -690,6 +714,7 @@ static void daemon_co(void *opaque)
                     e->type->cont(e->exp);
         }
     }
+    vbd_state_free(); /* exit closes exports and nodes: that is no change to keep */
     shutdown_all();
     if (pidfile && !s->rc)
         unlink(pidfile);

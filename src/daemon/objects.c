@@ -169,6 +169,12 @@ struct vbd_daemon_export *vbd_daemon_export_first(void)
     return exports;
 }
 
+struct vbd_node *vbd_daemon_export_node(struct vbd_daemon_export *e)
+{
+    struct vbd_backend *be = export_backend(e);
+    return be ? vbd_backend_node(be) : NULL;
+}
+
 void vbd_daemon_export_remove(struct vbd_daemon_export *e)
 {
     for (struct vbd_daemon_export **p = &exports; *p; p = &(*p)->next)

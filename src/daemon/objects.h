@@ -42,6 +42,8 @@ struct vbd_daemon_export {
 int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd_error **err);
 struct vbd_daemon_export *vbd_daemon_export_find(const char *id);
 struct vbd_daemon_export *vbd_daemon_export_first(void);
+/* The node the export serves now (a pivot may have changed it), or NULL. */
+struct vbd_node *vbd_daemon_export_node(struct vbd_daemon_export *e);
 /* Shut the export down (in-flight requests finish) and free it. */
 void vbd_daemon_export_remove(struct vbd_daemon_export *e);
 

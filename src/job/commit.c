@@ -201,6 +201,11 @@ static int commit_prepare(struct vbd_job *job, struct vbd_error **err)
             if (rc >= 0) {
                 c->pivoted = true;
                 rc = 0;
+                /* vbd-daemon --state: saved before the guest writes to base */
+                struct vbd_error *e = NULL;
+                if (vbd_qmp_config_changed("job-finalize", NULL, &e) < 0)
+                    vbd_warn("job '%s': %s", job->id, e ? e->msg : "the daemon's state was not saved");
+                vbd_error_free(e);
             }
         }
     } else {

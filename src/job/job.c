@@ -182,12 +182,20 @@ static void finalize_single(struct vbd_job *job)
     if (job->ret == 0) {
         if (job->drv->commit)
             job->drv->commit(job);
+        /* prepare/commit may have changed the graph (a layer dropped, a
+         * pivot): vbd-daemon --state */
+        struct vbd_error *e = NULL;
+        if (vbd_qmp_config_changed("job-finalize", NULL, &e) < 0)
+            vbd_warn("job '%s': %s", job->id, e ? e->msg : "the daemon's state was not saved");
+        vbd_error_free(e);
     } else if (job->drv->abort) {
         job->drv->abort(job);
     }
     if (job->drv->clean)
         job->drv->clean(job);
-    if (vbd_job_is_cancelled(job)) {
+    if (job->drv->plain) {
+        /* JOB_STATUS_CHANGE only */
+    } else if (vbd_job_is_cancelled(job)) {
         vbd_qmp_event("BLOCK_JOB_CANCELLED", block_event_data(job));
     } else {
         struct json_object *d = block_event_data(job);
@@ -240,6 +248,8 @@ static void job_completed(struct vbd_job *job)
         do_finalize(job);
         return;
     }
+    if (job->drv->plain)
+        return;
     struct json_object *d = json_object_new_object();
     json_object_object_add(d, "type", json_object_new_string(job->drv->type));
     json_object_object_add(d, "id", json_object_new_string(job->id));

@@ -4,8 +4,9 @@
  * merge, on the persistent bitmaps of a qcow2 node (the driver's
  * co_bitmap_change, as vbd-img bitmap uses it): each change is on disk
  * when the command returns, and the enabled ones track the exports'
- * writes. vbd has no bitmaps that live only in memory, so persistent=false
- * (QEMU's default) is refused with a message that says so.
+ * writes. With persistent=false (QEMU's default) the bitmap lives only in
+ * memory (vbd/dirty-bitmap.h) and goes away with the node; the same
+ * commands and transaction actions work on both kinds.
  *
  * As transaction actions each change is made in prepare, with what abort
  * needs to restore it (the bits, the flags), while the node's exports are
@@ -16,6 +17,7 @@
 
 #include "vbd/alloc.h"
 #include "vbd/block.h"
+#include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 
 #include <errno.h>
@@ -74,6 +76,13 @@ static int read_ranges(struct vbd_node *n, const char *name, struct ranges *rs)
 /* What qemu-img info lists for the bitmap: granularity and flags. */
 static bool bitmap_info(struct vbd_node *n, const char *name, uint32_t *granularity, bool *enabled, bool *in_use)
 {
+    struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find(n, name);
+    if (mem) {
+        *granularity = vbd_dirty_bitmap_granularity(mem);
+        *enabled = vbd_dirty_bitmap_enabled(mem);
+        *in_use = false;
+        return true;
+    }
     struct vbd_image_info info = {0};
     struct vbd_error *e = NULL;
     bool found = false;
@@ -107,6 +116,14 @@ static bool bitmap_info(struct vbd_node *n, const char *name, uint32_t *granular
 static int change(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd_qmp_error *err)
 {
     struct vbd_error *e = NULL;
+    if (vbd_dirty_bitmap_find(n, op->name)) {
+        int rc = vbd_dirty_bitmap_change(n, op, &e);
+        if (rc < 0 && err)
+            vbd_qmp_error_take(err, e);
+        else
+            vbd_error_free(e);
+        return rc;
+    }
     if (!n->drv->co_bitmap_change) {
         if (err)
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't store persistent bitmaps to %s: Operation not supported",
@@ -142,6 +159,7 @@ struct bitmap_state {
     uint32_t granularity;
     bool was_enabled;
     bool remove_in_commit; /* an inconsistent bitmap: no bits to restore, so removed only at commit */
+    bool in_memory;
 };
 
 static struct bitmap_state *state_new(struct tx_action *a, struct vbd_node *n, const char *name)
@@ -184,6 +202,15 @@ static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, con
         return NULL;
     }
     tx_drain(a, n);
+    struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find(n, name);
+    if (mem) {
+        if (vbd_dirty_bitmap_busy(mem)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                               "Bitmap '%s' is currently in use by another operation and cannot be used", name);
+            return NULL;
+        }
+        return n;
+    }
     uint64_t pnum;
     int st = vbd_node_co_bitmap_status(n, name, 0, 1, &pnum);
     if (st == -ENOENT || (st < 0 && st != -EINVAL) || !n->drv->co_bitmap_change) {
@@ -234,10 +261,16 @@ static int add_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     bool persistent = json_object_object_get_ex(a->data, "persistent", &v) && json_object_get_boolean(v);
     bool disabled = json_object_object_get_ex(a->data, "disabled", &v) && json_object_get_boolean(v);
     if (!persistent) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Can't add bitmap '%s' to '%s': vbd-daemon keeps only persistent bitmaps (qcow2); use persistent=true",
-                           name, node);
-        return -1;
+        uint64_t pnum;
+        if (vbd_dirty_bitmap_find(n, name) || vbd_node_co_bitmap_status(n, name, 0, 1, &pnum) != -ENOENT) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap already exists: %s", name);
+            return -1;
+        }
+        tx_drain(a, n);
+        vbd_dirty_bitmap_create(n, name, granularity, disabled);
+        struct bitmap_state *st = state_new(a, n, name);
+        st->in_memory = true;
+        return 0;
     }
     if (n->read_only && n->drv->co_bitmap_change) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't make bitmap '%s' persistent in '%s': the node is read-only", name,
@@ -278,6 +311,7 @@ static int remove_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         return -1;
     struct bitmap_state *st = state_new(a, n, name);
     bool in_use = false;
+    st->in_memory = vbd_dirty_bitmap_find(n, name) != NULL;
     if (!bitmap_info(n, name, &st->granularity, &st->was_enabled, &in_use) || read_ranges(n, name, &st->saved) < 0) {
         st->remove_in_commit = true; /* inconsistent: nothing to restore, so nothing to undo until commit */
         return 0;
@@ -305,8 +339,12 @@ static void remove_abort(struct tx_action *a)
         return;
     struct vbd_bitmap_op op = {.action = VBD_BITMAP_ADD, .name = st->name, .granularity = st->granularity,
                                .disabled = !st->was_enabled};
-    if (change(st->n, &op, NULL) == 0)
+    if (st->in_memory) {
+        vbd_dirty_bitmap_create(st->n, st->name, st->granularity, !st->was_enabled);
         restore_bits(st);
+    } else if (change(st->n, &op, NULL) == 0) {
+        restore_bits(st);
+    }
 }
 
 const struct tx_action_type tx_bitmap_remove = {

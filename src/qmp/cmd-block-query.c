@@ -10,6 +10,7 @@
 #include "daemon/objects.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
+#include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
 
@@ -108,11 +109,22 @@ static struct json_object *image_info(struct vbd_node *n, bool with_backing, str
     return o;
 }
 
-/* BlockDirtyInfo for each persistent bitmap (the only kind vbd has). */
+/* BlockDirtyInfo for each bitmap: the in-memory ones (newest first, as
+ * QEMU's list), then the persistent ones. */
 static struct json_object *dirty_bitmaps(struct vbd_node *n, struct json_object *list)
 {
     struct json_object *arr = json_object_new_array();
-    size_t len = json_object_array_length(list);
+    for (struct vbd_dirty_bitmap *m = vbd_dirty_bitmap_next(n, NULL); m; m = vbd_dirty_bitmap_next(n, m)) {
+        struct json_object *d = json_object_new_object();
+        add_str(d, "name", vbd_dirty_bitmap_name(m));
+        add_bool(d, "recording", vbd_dirty_bitmap_enabled(m));
+        add_bool(d, "persistent", false);
+        add_bool(d, "busy", vbd_dirty_bitmap_busy(m));
+        add_int(d, "count", (int64_t)vbd_dirty_bitmap_count(m));
+        add_int(d, "granularity", vbd_dirty_bitmap_granularity(m));
+        json_object_array_add(arr, d);
+    }
+    size_t len = list ? json_object_array_length(list) : 0;
     for (size_t i = 0; i < len; i++) {
         struct json_object *b = json_object_array_get_idx(list, i), *v;
         const char *name = json_object_object_get_ex(b, "name", &v) ? json_object_get_string(v) : "";
@@ -175,7 +187,7 @@ static struct json_object *node_info(struct vbd_node *n, bool flat)
     json_object_object_add(o, "cache", cache);
     add_int(o, "write_threshold", (int64_t)__atomic_load_n(&n->write_threshold, __ATOMIC_RELAXED));
     json_object_object_add(o, "image", image_info(n, !flat, &bitmaps));
-    if (bitmaps && json_object_array_length(bitmaps))
+    if ((bitmaps && json_object_array_length(bitmaps)) || vbd_dirty_bitmap_next(n, NULL))
         json_object_object_add(o, "dirty-bitmaps", dirty_bitmaps(n, bitmaps));
     json_object_put(bitmaps);
     return o;

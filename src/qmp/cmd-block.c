@@ -73,6 +73,11 @@ static const struct key_type generic_cow_format_keys[] = {{"file", "ref"}, {"bac
 /* BlockdevOptionsThrottle and BlockdevOptionsBlkdebug */
 static const struct key_type throttle_keys[] = {{"throttle-group", "str"}, {"file", "ref"}, {NULL, NULL}};
 static const struct key_type cor_keys[] = {{"file", "ref"}, {"bottom", "str"}, {NULL, NULL}};
+/* BlockdevOptionsCbw and BlockdevOptionsGenericFormat (snapshot-access) */
+static const struct key_type cbw_keys[] = {
+    {"file", "ref"}, {"target", "ref"}, {"bitmap", "obj"}, {"on-cbw-error", "enum:break-guest-write,break-snapshot"},
+    {"cbw-timeout", "int"}, {NULL, NULL},
+};
 static const struct key_type blkdebug_keys[] = {
     {"image", "ref"}, {"config", "str"}, {"align", "int"}, {"max-transfer", "int"}, {"opt-write-zero", "int"},
     {"max-write-zero", "int"}, {"opt-discard", "int"}, {"max-discard", "int"}, {"inject-error", "any"},
@@ -87,6 +92,7 @@ static const struct {
     {"vdi", generic_format_keys}, {"vpc", generic_format_keys}, {"parallels", generic_format_keys},
     {"qed", generic_cow_format_keys}, {"throttle", throttle_keys}, {"blkdebug", blkdebug_keys},
     {"copy-on-read", cor_keys}, {"vmdk", generic_cow_format_keys},
+    {"copy-before-write", cbw_keys}, {"snapshot-access", generic_format_keys},
     {"vhdx", generic_format_keys},
     {"bochs", generic_format_keys}, {"cloop", generic_format_keys}, {"dmg", generic_format_keys},
 };

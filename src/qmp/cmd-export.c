@@ -12,6 +12,7 @@
 #include "qmp/commands.h"
 
 #include "daemon/objects.h"
+#include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
 #include "vbd/iothread.h"
@@ -305,6 +306,22 @@ static bool nbd_export_opts(struct json_object *args, const char *id, struct jso
     if (json_object_object_get_ex(args, "bitmaps", &bitmaps)) {
         size_t n = json_object_array_length(bitmaps);
         struct json_object *b = n ? json_object_array_get_idx(bitmaps, 0) : NULL;
+        if (b && json_object_is_type(b, json_type_object)) {
+            /* {"node", "name"}: a bitmap of a node at or below the exported
+             * one (the source under a fleecing node); found there by name */
+            struct json_object *bn, *bname, *en;
+            struct vbd_node *owner = NULL, *exp = NULL;
+            if (json_object_object_get_ex(b, "node", &bn) && json_object_object_get_ex(b, "name", &bname) &&
+                json_object_object_get_ex(opts, "node-name", &en))
+                exp = vbd_node_find(json_object_get_string(en));
+            if (!exp || !vbd_dirty_bitmap_find_below(exp, json_object_get_string(bname), &owner) ||
+                strcmp(owner->node_name, json_object_get_string(bn))) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                                   "NBD export '%s': bitmaps: no in-memory bitmap of that node below the exported one", id);
+                return false;
+            }
+            b = bname;
+        }
         if (n > 1 || (b && !json_object_is_type(b, json_type_string))) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                                "NBD export '%s': bitmaps: vbd exports at most one bitmap of the exported node, "

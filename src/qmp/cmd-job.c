@@ -290,6 +290,8 @@ static struct vbd_job *find_block_job_key(struct json_object *args, const char *
 {
     const char *id = arg_str(args, key);
     struct vbd_job *j = vbd_job_find(id);
+    if (j && j->drv->plain)
+        j = NULL; /* not a block job */
     if (!j)
         vbd_qmp_error_setf(err, VBD_QMP_DEVICE_NOT_ACTIVE, "Block job '%s' not found", id);
     return j;
@@ -358,7 +360,8 @@ static struct json_object *qmp_query_block_jobs(struct json_object *args, struct
     (void)err;
     struct json_object *a = json_object_new_array();
     for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j))
-        json_object_array_add(a, vbd_block_job_info(j));
+        if (!j->drv->plain)
+            json_object_array_add(a, vbd_block_job_info(j));
     return a;
 }
 

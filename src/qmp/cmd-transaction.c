@@ -13,6 +13,7 @@
 
 #include "vbd/alloc.h"
 #include "vbd/block.h"
+#include "vbd/error.h"
 
 #include <json-c/json.h>
 #include <stdio.h>
@@ -153,6 +154,14 @@ static int tx_run(struct tx_action *acts, int n, bool grouped, struct vbd_qmp_er
         for (int i = 0; i < n; i++)
             if (acts[i].type->commit)
                 acts[i].type->commit(&acts[i]);
+        /* vbd-daemon --state: saved while the exports are still drained, so
+         * no guest write reaches an overlay that a restart would not know */
+        struct vbd_error *e = NULL;
+        if (vbd_qmp_config_changed("transaction", NULL, &e) < 0) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", e ? e->msg : "the daemon's state was not saved");
+            rc = -1;
+        }
+        vbd_error_free(e);
     } else {
         /* the failed one undid itself; the others in reverse order */
         for (int i = prepared - 1; i >= 0; i--)

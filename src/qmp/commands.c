@@ -11,6 +11,8 @@ static const struct vbd_qmp_command *const groups[] = {
     vbd_qmp_cmds_export,
     vbd_qmp_cmds_snapshot,
     vbd_qmp_cmds_job,
+    vbd_qmp_cmds_backup,
+    vbd_qmp_cmds_create,
     NULL,
 };
 

@@ -29,6 +29,18 @@ void vbd_qmp_error_take(struct vbd_qmp_error *e, struct vbd_error *src)
     vbd_error_free(src);
 }
 
+static vbd_qmp_change_hook change_hook;
+
+void vbd_qmp_set_change_hook(vbd_qmp_change_hook fn)
+{
+    change_hook = fn;
+}
+
+int vbd_qmp_config_changed(const char *command, struct json_object *args, struct vbd_error **err)
+{
+    return change_hook ? change_hook(command, args, err) : 0;
+}
+
 struct json_object *vbd_qmp_ok(void)
 {
     return json_object_new_object();
@@ -217,6 +229,12 @@ struct json_object *vbd_qmp_dispatch_table(struct json_object *req, bool negotia
             ret = NULL;
             vbd_qmp_error_setf(&err, VBD_QMP_COMMAND_NOT_FOUND,
                                "Capabilities negotiation is already complete, command ignored");
+        }
+        struct vbd_error *ce = NULL;
+        if (ret && !err.cls && vbd_qmp_config_changed(name, args, &ce) < 0) {
+            /* done, but would not survive a restart: the client must know */
+            vbd_qmp_error_setf(&err, VBD_QMP_GENERIC_ERROR, "%s", ce ? ce->msg : "the daemon's state was not saved");
+            vbd_error_free(ce);
         }
         if (ret && !err.cls) {
             reply = json_object_new_object();

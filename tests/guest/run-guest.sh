@@ -72,7 +72,7 @@ esac
 start=$(date +%s.%N)
 timeout -k 10 "$timeout" qemu-system-x86_64 -accel "$ACCEL" -nographic -nodefaults -no-reboot \
     -machine pc -cpu max -smp "$smp" -m 256M -kernel "/boot/vmlinuz-$kver" -initrd "$tmp/initrd" \
-    -append "console=ttyS0 panic=-1 oops=panic loglevel=4 vbd.timeout=$((timeout - 30))" \
+    -append "console=ttyS0 no_timer_check panic=-1 oops=panic loglevel=4 vbd.timeout=$((timeout - 30))" \
     -chardev "stdio,id=con0,signal=off,logfile=$(esc "$log")" -serial chardev:con0 \
     "${disk[@]}" </dev/null >"$tmp/out" 2>"$tmp/err"
 qrc=$?

@@ -118,7 +118,7 @@ for k in ("date-sec", "date-nsec", "vm-clock-sec", "vm-clock-nsec"):
     assert isinstance(r[k], int), k' "$out" || fail "SnapshotInfo: $out"
 ! qemu-img snapshot -U -l "$ov" | grep -q " s2 " || fail "s2 still listed after its deletion"
 
-step "persistent bitmaps: add (granularity, disabled), enable, disable, clear, merge, remove; persistent=false refused"
+step "persistent bitmaps: add (granularity, disabled), enable, disable, clear, merge, remove; an in-memory one cannot take a persistent one's name"
 bm_ops='[
  ["block-dirty-bitmap-add", {"name":"b1","persistent":true}],
  ["block-dirty-bitmap-add", {"name":"b2","persistent":true,"granularity":131072,"disabled":true}],
@@ -146,7 +146,7 @@ PY
 must cp "$ov" "$T/bm-qsd.qcow2" # before the bitmaps; qemu-storage-daemon does the same below
 run_ops "$Q" ov1 || fail "bitmap commands"
 must qemu-io -f raw -c "write -P 0xe1 40M 64k" -c flush "$U" >/dev/null
-qmp_err block-dirty-bitmap-add '{"node":"ov1","name":"b9"}' GenericError
+qmp_err block-dirty-bitmap-add '{"node":"ov1","name":"b1"}' GenericError # in memory, a persistent one's name
 qmp_err block-dirty-bitmap-add '{"node":"ov1","name":"b1","persistent":true}' GenericError
 qmp_err block-dirty-bitmap-add '{"node":"f0","name":"b9","persistent":true}' GenericError
 qmp_err block-dirty-bitmap-add '{"node":"ov1","name":"b9","persistent":true,"granularity":1000}' GenericError

@@ -476,7 +476,8 @@ static const struct vbd_opt_desc parallels_create_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int parallels_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+/* The image at filename (made here), or on target (blockdev-create). */
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = PRL_DEFAULT_CLUSTER;
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
@@ -501,10 +502,8 @@ static int parallels_create(const char *filename, struct json_object *opts, stru
     }
     uint64_t bat_entries = (size + cluster_size - 1) / cluster_size;
     uint64_t meta = (PRL_HEADER_SIZE + bat_entries * 4 + cluster_size - 1) / cluster_size * cluster_size;
-    int rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
-    if (rc < 0)
-        return rc;
-    struct vbd_node *f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    int rc;
+    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, err);
     if (!f)
         return -EIO;
     uint8_t h[PRL_HEADER_SIZE] = {0};
@@ -547,6 +546,16 @@ static int parallels_measure(struct json_object *opts, struct vbd_node *in, uint
     return 0;
 }
 
+static int parallels_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(filename, NULL, opts, err);
+}
+
+static int parallels_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(file->filename, file, opts, err);
+}
+
 static const struct vbd_driver parallels_driver = {
     .name = "parallels",
     .kind = VBD_DRV_FORMAT,
@@ -562,6 +571,7 @@ static const struct vbd_driver parallels_driver = {
     .co_check = parallels_check,
     .create_opts = parallels_create_opts,
     .co_create = parallels_create,
+    .co_create_node = parallels_create_node,
     .measure = parallels_measure,
 };
 VBD_DRIVER_REGISTER(parallels, parallels_driver);

@@ -645,7 +645,8 @@ static const struct vbd_opt_desc qed_create_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int qed_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+/* The image at filename (made here), or on target (blockdev-create). */
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = 65536, table_size = 4;
     char *backing = NULL, *backing_fmt = NULL;
@@ -695,10 +696,7 @@ static int qed_create(const char *filename, struct json_object *opts, struct vbd
         s.backing_off = QED_HEADER_BYTES;
         s.backing_len = (uint32_t)strlen(backing);
     }
-    rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
-    if (rc < 0)
-        goto out;
-    f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    f = vbd_create_protocol_node(filename, target, 0, err);
     if (!f) {
         rc = -EIO;
         goto out;
@@ -722,6 +720,16 @@ out:
     return rc < 0 ? rc : 0;
 }
 
+static int qed_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(filename, NULL, opts, err);
+}
+
+static int qed_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(file->filename, file, opts, err);
+}
+
 static const struct vbd_driver qed_driver = {
     .name = "qed",
     .kind = VBD_DRV_FORMAT,
@@ -738,6 +746,7 @@ static const struct vbd_driver qed_driver = {
     .co_check = qed_co_check,
     .create_opts = qed_create_opts,
     .co_create = qed_create,
+    .co_create_node = qed_create_node,
     .reopen_rw = qed_reopen_rw,
 };
 VBD_DRIVER_REGISTER(qed, qed_driver);

@@ -448,7 +448,8 @@ static void new_uuid(uint8_t *u)
     u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
 }
 
-static int vdi_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+/* The image at filename (made here), or on target (blockdev-create). */
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0;
     bool is_static = false;
@@ -492,12 +493,8 @@ static int vdi_create(const char *filename, struct json_object *opts, struct vbd
     for (uint32_t i = 0; i < blocks; i++)
         put_le32(buf + VDI_HEADER_SIZE + 4 * (uint64_t)i, is_static ? i : VDI_UNALLOCATED);
     uint64_t file_size = is_static ? offset_data + (uint64_t)blocks * VDI_BLOCK_SIZE : 0;
-    int rc = vbd_create_protocol(filename, file_size, VBD_PREALLOC_OFF, err);
-    if (rc < 0) {
-        free(buf);
-        return rc;
-    }
-    struct vbd_node *f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    int rc;
+    struct vbd_node *f = vbd_create_protocol_node(filename, target, file_size, err);
     if (!f) {
         free(buf);
         return -EIO;
@@ -510,6 +507,16 @@ static int vdi_create(const char *filename, struct json_object *opts, struct vbd
     vbd_node_unref(f);
     free(buf);
     return rc < 0 ? rc : 0;
+}
+
+static int vdi_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(filename, NULL, opts, err);
+}
+
+static int vdi_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(file->filename, file, opts, err);
 }
 
 static const struct vbd_driver vdi_driver = {
@@ -527,5 +534,6 @@ static const struct vbd_driver vdi_driver = {
     .co_check = vdi_co_check,
     .create_opts = vdi_create_opts,
     .co_create = vdi_create,
+    .co_create_node = vdi_create_node,
 };
 VBD_DRIVER_REGISTER(vdi, vdi_driver);

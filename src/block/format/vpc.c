@@ -701,7 +701,8 @@ static int vpc_rounded_size(uint64_t size, bool force_size, uint16_t *cyls, uint
     return 0;
 }
 
-static int vpc_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+/* The image at filename (made here), or on target (blockdev-create). */
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0;
     int subformat = 0;
@@ -720,6 +721,12 @@ static int vpc_create(const char *filename, struct json_object *opts, struct vbd
     if (rc < 0)
         return rc;
     uint64_t total_size = total_sectors * 512;
+    if (target && total_size != size) {
+        /* blockdev-create takes the size as it is (QEMU rounds it up to a
+         * geometry only for qemu-img create) */
+        vbd_error_setf(err, EINVAL, "The requested image size cannot be represented in CHS geometry");
+        return -EINVAL;
+    }
 
     uint8_t footer[VHD_FOOTER_SIZE] = {0};
     memcpy(footer + F_COOKIE, "conectix", 8);
@@ -743,10 +750,7 @@ static int vpc_create(const char *filename, struct json_object *opts, struct vbd
     footer[F_UUID + 8] = (uint8_t)((footer[F_UUID + 8] & 0x3f) | 0x80);
     put_be32p(footer + F_CHECKSUM, vpc_checksum(footer, sizeof(footer), F_CHECKSUM));
 
-    rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
-    if (rc < 0)
-        return rc;
-    struct vbd_node *f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, err);
     if (!f)
         return -EIO;
     uint8_t *meta = NULL;
@@ -819,6 +823,16 @@ static int vpc_measure(struct json_object *opts, struct vbd_node *in, uint64_t *
     return 0;
 }
 
+static int vpc_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(filename, NULL, opts, err);
+}
+
+static int vpc_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(file->filename, file, opts, err);
+}
+
 static const struct vbd_driver vpc_driver = {
     .name = "vpc",
     .kind = VBD_DRV_FORMAT,
@@ -832,6 +846,7 @@ static const struct vbd_driver vpc_driver = {
     .get_info = vpc_get_info,
     .create_opts = vpc_create_opts,
     .co_create = vpc_create,
+    .co_create_node = vpc_create_node,
     .measure = vpc_measure,
 };
 VBD_DRIVER_REGISTER(vpc, vpc_driver);

@@ -16,17 +16,20 @@ static void merged_co(void *arg)
     vbd_qiov_init(&qiov, m->iov, m->niov);
     int err = m->write ? vbd_backend_co_pwritev(e->be, m->off, qiov.size, &qiov, 0)
                        : vbd_backend_co_preadv(e->be, m->off, qiov.size, &qiov, 0);
-    for (int i = 0; i < m->nreqs; i++) {
+    if (err >= 0) {
+        /* finishing without an error neither yields nor parks */
+        vu_queue_hold_notify(bq->q);
+        for (int i = 0; i < m->nreqs; i++)
+            blk_req_finish(m->reqs[i], 0, m->write ? 0 : (uint32_t)m->reqs[i]->in_bytes, true);
+        vu_queue_release_notify(bq->q);
+    }
+    for (int i = 0; err < 0 && i < m->nreqs; i++) {
+        /* find out which part failed: each request on its own, with its own error policy */
         struct blk_req *r = m->reqs[i];
-        if (err >= 0) {
-            blk_req_finish(r, 0, m->write ? 0 : (uint32_t)r->in_bytes, true);
-        } else {
-            /* find out which part failed: each request on its own, with its own error policy */
-            uint32_t used_len;
-            bool io;
-            int rc = blk_req_run(r, &used_len, &io);
-            blk_req_finish(r, rc, used_len, io);
-        }
+        uint32_t used_len;
+        bool io;
+        int rc = blk_req_run(r, &used_len, &io);
+        blk_req_finish(r, rc, used_len, io);
     }
     m->next_free = bq->merge_free;
     bq->merge_free = m;

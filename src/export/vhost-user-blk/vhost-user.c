@@ -96,26 +96,64 @@ void vu_queue_req_start(struct vu_queue *q)
     q->inflight_reqs++;
 }
 
+static void signal_front_end(struct vu_queue *q)
+{
+    if (q->call_fd >= 0 && vu_vq_should_notify(&q->vq))
+        eventfd_write(q->call_fd, 1);
+}
+
 static void notify_bh(void *arg)
 {
     struct vu_queue *q = arg;
     q->notify_pending = false;
-    if (q->call_fd >= 0 && vu_vq_should_notify(&q->vq))
-        eventfd_write(q->call_fd, 1);
+    q->signalled = false;
+    bool pushed = q->pushed_unsignalled;
+    q->pushed_unsignalled = false;
+    if (pushed)
+        signal_front_end(q);
     if (q->inflight_reqs == 0)
         vbd_co_queue_wake_all(&q->idle);
 }
 
+/*
+ * At most two interrupts per loop iteration: one at its first completion,
+ * one (the bottom half) for those that followed. Signalling only at the end
+ * of the iteration turned a deep queue into ping-pong: the driver slept
+ * while the whole batch was served, then the device slept while the driver
+ * refilled. Woken at the first completion, the driver refills while the
+ * rest of the batch is served, and the second signal usually finds it
+ * awake (cheap). One per completion (qsd) costs a syscall per request.
+ */
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
 {
     vu_vq_push(&q->vq, head, len);
-    /* one interrupt per loop iteration, however many requests completed in it */
     if (!q->notify_pending) {
         q->notify_pending = true;
         vbd_loop_schedule_bh(vbd_loop_current(), &q->notify_bh);
     }
+    if (!q->signalled && !q->notify_held) {
+        q->signalled = true;
+        signal_front_end(q);
+    } else {
+        q->pushed_unsignalled = true;
+    }
     if (--q->inflight_reqs == 0)
         vbd_co_queue_wake_all(&q->idle);
+}
+
+void vu_queue_hold_notify(struct vu_queue *q)
+{
+    q->notify_held = true;
+}
+
+void vu_queue_release_notify(struct vu_queue *q)
+{
+    q->notify_held = false;
+    if (!q->signalled && q->pushed_unsignalled) {
+        q->signalled = true;
+        q->pushed_unsignalled = false;
+        signal_front_end(q);
+    }
 }
 
 void vu_queue_fail(struct vu_queue *q, const char *why)

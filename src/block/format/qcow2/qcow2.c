@@ -873,7 +873,10 @@ void qcow2_release_entry(struct qcow2_state *s, uint64_t entry)
 static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, bool discard)
 {
     struct qcow2_state *s = n->opaque;
-    bool backed = n->backing && cstart < n->backing->size;
+    /* opened with backing=null, the header may still name one that a later
+     * open shows through: only a zero flag keeps the zeroes then (QEMU
+     * writes one in every v3 image) */
+    bool backed = n->backing ? cstart < n->backing->size : n->backing_file[0] != 0;
     uint64_t *table;
     uint32_t index;
     struct qcow2_l2_slot *slot = NULL;
@@ -1211,7 +1214,9 @@ static const struct vbd_opt_desc qcow2_create_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int qcow2_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+/* The image at filename (made here), or on target (an open protocol node
+ * whose content is replaced: blockdev-create). */
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = 65536, refcount_bits = 16;
     char *compat = NULL, *backing = NULL, *backing_fmt = NULL, *prealloc = NULL, *ctype = NULL, *data_file = NULL;
@@ -1330,14 +1335,12 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
             snprintf(data_path, sizeof(data_path), "%s", data_file);
         else
             snprintf(data_path, sizeof(data_path), "%.*s/%s", (int)(slash - filename), filename, data_file);
-        rc = vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, err);
+        /* on a node, the data file is a node the caller opened */
+        rc = target ? 0 : vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, err);
         if (rc < 0)
             goto out;
     }
-    rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
-    if (rc < 0)
-        goto out;
-    f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    f = vbd_create_protocol_node(filename, target, 0, err);
     if (!f) {
         rc = -EIO;
         goto out;
@@ -1393,7 +1396,9 @@ static int qcow2_create(const char *filename, struct json_object *opts, struct v
         vbd_node_unref(f);
         struct json_object *o = json_object_new_object();
         json_object_object_add(o, "driver", json_object_new_string("qcow2"));
-        f = vbd_open(filename, o, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, err);
+        if (target)
+            json_object_object_add(o, "file", json_object_new_string(target->node_name));
+        f = vbd_open(target ? NULL : filename, o, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, err);
         if (!f) {
             rc = -EIO;
             goto out;
@@ -1414,6 +1419,16 @@ out:
     free(ctype);
     free(data_file);
     return rc < 0 ? rc : 0;
+}
+
+static int qcow2_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(filename, NULL, opts, err);
+}
+
+static int qcow2_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(file->filename, file, opts, err);
 }
 
 /* blockdev-reopen (libvirt around a commit). Going read-only: as a close,
@@ -1490,6 +1505,7 @@ static const struct vbd_driver qcow2_driver = {
     .snapshot_delete = qcow2_snapshot_delete,
     .create_opts = qcow2_create_opts,
     .co_create = qcow2_create,
+    .co_create_node = qcow2_create_node,
     .measure = qcow2_measure,
     .co_amend = qcow2_amend,
     .change_backing_file = qcow2_change_backing_file,

@@ -90,16 +90,25 @@ static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in
     return 0;
 }
 
-int vhdx_co_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+/* The image at filename (made here), or on target (blockdev-create). */
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
 {
     struct vhdx_params p;
+    /* blockdev-create takes sizes as they are (QEMU rounds them up to
+     * 1 MiB only for qemu-img create) */
+    struct json_object *v;
+    if (target && (v = vbd_opt_get(opts, "log_size")) && json_object_get_int64(v) % (int64_t)MiB) {
+        vbd_error_setf(err, EINVAL, "Log size must be a multiple of 1 MB");
+        return -EINVAL;
+    }
+    if (target && (v = vbd_opt_get(opts, "block_size")) && json_object_get_int64(v) % (int64_t)MiB) {
+        vbd_error_setf(err, EINVAL, "Block size must be a multiple of 1 MB");
+        return -EINVAL;
+    }
     int rc = vhdx_parse_create(opts, NULL, &p, err);
     if (rc < 0)
         return rc;
-    rc = vbd_create_protocol(filename, 0, VBD_PREALLOC_OFF, err);
-    if (rc < 0)
-        return rc;
-    struct vbd_node *f = vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
+    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, err);
     if (!f)
         return -EIO;
     uint64_t file_size = p.data_offset + (p.fixed ? p.size : 0);
@@ -237,4 +246,14 @@ int vhdx_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requir
         }
     }
     return 0;
+}
+
+int vhdx_co_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(filename, NULL, opts, err);
+}
+
+int vhdx_co_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+{
+    return create_image(file->filename, file, opts, err);
 }

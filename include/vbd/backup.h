@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VBD_BACKUP_H
+#define VBD_BACKUP_H
+
+/* The backup job (QEMU's block/backup.c): blockdev-backup / drive-backup. */
+#include "vbd/job.h"
+
+struct vbd_dirty_bitmap;
+
+enum vbd_backup_sync { VBD_BACKUP_FULL, VBD_BACKUP_TOP, VBD_BACKUP_NONE, VBD_BACKUP_BITMAP };
+enum vbd_bitmap_sync_mode { VBD_BITMAP_SYNC_ON_SUCCESS, VBD_BITMAP_SYNC_NEVER, VBD_BITMAP_SYNC_ALWAYS };
+
+struct vbd_backup_opts {
+    enum vbd_backup_sync sync;
+    struct vbd_dirty_bitmap *bitmap; /* NULL: none */
+    enum vbd_bitmap_sync_mode bitmap_mode;
+    bool compress;
+    uint64_t speed;
+    enum vbd_on_error on_source_error, on_target_error;
+    bool auto_finalize, auto_dismiss;
+    int max_workers; /* chunks in flight (x-perf.max-workers); 0: the default */
+};
+
+/* A point-in-time copy of source into target (same size), taken when the
+ * job starts: the guest's writes to the source first save the old data
+ * into the target. QMP's checks are the caller's. */
+struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, struct vbd_node *target,
+                                 const struct vbd_backup_opts *o, struct vbd_qmp_error *err);
+
+#endif

@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The backup job (QEMU's block/backup.c): the source as it was at the
+ * start, copied into the target while the guest writes. Point in time
+ * through copy-before-write (vbd/cbw.h): the job hooks the source's writes
+ * (QEMU inserts its backup-top filter there; the hook is the same place
+ * without a graph change), and each write first saves the old data of the
+ * clusters it touches. The job copies what is still to copy, several
+ * chunks at once, with the rate limit and pause points between chunks.
+ *
+ * sync=full copies everything, top what the source's top layer defines,
+ * bitmap the dirty clusters of a bitmap (incremental backup), none only
+ * what the guest overwrites (fleecing: the job runs until cancelled).
+ * The bitmap: its bits at the start are what is copied; from then on it
+ * records the writes after the start, and on failure (or with
+ * bitmap-mode=never) the bits taken are given back, as QEMU's frozen
+ * bitmap and successor do. If saving old data for a guest write fails,
+ * the write goes on and the job fails with that error.
+ */
+#include "job-internal.h"
+
+#include "vbd/alloc.h"
+#include "vbd/backup.h"
+#include "vbd/cbw.h"
+#include "vbd/dirty-bitmap.h"
+#include "vbd/error.h"
+#include "vbd/qmp.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKUP_WORKERS 8
+#define BACKUP_CHUNK (1u << 20) /* one worker's step, QEMU's block-copy task size */
+
+struct backup {
+    struct vbd_write_hook hook;
+    struct vbd_job *job;
+    struct vbd_node *source, *target; /* references held */
+    struct vbd_cbw *cbw;
+    struct vbd_backup_opts o;
+    uint64_t *saved;   /* the bitmap's bits at the start (sync=bitmap/full with a bitmap) */
+    uint64_t saved_gran, saved_n;
+    int hook_users;
+    bool unhooked;
+    struct vbd_co_queue hook_wait;
+    /* workers */
+    int inflight;
+    uint64_t done_bytes;
+    int werr;
+    bool werr_read;
+    uint64_t werr_off;
+    struct vbd_co_queue worker_wait;
+    struct vbd_loop *loop;
+};
+
+static void hook_begin(struct vbd_write_hook *h, struct vbd_hooked_write *w)
+{
+    struct backup *b = (struct backup *)h;
+    struct vbd_loop *here = vbd_loop_current();
+    /* counted before the hop: unhook waits for a write already past the hook's load */
+    __atomic_add_fetch(&b->hook_users, 1, __ATOMIC_SEQ_CST);
+    vbd_co_move_to(b->loop); /* the job's state is the main loop's */
+    /* a failed copy is recorded in the cbw state: the job fails with it */
+    vbd_cbw_co_before_write(b->cbw, w->off, w->bytes);
+    if (vbd_cbw_copy_error(b->cbw))
+        vbd_job_kick(b->job);
+    vbd_co_move_to(here);
+}
+
+static void hook_end(struct vbd_write_hook *h, struct vbd_hooked_write *w)
+{
+    struct backup *b = (struct backup *)h;
+    (void)w;
+    struct vbd_loop *here = vbd_loop_current();
+    vbd_co_move_to(b->loop);
+    if (__atomic_sub_fetch(&b->hook_users, 1, __ATOMIC_SEQ_CST) == 0 && b->unhooked)
+        vbd_co_queue_wake_all(&b->hook_wait);
+    vbd_co_move_to(here);
+}
+
+static void unhook(struct backup *b)
+{
+    if (b->unhooked || !b->cbw)
+        return;
+    __atomic_store_n(&b->source->write_hook, NULL, __ATOMIC_RELEASE);
+    b->unhooked = true;
+    while (__atomic_load_n(&b->hook_users, __ATOMIC_SEQ_CST) > 0)
+        vbd_co_queue_wait(&b->hook_wait);
+}
+
+struct worker {
+    struct backup *b;
+    uint64_t off;
+};
+
+static void worker_co(void *arg)
+{
+    struct worker *w = arg;
+    struct backup *b = w->b;
+    uint64_t copied = 0;
+    int rc = vbd_cbw_co_copy(b->cbw, w->off, BACKUP_CHUNK, b->o.sync == VBD_BACKUP_TOP, &copied);
+    if (rc < 0 && !b->werr) {
+        b->werr = rc;
+        b->werr_off = w->off;
+        b->werr_read = vbd_cbw_last_error_read(b->cbw);
+    }
+    b->done_bytes += copied;
+    struct vbd_job *job = b->job;
+    uint64_t rem = vbd_cbw_remaining(b->cbw);
+    job->ctl.current = job->ctl.total > rem ? job->ctl.total - rem : 0;
+    b->inflight--;
+    free(w);
+    vbd_co_queue_wake_all(&b->worker_wait);
+}
+
+static void wait_workers(struct backup *b, int below)
+{
+    while (b->inflight > below)
+        vbd_co_queue_wait(&b->worker_wait);
+}
+
+static int backup_run(struct vbd_job *job, struct vbd_error **err)
+{
+    struct backup *b = job->opaque;
+    (void)err;
+    uint64_t total = vbd_cbw_remaining(b->cbw), size = vbd_node_size(b->source);
+    job->ctl.total = total < size ? total : size;
+    if (b->o.sync == VBD_BACKUP_NONE) {
+        while (!vbd_job_cancel_requested(job) && !vbd_cbw_copy_error(b->cbw)) {
+            vbd_job_wait(job);
+            vbd_job_pause_point(job);
+        }
+        return vbd_cbw_copy_error(b->cbw);
+    }
+    int workers = b->o.max_workers > 0 ? b->o.max_workers : BACKUP_WORKERS;
+    uint64_t cursor = 0;
+    int rc = 0;
+    for (;;) {
+        if (vbd_job_is_cancelled(job)) {
+            rc = -ECANCELED;
+            break;
+        }
+        if ((rc = vbd_cbw_copy_error(b->cbw)) < 0)
+            break; /* a guest write could not save its old data: the image is incomplete */
+        if (b->werr) {
+            wait_workers(b, 0);
+            /* the job core knows one policy: the side that failed picks it */
+            job->on_error = b->werr_read ? b->o.on_source_error : b->o.on_target_error;
+            enum vbd_error_action a = vbd_job_error_action(job, b->werr_read, -b->werr);
+            if (a == VBD_ACTION_REPORT) {
+                rc = b->werr;
+                break;
+            }
+            if (a == VBD_ACTION_IGNORE)
+                vbd_cbw_forget(b->cbw, b->werr_off, BACKUP_CHUNK);
+            b->werr = 0;
+            vbd_job_pause_point(job); /* stop: until job-resume, then the chunk again */
+            cursor = 0;
+            continue;
+        }
+        uint64_t off = cursor;
+        if (!vbd_cbw_next(b->cbw, &off)) {
+            if (b->inflight) {
+                wait_workers(b, b->inflight - 1);
+                continue;
+            }
+            off = 0;
+            if (!vbd_cbw_next(b->cbw, &off))
+                break; /* all copied */
+        }
+        struct worker *w = vbd_xcalloc(1, sizeof(*w));
+        w->b = b;
+        w->off = off / BACKUP_CHUNK * BACKUP_CHUNK;
+        cursor = w->off + BACKUP_CHUNK;
+        /* paced by what is started, as QEMU's block-copy: the next chunk
+         * waits for the time this one is due */
+        uint64_t started = vbd_cbw_todo_bytes(b->cbw, w->off, BACKUP_CHUNK);
+        b->inflight++;
+        vbd_co_wake(vbd_co_create(worker_co, w));
+        wait_workers(b, workers - 1);
+        vbd_job_ratelimit(job, started);
+    }
+    wait_workers(b, 0);
+    if (rc == 0 && (rc = vbd_cbw_copy_error(b->cbw)) == 0) {
+        job->ctl.current = job->ctl.total;
+        rc = vbd_node_co_flush(b->target);
+    }
+    return rc;
+}
+
+/* Give the bitmap back the bits taken at the start (all, or those not copied). */
+static void bitmap_restore(struct backup *b, bool only_uncopied)
+{
+    if (!b->saved)
+        return;
+    for (uint64_t i = 0; i < b->saved_n; i++)
+        if (b->saved[i / 64] >> (i % 64) & 1) {
+            uint64_t off = i * b->saved_gran;
+            if (!only_uncopied || vbd_cbw_todo(b->cbw, off))
+                vbd_dirty_bitmap_set(b->o.bitmap, off, b->saved_gran);
+        }
+}
+
+static void backup_commit(struct vbd_job *job)
+{
+    struct backup *b = job->opaque;
+    if (b->o.bitmap && b->o.bitmap_mode == VBD_BITMAP_SYNC_NEVER)
+        bitmap_restore(b, false);
+}
+
+static void backup_abort(struct vbd_job *job)
+{
+    struct backup *b = job->opaque;
+    if (b->o.bitmap)
+        bitmap_restore(b, b->o.bitmap_mode == VBD_BITMAP_SYNC_ALWAYS);
+}
+
+static void release(struct backup *b)
+{
+    unhook(b);
+    vbd_cbw_free(b->cbw);
+    b->cbw = NULL;
+    if (b->o.bitmap)
+        vbd_dirty_bitmap_set_busy(b->o.bitmap, false);
+    b->o.bitmap = NULL;
+    if (b->source)
+        vbd_node_unref(b->source);
+    if (b->target)
+        vbd_node_unref(b->target);
+    b->source = b->target = NULL;
+    free(b->saved);
+    b->saved = NULL;
+}
+
+static void backup_clean(struct vbd_job *job) { release(job->opaque); }
+
+static void backup_free(struct vbd_job *job)
+{
+    struct backup *b = job->opaque;
+    if (!b)
+        return;
+    release(b);
+    free(b);
+}
+
+static bool backup_uses(struct vbd_job *job, struct vbd_node *n)
+{
+    struct backup *b = job->opaque;
+    return b->source && (n == b->source || n == b->target);
+}
+
+static const struct vbd_job_driver backup_driver = {
+    .type = "backup",
+    .run = backup_run,
+    .commit = backup_commit,
+    .abort = backup_abort,
+    .clean = backup_clean,
+    .free = backup_free,
+    .uses_node = backup_uses,
+};
+
+struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, struct vbd_node *target,
+                                 const struct vbd_backup_opts *o, struct vbd_qmp_error *err)
+{
+    /* the job core has one policy: the target's, QEMU's usual culprit */
+    struct vbd_job *job = vbd_job_create(&backup_driver, job_id, o->auto_finalize, o->auto_dismiss, o->speed,
+                                         o->on_target_error, err);
+    if (!job)
+        return NULL;
+    struct backup *b = vbd_xcalloc(1, sizeof(*b));
+    b->job = job;
+    b->loop = vbd_loop_current();
+    b->o = *o;
+    vbd_node_ref(source);
+    vbd_node_ref(target);
+    b->source = source;
+    b->target = target;
+    struct vbd_dirty_bitmap *select = o->sync == VBD_BACKUP_BITMAP ? o->bitmap : NULL;
+    b->cbw = vbd_cbw_new(source, target, vbd_cbw_default_cluster(target), select);
+    vbd_cbw_set_compress(b->cbw, o->compress);
+    if (o->bitmap) {
+        /* the bits taken now; the bitmap goes on recording the writes after this point */
+        uint64_t size = vbd_node_size(source), pnum = 0;
+        b->saved_gran = vbd_dirty_bitmap_granularity(o->bitmap);
+        b->saved_n = (size + b->saved_gran - 1) / b->saved_gran;
+        b->saved = vbd_xcalloc((size_t)(b->saved_n / 64 + 1), sizeof(uint64_t));
+        for (uint64_t off = 0; off < size; off += pnum) {
+            int st = vbd_dirty_bitmap_status(o->bitmap, off, size - off, &pnum);
+            if (!pnum)
+                break;
+            if (st == 1)
+                for (uint64_t i = off / b->saved_gran; i * b->saved_gran < off + pnum; i++)
+                    b->saved[i / 64] |= 1ull << (i % 64);
+        }
+        vbd_dirty_bitmap_clear(o->bitmap);
+        vbd_dirty_bitmap_set_busy(o->bitmap, true);
+    }
+    b->hook.begin = hook_begin;
+    b->hook.end = hook_end;
+    __atomic_store_n(&source->write_hook, &b->hook, __ATOMIC_RELEASE);
+    job->opaque = b;
+    vbd_job_start(job);
+    return job;
+}

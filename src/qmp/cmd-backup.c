@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * QMP blockdev-backup (qapi/block-core.json BlockdevBackup): the checks in
+ * QEMU 7.2's order and words (blockdev.c do_backup_common, backup.c
+ * backup_job_create); the job is src/job/backup.c.
+ */
+#include "qmp/commands.h"
+#include "qmp/snapshot.h"
+
+#include "vbd/backup.h"
+#include "vbd/dirty-bitmap.h"
+#include "vbd/error.h"
+
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *arg_str(struct json_object *args, const char *key)
+{
+    struct json_object *v;
+    return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
+}
+
+static bool arg_bool(struct json_object *args, const char *key, bool def)
+{
+    struct json_object *v;
+    return json_object_object_get_ex(args, key, &v) ? json_object_get_boolean(v) : def;
+}
+
+static int pick(const char *s, const char *const *names, int def)
+{
+    if (!s)
+        return def;
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
+static int on_error(struct json_object *args, const char *key, enum vbd_on_error *out, struct vbd_qmp_error *err)
+{
+    static const char *const names[] = {"report", "ignore", "enospc", "stop", "auto", NULL};
+    int v = pick(arg_str(args, key), names, 0);
+    if (v < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' does not accept value '%s'", key, arg_str(args, key));
+        return -1;
+    }
+    *out = v == VBD_ON_ERROR_AUTO ? VBD_ON_ERROR_REPORT : (enum vbd_on_error)v;
+    return 0;
+}
+
+/* The options and checks both commands share, then the job; bs and
+ * target looked up by the caller. */
+static struct json_object *backup_common(struct json_object *args, struct vbd_node *bs, struct vbd_node *target,
+                                         struct vbd_qmp_error *err);
+
+static struct json_object *qmp_blockdev_backup(struct json_object *args, struct vbd_qmp_error *err)
+{
+    struct vbd_node *bs = qmp_lookup_node(arg_str(args, "device"), err);
+    if (!bs)
+        return NULL;
+    struct vbd_node *target = qmp_lookup_node(arg_str(args, "target"), err);
+    if (!target)
+        return NULL;
+    return backup_common(args, bs, target, err);
+}
+
+static struct json_object *backup_common(struct json_object *args, struct vbd_node *bs, struct vbd_node *target,
+                                         struct vbd_qmp_error *err)
+{
+    static const char *const syncs[] = {"full", "top", "none", "incremental", "bitmap", NULL};
+    static const char *const modes[] = {"on-success", "never", "always", NULL};
+    struct vbd_backup_opts o = {0};
+    const char *job_id = arg_str(args, "job-id"), *bitmap = arg_str(args, "bitmap");
+    int sync = pick(arg_str(args, "sync"), syncs, 0), mode = pick(arg_str(args, "bitmap-mode"), modes, 0);
+    if (sync < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'sync' does not accept value '%s'", arg_str(args, "sync"));
+        return NULL;
+    }
+    if (mode < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'bitmap-mode' does not accept value '%s'",
+                           arg_str(args, "bitmap-mode"));
+        return NULL;
+    }
+    if (on_error(args, "on-source-error", &o.on_source_error, err) < 0 ||
+        on_error(args, "on-target-error", &o.on_target_error, err) < 0)
+        return NULL;
+    if (arg_str(args, "filter-node-name")) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'filter-node-name' is not supported by vbd-daemon");
+        return NULL;
+    }
+    struct json_object *v;
+    o.speed = json_object_object_get_ex(args, "speed", &v) ? (uint64_t)json_object_get_int64(v) : 0;
+    if (json_object_object_get_ex(args, "speed", &v) && json_object_get_int64(v) < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter 'speed'");
+        return NULL;
+    }
+    struct json_object *perf;
+    if (json_object_object_get_ex(args, "x-perf", &perf) && json_object_object_get_ex(perf, "max-workers", &v))
+        o.max_workers = (int)json_object_get_int64(v);
+    o.compress = arg_bool(args, "compress", false);
+    o.auto_finalize = arg_bool(args, "auto-finalize", true);
+    o.auto_dismiss = arg_bool(args, "auto-dismiss", true);
+    o.bitmap_mode = (enum vbd_bitmap_sync_mode)mode;
+    o.sync = sync == 0 ? VBD_BACKUP_FULL : sync == 1 ? VBD_BACKUP_TOP : sync == 2 ? VBD_BACKUP_NONE : VBD_BACKUP_BITMAP;
+    if (bitmap) {
+        if (!(o.bitmap = vbd_dirty_bitmap_find_below(bs, bitmap, NULL))) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' could not be found", bitmap);
+            return NULL;
+        }
+        if (!json_object_object_get_ex(args, "bitmap-mode", NULL)) { /* sync=bitmap too: QEMU has no default */
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap sync mode must be given when providing a bitmap");
+            return NULL;
+        }
+        if (vbd_dirty_bitmap_busy(o.bitmap)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                               "Bitmap '%s' is currently in use by another operation and cannot be used", bitmap);
+            return NULL;
+        }
+        if (o.sync == VBD_BACKUP_NONE) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "sync mode '%s' does not produce meaningful bitmap contents",
+                               arg_str(args, "sync"));
+            return NULL;
+        }
+    } else if (o.sync == VBD_BACKUP_BITMAP) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "must provide a valid bitmap name for '%s' sync mode",
+                           arg_str(args, "sync"));
+        return NULL;
+    } else if (json_object_object_get_ex(args, "bitmap-mode", NULL)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot specify bitmap sync mode without a bitmap");
+        return NULL;
+    }
+    if (bs == target) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target cannot be the same");
+        return NULL;
+    }
+    struct vbd_job *busy = vbd_job_using_node(bs);
+    if (!busy)
+        busy = vbd_job_using_node(target);
+    if (busy || bs->write_hook) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is busy: block device is in use by block job: %s",
+                           busy && vbd_job_using_node(bs) ? bs->node_name : target->node_name,
+                           busy ? busy->drv->type : "backup");
+        return NULL;
+    }
+    if (target->read_only) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block node '%s' is read-only", target->node_name);
+        return NULL;
+    }
+    if (vbd_node_size(target) != vbd_node_size(bs)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target must have the same size");
+        return NULL;
+    }
+    if (o.compress && !(target->supported_write_flags & VBD_REQ_COMPRESSED)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Compression is not supported for this drive %s", target->node_name);
+        return NULL;
+    }
+    if (!vbd_backup_start(job_id ? job_id : "", bs, target, &o, err))
+        return NULL;
+    return vbd_qmp_ok();
+}
+
+/* drive-backup: the target is a file, made here unless mode=existing (as
+ * QEMU: the source's format and size; sync=top's target has the source's
+ * backing file, sync=none's the source itself), opened for the job and
+ * closed with it. */
+static struct json_object *qmp_drive_backup(struct json_object *args, struct vbd_qmp_error *err)
+{
+    static const char *const modes[] = {"existing", "absolute-paths", NULL};
+    const char *file = arg_str(args, "target"), *format = arg_str(args, "format"), *sync = arg_str(args, "sync");
+    int mode = pick(arg_str(args, "mode"), modes, 1);
+    if (mode < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'mode' does not accept value '%s'", arg_str(args, "mode"));
+        return NULL;
+    }
+    struct vbd_node *bs = qmp_lookup_node(arg_str(args, "device"), err);
+    if (!bs)
+        return NULL;
+    if (!format && mode == 1)
+        format = bs->drv->name;
+    struct vbd_node *backing = NULL;
+    if (sync && !strcmp(sync, "top"))
+        backing = vbd_node_skip_filters(bs)->backing;
+    else if (sync && !strcmp(sync, "none"))
+        backing = bs;
+    struct vbd_error *e = NULL;
+    if (mode == 1) {
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "size", json_object_new_int64((int64_t)vbd_node_size(bs)));
+        if (backing) {
+            json_object_object_add(o, "backing_file", json_object_new_string(backing->filename));
+            json_object_object_add(o, "backing_fmt", json_object_new_string(backing->drv->name));
+        }
+        int rc = vbd_image_co_create(format, file, o, &e);
+        json_object_put(o);
+        if (rc < 0) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Could not create '%s': %s", file, e ? e->msg : strerror(-rc));
+            vbd_error_free(e);
+            return NULL;
+        }
+    }
+    struct json_object *o = json_object_new_object();
+    if (format)
+        json_object_object_add(o, "driver", json_object_new_string(format));
+    /* the backing is the running node, not its file opened once more */
+    if (format && vbd_driver_find(format) && vbd_driver_find(format)->change_backing_file)
+        json_object_object_add(o, "backing", backing ? json_object_new_string(backing->node_name) : NULL);
+    struct vbd_node *target = vbd_open(file, o, VBD_OPEN_RDWR, &e);
+    if (!target) {
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
+    struct json_object *r = backup_common(args, bs, target, err);
+    vbd_node_unref(target); /* the job holds it until its end */
+    return r;
+}
+
+const struct vbd_qmp_command vbd_qmp_cmds_backup[] = {
+    {"drive-backup",
+     "?job-id:str device:str target:str ?format:str sync:str ?mode:str ?speed:int ?bitmap:str ?bitmap-mode:str "
+     "?compress:bool ?on-source-error:str ?on-target-error:str ?auto-finalize:bool ?auto-dismiss:bool "
+     "?filter-node-name:str ?x-perf:object",
+     qmp_drive_backup, 0},
+    {"blockdev-backup",
+     "?job-id:str device:str target:str sync:str ?speed:int ?bitmap:str ?bitmap-mode:str ?compress:bool "
+     "?on-source-error:str ?on-target-error:str ?auto-finalize:bool ?auto-dismiss:bool ?filter-node-name:str "
+     "?x-perf:object",
+     qmp_blockdev_backup, 0},
+    {NULL, NULL, NULL, 0},
+};
