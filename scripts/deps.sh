@@ -10,7 +10,8 @@ PKGS="build-essential pkg-config meson ninja-build clang liburing-dev zlib1g-dev
 libjson-c-dev libgnutls28-dev libbz2-dev cloop-utils libxml2-dev qemu-utils qemu-system-x86 nbdkit libnbd-bin fio
 busybox-static linux-image-amd64 kmod cpio gnutls-bin bc python3 ca-certificates file
 librbd-dev librados-dev ceph-mon ceph-osd ceph-mgr ceph-common qemu-block-extra
-libiscsi-dev libiscsi-bin tgt"
+libiscsi-dev libiscsi-bin tgt
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
 missing=""
 for p in $PKGS; do
     st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

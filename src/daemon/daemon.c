@@ -7,10 +7,12 @@
  * finish their in-flight requests, nodes are flushed, sockets removed.
  */
 #include "daemon.h"
+#include "daemon/libvirt-disk.h"
 #include "daemon/objects.h"
 #include "daemon/state.h"
 #include "vbd/job.h"
 
+#include "vbd/alloc.h"
 #include "vbd/authz.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
@@ -65,7 +67,14 @@ static const char usage_text[] =
     "          [,iops=N,iops_rd=N,bps_wr=N,iops_max=N,iops_size=N,group=NAME,...][,copy-on-read=on]\n"
     "                    short form (as -drive and ACRN's device model: ro, writethru and\n"
     "                    writeback are accepted as bare words); writethrough is the default\n"
-    "  --vhost-user SOCKET   export the last --drive over vhost-user-blk on SOCKET\n"
+    "  --vhost-user SOCKET   export the last --drive or --libvirt-disk over vhost-user-blk on SOCKET\n"
+    "  --libvirt-disk FILE[#TARGET]\n"
+    "                    the nodes libvirt's qemu driver builds for a <disk> element (FILE: a <disk>, or a\n"
+    "                    <domain>: every disk, or the one with <target dev='TARGET'>); the top node is named\n"
+    "                    TARGET (vda). serial, blockio, cache's write cache, queues, error_policy and iothread\n"
+    "                    go to the --vhost-user export; iotune makes a throttle group (group_name or TARGET)\n"
+    "  --print-libvirt-disk  once serving, print the <disk type='vhostuser'> element to use instead of each\n"
+    "                    --libvirt-disk exported with --vhost-user\n"
     "  --object iothread,id=ID[,poll-max-ns=NS]\n"
     "                    a thread with its own event loop for exports' queues (vhost-user-blk: iothread=ID,\n"
     "                    or iothread.0=ID0,iothread.1=ID1,... to spread the queues); poll-max-ns bounds the\n"
@@ -219,9 +228,20 @@ static struct pending_drive {
     char node[64];
     bool readonly, writethrough;
     uint64_t lbs, pbs, queues;
-    char *serial, *werror, *rerror;
+    char *serial, *werror, *rerror, *iothread;
     bool set;
+    const struct vbd_libvirt_disk *lv; /* from --libvirt-disk: for --print-libvirt-disk */
 } drive;
+/* --libvirt-disk's disks (kept for the export and the printed element) */
+static struct lv_set {
+    struct vbd_libvirt_disk *d;
+    int n;
+} *lv_sets;
+static int n_lv_sets;
+/* <disk type='vhostuser'> elements for --print-libvirt-disk, in export order */
+static char **lv_print;
+static int n_lv_print;
+static bool print_libvirt;
 static int ndrives;
 
 /* ACRN writes bare words (ro, writethru) and the path first: make it keyval. */
@@ -441,6 +461,7 @@ static int add_drive(const char *arg, struct vbd_error **err)
     free(drive.serial);
     free(drive.werror);
     free(drive.rerror);
+    free(drive.iothread);
     drive = (struct pending_drive){.readonly = readonly,
                                    .writethrough = vbd_cache_mode_writethrough(mode),
                                    .lbs = lbs,
@@ -497,6 +518,8 @@ static int add_vhost_user(const char *sock, struct vbd_error **err)
         json_object_object_add(o, "werror", json_object_new_string(drive.werror));
     if (drive.rerror)
         json_object_object_add(o, "rerror", json_object_new_string(drive.rerror));
+    if (drive.iothread)
+        json_object_object_add(o, "iothread", json_object_new_string(drive.iothread));
     struct json_object *copy = NULL;
     json_object_deep_copy(o, &copy, NULL);
     int rc = vbd_daemon_export_add(o, "--vhost-user", err);
@@ -504,9 +527,48 @@ static int add_vhost_user(const char *sock, struct vbd_error **err)
         vbd_state_note_cmdline_export(copy);
     json_object_put(copy);
     json_object_put(o);
+    if (rc == 0 && drive.lv) {
+        char *x = vbd_libvirt_disk_vhostuser_xml(drive.lv, sock, drive.queues ? drive.queues : 1);
+        if (x) {
+            lv_print = realloc(lv_print, sizeof(*lv_print) * (size_t)(n_lv_print + 1));
+            lv_print[n_lv_print++] = x;
+        }
+    }
     if (rc == 0)
         drive.set = false;
     return rc;
+}
+
+/* --libvirt-disk FILE[#TARGET]: the nodes now; the last disk waits for
+ * --vhost-user as a --drive does (the others: --export node-name=TARGET). */
+static int add_libvirt_disk(const char *arg, struct vbd_error **err)
+{
+    struct vbd_libvirt_disk *d;
+    int n;
+    if (vbd_libvirt_disk_add(arg, &d, &n, err) < 0)
+        return -EINVAL;
+    lv_sets = realloc(lv_sets, sizeof(*lv_sets) * (size_t)(n_lv_sets + 1));
+    lv_sets[n_lv_sets++] = (struct lv_set){d, n};
+    const struct vbd_libvirt_disk *last = &d[n - 1];
+    free(drive.serial);
+    free(drive.werror);
+    free(drive.rerror);
+    free(drive.iothread);
+    drive = (struct pending_drive){.readonly = last->readonly,
+                                   .writethrough = last->writethrough,
+                                   .lbs = last->lbs,
+                                   .pbs = last->pbs,
+                                   .queues = last->queues,
+                                   .serial = last->serial ? vbd_xstrdup(last->serial) : NULL,
+                                   .werror = last->werror ? vbd_xstrdup(last->werror) : NULL,
+                                   .rerror = last->rerror ? vbd_xstrdup(last->rerror) : NULL,
+                                   .iothread = last->iothread ? vbd_xstrdup(last->iothread) : NULL,
+                                   .set = true,
+                                   .lv = last};
+    snprintf(drive.node, sizeof(drive.node), "%s", last->top);
+    for (int i = 0; i < n; i++)
+        vbd_info("--libvirt-disk %s: <target dev='%s'> is node '%s'", arg, d[i].target, d[i].top);
+    return 0;
 }
 
 struct startup {
@@ -516,7 +578,7 @@ struct startup {
 };
 
 enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, OPT_DAEMONIZE, OPT_DRIVE, OPT_VHOST_USER,
-       OPT_CHARDEV, OPT_MONITOR, OPT_STATE };
+       OPT_CHARDEV, OPT_MONITOR, OPT_STATE, OPT_LIBVIRT_DISK, OPT_PRINT_LIBVIRT_DISK };
 
 /* SIGHUP: files may have been resized by someone else; re-read the sizes
  * and let the exports tell their clients. */
@@ -555,7 +617,9 @@ static void daemon_co(void *opaque)
         {"nbd-server", required_argument, NULL, OPT_NBD_SERVER}, {"object", required_argument, NULL, OPT_OBJECT},
         {"chardev", required_argument, NULL, OPT_CHARDEV}, {"monitor", required_argument, NULL, OPT_MONITOR},
         {"drive", required_argument, NULL, OPT_DRIVE}, {"vhost-user", required_argument, NULL, OPT_VHOST_USER},
-        {"state", required_argument, NULL, OPT_STATE}, {"pidfile", required_argument, NULL, OPT_PIDFILE}, {"daemonize", no_argument, NULL, OPT_DAEMONIZE},
+        {"state", required_argument, NULL, OPT_STATE}, {"pidfile", required_argument, NULL, OPT_PIDFILE},
+        {"daemonize", no_argument, NULL, OPT_DAEMONIZE}, {"libvirt-disk", required_argument, NULL, OPT_LIBVIRT_DISK},
+        {"print-libvirt-disk", no_argument, NULL, OPT_PRINT_LIBVIRT_DISK},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *pidfile = NULL, *state = NULL;
@@ -573,6 +637,8 @@ static void daemon_co(void *opaque)
         case OPT_MONITOR: rc = add_monitor(optarg, &err); break;
         case OPT_DRIVE: rc = add_drive(optarg, &err); break;
         case OPT_VHOST_USER: rc = add_vhost_user(optarg, &err); break;
+        case OPT_LIBVIRT_DISK: rc = add_libvirt_disk(optarg, &err); break;
+        case OPT_PRINT_LIBVIRT_DISK: print_libvirt = true; break;
         case OPT_PIDFILE: pidfile = optarg; break;
         case OPT_STATE: state = optarg; break;
         case OPT_DAEMONIZE: break;
@@ -601,6 +667,16 @@ static void daemon_co(void *opaque)
             vbd_error_free(err);
             s->rc = 1;
         }
+    }
+    if (!s->rc && print_libvirt) {
+        /* once every socket listens, so that a domain started with it connects at once */
+        if (!n_lv_print) {
+            vbd_error_report("--print-libvirt-disk: no --libvirt-disk was exported with --vhost-user");
+            s->rc = 1;
+        }
+        for (int i = 0; !s->rc && i < n_lv_print; i++)
+            fputs(lv_print[i], stdout);
+        fflush(stdout);
     }
     if (!s->rc && pidfile) {
         FILE *f = fopen(pidfile, "w");
@@ -687,5 +763,12 @@ int vbd_daemon_main(int argc, char **argv)
     free(drive.serial);
     free(drive.werror);
     free(drive.rerror);
+    free(drive.iothread);
+    for (int i = 0; i < n_lv_sets; i++)
+        vbd_libvirt_disks_free(lv_sets[i].d, lv_sets[i].n);
+    free(lv_sets);
+    for (int i = 0; i < n_lv_print; i++)
+        free(lv_print[i]);
+    free(lv_print);
     return s.rc;
 }

@@ -280,7 +280,7 @@ static bool node_name_ok(const char *s)
     return true;
 }
 
-static struct json_object *blockdev_add(struct json_object *args, struct vbd_qmp_error *err)
+struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_qmp_error *err)
 {
     if (!vbd_qmp_check_blockdev(args, "", err))
         return NULL;
@@ -313,7 +313,12 @@ static struct json_object *blockdev_add(struct json_object *args, struct vbd_qmp
         return NULL;
     }
     vbd_daemon_node_add(n);
-    return vbd_qmp_ok();
+    return n;
+}
+
+static struct json_object *blockdev_add(struct json_object *args, struct vbd_qmp_error *err)
+{
+    return vbd_qmp_blockdev_add_opts(args, err) ? vbd_qmp_ok() : NULL;
 }
 
 static struct json_object *blockdev_del(struct json_object *args, struct vbd_qmp_error *err)

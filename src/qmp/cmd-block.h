@@ -15,6 +15,12 @@ struct vbd_node;
  * Unknown keys are refused, as QEMU; vbd's own nbd TLS keys are known. */
 bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vbd_qmp_error *err);
 
+/* blockdev-add: check args as the schema types them, open the node (the
+ * caller's reference on args is kept) and hand it to the daemon. Returns
+ * the node (owned by the daemon) or NULL with err set. Also the path
+ * --libvirt-disk builds its nodes with. */
+struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_qmp_error *err);
+
 /* Is n (or a node below it through "file") written by an export? */
 bool vbd_qmp_node_written_by_export(struct vbd_node *n);
 
