@@ -625,6 +625,11 @@ static void daemon_co(void *opaque)
     const char *pidfile = NULL, *state = NULL;
     int c;
     optind = 1;
+    /* A monitor given before --blockdev accepts clients while later nodes
+     * open (an rbd or nbd open yields): their commands wait until the
+     * command line and --state FILE are applied, never seeing a node
+     * half open. */
+    vbd_qmp_graph_lock();
     while ((c = getopt_long(s->argc, s->argv, "vhV", lo, NULL)) != -1) {
         struct vbd_error *err = NULL;
         int rc = 0;
@@ -643,8 +648,8 @@ static void daemon_co(void *opaque)
         case OPT_STATE: state = optarg; break;
         case OPT_DAEMONIZE: break;
         case 'v': vbd_log_set_level(VBD_LOG_DEBUG); break;
-        case 'h': fputs(usage_text, stdout); s->rc = 0; return;
-        case 'V': printf("vbd-daemon version " VBD_DAEMON_VERSION "\n"); s->rc = 0; return;
+        case 'h': fputs(usage_text, stdout); s->rc = 0; vbd_qmp_graph_unlock(); return;
+        case 'V': printf("vbd-daemon version " VBD_DAEMON_VERSION "\n"); s->rc = 0; vbd_qmp_graph_unlock(); return;
         default: s->rc = 1; stop_requested = true; break;
         }
         if (rc < 0) {
@@ -668,6 +673,7 @@ static void daemon_co(void *opaque)
             s->rc = 1;
         }
     }
+    vbd_qmp_graph_unlock();
     if (!s->rc && print_libvirt) {
         /* once every socket listens, so that a domain started with it connects at once */
         if (!n_lv_print) {

@@ -582,7 +582,6 @@ int vbd_state_load(const char *path, struct vbd_error **err)
         return 0; /* written at the first change */
     int rc = 0;
     replaying = true; /* the hook keeps each command's arguments, FILE stays */
-    vbd_qmp_graph_lock();
     for (size_t i = 0; i < json_object_array_length(cmds); i++) {
         struct json_object *req = json_object_array_get_idx(cmds, i);
         const char *x = json_object_get_string(json_object_object_get(req, "execute"));
@@ -617,7 +616,6 @@ int vbd_state_load(const char *path, struct vbd_error **err)
         if (rc)
             break;
     }
-    vbd_qmp_graph_unlock();
     replaying = false;
     json_object_put(cmds);
     if (rc)

@@ -21,6 +21,8 @@ struct vbd_error;
  * A damaged, truncated or newer FILE, or a command of it that fails (a
  * node-name the command line already uses), is an error naming FILE; FILE
  * is left as it is. Coroutine on the main loop. */
+/* Called with the QMP graph lock held (the daemon holds it until its
+ * command line and FILE are applied). */
 int vbd_state_load(const char *path, struct vbd_error **err);
 void vbd_state_free(void);
 /* An export the command line made (its options, as vbd_daemon_export_add
