@@ -19,7 +19,7 @@ qpid=
 on_exit '[ -z "$qpid" ] || kill $qpid 2>/dev/null; [ -z "$dpid" ] || kill $dpid 2>/dev/null'
 
 step "QMP objects and errors equal to qemu-storage-daemon's"
-python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-throttle.jsonl" \
+QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-throttle.jsonl" \
     --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
     --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff found differences (above)"
 
