@@ -379,7 +379,8 @@ const struct vbd_driver *const *vbd_driver_list(void);
  * Open a node as QEMU's bdrv_open does: opts may be NULL or hold "driver",
  * "node-name", "file" (object, node-name reference or filename), "backing"
  * (object, node-name, or JSON null to disable), "read-only", "cache.direct",
- * "cache.no-flush", "discard", "aio", "force-share", plus driver options.
+ * "cache.no-flush", "discard", "detect-zeroes", "aio", "force-share", plus
+ * driver options.
  * filename may be NULL, a path, a protocol URI (nbd://...) or "json:{...}".
  * Without "driver", the format is probed (raw as the fallback, with the
  * same warning qemu-img gives for raw writes of probed images).
