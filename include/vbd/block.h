@@ -34,6 +34,11 @@ struct vbd_loop;
 #define VBD_OPEN_AIO_THREADS 0x0100u /* aio=threads for file nodes */
 #define VBD_OPEN_CHECK       0x0200u /* opened for check: allow a corrupt image */
 
+/* detect-zeroes: an all-zero write becomes a write-zeroes request (unmap:
+ * one that may deallocate; only with discard=unmap, as QEMU requires) */
+enum vbd_detect_zeroes { VBD_DZ_OFF, VBD_DZ_ON, VBD_DZ_UNMAP };
+extern const char *const vbd_detect_zeroes_names[]; /* "off","on","unmap",NULL */
+
 /* ---------- block status ---------- */
 #define VBD_BS_DATA         0x01u /* reads come from this node's file at *map */
 #define VBD_BS_ZERO         0x02u /* reads return zeroes */
@@ -317,6 +322,7 @@ struct vbd_node {
     struct vbd_limits bl;
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */
     unsigned supported_zero_flags;  /* VBD_REQ_MAY_UNMAP / FUA / NO_FALLBACK */
+    uint8_t detect_zeroes;          /* enum vbd_detect_zeroes (detect-zeroes=) */
     int refcnt;
     /* generic-layer private (io.c): requests in flight on a node with
      * request_alignment > 1, which may come from several loops at once */
@@ -373,7 +379,8 @@ const struct vbd_driver *const *vbd_driver_list(void);
  * Open a node as QEMU's bdrv_open does: opts may be NULL or hold "driver",
  * "node-name", "file" (object, node-name reference or filename), "backing"
  * (object, node-name, or JSON null to disable), "read-only", "cache.direct",
- * "cache.no-flush", "discard", "aio", "force-share", plus driver options.
+ * "cache.no-flush", "discard", "detect-zeroes", "aio", "force-share", plus
+ * driver options.
  * filename may be NULL, a path, a protocol URI (nbd://...) or "json:{...}".
  * Without "driver", the format is probed (raw as the fallback, with the
  * same warning qemu-img gives for raw writes of probed images).

@@ -284,8 +284,8 @@ static int bounce_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t byte
     return rc;
 }
 
-static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
-                   unsigned flags)
+static int node_rw_data(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                        unsigned flags)
 {
     assert(vbd_in_co());
     int rc = check_range(n, off, bytes);
@@ -315,6 +315,41 @@ static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t b
     rc = direct ? drv_rw(n, write, off, bytes, q, qoff, flags) : bounce_rw(n, write, off, bytes, q, qoff, flags, NULL);
     tracked_end(n, &tr);
     return rc;
+}
+
+static bool qiov_is_zero(const struct vbd_qiov *q, size_t qoff, uint64_t bytes)
+{
+    for (int i = 0; i < q->niov && bytes; i++) {
+        size_t l = q->iov[i].iov_len;
+        if (qoff >= l) {
+            qoff -= l;
+            continue;
+        }
+        l -= qoff;
+        if (l > bytes)
+            l = bytes;
+        if (!vbd_buffer_is_zero((const char *)q->iov[i].iov_base + qoff, l))
+            return false;
+        bytes -= l;
+        qoff = 0;
+    }
+    return true;
+}
+
+static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
+
+/* detect-zeroes as QEMU's bdrv_aligned_pwritev: a write whose data is all
+ * zeroes goes down as a write-zeroes request, FUA kept, allowed to
+ * deallocate with detect-zeroes=unmap (which needs discard=unmap). Off costs
+ * one predictable branch. Compressed writes stay writes. */
+static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                        unsigned flags)
+{
+    if (__builtin_expect(write && n->detect_zeroes != VBD_DZ_OFF, 0) && n->drv->co_pwrite_zeroes && bytes && q &&
+        !(flags & VBD_REQ_COMPRESSED) && qoff <= q->size && bytes <= q->size - qoff && qiov_is_zero(q, qoff, bytes))
+        return pwrite_zeroes_home(n, off, bytes,
+                                  (flags & VBD_REQ_FUA) | (n->detect_zeroes == VBD_DZ_UNMAP ? VBD_REQ_MAY_UNMAP : 0));
+    return node_rw_data(n, write, off, bytes, q, qoff, flags);
 }
 
 /* A write hook (a block job) sees the write around it; one load when none. */
@@ -365,7 +400,7 @@ static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes,
             assert(vbd_in_co());
             return drv->co_preadv(n, off, bytes, q, qoff, 0);
         }
-        if (write && drv->co_pwritev && !n->read_only && !(flags & ~n->supported_write_flags) &&
+        if (write && drv->co_pwritev && !n->read_only && !n->detect_zeroes && !(flags & ~n->supported_write_flags) &&
             !__atomic_load_n(&n->write_hook, __ATOMIC_ACQUIRE) && !vbd_node_has_dirty_bitmaps(n) &&
             !__atomic_load_n(&n->write_threshold, __ATOMIC_RELAXED)) {
             assert(vbd_in_co());
@@ -479,15 +514,14 @@ static int zero_fallback(struct vbd_node *n, uint64_t off, uint64_t bytes, unsig
         uint64_t len = bytes < chunk ? bytes : chunk;
         struct iovec one = {zero, len};
         struct vbd_qiov q = {&one, 1, len};
-        rc = node_rw_home(n, true, off, len, &q, 0, flags & VBD_REQ_FUA); /* hooked by the caller */
+        /* as data, never detected as zeroes again */
+        rc = node_rw_data(n, true, off, len, &q, 0, flags & VBD_REQ_FUA); /* hooked by the caller */
         off += len;
         bytes -= len;
     }
     free(zero);
     return rc;
 }
-
-static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
 
 static int node_pwrite_zeroes_hooked(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {

@@ -101,7 +101,9 @@ static const struct vbd_driver *protocol_for(const char *filename)
 }
 
 /* Generic options every node accepts; they turn into open flags. */
-static int take_generic(struct json_object *opts, unsigned *flags, struct vbd_error **err)
+const char *const vbd_detect_zeroes_names[] = {"off", "on", "unmap", NULL};
+
+static int take_generic(struct json_object *opts, unsigned *flags, int *dz, struct vbd_error **err)
 {
     bool b;
     int rc;
@@ -134,9 +136,14 @@ static int take_generic(struct json_object *opts, unsigned *flags, struct vbd_er
         return rc;
     if (rc > 0)
         *flags = i == 1 ? (*flags | VBD_OPEN_AIO_THREADS) : (*flags & ~VBD_OPEN_AIO_THREADS);
-    static const char *const dz[] = {"off", NULL};
-    if ((rc = vbd_opt_take_enum(opts, "detect-zeroes", dz, &i, err)) < 0)
+    if ((rc = vbd_opt_take_enum(opts, "detect-zeroes", vbd_detect_zeroes_names, &i, err)) < 0)
         return rc;
+    *dz = rc > 0 ? i : VBD_DZ_OFF;
+    /* QEMU's bdrv_parse_detect_zeroes: checked against the node's own discard */
+    if (*dz == VBD_DZ_UNMAP && !(*flags & VBD_OPEN_UNMAP)) {
+        vbd_error_setf(err, EINVAL, "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap");
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -151,7 +158,8 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
         vbd_error_setf(err, EEXIST, "Duplicate nodes with node-name='%s'", name);
         goto fail;
     }
-    if (take_generic(opts, &flags, err) < 0)
+    int dz = VBD_DZ_OFF;
+    if (take_generic(opts, &flags, &dz, err) < 0)
         goto fail;
     n = vbd_xcalloc(1, sizeof(*n));
     n->drv = drv;
@@ -160,6 +168,7 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
     n->home_thread = pthread_self();
     n->home_loop = vbd_loop_current();
     n->open_flags = flags;
+    n->detect_zeroes = (uint8_t)dz;
     n->read_only = !(flags & VBD_OPEN_RDWR);
     n->bl.request_alignment = 1;
     if (name)

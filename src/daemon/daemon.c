@@ -62,6 +62,7 @@ static const char usage_text[] =
     "                    requests of one kick go down as one request (default on)\n"
     "  --drive file=IMG[,format=raw|qcow2][,cache=writethrough|writeback|none|directsync|unsafe][,readonly=on]\n"
     "          [,sectorsize=512|4096|LOGICAL/PHYSICAL][,range=START_LBA/SECTORS][,discard=unmap][,id=NAME]\n"
+    "          [,detect-zeroes=on|unmap]\n"
     "          [,num-queues=N][,serial=S][,werror=report|stop|enospc][,rerror=report|stop]\n"
     "          [,throttling.iops-total=N,throttling.bps-read=N,...,throttling.group=NAME]\n"
     "          [,iops=N,iops_rd=N,bps_wr=N,iops_max=N,iops_size=N,group=NAME,...][,copy-on-read=on]\n"
@@ -305,7 +306,7 @@ static int add_drive(const char *arg, struct vbd_error **err)
     free(kv);
     if (!o)
         return -EINVAL;
-    char *file = NULL, *format = NULL, *cache = NULL, *sectorsize = NULL, *range = NULL, *discard = NULL,
+    char *file = NULL, *format = NULL, *cache = NULL, *sectorsize = NULL, *range = NULL, *discard = NULL, *dzero = NULL,
          *id = NULL, *serial = NULL, *werror = NULL, *rerror = NULL;
     bool readonly = false;
     uint64_t queues = 0;
@@ -320,6 +321,7 @@ static int add_drive(const char *arg, struct vbd_error **err)
     if (vbd_opt_take_str(o, "file", &file, err) < 0 || vbd_opt_take_str(o, "format", &format, err) < 0 ||
         vbd_opt_take_str(o, "cache", &cache, err) < 0 || vbd_opt_take_str(o, "sectorsize", &sectorsize, err) < 0 ||
         vbd_opt_take_str(o, "range", &range, err) < 0 || vbd_opt_take_str(o, "discard", &discard, err) < 0 ||
+        vbd_opt_take_str(o, "detect-zeroes", &dzero, err) < 0 ||
         vbd_opt_take_str(o, "id", &id, err) < 0 || vbd_opt_take_str(o, "serial", &serial, err) < 0 ||
         vbd_opt_take_str(o, "werror", &werror, err) < 0 || vbd_opt_take_str(o, "rerror", &rerror, err) < 0 ||
         vbd_opt_take_bool(o, "readonly", &readonly, err) < 0 || vbd_opt_take_u64(o, "num-queues", &queues, err) < 0 ||
@@ -382,6 +384,8 @@ static int add_drive(const char *arg, struct vbd_error **err)
         json_object_object_add(no, "node-name", json_object_new_string(filtered ? inner : name));
     if (unmap)
         json_object_object_add(no, "discard", json_object_new_string("unmap"));
+    if (dzero) /* checked by the node like blockdev-add's (unmap needs discard=unmap) */
+        json_object_object_add(no, "detect-zeroes", json_object_new_string(dzero));
     unsigned flags = (readonly ? 0 : VBD_OPEN_RDWR) | vbd_cache_mode_open_flags(mode) | (unmap ? VBD_OPEN_UNMAP : 0);
     n = vbd_open(format ? NULL : file, no, flags, err);
     if (!n) {
@@ -484,6 +488,7 @@ out:
     free(sectorsize);
     free(range);
     free(discard);
+    free(dzero);
     free(id);
     free(serial);
     free(werror);

@@ -44,6 +44,7 @@ struct ctx {
     /* from <driver>, shared by every layer as libvirt shares them */
     const char *cache_direct, *cache_no_flush; /* "true"/"false" or NULL: not set */
     const char *aio, *discard;
+    const char *detect_zeroes; /* the top image's detect-zeroes, as libvirt sets it */
     bool shareable;
 };
 
@@ -426,6 +427,12 @@ static bool open_layer(struct ctx *c, xmlNodePtr e, int depth, bool ro, char *fm
     put_bool(fo, "read-only", ro);
     if (c->discard)
         put_str(fo, "discard", c->discard);
+    /* libvirt's virDomainDiskGetDetectZeroesMode: unmap without
+     * discard='unmap' is on; only the top image gets it */
+    if (c->detect_zeroes && !depth) {
+        bool unmap_ok = c->discard && !strcmp(c->discard, "unmap");
+        put_str(fo, "detect-zeroes", !strcmp(c->detect_zeroes, "unmap") && !unmap_ok ? "on" : c->detect_zeroes);
+    }
     put_cache(c, fo);
     put_str(fo, "file", storage);
     if (backing[0])
@@ -494,9 +501,12 @@ static bool take_driver(struct ctx *c, xmlNodePtr drv, bool *cor)
         }
         c->discard = v;
     }
-    if ((v = attr(drv, "detect_zeroes")) && strcmp(v, "off") && strcmp(v, "default")) {
-        fail(c, "<driver detect_zeroes='%s'>: vbd does not detect zero writes (only off)", v);
-        return false;
+    if ((v = attr(drv, "detect_zeroes")) && strcmp(v, "default")) {
+        if (strcmp(v, "off") && strcmp(v, "on") && strcmp(v, "unmap")) {
+            fail(c, "<driver detect_zeroes='%s'>: expected off, on or unmap", v);
+            return false;
+        }
+        c->detect_zeroes = v;
     }
     if ((v = attr(drv, "copy_on_read"))) {
         if (strcmp(v, "on") && strcmp(v, "off") && strcmp(v, "default")) {
@@ -789,7 +799,7 @@ int vbd_libvirt_disk_add(const char *arg, struct vbd_libvirt_disk **out, int *n,
     int done = 0;
     for (int i = 0; !c.failed && i < nd; i++) {
         c.d = &d[i];
-        c.cache_direct = c.cache_no_flush = c.aio = c.discard = NULL;
+        c.cache_direct = c.cache_no_flush = c.aio = c.discard = c.detect_zeroes = NULL;
         c.shareable = false;
         map_disk(&c, disks[i]);
         done = i + 1;

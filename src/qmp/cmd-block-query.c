@@ -176,7 +176,7 @@ static struct json_object *node_info(struct vbd_node *n, bool flat)
         add_str(o, "backing_file", n->backing->filename);
     add_int(o, "backing_file_depth", flat ? 0 : backing_depth(n)); /* as qsd: 0 in the flat form */
     add_bool(o, "encrypted", false);
-    add_str(o, "detect_zeroes", "off");
+    add_str(o, "detect_zeroes", vbd_detect_zeroes_names[n->detect_zeroes]);
     static const char *const throttles[] = {"bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"};
     for (size_t i = 0; i < sizeof(throttles) / sizeof(throttles[0]); i++)
         add_int(o, throttles[i], 0);

@@ -101,7 +101,8 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
         } else if (!strcmp(key, "force-share")) {
             if (!flag_matches(o, "force-share", (n->open_flags & VBD_OPEN_FORCE_SHARE) != 0, err, name))
                 return false;
-        } else if (!strcmp(key, "detect-zeroes") && !strcmp(json_object_get_string(val), "off")) {
+        } else if (!strcmp(key, "detect-zeroes") &&
+                   !strcmp(json_object_get_string(val), vbd_detect_zeroes_names[n->detect_zeroes])) {
             continue;
         } else {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,

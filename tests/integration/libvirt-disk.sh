@@ -2,10 +2,10 @@
 # vbd-daemon --libvirt-disk, differentially against libvirt itself: for a set
 # of <disk> elements (a qcow2 chain from <backingStore>, a raw file in each
 # cache mode, a block device, an NBD network disk, readonly, discard, io,
-# copy_on_read, serial, blockio, iotune) libvirt 9's
+# copy_on_read, detect_zeroes, serial, blockio, iotune) libvirt 9's
 # `virsh domxml-to-native qemu-argv` shows the -blockdev nodes QEMU would
 # get; vbd's query-named-block-nodes (QMP) must show the same layers with
-# the same drivers, cache.direct/no-flush, read-only flags and backing chain,
+# the same drivers, cache.direct/no-flush, detect_zeroes, read-only flags and backing chain,
 # and the filters libvirt adds (copy-on-read). iotune must give a throttle
 # group with the limits. The <disk type='vhostuser'> element printed by
 # --print-libvirt-disk must be one libvirt accepts (domxml-to-native).
@@ -80,6 +80,22 @@ add_case cor "<disk type='file' device='disk'>
   <source file='$T/mid.qcow2'/>
   <backingStore type='file'><format type='qcow2'/><source file='$T/base.qcow2'/><backingStore/></backingStore>
   <target dev='vdf' bus='virtio'/>
+</disk>"
+# detect_zeroes: libvirt 9 puts it on the top format node only, and makes
+# unmap without discard='unmap' on
+add_case dz-on "<disk type='file' device='disk'>
+  <driver name='qemu' type='raw' detect_zeroes='on'/>
+  <source file='$T/r.raw'/><target dev='vdb' bus='virtio'/>
+</disk>"
+add_case dz-unmap "<disk type='file' device='disk'>
+  <driver name='qemu' type='qcow2' discard='unmap' detect_zeroes='unmap'/>
+  <source file='$T/mid.qcow2'/>
+  <backingStore type='file'><format type='qcow2'/><source file='$T/base.qcow2'/><backingStore/></backingStore>
+  <target dev='vdb' bus='virtio'/>
+</disk>"
+add_case dz-unmap-nodiscard "<disk type='file' device='disk'>
+  <driver name='qemu' type='raw' detect_zeroes='unmap'/>
+  <source file='$T/r.raw'/><target dev='vdb' bus='virtio'/>
 </disk>"
 add_case iotune "<disk type='file' device='disk'>
   <driver name='qemu' type='raw'/>
@@ -188,6 +204,8 @@ for k, (lf, ls) in enumerate(layers):
     for v, l, what in ((vf, lf, "format"), (vs, ls, "protocol")):
         vc = (v["cache"]["direct"], v["cache"]["no-flush"])
         assert vc == lv_cache(l), f"layer {k} {what} cache (direct, no-flush): vbd {vc}, libvirt {lv_cache(l)}"
+    for v, l, what in ((vf, lf, "format"), (vs, ls, "protocol")):
+        assert v["detect_zeroes"] == l.get("detect-zeroes", "off"), f"layer {k} {what} detect_zeroes: vbd {v['detect_zeroes']}, libvirt {l.get('detect-zeroes', 'off')}"
     ro = lf.get("read-only", False)
     assert vf["ro"] == ro, f"layer {k} format read-only: vbd {vf['ro']}, libvirt {ro}"
     # libvirt opens protocol nodes auto-read-only: read-only when only readers are above
@@ -243,7 +261,7 @@ bad() { # WANT XML
     printf '%s\n' "$2" >"$T/bad.xml"
     must_fail_with "$1" "$VBD_DAEMON" --libvirt-disk "$T/bad.xml"
 }
-bad "detect_zeroes='on'" "<disk type='file'><driver name='qemu' type='raw' detect_zeroes='on'/><source file='$T/r.raw'/><target dev='vda'/></disk>"
+bad "detect_zeroes='bogus'" "<disk type='file'><driver name='qemu' type='raw' detect_zeroes='bogus'/><source file='$T/r.raw'/><target dev='vda'/></disk>"
 bad "<wwn>" "<disk type='file'><driver name='qemu' type='raw'/><source file='$T/r.raw'/><target dev='vda'/><wwn>5000c50015ea71ac</wwn></disk>"
 bad "protocol='gluster'" "<disk type='network'><driver name='qemu' type='raw'/><source protocol='gluster' name='v/i'><host name='h'/></source><target dev='vda'/></disk>"
 bad "type='dir'" "<disk type='dir'><driver name='qemu' type='raw'/><source dir='$T'/><target dev='vda'/></disk>"
