@@ -178,8 +178,25 @@ int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes)
 
 bool vbd_node_growable(const struct vbd_node *n)
 {
-    /* a format grows its file by writing past the end */
+    /* a format grows its file by writing past the end; a filter between
+     * them (blkdebug, throttle...) passes such writes down, as in QEMU */
+    while (n->drv->kind == VBD_DRV_FILTER && n->file)
+        n = n->file;
     return n->drv->kind == VBD_DRV_PROTOCOL && n->drv->co_truncate;
+}
+
+/* A write past the end of a growable filter grew the file under it: the
+ * filter's size follows (QEMU's write_req_finish), else a format reading
+ * back what it appended would see a stale end (qcow2 takes a refcount
+ * block past it for never written). Writers on several loops may race
+ * here: the size only ever grows. */
+static void filter_grown(struct vbd_node *n, uint64_t end)
+{
+    if (n->drv->kind != VBD_DRV_FILTER || !vbd_node_growable(n))
+        return;
+    uint64_t cur = vbd_node_size(n);
+    while (end > cur && !__atomic_compare_exchange_n(&n->size, &cur, end, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
 }
 
 /* The request edge: every range a caller hands in is checked here, once. */
@@ -345,11 +362,16 @@ static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, 
 static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                         unsigned flags)
 {
+    int rc;
     if (__builtin_expect(write && n->detect_zeroes != VBD_DZ_OFF, 0) && n->drv->co_pwrite_zeroes && bytes && q &&
         !(flags & VBD_REQ_COMPRESSED) && qoff <= q->size && bytes <= q->size - qoff && qiov_is_zero(q, qoff, bytes))
-        return pwrite_zeroes_home(n, off, bytes,
-                                  (flags & VBD_REQ_FUA) | (n->detect_zeroes == VBD_DZ_UNMAP ? VBD_REQ_MAY_UNMAP : 0));
-    return node_rw_data(n, write, off, bytes, q, qoff, flags);
+        rc = pwrite_zeroes_home(n, off, bytes,
+                                (flags & VBD_REQ_FUA) | (n->detect_zeroes == VBD_DZ_UNMAP ? VBD_REQ_MAY_UNMAP : 0));
+    else
+        rc = node_rw_data(n, write, off, bytes, q, qoff, flags);
+    if (rc == 0 && write && off + bytes > vbd_node_size(n))
+        filter_grown(n, off + bytes);
+    return rc;
 }
 
 /* A write hook (a block job) sees the write around it; one load when none. */
@@ -588,7 +610,10 @@ static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, 
 
 int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
-    return node_pwrite_zeroes(n, off, bytes, flags);
+    int rc = node_pwrite_zeroes(n, off, bytes, flags);
+    if (rc == 0 && off + bytes > vbd_node_size(n))
+        filter_grown(n, off + bytes);
+    return rc;
 }
 
 int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)

@@ -182,6 +182,11 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
             *table = old->table;
             if (slot)
                 *slot = old;
+        } else {
+            /* the shared table stays in place; the copy goes back (as QEMU) */
+            s->l1[l1_index] = l1e;
+            qcow2_metadata_moved(s);
+            qcow2_update_refcount(s, (uint64_t)nl2, -1);
         }
         free(copy);
         return rc;
@@ -204,15 +209,27 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
         rc = vbd_node_co_pwrite(s->n->file, (uint64_t)nl2, victim->table, s->cluster_size, 0);
         if (rc == 0)
             rc = qcow2_flush_refcounts(s); /* table and its refcount before the L1 entry */
-        if (rc < 0)
+        if (rc < 0) {
+            /* nothing points at it yet: give it back, as QEMU's l2_allocate
+             * does (else the failed write leaks it; a failure here only leaks) */
+            qcow2_update_refcount(s, (uint64_t)nl2, -1);
             return rc;
+        }
         victim->offset = (uint64_t)nl2;
         victim->lru = ++s->lru_clock;
         s->l1[l1_index] = (uint64_t)nl2 | QCOW_OFLAG_COPIED;
         qcow2_metadata_added(s, (uint64_t)nl2); /* data writes aimed at it are refused from now on */
         rc = qcow2_write_l1_entry(s, (uint32_t)l1_index);
-        if (rc < 0)
+        if (rc < 0) {
+            /* as QEMU: the image keeps no table here, and the next write
+             * allocates one again (else that write would fill a table the
+             * L1 on disk never names, and its data would be lost) */
+            s->l1[l1_index] = 0;
+            victim->offset = 0;
+            qcow2_metadata_moved(s);
+            qcow2_update_refcount(s, (uint64_t)nl2, -1);
             return rc;
+        }
         *table = victim->table;
         if (slot)
             *slot = victim;
