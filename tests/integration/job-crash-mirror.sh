@@ -8,7 +8,9 @@
 #  pivoted:  after job-complete has ended (BLOCK_JOB_COMPLETED) and more
 #            flushed writes went through the export;
 #  complete: at once after job-complete returns (the pivot may or not have
-#            happened: the source holds every write flushed before it).
+#            happened: the source holds every write flushed before it);
+#  blocking: copy-mode=write-blocking, during the copy (the guest's writes
+#            are copied to the target synchronously when the kill comes).
 # A second client keeps writing (never flushing) to the last 4 MiB the
 # whole time, so the kill also hits allocations and copies in flight.
 # Afterwards both images pass qemu-img check (leaks allowed, as after any
@@ -49,7 +51,7 @@ print(f"{sum(got[i:i + 512] != want[i:i + 512] for i in range(tail, len(want), 5
       f"of the unflushed writer's area were written")
 PY
 }
-for when in copy ready pivoted complete; do
+for when in copy ready pivoted complete blocking; do
     step "SIGKILL of a mirror: $when"
     rm -f nbd.sock qmp.sock
     cp src.0 src.qcow2
@@ -97,9 +99,10 @@ def kill():
 s.run("blockdev-add", **{"driver": "qcow2", "node-name": "tgt",
                          "file": {"driver": "file", "filename": f"{T}/tgt.qcow2"}})
 s.run("blockdev-mirror", **{"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
-                            "speed": 2 << 20})
+                            "speed": 2 << 20,
+                            "copy-mode": "write-blocking" if when == "blocking" else "background"})
 flushed_writes(4)
-if when == "copy":
+if when in ("copy", "blocking"):
     while True:
         j = s.job("j")
         if not j or j["status"] != "running":
