@@ -1,5 +1,6 @@
 #!/bin/bash
-# blockdev-mirror copy-mode=write-blocking, by vbd-daemon and by
+# blockdev-mirror and drive-mirror (mode=existing) copy-mode=write-blocking,
+# by vbd-daemon and by
 # qemu-storage-daemon 7.2 on copies of the same qcow2: a writer keeps
 # writing through the daemon's NBD export (batches of 64 KiB writes all
 # over the disk, without a pause) from before the job starts until after
@@ -16,8 +17,9 @@ mixed_data m1 1 && dd if=m1 of=src.raw bs=1M seek=2 conv=notrunc status=none
 must qemu-img convert -q -f raw -O qcow2 src.raw src.0
 on_exit 'kill -9 $dpid 2>/dev/null'
 for d in vbd qsd; do
-    step "$d: write-blocking mirror under a continuous writer"
-    rm -rf "$T/$d" && mkdir "$T/$d" && cd "$T/$d"
+  for cmd in blockdev-mirror drive-mirror; do
+    step "$d: write-blocking $cmd under a continuous writer"
+    rm -rf "$T/$d$cmd" && mkdir "$T/$d$cmd" && cd "$T/$d$cmd"
     cp ../src.0 src.qcow2
     cp ../src.raw model.raw
     must qemu-img create -q -f qcow2 tgt.qcow2 16M
@@ -29,11 +31,11 @@ for d in vbd qsd; do
         --export type=nbd,id=e0,node-name=src,name=disk,writable=on 2>daemon.log &
     dpid=$!
     wait_sock "$PWD/nbd.sock"
-    python3 - "$d" <<'PY' || fail "$d: $(tail -3 daemon.log)"
+    python3 - "$d" "$cmd" <<'PY' || fail "$d $cmd: $(tail -3 daemon.log)"
 import os, random, subprocess, sys, threading
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
-who = sys.argv[1]
+who, cmd = sys.argv[1:3]
 D = os.getcwd()
 s = Session("qmp.sock", who)
 r = random.Random(7)
@@ -52,11 +54,15 @@ def writer():
         during[0] += 1
 w = threading.Thread(target=writer, daemon=True)
 run_batch(batch())
-s.run("blockdev-add", **{"driver": "qcow2", "node-name": "tgt",
-                         "file": {"driver": "file", "filename": f"{D}/tgt.qcow2"}})
+args = {"job-id": "j", "device": "src", "sync": "full", "copy-mode": "write-blocking", "speed": 4 << 20}
+if cmd == "blockdev-mirror":
+    s.run("blockdev-add", **{"driver": "qcow2", "node-name": "tgt",
+                             "file": {"driver": "file", "filename": f"{D}/tgt.qcow2"}})
+    args["target"] = "tgt"
+else:
+    args.update({"target": f"{D}/tgt.qcow2", "format": "qcow2", "mode": "existing"})
 w.start()
-s.run("blockdev-mirror", **{"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
-                            "copy-mode": "write-blocking", "speed": 4 << 20})
+s.run(cmd, **args)
 s.m.wait_event("BLOCK_JOB_READY", timeout=300)
 at_ready = during[0]
 while during[0] < at_ready + 2:  # the writes go on in READY
@@ -71,10 +77,12 @@ s.run("job-complete", id="j")
 ev = s.m.wait_event("BLOCK_JOB_COMPLETED", timeout=300)["data"]
 if "error" in ev or ev["offset"] != ev["len"]:
     fail(f"BLOCK_JOB_COMPLETED {ev}")
-sh(f"cp model.raw model-pivot.raw && qemu-io -f raw {' '.join(batches)} model-pivot.raw", "the model")
+for b in batches:
+    sh(f"qemu-io -f raw {b} model.raw", "the model")
+sh("cp model.raw model-pivot.raw", "the model")
 run_batch(batch(), flush=True)
-sh(f"qemu-io -f raw {' '.join(batches)} model.raw", "the model")
-print(f"{who}: {len(batches)} batches of 64 writes, {at_ready} of them between the job's start and READY")
+sh(f"qemu-io -f raw {batches[-1]} model.raw", "the model")
+print(f"{who} {cmd}: {len(batches)} batches of 64 writes, {at_ready} of them between the job's start and READY")
 PY
     kill -TERM $dpid; wait $dpid; rc=$?; dpid=
     [ $rc = 0 ] || fail "$d exited with $rc: $(tail -5 daemon.log)"
@@ -83,5 +91,7 @@ PY
     qcheck tgt.qcow2
     qemu-img compare -f qcow2 -F raw tgt.qcow2 model.raw >cmp.out 2>&1 || fail "$d: the target: $(cat cmp.out)"
     qemu-img compare -f qcow2 -F raw src.qcow2 model-pivot.raw >cmp.out 2>&1 || fail "$d: the source: $(cat cmp.out)"
+    cd "$T"
+  done
 done
 echo ok
