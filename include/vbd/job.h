@@ -158,6 +158,7 @@ struct vbd_mirror_args {
     int64_t speed;
     enum vbd_on_error on_source_error, on_target_error;
     bool unmap, auto_finalize, auto_dismiss;
+    bool write_blocking; /* copy-mode=write-blocking */
 };
 struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err);
 
@@ -175,6 +176,12 @@ void vbd_job_tracker_unlock(struct vbd_job_tracker *t);
 bool vbd_job_tracker_take_dirty(struct vbd_job_tracker *t, uint64_t *off, uint64_t *bytes, uint64_t max);
 uint64_t vbd_job_tracker_dirty_count(struct vbd_job_tracker *t);
 void vbd_job_tracker_set_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes);
+/* Granules touching [off, off + bytes) become clean. */
+void vbd_job_tracker_clear_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes);
+/* fn runs in each write's coroutine on the tracker's loop, after the write
+ * and its marking, before the write completes (NULL: none). */
+void vbd_job_tracker_set_after_write(struct vbd_job_tracker *t, void (*fn)(void *opaque, uint64_t off, uint64_t bytes),
+                                     void *opaque);
 /* The job to kick when a write marks something dirty. */
 void vbd_job_tracker_set_job(struct vbd_job_tracker *t, struct vbd_job *job);
 

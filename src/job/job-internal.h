@@ -31,6 +31,7 @@ struct job_mirror_opts {
     uint64_t granularity, buf_size; /* 0: 64 KiB, 16 MiB */
     bool initial_copy;       /* everything is dirty at the start (else only what is written from now on) */
     bool unmap;              /* zero ranges may deallocate on the target */
+    bool write_blocking;     /* guest writes reach the target before they complete */
 };
 /* The nodes are borrowed: the caller holds them until job_mirror_free. */
 struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_opts *o);

@@ -36,6 +36,12 @@
 #define MIRROR_MAX_CHUNK (1024 * 1024)
 #define MIRROR_MAX_INFLIGHT 16
 
+/* A guest write being copied to the target before it completes (write-blocking). */
+struct active_write {
+    uint64_t off, bytes;
+    struct active_write *next;
+};
+
 struct slot {
     struct job_mirror *m;
     bool used;
@@ -55,6 +61,8 @@ struct job_mirror {
     int nslots, inflight;
     uint64_t inflight_bytes;
     struct slot *slots;
+    bool write_blocking;
+    struct active_write *active;   /* write-blocking copies in flight */
     struct vbd_co_queue slot_wait; /* the job waiting for a slot or for the copies to end */
     bool stopped;                  /* an error policy stopped the job: copies end, then the pause */
     int ret;
@@ -146,7 +154,61 @@ static bool overlaps_inflight(struct job_mirror *m, uint64_t off, uint64_t bytes
     for (int i = 0; i < m->nslots; i++)
         if (m->slots[i].used && off < m->slots[i].off + m->slots[i].bytes && m->slots[i].off < off + bytes)
             return true;
+    for (struct active_write *a = m->active; a; a = a->next)
+        if (off < a->off + a->bytes && a->off < off + bytes)
+            return true;
     return false;
+}
+
+/*
+ * copy-mode=write-blocking (QEMU's active mirror): a guest write, once it
+ * is on the source, is copied to the target before it completes, so the
+ * job converges however fast the guest writes. What the source holds is
+ * copied (the write's granules, read back), which is the write or a newer
+ * one. A background copy of an overlapping range ends first (it may have
+ * read older data), and none starts while this one runs; the granules are
+ * clean before the read, so a write that lands during it marks them again.
+ * A paused or stopped job leaves the write to the dirty bitmap.
+ */
+static void active_write(void *opaque, uint64_t off, uint64_t bytes)
+{
+    struct job_mirror *m = opaque;
+    uint64_t size = vbd_node_size(m->src);
+    if (!bytes || off >= size)
+        return;
+    uint64_t start = off / m->gran * m->gran, end = (off + bytes + m->gran - 1) / m->gran * m->gran;
+    if (end > size)
+        end = size;
+    while (overlaps_inflight(m, start, end - start) && !m->stopped && !m->ret)
+        vbd_co_queue_wait(&m->slot_wait);
+    if (m->stopped || m->ret || m->job->pause_count || vbd_job_is_cancelled(m->job))
+        return;
+    struct active_write a = {.off = start, .bytes = end - start, .next = m->active};
+    m->active = &a;
+    vbd_job_tracker_clear_dirty(m->tracker, start, end - start);
+    uint64_t piece = end - start < m->chunk ? end - start : m->chunk;
+    uint8_t *buf = vbd_alloc_aligned(4096, piece);
+    for (uint64_t pos = start; pos < end;) {
+        uint64_t n = end - pos < piece ? end - pos : piece;
+        int rc = copy_range(m, pos, n, buf);
+        if (rc) {
+            vbd_job_tracker_set_dirty(m->tracker, pos, end - pos); /* the background copy retries */
+            if (rc < 0 && !m->ret)
+                m->ret = rc;
+            vbd_job_kick(m->job);
+            break;
+        }
+        m->job->ctl.current += n;
+        pos += n;
+    }
+    free(buf);
+    for (struct active_write **pp = &m->active; *pp; pp = &(*pp)->next)
+        if (*pp == &a) {
+            *pp = a.next;
+            break;
+        }
+    update_total(m);
+    vbd_co_queue_wake_all(&m->slot_wait);
 }
 
 static void wait_all(struct job_mirror *m)
@@ -299,6 +361,9 @@ struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_o
     }
     m->tracker = vbd_job_tracker_new(m->src, m->gran);
     vbd_job_tracker_set_job(m->tracker, job);
+    m->write_blocking = o->write_blocking;
+    if (m->write_blocking)
+        vbd_job_tracker_set_after_write(m->tracker, active_write, m);
     return m;
 }
 
@@ -456,6 +521,7 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
     struct job_mirror_opts o = {
         .src = mj->src, .target = mj->target, .base = mj->base, .granularity = a->granularity,
         .buf_size = a->buf_size, .initial_copy = a->sync != VBD_MIRROR_SYNC_NONE, .unmap = a->unmap,
+        .write_blocking = a->write_blocking,
     };
     mj->m = job_mirror_new(job, &o);
     job->opaque = mj;

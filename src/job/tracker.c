@@ -31,6 +31,8 @@ struct vbd_job_tracker {
     uint64_t nbits, ndirty;
     uint64_t *bits;
     struct vbd_job *job;
+    void (*after_write)(void *opaque, uint64_t off, uint64_t bytes);
+    void *after_opaque;
     int users;                  /* writes between begin and end (or waiting in begin) */
     bool closing;
     struct vbd_co_queue close_wait; /* tracker_free waiting for them */
@@ -86,6 +88,9 @@ static void hook_end(struct vbd_write_hook *h, struct vbd_hooked_write *w)
     if (w->co != t->lock_owner)
         mark(t, w->off, w->bytes);
     vbd_co_queue_wake_all(&t->lock_waiters);
+    /* before the write completes: mirror's write-blocking copies it to its target */
+    if (t->after_write && !t->closing)
+        t->after_write(t->after_opaque, w->off, w->bytes);
     if (--t->users == 0 && t->closing)
         vbd_co_queue_wake_all(&t->close_wait);
     vbd_co_move_to(here);
@@ -154,6 +159,24 @@ void vbd_job_tracker_set_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t
     t->job = NULL; /* no kick: the job itself asks */
     mark(t, off, bytes);
     t->job = j;
+}
+
+void vbd_job_tracker_set_after_write(struct vbd_job_tracker *t, void (*fn)(void *opaque, uint64_t off, uint64_t bytes),
+                                     void *opaque)
+{
+    t->after_write = fn;
+    t->after_opaque = opaque;
+}
+
+void vbd_job_tracker_clear_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes)
+{
+    if (!t->gran || !bytes)
+        return;
+    for (uint64_t i = off / t->gran, last = (off + bytes - 1) / t->gran; i <= last && i < t->nbits; i++)
+        if (t->bits[i / 64] & (1ull << (i % 64))) {
+            t->bits[i / 64] &= ~(1ull << (i % 64));
+            t->ndirty--;
+        }
 }
 
 uint64_t vbd_job_tracker_dirty_count(struct vbd_job_tracker *t) { return t->ndirty; }

@@ -99,10 +99,7 @@ static int common_args(struct json_object *args, struct vbd_mirror_args *a, stru
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'filter-node-name' is not supported by vbd-daemon");
         return -1;
     }
-    if (copy_mode == 1) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "copy-mode 'write-blocking' is not supported by vbd-daemon");
-        return -1;
-    }
+    a->write_blocking = copy_mode == 1;
     a->job_id = arg_str(args, "job-id");
     if (!a->job_id)
         a->job_id = ""; /* QEMU's default is the device's BlockBackend name, which a daemon's node has not */

@@ -1,0 +1,97 @@
+#!/bin/bash
+# blockdev-mirror and drive-mirror (mode=existing) copy-mode=write-blocking,
+# by vbd-daemon and by
+# qemu-storage-daemon 7.2 on copies of the same qcow2: a writer keeps
+# writing through the daemon's NBD export (batches of 64 KiB writes all
+# over the disk, without a pause) from before the job starts until after
+# READY; the job is rate-limited far below the writer, so only the
+# synchronous copy of each write lets it converge and reach READY while the
+# writes go on. Then job-complete, and one more flushed batch after the
+# pivot. The target must equal a raw model to which the same writes were
+# applied, the source the model as of the pivot, both check clean.
+. "$(dirname "$0")/lib.sh"
+need qemu-storage-daemon qemu-img qemu-io python3
+cd "$T"
+truncate -s 16M src.raw
+mixed_data m1 1 && dd if=m1 of=src.raw bs=1M seek=2 conv=notrunc status=none
+must qemu-img convert -q -f raw -O qcow2 src.raw src.0
+on_exit 'kill -9 $dpid 2>/dev/null'
+for d in vbd qsd; do
+  for cmd in blockdev-mirror drive-mirror; do
+    step "$d: write-blocking $cmd under a continuous writer"
+    rm -rf "$T/$d$cmd" && mkdir "$T/$d$cmd" && cd "$T/$d$cmd"
+    cp ../src.0 src.qcow2
+    cp ../src.raw model.raw
+    must qemu-img create -q -f qcow2 tgt.qcow2 16M
+    bin=$VBD_DAEMON
+    [ $d = qsd ] && bin=qemu-storage-daemon
+    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
+        --blockdev '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$PWD"'/src.qcow2"}}' \
+        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
+        --export type=nbd,id=e0,node-name=src,name=disk,writable=on 2>daemon.log &
+    dpid=$!
+    wait_sock "$PWD/nbd.sock"
+    python3 - "$d" "$cmd" <<'PY' || fail "$d $cmd: $(tail -3 daemon.log)"
+import os, random, subprocess, sys, threading
+sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
+from jobs import Session, sh, fail
+who, cmd = sys.argv[1:3]
+D = os.getcwd()
+s = Session("qmp.sock", who)
+r = random.Random(7)
+batches = []
+def batch():
+    return " ".join(f"-c 'write -P {r.randrange(1, 256)} {r.randrange(256) * 65536} 65536'" for _ in range(64))
+def run_batch(cmds, flush=False):
+    sh(f"qemu-io -f raw {cmds} {'-c flush' if flush else ''} 'nbd+unix:///disk?socket={D}/nbd.sock'",
+       "writes through the export")
+    batches.append(cmds)
+stop = threading.Event()
+during = [0]
+def writer():
+    while not stop.is_set():
+        run_batch(batch())
+        during[0] += 1
+w = threading.Thread(target=writer, daemon=True)
+run_batch(batch())
+args = {"job-id": "j", "device": "src", "sync": "full", "copy-mode": "write-blocking", "speed": 4 << 20}
+if cmd == "blockdev-mirror":
+    s.run("blockdev-add", **{"driver": "qcow2", "node-name": "tgt",
+                             "file": {"driver": "file", "filename": f"{D}/tgt.qcow2"}})
+    args["target"] = "tgt"
+else:
+    args.update({"target": f"{D}/tgt.qcow2", "format": "qcow2", "mode": "existing"})
+w.start()
+s.run(cmd, **args)
+s.m.wait_event("BLOCK_JOB_READY", timeout=300)
+at_ready = during[0]
+while during[0] < at_ready + 2:  # the writes go on in READY
+    if not w.is_alive():
+        fail("the writer died")
+    w.join(0.2)
+stop.set()
+w.join()
+if at_ready < 2:
+    fail(f"only {at_ready} batches were written before READY: not a continuous load")
+s.run("job-complete", id="j")
+ev = s.m.wait_event("BLOCK_JOB_COMPLETED", timeout=300)["data"]
+if "error" in ev or ev["offset"] != ev["len"]:
+    fail(f"BLOCK_JOB_COMPLETED {ev}")
+for b in batches:
+    sh(f"qemu-io -f raw {b} model.raw", "the model")
+sh("cp model.raw model-pivot.raw", "the model")
+run_batch(batch(), flush=True)
+sh(f"qemu-io -f raw {batches[-1]} model.raw", "the model")
+print(f"{who} {cmd}: {len(batches)} batches of 64 writes, {at_ready} of them between the job's start and READY")
+PY
+    kill -TERM $dpid; wait $dpid; rc=$?; dpid=
+    [ $rc = 0 ] || fail "$d exited with $rc: $(tail -5 daemon.log)"
+    ! grep -q Sanitizer daemon.log || fail "$d: $(cat daemon.log)"
+    qcheck src.qcow2
+    qcheck tgt.qcow2
+    qemu-img compare -f qcow2 -F raw tgt.qcow2 model.raw >cmp.out 2>&1 || fail "$d: the target: $(cat cmp.out)"
+    qemu-img compare -f qcow2 -F raw src.qcow2 model-pivot.raw >cmp.out 2>&1 || fail "$d: the source: $(cat cmp.out)"
+    cd "$T"
+  done
+done
+echo ok
