@@ -119,19 +119,7 @@ if scen == "F":
     if who == "vbd":
         # writers across the pivot: job-complete once their writes reach
         # the job (its total grows), and they still run when it has ended
-        p = stress(42, 4, "shadow1.raw", "shadow2.raw", wait=False)
-        t0 = s.job("m0")["total-progress"]
-        while s.job("m0")["total-progress"] == t0:
-            if p.poll() is not None:
-                fail(f"vbd-stress ended before its writes reached the job: {p.stdout.read()[-2000:]}")
-            time.sleep(0.02)  # polling the job's progress
-        s.run("job-complete", id="m0")
-        s.completed("m0")
-        if p.poll() is not None:
-            fail("the writers were done before the pivot: not tested across it")
-        out = p.communicate()[0]
-        if p.returncode:
-            fail(f"vbd-stress across job-complete: {out[-3000:]}")
+        s.complete_across("m0", stress(42, 4, "shadow1.raw", "shadow2.raw", wait=False))
     else:
         writers(42, 1, "shadow1.raw", "shadow2.raw")
         s.run("job-complete", id="m0")

@@ -70,6 +70,25 @@ class Session:
         if self.job(jid):
             fail(f"{self.who}: job {jid} still listed after auto-dismiss")
 
+    def complete_across(self, jid, writers):
+        """job-complete on READY job jid while `writers` (a Popen of
+        vbd-stress) run: once their writes reach the job (its total grows
+        with the dirty chunks it copies), and they must still be running
+        when the job has ended, else the pivot was not tested under them."""
+        import time
+        t0 = self.job(jid)["total-progress"]
+        while self.job(jid)["total-progress"] == t0:
+            if writers.poll() is not None:
+                fail(f"vbd-stress ended before its writes reached the job: {writers.stdout.read()[-2000:]}")
+            time.sleep(0.02)  # polling the job's progress
+        self.run("job-complete", id=jid)
+        self.completed(jid)
+        if writers.poll() is not None:
+            fail("the writers were done before job-complete: not tested across it")
+        out = writers.communicate()[0]
+        if writers.returncode:
+            fail(f"vbd-stress across job-complete: {out[-3000:]}")
+
 
 def sh(cmd, what):
     r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
