@@ -18,17 +18,8 @@ must qemu-io -f qcow2 -c 'write -P 0x11 0 4M' src.qcow2 >/dev/null
 qemu-img create -q -f qcow2 cl.qcow2 16M || fail "qemu-img create"
 must qemu-io -f qcow2 -c 'write -P 0x22 0 4M' cl.qcow2 >/dev/null
 
-qmp() { # qmp PYTHON-STATEMENTS: m is a negotiated session on $S
-    python3 - "$@" <<PY
-import json, os, sys
-sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
-from qmp import QMP
-m = QMP("$S", negotiate=True)
-def ok(cmd, **a):
-    r = m.cmd(cmd, a)
-    if "error" in r:
-        print(f"FAIL: {cmd} {a}: {r['error']}", file=sys.stderr); sys.exit(1)
-    return r["return"]
+qmp() { # qmp PYTHON-STATEMENTS: qmp_py on $S, with export_files(): (export id, its node's file)
+    qmp_py "$S" <<PY
 def export_files():
     nodes = {n["node-name"]: n["file"] for n in ok("query-named-block-nodes")}
     return sorted((e["id"], os.path.basename(nodes[e["node-name"]])) for e in ok("query-block-exports"))
