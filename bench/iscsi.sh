@@ -39,24 +39,51 @@ serve() {
     fail "$1 did not start"
 }
 stop() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; }
-fio_iops() { # RW BS DEPTH
-    fio --name=b --ioengine=nbd --uri="nbd+unix:///disk?socket=$sock" --rw="$1" --bs="$2" --iodepth="$3" --time_based \
-        --runtime="$SECS" --size=1G --output-format=json 2>/dev/null |
-        python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$1'.endswith('write') else 'read'; print(round(j[d]['iops']))"
+# IOPS and the server's CPU (user+sys, all threads) per request of one fio run
+fio_run() { # RW BS DEPTH
+    local c0 c1 t0 t1 out
+    c0=$(cpu_ns $spid) t0=$(cpu_ns $TGT_PID)
+    out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///disk?socket=$sock" --rw="$1" --bs="$2" --iodepth="$3" --time_based \
+        --runtime="$SECS" --size=1G --output-format=json 2>/dev/null)
+    c1=$(cpu_ns $spid) t1=$(cpu_ns $TGT_PID)
+    python3 -c "
+import json,sys
+t=sys.argv[1]; j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$1'.endswith('write') else 'read'
+n=max(j[d]['total_ios'],1)
+print('%d %d %d' % (round(j[d]['iops']), ($c1-$c0)/n, ($t1-$t0)/n))" "$out"
 }
-echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, median of $REPS"
-limit=$(timeout -s INT "$SECS" iscsi-perf -r -m 32 -b 8 "$TGT_URL" 2>&1 | tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 |
-    awk '{print $3}' || true)
-echo "limit: iscsi-perf 4K randread QD32 straight to the LUN: $limit IOPS"
-printf '%-20s %10s %10s %7s\n' workload vbd qsd ratio
+# iscsi-perf straight at the LUN (reads only: it cannot write), in the same
+# round as the servers so the limit sees the same machine
+limit_run() { # RW BS DEPTH
+    local blocks=$(( $(numfmt --from=iec "${2^^}") / 512 )) rnd=
+    case $1 in randwrite | write) echo -; return ;; randread) rnd=-r ;; esac
+    timeout -s INT "$SECS" iscsi-perf $rnd -m "$3" -b $blocks "$TGT_URL" 2>&1 | tr '\r' '\n' |
+        grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}' || true
+}
+echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, median of $REPS rounds (vbd, qsd, iscsi-perf in turn)"
+echo "ns/r: CPU (user+sys) per request of the server process; tgtd: the target's per request while serving it"
+printf '%-18s %8s %8s %8s %6s %6s %8s %8s %8s %8s\n' workload vbd qsd limit vbd/qsd vbd/lim "vbd ns/r" "qsd ns/r" "tgt@vbd" "tgt@qsd"
 while IFS='|' read -r label rw bs depth; do
-    declare -A r=()
-    for s in vbd qsd; do
-        vals=()
-        for _ in $(seq "$REPS"); do serve $s; vals+=("$(fio_iops "$rw" "$bs" "$depth" || echo 0)"); stop; done
-        r[$s]=$(printf '%s\n' "${vals[@]}" | median)
+    declare -A all=([vbd]= [qsd]= [lim]=) nsr=([vbd]= [qsd]=) tgt=([vbd]= [qsd]=)
+    for _ in $(seq "$REPS"); do
+        for s in vbd qsd; do
+            serve $s
+            read -r i c t < <(fio_run "$rw" "$bs" "$depth" || echo "0 0 0")
+            all[$s]="${all[$s]} $i" nsr[$s]="${nsr[$s]} $c" tgt[$s]="${tgt[$s]} $t"
+            stop
+        done
+        all[lim]="${all[lim]} $(limit_run "$rw" "$bs" "$depth")"
     done
-    printf '%-20s %10s %10s %7.2f\n' "$label" "${r[vbd]}" "${r[qsd]}" "$(echo "${r[vbd]} / (${r[qsd]} + 0.0001)" | bc -l)"
+    declare -A m=()
+    for k in vbd qsd lim; do m[$k]=$(printf '%s\n' ${all[$k]} | { grep -v -- - || true; } | median); done
+    for k in vbd qsd; do m[n$k]=$(printf '%s\n' ${nsr[$k]} | median) m[t$k]=$(printf '%s\n' ${tgt[$k]} | median); done
+    lim=${m[lim]} vl=-
+    [ -n "$lim" ] && [ "$lim" != 0 ] || lim=-
+    [ "$lim" = - ] || vl=$(printf '%.2f' "$(echo "${m[vbd]} / $lim" | bc -l)")
+    printf '%-18s %8s %8s %8s %6.2f %6s %8s %8s %8s %8s\n' "$label" "${m[vbd]}" "${m[qsd]}" "$lim" \
+        "$(echo "${m[vbd]} / (${m[qsd]} + 0.0001)" | bc -l)" "$vl" "${m[nvbd]}" "${m[nqsd]}" "${m[tvbd]}" "${m[tqsd]}"
+    echo "  rounds: vbd${all[vbd]} / qsd${all[qsd]} / limit${all[lim]}"
+    echo "  ns/r:   vbd${nsr[vbd]} / qsd${nsr[qsd]}; tgtd vbd${tgt[vbd]} / qsd${tgt[qsd]}"
 done <<ROWS
 4k randread QD32|randread|4k|32
 4k randwrite QD32|randwrite|4k|32

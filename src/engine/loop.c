@@ -239,6 +239,10 @@ void vbd_loop_schedule_bh(struct vbd_loop *loop, struct vbd_bh *bh)
 {
     bh->next = NULL;
     pthread_mutex_lock(&loop->bh_lock);
+    /* A non-empty list has had its wake-up already, and run_bhs takes the
+     * whole list: only the first BH of a batch pays for the eventfd write
+     * (completions from librbd's threads at QD32 arrive in bursts). */
+    bool first = !loop->bh_head;
     if (loop->bh_tail)
         loop->bh_tail->next = bh;
     else
@@ -246,7 +250,7 @@ void vbd_loop_schedule_bh(struct vbd_loop *loop, struct vbd_bh *bh)
     loop->bh_tail = bh;
     atomic_store_explicit(&loop->bh_pending, true, memory_order_release);
     pthread_mutex_unlock(&loop->bh_lock);
-    if (loop != tls_loop)
+    if (loop != tls_loop && first)
         vbd_loop_kick(loop);
 }
 

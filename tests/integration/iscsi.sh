@@ -223,4 +223,51 @@ args=()
 for mb in $(seq 0 63); do args+=(-c "read -P $((3 * 64 + mb % 61 + 1)) ${mb}M 1M"); done
 must qemu-io -f raw -r "${args[@]}" disk.img >/dev/null
 must qemu-io -f raw -r "${args[@]}" "$U" >/dev/null
+
+# A reconnect whose login is never answered nor refused (a half-open
+# connection: here a listener that takes the connection and keeps it
+# silent) waits in libiscsi 1.19 for ever when no timeout is set; the
+# driver then drops that session and logs in anew, bounded.
+step "tgtd killed, the reconnect's login lost on a silent connection, tgtd back: a new session, nothing acknowledged is lost"
+cmds=()
+for pass in 4 5; do
+    for mb in $(seq 0 63); do cmds+=(-c "write -P $(((pass - 3) * 64 + mb % 61 + 1)) ${mb}M 1M"); done
+done
+rm -f silent.ready
+LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$T/lsan.supp LIBISCSI_DEBUG=2 "$VBD_IO" -f raw "${cmds[@]}" "$U" >fault2.out 2>fault2.err &
+io_pid=$!
+for _ in $(seq 600); do
+    [ "$(od -An -tu1 -j $((32 << 20)) -N1 disk.img | tr -d ' ')" = $((64 + 32 + 1)) ] && break
+    kill -0 $io_pid 2>/dev/null || break
+    sleep 0.02
+done
+kill -0 $io_pid 2>/dev/null || fail "the writes ended before tgtd could be killed"
+tgt_kill9
+# takes the first connection on tgtd's port, closes the listener (so tgtd
+# can come back) and holds that connection without a word
+python3 -c '
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
+c, _ = s.accept(); s.close()
+open(sys.argv[2], "w").close()
+time.sleep(300)' "$TGT_PORT" "$T/silent.ready" &
+silent_pid=$!
+on_exit "kill $silent_pid 2>/dev/null"
+for _ in $(seq 600); do [ -e silent.ready ] && break; kill -0 $silent_pid 2>/dev/null || break; sleep 0.05; done
+[ -e silent.ready ] || fail "libiscsi's reconnect did not reach the silent listener in 30 s: $(tail -5 fault2.err)"
+tgt_restart
+for _ in $(seq 1200); do kill -0 $io_pid 2>/dev/null || break; sleep 0.1; done
+if kill -0 $io_pid 2>/dev/null; then
+    kill -KILL $io_pid
+    fail "vbd-io still waits 120 s after tgtd came back behind a silent connection: $(tail -20 fault2.err)"
+fi
+wait $io_pid || fail "vbd-io failed across the silent reconnect (exit status $?): $(tail -20 fault2.err)"
+kill $silent_pid 2>/dev/null
+grep -q "starting a new one" fault2.err || fail "no new session was started: $(tail -20 fault2.err)"
+grep -q "session re-established" fault2.err || fail "no reconnect was reported: $(tail -20 fault2.err)"
+[ "$(grep -c '^wrote 1048576/1048576' fault2.out)" = 128 ] || fail "not every write completed"
+args=()
+for mb in $(seq 0 63); do args+=(-c "read -P $((2 * 64 + mb % 61 + 1)) ${mb}M 1M"); done
+must qemu-io -f raw -r "${args[@]}" disk.img >/dev/null
 echo PASS

@@ -47,6 +47,10 @@ static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 #define CMD_RETRIES 7
 #define MAX_TRANSFER (32u << 20)
 #define DEFAULT_CONNECT_TIMEOUT_S 30
+/* with the session down this long, libiscsi's reconnect is given up on and
+ * a new session started (see reset_session) */
+#define RESET_TICKS 40        /* 10 s */
+#define RESET_STALLED_TICKS 8 /* 2 s when libiscsi holds no socket at all */
 
 enum iscsi_op { OP_READ, OP_WRITE, OP_FLUSH, OP_UNMAP, OP_WRITE_SAME, OP_LBA_STATUS, OP_INQUIRY, OP_RC16, OP_RC10, OP_MODE_SENSE };
 
@@ -59,6 +63,7 @@ struct iscsi_req {
     int fua, unmap, evpd, page;
     struct scsi_task *task; /* the completed task (caller frees) */
     int status;
+    unsigned resets; /* the state's count when it was sent */
     bool done, waiting;
     struct vbd_co *co;
 };
@@ -73,7 +78,14 @@ struct iscsi_state {
     bool session_lost; /* said so; say when it is back */
     bool logging_out;
     struct vbd_timer timer;
-    unsigned ticks, idle_ticks;
+    unsigned ticks, down_ticks;
+    /* a session of our own replaces the one libiscsi could not bring back:
+     * commands wait for its login, then go again */
+    bool resetting;
+    unsigned resets;
+    char *user, *password; /* CHAP, kept for such a new session */
+    int digest;
+    uint64_t timeout;
     bool request_timed_out;
     char *portal, *target, *initiator;
     int lun;
@@ -104,6 +116,7 @@ struct iscsi_state {
 
 static void update_events(struct iscsi_state *s);
 static void drop_watch(struct iscsi_state *s);
+static void free_conn_strings(struct iscsi_state *s);
 
 /* ---------- the allocation cache ---------- */
 
@@ -256,6 +269,68 @@ static void update_events(struct iscsi_state *s)
     }
 }
 
+/* A context set up for s's target: digest, CHAP, a normal session. */
+static struct iscsi_context *new_context(struct iscsi_state *s)
+{
+    static const enum iscsi_header_digest dg[] = {ISCSI_HEADER_DIGEST_CRC32C, ISCSI_HEADER_DIGEST_NONE,
+                                                  ISCSI_HEADER_DIGEST_CRC32C_NONE, ISCSI_HEADER_DIGEST_NONE_CRC32C};
+    struct iscsi_context *c = iscsi_create_context(s->initiator);
+    if (!c)
+        return NULL;
+    iscsi_set_targetname(c, s->target);
+    iscsi_set_session_type(c, ISCSI_SESSION_NORMAL);
+    iscsi_set_header_digest(c, dg[s->digest]);
+    if (s->user && iscsi_set_initiator_username_pwd(c, s->user, s->password ? s->password : "") != 0) {
+        iscsi_destroy_context(c);
+        return NULL;
+    }
+    /* the login's PDUs time out in libiscsi itself; the commands
+     * afterwards get the user's timeout (0: none) */
+    iscsi_set_timeout(c, (int)(s->timeout ? s->timeout : DEFAULT_CONNECT_TIMEOUT_S));
+    return c;
+}
+
+static void reset_cb(struct iscsi_context *iscsi, int status, void *command_data, void *opaque)
+{
+    (void)command_data;
+    struct iscsi_state *s = opaque;
+    if (status != SCSI_STATUS_GOOD) {
+        vbd_debug("iSCSI %s: new session: %s", s->portal, iscsi_get_error(iscsi));
+        return; /* the timer tries again */
+    }
+    iscsi_set_timeout(iscsi, (int)s->timeout);
+    s->resetting = false;
+}
+
+/*
+ * libiscsi 1.19's own reconnect can wait for good: a login sent on a
+ * connection that the other end never answers nor closes has no timeout
+ * (the user's timeout is 0 by default), and a connect that fails at once
+ * leaves it with no socket and nothing pending, after which iscsi_service
+ * and iscsi_reconnect both return without doing anything; the commands it
+ * parked for the new session never time out either. After RESET_TICKS of
+ * no session, drop the context (libiscsi cancels what it held: run() sends
+ * those commands again once the new session is in) and log in on a new
+ * one, as often as needed while the target stays away.
+ */
+static void reset_session(struct iscsi_state *s)
+{
+    struct iscsi_context *fresh = new_context(s);
+    if (!fresh)
+        return;
+    vbd_warn("iSCSI %s: no session for %u s, starting a new one", s->portal, s->down_ticks / 4);
+    vbd_loop_unwatch_fd(s->watch);
+    s->watch = NULL;
+    s->watch_fd = -1;
+    struct iscsi_context *old = s->iscsi;
+    s->iscsi = fresh;
+    s->resetting = true;
+    s->resets++;
+    iscsi_destroy_context(old);
+    if (iscsi_full_connect_async(fresh, s->portal, s->lun, reset_cb, s) != 0)
+        vbd_debug("iSCSI %s: new session: %s", s->portal, iscsi_get_error(fresh));
+}
+
 static void timer_fn(void *arg)
 {
     struct iscsi_state *s = arg;
@@ -274,20 +349,12 @@ static void timer_fn(void *arg)
             iscsi_nop_out_async(s->iscsi, NULL, NULL, 0, NULL);
         }
     }
-    /* libiscsi 1.19 can end a failed reconnect attempt with no socket
-     * and nothing to wait for, and then iscsi_service never tries again
-     * (it returns at once without a socket): with the session down and
-     * nothing to watch for 2 s, start the reconnect anew. Harmless while
-     * a back-off runs: libiscsi then only notes the reconnect as pending. */
-    if (s->zero_block && !s->logging_out && !iscsi_is_logged_in(s->iscsi) &&
-        (iscsi_get_fd(s->iscsi) < 0 || !iscsi_which_events(s->iscsi))) {
-        if (++s->idle_ticks >= 8) {
-            s->idle_ticks = 0;
-            vbd_debug("iSCSI %s: reconnect stalled, starting it again", s->portal);
-            iscsi_reconnect(s->iscsi);
-        }
+    if (s->zero_block && !s->logging_out && !iscsi_is_logged_in(s->iscsi)) {
+        s->down_ticks++;
+        if (s->down_ticks % RESET_TICKS == 0 || (iscsi_get_fd(s->iscsi) < 0 && s->down_ticks % RESET_STALLED_TICKS == 0))
+            reset_session(s);
     } else {
-        s->idle_ticks = 0;
+        s->down_ticks = 0;
     }
     /* while it reconnects, libiscsi swaps sockets, a new one maybe under
      * the old one's number, which the watch cannot tell apart: watch
@@ -439,9 +506,20 @@ static int run(struct vbd_node *n, struct iscsi_req *r, struct scsi_sense *sense
     struct iscsi_state *s = n->opaque;
     int rc = -EIO;
     r->co = vbd_co_self();
+    uint64_t waited_since = 0;
     for (int retry = 0;; retry++) {
+        /* a new session is logging in: nothing goes out before it is in */
+        while (s->resetting && !s->closing) {
+            uint64_t now = vbd_clock_ns();
+            if (!waited_since)
+                waited_since = now;
+            if (s->timeout && now - waited_since >= s->timeout * 1000000000ull)
+                return -ETIMEDOUT;
+            vbd_co_sleep_ns(EVENT_INTERVAL_NS);
+        }
         r->done = r->waiting = false;
         r->task = NULL;
+        r->resets = s->resets;
         struct scsi_task *t = submit(s, r);
         if (!t) {
             vbd_error_report("iSCSI %s: cannot queue %s: %s", n->filename, op_name(r->op, s->use_16),
@@ -488,6 +566,11 @@ static int run(struct vbd_node *n, struct iscsi_req *r, struct scsi_sense *sense
             break;
         case SCSI_STATUS_CANCELLED:
             rc = -ECANCELED;
+            /* dropped with a session that reset_session gave up on */
+            if (r->resets != s->resets) {
+                again = true;
+                retry = -1;
+            }
             break;
         case SCSI_STATUS_RESERVATION_CONFLICT:
             rc = -EBADE;
@@ -803,24 +886,17 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
     target = NULL;
     s->initiator = initiator ? initiator : vbd_xstrdup(ISCSI_DEFAULT_INITIATOR);
     initiator = NULL;
-    if (!(s->iscsi = iscsi_create_context(s->initiator))) {
-        vbd_error_setf(err, ENOMEM, "iSCSI: cannot create a context");
-        rc = -ENOMEM;
-        goto out;
-    }
-    static const enum iscsi_header_digest dg[] = {ISCSI_HEADER_DIGEST_CRC32C, ISCSI_HEADER_DIGEST_NONE,
-                                                  ISCSI_HEADER_DIGEST_CRC32C_NONE, ISCSI_HEADER_DIGEST_NONE_CRC32C};
-    iscsi_set_targetname(s->iscsi, s->target);
-    iscsi_set_session_type(s->iscsi, ISCSI_SESSION_NORMAL);
-    iscsi_set_header_digest(s->iscsi, dg[digest]);
-    if (user && iscsi_set_initiator_username_pwd(s->iscsi, user, password ? password : "") != 0) {
-        vbd_error_setf(err, EINVAL, "iSCSI: CHAP user: %s", iscsi_get_error(s->iscsi));
+    s->user = user;
+    s->password = password;
+    user = password = NULL;
+    s->digest = digest;
+    s->timeout = timeout;
+    if (!(s->iscsi = new_context(s))) {
+        vbd_error_setf(err, EINVAL, "iSCSI: cannot set up a context%s", s->user ? " (CHAP user)" : "");
+        rc = -EINVAL;
         goto fail;
     }
-    /* the login's PDUs time out in libiscsi itself (which then cleans
-     * up after them); the commands afterwards get the user's timeout */
     uint64_t limit = timeout ? timeout : DEFAULT_CONNECT_TIMEOUT_S;
-    iscsi_set_timeout(s->iscsi, (int)limit);
     snprintf(n->filename, sizeof(n->filename), "iscsi://%s/%s/%d", s->portal, s->target, s->lun);
 
     /* libiscsi writes with writev(2), which cannot say MSG_NOSIGNAL: a
@@ -873,10 +949,7 @@ fail:
     if (s->iscsi)
         iscsi_destroy_context(s->iscsi);
     s->iscsi = NULL;
-    free(s->portal);
-    free(s->target);
-    free(s->initiator);
-    s->portal = s->target = s->initiator = NULL;
+    free_conn_strings(s);
     if (rc >= 0)
         rc = -EIO;
 out:
@@ -890,6 +963,18 @@ out:
     free(secret);
     free(initiator);
     return rc;
+}
+
+static void free_conn_strings(struct iscsi_state *s)
+{
+    if (s->password)
+        memset(s->password, 0, strlen(s->password));
+    free(s->password);
+    free(s->user);
+    free(s->portal);
+    free(s->target);
+    free(s->initiator);
+    s->portal = s->target = s->initiator = s->user = s->password = NULL;
 }
 
 /* The watch is freed when the loop sees its poll cancelled: let it. */
@@ -945,9 +1030,7 @@ static void iscsi_close(struct vbd_node *n)
     iscsi_destroy_context(s->iscsi);
     free(s->zero_block);
     allocmap_free(s);
-    free(s->portal);
-    free(s->target);
-    free(s->initiator);
+    free_conn_strings(s);
 }
 
 /* ---------- I/O ---------- */
