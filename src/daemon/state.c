@@ -23,6 +23,7 @@
 #include "vbd/block.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
+#include "vbd/job.h"
 #include "vbd/nbd.h"
 #include "vbd/qmp.h"
 
@@ -206,8 +207,9 @@ static struct json_object *node_args(struct vbd_node *n)
      * described it inline; none: null where the options named one. */
     struct json_object *b = NULL;
     bool has = json_object_object_get_ex(a, "backing", &b);
-    if (n->backing && !implicit_name(n->backing))
-        json_object_object_add(a, "backing", json_object_new_string(n->backing->node_name));
+    struct vbd_node *nb = vbd_job_filter_skip(n->backing); /* a job's filter is not there after a restart */
+    if (nb && !implicit_name(nb))
+        json_object_object_add(a, "backing", json_object_new_string(nb->node_name));
     else if (n->backing && has && !json_object_is_type(b, json_type_object))
         json_object_object_del(a, "backing");
     else if (!n->backing && has)
@@ -298,7 +300,7 @@ static struct json_object *describe(void)
     json_object_object_foreach(cmdline_exports, cid, cargs)
     {
         struct vbd_daemon_export *e = vbd_daemon_export_find(cid);
-        struct vbd_node *root = e ? vbd_daemon_export_node(e) : NULL;
+        struct vbd_node *root = e ? vbd_job_filter_skip(vbd_daemon_export_node(e)) : NULL;
         const char *was = str_arg(cargs, "node-name");
         bool pivoted = e && !json_object_object_get_ex(cmdline_exports_deleted, cid, NULL) && root &&
                        !implicit_name(root) && was && strcmp(was, root->node_name);
@@ -340,7 +342,7 @@ static struct json_object *describe(void)
         if (!json_object_object_get_ex(export_recs, e->id, &rec))
             continue;
         struct json_object *a = copy(rec);
-        struct vbd_node *root = vbd_daemon_export_node(e);
+        struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
         if (root && !implicit_name(root))
             json_object_object_add(a, "node-name", json_object_new_string(root->node_name));
         add_cmd(cmds, "block-export-add", a);
