@@ -29,7 +29,6 @@
 #include "vbd/options.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,12 +127,20 @@ struct vbd_cbw *vbd_cbw_new(struct vbd_node *source, struct vbd_node *target, ui
     return c;
 }
 
+static void wait_idle(void *arg)
+{
+    struct vbd_cbw *c = arg;
+    while (c->copying || c->reading || c->background)
+        vbd_co_queue_wait(&c->wait);
+}
+
 void vbd_cbw_free(struct vbd_cbw *c)
 {
     if (!c)
         return;
-    while (c->copying || c->reading || c->background)
-        vbd_co_queue_wait(&c->wait);
+    /* a copy that outlived its cbw-timeout may still run when the daemon
+     * closes its nodes at exit, outside any coroutine */
+    vbd_co_run_sync(wait_idle, c);
     free(c->todo);
     free(c);
 }
@@ -403,10 +410,11 @@ static int cbw_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     if (vbd_opt_take_enum(opts, "on-cbw-error", policies, &policy, err) < 0 ||
         vbd_opt_take_u64(opts, "cbw-timeout", &timeout, err) < 0)
         goto fail;
-    /* seconds, as QEMU's; its 7.2 keeps the product in 32 bits (4 s at
-     * most, larger values wrap: fixed in QEMU 9.0), vbd does not */
-    if (timeout > UINT64_MAX / 1000000000u) {
-        vbd_error_setf(err, EINVAL, "copy-before-write: cbw-timeout %" PRIu64 " is too large", timeout);
+    /* seconds (a uint32 in QEMU's schema); QEMU 7.2 keeps them times 10^9
+     * in 32 bits, so above 4 s its limit wraps (fixed in QEMU 9.0): vbd
+     * takes the seconds as given */
+    if (timeout > UINT32_MAX) {
+        vbd_error_setf(err, EINVAL, "Parameter 'cbw-timeout' expects uint32_t");
         goto fail;
     }
     struct vbd_dirty_bitmap *bitmap = NULL;
