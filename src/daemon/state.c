@@ -176,6 +176,21 @@ static bool is_ours(struct vbd_node *n)
     return vbd_daemon_node_find(n->node_name) == n && !json_object_object_get_ex(cmdline_nodes, n->node_name, NULL);
 }
 
+/* An export's node with no user name: a drive-mirror target without
+ * node-name the export pivoted to, or an overlay blockdev-snapshot-sync
+ * made without snapshot-node-name. It must come back under the export:
+ * the export's recorded node is the old one, which lacks every write
+ * since the pivot. */
+static bool implicit_export_root(struct vbd_node *n)
+{
+    if (!implicit_name(n))
+        return false;
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
+        if (vbd_job_filter_skip(vbd_daemon_export_node(e)) == n)
+            return true;
+    return false;
+}
+
 /* blockdev-add arguments for n as it is now, or NULL (not describable). */
 static struct json_object *node_args(struct vbd_node *n)
 {
@@ -183,9 +198,10 @@ static struct json_object *node_args(struct vbd_node *n)
     if (json_object_object_get_ex(node_recs, n->node_name, &rec)) {
         a = copy(rec);
     } else {
-        /* an overlay blockdev-snapshot-sync made: a format over a file */
+        /* an overlay blockdev-snapshot-sync made, a drive-mirror's target:
+         * a format over a file */
         struct vbd_node *f = n->file;
-        if (implicit_name(n) || !f || f->file || f->backing) {
+        if ((implicit_name(n) && !implicit_export_root(n)) || !f || f->file || f->backing) {
             vbd_warn("--state: node '%s' cannot be described for a restart; it is left out", n->node_name);
             return NULL;
         }
@@ -256,8 +272,15 @@ static void emit_node(struct vbd_node *n, struct json_object *cmds, struct json_
         emit_below(n->file, cmds, done, depth);
     emit_below(n->backing, cmds, done, depth);
     struct json_object *a = node_args(n);
-    if (a)
+    if (a) {
         add_cmd(cmds, "blockdev-add", a);
+        json_object_object_add(done, n->node_name, json_object_new_boolean(true));
+    }
+}
+
+static bool described(struct json_object *done, const struct vbd_node *n)
+{
+    return json_object_object_get(done, n->node_name) != NULL;
 }
 
 /* The commands that rebuild what QMP made, in an order that replays. */
@@ -302,8 +325,8 @@ static struct json_object *describe(void)
         struct vbd_daemon_export *e = vbd_daemon_export_find(cid);
         struct vbd_node *root = e ? vbd_job_filter_skip(vbd_daemon_export_node(e)) : NULL;
         const char *was = str_arg(cargs, "node-name");
-        bool pivoted = e && !json_object_object_get_ex(cmdline_exports_deleted, cid, NULL) && root &&
-                       !implicit_name(root) && was && strcmp(was, root->node_name);
+        bool pivoted = e && !json_object_object_get_ex(cmdline_exports_deleted, cid, NULL) && root && was &&
+                       strcmp(was, root->node_name);
         if (!json_object_object_get_ex(cmdline_exports_deleted, cid, NULL) && !pivoted)
             continue;
         struct json_object *a = json_object_new_object();
@@ -322,9 +345,13 @@ static struct json_object *describe(void)
     }
     struct json_object *done = json_object_new_object();
     for (struct vbd_node *n = vbd_daemon_node_next(NULL); n; n = vbd_daemon_node_next(n))
-        if (is_ours(n))
+        if (is_ours(n) && (!implicit_name(n) || implicit_export_root(n)))
             emit_node(n, cmds, done, 0);
-    json_object_put(done);
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
+        struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
+        if (root && implicit_name(root))
+            emit_node(root, cmds, done, 0); /* replayed under a fresh implicit name */
+    }
     json_object_object_foreach(iothread_recs, tn, tv)
     {
         (void)tn;
@@ -334,8 +361,13 @@ static struct json_object *describe(void)
         add_cmd(cmds, "nbd-server-start", copy(nbd_rec));
     /* in the command line's own form (keyval strings), replayed as
      * --export is, not as QMP's typed block-export-add */
-    for (size_t i = 0; i < json_object_array_length(moved); i++)
-        add_cmd(cmds, "--export", json_object_get(json_object_array_get_idx(moved, i)));
+    for (size_t i = 0; i < json_object_array_length(moved); i++) {
+        struct json_object *a = json_object_array_get_idx(moved, i);
+        const char *nn = str_arg(a, "node-name");
+        if (nn && nn[0] == '#' && !json_object_object_get(done, nn))
+            continue; /* its node was not described (warned): no export beats one on stale data */
+        add_cmd(cmds, "--export", json_object_get(a));
+    }
     json_object_put(moved);
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
         struct json_object *rec;
@@ -343,10 +375,16 @@ static struct json_object *describe(void)
             continue;
         struct json_object *a = copy(rec);
         struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
-        if (root && !implicit_name(root))
+        if (root && implicit_name(root) && !described(done, root)) {
+            vbd_warn("--state: export '%s' is left out: its node cannot be described for a restart", e->id);
+            json_object_put(a);
+            continue;
+        }
+        if (root)
             json_object_object_add(a, "node-name", json_object_new_string(root->node_name));
         add_cmd(cmds, "block-export-add", a);
     }
+    json_object_put(done);
     return cmds;
 }
 
@@ -562,6 +600,35 @@ void vbd_state_note_cmdline_export(struct json_object *opts)
     json_object_object_add(cmdline_exports, id, copy(opts));
 }
 
+/* Names in a replayed command that were implicit ('#blockNNN') in the
+ * daemon that wrote FILE: the node is opened again under a fresh implicit
+ * name (user names cannot start with '#', and the command line may hold
+ * the old one), and later commands follow it there. */
+static void rename_implicit(struct json_object *args, struct json_object *renamed)
+{
+    static const char *const refs[] = {"node-name", "backing", "file", NULL};
+    for (int k = 0; refs[k]; k++) {
+        const char *v = str_arg(args, refs[k]), *to;
+        struct json_object *nv;
+        if (v && v[0] == '#' && json_object_object_get_ex(renamed, v, &nv) && (to = json_object_get_string(nv)))
+            json_object_object_add(args, refs[k], json_object_new_string(to));
+    }
+}
+
+static int replay_implicit_node(struct json_object *args, struct json_object *renamed, struct vbd_error **err)
+{
+    char was[64];
+    snprintf(was, sizeof(was), "%s", str_arg(args, "node-name"));
+    struct json_object *a = copy(args);
+    json_object_object_del(a, "node-name");
+    struct vbd_node *n = vbd_open(NULL, a, VBD_OPEN_RDWR, err);
+    if (!n)
+        return -1;
+    vbd_daemon_node_add(n);
+    json_object_object_add(renamed, was, json_object_new_string(n->node_name));
+    return 0;
+}
+
 int vbd_state_load(const char *path, struct vbd_error **err)
 {
     state_path = vbd_xstrdup(path);
@@ -584,9 +651,25 @@ int vbd_state_load(const char *path, struct vbd_error **err)
         return 0; /* written at the first change */
     int rc = 0;
     replaying = true; /* the hook keeps each command's arguments, FILE stays */
+    struct json_object *renamed = json_object_new_object();
     for (size_t i = 0; i < json_object_array_length(cmds); i++) {
         struct json_object *req = json_object_array_get_idx(cmds, i);
         const char *x = json_object_get_string(json_object_object_get(req, "execute"));
+        struct json_object *args = json_object_object_get(req, "arguments");
+        if (json_object_is_type(args, json_type_object))
+            rename_implicit(args, renamed);
+        const char *nn = str_arg(args, "node-name");
+        if (!strcmp(x, "blockdev-add") && nn && nn[0] == '#') {
+            struct vbd_error *ee = NULL;
+            if (replay_implicit_node(args, renamed, &ee) < 0) {
+                vbd_error_setf(err, EINVAL, "--state %s: command %zu (blockdev-add %s) failed: %s; not starting, the file is left as it is",
+                               path, i + 1, nn, ee ? ee->msg : "error");
+                vbd_error_free(ee);
+                rc = -EINVAL;
+                break;
+            }
+            continue;
+        }
         if (!strcmp(x, "--export")) {
             /* a command-line export moved to another node over QMP */
             struct json_object *a = copy(json_object_object_get(req, "arguments"));
@@ -619,6 +702,7 @@ int vbd_state_load(const char *path, struct vbd_error **err)
             break;
     }
     replaying = false;
+    json_object_put(renamed);
     json_object_put(cmds);
     if (rc)
         vbd_qmp_set_change_hook(NULL);

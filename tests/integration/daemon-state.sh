@@ -33,17 +33,8 @@ qemu-img create -q -f qcow2 mid.qcow2 16M && qemu-img create -q -f qcow2 -b mid.
 must qemu-io -f qcow2 -c 'write -P 0x22 0 1M' mid.qcow2 >/dev/null
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 
-qmp() { # qmp PYTHON-STATEMENTS: m is a negotiated session on $S
-    python3 - "$@" <<PY
-import json, os, sys
-sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
-from qmp import QMP
-m = QMP("$S", negotiate=True)
-def ok(cmd, **a):
-    r = m.cmd(cmd, a)
-    if "error" in r:
-        print(f"FAIL: {cmd} {a}: {r['error']}", file=sys.stderr); sys.exit(1)
-    return r["return"]
+qmp() { # qmp PYTHON-STATEMENTS: qmp_py on $S, with view(): the nodes, exports and objects
+    qmp_py "$S" <<PY
 def view():
     nodes = {n["node-name"]: (n["drv"], n["ro"], n.get("backing_file"))
              for n in ok("query-named-block-nodes") if not n["node-name"].startswith("#")}

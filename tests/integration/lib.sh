@@ -103,6 +103,23 @@ on_copies() {
         fi
     done
 }
+# qmp_py SOCK: runs the Python statements on stdin with m, a negotiated QMP
+# session on SOCK, and ok(cmd, **args), which returns the command's
+# "return" and fails the test (exit 1, the error on stderr) on an error.
+qmp_py() {
+    python3 - <<PY
+import json, os, sys
+sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
+from qmp import QMP
+m = QMP("$1", negotiate=True)
+def ok(cmd, **a):
+    r = m.cmd(cmd, a)
+    if "error" in r:
+        print(f"FAIL: {cmd} {a}: {r['error']}", file=sys.stderr); sys.exit(1)
+    return r["return"]
+$(cat)
+PY
+}
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
 # vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,
