@@ -19,6 +19,7 @@ struct vbd_backup_opts {
     enum vbd_on_error on_source_error, on_target_error;
     bool auto_finalize, auto_dismiss;
     int max_workers; /* chunks in flight (x-perf.max-workers); 0: the default */
+    const char *filter_node_name; /* a copy-before-write node of that name above source while the job runs */
 };
 
 /* A point-in-time copy of source into target (same size), taken when the

@@ -387,6 +387,11 @@ const struct vbd_driver *const *vbd_driver_list(void);
  * Ownership of opts is taken (json_object_put'ed).
  */
 struct vbd_node *vbd_open(const char *filename, struct json_object *opts, unsigned flags, struct vbd_error **err);
+/* Open a node of a driver the registry does not list (QEMU's
+ * bdrv_new_open_driver: a job's own filter), with "node-name", "file" and
+ * the generic options in opts (taken). Home thread, coroutine. */
+struct vbd_node *vbd_open_driver(const struct vbd_driver *drv, struct json_object *opts, unsigned flags,
+                                 struct vbd_error **err);
 /* For drivers: open child `key` ("file" or "backing") from parent opts.
  * If absent, and filename != NULL, opens that as protocol (for "file").
  * Returns NULL with *err set on failure. */

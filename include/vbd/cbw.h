@@ -63,6 +63,9 @@ void vbd_cbw_set_break_snapshot(struct vbd_cbw *c, bool on);
 int vbd_cbw_copy_error(struct vbd_cbw *c);
 /* Did the last failed copy fail reading the source (else writing the target)? */
 bool vbd_cbw_last_error_read(struct vbd_cbw *c);
+/* cbw-timeout: a guest write's copy that takes longer than ns fails with
+ * -ETIMEDOUT (the copy goes on; vbd_cbw_free waits for it). 0: no limit. */
+void vbd_cbw_set_timeout_ns(struct vbd_cbw *c, uint64_t ns);
 /* Write the copies compressed (the target lists VBD_REQ_COMPRESSED). */
 void vbd_cbw_set_compress(struct vbd_cbw *c, bool on);
 

@@ -127,15 +127,20 @@ void vbd_job_cancel_all_sync(void);
 
 /* ---------- the jobs (QMP's checks done by the caller) ---------- */
 /* block-stream: copy the chain between top and base (NULL: all of it) into top. */
+/* filter_node_name: a copy-on-read node of that name above top while the
+ * job runs (NULL: none); the same for commit (commit_top, or mirror_top
+ * when active), mirror (mirror_top) and backup (copy-before-write). */
 struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struct vbd_node *base,
-                                 const char *backing_file, uint64_t speed, enum vbd_on_error on_error,
-                                 bool auto_finalize, bool auto_dismiss, struct vbd_qmp_error *err);
+                                 const char *backing_file, const char *filter_node_name, uint64_t speed,
+                                 enum vbd_on_error on_error, bool auto_finalize, bool auto_dismiss,
+                                 struct vbd_qmp_error *err);
 /* block-commit: top..above base into base. active: top is an export's
  * root; the job mirrors until READY and job-complete moves the exports to
  * base. Otherwise overlay (top's parent) is re-pointed to base at the end. */
 struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struct vbd_node *base, bool active,
-                                 const char *backing_file, int64_t speed, enum vbd_on_error on_error,
-                                 bool auto_finalize, bool auto_dismiss, struct vbd_qmp_error *err);
+                                 const char *backing_file, const char *filter_node_name, int64_t speed,
+                                 enum vbd_on_error on_error, bool auto_finalize, bool auto_dismiss,
+                                 struct vbd_qmp_error *err);
 
 /* blockdev-create: a "create" job writing the image options describe
  * (BlockdevCreateOptions, checked by the caller: a driver with
@@ -159,8 +164,13 @@ struct vbd_mirror_args {
     enum vbd_on_error on_source_error, on_target_error;
     bool unmap, auto_finalize, auto_dismiss;
     bool write_blocking; /* copy-mode=write-blocking */
+    const char *filter_node_name; /* NULL: none */
 };
 struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err);
+
+/* n, or the node under it if n is a job's filter node (filter-node-name),
+ * which a restart of the daemon would not have. */
+struct vbd_node *vbd_job_filter_skip(struct vbd_node *n);
 
 /* ---------- guest writes seen by a job (vbd_write_hook on its node) ---------- */
 struct vbd_job_tracker;

@@ -385,6 +385,14 @@ out:
     return result;
 }
 
+struct vbd_node *vbd_open_driver(const struct vbd_driver *drv, struct json_object *opts, unsigned flags,
+                                 struct vbd_error **err)
+{
+    struct vbd_node *n = node_create(drv, NULL, opts, flags, err);
+    json_object_put(opts);
+    return n;
+}
+
 struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opts, const char *key,
                                 const char *filename, unsigned flags, struct vbd_error **err)
 {

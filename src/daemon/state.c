@@ -23,6 +23,7 @@
 #include "vbd/block.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
+#include "vbd/job.h"
 #include "vbd/nbd.h"
 #include "vbd/qmp.h"
 
@@ -185,7 +186,7 @@ static bool implicit_export_root(struct vbd_node *n)
     if (!implicit_name(n))
         return false;
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
-        if (vbd_daemon_export_node(e) == n)
+        if (vbd_job_filter_skip(vbd_daemon_export_node(e)) == n)
             return true;
     return false;
 }
@@ -222,8 +223,9 @@ static struct json_object *node_args(struct vbd_node *n)
      * described it inline; none: null where the options named one. */
     struct json_object *b = NULL;
     bool has = json_object_object_get_ex(a, "backing", &b);
-    if (n->backing && !implicit_name(n->backing))
-        json_object_object_add(a, "backing", json_object_new_string(n->backing->node_name));
+    struct vbd_node *nb = vbd_job_filter_skip(n->backing); /* a job's filter is not there after a restart */
+    if (nb && !implicit_name(nb))
+        json_object_object_add(a, "backing", json_object_new_string(nb->node_name));
     else if (n->backing && has && !json_object_is_type(b, json_type_object))
         json_object_object_del(a, "backing");
     else if (!n->backing && has)
@@ -321,7 +323,7 @@ static struct json_object *describe(void)
     json_object_object_foreach(cmdline_exports, cid, cargs)
     {
         struct vbd_daemon_export *e = vbd_daemon_export_find(cid);
-        struct vbd_node *root = e ? vbd_daemon_export_node(e) : NULL;
+        struct vbd_node *root = e ? vbd_job_filter_skip(vbd_daemon_export_node(e)) : NULL;
         const char *was = str_arg(cargs, "node-name");
         bool pivoted = e && !json_object_object_get_ex(cmdline_exports_deleted, cid, NULL) && root && was &&
                        strcmp(was, root->node_name);
@@ -346,7 +348,7 @@ static struct json_object *describe(void)
         if (is_ours(n) && (!implicit_name(n) || implicit_export_root(n)))
             emit_node(n, cmds, done, 0);
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
-        struct vbd_node *root = vbd_daemon_export_node(e);
+        struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
         if (root && implicit_name(root))
             emit_node(root, cmds, done, 0); /* replayed under a fresh implicit name */
     }
@@ -372,7 +374,7 @@ static struct json_object *describe(void)
         if (!json_object_object_get_ex(export_recs, e->id, &rec))
             continue;
         struct json_object *a = copy(rec);
-        struct vbd_node *root = vbd_daemon_export_node(e);
+        struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
         if (root && implicit_name(root) && !described(done, root)) {
             vbd_warn("--state: export '%s' is left out: its node cannot be described for a restart", e->id);
             json_object_put(a);

@@ -52,6 +52,7 @@ struct backup {
     uint64_t werr_off;
     struct vbd_co_queue worker_wait;
     struct vbd_loop *loop;
+    struct vbd_node *filter; /* filter-node-name's copy-before-write node, or NULL */
 };
 
 static void hook_begin(struct vbd_write_hook *h, struct vbd_hooked_write *w)
@@ -218,6 +219,7 @@ static void backup_abort(struct vbd_job *job)
 
 static void release(struct backup *b)
 {
+    job_filter_co_remove(&b->filter);
     unhook(b);
     vbd_cbw_free(b->cbw);
     b->cbw = NULL;
@@ -263,15 +265,22 @@ static const struct vbd_job_driver backup_driver = {
 struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, struct vbd_node *target,
                                  const struct vbd_backup_opts *o, struct vbd_qmp_error *err)
 {
+    /* QEMU's order: the filter, then the job */
+    struct vbd_node *filter = NULL;
+    if (job_filter_insert(JOB_FILTER_BACKUP, source, o->filter_node_name, NULL, &filter, err) < 0)
+        return NULL;
     /* the job core has one policy: the target's, QEMU's usual culprit */
     struct vbd_job *job = vbd_job_create(&backup_driver, job_id, o->auto_finalize, o->auto_dismiss, o->speed,
                                          o->on_target_error, err);
-    if (!job)
+    if (!job) {
+        job_filter_co_remove(&filter);
         return NULL;
+    }
     struct backup *b = vbd_xcalloc(1, sizeof(*b));
     b->job = job;
     b->loop = vbd_loop_current();
     b->o = *o;
+    b->filter = filter;
     vbd_node_ref(source);
     vbd_node_ref(target);
     b->source = source;

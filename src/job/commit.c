@@ -34,6 +34,7 @@ struct commit {
     bool base_was_ro;
     bool pivoted;
     struct job_mirror *mirror; /* active */
+    struct vbd_node *filter;   /* filter-node-name's commit_top / mirror_top, or NULL */
     uint8_t *buf;
     int ignored;
 };
@@ -133,6 +134,8 @@ static int commit_prepare(struct vbd_job *job, struct vbd_error **err)
     struct commit *c = job->opaque;
     struct vbd_daemon_drain d;
     vbd_daemon_co_drain_begin(c->top, &d);
+    /* the exports and the overlay back on top before they move on */
+    job_filter_drop(&c->filter);
     int rc = 0;
     if (c->active) {
         /* the guest's last writes, with nothing writing any more (a
@@ -182,6 +185,7 @@ static void commit_clean(struct vbd_job *job)
 {
     struct commit *c = job->opaque;
     job_mirror_stop_tracking(c->mirror);
+    job_filter_co_remove(&c->filter);
     if (c->base_was_ro && !c->pivoted) {
         struct vbd_error *e = NULL;
         if (vbd_node_co_set_read_only(c->base, true, &e) < 0) {
@@ -199,6 +203,7 @@ static void commit_free(struct vbd_job *job)
     if (!c)
         return;
     job_mirror_free(c->mirror);
+    job_filter_co_remove(&c->filter);
     release_nodes(c);
     free(c->buf);
     free(c);
@@ -238,8 +243,9 @@ static const struct vbd_job_driver active_commit_driver = {
 };
 
 struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struct vbd_node *base, bool active,
-                                 const char *backing_file, int64_t speed, enum vbd_on_error on_error,
-                                 bool auto_finalize, bool auto_dismiss, struct vbd_qmp_error *err)
+                                 const char *backing_file, const char *filter_node_name, int64_t speed,
+                                 enum vbd_on_error on_error, bool auto_finalize, bool auto_dismiss,
+                                 struct vbd_qmp_error *err)
 {
     struct vbd_node *overlay = active ? NULL : job_overlay_of(top);
     if (!active && !overlay) {
@@ -254,14 +260,25 @@ struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struc
             return NULL;
         }
     }
-    struct vbd_job *job = vbd_job_create(active ? &active_commit_driver : &commit_driver, job_id, auto_finalize,
-                                         auto_dismiss, 0, on_error, err);
+    /* QEMU's order: the active commit (a mirror) inserts its filter before
+     * it creates the job, the intermediate one after (a bad name: the job
+     * goes created, then null) */
+    struct vbd_node *filter = NULL;
+    struct vbd_job *job = NULL;
+    if (!active || job_filter_insert(JOB_FILTER_MIRROR, top, filter_node_name, NULL, &filter, err) == 0)
+        job = vbd_job_create(active ? &active_commit_driver : &commit_driver, job_id, auto_finalize, auto_dismiss, 0,
+                             on_error, err);
     if (job && vbd_job_set_speed(job, speed, err) < 0) {
         /* QEMU sets the speed of the job it created: created, then null */
         vbd_job_early_fail(job);
         job = NULL;
     }
+    if (job && !active && job_filter_insert(JOB_FILTER_COMMIT, top, filter_node_name, NULL, &filter, err) < 0) {
+        vbd_job_early_fail(job);
+        job = NULL;
+    }
     if (!job) {
+        job_filter_co_remove(&filter);
         if (was_ro) {
             struct vbd_error *e = NULL;
             vbd_node_co_set_read_only(base, true, &e);
@@ -279,6 +296,7 @@ struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struc
     c->overlay = overlay;
     c->active = active;
     c->base_was_ro = was_ro;
+    c->filter = filter;
     if (backing_file)
         snprintf(c->backing_file, sizeof(c->backing_file), "%s", backing_file);
     if (active) {

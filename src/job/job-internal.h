@@ -44,4 +44,18 @@ int job_mirror_sync_last(struct job_mirror *m);
 void job_mirror_stop_tracking(struct job_mirror *m);
 void job_mirror_free(struct job_mirror *m);
 
+/* filter-node-name (filter.c): a named filter node above top while the
+ * job runs, which every export and parent of top moves onto. */
+enum job_filter_kind { JOB_FILTER_STREAM, JOB_FILTER_COMMIT, JOB_FILTER_MIRROR, JOB_FILTER_BACKUP };
+/* name NULL: nothing inserted, 0. Else 0 with *out the filter (the job's
+ * reference), or -1 with QEMU's error. stream: bottom is copy-on-read's.
+ * Main loop, coroutine; drains the exports over top meanwhile. */
+int job_filter_insert(enum job_filter_kind kind, struct vbd_node *top, const char *name, const char *bottom,
+                      struct vbd_node **out, struct vbd_qmp_error *err);
+/* Its parents and exports go back to its file, the node is closed and
+ * *filter NULL. job_filter_drop: the caller has drained them (a job's
+ * prepare, before its own graph change); job_filter_co_remove drains. */
+void job_filter_drop(struct vbd_node **filter);
+void job_filter_co_remove(struct vbd_node **filter);
+
 #endif

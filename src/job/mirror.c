@@ -75,6 +75,7 @@ struct mirror {
     struct vbd_node *replaces;            /* whose exports and parents move to the target (a reference) */
     bool target_owned;  /* drive-mirror's: the daemon takes it at the pivot, closes it otherwise */
     bool pivoted;
+    struct vbd_node *filter; /* filter-node-name's mirror_top, or NULL */
 };
 
 static void update_total(struct job_mirror *m)
@@ -398,6 +399,8 @@ static int mirror_prepare(struct vbd_job *job, struct vbd_error **err)
     struct mirror *mj = job->opaque;
     struct vbd_daemon_drain d;
     vbd_daemon_co_drain_begin(mj->src, &d);
+    /* the exports and parents back on src: the pivot moves them from there */
+    job_filter_drop(&mj->filter);
     /* the guest's last writes: a cancel in READY leaves the target a copy
      * of this moment too (QEMU's point-in-time block-job-cancel) */
     int rc = job_mirror_sync_last(mj->m);
@@ -453,6 +456,7 @@ static void mirror_clean(struct vbd_job *job)
 {
     struct mirror *mj = job->opaque;
     job_mirror_stop_tracking(mj->m);
+    job_filter_co_remove(&mj->filter);
     release_nodes(mj);
 }
 
@@ -462,6 +466,7 @@ static void mirror_free(struct vbd_job *job)
     if (!mj)
         return;
     job_mirror_free(mj->m);
+    job_filter_co_remove(&mj->filter);
     release_nodes(mj);
     free(mj);
 }
@@ -496,19 +501,26 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block node '%s' is read-only", a->target->node_name);
         return NULL;
     }
+    /* QEMU's order: the filter, then the job */
+    struct vbd_node *filter = NULL;
+    if (job_filter_insert(JOB_FILTER_MIRROR, a->src, a->filter_node_name, NULL, &filter, err) < 0)
+        return NULL;
     struct vbd_job *job = vbd_job_create(&mirror_driver, a->job_id, a->auto_finalize, a->auto_dismiss, 0,
                                          a->on_source_error, err);
     if (job && vbd_job_set_speed(job, a->speed, err) < 0) {
         vbd_job_early_fail(job);
         job = NULL;
     }
-    if (!job)
+    if (!job) {
+        job_filter_co_remove(&filter);
         return NULL;
+    }
     job->on_target_error = a->on_target_error;
     struct mirror *mj = vbd_xcalloc(1, sizeof(*mj));
     mj->src = a->src;
     mj->target = a->target;
     mj->replaces = a->replaces ? a->replaces : a->src;
+    mj->filter = filter;
     /* top and none: what the backing provides, the target's backing provides too */
     mj->base = a->sync == VBD_MIRROR_SYNC_FULL ? NULL : a->src->backing;
     vbd_node_ref(mj->src);

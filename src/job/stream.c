@@ -25,6 +25,7 @@ struct stream {
     char backing_file[4096];
     bool top_was_ro;
     struct vbd_job_tracker *tracker;
+    struct vbd_node *filter; /* filter-node-name's copy-on-read node, or NULL */
 };
 
 static int stream_run(struct vbd_job *job, struct vbd_error **err)
@@ -113,6 +114,8 @@ static int stream_prepare(struct vbd_job *job, struct vbd_error **err)
     struct vbd_node *top = s->top, *base = s->base;
     struct vbd_daemon_drain d;
     vbd_daemon_co_drain_begin(top, &d);
+    /* its bottom is about to leave the chain */
+    job_filter_drop(&s->filter);
     int rc = 0;
     if (top->drv->change_backing_file) {
         const char *file = base ? (s->backing_file[0] ? s->backing_file : base->filename) : NULL;
@@ -144,6 +147,7 @@ static void stream_clean(struct vbd_job *job)
     struct stream *s = job->opaque;
     vbd_job_tracker_free(s->tracker);
     s->tracker = NULL;
+    job_filter_co_remove(&s->filter);
     if (s->top_was_ro) {
         struct vbd_error *e = NULL;
         if (vbd_node_co_set_read_only(s->top, true, &e) < 0) {
@@ -160,6 +164,7 @@ static void stream_free(struct vbd_job *job)
     if (!s)
         return;
     vbd_job_tracker_free(s->tracker);
+    job_filter_co_remove(&s->filter);
     release_nodes(s);
     free(s);
 }
@@ -185,8 +190,9 @@ static const struct vbd_job_driver stream_driver = {
 };
 
 struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struct vbd_node *base,
-                                 const char *backing_file, uint64_t speed, enum vbd_on_error on_error,
-                                 bool auto_finalize, bool auto_dismiss, struct vbd_qmp_error *err)
+                                 const char *backing_file, const char *filter_node_name, uint64_t speed,
+                                 enum vbd_on_error on_error, bool auto_finalize, bool auto_dismiss,
+                                 struct vbd_qmp_error *err)
 {
     bool was_ro = top->read_only;
     if (was_ro) {
@@ -196,8 +202,17 @@ struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struc
             return NULL;
         }
     }
-    struct vbd_job *job = vbd_job_create(&stream_driver, job_id, auto_finalize, auto_dismiss, speed, on_error, err);
+    /* QEMU's copy-on-read copies down to base's overlay (the whole chain without a base) */
+    struct vbd_node *bottom = top;
+    while (bottom->backing && bottom->backing != base)
+        bottom = bottom->backing;
+    struct vbd_node *filter = NULL;
+    struct vbd_job *job = NULL;
+    /* the filter first, then the job (QEMU's order: a bad name makes no job) */
+    if (job_filter_insert(JOB_FILTER_STREAM, top, filter_node_name, bottom->node_name, &filter, err) == 0)
+        job = vbd_job_create(&stream_driver, job_id, auto_finalize, auto_dismiss, speed, on_error, err);
     if (!job) {
+        job_filter_co_remove(&filter);
         if (was_ro) {
             struct vbd_error *e = NULL;
             vbd_node_co_set_read_only(top, true, &e);
@@ -215,6 +230,7 @@ struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struc
     if (backing_file)
         snprintf(s->backing_file, sizeof(s->backing_file), "%s", backing_file);
     s->tracker = vbd_job_tracker_new(top, 0);
+    s->filter = filter;
     job->opaque = s;
     vbd_job_start(job);
     return job;

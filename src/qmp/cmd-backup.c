@@ -85,10 +85,7 @@ static struct json_object *backup_common(struct json_object *args, struct vbd_no
     if (on_error(args, "on-source-error", &o.on_source_error, err) < 0 ||
         on_error(args, "on-target-error", &o.on_target_error, err) < 0)
         return NULL;
-    if (arg_str(args, "filter-node-name")) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'filter-node-name' is not supported by vbd-daemon");
-        return NULL;
-    }
+    o.filter_node_name = arg_str(args, "filter-node-name");
     struct json_object *v;
     o.speed = json_object_object_get_ex(args, "speed", &v) ? (uint64_t)json_object_get_int64(v) : 0;
     if (json_object_object_get_ex(args, "speed", &v) && json_object_get_int64(v) < 0) {

@@ -25,11 +25,6 @@ static const char *arg_str(struct json_object *args, const char *key)
     return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
 }
 
-static bool has(struct json_object *args, const char *key)
-{
-    return json_object_object_get_ex(args, key, NULL);
-}
-
 static bool arg_bool(struct json_object *args, const char *key, bool def)
 {
     struct json_object *v;
@@ -99,10 +94,6 @@ static int job_options(struct json_object *args, enum vbd_on_error *on_error, bo
 {
     if (parse_on_error(args, on_error, err) < 0)
         return -1;
-    if (has(args, "filter-node-name")) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'filter-node-name' is not supported by vbd-daemon");
-        return -1;
-    }
     *af = arg_bool(args, "auto-finalize", true);
     *ad = arg_bool(args, "auto-dismiss", true);
     return 0;
@@ -189,8 +180,8 @@ static struct json_object *qmp_block_stream(struct json_object *args, struct vbd
         return NULL;
     /* QEMU names the job after the device's BlockBackend, which a node of
      * the storage daemon has not: the empty name it refuses */
-    if (!vbd_stream_start(job_id ? job_id : "", bs, base_bs, backing_file ? backing_file : base, speed, on_error, af,
-                          ad, err))
+    if (!vbd_stream_start(job_id ? job_id : "", bs, base_bs, backing_file ? backing_file : base,
+                          arg_str(args, "filter-node-name"), speed, on_error, af, ad, err))
         return NULL;
     return vbd_qmp_ok();
 }
@@ -211,7 +202,8 @@ static struct json_object *qmp_block_commit(struct json_object *args, struct vbd
         return NULL;
     }
     const char *role;
-    if (qmp_node_parent(bs, &role)) {
+    /* a job's filter has the job as its parent, in QEMU */
+    if (qmp_node_parent(bs, &role) || vbd_job_filter_skip(bs) != bs) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
         return NULL;
     }
@@ -271,7 +263,8 @@ static struct json_object *qmp_block_commit(struct json_object *args, struct vbd
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'backing-file' specified, but 'top' is the active layer");
         return NULL;
     }
-    if (!vbd_commit_start(job_id ? job_id : "", top_bs, base_bs, active, backing_file, arg_int(args, "speed", 0), on_error, af, ad, err))
+    if (!vbd_commit_start(job_id ? job_id : "", top_bs, base_bs, active, backing_file,
+                          arg_str(args, "filter-node-name"), arg_int(args, "speed", 0), on_error, af, ad, err))
         return NULL;
     return vbd_qmp_ok();
 }

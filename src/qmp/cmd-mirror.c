@@ -65,7 +65,8 @@ static struct vbd_node *root_node(const char *name, struct vbd_qmp_error *err)
     if (!bs)
         return NULL;
     const char *role;
-    if (qmp_node_parent(bs, &role)) {
+    /* a job's filter has the job as its parent, in QEMU */
+    if (qmp_node_parent(bs, &role) || vbd_job_filter_skip(bs) != bs) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
         return NULL;
     }
@@ -95,10 +96,7 @@ static int common_args(struct json_object *args, struct vbd_mirror_args *a, stru
     if (parse_on_error(args, "on-source-error", &a->on_source_error, err) < 0 ||
         parse_on_error(args, "on-target-error", &a->on_target_error, err) < 0)
         return -1;
-    if (arg_str(args, "filter-node-name")) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'filter-node-name' is not supported by vbd-daemon");
-        return -1;
-    }
+    a->filter_node_name = arg_str(args, "filter-node-name"); /* drive-mirror has none (QEMU 7.2) */
     a->write_blocking = copy_mode == 1;
     a->job_id = arg_str(args, "job-id");
     if (!a->job_id)

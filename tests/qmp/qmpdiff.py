@@ -26,6 +26,10 @@ Script lines ({DIR} is replaced everywhere):
                                      daemon makes and the other does not)
     ...  # differs: REASON           a trailing marker: a difference on this line
                                      is deliberate (printed, not a failure)
+    ...  # only: KEY,KEY...           a list (or object) returned: each element
+                                     cut down to these keys, then compared as with
+                                     exact, in any order (query-named-block-nodes'
+                                     node-name and drv, where the rest differs)
     ...  # exact                     values must be equal too (paths under {DIR}
                                      are compared as "{DIR}/..."); with
                                      QMPDIFF_ERROR_TEXT=1 in the environment,
@@ -53,7 +57,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qmp import QMP  # noqa: E402
 
-MARK_RE = re.compile(r"\s+#\s*(differs:.*|exact)\s*$")
+MARK_RE = re.compile(r"\s+#\s*(differs:.*|exact|only:.*)\s*$")
 
 
 class Line:
@@ -61,11 +65,15 @@ class Line:
         self.no = no
         self.differs = None
         self.exact = False
+        self.only = None
         m = MARK_RE.search(text)
         if m and not text.lstrip().startswith("#"):
             mark = m.group(1)
             if mark.startswith("differs:"):
                 self.differs = mark[len("differs:"):].strip() or "(no reason given)"
+            elif mark.startswith("only:"):
+                self.only = [k.strip() for k in mark[len("only:"):].split(",") if k.strip()]
+                self.exact = True
             else:
                 self.exact = True
             text = text[: m.start()]
@@ -284,6 +292,23 @@ def compare(a, b, path, exact, out):
         out.append(f"{path or '.'}: qsd has {json.dumps(a)[:80]}, vbd has {json.dumps(b)[:80]}")
 
 
+def project(reply, keys):
+    """A reply's return cut down to keys (per element of a list)."""
+    if not isinstance(reply, dict) or "return" not in reply:
+        return reply
+    def cut(d):
+        if not isinstance(d, dict):
+            return d
+        d = {k: d[k] for k in keys if k in d}
+        if str(d.get("node-name", "")).startswith("#"):
+            d["node-name"] = "#implicit"  # each daemon numbers its own
+        return d
+
+    r = reply["return"]
+    r = sorted((cut(x) for x in r), key=lambda d: json.dumps(d, sort_keys=True)) if isinstance(r, list) else cut(r)
+    return dict(reply, **{"return": r})
+
+
 def compare_replies(ra, rb, exact):
     out = []
     if isinstance(ra, str) or isinstance(rb, str):
@@ -370,6 +395,8 @@ def main(argv):
         if ln.kind not in ("request", "event"):
             continue
         ra, rb = runs[0].replies.get(ln.no, "<not run>"), runs[1].replies.get(ln.no, "<not run>")
+        if ln.only:
+            ra, rb = project(ra, ln.only), project(rb, ln.only)
         diffs = compare_replies(ra, rb, ln.exact)
         label = ln.text if ln.kind == "request" else f"?event {ln.text}"
         if not diffs:

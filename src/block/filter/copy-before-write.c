@@ -11,7 +11,11 @@
  * Serialisation, as QEMU's block-copy with its in-flight requests: a
  * cluster being copied is claimed (other writers and the job wait on it
  * rather than copying it twice); a write waits, after its copies, for the
- * point-in-time reads of the source it overlaps. The state lives on the
+ * point-in-time reads of the source it overlaps. cbw-timeout (seconds, as
+ * QEMU's): a guest write's copy that takes longer fails with ETIMEDOUT,
+ * then on-cbw-error says what that breaks; the copy itself goes on in the
+ * background (it cannot be stopped half-way) and the node's close waits for
+ * it, as QEMU's block-copy with a timeout. The state lives on the
  * loop that made it (the main loop): every entry moves there and back, so
  * coroutine queues suffice even when the source's writes come from an
  * iothread.
@@ -49,6 +53,8 @@ struct vbd_cbw {
     bool compress;
     bool last_err_read; /* the last failed copy failed reading the source */
     struct vbd_loop *loop;
+    uint64_t timeout_ns; /* a guest write's copy: 0 = no limit */
+    int background;      /* copies that outlived their timeout, still running */
 };
 
 static bool todo(const struct vbd_cbw *c, uint64_t i) { return c->todo[i / 64] >> (i % 64) & 1; }
@@ -121,12 +127,20 @@ struct vbd_cbw *vbd_cbw_new(struct vbd_node *source, struct vbd_node *target, ui
     return c;
 }
 
+static void wait_idle(void *arg)
+{
+    struct vbd_cbw *c = arg;
+    while (c->copying || c->reading || c->background)
+        vbd_co_queue_wait(&c->wait);
+}
+
 void vbd_cbw_free(struct vbd_cbw *c)
 {
     if (!c)
         return;
-    while (c->copying || c->reading)
-        vbd_co_queue_wait(&c->wait);
+    /* a copy that outlived its cbw-timeout may still run when the daemon
+     * closes its nodes at exit, outside any coroutine */
+    vbd_co_run_sync(wait_idle, c);
     free(c->todo);
     free(c);
 }
@@ -247,6 +261,71 @@ static int copy_clusters(struct vbd_cbw *c, uint64_t first, uint64_t last, bool 
     }
 }
 
+/* A guest write's copy with a time limit: it runs in its own coroutine,
+ * which the writer stops waiting for at the deadline. */
+struct timed_copy {
+    struct vbd_cbw *c;
+    uint64_t first, last;
+    int rc;
+    bool done, woken, abandoned;
+    struct vbd_co *writer;
+    struct vbd_timer timer;
+};
+
+static void timed_copy_co(void *arg)
+{
+    struct timed_copy *t = arg;
+    struct vbd_cbw *c = t->c;
+    t->rc = copy_clusters(c, t->first, t->last, false, NULL);
+    t->done = true;
+    if (t->abandoned) {
+        free(t);
+        c->background--;
+        vbd_co_queue_wake_all(&c->wait);
+    } else if (!t->woken) {
+        t->woken = true;
+        vbd_co_wake(t->writer);
+    }
+}
+
+static void timed_copy_expired(void *arg)
+{
+    struct timed_copy *t = arg;
+    if (!t->woken) {
+        t->woken = true;
+        vbd_co_wake(t->writer);
+    }
+}
+
+static int copy_for_write(struct vbd_cbw *c, uint64_t first, uint64_t last)
+{
+    if (!c->timeout_ns)
+        return copy_clusters(c, first, last, false, NULL);
+    struct timed_copy *t = vbd_xcalloc(1, sizeof(*t));
+    t->c = c;
+    t->first = first;
+    t->last = last;
+    t->writer = vbd_co_self();
+    t->timer.fn = timed_copy_expired;
+    t->timer.arg = t;
+    c->background++;
+    vbd_timer_arm(&t->timer, vbd_clock_ns() + c->timeout_ns);
+    vbd_co_wake(vbd_co_create(timed_copy_co, t));
+    vbd_co_yield();
+    vbd_timer_cancel(&t->timer);
+    if (!t->done) {
+        t->abandoned = true; /* it frees itself when it ends */
+        return -ETIMEDOUT;
+    }
+    int rc = t->rc;
+    free(t);
+    c->background--;
+    vbd_co_queue_wake_all(&c->wait);
+    return rc;
+}
+
+void vbd_cbw_set_timeout_ns(struct vbd_cbw *c, uint64_t ns) { c->timeout_ns = ns; }
+
 int vbd_cbw_co_copy(struct vbd_cbw *c, uint64_t off, uint64_t bytes, bool skip_unallocated, uint64_t *copied)
 {
     uint64_t last = (off + bytes + c->cluster - 1) / c->cluster;
@@ -265,7 +344,7 @@ int vbd_cbw_co_before_write(struct vbd_cbw *c, uint64_t off, uint64_t bytes)
     uint64_t last = (off + bytes + c->cluster - 1) / c->cluster;
     struct vbd_loop *here = vbd_loop_current();
     vbd_co_move_to(c->loop);
-    int rc = c->snap_error ? 0 : copy_clusters(c, off / c->cluster, last < c->nbits ? last : c->nbits, false, NULL);
+    int rc = c->snap_error ? 0 : copy_for_write(c, off / c->cluster, last < c->nbits ? last : c->nbits);
     if (rc < 0 && c->break_snapshot) {
         c->snap_error = rc; /* the image is lost; the guest goes on */
         rc = 0;
@@ -331,8 +410,11 @@ static int cbw_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     if (vbd_opt_take_enum(opts, "on-cbw-error", policies, &policy, err) < 0 ||
         vbd_opt_take_u64(opts, "cbw-timeout", &timeout, err) < 0)
         goto fail;
-    if (timeout) {
-        vbd_error_setf(err, ENOTSUP, "copy-before-write: cbw-timeout is not supported by vbd");
+    /* seconds (a uint32 in QEMU's schema); QEMU 7.2 keeps them times 10^9
+     * in 32 bits, so above 4 s its limit wraps (fixed in QEMU 9.0): vbd
+     * takes the seconds as given */
+    if (timeout > UINT32_MAX) {
+        vbd_error_setf(err, EINVAL, "Parameter 'cbw-timeout' expects uint32_t");
         goto fail;
     }
     struct vbd_dirty_bitmap *bitmap = NULL;
@@ -365,6 +447,7 @@ static int cbw_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     n->supported_zero_flags = n->file->supported_zero_flags;
     s->c = vbd_cbw_new(n->file, s->target, vbd_cbw_default_cluster(s->target), bitmap);
     vbd_cbw_set_break_snapshot(s->c, policy == 1);
+    vbd_cbw_set_timeout_ns(s->c, timeout * 1000000000u);
     json_object_put(bm);
     return 0;
 fail:
