@@ -363,8 +363,8 @@ static struct json_object *describe(void)
      * --export is, not as QMP's typed block-export-add */
     for (size_t i = 0; i < json_object_array_length(moved); i++) {
         struct json_object *a = json_object_array_get_idx(moved, i);
-        const char *nn = str_arg(a, "node-name");
-        if (nn && nn[0] == '#' && !json_object_object_get(done, nn))
+        const char *root_name = str_arg(a, "node-name");
+        if (root_name && root_name[0] == '#' && !json_object_object_get(done, root_name))
             continue; /* its node was not described (warned): no export beats one on stale data */
         add_cmd(cmds, "--export", json_object_get(a));
     }
