@@ -374,24 +374,49 @@ static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t b
     return rc;
 }
 
-/* A write hook (a block job) sees the write around it; one load when none. */
-#define HOOKED(n, off, bytes, call)                                                                                    \
-    do {                                                                                                               \
-        struct vbd_write_hook *h_ = __atomic_load_n(&(n)->write_hook, __ATOMIC_ACQUIRE);                               \
-        bool bm_ = vbd_node_has_dirty_bitmaps(n);                                                                      \
-        if (__builtin_expect(h_ == NULL && !bm_, 1))                                                                   \
-            return call;                                                                                               \
-        struct vbd_hooked_write w_ = {.off = (off), .bytes = (bytes), .co = vbd_co_self()};                            \
-        if (h_)                                                                                                        \
-            h_->begin(h_, &w_);                                                                                        \
-        int rc_ = call;                                                                                                \
-        /* marked after the write, failed or not, as QEMU's write_req_finish */                                       \
-        if (bm_ || vbd_node_has_dirty_bitmaps(n))                                                                      \
-            vbd_dirty_bitmaps_mark(n, off, bytes);                                                                     \
-        if (h_)                                                                                                        \
-            h_->end(h_, &w_);                                                                                          \
-        return rc_;                                                                                                    \
-    } while (0)
+static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes);
+
+/* The requests that pass the node's write hook; each call site names a
+ * constant one, so that the inlined switch below folds away. */
+enum node_op { NODE_READ, NODE_WRITE, NODE_DISCARD, NODE_ZEROES };
+
+static inline __attribute__((always_inline)) int node_op_home(struct vbd_node *n, enum node_op op, uint64_t off,
+                                                               uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                                                               unsigned flags)
+{
+    switch (op) {
+    case NODE_READ:
+        return node_rw_home(n, false, off, bytes, q, qoff, flags);
+    case NODE_WRITE:
+        return node_rw_home(n, true, off, bytes, q, qoff, flags);
+    case NODE_DISCARD:
+        return pdiscard_home(n, off, bytes);
+    default:
+        return pwrite_zeroes_home(n, off, bytes, flags);
+    }
+}
+
+/* A write hook (a block job) and the dirty bitmaps see the write around
+ * it; one load and one test when there are none. */
+static inline __attribute__((always_inline)) int node_op_hooked(struct vbd_node *n, enum node_op op, uint64_t off,
+                                                                 uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                                                                 unsigned flags)
+{
+    struct vbd_write_hook *h = __atomic_load_n(&n->write_hook, __ATOMIC_ACQUIRE);
+    bool bm = vbd_node_has_dirty_bitmaps(n);
+    if (__builtin_expect(h == NULL && !bm, 1))
+        return node_op_home(n, op, off, bytes, q, qoff, flags);
+    struct vbd_hooked_write w = {.off = off, .bytes = bytes, .co = vbd_co_self()};
+    if (h)
+        h->begin(h, &w);
+    int rc = node_op_home(n, op, off, bytes, q, qoff, flags);
+    /* marked after the write, failed or not, as QEMU's write_req_finish */
+    if (bm || vbd_node_has_dirty_bitmaps(n))
+        vbd_dirty_bitmaps_mark(n, off, bytes);
+    if (h)
+        h->end(h, &w);
+    return rc;
+}
 
 /* Writes pass the node's write hook (a block job) on the home loop, where
  * the job's state lives: the hook never runs on two loops at once. */
@@ -399,8 +424,18 @@ static int rw_hooked(struct vbd_node *n, bool write, uint64_t off, uint64_t byte
                      unsigned flags)
 {
     if (!write)
-        return node_rw_home(n, false, off, bytes, q, qoff, flags);
-    HOOKED(n, off, bytes, node_rw_home(n, true, off, bytes, q, qoff, flags));
+        return node_op_home(n, NODE_READ, off, bytes, q, qoff, flags);
+    return node_op_hooked(n, NODE_WRITE, off, bytes, q, qoff, flags);
+}
+
+/* Discard and write zeroes: on the home loop, through the write hook. */
+static int node_op(struct vbd_node *n, enum node_op op, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = op == NODE_DISCARD ? node_op_hooked(n, NODE_DISCARD, off, bytes, NULL, 0, flags)
+                                : node_op_hooked(n, NODE_ZEROES, off, bytes, NULL, 0, flags);
+    vbd_node_co_leave_home(origin);
+    return rc;
 }
 
 /* The entry of every read and write: on the home loop from here down. */
@@ -479,21 +514,6 @@ int vbd_node_co_flush(struct vbd_node *n)
     return rc;
 }
 
-static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes);
-
-static int node_pdiscard_hooked(struct vbd_node *n, uint64_t off, uint64_t bytes)
-{
-    HOOKED(n, off, bytes, pdiscard_home(n, off, bytes));
-}
-
-static int node_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
-{
-    struct vbd_loop *origin = vbd_node_co_enter_home(n);
-    int rc = node_pdiscard_hooked(n, off, bytes);
-    vbd_node_co_leave_home(origin);
-    return rc;
-}
-
 static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     int rc = check_range(n, off, bytes);
@@ -542,19 +562,6 @@ static int zero_fallback(struct vbd_node *n, uint64_t off, uint64_t bytes, unsig
         bytes -= len;
     }
     free(zero);
-    return rc;
-}
-
-static int node_pwrite_zeroes_hooked(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
-{
-    HOOKED(n, off, bytes, pwrite_zeroes_home(n, off, bytes, flags));
-}
-
-static int node_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
-{
-    struct vbd_loop *origin = vbd_node_co_enter_home(n);
-    int rc = node_pwrite_zeroes_hooked(n, off, bytes, flags);
-    vbd_node_co_leave_home(origin);
     return rc;
 }
 
@@ -610,7 +617,7 @@ static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, 
 
 int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
-    int rc = node_pwrite_zeroes(n, off, bytes, flags);
+    int rc = node_op(n, NODE_ZEROES, off, bytes, flags);
     if (rc == 0 && off + bytes > vbd_node_size(n))
         filter_grown(n, off + bytes);
     return rc;
@@ -618,7 +625,7 @@ int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
 
 int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
-    return node_pdiscard(n, off, bytes);
+    return node_op(n, NODE_DISCARD, off, bytes, 0);
 }
 
 int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)

@@ -8,18 +8,12 @@
  * picks on), so that an all-zero input is the
  * valid image and small values flip a few bits. Checksums are recomputed
  * unless the flags say not. The image is opened (read-write or read-only),
- * every byte read, mapped, a few writes allocate blocks, it is checked
- * and reopened: each step must fail cleanly or succeed, never crash. */
-#include "vbd/block.h"
-#include "vbd/coroutine.h"
-#include "vbd/error.h"
+ * every byte read, mapped, a few writes allocate blocks and are read back,
+ * it is checked and reopened read-only (the scaffold: fuzz-image.c). */
+#include "fuzz-image.h"
 
-#include <json-c/json.h>
-#include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -27,14 +21,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MB (1u << 20)
 #define IMG_SIZE (8u * MB)
 
-struct job {
-    const char *path;
-    unsigned flags;
-};
-
 static void put_le16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void put_le32(uint8_t *p, uint32_t v) { put_le16(p, (uint16_t)v); put_le16(p + 2, (uint16_t)(v >> 16)); }
-static void put_le64(uint8_t *p, uint64_t v) { put_le32(p, (uint32_t)v); put_le32(p + 4, (uint32_t)(v >> 32)); }
+static void put_le32(uint8_t *p, uint32_t v) { fuzz_put_le32(p, v); }
+static void put_le64(uint8_t *p, uint64_t v) { fuzz_put_le64(p, v); }
 static uint32_t get_le32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
 
 static uint32_t crc32c(const uint8_t *p, size_t len)
@@ -53,8 +42,6 @@ static void fix_crc(uint8_t *p, size_t len)
     put_le32(p + 4, 0);
     put_le32(p + 4, crc32c(p, len));
 }
-
-static void fix_crc(uint8_t *p, size_t len);
 
 static const uint8_t g_bat[16] = {0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08};
 static const uint8_t g_meta[16] = {0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47, 0x9a, 0x4b, 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e};
@@ -175,70 +162,33 @@ static void build(uint8_t *img, bool dirty, bool diff)
     fix_crc(img + (256u << 10), 64u << 10);
 }
 
-static void run_co(void *arg)
+/* The first open is read-write unless flag 0x10 says read-only: a few
+ * writes allocate blocks. */
+static void vhdx_inspect(struct fuzz_job *j, struct vbd_node *n)
 {
-    struct job *j = arg;
-    for (int pass = 0; pass < 2; pass++) {
-        struct vbd_error *err = NULL;
-        struct json_object *o = json_object_new_object();
-        json_object_object_add(o, "driver", json_object_new_string("vhdx"));
-        struct json_object *f = json_object_new_object();
-        json_object_object_add(f, "driver", json_object_new_string("file"));
-        json_object_object_add(f, "filename", json_object_new_string(j->path));
-        json_object_object_add(f, "locking", json_object_new_string("off"));
-        json_object_object_add(o, "file", f);
-        bool rw = !(j->flags & 0x10) && pass == 0;
-        unsigned oflags = VBD_OPEN_NO_BACKING | VBD_OPEN_NO_FLUSH | (rw ? VBD_OPEN_RDWR : 0) | (j->flags & 0x20 ? VBD_OPEN_CHECK : 0);
-        struct vbd_node *n = vbd_open(NULL, o, oflags, &err);
-        if (err && getenv("VBD_FUZZ_VERBOSE"))
-            fprintf(stderr, "open: %s\n", err->msg);
-        vbd_error_free(err);
-        if (!n)
-            continue; /* read-only next (a differencing image opens only so) */
-        uint8_t *buf = malloc(65536);
-        uint64_t limit = n->size < (32u << 20) ? n->size : (32u << 20); /* bounded work per input */
-        for (uint64_t off = 0; off < limit; off += 65536) {
-            uint64_t len = limit - off < 65536 ? limit - off : 65536;
-            if (vbd_node_co_pread(n, off, buf, len) < 0)
-                break;
-        }
-        for (uint64_t off = 0; off < limit;) {
-            uint64_t pnum = 0, map = 0;
-            struct vbd_node *file = NULL;
-            int depth = 0;
-            if (vbd_node_co_block_status_above(n, NULL, true, off, limit - off, &pnum, &map, &file, &depth) < 0 || !pnum)
-                break;
-            off += pnum;
-        }
-        if (rw) {
-            memset(buf, 0xa5, 65536);
-            for (uint64_t off = 1000; off < limit && off < (8u << 20); off += 3u << 20)
-                vbd_node_co_pwrite(n, off, buf, limit - off < 5000 ? limit - off : 5000, 0);
-        }
-        if (n->drv->co_check) {
-            struct vbd_check_result r = {0};
-            err = NULL;
-            n->drv->co_check(n, &r, 0, &err);
-            vbd_error_free(err);
-        }
-        free(buf);
+    static const uint64_t offs[] = {1000, (3u << 20) + 1000, (6u << 20) + 1000};
+    if (j->open_flags & VBD_OPEN_RDWR)
+        fuzz_image_write_back(j, n, offs, sizeof(offs) / sizeof(offs[0]), 5000, 0);
+}
+
+/* Then read-only (the only way a differencing image opens without its parent). */
+static void vhdx_after(struct fuzz_job *j)
+{
+    struct vbd_node *n = fuzz_image_open(j, VBD_OPEN_NO_FLUSH | (j->tag & 0x20 ? VBD_OPEN_CHECK : 0));
+    if (n) {
+        fuzz_image_read_map(j, n);
+        fuzz_image_check(j, n, 0);
         vbd_node_unref(n);
     }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static bool vhdx_synth(struct fuzz_job *j, FILE *f, const uint8_t *data, size_t size)
 {
-    static char path[64];
-    static int ready;
     static uint8_t *img;
-    if (!ready) {
-        vbd_log_set_level(VBD_LOG_ERROR);
-        snprintf(path, sizeof(path), "/tmp/vbd-fuzz-vhdx-%d.img", (int)getpid());
+    if (!img)
         img = malloc(IMG_SIZE);
-        ready = 1;
-    }
-    if (!size || size > (1u << 20))
-        return 0;
+    if (!size)
+        return false;
     unsigned flags = data[0];
     data++;
     size--;
@@ -273,22 +223,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint32_t elen = get_le32(img + MB + 8);
     if (!(flags & 8) && elen >= 64 && elen <= MB)
         fix_crc(img + MB, elen);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0)
-        return 0;
+    int fd = fileno(f);
     size_t end = flags & 0x80 ? IMG_SIZE : flags & 1 ? 7 * MB : 6 * MB;
     if (flags & 0x40)
         end -= MB / 2; /* truncated */
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
         if (parts[i].off < end && pwrite(fd, img + parts[i].off, parts[i].len, parts[i].off) < 0)
             break;
-    if (ftruncate(fd, (off_t)end) < 0) {
-        close(fd);
-        return 0;
-    }
-    close(fd);
-    struct job j = {path, flags};
-    vbd_co_run_sync(run_co, &j);
-    unlink(path);
-    return 0;
+    if (ftruncate(fd, (off_t)end) < 0)
+        return false;
+    j->tag = flags;
+    j->open_flags = VBD_OPEN_NO_FLUSH | (flags & 0x10 ? 0 : VBD_OPEN_RDWR) | (flags & 0x20 ? VBD_OPEN_CHECK : 0);
+    return true;
+}
+
+static const struct fuzz_image vhdx = {
+    .driver = "vhdx",
+    .max_input = 1u << 20,
+    .max_read = 32u << 20,
+    .check = true,
+    .synth = vhdx_synth,
+    .inspect = vhdx_inspect,
+    .after = vhdx_after,
+};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    return fuzz_image_input(&vhdx, data, size);
 }

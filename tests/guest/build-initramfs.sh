@@ -18,7 +18,9 @@ bb=$(command -v busybox) || { echo "build-initramfs: busybox not found (apt-get 
 ldd "$bb" >/dev/null 2>&1 && { echo "build-initramfs: $bb is not static (apt-get install busybox-static)" >&2; exit 1; }
 
 out=$cache/$kver/base.cpio.gz
-key=$({ echo "$kver $modules"; sha256sum "$bb" "$here/init.sh" "$here/guest-lib.sh"; stat -c '%s %Y' "/lib/modules/$kver/modules.dep"; } | sha256sum | cut -c1-32)
+# the inputs' contents, not their paths: checkouts in other directories share the cache
+key=$({ echo "$kver $modules"; for f in "$bb" "$here/init.sh" "$here/guest-lib.sh"; do sha256sum <"$f"; done
+        stat -c '%s %Y' "/lib/modules/$kver/modules.dep"; } | sha256sum | cut -c1-32)
 if [ -s "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
     echo "$kver $out"; exit 0
 fi
@@ -41,7 +43,9 @@ for ko in $(modprobe -S "$kver" --show-depends -a $modules | awk '$1 == "insmod"
     esac
     echo "$n" >>"$st/etc/modules"
 done
-(cd "$st" && find . -mindepth 1 | sort | cpio -o -H newc -R 0:0 --quiet | gzip -6) >"$out.tmp"
-mv "$out.tmp" "$out"
-echo "$key" >"$out.key"
+# guests started at once (tests of several checkouts) may build it at once: each renames its own copy in
+(cd "$st" && find . -mindepth 1 | sort | cpio -o -H newc -R 0:0 --quiet | gzip -6) >"$out.tmp.$$"
+mv "$out.tmp.$$" "$out"
+echo "$key" >"$out.key.$$"
+mv "$out.key.$$" "$out.key"
 echo "$kver $out"

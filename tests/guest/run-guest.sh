@@ -1,7 +1,8 @@
 #!/bin/bash
 # Boots Debian's kernel under QEMU (KVM where /dev/kvm is usable, else TCG;
 # VBD_ACCEL=kvm|tcg forces one, see accel.sh) with one virtio-blk disk and
-# runs a workload in it. Exit: 0 PASS, 1 FAIL, 2 usage, 3 TIMEOUT, 4 KERNEL PANIC,
+# runs a workload in it (several --workload: each in turn in the same boot,
+# the first failure ends it). Exit: 0 PASS, 1 FAIL, 2 usage, 3 TIMEOUT, 4 KERNEL PANIC,
 # 5 NO RESULT (QEMU refused the disk or died).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -10,7 +11,8 @@ usage() {
 Usage: run-guest.sh DISK --workload FILE [options]
   DISK: --vhost-user SOCKET | --nbd URI | --image FILE [--format FMT]
   --num-queues N   virtqueues (default 1)      --smp N     vCPUs (default 2)
-  --env NAME=VAL   exported to the workload    --timeout S (default 180)
+  --workload FILE  again: run after the previous one, in the same boot
+  --env NAME=VAL   exported to the workloads   --timeout S (default 180)
   --readonly       read-only disk (--nbd/--image)
   --reconnect      vhost-user chardev with reconnect=1 (back end may restart)
   --listen         vhost-user: QEMU listens on SOCKET (server=on,wait=off) and the
@@ -18,14 +20,14 @@ Usage: run-guest.sh DISK --workload FILE [options]
   --device-opts O  appended to -device         --log FILE  keep the console
 USAGE
 }
-mode= target= fmt=raw workload= nq=1 smp=2 timeout=180 ro=0 reconnect=0 listen=0 devopts= log= envs=()
+mode= target= fmt=raw workloads=() nq=1 smp=2 timeout=180 ro=0 reconnect=0 listen=0 devopts= log= envs=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --vhost-user) mode=vhost-user target=$2; shift ;;
         --nbd) mode=nbd target=$2; shift ;;
         --image) mode=image target=$2; shift ;;
         --format) fmt=$2; shift ;;
-        --workload) workload=$2; shift ;;
+        --workload) workloads+=("$2"); shift ;;
         --num-queues) nq=$2; shift ;;
         --smp) smp=$2; shift ;;
         --env) envs+=("$2"); shift ;;
@@ -40,7 +42,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$mode" ] && [ -r "$workload" ] || { echo "run-guest: need a disk and a readable --workload" >&2; exit 2; }
+[ -n "$mode" ] && [ ${#workloads[@]} -gt 0 ] || { echo "run-guest: need a disk and a --workload" >&2; exit 2; }
+for w in "${workloads[@]}"; do [ -r "$w" ] || { echo "run-guest: cannot read workload '$w'" >&2; exit 2; }; done
 [ $mode != vhost-user ] || [ $listen = 1 ] || [ -S "$target" ] || { echo "run-guest: no socket at '$target'" >&2; exit 2; }
 read -r kver base < <("$here/build-initramfs.sh") || exit 2
 . "$here/accel.sh"
@@ -50,10 +53,17 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 log=${log:-$tmp/console.log}
 mkdir -p "$tmp/extra"
-cp "$workload" "$tmp/extra/workload.sh"
+# /workload.sh (what init.sh runs) runs each workload as its own shell, in order
+: >"$tmp/extra/workload.sh"
+files="workload.sh"
+for i in "${!workloads[@]}"; do
+    cp "${workloads[$i]}" "$tmp/extra/workload$i.sh"
+    echo "sh /workload$i.sh || exit \$?" >>"$tmp/extra/workload.sh"
+    files="$files workload$i.sh"
+done
 : >"$tmp/extra/env"
 for e in "${envs[@]}"; do printf 'export %q\n' "$e" >>"$tmp/extra/env"; done
-(cd "$tmp/extra" && printf 'workload.sh\nenv\n' | cpio -o -H newc -R 0:0 --quiet | gzip) >"$tmp/extra.cpio.gz"
+(cd "$tmp/extra" && printf '%s\n' $files env | cpio -o -H newc -R 0:0 --quiet | gzip) >"$tmp/extra.cpio.gz"
 cat "$base" "$tmp/extra.cpio.gz" >"$tmp/initrd"
 esc() { printf '%s' "${1//,/,,}"; }
 rostr=; [ $ro = 1 ] && rostr=,readonly=on

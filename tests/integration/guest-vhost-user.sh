@@ -9,7 +9,7 @@ G=$VBD_ROOT/tests/guest
 ls /boot/vmlinuz-* >/dev/null 2>&1 || skip "no guest kernel (linux-image-amd64)"
 S=$T/vu.sock
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
-guest() { "$G/run-guest.sh" --vhost-user "$S" --timeout 200 "$@" || fail "guest: $*"; }
+guest() { "$G/run-guest.sh" --vhost-user "$S" --timeout 300 "$@" || fail "guest: $*"; }
 export_opts="type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=$S,node-name=disk0"
 
 step "raw image, 1 queue, basic workload; data lands in the file"
@@ -28,8 +28,7 @@ got=$(dd if="$img" bs=512 skip=$((131072 - 2048)) count=2048 2>/dev/null | md5su
 
 step "2 queues, --drive short form, cache=writeback, discard=unmap: basic and fs"
 start_daemon --drive file="$img",format=raw,cache=writeback,discard=unmap,num-queues=2 --vhost-user "$S"
-guest --num-queues 2 --workload "$G/workloads/basic.sh"
-guest --num-queues 2 --workload "$G/workloads/fs.sh"
+guest --num-queues 2 --workload "$G/workloads/basic.sh" --workload "$G/workloads/fs.sh"
 stop_daemon
 
 step "writethrough (the --drive default), ACRN spelling"
@@ -67,8 +66,7 @@ if "$VBD_IMG" create -q -f qcow2 "$T/probe.qcow2" 1M >/dev/null 2>&1; then
     start_daemon --object iothread,id=io0 --object iothread,id=io1 \
         --blockdev driver=file,node-name=file0,filename="$q" --blockdev driver=qcow2,node-name=disk0,file=file0 \
         --export "$export_opts,writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
-    guest --num-queues 2 --workload "$G/workloads/basic.sh"
-    guest --num-queues 2 --workload "$G/workloads/fs.sh"
+    guest --num-queues 2 --workload "$G/workloads/basic.sh" --workload "$G/workloads/fs.sh"
     stop_daemon
     qcheck "$q"
 else

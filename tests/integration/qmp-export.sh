@@ -39,68 +39,22 @@ if [ $B_ADD = cmdline ]; then
 fi
 
 VBD_QMP_PY=$VBD_ROOT/tests/qmp python3 - "$T" "$VBD_BENCH" "$dpid" "$B_ADD" <<'PY' || { cat "$T/daemon.log"; fail "see above"; }
-import array, fcntl, json, os, socket, struct, subprocess, sys, termios, threading, time
+import array, fcntl, json, os, socket, struct, subprocess, sys, termios, threading
 sys.path.insert(0, os.environ["VBD_QMP_PY"])
-from qmp import QMP, QMPError
+from exports import (QMP, QemuIo, delete_nbd_export_in_use, delete_vhost_user_export_in_use, expect_error, fail,
+                     nbd_uri, step, wait_for)
 
 T, BENCH, DAEMON_PID, B_ADD = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 NBD = T + "/nbd.sock"
 
-def fail(msg):
-    print("FAIL: " + msg, file=sys.stderr)
-    sys.exit(1)
-
-def step(msg):
-    print("--- " + msg, flush=True)
-
-def expect_error(reply, cls, words):
-    if "error" not in reply:
-        fail("expected an error (%s), got %s" % (words, reply))
-    if reply["error"]["class"] != cls or words not in reply["error"]["desc"]:
-        fail("expected %s '%s', got %s" % (cls, words, reply["error"]))
-
-def wait_for(what, cond, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            fail("timed out waiting for " + what)
-        time.sleep(0.02)
-
 def uri(name):
-    return "nbd+unix:///%s?socket=%s" % (name, NBD)
-
-class QemuIo:
-    """One qemu-io process on one NBD connection, fed command by command."""
-    def __init__(self, name):
-        self.p = subprocess.Popen(["qemu-io", "-f", "raw", uri(name)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    def run(self, cmd):
-        """The command's output lines; the prompt comes back after each command."""
-        self.p.stdin.write(cmd + "\n")
-        self.p.stdin.flush()
-        out = []
-        while True:
-            line = self.p.stdout.readline()
-            if not line:
-                return out + ["<qemu-io exited>"]
-            line = line.replace("qemu-io> ", "").strip()
-            if line:
-                out.append(line)
-            # a command ends with its statistics line, or with its error
-            if "ops/sec" in line or "failed" in line or "error" in line.lower():
-                return out
-    def close(self):
-        try:
-            self.p.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.p.wait()
+    return nbd_uri(NBD, name)
 
 class AClient(threading.Thread):
     """Writes a pattern to a 1 MiB region of A and reads it back, over and over."""
     def __init__(self):
         super().__init__(daemon=True)
-        self.io = QemuIo("A")
+        self.io = QemuIo(NBD, "A")
         self.ops = 0
         self.errors = []
         self.patterns = {}
@@ -159,30 +113,18 @@ if info["exports"][0]["export-size"] != 32 << 20 or info["exports"][0]["descript
     fail("nbdinfo on B: %s" % info)
 subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 2M", uri("diskB")], check=True,
                capture_output=True)
-b = QemuIo("diskB")
+b = QemuIo(NBD, "diskB")
 out = b.run("read -P 0x5a 1M 2M")
 if not any("bytes at offset" in l for l in out):
     fail("reading B back: %s" % out)
 a.advanced("B was exported and used")
 
-step("block-export-del mode=safe is refused while B's client is connected")
-expect_error(m.cmd("block-export-del", {"id": "expB"}), "GenericError", "still in use")
-expect_error(m.cmd("block-export-del", {"id": "expB", "mode": "safe"}), "GenericError", "still in use")
-if len(m.execute("query-block-exports")) != 2:
-    fail("the refused delete removed the export")
-out = b.run("read -P 0x5a 1M 4k")
-if not any("bytes at offset" in l for l in out):
-    fail("B's client after the refused delete: %s" % out)
-
-step("mode=hard disconnects B's client; BLOCK_EXPORT_DELETED arrives; A goes on")
-m.execute("block-export-del", id="expB", mode="hard")
-ev = m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
-if ev["data"] != {"id": "expB"}:
-    fail("BLOCK_EXPORT_DELETED: %s" % ev)
-out = b.run("read 0 4k")
-if not any("failed" in l or "exited" in l for l in out):
-    fail("B's client still reads after the hard delete: %s" % out)
-b.close()
+step("block-export-del: the default mode and mode=safe are refused while B's client is connected (it still "
+     "reads, B stays listed); mode=hard disconnects it, BLOCK_EXPORT_DELETED arrives; A goes on")
+def b_still_listed():
+    if len(m.execute("query-block-exports")) != 2:
+        fail("the refused delete removed the export")
+delete_nbd_export_in_use(m, "expB", b, "read -P 0x5a 1M 4k", refused=b_still_listed)
 if [e["id"] for e in m.execute("query-block-exports")] != ["expA"]:
     fail("expB still listed")
 r = subprocess.run(["nbdinfo", uri("diskB")], capture_output=True, text=True)
@@ -279,26 +221,9 @@ if r.returncode != 0 or "read back identical" not in r.stdout:
     fail("vbd-bench --verify on vuB: %s %s" % (r.stdout, r.stderr))
 a.advanced("the vhost-user-blk export was used")
 
-step("vhost-user-blk: safe delete refused while vbd-bench is connected, hard delete ends it")
-bench = subprocess.Popen([BENCH, "--vhost-user", VU, "-w", "randread", "-t", "600", "-d", "4"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-def bench_connected():
-    with open(T + "/daemon.log") as f:
-        return f.read().count("front end connected") >= 2
-wait_for("vbd-bench to connect", bench_connected)
-expect_error(m.cmd("block-export-del", {"id": "vuB"}), "GenericError", "still in use")
-m.execute("block-export-del", id="vuB", mode="hard")
-if m.wait_event("BLOCK_EXPORT_DELETED")["data"] != {"id": "vuB"}:
-    fail("no BLOCK_EXPORT_DELETED for vuB")
-# vbd-bench does not watch the vhost-user socket while it runs: the daemon's log says it was cut off
-def bench_disconnected():
-    with open(T + "/daemon.log") as f:
-        return f.read().count("front end disconnected") >= 2
-wait_for("the daemon to disconnect vbd-bench", bench_disconnected)
-bench.kill()
-bench.wait()
-if os.path.exists(VU):
-    fail("the vhost-user socket is left behind")
+step("vhost-user-blk: the default mode and mode=safe refused while vbd-bench is connected, mode=hard ends it")
+# the vbd-bench --verify above was the first front end: this one is the second
+delete_vhost_user_export_in_use(m, "vuB", VU, BENCH, T + "/daemon.log", before=(1, 1))
 m.execute("object-del", id="io0")
 if B_ADD == "qmp":
     m.execute("blockdev-del", node_name="B")

@@ -40,29 +40,18 @@ gpid=
 gpid=$!
 
 VBD_QMP_PY=$VBD_ROOT/tests/qmp python3 - "$T" "$VBD_BENCH" "$CYCLES" "$gpid" <<'PY' || { tail -20 "$T/console.log"; tail -30 "$T/daemon.log"; fail "see above"; }
-import os, re, struct, subprocess, sys, time
+import os, re, struct, subprocess, sys
 sys.path.insert(0, os.environ["VBD_QMP_PY"])
-from qmp import QMP
+from exports import (QMP, QemuIo, delete_nbd_export_in_use, delete_vhost_user_export_in_use, expect_error, fail,
+                     nbd_uri, step)
+from exports import wait_for as wait_for_every
 
 T, BENCH, CYCLES, GUEST = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 NBD = T + "/nbd.sock"
 
-def fail(msg):
-    print("FAIL: " + msg, file=sys.stderr)
-    sys.exit(1)
-
 def ok(reply):
     if reply != {"return": {}}:
         fail("expected success, got %s" % reply)
-
-def step(msg):
-    print("--- " + msg, flush=True)
-
-def expect_error(reply, cls, words):
-    if "error" not in reply:
-        fail("expected an error (%s), got %s" % (words, reply))
-    if reply["error"]["class"] != cls or words not in reply["error"]["desc"]:
-        fail("expected %s '%s', got %s" % (cls, words, reply["error"]))
 
 def guest_alive():
     try:
@@ -72,11 +61,7 @@ def guest_alive():
         return False
 
 def wait_for(what, cond, timeout=300):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            fail("timed out waiting for " + what)
-        time.sleep(0.05)
+    wait_for_every(what, cond, timeout, 0.05)
 
 def console():
     with open(T + "/console.log", "rb") as f:
@@ -99,37 +84,8 @@ def guest_advanced(what):
     if not guest_alive():
         fail("the guest exited after " + what)
 
-def log_count(words):
-    with open(T + "/daemon.log") as f:
-        return f.read().count(words)
-
 def uri(name):
-    return "nbd+unix:///%s?socket=%s" % (name, NBD)
-
-class QemuIo:
-    """One qemu-io process on one NBD connection, fed command by command."""
-    def __init__(self, name):
-        self.p = subprocess.Popen(["qemu-io", "-f", "raw", uri(name)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    def run(self, cmd):
-        self.p.stdin.write(cmd + "\n")
-        self.p.stdin.flush()
-        out = []
-        while True:
-            line = self.p.stdout.readline()
-            if not line:
-                return out + ["<qemu-io exited>"]
-            line = line.replace("qemu-io> ", "").strip()
-            if line:
-                out.append(line)
-            if "ops/sec" in line or "failed" in line or "error" in line.lower():
-                return out
-    def close(self):
-        try:
-            self.p.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.p.wait()
+    return nbd_uri(NBD, name)
 
 def qemu_io(target, *cmds, fmt="raw"):
     args = ["qemu-io", "-f", fmt]
@@ -162,25 +118,14 @@ for i in range(1, CYCLES + 1):
     writes = ["write -P %d 8M 4M" % (0x10 + i), "write -P %d 20M 64k" % (0x40 + i), "write -z 9M 64k"]
     qemu_io(uri("diskB"), *writes)
     qemu_io(ref, *writes)
-    b = QemuIo("diskB")
+    b = QemuIo(NBD, "diskB")
     out = b.run("read -P %d 8M 1M" % (0x10 + i))
     if not any("bytes at offset" in l for l in out):
         fail("reading B back: %s" % out)
     guest_advanced("B was exported over NBD and used")
 
     step("cycle %d: safe delete refused while qemu-io is connected; hard delete cuts it off" % i)
-    expect_error(m.cmd("block-export-del", {"id": "expB"}), "GenericError", "still in use")
-    expect_error(m.cmd("block-export-del", {"id": "expB", "mode": "safe"}), "GenericError", "still in use")
-    out = b.run("read -P %d 20M 64k" % (0x40 + i))
-    if not any("bytes at offset" in l for l in out):
-        fail("B's client after the refused delete: %s" % out)
-    m.execute("block-export-del", id="expB", mode="hard")
-    if m.wait_event("BLOCK_EXPORT_DELETED", timeout=120)["data"] != {"id": "expB"}:
-        fail("BLOCK_EXPORT_DELETED for expB")
-    out = b.run("read 0 4k")
-    if not any("failed" in l or "exited" in l for l in out):
-        fail("B's client still reads after the hard delete: %s" % out)
-    b.close()
+    delete_nbd_export_in_use(m, "expB", b, "read -P %d 20M 64k" % (0x40 + i), timeout=120)
     guest_advanced("the NBD export of B was deleted")
 
     step("cycle %d: B over vhost-user-blk on an iothread from object-add; vbd-bench verifies it" % i)
@@ -195,23 +140,9 @@ for i in range(1, CYCLES + 1):
         fail("vbd-bench --verify on B: %s %s" % (r.stdout, r.stderr))
     with open(ref, "r+b") as f:
         f.write(bench_data)
-    connected, disconnected = log_count("front end connected"), log_count("front end disconnected")
-    bench = subprocess.Popen([BENCH, "--vhost-user", vu, "-w", "randread", "-t", "900", "-d", "4"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for("vbd-bench to connect to B", lambda: log_count("front end connected") > connected)
-    guest_advanced("vbd-bench reads B")
-
-    step("cycle %d: safe delete refused while vbd-bench is connected; hard delete ends it; blockdev-del B" % i)
-    expect_error(m.cmd("block-export-del", {"id": "vuB", "mode": "safe"}), "GenericError", "still in use")
-    m.execute("block-export-del", id="vuB", mode="hard")
-    if m.wait_event("BLOCK_EXPORT_DELETED", timeout=120)["data"] != {"id": "vuB"}:
-        fail("BLOCK_EXPORT_DELETED for vuB")
-    # vbd-bench does not watch the socket while it runs: the daemon's log says it was cut off
-    wait_for("the daemon to disconnect vbd-bench", lambda: log_count("front end disconnected") > disconnected)
-    bench.kill()
-    bench.wait()
-    if os.path.exists(vu):
-        fail("B's vhost-user socket is left behind")
+    step("cycle %d: safe delete refused while vbd-bench reads B; hard delete ends it; blockdev-del B" % i)
+    delete_vhost_user_export_in_use(m, "vuB", vu, BENCH, T + "/daemon.log", timeout=120, wait=300,
+                                    connected=lambda: guest_advanced("vbd-bench reads B"))
     m.execute("blockdev-del", node_name="B")
     m.execute("object-del", id=iot)
     if [e["id"] for e in m.execute("query-block-exports")] != ["expA"]:

@@ -11,6 +11,7 @@
  * then the extent's sectors. Unallocated extents and clear bits read as
  * zeroes. Bochs writes only the sectors it has, so the file may end inside
  * the last extent: a set bit whose sector lies past the file is an error. */
+#include "all-data.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/iov.h"
@@ -213,27 +214,6 @@ static int bochs_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
     return 0;
 }
 
-/* As qemu's formats without block status: all data, allocated here, at no
- * offset a reader could use (the data is not stored 1:1 in the file). */
-static int bochs_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
-                          uint64_t *map, struct vbd_node **file)
-{
-    (void)n;
-    (void)want_zero;
-    (void)off;
-    (void)map;
-    (void)file;
-    *pnum = bytes;
-    return VBD_BS_DATA | VBD_BS_ALLOCATED;
-}
-
-static int bochs_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
-{
-    (void)err;
-    info->virtual_size = n->size;
-    return 0;
-}
-
 static const struct vbd_driver bochs_driver = {
     .name = "bochs",
     .kind = VBD_DRV_FORMAT,
@@ -242,7 +222,7 @@ static const struct vbd_driver bochs_driver = {
     .open = bochs_open,
     .close = bochs_close,
     .co_preadv = bochs_preadv,
-    .co_block_status = bochs_block_status,
-    .get_info = bochs_get_info,
+    .co_block_status = vbd_all_data_block_status,
+    .get_info = vbd_all_data_get_info,
 };
 VBD_DRIVER_REGISTER(bochs, bochs_driver);

@@ -12,6 +12,7 @@
  * end within the file, each compressed block is at most 128 MiB (qemu's
  * bounds), and inflate writes into a block_size buffer and must produce
  * exactly block_size bytes. */
+#include "all-data.h"
 #include "vbd/block.h"
 #include "vbd/bswap.h"
 #include "vbd/coroutine.h"
@@ -222,27 +223,6 @@ static int cloop_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
     return rc;
 }
 
-/* As qemu's formats without block status: all data, allocated here, at no
- * offset a reader could use (the data is not stored 1:1 in the file). */
-static int cloop_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
-                          uint64_t *map, struct vbd_node **file)
-{
-    (void)n;
-    (void)want_zero;
-    (void)off;
-    (void)map;
-    (void)file;
-    *pnum = bytes;
-    return VBD_BS_DATA | VBD_BS_ALLOCATED;
-}
-
-static int cloop_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
-{
-    (void)err;
-    info->virtual_size = n->size;
-    return 0;
-}
-
 static const struct vbd_driver cloop_driver = {
     .name = "cloop",
     .kind = VBD_DRV_FORMAT,
@@ -251,7 +231,7 @@ static const struct vbd_driver cloop_driver = {
     .open = cloop_open,
     .close = cloop_close,
     .co_preadv = cloop_preadv,
-    .co_block_status = cloop_block_status,
-    .get_info = cloop_get_info,
+    .co_block_status = vbd_all_data_block_status,
+    .get_info = vbd_all_data_get_info,
 };
 VBD_DRIVER_REGISTER(cloop, cloop_driver);

@@ -20,6 +20,7 @@
  * the sector counts of chunks that are decompressed or copied at most
  * 64 MiB (qemu's bounds), and decompression writes into a buffer of
  * exactly the chunk's size and must fill it. */
+#include "all-data.h"
 #include "vbd/block.h"
 #include "vbd/bswap.h"
 #include "vbd/coroutine.h"
@@ -509,27 +510,6 @@ static int dmg_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
     return rc;
 }
 
-/* As qemu's formats without block status: all data, allocated here, at no
- * offset a reader could use (the data is not stored 1:1 in the file). */
-static int dmg_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
-                          uint64_t *map, struct vbd_node **file)
-{
-    (void)n;
-    (void)want_zero;
-    (void)off;
-    (void)map;
-    (void)file;
-    *pnum = bytes;
-    return VBD_BS_DATA | VBD_BS_ALLOCATED;
-}
-
-static int dmg_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err)
-{
-    (void)err;
-    info->virtual_size = n->size;
-    return 0;
-}
-
 static const struct vbd_driver dmg_driver = {
     .name = "dmg",
     .kind = VBD_DRV_FORMAT,
@@ -538,7 +518,7 @@ static const struct vbd_driver dmg_driver = {
     .open = dmg_open,
     .close = dmg_close,
     .co_preadv = dmg_preadv,
-    .co_block_status = dmg_block_status,
-    .get_info = dmg_get_info,
+    .co_block_status = vbd_all_data_block_status,
+    .get_info = vbd_all_data_get_info,
 };
 VBD_DRIVER_REGISTER(dmg, dmg_driver);

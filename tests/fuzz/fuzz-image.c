@@ -1,0 +1,158 @@
+#include "fuzz-image.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BUF (64u << 10)
+
+struct vbd_node *fuzz_image_open(struct fuzz_job *j, unsigned flags)
+{
+    const struct fuzz_image *fmt = j->fmt;
+    struct vbd_error *err = NULL;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "driver", json_object_new_string(fmt->driver));
+    if (fmt->l2_cache_size)
+        json_object_object_add(o, "l2-cache-size", json_object_new_string(fmt->l2_cache_size));
+    struct json_object *f = json_object_new_object();
+    json_object_object_add(f, "driver", json_object_new_string("file"));
+    json_object_object_add(f, "filename", json_object_new_string(j->path));
+    json_object_object_add(f, "locking", json_object_new_string("off"));
+    json_object_object_add(o, "file", f);
+    if (fmt->no_backing)
+        json_object_object_add(o, "backing", NULL);
+    struct vbd_node *n = vbd_open(NULL, o, flags | VBD_OPEN_NO_BACKING, &err);
+    if (err && getenv("VBD_FUZZ_VERBOSE")) /* why an input is refused, when a seed does not get far */
+        fprintf(stderr, "open: %s\n", err->msg);
+    vbd_error_free(err);
+    return n;
+}
+
+void fuzz_image_read_map(struct fuzz_job *j, struct vbd_node *n)
+{
+    uint64_t max = j->fmt->max_read ? j->fmt->max_read : 64u << 20;
+    uint64_t limit = n->size < max ? n->size : max;
+    for (uint64_t off = 0; off < limit; off += BUF) {
+        uint64_t len = limit - off < BUF ? limit - off : BUF;
+        if (vbd_node_co_pread(n, off, j->buf, len) < 0)
+            break;
+    }
+    if (j->fmt->unaligned_read && limit > 1000)
+        vbd_node_co_pread(n, 1000 - 7, j->buf, 5000 < limit - 993 ? 5000 : limit - 993);
+    for (uint64_t off = 0; off < limit;) {
+        uint64_t pnum = 0, map = 0;
+        struct vbd_node *file = NULL;
+        int depth = 0;
+        if (vbd_node_co_block_status_above(n, NULL, true, off, limit - off, &pnum, &map, &file, &depth) < 0 || !pnum)
+            break;
+        off += pnum;
+    }
+}
+
+void fuzz_image_check(struct fuzz_job *j, struct vbd_node *n, unsigned fix)
+{
+    if (!n->drv->co_check)
+        return;
+    struct vbd_check_result r = {0};
+    struct vbd_error *err = NULL;
+    FILE *saved = stderr;
+    if (j->fmt->quiet_check)
+        stderr = fopen("/dev/null", "w");
+    n->drv->co_check(n, &r, fix, &err);
+    if (j->fmt->quiet_check) {
+        fclose(stderr);
+        stderr = saved;
+    }
+    vbd_error_free(err);
+}
+
+void fuzz_image_write_back(struct fuzz_job *j, struct vbd_node *n, const uint64_t *offs, size_t count,
+                           uint64_t len, uint64_t zero)
+{
+    uint8_t *back = j->buf + BUF / 2;
+    if (len > BUF / 2)
+        len = BUF / 2;
+    memset(j->buf, 0xa5, BUF / 2);
+    for (size_t i = 0; i < count; i++) {
+        if (offs[i] >= n->size)
+            continue;
+        uint64_t l = n->size - offs[i] < len ? n->size - offs[i] : len;
+        if (vbd_node_co_pwrite(n, offs[i], j->buf, l, 0) < 0 || vbd_node_co_pread(n, offs[i], back, l) < 0)
+            continue; /* a refused block need not stop the others */
+        if (memcmp(j->buf, back, l))
+            abort(); /* a write that succeeded must read back */
+        if (zero)
+            vbd_node_co_pwrite_zeroes(n, offs[i] & ~(zero - 1), zero, 0);
+    }
+}
+
+static void run_co(void *arg)
+{
+    struct fuzz_job *j = arg;
+    const struct fuzz_image *fmt = j->fmt;
+    struct vbd_node *n;
+    if (fmt->read_only && (n = fuzz_image_open(j, VBD_OPEN_RDWR))) {
+        fprintf(stderr, "a %s image opened read-write\n", fmt->driver);
+        abort();
+    }
+    n = fuzz_image_open(j, j->open_flags);
+    if (n) {
+        fuzz_image_read_map(j, n);
+        if (fmt->inspect)
+            fmt->inspect(j, n);
+        if (fmt->check)
+            fuzz_image_check(j, n, 0);
+        vbd_node_unref(n);
+    }
+    if (fmt->after)
+        fmt->after(j);
+}
+
+int fuzz_image_input(const struct fuzz_image *fmt, const uint8_t *data, size_t size)
+{
+    static char dir[64], path[96];
+    static uint8_t *buf;
+    if (!buf) {
+        vbd_log_set_level(VBD_LOG_ERROR);
+        if (fmt->private_dir) {
+            snprintf(dir, sizeof(dir), "/tmp/vbd-fuzz-%s-%d", fmt->driver, (int)getpid());
+            mkdir(dir, 0700);
+            snprintf(path, sizeof(path), "%s/f.%s", dir, fmt->driver);
+        } else {
+            snprintf(path, sizeof(path), "/tmp/vbd-fuzz-%s-%d.img", fmt->driver, (int)getpid());
+        }
+        buf = malloc(BUF);
+    }
+    if (size > (fmt->max_input ? fmt->max_input : 4u << 20))
+        return 0;
+    struct fuzz_job j = {fmt, path, fmt->private_dir ? dir : NULL, fmt->read_only ? 0 : VBD_OPEN_CHECK, 0, buf};
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return 0;
+    bool ok = fmt->synth(&j, f, data, size);
+    if (fclose(f) == 0 && ok) {
+        memset(buf, 0, BUF);
+        vbd_co_run_sync(run_co, &j);
+    }
+    unlink(path);
+    return 0;
+}
+
+void fuzz_put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+void fuzz_put_le64(uint8_t *p, uint64_t v)
+{
+    fuzz_put_le32(p, (uint32_t)v);
+    fuzz_put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+void fuzz_put_be(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+}
