@@ -105,10 +105,16 @@ kill -0 $dpid || fail "the daemon died"
 grep -q "exceeds the maximum" "$T/daemon.log" || fail "no log line for the oversized write"
 
 step "large reads (sendfile from the page cache) interleaved with small ones: every reply whole and right"
-python3 - "$S" "$img" <<'PY' || fail "large/small read interleaving"
+# ADDR: a unix socket path or tcp:PORT
+interleave() {
+python3 - "$1" "$img" <<'PY'
 import socket, struct, sys, random
-path, img = sys.argv[1], open(sys.argv[2], 'rb').read()
-s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(30)
+addr, img = sys.argv[1], open(sys.argv[2], 'rb').read()
+if addr.startswith('tcp:'):
+    s = socket.create_connection(('127.0.0.1', int(addr[4:])))
+else:
+    s = socket.socket(socket.AF_UNIX); s.connect(addr)
+s.settimeout(30)
 s.recv(18, socket.MSG_WAITALL)
 s.sendall(struct.pack('>I', 3) + struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk')   # simple replies
 s.recv(10, socket.MSG_WAITALL)
@@ -134,6 +140,8 @@ for _ in range(64):
     assert data == img[off:off + ln], 'wrong data for cookie %d (%d bytes at %d)' % (cookie, ln, off)
 assert not reqs
 PY
+}
+interleave "$S" || fail "large/small read interleaving"
 out=$(qemu-img compare -f raw -F raw "$img" "$U") || fail "qemu-img compare after large reads: $out"
 
 step "SIGTERM with a client connected: clean exit, socket removed"
@@ -149,4 +157,20 @@ wait $dpid || fail "vbd-daemon exit status $? after SIGTERM"
 kill $cpid 2>/dev/null
 [ ! -e "$S" ] || fail "socket left behind"
 ! grep -q Sanitizer "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
+
+step "over TCP: large reads interleaved with small ones, qemu-img compare, nbdcopy"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
+    --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=$port --export type=nbd,id=e0,node-name=disk0,name=disk \
+    2>"$T/daemon-tcp.log" &
+tpid=$!
+on_exit "kill -9 $tpid 2>/dev/null"
+wait_port $port
+interleave tcp:$port || { cat "$T/daemon-tcp.log"; fail "large/small read interleaving over TCP"; }
+out=$(qemu-img compare -f raw -F raw "$img" "nbd://127.0.0.1:$port/disk") || fail "qemu-img compare over TCP: $out"
+must nbdcopy "nbd://127.0.0.1:$port/disk" "$T/copy.raw"
+cmp "$img" "$T/copy.raw" || fail "nbdcopy over TCP: the copy differs"
+kill -TERM $tpid
+wait $tpid || fail "vbd-daemon (TCP) exit status $? after SIGTERM"
+! grep -q Sanitizer "$T/daemon-tcp.log" || { cat "$T/daemon-tcp.log"; fail "sanitizer report (TCP)"; }
 echo OK

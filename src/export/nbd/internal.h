@@ -50,6 +50,7 @@ struct nbd_export {
 #define NBD_POLL_NS          (32 * 1000) /* busy-poll the socket this long before waiting */
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
+#define NBD_UNIX_SNDBUF      (4 * 1024 * 1024) /* SO_SNDBUF of a unix socket: several 1 MiB replies */
 
 struct nbd_conn;
 struct nbd_req {

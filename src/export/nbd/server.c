@@ -105,6 +105,16 @@ static void accept_co(void *opaque)
         struct sockaddr_storage sa;
         socklen_t salen = sizeof(sa);
         c->sendfile_ok = getsockname(fd, (struct sockaddr *)&sa, &salen) == 0 && sa.ss_family == AF_UNIX;
+        if (c->sendfile_ok) {
+            /* A unix socket's send buffer (212 KiB by default) takes a
+             * fifth of a 1 MiB read: sendfile then goes out in pieces, each
+             * waiting for the client to drain the buffer to a quarter. With
+             * room for a few whole replies, 1M reads at QD8 cost 65 us of
+             * server CPU instead of 205 and ran 1.6-3x faster. The kernel
+             * caps it at net.core.wmem_max (x2). TCP tunes its own. */
+            int sb = NBD_UNIX_SNDBUF;
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof(sb));
+        }
         c->next = srv.conns;
         srv.conns = c;
         srv.nconns++;

@@ -116,7 +116,29 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
     while (c->rlen < len) {
         /* Poll briefly before arming a wait: arming a poll on the socket costs
          * more than a few retries when the client sends its next request
-         * right after our reply (QEMU's adaptive polling does the same). */
+         * right after our reply (QEMU's adaptive polling does the same).
+         * While spinning, readiness is asked with poll(2), which reads the
+         * socket's state without its lock: a failing recv(2) takes the lock
+         * the client's packets are delivered under (on TCP from the
+         * client's CPU), and the spins slowed the client's sends. */
+        if (spin_until) {
+            struct pollfd p = {.fd = c->ch.fd, .events = POLLIN};
+            if (poll(&p, 1, 0) == 0) {
+                if (vbd_clock_ns() < spin_until) {
+                    vbd_co_wake(vbd_co_self()); /* let the replies and other requests run first */
+                    vbd_co_yield();
+                    continue;
+                }
+                ssize_t r = vbd_co_recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen);
+                if (r < 0)
+                    return (int)r;
+                if (r == 0)
+                    return -ECONNRESET;
+                c->rlen += (size_t)r;
+                spin_until = 0;
+                continue;
+            }
+        }
         ssize_t r = recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, MSG_DONTWAIT);
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             uint64_t now = vbd_clock_ns();
@@ -124,7 +146,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
             if (!spin_until)
                 spin_until = c->inflight_bytes < NBD_POLL_MAX_INFLIGHT ? now + NBD_POLL_NS : now;
             if (now < spin_until) {
-                vbd_co_wake(vbd_co_self()); /* let the replies and other requests run first */
+                vbd_co_wake(vbd_co_self());
                 vbd_co_yield();
                 continue;
             }

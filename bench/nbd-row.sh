@@ -1,0 +1,48 @@
+#!/bin/bash
+# One row of bench/nbd.sh for A/B work: one server, one fio run, the
+# server's CPU per request, its and fio's CPU share, optionally the
+# server's syscalls per request (PERF=stat) or a profile (PERF=record,
+# perf.SERVER.data in the current directory). Not a test.
+#   bench/nbd-row.sh vbd|nbdkit|qemu-nbd unix|tcp RW BS DEPTH [SECONDS]
+# e.g. for b in build-a build-b; do VBD_BUILD=$b bash bench/nbd-row.sh vbd tcp randread 4k 32; done
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+s=$1 t=$2 rw=$3 bs=$4 depth=$5 SECS=${6:-3}
+dir=$(mktemp -d /dev/shm/vbd-nbd-row.XXXXXX)
+spid=
+trap '[ -n "$spid" ] && { kill $spid 2>/dev/null; wait $spid 2>/dev/null; }; rm -rf "$dir"' EXIT
+img=$dir/disk.raw
+qemu-img create -q -f raw "$img" 1G
+qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
+PORT=${PORT:-10877} sock=$dir/s.sock
+addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
+[ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
+case $s in
+ vbd) taskset -c 0 "$VBD_BUILD/src/tools/vbd-daemon" --blockdev driver=file,node-name=f0,filename="$img" \
+        --blockdev driver=raw,node-name=d0,file=f0 --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
+ nbdkit) if [ $t = unix ]; then taskset -c 0 nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
+         else taskset -c 0 nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
+ qemu-nbd) if [ $t = unix ]; then taskset -c 0 qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
+           else taskset -c 0 qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
+esac
+spid=$!
+for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done
+ppid=
+case ${PERF:-} in
+ stat) perf stat -e 'syscalls:sys_enter_*' -e context-switches -p $spid -o "$dir/perfstat" & ppid=$! ;;
+ record) perf record -g -p $spid -o "perf.$s.data" 2>/dev/null & ppid=$! ;;
+esac
+# ns its threads spent runnable but waiting for the CPU (the scheduler's share on a shared host)
+rq_ns() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.0f\n", s}'; }
+c0=$(cpu_ns $spid) q0=$(rq_ns $spid)
+out=$(taskset -c 1 fio --name=b --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based \
+        --runtime="$SECS" --size=1G --output-format=json 2>/dev/null |
+      python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$rw'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])")
+c1=$(cpu_ns $spid) q1=$(rq_ns $spid)
+if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
+read -r iops ccpu n <<<"$out"
+echo "$s $t $rw $bs QD$depth: iops $iops ns/r $(( (c1 - c0) / (n + 1) )) server-cpu% $(( (c1 - c0) / SECS / 10000000 ))" \
+     "run-queue-wait% $(( (q1 - q0) / SECS / 10000000 )) client-cpu% $ccpu load $(cut -d' ' -f1 /proc/loadavg)"
+if [ "${PERF:-}" = stat ]; then # the syscalls made more than once per 50 requests
+    awk -v n="$n" '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); if ($1 + 0 > n / 50) printf "  %-40s %8.3f /req\n", $2, $1 / n }' "$dir/perfstat"
+fi
