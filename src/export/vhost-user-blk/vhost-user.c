@@ -102,24 +102,41 @@ static void signal_front_end(struct vu_queue *q)
         eventfd_write(q->call_fd, 1);
 }
 
+static void notify_bh(void *arg)
+{
+    struct vu_queue *q = arg;
+    q->notify_pending = false;
+    q->signalled = false;
+    bool pushed = q->pushed_unsignalled;
+    q->pushed_unsignalled = false;
+    if (pushed)
+        signal_front_end(q);
+    if (q->inflight_reqs == 0)
+        vbd_co_queue_wake_all(&q->idle);
+}
+
 /*
- * Every completion signals the front end (unless it asked for no interrupt,
- * or EVENT_IDX says it has not caught up), as qemu-storage-daemon does;
- * the completions of one merged request share one signal. Fewer signals
- * (one per loop iteration, then the first of an iteration plus one at its
- * end) let a front end that drains the used ring faster than we fill it
- * catch up between two signals and go to sleep, and on a VM a sleeping
- * vCPU costs tens of microseconds to wake: at QD32 both sides fell into
- * lock-step (one wake-up of each per batch). A signal to a front end that
- * is awake is a cheap syscall; that is the trade.
+ * At most two interrupts per loop iteration: one at its first completion,
+ * one (the bottom half) for those that followed. Signalling only at the end
+ * of the iteration turned a deep queue into ping-pong: the driver slept
+ * while the whole batch was served, then the device slept while the driver
+ * refilled. Woken at the first completion, the driver refills while the
+ * rest of the batch is served, and the second signal usually finds it
+ * awake (cheap). One per completion (qsd) costs a syscall per request.
  */
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
 {
     vu_vq_push(&q->vq, head, len);
-    if (q->notify_held)
-        q->pushed_unsignalled = true;
-    else
+    if (!q->notify_pending) {
+        q->notify_pending = true;
+        vbd_loop_schedule_bh(vbd_loop_current(), &q->notify_bh);
+    }
+    if (!q->signalled && !q->notify_held) {
+        q->signalled = true;
         signal_front_end(q);
+    } else {
+        q->pushed_unsignalled = true;
+    }
     if (--q->inflight_reqs == 0)
         vbd_co_queue_wake_all(&q->idle);
 }
@@ -132,7 +149,8 @@ void vu_queue_hold_notify(struct vu_queue *q)
 void vu_queue_release_notify(struct vu_queue *q)
 {
     q->notify_held = false;
-    if (q->pushed_unsignalled) {
+    if (!q->signalled && q->pushed_unsignalled) {
+        q->signalled = true;
         q->pushed_unsignalled = false;
         signal_front_end(q);
     }
@@ -234,6 +252,8 @@ static struct vu_queue *get_queue(struct vu_dev *dev, uint32_t index)
         q->index = (int)index;
         q->kick_fd = q->call_fd = q->err_fd = -1;
         q->loop = dev->nqueue_loops ? dev->queue_loops[index % (uint32_t)dev->nqueue_loops] : dev->loop;
+        q->notify_bh.fn = notify_bh;
+        q->notify_bh.arg = q;
         dev->queues[index] = q;
     }
     return dev->queues[index];
@@ -244,7 +264,9 @@ static void wait_queue_idle(struct vu_queue *q)
 {
     if (q->dev->ops->queue_cancel)
         q->dev->ops->queue_cancel(q);
-    while (q->inflight_reqs)
+    /* the last interrupt goes out too (its bottom half must have run before
+     * the queue can be freed) */
+    while (q->inflight_reqs || q->notify_pending)
         vbd_co_queue_wait(&q->idle);
 }
 

@@ -46,8 +46,11 @@ struct vu_queue {
     bool polled, notify_off;  /* notify_off: kicks suppressed while the loop polls */
     unsigned inflight_reqs; /* popped, not yet pushed */
     struct vbd_co_queue idle; /* on q->loop: waits for inflight_reqs == 0 */
-    bool pushed_unsignalled; /* completed while held */
+    bool notify_pending;
+    bool signalled;          /* this iteration's first interrupt went out */
+    bool pushed_unsignalled; /* completed since, or while held */
     bool notify_held;        /* completions of one merged request are being pushed */
+    struct vbd_bh notify_bh;
     void *dev_queue; /* the device's per-queue state */
 };
 
@@ -119,7 +122,8 @@ bool vu_queue_rearm(struct vu_queue *q);
 /* Publishes a used element and schedules the (batched) interrupt. */
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len);
 /* Around completions pushed back to back (a merged request's): they share
- * one interrupt, sent at the release. No yield in between. */
+ * one interrupt, sent at the release if none went out in this iteration
+ * yet (else the bottom half's). No yield in between. */
 void vu_queue_hold_notify(struct vu_queue *q);
 void vu_queue_release_notify(struct vu_queue *q);
 /* A malformed ring: log once, stop processing the queue until reset. */
