@@ -2,7 +2,8 @@
 # Request merging in the vhost-user-blk export: sequential 4K writes and
 # reads from vbd-bench (QD32) reach the storage below as fewer, larger
 # requests, counted by nbdkit's log filter behind vbd-daemon's nbd client;
-# the data verifies; with merge=off every request goes down on its own;
+# the data verifies; requests of 64K or more and every request with
+# merge=off go down on their own;
 # random I/O and mixed sizes still verify.
 . "$(dirname "$0")/lib.sh"
 need nbdkit python3
@@ -50,6 +51,13 @@ echo "nbdkit saw $nw writes (largest $bw bytes) and $nr reads (largest $br bytes
 [ "$nw" -ge 1 ] && [ "$nw" -lt 4096 ] && [ "$bw" -gt 4096 ] || fail "writes were not merged: $nw writes, largest $bw"
 [ "$nr" -ge 1 ] && [ "$nr" -lt 4096 ] && [ "$br" -gt 4096 ] || fail "reads were not merged: $nr reads, largest $br"
 [ "$bw" -le $((4 << 20)) ] || fail "a merged write is larger than 4 MiB: $bw"
+
+step "requests of 64 KiB go down on their own: 256 sequential 64K writes, QD8"
+start ""
+must "$VBD_BENCH" --vhost-user "$S" --verify --size 16M -d 8 -b 64k >/dev/null
+stop
+read -r nw bw < <(count Write)
+[ "$nw" = 256 ] && [ "$bw" = 65536 ] || fail "64K writes: $nw writes, largest $bw (expected 256 of 65536)"
 
 step "merge=off: every guest request goes down on its own"
 start ",merge=off"

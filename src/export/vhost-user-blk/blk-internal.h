@@ -39,6 +39,11 @@ extern const struct vbd_export_type vbd_export_type_vhost_user_blk;
 #define BLK_MERGE_MAX_IOV 1024
 #define BLK_MERGE_MAX_BYTES (4u << 20)
 #define BLK_MERGE_POOL 16 /* merged requests in flight per queue; beyond, requests go down one by one */
+/* A request this large goes down on its own: its per-request cost is small
+ * beside its data, and a merged batch completes as a unit, so the front end
+ * refills in lock-step (null-co and the page cache: 64K sequential reads at
+ * QD8 were slower merged than not). */
+#define BLK_MERGE_ALONE_BYTES (64u << 10)
 
 struct blk_export;
 

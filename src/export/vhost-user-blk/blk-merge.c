@@ -123,7 +123,8 @@ void blk_dispatch(struct blk_queue *bq, struct blk_req *r)
         int k;
         size_t bytes;
         req_data(r, &k, &bytes);
-        mergeable = bytes > 0 && k <= BLK_MERGE_MAX_IOV && blk_range_ok(e, r->sector, bytes);
+        mergeable = bytes > 0 && bytes < BLK_MERGE_ALONE_BYTES && k <= BLK_MERGE_MAX_IOV &&
+                    blk_range_ok(e, r->sector, bytes);
     }
     if (!mergeable) {
         blk_batch_flush(bq);
