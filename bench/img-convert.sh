@@ -1,9 +1,13 @@
 #!/bin/bash
 # vbd-img convert vs qemu-img convert of a 2 GiB raw image with data,
 # written zeroes and holes (as ../shared/bench/img-convert.sh lays it
-# out), raw -> raw and raw -> qcow2. Ratio = qemu time / vbd time (>1: vbd
-# faster); "cpu" is user+system seconds of the tool (all its threads), which
-# compares across hosts better than the wall time.
+# out), raw -> raw, raw -> qcow2 (also compressed, -c) and, from a qcow2
+# copy of it (made by qemu-img), qcow2 -> raw and qcow2 -> qcow2. Ratio =
+# qemu time / vbd time (>1: vbd faster); "cpu" is user+system seconds of
+# the tool (all its threads), which compares across hosts better than the
+# wall time. Every vbd output is compared with the source (qemu-img
+# compare) and every qcow2 one checked (qemu-img check); CASES=REGEX runs
+# only the rows whose label matches.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 DIRS=${*:-/dev/shm /var/tmp}
@@ -11,7 +15,8 @@ echo "machine: $(machine); medians of $REPS runs"
 printf '%-10s %-26s %9s %9s %7s %9s %9s %9s %9s\n' where case "vbd s" "qemu s" ratio "vbd cpu" "qemu cpu" "vbd MiB" "qemu MiB"
 for d in $DIRS; do
     src=$d/vbd-conv-src-$$.raw
-    trap 'rm -f "$src" "$d"/vbd-conv-out-$$*' EXIT
+    srcq=$d/vbd-conv-src-$$.qcow2
+    trap 'rm -f "$src" "$srcq" "$d"/vbd-conv-out-$$*' EXIT
     python3 - "$src" <<'PY'
 import os, sys
 M = 1 << 20
@@ -23,25 +28,30 @@ for i in range(512):
     os.pwrite(fd, zero, i * 4 * M + M)
 os.close(fd)
 PY
+    qemu-img convert -f raw -O qcow2 "$src" "$srcq"
     # wall and cpu (user+sys) seconds of one run of "$@"
     timed() {
         local t=$d/vbd-conv-time-$$
         /usr/bin/time -f '%e %U %S' -o "$t" "$@" || exit 1
         awk '{printf "%s %.3f\n", $1, $2 + $3}' "$t"
     }
-    for case in "raw->raw|-f raw -O raw|raw" "raw->raw -m 16 -W|-f raw -O raw -m 16 -W|raw" \
-                "raw->raw -t none|-f raw -O raw -t none -T none|raw" "raw->qcow2|-f raw -O qcow2|qcow2" \
-                "raw->qcow2 -m 16 -W|-f raw -O qcow2 -m 16 -W|qcow2"; do
-        IFS='|' read -r label args ext <<<"$case"
+    for case in "raw->raw|-f raw -O raw|raw|raw" "raw->raw -m 16 -W|-f raw -O raw -m 16 -W|raw|raw" \
+                "raw->raw -t none|-f raw -O raw -t none -T none|raw|raw" "raw->qcow2|-f raw -O qcow2|qcow2|raw" \
+                "raw->qcow2 -m 16 -W|-f raw -O qcow2 -m 16 -W|qcow2|raw" "raw->qcow2 -c|-f raw -O qcow2 -c|qcow2|raw" \
+                "qcow2->raw|-f qcow2 -O raw|raw|qcow2" "qcow2->qcow2|-f qcow2 -O qcow2|qcow2|qcow2"; do
+        IFS='|' read -r label args ext sfmt <<<"$case"
+        [[ $label =~ ${CASES:-.} ]] || continue
+        in=$src; [ "$sfmt" = qcow2 ] && in=$srcq
         v=() q=() vc=() qc=()
         for _ in $(seq "$REPS"); do
             out=$d/vbd-conv-out-$$.$ext
             rm -f "$out"; sync
-            read -r w c < <(timed "$VBD_IMG" convert $args "$src" "$out")
+            read -r w c < <(timed "$VBD_IMG" convert $args "$in" "$out")
             v+=("$w"); vc+=("$c"); vm=$(du -m "$out" | cut -f1)
-            qemu-img compare -q -f raw -F "$ext" "$src" "$out" || { echo "vbd output differs!" >&2; exit 1; }
+            qemu-img compare -q -f raw -F "$ext" "$src" "$out" || { echo "$label: vbd output differs!" >&2; exit 1; }
+            [ "$ext" = raw ] || qemu-img check -q -f "$ext" "$out" || { echo "$label: qemu-img check of vbd's output failed" >&2; exit 1; }
             rm -f "$out"; sync
-            read -r w c < <(timed qemu-img convert $args "$src" "$out")
+            read -r w c < <(timed qemu-img convert $args "$in" "$out")
             q+=("$w"); qc+=("$c"); qm=$(du -m "$out" | cut -f1)
         done
         vs=$(printf '%s\n' "${v[@]}" | median); qs=$(printf '%s\n' "${q[@]}" | median)
@@ -49,5 +59,5 @@ PY
         printf '%-10s %-26s %9.3f %9.3f %7.2f %9.3f %9.3f %9s %9s\n' "$d" "$label" "$vs" "$qs" "$(echo "$qs / $vs" | bc -l)" \
             "$vcs" "$qcs" "$vm" "$qm"
     done
-    rm -f "$src" "$d"/vbd-conv-out-$$* "$d"/vbd-conv-time-$$
+    rm -f "$src" "$srcq" "$d"/vbd-conv-out-$$* "$d"/vbd-conv-time-$$
 done

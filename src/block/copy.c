@@ -113,13 +113,22 @@ int imageops_write(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8
     int rc = 0;
     if (o->write_flags & VBD_REQ_COMPRESSED) {
         /* As qemu-img: every cluster with data is written compressed (whole), an
-         * all-zero one is not written as data (without zero detection: all the same). */
-        for (uint64_t pos = 0; pos < len && rc == 0; pos += o->cluster_size) {
+         * all-zero one is not written as data (without zero detection: all the
+         * same). A run of data clusters goes as one request: the driver
+         * compresses its clusters in parallel. */
+        for (uint64_t pos = 0; pos < len && rc == 0;) {
             uint64_t l = len - pos < o->cluster_size ? len - pos : o->cluster_size;
-            if (o->zero_detect && vbd_buffer_is_zero(buf + pos, l))
-                rc = imageops_write_zeroes(dst, off + pos, l, o, err);
-            else
-                rc = write_data(dst, off + pos, l, buf + pos, o->write_flags, err);
+            bool zero = o->zero_detect && vbd_buffer_is_zero(buf + pos, l);
+            uint64_t run = l;
+            while (pos + run < len) {
+                uint64_t l2 = len - pos - run < o->cluster_size ? len - pos - run : o->cluster_size;
+                if ((o->zero_detect && vbd_buffer_is_zero(buf + pos + run, l2)) != zero)
+                    break;
+                run += l2;
+            }
+            rc = zero ? imageops_write_zeroes(dst, off + pos, run, o, err)
+                      : write_data(dst, off + pos, run, buf + pos, o->write_flags, err);
+            pos += run;
         }
         return rc;
     }

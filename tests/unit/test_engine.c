@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 static int order[16], norder;
@@ -311,6 +312,24 @@ static bool t_before_sleep(void *arg)
 
 static void timer_cb_set(void *arg) { *(bool *)arg = true; }
 
+/* Kicks a loop every period_ns until stopped: events from outside that
+ * come at a steady pace, as a QD1 client's requests do. */
+struct kicker {
+    struct vbd_loop *loop;
+    long period_ns;
+    bool stop;
+};
+static void *kicker_thread(void *arg)
+{
+    struct kicker *k = arg;
+    while (!__atomic_load_n(&k->stop, __ATOMIC_ACQUIRE)) {
+        struct timespec ts = {0, k->period_ns};
+        nanosleep(&ts, NULL);
+        vbd_loop_kick(k->loop);
+    }
+    return NULL;
+}
+
 UNIT_TEST(loop_pollers)
 {
     struct vbd_loop *loop = vbd_loop_current();
@@ -342,6 +361,33 @@ UNIT_TEST(loop_pollers)
     CHECK_EQ(st.sleeps, 1);
     CHECK(!fired);
     vbd_timer_cancel(&t);
+
+    /* Adaptive: events that come later than poll-max-ns stop the busy-poll,
+     * even though the block after the failed poll alone is shorter than the
+     * bound (kicks every 15 ms with a 10 ms bound: 10 ms polled, 5 ms
+     * blocked; judged on the block, the loop kept polling 10 ms per event).
+     * From 10 ms, halving to nothing takes 12 events. Short waits then
+     * bring the poll back (a loaded host may stretch some past the bound:
+     * up to 200 are allowed). */
+    vbd_loop_set_poll_max_ns(loop, 10000000);
+    struct kicker k = {.loop = loop, .period_ns = 15000000};
+    pthread_t kt;
+    pthread_create(&kt, NULL, kicker_thread, &k);
+    int waits = 0;
+    do {
+        st.polls = 0;
+        vbd_loop_run_once(loop, -1);
+    } while (st.polls > 1 && ++waits < 60);
+    __atomic_store_n(&k.stop, true, __ATOMIC_RELEASE);
+    pthread_join(kt, NULL);
+    CHECK_EQ(st.polls, 1);
+    CHECK(waits >= 12);
+    int tries = 0;
+    do {
+        st.polls = 0;
+        vbd_loop_run_once(loop, 100000);
+    } while (st.polls == 1 && ++tries < 200);
+    CHECK(st.polls > 1);
 
     /* poll-max-ns=0: polled once per iteration, no busy-poll, still re-armed */
     vbd_loop_set_poll_max_ns(loop, 0);

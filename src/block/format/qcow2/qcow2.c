@@ -11,8 +11,11 @@
  */
 #include "qcow2.h"
 
+#include "vbd/alloc.h"
+#include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/iov.h"
+#include "vbd/loop.h"
 #include "vbd/options.h"
 
 #include <assert.h>
@@ -694,18 +697,60 @@ static size_t compress_cluster(struct qcow2_state *s, const uint8_t *in, uint8_t
     return zr == Z_STREAM_END ? got : 0;
 }
 
-/* One whole cluster, compressed (convert -c). Returns 1 when compression
- * does not pay: the caller writes it normally. */
-static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct vbd_qiov *q, size_t qoff)
+/* The clusters of one compressed write, compressed on the thread pool
+ * several at once before any is written: compression is nearly all of
+ * convert -c's time, and convert writes its chunks in order, so done
+ * cluster by cluster on the loop thread it used one core (qemu-img
+ * compresses a request's clusters in parallel threads too). */
+#define COMPRESS_PARALLEL 8
+struct compress_job {
+    struct qcow2_state *s;
+    uint8_t *plain, *packed;
+    size_t clen;
+};
+struct compress_batch {
+    struct compress_job *jobs;
+    unsigned njobs, next, running;
+    struct vbd_co_queue done_q;
+};
+
+static long compress_job_run(void *arg)
+{
+    struct compress_job *j = arg;
+    j->clen = compress_cluster(j->s, j->plain, j->packed, j->s->cluster_size - 1); /* as QEMU: any saving pays */
+    return 0;
+}
+
+static void compress_worker(void *arg)
+{
+    struct compress_batch *b = arg;
+    while (b->next < b->njobs)
+        vbd_co_run_in_thread(compress_job_run, &b->jobs[b->next++]);
+    if (--b->running == 0)
+        vbd_co_queue_wake_all(&b->done_q);
+}
+
+/* jobs[i].plain filled: sets every jobs[i].clen (0: does not pay) */
+static void compress_clusters(struct compress_job *jobs, unsigned njobs)
+{
+    struct compress_batch b = {.jobs = jobs, .njobs = njobs};
+    b.running = njobs < COMPRESS_PARALLEL ? njobs : COMPRESS_PARALLEL;
+    unsigned workers = b.running;
+    for (unsigned i = 0; i < workers; i++)
+        vbd_co_wake(vbd_co_create(compress_worker, &b));
+    while (b.running)
+        vbd_co_queue_wait(&b.done_q);
+}
+
+/* One whole cluster, already compressed to clen bytes of packed (convert
+ * -c). Returns 1 when compression does not pay: the caller writes it
+ * normally. */
+static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, const uint8_t *packed, size_t clen)
 {
     struct qcow2_state *s = n->opaque;
-    uint8_t *plain = vbd_alloc_aligned(4096, s->cluster_size);
-    uint8_t *packed = vbd_alloc_aligned(4096, s->cluster_size);
-    vbd_iov_to_buf(q->iov, q->niov, qoff, plain, s->cluster_size);
-    size_t clen = compress_cluster(s, plain, packed, s->cluster_size - 1); /* as QEMU: any saving pays */
     int rc = 1;
     if (!clen)
-        goto out;
+        return 1;
     struct qcow2_range r;
     vbd_co_mutex_lock(&s->lock);
     range_lock(s, &r, cstart, cstart + s->cluster_size, true);
@@ -743,9 +788,6 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, struct 
 unlock:
     range_unlock(s, &r);
     vbd_co_mutex_unlock(&s->lock);
-out:
-    free(plain);
-    free(packed);
     return rc;
 }
 
@@ -820,6 +862,24 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
     if (s->corrupt)
         return -EIO;
     qcow2_bitmaps_dirty(s, off, bytes);
+    /* compressed: the whole clusters of the request, compressed up front */
+    struct compress_job *jobs = NULL;
+    unsigned njobs = 0, ji = 0;
+    if (flags & VBD_REQ_COMPRESSED) {
+        uint64_t first = (off + s->cluster_size - 1) & ~(s->cluster_size - 1);
+        uint64_t last = (off + bytes) & ~(s->cluster_size - 1);
+        njobs = last > first ? (unsigned)((last - first) >> s->cluster_bits) : 0;
+        jobs = njobs ? vbd_xcalloc(njobs, sizeof(*jobs)) : NULL;
+        for (unsigned i = 0; i < njobs; i++) {
+            jobs[i].s = s;
+            jobs[i].plain = vbd_alloc_aligned(4096, s->cluster_size);
+            jobs[i].packed = vbd_alloc_aligned(4096, s->cluster_size);
+            vbd_iov_to_buf(q->iov, q->niov, qoff + (first - off) + ((uint64_t)i << s->cluster_bits), jobs[i].plain,
+                           s->cluster_size);
+        }
+        compress_clusters(jobs, njobs);
+    }
+    int rc = 0;
     while (bytes) {
         uint64_t in = off & (s->cluster_size - 1);
         uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
@@ -834,21 +894,29 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
                 continue;
             }
         }
-        int rc = 1;
-        if ((flags & VBD_REQ_COMPRESSED) && len == s->cluster_size)
-            rc = write_compressed_cluster(n, off, q, qoff); /* 1: does not pay, written normally */
+        rc = 1;
+        if ((flags & VBD_REQ_COMPRESSED) && len == s->cluster_size) {
+            rc = write_compressed_cluster(n, off, jobs[ji].packed, jobs[ji].clen); /* 1: does not pay, written normally */
+            ji++;
+        }
         if (rc == 1) {
             vbd_co_mutex_lock(&s->lock);
             rc = write_cluster(n, off, len, q, qoff);
             vbd_co_mutex_unlock(&s->lock);
         }
         if (rc < 0)
-            return rc;
+            break;
+        rc = 0;
         off += len;
         qoff += len;
         bytes -= len;
     }
-    return 0;
+    for (unsigned i = 0; i < njobs; i++) {
+        free(jobs[i].plain);
+        free(jobs[i].packed);
+    }
+    free(jobs);
+    return rc;
 }
 
 /* Drops this image's reference to what an L2 entry points at (after the
