@@ -375,16 +375,18 @@ static int node_rw_home(struct vbd_node *n, bool write, uint64_t off, uint64_t b
 }
 
 /* A write hook (a block job) sees the write around it; one load when none. */
-#define HOOKED(n, off, bytes, call)                                                                                    \
+#define HOOKED(n, off, bytes, q_, qo_, fl_, dis_, call)                                                               \
     do {                                                                                                               \
         struct vbd_write_hook *h_ = __atomic_load_n(&(n)->write_hook, __ATOMIC_ACQUIRE);                               \
         bool bm_ = vbd_node_has_dirty_bitmaps(n);                                                                      \
         if (__builtin_expect(h_ == NULL && !bm_, 1))                                                                   \
             return call;                                                                                               \
-        struct vbd_hooked_write w_ = {.off = (off), .bytes = (bytes), .co = vbd_co_self()};                            \
+        struct vbd_hooked_write w_ = {.off = (off), .bytes = (bytes), .co = vbd_co_self(), .qiov = (q_),              \
+                                      .qoff = (qo_), .flags = (fl_), .discard = (dis_)};                               \
         if (h_)                                                                                                        \
             h_->begin(h_, &w_);                                                                                        \
         int rc_ = call;                                                                                                \
+        w_.ret = rc_;                                                                                                  \
         /* marked after the write, failed or not, as QEMU's write_req_finish */                                       \
         if (bm_ || vbd_node_has_dirty_bitmaps(n))                                                                      \
             vbd_dirty_bitmaps_mark(n, off, bytes);                                                                     \
@@ -400,7 +402,7 @@ static int rw_hooked(struct vbd_node *n, bool write, uint64_t off, uint64_t byte
 {
     if (!write)
         return node_rw_home(n, false, off, bytes, q, qoff, flags);
-    HOOKED(n, off, bytes, node_rw_home(n, true, off, bytes, q, qoff, flags));
+    HOOKED(n, off, bytes, q, qoff, flags, false, node_rw_home(n, true, off, bytes, q, qoff, flags));
 }
 
 /* The entry of every read and write: on the home loop from here down. */
@@ -483,7 +485,7 @@ static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes);
 
 static int node_pdiscard_hooked(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
-    HOOKED(n, off, bytes, pdiscard_home(n, off, bytes));
+    HOOKED(n, off, bytes, NULL, 0, 0, true, pdiscard_home(n, off, bytes));
 }
 
 static int node_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
@@ -547,7 +549,7 @@ static int zero_fallback(struct vbd_node *n, uint64_t off, uint64_t bytes, unsig
 
 static int node_pwrite_zeroes_hooked(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
-    HOOKED(n, off, bytes, pwrite_zeroes_home(n, off, bytes, flags));
+    HOOKED(n, off, bytes, NULL, 0, flags, false, pwrite_zeroes_home(n, off, bytes, flags));
 }
 
 static int node_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
