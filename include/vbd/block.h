@@ -348,6 +348,15 @@ struct vbd_hooked_write {
     uint64_t off, bytes;
     struct vbd_co *co;
     struct vbd_hooked_write *next;
+    /* what is written, for a job that writes it to its target too (mirror's
+     * write-blocking, as QEMU's active mirror): the guest's data (NULL:
+     * zeroes, or a discard), the request's flags, and its result for end */
+    struct vbd_qiov *qiov;
+    size_t qoff;
+    unsigned flags;
+    bool discard;
+    int ret;
+    bool job_copies; /* set by the job in begin: it copies this write itself, nothing to mark dirty */
 };
 struct vbd_write_hook {
     void (*begin)(struct vbd_write_hook *h, struct vbd_hooked_write *w);

@@ -188,10 +188,17 @@ uint64_t vbd_job_tracker_dirty_count(struct vbd_job_tracker *t);
 void vbd_job_tracker_set_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes);
 /* Granules touching [off, off + bytes) become clean. */
 void vbd_job_tracker_clear_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes);
-/* fn runs in each write's coroutine on the tracker's loop, after the write
- * and its marking, before the write completes (NULL: none). */
-void vbd_job_tracker_set_after_write(struct vbd_job_tracker *t, void (*fn)(void *opaque, uint64_t off, uint64_t bytes),
-                                     void *opaque);
+/* Write-blocking copies (mirror): before runs in each write's coroutine on
+ * the tracker's loop before the write (and before it is marked dirty: it
+ * may set w->job_copies, then nothing is marked for it), after once the
+ * write is done, before it completes, also while the tracker closes
+ * (NULL: none). */
+void vbd_job_tracker_set_write_copy(struct vbd_job_tracker *t, void (*before)(void *opaque, struct vbd_hooked_write *w),
+                                    void (*after)(void *opaque, struct vbd_hooked_write *w), void *opaque);
+/* The granule holding off is dirty. */
+bool vbd_job_tracker_is_dirty(struct vbd_job_tracker *t, uint64_t off);
+/* A guest write past begin (not yet ended) touches [off, off + bytes). */
+bool vbd_job_tracker_writes_overlap(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes);
 /* The job to kick when a write marks something dirty. */
 void vbd_job_tracker_set_job(struct vbd_job_tracker *t, struct vbd_job *job);
 

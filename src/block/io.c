@@ -406,10 +406,12 @@ static inline __attribute__((always_inline)) int node_op_hooked(struct vbd_node 
     bool bm = vbd_node_has_dirty_bitmaps(n);
     if (__builtin_expect(h == NULL && !bm, 1))
         return node_op_home(n, op, off, bytes, q, qoff, flags);
-    struct vbd_hooked_write w = {.off = off, .bytes = bytes, .co = vbd_co_self()};
+    struct vbd_hooked_write w = {.off = off, .bytes = bytes, .co = vbd_co_self(), .qiov = q,
+                                 .qoff = qoff, .flags = flags, .discard = op == NODE_DISCARD};
     if (h)
         h->begin(h, &w);
     int rc = node_op_home(n, op, off, bytes, q, qoff, flags);
+    w.ret = rc;
     /* marked after the write, failed or not, as QEMU's write_req_finish */
     if (bm || vbd_node_has_dirty_bitmaps(n))
         vbd_dirty_bitmaps_mark(n, off, bytes);

@@ -36,9 +36,12 @@
 #define MIRROR_MAX_CHUNK (1024 * 1024)
 #define MIRROR_MAX_INFLIGHT 16
 
-/* A guest write being copied to the target before it completes (write-blocking). */
+/* A guest write that the job copies to the target before it completes
+ * (write-blocking), from its begin to the end of that copy. */
 struct active_write {
-    uint64_t off, bytes;
+    uint64_t off, bytes; /* its granules: nothing else copies or writes them meanwhile */
+    struct vbd_hooked_write *w;
+    bool head_dirty, tail_dirty; /* its partial granules at either end were dirty at its begin */
     struct active_write *next;
 };
 
@@ -62,7 +65,9 @@ struct job_mirror {
     uint64_t inflight_bytes;
     struct slot *slots;
     bool write_blocking;
+    bool closing;                  /* tracking stops: writes are no longer copied */
     struct active_write *active;   /* write-blocking copies in flight */
+    struct active_write *spare;    /* finished ones, reused (a write allocates nothing) */
     struct vbd_co_queue slot_wait; /* the job waiting for a slot or for the copies to end */
     bool stopped;                  /* an error policy stopped the job: copies end, then the pause */
     int ret;
@@ -162,53 +167,114 @@ static bool overlaps_inflight(struct job_mirror *m, uint64_t off, uint64_t bytes
 }
 
 /*
- * copy-mode=write-blocking (QEMU's active mirror): a guest write, once it
- * is on the source, is copied to the target before it completes, so the
- * job converges however fast the guest writes. What the source holds is
- * copied (the write's granules, read back), which is the write or a newer
- * one. A background copy of an overlapping range ends first (it may have
- * read older data), and none starts while this one runs; the granules are
- * clean before the read, so a write that lands during it marks them again.
- * A paused or stopped job leaves the write to the dirty bitmap.
+ * copy-mode=write-blocking (QEMU's active mirror, do_sync_target_write):
+ * a guest write, once it is on the source, is written to the target from
+ * the guest's own buffers before it completes, so the job converges
+ * however fast the guest writes, and nothing is read back. From the
+ * write's begin to the end of its copy its granules are its own: it waits
+ * at begin for the background copies, the other guest writes and the
+ * write-blocking copies touching them, and no background copy starts
+ * there meanwhile; so overlapping writes reach the source and the target
+ * in the same order. The whole granules it covers are clean afterwards; a
+ * partial granule at either end that was dirty is left to the background
+ * copy (it is not written: its other bytes are not on the target yet); one
+ * that was clean is written and stays clean. A discard, a failed source
+ * write, a paused or stopped job leave the range to the dirty bitmap.
  */
-static void active_write(void *opaque, uint64_t off, uint64_t bytes)
+static bool job_idle(struct job_mirror *m)
+{
+    return m->closing || m->stopped || m->ret || m->job->pause_count || vbd_job_is_cancelled(m->job);
+}
+
+static void active_begin(void *opaque, struct vbd_hooked_write *w)
 {
     struct job_mirror *m = opaque;
     uint64_t size = vbd_node_size(m->src);
-    if (!bytes || off >= size)
+    if (!w->bytes || w->off >= size || w->discard)
         return;
-    uint64_t start = off / m->gran * m->gran, end = (off + bytes + m->gran - 1) / m->gran * m->gran;
+    uint64_t start = w->off / m->gran * m->gran, end = (w->off + w->bytes + m->gran - 1) / m->gran * m->gran;
     if (end > size)
         end = size;
-    while (overlaps_inflight(m, start, end - start) && !m->stopped && !m->ret)
+    while (!job_idle(m) && (overlaps_inflight(m, start, end - start) ||
+                            vbd_job_tracker_writes_overlap(m->tracker, start, end - start)))
         vbd_co_queue_wait(&m->slot_wait);
-    if (m->stopped || m->ret || m->job->pause_count || vbd_job_is_cancelled(m->job))
+    if (job_idle(m))
         return;
-    struct active_write a = {.off = start, .bytes = end - start, .next = m->active};
-    m->active = &a;
-    vbd_job_tracker_clear_dirty(m->tracker, start, end - start);
-    uint64_t piece = end - start < m->chunk ? end - start : m->chunk;
-    uint8_t *buf = vbd_alloc_aligned(4096, piece);
-    for (uint64_t pos = start; pos < end;) {
-        uint64_t n = end - pos < piece ? end - pos : piece;
-        int rc = copy_range(m, pos, n, buf);
-        if (rc) {
-            vbd_job_tracker_set_dirty(m->tracker, pos, end - pos); /* the background copy retries */
-            if (rc < 0 && !m->ret)
-                m->ret = rc;
-            vbd_job_kick(m->job);
-            break;
-        }
-        m->job->ctl.current += n;
-        pos += n;
+    struct active_write *a = m->spare;
+    if (a)
+        m->spare = a->next;
+    else
+        a = vbd_xcalloc(1, sizeof(*a));
+    *a = (struct active_write){.off = start, .bytes = end - start, .w = w, .next = m->active};
+    uint64_t wend = w->off + w->bytes < size ? w->off + w->bytes : size;
+    a->head_dirty = w->off % m->gran && vbd_job_tracker_is_dirty(m->tracker, w->off);
+    a->tail_dirty = wend % m->gran && wend < size && vbd_job_tracker_is_dirty(m->tracker, wend - 1);
+    m->active = a;
+    w->job_copies = true;
+}
+
+/* The write to the target of what w wrote to the source: 0, or the error policy's answer (on_error). */
+static int active_copy(struct job_mirror *m, struct active_write *a)
+{
+    struct vbd_hooked_write *w = a->w;
+    uint64_t off = w->off, end = w->off + w->bytes, size = vbd_node_size(m->src);
+    size_t qoff = w->qoff;
+    if (end > size)
+        end = size;
+    if (off % m->gran && a->head_dirty) {
+        uint64_t up = (off / m->gran + 1) * m->gran;
+        qoff += (size_t)((up < end ? up : end) - off);
+        off = up < end ? up : end;
     }
-    free(buf);
-    for (struct active_write **pp = &m->active; *pp; pp = &(*pp)->next)
-        if (*pp == &a) {
-            *pp = a.next;
-            break;
+    if (a->tail_dirty && end > off)
+        end = end / m->gran * m->gran > off ? end / m->gran * m->gran : off;
+    if (end <= off)
+        return 0;
+    /* the whole granules written (the image's last one ends with the image) */
+    uint64_t cstart = (off + m->gran - 1) / m->gran * m->gran;
+    uint64_t cend = end == size ? (size + m->gran - 1) / m->gran * m->gran : end / m->gran * m->gran;
+    if (cstart < cend)
+        vbd_job_tracker_clear_dirty(m->tracker, cstart, cend - cstart);
+    int rc;
+    unsigned fua = w->flags & VBD_REQ_FUA;
+    if (w->qiov)
+        rc = vbd_node_co_pwritev(m->target, off, end - off, w->qiov, qoff, fua);
+    else
+        rc = vbd_node_co_pwrite_zeroes(m->target, off, end - off, fua | (w->flags & VBD_REQ_MAY_UNMAP));
+    if (rc < 0)
+        return on_error(m, false, rc);
+    m->job->ctl.current += end - off;
+    return 0;
+}
+
+static void active_end(void *opaque, struct vbd_hooked_write *w)
+{
+    struct job_mirror *m = opaque;
+    struct active_write *a = m->active;
+    while (a && a->w != w)
+        a = a->next;
+    if (a && !m->closing) {
+        int rc = 0;
+        if (job_idle(m) || w->ret < 0)
+            rc = 1; /* not copied: the background copy reads it */
+        else if ((rc = active_copy(m, a)) < 0 && !m->ret)
+            m->ret = rc;
+        if (rc && !m->closing) {
+            vbd_job_tracker_set_dirty(m->tracker, a->off, a->bytes);
+            vbd_job_kick(m->job);
         }
-    update_total(m);
+        update_total(m);
+    }
+    if (a) {
+        /* looked up again: the list changed while the copy yielded */
+        struct active_write **pp = &m->active;
+        while (*pp != a)
+            pp = &(*pp)->next;
+        *pp = a->next;
+        a->next = m->spare;
+        m->spare = a;
+    }
+    /* a write that ended: anyone waiting at begin looks again */
     vbd_co_queue_wake_all(&m->slot_wait);
 }
 
@@ -331,6 +397,8 @@ void job_mirror_stop_tracking(struct job_mirror *m)
 {
     if (!m)
         return;
+    m->closing = true;
+    vbd_co_queue_wake_all(&m->slot_wait); /* writes waiting in active_begin go on, uncopied */
     vbd_job_tracker_free(m->tracker);
     m->tracker = NULL;
 }
@@ -364,7 +432,7 @@ struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_o
     vbd_job_tracker_set_job(m->tracker, job);
     m->write_blocking = o->write_blocking;
     if (m->write_blocking)
-        vbd_job_tracker_set_after_write(m->tracker, active_write, m);
+        vbd_job_tracker_set_write_copy(m->tracker, active_begin, active_end, m);
     return m;
 }
 
@@ -372,7 +440,12 @@ void job_mirror_free(struct job_mirror *m)
 {
     if (!m)
         return;
-    vbd_job_tracker_free(m->tracker);
+    job_mirror_stop_tracking(m);
+    while (m->spare) {
+        struct active_write *a = m->spare;
+        m->spare = a->next;
+        free(a);
+    }
     for (int i = 0; i < m->nslots; i++)
         free(m->slots[i].buf);
     free(m->slots);

@@ -31,8 +31,9 @@ struct vbd_job_tracker {
     uint64_t nbits, ndirty;
     uint64_t *bits;
     struct vbd_job *job;
-    void (*after_write)(void *opaque, uint64_t off, uint64_t bytes);
-    void *after_opaque;
+    void (*before_write)(void *opaque, struct vbd_hooked_write *w);
+    void (*after_write)(void *opaque, struct vbd_hooked_write *w);
+    void *copy_opaque;
     int users;                  /* writes between begin and end (or waiting in begin) */
     bool closing;
     struct vbd_co_queue close_wait; /* tracker_free waiting for them */
@@ -67,10 +68,12 @@ static void hook_begin(struct vbd_write_hook *h, struct vbd_hooked_write *w)
     t->users++;
     while (!t->closing && t->locked && t->lock_owner != w->co && overlaps(t->lock_off, t->lock_bytes, w->off, w->bytes))
         vbd_co_queue_wait(&t->write_waiters);
+    if (t->before_write && !t->closing)
+        t->before_write(t->copy_opaque, w);
     w->next = t->inflight;
     t->inflight = w;
     /* marked before too: a copy that starts while this write runs copies again */
-    if (w->co != t->lock_owner)
+    if (w->co != t->lock_owner && !w->job_copies)
         mark(t, w->off, w->bytes);
     vbd_co_move_to(here);
 }
@@ -85,12 +88,13 @@ static void hook_end(struct vbd_write_hook *h, struct vbd_hooked_write *w)
             *pp = w->next;
             break;
         }
-    if (w->co != t->lock_owner)
+    if (w->co != t->lock_owner && !w->job_copies)
         mark(t, w->off, w->bytes);
     vbd_co_queue_wake_all(&t->lock_waiters);
-    /* before the write completes: mirror's write-blocking copies it to its target */
-    if (t->after_write && !t->closing)
-        t->after_write(t->after_opaque, w->off, w->bytes);
+    /* before the write completes: mirror's write-blocking copies it to its target
+     * (when closing too: a write registered in begin is let go there) */
+    if (t->after_write)
+        t->after_write(t->copy_opaque, w);
     if (--t->users == 0 && t->closing)
         vbd_co_queue_wake_all(&t->close_wait);
     vbd_co_move_to(here);
@@ -161,11 +165,26 @@ void vbd_job_tracker_set_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t
     t->job = j;
 }
 
-void vbd_job_tracker_set_after_write(struct vbd_job_tracker *t, void (*fn)(void *opaque, uint64_t off, uint64_t bytes),
-                                     void *opaque)
+void vbd_job_tracker_set_write_copy(struct vbd_job_tracker *t, void (*before)(void *opaque, struct vbd_hooked_write *w),
+                                    void (*after)(void *opaque, struct vbd_hooked_write *w), void *opaque)
 {
-    t->after_write = fn;
-    t->after_opaque = opaque;
+    t->before_write = before;
+    t->after_write = after;
+    t->copy_opaque = opaque;
+}
+
+bool vbd_job_tracker_is_dirty(struct vbd_job_tracker *t, uint64_t off)
+{
+    uint64_t i = t->gran ? off / t->gran : t->nbits;
+    return i < t->nbits && (t->bits[i / 64] >> (i % 64) & 1);
+}
+
+bool vbd_job_tracker_writes_overlap(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes)
+{
+    for (struct vbd_hooked_write *w = t->inflight; w; w = w->next)
+        if (overlaps(off, bytes, w->off, w->bytes))
+            return true;
+    return false;
 }
 
 void vbd_job_tracker_clear_dirty(struct vbd_job_tracker *t, uint64_t off, uint64_t bytes)

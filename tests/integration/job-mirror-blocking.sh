@@ -9,8 +9,15 @@
 # writes go on. Then job-complete, and one more flushed batch after the
 # pivot. The target must equal a raw model to which the same writes were
 # applied, the source the model as of the pivot, both check clean.
+# Then (vbd): vbd-stress (8 requests in flight on 2 connections, unaligned,
+# overlapping on a few hot clusters, zero writes too, every read checked)
+# from before the job's start, during the copy (slow: the background copy
+# and the guest's writes meet on the same granules), in READY and across
+# job-complete: the target must be the stress's model.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
+STRESS=$VBD_BUILD/tests/stress/vbd-stress
+[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
 cd "$T"
 truncate -s 16M src.raw
 mixed_data m1 1 && dd if=m1 of=src.raw bs=1M seek=2 conv=notrunc status=none
@@ -54,7 +61,9 @@ def writer():
         during[0] += 1
 w = threading.Thread(target=writer, daemon=True)
 run_batch(batch())
-args = {"job-id": "j", "device": "src", "sync": "full", "copy-mode": "write-blocking", "speed": 4 << 20}
+# 1 B/s until the writer has written during the job (on a loaded host a
+# batch may take longer than the whole copy at 4 MiB/s)
+args = {"job-id": "j", "device": "src", "sync": "full", "copy-mode": "write-blocking", "speed": 1}
 if cmd == "blockdev-mirror":
     s.run("blockdev-add", **{"driver": "qcow2", "node-name": "tgt",
                              "file": {"driver": "file", "filename": f"{D}/tgt.qcow2"}})
@@ -63,6 +72,11 @@ else:
     args.update({"target": f"{D}/tgt.qcow2", "format": "qcow2", "mode": "existing"})
 w.start()
 s.run(cmd, **args)
+while during[0] < 2:
+    if not w.is_alive():
+        fail("the writer died")
+    w.join(0.2)
+s.run("block-job-set-speed", device="j", speed=4 << 20)
 s.m.wait_event("BLOCK_JOB_READY", timeout=300)
 at_ready = during[0]
 while during[0] < at_ready + 2:  # the writes go on in READY
@@ -94,4 +108,39 @@ PY
     cd "$T"
   done
 done
+
+step "vbd: write-blocking blockdev-mirror under vbd-stress, across job-complete"
+rm -rf "$T/stress" && mkdir "$T/stress" && cd "$T/stress"
+cp ../src.0 src.qcow2
+must qemu-img create -q -f qcow2 tgt.qcow2 16M
+"$VBD_DAEMON" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
+    --blockdev '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$PWD"'/src.qcow2"}}' \
+    --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
+    --export type=nbd,id=e0,node-name=src,name=disk,writable=on 2>daemon.log &
+dpid=$!
+wait_sock "$PWD/nbd.sock"
+python3 - "$STRESS" <<'PY' || fail "vbd stress: $(tail -3 daemon.log)"
+import os, subprocess, sys, time
+sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
+from jobs import Session
+s = Session("qmp.sock", "vbd")
+D = os.getcwd()
+stress = subprocess.Popen(f"{sys.argv[1]} --seed 5 --seconds 20 --ops 100000000 --qd 8 --init ../src.raw --no-discard "
+                          f"--shadow-out {D}/shadow.raw --nbd 'nbd+unix:///disk?socket={D}/nbd.sock' --conns 2",
+                          shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+s.run("blockdev-add", **{"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": f"{D}/tgt.qcow2"}})
+s.run("blockdev-mirror", **{"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
+                            "copy-mode": "write-blocking", "speed": 4 << 20})
+s.status("j", "created")
+s.status("j", "ready")
+if stress.poll() is not None:
+    sys.exit(f"vbd-stress ended before READY: {stress.stdout.read()[-2000:]}")
+s.complete_across("j", stress)
+PY
+kill -TERM $dpid; wait $dpid; rc=$?; dpid=
+[ $rc = 0 ] || fail "vbd exited with $rc: $(tail -5 daemon.log)"
+! grep -q Sanitizer daemon.log || fail "vbd: $(cat daemon.log)"
+qcheck src.qcow2
+qcheck tgt.qcow2
+qemu-img compare -f qcow2 -F raw tgt.qcow2 shadow.raw >cmp.out 2>&1 || fail "the target is not vbd-stress's model: $(cat cmp.out)"
 echo ok
