@@ -76,17 +76,26 @@ echo "$out" | grep -qi "input/output error" || fail "the EIO did not reach the c
 must "$VBD_IO" -f raw -c "write -P 1 0 64k" "nbd+unix:///?socket=$T/ke.sock" >/dev/null
 kill $kepid
 
+# wait_first_read OUT PID: vbd-io (line-buffered) has printed its first read's result
+wait_first_read() {
+    for _ in $(seq 600); do
+        grep -q '^read ' "$1" && return 0
+        kill -0 "$2" 2>/dev/null || fail "vbd-io ended before its first read: $(cat "$1")"
+        sleep 0.05
+    done
+    fail "vbd-io's first read did not complete: $(cat "$1")"
+}
 step "reconnect: the server restarts between requests, reconnect-delay=10 carries on"
 sock2=$T/qn2.sock
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &
 q2=$!
 for _ in $(seq 100); do [ -S "$sock2" ] && break; sleep 0.05; done
 kill $qpid; wait $qpid 2>/dev/null   # one server at a time holds the image lock
-"$VBD_IO" --image-opts -c "read -P 0x44 20M 64k" -c "sleep 1500" -c "read -P 0x44 20M 64k" \
+"$VBD_IO" --image-opts -c "read -P 0x44 20M 64k" -c "sleep 3000" -c "read -P 0x44 20M 64k" \
     "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$sock2,file.export=exp,file.reconnect-delay=10" \
     >rc.out 2>&1 &
 iopid=$!
-sleep 0.7
+wait_first_read rc.out $iopid # the restart must fall into the sleep, after the first read
 kill $q2; wait $q2 2>/dev/null
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &
 q3=$!
@@ -94,10 +103,10 @@ on_exit "kill $q3 2>/dev/null"
 wait $iopid || fail "the read after a server restart failed: $(cat rc.out)"
 
 step "no reconnect-delay: a lost server fails the next request with EIO, nothing hangs"
-"$VBD_IO" --image-opts -c "read -P 0x44 20M 64k" -c "sleep 1500" -c "read -P 0x44 20M 64k" \
+"$VBD_IO" --image-opts -c "read -P 0x44 20M 64k" -c "sleep 3000" -c "read -P 0x44 20M 64k" \
     "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$sock2,file.export=exp" >nr.out 2>&1 &
 iopid=$!
-sleep 0.7
+wait_first_read nr.out $iopid
 kill $q3; wait $q3 2>/dev/null
 timeout 30 tail --pid=$iopid -f /dev/null || fail "a read after the server died hung"
 wait $iopid && fail "a read after the server died succeeded: $(cat nr.out)"
