@@ -94,7 +94,7 @@ def still_running(jid, status):
     return j
 if scen == "I":
     s.run("block-commit", **{"job-id": "c0", "device": "top", "top-node": "mid", "base-node": "base",
-                             "backing-file": "base.qcow2", "speed": 2 << 20})
+                             "backing-file": "base.qcow2", "speed": 256 << 10})
     s.status("c0", "created"); s.status("c0", "running")
     writers(21, 2, "../top-view.raw", "shadow.raw")
     if still_running("c0", "running") and "error" in s.m.cmd("block-job-set-speed", {"device": "c0", "speed": 0}) \
@@ -103,7 +103,7 @@ if scen == "I":
     s.completed("c0")
     s.run("blockdev-del", **{"node-name": "mid"})
 else:
-    s.run("block-commit", **{"job-id": "c1", "device": "top", "speed": 2 << 20})
+    s.run("block-commit", **{"job-id": "c1", "device": "top", "speed": 256 << 10})
     s.status("c1", "created"); s.status("c1", "running")
     writers(31, 2, "../top-view.raw", "shadow1.raw")
     if still_running("c1", "running"):
