@@ -33,19 +33,27 @@ case ${PERF:-} in
  record) perf record -g -p $spid -o "perf.$s.data" 2>/dev/null & ppid=$! ;;
 esac
 # ns its threads spent runnable but waiting for the CPU (the scheduler's share on a shared host)
-rq_ns() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.0f\n", s}'; }
+# Threads that exit before the end (nbdkit's per-connection threads leave with the client) take
+# their counts with them: every thread's count is sampled during the run, each counted from the
+# first to the last time it was seen (from 0 if it started during the run).
+rq_sample() { while kill -0 $1 2>/dev/null; do awk '{print FILENAME, $2}' /proc/$1/task/*/schedstat 2>/dev/null; echo --; sleep 0.2; done; }
+rq_total() { awk '$1 == "--" {started = 1; next} !($1 in first) {first[$1] = started ? 0 : $2} {last[$1] = $2}
+                  END {for (t in last) s += last[t] - first[t]; printf "%.0f\n", s}'; }
 # per CPU: user time at nice 0, user time of niced jobs (the other sessions' builds and tests), system
 # time (of everyone), softirq, idle, stolen by the hypervisor
 cpus() { awk '/^cpu[01] / {print $1, $2, $3, $4, $8, $5 + $6, $9}' /proc/stat; }
-c0=$(cpu_ns $spid) q0=$(rq_ns $spid) st0=$(cpus)
+rq_sample $spid >"$dir/rq" & rqpid=$!
+c0=$(cpu_ns $spid) st0=$(cpus)
 out=$(taskset -c 1 fio --name=b --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based \
         --runtime="$SECS" --size=1G --output-format=json 2>/dev/null |
       python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$rw'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])")
-c1=$(cpu_ns $spid) q1=$(rq_ns $spid) st1=$(cpus)
+c1=$(cpu_ns $spid) st1=$(cpus)
+kill $rqpid 2>/dev/null; wait $rqpid 2>/dev/null || true
+rq=$(rq_total <"$dir/rq")
 if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
 read -r iops ccpu n <<<"$out"
 echo "$s $t $rw $bs QD$depth: iops $iops ns/r $(( (c1 - c0) / (n + 1) )) server-cpu% $(( (c1 - c0) / SECS / 10000000 ))" \
-     "run-queue-wait% $(( (q1 - q0) / SECS / 10000000 )) client-cpu% $ccpu load $(cut -d' ' -f1 /proc/loadavg)"
+     "run-queue-wait% $(( rq / SECS / 10000000 )) client-cpu% $ccpu load $(cut -d' ' -f1 /proc/loadavg)"
 paste <(echo "$st0") <(echo "$st1") | awk '{t = 0; for (i = 2; i <= 7; i++) { d[i] = $(i + 7) - $i; t += d[i] }
     printf "  %s: user %d%%  niced user %d%%  system %d%%  softirq %d%%  idle %d%%  steal %d%%\n", $1,
            100 * d[2] / t, 100 * d[3] / t, 100 * d[4] / t, 100 * d[5] / t, 100 * d[6] / t, 100 * d[7] / t}'
