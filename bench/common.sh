@@ -13,7 +13,19 @@ cpu_ns() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f\n", ($14 + $15) * 1e9 /
 host_kind() {
     local v; v=$(systemd-detect-virt --vm 2>/dev/null || true)
     [ -n "$v" ] && [ "$v" != none ] || v=$(grep -qw hypervisor /proc/cpuinfo && echo "vm" || echo "bare metal")
-    echo "$v, ~$(syscall_ns) ns per syscall"
+    echo "$v, ~$(syscall_ns) ns per syscall$(autogroup_note)"
+}
+# With autogroups a nice value only counts inside its own session (sched(7)): other sessions'
+# `nice -n 19` jobs then compete with a benchmark as whole groups of equal weight
+autogroup_note() {
+    [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" = 1 ] || return 0
+    echo ", sched_autogroup on (other sessions' niced jobs compete at full weight)"
+}
+# each CPU's idle share (%) since the snapshot given (empty: prints a snapshot to pass later)
+cpu_idle() {
+    if [ -z "${1:-}" ]; then awk '/^cpu[0-9]/ {printf "%s:%d:%d ", $1, $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; return; fi
+    local now; now=$(cpu_idle)
+    paste <(tr ' ' '\n' <<<"$1") <(tr ' ' '\n' <<<"$now") | awk -F'[:\t]' 'NF == 6 {printf "%s %d%% ", $1, 100 * ($5 - $2) / ($6 - $3 + 1)}'
 }
 # ns of one getppid() (a null syscall), best of 3 short runs of perf bench
 syscall_ns() {

@@ -48,7 +48,9 @@ bench_iops() { # URI RW BS DEPTH (vbd-bench's workload names are fio's)
     taskset -c 1 "$VBD_BENCH" --nbd "$1" -w "$2" -b "$3" -d "$4" -t "$SECS" --json |
         python3 -c "import json,sys; r=json.load(sys.stdin); print(round(r['iops']), r['requests'])"
 }
-echo "machine: $(machine); host: $(host_kind); $SECS s per run"
+echo "machine: $(machine); host: $(host_kind); $SECS s per run; load $(cut -d' ' -f1-3 /proc/loadavg)"
+idle0=$(cpu_idle)
+trap '[ -n "$spid" ] && kill $spid 2>/dev/null; echo "idle during the run: $(cpu_idle "$idle0")load $(cut -d" " -f1-3 /proc/loadavg)"; rm -rf "$dir"' EXIT
 for client in ${CLIENTS:-fio vbd-bench}; do
 [ $client = copy ] && continue
 echo "client: $client"
