@@ -10,7 +10,8 @@ source "$(dirname "$0")/common.sh"
 s=$1 t=$2 rw=$3 bs=$4 depth=$5 SECS=${6:-3}
 dir=$(mktemp -d /dev/shm/vbd-nbd-row.XXXXXX)
 spid=
-trap '[ -n "$spid" ] && { kill $spid 2>/dev/null; wait $spid 2>/dev/null; }; rm -rf "$dir"' EXIT
+# (|| true: under set -e the killed server's exit status would end the trap before the rm)
+trap '[ -z "$spid" ] || { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; }; rm -rf "$dir"' EXIT
 img=$dir/disk.raw
 qemu-img create -q -f raw "$img" 1G
 qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null

@@ -14,7 +14,8 @@ VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
 SECS=${1:-3}
 dir=$(mktemp -d /dev/shm/vbd-nbd-bench.XXXXXX)
 spid=
-trap '[ -n "$spid" ] && kill $spid 2>/dev/null; rm -rf "$dir"' EXIT
+# (|| true: under set -e a failing kill, of a server that already died, would end the trap before the rm)
+trap '[ -z "$spid" ] || kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
 img=$dir/disk.raw
 qemu-img create -q -f raw "$img" 1G
 qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
@@ -50,7 +51,7 @@ bench_iops() { # URI RW BS DEPTH (vbd-bench's workload names are fio's)
 }
 echo "machine: $(machine); host: $(host_kind); $SECS s per run; load $(cut -d' ' -f1-3 /proc/loadavg)"
 idle0=$(cpu_idle)
-trap '[ -n "$spid" ] && kill $spid 2>/dev/null; echo "idle during the run: $(cpu_idle "$idle0")load $(cut -d" " -f1-3 /proc/loadavg)"; rm -rf "$dir"' EXIT
+trap '[ -z "$spid" ] || kill $spid 2>/dev/null || true; echo "idle during the run: $(cpu_idle "$idle0")load $(cut -d" " -f1-3 /proc/loadavg)"; rm -rf "$dir"' EXIT
 for client in ${CLIENTS:-fio vbd-bench}; do
 [ $client = copy ] && continue
 echo "client: $client"
