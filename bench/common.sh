@@ -32,3 +32,36 @@ syscall_ns() {
     for _ in 1 2 3; do perf bench syscall basic -l 300000 2>/dev/null | awk '/usecs\/op/ {printf "%.0f\n", $1 * 1000}'; done |
         sort -n | head -1
 }
+
+# ---- the mirror benchmarks (job-mirror.sh, job-mirror-active.sh) ----
+VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
+VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
+BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+spid=
+# bench_dir PARENT NAME: a new directory for the images under PARENT, the
+# current one from now on ($dir); it and the server go at exit.
+bench_dir() {
+    dir=$(mktemp -d "$1/$2.XXXXXX")
+    trap 'kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
+    cd "$dir"
+}
+# vu_serve WHO BLOCKDEV: vbd-daemon (WHO=vbd) or qemu-storage-daemon (qsd)
+# on CPU 0 with the node "src" (BLOCKDEV: its JSON) exported writable over
+# vhost-user-blk on $dir/vu.sock (one queue), QMP on $dir/qmp.sock; spid is
+# its pid. vu_unserve stops it.
+vu_serve() {
+    local bin=$VBD_DAEMON
+    [ "$1" = qsd ] && bin=qemu-storage-daemon
+    rm -f vu.sock qmp.sock
+    taskset -c 0 "$bin" --chardev socket,id=q,path="$dir/qmp.sock",server=on,wait=off --monitor chardev=q \
+        --blockdev "$2" \
+        --export type=vhost-user-blk,id=e0,node-name=src,addr.type=unix,addr.path="$dir/vu.sock",writable=on,num-queues=1 \
+        >daemon.log 2>&1 &
+    spid=$!
+    for _ in $(seq 100); do [ -S vu.sock ] && [ -S qmp.sock ] && return; sleep 0.05; done
+    echo "server $bin did not start: $(cat daemon.log)" >&2; exit 1
+}
+vu_unserve() {
+    kill $spid; wait $spid 2>/dev/null || true
+    spid=
+}

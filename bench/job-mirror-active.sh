@@ -14,45 +14,23 @@
 # load run). Server on CPU 0, vbd-bench on CPU 1.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
-VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECS=${SECS:-3}
 SIZE=${SIZE:-256M}
-dir=$(mktemp -d "${1:-/dev/shm}/vbd-active-bench.XXXXXX")
-spid=
-trap 'kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
-cd "$dir"
+bench_dir "${1:-/dev/shm}" vbd-active-bench
 qemu-img create -q -f raw src.raw "$SIZE"
 qemu-io -f raw -c "write -P 0x5a 0 $SIZE" src.raw >/dev/null
 
-serve() { # who
-    local bin=$VBD_DAEMON
-    [ "$1" = qsd ] && bin=qemu-storage-daemon
-    rm -f vu.sock qmp.sock
-    taskset -c 0 "$bin" --chardev socket,id=q,path="$dir/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev '{"driver":"raw","node-name":"src","file":{"driver":"file","filename":"'"$dir"'/src.raw"}}' \
-        --export type=vhost-user-blk,id=e0,node-name=src,addr.type=unix,addr.path="$dir/vu.sock",writable=on,num-queues=1 \
-        >daemon.log 2>&1 &
-    spid=$!
-    for _ in $(seq 100); do [ -S vu.sock ] && [ -S qmp.sock ] && return; sleep 0.05; done
-    echo "server $bin did not start: $(cat daemon.log)" >&2; exit 1
-}
 # one round: prints "iops_before ns_before iops_during ns_during"
 round() {
     rm -f tgt.raw
     qemu-img create -q -f raw tgt.raw "$SIZE"
-    python3 - "$VBD_BENCH" "$SECS" "$ROOT" "$spid" "$dir" <<'PY'
-import json, os, subprocess, sys, time
+    python3 - "$VBD_BENCH" "$SECS" "$BENCH_ROOT" "$spid" "$dir" <<'PY'
+import json, os, subprocess, sys
 bench, secs, root, pid, d = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-sys.path.insert(0, root + "/tests/qmp")
-from qmp import QMP
-m = QMP("qmp.sock", negotiate=True)
+sys.path.insert(0, root + "/bench")
+from jobqmp import connect, ok, wait_ready, cancel_in_ready
+m = connect()
 hz = os.sysconf("SC_CLK_TCK")
-def ok(r):
-    if "error" in r:
-        sys.exit(f"QMP: {r['error']}")
-    return r["return"]
 def cpu_ns():
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) * 1e9 / hz
@@ -68,19 +46,12 @@ ok(m.cmd("blockdev-add", {"driver": "raw", "node-name": "tgt",
                           "file": {"driver": "file", "filename": d + "/tgt.raw"}}))
 ok(m.cmd("blockdev-mirror", {"job-id": "m", "device": "src", "target": "tgt", "sync": "full",
                              "copy-mode": "write-blocking"}))
-while True:
-    ev = m.wait_event("BLOCK_JOB_READY", timeout=600)
-    if ev["data"]["device"] == "m":
-        break
+wait_ready(m, "m")
 during = load()
 jobs = ok(m.cmd("query-jobs", {}))
 if not jobs or jobs[0]["status"] != "ready":
     sys.exit(f"the mirror was not READY any more at the end of the measurement: {jobs}")
-ok(m.cmd("block-job-cancel", {"device": "m"}))  # in READY: the target is a copy of this moment
-m.wait_event("BLOCK_JOB_COMPLETED", timeout=600)
-while ok(m.cmd("query-jobs", {})):
-    time.sleep(0.05)
-ok(m.cmd("blockdev-del", {"node-name": "tgt"}))
+cancel_in_ready(m, "m", "tgt")  # in READY: the target is a copy of this moment
 print(f"{before[0]} {before[1]:.0f} {during[0]} {during[1]:.0f}")
 PY
     qemu-img compare -q -U -f raw -F raw src.raw tgt.raw || { echo "the target differs from the source" >&2; exit 1; }
@@ -88,7 +59,7 @@ PY
 echo "machine: $(machine); load average $(cut -d' ' -f1-3 /proc/loadavg); images in $dir ($(df -T "$dir" | awk 'NR==2 {print $2}')), $SIZE; REPS=$REPS, $SECS s per run"
 declare -A res
 for who in vbd qsd; do
-    serve $who
+    vu_serve $who '{"driver":"raw","node-name":"src","file":{"driver":"file","filename":"'"$dir"'/src.raw"}}'
     : >ib.t; : >nb.t; : >id.t; : >nd.t
     for _ in $(seq "$REPS"); do
         round >round.t
@@ -97,8 +68,7 @@ for who in vbd qsd; do
         echo "$who: before $ib IOPS $nb ns/req, during $id IOPS $nd ns/req"
     done
     res[$who]="$(median <ib.t) $(median <nb.t) $(median <id.t) $(median <nd.t)"
-    kill $spid; wait $spid 2>/dev/null || true
-    spid=
+    vu_unserve
 done
 read -r vib vnb vid vnd <<<"${res[vbd]}"
 read -r qib qnb qid qnd <<<"${res[qsd]}"

@@ -15,15 +15,9 @@
 # during/before over qsd's).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
-VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECS=${SECS:-3}
 SPEED=${SPEED:-$((128 << 20))}
-dir=$(mktemp -d "${1:-/var/tmp}/vbd-mirror-bench.XXXXXX")
-spid=
-trap 'kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
-cd "$dir"
+bench_dir "${1:-/var/tmp}" vbd-mirror-bench
 python3 - <<'PY'
 import os
 mib = 1 << 20
@@ -37,32 +31,16 @@ with open("src.raw", "wb") as f:
 PY
 qemu-img convert -q -f raw -O qcow2 src.raw src.qcow2
 rm -f src.raw
-serve() { # who
-    local bin=$VBD_DAEMON
-    [ "$1" = qsd ] && bin=qemu-storage-daemon
-    rm -f vu.sock qmp.sock
-    taskset -c 0 "$bin" --chardev socket,id=q,path="$dir/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$dir"'/src.qcow2","cache":{"direct":true}}}' \
-        --export type=vhost-user-blk,id=e0,node-name=src,addr.type=unix,addr.path="$dir/vu.sock",writable=on,num-queues=1 \
-        >daemon.log 2>&1 &
-    spid=$!
-    for _ in $(seq 100); do [ -S vu.sock ] && [ -S qmp.sock ] && return; sleep 0.05; done
-    echo "server $bin did not start: $(cat daemon.log)" >&2; exit 1
-}
 # qmp.py: run one mirror to a fresh target; prints the seconds to READY
 mirror() { # mode(ready|load) speed
     rm -f tgt.qcow2
     qemu-img create -q -f qcow2 tgt.qcow2 2G
-    python3 - "$1" "$2" "$VBD_BENCH" "$SECS" "$ROOT" <<'PY'
+    python3 - "$1" "$2" "$VBD_BENCH" "$SECS" "$BENCH_ROOT" <<'PY'
 import json, subprocess, sys, time
 mode, speed, bench, secs, root = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-sys.path.insert(0, root + "/tests/qmp")
-from qmp import QMP
-m = QMP("qmp.sock", negotiate=True)
-def ok(r):
-    if "error" in r:
-        sys.exit(f"QMP: {r['error']}")
-    return r["return"]
+sys.path.insert(0, root + "/bench")
+from jobqmp import connect, ok, wait_ready, cancel_in_ready
+m = connect()
 ok(m.cmd("blockdev-add", {"driver": "qcow2", "node-name": "tgt",
                           "file": {"driver": "file", "filename": "tgt.qcow2", "cache": {"direct": True}}}))
 t0 = time.monotonic()
@@ -75,23 +53,16 @@ if mode == "load":
         sys.exit(f"the mirror was not running any more at the end of the measurement: {jobs}")
     print(json.loads(out)["iops"])
     ok(m.cmd("block-job-set-speed", {"device": "m", "speed": 0}))
-while True:
-    ev = m.wait_event("BLOCK_JOB_READY", timeout=600)
-    if ev["data"]["device"] == "m":
-        break
+wait_ready(m, "m")
 if mode == "ready":
     print(f"{time.monotonic() - t0:.3f}")
-ok(m.cmd("block-job-cancel", {"device": "m"}))  # in READY: ends without the pivot
-m.wait_event("BLOCK_JOB_COMPLETED", timeout=600)
-while ok(m.cmd("query-jobs", {})):
-    time.sleep(0.05)
-ok(m.cmd("blockdev-del", {"node-name": "tgt"}))
+cancel_in_ready(m, "m", "tgt")
 PY
 }
 echo "machine: $(machine); load average $(cut -d' ' -f1-3 /proc/loadavg); images in $dir ($(df -T "$dir" | awk 'NR==2 {print $2}')); REPS=$REPS, $SECS s per IOPS run, mirror speed under load $SPEED B/s; server on CPU 0, vbd-bench on CPU 1"
 declare -A ready before during
 for who in vbd qsd; do
-    serve $who
+    vu_serve $who '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$dir"'/src.qcow2","cache":{"direct":true}}}'
     r=()
     for _ in $(seq "$REPS"); do r+=("$(mirror ready 0)"); done
     ready[$who]=$(printf '%s\n' "${r[@]}" | median)
@@ -103,8 +74,7 @@ for who in vbd qsd; do
     done
     before[$who]=$(printf '%s\n' "${b[@]}" | median)
     during[$who]=$(printf '%s\n' "${l[@]}" | median)
-    kill $spid; wait $spid 2>/dev/null || true
-    spid=
+    vu_unserve
     echo "$who: READY runs ${r[*]} s; IOPS before ${b[*]}; during ${l[*]}"
 done
 printf '%-34s %12s %12s %8s\n' "" vbd qsd ratio

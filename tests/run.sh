@@ -15,6 +15,7 @@ OUT="$ROOT/tests/out"
 mkdir -p "$OUT"
 passed=0 failed=0 skipped=0
 failures=""
+times="" # "SECONDS NAME" lines, for the slowest at the end
 
 run_one() { # name, command...
     local name=$1; shift
@@ -23,6 +24,7 @@ run_one() { # name, command...
     "$@" >"$log" 2>&1
     local rc=$?
     local t=$((SECONDS - start))
+    times+="$t $name"$'\n'
     if [ $rc = 0 ]; then
         passed=$((passed + 1)); printf 'PASS  %-40s %3ss\n' "$name" "$t"
     elif [ $rc = 77 ]; then
@@ -56,6 +58,8 @@ for t in "$ROOT"/tests/integration/*.sh; do
     run_one "integration/${n%.sh}" bash "$t"
 done
 
+# where make check's time goes (the 30-minute budget)
+echo "slowest: $(printf '%s' "$times" | sort -rn | head -10 | awk '{printf "%s%s %ss", (NR > 1 ? ", " : ""), $2, $1}')"
 [ -n "$failures" ] && echo "failed:$failures"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ $failed = 0 ]

@@ -19,6 +19,7 @@
  */
 #include "job-internal.h"
 
+#include "block/filter/passthrough.h"
 #include "daemon/objects.h"
 #include "vbd/error.h"
 #include "vbd/qmp.h"
@@ -34,58 +35,7 @@ static int top_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
     if (!n->file)
         return -EINVAL;
-    n->size = vbd_node_size(n->file);
-    n->bl = n->file->bl;
-    n->supported_write_flags = n->file->supported_write_flags;
-    n->supported_zero_flags = n->file->supported_zero_flags;
-    return 0;
-}
-
-static int top_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
-{
-    return vbd_node_co_preadv(n->file, off, bytes, q, qoff, flags);
-}
-
-static int top_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
-{
-    return vbd_node_co_pwritev(n->file, off, bytes, q, qoff, flags);
-}
-
-static int top_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
-{
-    return vbd_node_co_pdiscard(n->file, off, bytes);
-}
-
-static int top_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
-{
-    return vbd_node_co_pwrite_zeroes(n->file, off, bytes, flags);
-}
-
-static int top_flush(struct vbd_node *n)
-{
-    return vbd_node_co_flush(n->file);
-}
-
-static int top_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
-                            uint64_t *map, struct vbd_node **file)
-{
-    int rc = vbd_node_co_block_status(n->file, want_zero, off, bytes, pnum, map, file);
-    if (rc >= 0 && *pnum == 0) { /* past the file's end */
-        *pnum = bytes;
-        return VBD_BS_ZERO;
-    }
-    return rc;
-}
-
-static int top_refresh_size(struct vbd_node *n)
-{
-    vbd_node_set_size(n, vbd_node_size(n->file));
-    return 0;
-}
-
-static int top_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
-{
-    (void)n, (void)rw, (void)err;
+    vbd_filter_inherit(n);
     return 0;
 }
 
@@ -97,14 +47,13 @@ static int top_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
         .kind = VBD_DRV_FILTER,                                                                                        \
         .caps = VBD_DRV_CAP_MULTI_LOOP,                                                                                \
         .open = top_open,                                                                                              \
-        .co_preadv = top_preadv,                                                                                       \
-        .co_pwritev = top_pwritev,                                                                                     \
-        .co_flush = top_flush,                                                                                         \
-        .co_pdiscard = top_pdiscard,                                                                                   \
-        .co_pwrite_zeroes = top_pwrite_zeroes,                                                                         \
-        .co_block_status = top_block_status,                                                                           \
-        .refresh_size = top_refresh_size,                                                                              \
-        .reopen_rw = top_reopen_rw,                                                                                    \
+        .co_preadv = vbd_filter_co_preadv,                                                                             \
+        .co_pwritev = vbd_filter_co_pwritev,                                                                           \
+        .co_pdiscard = vbd_filter_co_pdiscard,                                                                         \
+        .co_pwrite_zeroes = vbd_filter_co_pwrite_zeroes,                                                               \
+        .co_block_status = vbd_filter_co_block_status,                                                                 \
+        .refresh_size = vbd_filter_refresh_size,                                                                       \
+        .reopen_rw = vbd_filter_reopen_rw,                                                                             \
     }
 JOB_TOP_DRIVER(commit_top_driver, "commit_top");
 JOB_TOP_DRIVER(mirror_top_driver, "mirror_top");

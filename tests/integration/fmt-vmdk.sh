@@ -46,7 +46,9 @@ for sub in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFl
     fi
     must qemu-img convert -f vmdk -O raw q.vmdk q.raw
     must "$VBD_IMG" convert -f vmdk -O raw q.vmdk v.raw
-    cmp q.raw v.raw || fail "$sub: vbd-img convert -O raw differs from qemu-img's"
+    # the twoGb* images are 2 GiB of holes around 40 MB: cmp would read them all
+    [ "$(stat -c %s q.raw)" = "$(stat -c %s v.raw)" ] && qemu-img compare -q -f raw -F raw q.raw v.raw ||
+        fail "$sub: vbd-img convert -O raw differs from qemu-img's"
     run_io "$VBD_IO" vmdk q.vmdk "${r[@]}" -c "read -P 0 $base 1000"
     "$VBD_IO" -f vmdk -c "read -P 0x12 $((base + 1000)) 512" q.vmdk >/dev/null 2>&1 && fail "$sub: vbd-io accepted a wrong pattern"
     must qemu-img info --output=json q.vmdk >qi.json
@@ -73,7 +75,8 @@ EOF
     # measure (qemu-img has none for vmdk): what the conversion took (an upper bound where
     # grains are compressed or a descriptor file's length is estimated), exactly for monolithicSparse
     req=$("$VBD_IMG" measure -O vmdk -o subformat=$sub --output=json q.raw | python3 -c 'import json,sys; print(json.load(sys.stdin)["required"])')
-    got=$(cat v*.vmdk | wc -c)
+    got=0
+    for f in v*.vmdk; do got=$((got + $(stat -c %s "$f"))); done # not cat | wc -c: 2 GiB of holes
     [ "$req" -ge "$got" ] || fail "$sub: measure says $req, the image takes $got"
     [ $sub != monolithicSparse ] || [ "$req" = "$got" ] || fail "$sub: measure says $req, the image takes $got"
     if [ $sub != monolithicFlat ] && [ $sub != twoGbMaxExtentFlat ]; then

@@ -190,58 +190,61 @@ PY
 stop_daemon
 tgt_adm --op unbind --mode account --tid 1 --user vbduser >/dev/null || fail "tgtadm unbind account"
 
-step "tgtd killed with -9 during writes and restarted: the writes go on, nothing acknowledged is lost"
-cmds=()
-for pass in 1 2 3; do
-    for mb in $(seq 0 63); do cmds+=(-c "write -P $((pass * 64 + mb % 61 + 1)) ${mb}M 1M"); done
-done
+# Writes of every MiB of the LUN, NPASSES times over (pass i writes the byte
+# i*64 + MiB%61 + 1 into its MiB), by vbd-io in the background: io_pid,
+# output in NAME.out and NAME.err. io_writes_start NPASSES NAME returns
+# once the first pass is under way (MiB 32 holds its pattern).
 # libiscsi 1.19 leaks a login PDU of its reconnect (in the library, not
-# through vbd's allocations): LeakSanitizer is told to skip only that
+# through vbd's allocations): LeakSanitizer is told to skip only that.
 printf 'leak:libiscsi.so\n' >lsan.supp
-LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$T/lsan.supp LIBISCSI_DEBUG=2 "$VBD_IO" -f raw "${cmds[@]}" "$U" >fault.out 2>fault.err &
-io_pid=$!
-# the first pass is under way when block 32 M holds its pattern
-for _ in $(seq 600); do
-    [ "$(od -An -tu1 -j $((32 << 20)) -N1 disk.img | tr -d ' ')" = $((64 + 32 + 1)) ] && break
-    kill -0 $io_pid 2>/dev/null || break
-    sleep 0.02
-done
-kill -0 $io_pid 2>/dev/null || fail "the writes ended before tgtd could be killed"
+io_writes_start() {
+    local cmds=() pass mb
+    for pass in $(seq "$1"); do
+        for mb in $(seq 0 63); do cmds+=(-c "write -P $((pass * 64 + mb % 61 + 1)) ${mb}M 1M"); done
+    done
+    LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$T/lsan.supp LIBISCSI_DEBUG=2 "$VBD_IO" -f raw "${cmds[@]}" "$U" >"$2.out" 2>"$2.err" &
+    io_pid=$!
+    for _ in $(seq 600); do
+        [ "$(od -An -tu1 -j $((32 << 20)) -N1 disk.img | tr -d ' ')" = $((64 + 32 + 1)) ] && break
+        kill -0 $io_pid 2>/dev/null || break
+        sleep 0.02
+    done
+    kill -0 $io_pid 2>/dev/null || fail "the writes ended before tgtd could be killed"
+}
+# io_writes_finish NPASSES NAME, once tgtd is back: vbd-io ends well (a
+# reconnect that never comes back is a failure with its trail, not a
+# hang), reported the reconnect, completed every write, and the LUN's
+# file holds the last pass (last_pass: the qemu-io reads that say so).
+io_writes_finish() {
+    for _ in $(seq 1200); do kill -0 $io_pid 2>/dev/null || break; sleep 0.1; done
+    if kill -0 $io_pid 2>/dev/null; then
+        kill -KILL $io_pid
+        fail "vbd-io still waits 120 s after the target came back: $(tail -20 "$2.err")
+tgtd (pid $TGT_PID) $(_tgt_alive "$TGT_PID" && echo "is running" || echo "is gone"); port $TGT_PORT $( (exec 3<>"/dev/tcp/127.0.0.1/$TGT_PORT") 2>/dev/null && echo accepts || echo refuses); tgtd's log: $(tail -8 "$T/tgtd.log")"
+    fi
+    wait $io_pid || fail "vbd-io failed across the target restart (exit status $?): $(tail -20 "$2.err")"
+    grep -q "session re-established" "$2.err" || fail "no reconnect was reported: $(tail -20 "$2.err")"
+    [ "$(grep -c '^wrote 1048576/1048576' "$2.out")" = $(($1 * 64)) ] || fail "not every write completed"
+    last_pass=()
+    local mb
+    for mb in $(seq 0 63); do last_pass+=(-c "read -P $(($1 * 64 + mb % 61 + 1)) ${mb}M 1M"); done
+    must qemu-io -f raw -r "${last_pass[@]}" disk.img >/dev/null
+}
+
+step "tgtd killed with -9 during writes and restarted: the writes go on, nothing acknowledged is lost"
+io_writes_start 3 fault
 tgt_kill9
 tgt_restart
-# a reconnect that never comes back is a failure with its trail, not a hang
-for _ in $(seq 1200); do kill -0 $io_pid 2>/dev/null || break; sleep 0.1; done
-if kill -0 $io_pid 2>/dev/null; then
-    kill -KILL $io_pid
-    fail "vbd-io still waits 120 s after the target came back: $(tail -20 fault.err)
-tgtd (pid $TGT_PID) $(_tgt_alive "$TGT_PID" && echo "is running" || echo "is gone"); port $TGT_PORT $( (exec 3<>"/dev/tcp/127.0.0.1/$TGT_PORT") 2>/dev/null && echo accepts || echo refuses); tgtd's log: $(tail -8 "$T/tgtd.log")"
-fi
-wait $io_pid || fail "vbd-io failed across the target restart (exit status $?): $(cat fault.err)"
-grep -q "session re-established" fault.err || fail "no reconnect was reported: $(cat fault.err)"
-[ "$(grep -c '^wrote 1048576/1048576' fault.out)" = 192 ] || fail "not every write completed"
-args=()
-for mb in $(seq 0 63); do args+=(-c "read -P $((3 * 64 + mb % 61 + 1)) ${mb}M 1M"); done
-must qemu-io -f raw -r "${args[@]}" disk.img >/dev/null
-must qemu-io -f raw -r "${args[@]}" "$U" >/dev/null
+io_writes_finish 3 fault
+must qemu-io -f raw -r "${last_pass[@]}" "$U" >/dev/null
 
 # A reconnect whose login is never answered nor refused (a half-open
 # connection: here a listener that takes the connection and keeps it
 # silent) waits in libiscsi 1.19 for ever when no timeout is set; the
 # driver then drops that session and logs in anew, bounded.
 step "tgtd killed, the reconnect's login lost on a silent connection, tgtd back: a new session, nothing acknowledged is lost"
-cmds=()
-for pass in 4 5; do
-    for mb in $(seq 0 63); do cmds+=(-c "write -P $(((pass - 3) * 64 + mb % 61 + 1)) ${mb}M 1M"); done
-done
 rm -f silent.ready
-LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$T/lsan.supp LIBISCSI_DEBUG=2 "$VBD_IO" -f raw "${cmds[@]}" "$U" >fault2.out 2>fault2.err &
-io_pid=$!
-for _ in $(seq 600); do
-    [ "$(od -An -tu1 -j $((32 << 20)) -N1 disk.img | tr -d ' ')" = $((64 + 32 + 1)) ] && break
-    kill -0 $io_pid 2>/dev/null || break
-    sleep 0.02
-done
-kill -0 $io_pid 2>/dev/null || fail "the writes ended before tgtd could be killed"
+io_writes_start 2 fault2
 tgt_kill9
 # takes the first connection on tgtd's port, closes the listener (so tgtd
 # can come back) and holds that connection without a word
@@ -257,17 +260,7 @@ on_exit "kill $silent_pid 2>/dev/null"
 for _ in $(seq 600); do [ -e silent.ready ] && break; kill -0 $silent_pid 2>/dev/null || break; sleep 0.05; done
 [ -e silent.ready ] || fail "libiscsi's reconnect did not reach the silent listener in 30 s: $(tail -5 fault2.err)"
 tgt_restart
-for _ in $(seq 1200); do kill -0 $io_pid 2>/dev/null || break; sleep 0.1; done
-if kill -0 $io_pid 2>/dev/null; then
-    kill -KILL $io_pid
-    fail "vbd-io still waits 120 s after tgtd came back behind a silent connection: $(tail -20 fault2.err)"
-fi
-wait $io_pid || fail "vbd-io failed across the silent reconnect (exit status $?): $(tail -20 fault2.err)"
+io_writes_finish 2 fault2
 kill $silent_pid 2>/dev/null
 grep -q "starting a new one" fault2.err || fail "no new session was started: $(tail -20 fault2.err)"
-grep -q "session re-established" fault2.err || fail "no reconnect was reported: $(tail -20 fault2.err)"
-[ "$(grep -c '^wrote 1048576/1048576' fault2.out)" = 128 ] || fail "not every write completed"
-args=()
-for mb in $(seq 0 63); do args+=(-c "read -P $((2 * 64 + mb % 61 + 1)) ${mb}M 1M"); done
-must qemu-io -f raw -r "${args[@]}" disk.img >/dev/null
 echo PASS

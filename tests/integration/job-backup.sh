@@ -33,14 +33,7 @@ for d in vbd qsd; do
     cp ../base.qcow2 src.qcow2
     must qemu-img create -q -f qcow2 full.qcow2 16M
     must qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 inc.qcow2 16M
-    bin=$VBD_DAEMON
-    [ $d = qsd ] && bin=qemu-storage-daemon
-    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$PWD"'/src.qcow2"}}' \
-        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        --export type=nbd,id=e0,node-name=src,name=disk,writable=on 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/nbd.sock"
+    job_daemon_start $d src --blockdev "$(qcow2_node src)"
     python3 - "$d" "$IOW" <<'PY' || fail "$d"
 import os, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
@@ -101,9 +94,7 @@ else:
 for n in ("inc", "full"):
     s.run("blockdev-del", **{"node-name": n})
 PY
-    kill -TERM $dpid; wait $dpid; rc=$?; dpid=
-    [ $rc = 0 ] || fail "$d exited with $rc: $(tail -5 daemon.log)"
-    ! grep -q Sanitizer daemon.log || fail "$d: $(cat daemon.log)"
+    job_daemon_stop $d
     for f in src full inc; do qcheck $f.qcow2; done
     must qemu-img compare -q -f qcow2 -F raw full.qcow2 ../base.raw   # the point in time
     must qemu-img compare -q -f qcow2 -F raw src.qcow2 ../model.raw

@@ -29,27 +29,6 @@ must qemu-io -f qcow2 -c 'write -P 0x71 0 2M' -c 'write -P 0x72 15M 4M' -c 'writ
 must qemu-img convert -q -O raw top.qcow2 top-view.raw
 must qemu-img convert -q -O raw mid.qcow2 mid-view.raw
 
-daemon_start() { # $1 = vbd|qsd, in a directory holding copies of the chain
-    local bin=$VBD_DAEMON
-    [ "$1" = qsd ] && bin=qemu-storage-daemon
-    local n args=()
-    for n in base mid top; do
-        local b='null'
-        [ $n = mid ] && b='"base"'
-        [ $n = top ] && b='"mid"'
-        args+=(--blockdev '{"driver":"qcow2","node-name":"'$n'","file":{"driver":"file","filename":"'"$PWD/$n"'.qcow2"},"backing":'"$b"'}')
-    done
-    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q "${args[@]}" \
-        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        --export type=nbd,id=e0,node-name=top,name=disk,writable=on 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/nbd.sock"
-}
-daemon_stop() {
-    kill -TERM $dpid; wait $dpid; local rc=$?
-    [ $rc = 0 ] || fail "$1 exited with $rc: $(tail -5 daemon.log)"
-    ! grep -q Sanitizer daemon.log || fail "$1: $(cat daemon.log)"
-}
 on_exit 'kill -9 $dpid 2>/dev/null'
 
 for d in vbd qsd; do
@@ -57,7 +36,8 @@ for d in vbd qsd; do
         step "$d, scenario $scen"
         rm -rf "$T/$d$scen" && mkdir "$T/$d$scen" && cd "$T/$d$scen"
         cp ../base.qcow2 ../mid.qcow2 ../top.qcow2 .
-        daemon_start $d
+        job_daemon_start $d top --blockdev "$(qcow2_node base null)" \
+            --blockdev "$(qcow2_node mid base)" --blockdev "$(qcow2_node top mid)"
         python3 - "$d" "$scen" "$STRESS" <<'PY' || fail "$d scenario $scen"
 import os, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
@@ -132,7 +112,7 @@ else:
     s.run("blockdev-del", **{"node-name": "mid"})
 PY
         must qemu-img compare -q -f raw -F raw "nbd+unix:///disk?socket=$PWD/nbd.sock" shadow.raw
-        daemon_stop $d
+        job_daemon_stop $d
         for i in base mid top; do qcheck $i.qcow2; done
         if [ $scen = I ]; then
             qemu-img info top.qcow2 | grep -q '^backing file: base.qcow2$' || fail "$d: top.qcow2 not re-pointed: $(qemu-img info top.qcow2)"

@@ -31,21 +31,6 @@ must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 chain/top.qcow2
 must qemu-io -f qcow2 -c 'write -P 0x5a 1M 3M' -c 'write -P 0x5b 20M 2M' chain/top.qcow2 >/dev/null
 must qemu-img convert -q -O raw chain/top.qcow2 ctop-view.raw
 
-daemon_start() { # $1 = vbd|qsd; $2... more --blockdev arguments
-    local bin=$VBD_DAEMON
-    [ "$1" = qsd ] && bin=qemu-storage-daemon
-    local node=$2; shift 2
-    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q "$@" \
-        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        --export type=nbd,id=e0,node-name=$node,name=disk,writable=on 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/nbd.sock"
-}
-daemon_stop() {
-    kill -TERM $dpid; wait $dpid; local rc=$?
-    [ $rc = 0 ] || fail "$1 exited with $rc: $(tail -5 daemon.log)"
-    ! grep -q Sanitizer daemon.log || fail "$1: $(cat daemon.log)"
-}
 
 for d in ${DAEMONS:-vbd qsd}; do
     for scen in ${SCENS:-S R B}; do
@@ -55,14 +40,13 @@ for d in ${DAEMONS:-vbd qsd}; do
         must mount -o remount,size=8M "$T/small"
         if [ $scen = B ]; then
             cp ../chain/*.qcow2 .
-            daemon_start $d top \
+            job_daemon_start $d top \
                 --blockdev '{"driver":"qcow2","node-name":"base","backing":null,"file":{"driver":"blkdebug","image":{"driver":"file","filename":"'"$PWD"'/base.qcow2"},"inject-error":[{"event":"write_aio","errno":5,"once":true}]}}' \
-                --blockdev '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"'"$PWD"'/top.qcow2"},"backing":"base"}'
+                --blockdev "$(qcow2_node top base)"
         else
             cp ../top0.qcow2 top.qcow2
             truncate -s 24M "$T/small/tgt.raw"
-            daemon_start $d top \
-                --blockdev '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"'"$PWD"'/top.qcow2"}}'
+            job_daemon_start $d top --blockdev "$(qcow2_node top)"
         fi
         python3 - "$d" "$scen" "$T/small" <<'PY' || fail "$d scenario $scen"
 import os, subprocess, sys, time
@@ -134,7 +118,7 @@ else:
 PY
         must qemu-img compare -q -f raw -F raw "nbd+unix:///disk?socket=$PWD/nbd.sock" \
             $( [ $scen = B ] && echo ../ctop-view.raw || echo ../disk.raw )
-        daemon_stop $d
+        job_daemon_stop $d
         case $scen in
         S) qcheck top.qcow2
            must qemu-img compare -q -f raw -F raw "$T/small/tgt.raw" ../disk.raw

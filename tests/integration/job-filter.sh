@@ -35,24 +35,6 @@ IOW=(-c 'write -P 0xa1 0 64k' -c 'write -P 0xa2 500k 100k' -c 'write -P 0xa3 5M 
 cp start.raw model.raw
 must qemu-io -f raw "${IOW[@]}" model.raw >/dev/null
 
-daemon_start() { # $1 = vbd|qsd, in a directory holding copies of the chain
-    local bin=$VBD_DAEMON
-    [ "$1" = qsd ] && bin=qemu-storage-daemon
-    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev '{"driver":"qcow2","node-name":"base","file":{"driver":"file","filename":"'"$PWD"'/base.qcow2"},"backing":null}' \
-        --blockdev '{"driver":"qcow2","node-name":"mid","file":{"driver":"file","filename":"'"$PWD"'/mid.qcow2"},"backing":"base"}' \
-        --blockdev '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"'"$PWD"'/top.qcow2"},"backing":"mid"}' \
-        --blockdev '{"driver":"qcow2","node-name":"tgt","file":{"driver":"file","filename":"'"$PWD"'/tgt.qcow2"}}' \
-        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        --export type=nbd,id=e0,node-name=top,name=disk,writable=on 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/nbd.sock"
-}
-daemon_stop() {
-    kill -TERM $dpid; wait $dpid; local rc=$?
-    [ $rc = 0 ] || fail "$1 exited with $rc: $(tail -5 daemon.log)"
-    ! grep -q Sanitizer daemon.log || fail "$1: $(cat daemon.log)"
-}
 on_exit 'kill -9 $dpid 2>/dev/null'
 
 for scen in S s C A M B; do
@@ -61,7 +43,8 @@ for scen in S s C A M B; do
         rm -rf "$T/$d$scen" && mkdir "$T/$d$scen" && cd "$T/$d$scen"
         cp ../base.qcow2 ../mid.qcow2 ../top.qcow2 .
         must qemu-img create -q -f qcow2 tgt.qcow2 16M
-        daemon_start $d
+        job_daemon_start $d top --blockdev "$(qcow2_node base null)" \
+            --blockdev "$(qcow2_node mid base)" --blockdev "$(qcow2_node top mid)" --blockdev "$(qcow2_node tgt)"
         python3 - "$d" "$scen" "${IOW[@]}" <<'PY' || fail "$d scenario $scen"
 import os, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
@@ -116,7 +99,7 @@ if export_node() != want:
 model = "../start.raw" if scen == "S" else "../model.raw"
 sh(f"qemu-img compare -q -f raw -F raw {model} '{url}'", "the export against the model")
 PY
-        daemon_stop $d
+        job_daemon_stop $d
         for img in base mid top tgt; do qcheck $img.qcow2; done
         case $scen in
         S) # 2M..3M read through copy-on-read is top's now; 10M..11M nobody read is not

@@ -30,14 +30,7 @@ for d in vbd qsd; do
     cp ../src.0 src.qcow2
     cp ../src.raw model.raw
     must qemu-img create -q -f qcow2 tgt.qcow2 16M
-    bin=$VBD_DAEMON
-    [ $d = qsd ] && bin=qemu-storage-daemon
-    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$PWD"'/src.qcow2"}}' \
-        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        --export type=nbd,id=e0,node-name=src,name=disk,writable=on 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/nbd.sock"
+    job_daemon_start $d src --blockdev "$(qcow2_node src)"
     python3 - "$d" "$cmd" <<'PY' || fail "$d $cmd: $(tail -3 daemon.log)"
 import os, random, subprocess, sys, threading
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
@@ -98,9 +91,7 @@ run_batch(batch(), flush=True)
 sh(f"qemu-io -f raw {batches[-1]} model.raw", "the model")
 print(f"{who} {cmd}: {len(batches)} batches of 64 writes, {at_ready} of them between the job's start and READY")
 PY
-    kill -TERM $dpid; wait $dpid; rc=$?; dpid=
-    [ $rc = 0 ] || fail "$d exited with $rc: $(tail -5 daemon.log)"
-    ! grep -q Sanitizer daemon.log || fail "$d: $(cat daemon.log)"
+    job_daemon_stop $d
     qcheck src.qcow2
     qcheck tgt.qcow2
     qemu-img compare -f qcow2 -F raw tgt.qcow2 model.raw >cmp.out 2>&1 || fail "$d: the target: $(cat cmp.out)"
@@ -113,12 +104,7 @@ step "vbd: write-blocking blockdev-mirror under vbd-stress, across job-complete"
 rm -rf "$T/stress" && mkdir "$T/stress" && cd "$T/stress"
 cp ../src.0 src.qcow2
 must qemu-img create -q -f qcow2 tgt.qcow2 16M
-"$VBD_DAEMON" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-    --blockdev '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$PWD"'/src.qcow2"}}' \
-    --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-    --export type=nbd,id=e0,node-name=src,name=disk,writable=on 2>daemon.log &
-dpid=$!
-wait_sock "$PWD/nbd.sock"
+job_daemon_start vbd src --blockdev "$(qcow2_node src)"
 python3 - "$STRESS" <<'PY' || fail "vbd stress: $(tail -3 daemon.log)"
 import os, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
@@ -137,9 +123,7 @@ if stress.poll() is not None:
     sys.exit(f"vbd-stress ended before READY: {stress.stdout.read()[-2000:]}")
 s.complete_across("j", stress)
 PY
-kill -TERM $dpid; wait $dpid; rc=$?; dpid=
-[ $rc = 0 ] || fail "vbd exited with $rc: $(tail -5 daemon.log)"
-! grep -q Sanitizer daemon.log || fail "vbd: $(cat daemon.log)"
+job_daemon_stop vbd
 qcheck src.qcow2
 qcheck tgt.qcow2
 qemu-img compare -f qcow2 -F raw tgt.qcow2 shadow.raw >cmp.out 2>&1 || fail "the target is not vbd-stress's model: $(cat cmp.out)"

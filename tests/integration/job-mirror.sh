@@ -28,22 +28,6 @@ must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
 must qemu-io -f qcow2 -c 'write -P 0x71 0 2M' -c 'write -P 0x72 15M 4M' -c 'write -z 29M 1M' top.qcow2 >/dev/null
 must qemu-img convert -q -O raw top.qcow2 top-view.raw
 
-daemon_start() { # $1 = vbd|qsd, in a directory holding copies of the chain
-    local bin=$VBD_DAEMON
-    [ "$1" = qsd ] && bin=qemu-storage-daemon
-    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev '{"driver":"qcow2","node-name":"base","file":{"driver":"file","filename":"'"$PWD"'/base.qcow2"},"backing":null}' \
-        --blockdev '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"'"$PWD"'/top.qcow2"},"backing":"base"}' \
-        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        --export type=nbd,id=e0,node-name=top,name=disk,writable=on 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/nbd.sock"
-}
-daemon_stop() {
-    kill -TERM $dpid; wait $dpid; local rc=$?
-    [ $rc = 0 ] || fail "$1 exited with $rc: $(tail -5 daemon.log)"
-    ! grep -q Sanitizer daemon.log || fail "$1: $(cat daemon.log)"
-}
 on_exit 'kill -9 $dpid $npid 2>/dev/null'
 
 for d in vbd qsd; do
@@ -59,7 +43,7 @@ for d in vbd qsd; do
            npid=$!
            wait_sock "$PWD/tgt.sock" ;;
         esac
-        daemon_start $d
+        job_daemon_start $d top --blockdev "$(qcow2_node base null)" --blockdev "$(qcow2_node top base)"
         python3 - "$d" "$scen" "$STRESS" <<'PY' || fail "$d scenario $scen"
 import os, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
@@ -177,7 +161,7 @@ else:  # C
     s.run("blockdev-del", **{"node-name": "tgt"})
 PY
         must qemu-img compare -q -f raw -F raw "nbd+unix:///disk?socket=$PWD/nbd.sock" shadow.raw
-        daemon_stop $d
+        job_daemon_stop $d
         if [ -n "$npid" ]; then kill -TERM $npid; wait $npid; npid=; fi
         for i in base top; do qcheck $i.qcow2; done
         case $scen in

@@ -31,21 +31,6 @@ IOW=(-c 'write -P 0xa1 0 64k' -c 'write -P 0xa2 500k 100k' -c 'write -P 0xa3 13M
 cp base.raw model.raw
 must qemu-io -f raw "${IOW[@]}" model.raw >/dev/null
 
-daemon_start() { # $1 = vbd|qsd, in the current directory
-    local bin=$VBD_DAEMON
-    [ "$1" = qsd ] && bin=qemu-storage-daemon
-    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"'"$PWD"'/top.qcow2"}}' \
-        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        --export type=nbd,id=e0,node-name=top,name=disk,writable=on 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/nbd.sock"
-}
-daemon_stop() {
-    kill -TERM $dpid; wait $dpid; local rc=$?
-    [ $rc = 0 ] || fail "$1 exited with $rc: $(tail -5 daemon.log)"
-    ! grep -q Sanitizer daemon.log || fail "$1: $(cat daemon.log)"
-}
 nbd_start() {
     qemu-nbd -r -f qcow2 -x base -t -e 8 -k "$PWD/base.sock" ../base.qcow2 2>nbd.log &
     npid=$!
@@ -59,7 +44,7 @@ for d in vbd qsd; do
         step "$d, scenario $scen"
         rm -rf "$T/$d$scen" && mkdir "$T/$d$scen" && cd "$T/$d$scen"
         nbd_start
-        daemon_start $d
+        job_daemon_start $d top --blockdev "$(qcow2_node top)"
         python3 - "$d" "$scen" "$STRESS" $npid <<'PY' || fail "$d scenario $scen"
 import os, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
@@ -126,14 +111,14 @@ s.completed("s0")
 PY
         kill -TERM $npid 2>/dev/null; wait $npid 2>/dev/null; npid=
         if [ $scen = E ]; then # (its backing, the NBD server, is gone)
-            daemon_stop $d
+            job_daemon_stop $d
             qcheck 'json:{"driver":"qcow2","backing":null,"file":{"driver":"file","filename":"'"$PWD"'/top.qcow2"}}'
             continue
         fi
         [ $scen = A ] && exp=shadow.raw || exp=../model.raw
         # the NBD server is gone: everything is local now
         must qemu-img compare -q -f raw -F raw "nbd+unix:///disk?socket=$PWD/nbd.sock" $exp
-        daemon_stop $d
+        job_daemon_stop $d
         qcheck top.qcow2
         ! qemu-img info top.qcow2 | grep -q 'backing file' || fail "$d: top.qcow2 still has a backing file"
         must qemu-img compare -q -f qcow2 -F raw top.qcow2 $exp

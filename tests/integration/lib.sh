@@ -141,3 +141,31 @@ stop_daemon() {
     ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
     dpid=
 }
+# The job tests' daemon, in the current directory: $1 = vbd (vbd-daemon) or
+# qsd (qemu-storage-daemon 7.2) with QMP on qmp.sock and node $2 exported
+# writable as "disk" on nbd.sock; $3...: its --blockdev arguments. Sets
+# dpid; its stderr goes to daemon.log. job_daemon_stop NAME: SIGTERM, it
+# must exit 0 with no sanitizer report.
+job_daemon_start() {
+    local bin=$VBD_DAEMON node=$2
+    [ "$1" = qsd ] && bin=qemu-storage-daemon
+    shift 2
+    "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q "$@" \
+        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
+        --export type=nbd,id=e0,node-name=$node,name=disk,writable=on 2>daemon.log &
+    dpid=$!
+    wait_sock "$PWD/nbd.sock"
+}
+job_daemon_stop() {
+    kill -TERM $dpid; wait $dpid; local rc=$?
+    dpid=
+    [ $rc = 0 ] || fail "$1 exited with $rc: $(tail -5 daemon.log)"
+    ! grep -q Sanitizer daemon.log || fail "$1: $(cat daemon.log)"
+}
+# The blockdev JSON of qcow2 node $1 on $PWD/$1.qcow2; $2: its backing, a
+# node name or null (none); without $2 the image's own.
+qcow2_node() {
+    local b=
+    [ $# -gt 1 ] && { [ "$2" = null ] && b=',"backing":null' || b=',"backing":"'"$2"'"'; }
+    echo '{"driver":"qcow2","node-name":"'"$1"'","file":{"driver":"file","filename":"'"$PWD/$1"'.qcow2"}'"$b"'}'
+}

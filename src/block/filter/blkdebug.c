@@ -12,6 +12,7 @@
  * sector (-1: any). once: the rule fires once, then is spent. vbd's own
  * x-skip=N lets the first N matching requests through: the (N+1)th fails.
  */
+#include "block/filter/passthrough.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
@@ -162,10 +163,7 @@ static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags,
     n->file = vbd_open_child(n, opts, "image", NULL, flags, err);
     if (!n->file)
         return -EINVAL;
-    n->size = vbd_node_size(n->file);
-    n->bl = n->file->bl;
-    n->supported_write_flags = n->file->supported_write_flags;
-    n->supported_zero_flags = n->file->supported_zero_flags;
+    vbd_filter_inherit(n);
     snprintf(n->filename, sizeof(n->filename), "blkdebug::%s", n->file->filename);
     return 0;
 }
@@ -252,26 +250,7 @@ static int blkdebug_block_status(struct vbd_node *n, bool want_zero, uint64_t of
                                  uint64_t *map, struct vbd_node **file)
 {
     int rc = check(n, IO_BLOCK_STATUS, off, bytes);
-    if (rc)
-        return rc;
-    rc = vbd_node_co_block_status(n->file, want_zero, off, bytes, pnum, map, file);
-    if (rc >= 0 && *pnum == 0) {
-        *pnum = bytes;
-        return VBD_BS_ZERO;
-    }
-    return rc < 0 ? rc : (int)((unsigned)rc & ~VBD_BS_EOF);
-}
-
-static int blkdebug_refresh_size(struct vbd_node *n)
-{
-    vbd_node_set_size(n, vbd_node_size(n->file));
-    return 0;
-}
-
-static int blkdebug_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
-{
-    (void)n, (void)rw, (void)err;
-    return 0;
+    return rc ? rc : vbd_filter_co_block_status(n, want_zero, off, bytes, pnum, map, file);
 }
 
 static const struct vbd_driver blkdebug_driver = {
@@ -287,7 +266,7 @@ static const struct vbd_driver blkdebug_driver = {
     .co_pdiscard = blkdebug_pdiscard,
     .co_pwrite_zeroes = blkdebug_pwrite_zeroes,
     .co_block_status = blkdebug_block_status,
-    .refresh_size = blkdebug_refresh_size,
-    .reopen_rw = blkdebug_reopen_rw,
+    .refresh_size = vbd_filter_refresh_size,
+    .reopen_rw = vbd_filter_reopen_rw,
 };
 VBD_DRIVER_REGISTER(blkdebug, blkdebug_driver);

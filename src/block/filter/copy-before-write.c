@@ -22,6 +22,7 @@
  */
 #include "vbd/cbw.h"
 
+#include "block/filter/passthrough.h"
 #include "vbd/alloc.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
@@ -453,10 +454,7 @@ static int cbw_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         vbd_error_setf(err, EINVAL, "copy-before-write: target '%s' is smaller than the source", s->target->node_name);
         goto fail;
     }
-    n->size = vbd_node_size(n->file);
-    n->bl = n->file->bl;
-    n->supported_write_flags = n->file->supported_write_flags;
-    n->supported_zero_flags = n->file->supported_zero_flags;
+    vbd_filter_inherit(n);
     s->c = vbd_cbw_new(n->file, s->target, vbd_cbw_default_cluster(s->target), bitmap);
     vbd_cbw_set_break_snapshot(s->c, policy == 1);
     vbd_cbw_set_timeout_ns(s->c, timeout * 1000000000u);
@@ -472,11 +470,6 @@ static void cbw_close(struct vbd_node *n)
     struct cbw_node *s = n->opaque;
     vbd_cbw_free(s->c);
     vbd_node_unref(s->target);
-}
-
-static int cbw_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
-{
-    return vbd_node_co_preadv(n->file, off, bytes, q, qoff, flags);
 }
 
 static int cbw_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
@@ -512,7 +505,7 @@ static const struct vbd_driver cbw_driver = {
     .state_size = sizeof(struct cbw_node),
     .open = cbw_open,
     .close = cbw_close,
-    .co_preadv = cbw_preadv,
+    .co_preadv = vbd_filter_co_preadv,
     .co_pwritev = cbw_pwritev,
     .co_pwrite_zeroes = cbw_pwrite_zeroes,
     .co_pdiscard = cbw_pdiscard,

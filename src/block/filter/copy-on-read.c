@@ -14,6 +14,7 @@
  * chain under it has a format with a backing file, which is single-loop:
  * the filter runs on the home loop only and coroutine queues suffice.
  */
+#include "block/filter/passthrough.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
@@ -109,10 +110,7 @@ static int cor_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         !(info.cluster_size & (info.cluster_size - 1)))
         s->cluster = info.cluster_size;
     json_object_put(info.format_specific);
-    n->size = vbd_node_size(n->file);
-    n->bl = n->file->bl;
-    n->supported_write_flags = n->file->supported_write_flags;
-    n->supported_zero_flags = n->file->supported_zero_flags;
+    vbd_filter_inherit(n);
     return 0;
 }
 
@@ -204,29 +202,6 @@ static int cor_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
     return rc;
 }
 
-static int cor_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
-                            uint64_t *map, struct vbd_node **file)
-{
-    int rc = vbd_node_co_block_status(n->file, want_zero, off, bytes, pnum, map, file);
-    if (rc >= 0 && *pnum == 0) {
-        *pnum = bytes;
-        return VBD_BS_ZERO;
-    }
-    return rc < 0 ? rc : (int)((unsigned)rc & ~VBD_BS_EOF);
-}
-
-static int cor_refresh_size(struct vbd_node *n)
-{
-    vbd_node_set_size(n, vbd_node_size(n->file));
-    return 0;
-}
-
-static int cor_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
-{
-    (void)n, (void)rw, (void)err;
-    return 0;
-}
-
 static const struct vbd_driver cor_driver = {
     .name = "copy-on-read",
     .kind = VBD_DRV_FILTER,
@@ -236,8 +211,8 @@ static const struct vbd_driver cor_driver = {
     .co_pwritev = cor_pwritev,
     .co_pdiscard = cor_pdiscard,
     .co_pwrite_zeroes = cor_pwrite_zeroes,
-    .co_block_status = cor_block_status,
-    .refresh_size = cor_refresh_size,
-    .reopen_rw = cor_reopen_rw,
+    .co_block_status = vbd_filter_co_block_status,
+    .refresh_size = vbd_filter_refresh_size,
+    .reopen_rw = vbd_filter_reopen_rw,
 };
 VBD_DRIVER_REGISTER(copy_on_read, cor_driver);

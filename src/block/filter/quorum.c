@@ -23,6 +23,7 @@
  * per-request state needs no lock. Each request allocates its children's
  * read buffers (bytes a client chose: -ENOMEM fails that request only).
  */
+#include "block/filter/passthrough.h"
 #include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -602,12 +603,6 @@ static int quorum_refresh_size(struct vbd_node *n)
     return 0;
 }
 
-static int quorum_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
-{
-    (void)n, (void)rw, (void)err;
-    return 0;
-}
-
 static const struct vbd_driver quorum_driver = {
     .name = "quorum",
     .kind = VBD_DRV_FILTER,
@@ -621,6 +616,6 @@ static const struct vbd_driver quorum_driver = {
     .co_pwrite_zeroes = quorum_pwrite_zeroes,
     .co_block_status = quorum_block_status,
     .refresh_size = quorum_refresh_size,
-    .reopen_rw = quorum_reopen_rw,
+    .reopen_rw = vbd_filter_reopen_rw,
 };
 VBD_DRIVER_REGISTER(quorum, quorum_driver);

@@ -3,6 +3,7 @@
  * file wait until the limits of its throttle group let them through
  * (vbd/throttle.h). Reads count as reads; writes, zeroing and discards as
  * writes; flushes and block status are not throttled. */
+#include "block/filter/passthrough.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
@@ -36,10 +37,7 @@ static int throttle_open(struct vbd_node *n, struct json_object *opts, unsigned 
         s->m = NULL;
         return -EINVAL;
     }
-    n->size = vbd_node_size(n->file);
-    n->bl = n->file->bl;
-    n->supported_write_flags = n->file->supported_write_flags;
-    n->supported_zero_flags = n->file->supported_zero_flags;
+    vbd_filter_inherit(n);
     return 0;
 }
 
@@ -80,38 +78,6 @@ static int throttle_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t byt
     return vbd_node_co_pwrite_zeroes(n->file, off, bytes, flags);
 }
 
-static int throttle_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
-                                 uint64_t *map, struct vbd_node **file)
-{
-    int rc = vbd_node_co_block_status(n->file, want_zero, off, bytes, pnum, map, file);
-    if (rc >= 0 && *pnum == 0) { /* past the file's end */
-        *pnum = bytes;
-        return VBD_BS_ZERO;
-    }
-    return rc < 0 ? rc : (int)((unsigned)rc & ~VBD_BS_EOF);
-}
-
-static int throttle_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
-                             struct vbd_error **err)
-{
-    int rc = vbd_node_co_truncate(n->file, size, exact, prealloc, err);
-    if (rc == 0)
-        vbd_node_set_size(n, vbd_node_size(n->file));
-    return rc;
-}
-
-static int throttle_refresh_size(struct vbd_node *n)
-{
-    vbd_node_set_size(n, vbd_node_size(n->file));
-    return 0;
-}
-
-static int throttle_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
-{
-    (void)n, (void)rw, (void)err;
-    return 0;
-}
-
 static const struct vbd_driver throttle_driver = {
     .name = "throttle",
     .kind = VBD_DRV_FILTER,
@@ -123,9 +89,9 @@ static const struct vbd_driver throttle_driver = {
     .co_pwritev = throttle_pwritev,
     .co_pdiscard = throttle_pdiscard,
     .co_pwrite_zeroes = throttle_pwrite_zeroes,
-    .co_block_status = throttle_block_status,
-    .co_truncate = throttle_truncate,
-    .refresh_size = throttle_refresh_size,
-    .reopen_rw = throttle_reopen_rw,
+    .co_block_status = vbd_filter_co_block_status,
+    .co_truncate = vbd_filter_co_truncate,
+    .refresh_size = vbd_filter_refresh_size,
+    .reopen_rw = vbd_filter_reopen_rw,
 };
 VBD_DRIVER_REGISTER(throttle, throttle_driver);
