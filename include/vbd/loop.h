@@ -130,7 +130,9 @@ struct vbd_poller {
 };
 void vbd_loop_add_poller(struct vbd_loop *loop, struct vbd_poller *p);
 void vbd_loop_remove_poller(struct vbd_loop *loop, struct vbd_poller *p);
-/* Upper bound of the busy-poll time (default 32 us, as QEMU's poll-max-ns). */
+/* Upper bound of the busy-poll time (QEMU's poll-max-ns; our default is
+ * 128 us where QEMU's is 32: see loop.c). */
+#define VBD_LOOP_POLL_MAX_NS_DEFAULT 131072
 void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns);
 bool vbd_loop_polling(const struct vbd_loop *loop);
 

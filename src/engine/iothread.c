@@ -76,7 +76,7 @@ static void *iothread_main(void *arg)
 int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
 {
     char *id = NULL;
-    uint64_t tune[5] = {0, 0, 0, 0, 64}, poll_max_ns = 32768;
+    uint64_t tune[5] = {0, 0, 0, 0, 64}, poll_max_ns = VBD_LOOP_POLL_MAX_NS_DEFAULT;
     bool poll_set = vbd_opt_get(opts, "poll-max-ns") != NULL;
     /* QEMU's other polling and batching knobs: accepted, our own rules apply */
     static const char *const tuning[] = {"poll-grow", "poll-shrink", "aio-max-batch", "thread-pool-min",

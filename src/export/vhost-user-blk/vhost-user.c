@@ -96,8 +96,13 @@ void vu_queue_req_start(struct vu_queue *q)
     q->inflight_reqs++;
 }
 
+/* A deep queue's iteration signals again after this many completions: see
+ * vu_queue_complete. */
+#define SIGNAL_EVERY 4
+
 static void signal_front_end(struct vu_queue *q)
 {
+    q->unsignalled = 0;
     if (q->call_fd >= 0 && vu_vq_should_notify(&q->vq))
         eventfd_write(q->call_fd, 1);
 }
@@ -116,13 +121,16 @@ static void notify_bh(void *arg)
 }
 
 /*
- * At most two interrupts per loop iteration: one at its first completion,
- * one (the bottom half) for those that followed. Signalling only at the end
- * of the iteration turned a deep queue into ping-pong: the driver slept
- * while the whole batch was served, then the device slept while the driver
- * refilled. Woken at the first completion, the driver refills while the
- * rest of the batch is served, and the second signal usually finds it
- * awake (cheap). One per completion (qsd) costs a syscall per request.
+ * The first completion of a loop iteration signals at once, then every
+ * SIGNAL_EVERY-th, and a bottom half signals at the iteration's end for
+ * the rest. Signalling only at the end turned a deep queue into ping-pong:
+ * the driver slept while the whole batch was served, then the device slept
+ * while the driver refilled. With only the first and the last, a driver
+ * that drains the used ring faster than we fill it caught up in between,
+ * found its call eventfd empty and slept through the rest of the batch
+ * (a halted vCPU takes tens of microseconds to wake). A signal every few
+ * completions keeps it awake while the batch lasts; one per completion
+ * (qsd) costs a syscall per request.
  */
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
 {
@@ -131,8 +139,10 @@ void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
         q->notify_pending = true;
         vbd_loop_schedule_bh(vbd_loop_current(), &q->notify_bh);
     }
-    if (!q->signalled && !q->notify_held) {
+    q->unsignalled++;
+    if (!q->notify_held && (!q->signalled || q->unsignalled >= SIGNAL_EVERY)) {
         q->signalled = true;
+        q->pushed_unsignalled = false;
         signal_front_end(q);
     } else {
         q->pushed_unsignalled = true;
@@ -149,7 +159,7 @@ void vu_queue_hold_notify(struct vu_queue *q)
 void vu_queue_release_notify(struct vu_queue *q)
 {
     q->notify_held = false;
-    if (!q->signalled && q->pushed_unsignalled) {
+    if (q->pushed_unsignalled && (!q->signalled || q->unsignalled >= SIGNAL_EVERY)) {
         q->signalled = true;
         q->pushed_unsignalled = false;
         signal_front_end(q);

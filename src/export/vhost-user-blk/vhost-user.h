@@ -49,6 +49,7 @@ struct vu_queue {
     bool notify_pending;
     bool signalled;          /* this iteration's first interrupt went out */
     bool pushed_unsignalled; /* completed since, or while held */
+    uint16_t unsignalled;    /* completions pushed since the last interrupt */
     bool notify_held;        /* completions of one merged request are being pushed */
     struct vbd_bh notify_bh;
     void *dev_queue; /* the device's per-queue state */
