@@ -47,9 +47,6 @@ serve() { # binary [conf]
 sum_tasks() { # pid field-of-status...: the sum over the process's threads
     cat /proc/$1/task/*/status 2>/dev/null | awk -v a="$2" -v b="${3:-}" '$1 == a":" || (b != "" && $1 == b":") {s += $2} END {print s + 0}'
 }
-# jiffies all CPUs spent busy at normal priority so far (user + system +
-# irq + softirq: the nice-19 builds and tests of other sessions left out)
-host_busy() { awk '/^cpu / {print $2 + $4 + $7 + $8}' /proc/stat; }
 rq_ns() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.0f\n", s}'; }
 # librbd's and the objecter's counters from the server's admin socket
 perf_dump() {
