@@ -46,7 +46,6 @@ struct vbd_loop {
     pthread_mutex_t bh_lock;
     struct vbd_bh *bh_head, *bh_tail;
     atomic_bool bh_pending;
-    atomic_bool sleeping; /* blocked in the kernel: a BH from another thread must kick */
     struct vbd_timer *timers; /* sorted by deadline */
     struct fdreg *fds;
     int nfds;
@@ -251,14 +250,7 @@ void vbd_loop_schedule_bh(struct vbd_loop *loop, struct vbd_bh *bh)
     loop->bh_tail = bh;
     atomic_store_explicit(&loop->bh_pending, true, memory_order_release);
     pthread_mutex_unlock(&loop->bh_lock);
-    if (loop == tls_loop || !first)
-        return;
-    /* A loop that is not asleep sees bh_pending before it blocks (it checks
-     * after saying it sleeps, as QEMU's aio_notify relies on notify_me):
-     * the eventfd write, and the wake-up it costs the loop, only when it
-     * sleeps. The fence orders our bh_pending store before the load. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&loop->sleeping, memory_order_relaxed))
+    if (loop != tls_loop && first)
         vbd_loop_kick(loop);
 }
 
@@ -498,14 +490,6 @@ int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
         else
             block_start = vbd_clock_ns();
     }
-    if (timeout_ns != 0) {
-        /* from here a BH scheduled by another thread kicks the eventfd;
-         * one scheduled before did not, so look for it once more */
-        atomic_store_explicit(&loop->sleeping, true, memory_order_relaxed);
-        atomic_thread_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&loop->bh_pending, memory_order_relaxed))
-            timeout_ns = 0;
-    }
     if (loop->uring) {
         struct io_uring_cqe *cqe = NULL;
         if (timeout_ns == 0) {
@@ -524,7 +508,6 @@ int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
         if (nev > 0)
             n += dispatch_epoll(loop, ev, nev);
     }
-    atomic_store_explicit(&loop->sleeping, false, memory_order_relaxed);
     if (block_start)
         adapt_poll_time(loop, vbd_clock_ns() - block_start);
     n += run_bhs(loop);
