@@ -163,10 +163,10 @@ UNIT_TEST(bh_from_other_thread)
 }
 
 /* BHs from another thread in bursts and one by one, while the loop runs
- * them or sleeps: the eventfd is written only when the loop sleeps, so a
- * lost wake-up would leave it asleep with BHs queued (a wait that lasts its
- * whole timeout). A smoke test: the race it guards against is a window of
- * a few instructions, which 20000 BHs do not reliably hit. */
+ * them or sleeps: only the first BH of a batch writes the eventfd, so a
+ * lost wake-up would leave the loop asleep with BHs queued (a wait that
+ * lasts its whole timeout). A smoke test: a race there is a window of a
+ * few instructions, which 20000 BHs do not reliably hit. */
 #define BURST_BHS 20000
 static atomic_int burst_ran;
 static void burst_fn(void *arg) { (void)arg; atomic_fetch_add(&burst_ran, 1); }
