@@ -68,19 +68,21 @@ osd_pid=$(_ceph_pid osd.0) || fail "no osd.0"
 echo "cache mode: $CACHE (rbd_cache $([ $CACHE = none ] && echo off || echo on) in vbd, qsd and fio)"
 echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, medians of $REPS; Ceph $(ceph --version | awk '{print $3}'), 1 OSD (BlueStore on a sparse file), 1 replica"
 echo "ns/r: CPU (user+sys) per request of the server process (fio: of fio itself, librbd inside); osd: the OSD's per request"
+echo "host busy: user+system+irq of all CPUs during the run (the user time of nice-19 jobs left out, their system time not; near 100 %: bound by CPU)"
 printf '%-18s %9s %9s %9s %7s %7s %8s %8s %8s %8s %8s %8s\n' workload "vbd IOPS" "qsd IOPS" "fio-rbd" vbd/qsd vbd/fio \
     "vbd ns/r" "qsd ns/r" "fio ns/r" "osd@vbd" "osd@qsd" "osd@fio"
 while IFS='|' read -r label args rw bs depth; do
     # vbd, qsd and fio take turns in each round, so a change in the shared
     # machine's load falls on all three rather than on whoever ran then
-    declare -A all=([vbd]= [qsd]= [fio]=) nsr=([vbd]= [qsd]= [fio]=) osd=([vbd]= [qsd]= [fio]=)
+    declare -A all=([vbd]= [qsd]= [fio]=) nsr=([vbd]= [qsd]= [fio]=) osd=([vbd]= [qsd]= [fio]=) busy=([vbd]= [qsd]= [fio]=)
     for _ in $(seq "$REPS"); do
         for who in vbd qsd; do
             bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon
             serve "$bin"
-            c0=$(cpu_ns $spid) o0=$(cpu_ns $osd_pid)
+            c0=$(cpu_ns $spid) o0=$(cpu_ns $osd_pid) h0=$(host_busy)
             out=$("$VBD_BENCH" --vhost-user "$sock" -q 1 $args -t "$SECS" --json) || fail "vbd-bench against $who"
-            c1=$(cpu_ns $spid) o1=$(cpu_ns $osd_pid)
+            c1=$(cpu_ns $spid) o1=$(cpu_ns $osd_pid) h1=$(host_busy)
+            busy[$who]="${busy[$who]} $(busy_pct $h0 $h1 $SECS)"
             req=$(field "$out" requests)
             all[$who]="${all[$who]} $(field "$out" iops)"
             nsr[$who]="${nsr[$who]} $(( (c1 - c0) / (req + 1) ))"
@@ -88,9 +90,10 @@ while IFS='|' read -r label args rw bs depth; do
             kill $spid; wait $spid 2>/dev/null
             spid=
         done
-        o0=$(cpu_ns $osd_pid)
+        o0=$(cpu_ns $osd_pid) h0=$(host_busy)
         read -r fi fn < <(fio_run "$rw" "$bs" "$depth")
-        o1=$(cpu_ns $osd_pid)
+        o1=$(cpu_ns $osd_pid) h1=$(host_busy)
+        busy[fio]="${busy[fio]} $(busy_pct $h0 $h1 $SECS)"
         all[fio]="${all[fio]} $fi"
         nsr[fio]="${nsr[fio]} $fn"
         osd[fio]="${osd[fio]} $(echo "($o1 - $o0) / ($fi * $SECS + 1)" | bc)"
@@ -107,6 +110,7 @@ while IFS='|' read -r label args rw bs depth; do
     # every round, in order (IOPS, then server ns/r): vbd / qsd / fio
     echo "  rounds: vbd${all[vbd]} / qsd${all[qsd]} / fio${all[fio]}" | sed 's/\.[0-9]*//g'
     echo "  ns/r:   vbd${nsr[vbd]} / qsd${nsr[qsd]} / fio${nsr[fio]}; osd vbd${osd[vbd]} / qsd${osd[qsd]} / fio${osd[fio]}"
+    echo "  host CPUs busy at normal priority, %: vbd${busy[vbd]} / qsd${busy[qsd]} / fio${busy[fio]}"
 done <<ROWS
 4k randread QD32|-w randread -b 4k -d 32|randread|4k|32
 4k randwrite QD32|-w randwrite -b 4k -d 32|randwrite|4k|32

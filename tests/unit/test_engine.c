@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -159,6 +160,44 @@ UNIT_TEST(bh_from_other_thread)
         vbd_loop_run_once(loop, -1);
     pthread_join(t, NULL);
     CHECK(bh_ran);
+}
+
+/* BHs from another thread in bursts and one by one, while the loop runs
+ * them or sleeps: only the first BH of a batch writes the eventfd, so a
+ * lost wake-up would leave the loop asleep with BHs queued (a wait that
+ * lasts its whole timeout). A smoke test: a race there is a window of a
+ * few instructions, which 20000 BHs do not reliably hit. */
+#define BURST_BHS 20000
+static atomic_int burst_ran;
+static void burst_fn(void *arg) { (void)arg; atomic_fetch_add(&burst_ran, 1); }
+static void *burst_thread(void *arg)
+{
+    static struct vbd_bh bhs[BURST_BHS];
+    for (int i = 0; i < BURST_BHS; i++) {
+        bhs[i] = (struct vbd_bh){burst_fn, NULL, NULL};
+        vbd_loop_schedule_bh(arg, &bhs[i]);
+        if (i % 64 == 0)
+            usleep(i % 3 ? 20 : 200); /* let the loop go to sleep now and then */
+    }
+    return NULL;
+}
+
+UNIT_TEST(bh_bursts_never_lose_a_wakeup)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    pthread_t t;
+    atomic_store(&burst_ran, 0);
+    pthread_create(&t, NULL, burst_thread, loop);
+    int full_waits = 0;
+    while (atomic_load(&burst_ran) < BURST_BHS) {
+        uint64_t t0 = vbd_clock_ns();
+        vbd_loop_run_once(loop, 3000000000ll);
+        if (vbd_clock_ns() - t0 >= 2900000000ull)
+            full_waits++;
+    }
+    pthread_join(t, NULL);
+    CHECK_EQ(full_waits, 0);
+    CHECK_EQ(atomic_load(&burst_ran), BURST_BHS);
 }
 
 static struct vbd_loop *other_loop;

@@ -75,6 +75,7 @@ struct iscsi_state {
     int watch_fd;
     short watch_events;
     bool watch_logged_in;
+    bool socket_failed; /* no watch until the next tick (see fd_ready) */
     bool session_lost; /* said so; say when it is back */
     bool logging_out;
     struct vbd_timer timer;
@@ -224,12 +225,21 @@ static int allocmap_lookup(struct iscsi_state *s, uint64_t off, uint64_t bytes, 
 static void fd_ready(void *arg, short revents)
 {
     struct iscsi_state *s = arg;
-    if (iscsi_service(s->iscsi, revents) < 0)
+    int r = iscsi_service(s->iscsi, revents);
+    if (r < 0)
         vbd_debug("iSCSI %s: %s", s->portal, iscsi_get_error(s->iscsi));
     /* a socket that reported an error or hang-up is finished with: watch
      * whatever socket libiscsi holds now, even under the same number */
-    if ((revents & (POLLERR | POLLHUP | POLLNVAL)) || !iscsi_is_logged_in(s->iscsi))
+    if ((revents & (POLLERR | POLLHUP | POLLNVAL)) || !iscsi_is_logged_in(s->iscsi)) {
         s->watch_fd = -1;
+        /* Out of session, libiscsi may keep a socket that failed (a new
+         * session's connect refused) and ask for it again: watched at once,
+         * it reports the error at once, a busy loop (a quarter of a CPU, 84k
+         * wake-ups/s, measured with the target gone). The timer's next tick
+         * (250 ms) watches it again. */
+        if (!iscsi_is_logged_in(s->iscsi) && (r < 0 || (revents & (POLLERR | POLLHUP | POLLNVAL))))
+            s->socket_failed = true;
+    }
     update_events(s);
 }
 
@@ -260,7 +270,7 @@ static void update_events(struct iscsi_state *s)
     s->watch_fd = -1;
     s->watch_logged_in = in;
     /* 0: libiscsi waits (reconnect back-off); the timer asks again */
-    if (fd < 0 || !ev)
+    if (fd < 0 || !ev || s->socket_failed)
         return;
     s->watch = vbd_loop_watch_fd(s->loop, fd, ev, fd_ready, s);
     if (s->watch) {
@@ -361,6 +371,7 @@ static void timer_fn(void *arg)
      * afresh on every tick until the session is back */
     if (!iscsi_is_logged_in(s->iscsi))
         s->watch_fd = -1;
+    s->socket_failed = false;
     update_events(s);
     vbd_timer_arm(&s->timer, vbd_clock_ns() + EVENT_INTERVAL_NS);
 }
