@@ -109,7 +109,8 @@ static const char usage_text[] =
     "  --daemonize       go to the background once every socket listens\n"
     "  -v, --verbose     debug log;  -h, --help;  -V, --version\n"
     "\n"
-    "Options are processed in order. SIGTERM, SIGINT or QMP 'quit' stop the daemon cleanly. SIGHUP re-reads the\n"
+    "Options are processed in order. SIGTERM, SIGINT or QMP 'quit' stop the daemon cleanly (a second signal\n"
+    "while stopping exits without waiting for requests in flight). SIGHUP re-reads the\n"
     "size of every node (after a file was resized) and tells the VMs. SIGUSR1 retries stopped requests.\n";
 
 static volatile bool stop_requested;
@@ -117,8 +118,23 @@ static volatile sig_atomic_t hup_requested, cont_requested;
 static struct vbd_loop *main_loop;
 static int ready_pipe = -1;
 
+/* Set once the daemon stops: a second SIGTERM/SIGINT then exits at once.
+ * Stopping waits for every request in flight and flushes every node; a
+ * storage server that stopped answering (an iSCSI target or NBD server
+ * gone, with no timeout set) makes that wait last until it is back. The
+ * images are then left as after kill -9, which the crash tests cover:
+ * consistent, with only unflushed writes possibly missing. */
+static volatile sig_atomic_t stopping;
+
 static void on_signal(int sig)
 {
+    if ((sig == SIGTERM || sig == SIGINT) && stopping) {
+        static const char msg[] =
+            "vbd-daemon: second signal while stopping: exiting without waiting for requests in flight\n";
+        ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+        (void)unused;
+        _exit(1);
+    }
     if (sig == SIGHUP)
         hup_requested = 1;
     else if (sig == SIGUSR1)
@@ -605,13 +621,24 @@ static void refresh_sizes(void)
             e->type->resized(e->exp);
 }
 
+static void slow_stop_hint(void *arg)
+{
+    (void)arg;
+    vbd_warn("still stopping after 5 s: waiting for requests in flight and the nodes' flush (a storage "
+             "server not answering?); SIGTERM or SIGINT again exits without waiting");
+}
+
 static void shutdown_all(void)
 {
+    stopping = 1;
+    struct vbd_timer hint = {.fn = slow_stop_hint};
+    vbd_timer_arm(&hint, vbd_clock_ns() + 5000000000ull);
     vbd_qmp_shutdown(); /* first: no command runs while exports stop */
     vbd_job_cancel_all_sync(); /* jobs end (cancelled, images consistent) while the exports still run */
     vbd_daemon_shutdown_exports();
     vbd_nbd_server_stop();
     vbd_daemon_flush_nodes();
+    vbd_timer_cancel(&hint);
 }
 
 static void daemon_co(void *opaque)

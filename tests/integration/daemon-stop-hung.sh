@@ -1,0 +1,51 @@
+#!/bin/bash
+# Stopping the daemon while its storage does not answer: SIGTERM waits for
+# the requests in flight and the nodes' flush (nothing acknowledged is
+# dropped), says after 5 s what it waits for, and a second SIGTERM exits at
+# once. The storage is a real NBD server (nbdkit) stopped with SIGSTOP; the
+# data flushed before it stopped is there when it comes back.
+. "$(dirname "$0")/lib.sh"
+need nbdkit qemu-io qemu-img
+cd "$T"
+nbdkit -f -U "$T/kit.sock" memory 64M &
+kpid=$!
+on_exit "kill -CONT $kpid 2>/dev/null; kill $kpid 2>/dev/null"
+wait_sock "$T/kit.sock"
+S=$T/vbd.sock
+start_daemon --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/kit.sock" \
+    --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=n0,writable=on
+on_exit "kill -9 $dpid 2>/dev/null"
+
+step "a write through vbd-daemon, flushed, reaches nbdkit"
+must qemu-io -f raw -c 'write -P 0x5a 0 1M' -c flush "nbd+unix:///n0?socket=$S" >/dev/null
+# a second write left unflushed: the stopping daemon's flush carries it
+must qemu-io -f raw -t writeback -c 'write -P 0x6b 1M 1M' "nbd+unix:///n0?socket=$S" >/dev/null
+
+step "nbdkit stops answering; SIGTERM: the daemon waits and says why"
+kill -STOP $kpid
+kill -TERM $dpid
+for _ in $(seq 600); do grep -q "still stopping after 5 s" "$T/daemon.log" && break
+    kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
+grep -q "still stopping after 5 s" "$T/daemon.log" || { cat "$T/daemon.log"; fail "no hint while stopping"; }
+kill -0 $dpid 2>/dev/null || fail "the daemon exited while its flush had no answer"
+[ "$(grep -c 'still stopping' "$T/daemon.log")" = 1 ] || fail "the hint is not one line"
+
+step "a second SIGTERM exits at once with status 1"
+kill -TERM $dpid
+wait $dpid; rc=$?
+[ $rc = 1 ] || { cat "$T/daemon.log"; fail "exit status $rc after the second SIGTERM, want 1"; }
+grep -q "second signal while stopping: exiting without waiting" "$T/daemon.log" || fail "no message"
+! grep -q Sanitizer "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
+
+step "nbdkit back: both acknowledged writes are there"
+kill -CONT $kpid
+must qemu-io -f raw -r -c "read -P 0x5a 0 1M" -c "read -P 0x6b 1M 1M" "nbd+unix:///?socket=$T/kit.sock" >/dev/null
+
+step "a daemon whose storage answers stops at the first SIGTERM, status 0, no hint"
+start_daemon --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/kit.sock" \
+    --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=n0,writable=on
+must qemu-io -f raw -c 'write -P 0x7c 2M 1M' "nbd+unix:///n0?socket=$S" >/dev/null
+stop_daemon
+! grep -q "still stopping" "$T/daemon.log" || fail "hint without a reason"
+must qemu-io -f raw -r -c 'read -P 0x7c 2M 1M' "nbd+unix:///?socket=$T/kit.sock" >/dev/null
+echo PASS
