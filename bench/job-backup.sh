@@ -14,7 +14,7 @@ export VBD_ROOT=${VBD_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 ROUNDS=${ROUNDS:-5}
 dir=$(mktemp -d "${DIR:-/var/tmp}/vbd-backup-bench.XXXXXX")
 dpid=
-trap '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null; rm -rf "$dir"' EXIT
+trap '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null || true; rm -rf "$dir"' EXIT
 cd "$dir"
 qemu-img create -q -f qcow2 src.qcow2 2G
 args=()

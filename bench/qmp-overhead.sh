@@ -17,7 +17,7 @@ SECS=${1:-5}
 ROUNDS=${ROUNDS:-7}
 dir=$(mktemp -d /dev/shm/vbd-qmp-bench.XXXXXX)
 spid= ppid_=
-trap '[ -n "$ppid_" ] && kill $ppid_ 2>/dev/null; [ -n "$spid" ] && kill $spid 2>/dev/null; rm -rf "$dir"' EXIT
+trap '[ -n "$ppid_" ] && kill $ppid_ 2>/dev/null || true; [ -n "$spid" ] && kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
 sock=$dir/vu.sock mon=$dir/qmp.sock
 
 # The poller: query-blockstats every 10 ms by the clock until SIGTERM, then

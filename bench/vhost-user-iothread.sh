@@ -17,7 +17,7 @@ TASKSET=${TASKSET:-}
 SECS=${1:-5}
 dir=$(mktemp -d /dev/shm/vbd-vu-iot.XXXXXX)
 spid=
-trap '[ -n "$spid" ] && kill $spid 2>/dev/null; rm -rf "$dir"' EXIT
+trap '[ -n "$spid" ] && kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
 FORMAT=${FORMAT:-qcow2}
 sock=$dir/vu.sock img=$dir/disk.$FORMAT
 qemu-img create -q -f $FORMAT "$img" 1G
