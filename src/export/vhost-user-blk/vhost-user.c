@@ -100,6 +100,12 @@ void vu_queue_req_start(struct vu_queue *q)
  * vu_queue_complete. */
 #define SIGNAL_EVERY 4
 
+/* The first completion of an iteration, or SIGNAL_EVERY since the last signal. */
+static bool signal_due(const struct vu_queue *q)
+{
+    return !q->signalled || q->unsignalled >= SIGNAL_EVERY;
+}
+
 static void signal_front_end(struct vu_queue *q)
 {
     q->unsignalled = 0;
@@ -140,7 +146,7 @@ void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
         vbd_loop_schedule_bh(vbd_loop_current(), &q->notify_bh);
     }
     q->unsignalled++;
-    if (!q->notify_held && (!q->signalled || q->unsignalled >= SIGNAL_EVERY)) {
+    if (!q->notify_held && signal_due(q)) {
         q->signalled = true;
         q->pushed_unsignalled = false;
         signal_front_end(q);
@@ -159,7 +165,7 @@ void vu_queue_hold_notify(struct vu_queue *q)
 void vu_queue_release_notify(struct vu_queue *q)
 {
     q->notify_held = false;
-    if (q->pushed_unsignalled && (!q->signalled || q->unsignalled >= SIGNAL_EVERY)) {
+    if (q->pushed_unsignalled && signal_due(q)) {
         q->signalled = true;
         q->pushed_unsignalled = false;
         signal_front_end(q);
