@@ -7,27 +7,15 @@
 # e.g. for b in build-a build-b; do VBD_BUILD=$b bash bench/nbd-row.sh vbd tcp randread 4k 32; done
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/nbd-common.sh"
 s=$1 t=$2 rw=$3 bs=$4 depth=$5 SECS=${6:-3}
 dir=$(mktemp -d /dev/shm/vbd-nbd-row.XXXXXX)
 spid=
 # (|| true: under set -e the killed server's exit status would end the trap before the rm)
 trap '[ -z "$spid" ] || { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; }; rm -rf "$dir"' EXIT
-img=$dir/disk.raw
-qemu-img create -q -f raw "$img" 1G
-qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
-PORT=${PORT:-10877} sock=$dir/s.sock
-addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
-[ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
-case $s in
- vbd) taskset -c 0 "$VBD_BUILD/src/tools/vbd-daemon" --blockdev driver=file,node-name=f0,filename="$img" \
-        --blockdev driver=raw,node-name=d0,file=f0 --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
- nbdkit) if [ $t = unix ]; then taskset -c 0 nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
-         else taskset -c 0 nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
- qemu-nbd) if [ $t = unix ]; then taskset -c 0 qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
-           else taskset -c 0 qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
-esac
-spid=$!
-for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done
+nbd_image
+PORT=${PORT:-10877}
+serve $s $t
 ppid=
 case ${PERF:-} in
  stat) perf stat -e 'syscalls:sys_enter_*' -e context-switches -p $spid -o "$dir/perfstat" & ppid=$! ;;
@@ -45,9 +33,7 @@ rq_total() { awk '$1 == "--" {started = 1; next} !($1 in first) {first[$1] = sta
 cpus() { awk '/^cpu[01] / {print $1, $2, $3, $4, $8, $5 + $6, $9}' /proc/stat; }
 rq_sample $spid >"$dir/rq" & rqpid=$!
 c0=$(cpu_ns $spid) st0=$(cpus)
-out=$(taskset -c 1 fio --name=b --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based \
-        --runtime="$SECS" --size=1G --output-format=json 2>/dev/null |
-      python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$rw'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])")
+out=$(fio_run "$URI" "$rw" "$bs" "$depth")
 c1=$(cpu_ns $spid) st1=$(cpus)
 kill $rqpid 2>/dev/null; wait $rqpid 2>/dev/null || true
 rq=$(rq_total <"$dir/rq")

@@ -10,40 +10,16 @@
 # QD32), in seconds (lower is better; ratio = best peer time / vbd time).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
+source "$(dirname "$0")/nbd-common.sh"
 SECS=${1:-3}
 dir=$(mktemp -d /dev/shm/vbd-nbd-bench.XXXXXX)
 spid=
 # (|| true: under set -e a failing kill, of a server that already died, would end the trap before the rm)
 trap '[ -z "$spid" ] || kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
-img=$dir/disk.raw
-qemu-img create -q -f raw "$img" 1G
-qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
+nbd_image
 PORT=${PORT:-10899}
-serve() { # SERVER TRANSPORT -> sets URI and spid
-    local s=$1 t=$2 sock=$dir/s.sock
-    rm -f "$sock"
-    local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
-    [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
-    case $s in
-        vbd) taskset -c 0 "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
-                 --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
-        qemu-nbd) if [ $t = unix ]; then taskset -c 0 qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
-                  else taskset -c 0 qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
-        nbdkit) if [ $t = unix ]; then taskset -c 0 nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
-                else taskset -c 0 nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
-    esac
-    spid=$!
-    for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done
-    URI=$uri
-}
-stop() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; sleep 0.2; }
 # Both print "IOPS REQUESTS"
-fio_iops() { # URI RW BS DEPTH
-    taskset -c 1 fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --time_based --runtime="$SECS" \
-        --size=1G --output-format=json 2>/dev/null |
-        python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; print(round(j[d]['iops']), j[d]['total_ios'])"
-}
+fio_iops() { fio_run "$@" | { read -r iops _ n && echo "$iops $n"; }; }
 VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 bench_iops() { # URI RW BS DEPTH (vbd-bench's workload names are fio's)
     taskset -c 1 "$VBD_BENCH" --nbd "$1" -w "$2" -b "$3" -d "$4" -t "$SECS" --json |

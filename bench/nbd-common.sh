@@ -1,0 +1,41 @@
+# The set-up shared by bench/nbd.sh and bench/nbd-row.sh (sourced after
+# common.sh): the image, one server at a time on CPU 0, the fio client on
+# CPU 1. The caller owns $dir (a directory on /dev/shm), $PORT and the EXIT
+# trap that kills $spid.
+
+# nbd_image: $dir/disk.raw, 1 GiB of 0x5a (allocated, so every server reads data, not holes)
+nbd_image() {
+    img=$dir/disk.raw
+    qemu-img create -q -f raw "$img" 1G
+    qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
+}
+
+# serve SERVER TRANSPORT: vbd, qemu-nbd or nbdkit exporting $img as "disk"
+# (writable) on $dir/s.sock or 127.0.0.1:$PORT; sets URI and spid, returns
+# once the server answers
+serve() {
+    local s=$1 t=$2 sock=$dir/s.sock
+    rm -f "$sock"
+    local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
+    [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
+    case $s in
+        vbd) taskset -c 0 "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
+                 --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
+        qemu-nbd) if [ $t = unix ]; then taskset -c 0 qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
+                  else taskset -c 0 qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
+        nbdkit) if [ $t = unix ]; then taskset -c 0 nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
+                else taskset -c 0 nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
+    esac
+    spid=$!
+    for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done
+    URI=$uri
+}
+stop() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; sleep 0.2; }
+
+# fio_run URI RW BS DEPTH: fio's nbd engine (libnbd) for $SECS s; prints
+# "IOPS CLIENT-CPU% REQUESTS" (CPU: fio's own usr+sys)
+fio_run() {
+    taskset -c 1 fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --time_based --runtime="$SECS" \
+        --size=1G --output-format=json 2>/dev/null |
+        python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])"
+}
