@@ -33,6 +33,13 @@ struct vbd_loop;
 #define VBD_OPEN_NO_IO       0x0080u /* metadata only (info): skip e.g. dirty-bit repair */
 #define VBD_OPEN_AIO_THREADS 0x0100u /* aio=threads for file nodes */
 #define VBD_OPEN_CHECK       0x0200u /* opened for check: allow a corrupt image */
+/* File nodes write through the page cache on the calling thread, not on
+ * the pool (vbd-img convert's target: its in-order writes, which the
+ * file's inode lock serialises anyway, then follow each other without a
+ * hop to a worker and back; reads, O_DIRECT writes to a disk and other
+ * protocols are unchanged). Blocks the loop for each write: not for a
+ * daemon's nodes. */
+#define VBD_OPEN_INLINE_WRITES 0x0400u
 
 /* detect-zeroes: an all-zero write becomes a write-zeroes request (unmap:
  * one that may deallocate; only with discard=unmap, as QEMU requires) */

@@ -121,6 +121,7 @@ static void convert_worker(void *opaque)
 {
     struct convert *cv = opaque;
     uint8_t *buf = vbd_alloc_aligned(4096, cv->o->chunk_size);
+    uint64_t *runs = vbd_xcalloc(imageops_runs_max(cv->o, cv->o->chunk_size), sizeof(*runs));
     for (;;) {
         uint64_t off, soff, len, seq;
         struct vbd_node *src;
@@ -132,14 +133,21 @@ static void convert_worker(void *opaque)
             break;
         struct vbd_error *err = NULL;
         int rc = 0;
+        unsigned nruns = 0;
+        bool first_zero = false;
         if (!zero && (rc = vbd_node_co_pread(src, soff, buf, len)) < 0)
             imageops_io_error(&err, rc, "Could not read", src, soff);
+        /* Zeroes are looked for before this worker waits for its turn: the
+         * scan then overlaps the write of the chunk before, instead of
+         * lengthening the chain of in-order writes. */
+        if (!zero && rc == 0)
+            nruns = imageops_zero_runs(buf, len, cv->o, runs, &first_zero);
         if (!cv->o->out_of_order)
             while (cv->next_write_seq != seq && !cv->error)
                 vbd_co_queue_wait(&cv->order_q);
         if (rc == 0 && !cv->error)
             rc = zero ? imageops_write_zeroes(cv->dst, off, len, cv->o, &err)
-                      : imageops_write(cv->dst, off, len, buf, cv->o, &err);
+                      : imageops_write_runs(cv->dst, off, buf, runs, nruns, first_zero, cv->o, &err);
         if (!cv->o->out_of_order) {
             cv->next_write_seq++;
             vbd_co_queue_wake_all(&cv->order_q);
@@ -151,6 +159,7 @@ static void convert_worker(void *opaque)
             break;
         }
     }
+    free(runs);
     free(buf);
     if (--cv->running == 0)
         vbd_co_queue_wake_all(&cv->done_q);

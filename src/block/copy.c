@@ -5,6 +5,7 @@
  */
 #include "imageops-internal.h"
 
+#include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/iov.h"
@@ -107,49 +108,81 @@ static int write_data(struct vbd_node *dst, uint64_t off, uint64_t len, const ui
     return rc < 0 ? imageops_io_error(err, rc, "Could not write", dst, off) : 0;
 }
 
+/* The unit zero detection judges: a cluster when compressing (written whole
+ * or not at all), else zero_detect bytes; 0 without zero detection. */
+static uint64_t zero_unit(const struct vbd_copy_opts *o)
+{
+    if (o->write_flags & VBD_REQ_COMPRESSED)
+        return o->cluster_size;
+    return o->zero_detect;
+}
+
+size_t imageops_runs_max(const struct vbd_copy_opts *o, uint64_t len)
+{
+    uint64_t u = zero_unit(o);
+    /* without zero detection but compressing, every cluster is one data run of one request: still one run */
+    return u ? (size_t)((len + u - 1) / u) : 1;
+}
+
+unsigned imageops_zero_runs(const uint8_t *buf, uint64_t len, const struct vbd_copy_opts *o, uint64_t *runs,
+                            bool *first_zero)
+{
+    uint64_t u = zero_unit(o);
+    bool detect = o->zero_detect != 0;
+    *first_zero = false;
+    if (!u || !detect) {
+        runs[0] = len;
+        return len ? 1 : 0;
+    }
+    unsigned n = 0;
+    bool cur = false;
+    for (uint64_t pos = 0; pos < len;) {
+        uint64_t l = len - pos < u ? len - pos : u;
+        bool zero = vbd_buffer_is_zero(buf + pos, l);
+        if (n && zero == cur) {
+            runs[n - 1] += l;
+        } else {
+            if (!n)
+                *first_zero = zero;
+            cur = zero;
+            runs[n++] = l;
+        }
+        pos += l;
+    }
+    return n;
+}
+
+int imageops_write_runs(struct vbd_node *dst, uint64_t off, const uint8_t *buf, const uint64_t *runs, unsigned n,
+                        bool first_zero, const struct vbd_copy_opts *o, struct vbd_error **err)
+{
+    /* As qemu-img: with compression every cluster with data is written
+     * compressed (whole), an all-zero one is not written as data; a run of
+     * data clusters goes as one request (the driver compresses them in
+     * parallel). Without, zero runs of zero_detect bytes become
+     * write-zeroes (or nothing on a zero target). */
+    int rc = 0;
+    uint64_t pos = 0;
+    for (unsigned i = 0; i < n && rc == 0; i++) {
+        bool zero = (i % 2 == 0) == first_zero;
+        rc = zero ? imageops_write_zeroes(dst, off + pos, runs[i], o, err)
+                  : write_data(dst, off + pos, runs[i], buf + pos, o->write_flags, err);
+        pos += runs[i];
+    }
+    return rc;
+}
+
 int imageops_write(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8_t *buf,
                    const struct vbd_copy_opts *o, struct vbd_error **err)
 {
-    int rc = 0;
-    if (o->write_flags & VBD_REQ_COMPRESSED) {
-        /* As qemu-img: every cluster with data is written compressed (whole), an
-         * all-zero one is not written as data (without zero detection: all the
-         * same). A run of data clusters goes as one request: the driver
-         * compresses its clusters in parallel. */
-        for (uint64_t pos = 0; pos < len && rc == 0;) {
-            uint64_t l = len - pos < o->cluster_size ? len - pos : o->cluster_size;
-            bool zero = o->zero_detect && vbd_buffer_is_zero(buf + pos, l);
-            uint64_t run = l;
-            while (pos + run < len) {
-                uint64_t l2 = len - pos - run < o->cluster_size ? len - pos - run : o->cluster_size;
-                if ((o->zero_detect && vbd_buffer_is_zero(buf + pos + run, l2)) != zero)
-                    break;
-                run += l2;
-            }
-            rc = zero ? imageops_write_zeroes(dst, off + pos, run, o, err)
-                      : write_data(dst, off + pos, run, buf + pos, o->write_flags, err);
-            pos += run;
-        }
-        return rc;
-    }
-    if (!o->zero_detect)
-        return write_data(dst, off, len, buf, o->write_flags, err);
-    /* Write only the parts that are not all-zero runs of zero_detect bytes. */
-    uint64_t s = o->zero_detect;
-    for (uint64_t pos = 0; pos < len && rc == 0;) {
-        uint64_t l = len - pos < s ? len - pos : s;
-        bool zero = vbd_buffer_is_zero(buf + pos, l);
-        uint64_t run = l;
-        while (pos + run < len) {
-            uint64_t l2 = len - pos - run < s ? len - pos - run : s;
-            if (vbd_buffer_is_zero(buf + pos + run, l2) != zero)
-                break;
-            run += l2;
-        }
-        rc = zero ? imageops_write_zeroes(dst, off + pos, run, o, err)
-                  : write_data(dst, off + pos, run, buf + pos, o->write_flags, err);
-        pos += run;
-    }
+    uint64_t one, *runs = &one;
+    size_t max = imageops_runs_max(o, len);
+    if (max > 1)
+        runs = vbd_xcalloc(max, sizeof(*runs));
+    bool first_zero;
+    unsigned n = imageops_zero_runs(buf, len, o, runs, &first_zero);
+    int rc = imageops_write_runs(dst, off, buf, runs, n, first_zero, o, err);
+    if (runs != &one)
+        free(runs);
     return rc;
 }
 

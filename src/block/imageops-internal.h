@@ -10,6 +10,7 @@
 #include "vbd/imageops.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct vbd_node;
@@ -33,6 +34,16 @@ int imageops_advance(struct vbd_imageops_ctl *ctl, const struct vbd_node *n, uin
  * runs as write-zeroes or not at all, compressed clusters whole. */
 int imageops_write(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8_t *buf,
                    const struct vbd_copy_opts *o, struct vbd_error **err);
+/* imageops_write in two steps, so that a caller can look for zeroes before
+ * it waits for its turn to write: imageops_zero_runs splits buf into
+ * alternating data and zero runs (at most imageops_runs_max(o, len) of
+ * them, the first a zero run if *first_zero), imageops_write_runs writes
+ * them. */
+size_t imageops_runs_max(const struct vbd_copy_opts *o, uint64_t len);
+unsigned imageops_zero_runs(const uint8_t *buf, uint64_t len, const struct vbd_copy_opts *o, uint64_t *runs,
+                            bool *first_zero);
+int imageops_write_runs(struct vbd_node *dst, uint64_t off, const uint8_t *buf, const uint64_t *runs, unsigned n,
+                        bool first_zero, const struct vbd_copy_opts *o, struct vbd_error **err);
 /* A range known to read as zeroes (block status): nothing if the target
  * is zero already, else one write-zeroes request. */
 int imageops_write_zeroes(struct vbd_node *dst, uint64_t off, uint64_t len, const struct vbd_copy_opts *o,

@@ -179,7 +179,9 @@ int verb_convert(int argc, char **argv)
     struct json_object *dopts = json_object_new_object();
     json_object_object_add(dopts, "driver", json_object_new_string(out_fmt));
     bool wt = false;
-    unsigned dflags = VBD_OPEN_RDWR | VBD_OPEN_UNMAP;
+    /* this process's loop serves nothing but the convert: its in-order
+     * writes are best made on it (see VBD_OPEN_INLINE_WRITES) */
+    unsigned dflags = VBD_OPEN_RDWR | VBD_OPEN_UNMAP | VBD_OPEN_INLINE_WRITES;
     if (tool_cache_flags(cache, &dflags, &wt) < 0) {
         json_object_put(dopts);
         goto out;

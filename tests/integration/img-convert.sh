@@ -31,4 +31,31 @@ step "convert of a qemu-written image through --image-opts window"
 must "$VBD_IMG" convert --image-opts -O raw "driver=raw,offset=10M,size=1M,file.filename=$src" "$T/win.raw"
 [ "$(stat -c %s "$T/win.raw")" = 1048576 ] || fail "window size wrong"
 must qemu-io -f raw -c 'read -P 2 0 4k' -c 'read -P 0 4k 1020k' "$T/win.raw" | grep -q failed && fail "window data wrong"
+step "zero runs inside a chunk, raw and qcow2 targets, page cache and O_DIRECT: allocated as qemu-img's"
+# data, written zeroes and data again inside one 2 MiB chunk, at 4k and 64k steps
+mix=$T/mix.raw
+qemu-img create -q -f raw "$mix" 8M
+qemu-io -f raw -c 'write -P 5 0 4k' -c 'write -P 0 4k 60k' -c 'write -P 6 64k 4k' -c 'write -P 0 68k 1M' \
+    -c 'write -P 7 1092k 8k' -c 'write -P 8 3M 1M' -c 'write -P 0 5M 2M' -c 'write -P 9 7M 1M' "$mix" >/dev/null
+# the data ranges of an image (host offsets left out: the two qcow2 writers lay out their files differently)
+data_ranges() {
+    qemu-img map --output=json -f "$1" "$2" | python3 -c '
+import json, sys
+out = []
+for e in json.load(sys.stdin):
+    if e["data"] and out and out[-1][1] == e["start"]:
+        out[-1][1] += e["length"]
+    elif e["data"]:
+        out.append([e["start"], e["start"] + e["length"]])
+print(out)'
+}
+for fmt in raw qcow2; do for t in writeback none; do for S in 4k 64k; do
+    rm -f "$T/mixv.$fmt" "$T/mixq.$fmt"
+    must "$VBD_IMG" convert -S $S -t $t -f raw -O $fmt "$mix" "$T/mixv.$fmt"
+    must qemu-img convert -S $S -t $t -f raw -O $fmt "$mix" "$T/mixq.$fmt"
+    must qemu-img compare -f raw -F $fmt "$mix" "$T/mixv.$fmt" >/dev/null
+    [ $fmt = raw ] || must qemu-img check -q "$T/mixv.$fmt"
+    [ "$(data_ranges $fmt "$T/mixv.$fmt")" = "$(data_ranges $fmt "$T/mixq.$fmt")" ] ||
+        fail "-O $fmt -t $t -S $S: data ranges $(data_ranges $fmt "$T/mixv.$fmt"), qemu-img's $(data_ranges $fmt "$T/mixq.$fmt")"
+done; done; done
 echo ok
