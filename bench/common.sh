@@ -136,6 +136,14 @@ net_unserve() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; }
 sum_tasks() {
     cat /proc/$1/task/*/status 2>/dev/null | awk -v a="$2" -v b="${3:-}" '$1 == a":" || (b != "" && $1 == b":") {s += $2} END {print s + 0}'
 }
+# per-thread CPU ticks of a process: "tid:ticks ..." (a snapshot for busiest_thread)
+thread_ticks() { for f in /proc/$1/task/*/stat; do awk '{printf "%s:%d ", $1, $14 + $15}' "$f" 2>/dev/null; done; }
+# busiest_thread SNAPSHOT0 SNAPSHOT1 SECONDS: the % of one CPU its busiest
+# thread used in between (a single-threaded event loop near 100 % is the bottleneck)
+busiest_thread() {
+    paste <(tr ' ' '\n' <<<"$1" | sort) <(tr ' ' '\n' <<<"$2" | sort) | awk -F'[:\t]' -v hz="$(getconf CLK_TCK)" -v s="$3" \
+        'NF == 4 && $1 == $3 {d = $4 - $2; if (d > m) m = d} END {printf "%d\n", m * 100 / (hz * s)}'
+}
 # perf_stat_print REQUESTS FILE: the syscalls and context switches of a
 # `perf stat -o FILE` run per request (those above one per 50 requests)
 perf_stat_print() {

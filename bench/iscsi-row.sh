@@ -4,7 +4,8 @@
 # vbd-bench (CLIENT=nbd: over NBD on a unix socket to fio's nbd engine)
 # for SECONDS. Per run: IOPS, the server's and tgtd's CPU
 # per request, the server's context switches per request (all threads),
-# host busy (user+system+irq, nice-19 user time left out) and, with
+# host busy (user+system+irq, nice-19 user time left out), the % of a CPU
+# tgtd's busiest thread (its event loop) used and, with
 # PERF=stat, the server's syscalls per request. Needs root (tgtd). Not a test.
 #   [THIN=0] [CLIENT=nbd] [ROUNDS=N] [PERF=stat] bench/iscsi-row.sh RW BS DEPTH SERVER... [-- SECONDS]
 #   SERVER: qsd, or vbd=BUILD-DIR;  e.g. bench/iscsi-row.sh randread 4k 32 vbd=build vbd=/tmp/base qsd
@@ -30,14 +31,14 @@ for r in $(seq "$ROUNDS"); do
         [ "$s" = qsd ] || bin=${s#vbd=}/src/tools/vbd-daemon
         net_serve "$bin" "$CLIENT" i0 "$node"
         [ "${PERF:-}" = stat ] && { perf stat -e 'syscalls:sys_enter_*' -e context-switches -p $spid -o "$T/perfstat" & ppid=$!; }
-        c0=$(cpu_ns $spid) t0=$(cpu_ns $TGT_PID) h0=$(host_busy) x0=$(sum_tasks $spid voluntary_ctxt_switches nonvoluntary_ctxt_switches)
+        c0=$(cpu_ns $spid) t0=$(cpu_ns $TGT_PID) h0=$(host_busy) g0=$(thread_ticks $TGT_PID) x0=$(sum_tasks $spid voluntary_ctxt_switches nonvoluntary_ctxt_switches)
         if [ "$CLIENT" = vu ]; then
             out=$("$VBD_BENCH" --vhost-user "$sock" -q 1 -w "$rw" -b "$bs" -d "$depth" -t "$SECS" --json)
         else
             out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///disk?socket=$sock" --rw="$rw" --bs="$bs" --iodepth="$depth" \
                 --time_based --runtime="$SECS" --size=1G --output-format=json 2>/dev/null)
         fi
-        c1=$(cpu_ns $spid) t1=$(cpu_ns $TGT_PID) h1=$(host_busy) x1=$(sum_tasks $spid voluntary_ctxt_switches nonvoluntary_ctxt_switches)
+        c1=$(cpu_ns $spid) t1=$(cpu_ns $TGT_PID) h1=$(host_busy) g1=$(thread_ticks $TGT_PID) x1=$(sum_tasks $spid voluntary_ctxt_switches nonvoluntary_ctxt_switches)
         if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid 2>/dev/null || true; ppid=; fi
         n=$(python3 -c "
 import json,sys
@@ -47,8 +48,8 @@ if 'jobs' in j:
 else:
     print(max(j['requests'],1), round(j['iops']))" "$out")
         read -r ios iops <<<"$n"
-        printf 'round %s %-26s iops %6s  ns/r %7d  tgtd ns/r %7d  cs/r %5.2f  host busy %3d%%\n' "$r" "$s" "$iops" \
-            $(( (c1 - c0) / ios )) $(( (t1 - t0) / ios )) "$(echo "($x1 - $x0) / $ios" | bc -l)" "$(busy_pct $h0 $h1 $SECS)"
+        printf 'round %s %-26s iops %6s  ns/r %7d  tgtd ns/r %7d  cs/r %5.2f  host busy %3d%%  tgtd busiest thread %3d%%\n' "$r" "$s" "$iops" \
+            $(( (c1 - c0) / ios )) $(( (t1 - t0) / ios )) "$(echo "($x1 - $x0) / $ios" | bc -l)" "$(busy_pct $h0 $h1 $SECS)" "$(busiest_thread "$g0" "$g1" "$SECS")"
         [ "${PERF:-}" = stat ] && perf_stat_print "$ios" "$T/perfstat"
         net_unserve
     done
