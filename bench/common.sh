@@ -71,3 +71,81 @@ vu_unserve() {
     kill $spid; wait $spid 2>/dev/null || true
     spid=
 }
+
+# ---- the network-storage benchmarks (rbd.sh, rbd-ab.sh, iscsi.sh, iscsi-row.sh) ----
+# They source tests/integration/lib.sh ($T, on_exit, fail) and lib-ceph.sh
+# or lib-tgt.sh after this file.
+# iscsi_bench_setup NAME: a 1 GiB LUN on /dev/shm (every byte written, so
+# reads measure the target) served by a private tgtd; THIN=0 turns its thin
+# provisioning off (no GET LBA STATUS: vbd's NBD server asks block status
+# before every structured read, one more round trip to the target each).
+# Sets node (the iscsi blockdev, node-name i0) and sock.
+iscsi_bench_setup() {
+    local img
+    img=$(mktemp "/dev/shm/$1.XXXXXX")
+    on_exit "rm -f $img"
+    qemu-img create -q -f raw "$img" 1G
+    qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
+    tgt_start "$img"
+    [ "${THIN:-1}" = 1 ] || tgt_adm --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=0
+    node="driver=iscsi,node-name=i0,transport=tcp,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1"
+    sock=$T/server.sock
+}
+# rbd_bench_setup: a one-OSD cluster with the 1 GiB image rbd/bench, filled
+# (librbd answers never-written objects from the object map without the
+# OSD: reads would not measure the cluster). CACHE=writeback (default:
+# cache.direct=off, librbd's cache on, as QEMU sets rbd_cache) or none
+# (cache.direct=on: rbd_cache off). Sets cacheopt, osd_pid and sock.
+rbd_bench_setup() {
+    ceph_start >&2
+    CACHE=${CACHE:-writeback} cacheopt=
+    case $CACHE in writeback) ;; none) cacheopt=,cache.direct=on ;; *) fail "CACHE=writeback or none" ;; esac
+    rbd -c "$CEPH_CONF" create --size 1G bench || fail "rbd create"
+    CEPH_CONF=$CEPH_CONF fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=write --bs=4M \
+        --iodepth=8 --size=1G >/dev/null || fail "fio fill"
+    osd_pid=$(_ceph_pid osd.0) || fail "no osd.0"
+    sock=$T/server.sock
+}
+# net_serve BIN KIND NODE BLOCKDEV...: BIN (vbd-daemon or
+# qemu-storage-daemon) with those blockdevs, exporting NODE writable on
+# $sock: KIND vu (vhost-user-blk, one queue) or nbd (export "disk"); its
+# output in $T/server.log; spid is its pid. net_unserve stops it.
+net_serve() {
+    local bin=$1 kind=$2 exp=$3 b a=()
+    shift 3
+    for b in "$@"; do a+=(--blockdev "$b"); done
+    rm -f "$sock"
+    case $kind in
+    vu) "$bin" "${a[@]}" --export type=vhost-user-blk,id=e0,node-name="$exp",addr.type=unix,addr.path="$sock",writable=on,num-queues=1 \
+        >"$T/server.log" 2>&1 & ;;
+    nbd) "$bin" "${a[@]}" --nbd-server addr.type=unix,addr.path="$sock" --export type=nbd,id=e0,node-name="$exp",name=disk,writable=on \
+        >"$T/server.log" 2>&1 & ;;
+    esac
+    spid=$!
+    for _ in $(seq 200); do
+        case $kind in
+        vu) [ -S "$sock" ] && return ;;
+        nbd) nbdinfo --size "nbd+unix:///disk?socket=$sock" >/dev/null 2>&1 && return ;;
+        esac
+        sleep 0.05
+    done
+    cat "$T/server.log" >&2; fail "server $bin did not start"
+}
+net_unserve() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; }
+# sum_tasks PID FIELD [FIELD2]: a /proc status field summed over the process's threads
+sum_tasks() {
+    cat /proc/$1/task/*/status 2>/dev/null | awk -v a="$2" -v b="${3:-}" '$1 == a":" || (b != "" && $1 == b":") {s += $2} END {print s + 0}'
+}
+# per-thread CPU ticks of a process: "tid:ticks ..." (a snapshot for busiest_thread)
+thread_ticks() { for f in /proc/$1/task/*/stat; do awk '{printf "%s:%d ", $1, $14 + $15}' "$f" 2>/dev/null; done; }
+# busiest_thread SNAPSHOT0 SNAPSHOT1 SECONDS: the % of one CPU its busiest
+# thread used in between (a single-threaded event loop near 100 % is the bottleneck)
+busiest_thread() {
+    paste <(tr ' ' '\n' <<<"$1" | sort) <(tr ' ' '\n' <<<"$2" | sort) | awk -F'[:\t]' -v hz="$(getconf CLK_TCK)" -v s="$3" \
+        'NF == 4 && $1 == $3 {d = $4 - $2; if (d > m) m = d} END {printf "%d\n", m * 100 / (hz * s)}'
+}
+# perf_stat_print REQUESTS FILE: the syscalls and context switches of a
+# `perf stat -o FILE` run per request (those above one per 50 requests)
+perf_stat_print() {
+    awk -v n="$1" '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); if ($1 + 0 > n / 50) printf "    %-40s %8.3f /req\n", $2, $1 / n }' "$2"
+}

@@ -1,56 +1,49 @@
 #!/bin/bash
 # vbd-daemon vs qemu-storage-daemon on the same iSCSI LUN (tgtd, a 1 GiB
-# file on /dev/shm), each exporting it over NBD on a unix socket and driven
-# by fio's nbd engine: 4K randread/randwrite QD32, 1M sequential read QD8.
+# file on /dev/shm), each exporting it over vhost-user-blk to vbd-bench (the
+# client issue 15 names; CLIENT=nbd: over NBD on a unix socket to fio's nbd
+# engine instead, the rounds before 2026-12-03 evening): 4K
+# randread/randwrite QD32, 1M sequential read QD8.
 # The limit: iscsi-perf (libiscsi straight to the LUN, reads only).
 # Ratio = vbd / qsd (> 1: vbd is faster). Needs root (tgtd). Not a test.
-#   [THIN=0] [REPS=N] bench/iscsi.sh [SECONDS]
+#   [THIN=0] [CLIENT=nbd] [REPS=N] bench/iscsi.sh [SECONDS]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
 SECS=${1:-5}
+CLIENT=${CLIENT:-vu}
 # the test harness's tgtd helpers (lib.sh provides T, fail, need, on_exit)
 VBD_BUILD=$VBD_BUILD source "$(dirname "$0")/../tests/integration/lib.sh"
 source "$(dirname "$0")/../tests/integration/lib-tgt.sh"
 set +u
-img=$(mktemp /dev/shm/vbd-iscsi-bench.XXXXXX)
-on_exit "rm -f $img"
-qemu-img create -q -f raw "$img" 1G
-qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
-tgt_start "$img"
-# THIN=0: a LUN without thin provisioning (no GET LBA STATUS: vbd's NBD
-# server asks block status before every structured read, one more round
-# trip to the target each)
-[ "${THIN:-1}" = 1 ] || tgt_adm --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=0
-sock=$T/nbd.sock
+iscsi_bench_setup vbd-iscsi-bench
 spid=
 on_exit '[ -n "$spid" ] && kill $spid 2>/dev/null'
-node="driver=iscsi,node-name=i0,transport=tcp,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1"
 serve() {
-    rm -f "$sock"
-    case $1 in
-    vbd) "$VBD_DAEMON" --blockdev "$node" --nbd-server addr.type=unix,addr.path="$sock" \
-        --export type=nbd,id=e0,node-name=i0,name=disk,writable=on >/dev/null 2>&1 & ;;
-    qsd) qemu-storage-daemon --blockdev "$node" --nbd-server addr.type=unix,addr.path="$sock" \
-        --export type=nbd,id=e0,node-name=i0,name=disk,writable=on >/dev/null 2>&1 & ;;
-    esac
-    spid=$!
-    for _ in $(seq 100); do nbdinfo --size "nbd+unix:///disk?socket=$sock" >/dev/null 2>&1 && return; sleep 0.05; done
-    fail "$1 did not start"
+    local bin=$VBD_DAEMON
+    [ "$1" = qsd ] && bin=qemu-storage-daemon
+    net_serve "$bin" "$CLIENT" i0 "$node"
 }
-stop() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; }
-# IOPS and the server's CPU (user+sys, all threads) per request of one fio run
+stop() { net_unserve || true; }
+# IOPS and the server's CPU (user+sys, all threads) per request of one run
+# of the client
 fio_run() { # RW BS DEPTH
     local c0 c1 t0 t1 h0 h1 out
     c0=$(cpu_ns $spid) t0=$(cpu_ns $TGT_PID) h0=$(host_busy)
-    out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///disk?socket=$sock" --rw="$1" --bs="$2" --iodepth="$3" --time_based \
-        --runtime="$SECS" --size=1G --output-format=json 2>/dev/null)
+    if [ "$CLIENT" = vu ]; then
+        out=$("$VBD_BENCH" --vhost-user "$sock" -q 1 -w "$1" -b "$2" -d "$3" -t "$SECS" --json)
+    else
+        out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///disk?socket=$sock" --rw="$1" --bs="$2" --iodepth="$3" --time_based \
+            --runtime="$SECS" --size=1G --output-format=json 2>/dev/null)
+    fi
     c1=$(cpu_ns $spid) t1=$(cpu_ns $TGT_PID) h1=$(host_busy)
     python3 -c "
 import json,sys
-t=sys.argv[1]; j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$1'.endswith('write') else 'read'
-n=max(j[d]['total_ios'],1)
-print('%d %d %d %d' % (round(j[d]['iops']), ($c1-$c0)/n, ($t1-$t0)/n, $(busy_pct $h0 $h1 $SECS)))" "$out"
+t=sys.argv[1]; j=json.loads(t[t.index('{'):])
+if 'jobs' in j:
+    j=j['jobs'][0]; d='write' if '$1'.endswith('write') else 'read'; n=max(j[d]['total_ios'],1); i=j[d]['iops']
+else:
+    n=max(j['requests'],1); i=j['iops']
+print('%d %d %d %d' % (round(i), ($c1-$c0)/n, ($t1-$t0)/n, $(busy_pct $h0 $h1 $SECS)))" "$out"
 }
 # iscsi-perf straight at the LUN (reads only: it cannot write), in the same
 # round as the servers so the limit sees the same machine: IOPS, tgtd's CPU
@@ -66,6 +59,7 @@ limit_run() { # RW BS DEPTH
     echo "$i $(( (t1 - t0) / (i * SECS) )) $(busy_pct $h0 $h1 $SECS)"
 }
 echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, median of $REPS rounds (vbd, qsd, iscsi-perf in turn)"
+echo "client: $([ "$CLIENT" = vu ] && echo "vbd-bench over vhost-user-blk (one queue)" || echo "fio's nbd engine over NBD (unix socket)"); LUN thin provisioning ${THIN:-1}"
 echo "ns/r: CPU (user+sys) per request of the server process; tgtd: the target's per request while serving it"
 echo "host busy: user+system+irq of all CPUs during the run (the user time of nice-19 jobs left out, their system time not; near 100 %: bound by CPU)"
 printf '%-18s %8s %8s %8s %6s %6s %8s %8s %8s %8s\n' workload vbd qsd limit vbd/qsd vbd/lim "vbd ns/r" "qsd ns/r" "tgt@vbd" "tgt@qsd"

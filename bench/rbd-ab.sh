@@ -25,27 +25,11 @@ while [ $# -gt 0 ]; do
     case $1 in --) SECS=$2; shift 2 ;; *) servers+=("$1"); shift ;; esac
 done
 ROUNDS=${ROUNDS:-3}
-ceph_start >&2
-CACHE=${CACHE:-writeback} cacheopt=
-[ "$CACHE" = none ] && cacheopt=,cache.direct=on
-rbd -c "$CEPH_CONF" create --size 1G bench || fail "rbd create"
-CEPH_CONF=$CEPH_CONF fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=write --bs=4M \
-    --iodepth=8 --size=1G >/dev/null || fail "fio fill"
-osd_pid=$(_ceph_pid osd.0) || fail "no osd.0"
-sock=$T/vu.sock spid= ppid=
+rbd_bench_setup
+spid= ppid=
 on_exit '[ -n "$ppid" ] && kill -INT $ppid 2>/dev/null; [ -n "$spid" ] && { kill $spid; wait $spid; } 2>/dev/null'
 serve() { # binary [conf]
-    rm -f "$sock"
-    "$1" --blockdev "driver=rbd,node-name=r0,pool=rbd,image=bench,conf=${2:-$CEPH_CONF}$cacheopt" \
-        --blockdev driver=raw,node-name=disk0,file=r0 \
-        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues=1 \
-        >"$T/server.log" 2>&1 &
-    spid=$!
-    for _ in $(seq 200); do [ -S "$sock" ] && return; sleep 0.05; done
-    cat "$T/server.log" >&2; fail "server $1 did not start"
-}
-sum_tasks() { # pid field-of-status...: the sum over the process's threads
-    cat /proc/$1/task/*/status 2>/dev/null | awk -v a="$2" -v b="${3:-}" '$1 == a":" || (b != "" && $1 == b":") {s += $2} END {print s + 0}'
+    net_serve "$1" vu disk0 "driver=rbd,node-name=r0,pool=rbd,image=bench,conf=${2:-$CEPH_CONF}$cacheopt" driver=raw,node-name=disk0,file=r0
 }
 rq_ns() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.0f\n", s}'; }
 # librbd's and the objecter's counters from the server's admin socket
@@ -113,9 +97,7 @@ print("round %s %-18s iops %6.0f  ns/r %7d  cs/r %5.2f  runq %3d%%  osd ns/r %7d
     (h1 - h0) * 100 / (hz * secs * ncpu), ops / n,
     j["lat-us"]["p50"], lat))
 PY
-        [ "${PERF:-}" = stat ] && awk -v n="$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['requests'])" "$out")" \
-            '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); if ($1 + 0 > n / 50) printf "    %-40s %8.3f /req\n", $2, $1 / n }' "$T/perfstat"
-        kill $spid; wait $spid 2>/dev/null
-        spid=
+        [ "${PERF:-}" = stat ] && perf_stat_print "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['requests'])" "$out")" "$T/perfstat"
+        net_unserve
     done
 done

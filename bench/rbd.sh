@@ -14,37 +14,19 @@ source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/../tests/integration/lib.sh"
 source "$(dirname "$0")/../tests/integration/lib-ceph.sh"
 need fio qemu-storage-daemon bc python3
-VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
-VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 SECS=${1:-5}
-ceph_start >&2
+rbd_bench_setup
 export CEPH_CONF # fio's rbd engine reads the configuration librados finds
-CACHE=${CACHE:-writeback} cacheopt= fioconf=$CEPH_CONF
-case $CACHE in
-writeback) ;;
-none)
-    cacheopt=,cache.direct=on
+fioconf=$CEPH_CONF
+if [ "$CACHE" = none ]; then
     fioconf=$T/fio.conf
     cp "$CEPH_CONF" "$fioconf"
-    printf '[client]\nrbd_cache = false\n' >>"$T/fio.conf" ;;
-*) fail "CACHE=writeback or none" ;;
-esac
-rbd -c "$CEPH_CONF" create --size 1G bench || fail "rbd create"
-# librbd answers never-written objects from the object map without the
-# OSD: fill the image first so reads measure the cluster
-fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=write --bs=4M --iodepth=8 \
-    --size=1G >/dev/null || fail "fio fill"
-sock=$T/vu.sock spid=
+    printf '[client]\nrbd_cache = false\n' >>"$T/fio.conf"
+fi
+spid=
 on_exit 'kill $spid 2>/dev/null'
 serve() { # server-binary
-    rm -f "$sock"
-    "$1" --blockdev "driver=rbd,node-name=r0,pool=rbd,image=bench,conf=$CEPH_CONF$cacheopt" \
-        --blockdev driver=raw,node-name=disk0,file=r0 \
-        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues=1 \
-        >"$T/server.log" 2>&1 &
-    spid=$!
-    for _ in $(seq 200); do [ -S "$sock" ] && return; sleep 0.05; done
-    cat "$T/server.log" >&2; fail "server $1 did not start"
+    net_serve "$1" vu disk0 "driver=rbd,node-name=r0,pool=rbd,image=bench,conf=$CEPH_CONF$cacheopt" driver=raw,node-name=disk0,file=r0
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 # fio's IOPS and its CPU per request: user+sys of the whole process (librbd's
@@ -64,7 +46,6 @@ cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 print("%.0f %.0f" % (j["read"]["iops"] + j["write"]["iops"], cpu * 1e9 / max(ios, 1)))
 PY
 }
-osd_pid=$(_ceph_pid osd.0) || fail "no osd.0"
 echo "cache mode: $CACHE (rbd_cache $([ $CACHE = none ] && echo off || echo on) in vbd, qsd and fio)"
 echo "machine: $(machine); load $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, medians of $REPS; Ceph $(ceph --version | awk '{print $3}'), 1 OSD (BlueStore on a sparse file), 1 replica"
 echo "ns/r: CPU (user+sys) per request of the server process (fio: of fio itself, librbd inside); osd: the OSD's per request"
@@ -87,8 +68,7 @@ while IFS='|' read -r label args rw bs depth; do
             all[$who]="${all[$who]} $(field "$out" iops)"
             nsr[$who]="${nsr[$who]} $(( (c1 - c0) / (req + 1) ))"
             osd[$who]="${osd[$who]} $(( (o1 - o0) / (req + 1) ))"
-            kill $spid; wait $spid 2>/dev/null
-            spid=
+            net_unserve
         done
         o0=$(cpu_ns $osd_pid) h0=$(host_busy)
         read -r fi fn < <(fio_run "$rw" "$bs" "$depth")

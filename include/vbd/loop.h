@@ -135,6 +135,13 @@ void vbd_loop_remove_poller(struct vbd_loop *loop, struct vbd_poller *p);
 #define VBD_LOOP_POLL_MAX_NS_DEFAULT 131072
 void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns);
 bool vbd_loop_polling(const struct vbd_loop *loop);
+/* I/O in flight that completes through another thread's or process's work
+ * (io_uring's and the pool's workers, a network library's threads, a target
+ * on this host): while any is, the loop does not busy-poll its pollers, so
+ * the CPU goes to whoever completes it. Loop thread only; every begin gets
+ * an end on the same loop. */
+void vbd_loop_io_begin(struct vbd_loop *loop);
+void vbd_loop_io_end(struct vbd_loop *loop);
 
 /* Non-coroutine fd watching for servers (listening sockets, vhost kick fds):
  * calls cb(arg, revents) from the loop each time fd becomes ready (level

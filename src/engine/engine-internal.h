@@ -11,9 +11,6 @@ bool vbd_loop_has_ready(struct vbd_loop *loop);
 /* Put co on loop's ready list; loop must be the calling thread's loop. */
 void vbd_loop_push_ready(struct vbd_loop *loop, struct vbd_co *co);
 struct vbd_loop *vbd_loop_current_or_null(void);
-/* File I/O handed to io_uring or the thread pool (pollers do not spin meanwhile). */
-void vbd_loop_io_begin(struct vbd_loop *loop);
-void vbd_loop_io_end(struct vbd_loop *loop);
 
 /* Thread pool: job->fn runs on a worker; then job->done_bh is scheduled on
  * job->loop. */

@@ -538,11 +538,18 @@ static int run(struct vbd_node *n, struct iscsi_req *r, struct scsi_sense *sense
             return -ENOMEM;
         }
         kick(s);
+        /* The answer needs the target's work (on this host, often: tgtd,
+         * LIO): the loop must not spin on its rings meanwhile. 4K reads
+         * from tgtd to vbd-bench: 7 us of daemon CPU per request instead
+         * of 11-13, IOPS up 10-25 % (bench/iscsi-row.sh). */
+        struct vbd_loop *loop = vbd_loop_current();
+        vbd_loop_io_begin(loop);
         while (!r->done) {
             r->waiting = true;
             vbd_co_yield();
             r->waiting = false;
         }
+        vbd_loop_io_end(loop);
         if (r->status == SCSI_STATUS_GOOD)
             return 0;
         bool again = false;

@@ -481,8 +481,16 @@ static int vrbd_aio(struct vbd_node *n, enum vrbd_op op, uint64_t off, uint64_t 
         }
     }
     /* what was sent must finish before the buffers and chunks go away */
-    if (__atomic_sub_fetch(&req.pending, 1, __ATOMIC_ACQ_REL) != 0)
+    if (__atomic_sub_fetch(&req.pending, 1, __ATOMIC_ACQ_REL) != 0) {
+        /* librbd's threads and the OSDs (on this host, often) do the work:
+         * the loop must not spin on its rings meanwhile. 4K reads QD32 on a
+         * one-OSD cluster: 32-40 us of daemon CPU per request instead of
+         * 43-52, IOPS up ~5 % (bench/rbd-ab.sh, CACHE=none). */
+        struct vbd_loop *loop = vbd_loop_current();
+        vbd_loop_io_begin(loop);
         vbd_co_yield();
+        vbd_loop_io_end(loop);
+    }
     for (int i = 0; i < sent && r >= 0; i++) {
         ssize_t ret = chunks[i].ret;
         if (ret < 0) {
