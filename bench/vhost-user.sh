@@ -8,6 +8,8 @@
 # export iothread=io0) instead of the main loop (still on CPU 0).
 # BASE_DAEMON=<an older vbd-daemon>: it runs each row too (between vbd and
 # qsd), and two more columns give its IOPS and CPU per request.
+# ROWS=REGEX: only the rows whose "node q workload" matches (grep -E), e.g.
+# ROWS='^file . 64k'.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
@@ -43,6 +45,7 @@ printf '%-6s %-3s %-18s %10s %10s %6s %9s %9s %6s %8s %8s%s\n' node q workload "
 for kind in null file; do
     for nq in 1 2; do
         while IFS='|' read -r label args; do
+            [ -z "${ROWS:-}" ] || grep -qE -- "$ROWS" <<<"$kind $nq $label" || continue
             declare -A iops=() p99=() nsr=()
             for who in $whos; do
                 bin=$VBD_DAEMON; [ $who = qsd ] && bin=qemu-storage-daemon; [ $who = base ] && bin=$BASE_DAEMON

@@ -118,9 +118,7 @@ static void notify_bh(void *arg)
     struct vu_queue *q = arg;
     q->notify_pending = false;
     q->signalled = false;
-    bool pushed = q->pushed_unsignalled;
-    q->pushed_unsignalled = false;
-    if (pushed)
+    if (q->unsignalled)
         signal_front_end(q);
     if (q->inflight_reqs == 0)
         vbd_co_queue_wake_all(&q->idle);
@@ -148,10 +146,7 @@ void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len)
     q->unsignalled++;
     if (!q->notify_held && signal_due(q)) {
         q->signalled = true;
-        q->pushed_unsignalled = false;
         signal_front_end(q);
-    } else {
-        q->pushed_unsignalled = true;
     }
     if (--q->inflight_reqs == 0)
         vbd_co_queue_wake_all(&q->idle);
@@ -165,9 +160,8 @@ void vu_queue_hold_notify(struct vu_queue *q)
 void vu_queue_release_notify(struct vu_queue *q)
 {
     q->notify_held = false;
-    if (q->pushed_unsignalled && signal_due(q)) {
+    if (q->unsignalled && signal_due(q)) {
         q->signalled = true;
-        q->pushed_unsignalled = false;
         signal_front_end(q);
     }
 }

@@ -47,10 +47,9 @@ struct vu_queue {
     unsigned inflight_reqs; /* popped, not yet pushed */
     struct vbd_co_queue idle; /* on q->loop: waits for inflight_reqs == 0 */
     bool notify_pending;
-    bool signalled;          /* this iteration's first interrupt went out */
-    bool pushed_unsignalled; /* completed since, or while held */
-    uint16_t unsignalled;    /* completions pushed since the last interrupt */
-    bool notify_held;        /* completions of one merged request are being pushed */
+    bool signalled;       /* this iteration's first interrupt went out */
+    uint16_t unsignalled; /* completions pushed since the last interrupt (or while held) */
+    bool notify_held;     /* completions of one merged request are being pushed */
     struct vbd_bh notify_bh;
     void *dev_queue; /* the device's per-queue state */
 };
