@@ -18,10 +18,8 @@ start_daemon --object iothread,id=io0 \
     --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=qcow2,node-name=fmt0,file=file0 \
     --blockdev driver=throttle,node-name=disk0,throttle-group=g0,file=fmt0 \
     --export "type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=$S,node-name=disk0,writable=on,num-queues=2,iothread=io0"
-step "fs workload through the throttle filter"
-guest --num-queues 2 --workload "$G/workloads/fs.sh"
-step "basic workload (patterns) through the throttle filter"
-guest --num-queues 2 --workload "$G/workloads/basic.sh" --env VBD_SEED=thr
+step "one boot: the fs workload, then the basic one (patterns) through the throttle filter"
+guest --num-queues 2 --workload "$G/workloads/fs.sh" --workload "$G/workloads/basic.sh" --env VBD_SEED=thr
 stop_daemon
 ! grep -qi "error\|Sanitizer" "$T/daemon.log" || fail "daemon log: $(cat "$T/daemon.log")"
 wait_lock_free "$img"
