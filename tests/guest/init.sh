@@ -11,7 +11,7 @@ disks=1
 for w in $(cat /proc/cmdline); do case $w in vbd.disks=*) disks=${w#vbd.disks=} ;; esac; done
 ndisks() { ls -d /sys/block/vd* 2>/dev/null | wc -l; }
 i=0
-while [ "$(ndisks)" -lt "$disks" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+while [ "$(ndisks)" -lt "$disks" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 result() { echo "GUEST-RESULT: $*"; sync; poweroff -f; }
 [ -b /dev/vda ] || result "FAIL no /dev/vda"
 [ "$(ndisks)" -ge "$disks" ] || result "FAIL $(ndisks) disks, expected $disks"

@@ -20,14 +20,15 @@ Usage: run-guest.sh DISK [disk options] [DISK [disk options]]... [options]
                    back end connects to it (vbd-daemon's server=off)
   --device-opts O  appended to -device
   Options: --smp N vCPUs (default 2)  --timeout S (default 180)  --log FILE keep the console
-  Workloads run in the order given, whatever their disk. With more than one
-  disk each workload's "vbd:" lines name its disk, counted from 0 in the
-  order given: "vbd: disk1: ...".
+  --parallel       the disks' workloads at once (each disk's in its order)
+  Workloads run in the order given, whatever their disk (--parallel: the
+  disks side by side). With more than one disk each workload's "vbd:" lines
+  name its disk, counted from 0 in the order given: "vbd: disk1: ...".
 USAGE
 }
 # per disk d: mode, target, fmt, nq, ro, reconnect, listen, devopts, envs ("\n"-separated)
 modes=() targets=() fmts=() nqs=() ros=() rcs=() listens=() devopts=() denvs=()
-workloads=() wdisks=() smp=2 timeout=180 log= d=-1
+workloads=() wdisks=() smp=2 timeout=180 log= d=-1 parallel=0
 cur() { [ $d -ge 0 ] || new_disk "" ""; }
 new_disk() {
     d=$((d + 1))
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
         --listen) cur; listens[d]=1 ;;
         --device-opts) cur; devopts[d]=,$2; shift ;;
         --log) log=$2; shift ;;
+        --parallel) parallel=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run-guest: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -75,12 +77,15 @@ mkdir -p "$tmp/extra"
 # disk i sits in PCI slot 0x10+i: the guest finds its device by that, whatever
 # order the kernel named the disks in
 slot() { printf '%02x' $((16 + $1)); }
-# /workload.sh (what init.sh runs) runs each workload as its own shell, in order,
-# with its disk's device in VBD_DEV and its disk's environment
-cat >"$tmp/extra/workload.sh" <<'SH'
+# /workload.sh (what init.sh runs) runs each workload as its own shell, with its
+# disk's device in VBD_DEV and its disk's environment: in order, or (--parallel)
+# one chain per disk, the chains at once
+cat >"$tmp/extra/devof.sh" <<'SH'
 devof() { for b in /sys/block/vd*; do case $(readlink -f $b/device) in */0000:00:$1.0/*) echo /dev/${b##*/}; return ;; esac; done; }
 SH
-files="workload.sh"
+echo ". /devof.sh" >"$tmp/extra/workload.sh"
+files="devof.sh workload.sh"
+chains=()
 for i in $(seq 0 $((ndisks - 1))); do
     printf '%s' "${denvs[i]}" | while IFS= read -r e; do printf 'export %q\n' "$e"; done >"$tmp/extra/env$i"
     files="$files env$i"
@@ -89,9 +94,19 @@ for i in "${!workloads[@]}"; do
     cp "${workloads[$i]}" "$tmp/extra/workload$i.sh"
     w=${wdisks[i]}
     tag=; [ $ndisks = 1 ] || tag="export VBD_TAG=disk$w; "
-    echo "(. /env$w; VBD_DEV=\$(devof $(slot $w)); export VBD_DEV; [ -b \"\$VBD_DEV\" ] || { echo 'no disk in slot $(slot $w)' >/tmp/reason; exit 1; }; ${tag}sh /workload$i.sh) || exit \$?" >>"$tmp/extra/workload.sh"
+    line="(. /env$w; VBD_DEV=\$(devof $(slot $w)); export VBD_DEV; [ -b \"\$VBD_DEV\" ] || { echo 'no disk in slot $(slot $w)' >/tmp/reason; exit 1; }; ${tag}sh /workload$i.sh) || exit \$?"
+    if [ $parallel = 1 ]; then
+        [ -n "${chains[w]:-}" ] || { chains[w]=1; echo ". /devof.sh" >"$tmp/extra/chain$w.sh"; files="$files chain$w.sh"; }
+        echo "$line" >>"$tmp/extra/chain$w.sh"
+    else
+        echo "$line" >>"$tmp/extra/workload.sh"
+    fi
     files="$files workload$i.sh"
 done
+if [ $parallel = 1 ]; then
+    for w in "${!chains[@]}"; do echo "sh /chain$w.sh & pids=\"\$pids \$!\"" >>"$tmp/extra/workload.sh"; done
+    echo 'rc=0; for p in $pids; do wait $p || rc=$?; done; exit $rc' >>"$tmp/extra/workload.sh"
+fi
 (cd "$tmp/extra" && printf '%s\n' $files | cpio -o -H newc -R 0:0 --quiet | gzip) >"$tmp/extra.cpio.gz"
 cat "$base" "$tmp/extra.cpio.gz" >"$tmp/initrd"
 esc() { printf '%s' "${1//,/,,}"; }
@@ -124,7 +139,7 @@ qrc=$?
 secs=$(echo "$(date +%s.%N) - $start" | bc | cut -c1-5)
 result=$(tr -d '\r' <"$log" | grep -a -o 'GUEST-RESULT: .*' | tail -1)
 panic=$(tr -d '\r' <"$log" | grep -a -m1 'Kernel panic' || true)
-grep -a 'vbd:' "$log" | tr -d '\r' | sed 's/^.*vbd:/  vbd:/' | tail -40
+grep -a 'vbd:' "$log" | tr -d '\r' | sed 's/^.*vbd:/  vbd:/' | tail -$((40 * ndisks))
 case "$result" in
     "GUEST-RESULT: PASS") echo "run-guest: PASS ($mode, $ACCEL, ${secs}s)"; exit 0 ;;
     "GUEST-RESULT: FAIL"*) echo "run-guest: FAIL ($mode, $ACCEL, ${secs}s): ${result#GUEST-RESULT: FAIL }"; exit 1 ;;
