@@ -3,7 +3,8 @@
 # disks (vmdk monolithicSparse and streamOptimized-converted, vhdx dynamic)
 # that qemu-img made, served by vbd-daemon over vhost-user-blk; afterwards
 # qemu-img reads the guest's pattern from the image and checks it clean.
-# One boot: a disk per format, each served by a vbd-daemon of its own.
+# One boot: a disk per format, each served by a vbd-daemon of its own, the
+# disks' workloads side by side.
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86_64 qemu-img python3 busybox
 G=$VBD_ROOT/tests/guest
@@ -24,7 +25,7 @@ for spec in $specs; do
     i=$((i + 1))
 done
 step "one boot, a disk per format ($specs): basic and fs workloads over vhost-user-blk"
-"$G/run-guest.sh" "${args[@]}" --timeout 900 || fail "guest"
+"$G/run-guest.sh" "${args[@]}" --parallel --timeout 900 || fail "guest"
 i=0
 for spec in $specs; do
     fmt=${spec%%:*} o=${spec#*:} n=f$i

@@ -12,8 +12,8 @@ on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 export_opts="type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=$S,node-name=disk0"
 
 # All the guest cases share one boot: each has a disk of its own, served by
-# a vbd-daemon of its own (start_named), and its workloads run on that disk,
-# one case after the other; the back end restart is the last one.
+# a vbd-daemon of its own (start_named), and its workloads run on that disk;
+# the disks side by side (--parallel), a disk's workloads one after the other.
 vu() { echo "type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=$T/$1.sock,node-name=disk0"; }
 raw_node() { echo "--blockdev driver=file,node-name=file0,filename=$1 --blockdev driver=raw,node-name=disk0,file=file0"; }
 iot="--object iothread,id=io0 --object iothread,id=io1"
@@ -59,7 +59,7 @@ args+=(--vhost-user "$T/restart.sock" --reconnect --num-queues 2 --workload "$G/
 
 step "one boot, a disk per case: raw 1 queue; --drive 2 queues writeback discard; writethrough; read-only;" \
     "4096-byte sectors with a range= window and without; qcow2 on 2 iothreads; back end killed and restarted ($rd)"
-"$G/run-guest.sh" "${args[@]}" --timeout 900 --log "$T/console.log" >"$T/guest.out" 2>&1 &
+"$G/run-guest.sh" "${args[@]}" --parallel --timeout 900 --log "$T/console.log" >"$T/guest.out" 2>&1 &
 gpid=$!
 on_exit '[ -n "${gpid:-}" ] && kill -9 $gpid 2>/dev/null'
 # kill the restart case's back end the moment its workload starts: mkfs and everything after it need the back end
