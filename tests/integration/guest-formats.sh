@@ -25,7 +25,7 @@ for spec in $specs; do
     i=$((i + 1))
 done
 step "one boot, a disk per format ($specs): basic and fs workloads over vhost-user-blk"
-"$G/run-guest.sh" "${args[@]}" --parallel --timeout 900 || fail "guest"
+"$G/run-guest.sh" "${args[@]}" --parallel --timeout 1200 || fail "guest"
 i=0
 for spec in $specs; do
     fmt=${spec%%:*} o=${spec#*:} n=f$i

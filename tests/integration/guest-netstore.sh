@@ -55,7 +55,7 @@ done
 
 # disk0 rbd fs, disk1 rbd basic, disk2 iscsi fs, disk3 iscsi basic
 step "one boot: the fs workload (ext4, 2 queues) and the basic workload (patterns, O_DIRECT, parallel writers, flush, discard) on each"
-"$G/run-guest.sh" --timeout 900 \
+"$G/run-guest.sh" --timeout 1200 \
     --vhost-user "$T/rbd-fs.sock" --num-queues 2 --workload "$G/workloads/fs.sh" \
     --vhost-user "$T/rbd-basic.sock" --num-queues 2 --workload "$G/workloads/basic.sh" --env VBD_SEED=netrbd \
     --vhost-user "$T/iscsi-fs.sock" --num-queues 2 --workload "$G/workloads/fs.sh" \

@@ -10,7 +10,7 @@ G=$VBD_ROOT/tests/guest
 ls /boot/vmlinuz-* >/dev/null 2>&1 || skip "no guest kernel (linux-image-amd64)"
 S=$T/vu.sock
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
-guest() { "$G/run-guest.sh" --vhost-user "$S" --timeout 300 "$@" || fail "guest: $*"; }
+guest() { "$G/run-guest.sh" --vhost-user "$S" --timeout 600 "$@" || fail "guest: $*"; }
 img=$T/disk.qcow2
 must qemu-img create -q -f qcow2 "$img" 64M
 start_daemon --object iothread,id=io0 \

@@ -59,11 +59,11 @@ args+=(--vhost-user "$T/restart.sock" --reconnect --num-queues 2 --workload "$G/
 
 step "one boot, a disk per case: raw 1 queue; --drive 2 queues writeback discard; writethrough; read-only;" \
     "4096-byte sectors with a range= window and without; qcow2 on 2 iothreads; back end killed and restarted ($rd)"
-"$G/run-guest.sh" "${args[@]}" --parallel --timeout 900 --log "$T/console.log" >"$T/guest.out" 2>&1 &
+"$G/run-guest.sh" "${args[@]}" --parallel --timeout 2000 --log "$T/console.log" >"$T/guest.out" 2>&1 &
 gpid=$!
 on_exit '[ -n "${gpid:-}" ] && kill -9 $gpid 2>/dev/null'
 # kill the restart case's back end the moment its workload starts: mkfs and everything after it need the back end
-for _ in $(seq 18000); do grep -q "$rd: fs: mkfs" "$T/console.log" 2>/dev/null && break; kill -0 $gpid 2>/dev/null || break; sleep 0.05; done
+for _ in $(seq 40000); do grep -q "$rd: fs: mkfs" "$T/console.log" 2>/dev/null && break; kill -0 $gpid 2>/dev/null || break; sleep 0.05; done
 grep -q "$rd: fs: mkfs" "$T/console.log" || { cat "$T/guest.out"; fail "the restart case's fs workload never started"; }
 kill -9 ${dpids[restart]}; wait ${dpids[restart]} 2>/dev/null
 ! grep -q "$rd: fs: done" "$T/console.log" || fail "the workload ended before the back end was killed: nothing tested"
