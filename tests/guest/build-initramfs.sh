@@ -17,11 +17,13 @@ fi
 bb=$(command -v busybox) || { echo "build-initramfs: busybox not found (apt-get install busybox-static)" >&2; exit 1; }
 ldd "$bb" >/dev/null 2>&1 && { echo "build-initramfs: $bb is not static (apt-get install busybox-static)" >&2; exit 1; }
 
-out=$cache/$kver/base.cpio.gz
 # the inputs' contents, not their paths: checkouts in other directories share the cache
 key=$({ echo "$kver $modules"; for f in "$bb" "$here/init.sh" "$here/guest-lib.sh"; do sha256sum <"$f"; done
         stat -c '%s %Y' "/lib/modules/$kver/modules.dep"; } | sha256sum | cut -c1-32)
-if [ -s "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
+# named by its key: checkouts with different init.sh/guest-lib.sh running guests
+# at once each keep their own (one name for all made a guest boot another's init)
+out=$cache/$kver/base.$key.cpio.gz
+if [ -s "$out" ]; then
     echo "$kver $out"; exit 0
 fi
 mkdir -p "$cache/$kver"
@@ -46,6 +48,4 @@ done
 # guests started at once (tests of several checkouts) may build it at once: each renames its own copy in
 (cd "$st" && find . -mindepth 1 | sort | cpio -o -H newc -R 0:0 --quiet | gzip -6) >"$out.tmp.$$"
 mv "$out.tmp.$$" "$out"
-echo "$key" >"$out.key.$$"
-mv "$out.key.$$" "$out.key"
 echo "$kver $out"

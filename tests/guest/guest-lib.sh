@@ -1,5 +1,5 @@
 # Sourced by workloads in the guest (busybox sh) as /lib/vbd.sh.
-log() { echo "vbd: $*"; }
+log() { echo "vbd: ${VBD_TAG:+$VBD_TAG: }$*"; } # VBD_TAG: the disk, when the guest has several
 fail() { echo "$*" >/tmp/reason; log "FAIL: $*"; exit 1; }
 must() { "$@" || fail "command failed: $*"; }
 dev=${VBD_DEV:-/dev/vda}
@@ -33,7 +33,7 @@ check_region() {
     [ "$want" = "$got" ] || fail "data mismatch in $2 blocks at block $1 (${3:-buffered} read)"
 }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-# stat_field N: field N (1-based) of /sys/block/vda/stat
+# stat_field N: field N (1-based) of the disk's /sys/block/*/stat
 stat_field() { awk -v n="$1" '{ print $n }' $blk/stat; }
 features() { cat $blk/device/features; }
 has_feature() { [ "$(features | cut -c$(($1 + 1)))" = 1 ]; }

@@ -1,50 +1,71 @@
 #!/bin/bash
 # Boots Debian's kernel under QEMU (KVM where /dev/kvm is usable, else TCG;
-# VBD_ACCEL=kvm|tcg forces one, see accel.sh) with one virtio-blk disk and
-# runs a workload in it (several --workload: each in turn in the same boot,
-# the first failure ends it). Exit: 0 PASS, 1 FAIL, 2 usage, 3 TIMEOUT, 4 KERNEL PANIC,
-# 5 NO RESULT (QEMU refused the disk or died).
+# VBD_ACCEL=kvm|tcg forces one, see accel.sh) with one or more virtio-blk
+# disks and runs workloads in it (several --workload: each in turn in the
+# same boot, the first failure ends it). Exit: 0 PASS, 1 FAIL, 2 usage, 3 TIMEOUT,
+# 4 KERNEL PANIC, 5 NO RESULT (QEMU refused a disk or died).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 usage() {
     cat <<USAGE
-Usage: run-guest.sh DISK --workload FILE [options]
-  DISK: --vhost-user SOCKET | --nbd URI | --image FILE [--format FMT]
-  --num-queues N   virtqueues (default 1)      --smp N     vCPUs (default 2)
-  --workload FILE  again: run after the previous one, in the same boot
-  --env NAME=VAL   exported to the workloads   --timeout S (default 180)
+Usage: run-guest.sh DISK [disk options] [DISK [disk options]]... [options]
+  DISK: --vhost-user SOCKET | --nbd URI | --image FILE; each one more disk.
+  Disk options (for the disk named last; before any DISK: for the first):
+  --format FMT     image format (--image)     --num-queues N  virtqueues (default 1)
+  --workload FILE  run on this disk (VBD_DEV); again: after the previous one
+  --env NAME=VAL   exported to this disk's workloads
   --readonly       read-only disk (--nbd/--image)
   --reconnect      vhost-user chardev with reconnect=1 (back end may restart)
   --listen         vhost-user: QEMU listens on SOCKET (server=on,wait=off) and the
                    back end connects to it (vbd-daemon's server=off)
-  --device-opts O  appended to -device         --log FILE  keep the console
+  --device-opts O  appended to -device
+  Options: --smp N vCPUs (default 2)  --timeout S (default 180)  --log FILE keep the console
+  --parallel       the disks' workloads at once (each disk's in its order)
+  Workloads run in the order given, whatever their disk (--parallel: the
+  disks side by side). With more than one disk each workload's "vbd:" lines
+  name its disk, counted from 0 in the order given: "vbd: disk1: ...".
 USAGE
 }
-mode= target= fmt=raw workloads=() nq=1 smp=2 timeout=180 ro=0 reconnect=0 listen=0 devopts= log= envs=()
+# per disk d: mode, target, fmt, nq, ro, reconnect, listen, devopts, envs ("\n"-separated)
+modes=() targets=() fmts=() nqs=() ros=() rcs=() listens=() devopts=() denvs=()
+workloads=() wdisks=() smp=2 timeout=180 log= d=-1 parallel=0
+cur() { [ $d -ge 0 ] || new_disk "" ""; }
+new_disk() {
+    d=$((d + 1))
+    modes[d]=$1 targets[d]=$2 fmts[d]=raw nqs[d]=1 ros[d]=0 rcs[d]=0 listens[d]=0 devopts[d]= denvs[d]=
+}
 while [ $# -gt 0 ]; do
     case "$1" in
-        --vhost-user) mode=vhost-user target=$2; shift ;;
-        --nbd) mode=nbd target=$2; shift ;;
-        --image) mode=image target=$2; shift ;;
-        --format) fmt=$2; shift ;;
-        --workload) workloads+=("$2"); shift ;;
-        --num-queues) nq=$2; shift ;;
+        --vhost-user | --nbd | --image)
+            m=${1#--}
+            if [ $d = 0 ] && [ -z "${modes[0]}" ]; then modes[0]=$m targets[0]=$2; else new_disk "$m" "$2"; fi
+            shift ;;
+        --format) cur; fmts[d]=$2; shift ;;
+        --workload) cur; workloads+=("$2"); wdisks+=("$d"); shift ;;
+        --num-queues) cur; nqs[d]=$2; shift ;;
         --smp) smp=$2; shift ;;
-        --env) envs+=("$2"); shift ;;
+        --env) cur; denvs[d]+="$2"$'\n'; shift ;;
         --timeout) timeout=$2; shift ;;
-        --readonly) ro=1 ;;
-        --reconnect) reconnect=1 ;;
-        --listen) listen=1 ;;
-        --device-opts) devopts=,$2; shift ;;
+        --readonly) cur; ros[d]=1 ;;
+        --reconnect) cur; rcs[d]=1 ;;
+        --listen) cur; listens[d]=1 ;;
+        --device-opts) cur; devopts[d]=,$2; shift ;;
         --log) log=$2; shift ;;
+        --parallel) parallel=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run-guest: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
-[ -n "$mode" ] && [ ${#workloads[@]} -gt 0 ] || { echo "run-guest: need a disk and a --workload" >&2; exit 2; }
+ndisks=$((d + 1))
+[ $ndisks -gt 0 ] && [ ${#workloads[@]} -gt 0 ] || { echo "run-guest: need a disk and a --workload" >&2; exit 2; }
+for i in $(seq 0 $((ndisks - 1))); do
+    [ -n "${modes[i]}" ] || { echo "run-guest: disk options without a disk" >&2; exit 2; }
+    [ "${modes[i]}" != vhost-user ] || [ "${listens[i]}" = 1 ] || [ -S "${targets[i]}" ] ||
+        { echo "run-guest: no socket at '${targets[i]}'" >&2; exit 2; }
+done
 for w in "${workloads[@]}"; do [ -r "$w" ] || { echo "run-guest: cannot read workload '$w'" >&2; exit 2; }; done
-[ $mode != vhost-user ] || [ $listen = 1 ] || [ -S "$target" ] || { echo "run-guest: no socket at '$target'" >&2; exit 2; }
+mode=${modes[0]}; [ $ndisks = 1 ] || mode="$ndisks disks"
 read -r kver base < <("$here/build-initramfs.sh") || exit 2
 . "$here/accel.sh"
 pick_accel "/boot/vmlinuz-$kver" || exit 2
@@ -53,43 +74,72 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 log=${log:-$tmp/console.log}
 mkdir -p "$tmp/extra"
-# /workload.sh (what init.sh runs) runs each workload as its own shell, in order
-: >"$tmp/extra/workload.sh"
-files="workload.sh"
+# disk i sits in PCI slot 0x10+i: the guest finds its device by that, whatever
+# order the kernel named the disks in
+slot() { printf '%02x' $((16 + $1)); }
+# /workload.sh (what init.sh runs) runs each workload as its own shell, with its
+# disk's device in VBD_DEV and its disk's environment: in order, or (--parallel)
+# one chain per disk, the chains at once
+cat >"$tmp/extra/devof.sh" <<'SH'
+devof() { for b in /sys/block/vd*; do case $(readlink -f $b/device) in */0000:00:$1.0/*) echo /dev/${b##*/}; return ;; esac; done; }
+SH
+echo ". /devof.sh" >"$tmp/extra/workload.sh"
+files="devof.sh workload.sh"
+chains=()
+for i in $(seq 0 $((ndisks - 1))); do
+    printf '%s' "${denvs[i]}" | while IFS= read -r e; do printf 'export %q\n' "$e"; done >"$tmp/extra/env$i"
+    files="$files env$i"
+done
 for i in "${!workloads[@]}"; do
     cp "${workloads[$i]}" "$tmp/extra/workload$i.sh"
-    echo "sh /workload$i.sh || exit \$?" >>"$tmp/extra/workload.sh"
+    w=${wdisks[i]}
+    tag=; [ $ndisks = 1 ] || tag="export VBD_TAG=disk$w; "
+    line="(. /env$w; VBD_DEV=\$(devof $(slot $w)); export VBD_DEV; [ -b \"\$VBD_DEV\" ] || { echo 'no disk in slot $(slot $w)' >/tmp/reason; exit 1; }; ${tag}sh /workload$i.sh) || exit \$?"
+    if [ $parallel = 1 ]; then
+        [ -n "${chains[w]:-}" ] || { chains[w]=1; echo ". /devof.sh" >"$tmp/extra/chain$w.sh"; files="$files chain$w.sh"; }
+        echo "$line" >>"$tmp/extra/chain$w.sh"
+    else
+        echo "$line" >>"$tmp/extra/workload.sh"
+    fi
     files="$files workload$i.sh"
 done
-: >"$tmp/extra/env"
-for e in "${envs[@]}"; do printf 'export %q\n' "$e" >>"$tmp/extra/env"; done
-(cd "$tmp/extra" && printf '%s\n' $files env | cpio -o -H newc -R 0:0 --quiet | gzip) >"$tmp/extra.cpio.gz"
+if [ $parallel = 1 ]; then
+    for w in "${!chains[@]}"; do echo "sh /chain$w.sh & pids=\"\$pids \$!\"" >>"$tmp/extra/workload.sh"; done
+    echo 'rc=0; for p in $pids; do wait $p || rc=$?; done; exit $rc' >>"$tmp/extra/workload.sh"
+fi
+(cd "$tmp/extra" && printf '%s\n' $files | cpio -o -H newc -R 0:0 --quiet | gzip) >"$tmp/extra.cpio.gz"
 cat "$base" "$tmp/extra.cpio.gz" >"$tmp/initrd"
 esc() { printf '%s' "${1//,/,,}"; }
-rostr=; [ $ro = 1 ] && rostr=,readonly=on
-case $mode in
-    vhost-user)
-        rc=; [ $reconnect = 1 ] && rc=,reconnect=1
-        [ $listen = 1 ] && rc=,server=on,wait=off
-        disk=(-object memory-backend-memfd,id=mem0,size=256M,share=on -machine memory-backend=mem0
-              -chardev "socket,id=vu0,path=$(esc "$target")$rc"
-              -device "vhost-user-blk-pci,chardev=vu0,num-queues=$nq$devopts") ;;
-    nbd|image)
-        f=raw; [ $mode = image ] && f=$fmt
-        disk=(-drive "if=none,id=d0,file=$(esc "$target"),format=$f,discard=unmap$rostr"
-              -device "virtio-blk-pci,drive=d0,num-queues=$nq$devopts") ;;
-esac
+disk=()
+vu=0
+for i in $(seq 0 $((ndisks - 1))); do
+    t=${targets[i]} nq=${nqs[i]} dopt=${devopts[i]} addr=addr=0x$(slot $i)
+    rostr=; [ "${ros[i]}" = 1 ] && rostr=,readonly=on
+    case ${modes[i]} in
+        vhost-user)
+            [ $vu = 1 ] || disk+=(-object memory-backend-memfd,id=mem0,size=256M,share=on -machine memory-backend=mem0)
+            vu=1
+            rc=; [ "${rcs[i]}" = 1 ] && rc=,reconnect=1
+            [ "${listens[i]}" = 1 ] && rc=,server=on,wait=off
+            disk+=(-chardev "socket,id=vu$i,path=$(esc "$t")$rc"
+                   -device "vhost-user-blk-pci,chardev=vu$i,num-queues=$nq,$addr$dopt") ;;
+        nbd|image)
+            f=raw; [ ${modes[i]} = image ] && f=${fmts[i]}
+            disk+=(-drive "if=none,id=d$i,file=$(esc "$t"),format=$f,discard=unmap$rostr"
+                   -device "virtio-blk-pci,drive=d$i,num-queues=$nq,$addr$dopt") ;;
+    esac
+done
 start=$(date +%s.%N)
 timeout -k 10 "$timeout" qemu-system-x86_64 -accel "$ACCEL" -nographic -nodefaults -no-reboot \
     -machine pc -cpu max -smp "$smp" -m 256M -kernel "/boot/vmlinuz-$kver" -initrd "$tmp/initrd" \
-    -append "console=ttyS0 no_timer_check panic=-1 oops=panic loglevel=4 vbd.timeout=$((timeout - 30))" \
+    -append "console=ttyS0 no_timer_check panic=-1 oops=panic loglevel=4 vbd.timeout=$((timeout - 30)) vbd.disks=$ndisks" \
     -chardev "stdio,id=con0,signal=off,logfile=$(esc "$log")" -serial chardev:con0 \
     "${disk[@]}" </dev/null >"$tmp/out" 2>"$tmp/err"
 qrc=$?
 secs=$(echo "$(date +%s.%N) - $start" | bc | cut -c1-5)
 result=$(tr -d '\r' <"$log" | grep -a -o 'GUEST-RESULT: .*' | tail -1)
 panic=$(tr -d '\r' <"$log" | grep -a -m1 'Kernel panic' || true)
-grep -a 'vbd:' "$log" | tr -d '\r' | sed 's/^.*vbd:/  vbd:/' | tail -40
+grep -a 'vbd:' "$log" | tr -d '\r' | sed 's/^.*vbd:/  vbd:/' | tail -$((40 * ndisks))
 case "$result" in
     "GUEST-RESULT: PASS") echo "run-guest: PASS ($mode, $ACCEL, ${secs}s)"; exit 0 ;;
     "GUEST-RESULT: FAIL"*) echo "run-guest: FAIL ($mode, $ACCEL, ${secs}s): ${result#GUEST-RESULT: FAIL }"; exit 1 ;;

@@ -16,12 +16,12 @@ dpid=$!
 on_exit "kill -9 $dpid 2>/dev/null"
 for _ in $(seq 100); do [ -S "$S" ] && break; sleep 0.1; done
 [ -S "$S" ] || { cat "$T/daemon.log"; fail "vbd-daemon did not start"; }
-step "basic workload over NBD, 2 queues"
-"$G/run-guest.sh" --nbd "nbd+unix:///vbd?socket=$S" --num-queues 2 --workload "$G/workloads/basic.sh" || fail basic
-step "fs workload over NBD"
-"$G/run-guest.sh" --nbd "nbd+unix:///vbd?socket=$S" --workload "$G/workloads/fs.sh" || fail fs
-step "read-only export"
-"$G/run-guest.sh" --nbd "nbd+unix:///ro?socket=$S" --readonly --workload "$G/workloads/readonly.sh" || fail readonly
+# one boot, a disk per case: the first two on the same writable export (used
+# one after the other), the third on the read-only one
+step "one boot: basic workload over NBD (2 queues), fs workload over NBD, read-only export"
+"$G/run-guest.sh" --timeout 600 --nbd "nbd+unix:///vbd?socket=$S" --num-queues 2 --workload "$G/workloads/basic.sh" \
+    --nbd "nbd+unix:///vbd?socket=$S" --workload "$G/workloads/fs.sh" \
+    --nbd "nbd+unix:///ro?socket=$S" --readonly --workload "$G/workloads/readonly.sh" || fail "guest"
 kill -TERM $dpid; wait $dpid || fail "vbd-daemon exit status $? after SIGTERM"
 ! grep -q Sanitizer "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
 echo OK

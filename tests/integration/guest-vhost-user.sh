@@ -9,88 +9,87 @@ G=$VBD_ROOT/tests/guest
 ls /boot/vmlinuz-* >/dev/null 2>&1 || skip "no guest kernel (linux-image-amd64)"
 S=$T/vu.sock
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
-guest() { "$G/run-guest.sh" --vhost-user "$S" --timeout 300 "$@" || fail "guest: $*"; }
 export_opts="type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=$S,node-name=disk0"
 
-step "raw image, 1 queue, basic workload; data lands in the file"
-img=$T/disk.img
-must qemu-img create -q -f raw "$img" 64M
-start_daemon --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --export "$export_opts,writable=on"
-guest --workload "$G/workloads/basic.sh" --env VBD_SEED=hostchk
-stop_daemon
+# All the guest cases share one boot: each has a disk of its own, served by
+# a vbd-daemon of its own (start_named), and its workloads run on that disk;
+# the disks side by side (--parallel), a disk's workloads one after the other.
+vu() { echo "type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=$T/$1.sock,node-name=disk0"; }
+raw_node() { echo "--blockdev driver=file,node-name=file0,filename=$1 --blockdev driver=raw,node-name=disk0,file=file0"; }
+iot="--object iothread,id=io0 --object iothread,id=io1"
+args=()
+for n in raw wb wt ro win 4k qcow2 restart; do must qemu-img create -q -f raw "$T/$n.img" 64M; done
+
+# disk0: raw image, 1 queue, basic workload; data lands in the file (checked after the boot)
+start_named raw $(raw_node "$T/raw.img") --export "$(vu raw),writable=on"
+args+=(--vhost-user "$T/raw.sock" --workload "$G/workloads/basic.sh" --env VBD_SEED=hostchk)
+# disk1: 2 queues, --drive short form, cache=writeback, discard=unmap: basic and fs
+start_named wb --drive file="$T/wb.img",format=raw,cache=writeback,discard=unmap,num-queues=2 --vhost-user "$T/wb.sock"
+args+=(--vhost-user "$T/wb.sock" --num-queues 2 --workload "$G/workloads/basic.sh" --workload "$G/workloads/fs.sh")
+# disk2: writethrough (the --drive default), ACRN spelling
+start_named wt --drive "$T/wt.img,writethru" --vhost-user "$T/wt.sock"
+args+=(--vhost-user "$T/wt.sock" --workload "$G/workloads/basic.sh")
+# disk3: read-only export
+start_named ro --blockdev driver=file,node-name=file0,filename="$T/ro.img",read-only=on \
+    --blockdev driver=raw,node-name=disk0,file=file0,read-only=on --export "$(vu ro),writable=off"
+args+=(--vhost-user "$T/ro.sock" --workload "$G/workloads/readonly.sh")
+# disk4: sectorsize=4096 and a range= window: the guest sees only the window (bytes checked after the boot)
+start_named win --drive file="$T/win.img",format=raw,sectorsize=4096,range=2048/65536 --vhost-user "$T/win.sock"
+args+=(--vhost-user "$T/win.sock" --workload "$G/workloads/fill.sh" --env VBD_EXPECT_SIZE=$((65536 * 512))
+       --env VBD_EXPECT_LBS=4096 --env VBD_FILL_BYTE=W)
+# disk5: sectorsize=4096 over the whole file: basic
+start_named 4k --drive file="$T/4k.img",format=raw,sectorsize=4096 --vhost-user "$T/4k.sock"
+args+=(--vhost-user "$T/4k.sock" --workload "$G/workloads/basic.sh" --env VBD_EXPECT_LBS=4096)
+# disk6: qcow2 image, 2 queues on 2 iothreads: block workload (writers on every queue), fs workload, qemu-img check clean after
+q=$T/disk.qcow2
+if "$VBD_IMG" create -q -f qcow2 "$T/probe.qcow2" 1M >/dev/null 2>&1; then
+    must qemu-img create -q -f qcow2 "$q" 64M
+    start_named qcow2 $iot --blockdev driver=file,node-name=file0,filename="$q" --blockdev driver=qcow2,node-name=disk0,file=file0 \
+        --export "$(vu qcow2),writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
+    args+=(--vhost-user "$T/qcow2.sock" --num-queues 2 --workload "$G/workloads/basic.sh" --workload "$G/workloads/fs.sh")
+    rd=disk7
+else
+    echo "(qcow2 part skipped: vbd-img cannot create qcow2 yet)"
+    rd=disk6
+fi
+# last: the back end (2 queues on 2 iothreads) is killed (-9) and restarted under a running fs workload
+restart_args=($iot $(raw_node "$T/restart.img"))
+start_named restart "${restart_args[@]}" --export "$(vu restart),writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
+args+=(--vhost-user "$T/restart.sock" --reconnect --num-queues 2 --workload "$G/workloads/fs.sh" --env VBD_FILES=300)
+
+step "one boot, a disk per case: raw 1 queue; --drive 2 queues writeback discard; writethrough; read-only;" \
+    "4096-byte sectors with a range= window and without; qcow2 on 2 iothreads; back end killed and restarted ($rd)"
+"$G/run-guest.sh" "${args[@]}" --parallel --timeout 2000 --log "$T/console.log" >"$T/guest.out" 2>&1 &
+gpid=$!
+on_exit '[ -n "${gpid:-}" ] && kill -9 $gpid 2>/dev/null'
+# kill the restart case's back end the moment its workload starts: mkfs and everything after it need the back end
+for _ in $(seq 40000); do grep -q "$rd: fs: mkfs" "$T/console.log" 2>/dev/null && break; kill -0 $gpid 2>/dev/null || break; sleep 0.05; done
+grep -q "$rd: fs: mkfs" "$T/console.log" || { cat "$T/guest.out"; fail "the restart case's fs workload never started"; }
+kill -9 ${dpids[restart]}; wait ${dpids[restart]} 2>/dev/null
+! grep -q "$rd: fs: done" "$T/console.log" || fail "the workload ended before the back end was killed: nothing tested"
+start_named restart "${restart_args[@]}" --export "$(vu restart),writable=on,num-queues=2,iothread=io1"
+wait $gpid || { cat "$T/guest.out" "$T/restart.log"; fail "the guest failed (or did not survive the back end's restart)"; }
+gpid=
+grep -q "front end connected" "$T/restart.log" || fail "QEMU never reconnected"
+cat "$T/guest.out"
+for n in "${!dpids[@]}"; do stop_named $n; done
+
+step "raw: the guest's data landed in the file"
 want=$(busybox sh -c "VBD_DEV=none; . $G/guest-lib.sh; seed=hostchk; pattern 0 2048" | md5sum)
-got=$(dd if="$img" bs=512 count=2048 2>/dev/null | md5sum)
+got=$(dd if="$T/raw.img" bs=512 count=2048 2>/dev/null | md5sum)
 [ "$want" = "$got" ] || fail "the guest's first MiB is not in the image file"
 want=$(busybox sh -c "VBD_DEV=none; . $G/guest-lib.sh; seed=hostchk; pattern $((131072 - 2048)) 2048" | md5sum)
-got=$(dd if="$img" bs=512 skip=$((131072 - 2048)) count=2048 2>/dev/null | md5sum)
+got=$(dd if="$T/raw.img" bs=512 skip=$((131072 - 2048)) count=2048 2>/dev/null | md5sum)
 [ "$want" = "$got" ] || fail "the guest's last MiB is not in the image file"
-
-step "2 queues, --drive short form, cache=writeback, discard=unmap: basic and fs"
-start_daemon --drive file="$img",format=raw,cache=writeback,discard=unmap,num-queues=2 --vhost-user "$S"
-guest --num-queues 2 --workload "$G/workloads/basic.sh" --workload "$G/workloads/fs.sh"
-stop_daemon
-
-step "writethrough (the --drive default), ACRN spelling"
-start_daemon --drive "$img,writethru" --vhost-user "$S"
-guest --workload "$G/workloads/basic.sh"
-stop_daemon
-
-step "read-only export"
-start_daemon --blockdev driver=file,node-name=file0,filename="$img",read-only=on \
-    --blockdev driver=raw,node-name=disk0,file=file0,read-only=on --export "$export_opts,writable=off"
-guest --workload "$G/workloads/readonly.sh"
-stop_daemon
-
-step "sectorsize=4096 and a range= window: the guest sees only the window"
-w=$T/window.img
-must qemu-img create -q -f raw "$w" 64M
-start_daemon --drive file="$w",format=raw,sectorsize=4096,range=2048/65536 --vhost-user "$S"
-guest --workload "$G/workloads/fill.sh" --env VBD_EXPECT_SIZE=$((65536 * 512)) --env VBD_EXPECT_LBS=4096 --env VBD_FILL_BYTE=W
-stop_daemon
-python3 - "$w" <<'PY' || fail "the window's bytes are wrong or bytes outside it changed"
+step "range= window: only the window's bytes changed"
+python3 - "$T/win.img" <<'PY' || fail "the window's bytes are wrong or bytes outside it changed"
 import sys
 d = open(sys.argv[1], 'rb').read()
 a, b = 2048 * 512, (2048 + 65536) * 512
 ok = d[:a].count(0) == a and d[a:b].count(b'W') == b - a and d[b:].count(0) == len(d) - b
 sys.exit(0 if ok else 1)
 PY
-start_daemon --drive file="$w",format=raw,sectorsize=4096 --vhost-user "$S"
-guest --workload "$G/workloads/basic.sh" --env VBD_EXPECT_LBS=4096
-stop_daemon
-
-if "$VBD_IMG" create -q -f qcow2 "$T/probe.qcow2" 1M >/dev/null 2>&1; then
-    step "qcow2 image, 2 queues on 2 iothreads: block workload (writers on every queue), fs workload, qemu-img check clean"
-    q=$T/disk.qcow2
-    must qemu-img create -q -f qcow2 "$q" 64M
-    start_daemon --object iothread,id=io0 --object iothread,id=io1 \
-        --blockdev driver=file,node-name=file0,filename="$q" --blockdev driver=qcow2,node-name=disk0,file=file0 \
-        --export "$export_opts,writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
-    guest --num-queues 2 --workload "$G/workloads/basic.sh" --workload "$G/workloads/fs.sh"
-    stop_daemon
-    qcheck "$q"
-else
-    echo "(qcow2 part skipped: vbd-img cannot create qcow2 yet)"
-fi
-
-step "the back end (2 queues on 2 iothreads) is killed (-9) and restarted under a running fs workload"
-iot="--object iothread,id=io0 --object iothread,id=io1"
-start_daemon $iot --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --export "$export_opts,writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
-"$G/run-guest.sh" --vhost-user "$S" --reconnect --num-queues 2 --workload "$G/workloads/fs.sh" --env VBD_FILES=300 \
-    --timeout 200 --log "$T/console.log" >"$T/guest.out" 2>&1 &
-gpid=$!
-# kill it the moment the workload starts: mkfs and everything after it need the back end
-for _ in $(seq 6000); do grep -q "fs: mkfs" "$T/console.log" 2>/dev/null && break; kill -0 $gpid 2>/dev/null || break; sleep 0.05; done
-grep -q "fs: mkfs" "$T/console.log" || { cat "$T/guest.out"; fail "the fs workload never started"; }
-kill -9 $dpid; wait $dpid 2>/dev/null
-! grep -q "fs: done" "$T/console.log" || fail "the workload ended before the back end was killed: nothing tested"
-start_daemon $iot --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --export "$export_opts,writable=on,num-queues=2,iothread=io1"
-wait $gpid || { cat "$T/guest.out" "$T/daemon.log"; fail "the guest did not survive the back end's restart"; }
-grep -q "front end connected" "$T/daemon.log" || fail "QEMU never reconnected"
-stop_daemon
-cat "$T/guest.out" | tail -1
+[ ! -e "$q" ] || { step "qcow2: qemu-img check clean"; qcheck "$q"; }
 
 step "a raw front end: features offered, a second front end refused, unknown message answered"
 start_daemon --blockdev driver=null-co,node-name=disk0,size=64M --export "$export_opts,writable=on"

@@ -141,6 +141,29 @@ stop_daemon() {
     ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
     dpid=
 }
+# Several vbd-daemons at once (each its own options, e.g. one per disk of a
+# guest): start_named NAME ARGS... runs vbd-daemon ARGS in the background
+# until $T/NAME.sock (which ARGS must name) appears; stderr in $T/NAME.log
+# (started afresh each time), pid in dpids[NAME]. stop_named NAME: as stop_daemon.
+declare -A dpids=()
+on_exit 'for p in "${dpids[@]}"; do kill -9 $p 2>/dev/null; done'
+start_named() {
+    local n=$1 s=$T/$1.sock; shift
+    rm -f "$s"
+    : >"$T/$n.log"
+    "$VBD_DAEMON" "$@" 2>>"$T/$n.log" &
+    dpids[$n]=$!
+    for _ in $(seq 100); do [ -S "$s" ] && return; kill -0 ${dpids[$n]} 2>/dev/null || break; sleep 0.1; done
+    cat "$T/$n.log"; fail "vbd-daemon $n did not start: $*"
+}
+stop_named() {
+    local n=$1 rc
+    kill -TERM ${dpids[$n]}; wait ${dpids[$n]}; rc=$?
+    unset "dpids[$n]"
+    [ $rc = 0 ] || { cat "$T/$n.log"; fail "vbd-daemon $n exited with $rc after SIGTERM"; }
+    [ ! -e "$T/$n.sock" ] || fail "vbd-daemon $n: socket left behind after SIGTERM"
+    ! grep -q "Sanitizer" "$T/$n.log" || { cat "$T/$n.log"; fail "vbd-daemon $n: sanitizer report"; }
+}
 # The job tests' daemon, in the current directory: $1 = vbd (vbd-daemon) or
 # qsd (qemu-storage-daemon 7.2) with QMP on qmp.sock and node $2 exported
 # writable as "disk" on nbd.sock; $3...: its --blockdev arguments. Sets

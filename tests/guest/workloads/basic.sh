@@ -34,11 +34,12 @@ for d in direct buffered; do
 done
 log "patterns verified"
 # every queue must have completed requests
-nq=$(ls -d /sys/block/vda/mq/* | wc -l)
+nq=$(ls -d $blk/mq/* | wc -l)
 if [ "$nq" -gt 1 ]; then
+    vdev=$(basename "$(readlink -f $blk/device)") # virtioN, its queues' interrupt names
     q=0
     while [ $q -lt $nq ]; do
-        n=$(awk -v q="virtio0-req.$q" '$NF == q { s = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s }' /proc/interrupts)
+        n=$(awk -v q="$vdev-req.$q" '$NF == q { s = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s }' /proc/interrupts)
         [ "${n:-0}" -gt 0 ] || fail "queue $q saw no completion"
         q=$((q + 1))
     done
