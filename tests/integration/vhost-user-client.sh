@@ -24,7 +24,7 @@ grep -q "cannot connect to '$S'.*retrying every second" "$T/daemon.log" || { cat
 [ ! -e "$S" ] || fail "the daemon created the socket in client mode"
 
 step "QEMU listens; the daemon connects; the guest runs basic.sh on 2 queues"
-"$G/run-guest.sh" --vhost-user "$S" --listen --num-queues 2 --timeout 200 --workload "$G/workloads/basic.sh" \
+"$G/run-guest.sh" --vhost-user "$S" --listen --num-queues 2 --timeout 300 --workload "$G/workloads/basic.sh" \
     --env VBD_SEED=client || { cat "$T/daemon.log"; fail "guest with QEMU listening"; }
 grep -q "front end connected" "$T/daemon.log" || fail "the daemon never logged the connection"
 want=$(busybox sh -c "VBD_DEV=none; . $G/guest-lib.sh; seed=client; pattern 0 2048" | md5sum)
@@ -32,7 +32,7 @@ got=$(dd if="$img" bs=512 count=2048 2>/dev/null | md5sum)
 [ "$want" = "$got" ] || fail "the guest's first MiB is not in the image file"
 
 step "the VM is gone; a new QEMU on the same path gets the daemon again"
-"$G/run-guest.sh" --vhost-user "$S" --listen --timeout 200 --workload "$G/workloads/fs.sh" ||
+"$G/run-guest.sh" --vhost-user "$S" --listen --timeout 300 --workload "$G/workloads/fs.sh" ||
     { cat "$T/daemon.log"; fail "second guest"; }
 [ "$(grep -c "front end connected" "$T/daemon.log")" -ge 2 ] || fail "the daemon did not reconnect"
 
