@@ -54,14 +54,15 @@ struct vbd_loop {
     unsigned io_inflight;
 };
 
-/* 128 us, not QEMU's 32: a front end that sleeps between requests (a
+/* The busy-poll bound's default (VBD_LOOP_POLL_MAX_NS_DEFAULT, loop.h) is
+ * 128 us, not QEMU's 32: a front end that sleeps between requests (a
  * vCPU that halts at once, as with guest_halt_poll_ns=0) comes back after
  * its wake-up, 35-70 us on a KVM guest. A 32 us window always ran out
  * first, so both sides paid a wake-up per request (QD1) or per batch
  * (QD32); a window that outlasts the front end's round trip leaves one.
  * The adaptation below still shrinks it to nothing when requests come
  * further apart than this. */
-#define POLL_MAX_NS_DEFAULT VBD_LOOP_POLL_MAX_NS_DEFAULT
+
 #define POLL_GROW_START_NS 4096
 
 struct vbd_fd_watch {
@@ -191,7 +192,7 @@ struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_e
         struct epoll_event e = {.events = EPOLLIN, .data.fd = -1};
         epoll_ctl(loop->epfd, EPOLL_CTL_ADD, loop->efd, &e);
     }
-    loop->poll_max_ns = loop->poll_ns = POLL_MAX_NS_DEFAULT;
+    loop->poll_max_ns = loop->poll_ns = VBD_LOOP_POLL_MAX_NS_DEFAULT;
     if (!tls_loop)
         tls_loop = loop;
     return loop;

@@ -77,7 +77,7 @@ struct job_mirror {
     struct slot *slots;
     uint8_t *bufs;     /* the slots' buffers, one region */
     size_t bufs_len;   /* its length when mmap'd, 0 when from the heap */
-    int writes, max_writes;       /* background copy writes in flight */
+    int writes;                    /* background copy writes in flight */
     struct vbd_co_queue write_wait; /* copies waiting for a write turn */
     bool write_blocking;
     bool closing;                  /* tracking stops: writes are no longer copied */
@@ -143,7 +143,7 @@ static int copy_range(struct job_mirror *m, uint64_t off, uint64_t bytes, uint8_
             rc = vbd_node_co_pread(m->src, pos, buf, n);
             is_read = rc < 0;
             if (rc >= 0) {
-                while (m->writes >= m->max_writes)
+                while (m->writes >= MIRROR_MAX_WRITES)
                     vbd_co_queue_wait(&m->write_wait);
                 m->writes++;
                 rc = vbd_node_co_pwrite(m->target, pos, buf, n, 0);
@@ -484,7 +484,6 @@ struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_o
         m->slots[i].m = m;
         m->slots[i].buf = m->bufs + (size_t)i * slot_stride(m);
     }
-    m->max_writes = MIRROR_MAX_WRITES;
     m->tracker = vbd_job_tracker_new(m->src, m->gran);
     vbd_job_tracker_set_job(m->tracker, job);
     m->write_blocking = o->write_blocking;
