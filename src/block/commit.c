@@ -17,8 +17,8 @@
  * it decides; *step shrinks to what has the same status in every layer
  * looked at. */
 static int commit_extent(struct vbd_node *const *layers, int nlayers, struct vbd_node *base, uint64_t off,
-                         uint64_t *step, uint8_t *buf, const struct vbd_copy_opts *o, struct vbd_imageops_ctl *ctl,
-                         struct vbd_error **err)
+                         uint64_t *step, uint8_t *buf, uint64_t *runs, const struct vbd_copy_opts *o,
+                         struct vbd_imageops_ctl *ctl, struct vbd_error **err)
 {
     for (int i = 0; i < nlayers; i++) {
         struct vbd_node *l = layers[i];
@@ -34,7 +34,7 @@ static int commit_extent(struct vbd_node *const *layers, int nlayers, struct vbd
         if (!(st & VBD_BS_ALLOCATED))
             continue;
         if (!(st & VBD_BS_ZERO))
-            return imageops_copy(l, base, off, *step, buf, o, ctl, err);
+            return imageops_copy(l, base, off, *step, buf, runs, o, ctl, err);
         int rc = imageops_write_zeroes(base, off, *step, o, err);
         return rc < 0 ? rc : imageops_advance(ctl, base, off, *step, *step, err);
     }
@@ -58,13 +58,15 @@ int vbd_co_commit_layers(struct vbd_node *const *layers, int nlayers, struct vbd
         return rc;
     imageops_add_total(ctl, size);
     uint8_t *buf = vbd_alloc_aligned(4096, o.chunk_size);
+    uint64_t *runs = imageops_runs_new(&o);
     for (uint64_t off = 0; off < size && rc == 0;) {
         uint64_t step = size - off;
         rc = imageops_check_cancel(ctl, base, off, err);
         if (rc == 0)
-            rc = commit_extent(layers, nlayers, base, off, &step, buf, &o, ctl, err);
+            rc = commit_extent(layers, nlayers, base, off, &step, buf, runs, &o, ctl, err);
         off += step;
     }
+    free(runs);
     free(buf);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include "vbd/error.h"
 #include "vbd/iov.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,23 +172,22 @@ int imageops_write_runs(struct vbd_node *dst, uint64_t off, const uint8_t *buf, 
     return rc;
 }
 
-int imageops_write(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8_t *buf,
+uint64_t *imageops_runs_new(const struct vbd_copy_opts *o)
+{
+    return vbd_xcalloc(imageops_runs_max(o, o->chunk_size), sizeof(uint64_t));
+}
+
+int imageops_write(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8_t *buf, uint64_t *runs,
                    const struct vbd_copy_opts *o, struct vbd_error **err)
 {
-    uint64_t one, *runs = &one;
-    size_t max = imageops_runs_max(o, len);
-    if (max > 1)
-        runs = vbd_xcalloc(max, sizeof(*runs));
+    assert(len <= o->chunk_size); /* runs has room for a chunk's runs only */
     bool first_zero;
     unsigned n = imageops_zero_runs(buf, len, o, runs, &first_zero);
-    int rc = imageops_write_runs(dst, off, buf, runs, n, first_zero, o, err);
-    if (runs != &one)
-        free(runs);
-    return rc;
+    return imageops_write_runs(dst, off, buf, runs, n, first_zero, o, err);
 }
 
 int imageops_copy(struct vbd_node *src, struct vbd_node *dst, uint64_t off, uint64_t bytes, uint8_t *buf,
-                  const struct vbd_copy_opts *o, struct vbd_imageops_ctl *ctl, struct vbd_error **err)
+                  uint64_t *runs, const struct vbd_copy_opts *o, struct vbd_imageops_ctl *ctl, struct vbd_error **err)
 {
     while (bytes) {
         uint64_t l = bytes < o->chunk_size ? bytes : o->chunk_size;
@@ -197,7 +197,7 @@ int imageops_copy(struct vbd_node *src, struct vbd_node *dst, uint64_t off, uint
         rc = vbd_node_co_pread(src, off, buf, l);
         if (rc < 0)
             return imageops_io_error(err, rc, "Could not read", src, off);
-        rc = imageops_write(dst, off, l, buf, o, err);
+        rc = imageops_write(dst, off, l, buf, runs, o, err);
         if (rc < 0)
             return rc;
         rc = imageops_advance(ctl, dst, off, l, l, err);
@@ -225,7 +225,9 @@ int vbd_co_copy_range(struct vbd_node *src, struct vbd_node *dst, uint64_t off, 
     }
     imageops_add_total(ctl, bytes);
     uint8_t *buf = vbd_alloc_aligned(4096, o.chunk_size);
-    rc = imageops_copy(src, dst, off, bytes, buf, &o, ctl, err);
+    uint64_t *runs = imageops_runs_new(&o);
+    rc = imageops_copy(src, dst, off, bytes, buf, runs, &o, ctl, err);
+    free(runs);
     free(buf);
     return rc;
 }

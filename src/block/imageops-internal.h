@@ -30,10 +30,14 @@ void imageops_add_total(struct vbd_imageops_ctl *ctl, uint64_t bytes);
 int imageops_advance(struct vbd_imageops_ctl *ctl, const struct vbd_node *n, uint64_t off, uint64_t bytes,
                      uint64_t written, struct vbd_error **err);
 
-/* Write len bytes of buf (already read) to dst at off, as opts says: zero
- * runs as write-zeroes or not at all, compressed clusters whole. */
-int imageops_write(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8_t *buf,
+/* Write len (<= o->chunk_size) bytes of buf (already read) to dst at off,
+ * as opts says: zero runs as write-zeroes or not at all, compressed
+ * clusters whole. runs: scratch from imageops_runs_new(o), allocated once
+ * per operation rather than once per chunk. */
+int imageops_write(struct vbd_node *dst, uint64_t off, uint64_t len, const uint8_t *buf, uint64_t *runs,
                    const struct vbd_copy_opts *o, struct vbd_error **err);
+/* Room for the runs of one chunk of o->chunk_size bytes (free() it). */
+uint64_t *imageops_runs_new(const struct vbd_copy_opts *o);
 /* imageops_write in two steps, so that a caller can look for zeroes before
  * it waits for its turn to write: imageops_zero_runs splits buf into
  * alternating data and zero runs (at most imageops_runs_max(o, len) of
@@ -48,10 +52,11 @@ int imageops_write_runs(struct vbd_node *dst, uint64_t off, const uint8_t *buf, 
  * is zero already, else one write-zeroes request. */
 int imageops_write_zeroes(struct vbd_node *dst, uint64_t off, uint64_t len, const struct vbd_copy_opts *o,
                           struct vbd_error **err);
-/* Copy [off, off + bytes) src -> dst through buf (o->chunk_size bytes),
- * chunk by chunk, counting progress and checking cancellation per chunk. */
+/* Copy [off, off + bytes) src -> dst through buf (o->chunk_size bytes) and
+ * runs (imageops_runs_new), chunk by chunk, counting progress and checking
+ * cancellation per chunk. */
 int imageops_copy(struct vbd_node *src, struct vbd_node *dst, uint64_t off, uint64_t bytes, uint8_t *buf,
-                  const struct vbd_copy_opts *o, struct vbd_imageops_ctl *ctl, struct vbd_error **err);
+                  uint64_t *runs, const struct vbd_copy_opts *o, struct vbd_imageops_ctl *ctl, struct vbd_error **err);
 
 /* Error helpers: "<what> '<node>' at offset N: <strerror>" with code -rc; return rc. */
 int imageops_io_error(struct vbd_error **err, int rc, const char *what, const struct vbd_node *n, uint64_t off);

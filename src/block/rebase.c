@@ -43,8 +43,8 @@ static int read_view(struct vbd_node *backing, uint64_t off, uint64_t len, uint8
 /* One range that node does not allocate: as qemu-img, only the 512-byte
  * sectors where the two views differ get the old data. */
 static int rebase_range(struct vbd_node *node, struct vbd_node *old_backing, struct vbd_node *new_backing, uint64_t off,
-                        uint64_t len, uint8_t *old_buf, uint8_t *new_buf, const struct vbd_copy_opts *o,
-                        uint64_t *written, struct vbd_error **err)
+                        uint64_t len, uint8_t *old_buf, uint8_t *new_buf, uint64_t *runs,
+                        const struct vbd_copy_opts *o, uint64_t *written, struct vbd_error **err)
 {
     int rc = read_view(old_backing, off, len, old_buf, err);
     if (rc == 0)
@@ -52,7 +52,7 @@ static int rebase_range(struct vbd_node *node, struct vbd_node *old_backing, str
     for (uint64_t pos = 0; pos < len && rc == 0;) {
         uint64_t run;
         if (sector_run(old_buf + pos, new_buf + pos, len - pos, &run)) {
-            rc = imageops_write(node, off + pos, run, old_buf + pos, o, err);
+            rc = imageops_write(node, off + pos, run, old_buf + pos, runs, o, err);
             *written += run;
         }
         pos += run;
@@ -71,6 +71,7 @@ int vbd_co_rebase_safe(struct vbd_node *node, struct vbd_node *old_backing, stru
     imageops_add_total(ctl, size);
     uint8_t *old_buf = vbd_alloc_aligned(4096, o.chunk_size);
     uint8_t *new_buf = vbd_alloc_aligned(4096, o.chunk_size);
+    uint64_t *runs = imageops_runs_new(&o);
     for (uint64_t off = 0; off < size && rc == 0;) {
         uint64_t pnum = 0, written = 0;
         if ((rc = imageops_check_cancel(ctl, node, off, err)) < 0)
@@ -83,11 +84,12 @@ int vbd_co_rebase_safe(struct vbd_node *node, struct vbd_node *old_backing, stru
         if (pnum > o.chunk_size)
             pnum = o.chunk_size;
         if (!(st & VBD_BS_ALLOCATED))
-            rc = rebase_range(node, old_backing, new_backing, off, pnum, old_buf, new_buf, &o, &written, err);
+            rc = rebase_range(node, old_backing, new_backing, off, pnum, old_buf, new_buf, runs, &o, &written, err);
         if (rc == 0)
             rc = imageops_advance(ctl, node, off, pnum, written, err);
         off += pnum;
     }
+    free(runs);
     free(old_buf);
     free(new_buf);
     return rc;
