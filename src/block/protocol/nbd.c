@@ -633,8 +633,19 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
                 /* the reader notices the broken socket; wait for it */
             }
         }
+        /* The reply needs the server's work (on this host, often: qemu-nbd,
+         * nbdkit): the loop must not spin on its rings meanwhile. 4K reads
+         * QD1 over vhost-user-blk: 30-54 us of daemon CPU per request
+         * instead of 66-86 to qemu-nbd, 39-49 instead of 52-60 to nbdkit;
+         * IOPS up 30-40 % to qemu-nbd over unix (bench/nbd-client-ab.sh).
+         * Runs on the node's home loop (the nbd node is FIXED_LOOP), in the
+         * request's coroutine; the reader coroutine, on the same loop, wakes
+         * it, so begin and end pair on one loop. */
+        struct vbd_loop *loop = vbd_loop_current();
+        vbd_loop_io_begin(loop);
         while (!r->done && (r->sent || s->reader_running))
             vbd_co_yield();
+        vbd_loop_io_end(loop);
         if (r->done) {
             rc = r->error;
             break;
