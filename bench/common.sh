@@ -9,6 +9,17 @@ bench_secs() { "$@" | sed -n 's/^Run completed in \([0-9.]*\) seconds\./\1/p'; }
 machine() { echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(qemu-img --version | head -1)"; }
 # user+system CPU time of a process (all its threads), in ns
 cpu_ns() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f\n", ($14 + $15) * 1e9 / hz}' "/proc/$1/stat"; }
+# run_cpu FILE CMD...: runs CMD (its output passes through) and writes its
+# user+system CPU time in ns (all threads, waited-for children) to FILE: the
+# CPU per request or per MiB of a tool, as cpu_ns is for a server (both count
+# in 10 ms steps: runs shorter than ~1 s of CPU give rough figures)
+run_cpu() {
+    local f=$1 rc=0
+    shift
+    /usr/bin/time -f '%U %S' -o "$f.time" "$@" || rc=$?
+    tail -1 "$f.time" | awk '{printf "%.0f\n", ($1 + $2) * 1e9}' >"$f"
+    return $rc
+}
 # jiffies all CPUs spent busy at normal priority so far (user + system +
 # irq + softirq: the user time of the other sessions' nice-19 builds and tests
 # left out; their system time is not separable and counts)

@@ -12,7 +12,10 @@
 #     for both daemons (so that both jobs copy at the same rate and last
 #     longer than the measurement: checked), ratio during/before.
 # Ratios > 1: vbd better (READY: qsd time / vbd time; IOPS drop: vbd's
-# during/before over qsd's).
+# during/before over qsd's). CPU columns: the daemon's CPU time (user+system,
+# all threads) per MiB of data mirrored to READY (1 GiB; the QMP and job
+# set-up included) and per request of the IOPS runs before any job (the runs
+# during the mirror mix both kinds of work: none given).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 SECS=${SECS:-3}
@@ -60,22 +63,28 @@ cancel_in_ready(m, "m", "tgt")
 PY
 }
 echo "machine: $(machine); load average $(cut -d' ' -f1-3 /proc/loadavg); images in $dir ($(df -T "$dir" | awk 'NR==2 {print $2}')); REPS=$REPS, $SECS s per IOPS run, mirror speed under load $SPEED B/s; server on CPU 0, vbd-bench on CPU 1"
-declare -A ready before during
+declare -A ready before during ready_cpu before_cpu
 for who in vbd qsd; do
     vu_serve $who '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$dir"'/src.qcow2","cache":{"direct":true}}}'
-    r=()
-    for _ in $(seq "$REPS"); do r+=("$(mirror ready 0)"); done
-    ready[$who]=$(printf '%s\n' "${r[@]}" | median)
-    b=() l=()
+    r=() rc=()
     for _ in $(seq "$REPS"); do
+        c0=$(cpu_ns $spid); r+=("$(mirror ready 0)"); c1=$(cpu_ns $spid)
+        rc+=("$(( (c1 - c0) / 1024 ))")
+    done
+    ready[$who]=$(printf '%s\n' "${r[@]}" | median) ready_cpu[$who]=$(printf '%s\n' "${rc[@]}" | median)
+    b=() bc=() l=()
+    for _ in $(seq "$REPS"); do
+        c0=$(cpu_ns $spid)
         out=$(taskset -c 1 "$VBD_BENCH" --vhost-user vu.sock -w randread -b 4k -d 32 -t "$SECS" --json)
+        c1=$(cpu_ns $spid)
         b+=("$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["iops"])' "$out")")
+        bc+=("$(python3 -c 'import json,sys; print((int(sys.argv[2]) - int(sys.argv[3])) // (json.loads(sys.argv[1])["requests"] + 1))' "$out" $c1 $c0)")
         l+=("$(mirror load "$SPEED")")
     done
-    before[$who]=$(printf '%s\n' "${b[@]}" | median)
+    before[$who]=$(printf '%s\n' "${b[@]}" | median) before_cpu[$who]=$(printf '%s\n' "${bc[@]}" | median)
     during[$who]=$(printf '%s\n' "${l[@]}" | median)
     vu_unserve
-    echo "$who: READY runs ${r[*]} s; IOPS before ${b[*]}; during ${l[*]}"
+    echo "$who: READY runs ${r[*]} s (${rc[*]} ns CPU/MiB); IOPS before ${b[*]} (${bc[*]} ns CPU/r); during ${l[*]}"
 done
 printf '%-34s %12s %12s %8s\n' "" vbd qsd ratio
 printf '%-34s %12.2f %12.2f %8.2f\n' "time to READY (s, 1 GiB of data)" "${ready[vbd]}" "${ready[qsd]}" \
@@ -84,5 +93,9 @@ printf '%-34s %12.0f %12.0f %8.2f\n' "4K randread QD32 IOPS before" "${before[vb
     "$(echo "${before[vbd]} / ${before[qsd]}" | bc -l)"
 printf '%-34s %12.0f %12.0f %8.2f\n' "... during the mirror" "${during[vbd]}" "${during[qsd]}" \
     "$(echo "${during[vbd]} / ${during[qsd]}" | bc -l)"
+printf '%-34s %12.0f %12.0f %8.2f\n' "daemon CPU to READY (ns/MiB)" "${ready_cpu[vbd]}" "${ready_cpu[qsd]}" \
+    "$(echo "${ready_cpu[qsd]} / ${ready_cpu[vbd]}" | bc -l)"
+printf '%-34s %12.0f %12.0f %8.2f\n' "daemon CPU before (ns/r)" "${before_cpu[vbd]}" "${before_cpu[qsd]}" \
+    "$(echo "${before_cpu[qsd]} / ${before_cpu[vbd]}" | bc -l)"
 vr=$(echo "${during[vbd]} / ${before[vbd]}" | bc -l) qr=$(echo "${during[qsd]} / ${before[qsd]}" | bc -l)
 printf '%-34s %12.2f %12.2f %8.2f\n' "during / before" "$vr" "$qr" "$(echo "$vr / $qr" | bc -l)"

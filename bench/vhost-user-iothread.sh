@@ -4,7 +4,8 @@
 # iothreads. A qcow2 graph is single-loop, so with rings on iothreads every
 # request hops to the graph's home loop and back; this measures that hop.
 # Runs are interleaved (configuration inside repetition) and medians of
-# REPS reported, as the machine is shared. Not a test.
+# REPS reported, as the machine is shared; "ns/r": the daemon's CPU time
+# (user+system, all threads) per request. Not a test.
 #   bench/vhost-user-iothread.sh [SECONDS]
 # FORMAT=raw: the same over raw (multi-loop: no hop), for comparison.
 # DAEMONS="before=/path/vbd-daemon after=/path/vbd-daemon" compares binaries
@@ -41,24 +42,28 @@ serve() { # daemon-binary config
     echo "daemon $bin ($cfg) did not start:" >&2; cat "$dir/daemon.log" >&2; exit 1
 }
 
-declare -A runs=()
+declare -A runs=() nsr=()
 configs="main iot1 iot2"
 echo "$FORMAT; machine: $(machine); load: $(cut -d' ' -f1-3 /proc/loadavg); $SECS s per run, medians of $REPS, interleaved"
 for rep in $(seq "$REPS"); do
     for d in $DAEMONS; do
         for cfg in $configs; do
             serve "${d#*=}" $cfg
+            c0=$(cpu_ns $spid)
             out=$("$VBD_BENCH" --vhost-user "$sock" -q 2 -w randread -b 4k -d 32 -t "$SECS" --json)
+            c1=$(cpu_ns $spid)
             kill $spid; wait $spid 2>/dev/null || true; spid=
             runs[${d%%=*}/$cfg]+="$(python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['iops']))" "$out") "
+            nsr[${d%%=*}/$cfg]+="$(python3 -c "import json,sys; print((int(sys.argv[2]) - int(sys.argv[3])) // (json.loads(sys.argv[1])['requests'] + 1))" "$out" $c1 $c0) "
         done
     done
 done
-printf '%-10s %-26s %10s   %s\n' daemon "rings (2)" "IOPS" "runs"
+printf '%-10s %-26s %10s %8s   %s\n' daemon "rings (2)" "IOPS" "ns/r" "runs"
 for d in $DAEMONS; do
     for cfg in $configs; do
         case $cfg in main) where="on the main loop" ;; iot1) where="on 1 iothread" ;; iot2) where="on 2 iothreads" ;; esac
         r=${runs[${d%%=*}/$cfg]}
-        printf '%-10s %-26s %10.0f   %s\n' "${d%%=*}" "$where" "$(printf '%s\n' $r | median)" "$r"
+        printf '%-10s %-26s %10.0f %8.0f   %s\n' "${d%%=*}" "$where" "$(printf '%s\n' $r | median)" \
+            "$(printf '%s\n' ${nsr[${d%%=*}/$cfg]} | median)" "$r"
     done
 done

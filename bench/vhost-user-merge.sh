@@ -4,7 +4,8 @@
 # merge=off and merge=on (and qemu-storage-daemon, which merges too, for
 # reference). All servers run at once on CPU 0 (each on its own copy of the
 # image), vbd-bench on CPU 1, and the runs are interleaved (server A, B, C,
-# A, B, C, ...) so that a busy host hurts them alike. Not a test.
+# A, B, C, ...) so that a busy host hurts them alike. "ns/r": the server's
+# CPU time (user+system, all threads) per request. Not a test.
 #   bench/vhost-user-merge.sh [SECONDS]      (BASE_DAEMON=path: also a vbd-daemon built without merging)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -36,28 +37,31 @@ start_all() { # node kind
     done
 }
 stop_all() { for p in "${pids[@]}"; do kill $p; wait $p 2>/dev/null || true; done; pids=(); }
-field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['iops'] if sys.argv[2]=='iops' else r['lat-us']['p99'])" "$1" "$2"; }
+field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); f=sys.argv[2]; print(r['lat-us']['p99'] if f=='p99' else r[f])" "$1" "$2"; }
 for i in "${!names[@]}"; do
     qemu-img create -q -f raw "$dir/disk$i.raw" 1G
     qemu-io -f raw -c 'write -P 0x5a 0 1G' "$dir/disk$i.raw" >/dev/null
 done
 echo "machine: $(machine); $SECS s per run, medians of $REPS interleaved runs; 4K QD32, 1 queue"
-printf '%-6s %-9s %-22s %10s %9s\n' node workload server IOPS "p99 us"
+printf '%-6s %-9s %-22s %10s %9s %8s\n' node workload server IOPS "p99 us" "ns/r"
 for kind in null file; do
     start_all $kind
     for w in write read; do
-        declare -A iops=() p99=()
+        declare -A iops=() p99=() nsr=()
         for _ in $(seq "$REPS"); do
             for i in "${!names[@]}"; do
+                c0=$(cpu_ns ${pids[$i]})
                 out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$dir/vu$i.sock" -w $w -b 4k -d 32 -t "$SECS" --json)
+                c1=$(cpu_ns ${pids[$i]})
                 iops[$i]="${iops[$i]:-} $(field "$out" iops)"; p99[$i]="${p99[$i]:-} $(field "$out" p99)"
+                nsr[$i]="${nsr[$i]:-} $(( (c1 - c0) / ($(field "$out" requests) + 1) ))"
             done
         done
         for i in "${!names[@]}"; do
-            printf '%-6s %-9s %-22s %10.0f %9.1f\n' $kind $w "${names[$i]}" "$(printf '%s\n' ${iops[$i]} | median)" \
-                "$(printf '%s\n' ${p99[$i]} | median)"
+            printf '%-6s %-9s %-22s %10.0f %9.1f %8.0f\n' $kind $w "${names[$i]}" "$(printf '%s\n' ${iops[$i]} | median)" \
+                "$(printf '%s\n' ${p99[$i]} | median)" "$(printf '%s\n' ${nsr[$i]} | median)"
         done
-        unset iops p99
+        unset iops p99 nsr
     done
     stop_all
 done
