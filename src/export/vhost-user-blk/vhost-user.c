@@ -170,7 +170,7 @@ static void notify_bh(void *arg)
  * completion it is still awake (a plain eventfd write, ~0.3 us, small
  * beside a 64K request's work). Big requests further apart (64K reads of
  * tmpfs, ~9 us) keep the every-4th rule: the driver sleeps between them
- * anyway and each signal would be a wake-up (measured: 20-30 % fewer IOPS
+ * anyway and each signal would be a wake-up (measured: 17-34 % fewer IOPS
  * there); so do small requests (a syscall per 4K request costs more than
  * the request: vuperf3).
  */
