@@ -166,7 +166,7 @@ void blk_queue_cancel(struct vu_queue *q)
         list = r->next_free;
         cancelled++;
         *r->status = VIRTIO_BLK_S_IOERR;
-        vu_queue_complete(q, r->elem.head, 1);
+        vu_queue_complete(q, r->elem.head, 1, 0);
         blk_req_release(r);
     }
     if (!cancelled)

@@ -123,7 +123,7 @@ bool blk_req_decode(struct blk_req *r)
         vu_queue_fail(bq->q, status ? "request without a complete header" : "request without a status byte");
         /* give the descriptor back so the guest's accounting stays sane */
         vu_queue_req_start(bq->q);
-        vu_queue_complete(bq->q, r->elem.head, 0);
+        vu_queue_complete(bq->q, r->elem.head, 0, 0);
         blk_req_release(r);
         return false;
     }
@@ -237,7 +237,7 @@ void blk_req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
         vbd_debug("%s: %s at sector %llu failed: %s", e->name, blk_type_name(r->type), (unsigned long long)r->sector,
                   strerror(-err));
     *r->status = status_of(err);
-    vu_queue_complete(bq->q, r->elem.head, used_len + 1);
+    vu_queue_complete(bq->q, r->elem.head, used_len + 1, io ? r->in_bytes + r->out_bytes : 0);
     blk_req_release(r);
 }
 

@@ -119,8 +119,10 @@ void vu_queue_req_start(struct vu_queue *q);
 /* The ring is empty: ask for a kick at the next entry (or, while the loop
  * polls the ring, suppress kicks). True when entries arrived meanwhile. */
 bool vu_queue_rearm(struct vu_queue *q);
-/* Publishes a used element and schedules the (batched) interrupt. */
-void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len);
+/* Publishes a used element and schedules the (batched) interrupt. len: the
+ * used length (bytes written into the chain); moved: the bytes the request
+ * read or wrote on the device, which the signal rule weighs (0: none). */
+void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len, uint64_t moved);
 /* Around completions pushed back to back (a merged request's): they share
  * one interrupt, sent at the release if none went out in this iteration
  * yet (else the bottom half's). No yield in between. */
