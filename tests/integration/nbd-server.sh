@@ -2,7 +2,7 @@
 # vbd-daemon's NBD export against real clients: qemu-img, qemu-io, nbdinfo,
 # nbdcopy; exports by name, read-only, multi-conn, hostile clients, SIGTERM.
 . "$(dirname "$0")/lib.sh"
-need qemu-img qemu-io nbdinfo nbdcopy python3
+need qemu-img qemu-io nbdinfo nbdcopy python3 fallocate
 S=$T/nbd.sock
 img=$T/disk.img
 must qemu-img create -q -f raw "$img" 64M
@@ -144,6 +144,70 @@ PY
 interleave "$S" || fail "large/small read interleaving"
 out=$(qemu-img compare -f raw -F raw "$img" "$U") || fail "qemu-img compare after large reads: $out"
 
+step "structured reads: below 64 KiB one data chunk even over a hole, larger ones with hole chunks; the bytes are the file's"
+# ADDR: a unix socket path or tcp:PORT. Over unix, reads from 64 KiB go out
+# with sendfile as one data chunk; over TCP a 1 MiB read of a hole must be a hole chunk.
+structured() {
+python3 - "$1" "$img" <<'PY'
+import socket, struct, sys
+addr, img = sys.argv[1], open(sys.argv[2], 'rb').read()
+if addr.startswith('tcp:'):
+    s = socket.create_connection(('127.0.0.1', int(addr[4:])))
+else:
+    s = socket.socket(socket.AF_UNIX); s.connect(addr)
+s.settimeout(30)
+def recvn(n):   # (with a timeout the socket is non-blocking: MSG_WAITALL may return less)
+    b = b''
+    while len(b) < n:
+        c = s.recv(n - len(b)); assert c, 'connection closed mid-reply'; b += c
+    return b
+recvn(18)
+s.sendall(struct.pack('>I', 3))
+s.sendall(struct.pack('>QII', 0x49484156454F5054, 8, 0))                  # NBD_OPT_STRUCTURED_REPLY
+magic, opt, typ, ln = struct.unpack('>QIII', recvn(20)); recvn(ln)
+assert typ == 1, 'structured replies refused: %d' % typ
+s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk')        # NBD_OPT_EXPORT_NAME
+recvn(10)
+def read(cookie, off, ln):
+    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, cookie, off, ln))
+def chunks(cookie):
+    out = []
+    while True:
+        magic, flags, typ, ck, ln = struct.unpack('>IHHQI', recvn(20))
+        assert magic == 0x668e33ef and ck == cookie, (hex(magic), ck)
+        p = recvn(ln)
+        out.append((typ, p))
+        if flags & 1:
+            return out
+cases = [(1, 30 << 20, 4096), (2, (1 << 20) + (128 << 10), 4096), (3, (3 << 20) - 4096, 65536 - 4096),
+         (4, 30 << 20, 1 << 20), (5, (3 << 20) - (32 << 10), 128 << 10)]
+for cookie, off, ln in cases:    # all in flight at once
+    read(cookie, off, ln)
+got = {}
+for _ in cases:
+    magic, flags, typ, ck, ln = struct.unpack('>IHHQI', recvn(20))   # first chunk names the reply
+    assert magic == 0x668e33ef, hex(magic)
+    p = recvn(ln); lst = [(typ, p)]
+    if not flags & 1:
+        lst += chunks(ck)
+    got[ck] = lst
+for cookie, off, ln in cases:
+    buf = bytearray(ln)
+    for typ, p in got[cookie]:
+        o = struct.unpack('>Q', p[:8])[0] - off
+        assert 0 <= o <= ln, (cookie, o)
+        if typ == 1:                                   # OFFSET_DATA
+            buf[o:o + len(p) - 8] = p[8:]
+        else:
+            assert typ == 2, (cookie, typ)             # OFFSET_HOLE: buf is zeroes there already
+    assert bytes(buf) == img[off:off + ln], 'wrong data for cookie %d' % cookie
+    if ln < 65536:
+        assert [t for t, _ in got[cookie]] == [1], 'a small read in %s chunks' % [t for t, _ in got[cookie]]
+assert not addr.startswith('tcp:') or 2 in [t for t, _ in got[4]], 'a 1 MiB read of a hole sent no hole chunk'
+PY
+}
+structured "$S" || fail "structured reads"
+
 step "SIGTERM with a client connected: clean exit, socket removed"
 python3 -c "
 import socket,time,sys
@@ -158,7 +222,8 @@ kill $cpid 2>/dev/null
 [ ! -e "$S" ] || fail "socket left behind"
 ! grep -q Sanitizer "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
 
-step "over TCP: large reads interleaved with small ones, qemu-img compare, nbdcopy"
+step "over TCP: large reads interleaved with small ones, structured reads, qemu-img compare, nbdcopy"
+must fallocate -p -o $((30 << 20)) -l $((1 << 20)) "$img"   # a hole again (nbdcopy above filled the disk)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
     --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=$port --export type=nbd,id=e0,node-name=disk0,name=disk \
@@ -167,6 +232,7 @@ tpid=$!
 on_exit "kill -9 $tpid 2>/dev/null"
 wait_port $port
 interleave tcp:$port || { cat "$T/daemon-tcp.log"; fail "large/small read interleaving over TCP"; }
+structured tcp:$port || { cat "$T/daemon-tcp.log"; fail "structured reads over TCP"; }
 out=$(qemu-img compare -f raw -F raw "$img" "nbd://127.0.0.1:$port/disk") || fail "qemu-img compare over TCP: $out"
 must nbdcopy "nbd://127.0.0.1:$port/disk" "$T/copy.raw"
 cmp "$img" "$T/copy.raw" || fail "nbdcopy over TCP: the copy differs"

@@ -301,12 +301,13 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
         int rc = backend_read(e, r->offset, r->buf, r->len);
         return rc < 0 ? send_simple(c, r, -rc, NULL, 0) : send_simple(c, r, 0, r->buf, r->len);
     }
-    /* Structured: holes are sent as hole chunks instead of zero bytes. */
+    /* Structured: holes are sent as hole chunks instead of zero bytes, in
+     * reads large enough for that to pay (see NBD_SPARSE_READ_MIN). */
     struct { uint64_t off; uint32_t len; bool hole; } runs[16];
     int nruns = 0;
     uint64_t pos = r->offset, end = r->offset + r->len;
-    bool df = r->flags & NBD_CMD_FLAG_DF;
-    while (pos < end && !df) {
+    bool dense = (r->flags & NBD_CMD_FLAG_DF) || r->len < NBD_SPARSE_READ_MIN;
+    while (pos < end && !dense) {
         uint64_t pnum;
         int st = vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, NULL);
         if (st < 0 || pnum == 0)
@@ -325,7 +326,7 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
         }
         pos += pnum;
     }
-    if (pos < end || nruns == 0) { /* DF, or status unavailable: one data chunk */
+    if (pos < end || nruns == 0) { /* DF, a small read, or status unavailable: one data chunk */
         nruns = 1;
         runs[0].off = r->offset;
         runs[0].len = r->len;
