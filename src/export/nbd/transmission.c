@@ -116,6 +116,13 @@ static void batch_set(struct nbd_conn *c, uint32_t reqs)
     set_lowat(c, want > NBD_RBUF / 2 ? NBD_RBUF / 2 : (int)want);
 }
 
+static void batch_stop(struct nbd_conn *c)
+{
+    set_lowat(c, 1);
+    c->batch_reqs = 0;
+    c->batch_probe = NBD_BATCH_PROBE;
+}
+
 /* Waits until the socket holds c->lowat bytes, or what it holds once
  * NBD_BATCH_WAIT_NS have passed: the client had fewer requests on the way
  * than a batch, the next batch is half as large (none below two). */
@@ -128,26 +135,34 @@ static int batch_wait(struct nbd_conn *c)
     vbd_timer_cancel(&c->batch_timer);
     if (c->batch_expired) {
         c->batch_expired = false;
-        if (c->batch_reqs / 2 >= 2) {
+        if (c->batch_reqs / 2 >= 2)
             batch_set(c, c->batch_reqs / 2);
-        } else {
-            c->batch_reqs = 0;
-            c->batch_probe = NBD_BATCH_PROBE;
-        }
+        else
+            batch_stop(c);
     } else if (c->batch_reqs < NBD_BATCH_REQS) {
         batch_set(c, c->batch_reqs + 1);
     }
     return ev < 0 ? ev : 0;
 }
 
-/* A request of wire_bytes was read (c->inflight counts it): on TCP, try
- * batching again after NBD_BATCH_PROBE requests that came while two others
- * were in flight (a client with one or two requests on the way would
- * only wait out the timer). */
-static void batch_count(struct nbd_conn *c, uint32_t wire_bytes)
+/* A request was read (c->inflight counts it): on TCP, try batching again
+ * after NBD_BATCH_PROBE small requests that came while two others were in
+ * flight (a client with one or two requests on the way would only wait
+ * out the timer). Large transfers stop it: their data is the work, and
+ * holding requests back until a batch is queued starved the pipeline
+ * (TCP 1M reads QD8: 7-12 % fewer IOPS). */
+static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
 {
-    if (!c->tcp || c->lowat > 1 || c->inflight < 3 || --c->batch_probe)
+    if (!c->tcp)
         return;
+    if (r->len >= NBD_RBUF / 2 && (r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE)) {
+        if (c->lowat > 1)
+            batch_stop(c);
+        return;
+    }
+    if (c->lowat > 1 || c->inflight < 3 || --c->batch_probe)
+        return;
+    uint32_t wire_bytes = 28 + (r->type == NBD_CMD_WRITE ? r->len : 0);
     c->batch_unit = wire_bytes;
     batch_set(c, NBD_BATCH_REQS);
 }
@@ -180,11 +195,8 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
     c->rpos = c->rlen = 0;
     if (len >= NBD_RBUF / 2) {
         /* the tail of a large payload may be less than a batch: no mark */
-        if (c->lowat > 1) {
-            set_lowat(c, 1);
-            c->batch_reqs = 0;
-            c->batch_probe = NBD_BATCH_PROBE;
-        }
+        if (c->lowat > 1)
+            batch_stop(c);
         return vbd_co_recv_full(c->ch.fd, dst, len);
     }
     uint64_t spin_until = 0;
@@ -690,7 +702,7 @@ void nbd_transmission(struct nbd_conn *c)
             request_done(c, r);
             break;
         }
-        batch_count(c, 28 + (r->type == NBD_CMD_WRITE ? r->len : 0));
+        batch_count(c, r);
         if (!flags_valid(r->type, r->flags)) {
             send_error_reply(c, r, EINVAL);
             request_done(c, r);
