@@ -121,7 +121,7 @@ static void convert_worker(void *opaque)
 {
     struct convert *cv = opaque;
     uint8_t *buf = vbd_alloc_aligned(4096, cv->o->chunk_size);
-    uint64_t *runs = vbd_xcalloc(imageops_runs_max(cv->o, cv->o->chunk_size), sizeof(*runs));
+    uint64_t *runs = imageops_runs_new(cv->o);
     for (;;) {
         uint64_t off, soff, len, seq;
         struct vbd_node *src;

@@ -111,7 +111,8 @@ struct nbd_conn {
     uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
     size_t rpos, rlen;
-    bool tcp;                     /* plain TCP: requests may be batched with SO_RCVLOWAT */
+    bool tcp;                     /* TCP (set at accept); plain TCP from the transmission phase on:
+                                   * requests may be batched with SO_RCVLOWAT */
     int lowat;                    /* the socket's SO_RCVLOWAT now (1: not batching) */
     bool batch_expired;           /* the batch wait ran out: SO_RCVLOWAT is back at 1 */
     uint32_t batch_probe;         /* requests until batching is tried (again) */

@@ -104,7 +104,9 @@ static void accept_co(void *opaque)
         c->ch.fd = fd;
         struct sockaddr_storage sa;
         socklen_t salen = sizeof(sa);
-        c->sendfile_ok = getsockname(fd, (struct sockaddr *)&sa, &salen) == 0 && sa.ss_family == AF_UNIX;
+        bool named = getsockname(fd, (struct sockaddr *)&sa, &salen) == 0;
+        c->sendfile_ok = named && sa.ss_family == AF_UNIX;
+        c->tcp = named && (sa.ss_family == AF_INET || sa.ss_family == AF_INET6);
         if (c->sendfile_ok) {
             /* A unix socket's send buffer (212 KiB by default) takes a
              * fifth of a 1 MiB read: sendfile then goes out in pieces, each

@@ -646,10 +646,7 @@ void nbd_transmission(struct nbd_conn *c)
         free(c->rbuf);
         return;
     }
-    int domain = 0;
-    socklen_t dl = sizeof(domain);
-    c->tcp = c->rbuf && getsockopt(c->ch.fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) == 0 &&
-             (domain == AF_INET || domain == AF_INET6);
+    c->tcp = c->tcp && c->rbuf; /* batching reads ahead: not under TLS */
     c->lowat = 1;
     c->batch_probe = 64; /* the first requests show the sizes batches are made of */
     c->out_gen = 1;
