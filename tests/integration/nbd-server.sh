@@ -104,20 +104,45 @@ must qemu-io -f raw -c "read -P 0x77 20M 64k" "$U" >/dev/null
 kill -0 $dpid || fail "the daemon died"
 grep -q "exceeds the maximum" "$T/daemon.log" || fail "no log line for the oversized write"
 
+# The raw NBD clients below share their connection, handshake and exact reads.
+cat >"$T/nbdwire.py" <<'PY'
+import socket, struct
+OPT_MAGIC = 0x49484156454F5054
+def connect(addr):
+    """addr: a unix socket path or tcp:PORT (on 127.0.0.1)"""
+    if addr.startswith('tcp:'):
+        s = socket.create_connection(('127.0.0.1', int(addr[4:])))
+    else:
+        s = socket.socket(socket.AF_UNIX); s.connect(addr)
+    s.settimeout(30)   # a request left unanswered fails the step instead of hanging it
+    return s
+def recvn(s, n):
+    """n bytes exactly (with a timeout the socket is non-blocking: MSG_WAITALL may return less)"""
+    b = b''
+    while len(b) < n:
+        c = s.recv(n - len(b)); assert c, 'connection closed mid-reply'; b += c
+    return b
+def handshake(s, structured=False):
+    """fixed newstyle, no zeroes; export 'disk'"""
+    recvn(s, 18)
+    s.sendall(struct.pack('>I', 3))
+    if structured:
+        s.sendall(struct.pack('>QII', OPT_MAGIC, 8, 0))                   # NBD_OPT_STRUCTURED_REPLY
+        magic, opt, typ, ln = struct.unpack('>QIII', recvn(s, 20)); recvn(s, ln)
+        assert typ == 1, 'structured replies refused: %d' % typ
+    s.sendall(struct.pack('>QII', OPT_MAGIC, 1, 4) + b'disk')               # NBD_OPT_EXPORT_NAME
+    recvn(s, 10)
+PY
+
 step "large reads (sendfile from the page cache) interleaved with small ones: every reply whole and right"
 # ADDR: a unix socket path or tcp:PORT
 interleave() {
-python3 - "$1" "$img" <<'PY'
-import socket, struct, sys, random
+PYTHONPATH=$T python3 - "$1" "$img" <<'PY'
+import struct, sys, random
+from nbdwire import connect, recvn, handshake
 addr, img = sys.argv[1], open(sys.argv[2], 'rb').read()
-if addr.startswith('tcp:'):
-    s = socket.create_connection(('127.0.0.1', int(addr[4:])))
-else:
-    s = socket.socket(socket.AF_UNIX); s.connect(addr)
-s.settimeout(30)
-s.recv(18, socket.MSG_WAITALL)
-s.sendall(struct.pack('>I', 3) + struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk')   # simple replies
-s.recv(10, socket.MSG_WAITALL)
+s = connect(addr)
+handshake(s)   # simple replies
 rnd = random.Random(7)
 reqs = {}
 for cookie in range(64):   # 1-2 MiB reads over data, over data and a hole, and 4K reads, all in flight at once
@@ -129,14 +154,10 @@ for cookie in range(64):   # 1-2 MiB reads over data, over data and a hole, and 
     reqs[cookie] = (off, ln)
     s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, cookie, off, ln))
 for _ in range(64):
-    magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))
+    magic, err, cookie = struct.unpack('>IIQ', recvn(s, 16))
     assert magic == 0x67446698 and err == 0, (hex(magic), err)
     off, ln = reqs.pop(cookie)
-    data = b''
-    while len(data) < ln:
-        chunk = s.recv(ln - len(data))
-        assert chunk, 'connection closed mid-reply'
-        data += chunk
+    data = recvn(s, ln)
     assert data == img[off:off + ln], 'wrong data for cookie %d (%d bytes at %d)' % (cookie, ln, off)
 assert not reqs
 PY
@@ -148,34 +169,20 @@ step "structured reads: below 64 KiB one data chunk even over a hole, larger one
 # ADDR: a unix socket path or tcp:PORT. Over unix, reads from 64 KiB go out
 # with sendfile as one data chunk; over TCP a 1 MiB read of a hole must be a hole chunk.
 structured() {
-python3 - "$1" "$img" <<'PY'
-import socket, struct, sys
+PYTHONPATH=$T python3 - "$1" "$img" <<'PY'
+import struct, sys
+from nbdwire import connect, recvn, handshake
 addr, img = sys.argv[1], open(sys.argv[2], 'rb').read()
-if addr.startswith('tcp:'):
-    s = socket.create_connection(('127.0.0.1', int(addr[4:])))
-else:
-    s = socket.socket(socket.AF_UNIX); s.connect(addr)
-s.settimeout(30)
-def recvn(n):   # (with a timeout the socket is non-blocking: MSG_WAITALL may return less)
-    b = b''
-    while len(b) < n:
-        c = s.recv(n - len(b)); assert c, 'connection closed mid-reply'; b += c
-    return b
-recvn(18)
-s.sendall(struct.pack('>I', 3))
-s.sendall(struct.pack('>QII', 0x49484156454F5054, 8, 0))                  # NBD_OPT_STRUCTURED_REPLY
-magic, opt, typ, ln = struct.unpack('>QIII', recvn(20)); recvn(ln)
-assert typ == 1, 'structured replies refused: %d' % typ
-s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk')        # NBD_OPT_EXPORT_NAME
-recvn(10)
+s = connect(addr)
+handshake(s, structured=True)
 def read(cookie, off, ln):
     s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, cookie, off, ln))
 def chunks(cookie):
     out = []
     while True:
-        magic, flags, typ, ck, ln = struct.unpack('>IHHQI', recvn(20))
+        magic, flags, typ, ck, ln = struct.unpack('>IHHQI', recvn(s, 20))
         assert magic == 0x668e33ef and ck == cookie, (hex(magic), ck)
-        p = recvn(ln)
+        p = recvn(s, ln)
         out.append((typ, p))
         if flags & 1:
             return out
@@ -185,9 +192,9 @@ for cookie, off, ln in cases:    # all in flight at once
     read(cookie, off, ln)
 got = {}
 for _ in cases:
-    magic, flags, typ, ck, ln = struct.unpack('>IHHQI', recvn(20))   # first chunk names the reply
+    magic, flags, typ, ck, ln = struct.unpack('>IHHQI', recvn(s, 20))   # first chunk names the reply
     assert magic == 0x668e33ef, hex(magic)
-    p = recvn(ln); lst = [(typ, p)]
+    p = recvn(s, ln); lst = [(typ, p)]
     if not flags & 1:
         lst += chunks(ck)
     got[ck] = lst
@@ -253,16 +260,14 @@ must qemu-img create -q -f raw "$wimg" 16M
 wpid=$!
 on_exit "kill -9 $wpid 2>/dev/null"
 wait_port $port
-python3 - "$port" "$T/expect.img" <<'PY' || { cat "$T/daemon-tcpw.log"; fail "TCP write batches"; }
-import socket, struct, sys, random
-port, out = int(sys.argv[1]), sys.argv[2]
+PYTHONPATH=$T python3 - "tcp:$port" "$T/expect.img" <<'PY' || { cat "$T/daemon-tcpw.log"; fail "TCP write batches"; }
+import struct, sys, random
+from nbdwire import connect, recvn, handshake
+addr, out = sys.argv[1], sys.argv[2]
 size = 16 << 20
 model = bytearray(size)
-s = socket.create_connection(('127.0.0.1', port))
-s.settimeout(30)   # a request left unanswered fails the step instead of hanging it
-s.recv(18, socket.MSG_WAITALL)
-s.sendall(struct.pack('>I', 3) + struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk')   # simple replies
-s.recv(10, socket.MSG_WAITALL)
+s = connect(addr)
+handshake(s)   # simple replies
 rnd = random.Random(18)
 pending = set()
 cookie = 0
@@ -274,7 +279,7 @@ def write_req(off, ln):
     pending.add(cookie)
     return struct.pack('>IHHQQI', 0x25609513, 0, 1, cookie, off, ln) + data
 def reap():
-    magic, err, c = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))
+    magic, err, c = struct.unpack('>IIQ', recvn(s, 16))
     assert magic == 0x67446698 and err == 0 and c in pending, (hex(magic), err, c)
     pending.remove(c)
 def run(n, depth, sizes):
