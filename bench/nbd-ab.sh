@@ -21,6 +21,10 @@ trap '[ -z "$spid" ] || { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true
 nbd_image
 echo "host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
 PORT=${PORT:-10873}
+# per_request PERF_STAT_OUTPUT N: each counter above 1 % of N requests, as " name count/N"
+per_request() {
+    awk -v n="$2" '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); if ($1 + 0 > n / 100) { x=$2; sub("syscalls:sys_enter_","",x); printf " %s %.2f", x, $1 / n } }' "$1"
+}
 for round in $(seq $ROUNDS); do
  for row in $ROWS; do
   IFS=: read -r t rw bs depth client <<<"$row"
@@ -49,8 +53,8 @@ for round in $(seq $ROUNDS); do
     segs=$(nstat -z TcpOutSegs 2>/dev/null | awk '$1=="TcpOutSegs" {print $2}')
     if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
     read -r iops ccpu n <<<"$out"
-    extra=$(if [ -n "$ppid" ]; then awk -v n="$n" '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); if ($1 + 0 > n / 100) { x=$2; sub("syscalls:sys_enter_","",x); printf " %s %.2f", x, $1 / n } }' "$dir/perfstat"; fi)
-    if [ -n "${CPERF:-}" ]; then extra="$extra | fio:$(awk -v n="$n" '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); if ($1 + 0 > n / 100) { x=$2; sub("syscalls:sys_enter_","",x); printf " %s %.2f", x, $1 / n } }' "$dir/cperf")"; fi
+    extra=$(if [ -n "$ppid" ]; then per_request "$dir/perfstat" $n; fi)
+    if [ -n "${CPERF:-}" ]; then extra="$extra | fio:$(per_request "$dir/cperf" $n)"; fi
     printf '%-8s %-4s %-9s %-3s QD%-2s %-9s iops %7s ns/r %6s ccpu %3s segs/r %.2f%s\n' "$name" $t $rw $bs $depth "${client:-fio}" "$iops" $(( (c1 - c0) / (n + 1) )) "$ccpu" "$(echo "${segs:-0} / ($n + 1)" | bc -l)" "$extra"
     stop
   done
