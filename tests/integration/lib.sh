@@ -120,6 +120,13 @@ def ok(cmd, **a):
 $(cat)
 PY
 }
+# wait_log FILE PATTERN [COUNT]: wait (up to ~10 s) until FILE has COUNT
+# (default 1) lines matching the fixed string PATTERN. A peer may write its
+# log line after the client already saw the failure it logs.
+wait_log() {
+    for _ in $(seq 200); do [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
+    return 1
+}
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
 # vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,

@@ -76,7 +76,7 @@ wait_sock qn.sock
     fail "qemu-nbd refused the identity vbd allows: $(cat qn.log)"
 nbdinfo --size "nbds+unix:///exp?socket=$T/qn.sock&tls-certificates=$T/pki/client2" >/dev/null 2>&1 &&
     fail "qemu-nbd allowed the identity vbd refuses"
-grep -q "authz check for O=vbd,CN=vbd-other-client is denied" qn.log || fail "qemu-nbd's log: $(cat qn.log)"
+wait_log qn.log "authz check for O=vbd,CN=vbd-other-client is denied" || fail "qemu-nbd's log: $(cat qn.log)"
 kill $qpid; wait $qpid 2>/dev/null
 
 step "authz-list (JSON): deny one client by an exact rule, allow O=vbd,CN=* by glob, default deny"

@@ -225,13 +225,19 @@ static int start_tls(struct nbd_conn *c)
             vbd_debug("nbd: client '%s' allowed by '%s'", dn, vbd_authz_id(srv.authz));
         free(dn);
         if (err) {
+            /* Logged before the alert goes out: a client (or a test) that
+             * sees the refusal finds it in the log already. */
+            vbd_warn("nbd: client connection: %s", err->msg);
+            vbd_error_free(err);
+            err = NULL;
             vbd_tls_deny(t); /* the client learns why: an access_denied alert */
             rc = -EACCES;
         }
-    }
-    if (rc < 0) {
+    } else if (rc < 0) {
         vbd_warn("nbd: client connection: %s", err ? err->msg : "TLS failed");
         vbd_error_free(err);
+    }
+    if (rc < 0) {
         vbd_tls_free(t);
         /* Let the alert reach the client: closing with its next bytes unread would reset the connection
          * and drop the alert. Read until it closes (the handshake timer bounds this). */
