@@ -6,8 +6,9 @@
 # turns REPS times per row. Ratio: qemu-img's time / vbd-img's (>1: vbd is
 # faster); "ns/r": the tool's CPU (user+system, all threads) and the
 # server's per request. Not a test.
-#   [REPS=N] [ROWS=REGEX] [VBD_IMG=PATH] bench/nbd-client-img.sh
-#   ROWS matches "peer transport workload".
+#   [REPS=N] [ROWS=REGEX] [VBD_IMG=PATH] [BASE_IMG=PATH] bench/nbd-client-img.sh
+#   ROWS matches "peer transport workload"; BASE_IMG: another vbd-img build,
+#   run in turn with the others (two more columns: its IOPS and ns/r).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/nbd-common.sh"
@@ -18,8 +19,8 @@ trap 'kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
 nbd_image
 echo "machine: $(machine); host: $(host_kind)"
 echo "medians of $REPS; server on CPU 0, client on CPU 1; load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-8s %-4s %-17s %10s %10s %6s %9s %9s %9s %9s\n' peer tran workload "vbd IOPS" "qemu IOPS" ratio \
-    "vbd ns/r" "qemu ns/r" "srv/vbd" "srv/qemu"
+printf '%-8s %-4s %-17s %10s %10s %6s %9s %9s %9s %9s%s\n' peer tran workload "vbd IOPS" "qemu IOPS" ratio \
+    "vbd ns/r" "qemu ns/r" "srv/vbd" "srv/qemu" "${BASE_IMG:+  base IOPS base ns/r}"
 # one TOOL run: prints "SECONDS TOOL-NS/R SERVER-NS/R"
 one() {
     local count=$1 s0 s1 secs
@@ -36,16 +37,19 @@ for peer in qemu-nbd nbdkit; do
         while IFS='|' read -r label count args; do
             [ -z "${ROWS:-}" ] || grep -qE -- "$ROWS" <<<"$peer $tr $label" || continue
             serve $peer $tr
-            v='' q=''
+            v='' q='' b=''
             for _ in $(seq "$REPS"); do
                 v+="$(one "$count" "$VBD_IMG" bench -f raw -c "$count" $args)"$'\n'
                 q+="$(one "$count" qemu-img bench -f raw -c "$count" $args)"$'\n'
+                [ -z "${BASE_IMG:-}" ] || b+="$(one "$count" "$BASE_IMG" bench -f raw -c "$count" $args)"$'\n'
             done
             stop
+            extra=
+            [ -z "${BASE_IMG:-}" ] || extra=$(printf ' %10.0f %9.0f' "$(echo "$count / $(col 1 <<<"${b%$'\n'}")" | bc -l)" "$(col 2 <<<"${b%$'\n'}")")
             vs=$(col 1 <<<"${v%$'\n'}") qs=$(col 1 <<<"${q%$'\n'}")
-            printf '%-8s %-4s %-17s %10.0f %10.0f %6.2f %9.0f %9.0f %9.0f %9.0f\n' $peer $tr "$label" \
+            printf '%-8s %-4s %-17s %10.0f %10.0f %6.2f %9.0f %9.0f %9.0f %9.0f%s\n' $peer $tr "$label" \
                 "$(echo "$count / $vs" | bc -l)" "$(echo "$count / $qs" | bc -l)" "$(echo "$qs / $vs" | bc -l)" \
-                "$(col 2 <<<"${v%$'\n'}")" "$(col 2 <<<"${q%$'\n'}")" "$(col 3 <<<"${v%$'\n'}")" "$(col 3 <<<"${q%$'\n'}")"
+                "$(col 2 <<<"${v%$'\n'}")" "$(col 2 <<<"${q%$'\n'}")" "$(col 3 <<<"${v%$'\n'}")" "$(col 3 <<<"${q%$'\n'}")" "$extra"
         done <<ROWS
 4k randread QD1|10000|-d 1 -s 4k -S 409612288
 4k randread QD32|100000|-d 32 -s 4k -S 409612288
