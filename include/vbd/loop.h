@@ -148,11 +148,12 @@ bool vbd_loop_polling(const struct vbd_loop *loop);
 void vbd_loop_io_begin(struct vbd_loop *loop);
 void vbd_loop_io_end(struct vbd_loop *loop);
 /* A wait for a peer's answer over a socket (the nbd client's reply),
- * which needs no thread of ours: the loop keeps busy-polling, in a window
- * of its own adapted (as the idle one, loop.c) to how long these waits
- * last, so a peer that answers within the bound is caught by the spin and
- * one that takes longer stops it. Loop thread only; begin and end pair on
- * one loop. */
+ * which needs no thread of ours. While it is the only wait in flight, the
+ * loop keeps busy-polling in a window of its own, adapted (as the idle
+ * one) to how long these waits last: a peer answering within the bound is
+ * caught by the spin, a slower one stops it. With several in flight, no
+ * spinning (as for vbd_loop_io_begin). Why: loop.c, poll_window. Loop
+ * thread only; begin and end pair on one loop. */
 void vbd_loop_remote_begin(struct vbd_loop *loop);
 void vbd_loop_remote_end(struct vbd_loop *loop);
 

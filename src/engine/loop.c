@@ -445,18 +445,24 @@ static bool loop_has_events(struct vbd_loop *loop)
            (loop->uring && io_uring_cq_ready(&loop->ring));
 }
 
-/* The busy-poll window for this wait. While the loop waits for a peer's
- * reply (the nbd client), in a window of its own: the wait for a reply and
- * the wait for the front end's next request last differently long (the
- * one window of before, adapted on both, gave 7-25 % fewer IOPS on the
- * same runs, at no less CPU). Not a window of
- * none (as for io_inflight): on this KVM guest a vCPU that stops spinning
- * halts, and the reply then pays its wake-up; nbd client 4K reads QD1 over
- * TCP lost 14-33 % of their IOPS without the spin (bench/nbd-client-ab.sh,
- * RESULTS.md 2026-12-04 nbdclient6). A slow peer still ends the spin: the
- * window shrinks to nothing when replies take longer than the bound. */
+/* The busy-poll window for this wait (NULL: no spin, no adaptation).
+ * I/O on our own threads in flight: none, the CPU goes to them. One wait
+ * for a peer's reply (the nbd client at QD1): a window of its own, adapted
+ * to how long replies take, apart from the idle one (the wait for the front
+ * end's next request lasts differently long; one window adapted on both
+ * gave 7-25 % fewer IOPS). Without the spin, on this KVM guest the vCPU
+ * halted in each wait and the reply paid its wake-up: nbd client 4K reads
+ * QD1 over TCP lost 14-33 % of their IOPS and the server spent 15-30 %
+ * more CPU per request; a peer slower than the bound still ends the spin.
+ * Several replies awaited (QD32): none, as for I/O: replies stream in, the
+ * peer is busy and, on a shared host, needs the CPU the spin would take
+ * (4K reads QD32 over TCP, spinning: 15-25 % fewer IOPS and 30-55 % more
+ * daemon CPU per request). bench/nbd-client-ab.sh; RESULTS.md 2026-12-04
+ * (nbdclient6). */
 static uint64_t *poll_window(struct vbd_loop *loop)
 {
+    if (loop->io_inflight || loop->remote_inflight > 1)
+        return NULL;
     return loop->remote_inflight ? &loop->remote_poll_ns : &loop->poll_ns;
 }
 
@@ -464,8 +470,9 @@ static uint64_t *poll_window(struct vbd_loop *loop)
  * not block), then let the pollers re-arm their notifications. */
 static bool poll_before_blocking(struct vbd_loop *loop, int64_t timeout_ns)
 {
-    uint64_t poll_ns = *poll_window(loop);
-    if (poll_ns && loop->io_inflight == 0 && (timeout_ns < 0 || (uint64_t)timeout_ns > poll_ns)) {
+    const uint64_t *w = poll_window(loop);
+    uint64_t poll_ns = w ? *w : 0;
+    if (poll_ns && (timeout_ns < 0 || (uint64_t)timeout_ns > poll_ns)) {
         if (loop->uring)
             io_uring_submit(&loop->ring);
         uint64_t end = vbd_clock_ns() + poll_ns;
@@ -496,9 +503,9 @@ static bool poll_before_blocking(struct vbd_loop *loop, int64_t timeout_ns)
  * and a wake-up. */
 static void adapt_poll_time(struct vbd_loop *loop, uint64_t blocked_ns)
 {
-    if (!loop->poll_max_ns || loop->io_inflight)
-        return;
     uint64_t *w = poll_window(loop);
+    if (!loop->poll_max_ns || !w)
+        return;
     uint64_t waited = blocked_ns + *w;
     if (waited > loop->poll_max_ns)
         *w = *w > POLL_GROW_START_NS ? *w / 2 : 0;

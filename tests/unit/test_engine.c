@@ -459,6 +459,16 @@ UNIT_TEST(loop_pollers)
     vbd_loop_run_once(loop, 20000000);
     CHECK_EQ(st.polls, 1);
     vbd_loop_io_end(loop);
+    /* more than one remote wait: no spin (the peer needs the CPU), and the
+     * window is kept for the next single one */
+    vbd_loop_remote_begin(loop);
+    st.polls = 0;
+    vbd_loop_run_once(loop, 20000000);
+    CHECK_EQ(st.polls, 1);
+    vbd_loop_remote_end(loop);
+    st.polls = 0;
+    vbd_loop_run_once(loop, 20000000);
+    CHECK(st.polls > 1);
     vbd_loop_remote_end(loop);
 
     /* poll-max-ns=0: polled once per iteration, no busy-poll, still re-armed */

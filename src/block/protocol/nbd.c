@@ -688,13 +688,13 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
                 /* the reader notices the broken socket; wait for it */
             }
         }
-        /* The reply needs the server's work: the loop busy-polls in its
-         * window for replies (vbd_loop_remote_begin), which lasts while
-         * replies come within its bound and ends for slower servers. Not
-         * vbd_loop_io_begin's no spinning at all: 4K reads QD1 over TCP
-         * lost 14-33 % IOPS against nbdkit and qemu-nbd (the daemon's vCPU
-         * halted in each wait and the reply paid its wake-up), for 20-40 %
-         * less daemon CPU per request (bench/nbd-client-ab.sh, RESULTS.md
+        /* The reply needs the server's work: alone in flight, the loop
+         * busy-polls for it in its window for replies, which ends for
+         * servers slower than its bound; with others in flight, not at
+         * all (vbd_loop_remote_begin, loop.c's poll_window). Not spinning
+         * at QD1 either (vbd_loop_io_begin, round 5) cost 4K reads over
+         * TCP 14-33 % of their IOPS against nbdkit and qemu-nbd; spinning
+         * at QD32 too cost 15-25 % (bench/nbd-client-ab.sh, RESULTS.md
          * 2026-12-04 nbdclient6). Runs on the node's home loop (the nbd
          * node is FIXED_LOOP), in the request's coroutine; the reader
          * coroutine, on the same loop, wakes it, so begin and end pair on
