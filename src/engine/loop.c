@@ -450,13 +450,13 @@ static bool loop_has_events(struct vbd_loop *loop)
  * for a peer's reply (the nbd client at QD1): a window of its own, adapted
  * to how long replies take, apart from the idle one (the wait for the front
  * end's next request lasts differently long; one window adapted on both
- * gave 7-25 % fewer IOPS). Without the spin, on this KVM guest the vCPU
+ * gave 7-35 % fewer IOPS). Without the spin, on this KVM guest the vCPU
  * halted in each wait and the reply paid its wake-up: nbd client 4K reads
  * QD1 over TCP lost 14-33 % of their IOPS and the server spent 15-30 %
  * more CPU per request; a peer slower than the bound still ends the spin.
  * Several replies awaited (QD32): none, as for I/O: replies stream in, the
  * peer is busy and, on a shared host, needs the CPU the spin would take
- * (4K reads QD32 over TCP, spinning: 15-25 % fewer IOPS and 30-55 % more
+ * (4K reads QD32 over TCP, spinning: 19-25 % fewer IOPS and 31-57 % more
  * daemon CPU per request). bench/nbd-client-ab.sh; RESULTS.md 2026-12-04
  * (nbdclient6). */
 static uint64_t *poll_window(struct vbd_loop *loop)

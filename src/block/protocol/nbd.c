@@ -694,7 +694,7 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
          * all (vbd_loop_remote_begin, loop.c's poll_window). Not spinning
          * at QD1 either (vbd_loop_io_begin, round 5) cost 4K reads over
          * TCP 14-33 % of their IOPS against nbdkit and qemu-nbd; spinning
-         * at QD32 too cost 15-25 % (bench/nbd-client-ab.sh, RESULTS.md
+         * at QD32 too cost 19-25 % (bench/nbd-client-ab.sh, RESULTS.md
          * 2026-12-04 nbdclient6). Runs on the node's home loop (the nbd
          * node is FIXED_LOOP), in the request's coroutine; the reader
          * coroutine, on the same loop, wakes it, so begin and end pair on
