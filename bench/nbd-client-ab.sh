@@ -2,7 +2,8 @@
 # vbd-daemon builds side by side with vbd's NBD client driver in the data
 # path: vbd-bench over vhost-user-blk -> vbd-daemon (node driver=nbd) ->
 # qemu-nbd or nbdkit (file plugin) serving a 1 GiB raw file on /dev/shm,
-# over a unix socket and over TCP (127.0.0.1). The daemons named take turns
+# over a unix socket and over TCP (127.0.0.1), started by nbd-common.sh's
+# serve (not pinned here). The daemons named take turns
 # ROUNDS times per row, each driven for SECONDS. Per run: IOPS, p99, the
 # daemon's CPU per request (user+system, all threads) and the NBD server's.
 # Not a test.
@@ -10,39 +11,29 @@
 #   DAEMON: a vbd-daemon binary; ROWS matches "peer transport workload".
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/nbd-common.sh"
 daemons=() SECS=3
 while [ $# -gt 0 ]; do
     case $1 in --) SECS=$2; shift 2 ;; *) daemons+=("$1"); shift ;; esac
 done
 ROUNDS=${ROUNDS:-2}
+# the peers as nbd-common.sh starts them, but not pinned: vbd-bench, the
+# daemon and the peer share the host's CPUs as the scheduler places them
+SERVE_CPU=
 dir=$(mktemp -d /dev/shm/vbd-nbdc-bench.XXXXXX)
-spid= ppid=
-trap 'kill $spid $ppid 2>/dev/null || true; rm -rf "$dir"' EXIT
-img=$dir/disk.raw vsock=$dir/vu.sock nsock=$dir/nbd.sock port=$((20000 + $$ % 20000))
-qemu-img create -q -f raw "$img" 1G
-qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
-peer_start() { # peer transport
-    local a
-    rm -f "$nsock" # nbdkit leaves its socket behind
-    case $1/$2 in
-    qemu-nbd/unix) qemu-nbd -f raw -t -x disk -k "$nsock" "$img" & ;;
-    qemu-nbd/tcp) qemu-nbd -f raw -t -x disk -b 127.0.0.1 -p $port "$img" & ;;
-    nbdkit/unix) nbdkit -f -U "$nsock" file "$img" & ;;
-    nbdkit/tcp) nbdkit -f -i 127.0.0.1 -p $port file "$img" & ;;
-    esac
-    ppid=$!
-    a="nbd+unix:///disk?socket=$nsock"; [ "$2" = tcp ] && a="nbd://127.0.0.1:$port/disk"
-    for _ in $(seq 200); do nbdinfo --size "$a" >/dev/null 2>&1 && return; sleep 0.05; done
-    echo "$1 did not start" >&2; exit 1
-}
-serve() { # daemon transport
-    local srv="server.type=unix,server.path=$nsock"
-    [ "$2" = tcp ] && srv="server.type=inet,server.host=127.0.0.1,server.port=$port"
+spid= dpid= PORT=$((20000 + $$ % 20000))
+trap 'kill $dpid $spid 2>/dev/null || true; rm -rf "$dir"' EXIT
+vsock=$dir/vu.sock
+nbd_image
+# daemon_start DAEMON TRANSPORT: DAEMON's node is driver=nbd to the peer serve started; sets dpid
+daemon_start() {
+    local srv="server.type=unix,server.path=$dir/s.sock"
+    [ "$2" = tcp ] && srv="server.type=inet,server.host=127.0.0.1,server.port=$PORT"
     rm -f "$vsock"
     "$1" --blockdev driver=nbd,node-name=disk0,$srv,export=disk \
         --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$vsock",writable=on,num-queues=1 \
         >"$dir/daemon.log" 2>&1 &
-    spid=$!
+    dpid=$!
     for _ in $(seq 100); do [ -S "$vsock" ] && return; sleep 0.05; done
     cat "$dir/daemon.log" >&2; echo "daemon $1 did not start" >&2; exit 1
 }
@@ -54,20 +45,20 @@ for peer in qemu-nbd nbdkit; do
     for tr in unix tcp; do
         while IFS='|' read -r label args; do
             [ -z "${ROWS:-}" ] || grep -qE -- "$ROWS" <<<"$peer $tr $label" || continue
-            peer_start $peer $tr
+            serve $peer $tr
             for r in $(seq "$ROUNDS"); do
                 for d in "${daemons[@]}"; do
-                    serve "$d" $tr
-                    c0=$(cpu_ns $spid) p0=$(cpu_ns $ppid)
+                    daemon_start "$d" $tr
+                    c0=$(cpu_ns $dpid) p0=$(cpu_ns $spid)
                     out=$("$VBD_BENCH" --vhost-user "$vsock" -q 1 $args -t "$SECS" --json)
-                    c1=$(cpu_ns $spid) p1=$(cpu_ns $ppid)
+                    c1=$(cpu_ns $dpid) p1=$(cpu_ns $spid)
                     n=$(( $(field "$out" requests) + 1 ))
                     printf '%-8s %-4s %-17s %-5s %-6s %8.0f %8.0f %9d %9d\n' $peer $tr "$label" $r "$(basename "$(dirname "$d")")" "$(field "$out" iops)" \
                         "$(field "$out" p99)" $(( (c1 - c0) / n )) $(( (p1 - p0) / n ))
-                    kill $spid; wait $spid 2>/dev/null || true; spid=
+                    kill $dpid; wait $dpid 2>/dev/null || true; dpid=
                 done
             done
-            kill $ppid; wait $ppid 2>/dev/null || true; ppid=
+            stop
         done <<ROWS
 4k randread QD1|-w randread -b 4k -d 1
 4k randread QD32|-w randread -b 4k -d 32

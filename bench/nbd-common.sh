@@ -12,19 +12,21 @@ nbd_image() {
 
 # serve SERVER TRANSPORT: vbd, qemu-nbd or nbdkit exporting $img as "disk"
 # (writable) on $dir/s.sock or 127.0.0.1:$PORT; sets URI and spid, returns
-# once the server answers
+# once the server answers. SERVE_CPU: the CPUs the server runs on (default
+# 0; empty: not pinned, as bench/nbd-client-ab.sh wants)
 serve() {
-    local s=$1 t=$2 sock=$dir/s.sock
+    local s=$1 t=$2 sock=$dir/s.sock pin=(taskset -c "${SERVE_CPU-0}")
+    [ -n "${SERVE_CPU-0}" ] || pin=()
     rm -f "$sock"
     local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
     [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
     case $s in
-        vbd) taskset -c 0 "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
+        vbd) "${pin[@]}" "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
                  --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
-        qemu-nbd) if [ $t = unix ]; then taskset -c 0 qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
-                  else taskset -c 0 qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
-        nbdkit) if [ $t = unix ]; then taskset -c 0 nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
-                else taskset -c 0 nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
+        qemu-nbd) if [ $t = unix ]; then "${pin[@]}" qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
+                  else "${pin[@]}" qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
+        nbdkit) if [ $t = unix ]; then "${pin[@]}" nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
+                else "${pin[@]}" nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
     esac
     spid=$!
     for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done

@@ -140,12 +140,22 @@ bool vbd_loop_polling(const struct vbd_loop *loop);
  * on this host): while any is, the loop does not busy-poll its pollers, so
  * the CPU goes to whoever completes it. Loop thread only; every begin gets
  * an end on the same loop. The waiting code brackets itself (file I/O in
- * loop.c, vbd_co_run_in_thread, the rbd, iscsi and nbd drivers), not the
- * block layer: only a driver knows whether its request waits on other
- * work (the null driver's never does), and both placements measured the
- * same for nbd (bench/nbd-client-ab.sh). */
+ * loop.c, vbd_co_run_in_thread, the rbd and iscsi drivers; the nbd driver
+ * uses vbd_loop_remote_begin/end below), not the block layer: only a
+ * driver knows whether its request waits on other work (the null
+ * driver's never does), and both placements measured the same for nbd
+ * (bench/nbd-client-ab.sh). */
 void vbd_loop_io_begin(struct vbd_loop *loop);
 void vbd_loop_io_end(struct vbd_loop *loop);
+/* A wait for a peer's answer over a socket (the nbd client's reply),
+ * which needs no thread of ours. While it is the only wait in flight, the
+ * loop keeps busy-polling in a window of its own, adapted (as the idle
+ * one) to how long these waits last: a peer answering within the bound is
+ * caught by the spin, a slower one stops it. With several in flight, no
+ * spinning (as for vbd_loop_io_begin). Why: loop.c, poll_window. Loop
+ * thread only; begin and end pair on one loop. */
+void vbd_loop_remote_begin(struct vbd_loop *loop);
+void vbd_loop_remote_end(struct vbd_loop *loop);
 
 /* Non-coroutine fd watching for servers (listening sockets, vhost kick fds):
  * calls cb(arg, revents) from the loop each time fd becomes ready (level

@@ -52,6 +52,8 @@ struct vbd_loop {
     struct vbd_poller *pollers;
     uint64_t poll_max_ns, poll_ns; /* bound, and the current (adaptive) busy-poll time */
     unsigned io_inflight;
+    unsigned remote_inflight; /* vbd_loop_remote_begin/end */
+    uint64_t remote_poll_ns;  /* the adaptive busy-poll time while any is in flight (poll_window) */
 };
 
 /* The busy-poll bound's default (VBD_LOOP_POLL_MAX_NS_DEFAULT, loop.h) is
@@ -192,7 +194,7 @@ struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_e
         struct epoll_event e = {.events = EPOLLIN, .data.fd = -1};
         epoll_ctl(loop->epfd, EPOLL_CTL_ADD, loop->efd, &e);
     }
-    loop->poll_max_ns = loop->poll_ns = VBD_LOOP_POLL_MAX_NS_DEFAULT;
+    loop->poll_max_ns = loop->poll_ns = loop->remote_poll_ns = VBD_LOOP_POLL_MAX_NS_DEFAULT;
     if (!tls_loop)
         tls_loop = loop;
     return loop;
@@ -389,6 +391,16 @@ void vbd_loop_io_end(struct vbd_loop *loop)
     loop->io_inflight--;
 }
 
+void vbd_loop_remote_begin(struct vbd_loop *loop)
+{
+    loop->remote_inflight++;
+}
+
+void vbd_loop_remote_end(struct vbd_loop *loop)
+{
+    loop->remote_inflight--;
+}
+
 void vbd_loop_add_poller(struct vbd_loop *loop, struct vbd_poller *p)
 {
     p->next = loop->pollers;
@@ -409,6 +421,7 @@ void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns)
 {
     loop->poll_max_ns = ns;
     loop->poll_ns = ns;
+    loop->remote_poll_ns = ns;
 }
 
 bool vbd_loop_polling(const struct vbd_loop *loop)
@@ -432,14 +445,37 @@ static bool loop_has_events(struct vbd_loop *loop)
            (loop->uring && io_uring_cq_ready(&loop->ring));
 }
 
+/* The busy-poll window for this wait (NULL: no spin, no adaptation).
+ * I/O on our own threads in flight: none, the CPU goes to them. One wait
+ * for a peer's reply (the nbd client at QD1): a window of its own, adapted
+ * to how long replies take, apart from the idle one (the wait for the front
+ * end's next request lasts differently long; one window adapted on both
+ * gave 7-35 % fewer IOPS). Without the spin, on this KVM guest the vCPU
+ * halted in each wait and the reply paid its wake-up: nbd client 4K reads
+ * QD1 over TCP lost 14-33 % of their IOPS and the server spent 15-30 %
+ * more CPU per request; a peer slower than the bound still ends the spin.
+ * Several replies awaited (QD32): none, as for I/O: replies stream in, the
+ * peer is busy and, on a shared host, needs the CPU the spin would take
+ * (4K reads QD32 over TCP, spinning: 19-25 % fewer IOPS and 31-57 % more
+ * daemon CPU per request). bench/nbd-client-ab.sh; RESULTS.md 2026-12-04
+ * (nbdclient6). */
+static uint64_t *poll_window(struct vbd_loop *loop)
+{
+    if (loop->io_inflight || loop->remote_inflight > 1)
+        return NULL;
+    return loop->remote_inflight ? &loop->remote_poll_ns : &loop->poll_ns;
+}
+
 /* The loop would block: busy-poll first (true: something happened, do
  * not block), then let the pollers re-arm their notifications. */
 static bool poll_before_blocking(struct vbd_loop *loop, int64_t timeout_ns)
 {
-    if (loop->poll_ns && loop->io_inflight == 0 && (timeout_ns < 0 || (uint64_t)timeout_ns > loop->poll_ns)) {
+    const uint64_t *w = poll_window(loop);
+    uint64_t poll_ns = w ? *w : 0;
+    if (poll_ns && (timeout_ns < 0 || (uint64_t)timeout_ns > poll_ns)) {
         if (loop->uring)
             io_uring_submit(&loop->ring);
-        uint64_t end = vbd_clock_ns() + loop->poll_ns;
+        uint64_t end = vbd_clock_ns() + poll_ns;
         unsigned spins = 0;
         /* The clock every 8th pass only: a pass over a ring is a few loads,
          * and the clock read took as long as the polling in profiles (more
@@ -467,15 +503,16 @@ static bool poll_before_blocking(struct vbd_loop *loop, int64_t timeout_ns)
  * and a wake-up. */
 static void adapt_poll_time(struct vbd_loop *loop, uint64_t blocked_ns)
 {
-    if (!loop->poll_max_ns || loop->io_inflight)
+    uint64_t *w = poll_window(loop);
+    if (!loop->poll_max_ns || !w)
         return;
-    uint64_t waited = blocked_ns + loop->poll_ns;
+    uint64_t waited = blocked_ns + *w;
     if (waited > loop->poll_max_ns)
-        loop->poll_ns = loop->poll_ns > POLL_GROW_START_NS ? loop->poll_ns / 2 : 0;
-    else if (loop->poll_ns < loop->poll_max_ns)
-        loop->poll_ns = loop->poll_ns ? loop->poll_ns * 2 : POLL_GROW_START_NS;
-    if (loop->poll_ns > loop->poll_max_ns)
-        loop->poll_ns = loop->poll_max_ns;
+        *w = *w > POLL_GROW_START_NS ? *w / 2 : 0;
+    else if (*w < loop->poll_max_ns)
+        *w = *w ? *w * 2 : POLL_GROW_START_NS;
+    if (*w > loop->poll_max_ns)
+        *w = loop->poll_max_ns;
 }
 
 int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)

@@ -428,6 +428,49 @@ UNIT_TEST(loop_pollers)
     } while (st.polls == 1 && ++tries < 200);
     CHECK(st.polls > 1);
 
+    /* A remote wait (the nbd client's) adapts a window of its own: replies
+     * later than the bound stop the spin while one is in flight, and the
+     * idle window is left as it was (both start at the bound here). */
+    vbd_loop_set_poll_max_ns(loop, 10000000);
+    vbd_loop_remote_begin(loop);
+    struct kicker k2 = {.loop = loop, .period_ns = 15000000};
+    pthread_create(&kt, NULL, kicker_thread, &k2);
+    waits = 0;
+    do {
+        st.polls = 0;
+        vbd_loop_run_once(loop, -1);
+    } while (st.polls > 1 && ++waits < 60);
+    __atomic_store_n(&k2.stop, true, __ATOMIC_RELEASE);
+    pthread_join(kt, NULL);
+    CHECK_EQ(st.polls, 1);
+    CHECK(waits >= 12);
+    st.polls = 0;
+    vbd_loop_run_once(loop, 20000000); /* the remote window: none */
+    CHECK_EQ(st.polls, 1);
+    vbd_loop_remote_end(loop);
+    st.polls = 0;
+    vbd_loop_run_once(loop, 20000000); /* the idle one: still the bound */
+    CHECK(st.polls > 1);
+    /* an I/O wait still stops every spin, with a remote one in flight too */
+    vbd_loop_set_poll_max_ns(loop, 10000000);
+    vbd_loop_remote_begin(loop);
+    vbd_loop_io_begin(loop);
+    st.polls = 0;
+    vbd_loop_run_once(loop, 20000000);
+    CHECK_EQ(st.polls, 1);
+    vbd_loop_io_end(loop);
+    /* more than one remote wait: no spin (the peer needs the CPU), and the
+     * window is kept for the next single one */
+    vbd_loop_remote_begin(loop);
+    st.polls = 0;
+    vbd_loop_run_once(loop, 20000000);
+    CHECK_EQ(st.polls, 1);
+    vbd_loop_remote_end(loop);
+    st.polls = 0;
+    vbd_loop_run_once(loop, 20000000);
+    CHECK(st.polls > 1);
+    vbd_loop_remote_end(loop);
+
     /* poll-max-ns=0: polled once per iteration, no busy-poll, still re-armed */
     vbd_loop_set_poll_max_ns(loop, 0);
     CHECK(!vbd_loop_polling(loop));

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #define MAX_INFLIGHT 64
+#define NBD_RBUF (64 * 1024) /* the reader's read-ahead (see rd_full) */
 
 struct nbd_req {
     bool busy, done, sent;
@@ -65,6 +66,8 @@ struct nbd_state {
     struct vbd_co_mutex send_lock;
     bool reader_running, connecting, closing;
     int inflight;
+    uint8_t *rbuf; /* the reader's read-ahead, plain sockets (rd_full) */
+    size_t rpos, rlen;
 };
 
 static int nbd_errno(uint32_t e)
@@ -359,12 +362,44 @@ static void chan_close(struct vbd_chan *ch)
     ch->fd = -1;
 }
 
-static int skip_bytes(struct vbd_chan *ch, uint64_t n)
+/* Reply bytes, for the reader coroutine: on plain sockets through a
+ * read-ahead buffer, so that one recv(2) brings a reply's header, its
+ * structured chunk's offset and a small payload (and at QD32 the next
+ * replies too) where reading each piece exactly took four (and a fifth
+ * that found nothing): vbd-img bench 4K reads from nbdkit over TCP made
+ * 5.0 recv calls per request at QD1 and 4.0 at QD32, now 2.0 and 0.13.
+ * Payloads of half the buffer or more go straight into place from the
+ * socket. TLS sessions keep their own read-ahead (gnutls' records).
+ * Emptied for each new connection. */
+static int rd_full(struct nbd_state *s, void *dst, size_t len)
+{
+    if (!s->rbuf || s->ch.tls)
+        return vbd_chan_recv_full(&s->ch, dst, len);
+    while (len) {
+        size_t have = s->rlen - s->rpos, take = have < len ? have : len;
+        memcpy(dst, s->rbuf + s->rpos, take);
+        s->rpos += take;
+        dst = (uint8_t *)dst + take;
+        len -= take;
+        if (!len)
+            break;
+        if (len >= NBD_RBUF / 2)
+            return vbd_co_recv_full(s->ch.fd, dst, len);
+        ssize_t r = vbd_co_recv(s->ch.fd, s->rbuf, NBD_RBUF);
+        if (r <= 0)
+            return r < 0 ? (int)r : -ECONNRESET;
+        s->rpos = 0;
+        s->rlen = (size_t)r;
+    }
+    return 0;
+}
+
+static int skip_bytes(struct nbd_state *s, uint64_t n)
 {
     uint8_t junk[4096];
     while (n) {
         uint32_t c = n < sizeof(junk) ? (uint32_t)n : sizeof(junk);
-        if (vbd_chan_recv_full(ch, junk, c) < 0)
+        if (rd_full(s, junk, c) < 0)
             return -EIO;
         n -= c;
     }
@@ -372,10 +407,30 @@ static int skip_bytes(struct vbd_chan *ch, uint64_t n)
 }
 
 /* Reads len bytes from the connection into qiov at qoff. */
-static int recv_into(struct vbd_chan *ch, struct vbd_qiov *q, size_t qoff, uint32_t len)
+static int recv_into(struct nbd_state *s, struct vbd_qiov *q, size_t qoff, uint32_t len)
 {
     struct iovec small[64], *iov = small;
     int cap = 64, rc = 0;
+    if (s->rbuf && !s->ch.tls) {
+        /* what the read-ahead holds, then small rests through it too */
+        for (;;) {
+            size_t have = s->rlen - s->rpos, take = have < len ? have : len;
+            if (take && vbd_iov_from_buf(q->iov, q->niov, qoff, s->rbuf + s->rpos, take) != take)
+                return -EIO;
+            s->rpos += take;
+            qoff += take;
+            len -= (uint32_t)take;
+            if (!len)
+                return 0;
+            if (len >= NBD_RBUF / 2)
+                break;
+            ssize_t r = vbd_co_recv(s->ch.fd, s->rbuf, NBD_RBUF);
+            if (r <= 0)
+                return -EIO;
+            s->rpos = 0;
+            s->rlen = (size_t)r;
+        }
+    }
     if (!len)
         return 0;
     if (q->niov > 64) {
@@ -385,7 +440,7 @@ static int recv_into(struct vbd_chan *ch, struct vbd_qiov *q, size_t qoff, uint3
             return -ENOMEM;
     }
     int cnt = vbd_iov_slice(iov, cap, q->iov, q->niov, qoff, len);
-    if (cnt <= 0 || vbd_chan_recvv_full(ch, iov, cnt) < 0)
+    if (cnt <= 0 || vbd_chan_recvv_full(&s->ch, iov, cnt) < 0)
         rc = -EIO;
     if (iov != small)
         free(iov);
@@ -402,15 +457,14 @@ static void complete(struct nbd_state *s, struct nbd_req *r)
 
 static int read_reply(struct nbd_state *s)
 {
-    struct vbd_chan *ch = &s->ch;
     uint8_t h[20];
-    if (vbd_chan_recv_full(ch, h, 4) < 0)
+    if (rd_full(s, h, 4) < 0)
         return -EIO;
     uint32_t magic;
     memcpy(&magic, h, 4);
     magic = be32(magic);
     if (magic == NBD_SIMPLE_REPLY_MAGIC) {
-        if (vbd_chan_recv_full(ch, h + 4, 12) < 0)
+        if (rd_full(s, h + 4, 12) < 0)
             return -EIO;
         uint32_t e;
         uint64_t cookie;
@@ -422,12 +476,12 @@ static int read_reply(struct nbd_state *s)
         struct nbd_req *r = &s->reqs[cookie];
         if (e)
             r->error = nbd_errno(be32(e));
-        else if (r->type == NBD_CMD_READ && recv_into(ch, r->qiov, r->qoff, r->len) < 0)
+        else if (r->type == NBD_CMD_READ && recv_into(s, r->qiov, r->qoff, r->len) < 0)
             return -EIO;
         complete(s, r);
         return 0;
     }
-    if (magic != NBD_STRUCTURED_REPLY_MAGIC || vbd_chan_recv_full(ch, h + 4, 16) < 0)
+    if (magic != NBD_STRUCTURED_REPLY_MAGIC || rd_full(s, h + 4, 16) < 0)
         return -EPROTO;
     uint16_t flags, type;
     uint64_t cookie;
@@ -445,16 +499,16 @@ static int read_reply(struct nbd_state *s)
     struct nbd_req *r = &s->reqs[cookie];
     if (type == NBD_REPLY_TYPE_OFFSET_DATA && r->type == NBD_CMD_READ && len >= 8) {
         uint64_t o;
-        if (vbd_chan_recv_full(ch, &o, 8) < 0)
+        if (rd_full(s, &o, 8) < 0)
             return -EIO;
         o = be64(o);
         if (o < r->off || o - r->off + (len - 8) > r->len)
             return -EPROTO;
-        if (recv_into(ch, r->qiov, r->qoff + (o - r->off), len - 8) < 0)
+        if (recv_into(s, r->qiov, r->qoff + (o - r->off), len - 8) < 0)
             return -EIO;
     } else if (type == NBD_REPLY_TYPE_OFFSET_HOLE && r->type == NBD_CMD_READ && len == 12) {
         uint8_t b[12];
-        if (vbd_chan_recv_full(ch, b, 12) < 0)
+        if (rd_full(s, b, 12) < 0)
             return -EIO;
         uint64_t o;
         uint32_t l;
@@ -467,7 +521,7 @@ static int read_reply(struct nbd_state *s)
         vbd_iov_memset(r->qiov->iov, r->qiov->niov, r->qoff + (o - r->off), 0, l);
     } else if (type == NBD_REPLY_TYPE_BLOCK_STATUS && len >= 12) {
         uint8_t b[12];
-        if (vbd_chan_recv_full(ch, b, 12) < 0 || skip_bytes(ch, len - 12) < 0)
+        if (rd_full(s, b, 12) < 0 || skip_bytes(s, len - 12) < 0)
             return -EIO;
         uint32_t id, l, f;
         memcpy(&id, b, 4);
@@ -480,10 +534,10 @@ static int read_reply(struct nbd_state *s)
         }
     } else if ((type == NBD_REPLY_TYPE_ERROR || type == NBD_REPLY_TYPE_ERROR_OFFSET) && len >= 6) {
         uint32_t e;
-        if (vbd_chan_recv_full(ch, &e, 4) < 0 || skip_bytes(ch, len - 4) < 0)
+        if (rd_full(s, &e, 4) < 0 || skip_bytes(s, len - 4) < 0)
             return -EIO;
         r->error = nbd_errno(be32(e));
-    } else if (skip_bytes(ch, len) < 0) {
+    } else if (skip_bytes(s, len) < 0) {
         return -EIO;
     }
     if (flags & 1) /* DONE */
@@ -544,6 +598,7 @@ static int ensure_connected(struct vbd_node *n)
             chan_close(&s->ch);
             s->ch = nc;
             vbd_co_mutex_unlock(&s->send_lock);
+            s->rpos = s->rlen = 0; /* the old connection's bytes are not this one's */
             s->reader_running = true;
             vbd_co_wake(vbd_co_create(reader_co, n));
             vbd_info("NBD connection to '%s' re-established%s", n->filename, nc.tls ? " (TLS)" : "");
@@ -633,19 +688,22 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
                 /* the reader notices the broken socket; wait for it */
             }
         }
-        /* The reply needs the server's work (on this host, often: qemu-nbd,
-         * nbdkit): the loop must not spin on its rings meanwhile. 4K reads
-         * QD1 over vhost-user-blk: 30-54 us of daemon CPU per request
-         * instead of 66-86 to qemu-nbd, 39-49 instead of 52-60 to nbdkit;
-         * IOPS up 30-40 % to qemu-nbd over unix (bench/nbd-client-ab.sh).
-         * Runs on the node's home loop (the nbd node is FIXED_LOOP), in the
-         * request's coroutine; the reader coroutine, on the same loop, wakes
-         * it, so begin and end pair on one loop. */
+        /* The reply needs the server's work: alone in flight, the loop
+         * busy-polls for it in its window for replies, which ends for
+         * servers slower than its bound; with others in flight, not at
+         * all (vbd_loop_remote_begin, loop.c's poll_window). Not spinning
+         * at QD1 either (vbd_loop_io_begin, round 5) cost 4K reads over
+         * TCP 14-33 % of their IOPS against nbdkit and qemu-nbd; spinning
+         * at QD32 too cost 19-25 % (bench/nbd-client-ab.sh, RESULTS.md
+         * 2026-12-04 nbdclient6). Runs on the node's home loop (the nbd
+         * node is FIXED_LOOP), in the request's coroutine; the reader
+         * coroutine, on the same loop, wakes it, so begin and end pair on
+         * one loop. */
         struct vbd_loop *loop = vbd_loop_current();
-        vbd_loop_io_begin(loop);
+        vbd_loop_remote_begin(loop);
         while (!r->done && (r->sent || s->reader_running))
             vbd_co_yield();
-        vbd_loop_io_end(loop);
+        vbd_loop_remote_end(loop);
         if (r->done) {
             rc = r->error;
             break;
@@ -794,6 +852,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     } else {
         snprintf(n->filename, sizeof(n->filename), "nbd://%s:%s/%s", s->host, s->port, s->export);
     }
+    s->rbuf = vbd_xmalloc(NBD_RBUF);
     s->reader_running = true;
     vbd_co_wake(vbd_co_create(reader_co, n));
     free(type);
@@ -857,6 +916,7 @@ static void nbd_close(struct vbd_node *n)
         chan_close(&s->ch);
     }
     vbd_tls_creds_unref(s->tls_creds);
+    free(s->rbuf);
     free(s->tls_hostname);
     free(s->path);
     free(s->host);
