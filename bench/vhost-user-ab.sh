@@ -1,0 +1,54 @@
+#!/bin/bash
+# A/B of vhost-user-blk back ends on one row of bench/vhost-user.sh (null-co
+# node, read-zeroes=on): the servers run back to back in each round, so a
+# shifting load hits them alike. Prints every run (not medians): IOPS,
+# latency p50/p99/p99.9 in us and the server's CPU ns per request. The
+# medians of bench/vhost-user.sh hide the base binary's p99 and how far a
+# row moves between runs on a shared host; this shows both. Not a test.
+#   bench/vhost-user-ab.sh ROUNDS SECONDS QUEUES "VBD-BENCH ARGS" SERVER...
+#   SERVER: a vbd-daemon binary, or qemu-storage-daemon
+#   IOTHREAD=1: the export runs on an iothread (as in bench/vhost-user.sh)
+# e.g. flock /work/wt/bench.lock bash bench/vhost-user-ab.sh 4 2 2 "-w read -b 64k -d 8" \
+#          /tmp/old/vbd-daemon build/src/tools/vbd-daemon qemu-storage-daemon
+# vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+ROUNDS=$1 SECS=$2 NQ=$3 ARGS=$4
+shift 4
+dir=$(mktemp -d /dev/shm/vbd-vu-ab.XXXXXX)
+sock=$dir/vu.sock
+spid=
+trap '[ -z "$spid" ] || { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; }; rm -rf "$dir"' EXIT
+iot=() iot_opt=
+# shellcheck disable=SC2054 # one qemu-style option, its commas are its own
+[ "${IOTHREAD:-0}" = 1 ] && iot=(--object iothread,id=io0) iot_opt=,iothread=io0
+echo "machine: $(machine); host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$SECS s per run; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; -q $NQ $ARGS"
+echo "per run: IOPS p50/p99/p99.9 (us) server-ns/request"
+declare -A runs=()
+for _ in $(seq "$ROUNDS"); do
+    for bin in "$@"; do
+        rm -f "$sock"
+        taskset -c 0 "$bin" "${iot[@]}" --blockdev driver=null-co,node-name=disk0,size=1073741824,read-zeroes=on \
+            --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$NQ"$iot_opt \
+            >/dev/null 2>&1 &
+        spid=$!
+        for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+        [ -S "$sock" ] || { echo "server $bin did not start" >&2; exit 1; }
+        c0=$(cpu_ns $spid)
+        # shellcheck disable=SC2086 # ARGS is a list of options
+        out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q "$NQ" $ARGS -t "$SECS" --json)
+        c1=$(cpu_ns $spid)
+        kill $spid
+        wait $spid 2>/dev/null || true
+        spid=
+        runs[$bin]+=$(python3 -c '
+import json, sys
+r = json.loads(sys.argv[1]); l = r["lat-us"]
+print("  %6.0fk %5.1f/%6.1f/%7.1f %5.0f" % (r["iops"] / 1000, l["p50"], l["p99"], l["p99.9"],
+                                          int(sys.argv[2]) / (r["requests"] + 1)))' "$out" $((c1 - c0)))
+    done
+done
+for bin in "$@"; do
+    printf '%-24s%s\n' "$(basename "$bin")" "${runs[$bin]}"
+done
