@@ -57,7 +57,7 @@ struct nbd_export {
 #define NBD_BATCH_REQS       4
 #define NBD_BATCH_MIN_NS     (8 * 1000)
 #define NBD_BATCH_MAX_NS     (60 * 1000)
-#define NBD_BATCH_EMPTY      3
+#define NBD_BATCH_EMPTY      4
 #define NBD_BATCH_PROBE      1024
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 /* Structured reads at least this large look for holes (block status) to

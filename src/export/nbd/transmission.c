@@ -122,7 +122,7 @@ static int batch_read(struct nbd_conn *c)
             batch_stop(c);
             return 0;
         }
-        next = c->batch_ns / 2;
+        next = c->batch_ns * 2;
     } else {
         return errno == EINTR ? 0 : -errno;
     }
