@@ -103,8 +103,8 @@ static void batch_stop(struct nbd_conn *c)
 
 /* One batch: sleep, then read what came. The next sleep is sized for
  * NBD_BATCH_REQS requests from what this one brought; doubled when it
- * brought nothing (fio pauses ~30 us between sends while it reaps replies:
- * halving it there ended batching often); NBD_BATCH_EMPTY of those in a
+ * brought nothing (a client pausing a few tens of us between sends, as fio
+ * does at times, ended batching when it was halved); NBD_BATCH_EMPTY of those in a
  * row: the client stopped keeping requests on the way, back to the
  * busy-poll. */
 static int batch_read(struct nbd_conn *c)
