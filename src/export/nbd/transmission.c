@@ -166,10 +166,10 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
  * per request). Round 5 slept on the socket instead, with SO_RCVLOWAT at a
  * batch's bytes: then the client's send that completed a batch woke the
  * server, and fio (libnbd), the bound of these rows, spent 7.4 % of its
- * time in that wake-up (sock_def_readable; nbdkit's cost it 1.5 %, a
- * spinning server 0.8 %): a sleeping server that wakes itself costs the
- * client nothing. Unix sockets keep the busy-poll (their rows are not
- * bound by the client's wake-ups in the same way; not measured). */
+ * time in that wake-up (sock_def_readable; against nbdkit 1.5 %, against a
+ * spinning server 0.8 %): a server that wakes on its own timer costs the
+ * client no wake-up. Unix sockets keep the busy-poll (batching them was
+ * not measured). */
 static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
 {
     if (!len)
