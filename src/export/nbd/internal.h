@@ -49,7 +49,7 @@ struct nbd_export {
 #define NBD_RBUF             (64 * 1024) /* request headers (and small writes) read ahead */
 #define NBD_POLL_NS          (32 * 1000) /* busy-poll the socket this long before waiting */
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
-/* TCP request batching (see conn_recv): while a client keeps requests on
+/* Request batching (see conn_recv): while a client keeps requests on
  * the way, sleep NBD_BATCH_MIN_NS..NBD_BATCH_MAX_NS between reads, sized
  * (from the last reads) for NBD_BATCH_REQS requests; NBD_BATCH_EMPTY sleeps
  * in a row that find nothing end it (busy-poll again) and it is tried
@@ -113,13 +113,11 @@ struct nbd_conn {
     uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
     size_t rpos, rlen;
-    bool tcp;                     /* TCP (set at accept); plain TCP from the transmission phase on:
-                                   * requests may be read in batches */
-    bool batching;                /* reading in batches (see conn_recv) */
-    uint32_t batch_probe;         /* requests until batching is tried (again) */
-    uint32_t batch_unit;          /* bytes of one request on the wire */
-    uint32_t batch_empty;         /* batch sleeps in a row that found nothing */
-    uint64_t batch_ns;            /* the next batch sleep */
+    bool batching;        /* reading in batches (see conn_recv) */
+    uint32_t batch_probe; /* requests until batching is tried (again) */
+    uint32_t batch_unit;  /* bytes of one request on the wire */
+    uint32_t batch_empty; /* batch sleeps in a row that found nothing */
+    uint64_t batch_ns;    /* the next batch sleep */
     struct vbd_co_queue slot_q, drain_q;
     struct nbd_req slots[NBD_SLOTS];
     struct nbd_req *free_slots;
