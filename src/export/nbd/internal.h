@@ -51,7 +51,8 @@ struct nbd_export {
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
 /* Request batching (see conn_recv): while a client keeps requests on
  * the way, sleep NBD_BATCH_MIN_NS..NBD_BATCH_MAX_NS between reads, sized
- * (from the last reads) for NBD_BATCH_REQS requests; NBD_BATCH_EMPTY sleeps
+ * (from the last reads) for NBD_BATCH_REQS requests (no sleep after a read
+ * of twice that); NBD_BATCH_EMPTY sleeps
  * in a row that find nothing end it (busy-poll again) and it is tried
  * again after NBD_BATCH_PROBE requests. */
 #define NBD_BATCH_REQS       4
