@@ -49,13 +49,16 @@ struct nbd_export {
 #define NBD_RBUF             (64 * 1024) /* request headers (and small writes) read ahead */
 #define NBD_POLL_NS          (32 * 1000) /* busy-poll the socket this long before waiting */
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
-/* TCP request batching (see conn_recv): wake for up to NBD_BATCH_REQS
- * requests' bytes (SO_RCVLOWAT), waiting at most NBD_BATCH_WAIT_NS; a wait
- * that runs out halves the batch, one that does not grows it by a request;
- * below two requests they come one at a time again (busy-poll) and
- * batching is tried again after NBD_BATCH_PROBE requests. */
+/* Request batching (see conn_recv): while a client keeps requests on
+ * the way, sleep NBD_BATCH_MIN_NS..NBD_BATCH_MAX_NS between reads, sized
+ * (from the last reads) for NBD_BATCH_REQS requests (no sleep after a read
+ * of twice that); NBD_BATCH_EMPTY sleeps
+ * in a row that find nothing end it (busy-poll again) and it is tried
+ * again after NBD_BATCH_PROBE requests. */
 #define NBD_BATCH_REQS       4
-#define NBD_BATCH_WAIT_NS    (200 * 1000)
+#define NBD_BATCH_MIN_NS     (8 * 1000)
+#define NBD_BATCH_MAX_NS     (60 * 1000)
+#define NBD_BATCH_EMPTY      4
 #define NBD_BATCH_PROBE      1024
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 /* Structured reads at least this large look for holes (block status) to
@@ -111,13 +114,11 @@ struct nbd_conn {
     uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
     size_t rpos, rlen;
-    bool tcp;                     /* TCP (set at accept); plain TCP from the transmission phase on:
-                                   * requests may be batched with SO_RCVLOWAT */
-    int lowat;                    /* the socket's SO_RCVLOWAT now (1: not batching) */
-    bool batch_expired;           /* the batch wait ran out: SO_RCVLOWAT is back at 1 */
-    uint32_t batch_probe;         /* requests until batching is tried (again) */
-    uint32_t batch_reqs, batch_unit; /* the batch: requests, and bytes of one */
-    struct vbd_timer batch_timer; /* bounds a batch wait */
+    bool batching;        /* reading in batches (see conn_recv) */
+    uint32_t batch_probe; /* requests until batching is tried (again) */
+    uint32_t batch_unit;  /* bytes of one request on the wire */
+    uint32_t batch_empty; /* batch sleeps in a row that found nothing */
+    uint64_t batch_ns;    /* the next batch sleep */
     struct vbd_co_queue slot_q, drain_q;
     struct nbd_req slots[NBD_SLOTS];
     struct nbd_req *free_slots;

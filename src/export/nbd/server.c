@@ -106,7 +106,6 @@ static void accept_co(void *opaque)
         socklen_t salen = sizeof(sa);
         bool named = getsockname(fd, (struct sockaddr *)&sa, &salen) == 0;
         c->sendfile_ok = named && sa.ss_family == AF_UNIX;
-        c->tcp = named && (sa.ss_family == AF_INET || sa.ss_family == AF_INET6);
         if (c->sendfile_ok) {
             /* A unix socket's send buffer (212 KiB by default) takes a
              * fifth of a 1 MiB read: sendfile then goes out in pieces, each
