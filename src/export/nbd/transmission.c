@@ -123,8 +123,16 @@ static int batch_read(struct nbd_conn *c)
     uint64_t cur = c->batch_ns ? c->batch_ns : NBD_BATCH_MIN_NS, next;
     if (r > 0) {
         c->rlen += (size_t)r;
-        c->batch_empty = 0;
         uint64_t got = (uint64_t)r / c->batch_unit;
+        /* The longest sleep brought one request: the client no longer keeps
+         * several on the way (a queue drained to one at a time). Counted as
+         * an empty sleep, or every request would wait out the sleep. */
+        if (got < 2 && cur >= NBD_BATCH_MAX_NS) {
+            if (++c->batch_empty >= NBD_BATCH_EMPTY)
+                batch_stop(c);
+            return 0;
+        }
+        c->batch_empty = 0;
         if (got >= 2 * NBD_BATCH_REQS) {
             c->batch_ns = 0; /* the client is ahead of us: read again without sleeping */
             return 0;
