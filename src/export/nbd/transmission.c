@@ -677,7 +677,6 @@ void nbd_transmission(struct nbd_conn *c)
         r->type = get_be16p(h + 6);
         r->cookie = get_be64p(h + 8);
         r->offset = get_be64p(h + 16);
-        r->len = get_be32p(h + 20 + 4 - 4);
         r->len = get_be32p(h + 24);
         if (r->type == NBD_CMD_DISC) {
             request_done(c, r);
