@@ -35,8 +35,7 @@
  * linked, their relocations and C++ static constructors made every start
  * of vbd-img and vbd-daemon 17 ms slower, rbd or not (a 0.15 s convert:
  * 11 %), as QEMU keeps rbd in a module (block-rbd.so). Every librbd and
- * librados function this file calls is one of these pointers; the macros
- * after them make the calls read as direct ones. */
+ * librados function this file calls is one of these pointers (rbdlib.f). */
 #define RBDLIB_FUNCS(X) \
     X(rados_conf_get) \
     X(rados_conf_read_file) \
@@ -143,41 +142,6 @@ static int rbdlib_ensure(struct vbd_error **err)
     }
     return 0;
 }
-
-#define rados_conf_get rbdlib.rados_conf_get
-#define rados_conf_read_file rbdlib.rados_conf_read_file
-#define rados_conf_set rbdlib.rados_conf_set
-#define rados_connect rbdlib.rados_connect
-#define rados_create rbdlib.rados_create
-#define rados_ioctx_create rbdlib.rados_ioctx_create
-#define rados_ioctx_destroy rbdlib.rados_ioctx_destroy
-#define rados_ioctx_set_namespace rbdlib.rados_ioctx_set_namespace
-#define rados_shutdown rbdlib.rados_shutdown
-#define rbd_aio_create_completion rbdlib.rbd_aio_create_completion
-#define rbd_aio_discard rbdlib.rbd_aio_discard
-#define rbd_aio_flush rbdlib.rbd_aio_flush
-#define rbd_aio_get_return_value rbdlib.rbd_aio_get_return_value
-#define rbd_aio_readv rbdlib.rbd_aio_readv
-#define rbd_aio_release rbdlib.rbd_aio_release
-#define rbd_aio_write_zeroes rbdlib.rbd_aio_write_zeroes
-#define rbd_aio_writev rbdlib.rbd_aio_writev
-#define rbd_close rbdlib.rbd_close
-#define rbd_create rbdlib.rbd_create
-#define rbd_diff_iterate2 rbdlib.rbd_diff_iterate2
-#define rbd_features_to_string rbdlib.rbd_features_to_string
-#define rbd_get_features rbdlib.rbd_get_features
-#define rbd_get_flags rbdlib.rbd_get_flags
-#define rbd_get_size rbdlib.rbd_get_size
-#define rbd_open rbdlib.rbd_open
-#define rbd_open_read_only rbdlib.rbd_open_read_only
-#define rbd_resize rbdlib.rbd_resize
-#define rbd_snap_create rbdlib.rbd_snap_create
-#define rbd_snap_get_timestamp rbdlib.rbd_snap_get_timestamp
-#define rbd_snap_list rbdlib.rbd_snap_list
-#define rbd_snap_list_end rbdlib.rbd_snap_list_end
-#define rbd_snap_remove rbdlib.rbd_snap_remove
-#define rbd_snap_rollback rbdlib.rbd_snap_rollback
-#define rbd_stat rbdlib.rbd_stat
 
 /* librbd's object size bounds (orders 12..25), as QEMU checks them */
 #define RBD_MIN_ORDER 12
@@ -423,62 +387,62 @@ static long connect_fn(void *arg)
 {
     struct connect_job *j = arg;
     struct vrbd_conn_opts *o = j->o;
-    int r = rados_create(&j->cluster, o->user);
+    int r = rbdlib.rados_create(&j->cluster, o->user);
     if (r < 0) {
         snprintf(j->msg, sizeof(j->msg), "error initializing: %s", strerror(-r));
         return r;
     }
     if (o->conf) {
-        r = rados_conf_read_file(j->cluster, o->conf);
+        r = rbdlib.rados_conf_read_file(j->cluster, o->conf);
         if (r < 0) {
             snprintf(j->msg, sizeof(j->msg), "error reading conf file %s: %s", o->conf, strerror(-r));
             goto fail;
         }
     } else {
-        rados_conf_read_file(j->cluster, NULL); /* the default search path; absent is fine */
+        rbdlib.rados_conf_read_file(j->cluster, NULL); /* the default search path; absent is fine */
     }
     /* librados waits 300 s for an unreachable monitor by default; a block
      * device open should fail sooner unless the configuration says otherwise */
     char cur[64] = "";
-    if (rados_conf_get(j->cluster, "client_mount_timeout", cur, sizeof(cur)) == 0 && atof(cur) == 300.0)
-        rados_conf_set(j->cluster, "client_mount_timeout", getenv("VBD_RBD_MOUNT_TIMEOUT") ? getenv("VBD_RBD_MOUNT_TIMEOUT") : "30");
+    if (rbdlib.rados_conf_get(j->cluster, "client_mount_timeout", cur, sizeof(cur)) == 0 && atof(cur) == 300.0)
+        rbdlib.rados_conf_set(j->cluster, "client_mount_timeout", getenv("VBD_RBD_MOUNT_TIMEOUT") ? getenv("VBD_RBD_MOUNT_TIMEOUT") : "30");
     for (size_t i = 0; o->keypairs && i + 1 < json_object_array_length(o->keypairs); i += 2) {
         const char *k = json_object_get_string(json_object_array_get_idx(o->keypairs, i));
         const char *v = json_object_get_string(json_object_array_get_idx(o->keypairs, i + 1));
-        r = rados_conf_set(j->cluster, k, v);
+        r = rbdlib.rados_conf_set(j->cluster, k, v);
         if (r < 0) {
             snprintf(j->msg, sizeof(j->msg), "invalid conf option %s", k);
             goto fail;
         }
     }
-    if (o->mon_host && (r = rados_conf_set(j->cluster, "mon_host", o->mon_host)) < 0) {
+    if (o->mon_host && (r = rbdlib.rados_conf_set(j->cluster, "mon_host", o->mon_host)) < 0) {
         snprintf(j->msg, sizeof(j->msg), "invalid mon_host '%s'", o->mon_host);
         goto fail;
     }
-    if (o->key_secret && (r = rados_conf_set(j->cluster, "key", o->key_secret)) < 0) {
+    if (o->key_secret && (r = rbdlib.rados_conf_set(j->cluster, "key", o->key_secret)) < 0) {
         snprintf(j->msg, sizeof(j->msg), "Could not set the cephx key");
         goto fail;
     }
-    if (o->auth_client && (r = rados_conf_set(j->cluster, "auth_client_required", o->auth_client)) < 0) {
+    if (o->auth_client && (r = rbdlib.rados_conf_set(j->cluster, "auth_client_required", o->auth_client)) < 0) {
         snprintf(j->msg, sizeof(j->msg), "Could not set 'auth_client_required'");
         goto fail;
     }
     /* as QEMU: librbd's cache follows the node's cache mode */
-    rados_conf_set(j->cluster, "rbd_cache", o->cache ? "true" : "false");
-    r = rados_connect(j->cluster);
+    rbdlib.rados_conf_set(j->cluster, "rbd_cache", o->cache ? "true" : "false");
+    r = rbdlib.rados_connect(j->cluster);
     if (r < 0) {
         snprintf(j->msg, sizeof(j->msg), "error connecting: %s", strerror(-r));
         goto fail;
     }
-    r = rados_ioctx_create(j->cluster, o->pool, &j->io);
+    r = rbdlib.rados_ioctx_create(j->cluster, o->pool, &j->io);
     if (r < 0) {
         snprintf(j->msg, sizeof(j->msg), "error opening pool %s: %s", o->pool, strerror(-r));
         goto fail;
     }
-    rados_ioctx_set_namespace(j->io, o->ns ? o->ns : "");
+    rbdlib.rados_ioctx_set_namespace(j->io, o->ns ? o->ns : "");
     return 0;
 fail:
-    rados_shutdown(j->cluster);
+    rbdlib.rados_shutdown(j->cluster);
     j->cluster = NULL;
     return r;
 }
@@ -531,8 +495,8 @@ static void aio_done(rbd_completion_t c, void *arg)
 {
     struct vrbd_chunk *ch = arg;
     struct vrbd_req *r = ch->req;
-    ch->ret = rbd_aio_get_return_value(c);
-    rbd_aio_release(c);
+    ch->ret = rbdlib.rbd_aio_get_return_value(c);
+    rbdlib.rbd_aio_release(c);
     /* from librbd's thread: scheduled on the coroutine's loop */
     if (__atomic_sub_fetch(&r->pending, 1, __ATOMIC_ACQ_REL) == 0)
         vbd_co_wake(r->co);
@@ -552,9 +516,9 @@ static long grow_fn(void *arg)
     struct grow_job *j = arg;
     pthread_mutex_lock(&j->s->grow_lock);
     uint64_t cur = 0;
-    int r = rbd_get_size(j->s->image, &cur);
+    int r = rbdlib.rbd_get_size(j->s->image, &cur);
     if (r == 0 && cur < j->want)
-        r = rbd_resize(j->s->image, j->want);
+        r = rbdlib.rbd_resize(j->s->image, j->want);
     pthread_mutex_unlock(&j->s->grow_lock);
     return r;
 }
@@ -616,20 +580,20 @@ static int vrbd_aio(struct vbd_node *n, enum vrbd_op op, uint64_t off, uint64_t 
         }
         chunks[sent] = (struct vrbd_chunk){.req = &req, .ret = 0};
         rbd_completion_t c;
-        r = rbd_aio_create_completion(&chunks[sent], aio_done, &c);
+        r = rbdlib.rbd_aio_create_completion(&chunks[sent], aio_done, &c);
         if (r < 0)
             break;
         __atomic_add_fetch(&req.pending, 1, __ATOMIC_RELAXED);
         switch (op) {
-        case OP_READ: r = rbd_aio_readv(s->image, ciov, cniov, off + coff, c); break;
-        case OP_WRITE: r = rbd_aio_writev(s->image, ciov, cniov, off + coff, c); break;
-        case OP_FLUSH: r = rbd_aio_flush(s->image, c); break;
-        case OP_DISCARD: r = rbd_aio_discard(s->image, off, bytes, c); break;
-        case OP_ZEROES: r = rbd_aio_write_zeroes(s->image, off, bytes, c, zero_flags, 0); break;
+        case OP_READ: r = rbdlib.rbd_aio_readv(s->image, ciov, cniov, off + coff, c); break;
+        case OP_WRITE: r = rbdlib.rbd_aio_writev(s->image, ciov, cniov, off + coff, c); break;
+        case OP_FLUSH: r = rbdlib.rbd_aio_flush(s->image, c); break;
+        case OP_DISCARD: r = rbdlib.rbd_aio_discard(s->image, off, bytes, c); break;
+        case OP_ZEROES: r = rbdlib.rbd_aio_write_zeroes(s->image, off, bytes, c, zero_flags, 0); break;
         }
         if (r < 0) {
             __atomic_sub_fetch(&req.pending, 1, __ATOMIC_RELAXED);
-            rbd_aio_release(c);
+            rbdlib.rbd_aio_release(c);
             break;
         }
     }
@@ -734,7 +698,7 @@ static long diff_fn(void *arg)
 {
     struct diff_job *j = arg;
     /* whole_object: the object map answers without reading objects */
-    return rbd_diff_iterate2(j->image, NULL, j->off, j->bytes, 1, 1, diff_cb, j);
+    return rbdlib.rbd_diff_iterate2(j->image, NULL, j->off, j->bytes, 1, 1, diff_cb, j);
 }
 
 static int vrbd_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
@@ -748,8 +712,8 @@ static int vrbd_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
     uint64_t features = 0, flags = 0;
     /* without a valid fast-diff map, diff_iterate would read every object:
      * say "data" as QEMU does */
-    if (rbd_get_features(s->image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
-        rbd_get_flags(s->image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID))
+    if (rbdlib.rbd_get_features(s->image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
+        rbdlib.rbd_get_flags(s->image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID))
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     struct diff_job j = {.image = s->image, .off = off, .bytes = bytes};
     long r = run_blocking(diff_fn, &j);
@@ -777,12 +741,12 @@ struct image_job {
 static long open_image_fn(void *arg)
 {
     struct image_job *j = arg;
-    int r = j->rw ? rbd_open(j->io, j->name, &j->image, j->snap) : rbd_open_read_only(j->io, j->name, &j->image, j->snap);
+    int r = j->rw ? rbdlib.rbd_open(j->io, j->name, &j->image, j->snap) : rbdlib.rbd_open_read_only(j->io, j->name, &j->image, j->snap);
     if (r < 0)
         return r;
-    r = rbd_stat(j->image, &j->info, sizeof(j->info));
+    r = rbdlib.rbd_stat(j->image, &j->info, sizeof(j->info));
     if (r < 0) {
-        rbd_close(j->image);
+        rbdlib.rbd_close(j->image);
         j->image = NULL;
     }
     return r;
@@ -798,11 +762,11 @@ static long close_fn(void *arg)
 {
     struct close_job *j = arg;
     if (j->image)
-        rbd_close(j->image);
+        rbdlib.rbd_close(j->image);
     if (j->io)
-        rados_ioctx_destroy(j->io);
+        rbdlib.rados_ioctx_destroy(j->io);
     if (j->cluster)
-        rados_shutdown(j->cluster);
+        rbdlib.rados_shutdown(j->cluster);
     return 0;
 }
 
@@ -892,7 +856,7 @@ struct resize_job {
 static long resize_fn(void *arg)
 {
     struct resize_job *j = arg;
-    return rbd_resize(j->image, j->size);
+    return rbdlib.rbd_resize(j->image, j->size);
 }
 
 static int vrbd_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
@@ -918,7 +882,7 @@ static int vrbd_refresh_size(struct vbd_node *n)
 {
     struct vrbd_state *s = n->opaque;
     uint64_t size;
-    int r = rbd_get_size(s->image, &size);
+    int r = rbdlib.rbd_get_size(s->image, &size);
     if (r < 0)
         return r;
     vbd_node_set_size(n, size);
@@ -939,11 +903,11 @@ static int vrbd_get_info(struct vbd_node *n, struct vbd_image_info *info, struct
         json_object_object_add(d, "snapshot", json_object_new_string(s->snap));
     json_object_object_add(d, "object-size", json_object_new_int64((int64_t)s->object_size));
     uint64_t features = 0;
-    if (rbd_get_features(s->image, &features) == 0) {
+    if (rbdlib.rbd_get_features(s->image, &features) == 0) {
         char str[1024];
         size_t len = sizeof(str);
         struct json_object *fa = json_object_new_array();
-        if (rbd_features_to_string(features, str, &len) == 0) {
+        if (rbdlib.rbd_features_to_string(features, str, &len) == 0) {
             char *save = NULL;
             for (char *t = strtok_r(str, ",", &save); t; t = strtok_r(NULL, ",", &save))
                 json_object_array_add(fa, json_object_new_string(t));
@@ -967,9 +931,9 @@ static long snap_fn(void *arg)
 {
     struct snap_job *j = arg;
     switch (j->op) {
-    case 'c': return rbd_snap_create(j->image, j->name);
-    case 'a': return rbd_snap_rollback(j->image, j->name);
-    default: return rbd_snap_remove(j->image, j->name);
+    case 'c': return rbdlib.rbd_snap_create(j->image, j->name);
+    case 'a': return rbdlib.rbd_snap_rollback(j->image, j->name);
+    default: return rbdlib.rbd_snap_remove(j->image, j->name);
     }
 }
 
@@ -1014,7 +978,7 @@ static int vrbd_snap_list_cb(struct vbd_node *n, struct vbd_snapshot_info **out)
     rbd_snap_info_t *snaps = NULL;
     for (;;) {
         snaps = realloc(snaps, sizeof(*snaps) * max);
-        r = rbd_snap_list(s->image, snaps, &max);
+        r = rbdlib.rbd_snap_list(s->image, snaps, &max);
         if (r != -ERANGE)
             break;
     }
@@ -1030,13 +994,13 @@ static int vrbd_snap_list_cb(struct vbd_node *n, struct vbd_snapshot_info **out)
         snprintf(sn[i].name, sizeof(sn[i].name), "%s", snaps[i].name);
         sn[i].vm_state_size = snaps[i].size;
         struct timespec ts;
-        if (rbd_snap_get_timestamp(s->image, snaps[i].id, &ts) == 0) {
+        if (rbdlib.rbd_snap_get_timestamp(s->image, snaps[i].id, &ts) == 0) {
             sn[i].date_sec = (uint32_t)ts.tv_sec;
             sn[i].date_nsec = (uint32_t)ts.tv_nsec;
         }
     }
     if (r)
-        rbd_snap_list_end(snaps);
+        rbdlib.rbd_snap_list_end(snaps);
     free(snaps);
     *out = sn;
     return r;
@@ -1060,7 +1024,7 @@ struct create_job {
 static long create_fn(void *arg)
 {
     struct create_job *j = arg;
-    return rbd_create(j->io, j->name, j->size, &j->order);
+    return rbdlib.rbd_create(j->io, j->name, j->size, &j->order);
 }
 
 static int vrbd_co_create(const char *filename, struct json_object *opts, struct vbd_error **err)
