@@ -60,8 +60,9 @@ out:
     return rc < 0 ? -1 : 0;
 }
 
-/* requests in flight when the target's writes are page-cache copies on this thread (see below) */
-#define PARALLEL_PAGE_CACHE 8
+/* requests in flight by default (-m), and at most when the target's writes
+ * are page-cache copies on this thread (see below) */
+#define PARALLEL_DEFAULT 8
 
 int verb_convert(int argc, char **argv)
 {
@@ -70,7 +71,7 @@ int verb_convert(int argc, char **argv)
     struct json_object *opts = NULL;
     bool compress = false, progress = false, no_create = false, out_of_order = false, quiet = false, force = false,
          target_zero = false, image_opts = false, target_image_opts = false;
-    int64_t sparse = 4096, parallel = 8;
+    int64_t sparse = 4096, parallel = PARALLEL_DEFAULT;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
                                        {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
@@ -232,13 +233,13 @@ int verb_convert(int argc, char **argv)
      * 0.33 s; ext4: 0.19, 0.21, 0.21, 0.22 s; 2026-12-04). -m and -W
      * permit, they do not require: such a target is written in order
      * with at most the default number of requests. */
-    if (parallel > PARALLEL_PAGE_CACHE || out_of_order) {
+    if (parallel > PARALLEL_DEFAULT || out_of_order) {
         const struct vbd_node *bottom = dst;
         while (bottom->file)
             bottom = bottom->file;
         if (!strcmp(bottom->drv->name, "file") && !(bottom->open_flags & VBD_OPEN_NOCACHE)) {
-            if (parallel > PARALLEL_PAGE_CACHE)
-                parallel = PARALLEL_PAGE_CACHE;
+            if (parallel > PARALLEL_DEFAULT)
+                parallel = PARALLEL_DEFAULT;
             out_of_order = false;
         }
     }
