@@ -13,28 +13,20 @@
 # vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/vhost-user-common.sh"
 ROUNDS=$1 SECS=$2 NQ=$3 ARGS=$4
 shift 4
 dir=$(mktemp -d /dev/shm/vbd-vu-ab.XXXXXX)
 sock=$dir/vu.sock
 spid=
 trap '[ -z "$spid" ] || { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; }; rm -rf "$dir"' EXIT
-iot=() iot_opt=
-# shellcheck disable=SC2054 # one qemu-style option, its commas are its own
-[ "${IOTHREAD:-0}" = 1 ] && iot=(--object iothread,id=io0) iot_opt=,iothread=io0
 echo "machine: $(machine); host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$SECS s per run; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; -q $NQ $ARGS"
 echo "per run: IOPS p50/p99/p99.9 (us) server-ns/request"
 declare -A runs=()
 for _ in $(seq "$ROUNDS"); do
     for bin in "$@"; do
-        rm -f "$sock"
-        taskset -c 0 "$bin" "${iot[@]}" --blockdev driver=null-co,node-name=disk0,size=1073741824,read-zeroes=on \
-            --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$NQ"$iot_opt \
-            >/dev/null 2>&1 &
-        spid=$!
-        for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-        [ -S "$sock" ] || { echo "server $bin did not start" >&2; exit 1; }
+        serve "$bin" null "$NQ"
         c0=$(cpu_ns $spid)
         # shellcheck disable=SC2086 # ARGS is a list of options
         out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q "$NQ" $ARGS -t "$SECS" --json)

@@ -12,6 +12,7 @@
 # ROWS='^file . 64k'.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/vhost-user-common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
 VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 SECS=${1:-5}
@@ -21,21 +22,6 @@ sock=$dir/vu.sock img=$dir/disk.raw
 qemu-img create -q -f raw "$img" 1G
 qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
 spid=
-serve() { # server-binary node-kind queues
-    local bin=$1 kind=$2 nq=$3
-    rm -f "$sock"
-    local nodes=(--blockdev driver=null-co,node-name=disk0,size=1073741824,read-zeroes=on)
-    [ "$kind" = file ] && nodes=(--blockdev driver=file,node-name=file0,filename="$img",cache.direct=off
-                                 --blockdev driver=raw,node-name=disk0,file=file0)
-    local iot=() iot_opt=
-    [ "${IOTHREAD:-0}" = 1 ] && iot=(--object iothread,id=io0) iot_opt=,iothread=io0
-    taskset -c 0 "$bin" "${iot[@]}" "${nodes[@]}" \
-        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$nq"$iot_opt \
-        >/dev/null 2>&1 &
-    spid=$!
-    for _ in $(seq 100); do [ -S "$sock" ] && return; sleep 0.05; done
-    echo "server $bin did not start" >&2; exit 1
-}
 field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); f=sys.argv[2]; print(r['lat-us']['p99'] if f=='p99' else r[f])" "$1" "$2"; }
 echo "machine: $(machine); host: $(host_kind)"
 echo "$SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}"
