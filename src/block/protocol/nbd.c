@@ -25,6 +25,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,8 @@ struct nbd_req {
     int error;
     uint32_t bs_len, bs_flags; /* first block status extent */
     bool bs_got;
+    uint64_t seen;   /* read: bytes its data and hole chunks covered */
+    uint64_t cookie; /* of its last send: the slot, and a count above it (see reply_req) */
     struct vbd_co *co;
 };
 
@@ -68,6 +71,8 @@ struct nbd_state {
     int inflight;
     uint8_t *rbuf; /* the reader's read-ahead, plain sockets (rd_full) */
     size_t rpos, rlen;
+    uint64_t sends; /* requests sent, for unique cookies */
+    char why[112]; /* why the reader stopped, for the line that says the connection is lost */
 };
 
 static int nbd_errno(uint32_t e)
@@ -394,13 +399,57 @@ static int rd_full(struct nbd_state *s, void *dst, size_t len)
     return 0;
 }
 
+/* The reader stops: the reason, for reader_co's warning. */
+static int reply_error(struct nbd_state *s, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int reply_error(struct nbd_state *s, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->why, sizeof(s->why), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Reading reply bytes failed: the server closed, or the socket failed. */
+static int recv_error(struct nbd_state *s, int rc)
+{
+    if (rc == -ECONNRESET)
+        return reply_error(s, -EIO, "the server closed the connection");
+    return reply_error(s, -EIO, "receiving a reply: %s", strerror(-rc));
+}
+
+/* The request a reply names: one sent and not yet answered in full. A
+ * reply for any other cookie (never sent, already done) is the server's
+ * error; taking it could land its data in another request's buffer. Each
+ * send has its own cookie (the slot in the low 8 bits, a count above):
+ * with the slot alone, a reply the server repeated was taken for the
+ * slot's next request and its data landed there. */
+static struct nbd_req *reply_req(struct nbd_state *s, uint64_t cookie)
+{
+    static_assert(MAX_INFLIGHT <= 256, "the slot is a cookie's low 8 bits");
+    struct nbd_req *r = (cookie & 0xff) < MAX_INFLIGHT ? &s->reqs[cookie & 0xff] : NULL;
+    if (!r || !r->busy || !r->sent || r->done || r->cookie != cookie) {
+        reply_error(s, -EPROTO, "reply for unknown handle %llu", (unsigned long long)cookie);
+        return NULL;
+    }
+    return r;
+}
+
+/* A data or hole chunk [o, o + l) lies inside read r (o and l come from
+ * the server: no sum that can wrap). */
+static bool chunk_inside(const struct nbd_req *r, uint64_t o, uint64_t l)
+{
+    return o >= r->off && o - r->off <= r->len && l <= r->len - (o - r->off);
+}
+
 static int skip_bytes(struct nbd_state *s, uint64_t n)
 {
     uint8_t junk[4096];
     while (n) {
         uint32_t c = n < sizeof(junk) ? (uint32_t)n : sizeof(junk);
-        if (rd_full(s, junk, c) < 0)
-            return -EIO;
+        int rc = rd_full(s, junk, c);
+        if (rc < 0)
+            return rc;
         n -= c;
     }
     return 0;
@@ -426,7 +475,7 @@ static int recv_into(struct nbd_state *s, struct vbd_qiov *q, size_t qoff, uint3
                 break;
             ssize_t r = vbd_co_recv(s->ch.fd, s->rbuf, NBD_RBUF);
             if (r <= 0)
-                return -EIO;
+                return r < 0 ? (int)r : -ECONNRESET;
             s->rpos = 0;
             s->rlen = (size_t)r;
         }
@@ -440,8 +489,7 @@ static int recv_into(struct nbd_state *s, struct vbd_qiov *q, size_t qoff, uint3
             return -ENOMEM;
     }
     int cnt = vbd_iov_slice(iov, cap, q->iov, q->niov, qoff, len);
-    if (cnt <= 0 || vbd_chan_recvv_full(&s->ch, iov, cnt) < 0)
-        rc = -EIO;
+    rc = cnt <= 0 ? -EIO : vbd_chan_recvv_full(&s->ch, iov, cnt);
     if (iov != small)
         free(iov);
     return rc;
@@ -458,31 +506,33 @@ static void complete(struct nbd_state *s, struct nbd_req *r)
 static int read_reply(struct nbd_state *s)
 {
     uint8_t h[20];
-    if (rd_full(s, h, 4) < 0)
-        return -EIO;
+    int rc;
+    if ((rc = rd_full(s, h, 4)) < 0)
+        return recv_error(s, rc);
     uint32_t magic;
     memcpy(&magic, h, 4);
     magic = be32(magic);
     if (magic == NBD_SIMPLE_REPLY_MAGIC) {
-        if (rd_full(s, h + 4, 12) < 0)
-            return -EIO;
+        if ((rc = rd_full(s, h + 4, 12)) < 0)
+            return recv_error(s, rc);
         uint32_t e;
         uint64_t cookie;
         memcpy(&e, h + 4, 4);
         memcpy(&cookie, h + 8, 8);
-        cookie = be64(cookie);
-        if (cookie >= MAX_INFLIGHT || !s->reqs[cookie].busy)
+        struct nbd_req *r = reply_req(s, be64(cookie));
+        if (!r)
             return -EPROTO;
-        struct nbd_req *r = &s->reqs[cookie];
         if (e)
             r->error = nbd_errno(be32(e));
-        else if (r->type == NBD_CMD_READ && recv_into(s, r->qiov, r->qoff, r->len) < 0)
-            return -EIO;
+        else if (r->type == NBD_CMD_READ && (rc = recv_into(s, r->qiov, r->qoff, r->len)) < 0)
+            return recv_error(s, rc);
         complete(s, r);
         return 0;
     }
-    if (magic != NBD_STRUCTURED_REPLY_MAGIC || rd_full(s, h + 4, 16) < 0)
-        return -EPROTO;
+    if (magic != NBD_STRUCTURED_REPLY_MAGIC)
+        return reply_error(s, -EPROTO, "bad reply magic 0x%08x", magic);
+    if ((rc = rd_full(s, h + 4, 16)) < 0)
+        return recv_error(s, rc);
     uint16_t flags, type;
     uint64_t cookie;
     uint32_t len;
@@ -492,37 +542,40 @@ static int read_reply(struct nbd_state *s)
     memcpy(&len, h + 16, 4);
     flags = be16(flags);
     type = be16(type);
-    cookie = be64(cookie);
     len = be32(len);
-    if (cookie >= MAX_INFLIGHT || !s->reqs[cookie].busy)
+    struct nbd_req *r = reply_req(s, be64(cookie));
+    if (!r)
         return -EPROTO;
-    struct nbd_req *r = &s->reqs[cookie];
     if (type == NBD_REPLY_TYPE_OFFSET_DATA && r->type == NBD_CMD_READ && len >= 8) {
         uint64_t o;
-        if (rd_full(s, &o, 8) < 0)
-            return -EIO;
+        if ((rc = rd_full(s, &o, 8)) < 0)
+            return recv_error(s, rc);
         o = be64(o);
-        if (o < r->off || o - r->off + (len - 8) > r->len)
-            return -EPROTO;
-        if (recv_into(s, r->qiov, r->qoff + (o - r->off), len - 8) < 0)
-            return -EIO;
+        if (!chunk_inside(r, o, len - 8))
+            return reply_error(s, -EPROTO, "data chunk of %u bytes at %llu outside the read of %u at %llu", len - 8,
+                               (unsigned long long)o, r->len, (unsigned long long)r->off);
+        if ((rc = recv_into(s, r->qiov, r->qoff + (o - r->off), len - 8)) < 0)
+            return recv_error(s, rc);
+        r->seen += len - 8;
     } else if (type == NBD_REPLY_TYPE_OFFSET_HOLE && r->type == NBD_CMD_READ && len == 12) {
         uint8_t b[12];
-        if (rd_full(s, b, 12) < 0)
-            return -EIO;
+        if ((rc = rd_full(s, b, 12)) < 0)
+            return recv_error(s, rc);
         uint64_t o;
         uint32_t l;
         memcpy(&o, b, 8);
         memcpy(&l, b + 8, 4);
         o = be64(o);
         l = be32(l);
-        if (o < r->off || o - r->off + l > r->len)
-            return -EPROTO;
+        if (!chunk_inside(r, o, l))
+            return reply_error(s, -EPROTO, "hole chunk of %u bytes at %llu outside the read of %u at %llu", l,
+                               (unsigned long long)o, r->len, (unsigned long long)r->off);
         vbd_iov_memset(r->qiov->iov, r->qiov->niov, r->qoff + (o - r->off), 0, l);
+        r->seen += l;
     } else if (type == NBD_REPLY_TYPE_BLOCK_STATUS && len >= 12) {
         uint8_t b[12];
-        if (rd_full(s, b, 12) < 0 || skip_bytes(s, len - 12) < 0)
-            return -EIO;
+        if ((rc = rd_full(s, b, 12)) < 0 || (rc = skip_bytes(s, len - 12)) < 0)
+            return recv_error(s, rc);
         uint32_t id, l, f;
         memcpy(&id, b, 4);
         memcpy(&l, b + 4, 4);
@@ -534,14 +587,25 @@ static int read_reply(struct nbd_state *s)
         }
     } else if ((type == NBD_REPLY_TYPE_ERROR || type == NBD_REPLY_TYPE_ERROR_OFFSET) && len >= 6) {
         uint32_t e;
-        if (rd_full(s, &e, 4) < 0 || skip_bytes(s, len - 4) < 0)
-            return -EIO;
+        if ((rc = rd_full(s, &e, 4)) < 0 || (rc = skip_bytes(s, len - 4)) < 0)
+            return recv_error(s, rc);
         r->error = nbd_errno(be32(e));
-    } else if (skip_bytes(s, len) < 0) {
-        return -EIO;
+    } else if ((rc = skip_bytes(s, len)) < 0) {
+        return recv_error(s, rc);
     }
-    if (flags & 1) /* DONE */
+    if (flags & 1) { /* DONE */
+        /* A successful read is whole: chunks that left part of the buffer
+         * unwritten would hand the caller whatever it held before (as
+         * libnbd, an error for this request, the stream is still in sync).
+         * Overlapping chunks, which the spec forbids, can hide a gap from
+         * this sum; they cannot write outside the request. */
+        if (r->type == NBD_CMD_READ && !r->error && r->seen != r->len) {
+            vbd_warn("NBD server replied to a read of %u bytes at %llu with %llu bytes of data and holes",
+                     r->len, (unsigned long long)r->off, (unsigned long long)r->seen);
+            r->error = -EIO;
+        }
         complete(s, r);
+    }
     return 0;
 }
 
@@ -556,7 +620,8 @@ static void reader_co(void *arg)
         vbd_co_queue_wake_all(&s->conn_q);
         return;
     }
-    vbd_warn("NBD connection to '%s' lost", n->filename);
+    vbd_warn("NBD connection to '%s' lost: %s", n->filename, s->why[0] ? s->why : "reading a reply failed");
+    s->why[0] = 0;
     vbd_chan_shutdown(&s->ch, SHUT_RDWR);
     /* requests in flight: resent after a reconnect, or failed */
     for (int i = 0; i < MAX_INFLIGHT; i++)
@@ -683,7 +748,9 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
             r->done = false;
             r->error = 0;
             r->bs_got = false;
-            if (send_request(s, r, (uint64_t)slot) < 0) {
+            r->seen = 0;
+            r->cookie = ++s->sends << 8 | (uint64_t)slot;
+            if (send_request(s, r, r->cookie) < 0) {
                 r->sent = false;
                 /* the reader notices the broken socket; wait for it */
             }
