@@ -242,4 +242,61 @@ must qemu-io -f raw -c "write -P 0x77 1M 64k" "$T/shadow.img" >/dev/null
 kill -0 $dpid || fail "the daemon died"
 stop_daemon
 cmp "$img" "$T/shadow.img" >/dev/null || fail "the disk differs from the shadow copy"
+
+step "SIGTERM while one client does not read its replies and another stalls mid-payload: a clean exit, every acknowledged write on disk"
+ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
+    --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
+    --nbd-server addr.type=unix,addr.path="$S" \
+    --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
+python3 - "$S" "$T/ready" "$T/written" <<'PY' &
+import os, socket, struct, sys, threading, time
+path, ready, written = sys.argv[1:4]
+def recvn(s, n):
+    b = bytearray()
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c: raise EOFError
+        b += c
+    return bytes(b)
+def conn():
+    s = socket.socket(socket.AF_UNIX); s.connect(path)
+    recvn(s, 18); s.sendall(struct.pack('>I', 3))
+    s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk'); recvn(s, 10)
+    return s
+lo = conn()  # a 20 KiB write at 15 MiB whose payload stops after 1000 bytes
+lo.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 1, 15 << 20, 20000) + b'\x01' * 1000)
+fl = conn()  # 200 writes, then 2000 64 KiB reads whose replies are never read
+data = os.urandom(200 * 4096)
+b = b''.join(struct.pack('>IHHQQI', 0x25609513, 0, 1, i, i * 8192, 4096) + data[i * 4096:(i + 1) * 4096] for i in range(200))
+b += b''.join(struct.pack('>IHHQQI', 0x25609513, 0, 0, 1000 + i, 0, 65536) for i in range(2000))
+threading.Thread(target=fl.sendall, args=(b,), daemon=True).start()
+acked = 0
+while acked < 200:  # the write replies (read replies in between are skipped)
+    m, e, c = struct.unpack('>IIQ', recvn(fl, 16))
+    assert m == 0x67446698 and e == 0, (m, e)
+    if c < 200: acked += 1
+    else: recvn(fl, 65536)
+open(written, 'wb').write(data)
+open(ready, 'w').write('ready')
+time.sleep(120)  # holds both connections, reads nothing more
+PY
+cpid=$!
+on_exit "kill $cpid 2>/dev/null"
+for _ in $(seq 600); do [ -e "$T/ready" ] && break; kill -0 $cpid 2>/dev/null || break; sleep 0.1; done
+[ -e "$T/ready" ] || fail "the hostile clients did not get their write replies"
+kill -TERM $dpid
+for _ in $(seq 600); do kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
+kill -0 $dpid 2>/dev/null && fail "SIGTERM did not stop the daemon in 60 s while a client does not read its replies"
+wait $dpid || { cat "$T/daemon.log"; fail "vbd-daemon exited with $? after SIGTERM"; }
+! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
+dpid=
+kill $cpid 2>/dev/null
+python3 - "$img" "$T/shadow.img" "$T/written" <<'PY' || fail "the disk after SIGTERM"
+import sys
+disk, old, data = (open(f, 'rb').read() for f in sys.argv[1:4])
+for i in range(200):
+    assert disk[i * 8192:i * 8192 + 4096] == data[i * 4096:(i + 1) * 4096], f'acknowledged write {i} is not on disk'
+assert disk[15 << 20:(15 << 20) + 20000] == old[15 << 20:(15 << 20) + 20000], 'the write cut short reached the disk'
+print('200 acknowledged writes on disk, the cut one not')
+PY
 echo OK

@@ -116,6 +116,17 @@ static bool close_users(struct nbd_export *e)
     return busy;
 }
 
+/* NBD_STOP_GRACE_NS after the shutdown began: no more replies. The
+ * requests in flight still finish on the node (the transmission loop waits
+ * for them) before the export's flush. */
+static void cut_users(void *arg)
+{
+    struct nbd_export *e = arg;
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        if (c->exp == e || c->pinned == e)
+            vbd_chan_shutdown(&c->ch, SHUT_RDWR);
+}
+
 static void nbd_export_shutdown(struct vbd_export *base)
 {
     struct nbd_export *e = (struct nbd_export *)base;
@@ -127,11 +138,14 @@ static void nbd_export_shutdown(struct vbd_export *base)
         }
     bool busy = close_users(e);
     if (vbd_in_co()) {
+        struct vbd_timer cut = {.fn = cut_users, .arg = e};
+        vbd_timer_arm(&cut, vbd_clock_ns() + NBD_STOP_GRACE_NS);
         /* a handshake that had found it may still pick it: look again each time */
         while (busy) {
             vbd_co_queue_wait(&srv.idle_q);
             busy = close_users(e);
         }
+        vbd_timer_cancel(&cut);
         vbd_backend_co_flush(e->be);
     }
 }

@@ -30,6 +30,11 @@
 #define NBD_MAX_KEPT_BYTES     (64u * 1024 * 1024)
 #define NBD_MAX_EXTENTS      256
 #define NBD_HANDSHAKE_NS     (10ull * 1000000000) /* a client that stalls in the handshake is dropped */
+/* Stopping (an export shut down, the server stopped): the replies of the
+ * requests in flight still go out, for this long; then the connections
+ * left are cut. A client that does not read its replies otherwise held
+ * the daemon's SIGTERM forever (QEMU cuts them at once). */
+#define NBD_STOP_GRACE_NS    (3ull * 1000000000)
 #define META_ALLOCATION      1u
 #define META_DEPTH           2u
 #define META_BITMAP          3u

@@ -236,6 +236,14 @@ int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
     return 0;
 }
 
+/* NBD_STOP_GRACE_NS after the stop began: no more replies (see vbd_nbd_server_stop). */
+static void cut_conns(void *arg)
+{
+    (void)arg;
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        vbd_chan_shutdown(&c->ch, SHUT_RDWR);
+}
+
 void vbd_nbd_server_stop(void)
 {
     if (!srv.running)
@@ -246,9 +254,13 @@ void vbd_nbd_server_stop(void)
         c->closing = true;
         vbd_chan_shutdown(&c->ch, SHUT_RD); /* in-flight replies still go out */
     }
-    if (vbd_in_co())
+    if (vbd_in_co()) {
+        struct vbd_timer cut = {.fn = cut_conns};
+        vbd_timer_arm(&cut, vbd_clock_ns() + NBD_STOP_GRACE_NS);
         while (srv.nconns || !srv.accept_done)
             vbd_co_queue_wait(&srv.idle_q);
+        vbd_timer_cancel(&cut);
+    }
     close(srv.listen_fd);
     srv.listen_fd = -1;
     if (srv.unix_path) {
