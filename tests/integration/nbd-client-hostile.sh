@@ -76,7 +76,7 @@ broken long-simple "NBD connection to '@U' lost: bad reply magic 0xaaaaaaaa"
 broken long-chunk "NBD connection to '@U' lost: data chunk of 65544 bytes at 0 outside the read of 65536 at 0"
 broken wrap "NBD connection to '@U' lost: hole chunk of 8192 bytes at 18446744073709547520 outside"
 broken stall "NBD connection to '@U' lost: the server closed the connection"
-broken partial "replied to a read of 65536 bytes at 0 with 32768 bytes"
+broken partial "NBD server '@U' replied to a read of 65536 bytes at 0 with 32768 bytes"
 # the half-covered read fails alone: the stream is in sync, the next read is whole
 serve partial
 out=$(timeout 60 "$VBD_IO" -f raw -c "read 0 64k" -c "read -P 0x11 64k 64k" "$U" 2>&1)

@@ -503,7 +503,7 @@ static void complete(struct nbd_state *s, struct nbd_req *r)
     (void)s;
 }
 
-static int read_reply(struct nbd_state *s)
+static int read_reply(struct nbd_state *s, const char *name)
 {
     uint8_t h[20];
     int rc;
@@ -600,7 +600,7 @@ static int read_reply(struct nbd_state *s)
          * Overlapping chunks, which the spec forbids, can hide a gap from
          * this sum; they cannot write outside the request. */
         if (r->type == NBD_CMD_READ && !r->error && r->seen != r->len) {
-            vbd_warn("NBD server replied to a read of %u bytes at %llu with %llu bytes of data and holes",
+            vbd_warn("NBD server '%s' replied to a read of %u bytes at %llu with %llu bytes of data and holes", name,
                      r->len, (unsigned long long)r->off, (unsigned long long)r->seen);
             r->error = -EIO;
         }
@@ -613,7 +613,7 @@ static void reader_co(void *arg)
 {
     struct vbd_node *n = arg;
     struct nbd_state *s = n->opaque;
-    while (!s->closing && read_reply(s) == 0)
+    while (!s->closing && read_reply(s, n->filename) == 0)
         ;
     s->reader_running = false;
     if (s->closing) {
