@@ -82,6 +82,18 @@ serve partial
 out=$(timeout 60 "$VBD_IO" -f raw -c "read 0 64k" -c "read -P 0x11 64k 64k" "$U" 2>&1)
 case "$out" in *"read failed"*"read 65536/65536 bytes at offset 65536"*) ;; *) fail "partial: $out" ;; esac
 
+# A reply that comes while the client still sends the request's payload
+# (an early error does so too): the sending coroutine is not woken inside
+# its wait for the socket. With the epoll engine as well as io_uring.
+step "early: a 4 MiB write acknowledged before its payload is out"
+serve early
+for engine in VBD_NO_IO_URING=0 VBD_NO_IO_URING=1; do # io_uring (when the kernel has it), epoll
+    out=$(env $engine timeout 60 "$VBD_IO" -f raw \
+        -c "write -P 0x55 0 4M" -c "read -P 0x55 0 4M" -c "aio_write -P 0x56 4M 2M" -c "aio_write -P 0x57 6M 1M" \
+        -c aio_flush -c "read -P 0x56 4M 2M" -c "read -P 0x57 6M 1M" "$U" 2>&1) || fail "early ($engine): $out"
+done
+echo "early: ok"
+
 # real servers, many requests in flight: same as a shadow copy
 real() { # NAME URI FILE
     local name=$1 uri=$2 file=$3

@@ -13,6 +13,8 @@
 #   wrap     a hole chunk whose offset + length wraps past 2^64
 #   partial  a read answered with data for its first half only, DONE (the next request is fine)
 #   stall    half a read reply, a pause, then the server closes
+#   early    a write of 1 MiB or more acknowledged as soon as its header came, its
+#            payload read 0.2 s later (the client is still sending when the reply arrives)
 # usage: nbd-hostile-server.py SOCKET IMAGE MODE
 import os, random, select, socket, struct, sys, threading, time
 
@@ -94,10 +96,17 @@ def serve(s):
             h = recvn(s, 28)
             magic, flags, typ, cookie, off, ln = struct.unpack('>IHHQQI', h)
             assert magic == 0x25609513, hex(magic)
-            if typ == 1:
+            if typ == 1 and mode == 'early' and ln >= 1 << 20:
+                s.sendall(ok_reply(cookie))
+                time.sleep(0.2)
+                with lock:
+                    os.pwrite(fd, recvn(s, ln), off)
+            elif typ == 1:
                 batch.append((typ, cookie, off, ln, recvn(s, ln)))
             else:
                 batch.append((typ, cookie, off, ln, None))
+            if not batch:
+                continue
             if typ == 2 or not select.select([s], [], [], 0.002)[0]:
                 break
         out = []

@@ -39,6 +39,12 @@
 
 struct nbd_req {
     bool busy, done, sent;
+    /* Its coroutine waits for the reply (in do_request's loop): only then
+     * may the reader wake it. A server that replies before a write's
+     * payload is all out (an early error, or a hostile one) woke it inside
+     * its send's wait for the socket, which then returned with that wait
+     * still registered: a crash (epoll engine) once the coroutine moved on. */
+    bool waiting;
     uint16_t type, flags;
     uint64_t off;
     uint32_t len;
@@ -498,7 +504,7 @@ static int recv_into(struct nbd_state *s, struct vbd_qiov *q, size_t qoff, uint3
 static void complete(struct nbd_state *s, struct nbd_req *r)
 {
     r->done = true;
-    if (r->co)
+    if (r->co && r->waiting)
         vbd_co_wake(r->co);
     (void)s;
 }
@@ -630,7 +636,7 @@ static void reader_co(void *arg)
             if (!s->reconnect_ns) {
                 s->reqs[i].error = -EIO;
                 complete(s, &s->reqs[i]);
-            } else if (s->reqs[i].co) {
+            } else if (s->reqs[i].co && s->reqs[i].waiting) {
                 vbd_co_wake(s->reqs[i].co); /* it reconnects and sends again */
             }
         }
@@ -768,8 +774,10 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
          * one loop. */
         struct vbd_loop *loop = vbd_loop_current();
         vbd_loop_remote_begin(loop);
+        r->waiting = true;
         while (!r->done && (r->sent || s->reader_running))
             vbd_co_yield();
+        r->waiting = false;
         vbd_loop_remote_end(loop);
         if (r->done) {
             rc = r->error;
