@@ -52,9 +52,10 @@ struct nbd_export {
 /* Request batching (see conn_recv): while a client keeps requests on
  * the way, sleep NBD_BATCH_MIN_NS..NBD_BATCH_MAX_NS between reads, sized
  * (from the last reads) for NBD_BATCH_REQS requests (no sleep after a read
- * of twice that); NBD_BATCH_EMPTY sleeps
- * in a row that find nothing end it (busy-poll again) and it is tried
- * again after NBD_BATCH_PROBE requests. */
+ * of twice that); NBD_BATCH_EMPTY longest sleeps in a row that bring
+ * fewer than two requests end it (busy-poll again; NBD_BATCH_EMPTY sleeps
+ * that find nothing wait on the socket first) and it is tried again after
+ * NBD_BATCH_PROBE requests. */
 #define NBD_BATCH_REQS       4
 #define NBD_BATCH_MIN_NS     (8 * 1000)
 #define NBD_BATCH_MAX_NS     (60 * 1000)
