@@ -247,7 +247,7 @@ kill -TERM $tpid
 wait $tpid || fail "vbd-daemon (TCP) exit status $? after SIGTERM"
 ! grep -q Sanitizer "$T/daemon-tcp.log" || { cat "$T/daemon-tcp.log"; fail "sanitizer report (TCP)"; }
 
-step "over TCP: writes in batches (32 in flight), then one at a time, then 1-100 KiB: every one answered and on disk"
+step "over TCP: writes in batches (32 in flight), bursts after pauses, then one at a time, then 1-100 KiB: every one answered and on disk"
 # The server reads TCP requests in batches once several are in flight (a
 # receive mark bounded by a timer): a lone request after a batch must still
 # be answered, and payloads split across batches or larger than the read
@@ -261,7 +261,7 @@ wpid=$!
 on_exit "kill -9 $wpid 2>/dev/null"
 wait_port $port
 PYTHONPATH=$T python3 - "tcp:$port" "$T/expect.img" <<'PY' || { cat "$T/daemon-tcpw.log"; fail "TCP write batches"; }
-import struct, sys, random
+import struct, sys, random, time
 from nbdwire import connect, recvn, handshake
 addr, out = sys.argv[1], sys.argv[2]
 size = 16 << 20
@@ -296,7 +296,22 @@ def run(n, depth, sizes):
         s.sendall(burst)
     while pending:
         reap()
+def paused(bursts, depth):
+    # A batching server that finds nothing for a while waits on the socket:
+    # bursts after idle pauses, each cut mid-payload by a second pause,
+    # must still be read whole and answered.
+    for _ in range(bursts):
+        burst = b''.join(write_req(rnd.randrange(0, size - 4096), 4096) for _ in range(depth))
+        cut = rnd.randrange(1, len(burst))
+        s.sendall(burst[:cut])
+        time.sleep(0.001)
+        s.sendall(burst[cut:])
+        while pending:
+            reap()
+        time.sleep(0.002)
 run(3000, 32, (4096,))                       # batches form
+paused(50, 16)                               # the client pauses between bursts
+run(3000, 32, (4096,))
 run(20, 1, (4096,))                          # one at a time after them
 run(2000, 32, (512, 4096, 5000, 70000))      # unaligned, across batches, larger than the read-ahead
 run(200, 1, (1, 4096, 100000))
