@@ -451,10 +451,11 @@ static void report(struct bench *b, double secs)
     if (b->json)
         printf("{\"workload\": \"%s\", \"block-size\": %u, \"queues\": %d, \"depth\": %d, \"seconds\": %.3f, "
                "\"requests\": %llu, \"iops\": %.0f, \"mb-per-s\": %.1f, \"lat-us\": {\"p50\": %.1f, \"p99\": %.1f, "
-               "\"p99.9\": %.1f}, \"errors\": %llu, \"verify-mismatches\": %llu, \"lost-wakeups\": %llu}\n",
+               "\"p99.9\": %.1f}, \"errors\": %llu, \"verify-mismatches\": %llu, \"lost-wakeups\": %llu%s}\n",
                b->verify ? "verify" : b->workload, b->bs, b->queues, b->depth, secs, (unsigned long long)b->done, iops, mbs,
                p50, p99, p999, (unsigned long long)b->errors, (unsigned long long)b->mismatches,
-               (unsigned long long)b->lost_wakeups);
+               (unsigned long long)b->lost_wakeups,
+               b->nbd_uri ? "" : b->c.event_idx ? ", \"event-idx\": true" : ", \"event-idx\": false");
     else
         printf("vbd-bench: %s bs=%u queues=%d depth=%d: %llu requests in %.2fs\n"
                "  IOPS %.0f  MB/s %.1f  latency us: p50 %.1f  p99 %.1f  p99.9 %.1f  errors %llu\n",
