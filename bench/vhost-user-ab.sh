@@ -10,7 +10,8 @@
 #   IOTHREAD=1: the export runs on an iothread (as in bench/vhost-user.sh)
 # e.g. flock /work/wt/bench.lock bash bench/vhost-user-ab.sh 4 2 2 "-w read -b 64k -d 8" \
 #          /tmp/old/vbd-daemon build/src/tools/vbd-daemon qemu-storage-daemon
-# vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs.
+# vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs;
+# ARGS may hold --no-event-idx (the client before 2026-12-04, see vbd-bench --help).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/vhost-user-common.sh"

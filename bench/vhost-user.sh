@@ -10,6 +10,9 @@
 # qsd), and two more columns give its IOPS and CPU per request.
 # ROWS=REGEX: only the rows whose "node q workload" matches (grep -E), e.g.
 # ROWS='^file . 64k'.
+# CLIENT_ARGS="...": more vbd-bench options for every run, e.g. --no-event-idx
+# (the client before 2026-12-04: no EVENT_IDX, no interrupt suppression; the
+# default client negotiates EVENT_IDX and suppresses interrupts as Linux does).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/vhost-user-common.sh"
@@ -24,7 +27,7 @@ qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
 spid=
 field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); f=sys.argv[2]; print(r['lat-us']['p99'] if f=='p99' else r[f])" "$1" "$2"; }
 echo "machine: $(machine); host: $(host_kind)"
-echo "$SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}"
+echo "$SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; client: vbd-bench ${CLIENT_ARGS:-(EVENT_IDX)}"
 whos="vbd qsd"; [ -n "${BASE_DAEMON:-}" ] && whos="vbd base qsd"
 printf '%-6s %-3s %-18s %10s %10s %6s %9s %9s %6s %8s %8s%s\n' node q workload "vbd IOPS" "qsd IOPS" ratio "vbd p99" "qsd p99" ratio \
     "vbd ns/r" "qsd ns/r" "${BASE_DAEMON:+   base IOPS base ns/r}"
@@ -39,7 +42,8 @@ for kind in null file; do
                 i=() p=() c=()
                 for _ in $(seq "$REPS"); do
                     c0=$(cpu_ns $spid)
-                    out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q $nq $args -t "$SECS" --json)
+                    # shellcheck disable=SC2086 # lists of options
+                    out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q $nq $args ${CLIENT_ARGS:-} -t "$SECS" --json)
                     c1=$(cpu_ns $spid)
                     i+=("$(field "$out" iops)"); p+=("$(field "$out" p99)")
                     c+=("$(( (c1 - c0) / ($(field "$out" requests) + 1) ))")

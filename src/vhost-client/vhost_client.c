@@ -109,8 +109,8 @@ uint64_t vhc_gpa(const struct vhc *c, const void *p)
     return (uint64_t)((const uint8_t *)p - c->mem);
 }
 
-int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, size_t mem_size, char *err,
-             size_t errlen)
+int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, size_t mem_size, unsigned flags,
+             char *err, size_t errlen)
 {
     memset(c, 0, sizeof(*c));
     c->sock = c->memfd = -1;
@@ -146,7 +146,10 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
     uint64_t want = (1ull << VIRTIO_F_VERSION_1) | (1ull << VHOST_USER_F_PROTOCOL_FEATURES) | (1ull << VIRTIO_BLK_F_FLUSH) |
                     (1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_MQ) |
                     (1ull << VIRTIO_BLK_F_RO) | (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
+    if (flags & VHC_EVENT_IDX)
+        want |= 1ull << VIRTIO_RING_F_EVENT_IDX;
     c->features = f & want;
+    c->event_idx = c->features & (1ull << VIRTIO_RING_F_EVENT_IDX);
     if (f & (1ull << VHOST_USER_F_PROTOCOL_FEATURES)) {
         uint64_t pf;
         if (get_u64(c, VHOST_USER_GET_PROTOCOL_FEATURES, &pf) < 0)
@@ -201,8 +204,9 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
         struct vhc_queue *q = &c->q[i];
         q->num = ring_size;
         q->desc = vhc_alloc(c, 16 * (size_t)ring_size, 4096);
-        q->avail = vhc_alloc(c, 6 + 2 * (size_t)ring_size, 4096);
-        q->used = vhc_alloc(c, 6 + 8 * (size_t)ring_size, 4096);
+        /* + 2: used_event and avail_event (EVENT_IDX) follow the rings */
+        q->avail = vhc_alloc(c, 6 + 2 * (size_t)ring_size + 2, 4096);
+        q->used = vhc_alloc(c, 6 + 8 * (size_t)ring_size + 2, 4096);
         q->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         q->call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (!q->desc || !q->avail || !q->used || q->kick_fd < 0 || q->call_fd < 0)
@@ -268,12 +272,37 @@ void vhc_offer(struct vhc *c, int q, uint16_t head)
     __atomic_store_n(&a->idx, vq->avail_idx, __ATOMIC_RELEASE);
 }
 
+/* EVENT_IDX: the driver's used_event follows the available ring, the
+ * device's avail_event the used ring (virtio 1.x, 2.7). */
+static uint16_t *used_event(struct vhc_queue *vq)
+{
+    return &((struct vring_avail *)vq->avail)->ring[vq->num];
+}
+
+static uint16_t *avail_event(struct vhc_queue *vq)
+{
+    return (uint16_t *)&((struct vring_used *)vq->used)->ring[vq->num];
+}
+
 void vhc_kick(struct vhc *c, int q)
 {
-    struct vring_used *u = c->q[q].used;
+    struct vhc_queue *vq = &c->q[q];
+    struct vring_used *u = vq->used;
+    /* the new avail index before the device's wish: it publishes its wish,
+     * then re-reads the avail index (the mirror of vhc_enable_interrupt) */
     vbd_smp_mb();
-    if (!(__atomic_load_n(&u->flags, __ATOMIC_ACQUIRE) & VRING_USED_F_NO_NOTIFY))
-        eventfd_write(c->q[q].kick_fd, 1);
+    bool kick;
+    if (c->event_idx) {
+        /* as Linux's virtqueue_kick_prepare: kick only if the entries added
+         * since the last decision cross the index the device asked for */
+        uint16_t ev = __atomic_load_n(avail_event(vq), __ATOMIC_ACQUIRE);
+        kick = vring_need_event(ev, vq->avail_idx, vq->kicked_avail);
+        vq->kicked_avail = vq->avail_idx;
+    } else {
+        kick = !(__atomic_load_n(&u->flags, __ATOMIC_ACQUIRE) & VRING_USED_F_NO_NOTIFY);
+    }
+    if (kick)
+        eventfd_write(vq->kick_fd, 1);
 }
 
 int vhc_used(struct vhc *c, int q, uint32_t *id, uint32_t *len)
@@ -308,6 +337,43 @@ int vhc_wait(struct vhc *c, int timeout_ms)
 
 void vhc_set_no_interrupt(struct vhc *c, int q, bool on)
 {
-    struct vring_avail *a = c->q[q].avail;
-    a->flags = on ? VRING_AVAIL_F_NO_INTERRUPT : 0;
+    if (on)
+        vhc_disable_interrupt(c, q);
+    else
+        vhc_enable_interrupt(c, q);
+}
+
+void vhc_disable_interrupt(struct vhc *c, int q)
+{
+    struct vhc_queue *vq = &c->q[q];
+    if (c->event_idx) {
+        /* With EVENT_IDX the flags word must stay 0 (virtio 1.x, 2.7.7.2);
+         * as Linux, used_event goes half the index space ahead, where the
+         * device's used index does not reach while we drain. Interrupts left
+         * off for long (busy polling) move it again every 0x4000
+         * completions, before the used index can catch up with it. */
+        if (!vq->irq_off || (uint16_t)(vq->last_used - vq->irq_off_at) >= 0x4000) {
+            __atomic_store_n(used_event(vq), (uint16_t)(vq->last_used + 0x8000), __ATOMIC_RELAXED);
+            vq->irq_off_at = vq->last_used;
+        }
+    } else if (!vq->irq_off) {
+        __atomic_store_n(&((struct vring_avail *)vq->avail)->flags, VRING_AVAIL_F_NO_INTERRUPT, __ATOMIC_RELAXED);
+    }
+    vq->irq_off = true;
+}
+
+bool vhc_enable_interrupt(struct vhc *c, int q)
+{
+    struct vhc_queue *vq = &c->q[q];
+    if (c->event_idx)
+        __atomic_store_n(used_event(vq), vq->last_used, __ATOMIC_RELAXED); /* signal at the next completion */
+    else if (vq->irq_off)
+        __atomic_store_n(&((struct vring_avail *)vq->avail)->flags, 0, __ATOMIC_RELAXED);
+    vq->irq_off = false;
+    /* The store above before the used index is read again: the device
+     * publishes the used index, then reads our wish. One of the two sees
+     * the other's store, so a completion is either seen here or signalled;
+     * without the barrier both could miss and the caller sleep forever. */
+    vbd_smp_mb();
+    return __atomic_load_n(&((struct vring_used *)vq->used)->idx, __ATOMIC_ACQUIRE) != vq->last_used;
 }

@@ -18,6 +18,9 @@ struct vhc_queue {
     uint16_t num;
     void *desc, *avail, *used; /* our mapping */
     uint16_t avail_idx, last_used;
+    uint16_t kicked_avail; /* EVENT_IDX: avail_idx when vhc_kick last decided */
+    bool irq_off;          /* interrupts suppressed (vhc_disable_interrupt) */
+    uint16_t irq_off_at;   /* EVENT_IDX: last_used when used_event was pushed away */
     int kick_fd, call_fd;
 };
 
@@ -33,13 +36,20 @@ struct vhc {
     uint16_t backend_queues;
     int nqueues;
     struct vhc_queue q[VHC_MAX_QUEUES];
-    bool event_idx;
+    bool event_idx; /* VIRTIO_RING_F_EVENT_IDX negotiated */
 };
+
+/* vhc_open flags. VHC_EVENT_IDX: negotiate VIRTIO_RING_F_EVENT_IDX when the
+ * back end offers it, as Linux's virtio_ring does. The caller must then use
+ * vhc_disable_interrupt/vhc_enable_interrupt around its waits: with EVENT_IDX
+ * the back end signals only when the used index passes used_event, which
+ * only vhc_enable_interrupt moves forward. */
+#define VHC_EVENT_IDX 1u
 
 /* Connects and negotiates; nqueues rings of ring_size entries. On failure
  * returns -1 and prints a one-line reason into err. */
-int vhc_open(struct vhc *c, const char *socket_path, int nqueues, uint16_t ring_size, size_t mem_size, char *err,
-             size_t errlen);
+int vhc_open(struct vhc *c, const char *socket_path, int nqueues, uint16_t ring_size, size_t mem_size, unsigned flags,
+             char *err, size_t errlen);
 void vhc_close(struct vhc *c);
 /* Raw messages (tests that play a hostile front end): send one message
  * with up to VHC_MAX_SEND_FDS fds (version bits added to flags); receive the
@@ -65,5 +75,11 @@ int vhc_used(struct vhc *c, int q, uint32_t *id, uint32_t *len);
 int vhc_wait(struct vhc *c, int timeout_ms);
 /* Asks the back end not to interrupt (busy polling). */
 void vhc_set_no_interrupt(struct vhc *c, int q, bool on);
+/* Linux's virtqueue_disable_cb / virtqueue_enable_cb: interrupts off while
+ * the caller drains the used ring, on again before it sleeps. Enabling
+ * returns true when completions arrived meanwhile (drain again, do not
+ * sleep: the back end may have seen interrupts still off and not signalled). */
+void vhc_disable_interrupt(struct vhc *c, int q);
+bool vhc_enable_interrupt(struct vhc *c, int q);
 
 #endif

@@ -149,7 +149,7 @@ static int good_open(struct vhc *c)
 {
     char err[256];
     conns++;
-    if (vhc_open(c, sock_path, 1, 8, MEM, err, sizeof(err)) < 0) {
+    if (vhc_open(c, sock_path, 1, 8, MEM, 0, err, sizeof(err)) < 0) {
         vhc_close(c);
         return failf("a good front end was refused: %s", err);
     }

@@ -813,7 +813,7 @@ int main(int argc, char **argv)
         while (ring < 3 * per_queue)
             ring *= 2;
         size_t mem = (size_t)S.qd * (S.max_len + 8192) + (size_t)S.conns * 3 * 65536 + (2u << 20);
-        if (vhc_open(&S.vhc, S.vu_sock, S.conns, ring, mem, r.err, sizeof(r.err)) < 0) {
+        if (vhc_open(&S.vhc, S.vu_sock, S.conns, ring, mem, 0, r.err, sizeof(r.err)) < 0) {
             fprintf(stderr, "vbd-stress: %s\n", r.err);
             vhc_close(&S.vhc);
             return 2;
