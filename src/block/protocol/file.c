@@ -279,6 +279,14 @@ static int file_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
     return rc;
 }
 
+/* A write to the page cache (or tmpfs, even with O_DIRECT) is a copy: with
+ * VBD_OPEN_INLINE_WRITES it is made here, on the caller's thread. One rule
+ * for file_pwritev and for callers that ask (file_writes_inline). */
+static bool writes_inline(const struct file_state *s)
+{
+    return s->inline_writes && (!s->direct || s->in_memory);
+}
+
 static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                         unsigned flags)
 {
@@ -292,8 +300,7 @@ static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
      * one at a time, with no user-space hand-off (as qemu-img's aio=io_uring). */
     if (s->in_memory && s->aio == VBD_AIO_IO_URING && aio == VBD_AIO_THREADS)
         aio = VBD_AIO_IO_URING;
-    /* a write to the page cache (or tmpfs) is a copy: do it here */
-    if (s->inline_writes && (!s->direct || s->in_memory))
+    if (writes_inline(s))
         aio = VBD_AIO_SYNC;
     struct iovec iov[64];
     int rc;
@@ -553,6 +560,11 @@ static int file_page_cache_fd(struct vbd_node *n)
     return s->is_blockdev || (s->direct && !s->in_memory) ? -1 : s->fd;
 }
 
+static bool file_writes_inline(struct vbd_node *n)
+{
+    return writes_inline(n->opaque);
+}
+
 /* blockdev-reopen: a new open file description with the new access mode
  * and the locks that go with it takes the place of the old one under the
  * same fd number (requests on other loops keep using s->fd); closing the
@@ -610,6 +622,7 @@ static const struct vbd_driver file_driver = {
     .co_pwrite_zeroes = file_pwrite_zeroes,
     .co_block_status = file_block_status,
     .page_cache_fd = file_page_cache_fd,
+    .writes_inline = file_writes_inline,
     .co_truncate = file_truncate,
     .get_allocated_size = file_allocated,
     .create_opts = file_create_opts,
