@@ -16,17 +16,23 @@ if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
     shm=$(mktemp -d /dev/shm/vbd-test.XXXXXX); on_exit "rm -rf $shm"
     dirs="$T $shm"
 fi
-qemu-img convert -f raw -O raw "$src" "$T/ref.raw"
-for d in $dirs; do for t in unsafe none; do for m in 1 8 16; do for w in "" -W; do
+for d in $dirs; do
+qemu-img convert -f raw -O raw "$src" "$d/ref.raw"
+for t in unsafe none; do for m in 1 8 16; do for w in "" -W; do
     step "convert -t $t -m $m $w to $(stat -f -c %T "$d")"
     rm -f "$d/dst.raw"
     must "$VBD_IMG" convert -t $t -m $m $w -f raw -O raw "$src" "$d/dst.raw"
     must qemu-img compare -f raw -F raw "$src" "$d/dst.raw" >/dev/null
     # same allocation as qemu-img's own convert (written zeroes become holes)
-    diff <(qemu-img map --output=json -f raw "$d/dst.raw") <(qemu-img map --output=json -f raw "$T/ref.raw") \
+    diff <(qemu-img map --output=json -f raw "$d/dst.raw") <(qemu-img map --output=json -f raw "$d/ref.raw") \
         || fail "allocation differs from qemu-img convert's"
-    used=$(du -k "$d/dst.raw" | cut -f1)
-    [ "$used" -lt 20000 ] || fail "output is not sparse: ${used}k used"
+    # and no more space: blocks allocated ahead of a write (ext4, 256 KiB
+    # at least) that map shows as a hole would show here; the file system's
+    # own blocks (an extent tree's) differ by a few KiB between O_DIRECT and
+    # buffered writes, hence the 128 KiB of slack (sync: written back)
+    sync "$d/dst.raw" "$d/ref.raw"
+    [ "$(stat -c %b "$d/dst.raw")" -le $(($(stat -c %b "$d/ref.raw") + 256)) ] ||
+        fail "uses $(stat -c %b "$d/dst.raw") sectors, qemu-img's convert $(stat -c %b "$d/ref.raw")"
 done; done; done; done
 step "convert -S 0 writes zeroes as data"
 rm -f "$T/dst.raw"; must "$VBD_IMG" convert -S 0 -f raw -O raw "$src" "$T/dst.raw"
