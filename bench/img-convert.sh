@@ -60,12 +60,14 @@ print("%.4f %.4f" % (w, ru.ru_utime + ru.ru_stime))' "$@" || exit 1
             out=$d/vbd-conv-out-$$.$ext
             rm -f "$out"; sync
             read -r w c < <(timed "$VBD_IMG" convert $args "$in" "$out")
-            v+=("$w"); vc+=("$c"); vm=$(du -m "$out" | cut -f1)
+            # the space used once written back (sync: ext4 counts a file's extent
+            # tree blocks only then, whether its blocks were reserved or allocated)
+            sync; v+=("$w"); vc+=("$c"); vm=$(du -m "$out" | cut -f1)
             qemu-img compare -q -f raw -F "$ext" "$src" "$out" || { echo "$label: vbd output differs!" >&2; exit 1; }
             [ "$ext" = raw ] || qemu-img check -q -f "$ext" "$out" || { echo "$label: qemu-img check of vbd's output failed" >&2; exit 1; }
             rm -f "$out"; sync
             read -r w c < <(timed qemu-img convert $args "$in" "$out")
-            q+=("$w"); qc+=("$c"); qm=$(du -m "$out" | cut -f1)
+            sync; q+=("$w"); qc+=("$c"); qm=$(du -m "$out" | cut -f1)
         done
         vs=$(printf '%s\n' "${v[@]}" | median); qs=$(printf '%s\n' "${q[@]}" | median)
         vcs=$(printf '%s\n' "${vc[@]}" | median); qcs=$(printf '%s\n' "${qc[@]}" | median)
