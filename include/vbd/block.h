@@ -296,6 +296,10 @@ struct vbd_driver {
      * page cache (a local file), or -1: lets a server send data with
      * sendfile(2) instead of reading it into memory first. */
     int (*page_cache_fd)(struct vbd_node *n);
+    /* Writes are copies into memory (the page cache, tmpfs) made on the
+     * calling thread (VBD_OPEN_INLINE_WRITES took effect): the caller's
+     * thread is the writer, one write at a time. NULL: false. */
+    bool (*writes_inline)(struct vbd_node *n);
     /* blockdev-reopen read-only <-> read-write (vbd_node_co_set_read_only
      * calls it between flushing and switching n->read_only; children are
      * switched by the caller). Going read-only: write everything back and
@@ -427,6 +431,13 @@ struct vbd_node *vbd_node_next(struct vbd_node *prev);
 static inline const char *vbd_node_format(const struct vbd_node *n) { return n->drv->name; }
 /* First node below n that is not a filter (for info on filtered chains). */
 struct vbd_node *vbd_node_skip_filters(struct vbd_node *n);
+/* The last node of n's file chain (n->file->file...): the protocol under
+ * a format and its filters, where the bytes are stored. */
+struct vbd_node *vbd_node_bottom(struct vbd_node *n);
+/* Whether writes to n end as copies made on the writing thread (asked of
+ * n's bottom node, see writes_inline): then the writer is the critical
+ * path, and more requests in flight or out-of-order writes add nothing. */
+bool vbd_node_writes_inline(struct vbd_node *n);
 
 /* ---------- I/O (coroutine context only; bounds/alignment checked here) ----------
  * Return 0 on success (whole range done) or -errno. Offsets past the end are

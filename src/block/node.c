@@ -81,6 +81,19 @@ struct vbd_node *vbd_node_skip_filters(struct vbd_node *n)
     return n;
 }
 
+struct vbd_node *vbd_node_bottom(struct vbd_node *n)
+{
+    while (n->file)
+        n = n->file;
+    return n;
+}
+
+bool vbd_node_writes_inline(struct vbd_node *n)
+{
+    struct vbd_node *b = vbd_node_bottom(n);
+    return b->drv->writes_inline && b->drv->writes_inline(b);
+}
+
 static const struct vbd_driver *protocol_for(const char *filename)
 {
     if (!filename)

@@ -221,27 +221,24 @@ int verb_convert(int argc, char **argv)
         vbd_error_report("Compression not supported for this file format");
         goto out;
     }
-    /* A target whose writes go through the page cache (file protocol, no
-     * O_DIRECT) is written inline on this loop, one write at a time (and
-     * the file's inode lock serializes them in the kernel anyway): the
-     * convert is bound by this thread, and neither more requests than the
-     * default nor out-of-order writes can add throughput. They cost it:
-     * -m 16 starts up to 16 pool threads reading ahead on 2 cores beside
-     * the writer and 32 MiB of buffers (6,000 more page faults), -W
-     * interleaves writes that in order stream through the page cache
-     * (tmpfs raw->raw: default 0.29 s, -m 16 0.30, -W 0.32, -m 16 -W
-     * 0.33 s; ext4: 0.19, 0.21, 0.21, 0.22 s; 2026-12-04). -m and -W
-     * permit, they do not require: such a target is written in order
-     * with at most the default number of requests. */
-    if (parallel > PARALLEL_DEFAULT || out_of_order) {
-        const struct vbd_node *bottom = dst;
-        while (bottom->file)
-            bottom = bottom->file;
-        if (!strcmp(bottom->drv->name, "file") && !(bottom->open_flags & VBD_OPEN_NOCACHE)) {
-            if (parallel > PARALLEL_DEFAULT)
-                parallel = PARALLEL_DEFAULT;
-            out_of_order = false;
-        }
+    /* A target whose writes are page-cache (or tmpfs) copies made on this
+     * loop (the file driver's own rule for VBD_OPEN_INLINE_WRITES, asked
+     * of the node: buffered files and block devices, tmpfs even with -t
+     * none) is written one write at a time (and a file's inode lock
+     * serializes them in the kernel anyway): the convert is bound by this
+     * thread, and neither more requests than the default nor out-of-order
+     * writes can add throughput. They cost it: -m 16 starts up to 16 pool
+     * threads reading ahead on 2 cores beside the writer and 32 MiB of
+     * buffers (6,000 more page faults), -W interleaves writes that in
+     * order stream through the page cache (tmpfs raw->raw: default
+     * 0.29 s, -m 16 0.30, -W 0.32, -m 16 -W 0.33 s; ext4: 0.19, 0.21,
+     * 0.21, 0.22 s; 2026-12-04). -m and -W permit, they do not require:
+     * such a target is written in order with at most the default number
+     * of requests. */
+    if ((parallel > PARALLEL_DEFAULT || out_of_order) && vbd_node_writes_inline(dst)) {
+        if (parallel > PARALLEL_DEFAULT)
+            parallel = PARALLEL_DEFAULT;
+        out_of_order = false;
     }
     struct vbd_copy_opts copy = {.zero_detect = (uint64_t)sparse, .target_is_zero = target_zero,
                                  .zero_flags = VBD_REQ_MAY_UNMAP, .parallel = (unsigned)parallel,

@@ -53,10 +53,7 @@ struct json_object *image_info_json(struct vbd_node *n, struct vbd_error **err)
         json_object_object_add(o, "backing-filename", json_object_new_string(n->backing_file));
     }
     /* qemu-img shows it when the image (or, for raw, its protocol) answers get_info: not over NBD */
-    struct vbd_node *bottom = n;
-    while (bottom->file)
-        bottom = bottom->file;
-    if (info.has_dirty_flag || !(bottom->drv->caps & VBD_DRV_CAP_REMOTE))
+    if (info.has_dirty_flag || !(vbd_node_bottom(n)->drv->caps & VBD_DRV_CAP_REMOTE))
         json_object_object_add(o, "dirty-flag", json_object_new_boolean(info.dirty_flag));
     return o;
 }

@@ -7,20 +7,33 @@ src=$T/src.raw
 qemu-img create -q -f raw "$src" 256M
 qemu-io -f raw -c 'write -P 1 0 1M' -c 'write -P 2 10M 4k' -c 'write -P 0 20M 1M' -c 'write -P 3 100M 3M' \
     -c 'write -P 4 255M 1M' "$src" >/dev/null
-# -t none too: on a page-cache target vbd-img writes in order with at
-# most 8 requests whatever -m/-W say; O_DIRECT keeps both
+# -t none too: a target whose writes are page-cache copies made inline
+# (buffered, or tmpfs even with O_DIRECT) is written in order with at most
+# 8 requests whatever -m/-W say; O_DIRECT to a disk keeps both. The
+# targets: $T (a disk here) and, where it is tmpfs, /dev/shm.
+dirs=$T
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
+    shm=$(mktemp -d /dev/shm/vbd-test.XXXXXX); on_exit "rm -rf $shm"
+    dirs="$T $shm"
+fi
+for d in $dirs; do
+qemu-img convert -f raw -O raw "$src" "$d/ref.raw"
 for t in unsafe none; do for m in 1 8 16; do for w in "" -W; do
-    step "convert -t $t -m $m $w"
-    rm -f "$T/dst.raw"
-    must "$VBD_IMG" convert -t $t -m $m $w -f raw -O raw "$src" "$T/dst.raw"
-    must qemu-img compare -f raw -F raw "$src" "$T/dst.raw" >/dev/null
-    qemu-img convert -f raw -O raw "$src" "$T/ref.raw"
+    step "convert -t $t -m $m $w to $(stat -f -c %T "$d")"
+    rm -f "$d/dst.raw"
+    must "$VBD_IMG" convert -t $t -m $m $w -f raw -O raw "$src" "$d/dst.raw"
+    must qemu-img compare -f raw -F raw "$src" "$d/dst.raw" >/dev/null
     # same allocation as qemu-img's own convert (written zeroes become holes)
-    diff <(qemu-img map --output=json -f raw "$T/dst.raw") <(qemu-img map --output=json -f raw "$T/ref.raw") \
+    diff <(qemu-img map --output=json -f raw "$d/dst.raw") <(qemu-img map --output=json -f raw "$d/ref.raw") \
         || fail "allocation differs from qemu-img convert's"
-    used=$(du -k "$T/dst.raw" | cut -f1)
-    [ "$used" -lt 20000 ] || fail "output is not sparse: ${used}k used"
-done; done; done
+    # and no more space: blocks allocated ahead of a write (ext4, 256 KiB
+    # at least) that map shows as a hole would show here; the file system's
+    # own blocks (an extent tree's) differ by a few KiB between O_DIRECT and
+    # buffered writes, hence the 128 KiB of slack (sync: written back)
+    sync "$d/dst.raw" "$d/ref.raw"
+    [ "$(stat -c %b "$d/dst.raw")" -le $(($(stat -c %b "$d/ref.raw") + 256)) ] ||
+        fail "uses $(stat -c %b "$d/dst.raw") sectors, qemu-img's convert $(stat -c %b "$d/ref.raw")"
+done; done; done; done
 step "convert -S 0 writes zeroes as data"
 rm -f "$T/dst.raw"; must "$VBD_IMG" convert -S 0 -f raw -O raw "$src" "$T/dst.raw"
 must qemu-img compare "$src" "$T/dst.raw" >/dev/null
