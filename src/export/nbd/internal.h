@@ -109,7 +109,7 @@ struct nbd_conn {
     bool flusher_running, flush_stop;
     struct vbd_co_queue flush_q, sent_q, space_q, flusher_exit_q;
     struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
-    bool sendfile_ok;              /* a unix socket: see send_read_zero_copy */
+    bool sendfile_ok;              /* unix or TCP (not TLS): see send_read_zero_copy */
     uint64_t inflight_bytes; /* data of the reads and writes in flight */
     uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
