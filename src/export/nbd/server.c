@@ -47,6 +47,10 @@ static void conn_co(void *opaque)
         vbd_tls_free(c->ch.tls);
     }
     close(c->ch.fd);
+    if (c->zc_pipe_size) {
+        close(c->zc_pipe[0]);
+        close(c->zc_pipe[1]);
+    }
     for (struct nbd_conn **pp = &srv.conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;

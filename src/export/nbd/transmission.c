@@ -12,6 +12,7 @@
 #include "vbd/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -338,6 +339,68 @@ static void add_chunk(struct nbd_req *r, uint16_t flags, uint16_t type, const vo
  * goes on); a reply cut short by an error poisons the connection (send_err:
  * it is dropped, never desynced); a file that ends early (truncated by
  * someone else) is padded with zeroes to the promised length. */
+/* The connection's pipe for splice(2), made on its first zero-copy read and
+ * sized for a whole 1 MiB reply; false (sendfile then) if it cannot be. */
+static bool zc_pipe(struct nbd_conn *c)
+{
+    if (c->zc_pipe_size)
+        return true;
+    if (c->zc_pipe[0] < 0 || pipe2(c->zc_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        c->zc_pipe[0] = -1; /* do not try again on every read */
+        return false;
+    }
+    int sz = fcntl(c->zc_pipe[1], F_SETPIPE_SZ, NBD_ZC_PIPE_SIZE);
+    if (sz <= 0) /* over fs.pipe-max-size or the user's pipe quota: the default size */
+        sz = fcntl(c->zc_pipe[1], F_GETPIPE_SZ);
+    c->zc_pipe_size = sz > 0 ? (size_t)sz : 65536;
+    return true;
+}
+
+/* sendfile(2) moves a reply through the task's internal pipe of 16 pages, so
+ * a 1 MiB reply is 16 rounds of splice read + socket sendmsg; a pipe of
+ * 1 MiB takes it in one of each (2 syscalls). TCP 1M seqread QD8 with
+ * vbd-bench as the client, 3 alternating rounds: 3654/3716/3821 IOPS at
+ * 242/235/229 us of server CPU per request vs 2666/2574/2650 at 355/373/358
+ * with sendfile; with fio level (3270/3162/3431 vs 3334/3618/3501). Bytes
+ * left in the pipe by an error go with the connection (send_err). EOF of
+ * the file (cut shorter under us) returns with *left > 0: the caller pads. */
+static int splice_through_pipe(struct nbd_conn *c, int fd, off_t *pos, size_t *left)
+{
+    size_t inpipe = 0;
+    while (*left || inpipe) {
+        if (*left && inpipe < c->zc_pipe_size) {
+            size_t room = c->zc_pipe_size - inpipe, want = *left < room ? *left : room;
+            ssize_t n = splice(fd, pos, c->zc_pipe[1], NULL, want, SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                *left -= (size_t)n;
+                inpipe += (size_t)n;
+            } else if (n == 0 || (errno == EAGAIN && !inpipe)) {
+                /* the file ended (the caller pads with zeroes), or it cannot
+                 * be spliced without waiting: the caller's sendfile goes on */
+                if (!inpipe)
+                    return 0;
+            } else if (errno != EAGAIN && errno != EINTR) {
+                return -errno;
+            }
+        }
+        if (!inpipe)
+            continue;
+        ssize_t n = splice(c->zc_pipe[0], NULL, c->ch.fd, NULL, inpipe, SPLICE_F_NONBLOCK | (*left ? SPLICE_F_MORE : 0));
+        if (n > 0) {
+            inpipe -= (size_t)n;
+        } else if (n == 0) {
+            return -EPIPE;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int ev = vbd_co_poll(c->ch.fd, POLLOUT);
+            if (ev < 0)
+                return ev;
+        } else if (errno != EINTR) {
+            return -errno;
+        }
+    }
+    return 0;
+}
+
 static int send_read_zero_copy(void *opaque, int fd, uint64_t foff)
 {
     struct nbd_req *r = opaque;
@@ -370,6 +433,8 @@ static int send_read_zero_copy(void *opaque, int fd, uint64_t foff)
     }
     off_t pos = (off_t)foff;
     size_t left = r->len;
+    if (!rc && zc_pipe(c))
+        rc = splice_through_pipe(c, fd, &pos, &left);
     while (!rc && left) {
         ssize_t w = sendfile(c->ch.fd, fd, &pos, left);
         if (w > 0) {
