@@ -112,6 +112,18 @@ int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes,
 int vbd_backend_co_flush(struct vbd_backend *be);
 int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes);
 int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t bytes, unsigned flags);
+/* A read whose bytes send() puts on the wire straight from the page cache
+ * (sendfile(2)): when the root maps [off, off + bytes) 1:1 onto a file
+ * (vbd_node_co_zero_copy_source), send(opaque, fd, foff) runs as a request
+ * of the backend: past the drain gate (the graph, and with it the fd,
+ * stays while it sends, even across yields on a full socket), counted in
+ * the read statistics. The caller's loop is kept (the socket's). Returns
+ * send's result, or -ENOTSUP without calling it when the range has no such
+ * mapping (qcow2 and every other format: their clusters can be freed and
+ * reused, so a file page is not the disk's sector for long); the caller
+ * then reads normally. */
+int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t bytes,
+                                  int (*send)(void *opaque, int fd, uint64_t foff), void *opaque);
 
 void vbd_backend_get_stats(struct vbd_backend *be, struct vbd_backend_stats *out);
 /* Latency percentile (0..100) from the histogram, in microseconds (bucket upper bound). */

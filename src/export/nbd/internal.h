@@ -75,6 +75,7 @@ struct nbd_export {
  * SEEK_HOLE, which on tmpfs scans the rest of the file (3 ms for 1 GiB) on
  * the loop thread. nbdkit's file plugin never sends holes in reads. */
 #define NBD_SPARSE_READ_MIN  (64 * 1024)
+#define NBD_ZC_PIPE_SIZE     (1024 * 1024)    /* splice pipe of a connection: one 1 MiB reply at once */
 #define NBD_UNIX_SNDBUF      (4 * 1024 * 1024) /* SO_SNDBUF of a unix socket: several 1 MiB replies */
 
 struct nbd_conn;
@@ -114,7 +115,9 @@ struct nbd_conn {
     bool flusher_running, flush_stop;
     struct vbd_co_queue flush_q, sent_q, space_q, flusher_exit_q;
     struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
-    bool sendfile_ok;              /* a unix socket: see send_read_zero_copy */
+    int zc_pipe[2];                /* splice's pipe for zero-copy reads, made on the first */
+    size_t zc_pipe_size;           /* its capacity; 0: none yet (or it could not be made) */
+    bool sendfile_ok;              /* unix or TCP (not TLS): see send_read_zero_copy */
     uint64_t inflight_bytes; /* data of the reads and writes in flight */
     uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */

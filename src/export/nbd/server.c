@@ -47,6 +47,10 @@ static void conn_co(void *opaque)
         vbd_tls_free(c->ch.tls);
     }
     close(c->ch.fd);
+    if (c->zc_pipe_size) {
+        close(c->zc_pipe[0]);
+        close(c->zc_pipe[1]);
+    }
     for (struct nbd_conn **pp = &srv.conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
@@ -105,8 +109,9 @@ static void accept_co(void *opaque)
         struct sockaddr_storage sa;
         socklen_t salen = sizeof(sa);
         bool named = getsockname(fd, (struct sockaddr *)&sa, &salen) == 0;
-        c->sendfile_ok = named && sa.ss_family == AF_UNIX;
-        if (c->sendfile_ok) {
+        /* see send_read_zero_copy */
+        c->sendfile_ok = named && (sa.ss_family == AF_UNIX || sa.ss_family == AF_INET || sa.ss_family == AF_INET6);
+        if (named && sa.ss_family == AF_UNIX) {
             /* A unix socket's send buffer (212 KiB by default) takes a
              * fifth of a 1 MiB read: sendfile then goes out in pieces, each
              * waiting for the client to drain the buffer to a quarter. With
