@@ -293,9 +293,11 @@ struct vbd_driver {
      * of the active image's (qemu-img convert -l); id and/or name select it. */
     int (*snapshot_load_tmp)(struct vbd_node *n, const char *id, const char *name, struct vbd_error **err);
     /* The file descriptor whose bytes are the node's, 1:1, read through the
-     * page cache (a local file), or -1: lets a server send data with
-     * sendfile(2) instead of reading it into memory first. */
-    int (*page_cache_fd)(struct vbd_node *n);
+     * page cache (a local file), if [off, off + bytes) of it is in memory
+     * right now; else -1. Lets a server send data with splice(2) instead of
+     * reading it into memory first: a splice runs on the caller's thread,
+     * so a range that needs the disk would stall the caller's whole loop. */
+    int (*page_cache_fd)(struct vbd_node *n, uint64_t off, uint64_t bytes);
     /* Writes are copies into memory (the page cache, tmpfs) made on the
      * calling thread (VBD_OPEN_INLINE_WRITES took effect): the caller's
      * thread is the writer, one write at a time. NULL: false. */
@@ -478,8 +480,9 @@ int vbd_node_co_block_status_above(struct vbd_node *top, struct vbd_node *base, 
                                    uint64_t bytes, uint64_t *pnum, uint64_t *map, struct vbd_node **file, int *depth);
 /* A file whose bytes at map are n's bytes at off, for a zero-copy send of a
  * data range: n is a file node or a raw node right above one (the only
- * mappings that cannot change under a reader), the whole range is data.
- * Returns the fd (the node's; not to be closed) and *map, or -1. */
+ * mappings that cannot change under a reader), the whole range is data and
+ * in the page cache. Returns the fd (the node's; not to be closed) and
+ * *map, or -1. */
 int vbd_node_co_zero_copy_source(struct vbd_node *n, uint64_t off, uint64_t bytes, uint64_t *map);
 /* Re-read the sizes of n and its children (files resized by someone else,
  * e.g. `truncate -s` or `qemu-img resize` before a SIGHUP to vbd-daemon).

@@ -666,7 +666,7 @@ int vbd_node_co_zero_copy_source(struct vbd_node *n, uint64_t off, uint64_t byte
                                                      (VBD_BS_DATA | VBD_BS_OFFSET_VALID))
         return -1;
     *map = m;
-    return below->drv->page_cache_fd(below);
+    return below->drv->page_cache_fd(below, m, bytes);
 }
 
 static int block_status_home(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,

@@ -11,4 +11,12 @@
  */
 int vbd_unix_listen(const char *path, int backlog);
 
+/*
+ * Ignore SIGPIPE unless the program chose a disposition itself: writes
+ * that cannot say MSG_NOSIGNAL (writev in libiscsi, splice into a socket)
+ * to a peer that went away would otherwise kill the whole process instead
+ * of failing with EPIPE. vbd-daemon ignores it already; the tools do not.
+ */
+void vbd_sigpipe_ignore(void);
+
 #endif

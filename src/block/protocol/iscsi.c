@@ -17,6 +17,7 @@
  * lun, user, password-secret, initiator-name, header-digest, timeout; the
  * URI iscsi://[user[%password]@]host[:port]/target-iqn/lun fills them.
  */
+#include "util/socket.h"
 #include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -30,7 +31,6 @@
 #include <json-c/json.h>
 #include <netdb.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -919,11 +919,8 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
 
     /* libiscsi writes with writev(2), which cannot say MSG_NOSIGNAL: a
      * target that dies under a write would kill the whole process with
-     * SIGPIPE instead of starting a reconnect (vbd-daemon ignores it
-     * already; the tools do not) */
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
-        signal(SIGPIPE, SIG_IGN);
+     * SIGPIPE instead of starting a reconnect */
+    vbd_sigpipe_ignore();
     /* log in, bounded: a portal that does not answer is an error in time */
     s->loop = vbd_loop_current();
     struct connect_wait w = {.co = vbd_co_self()};

@@ -192,6 +192,7 @@ int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
         vbd_error_setf(err, EBUSY, "NBD server already running");
         return -EBUSY;
     }
+    vbd_sigpipe_ignore(); /* zero-copy replies are spliced: no MSG_NOSIGNAL there */
     uint64_t maxc = 0;
     char *tls = NULL, *authz = NULL;
     if (vbd_opt_take_u64(opts, "max-connections", &maxc, err) < 0 || vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0 ||
