@@ -199,12 +199,17 @@ static struct vbd_loop *gate_wait(struct vbd_backend *be)
 
 /* Returns the loop to go back to in be_leave (NULL: stayed). Runs the
  * rest of the request on the home loop when the graph needs it. */
+/* The gate alone: counted in flight, past a drain. Returns the loop a
+ * wait at the gate moved the request from (NULL: stayed). */
+static struct vbd_loop *be_pass_gate(struct vbd_backend *be)
+{
+    atomic_fetch_add(&be->in_flight, 1);
+    return atomic_load(&be->quiesced) ? gate_wait(be) : NULL;
+}
+
 static struct vbd_loop *be_enter(struct vbd_backend *be)
 {
-    struct vbd_loop *origin = NULL;
-    atomic_fetch_add(&be->in_flight, 1);
-    if (atomic_load(&be->quiesced))
-        origin = gate_wait(be);
+    struct vbd_loop *origin = be_pass_gate(be);
     if (!be->single_loop)
         return origin;
     /* past the gate: the root and its home loop change only while drained */
@@ -298,19 +303,16 @@ int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t
     uint64_t t = vbd_clock_ns();
     if (check_drive_range(be, off, bytes) < 0)
         return -ENOTSUP; /* the normal path answers it */
-    /* be_enter without the move to the root's home loop: what runs here is
-     * the socket's send, which belongs to the caller's loop; the block
-     * status below enters the node's home loop itself */
-    atomic_fetch_add(&be->in_flight, 1);
-    if (atomic_load(&be->quiesced)) {
-        struct vbd_loop *origin = gate_wait(be);
-        if (origin)
-            vbd_co_move_to(origin);
-    }
+    /* the gate without be_enter's move to the root's home loop: what runs
+     * here is the socket's send, which belongs to the caller's loop; the
+     * block status below enters the node's home loop itself */
+    struct vbd_loop *origin = be_pass_gate(be);
+    if (origin)
+        vbd_co_move_to(origin);
     uint64_t foff;
     int fd = vbd_node_co_zero_copy_source(root_of(be), off, bytes, &foff);
     int rc = fd < 0 ? -ENOTSUP : send(opaque, fd, foff);
-    atomic_fetch_sub_explicit(&be->in_flight, 1, memory_order_release);
+    be_leave(be, NULL);
     if (fd >= 0)
         account(be, VBD_STAT_READ, bytes, rc, t);
     return rc;

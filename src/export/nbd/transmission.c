@@ -314,32 +314,6 @@ static void add_chunk(struct nbd_req *r, uint16_t flags, uint16_t type, const vo
     reply_ref(r, p2, l2);
 }
 
-/* A read reply whose data goes from the page cache to the socket with
- * splice(2) through the connection's pipe (splice_through_pipe; sendfile(2)
- * without one): the server neither reads it into memory nor copies it out
- * again. Over TCP loopback (this host: KVM, 6.18) a 1 MiB read at QD8 cost
- * 250-345 us of server CPU instead of 415-570 and ran 1.1-2.2x faster;
- * on the PVM host of 2026-11-30 it had lost (3.2k -> 1.8k IOPS). Runs
- * inside vbd_backend_co_read_zero_copy, as a request of the backend, only
- * for mappings that cannot move under us (raw or file over a file in the
- * page cache).
- *
- * What the client gets: the socket holds references to the page-cache
- * pages, not copies (TCP and, since 6.5, unix sockets alike; checked with a
- * write after sendfile returned: the peer read the new bytes), until the
- * client's recv(2) copies them, or on a real network until the segments are
- * acked. A write landing in that window shows in the reply: one the client
- * sent before it had the whole reply, i.e. in flight with the read by the
- * protocol's rules (old or new allowed; the page cache gives no sector
- * atomicity between concurrent pread and pwrite either, see
- * tests/integration/nbd-read-race.py). A write sent after the client had
- * the reply cannot show: the bytes were copied by then.
- *
- * The header and data leave under the send lock, so no other reply lands in
- * between; a full socket makes the coroutine wait for POLLOUT (the loop
- * goes on); a reply cut short by an error poisons the connection (send_err:
- * it is dropped, never desynced); a file that ends early (truncated by
- * someone else) is padded with zeroes to the promised length. */
 /* The connection's pipe for splice(2), made on its first zero-copy read and
  * sized for a whole 1 MiB reply; false (sendfile then) if it cannot be. */
 static bool zc_pipe(struct nbd_conn *c)
@@ -402,6 +376,32 @@ static int splice_through_pipe(struct nbd_conn *c, int fd, off_t *pos, size_t *l
     return 0;
 }
 
+/* A read reply whose data goes from the page cache to the socket with
+ * splice(2) through the connection's pipe (splice_through_pipe; sendfile(2)
+ * without one): the server neither reads it into memory nor copies it out
+ * again. Over TCP loopback (this host: KVM, 6.18) a 1 MiB read at QD8 cost
+ * 250-345 us of server CPU instead of 415-570 and ran 1.1-2.2x faster;
+ * on the PVM host of 2026-11-30 it had lost (3.2k -> 1.8k IOPS). Runs
+ * inside vbd_backend_co_read_zero_copy, as a request of the backend, only
+ * for mappings that cannot move under us (raw or file over a file in the
+ * page cache).
+ *
+ * What the client gets: the socket holds references to the page-cache
+ * pages, not copies (TCP and, since 6.5, unix sockets alike; checked with a
+ * write after sendfile returned: the peer read the new bytes), until the
+ * client's recv(2) copies them, or on a real network until the segments are
+ * acked. A write landing in that window shows in the reply: one the client
+ * sent before it had the whole reply, i.e. in flight with the read by the
+ * protocol's rules (old or new allowed; the page cache gives no sector
+ * atomicity between concurrent pread and pwrite either, see
+ * tests/integration/nbd-read-race.py). A write sent after the client had
+ * the reply cannot show: the bytes were copied by then.
+ *
+ * The header and data leave under the send lock, so no other reply lands in
+ * between; a full socket makes the coroutine wait for POLLOUT (the loop
+ * goes on); a reply cut short by an error poisons the connection (send_err:
+ * it is dropped, never desynced); a file that ends early (truncated by
+ * someone else) is padded with zeroes to the promised length. */
 static int send_read_zero_copy(void *opaque, int fd, uint64_t foff)
 {
     struct nbd_req *r = opaque;
