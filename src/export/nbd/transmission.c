@@ -10,6 +10,7 @@
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "util/readahead.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -203,9 +204,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
         return 0;
     if (c->ch.tls || !c->rbuf)
         return vbd_chan_recv_full(&c->ch, dst, len);
-    size_t have = c->rlen - c->rpos, take = have < len ? have : len;
-    memcpy(dst, c->rbuf + c->rpos, take);
-    c->rpos += take;
+    size_t take = vbd_readahead_take(dst, len, c->rbuf, &c->rpos, c->rlen);
     dst = (uint8_t *)dst + take;
     len -= take;
     if (!len)
