@@ -156,8 +156,9 @@ stop_daemon() {
 # ADDR, a unix socket path or tcp:PORT (127.0.0.1). ARGS: the rest of the
 # command line (exports of disk0, more nodes); none: disk0 exported writable
 # as "disk". Returns once the socket exists or the port accepts, fails if
-# the daemon exits first; pid in $dpid (killed at exit, so stop_daemon
-# works), stderr in LOG (default $T/daemon.log, started afresh).
+# the daemon exits first; pid in $dpid (killed at exit; stop_daemon stops
+# it when ADDR is $S and LOG the default), stderr in LOG (default
+# $T/daemon.log, started afresh).
 nbd_raw_daemon() {
     local log=$T/daemon.log opts= img addr nbd sock= port=
     while :; do
