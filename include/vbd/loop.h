@@ -97,7 +97,7 @@ ssize_t vbd_co_recv(int fd, void *buf, size_t len);
 ssize_t vbd_co_send(int fd, const void *buf, size_t len);
 int vbd_co_recv_full(int fd, void *buf, size_t len);
 int vbd_co_send_full(int fd, const void *buf, size_t len);
-int vbd_co_sendv_full(int fd, struct iovec *iov, int iovcnt); /* iov is modified */
+int vbd_co_sendv_full(int fd, struct iovec *iov, int iovcnt, int flags); /* iov is modified; flags: sendmsg's (MSG_MORE) */
 ssize_t vbd_co_recvmsg(int fd, struct msghdr *msg, int flags);
 ssize_t vbd_co_sendmsg(int fd, const struct msghdr *msg, int flags);
 int vbd_co_accept(int listen_fd, struct sockaddr *addr, socklen_t *len); /* returns fd, non-blocking, CLOEXEC */

@@ -874,11 +874,11 @@ ssize_t vbd_co_sendmsg(int fd, const struct msghdr *msg, int flags)
     }
 }
 
-int vbd_co_sendv_full(int fd, struct iovec *iov, int iovcnt)
+int vbd_co_sendv_full(int fd, struct iovec *iov, int iovcnt, int flags)
 {
     while (iovcnt > 0) {
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = iovcnt};
-        ssize_t r = vbd_co_sendmsg(fd, &msg, 0);
+        ssize_t r = vbd_co_sendmsg(fd, &msg, flags);
         if (r < 0)
             return (int)r;
         while (iovcnt > 0 && (size_t)r >= iov->iov_len) {

@@ -82,6 +82,6 @@ int vbd_chan_send_full(struct vbd_chan *ch, const void *buf, size_t len)
 int vbd_chan_sendv_full(struct vbd_chan *ch, struct iovec *iov, int iovcnt)
 {
     if (!ch->tls)
-        return vbd_co_sendv_full(ch->fd, iov, iovcnt);
+        return vbd_co_sendv_full(ch->fd, iov, iovcnt, 0);
     return vbd_tls_sendv(ch->tls, iov, iovcnt);
 }

@@ -8,14 +8,8 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || skip "no guest kernel (linux-image-amd64)"
 S=$T/nbd.sock
 img=$T/disk.img
 must qemu-img create -q -f raw "$img" 64M
-"$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img",discard=unmap \
-    --blockdev driver=raw,node-name=disk0,file=file0,discard=unmap --nbd-server addr.type=unix,addr.path="$S" \
-    --export type=nbd,id=e0,node-name=disk0,name=vbd,writable=on --export type=nbd,id=e1,node-name=disk0,name=ro \
-    2>"$T/daemon.log" &
-dpid=$!
-on_exit "kill -9 $dpid 2>/dev/null"
-for _ in $(seq 100); do [ -S "$S" ] && break; sleep 0.1; done
-[ -S "$S" ] || { cat "$T/daemon.log"; fail "vbd-daemon did not start"; }
+nbd_raw_daemon -o ,discard=unmap "$img" "$S" \
+    --export type=nbd,id=e0,node-name=disk0,name=vbd,writable=on --export type=nbd,id=e1,node-name=disk0,name=ro
 # one boot, a disk per case: the first two on the same writable export (used
 # one after the other), the third on the read-only one
 step "one boot: basic workload over NBD (2 queues), fs workload over NBD, read-only export"

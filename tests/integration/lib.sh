@@ -9,6 +9,8 @@ VBD_IO=$VBD_BUILD/src/tools/vbd-io
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
 VBD_CTL=$VBD_BUILD/src/tools/vbd-ctl
 VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
+# the tests' python NBD clients and servers import nbdproto from here
+export PYTHONPATH=$VBD_ROOT/tests/integration${PYTHONPATH:+:$PYTHONPATH}
 T=$(mktemp -d "${TMPDIR:-/tmp}/vbd-test.XXXXXX")
 _vbd_cleanup_cmds=""
 on_exit() { _vbd_cleanup_cmds="$1; $_vbd_cleanup_cmds"; }
@@ -147,6 +149,42 @@ stop_daemon() {
     [ ! -e "$S" ] || fail "socket left behind after SIGTERM"
     ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
     dpid=
+}
+# nbd_raw_daemon [-l LOG] [-o NODE-OPTS] IMG ADDR [ARGS...]: vbd-daemon in
+# the background serving the raw image IMG over NBD (file node file0, raw
+# node disk0 on it, NODE-OPTS such as ",discard=unmap" appended to both) at
+# ADDR, a unix socket path or tcp:PORT (127.0.0.1). ARGS: the rest of the
+# command line (exports of disk0, more nodes); none: disk0 exported writable
+# as "disk". Returns once the socket exists or the port accepts, fails if
+# the daemon exits first; pid in $dpid (killed at exit; stop_daemon stops
+# it when ADDR is $S and LOG the default), stderr in LOG (default
+# $T/daemon.log, started afresh).
+nbd_raw_daemon() {
+    local log=$T/daemon.log opts= img addr nbd sock= port=
+    while :; do
+        case $1 in -l) log=$2; shift 2 ;; -o) opts=$2; shift 2 ;; *) break ;; esac
+    done
+    img=$1 addr=$2; shift 2
+    case $addr in
+    tcp:*) port=${addr#tcp:} nbd=addr.type=inet,addr.host=127.0.0.1,addr.port=${addr#tcp:} ;;
+    *) sock=$addr nbd=addr.type=unix,addr.path=$addr; rm -f "$sock" ;;
+    esac
+    [ $# -gt 0 ] || set -- --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
+    : >"$log"
+    "$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img$opts" \
+        --blockdev driver=raw,node-name=disk0,file=file0$opts --nbd-server "$nbd" "$@" 2>>"$log" &
+    dpid=$!
+    on_exit "kill -9 $dpid 2>/dev/null"
+    for _ in $(seq 200); do
+        if [ -n "$port" ]; then
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        else
+            [ -S "$sock" ] && return 0
+        fi
+        kill -0 $dpid 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$log"; fail "vbd-daemon did not start: NBD on $addr"
 }
 # Several vbd-daemons at once (each its own options, e.g. one per disk of a
 # guest): start_named NAME ARGS... runs vbd-daemon ARGS in the background

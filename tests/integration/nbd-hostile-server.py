@@ -17,6 +17,8 @@
 #            payload read 0.2 s later (the client is still sending when the reply arrives)
 # usage: nbd-hostile-server.py SOCKET IMAGE MODE
 import os, random, select, socket, struct, sys, threading, time
+from nbdproto import (CMD_DISC, CMD_READ, CMD_WRITE, REQUEST_MAGIC, TF_HAS_FLAGS, TF_SEND_FLUSH, TF_SEND_FUA, chunk, recvn,
+                      serve_handshake, simple_reply)
 
 path, image, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 size = os.path.getsize(image)
@@ -24,44 +26,10 @@ fd = os.open(image, os.O_RDWR)
 rng = random.Random(7)
 lock = threading.Lock()
 
-def recvn(s, n):
-    b = bytearray()
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise EOFError
-        b += c
-    return bytes(b)
-
-def opt_reply(s, opt, typ, data=b''):
-    s.sendall(struct.pack('>QIII', 0x3e889045565a9, opt, typ, len(data)) + data)
-
-def handshake(s):
-    s.sendall(struct.pack('>QQH', 0x4e42444d41474943, 0x49484156454F5054, 3))
-    recvn(s, 4)
-    structured = False
-    while True:
-        magic, opt, ln = struct.unpack('>QII', recvn(s, 16))
-        data = recvn(s, ln)
-        if opt == 8:  # STRUCTURED_REPLY
-            structured = True
-            opt_reply(s, opt, 1)
-        elif opt == 7:  # GO
-            opt_reply(s, opt, 3, struct.pack('>HQH', 0, size, 1 | 4 | 8))  # HAS_FLAGS SEND_FLUSH SEND_FUA
-            opt_reply(s, opt, 1)
-            return structured
-        elif opt == 2:
-            raise EOFError
-        else:
-            opt_reply(s, opt, 0x80000001)  # unsupported (meta contexts too)
-
-def chunk(flags, typ, cookie, payload):
-    return struct.pack('>IHHQI', 0x668e33ef, flags, typ, cookie, len(payload)) + payload
-
 def read_reply(structured, cookie, off, ln):
     data = os.pread(fd, ln, off)
     if not structured:
-        return struct.pack('>IIQ', 0x67446698, 0, cookie) + data
+        return simple_reply(cookie) + data
     if mode == 'long-chunk':
         return chunk(1, 1, cookie, struct.pack('>Q', off) + data + b'\xaa' * 8)
     if mode == 'wrap':
@@ -83,11 +51,8 @@ def read_reply(structured, cookie, off, ln):
     out = b''.join(chunk(0, t, cookie, p) for t, p in pieces)
     return out + chunk(1, 0, cookie, b'')  # NONE, DONE
 
-def ok_reply(cookie):
-    return struct.pack('>IIQ', 0x67446698, 0, cookie)
-
 def serve(s):
-    structured = handshake(s)
+    structured = serve_handshake(s, size, TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA)  # meta contexts refused
     pending = b''
     reads = 0
     while True:
@@ -95,25 +60,25 @@ def serve(s):
         while True:  # the requests that came together
             h = recvn(s, 28)
             magic, flags, typ, cookie, off, ln = struct.unpack('>IHHQQI', h)
-            assert magic == 0x25609513, hex(magic)
-            if typ == 1 and mode == 'early' and ln >= 1 << 20:
-                s.sendall(ok_reply(cookie))
+            assert magic == REQUEST_MAGIC, hex(magic)
+            if typ == CMD_WRITE and mode == 'early' and ln >= 1 << 20:
+                s.sendall(simple_reply(cookie))
                 time.sleep(0.2)
                 with lock:
                     os.pwrite(fd, recvn(s, ln), off)
-            elif typ == 1:
+            elif typ == CMD_WRITE:
                 batch.append((typ, cookie, off, ln, recvn(s, ln)))
             else:
                 batch.append((typ, cookie, off, ln, None))
             if not batch:
                 continue
-            if typ == 2 or not select.select([s], [], [], 0.002)[0]:
+            if typ == CMD_DISC or not select.select([s], [], [], 0.002)[0]:
                 break
         out = []
         for typ, cookie, off, ln, payload in batch:
-            if typ == 2:
+            if typ == CMD_DISC:
                 return
-            if typ == 0:
+            if typ == CMD_READ:
                 reads += 1
                 if mode == 'unknown':
                     cookie ^= 0xabcdef00
@@ -129,12 +94,12 @@ def serve(s):
                     s.sendall(r[:len(r) // 2])
                     time.sleep(0.5)
                     return
-            elif typ == 1:
+            elif typ == CMD_WRITE:
                 with lock:
                     os.pwrite(fd, payload, off)
-                r = ok_reply(cookie)
+                r = simple_reply(cookie)
             else:  # flush and everything else: nothing to do
-                r = ok_reply(cookie)
+                r = simple_reply(cookie)
             out.append(r)
         if mode in ('merge', 'chunks'):
             s.sendall(b''.join(reversed(out)))

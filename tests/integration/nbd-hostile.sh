@@ -13,39 +13,30 @@ img=$T/disk.img
 must truncate -s 64M "$img"
 dpid=
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
-ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
-    --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --nbd-server addr.type=unix,addr.path="$S" \
-    --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
+ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" nbd_raw_daemon "$img" "$S"
 U="nbd+unix:///disk?socket=$S"
 
 step "1000 broken clients: the daemon's fds come back to where they were, RSS stays flat"
 python3 - "$S" "$dpid" <<'PY' || { tail -20 "$T/daemon.log"; fail "broken clients"; }
 import os, socket, struct, sys, time
+from nbdproto import IHAVEOPT, NBDMAGIC, SIMPLE_REPLY_MAGIC, connect, handshake, recvn, request
 path, pid = sys.argv[1], int(sys.argv[2])
 def fds(): return len(os.listdir(f'/proc/{pid}/fd'))
 def rss():
     for l in open(f'/proc/{pid}/status'):
         if l.startswith('VmRSS:'): return int(l.split()[1])
 def conn():
-    s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(60); return s
-def recvn(s, n):
-    b = b''
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c: raise EOFError('server closed after %d of %d bytes' % (len(b), n))
-        b += c
-    return b
-def hs(s):
+    return connect(path, 60)
+def hs(s):  # the greeting and the client's flags only: the broken part follows
     magic, opt, flags = struct.unpack('>QQH', recvn(s, 18))
-    assert magic == 0x4e42444d41474943, 'greeting'
+    assert magic == NBDMAGIC, 'greeting'
     s.sendall(struct.pack('>I', 3))
-def opt(s, o, data):
-    s.sendall(struct.pack('>QII', 0x49484156454F5054, o, len(data)) + data)
+def opt(s, o, data):  # an option, its replies left to the caller
+    s.sendall(struct.pack('>QII', IHAVEOPT, o, len(data)) + data)
 def go(s):
-    hs(s); opt(s, 1, b'disk'); return struct.unpack('>QH', recvn(s, 10))[0]
+    return handshake(s)[0]  # EXPORT_NAME "disk"
 def req(s, typ, off, ln, cookie=1, payload=b''):
-    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, typ, cookie, off, ln) + payload)
+    s.sendall(request(typ, cookie, off, ln) + payload)
 def drained(s):  # the server closes: EOF (or a reset) comes, nothing hangs
     try:
         while s.recv(65536): pass
@@ -59,9 +50,9 @@ def k_garbage():
 def k_bad_flags():
     s = conn(); recvn(s, 18); s.sendall(struct.pack('>I', 0xfffffff0)); drained(s)
 def k_huge_option():
-    s = conn(); hs(s); s.sendall(struct.pack('>QII', 0x49484156454F5054, 7, 0xffffffff)); drained(s)
+    s = conn(); hs(s); s.sendall(struct.pack('>QII', IHAVEOPT, 7, 0xffffffff)); drained(s)
 def k_option_cut():
-    s = conn(); hs(s); s.sendall(struct.pack('>QII', 0x49484156454F5054, 7, 4000) + b'x' * 100); s.close()
+    s = conn(); hs(s); s.sendall(struct.pack('>QII', IHAVEOPT, 7, 4000) + b'x' * 100); s.close()
 def k_bad_option_lengths():
     s = conn(); hs(s)
     opt(s, 7, struct.pack('>I', 0xffff) + b'disk')            # name length past the option
@@ -77,7 +68,7 @@ def k_half_closed():  # requests, then SHUT_WR: every reply still arrives, then 
     s.shutdown(socket.SHUT_WR)
     got = 0
     for c in range(8):
-        m, e, ck = struct.unpack('>IIQ', recvn(s, 16)); assert m == 0x67446698 and e == 0, (m, e)
+        m, e, ck = struct.unpack('>IIQ', recvn(s, 16)); assert m == SIMPLE_REPLY_MAGIC and e == 0, (m, e)
         recvn(s, 4096); got += 1
     assert got == 8
     assert s.recv(16) == b'', 'the server did not close after the client half-closed'
@@ -136,21 +127,13 @@ if command -v psktool >/dev/null; then
         --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
     python3 - "$S" "$dpid" <<'PY' || { tail -20 "$T/daemon.log"; fail "broken TLS clients"; }
 import os, socket, struct, sys, time
+from nbdproto import OPT_STARTTLS, connect, option, recvn
 path, pid = sys.argv[1], int(sys.argv[2])
 def fds(): return len(os.listdir(f'/proc/{pid}/fd'))
-def recvn(s, n):
-    b = b''
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c: raise EOFError('server closed')
-        b += c
-    return b
-def starttls():
-    s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(60)
+def starttls():  # the TLS handshake that should follow is the broken part
+    s = connect(path, 60)
     recvn(s, 18); s.sendall(struct.pack('>I', 3))
-    s.sendall(struct.pack('>QII', 0x49484156454F5054, 5, 0))
-    magic, o, typ, ln = struct.unpack('>QIII', recvn(s, 20)); recvn(s, ln)
-    assert typ == 1, 'STARTTLS refused: %x' % typ
+    option(s, OPT_STARTTLS)  # RuntimeError if refused
     return s
 def drained(s):
     try:
@@ -190,7 +173,9 @@ ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
     --nbd-server addr.type=unix,addr.path="$S" \
     --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
 python3 - "$S" "$dpid" <<'PY' || { tail -20 "$T/daemon.log"; fail "pipelined maximum-size requests"; }
-import socket, struct, sys
+import struct, sys
+import nbdproto
+from nbdproto import CMD_READ, CMD_WRITE, SIMPLE_REPLY_MAGIC, request
 path, pid = sys.argv[1], int(sys.argv[2])
 def status(key):
     for l in open(f'/proc/{pid}/status'):
@@ -202,22 +187,21 @@ def recvn(s, n, into=None):
         if not k: raise EOFError('server closed')
         got += k
     return bytes(b) if into is None else None
-s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(120)
-recvn(s, 18); s.sendall(struct.pack('>I', 3))
-s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk'); recvn(s, 10)
+s = nbdproto.connect(path, 120)
+nbdproto.handshake(s)
 base = status('VmRSS')
 big = 32 << 20
 for c in range(64):
-    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, c, (c % 2) * big, big))
+    s.sendall(request(CMD_READ, c, (c % 2) * big, big))
 for c in range(64):   # the replies, read only now
-    m, e, ck = struct.unpack('>IIQ', recvn(s, 16)); assert m == 0x67446698 and e == 0, (m, e)
+    m, e, ck = struct.unpack('>IIQ', recvn(s, 16)); assert m == SIMPLE_REPLY_MAGIC and e == 0, (m, e)
     recvn(s, big, into=True)
 peak_reads = status('VmHWM') - base
 data = b'\x5a' * big
 for c in range(64):
-    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, c, (c % 2) * big, big) + data)
+    s.sendall(request(CMD_WRITE, c, (c % 2) * big, big) + data)
 for c in range(64):
-    m, e, ck = struct.unpack('>IIQ', recvn(s, 16)); assert m == 0x67446698 and e == 0, (m, e)
+    m, e, ck = struct.unpack('>IIQ', recvn(s, 16)); assert m == SIMPLE_REPLY_MAGIC and e == 0, (m, e)
 peak = status('VmHWM') - base
 kept = status('VmRSS') - base
 print(f'peak over the connection start: {peak_reads} kB after the reads, {peak} kB after the writes; {kept} kB kept')

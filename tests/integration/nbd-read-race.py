@@ -26,11 +26,13 @@
 # write" is always well defined. At the end the model is written to
 # SHADOW_OUT for qemu-img compare against the export.
 import random
-import socket
 import struct
 import sys
 import threading
 import time
+
+import nbdproto
+from nbdproto import CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, request
 
 SECTOR = 512
 addr, export, size, shadow_out, seed, nops = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
@@ -43,53 +45,14 @@ def pattern(wid, s):
     return struct.pack("<QQ", wid, s) * (SECTOR // 16)
 
 
-def connect():
-    if addr.startswith("unix:"):
-        sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sk.connect(addr[5:])
-    else:
-        _, host, port = addr.split(":")
-        sk = socket.create_connection((host, int(port)))
-        sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sk
-
-
 def recvn(sk, n):
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        # small receives: the reply's bytes are taken from the socket in
-        # many pieces, as slowly as a busy client would
-        r = sk.recv_into(view[got:], min(n - got, 16384))
-        if r == 0:
-            raise EOFError("server closed the connection")
-        got += r
-    return bytes(buf)
+    # small receives: the reply's bytes are taken from the socket in many
+    # pieces, as slowly as a busy client would
+    return nbdproto.recvn(sk, n, 16384)
 
 
-def option(sk, opt, data):
-    sk.sendall(struct.pack(">QII", 0x49484156454F5054, opt, len(data)) + data)
-    replies = []
-    while True:
-        magic, o, rtype, ln = struct.unpack(">QIII", recvn(sk, 20))
-        assert magic == 0x3E889045565A9 and o == opt, (hex(magic), o)
-        payload = recvn(sk, ln)
-        if rtype == 1:  # NBD_REP_ACK
-            return replies
-        if rtype & 0x80000000:
-            raise RuntimeError(f"option {opt} refused: {rtype:#x} {payload!r}")
-        replies.append((rtype, payload))
-
-
-sk = connect()
-magic, ihaveopt, hflags = struct.unpack(">QQH", recvn(sk, 18))
-assert magic == 0x4E42444D41474943 and ihaveopt == 0x49484156454F5054
-sk.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
-if structured:
-    option(sk, 8, b"")  # NBD_OPT_STRUCTURED_REPLY
-name = export.encode()
-info = option(sk, 7, struct.pack(">I", len(name)) + name + struct.pack(">H", 0))  # NBD_OPT_GO
-esize = next(struct.unpack(">QH", p[2:12])[0] for t, p in info if t == 3 and struct.unpack(">H", p[:2])[0] == 0)
+sk = nbdproto.connect(addr, nodelay=True)
+esize, _ = nbdproto.handshake(sk, export, structured, go=True)
 assert esize == size, (esize, size)
 
 lock = threading.Lock()
@@ -147,12 +110,12 @@ def reader():
         while True:
             hdr = recvn(sk, 4)
             magic = struct.unpack(">I", hdr)[0]
-            if magic == 0x67446698:  # simple reply
+            if magic == SIMPLE_REPLY_MAGIC:
                 err, cookie = struct.unpack(">IQ", recvn(sk, 12))
                 req = pending[cookie]
                 data = recvn(sk, req["len"]) if req["type"] == 0 and not err else b""
                 final = True
-            elif magic == 0x668E33EF:  # structured chunk
+            elif magic == STRUCTURED_REPLY_MAGIC:  # a chunk
                 flags, ctype, cookie, ln = struct.unpack(">HHQI", recvn(sk, 16))
                 req = pending[cookie]
                 payload = recvn(sk, ln)
@@ -236,7 +199,7 @@ for i in range(nops):
             slots.release()
             continue
         data = b"".join(pattern(req["wid"], s) for s in range(off // SECTOR, (off + n) // SECTOR))
-        send(struct.pack(">IHHQQI", 0x25609513, 0, 1, cookie, off, n), data)
+        send(request(CMD_WRITE, cookie, off, n), data)
     else:
         n = rng.choice(read_sizes)
         off = rng.randrange(0, hot - n + 1)
@@ -252,7 +215,7 @@ for i in range(nops):
                 for s in range(max(a, s0), min(b, s1)):
                     req["cands"].setdefault(s, []).append(w)
             pending[cookie] = req
-        send(struct.pack(">IHHQQI", 0x25609513, 0, 0, cookie, off, n))
+        send(request(CMD_READ, cookie, off, n))
 # drain: every reply in, then a flush as the last request
 for _ in range(6000):
     with lock:
@@ -262,14 +225,14 @@ for _ in range(6000):
 cookie += 1
 with lock:
     pending[cookie] = {"type": 3, "off": 0, "len": 0, "last": True}
-send(struct.pack(">IHHQQI", 0x25609513, 0, 3, cookie, 0, 0))
+send(request(CMD_FLUSH, cookie, 0, 0))
 t.join(120)
 if t.is_alive():
     failures.append("replies did not all come")
 with lock:
     if len(pending) and not failures:
         failures.append(f"{len(pending)} requests unanswered")
-send(struct.pack(">IHHQQI", 0x25609513, 0, 2, cookie + 1, 0, 0))  # NBD_CMD_DISC
+send(request(CMD_DISC, cookie + 1, 0, 0))
 sk.close()
 if failures:
     print("\n".join(failures[:10]), file=sys.stderr)

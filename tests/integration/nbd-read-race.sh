@@ -18,15 +18,11 @@ PY
 port=$((20000 + RANDOM % 20000))
 for via in unix tcp; do
     if [ $via = unix ]; then
-        addr="addr.type=unix,addr.path=$T/s.sock" where="unix:$T/s.sock" U="nbd+unix:///disk?socket=$T/s.sock"
+        addr=$T/s.sock where="unix:$T/s.sock" U="nbd+unix:///disk?socket=$T/s.sock"
     else
-        addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$port" where="tcp:127.0.0.1:$port" U="nbd://127.0.0.1:$port/disk"
+        addr=tcp:$port where="tcp:127.0.0.1:$port" U="nbd://127.0.0.1:$port/disk"
     fi
-    "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
-        --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on 2>"$T/daemon.log" &
-    dpid=$!
-    on_exit "kill -9 $dpid 2>/dev/null"
-    for _ in $(seq 100); do qemu-img info -f raw "$U" >/dev/null 2>&1 && break; sleep 0.1; done
+    nbd_raw_daemon "$img" "$addr"
     cp "$img" "$T/shadow"
     seed=${SEED:-$RANDOM}
     for mode in simple structured; do

@@ -26,20 +26,17 @@ head -c 1000000 /dev/urandom | dd of="$img" bs=1 seek=123457 conv=notrunc status
 cp "$img" "$T/shadow.img"
 dpid=
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
-ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
-    --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --nbd-server addr.type=unix,addr.path="$S" \
-    --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
+ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" nbd_raw_daemon "$img" "$S"
 U="nbd+unix:///disk?socket=$S"
 
 step "hostile request streams, every reply and the disk checked against a shadow copy"
 python3 - "$S" "$dpid" "$T/shadow.img" <<'PY' || { tail -20 "$T/daemon.log"; fail "hostile request streams"; }
-import os, random, socket, struct, sys, threading, time
+import os, random, struct, sys, threading, time
+from nbdproto import REQUEST_MAGIC as REQ, SIMPLE_REPLY_MAGIC as REP, connect, handshake, recvn
 path, pid, shadow_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 shadow = bytearray(open(shadow_path, 'rb').read())
 SIZE = len(shadow)
 rng = random.Random(1234)
-REQ, REP = 0x25609513, 0x67446698
 def fds(): return len(os.listdir(f'/proc/{pid}/fd'))
 def status(key):
     for l in open(f'/proc/{pid}/status'):
@@ -47,18 +44,9 @@ def status(key):
 def cpu():  # the daemon's user + system time, in clock ticks
     f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
     return int(f[11]) + int(f[12])
-def recvn(s, n):
-    b = bytearray(n); v = memoryview(b); got = 0
-    while got < n:
-        k = s.recv_into(v[got:], n - got)
-        if not k: raise EOFError(f'server closed after {got} of {n} bytes')
-        got += k
-    return bytes(b)
 def conn():
-    s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(60)
-    recvn(s, 18); s.sendall(struct.pack('>I', 3))
-    s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk')  # EXPORT_NAME
-    size, flags = struct.unpack('>QH', recvn(s, 10))
+    s = connect(path, 60)
+    size, flags = handshake(s)  # EXPORT_NAME
     assert size == SIZE, size
     return s
 # Requests in flight together must not overlap (their order is not defined):
@@ -244,36 +232,25 @@ stop_daemon
 cmp "$img" "$T/shadow.img" >/dev/null || fail "the disk differs from the shadow copy"
 
 step "SIGTERM while one client does not read its replies and another stalls mid-payload: a clean exit, every acknowledged write on disk"
-ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
-    --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --nbd-server addr.type=unix,addr.path="$S" \
-    --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
+ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" nbd_raw_daemon "$img" "$S"
 python3 - "$S" "$T/ready" "$T/written" <<'PY' &
-import os, socket, struct, sys, threading, time
+import os, struct, sys, threading, time
+from nbdproto import CMD_READ, CMD_WRITE, SIMPLE_REPLY_MAGIC, connect, handshake, recvn, request
 path, ready, written = sys.argv[1:4]
-def recvn(s, n):
-    b = bytearray()
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c: raise EOFError
-        b += c
-    return bytes(b)
 def conn():
-    s = socket.socket(socket.AF_UNIX); s.connect(path)
-    recvn(s, 18); s.sendall(struct.pack('>I', 3))
-    s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, 4) + b'disk'); recvn(s, 10)
+    s = connect(path); handshake(s)
     return s
 lo = conn()  # a 20 KiB write at 15 MiB whose payload stops after 1000 bytes
-lo.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 1, 15 << 20, 20000) + b'\x01' * 1000)
+lo.sendall(request(CMD_WRITE, 1, 15 << 20, 20000) + b'\x01' * 1000)
 fl = conn()  # 200 writes, then 2000 64 KiB reads whose replies are never read
 data = os.urandom(200 * 4096)
-b = b''.join(struct.pack('>IHHQQI', 0x25609513, 0, 1, i, i * 8192, 4096) + data[i * 4096:(i + 1) * 4096] for i in range(200))
-b += b''.join(struct.pack('>IHHQQI', 0x25609513, 0, 0, 1000 + i, 0, 65536) for i in range(2000))
+b = b''.join(request(CMD_WRITE, i, i * 8192, 4096) + data[i * 4096:(i + 1) * 4096] for i in range(200))
+b += b''.join(request(CMD_READ, 1000 + i, 0, 65536) for i in range(2000))
 threading.Thread(target=fl.sendall, args=(b,), daemon=True).start()
 acked = 0
 while acked < 200:  # the write replies (read replies in between are skipped)
     m, e, c = struct.unpack('>IIQ', recvn(fl, 16))
-    assert m == 0x67446698 and e == 0, (m, e)
+    assert m == SIMPLE_REPLY_MAGIC and e == 0, (m, e)
     if c < 200: acked += 1
     else: recvn(fl, 65536)
 open(written, 'wb').write(data)

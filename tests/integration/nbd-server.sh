@@ -7,14 +7,8 @@ S=$T/nbd.sock
 img=$T/disk.img
 must qemu-img create -q -f raw "$img" 64M
 must qemu-io -f raw -c "write -P 0x5a 1M 2M" -c "write -P 0x33 40M 64k" "$img" >/dev/null
-"$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --nbd-server addr.type=unix,addr.path="$S" \
-    --export type=nbd,id=e0,node-name=disk0,name=disk,description="vbd test disk",writable=on \
-    --export type=nbd,id=e1,node-name=disk0,name=ro 2>"$T/daemon.log" &
-dpid=$!
-on_exit "kill -9 $dpid 2>/dev/null"
-for _ in $(seq 100); do [ -S "$S" ] && break; sleep 0.1; done
-[ -S "$S" ] || { cat "$T/daemon.log"; fail "vbd-daemon did not start"; }
+nbd_raw_daemon "$img" "$S" --export type=nbd,id=e0,node-name=disk0,name=disk,description="vbd test disk",writable=on \
+    --export type=nbd,id=e1,node-name=disk0,name=ro
 U="nbd+unix:///disk?socket=$S"
 RO="nbd+unix:///ro?socket=$S"
 
@@ -64,27 +58,24 @@ must qemu-io -f raw -r -c "read -P 0x77 20M 64k" "$U" >/dev/null
 step "hostile clients: bad magic, oversized request, out-of-range, unknown command, stall, drop mid-flight"
 python3 - "$S" <<'PY' || fail "hostile client checks"
 import socket, struct, sys, time
+import nbdproto
 path = sys.argv[1]
-def hs(export=b'disk'):
-    s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(20)
-    magic, opt, flags = struct.unpack('>QQH', s.recv(18, socket.MSG_WAITALL))
-    assert magic == 0x4e42444d41474943 and opt == 0x49484156454F5054, 'greeting'
-    s.sendall(struct.pack('>I', 3))                                   # FIXED_NEWSTYLE | NO_ZEROES
-    s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, len(export)) + export)   # EXPORT_NAME
-    size, tflags = struct.unpack('>QH', s.recv(10, socket.MSG_WAITALL))
+def hs():
+    s = nbdproto.connect(path, 20)
+    size, tflags = nbdproto.handshake(s)   # EXPORT_NAME "disk", simple replies
     return s, size
 def req(s, typ, off, ln, flags=0, cookie=1, payload=b''):
-    s.sendall(struct.pack('>IHHQQI', 0x25609513, flags, typ, cookie, off, ln) + payload)
+    s.sendall(nbdproto.request(typ, cookie, off, ln, flags) + payload)
 def reply(s):
-    magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))
-    assert magic == 0x67446698, hex(magic)
+    magic, err, cookie = struct.unpack('>IIQ', nbdproto.recvn(s, 16))
+    assert magic == nbdproto.SIMPLE_REPLY_MAGIC, hex(magic)
     return err, cookie
 s, size = hs()
 req(s, 0, size - 512, 1024); e, _ = reply(s); assert e == 22, ('read past end', e)       # EINVAL
 req(s, 0, 0, 64 << 20);      e, _ = reply(s); assert e == 22, ('oversized read', e)
 req(s, 42, 0, 0);            e, _ = reply(s); assert e == 22, ('unknown command', e)
 req(s, 0, 0, 512, flags=0x80); e, _ = reply(s); assert e == 22, ('unknown flag', e)
-req(s, 0, 0, 512); e, _ = reply(s); assert e == 0; s.recv(512, socket.MSG_WAITALL)         # still usable
+req(s, 0, 0, 512); e, _ = reply(s); assert e == 0; nbdproto.recvn(s, 512)                  # still usable
 req(s, 1, 0, 64 << 20)       # a write too large: its payload cannot be skipped, the server closes
 assert s.recv(16) in (b'',) or True
 s.close()
@@ -104,44 +95,15 @@ must qemu-io -f raw -c "read -P 0x77 20M 64k" "$U" >/dev/null
 kill -0 $dpid || fail "the daemon died"
 grep -q "exceeds the maximum" "$T/daemon.log" || fail "no log line for the oversized write"
 
-# The raw NBD clients below share their connection, handshake and exact reads.
-cat >"$T/nbdwire.py" <<'PY'
-import socket, struct
-OPT_MAGIC = 0x49484156454F5054
-def connect(addr):
-    """addr: a unix socket path or tcp:PORT (on 127.0.0.1)"""
-    if addr.startswith('tcp:'):
-        s = socket.create_connection(('127.0.0.1', int(addr[4:])))
-    else:
-        s = socket.socket(socket.AF_UNIX); s.connect(addr)
-    s.settimeout(30)   # a request left unanswered fails the step instead of hanging it
-    return s
-def recvn(s, n):
-    """n bytes exactly (with a timeout the socket is non-blocking: MSG_WAITALL may return less)"""
-    b = b''
-    while len(b) < n:
-        c = s.recv(n - len(b)); assert c, 'connection closed mid-reply'; b += c
-    return b
-def handshake(s, structured=False):
-    """fixed newstyle, no zeroes; export 'disk'"""
-    recvn(s, 18)
-    s.sendall(struct.pack('>I', 3))
-    if structured:
-        s.sendall(struct.pack('>QII', OPT_MAGIC, 8, 0))                   # NBD_OPT_STRUCTURED_REPLY
-        magic, opt, typ, ln = struct.unpack('>QIII', recvn(s, 20)); recvn(s, ln)
-        assert typ == 1, 'structured replies refused: %d' % typ
-    s.sendall(struct.pack('>QII', OPT_MAGIC, 1, 4) + b'disk')               # NBD_OPT_EXPORT_NAME
-    recvn(s, 10)
-PY
 
 step "large reads (sendfile from the page cache) interleaved with small ones: every reply whole and right"
 # ADDR: a unix socket path or tcp:PORT
 interleave() {
-PYTHONPATH=$T python3 - "$1" "$img" <<'PY'
+python3 - "$1" "$img" <<'PY'
 import struct, sys, random
-from nbdwire import connect, recvn, handshake
+from nbdproto import SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, connect, handshake, recvn, request
 addr, img = sys.argv[1], open(sys.argv[2], 'rb').read()
-s = connect(addr)
+s = connect(addr, 30)   # a request left unanswered fails the step instead of hanging it
 handshake(s)   # simple replies
 rnd = random.Random(7)
 reqs = {}
@@ -152,10 +114,10 @@ for cookie in range(64):   # 1-2 MiB reads over data, over data and a hole, and 
     if cookie == 0:
         off, ln = 1 << 20, 2 << 20          # the 0x5a region exactly
     reqs[cookie] = (off, ln)
-    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, cookie, off, ln))
+    s.sendall(request(0, cookie, off, ln))
 for _ in range(64):
     magic, err, cookie = struct.unpack('>IIQ', recvn(s, 16))
-    assert magic == 0x67446698 and err == 0, (hex(magic), err)
+    assert magic == SIMPLE_REPLY_MAGIC and err == 0, (hex(magic), err)
     off, ln = reqs.pop(cookie)
     data = recvn(s, ln)
     assert data == img[off:off + ln], 'wrong data for cookie %d (%d bytes at %d)' % (cookie, ln, off)
@@ -169,19 +131,19 @@ step "structured reads: below 64 KiB one data chunk even over a hole, larger one
 # ADDR: a unix socket path or tcp:PORT. Over unix, reads from 64 KiB go out
 # with sendfile as one data chunk; over TCP a 1 MiB read of a hole must be a hole chunk.
 structured() {
-PYTHONPATH=$T python3 - "$1" "$img" <<'PY'
+python3 - "$1" "$img" <<'PY'
 import struct, sys
-from nbdwire import connect, recvn, handshake
+from nbdproto import SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, connect, handshake, recvn, request
 addr, img = sys.argv[1], open(sys.argv[2], 'rb').read()
-s = connect(addr)
+s = connect(addr, 30)   # a request left unanswered fails the step instead of hanging it
 handshake(s, structured=True)
 def read(cookie, off, ln):
-    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, cookie, off, ln))
+    s.sendall(request(0, cookie, off, ln))
 def chunks(cookie):
     out = []
     while True:
         magic, flags, typ, ck, ln = struct.unpack('>IHHQI', recvn(s, 20))
-        assert magic == 0x668e33ef and ck == cookie, (hex(magic), ck)
+        assert magic == STRUCTURED_REPLY_MAGIC and ck == cookie, (hex(magic), ck)
         p = recvn(s, ln)
         out.append((typ, p))
         if flags & 1:
@@ -193,7 +155,7 @@ for cookie, off, ln in cases:    # all in flight at once
 got = {}
 for _ in cases:
     magic, flags, typ, ck, ln = struct.unpack('>IHHQI', recvn(s, 20))   # first chunk names the reply
-    assert magic == 0x668e33ef, hex(magic)
+    assert magic == STRUCTURED_REPLY_MAGIC, hex(magic)
     p = recvn(s, ln); lst = [(typ, p)]
     if not flags & 1:
         lst += chunks(ck)
@@ -232,19 +194,14 @@ kill $cpid 2>/dev/null
 step "over TCP: large reads interleaved with small ones, structured reads, qemu-img compare, nbdcopy"
 must fallocate -p -o $((30 << 20)) -l $((1 << 20)) "$img"   # a hole again (nbdcopy above filled the disk)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=$port --export type=nbd,id=e0,node-name=disk0,name=disk \
-    2>"$T/daemon-tcp.log" &
-tpid=$!
-on_exit "kill -9 $tpid 2>/dev/null"
-wait_port $port
+nbd_raw_daemon -l "$T/daemon-tcp.log" "$img" tcp:$port --export type=nbd,id=e0,node-name=disk0,name=disk
 interleave tcp:$port || { cat "$T/daemon-tcp.log"; fail "large/small read interleaving over TCP"; }
 structured tcp:$port || { cat "$T/daemon-tcp.log"; fail "structured reads over TCP"; }
 out=$(qemu-img compare -f raw -F raw "$img" "nbd://127.0.0.1:$port/disk") || fail "qemu-img compare over TCP: $out"
 must nbdcopy "nbd://127.0.0.1:$port/disk" "$T/copy.raw"
 cmp "$img" "$T/copy.raw" || fail "nbdcopy over TCP: the copy differs"
-kill -TERM $tpid
-wait $tpid || fail "vbd-daemon (TCP) exit status $? after SIGTERM"
+kill -TERM $dpid
+wait $dpid || fail "vbd-daemon (TCP) exit status $? after SIGTERM"
 ! grep -q Sanitizer "$T/daemon-tcp.log" || { cat "$T/daemon-tcp.log"; fail "sanitizer report (TCP)"; }
 
 step "over TCP: writes in batches (32 in flight), bursts after pauses, then one at a time, then 1-100 KiB: every one answered and on disk"
@@ -254,19 +211,14 @@ step "over TCP: writes in batches (32 in flight), bursts after pauses, then one 
 # buffer must land whole. The expected image is kept here and compared.
 wimg=$T/wdisk.img
 must qemu-img create -q -f raw "$wimg" 16M
-"$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$wimg" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=$port --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on \
-    2>"$T/daemon-tcpw.log" &
-wpid=$!
-on_exit "kill -9 $wpid 2>/dev/null"
-wait_port $port
-PYTHONPATH=$T python3 - "tcp:$port" "$T/expect.img" <<'PY' || { cat "$T/daemon-tcpw.log"; fail "TCP write batches"; }
+nbd_raw_daemon -l "$T/daemon-tcpw.log" "$wimg" tcp:$port
+python3 - "tcp:$port" "$T/expect.img" <<'PY' || { cat "$T/daemon-tcpw.log"; fail "TCP write batches"; }
 import struct, sys, random, time
-from nbdwire import connect, recvn, handshake
+from nbdproto import SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, connect, handshake, recvn, request
 addr, out = sys.argv[1], sys.argv[2]
 size = 16 << 20
 model = bytearray(size)
-s = connect(addr)
+s = connect(addr, 30)   # a request left unanswered fails the step instead of hanging it
 handshake(s)   # simple replies
 rnd = random.Random(18)
 pending = set()
@@ -277,10 +229,10 @@ def write_req(off, ln):
     data = bytes([rnd.randrange(1, 256)]) * ln
     model[off:off + ln] = data
     pending.add(cookie)
-    return struct.pack('>IHHQQI', 0x25609513, 0, 1, cookie, off, ln) + data
+    return request(1, cookie, off, ln) + data
 def reap():
     magic, err, c = struct.unpack('>IIQ', recvn(s, 16))
-    assert magic == 0x67446698 and err == 0 and c in pending, (hex(magic), err, c)
+    assert magic == SIMPLE_REPLY_MAGIC and err == 0 and c in pending, (hex(magic), err, c)
     pending.remove(c)
 def run(n, depth, sizes):
     # the free slots' requests leave in one send: the server sees them queued together
@@ -320,7 +272,7 @@ s.close()
 open(out, 'wb').write(model)
 PY
 out=$(qemu-img compare -f raw -F raw "$T/expect.img" "nbd://127.0.0.1:$port/disk") || fail "TCP write batches: $out"
-kill -TERM $wpid
-wait $wpid || fail "vbd-daemon (TCP writes) exit status $? after SIGTERM"
+kill -TERM $dpid
+wait $dpid || fail "vbd-daemon (TCP writes) exit status $? after SIGTERM"
 ! grep -q Sanitizer "$T/daemon-tcpw.log" || { cat "$T/daemon-tcpw.log"; fail "sanitizer report (TCP writes)"; }
 echo OK

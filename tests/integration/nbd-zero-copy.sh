@@ -13,50 +13,27 @@ must qemu-img create -q -f raw "$img" 64M
 for i in $(seq 0 63); do echo "write -P $((i + 1)) ${i}M 1M"; done >"$T/fill"
 must qemu-io -f raw "$img" <"$T/fill" >/dev/null
 port=$((20000 + RANDOM % 20000))
-"$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
-    --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=$port \
-    --export type=nbd,id=e0,node-name=d0,name=disk,writable=on 2>"$T/daemon.log" &
-dpid=$!
-on_exit "kill -9 $dpid 2>/dev/null"
+nbd_raw_daemon "$img" tcp:$port
 U="nbd://127.0.0.1:$port/disk"
-for _ in $(seq 100); do qemu-img info -f raw "$U" >/dev/null 2>&1 && break; sleep 0.1; done
 
 cat >"$T/client.py" <<'PY'
-import socket, struct, sys
+import struct
+import nbdproto
+from nbdproto import SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC
 def connect(port, structured):
-    s = socket.create_connection(("127.0.0.1", port))
-    def recvn(n):
-        b = bytearray()
-        while len(b) < n:
-            r = s.recv(n - len(b))
-            if not r:
-                raise EOFError
-            b += r
-        return bytes(b)
-    assert recvn(18)[:16] == b"NBDMAGICIHAVEOPT"
-    s.sendall(struct.pack(">I", 3))
-    def option(o, d):
-        s.sendall(struct.pack(">QII", 0x49484156454F5054, o, len(d)) + d)
-        while True:
-            _, _, t, ln = struct.unpack(">QIII", recvn(20))
-            recvn(ln)
-            if t == 1:
-                return
-            assert not t & 0x80000000, t
-    if structured:
-        option(8, b"")
-    option(7, struct.pack(">I", 4) + b"disk" + struct.pack(">H", 0))
-    return s, recvn
+    s = nbdproto.connect(f"tcp:{port}")
+    nbdproto.handshake(s, "disk", structured, go=True)
+    return s, lambda n: nbdproto.recvn(s, n)
 def read_reply(recvn, structured, length):
     if not structured:
         magic, err, cookie = struct.unpack(">IIQ", recvn(16))
-        assert magic == 0x67446698 and err == 0, (hex(magic), err)
+        assert magic == SIMPLE_REPLY_MAGIC and err == 0, (hex(magic), err)
         return cookie, recvn(length)
     magic, flags, typ, cookie, ln = struct.unpack(">IHHQI", recvn(20))
-    assert magic == 0x668E33EF and typ == 1 and flags & 1, (hex(magic), typ, flags)
+    assert magic == STRUCTURED_REPLY_MAGIC and typ == nbdproto.REPLY_TYPE_OFFSET_DATA and flags & 1, (hex(magic), typ, flags)
     return cookie, recvn(ln)[8:]
 def req(s, typ, cookie, off, ln):
-    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, typ, cookie, off, ln))
+    s.sendall(nbdproto.request(typ, cookie, off, ln))
 PY
 export CLIENT=$T/client.py
 
@@ -108,17 +85,17 @@ for structured in (False, True):
     for _ in range(2):
         if structured:
             magic, flags, typ, cookie, ln = struct.unpack(">IHHQI", recvn(20))
-            assert magic == 0x668E33EF, hex(magic)
+            assert magic == STRUCTURED_REPLY_MAGIC, hex(magic)
             body = recvn(ln)
             while not flags & 1:   # more chunks of the same reply
                 magic, flags, typ2, cookie, ln = struct.unpack(">IHHQI", recvn(20))
-                assert magic == 0x668E33EF, hex(magic)
+                assert magic == STRUCTURED_REPLY_MAGIC, hex(magic)
                 body += recvn(ln)
                 typ = max(typ, typ2)
             got[cookie] = (typ, body)
         else:
             magic, err, cookie = struct.unpack(">IIQ", recvn(16))
-            assert magic == 0x67446698, hex(magic)
+            assert magic == SIMPLE_REPLY_MAGIC, hex(magic)
             got[cookie] = (err, recvn(2 << 20 if cookie == 1 else 1 << 20) if err == 0 else b"")
     kind, body = got[2]
     assert body[-(1 << 20):] == bytes([9]) * (1 << 20), "the read after it"

@@ -76,41 +76,30 @@ step "NBD export: a raw and a qcow2 export, writable and read-only"
 S=$T/nbd.sock
 dpid=
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
-start_daemon \
-    --blockdev driver=file,node-name=f0,filename="$T/a.raw" --blockdev driver=raw,node-name=raw0,file=f0 \
+nbd_raw_daemon "$T/a.raw" "$S" \
     --blockdev driver=file,node-name=f1,filename="$T/a.qcow2" --blockdev driver=qcow2,node-name=q0,file=f1 \
-    --nbd-server addr.type=unix,addr.path="$S" \
-    --export type=nbd,id=e0,node-name=raw0,name=raw,writable=on \
+    --export type=nbd,id=e0,node-name=disk0,name=raw,writable=on \
     --export type=nbd,id=e1,node-name=q0,name=qcow2,writable=on \
-    --export type=nbd,id=e2,node-name=raw0,name=ro
+    --export type=nbd,id=e2,node-name=disk0,name=ro
 python3 - "$S" <<'PY' || { tail -20 "$T/daemon.log"; fail "NBD requests"; }
-import socket, struct, sys
+import struct, sys
+import nbdproto
+from nbdproto import (CMD_CACHE as CACHE, CMD_DISC as DISC, CMD_FLUSH as FLUSH, CMD_READ as READ, CMD_TRIM as TRIM,
+                      CMD_WRITE as WRITE, CMD_WRITE_ZEROES as ZEROES, recvn, request)
 path = sys.argv[1]
-READ, WRITE, DISC, FLUSH, TRIM, CACHE, ZEROES = 0, 1, 2, 3, 4, 5, 6
 EPERM, EINVAL, ENOSPC = 1, 22, 28
 MiB = 1 << 20
-def recvn(s, n):
-    b = b''
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c: raise EOFError('the server closed the connection')
-        b += c
-    return b
 def connect(name):
-    s = socket.socket(socket.AF_UNIX); s.connect(path); s.settimeout(60)
-    magic, _, _ = struct.unpack('>QQH', recvn(s, 18))
-    assert magic == 0x4e42444d41474943
-    s.sendall(struct.pack('>I', 3))  # fixed newstyle, no zeroes
-    s.sendall(struct.pack('>QII', 0x49484156454F5054, 1, len(name)) + name)  # EXPORT_NAME
-    size, flags = struct.unpack('>QH', recvn(s, 10))
+    s = nbdproto.connect(path, 60)
+    size, flags = nbdproto.handshake(s, name.decode())  # EXPORT_NAME
     return s, size
 cookie = 0
 def req(s, typ, off, ln, payload=b''):
     """One request, its simple reply's error (the connection must answer)."""
     global cookie; cookie += 1
-    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, typ, cookie, off, ln) + payload)
+    s.sendall(request(typ, cookie, off, ln) + payload)
     m, err, ck = struct.unpack('>IIQ', recvn(s, 16))
-    assert m == 0x67446698 and ck == cookie, (hex(m), ck, cookie)
+    assert m == nbdproto.SIMPLE_REPLY_MAGIC and ck == cookie, (hex(m), ck, cookie)
     if typ == READ and err == 0:
         return err, recvn(s, ln)
     return err, None
@@ -136,7 +125,7 @@ for name in (b'raw', b'qcow2'):
     err, data = req(s, READ, MiB - 512, 512)
     assert err == 0 and data == b'\xc3' * 512, (name, err)
     expect(s, f'{name} flush', FLUSH, 0, 0, 0)
-    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, DISC, 0, 0, 0)); s.close()
+    s.sendall(request(DISC, 0, 0, 0)); s.close()
 s, size = connect(b'ro')
 for what, off, ln in [('in range', 0, 4096), ('past the end', MiB, 512)]:
     expect(s, f'read-only write {what}', WRITE, off, ln, EPERM, b'\x11' * ln)

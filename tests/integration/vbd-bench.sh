@@ -99,12 +99,8 @@ need qemu-nbd nbdkit
 N=$T/nbd.sock
 wait_nbd() { for _ in $(seq 100); do [ -S "$N" ] && return; sleep 0.1; done; fail "$1 did not start"; }
 truncate -s 0 "$img"; truncate -s 128M "$img"
-rm -f "$N"
-"$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
-    --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on \
-    2>"$T/nbd-daemon.log" &
-bpid=$!
-wait_nbd vbd-daemon
+nbd_raw_daemon -l "$T/nbd-daemon.log" "$img" "$N"
+bpid=$dpid
 must "$VBD_BENCH" --nbd "nbd+unix:///disk?socket=$N" --verify -q 2 -d 16 >/dev/null
 out=$("$VBD_BENCH" --nbd "nbd+unix:///disk?socket=$N" -q 2 -w randrw:70 -n 20000 --flush-every 50 --json) ||
     fail "randrw over NBD: $out"

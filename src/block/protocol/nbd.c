@@ -18,6 +18,7 @@
 #include "vbd/tls.h"
 
 #include "nbd-uri.h"
+#include "util/readahead.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -387,9 +388,7 @@ static int rd_full(struct nbd_state *s, void *dst, size_t len)
     if (!s->rbuf || s->ch.tls)
         return vbd_chan_recv_full(&s->ch, dst, len);
     while (len) {
-        size_t have = s->rlen - s->rpos, take = have < len ? have : len;
-        memcpy(dst, s->rbuf + s->rpos, take);
-        s->rpos += take;
+        size_t take = vbd_readahead_take(dst, len, s->rbuf, &s->rpos, s->rlen);
         dst = (uint8_t *)dst + take;
         len -= take;
         if (!len)

@@ -10,6 +10,7 @@
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "util/readahead.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -203,9 +204,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len)
         return 0;
     if (c->ch.tls || !c->rbuf)
         return vbd_chan_recv_full(&c->ch, dst, len);
-    size_t have = c->rlen - c->rpos, take = have < len ? have : len;
-    memcpy(dst, c->rbuf + c->rpos, take);
-    c->rpos += take;
+    size_t take = vbd_readahead_take(dst, len, c->rbuf, &c->rpos, c->rlen);
     dst = (uint8_t *)dst + take;
     len -= take;
     if (!len)
@@ -422,16 +421,8 @@ static int send_read_zero_copy(void *opaque, int fd, uint64_t foff)
      * segment of its own (TCP_NODELAY is on); the last piece sendfile
      * hands to the socket carries no MSG_MORE and pushes it all */
     struct iovec iov = {h, hl};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    while (!rc && iov.iov_len) {
-        ssize_t w = vbd_co_sendmsg(c->ch.fd, &msg, MSG_MORE);
-        if (w < 0) {
-            rc = (int)w;
-        } else {
-            iov.iov_base = (uint8_t *)iov.iov_base + w;
-            iov.iov_len -= (size_t)w;
-        }
-    }
+    if (!rc)
+        rc = vbd_co_sendv_full(c->ch.fd, &iov, 1, MSG_MORE);
     off_t pos = (off_t)foff;
     size_t left = r->len;
     if (!rc && zc_pipe(c))
@@ -444,7 +435,7 @@ static int send_read_zero_copy(void *opaque, int fd, uint64_t foff)
             /* the file ended under us (truncated): the promised length still goes out, as zeroes */
             static const uint8_t zeroes[4096];
             struct iovec z = {(void *)zeroes, left < sizeof(zeroes) ? left : sizeof(zeroes)};
-            rc = vbd_co_sendv_full(c->ch.fd, &z, 1);
+            rc = vbd_co_sendv_full(c->ch.fd, &z, 1, 0);
             left -= z.iov_len;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
             int ev = vbd_co_poll(c->ch.fd, POLLOUT);
