@@ -61,7 +61,8 @@ struct nbd_export {
  * (the sleep's bound then grows in proportion; see batch_target), no sleep
  * after a read of twice the batch; NBD_BATCH_EMPTY sleeps
  * in a row that find nothing end it (busy-poll again) and it is tried
- * again after NBD_BATCH_PROBE requests. */
+ * again after NBD_BATCH_PROBE requests (NBD_BATCH_PROBE_DEEP for a client
+ * whose batches were above NBD_BATCH_REQS). */
 #define NBD_BATCH_REQS       4
 #define NBD_BATCH_REQS_MAX   8
 #define NBD_BATCH_WINDOW     128 /* batch reads over which the client's depth is judged */
@@ -69,6 +70,7 @@ struct nbd_export {
 #define NBD_BATCH_MAX_NS     (60 * 1000)
 #define NBD_BATCH_EMPTY      4
 #define NBD_BATCH_PROBE      1024
+#define NBD_BATCH_PROBE_DEEP 32
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 /* Structured reads at least this large look for holes (block status) to
  * send them as hole chunks. Below it the query costs more than the zeroes
