@@ -137,6 +137,7 @@ struct nbd_conn {
     uint32_t batch_depth; /* most requests one read brought in the last window ... */
     uint32_t batch_win;   /* ... and in this one so far */
     uint32_t batch_reads; /* batch reads in this window */
+    uint32_t batch_got;   /* requests parsed since the last batch read */
     struct vbd_co_queue slot_q, drain_q;
     struct nbd_req slots[NBD_SLOTS];
     struct nbd_req *free_slots;

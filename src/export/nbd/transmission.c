@@ -112,7 +112,9 @@ static void batch_stop(struct nbd_conn *c)
 
 /* The batch size follows the client's depth: a read after a sleep brings
  * at most the requests the client had on the way, and the most one read
- * brought over the last NBD_BATCH_WINDOW reads (a lower bound on that
+ * brought (counted as parsed: a read's bytes over batch_unit would take a
+ * 4K write for 147 reads in a mixed stream) over the last
+ * NBD_BATCH_WINDOW reads (a lower bound on that
  * depth, which the server cannot see otherwise: the rest of it are
  * replies the client has not read yet) sizes the batch at half of it,
  * NBD_BATCH_REQS..NBD_BATCH_REQS_MAX. A client with half its requests in
@@ -150,6 +152,8 @@ static int batch_read(struct nbd_conn *c)
         vbd_co_wake(vbd_co_self()); /* the requests just read run (and reply) first */
         vbd_co_yield();
     }
+    batch_target(c, c->batch_got); /* what the last read brought */
+    c->batch_got = 0;
     ssize_t r = recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, MSG_DONTWAIT);
     if (r == 0)
         return -ECONNRESET;
@@ -159,7 +163,6 @@ static int batch_read(struct nbd_conn *c)
     if (r > 0) {
         c->rlen += (size_t)r;
         uint64_t got = (uint64_t)r / c->batch_unit;
-        batch_target(c, (uint32_t)(got < UINT32_MAX ? got : UINT32_MAX));
         /* The longest sleep brought one request: the client no longer keeps
          * several on the way (a queue drained to one at a time). Counted as
          * an empty sleep, or every request would wait out the sleep. */
@@ -207,8 +210,10 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
             batch_stop(c);
         return;
     }
+    c->batch_got++;
     if (c->batching || c->inflight < 3 || --c->batch_probe)
         return;
+    c->batch_got = 0; /* those read before batching are no batch */
     c->batch_unit = 28 + (r->type == NBD_CMD_WRITE ? r->len : 0);
     c->batch_empty = 0;
     c->batching = true;
