@@ -56,15 +56,21 @@ struct nbd_export {
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
 /* Request batching (see conn_recv): while a client keeps requests on
  * the way, sleep NBD_BATCH_MIN_NS..NBD_BATCH_MAX_NS between reads, sized
- * (from the last reads) for NBD_BATCH_REQS requests (no sleep after a read
- * of twice that); NBD_BATCH_EMPTY sleeps
+ * (from the last reads) for NBD_BATCH_REQS requests, up to
+ * NBD_BATCH_REQS_MAX for a client seen keeping twice that many on the way
+ * (the sleep's bound then grows in proportion; see batch_target), no sleep
+ * after a read of twice the batch; NBD_BATCH_EMPTY sleeps
  * in a row that find nothing end it (busy-poll again) and it is tried
- * again after NBD_BATCH_PROBE requests. */
+ * again after NBD_BATCH_PROBE requests (NBD_BATCH_PROBE_DEEP for a client
+ * whose batches were above NBD_BATCH_REQS). */
 #define NBD_BATCH_REQS       4
+#define NBD_BATCH_REQS_MAX   8
+#define NBD_BATCH_WINDOW     128 /* batch reads over which the client's depth is judged */
 #define NBD_BATCH_MIN_NS     (8 * 1000)
 #define NBD_BATCH_MAX_NS     (60 * 1000)
 #define NBD_BATCH_EMPTY      4
 #define NBD_BATCH_PROBE      1024
+#define NBD_BATCH_PROBE_DEEP 32
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 /* Structured reads at least this large look for holes (block status) to
  * send them as hole chunks. Below it the query costs more than the zeroes
@@ -127,6 +133,11 @@ struct nbd_conn {
     uint32_t batch_unit;  /* bytes of one request on the wire */
     uint32_t batch_empty; /* batch sleeps in a row that found nothing */
     uint64_t batch_ns;    /* the next batch sleep */
+    uint32_t batch_reqs;  /* requests a batch is sized for (see batch_target) */
+    uint32_t batch_depth; /* most requests one read brought in the last window ... */
+    uint32_t batch_win;   /* ... and in this one so far */
+    uint32_t batch_reads; /* batch reads in this window */
+    uint32_t batch_got;   /* requests parsed since the last batch read */
     struct vbd_co_queue slot_q, drain_q;
     struct nbd_req slots[NBD_SLOTS];
     struct nbd_req *free_slots;
