@@ -2,6 +2,20 @@
 VBD_BUILD=${VBD_BUILD:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build}
 VBD_IMG=$VBD_BUILD/src/tools/vbd-img
 REPS=${REPS:-3}
+# SYSCALL_NS=N (e.g. 1000: a PVM guest) emulates a host where a null syscall
+# costs ~N ns in total: every program a benchmark starts (servers and
+# clients alike, "${TAX[@]}" before its name) runs under bench/syscall-tax,
+# whose seccomp filters make each syscall dearer (page faults stay as they
+# are). The filter size is calibrated once here and passed on in the
+# environment. Unset: TAX is empty and nothing changes.
+TAX=()
+if [ -n "${SYSCALL_NS:-}" ]; then
+    SYSCALL_TAX=$VBD_BUILD/bench/syscall-tax
+    [ -x "$SYSCALL_TAX" ] || { echo "SYSCALL_NS needs $SYSCALL_TAX (ninja -C $VBD_BUILD)" >&2; exit 1; }
+    SYSCALL_TAX_INSNS=${SYSCALL_TAX_INSNS:-$("$SYSCALL_TAX" --ns "$SYSCALL_NS" --calibrate | awk '{print $2}')}
+    export SYSCALL_TAX_INSNS
+    TAX=("$SYSCALL_TAX" --ns "$SYSCALL_NS" --)
+fi
 # median of the numbers on stdin
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 # seconds of one "Run completed in X seconds." run
@@ -30,7 +44,9 @@ busy_pct() { echo $(( ($2 - $1) * 100 / ($(getconf CLK_TCK) * $3 * $(nproc)) ));
 host_kind() {
     local v; v=$(systemd-detect-virt --vm 2>/dev/null || true)
     [ -n "$v" ] && [ "$v" != none ] || v=$(grep -qw hypervisor /proc/cpuinfo && echo "vm" || echo "bare metal")
-    echo "$v, ~$(syscall_ns) ns per syscall$(autogroup_note)"
+    local tax=
+    [ ${#TAX[@]} = 0 ] || tax=", emulated ~$(syscall_ns "${TAX[@]}") ns (seccomp, $SYSCALL_TAX_INSNS loads)"
+    echo "$v, ~$(syscall_ns) ns per syscall$tax$(autogroup_note)"
 }
 # With autogroups a nice value only counts inside its own session (sched(7)): other sessions'
 # `nice -n 19` jobs then compete with a benchmark as whole groups of equal weight
@@ -45,8 +61,9 @@ cpu_idle() {
     paste <(tr ' ' '\n' <<<"$1") <(tr ' ' '\n' <<<"$now") | awk -F'[:\t]' 'NF == 6 {printf "%s %d%% ", $1, 100 * ($5 - $2) / ($6 - $3 + 1)}'
 }
 # ns of one getppid() (a null syscall), best of 3 short runs of perf bench
+# (arguments: a prefix to run it under, e.g. "${TAX[@]}")
 syscall_ns() {
-    for _ in 1 2 3; do perf bench syscall basic -l 300000 2>/dev/null | awk '/usecs\/op/ {printf "%.0f\n", $1 * 1000}'; done |
+    for _ in 1 2 3; do "$@" perf bench syscall basic -l 300000 2>/dev/null | awk '/usecs\/op/ {printf "%.0f\n", $1 * 1000}'; done |
         sort -n | head -1
 }
 

@@ -11,7 +11,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 DIRS=${*:-/dev/shm /var/tmp}
-echo "machine: $(machine); medians of $REPS runs"
+echo "machine: $(machine)${TAX:+; host: $(host_kind)}; medians of $REPS runs"
 printf '%-10s %-26s %9s %9s %7s %9s %9s %9s %9s\n' where case "vbd s" "qemu s" ratio "vbd cpu" "qemu cpu" "vbd MiB" "qemu MiB"
 for d in $DIRS; do
     src=$d/vbd-conv-src-$$.raw
@@ -59,14 +59,14 @@ print("%.4f %.4f" % (w, ru.ru_utime + ru.ru_stime))' "$@" || exit 1
         for _ in $(seq "$REPS"); do
             out=$d/vbd-conv-out-$$.$ext
             rm -f "$out"; sync
-            read -r w c < <(timed "$VBD_IMG" convert $args "$in" "$out")
+            read -r w c < <(timed "${TAX[@]}" "$VBD_IMG" convert $args "$in" "$out")
             # the space used once written back (sync: ext4 counts a file's extent
             # tree blocks only then, whether its blocks were reserved or allocated)
             sync; v+=("$w"); vc+=("$c"); vm=$(du -m "$out" | cut -f1)
             qemu-img compare -q -f raw -F "$ext" "$src" "$out" || { echo "$label: vbd output differs!" >&2; exit 1; }
             [ "$ext" = raw ] || qemu-img check -q -f "$ext" "$out" || { echo "$label: qemu-img check of vbd's output failed" >&2; exit 1; }
             rm -f "$out"; sync
-            read -r w c < <(timed qemu-img convert $args "$in" "$out")
+            read -r w c < <(timed "${TAX[@]}" qemu-img convert $args "$in" "$out")
             sync; q+=("$w"); qc+=("$c"); qm=$(du -m "$out" | cut -f1)
         done
         vs=$(printf '%s\n' "${v[@]}" | median); qs=$(printf '%s\n' "${q[@]}" | median)

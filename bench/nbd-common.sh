@@ -21,12 +21,12 @@ serve() {
     local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
     [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
     case $s in
-        vbd) "${pin[@]}" "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
+        vbd) "${pin[@]}" "${TAX[@]}" "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
                  --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
-        qemu-nbd) if [ $t = unix ]; then "${pin[@]}" qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
-                  else "${pin[@]}" qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
-        nbdkit) if [ $t = unix ]; then "${pin[@]}" nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
-                else "${pin[@]}" nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
+        qemu-nbd) if [ $t = unix ]; then "${pin[@]}" "${TAX[@]}" qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
+                  else "${pin[@]}" "${TAX[@]}" qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
+        nbdkit) if [ $t = unix ]; then "${pin[@]}" "${TAX[@]}" nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
+                else "${pin[@]}" "${TAX[@]}" nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
     esac
     spid=$!
     for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -37,7 +37,7 @@ stop() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; sleep 0.
 # fio_run URI RW BS DEPTH: fio's nbd engine (libnbd) for $SECS s; prints
 # "IOPS CLIENT-CPU% REQUESTS" (CPU: fio's own usr+sys)
 fio_run() {
-    taskset -c 1 fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --time_based --runtime="$SECS" \
+    taskset -c 1 "${TAX[@]}" fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --time_based --runtime="$SECS" \
         --size=1G --output-format=json 2>/dev/null |
         python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])"
 }

@@ -22,7 +22,7 @@ PORT=${PORT:-10899}
 fio_iops() { fio_run "$@" | { read -r iops _ n && echo "$iops $n"; }; }
 VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 bench_iops() { # URI RW BS DEPTH (vbd-bench's workload names are fio's)
-    taskset -c 1 "$VBD_BENCH" --nbd "$1" -w "$2" -b "$3" -d "$4" -t "$SECS" --json |
+    taskset -c 1 "${TAX[@]}" "$VBD_BENCH" --nbd "$1" -w "$2" -b "$3" -d "$4" -t "$SECS" --json |
         python3 -c "import json,sys; r=json.load(sys.stdin); print(round(r['iops']), r['requests'])"
 }
 echo "machine: $(machine); host: $(host_kind); $SECS s per run; load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -64,8 +64,8 @@ if [[ " ${CLIENTS:-fio vbd-bench copy} " == *" copy "* ]]; then
             declare -A r=()
             for s in vbd qemu-nbd nbdkit; do
                 serve $s $t
-                if [ $c = nbdcopy ]; then r[$s]=$(secs_of nbdcopy "$URI" null:)
-                else r[$s]=$(bench_secs timeout 60 qemu-img bench -f raw -c 200000 -d 32 -s 4k "$URI" || true)
+                if [ $c = nbdcopy ]; then r[$s]=$(secs_of "${TAX[@]}" nbdcopy "$URI" null:)
+                else r[$s]=$(bench_secs timeout 60 "${TAX[@]}" qemu-img bench -f raw -c 200000 -d 32 -s 4k "$URI" || true)
                      [ -n "${r[$s]}" ] || r[$s]=60; fi # qemu-nbd over TCP needs ~470 s here (~420 IOPS): cut at 60
                 stop
             done

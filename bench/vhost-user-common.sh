@@ -10,7 +10,7 @@ serve() { # server-binary node-kind queues
                                  --blockdev driver=raw,node-name=disk0,file=file0)
     local iot=() iot_opt=
     [ "${IOTHREAD:-0}" = 1 ] && iot=(--object iothread,id=io0) iot_opt=,iothread=io0
-    taskset -c 0 "$bin" "${iot[@]}" "${nodes[@]}" \
+    taskset -c 0 "${TAX[@]}" "$bin" "${iot[@]}" "${nodes[@]}" \
         --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$nq"$iot_opt \
         >/dev/null 2>&1 &
     spid=$!

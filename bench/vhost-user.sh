@@ -43,7 +43,7 @@ for kind in null file; do
                 for _ in $(seq "$REPS"); do
                     c0=$(cpu_ns $spid)
                     # shellcheck disable=SC2086 # lists of options
-                    out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q $nq $args ${CLIENT_ARGS:-} -t "$SECS" --json)
+                    out=$(taskset -c 1 "${TAX[@]}" "$VBD_BENCH" --vhost-user "$sock" -q $nq $args ${CLIENT_ARGS:-} -t "$SECS" --json)
                     c1=$(cpu_ns $spid)
                     i+=("$(field "$out" iops)"); p+=("$(field "$out" p99)")
                     c+=("$(( (c1 - c0) / ($(field "$out" requests) + 1) ))")
