@@ -197,8 +197,6 @@ static struct vbd_loop *gate_wait(struct vbd_backend *be)
     return origin == be->ctl ? NULL : origin;
 }
 
-/* Returns the loop to go back to in be_leave (NULL: stayed). Runs the
- * rest of the request on the home loop when the graph needs it. */
 /* The gate alone: counted in flight, past a drain. Returns the loop a
  * wait at the gate moved the request from (NULL: stayed). */
 static struct vbd_loop *be_pass_gate(struct vbd_backend *be)
@@ -207,6 +205,8 @@ static struct vbd_loop *be_pass_gate(struct vbd_backend *be)
     return atomic_load(&be->quiesced) ? gate_wait(be) : NULL;
 }
 
+/* Returns the loop to go back to in be_leave (NULL: stayed). Runs the
+ * rest of the request on the home loop when the graph needs it. */
 static struct vbd_loop *be_enter(struct vbd_backend *be)
 {
     struct vbd_loop *origin = be_pass_gate(be);

@@ -217,7 +217,7 @@ void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len, uint64_t
     bool shared;
     bool dense = big_and_dense(q, moved, &shared); /* always: it keeps the clock of the last big completion */
     bool due = signal_due(q) || dense;
-    if (due && dense && shared && q->vq.event_idx && vu_vq_pending(&q->vq) >= SIGNAL_DEFER_PENDING)
+    if (dense && shared && q->vq.event_idx && vu_vq_pending(&q->vq) >= SIGNAL_DEFER_PENDING)
         due = false; /* the driver is woken later, with more to reap; the bottom half still signals */
     if (!q->notify_held && due) {
         q->signalled = true;
