@@ -165,15 +165,28 @@ static void usage(void)
     exit(2);
 }
 
+// a non-negative count given as WHAT (an option or a variable), or exit 2
+static long count_arg(const char *what, const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 0) {
+        fprintf(stderr, "syscall-tax: %s: '%s' is not a count (a non-negative integer)\n", what, s);
+        exit(2);
+    }
+    return v;
+}
+
 int main(int argc, char **argv)
 {
     long ns = -1, insns = -1;
     int only_calibrate = 0, i = 1;
     for (; i < argc; i++) {
         if (!strcmp(argv[i], "--ns") && i + 1 < argc)
-            ns = strtol(argv[++i], NULL, 10);
+            ns = count_arg("--ns", argv[++i]);
         else if (!strcmp(argv[i], "--insns") && i + 1 < argc)
-            insns = strtol(argv[++i], NULL, 10);
+            insns = count_arg("--insns", argv[++i]);
         else if (!strcmp(argv[i], "--calibrate"))
             only_calibrate = 1;
         else if (!strcmp(argv[i], "--")) {
@@ -197,7 +210,7 @@ int main(int argc, char **argv)
         // The calibration is cached for the benchmarks' many starts:
         // SYSCALL_TAX_INSNS set by the caller skips it.
         const char *c = getenv("SYSCALL_TAX_INSNS");
-        insns = c && !only_calibrate ? strtol(c, NULL, 10) : calibrate((double)ns, &base);
+        insns = c && !only_calibrate ? count_arg("SYSCALL_TAX_INSNS", c) : calibrate((double)ns, &base);
         if (insns < 0) {
             fprintf(stderr, "syscall-tax: calibration failed\n");
             return 1;

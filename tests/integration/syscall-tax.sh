@@ -25,6 +25,8 @@ n=$("$TAXBIN" --insns 10000 -- sh -c 'awk '\''$1 == "Seccomp_filters:" {print $2
 st=$("$TAXBIN" --ns 600 -- cat /proc/self/status) || fail "--ns 600"
 grep -qx $'Seccomp:\t2' <<<"$st" || fail "--ns: no seccomp filter"
 must_fail_with "more than the kernel allows" "$TAXBIN" --insns 40000 -- true
+must_fail_with "--ns: 'abc' is not a count" "$TAXBIN" --ns abc -- true
+must_fail_with "--insns: '12x' is not a count" "$TAXBIN" --insns 12x -- true
 
 step "the exit status passes through"
 "${TAX[@]}" sh -c 'exit 3'; rc=$?
