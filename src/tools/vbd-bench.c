@@ -508,6 +508,16 @@ static int nbd_main(struct bench *b)
     return b->errors || b->mismatches ? 1 : 0;
 }
 
+/* The long name of the option getopt_long returned as VAL (every option
+ * with a value has one): argv[optind - 1] is the value itself after "-b 0". */
+static const char *option_name(const struct option *lo, int val)
+{
+    for (; lo->name; lo++)
+        if (lo->val == val)
+            return lo->name;
+    return "?";
+}
+
 int main(int argc, char **argv)
 {
     static struct bench b;
@@ -578,7 +588,7 @@ int main(int argc, char **argv)
         default: fprintf(stderr, "Try 'vbd-bench --help' for more information.\n"); return 2;
         }
         if (!ok) {
-            fprintf(stderr, "vbd-bench: invalid value '%s' for option '%s'\n", optarg, argv[optind - 1]);
+            fprintf(stderr, "vbd-bench: invalid value '%s' for option '--%s'\n", optarg, option_name(lo, opt));
             return 2;
         }
     }

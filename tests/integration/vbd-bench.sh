@@ -150,7 +150,7 @@ must_fail_with "one of --vhost-user SOCKET or --nbd URI" "$VBD_BENCH" --nbd "nbd
 
 step "bad input: no socket, a plain file, bad options"
 must_fail_with "cannot connect" "$VBD_BENCH" --vhost-user "$T/nothing.sock"
-must_fail_with "invalid value" "$VBD_BENCH" --vhost-user "$S" -d 0
-must_fail_with "invalid value" "$VBD_BENCH" --vhost-user "$S" -w sideways
+must_fail_with "invalid value '0' for option '--depth'" "$VBD_BENCH" --vhost-user "$S" -d 0
+must_fail_with "invalid value 'sideways' for option '--workload'" "$VBD_BENCH" --vhost-user "$S" -w sideways
 must_fail_with "is required" "$VBD_BENCH"
 echo OK
