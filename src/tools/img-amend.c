@@ -50,7 +50,7 @@ int verb_amend(int argc, char **argv)
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force", no_argument, NULL, OPT_FORCE},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "ho:f:t:pq", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":ho:f:t:pq", lo, NULL)) != -1) {
         switch (c) {
         case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
         case 'f': fmt = optarg; break;
@@ -60,13 +60,11 @@ int verb_amend(int argc, char **argv)
         case 'h':
             printf("Usage: vbd-img amend [-f fmt] [--force] -o options filename\nChange format options of an existing image.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
-    if (!opts) {
-        vbd_error_report("Must specify options (-o)");
-        return 1;
-    }
+    if (!opts)
+        return img_usage_error("Must specify options (-o)");
     if (o_is_help(opts)) {
         json_object_put(opts);
         return print_amend_help(fmt_or_null(fmt), optind < argc ? argv[optind] : NULL, image_opts);

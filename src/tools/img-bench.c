@@ -84,7 +84,7 @@ int verb_bench(int argc, char **argv)
                                        {"no-drain", no_argument, NULL, OPT_NO_DRAIN}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hc:d:f:ni:o:qs:S:t:wU", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", lo, NULL)) != -1) {
         switch (c) {
         case 'c': count = tool_cvtnum(optarg); if (count <= 0) { vbd_error_report("Invalid request count specified"); return 1; } break;
         case 'd': depth = tool_cvtnum(optarg); if (depth <= 0 || depth > 4096) { vbd_error_report("Invalid queue depth specified"); return 1; } break;
@@ -107,11 +107,11 @@ int verb_bench(int argc, char **argv)
                    "                     [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
                    "Run COUNT sequential requests (step -S, default the buffer size) with DEPTH in flight; same options as qemu-img bench.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     if (optind != argc - 1) {
-        vbd_error_report("Expecting one image file name");
+        img_usage_error("Expecting one image file name");
         return 1;
     }
     if (!write && (flush_interval || bench_pattern >= 0)) {

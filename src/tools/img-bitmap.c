@@ -17,6 +17,7 @@
 #include <string.h>
 
 int verb_bitmap(int argc, char **argv);
+int img_bad_option(int c, char **argv);
 
 enum { OPT_ADD = 300, OPT_REMOVE, OPT_CLEAR, OPT_ENABLE, OPT_DISABLE, OPT_MERGE, OPT_IMAGE_OPTS_BM };
 
@@ -132,7 +133,7 @@ int verb_bitmap(int argc, char **argv)
     int nacts = 0, c;
     if (!acts)
         return 1;
-    while ((c = getopt_long(argc, argv, "hf:b:F:g:q", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:b:F:g:q", lo, NULL)) != -1) {
         switch (c) {
         case OPT_ADD: acts[nacts++].act = VBD_BITMAP_ADD; add = true; break;
         case OPT_REMOVE: acts[nacts++].act = VBD_BITMAP_REMOVE; break;
@@ -172,7 +173,7 @@ int verb_bitmap(int argc, char **argv)
                    "  -g GRANULARITY  bytes per bit for --add (a power of 2, at least 512)\n");
             free(acts);
             return 0;
-        default: free(acts); return 1;
+        default: free(acts); return img_bad_option(c, argv);
         }
     }
     int rc = 1;

@@ -12,7 +12,7 @@ int verb_check(int argc, char **argv)
                                        {"repair", required_argument, NULL, 'r'}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hf:r:T:qU", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:r:T:qU", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'r': repair = optarg; break;
@@ -25,7 +25,7 @@ int verb_check(int argc, char **argv)
             printf("Usage: vbd-img check [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-U] filename\n"
                    "Check an image's metadata. Exit: 0 clean, 1 check incomplete, 2 corruptions, 3 leaks only, 63 unsupported.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     unsigned fix = 0;
@@ -40,7 +40,7 @@ int verb_check(int argc, char **argv)
         }
     }
     if (optind != argc - 1) {
-        vbd_error_report("Expecting one image file name");
+        img_usage_error("Expecting one image file name");
         return 1;
     }
     unsigned flags = VBD_OPEN_CHECK | VBD_OPEN_NO_BACKING | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);

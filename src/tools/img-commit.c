@@ -11,7 +11,7 @@ int verb_commit(int argc, char **argv)
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hf:t:b:dpqr:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:t:b:dpqr:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'b': base_name = optarg; break;
@@ -25,11 +25,11 @@ int verb_commit(int argc, char **argv)
                    "Write the image's own data into its backing file (or BASE further down the chain);\n"
                    "then empty the image unless -d.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     if (optind != argc - 1) {
-        vbd_error_report("Expecting one image file name");
+        img_usage_error("Expecting one image file name");
         return 1;
     }
     /* The top is opened without its chain, then the chain read-write: a

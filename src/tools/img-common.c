@@ -4,6 +4,45 @@
  */
 #include "img.h"
 
+#include <stdarg.h>
+
+int img_usage_error(const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    vbd_error_report("%s", msg);
+    fprintf(stderr, "Try 'vbd-img --help' for more information\n");
+    return 1;
+}
+
+int64_t img_cvtnum(const char *name, const char *s, int64_t min, int64_t max)
+{
+    uint64_t v;
+    struct vbd_error *err = NULL;
+    if (vbd_parse_size(s, &v, &err) < 0 || v > INT64_MAX) {
+        vbd_error_free(err);
+        vbd_error_report("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", name);
+        vbd_error_report("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        return -1;
+    }
+    if ((int64_t)v < min || (int64_t)v > max) {
+        vbd_error_report("Invalid %s specified. Must be between %lld and %lld.", name, (long long)min, (long long)max);
+        return -1;
+    }
+    return (int64_t)v;
+}
+
+int img_bad_option(int c, char **argv)
+{
+    /* argv[optind - 1] is the word getopt stopped at, as qemu-img names it */
+    if (c == ':')
+        return img_usage_error("missing argument for option '%s'", argv[optind - 1]);
+    return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+}
+
 bool parse_output(const char *s, bool *json)
 {
     if (!strcmp(s, "json"))

@@ -41,7 +41,7 @@ int verb_compare(int argc, char **argv)
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hf:F:T:pqsU", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:F:T:pqsU", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt1 = optarg; break;
         case 'F': fmt2 = optarg; break;
@@ -56,13 +56,11 @@ int verb_compare(int argc, char **argv)
                    "Exit 0 if the images have the same content, 1 if they differ, 2 on error.\n"
                    "  -s  strict: also a different size or allocation counts as a difference\n");
             return 0;
-        default: return 2;
+        default: return img_bad_option(c, argv);
         }
     }
-    if (optind != argc - 2) {
-        vbd_error_report("Expecting two image file names");
-        return 2;
-    }
+    if (optind != argc - 2)
+        return img_usage_error("Expecting two image file names");
     unsigned fl = force ? VBD_OPEN_FORCE_SHARE : 0;
     struct vbd_node *a = tool_open(argv[optind], fmt_or_null(fmt1), image_opts, fl, cache, NULL);
     if (!a)

@@ -78,7 +78,7 @@ int verb_convert(int argc, char **argv)
                                        {NULL, 0, NULL, 0}};
     int c;
     const char *snapshot = NULL;
-    while ((c = getopt_long(argc, argv, "hf:O:o:cpS:nm:Wt:T:B:F:qUl:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:O:o:cpS:nm:Wt:T:B:F:qUl:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
@@ -118,7 +118,7 @@ int verb_convert(int argc, char **argv)
                    "Copy (and concatenate) images into OUTPUT, converting the format. Holes and zero runs of -S bytes\n"
                    "(default 4k) are not written; -c compresses (formats that support it); -m runs N requests in parallel.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     if (o_is_help(opts)) {
@@ -127,7 +127,7 @@ int verb_convert(int argc, char **argv)
         return 0;
     }
     if (argc - optind < 2) {
-        vbd_error_report("Expecting image file name");
+        vbd_error_report("Must specify image file name");
         return 1;
     }
     if (target_zero && !no_create) {

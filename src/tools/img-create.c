@@ -11,7 +11,7 @@ int verb_create(int argc, char **argv)
     bool quiet = false, unsafe = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"object", required_argument, NULL, OPT_OBJECT}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "F:b:f:ho:qu", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":F:b:f:ho:qu", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'b': backing = optarg; break;
@@ -24,7 +24,7 @@ int verb_create(int argc, char **argv)
                    "Create a new image FILENAME of format FMT (default raw) and SIZE bytes (k, M, G, T, P, E suffixes).\n"
                    "  -o help lists the format's options; -b/-F set a backing file; -u skips opening it.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     if (o_is_help(opts)) {
@@ -33,8 +33,8 @@ int verb_create(int argc, char **argv)
         return 0;
     }
     if (optind >= argc) {
-        vbd_error_report("Expecting image file name");
-        return 1;
+        json_object_put(opts);
+        return img_usage_error("Expecting image file name");
     }
     const char *filename = argv[optind++];
     const struct vbd_driver *drv = vbd_driver_find(fmt);
@@ -60,8 +60,8 @@ int verb_create(int argc, char **argv)
         optind++;
     }
     if (optind < argc) {
-        vbd_error_report("Unexpected argument: %s", argv[optind]);
-        return 1;
+        json_object_put(opts);
+        return img_usage_error("Unexpected argument: %s", argv[optind]);
     }
     if (backing)
         json_object_object_add(opts, "backing_file", json_object_new_string(backing));

@@ -11,7 +11,7 @@ int verb_dd(int argc, char **argv)
     bool force = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hf:O:U", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:O:U", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
@@ -20,7 +20,7 @@ int verb_dd(int argc, char **argv)
             printf("Usage: vbd-img dd [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output\n"
                    "Copy COUNT blocks of BS bytes (default 512) from INPUT, skipping SKIP blocks, into a new OUTPUT image.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     for (int i = optind; i < argc; i++) {
@@ -29,32 +29,24 @@ int verb_dd(int argc, char **argv)
             vbd_error_report("unrecognized operand %s", argv[i]);
             return 1;
         }
-        size_t kl = eq - argv[i];
+        int kl = (int)(eq - argv[i]);
         const char *v = eq + 1;
-        if (!strncmp(argv[i], "if", kl) && kl == 2)
+        if (!strncmp(argv[i], "if", (size_t)kl) && kl == 2)
             in = v;
-        else if (!strncmp(argv[i], "of", kl) && kl == 2)
+        else if (!strncmp(argv[i], "of", (size_t)kl) && kl == 2)
             out = v;
-        else if (!strncmp(argv[i], "bs", kl) && kl == 2) {
-            bs = tool_cvtnum(v);
-            if (bs <= 0 || bs > INT32_MAX) {
-                vbd_error_report("invalid number: '%s'", v);
+        else if (!strncmp(argv[i], "bs", (size_t)kl) && kl == 2) {
+            if ((bs = img_cvtnum("bs", v, 1, INT_MAX)) < 0)
                 return 1;
-            }
-        } else if (!strncmp(argv[i], "count", kl) && kl == 5) {
-            count = tool_cvtnum(v);
-            if (count < 0) {
-                vbd_error_report("invalid number: '%s'", v);
+        } else if (!strncmp(argv[i], "count", (size_t)kl) && kl == 5) {
+            if ((count = img_cvtnum("count", v, 0, INT64_MAX)) < 0)
                 return 1;
-            }
-        } else if (!strncmp(argv[i], "skip", kl) && kl == 4) {
-            skip = tool_cvtnum(v);
-            if (skip < 0) {
-                vbd_error_report("invalid number: '%s'", v);
+        } else if (!strncmp(argv[i], "skip", (size_t)kl) && kl == 4) {
+            if ((skip = img_cvtnum("skip", v, 0, INT64_MAX)) < 0)
                 return 1;
-            }
         } else {
-            vbd_error_report("unrecognized operand %s", argv[i]);
+            /* qemu-img names the operand's key only */
+            vbd_error_report("unrecognized operand %.*s", kl, argv[i]);
             return 1;
         }
     }
@@ -72,9 +64,9 @@ int verb_dd(int argc, char **argv)
     if (count >= 0 && (uint64_t)count * bs < end)
         end = (uint64_t)count * bs;
     if (start > end) {
-        vbd_error_report("cannot skip to specified offset");
-        vbd_node_unref(src);
-        return 1;
+        /* qemu-img reports it and goes on: an empty output, exit 0 */
+        vbd_error_report("%s: cannot skip to specified offset", in);
+        start = end;
     }
     uint64_t len = end - start;
     struct json_object *o = json_object_new_object();

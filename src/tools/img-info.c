@@ -161,7 +161,7 @@ int verb_info(int argc, char **argv)
         {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
         {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "f:hU", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:hU", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
@@ -172,11 +172,11 @@ int verb_info(int argc, char **argv)
             printf("Usage: vbd-img info [-f fmt] [--output=human|json] [--backing-chain] [-U] [--image-opts] filename\n"
                    "Print the format, sizes, backing file and format-specific data of an image.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     if (optind != argc - 1) {
-        vbd_error_report("Expecting one image file name");
+        img_usage_error("Expecting one image file name");
         return 1;
     }
     struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts,

@@ -52,7 +52,7 @@ int verb_map(int argc, char **argv)
         {"force-share", no_argument, NULL, 'U'},   {"start-offset", required_argument, NULL, 's'},
         {"max-length", required_argument, NULL, 'l'}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "f:hUs:l:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:hUs:l:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
@@ -64,11 +64,11 @@ int verb_map(int argc, char **argv)
             printf("Usage: vbd-img map [-f fmt] [--output=human|json] [-U] [--start-offset=N] [--max-length=N] filename\n"
                    "Print where the image's data is: allocated, zero, which layer of the backing chain, host offset.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     if (optind != argc - 1) {
-        vbd_error_report("Expecting one image file name");
+        img_usage_error("Expecting one image file name");
         return 1;
     }
     struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);

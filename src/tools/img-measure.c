@@ -14,7 +14,7 @@ int verb_measure(int argc, char **argv)
                                        {"size", required_argument, NULL, OPT_SIZE}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hf:O:o:U", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:O:o:U", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
@@ -23,22 +23,22 @@ int verb_measure(int argc, char **argv)
         case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case OPT_SIZE:
-            size = tool_cvtnum(optarg);
-            if (size < 0) {
-                vbd_error_report("Invalid image size specified. You may use k, M, G, T, P or E suffixes for "
-                                 "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+            if ((size = img_cvtnum("image size", optarg, 0, INT64_MAX)) < 0)
                 return 1;
-            }
             break;
         case 'h':
             printf("Usage: vbd-img measure [--output=human|json] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]\n"
                    "Print how much space converting to OUTPUT_FMT needs (required and fully allocated).\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
     if (!out_fmt)
         out_fmt = "raw";
+    if (argc - optind > 1) {
+        vbd_error_report("At most one filename argument is allowed.");
+        return 1;
+    }
     if ((size >= 0) == (optind < argc)) {
         vbd_error_report(size >= 0 ? "--size N cannot be used together with a filename." : "Either --size N or one filename must be specified.");
         return 1;

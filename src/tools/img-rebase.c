@@ -11,7 +11,7 @@ int verb_rebase(int argc, char **argv)
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hf:F:b:upt:T:qU", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'F': backing_fmt = optarg; break;
@@ -26,13 +26,13 @@ int verb_rebase(int argc, char **argv)
                    "Change the backing file. Safe mode (default) first copies into the image every range where the\n"
                    "old and the new backing differ, so the guest-visible content stays the same; -u only rewrites the header.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
-    if (optind != argc - 1 || !backing) {
-        vbd_error_report(backing ? "Expecting one image file name" : "Must specify backing file (-b) or use unsafe mode (-u)");
-        return 1;
-    }
+    if (optind != argc - 1)
+        return img_usage_error("Expecting one image file name");
+    if (!backing)
+        return img_usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
     struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
                                      VBD_OPEN_RDWR | (unsafe ? VBD_OPEN_NO_BACKING : 0), NULL, NULL);
     if (!top)

@@ -16,7 +16,7 @@ int verb_resize(int argc, char **argv)
     const char *neg_size = NULL;
     if (argc > 2 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' && argv[argc - 1][1] <= '9')
         neg_size = argv[--argc];
-    while ((c = getopt_long(argc, argv, "hf:q", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:q", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'q': quiet = true; break;
@@ -27,13 +27,13 @@ int verb_resize(int argc, char **argv)
             printf("Usage: vbd-img resize [-f fmt] [--preallocation=off|falloc|full] [--shrink] [-q] filename [+|-]size\n"
                    "Grow or (with --shrink) shrink the image's virtual size.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
-    if (argc - optind != (neg_size ? 1 : 2)) {
-        vbd_error_report("Expecting image file name and size");
-        return 1;
-    }
+    if (argc - optind < (neg_size ? 1 : 2))
+        return img_usage_error("Not enough arguments");
+    if (argc - optind != (neg_size ? 1 : 2))
+        return img_usage_error("Expecting image file name and size");
     const char *ss = neg_size ? neg_size : argv[optind + 1];
     int sign = 0;
     if (*ss == '+' || *ss == '-')
@@ -42,8 +42,10 @@ int verb_resize(int argc, char **argv)
     struct vbd_error *err = NULL;
     if (vbd_parse_size(ss, &delta, &err) < 0) {
         vbd_error_free(err);
-        vbd_error_report("Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, "
-                         "megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        /* qemu-img resize parses the size as a QemuOpt: its message */
+        vbd_error_report("Parameter 'size' expects a non-negative number below 2^64");
+        fprintf(stderr, "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                        "and exabytes, respectively.\n");
         return 1;
     }
     int prealloc = -1;

@@ -12,12 +12,11 @@ int verb_snapshot(int argc, char **argv)
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "hlc:a:d:f:qU", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hlc:a:d:f:qU", lo, NULL)) != -1) {
         switch (c) {
         case 'l': case 'c': case 'a': case 'd':
             if (action) {
-                vbd_error_report("Cannot mix '-l', '-a', '-c', '-d'");
-                return 1;
+                return img_usage_error("Cannot mix '-l', '-a', '-c', '-d'");
             }
             action = (char)c;
             name = optarg;
@@ -30,13 +29,14 @@ int verb_snapshot(int argc, char **argv)
             printf("Usage: vbd-img snapshot [-l | -a snapshot | -c snapshot | -d snapshot] [-f fmt] [-q] [-U] filename\n"
                    "List, apply (revert to), create or delete internal snapshots.\n");
             return 0;
-        default: return 1;
+        default: return img_bad_option(c, argv);
         }
     }
-    if (optind != argc - 1 || !action) {
-        vbd_error_report(action ? "Expecting one image file name" : "One of -l, -a, -c, -d is required");
-        return 1;
-    }
+    if (optind != argc - 1)
+        return img_usage_error("Expecting one image file name");
+    /* no action lists, as in qemu-img */
+    if (!action)
+        action = 'l';
     unsigned flags = action == 'l' ? (force ? VBD_OPEN_FORCE_SHARE : 0) : VBD_OPEN_RDWR;
     struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!n)

@@ -37,6 +37,17 @@ enum {
 
 /* img-common.c */
 bool parse_output(const char *s, bool *json);
+/* qemu-img's error_exit: the message, then "Try 'vbd-img --help' for more
+ * information"; returns 1 (every verb's exit code for a bad command line,
+ * compare's too) */
+int img_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* getopt_long's ':' (an option without its argument) or '?' (an unknown
+ * option), reported as qemu-img does; the optstrings start with ':' */
+int img_bad_option(int c, char **argv);
+/* qemu-img's cvtnum_full: S as a size (k, M, G... suffixes) within
+ * [MIN, MAX], or -1 after "Invalid NAME specified. ..." (qemu-img's two
+ * lines for a bad number, one for one out of range) */
+int64_t img_cvtnum(const char *name, const char *s, int64_t min, int64_t max);
 int add_o(struct json_object **opts, const char *s);
 bool o_is_help(struct json_object *opts);
 void print_create_help(const char *fmt);
