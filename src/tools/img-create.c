@@ -1,8 +1,165 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vbd-img create.
+ * vbd-img create: the checks, messages and "Formatting" line of qemu-img
+ * 7.2's bdrv_img_create, in its order.
  */
 #include "img.h"
+
+/*
+ * The "Formatting" line lists the options as qemu-img does: in the order of
+ * QEMU's creation option list of the format, then the file protocol's, each
+ * with the value given or, if none, QEMU's printed default (NAME=DEFAULT; a
+ * bare NAME has none). Options vbd knows that QEMU does not follow.
+ */
+static const char *const formatting_order[][2] = {
+    {"qcow2", "cluster_size=65536 extended_l2=off preallocation compression_type=zlib size compat backing_file "
+              "backing_fmt data_file data_file_raw lazy_refcounts=off refcount_bits=16"},
+    {"raw", "size"},
+    {"vmdk", "size adapter_type backing_file backing_fmt compat6=off hwversion=undefined toolsversion subformat "
+             "zeroed_grain"},
+    {"vpc", "size subformat force_size"},
+    {"vhdx", "size log_size=1048576 block_size=0 subformat block_state_zero"},
+    {"vdi", "size static=off"},
+    {"qed", "size backing_file backing_fmt cluster_size=65536 table_size"},
+    {"parallels", "size cluster_size=1048576"},
+};
+static const char protocol_order[] = "preallocation nocow extent_size_hint";
+
+static const struct vbd_opt_desc *find_desc(const struct vbd_driver *drv, const char *name)
+{
+    for (const struct vbd_opt_desc *o = drv->create_opts; o && o->name; o++)
+        if (!strcmp(o->name, name))
+            return o;
+    return NULL;
+}
+
+/* KEY is an option of the format or of a protocol (QEMU merges the two lists) */
+static bool known_option(const struct vbd_driver *drv, const char *key)
+{
+    if (find_desc(drv, key))
+        return true;
+    for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
+        if ((*d)->kind == VBD_DRV_PROTOCOL && find_desc(*d, key))
+            return true;
+    return false;
+}
+
+/* the dotted name of an option given as KEY.SUB=... (the keyval parser nests it) */
+static void option_path(const char *key, struct json_object *v, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", key);
+    while (json_object_is_type(v, json_type_object)) {
+        struct json_object *next = NULL;
+        json_object_object_foreach(v, k, sub) {
+            size_t l = strlen(buf);
+            snprintf(buf + l, len - l, ".%s", k);
+            next = sub;
+            break;
+        }
+        v = next;
+    }
+}
+
+static void print_value(const struct vbd_driver *drv, const char *name, struct json_object *v)
+{
+    const struct vbd_opt_desc *d = find_desc(drv, name);
+    const char *s = json_object_get_string(v);
+    uint64_t n;
+    struct vbd_error *err = NULL;
+    /* QEMU prints numbers and sizes it parsed as plain numbers (64k as 65536) */
+    if (d && (d->type == VBD_OPT_SIZE || d->type == VBD_OPT_NUMBER) && vbd_parse_size(s, &n, &err) == 0) {
+        printf(" %s=%llu", name, (unsigned long long)n);
+        return;
+    }
+    vbd_error_free(err);
+    printf(" %s=", name);
+    /* and strings with their commas doubled, as on a command line */
+    for (; *s; s++)
+        fputs(*s == ',' ? ",," : (char[2]){*s, 0}, stdout);
+}
+
+/* print NAME's value or QEMU's default for it (TOKEN is NAME[=DEFAULT]) unless printed already */
+static void print_token(const struct vbd_driver *drv, struct json_object *opts, struct json_object *done,
+                        const char *token, size_t len)
+{
+    char name[64];
+    const char *eq = memchr(token, '=', len);
+    size_t nl = eq ? (size_t)(eq - token) : len;
+    snprintf(name, sizeof(name), "%.*s", (int)nl, token);
+    if (json_object_object_get_ex(done, name, NULL))
+        return;
+    json_object_object_add(done, name, NULL);
+    struct json_object *v = vbd_opt_get(opts, name);
+    if (v)
+        print_value(drv, name, v);
+    else if (eq)
+        printf(" %.*s", (int)len, token);
+}
+
+static void print_formatting(const struct vbd_driver *drv, const char *filename, struct json_object *opts)
+{
+    const char *order = NULL;
+    for (size_t i = 0; i < sizeof(formatting_order) / sizeof(formatting_order[0]); i++)
+        if (!strcmp(formatting_order[i][0], drv->name))
+            order = formatting_order[i][1];
+    struct json_object *done = json_object_new_object();
+    printf("Formatting '%s', fmt=%s", filename, drv->name);
+    for (const char *list = order ? order : ""; list; list = list == protocol_order ? NULL : protocol_order) {
+        for (const char *p = list; *p;) {
+            size_t len = strcspn(p, " ");
+            print_token(drv, opts, done, p, len);
+            p += len;
+            while (*p == ' ')
+                p++;
+        }
+    }
+    /* the format's options in vbd's order when QEMU's is not known, then the rest */
+    for (const struct vbd_opt_desc *o = drv->create_opts; o && o->name; o++)
+        print_token(drv, opts, done, o->name, strlen(o->name));
+    json_object_object_foreach(opts, k, v) {
+        (void)v;
+        print_token(drv, opts, done, k, strlen(k));
+    }
+    json_object_put(done);
+    printf("\n");
+    fflush(stdout);
+}
+
+/* the backing file, opened as QEMU's bdrv_img_create does (to check it and
+ * take the size from it); its format when -F names none */
+static int check_backing(const char *filename, const char *bf, const char *bfmt, uint64_t *size, bool want_size)
+{
+    /* relative to the new image */
+    char path[4096];
+    if (bf[0] != '/' && strchr(filename, '/'))
+        snprintf(path, sizeof(path), "%.*s/%s", (int)(strrchr(filename, '/') - filename), filename, bf);
+    else
+        snprintf(path, sizeof(path), "%s", bf);
+    struct json_object *o = NULL;
+    if (bfmt) {
+        o = json_object_new_object();
+        json_object_object_add(o, "driver", json_object_new_string(bfmt));
+    }
+    struct vbd_error *err = NULL;
+    struct vbd_node *bn = vbd_open(path, o, VBD_OPEN_FORCE_SHARE, &err);
+    if (!bn) {
+        vbd_error_report("%s: %s", filename, err ? err->msg : "Could not open backing file");
+        fprintf(stderr, "Could not open backing image.\n");
+        vbd_error_free(err);
+        return -1;
+    }
+    if (!bfmt) {
+        /* qemu-img 7.2 wants the backing format named; its hint has no newline */
+        vbd_error_report("%s: Backing file specified without backing format", filename);
+        fprintf(stderr, "Detected format of %s.", vbd_node_skip_filters(bn)->drv->name);
+        vbd_node_unref(bn);
+        return -1;
+    }
+    if (want_size)
+        *size = bn->size;
+    vbd_node_unref(bn);
+    return 0;
+}
 
 int verb_create(int argc, char **argv)
 {
@@ -10,105 +167,129 @@ int verb_create(int argc, char **argv)
     struct json_object *opts = NULL;
     bool quiet = false, unsafe = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"object", required_argument, NULL, OPT_OBJECT}, {NULL, 0, NULL, 0}};
-    int c;
+    int c, rc = 1;
     while ((c = getopt_long(argc, argv, ":F:b:f:ho:qu", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'b': backing = optarg; break;
         case 'F': backing_fmt = optarg; break;
-        case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
+        case 'o': if (add_o(&opts, optarg) < 0) goto out; break;
         case 'q': quiet = true; break;
         case 'u': unsafe = true; break;
         case 'h':
-            printf("Usage: vbd-img create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
+            printf("Usage: vbd-img create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]\n"
                    "Create a new image FILENAME of format FMT (default raw) and SIZE bytes (k, M, G, T, P, E suffixes).\n"
                    "  -o help lists the format's options; -b/-F set a backing file; -u skips opening it.\n");
-            return 0;
-        default: return img_bad_option(c, argv);
+            rc = 0;
+            goto out;
+        default: rc = img_bad_option(c, argv); goto out;
         }
     }
     if (o_is_help(opts)) {
         print_create_help(fmt);
-        json_object_put(opts);
-        return 0;
+        rc = 0;
+        goto out;
     }
     if (optind >= argc) {
-        json_object_put(opts);
-        return img_usage_error("Expecting image file name");
+        rc = img_usage_error("Expecting image file name");
+        goto out;
     }
     const char *filename = argv[optind++];
+    uint64_t size = 0, print_size = 0;
+    bool have_size = false;
+    if (optind < argc) {
+        int64_t s = img_cvtnum("image size", argv[optind++], 0, INT64_MAX);
+        if (s < 0)
+            goto out;
+        print_size = (uint64_t)s;
+        size = (print_size + 511) & ~511ull; /* qemu-img's drivers round up to whole sectors */
+        have_size = true;
+    }
+    if (optind < argc) {
+        rc = img_usage_error("Unexpected argument: %s", argv[optind]);
+        goto out;
+    }
     const struct vbd_driver *drv = vbd_driver_find(fmt);
     if (!drv || drv->kind != VBD_DRV_FORMAT) {
-        vbd_error_report("Unknown file format '%s'", fmt);
-        return 1;
+        vbd_error_report("%s: Unknown file format '%s'", filename, fmt);
+        goto out;
     }
     if (!opts)
         opts = json_object_new_object();
-    uint64_t size = 0;
-    bool have_size = false;
-    if (optind < argc) {
-        struct vbd_error *err = NULL;
-        if (vbd_parse_size(argv[optind], &size, &err) < 0) {
-            vbd_error_free(err);
-            vbd_error_report("Invalid image size specified. You may use k, M, G, T, P or E suffixes for "
-                             "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-            json_object_put(opts);
-            return 1;
+    json_object_object_foreach(opts, k, v) {
+        if (!known_option(drv, k)) {
+            char path[256];
+            option_path(k, v, path, sizeof(path));
+            vbd_error_report("%s: Invalid parameter '%s'", filename, path);
+            goto out;
         }
-        have_size = true;
-        size = (size + 511) & ~511ull; /* qemu-img rounds up to whole sectors */
-        optind++;
     }
-    if (optind < argc) {
-        json_object_put(opts);
-        return img_usage_error("Unexpected argument: %s", argv[optind]);
+    struct json_object *so = vbd_opt_get(opts, "size");
+    if (so && have_size) {
+        vbd_error_report("%s: The image size must be specified only once", filename);
+        goto out;
+    }
+    if (so) {
+        struct vbd_error *err = NULL;
+        if (vbd_parse_size(json_object_get_string(so), &size, &err) < 0) {
+            vbd_error_report("%s: %s", filename, err ? err->msg : "Invalid size");
+            vbd_error_free(err);
+            goto out;
+        }
+        print_size = size;
+        size = (size + 511) & ~511ull;
+        have_size = true;
+    }
+    if ((backing && !find_desc(drv, "backing_file")) || (backing_fmt && !find_desc(drv, "backing_fmt"))) {
+        vbd_error_report("%s: Backing file%s not supported for file format '%s'", filename,
+                         backing && !find_desc(drv, "backing_file") ? "" : " format", fmt);
+        goto out;
     }
     if (backing)
         json_object_object_add(opts, "backing_file", json_object_new_string(backing));
     if (backing_fmt)
         json_object_object_add(opts, "backing_fmt", json_object_new_string(backing_fmt));
     struct json_object *b = vbd_opt_get(opts, "backing_file");
-    if (!have_size && !vbd_opt_get(opts, "size")) {
-        if (!b || unsafe) {
-            vbd_error_report("Image creation needs a size parameter");
-            json_object_put(opts);
-            return 1;
-        }
-        /* size from the backing file, resolved relative to the new image */
-        const char *bf = json_object_get_string(b);
-        char path[4096];
-        if (bf[0] != '/' && strchr(filename, '/'))
-            snprintf(path, sizeof(path), "%.*s/%s", (int)(strrchr(filename, '/') - filename), filename, bf);
-        else
-            snprintf(path, sizeof(path), "%s", bf);
-        struct json_object *bfo = vbd_opt_get(opts, "backing_fmt");
-        struct vbd_node *bn = tool_open(path, bfo ? json_object_get_string(bfo) : NULL, false, VBD_OPEN_NO_BACKING, NULL, NULL);
-        if (!bn) {
-            json_object_put(opts);
-            return 1;
-        }
-        size = bn->size;
-        vbd_node_unref(bn);
-        have_size = true;
+    struct json_object *bfo = vbd_opt_get(opts, "backing_fmt");
+    const char *bf = b ? json_object_get_string(b) : NULL;
+    if (bf && !strcmp(bf, filename)) {
+        vbd_error_report("%s: Error: Trying to create an image with the same filename as the backing file", filename);
+        goto out;
     }
-    if (have_size)
-        json_object_object_add(opts, "size", json_object_new_int64((int64_t)size));
+    if (bf && !*bf) {
+        vbd_error_report("%s: Expected backing file name, got empty string", filename);
+        goto out;
+    }
+    if (bf && !unsafe) {
+        uint64_t bsize = 0;
+        if (check_backing(filename, bf, bfo ? json_object_get_string(bfo) : NULL, &bsize, !have_size) < 0)
+            goto out;
+        if (!have_size) {
+            size = print_size = bsize;
+            have_size = true;
+        }
+    } else if (bf && !bfo) {
+        vbd_error_report("%s: Backing file specified without backing format", filename);
+        goto out;
+    }
+    if (!have_size) {
+        vbd_error_report("%s: Image creation needs a size parameter", filename);
+        goto out;
+    }
     if (!quiet) {
-        printf("Formatting '%s', fmt=%s", filename, fmt);
-        json_object_object_foreach(opts, k, v) {
-            if (strcmp(k, "size"))
-                printf(" %s=%s", k, json_object_get_string(v));
-        }
-        struct json_object *sz = vbd_opt_get(opts, "size");
-        printf(" size=%s\n", sz ? json_object_get_string(sz) : "0");
+        json_object_object_add(opts, "size", json_object_new_int64((int64_t)print_size));
+        print_formatting(drv, filename, opts);
     }
+    json_object_object_add(opts, "size", json_object_new_int64((int64_t)size));
     struct vbd_error *err = NULL;
-    int rc = vbd_image_co_create(fmt, filename, opts, &err);
-    json_object_put(opts);
-    if (rc < 0) {
-        vbd_error_report("%s: %s", filename, err ? err->msg : strerror(-rc));
+    int crc = vbd_image_co_create(fmt, filename, opts, &err);
+    if (crc < 0) {
+        vbd_error_report("%s: %s", filename, err ? err->msg : strerror(-crc));
         vbd_error_free(err);
-        return 1;
+        goto out;
     }
-    return 0;
+    rc = 0;
+out:
+    json_object_put(opts);
+    return rc;
 }

@@ -189,7 +189,7 @@ qcheck -f vmdk z.vmdk
 step "backing file through parentFileNameHint"
 must qemu-img create -q -f vmdk base.vmdk 8M
 must qemu-io -f vmdk -c 'write -P 0xb1 0 8M' base.vmdk >/dev/null
-must "$VBD_IMG" create -q -f vmdk -o backing_file=base.vmdk top.vmdk 8M
+must "$VBD_IMG" create -q -f vmdk -o backing_file=base.vmdk,backing_fmt=vmdk top.vmdk 8M
 must qemu-img info --output=json top.vmdk >qi.json
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(d.get("backing-filename") != "base.vmdk")' qi.json || fail "qemu-img sees no backing file"
 must "$VBD_IO" -f vmdk -c 'write -P 0xc2 100000 5000' top.vmdk >/dev/null

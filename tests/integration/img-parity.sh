@@ -24,8 +24,9 @@ same() {
     done
     (cd q && qemu-img "$@" >../q.out 2>../q.err </dev/null; echo "exit $?" >>../q.out)
     (cd v && "$VBD_IMG" "$@" >../v.out 2>../v.err </dev/null; echo "exit $?" >>../v.out)
-    sed -i 's/qemu-img/TOOL/g' q.out q.err
-    sed -i 's/vbd-img/TOOL/g' v.out v.err
+    # qemu-img ends some hints without a newline
+    sed -i -e 's/qemu-img/TOOL/g' -e '$a\' q.out q.err
+    sed -i -e 's/vbd-img/TOOL/g' -e '$a\' v.out v.err
     diff -u q.out v.out || fail "stdout/exit differ: $*"
     diff -u q.err v.err || fail "stderr differs: $*"
     [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] || fail "files left differ: $*: qemu $(cd q && ls -A | xargs), vbd $(cd v && ls -A | xargs)"
@@ -80,6 +81,47 @@ step "bad sizes"
 same measure -O qcow2 --size 1Q
 same resize a.qcow2 1Q
 same resize -f raw a.raw 12x
+
+step "create: the Formatting line (QEMU's option order, defaults, values as parsed), the checks before it"
+same create -f qcow2 n.qcow2 1G
+same create -f qcow2 n.qcow2 100
+same create -f raw -o preallocation=falloc n.raw 100
+for f in raw qcow2 vmdk vpc vhdx vdi qed parallels; do
+    same create -f $f n.$f 1M
+done
+same create -f qcow2 -o cluster_size=4k,extended_l2=on,preallocation=metadata,compat=1.1,data_file=d,data_file_raw=on,lazy_refcounts=on,refcount_bits=8,compression_type=zlib n.qcow2 1M
+same create -f qcow2 -o cluster_size=64k,lazy_refcounts=true,compat=v3 n.qcow2 1.5M
+same create -f qcow2 -o size=2M n.qcow2
+same create -f vmdk -o adapter_type=lsilogic,compat6=on,subformat=monolithicFlat,zeroed_grain=on n.vmdk 1M
+same create -f vpc -o subformat=fixed,force_size=on n.vpc 1M
+same create -f vhdx -o log_size=1M,block_size=1M,subformat=fixed,block_state_zero=off n.vhdx 1M
+same create -f vdi -o static=on n.vdi 1M
+same create -f qed -o backing_file=a.qcow2,backing_fmt=qcow2,cluster_size=64k,table_size=4 n.qed
+same create -f parallels -o cluster_size=64k n.parallels 1M
+same create -f qcow2 -b a.qcow2 -F qcow2 n.qcow2
+same create -f qcow2 -b a.raw -F raw n.qcow2 1G
+same create -f qcow2 -u -b nosuch -F qcow2 n.qcow2 1G
+same create -f qcow2 -b 'a,b' -F qcow2 -u n.qcow2 1G
+# refused: nothing is written
+same create -f qcow2 -b a.qcow2 n.qcow2
+same create -f qcow2 -b a.raw n.qcow2 1G
+same create -f qcow2 -u -b nosuch n.qcow2 1G
+same create -f vmdk -o backing_file=a.qcow2 n.vmdk 1M
+same create -f qcow2 -b nosuch -F qcow2 n.qcow2 1G
+same create -f qcow2 -b nosuch -F qcow2 n.qcow2
+same create -f qcow2 -b n.qcow2 -F qcow2 n.qcow2 1G
+same create -f qcow2 -b a.qcow2 -F qcow2 a.qcow2 1G
+same create -f qcow2 -o backing_file= n.qcow2 1G
+same create -f qcow2 -b a.qcow2 -F qcow2 -o size=2M n.qcow2 1M
+same create -f raw -b a.raw r.raw 1M
+same create -f raw -F raw r.raw 1M
+same create -f parallels -o backing_file=x n.parallels 1M
+same create -f qcow2 -o bogus=1 n.qcow2 1M
+same create -f foo n 1M
+same create -f qcow2 n.qcow2
+same create -f qcow2 n.qcow2 1Q
+same create -f qcow2 n.qcow2 -- -1
+same create -f qcow2 -u -b a.qcow2 -F qcow2 n.qcow2
 
 step "dd operands"
 same dd if=a.raw of=d.raw bogus=1
