@@ -150,7 +150,7 @@ stop_daemon() {
     ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
     dpid=
 }
-# nbd_raw_daemon [-l LOG] [-o NODE-OPTS] IMG ADDR [ARGS...]: vbd-daemon in
+# nbd_raw_daemon [-l LOG] [-o NODE-OPTS] [-w "CMD ARGS"] IMG ADDR [ARGS...]: vbd-daemon in
 # the background serving the raw image IMG over NBD (file node file0, raw
 # node disk0 on it, NODE-OPTS such as ",discard=unmap" appended to both) at
 # ADDR, a unix socket path or tcp:PORT (127.0.0.1). ARGS: the rest of the
@@ -158,11 +158,13 @@ stop_daemon() {
 # as "disk". Returns once the socket exists or the port accepts, fails if
 # the daemon exits first; pid in $dpid (killed at exit; stop_daemon stops
 # it when ADDR is $S and LOG the default), stderr in LOG (default
-# $T/daemon.log, started afresh).
+# $T/daemon.log, started afresh). -w: the daemon runs as CMD ARGS vbd-daemon
+# ..., CMD ARGS split at blanks (a wrapper such as bench/syscall-tax OPTS --
+# that execs its command, so $dpid is the daemon's pid).
 nbd_raw_daemon() {
-    local log=$T/daemon.log opts= img addr nbd sock= port=
+    local log=$T/daemon.log opts= img addr nbd sock= port= wrap=()
     while :; do
-        case $1 in -l) log=$2; shift 2 ;; -o) opts=$2; shift 2 ;; *) break ;; esac
+        case $1 in -l) log=$2; shift 2 ;; -o) opts=$2; shift 2 ;; -w) read -ra wrap <<<"$2"; shift 2 ;; *) break ;; esac
     done
     img=$1 addr=$2; shift 2
     case $addr in
@@ -171,7 +173,7 @@ nbd_raw_daemon() {
     esac
     [ $# -gt 0 ] || set -- --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
     : >"$log"
-    "$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img$opts" \
+    "${wrap[@]}" "$VBD_DAEMON" --blockdev driver=file,node-name=file0,filename="$img$opts" \
         --blockdev driver=raw,node-name=disk0,file=file0$opts --nbd-server "$nbd" "$@" 2>>"$log" &
     dpid=$!
     on_exit "kill -9 $dpid 2>/dev/null"

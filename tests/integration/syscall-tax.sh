@@ -43,33 +43,25 @@ img=$T/disk.raw
 qemu-img create -q -f raw "$img" 64M
 must qemu-io -f raw -c 'write -P 0x5a 0 64M' "$img" >/dev/null
 sock=$T/nbd.sock
-spid=
-on_exit '[ -z "$spid" ] || kill -9 $spid 2>/dev/null'
-# serve ADDR URI: vbd-daemon, wrapped, exporting $img writable as "disk"
-serve() {
-    rm -f "$sock"
-    "${TAX[@]}" "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
-        --nbd-server "$1" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >"$T/daemon.log" 2>&1 &
-    spid=$!
-    for _ in $(seq 200); do nbdinfo --size "$2" >/dev/null 2>&1 && return; sleep 0.05; done
-    cat "$T/daemon.log"; fail "vbd-daemon did not start under the wrapper"
-}
-unserve() { kill -TERM $spid; wait $spid || fail "vbd-daemon exit status $? after SIGTERM"; spid=; }
+# serve ADDR: vbd-daemon, wrapped, exporting $img writable as "disk" on a
+# unix socket path or tcp:PORT; its pid in $dpid
+serve() { nbd_raw_daemon -w "${TAX[*]}" "$img" "$1"; }
+unserve() { kill -TERM $dpid; wait $dpid || fail "vbd-daemon exit status $? after SIGTERM"; dpid=; }
 # every thread of the server carries the filters
 threads_taxed() {
     local f
-    for f in /proc/$spid/task/*/status; do
+    for f in /proc/$1/task/*/status; do
         grep -qx $'Seccomp:\t2' "$f" || fail "thread ${f%/status} of vbd-daemon has no filter"
     done
 }
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 for t in unix tcp; do
-    addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
-    [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$port" uri="nbd://127.0.0.1:$port/disk"
+    addr=$sock uri="nbd+unix:///disk?socket=$sock"
+    [ $t = tcp ] && addr=tcp:$port uri="nbd://127.0.0.1:$port/disk"
     step "$t: NBD server and clients wrapped: vbd-bench --verify, qemu-io patterns, nbdcopy, qemu-img compare"
-    serve "$addr" "$uri"
-    threads_taxed
+    serve "$addr"
+    threads_taxed $dpid
     must "${TAX[@]}" "$VBD_BENCH" --nbd "$uri" --verify --size 16M -d 16 >/dev/null
     must "${TAX[@]}" "$VBD_BENCH" --nbd "$uri" --verify --size 8M -d 8 -b 256k -q 2 >/dev/null
     # qemu-io over the same socket: 1M reads (the server's zero-copy read
@@ -86,14 +78,15 @@ done
 step "vhost-user-blk: server and vbd-bench wrapped, --verify with 2 queues"
 vsock=$T/vu.sock
 rm -f "$vsock"
+on_exit 'kill -9 $dpid 2>/dev/null'
 "${TAX[@]}" "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
     --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$vsock",writable=on,num-queues=2 \
     >"$T/daemon.log" 2>&1 &
-spid=$!
+dpid=$!
 for _ in $(seq 200); do [ -S "$vsock" ] && break; sleep 0.05; done
 [ -S "$vsock" ] || { cat "$T/daemon.log"; fail "vhost-user export did not start"; }
 must "${TAX[@]}" "$VBD_BENCH" --vhost-user "$vsock" --verify -q 2 -d 16 --size 16M >/dev/null
-threads_taxed
+threads_taxed $dpid
 unserve
 # vbd-bench's pattern (8-byte words from their offset) is in the file
 python3 - "$img" <<'PY' || fail "the vhost-user verify pattern is not in the image"
