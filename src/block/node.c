@@ -372,10 +372,13 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
             goto out;
         }
         if ((drv->caps & VBD_DRV_CAP_PROBE_FALLBACK) && (flags & VBD_OPEN_RDWR) && getenv("VBD_QUIET_PROBE") == NULL)
-            vbd_warn("Image format was not specified for '%s' and probing guessed raw. "
-                     "Automatically detecting the format is dangerous for raw images, write operations on "
-                     "block 0 will be restricted. Specify the 'raw' format explicitly to remove the restrictions.",
-                     proto->filename);
+            /* QEMU's three lines, word for word (scripts filter them) */
+            fprintf(stderr,
+                    "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
+                    "         Automatically detecting the format is dangerous for raw images, write operations on "
+                    "block 0 will be restricted.\n"
+                    "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+                    proto->filename);
         json_object_object_add(opts, "file", json_object_new_string(proto->node_name));
         result = node_create(drv, filename, opts, flags, err);
         vbd_node_unref(proto); /* the format node holds its own reference */

@@ -54,9 +54,24 @@ int verb_rebase(int argc, char **argv)
             *slash = 0;
             snprintf(path, sizeof(path), "%s/%s", dir, backing);
         }
-        nb = tool_open(path, fmt_or_null(backing_fmt), false, 0, NULL, NULL);
-        if (!nb)
+        struct json_object *o = NULL;
+        if (fmt_or_null(backing_fmt)) {
+            o = json_object_new_object();
+            json_object_object_add(o, "driver", json_object_new_string(backing_fmt));
+        }
+        struct vbd_error *oerr = NULL;
+        nb = vbd_open(path, o, 0, &oerr);
+        if (!nb) {
+            vbd_error_report("Could not open new backing file '%s': %s", path, oerr ? oerr->msg : "failed");
+            vbd_error_free(oerr);
             goto out;
+        }
+    }
+    if (*backing && !backing_fmt) {
+        /* qemu-img 7.2 no longer takes the probed format for the header:
+         * refused, before anything is copied */
+        vbd_error_report("Could not change the backing file to '%s': backing format must be specified", backing);
+        goto out;
     }
     struct vbd_error *err = NULL;
     if (!unsafe) {

@@ -34,9 +34,6 @@ int verb_snapshot(int argc, char **argv)
     }
     if (optind != argc - 1)
         return img_usage_error("Expecting one image file name");
-    /* no action lists, as in qemu-img */
-    if (!action)
-        action = 'l';
     unsigned flags = action == 'l' ? (force ? VBD_OPEN_FORCE_SHARE : 0) : VBD_OPEN_RDWR;
     struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!n)
@@ -48,10 +45,17 @@ int verb_snapshot(int argc, char **argv)
         img = img->file;
     struct vbd_error *err = NULL;
     int rc = 0;
-    if (!img->drv->snapshot_list) {
-        vbd_error_report("Could not %s snapshot '%s': Operation not supported", action == 'l' ? "list" : action == 'c' ? "create" : action == 'a' ? "apply" : "delete",
-                         name ? name : "");
-        rc = 1;
+    if (!action) {
+        /* qemu-img opens the image (read-write) and does nothing */
+    } else if (!img->drv->snapshot_list) {
+        /* qemu-img's words for a format without snapshots: -l lists none */
+        if (action == 'c')
+            vbd_error_report("Could not create snapshot '%s': %d (%s)", name, -ENOTSUP, strerror(ENOTSUP));
+        else if (action == 'a')
+            vbd_error_report("Could not apply snapshot '%s': Block driver does not support snapshots", name);
+        else if (action == 'd')
+            vbd_error_report("Could not delete snapshot '%s': snapshot not found", name);
+        rc = action != 'l';
     } else if (action == 'l') {
         struct json_object *o = image_info_json(img, &err);
         struct json_object *sn;
@@ -75,15 +79,18 @@ int verb_snapshot(int argc, char **argv)
         sn.icount_valid = true; /* qemu-img snapshot -c records an icount of 0 */
         rc = img->drv->snapshot_create(img, &sn, &err) < 0;
         if (rc)
-            vbd_error_report("Could not create snapshot '%s': %s", name, err ? err->msg : "failed");
+            vbd_error_report("Could not create snapshot '%s': %d (%s)", name, -(err ? err->code : EIO),
+                             strerror(err ? err->code : EIO));
     } else if (action == 'a') {
         rc = img->drv->snapshot_goto(img, name, &err) < 0;
         if (rc)
-            vbd_error_report("Could not apply snapshot '%s': %s", name, err ? err->msg : "failed");
+            vbd_error_report("Could not apply snapshot '%s': Failed to load snapshot: %s", name,
+                             strerror(err ? err->code : EIO));
     } else {
         rc = img->drv->snapshot_delete(img, name, name, &err) < 0;
         if (rc)
-            vbd_error_report("Could not delete snapshot '%s': %s", name, err ? err->msg : "failed");
+            vbd_error_report("Could not delete snapshot '%s': %s", name,
+                             err && err->code == ENOENT ? "snapshot not found" : err ? err->msg : "failed");
     }
     vbd_error_free(err);
     (void)quiet;

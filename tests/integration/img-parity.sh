@@ -15,6 +15,10 @@ must qemu-img create -q -f raw base/a.raw 64M
 must qemu-io -f qcow2 -c 'write -P 1 0 1M' base/a.qcow2 >/dev/null
 must qemu-io -f raw -c 'write -P 1 0 1M' base/a.raw >/dev/null
 must qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 base/o.qcow2
+must qemu-img create -q -f qcow2 base/b.qcow2 64M
+must qemu-io -f qcow2 -c 'write -P 7 0 512k' base/b.qcow2 >/dev/null
+must qemu-img create -q -f qcow2 base/s.qcow2 64M
+must qemu-img snapshot -c s base/s.qcow2
 
 # same ARGS...: both tools run ARGS in fresh copies of base/
 same() {
@@ -73,9 +77,31 @@ same convert -O raw a.raw
 same snapshot -l -c s1 a.qcow2
 same dd if=a.raw
 
-step "no snapshot action lists"
+step "snapshot: no action does nothing; qemu-img's messages"
 same snapshot a.qcow2
+same snapshot s.qcow2
 same snapshot -c s1 a.qcow2
+same snapshot -a nos s.qcow2
+same snapshot -d nos s.qcow2
+same snapshot -l a.raw
+same snapshot -c s a.raw
+same snapshot -d s a.raw
+
+step "rebase: a new backing file needs its format (-F), in safe and unsafe mode"
+same rebase -b a.raw o.qcow2
+same rebase -u -b a.raw o.qcow2
+same rebase -b b.qcow2 o.qcow2
+same rebase -b nosuch o.qcow2
+same rebase -b nosuch -F qcow2 o.qcow2
+same rebase -u -b nosuch o.qcow2
+same rebase -b b.qcow2 -F qcow2 o.qcow2
+must qemu-img compare -q q/o.qcow2 v/o.qcow2
+same rebase -u -b b.qcow2 -F qcow2 o.qcow2
+same rebase -f raw -b b.qcow2 -F qcow2 a.raw
+
+step "a raw image probed for a write: qemu-img's warning"
+same resize a.raw 128M
+same rebase -b b.qcow2 -F qcow2 a.raw
 
 step "bad sizes"
 same measure -O qcow2 --size 1Q

@@ -238,7 +238,7 @@ must "$VBD_IMG" create -q -f qcow2 -o cluster_size=512 -b vd.qcow2 -F qcow2 smal
 qcheck small2.qcow2
 must_fail_with "compatibility level" "$VBD_IMG" create -q -f qcow2 -o data_file=x.raw,compat=0.10 x.qcow2 1M
 must_fail_with "requires data-file" "$VBD_IMG" create -q -f qcow2 -o data_file_raw=on x.qcow2 1M
-must_fail_with "external data file" "$VBD_IMG" snapshot -c s vd.qcow2
+must_fail_with "Could not create snapshot 's': -95 (Operation not supported)" "$VBD_IMG" snapshot -c s vd.qcow2
 mv vd.raw moved.raw
 must_fail_with "data file" "$VBD_IMG" info vd.qcow2
 "$VBD_IO" -r --image-opts -c 'read -P 2 10M 3k' driver=qcow2,file.filename=vd.qcow2,data-file.filename=moved.raw >/dev/null ||
