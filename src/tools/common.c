@@ -95,6 +95,18 @@ int tool_aio_flags(const char *aio, unsigned *flags)
     return -1;
 }
 
+bool tool_open_prefix_errors;
+
+/* the file protocol's failed open(2): "Could not open 'F': <strerror>" */
+static bool is_open_errno(const struct vbd_error *err)
+{
+    const char *tail = strerror(err->code);
+    size_t ml = strlen(err->msg), tl = strlen(tail);
+    /* a directory reads as qemu's single 'file' driver message would */
+    return err->code != EISDIR && !strncmp(err->msg, "Could not open '", 16) && ml > tl + 3 &&
+           !strcmp(err->msg + ml - tl, tail) && !strncmp(err->msg + ml - tl - 3, "': ", 3);
+}
+
 struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opts, unsigned flags,
                            const char *cache, bool *writethrough)
 {
@@ -122,7 +134,10 @@ struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opt
         json_object_object_add(opts, "driver", json_object_new_string(fmt));
     }
     struct vbd_node *n = vbd_open(filename, opts, flags, &err);
-    if (!n)
+    if (!n && err && filename && tool_open_prefix_errors && is_open_errno(err)) {
+        vbd_error_report("Could not open '%s': %s", filename, err->msg);
+        vbd_error_free(err);
+    } else if (!n)
         tool_report(err);
     return n;
 }

@@ -26,6 +26,11 @@ int tool_cache_flags(const char *cache, unsigned *flags, bool *writethrough);
 int tool_aio_flags(const char *aio, unsigned *flags);
 /* Print an error object as "prog: message" and free it. */
 void tool_report(struct vbd_error *err);
+/* Set by vbd-img: tool_open reports a file that cannot be opened as
+ * qemu-img does, "Could not open 'F': " before the protocol's own
+ * "Could not open 'F': <errno text>" (qemu-img's img_open prefixes every
+ * open error). */
+extern bool tool_open_prefix_errors;
 /* "[  42.00/100%]" progress on stderr-free stdout like qemu-img -p. */
 void tool_progress(double pct);
 void tool_progress_end(void);

@@ -91,21 +91,49 @@ bool o_is_help(struct json_object *opts)
     return opts && (json_object_object_get_ex(opts, "help", NULL) || json_object_object_get_ex(opts, "?", NULL));
 }
 
-void print_create_help(const char *fmt)
+static int cmp_desc(const void *a, const void *b)
+{
+    return strcmp((*(const struct vbd_opt_desc *const *)a)->name, (*(const struct vbd_opt_desc *const *)b)->name);
+}
+
+/* -o help as qemu-img prints it: sorted, NAME=<TYPE> - HELP; with a file
+ * name the protocol's options too ("Supported options:") */
+int print_create_help(const char *fmt, const char *filename)
 {
     const struct vbd_driver *d = vbd_driver_find(fmt);
-    if (!d) {
+    if (!d || d->kind != VBD_DRV_FORMAT) {
         vbd_error_report("Unknown file format '%s'", fmt);
-        return;
+        return 1;
     }
-    printf("Supported %s options:\n", fmt);
-    for (const struct vbd_opt_desc *o = d->create_opts; o && o->name; o++) {
-        static const char *const types[] = {"str", "bool", "num", "size"};
-        printf("  %-22s <%s>%s%s%s\n", o->name, types[o->type], o->help ? " - " : "", o->help ? o->help : "",
-               "");
-        if (o->def_value)
-            printf("  %-22s  (default: %s)\n", "", o->def_value);
+    const struct vbd_driver *proto = filename ? vbd_driver_find("file") : NULL;
+    const struct vbd_opt_desc *list[64];
+    size_t n = 0;
+    for (const struct vbd_driver *drv = d; drv; drv = drv == d ? proto : NULL)
+        for (const struct vbd_opt_desc *o = drv->create_opts; o && o->name && n < 64; o++) {
+            /* QEMU's raw passes preallocation to the protocol: listed with it */
+            bool dup = !proto && drv == d && !strcmp(d->name, "raw") && strcmp(o->name, "size");
+            for (size_t i = 0; i < n && !dup; i++)
+                dup = !strcmp(list[i]->name, o->name);
+            if (!dup)
+                list[n++] = o;
+        }
+    qsort(list, n, sizeof(list[0]), cmp_desc);
+    static const char *const types[] = {"str", "bool (on/off)", "num", "size"};
+    if (proto)
+        printf("Supported options:\n");
+    else
+        printf("Supported %s options:\n", fmt);
+    for (size_t i = 0; i < n; i++) {
+        char head[128];
+        snprintf(head, sizeof(head), "  %s=<%s>", list[i]->name, types[list[i]->type]);
+        if (list[i]->help)
+            printf("%-24s - %s\n", head, list[i]->help);
+        else
+            printf("%s\n", head);
     }
+    if (!proto)
+        printf("\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n");
+    return 0;
 }
 
 int img_print_progress(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written)

@@ -122,9 +122,9 @@ int verb_convert(int argc, char **argv)
         }
     }
     if (o_is_help(opts)) {
-        print_create_help(out_fmt);
+        int rc = print_create_help(out_fmt, argc - optind >= 2 ? argv[argc - 1] : NULL);
         json_object_put(opts);
-        return 0;
+        return rc;
     }
     if (argc - optind < 2) {
         vbd_error_report("Must specify image file name");

@@ -186,8 +186,7 @@ int verb_create(int argc, char **argv)
         }
     }
     if (o_is_help(opts)) {
-        print_create_help(fmt);
-        rc = 0;
+        rc = print_create_help(fmt, optind < argc ? argv[optind] : NULL);
         goto out;
     }
     if (optind >= argc) {

@@ -50,7 +50,7 @@ int img_bad_option(int c, char **argv);
 int64_t img_cvtnum(const char *name, const char *s, int64_t min, int64_t max);
 int add_o(struct json_object **opts, const char *s);
 bool o_is_help(struct json_object *opts);
-void print_create_help(const char *fmt);
+int print_create_help(const char *fmt, const char *filename);
 /* A vbd_imageops_ctl chunk_done that prints -p progress (tool_progress). */
 int img_print_progress(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written);
 static inline const char *fmt_or_null(const char *f) { return f && *f ? f : NULL; }

@@ -81,6 +81,7 @@ static void run_verb(void *opaque)
 int main(int argc, char **argv)
 {
     vbd_log_set_prog("vbd-img");
+    tool_open_prefix_errors = true;
     if (argc < 2) {
         usage(stderr);
         return 1;

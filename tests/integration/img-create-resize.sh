@@ -25,5 +25,6 @@ must "$VBD_IMG" resize -f raw --preallocation=full "$T/r" 6M >/dev/null
 step "measure agrees with qemu-img for a fresh size"
 diff <("$VBD_IMG" measure --output=json -O raw --size 1G) <(qemu-img measure --output=json -O raw --size 1G) || fail "measure differs"
 step "-o help lists the options"
-"$VBD_IMG" create -f raw -o help | grep -q preallocation || fail "-o help"
+# as qemu-img: preallocation is the protocol's, listed when a file name is given
+"$VBD_IMG" create -f raw -o help "$T/x.raw" | grep -q "^  preallocation=<str> " || fail "-o help"
 echo ok

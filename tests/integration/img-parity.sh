@@ -149,6 +149,17 @@ same create -f qcow2 n.qcow2 1Q
 same create -f qcow2 n.qcow2 -- -1
 same create -f qcow2 -u -b a.qcow2 -F qcow2 n.qcow2
 
+step "-o help: qemu-img's listing (sorted, NAME=<TYPE> - HELP; encryption, nocow and extent_size_hint are not vbd's)"
+for f in raw vmdk vpc vhdx vdi qed parallels; do
+    same create -f $f -o help
+    same create -f $f -o '?'
+    same convert -O $f -o help
+done
+same create -o help
+same convert -O raw -o help a.raw
+same create -f foo -o help
+same convert -O foo -o help
+
 step "dd operands"
 same dd if=a.raw of=d.raw bogus=1
 same dd if=a.raw of=d.raw foo

@@ -641,7 +641,7 @@ static const struct vbd_opt_desc qed_create_opts[] = {
     {"backing_file", VBD_OPT_STRING, "File name of a base image", NULL},
     {"backing_fmt", VBD_OPT_STRING, "Image format of the base image", NULL},
     {"cluster_size", VBD_OPT_SIZE, "Cluster size (in bytes)", "65536"},
-    {"table_size", VBD_OPT_NUMBER, "L1/L2 table size (in clusters)", "4"},
+    {"table_size", VBD_OPT_SIZE, "L1/L2 table size (in clusters)", "4"},
     {NULL, 0, NULL, NULL},
 };
 

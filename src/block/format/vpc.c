@@ -661,7 +661,7 @@ static int vpc_get_info(struct vbd_node *n, struct vbd_image_info *info, struct 
 
 static const struct vbd_opt_desc vpc_create_opts[] = {
     {"size", VBD_OPT_SIZE, "Virtual disk size", NULL},
-    {"subformat", VBD_OPT_STRING, "Type of virtual hard disk format. Supported formats are {dynamic (default) | fixed}", "dynamic"},
+    {"subformat", VBD_OPT_STRING, "Type of virtual hard disk format. Supported formats are {dynamic (default) | fixed} ", "dynamic"},
     {"force_size", VBD_OPT_BOOL,
      "Force disk size calculation to use the actual size specified, rather than using the nearest CHS-based calculation", "off"},
     {NULL, 0, NULL, NULL},

@@ -18,7 +18,7 @@ const struct vbd_opt_desc vhdx_create_opts[] = {
     {"block_size", VBD_OPT_SIZE, "Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.", "0"},
     {"subformat", VBD_OPT_STRING, "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'.", "dynamic"},
     {"block_state_zero", VBD_OPT_BOOL,
-     "Force use of payload blocks of type 'ZERO'. Non-standard, but default.  Do not set to 'off' when using 'qemu-img convert' with subformat=dynamic.",
+     "Force use of payload blocks of type 'ZERO'. Non-standard, but default.  Do not set to 'off' when using 'vbd-img convert' with subformat=dynamic.",
      "on"},
     {NULL, 0, NULL, NULL},
 };
