@@ -107,11 +107,21 @@ static bool is_open_errno(const struct vbd_error *err)
            !strcmp(err->msg + ml - tl, tail) && !strncmp(err->msg + ml - tl - 3, "': ", 3);
 }
 
+void tool_report_open(const char *shown, struct vbd_error *err)
+{
+    if (err && shown && tool_open_prefix_errors && is_open_errno(err)) {
+        vbd_error_report("Could not open '%s': %s", shown, err->msg);
+        vbd_error_free(err);
+    } else
+        tool_report(err);
+}
+
 struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opts, unsigned flags,
                            const char *cache, bool *writethrough)
 {
     struct vbd_error *err = NULL;
     struct json_object *opts = NULL;
+    const char *shown = filename; /* qemu-img names the option string of --image-opts too */
     if (tool_cache_flags(cache, &flags, writethrough) < 0)
         return NULL;
     if (image_opts) {
@@ -134,11 +144,8 @@ struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opt
         json_object_object_add(opts, "driver", json_object_new_string(fmt));
     }
     struct vbd_node *n = vbd_open(filename, opts, flags, &err);
-    if (!n && err && filename && tool_open_prefix_errors && is_open_errno(err)) {
-        vbd_error_report("Could not open '%s': %s", filename, err->msg);
-        vbd_error_free(err);
-    } else if (!n)
-        tool_report(err);
+    if (!n)
+        tool_report_open(shown, err);
     return n;
 }
 

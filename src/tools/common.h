@@ -31,6 +31,8 @@ void tool_report(struct vbd_error *err);
  * "Could not open 'F': <errno text>" (qemu-img's img_open prefixes every
  * open error). */
 extern bool tool_open_prefix_errors;
+/* report (and free) ERR from opening SHOWN as tool_open does */
+void tool_report_open(const char *shown, struct vbd_error *err);
 /* "[  42.00/100%]" progress on stderr-free stdout like qemu-img -p. */
 void tool_progress(double pct);
 void tool_progress_end(void);

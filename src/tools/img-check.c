@@ -35,8 +35,7 @@ int verb_check(int argc, char **argv)
         else if (!strcmp(repair, "all"))
             fix = VBD_CHECK_FIX_LEAKS | VBD_CHECK_FIX_ERRORS;
         else {
-            vbd_error_report("Unknown option value for -r (expecting 'leaks' or 'all'): %s", repair);
-            return 1;
+            return img_usage_error("Unknown option value for -r (expecting 'leaks' or 'all'): %s", repair);
         }
     }
     if (optind != argc - 1) {

@@ -51,7 +51,7 @@ int verb_commit(int argc, char **argv)
     for (;;) {
         struct vbd_node *cur = layers[nlayers - 1];
         if (!cur->backing_file[0]) {
-            vbd_error_report("Base '%s' not found in the backing chain of '%s'", base_name, argv[optind]);
+            vbd_error_report("Did not find '%s' in the backing chain of '%s'", base_name, argv[optind]);
             goto out;
         }
         char path[4096], dir[4096];

@@ -35,6 +35,16 @@ int64_t img_cvtnum(const char *name, const char *s, int64_t min, int64_t max)
     return (int64_t)v;
 }
 
+bool img_known_create_option(const struct vbd_driver *drv, const char *key)
+{
+    for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
+        if (*d == drv || (*d)->kind == VBD_DRV_PROTOCOL)
+            for (const struct vbd_opt_desc *o = (*d)->create_opts; o && o->name; o++)
+                if (!strcmp(o->name, key))
+                    return true;
+    return false;
+}
+
 int img_bad_option(int c, char **argv)
 {
     /* argv[optind - 1] is the word getopt stopped at, as qemu-img names it */

@@ -88,8 +88,9 @@ int verb_convert(int argc, char **argv)
         case 'p': progress = true; break;
         case 'S':
             sparse = tool_cvtnum(optarg);
-            if (sparse < 0 || (sparse && sparse % 512)) {
-                vbd_error_report("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16M, or 0");
+            if (sparse < 0 || sparse % 512 || sparse > 16 * MIB) {
+                vbd_error_report("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up "
+                                 "to 16777216. Select 0 to disable sparse detection (fully allocates output).");
                 return 1;
             }
             break;
@@ -163,6 +164,18 @@ int verb_convert(int argc, char **argv)
     if (!no_create) {
         if (!opts)
             opts = json_object_new_object();
+        /* refused before anything is made, as qemu-img refuses them */
+        json_object_object_foreach(opts, k, v) {
+            (void)v;
+            if (!img_known_create_option(od, k)) {
+                vbd_error_report("Invalid parameter '%s'", k);
+                goto out;
+            }
+        }
+        if (backing && !backing_fmt && !vbd_opt_get(opts, "backing_fmt")) {
+            vbd_error_report("Use of backing file requires explicit backing format");
+            goto out;
+        }
         json_object_object_add(opts, "size", json_object_new_int64((int64_t)total));
         if (backing)
             json_object_object_add(opts, "backing_file", json_object_new_string(backing));
@@ -203,7 +216,7 @@ int verb_convert(int argc, char **argv)
     }
     dst = vbd_open(target_image_opts ? NULL : out, dopts, dflags, &err);
     if (!dst) {
-        tool_report(err);
+        tool_report_open(out, err);
         goto out;
     }
     if (dst->size < total) {

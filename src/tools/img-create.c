@@ -33,17 +33,6 @@ static const struct vbd_opt_desc *find_desc(const struct vbd_driver *drv, const 
     return NULL;
 }
 
-/* KEY is an option of the format or of a protocol (QEMU merges the two lists) */
-static bool known_option(const struct vbd_driver *drv, const char *key)
-{
-    if (find_desc(drv, key))
-        return true;
-    for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
-        if ((*d)->kind == VBD_DRV_PROTOCOL && find_desc(*d, key))
-            return true;
-    return false;
-}
-
 /* the dotted name of an option given as KEY.SUB=... (the keyval parser nests it) */
 static void option_path(const char *key, struct json_object *v, char *buf, size_t len)
 {
@@ -216,7 +205,7 @@ int verb_create(int argc, char **argv)
     if (!opts)
         opts = json_object_new_object();
     json_object_object_foreach(opts, k, v) {
-        if (!known_option(drv, k)) {
+        if (!img_known_create_option(drv, k)) {
             char path[256];
             option_path(k, v, path, sizeof(path));
             vbd_error_report("%s: Invalid parameter '%s'", filename, path);

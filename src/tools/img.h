@@ -44,6 +44,8 @@ int img_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* getopt_long's ':' (an option without its argument) or '?' (an unknown
  * option), reported as qemu-img does; the optstrings start with ':' */
 int img_bad_option(int c, char **argv);
+/* KEY is a creation option of DRV or of a protocol (QEMU merges the lists) */
+bool img_known_create_option(const struct vbd_driver *drv, const char *key);
 /* qemu-img's cvtnum_full: S as a size (k, M, G... suffixes) within
  * [MIN, MAX], or -1 after "Invalid NAME specified. ..." (qemu-img's two
  * lines for a bad number, one for one out of range) */

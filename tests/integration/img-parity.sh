@@ -77,6 +77,23 @@ same convert -O raw a.raw
 same snapshot -l -c s1 a.qcow2
 same dd if=a.raw
 
+step "a file that is not there: qemu-img's 'Could not open' twice, every verb"
+for v in info check map commit bench snapshot; do
+    same $v nosuch
+done
+same compare a.raw nosuch
+same convert nosuch n.raw
+same dd if=nosuch of=n.raw
+same resize nosuch 1G
+same amend -o lazy_refcounts=on nosuch
+same measure -O qcow2 nosuch
+same bitmap --add nosuch b0
+same rebase -b nosuch -F raw o.qcow2
+same info --image-opts driver=file,filename=nosuch
+same info --image-opts driver=qcow2,file.driver=file,file.filename=nosuch
+same info -f qcow2 a.raw
+same info -f vmdk a.qcow2
+
 step "snapshot: no action does nothing; qemu-img's messages"
 same snapshot a.qcow2
 same snapshot s.qcow2
@@ -159,6 +176,19 @@ same create -o help
 same convert -O raw -o help a.raw
 same create -f foo -o help
 same convert -O foo -o help
+
+step "convert, commit, check: option errors as qemu-img's"
+same convert -O raw -S 3 a.qcow2 n.raw
+same convert -O raw -S 32M a.qcow2 n.raw
+same convert -O raw -n a.qcow2 n.raw
+same convert -O qcow2 -B a.qcow2 o.qcow2 n.qcow2
+same convert -O qcow2 -o bogus=1 a.qcow2 n.qcow2
+same convert -O qcow2 -B a.qcow2 -F qcow2 o.qcow2 n.qcow2
+same convert -O qcow2 -o cluster_size=4k a.qcow2 n.qcow2
+same convert -O raw -m 17 a.qcow2 n.raw
+same convert -O raw --target-is-zero a.qcow2 n.raw
+same commit -b nosuch o.qcow2
+same check -r bogus a.qcow2
 
 step "dd operands"
 same dd if=a.raw of=d.raw bogus=1

@@ -117,7 +117,7 @@ cp c0.bak c0.qcow2; cp c1.bak c1.qcow2; cp c2.bak c2.qcow2
 must "$VBD_IMG" commit -q -b c0.qcow2 c2.qcow2
 "$VBD_IMG" map --output=json c2.qcow2 >v.map
 diff -u q.map v.map || fail "after commit -b the chain maps differently from qemu-img's result"
-must_fail_with "not found in the backing chain" "$VBD_IMG" commit -b nothere.qcow2 c2.qcow2
+must_fail_with "Did not find 'nothere.qcow2' in the backing chain" "$VBD_IMG" commit -b nothere.qcow2 c2.qcow2
 
 step "amend compat=0.10: zero clusters expanded, snapshots keep their data"
 must qemu-img create -q -f qcow2 a.qcow2 64M
