@@ -55,7 +55,8 @@ struct vbd_copy_opts {
      * are multi-loop (vbd_node_chain_multi_loop) and whose copies are made
      * on the calling thread (a page-cache or tmpfs target, inline writes):
      * anything else would hop to a home loop or the pool per request.
-     * Ignored with a chunk_done callback (it would run on those threads). */
+     * Ignored with a chunk_done callback (it would run on those threads)
+     * and when a chain is not multi-loop. */
     unsigned threads;
 };
 

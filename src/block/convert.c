@@ -303,7 +303,12 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
     imageops_add_total(ctl, cv.total);
     unsigned nworkers = o.parallel, nthreads = 0;
     struct convert_thread *threads = NULL;
-    if (o.threads > 1 && !(ctl && ctl->chunk_done)) {
+    /* A claim under thread_lock must not hop to a home loop (the loop there
+     * may be blocked on the lock): multi-loop chains only, checked here. */
+    bool can_thread = o.threads > 1 && !(ctl && ctl->chunk_done) && vbd_node_chain_multi_loop(dst);
+    for (int i = 0; i < nsrc && can_thread; i++)
+        can_thread = vbd_node_chain_multi_loop(src[i]);
+    if (can_thread) {
         unsigned want = o.threads < o.parallel ? o.threads : o.parallel;
         threads = vbd_xcalloc(want, sizeof(*threads));
         nthreads = threads_start(threads, want);
