@@ -57,8 +57,9 @@ struct convert {
 
 static void convert_fail(struct convert *cv, int rc, struct vbd_error *err)
 {
+    /* atomic: a threaded worker looks at it before its write, outside the lock */
     if (!cv->error)
-        cv->error = rc;
+        __atomic_store_n(&cv->error, rc, __ATOMIC_RELAXED);
     vbd_error_propagate(&cv->err, err);
 }
 
@@ -191,7 +192,7 @@ static void convert_worker(void *opaque)
         if (!cv->o->out_of_order && !cv->threaded)
             while (cv->next_write_seq != seq && !cv->error)
                 vbd_co_queue_wait(&cv->order_q);
-        if (rc == 0 && !cv->error)
+        if (rc == 0 && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
             rc = zero ? imageops_write_zeroes(cv->dst, off, len, cv->o, &err)
                       : imageops_write_runs(cv->dst, off, buf, runs, nruns, first_zero, cv->o, &err);
         if (!cv->o->out_of_order && !cv->threaded) {

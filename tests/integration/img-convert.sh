@@ -60,6 +60,11 @@ if [ -n "${shm:-}" ]; then
         diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
             || fail "$opt: allocation differs from qemu-img convert's"
     done
+    step "tmpfs, threads: a write that fails (past the file size limit) fails the convert, naming it"
+    qemu-img create -q -f raw "$shm/lim.raw" 256M
+    out=$( (trap '' XFSZ; ulimit -f 65536; "$VBD_IMG" convert -n -f raw -O raw "$shm/src.raw" "$shm/lim.raw") 2>&1) &&
+        fail "convert past the file size limit succeeded"
+    grep -q "Could not write '$shm/lim.raw' at offset .*: File too large" <<<"$out" || fail "not the write's error: $out"
     rm -f "$shm"/*.raw
 fi
 step "convert -S 0 writes zeroes as data"
