@@ -21,6 +21,12 @@ struct vbd_loop;
 #define VBD_REQ_MAY_UNMAP   0x2u /* write_zeroes: may deallocate */
 #define VBD_REQ_NO_FALLBACK 0x4u /* write_zeroes: fail with -ENOTSUP rather than write zero buffers */
 #define VBD_REQ_COMPRESSED  0x8u /* write: store compressed (formats that list it in supported_write_flags) */
+/* read: a file node makes a page-cache (or tmpfs) copy on the calling
+ * thread instead of handing a big one to the pool. For a caller that runs
+ * one request at a time on each of several loops (vbd_co_convert's
+ * threads), so that a chunk is read, scanned and written by one CPU.
+ * Other drivers pass it down or ignore it. */
+#define VBD_REQ_INLINE      0x10u
 
 /* ---------- open flags ---------- */
 #define VBD_OPEN_RDWR        0x0001u
@@ -440,6 +446,9 @@ struct vbd_node *vbd_node_bottom(struct vbd_node *n);
  * n's bottom node, see writes_inline): then the writer is the critical
  * path, and more requests in flight or out-of-order writes add nothing. */
 bool vbd_node_writes_inline(struct vbd_node *n);
+/* Every node below n (files and backing chains) is VBD_DRV_CAP_MULTI_LOOP:
+ * requests to n run on the caller's loop, never hop to a home loop. */
+bool vbd_node_chain_multi_loop(struct vbd_node *n);
 
 /* ---------- I/O (coroutine context only; bounds/alignment checked here) ----------
  * Return 0 on success (whole range done) or -errno. Offsets past the end are

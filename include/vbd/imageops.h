@@ -48,6 +48,16 @@ struct vbd_copy_opts {
      * and whether writes may land out of order (-W). */
     unsigned parallel;
     bool out_of_order;
+    /* vbd_co_convert only: > 1 copies on this many threads (the caller's
+     * loop and threads - 1 loops of its own), one chunk at a time on each,
+     * read (VBD_REQ_INLINE), scanned and written by one thread, out of
+     * order; parallel only caps it. For sources and a target whose chains
+     * are multi-loop (vbd_node_chain_multi_loop) and whose copies are made
+     * on the calling thread (a page-cache or tmpfs target, inline writes):
+     * anything else would hop to a home loop or the pool per request.
+     * Ignored with a chunk_done callback (it would run on those threads)
+     * and when a chain is not multi-loop. */
+    unsigned threads;
 };
 
 struct vbd_imageops_ctl;

@@ -83,16 +83,6 @@ bool vbd_cache_mode_writethrough(enum vbd_cache_mode mode)
     return mode == VBD_CACHE_WRITETHROUGH || mode == VBD_CACHE_DIRECTSYNC;
 }
 
-static bool chain_multi_loop(struct vbd_node *n)
-{
-    for (; n; n = n->file) {
-        if (!(n->drv->caps & VBD_DRV_CAP_MULTI_LOOP))
-            return false;
-        if (n->backing && !chain_multi_loop(n->backing))
-            return false;
-    }
-    return true;
-}
 
 struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_backend_opts *o, struct vbd_error **err)
 {
@@ -115,7 +105,7 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
      * not multi-loop (the whole request runs there, rather than hopping at
      * every single-loop node on the way down). */
     assert(pthread_equal(root->home_thread, pthread_self()));
-    be->single_loop = !chain_multi_loop(root);
+    be->single_loop = !vbd_node_chain_multi_loop(root);
     be->read_only = o->read_only;
     be->root_growable = vbd_node_growable(root);
     atomic_store(&be->writethrough, o->writethrough);
@@ -261,7 +251,7 @@ int vbd_backend_set_root(struct vbd_backend *be, struct vbd_node *root, struct v
     }
     struct vbd_node *old = be->root;
     vbd_node_ref(root);
-    be->single_loop = !chain_multi_loop(root);
+    be->single_loop = !vbd_node_chain_multi_loop(root);
     be->root_growable = vbd_node_growable(root);
     __atomic_store_n(&be->root, root, __ATOMIC_RELEASE);
     vbd_node_unref(old);

@@ -10,8 +10,12 @@
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/iov.h"
+#include "vbd/loop.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +35,11 @@ struct convert {
     struct vbd_co_queue order_q, done_q;
     /* block status may yield (nbd): without it, workers would claim the same offset */
     struct vbd_co_mutex claim_lock;
+    /* With threads (o->threads > 1), one worker per thread: claims, errors
+     * and the end are under this lock instead (block status of a
+     * multi-loop chain does not yield, so it is never held across one). */
+    bool threaded;
+    pthread_mutex_t thread_lock;
     /* The extent the last block status described, in source bs_src's offsets:
      * asked once for the whole rest of the source and handed out chunk by
      * chunk (on tmpfs each SEEK_DATA/SEEK_HOLE scans the page cache, asking
@@ -48,8 +57,9 @@ struct convert {
 
 static void convert_fail(struct convert *cv, int rc, struct vbd_error *err)
 {
+    /* atomic: a threaded worker looks at it before its write, outside the lock */
     if (!cv->error)
-        cv->error = rc;
+        __atomic_store_n(&cv->error, rc, __ATOMIC_RELAXED);
     vbd_error_propagate(&cv->err, err);
 }
 
@@ -117,53 +127,154 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     return 1;
 }
 
+static void claim_lock(struct convert *cv)
+{
+    if (cv->threaded)
+        pthread_mutex_lock(&cv->thread_lock);
+    else
+        vbd_co_mutex_lock(&cv->claim_lock);
+}
+
+static void claim_unlock(struct convert *cv)
+{
+    if (cv->threaded)
+        pthread_mutex_unlock(&cv->thread_lock);
+    else
+        vbd_co_mutex_unlock(&cv->claim_lock);
+}
+
+/* A worker and the loop it copies on (NULL: the caller's). */
+struct convert_worker {
+    struct convert *cv;
+    struct vbd_loop *loop;
+};
+
 static void convert_worker(void *opaque)
 {
-    struct convert *cv = opaque;
+    struct convert_worker *w = opaque;
+    struct convert *cv = w->cv;
+    struct vbd_loop *home = vbd_loop_current();
+    if (w->loop)
+        vbd_co_move_to(w->loop);
+    /* A threaded worker is its thread's only one: its read is made on this
+     * thread too, so the chunk stays in this CPU's cache from the read
+     * through the zero scan to the write (read on a pool thread and written
+     * here, every byte crossed vCPUs: tmpfs raw->raw 0.236 -> 0.198 s in a
+     * two-thread prototype, 2026-12-05). */
+    unsigned rflags = cv->threaded ? VBD_REQ_INLINE : 0;
     uint8_t *buf = vbd_alloc_aligned(4096, cv->o->chunk_size);
     uint64_t *runs = imageops_runs_new(cv->o);
     for (;;) {
         uint64_t off, soff, len, seq;
         struct vbd_node *src;
         bool zero;
-        vbd_co_mutex_lock(&cv->claim_lock);
+        claim_lock(cv);
         int claimed = convert_claim(cv, &off, &src, &soff, &len, &zero, &seq);
-        vbd_co_mutex_unlock(&cv->claim_lock);
+        claim_unlock(cv);
         if (!claimed)
             break;
         struct vbd_error *err = NULL;
         int rc = 0;
         unsigned nruns = 0;
         bool first_zero = false;
-        if (!zero && (rc = vbd_node_co_pread(src, soff, buf, len)) < 0)
-            imageops_io_error(&err, rc, "Could not read", src, soff);
+        if (!zero) {
+            struct iovec one;
+            struct vbd_qiov q;
+            vbd_qiov_init_buf(&q, &one, buf, len);
+            if ((rc = vbd_node_co_preadv(src, soff, len, &q, 0, rflags)) < 0)
+                imageops_io_error(&err, rc, "Could not read", src, soff);
+        }
         /* Zeroes are looked for before this worker waits for its turn: the
          * scan then overlaps the write of the chunk before, instead of
          * lengthening the chain of in-order writes. */
         if (!zero && rc == 0)
             nruns = imageops_zero_runs(buf, len, cv->o, runs, &first_zero);
-        if (!cv->o->out_of_order)
+        if (!cv->o->out_of_order && !cv->threaded)
             while (cv->next_write_seq != seq && !cv->error)
                 vbd_co_queue_wait(&cv->order_q);
-        if (rc == 0 && !cv->error)
+        if (rc == 0 && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
             rc = zero ? imageops_write_zeroes(cv->dst, off, len, cv->o, &err)
                       : imageops_write_runs(cv->dst, off, buf, runs, nruns, first_zero, cv->o, &err);
-        if (!cv->o->out_of_order) {
+        if (!cv->o->out_of_order && !cv->threaded) {
             cv->next_write_seq++;
             vbd_co_queue_wake_all(&cv->order_q);
         }
         if (rc == 0)
             rc = imageops_advance(cv->ctl, cv->dst, off, len, zero && cv->o->target_is_zero ? 0 : len, &err);
         if (rc < 0) {
+            claim_lock(cv);
             convert_fail(cv, rc, err);
+            claim_unlock(cv);
             break;
         }
     }
     free(runs);
     free(buf);
+    vbd_co_move_to(home);
     if (--cv->running == 0)
         vbd_co_queue_wake_all(&cv->done_q);
     vbd_co_queue_wake_all(&cv->order_q);
+}
+
+/* A loop thread of a threaded convert: runs until stop. */
+struct convert_thread {
+    pthread_t thread;
+    struct vbd_loop *loop; /* NULL if it could not make one */
+    sem_t ready;
+    bool stop;
+};
+
+static void *convert_thread_main(void *arg)
+{
+    struct convert_thread *t = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the caller's business */
+    struct vbd_error *err = NULL;
+    t->loop = vbd_loop_new(0, 0, &err);
+    vbd_error_free(err);
+    sem_post(&t->ready);
+    if (!t->loop)
+        return NULL;
+    vbd_loop_run(t->loop, &t->stop);
+    vbd_co_thread_cleanup();
+    return NULL;
+}
+
+/* Start n - 1 loop threads (fewer if some fail: the copy then uses those
+ * there are); returns how many started. */
+static unsigned threads_start(struct convert_thread *t, unsigned n)
+{
+    unsigned started = 0;
+    for (unsigned i = 0; i + 1 < n; i++) {
+        sem_init(&t[started].ready, 0, 0);
+        t[started].stop = false;
+        t[started].loop = NULL;
+        if (pthread_create(&t[started].thread, NULL, convert_thread_main, &t[started]) != 0) {
+            sem_destroy(&t[started].ready);
+            break;
+        }
+        while (sem_wait(&t[started].ready) < 0)
+            ;
+        if (!t[started].loop) {
+            pthread_join(t[started].thread, NULL);
+            sem_destroy(&t[started].ready);
+            break;
+        }
+        started++;
+    }
+    return started;
+}
+
+static void threads_stop(struct convert_thread *t, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        __atomic_store_n(&t[i].stop, true, __ATOMIC_RELEASE);
+        vbd_loop_kick(t[i].loop);
+        pthread_join(t[i].thread, NULL);
+        vbd_loop_free(t[i].loop);
+        sem_destroy(&t[i].ready);
+    }
 }
 
 int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, const struct vbd_copy_opts *opts,
@@ -191,11 +302,39 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
         return -EINVAL;
     }
     imageops_add_total(ctl, cv.total);
-    cv.running = o.parallel;
-    for (unsigned i = 0; i < o.parallel; i++)
-        vbd_co_wake(vbd_co_create(convert_worker, &cv));
+    unsigned nworkers = o.parallel, nthreads = 0;
+    struct convert_thread *threads = NULL;
+    /* A claim under thread_lock must not hop to a home loop (the loop there
+     * may be blocked on the lock): multi-loop chains only, checked here. */
+    bool can_thread = o.threads > 1 && !(ctl && ctl->chunk_done) && vbd_node_chain_multi_loop(dst);
+    for (int i = 0; i < nsrc && can_thread; i++)
+        can_thread = vbd_node_chain_multi_loop(src[i]);
+    if (can_thread) {
+        unsigned want = o.threads < o.parallel ? o.threads : o.parallel;
+        threads = vbd_xcalloc(want, sizeof(*threads));
+        nthreads = threads_start(threads, want);
+        if (nthreads) {
+            cv.threaded = true;
+            pthread_mutex_init(&cv.thread_lock, NULL);
+            nworkers = nthreads + 1;
+        }
+    }
+    struct convert_worker *workers = vbd_xcalloc(nworkers, sizeof(*workers));
+    cv.running = nworkers;
+    /* Last to first: a threaded worker's I/O never yields, so the one that
+     * stays on this loop must start after the others have left it. */
+    for (unsigned i = nworkers; i-- > 0;) {
+        workers[i].cv = &cv;
+        workers[i].loop = cv.threaded && i ? threads[i - 1].loop : NULL;
+        vbd_co_wake(vbd_co_create(convert_worker, &workers[i]));
+    }
     while (cv.running)
         vbd_co_queue_wait(&cv.done_q);
+    threads_stop(threads, nthreads);
+    if (cv.threaded)
+        pthread_mutex_destroy(&cv.thread_lock);
+    free(threads);
+    free(workers);
     free(cv.src_start);
     vbd_error_propagate(err, cv.err);
     return cv.error;

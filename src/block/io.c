@@ -245,7 +245,7 @@ static int drv_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, 
         write ? n->drv->co_pwritev : n->drv->co_preadv;
     if (!fn)
         return -ENOTSUP;
-    unsigned dflags = write ? (flags & n->supported_write_flags) : 0; /* no read flags exist */
+    unsigned dflags = write ? (flags & n->supported_write_flags) : (flags & VBD_REQ_INLINE); /* the only read flag */
     while (bytes) {
         uint64_t len = bytes < mx ? bytes : mx;
         int rc = fn(n, off, len, q, qoff, dflags);
@@ -457,7 +457,7 @@ static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes,
         off <= vbd_node_size(n) && bytes <= vbd_node_size(n) - off) {
         if (!write && drv->co_preadv) {
             assert(vbd_in_co());
-            return drv->co_preadv(n, off, bytes, q, qoff, 0);
+            return drv->co_preadv(n, off, bytes, q, qoff, flags & VBD_REQ_INLINE);
         }
         if (write && drv->co_pwritev && !n->read_only && !n->detect_zeroes && !(flags & ~n->supported_write_flags) &&
             !__atomic_load_n(&n->write_hook, __ATOMIC_ACQUIRE) && !vbd_node_has_dirty_bitmaps(n) &&

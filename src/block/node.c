@@ -88,6 +88,17 @@ struct vbd_node *vbd_node_bottom(struct vbd_node *n)
     return n;
 }
 
+bool vbd_node_chain_multi_loop(struct vbd_node *n)
+{
+    for (; n; n = n->file) {
+        if (!(n->drv->caps & VBD_DRV_CAP_MULTI_LOOP))
+            return false;
+        if (n->backing && !vbd_node_chain_multi_loop(n->backing))
+            return false;
+    }
+    return true;
+}
+
 bool vbd_node_writes_inline(struct vbd_node *n)
 {
     struct vbd_node *b = vbd_node_bottom(n);

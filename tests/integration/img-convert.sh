@@ -34,6 +34,39 @@ for t in unsafe none; do for m in 1 8 16; do for w in "" -W; do
     [ "$(stat -c %b "$d/dst.raw")" -le $(($(stat -c %b "$d/ref.raw") + 256)) ] ||
         fail "uses $(stat -c %b "$d/dst.raw") sectors, qemu-img's convert $(stat -c %b "$d/ref.raw")"
 done; done; done; done
+if [ -n "${shm:-}" ]; then
+    # tmpfs to tmpfs is copied by several threads (one per CPU, capped by
+    # -m), each reading, scanning and writing its chunks out of order: the
+    # paths beside the plain copy, each against qemu-img's result
+    cp --sparse=always "$src" "$shm/src.raw"
+    step "tmpfs, threads: concatenation into an existing image full of other data (-n: zeroes written)"
+    for out in "$shm/two.raw" "$shm/tworef.raw"; do
+        qemu-img create -q -f raw "$out" 600M
+        qemu-io -f raw -c 'write -P 9 0 600M' "$out" >/dev/null
+    done
+    must "$VBD_IMG" convert -n -f raw -O raw "$shm/src.raw" "$shm/src.raw" "$shm/two.raw"
+    qemu-img convert -n -f raw -O raw "$shm/src.raw" "$shm/src.raw" "$shm/tworef.raw"
+    must qemu-img compare -f raw -F raw "$shm/tworef.raw" "$shm/two.raw" >/dev/null
+    diff <(qemu-img map --output=json -f raw "$shm/two.raw") <(qemu-img map --output=json -f raw "$shm/tworef.raw") \
+        || fail "allocation differs from qemu-img convert -n's"
+    # (not -S 0: vbd-img leaves the source's holes holes there, qemu-img
+    # allocates them; its content is checked below)
+    for opt in "" "-S 64k" "-p" "-m 2" "-m 16 -W" "-t none -T none"; do
+        step "tmpfs, threads: convert $opt"
+        rm -f "$shm/dst.raw" "$shm/ref.raw"
+        must "$VBD_IMG" convert $opt -f raw -O raw "$shm/src.raw" "$shm/dst.raw" >/dev/null
+        must qemu-img convert $opt -f raw -O raw "$shm/src.raw" "$shm/ref.raw" >/dev/null
+        must qemu-img compare -f raw -F raw "$src" "$shm/dst.raw" >/dev/null
+        diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
+            || fail "$opt: allocation differs from qemu-img convert's"
+    done
+    step "tmpfs, threads: a write that fails (past the file size limit) fails the convert, naming it"
+    qemu-img create -q -f raw "$shm/lim.raw" 256M
+    out=$( (trap '' XFSZ; ulimit -f 65536; "$VBD_IMG" convert -n -f raw -O raw "$shm/src.raw" "$shm/lim.raw") 2>&1) &&
+        fail "convert past the file size limit succeeded"
+    grep -q "Could not write '$shm/lim.raw' at offset .*: File too large" <<<"$out" || fail "not the write's error: $out"
+    rm -f "$shm"/*.raw
+fi
 step "convert -S 0 writes zeroes as data"
 rm -f "$T/dst.raw"; must "$VBD_IMG" convert -S 0 -f raw -O raw "$src" "$T/dst.raw"
 must qemu-img compare "$src" "$T/dst.raw" >/dev/null

@@ -270,6 +270,9 @@ static int file_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
 {
     struct file_state *s = n->opaque;
     enum vbd_aio aio = aio_for(s, bytes);
+    /* the caller's thread is the reader (VBD_REQ_INLINE): a copy it makes, not a disk read */
+    if ((flags & VBD_REQ_INLINE) && (!s->direct || s->in_memory))
+        aio = VBD_AIO_SYNC;
     struct iovec iov[64];
     if (qoff == 0 && bytes == q->size)
         return vbd_co_preadv_full(s->fd, q->iov, q->niov, off, aio);
