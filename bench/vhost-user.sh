@@ -8,6 +8,9 @@
 # export iothread=io0) instead of the main loop (still on CPU 0).
 # BASE_DAEMON=<an older vbd-daemon>: it runs each row too (between vbd and
 # qsd), and two more columns give its IOPS and CPU per request.
+# "64k 16seg read": the 64k row with each request's data in 16 4 KiB
+# descriptors apart in guest memory (vbd-bench --segments 16), as a Linux
+# guest sends pages that are not contiguous.
 # ROWS=REGEX: only the rows whose "node q workload" matches (grep -E), e.g.
 # ROWS='^file . 64k'.
 # CLIENT_ARGS="...": more vbd-bench options for every run, e.g. --no-event-idx
@@ -61,6 +64,7 @@ for kind in null file; do
 4k randread QD32|-w randread -b 4k -d 32
 4k randwrite QD32|-w randwrite -b 4k -d 32
 64k seqread QD8|-w read -b 64k -d 8
+64k 16seg read QD8|-w read -b 64k -d 8 --segments 16
 ROWS
     done
 done

@@ -43,6 +43,9 @@ static const char usage_text[] =
     "  --flush-every N      send a flush after every N writes (per queue)\n"
     "  --verify             write a pattern over the region, read it back and check every byte\n"
     "  --poll               busy-poll the used rings instead of waiting for interrupts\n"
+    "  --segments N         vhost-user: each request's data in N descriptors of equal size, not one,\n"
+    "                       apart in guest memory, as a Linux guest sends pages that are not\n"
+    "                       contiguous (e.g. -b 64k --segments 16: sixteen 4 KiB segments; default 1)\n"
     "  --no-event-idx       do not negotiate VIRTIO_RING_F_EVENT_IDX: no interrupt suppression\n"
     "                       while draining, a kick per batch unless the back end sets NO_NOTIFY\n"
     "                       (vbd-bench's behaviour before 2026-12-04; default: as a Linux guest)\n"
@@ -78,6 +81,8 @@ struct bench {
     struct vbd_co *waiter;
     int queues, depth;
     uint32_t bs;
+    int segs;            /* data descriptors per request (--segments) */
+    uint32_t seg_stride; /* guest bytes from one segment's start to the next's: a page apart */
     bool rand, mixed, write_only, verify, poll, json, no_event_idx;
     int read_pct;
     double seconds;
@@ -200,7 +205,8 @@ static void pick(struct bench *b, struct slot *s)
     }
     s->op = op;
     if (op == OP_WRITE && b->verify)
-        fill_pattern(s->buf, s->off, b->bs);
+        for (int k = 0; k < b->segs; k++)
+            fill_pattern(s->buf + (size_t)k * b->seg_stride, s->off + (uint64_t)k * (b->bs / b->segs), b->bs / b->segs);
 }
 
 static void submit(struct bench *b, struct slot *s)
@@ -211,13 +217,15 @@ static void submit(struct bench *b, struct slot *s)
     s->hdr->ioprio = 0;
     s->hdr->sector = s->off / 512;
     *s->status = 0xff;
-    uint16_t h = s->head;
-    vhc_set_desc(&b->c, s->q, h, vhc_gpa(&b->c, s->hdr), 16, VRING_DESC_F_NEXT, op == OP_FLUSH ? h + 2 : h + 1);
+    uint16_t h = s->head, st = (uint16_t)(h + 1 + b->segs); /* header, segments, status */
+    vhc_set_desc(&b->c, s->q, h, vhc_gpa(&b->c, s->hdr), 16, VRING_DESC_F_NEXT, op == OP_FLUSH ? st : h + 1);
     if (op != OP_FLUSH) {
-        vhc_set_desc(&b->c, s->q, h + 1, vhc_gpa(&b->c, s->buf), b->bs,
-                     VRING_DESC_F_NEXT | (op == OP_READ ? VRING_DESC_F_WRITE : 0), h + 2);
+        uint32_t seg = b->bs / (uint32_t)b->segs;
+        for (int k = 0; k < b->segs; k++)
+            vhc_set_desc(&b->c, s->q, (uint16_t)(h + 1 + k), vhc_gpa(&b->c, s->buf + (size_t)k * b->seg_stride), seg,
+                         VRING_DESC_F_NEXT | (op == OP_READ ? VRING_DESC_F_WRITE : 0), (uint16_t)(h + 2 + k));
     }
-    vhc_set_desc(&b->c, s->q, h + 2, vhc_gpa(&b->c, s->status), 1, VRING_DESC_F_WRITE, 0);
+    vhc_set_desc(&b->c, s->q, st, vhc_gpa(&b->c, s->status), 1, VRING_DESC_F_WRITE, 0);
     s->busy = true;
     s->start_ns = now_ns();
     vhc_offer(&b->c, s->q, h);
@@ -245,9 +253,12 @@ static void complete(struct bench *b, struct slot *s, uint64_t t)
     b->done++;
     b->bytes += b->bs;
     if (b->verify && s->op == OP_READ) {
-        uint64_t bad = check_pattern(s->buf, s->off, b->bs);
-        if (bad && b->mismatches++ == 0)
-            b->first_bad = bad - 1;
+        uint32_t seg = b->bs / (uint32_t)b->segs;
+        for (int k = 0; k < b->segs; k++) {
+            uint64_t bad = check_pattern(s->buf + (size_t)k * b->seg_stride, s->off + (uint64_t)k * seg, seg);
+            if (bad && b->mismatches++ == 0)
+                b->first_bad = bad - 1;
+        }
     }
 }
 
@@ -284,12 +295,13 @@ static void run_phase(struct bench *b, uint64_t deadline)
                     b->broken = true;
                     return;
                 }
-                if (id % 3 || id / 3 >= (uint32_t)b->depth) {
+                uint32_t per = (uint32_t)b->segs + 2; /* descriptors per slot */
+                if (id % per || id / per >= (uint32_t)b->depth) {
                     fprintf(stderr, "vbd-bench: the back end returned a descriptor we never offered (%u)\n", id);
                     b->errors++;
                     continue;
                 }
-                struct slot *s = &b->slots[q * b->depth + id / 3];
+                struct slot *s = &b->slots[q * b->depth + id / per];
                 if (!s->busy) {
                     fprintf(stderr, "vbd-bench: the back end completed request %u twice\n", id);
                     b->errors++;
@@ -530,7 +542,7 @@ int main(int argc, char **argv)
     b.workload = "randread";
     b.rng = 0x2545F4914F6CDD1Dull;
     uint64_t mem_mb = 0;
-    enum { O_VU = 256, O_NBD, O_SIZE, O_FLUSH, O_VERIFY, O_POLL, O_NO_EVENT_IDX, O_MEM, O_JSON };
+    enum { O_VU = 256, O_NBD, O_SIZE, O_FLUSH, O_VERIFY, O_POLL, O_NO_EVENT_IDX, O_MEM, O_JSON, O_SEGS };
     static const struct option lo[] = {{"vhost-user", required_argument, NULL, O_VU},
                                        {"nbd", required_argument, NULL, O_NBD},
                                        {"queues", required_argument, NULL, 'q'},
@@ -544,6 +556,7 @@ int main(int argc, char **argv)
                                        {"verify", no_argument, NULL, O_VERIFY},
                                        {"poll", no_argument, NULL, O_POLL},
                                        {"no-event-idx", no_argument, NULL, O_NO_EVENT_IDX},
+                                       {"segments", required_argument, NULL, O_SEGS},
                                        {"mem", required_argument, NULL, O_MEM},
                                        {"json", no_argument, NULL, O_JSON},
                                        {"help", no_argument, NULL, 'h'},
@@ -582,6 +595,7 @@ int main(int argc, char **argv)
         case O_VERIFY: b.verify = true; break;
         case O_POLL: b.poll = true; break;
         case O_NO_EVENT_IDX: b.no_event_idx = true; break;
+        case O_SEGS: b.segs = atoi(optarg); ok = b.segs >= 1 && b.segs <= 128; break;
         case O_MEM: mem_mb = parse_size(optarg, &ok); break;
         case O_JSON: b.json = true; break;
         case 'h': fputs(usage_text, stdout); return 0;
@@ -597,15 +611,36 @@ int main(int argc, char **argv)
                 optind < argc ? "unexpected argument" : "one of --vhost-user SOCKET or --nbd URI is required");
         return 2;
     }
+    if (b.nbd_uri && b.segs) {
+        fprintf(stderr, "vbd-bench: --segments is for --vhost-user only\n");
+        return 2;
+    }
+    if (!b.segs)
+        b.segs = 1;
+    b.seg_stride = b.bs; /* one segment: the buffer itself */
     if (b.nbd_uri)
         return nbd_main(&b);
-    uint16_t ring = 8;
-    while (ring < 3 * b.depth)
+    if (b.bs % (uint32_t)b.segs || (b.segs > 1 && (b.bs / (uint32_t)b.segs) % 512)) {
+        fprintf(stderr, "vbd-bench: --segments %d does not split %u bytes into multiples of 512\n", b.segs, b.bs);
+        return 2;
+    }
+    if ((b.segs + 2) * b.depth > 32768) {
+        fprintf(stderr, "vbd-bench: --segments %d at depth %d needs more than 32768 descriptors per ring\n", b.segs,
+                b.depth);
+        return 2;
+    }
+    /* more than one: each in its own pages with a page between, so no two
+     * are adjacent in guest memory */
+    if (b.segs > 1)
+        b.seg_stride = (b.bs / (uint32_t)b.segs + 4095) / 4096 * 4096 + 4096;
+    uint32_t ring = 8;
+    while (ring < (uint32_t)(b.segs + 2) * (uint32_t)b.depth)
         ring *= 2;
-    size_t need = (size_t)b.queues * ((size_t)b.depth * (b.bs + 4096) + 3 * 65536) + (1 << 20);
+    size_t buf_len = (size_t)b.segs * b.seg_stride;
+    size_t need = (size_t)b.queues * ((size_t)b.depth * (buf_len + 4096) + 3 * 65536 + (size_t)ring * 32) + (1 << 20);
     size_t mem = mem_mb ? mem_mb << 20 : need < (64u << 20) ? (64u << 20) : need;
     char err[512];
-    if (vhc_open(&b.c, sock, b.queues, ring, mem, b.no_event_idx ? 0 : VHC_EVENT_IDX, err, sizeof(err)) < 0) {
+    if (vhc_open(&b.c, sock, b.queues, (uint16_t)ring, mem, b.no_event_idx ? 0 : VHC_EVENT_IDX, err, sizeof(err)) < 0) {
         fprintf(stderr, "vbd-bench: %s\n", err);
         vhc_close(&b.c);
         return 2;
@@ -635,10 +670,10 @@ int main(int argc, char **argv)
         for (int i = 0; i < b.depth; i++) {
             struct slot *s = &b.slots[q * b.depth + i];
             s->q = q;
-            s->head = (uint16_t)(3 * i);
+            s->head = (uint16_t)((b.segs + 2) * i);
             s->hdr = vhc_alloc(&b.c, 64, 64);
             s->status = (uint8_t *)s->hdr + 16;
-            s->buf = vhc_alloc(&b.c, b.bs, 4096);
+            s->buf = vhc_alloc(&b.c, buf_len, 4096);
             if (!s->hdr || !s->buf) {
                 fprintf(stderr, "vbd-bench: guest memory too small (use --mem)\n");
                 return 2;

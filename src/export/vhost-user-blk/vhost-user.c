@@ -368,6 +368,7 @@ static const char *translate_rings(struct vu_dev *dev, struct vu_queue *q)
     q->vq.desc = NULL;
     q->vq.avail = NULL;
     q->vq.used = NULL;
+    q->vq.avail_known = 0; /* counted in the ring we had: read the index again */
     if (!desc || !avail || !used)
         return "ring addresses outside guest memory";
     /* the front end's addresses were aligned, but a region mapped at an odd
@@ -1084,6 +1085,7 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
                 return q->started ? -EBUSY : -EINVAL;
             }
             q->vq.last_avail_idx = (uint16_t)num;
+            q->vq.avail_known = 0;
         } else if (m->request == VHOST_USER_SET_VRING_ENABLE) {
             struct vbd_loop *prev = vu_queue_enter(q);
             q->enabled = num != 0;

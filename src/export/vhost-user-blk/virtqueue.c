@@ -157,14 +157,17 @@ int vu_vq_pop(struct vu_vq *vq, const struct vu_mem *m, struct vu_elem *e, const
         *why = "queue is broken";
         return -EINVAL;
     }
-    int pending = vu_vq_pending(vq);
-    if (pending < 0) {
-        *why = "available index moved by more than the queue size";
-        vq->broken = true;
-        return -EINVAL;
+    if (vq->avail_known == 0) {
+        int pending = vu_vq_pending(vq); /* its acquire orders the reads of every entry it counts */
+        if (pending < 0) {
+            *why = "available index moved by more than the queue size";
+            vq->broken = true;
+            return -EINVAL;
+        }
+        if (pending == 0)
+            return 0;
+        vq->avail_known = (uint16_t)pending;
     }
-    if (pending == 0)
-        return 0;
     uint16_t head = vq->avail->ring[vq->last_avail_idx % vq->num];
     int rc = vu_vq_map_chain(vq, m, head, e, why);
     if (rc < 0) {
@@ -172,6 +175,7 @@ int vu_vq_pop(struct vu_vq *vq, const struct vu_mem *m, struct vu_elem *e, const
         return rc;
     }
     vq->last_avail_idx++;
+    vq->avail_known--;
     vu_vq_inflight_get(vq, head);
     return 1;
 }
@@ -298,5 +302,6 @@ int vu_vq_inflight_recover(struct vu_vq *vq, uint16_t *heads, int cap)
     /* every popped request is either in the used ring or still in flight */
     vq->used_idx = used_idx;
     vq->last_avail_idx = (uint16_t)(used_idx + n);
+    vq->avail_known = 0;
     return n;
 }

@@ -66,6 +66,14 @@ struct vu_vq {
     struct vring_avail *avail;
     struct vring_used *used;
     uint16_t last_avail_idx;
+    /* Entries from last_avail_idx on that the driver is known to have made
+     * available (the avail index read by the last vu_vq_pop that looked):
+     * a pop takes the next of them without reading avail->idx again. That
+     * index is the line the driver writes at every request; read per pop, it
+     * moved between the two CPUs at every request when the device kept pace
+     * with the driver (the slow mode of 2-queue 4K QD32, vu9). 0: unknown,
+     * read it; whatever sets last_avail_idx sets this to 0. */
+    uint16_t avail_known;
     uint16_t used_idx;
     uint16_t signalled_used;
     bool signalled_used_valid;
