@@ -52,7 +52,15 @@ struct nbd_export {
 #define NBD_REPLY_SMALL      17   /* chunk headers with their small payloads */
 #define NBD_OUT_IOV          512  /* replies gathered into one send */
 #define NBD_RBUF             (64 * 1024) /* request headers (and small writes) read ahead */
-#define NBD_POLL_NS          (32 * 1000) /* busy-poll the socket this long before waiting */
+/* conn_recv busy-polls the socket before it waits for the next request, for
+ * a window that adapts per connection like KVM's halt_poll_ns: it starts at
+ * NBD_POLL_NS; a request that came after the window ran out but within
+ * NBD_POLL_MAX_NS of the spin's start doubles it (from NBD_POLL_GROW_NS when
+ * it was off), one that came later halves it (off below NBD_POLL_GROW_NS).
+ * A spin that catches its request leaves it as it is. */
+#define NBD_POLL_NS          (32 * 1000)
+#define NBD_POLL_MAX_NS      (128 * 1000)
+#define NBD_POLL_GROW_NS     (4 * 1000)
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
 /* Request batching (see conn_recv): while a client keeps requests on
  * the way, sleep NBD_BATCH_MIN_NS..NBD_BATCH_MAX_NS between reads, sized
@@ -138,6 +146,7 @@ struct nbd_conn {
     uint32_t batch_win;   /* ... and in this one so far */
     uint32_t batch_reads; /* batch reads in this window */
     uint32_t batch_got;   /* requests parsed since the last batch read */
+    uint64_t poll_ns;     /* conn_recv's busy-poll window (see NBD_POLL_MAX_NS) */
     struct vbd_co_queue slot_q, drain_q;
     struct nbd_req slots[NBD_SLOTS];
     struct nbd_req *free_slots;
