@@ -138,6 +138,8 @@ struct nbd_conn {
     uint32_t batch_win;   /* ... and in this one so far */
     uint32_t batch_reads; /* batch reads in this window */
     uint32_t batch_got;   /* requests parsed since the last batch read */
+    uint32_t batch_sess_max; /* most requests one read brought since batching (re)started */
+    bool batch_resume;    /* the last session saw the client deep: see batch_count */
     struct vbd_co_queue slot_q, drain_q;
     struct nbd_req slots[NBD_SLOTS];
     struct nbd_req *free_slots;
