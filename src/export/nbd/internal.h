@@ -123,7 +123,7 @@ struct nbd_conn {
     struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
     int zc_pipe[2];                /* splice's pipe for zero-copy reads, made on the first */
     size_t zc_pipe_size;           /* its capacity; 0: none yet (or it could not be made) */
-    bool sendfile_ok;              /* unix or TCP (not TLS): see send_read_zero_copy */
+    bool zero_copy_ok;             /* zero-copy reads allowed: unix or TCP (not TLS); see send_read_zero_copy */
     uint64_t inflight_bytes; /* data of the reads and writes in flight */
     uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */

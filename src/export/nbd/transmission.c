@@ -546,7 +546,7 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
 {
     struct nbd_export *e = c->exp;
     struct vbd_node *n = vbd_backend_node(e->be);
-    if (c->sendfile_ok && !c->ch.tls && r->len >= NBD_ZERO_COPY_MIN) {
+    if (c->zero_copy_ok && !c->ch.tls && r->len >= NBD_ZERO_COPY_MIN) {
         int rc = vbd_backend_co_read_zero_copy(e->be, r->offset, r->len, send_read_zero_copy, r);
         if (rc != -ENOTSUP)
             return rc;
