@@ -131,7 +131,7 @@ struct nbd_conn {
     struct vbd_co_mutex send_lock; /* one reply at a time on the socket: the flusher's batch or a sendfile reply */
     int zc_pipe[2];                /* splice's pipe for zero-copy reads, made on the first */
     size_t zc_pipe_size;           /* its capacity; 0: none yet (or it could not be made) */
-    bool sendfile_ok;              /* unix or TCP (not TLS): see send_read_zero_copy */
+    bool zero_copy_ok;             /* zero-copy reads allowed: unix or TCP (not TLS); see send_read_zero_copy */
     uint64_t inflight_bytes; /* data of the reads and writes in flight */
     uint64_t buf_bytes;      /* the slots' data buffers (r->cap), in flight or kept */
     uint8_t *rbuf; /* plain sockets: read-ahead of the request stream */
@@ -147,6 +147,8 @@ struct nbd_conn {
     uint32_t batch_reads; /* batch reads in this window */
     uint32_t batch_got;   /* requests parsed since the last batch read */
     uint64_t poll_ns;     /* conn_recv's busy-poll window (see NBD_POLL_MAX_NS) */
+    uint32_t batch_sess_max; /* most requests one read brought since batching (re)started */
+    bool batch_resume;    /* the last session saw the client deep: see batch_count */
     struct vbd_co_queue slot_q, drain_q;
     struct nbd_req slots[NBD_SLOTS];
     struct nbd_req *free_slots;

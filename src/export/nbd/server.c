@@ -110,7 +110,7 @@ static void accept_co(void *opaque)
         socklen_t salen = sizeof(sa);
         bool named = getsockname(fd, (struct sockaddr *)&sa, &salen) == 0;
         /* see send_read_zero_copy */
-        c->sendfile_ok = named && (sa.ss_family == AF_UNIX || sa.ss_family == AF_INET || sa.ss_family == AF_INET6);
+        c->zero_copy_ok = named && (sa.ss_family == AF_UNIX || sa.ss_family == AF_INET || sa.ss_family == AF_INET6);
         if (named && sa.ss_family == AF_UNIX) {
             /* A unix socket's send buffer (212 KiB by default) takes a
              * fifth of a 1 MiB read: sendfile then goes out in pieces, each
