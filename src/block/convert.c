@@ -109,7 +109,9 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     }
     if (pnum > l)
         pnum = l;
-    *zero = (st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED);
+    /* Without zero detection (-S 0) the target is fully allocated, as
+     * qemu-img's: ranges that read as zeroes are read and written as data. */
+    *zero = cv->o->zero_detect && ((st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED));
     if (cv->o->write_flags & VBD_REQ_COMPRESSED) {
         /* compressed clusters are written whole (off stays cluster aligned): a zero
          * run shorter than a cluster is read with the data around it */

@@ -49,9 +49,7 @@ if [ -n "${shm:-}" ]; then
     must qemu-img compare -f raw -F raw "$shm/tworef.raw" "$shm/two.raw" >/dev/null
     diff <(qemu-img map --output=json -f raw "$shm/two.raw") <(qemu-img map --output=json -f raw "$shm/tworef.raw") \
         || fail "allocation differs from qemu-img convert -n's"
-    # (not -S 0: vbd-img leaves the source's holes holes there, qemu-img
-    # allocates them; its content is checked below)
-    for opt in "" "-S 64k" "-p" "-m 2" "-m 16 -W" "-t none -T none"; do
+    for opt in "" "-S 0" "-S 64k" "-p" "-m 2" "-m 16 -W" "-t none -T none"; do
         step "tmpfs, threads: convert $opt"
         rm -f "$shm/dst.raw" "$shm/ref.raw"
         must "$VBD_IMG" convert $opt -f raw -O raw "$shm/src.raw" "$shm/dst.raw" >/dev/null
@@ -67,9 +65,28 @@ if [ -n "${shm:-}" ]; then
     grep -q "Could not write '$shm/lim.raw' at offset .*: File too large" <<<"$out" || fail "not the write's error: $out"
     rm -f "$shm"/*.raw
 fi
-step "convert -S 0 writes zeroes as data"
-rm -f "$T/dst.raw"; must "$VBD_IMG" convert -S 0 -f raw -O raw "$src" "$T/dst.raw"
-must qemu-img compare "$src" "$T/dst.raw" >/dev/null
+# the data ranges of an image (host offsets left out: the two qcow2 writers lay out their files differently)
+data_ranges() {
+    qemu-img map --output=json -f "$1" "$2" | python3 -c '
+import json, sys
+out = []
+for e in json.load(sys.stdin):
+    if e["data"] and out and out[-1][1] == e["start"]:
+        out[-1][1] += e["length"]
+    elif e["data"]:
+        out.append([e["start"], e["start"] + e["length"]])
+print(out)'
+}
+step "convert -S 0 writes zeroes and holes as data: the target is fully allocated, as qemu-img's"
+for fmt in raw qcow2; do
+    rm -f "$T/dst.$fmt" "$T/ref.$fmt"
+    must "$VBD_IMG" convert -S 0 -f raw -O $fmt "$src" "$T/dst.$fmt"
+    must qemu-img convert -S 0 -f raw -O $fmt "$src" "$T/ref.$fmt"
+    must qemu-img compare -f raw -F $fmt "$src" "$T/dst.$fmt" >/dev/null
+    [ $fmt = raw ] || must qemu-img check -q "$T/dst.$fmt"
+    [ "$(data_ranges $fmt "$T/dst.$fmt")" = "$(data_ranges $fmt "$T/ref.$fmt")" ] ||
+        fail "-S 0 -O $fmt: data ranges $(data_ranges $fmt "$T/dst.$fmt"), qemu-img's $(data_ranges $fmt "$T/ref.$fmt")"
+done
 step "convert -n into an existing image and concatenation"
 qemu-img create -q -f raw "$T/two.raw" 512M
 must "$VBD_IMG" convert -n -f raw -O raw "$src" "$src" "$T/two.raw"
@@ -85,19 +102,7 @@ mix=$T/mix.raw
 qemu-img create -q -f raw "$mix" 8M
 qemu-io -f raw -c 'write -P 5 0 4k' -c 'write -P 0 4k 60k' -c 'write -P 6 64k 4k' -c 'write -P 0 68k 1M' \
     -c 'write -P 7 1092k 8k' -c 'write -P 8 3M 1M' -c 'write -P 0 5M 2M' -c 'write -P 9 7M 1M' "$mix" >/dev/null
-# the data ranges of an image (host offsets left out: the two qcow2 writers lay out their files differently)
-data_ranges() {
-    qemu-img map --output=json -f "$1" "$2" | python3 -c '
-import json, sys
-out = []
-for e in json.load(sys.stdin):
-    if e["data"] and out and out[-1][1] == e["start"]:
-        out[-1][1] += e["length"]
-    elif e["data"]:
-        out.append([e["start"], e["start"] + e["length"]])
-print(out)'
-}
-for fmt in raw qcow2; do for t in writeback none; do for S in 4k 64k; do
+for fmt in raw qcow2; do for t in writeback none; do for S in 0 4k 64k; do
     rm -f "$T/mixv.$fmt" "$T/mixq.$fmt"
     must "$VBD_IMG" convert -S $S -t $t -f raw -O $fmt "$mix" "$T/mixv.$fmt"
     must qemu-img convert -S $S -t $t -f raw -O $fmt "$mix" "$T/mixq.$fmt"
