@@ -96,7 +96,10 @@ must "$VBD_IMG" snapshot -d two vs.qcow2
 must "$VBD_IMG" snapshot -d one vs.qcow2
 qcheck vs.qcow2
 [ -z "$(qemu-img snapshot -l vs.qcow2)" ] || fail "snapshots left after deleting them"
-must_fail_with "not found" "$VBD_IMG" snapshot -a nosuch vs.qcow2
+# the same messages as qemu-img's
+must_fail_with "Could not apply snapshot 'nosuch': Failed to load snapshot: No such file or directory" \
+    "$VBD_IMG" snapshot -a nosuch vs.qcow2
+must_fail_with "Could not delete snapshot 'nosuch': snapshot not found" "$VBD_IMG" snapshot -d nosuch vs.qcow2
 
 step "qemu-img -> vbd: a backing chain of 3 over raw"
 rm -f base.raw mid.qcow2 top.qcow2
