@@ -150,6 +150,16 @@ stop_daemon() {
     ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
     dpid=
 }
+# nbd_via unix|tcp PORT: the names of one transport for the export "disk"
+# served at $T/s.sock or 127.0.0.1:PORT: addr (nbd_raw_daemon's ADDR), where
+# (nbdproto.py's unix:PATH / tcp:HOST:PORT) and U (the NBD URI).
+nbd_via() {
+    if [ "$1" = unix ]; then
+        addr=$T/s.sock where="unix:$T/s.sock" U="nbd+unix:///disk?socket=$T/s.sock"
+    else
+        addr=tcp:$2 where="tcp:127.0.0.1:$2" U="nbd://127.0.0.1:$2/disk"
+    fi
+}
 # nbd_raw_daemon [-l LOG] [-o NODE-OPTS] [-w "CMD ARGS"] IMG ADDR [ARGS...]: vbd-daemon in
 # the background serving the raw image IMG over NBD (file node file0, raw
 # node disk0 on it, NODE-OPTS such as ",discard=unmap" appended to both) at

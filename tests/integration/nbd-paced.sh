@@ -17,11 +17,7 @@ must qemu-img create -q -f raw "$img" $size
 cp "$img" "$T/shadow"
 port=$((20000 + RANDOM % 20000))
 for via in unix tcp; do
-    if [ $via = unix ]; then
-        addr=$T/s.sock where="unix:$T/s.sock" U="nbd+unix:///disk?socket=$T/s.sock"
-    else
-        addr=tcp:$port where="tcp:127.0.0.1:$port" U="nbd://127.0.0.1:$port/disk"
-    fi
+    nbd_via $via $port
     nbd_raw_daemon "$img" "$addr"
     seed=${SEED:-$RANDOM}
     step "$via, two paced connections (seed $seed)"

@@ -17,11 +17,7 @@ with open(sys.argv[1], "wb") as f:
 PY
 port=$((20000 + RANDOM % 20000))
 for via in unix tcp; do
-    if [ $via = unix ]; then
-        addr=$T/s.sock where="unix:$T/s.sock" U="nbd+unix:///disk?socket=$T/s.sock"
-    else
-        addr=tcp:$port where="tcp:127.0.0.1:$port" U="nbd://127.0.0.1:$port/disk"
-    fi
+    nbd_via $via $port
     nbd_raw_daemon "$img" "$addr"
     cp "$img" "$T/shadow"
     seed=${SEED:-$RANDOM}
