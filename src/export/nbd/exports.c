@@ -40,13 +40,14 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
         vbd_error_setf(err, EINVAL, "NBD export: '%s' is required", id ? "node-name" : "id");
         goto fail;
     }
-    if (!srv.running) {
-        vbd_error_setf(err, EINVAL, "NBD export '%s': the NBD server is not running (use --nbd-server first)", id);
-        goto fail;
-    }
+    /* qsd's order and words: the node is looked up before the server */
     struct vbd_node *n = vbd_node_find(node);
     if (!n) {
-        vbd_error_setf(err, ENOENT, "NBD export '%s': no node named '%s'", id, node);
+        vbd_error_setf(err, ENOENT, "Cannot find device='' nor node-name='%s'", node);
+        goto fail;
+    }
+    if (!srv.running) {
+        vbd_error_setf(err, EINVAL, "NBD server not running");
         goto fail;
     }
     if (!name)
