@@ -193,8 +193,8 @@ static void move_key(struct json_object *from, const char *key, struct json_obje
 static struct json_object *legacy_addr(struct json_object *addr, struct vbd_qmp_error *err)
 {
     static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
-    if (!qmp_check_members(addr, "type:str ?data:any", "addr", err) ||
-        !qmp_check_enum(addr, "type", "addr", types, err))
+    /* qsd names the legacy union's tag 'type', not 'addr.type' */
+    if (!qmp_check_members(addr, "type:str ?data:any", "addr", err) || !qmp_check_enum(addr, "type", "", types, err))
         return NULL;
     struct json_object *data;
     if (!json_object_object_get_ex(addr, "data", &data)) {
@@ -389,7 +389,7 @@ static bool vhost_export_opts(struct json_object *args, const char *id, struct j
         return false;
     if (strcmp(json_object_get_string(t), "unix")) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "vhost-user-blk export '%s': only socket address type 'unix' is supported", id);
+                           "Only socket address types 'unix' and 'fd' are supported"); /* qsd's words */
         return false;
     }
     if (!qmp_check_members(addr, "type:str path:str", "addr", err))

@@ -58,8 +58,11 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     }
     for (struct nbd_export *o = srv.exports; o; o = o->next)
         if (!strcmp(o->name, name) || !strcmp(o->id, id)) {
-            vbd_error_setf(err, EEXIST, "NBD export '%s': an export with this %s already exists", id,
-                           !strcmp(o->id, id) ? "id" : "name");
+            /* qsd's words (a taken id was refused before, as qsd's) */
+            if (!strcmp(o->name, name))
+                vbd_error_setf(err, EEXIST, "NBD server already has export named '%s'", name);
+            else
+                vbd_error_setf(err, EEXIST, "Block export id '%s' is already in use", id);
             goto fail;
         }
     if (bitmap) {
