@@ -579,7 +579,7 @@ const struct vbd_qmp_command vbd_qmp_cmds_block[] = {
     {"block_resize", "?device:str ?node-name:str size:int", block_resize, 0},
     {"query-blockstats", "?query-nodes:bool", vbd_qmp_query_blockstats, 0},
     {"change-backing-file", "device:str image-node-name:str backing-file:str", change_backing_file, 0},
-    {"block-set-write-threshold", "node-name:str write-threshold:int", block_set_write_threshold, 0},
+    {"block-set-write-threshold", "node-name:str write-threshold:uint", block_set_write_threshold, 0},
     {"x-blockdev-set-iothread", "node-name:str iothread:any ?force:bool", x_blockdev_set_iothread, 0},
     {NULL, NULL, NULL, 0},
 };
