@@ -212,10 +212,8 @@ static struct json_object *qmp_block_commit(struct json_object *args, struct vbd
         return NULL;
     }
     const char *role;
-    /* a job's filter has the job as its parent, in QEMU; QEMU's stream
-     * puts its copy-on-read filter above its device (vbd's has none) */
-    struct vbd_job *sj = vbd_job_using_node(bs);
-    if (qmp_node_parent(bs, &role) || vbd_job_filter_skip(bs) != bs || (sj && !strcmp(sj->drv->type, "stream"))) {
+    /* a job's filter has the job as its parent, in QEMU */
+    if (qmp_node_parent(bs, &role) || vbd_job_filter_skip(bs) != bs || qmp_job_filter_above(bs)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
         return NULL;
     }
