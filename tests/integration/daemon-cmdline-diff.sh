@@ -68,6 +68,10 @@ extra
 --chardev socket,id=c,path=/nonexistent/vbd/s,server=on,wait=off
 --nbd-server addr.type=unix,addr.path=/nonexistent/vbd/s
 --pidfile /nonexistent/vbd/pid
+--export id=e,node-name=a
+--blockdev driver=null-co,node-name=a --export type=nbd,node-name=a
+--blockdev driver=null-co,node-name=a --export type=floppy,id=e,node-name=a
+--nbd-server addr.type=unix,addr.path={D}/a.sock --nbd-server addr.type=unix,addr.path={D}/b.sock
 CASES
 [ $ndiff = 0 ] || fail "$ndiff command lines differ (above)"
 echo PASS
