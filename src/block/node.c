@@ -404,7 +404,9 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
 out:
     if (result && result->filename[0] == 0 && filename)
         snprintf(result->filename, sizeof(result->filename), "%s", filename);
-    if (!result && err && *err && filename && !strstr((*err)->msg, filename))
+    /* a node name already taken is not about the file: qemu says it alone */
+    if (!result && err && *err && filename && !strstr((*err)->msg, filename) &&
+        strncmp((*err)->msg, "Duplicate nodes with", 20))
         vbd_error_prepend(err, "Could not open '%s': ", filename);
     free(fname);
     free(drvname);

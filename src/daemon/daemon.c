@@ -151,7 +151,14 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
     if (!opts)
         return -EINVAL;
     if (!vbd_opt_get(opts, "node-name")) {
-        vbd_error_setf(err, EINVAL, "--blockdev %s: 'node-name' is required", arg);
+        vbd_error_setf(err, EINVAL, "'node-name' must be specified for the root node"); /* qsd's words */
+        json_object_put(opts);
+        return -EINVAL;
+    }
+    /* qsd refuses an unknown driver as a value of its schema's enum */
+    struct json_object *dv = vbd_opt_get(opts, "driver");
+    if (dv && json_object_is_type(dv, json_type_string) && !vbd_driver_find(json_object_get_string(dv))) {
+        vbd_error_setf(err, EINVAL, "Parameter 'driver' does not accept value '%s'", json_object_get_string(dv));
         json_object_put(opts);
         return -EINVAL;
     }
@@ -228,11 +235,9 @@ static int add_object(const char *arg, struct vbd_error **err)
         if (rc == 0 && vbd_opts_check_empty(opts, "--object iothread", err) < 0)
             rc = -EINVAL; /* the thread stays: it idles until the daemon exits */
     } else {
-        vbd_error_setf(
-            err, EINVAL,
-            "--object: unsupported object type '%s' (supported: iothread, secret, tls-creds-x509, tls-creds-psk, "
-            "tls-creds-anon, authz-simple, authz-list, throttle-group)",
-            t ? t : "");
+        /* qsd's words; vbd has iothread, secret, tls-creds-x509/psk/anon,
+         * authz-simple/list and throttle-group */
+        vbd_error_setf(err, EINVAL, "Parameter 'qom-type' does not accept value '%s'", t ? t : "");
         rc = -EINVAL;
     }
     free(t);
@@ -641,6 +646,21 @@ static void shutdown_all(void)
     vbd_timer_cancel(&hint);
 }
 
+/* An option's error as qsd reports it: "--NAME ARG: MESSAGE", so that a
+ * script that knows qemu-storage-daemon's errors finds the option it gave.
+ * A message that already names the option ("--monitor: ...",
+ * "--monitor m: ...") loses that prefix rather than saying it twice. */
+static void report_option_error(const char *name, const char *arg, const char *msg)
+{
+    size_t n = strlen(name);
+    if (!strncmp(msg, "--", 2) && !strncmp(msg + 2, name, n) && (msg[2 + n] == ':' || msg[2 + n] == ' ')) {
+        const char *rest = strstr(msg, ": ");
+        if (rest)
+            msg = rest + 2;
+    }
+    vbd_error_report("--%s %s: %s", name, arg, msg);
+}
+
 static void daemon_co(void *opaque)
 {
     struct startup *s = opaque;
@@ -655,14 +675,14 @@ static void daemon_co(void *opaque)
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *pidfile = NULL, *state = NULL;
-    int c;
+    int c, li = -1;
     optind = 1;
     /* A monitor given before --blockdev accepts clients while later nodes
      * open (an rbd or nbd open yields): their commands wait until the
      * command line and --state FILE are applied, never seeing a node
      * half open. */
     vbd_qmp_graph_lock();
-    while ((c = getopt_long(s->argc, s->argv, "vhV", lo, NULL)) != -1) {
+    while ((c = getopt_long(s->argc, s->argv, "vhV", lo, &li)) != -1) {
         struct vbd_error *err = NULL;
         int rc = 0;
         switch (c) {
@@ -685,7 +705,7 @@ static void daemon_co(void *opaque)
         default: s->rc = 1; stop_requested = true; break;
         }
         if (rc < 0) {
-            vbd_error_report("%s", err ? err->msg : "failed");
+            report_option_error(lo[li].name, optarg, err ? err->msg : "failed");
             vbd_error_free(err);
             s->rc = 1;
         }
@@ -693,7 +713,7 @@ static void daemon_co(void *opaque)
             break;
     }
     if (!s->rc && optind < s->argc) {
-        vbd_error_report("unexpected argument '%s'", s->argv[optind]);
+        vbd_error_report("%s: Unexpected argument", s->argv[optind]); /* qsd's words */
         s->rc = 1;
     }
     if (!s->rc && state) {
@@ -719,7 +739,7 @@ static void daemon_co(void *opaque)
     if (!s->rc && pidfile) {
         FILE *f = fopen(pidfile, "w");
         if (!f || fprintf(f, "%d\n", getpid()) < 0 || fclose(f) != 0) {
-            vbd_error_report("cannot write pidfile '%s': %s", pidfile, strerror(errno));
+            vbd_error_report("cannot create PID file: Could not create '%s': %s", pidfile, strerror(errno));
             s->rc = 1;
         }
     }

@@ -109,17 +109,17 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     int rc = vbd_opt_take_str(opts, "type", &type, err);
     const struct vbd_export_type *t = NULL;
     if (rc == 0)
-        vbd_error_setf(err, EINVAL, "%s: 'type' is required", what);
+        vbd_error_setf(err, EINVAL, "Parameter 'type' is missing"); /* QAPI's words, as qsd */
     for (const struct vbd_export_type *const *p = vbd_export_types(); rc > 0 && *p; p++)
         if (!strcmp((*p)->type, type))
             t = *p;
     if (rc > 0 && !t)
-        vbd_error_setf(err, EINVAL, "%s: unknown export type '%s'", what, type);
+        vbd_error_setf(err, EINVAL, "Parameter 'type' does not accept value '%s'", type);
     free(type);
     if (!t)
         return -EINVAL;
     if (!id) {
-        vbd_error_setf(err, EINVAL, "%s: 'id' is required", what);
+        vbd_error_setf(err, EINVAL, "Parameter 'id' is missing");
         return -EINVAL;
     }
     if (vbd_daemon_export_find(id)) {

@@ -115,7 +115,7 @@ static struct json_object *backup_common(struct json_object *args, struct vbd_no
             return NULL;
         }
         if (o.sync == VBD_BACKUP_NONE) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "sync mode '%s' does not produce meaningful bitmap contents",
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "sync mode '%s' does not produce meaningful bitmap outputs",
                                arg_str(args, "sync"));
             return NULL;
         }
@@ -134,6 +134,12 @@ static struct json_object *backup_common(struct json_object *args, struct vbd_no
     struct vbd_job *busy = vbd_job_using_node(bs);
     if (!busy)
         busy = vbd_job_using_node(target);
+    /* QEMU's backup of a node another backup reads gets as far as
+     * job_create(), which refuses a taken id first */
+    if ((busy || bs->write_hook) && job_id && vbd_job_find(job_id)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Job ID '%s' already in use", job_id);
+        return NULL;
+    }
     if (busy || bs->write_hook) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is busy: block device is in use by block job: %s",
                            busy && vbd_job_using_node(bs) ? bs->node_name : target->node_name,
@@ -145,7 +151,7 @@ static struct json_object *backup_common(struct json_object *args, struct vbd_no
         return NULL;
     }
     if (vbd_node_size(target) != vbd_node_size(bs)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target must have the same size");
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target image have different sizes");
         return NULL;
     }
     if (o.compress && !(target->supported_write_flags & VBD_REQ_COMPRESSED)) {

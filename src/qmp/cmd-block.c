@@ -13,6 +13,7 @@
 #include "vbd/error.h"
 #include "vbd/export.h"
 #include "vbd/iothread.h"
+#include "vbd/job.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -328,6 +329,21 @@ static struct json_object *blockdev_del(struct json_object *args, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is not owned by the monitor", name);
         return NULL;
     }
+    /* qmp_blockdev_del()'s words for a node in use: an export's node has a
+     * BlockBackend in QEMU ("Node X is in use"), another node's child a
+     * second reference ("Block device X is in use"); a job's node keeps
+     * vbd's message below */
+    struct vbd_node *n = vbd_daemon_node_find(name);
+    if (n && n->refcnt > 1 && !vbd_job_using_node(n)) {
+        bool exported = false;
+        for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !exported; x = x->next) {
+            struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
+            exported = be && vbd_backend_node(be) == n;
+        }
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, exported ? "Node %s is in use" : "Block device %s is in use",
+                           name);
+        return NULL;
+    }
     struct vbd_error *e = NULL;
     if (vbd_daemon_node_del(name, &e) < 0) {
         vbd_qmp_error_take(err, e);
@@ -563,7 +579,7 @@ const struct vbd_qmp_command vbd_qmp_cmds_block[] = {
     {"block_resize", "?device:str ?node-name:str size:int", block_resize, 0},
     {"query-blockstats", "?query-nodes:bool", vbd_qmp_query_blockstats, 0},
     {"change-backing-file", "device:str image-node-name:str backing-file:str", change_backing_file, 0},
-    {"block-set-write-threshold", "node-name:str write-threshold:int", block_set_write_threshold, 0},
+    {"block-set-write-threshold", "node-name:str write-threshold:uint", block_set_write_threshold, 0},
     {"x-blockdev-set-iothread", "node-name:str iothread:any ?force:bool", x_blockdev_set_iothread, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -80,6 +80,8 @@ static const char *schema_type(const char *spec_type)
     if (!strcmp(spec_type, "str") || !strcmp(spec_type, "int") || !strcmp(spec_type, "number") ||
         !strcmp(spec_type, "bool"))
         return spec_type;
+    if (!strcmp(spec_type, "uint"))
+        return "int"; /* QEMU's introspection names every integer type int */
     if (!strcmp(spec_type, "array"))
         return "[any]";
     return "any"; /* object, any */

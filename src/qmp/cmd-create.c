@@ -24,20 +24,21 @@ static const char block_drivers[] =
 
 #define PREALLOC "enum:off|metadata|falloc|full"
 /* BlockdevCreateOptions members vbd-daemon creates, in QEMU's order:
- * "name=type", '?' optional; type str, int, bool, ref (BlockdevRef),
+ * "name=type", '?' optional; type str, int, uint (QEMU's size and
+ * uint64: its error says so), bool, ref (BlockdevRef),
  * object, drv (BlockdevDriver), enum:A|B. */
 static const struct {
     const char *driver, *members;
 } create_specs[] = {
-    {"file", "filename=str size=int ?preallocation=" PREALLOC " ?nocow=bool ?extent-size-hint=int"},
-    {"qcow2", "file=ref ?data-file=ref ?data-file-raw=bool ?extended-l2=bool size=int ?version=enum:v2|v3 "
-              "?backing-file=str ?backing-fmt=drv ?encrypt=object ?cluster-size=int ?preallocation=" PREALLOC
+    {"file", "filename=str size=uint ?preallocation=" PREALLOC " ?nocow=bool ?extent-size-hint=uint"},
+    {"qcow2", "file=ref ?data-file=ref ?data-file-raw=bool ?extended-l2=bool size=uint ?version=enum:v2|v3 "
+              "?backing-file=str ?backing-fmt=drv ?encrypt=object ?cluster-size=uint ?preallocation=" PREALLOC
               " ?lazy-refcounts=bool ?refcount-bits=int ?compression-type=enum:zlib|zstd"},
-    {"parallels", "file=ref size=int ?cluster-size=int"},
-    {"qed", "file=ref size=int ?backing-file=str ?backing-fmt=drv ?cluster-size=int ?table-size=int"},
-    {"vdi", "file=ref size=int ?preallocation=" PREALLOC},
-    {"vpc", "file=ref size=int ?subformat=enum:dynamic|fixed ?force-size=bool"},
-    {"vhdx", "file=ref size=int ?log-size=int ?block-size=int ?subformat=enum:dynamic|fixed ?block-state-zero=bool"},
+    {"parallels", "file=ref size=uint ?cluster-size=uint"},
+    {"qed", "file=ref size=uint ?backing-file=str ?backing-fmt=drv ?cluster-size=uint ?table-size=int"},
+    {"vdi", "file=ref size=uint ?preallocation=" PREALLOC},
+    {"vpc", "file=ref size=uint ?subformat=enum:dynamic|fixed ?force-size=bool"},
+    {"vhdx", "file=ref size=uint ?log-size=uint ?block-size=uint ?subformat=enum:dynamic|fixed ?block-state-zero=bool"},
 };
 /* QEMU's create drivers vbd-daemon does not create on a node (yet). */
 static const char qemu_create_drivers[] = "|gluster|luks|nfs|qcow|rbd|ssh|vmdk|";
@@ -90,10 +91,14 @@ static bool check_members(struct json_object *o, const char *spec, struct vbd_qm
         json_type t = json_object_get_type(v);
         bool str = !strcmp(type, "str") || !strcmp(type, "drv") || !strncmp(type, "enum:", 5);
         bool ok = str ? t == json_type_string
-                : !strcmp(type, "int") ? t == json_type_int
+                : !strcmp(type, "int") || !strcmp(type, "uint") ? t == json_type_int
                 : !strcmp(type, "bool") ? t == json_type_boolean
                 : !strcmp(type, "ref") ? (t == json_type_string || t == json_type_object)
                 : t == json_type_object;
+        if (!ok && !strcmp(type, "uint")) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'options.%s' expects uint64", name);
+            return false;
+        }
         if (!ok) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'options.%s', expected: %s",
                                name, expected(type));
@@ -103,7 +108,8 @@ static bool check_members(struct json_object *o, const char *spec, struct vbd_qm
         snprintf(vals, sizeof(vals), "|%s|", !strncmp(type, "enum:", 5) ? type + 5 : "");
         if ((!strcmp(type, "drv") && !in_list(block_drivers, json_object_get_string(v))) ||
             (!strncmp(type, "enum:", 5) && !in_list(vals, json_object_get_string(v)))) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'options.%s' does not accept value '%s'", name,
+            /* QAPI's enum visitor names the member alone, without 'options.' */
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' does not accept value '%s'", name,
                                json_object_get_string(v));
             return false;
         }

@@ -55,6 +55,8 @@ static bool type_ok(const char *want, struct json_object *v)
     const char *have = type_of(v);
     if (!strcmp(want, "any"))
         return true;
+    if (!strcmp(want, "uint")) /* QEMU's uint8..uint64 and size */
+        return !strcmp(have, "int");
     if (!strcmp(want, "strlist")) {
         if (!strcmp(have, "str"))
             return true;
@@ -120,8 +122,11 @@ bool qmp_check_members(struct json_object *obj, const char *spec, const char *pr
             return false;
         }
         if (!type_ok(w.type, v)) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", name,
-                               expected_word(w.type));
+            if (!strcmp(w.type, "uint")) /* QEMU's unsigned visitor says it so */
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", name);
+            else
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", name,
+                                   expected_word(w.type));
             return false;
         }
     }
@@ -193,8 +198,8 @@ static void move_key(struct json_object *from, const char *key, struct json_obje
 static struct json_object *legacy_addr(struct json_object *addr, struct vbd_qmp_error *err)
 {
     static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
-    if (!qmp_check_members(addr, "type:str ?data:any", "addr", err) ||
-        !qmp_check_enum(addr, "type", "addr", types, err))
+    /* qsd names the legacy union's tag 'type', not 'addr.type' */
+    if (!qmp_check_members(addr, "type:str ?data:any", "addr", err) || !qmp_check_enum(addr, "type", "", types, err))
         return NULL;
     struct json_object *data;
     if (!json_object_object_get_ex(addr, "data", &data)) {
@@ -293,7 +298,7 @@ static struct json_object *nbd_server_stop(struct json_object *args, struct vbd_
 #define EXPORT_COMMON "type:str id:str ?fixed-iothread:bool ?iothread:strlist node-name:str ?writable:bool ?writethrough:bool"
 #define EXPORT_NBD " ?name:str ?description:str ?bitmaps:array ?allocation-depth:bool"
 #define EXPORT_VHOST                                                                                                  \
-    " addr:object ?logical-block-size:int ?num-queues:int ?physical-block-size:int ?serial:str ?werror:str"          \
+    " addr:object ?logical-block-size:uint ?num-queues:uint ?physical-block-size:uint ?serial:str ?werror:str"          \
     " ?rerror:str ?retry-interval:int ?merge:bool ?server:bool"
 
 /* nbd: bitmaps [NAME] (vbd exports one bitmap per export) becomes
@@ -389,7 +394,7 @@ static bool vhost_export_opts(struct json_object *args, const char *id, struct j
         return false;
     if (strcmp(json_object_get_string(t), "unix")) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "vhost-user-blk export '%s': only socket address type 'unix' is supported", id);
+                           "Only socket address types 'unix' and 'fd' are supported"); /* qsd's words */
         return false;
     }
     if (!qmp_check_members(addr, "type:str path:str", "addr", err))
@@ -523,7 +528,7 @@ static struct json_object *block_export_cont(struct json_object *args, struct vb
 }
 
 const struct vbd_qmp_command vbd_qmp_cmds_export[] = {
-    {"nbd-server-start", "addr:object ?tls-creds:str ?tls-authz:str ?max-connections:int", nbd_server_start, 0},
+    {"nbd-server-start", "addr:object ?tls-creds:str ?tls-authz:str ?max-connections:uint", nbd_server_start, 0},
     {"nbd-server-stop", "", nbd_server_stop, 0},
     {"block-export-add", NULL, block_export_add, 0},
     {"block-export-del", "id:str ?mode:str", block_export_del, 0},

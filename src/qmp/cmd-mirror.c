@@ -66,7 +66,7 @@ static struct vbd_node *root_node(const char *name, struct vbd_qmp_error *err)
         return NULL;
     const char *role;
     /* a job's filter has the job as its parent, in QEMU */
-    if (qmp_node_parent(bs, &role) || vbd_job_filter_skip(bs) != bs) {
+    if (qmp_node_parent(bs, &role) || vbd_job_filter_skip(bs) != bs || qmp_job_filter_above(bs)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
         return NULL;
     }

@@ -14,6 +14,7 @@
 #include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "vbd/job.h"
 
 #include <json-c/json.h>
 #include <stdio.h>
@@ -41,6 +42,12 @@ struct vbd_node *qmp_node_parent(struct vbd_node *n, const char **role)
         }
     }
     return NULL;
+}
+
+bool qmp_job_filter_above(struct vbd_node *n)
+{
+    struct vbd_job *j = vbd_job_using_node(n);
+    return j && (!strcmp(j->drv->type, "mirror") || !strcmp(j->drv->type, "stream"));
 }
 
 void tx_drain(struct tx_action *a, struct vbd_node *n)

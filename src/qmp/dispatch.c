@@ -78,6 +78,8 @@ static bool type_ok(const char *type, struct json_object *v)
         return true;
     if (!strcmp(type, "number"))
         return !strcmp(have, "number") || !strcmp(have, "int");
+    if (!strcmp(type, "uint")) /* QEMU's uint8..uint64 and size (a negative one wraps, as QEMU's) */
+        return !strcmp(have, "int");
     return !strcmp(type, have);
 }
 
@@ -128,8 +130,11 @@ static bool check_args(const struct vbd_qmp_command *c, struct json_object *args
             continue;
         }
         if (!type_ok(a.type, v)) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", a.name,
-                               expected_word(a.type));
+            if (!strcmp(a.type, "uint")) /* QEMU's unsigned visitor says it so */
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", a.name);
+            else
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s",
+                                   a.name, expected_word(a.type));
             return false;
         }
     }

@@ -699,7 +699,7 @@ int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
         fd = vbd_unix_listen(path, 16); /* queued clients wait there for their turn */
         umask(old);
         if (fd < 0) {
-            vbd_error_setf(err, -fd, "--chardev %s: cannot listen on '%s': %s", id, path, strerror(-fd));
+            vbd_error_setf(err, -fd, "Failed to bind socket to %s: %s", path, strerror(-fd)); /* qsd's words */
             goto out;
         }
     } else {
@@ -756,7 +756,7 @@ int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err)
     }
     struct qmp_chardev *c = chardev_find(chr);
     if (!c) {
-        vbd_error_setf(err, ENOENT, "--monitor: chardev '%s' not found (define it with --chardev first)", chr);
+        vbd_error_setf(err, ENOENT, "chardev \"%s\" not found", chr); /* qsd's words */
         goto out;
     }
     if (c->has_monitor) {

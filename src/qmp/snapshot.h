@@ -56,6 +56,10 @@ struct json_object *tx_run_one(const struct tx_action_type *t, struct json_objec
 struct vbd_node *qmp_lookup_node(const char *name, struct vbd_qmp_error *err);
 /* A node above n (n is its file or backing), or NULL; *role says which. */
 struct vbd_node *qmp_node_parent(struct vbd_node *n, const char **role);
+/* Whether QEMU 7.2 would have a job's filter node above n, so that
+ * qmp_get_root_bs() refuses it ("Need a root block node"): a mirror's
+ * source or target, a stream's device (vbd's jobs put no node there). */
+bool qmp_job_filter_above(struct vbd_node *n);
 
 /* Command handlers defined next to their actions (listed in the one table
  * of cmd-snapshot.c). */

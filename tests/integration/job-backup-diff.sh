@@ -2,10 +2,10 @@
 # blockdev-backup and in-memory dirty bitmaps against qemu-storage-daemon
 # 7.2: tests/qmp/diff-backup.jsonl run on both by qmpdiff.py (bitmap
 # commands and their errors, blockdev-backup's argument checks with QEMU's
-# words, a job's lifecycle and events, a cancelled incremental backup).
+# words (the text of every error marked '# exact', QMPDIFF_ERROR_TEXT=1), a job's lifecycle and events, a cancelled incremental backup).
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-backup.jsonl" \
+QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-backup.jsonl" \
     --both --blockdev --both '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"{DIR}/src.qcow2"}}' \
     --both --blockdev --both '{"driver":"qcow2","node-name":"tgt","file":{"driver":"file","filename":"{DIR}/tgt.qcow2"}}' \
     --both --blockdev --both '{"driver":"qcow2","node-name":"tgt2","file":{"driver":"file","filename":"{DIR}/tgt2.qcow2"}}' \

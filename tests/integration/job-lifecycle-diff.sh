@@ -3,10 +3,11 @@
 # run on both by qmpdiff.py (block-stream, intermediate and active
 # block-commit; pause, resume, set-speed, cancel, complete, finalize,
 # dismiss where QEMU takes them and its error classes where not; the keys
-# and types of query-jobs and query-block-jobs; the events with their values).
+# and types of query-jobs and query-block-jobs; the events with their values;
+# the errors' texts where the script marks them).
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-job.jsonl" \
+QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-job.jsonl" \
     --both --blockdev --both "driver=file,node-name=fbase,filename={DIR}/base.qcow2" \
     --both --blockdev --both '{"driver":"qcow2","node-name":"base","file":"fbase","backing":null}' \
     --both --blockdev --both "driver=file,node-name=ftop,filename={DIR}/top.qcow2" \

@@ -3,10 +3,10 @@
 # run on both by qmpdiff.py (blockdev-mirror and drive-mirror argument
 # errors in QEMU's order and classes; pause, resume, complete, cancel before
 # and in READY, finalize, dismiss; the events with their values; the export
-# after each pivot, read over NBD).
+# after each pivot, read over NBD; the errors' texts where marked).
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-mirror.jsonl" \
+QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-mirror.jsonl" \
     --both --blockdev --both '{"driver":"qcow2","node-name":"base","file":{"driver":"file","filename":"{DIR}/base.qcow2"},"backing":null}' \
     --both --blockdev --both '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"{DIR}/top.qcow2"},"backing":"base"}' \
     --both --blockdev --both '{"driver":"qcow2","node-name":"tgt","file":{"driver":"file","filename":"{DIR}/tgt.qcow2"}}' \

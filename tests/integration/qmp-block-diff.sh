@@ -6,7 +6,7 @@
 # both daemons, except the differences marked in the script.
 source "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-out=$(python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-block.jsonl" \
+out=$(QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-block.jsonl" \
     --both --object --both iothread,id=io0 \
     --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" \
     --both --blockdev --both "driver=file,node-name=wf,filename={DIR}/w.raw" \

@@ -29,12 +29,12 @@ bad_opt "backend 'file' is not supported" --chardev file,id=m,path=$T/a.txt
 bad_opt "either path=PATH or host=HOST,port=PORT" --chardev socket,id=m,server=on,wait=off
 bad_opt "duplicate ID 'm'" --chardev socket,id=m,path=$T/a.sock,server=on,wait=off \
     --chardev socket,id=m,path=$T/b.sock,server=on,wait=off
-bad_opt "chardev 'nope' not found" --monitor chardev=nope
+bad_opt 'chardev "nope" not found' --monitor chardev=nope
 bad_opt "already has a monitor" --chardev socket,id=m,path=$T/a.sock,server=on,wait=off --monitor m --monitor m
 bad_opt "mode 'readline' is not supported" --chardev socket,id=m,path=$T/a.sock,server=on,wait=off \
     --monitor chardev=m,mode=readline
 bad_opt "not a loopback address" --chardev socket,id=m,host=0.0.0.0,port=4444,server=on,wait=off
-bad_opt "cannot listen on '$T/nodir/a.sock'" --chardev socket,id=m,path=$T/nodir/a.sock,server=on,wait=off
+bad_opt "Failed to bind socket to $T/nodir/a.sock" --chardev socket,id=m,path=$T/nodir/a.sock,server=on,wait=off
 [ -z "$(ls "$T" | grep -v '^out.log$')" ] || fail "left behind by refused options: $(ls "$T")"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

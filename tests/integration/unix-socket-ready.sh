@@ -62,7 +62,7 @@ print('%d daemon starts: every socket accepted the moment it appeared' % cycles)
 PY
 ! grep -q Sanitizer daemon.log || { cat daemon.log; fail "sanitizer report"; }
 # a socket that cannot be made: one line naming the path and the reason, nothing left behind
-must_fail_with "cannot listen on '$T/none/n.sock': No such file or directory" "$VBD_DAEMON" \
+must_fail_with "Failed to bind socket to $T/none/n.sock: No such file or directory" "$VBD_DAEMON" \
     --blockdev driver=file,node-name=f0,filename=d.raw --nbd-server addr.type=unix,addr.path="$T/none/n.sock"
 long=$T/sock/$(printf 'x%.0s' $(seq 110))
 must_fail_with "socket path '$long' is too long" "$VBD_DAEMON" --drive file=d.raw,format=raw --vhost-user "$long"

@@ -147,7 +147,7 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_opt_take_enum(opts, "locking", lockmodes, &locking, err) < 0)
         goto fail;
     if (!filename) {
-        vbd_error_setf(err, EINVAL, "Parameter 'filename' is required for driver 'file'");
+        vbd_error_setf(err, EINVAL, "Parameter 'filename' is missing"); /* qemu's words */
         goto fail;
     }
     snprintf(n->filename, sizeof(n->filename), "%s", filename);

@@ -40,13 +40,14 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
         vbd_error_setf(err, EINVAL, "NBD export: '%s' is required", id ? "node-name" : "id");
         goto fail;
     }
-    if (!srv.running) {
-        vbd_error_setf(err, EINVAL, "NBD export '%s': the NBD server is not running (use --nbd-server first)", id);
-        goto fail;
-    }
+    /* qsd's order and words: the node is looked up before the server */
     struct vbd_node *n = vbd_node_find(node);
     if (!n) {
-        vbd_error_setf(err, ENOENT, "NBD export '%s': no node named '%s'", id, node);
+        vbd_error_setf(err, ENOENT, "Cannot find device='' nor node-name='%s'", node);
+        goto fail;
+    }
+    if (!srv.running) {
+        vbd_error_setf(err, EINVAL, "NBD server not running");
         goto fail;
     }
     if (!name)
@@ -57,8 +58,11 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     }
     for (struct nbd_export *o = srv.exports; o; o = o->next)
         if (!strcmp(o->name, name) || !strcmp(o->id, id)) {
-            vbd_error_setf(err, EEXIST, "NBD export '%s': an export with this %s already exists", id,
-                           !strcmp(o->id, id) ? "id" : "name");
+            /* qsd's words (a taken id was refused before, as qsd's) */
+            if (!strcmp(o->name, name))
+                vbd_error_setf(err, EEXIST, "NBD server already has export named '%s'", name);
+            else
+                vbd_error_setf(err, EEXIST, "Block export id '%s' is already in use", id);
             goto fail;
         }
     if (bitmap) {

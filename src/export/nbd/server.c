@@ -139,7 +139,7 @@ static int listen_on(struct json_object *opts, struct vbd_error **err)
         goto out;
     if (!type || !strcmp(type, "unix")) {
         if (!path) {
-            vbd_error_setf(err, EINVAL, "NBD server: 'addr.path' is required for addr.type=unix");
+            vbd_error_setf(err, EINVAL, "Parameter 'addr.path' is missing"); /* qsd's words */
             goto out;
         }
         fd = vbd_unix_listen(path, 128);
@@ -149,7 +149,7 @@ static int listen_on(struct json_object *opts, struct vbd_error **err)
             goto out;
         }
         if (fd < 0) {
-            vbd_error_setf(err, -fd, "NBD server: cannot listen on '%s': %s", path, strerror(-fd));
+            vbd_error_setf(err, -fd, "Failed to bind socket to %s: %s", path, strerror(-fd)); /* qsd's words */
             fd = -1;
             goto out;
         }

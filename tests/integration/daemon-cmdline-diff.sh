@@ -1,0 +1,77 @@
+#!/bin/bash
+# A command line that qemu-storage-daemon 7.2 refuses is refused by
+# vbd-daemon with the same exit status and the same error line(s) on stderr
+# (the program name normalised): a script that checks either daemon's
+# startup error sees the same thing. Each case below is shell words ({D} is
+# a directory of the run); a trailing '# rc-only: REASON' compares only the
+# exit status (a deliberate difference in the text, printed).
+. "$(dirname "$0")/lib.sh"
+need qemu-storage-daemon
+cd "$T"
+mkdir -p qsd vbd
+truncate -s 1M qsd/disk.raw vbd/disk.raw
+
+# run NAME BIN ARGS...: stderr normalised in $T/NAME.err, status in $T/NAME.rc
+run() {
+    local name=$1 bin=$2; shift 2
+    timeout -k 5 60 "$bin" "$@" </dev/null >"$name.out" 2>"$name.raw"
+    echo $? >"$name.rc"
+    sed -E -e "s|$T/$name|{D}|g" -e 's#^([^ :]*/)?(qemu-storage-daemon|vbd-daemon):#PROG:#' "$name.raw" >"$name.err"
+}
+
+ndiff=0
+while IFS= read -r line; do
+    case "$line" in '' | '#'*) continue ;; esac
+    args=${line%%  # rc-only:*}
+    why=
+    [ "$args" = "$line" ] || why=${line#*  # rc-only: }
+    eval "set -- ${args//\{D\}/$T/qsd}"
+    run qsd qemu-storage-daemon "$@"
+    eval "set -- ${args//\{D\}/$T/vbd}"
+    run vbd "$VBD_DAEMON" "$@"
+    ! grep -q -e Sanitizer -e 'runtime error' vbd.raw || fail "vbd-daemon $args: $(cat vbd.raw)"
+    if [ "$(cat qsd.rc)" != "$(cat vbd.rc)" ]; then
+        echo "DIFF $args: exit status qsd $(cat qsd.rc), vbd $(cat vbd.rc)"
+        ndiff=$((ndiff + 1))
+    elif ! cmp -s qsd.err vbd.err; then
+        if [ -n "$why" ]; then
+            echo "deliberate $args ($why)"
+        else
+            echo "DIFF $args:"
+            diff qsd.err vbd.err | sed 's/^/    /'
+            ndiff=$((ndiff + 1))
+        fi
+    fi
+    [ "$(cat qsd.rc)" != 0 ] || fail "case '$args' started qemu-storage-daemon: not a refused command line"
+done <<'CASES'
+# getopt's own errors
+--bogus
+-x
+--blockdev
+--pidfile
+--export
+extra
+--blockdev driver=null-co,node-name=a extra
+# option values
+--blockdev driver=nope,node-name=x
+--blockdev driver=file,node-name=x
+--blockdev driver=file,node-name=x,filename=/nonexistent/vbd
+--blockdev driver=file,node-name=x,filename={D}/disk.raw --blockdev driver=file,node-name=x,filename={D}/disk.raw
+--export type=nbd,id=e,node-name=zz
+--nbd-server addr.type=unix
+--object foo,id=x
+--monitor chardev=nochar
+--blockdev driver=null-co
+--blockdev null-co,node-name=a,bogus=1  # rc-only: vbd names the driver that has no such option (qsd: "Parameter 'bogus' is unexpected")
+--blockdev driver=null-co,node-name=a --export type=nbd,id=e,node-name=a
+--blockdev driver=null-co,node-name=a --nbd-server addr.type=unix,addr.path={D}/n.sock --export type=nbd,id=e,node-name=b
+--chardev socket,id=c,path=/nonexistent/vbd/s,server=on,wait=off
+--nbd-server addr.type=unix,addr.path=/nonexistent/vbd/s
+--pidfile /nonexistent/vbd/pid
+--export id=e,node-name=a
+--blockdev driver=null-co,node-name=a --export type=nbd,node-name=a
+--blockdev driver=null-co,node-name=a --export type=floppy,id=e,node-name=a
+--nbd-server addr.type=unix,addr.path={D}/a.sock --nbd-server addr.type=unix,addr.path={D}/b.sock
+CASES
+[ $ndiff = 0 ] || fail "$ndiff command lines differ (above)"
+echo PASS
