@@ -33,6 +33,7 @@ static const char usage_text[] =
     "  -t, --cache MODE     writeback|writethrough|none|directsync|unsafe (default writethrough)\n"
     "  -i, --aio MODE       io_uring|threads (default io_uring)\n"
     "  -U, --force-share    open without taking image locks (read-only)\n"
+    "  -d, --discard MODE   unmap|on (default) or ignore|off: discards do nothing\n"
     "      --image-opts     FILE is an option string (driver=...,file.filename=...)\n"
     "      --object OBJ     tls-creds-x509|tls-creds-psk,id=ID,dir=DIR,endpoint=client,... (for an nbd\n"
     "                       node's tls-creds=ID)\n"
@@ -807,15 +808,16 @@ int main(int argc, char **argv)
         {"force-share", no_argument, NULL, 'U'}, {"image-opts", no_argument, NULL, 'O'},
         {"quiet", no_argument, NULL, 'q'},       {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},     {"object", required_argument, NULL, 'o'},
+        {"discard", required_argument, NULL, 'd'},
         {NULL, 0, NULL, 0},
     };
     vbd_log_set_prog("vbd-io");
     static char *cmds[256];
     int ncmds = 0;
     const char *fmt = NULL, *cache = "writethrough", *aio = NULL;
-    bool ro = false, force_share = false, image_opts = false;
+    bool ro = false, force_share = false, image_opts = false, unmap = true;
     int c;
-    while ((c = getopt_long(argc, argv, "c:f:rnt:i:UqhVk", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:f:rnt:i:UqhVkd:", longopts, NULL)) != -1) {
         switch (c) {
         case 'c':
             if (ncmds == 255) {
@@ -833,6 +835,16 @@ int main(int argc, char **argv)
         case 'O': image_opts = true; break;
         case 'q': quiet = true; break;
         case 'k': break;
+        case 'd':
+            if (!strcmp(optarg, "ignore") || !strcmp(optarg, "off"))
+                unmap = false;
+            else if (!strcmp(optarg, "unmap") || !strcmp(optarg, "on"))
+                unmap = true;
+            else {
+                vbd_error_report("Invalid discard option: %s", optarg);
+                return 1;
+            }
+            break;
         case 'o':
             if (tool_add_object(optarg) < 0) {
                 vbd_tls_creds_remove_all();
@@ -857,7 +869,8 @@ int main(int argc, char **argv)
         return failures ? 1 : 0;
     }
     unsigned flags = ro ? 0 : VBD_OPEN_RDWR;
-    flags |= VBD_OPEN_UNMAP;
+    if (unmap)
+        flags |= VBD_OPEN_UNMAP;
     if (force_share)
         flags |= VBD_OPEN_FORCE_SHARE;
     read_only = ro;
@@ -868,7 +881,7 @@ int main(int argc, char **argv)
     if (!node)
         return 1;
     struct vbd_error *err = NULL;
-    struct vbd_backend_opts bo = {.read_only = ro, .writethrough = writethrough, .discard_unmap = true};
+    struct vbd_backend_opts bo = {.read_only = ro, .writethrough = writethrough, .discard_unmap = unmap};
     be = vbd_backend_new(node, &bo, &err);
     if (!be) {
         tool_report(err);

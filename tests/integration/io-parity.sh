@@ -3,7 +3,7 @@
 # both tools, each in its own copy of the same images, must give the same
 # exit code, the same stdout (the timing line's rates and elapsed time
 # normalised) and the same stderr (the tool's name aside), and leave images
-# that qemu-img compare calls identical with the same qemu-img map.
+# that qemu-img compare calls identical (qcow2: with the same qemu-img map).
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
 cd "$T"
@@ -32,8 +32,10 @@ same() {
     local f fmt
     for f in $(cd q && ls -A); do
         case $f in *.qcow2) fmt=qcow2 ;; *) fmt=raw ;; esac
-        # where clusters land in the file is not compared, what they hold is
-        [ "$(qemu-img map -f $fmt --output=json q/$f | sed 's/, "offset": [0-9]*//')" = \
+        # raw: what the file system reports for zeroed ranges (unwritten
+        # extents, dirty pages) depends on writeback timing, so only qcow2's
+        # own allocation is compared; where clusters land in the file is not
+        [ $fmt = raw ] || [ "$(qemu-img map -f $fmt --output=json q/$f | sed 's/, "offset": [0-9]*//')" = \
             "$(qemu-img map -f $fmt --output=json v/$f | sed 's/, "offset": [0-9]*//')" ] ||
             fail "map of $f differs: $*"
         qemu-img compare -q -f $fmt -F $fmt q/$f v/$f || fail "$f differs: $*"
@@ -97,6 +99,11 @@ same -f raw -c 'truncate -m full 2M' a.raw
 step "command lines: unknown commands, close, quit, sleep, chaining"
 c 'foo' 'read 0 1' 'close' 'read 0 1' 'quit' 'write 0 1' 'sleep 1' 'sleep x' 'read 0 x' 'quit'
 c 'write -P 7 0 4k' 'read -P 8 0 4k' 'read -P 7 0 4k'
+
+same -f raw -d ignore -c 'discard 0 4k' -c 'write -z -u 4k 4k' a.raw
+same -f raw -d off -c 'discard 0 4k' a.raw
+same -f raw -d unmap -c 'discard 0 4k' a.raw
+same -f raw -d bogus -c 'discard 0 4k' a.raw
 
 step "opening: missing images, wrong formats, read-only, -U, cache modes, --image-opts"
 same -c 'read 0 1' nosuch
