@@ -405,25 +405,28 @@ static int wait_aio(void)
     return 0;
 }
 
+/* qemu-io's map: what the image itself (not its backing chain) defines,
+ * runs of the same state merged */
 static int do_map(void)
 {
     uint64_t off = 0, size = node->size;
     while (off < size) {
         uint64_t pnum;
-        int depth;
-        int rc = vbd_node_co_block_status_above(node, NULL, false, off, size - off, &pnum, NULL, NULL, &depth);
+        int rc = vbd_node_co_block_status(node, false, off, size - off, &pnum, NULL, NULL);
         if (rc < 0) {
-            fprintf(stderr, "map failed: %s\n", strerror(-rc));
+            vbd_error_report("Failed to get allocation status: %s", strerror(-rc));
             return rc;
         }
-        /* merge runs with the same allocation state */
+        if (pnum == 0) {
+            vbd_error_report("Unexpected end of image");
+            return -EIO;
+        }
         bool alloc = rc & VBD_BS_ALLOCATED;
         uint64_t len = pnum;
         while (off + len < size) {
             uint64_t p2;
-            int rc2 = vbd_node_co_block_status_above(node, NULL, false, off + len, size - off - len, &p2, NULL, NULL,
-                                                     &depth);
-            if (rc2 < 0 || (bool)(rc2 & VBD_BS_ALLOCATED) != alloc)
+            int rc2 = vbd_node_co_block_status(node, false, off + len, size - off - len, &p2, NULL, NULL);
+            if (rc2 < 0 || p2 == 0 || (bool)(rc2 & VBD_BS_ALLOCATED) != alloc)
                 break;
             len += p2;
         }

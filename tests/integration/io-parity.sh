@@ -12,6 +12,8 @@ must qemu-img create -q -f raw base/a.raw 1M
 must qemu-img create -q -f qcow2 base/a.qcow2 1M
 must qemu-io -f raw -c 'write -P 0xab 0 64k' base/a.raw >/dev/null
 must qemu-io -f qcow2 -c 'write -P 0xab 0 64k' -c 'write -z 128k 64k' base/a.qcow2 >/dev/null
+must qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 base/o.qcow2
+must qemu-io -f qcow2 -c 'write -P 2 32k 64k' -c 'write -z 512k 128k' base/o.qcow2 >/dev/null
 
 # same ARGS...: both tools run ARGS in fresh copies of base/
 same() {
@@ -92,6 +94,10 @@ step "discard, alloc, map, info, length, truncate, flush"
 c 'discard 0 4k' 'discard -q 0 4k' 'discard -C 0 4k' 'discard 1M 1' 'discard 0 x' 'discard 0' 'discard -x 0 1'
 c 'alloc 0 4k' 'alloc 0' 'alloc 1M' 'alloc 0 2M' 'alloc x' 'alloc 1 1' 'alloc 0 1' 'alloc 0 128k' 'alloc 64k 128k'
 c 'map' 'map 1' 'info' 'info 1' 'length' 'length 1' 'flush' 'flush 1' 'f' 'l' 'i'
+for cmd in map 'alloc 0 64k' 'alloc 0 1M' 'alloc 96k 64k' 'alloc 512k 1M' 'read -P 0xab 0 32k' 'read -P 2 32k 64k'; do
+    same -f qcow2 -c "$cmd" o.qcow2
+done
+same -f qcow2 -c 'write -z 0 64k' -c 'discard 64k 64k' -c map -c 'read -P 0 0 64k' o.qcow2
 c 'truncate 2M' 'truncate' 'truncate x' 'truncate 512k' 'truncate -m x 1M' 'truncate 1 2'
 same -f raw -c 'truncate -m falloc 2M' a.raw
 same -f raw -c 'truncate -m full 2M' a.raw
