@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vbd-io: qemu-io's commands for scripts and tests. Output lines match
- * qemu-io's so scripts can parse either; unlike qemu-io, any failed
- * command or pattern mismatch makes the exit status 1.
+ * vbd-io: qemu-io's commands for scripts and tests. Options, argument
+ * checks, messages (on qemu-io 7.2's streams) and output lines match
+ * qemu-io's so scripts can run either (tests/integration/io-parity.sh);
+ * README lists where it differs on purpose (e.g. a failed aio request also
+ * makes the exit status 1).
  */
 #include "common.h"
 
@@ -42,13 +44,15 @@ static const char usage_text[] =
     "  -q, --quiet          print nothing but errors\n"
     "  -h, --help           this help;  -V, --version  version\n"
     "\n"
-    "Commands:\n"
-    "  read [-P pat] [-q] [-v] OFF LEN     read, verify pattern byte pat if given\n"
-    "  readv [-P pat] [-q] OFF LEN [LEN..] vectored read\n"
-    "  write [-P pat] [-z [-u]] [-f] [-q] OFF LEN   write pattern (default 0xcd), zeroes (-z, -u may unmap), FUA (-f)\n"
-    "  writev [-P pat] [-f] [-q] OFF LEN [LEN..]\n"
-    "  aio_read / aio_write [same flags] OFF LEN    start in the background; aio_flush waits for all and flushes\n"
-    "  discard OFF LEN | flush | length | map | info | truncate SIZE | sleep MS\n"
+    "Commands (qemu-io's options, messages and output):\n"
+    "  read [-Cpqv] [-P pat [-s off] [-l len]] OFF LEN   read, verify pattern byte pat if given\n"
+    "  readv [-Cqv] [-P pat] OFF LEN [LEN..]           vectored read\n"
+    "  write [-cCfnpquz] [-P pat] OFF LEN              write pattern (default 0xcd), zeroes (-z, -u may\n"
+    "                                                  unmap), FUA (-f), compressed (-c)\n"
+    "  writev [-Cfq] [-P pat] OFF LEN [LEN..]\n"
+    "  aio_read / aio_write [same flags] OFF LEN [LEN..]  start in the background; aio_flush waits for all\n"
+    "  discard [-Cq] OFF LEN | alloc OFF [LEN] | map | info | length | truncate [-m mode] SIZE | flush\n"
+    "  sleep MS | close | quit\n"
     "Numbers take k, M, G, T, P, E suffixes. Exit status 0 only if every command succeeded.\n";
 
 static struct vbd_backend *be;
@@ -316,7 +320,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         return -EINVAL;
     }
     uint8_t *buf = zero ? NULL : vbd_alloc_aligned(4096, total ? total : 1);
-    for (int k = 0, pos = 0; k < niov && buf; pos += iov[k].iov_len, k++)
+    for (size_t k = 0, pos = 0; k < (size_t)niov && buf; pos += iov[k].iov_len, k++)
         iov[k].iov_base = buf + pos;
     if (buf)
         memset(buf, write ? (pattern >= 0 ? pattern : 0xcd) : 0xab, total);
@@ -712,7 +716,7 @@ static int run_command(char *line)
         return do_truncate(argc, argv);
     if (!strcmp(c, "sleep")) {
         char *end;
-        long ms = strtol(argv[1], &end, 10);
+        long ms = strtol(argv[1], &end, 0);
         if (ms < 0 || *end) {
             printf("%s is not a valid number\n", argv[1]);
             return -EINVAL;
