@@ -328,13 +328,11 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
     vbd_qiov_init(&q, iov, niov);
     uint64_t t0 = vbd_clock_ns();
     int rc;
-    /* qemu-io's block backend refuses a request past the end with EIO */
     uint64_t size = vbd_backend_size(be);
-    if ((uint64_t)off > size || size - off < (uint64_t)total)
-        rc = -EIO;
-    else if (compress && !zero && !(node->supported_write_flags & VBD_REQ_COMPRESSED))
+    bool past_end = (uint64_t)off > size || size - off < (uint64_t)total;
+    if (compress && !zero && !past_end && !(node->supported_write_flags & VBD_REQ_COMPRESSED))
         rc = -ENOTSUP; /* the block layer would write it uncompressed */
-    else if (compress && !zero && !compress_aligned(off, total))
+    else if (compress && !zero && !past_end && !compress_aligned(off, total))
         rc = -EINVAL;
     else if (write && zero)
         rc = vbd_backend_co_pwrite_zeroes(be, off, total, (unmap ? VBD_REQ_MAY_UNMAP : 0) | (fua ? VBD_REQ_FUA : 0));
@@ -343,6 +341,9 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
                                     (fua ? VBD_REQ_FUA : 0) | (compress ? VBD_REQ_COMPRESSED : 0));
     else
         rc = vbd_backend_co_preadv(be, off, total, &q, 0);
+    /* the backend refuses a range past the end (EINVAL); qemu-io's says EIO */
+    if (rc == -EINVAL && past_end)
+        rc = -EIO;
     if (rc < 0) {
         printf("%s failed: %s\n", vectored ? (write ? "writev" : "readv") : write ? "write" : "read",
                strerror(-rc));
@@ -523,7 +524,9 @@ static int do_discard(int argc, char **argv)
     }
     uint64_t t0 = vbd_clock_ns();
     uint64_t size = vbd_backend_size(be);
-    int rc = (uint64_t)a > size || size - a < (uint64_t)b ? -EIO : vbd_backend_co_pdiscard(be, a, b);
+    int rc = vbd_backend_co_pdiscard(be, a, b);
+    if (rc == -EINVAL && ((uint64_t)a > size || size - a < (uint64_t)b))
+        rc = -EIO; /* as qemu-io */
     if (rc < 0)
         printf("discard failed: %s\n", strerror(-rc));
     else if (!q && !quiet)
