@@ -25,11 +25,12 @@ must_fail_with "Parameter 'size': Invalid size 'abc'" "$VBD_IO" --image-opts -c 
 must_fail_with "The sum of offset" "$VBD_IO" --image-opts -c length "driver=raw,offset=512k,size=1M,file.filename=$T/ok.raw"
 step "offsets past the end fail, the file is unchanged"
 sum=$(md5sum <"$T/ok.raw")
-must_fail_with "write failed: Invalid argument" "$VBD_IO" -f raw -c 'write 1M 512' "$T/ok.raw"
-must_fail_with "read failed: Invalid argument" "$VBD_IO" -f raw -c 'read 1020k 8k' "$T/ok.raw"
+# as qemu-io: EIO
+must_fail_with "write failed: Input/output error" "$VBD_IO" -f raw -c 'write 1M 512' "$T/ok.raw"
+must_fail_with "read failed: Input/output error" "$VBD_IO" -f raw -c 'read 1020k 8k' "$T/ok.raw"
 [ "$(stat -c %s "$T/ok.raw")" = 1048576 ] || fail "file grew"
 step "writes to a read-only image are refused"
-must_fail_with "write failed: Read-only file system" "$VBD_IO" -f raw -r -c 'write 0 512' "$T/ok.raw"
+must_fail_with "Block node is read-only" "$VBD_IO" -f raw -r -c 'write 0 512' "$T/ok.raw"
 must_fail_with "read-only" "$VBD_IO" -f raw -U -c 'write 0 512' "$T/ok.raw"
 [ "$(md5sum <"$T/ok.raw")" = "$sum" ] || fail "a refused write changed the image"
 step "check on raw: qemu-img's exit code"

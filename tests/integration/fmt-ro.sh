@@ -40,8 +40,10 @@ same_as_qemu() {
 import sys
 got = bytearray()
 for line in open(sys.argv[1]):
+    # qemu-io's dump: "%08x:  " then n times "xx ", a space, n characters
     if len(line) > 10 and line[8] == ':':
-        got += bytes(int(x, 16) for x in line[9:].split()[:16])
+        rest = line[11:].rstrip('\n')
+        got += bytes(int(rest[3 * i:3 * i + 2], 16) for i in range((len(rest) - 1) // 4))
 sys.exit(0 if bytes(got) == open(sys.argv[2], 'rb').read() else 1)
 PY
     done

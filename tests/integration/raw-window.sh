@@ -11,8 +11,8 @@ after_tail=$(dd if="$img" bs=1M skip=6 2>/dev/null | md5sum)
 opts="driver=raw,offset=2M,size=4M,file.filename=$img"
 [ "$("$VBD_IO" --image-opts -c length "$opts")" = "4 MiB" ] || fail "window length"
 must "$VBD_IO" --image-opts -c 'write -P 0x11 0 4M' -c 'write -P 0x22 1000 3000' "$opts" >/dev/null
-must_fail_with "Invalid argument" "$VBD_IO" --image-opts -c 'write -P 0x33 4M 512' "$opts"
-must_fail_with "Invalid argument" "$VBD_IO" --image-opts -c 'write -P 0x33 4190000 10000' "$opts"
+must_fail_with "write failed: Input/output error" "$VBD_IO" --image-opts -c 'write -P 0x33 4M 512' "$opts"
+must_fail_with "write failed: Input/output error" "$VBD_IO" --image-opts -c 'write -P 0x33 4190000 10000' "$opts"
 [ "$(dd if="$img" bs=1M count=2 2>/dev/null | md5sum)" = "$before" ] || fail "bytes before the window changed"
 [ "$(dd if="$img" bs=1M skip=6 2>/dev/null | md5sum)" = "$after_tail" ] || fail "bytes after the window changed"
 qemu-io -f raw -c 'read -P 0x11 2M 1000' -c 'read -P 0x22 2098152 3000' -c 'read -P 0x11 2101152 4M-4096' "$img" >"$T/o" 2>&1

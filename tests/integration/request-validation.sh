@@ -24,23 +24,24 @@ WIN="driver=raw,offset=512k,size=1M,file.driver=file,file.filename=$T/w.raw"
 
 # bad CASE-ARGS...: every request here must fail with its one line, whatever the image
 bad_requests() {
-    must_fail_with "write failed: Invalid argument" "$VBD_IO" "$@" -c "write -P 0x11 1M 512"
-    must_fail_with "write failed: Invalid argument" "$VBD_IO" "$@" -c "write -P 0x11 1044480 8k"
-    must_fail_with "write failed: Invalid argument" "$VBD_IO" "$@" -c "writev -P 0x11 1040384 4k 4k 4k"
-    must_fail_with "read failed: Invalid argument" "$VBD_IO" "$@" -c "read 1020k 8k"
-    must_fail_with "read failed: Invalid argument" "$VBD_IO" "$@" -c "read 2M 512"
-    must_fail_with "write failed: Invalid argument" "$VBD_IO" "$@" -c "write -z 1020k 8k"
-    must_fail_with "write failed: Invalid argument" "$VBD_IO" "$@" -c "write -z -u 1M 64k"
-    must_fail_with "discard failed: Invalid argument" "$VBD_IO" "$@" -c "discard 1020k 8k"
+    must_fail_with "write failed: Input/output error" "$VBD_IO" "$@" -c "write -P 0x11 1M 512"
+    must_fail_with "write failed: Input/output error" "$VBD_IO" "$@" -c "write -P 0x11 1044480 8k"
+    must_fail_with "writev failed: Input/output error" "$VBD_IO" "$@" -c "writev -P 0x11 1040384 4k 4k 4k"
+    must_fail_with "read failed: Input/output error" "$VBD_IO" "$@" -c "read 1020k 8k"
+    must_fail_with "read failed: Input/output error" "$VBD_IO" "$@" -c "read 2M 512"
+    must_fail_with "write failed: Input/output error" "$VBD_IO" "$@" -c "write -z 1020k 8k"
+    must_fail_with "write failed: Input/output error" "$VBD_IO" "$@" -c "write -z -u 1M 64k"
+    must_fail_with "discard failed: Input/output error" "$VBD_IO" "$@" -c "discard 1020k 8k"
     # offset + length past 2^63 (the largest offset the tools take)
-    must_fail_with "write failed: Invalid argument" "$VBD_IO" "$@" -c "write -P 0x11 9223372036854775296 1024"
-    must_fail_with "read failed: Invalid argument" "$VBD_IO" "$@" -c "read 9223372036854775807 1"
-    must_fail_with "write failed: Invalid argument" "$VBD_IO" "$@" -c "write -z 9223372036854775296 1024"
-    must_fail_with "discard failed: Invalid argument" "$VBD_IO" "$@" -c "discard 9223372036854775296 1024"
-    # read-only: every kind of write
-    must_fail_with "write failed: Read-only file system" "$VBD_IO" -r "$@" -c "write -P 0x11 0 512"
-    must_fail_with "write failed: Read-only file system" "$VBD_IO" -r "$@" -c "write -z 0 64k"
-    must_fail_with "discard failed: Read-only file system" "$VBD_IO" -r "$@" -c "discard 0 64k"
+    must_fail_with "write failed: Input/output error" "$VBD_IO" "$@" -c "write -P 0x11 9223372036854775296 1024"
+    must_fail_with "read failed: Input/output error" "$VBD_IO" "$@" -c "read 9223372036854775807 1"
+    must_fail_with "write failed: Input/output error" "$VBD_IO" "$@" -c "write -z 9223372036854775296 1024"
+    must_fail_with "discard failed: Input/output error" "$VBD_IO" "$@" -c "discard 9223372036854775296 1024"
+    # read-only: every kind of write (vbd-io refuses it before the request,
+    # as qemu-io; the library's own refusal is the NBD export's EPERM below)
+    must_fail_with "Block node is read-only" "$VBD_IO" -r "$@" -c "write -P 0x11 0 512"
+    must_fail_with "Block node is read-only" "$VBD_IO" -r "$@" -c "write -z 0 64k"
+    must_fail_with "Block node is read-only" "$VBD_IO" -r "$@" -c "discard 0 64k"
 }
 
 step "vbd-io, raw"
@@ -48,7 +49,7 @@ bad_requests -f raw "$T/a.raw"
 step "vbd-io, raw with cache=none (read-modify-write path)"
 if "$VBD_IO" -f raw -t none -c "read 0 512" "$T/a.raw" >/dev/null 2>&1; then
     bad_requests -f raw -t none "$T/a.raw"
-    must_fail_with "write failed: Invalid argument" "$VBD_IO" -f raw -t none -c "write -P 0x11 1048000 1000" "$T/a.raw"
+    must_fail_with "write failed: Input/output error" "$VBD_IO" -f raw -t none -c "write -P 0x11 1048000 1000" "$T/a.raw"
 else
     echo "O_DIRECT not available here: skipped"
 fi
