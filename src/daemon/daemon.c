@@ -653,10 +653,14 @@ static void shutdown_all(void)
 static void report_option_error(const char *name, const char *arg, const char *msg)
 {
     size_t n = strlen(name);
-    if (!strncmp(msg, "--", 2) && !strncmp(msg + 2, name, n) && (msg[2 + n] == ':' || msg[2 + n] == ' ')) {
-        const char *rest = strstr(msg, ": ");
-        if (rest)
-            msg = rest + 2;
+    if (!strncmp(msg, "--", 2) && !strncmp(msg + 2, name, n)) {
+        /* only "--NAME: " or "--NAME WORD: ": a sentence that starts with
+         * the option ("--object X is not supported (...: ...)") stays whole */
+        const char *p = msg + 2 + n;
+        if (*p == ' ')
+            p += 1 + strcspn(p + 1, " :");
+        if (p[0] == ':' && p[1] == ' ')
+            msg = p + 2;
     }
     vbd_error_report("--%s %s: %s", name, arg, msg);
 }
