@@ -254,3 +254,33 @@ int tool_take_objects(int *argc, char **argv)
     argv[out] = NULL;
     return 0;
 }
+
+/* qemu-img info's layout of format-specific data: keys with spaces for
+ * dashes, nested objects and array elements indented by four. */
+void tool_print_specific(struct json_object *v, int indent)
+{
+    json_object_object_foreach(v, k, val) {
+        char key[128];
+        snprintf(key, sizeof(key), "%s", k);
+        for (char *p = key; *p; p++)
+            if (*p == '-')
+                *p = ' ';
+        if (json_object_is_type(val, json_type_object)) {
+            printf("%*s%s:\n", indent, "", key);
+            tool_print_specific(val, indent + 4);
+        } else if (json_object_is_type(val, json_type_array)) {
+            printf("%*s%s:\n", indent, "", key);
+            for (size_t i = 0; i < json_object_array_length(val); i++) {
+                struct json_object *e = json_object_array_get_idx(val, i);
+                if (json_object_is_type(e, json_type_object)) {
+                    printf("%*s[%zu]:\n", indent + 4, "", i);
+                    tool_print_specific(e, indent + 8);
+                } else {
+                    printf("%*s[%zu]: %s\n", indent + 4, "", i, json_object_get_string(e));
+                }
+            }
+        } else {
+            printf("%*s%s: %s\n", indent, "", key, json_object_get_string(val));
+        }
+    }
+}

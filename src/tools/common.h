@@ -46,4 +46,7 @@ int tool_take_objects(int *argc, char **argv);
 void tool_print_json(struct json_object *o);
 char *tool_json_pretty(struct json_object *o);
 
+/* Print format-specific info (json) as qemu-img info and qemu-io info do. */
+void tool_print_specific(struct json_object *v, int indent);
+
 #endif

@@ -58,34 +58,6 @@ struct json_object *image_info_json(struct vbd_node *n, struct vbd_error **err)
     return o;
 }
 
-static void print_specific(struct json_object *v, int indent)
-{
-    json_object_object_foreach(v, k, val) {
-        char key[128];
-        snprintf(key, sizeof(key), "%s", k);
-        for (char *p = key; *p; p++)
-            if (*p == '-')
-                *p = ' ';
-        if (json_object_is_type(val, json_type_object)) {
-            printf("%*s%s:\n", indent, "", key);
-            print_specific(val, indent + 4);
-        } else if (json_object_is_type(val, json_type_array)) {
-            printf("%*s%s:\n", indent, "", key);
-            for (size_t i = 0; i < json_object_array_length(val); i++) {
-                struct json_object *e = json_object_array_get_idx(val, i);
-                if (json_object_is_type(e, json_type_object)) {
-                    printf("%*s[%zu]:\n", indent + 4, "", i);
-                    print_specific(e, indent + 8);
-                } else {
-                    printf("%*s[%zu]: %s\n", indent + 4, "", i, json_object_get_string(e));
-                }
-            }
-        } else {
-            printf("%*s%s: %s\n", indent, "", key, json_object_get_string(val));
-        }
-    }
-}
-
 
 /* qemu-img's snapshot table (info and snapshot -l) */
 void print_snapshot_table(struct json_object *v)
@@ -147,7 +119,7 @@ static void print_info_human(struct json_object *o)
         printf("Format specific information:\n");
         struct json_object *data;
         if (json_object_object_get_ex(v, "data", &data))
-            print_specific(data, 4);
+            tool_print_specific(data, 4);
     }
 }
 

@@ -574,35 +574,6 @@ static int do_truncate(int argc, char **argv)
     return rc;
 }
 
-/* qemu-img info's layout of the format-specific data (keys with spaces) */
-static void print_specific(struct json_object *v, int indent)
-{
-    json_object_object_foreach(v, k, val) {
-        char key[128];
-        snprintf(key, sizeof(key), "%s", k);
-        for (char *p = key; *p; p++)
-            if (*p == '-')
-                *p = ' ';
-        if (json_object_is_type(val, json_type_object)) {
-            printf("%*s%s:\n", indent, "", key);
-            print_specific(val, indent + 4);
-        } else if (json_object_is_type(val, json_type_array)) {
-            printf("%*s%s:\n", indent, "", key);
-            for (size_t i = 0; i < json_object_array_length(val); i++) {
-                struct json_object *e = json_object_array_get_idx(val, i);
-                if (json_object_is_type(e, json_type_object)) {
-                    printf("%*s[%zu]:\n", indent + 4, "", i);
-                    print_specific(e, indent + 8);
-                } else {
-                    printf("%*s[%zu]: %s\n", indent + 4, "", i, json_object_get_string(e));
-                }
-            }
-        } else {
-            printf("%*s%s: %s\n", indent, "", key, json_object_get_string(val));
-        }
-    }
-}
-
 static int do_info(void)
 {
     printf("format name: %s\n", node->drv->name);
@@ -630,7 +601,7 @@ static int do_info(void)
     struct json_object *data;
     if (info.format_specific && json_object_object_get_ex(info.format_specific, "data", &data)) {
         printf("Format specific information:\n");
-        print_specific(data, 4);
+        tool_print_specific(data, 4);
     }
     json_object_put(info.format_specific);
     return 0;
