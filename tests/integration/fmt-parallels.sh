@@ -129,36 +129,5 @@ PY
     done
 done
 step "the model-based stress test (tests/stress/vbd-stress) on parallels images, in process and over NBD"
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
-head -c 3M /dev/urandom >init.raw && truncate -s 8M init.raw
-stress_check() { # s.img checks clean and holds what the model expects
-    qcheck -f parallels s.img
-    must qemu-img compare -q -f parallels -F raw s.img shadow.raw
-}
-n=0
-for cs in 4096 1048576; do
-    for io in "" "-t none" "-i threads"; do
-        n=$((n + 1))
-        must qemu-img create -q -f parallels -o cluster_size=$cs s.img 8M
-        must qemu-img convert -q -n -f raw -O parallels init.raw s.img
-        out=$(timeout -k 10 600 "$STRESS" --seed $((100 + n)) --ops 1500 --cluster-size $cs --init init.raw \
-              --shadow-out shadow.raw $io -f parallels s.img 2>&1) || fail "vbd-stress cs=$cs [$io] seed=$((100 + n)): $(echo "$out" | tail -5)"
-        stress_check
-    done
-done
-must qemu-img create -q -f parallels -o cluster_size=65536 s.img 8M
-must qemu-img convert -q -n -f raw -O parallels init.raw s.img
-"$VBD_DAEMON" --blockdev "driver=file,node-name=f0,filename=$T/s.img" --blockdev "driver=parallels,node-name=d0,file=f0" \
-    --nbd-server "addr.type=unix,addr.path=$T/nbd.sock" --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on" \
-    2>daemon.log &
-dpid=$!
-on_exit "kill -9 $dpid 2>/dev/null"
-wait_sock "$T/nbd.sock"
-out=$(timeout -k 10 600 "$STRESS" --seed 200 --ops 1500 --cluster-size 65536 --init init.raw --shadow-out shadow.raw \
-      --nbd "nbd+unix:///disk?socket=$T/nbd.sock" --conns 4 2>&1) || fail "vbd-stress over NBD seed=200: $(echo "$out" | tail -5)"
-kill -TERM $dpid
-wait $dpid || fail "vbd-daemon exited with $? after SIGTERM: $(tail -5 daemon.log)"
-grep -q Sanitizer daemon.log && fail "vbd-daemon: $(cat daemon.log)"
-stress_check
+stress_format parallels "4096 1048576" 65536 "-o cluster_size=%cs%"
 echo ok

@@ -249,3 +249,52 @@ qcow2_node() {
     [ $# -gt 1 ] && { [ "$2" = null ] && b=',"backing":null' || b=',"backing":"'"$2"'"'; }
     echo '{"driver":"qcow2","node-name":"'"$1"'","file":{"driver":"file","filename":"'"$PWD/$1"'.qcow2"}'"$b"'}'
 }
+# The model-based stress test (tests/stress/vbd-stress) on FMT images in $PWD:
+# in process for each cluster size of CSLIST and each I/O mode, then over NBD
+# (vbd-daemon, 4 connections) at cluster size NBD_CS. Each image is made by
+# `qemu-img create -f FMT OPTS s.img 8M` (%cs% in OPTS becomes the cluster
+# size) and filled from a random init.raw; after each run it must check clean
+# (unless CHECK is "nocheck": qemu-img has none for the format) and hold what
+# the model's shadow copy says.
+# stress_format FMT "CSLIST" NBD_CS "OPTS" [nocheck]
+stress_format() {
+    local fmt=$1 cslist=$2 nbd_cs=$3 opts=$4 check=${5:-check} cs io n=0 out
+    local stress=$VBD_BUILD/tests/stress/vbd-stress
+    [ -x "$stress" ] || fail "no $stress (build the tree first)"
+    head -c 3M /dev/urandom >init.raw && truncate -s 8M init.raw
+    _stress_image() {
+        # shellcheck disable=SC2086 # OPTS are words
+        must qemu-img create -q -f "$fmt" ${opts//%cs%/$1} s.img 8M
+        must qemu-img convert -q -n -f raw -O "$fmt" init.raw s.img
+    }
+    _stress_check() {
+        [ "$check" = nocheck ] || qcheck -f "$fmt" s.img
+        must qemu-img compare -q -f "$fmt" -F raw s.img shadow.raw
+    }
+    for cs in $cslist; do
+        for io in "" "-t none" "-i threads"; do
+            n=$((n + 1))
+            _stress_image $cs
+            # shellcheck disable=SC2086 # $io is words
+            out=$(timeout -k 10 600 "$stress" --seed $((100 + n)) --ops 1500 --cluster-size $cs --init init.raw \
+                  --shadow-out shadow.raw $io -f "$fmt" s.img 2>&1) ||
+                fail "vbd-stress $fmt cs=$cs [$io] seed=$((100 + n)): $(echo "$out" | tail -5)"
+            _stress_check
+        done
+    done
+    _stress_image $nbd_cs
+    "$VBD_DAEMON" --blockdev "driver=file,node-name=f0,filename=$PWD/s.img" --blockdev "driver=$fmt,node-name=d0,file=f0" \
+        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on" \
+        2>daemon.log &
+    local spid=$!
+    on_exit "kill -9 $spid 2>/dev/null"
+    wait_sock "$PWD/nbd.sock"
+    out=$(timeout -k 10 600 "$stress" --seed 200 --ops 1500 --cluster-size $nbd_cs --init init.raw --shadow-out shadow.raw \
+          --nbd "nbd+unix:///disk?socket=$PWD/nbd.sock" --conns 4 2>&1) ||
+        fail "vbd-stress $fmt over NBD seed=200: $(echo "$out" | tail -5)"
+    kill -TERM $spid
+    wait $spid || fail "vbd-daemon exited with $? after SIGTERM: $(tail -5 daemon.log)"
+    ! grep -q Sanitizer daemon.log || fail "vbd-daemon: $(cat daemon.log)"
+    rm -f "$PWD/nbd.sock"
+    _stress_check
+}
