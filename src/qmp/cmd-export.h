@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * What cmd-export.c (NBD server, block exports, the resume command) and
- * cmd-object.c (object-add/del, qom-*, query-iothreads) share: the checks
- * of boxed arguments, with QEMU's wording, and the object commands that
- * cmd-export.c's table lists.
+ * cmd-object.c (object-add/del, qom-*, query-iothreads) share: QEMU's id
+ * check and the object commands that cmd-export.c's table lists. (The
+ * checks of boxed arguments are in commands.h, beside the dispatcher's.)
  */
 #ifndef VBD_QMP_CMD_EXPORT_H
 #define VBD_QMP_CMD_EXPORT_H
@@ -14,19 +14,6 @@
 
 struct json_object;
 
-/*
- * Check the members of a boxed argument object against spec (the
- * arg_spec syntax of vbd_qmp_command: "name:type ?name:type", plus the
- * type "strlist": a string or an array of strings). prefix names the
- * object in messages ("addr.data" gives 'addr.data.port'); "" at the top.
- * Missing, wrongly typed and unexpected members are refused as QEMU words
- * them. Leaves obj unchanged.
- */
-bool qmp_check_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err);
-/* If key is present, its string value must be one of choices (NULL
- * terminated): "Parameter 'KEY' does not accept value 'V'". */
-bool qmp_check_enum(struct json_object *obj, const char *key, const char *prefix, const char *const *choices,
-                    struct vbd_qmp_error *err);
 /* QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
 bool qmp_id_wellformed(const char *id);
 

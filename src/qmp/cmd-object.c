@@ -9,6 +9,7 @@
  * object something still uses.
  */
 #include "qmp/cmd-export.h"
+#include "qmp/commands.h"
 
 #include "vbd/authz.h"
 #include "vbd/error.h"

@@ -58,85 +58,6 @@ void tx_drain(struct tx_action *a, struct vbd_node *n)
     a->drained = true;
 }
 
-/* ---------- argument checks with QEMU's wording, for nested objects ---------- */
-
-static const char *json_type_word(struct json_object *v)
-{
-    switch (json_object_get_type(v)) {
-    case json_type_string: return "str";
-    case json_type_int: return "int";
-    case json_type_double: return "number";
-    case json_type_boolean: return "bool";
-    case json_type_object: return "object";
-    case json_type_array: return "array";
-    default: return "null";
-    }
-}
-
-static const char *expected_word(const char *type)
-{
-    if (!strcmp(type, "str"))
-        return "string";
-    if (!strcmp(type, "int"))
-        return "integer";
-    if (!strcmp(type, "bool"))
-        return "boolean";
-    return type;
-}
-
-/* One "?name:type" word of an arg_spec; NULL at the end. */
-static const char *spec_next(const char *p, char name[64], char type[16], bool *optional)
-{
-    while (*p == ' ')
-        p++;
-    if (!*p)
-        return NULL;
-    *optional = *p == '?';
-    p += *optional;
-    size_t n = strcspn(p, ":");
-    snprintf(name, 64, "%.*s", (int)n, p);
-    p += n + (p[n] == ':');
-    n = strcspn(p, " ");
-    snprintf(type, 16, "%.*s", (int)n, p);
-    return p + n;
-}
-
-/* args against spec, names in messages prefixed by `prefix` ("actions[0].data."). */
-static int check_args(const char *spec, struct json_object *args, const char *prefix, struct vbd_qmp_error *err)
-{
-    char name[64], type[16];
-    bool optional;
-    for (const char *p = spec; (p = spec_next(p, name, type, &optional));) {
-        struct json_object *v;
-        if (!json_object_object_get_ex(args, name, &v)) {
-            if (!optional) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s%s' is missing", prefix, name);
-                return -1;
-            }
-            continue;
-        }
-        const char *have = json_type_word(v);
-        bool ok = !strcmp(type, "any") || !strcmp(type, have) || (!strcmp(type, "number") && !strcmp(have, "int"));
-        if (!ok) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s%s', expected: %s", prefix, name,
-                               expected_word(type));
-            return -1;
-        }
-    }
-    json_object_object_foreach(args, key, val)
-    {
-        (void)val;
-        bool known = false;
-        for (const char *p = spec; !known && (p = spec_next(p, name, type, &optional));)
-            known = !strcmp(name, key);
-        if (!known) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s%s' is unexpected", prefix, key);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* ---------- running ---------- */
 
 static bool grouped_refused(const struct tx_action *a, bool grouped, struct vbd_qmp_error *err)
@@ -224,8 +145,7 @@ static int parse_action(struct json_object *item, int i, struct tx_action *a, st
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: object", prefix);
         return -1;
     }
-    snprintf(prefix, sizeof(prefix), "actions[%d].", i);
-    if (check_args("type:str data:object", item, prefix, err) < 0)
+    if (!qmp_check_members(item, "type:str data:object", prefix, err))
         return -1;
     const char *type = json_object_get_string(json_object_object_get(item, "type"));
     for (const struct tx_action_type *const *t = action_types; *t; t++)
@@ -236,9 +156,10 @@ static int parse_action(struct json_object *item, int i, struct tx_action *a, st
         return -1;
     }
     a->data = json_object_object_get(item, "data");
-    snprintf(prefix, sizeof(prefix), "actions[%d].data.", i);
-    if (check_args(a->type->arg_spec, a->data, prefix, err) < 0)
+    snprintf(prefix, sizeof(prefix), "actions[%d].data", i);
+    if (!qmp_check_members(a->data, a->type->arg_spec, prefix, err))
         return -1;
+    snprintf(prefix, sizeof(prefix), "actions[%d].data.", i);
     return a->type->check ? a->type->check(a->data, prefix, err) : 0;
 }
 
@@ -252,7 +173,7 @@ struct json_object *qmp_transaction(struct json_object *args, struct vbd_qmp_err
         if (parse_action(json_object_array_get_idx(list, (size_t)i), i, &acts[i], err) < 0)
             goto fail;
     if (json_object_object_get_ex(args, "properties", &props)) {
-        if (check_args("?completion-mode:str", props, "properties.", err) < 0)
+        if (!qmp_check_members(props, "?completion-mode:str", "properties", err))
             goto fail;
         struct json_object *mode = json_object_object_get(props, "completion-mode");
         const char *m = mode ? json_object_get_string(mode) : "individual";

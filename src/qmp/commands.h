@@ -16,4 +16,21 @@ extern const struct vbd_qmp_command vbd_qmp_cmds_create[];   /* cmd-create.c: bl
 
 extern const struct vbd_qmp_command vbd_qmp_cmds_mirror[];   /* cmd-mirror.c: blockdev-mirror, drive-mirror */
 
+struct vbd_qmp_error;
+
+/*
+ * Check the members of a boxed argument object against spec (the
+ * arg_spec syntax of vbd_qmp_command: "name:type ?name:type", plus the
+ * type "strlist": a string or an array of strings). prefix names the
+ * object in messages ("addr.data" gives 'addr.data.port'); "" at the top.
+ * Missing, wrongly typed and unexpected members are refused as QEMU words
+ * them. Leaves obj unchanged.
+ */
+bool qmp_check_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err);
+
+/* If key is present, its string value must be one of choices (NULL
+ * terminated): "Parameter 'KEY' does not accept value 'V'". */
+bool qmp_check_enum(struct json_object *obj, const char *key, const char *prefix, const char *const *choices,
+                    struct vbd_qmp_error *err);
+
 #endif

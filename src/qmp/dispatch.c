@@ -2,8 +2,12 @@
 /*
  * The QMP dispatcher: one request object in, one reply object out. The
  * request's shape and the command's top-level arguments are checked here,
- * once, with QEMU's wording, so handlers see only well-typed arguments.
+ * once, with QEMU's wording, so handlers see only well-typed arguments;
+ * handlers check their nested objects with the same checker
+ * (qmp_check_members), so every level words its errors alike.
  */
+#include "qmp/commands.h"
+
 #include "vbd/error.h"
 #include "vbd/qmp.h"
 
@@ -46,9 +50,10 @@ struct json_object *vbd_qmp_ok(void)
     return json_object_new_object();
 }
 
-static const char *type_word(json_type t)
+/* The arg_spec type of a JSON value: str, int, number, bool, object, array, null. */
+static const char *type_word(struct json_object *v)
 {
-    switch (t) {
+    switch (json_object_get_type(v)) {
     case json_type_string: return "str";
     case json_type_int: return "int";
     case json_type_double: return "number";
@@ -59,10 +64,32 @@ static const char *type_word(json_type t)
     }
 }
 
+static bool type_ok(const char *want, struct json_object *v)
+{
+    const char *have = type_word(v);
+    if (!strcmp(want, "any"))
+        return true;
+    if (!strcmp(want, "number"))
+        return !strcmp(have, "number") || !strcmp(have, "int");
+    if (!strcmp(want, "uint")) /* QEMU's uint8..uint64 and size (a negative one wraps, as QEMU's) */
+        return !strcmp(have, "int");
+    if (!strcmp(want, "strlist")) {
+        if (!strcmp(have, "str"))
+            return true;
+        if (strcmp(have, "array"))
+            return false;
+        for (size_t i = 0; i < json_object_array_length(v); i++)
+            if (!json_object_is_type(json_object_array_get_idx(v, i), json_type_string))
+                return false;
+        return true;
+    }
+    return !strcmp(want, have);
+}
+
 /* QEMU's names in "Invalid parameter type for 'x', expected: ..." */
 static const char *expected_word(const char *type)
 {
-    if (!strcmp(type, "str"))
+    if (!strcmp(type, "str") || !strcmp(type, "strlist"))
         return "string";
     if (!strcmp(type, "int"))
         return "integer";
@@ -71,82 +98,84 @@ static const char *expected_word(const char *type)
     return type;
 }
 
-static bool type_ok(const char *type, struct json_object *v)
-{
-    const char *have = type_word(json_object_get_type(v));
-    if (!strcmp(type, "any"))
-        return true;
-    if (!strcmp(type, "number"))
-        return !strcmp(have, "number") || !strcmp(have, "int");
-    if (!strcmp(type, "uint")) /* QEMU's uint8..uint64 and size (a negative one wraps, as QEMU's) */
-        return !strcmp(have, "int");
-    return !strcmp(type, have);
-}
-
 /* One "?name:type" word of an arg_spec. */
-struct spec_arg {
+struct spec_word {
     char name[64], type[16];
     bool optional;
 };
 
-static const char *next_spec_arg(const char *p, struct spec_arg *a)
+static const char *next_word(const char *p, struct spec_word *w)
 {
     while (*p == ' ')
         p++;
     if (!*p)
         return NULL;
-    a->optional = *p == '?';
-    if (a->optional)
-        p++;
+    w->optional = *p == '?';
+    p += w->optional;
     size_t n = strcspn(p, ":");
-    snprintf(a->name, sizeof(a->name), "%.*s", (int)n, p);
+    snprintf(w->name, sizeof(w->name), "%.*s", (int)n, p);
     p += n + (p[n] == ':');
     n = strcspn(p, " ");
-    snprintf(a->type, sizeof(a->type), "%.*s", (int)n, p);
+    snprintf(w->type, sizeof(w->type), "%.*s", (int)n, p);
     return p + n;
 }
 
-static bool spec_has(const char *spec, const char *key)
+static void full_name(char *buf, size_t len, const char *prefix, const char *key)
 {
-    struct spec_arg a;
-    for (const char *p = spec; (p = next_spec_arg(p, &a));)
-        if (!strcmp(a.name, key))
-            return true;
-    return false;
+    snprintf(buf, len, "%s%s%s", prefix, *prefix ? "." : "", key);
 }
 
-static bool check_args(const struct vbd_qmp_command *c, struct json_object *args, struct vbd_qmp_error *err)
+bool qmp_check_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err)
 {
-    if (!c->arg_spec)
-        return true;
-    struct spec_arg a;
-    for (const char *p = c->arg_spec; (p = next_spec_arg(p, &a));) {
+    char name[256];
+    struct spec_word w;
+    for (const char *p = spec; (p = next_word(p, &w));) {
         struct json_object *v;
-        if (!json_object_object_get_ex(args, a.name, &v)) {
-            if (!a.optional) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is missing", a.name);
-                return false;
-            }
-            continue;
+        full_name(name, sizeof(name), prefix, w.name);
+        if (!json_object_object_get_ex(obj, w.name, &v)) {
+            if (w.optional)
+                continue;
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is missing", name);
+            return false;
         }
-        if (!type_ok(a.type, v)) {
-            if (!strcmp(a.type, "uint")) /* QEMU's unsigned visitor says it so */
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", a.name);
+        if (!type_ok(w.type, v)) {
+            if (!strcmp(w.type, "uint")) /* QEMU's unsigned visitor says it so */
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", name);
             else
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s",
-                                   a.name, expected_word(a.type));
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", name,
+                                   expected_word(w.type));
             return false;
         }
     }
-    json_object_object_foreach(args, key, val)
+    json_object_object_foreach(obj, key, val)
     {
         (void)val;
-        if (!spec_has(c->arg_spec, key)) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", key);
+        bool known = false;
+        for (const char *p = spec; !known && (p = next_word(p, &w));)
+            known = !strcmp(w.name, key);
+        if (!known) {
+            full_name(name, sizeof(name), prefix, key);
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", name);
             return false;
         }
     }
     return true;
+}
+
+bool qmp_check_enum(struct json_object *obj, const char *key, const char *prefix, const char *const *choices,
+                    struct vbd_qmp_error *err)
+{
+    struct json_object *v;
+    if (!json_object_object_get_ex(obj, key, &v))
+        return true;
+    const char *s = json_object_get_string(v);
+    for (int i = 0; choices[i]; i++)
+        if (!strcmp(s, choices[i]))
+            return true;
+    char name[256];
+    full_name(name, sizeof(name), prefix, key);
+    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' does not accept value '%s'", name, s);
+    return false;
 }
 
 static struct json_object *error_reply(const struct vbd_qmp_error *err)
@@ -225,7 +254,7 @@ struct json_object *vbd_qmp_dispatch_table(struct json_object *req, bool negotia
         json_object_deep_copy(args, &own, NULL);
     else
         own = json_object_new_object();
-    if (own && check_args(c, own, &err)) {
+    if (own && (!c->arg_spec || qmp_check_members(own, c->arg_spec, "", &err))) {
         struct json_object *ret = c->run(own, &err);
         if (ret && !err.cls && negotiated && (c->flags & VBD_QMP_BEFORE_CAPS)) {
             /* as QEMU: the arguments are checked (and may fail) first;

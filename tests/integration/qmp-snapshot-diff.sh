@@ -4,7 +4,7 @@
 # structure and error classes, the deliberate differences marked in it.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img python3
-python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-snapshot.jsonl" \
+QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-snapshot.jsonl" \
     --both --blockdev --both "driver=file,node-name=f0,filename={DIR}/a.qcow2" \
     --both --blockdev --both "driver=qcow2,node-name=d0,file=f0" \
     --both --blockdev --both "driver=file,node-name=r0,filename={DIR}/r.raw" \
