@@ -129,8 +129,8 @@ static int blk_set_config(struct vu_dev *dev, uint32_t offset, const uint8_t *da
  * requests completed here (a null node, a page-cache read of a file) are
  * refilled before the next pop, and the loop's other ring waited
  * meanwhile. 2 queues, tmpfs file, 4K reads QD32: p99 2.2-5.0 ms (the
- * first ring's 1.2-3.3 ms, the second's 3.5-5.5) -> 0.5-0.6 ms, p99.9
- * 12-22 -> 2-4 ms, IOPS level; null 2q 4K writes QD32 p99 70-344 ->
+ * first ring's 1.2-3.3 ms, the second's 3.5-5.5) -> 0.5-1.2 ms, p99.9
+ * 12-22 -> 2-4 ms, IOPS level (qsd 1.4-2.5 ms); null 2q 4K writes QD32 p99 70-344 ->
  * 39-70 us. Ending at every batch (no budget) cost 2q 64K reads of null
  * ~7 % (more loop iterations, so more bottom-half signals that wake the
  * driver); at 32 ~3 %, at 64 none (RESULTS.md 2026-12-05, vu11). The stop
