@@ -8,6 +8,11 @@
 #   bench/vhost-user-ab.sh ROUNDS SECONDS QUEUES "VBD-BENCH ARGS" SERVER...
 #   SERVER: a vbd-daemon binary, or qemu-storage-daemon
 #   IOTHREAD=1: the export runs on an iothread (as in bench/vhost-user.sh)
+#   NODE=file: the file node of bench/vhost-user.sh (a 1 GiB raw image in
+#   /dev/shm, page cache) instead of null-co
+#   PERQ=1: each run also prints every queue's p99/max (us) after "|", then
+#   "w" and the ms the server's threads waited for a CPU while runnable
+#   (schedstat: time other tasks held CPU 0)
 # e.g. flock /work/wt/bench.lock bash bench/vhost-user-ab.sh 4 2 2 "-w read -b 64k -d 8" \
 #          /tmp/old/vbd-daemon build/src/tools/vbd-daemon qemu-storage-daemon
 # vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs;
@@ -18,28 +23,38 @@ source "$(dirname "$0")/vhost-user-common.sh"
 ROUNDS=$1 SECS=$2 NQ=$3 ARGS=$4
 shift 4
 dir=$(mktemp -d /dev/shm/vbd-vu-ab.XXXXXX)
-sock=$dir/vu.sock
+sock=$dir/vu.sock img=$dir/disk.raw
+NODE=${NODE:-null}
+if [ "$NODE" = file ]; then
+    qemu-img create -q -f raw "$img" 1G
+    qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
+fi
 spid=
 trap '[ -z "$spid" ] || { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; }; rm -rf "$dir"' EXIT
 echo "machine: $(machine); host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "$SECS s per run; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; -q $NQ $ARGS"
+echo "$SECS s per run; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; node: $NODE; -q $NQ $ARGS"
 echo "per run: IOPS p50/p99/p99.9 (us) server-ns/request"
+# ns the process's threads spent runnable but not running
+runq_wait_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{w += $2} END {printf "%d\n", w}'; }
 declare -A runs=()
 for _ in $(seq "$ROUNDS"); do
     for bin in "$@"; do
-        serve "$bin" null "$NQ"
-        c0=$(cpu_ns $spid)
+        serve "$bin" "$NODE" "$NQ"
+        c0=$(cpu_ns $spid) w0=$(runq_wait_ns $spid)
         # shellcheck disable=SC2086 # ARGS is a list of options
         out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q "$NQ" $ARGS -t "$SECS" --json)
-        c1=$(cpu_ns $spid)
+        c1=$(cpu_ns $spid) w1=$(runq_wait_ns $spid)
         kill $spid
         wait $spid 2>/dev/null || true
         spid=
         runs[$bin]+=$(python3 -c '
 import json, sys
 r = json.loads(sys.argv[1]); l = r["lat-us"]
-print("  %6.0fk %5.1f/%6.1f/%7.1f %5.0f" % (r["iops"] / 1000, l["p50"], l["p99"], l["p99.9"],
-                                          int(sys.argv[2]) / (r["requests"] + 1)))' "$out" $((c1 - c0)))
+line = "  %6.0fk %5.1f/%6.1f/%7.1f %5.0f" % (r["iops"] / 1000, l["p50"], l["p99"], l["p99.9"],
+                                         int(sys.argv[2]) / (r["requests"] + 1))
+if sys.argv[3] == "1" and "per-queue" in r:
+    line += " |" + " ".join("%.0f/%.0f" % (q["p99"], q["max"]) for q in r["per-queue"]) + " w%.0f" % (int(sys.argv[4]) / 1e6)
+print(line, end="")' "$out" $((c1 - c0)) "${PERQ:-0}" $((w1 - w0)))
     done
 done
 for bin in "$@"; do

@@ -93,6 +93,9 @@ struct bench {
     uint64_t seq_off;
     uint64_t writes_since_flush[VHC_MAX_QUEUES];
     uint64_t hist[512];
+    /* per queue: which ring a tail comes from (the JSON's "per-queue") */
+    uint64_t qhist[VHC_MAX_QUEUES][512];
+    uint64_t qmax_ns[VHC_MAX_QUEUES];
     uint64_t rng;
     int phase; /* verify: 0 write, 1 read */
     uint64_t mismatches, first_bad;
@@ -132,22 +135,27 @@ static double bucket_mid_us(int idx)
     return (lo + hi) / 2 / 1000.0;
 }
 
-static double percentile_us(const struct bench *b, double pct)
+static double hist_percentile_us(const uint64_t *hist, double pct)
 {
     uint64_t total = 0, acc = 0;
     for (int i = 0; i < 512; i++)
-        total += b->hist[i];
+        total += hist[i];
     if (!total)
         return 0;
     uint64_t want = (uint64_t)(total * pct / 100.0);
     if (want >= total)
         want = total - 1;
     for (int i = 0; i < 512; i++) {
-        acc += b->hist[i];
+        acc += hist[i];
         if (acc > want)
             return bucket_mid_us(i);
     }
     return 0;
+}
+
+static double percentile_us(const struct bench *b, double pct)
+{
+    return hist_percentile_us(b->hist, pct);
 }
 
 static void fill_pattern(uint8_t *buf, uint64_t off, uint32_t len)
@@ -234,7 +242,11 @@ static void submit(struct bench *b, struct slot *s)
 static void complete(struct bench *b, struct slot *s, uint64_t t)
 {
     s->busy = false;
-    b->hist[bucket(t - s->start_ns)]++;
+    uint64_t lat = t - s->start_ns;
+    b->hist[bucket(lat)]++;
+    b->qhist[s->q][bucket(lat)]++;
+    if (lat > b->qmax_ns[s->q])
+        b->qmax_ns[s->q] = lat;
     bool failed = b->nbd_uri ? s->result < 0 : *s->status != VIRTIO_BLK_S_OK;
     if (failed) {
         if (b->errors++ == 0) {
@@ -463,12 +475,24 @@ static void report(struct bench *b, double secs)
     if (b->json)
         printf("{\"workload\": \"%s\", \"block-size\": %u, \"queues\": %d, \"depth\": %d, \"seconds\": %.3f, "
                "\"requests\": %llu, \"iops\": %.0f, \"mb-per-s\": %.1f, \"lat-us\": {\"p50\": %.1f, \"p99\": %.1f, "
-               "\"p99.9\": %.1f}, \"errors\": %llu, \"verify-mismatches\": %llu, \"lost-wakeups\": %llu%s}\n",
+               "\"p99.9\": %.1f}, \"errors\": %llu, \"verify-mismatches\": %llu, \"lost-wakeups\": %llu%s",
                b->verify ? "verify" : b->workload, b->bs, b->queues, b->depth, secs, (unsigned long long)b->done, iops, mbs,
                p50, p99, p999, (unsigned long long)b->errors, (unsigned long long)b->mismatches,
                (unsigned long long)b->lost_wakeups,
                b->nbd_uri ? "" : b->c.event_idx ? ", \"event-idx\": true" : ", \"event-idx\": false");
-    else
+    if (b->json) {
+        /* each queue's own latency: whether a tail is one ring's (starved) or both rings' */
+        printf(", \"per-queue\": [");
+        for (int q = 0; q < b->queues; q++) {
+            uint64_t n = 0;
+            for (int i = 0; i < 512; i++)
+                n += b->qhist[q][i];
+            printf("%s{\"requests\": %llu, \"p50\": %.1f, \"p99\": %.1f, \"p99.9\": %.1f, \"max\": %.1f}", q ? ", " : "",
+                   (unsigned long long)n, hist_percentile_us(b->qhist[q], 50), hist_percentile_us(b->qhist[q], 99),
+                   hist_percentile_us(b->qhist[q], 99.9), b->qmax_ns[q] / 1000.0);
+        }
+        printf("]}\n");
+    } else
         printf("vbd-bench: %s bs=%u queues=%d depth=%d: %llu requests in %.2fs\n"
                "  IOPS %.0f  MB/s %.1f  latency us: p50 %.1f  p99 %.1f  p99.9 %.1f  errors %llu\n",
                b->verify ? "verify" : b->workload, b->bs, b->queues, b->depth, (unsigned long long)b->done, secs, iops, mbs,

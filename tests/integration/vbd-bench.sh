@@ -46,6 +46,11 @@ PY
     out=$("$VBD_BENCH" --vhost-user "$S" -q 2 -w randrw:70 -n 20000 --flush-every 50 --json) || fail "randrw: $out"
     python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["requests"] >= 20000 and r["iops"] > 0 and r["errors"] == 0 else 1)' "$out" ||
         fail "randrw result: $out"
+    # per-queue latency: one entry per queue, each queue served, and every
+    # request (the flushes too) counted in one of them
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); p=r["per-queue"]
+sys.exit(0 if len(p) == 2 and all(q["requests"] > 0 and q["p99"] > 0 and q["max"] > 0 for q in p) and
+         sum(q["requests"] for q in p) >= r["requests"] else 1)' "$out" || fail "randrw per-queue: $out"
     # Both notification modes, each at depth 1 (the client sleeps for every
     # request: a lost wake-up shows as a 1 s wait, counted by vbd-bench and
     # failing it) and at depths where completions arrive while it drains

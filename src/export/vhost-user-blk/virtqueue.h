@@ -99,6 +99,13 @@ struct vu_elem {
  * outside guest memory, -EINVAL for any other malformed ring or chain.
  * *why names the reason, for the log line only; callers compare errnos. */
 int vu_vq_pop(struct vu_vq *vq, const struct vu_mem *m, struct vu_elem *e, const char **why);
+
+/* Whether the pops have taken every entry the last read of the avail index
+ * counted (the next pop reads it again). */
+static inline bool vu_vq_batch_done(const struct vu_vq *vq)
+{
+    return vq->avail_known == 0;
+}
 /* Maps the chain at head (used when resubmitting inflight requests); errors
  * as vu_vq_pop's. */
 int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e, const char **why);
