@@ -10,6 +10,7 @@
 #include "daemon/libvirt-disk.h"
 #include "daemon/objects.h"
 #include "daemon/state.h"
+#include "qmp/cmd-block.h"
 #include "vbd/job.h"
 
 #include "vbd/alloc.h"
@@ -159,6 +160,13 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
     struct json_object *dv = vbd_opt_get(opts, "driver");
     if (dv && json_object_is_type(dv, json_type_string) && !vbd_driver_find(json_object_get_string(dv))) {
         vbd_error_setf(err, EINVAL, "Parameter 'driver' does not accept value '%s'", json_object_get_string(dv));
+        json_object_put(opts);
+        return -EINVAL;
+    }
+    /* qsd's --blockdev is blockdev-add: the same check of the name, before anything opens */
+    struct vbd_qmp_error qe = {0};
+    if (!vbd_qmp_node_name_check(json_object_get_string(vbd_opt_get(opts, "node-name")), &qe)) {
+        vbd_error_setf(err, EINVAL, "%s", qe.desc);
         json_object_put(opts);
         return -EINVAL;
     }

@@ -72,6 +72,10 @@ extra
 --blockdev driver=null-co,node-name=a --export type=nbd,node-name=a
 --blockdev driver=null-co,node-name=a --export type=floppy,id=e,node-name=a
 --nbd-server addr.type=unix,addr.path={D}/a.sock --nbd-server addr.type=unix,addr.path={D}/b.sock
+# node names: --blockdev is blockdev-add, its check of the name included
+--blockdev driver=null-co,node-name=1a
+--blockdev driver=null-co,node-name=a@b
+--blockdev driver=null-co,node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 CASES
 [ $ndiff = 0 ] || fail "$ndiff command lines differ (above)"
 echo PASS
