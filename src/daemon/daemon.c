@@ -11,6 +11,7 @@
 #include "daemon/objects.h"
 #include "daemon/state.h"
 #include "qmp/cmd-block.h"
+#include "qmp/cmd-export.h"
 #include "vbd/job.h"
 
 #include "vbd/alloc.h"
@@ -217,6 +218,13 @@ static int add_nbd_server(const char *arg, struct vbd_error **err)
     struct json_object *opts = vbd_opts_parse(arg, NULL, err);
     if (!opts)
         return -EINVAL;
+    /* qsd reads it as QAPI's NbdServerOptions: its checks and words */
+    struct vbd_qmp_error qe = {0};
+    if (!vbd_qmp_nbd_server_opts_check(opts, arg[0] != '{' && strncmp(arg, "json:", 5), &qe)) {
+        vbd_error_setf(err, EINVAL, "%s", qe.desc);
+        json_object_put(opts);
+        return -EINVAL;
+    }
     int rc = vbd_nbd_server_start(opts, err);
     json_object_put(opts);
     return rc;
@@ -227,28 +235,13 @@ static int add_object(const char *arg, struct vbd_error **err)
     struct json_object *opts = vbd_opts_parse(arg, "qom-type", err);
     if (!opts)
         return -EINVAL;
-    char *t = NULL;
-    vbd_opt_take_str(opts, "qom-type", &t, err);
-    int rc = 0;
-    if (t && vbd_tls_creds_type(t)) {
-        rc = vbd_tls_creds_add(t, opts, err);
-    } else if (t && vbd_authz_type(t)) {
-        rc = vbd_authz_add(t, opts, err);
-    } else if (t && !strcmp(t, "secret")) {
-        rc = vbd_secret_add(opts, err);
-    } else if (t && !strcmp(t, "throttle-group")) {
-        rc = vbd_throttle_group_add_opts(opts, err);
-    } else if (t && !strcmp(t, "iothread")) {
-        rc = vbd_iothread_add(opts, err);
-        if (rc == 0 && vbd_opts_check_empty(opts, "--object iothread", err) < 0)
-            rc = -EINVAL; /* the thread stays: it idles until the daemon exits */
-    } else {
-        /* qsd's words; vbd has iothread, secret, tls-creds-x509/psk/anon,
-         * authz-simple/list and throttle-group */
-        vbd_error_setf(err, EINVAL, "Parameter 'qom-type' does not accept value '%s'", t ? t : "");
-        rc = -EINVAL;
-    }
-    free(t);
+    /* qsd's --object is object-add (JSON text as QMP types it; keyval's
+     * strings read as its keyval visitor reads them): the same checks,
+     * the same messages */
+    int rc = vbd_qmp_object_add_cmdline(opts, arg[0] != '{' && strncmp(arg, "json:", 5), err);
+    if (rc < 0 && err && *err && !strcmp((*err)->msg, "Parameter 'id' expects an identifier"))
+        snprintf((*err)->msg, sizeof((*err)->msg), "%s\nIdentifiers consist of letters, digits, '-', '.', '_', "
+                 "starting with a letter.", "Parameter 'id' expects an identifier"); /* qsd's hint, below it */
     json_object_put(opts);
     return rc;
 }

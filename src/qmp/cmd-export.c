@@ -19,8 +19,11 @@
 #include "vbd/nbd.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <json-c/json.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /*
@@ -55,7 +58,7 @@ static bool type_ok(const char *want, struct json_object *v)
     const char *have = type_of(v);
     if (!strcmp(want, "any"))
         return true;
-    if (!strcmp(want, "uint")) /* QEMU's uint8..uint64 and size */
+    if (!strcmp(want, "uint") || !strcmp(want, "u32")) /* QEMU's uint8..uint64 and size */
         return !strcmp(have, "int");
     if (!strcmp(want, "strlist")) {
         if (!strcmp(have, "str"))
@@ -108,7 +111,58 @@ static void full_name(char *buf, size_t len, const char *prefix, const char *key
     snprintf(buf, len, "%s%s%s", prefix, *prefix ? "." : "", key);
 }
 
-bool qmp_check_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err)
+/*
+ * A command-line value (keyval: every scalar is a string) as QEMU's keyval
+ * input visitor reads it into a member of type `type`: int (qemu_strtoi64),
+ * uint/u32 (qemu_strtou64, which takes "-1" as 2^64-1 as strtoull does;
+ * u32 then bounded as visit_type_uint32 does, naming the member alone),
+ * bool (on/yes/true/y, off/no/false/n). Replaces the string in obj with
+ * the typed value; other types and non-strings are left as they are.
+ */
+static bool keyval_convert(struct json_object *obj, const char *key, const char *type, const char *name,
+                           struct vbd_qmp_error *err)
+{
+    struct json_object *v = json_object_object_get(obj, key);
+    if (!json_object_is_type(v, json_type_string))
+        return true;
+    const char *s = json_object_get_string(v);
+    char *end;
+    errno = 0;
+    if (!strcmp(type, "int")) {
+        long long n = strtoll(s, &end, 0);
+        if (!*s || *end || errno) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects integer", name);
+            return false;
+        }
+        json_object_object_add(obj, key, json_object_new_int64(n));
+    } else if (!strcmp(type, "uint") || !strcmp(type, "u32")) {
+        unsigned long long n = strtoull(s, &end, 0);
+        if (!*s || *end || errno) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects integer", name);
+            return false;
+        }
+        if (!strcmp(type, "u32") && n > UINT32_MAX) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint32_t", key);
+            return false;
+        }
+        json_object_object_add(obj, key, json_object_new_uint64(n));
+    } else if (!strcmp(type, "bool")) {
+        bool b;
+        if (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true") || !strcmp(s, "y"))
+            b = true;
+        else if (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false") || !strcmp(s, "n"))
+            b = false;
+        else {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects 'on' or 'off'", name);
+            return false;
+        }
+        json_object_object_add(obj, key, json_object_new_boolean(b));
+    }
+    return true;
+}
+
+static bool check_members(struct json_object *obj, const char *spec, const char *prefix, bool keyval,
+                          struct vbd_qmp_error *err)
 {
     char name[256];
     struct spec_word w;
@@ -121,8 +175,12 @@ bool qmp_check_members(struct json_object *obj, const char *spec, const char *pr
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is missing", name);
             return false;
         }
+        /* in member order, as the visitor meets them */
+        if (keyval && !keyval_convert(obj, w.name, w.type, name, err))
+            return false;
+        v = json_object_object_get(obj, w.name);
         if (!type_ok(w.type, v)) {
-            if (!strcmp(w.type, "uint")) /* QEMU's unsigned visitor says it so */
+            if (!strcmp(w.type, "uint") || !strcmp(w.type, "u32")) /* QEMU's unsigned visitor says it so */
                 vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", name);
             else
                 vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", name,
@@ -143,6 +201,16 @@ bool qmp_check_members(struct json_object *obj, const char *spec, const char *pr
         }
     }
     return true;
+}
+
+bool qmp_check_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err)
+{
+    return check_members(obj, spec, prefix, false, err);
+}
+
+bool qmp_keyval_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err)
+{
+    return check_members(obj, spec, prefix, true, err);
 }
 
 bool qmp_check_enum(struct json_object *obj, const char *key, const char *prefix, const char *const *choices,
@@ -226,6 +294,44 @@ static struct json_object *legacy_addr(struct json_object *addr, struct vbd_qmp_
         json_object_object_add(out, key, json_object_get(val));
     }
     return out;
+}
+
+bool vbd_qmp_nbd_server_opts_check(struct json_object *opts, bool keyval, struct vbd_qmp_error *err)
+{
+    /* QEMU 7.2's SocketAddress members per type; the enum's message names
+     * the tag alone ('type'), as QEMU's enum visitor does */
+    static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
+    static const char *const members[] = {
+        "type:str host:str port:str ?numeric:bool ?to:uint ?ipv4:bool ?ipv6:bool ?keep-alive:bool ?mptcp:bool",
+        "type:str path:str ?abstract:bool ?tight:bool", "type:str cid:str port:str", "type:str str:str"};
+    bool (*check)(struct json_object *, const char *, const char *, struct vbd_qmp_error *) =
+        keyval ? qmp_keyval_members : qmp_check_members;
+    struct json_object *addr;
+    if (!json_object_object_get_ex(opts, "addr", &addr)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'addr' is missing");
+        return false;
+    }
+    if (!json_object_is_type(addr, json_type_object)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'addr', expected: object");
+        return false;
+    }
+    struct json_object *t;
+    if (!json_object_object_get_ex(addr, "type", &t)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'addr.type' is missing");
+        return false;
+    }
+    if (!json_object_is_type(t, json_type_string)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'addr.type', expected: string");
+        return false;
+    }
+    if (!qmp_check_enum(addr, "type", "", types, err))
+        return false;
+    const char *type = str_of(addr, "type");
+    int i = 0;
+    while (strcmp(types[i], type))
+        i++;
+    return check(addr, members[i], "addr", err) &&
+           check(opts, "addr:object ?tls-creds:str ?tls-authz:str ?max-connections:u32", "", err);
 }
 
 static struct json_object *nbd_server_start(struct json_object *args, struct vbd_qmp_error *err)

@@ -76,6 +76,52 @@ extra
 --blockdev driver=null-co,node-name=1a
 --blockdev driver=null-co,node-name=a@b
 --blockdev driver=null-co,node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+# --nbd-server is QAPI's NbdServerOptions (addr a SocketAddress)
+--nbd-server addr.type=inet
+--nbd-server addr.type=inet,addr.host=127.0.0.1
+--nbd-server addr.path={D}/n.sock
+--nbd-server addr.type=bogus
+--nbd-server addr.type=vsock
+--nbd-server max-connections=2
+--nbd-server addr.type=unix,addr.path={D}/n.sock,max-connections=abc
+--nbd-server addr.type=unix,addr.path={D}/n.sock,max-connections=-1
+--nbd-server addr.type=unix,addr.path={D}/n.sock,bogus=1
+--nbd-server addr.type=unix,addr.path={D}/n.sock,addr.host=x
+--nbd-server addr.type=unix,addr.path={D}/n.sock,addr.tight=maybe
+--nbd-server addr.type=unix,addr.path={D}/n.sock,tls-creds=nope
+--nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=abc
+--nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=1,addr.ipv4=maybe
+--nbd-server addr.type=fd,addr.str=99  # rc-only: vbd listens on unix and inet sockets only
+# --object is object-add (keyval's strings read as QEMU's keyval visitor does)
+--object tls-creds-x509,id=t,dir={D},endpoint=server
+--object tls-creds-x509,id=t,dir={D},endpoint=client
+--object tls-creds-x509,id=t,dir=/nonexistent/vbd,endpoint=server
+--object tls-creds-x509,id=t,endpoint=server
+--object tls-creds-x509,id=t,dir={D},endpoint=bogus
+--object tls-creds-x509,id=t,dir={D},endpoint=server,verify-peer=maybe
+--object tls-creds-x509,id=t,dir={D},endpoint=server,bogus=1
+--object tls-creds-psk,id=t,dir={D},endpoint=server
+--object tls-creds-psk,id=t,endpoint=client
+--object tls-creds-anon,id=t,endpoint=server,loaded=on
+--object iothread
+--object iothread,id=1x
+--object iothread,id=i,bogus=1
+--object iothread,id=i,poll-max-ns=-1
+--object iothread,id=i,poll-max-ns=abc
+--object iothread,id=i --object iothread,id=i
+--object secret,id=s
+--object secret,id=s,data=x,file={D}/disk.raw
+--object secret,id=s,file=/nonexistent/vbd
+--object secret,id=s,data=x,format=bogus
+--object throttle-group
+--object throttle-group,id=g,limits.iops-total=abc
+--object throttle-group,id=g,limits.foo=1
+--object authz-simple,id=a
+--object authz-list,id=a,policy=bogus
+--object authz-list,id=a,rules.0.match=x,rules.0.policy=allow,rules.0.format=regex
+--object authz-pam,id=a,service=login
+--object id=x
+--object qom-type=iothread
 CASES
 [ $ndiff = 0 ] || fail "$ndiff command lines differ (above)"
 echo PASS
