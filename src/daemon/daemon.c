@@ -127,16 +127,28 @@ static int ready_pipe = -1;
  * images are then left as after kill -9, which the crash tests cover:
  * consistent, with only unflushed writes possibly missing. */
 static volatile sig_atomic_t stopping;
+/* A SIGTERM/SIGINT came. Only a second one forces the exit: a stop that
+ * QMP's quit began is not one, so a service manager's SIGTERM that follows
+ * a quit (or a script that sends both) still waits for the flush. */
+static volatile sig_atomic_t signalled;
 
 static void on_signal(int sig)
 {
-    if ((sig == SIGTERM || sig == SIGINT) && stopping) {
+    if ((sig == SIGTERM || sig == SIGINT) && stopping && signalled) {
         static const char msg[] =
             "vbd-daemon: second signal while stopping: exiting without waiting for requests in flight\n";
         ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
         (void)unused;
         _exit(1);
     }
+    if ((sig == SIGTERM || sig == SIGINT) && stopping) {
+        static const char msg[] = "vbd-daemon: already stopping (QMP quit or a failed start); a second SIGTERM or SIGINT exits "
+                                  "without waiting for requests in flight\n";
+        ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+        (void)unused;
+    }
+    if (sig == SIGTERM || sig == SIGINT)
+        signalled = 1;
     if (sig == SIGHUP)
         hup_requested = 1;
     else if (sig == SIGUSR1)
