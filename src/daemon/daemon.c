@@ -678,6 +678,50 @@ static void report_option_error(const char *name, const char *arg, const char *m
     vbd_error_report("--%s %s: %s", name, arg, msg);
 }
 
+/* --pidfile's file, open and locked for the daemon's life */
+static int pidfile_fd = -1;
+
+/*
+ * As QEMU's qemu_write_pidfile: created 0600, locked with lockf so that a
+ * second daemon given the same file refuses to start (its words), and the
+ * lock checked to be on the file that is at the path now (one removed and
+ * made again while we locked it is tried again).
+ */
+static int write_pidfile(const char *path)
+{
+    int fd;
+    for (;;) {
+        fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, S_IRUSR | S_IWUSR);
+        if (fd < 0) {
+            vbd_error_report("cannot create PID file: Could not create '%s': %s", path, strerror(errno));
+            return -1;
+        }
+        struct stat a, b;
+        if (fstat(fd, &b) < 0) {
+            vbd_error_report("cannot create PID file: Cannot stat file: %s", strerror(errno));
+            close(fd);
+            return -1;
+        }
+        if (lockf(fd, F_TLOCK, 0) < 0) {
+            vbd_error_report("cannot create PID file: Cannot lock pid file: %s", strerror(errno));
+            close(fd);
+            return -1;
+        }
+        if (stat(path, &a) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+            break;
+        close(fd);
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) < 0 || write(fd, buf, (size_t)n) != n) {
+        vbd_error_report("cannot create PID file: Failed to write pid file: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    pidfile_fd = fd;
+    return 0;
+}
+
 static void daemon_co(void *opaque)
 {
     struct startup *s = opaque;
@@ -753,13 +797,8 @@ static void daemon_co(void *opaque)
             fputs(lv_print[i], stdout);
         fflush(stdout);
     }
-    if (!s->rc && pidfile) {
-        FILE *f = fopen(pidfile, "w");
-        if (!f || fprintf(f, "%d\n", getpid()) < 0 || fclose(f) != 0) {
-            vbd_error_report("cannot create PID file: Could not create '%s': %s", pidfile, strerror(errno));
-            s->rc = 1;
-        }
-    }
+    if (!s->rc && pidfile && write_pidfile(pidfile) < 0)
+        s->rc = 1;
     if (!s->rc && ready_pipe >= 0) {
         /* everything listens: let the parent of --daemonize exit */
         char ok = 0;
@@ -793,6 +832,8 @@ static void daemon_co(void *opaque)
     shutdown_all();
     if (pidfile && !s->rc)
         unlink(pidfile);
+    if (pidfile_fd >= 0)
+        close(pidfile_fd); /* the lock goes with it, after the unlink */
 }
 
 int vbd_daemon_main(int argc, char **argv)

@@ -123,5 +123,29 @@ extra
 --object id=x
 --object qom-type=iothread
 CASES
+
+# --pidfile of a daemon that runs: the file is locked, a second daemon
+# given it refuses to start (qsd's words) and leaves it alone; made 0600
+for d in qsd vbd; do
+    bin=qemu-storage-daemon
+    [ $d = qsd ] || bin=$VBD_DAEMON
+    "$bin" --pidfile "$T/$d/run.pid" 2>"$T/$d.first" &
+    first=$!
+    on_exit "kill -9 $first 2>/dev/null"
+    for _ in $(seq 600); do [ -s "$T/$d/run.pid" ] && break; kill -0 $first 2>/dev/null || break; sleep 0.05; done
+    [ "$(cat "$T/$d/run.pid" 2>/dev/null)" = $first ] || fail "$d: no PID file with its PID"
+    stat -c %a "$T/$d/run.pid" >"$d.mode"
+    run $d "$bin" --pidfile "$T/$d/run.pid"
+    [ "$(cat "$T/$d/run.pid")" = $first ] || fail "$d: the second daemon changed the first one's PID file"
+    kill -TERM $first
+    wait $first || fail "$d: exit status $? after SIGTERM: $(cat "$T/$d.first")"
+    [ ! -e "$T/$d/run.pid" ] || fail "$d: PID file left after SIGTERM"
+done
+if [ "$(cat qsd.rc)" != "$(cat vbd.rc)" ] || ! cmp -s qsd.err vbd.err || ! cmp -s qsd.mode vbd.mode; then
+    echo "DIFF a second daemon on a locked --pidfile: status qsd $(cat qsd.rc), vbd $(cat vbd.rc); mode qsd $(cat qsd.mode), vbd $(cat vbd.mode)"
+    diff qsd.err vbd.err | sed 's/^/    /'
+    ndiff=$((ndiff + 1))
+fi
+! grep -q -e Sanitizer -e 'runtime error' vbd.raw vbd.first || fail "sanitizer report: $(cat vbd.raw vbd.first)"
 [ $ndiff = 0 ] || fail "$ndiff command lines differ (above)"
 echo PASS
