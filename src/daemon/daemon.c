@@ -212,7 +212,8 @@ static int add_monitor(const char *arg, struct vbd_error **err)
 
 static int add_export(const char *arg, struct vbd_error **err)
 {
-    struct json_object *opts = vbd_opts_parse(arg, NULL, err);
+    /* qsd's implied key: --export nbd,id=e,node-name=n */
+    struct json_object *opts = vbd_opts_parse(arg, "type", err);
     if (!opts)
         return -EINVAL;
     struct json_object *copy = NULL;

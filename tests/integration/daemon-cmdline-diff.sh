@@ -76,6 +76,13 @@ extra
 --blockdev driver=null-co,node-name=1a
 --blockdev driver=null-co,node-name=a@b
 --blockdev driver=null-co,node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+# --export's implied key is type
+--blockdev driver=null-co,node-name=a --export nbd,id=e,node-name=a
+--blockdev driver=null-co,node-name=a --export vhost-user-blk,id=e,node-name=a
+--blockdev driver=null-co,node-name=a --export floppy,id=e,node-name=a
+--blockdev driver=null-co,node-name=a --export nbd,id=e
+--blockdev driver=null-co,node-name=a --export vhost-user-blk,id=e,node-name=a,addr.type=unix
+--blockdev driver=null-co,node-name=a --export vhost-user-blk,id=e,node-name=a,addr.path={D}/v.sock
 # --nbd-server is QAPI's NbdServerOptions (addr a SocketAddress)
 --nbd-server addr.type=inet
 --nbd-server addr.type=inet,addr.host=127.0.0.1
