@@ -10,6 +10,8 @@
 #include "daemon/libvirt-disk.h"
 #include "daemon/objects.h"
 #include "daemon/state.h"
+#include "qmp/cmd-block.h"
+#include "qmp/cmd-export.h"
 #include "vbd/job.h"
 
 #include "vbd/alloc.h"
@@ -125,16 +127,28 @@ static int ready_pipe = -1;
  * images are then left as after kill -9, which the crash tests cover:
  * consistent, with only unflushed writes possibly missing. */
 static volatile sig_atomic_t stopping;
+/* A SIGTERM/SIGINT came. Only a second one forces the exit: a stop that
+ * QMP's quit began is not one, so a service manager's SIGTERM that follows
+ * a quit (or a script that sends both) still waits for the flush. */
+static volatile sig_atomic_t signalled;
 
 static void on_signal(int sig)
 {
-    if ((sig == SIGTERM || sig == SIGINT) && stopping) {
+    if ((sig == SIGTERM || sig == SIGINT) && stopping && signalled) {
         static const char msg[] =
             "vbd-daemon: second signal while stopping: exiting without waiting for requests in flight\n";
         ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
         (void)unused;
         _exit(1);
     }
+    if ((sig == SIGTERM || sig == SIGINT) && stopping) {
+        static const char msg[] = "vbd-daemon: already stopping (QMP quit or a failed start); a second SIGTERM or SIGINT exits "
+                                  "without waiting for requests in flight\n";
+        ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+        (void)unused;
+    }
+    if (sig == SIGTERM || sig == SIGINT)
+        signalled = 1;
     if (sig == SIGHUP)
         hup_requested = 1;
     else if (sig == SIGUSR1)
@@ -159,6 +173,13 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
     struct json_object *dv = vbd_opt_get(opts, "driver");
     if (dv && json_object_is_type(dv, json_type_string) && !vbd_driver_find(json_object_get_string(dv))) {
         vbd_error_setf(err, EINVAL, "Parameter 'driver' does not accept value '%s'", json_object_get_string(dv));
+        json_object_put(opts);
+        return -EINVAL;
+    }
+    /* qsd's --blockdev is blockdev-add: the same check of the name, before anything opens */
+    struct vbd_qmp_error qe = {0};
+    if (!vbd_qmp_node_name_check(json_object_get_string(vbd_opt_get(opts, "node-name")), &qe)) {
+        vbd_error_setf(err, EINVAL, "%s", qe.desc);
         json_object_put(opts);
         return -EINVAL;
     }
@@ -191,7 +212,8 @@ static int add_monitor(const char *arg, struct vbd_error **err)
 
 static int add_export(const char *arg, struct vbd_error **err)
 {
-    struct json_object *opts = vbd_opts_parse(arg, NULL, err);
+    /* qsd's implied key: --export nbd,id=e,node-name=n */
+    struct json_object *opts = vbd_opts_parse(arg, "type", err);
     if (!opts)
         return -EINVAL;
     struct json_object *copy = NULL;
@@ -209,6 +231,13 @@ static int add_nbd_server(const char *arg, struct vbd_error **err)
     struct json_object *opts = vbd_opts_parse(arg, NULL, err);
     if (!opts)
         return -EINVAL;
+    /* qsd reads it as QAPI's NbdServerOptions: its checks and words */
+    struct vbd_qmp_error qe = {0};
+    if (!vbd_qmp_nbd_server_opts_check(opts, arg[0] != '{' && strncmp(arg, "json:", 5), &qe)) {
+        vbd_error_setf(err, EINVAL, "%s", qe.desc);
+        json_object_put(opts);
+        return -EINVAL;
+    }
     int rc = vbd_nbd_server_start(opts, err);
     json_object_put(opts);
     return rc;
@@ -219,28 +248,13 @@ static int add_object(const char *arg, struct vbd_error **err)
     struct json_object *opts = vbd_opts_parse(arg, "qom-type", err);
     if (!opts)
         return -EINVAL;
-    char *t = NULL;
-    vbd_opt_take_str(opts, "qom-type", &t, err);
-    int rc = 0;
-    if (t && vbd_tls_creds_type(t)) {
-        rc = vbd_tls_creds_add(t, opts, err);
-    } else if (t && vbd_authz_type(t)) {
-        rc = vbd_authz_add(t, opts, err);
-    } else if (t && !strcmp(t, "secret")) {
-        rc = vbd_secret_add(opts, err);
-    } else if (t && !strcmp(t, "throttle-group")) {
-        rc = vbd_throttle_group_add_opts(opts, err);
-    } else if (t && !strcmp(t, "iothread")) {
-        rc = vbd_iothread_add(opts, err);
-        if (rc == 0 && vbd_opts_check_empty(opts, "--object iothread", err) < 0)
-            rc = -EINVAL; /* the thread stays: it idles until the daemon exits */
-    } else {
-        /* qsd's words; vbd has iothread, secret, tls-creds-x509/psk/anon,
-         * authz-simple/list and throttle-group */
-        vbd_error_setf(err, EINVAL, "Parameter 'qom-type' does not accept value '%s'", t ? t : "");
-        rc = -EINVAL;
-    }
-    free(t);
+    /* qsd's --object is object-add (JSON text as QMP types it; keyval's
+     * strings read as its keyval visitor reads them): the same checks,
+     * the same messages */
+    int rc = vbd_qmp_object_add_cmdline(opts, arg[0] != '{' && strncmp(arg, "json:", 5), err);
+    if (rc < 0 && err && *err && !strcmp((*err)->msg, "Parameter 'id' expects an identifier"))
+        snprintf((*err)->msg, sizeof((*err)->msg), "%s\nIdentifiers consist of letters, digits, '-', '.', '_', "
+                 "starting with a letter.", "Parameter 'id' expects an identifier"); /* qsd's hint, below it */
     json_object_put(opts);
     return rc;
 }
@@ -665,6 +679,50 @@ static void report_option_error(const char *name, const char *arg, const char *m
     vbd_error_report("--%s %s: %s", name, arg, msg);
 }
 
+/* --pidfile's file, open and locked for the daemon's life */
+static int pidfile_fd = -1;
+
+/*
+ * As QEMU's qemu_write_pidfile: created 0600, locked with lockf so that a
+ * second daemon given the same file refuses to start (its words), and the
+ * lock checked to be on the file that is at the path now (one removed and
+ * made again while we locked it is tried again).
+ */
+static int write_pidfile(const char *path)
+{
+    int fd;
+    for (;;) {
+        fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, S_IRUSR | S_IWUSR);
+        if (fd < 0) {
+            vbd_error_report("cannot create PID file: Could not create '%s': %s", path, strerror(errno));
+            return -1;
+        }
+        struct stat a, b;
+        if (fstat(fd, &b) < 0) {
+            vbd_error_report("cannot create PID file: Cannot stat file: %s", strerror(errno));
+            close(fd);
+            return -1;
+        }
+        if (lockf(fd, F_TLOCK, 0) < 0) {
+            vbd_error_report("cannot create PID file: Cannot lock pid file: %s", strerror(errno));
+            close(fd);
+            return -1;
+        }
+        if (stat(path, &a) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+            break;
+        close(fd);
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) < 0 || write(fd, buf, (size_t)n) != n) {
+        vbd_error_report("cannot create PID file: Failed to write pid file: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    pidfile_fd = fd;
+    return 0;
+}
+
 static void daemon_co(void *opaque)
 {
     struct startup *s = opaque;
@@ -740,13 +798,8 @@ static void daemon_co(void *opaque)
             fputs(lv_print[i], stdout);
         fflush(stdout);
     }
-    if (!s->rc && pidfile) {
-        FILE *f = fopen(pidfile, "w");
-        if (!f || fprintf(f, "%d\n", getpid()) < 0 || fclose(f) != 0) {
-            vbd_error_report("cannot create PID file: Could not create '%s': %s", pidfile, strerror(errno));
-            s->rc = 1;
-        }
-    }
+    if (!s->rc && pidfile && write_pidfile(pidfile) < 0)
+        s->rc = 1;
     if (!s->rc && ready_pipe >= 0) {
         /* everything listens: let the parent of --daemonize exit */
         char ok = 0;
@@ -780,6 +833,8 @@ static void daemon_co(void *opaque)
     shutdown_all();
     if (pidfile && !s->rc)
         unlink(pidfile);
+    if (pidfile_fd >= 0)
+        close(pidfile_fd); /* the lock goes with it, after the unlink */
 }
 
 int vbd_daemon_main(int argc, char **argv)

@@ -122,6 +122,26 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
         vbd_error_setf(err, EINVAL, "Parameter 'id' is missing");
         return -EINVAL;
     }
+    /* BlockExportOptions' required members in QAPI's order and words, as
+     * qsd checks them before it looks at the node or the server */
+    if (!vbd_opt_get(opts, "node-name")) {
+        vbd_error_setf(err, EINVAL, "Parameter 'node-name' is missing");
+        return -EINVAL;
+    }
+    if (!strcmp(t->type, "vhost-user-blk")) {
+        struct json_object *at = vbd_opt_get(opts, "addr.type");
+        const char *miss = NULL;
+        if (!vbd_opt_get(opts, "addr") && !at && !vbd_opt_get(opts, "addr.path"))
+            miss = "addr";
+        else if (!at)
+            miss = "addr.type";
+        else if (!strcmp(json_object_get_string(at), "unix") && !vbd_opt_get(opts, "addr.path"))
+            miss = "addr.path";
+        if (miss) {
+            vbd_error_setf(err, EINVAL, "Parameter '%s' is missing", miss);
+            return -EINVAL;
+        }
+    }
     if (vbd_daemon_export_find(id)) {
         vbd_error_setf(err, EEXIST, "Block export id '%s' is already in use", id);
         return -EEXIST;

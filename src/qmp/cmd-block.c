@@ -270,14 +270,22 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vb
     return true;
 }
 
-/* QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'. */
-static bool node_name_ok(const char *s)
+bool vbd_qmp_node_name_check(const char *s, struct vbd_qmp_error *err)
 {
-    if (!isalpha((unsigned char)*s) || strlen(s) > 31)
+    /* QEMU's bdrv_assign_node_name(): id_wellformed() (a letter, then
+     * letters, digits, '-', '.', '_'), then the 31 bytes its node_name
+     * array holds, each with its own message */
+    bool ok = isalpha((unsigned char)*s);
+    for (const char *p = s; ok && *p; p++)
+        ok = isalnum((unsigned char)*p) || strchr("-._", *p);
+    if (!ok) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid node-name: '%s'", s);
         return false;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && !strchr("-._", *s))
-            return false;
+    }
+    if (strlen(s) > 31) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node name too long");
+        return false;
+    }
     return true;
 }
 
@@ -290,10 +298,8 @@ struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'node-name' must be specified for the root node");
         return NULL;
     }
-    if (!node_name_ok(json_object_get_string(nn))) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid node-name: '%s'", json_object_get_string(nn));
+    if (!vbd_qmp_node_name_check(json_object_get_string(nn), err))
         return NULL;
-    }
     struct json_object *v;
     bool auto_ro = json_object_object_get_ex(args, "auto-read-only", &v) && json_object_get_boolean(v);
     bool ro = json_object_object_get_ex(args, "read-only", &v) && json_object_get_boolean(v);

@@ -15,6 +15,10 @@ struct vbd_node;
  * Unknown keys are refused, as QEMU; vbd's own nbd TLS keys are known. */
 bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vbd_qmp_error *err);
 
+/* A new node's name as QEMU checks it (bdrv_assign_node_name: "Invalid
+ * node-name: 'NAME'", "Node name too long"); blockdev-add and --blockdev. */
+bool vbd_qmp_node_name_check(const char *name, struct vbd_qmp_error *err);
+
 /* blockdev-add: check args as the schema types them, open the node (the
  * caller's reference on args is kept) and hand it to the daemon. Returns
  * the node (owned by the daemon) or NULL with err set. Also the path

@@ -19,8 +19,11 @@
 #include "vbd/nbd.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <json-c/json.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /*
@@ -102,6 +105,44 @@ static struct json_object *legacy_addr(struct json_object *addr, struct vbd_qmp_
         json_object_object_add(out, key, json_object_get(val));
     }
     return out;
+}
+
+bool vbd_qmp_nbd_server_opts_check(struct json_object *opts, bool keyval, struct vbd_qmp_error *err)
+{
+    /* QEMU 7.2's SocketAddress members per type; the enum's message names
+     * the tag alone ('type'), as QEMU's enum visitor does */
+    static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
+    static const char *const members[] = {
+        "type:str host:str port:str ?numeric:bool ?to:uint ?ipv4:bool ?ipv6:bool ?keep-alive:bool ?mptcp:bool",
+        "type:str path:str ?abstract:bool ?tight:bool", "type:str cid:str port:str", "type:str str:str"};
+    bool (*check)(struct json_object *, const char *, const char *, struct vbd_qmp_error *) =
+        keyval ? qmp_keyval_members : qmp_check_members;
+    struct json_object *addr;
+    if (!json_object_object_get_ex(opts, "addr", &addr)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'addr' is missing");
+        return false;
+    }
+    if (!json_object_is_type(addr, json_type_object)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'addr', expected: object");
+        return false;
+    }
+    struct json_object *t;
+    if (!json_object_object_get_ex(addr, "type", &t)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'addr.type' is missing");
+        return false;
+    }
+    if (!json_object_is_type(t, json_type_string)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'addr.type', expected: string");
+        return false;
+    }
+    if (!qmp_check_enum(addr, "type", "", types, err))
+        return false;
+    const char *type = str_of(addr, "type");
+    int i = 0;
+    while (strcmp(types[i], type))
+        i++;
+    return check(addr, members[i], "addr", err) &&
+           check(opts, "addr:object ?tls-creds:str ?tls-authz:str ?max-connections:u32", "", err);
 }
 
 static struct json_object *nbd_server_start(struct json_object *args, struct vbd_qmp_error *err)

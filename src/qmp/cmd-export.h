@@ -14,11 +14,21 @@
 
 struct json_object;
 
+/* --nbd-server's options as QEMU's NbdServerOptions (addr a flat
+ * SocketAddress: addr.type=unix,addr.path=...): missing, unexpected and
+ * mistyped members refused in its words; keyval: the command line's
+ * strings typed first (qmp_keyval_members). */
+bool vbd_qmp_nbd_server_opts_check(struct json_object *opts, bool keyval, struct vbd_qmp_error *err);
 /* QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
 bool qmp_id_wellformed(const char *id);
 
 /* cmd-object.c */
 struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_error *err);
+/* --object: what object-add does, the keyval form's strings first read as
+ * QEMU's keyval visitor reads them (keyval false: JSON, typed as QMP's).
+ * Returns 0 or -EINVAL with *err holding object-add's message. */
+struct vbd_error;
+int vbd_qmp_object_add_cmdline(struct json_object *args, bool keyval, struct vbd_error **err);
 struct json_object *qmp_object_del(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *qmp_qom_list(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *qmp_qom_get(struct json_object *args, struct vbd_qmp_error *err);

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -87,6 +88,25 @@ static bool object_exists(const char *id)
 static const char *const qom_types[] = {"iothread",     "tls-creds-x509", "tls-creds-psk",  "tls-creds-anon",
                                         "authz-simple", "authz-list",     "throttle-group", "secret",       NULL};
 
+/* QEMU 7.2's ObjectType enum: the qom-types its schema knows */
+static const char *const qemu_types[] = {
+    "authz-list", "authz-listfile", "authz-pam", "authz-simple", "can-bus", "can-host-socketcan", "colo-compare",
+    "cryptodev-backend", "cryptodev-backend-builtin", "cryptodev-backend-lkcf", "cryptodev-vhost-user",
+    "dbus-vmstate", "filter-buffer", "filter-dump", "filter-mirror", "filter-redirector", "filter-replay",
+    "filter-rewriter", "input-barrier", "input-linux", "iothread", "main-loop", "memory-backend-epc",
+    "memory-backend-file", "memory-backend-memfd", "memory-backend-ram", "pef-guest", "pr-manager-helper", "qtest",
+    "rng-builtin", "rng-egd", "rng-random", "secret", "secret_keyring", "sev-guest", "s390-pv-guest",
+    "throttle-group", "tls-creds-anon", "tls-creds-psk", "tls-creds-x509", "tls-cipher-suites", "x-remote-object",
+    "x-vfio-user-server", NULL};
+
+static bool in_list(const char *const *list, const char *s)
+{
+    for (int i = 0; list[i]; i++)
+        if (!strcmp(list[i], s))
+            return true;
+    return false;
+}
+
 /* Each type's properties as QEMU 7.2's ObjectOptions lists them (qom-type
  * and id are checked first). sanity-check and passwordid pass the type
  * check and are then refused by name: vbd does not implement them. */
@@ -134,7 +154,7 @@ static bool check_rules(struct json_object *args, struct vbd_qmp_error *err)
             return false;
         }
         if (!qmp_check_members(r, "match:str policy:str ?format:str", name, err) ||
-            !qmp_check_enum(r, "policy", name, policies, err) || !qmp_check_enum(r, "format", name, formats, err))
+            !qmp_check_enum(r, "policy", "", policies, err) || !qmp_check_enum(r, "format", "", formats, err))
             return false;
     }
     return true;
@@ -167,6 +187,12 @@ struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_erro
     }
     char type[64];
     snprintf(type, sizeof(type), "%s", json_object_get_string(v));
+    if (in_list(qemu_types, type) && !in_list(qom_types, type)) {
+        /* QEMU names a type of its schema that its binary lacks so
+         * (after checking the type's members, which vbd does not know) */
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "invalid object type: %s", type);
+        return NULL;
+    }
     if (!qmp_check_enum(args, "qom-type", "", qom_types, err) ||
         !qmp_check_members(args, members_of(type), "", err) ||
         !qmp_check_enum(args, "endpoint", "", endpoints, err) || !qmp_check_enum(args, "policy", "", policies, err) ||
@@ -177,13 +203,29 @@ struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_erro
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'id' expects an identifier");
         return NULL;
     }
+    if (!strcmp(type, "iothread")) {
+        /* QAPI types them int; the properties' setters refuse what is negative */
+        static const char *const knobs[] = {"poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch",
+                                            "thread-pool-min", "thread-pool-max", NULL};
+        for (int i = 0; knobs[i]; i++)
+            if (json_object_object_get_ex(args, knobs[i], &v) && json_object_get_int64(v) < 0) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s value must be in range [0, %lld]", knobs[i],
+                                   (long long)INT64_MAX);
+                return NULL;
+            }
+    }
     if (object_exists(id)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "attempt to add duplicate property '%s' to object (type 'container')", id);
         return NULL;
     }
-    struct json_object *loaded;
-    if (json_object_object_get_ex(args, "loaded", &loaded) && !json_object_get_boolean(loaded)) {
+    struct json_object *loaded = NULL;
+    if (json_object_object_get_ex(args, "loaded", &loaded) && vbd_tls_creds_type(type)) {
+        /* QEMU 7.2 lists it in the schema, then its property has no setter */
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property '%s.loaded' is not writable", type);
+        return NULL;
+    }
+    if (loaded && !json_object_get_boolean(loaded)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s '%s': loaded=false is not supported (vbd loads the "
                            "credentials when the object is created)", type, id);
         return NULL;
@@ -207,6 +249,70 @@ struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_erro
         return NULL;
     }
     return vbd_qmp_ok();
+}
+
+/* keyval's numbered members ("rules.0.match=...": {"0": {...}}) are a
+ * list, as QEMU's keyval_parse makes them */
+static void keyval_lists(struct json_object *o, const char *key)
+{
+    struct json_object *m;
+    if (!json_object_object_get_ex(o, key, &m) || !json_object_is_type(m, json_type_object))
+        return;
+    size_t n = (size_t)json_object_object_length(m);
+    struct json_object *list = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        char k[24];
+        snprintf(k, sizeof(k), "%zu", i);
+        struct json_object *e;
+        if (!json_object_object_get_ex(m, k, &e)) {
+            json_object_put(list);
+            return; /* not 0..n-1: the type check refuses it */
+        }
+        json_object_array_add(list, json_object_get(e));
+    }
+    json_object_object_add(o, key, list);
+}
+
+/* limits.NAME=N of a throttle-group: ThrottleLimits' members are all int */
+static bool keyval_limits(struct json_object *args, struct vbd_qmp_error *err)
+{
+    static const char *const names[] = {"iops-total", "iops-read", "iops-write", "bps-total", "bps-read", "bps-write"};
+    struct json_object *limits;
+    if (!json_object_object_get_ex(args, "limits", &limits) || !json_object_is_type(limits, json_type_object))
+        return true;
+    char spec[1024] = "";
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        size_t n = strlen(spec);
+        snprintf(spec + n, sizeof(spec) - n, "?%s:int ?%s-max:int ?%s-max-length:int ", names[i], names[i],
+                 names[i]);
+    }
+    size_t n = strlen(spec);
+    snprintf(spec + n, sizeof(spec) - n, "?iops-size:int");
+    return qmp_keyval_members(limits, spec, "limits", err);
+}
+
+int vbd_qmp_object_add_cmdline(struct json_object *args, bool keyval, struct vbd_error **err)
+{
+    struct vbd_qmp_error qe = {0};
+    struct json_object *v, *ret = NULL;
+    if (keyval && json_object_object_get_ex(args, "qom-type", &v) && json_object_is_type(v, json_type_string)) {
+        char type[64];
+        snprintf(type, sizeof(type), "%s", json_object_get_string(v));
+        /* an unknown type is refused by qmp_object_add before its members */
+        if (in_list(qom_types, type)) {
+            keyval_lists(args, "rules");
+            if (!qmp_keyval_members(args, members_of(type), "", &qe) || !keyval_limits(args, &qe))
+                goto out;
+        }
+    }
+    ret = qmp_object_add(args, &qe);
+out:
+    if (!ret) {
+        vbd_error_setf(err, EINVAL, "%s", qe.desc);
+        return -EINVAL;
+    }
+    json_object_put(ret);
+    return 0;
 }
 
 struct json_object *qmp_object_del(struct json_object *args, struct vbd_qmp_error *err)

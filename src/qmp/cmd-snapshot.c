@@ -11,6 +11,7 @@
  * This file also holds the group's one command table (the bitmap commands
  * are in cmd-bitmap.c, transaction in cmd-transaction.c).
  */
+#include "qmp/cmd-block.h"
 #include "qmp/commands.h"
 #include "qmp/snapshot.h"
 
@@ -31,17 +32,6 @@ static const char *arg_str(struct json_object *args, const char *key)
 {
     struct json_object *v;
     return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
-}
-
-/* QEMU's rule for node names (id_wellformed) and its 31-byte bound. */
-static bool node_name_ok(const char *s)
-{
-    if (!isalpha((unsigned char)s[0]) || strlen(s) > 31)
-        return false;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && !strchr("-._", *s))
-            return false;
-    return true;
 }
 
 /* The node must be a root: QEMU refuses a node something sits on. */
@@ -362,10 +352,8 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "New overlay node-name already in use");
         return -1;
     }
-    if (snn && !node_name_ok(snn)) { /* before the file is made (QEMU makes it, then refuses) */
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid node-name: '%s'", snn);
+    if (snn && !vbd_qmp_node_name_check(snn, err)) /* before the file is made (QEMU makes it, then refuses) */
         return -1;
-    }
     const struct vbd_driver *drv = vbd_driver_find(format);
     if (!drv || drv->kind != VBD_DRV_FORMAT) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Unknown file format '%s'", format);

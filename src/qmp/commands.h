@@ -27,6 +27,11 @@ struct vbd_qmp_error;
  * them. Leaves obj unchanged.
  */
 bool qmp_check_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err);
+/* The same for options from the command line (keyval, "a=1,b.c=x"):
+ * string values of int, uint, u32 (uint32) and bool members are first
+ * read as QEMU's keyval visitor reads them (its messages) and replaced in
+ * obj by the typed values. */
+bool qmp_keyval_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err);
 
 /* If key is present, its string value must be one of choices (NULL
  * terminated): "Parameter 'KEY' does not accept value 'V'". */

@@ -11,9 +11,12 @@
 #include "vbd/error.h"
 #include "vbd/qmp.h"
 
+#include <errno.h>
 #include <json-c/json.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void vbd_qmp_error_setf(struct vbd_qmp_error *e, const char *cls, const char *fmt, ...)
@@ -71,7 +74,7 @@ static bool type_ok(const char *want, struct json_object *v)
         return true;
     if (!strcmp(want, "number"))
         return !strcmp(have, "number") || !strcmp(have, "int");
-    if (!strcmp(want, "uint")) /* QEMU's uint8..uint64 and size (a negative one wraps, as QEMU's) */
+    if (!strcmp(want, "uint") || !strcmp(want, "u32")) /* QEMU's uint8..uint64 and size (a negative one wraps, as QEMU's) */
         return !strcmp(have, "int");
     if (!strcmp(want, "strlist")) {
         if (!strcmp(have, "str"))
@@ -125,7 +128,58 @@ static void full_name(char *buf, size_t len, const char *prefix, const char *key
     snprintf(buf, len, "%s%s%s", prefix, *prefix ? "." : "", key);
 }
 
-bool qmp_check_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err)
+/*
+ * A command-line value (keyval: every scalar is a string) as QEMU's keyval
+ * input visitor reads it into a member of type `type`: int (qemu_strtoi64),
+ * uint/u32 (qemu_strtou64, which takes "-1" as 2^64-1 as strtoull does;
+ * u32 then bounded as visit_type_uint32 does, naming the member alone),
+ * bool (on/yes/true/y, off/no/false/n). Replaces the string in obj with
+ * the typed value; other types and non-strings are left as they are.
+ */
+static bool keyval_convert(struct json_object *obj, const char *key, const char *type, const char *name,
+                           struct vbd_qmp_error *err)
+{
+    struct json_object *v = json_object_object_get(obj, key);
+    if (!json_object_is_type(v, json_type_string))
+        return true;
+    const char *s = json_object_get_string(v);
+    char *end;
+    errno = 0;
+    if (!strcmp(type, "int")) {
+        long long n = strtoll(s, &end, 0);
+        if (!*s || *end || errno) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects integer", name);
+            return false;
+        }
+        json_object_object_add(obj, key, json_object_new_int64(n));
+    } else if (!strcmp(type, "uint") || !strcmp(type, "u32")) {
+        unsigned long long n = strtoull(s, &end, 0);
+        if (!*s || *end || errno) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects integer", name);
+            return false;
+        }
+        if (!strcmp(type, "u32") && n > UINT32_MAX) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint32_t", key);
+            return false;
+        }
+        json_object_object_add(obj, key, json_object_new_uint64(n));
+    } else if (!strcmp(type, "bool")) {
+        bool b;
+        if (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true") || !strcmp(s, "y"))
+            b = true;
+        else if (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false") || !strcmp(s, "n"))
+            b = false;
+        else {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects 'on' or 'off'", name);
+            return false;
+        }
+        json_object_object_add(obj, key, json_object_new_boolean(b));
+    }
+    return true;
+}
+
+static bool check_members(struct json_object *obj, const char *spec, const char *prefix, bool keyval,
+                          struct vbd_qmp_error *err)
 {
     char name[256];
     struct spec_word w;
@@ -138,8 +192,12 @@ bool qmp_check_members(struct json_object *obj, const char *spec, const char *pr
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is missing", name);
             return false;
         }
+        /* in member order, as the visitor meets them */
+        if (keyval && !keyval_convert(obj, w.name, w.type, name, err))
+            return false;
+        v = json_object_object_get(obj, w.name);
         if (!type_ok(w.type, v)) {
-            if (!strcmp(w.type, "uint")) /* QEMU's unsigned visitor says it so */
+            if (!strcmp(w.type, "uint") || !strcmp(w.type, "u32")) /* QEMU's unsigned visitor says it so */
                 vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", name);
             else
                 vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", name,
@@ -160,6 +218,16 @@ bool qmp_check_members(struct json_object *obj, const char *spec, const char *pr
         }
     }
     return true;
+}
+
+bool qmp_check_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err)
+{
+    return check_members(obj, spec, prefix, false, err);
+}
+
+bool qmp_keyval_members(struct json_object *obj, const char *spec, const char *prefix, struct vbd_qmp_error *err)
+{
+    return check_members(obj, spec, prefix, true, err);
 }
 
 bool qmp_check_enum(struct json_object *obj, const char *key, const char *prefix, const char *const *choices,

@@ -62,7 +62,9 @@ static char *read_file(const char *path, size_t *len, struct vbd_error **err)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        vbd_error_setf(err, errno, "Unable to read %s: %s", path, strerror(errno));
+        /* QEMU's words, with the GLib message it quotes */
+        vbd_error_setf(err, errno, "Unable to read %s: Failed to open file \u201c%s\u201d: %s", path, path,
+                       strerror(errno));
         return NULL;
     }
     size_t cap = 4096, n = 0;
@@ -74,6 +76,13 @@ static char *read_file(const char *path, size_t *len, struct vbd_error **err)
             buf = realloc(buf, cap *= 2);
         else if (n == cap)
             break;
+    }
+    if (ferror(f)) { /* a directory opens, then fails to read (EISDIR) */
+        int e = errno;
+        vbd_error_setf(err, e, "Unable to read %s: Error reading file \u201c%s\u201d: %s", path, path, strerror(e));
+        fclose(f);
+        free(buf);
+        return NULL;
     }
     fclose(f);
     *len = n;
@@ -97,8 +106,12 @@ int vbd_secret_add(struct json_object *opts, struct vbd_error **err)
         vbd_error_setf(err, ENOTSUP, "secret '%s': encrypted secrets (keyid) are not supported", id);
         goto out;
     }
-    if (!data == !file) {
-        vbd_error_setf(err, EINVAL, "secret '%s': exactly one of 'data' and 'file' is needed", id);
+    if (data && file) { /* QEMU's words */
+        vbd_error_setf(err, EINVAL, "'file' and 'data' are mutually exclusive");
+        goto out;
+    }
+    if (!data && !file) {
+        vbd_error_setf(err, EINVAL, "Either 'file' or 'data' must be provided");
         goto out;
     }
     if (find(id)) {

@@ -73,7 +73,8 @@ int tls_creds_file(const struct vbd_tls_creds *c, const char *dir, const char *n
     int e = errno;
     if (e == ENOENT && !required)
         return 0;
-    vbd_error_setf(err, e, "%s: unable to access credentials %s: %s", c->what, *path, strerror(e));
+    (void)c;
+    vbd_error_setf(err, e, "Unable to access credentials %s: %s", *path, strerror(e)); /* QEMU's words */
     return -1;
 }
 
@@ -170,7 +171,7 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
             goto fail;
         }
     if (kind != CREDS_ANON && !dir) {
-        vbd_error_setf(err, EINVAL, "%s '%s': 'dir' is required", qom_type, id);
+        vbd_error_setf(err, EINVAL, "Missing 'dir' property value"); /* QEMU's words */
         goto fail;
     }
     if (kind == CREDS_PSK && username && endpoint == VBD_TLS_SERVER) {
@@ -311,19 +312,16 @@ struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint wa
     for (struct vbd_tls_creds *c = registry; c; c = c->next) {
         if (strcmp(c->id, id))
             continue;
-        if (c->endpoint != want) {
-            vbd_error_setf(err, EINVAL, "%s: TLS credentials '%s' have endpoint=%s, expected endpoint=%s",
-                           who, id, c->endpoint == VBD_TLS_SERVER ? "server" : "client",
+        if (c->endpoint != want) { /* QEMU's words, as its NBD server and client say them */
+            vbd_error_setf(err, EINVAL, "Expecting TLS credentials with a %s endpoint",
                            want == VBD_TLS_SERVER ? "server" : "client");
             return NULL;
         }
         __atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL);
         return c;
     }
-    vbd_error_setf(err, ENOENT,
-                   "%s: no TLS credentials object with id '%s' (create it with --object tls-creds-x509 or "
-                   "tls-creds-psk)",
-                   who, id);
+    (void)who;
+    vbd_error_setf(err, ENOENT, "No TLS credentials with id '%s'", id);
     return NULL;
 }
 

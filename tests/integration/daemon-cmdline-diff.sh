@@ -72,6 +72,87 @@ extra
 --blockdev driver=null-co,node-name=a --export type=nbd,node-name=a
 --blockdev driver=null-co,node-name=a --export type=floppy,id=e,node-name=a
 --nbd-server addr.type=unix,addr.path={D}/a.sock --nbd-server addr.type=unix,addr.path={D}/b.sock
+# node names: --blockdev is blockdev-add, its check of the name included
+--blockdev driver=null-co,node-name=1a
+--blockdev driver=null-co,node-name=a@b
+--blockdev driver=null-co,node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+# --export's implied key is type
+--blockdev driver=null-co,node-name=a --export nbd,id=e,node-name=a
+--blockdev driver=null-co,node-name=a --export vhost-user-blk,id=e,node-name=a
+--blockdev driver=null-co,node-name=a --export floppy,id=e,node-name=a
+--blockdev driver=null-co,node-name=a --export nbd,id=e
+--blockdev driver=null-co,node-name=a --export vhost-user-blk,id=e,node-name=a,addr.type=unix
+--blockdev driver=null-co,node-name=a --export vhost-user-blk,id=e,node-name=a,addr.path={D}/v.sock
+# --nbd-server is QAPI's NbdServerOptions (addr a SocketAddress)
+--nbd-server addr.type=inet
+--nbd-server addr.type=inet,addr.host=127.0.0.1
+--nbd-server addr.path={D}/n.sock
+--nbd-server addr.type=bogus
+--nbd-server addr.type=vsock
+--nbd-server max-connections=2
+--nbd-server addr.type=unix,addr.path={D}/n.sock,max-connections=abc
+--nbd-server addr.type=unix,addr.path={D}/n.sock,max-connections=-1
+--nbd-server addr.type=unix,addr.path={D}/n.sock,bogus=1
+--nbd-server addr.type=unix,addr.path={D}/n.sock,addr.host=x
+--nbd-server addr.type=unix,addr.path={D}/n.sock,addr.tight=maybe
+--nbd-server addr.type=unix,addr.path={D}/n.sock,tls-creds=nope
+--nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=abc
+--nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=1,addr.ipv4=maybe
+--nbd-server addr.type=fd,addr.str=99  # rc-only: vbd listens on unix and inet sockets only
+# --object is object-add (keyval's strings read as QEMU's keyval visitor does)
+--object tls-creds-x509,id=t,dir={D},endpoint=server
+--object tls-creds-x509,id=t,dir={D},endpoint=client
+--object tls-creds-x509,id=t,dir=/nonexistent/vbd,endpoint=server
+--object tls-creds-x509,id=t,endpoint=server
+--object tls-creds-x509,id=t,dir={D},endpoint=bogus
+--object tls-creds-x509,id=t,dir={D},endpoint=server,verify-peer=maybe
+--object tls-creds-x509,id=t,dir={D},endpoint=server,bogus=1
+--object tls-creds-psk,id=t,dir={D},endpoint=server
+--object tls-creds-psk,id=t,endpoint=client
+--object tls-creds-anon,id=t,endpoint=server,loaded=on
+--object iothread
+--object iothread,id=1x
+--object iothread,id=i,bogus=1
+--object iothread,id=i,poll-max-ns=-1
+--object iothread,id=i,poll-max-ns=abc
+--object iothread,id=i --object iothread,id=i
+--object secret,id=s
+--object secret,id=s,data=x,file={D}/disk.raw
+--object secret,id=s,file=/nonexistent/vbd
+--object secret,id=s,data=x,format=bogus
+--object throttle-group
+--object throttle-group,id=g,limits.iops-total=abc
+--object throttle-group,id=g,limits.foo=1
+--object authz-simple,id=a
+--object authz-list,id=a,policy=bogus
+--object authz-list,id=a,rules.0.match=x,rules.0.policy=allow,rules.0.format=regex
+--object authz-pam,id=a,service=login
+--object id=x
+--object qom-type=iothread
 CASES
+
+# --pidfile of a daemon that runs: the file is locked, a second daemon
+# given it refuses to start (qsd's words) and leaves it alone; made 0600
+for d in qsd vbd; do
+    bin=qemu-storage-daemon
+    [ $d = qsd ] || bin=$VBD_DAEMON
+    "$bin" --pidfile "$T/$d/run.pid" 2>"$T/$d.first" &
+    first=$!
+    on_exit "kill -9 $first 2>/dev/null"
+    for _ in $(seq 600); do [ -s "$T/$d/run.pid" ] && break; kill -0 $first 2>/dev/null || break; sleep 0.05; done
+    [ "$(cat "$T/$d/run.pid" 2>/dev/null)" = $first ] || fail "$d: no PID file with its PID"
+    stat -c %a "$T/$d/run.pid" >"$d.mode"
+    run $d "$bin" --pidfile "$T/$d/run.pid"
+    [ "$(cat "$T/$d/run.pid")" = $first ] || fail "$d: the second daemon changed the first one's PID file"
+    kill -TERM $first
+    wait $first || fail "$d: exit status $? after SIGTERM: $(cat "$T/$d.first")"
+    [ ! -e "$T/$d/run.pid" ] || fail "$d: PID file left after SIGTERM"
+done
+if [ "$(cat qsd.rc)" != "$(cat vbd.rc)" ] || ! cmp -s qsd.err vbd.err || ! cmp -s qsd.mode vbd.mode; then
+    echo "DIFF a second daemon on a locked --pidfile: status qsd $(cat qsd.rc), vbd $(cat vbd.rc); mode qsd $(cat qsd.mode), vbd $(cat vbd.mode)"
+    diff qsd.err vbd.err | sed 's/^/    /'
+    ndiff=$((ndiff + 1))
+fi
+! grep -q -e Sanitizer -e 'runtime error' vbd.raw vbd.first || fail "sanitizer report: $(cat vbd.raw vbd.first)"
 [ $ndiff = 0 ] || fail "$ndiff command lines differ (above)"
 echo PASS

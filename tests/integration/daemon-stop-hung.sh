@@ -2,7 +2,8 @@
 # Stopping the daemon while its storage does not answer: SIGTERM waits for
 # the requests in flight and the nodes' flush (nothing acknowledged is
 # dropped), says after 5 s what it waits for, and a second SIGTERM exits at
-# once. The storage is a real NBD server (nbdkit) stopped with SIGSTOP; the
+# once; after QMP's quit the first SIGTERM is the first signal. The
+# storage is a real NBD server (nbdkit) stopped with SIGSTOP; the
 # data flushed before it stopped is there when it comes back.
 . "$(dirname "$0")/lib.sh"
 need nbdkit qemu-io qemu-img
@@ -40,6 +41,31 @@ grep -q "second signal while stopping: exiting without waiting" "$T/daemon.log" 
 step "nbdkit back: both acknowledged writes are there"
 kill -CONT $kpid
 must qemu-io -f raw -r -c "read -P 0x5a 0 1M" -c "read -P 0x6b 1M 1M" "nbd+unix:///?socket=$T/kit.sock" >/dev/null
+
+step "QMP quit while nbdkit does not answer: a SIGTERM then is the first signal (waits), the flush completes, status 0"
+Q=$T/qmp.sock
+start_daemon --chardev socket,id=m0,path="$Q",server=on,wait=off --monitor chardev=m0 \
+    --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/kit.sock" \
+    --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=n0,writable=on
+must qemu-io -f raw -t writeback -c 'write -P 0x3c 3M 1M' "nbd+unix:///n0?socket=$S" >/dev/null
+kill -STOP $kpid
+qmp_py "$Q" <<'PY' || fail "quit"
+ok("quit")
+PY
+for _ in $(seq 600); do grep -q "still stopping after 5 s" "$T/daemon.log" && break
+    kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
+grep -q "still stopping after 5 s" "$T/daemon.log" || { cat "$T/daemon.log"; fail "no hint while stopping after quit"; }
+kill -TERM $dpid
+# the handler's line is the sync point: it is written before it returns
+for _ in $(seq 600); do grep -q "already stopping" "$T/daemon.log" && break
+    kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
+grep -q "already stopping (QMP quit" "$T/daemon.log" || { cat "$T/daemon.log"; fail "the SIGTERM after quit forced the exit"; }
+kill -0 $dpid 2>/dev/null || fail "the daemon exited while its flush had no answer"
+kill -CONT $kpid
+wait $dpid; rc=$?
+[ $rc = 0 ] || { cat "$T/daemon.log"; fail "exit status $rc after quit and one SIGTERM, want 0"; }
+! grep -q -e "second signal" -e Sanitizer "$T/daemon.log" || { cat "$T/daemon.log"; fail "forced exit or sanitizer report"; }
+must qemu-io -f raw -r -c 'read -P 0x3c 3M 1M' "nbd+unix:///?socket=$T/kit.sock" >/dev/null
 
 step "a daemon whose storage answers stops at the first SIGTERM, status 0, no hint"
 start_daemon --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/kit.sock" \

@@ -175,7 +175,7 @@ expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "s0", "data": "x"}
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "b64", "data": "not*base64", "format": "base64"}),
              "not valid base64")
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e", "data": "x", "format": "hex"}), "format")
-expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e"}), "exactly one of 'data' and 'file'")
+expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e"}), "Either 'file' or 'data' must be provided")
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e", "file": "/nonexistent/pw"}), "/nonexistent/pw")
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e", "data": "x", "keyid": "k"}), "not supported")
 # the open node keeps its session; a new one needs the secret

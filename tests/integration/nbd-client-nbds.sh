@@ -60,7 +60,7 @@ must_fail_with "certificate issuer is unknown" timeout 20 "$VBD_IO" -f raw -r -c
 step "tls-creds=ID names an --object (QEMU's way) in the URI"
 must "$VBD_IO" --object "$CLI" -f raw -r -c "read -P 0x73 30M 1M" \
     "nbds+unix:///exp?socket=$T/qn.sock&tls-creds=tls0&tls-hostname=localhost" >/dev/null
-must_fail_with "no TLS credentials object with id 'tls9'" "$VBD_IO" -f raw -r -c "read 0 1" \
+must_fail_with "No TLS credentials with id 'tls9'" "$VBD_IO" -f raw -r -c "read 0 1" \
     "nbds+unix:///exp?socket=$T/qn.sock&tls-creds=tls9"
 
 step "the node's filename keeps nbds:// and its parameters, and opens again as it is"
@@ -126,6 +126,6 @@ must_fail_with "tls-username is the PSK username" "$VBD_IMG" info "$B&tls-certif
 must_fail_with "nbd+unix needs ?socket=PATH" "$VBD_IMG" info "nbds+unix:///exp"
 must_fail_with "bad port '70000'" "$VBD_IMG" info "nbds://localhost:70000/exp"
 must_fail_with "bad percent-encoding" "$VBD_IMG" info "nbds://localhost/e%zz"
-must_fail_with "unable to access credentials $T/none/ca-cert.pem" "$VBD_IMG" info "$B&tls-certificates=$T/none"
+must_fail_with "Unable to access credentials $T/none/ca-cert.pem" "$VBD_IMG" info "$B&tls-certificates=$T/none"
 must_fail_with "tls-psk-file=$T/none.psk: No such file" "$VBD_IMG" info "$B&tls-psk-file=$T/none.psk"
 echo OK

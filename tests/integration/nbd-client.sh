@@ -167,7 +167,7 @@ must_fail_with "Failed to connect" "$VBD_IO" -c "read 0 1" "nbd+unix:///x?socket
 must_fail_with "not available" "$VBD_IO" -c "read 0 1" "nbd+unix:///nosuchexport?socket=$sock2"
 must_fail_with "socket=" "$VBD_IO" -c "read 0 1" "nbd+unix:///exp"
 must_fail_with "server.path" "$VBD_IO" --image-opts -c "read 0 1" "driver=nbd,server.type=unix"
-must_fail_with "no TLS credentials object with id 'tls0'" "$VBD_IO" --image-opts -c "read 0 1" \
+must_fail_with "No TLS credentials with id 'tls0'" "$VBD_IO" --image-opts -c "read 0 1" \
     "driver=nbd,server.type=unix,server.path=$sock2,export=exp,tls-creds=tls0"
 must_fail_with "Failed to connect" "$VBD_IO" -c "read 0 1" "nbd://127.0.0.1:1/"
 echo OK

@@ -111,13 +111,13 @@ must_fail_with "tls-authz=auth0 needs tls-creds" "$VBD_DAEMON" --object "$A" \
     --nbd-server addr.type=unix,addr.path="$T/x.sock",tls-authz=auth0
 must_fail_with "no authorization object with id 'auth9'" "$VBD_DAEMON" --object "$SRV" \
     --nbd-server addr.type=unix,addr.path="$T/x.sock",tls-creds=tls0,tls-authz=auth9
-must_fail_with "authz-pam is not supported (supported: authz-simple, authz-list)" "$VBD_DAEMON" \
+must_fail_with "invalid object type: authz-pam" "$VBD_DAEMON" \
     --object authz-pam,id=auth0,service=login
-must_fail_with "authz-simple 'auth0': 'identity' is required" "$VBD_DAEMON" --object authz-simple,id=auth0
-must_fail_with "rule 0: 'policy' is required" "$VBD_DAEMON" \
+must_fail_with "Parameter 'identity' is missing" "$VBD_DAEMON" --object authz-simple,id=auth0
+must_fail_with "Parameter 'rules[0].policy' is missing" "$VBD_DAEMON" \
     --object '{"qom-type":"authz-list","id":"auth0","rules":[{"match":"x"}]}'
-must_fail_with "expected one of: exact, glob" "$VBD_DAEMON" \
+must_fail_with "Parameter 'format' does not accept value 'regex'" "$VBD_DAEMON" \
     --object '{"qom-type":"authz-list","id":"auth0","rules":[{"match":"x","policy":"allow","format":"regex"}]}'
-must_fail_with "does not support the option 'colour'" "$VBD_DAEMON" --object "$A,colour=red"
+must_fail_with "Parameter 'colour' is unexpected" "$VBD_DAEMON" --object "$A,colour=red"
 [ ! -S x.sock ] || fail "a refused configuration left a listening socket"
 echo OK

@@ -228,19 +228,19 @@ must_fail_with "requires TLS" "$VBD_IO" -c "read 0 4k" "nbd+unix:///?socket=$T/n
 kill $kpid $kppid
 
 step "bad input: one-line errors"
-must_fail_with "unable to access credentials $T/none/ca-cert.pem" "$VBD_IO" \
+must_fail_with "Unable to access credentials $T/none/ca-cert.pem" "$VBD_IO" \
     --object "tls-creds-x509,id=tls0,dir=$T/none,endpoint=client" -c "read 0 1" disk.raw
 must_fail_with "server-cert.pem" "$VBD_DAEMON" --object "tls-creds-x509,id=tls0,dir=$T/pki/client,endpoint=server"
-must_fail_with "expected endpoint=client" "$VBD_IO" --object "$SRV_X509" --image-opts -c "read 0 1" "$U"
-must_fail_with "expected endpoint=server" "$VBD_DAEMON" --object "$CLI_X509" \
+must_fail_with "Expecting TLS credentials with a client endpoint" "$VBD_IO" --object "$SRV_X509" --image-opts -c "read 0 1" "$U"
+must_fail_with "Expecting TLS credentials with a server endpoint" "$VBD_DAEMON" --object "$CLI_X509" \
     --nbd-server addr.type=unix,addr.path="$T/x.sock",tls-creds=tls0
-must_fail_with "no TLS credentials object with id 'nope'" "$VBD_DAEMON" \
+must_fail_with "No TLS credentials with id 'nope'" "$VBD_DAEMON" \
     --nbd-server addr.type=unix,addr.path="$T/x.sock",tls-creds=nope
 must_fail_with "username 'bob' not found" "$VBD_IO" \
     --object "tls-creds-psk,id=tls0,dir=$T/psk-cli,endpoint=client,username=bob" -c "read 0 1" disk.raw
 must_fail_with "tls-hostname needs tls-creds" "$VBD_IO" --image-opts -c "read 0 1" \
     "driver=nbd,server.type=unix,server.path=$T/vbd.sock,tls-hostname=x"
-must_fail_with "duplicate object id 'tls0'" "$VBD_DAEMON" --object "$SRV_X509" --object "$SRV_PSK"
-must_fail_with "does not support the option 'colour'" "$VBD_DAEMON" --object "$SRV_X509,colour=blue"
+must_fail_with "attempt to add duplicate property 'tls0'" "$VBD_DAEMON" --object "$SRV_X509" --object "$SRV_PSK"
+must_fail_with "Parameter 'colour' is unexpected" "$VBD_DAEMON" --object "$SRV_X509,colour=blue"
 must_fail_with "endpoint" "$VBD_DAEMON" --object "tls-creds-psk,id=t,dir=$T/psk-srv,endpoint=middle"
 echo OK

@@ -129,7 +129,7 @@ check_verify_pattern "$img" 32M
 step "iothread errors: an unknown iothread, a bad list"
 must_fail_with "no iothread 'nope'" "$VBD_DAEMON" --blockdev driver=null-co,node-name=n0 \
     --export type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path="$S",iothread=nope
-must_fail_with "exists already" "$VBD_DAEMON" --object iothread,id=a --object iothread,id=a
+must_fail_with "attempt to add duplicate property 'a'" "$VBD_DAEMON" --object iothread,id=a --object iothread,id=a
 must_fail_with "expected an iothread id" "$VBD_DAEMON" --object iothread,id=a --blockdev driver=null-co,node-name=n0 \
     --export type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path="$S",iothread.0=a,iothread.2=a
 

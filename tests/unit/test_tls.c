@@ -75,7 +75,7 @@ UNIT_TEST(tls_creds_errors)
     char kv[1024];
     snprintf(kv, sizeof(kv), "id=x1,dir=%s/nonexistent,endpoint=client", unit_tmpdir());
     CHECK(add_creds("tls-creds-x509", kv, &err) < 0);
-    CHECK(err && strstr(err->msg, "unable to access credentials") && strstr(err->msg, "ca-cert.pem"));
+    CHECK(err && strstr(err->msg, "Unable to access credentials") && strstr(err->msg, "ca-cert.pem"));
     vbd_error_free(err);
     err = NULL;
     snprintf(kv, sizeof(kv), "id=x2,dir=%s,endpoint=client,username=carol", psk_dir("cli2", KEY_A));
@@ -96,11 +96,11 @@ UNIT_TEST(tls_creds_errors)
     vbd_error_free(err);
     err = NULL;
     CHECK(vbd_tls_creds_get("psk-srv", VBD_TLS_CLIENT, "test", &err) == NULL);
-    CHECK(err && strstr(err->msg, "expected endpoint=client"));
+    CHECK(err && strstr(err->msg, "Expecting TLS credentials with a client endpoint"));
     vbd_error_free(err);
     err = NULL;
     CHECK(vbd_tls_creds_get("nope", VBD_TLS_CLIENT, "test", &err) == NULL);
-    CHECK(err && strstr(err->msg, "no TLS credentials object with id 'nope'"));
+    CHECK(err && strstr(err->msg, "No TLS credentials with id 'nope'"));
     vbd_error_free(err);
 }
 

@@ -159,17 +159,23 @@ static int listen_on(struct json_object *opts, struct vbd_error **err)
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
         int gai = getaddrinfo(host ? host : "0.0.0.0", port ? port : "10809", &hints, &res);
         if (gai) {
-            vbd_error_setf(err, EINVAL, "NBD server: address '%s:%s': %s", host ? host : "", port ? port : "10809",
-                           gai_strerror(gai));
+            vbd_error_setf(err, EINVAL, "address resolution failed for %s:%s: %s", host ? host : "",
+                           port ? port : "10809", gai_strerror(gai)); /* QEMU's words */
             goto out;
         }
         fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         int one = 1;
         if (fd >= 0)
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
-            vbd_error_setf(err, errno, "NBD server: cannot listen on %s:%s: %s", host ? host : "*",
-                           port ? port : "10809", strerror(errno));
+        const char *what = "Failed to create socket"; /* QEMU's words (inet_listen_saddr) */
+        if (fd >= 0 && bind(fd, res->ai_addr, res->ai_addrlen) < 0)
+            what = errno == EADDRINUSE ? "Failed to find an available port" : "Failed to bind socket";
+        else if (fd >= 0 && listen(fd, 128) < 0)
+            what = "Failed to listen on socket";
+        else if (fd >= 0)
+            what = NULL;
+        if (what) {
+            vbd_error_setf(err, errno, "%s: %s", what, strerror(errno));
             if (fd >= 0)
                 close(fd);
             fd = -1;
