@@ -107,9 +107,28 @@ static bool is_open_errno(const struct vbd_error *err)
            !strcmp(err->msg + ml - tl, tail) && !strncmp(err->msg + ml - tl - 3, "': ", 3);
 }
 
+/* A lock conflict, as qemu-img reports it: the image it opened named
+ * first, then the block layer's words, with the question on a line of its
+ * own ("Could not open 'X': Failed to get shared "write" lock" /
+ * "Is another process using the image [X]?"). */
+static bool report_lock_conflict(const char *shown, const struct vbd_error *err)
+{
+    const char *m = err->msg, *q = strstr(m, " lock: Is another process using the image [");
+    if (!q)
+        return false;
+    int head = (int)(q - m) + 5; /* up to and with " lock" */
+    if (!shown || !strncmp(m, "Could not open '", 16))
+        vbd_error_report("%.*s\n%s", head, m, q + 7);
+    else
+        vbd_error_report("Could not open '%s': %.*s\n%s", shown, head, m, q + 7);
+    return true;
+}
+
 void tool_report_open(const char *shown, struct vbd_error *err)
 {
-    if (err && shown && tool_open_prefix_errors && is_open_errno(err)) {
+    if (err && report_lock_conflict(shown, err)) {
+        vbd_error_free(err);
+    } else if (err && shown && tool_open_prefix_errors && is_open_errno(err)) {
         vbd_error_report("Could not open '%s': %s", shown, err->msg);
         vbd_error_free(err);
     } else
