@@ -558,6 +558,14 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
         json_object_object_add(bo, "driver", json_object_new_string(n->backing_format));
     struct vbd_error *e = NULL;
     n->backing = vbd_open(path, bo, bflags, &e);
+    if (!n->backing && e && e->code == EAGAIN && !strcmp(n->backing_format, "raw") &&
+        strstr(e->msg, " lock: Is another process using the image [")) {
+        /* a raw backing file takes no locks of its own: the conflict is the
+         * parent's (convert's no-share, passed down), which QEMU finds
+         * when it attaches the chain, not as the backing file's open */
+        vbd_error_propagate(err, e);
+        return -EINVAL;
+    }
     if (!n->backing) {
         vbd_error_setf(err, e ? e->code : EINVAL, "Could not open backing file: %s", e ? e->msg : "unknown error");
         vbd_error_free(e);
