@@ -140,6 +140,15 @@ static bool report_lock_conflict(const char *shown, const struct vbd_error *err)
     return true;
 }
 
+void tool_report_text(const char *msg)
+{
+    const char *q = strstr(msg, " lock: Is another process using the image [");
+    if (q)
+        vbd_error_report("%.*s\n%s", (int)(q - msg) + 5, msg, q + 7);
+    else
+        vbd_error_report("%s", msg);
+}
+
 void tool_report_open(const char *shown, struct vbd_error *err)
 {
     if (err && report_lock_conflict(shown, err)) {

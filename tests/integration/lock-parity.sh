@@ -2,7 +2,8 @@
 # Image locks beside QEMU 7.2's, checker by checker: while a holder (qemu-io,
 # qemu-storage-daemon, vbd-io, vbd-daemon; read-write or read-only) has an
 # image open, each checker (info, check, map, compare, convert, measure,
-# snapshot -l, resize, commit, rebase; io -r/-U/read-write; a daemon's
+# snapshot -l, resize, commit, rebase (-u, and onto a held backing file
+# with and without -U); io -r/-U/read-write; a daemon's
 # read-only, force-share and read-write --blockdev) runs as qemu-img/qemu-io/
 # qemu-storage-daemon and as vbd-img/vbd-io/vbd-daemon and must give the
 # same exit code and the same stderr (the tool's name aside). The holders'
@@ -65,6 +66,8 @@ hold() {
 }
 
 n=0
+prep= # a command run before each tool's turn
+fresh_nb() { rm -f nb.qcow2 && qemu-img create -q -f qcow2 nb.qcow2 4M; }
 # same Q-COMMAND -- V-COMMAND: both run (in the same directory, against the
 # same holder); exit codes and stderr must match
 same() {
@@ -72,9 +75,9 @@ same() {
     while [ "$1" != -- ]; do q+=("$1"); shift; done
     shift
     v=("$@")
-    rm -f out.raw
+    rm -f out.raw; $prep
     "${q[@]}" >q.out 2>q.err </dev/null; local qrc=$?
-    rm -f out.raw
+    rm -f out.raw; $prep
     "${v[@]}" >v.out 2>v.err </dev/null; local vrc=$?
     # vbd-daemon's file node takes its locks when it opens, QEMU's when the
     # format node above it asks for them: the same conflict, reported at the
@@ -176,6 +179,11 @@ for h in qemu-io-rw qemu-io-ro qsd-rw vbd-io-rw vbd-io-ro vbd-daemon-rw vbd-daem
     # check reads the top image alone: not compared)
     io -r -c 'read 0 512' ov.qcow2
     io -r -U -c 'read 0 512' ov.qcow2
+    # rebase onto it (the new backing file is opened read-only; -U shares)
+    prep=fresh_nb
+    img rebase -b bq.qcow2 -F qcow2 nb.qcow2
+    img rebase -U -b bq.qcow2 -F qcow2 nb.qcow2
+    prep=
     release
     hdesc="$h raw backing"; hold $h raw br.raw
     img info --backing-chain ovr.qcow2
