@@ -46,6 +46,16 @@ struct vbd_loop;
  * protocols are unchanged). Blocks the loop for each write: not for a
  * daemon's nodes. */
 #define VBD_OPEN_INLINE_WRITES 0x0400u
+/* Image locks as QEMU's permissions (block.c, bdrv_default_perms): a file
+ * node below a format that keeps metadata in it (qcow2, qed, vdi, ...; not
+ * raw, not a filter) needs consistent reads and shares neither writes nor
+ * resizes, even read-only: another writer would tear the metadata it
+ * reads. vbd_open_child sets it for such a "file" child and passes it
+ * through raw and filters; callers never set it. */
+#define VBD_OPEN_META_PARENT 0x0800u
+/* qemu-img convert's sources (BDRV_O_NO_SHARE): share only consistent
+ * reads and unchanged writes, down the whole chain, backing files too. */
+#define VBD_OPEN_NO_SHARE    0x1000u
 
 /* detect-zeroes: an all-zero write becomes a write-zeroes request (unmap:
  * one that may deallocate; only with discard=unmap, as QEMU requires) */
@@ -319,6 +329,12 @@ struct vbd_driver {
      * (re-arm). NULL: the driver keeps nothing bound to a loop. */
     void (*detach_loop)(struct vbd_node *n);
     void (*attach_loop)(struct vbd_node *n);
+    /* A format parent that keeps metadata in this node came (+1) or went
+     * (-1) after the open (a parent that references an existing node, as
+     * vbd-daemon's --blockdev file=NAME): the image locks follow, as
+     * VBD_OPEN_META_PARENT at open. Fails (nothing changed) when another
+     * process holds what the new locks exclude. NULL: no locks. */
+    int (*meta_parent)(struct vbd_node *n, int delta, struct vbd_error **err);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*().
@@ -337,6 +353,7 @@ struct vbd_node {
     char full_backing_filename[4096];
     uint64_t size;               /* virtual size in bytes; drivers keep it current */
     unsigned open_flags;         /* VBD_OPEN_* as opened */
+    bool file_meta;              /* counted as a metadata parent of its "file" child (vbd_open_child) */
     bool read_only;
     struct vbd_limits bl;
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */

@@ -45,6 +45,40 @@ void vbd_node_ref(struct vbd_node *n)
     n->refcnt++;
 }
 
+/* QEMU's child roles, as far as the image locks go: a format keeps
+ * metadata in its "file" child (bdrv_default_perms_for_storage); raw (a
+ * window on its file) and filters pass their parent's needs through. */
+static bool passes_through(const struct vbd_node *n)
+{
+    return n->drv->kind == VBD_DRV_FILTER || (n->drv->caps & VBD_DRV_CAP_FILE_WINDOW) ||
+           !strcmp(n->drv->name, "snapshot-access");
+}
+
+static bool keeps_metadata(const struct vbd_node *parent, const char *key)
+{
+    return parent && !strcmp(key, "file") && parent->drv->kind == VBD_DRV_FORMAT && !passes_through(parent);
+}
+
+/* A metadata parent came (+1) or went (-1) above an existing node: down
+ * through raw and filters to the node that holds the locks. */
+static int meta_claim(struct vbd_node *c, int delta, struct vbd_error **err)
+{
+    while (c && !c->drv->meta_parent && c->file && c->file != c && passes_through(c))
+        c = c->file;
+    if (!c || !c->drv->meta_parent)
+        return 0;
+    return c->drv->meta_parent(c, delta, err);
+}
+
+/* The parent lets go of its "file" child, and of the locks it added there. */
+static void release_file(struct vbd_node *n)
+{
+    if (n->file_meta && n->file && n->file->refcnt > 1)
+        meta_claim(n->file, -1, NULL);
+    n->file_meta = false;
+    vbd_node_unref(n->file);
+}
+
 void vbd_node_unref(struct vbd_node *n)
 {
     if (!n)
@@ -67,7 +101,7 @@ void vbd_node_unref(struct vbd_node *n)
         }
     }
     vbd_node_unref(n->backing);
-    vbd_node_unref(n->file);
+    release_file(n);
     json_object_put(n->options);
     pthread_mutex_destroy(&n->reqs_lock);
     free(n->opaque);
@@ -215,7 +249,7 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
                 break;
             }
         vbd_node_unref(n->backing);
-        vbd_node_unref(n->file);
+        release_file(n);
         json_object_put(n->options);
         pthread_mutex_destroy(&n->reqs_lock);
         free(n->opaque);
@@ -425,6 +459,11 @@ struct vbd_node *vbd_open_driver(const struct vbd_driver *drv, struct json_objec
 struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opts, const char *key,
                                 const char *filename, unsigned flags, struct vbd_error **err)
 {
+    /* the image locks this child takes for its parent (VBD_OPEN_META_PARENT) */
+    bool meta = keeps_metadata(parent, key) ||
+                (parent && (flags & VBD_OPEN_META_PARENT) && passes_through(parent) &&
+                 (!strcmp(key, "file") || !strcmp(key, "image")));
+    flags = (flags & ~VBD_OPEN_META_PARENT) | (meta ? VBD_OPEN_META_PARENT : 0);
     struct json_object *v = vbd_opt_take_obj(opts, key);
     if (!v) {
         if (!filename) {
@@ -446,6 +485,13 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
             json_object_put(v);
             return NULL;
         }
+        /* an existing node: its locks follow its new parent's needs now */
+        if (meta && meta_claim(c, +1, err) < 0) {
+            json_object_put(v);
+            return NULL;
+        }
+        if (meta)
+            parent->file_meta = true;
         vbd_node_ref(c);
         json_object_put(v);
         return c;
@@ -476,7 +522,9 @@ static bool is_uri_or_json(const char *s)
 
 int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
-    unsigned bflags = (flags & ~(VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL | VBD_OPEN_CHECK));
+    /* the backing file's own format decides what its file shares (QEMU's
+     * COW role: a reader's needs, convert's no-share passed down) */
+    unsigned bflags = (flags & ~(VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL | VBD_OPEN_CHECK | VBD_OPEN_META_PARENT));
     struct json_object *v = NULL;
     /* "backing": null (json-c holds JSON null as a NULL value, so ask
      * whether the key is there), or QEMU's deprecated "" for it: no backing */
@@ -510,6 +558,14 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
         json_object_object_add(bo, "driver", json_object_new_string(n->backing_format));
     struct vbd_error *e = NULL;
     n->backing = vbd_open(path, bo, bflags, &e);
+    if (!n->backing && e && e->code == EAGAIN && !strcmp(n->backing_format, "raw") &&
+        strstr(e->msg, " lock: Is another process using the image [")) {
+        /* a raw backing file takes no locks of its own: the conflict is the
+         * parent's (convert's no-share, passed down), which QEMU finds
+         * when it attaches the chain, not as the backing file's open */
+        vbd_error_propagate(err, e);
+        return -EINVAL;
+    }
     if (!n->backing) {
         vbd_error_setf(err, e ? e->code : EINVAL, "Could not open backing file: %s", e ? e->msg : "unknown error");
         vbd_error_free(e);

@@ -676,7 +676,12 @@ static void report_option_error(const char *name, const char *arg, const char *m
         if (p[0] == ':' && p[1] == ' ')
             msg = p + 2;
     }
-    vbd_error_report("--%s %s: %s", name, arg, msg);
+    /* a lock conflict's question is a hint line of its own, as qsd's */
+    const char *q = strstr(msg, " lock: Is another process using the image [");
+    if (q)
+        vbd_error_report("--%s %s: %.*s\n%s", name, arg, (int)(q - msg) + 5, msg, q + 7);
+    else
+        vbd_error_report("--%s %s: %s", name, arg, msg);
 }
 
 /* --pidfile's file, open and locked for the daemon's life */

@@ -107,9 +107,53 @@ static bool is_open_errno(const struct vbd_error *err)
            !strcmp(err->msg + ml - tl, tail) && !strncmp(err->msg + ml - tl - 3, "': ", 3);
 }
 
+/* A lock conflict, as qemu-img reports it: the image it opened named
+ * first, then the block layer's words, with the question on a line of its
+ * own ("Could not open 'X': Failed to get shared "write" lock" /
+ * "Is another process using the image [X]?"). */
+bool tool_lock_names_locked_image;
+
+static bool report_lock_conflict(const char *shown, const struct vbd_error *err)
+{
+    const char *m = err->msg, *q = strstr(m, " lock: Is another process using the image [");
+    if (!q)
+        return false;
+    int head = (int)(q - m) + 5; /* up to and with " lock" */
+    /* qemu-img info --backing-chain opens image by image: it names the
+     * one whose lock failed, the one in the question */
+    static const char backing[] = "Could not open backing file: ";
+    const char *b = strstr(m, backing);
+    if (tool_lock_names_locked_image && b && b < q) {
+        head -= (int)(b - m);
+        m = b;
+        const char *name = q + strlen(" lock: Is another process using the image [");
+        size_t len = strcspn(name, "]");
+        m += sizeof(backing) - 1;
+        head -= (int)sizeof(backing) - 1;
+        vbd_error_report("Could not open '%.*s': %.*s\n%s", (int)len, name, head, m, q + 7);
+        return true;
+    }
+    if (!shown || !strncmp(m, "Could not open '", 16))
+        vbd_error_report("%.*s\n%s", head, m, q + 7);
+    else
+        vbd_error_report("Could not open '%s': %.*s\n%s", shown, head, m, q + 7);
+    return true;
+}
+
+void tool_report_text(const char *msg)
+{
+    const char *q = strstr(msg, " lock: Is another process using the image [");
+    if (q)
+        vbd_error_report("%.*s\n%s", (int)(q - msg) + 5, msg, q + 7);
+    else
+        vbd_error_report("%s", msg);
+}
+
 void tool_report_open(const char *shown, struct vbd_error *err)
 {
-    if (err && shown && tool_open_prefix_errors && is_open_errno(err)) {
+    if (err && report_lock_conflict(shown, err)) {
+        vbd_error_free(err);
+    } else if (err && shown && tool_open_prefix_errors && is_open_errno(err)) {
         vbd_error_report("Could not open '%s': %s", shown, err->msg);
         vbd_error_free(err);
     } else

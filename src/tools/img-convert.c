@@ -184,7 +184,9 @@ int verb_convert(int argc, char **argv)
     uint64_t total = 0;
     int rc = 1;
     for (int i = 0; i < nsrc; i++) {
-        src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, src_cache, NULL);
+        /* as qemu-img (BDRV_O_NO_SHARE): nobody writes a source while it is copied */
+        src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts,
+                           force ? VBD_OPEN_FORCE_SHARE : VBD_OPEN_NO_SHARE, src_cache, NULL);
         if (!src[i])
             goto out;
         if (snapshot && convert_load_snapshot(src[i], snapshot) < 0)

@@ -151,6 +151,7 @@ int verb_info(int argc, char **argv)
         img_usage_error("Expecting one image file name");
         return 1;
     }
+    tool_lock_names_locked_image = chain;
     struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
                                      (force ? VBD_OPEN_FORCE_SHARE : 0) | VBD_OPEN_NO_IO | (chain ? 0 : VBD_OPEN_NO_BACKING),
                                      NULL, NULL);

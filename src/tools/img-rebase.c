@@ -7,7 +7,7 @@
 int verb_rebase(int argc, char **argv)
 {
     const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL;
-    bool unsafe = false, progress = false, quiet = false, image_opts = false;
+    bool unsafe = false, progress = false, quiet = false, image_opts = false, force = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
     int c;
@@ -20,7 +20,8 @@ int verb_rebase(int argc, char **argv)
         case 'p': progress = true; break;
         case 'q': quiet = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case 't': case 'T': case 'U': break;
+        case 'U': force = true; break;
+        case 't': case 'T': break;
         case 'h':
             printf("Usage: vbd-img rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
                    "Change the backing file. Safe mode (default) first copies into the image every range where the\n"
@@ -60,9 +61,12 @@ int verb_rebase(int argc, char **argv)
             json_object_object_add(o, "driver", json_object_new_string(backing_fmt));
         }
         struct vbd_error *oerr = NULL;
-        nb = vbd_open(path, o, 0, &oerr);
+        /* -U: as qemu-img, the new backing file is read beside its writers */
+        nb = vbd_open(path, o, force ? VBD_OPEN_FORCE_SHARE : 0, &oerr);
         if (!nb) {
-            vbd_error_report("Could not open new backing file '%s': %s", path, oerr ? oerr->msg : "failed");
+            char msg[8192];
+            snprintf(msg, sizeof(msg), "Could not open new backing file '%s': %s", path, oerr ? oerr->msg : "failed");
+            tool_report_text(msg);
             vbd_error_free(oerr);
             goto out;
         }

@@ -55,6 +55,9 @@ struct file_state {
      * walk over the file asks there next, and needs only the SEEK_HOLE. */
     uint64_t next_data;
     bool locked;
+    unsigned perm, shared;  /* the locks held (PERM_* bits), when locked */
+    unsigned meta_parents;  /* formats with metadata above (VBD_OPEN_META_PARENT, file_meta_parent) */
+    bool no_share;          /* VBD_OPEN_NO_SHARE */
 };
 
 /* The extent cache is read and changed by requests on every loop, without
@@ -95,30 +98,73 @@ static bool byte_locked_by_other(int fd, off_t byte)
     return fl.l_type != F_UNLCK;
 }
 
-static int apply_locks(struct vbd_node *n, int fd, unsigned perm, unsigned shared, struct vbd_error **err)
+/* Move the image locks of fd from (old_perm, old_shared) to (perm, shared):
+ * take the new bytes, check that no other open file description holds
+ * what they conflict with (QEMU's raw_apply_lock_bytes, then
+ * raw_check_lock_bytes), then drop the bytes no longer wanted. On a
+ * conflict the bytes just taken go again and the old state stays. */
+static int set_locks(struct vbd_node *n, int fd, unsigned old_perm, unsigned old_shared, unsigned perm,
+                     unsigned shared, struct vbd_error **err)
 {
-    for (int i = 0; i < 4; i++) {
-        if ((perm & (1u << i)) && lock_byte(fd, LOCK_PERM_BASE + i, F_RDLCK) < 0)
-            goto lockfail;
-        if (!(shared & (1u << i)) && lock_byte(fd, LOCK_SHARED_BASE + i, F_RDLCK) < 0)
-            goto lockfail;
+    unsigned old_unshared = ~old_shared & PERM_ALL, unshared = ~shared & PERM_ALL;
+    unsigned add_perm = perm & ~old_perm, add_unshared = unshared & ~old_unshared;
+    int rc = 0;
+    for (int i = 0; i < 4 && rc == 0; i++) {
+        if ((add_perm & (1u << i)) && lock_byte(fd, LOCK_PERM_BASE + i, F_RDLCK) < 0)
+            rc = -errno;
+        else if ((add_unshared & (1u << i)) && lock_byte(fd, LOCK_SHARED_BASE + i, F_RDLCK) < 0)
+            rc = -errno;
     }
-    for (int i = 0; i < 4; i++) {
-        if ((perm & (1u << i)) && byte_locked_by_other(fd, LOCK_SHARED_BASE + i)) {
-            vbd_error_setf(err, EAGAIN, "Failed to get \"%s\" lock: Is another process using the image [%s]?",
-                           perm_names[i], n->filename);
-            return -EAGAIN;
-        }
-        if (!(shared & (1u << i)) && byte_locked_by_other(fd, LOCK_PERM_BASE + i)) {
-            vbd_error_setf(err, EAGAIN, "Failed to get shared \"%s\" lock: Is another process using the image [%s]?",
-                           perm_names[i], n->filename);
-            return -EAGAIN;
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Failed to lock '%s': %s", n->filename, strerror(-rc));
+    } else {
+        for (int i = 0; i < 4; i++) {
+            if ((add_perm & (1u << i)) && byte_locked_by_other(fd, LOCK_SHARED_BASE + i)) {
+                vbd_error_setf(err, EAGAIN, "Failed to get \"%s\" lock: Is another process using the image [%s]?",
+                               perm_names[i], n->filename);
+                rc = -EAGAIN;
+                break;
+            }
+            if ((add_unshared & (1u << i)) && byte_locked_by_other(fd, LOCK_PERM_BASE + i)) {
+                vbd_error_setf(err, EAGAIN,
+                               "Failed to get shared \"%s\" lock: Is another process using the image [%s]?",
+                               perm_names[i], n->filename);
+                rc = -EAGAIN;
+                break;
+            }
         }
     }
-    return 0;
-lockfail:
-    vbd_error_setf(err, errno, "Failed to lock '%s': %s", n->filename, strerror(errno));
-    return -errno;
+    /* on failure undo what was added, on success drop what is no longer wanted */
+    unsigned drop_perm = rc < 0 ? add_perm : old_perm & ~perm;
+    unsigned drop_unshared = rc < 0 ? add_unshared : old_unshared & ~unshared;
+    for (int i = 0; i < 4; i++) {
+        if (drop_perm & (1u << i))
+            lock_byte(fd, LOCK_PERM_BASE + i, F_UNLCK);
+        if (drop_unshared & (1u << i))
+            lock_byte(fd, LOCK_SHARED_BASE + i, F_UNLCK);
+    }
+    return rc;
+}
+
+/* What a file node takes and shares, as QEMU derives it for the file child
+ * (block.c): a reader needs consistent reads and shares everything (qemu-img
+ * info of a raw image in use works); a writer also takes write and resize
+ * and shares neither (stricter than QEMU, whose raw writers share writes:
+ * two writers of one image are a fault vbd keeps refusing); a format with
+ * metadata above (bdrv_default_perms_for_storage: "bs->file always needs
+ * to be consistent because of the metadata") shares neither writes nor
+ * resizes even read-only; qemu-img convert's source (BDRV_O_NO_SHARE)
+ * shares only consistent reads and unchanged writes. */
+static void wanted_perms(bool rw, unsigned meta_parents, bool no_share, unsigned *perm, unsigned *shared)
+{
+    *perm = PERM_CONSISTENT_READ;
+    *shared = PERM_ALL;
+    if (rw) {
+        *perm |= PERM_WRITE | PERM_RESIZE;
+        *shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
+    }
+    if (meta_parents || no_share)
+        *shared &= ~(PERM_WRITE | PERM_RESIZE);
 }
 
 static int probe_direct_alignment(int fd, uint32_t *align)
@@ -212,17 +258,16 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_error_setf(err, EINVAL, "force-share=on can only be used with read-only images");
         goto fail;
     }
+    s->meta_parents = (flags & VBD_OPEN_META_PARENT) ? 1 : 0;
+    s->no_share = (flags & VBD_OPEN_NO_SHARE) != 0;
     if (do_lock) {
-        /* As QEMU: a reader shares everything (qemu-img info works beside
-         * a writer); a writer allows no other writer or resizer. */
-        unsigned perm = PERM_CONSISTENT_READ, shared = PERM_ALL;
-        if (flags & VBD_OPEN_RDWR) {
-            perm |= PERM_WRITE | PERM_RESIZE;
-            shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
-        }
-        if (apply_locks(n, s->fd, perm, shared, err) < 0)
+        unsigned perm, shared;
+        wanted_perms(flags & VBD_OPEN_RDWR, s->meta_parents, s->no_share, &perm, &shared);
+        if (set_locks(n, s->fd, 0, PERM_ALL, perm, shared, err) < 0)
             goto fail;
         s->locked = true;
+        s->perm = perm;
+        s->shared = shared;
     }
     n->supported_write_flags = VBD_REQ_FUA;
     n->supported_zero_flags = VBD_REQ_MAY_UNMAP | VBD_REQ_NO_FALLBACK; /* zeroes by fallocate or not at all */
@@ -649,31 +694,58 @@ static int file_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
                        strerror(e));
         return -e;
     }
+    /* The old description's locks go first, not when the last reference to
+     * it (an io_uring request still holding the file) is dropped, and
+     * before the new ones are taken: a reader below a format unshares the
+     * write that the new read-write description takes, and the check
+     * cannot tell our own old description from another process. */
+    unsigned perm = 0, shared = PERM_ALL;
     if (s->locked) {
-        unsigned perm = PERM_CONSISTENT_READ, shared = PERM_ALL;
-        if (rw) {
-            perm |= PERM_WRITE | PERM_RESIZE;
-            shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED;
-        }
-        int rc = apply_locks(n, fd, perm, shared, err);
+        wanted_perms(rw, s->meta_parents, s->no_share, &perm, &shared);
+        set_locks(n, s->fd, s->perm, s->shared, 0, PERM_ALL, NULL);
+        int rc = set_locks(n, fd, 0, PERM_ALL, perm, shared, err);
         if (rc < 0) {
+            /* best effort: the old locks back (another process may have
+             * taken what they exclude meanwhile) */
+            set_locks(n, s->fd, 0, PERM_ALL, s->perm, s->shared, NULL);
             close(fd);
             return rc;
         }
     }
-    /* The old description's locks go now, not when the last reference to it
-     * (an io_uring request still holding the file) is dropped. */
-    for (int i = 0; s->locked && i < 4; i++) {
-        lock_byte(s->fd, LOCK_PERM_BASE + i, F_UNLCK);
-        lock_byte(s->fd, LOCK_SHARED_BASE + i, F_UNLCK);
-    }
     if (dup3(fd, s->fd, O_CLOEXEC) < 0) {
         int e = errno;
         vbd_error_setf(err, e, "Could not reopen '%s': %s", n->filename, strerror(e));
+        if (s->locked)
+            set_locks(n, s->fd, 0, PERM_ALL, s->perm, s->shared, NULL);
         close(fd);
         return -e;
     }
     close(fd);
+    if (s->locked) {
+        s->perm = perm;
+        s->shared = shared;
+    }
+    return 0;
+}
+
+/* A format with metadata came above this node or went (vbd_open_child,
+ * node close): it unshares writes and resizes, or gives them back. */
+static int file_meta_parent(struct vbd_node *n, int delta, struct vbd_error **err)
+{
+    struct file_state *s = n->opaque;
+    if (delta < 0 && s->meta_parents == 0)
+        return 0; /* not counted here (a parent repointed to another node) */
+    unsigned count = (unsigned)((int)s->meta_parents + delta);
+    if (s->locked) {
+        unsigned perm, shared;
+        wanted_perms(!n->read_only, count, s->no_share, &perm, &shared);
+        int rc = set_locks(n, s->fd, s->perm, s->shared, perm, shared, err);
+        if (rc < 0)
+            return rc;
+        s->perm = perm;
+        s->shared = shared;
+    }
+    s->meta_parents = count;
     return 0;
 }
 
@@ -698,5 +770,6 @@ static const struct vbd_driver file_driver = {
     .create_opts = file_create_opts,
     .co_create = file_create,
     .reopen_rw = file_reopen_rw,
+    .meta_parent = file_meta_parent,
 };
 VBD_DRIVER_REGISTER(file, file_driver);

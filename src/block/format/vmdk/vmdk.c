@@ -1059,9 +1059,13 @@ static int parse_extents(struct vbd_node *n, const char *desc, unsigned flags, s
         struct json_object *lk = NULL;
         if (n->file->options && json_object_object_get_ex(n->file->options, "locking", &lk) && lk)
             json_object_object_add(o, "locking", json_object_get(lk));
+        /* a sparse extent holds metadata (grain tables), a flat one data
+         * only: the image locks as QEMU's extent roles */
+        bool meta = strcmp(type, "FLAT") && strcmp(type, "VMFS");
         struct vbd_node *f = vbd_open(full, o, (flags & (VBD_OPEN_RDWR | VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH |
-                                                         VBD_OPEN_FORCE_SHARE | VBD_OPEN_AIO_THREADS)) |
-                                                   VBD_OPEN_PROTOCOL,
+                                                         VBD_OPEN_FORCE_SHARE | VBD_OPEN_AIO_THREADS |
+                                                         VBD_OPEN_NO_SHARE)) |
+                                                   VBD_OPEN_PROTOCOL | (meta ? VBD_OPEN_META_PARENT : 0),
                                       err);
         if (!f)
             return -EINVAL;
