@@ -49,7 +49,8 @@ struct vbd_copy_opts {
     unsigned parallel;
     bool out_of_order;
     /* vbd_co_convert only: > 1 copies on this many threads (the caller's
-     * loop and threads - 1 loops of its own), one chunk at a time on each,
+     * loop and threads - 1 loops of its own; with a mapped source, threads
+     * loops of its own while the caller's maps), one chunk at a time on each,
      * read (VBD_REQ_INLINE), scanned and written by one thread, out of
      * order; parallel only caps it. For sources and a target whose chains
      * are multi-loop (vbd_node_chain_multi_loop; a source may instead be
@@ -57,7 +58,7 @@ struct vbd_copy_opts {
      * on the calling thread (a page-cache or tmpfs target, inline writes):
      * anything else would hop to a home loop or the pool per request.
      * Ignored with a chunk_done callback (it would run on those threads)
-     * and when a chain is not multi-loop. */
+     * and when a chain is neither multi-loop nor mapped. */
     unsigned threads;
 };
 

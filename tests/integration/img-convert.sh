@@ -88,6 +88,22 @@ if [ -n "${shm:-}" ]; then
         diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
             || fail "$q $opt: allocation differs from qemu-img convert's"
     done; done
+    step "tmpfs, threads: a qcow2 source of 16384 extents (4k clusters, every other one data): several mapped windows"
+    python3 - "$shm/frag.raw" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 64 << 20)
+for i in range(0, 16384, 2):
+    os.pwrite(fd, bytes([i % 251 + 1]) * 4096, i * 4096)
+os.close(fd)
+PY
+    qemu-img convert -f raw -O qcow2 -o cluster_size=4096 "$shm/frag.raw" "$shm/frag.qcow2"
+    rm -f "$shm/dst.raw" "$shm/ref.raw"
+    must "$VBD_IMG" convert -f qcow2 -O raw "$shm/frag.qcow2" "$shm/dst.raw"
+    qemu-img convert -f qcow2 -O raw "$shm/frag.qcow2" "$shm/ref.raw"
+    must qemu-img compare -f raw -F raw "$shm/frag.raw" "$shm/dst.raw" >/dev/null
+    diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
+        || fail "fragmented source: allocation differs from qemu-img convert's"
     step "tmpfs, threads: two qcow2 sources concatenated into an image full of other data (-n)"
     for out in "$shm/two.raw" "$shm/tworef.raw"; do
         qemu-img create -q -f raw "$out" 512M
