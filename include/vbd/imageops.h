@@ -49,14 +49,16 @@ struct vbd_copy_opts {
     unsigned parallel;
     bool out_of_order;
     /* vbd_co_convert only: > 1 copies on this many threads (the caller's
-     * loop and threads - 1 loops of its own), one chunk at a time on each,
+     * loop and threads - 1 loops of its own; with a mapped source, threads
+     * loops of its own while the caller's maps), one chunk at a time on each,
      * read (VBD_REQ_INLINE), scanned and written by one thread, out of
      * order; parallel only caps it. For sources and a target whose chains
-     * are multi-loop (vbd_node_chain_multi_loop) and whose copies are made
+     * are multi-loop (vbd_node_chain_multi_loop; a source may instead be
+     * one vbd_convert_source_mapped accepts) and whose copies are made
      * on the calling thread (a page-cache or tmpfs target, inline writes):
      * anything else would hop to a home loop or the pool per request.
      * Ignored with a chunk_done callback (it would run on those threads)
-     * and when a chain is not multi-loop. */
+     * and when a chain is neither multi-loop nor mapped. */
     unsigned threads;
 };
 
@@ -131,5 +133,12 @@ int vbd_co_rebase_safe(struct vbd_node *node, struct vbd_node *old_backing, stru
  * ranges. dst must be at least as large as the sum of the sources. */
 int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, const struct vbd_copy_opts *opts,
                    struct vbd_imageops_ctl *ctl, struct vbd_error **err);
+/* Whether a threaded vbd_co_convert can copy from src although its chain
+ * is not multi-loop (a qcow2 image): every node of it is read-only and
+ * locked against other writers (not VBD_OPEN_FORCE_SHARE), so the map its
+ * block status gives stays true while the copy runs. Such a source is
+ * mapped on its home loop, a window of extents at a time, and its data
+ * clusters are read from its file on the copying threads. */
+bool vbd_convert_source_mapped(struct vbd_node *src);
 
 #endif

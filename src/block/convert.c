@@ -19,6 +19,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* An extent of a mapped source (see vbd_convert_source_mapped), in the
+ * concatenation's offsets: its block status, and where its data is read
+ * (rnode at rmap; NULL: through the source). */
+struct convert_ext {
+    uint64_t start, end;
+    int si, st;
+    struct vbd_node *rnode;
+    uint64_t rmap;
+};
+
+/* Extents mapped at a time: 4096 x 40 bytes. Each window ends in a
+ * barrier (the workers finish, the caller maps the next), so it is sized
+ * for a few per image: a converted 2 GiB image with 512 data extents
+ * needs one. */
+#define CONVERT_WINDOW 4096
+
 struct convert {
     struct vbd_node *const *src;
     int nsrc;
@@ -48,6 +64,14 @@ struct convert {
     int bs_src;
     uint64_t bs_start, bs_end;
     int bs_status;
+    /* Threaded with a source that is not multi-loop (a qcow2 image): the
+     * caller's loop, the source's home, maps [next, win_end) into win
+     * while no worker runs, and the workers claim from win without block
+     * status (which would hop to that loop under thread_lock). */
+    bool mapped;
+    struct convert_ext *win;
+    unsigned win_n, win_i;
+    uint64_t win_end;
 };
 
 /* One block status request covers at most this much: nbd and the drivers'
@@ -63,14 +87,87 @@ static void convert_fail(struct convert *cv, int rc, struct vbd_error *err)
     vbd_error_propagate(&cv->err, err);
 }
 
+/* The source that holds concatenation offset off. */
+static int source_index(const struct convert *cv, uint64_t off)
+{
+    int si = 0;
+    while (si + 1 < cv->nsrc && off >= cv->src_start[si + 1])
+        si++;
+    return si;
+}
+
+/* Whether the data of an extent with block status st, which layer depth
+ * of src's backing chain defines, is the bytes of file at its map: a data
+ * range (not zero: a zero cluster's map may hold old bytes; not
+ * compressed) of a qcow2 or raw layer (vbd's qcow2 has no encryption),
+ * no filter on the way (reading the file would bypass it), the file
+ * readable on any loop. */
+static bool read_direct(struct vbd_node *src, int st, int depth, struct vbd_node *file)
+{
+    unsigned want = VBD_BS_DATA | VBD_BS_OFFSET_VALID;
+    if ((st & (want | VBD_BS_ZERO | VBD_BS_COMPRESSED)) != want || !file)
+        return false;
+    struct vbd_node *p = src;
+    for (int d = 0; p && p->drv->kind != VBD_DRV_FILTER && d < depth; d++)
+        p = p->backing;
+    if (!p || p->drv->kind == VBD_DRV_FILTER)
+        return false;
+    bool plain = p->drv->kind == VBD_DRV_PROTOCOL || !strcmp(p->drv->name, "qcow2") || !strcmp(p->drv->name, "raw");
+    return plain && vbd_node_chain_multi_loop(file);
+}
+
+/* Map the next window of a mapped convert (on the caller's loop, no
+ * worker running): [next, win_end) as at most CONVERT_WINDOW extents,
+ * block status once per extent as the unmapped claim asks it. */
+static void convert_map_window(struct convert *cv)
+{
+    cv->win_n = cv->win_i = 0;
+    uint64_t pos = cv->next;
+    while (cv->win_n < CONVERT_WINDOW && pos < cv->total) {
+        int si = source_index(cv, pos);
+        struct vbd_node *src = cv->src[si], *file = NULL;
+        uint64_t soff = pos - cv->src_start[si], src_size = cv->src_start[si + 1] - cv->src_start[si];
+        uint64_t q = src_size - soff < BS_QUERY_MAX ? src_size - soff : BS_QUERY_MAX;
+        uint64_t pnum = 0, map = 0;
+        int depth = 0;
+        int st = vbd_node_co_block_status_above(src, NULL, true, soff, q, &pnum, &map, &file, &depth);
+        if (st < 0) {
+            struct vbd_error *err = NULL;
+            imageops_io_error(&err, st, "Could not read the allocation status of", src, soff);
+            convert_fail(cv, st, err);
+            break;
+        }
+        if (pnum == 0 || pnum > q)
+            pnum = q;
+        struct convert_ext e = {.start = pos, .end = pos + pnum, .si = si, .st = st};
+        if (read_direct(src, st, depth, file)) {
+            e.rnode = file;
+            e.rmap = map;
+        }
+        /* qcow2 answers one L2 table at a time: contiguous clusters become one extent again */
+        struct convert_ext *last = cv->win_n ? &cv->win[cv->win_n - 1] : NULL;
+        if (last && last->si == e.si && last->st == e.st && last->rnode == e.rnode &&
+            (!e.rnode || last->rmap + (last->end - last->start) == e.rmap))
+            last->end = e.end;
+        else
+            cv->win[cv->win_n++] = e;
+        pos += pnum;
+    }
+    cv->win_end = pos;
+}
+
 /* Claim the next range to copy: *off in the concatenation, *src_node and
- * *soff where it is read, *len bytes, *zero if it reads as zeroes. 0 when
- * there is nothing left (or the copy failed), 1 with a range. */
-static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **src_node, uint64_t *soff, uint64_t *len,
-                         bool *zero, uint64_t *seq)
+ * *soff the source and its offset, *rnode and *roff where it is read (a
+ * mapped source's file, else the same), *len bytes, *zero if it reads as
+ * zeroes. 0 when there is nothing left (or the copy failed, or a mapped
+ * window is done), 1 with a range. */
+static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **src_node, uint64_t *soff,
+                         struct vbd_node **rnode, uint64_t *roff, uint64_t *len, bool *zero, uint64_t *seq)
 {
     struct vbd_error *err = NULL;
     if (cv->error || cv->next >= cv->total)
+        return 0;
+    if (cv->mapped && cv->next >= cv->win_end)
         return 0;
     *off = cv->next;
     int rc = imageops_check_cancel(cv->ctl, cv->dst, *off, &err);
@@ -78,9 +175,7 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
         convert_fail(cv, rc, err);
         return 0;
     }
-    int si = 0;
-    while (si + 1 < cv->nsrc && *off >= cv->src_start[si + 1])
-        si++;
+    int si = source_index(cv, *off);
     struct vbd_node *src = cv->src[si];
     *soff = *off - cv->src_start[si];
     uint64_t src_size = cv->src_start[si + 1] - cv->src_start[si];
@@ -88,7 +183,19 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     uint64_t l = src_size - *soff < chunk ? src_size - *soff : chunk;
     uint64_t pnum = 0;
     int st;
-    if (cv->bs_src == si && *soff >= cv->bs_start && *soff < cv->bs_end) {
+    *rnode = src;
+    *roff = *soff;
+    if (cv->mapped) {
+        while (cv->win[cv->win_i].end <= *off)
+            cv->win_i++;
+        const struct convert_ext *e = &cv->win[cv->win_i];
+        st = e->st;
+        pnum = e->end - *off;
+        if (e->rnode) {
+            *rnode = e->rnode;
+            *roff = e->rmap + (*off - e->start);
+        }
+    } else if (cv->bs_src == si && *soff >= cv->bs_start && *soff < cv->bs_end) {
         st = cv->bs_status;
         pnum = cv->bs_end - *soff;
     } else {
@@ -167,11 +274,11 @@ static void convert_worker(void *opaque)
     uint8_t *buf = vbd_alloc_aligned(4096, cv->o->chunk_size);
     uint64_t *runs = imageops_runs_new(cv->o);
     for (;;) {
-        uint64_t off, soff, len, seq;
-        struct vbd_node *src;
+        uint64_t off, soff, roff, len, seq;
+        struct vbd_node *src, *rnode;
         bool zero;
         claim_lock(cv);
-        int claimed = convert_claim(cv, &off, &src, &soff, &len, &zero, &seq);
+        int claimed = convert_claim(cv, &off, &src, &soff, &rnode, &roff, &len, &zero, &seq);
         claim_unlock(cv);
         if (!claimed)
             break;
@@ -183,7 +290,7 @@ static void convert_worker(void *opaque)
             struct iovec one;
             struct vbd_qiov q;
             vbd_qiov_init_buf(&q, &one, buf, len);
-            if ((rc = vbd_node_co_preadv(src, soff, len, &q, 0, rflags)) < 0)
+            if ((rc = vbd_node_co_preadv(rnode, roff, len, &q, 0, rflags)) < 0)
                 imageops_io_error(&err, rc, "Could not read", src, soff);
         }
         /* Zeroes are looked for before this worker waits for its turn: the
@@ -279,6 +386,23 @@ static void threads_stop(struct convert_thread *t, unsigned n)
     }
 }
 
+/* Every node of n's chain read-only and locked against other writers. */
+static bool chain_stable(struct vbd_node *n)
+{
+    for (; n; n = n->file) {
+        if (!n->read_only || (n->open_flags & (VBD_OPEN_RDWR | VBD_OPEN_FORCE_SHARE)))
+            return false;
+        if (n->backing && !chain_stable(n->backing))
+            return false;
+    }
+    return true;
+}
+
+bool vbd_convert_source_mapped(struct vbd_node *src)
+{
+    return chain_stable(src);
+}
+
 int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, const struct vbd_copy_opts *opts,
                    struct vbd_imageops_ctl *ctl, struct vbd_error **err)
 {
@@ -307,35 +431,57 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
     unsigned nworkers = o.parallel, nthreads = 0;
     struct convert_thread *threads = NULL;
     /* A claim under thread_lock must not hop to a home loop (the loop there
-     * may be blocked on the lock): multi-loop chains only, checked here. */
+     * may be blocked on the lock): multi-loop chains, or sources mapped
+     * before the claims, checked here. */
     bool can_thread = o.threads > 1 && !(ctl && ctl->chunk_done) && vbd_node_chain_multi_loop(dst);
-    for (int i = 0; i < nsrc && can_thread; i++)
-        can_thread = vbd_node_chain_multi_loop(src[i]);
+    bool mapped = false;
+    for (int i = 0; i < nsrc && can_thread; i++) {
+        if (vbd_node_chain_multi_loop(src[i]))
+            continue;
+        can_thread = vbd_convert_source_mapped(src[i]);
+        mapped = true;
+    }
     if (can_thread) {
         unsigned want = o.threads < o.parallel ? o.threads : o.parallel;
-        threads = vbd_xcalloc(want, sizeof(*threads));
-        nthreads = threads_start(threads, want);
+        /* Mapped, every worker gets a thread of its own: this loop maps the
+         * windows and runs the hops of reads that go through the source (a
+         * compressed cluster), which a worker here, whose I/O never yields,
+         * would hold off until the window's end. */
+        unsigned n = mapped ? want + 1 : want;
+        threads = vbd_xcalloc(n, sizeof(*threads));
+        nthreads = threads_start(threads, n);
         if (nthreads) {
             cv.threaded = true;
+            cv.mapped = mapped;
             pthread_mutex_init(&cv.thread_lock, NULL);
-            nworkers = nthreads + 1;
+            nworkers = mapped ? nthreads : nthreads + 1;
         }
     }
+    if (cv.mapped)
+        cv.win = vbd_xcalloc(CONVERT_WINDOW, sizeof(*cv.win));
     struct convert_worker *workers = vbd_xcalloc(nworkers, sizeof(*workers));
-    cv.running = nworkers;
-    /* Last to first: a threaded worker's I/O never yields, so the one that
-     * stays on this loop must start after the others have left it. */
-    for (unsigned i = nworkers; i-- > 0;) {
-        workers[i].cv = &cv;
-        workers[i].loop = cv.threaded && i ? threads[i - 1].loop : NULL;
-        vbd_co_wake(vbd_co_create(convert_worker, &workers[i]));
-    }
-    while (cv.running)
-        vbd_co_queue_wait(&cv.done_q);
+    do {
+        if (cv.mapped) {
+            convert_map_window(&cv);
+            if (cv.error)
+                break;
+        }
+        cv.running = nworkers;
+        /* Last to first: a threaded worker's I/O never yields, so the one that
+         * stays on this loop must start after the others have left it. */
+        for (unsigned i = nworkers; i-- > 0;) {
+            workers[i].cv = &cv;
+            workers[i].loop = !cv.threaded ? NULL : cv.mapped ? threads[i].loop : i ? threads[i - 1].loop : NULL;
+            vbd_co_wake(vbd_co_create(convert_worker, &workers[i]));
+        }
+        while (cv.running)
+            vbd_co_queue_wait(&cv.done_q);
+    } while (cv.mapped && !cv.error && cv.next < cv.total);
     threads_stop(threads, nthreads);
     if (cv.threaded)
         pthread_mutex_destroy(&cv.thread_lock);
     free(threads);
+    free(cv.win);
     free(workers);
     free(cv.src_start);
     vbd_error_propagate(err, cv.err);

@@ -28,14 +28,21 @@ static bool on_tmpfs(struct vbd_node *n)
  * raw->raw to /var/tmp: one writer 0.50 s, two 0.78 s; 2026-12-05); not
  * from a disk, where a read that waits for it would leave one request in
  * flight per thread instead of -m. Not with -p (its callback runs in the
- * copy's coroutines) nor -c (qcow2 is single-loop). */
+ * copy's coroutines) nor -c (qcow2 is single-loop). A qcow2 source, opened
+ * read-only and locked (not -U), is mapped on this loop and its data read
+ * from its file on the threads (vbd_convert_source_mapped). */
 static unsigned convert_threads(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, int parallel)
 {
     if (!vbd_node_writes_inline(dst) || !vbd_node_chain_multi_loop(dst) || !on_tmpfs(dst))
         return 1;
-    for (int i = 0; i < nsrc; i++)
-        if (!vbd_node_chain_multi_loop(src[i]) || !on_tmpfs(src[i]))
+    for (int i = 0; i < nsrc; i++) {
+        if (!vbd_node_chain_multi_loop(src[i]) && !vbd_convert_source_mapped(src[i]))
             return 1;
+        /* a qcow2 source's backing files too: a read from a disk would wait on that thread */
+        for (struct vbd_node *b = src[i]; b; b = vbd_node_skip_filters(b)->backing)
+            if (!on_tmpfs(b))
+                return 1;
+    }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned n = cpus < 1 ? 1 : cpus > 4 ? 4 : (unsigned)cpus;
     return n < (unsigned)parallel ? n : (unsigned)parallel;

@@ -64,6 +64,69 @@ if [ -n "${shm:-}" ]; then
         fail "convert past the file size limit succeeded"
     grep -q "Could not write '$shm/lim.raw' at offset .*: File too large" <<<"$out" || fail "not the write's error: $out"
     rm -f "$shm"/*.raw
+    # qcow2 sources on tmpfs, opened read-only and locked, are mapped on the
+    # main loop and their data clusters read from the file on the threads;
+    # compressed clusters go through the qcow2 node (a hop), zero clusters
+    # and backing files' ranges as block status says. Against qemu-img's
+    # convert of the same image.
+    qemu-img create -q -f qcow2 "$shm/base.qcow2" 256M
+    qemu-io -f qcow2 -c 'write -P 5 0 2M' -c 'write -P 5 50M 2M' -c 'write -P 5 200M 1M' \
+        -c 'write -c -P 8 120M 256k' "$shm/base.qcow2" >/dev/null
+    qemu-img create -q -f qcow2 -b "$shm/base.qcow2" -F qcow2 "$shm/top.qcow2" 256M
+    qemu-io -f qcow2 -c 'write -P 1 0 1M' -c 'write -c -P 6 4M 128k' -c 'write -P 2 10M 4k' -c 'write -z 51M 64k' \
+        -c 'write -P 7 100M 3M' -c 'write -P 9 150M 1M' -c 'write -z 150M 512k' -c 'write -P 0 180M 1M' \
+        "$shm/top.qcow2" >/dev/null
+    qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=128k "$shm/sub.qcow2" 256M
+    qemu-io -f qcow2 -c 'write -P 3 0 1M' -c 'write -P 4 2M 8k' -c 'write -P 4 2052k 4k' -c 'write -z 512k 64k' \
+        -c 'write -P 6 99M 5M' -c 'write -z 100M 1M' "$shm/sub.qcow2" >/dev/null
+    for q in top sub; do for opt in "" "-S 0" "-S 64k" "-m 16 -W" "-U"; do
+        step "tmpfs, threads: qcow2 source $q.qcow2 convert $opt"
+        rm -f "$shm/dst.raw" "$shm/ref.raw"
+        must "$VBD_IMG" convert $opt -f qcow2 -O raw "$shm/$q.qcow2" "$shm/dst.raw" >/dev/null
+        must qemu-img convert $opt -f qcow2 -O raw "$shm/$q.qcow2" "$shm/ref.raw" >/dev/null
+        must qemu-img compare -f qcow2 -F raw "$shm/$q.qcow2" "$shm/dst.raw" >/dev/null
+        diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
+            || fail "$q $opt: allocation differs from qemu-img convert's"
+    done; done
+    step "tmpfs, threads: a qcow2 source of 16384 extents (4k clusters, every other one data): several mapped windows"
+    python3 - "$shm/frag.raw" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 64 << 20)
+for i in range(0, 16384, 2):
+    os.pwrite(fd, bytes([i % 251 + 1]) * 4096, i * 4096)
+os.close(fd)
+PY
+    qemu-img convert -f raw -O qcow2 -o cluster_size=4096 "$shm/frag.raw" "$shm/frag.qcow2"
+    rm -f "$shm/dst.raw" "$shm/ref.raw"
+    must "$VBD_IMG" convert -f qcow2 -O raw "$shm/frag.qcow2" "$shm/dst.raw"
+    qemu-img convert -f qcow2 -O raw "$shm/frag.qcow2" "$shm/ref.raw"
+    must qemu-img compare -f raw -F raw "$shm/frag.raw" "$shm/dst.raw" >/dev/null
+    diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
+        || fail "fragmented source: allocation differs from qemu-img convert's"
+    step "tmpfs, threads: two qcow2 sources concatenated into an image full of other data (-n)"
+    for out in "$shm/two.raw" "$shm/tworef.raw"; do
+        qemu-img create -q -f raw "$out" 512M
+        qemu-io -f raw -c 'write -P 9 0 512M' "$out" >/dev/null
+    done
+    must "$VBD_IMG" convert -n -f qcow2 -O raw "$shm/top.qcow2" "$shm/sub.qcow2" "$shm/two.raw"
+    qemu-img convert -n -f qcow2 -O raw "$shm/top.qcow2" "$shm/sub.qcow2" "$shm/tworef.raw"
+    must qemu-img compare -f raw -F raw "$shm/tworef.raw" "$shm/two.raw" >/dev/null
+    diff <(qemu-img map --output=json -f raw "$shm/two.raw") <(qemu-img map --output=json -f raw "$shm/tworef.raw") \
+        || fail "allocation differs from qemu-img convert -n's"
+    step "tmpfs, threads: a qcow2 source whose data cluster fails to read (blkdebug EIO) fails the convert, naming it"
+    # the host offset of guest 101M (inside the 3M written at 100M), in sectors
+    host=$(qemu-img map --output=json -f qcow2 "$shm/top.qcow2" | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    if e["depth"] == 0 and e["data"] and e["start"] <= 101 << 20 < e["start"] + e["length"] and "offset" in e:
+        print((e["offset"] + (101 << 20) - e["start"]) // 512)')
+    [ -n "$host" ] || fail "no host offset for 101M"
+    rm -f "$shm/dst.raw"
+    out=$("$VBD_IMG" convert --image-opts -O raw "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=$shm/top.qcow2,file.inject-error.0.event=read_aio,file.inject-error.0.errno=5,file.inject-error.0.sector=$host" "$shm/dst.raw" 2>&1) &&
+        fail "convert from a failing source succeeded"
+    grep -q "Could not read .* at offset .*: Input/output error" <<<"$out" || fail "not the read's error: $out"
+    rm -f "$shm"/*.raw "$shm"/*.qcow2
 fi
 # the data ranges of an image (host offsets left out: the two qcow2 writers lay out their files differently)
 data_ranges() {
