@@ -1027,7 +1027,8 @@ static bool reads_zero(struct vbd_node *n, uint64_t a, uint64_t b)
 /* The metadata for [zs, ze) inside one cluster (ze may pass the image's
  * end); `partial` (zeroes only): only if the (sub)cluster at zs is still
  * unallocated or zero. Returns 1 when a data write is needed instead. */
-static int zero_meta(struct vbd_node *n, uint64_t zs, uint64_t ze, bool partial, unsigned flags, bool discard)
+static int zero_meta(struct vbd_node *n, uint64_t zs, uint64_t ze, uint64_t size, bool partial, unsigned flags,
+                     bool discard)
 {
     struct qcow2_state *s = n->opaque;
     uint64_t cstart = cluster_floor(s, zs);
@@ -1035,10 +1036,10 @@ static int zero_meta(struct vbd_node *n, uint64_t zs, uint64_t ze, bool partial,
     if (ze > cend)
         ze = cend;
     /* up to the image's end counts as up to the cluster's end (as QEMU) */
-    bool whole = zs == cstart && (ze == cend || ze >= n->size);
+    bool whole = zs == cstart && (ze == cend || ze >= size);
     unsigned sc0 = (unsigned)((zs - cstart) >> s->subcluster_bits);
     unsigned sc1 = (unsigned)((ze - cstart + (1ull << s->subcluster_bits) - 1) >> s->subcluster_bits);
-    if (ze >= n->size)
+    if (ze >= size)
         sc1 = 1u << (s->cluster_bits - s->subcluster_bits);
     struct qcow2_range r;
     vbd_co_mutex_lock(&s->lock);
@@ -1096,10 +1097,10 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
         bool partial = off != us || ((pe & (unit - 1)) && pe < n->size);
         int rc = 0;
         if (!partial)
-            rc = zero_meta(n, off, pe, false, flags, discard);
+            rc = zero_meta(n, off, pe, n->size, false, flags, discard);
         else if (!discard) /* a partial discard does nothing: it is advisory */
             /* the whole unit if the rest of it reads as zeroes already */
-            rc = reads_zero(n, us, off) && reads_zero(n, pe, us + unit) ? zero_meta(n, us, us + unit, true, flags, false)
+            rc = reads_zero(n, us, off) && reads_zero(n, pe, us + unit) ? zero_meta(n, us, us + unit, n->size, true, flags, false)
                                                                          : 1;
         if (rc < 0)
             return rc;
@@ -1119,6 +1120,33 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
         off = pe;
     }
     return 0;
+}
+
+/* Growing from old to size over a backing file that is longer than old:
+ * the new range reads as zeroes, not as the backing file (as QEMU: zero
+ * (sub)clusters, zero data up to the first subcluster boundary). Before
+ * the new size is published: nobody reads the range meanwhile. */
+int qcow2_zero_grown(struct vbd_node *n, uint64_t old, uint64_t size)
+{
+    struct qcow2_state *s = n->opaque;
+    uint64_t sub = 1ull << s->subcluster_bits;
+    uint64_t zs = (old + sub - 1) & ~(sub - 1);
+    int rc = 0;
+    for (uint64_t off = zs; rc == 0 && off < size;) {
+        uint64_t ce = cluster_floor(s, off) + s->cluster_size;
+        rc = zero_meta(n, off, ce < size ? ce : size, size, false, 0, false);
+        off = ce;
+    }
+    if (rc == 0 && zs > old) {
+        uint64_t len = (zs < size ? zs : size) - old;
+        uint8_t *z = vbd_alloc_aligned(4096, len);
+        memset(z, 0, len);
+        struct iovec one = {z, len};
+        struct vbd_qiov q = {&one, 1, len};
+        rc = qcow2_pwritev(n, old, len, &q, 0, 0);
+        free(z);
+    }
+    return rc == 1 ? -ENOTSUP : rc;
 }
 
 static int qcow2_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)

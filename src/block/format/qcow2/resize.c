@@ -417,6 +417,20 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     /* the clusters are mapped before the size says they exist */
     if (prealloc != VBD_PREALLOC_OFF && (rc = qcow2_preallocate(s, n->size, size, prealloc, err)) < 0)
         goto out;
+    /* a longer backing file must not show through the new range (QEMU) */
+    if (n->backing && n->backing->size > n->size) {
+        if (s->version < 3) {
+            rc = -ENOTSUP; /* no zero flag; QEMU fails the same way */
+        } else {
+            vbd_co_mutex_unlock(&s->lock);
+            rc = qcow2_zero_grown(n, n->size, size);
+            vbd_co_mutex_lock(&s->lock);
+        }
+        if (rc < 0) {
+            vbd_error_setf(err, -rc, "Failed to zero out new clusters: %s", strerror(-rc));
+            goto out;
+        }
+    }
     /* bitmaps grow before the size says they must cover more */
     if (bitmaps && (rc = qcow2_bitmaps_resize(s, size, err)) < 0)
         goto reload;
