@@ -10,12 +10,13 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io qemu-storage-daemon
 cd "$T"
-mapof() { qemu-img map -f qcow2 --output=json "$1" | sed 's/, "offset": [0-9]*//'; }
-# agree WHAT: q/img.qcow2 (QEMU's) and v/img.qcow2 (vbd's) must agree
+FMT=qcow2 IMG=img.qcow2 # the format and image `same` works on
+mapof() { qemu-img map -f $FMT --output=json "$1" | sed 's/, "offset": [0-9]*//'; }
+# agree WHAT: q/$IMG (QEMU's) and v/$IMG (vbd's) must agree
 agree() {
-    diff -u <(mapof q/img.qcow2) <(mapof v/img.qcow2) || fail "map differs: $1"
-    qemu-img compare -q q/img.qcow2 v/img.qcow2 || fail "contents differ: $1"
-    qcheck v/img.qcow2
+    diff -u <(mapof q/$IMG) <(mapof v/$IMG) || fail "map differs: $1"
+    qemu-img compare -q -f $FMT -F $FMT q/$IMG v/$IMG || fail "contents differ: $1"
+    [ $FMT != qcow2 ] || qcheck v/$IMG
 }
 # kind NAME OPTS [b]: src/img.qcow2 of 1M with data at 0-128k, compressed
 # clusters at 512k and 768k (64k each), on a 1M backing file of 0x11 with b
@@ -39,14 +40,14 @@ same() {
     for c in "$@"; do args+=(-c "$c"); done
     for t in q v; do rm -rf $t && cp -a src $t; done
     # the copies' allocation before the command (cp makes zeroed ranges holes)
-    q0=$(stat -c %b q/img.qcow2) v0=$(stat -c %b v/img.qcow2)
-    (cd q && qemu-io -f qcow2 "${args[@]}" img.qcow2 >../q.out 2>&1; echo "exit $?" >>../q.out)
-    (cd v && "$VBD_IO" -f qcow2 "${args[@]}" img.qcow2 >../v.out 2>&1; echo "exit $?" >>../v.out)
+    q0=$(stat -c %b q/$IMG) v0=$(stat -c %b v/$IMG)
+    (cd q && qemu-io -f $FMT "${args[@]}" $IMG >../q.out 2>&1; echo "exit $?" >>../q.out)
+    (cd v && "$VBD_IO" -f $FMT "${args[@]}" $IMG >../v.out 2>&1; echo "exit $?" >>../v.out)
     sed -i -E -e 's/qemu-io|vbd-io/TOOL/g' -e 's/ops; [0-9:.]+ sec \(.*\)$/ops; T/' q.out v.out
     diff -u q.out v.out || fail "output differs: $*"
     [ "${DATA_ONLY:-}" ] || agree "$*"
-    qemu-img compare -q q/img.qcow2 v/img.qcow2 || fail "contents differ: $*"
-    qcheck v/img.qcow2
+    qemu-img compare -q -f $FMT -F $FMT q/$IMG v/$IMG || fail "contents differ: $*"
+    [ $FMT != qcow2 ] || qcheck v/$IMG
 }
 same_data() { DATA_ONLY=1 same "$@"; }
 zeroes() {
@@ -126,6 +127,49 @@ same 'truncate 300k' 'truncate 1M' 'read -P 0 400k 4k'
 kind ext-backed extended_l2=on b
 zeroes ext-backed
 truncates
+
+step "qed: whole clusters without data become zero clusters, the rest zero data"
+FMT=qed IMG=img.qed
+for b in "" b; do
+    rm -rf src && mkdir src
+    if [ -n "$b" ]; then
+        must qemu-img create -q -f qed src/base.qed 4M
+        must qemu-io -f qed -c 'write -P 0x11 0 4M' src/base.qed >/dev/null
+        must qemu-img create -q -f qed -b base.qed -F qed src/img.qed 4M
+    else
+        must qemu-img create -q -f qed src/img.qed 4M
+    fi
+    must qemu-io -f qed -c 'write -P 0xab 0 1M' src/img.qed >/dev/null
+    same 'write -z 2M 1M' 'write -z 0 1M'
+    if [ -z "$b" ]; then
+        same 'write -z -u 2M 1M' 'write -z 2M 4k'
+    else
+        # data into part of a zero cluster: QEMU 7.2 copies the backing
+        # file's bytes into the rest of it (which read as zeroes before);
+        # vbd keeps the zeroes (README)
+        rm -rf v && cp -a src v
+        must "$VBD_IO" -f qed -c 'write -z -u 2M 1M' -c 'write -P 5 2M 4k' -c 'read -P 0 2052k 1020k' v/$IMG >/dev/null
+        must "$VBD_IO" -f qed -c 'read -P 5 2M 4k' -c 'read -P 0 2052k 1020k' v/$IMG >/dev/null
+    fi
+    same 'write -z 100k 2M' 'write -z 3M 1M' 'write -z 3M 1M'
+    same 'discard 0 1M' 'discard 2M 1M'
+done
+step "vmdk, vdi: zeroes over unallocated grains/blocks stay unallocated (README): contents"
+for f in vmdk vdi; do
+    FMT=$f IMG=img.$f
+    rm -rf src && mkdir src
+    must qemu-img create -q -f $f src/$IMG 4M
+    must qemu-io -f $f -c 'write -P 0xab 0 1M' src/$IMG >/dev/null
+    same_data 'write -z 2M 1M' 'write -z 0 64k' 'write -z 100k 2M' 'discard 0 1M'
+done
+step "formats that cannot be resized say so in QEMU's words"
+for f in vmdk vdi vhdx vpc; do
+    FMT=$f IMG=img.$f
+    rm -rf src && mkdir src
+    must qemu-img create -q -f $f src/$IMG 4M
+    same_data 'truncate 8M' 'truncate -m falloc 8M'
+done
+FMT=qcow2 IMG=img.qcow2
 
 step "NBD: WRITE_ZEROES (NO_HOLE or not) and TRIM, vbd-daemon beside qemu-storage-daemon"
 # nbd_same CMD...: qemu-io over NBD into each daemon serving its copy
