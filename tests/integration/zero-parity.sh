@@ -128,6 +128,21 @@ kind ext-backed extended_l2=on b
 zeroes ext-backed
 truncates
 
+step "qcow2 with a raw external data file: partial discards do nothing, -u unmaps"
+rm -rf src && mkdir src
+(cd src && must qemu-img create -q -f qcow2 -o data_file=d.raw,data_file_raw=on img.qcow2 1M &&
+    must qemu-io -f qcow2 -c 'write -P 1 0 512k' img.qcow2 >/dev/null)
+for c in 'discard 0 64k' 'discard 100k 20k' 'write -z 128k 64k' 'write -z -u 192k 64k' 'write -z 600k 64k' \
+    'write -z 200k 1k' 'discard 0 1M' 'write -z -u 0 1M'; do
+    # the header names d.raw relative to where qemu-img runs: in each copy
+    for t in q v; do rm -rf $t && cp -a src $t; done
+    (cd q && must qemu-io -f qcow2 -c "$c" img.qcow2 >/dev/null)
+    (cd v && must "$VBD_IO" -f qcow2 -c "$c" img.qcow2 >/dev/null)
+    [ "$(cd q && mapof img.qcow2)" = "$(cd v && mapof img.qcow2)" ] || fail "map differs: $c"
+    cmp q/d.raw v/d.raw || fail "the raw data files differ: $c"
+    (cd v && qcheck img.qcow2)
+done
+
 step "qed: whole clusters without data become zero clusters, the rest zero data"
 FMT=qed IMG=img.qed
 for b in "" b; do

@@ -1068,13 +1068,20 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
         return -EIO;
     qcow2_bitmaps_dirty(s, off, bytes);
     if (s->data_raw) {
-        /* the data file must read as the image does: zeroes go there too,
-         * and the clusters keep their 1:1 mapping (zero flag, no unmap) */
+        if (discard) {
+            /* whole clusters only: a partial discard does nothing (QEMU) */
+            uint64_t cs = s->cluster_size, a = (off + cs - 1) & ~(cs - 1), e = off + bytes;
+            uint64_t b = e >= n->size ? e : e & ~(cs - 1);
+            if (b <= a)
+                return 0;
+            off = a;
+            bytes = b - a;
+        }
+        /* the data file must read as the image does: zeroes go there too
+         * (an unmapped cluster gets its 1:1 place back when written) */
         int rc = vbd_node_co_pwrite_zeroes(s->data, off, bytes, flags & VBD_REQ_MAY_UNMAP);
         if (rc < 0)
             return rc;
-        flags &= ~VBD_REQ_MAY_UNMAP;
-        discard = false;
     }
     /* v2 has no zero flag: an unmapped cluster would show the backing file */
     if (discard && s->version < 3 && (n->backing || n->backing_file[0]))
