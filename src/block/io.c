@@ -775,7 +775,7 @@ int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
         return -EACCES;
     }
     if (!n->drv->co_truncate) {
-        vbd_error_setf(err, ENOTSUP, "Image format '%s' does not support resizing", n->drv->name);
+        vbd_error_setf(err, ENOTSUP, "Image format driver does not support resize"); /* QEMU's words */
         return -ENOTSUP;
     }
     struct vbd_loop *origin = vbd_node_co_enter_home(n);

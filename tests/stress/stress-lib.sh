@@ -7,7 +7,8 @@
 # kinds with an internal snapshot `snapshot -a` back and compare with the
 # content at snapshot time. Returns 0 on success; on failure prints why
 # (with the seed) and returns 1. OPS may be "Ns" for a time limit.
-# STRESS_EXTRA: more vbd-stress options (--no-zeroes, --no-discard, --qd N).
+# STRESS_EXTRA: more vbd-stress options (--no-zeroes, --no-discard, --zero-heavy);
+# STRESS_QD: requests in flight (default 16).
 # Transport qemu-nbd (not in the default list) runs the same load against
 # QEMU's qcow2 driver: a check that the harness only flags real bugs.
 # Needs: VBD_BUILD, qemu-img, qemu-io, python3.
@@ -65,6 +66,9 @@ stress_make() { # KIND DIR SEED
     c512) cs=512 size=$((4 << 20)) ;;
     c4k) cs=4096 ;;
     c64k) ;;
+    c64k-backing) ;;
+    v2) opts=compat=0.10 ;;
+    v2-backing) opts=compat=0.10 ;;
     c2m) cs=$((2 << 20)) size=$((32 << 20)) ;;
     ext64k) sub=1 opts=extended_l2=on ;;
     ext16k-backing) cs=16384 sub=1 opts=extended_l2=on ;;
@@ -185,19 +189,19 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
         --blockdev "driver=qcow2,node-name=d0,file=f0,discard=unmap")
     case $tr in
     lib)
-        "${run[@]}" "${args[@]}" "${lib_io[@]}" --qd 16 -f qcow2 "$img" >"$d/stress.log" 2>&1 || rc=1
+        "${run[@]}" "${args[@]}" "${lib_io[@]}" --qd "${STRESS_QD:-16}" -f qcow2 "$img" >"$d/stress.log" 2>&1 || rc=1
         ;;
     nbd)
         _stress_start_daemon "$d" "$d/nbd.sock" "${node[@]}" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
             --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on" || return 1
-        "${run[@]}" "${args[@]}" --qd 16 --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
+        "${run[@]}" "${args[@]}" --qd "${STRESS_QD:-16}" --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
         _stress_stop_daemon "$d" || rc=1
         ;;
     vhost)
         _stress_start_daemon "$d" "$d/vu.sock" --object iothread,id=io0 --object iothread,id=io1 "${node[@]}" \
             --export "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=$d/vu.sock,writable=on,num-queues=4,iothread.0=io0,iothread.1=io1" ||
             return 1
-        "${run[@]}" "${args[@]}" --qd 16 --vhost-user "$d/vu.sock" --queues 4 >"$d/stress.log" 2>&1 || rc=1
+        "${run[@]}" "${args[@]}" --qd "${STRESS_QD:-16}" --vhost-user "$d/vu.sock" --queues 4 >"$d/stress.log" 2>&1 || rc=1
         _stress_stop_daemon "$d" || rc=1
         ;;
     qemu-nbd)

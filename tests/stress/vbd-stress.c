@@ -62,6 +62,7 @@ static const char usage_text[] =
     "  --shadow-out FILE    write the expected final content here (raw)\n"
     "  --no-discard         never discard (a target that does not support it)\n"
 "  --no-zeroes          never write zeroes (to tell which kind of request a failure needs)\n"
+    "  --zero-heavy         half the requests write zeroes (with and without unmap) or discard\n"
     "  --compress           write some whole clusters with VBD_REQ_COMPRESSED (IMAGE only)\n"
     "  --align N            every offset and length a multiple of N (vhost-user: at least 512)\n"
     "  -f, --format FMT     IMAGE's format (default: probed);  --image-opts: IMAGE is an option string\n"
@@ -107,7 +108,7 @@ struct hist {
 static struct {
     enum transport transport;
     const char *image, *nbd_uri, *vu_sock, *fmt, *cache, *aio, *init, *backing, *shadow_out;
-    bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress;
+    bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress, zero_heavy;
     int qd, conns, nhot;
     uint64_t seed, max_ops, cluster, subcluster, align, max_len;
     double seconds;
@@ -419,6 +420,12 @@ static void pick_range(uint64_t *offp, uint64_t *lenp)
 static enum op pick_op(void)
 {
     uint64_t r = rnd_below(100);
+    /* zero clusters and discards change metadata under the other requests:
+     * half of them then (read 20, write 25, zeroes 20, unmapping zeroes 15,
+     * discard 15, flush 5 %) */
+    if (S.zero_heavy)
+        r = r < 20 ? r : r < 45 ? r + 16 : r < 65 ? 71 + (r - 45) * 8 / 20 : r < 80 ? 79 + (r - 65) * 7 / 15
+                                                                              : r < 95 ? 86 + (r - 80) * 10 / 15 : 96;
     if (r < 36)
         return OP_READ;
     if (r < 71)
@@ -712,7 +719,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     vbd_log_set_prog("vbd-stress");
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
-           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES };
+           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -724,6 +731,7 @@ int main(int argc, char **argv)
         {"vhost-user", required_argument, NULL, O_VU},   {"queues", required_argument, NULL, O_QUEUES},
         {"image-opts", no_argument, NULL, O_IMGOPTS},    {"compress", no_argument, NULL, O_COMPRESS},
         {"no-zeroes", no_argument, NULL, O_NOZEROES},    {"format", required_argument, NULL, 'f'},
+        {"zero-heavy", no_argument, NULL, O_ZEROHEAVY},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -750,6 +758,7 @@ int main(int argc, char **argv)
         case O_IMGOPTS: S.image_opts = true; break;
         case O_COMPRESS: S.compress = true; break;
         case O_NOZEROES: S.no_zeroes = true; break;
+        case O_ZEROHEAVY: S.zero_heavy = true; break;
         case 'f': S.fmt = optarg; break;
         case 't': S.cache = optarg; break;
         case 'i': S.aio = optarg; break;

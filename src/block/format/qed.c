@@ -216,6 +216,8 @@ static int qed_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
     return 0;
 }
 
+static int set_entries(struct vbd_node *n, uint64_t start, uint64_t ncl, const uint64_t *e);
+
 /* Allocate the unallocated/zero clusters at [off, off+run) (one L2 table,
  * one kind), with alloc_lock held: data first, then the entries. */
 static int allocate_run(struct vbd_node *n, uint64_t off, uint64_t run, int kind, struct vbd_qiov *q, size_t qoff)
@@ -260,11 +262,20 @@ static int allocate_run(struct vbd_node *n, uint64_t off, uint64_t run, int kind
     s->file_end += need;
     if (n->backing && (rc = vbd_node_co_flush(n->file)) < 0)
         return rc;
-    uint64_t ci = start >> s->cluster_bits;
-    uint64_t l1i = ci >> s->l2_bits, l2i = ci & (s->table_entries - 1);
     uint64_t e[QED_RUN_MAX];
     for (uint64_t i = 0; i < ncl; i++)
         e[i] = htole64(host + i * cs);
+    return set_entries(n, start, ncl, e);
+}
+
+/* The L2 entries (little endian) of ncl clusters from start, inside one L2
+ * table; a new table when it has none yet. alloc_lock held. */
+static int set_entries(struct vbd_node *n, uint64_t start, uint64_t ncl, const uint64_t *e)
+{
+    struct qed_state *s = n->opaque;
+    uint64_t ci = start >> s->cluster_bits;
+    uint64_t l1i = ci >> s->l2_bits, l2i = ci & (s->table_entries - 1);
+    int rc;
     if (s->l1[l1i]) {
         return vbd_node_co_pwrite(n->file, s->l1[l1i] + l2i * 8, e, ncl * 8, 0);
     }
@@ -318,6 +329,58 @@ static int qed_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
             return rc;
         off += run;
         qoff += run;
+        bytes -= run;
+    }
+    return 0;
+}
+
+/* Zeroes as QEMU's qed: whole clusters that hold no data become zero
+ * clusters (over a backing file too); data clusters and partial clusters
+ * get zero data (QEMU writes them in place, or falls back to a write). */
+static int qed_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct qed_state *s = n->opaque;
+    uint64_t cs = s->cluster_size;
+    flags &= VBD_REQ_FUA;
+    while (bytes) {
+        uint64_t in = off & (cs - 1);
+        uint64_t len = in || bytes < cs ? (cs - in < bytes ? cs - in : bytes) : bytes & ~(cs - 1);
+        uint64_t run = 0, host;
+        int kind = 2, rc = 0;
+        if (!in && len >= cs) {
+            vbd_co_mutex_lock(&s->alloc_lock);
+            rc = lookup(n, off, len, &run, &kind, &host);
+            if (rc == 0 && kind != 2) {
+                run &= ~(cs - 1); /* whole clusters of one kind inside one table */
+                uint64_t e[QED_RUN_MAX];
+                for (uint64_t i = 0; i < run / cs; i++)
+                    e[i] = htole64(QED_ZERO_CLUSTER);
+                if (kind == 0 && (rc = set_features(n, s->features | QED_F_NEED_CHECK)) == 0)
+                    rc = set_entries(n, off, run / cs, e);
+            }
+            vbd_co_mutex_unlock(&s->alloc_lock);
+            if (rc == 0 && kind != 2 && (flags & VBD_REQ_FUA))
+                rc = vbd_node_co_flush(n->file);
+            if (rc < 0)
+                return rc;
+        }
+        if (kind == 2) {
+            /* zero data: a data run or a partial cluster */
+            if (run == 0 || run > len)
+                run = len;
+            if (run > (1u << 20))
+                run = 1u << 20; /* the zero buffer's size */
+            uint8_t *z = vbd_alloc_aligned(4096, run);
+            memset(z, 0, run);
+            struct iovec one;
+            struct vbd_qiov q;
+            vbd_qiov_init_buf(&q, &one, z, run);
+            rc = qed_pwritev(n, off, run, &q, 0, flags);
+            free(z);
+            if (rc < 0)
+                return rc;
+        }
+        off += run;
         bytes -= run;
     }
     return 0;
@@ -739,6 +802,7 @@ static const struct vbd_driver qed_driver = {
     .close = qed_close,
     .co_preadv = qed_preadv,
     .co_pwritev = qed_pwritev,
+    .co_pwrite_zeroes = qed_pwrite_zeroes,
     .co_flush = qed_flush,
     .co_block_status = qed_block_status,
     .co_truncate = qed_truncate,

@@ -936,15 +936,22 @@ void qcow2_release_entry(struct qcow2_state *s, uint64_t entry)
     }
 }
 
-/* Whole-cluster metadata change: zero flag, or no mapping at all. Lock held.
- * Returns 1 when the cluster needs a data write instead. */
-static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, bool discard)
+/* Zeroes and discards leave the metadata QEMU's qcow2 leaves (7.2:
+ * qcow2_co_pwrite_zeroes, qcow2_subcluster_zeroize, qcow2_co_pdiscard and
+ * the block layer's splitting of both), so that qemu-img map, commit and
+ * rebase, and a backing file changed later, see what they see after QEMU. */
+
+/* One cluster's metadata, lock held and its range locked: zeroes over its
+ * subclusters [sc0, sc1) (the whole cluster when `whole`), or a discard of
+ * the whole cluster. Returns 1 when the range needs a data write instead. */
+static int zero_cluster_meta(struct vbd_node *n, uint64_t cstart, unsigned sc0, unsigned sc1, bool whole, bool unmap,
+                             bool discard)
 {
     struct qcow2_state *s = n->opaque;
     /* opened with backing=null, the header may still name one that a later
-     * open shows through: only a zero flag keeps the zeroes then (QEMU
-     * writes one in every v3 image) */
-    bool backed = n->backing ? cstart < n->backing->size : n->backing_file[0] != 0;
+     * open shows through: counted as backed, so that zeroes stay zeroes
+     * then (QEMU looks at the open backing file only) */
+    bool backed = n->backing || n->backing_file[0];
     uint64_t *table;
     uint32_t index;
     struct qcow2_l2_slot *slot = NULL;
@@ -953,32 +960,45 @@ static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, boo
         return rc;
     uint64_t entry = table ? be64(table[s->extended_l2 ? 2 * index : index]) : 0;
     uint64_t bitmap = table && s->extended_l2 ? be64(table[2 * index + 1]) : 0;
-    if (!entry && !bitmap && !backed)
-        return 0; /* reads as zeroes already */
-    if (s->version < 3 && !(discard && !backed))
-        return discard ? 0 : 1; /* no zero flag in v2: discard is advisory, zeroes are data */
+    enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+    bool allocated = t == QCOW2_NORMAL || t == QCOW2_COMPRESSED || t == QCOW2_ZERO_ALLOC;
+    uint64_t ne = entry, nb = bitmap;
+    bool release = false;
+    if (discard || s->version < 3) {
+        /* v2 has no zero flag: without a backing file zeroes are a discard
+         * (reads as zeroes), with one they are data */
+        if (!discard && backed)
+            return 1;
+        /* a discard that reads back as zeroes: a zero flag where the cluster
+         * held something or a backing file shows through; v2 can only unmap */
+        if (backed || allocated) {
+            ne = s->version >= 3 && !s->extended_l2 ? QCOW_OFLAG_ZERO : 0;
+            nb = s->extended_l2 ? 0xffffffff00000000ull : 0; /* all subclusters zero */
+            release = true;
+        }
+    } else if (!whole) {
+        /* extended L2, some subclusters: zero bits, the host cluster stays */
+        if (t == QCOW2_COMPRESSED)
+            return 1; /* cannot be zeroed in part */
+        uint64_t m = (sc1 >= 32 ? 0xffffffffull : (1ull << sc1) - 1) & ~((1ull << sc0) - 1);
+        nb = (bitmap | (m << 32)) & ~m;
+    } else {
+        /* the host cluster is given up when asked (and always a compressed one) */
+        release = t == QCOW2_COMPRESSED || (unmap && allocated);
+        ne = release ? 0 : entry;
+        if (s->extended_l2)
+            nb = 0xffffffff00000000ull;
+        else
+            ne |= QCOW_OFLAG_ZERO;
+    }
+    if (ne == entry && nb == bitmap)
+        return 0;
     rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
     if (rc == -ENOTSUP)
         return discard ? 0 : 1; /* shared with a snapshot */
     if (rc < 0)
         return rc;
     uint64_t *ep = &table[s->extended_l2 ? 2 * index : index];
-    enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
-    uint64_t ne, nb = 0;
-    bool release = true;
-    if (s->extended_l2) {
-        bool keep = !unmap && !discard && (entry & L2E_OFFSET_MASK) && t != QCOW2_COMPRESSED;
-        ne = keep ? entry : 0;
-        nb = (discard && !backed) ? 0 : 0xffffffff00000000ull; /* all subclusters zero */
-        release = !keep;
-    } else if (discard && !backed) {
-        ne = 0;
-    } else if (!unmap && !discard && t == QCOW2_NORMAL && (entry & QCOW_OFLAG_COPIED)) {
-        ne = entry | QCOW_OFLAG_ZERO; /* keeps its host cluster (no unmap requested) */
-        release = false;
-    } else {
-        ne = QCOW_OFLAG_ZERO;
-    }
     ep[0] = be64(ne);
     if (s->extended_l2)
         ep[1] = be64(nb);
@@ -986,6 +1006,58 @@ static int set_cluster_zero(struct vbd_node *n, uint64_t cstart, bool unmap, boo
     if (release && entry)
         qcow2_release_entry(s, entry);
     return 0;
+}
+
+/* [a, b) reads as zeroes through the backing chain (b clamped to the size). */
+static bool reads_zero(struct vbd_node *n, uint64_t a, uint64_t b)
+{
+    if (b > n->size)
+        b = n->size;
+    while (a < b) {
+        uint64_t pnum = 0;
+        int depth;
+        int st = vbd_node_co_block_status_above(n, NULL, true, a, b - a, &pnum, NULL, NULL, &depth);
+        if (st < 0 || !(st & VBD_BS_ZERO) || !pnum)
+            return false;
+        a += pnum;
+    }
+    return true;
+}
+
+/* The metadata for [zs, ze) inside one cluster (ze may pass the image's
+ * end); `partial` (zeroes only): only if the (sub)cluster at zs is still
+ * unallocated or zero. Returns 1 when a data write is needed instead. */
+static int zero_meta(struct vbd_node *n, uint64_t zs, uint64_t ze, uint64_t size, bool partial, unsigned flags,
+                     bool discard)
+{
+    struct qcow2_state *s = n->opaque;
+    uint64_t cstart = cluster_floor(s, zs);
+    uint64_t cend = cstart + s->cluster_size;
+    if (ze > cend)
+        ze = cend;
+    /* up to the image's end counts as up to the cluster's end (as QEMU) */
+    bool whole = zs == cstart && (ze == cend || ze >= size);
+    unsigned sc0 = (unsigned)((zs - cstart) >> s->subcluster_bits);
+    unsigned sc1 = (unsigned)((ze - cstart + (1ull << s->subcluster_bits) - 1) >> s->subcluster_bits);
+    if (ze >= size)
+        sc1 = 1u << (s->cluster_bits - s->subcluster_bits);
+    struct qcow2_range r;
+    vbd_co_mutex_lock(&s->lock);
+    range_lock(s, &r, cstart, cend, true);
+    int rc = 0;
+    if (partial) {
+        /* written since the caller looked at the rest of it: data then */
+        struct extent x;
+        rc = map_extent(s, zs, 1, &x);
+        if (rc == 0 && x.type != QCOW2_UNALLOCATED && x.type != QCOW2_UNALLOC_ALLOC && x.type != QCOW2_ZERO_PLAIN &&
+            x.type != QCOW2_ZERO_ALLOC)
+            rc = 1;
+    }
+    if (rc == 0)
+        rc = zero_cluster_meta(n, cstart, sc0, sc1, whole, (flags & VBD_REQ_MAY_UNMAP) != 0, discard);
+    range_unlock(s, &r);
+    vbd_co_mutex_unlock(&s->lock);
+    return rc;
 }
 
 static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags, bool discard)
@@ -996,33 +1068,53 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
         return -EIO;
     qcow2_bitmaps_dirty(s, off, bytes);
     if (s->data_raw) {
-        /* the data file must read as the image does: zeroes go there too,
-         * and the clusters keep their 1:1 mapping (zero flag, no unmap) */
+        if (discard) {
+            /* whole clusters only: a partial discard does nothing (QEMU) */
+            uint64_t cs = s->cluster_size, a = (off + cs - 1) & ~(cs - 1), e = off + bytes;
+            uint64_t b = e >= n->size ? e : e & ~(cs - 1);
+            if (b <= a)
+                return 0;
+            off = a;
+            bytes = b - a;
+        }
+        /* the data file must read as the image does: zeroes go there too
+         * (an unmapped cluster gets its 1:1 place back when written) */
         int rc = vbd_node_co_pwrite_zeroes(s->data, off, bytes, flags & VBD_REQ_MAY_UNMAP);
         if (rc < 0)
             return rc;
-        flags &= ~VBD_REQ_MAY_UNMAP;
-        discard = false;
     }
-    while (bytes) {
-        uint64_t in = off & (s->cluster_size - 1);
-        uint64_t len = s->cluster_size - in < bytes ? s->cluster_size - in : bytes;
-        int rc = 1;
-        if (len == s->cluster_size) {
-            struct qcow2_range r;
-            vbd_co_mutex_lock(&s->lock);
-            range_lock(s, &r, off, off + len, true);
-            rc = set_cluster_zero(n, off, (flags & VBD_REQ_MAY_UNMAP) != 0, discard);
-            range_unlock(s, &r);
-            vbd_co_mutex_unlock(&s->lock);
-        } else if (discard) {
-            rc = 0; /* partial clusters: discard is advisory */
+    /* v2 has no zero flag: an unmapped cluster would show the backing file */
+    if (discard && s->version < 3 && (n->backing || n->backing_file[0]))
+        return 0;
+    /* zeroes work in subclusters, discards in clusters */
+    uint64_t unit = discard ? s->cluster_size : 1ull << s->subcluster_bits;
+    uint64_t end = off + bytes;
+    while (off < end) {
+        /* QEMU's pieces: an unaligned head or tail inside one unit, whole
+         * units between (here one cluster at a time) */
+        uint64_t us = off & ~(unit - 1), pe;
+        if (off != us || end - off < unit)
+            pe = us + unit < end ? us + unit : end;
+        else {
+            uint64_t ce = cluster_floor(s, off) + s->cluster_size;
+            pe = end & ~(unit - 1);
+            if (pe > ce)
+                pe = ce;
         }
+        bool partial = off != us || ((pe & (unit - 1)) && pe < n->size);
+        int rc = 0;
+        if (!partial)
+            rc = zero_meta(n, off, pe, n->size, false, flags, discard);
+        else if (!discard) /* a partial discard does nothing: it is advisory */
+            /* the whole unit if the rest of it reads as zeroes already */
+            rc = reads_zero(n, us, off) && reads_zero(n, pe, us + unit) ? zero_meta(n, us, us + unit, n->size, true, flags, false)
+                                                                         : 1;
         if (rc < 0)
             return rc;
         if (rc == 1) {
             if (flags & VBD_REQ_NO_FALLBACK)
                 return -ENOTSUP;
+            uint64_t len = pe - off;
             uint8_t *z = vbd_alloc_aligned(4096, len);
             memset(z, 0, len);
             struct iovec one = {z, len};
@@ -1032,10 +1124,36 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
             if (rc < 0)
                 return rc;
         }
-        off += len;
-        bytes -= len;
+        off = pe;
     }
     return 0;
+}
+
+/* Growing from old to size over a backing file that is longer than old:
+ * the new range reads as zeroes, not as the backing file (as QEMU: zero
+ * (sub)clusters, zero data up to the first subcluster boundary). Before
+ * the new size is published: nobody reads the range meanwhile. */
+int qcow2_zero_grown(struct vbd_node *n, uint64_t old, uint64_t size)
+{
+    struct qcow2_state *s = n->opaque;
+    uint64_t sub = 1ull << s->subcluster_bits;
+    uint64_t zs = (old + sub - 1) & ~(sub - 1);
+    int rc = 0;
+    for (uint64_t off = zs; rc == 0 && off < size;) {
+        uint64_t ce = cluster_floor(s, off) + s->cluster_size;
+        rc = zero_meta(n, off, ce < size ? ce : size, size, false, 0, false);
+        off = ce;
+    }
+    if (rc == 0 && zs > old) {
+        uint64_t len = (zs < size ? zs : size) - old;
+        uint8_t *z = vbd_alloc_aligned(4096, len);
+        memset(z, 0, len);
+        struct iovec one = {z, len};
+        struct vbd_qiov q = {&one, 1, len};
+        rc = qcow2_pwritev(n, old, len, &q, 0, 0);
+        free(z);
+    }
+    return rc == 1 ? -ENOTSUP : rc;
 }
 
 static int qcow2_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)

@@ -184,6 +184,7 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
                  struct qcow2_l2_slot **slot);
 int qcow2_get_entry(struct qcow2_state *s, uint64_t guest_off, uint64_t *entry, uint64_t *bitmap);
 enum qcow2_cluster_type qcow2_entry_type(struct qcow2_state *s, uint64_t entry);
+int qcow2_zero_grown(struct vbd_node *n, uint64_t old, uint64_t size);
 int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t off);
 int qcow2_read_compressed(struct qcow2_state *s, uint64_t entry, uint8_t *out);
 int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index);

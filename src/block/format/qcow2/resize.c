@@ -102,6 +102,21 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
     uint64_t cs = s->cluster_size;
     uint64_t first_host = UINT64_MAX, last_host = 0;
     int rc = 0;
+    /* the mapped cluster holding the old end: its part past the end is
+     * space the new size promises too (QEMU maps it anew, covered) */
+    if ((start & (cs - 1)) && (mode == VBD_PREALLOC_FALLOC || mode == VBD_PREALLOC_FULL) && !s->external) {
+        uint64_t entry, bitmap;
+        rc = qcow2_get_entry(s, start, &entry, &bitmap);
+        if (rc < 0)
+            goto out;
+        enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+        if (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) {
+            uint64_t in = start & (cs - 1);
+            rc = cover_clusters(s, (entry & L2E_OFFSET_MASK) + in, cs - in, mode);
+            if (rc < 0)
+                goto out;
+        }
+    }
     for (uint64_t off = start & ~(cs - 1); off < end;) {
         uint64_t *table;
         uint32_t index;
@@ -123,8 +138,8 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
                 if (*ep)
                     continue;
                 ep[0] = be64((off + k * cs) | QCOW_OFLAG_COPIED);
-                if (s->extended_l2)
-                    ep[1] = s->n->backing_file[0] ? 0 : be64(0xffffffffull);
+                if (s->extended_l2) /* subclusters unallocated, as QEMU: reads as zeroes or the backing file */
+                    ep[1] = 0;
             }
             slot->dirty = true;
             rc = cover_clusters(s, off, count * cs, mode);
@@ -145,8 +160,8 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
                 if (*ep)
                     continue;
                 ep[0] = be64(h | QCOW_OFLAG_COPIED);
-                if (s->extended_l2) /* with a backing file the subclusters stay unallocated: it shows through */
-                    ep[1] = s->n->backing_file[0] ? 0 : be64(0xffffffffull);
+                if (s->extended_l2) /* subclusters unallocated, as QEMU: reads as zeroes or the backing file */
+                    ep[1] = 0;
                 h += cs;
             }
             slot->dirty = true;
@@ -160,6 +175,7 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
     if (rc == 0 && last_host > s->n->file->size)
         rc = vbd_node_co_truncate(s->n->file, last_host, false, VBD_PREALLOC_OFF, err);
     (void)first_host;
+out:
     if (rc == 0)
         rc = qcow2_writeback(s);
     if (rc == 0)
@@ -401,6 +417,20 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     /* the clusters are mapped before the size says they exist */
     if (prealloc != VBD_PREALLOC_OFF && (rc = qcow2_preallocate(s, n->size, size, prealloc, err)) < 0)
         goto out;
+    /* a longer backing file must not show through the new range (QEMU) */
+    if (n->backing && n->backing->size > n->size) {
+        if (s->version < 3) {
+            rc = -ENOTSUP; /* no zero flag; QEMU fails the same way */
+        } else {
+            vbd_co_mutex_unlock(&s->lock);
+            rc = qcow2_zero_grown(n, n->size, size);
+            vbd_co_mutex_lock(&s->lock);
+        }
+        if (rc < 0) {
+            vbd_error_setf(err, -rc, "Failed to zero out new clusters: %s", strerror(-rc));
+            goto out;
+        }
+    }
     /* bitmaps grow before the size says they must cover more */
     if (bitmaps && (rc = qcow2_bitmaps_resize(s, size, err)) < 0)
         goto reload;
