@@ -107,11 +107,35 @@ static struct json_object *legacy_addr(struct json_object *addr, struct vbd_qmp_
     return out;
 }
 
+/* QEMU 7.2's SocketAddress types, in the order of nbd_addr_members. */
+static const char *const socket_types[] = {"inet", "unix", "vsock", "fd", NULL};
+
+/* addr.type of a flat SocketAddress, checked as QEMU's visitor checks it;
+ * enum_prefix names the member in the enum's message (QEMU's NBD server
+ * options say 'type' alone, the vhost-user-blk export 'addr.type'). The
+ * index into socket_types, or -1 with *err set. */
+static int socket_addr_type(struct json_object *addr, const char *enum_prefix, struct vbd_qmp_error *err)
+{
+    struct json_object *t;
+    if (!json_object_object_get_ex(addr, "type", &t)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'addr.type' is missing");
+        return -1;
+    }
+    if (!json_object_is_type(t, json_type_string)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'addr.type', expected: string");
+        return -1;
+    }
+    if (!qmp_check_enum(addr, "type", enum_prefix, socket_types, err))
+        return -1;
+    int i = 0;
+    while (strcmp(socket_types[i], json_object_get_string(t)))
+        i++;
+    return i;
+}
+
 bool vbd_qmp_nbd_server_opts_check(struct json_object *opts, bool keyval, struct vbd_qmp_error *err)
 {
-    /* QEMU 7.2's SocketAddress members per type; the enum's message names
-     * the tag alone ('type'), as QEMU's enum visitor does */
-    static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
+    /* QEMU 7.2's SocketAddress members per type (socket_types' order) */
     static const char *const members[] = {
         "type:str host:str port:str ?numeric:bool ?to:uint ?ipv4:bool ?ipv6:bool ?keep-alive:bool ?mptcp:bool",
         "type:str path:str ?abstract:bool ?tight:bool", "type:str cid:str port:str", "type:str str:str"};
@@ -126,21 +150,10 @@ bool vbd_qmp_nbd_server_opts_check(struct json_object *opts, bool keyval, struct
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'addr', expected: object");
         return false;
     }
-    struct json_object *t;
-    if (!json_object_object_get_ex(addr, "type", &t)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'addr.type' is missing");
+    /* the enum's message names the tag alone ('type'), as QEMU's enum visitor does */
+    int i = socket_addr_type(addr, "", err);
+    if (i < 0)
         return false;
-    }
-    if (!json_object_is_type(t, json_type_string)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'addr.type', expected: string");
-        return false;
-    }
-    if (!qmp_check_enum(addr, "type", "", types, err))
-        return false;
-    const char *type = str_of(addr, "type");
-    int i = 0;
-    while (strcmp(types[i], type))
-        i++;
     return check(addr, members[i], "addr", err) &&
            check(opts, "addr:object ?tls-creds:str ?tls-authz:str ?max-connections:u32", "", err);
 }
@@ -291,25 +304,16 @@ static bool nbd_export_opts(struct json_object *args, const char *id, struct jso
 static bool vhost_export_opts(struct json_object *args, const char *id, struct json_object *opts,
                               struct vbd_qmp_error *err)
 {
-    static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
     static const char *const werrors[] = {"report", "stop", "enospc", NULL};
     static const char *const rerrors[] = {"report", "stop", NULL};
     struct json_object *addr;
     json_object_object_get_ex(args, "addr", &addr);
     if (!qmp_check_enum(args, "werror", "", werrors, err) || !qmp_check_enum(args, "rerror", "", rerrors, err))
         return false;
-    struct json_object *t;
-    if (!json_object_object_get_ex(addr, "type", &t)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'addr.type' is missing");
+    int type = socket_addr_type(addr, "addr", err);
+    if (type < 0)
         return false;
-    }
-    if (!json_object_is_type(t, json_type_string)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'addr.type', expected: string");
-        return false;
-    }
-    if (!qmp_check_enum(addr, "type", "addr", types, err))
-        return false;
-    if (strcmp(json_object_get_string(t), "unix")) {
+    if (strcmp(socket_types[type], "unix")) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Only socket address types 'unix' and 'fd' are supported"); /* qsd's words */
         return false;
