@@ -1059,6 +1059,19 @@ static int zero_meta(struct vbd_node *n, uint64_t zs, uint64_t ze, uint64_t size
     vbd_co_mutex_unlock(&s->lock);
     return rc;
 }
+/* Zeroes written as data: where no zero flag can stand (part of a
+ * subcluster, or the cluster's other bytes are not zeroes). */
+static int write_zero_data(struct vbd_node *n, uint64_t off, uint64_t len)
+{
+    uint8_t *z = vbd_alloc_aligned(4096, len);
+    memset(z, 0, len);
+    struct iovec one = {z, len};
+    struct vbd_qiov q = {&one, 1, len};
+    int rc = qcow2_pwritev(n, off, len, &q, 0, 0);
+    free(z);
+    return rc;
+}
+
 
 static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags, bool discard)
 {
@@ -1114,13 +1127,7 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
         if (rc == 1) {
             if (flags & VBD_REQ_NO_FALLBACK)
                 return -ENOTSUP;
-            uint64_t len = pe - off;
-            uint8_t *z = vbd_alloc_aligned(4096, len);
-            memset(z, 0, len);
-            struct iovec one = {z, len};
-            struct vbd_qiov q = {&one, 1, len};
-            rc = qcow2_pwritev(n, off, len, &q, 0, 0);
-            free(z);
+            rc = write_zero_data(n, off, pe - off);
             if (rc < 0)
                 return rc;
         }
@@ -1145,13 +1152,7 @@ int qcow2_zero_grown(struct vbd_node *n, uint64_t old, uint64_t size)
         off = ce;
     }
     if (rc == 0 && zs > old) {
-        uint64_t len = (zs < size ? zs : size) - old;
-        uint8_t *z = vbd_alloc_aligned(4096, len);
-        memset(z, 0, len);
-        struct iovec one = {z, len};
-        struct vbd_qiov q = {&one, 1, len};
-        rc = qcow2_pwritev(n, old, len, &q, 0, 0);
-        free(z);
+        rc = write_zero_data(n, old, (zs < size ? zs : size) - old);
     }
     return rc == 1 ? -ENOTSUP : rc;
 }
