@@ -219,15 +219,21 @@ static bool network_source(struct ctx *c, xmlNodePtr src, const char *where, str
     }
     size_t nserv = json_object_array_length(servers);
     const char *user = NULL, *secret = NULL;
+    char uuid_id[96];
     xmlNodePtr auth = child(src, "auth");
     if (!auth && src->parent)
         auth = child(src->parent, "auth"); /* libvirt's older place for it */
     if (auth && !c->failed) {
         /* a libvirt secret lives in libvirt; vbd's is a --object secret whose
-         * id is the secret's usage name (or its uuid) */
+         * id is the secret's usage name, or "secret-" and its uuid (an id
+         * must start with a letter, as QEMU's; a uuid may start with a digit) */
         xmlNodePtr sec = child(auth, "secret");
         user = attr(auth, "username");
-        secret = sec ? (attr(sec, "usage") ? attr(sec, "usage") : attr(sec, "uuid")) : NULL;
+        secret = sec ? attr(sec, "usage") : NULL;
+        if (sec && !secret && attr(sec, "uuid")) {
+            snprintf(uuid_id, sizeof(uuid_id), "secret-%s", attr(sec, "uuid"));
+            secret = uuid_id;
+        }
         if (!user || !secret)
             fail(c, "%s<auth>: needs username= and <secret usage= or uuid=>", where);
         else if (!strcmp(proto, "nbd"))

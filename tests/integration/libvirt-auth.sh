@@ -17,8 +17,9 @@ tgt_adm --op new --mode account --user vbduser --password s3cret-pass >/dev/null
 tgt_adm --op bind --mode account --tid 1 --user vbduser >/dev/null || fail "tgtadm bind account"
 must qemu-io -f raw -c "write -P 0x5a 1M 64k" "iscsi://vbduser%s3cret-pass@127.0.0.1:$TGT_PORT/$TGT_IQN/1" >/dev/null
 for how in usage uuid; do
-    sid=vbd-iscsi-pw
-    [ $how = uuid ] && sid=2d8a0b4e-5c1f-4f6e-9a43-0b8d2f1c7e11
+    sid=vbd-iscsi-pw oid=vbd-iscsi-pw
+    # an object id starts with a letter (qsd refuses the uuid itself as one)
+    [ $how = uuid ] && sid=2d8a0b4e-5c1f-4f6e-9a43-0b8d2f1c7e11 oid=secret-2d8a0b4e-5c1f-4f6e-9a43-0b8d2f1c7e11
     cat >disk.xml <<XML
 <disk type='network' device='disk'>
   <driver name='qemu' type='raw' cache='none'/>
@@ -31,7 +32,7 @@ for how in usage uuid; do
 XML
     step "<secret $how=...>: a --object secret with that id logs in"
     rm -f nbd.sock
-    "$VBD_DAEMON" --object secret,id=$sid,data=s3cret-pass --libvirt-disk "$T/disk.xml" \
+    "$VBD_DAEMON" --object secret,id=$oid,data=s3cret-pass --libvirt-disk "$T/disk.xml" \
         --nbd-server addr.type=unix,addr.path="$T/nbd.sock" --export type=nbd,id=e0,node-name=vda,name=vda \
         2>daemon.log &
     dpid=$!
@@ -42,6 +43,6 @@ XML
     ! grep -q Sanitizer daemon.log || fail "$(cat daemon.log)"
 done
 step "a wrong password and a missing secret: one line, no daemon"
-must_fail_with "Failed to log in" "$VBD_DAEMON" --object secret,id=$sid,data=wrong --libvirt-disk "$T/disk.xml"
-must_fail_with "No secret with id '$sid'" "$VBD_DAEMON" --libvirt-disk "$T/disk.xml"
+must_fail_with "Failed to log in" "$VBD_DAEMON" --object secret,id=$oid,data=wrong --libvirt-disk "$T/disk.xml"
+must_fail_with "No secret with id '$oid'" "$VBD_DAEMON" --libvirt-disk "$T/disk.xml"
 echo ok
