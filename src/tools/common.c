@@ -160,6 +160,29 @@ void tool_report_open(const char *shown, struct vbd_error *err)
         tool_report(err);
 }
 
+bool tool_open_options(const char **filename, const char *fmt, bool image_opts, struct json_object **opts,
+                       bool *unknown_fmt)
+{
+    *opts = NULL;
+    if (image_opts) {
+        struct vbd_error *err = NULL;
+        *opts = vbd_opts_parse(*filename, NULL, &err);
+        if (!*opts) {
+            tool_report(err);
+            return false;
+        }
+        *filename = NULL;
+    } else if (fmt) {
+        if (!vbd_driver_find(fmt)) {
+            *unknown_fmt = true;
+            return false;
+        }
+        *opts = json_object_new_object();
+        json_object_object_add(*opts, "driver", json_object_new_string(fmt));
+    }
+    return true;
+}
+
 struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opts, unsigned flags,
                            const char *cache, bool *writethrough)
 {
@@ -168,24 +191,15 @@ struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opt
     const char *shown = filename; /* qemu-img names the option string of --image-opts too */
     if (tool_cache_flags(cache, &flags, writethrough) < 0)
         return NULL;
-    if (image_opts) {
-        if (fmt) {
-            vbd_error_report("--image-opts and --format are mutually exclusive");
-            return NULL;
-        }
-        opts = vbd_opts_parse(filename, NULL, &err);
-        if (!opts) {
-            tool_report(err);
-            return NULL;
-        }
-        filename = NULL;
-    } else if (fmt) {
-        if (!vbd_driver_find(fmt)) {
+    if (image_opts && fmt) {
+        vbd_error_report("--image-opts and --format are mutually exclusive");
+        return NULL;
+    }
+    bool unknown_fmt = false;
+    if (!tool_open_options(&filename, fmt, image_opts, &opts, &unknown_fmt)) {
+        if (unknown_fmt)
             vbd_error_report("Could not open '%s': Unknown driver '%s'", filename, fmt);
-            return NULL;
-        }
-        opts = json_object_new_object();
-        json_object_object_add(opts, "driver", json_object_new_string(fmt));
+        return NULL;
     }
     struct vbd_node *n = vbd_open(filename, opts, flags, &err);
     if (!n)

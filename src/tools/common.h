@@ -19,6 +19,12 @@ int64_t tool_cvtnum(const char *s);
 /* Open an image as the tools do: fmt may be NULL (probe); image_opts: the
  * filename is a keyval/JSON option string. cache: qemu-img -t/-T names
  * (NULL: default). Returns NULL after printing "prog: msg" to stderr. */
+/* The options an open takes from --image-opts (FILENAME is an option
+ * string; *filename becomes NULL) or from -f FMT. false after reporting an
+ * option string that does not parse, or with *unknown_fmt set when FMT
+ * names no driver (the caller words that: qemu-img and qemu-io differ). */
+bool tool_open_options(const char **filename, const char *fmt, bool image_opts, struct json_object **opts,
+                       bool *unknown_fmt);
 struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opts, unsigned flags,
                            const char *cache, bool *writethrough);
 /* Parse a cache mode into open flags (prints error, returns -1 on bad name). */

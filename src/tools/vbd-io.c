@@ -742,20 +742,11 @@ static struct vbd_node *open_image(const char *filename, const char *fmt, bool i
         vbd_error_report("can't open%s%s: force-share=on can only be used with read-only images", dev, name);
         return NULL;
     }
-    if (image_opts) {
-        opts = vbd_opts_parse(filename, NULL, &err);
-        if (!opts) {
-            tool_report(err);
-            return NULL;
-        }
-        filename = NULL;
-    } else if (fmt) {
-        if (!vbd_driver_find(fmt)) {
+    bool unknown_fmt = false;
+    if (!tool_open_options(&filename, fmt, image_opts, &opts, &unknown_fmt)) {
+        if (unknown_fmt)
             vbd_error_report("can't open device %s: Unknown driver '%s'", name, fmt);
-            return NULL;
-        }
-        opts = json_object_new_object();
-        json_object_object_add(opts, "driver", json_object_new_string(fmt));
+        return NULL;
     }
     struct vbd_node *n = vbd_open(filename, opts, flags, &err);
     if (!n) {
