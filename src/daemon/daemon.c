@@ -693,7 +693,7 @@ static int pidfile_fd = -1;
  * lock checked to be on the file that is at the path now (one removed and
  * made again while we locked it is tried again).
  */
-static int write_pidfile(const char *path)
+int vbd_daemon_write_pidfile(const char *path)
 {
     int fd;
     for (;;) {
@@ -803,7 +803,7 @@ static void daemon_co(void *opaque)
             fputs(lv_print[i], stdout);
         fflush(stdout);
     }
-    if (!s->rc && pidfile && write_pidfile(pidfile) < 0)
+    if (!s->rc && pidfile && vbd_daemon_write_pidfile(pidfile) < 0)
         s->rc = 1;
     if (!s->rc && ready_pipe >= 0) {
         /* everything listens: let the parent of --daemonize exit */
@@ -838,8 +838,14 @@ static void daemon_co(void *opaque)
     shutdown_all();
     if (pidfile && !s->rc)
         unlink(pidfile);
+    vbd_daemon_close_pidfile();
+}
+
+void vbd_daemon_close_pidfile(void)
+{
     if (pidfile_fd >= 0)
         close(pidfile_fd); /* the lock goes with it, after the unlink */
+    pidfile_fd = -1;
 }
 
 int vbd_daemon_main(int argc, char **argv)
