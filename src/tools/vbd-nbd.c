@@ -172,6 +172,13 @@ static void refuse_kernel_device(const char *what)
          what);
 }
 
+/* the whole value, longer than vbd_log's line */
+static void too_long(const char *what, const char *v)
+{
+    fprintf(stderr, "%s: %s '%s' too long\n", prog, what, v);
+    exit(EXIT_FAILURE);
+}
+
 static void parse_args(int argc, char **argv)
 {
     static const char sopt[] = "hVb:o:p:rsnc:dvk:e:f:tl:x:T:D:AB:L";
@@ -258,7 +265,8 @@ static void parse_args(int argc, char **argv)
             char *end;
             errno = 0;
             unsigned long long v = strtoull(optarg, &end, 0);
-            if (errno || end == optarg || *end || optarg[strspn(optarg, " \t")] == '-')
+            /* qemu_strtou64: "-1" wraps as strtoull's; the raw node refuses it */
+            if (errno || end == optarg || *end)
                 FAIL("Invalid offset '%s'", optarg);
             o.offset = v;
             break;
@@ -294,12 +302,12 @@ static void parse_args(int argc, char **argv)
         case 't': o.persistent = true; break;
         case 'x':
             if (strlen(optarg) > NBD_MAX_STRING)
-                FAIL("export name '%s' too long", optarg);
+                too_long("export name", optarg);
             o.export_name = optarg;
             break;
         case 'D':
             if (strlen(optarg) > NBD_MAX_STRING)
-                FAIL("export description '%s' too long", optarg);
+                too_long("export description", optarg);
             o.description = optarg;
             break;
         case 'v': vbd_log_set_level(VBD_LOG_DEBUG); break;
@@ -333,14 +341,14 @@ static void parse_args(int argc, char **argv)
     if (!o.port)
         o.port = NBD_DEFAULT_PORT;
     if (o.tlscreds) {
-        if (o.sockpath)
-            FAIL("TLS is only supported with IPv4/IPv6");
         if (device)
             FAIL("TLS is not supported with a host device");
         if (o.tlshostname)
             FAIL("TLS hostname is only supported with export list");
         struct vbd_error *err = NULL;
         struct vbd_tls_creds *c = vbd_tls_creds_get(o.tlscreds, VBD_TLS_SERVER, "NBD server", &err);
+        if (!c && err && err->code == EINVAL) /* a client endpoint: qemu-nbd's words */
+            FAIL("Failed to get TLS creds: Expected TLS credentials for a server endpoint");
         if (!c)
             FAIL("Failed to get TLS creds: %s", err ? err->msg : "failed");
         vbd_tls_creds_unref(c);
@@ -610,6 +618,13 @@ static void main_co(void *arg)
     struct vbd_node *n = o.temp_snapshot ? open_temp_snapshot() : open_image(NODE_NAME, o.flags);
     if (!n)
         goto out;
+    if (o.offset > INT64_MAX) {
+        /* qemu-nbd passes it as a QDict int: its keyval words */
+        vbd_error_report("Parameter 'offset' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, "
+                         "P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.");
+        vbd_node_unref(n);
+        goto out;
+    }
     if (o.offset) {
         /* qemu-nbd -o: a raw node at that offset over the image */
         struct json_object *ro = json_object_new_object();
