@@ -206,6 +206,37 @@ for tcp in 0 1; do
 done
 tcp=0
 
+step "--image-opts, -n --aio=threads --discard=unmap --detect-zeroes=unmap: info and data alike, writes land alike"
+mk_images
+both -k {D}/s.sock -t --image-opts driver=raw,file.driver=file,file.filename={D}/img.raw
+info_same "--image-opts" @
+data_same
+stop
+both -k {D}/s.sock -t -f raw -n --aio=threads --discard=unmap --detect-zeroes=unmap {D}/img.raw
+info_same "-n --aio --discard --detect-zeroes" @
+write_both
+data_same
+stop
+cmp q/img.raw v/img.raw || fail "the raw images differ after the same writes (-n --discard=unmap ...)"
+
+if command -v certtool >/dev/null; then
+    step "--object tls-creds-x509 --tls-creds (and --tls-authz): nbdinfo over TLS, data alike; a client without a certificate refused by both"
+    gen_pki "$T/pki"
+    id='O=vbd,CN=vbd-test-client'
+    both -b 127.0.0.1 -p {P} -t -f raw --object tls-creds-x509,id=t0,dir=$T/pki/server,endpoint=server,verify-peer=on \
+        --object "authz-simple,id=a0,identity=${id//,/,,}" --tls-creds=t0 --tls-authz=a0 {D}/img.raw
+    for k in q v; do
+        u="nbds://localhost:${port[$k]}/?tls-certificates=$T/pki/client"
+        nbdinfo --json "$u" >$k.tls.json || fail "$k: nbdinfo over TLS"
+        nbdcopy --connections=1 "$u" $k.data || fail "$k: nbdcopy over TLS"
+        ! nbdinfo --size "nbd://127.0.0.1:${port[$k]}/" >/dev/null 2>&1 || fail "$k: a client without TLS was served"
+    done
+    cmp q.data v.data || fail "the data read over TLS differs"
+    python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); sys.exit(0 if a["TLS"] and b["TLS"] and a["exports"][0]["export-size"]==b["exports"][0]["export-size"] else 1)' q.tls.json v.tls.json ||
+        fail "TLS info differs"
+    stop
+fi
+
 step "no -f: the probe's warning for raw (the fork returns 1 as it came through its pipe), data alike"
 both -k {D}/s.sock -t {D}/img.raw
 [ "$(cat q.frc)" = 1 ] && grep -q "probing guessed raw" v.ferr || fail "probed raw: $(cat v.frc) $(cat v.ferr)"
