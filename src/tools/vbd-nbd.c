@@ -652,7 +652,7 @@ static void main_co(void *arg)
                  "flushes (FUA) as with cache=writeback");
     if (start_server() < 0 || add_export(n) < 0)
         goto out;
-    if (o.pid_file && vbd_daemon_write_pidfile(o.pid_file) < 0)
+    if (o.pid_file && vbd_daemon_write_pidfile(o.pid_file, "") < 0)
         goto out;
     /* as qemu-nbd, so that a busy filesystem can be unmounted */
     if (chdir("/") < 0) {

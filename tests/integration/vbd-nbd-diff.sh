@@ -350,6 +350,9 @@ done <<'CASES'
 -B nob -f qcow2 -k {D}/s.sock {D}/img.qcow2
 -x $(printf 'n%.0s' $(seq 4097)) {D}/img.raw
 -D $(printf 'd%.0s' $(seq 4097)) {D}/img.raw
+-k {D}/s.sock -f raw --pid-file /nonexistent/vbd/p.pid {D}/img.raw
+-k {D}/s.sock -f raw -o 99999999999 {D}/img.raw
+-k {D}/s.sock -f qcow2 -l nosuch {D}/img.qcow2
 -k /nonexistent/vbd/s.sock -f raw {D}/img.raw  # known: vbd words a bind failure as its server does
 -c /dev/nbd0 -f raw {D}/img.raw  # known: vbd-nbd has no kernel NBD client (README)
 CASES
