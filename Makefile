@@ -67,7 +67,7 @@ soak: build
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
-# make install PREFIX=$$HOME/.local (default /usr/local): the four tools into PREFIX/bin.
+# make install PREFIX=$$HOME/.local (default /usr/local): the tools into PREFIX/bin.
 PREFIX ?= /usr/local
 .PHONY: install
 install: build

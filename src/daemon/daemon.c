@@ -693,23 +693,23 @@ static int pidfile_fd = -1;
  * lock checked to be on the file that is at the path now (one removed and
  * made again while we locked it is tried again).
  */
-static int write_pidfile(const char *path)
+int vbd_daemon_write_pidfile(const char *path, const char *prefix)
 {
     int fd;
     for (;;) {
         fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, S_IRUSR | S_IWUSR);
         if (fd < 0) {
-            vbd_error_report("cannot create PID file: Could not create '%s': %s", path, strerror(errno));
+            vbd_error_report("%sCould not create '%s': %s", prefix, path, strerror(errno));
             return -1;
         }
         struct stat a, b;
         if (fstat(fd, &b) < 0) {
-            vbd_error_report("cannot create PID file: Cannot stat file: %s", strerror(errno));
+            vbd_error_report("%sCannot stat file: %s", prefix, strerror(errno));
             close(fd);
             return -1;
         }
         if (lockf(fd, F_TLOCK, 0) < 0) {
-            vbd_error_report("cannot create PID file: Cannot lock pid file: %s", strerror(errno));
+            vbd_error_report("%sCannot lock pid file: %s", prefix, strerror(errno));
             close(fd);
             return -1;
         }
@@ -720,7 +720,7 @@ static int write_pidfile(const char *path)
     char buf[32];
     int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
     if (ftruncate(fd, 0) < 0 || write(fd, buf, (size_t)n) != n) {
-        vbd_error_report("cannot create PID file: Failed to write pid file: %s", strerror(errno));
+        vbd_error_report("%sFailed to write pid file: %s", prefix, strerror(errno));
         close(fd);
         return -1;
     }
@@ -803,7 +803,7 @@ static void daemon_co(void *opaque)
             fputs(lv_print[i], stdout);
         fflush(stdout);
     }
-    if (!s->rc && pidfile && write_pidfile(pidfile) < 0)
+    if (!s->rc && pidfile && vbd_daemon_write_pidfile(pidfile, "cannot create PID file: ") < 0)
         s->rc = 1;
     if (!s->rc && ready_pipe >= 0) {
         /* everything listens: let the parent of --daemonize exit */
@@ -838,8 +838,14 @@ static void daemon_co(void *opaque)
     shutdown_all();
     if (pidfile && !s->rc)
         unlink(pidfile);
+    vbd_daemon_close_pidfile();
+}
+
+void vbd_daemon_close_pidfile(void)
+{
     if (pidfile_fd >= 0)
         close(pidfile_fd); /* the lock goes with it, after the unlink */
+    pidfile_fd = -1;
 }
 
 int vbd_daemon_main(int argc, char **argv)

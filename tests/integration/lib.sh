@@ -1,5 +1,5 @@
 # Sourced by every interop test. Provides: $T (temp dir, removed at exit),
-# VBD_IMG/VBD_IO/VBD_DAEMON paths, need CMD (skip with 77 if missing),
+# VBD_IMG/VBD_IO/VBD_DAEMON/VBD_NBD paths, need CMD (skip with 77 if missing),
 # fail MSG, must CMD..., qcheck IMG (qemu-img check must be clean).
 set -u
 VBD_BUILD=${VBD_BUILD:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build}
@@ -7,6 +7,7 @@ VBD_ROOT=${VBD_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 VBD_IMG=$VBD_BUILD/src/tools/vbd-img
 VBD_IO=$VBD_BUILD/src/tools/vbd-io
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
+VBD_NBD=$VBD_BUILD/src/tools/vbd-nbd
 VBD_CTL=$VBD_BUILD/src/tools/vbd-ctl
 VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 # the tests' python NBD clients and servers import nbdproto from here

@@ -33,7 +33,7 @@ static int raw_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         return -EINVAL;
     uint64_t fsize = n->file->size;
     if (s->offset > fsize) {
-        vbd_error_setf(err, EINVAL, "Offset (%llu) cannot be greater than size of the file (%llu)",
+        vbd_error_setf(err, EINVAL, "Offset (%llu) cannot be greater than size of the containing file (%llu)",
                        (unsigned long long)s->offset, (unsigned long long)fsize);
         return -EINVAL;
     }

@@ -1,0 +1,360 @@
+#!/bin/bash
+# vbd-nbd against qemu-nbd 7.2: the same argv given to both (the binary
+# substituted), then what a client sees compared: nbdinfo --json (size,
+# read-only, can_* flags, description, export names with --list),
+# nbdinfo --map (base:allocation, qemu:allocation-depth, a dirty bitmap),
+# the data (nbdcopy + cmp), writes (the images compared and checked after),
+# -e (the N+1th client is not served), the exit after the last client
+# without -t, --fork returning once it serves, --pid-file, -s (writes go to
+# a temporary overlay, the image untouched) and the refused command lines
+# (exit status and stderr). Over a unix socket and TCP, raw and qcow2.
+# Differences of the server that vbd-nbd cannot change are printed as
+# "known:" (README, vbd-nbd); any other difference fails.
+. "$(dirname "$0")/lib.sh"
+need qemu-nbd qemu-img qemu-io nbdinfo nbdcopy python3
+cd "$T"
+mkdir q v
+declare -A pid port
+
+# free_port: a TCP port nothing listens on now (another program may take
+# it before the server binds: start retries then)
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# gone PID: the process has exited (a zombie not yet reaped by init counts)
+gone() { ! kill -0 "$1" 2>/dev/null || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+wait_gone() {
+    for _ in $(seq 400); do gone "$1" && return 0; sleep 0.05; done
+    fail "$2: process $1 still runs after 20 s"
+}
+
+# start K ARGS...: BIN --fork --pid-file K.pid ARGS, BIN qemu-nbd (K=q) or
+# vbd-nbd (K=v); {D} in ARGS is K's directory, {P} K's TCP port. The fork
+# returns once the server serves (as qemu-nbd's), so a client may connect
+# at once. Status in K.frc, stderr (program names as PROG) in K.ferr.
+start() {
+    local k=$1 bin=qemu-nbd try; shift
+    [ $k = v ] && bin=$VBD_NBD
+    for try in 1 2 3 4 5; do
+        port[$k]=$(free_port)
+        local args=("${@//\{D\}/$T/$k}")
+        args=("${args[@]//\{P\}/${port[$k]}}")
+        rm -f "$k.pid"
+        "$bin" --fork --pid-file "$T/$k.pid" "${args[@]}" 2>"$k.raw" </dev/null
+        echo $? >"$k.frc"
+        grep -q "Failed to find an available port\|Address already in use" "$k.raw" || break
+    done
+    sed -E -e "s#$T/$k#{D}#g" -e 's#([^ :]*/)?(qemu-nbd|vbd-nbd)#PROG#g' "$k.raw" >"$k.ferr"
+    ! grep -q -e Sanitizer -e 'runtime error' "$k.raw" || fail "vbd-nbd $*: $(cat "$k.raw")"
+    pid[$k]=$(cat "$k.pid" 2>/dev/null)
+    [ -z "${pid[$k]}" ] || on_exit "kill -9 ${pid[$k]} 2>/dev/null"
+}
+# both ARGS...: start both; the fork's status and stderr must be the same
+both() {
+    start q "$@"
+    start v "$@"
+    [ "$(cat q.frc)" = "$(cat v.frc)" ] || fail "$*: --fork returned $(cat q.frc) (qemu-nbd), $(cat v.frc) (vbd-nbd): $(cat q.ferr v.ferr)"
+    cmp -s q.ferr v.ferr || { diff q.ferr v.ferr; fail "$*: stderr differs"; }
+    [ -n "${pid[q]}" ] && [ -n "${pid[v]}" ] || fail "$*: no PID file: $(cat q.ferr v.ferr)"
+}
+stop() {
+    local k
+    for k in q v; do
+        gone "${pid[$k]}" || kill -TERM "${pid[$k]}"
+        wait_gone "${pid[$k]}" "$k"
+    done
+}
+# uri K [NAME]: the export over the unix socket K/s.sock, or (tcp=1) TCP
+tcp=0
+uri() {
+    if [ $tcp = 1 ]; then echo "nbd://127.0.0.1:${port[$1]}/${2:-}"; else echo "nbd+unix:///${2:-}?socket=$T/$1/s.sock"; fi
+}
+addr() { if [ $tcp = 1 ]; then echo "-b 127.0.0.1 -p {P}"; else echo "-k {D}/s.sock"; fi; }
+
+# info_same WHAT ARGS...: nbdinfo ARGS --json (URI as @) alike from both
+info_same() {
+    local what=$1 k; shift
+    for k in q v; do
+        local a=() x
+        for x in "$@"; do [ "$x" = @ ] && a+=("$(uri $k "$name")") || a+=("$x"); done
+        nbdinfo --json "${a[@]}" >"$k.json" || fail "$what: nbdinfo against $k"
+    done
+    python3 - q.json v.json "$what" <<'PY' || fail "$what: nbdinfo --json differs"
+import json, sys
+q, v = (json.load(open(f)) for f in sys.argv[1:3])
+def norm(d):
+    d.pop("uri", None)
+    for e in d.get("exports", []):
+        e.pop("uri", None)
+    return d
+q, v = norm(q), norm(v)
+for eq, ev in zip(q.get("exports", []), v.get("exports", [])):
+    # the server advertises multi-conn and qemu:allocation-depth always
+    # (qemu-nbd: multi-conn with -e other than 1, the context with -A), and
+    # no FUA on a read-only export (qemu-nbd does)
+    if eq.get("can_multi_conn") is False and ev.get("can_multi_conn") is True:
+        print(f"known: {sys.argv[3]}: can_multi_conn true (qemu-nbd: false)")
+        ev["can_multi_conn"] = False
+    if eq.get("is_read_only") and eq.get("can_fua") is True and ev.get("can_fua") is False:
+        print(f"known: {sys.argv[3]}: can_fua false on a read-only export (qemu-nbd: true)")
+        ev["can_fua"] = True
+    cq, cv = eq.get("contexts"), ev.get("contexts")
+    if cq is not None and cv is not None and "qemu:allocation-depth" in cv and "qemu:allocation-depth" not in cq:
+        print(f"known: {sys.argv[3]}: qemu:allocation-depth advertised without -A")
+        cv.remove("qemu:allocation-depth")
+if q != v:
+    print(json.dumps(q, indent=1, sort_keys=True)); print(json.dumps(v, indent=1, sort_keys=True))
+    sys.exit(1)
+PY
+}
+# map_same CONTEXT: nbdinfo --map=CONTEXT alike
+map_same() {
+    local k
+    for k in q v; do nbdinfo --map="$1" "$(uri $k "$name")" >"$k.map" || fail "--map=$1 against $k"; done
+    cmp -s q.map v.map || { diff q.map v.map; fail "--map=$1 differs"; }
+}
+# data_same: the whole export read with nbdcopy is the same. One
+# connection: the server advertises multi-conn even under -e 1, where
+# nbdcopy's further connections are refused (known, README); qemu-nbd does
+# not advertise it there, so nbdcopy uses one connection with it anyway.
+data_same() {
+    local k
+    for k in q v; do nbdcopy --connections=1 "$(uri $k "$name")" "$k.data" || fail "nbdcopy from $k"; done
+    cmp q.data v.data || fail "the data read differs"
+}
+# write_both: the same writes through both servers (nbdcopy of random data
+# over the first MiBs, qemu-io pattern, zeroes and a flush)
+write_both() {
+    local k
+    [ -e rand ] || head -c 3M /dev/urandom >rand
+    for k in q v; do
+        nbdcopy --connections=1 rand "$(uri $k "$name")" || fail "nbdcopy to $k"
+        qemu-io -f raw -c "write -P 0x6b 3M 68k" -c "write -z 3200k 8k" -c flush "$(uri $k "$name")" >/dev/null ||
+            fail "qemu-io writes to $k"
+    done
+}
+
+mk_images() { # the same raw and qcow2 (with data, zeroes, a bitmap) in q/ and v/
+    rm -f q/* v/*
+    qemu-img create -q -f raw q/img.raw 8M
+    qemu-io -f raw -c "write -P 0x11 0 1M" -c "write -P 0x22 5M 64k" q/img.raw >/dev/null
+    qemu-img create -q -f qcow2 q/base.qcow2 8M
+    qemu-io -f qcow2 -c "write -P 0x33 1M 1M" q/base.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 q/img.qcow2
+    qemu-img bitmap --add q/img.qcow2 b0
+    qemu-io -f qcow2 -c "write -P 0x44 0 64k" -c "write -z 2M 128k" -c "write -P 0x55 6M 192k" q/img.qcow2 >/dev/null
+    cp --sparse=always q/* v/
+}
+
+for tcp in 0 1; do
+    mk_images
+    name=
+    step "tcp=$tcp raw -f raw -t -D: nbdinfo --json, --map, data; writes; the images after"
+    both $(addr) -f raw -t -D "a raw disk" {D}/img.raw
+    info_same "raw" @
+    map_same base:allocation
+    data_same
+    write_both
+    data_same
+    stop
+    cmp q/img.raw v/img.raw || fail "tcp=$tcp: the raw images differ after the same writes"
+
+    name=disk
+    step "tcp=$tcp qcow2 -f qcow2 -t -A -x disk: --list, --map both contexts, data, writes, qemu-img check"
+    both $(addr) -f qcow2 -t -A -x disk {D}/img.qcow2
+    name=
+    info_same "--list" --list @
+    name=disk
+    info_same "qcow2 -A" @
+    map_same base:allocation
+    map_same qemu:allocation-depth
+    data_same
+    write_both
+    stop
+    must qemu-img compare -q q/img.qcow2 v/img.qcow2
+    qcheck q/img.qcow2
+    qcheck v/img.qcow2
+
+    name=
+    step "tcp=$tcp qcow2 -r -B b0: the bitmap's map; writes refused by both"
+    both $(addr) -f qcow2 -r -t -B b0 {D}/img.qcow2
+    info_same "qcow2 -r -B" @
+    map_same qemu:dirty-bitmap:b0
+    for k in q v; do
+        ! qemu-io -f raw -c "write -P 1 0 4k" "$(uri $k)" >/dev/null 2>&1 || fail "$k: a write to the -r export worked"
+    done
+    stop
+
+    step "tcp=$tcp -s over raw and qcow2: writes go to a temporary overlay, the images untouched"
+    for img in img.raw img.qcow2; do
+        cp q/$img q.before
+        cp v/$img v.before
+        both $(addr) -s -t {D}/$img
+        write_both
+        data_same
+        info_same "-s $img" @
+        stop
+        cmp q.before q/$img && cmp v.before v/$img || fail "tcp=$tcp -s $img: the image changed"
+    done
+
+    step "tcp=$tcp -o 524288 over raw: size and data"
+    both $(addr) -f raw -r -t -o 524288 {D}/img.raw
+    info_same "-o" @
+    data_same
+    stop
+done
+tcp=0
+
+step "--image-opts, -n --aio=threads --discard=unmap --detect-zeroes=unmap: info and data alike, writes land alike"
+mk_images
+both -k {D}/s.sock -t --image-opts driver=raw,file.driver=file,file.filename={D}/img.raw
+info_same "--image-opts" @
+data_same
+stop
+both -k {D}/s.sock -t -f raw -n --aio=threads --discard=unmap --detect-zeroes=unmap {D}/img.raw
+info_same "-n --aio --discard --detect-zeroes" @
+write_both
+data_same
+stop
+cmp q/img.raw v/img.raw || fail "the raw images differ after the same writes (-n --discard=unmap ...)"
+
+if command -v certtool >/dev/null; then
+    step "--object tls-creds-x509 --tls-creds (and --tls-authz): nbdinfo over TLS, data alike; a client without a certificate refused by both"
+    gen_pki "$T/pki"
+    id='O=vbd,CN=vbd-test-client'
+    both -b 127.0.0.1 -p {P} -t -f raw --object tls-creds-x509,id=t0,dir=$T/pki/server,endpoint=server,verify-peer=on \
+        --object "authz-simple,id=a0,identity=${id//,/,,}" --tls-creds=t0 --tls-authz=a0 {D}/img.raw
+    for k in q v; do
+        u="nbds://localhost:${port[$k]}/?tls-certificates=$T/pki/client"
+        nbdinfo --json "$u" >$k.tls.json || fail "$k: nbdinfo over TLS"
+        nbdcopy --connections=1 "$u" $k.data || fail "$k: nbdcopy over TLS"
+        ! nbdinfo --size "nbd://127.0.0.1:${port[$k]}/" >/dev/null 2>&1 || fail "$k: a client without TLS was served"
+    done
+    cmp q.data v.data || fail "the data read over TLS differs"
+    python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); sys.exit(0 if a["TLS"] and b["TLS"] and a["exports"][0]["export-size"]==b["exports"][0]["export-size"] else 1)' q.tls.json v.tls.json ||
+        fail "TLS info differs"
+    stop
+fi
+
+step "no -f: the probe's warning for raw (the fork returns 1 as it came through its pipe), data alike"
+both -k {D}/s.sock -t {D}/img.raw
+[ "$(cat q.frc)" = 1 ] && grep -q "probing guessed raw" v.ferr || fail "probed raw: $(cat v.frc) $(cat v.ferr)"
+data_same
+stop
+
+step "without -t: both exit once their last client has gone (and remove the socket); --pid-file holds the server's PID"
+both -k {D}/s.sock -f qcow2 {D}/img.qcow2
+for k in q v; do
+    bin=$(command -v qemu-nbd)
+    [ $k = q ] || bin=$VBD_NBD
+    [ "$(readlink /proc/"${pid[$k]}"/exe)" = "$(readlink -f "$bin")" ] || fail "$k: the PID file does not name the server"
+    nbdinfo --size "$(uri $k)" >/dev/null || fail "$k: nbdinfo --size"
+done
+for k in q v; do
+    wait_gone "${pid[$k]}" "$k without -t after its client left"
+    [ ! -e $k/s.sock ] || fail "$k: socket left behind"
+done
+
+step "-e 1: with one client connected the next is not served; with -e 2 it is"
+for e in 1 2; do
+    both -k {D}/s.sock -f raw -t -e $e {D}/img.raw
+    for k in q v; do
+        mkfifo $k.fifo
+        stdbuf -oL qemu-io -f raw "$(uri $k)" <$k.fifo >$k.hold 2>&1 &
+        holder=$!
+        exec 7>$k.fifo
+        echo 'read 0 512' >&7
+        for _ in $(seq 400); do grep -q . $k.hold 2>/dev/null && break; sleep 0.05; done
+        grep -q "read 512/512" $k.hold || fail "$k: the first client did not connect: $(cat $k.hold)"
+        # qemu-nbd leaves the next client waiting, the server refuses it:
+        # either way it is not served while the first one holds its slot
+        timeout -k 1 5 nbdinfo --size "$(uri $k)" >$k.size 2>/dev/null
+        rc=$?
+        if [ $e = 1 ]; then
+            [ $rc != 0 ] || fail "$k -e 1: a second client was served"
+        else
+            [ $rc = 0 ] || fail "$k -e 2: the second client was not served"
+        fi
+        echo quit >&7
+        exec 7>&-
+        wait $holder
+        rm $k.fifo
+    done
+    nbdinfo --size "$(uri v)" >/dev/null || fail "vbd-nbd -e $e: no client served after the first left"
+    stop
+done
+
+step "refused command lines: exit status and stderr alike"
+ndiff=0
+while IFS= read -r line; do
+    case "$line" in '' | '#'*) continue ;; esac
+    args=${line%%  # known:*}
+    why=
+    [ "$args" = "$line" ] || why=${line#*  # known: }
+    for k in q v; do
+        bin=qemu-nbd
+        [ $k = v ] && bin=$VBD_NBD
+        eval "set -- ${args//\{D\}/$T/$k}"
+        timeout -k 5 30 "$bin" "$@" </dev/null >$k.out 2>$k.raw
+        echo $? >$k.rc
+        sed -E -e "s#$T/$k#{D}#g" -e 's#([^ :]*/)?(qemu-nbd|vbd-nbd)#PROG#g' $k.raw >$k.err
+        ! grep -q -e Sanitizer -e 'runtime error' v.raw 2>/dev/null || fail "vbd-nbd $args: $(cat v.raw)"
+    done
+    [ "$(cat q.rc)" != 0 ] || fail "case '$args' started qemu-nbd: not a refused command line"
+    if [ "$(cat q.rc)" != "$(cat v.rc)" ]; then
+        echo "DIFF $args: exit status qemu-nbd $(cat q.rc), vbd-nbd $(cat v.rc): $(cat v.err)"
+        ndiff=$((ndiff + 1))
+    elif ! cmp -s q.err v.err; then
+        if [ -n "$why" ]; then
+            echo "known: $args ($why)"
+        else
+            echo "DIFF $args:"
+            diff q.err v.err | sed 's/^/    /'
+            ndiff=$((ndiff + 1))
+        fi
+    fi
+done <<'CASES'
+{D}/nofile
+-f bogus {D}/img.raw
+-f qcow2 {D}/img.raw
+--bogus {D}/img.raw
+-Z {D}/img.raw
+-p
+-e -1 {D}/img.raw
+-e x {D}/img.raw
+-o abc {D}/img.raw
+-o -1 {D}/img.raw
+# no FILE, two FILEs
+-k {D}/s.sock
+{D}/img.raw {D}/img.raw
+-k rel.sock {D}/img.raw
+-n -n {D}/img.raw
+--cache=bad {D}/img.raw
+--aio=bad {D}/img.raw
+--aio=native --aio=threads {D}/img.raw
+--discard=bad {D}/img.raw
+--discard=unmap --discard=ignore {D}/img.raw
+--detect-zeroes=bad {D}/img.raw
+--detect-zeroes=unmap {D}/img.raw
+--tls-authz=a {D}/img.raw
+--tls-hostname=h {D}/img.raw
+--tls-creds=nope {D}/img.raw
+--tls-creds=nope -k {D}/s.sock {D}/img.raw
+--tls-hostname=h --tls-creds=nope {D}/img.raw
+--object tls-creds-anon,id=c,endpoint=client --tls-creds=c {D}/img.raw
+-f raw -o 99999999 {D}/img.raw
+-o -1 -f raw {D}/img.raw
+--image-opts -f raw {D}/img.raw
+-l snap -f raw {D}/img.raw
+-B nob -f qcow2 -k {D}/s.sock {D}/img.qcow2
+-x $(printf 'n%.0s' $(seq 4097)) {D}/img.raw
+-D $(printf 'd%.0s' $(seq 4097)) {D}/img.raw
+-k {D}/s.sock -f raw --pid-file /nonexistent/vbd/p.pid {D}/img.raw
+-k {D}/s.sock -f raw -o 99999999999 {D}/img.raw
+-k {D}/s.sock -f qcow2 -l nosuch {D}/img.qcow2
+-k /nonexistent/vbd/s.sock -f raw {D}/img.raw  # known: vbd words a bind failure as its server does
+-c /dev/nbd0 -f raw {D}/img.raw  # known: vbd-nbd has no kernel NBD client (README)
+CASES
+[ $ndiff = 0 ] || fail "$ndiff command lines refused differently"
+echo "PASS"
