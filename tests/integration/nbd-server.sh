@@ -7,7 +7,7 @@ S=$T/nbd.sock
 img=$T/disk.img
 must qemu-img create -q -f raw "$img" 64M
 must qemu-io -f raw -c "write -P 0x5a 1M 2M" -c "write -P 0x33 40M 64k" "$img" >/dev/null
-nbd_raw_daemon "$img" "$S" --export type=nbd,id=e0,node-name=disk0,name=disk,description="vbd test disk",writable=on \
+nbd_raw_daemon "$img" "$S" --export type=nbd,id=e0,node-name=disk0,name=disk,description="vbd test disk",writable=on,allocation-depth=on \
     --export type=nbd,id=e1,node-name=disk0,name=ro
 U="nbd+unix:///disk?socket=$S"
 RO="nbd+unix:///ro?socket=$S"
@@ -31,6 +31,8 @@ data = [(e["start"], e["length"]) for e in m if e["data"]]
 assert (1048576, 2097152) in data and (41943040, 65536) in data, data
 ' || fail "qemu-img map over NBD"
 nbdinfo --map=qemu:allocation-depth "$U" >/dev/null || fail "qemu:allocation-depth context"
+nbdinfo --json "$RO" | python3 -c 'import json,sys; e=json.load(sys.stdin)["exports"][0]; sys.exit("qemu:allocation-depth" in e["contexts"])' ||
+    fail "qemu:allocation-depth offered on an export without allocation-depth=on (qsd offers it only with it)"
 
 step "qemu-io writes with patterns (zero, discard, flush) and reads them back; the read-only export refuses writes"
 must qemu-io -f raw -c "write -P 0xa1 8M 1M" -c "write -P 0xa2 9M 4k" -c "write -z 1M 64k" -c "discard 2M 64k" -c flush "$U" >/dev/null

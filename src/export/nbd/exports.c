@@ -29,7 +29,7 @@ struct nbd_export *nbd_find_export(const char *name)
 static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd_error **err)
 {
     char *id = NULL, *node = NULL, *name = NULL, *desc = NULL, *bitmap = NULL;
-    bool writable = false, depth = true;
+    bool writable = false, depth = false;
     struct nbd_export *e = NULL;
     if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "node-name", &node, err) < 0 ||
         vbd_opt_take_str(opts, "name", &name, err) < 0 || vbd_opt_take_str(opts, "description", &desc, err) < 0 ||
@@ -90,6 +90,7 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     bitmap = NULL;
     e->be = be;
     e->writable = writable;
+    e->allocation_depth = depth;
     e->next = srv.exports;
     srv.exports = e;
     free(node);

@@ -37,12 +37,17 @@ static int send_opt_error(struct nbd_conn *c, uint32_t opt, uint32_t type, const
 
 static uint16_t export_flags(struct nbd_export *e)
 {
-    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_CACHE |
-                 NBD_FLAG_CAN_MULTI_CONN; /* flush goes to the shared node: covers every connection */
+    /* QEMU 7.2's flags: FUA even when read-only; multi-conn (a flush goes
+     * to the shared node, so it covers every connection) unless the server
+     * takes one connection only (qemu-nbd's default -e 1), where a client
+     * trusting it would open connections that are refused */
+    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_CACHE;
+    if (srv.max_connections != 1)
+        f |= NBD_FLAG_CAN_MULTI_CONN;
     if (!e->writable)
         f |= NBD_FLAG_READ_ONLY;
     else
-        f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+        f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
     return f;
 }
 
@@ -153,6 +158,8 @@ static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     struct { const char *name; unsigned id; } ctx[3];
     size_t nctx = 0;
     for (size_t m = 0; m < sizeof(meta_contexts) / sizeof(meta_contexts[0]); m++) {
+        if (meta_contexts[m].id == META_DEPTH && !exp->allocation_depth)
+            continue; /* offered only with allocation-depth=on, as QEMU */
         ctx[nctx].name = meta_contexts[m].name;
         ctx[nctx++].id = meta_contexts[m].id;
     }

@@ -45,6 +45,7 @@ struct nbd_export {
     char *bitmap; /* exported as the meta context qemu:dirty-bitmap:NAME */
     struct vbd_backend *be;
     bool writable;
+    bool allocation_depth; /* the qemu:allocation-depth meta context is offered */
     struct nbd_export *next;
 };
 
