@@ -23,6 +23,11 @@ int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err);
 /* Stop listening, finish in-flight replies, close connections. */
 void vbd_nbd_server_stop(void);
 bool vbd_nbd_server_running(void);
+/* Coroutine: waits until a client that reached transmission disconnects
+ * leaving no connection (qemu-nbd without -t exits then; one that only
+ * listed the exports or failed its handshake does not count). false when
+ * the server stops first. Main loop. */
+bool vbd_nbd_server_wait_last_client(void);
 /* Serve one connected socket (closed at the end); for tests and fuzzing. */
 void vbd_nbd_serve_fd(int fd);
 

@@ -13,9 +13,6 @@
 #include "daemon/daemon.h"
 #include "daemon/objects.h"
 #include "qmp/cmd-export.h"
-/* The server is read-only for this tool: a connection's end is seen on
- * the server's own idle queue (see watch_last_client). */
-#include "export/nbd/internal.h"
 
 #include "vbd/alloc.h"
 #include "vbd/authz.h"
@@ -535,22 +532,14 @@ static int load_snapshot(struct vbd_node *n)
     return 0;
 }
 
-/*
- * Without -t, qemu-nbd exits once its last client has gone. The server
- * wakes its idle queue each time a connection ends; with none left the
- * tool stops. (qemu-nbd counts only clients that finished the handshake:
- * one that only listed the exports does not end it. The server does not
- * tell this tool whether a closed connection got that far: README.)
- */
+/* Without -t, qemu-nbd exits once its last client has gone (one that got
+ * as far as choosing the export). */
 static void watch_last_client(void *arg)
 {
     (void)arg;
-    while (!stop_requested && !srv.stopping) {
-        vbd_co_queue_wait(&srv.idle_q);
-        if (!srv.stopping && srv.nconns == 0) {
-            stop_requested = 1;
-            vbd_loop_kick(main_loop);
-        }
+    if (vbd_nbd_server_wait_last_client()) {
+        stop_requested = 1;
+        vbd_loop_kick(main_loop);
     }
 }
 

@@ -233,7 +233,9 @@ for k in q v; do
     bin=$(command -v qemu-nbd)
     [ $k = q ] || bin=$VBD_NBD
     [ "$(readlink /proc/"${pid[$k]}"/exe)" = "$(readlink -f "$bin")" ] || fail "$k: the PID file does not name the server"
-    nbdinfo --size "$(uri $k)" >/dev/null || fail "$k: nbdinfo --size"
+    # a client that only lists the exports does not count as the last one
+    nbdinfo --list "$(uri $k)" >/dev/null || fail "$k: nbdinfo --list"
+    nbdinfo --size "$(uri $k)" >/dev/null || fail "$k: nbdinfo --size after nbdinfo --list (the server exited)"
 done
 for k in q v; do
     wait_gone "${pid[$k]}" "$k without -t after its client left"

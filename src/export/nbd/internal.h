@@ -167,8 +167,9 @@ struct nbd_server {
     struct nbd_export *exports;
     struct vbd_tls_creds *tls; /* set: TLS is required (NBD_OPT_STARTTLS first) */
     struct vbd_authz *authz;   /* set: the client certificate's DN must be allowed by it */
-    struct vbd_co_queue idle_q;
+    struct vbd_co_queue idle_q; /* woken when a connection ends and when accepting stops */
     bool accept_done;
+    uint64_t last_client_gone; /* times a negotiated connection ended leaving none */
 };
 
 /* The one server of the process (server.c). */

@@ -40,7 +40,8 @@ static void conn_co(void *opaque)
     vbd_timer_arm(&c->handshake_timer, vbd_clock_ns() + NBD_HANDSHAKE_NS);
     int rc = nbd_handshake(c);
     vbd_timer_cancel(&c->handshake_timer);
-    if (rc == 0 && c->exp && !srv.stopping)
+    bool negotiated = rc == 0 && c->exp;
+    if (negotiated && !srv.stopping)
         nbd_transmission(c);
     if (c->ch.tls) {
         vbd_tls_bye(c->ch.tls);
@@ -58,7 +59,17 @@ static void conn_co(void *opaque)
         }
     free(c);
     srv.nconns--;
+    if (negotiated && !srv.nconns)
+        srv.last_client_gone++;
     vbd_co_queue_wake_all(&srv.idle_q);
+}
+
+bool vbd_nbd_server_wait_last_client(void)
+{
+    uint64_t seen = srv.last_client_gone;
+    while (srv.running && !srv.stopping && srv.last_client_gone == seen)
+        vbd_co_queue_wait(&srv.idle_q);
+    return srv.last_client_gone != seen;
 }
 
 /* Serves one already connected socket to completion (tests and the fuzzer
