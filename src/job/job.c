@@ -766,7 +766,16 @@ void vbd_job_cancel_all_sync(void)
         char id[sizeof(live->id)];
         snprintf(id, sizeof(id), "%s", live->id);
         vbd_qmp_graph_lock();
-        live->auto_dismiss = true;
+        /* every job ends dismissed: a group's abort concludes the others
+         * of the group, maybe while this waited for the lock (live may be
+         * gone or concluded by now) */
+        for (struct vbd_job *j = jobs; j; j = j->next)
+            j->auto_dismiss = true;
+        live = vbd_job_find(id);
+        if (!live || live->status == VBD_JOB_CONCLUDED) {
+            vbd_qmp_graph_unlock();
+            continue;
+        }
         if (!live->cancelled || !live->force_cancel)
             vbd_job_user_cancel(live, true, &e);
         vbd_qmp_graph_unlock();
