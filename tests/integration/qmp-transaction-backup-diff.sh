@@ -7,6 +7,7 @@
 # backup (bitmap-add + full backup, then bitmap-add + incremental backup of
 # the first bitmap) with the guest writing during each backup: the chain
 # restored with qemu-img equals the source at the transaction's instant;
+# pull mode: sync=none into an exported fleecing overlay, read over NBD;
 # grouped jobs waiting for each other, one failing or cancelled cancelling
 # the other, with QEMU's events).
 . "$(dirname "$0")/lib.sh"
