@@ -20,12 +20,15 @@ struct vbd_backup_opts {
     bool auto_finalize, auto_dismiss;
     int max_workers; /* chunks in flight (x-perf.max-workers); 0: the default */
     const char *filter_node_name; /* a copy-before-write node of that name above source while the job runs */
+    struct vbd_job_txn *txn;      /* completion-mode=grouped: the job's group, or NULL */
 };
 
 /* A point-in-time copy of source into target (same size), taken when the
- * job starts: the guest's writes to the source first save the old data
- * into the target. QMP's checks are the caller's. */
-struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, struct vbd_node *target,
-                                 const struct vbd_backup_opts *o, struct vbd_qmp_error *err);
+ * job is created: the guest's writes to the source first save the old data
+ * into the target. QMP's checks are the caller's. The job is created, not started (a transaction's prepare: the point in
+ * time is now; vbd_job_start in its commit, or vbd_job_cancel_unstarted in
+ * its abort, which leaves nothing behind). */
+struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, struct vbd_node *target,
+                                  const struct vbd_backup_opts *o, struct vbd_qmp_error *err);
 
 #endif

@@ -79,6 +79,13 @@ struct vbd_job {
     struct vbd_timer timer;
     struct vbd_job *next;
     void *opaque;     /* the driver's */
+    /* Kept while referenced (vbd_job_ref): its coroutine until it returns,
+     * a transaction action from prepare to clean; a dismissed job stays
+     * readable (status null) until the last reference goes. */
+    int refs;
+    bool completed;  /* its end taken in hand (by its own coroutine or its group's abort) */
+    struct vbd_job_txn *txn; /* completion-mode=grouped: the group, or NULL */
+    struct vbd_job *txn_next;
 };
 
 extern const char *const vbd_job_status_names[VBD_JOB_STATUS_NR];
@@ -90,6 +97,23 @@ struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id,
 void vbd_job_start(struct vbd_job *job);
 /* A job refused after its creation (as QEMU's job_early_fail): null, freed. */
 void vbd_job_early_fail(struct vbd_job *job);
+/* A transaction's backup action (QEMU's job_cancel_sync on a job its
+ * prepare created and nothing started): aborting, concluded, null, no
+ * BLOCK_JOB_* event, the driver's abort and clean run. A job already gone
+ * (its group aborted it) is left alone. */
+void vbd_job_cancel_unstarted(struct vbd_job *job);
+void vbd_job_ref(struct vbd_job *job);
+void vbd_job_unref(struct vbd_job *job);
+
+/* completion-mode=grouped (QEMU's JobTxn): the jobs of a group wait for
+ * each other (waiting) and go pending and are finalized together; if one
+ * fails or is cancelled, the others are cancelled and all abort. */
+struct vbd_job_txn;
+struct vbd_job_txn *vbd_job_txn_new(void);
+void vbd_job_txn_unref(struct vbd_job_txn *txn);
+/* A job just created joins the group (before it starts). */
+void vbd_job_txn_add(struct vbd_job_txn *txn, struct vbd_job *job);
+
 struct vbd_job *vbd_job_find(const char *id);
 struct vbd_job *vbd_job_next(struct vbd_job *prev);
 /* The job that uses n, or NULL. */

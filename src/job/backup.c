@@ -213,8 +213,21 @@ static void backup_commit(struct vbd_job *job)
 static void backup_abort(struct vbd_job *job)
 {
     struct backup *b = job->opaque;
-    if (b->o.bitmap)
-        bitmap_restore(b, b->o.bitmap_mode == VBD_BITMAP_SYNC_ALWAYS);
+    if (!b->o.bitmap)
+        return;
+    if (b->o.bitmap_mode != VBD_BITMAP_SYNC_ALWAYS) {
+        bitmap_restore(b, false);
+        return;
+    }
+    /* always: what was not copied is dirty, whatever the sync mode (QEMU
+     * merges block-copy's bitmap in: all of it for a full backup that
+     * never ran), on top of the writes recorded since the start */
+    uint64_t size = vbd_node_size(b->source);
+    for (uint64_t off = 0; off < size; off += b->saved_gran) {
+        uint64_t len = size - off < b->saved_gran ? size - off : b->saved_gran;
+        if (vbd_cbw_todo_bytes(b->cbw, off, len))
+            vbd_dirty_bitmap_set(b->o.bitmap, off, len);
+    }
 }
 
 static void release(struct backup *b)
@@ -262,8 +275,8 @@ static const struct vbd_job_driver backup_driver = {
     .uses_node = backup_uses,
 };
 
-struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, struct vbd_node *target,
-                                 const struct vbd_backup_opts *o, struct vbd_qmp_error *err)
+struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, struct vbd_node *target,
+                                  const struct vbd_backup_opts *o, struct vbd_qmp_error *err)
 {
     /* QEMU's order: the filter, then the job */
     struct vbd_node *filter = NULL;
@@ -276,6 +289,8 @@ struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, st
         job_filter_co_remove(&filter);
         return NULL;
     }
+    if (o->txn)
+        vbd_job_txn_add(o->txn, job);
     struct backup *b = vbd_xcalloc(1, sizeof(*b));
     b->job = job;
     b->loop = vbd_loop_current();
@@ -309,6 +324,5 @@ struct vbd_job *vbd_backup_start(const char *job_id, struct vbd_node *source, st
     b->hook.end = hook_end;
     __atomic_store_n(&source->write_hook, &b->hook, __ATOMIC_RELEASE);
     job->opaque = b;
-    vbd_job_start(job);
     return job;
 }

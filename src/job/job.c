@@ -54,6 +54,15 @@ static const bool verbs[VBD_VERB_NR][VBD_JOB_STATUS_NR] = {
 
 static struct vbd_job *jobs;
 static struct vbd_co_queue jobs_gone = VBD_CO_QUEUE_INIT;
+static struct vbd_co_queue jobs_ran = VBD_CO_QUEUE_INIT; /* a job's run returned */
+
+/* QEMU's JobTxn. Jobs are put first, so a group aborts and finalizes the
+ * last created first, as QEMU's list does. */
+struct vbd_job_txn {
+    int refs;
+    bool aborting;
+    struct vbd_job *jobs;
+};
 
 static void set_status(struct vbd_job *job, enum vbd_job_status s)
 {
@@ -130,12 +139,58 @@ struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id,
     job->on_error = on_error;
     job->on_target_error = on_error;
     job->busy = true;
+    job->refs = 1; /* the job list's, until dismissed */
     struct vbd_job **pp = &jobs;
     while (*pp)
         pp = &(*pp)->next;
     *pp = job;
     set_status(job, VBD_JOB_CREATED);
     return job;
+}
+
+void vbd_job_ref(struct vbd_job *job) { job->refs++; }
+
+void vbd_job_unref(struct vbd_job *job)
+{
+    if (--job->refs == 0)
+        free(job);
+}
+
+/* ---------- groups (completion-mode=grouped) ---------- */
+
+struct vbd_job_txn *vbd_job_txn_new(void)
+{
+    struct vbd_job_txn *txn = vbd_xcalloc(1, sizeof(*txn));
+    txn->refs = 1;
+    return txn;
+}
+
+void vbd_job_txn_unref(struct vbd_job_txn *txn)
+{
+    if (txn && --txn->refs == 0)
+        free(txn);
+}
+
+void vbd_job_txn_add(struct vbd_job_txn *txn, struct vbd_job *job)
+{
+    job->txn = txn;
+    job->txn_next = txn->jobs;
+    txn->jobs = job;
+    txn->refs++;
+}
+
+static void txn_del(struct vbd_job *job)
+{
+    struct vbd_job_txn *txn = job->txn;
+    if (!txn)
+        return;
+    for (struct vbd_job **pp = &txn->jobs; *pp; pp = &(*pp)->txn_next)
+        if (*pp == job) {
+            *pp = job->txn_next;
+            break;
+        }
+    job->txn = NULL;
+    vbd_job_txn_unref(txn);
 }
 
 static void job_free(struct vbd_job *job)
@@ -145,11 +200,13 @@ static void job_free(struct vbd_job *job)
             *pp = job->next;
             break;
         }
+    txn_del(job);
     vbd_timer_cancel(&job->timer);
     if (job->drv->free)
         job->drv->free(job);
-    free(job);
+    job->opaque = NULL;
     vbd_co_queue_wake_all(&jobs_gone);
+    vbd_job_unref(job);
 }
 
 /* ---------- events ---------- */
@@ -172,14 +229,26 @@ static struct json_object *block_event_data(struct vbd_job *job)
 static void conclude(struct vbd_job *job)
 {
     set_status(job, VBD_JOB_CONCLUDED);
-    if (job->auto_dismiss) {
+    if (job->auto_dismiss || !job->co) { /* never started: nothing to dismiss by hand (QEMU) */
         set_status(job, VBD_JOB_NULL);
         job_free(job);
     }
 }
 
+static void set_failed(struct vbd_job *job, int ret, const char *msg);
+
+/* QEMU's job_update_rc: a cancelled job failed with ECANCELED, a failed one aborts. */
+static void update_rc(struct vbd_job *job)
+{
+    if (job->ret == 0 && vbd_job_is_cancelled(job))
+        set_failed(job, -ECANCELED, NULL);
+    if (job->ret < 0)
+        set_status(job, VBD_JOB_ABORTING);
+}
+
 static void finalize_single(struct vbd_job *job)
 {
+    update_rc(job); /* a group's member aborted after it finished */
     if (job->ret == 0) {
         if (job->drv->commit)
             job->drv->commit(job);
@@ -194,8 +263,8 @@ static void finalize_single(struct vbd_job *job)
     }
     if (job->drv->clean)
         job->drv->clean(job);
-    if (job->drv->plain) {
-        /* JOB_STATUS_CHANGE only */
+    if (job->drv->plain || !job->co) {
+        /* JOB_STATUS_CHANGE only; none either for a job never started (QEMU) */
     } else if (vbd_job_is_cancelled(job)) {
         vbd_qmp_event("BLOCK_JOB_CANCELLED", block_event_data(job));
     } else {
@@ -204,6 +273,7 @@ static void finalize_single(struct vbd_job *job)
             json_object_object_add(d, "error", json_object_new_string(job->error));
         vbd_qmp_event("BLOCK_JOB_COMPLETED", d);
     }
+    txn_del(job);
     conclude(job);
 }
 
@@ -220,9 +290,120 @@ static void abort_job(struct vbd_job *job)
     finalize_single(job);
 }
 
+static bool is_completed(const struct vbd_job *job)
+{
+    return job->status >= VBD_JOB_WAITING;
+}
+
+static void cancel_async(struct vbd_job *job, bool force)
+{
+    if (job->user_paused) {
+        job->user_paused = false;
+        job->pause_count--;
+    }
+    job->cancelled = true;
+    job->force_cancel |= force;
+    vbd_imageops_cancel(&job->ctl);
+}
+
+/* QEMU's job_completed_txn_abort: job failed (or was cancelled); the
+ * others of its group are cancelled, waited for, and all finalized
+ * (aborted), the last created first. Graph lock held. */
+static void txn_abort(struct vbd_job *job)
+{
+    struct vbd_job_txn *txn = job->txn;
+    if (txn->aborting)
+        return; /* the first failed one does it all */
+    txn->aborting = true;
+    txn->refs++;
+    for (struct vbd_job *o = txn->jobs; o; o = o->txn_next)
+        if (o != job)
+            cancel_async(o, true);
+    while (txn->jobs) {
+        struct vbd_job *o = txn->jobs;
+        if (!is_completed(o)) {
+            /* its run ends at its next cancel point; its coroutine then
+             * sees the end taken in hand (completed) and leaves it */
+            while (o->co && !o->run_done) {
+                vbd_job_kick(o);
+                vbd_co_queue_wait(&jobs_ran);
+            }
+            o->completed = true;
+            update_rc(o);
+        }
+        finalize_single(o);
+    }
+    vbd_job_txn_unref(txn);
+}
+
+/* QEMU's job_do_finalize for a group: every member prepared, then all
+ * committed; a failed prepare aborts the group. */
+static void txn_finalize(struct vbd_job *job)
+{
+    struct vbd_job_txn *txn = job->txn;
+    for (struct vbd_job *o = txn->jobs; o; o = o->txn_next) {
+        struct vbd_error *e = NULL;
+        int rc = o->ret == 0 && o->drv->prepare ? o->drv->prepare(o, &e) : 0;
+        if (rc < 0) {
+            set_failed(o, rc, e ? e->msg : NULL);
+            vbd_error_free(e);
+            update_rc(o);
+            txn_abort(job);
+            return;
+        }
+    }
+    txn->refs++;
+    while (txn->jobs)
+        finalize_single(txn->jobs);
+    vbd_job_txn_unref(txn);
+}
+
+/* QEMU's job_completed_txn_success: waiting until the whole group is,
+ * then all pending, then finalized unless one waits for job-finalize. */
+static void txn_success(struct vbd_job *job)
+{
+    struct vbd_job_txn *txn = job->txn;
+    set_status(job, VBD_JOB_WAITING);
+    for (struct vbd_job *o = txn->jobs; o; o = o->txn_next)
+        if (!is_completed(o))
+            return;
+    bool manual = false;
+    for (struct vbd_job *o = txn->jobs; o; o = o->txn_next) {
+        set_status(o, VBD_JOB_PENDING);
+        if (!o->auto_finalize) {
+            manual = true;
+            if (!o->drv->plain) {
+                struct json_object *d = json_object_new_object();
+                json_object_object_add(d, "type", json_object_new_string(o->drv->type));
+                json_object_object_add(d, "id", json_object_new_string(o->id));
+                vbd_qmp_event("BLOCK_JOB_PENDING", d);
+            }
+        }
+    }
+    if (!manual)
+        txn_finalize(job);
+}
+
+void vbd_job_cancel_unstarted(struct vbd_job *job)
+{
+    if (job->status == VBD_JOB_NULL || job->co)
+        return;
+    cancel_async(job, true);
+    job->completed = true;
+    update_rc(job);
+    if (job->txn)
+        txn_abort(job);
+    else
+        finalize_single(job);
+}
+
 /* PENDING -> prepare -> commit/abort -> CONCLUDED */
 static void do_finalize(struct vbd_job *job)
 {
+    if (job->txn) {
+        txn_finalize(job);
+        return;
+    }
     struct vbd_error *e = NULL;
     int rc = job->drv->prepare ? job->drv->prepare(job, &e) : 0;
     if (rc < 0) {
@@ -237,10 +418,20 @@ static void do_finalize(struct vbd_job *job)
 /* run ended: RUNNING/READY -> WAITING -> PENDING (-> finalize) or ABORTING */
 static void job_completed(struct vbd_job *job)
 {
+    job->completed = true;
     if (job->ret == 0 && vbd_job_is_cancelled(job))
         set_failed(job, -ECANCELED, NULL);
     if (job->ret < 0) {
-        abort_job(job);
+        if (job->txn) {
+            set_status(job, VBD_JOB_ABORTING);
+            txn_abort(job);
+        } else {
+            abort_job(job);
+        }
+        return;
+    }
+    if (job->txn) {
+        txn_success(job);
         return;
     }
     set_status(job, VBD_JOB_WAITING);
@@ -261,6 +452,7 @@ static void job_co(void *arg)
 {
     struct vbd_job *job = arg;
     struct vbd_error *e = NULL;
+    vbd_job_ref(job); /* a group's abort may finalize and dismiss it while this waits for the graph lock */
     vbd_job_pause_point(job);
     int rc = vbd_job_is_cancelled(job) ? -ECANCELED : job->drv->run(job, &e);
     job->busy = false;
@@ -268,9 +460,12 @@ static void job_co(void *arg)
     if (rc < 0 && !(rc == -ECANCELED && vbd_job_is_cancelled(job)))
         set_failed(job, rc, e ? e->msg : NULL);
     vbd_error_free(e);
+    vbd_co_queue_wake_all(&jobs_ran);
     vbd_qmp_graph_lock();
-    job_completed(job);
+    if (!job->completed)
+        job_completed(job);
     vbd_qmp_graph_unlock();
+    vbd_job_unref(job);
 }
 
 void vbd_job_early_fail(struct vbd_job *job)
@@ -446,6 +641,14 @@ int vbd_job_user_cancel(struct vbd_job *job, bool force, struct vbd_qmp_error *e
     job->force_cancel |= force;
     job->cancelled = true;
     vbd_imageops_cancel(&job->ctl);
+    if (job->run_done && job->txn) {
+        /* waiting for its group or for job-finalize: the group aborts */
+        if (job->completed) {
+            job->force_cancel = true;
+            txn_abort(job);
+        }
+        return 0;
+    }
     if (job->run_done) {
         /* waiting for job-finalize: abort it now */
         if (job->status == VBD_JOB_PENDING || job->status == VBD_JOB_WAITING) {
@@ -563,7 +766,16 @@ void vbd_job_cancel_all_sync(void)
         char id[sizeof(live->id)];
         snprintf(id, sizeof(id), "%s", live->id);
         vbd_qmp_graph_lock();
-        live->auto_dismiss = true;
+        /* every job ends dismissed: a group's abort concludes the others
+         * of the group, maybe while this waited for the lock (live may be
+         * gone or concluded by now) */
+        for (struct vbd_job *j = jobs; j; j = j->next)
+            j->auto_dismiss = true;
+        live = vbd_job_find(id);
+        if (!live || live->status == VBD_JOB_CONCLUDED) {
+            vbd_qmp_graph_unlock();
+            continue;
+        }
         if (!live->cancelled || !live->force_cancel)
             vbd_job_user_cancel(live, true, &e);
         vbd_qmp_graph_unlock();

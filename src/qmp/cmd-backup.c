@@ -1,8 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * QMP blockdev-backup (qapi/block-core.json BlockdevBackup): the checks in
- * QEMU 7.2's order and words (blockdev.c do_backup_common, backup.c
- * backup_job_create); the job is src/job/backup.c.
+ * QMP blockdev-backup and drive-backup (qapi/block-core.json
+ * BlockdevBackup, DriveBackup): the checks in QEMU 7.2's order and words
+ * (blockdev.c do_backup_common, backup.c backup_job_create); the job is
+ * src/job/backup.c. Both are transaction actions (the commands a
+ * transaction of one, as QEMU's): prepare drains the source's exports and
+ * creates the job, so its point in time is the instant of the other
+ * actions; commit starts it; abort cancels it unstarted (the bitmap gets
+ * its bits back, the target is not written).
  */
 #include "qmp/commands.h"
 #include "qmp/snapshot.h"
@@ -37,54 +42,56 @@ static int pick(const char *s, const char *const *names, int def)
     return -1;
 }
 
-static int on_error(struct json_object *args, const char *key, enum vbd_on_error *out, struct vbd_qmp_error *err)
+static const char *const syncs[] = {"full", "top", "none", "incremental", "bitmap", NULL};
+static const char *const bitmap_modes[] = {"on-success", "never", "always", NULL};
+static const char *const on_errors[] = {"report", "ignore", "enospc", "stop", "auto", NULL};
+static const char *const drive_modes[] = {"existing", "absolute-paths", NULL};
+
+static int check_enum(struct json_object *args, const char *key, const char *const *names, const char *prefix,
+                      struct vbd_qmp_error *err)
 {
-    static const char *const names[] = {"report", "ignore", "enospc", "stop", "auto", NULL};
-    int v = pick(arg_str(args, key), names, 0);
-    if (v < 0) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' does not accept value '%s'", key, arg_str(args, key));
+    if (pick(arg_str(args, key), names, 0) >= 0)
+        return 0;
+    (void)prefix; /* QEMU's visitor names an action's members without the path ('sync', not 'actions[0].data.sync') */
+    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' does not accept value '%s'", key, arg_str(args, key));
+    return -1;
+}
+
+/* The enums, as QEMU's visitor checks them before any action runs. */
+static int backup_check(struct json_object *args, const char *prefix, struct vbd_qmp_error *err)
+{
+    if (check_enum(args, "sync", syncs, prefix, err) < 0 || check_enum(args, "bitmap-mode", bitmap_modes, prefix, err) < 0 ||
+        check_enum(args, "on-source-error", on_errors, prefix, err) < 0 ||
+        check_enum(args, "on-target-error", on_errors, prefix, err) < 0)
         return -1;
-    }
-    *out = v == VBD_ON_ERROR_AUTO ? VBD_ON_ERROR_REPORT : (enum vbd_on_error)v;
     return 0;
 }
 
-/* The options and checks both commands share, then the job; bs and
- * target looked up by the caller. */
-static struct json_object *backup_common(struct json_object *args, struct vbd_node *bs, struct vbd_node *target,
-                                         struct vbd_qmp_error *err);
-
-static struct json_object *qmp_blockdev_backup(struct json_object *args, struct vbd_qmp_error *err)
+static int drive_backup_check(struct json_object *args, const char *prefix, struct vbd_qmp_error *err)
 {
-    struct vbd_node *bs = qmp_lookup_node(arg_str(args, "device"), err);
-    if (!bs)
-        return NULL;
-    struct vbd_node *target = qmp_lookup_node(arg_str(args, "target"), err);
-    if (!target)
-        return NULL;
-    return backup_common(args, bs, target, err);
+    if (check_enum(args, "mode", drive_modes, prefix, err) < 0)
+        return -1;
+    return backup_check(args, prefix, err);
 }
 
-static struct json_object *backup_common(struct json_object *args, struct vbd_node *bs, struct vbd_node *target,
-                                         struct vbd_qmp_error *err)
+static enum vbd_on_error on_error(struct json_object *args, const char *key)
 {
-    static const char *const syncs[] = {"full", "top", "none", "incremental", "bitmap", NULL};
-    static const char *const modes[] = {"on-success", "never", "always", NULL};
+    int v = pick(arg_str(args, key), on_errors, 0);
+    return v == VBD_ON_ERROR_AUTO ? VBD_ON_ERROR_REPORT : (enum vbd_on_error)v;
+}
+
+/* The options and checks both actions share, then the job, created not
+ * started (enums checked by backup_check; bs and target looked up by the
+ * caller). */
+static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *bs, struct vbd_node *target,
+                                     struct vbd_job_txn *txn, struct vbd_qmp_error *err)
+{
     struct vbd_backup_opts o = {0};
     const char *job_id = arg_str(args, "job-id"), *bitmap = arg_str(args, "bitmap");
-    int sync = pick(arg_str(args, "sync"), syncs, 0), mode = pick(arg_str(args, "bitmap-mode"), modes, 0);
-    if (sync < 0) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'sync' does not accept value '%s'", arg_str(args, "sync"));
-        return NULL;
-    }
-    if (mode < 0) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'bitmap-mode' does not accept value '%s'",
-                           arg_str(args, "bitmap-mode"));
-        return NULL;
-    }
-    if (on_error(args, "on-source-error", &o.on_source_error, err) < 0 ||
-        on_error(args, "on-target-error", &o.on_target_error, err) < 0)
-        return NULL;
+    int sync = pick(arg_str(args, "sync"), syncs, 0), mode = pick(arg_str(args, "bitmap-mode"), bitmap_modes, 0);
+    o.on_source_error = on_error(args, "on-source-error");
+    o.on_target_error = on_error(args, "on-target-error");
+    o.txn = txn;
     o.filter_node_name = arg_str(args, "filter-node-name");
     struct json_object *v;
     o.speed = json_object_object_get_ex(args, "speed", &v) ? (uint64_t)json_object_get_int64(v) : 0;
@@ -100,12 +107,26 @@ static struct json_object *backup_common(struct json_object *args, struct vbd_no
     o.auto_dismiss = arg_bool(args, "auto-dismiss", true);
     o.bitmap_mode = (enum vbd_bitmap_sync_mode)mode;
     o.sync = sync == 0 ? VBD_BACKUP_FULL : sync == 1 ? VBD_BACKUP_TOP : sync == 2 ? VBD_BACKUP_NONE : VBD_BACKUP_BITMAP;
+    bool has_mode = json_object_object_get_ex(args, "bitmap-mode", NULL);
+    if (o.sync == VBD_BACKUP_BITMAP && !bitmap) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "must provide a valid bitmap name for '%s' sync mode",
+                           arg_str(args, "sync"));
+        return NULL;
+    }
+    if (sync == 3) { /* incremental: bitmap with on-success, QEMU's sugar */
+        if (has_mode && o.bitmap_mode != VBD_BITMAP_SYNC_ON_SUCCESS) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                               "Bitmap sync mode must be 'on-success' when using sync mode 'incremental'");
+            return NULL;
+        }
+        has_mode = true;
+    }
     if (bitmap) {
         if (!(o.bitmap = vbd_dirty_bitmap_find_below(bs, bitmap, NULL))) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' could not be found", bitmap);
             return NULL;
         }
-        if (!json_object_object_get_ex(args, "bitmap-mode", NULL)) { /* sync=bitmap too: QEMU has no default */
+        if (!has_mode) { /* sync=bitmap too: QEMU has no default */
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap sync mode must be given when providing a bitmap");
             return NULL;
         }
@@ -119,11 +140,13 @@ static struct json_object *backup_common(struct json_object *args, struct vbd_no
                                arg_str(args, "sync"));
             return NULL;
         }
-    } else if (o.sync == VBD_BACKUP_BITMAP) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "must provide a valid bitmap name for '%s' sync mode",
-                           arg_str(args, "sync"));
-        return NULL;
-    } else if (json_object_object_get_ex(args, "bitmap-mode", NULL)) {
+        if (o.bitmap_mode == VBD_BITMAP_SYNC_NEVER && o.sync != VBD_BACKUP_BITMAP) { /* neither read nor written */
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                               "Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '%s'",
+                               arg_str(args, "sync"));
+            return NULL;
+        }
+    } else if (has_mode) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot specify bitmap sync mode without a bitmap");
         return NULL;
     }
@@ -158,27 +181,54 @@ static struct json_object *backup_common(struct json_object *args, struct vbd_no
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Compression is not supported for this drive %s", target->node_name);
         return NULL;
     }
-    if (!vbd_backup_start(job_id ? job_id : "", bs, target, &o, err))
-        return NULL;
-    return vbd_qmp_ok();
+    return vbd_backup_create(job_id ? job_id : "", bs, target, &o, err);
+}
+
+/* ---------- the actions ---------- */
+
+static void backup_commit(struct tx_action *a) { vbd_job_start(a->state); }
+static void backup_abort(struct tx_action *a) { vbd_job_cancel_unstarted(a->state); }
+static void backup_clean(struct tx_action *a)
+{
+    if (a->state)
+        vbd_job_unref(a->state);
+}
+
+/* The job, kept (referenced) until clean: an aborting group may dismiss it first. */
+static int backup_keep(struct tx_action *a, struct vbd_job *job)
+{
+    if (!job)
+        return -1;
+    vbd_job_ref(job);
+    a->state = job;
+    return 0;
+}
+
+static int blockdev_backup_prepare(struct tx_action *a, struct vbd_qmp_error *err)
+{
+    struct vbd_node *bs = qmp_lookup_node(arg_str(a->data, "device"), err);
+    if (!bs)
+        return -1;
+    struct vbd_node *target = qmp_lookup_node(arg_str(a->data, "target"), err);
+    if (!target)
+        return -1;
+    tx_drain(a, bs);
+    return backup_keep(a, backup_common(a->data, bs, target, a->txn, err));
 }
 
 /* drive-backup: the target is a file, made here unless mode=existing (as
  * QEMU: the source's format and size; sync=top's target has the source's
  * backing file, sync=none's the source itself), opened for the job and
  * closed with it. */
-static struct json_object *qmp_drive_backup(struct json_object *args, struct vbd_qmp_error *err)
+static int drive_backup_prepare(struct tx_action *a, struct vbd_qmp_error *err)
 {
-    static const char *const modes[] = {"existing", "absolute-paths", NULL};
+    struct json_object *args = a->data;
     const char *file = arg_str(args, "target"), *format = arg_str(args, "format"), *sync = arg_str(args, "sync");
-    int mode = pick(arg_str(args, "mode"), modes, 1);
-    if (mode < 0) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'mode' does not accept value '%s'", arg_str(args, "mode"));
-        return NULL;
-    }
+    int mode = pick(arg_str(args, "mode"), drive_modes, 1);
     struct vbd_node *bs = qmp_lookup_node(arg_str(args, "device"), err);
     if (!bs)
-        return NULL;
+        return -1;
+    tx_drain(a, bs);
     if (!format && mode == 1)
         format = bs->drv->name;
     struct vbd_node *backing = NULL;
@@ -199,7 +249,7 @@ static struct json_object *qmp_drive_backup(struct json_object *args, struct vbd
         if (rc < 0) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Could not create '%s': %s", file, e ? e->msg : strerror(-rc));
             vbd_error_free(e);
-            return NULL;
+            return -1;
         }
     }
     struct json_object *o = json_object_new_object();
@@ -211,23 +261,52 @@ static struct json_object *qmp_drive_backup(struct json_object *args, struct vbd
     struct vbd_node *target = vbd_open(file, o, VBD_OPEN_RDWR, &e);
     if (!target) {
         vbd_qmp_error_take(err, e);
-        return NULL;
+        return -1;
     }
-    struct json_object *r = backup_common(args, bs, target, err);
+    struct vbd_job *job = backup_common(args, bs, target, a->txn, err);
     vbd_node_unref(target); /* the job holds it until its end */
-    return r;
+    return backup_keep(a, job);
+}
+
+#define BACKUP_ARGS                                                                                                    \
+    "?job-id:str device:str target:str sync:str ?speed:int ?bitmap:str ?bitmap-mode:str ?compress:bool "             \
+    "?on-source-error:str ?on-target-error:str ?auto-finalize:bool ?auto-dismiss:bool ?filter-node-name:str "         \
+    "?x-perf:object"
+
+const struct tx_action_type tx_blockdev_backup = {
+    .name = "blockdev-backup",
+    .arg_spec = BACKUP_ARGS,
+    .check = backup_check,
+    .prepare = blockdev_backup_prepare,
+    .commit = backup_commit,
+    .abort = backup_abort,
+    .clean = backup_clean,
+    .grouped = true,
+};
+
+const struct tx_action_type tx_drive_backup = {
+    .name = "drive-backup",
+    .arg_spec = BACKUP_ARGS " ?format:str ?mode:str",
+    .check = drive_backup_check,
+    .prepare = drive_backup_prepare,
+    .commit = backup_commit,
+    .abort = backup_abort,
+    .clean = backup_clean,
+    .grouped = true,
+};
+
+static struct json_object *qmp_blockdev_backup(struct json_object *args, struct vbd_qmp_error *err)
+{
+    return tx_run_one(&tx_blockdev_backup, args, err);
+}
+
+static struct json_object *qmp_drive_backup(struct json_object *args, struct vbd_qmp_error *err)
+{
+    return tx_run_one(&tx_drive_backup, args, err);
 }
 
 const struct vbd_qmp_command vbd_qmp_cmds_backup[] = {
-    {"drive-backup",
-     "?job-id:str device:str target:str ?format:str sync:str ?mode:str ?speed:int ?bitmap:str ?bitmap-mode:str "
-     "?compress:bool ?on-source-error:str ?on-target-error:str ?auto-finalize:bool ?auto-dismiss:bool "
-     "?filter-node-name:str ?x-perf:object",
-     qmp_drive_backup, 0},
-    {"blockdev-backup",
-     "?job-id:str device:str target:str sync:str ?speed:int ?bitmap:str ?bitmap-mode:str ?compress:bool "
-     "?on-source-error:str ?on-target-error:str ?auto-finalize:bool ?auto-dismiss:bool ?filter-node-name:str "
-     "?x-perf:object",
-     qmp_blockdev_backup, 0},
+    {"drive-backup", BACKUP_ARGS " ?format:str ?mode:str", qmp_drive_backup, 0},
+    {"blockdev-backup", BACKUP_ARGS, qmp_blockdev_backup, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * QMP 'transaction': several snapshot and bitmap actions, all or nothing
- * (qapi/transaction.json). Every action is checked first (shape and
- * argument types, as QEMU's visitor does before anything runs), then
+ * QMP 'transaction': several snapshot, bitmap and backup actions, all or
+ * nothing (qapi/transaction.json). Every action is checked first (shape
+ * and argument types, as QEMU's visitor does before anything runs), then
  * prepared in order; if one fails, those prepared are aborted in reverse
- * order, else all are committed. completion-mode 'grouped' only matters
- * for block jobs, which no action here starts: refused as QEMU refuses it
- * for these actions.
+ * order, else all are committed. A backup's job is created in its prepare
+ * (under the drain, the same instant as the other actions) and started in
+ * its commit. completion-mode 'grouped' puts the backups' jobs in one
+ * group (vbd_job_txn: one failing cancels the others); the actions that
+ * start no job refuse it, as QEMU's do.
  */
 #include "qmp/commands.h"
 #include "qmp/snapshot.h"
@@ -62,10 +64,10 @@ void tx_drain(struct tx_action *a, struct vbd_node *n)
 
 static bool grouped_refused(const struct tx_action *a, bool grouped, struct vbd_qmp_error *err)
 {
-    if (grouped)
+    if (grouped && !a->type->grouped)
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Action '%s' does not support Transaction property completion-mode = grouped", a->type->name);
-    return grouped;
+    return grouped && !a->type->grouped;
 }
 
 static int tx_run(struct tx_action *acts, int n, bool grouped, struct vbd_qmp_error *err)
@@ -120,7 +122,8 @@ static int abort_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Transaction aborted using Abort action");
     return -1;
 }
-static const struct tx_action_type tx_abort = {.name = "abort", .arg_spec = "", .prepare = abort_prepare};
+/* QEMU's abort action does not check completion-mode */
+static const struct tx_action_type tx_abort = {.name = "abort", .arg_spec = "", .prepare = abort_prepare, .grouped = true};
 
 static const struct tx_action_type *const action_types[] = {
     &tx_abort,
@@ -133,6 +136,8 @@ static const struct tx_action_type *const action_types[] = {
     &tx_blockdev_snapshot,
     &tx_internal_snapshot,
     &tx_blockdev_snapshot_sync,
+    &tx_blockdev_backup,
+    &tx_drive_backup,
     NULL,
 };
 
@@ -183,7 +188,12 @@ struct json_object *qmp_transaction(struct json_object *args, struct vbd_qmp_err
             goto fail;
         }
     }
-    if (tx_run(acts, n, grouped, err) < 0)
+    struct vbd_job_txn *txn = grouped ? vbd_job_txn_new() : NULL;
+    for (int i = 0; i < n; i++)
+        acts[i].txn = txn;
+    int rc = tx_run(acts, n, grouped, err);
+    vbd_job_txn_unref(txn); /* the jobs hold it */
+    if (rc < 0)
         goto fail;
     free(acts);
     return vbd_qmp_ok();

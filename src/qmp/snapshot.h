@@ -5,7 +5,7 @@
 /*
  * The actions of QMP's 'transaction' (cmd-transaction.c), defined where
  * their commands are: the snapshots in cmd-snapshot.c, the dirty bitmaps
- * in cmd-bitmap.c. A command that is also an action runs as a transaction
+ * in cmd-bitmap.c, the backups in cmd-backup.c. A command that is also an action runs as a transaction
  * of one, as QEMU does, so both paths check and act alike.
  *
  * An action's prepare does the work and keeps what abort needs to undo
@@ -31,6 +31,7 @@ struct tx_action_type {
     void (*commit)(struct tx_action *a);                              /* may be NULL */
     void (*abort)(struct tx_action *a);                               /* may be NULL */
     void (*clean)(struct tx_action *a);                               /* may be NULL */
+    bool grouped; /* takes completion-mode=grouped (starts a job); the others refuse it, as QEMU's */
 };
 
 struct tx_action {
@@ -39,11 +40,13 @@ struct tx_action {
     void *state;              /* the action's own, freed by clean */
     struct vbd_daemon_drain drain;
     bool drained;
+    struct vbd_job_txn *txn; /* completion-mode=grouped: the group its job joins, else NULL */
 };
 
 extern const struct tx_action_type tx_blockdev_snapshot_sync, tx_blockdev_snapshot, tx_internal_snapshot;
 extern const struct tx_action_type tx_bitmap_add, tx_bitmap_remove, tx_bitmap_clear, tx_bitmap_enable,
     tx_bitmap_disable, tx_bitmap_merge;
+extern const struct tx_action_type tx_blockdev_backup, tx_drive_backup; /* cmd-backup.c */
 
 /* Drain the exports that reach n until the action is cleaned. */
 void tx_drain(struct tx_action *a, struct vbd_node *n);
