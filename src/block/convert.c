@@ -391,7 +391,7 @@ static void convert_worker(void *opaque)
     for (;;) {
         uint64_t off = 0, soff = 0, roff = 0, len = 0, seq = 0;
         struct vbd_node *src, *rnode;
-        bool zero;
+        bool zero = false;
         claim_lock(cv);
         int claimed = convert_claim(cv, &off, &src, &soff, &rnode, &roff, &len, &zero, &seq);
         claim_unlock(cv);
