@@ -243,6 +243,17 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * disk) is not a request: a driver checks it and fails with an error
  * (-EIO, corrupt), never with an assert.
  */
+/* A write of data to a format node whose bytes the caller writes itself,
+ * from any loop (convert writing a new qcow2 image on several threads: the
+ * image's metadata stays on its home loop, the data copy does not). */
+struct vbd_split_write {
+    uint64_t off, len;     /* guest bytes [off, off+len) placed; len 0: none */
+    uint64_t normal;       /* with len 0: bytes from off to write with vbd_node_co_pwritev instead */
+    struct vbd_node *file; /* the data of [off, off+len) goes to file at host: multi-loop */
+    uint64_t host;
+    _Alignas(8) unsigned char priv[64]; /* the driver's, until commit (qcow2: its range lock) */
+};
+
 struct vbd_driver {
     const char *name;
     enum vbd_driver_kind kind;
@@ -260,6 +271,13 @@ struct vbd_driver {
 
     int (*co_preadv)(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
     int (*co_pwritev)(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
+    /* Optional, a write split in three (struct vbd_split_write): prepare
+     * places a prefix of [off, off+bytes) in w (or says how much to write
+     * with co_pwritev instead), the caller writes the data to w->file,
+     * commit links it (rc < 0: gives it back). Same contract as
+     * co_pwritev (no flags); both on the home loop. */
+    int (*co_write_prepare)(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_split_write *w);
+    int (*co_write_commit)(struct vbd_node *n, struct vbd_split_write *w, int rc);
     int (*co_flush)(struct vbd_node *n);
     int (*co_pdiscard)(struct vbd_node *n, uint64_t off, uint64_t bytes);
     int (*co_pwrite_zeroes)(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
@@ -490,6 +508,17 @@ int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes);
 bool vbd_node_growable(const struct vbd_node *n);
 int vbd_node_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
 int vbd_node_co_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
+/* The split write (struct vbd_split_write), from any loop: prepare places
+ * a prefix of [off, off+bytes) (w->len, 0 when the node cannot: then
+ * w->normal bytes go through vbd_node_co_pwritev); the caller writes w->len
+ * bytes to w->file at w->host, then commit links them whatever the write
+ * returned (rc: its result; < 0 gives the space back) and returns rc or
+ * commit's error. Until commit, the range reads as before. Not with a
+ * write hook, dirty bitmaps, detect-zeroes or a write threshold on n. */
+int vbd_node_co_write_prepare(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_split_write *w);
+int vbd_node_co_write_commit(struct vbd_node *n, struct vbd_split_write *w, int rc);
+/* Whether n's driver can split writes (vbd_node_co_write_prepare may place some). */
+bool vbd_node_can_split_writes(const struct vbd_node *n);
 int vbd_node_co_pread(struct vbd_node *n, uint64_t off, void *buf, uint64_t bytes);
 int vbd_node_co_pwrite(struct vbd_node *n, uint64_t off, const void *buf, uint64_t bytes, unsigned flags);
 int vbd_node_co_flush(struct vbd_node *n);  /* flushes the node and, below it, its children */

@@ -72,7 +72,21 @@ struct convert {
     struct convert_ext *win;
     unsigned win_n, win_i;
     uint64_t win_end;
+    /* Threaded to a target that is not multi-loop (a new qcow2 image): its
+     * metadata stays on its home loop, where each worker takes its turn
+     * (next_write_seq, in claim order unless out_of_order: clusters are
+     * allocated in guest order, as qemu-img's sequential writes lay them
+     * out) to write zeroes and place its data (vbd_node_co_write_prepare);
+     * the data is written to the image's file from the worker's own
+     * thread, then linked back on the home loop (the L2 entries after the
+     * data, as a write on the home loop does). */
+    bool split;
+    struct vbd_loop *dst_home;
 };
+
+/* A split convert's claim that goes nowhere near the target's home loop
+ * (zeroes on a target that reads as zeroes): it takes no turn. */
+#define NO_TURN UINT64_MAX
 
 /* One block status request covers at most this much: nbd and the drivers'
  * own limits are far below 2^63, and a bounded extent bounds the work a
@@ -232,7 +246,7 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     cv->next = *off + pnum;
     *src_node = src;
     *len = pnum;
-    *seq = cv->seq++;
+    *seq = cv->split && *zero && cv->o->target_is_zero ? NO_TURN : cv->seq++;
     return 1;
 }
 
@@ -256,7 +270,103 @@ static void claim_unlock(struct convert *cv)
 struct convert_worker {
     struct convert *cv;
     struct vbd_loop *loop;
+    struct vbd_split_write *sw; /* split: the data placed by one turn */
+    int *swrc;                  /* and its writes' results */
+    unsigned nsw;
 };
+
+/* The first error of a split write is reported, the ones after it are its consequences. */
+static int split_error(struct vbd_error **err, int rc, struct vbd_node *dst, uint64_t off)
+{
+    if (!*err)
+        imageops_io_error(err, rc, "Could not write", dst, off);
+    return rc;
+}
+
+/* A split convert's write of a chunk read into buf (see struct convert):
+ * its turn on the target's home loop, the data written from here, linked
+ * there. */
+static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, bool zero, const uint8_t *buf,
+                       const uint64_t *runs, unsigned nruns, bool first_zero, uint64_t seq, struct vbd_error **err)
+{
+    struct convert *cv = w->cv;
+    if (seq == NO_TURN)
+        return 0;
+    struct vbd_loop *here = vbd_loop_current();
+    vbd_co_move_to(cv->dst_home);
+    if (!cv->o->out_of_order)
+        while (cv->next_write_seq != seq && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
+            vbd_co_queue_wait(&cv->order_q);
+    int rc = 0;
+    unsigned nt = 0;
+    if (__atomic_load_n(&cv->error, __ATOMIC_RELAXED)) {
+        rc = -ECANCELED; /* the first error is reported */
+    } else if (zero) {
+        rc = imageops_write_zeroes(cv->dst, off, len, cv->o, err);
+    } else {
+        uint64_t pos = 0;
+        for (unsigned i = 0; i < nruns && rc == 0; i++) {
+            uint64_t end = pos + runs[i];
+            if ((i % 2 == 0) == first_zero) {
+                rc = imageops_write_zeroes(cv->dst, off + pos, runs[i], cv->o, err);
+                pos = end;
+            }
+            while (rc == 0 && pos < end) {
+                /* room for a chunk's runs and then some: past that, the rest is written here */
+                uint64_t normal = end - pos;
+                if (nt < w->nsw) {
+                    struct vbd_split_write *t = &w->sw[nt];
+                    rc = vbd_node_co_write_prepare(cv->dst, off + pos, end - pos, t);
+                    if (rc < 0)
+                        break;
+                    if (t->len) {
+                        nt++;
+                        pos += t->len;
+                        continue;
+                    }
+                    normal = t->normal;
+                }
+                rc = vbd_node_co_pwrite(cv->dst, off + pos, buf + pos, normal, 0);
+                if (rc == 0)
+                    pos += normal;
+            }
+            if (rc < 0)
+                split_error(err, rc, cv->dst, off + pos);
+        }
+    }
+    if (!cv->o->out_of_order && cv->next_write_seq == seq) {
+        cv->next_write_seq++;
+        vbd_co_queue_wake_all(&cv->order_q);
+    }
+    if (!nt) {
+        vbd_co_move_to(here);
+        return rc;
+    }
+    vbd_co_move_to(here);
+    int *wrc = w->swrc;
+    for (unsigned i = 0; i < nt; i++) {
+        struct vbd_split_write *t = &w->sw[i];
+        wrc[i] = -ECANCELED;
+        if (rc == 0) {
+            struct iovec one;
+            struct vbd_qiov q;
+            vbd_qiov_init_buf(&q, &one, (void *)(buf + (t->off - off)), t->len);
+            wrc[i] = vbd_node_co_pwritev(t->file, t->host, t->len, &q, 0, 0);
+            if (wrc[i] < 0)
+                rc = split_error(err, wrc[i], cv->dst, t->off);
+        }
+    }
+    vbd_co_move_to(cv->dst_home);
+    for (unsigned i = 0; i < nt; i++) {
+        struct vbd_split_write *t = &w->sw[i];
+        uint64_t toff = t->off;
+        int crc = vbd_node_co_write_commit(cv->dst, t, wrc[i]);
+        if (crc < 0 && rc == 0)
+            rc = split_error(err, crc, cv->dst, toff);
+    }
+    vbd_co_move_to(here);
+    return rc;
+}
 
 static void convert_worker(void *opaque)
 {
@@ -273,10 +383,15 @@ static void convert_worker(void *opaque)
     unsigned rflags = cv->threaded ? VBD_REQ_INLINE : 0;
     uint8_t *buf = vbd_alloc_aligned(4096, cv->o->chunk_size);
     uint64_t *runs = imageops_runs_new(cv->o);
+    if (cv->split) {
+        w->nsw = (unsigned)imageops_runs_max(cv->o, cv->o->chunk_size) + 4;
+        w->sw = vbd_xcalloc(w->nsw, sizeof(*w->sw));
+        w->swrc = vbd_xcalloc(w->nsw, sizeof(*w->swrc));
+    }
     for (;;) {
-        uint64_t off, soff, roff, len, seq;
+        uint64_t off = 0, soff = 0, roff = 0, len = 0, seq = 0;
         struct vbd_node *src, *rnode;
-        bool zero;
+        bool zero = false;
         claim_lock(cv);
         int claimed = convert_claim(cv, &off, &src, &soff, &rnode, &roff, &len, &zero, &seq);
         claim_unlock(cv);
@@ -301,7 +416,9 @@ static void convert_worker(void *opaque)
         if (!cv->o->out_of_order && !cv->threaded)
             while (cv->next_write_seq != seq && !cv->error)
                 vbd_co_queue_wait(&cv->order_q);
-        if (rc == 0 && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
+        if (rc == 0 && cv->split)
+            rc = split_write(w, off, len, zero, buf, runs, nruns, first_zero, seq, &err);
+        else if (rc == 0 && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
             rc = zero ? imageops_write_zeroes(cv->dst, off, len, cv->o, &err)
                       : imageops_write_runs(cv->dst, off, buf, runs, nruns, first_zero, cv->o, &err);
         if (!cv->o->out_of_order && !cv->threaded) {
@@ -317,6 +434,8 @@ static void convert_worker(void *opaque)
             break;
         }
     }
+    free(w->sw);
+    free(w->swrc);
     free(runs);
     free(buf);
     vbd_co_move_to(home);
@@ -433,7 +552,11 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
     /* A claim under thread_lock must not hop to a home loop (the loop there
      * may be blocked on the lock): multi-loop chains, or sources mapped
      * before the claims, checked here. */
-    bool can_thread = o.threads > 1 && !(ctl && ctl->chunk_done) && vbd_node_chain_multi_loop(dst);
+    bool dst_any_loop = vbd_node_chain_multi_loop(dst);
+    /* the turns' queue is this loop's: the target's home has to be it */
+    bool split = !dst_any_loop && !o.write_flags && vbd_node_can_split_writes(dst) &&
+                 vbd_node_home_loop(dst) == vbd_loop_current();
+    bool can_thread = o.threads > 1 && !(ctl && ctl->chunk_done) && (dst_any_loop || split);
     bool mapped = false;
     for (int i = 0; i < nsrc && can_thread; i++) {
         if (vbd_node_chain_multi_loop(src[i]))
@@ -446,15 +569,19 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
         /* Mapped, every worker gets a thread of its own: this loop maps the
          * windows and runs the hops of reads that go through the source (a
          * compressed cluster), which a worker here, whose I/O never yields,
-         * would hold off until the window's end. */
-        unsigned n = mapped ? want + 1 : want;
+         * would hold off until the window's end. Split, the same for the
+         * target's turns. */
+        bool own = mapped || split;
+        unsigned n = own ? want + 1 : want;
         threads = vbd_xcalloc(n, sizeof(*threads));
         nthreads = threads_start(threads, n);
         if (nthreads) {
             cv.threaded = true;
             cv.mapped = mapped;
+            cv.split = split;
+            cv.dst_home = vbd_node_home_loop(dst);
             pthread_mutex_init(&cv.thread_lock, NULL);
-            nworkers = mapped ? nthreads : nthreads + 1;
+            nworkers = own ? nthreads : nthreads + 1;
         }
     }
     if (cv.mapped)
@@ -471,7 +598,10 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
          * stays on this loop must start after the others have left it. */
         for (unsigned i = nworkers; i-- > 0;) {
             workers[i].cv = &cv;
-            workers[i].loop = !cv.threaded ? NULL : cv.mapped ? threads[i].loop : i ? threads[i - 1].loop : NULL;
+            workers[i].loop = !cv.threaded                ? NULL
+                              : cv.mapped || cv.split ? threads[i].loop
+                              : i                     ? threads[i - 1].loop
+                                                      : NULL;
             vbd_co_wake(vbd_co_create(convert_worker, &workers[i]));
         }
         while (cv.running)

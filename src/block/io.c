@@ -484,6 +484,48 @@ int vbd_node_co_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
     return node_rw(n, true, off, bytes, qiov, qiov_off, flags);
 }
 
+bool vbd_node_can_split_writes(const struct vbd_node *n)
+{
+    return n->drv->co_write_prepare && n->drv->co_write_commit;
+}
+
+int vbd_node_co_write_prepare(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_split_write *w)
+{
+    assert(vbd_in_co());
+    w->off = off;
+    w->len = 0;
+    w->normal = bytes;
+    w->file = NULL;
+    w->host = 0;
+    /* what node_rw_data and node_op_hooked would do around the driver's
+     * write (tracking, bouncing, hooks, bitmaps, thresholds) the data write
+     * here would miss: such nodes write normally */
+    uint64_t a = n->bl.request_alignment;
+    if (!vbd_node_can_split_writes(n) || n->read_only || n->detect_zeroes || ((off | bytes) & (a - 1)) ||
+        needs_tracking(n) || __atomic_load_n(&n->write_hook, __ATOMIC_ACQUIRE) || vbd_node_has_dirty_bitmaps(n) ||
+        __atomic_load_n(&n->write_threshold, __ATOMIC_RELAXED) || !bytes)
+        return 0;
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = check_range(n, off, bytes);
+    if (rc == 0)
+        rc = n->drv->co_write_prepare(n, off, bytes, w);
+    vbd_node_co_leave_home(origin);
+    assert(rc < 0 || w->len || w->normal);
+    return rc;
+}
+
+int vbd_node_co_write_commit(struct vbd_node *n, struct vbd_split_write *w, int rc)
+{
+    assert(vbd_in_co());
+    if (!w->len)
+        return rc;
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int crc = n->drv->co_write_commit(n, w, rc);
+    vbd_node_co_leave_home(origin);
+    w->len = 0;
+    return rc < 0 ? rc : crc;
+}
+
 int vbd_node_co_pread(struct vbd_node *n, uint64_t off, void *buf, uint64_t bytes)
 {
     struct iovec one;

@@ -30,10 +30,13 @@ static bool on_tmpfs(struct vbd_node *n)
  * flight per thread instead of -m. Not with -p (its callback runs in the
  * copy's coroutines) nor -c (qcow2 is single-loop). A qcow2 source, opened
  * read-only and locked (not -U), is mapped on this loop and its data read
- * from its file on the threads (vbd_convert_source_mapped). */
+ * from its file on the threads (vbd_convert_source_mapped). A qcow2
+ * target's data is written from the threads too, its metadata on this
+ * loop (vbd_node_co_write_prepare). */
 static unsigned convert_threads(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, int parallel)
 {
-    if (!vbd_node_writes_inline(dst) || !vbd_node_chain_multi_loop(dst) || !on_tmpfs(dst))
+    if (!vbd_node_writes_inline(dst) || !(vbd_node_chain_multi_loop(dst) || vbd_node_can_split_writes(dst)) ||
+        !on_tmpfs(dst))
         return 1;
     for (int i = 0; i < nsrc; i++) {
         if (!vbd_node_chain_multi_loop(src[i]) && !vbd_convert_source_mapped(src[i]))

@@ -16,6 +16,18 @@ if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
     shm=$(mktemp -d /dev/shm/vbd-test.XXXXXX); on_exit "rm -rf $shm"
     dirs="$T $shm"
 fi
+# the data ranges of an image (host offsets left out: the two qcow2 writers lay out their files differently)
+data_ranges() {
+    qemu-img map --output=json -f "$1" "$2" | python3 -c '
+import json, sys
+out = []
+for e in json.load(sys.stdin):
+    if e["data"] and out and out[-1][1] == e["start"]:
+        out[-1][1] += e["length"]
+    elif e["data"]:
+        out.append([e["start"], e["start"] + e["length"]])
+print(out)'
+}
 for d in $dirs; do
 qemu-img convert -f raw -O raw "$src" "$d/ref.raw"
 for t in unsafe none; do for m in 1 8 16; do for w in "" -W; do
@@ -114,6 +126,71 @@ PY
     must qemu-img compare -f raw -F raw "$shm/tworef.raw" "$shm/two.raw" >/dev/null
     diff <(qemu-img map --output=json -f raw "$shm/two.raw") <(qemu-img map --output=json -f raw "$shm/tworef.raw") \
         || fail "allocation differs from qemu-img convert -n's"
+    # qcow2 targets on tmpfs are written by the threads too: clusters placed
+    # in order and linked on the main loop, each worker writing its data to
+    # the image's file from its own thread; partial clusters, allocated or
+    # preallocated ones and extended L2 images go the main loop's path.
+    # Against qemu-img's convert: content, qemu-img check, data ranges.
+    cp --sparse=always "$src" "$shm/src.raw"
+    for in in "raw $shm/src.raw" "qcow2 $shm/top.qcow2"; do
+        read -r f i <<<"$in"
+        for opt in "" "-S 0" "-S 64k" "-m 16 -W" "-m 1" "-o cluster_size=4k" "-o cluster_size=512" \
+                   "-o cluster_size=2M" "-o compat=0.10" "-o extended_l2=on" "-o preallocation=metadata" \
+                   "-o data_file=$shm/dst.data"; do
+            step "tmpfs, threads: $f -> qcow2 convert $opt"
+            rm -f "$shm/dst.qcow2" "$shm/ref.qcow2" "$shm/dst.data"
+            must "$VBD_IMG" convert $opt -f $f -O qcow2 "$i" "$shm/dst.qcow2" >/dev/null
+            must qemu-img compare -f $f -F qcow2 "$i" "$shm/dst.qcow2" >/dev/null
+            must qemu-img check -q "$shm/dst.qcow2"
+            rm -f "$shm/ref.data"
+            must qemu-img convert ${opt//dst.data/ref.data} -f $f -O qcow2 "$i" "$shm/ref.qcow2" >/dev/null
+            # extended L2: vbd allocates a 4k write's whole cluster where qemu-img
+            # allocates subclusters, on the main loop's path as before (not this code)
+            [[ $opt = *extended_l2* ]] || [ "$(data_ranges qcow2 "$shm/dst.qcow2")" = "$(data_ranges qcow2 "$shm/ref.qcow2")" ] ||
+                fail "$f $opt: data ranges $(data_ranges qcow2 "$shm/dst.qcow2"), qemu-img's $(data_ranges qcow2 "$shm/ref.qcow2")"
+        done
+    done
+    # (content and check only: vbd's -B writes the backing file's data and
+    # zero clusters into the target too, where qemu-img leaves them to the
+    # backing file; the same before the threads)
+    step "tmpfs, threads: qcow2 target over a backing file (-B)"
+    rm -f "$shm/dst.qcow2"
+    must "$VBD_IMG" convert -f qcow2 -O qcow2 -B "$shm/base.qcow2" -F qcow2 "$shm/top.qcow2" "$shm/dst.qcow2"
+    must qemu-img compare -f qcow2 -F qcow2 "$shm/top.qcow2" "$shm/dst.qcow2" >/dev/null
+    must qemu-img check -q "$shm/dst.qcow2"
+    step "tmpfs, threads: -n into existing qcow2 images, a new one and one full of other data"
+    for fill in "" "write -P 9 0 256M"; do
+        for out in "$shm/dst.qcow2" "$shm/ref.qcow2"; do
+            rm -f "$out"
+            qemu-img create -q -f qcow2 "$out" 256M
+            [ -z "$fill" ] || qemu-io -f qcow2 -c "$fill" "$out" >/dev/null
+        done
+        must "$VBD_IMG" convert -n -f raw -O qcow2 "$shm/src.raw" "$shm/dst.qcow2"
+        must qemu-img convert -n -f raw -O qcow2 "$shm/src.raw" "$shm/ref.qcow2"
+        must qemu-img compare -f raw -F qcow2 "$shm/src.raw" "$shm/dst.qcow2" >/dev/null
+        must qemu-img check -q "$shm/dst.qcow2"
+        # over data, vbd's zero chunks start 4k into a cluster (where the source's
+        # hole does) and leave zeroed clusters allocated where qemu-img's are
+        # zero clusters: the same before the threads, content and check only
+        [ -n "$fill" ] || [ "$(data_ranges qcow2 "$shm/dst.qcow2")" = "$(data_ranges qcow2 "$shm/ref.qcow2")" ] ||
+            fail "-n ${fill:-new}: data ranges $(data_ranges qcow2 "$shm/dst.qcow2"), qemu-img's $(data_ranges qcow2 "$shm/ref.qcow2")"
+    done
+    step "tmpfs, threads: a qcow2 target's data write that fails (blkdebug EIO) fails the convert, naming it"
+    # host sector 6144 (3 MiB): inside the data the 5 MiB of the source's data clusters are laid out in
+    rm -f "$shm/dst.qcow2"
+    qemu-img create -q -f qcow2 "$shm/dst.qcow2" 256M
+    out=$("$VBD_IMG" convert -n -f raw --target-image-opts "$shm/src.raw" "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=$shm/dst.qcow2,file.inject-error.0.event=write_aio,file.inject-error.0.errno=5,file.inject-error.0.sector=6144" 2>&1) &&
+        fail "convert to a failing target succeeded"
+    grep -q "Could not write .* at offset .*: Input/output error" <<<"$out" || fail "not the write's error: $out"
+    must qemu-img check -q "$shm/dst.qcow2"
+    step "tmpfs, threads: a qcow2 target's write past the file size limit fails the convert, naming it"
+    rm -f "$shm/dst.qcow2"
+    qemu-img create -q -f qcow2 "$shm/dst.qcow2" 256M
+    out=$( (trap '' XFSZ; ulimit -f 4096; "$VBD_IMG" convert -n -f raw -O qcow2 "$shm/src.raw" "$shm/dst.qcow2") 2>&1) &&
+        fail "convert past the file size limit succeeded"
+    grep -q "Could not write '$shm/dst.qcow2' at offset .*: File too large" <<<"$out" || fail "not the write's error: $out"
+    qemu-img check -q "$shm/dst.qcow2" >/dev/null 2>&1 || [ $? = 3 ] || fail "after the failed write: qemu-img check is neither clean nor only leaky"
+    rm -f "$shm/dst.qcow2" "$shm/ref.qcow2" "$shm/dst.data" "$shm/ref.data" "$shm/src.raw"
     step "tmpfs, threads: a qcow2 source whose data cluster fails to read (blkdebug EIO) fails the convert, naming it"
     # the host offset of guest 101M (inside the 3M written at 100M), in sectors
     host=$(qemu-img map --output=json -f qcow2 "$shm/top.qcow2" | python3 -c '
@@ -128,18 +205,6 @@ for e in json.load(sys.stdin):
     grep -q "Could not read .* at offset .*: Input/output error" <<<"$out" || fail "not the read's error: $out"
     rm -f "$shm"/*.raw "$shm"/*.qcow2
 fi
-# the data ranges of an image (host offsets left out: the two qcow2 writers lay out their files differently)
-data_ranges() {
-    qemu-img map --output=json -f "$1" "$2" | python3 -c '
-import json, sys
-out = []
-for e in json.load(sys.stdin):
-    if e["data"] and out and out[-1][1] == e["start"]:
-        out[-1][1] += e["length"]
-    elif e["data"]:
-        out.append([e["start"], e["start"] + e["length"]])
-print(out)'
-}
 step "convert -S 0 writes zeroes and holes as data: the target is fully allocated, as qemu-img's"
 for fmt in raw qcow2; do
     rm -f "$T/dst.$fmt" "$T/ref.$fmt"

@@ -791,19 +791,17 @@ unlock:
     return rc;
 }
 
-/* Several whole clusters that are unallocated (and not being allocated):
- * one contiguous host run, one data write. Returns the bytes written (0 when
- * the fast path does not apply) or -errno. */
-#define RUN_MAX 64
-static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
+/* Lock held. Up to max whole clusters at off (cluster aligned, bytes of
+ * them) that are unallocated and not being allocated: registered in r and
+ * given host clusters from *host on, one contiguous run. Returns how many
+ * (0: fewer than min (>= 1) such clusters, nothing held) or -errno. */
+static int64_t new_run_begin(struct vbd_node *n, uint64_t off, uint64_t bytes, uint64_t min, uint64_t max,
+                             struct qcow2_range *r, uint64_t *host)
 {
     struct qcow2_state *s = n->opaque;
-    if ((off & (s->cluster_size - 1)) || bytes < 2 * s->cluster_size || s->extended_l2)
-        return 0;
-    vbd_co_mutex_lock(&s->lock);
-    uint64_t k = 0, max = bytes >> s->cluster_bits;
-    if (max > RUN_MAX)
-        max = RUN_MAX;
+    uint64_t k = 0;
+    if (bytes >> s->cluster_bits < max)
+        max = bytes >> s->cluster_bits;
     bool backed = n->backing != NULL;
     /* the lock stays held from here to range_lock: nobody registers a range meanwhile */
     for (; k < max; k++) {
@@ -814,29 +812,35 @@ static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, s
         if (!(t == QCOW2_UNALLOCATED || (t == QCOW2_ZERO_PLAIN && !backed)) || (e & L2E_OFFSET_MASK))
             break;
     }
-    if (k < 2) {
-        vbd_co_mutex_unlock(&s->lock);
+    if (k < min)
         return 0;
-    }
-    struct qcow2_range r;
     uint64_t len = k << s->cluster_bits;
-    if (range_lock(s, &r, off, off + len, true)) {
-        range_unlock(s, &r); /* cannot happen (see above); the cluster path copes either way */
-        vbd_co_mutex_unlock(&s->lock);
+    if (range_lock(s, r, off, off + len, true)) {
+        range_unlock(s, r); /* cannot happen (see above); the cluster path copes either way */
         return 0;
     }
     int64_t start = alloc_data(s, off, k);
     int rc = start < 0 ? (int)start : 0;
     if (rc == 0 && qcow2_data_overlaps(s, (uint64_t)start, len))
         rc = qcow2_signal_corruption(s, "data clusters would overwrite metadata", (uint64_t)start);
-    if (rc == 0) {
-        vbd_co_mutex_unlock(&s->lock);
-        rc = vbd_node_co_pwritev(s->data, (uint64_t)start, len, q, qoff, 0);
-        vbd_co_mutex_lock(&s->lock);
-        if (rc < 0 && !s->external)
-            for (uint64_t i = 0; i < k; i++) /* never referenced: give them back */
-                qcow2_update_refcount(s, (uint64_t)start + (i << s->cluster_bits), -1);
+    if (rc < 0) {
+        range_unlock(s, r);
+        return rc;
     }
+    *host = (uint64_t)start;
+    return (int64_t)k;
+}
+
+/* Lock held. The end of new_run_begin's run once its data write returned
+ * rc: the L2 entries point at the data (which is written: a crash before the
+ * next writeback only leaks the clusters), or on failure the clusters are
+ * given back. The range is released either way. */
+static int new_run_end(struct vbd_node *n, uint64_t off, uint64_t k, uint64_t start, struct qcow2_range *r, int rc)
+{
+    struct qcow2_state *s = n->opaque;
+    if (rc < 0 && !s->external)
+        for (uint64_t i = 0; i < k; i++) /* never referenced: give them back */
+            qcow2_update_refcount(s, start + (i << s->cluster_bits), -1);
     for (uint64_t i = 0; rc == 0 && i < k; i++) {
         uint64_t *table;
         uint32_t index;
@@ -844,12 +848,83 @@ static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, s
         rc = qcow2_get_l2(s, off + (i << s->cluster_bits), true, &table, &index, &slot);
         if (rc < 0)
             break;
-        table[index] = be64(((uint64_t)start + (i << s->cluster_bits)) | QCOW_OFLAG_COPIED);
+        table[index] = be64((start + (i << s->cluster_bits)) | QCOW_OFLAG_COPIED);
         slot->dirty = true; /* written after the refcounts (qcow2_writeback) */
     }
-    range_unlock(s, &r);
+    range_unlock(s, r);
+    return rc;
+}
+
+/* Several whole clusters that are unallocated (and not being allocated):
+ * one contiguous host run, one data write. Returns the bytes written (0 when
+ * the fast path does not apply) or -errno. */
+#define RUN_MAX 64
+static int64_t write_new_run(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
+{
+    struct qcow2_state *s = n->opaque;
+    if ((off & (s->cluster_size - 1)) || bytes < 2 * s->cluster_size || s->extended_l2)
+        return 0;
+    vbd_co_mutex_lock(&s->lock);
+    struct qcow2_range r;
+    uint64_t start = 0;
+    int64_t k = new_run_begin(n, off, bytes, 2, RUN_MAX, &r, &start); /* a single cluster goes the cluster path */
+    if (k <= 0) {
+        vbd_co_mutex_unlock(&s->lock);
+        return k;
+    }
+    uint64_t len = (uint64_t)k << s->cluster_bits;
+    vbd_co_mutex_unlock(&s->lock);
+    int rc = vbd_node_co_pwritev(s->data, start, len, q, qoff, 0);
+    vbd_co_mutex_lock(&s->lock);
+    rc = new_run_end(n, off, (uint64_t)k, start, &r, rc);
     vbd_co_mutex_unlock(&s->lock);
     return rc < 0 ? rc : (int64_t)len;
+}
+
+/* The split write (vbd_split_write): whole new clusters are placed as
+ * write_new_run places them, up to a copy's chunk at a time; anything else
+ * (a part of a cluster, an allocated or preallocated cluster, a
+ * copy-on-write, extended L2 subclusters) goes the normal path, one
+ * cluster at a time. */
+#define SPLIT_MAX 4096
+struct split_priv {
+    struct qcow2_range r;
+    uint64_t k;
+};
+_Static_assert(sizeof(struct split_priv) <= sizeof(((struct vbd_split_write *)0)->priv), "split_priv fits");
+
+static int qcow2_write_prepare(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_split_write *w)
+{
+    struct qcow2_state *s = n->opaque;
+    assert(!n->read_only);
+    if (s->corrupt)
+        return -EIO;
+    uint64_t to_next = cluster_floor(s, off) + s->cluster_size - off;
+    w->normal = to_next < bytes ? to_next : bytes;
+    if ((off & (s->cluster_size - 1)) || bytes < s->cluster_size || s->extended_l2 ||
+        !vbd_node_chain_multi_loop(s->data))
+        return 0;
+    struct split_priv *p = (struct split_priv *)w->priv;
+    vbd_co_mutex_lock(&s->lock);
+    int64_t k = new_run_begin(n, off, bytes, 1, SPLIT_MAX, &p->r, &w->host);
+    vbd_co_mutex_unlock(&s->lock);
+    if (k <= 0)
+        return (int)k;
+    qcow2_bitmaps_dirty(s, off, (uint64_t)k << s->cluster_bits); /* as qcow2_pwritev, before the data */
+    p->k = (uint64_t)k;
+    w->len = (uint64_t)k << s->cluster_bits;
+    w->file = s->data;
+    return 0;
+}
+
+static int qcow2_write_commit(struct vbd_node *n, struct vbd_split_write *w, int rc)
+{
+    struct qcow2_state *s = n->opaque;
+    struct split_priv *p = (struct split_priv *)w->priv;
+    vbd_co_mutex_lock(&s->lock);
+    rc = new_run_end(n, w->off, p->k, w->host, &p->r, rc);
+    vbd_co_mutex_unlock(&s->lock);
+    return rc;
 }
 
 static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
@@ -1678,6 +1753,8 @@ static const struct vbd_driver qcow2_driver = {
     .close = qcow2_close,
     .co_preadv = qcow2_preadv,
     .co_pwritev = qcow2_pwritev,
+    .co_write_prepare = qcow2_write_prepare,
+    .co_write_commit = qcow2_write_commit,
     .co_flush = qcow2_flush,
     .co_pwrite_zeroes = qcow2_pwrite_zeroes,
     .co_pdiscard = qcow2_pdiscard,
