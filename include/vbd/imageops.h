@@ -37,6 +37,10 @@ struct vbd_copy_opts {
      * data (qemu-img's -S). 0: data is written as read. */
     uint64_t zero_detect;
     bool target_is_zero;    /* the target reads as zeroes: zero ranges are not written at all */
+    /* vbd_co_convert only: the target has a backing file (qemu-img -B):
+     * what a source's top layer does not allocate is not written (the
+     * backing file is taken to hold it, as qemu-img takes it) */
+    bool target_has_backing;
     unsigned zero_flags;    /* flags of write-zeroes requests (VBD_REQ_MAY_UNMAP) */
     /* flags of data writes (VBD_REQ_FUA, VBD_REQ_COMPRESSED). With
      * VBD_REQ_COMPRESSED every cluster of data is written whole

@@ -130,6 +130,15 @@ static bool read_direct(struct vbd_node *src, int st, int depth, struct vbd_node
     return plain && vbd_node_chain_multi_loop(file);
 }
 
+/* Where block status stops: the whole chain, or with a target that has a
+ * backing file (qemu-img -B) the source's top layer only, so that what the
+ * top does not define is left to the target's backing file (qemu-img's
+ * BLK_BACKING_FILE). */
+static struct vbd_node *status_base(const struct convert *cv, struct vbd_node *src)
+{
+    return cv->o->target_has_backing ? vbd_node_skip_filters(src)->backing : NULL;
+}
+
 /* Map the next window of a mapped convert (on the caller's loop, no
  * worker running): [next, win_end) as at most CONVERT_WINDOW extents,
  * block status once per extent as the unmapped claim asks it. */
@@ -144,7 +153,7 @@ static void convert_map_window(struct convert *cv)
         uint64_t q = src_size - soff < BS_QUERY_MAX ? src_size - soff : BS_QUERY_MAX;
         uint64_t pnum = 0, map = 0;
         int depth = 0;
-        int st = vbd_node_co_block_status_above(src, NULL, true, soff, q, &pnum, &map, &file, &depth);
+        int st = vbd_node_co_block_status_above(src, status_base(cv, src), true, soff, q, &pnum, &map, &file, &depth);
         if (st < 0) {
             struct vbd_error *err = NULL;
             imageops_io_error(&err, st, "Could not read the allocation status of", src, soff);
@@ -173,10 +182,11 @@ static void convert_map_window(struct convert *cv)
 /* Claim the next range to copy: *off in the concatenation, *src_node and
  * *soff the source and its offset, *rnode and *roff where it is read (a
  * mapped source's file, else the same), *len bytes, *zero if it reads as
- * zeroes. 0 when there is nothing left (or the copy failed, or a mapped
+ * zeroes, *leave if it is not written at all (the target's backing file
+ * has it; *zero is set too). 0 when there is nothing left (or the copy failed, or a mapped
  * window is done), 1 with a range. */
 static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **src_node, uint64_t *soff,
-                         struct vbd_node **rnode, uint64_t *roff, uint64_t *len, bool *zero, uint64_t *seq)
+                         struct vbd_node **rnode, uint64_t *roff, uint64_t *len, bool *zero, bool *leave, uint64_t *seq)
 {
     struct vbd_error *err = NULL;
     if (cv->error || cv->next >= cv->total)
@@ -214,7 +224,7 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
         pnum = cv->bs_end - *soff;
     } else {
         uint64_t q = src_size - *soff < BS_QUERY_MAX ? src_size - *soff : BS_QUERY_MAX;
-        st = vbd_node_co_block_status_above(src, NULL, true, *soff, q, &pnum, NULL, NULL, NULL);
+        st = vbd_node_co_block_status_above(src, status_base(cv, src), true, *soff, q, &pnum, NULL, NULL, NULL);
         if (st < 0) {
             /* two statements: the order in which arguments are evaluated is unspecified, err may be read first */
             imageops_io_error(&err, st, "Could not read the allocation status of", src, *soff);
@@ -233,6 +243,10 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     /* Without zero detection (-S 0) the target is fully allocated, as
      * qemu-img's: ranges that read as zeroes are read and written as data. */
     *zero = cv->o->zero_detect && ((st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED));
+    /* not in the source's top layer: the target's backing file has it (qemu-img -B) */
+    *leave = cv->o->target_has_backing && !(st & VBD_BS_ALLOCATED);
+    if (*leave)
+        *zero = true;
     if (cv->o->write_flags & VBD_REQ_COMPRESSED) {
         /* compressed clusters are written whole (off stays cluster aligned): a zero
          * run shorter than a cluster is read with the data around it */
@@ -246,7 +260,7 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     cv->next = *off + pnum;
     *src_node = src;
     *len = pnum;
-    *seq = cv->split && *zero && cv->o->target_is_zero ? NO_TURN : cv->seq++;
+    *seq = cv->split && ((*zero && cv->o->target_is_zero) || *leave) ? NO_TURN : cv->seq++;
     return 1;
 }
 
@@ -391,9 +405,9 @@ static void convert_worker(void *opaque)
     for (;;) {
         uint64_t off = 0, soff = 0, roff = 0, len = 0, seq = 0;
         struct vbd_node *src, *rnode;
-        bool zero = false;
+        bool zero = false, leave = false;
         claim_lock(cv);
-        int claimed = convert_claim(cv, &off, &src, &soff, &rnode, &roff, &len, &zero, &seq);
+        int claimed = convert_claim(cv, &off, &src, &soff, &rnode, &roff, &len, &zero, &leave, &seq);
         claim_unlock(cv);
         if (!claimed)
             break;
@@ -418,7 +432,7 @@ static void convert_worker(void *opaque)
                 vbd_co_queue_wait(&cv->order_q);
         if (rc == 0 && cv->split)
             rc = split_write(w, off, len, zero, buf, runs, nruns, first_zero, seq, &err);
-        else if (rc == 0 && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
+        else if (rc == 0 && !leave && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
             rc = zero ? imageops_write_zeroes(cv->dst, off, len, cv->o, &err)
                       : imageops_write_runs(cv->dst, off, buf, runs, nruns, first_zero, cv->o, &err);
         if (!cv->o->out_of_order && !cv->threaded) {
@@ -426,7 +440,7 @@ static void convert_worker(void *opaque)
             vbd_co_queue_wake_all(&cv->order_q);
         }
         if (rc == 0)
-            rc = imageops_advance(cv->ctl, cv->dst, off, len, zero && cv->o->target_is_zero ? 0 : len, &err);
+            rc = imageops_advance(cv->ctl, cv->dst, off, len, leave || (zero && cv->o->target_is_zero) ? 0 : len, &err);
         if (rc < 0) {
             claim_lock(cv);
             convert_fail(cv, rc, err);

@@ -115,7 +115,7 @@ int verb_convert(int argc, char **argv)
                *backing_fmt = NULL;
     struct json_object *opts = NULL;
     bool compress = false, progress = false, no_create = false, out_of_order = false, quiet = false, force = false,
-         target_zero = false, image_opts = false, target_image_opts = false;
+         target_zero = false, image_opts = false, target_image_opts = false, target_backing = false;
     int64_t sparse = 4096, parallel = PARALLEL_DEFAULT;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
                                        {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
@@ -228,6 +228,12 @@ int verb_convert(int argc, char **argv)
             json_object_object_add(opts, "backing_file", json_object_new_string(backing));
         if (backing_fmt)
             json_object_object_add(opts, "backing_fmt", json_object_new_string(backing_fmt));
+        /* -o backing_file is -B (qemu-img's out_baseimg): a target made
+         * with a backing file does not read as zeroes (skipping zero
+         * writes showed the backing file's data where the source has
+         * zeroes), and what the source's top leaves unallocated is left to
+         * the backing file */
+        target_backing = vbd_opt_get(opts, "backing_file") != NULL;
         struct vbd_error *err = NULL;
         if (vbd_image_co_create(out_fmt, out, opts, &err) < 0) {
             vbd_error_report("%s: error while converting %s: %s", out, out_fmt, err ? err->msg : "failed");
@@ -235,7 +241,7 @@ int verb_convert(int argc, char **argv)
             goto out;
         }
         /* A fresh image without backing reads as zeroes: skip zero writes. */
-        target_zero = !backing;
+        target_zero = !target_backing;
     } else if (opts) {
         vbd_error_report("-o has no effect when skipping image creation");
         goto out;
@@ -250,7 +256,7 @@ int verb_convert(int argc, char **argv)
         json_object_put(dopts);
         goto out;
     }
-    if (backing)
+    if (target_backing)
         dflags |= VBD_OPEN_NO_BACKING;
     struct vbd_error *err = NULL;
     if (target_image_opts) {
@@ -302,7 +308,7 @@ int verb_convert(int argc, char **argv)
     }
     struct vbd_copy_opts copy = {.zero_detect = (uint64_t)sparse, .target_is_zero = target_zero,
                                  .zero_flags = VBD_REQ_MAY_UNMAP, .parallel = (unsigned)parallel,
-                                 .out_of_order = out_of_order};
+                                 .out_of_order = out_of_order, .target_has_backing = target_backing};
     if (compress) {
         struct vbd_image_info info = {0};
         if (vbd_node_get_info(vbd_node_skip_filters(dst), &info, NULL) == 0)

@@ -150,9 +150,7 @@ PY
                 fail "$f $opt: data ranges $(data_ranges qcow2 "$shm/dst.qcow2"), qemu-img's $(data_ranges qcow2 "$shm/ref.qcow2")"
         done
     done
-    # (content and check only: vbd's -B writes the backing file's data and
-    # zero clusters into the target too, where qemu-img leaves them to the
-    # backing file; the same before the threads)
+    # (content and check here; the map against qemu-img's is img-convert-backing.sh)
     step "tmpfs, threads: qcow2 target over a backing file (-B)"
     rm -f "$shm/dst.qcow2"
     must "$VBD_IMG" convert -f qcow2 -O qcow2 -B "$shm/base.qcow2" -F qcow2 "$shm/top.qcow2" "$shm/dst.qcow2"
