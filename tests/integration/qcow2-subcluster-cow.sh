@@ -110,8 +110,10 @@ cases() {
     same "write -z $((6 * C)) $((4 * S))" "write -P 6 $((6 * C + S + 10)) $S" \
         "write -P 7 $((7 * C)) $S" "write -z $((7 * C + 4 * S)) $((4 * S))" "write -P 8 $((7 * C + 5 * S + 3)) 10"
     # an allocated cluster with unallocated subclusters: no new cluster,
-    # the bitmap grows; then over subclusters allocated already; then all of it
-    same "write -P 9 $((8 * C)) $S" "write -P 10 $((8 * C + 10 * S + 1)) $((3 * S))" \
+    # the bitmap grows (whole subclusters: nothing copied); then over
+    # subclusters allocated already; then all of it
+    same "write -P 9 $((8 * C)) $S" "write -P 11 $((8 * C + 20 * S)) $((2 * S))" \
+        "write -P 10 $((8 * C + 10 * S + 1)) $((3 * S))" \
         "write -P 12 $((8 * C + 11 * S + 5)) 7" "write -P 13 $((8 * C + 31 * S - 1)) 2"
     same "write -P 9 $((8 * C + 3 * S)) $S" "write -P 14 $((8 * C)) $C" "write -P 15 $((9 * C + 2)) $((C - 4))"
     if [ -n "$SNAP" ]; then
