@@ -68,7 +68,7 @@ same() {
     for t in q v; do rm -rf $t && cp -a src $t; done
     (cd q && qemu-io -f qcow2 "${args[@]}" img.qcow2 >../q.out 2>&1; echo "exit $?" >>../q.out)
     (cd v && "$VBD_IO" -f qcow2 "${args[@]}" img.qcow2 >../v.out 2>&1; echo "exit $?" >>../v.out)
-    sed -i -E -e 's/qemu-io|vbd-io/TOOL/g' -e 's/ops; [0-9:.]+ sec \(.*\)$/ops; T/' q.out v.out
+    sed -i -E -e 's/qemu-io|vbd-io/TOOL/g' -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
     diff -u q.out v.out || fail "output differs: $*"
     want "$@"
     check_copies "$*"
@@ -94,7 +94,7 @@ nbd_same() {
         wait $pid || fail "$d exited with $? after SIGTERM: $(tail -5 "$T/$t.log")"
         ! grep -q Sanitizer "$T/$t.log" || { cat "$T/$t.log"; fail "sanitizer report"; }
     done
-    sed -i -E -e 's/ops; [0-9:.]+ sec \(.*\)$/ops; T/' q.out v.out
+    sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
     diff -u q.out v.out || fail "NBD output differs: $*"
     want "$@"
     check_copies "NBD $*"

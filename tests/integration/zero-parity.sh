@@ -43,7 +43,7 @@ same() {
     q0=$(stat -c %b q/$IMG) v0=$(stat -c %b v/$IMG)
     (cd q && qemu-io -f $FMT "${args[@]}" $IMG >../q.out 2>&1; echo "exit $?" >>../q.out)
     (cd v && "$VBD_IO" -f $FMT "${args[@]}" $IMG >../v.out 2>&1; echo "exit $?" >>../v.out)
-    sed -i -E -e 's/qemu-io|vbd-io/TOOL/g' -e 's/ops; [0-9:.]+ sec \(.*\)$/ops; T/' q.out v.out
+    sed -i -E -e 's/qemu-io|vbd-io/TOOL/g' -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
     diff -u q.out v.out || fail "output differs: $*"
     [ "${DATA_ONLY:-}" ] || agree "$*"
     qemu-img compare -q -f $FMT -F $FMT q/$IMG v/$IMG || fail "contents differ: $*"
@@ -203,7 +203,7 @@ nbd_same() {
         eval "kill -TERM \$pid_$t; wait \$pid_$t"
         ! grep -q Sanitizer "$T/$t.log" || { cat "$T/$t.log"; fail "sanitizer report"; }
     done
-    sed -i -E -e 's/ops; [0-9:.]+ sec \(.*\)$/ops; T/' q.out v.out
+    sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
     diff -u q.out v.out || fail "NBD output differs: $*"
     agree "NBD $*"
 }
