@@ -15,7 +15,7 @@
 
 # (both lists may be narrowed from the environment)
 STRESS_KINDS=${STRESS_KINDS:-"c512 c4k c64k c2m ext64k ext16k-backing ext64k-backing ext2m-backing rc1 rc64 lazy zlib zstd
-snapshot snapshot-ext backing-chain data-file data-file-raw bitmaps"}
+snapshot snapshot-ext backing-chain data-file data-file-raw ext-data-file-backing bitmaps"}
 STRESS_TRANSPORTS=${STRESS_TRANSPORTS:-"lib nbd vhost"}
 STRESS_BIN=${STRESS_BIN:-$VBD_BUILD/tests/stress/vbd-stress}
 STRESS_DAEMON=${STRESS_DAEMON:-$VBD_BUILD/src/tools/vbd-daemon}
@@ -74,6 +74,7 @@ stress_make() { # KIND DIR SEED
     ext16k-backing) cs=16384 sub=1 opts=extended_l2=on ;;
     ext64k-backing) sub=1 opts=extended_l2=on ;;
     ext2m-backing) cs=$((2 << 20)) size=$((32 << 20)) sub=1 opts=extended_l2=on ;;
+    ext-data-file-backing) sub=1 opts=extended_l2=on,data_file=$d/img.data ;;
     rc1) opts=refcount_bits=1 ;;
     rc64) opts=refcount_bits=64 ;;
     lazy) opts=lazy_refcounts=on ;;

@@ -495,17 +495,77 @@ static bool plain_overwrite(const struct qcow2_state *s, uint64_t entry, uint64_
         return false;
     if (!s->extended_l2)
         return true;
+    if ((bitmap >> 32) & bitmap)
+        return false; /* invalid: the copy-on-write path reports it, as QEMU does */
     /* every subcluster written to must be allocated (and so not zero) already */
     uint32_t first = (uint32_t)(in >> s->subcluster_bits), last = (uint32_t)((in + len - 1) >> s->subcluster_bits);
     uint32_t want = (uint32_t)(((2ull << last) - 1) & ~((1ull << first) - 1));
     return ((uint32_t)bitmap & want) == want && !((bitmap >> 32) & want);
 }
 
+/* Subclusters [first, last] of a cluster as bits of its L2 bitmap's lower half. */
+static uint64_t sub_mask(uint32_t first, uint32_t last)
+{
+    return ((2ull << last) - 1) & ~((1ull << first) - 1);
+}
+
+/*
+ * Extended L2: the bytes [*from, *to) of the cluster that a write of
+ * [in, in+len) puts on the host: the data and the copy-on-write around it,
+ * whole subclusters where they were not allocated (QEMU 7.2's
+ * calculate_l2_meta). Into its own (COPIED) cluster: only the edge
+ * subclusters written to that are not allocated yet are filled up, and no
+ * other subcluster changes. Into a new cluster: where the old one was
+ * unallocated, just the subclusters written to (the rest stay unallocated,
+ * reading from the backing file, or zero); from a compressed one the whole
+ * cluster; from one shared with a snapshot, also every subcluster the old
+ * cluster had allocated (from its first to its last).
+ */
+static void sub_cow_span(const struct qcow2_state *s, enum qcow2_cluster_type t, bool in_place, uint64_t bitmap,
+                         uint64_t in, uint64_t len, uint64_t *from, uint64_t *to)
+{
+    uint32_t sb = s->subcluster_bits, first = (uint32_t)(in >> sb), last = (uint32_t)((in + len - 1) >> sb);
+    uint32_t alloc = (uint32_t)bitmap;
+    uint64_t sc = 1ull << sb;
+    if (in_place) {
+        *from = (alloc >> first) & 1 ? in : (uint64_t)first << sb;
+        *to = (alloc >> last) & 1 ? in + len : (uint64_t)(last + 1) << sb;
+        return;
+    }
+    if (t == QCOW2_COMPRESSED) {
+        *from = 0;
+        *to = s->cluster_size;
+        return;
+    }
+    if (t == QCOW2_NORMAL && alloc) {
+        uint32_t lo = (uint32_t)__builtin_ctz(alloc), hi = 31 - (uint32_t)__builtin_clz(alloc);
+        first = lo < first ? lo : first;
+        last = hi > last ? hi : last;
+    }
+    *from = (uint64_t)first * sc;
+    *to = (uint64_t)(last + 1) * sc;
+}
+
+static bool reads_zero(struct vbd_node *n, uint64_t a, uint64_t b, bool want_zero);
+
+/* Reads [a, b) of the cluster at cstart into buf (the same offsets) through the read path. */
+static int cow_read(struct vbd_node *n, uint64_t cstart, uint64_t a, uint64_t b, uint8_t *buf)
+{
+    struct qcow2_state *s = n->opaque;
+    if (a >= b)
+        return 0;
+    struct iovec one = {buf, s->cluster_size};
+    struct vbd_qiov cq;
+    vbd_qiov_init(&cq, &one, 1);
+    return read_range(n, cstart + a, b - a, &cq, (size_t)a, true);
+}
+
 /*
  * One cluster's worth of a write whose mapping must change (lock held, the
  * caller holds the cluster's range exclusively): the cluster gets a host
  * cluster (new unless in_place) holding its current content overlaid with
- * the data, then the L2 entry is switched to it.
+ * the data, then the L2 entry is switched to it. With extended L2 only the
+ * subclusters sub_cow_span names are written and become allocated.
  */
 static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
                               uint8_t *buf)
@@ -522,39 +582,68 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     if (rc < 0)
         return rc;
     ep = &table[s->extended_l2 ? 2 * index : index];
-    uint64_t entry = be64(ep[0]);
+    uint64_t entry = be64(ep[0]), bitmap = s->extended_l2 ? be64(ep[1]) : 0;
     enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
     uint64_t host = entry & L2E_OFFSET_MASK;
     bool in_place = (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && (entry & QCOW_OFLAG_COPIED);
-    if (len != s->cluster_size) {
-        struct iovec one = {buf, s->cluster_size};
-        struct vbd_qiov cq;
-        vbd_qiov_init(&cq, &one, 1);
+    uint64_t from = 0, to = s->cluster_size, new_bitmap = 0;
+    if (s->extended_l2) {
+        if (t != QCOW2_COMPRESSED && (((bitmap >> 32) & bitmap) || (t == QCOW2_UNALLOCATED && (uint32_t)bitmap)))
+            return qcow2_signal_corruption(s, "invalid subcluster bitmap in an L2 entry", cstart);
+        sub_cow_span(s, t, in_place, bitmap, in, len, &from, &to);
+        uint64_t m = sub_mask((uint32_t)(from >> s->subcluster_bits), (uint32_t)((to - 1) >> s->subcluster_bits));
+        /* a compressed cluster's bitmap means nothing (QEMU writes 0) */
+        new_bitmap = ((t == QCOW2_COMPRESSED ? 0 : bitmap) | m) & ~(m << 32);
+    }
+    /* the data alone: written straight from the caller's buffers */
+    bool direct = from == in && to == in + len;
+    /* extended L2: what is copied reads as zeroes (by the metadata): the
+     * host range gets zeroes without data (a file range left unwritten, as
+     * QEMU's handle_alloc_space leaves it), then the data alone */
+    bool zero_cow = false;
+    if (s->extended_l2 && !direct && cstart + to <= n->size) { /* past the end: not zeroes to QEMU */
+        vbd_co_mutex_unlock(&s->lock); /* block status takes it; the exclusive range keeps the entry as it is */
+        zero_cow = reads_zero(n, cstart + from, cstart + in, false) && reads_zero(n, cstart + in + len, cstart + to, false);
+        vbd_co_mutex_lock(&s->lock);
+    }
+    if (!direct && !zero_cow) {
         if (t == QCOW2_COMPRESSED) {
             rc = qcow2_read_compressed(s, entry, buf);
         } else if (t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC) {
             memset(buf, 0, s->cluster_size);
         } else if (t == QCOW2_UNALLOCATED && !s->extended_l2) {
+            struct iovec one = {buf, s->cluster_size};
+            struct vbd_qiov cq;
+            vbd_qiov_init(&cq, &one, 1);
             vbd_co_mutex_unlock(&s->lock); /* the backing file is read without blocking this image */
             rc = read_unallocated(n, cstart, s->cluster_size, &cq, 0);
             vbd_co_mutex_lock(&s->lock);
         } else {
-            /* extended L2 or a shared cluster: per-subcluster content through the read path */
+            /* extended L2 or a shared cluster: per-subcluster content through
+             * the read path, around the data only; both sides of a small
+             * write in one read rather than two (as QEMU's perform_cow) */
             vbd_co_mutex_unlock(&s->lock);
-            rc = read_range(n, cstart, s->cluster_size, &cq, 0, true);
+            if (from < in && in + len < to && len <= 16384) {
+                rc = cow_read(n, cstart, from, to, buf); /* the data goes over the middle below */
+            } else {
+                rc = cow_read(n, cstart, from, in, buf);
+                if (rc == 0)
+                    rc = cow_read(n, cstart, in + len, to, buf);
+            }
             vbd_co_mutex_lock(&s->lock);
             /* the L2 slot may have been evicted meanwhile: look it up again */
             if (rc == 0)
                 rc = qcow2_get_l2(s, cstart, true, &table, &index, &slot);
-            if (rc == 0 && be64(table[s->extended_l2 ? 2 * index : index]) != entry)
-                return qcow2_signal_corruption(s, "L2 entry changed under an exclusive range", cstart);
+            if (rc == 0) {
+                ep = &table[s->extended_l2 ? 2 * index : index];
+                if (be64(ep[0]) != entry || (s->extended_l2 && be64(ep[1]) != bitmap))
+                    return qcow2_signal_corruption(s, "L2 entry changed under an exclusive range", cstart);
+            }
         }
         if (rc < 0)
             return rc;
-    }
-    bool whole = len == s->cluster_size; /* written straight from the caller's buffers */
-    if (!whole)
         vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
+    }
     uint64_t target = host;
     if (!in_place) {
         int64_t a = alloc_data(s, cstart, 1);
@@ -566,8 +655,28 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
         return qcow2_signal_corruption(s, "data cluster would overwrite metadata", target);
     /* the data goes out without the lock: other clusters' requests proceed meanwhile */
     vbd_co_mutex_unlock(&s->lock);
-    rc = whole ? vbd_node_co_pwritev(s->data, target, len, q, qoff, 0)
-               : vbd_node_co_pwrite(s->data, target, buf, s->cluster_size, 0);
+    rc = 0;
+    if (zero_cow) {
+        /* in place, subclusters between the edges may hold data that the
+         * write replaces: only the edges get zeroes (a crash before the data
+         * is written must not leave zeroes there); a new cluster at once */
+        if (!in_place)
+            rc = vbd_node_co_pwrite_zeroes(s->data, target + from, to - from, VBD_REQ_NO_FALLBACK);
+        if (in_place && from < in)
+            rc = vbd_node_co_pwrite_zeroes(s->data, target + from, in - from, VBD_REQ_NO_FALLBACK);
+        if (in_place && rc == 0 && in + len < to)
+            rc = vbd_node_co_pwrite_zeroes(s->data, target + in + len, to - in - len, VBD_REQ_NO_FALLBACK);
+        if (rc == 0) {
+            direct = true;
+        } else if (rc == -ENOTSUP) { /* zeroes as data then */
+            memset(buf + from, 0, to - from);
+            vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
+            rc = 0;
+        }
+    }
+    if (rc == 0)
+        rc = direct ? vbd_node_co_pwritev(s->data, target + in, len, q, qoff, 0)
+                    : vbd_node_co_pwrite(s->data, target + from, buf + from, to - from, 0);
     vbd_co_mutex_lock(&s->lock);
     if (rc < 0) {
         if (!in_place && !s->external)
@@ -581,7 +690,7 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     ep = &table[s->extended_l2 ? 2 * index : index];
     ep[0] = be64(target | QCOW_OFLAG_COPIED);
     if (s->extended_l2)
-        ep[1] = be64(0xffffffffull); /* every subcluster allocated, none zero */
+        ep[1] = be64(new_bitmap);
     slot->dirty = true; /* written after the next flush of the refcounts (qcow2_writeback) */
     if (!in_place && entry)
         qcow2_release_entry(s, entry); /* the snapshot (or nobody) keeps the old copy */
@@ -1083,15 +1192,16 @@ static int zero_cluster_meta(struct vbd_node *n, uint64_t cstart, unsigned sc0, 
     return 0;
 }
 
-/* [a, b) reads as zeroes through the backing chain (b clamped to the size). */
-static bool reads_zero(struct vbd_node *n, uint64_t a, uint64_t b)
+/* [a, b) reads as zeroes through the backing chain (b clamped to the size);
+ * !want_zero: as far as the metadata says (holes of files not looked for) */
+static bool reads_zero(struct vbd_node *n, uint64_t a, uint64_t b, bool want_zero)
 {
     if (b > n->size)
         b = n->size;
     while (a < b) {
         uint64_t pnum = 0;
         int depth;
-        int st = vbd_node_co_block_status_above(n, NULL, true, a, b - a, &pnum, NULL, NULL, &depth);
+        int st = vbd_node_co_block_status_above(n, NULL, want_zero, a, b - a, &pnum, NULL, NULL, &depth);
         if (st < 0 || !(st & VBD_BS_ZERO) || !pnum)
             return false;
         a += pnum;
@@ -1195,7 +1305,7 @@ static int zero_or_discard(struct vbd_node *n, uint64_t off, uint64_t bytes, uns
             rc = zero_meta(n, off, pe, n->size, false, flags, discard);
         else if (!discard) /* a partial discard does nothing: it is advisory */
             /* the whole unit if the rest of it reads as zeroes already */
-            rc = reads_zero(n, us, off) && reads_zero(n, pe, us + unit) ? zero_meta(n, us, us + unit, n->size, true, flags, false)
+            rc = reads_zero(n, us, off, true) && reads_zero(n, pe, us + unit, true) ? zero_meta(n, us, us + unit, n->size, true, flags, false)
                                                                          : 1;
         if (rc < 0)
             return rc;
