@@ -91,6 +91,23 @@ same bitmap --add nosuch b0
 same rebase -b nosuch -F raw o.qcow2
 same info --image-opts driver=file,filename=nosuch
 same info --image-opts driver=qcow2,file.driver=file,file.filename=nosuch
+# --image-opts is a QemuOpts string, first name implied "file": a bare first
+# word names a node (none in a tool), later bare words are flags (deprecated)
+for v in info map check; do
+    same $v --image-opts a.qcow2
+done
+same info --image-opts on
+same info --image-opts 'a,,b'
+same info --image-opts a.qcow2,file.driver=file
+same info --image-opts file=a.qcow2
+same info --image-opts driver=qcow2,file=a.qcow2
+same info --image-opts driver=qcow2,file.filename=a.qcow2,foo
+same info --image-opts driver=qcow2,file.filename=a.qcow2,nofoo
+same info --image-opts driver=raw,file.filename=a.raw,bogus=1
+same info --image-opts ''
+same compare --image-opts a.qcow2 driver=qcow2,file.filename=a.qcow2
+same compare --image-opts driver=qcow2,file.filename=a.qcow2 a.qcow2
+same convert --image-opts a.qcow2 -O raw n.raw
 same info -f qcow2 a.raw
 same info -f vmdk a.qcow2
 

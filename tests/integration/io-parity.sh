@@ -132,6 +132,15 @@ same --image-opts -c 'read 0 1' driver=raw,file.filename=nosuch
 same --image-opts -c 'read 0 1' driver=qcow2,file.filename=a.raw
 same --image-opts -c 'read 0 1' driver=foo,file.filename=a.raw
 same -f raw --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw
+# qemu-io's --image-opts is QemuOpts without an implied name: every bare
+# word is a flag (deprecated), the first one too
+same --image-opts -c 'read 0 1' a.raw
+same --image-opts -c 'read 0 1' on,driver=raw
+same --image-opts -c 'read 0 1' 'a,,b'
+same --image-opts -c 'read 0 1' file=a.raw
+same --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw,foo
+same --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw,nofoo
+same --image-opts -c 'read 0 1' ''
 same -c 'write 0 1' a.raw
 
 step "a locked image: qemu-nbd serves it"
