@@ -20,20 +20,10 @@ must qemu-io -f qcow2 -c 'write -P 7 0 512k' base/b.qcow2 >/dev/null
 must qemu-img create -q -f qcow2 base/s.qcow2 64M
 must qemu-img snapshot -c s base/s.qcow2
 
-# same ARGS...: both tools run ARGS in fresh copies of base/
+# same ARGS...: both tools run ARGS in fresh copies of base/ (lib.sh)
 same() {
-    local t
-    for t in q v; do
-        rm -rf $t && cp -a base $t
-    done
-    (cd q && qemu-img "$@" >../q.out 2>../q.err </dev/null; echo "exit $?" >>../q.out)
-    (cd v && "$VBD_IMG" "$@" >../v.out 2>../v.err </dev/null; echo "exit $?" >>../v.out)
-    # qemu-img ends some hints without a newline
-    sed -i -e 's/qemu-img/TOOL/g' -e '$a\' q.out q.err
-    sed -i -e 's/vbd-img/TOOL/g' -e '$a\' v.out v.err
-    diff -u q.out v.out || fail "stdout/exit differ: $*"
-    diff -u q.err v.err || fail "stderr differs: $*"
-    [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] || fail "files left differ: $*: qemu $(cd q && ls -A | xargs), vbd $(cd v && ls -A | xargs)"
+    tools_run qemu-img "$VBD_IMG" "$@"
+    tools_same "$@"
 }
 
 step "unknown options, options without their argument (every verb)"

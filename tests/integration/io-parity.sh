@@ -15,22 +15,13 @@ must qemu-io -f qcow2 -c 'write -P 0xab 0 64k' -c 'write -z 128k 64k' base/a.qco
 must qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 base/o.qcow2
 must qemu-io -f qcow2 -c 'write -P 2 32k 64k' -c 'write -z 512k 128k' base/o.qcow2 >/dev/null
 
-# same ARGS...: both tools run ARGS in fresh copies of base/
+# same ARGS...: both tools run ARGS in fresh copies of base/ (lib.sh)
 same() {
-    local t
-    for t in q v; do
-        rm -rf $t && cp -a base $t
-    done
-    (cd q && qemu-io "$@" >../q.out 2>../q.err </dev/null; echo "exit $?" >>../q.out)
-    (cd v && "$VBD_IO" "$@" >../v.out 2>../v.err </dev/null; echo "exit $?" >>../v.out)
-    sed -i -e 's/qemu-io/TOOL/g' -e '$a\' q.out q.err
-    sed -i -e 's/vbd-io/TOOL/g' -e '$a\' v.out v.err
+    tools_run qemu-io "$VBD_IO" "$@"
     # the timing line: elapsed time and rates differ run to run
     sed -i -E -e 's/ops; [0-9:.]+ sec \(.*\)$/ops; T/' \
         -e 's/^([0-9]+,[0-9]+),[0-9:.]+,[0-9.]+,[0-9.]+$/\1,T/' q.out v.out
-    diff -u q.out v.out || fail "stdout/exit differ: $*"
-    diff -u q.err v.err || fail "stderr differs: $*"
-    [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] || fail "files left differ: $*"
+    tools_same "$@"
     local f fmt
     for f in $(cd q && ls -A); do
         case $f in *.qcow2) fmt=qcow2 ;; *) fmt=raw ;; esac
