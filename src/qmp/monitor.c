@@ -335,8 +335,8 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
     /* back-pressure per request: one read may hold many small requests */
     while (c->out_bytes > QMP_OUT_SOFT && !c->closing)
         vbd_co_queue_wait(&c->reader_wait);
-    if (c->closing)
-        return;
+    if (c->closing || quiesced || quit_requested)
+        return; /* the daemon stops: nothing more is answered, a parse error neither */
     if (parse_error) {
         reply = error_reply(parse_error, false, NULL);
     } else {
