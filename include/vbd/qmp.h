@@ -109,7 +109,12 @@ void vbd_qmp_event(const char *name, struct json_object *data);
  * host=,port=) and --monitor [chardev=]ID. Main thread. */
 int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err);
 int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err);
-/* Close every monitor and chardev (daemon exit). */
+/* Daemon exit, first step: no command runs from here on (a running one
+ * ends first; quit's reply is held), but the clients stay connected and
+ * get the events of the stop (BLOCK_EXPORT_DELETED, the jobs'). */
+void vbd_qmp_quiesce(void);
+/* Last step: the held reply to quit, then every monitor and chardev is
+ * closed (implies vbd_qmp_quiesce). */
 void vbd_qmp_shutdown(void);
 /* Set by the 'quit' command; the daemon's main coroutine watches it. */
 bool vbd_qmp_quit_requested(void);

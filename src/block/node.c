@@ -390,7 +390,7 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
     /* Format or filter (given or probed) over a "file" child. */
     if (!drv) {
         if (!filename && !vbd_opt_get(opts, "file")) {
-            vbd_error_setf(err, EINVAL, "No filename and no 'driver' given");
+            vbd_error_setf(err, EINVAL, "Must specify either driver or file"); /* QEMU's bdrv_fill_options */
             goto out;
         }
         struct json_object *file_opts = vbd_opt_take_obj(opts, "file");
@@ -398,7 +398,8 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
         if (file_opts && json_object_is_type(file_opts, json_type_string)) {
             proto = vbd_node_find(json_object_get_string(file_opts));
             if (!proto) {
-                vbd_error_setf(err, ENOENT, "Cannot find node-name '%s'", json_object_get_string(file_opts));
+                vbd_error_setf(err, ENOENT, "Cannot find device='%s' nor node-name='%s'", /* QEMU's bdrv_lookup_bs */
+                               json_object_get_string(file_opts), json_object_get_string(file_opts));
                 json_object_put(file_opts);
                 goto out;
             }

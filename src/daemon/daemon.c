@@ -652,11 +652,17 @@ static void shutdown_all(void)
     stopping = 1;
     struct vbd_timer hint = {.fn = slow_stop_hint};
     vbd_timer_arm(&hint, vbd_clock_ns() + 5000000000ull);
-    vbd_qmp_shutdown(); /* first: no command runs while exports stop */
-    vbd_job_cancel_all_sync(); /* jobs end (cancelled, images consistent) while the exports still run */
+    /* In qsd's order (its main() after the loop), so that a monitor sees
+     * the same events: no command runs from here, the exports stop (one
+     * BLOCK_EXPORT_DELETED each, in creation order), then the jobs are
+     * cancelled (their events), the nodes flushed, and only then quit's
+     * reply and the end of the monitors. */
+    vbd_qmp_quiesce();
     vbd_daemon_shutdown_exports();
+    vbd_job_cancel_all_sync(); /* images consistent: a cancelled job leaves its target as QEMU's does */
     vbd_nbd_server_stop();
     vbd_daemon_flush_nodes();
+    vbd_qmp_shutdown();
     vbd_timer_cancel(&hint);
 }
 

@@ -10,6 +10,7 @@
 #include "vbd/iothread.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
+#include "vbd/qmp.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -284,8 +285,13 @@ int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, str
 
 void vbd_daemon_shutdown_exports(void)
 {
-    for (struct vbd_daemon_export *e = exports; e; e = e->next)
+    /* as qsd's blk_exp_close_all: each export's event once its requests are done */
+    for (struct vbd_daemon_export *e = exports; e; e = e->next) {
         e->type->shutdown(e->exp);
+        struct json_object *d = json_object_new_object();
+        json_object_object_add(d, "id", json_object_new_string(e->id));
+        vbd_qmp_event("BLOCK_EXPORT_DELETED", d);
+    }
 }
 
 void vbd_daemon_flush_nodes(void)

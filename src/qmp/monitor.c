@@ -76,6 +76,7 @@ struct qmp_client {
     bool writer_busy; /* in vbd_co_send with the head message */
     struct out_msg *out_head, *out_tail;
     size_t out_bytes;
+    struct json_object *quit_reply; /* held until the daemon has stopped (vbd_qmp_shutdown) */
     struct vbd_co_queue writer_wait; /* writer: queue empty */
     struct vbd_co_queue reader_wait; /* reader: queue over the soft bound, or waiting for the writer */
     struct qmp_stream stream;
@@ -92,6 +93,9 @@ struct qmp_monitor {
 static struct qmp_chardev *chardevs;
 static struct qmp_monitor *monitors;
 static bool stopping, quit_requested;
+/* The daemon is stopping (vbd_qmp_quiesce): no command runs any more, but
+ * the clients stay connected for the events of the stop itself. */
+static bool quiesced;
 static struct vbd_co_queue monitors_done_q = VBD_CO_QUEUE_INIT;
 static struct vbd_loop *main_loop;
 
@@ -331,8 +335,8 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
     /* back-pressure per request: one read may hold many small requests */
     while (c->out_bytes > QMP_OUT_SOFT && !c->closing)
         vbd_co_queue_wait(&c->reader_wait);
-    if (c->closing)
-        return;
+    if (c->closing || quiesced || quit_requested)
+        return; /* the daemon stops: nothing more is answered, a parse error neither */
     if (parse_error) {
         reply = error_reply(parse_error, false, NULL);
     } else {
@@ -345,12 +349,22 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
          * a handler may yield (drain, flush) and must not find the graph
          * changed under it by another client's command meanwhile. */
         vbd_co_mutex_lock(&dispatch_lock);
-        if (c->closing) { /* closed (quit, daemon exit) while it waited its turn */
+        /* closed while it waited its turn, or the daemon stops: after quit
+         * or a signal no command runs and none is answered, as qsd's
+         * dispatcher takes no request once its main loop has ended */
+        if (c->closing || quiesced || quit_requested) {
             vbd_co_mutex_unlock(&dispatch_lock);
             return;
         }
         reply = vbd_qmp_dispatch(req, c->negotiated);
         vbd_co_mutex_unlock(&dispatch_lock);
+        if (quit_requested && !c->quit_reply && json_object_object_get_ex(reply, "return", NULL)) {
+            /* quit's reply comes after the events of the stop, once the
+             * nodes are flushed (qsd sends it from monitor_cleanup): a
+             * client that has it knows the images are consistent */
+            c->quit_reply = reply;
+            return;
+        }
         if (is_caps && json_object_object_get_ex(reply, "return", NULL)) {
             if (wants_oob(req)) {
                 /* QEMU's answer where out-of-band is not offered: commands run in order here */
@@ -410,6 +424,7 @@ static void serve_client(struct qmp_monitor *mon, int fd)
     while (!c->writer_done)
         vbd_co_queue_wait(&c->reader_wait);
     mon->client = NULL;
+    json_object_put(c->quit_reply); /* the client went away first */
     for (struct out_msg *m = c->out_head, *next; m; m = next) {
         next = m->next;
         free(m);
@@ -792,16 +807,35 @@ bool vbd_qmp_quit_requested(void)
     return quit_requested;
 }
 
+void vbd_qmp_quiesce(void)
+{
+    quiesced = true;
+    /* no new client: qsd's listener is not polled once its main loop ended */
+    for (struct qmp_monitor *mon = monitors; mon; mon = mon->next)
+        shutdown(mon->chr->listen_fd, SHUT_RDWR); /* wakes the accept */
+    if (vbd_in_co()) {
+        /* a command that was running (it may yield) ends first; none starts after */
+        vbd_co_mutex_lock(&dispatch_lock);
+        vbd_co_mutex_unlock(&dispatch_lock);
+    }
+}
+
 void vbd_qmp_shutdown(void)
 {
+    vbd_qmp_quiesce();
+    send_events(NULL); /* those raised by the stop go out before quit's reply and the end */
     pthread_mutex_lock(&events_lock);
     stopping = true; /* no more events queued */
     pthread_mutex_unlock(&events_lock);
     for (struct qmp_monitor *mon = monitors; mon; mon = mon->next) {
-        shutdown(mon->chr->listen_fd, SHUT_RDWR); /* wakes the accept */
         struct qmp_client *c = mon->client;
         if (c) {
-            client_drop(c, NULL, true); /* the reply to quit goes out if the socket takes it now */
+            if (c->quit_reply) {
+                client_queue_json(c, c->quit_reply, false);
+                json_object_put(c->quit_reply);
+                c->quit_reply = NULL;
+            }
+            client_drop(c, NULL, true); /* what is queued goes out if the socket takes it now */
         }
     }
     if (vbd_in_co()) {

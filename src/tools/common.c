@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "common.h"
 
+#include "vbd/alloc.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -160,13 +161,118 @@ void tool_report_open(const char *shown, struct vbd_error *err)
         tool_report(err);
 }
 
-bool tool_open_options(const char **filename, const char *fmt, bool image_opts, struct json_object **opts,
-                       bool *unknown_fmt)
+/* A QemuOpts value from *p up to a single ',' (",," is a literal comma),
+ * onto *o with its commas doubled again for keyval; *p left on that ','. */
+static void opts_value(const char **p, char **o)
+{
+    const char *q = *p;
+    while (*q && !(q[0] == ',' && q[1] != ',')) {
+        if (q[0] == ',') {
+            *(*o)++ = ',';
+            q++;
+        }
+        *(*o)++ = *q++;
+    }
+    *p = q;
+}
+
+static void opts_put(char **o, const char *s, size_t n)
+{
+    memcpy(*o, s, n);
+    *o += n;
+}
+
+/*
+ * --image-opts is a QemuOpts string to qemu-img and qemu-io, not keyval
+ * (QEMU's get_opt_name_value): a name ends at '=' or ',' (no ",," in
+ * names); an element without '=' is a flag, "X" meaning X=on and "noX"
+ * X=off, with QemuOpts' deprecation warning; but when the tool has an
+ * implied name (qemu-img's "file") a first element without '=' is its
+ * value: "WORD" is file=WORD, a reference to a node named WORD, which a
+ * tool never has. Returns the string with every key explicit, for keyval
+ * (a flag with an empty name is warned about and left out: keyval has no
+ * empty key, and QEMU refuses the open for it anyway).
+ */
+static char *image_opts_explicit(const char *str, const char *implied)
+{
+    size_t len = strlen(str);
+    /* at worst every ',' doubled and each element given "=off" or the implied name */
+    char *out = vbd_xmalloc(2 * len + (len + 1) * ((implied ? strlen(implied) : 0) + 5) + 1), *o = out;
+    const char *p = str;
+    for (bool first = true; *p; first = false) {
+        size_t n = strcspn(p, "=,");
+        char *start = o;
+        if (o > out)
+            *o++ = ',';
+        if (first && implied && p[n] != '=') {
+            opts_put(&o, implied, strlen(implied));
+            *o++ = '=';
+            opts_value(&p, &o);
+        } else if (p[n] == '=') {
+            opts_put(&o, p, n + 1);
+            p += n + 1;
+            opts_value(&p, &o);
+        } else {
+            bool no = !strncmp(p, "no", 2) && n >= 2;
+            vbd_warn("short-form boolean option '%.*s' deprecated", (int)n, p);
+            fprintf(stderr, "Please use %.*s=%s instead\n", (int)(no ? n - 2 : n), no ? p + 2 : p, no ? "off" : "on");
+            if (n > (no ? 2u : 0u)) {
+                opts_put(&o, no ? p + 2 : p, no ? n - 2 : n);
+                opts_put(&o, no ? "=off" : "=on", no ? 4 : 3);
+            } else {
+                o = start;
+            }
+            p += n;
+        }
+        if (*p == ',')
+            p++;
+    }
+    *o = 0;
+    return out;
+}
+
+/* QEMU's bdrv_open_child refuses a child given as a node name ("file=NAME",
+ * qemu-img's bare first word) together with options of its own: before
+ * keyval, which would call the two a conflict of its own words. */
+static bool reference_with_options(const char *explicit, const char *child)
+{
+    size_t n = strlen(child);
+    bool ref = false, sub = false;
+    for (const char *p = explicit; *p;) {
+        if (!strncmp(p, child, n) && p[n] == '=')
+            ref = true;
+        else if (!strncmp(p, child, n) && p[n] == '.')
+            sub = true;
+        while (*p && !(p[0] == ',' && p[1] != ','))
+            p += p[0] == ',' ? 2 : 1;
+        if (*p)
+            p++;
+    }
+    return ref && sub;
+}
+
+bool tool_open_options(const char **filename, const char *fmt, bool image_opts, const char *implied,
+                       struct json_object **opts, bool *unknown_fmt, struct vbd_error **open_err)
 {
     *opts = NULL;
     if (image_opts) {
         struct vbd_error *err = NULL;
-        *opts = vbd_opts_parse(*filename, NULL, &err);
+        const char *s = *filename;
+        while (isspace((unsigned char)*s))
+            s++;
+        if (*s == '{' || !strncmp(s, "json:", 5)) {
+            *opts = vbd_opts_parse(*filename, NULL, &err);
+        } else {
+            char *explicit = image_opts_explicit(*filename, implied);
+            if (reference_with_options(explicit, "file")) {
+                free(explicit);
+                vbd_error_setf(open_err, EINVAL,
+                               "Cannot reference an existing block device with additional options or a new filename");
+                return false;
+            }
+            *opts = vbd_keyval_parse(explicit, NULL, &err);
+            free(explicit);
+        }
         if (!*opts) {
             tool_report(err);
             return false;
@@ -196,15 +302,24 @@ struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opt
         return NULL;
     }
     bool unknown_fmt = false;
-    if (!tool_open_options(&filename, fmt, image_opts, &opts, &unknown_fmt)) {
+    if (!tool_open_options(&filename, fmt, image_opts, "file", &opts, &unknown_fmt, &err)) {
         if (unknown_fmt)
             vbd_error_report("Could not open '%s': Unknown driver '%s'", filename, fmt);
-        return NULL;
+    } else {
+        struct vbd_node *n = vbd_open(filename, opts, flags, &err);
+        if (n)
+            return n;
     }
-    struct vbd_node *n = vbd_open(filename, opts, flags, &err);
-    if (!n)
+    if (err && image_opts && !report_lock_conflict(shown, err)) {
+        /* qemu-img's img_open_opts puts the option string before every reason */
+        vbd_error_report("Could not open '%s': %s", shown, err->msg);
+        vbd_error_free(err);
+    } else if (err && image_opts) {
+        vbd_error_free(err);
+    } else if (err) {
         tool_report_open(shown, err);
-    return n;
+    }
+    return NULL;
 }
 
 static double progress_last = -1;

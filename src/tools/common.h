@@ -16,15 +16,18 @@ void tool_cvtstr(double value, char *buf, size_t len);
 void tool_size_to_str(double value, char *buf, size_t len);
 /* qemu's number parser for offsets/lengths (suffixes k,M,G,...); -1 on error. */
 int64_t tool_cvtnum(const char *s);
-/* Open an image as the tools do: fmt may be NULL (probe); image_opts: the
- * filename is a keyval/JSON option string. cache: qemu-img -t/-T names
- * (NULL: default). Returns NULL after printing "prog: msg" to stderr. */
 /* The options an open takes from --image-opts (FILENAME is an option
- * string; *filename becomes NULL) or from -f FMT. false after reporting an
- * option string that does not parse, or with *unknown_fmt set when FMT
- * names no driver (the caller words that: qemu-img and qemu-io differ). */
-bool tool_open_options(const char **filename, const char *fmt, bool image_opts, struct json_object **opts,
-                       bool *unknown_fmt);
+ * string, read as QemuOpts: implied names the first element when it has no
+ * '=', qemu-img's "file", NULL for qemu-io; JSON is taken too; *filename
+ * becomes NULL) or from -f FMT. false after reporting an option string
+ * that does not parse, with *unknown_fmt set when FMT names no driver, or
+ * with *open_err set for what QEMU finds only at the open (the caller words
+ * both: qemu-img and qemu-io differ). */
+bool tool_open_options(const char **filename, const char *fmt, bool image_opts, const char *implied,
+                       struct json_object **opts, bool *unknown_fmt, struct vbd_error **open_err);
+/* Open an image as qemu-img does: fmt may be NULL (probe); image_opts: the
+ * filename is an option string (tool_open_options). cache: qemu-img -t/-T
+ * names (NULL: default). Returns NULL after printing "prog: msg" to stderr. */
 struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opts, unsigned flags,
                            const char *cache, bool *writethrough);
 /* Parse a cache mode into open flags (prints error, returns -1 on bad name). */

@@ -743,12 +743,16 @@ static struct vbd_node *open_image(const char *filename, const char *fmt, bool i
         return NULL;
     }
     bool unknown_fmt = false;
-    if (!tool_open_options(&filename, fmt, image_opts, &opts, &unknown_fmt)) {
+    struct vbd_node *n = NULL;
+    /* qemu-io's --image-opts has no implied name: a bare first word is a flag */
+    if (!tool_open_options(&filename, fmt, image_opts, NULL, &opts, &unknown_fmt, &err)) {
         if (unknown_fmt)
             vbd_error_report("can't open device %s: Unknown driver '%s'", name, fmt);
-        return NULL;
+        if (!err)
+            return NULL;
+    } else {
+        n = vbd_open(filename, opts, flags, &err);
     }
-    struct vbd_node *n = vbd_open(filename, opts, flags, &err);
     if (!n) {
         const char *m = err ? err->msg : "unknown error";
         /* the block layer names the file before a format's reason, as

@@ -2,7 +2,8 @@
 # Stopping the daemon while its storage does not answer: SIGTERM waits for
 # the requests in flight and the nodes' flush (nothing acknowledged is
 # dropped), says after 5 s what it waits for, and a second SIGTERM exits at
-# once; after QMP's quit the first SIGTERM is the first signal. The
+# once; after QMP's quit the first SIGTERM is the first signal, and quit's
+# reply waits for the flush. The
 # storage is a real NBD server (nbdkit) stopped with SIGSTOP; the
 # data flushed before it stopped is there when it comes back.
 . "$(dirname "$0")/lib.sh"
@@ -49,9 +50,13 @@ start_daemon --chardev socket,id=m0,path="$Q",server=on,wait=off --monitor chard
     --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=n0,writable=on
 must qemu-io -f raw -t writeback -c 'write -P 0x3c 3M 1M' "nbd+unix:///n0?socket=$S" >/dev/null
 kill -STOP $kpid
-qmp_py "$Q" <<'PY' || fail "quit"
-ok("quit")
+# quit's reply comes once the nodes are flushed (as qsd's, after its
+# bdrv_close_all): the client waits for it in the background
+qmp_py "$Q" >"$T/quit.out" <<'PY' &
+m.send_raw('{"execute": "quit", "id": "bye"}\n')
+print(json.dumps(m.recv()), flush=True)
 PY
+qpid=$!
 for _ in $(seq 600); do grep -q "still stopping after 5 s" "$T/daemon.log" && break
     kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
 grep -q "still stopping after 5 s" "$T/daemon.log" || { cat "$T/daemon.log"; fail "no hint while stopping after quit"; }
@@ -61,8 +66,11 @@ for _ in $(seq 600); do grep -q "already stopping" "$T/daemon.log" && break
     kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
 grep -q "already stopping (QMP quit" "$T/daemon.log" || { cat "$T/daemon.log"; fail "the SIGTERM after quit forced the exit"; }
 kill -0 $dpid 2>/dev/null || fail "the daemon exited while its flush had no answer"
+[ ! -s "$T/quit.out" ] || fail "quit's reply came before the flush: $(cat "$T/quit.out")"
 kill -CONT $kpid
 wait $dpid; rc=$?
+wait $qpid || fail "no reply to quit"
+[ "$(cat "$T/quit.out")" = '{"return": {}, "id": "bye"}' ] || fail "quit's reply: $(cat "$T/quit.out")"
 [ $rc = 0 ] || { cat "$T/daemon.log"; fail "exit status $rc after quit and one SIGTERM, want 0"; }
 ! grep -q -e "second signal" -e Sanitizer "$T/daemon.log" || { cat "$T/daemon.log"; fail "forced exit or sanitizer report"; }
 must qemu-io -f raw -r -c 'read -P 0x3c 3M 1M' "nbd+unix:///?socket=$T/kit.sock" >/dev/null

@@ -34,10 +34,8 @@ for t in unsafe none; do for m in 1 8 16; do for w in "" -W; do
     step "convert -t $t -m $m $w to $(stat -f -c %T "$d")"
     rm -f "$d/dst.raw"
     must "$VBD_IMG" convert -t $t -m $m $w -f raw -O raw "$src" "$d/dst.raw"
-    must qemu-img compare -f raw -F raw "$src" "$d/dst.raw" >/dev/null
     # same allocation as qemu-img's own convert (written zeroes become holes)
-    diff <(qemu-img map --output=json -f raw "$d/dst.raw") <(qemu-img map --output=json -f raw "$d/ref.raw") \
-        || fail "allocation differs from qemu-img convert's"
+    same_as_ref "-t $t -m $m $w" raw "$src" "$d/dst.raw" "$d/ref.raw"
     # and no more space: blocks allocated ahead of a write (ext4, 256 KiB
     # at least) that map shows as a hole would show here; the file system's
     # own blocks (an extent tree's) differ by a few KiB between O_DIRECT and
@@ -56,19 +54,13 @@ if [ -n "${shm:-}" ]; then
         qemu-img create -q -f raw "$out" 600M
         qemu-io -f raw -c 'write -P 9 0 600M' "$out" >/dev/null
     done
-    must "$VBD_IMG" convert -n -f raw -O raw "$shm/src.raw" "$shm/src.raw" "$shm/two.raw"
-    qemu-img convert -n -f raw -O raw "$shm/src.raw" "$shm/src.raw" "$shm/tworef.raw"
-    must qemu-img compare -f raw -F raw "$shm/tworef.raw" "$shm/two.raw" >/dev/null
-    diff <(qemu-img map --output=json -f raw "$shm/two.raw") <(qemu-img map --output=json -f raw "$shm/tworef.raw") \
-        || fail "allocation differs from qemu-img convert -n's"
+    convert_like_qemu "-n, two raw sources" raw "$shm/tworef.raw" "$shm/two.raw" "$shm/tworef.raw" \
+        -n -f raw -O raw "$shm/src.raw" "$shm/src.raw"
     for opt in "" "-S 0" "-S 64k" "-p" "-m 2" "-m 16 -W" "-t none -T none"; do
         step "tmpfs, threads: convert $opt"
         rm -f "$shm/dst.raw" "$shm/ref.raw"
-        must "$VBD_IMG" convert $opt -f raw -O raw "$shm/src.raw" "$shm/dst.raw" >/dev/null
-        must qemu-img convert $opt -f raw -O raw "$shm/src.raw" "$shm/ref.raw" >/dev/null
-        must qemu-img compare -f raw -F raw "$src" "$shm/dst.raw" >/dev/null
-        diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
-            || fail "$opt: allocation differs from qemu-img convert's"
+        # shellcheck disable=SC2086 # $opt is words
+        convert_like_qemu "$opt" raw "$src" "$shm/dst.raw" "$shm/ref.raw" $opt -f raw -O raw "$shm/src.raw"
     done
     step "tmpfs, threads: a write that fails (past the file size limit) fails the convert, naming it"
     qemu-img create -q -f raw "$shm/lim.raw" 256M
@@ -94,11 +86,9 @@ if [ -n "${shm:-}" ]; then
     for q in top sub; do for opt in "" "-S 0" "-S 64k" "-m 16 -W" "-U"; do
         step "tmpfs, threads: qcow2 source $q.qcow2 convert $opt"
         rm -f "$shm/dst.raw" "$shm/ref.raw"
-        must "$VBD_IMG" convert $opt -f qcow2 -O raw "$shm/$q.qcow2" "$shm/dst.raw" >/dev/null
-        must qemu-img convert $opt -f qcow2 -O raw "$shm/$q.qcow2" "$shm/ref.raw" >/dev/null
-        must qemu-img compare -f qcow2 -F raw "$shm/$q.qcow2" "$shm/dst.raw" >/dev/null
-        diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
-            || fail "$q $opt: allocation differs from qemu-img convert's"
+        # shellcheck disable=SC2086 # $opt is words
+        convert_like_qemu "$q $opt" qcow2 "$shm/$q.qcow2" "$shm/dst.raw" "$shm/ref.raw" \
+            $opt -f qcow2 -O raw "$shm/$q.qcow2"
     done; done
     step "tmpfs, threads: a qcow2 source of 16384 extents (4k clusters, every other one data): several mapped windows"
     python3 - "$shm/frag.raw" <<'PY'
@@ -111,21 +101,14 @@ os.close(fd)
 PY
     qemu-img convert -f raw -O qcow2 -o cluster_size=4096 "$shm/frag.raw" "$shm/frag.qcow2"
     rm -f "$shm/dst.raw" "$shm/ref.raw"
-    must "$VBD_IMG" convert -f qcow2 -O raw "$shm/frag.qcow2" "$shm/dst.raw"
-    qemu-img convert -f qcow2 -O raw "$shm/frag.qcow2" "$shm/ref.raw"
-    must qemu-img compare -f raw -F raw "$shm/frag.raw" "$shm/dst.raw" >/dev/null
-    diff <(qemu-img map --output=json -f raw "$shm/dst.raw") <(qemu-img map --output=json -f raw "$shm/ref.raw") \
-        || fail "fragmented source: allocation differs from qemu-img convert's"
+    convert_like_qemu "fragmented source" raw "$shm/frag.raw" "$shm/dst.raw" "$shm/ref.raw" -f qcow2 -O raw "$shm/frag.qcow2"
     step "tmpfs, threads: two qcow2 sources concatenated into an image full of other data (-n)"
     for out in "$shm/two.raw" "$shm/tworef.raw"; do
         qemu-img create -q -f raw "$out" 512M
         qemu-io -f raw -c 'write -P 9 0 512M' "$out" >/dev/null
     done
-    must "$VBD_IMG" convert -n -f qcow2 -O raw "$shm/top.qcow2" "$shm/sub.qcow2" "$shm/two.raw"
-    qemu-img convert -n -f qcow2 -O raw "$shm/top.qcow2" "$shm/sub.qcow2" "$shm/tworef.raw"
-    must qemu-img compare -f raw -F raw "$shm/tworef.raw" "$shm/two.raw" >/dev/null
-    diff <(qemu-img map --output=json -f raw "$shm/two.raw") <(qemu-img map --output=json -f raw "$shm/tworef.raw") \
-        || fail "allocation differs from qemu-img convert -n's"
+    convert_like_qemu "-n, two qcow2 sources" raw "$shm/tworef.raw" "$shm/two.raw" "$shm/tworef.raw" \
+        -n -f qcow2 -O raw "$shm/top.qcow2" "$shm/sub.qcow2"
     # qcow2 targets on tmpfs are written by the threads too: clusters placed
     # in order and linked on the main loop, each worker writing its data to
     # the image's file from its own thread; partial clusters, allocated or

@@ -15,22 +15,13 @@ must qemu-io -f qcow2 -c 'write -P 0xab 0 64k' -c 'write -z 128k 64k' base/a.qco
 must qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 base/o.qcow2
 must qemu-io -f qcow2 -c 'write -P 2 32k 64k' -c 'write -z 512k 128k' base/o.qcow2 >/dev/null
 
-# same ARGS...: both tools run ARGS in fresh copies of base/
+# same ARGS...: both tools run ARGS in fresh copies of base/ (lib.sh)
 same() {
-    local t
-    for t in q v; do
-        rm -rf $t && cp -a base $t
-    done
-    (cd q && qemu-io "$@" >../q.out 2>../q.err </dev/null; echo "exit $?" >>../q.out)
-    (cd v && "$VBD_IO" "$@" >../v.out 2>../v.err </dev/null; echo "exit $?" >>../v.out)
-    sed -i -e 's/qemu-io/TOOL/g' -e '$a\' q.out q.err
-    sed -i -e 's/vbd-io/TOOL/g' -e '$a\' v.out v.err
+    tools_run qemu-io "$VBD_IO" "$@"
     # the timing line: elapsed time and rates differ run to run
     sed -i -E -e 's/ops; [0-9:.]+ sec \(.*\)$/ops; T/' \
         -e 's/^([0-9]+,[0-9]+),[0-9:.]+,[0-9.]+,[0-9.]+$/\1,T/' q.out v.out
-    diff -u q.out v.out || fail "stdout/exit differ: $*"
-    diff -u q.err v.err || fail "stderr differs: $*"
-    [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] || fail "files left differ: $*"
+    tools_same "$@"
     local f fmt
     for f in $(cd q && ls -A); do
         case $f in *.qcow2) fmt=qcow2 ;; *) fmt=raw ;; esac
@@ -132,6 +123,15 @@ same --image-opts -c 'read 0 1' driver=raw,file.filename=nosuch
 same --image-opts -c 'read 0 1' driver=qcow2,file.filename=a.raw
 same --image-opts -c 'read 0 1' driver=foo,file.filename=a.raw
 same -f raw --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw
+# qemu-io's --image-opts is QemuOpts without an implied name: every bare
+# word is a flag (deprecated), the first one too
+same --image-opts -c 'read 0 1' a.raw
+same --image-opts -c 'read 0 1' on,driver=raw
+same --image-opts -c 'read 0 1' 'a,,b'
+same --image-opts -c 'read 0 1' file=a.raw
+same --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw,foo
+same --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw,nofoo
+same --image-opts -c 'read 0 1' ''
 same -c 'write 0 1' a.raw
 
 step "a locked image: qemu-nbd serves it"

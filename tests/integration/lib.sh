@@ -106,6 +106,47 @@ on_copies() {
         fi
     done
 }
+# A vbd tool beside its QEMU one, same command line (img-parity.sh,
+# io-parity.sh): tools_run QEMU-TOOL VBD-TOOL ARGS... runs each with ARGS
+# in its own fresh copy of base/ (q/, v/): stdout and "exit N" in
+# q.out/v.out, stderr in q.err/v.err, each tool's name replaced by TOOL.
+# tools_same ARGS... (ARGS only name the case) then fails the test unless
+# both gave the same output, exit status and files left.
+tools_run() {
+    local qt=$1 vt=$2 t
+    shift 2
+    for t in q v; do
+        rm -rf $t && cp -a base $t
+    done
+    (cd q && "$qt" "$@" >../q.out 2>../q.err </dev/null; echo "exit $?" >>../q.out)
+    (cd v && "$vt" "$@" >../v.out 2>../v.err </dev/null; echo "exit $?" >>../v.out)
+    # the QEMU tools end some hints without a newline
+    sed -i -e "s/${qt##*/}/TOOL/g" -e '$a\' q.out q.err
+    sed -i -e "s/${vt##*/}/TOOL/g" -e '$a\' v.out v.err
+}
+tools_same() {
+    diff -u q.out v.out || fail "stdout/exit differ: $*"
+    diff -u q.err v.err || fail "stderr differs: $*"
+    [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] ||
+        fail "files left differ: $*: qemu $(cd q && ls -A | xargs), vbd $(cd v && ls -A | xargs)"
+}
+# convert_like_qemu WHAT CMP-FMT CMP-IMG DST REF ARGS...: vbd-img convert
+# ARGS DST and qemu-img convert ARGS REF (the same arguments, stdout
+# dropped), then same_as_ref. same_as_ref WHAT CMP-FMT CMP-IMG DST REF: the
+# raw image DST holds what CMP-IMG (format CMP-FMT) holds and is allocated
+# as REF (qemu-img map); WHAT names the case in a failure.
+convert_like_qemu() {
+    local what=$1 cfmt=$2 cimg=$3 dst=$4 ref=$5
+    shift 5
+    must "$VBD_IMG" convert "$@" "$dst" >/dev/null
+    must qemu-img convert "$@" "$ref" >/dev/null
+    same_as_ref "$what" "$cfmt" "$cimg" "$dst" "$ref"
+}
+same_as_ref() {
+    must qemu-img compare -f "$2" -F raw "$3" "$4" >/dev/null
+    diff <(qemu-img map --output=json -f raw "$4") <(qemu-img map --output=json -f raw "$5") ||
+        fail "$1: allocation differs from qemu-img convert's"
+}
 # qmp_py SOCK: runs the Python statements on stdin with m, a negotiated QMP
 # session on SOCK, and ok(cmd, **args), which returns the command's
 # "return" and fails the test (exit 1, the error on stderr) on an error.

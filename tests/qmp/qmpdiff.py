@@ -16,7 +16,8 @@ Script lines ({DIR} is replaced everywhere):
     # a comment                      (whole line)
     ! shell command                  run with sh in {DIR}, once per daemon, at
                                      that point (before the daemon starts if it
-                                     comes before the first request); must exit 0
+                                     comes before the first request); must exit 0;
+                                     $QMPDIFF_PID is the daemon's process id
     {"execute": ...}                 a request; its reply is compared
     not json at all                  sent as it is (parse-error tests)
     ?event NAME                      wait (30 s) for event NAME; its data compared
@@ -24,6 +25,16 @@ Script lines ({DIR} is replaced everywhere):
                                      members; the NAME events before it are
                                      dropped (a job's transitions that one
                                      daemon makes and the other does not)
+    > {"execute": ...}               a request sent without waiting for its
+                                     reply (quit: the reply comes last, ?end)
+    ?end NAME... -NAME{"k":"v"}...   read until the daemon closes the
+                                     connection: the replies and the events
+                                     NAME, in the order they came, compared
+                                     exactly (data included, timestamps not);
+                                     -NAME{...}: those NAME events whose data
+                                     has these members are left out (no blank
+                                     in the JSON). The daemon must then exit
+                                     by itself (no SIGTERM from the harness)
     ...  # differs: REASON           a trailing marker: a difference on this line
                                      is deliberate (printed, not a failure)
     ...  # only: KEY,KEY...           a list (or object) returned: each element
@@ -87,6 +98,12 @@ class Line:
         elif self.text.startswith("?event"):
             self.kind = "event"
             self.text = self.text[len("?event"):].strip()
+        elif self.text.startswith("?end"):
+            self.kind = "end"
+            self.text = self.text[len("?end"):].strip()
+        elif self.text.startswith(">"):
+            self.kind = "send"
+            self.text = self.text[1:].strip()
         else:
             self.kind = "request"
 
@@ -123,12 +140,14 @@ class Run:
         self.args = [a.replace("{DIR}", self.dir) for a in args]
         self.lines = lines
         self.negotiate = negotiate
+        self.ended = False  # ?end saw the connection close: the daemon exits by itself
 
     def sub(self, s):
         return s.replace("{DIR}", self.dir)
 
     def shell(self, ln):
-        r = subprocess.run(self.sub(ln.text), shell=True, cwd=self.dir, capture_output=True, text=True)
+        env = dict(os.environ, QMPDIFF_PID=str(self.proc.pid) if self.proc else "")
+        r = subprocess.run(self.sub(ln.text), shell=True, cwd=self.dir, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             raise HarnessError(f"{self.name}: line {ln.no}: '{ln.text}' exited {r.returncode}:\n{r.stdout}{r.stderr}")
 
@@ -201,6 +220,11 @@ class Run:
                     except (TimeoutError, socket.timeout):
                         self.replies[ln.no] = f"<no {ln.text} event within 30 s>"
                     self.qmp.sock.settimeout(60)  # wait_event shortened it
+                elif ln.kind == "end":
+                    self.replies[ln.no] = {"sequence": self.until_end(ln.text)}
+                    closed = "<connection closed at ?end>"
+                elif ln.kind == "send":
+                    self.qmp.send_raw(self.sub(ln.text) + "\n")
                 else:
                     self.qmp.send_raw(self.sub(ln.text) + "\n")
                     self.replies[ln.no] = self.normalize(self.qmp.recv())
@@ -210,7 +234,43 @@ class Run:
         if not started:
             self.start()
 
+    def until_end(self, spec):
+        """Replies and the kept events until the connection closes, in order."""
+        keep, drop = set(), []
+        for tok in spec.split():
+            if tok.startswith("-"):
+                name, brace, want = tok[1:].partition("{")
+                drop.append((name, json.loads(brace + want) if brace else {}))
+            else:
+                keep.add(tok)
+        self.qmp.events.clear()  # those came before the stop began
+        seq = []
+        deadline = time.monotonic() + 60
+        while True:
+            self.qmp.sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                msg = self.qmp._read()
+            except (EOFError, ConnectionResetError):
+                break
+            except (TimeoutError, socket.timeout):
+                seq.append("<connection still open after 60 s>")
+                return seq
+            if "event" in msg:
+                name, data = msg["event"], msg.get("data") or {}
+                if name not in keep or any(name == n and all(data.get(k) == v for k, v in w.items())
+                                           for n, w in drop):
+                    continue
+                msg = {"event": name, "data": msg.get("data")}
+            seq.append(self.normalize(msg))
+        self.ended = True
+        return seq
+
     def stop(self):
+        if self.ended and self.proc and self.proc.poll() is None:
+            try:  # it is stopping by itself: a SIGTERM now would be a second signal
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -315,6 +375,14 @@ def compare_replies(ra, rb, exact):
         # a harness failure (no reply, no event) is reported even when both had it
         out.append(f"qsd: {ra if isinstance(ra, str) else 'replied'}; vbd: {rb if isinstance(rb, str) else 'replied'}")
         return out
+    if "sequence" in ra or "sequence" in rb:  # ?end: in order, exactly
+        sa, sb = ra.get("sequence", []), rb.get("sequence", [])
+        for i in range(max(len(sa), len(sb))):
+            a = json.dumps(sa[i], sort_keys=True) if i < len(sa) else "(nothing)"
+            b = json.dumps(sb[i], sort_keys=True) if i < len(sb) else "(nothing)"
+            if a != b:
+                out.append(f"message {i + 1}: qsd {a[:160]}, vbd {b[:160]}")
+        return out
     ka = "error" if "error" in ra else "return" if "return" in ra else "event" if "event" in ra else "?"
     kb = "error" if "error" in rb else "return" if "return" in rb else "event" if "event" in rb else "?"
     if ka != kb:
@@ -392,19 +460,22 @@ def main(argv):
                 r.proc.wait()
     ndiff = ndeliberate = nsame = 0
     for ln in lines:
-        if ln.kind not in ("request", "event"):
+        if ln.kind not in ("request", "event", "end"):
             continue
         ra, rb = runs[0].replies.get(ln.no, "<not run>"), runs[1].replies.get(ln.no, "<not run>")
         if ln.only:
             ra, rb = project(ra, ln.only), project(rb, ln.only)
         diffs = compare_replies(ra, rb, ln.exact)
-        label = ln.text if ln.kind == "request" else f"?event {ln.text}"
+        label = ln.text if ln.kind == "request" else f"?{ln.kind} {ln.text}"
         if not diffs:
             nsame += 1
             if ln.differs:
                 print(f"note {script}:{ln.no}: marked 'differs: {ln.differs}' but the replies agree")
             if verbose:
                 print(f"same {script}:{ln.no}: {label}")
+                if ln.kind == "end":
+                    for m in ra["sequence"]:
+                        print(f"    {json.dumps(m)[:160]}")
             continue
         if ln.differs:
             ndeliberate += 1
