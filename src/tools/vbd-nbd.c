@@ -429,12 +429,13 @@ static struct vbd_node *open_image(const char *node_name, unsigned flags)
     struct json_object *opts = NULL;
     const char *filename = o.filename;
     bool unknown = false;
-    if (!tool_open_options(&filename, o.fmt, o.image_opts, &opts, &unknown)) {
-        if (unknown) {
-            struct vbd_error *e = NULL;
-            vbd_error_setf(&e, EINVAL, "Unknown driver '%s'", o.fmt);
-            report_open(e);
-        }
+    struct vbd_error *oerr = NULL;
+    /* qemu-nbd's --image-opts is QemuOpts with "file" implied, as qemu-img's */
+    if (!tool_open_options(&filename, o.fmt, o.image_opts, "file", &opts, &unknown, &oerr)) {
+        if (unknown)
+            vbd_error_setf(&oerr, EINVAL, "Unknown driver '%s'", o.fmt);
+        if (oerr)
+            report_open(oerr);
         return NULL;
     }
     if (!opts)

@@ -332,6 +332,8 @@ done <<'CASES'
 -f raw -o 99999999 {D}/img.raw
 -o -1 -f raw {D}/img.raw
 --image-opts -f raw {D}/img.raw
+--image-opts -k {D}/s.sock foo
+--image-opts -k {D}/s.sock foo,file.filename={D}/img.raw
 -l snap -f raw {D}/img.raw
 -B nob -f qcow2 -k {D}/s.sock {D}/img.qcow2
 -x $(printf 'n%.0s' $(seq 4097)) {D}/img.raw
