@@ -101,7 +101,11 @@ patch 48 '<I' 4294967295; must_fail_with "data_off" "$VBD_IMG" info h.img
 patch 36 '<Q' 18446744073709551615; must_fail_with "nb_sectors" "$VBD_IMG" info h.img
 patch 64 '<I' 1000000;    must_fail_with "BAT entry 0" "$VBD_IMG" info h.img
 patch 64 '<I' 4294967295; must_fail_with "BAT entry 0" "$VBD_IO" -c 'read 0 512' h.img
-truncate -s 40 h.img;     must_fail_with "h.img" "$VBD_IMG" info -f parallels h.img
+# a header cut at 40 bytes reads as one zero-padded sector (QEMU counts whole
+# sectors): qemu-img opens it, and so does vbd-img, with the same size
+cp h0.img h.img; truncate -s 40 h.img
+[ "$(qemu-img info -f parallels h.img | grep virtual)" = "$("$VBD_IMG" info -f parallels h.img | grep virtual)" ] ||
+    fail "a 40-byte parallels header: qemu-img and vbd-img differ"
 step "vbd-img check agrees with qemu-img check (report, exit status, repair)"
 for case in clean unclean outside leak; do
     must qemu-img create -q -f parallels -o cluster_size=64k c.img 4M

@@ -96,12 +96,14 @@ hostile() { # FILE PYTHON-EDIT EXPECTED-SUBSTRING
     must_fail_with "$3" "$VBD_IMG" info -f "$4" h.img
     must_fail_with "$3" "$VBD_IMG" convert -f "$4" -O raw h.img h.raw
 }
-hostile b.img "f.truncate(600)" "catalog (at 512" bochs
+# (the file reads as 1024 bytes, whole sectors as QEMU counts them: its catalog
+# names a block past them)
+hostile b.img "f.truncate(600)" "points past the end of the file" bochs
 hostile b.img "f.seek(72); f.write(struct.pack('<I', 0x7fffffff))" "catalog size 2147483647 is too large" bochs
 hostile b.img "f.seek(80); f.write(struct.pack('<I', 3000))" "extent size 3000 is not a power of two" bochs
 hostile b.img "f.seek(512); f.write(struct.pack('<I', 0x10000000))" "points past the end of the file" bochs
 hostile b.img "f.seek(88); f.write(struct.pack('<Q', 1 << 50))" "catalog size" bochs
-hostile c65536.cloop "f.truncate(700)" "offset table" cloop
+hostile c65536.cloop "f.truncate(700)" "not monotonically increasing" cloop # (its table ends in the last sector's zero padding)
 hostile c65536.cloop "f.seek(132); f.write(struct.pack('>I', 0x7fffffff))" "requires too many offsets" cloop
 hostile c65536.cloop "f.seek(128); f.write(struct.pack('>I', 1000))" "multiple of 512" cloop
 hostile c65536.cloop "f.seek(128); f.write(struct.pack('>I', 1 << 30))" "64 MiB or less" cloop

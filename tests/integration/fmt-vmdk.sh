@@ -297,7 +297,7 @@ must cp h.vmdk x.vmdk
 truncate -s 30000 x.vmdk
 must_fail_with "File truncated" "$VBD_IMG" info -f vmdk x.vmdk
 printf 'KDMV' >s.vmdk
-must_fail_with "incomplete" "$VBD_IMG" info -f vmdk s.vmdk
+must_fail_with "invalid granularity 0" "$VBD_IMG" info -f vmdk s.vmdk # (one zero-padded sector: qemu-img "L1 entry size is invalid")
 # a compressed grain that does not inflate
 must qemu-img create -q -f raw r.raw 1M
 must qemu-io -f raw -c 'write -P 0x42 0 1M' r.raw >/dev/null

@@ -127,7 +127,7 @@ patch x.vhd 60 00000004 fix
 must_fail_with "differencing VHD image names no parent" "$VBD_IMG" info -f vpc x.vhd
 must_fail_with "writing to differencing VHD images is not supported" "$VBD_IO" -f vpc -c 'write 0 512' x.vhd
 printf 'short' >s.vhd
-must_fail_with "smaller than" "$VBD_IMG" info -f vpc s.vhd
+must_fail_with "not a VHD image" "$VBD_IMG" info -f vpc s.vhd # (one zero-padded sector: qemu-img "invalid VPC image")
 
 step "the model-based stress test (tests/stress/vbd-stress) on dynamic vpc images (2 MiB blocks; qemu-img has no vpc check), in process and over NBD"
 cd "$T"

@@ -19,6 +19,8 @@ must qemu-img create -q -f qcow2 base/b.qcow2 64M
 must qemu-io -f qcow2 -c 'write -P 7 0 512k' base/b.qcow2 >/dev/null
 must qemu-img create -q -f qcow2 base/s.qcow2 64M
 must qemu-img snapshot -c s base/s.qcow2
+# a raw image whose size is not a multiple of 512 (QEMU counts whole sectors)
+head -c 196616 /dev/urandom >base/odd.raw
 
 # same ARGS...: both tools run ARGS in fresh copies of base/ (lib.sh)
 same() {
@@ -196,6 +198,12 @@ same convert -O raw -m 17 a.qcow2 n.raw
 same convert -O raw --target-is-zero a.qcow2 n.raw
 same commit -b nosuch o.qcow2
 same check -r bogus a.qcow2
+
+step "a raw image whose size is not a multiple of 512"
+same info -f raw odd.raw
+same map --output=json -f raw odd.raw
+same compare -f raw -F raw odd.raw odd.raw
+same convert -f raw -O raw odd.raw n.raw
 
 step "dd operands"
 same dd if=a.raw of=d.raw bogus=1

@@ -14,18 +14,5 @@ need qemu-img qemu-io python3
 on_exit stress_kill_daemon
 export STRESS_EXTRA="--zero-heavy --hot 2" STRESS_QD=64
 OPS=${STRESS_OPS:-1500}
-failures=0 n=0
-for kind in c4k c64k c2m v2 v2-backing c64k-backing ext64k ext16k-backing; do
-    for tr in lib nbd; do
-        n=$((n + 1))
-        seed=$((7000 + 3 * n + n % 3)) # seed % 3 picks the I/O path under the image
-        if stress_case "$kind" "$tr" "$seed" "$OPS" "$T/case"; then
-            echo "ok   $kind/$tr seed=$seed ($STRESS_LAST_OPS ops, $STRESS_LAST_VARIANT)"
-        else
-            echo "FAIL $kind/$tr seed=$seed"
-            failures=$((failures + 1))
-        fi
-    done
-done
-[ $failures = 0 ] || fail "$failures of $n runs failed (replay one: STRESS_EXTRA='$STRESS_EXTRA' STRESS_QD=64 tests/stress/soak.sh --kind KIND --transport T --seed S --ops $OPS build-asan)"
+stress_hot_cases 7000 c4k c64k c2m v2 v2-backing c64k-backing ext64k ext16k-backing
 echo OK

@@ -253,3 +253,28 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
     fi
     return 0
 }
+
+# stress_hot_cases SEED_BASE KIND...: stress_case for each kind in process
+# and over NBD (OPS, STRESS_EXTRA and STRESS_QD as set by the caller),
+# fixed seeds from SEED_BASE (seed % 3 picks the I/O path under the image),
+# one line per run with the line's extra from stress_note_fn if the caller
+# defines it; fails the test naming how to replay a failed run.
+stress_hot_cases() {
+    local base=$1 kind tr seed note failures=0 n=0
+    shift
+    for kind in "$@"; do
+        for tr in lib nbd; do
+            n=$((n + 1))
+            seed=$((base + 3 * n + n % 3))
+            if stress_case "$kind" "$tr" "$seed" "$OPS" "$T/case"; then
+                note=
+                declare -F stress_note_fn >/dev/null && note=$(stress_note_fn "$T/case")
+                echo "ok   $kind/$tr seed=$seed ($STRESS_LAST_OPS ops, $STRESS_LAST_VARIANT$note)"
+            else
+                echo "FAIL $kind/$tr seed=$seed"
+                failures=$((failures + 1))
+            fi
+        done
+    done
+    [ $failures = 0 ] || fail "$failures of $n runs failed (replay one: STRESS_EXTRA='$STRESS_EXTRA' STRESS_QD=$STRESS_QD tests/stress/soak.sh --kind KIND --transport T --seed S --ops $OPS build-asan)"
+}

@@ -182,6 +182,16 @@ static int probe_direct_alignment(int fd, uint32_t *align)
     return rc;
 }
 
+/* A regular file's length as QEMU's block layer sees it: whole 512-byte
+ * sectors, the last one completed with zeroes (reads past the end read
+ * zeroes; a write there grows the file). Rounded down, the last partial
+ * sector of an image whose size is not a multiple of 512 was out of every
+ * reader's reach (a guest's last sector, qemu-img compare). */
+static uint64_t file_length(off_t st_size)
+{
+    return ((uint64_t)st_size + 511) & ~(uint64_t)511;
+}
+
 static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct file_state *s = n->opaque;
@@ -235,7 +245,7 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         }
         vbd_node_set_size(n, size);
     } else if (S_ISREG(st.st_mode)) {
-        vbd_node_set_size(n, st.st_size);
+        vbd_node_set_size(n, file_length(st.st_size));
         /* ext2/3/4 share the magic: ext2 and ext3 files without extents
          * answer EOPNOTSUPP, and that turns it off */
         s->falloc_writes = s->inline_writes && !s->direct && fs_ok && sfs.f_type == EXT4_SUPER_MAGIC;
@@ -625,8 +635,8 @@ static int file_refresh_size(struct vbd_node *n)
     struct stat st;
     if (fstat(s->fd, &st) < 0)
         return -errno;
-    if ((uint64_t)st.st_size != vbd_node_size(n)) {
-        vbd_node_set_size(n, (uint64_t)st.st_size);
+    if (file_length(st.st_size) != vbd_node_size(n)) {
+        vbd_node_set_size(n, file_length(st.st_size));
         extent_forget(s);
     }
     return 0;
