@@ -253,18 +253,23 @@ for e in 1 2; do
         echo 'read 0 512' >&7
         for _ in $(seq 400); do grep -q . $k.hold 2>/dev/null && break; sleep 0.05; done
         grep -q "read 512/512" $k.hold || fail "$k: the first client did not connect: $(cat $k.hold)"
-        # qemu-nbd leaves the next client waiting, the server refuses it:
-        # either way it is not served while the first one holds its slot
+        # the next client waits (in the listen backlog) while the first one
+        # holds the only slot, and is served once it leaves
         timeout -k 1 5 nbdinfo --size "$(uri $k)" >$k.size 2>/dev/null
         rc=$?
         if [ $e = 1 ]; then
             [ $rc != 0 ] || fail "$k -e 1: a second client was served"
+            nbdinfo --size "$(uri $k)" >$k.size 2>$k.size.err &
+            waiter=$!
         else
             [ $rc = 0 ] || fail "$k -e 2: the second client was not served"
         fi
         echo quit >&7
         exec 7>&-
         wait $holder
+        if [ $e = 1 ]; then
+            wait $waiter || fail "$k -e 1: the client waiting for the slot was not served once it freed: $(cat $k.size.err)"
+        fi
         rm $k.fifo
     done
     nbdinfo --size "$(uri v)" >/dev/null || fail "vbd-nbd -e $e: no client served after the first left"

@@ -91,6 +91,13 @@ void vbd_nbd_serve_fd(int fd)
 static void accept_co(void *opaque)
 {
     while (!srv.stopping) {
+        /* At max-connections nothing is accepted (QEMU's): the next client
+         * waits in the listen backlog until a connection ends, instead of
+         * being refused */
+        while (srv.max_connections && (uint32_t)srv.nconns >= srv.max_connections && !srv.stopping)
+            vbd_co_queue_wait(&srv.idle_q);
+        if (srv.stopping)
+            break;
         int fd = vbd_co_accept(srv.listen_fd, NULL, NULL);
         if (fd < 0) {
             if (srv.stopping)
@@ -102,11 +109,6 @@ static void accept_co(void *opaque)
             }
             if (fd == -EINVAL || fd == -EBADF || fd == -ESHUTDOWN)
                 break;
-            continue;
-        }
-        if (srv.max_connections && (uint32_t)srv.nconns >= srv.max_connections) {
-            vbd_warn("nbd: refusing a connection: max-connections=%u reached", srv.max_connections);
-            close(fd);
             continue;
         }
         int one = 1;
@@ -273,6 +275,7 @@ void vbd_nbd_server_stop(void)
         return;
     srv.stopping = true;
     shutdown(srv.listen_fd, SHUT_RDWR); /* wakes the accept loop */
+    vbd_co_queue_wake_all(&srv.idle_q); /* ... or its wait for a free slot */
     for (struct nbd_conn *c = srv.conns; c; c = c->next) {
         c->closing = true;
         vbd_chan_shutdown(&c->ch, SHUT_RD); /* in-flight replies still go out */
