@@ -159,6 +159,29 @@ static void on_signal(int sig)
         vbd_loop_kick(main_loop);
 }
 
+/* qsd checks --blockdev against blockdev-add's schema: a file node without
+ * its filename is "Parameter 'PATH.filename' is missing" there, before any
+ * open (the driver's own words are qemu-img's). Depth-first, as the
+ * visitor meets it. */
+static bool file_lacks_filename(struct json_object *o, const char *prefix, struct vbd_error **err)
+{
+    struct json_object *drv = json_object_object_get(o, "driver");
+    if (drv && json_object_is_type(drv, json_type_string) && !strcmp(json_object_get_string(drv), "file") &&
+        !json_object_object_get_ex(o, "filename", NULL)) {
+        vbd_error_setf(err, EINVAL, "Parameter '%sfilename' is missing", prefix);
+        return true;
+    }
+    json_object_object_foreach(o, key, v) {
+        if (!json_object_is_type(v, json_type_object))
+            continue;
+        char sub[512];
+        snprintf(sub, sizeof(sub), "%s%s.", prefix, key);
+        if (file_lacks_filename(v, sub, err))
+            return true;
+    }
+    return false;
+}
+
 static int add_blockdev(const char *arg, struct vbd_error **err)
 {
     struct json_object *opts = vbd_opts_parse(arg, "driver", err);
@@ -180,6 +203,10 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
     struct vbd_qmp_error qe = {0};
     if (!vbd_qmp_node_name_check(json_object_get_string(vbd_opt_get(opts, "node-name")), &qe)) {
         vbd_error_setf(err, EINVAL, "%s", qe.desc);
+        json_object_put(opts);
+        return -EINVAL;
+    }
+    if (file_lacks_filename(opts, "", err)) {
         json_object_put(opts);
         return -EINVAL;
     }

@@ -84,6 +84,9 @@ extra
 --blockdev driver=null-co,node-name=a --export vhost-user-blk,id=e,node-name=a,addr.type=unix
 --blockdev driver=null-co,node-name=a --export vhost-user-blk,id=e,node-name=a,addr.path={D}/v.sock
 # --nbd-server is QAPI's NbdServerOptions (addr a SocketAddress)
+# a file node without its filename (the schema says so before the driver)
+--blockdev driver=file,node-name=x
+--blockdev driver=qcow2,node-name=x,file.driver=file
 --nbd-server addr.type=inet
 --nbd-server addr.type=inet,addr.host=127.0.0.1
 --nbd-server addr.path={D}/n.sock

@@ -83,6 +83,8 @@ same bitmap --add nosuch b0
 same rebase -b nosuch -F raw o.qcow2
 same info --image-opts driver=file,filename=nosuch
 same info --image-opts driver=qcow2,file.driver=file,file.filename=nosuch
+same info --image-opts driver=file
+same info --image-opts driver=qcow2,file.driver=file
 # --image-opts is a QemuOpts string, first name implied "file": a bare first
 # word names a node (none in a tool), later bare words are flags (deprecated)
 for v in info map check; do

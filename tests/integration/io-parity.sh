@@ -128,6 +128,8 @@ same --image-opts -c 'read -P 0xab 0 1' -c 'write 1 1' driver=raw,file.filename=
 same --image-opts -c 'read 0 1' driver=raw,file.filename=nosuch
 same --image-opts -c 'read 0 1' driver=qcow2,file.filename=a.raw
 same --image-opts -c 'read 0 1' driver=foo,file.filename=a.raw
+same --image-opts -c 'read 0 1' driver=file
+same --image-opts -c 'read 0 1' driver=qcow2,file.driver=file
 same -f raw --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw
 # qemu-io's --image-opts is QemuOpts without an implied name: every bare
 # word is a flag (deprecated), the first one too

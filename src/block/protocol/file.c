@@ -203,7 +203,8 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_opt_take_enum(opts, "locking", lockmodes, &locking, err) < 0)
         goto fail;
     if (!filename) {
-        vbd_error_setf(err, EINVAL, "Parameter 'filename' is missing"); /* qemu's words */
+        /* qemu-img's and qemu-io's words (blockdev-add and --blockdev say "Parameter 'filename' is missing" before this: src/qmp/cmd-block.c) */
+        vbd_error_setf(err, EINVAL, "The 'file' block driver requires a file name");
         goto fail;
     }
     snprintf(n->filename, sizeof(n->filename), "%s", filename);
