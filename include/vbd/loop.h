@@ -61,6 +61,11 @@ void vbd_loop_schedule_bh(struct vbd_loop *loop, struct vbd_bh *bh);
 
 /* Monotonic clock in ns. */
 uint64_t vbd_clock_ns(void);
+/* For statistics (request times): cheaper, only differences count, off by
+ * up to tens of ns; vbd_clock_stat_since gives the ns since a reading of
+ * it (never negative). Not for deadlines or timers: use vbd_clock_ns. */
+uint64_t vbd_clock_stat_ns(void);
+uint64_t vbd_clock_stat_since(uint64_t start_ns);
 
 /* Timers (loop thread only): callback fires once at deadline. */
 struct vbd_timer {

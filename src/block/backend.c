@@ -145,7 +145,7 @@ const char *vbd_backend_serial(struct vbd_backend *be) { return be->serial; }
 
 static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes, int rc, uint64_t start_ns)
 {
-    uint64_t ns = vbd_clock_ns() - start_ns;
+    uint64_t ns = vbd_clock_stat_since(start_ns);
     uint64_t us = ns / 1000;
     int b = 0;
     while (us > 1 && b < VBD_LAT_BUCKETS - 1) {
@@ -276,7 +276,7 @@ static int check_drive_range(struct vbd_backend *be, uint64_t off, uint64_t byte
 
 int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
 {
-    uint64_t t = vbd_clock_ns();
+    uint64_t t = vbd_clock_stat_ns();
     int rc = check_drive_range(be, off, bytes);
     if (rc == 0) {
         struct vbd_loop *origin = be_enter(be);
@@ -290,7 +290,7 @@ int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, 
 int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t bytes,
                                   int (*send)(void *opaque, int fd, uint64_t foff), void *opaque)
 {
-    uint64_t t = vbd_clock_ns();
+    uint64_t t = vbd_clock_stat_ns();
     if (check_drive_range(be, off, bytes) < 0)
         return -ENOTSUP; /* the normal path answers it */
     /* the gate without be_enter's move to the root's home loop: what runs
@@ -310,7 +310,7 @@ int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t
 
 int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
 {
-    uint64_t t = vbd_clock_ns();
+    uint64_t t = vbd_clock_stat_ns();
     int rc = be->read_only ? -EROFS : check_drive_range(be, off, bytes);
     if (rc == 0) {
         if (atomic_load_explicit(&be->writethrough, memory_order_relaxed))
@@ -325,7 +325,7 @@ int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes,
 
 int vbd_backend_co_flush(struct vbd_backend *be)
 {
-    uint64_t t = vbd_clock_ns();
+    uint64_t t = vbd_clock_stat_ns();
     int rc = 0;
     if (!be->read_only) {
         struct vbd_loop *origin = be_enter(be);
@@ -338,7 +338,7 @@ int vbd_backend_co_flush(struct vbd_backend *be)
 
 int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes)
 {
-    uint64_t t = vbd_clock_ns();
+    uint64_t t = vbd_clock_stat_ns();
     int rc = be->read_only ? -EROFS : 0;
     if (rc == 0 && be->discard_unmap && (rc = check_drive_range(be, off, bytes)) == 0) {
         struct vbd_loop *origin = be_enter(be);
@@ -354,7 +354,7 @@ int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes
 
 int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t bytes, unsigned flags)
 {
-    uint64_t t = vbd_clock_ns();
+    uint64_t t = vbd_clock_stat_ns();
     int rc = be->read_only ? -EROFS : check_drive_range(be, off, bytes);
     if (rc == 0) {
         if (!be->discard_unmap)
