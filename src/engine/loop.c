@@ -100,8 +100,11 @@ uint64_t vbd_clock_ns(void)
  * measured against CLOCK_MONOTONIC over the first STAT_CALIBRATE_NS after
  * the first read; until then, and on other hosts, it is clock_gettime.
  * Only differences of two readings mean anything; one taken either side
- * of the switch is off by the calibration's error (tens of ns), and a
- * difference is never negative (vbd_clock_stat_since).
+ * of the switch is off by the calibration's error (each end of it is a
+ * TSC reading bracketed by clock reads < 2 us apart: at most a
+ * microsecond), and a difference is never negative (vbd_clock_stat_since).
+ * Should the kernel later drop the TSC (its watchdog), request times would
+ * be as wrong as the TSC, never deadlines or timers (vbd_clock_ns).
  */
 #if defined(__x86_64__)
 #include <x86intrin.h>
@@ -124,9 +127,26 @@ static bool kernel_clock_is_tsc(void)
     return tsc;
 }
 
+/* A TSC reading and the CLOCK_MONOTONIC time it was taken at, bracketed by
+ * two clock reads less than STAT_PAIR_NS apart: a pair split by a
+ * preemption (a time slice: ms) would skew the rate. */
+#define STAT_PAIR_NS 2000
+static bool stat_pair(uint64_t *tsc, uint64_t *ns)
+{
+    for (int i = 0; i < 8; i++) {
+        uint64_t a = vbd_clock_ns(), t = __rdtsc(), b = vbd_clock_ns();
+        if (b - a < STAT_PAIR_NS) {
+            *tsc = t;
+            *ns = a + (b - a) / 2;
+            return true;
+        }
+    }
+    return false;
+}
+
 static uint64_t stat_clock_slow(int state)
 {
-    uint64_t ns = vbd_clock_ns();
+    uint64_t ns = vbd_clock_ns(), tsc, at;
     int busy = STAT_CLOCK_BUSY;
     if (state == STAT_CLOCK_NEW &&
         atomic_compare_exchange_strong_explicit(&stat_clock_state, &state, busy, memory_order_acquire,
@@ -135,22 +155,27 @@ static uint64_t stat_clock_slow(int state)
             atomic_store_explicit(&stat_clock_state, STAT_CLOCK_SYSTEM, memory_order_release);
             return ns;
         }
-        stat_base_tsc = __rdtsc();
-        __atomic_store_n(&stat_base_ns, vbd_clock_ns(), __ATOMIC_RELAXED);
-        atomic_store_explicit(&stat_clock_state, STAT_CLOCK_BASE, memory_order_release);
+        bool ok = stat_pair(&tsc, &at);
+        if (ok) {
+            stat_base_tsc = tsc;
+            __atomic_store_n(&stat_base_ns, at, __ATOMIC_RELAXED);
+        }
+        atomic_store_explicit(&stat_clock_state, ok ? STAT_CLOCK_BASE : STAT_CLOCK_NEW, memory_order_release);
     } else if (state == STAT_CLOCK_BASE && ns - __atomic_load_n(&stat_base_ns, __ATOMIC_RELAXED) >= STAT_CALIBRATE_NS &&
                atomic_compare_exchange_strong_explicit(&stat_clock_state, &state, busy, memory_order_acquire,
                                                        memory_order_relaxed)) {
-        uint64_t tsc = __rdtsc();
-        ns = vbd_clock_ns();
+        if (!stat_pair(&tsc, &at)) {
+            atomic_store_explicit(&stat_clock_state, STAT_CLOCK_BASE, memory_order_release); /* a later call tries */
+            return ns;
+        }
         uint64_t ticks = tsc - stat_base_tsc;
         if (tsc <= stat_base_tsc || ticks < STAT_CALIBRATE_NS / 100) { /* not a TSC we can use */
             atomic_store_explicit(&stat_clock_state, STAT_CLOCK_SYSTEM, memory_order_release);
             return ns;
         }
-        stat_mult = (uint64_t)(((unsigned __int128)(ns - stat_base_ns) << 32) / ticks);
+        stat_mult = (uint64_t)(((unsigned __int128)(at - stat_base_ns) << 32) / ticks);
         stat_base_tsc = tsc;
-        __atomic_store_n(&stat_base_ns, ns, __ATOMIC_RELAXED);
+        __atomic_store_n(&stat_base_ns, at, __ATOMIC_RELAXED);
         atomic_store_explicit(&stat_clock_state, STAT_CLOCK_TSC, memory_order_release);
     }
     return ns;

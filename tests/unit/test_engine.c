@@ -487,3 +487,31 @@ UNIT_TEST(loop_pollers)
     CHECK_EQ(st.sleeps, 0);
     vbd_loop_set_poll_max_ns(loop, 32768);
 }
+
+/* The statistics clock measures what CLOCK_MONOTONIC measures, before and
+ * after its calibration (rdtsc where the kernel's clock source is the TSC):
+ * an interval read by it lies within the two clock intervals that bracket
+ * its readings, give or take 1 % (the calibration over >= 20 ms is good to
+ * ~1e-4) and 5 us (either end of a calibration is a bracketed pair < 2 us
+ * wide). A bound that a preemption between two reads cannot break: it only
+ * widens the brackets. */
+static void stat_interval_within(uint64_t sleep_ns)
+{
+    uint64_t a0 = vbd_clock_ns(), s0 = vbd_clock_stat_ns(), b0 = vbd_clock_ns();
+    struct timespec ts = {0, (long)sleep_ns};
+    nanosleep(&ts, NULL);
+    uint64_t a1 = vbd_clock_ns(), s1 = vbd_clock_stat_ns(), b1 = vbd_clock_ns();
+    uint64_t got = s1 > s0 ? s1 - s0 : 0, lo = a1 - b0, hi = b1 - a0;
+    CHECK(got + lo / 100 + 5000 >= lo);
+    CHECK(got <= hi + hi / 100 + 5000);
+    CHECK(vbd_clock_stat_since(s1 + 1000000000ull) == 0); /* a reading later than now: 0, never negative */
+}
+
+UNIT_TEST(stat_clock_follows_monotonic)
+{
+    stat_interval_within(1000000); /* likely before the calibration: clock_gettime */
+    for (int i = 0; i < 4; i++)
+        stat_interval_within(10000000); /* the 20 ms calibration falls in here */
+    for (int i = 0; i < 3; i++)
+        stat_interval_within(30000000);
+}
