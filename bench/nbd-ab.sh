@@ -3,7 +3,9 @@
 # back to back in each round (so a shifting load hits them alike). Prints
 # per run IOPS, the server's CPU ns per request, TCP segments per request
 # (nstat, host-wide: other traffic on lo counts), with PERF=1 the server's
-# syscalls per request, with CPERF=1 fio's. Not a test.
+# syscalls per request, with CPERF=1 fio's and fio's CPU ns per request
+# (task-clock: on the fio QD32 rows fio is the bound, so what a server
+# costs fio decides IOPS). Not a test.
 #   bench/nbd-ab.sh ROUNDS SECONDS "ROW..." VARIANT...
 #   ROW: via:rw:bs:depth[:client]  (via unix|tcp, client fio (default) or vbd-bench)
 #   VARIANT: NAME=BUILD_DIR[,ENV=VALUE...] (the server gets the variables) or nbdkit
@@ -43,7 +45,7 @@ for round in $(seq $ROUNDS); do
     nstat -n >/dev/null
     c0=$(cpu_ns $spid)
     if [ "${client:-fio}" = fio ] && [ -n "${CPERF:-}" ]; then
-        out=$(perf stat -e 'syscalls:sys_enter_poll,syscalls:sys_enter_ppoll,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_read,syscalls:sys_enter_write,context-switches' -o "$dir/cperf" -- taskset -c 1 fio --name=b --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$SECS" \
+        out=$(perf stat -e 'task-clock,syscalls:sys_enter_poll,syscalls:sys_enter_ppoll,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_read,syscalls:sys_enter_write,context-switches' -o "$dir/cperf" -- taskset -c 1 fio --name=b --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$SECS" \
         --size=1G --output-format=json 2>/dev/null |
         python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$rw'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])" || echo "0 0 1")
     elif [ "${client:-fio}" = fio ]; then out=$(fio_run "$URI" $rw $bs $depth || echo "0 0 1")
@@ -54,7 +56,10 @@ for round in $(seq $ROUNDS); do
     if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
     read -r iops ccpu n <<<"$out"
     extra=$(if [ -n "$ppid" ]; then per_request "$dir/perfstat" $n; fi)
-    if [ -n "${CPERF:-}" ]; then extra="$extra | fio:$(per_request "$dir/cperf" $n)"; fi
+    if [ -n "${CPERF:-}" ] && [ -s "$dir/cperf" ]; then
+        extra="$extra | fio:$(awk -v n="$n" '$2 == "msec" && $3 == "task-clock" { gsub(",", "", $1); printf " ns/r %.0f", $1 * 1e6 / n }' "$dir/cperf")$(per_request "$dir/cperf" $n)"
+        rm -f "$dir/cperf"
+    fi
     printf '%-8s %-4s %-9s %-3s QD%-2s %-9s iops %7s ns/r %6s ccpu %3s segs/r %.2f%s\n' "$name" $t $rw $bs $depth "${client:-fio}" "$iops" $(( (c1 - c0) / (n + 1) )) "$ccpu" "$(echo "${segs:-0} / ($n + 1)" | bc -l)" "$extra"
     stop
   done
