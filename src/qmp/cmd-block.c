@@ -392,19 +392,69 @@ bool vbd_qmp_node_written_by_export(struct vbd_node *n)
     return false;
 }
 
+/* Why QEMU would refuse to resize n (qmp_block_resize: the op blockers,
+ * then the permissions of a BlockBackend taking RESIZE), in its words;
+ * false if nothing holds the size. A backing file and a job's nodes are
+ * op-blocked ("Device ... is in use", device printed as glibc prints a
+ * NULL), except a backup's source, whose copy-before-write filter
+ * unshares RESIZE; a node exported over NBD (the export's BlockBackend
+ * does not share RESIZE; vhost-user-blk's does and tells the guest) and a
+ * format node's file (read and written at offsets the format keeps)
+ * cannot be resized either. Filters and raw pass their parent's
+ * permissions through: their child stays resizable, as in QEMU. */
+static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qmp_error *err)
+{
+    struct vbd_job *j = vbd_job_using_node(n);
+    bool backing = false;
+    for (struct vbd_node *p = vbd_node_next(NULL); p && !backing; p = vbd_node_next(p))
+        backing = p->backing == n;
+    if (backing || (j && !(n->write_hook && !strcmp(j->drv->type, "backup")))) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Device '%s' is in use", device ? device : "(null)");
+        return true;
+    }
+    char by[512];
+    by[0] = 0;
+    if (j)
+        snprintf(by, sizeof(by), "the copy-before-write filter of backup job '%s' (uses node '%s' as 'file' child)",
+                 j->id, n->node_name);
+    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !by[0]; x = x->next)
+        if (!strcmp(x->type->type, "nbd") && vbd_daemon_export_node(x) == n)
+            snprintf(by, sizeof(by), "an unnamed block device (uses node '%s' as 'root' child)", n->node_name);
+    for (struct vbd_node *p = vbd_node_next(NULL); p && !by[0]; p = vbd_node_next(p))
+        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && strcmp(p->drv->name, "raw"))
+            snprintf(by, sizeof(by), "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
+    if (by[0])
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Permission conflict on node '%s': permissions 'resize' are both required by an unnamed "
+                           "block device (uses node '%s' as 'root' child) and unshared by %s.",
+                           n->node_name, n->node_name, by);
+    return by[0] != 0;
+}
+
 static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
 {
     int64_t size = json_object_get_int64(json_object_object_get(args, "size"));
-    struct vbd_node *n = lookup_node(opt_str(args, "device"), opt_str(args, "node-name"), err);
-    if (!n)
+    /* QEMU's bdrv_lookup_bs(device, node_name): device names a
+     * BlockBackend, and qsd has none a user can name */
+    const char *device = opt_str(args, "device"), *node_name = opt_str(args, "node-name");
+    struct vbd_node *n = node_name ? vbd_node_find(node_name) : NULL;
+    if (!n) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'",
+                           device ? device : "", node_name ? node_name : "");
         return NULL;
+    }
     if (size < 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'size' expects a >0 size");
         return NULL;
     }
+    if (resize_refused(n, device, err))
+        return NULL;
+    if (n->read_only) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Image is read-only");
+        return NULL;
+    }
     struct vbd_error *e = NULL;
     if (vbd_node_co_truncate(n, (uint64_t)size, false, VBD_PREALLOC_OFF, &e) < 0) {
-        vbd_error_prepend(&e, "Cannot resize node '%s': ", n->node_name);
         vbd_qmp_error_take(err, e);
         return NULL;
     }
