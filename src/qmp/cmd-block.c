@@ -453,8 +453,18 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Image is read-only");
         return NULL;
     }
+    /* QEMU's file-posix sets a regular file to the size asked for even when
+     * not 'exact' (a shrink included); vbd's file driver leaves a file
+     * longer unless exact, which the formats rely on: exact when the node
+     * is a file or passes the request straight to one (raw, filters) */
+    bool exact = false;
+    for (struct vbd_node *m = n; m && !exact; m = m->file != m ? m->file : NULL) {
+        exact = m->drv->kind == VBD_DRV_PROTOCOL && !strcmp(m->drv->name, "file");
+        if (m->drv->kind == VBD_DRV_FORMAT && strcmp(m->drv->name, "raw"))
+            break;
+    }
     struct vbd_error *e = NULL;
-    if (vbd_node_co_truncate(n, (uint64_t)size, false, VBD_PREALLOC_OFF, &e) < 0) {
+    if (vbd_node_co_truncate(n, (uint64_t)size, exact, VBD_PREALLOC_OFF, &e) < 0) {
         vbd_qmp_error_take(err, e);
         return NULL;
     }
