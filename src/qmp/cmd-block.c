@@ -42,7 +42,7 @@ static const struct key_type file_keys[] = {
 };
 static const struct key_type null_keys[] = {{"size", "int"}, {"latency-ns", "int"}, {"read-zeroes", "bool"}, {NULL, NULL}};
 static const struct key_type nbd_keys[] = {
-    {"server", "obj"}, {"export", "str"}, {"tls-creds", "str"}, {"tls-hostname", "str"}, {"x-dirty-bitmap", "str"},
+    {"server", "sockaddr"}, {"export", "str"}, {"tls-creds", "str"}, {"tls-hostname", "str"}, {"x-dirty-bitmap", "str"},
     {"reconnect-delay", "int"}, {"open-timeout", "int"},
     /* vbd's own: TLS without an object (vbd-img's nbds:// URIs) */
     {"tls", "bool"}, {"tls-certificates", "str"}, {"tls-psk-file", "str"}, {"tls-username", "str"},
@@ -151,6 +151,65 @@ static const struct key_type *find_key(const struct key_type *keys, const char *
     return NULL;
 }
 
+static bool check_value(const char *path, const char *type, struct json_object *v, struct vbd_qmp_error *err);
+
+/* QEMU's SocketAddress (nbd's server), visited as QAPI does: the type,
+ * then its branch's members in order (a mandatory one missing, a wrong
+ * type), then the members left over. A "!" marks a mandatory member. */
+static bool check_sockaddr(const char *path, struct json_object *v, struct vbd_qmp_error *err)
+{
+    static const struct {
+        const char *type;
+        struct key_type keys[9];
+    } branches[] = {
+        {"inet", {{"!host", "str"}, {"!port", "str"}, {"numeric", "bool"}, {"to", "int"}, {"ipv4", "bool"},
+                  {"ipv6", "bool"}, {"keep-alive", "bool"}, {"mptcp", "bool"}, {NULL, NULL}}},
+        {"unix", {{"!path", "str"}, {"abstract", "bool"}, {"tight", "bool"}, {NULL, NULL}}},
+        {"vsock", {{"!cid", "str"}, {"!port", "str"}, {NULL, NULL}}},
+        {"fd", {{"!str", "str"}, {NULL, NULL}}},
+    };
+    char sub[256];
+    struct json_object *t;
+    snprintf(sub, sizeof(sub), "%s.type", path);
+    if (!json_object_object_get_ex(v, "type", &t)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is missing", sub);
+        return false;
+    }
+    /* the union's discriminator: QAPI names it without the prefix */
+    if (!check_value("type", "enum:inet,unix,vsock,fd", t, err))
+        return false;
+    const struct key_type *keys = NULL;
+    for (size_t i = 0; i < sizeof(branches) / sizeof(branches[0]); i++)
+        if (!strcmp(branches[i].type, json_object_get_string(t)))
+            keys = branches[i].keys;
+    for (const struct key_type *k = keys; k->name; k++) {
+        const char *name = k->name + (k->name[0] == '!');
+        struct json_object *m;
+        snprintf(sub, sizeof(sub), "%s.%s", path, name);
+        if (!json_object_object_get_ex(v, name, &m)) {
+            if (k->name[0] == '!') {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is missing", sub);
+                return false;
+            }
+        } else if (!check_value(sub, k->type, m, err)) {
+            return false;
+        }
+    }
+    json_object_object_foreach(v, key, m)
+    {
+        (void)m;
+        bool known = !strcmp(key, "type");
+        for (const struct key_type *k = keys; k->name && !known; k++)
+            known = !strcmp(k->name + (k->name[0] == '!'), key);
+        if (!known) {
+            snprintf(sub, sizeof(sub), "%s.%s", path, key);
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", sub);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool check_value(const char *path, const char *type, struct json_object *v, struct vbd_qmp_error *err)
 {
     const char *have = json_kind(v);
@@ -163,7 +222,7 @@ static bool check_value(const char *path, const char *type, struct json_object *
         ok = !strcmp(have, "str") || !strcmp(have, "obj");
     else if (!strcmp(type, "ref-or-null"))
         ok = !strcmp(have, "str") || !strcmp(have, "obj") || !strcmp(have, "null");
-    else if (!strcmp(type, "cache"))
+    else if (!strcmp(type, "cache") || !strcmp(type, "sockaddr"))
         ok = !strcmp(have, "obj");
     else if (!strcmp(type, "refs"))
         ok = !strcmp(have, "array");
@@ -194,6 +253,8 @@ static bool check_value(const char *path, const char *type, struct json_object *
                 return false;
         }
     }
+    if (!strcmp(type, "sockaddr"))
+        return check_sockaddr(path, v, err);
     if (!strcmp(type, "refs")) {
         for (size_t i = 0; i < json_object_array_length(v); i++) {
             char sub[256];
@@ -252,8 +313,14 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vb
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%simage' is missing", prefix);
         return false;
     }
-    /* QEMU's schema makes these mandatory too (quorum) */
-    static const char *const required[] = {"children", "vote-threshold"};
+    /* QEMU's schema makes these mandatory too (nbd's server, rbd's being
+     * optional; quorum's; iscsi's in its schema's order; copy-before-write's target) */
+    const struct key_type *server = find_key(keys, "server");
+    if (server && !strcmp(server->type, "sockaddr") && !json_object_object_get_ex(o, "server", NULL)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sserver' is missing", prefix);
+        return false;
+    }
+    static const char *const required[] = {"children", "vote-threshold", "transport", "portal", "target"};
     for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
         if (find_key(keys, required[i]) && !json_object_object_get_ex(o, required[i], NULL)) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s%s' is missing", prefix, required[i]);
