@@ -390,6 +390,14 @@ struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_
     return n;
 }
 
+/* QEMU lists the BlockBackends a monitor named or a device holds: qsd has
+ * none (its exports' are anonymous), so its list is always empty */
+static struct json_object *query_block(struct json_object *args, struct vbd_qmp_error *err)
+{
+    (void)args, (void)err;
+    return json_object_new_array();
+}
+
 static struct json_object *blockdev_add(struct json_object *args, struct vbd_qmp_error *err)
 {
     return vbd_qmp_blockdev_add_opts(args, err) ? vbd_qmp_ok() : NULL;
@@ -709,6 +717,7 @@ const struct vbd_qmp_command vbd_qmp_cmds_block[] = {
     {"blockdev-del", "node-name:str", blockdev_del, 0},
     {"blockdev-reopen", "options:array", vbd_qmp_blockdev_reopen, 0},
     {"query-named-block-nodes", "?flat:bool", vbd_qmp_query_named_block_nodes, 0},
+    {"query-block", "", query_block, 0},
     {"block_resize", "?device:str ?node-name:str size:int", block_resize, 0},
     {"query-blockstats", "?query-nodes:bool", vbd_qmp_query_blockstats, 0},
     {"change-backing-file", "device:str image-node-name:str backing-file:str", change_backing_file, 0},
