@@ -403,6 +403,64 @@ static struct json_object *blockdev_add(struct json_object *args, struct vbd_qmp
     return vbd_qmp_blockdev_add_opts(args, err) ? vbd_qmp_ok() : NULL;
 }
 
+static bool job_holds(struct vbd_job *j, struct vbd_node *n)
+{
+    return n && j->drv->uses_node(j, n);
+}
+
+/* n is the topmost node job j holds: no node j holds has it as backing */
+static bool job_top(struct vbd_job *j, struct vbd_node *n)
+{
+    for (struct vbd_node *q = vbd_node_next(NULL); q; q = vbd_node_next(q))
+        if (q->backing == n && job_holds(j, q))
+            return false;
+    return job_holds(j, n);
+}
+
+/* QEMU's job puts its filter right above n (backup's copy-before-write and
+ * mirror's mirror_top over the source, whose writes vbd's jobs hook;
+ * stream's copy-on-read and active commit's mirror_top over the top; a
+ * non-active commit's commit_top over the node under the overlay): an
+ * export of n moves up onto the filter. */
+static bool job_filters(struct vbd_job *j, struct vbd_node *n)
+{
+    const char *type = j->drv->type;
+    if (!strcmp(type, "backup") || !strcmp(type, "mirror"))
+        return n->write_hook != NULL;
+    if (!strcmp(type, "stream") || (!strcmp(type, "commit") && j->drv->complete))
+        return job_top(j, n);
+    for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
+        if (p->backing == n && job_top(j, p))
+            return true;
+    return false;
+}
+
+/* qmp_blockdev_del()'s words for a node job j holds. QEMU's job opens a
+ * BlockBackend on some ("Node X is in use": mirror's target, commit's
+ * base and a non-active commit's top, blockdev-create's file), op-blocks
+ * the others ("is busy"), and a backup's source is only a child of the
+ * job's copy-before-write filter ("Block device X is in use"). */
+static void job_node_del_error(struct vbd_job *j, struct vbd_node *n, struct vbd_qmp_error *err)
+{
+    const char *type = j->drv->type;
+    bool blk = false;
+    if (!strcmp(type, "backup") && n->write_hook) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block device %s is in use", n->node_name);
+        return;
+    }
+    if (!strcmp(type, "mirror"))
+        blk = !n->write_hook;
+    if (!strcmp(type, "create"))
+        blk = true; /* the format's create writes through a BlockBackend */
+    if (!strcmp(type, "commit"))
+        blk = !job_holds(j, n->backing) || (!j->drv->complete && job_filters(j, n));
+    if (blk)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is in use", n->node_name);
+    else
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is busy: block device is in use by block job: %s",
+                           n->node_name, type);
+}
+
 static struct json_object *blockdev_del(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *name = json_object_get_string(json_object_object_get(args, "node-name"));
@@ -410,17 +468,22 @@ static struct json_object *blockdev_del(struct json_object *args, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is not owned by the monitor", name);
         return NULL;
     }
-    /* qmp_blockdev_del()'s words for a node in use: an export's node has a
-     * BlockBackend in QEMU ("Node X is in use"), another node's child a
-     * second reference ("Block device X is in use"); a job's node keeps
-     * vbd's message below */
+    /* qmp_blockdev_del()'s words and order for a node in use: an export's
+     * node has a BlockBackend in QEMU ("Node X is in use") unless a job's
+     * filter took it, a job's node as job_node_del_error() says, another
+     * node's child has a second reference ("Block device X is in use") */
     struct vbd_node *n = vbd_daemon_node_find(name);
-    if (n && n->refcnt > 1 && !vbd_job_using_node(n)) {
-        bool exported = false;
-        for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !exported; x = x->next) {
-            struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
-            exported = be && vbd_backend_node(be) == n;
-        }
+    bool exported = false;
+    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); n && x && !exported; x = x->next) {
+        struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
+        exported = be && vbd_backend_node(be) == n;
+    }
+    struct vbd_job *j = n ? vbd_job_using_node(n) : NULL;
+    if (j && (!exported || job_filters(j, n))) {
+        job_node_del_error(j, n, err);
+        return NULL;
+    }
+    if (n && (exported || n->refcnt > 1)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, exported ? "Node %s is in use" : "Block device %s is in use",
                            name);
         return NULL;
