@@ -194,6 +194,13 @@ static int take_generic(struct json_object *opts, unsigned *flags, int *dz, stru
         return rc;
     if (rc > 0)
         *flags = i == 1 ? (*flags | VBD_OPEN_AIO_THREADS) : (*flags & ~VBD_OPEN_AIO_THREADS);
+    /* QEMU's file-posix: Linux AIO is O_DIRECT only, and QEMU refuses it
+     * without (vbd's io_uring would run it fine; refused so that a
+     * configuration qsd rejects is not taken here) */
+    if (rc > 0 && i == 2 && !(*flags & VBD_OPEN_NOCACHE)) {
+        vbd_error_setf(err, EINVAL, "aio=native was specified, but it requires cache.direct=on, which was not specified.");
+        return -EINVAL;
+    }
     if ((rc = vbd_opt_take_enum(opts, "detect-zeroes", vbd_detect_zeroes_names, &i, err)) < 0)
         return rc;
     *dz = rc > 0 ? i : VBD_DZ_OFF;
@@ -439,9 +446,10 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
 out:
     if (result && result->filename[0] == 0 && filename)
         snprintf(result->filename, sizeof(result->filename), "%s", filename);
-    /* a node name already taken is not about the file: qemu says it alone */
+    /* a node name already taken is not about the file: qemu says it alone,
+     * as it does file-posix's refusal of aio=native */
     if (!result && err && *err && filename && !strstr((*err)->msg, filename) &&
-        strncmp((*err)->msg, "Duplicate nodes with", 20))
+        strncmp((*err)->msg, "Duplicate nodes with", 20) && strncmp((*err)->msg, "aio=native was", 14))
         vbd_error_prepend(err, "Could not open '%s': ", filename);
     free(fname);
     free(drvname);

@@ -42,7 +42,7 @@ static const struct key_type file_keys[] = {
 };
 static const struct key_type null_keys[] = {{"size", "int"}, {"latency-ns", "int"}, {"read-zeroes", "bool"}, {NULL, NULL}};
 static const struct key_type nbd_keys[] = {
-    {"server", "obj"}, {"export", "str"}, {"tls-creds", "str"}, {"tls-hostname", "str"}, {"x-dirty-bitmap", "str"},
+    {"server", "sockaddr"}, {"export", "str"}, {"tls-creds", "str"}, {"tls-hostname", "str"}, {"x-dirty-bitmap", "str"},
     {"reconnect-delay", "int"}, {"open-timeout", "int"},
     /* vbd's own: TLS without an object (vbd-img's nbds:// URIs) */
     {"tls", "bool"}, {"tls-certificates", "str"}, {"tls-psk-file", "str"}, {"tls-username", "str"},
@@ -151,6 +151,65 @@ static const struct key_type *find_key(const struct key_type *keys, const char *
     return NULL;
 }
 
+static bool check_value(const char *path, const char *type, struct json_object *v, struct vbd_qmp_error *err);
+
+/* QEMU's SocketAddress (nbd's server), visited as QAPI does: the type,
+ * then its branch's members in order (a mandatory one missing, a wrong
+ * type), then the members left over. A "!" marks a mandatory member. */
+static bool check_sockaddr(const char *path, struct json_object *v, struct vbd_qmp_error *err)
+{
+    static const struct {
+        const char *type;
+        struct key_type keys[9];
+    } branches[] = {
+        {"inet", {{"!host", "str"}, {"!port", "str"}, {"numeric", "bool"}, {"to", "int"}, {"ipv4", "bool"},
+                  {"ipv6", "bool"}, {"keep-alive", "bool"}, {"mptcp", "bool"}, {NULL, NULL}}},
+        {"unix", {{"!path", "str"}, {"abstract", "bool"}, {"tight", "bool"}, {NULL, NULL}}},
+        {"vsock", {{"!cid", "str"}, {"!port", "str"}, {NULL, NULL}}},
+        {"fd", {{"!str", "str"}, {NULL, NULL}}},
+    };
+    char sub[256];
+    struct json_object *t;
+    snprintf(sub, sizeof(sub), "%s.type", path);
+    if (!json_object_object_get_ex(v, "type", &t)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is missing", sub);
+        return false;
+    }
+    /* the union's discriminator: QAPI names it without the prefix */
+    if (!check_value("type", "enum:inet,unix,vsock,fd", t, err))
+        return false;
+    const struct key_type *keys = NULL;
+    for (size_t i = 0; i < sizeof(branches) / sizeof(branches[0]); i++)
+        if (!strcmp(branches[i].type, json_object_get_string(t)))
+            keys = branches[i].keys;
+    for (const struct key_type *k = keys; k->name; k++) {
+        const char *name = k->name + (k->name[0] == '!');
+        struct json_object *m;
+        snprintf(sub, sizeof(sub), "%s.%s", path, name);
+        if (!json_object_object_get_ex(v, name, &m)) {
+            if (k->name[0] == '!') {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is missing", sub);
+                return false;
+            }
+        } else if (!check_value(sub, k->type, m, err)) {
+            return false;
+        }
+    }
+    json_object_object_foreach(v, key, m)
+    {
+        (void)m;
+        bool known = !strcmp(key, "type");
+        for (const struct key_type *k = keys; k->name && !known; k++)
+            known = !strcmp(k->name + (k->name[0] == '!'), key);
+        if (!known) {
+            snprintf(sub, sizeof(sub), "%s.%s", path, key);
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", sub);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool check_value(const char *path, const char *type, struct json_object *v, struct vbd_qmp_error *err)
 {
     const char *have = json_kind(v);
@@ -163,7 +222,7 @@ static bool check_value(const char *path, const char *type, struct json_object *
         ok = !strcmp(have, "str") || !strcmp(have, "obj");
     else if (!strcmp(type, "ref-or-null"))
         ok = !strcmp(have, "str") || !strcmp(have, "obj") || !strcmp(have, "null");
-    else if (!strcmp(type, "cache"))
+    else if (!strcmp(type, "cache") || !strcmp(type, "sockaddr"))
         ok = !strcmp(have, "obj");
     else if (!strcmp(type, "refs"))
         ok = !strcmp(have, "array");
@@ -194,6 +253,8 @@ static bool check_value(const char *path, const char *type, struct json_object *
                 return false;
         }
     }
+    if (!strcmp(type, "sockaddr"))
+        return check_sockaddr(path, v, err);
     if (!strcmp(type, "refs")) {
         for (size_t i = 0; i < json_object_array_length(v); i++) {
             char sub[256];
@@ -252,8 +313,14 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vb
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%simage' is missing", prefix);
         return false;
     }
-    /* QEMU's schema makes these mandatory too (quorum) */
-    static const char *const required[] = {"children", "vote-threshold"};
+    /* QEMU's schema makes these mandatory too (nbd's server, rbd's being
+     * optional; quorum's; iscsi's in its schema's order; copy-before-write's target) */
+    const struct key_type *server = find_key(keys, "server");
+    if (server && !strcmp(server->type, "sockaddr") && !json_object_object_get_ex(o, "server", NULL)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sserver' is missing", prefix);
+        return false;
+    }
+    static const char *const required[] = {"children", "vote-threshold", "transport", "portal", "target"};
     for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
         if (find_key(keys, required[i]) && !json_object_object_get_ex(o, required[i], NULL)) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s%s' is missing", prefix, required[i]);
@@ -323,9 +390,75 @@ struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_
     return n;
 }
 
+/* QEMU lists the BlockBackends a monitor named or a device holds: qsd has
+ * none (its exports' are anonymous), so its list is always empty */
+static struct json_object *query_block(struct json_object *args, struct vbd_qmp_error *err)
+{
+    (void)args, (void)err;
+    return json_object_new_array();
+}
+
 static struct json_object *blockdev_add(struct json_object *args, struct vbd_qmp_error *err)
 {
     return vbd_qmp_blockdev_add_opts(args, err) ? vbd_qmp_ok() : NULL;
+}
+
+static bool job_holds(struct vbd_job *j, struct vbd_node *n)
+{
+    return n && j->drv->uses_node(j, n);
+}
+
+/* n is the topmost node job j holds: no node j holds has it as backing */
+static bool job_top(struct vbd_job *j, struct vbd_node *n)
+{
+    for (struct vbd_node *q = vbd_node_next(NULL); q; q = vbd_node_next(q))
+        if (q->backing == n && job_holds(j, q))
+            return false;
+    return job_holds(j, n);
+}
+
+/* QEMU's job puts its filter right above n (backup's copy-before-write and
+ * mirror's mirror_top over the source, whose writes vbd's jobs hook;
+ * stream's copy-on-read and active commit's mirror_top over the top; a
+ * non-active commit's commit_top over the node under the overlay): an
+ * export of n moves up onto the filter. */
+static bool job_filters(struct vbd_job *j, struct vbd_node *n)
+{
+    const char *type = j->drv->type;
+    if (!strcmp(type, "backup") || !strcmp(type, "mirror"))
+        return n->write_hook != NULL;
+    if (!strcmp(type, "stream") || (!strcmp(type, "commit") && j->drv->complete))
+        return job_top(j, n);
+    for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
+        if (p->backing == n && job_top(j, p))
+            return true;
+    return false;
+}
+
+/* qmp_blockdev_del()'s words for a node job j holds. QEMU's job opens a
+ * BlockBackend on some ("Node X is in use": mirror's target, commit's
+ * base and a non-active commit's top, blockdev-create's file), op-blocks
+ * the others ("is busy"), and a backup's source is only a child of the
+ * job's copy-before-write filter ("Block device X is in use"). */
+static void job_node_del_error(struct vbd_job *j, struct vbd_node *n, struct vbd_qmp_error *err)
+{
+    const char *type = j->drv->type;
+    bool blk = false;
+    if (!strcmp(type, "backup") && n->write_hook) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block device %s is in use", n->node_name);
+        return;
+    }
+    if (!strcmp(type, "mirror"))
+        blk = !n->write_hook;
+    if (!strcmp(type, "create"))
+        blk = true; /* the format's create writes through a BlockBackend */
+    if (!strcmp(type, "commit"))
+        blk = !job_holds(j, n->backing) || (!j->drv->complete && job_filters(j, n));
+    if (blk)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is in use", n->node_name);
+    else
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is busy: block device is in use by block job: %s",
+                           n->node_name, type);
 }
 
 static struct json_object *blockdev_del(struct json_object *args, struct vbd_qmp_error *err)
@@ -335,17 +468,22 @@ static struct json_object *blockdev_del(struct json_object *args, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is not owned by the monitor", name);
         return NULL;
     }
-    /* qmp_blockdev_del()'s words for a node in use: an export's node has a
-     * BlockBackend in QEMU ("Node X is in use"), another node's child a
-     * second reference ("Block device X is in use"); a job's node keeps
-     * vbd's message below */
+    /* qmp_blockdev_del()'s words and order for a node in use: an export's
+     * node has a BlockBackend in QEMU ("Node X is in use") unless a job's
+     * filter took it, a job's node as job_node_del_error() says, another
+     * node's child has a second reference ("Block device X is in use") */
     struct vbd_node *n = vbd_daemon_node_find(name);
-    if (n && n->refcnt > 1 && !vbd_job_using_node(n)) {
-        bool exported = false;
-        for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !exported; x = x->next) {
-            struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
-            exported = be && vbd_backend_node(be) == n;
-        }
+    bool exported = false;
+    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); n && x && !exported; x = x->next) {
+        struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
+        exported = be && vbd_backend_node(be) == n;
+    }
+    struct vbd_job *j = n ? vbd_job_using_node(n) : NULL;
+    if (j && (!exported || job_filters(j, n))) {
+        job_node_del_error(j, n, err);
+        return NULL;
+    }
+    if (n && (exported || n->refcnt > 1)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, exported ? "Node %s is in use" : "Block device %s is in use",
                            name);
         return NULL;
@@ -392,19 +530,79 @@ bool vbd_qmp_node_written_by_export(struct vbd_node *n)
     return false;
 }
 
+/* Why QEMU would refuse to resize n (qmp_block_resize: the op blockers,
+ * then the permissions of a BlockBackend taking RESIZE), in its words;
+ * false if nothing holds the size. A backing file and a job's nodes are
+ * op-blocked ("Device ... is in use", device printed as glibc prints a
+ * NULL), except a backup's source, whose copy-before-write filter
+ * unshares RESIZE; a node exported over NBD (the export's BlockBackend
+ * does not share RESIZE; vhost-user-blk's does and tells the guest) and a
+ * format node's file (read and written at offsets the format keeps)
+ * cannot be resized either. Filters and raw pass their parent's
+ * permissions through: their child stays resizable, as in QEMU. */
+static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qmp_error *err)
+{
+    struct vbd_job *j = vbd_job_using_node(n);
+    bool backing = false;
+    for (struct vbd_node *p = vbd_node_next(NULL); p && !backing; p = vbd_node_next(p))
+        backing = p->backing == n;
+    if (backing || (j && !(n->write_hook && !strcmp(j->drv->type, "backup")))) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Device '%s' is in use", device ? device : "(null)");
+        return true;
+    }
+    char by[512];
+    by[0] = 0;
+    if (j)
+        snprintf(by, sizeof(by), "the copy-before-write filter of backup job '%s' (uses node '%s' as 'file' child)",
+                 j->id, n->node_name);
+    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !by[0]; x = x->next)
+        if (!strcmp(x->type->type, "nbd") && vbd_daemon_export_node(x) == n)
+            snprintf(by, sizeof(by), "an unnamed block device (uses node '%s' as 'root' child)", n->node_name);
+    for (struct vbd_node *p = vbd_node_next(NULL); p && !by[0]; p = vbd_node_next(p))
+        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && strcmp(p->drv->name, "raw"))
+            snprintf(by, sizeof(by), "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
+    if (by[0])
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Permission conflict on node '%s': permissions 'resize' are both required by an unnamed "
+                           "block device (uses node '%s' as 'root' child) and unshared by %s.",
+                           n->node_name, n->node_name, by);
+    return by[0] != 0;
+}
+
 static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
 {
     int64_t size = json_object_get_int64(json_object_object_get(args, "size"));
-    struct vbd_node *n = lookup_node(opt_str(args, "device"), opt_str(args, "node-name"), err);
-    if (!n)
+    /* QEMU's bdrv_lookup_bs(device, node_name): device names a
+     * BlockBackend, and qsd has none a user can name */
+    const char *device = opt_str(args, "device"), *node_name = opt_str(args, "node-name");
+    struct vbd_node *n = node_name ? vbd_node_find(node_name) : NULL;
+    if (!n) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'",
+                           device ? device : "", node_name ? node_name : "");
         return NULL;
+    }
     if (size < 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'size' expects a >0 size");
         return NULL;
     }
+    if (resize_refused(n, device, err))
+        return NULL;
+    if (n->read_only) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Image is read-only");
+        return NULL;
+    }
+    /* QEMU's file-posix sets a regular file to the size asked for even when
+     * not 'exact' (a shrink included); vbd's file driver leaves a file
+     * longer unless exact, which the formats rely on: exact when the node
+     * is a file or passes the request straight to one (raw, filters) */
+    bool exact = false;
+    for (struct vbd_node *m = n; m && !exact; m = m->file != m ? m->file : NULL) {
+        exact = m->drv->kind == VBD_DRV_PROTOCOL && !strcmp(m->drv->name, "file");
+        if (m->drv->kind == VBD_DRV_FORMAT && strcmp(m->drv->name, "raw"))
+            break;
+    }
     struct vbd_error *e = NULL;
-    if (vbd_node_co_truncate(n, (uint64_t)size, false, VBD_PREALLOC_OFF, &e) < 0) {
-        vbd_error_prepend(&e, "Cannot resize node '%s': ", n->node_name);
+    if (vbd_node_co_truncate(n, (uint64_t)size, exact, VBD_PREALLOC_OFF, &e) < 0) {
         vbd_qmp_error_take(err, e);
         return NULL;
     }
@@ -582,6 +780,7 @@ const struct vbd_qmp_command vbd_qmp_cmds_block[] = {
     {"blockdev-del", "node-name:str", blockdev_del, 0},
     {"blockdev-reopen", "options:array", vbd_qmp_blockdev_reopen, 0},
     {"query-named-block-nodes", "?flat:bool", vbd_qmp_query_named_block_nodes, 0},
+    {"query-block", "", query_block, 0},
     {"block_resize", "?device:str ?node-name:str size:int", block_resize, 0},
     {"query-blockstats", "?query-nodes:bool", vbd_qmp_query_blockstats, 0},
     {"change-backing-file", "device:str image-node-name:str backing-file:str", change_backing_file, 0},

@@ -10,6 +10,7 @@
  */
 #include "qmp/cmd-export.h"
 #include "qmp/commands.h"
+#include "qmp/snapshot.h"
 
 #include "daemon/objects.h"
 #include "vbd/dirty-bitmap.h"
@@ -395,6 +396,55 @@ static struct json_object *block_export_del(struct json_object *args, struct vbd
     return vbd_qmp_ok();
 }
 
+/* QEMU's legacy nbd-server-add: block-export-add type=nbd whose id and
+ * name are the name given, else the device, with one bitmap at most */
+static struct json_object *nbd_server_add(struct json_object *args, struct vbd_qmp_error *err)
+{
+    if (!vbd_nbd_server_running()) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "NBD server not running");
+        return NULL;
+    }
+    const char *device = str_of(args, "device"), *name = str_of(args, "name");
+    struct vbd_node *n = qmp_lookup_node(device, err);
+    if (!n)
+        return NULL;
+    struct json_object *opts = json_object_new_object(), *v;
+    json_object_object_add(opts, "type", json_object_new_string("nbd"));
+    json_object_object_add(opts, "id", json_object_new_string(name ? name : device));
+    json_object_object_add(opts, "node-name", json_object_new_string(n->node_name));
+    json_object_object_add(opts, "name", json_object_new_string(name ? name : device));
+    if (json_object_object_get_ex(args, "description", &v))
+        json_object_object_add(opts, "description", json_object_get(v));
+    if (json_object_object_get_ex(args, "writable", &v))
+        json_object_object_add(opts, "writable", json_object_get(v));
+    if (json_object_object_get_ex(args, "bitmap", &v)) {
+        struct json_object *list = json_object_new_array();
+        json_object_array_add(list, json_object_get(v));
+        json_object_object_add(opts, "bitmaps", list);
+    }
+    struct json_object *r = block_export_add(opts, err);
+    json_object_put(opts);
+    return r;
+}
+
+/* QEMU's legacy nbd-server-remove: block-export-del of an NBD export */
+static struct json_object *nbd_server_remove(struct json_object *args, struct vbd_qmp_error *err)
+{
+    const char *name = str_of(args, "name");
+    struct vbd_daemon_export *e = vbd_daemon_export_find(name);
+    if (e && e->type != &vbd_export_type_nbd) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block export '%s' is not an NBD export", name);
+        return NULL;
+    }
+    struct json_object *del = json_object_new_object(), *v;
+    json_object_object_add(del, "id", json_object_new_string(name));
+    if (json_object_object_get_ex(args, "mode", &v))
+        json_object_object_add(del, "mode", json_object_get(v));
+    struct json_object *r = block_export_del(del, err);
+    json_object_put(del);
+    return r;
+}
+
 static struct json_object *query_block_exports(struct json_object *args, struct vbd_qmp_error *err)
 {
     (void)args, (void)err;
@@ -453,6 +503,8 @@ const struct vbd_qmp_command vbd_qmp_cmds_export[] = {
     {"nbd-server-stop", "", nbd_server_stop, 0},
     {"block-export-add", NULL, block_export_add, 0},
     {"block-export-del", "id:str ?mode:str", block_export_del, 0},
+    {"nbd-server-add", "device:str ?name:str ?description:str ?writable:bool ?bitmap:str", nbd_server_add, 0},
+    {"nbd-server-remove", "name:str ?mode:str", nbd_server_remove, 0},
     {"query-block-exports", "", query_block_exports, 0},
     {VBD_QMP_RFQDN "block-export-cont", "?id:str", block_export_cont, 0},
     {"object-add", NULL, qmp_object_add, 0},

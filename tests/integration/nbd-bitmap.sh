@@ -55,5 +55,5 @@ step "a bitmap that does not exist: a clear error, no export"
 out=$("$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename=bm.qcow2 --blockdev driver=qcow2,node-name=d0,file=f0 \
     --nbd-server addr.type=unix,addr.path="$T/x.sock" --export type=nbd,id=e0,node-name=d0,bitmap=nope 2>&1) &&
     fail "an export of a missing bitmap started"
-case $out in *"no persistent dirty bitmap named 'nope'"*) ;; *) fail "unclear error: $out" ;; esac
+case $out in *"Bitmap 'nope' is not found"*) ;; *) fail "unclear error: $out" ;; esac
 echo ok

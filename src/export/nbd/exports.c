@@ -68,9 +68,12 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     if (bitmap) {
         uint64_t pnum;
         int st = vbd_node_co_bitmap_status(n, bitmap, 0, n->size ? n->size : 1, &pnum);
+        if (st == -ENOENT) {
+            vbd_error_setf(err, ENOENT, "Bitmap '%s' is not found", bitmap); /* QEMU's nbd_export_create() */
+            goto fail;
+        }
         if (st < 0) {
-            vbd_error_setf(err, -st, "NBD export '%s': %s '%s' on node '%s'", id,
-                           st == -ENOENT ? "no persistent dirty bitmap named" : "cannot export the inconsistent bitmap",
+            vbd_error_setf(err, -st, "NBD export '%s': cannot export the inconsistent bitmap '%s' on node '%s'", id,
                            bitmap, node);
             goto fail;
         }
