@@ -47,7 +47,8 @@ struct vbd_copy_opts {
      * (cluster_size bytes, aligned) and an all-zero cluster is left out
      * when zero_detect is set, as qemu-img convert -c does. */
     unsigned write_flags;
-    uint64_t cluster_size;  /* the target's cluster size; needed with VBD_REQ_COMPRESSED (<= chunk_size) */
+    uint64_t cluster_size;  /* the target's cluster size; needed with VBD_REQ_COMPRESSED (<= chunk_size);
+                             * convert's chunks end on its boundaries (0: anywhere) */
     /* vbd_co_convert only: coroutines copying at once (qemu-img -m; 0: 8)
      * and whether writes may land out of order (-W). */
     unsigned parallel;

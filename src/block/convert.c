@@ -238,8 +238,18 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
         cv->bs_end = *soff + pnum;
         cv->bs_status = st;
     }
-    if (pnum > l)
+    if (pnum > l) {
         pnum = l;
+        /* Cut by the chunk size, not by the extent: end on a target cluster
+         * boundary, so that a zero extent is written as whole zero clusters
+         * (qemu-img writes it in one request). Cut anywhere, the cluster
+         * under the cut got zeroes in two partial writes, each over the
+         * other's old data (-n into an image of data), and became a data
+         * cluster of zeroes where qemu-img's is a zero cluster. */
+        uint64_t end = *off + l, align = cv->o->cluster_size;
+        if (align && end % align && end - end % align > *off)
+            pnum = end - end % align - *off;
+    }
     /* Without zero detection (-S 0) the target is fully allocated, as
      * qemu-img's: ranges that read as zeroes are read and written as data. */
     *zero = cv->o->zero_detect && ((st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED));
