@@ -41,6 +41,10 @@ struct vbd_copy_opts {
      * what a source's top layer does not allocate is not written (the
      * backing file is taken to hold it, as qemu-img takes it) */
     bool target_has_backing;
+    /* with target_has_backing: the backing file's size. Past it the target
+     * reads as zeroes without it, and zero ranges are not written there
+     * (qemu-img's post-allocated range) */
+    uint64_t target_backing_size;
     unsigned zero_flags;    /* flags of write-zeroes requests (VBD_REQ_MAY_UNMAP) */
     /* flags of data writes (VBD_REQ_FUA, VBD_REQ_COMPRESSED). With
      * VBD_REQ_COMPRESSED every cluster of data is written whole

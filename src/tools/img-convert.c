@@ -318,6 +318,10 @@ int verb_convert(int argc, char **argv)
     struct vbd_copy_opts copy = {.zero_detect = (uint64_t)sparse, .target_is_zero = target_zero,
                                  .zero_flags = VBD_REQ_MAY_UNMAP, .parallel = (unsigned)parallel,
                                  .out_of_order = out_of_order, .target_has_backing = target_backing};
+    if (target_backing) {
+        struct vbd_node *b = vbd_node_skip_filters(dst)->backing;
+        copy.target_backing_size = b ? vbd_node_size(b) : 0;
+    }
     {
         /* compressed clusters are written whole; without, chunks end on
          * the target's cluster boundaries (its map then as qemu-img's) */

@@ -45,7 +45,11 @@ for d in $dirs; do
     qemu-img create -q -f qcow2 -o cluster_size=4k -b "$d/base.qcow2" -F qcow2 "$d/small4k.qcow2"
     qemu-io -f qcow2 -c "write -P 2 0 4k" -c "write -P 3 68k 8k" -c "write -z 200k 4k" -c "write -P 4 31M 12k" \
         -c "write -P 5 40M 4k" "$d/small4k.qcow2" >/dev/null
-    for src in "qcow2 $d/top.qcow2" "raw $d/flat.raw" "raw $d/flat0.raw" "qcow2 $d/small4k.qcow2"; do
+    # noback: a qcow2 without a backing file: what it does not allocate reads
+    # as zeroes, written as zeroes over the target's backing file's data
+    qemu-img create -q -f qcow2 "$d/noback.qcow2" 64M
+    qemu-io -f qcow2 -c "write -P 2 1M 1M" -c "write -z 5M 64k" -c "write -P 3 40M 1M" "$d/noback.qcow2" >/dev/null
+    for src in "qcow2 $d/top.qcow2" "raw $d/flat.raw" "raw $d/flat0.raw" "qcow2 $d/small4k.qcow2" "qcow2 $d/noback.qcow2"; do
         set -- $src
         for how in "-B $d/base.qcow2 -F qcow2" "-o backing_file=$d/base.qcow2,backing_fmt=qcow2"; do
             for S in "" "-S 0" "-S 64k"; do
@@ -58,6 +62,26 @@ for d in $dirs; do
                 diff <(map_shape "$d/dst.qcow2") <(map_shape "$d/ref.qcow2") ||
                     fail "the map differs from qemu-img convert's (left: vbd)"
             done
+        done
+    done
+    # a backing file shorter than the target: past its end the target reads
+    # zeroes, and zeroes there are not written (qemu-img's post-allocated
+    # range), before it they are
+    qemu-img create -q -f qcow2 "$d/short.qcow2" 24M
+    qemu-io -f qcow2 -c "write -P 1 0 24M" "$d/short.qcow2" >/dev/null
+    qemu-img create -q -f qcow2 -b "$d/short.qcow2" -F qcow2 "$d/longtop.qcow2" 64M
+    qemu-io -f qcow2 -c "write -z 20M 8M" -c "write -P 6 30M 1M" -c "write -z 50M 64k" "$d/longtop.qcow2" >/dev/null
+    for src in "raw $d/flat0.raw" "qcow2 $d/noback.qcow2" "qcow2 $d/longtop.qcow2"; do
+        set -- $src
+        for S in "" "-S 0"; do
+            step "$(stat -f -c %T "$d"): convert $S -f $1 ${2##*/} -O qcow2 -B over a shorter backing file"
+            rm -f "$d/dst.qcow2" "$d/ref.qcow2"
+            must "$VBD_IMG" convert $S -f "$1" -O qcow2 -B "$d/short.qcow2" -F qcow2 "$2" "$d/dst.qcow2"
+            must qemu-img convert $S -f "$1" -O qcow2 -B "$d/short.qcow2" -F qcow2 "$2" "$d/ref.qcow2"
+            must qemu-img compare -f "$1" -F qcow2 "$2" "$d/dst.qcow2" >/dev/null
+            must qemu-img check -q "$d/dst.qcow2"
+            diff <(map_shape "$d/dst.qcow2") <(map_shape "$d/ref.qcow2") ||
+                fail "the map differs from qemu-img convert's (left: vbd)"
         done
     done
 done
