@@ -274,8 +274,9 @@ int verb_convert(int argc, char **argv)
     dst = vbd_open(target_image_opts ? NULL : out, dopts, dflags, &err);
     if (!dst) {
         /* a missing backing file: the block layer names the target already
-         * ("Could not open 'OUT': Could not open backing file: ..."), as qemu-img */
-        if (err && !strncmp(err->msg, "Could not open '", 16))
+         * ("Could not open 'OUT': Could not open backing file: ..."), once as
+         * qemu-img does (a missing OUT itself it names twice, as qemu-img) */
+        if (err && !strncmp(err->msg, "Could not open '", 16) && strstr(err->msg, "': Could not open backing file: "))
             tool_report(err);
         else
             tool_report_open(out, err);
