@@ -41,13 +41,18 @@ struct vbd_copy_opts {
      * what a source's top layer does not allocate is not written (the
      * backing file is taken to hold it, as qemu-img takes it) */
     bool target_has_backing;
+    /* with target_has_backing: the backing file's size. Past it the target
+     * reads as zeroes without it, and zero ranges are not written there
+     * (qemu-img's post-allocated range) */
+    uint64_t target_backing_size;
     unsigned zero_flags;    /* flags of write-zeroes requests (VBD_REQ_MAY_UNMAP) */
     /* flags of data writes (VBD_REQ_FUA, VBD_REQ_COMPRESSED). With
      * VBD_REQ_COMPRESSED every cluster of data is written whole
      * (cluster_size bytes, aligned) and an all-zero cluster is left out
      * when zero_detect is set, as qemu-img convert -c does. */
     unsigned write_flags;
-    uint64_t cluster_size;  /* the target's cluster size; needed with VBD_REQ_COMPRESSED (<= chunk_size) */
+    uint64_t cluster_size;  /* the target's cluster size; needed with VBD_REQ_COMPRESSED (<= chunk_size);
+                             * convert's chunks end on its boundaries (0: anywhere) */
     /* vbd_co_convert only: coroutines copying at once (qemu-img -m; 0: 8)
      * and whether writes may land out of order (-W). */
     unsigned parallel;

@@ -238,13 +238,33 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
         cv->bs_end = *soff + pnum;
         cv->bs_status = st;
     }
-    if (pnum > l)
+    if (pnum > l) {
         pnum = l;
+        /* Cut by the chunk size, not by the extent: end on a target cluster
+         * boundary, so that a zero extent is written as whole zero clusters
+         * (qemu-img writes it in one request). Cut anywhere, the cluster
+         * under the cut got zeroes in two partial writes, each over the
+         * other's old data (-n into an image of data), and became a data
+         * cluster of zeroes where qemu-img's is a zero cluster. */
+        uint64_t end = *off + l, align = cv->o->cluster_size;
+        if (align && end % align && end - end % align > *off)
+            pnum = end - end % align - *off;
+    }
+    /* qemu-img -B treats zeroes before and after the end of the target's
+     * backing file apart: the claim ends there */
+    uint64_t tbs = cv->o->target_backing_size;
+    if (cv->o->target_has_backing && *off < tbs && pnum > tbs - *off)
+        pnum = tbs - *off;
     /* Without zero detection (-S 0) the target is fully allocated, as
      * qemu-img's: ranges that read as zeroes are read and written as data. */
     *zero = cv->o->zero_detect && ((st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED));
-    /* not in the source's top layer: the target's backing file has it (qemu-img -B) */
-    *leave = cv->o->target_has_backing && !(st & VBD_BS_ALLOCATED);
+    /* Left to the target's backing file (qemu-img -B's BLK_BACKING_FILE):
+     * what the source's top layer does not define, and zeroes past the
+     * backing file's end (the target reads zeroes there anyway). A top
+     * without a backing file defines zeroes where it allocates nothing:
+     * those are written (left, the backing file's data showed through). */
+    *leave = cv->o->target_has_backing &&
+             (!(st & (VBD_BS_ZERO | VBD_BS_DATA)) || ((st & VBD_BS_ZERO) && *off >= tbs));
     if (*leave)
         *zero = true;
     if (cv->o->write_flags & VBD_REQ_COMPRESSED) {

@@ -7,6 +7,7 @@
 #include "vbd/alloc.h"
 
 #include <linux/magic.h>
+#include <string.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
@@ -256,8 +257,11 @@ int verb_convert(int argc, char **argv)
         json_object_put(dopts);
         goto out;
     }
-    if (target_backing)
-        dflags |= VBD_OPEN_NO_BACKING;
+    /* A target with a backing file is opened with it, as qemu-img opens
+     * it: a write into part of a cluster copies the rest from the backing
+     * file (opened without, a 4k source cluster over a 64k target cluster
+     * left zeroes where the source reads the backing file's data), and
+     * zeroes into part of a cluster over backing data are data. */
     struct vbd_error *err = NULL;
     if (target_image_opts) {
         /* OUTPUT is the whole option string (driver=raw,file.driver=nbd,...), as qemu-img's */
@@ -269,7 +273,13 @@ int verb_convert(int argc, char **argv)
     }
     dst = vbd_open(target_image_opts ? NULL : out, dopts, dflags, &err);
     if (!dst) {
-        tool_report_open(out, err);
+        /* a missing backing file: the block layer names the target already
+         * ("Could not open 'OUT': Could not open backing file: ..."), once as
+         * qemu-img does (a missing OUT itself it names twice, as qemu-img) */
+        if (err && !strncmp(err->msg, "Could not open '", 16) && strstr(err->msg, "': Could not open backing file: "))
+            tool_report(err);
+        else
+            tool_report_open(out, err);
         goto out;
     }
     if (dst->size < total) {
@@ -309,11 +319,21 @@ int verb_convert(int argc, char **argv)
     struct vbd_copy_opts copy = {.zero_detect = (uint64_t)sparse, .target_is_zero = target_zero,
                                  .zero_flags = VBD_REQ_MAY_UNMAP, .parallel = (unsigned)parallel,
                                  .out_of_order = out_of_order, .target_has_backing = target_backing};
-    if (compress) {
+    if (target_backing) {
+        struct vbd_node *b = vbd_node_skip_filters(dst)->backing;
+        copy.target_backing_size = b ? vbd_node_size(b) : 0;
+    }
+    {
+        /* compressed clusters are written whole; without, chunks end on
+         * the target's cluster boundaries (its map then as qemu-img's) */
         struct vbd_image_info info = {0};
         if (vbd_node_get_info(vbd_node_skip_filters(dst), &info, NULL) == 0)
             copy.cluster_size = info.cluster_size;
         json_object_put(info.format_specific);
+    }
+    if (!compress && copy.cluster_size > VBD_IMAGEOPS_CHUNK_DEFAULT)
+        copy.cluster_size = 0;
+    if (compress) {
         if (!copy.cluster_size || copy.cluster_size > VBD_IMAGEOPS_CHUNK_DEFAULT) {
             vbd_error_report("Compression needs a cluster size of at most %u bytes", VBD_IMAGEOPS_CHUNK_DEFAULT);
             goto out;
