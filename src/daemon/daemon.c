@@ -161,13 +161,11 @@ static void on_signal(int sig)
 
 /* qsd checks --blockdev against blockdev-add's schema: a file node without
  * its filename is "Parameter 'PATH.filename' is missing" there, before any
- * open (the driver's own words are qemu-img's). Depth-first, as the
- * visitor meets it. */
+ * open (the driver's own words are qemu-img's). blockdev-add's check of one
+ * object, on each object depth-first, as the visitor meets them. */
 static bool file_lacks_filename(struct json_object *o, const char *prefix, struct vbd_error **err)
 {
-    struct json_object *drv = json_object_object_get(o, "driver");
-    if (drv && json_object_is_type(drv, json_type_string) && !strcmp(json_object_get_string(drv), "file") &&
-        !json_object_object_get_ex(o, "filename", NULL)) {
+    if (vbd_qmp_file_lacks_filename(o)) {
         vbd_error_setf(err, EINVAL, "Parameter '%sfilename' is missing", prefix);
         return true;
     }
