@@ -123,6 +123,7 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop_requested = 1;
+    vbd_daemon_wake();
     if (main_loop)
         vbd_loop_kick(main_loop);
 }
@@ -540,7 +541,7 @@ static void watch_last_client(void *arg)
     (void)arg;
     if (vbd_nbd_server_wait_last_client()) {
         stop_requested = 1;
-        vbd_loop_kick(main_loop);
+        vbd_daemon_wake();
     }
 }
 
@@ -659,7 +660,7 @@ static void main_co(void *arg)
     if (!o.persistent)
         vbd_co_wake(vbd_co_create(watch_last_client, NULL));
     while (!stop_requested)
-        vbd_co_sleep_ns(200000000); /* signals kick the loop; this bounds the check */
+        vbd_daemon_co_wait_wake(); /* signals and the last client's exit wake it */
 out:
     vbd_daemon_shutdown_exports();
     vbd_nbd_server_stop();
@@ -676,6 +677,8 @@ int main(int argc, char **argv)
     parse_args(argc, argv);
     if (o.fork_process)
         do_fork();
+    if (vbd_daemon_wake_init() < 0)
+        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
