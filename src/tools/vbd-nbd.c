@@ -591,6 +591,8 @@ static int add_export(struct vbd_node *n)
         json_object_object_add(eo, "description", json_object_new_string(o.description));
     json_object_object_add(eo, "writable", json_object_new_boolean(!o.readonly));
     json_object_object_add(eo, "allocation-depth", json_object_new_boolean(o.alloc_depth));
+    /* qemu-nbd's --cache=writethrough/directsync: the export's write cache off */
+    json_object_object_add(eo, "writethrough", json_object_new_boolean(o.writethrough));
     if (o.bitmap)
         json_object_object_add(eo, "bitmap", json_object_new_string(o.bitmap));
     int rc = vbd_daemon_export_add(eo, "vbd-nbd", &err);
@@ -638,9 +640,6 @@ static void main_co(void *arg)
     vbd_daemon_node_add(n);
     if (o.snapshot && load_snapshot(n) < 0)
         goto out;
-    if (o.writethrough)
-        vbd_warn("--cache: the NBD export has no write-through mode; writes are made durable by the client's "
-                 "flushes (FUA) as with cache=writeback");
     if (start_server() < 0 || add_export(n) < 0)
         goto out;
     if (o.pid_file && vbd_daemon_write_pidfile(o.pid_file, "") < 0)
