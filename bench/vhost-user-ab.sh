@@ -22,15 +22,8 @@ source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/vhost-user-common.sh"
 ROUNDS=$1 SECS=$2 NQ=$3 ARGS=$4
 shift 4
-dir=$(mktemp -d /dev/shm/vbd-vu-ab.XXXXXX)
-sock=$dir/vu.sock img=$dir/disk.raw
 NODE=${NODE:-null}
-if [ "$NODE" = file ]; then
-    qemu-img create -q -f raw "$img" 1G
-    qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
-fi
-spid=
-trap '[ -z "$spid" ] || { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; }; rm -rf "$dir"' EXIT
+scratch ab "$NODE"
 echo "machine: $(machine); host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$SECS s per run; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; node: $NODE; -q $NQ $ARGS"
 echo "per run: IOPS p50/p99/p99.9 (us) server-ns/request"

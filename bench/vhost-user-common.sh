@@ -1,4 +1,23 @@
-# Sourced by bench/vhost-user.sh and bench/vhost-user-ab.sh: starts a
+# Sourced by bench/vhost-user.sh, bench/vhost-user-ab.sh and
+# bench/vhost-user-probe.sh.
+
+# The scratch every script runs its servers in: a temp dir in /dev/shm (sets
+# dir, sock, img), with a 1 GiB raw image full of data (in the page cache, as
+# a guest's disk that has been written) when the node kind is file, and a trap
+# that kills the server still running (spid) and removes the dir on exit
+# (spid may name a server already gone: set -e stops a trap at a failing kill).
+scratch() { # name node-kind
+    dir=$(mktemp -d "/dev/shm/vbd-vu-$1.XXXXXX")
+    sock=$dir/vu.sock img=$dir/disk.raw
+    spid=
+    trap '[ -z "$spid" ] || { kill $spid 2>/dev/null || true; wait $spid 2>/dev/null || true; }; rm -rf "$dir"' EXIT
+    if [ "$2" = file ]; then
+        qemu-img create -q -f raw "$img" 1G
+        qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
+    fi
+}
+
+# Starts a
 # vhost-user-blk server (vbd-daemon or qemu-storage-daemon, same options) on
 # CPU 0 with a null (read-zeroes) or file ($img, page cache) node on $sock;
 # IOTHREAD=1: in an iothread; sets spid and returns once the socket is there.

@@ -16,15 +16,8 @@ source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/vhost-user-common.sh"
 NQ=$1 ARGS=$2 SECS=$3
 shift 3
-dir=$(mktemp -d /dev/shm/vbd-vu-probe.XXXXXX)
-sock=$dir/vu.sock img=$dir/disk.raw
 NODE=${NODE:-null}
-if [ "$NODE" = file ]; then
-    qemu-img create -q -f raw "$img" 1G
-    qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
-fi
-spid=
-trap '[ -z "$spid" ] || { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; }; rm -rf "$dir"' EXIT
+scratch probe "$NODE"
 ev=context-switches,task-clock,syscalls:sys_enter_write,syscalls:sys_enter_poll,syscalls:sys_enter_read,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_ppoll
 echo "machine: $(machine); host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$SECS s per run; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; node: $NODE; -q $NQ $ARGS"

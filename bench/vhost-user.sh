@@ -22,12 +22,7 @@ source "$(dirname "$0")/vhost-user-common.sh"
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
 VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 SECS=${1:-5}
-dir=$(mktemp -d /dev/shm/vbd-vu-bench.XXXXXX)
-trap 'kill $spid 2>/dev/null || true; rm -rf "$dir"' EXIT # set -e also stops a trap at a failing kill
-sock=$dir/vu.sock img=$dir/disk.raw
-qemu-img create -q -f raw "$img" 1G
-qemu-io -f raw -c 'write -P 0x5a 0 1G' "$img" >/dev/null
-spid=
+scratch bench file # the file rows' image; the null rows leave it
 field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); f=sys.argv[2]; print(r['lat-us']['p99'] if f=='p99' else r[f])" "$1" "$2"; }
 echo "machine: $(machine); host: $(host_kind)"
 echo "$SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; client: vbd-bench ${CLIENT_ARGS:-(EVENT_IDX)}"

@@ -35,8 +35,10 @@
 #include <json-c/json.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,7 +51,8 @@ static const char usage_text[] =
     "  --blockdev [driver=]DRIVER,node-name=NAME[,opt=val...] | JSON\n"
     "                    open a block node (file, null-co, raw, ...); keys as in QEMU's -blockdev\n"
     "  --export type=nbd,id=ID,node-name=NAME[,name=EXPORT][,description=TEXT][,writable=on|off]\n"
-    "                    export a node (needs --nbd-server first)\n"
+    "                    [,writethrough=on|off]   export a node (needs --nbd-server first;\n"
+    "                    writethrough: each write durable before its reply)\n"
     "  --nbd-server addr.type=unix,addr.path=PATH | addr.type=inet,addr.host=HOST,addr.port=PORT\n"
     "                    [,max-connections=N][,tls-creds=ID[,tls-authz=ID]]   start the NBD server\n"
     "                    (tls-creds: TLS required; tls-authz: the client certificate's DN must be\n"
@@ -155,19 +158,18 @@ static void on_signal(int sig)
         cont_requested = 1;
     else
         stop_requested = true;
+    vbd_daemon_wake();
     if (main_loop)
         vbd_loop_kick(main_loop);
 }
 
 /* qsd checks --blockdev against blockdev-add's schema: a file node without
  * its filename is "Parameter 'PATH.filename' is missing" there, before any
- * open (the driver's own words are qemu-img's). Depth-first, as the
- * visitor meets it. */
+ * open (the driver's own words are qemu-img's). blockdev-add's check of one
+ * object, on each object depth-first, as the visitor meets them. */
 static bool file_lacks_filename(struct json_object *o, const char *prefix, struct vbd_error **err)
 {
-    struct json_object *drv = json_object_object_get(o, "driver");
-    if (drv && json_object_is_type(drv, json_type_string) && !strcmp(json_object_get_string(drv), "file") &&
-        !json_object_object_get_ex(o, "filename", NULL)) {
+    if (vbd_qmp_file_lacks_filename(o)) {
         vbd_error_setf(err, EINVAL, "Parameter '%sfilename' is missing", prefix);
         return true;
     }
@@ -853,7 +855,7 @@ static void daemon_co(void *opaque)
         }
     }
     while (!s->rc && !stop_requested && !vbd_qmp_quit_requested()) {
-        vbd_co_sleep_ns(200000000); /* the loop is kicked by signals and quit; this bounds the check */
+        vbd_daemon_co_wait_wake(); /* signals and quit wake it */
         if (stop_requested || vbd_qmp_quit_requested())
             break;
         if (hup_requested) {
@@ -879,6 +881,33 @@ void vbd_daemon_close_pidfile(void)
     if (pidfile_fd >= 0)
         close(pidfile_fd); /* the lock goes with it, after the unlink */
     pidfile_fd = -1;
+}
+
+/* A loop kick ends the loop's wait but enters no coroutine: the main
+ * coroutine waits on this eventfd, which a signal handler may write */
+static int wake_fd = -1;
+
+int vbd_daemon_wake_init(void)
+{
+    wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return wake_fd < 0 ? -errno : 0;
+}
+
+void vbd_daemon_wake(void)
+{
+    if (wake_fd < 0)
+        return;
+    int saved = errno; /* a signal handler must leave errno as it was */
+    uint64_t one = 1;
+    ssize_t unused = write(wake_fd, &one, sizeof(one));
+    (void)unused; /* only EAGAIN at a counter near 2^64: a wake is pending then */
+    errno = saved;
+}
+
+void vbd_daemon_co_wait_wake(void)
+{
+    if (wake_fd < 0 || vbd_co_eventfd_wait(wake_fd) < 0)
+        vbd_co_sleep_ns(200000000); /* no eventfd: the caller's flags are checked this often */
 }
 
 int vbd_daemon_main(int argc, char **argv)
@@ -909,6 +938,8 @@ int vbd_daemon_main(int argc, char **argv)
         ready_pipe = p[1];
     }
     struct sigaction sa = {.sa_handler = on_signal};
+    if (vbd_daemon_wake_init() < 0)
+        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);

@@ -330,11 +330,18 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vb
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sthrottle-group' is missing", prefix);
         return false;
     }
-    if (!strcmp(json_object_get_string(drv), "file") && !json_object_object_get_ex(o, "filename", NULL)) {
+    if (vbd_qmp_file_lacks_filename(o)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%sfilename' is missing", prefix);
         return false;
     }
     return true;
+}
+
+bool vbd_qmp_file_lacks_filename(struct json_object *o)
+{
+    struct json_object *drv = json_object_object_get(o, "driver");
+    return drv && json_object_is_type(drv, json_type_string) &&
+           !strcmp(json_object_get_string(drv), "file") && !json_object_object_get_ex(o, "filename", NULL);
 }
 
 bool vbd_qmp_node_name_check(const char *s, struct vbd_qmp_error *err)

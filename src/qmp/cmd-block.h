@@ -19,6 +19,14 @@ bool vbd_qmp_check_blockdev(struct json_object *o, const char *prefix, struct vb
  * node-name: 'NAME'", "Node name too long"); blockdev-add and --blockdev. */
 bool vbd_qmp_node_name_check(const char *name, struct vbd_qmp_error *err);
 
+/* Is o a file node without a filename (one object, not its children)?
+ * QEMU's schema makes filename mandatory for driver=file, before any open:
+ * blockdev-add checks it in vbd_qmp_check_blockdev, vbd-daemon's --blockdev
+ * on every object of its keyval options (it cannot use the whole schema
+ * check: keyval gives strings where the schema wants JSON types). The
+ * callers word the error ("Parameter 'PATH.filename' is missing"). */
+bool vbd_qmp_file_lacks_filename(struct json_object *o);
+
 /* blockdev-add: check args as the schema types them, open the node (the
  * caller's reference on args is kept) and hand it to the daemon. Returns
  * the node (owned by the daemon) or NULL with err set. Also the path

@@ -290,15 +290,7 @@ static bool nbd_export_opts(struct json_object *args, const char *id, struct jso
     }
     json_object_object_del(args, "iothread");
     json_object_object_del(args, "fixed-iothread");
-    struct json_object *wt;
-    if (json_object_object_get_ex(args, "writethrough", &wt) && json_object_get_boolean(wt)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "NBD export '%s': writethrough=true is not supported (NBD clients flush or write with FUA)",
-                           id);
-        return false;
-    }
-    json_object_object_del(args, "writethrough");
-    return true;
+    return true; /* writethrough goes on to --export's key of that name */
 }
 
 /* vhost-user-blk: addr is QMP's flat SocketAddress {"type":"unix","path":...}. */

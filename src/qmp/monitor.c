@@ -26,6 +26,7 @@
  *    whatever the chardev did not take in the monitor's output buffer,
  *    without a bound, and drops nothing but rate-limited guest events.)
  */
+#include "daemon/daemon.h"
 #include "qmp/monitor.h"
 
 #include "util/socket.h"
@@ -798,6 +799,7 @@ out:
 void vbd_qmp_request_quit(void)
 {
     quit_requested = true;
+    vbd_daemon_wake(); /* the daemon's main coroutine waits for it */
     if (main_loop)
         vbd_loop_kick(main_loop);
 }

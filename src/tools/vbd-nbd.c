@@ -123,6 +123,7 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop_requested = 1;
+    vbd_daemon_wake();
     if (main_loop)
         vbd_loop_kick(main_loop);
 }
@@ -540,7 +541,7 @@ static void watch_last_client(void *arg)
     (void)arg;
     if (vbd_nbd_server_wait_last_client()) {
         stop_requested = 1;
-        vbd_loop_kick(main_loop);
+        vbd_daemon_wake();
     }
 }
 
@@ -590,6 +591,8 @@ static int add_export(struct vbd_node *n)
         json_object_object_add(eo, "description", json_object_new_string(o.description));
     json_object_object_add(eo, "writable", json_object_new_boolean(!o.readonly));
     json_object_object_add(eo, "allocation-depth", json_object_new_boolean(o.alloc_depth));
+    /* qemu-nbd's --cache=writethrough/directsync: the export's write cache off */
+    json_object_object_add(eo, "writethrough", json_object_new_boolean(o.writethrough));
     if (o.bitmap)
         json_object_object_add(eo, "bitmap", json_object_new_string(o.bitmap));
     int rc = vbd_daemon_export_add(eo, "vbd-nbd", &err);
@@ -637,9 +640,6 @@ static void main_co(void *arg)
     vbd_daemon_node_add(n);
     if (o.snapshot && load_snapshot(n) < 0)
         goto out;
-    if (o.writethrough)
-        vbd_warn("--cache: the NBD export has no write-through mode; writes are made durable by the client's "
-                 "flushes (FUA) as with cache=writeback");
     if (start_server() < 0 || add_export(n) < 0)
         goto out;
     if (o.pid_file && vbd_daemon_write_pidfile(o.pid_file, "") < 0)
@@ -659,7 +659,7 @@ static void main_co(void *arg)
     if (!o.persistent)
         vbd_co_wake(vbd_co_create(watch_last_client, NULL));
     while (!stop_requested)
-        vbd_co_sleep_ns(200000000); /* signals kick the loop; this bounds the check */
+        vbd_daemon_co_wait_wake(); /* signals and the last client's exit wake it */
 out:
     vbd_daemon_shutdown_exports();
     vbd_nbd_server_stop();
@@ -676,6 +676,8 @@ int main(int argc, char **argv)
     parse_args(argc, argv);
     if (o.fork_process)
         do_fork();
+    if (vbd_daemon_wake_init() < 0)
+        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);

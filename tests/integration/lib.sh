@@ -192,6 +192,38 @@ stop_daemon() {
     ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
     dpid=
 }
+# nbd_qsd_vbd NODE-OPTS CMD...: in the current directory, src/ copied to q/
+# and v/, qemu-io runs the commands CMD... over NBD into qemu-storage-daemon
+# serving q/img.qcow2 and vbd-daemon serving v/img.qcow2 (a file node and a
+# qcow2 node on it, NODE-OPTS such as ",discard=unmap" appended to both; each
+# daemon runs in its copy, where a relative data file name leads). Output and
+# "exit N" in q.out/v.out, timings masked; fails unless they agree and each
+# daemon exits 0 after SIGTERM with no sanitizer report (logs $T/q.log,
+# $T/v.log). The caller compares the copies left.
+nbd_qsd_vbd() {
+    local nopts=$1 args=() c t d pid
+    shift
+    for c in "$@"; do args+=(-c "$c"); done
+    for t in q v; do
+        rm -rf $t && cp -a src $t
+        rm -f "$T/$t.sock"
+        d=qemu-storage-daemon
+        [ $t = v ] && d=$VBD_DAEMON
+        (cd $t && exec "$d" --blockdev driver=file,node-name=f0,filename="$PWD/img.qcow2$nopts" \
+            --blockdev driver=qcow2,node-name=d0,file=f0"$nopts" --nbd-server addr.type=unix,addr.path="$T/$t.sock" \
+            --export type=nbd,id=e0,node-name=d0,name=disk,writable=on 2>"$T/$t.log") &
+        pid=$!
+        on_exit "kill -9 $pid 2>/dev/null"
+        wait_sock "$T/$t.sock"
+        qemu-io -f raw "${args[@]}" "nbd+unix:///disk?socket=$T/$t.sock" >$t.out 2>&1
+        echo "exit $?" >>$t.out
+        kill -TERM $pid
+        wait $pid || fail "$d exited with $? after SIGTERM: $(tail -5 "$T/$t.log")"
+        ! grep -q Sanitizer "$T/$t.log" || { cat "$T/$t.log"; fail "sanitizer report"; }
+    done
+    sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
+    diff -u q.out v.out || fail "NBD output differs: $*"
+}
 # nbd_via unix|tcp PORT: the names of one transport for the export "disk"
 # served at $T/s.sock or 127.0.0.1:PORT: addr (nbd_raw_daemon's ADDR), where
 # (nbdproto.py's unix:PATH / tcp:HOST:PORT) and U (the NBD URI).

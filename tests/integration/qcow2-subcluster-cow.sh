@@ -75,27 +75,7 @@ same() {
 }
 # nbd_same CMD...: the same over NBD, qemu-storage-daemon and vbd-daemon each serving its copy
 nbd_same() {
-    local args=() c t d pid
-    for c in "$@"; do args+=(-c "$c"); done
-    for t in q v; do
-        rm -rf $t && cp -a src $t
-        rm -f "$T/$t.sock"
-        d=qemu-storage-daemon
-        [ $t = v ] && d=$VBD_DAEMON
-        (cd $t && exec "$d" --blockdev driver=file,node-name=f0,filename="$T/$t/img.qcow2" \
-            --blockdev driver=qcow2,node-name=d0,file=f0 --nbd-server addr.type=unix,addr.path="$T/$t.sock" \
-            --export type=nbd,id=e0,node-name=d0,name=disk,writable=on 2>"$T/$t.log") &
-        pid=$!
-        on_exit "kill -9 $pid 2>/dev/null"
-        wait_sock "$T/$t.sock"
-        qemu-io -f raw "${args[@]}" "nbd+unix:///disk?socket=$T/$t.sock" >$t.out 2>&1
-        echo "exit $?" >>$t.out
-        kill -TERM $pid
-        wait $pid || fail "$d exited with $? after SIGTERM: $(tail -5 "$T/$t.log")"
-        ! grep -q Sanitizer "$T/$t.log" || { cat "$T/$t.log"; fail "sanitizer report"; }
-    done
-    sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
-    diff -u q.out v.out || fail "NBD output differs: $*"
+    nbd_qsd_vbd "" "$@"
     want "$@"
     check_copies "NBD $*"
 }

@@ -184,27 +184,7 @@ FMT=qcow2 IMG=img.qcow2
 step "NBD: WRITE_ZEROES (NO_HOLE or not) and TRIM, vbd-daemon beside qemu-storage-daemon"
 # nbd_same CMD...: qemu-io over NBD into each daemon serving its copy
 nbd_same() {
-    local args=() c t d
-    for c in "$@"; do args+=(-c "$c"); done
-    for t in q v; do
-        rm -rf $t && cp -a src $t
-        rm -f "$T/$t.sock"
-        d=qemu-storage-daemon
-        [ $t = v ] && d=$VBD_DAEMON
-        "$d" --blockdev driver=file,node-name=f0,filename="$T/$t/img.qcow2",discard=unmap \
-            --blockdev driver=qcow2,node-name=d0,file=f0,discard=unmap \
-            --nbd-server addr.type=unix,addr.path="$T/$t.sock" \
-            --export type=nbd,id=e0,node-name=d0,name=disk,writable=on 2>"$T/$t.log" &
-        eval "pid_$t=\$!"
-        on_exit "kill -9 \$pid_$t 2>/dev/null"
-        wait_sock "$T/$t.sock"
-        qemu-io -f raw "${args[@]}" "nbd+unix:///disk?socket=$T/$t.sock" >$t.out 2>&1
-        echo "exit $?" >>$t.out
-        eval "kill -TERM \$pid_$t; wait \$pid_$t"
-        ! grep -q Sanitizer "$T/$t.log" || { cat "$T/$t.log"; fail "sanitizer report"; }
-    done
-    sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
-    diff -u q.out v.out || fail "NBD output differs: $*"
+    nbd_qsd_vbd ,discard=unmap "$@"
     agree "NBD $*"
 }
 for k in "v3-64k compat=1.1" "ext extended_l2=on" "v3-64k-backed compat=1.1 b"; do

@@ -6,7 +6,8 @@ vbd-daemon and compare the replies.
     qmpdiff.py [-v] SCRIPT [--both ARG]... [--qsd ARG]... [--vbd ARG]...
 
 Each daemon gets its own temporary directory {DIR} (under $TMPDIR; kept when
-something differs, to look at) and is started with
+something differs, to look at; removed on every other way out: a harness
+failure, an exception, SIGTERM or SIGINT) and is started with
     --chardev socket,id=qmp0,path={DIR}/qmp.sock,server=on,wait=off --monitor chardev=qmp0
 plus the --both arguments (and its own --qsd / --vbd ones), {DIR} replaced.
 Binaries: $QSD (default qemu-storage-daemon) and $VBD_DAEMON (default
@@ -147,9 +148,18 @@ class Run:
 
     def shell(self, ln):
         env = dict(os.environ, QMPDIFF_PID=str(self.proc.pid) if self.proc else "")
-        r = subprocess.run(self.sub(ln.text), shell=True, cwd=self.dir, capture_output=True, text=True, env=env)
-        if r.returncode != 0:
-            raise HarnessError(f"{self.name}: line {ln.no}: '{ln.text}' exited {r.returncode}:\n{r.stdout}{r.stderr}")
+        # its own process group: a harness stopped meanwhile (SIGTERM, an
+        # exception) kills what the command started too, not only its shell
+        p = subprocess.Popen(self.sub(ln.text), shell=True, cwd=self.dir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        try:
+            out, err = p.communicate()
+        except BaseException:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            raise
+        if p.returncode != 0:
+            raise HarnessError(f"{self.name}: line {ln.no}: '{ln.text}' exited {p.returncode}:\n{out}{err}")
 
     def start(self):
         sock = os.path.join(self.dir, "qmp.sock")
@@ -433,21 +443,18 @@ def main(argv):
                 negotiate = False
         except ValueError:
             pass
-    runs = [Run("qsd", os.environ.get("QSD", "qemu-storage-daemon"), both + qsd_args, lines, negotiate),
-            Run("vbd", vbd_binary(), both + vbd_args, lines, negotiate)]
-    status = 0
+    # The directories go on every way out (a harness failure, an exception,
+    # SIGTERM or SIGINT from a test's timeout) except a difference, where they
+    # are kept to look at; the daemons go too. SIGTERM becomes SystemExit so
+    # that the finally below runs.
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
+    runs = []
+    keep = False
     try:
-        for r in runs:
-            r.run()
-            why = r.stop()
-            if why:
-                print(f"FAIL {why}")
-                status = 1
-        vbd = runs[1]
-        err = vbd.stderr()
-        if vbd.proc.returncode not in (0, None) or "Sanitizer" in err or "runtime error" in err:
-            print(f"FAIL vbd-daemon exited {vbd.proc.returncode}:\n{err}")
-            status = 1
+        runs.append(Run("qsd", os.environ.get("QSD", "qemu-storage-daemon"), both + qsd_args, lines, negotiate))
+        runs.append(Run("vbd", vbd_binary(), both + vbd_args, lines, negotiate))
+        keep = compare_runs(script, lines, runs, verbose) != 0
+        return 1 if keep else 0
     except HarnessError as e:
         print(f"qmpdiff: {e}", file=sys.stderr)
         for r in runs:
@@ -458,6 +465,27 @@ def main(argv):
             if r.proc and r.proc.poll() is None:
                 r.proc.kill()
                 r.proc.wait()
+        for r in runs:
+            if keep:
+                print(f"    {r.name}'s directory kept: {r.dir}", flush=True)
+            else:
+                r.cleanup()
+
+
+def compare_runs(script, lines, runs, verbose):
+    """Runs the script on both daemons, prints the comparison; 0 or 1."""
+    status = 0
+    for r in runs:
+        r.run()
+        why = r.stop()
+        if why:
+            print(f"FAIL {why}")
+            status = 1
+    vbd = runs[1]
+    err = vbd.stderr()
+    if vbd.proc.returncode not in (0, None) or "Sanitizer" in err or "runtime error" in err:
+        print(f"FAIL vbd-daemon exited {vbd.proc.returncode}:\n{err}")
+        status = 1
     ndiff = ndeliberate = nsame = 0
     for ln in lines:
         if ln.kind not in ("request", "event", "end"):
@@ -491,11 +519,6 @@ def main(argv):
             print(f"    qsd: {json.dumps(ra)[:400]}")
             print(f"    vbd: {json.dumps(rb)[:400]}")
     print(f"qmpdiff {script}: {nsame} same, {ndeliberate} deliberate differences, {ndiff} differences")
-    for r in runs:
-        if status == 0:
-            r.cleanup()
-        else:
-            print(f"    {r.name}'s directory kept: {r.dir}", flush=True)
     return status
 
 

@@ -29,12 +29,13 @@ struct nbd_export *nbd_find_export(const char *name)
 static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd_error **err)
 {
     char *id = NULL, *node = NULL, *name = NULL, *desc = NULL, *bitmap = NULL;
-    bool writable = false, depth = false;
+    bool writable = false, depth = false, writethrough = false;
     struct nbd_export *e = NULL;
     if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "node-name", &node, err) < 0 ||
         vbd_opt_take_str(opts, "name", &name, err) < 0 || vbd_opt_take_str(opts, "description", &desc, err) < 0 ||
         vbd_opt_take_bool(opts, "writable", &writable, err) < 0 || vbd_opt_take_str(opts, "bitmap", &bitmap, err) < 0 ||
-        vbd_opt_take_bool(opts, "allocation-depth", &depth, err) < 0)
+        vbd_opt_take_bool(opts, "allocation-depth", &depth, err) < 0 ||
+        vbd_opt_take_bool(opts, "writethrough", &writethrough, err) < 0)
         goto fail;
     if (!id || !node) {
         vbd_error_setf(err, EINVAL, "NBD export: '%s' is required", id ? "node-name" : "id");
@@ -78,7 +79,11 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
             goto fail;
         }
     }
-    struct vbd_backend_opts bo = {.read_only = !writable, .discard_unmap = true, .name = id};
+    /* writethrough: every write is made durable before its reply (the
+     * backend writes it with FUA), as QEMU's export with the BlockBackend's
+     * write cache off (qemu-nbd --cache=writethrough/directsync) */
+    struct vbd_backend_opts bo = {
+        .read_only = !writable, .writethrough = writethrough, .discard_unmap = true, .name = id};
     struct vbd_backend *be = vbd_backend_new(n, &bo, err);
     if (!be) {
         vbd_error_prepend(err, "NBD export '%s': ", id);
