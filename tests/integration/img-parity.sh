@@ -19,6 +19,8 @@ must qemu-img create -q -f qcow2 base/b.qcow2 64M
 must qemu-io -f qcow2 -c 'write -P 7 0 512k' base/b.qcow2 >/dev/null
 must qemu-img create -q -f qcow2 base/s.qcow2 64M
 must qemu-img snapshot -c s base/s.qcow2
+must qemu-img create -q -f qcow2 -o compat=0.10 base/v2.qcow2 64M
+must qemu-img create -q -f qcow2 -o extended_l2=on base/x.qcow2 64M
 # a raw image whose size is not a multiple of 512 (QEMU counts whole sectors)
 head -c 196616 /dev/urandom >base/odd.raw
 
@@ -187,6 +189,20 @@ same create -o help
 same convert -O raw -o help a.raw
 same create -f foo -o help
 same convert -O foo -o help
+
+step "amend: qemu-img 7.2's checks and messages (no prefix), in its order; backing_file/backing_fmt only unchanged"
+for o in cluster_size=4k extended_l2=on preallocation=full encrypt.format=luks bogus=1 bogus=1,compat=0.9 \
+         compat=0.9,cluster_size=4k compat=0.9 refcount_bits=3 compat=0.10,refcount_bits=8 \
+         lazy_refcounts=on,compat=0.10 data_file=d data_file_raw=on backing_file=a.raw backing_fmt=raw \
+         backing_file=a.qcow2,backing_fmt=qcow2 backing_file= compat=1.1; do
+    same amend -o $o a.qcow2
+    same amend -o $o o.qcow2
+    same amend -o $o v2.qcow2
+done
+same amend -o backing_file=a.qcow2 o.qcow2
+same amend -o compat=1.1,backing_file=x v2.qcow2
+same amend -o compat=0.10 x.qcow2
+same amend -o lazy_refcounts=on v2.qcow2
 
 step "convert, commit, check: option errors as qemu-img's"
 same convert -O raw -S 3 a.qcow2 n.raw
