@@ -51,60 +51,6 @@ static unsigned convert_threads(struct vbd_node *const *src, int nsrc, struct vb
     return n < (unsigned)parallel ? n : (unsigned)parallel;
 }
 
-/* -l snapshot.id=ID,snapshot.name=NAME or -l ID_OR_NAME (an id first, then a name, as qemu-img). */
-static int convert_load_snapshot(struct vbd_node *n, const char *arg)
-{
-    struct vbd_node *img = vbd_node_skip_filters(n);
-    char *id = NULL, *name = NULL;
-    struct vbd_error *err = NULL;
-    int rc = -1;
-    if (!strncmp(arg, "snapshot.", 9)) {
-        struct json_object *o = vbd_keyval_parse(arg, NULL, &err), *sn = NULL, *v;
-        bool ok = o && json_object_object_get_ex(o, "snapshot", &sn) && json_object_is_type(sn, json_type_object);
-        if (ok) {
-            json_object_object_foreach(sn, k, val) {
-                if ((strcmp(k, "id") && strcmp(k, "name")) || !json_object_is_type(val, json_type_string)) {
-                    vbd_error_report("Invalid parameter 'snapshot.%s'", k);
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if (ok && json_object_object_get_ex(sn, "id", &v))
-            id = strdup(json_object_get_string(v));
-        if (ok && json_object_object_get_ex(sn, "name", &v))
-            name = strdup(json_object_get_string(v));
-        json_object_put(o);
-        vbd_error_free(err);
-        err = NULL;
-        if (!ok) {
-            vbd_error_report("Failed in parsing snapshot param '%s'", arg);
-            goto out;
-        }
-    }
-    if (!img->drv->snapshot_load_tmp) {
-        vbd_error_report("Failed to load snapshot: Block format '%s' used by device '%s' does not support internal snapshots",
-                         img->drv->name, img->node_name);
-        goto out;
-    }
-    if (id || name)
-        rc = img->drv->snapshot_load_tmp(img, id, name, &err);
-    else if (!strncmp(arg, "snapshot.", 9))
-        vbd_error_setf(&err, EINVAL, "snapshot_id and name are both NULL");
-    else if ((rc = img->drv->snapshot_load_tmp(img, arg, NULL, &err)) == -ENOENT) {
-        vbd_error_free(err);
-        err = NULL;
-        rc = img->drv->snapshot_load_tmp(img, NULL, arg, &err);
-    }
-    if (rc < 0)
-        vbd_error_report("Failed to load snapshot: %s", err ? err->msg : "failed");
-out:
-    vbd_error_free(err);
-    free(id);
-    free(name);
-    return rc < 0 ? -1 : 0;
-}
-
 /* requests in flight by default (-m), and at most when the target's writes
  * are page-cache copies on this thread (see below) */
 #define PARALLEL_DEFAULT 8
@@ -199,7 +145,7 @@ int verb_convert(int argc, char **argv)
                            force ? VBD_OPEN_FORCE_SHARE : VBD_OPEN_NO_SHARE, src_cache, NULL);
         if (!src[i])
             goto out;
-        if (snapshot && convert_load_snapshot(src[i], snapshot) < 0)
+        if (snapshot && img_load_snapshot(src[i], snapshot) < 0)
             goto out;
         total += src[i]->size;
     }

@@ -50,6 +50,9 @@ bool img_known_create_option(const struct vbd_driver *drv, const char *key);
  * [MIN, MAX], or -1 after "Invalid NAME specified. ..." (qemu-img's two
  * lines for a bad number, one for one out of range) */
 int64_t img_cvtnum(const char *name, const char *s, int64_t min, int64_t max);
+/* convert/measure -l: loads the snapshot (qemu-img's forms and messages);
+ * -1 after reporting the error */
+int img_load_snapshot(struct vbd_node *n, const char *arg);
 int add_o(struct json_object **opts, const char *s);
 bool o_is_help(struct json_object *opts);
 int print_create_help(const char *fmt, const char *filename);

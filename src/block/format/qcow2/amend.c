@@ -615,6 +615,10 @@ int qcow2_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requi
     uint32_t order;
     if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
         goto out;
+    if (extl2 && cluster_size < 16384) { /* qemu's measure validates the cluster size as its create does */
+        vbd_error_setf(err, EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
+        goto out;
+    }
     bool full = prealloc && (!strcmp(prealloc, "full") || !strcmp(prealloc, "falloc"));
     if (prealloc && !full && strcmp(prealloc, "off") && strcmp(prealloc, "metadata")) {
         vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", prealloc);
