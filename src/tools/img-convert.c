@@ -113,6 +113,10 @@ int verb_convert(int argc, char **argv)
         default: return img_bad_option(c, argv);
         }
     }
+    /* status only skips work here: what a vhdx source leaves unallocated is
+     * not read (qemu reads it and finds zeroes, the same target); with -S 0
+     * qemu writes those zeroes, so the source is all data then, as in qemu */
+    vbd_block_status_exact = sparse > 0;
     if (o_is_help(opts)) {
         int rc = print_create_help(out_fmt, argc - optind >= 2 ? argv[argc - 1] : NULL);
         json_object_put(opts);
