@@ -247,6 +247,19 @@ same convert -O raw --target-is-zero a.qcow2 n.raw
 same commit -b nosuch o.qcow2
 same check -r bogus a.qcow2
 
+step "an empty file is raw, not probed (every prefix probe, cloop's, matches nothing)"
+: >base/empty.img
+same info empty.img
+same info --output=json empty.img
+same map --output=json empty.img
+same map --output=json -s 1M -l 0 a.raw
+same map --output=json -s 128M a.raw
+same map -s 128M a.raw
+same check empty.img
+same compare empty.img empty.img
+same convert -O qcow2 empty.img n.qcow2
+same measure -O qcow2 empty.img
+
 step "a raw image whose size is not a multiple of 512"
 same info -f raw odd.raw
 same map --output=json -f raw odd.raw
