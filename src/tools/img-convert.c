@@ -55,8 +55,26 @@ static unsigned convert_threads(struct vbd_node *const *src, int nsrc, struct vb
  * are page-cache copies on this thread (see below) */
 #define PARALLEL_DEFAULT 8
 
+/* qcow2 v3 alone stores persistent bitmaps (qemu's supports_persistent_dirty_bitmap) */
+static bool stores_bitmaps(struct vbd_node *n)
+{
+    struct vbd_node *img = vbd_node_skip_filters(n);
+    if (!img->drv->co_bitmap_change)
+        return false;
+    struct vbd_image_info info = {0};
+    struct json_object *data, *v;
+    bool v2 = vbd_node_get_info(img, &info, NULL) == 0 && info.format_specific &&
+              json_object_object_get_ex(info.format_specific, "data", &data) &&
+              json_object_object_get_ex(data, "compat", &v) && !strcmp(json_object_get_string(v), "0.10");
+    json_object_put(info.format_specific);
+    return !v2;
+}
+
+enum { OPT_BITMAPS = 400, OPT_SKIP_BROKEN };
+
 int verb_convert(int argc, char **argv)
 {
+    bool bitmaps = false, skip_broken = false;
     const char *fmt = NULL, *out_fmt = "raw", *cache = "unsafe", *src_cache = "writeback", *backing = NULL,
                *backing_fmt = NULL;
     struct json_object *opts = NULL;
@@ -66,6 +84,8 @@ int verb_convert(int argc, char **argv)
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
                                        {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
+                                       {"bitmaps", no_argument, NULL, OPT_BITMAPS},
+                                       {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
                                        {NULL, 0, NULL, 0}};
     int c;
     const char *snapshot = NULL;
@@ -101,6 +121,8 @@ int verb_convert(int argc, char **argv)
         case 'q': quiet = true; break;
         case 'U': force = true; break;
         case OPT_TARGET_IS_ZERO: target_zero = true; break;
+        case OPT_BITMAPS: bitmaps = true; break;
+        case OPT_SKIP_BROKEN: skip_broken = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case OPT_TARGET_IMAGE_OPTS: target_image_opts = true; break;
         case 'h':
@@ -112,6 +134,11 @@ int verb_convert(int argc, char **argv)
             return 0;
         default: return img_bad_option(c, argv);
         }
+    }
+    if (skip_broken && !bitmaps) {
+        vbd_error_report("Use of --skip-broken-bitmaps requires --bitmaps");
+        json_object_put(opts);
+        return 1;
     }
     /* status only skips work here: what a vhdx source leaves unallocated is
      * not read (qemu reads it and finds zeroes, the same target); with -S 0
@@ -153,6 +180,16 @@ int verb_convert(int argc, char **argv)
             goto out;
         total += src[i]->size;
     }
+    if (bitmaps && nsrc > 1) {
+        vbd_error_report("Copying bitmaps only possible with single source");
+        goto out;
+    }
+    if (bitmaps && !stores_bitmaps(src[0])) {
+        vbd_error_report("Source lacks bitmap support");
+        goto out;
+    }
+    if (bitmaps && img_check_bitmaps(src[0], skip_broken) < 0)
+        goto out;
     const struct vbd_driver *od = vbd_driver_find(out_fmt);
     if (!od || od->kind != VBD_DRV_FORMAT) {
         vbd_error_report("Unknown file format '%s'", out_fmt);
@@ -222,6 +259,10 @@ int verb_convert(int argc, char **argv)
         tool_report_open(out, err);
         goto out;
     }
+    if (bitmaps && !stores_bitmaps(dst)) { /* as qemu-img: once the target is made */
+        vbd_error_report("Format driver '%s' does not support bitmaps", vbd_node_skip_filters(dst)->drv->name);
+        goto out;
+    }
     if (dst->size < total) {
         vbd_error_report("Output image is too small (%llu < %llu bytes)", (unsigned long long)dst->size,
                          (unsigned long long)total);
@@ -285,6 +326,8 @@ int verb_convert(int argc, char **argv)
         vbd_error_report("error while writing at byte %llu: %s", (unsigned long long)total, strerror(-frc));
         goto out;
     }
+    if (bitmaps && img_copy_bitmaps(src[0], dst, skip_broken) < 0)
+        goto out;
     rc = 0;
 out:
     json_object_put(opts);
