@@ -298,7 +298,9 @@ static int probe_format(struct vbd_node *proto, const struct vbd_driver **out, s
     }
     int best = 0;
     const struct vbd_driver *bestd = vbd_driver_find("raw");
-    for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++) {
+    /* an empty image is raw without probing, as in QEMU (an empty buffer
+     * would match every prefix probe: cloop's) */
+    for (const struct vbd_driver *const *d = vbd_driver_list(); len && *d; d++) {
         if ((*d)->kind != VBD_DRV_FORMAT || !(*d)->probe)
             continue;
         int score = (*d)->probe(buf, len, proto->filename);

@@ -4,12 +4,14 @@
  */
 #include "img.h"
 
+/* the options qemu-img's amend takes for qcow2 (QCOW_COMMON_OPTIONS), sorted as its help lists them */
+static const char *const amendable[] = {"backing_file",   "backing_fmt",   "compat", "data_file", "data_file_raw",
+                                        "lazy_refcounts", "refcount_bits", "size",   NULL};
+
 /* amend -o help: the options amend takes, listed as qemu-img lists them
  * (the format from -f, or from the image). */
 static int print_amend_help(const char *fmt, const char *filename, bool image_opts)
 {
-    static const char *const amendable[] = {"backing_file", "backing_fmt",   "compat", "data_file", "data_file_raw",
-                                            "lazy_refcounts", "refcount_bits", "size",   NULL};
     const struct vbd_driver *d = NULL;
     if (!fmt && filename) {
         struct vbd_node *n = tool_open(filename, NULL, image_opts, VBD_OPEN_NO_BACKING | VBD_OPEN_FORCE_SHARE, NULL, NULL);
@@ -40,6 +42,44 @@ static int print_amend_help(const char *fmt, const char *filename, bool image_op
             printf("%-24s - %s\n", head, o->help ? o->help : "");
         }
     return 0;
+}
+
+/* qemu-img parses -o with the options amend takes, before the driver sees
+ * any: the first other option is an 'Invalid parameter', with a hint when
+ * every option given is one of the format's creation options. */
+static bool amend_opts_known(const struct vbd_driver *d, struct json_object *opts)
+{
+    const char *bad = NULL;
+    char bad_key[128];
+    bool all_create = true;
+    json_object_object_foreach(opts, k, val) {
+        /* -o encrypt.format=X arrives nested: name it as given */
+        char key[128];
+        struct json_object_iter sub = {0};
+        if (json_object_is_type(val, json_type_object) && json_object_object_length(val) > 0) {
+            json_object_object_foreachC(val, sub) break;
+            snprintf(key, sizeof(key), "%s.%s", k, sub.key);
+        } else {
+            snprintf(key, sizeof(key), "%s", k);
+        }
+        bool known = false;
+        for (const char *const *a = amendable; *a && !known; a++)
+            known = !strcmp(*a, key);
+        if (!known && !bad)
+            snprintf(bad_key, sizeof(bad_key), "%s", bad = key);
+        bool create = false;
+        for (const struct vbd_opt_desc *o = d->create_opts; o && o->name && !create; o++)
+            create = !strcmp(o->name, key);
+        /* qcow2's encryption options are qemu's creation options (vbd lists none) */
+        create = create || (!strcmp(d->name, "qcow2") && !strncmp(key, "encrypt.", 8));
+        all_create = all_create && create;
+    }
+    if (!bad)
+        return true;
+    vbd_error_report("Invalid parameter '%s'", bad_key);
+    if (all_create)
+        fprintf(stderr, "This option is only supported for image creation\n");
+    return false;
 }
 
 int verb_amend(int argc, char **argv)
@@ -85,8 +125,11 @@ int verb_amend(int argc, char **argv)
     if (!img->drv->co_amend) {
         vbd_error_report("Format driver '%s' does not support option amendment", img->drv->name);
         rc = 1;
+    } else if (!amend_opts_known(img->drv, opts)) {
+        rc = 1;
     } else if (img->drv->co_amend(img, opts, force, &err) < 0) {
-        vbd_error_report("Error while amending options: %s", err ? err->msg : "failed");
+        /* qemu-img 7.2 prints the driver's error as it is, no prefix */
+        vbd_error_report("%s", err ? err->msg : "failed");
         rc = 1;
     }
     vbd_error_free(err);

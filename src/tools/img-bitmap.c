@@ -10,6 +10,8 @@
 #include "vbd/block.h"
 #include "vbd/error.h"
 
+#include <json-c/json.h>
+
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -17,6 +19,8 @@
 #include <string.h>
 
 int verb_bitmap(int argc, char **argv);
+int img_check_bitmaps(struct vbd_node *src, bool skip_broken);
+int img_copy_bitmaps(struct vbd_node *src, struct vbd_node *dst, bool skip_broken);
 int img_bad_option(int c, char **argv);
 
 enum { OPT_ADD = 300, OPT_REMOVE, OPT_CLEAR, OPT_ENABLE, OPT_DISABLE, OPT_MERGE, OPT_IMAGE_OPTS_BM };
@@ -91,6 +95,13 @@ static int run_action(struct vbd_node *img, struct vbd_node *src, const struct a
         int st = vbd_node_co_bitmap_status(img, bitmap, 0, 1, &pnum);
         if (st == -ENOENT) {
             snprintf(why, sizeof(why), "Dirty bitmap '%s' not found", bitmap);
+            op_failed(a, bitmap, why);
+            return 1;
+        }
+        if (vbd_node_co_bitmap_status(src, a->source, 0, 1, &pnum) != -ENOENT && src->size != img->size) {
+            snprintf(why, sizeof(why),
+                     "Bitmaps are of different sizes (destination size is %llu, source size is %llu) and can't be merged",
+                     (unsigned long long)img->size, (unsigned long long)src->size);
             op_failed(a, bitmap, why);
             return 1;
         }
@@ -223,5 +234,86 @@ out:
     if (n)
         vbd_node_unref(n);
     free(acts);
+    return rc;
+}
+
+/* convert --bitmaps: the persistent bitmaps of src as qemu-img lists them
+ * (qcow2 info: name, granularity, flags "auto" = enabled, "in-use" =
+ * inconsistent). check: 0, or -1 after qemu-img's error for a broken one
+ * (skip_broken: warned about later, when copying). */
+static struct json_object *bitmap_list(struct vbd_node *src, struct json_object **info_out)
+{
+    struct vbd_image_info info = {0};
+    struct json_object *data = NULL, *list = NULL;
+    if (vbd_node_get_info(vbd_node_skip_filters(src), &info, NULL) == 0 && info.format_specific &&
+        json_object_object_get_ex(info.format_specific, "data", &data))
+        json_object_object_get_ex(data, "bitmaps", &list);
+    *info_out = info.format_specific;
+    return list;
+}
+
+static bool has_flag(struct json_object *b, const char *flag)
+{
+    struct json_object *flags;
+    if (!json_object_object_get_ex(b, "flags", &flags))
+        return false;
+    for (size_t i = 0; i < json_object_array_length(flags); i++)
+        if (!strcmp(json_object_get_string(json_object_array_get_idx(flags, i)), flag))
+            return true;
+    return false;
+}
+
+int img_check_bitmaps(struct vbd_node *src, bool skip_broken)
+{
+    struct json_object *info = NULL, *list = bitmap_list(src, &info);
+    int rc = 0;
+    for (size_t i = 0; list && !skip_broken && i < json_object_array_length(list); i++) {
+        struct json_object *b = json_object_array_get_idx(list, i), *name;
+        if (has_flag(b, "in-use") && json_object_object_get_ex(b, "name", &name)) {
+            vbd_error_report("Cannot copy inconsistent bitmap '%s'", json_object_get_string(name));
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'vbd-img bitmap --remove' to delete it\n");
+            rc = -1;
+            break;
+        }
+    }
+    json_object_put(info);
+    return rc;
+}
+
+int img_copy_bitmaps(struct vbd_node *src, struct vbd_node *dst, bool skip_broken)
+{
+    struct json_object *info = NULL, *list = bitmap_list(src, &info);
+    struct vbd_node *img = vbd_node_skip_filters(dst);
+    int rc = 0;
+    for (size_t i = 0; list && rc == 0 && i < json_object_array_length(list); i++) {
+        struct json_object *b = json_object_array_get_idx(list, i), *jn, *jg;
+        if (!json_object_object_get_ex(b, "name", &jn) || !json_object_object_get_ex(b, "granularity", &jg))
+            continue;
+        const char *name = json_object_get_string(jn);
+        if (has_flag(b, "in-use")) { /* only here with --skip-broken-bitmaps */
+            fprintf(stderr, "vbd-img: warning: Skipping inconsistent bitmap '%s'\n", name);
+            continue;
+        }
+        struct vbd_bitmap_op add = {.action = VBD_BITMAP_ADD, .name = name,
+                                    .granularity = (uint32_t)json_object_get_int64(jg), .disabled = !has_flag(b, "auto")};
+        struct vbd_bitmap_op merge = {.action = VBD_BITMAP_MERGE, .name = name};
+        uint64_t (*ranges)[2] = NULL;
+        struct vbd_error *err = NULL;
+        int st = img->drv->co_bitmap_change ? img->drv->co_bitmap_change(img, &add, &err) : -ENOTSUP;
+        if (st < 0) {
+            vbd_error_report("Failed to create bitmap %s: %s", name, err ? err->msg : strerror(-st));
+            rc = -1;
+        } else if ((st = dirty_ranges(src, name, &ranges, &merge.nranges)) < 0 ||
+                   (merge.ranges = (const uint64_t(*)[2])ranges,
+                    (st = img->drv->co_bitmap_change(img, &merge, &err)) < 0)) {
+            vbd_error_report("Failed to populate bitmap %s: %s", name, err ? err->msg : strerror(-st));
+            struct vbd_bitmap_op rm = {.action = VBD_BITMAP_REMOVE, .name = name};
+            img->drv->co_bitmap_change(img, &rm, NULL);
+            rc = -1;
+        }
+        free(ranges);
+        vbd_error_free(err);
+    }
+    json_object_put(info);
     return rc;
 }

@@ -55,6 +55,12 @@ int verb_check(int argc, char **argv)
     struct vbd_check_result r = {0};
     struct vbd_error *err = NULL;
     int ret = img->drv->co_check(img, &r, fix, &err);
+    if (ret == -ENOTSUP) { /* qemu-img's words for a driver that cannot (repair) */
+        vbd_error_free(err);
+        vbd_error_report("This image format does not support checks");
+        vbd_node_unref(n);
+        return 63;
+    }
     if (ret < 0) {
         /* as qemu-img: a check that fails prints no result */
         if (err)

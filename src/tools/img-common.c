@@ -153,3 +153,59 @@ int img_print_progress(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t writ
     tool_progress(100.0 * current / (total ? total : 1));
     return 0;
 }
+
+/* -l snapshot.id=ID,snapshot.name=NAME or -l ID_OR_NAME (an id first, then a name, as qemu-img). */
+int img_load_snapshot(struct vbd_node *n, const char *arg)
+{
+    struct vbd_node *img = vbd_node_skip_filters(n);
+    char *id = NULL, *name = NULL;
+    struct vbd_error *err = NULL;
+    int rc = -1;
+    if (!strncmp(arg, "snapshot.", 9)) {
+        struct json_object *o = vbd_keyval_parse(arg, NULL, &err), *sn = NULL, *v;
+        bool ok = o && json_object_object_get_ex(o, "snapshot", &sn) && json_object_is_type(sn, json_type_object);
+        if (ok) {
+            json_object_object_foreach(sn, k, val) {
+                if ((strcmp(k, "id") && strcmp(k, "name")) || !json_object_is_type(val, json_type_string)) {
+                    vbd_error_report("Invalid parameter 'snapshot.%s'", k);
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if (ok && json_object_object_get_ex(sn, "id", &v))
+            id = strdup(json_object_get_string(v));
+        if (ok && json_object_object_get_ex(sn, "name", &v))
+            name = strdup(json_object_get_string(v));
+        json_object_put(o);
+        vbd_error_free(err);
+        err = NULL;
+        if (!ok) {
+            vbd_error_report("Failed in parsing snapshot param '%s'", arg);
+            goto out;
+        }
+    }
+    if (!img->drv->snapshot_load_tmp) {
+        /* qemu-img's words; its device (a BlockBackend) has no name */
+        vbd_error_report("Failed to load snapshot: Block format '%s' used by device '' does not support temporarily "
+                         "loading internal snapshots",
+                         img->drv->name);
+        goto out;
+    }
+    if (id || name)
+        rc = img->drv->snapshot_load_tmp(img, id, name, &err);
+    else if (!strncmp(arg, "snapshot.", 9))
+        vbd_error_setf(&err, EINVAL, "snapshot_id and name are both NULL");
+    else if ((rc = img->drv->snapshot_load_tmp(img, arg, NULL, &err)) == -ENOENT) {
+        vbd_error_free(err);
+        err = NULL;
+        rc = img->drv->snapshot_load_tmp(img, NULL, arg, &err);
+    }
+    if (rc < 0)
+        vbd_error_report("Failed to load snapshot: %s", err ? err->msg : "failed");
+out:
+    vbd_error_free(err);
+    free(id);
+    free(name);
+    return rc < 0 ? -1 : 0;
+}

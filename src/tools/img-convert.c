@@ -52,66 +52,30 @@ static unsigned convert_threads(struct vbd_node *const *src, int nsrc, struct vb
     return n < (unsigned)parallel ? n : (unsigned)parallel;
 }
 
-/* -l snapshot.id=ID,snapshot.name=NAME or -l ID_OR_NAME (an id first, then a name, as qemu-img). */
-static int convert_load_snapshot(struct vbd_node *n, const char *arg)
-{
-    struct vbd_node *img = vbd_node_skip_filters(n);
-    char *id = NULL, *name = NULL;
-    struct vbd_error *err = NULL;
-    int rc = -1;
-    if (!strncmp(arg, "snapshot.", 9)) {
-        struct json_object *o = vbd_keyval_parse(arg, NULL, &err), *sn = NULL, *v;
-        bool ok = o && json_object_object_get_ex(o, "snapshot", &sn) && json_object_is_type(sn, json_type_object);
-        if (ok) {
-            json_object_object_foreach(sn, k, val) {
-                if ((strcmp(k, "id") && strcmp(k, "name")) || !json_object_is_type(val, json_type_string)) {
-                    vbd_error_report("Invalid parameter 'snapshot.%s'", k);
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if (ok && json_object_object_get_ex(sn, "id", &v))
-            id = strdup(json_object_get_string(v));
-        if (ok && json_object_object_get_ex(sn, "name", &v))
-            name = strdup(json_object_get_string(v));
-        json_object_put(o);
-        vbd_error_free(err);
-        err = NULL;
-        if (!ok) {
-            vbd_error_report("Failed in parsing snapshot param '%s'", arg);
-            goto out;
-        }
-    }
-    if (!img->drv->snapshot_load_tmp) {
-        vbd_error_report("Failed to load snapshot: Block format '%s' used by device '%s' does not support internal snapshots",
-                         img->drv->name, img->node_name);
-        goto out;
-    }
-    if (id || name)
-        rc = img->drv->snapshot_load_tmp(img, id, name, &err);
-    else if (!strncmp(arg, "snapshot.", 9))
-        vbd_error_setf(&err, EINVAL, "snapshot_id and name are both NULL");
-    else if ((rc = img->drv->snapshot_load_tmp(img, arg, NULL, &err)) == -ENOENT) {
-        vbd_error_free(err);
-        err = NULL;
-        rc = img->drv->snapshot_load_tmp(img, NULL, arg, &err);
-    }
-    if (rc < 0)
-        vbd_error_report("Failed to load snapshot: %s", err ? err->msg : "failed");
-out:
-    vbd_error_free(err);
-    free(id);
-    free(name);
-    return rc < 0 ? -1 : 0;
-}
-
 /* requests in flight by default (-m), and at most when the target's writes
  * are page-cache copies on this thread (see below) */
 #define PARALLEL_DEFAULT 8
 
+/* qcow2 v3 alone stores persistent bitmaps (qemu's supports_persistent_dirty_bitmap) */
+static bool stores_bitmaps(struct vbd_node *n)
+{
+    struct vbd_node *img = vbd_node_skip_filters(n);
+    if (!img->drv->co_bitmap_change)
+        return false;
+    struct vbd_image_info info = {0};
+    struct json_object *data, *v;
+    bool v2 = vbd_node_get_info(img, &info, NULL) == 0 && info.format_specific &&
+              json_object_object_get_ex(info.format_specific, "data", &data) &&
+              json_object_object_get_ex(data, "compat", &v) && !strcmp(json_object_get_string(v), "0.10");
+    json_object_put(info.format_specific);
+    return !v2;
+}
+
+enum { OPT_BITMAPS = 400, OPT_SKIP_BROKEN };
+
 int verb_convert(int argc, char **argv)
 {
+    bool bitmaps = false, skip_broken = false;
     const char *fmt = NULL, *out_fmt = "raw", *cache = "unsafe", *src_cache = "writeback", *backing = NULL,
                *backing_fmt = NULL;
     struct json_object *opts = NULL;
@@ -121,6 +85,8 @@ int verb_convert(int argc, char **argv)
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
                                        {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
+                                       {"bitmaps", no_argument, NULL, OPT_BITMAPS},
+                                       {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
                                        {NULL, 0, NULL, 0}};
     int c;
     const char *snapshot = NULL;
@@ -156,6 +122,8 @@ int verb_convert(int argc, char **argv)
         case 'q': quiet = true; break;
         case 'U': force = true; break;
         case OPT_TARGET_IS_ZERO: target_zero = true; break;
+        case OPT_BITMAPS: bitmaps = true; break;
+        case OPT_SKIP_BROKEN: skip_broken = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case OPT_TARGET_IMAGE_OPTS: target_image_opts = true; break;
         case 'h':
@@ -168,6 +136,15 @@ int verb_convert(int argc, char **argv)
         default: return img_bad_option(c, argv);
         }
     }
+    if (skip_broken && !bitmaps) {
+        vbd_error_report("Use of --skip-broken-bitmaps requires --bitmaps");
+        json_object_put(opts);
+        return 1;
+    }
+    /* status only skips work here: what a vhdx source leaves unallocated is
+     * not read (qemu reads it and finds zeroes, the same target); with -S 0
+     * qemu writes those zeroes, so the source is all data then, as in qemu */
+    vbd_block_status_exact = sparse > 0;
     if (o_is_help(opts)) {
         int rc = print_create_help(out_fmt, argc - optind >= 2 ? argv[argc - 1] : NULL);
         json_object_put(opts);
@@ -200,10 +177,20 @@ int verb_convert(int argc, char **argv)
                            force ? VBD_OPEN_FORCE_SHARE : VBD_OPEN_NO_SHARE, src_cache, NULL);
         if (!src[i])
             goto out;
-        if (snapshot && convert_load_snapshot(src[i], snapshot) < 0)
+        if (snapshot && img_load_snapshot(src[i], snapshot) < 0)
             goto out;
         total += src[i]->size;
     }
+    if (bitmaps && nsrc > 1) {
+        vbd_error_report("Copying bitmaps only possible with single source");
+        goto out;
+    }
+    if (bitmaps && !stores_bitmaps(src[0])) {
+        vbd_error_report("Source lacks bitmap support");
+        goto out;
+    }
+    if (bitmaps && img_check_bitmaps(src[0], skip_broken) < 0)
+        goto out;
     const struct vbd_driver *od = vbd_driver_find(out_fmt);
     if (!od || od->kind != VBD_DRV_FORMAT) {
         vbd_error_report("Unknown file format '%s'", out_fmt);
@@ -282,6 +269,10 @@ int verb_convert(int argc, char **argv)
             tool_report_open(out, err);
         goto out;
     }
+    if (bitmaps && !stores_bitmaps(dst)) { /* as qemu-img: once the target is made */
+        vbd_error_report("Format driver '%s' does not support bitmaps", vbd_node_skip_filters(dst)->drv->name);
+        goto out;
+    }
     if (dst->size < total) {
         vbd_error_report("Output image is too small (%llu < %llu bytes)", (unsigned long long)dst->size,
                          (unsigned long long)total);
@@ -355,6 +346,8 @@ int verb_convert(int argc, char **argv)
         vbd_error_report("error while writing at byte %llu: %s", (unsigned long long)total, strerror(-frc));
         goto out;
     }
+    if (bitmaps && img_copy_bitmaps(src[0], dst, skip_broken) < 0)
+        goto out;
     rc = 0;
 out:
     json_object_put(opts);

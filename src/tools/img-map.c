@@ -119,6 +119,11 @@ int verb_map(int argc, char **argv)
         rc = map_print(&cur, json, first) < 0;
         first = false;
     }
+    if (json && first && !rc) { /* nothing to map: qemu-img prints its empty entry at the start offset */
+        struct map_entry none = {.start = (uint64_t)start};
+        map_print(&none, true, true);
+        first = false;
+    }
     if (json)
         printf(first ? "[]\n" : "]\n");
     vbd_node_unref(n);

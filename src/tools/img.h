@@ -50,6 +50,14 @@ bool img_known_create_option(const struct vbd_driver *drv, const char *key);
  * [MIN, MAX], or -1 after "Invalid NAME specified. ..." (qemu-img's two
  * lines for a bad number, one for one out of range) */
 int64_t img_cvtnum(const char *name, const char *s, int64_t min, int64_t max);
+/* convert/measure -l: loads the snapshot (qemu-img's forms and messages);
+ * -1 after reporting the error */
+int img_load_snapshot(struct vbd_node *n, const char *arg);
+/* convert --bitmaps (img-bitmap.c): the source's persistent bitmaps, checked
+ * before the copy (-1 after qemu-img's error for an inconsistent one unless
+ * skip_broken) and copied into dst after it (-1 after reporting) */
+int img_check_bitmaps(struct vbd_node *src, bool skip_broken);
+int img_copy_bitmaps(struct vbd_node *src, struct vbd_node *dst, bool skip_broken);
 int add_o(struct json_object **opts, const char *s);
 bool o_is_help(struct json_object *opts);
 int print_create_help(const char *fmt, const char *filename);

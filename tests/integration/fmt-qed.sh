@@ -177,6 +177,22 @@ out=$("$VBD_IO" -f qed -c 'read 0 64k' "$T/run.qed" 2>&1) || fail "the valid clu
 out=$("$VBD_IO" -f qed -c 'read 0 128k' "$T/run.qed" 2>&1) && fail "a table entry past the file's end was read: $out"
 case "$out" in *AddressSanitizer* | *runtime\ error*) fail "sanitizer: $out" ;; esac
 
+step "rebase of a qed overlay (safe and -u; raw, qcow2 and no backing file): the same file as qemu-img's"
+cd "$T"
+must qemu-img create -q -f raw rb-a.raw 8M
+must qemu-io -f raw -c 'write -P 1 0 1M' -c 'write -P 2 5M 64k' rb-a.raw >/dev/null
+must qemu-img create -q -f qcow2 rb-b.qcow2 8M
+must qemu-io -f qcow2 -c 'write -P 3 512k 1M' rb-b.qcow2 >/dev/null
+must qemu-img create -q -f qed -b rb-a.raw -F raw rb-o.qed
+must qemu-io -f qed -c 'write -P 5 1M 64k' rb-o.qed >/dev/null
+for args in "-b rb-b.qcow2 -F qcow2" "-u -b rb-b.qcow2 -F qcow2" "-u -b rb-a.raw -F raw" "-b ''" "-u -b ''"; do
+    cp rb-o.qed rb-q.qed && cp rb-o.qed rb-v.qed
+    eval "qemu-img rebase $args rb-q.qed" || fail "qemu-img rebase $args failed"
+    eval "\"\$VBD_IMG\" rebase $args rb-v.qed" || fail "vbd-img rebase $args of a qed overlay failed"
+    cmp rb-q.qed rb-v.qed || fail "rebase $args: the qed file differs from qemu-img's"
+    must qemu-img check -q rb-v.qed
+done
+
 step "the model-based stress test (tests/stress/vbd-stress) on qed images (4 KiB and 64 KiB clusters), in process and over NBD"
 cd "$T"
 stress_format qed "4096 65536" 65536 "-o cluster_size=%cs%"

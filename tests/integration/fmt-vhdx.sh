@@ -19,22 +19,17 @@ writes=(-c 'write -P 0x11 1000 3000000' -c 'write -P 0x22 8387000 5000' -c 'writ
 reads=(-c 'read -P 0x11 1000 3000000' -c 'read -P 0x22 8387000 5000' -c 'read -P 0x33 9000001 777'
        -c 'read -P 0x44 16770000 70000' -c 'read -P 0x55 19999000 1001' -c 'read -P 0 0 1000' -c 'read -P 0 3001000 1192000')
 info_of() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["virtual-size"], d["format"], d.get("cluster-size", 0), d.get("dirty-flag"))' "$1"; }
-# where vbd-img map says "zero", the raw image must hold zeroes; "data" must lie in the file
+# qemu 7.2's vhdx has no block status: qemu-img map shows all data (no
+# offsets), measure counts every cluster, qemu-io map/alloc all allocated;
+# vbd's views must be the same (convert still skips what is unallocated)
 map_ok() { # map_ok IMG RAW
-    "$VBD_IMG" map -f vhdx --output=json "$1" >map.json || fail "vbd-img map $1 failed"
-    python3 - map.json "$2" "$(stat -c %s "$1")" <<'EOF' || fail "vbd-img map of $1 disagrees with its content"
-import json, sys
-m = json.load(open(sys.argv[1])); raw = open(sys.argv[2], 'rb').read(); fsize = int(sys.argv[3])
-end = 0
-for e in m:
-    assert e['start'] == end, e
-    end += e['length']
-    if e['zero'] and not e['data']:
-        assert raw[e['start']:end].count(0) == e['length'], e
-    if e['data']:
-        assert e['offset'] + e['length'] <= fsize, e
-assert end == len(raw), (end, len(raw))
-EOF
+    diff -u <(qemu-img map -f vhdx --output=json "$1") <("$VBD_IMG" map -f vhdx --output=json "$1") ||
+        fail "vbd-img map of $1 differs from qemu-img's"
+    diff -u <(qemu-img measure -O qcow2 -f vhdx "$1") <("$VBD_IMG" measure -O qcow2 -f vhdx "$1") ||
+        fail "vbd-img measure of $1 differs from qemu-img's"
+    diff -u <(qemu-io -r -f vhdx -c map -c 'alloc 0 1M' "$1") <("$VBD_IO" -r -f vhdx -c map -c 'alloc 0 1M' "$1") ||
+        fail "vbd-io map/alloc of $1 differ from qemu-io's"
+    out=$(qemu-img compare -f vhdx -F raw "$1" "$2") || fail "$1 does not hold $2: $out"
 }
 
 for opts in subformat=dynamic subformat=dynamic,block_size=1M subformat=dynamic,block_size=1M,block_state_zero=off \
@@ -247,7 +242,8 @@ m=$("$VBD_IMG" map -f vhdx --output=json child.vhdx | python3 -c 'import json,sy
 M=1048576
 want="[(0, $M, 0, False), ($M, 5120, 1, False), ($((M + 5120)), 5120, 0, False), ($((M + 10240)), $((980 * 512)), 1, False), "
 want+="($((M + 1000 * 512)), $((500 * 512)), 0, False), ($((M + 1500 * 512)), $((548 * 512)), 1, False), ($((2 * M)), $M, 0, True), "
-want+="($((3 * M)), $((3 * M)), 1, False), ($((6 * M)), $((2 * M)), 1, True)]"
+# the parent is an ordinary vhdx: all data below the child, as qemu-img maps it
+want+="($((3 * M)), $((5 * M)), 1, False)]"
 [ "$m" = "$want" ] || fail "differencing: map $m, want $want"
 must_fail_with "can only be opened read-only" "$VBD_IO" -c 'read 0 1' child.vhdx
 must mv parent.vhdx elsewhere.vhdx

@@ -30,9 +30,13 @@ for sub in dynamic fixed; do
         must qemu-img info -f vpc --output=json q.vhd >qi.json
         must "$VBD_IMG" info -f vpc --output=json q.vhd >vi.json
         [ "$(size_of qi.json)" = "$(size_of vi.json)" ] || fail "$tag: info differs: $(size_of qi.json) vs $(size_of vi.json)"
-        qm=$(qemu-img map -f vpc --output=json q.vhd | python3 -c 'import json,sys; print([(e["start"],e["length"],e["data"],e["zero"]) for e in json.load(sys.stdin)])')
-        vm=$("$VBD_IMG" map -f vpc --output=json q.vhd | python3 -c 'import json,sys; print([(e["start"],e["length"],e["data"],e["zero"]) for e in json.load(sys.stdin)])')
+        qm=$(qemu-img map -f vpc --output=json q.vhd | python3 -c 'import json,sys; print([(e["start"],e["length"],e["present"],e["data"],e["zero"]) for e in json.load(sys.stdin)])')
+        vm=$("$VBD_IMG" map -f vpc --output=json q.vhd | python3 -c 'import json,sys; print([(e["start"],e["length"],e["present"],e["data"],e["zero"]) for e in json.load(sys.stdin)])')
         [ "$qm" = "$vm" ] || fail "$tag: map differs: $qm vs $vm"
+        # qemu-io's map and alloc count an unallocated block (it reads as zeroes) as allocated
+        qa=$(qemu-io -f vpc -r -c map -c 'alloc 0 4M' -c 'alloc 16M 4M' q.vhd)
+        va=$("$VBD_IO" -f vpc -r -c map -c 'alloc 0 4M' -c 'alloc 16M 4M' q.vhd)
+        [ "$qa" = "$va" ] || fail "$tag: map/alloc differ: $qa vs $va"
 
         step "$tag: vbd-img convert to vpc, qemu reads"
         must "$VBD_IMG" convert -f raw -O vpc -o subformat=$sub,force_size=$force q.raw v.vhd

@@ -143,6 +143,34 @@ dirty_map wq.qcow2 vd >q.map
 dirty_map w.qcow2 vd >v.map
 diff -u q.map v.map || fail "vbd's tracking after vbd-img --clear --enable differs from qemu's"
 
+step "convert --bitmaps: the bitmaps (names, flags, granularity, bits) copied as qemu-img copies them; its refusals"
+must qemu-img create -q -f qcow2 cb.qcow2 64M
+qemu-io -c 'write -P 1 0 1M' cb.qcow2 >/dev/null
+must qemu-img bitmap --add cb.qcow2 e1
+must qemu-img bitmap --add -g 4k --disable cb.qcow2 d1
+qemu-io -c 'write -P 2 10M 100k' -c 'write -P 3 30M 4k' cb.qcow2 >/dev/null
+must qemu-img bitmap --add cb.qcow2 e2
+must qemu-img bitmap --merge e1 cb.qcow2 d1
+must qemu-img convert -O qcow2 --bitmaps cb.qcow2 out.qcow2.q
+must "$VBD_IMG" convert -O qcow2 --bitmaps cb.qcow2 out.qcow2.v
+same_result out.qcow2
+qemu-img compare -q out.qcow2.q out.qcow2.v || fail "convert --bitmaps: the data differ"
+must qemu-img create -q -f qcow2 small.qcow2 8M
+for args in "--bitmaps -O raw cb.qcow2 n.raw" "--bitmaps -O qcow2 -o compat=0.10 cb.qcow2 n.qcow2" \
+    "--skip-broken-bitmaps -O qcow2 cb.qcow2 n.qcow2" "--bitmaps -O qcow2 cb.qcow2 small.qcow2 n.qcow2"; do
+    rm -f n.raw n.qcow2
+    "$VBD_IMG" convert $args >v.out 2>&1; vrc=$?
+    rm -f n.raw n.qcow2
+    qemu-img convert $args >q.out 2>&1; qrc=$?
+    sed -i 's/^qemu-img:/vbd-img:/' q.out
+    [ $qrc = $vrc ] && diff -u q.out v.out || fail "convert $args: vbd-img exit $vrc ($(cat v.out)), qemu-img $qrc ($(cat q.out))"
+done
+rm -f n.raw n.qcow2
+# bitmaps of images of different sizes are not merged
+both cb.qcow2 bitmap --add --merge e1 -b small.qcow2 -F qcow2 @ m
+must qemu-img bitmap --add small.qcow2 s1
+both cb.qcow2 bitmap --add --merge s1 -b small.qcow2 -F qcow2 @ m
+
 step "amend -o compat=0.10 with bitmaps: accepted (qemu-img 7.2 accepts it); the bitmaps go, nothing leaks"
 cp base.qcow2 d.qcow2
 qemu-io -c 'write -z 20M 64k' d.qcow2 >/dev/null

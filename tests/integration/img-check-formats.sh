@@ -48,6 +48,25 @@ must qemu-img create -q -f parallels s.parallels 64M
 io parallels s.parallels "${pats[@]}"
 agree parallels s.parallels 0
 
+step "-r leaks/-r all: vdi and vmdk repair nothing, qemu-img says so (exit 63); the others as qemu-img"
+repair() { # FMT FILE: the same exit code and stderr as qemu-img's, each on its own copy
+    for r in leaks all; do
+        cp "$2" v.img && cp "$2" q.img
+        "$VBD_IMG" check -f "$1" -r $r v.img >v.out 2>v.err; vr=$?
+        qemu-img check -f "$1" -r $r q.img >q.out 2>q.err; qr=$?
+        sed -i 's/^qemu-img: /TOOL: /' q.err
+        sed -i 's/^vbd-img: /TOOL: /' v.err
+        [ $vr = $qr ] || fail "check -r $r of $2: vbd exit $vr ($(cat v.err)), qemu $qr ($(cat q.err))"
+        diff -u q.err v.err || fail "check -r $r of $2: messages differ"
+        diff -u q.out v.out || fail "check -r $r of $2: output differs"
+    done
+}
+repair vdi s.vdi
+repair vmdk s.vmdk
+repair vhdx s.vhdx
+repair qed s.qed
+repair parallels s.parallels
+
 step "fragmented parallels clusters (neighbour entries not neighbours in the file)"
 must qemu-img create -q -f parallels f.parallels 64M
 io parallels f.parallels -c 'write -P 1 1M 1M' -c 'write -P 2 0 1M' -c 'write -P 3 10M 1M' -c 'write -P 4 8M 1M' \

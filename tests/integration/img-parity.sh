@@ -19,6 +19,12 @@ must qemu-img create -q -f qcow2 base/b.qcow2 64M
 must qemu-io -f qcow2 -c 'write -P 7 0 512k' base/b.qcow2 >/dev/null
 must qemu-img create -q -f qcow2 base/s.qcow2 64M
 must qemu-img snapshot -c s base/s.qcow2
+must qemu-img create -q -f qcow2 -o compat=0.10 base/v2.qcow2 64M
+must qemu-img create -q -f qcow2 -o extended_l2=on base/x.qcow2 64M
+must qemu-img create -q -f qcow2 base/bm.qcow2 3G
+must qemu-img bitmap --add -g 512 base/bm.qcow2 a_longer_bitmap_name
+must qemu-img bitmap --add -g 4M base/bm.qcow2 b
+must qemu-img bitmap --add --disable base/bm.qcow2 c
 # a raw image whose size is not a multiple of 512 (QEMU counts whole sectors)
 head -c 196616 /dev/urandom >base/odd.raw
 
@@ -188,6 +194,46 @@ same convert -O raw -o help a.raw
 same create -f foo -o help
 same convert -O foo -o help
 
+step "amend: qemu-img 7.2's checks and messages (no prefix), in its order; backing_file/backing_fmt only unchanged"
+for o in cluster_size=4k extended_l2=on preallocation=full encrypt.format=luks bogus=1 bogus=1,compat=0.9 \
+         compat=0.9,cluster_size=4k compat=0.9 refcount_bits=3 compat=0.10,refcount_bits=8 \
+         lazy_refcounts=on,compat=0.10 data_file=d data_file_raw=on backing_file=a.raw backing_fmt=raw \
+         backing_file=a.qcow2,backing_fmt=qcow2 backing_file= compat=1.1; do
+    same amend -o $o a.qcow2
+    same amend -o $o o.qcow2
+    same amend -o $o v2.qcow2
+done
+same amend -o backing_file=a.qcow2 o.qcow2
+same amend -o compat=1.1,backing_file=x v2.qcow2
+same amend -o compat=0.10 x.qcow2
+same amend -o lazy_refcounts=on v2.qcow2
+
+step "measure: the input opened first, qemu-img's messages, -o checked, -l, the bitmaps' room"
+for f in qed vdi bogus; do
+    same measure -O $f a.qcow2
+    same measure -O $f nosuch
+done
+for o in cluster_size=4k,extended_l2=on cluster_size=512 cluster_size=2M,compat=0.10 cluster_size=bogus \
+         cluster_size=1.5k preallocation=full bogus=1 subformat=fixed; do
+    same measure -O qcow2 -o $o a.qcow2
+    same measure -O raw -o $o a.qcow2
+done
+for l in s 1 snapshot.name=s snapshot.id=1 nosuch snapshot.bogus=1 snapshot.name=nosuch; do
+    same measure -O qcow2 -l $l s.qcow2
+    same measure --output=json -O raw -l $l s.qcow2
+done
+same measure -O qcow2 -l s a.raw
+same convert -l s -O raw a.raw n.raw
+same measure -O qcow2 -l s --size 1G
+same measure -f raw --size 1G
+same measure --image-opts --size 1G
+for i in bm.qcow2 v2.qcow2 a.qcow2; do
+    same measure -O qcow2 $i
+    same measure --output=json -O qcow2 -o cluster_size=512 $i
+    same measure -O qcow2 -o cluster_size=2M $i
+    same measure -O qcow2 -o compat=0.10 $i
+done
+
 step "convert, commit, check: option errors as qemu-img's"
 same convert -O raw -S 3 a.qcow2 n.raw
 same convert -O raw -S 32M a.qcow2 n.raw
@@ -200,6 +246,19 @@ same convert -O raw -m 17 a.qcow2 n.raw
 same convert -O raw --target-is-zero a.qcow2 n.raw
 same commit -b nosuch o.qcow2
 same check -r bogus a.qcow2
+
+step "an empty file is raw, not probed (every prefix probe, cloop's, matches nothing)"
+: >base/empty.img
+same info empty.img
+same info --output=json empty.img
+same map --output=json empty.img
+same map --output=json -s 1M -l 0 a.raw
+same map --output=json -s 128M a.raw
+same map -s 128M a.raw
+same check empty.img
+same compare empty.img empty.img
+same convert -O qcow2 empty.img n.qcow2
+same measure -O qcow2 empty.img
 
 step "a raw image whose size is not a multiple of 512"
 same info -f raw odd.raw

@@ -139,7 +139,7 @@ equal a.qcow2 a.raw
 must "$VBD_IMG" amend -o lazy_refcounts=off a.qcow2
 qemu-img info a.qcow2 | grep -q "lazy refcounts: false" || fail "lazy_refcounts=off not set"
 must_fail_with "refcount_bits" "$VBD_IMG" amend -o refcount_bits=64 a.qcow2
-must_fail_with "cluster size" "$VBD_IMG" amend -o cluster_size=4k a.qcow2
+must_fail_with "Invalid parameter 'cluster_size'" "$VBD_IMG" amend -o cluster_size=4k a.qcow2
 must_fail_with "Lazy refcounts" "$VBD_IMG" amend -o compat=0.10,lazy_refcounts=on a.qcow2
 
 step "resize: grow with snapshots, apply a snapshot taken at a larger size, shrink"

@@ -793,6 +793,45 @@ static int qed_create_node(struct vbd_node *file, struct json_object *opts, stru
     return create_image(file->filename, file, opts, err);
 }
 
+/* rebase: the header rewritten with the new name right after it, as
+ * qemu's qed does (the rest of the header clusters is left as it is). A raw
+ * backing file is marked so that it is not probed. */
+static int qed_change_backing_file(struct vbd_node *n, const char *backing, const char *backing_fmt,
+                                   struct vbd_error **err)
+{
+    struct qed_state *s = n->opaque;
+    if (backing && !*backing)
+        backing = NULL;
+    size_t len = backing ? strlen(backing) : 0;
+    if (QED_HEADER_BYTES + len > (uint64_t)s->header_size * s->cluster_size || len >= sizeof(n->backing_file)) {
+        vbd_error_setf(err, ENOSPC, "%s", strerror(ENOSPC));
+        return -ENOSPC;
+    }
+    struct qed_state ns = *s;
+    ns.features &= ~(QED_F_BACKING_FILE | QED_F_BACKING_FORMAT_NO_PROBE);
+    if (backing)
+        ns.features |= QED_F_BACKING_FILE | (backing_fmt && !strcmp(backing_fmt, "raw") ? QED_F_BACKING_FORMAT_NO_PROBE : 0);
+    ns.backing_off = QED_HEADER_BYTES;
+    ns.backing_len = (uint32_t)len;
+    uint8_t buf[QED_HEADER_BYTES + sizeof(n->backing_file)];
+    put_header(&ns, buf);
+    if (len)
+        memcpy(buf + QED_HEADER_BYTES, backing, len);
+    int rc = vbd_node_co_pwrite(n->file, 0, buf, QED_HEADER_BYTES + len, 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(n->file);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "%s", strerror(-rc));
+        return rc;
+    }
+    s->features = ns.features;
+    s->backing_off = ns.backing_off;
+    s->backing_len = ns.backing_len;
+    snprintf(n->backing_file, sizeof(n->backing_file), "%s", backing ? backing : "");
+    snprintf(n->backing_format, sizeof(n->backing_format), "%s", backing && backing_fmt ? backing_fmt : "");
+    return 0;
+}
+
 static const struct vbd_driver qed_driver = {
     .name = "qed",
     .kind = VBD_DRV_FORMAT,
@@ -808,6 +847,7 @@ static const struct vbd_driver qed_driver = {
     .co_truncate = qed_truncate,
     .get_info = qed_get_info,
     .co_check = qed_co_check,
+    .change_backing_file = qed_change_backing_file,
     .create_opts = qed_create_opts,
     .co_create = qed_create,
     .co_create_node = qed_create_node,

@@ -401,7 +401,8 @@ static int vdi_get_info(struct vbd_node *n, struct vbd_image_info *info, struct 
 static int vdi_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
     struct vdi_state *s = n->opaque;
-    (void)fix;
+    if (fix) /* qemu's vdi repairs nothing: -r is 'does not support checks' (exit 63) */
+        return -ENOTSUP;
     uint32_t *owner = malloc(((size_t)s->blocks + 1) * sizeof(*owner)); /* data block -> the map entry using it */
     if (!owner) {
         vbd_error_setf(err, ENOMEM, "VDI image '%s': no memory to check the block map", n->filename);

@@ -644,8 +644,8 @@ static int vpc_block_status(struct vbd_node *n, bool want_zero, uint64_t off, ui
     *pnum = done;
     if (!allocated && s->diff) /* the parent's */
         return !n->backing || off >= vbd_node_size(n->backing) ? VBD_BS_ZERO : 0;
-    if (!allocated)
-        return VBD_BS_ZERO;
+    if (!allocated) /* reads as zeroes from this image: allocated, as qemu counts a ZERO answer */
+        return VBD_BS_ZERO | VBD_BS_ALLOCATED;
     *map = host;
     return VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
 }

@@ -273,11 +273,8 @@ static int downgrade(struct qcow2_state *s, struct vbd_error **err)
         vbd_error_setf(err, ENOTSUP, "compat=0.10 requires refcount_bits=16");
         return -ENOTSUP;
     }
-    if (s->extended_l2) {
-        vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with extended L2 entries");
-        return -ENOTSUP;
-    }
-    if (s->compression_type) {
+    /* extended L2 entries: qemu's message for any incompatible feature below */
+    if (s->compression_type && !s->extended_l2) {
         vbd_error_setf(err, ENOTSUP, "Cannot downgrade an image with a non-zlib compression type");
         return -ENOTSUP;
     }
@@ -384,62 +381,22 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
     bool lazy = false, has_lazy = json_object_object_get_ex(opts, "lazy_refcounts", NULL);
     bool has_backing = json_object_object_get_ex(opts, "backing_file", NULL);
     bool has_size = json_object_object_get_ex(opts, "size", NULL);
-    uint64_t size = 0, num = 0;
+    uint64_t size = 0;
+    bool backing_refused = false;
     int rc = -EINVAL;
     if (vbd_opt_take_str(opts, "compat", &compat, err) < 0 || vbd_opt_take_bool(opts, "lazy_refcounts", &lazy, err) < 0 ||
         vbd_opt_take_str(opts, "backing_file", &backing, err) < 0 ||
         vbd_opt_take_str(opts, "backing_fmt", &backing_fmt, err) < 0 || vbd_opt_take_size(opts, "size", &size, err) < 0)
         goto out;
-    /* options fixed at creation: the same value is accepted, a change refused */
-    if (json_object_object_get_ex(opts, "cluster_size", NULL)) {
-        if (vbd_opt_take_size(opts, "cluster_size", &num, err) < 0)
-            goto out;
-        if (num != s->cluster_size) {
-            vbd_error_setf(err, ENOTSUP, "Changing the cluster size is not supported");
-            rc = -ENOTSUP;
-            goto out;
-        }
-    }
-    if (json_object_object_get_ex(opts, "refcount_bits", NULL)) {
-        if (vbd_opt_take_u64(opts, "refcount_bits", &num, err) < 0)
-            goto out;
-        if (num != (1ull << s->refcount_order)) {
-            vbd_error_setf(err, ENOTSUP,
-                           "Changing refcount_bits (%u to %llu) is not supported; 'vbd-img convert -O qcow2 -o refcount_bits=%llu' "
-                           "writes a new image with it",
-                           1u << s->refcount_order, (unsigned long long)num, (unsigned long long)num);
-            rc = -ENOTSUP;
+    /* qemu-img takes only its amend options (img-amend.c refuses the others
+     * first); creation-time ones are still refused here for other callers */
+    static const char *const fixed[] = {"cluster_size", "extended_l2", "compression_type", "preallocation", NULL};
+    for (const char *const *f = fixed; *f; f++)
+        if (json_object_object_get_ex(opts, *f, NULL)) {
+            vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", *f);
             goto out;
         }
-    }
-    if (json_object_object_get_ex(opts, "extended_l2", NULL)) {
-        bool v;
-        if (vbd_opt_take_bool(opts, "extended_l2", &v, err) < 0)
-            goto out;
-        if (v != s->extended_l2) {
-            vbd_error_setf(err, ENOTSUP, "Toggling extended L2 entries is not supported");
-            rc = -ENOTSUP;
-            goto out;
-        }
-    }
-    if (json_object_object_get_ex(opts, "compression_type", NULL)) {
-        if (vbd_opt_take_str(opts, "compression_type", &str, err) < 0)
-            goto out;
-        if (strcmp(str, s->compression_type ? "zstd" : "zlib")) {
-            vbd_error_setf(err, ENOTSUP, "Changing the compression type is not supported");
-            rc = -ENOTSUP;
-            goto out;
-        }
-    }
-    if (json_object_object_get_ex(opts, "preallocation", NULL) || json_object_object_get_ex(opts, "data_file", NULL) ||
-        json_object_object_get_ex(opts, "data_file_raw", NULL)) {
-        vbd_error_setf(err, ENOTSUP, "Changing %s is not supported",
-                       json_object_object_get_ex(opts, "preallocation", NULL) ? "preallocation" : "the data file");
-        rc = -ENOTSUP;
-        goto out;
-    }
-    if (vbd_opts_check_empty(opts, "Block format 'qcow2'", err) < 0)
-        goto out;
+    /* the checks qemu 7.2 makes while it reads the options, in its order */
     int version = s->version;
     if (compat) {
         if (!strcmp(compat, "0.10") || !strcmp(compat, "v2"))
@@ -451,15 +408,75 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
             goto out;
         }
     }
-    if (backing_fmt && !has_backing && !n->backing_file[0]) {
-        vbd_error_setf(err, EINVAL, "Backing format cannot be used without backing file");
+    bool has_data_file = s->incompat & QCOW2_INCOMPAT_DATA_FILE;
+    if (json_object_object_get_ex(opts, "data_file", NULL)) {
+        if (vbd_opt_take_str(opts, "data_file", &str, err) < 0)
+            goto out;
+        if (!has_data_file) {
+            vbd_error_setf(err, EINVAL, "data-file can only be set for images that use an external data file");
+            goto out;
+        }
+    }
+    bool data_raw = s->data_raw, has_data_raw = json_object_object_get_ex(opts, "data_file_raw", NULL);
+    if (has_data_raw) {
+        if (vbd_opt_take_bool(opts, "data_file_raw", &data_raw, err) < 0)
+            goto out;
+        if (data_raw && !s->data_raw) {
+            vbd_error_setf(err, EINVAL, "data-file-raw cannot be set on existing images");
+            goto out;
+        }
+    }
+    uint64_t refcount_bits = 1ull << s->refcount_order;
+    if (json_object_object_get_ex(opts, "refcount_bits", NULL)) {
+        if (vbd_opt_take_u64(opts, "refcount_bits", &refcount_bits, err) < 0)
+            goto out;
+        if (refcount_bits == 0 || refcount_bits > 64 || (refcount_bits & (refcount_bits - 1))) {
+            vbd_error_setf(err, EINVAL, "Refcount width must be a power of two and may not exceed 64 bits");
+            goto out;
+        }
+    }
+    if (vbd_opts_check_empty(opts, "Block format 'qcow2'", err) < 0)
         goto out;
+    if (refcount_bits != (1ull << s->refcount_order) && version < 3 && refcount_bits != 16) {
+        vbd_error_setf(err, EINVAL,
+                       "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
+        goto out;
+    }
+    /* what qemu would do but vbd does not: refused before anything changes */
+    if (refcount_bits != (1ull << s->refcount_order)) {
+        vbd_error_setf(err, ENOTSUP,
+                       "Changing refcount_bits (%u to %llu) is not supported; 'vbd-img convert -O qcow2 -o refcount_bits=%llu' "
+                       "writes a new image with it",
+                       1u << s->refcount_order, (unsigned long long)refcount_bits, (unsigned long long)refcount_bits);
+        rc = -ENOTSUP;
+        goto out;
+    }
+    uint32_t dlen = 0;
+    const char *dname = has_data_file ? qcow2_data_file_name(s, &dlen) : NULL;
+    if ((str && (strlen(str) != dlen || (dlen && memcmp(str, dname, dlen)))) || data_raw != s->data_raw) {
+        vbd_error_setf(err, ENOTSUP, "Changing the data file is not supported");
+        rc = -ENOTSUP;
+        goto out;
+    }
+    /* qemu 7.2 takes backing_file/backing_fmt only when they name what the
+     * header already names (rebase changes them) */
+    if (has_backing || backing_fmt) {
+        const char *cur = n->backing_file[0] ? n->backing_file : NULL;
+        const char *cur_fmt = n->backing_format[0] ? n->backing_format : NULL;
+        if (!backing != !cur || (backing && strcmp(backing, cur)) || !backing_fmt != !cur_fmt ||
+            (backing_fmt && strcmp(backing_fmt, cur_fmt))) {
+            backing_refused = true;
+            if (version <= (int)s->version) { /* else after the upgrade, as qemu */
+                vbd_error_setf(err, EINVAL, "Cannot amend the backing file\nYou can use 'vbd-img rebase' instead.");
+                goto out;
+            }
+        }
     }
     if (has_size && size % 512) {
         vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
         goto out;
     }
-    if (has_lazy && lazy && version < 3) {
+    if (has_lazy && lazy && version < 3 && !backing_refused) {
         vbd_error_setf(err, EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
         goto out;
     }
@@ -472,13 +489,12 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         s->incompat = s->compat = s->autoclear = 0;
         rc = qcow2_rewrite_header(s, n->backing_file, n->backing_format, err);
     }
+    if (rc == 0 && backing_refused) {
+        vbd_error_setf(err, EINVAL, "Cannot amend the backing file\nYou can use 'vbd-img rebase' instead.");
+        rc = -EINVAL;
+    }
     if (rc == 0 && has_lazy)
         rc = set_lazy_refcounts(s, lazy, err);
-    if (rc == 0 && (has_backing || backing_fmt)) {
-        const char *b = has_backing ? backing : n->backing_file;
-        const char *f = backing_fmt ? backing_fmt : has_backing ? NULL : n->backing_format;
-        rc = qcow2_rewrite_header(s, b, f, err);
-    }
     if (rc == 0 && version < (int)s->version) {
         if (s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS)
             rc = set_lazy_refcounts(s, false, err);
@@ -599,6 +615,10 @@ int qcow2_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requi
     uint32_t order;
     if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
         goto out;
+    if (extl2 && cluster_size < 16384) { /* qemu's measure validates the cluster size as its create does */
+        vbd_error_setf(err, EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
+        goto out;
+    }
     bool full = prealloc && (!strcmp(prealloc, "full") || !strcmp(prealloc, "falloc"));
     if (prealloc && !full && strcmp(prealloc, "off") && strcmp(prealloc, "metadata")) {
         vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", prealloc);

@@ -805,6 +805,11 @@ static int vhdx_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
 {
     struct vhdx_state *s = n->opaque;
     *file = n->file;
+    if (!s->diff && !vbd_block_status_exact) { /* qemu's vhdx: all data, no offset */
+        (void)want_zero;
+        *pnum = bytes;
+        return VBD_BS_DATA | VBD_BS_ALLOCATED;
+    }
     uint64_t in, avail;
     uint64_t e = entry_of(s, off, &in, &avail);
     unsigned st = e & BAT_STATE_MASK;

@@ -1317,10 +1317,8 @@ static int64_t vmdk_allocated_size(struct vbd_node *n)
 static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
     struct vmdk_state *s = n->opaque;
-    if (fix) {
-        vbd_error_setf(err, ENOTSUP, "This image format does not support checks with repair");
+    if (fix) /* as qemu's: -r is 'does not support checks' (exit 63) */
         return -ENOTSUP;
-    }
     for (unsigned i = 0; i < s->next; i++) {
         struct vmdk_extent *e = &s->ext[i];
         if (e->flat)
