@@ -6,19 +6,19 @@
 # target is opened with its backing file, as qemu-img opens it.
 source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
-# the map without host offsets, adjacent entries alike merged
-map_shape() {
-    qemu-img map --output=json -f qcow2 "$1" | python3 -c '
-import json, sys
-out = []
-for e in json.load(sys.stdin):
-    k = (e["depth"], e["present"], e["zero"], e["data"])
-    if out and out[-1][2:] == list(k) and out[-1][0] + out[-1][1] == e["start"]:
-        out[-1][1] += e["length"]
-    else:
-        out.append([e["start"], e["length"], *k])
-for o in out:
-    print(*o)'
+# convert_same_map SRC-FMT SRC DST-DIR ARGS...: vbd-img and qemu-img convert
+# SRC to qcow2 with ARGS; vbd's reads as SRC, checks clean, and is
+# allocated as qemu-img's
+convert_same_map() {
+    local fmt=$1 src=$2 d=$3
+    shift 3
+    rm -f "$d/dst.qcow2" "$d/ref.qcow2"
+    must "$VBD_IMG" convert -f "$fmt" -O qcow2 "$@" "$src" "$d/dst.qcow2"
+    must qemu-img convert -f "$fmt" -O qcow2 "$@" "$src" "$d/ref.qcow2"
+    must qemu-img compare -f "$fmt" -F qcow2 "$src" "$d/dst.qcow2" >/dev/null
+    must qemu-img check -q "$d/dst.qcow2"
+    diff <(map_shape qcow2 "$d/dst.qcow2") <(map_shape qcow2 "$d/ref.qcow2") ||
+        fail "the map differs from qemu-img convert's (left: vbd)"
 }
 dirs=$T
 if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
@@ -54,13 +54,7 @@ for d in $dirs; do
         for how in "-B $d/base.qcow2 -F qcow2" "-o backing_file=$d/base.qcow2,backing_fmt=qcow2"; do
             for S in "" "-S 0" "-S 64k"; do
                 step "$(stat -f -c %T "$d"): convert $S -f $1 ${2##*/} -O qcow2 ${how%%=*}..."
-                rm -f "$d/dst.qcow2" "$d/ref.qcow2"
-                must "$VBD_IMG" convert $S -f "$1" -O qcow2 $how "$2" "$d/dst.qcow2"
-                must qemu-img convert $S -f "$1" -O qcow2 $how "$2" "$d/ref.qcow2"
-                must qemu-img compare -f "$1" -F qcow2 "$2" "$d/dst.qcow2" >/dev/null
-                must qemu-img check -q "$d/dst.qcow2"
-                diff <(map_shape "$d/dst.qcow2") <(map_shape "$d/ref.qcow2") ||
-                    fail "the map differs from qemu-img convert's (left: vbd)"
+                convert_same_map "$1" "$2" "$d" $S $how
             done
         done
     done
@@ -75,13 +69,7 @@ for d in $dirs; do
         set -- $src
         for S in "" "-S 0"; do
             step "$(stat -f -c %T "$d"): convert $S -f $1 ${2##*/} -O qcow2 -B over a shorter backing file"
-            rm -f "$d/dst.qcow2" "$d/ref.qcow2"
-            must "$VBD_IMG" convert $S -f "$1" -O qcow2 -B "$d/short.qcow2" -F qcow2 "$2" "$d/dst.qcow2"
-            must qemu-img convert $S -f "$1" -O qcow2 -B "$d/short.qcow2" -F qcow2 "$2" "$d/ref.qcow2"
-            must qemu-img compare -f "$1" -F qcow2 "$2" "$d/dst.qcow2" >/dev/null
-            must qemu-img check -q "$d/dst.qcow2"
-            diff <(map_shape "$d/dst.qcow2") <(map_shape "$d/ref.qcow2") ||
-                fail "the map differs from qemu-img convert's (left: vbd)"
+            convert_same_map "$1" "$2" "$d" $S -B "$d/short.qcow2" -F qcow2
         done
     done
 done

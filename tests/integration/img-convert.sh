@@ -28,20 +28,6 @@ for e in json.load(sys.stdin):
         out.append([e["start"], e["start"] + e["length"]])
 print(out)'
 }
-# the map without host offsets: zero and data flags, adjacent entries alike merged
-map_shape() {
-    qemu-img map --output=json -f "$1" "$2" | python3 -c '
-import json, sys
-out = []
-for e in json.load(sys.stdin):
-    k = (e["depth"], e["present"], e["zero"], e["data"])
-    if out and out[-1][2:] == list(k) and out[-1][0] + out[-1][1] == e["start"]:
-        out[-1][1] += e["length"]
-    else:
-        out.append([e["start"], e["length"], *k])
-for o in out:
-    print(*o)'
-}
 for d in $dirs; do
 qemu-img convert -f raw -O raw "$src" "$d/ref.raw"
 for t in unsafe none; do for m in 1 8 16; do for w in "" -W; do

@@ -147,6 +147,22 @@ same_as_ref() {
     diff <(qemu-img map --output=json -f raw "$4") <(qemu-img map --output=json -f raw "$5") ||
         fail "$1: allocation differs from qemu-img convert's"
 }
+# map_shape FMT IMG: qemu-img map of IMG without host offsets (depth,
+# present, zero, data), adjacent entries alike merged: allocation compared
+# with qemu-img's output where the layout on the host may differ
+map_shape() {
+    qemu-img map --output=json -f "$1" "$2" | python3 -c '
+import json, sys
+out = []
+for e in json.load(sys.stdin):
+    k = (e["depth"], e["present"], e["zero"], e["data"])
+    if out and out[-1][2:] == list(k) and out[-1][0] + out[-1][1] == e["start"]:
+        out[-1][1] += e["length"]
+    else:
+        out.append([e["start"], e["length"], *k])
+for o in out:
+    print(*o)'
+}
 # qmp_py SOCK: runs the Python statements on stdin with m, a negotiated QMP
 # session on SOCK, and ok(cmd, **args), which returns the command's
 # "return" and fails the test (exit 1, the error on stderr) on an error.
