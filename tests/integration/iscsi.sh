@@ -152,7 +152,8 @@ def expect_error(reply, words):
         fail("expected an error '%s', got %s" % (words, reply))
 
 def lun(name, secret):
-    return {"driver": "iscsi", "node-name": name, "portal": "127.0.0.1:" + port, "target": iqn, "lun": 1,
+    # transport is mandatory in QEMU's schema (qsd: "Parameter 'transport' is missing")
+    return {"driver": "iscsi", "node-name": name, "transport": "tcp", "portal": "127.0.0.1:" + port, "target": iqn, "lun": 1,
             "user": "vbduser", "password-secret": secret}
 
 m = QMP(sock, negotiate=True)
