@@ -264,6 +264,11 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_error_setf(err, EISDIR, "Could not open '%s': Is a directory", filename);
         goto fail;
     }
+    /* after open(2), as QEMU's raw_open_common: a missing file is reported first */
+    if ((flags & VBD_OPEN_AIO_NATIVE) && !(flags & VBD_OPEN_NOCACHE)) {
+        vbd_error_setf(err, EINVAL, "aio=native was specified, but it requires cache.direct=on, which was not specified.");
+        goto fail;
+    }
     if ((flags & VBD_OPEN_HOST_DEVICE) && !S_ISBLK(st.st_mode) && !S_ISCHR(st.st_mode)) {
         vbd_error_setf(err, ENOTBLK, "'host_device' driver requires '%s' to be either a character or block device",
                        filename);
