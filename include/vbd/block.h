@@ -56,6 +56,10 @@ struct vbd_loop;
 /* qemu-img convert's sources (BDRV_O_NO_SHARE): share only consistent
  * reads and unchanged writes, down the whole chain, backing files too. */
 #define VBD_OPEN_NO_SHARE    0x1000u
+/* opened as driver host_device: the file must be a block or character device (QEMU's hdev_open) */
+#define VBD_OPEN_HOST_DEVICE 0x2000u
+/* the tools' -i native: refused by file nodes without NOCACHE, as qemu-io and qemu-img do (Linux AIO is O_DIRECT only) */
+#define VBD_OPEN_AIO_NATIVE  0x4000u
 
 /* detect-zeroes: an all-zero write becomes a write-zeroes request (unmap:
  * one that may deallocate; only with discard=unmap, as QEMU requires) */

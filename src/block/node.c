@@ -377,6 +377,8 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
         } else if (filename) {
             json_object_object_add(opts, "filename", json_object_new_string(filename));
         }
+        if (!strcmp(drvname, "host_device"))
+            flags |= VBD_OPEN_HOST_DEVICE;
         result = node_create(drv, filename, opts, flags, err);
         goto out;
     }

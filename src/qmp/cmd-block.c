@@ -64,7 +64,7 @@ static const struct key_type raw_keys[] = {{"file", "ref"}, {"offset", "int"}, {
 static const struct key_type qcow2_keys[] = {
     {"file", "ref"}, {"backing", "ref-or-null"}, {"data-file", "ref"}, {"lazy-refcounts", "bool"},
     {"pass-discard-request", "bool"}, {"pass-discard-snapshot", "bool"}, {"pass-discard-other", "bool"},
-    {"overlap-check", "any"}, {"cache-size", "int"}, {"l2-cache-size", "int"}, {"l2-cache-entry-size", "int"},
+    {"overlap-check", "overlap"}, {"cache-size", "int"}, {"l2-cache-size", "int"}, {"l2-cache-entry-size", "int"},
     {"refcount-cache-size", "int"}, {"cache-clean-interval", "int"}, {"encrypt", "any"}, {NULL, NULL},
 };
 /* QEMU's BlockdevOptionsGenericFormat (vdi, vpc, parallels, vhdx, bochs, cloop, dmg) and
@@ -128,6 +128,8 @@ static const char *expected_word(const char *type)
         return "BlockdevRef";
     if (!strcmp(type, "refs"))
         return "array";
+    if (!strcmp(type, "overlap"))
+        return "Qcow2OverlapChecks";
     return "object";
 }
 
@@ -226,6 +228,8 @@ static bool check_value(const char *path, const char *type, struct json_object *
         ok = !strcmp(have, "obj");
     else if (!strcmp(type, "refs"))
         ok = !strcmp(have, "array");
+    else if (!strcmp(type, "overlap")) /* QEMU's Qcow2OverlapChecks: a template name or flags */
+        ok = !strcmp(have, "str") || !strcmp(have, "obj");
     else
         ok = !strcmp(have, type);
     if (!ok) {
@@ -251,6 +255,35 @@ static bool check_value(const char *path, const char *type, struct json_object *
             }
             if (!check_value(sub, kt->type, cv, err))
                 return false;
+        }
+    }
+    if (!strcmp(type, "overlap")) {
+        /* QEMU's Qcow2OverlapCheckFlags, visited in its order, then the members left over */
+        static const struct key_type flag_keys[] = {
+            {"template", "enum:none,constant,cached,all"}, {"main-header", "bool"}, {"active-l1", "bool"},
+            {"active-l2", "bool"}, {"refcount-table", "bool"}, {"refcount-block", "bool"},
+            {"snapshot-table", "bool"}, {"inactive-l1", "bool"}, {"inactive-l2", "bool"},
+            {"bitmap-directory", "bool"}, {NULL, NULL},
+        };
+        if (!strcmp(have, "str"))
+            return check_value(path, flag_keys[0].type, v, err);
+        for (const struct key_type *k = flag_keys; k->name; k++) {
+            struct json_object *m;
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s.%s", path, k->name);
+            /* QAPI names the template member without the prefix */
+            if (json_object_object_get_ex(v, k->name, &m) && !check_value(k == flag_keys ? k->name : sub, k->type, m, err))
+                return false;
+        }
+        json_object_object_foreach(v, key, m)
+        {
+            (void)m;
+            if (!find_key(flag_keys, key)) {
+                char sub[256];
+                snprintf(sub, sizeof(sub), "%s.%s", path, key);
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' is unexpected", sub);
+                return false;
+            }
         }
     }
     if (!strcmp(type, "sockaddr"))

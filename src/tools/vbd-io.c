@@ -853,6 +853,8 @@ int main(int argc, char **argv)
     bool writethrough = true;
     if (tool_aio_flags(aio, &flags) < 0 || tool_cache_flags(cache, &flags, &writethrough) < 0)
         return 1;
+    if (aio && !strcmp(aio, "native"))
+        flags |= VBD_OPEN_AIO_NATIVE; /* io_uring runs it; the file node refuses it without -t none as qemu-io does */
     node = open_image(argv[optind], fmt, image_opts, flags, force_share && !ro);
     if (!node)
         return 1;

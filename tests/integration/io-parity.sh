@@ -124,6 +124,13 @@ same -f qcow2 -t unsafe -c 'write 0 4k' a.qcow2
 same -f raw -t writeback -i threads -c 'write 0 4k' a.raw
 same -t bogus -c 'read 0 1' a.raw
 same -i bogus -c 'read 0 1' a.raw
+# Linux AIO is O_DIRECT only: qemu-io refuses -i native without -t none / -n
+# (after the image's own open: a missing one is reported first)
+same -f raw -i native -c 'read 0 1' a.raw
+same -f qcow2 --aio native -t writeback -c 'read 0 1' a.qcow2
+same -f raw -i native -c 'read 0 1' nosuch
+same -f raw -i native -t none -c 'read 0 4k' a.raw
+same -f qcow2 -i native -n -c 'read 0 4k' a.qcow2
 same --image-opts -c 'read -P 0xab 0 1' -c 'write 1 1' driver=raw,file.filename=a.raw
 same --image-opts -c 'read 0 1' driver=raw,file.filename=nosuch
 same --image-opts -c 'read 0 1' driver=qcow2,file.filename=a.raw

@@ -18,6 +18,7 @@
 #include "vbd/options.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -149,7 +150,7 @@ static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags,
         json_object_put(rules);
     }
     /* QEMU takes these; the limits they set are not emulated by vbd */
-    uint64_t ignore;
+    uint64_t ignore = 0;
     char *config = NULL;
     if (vbd_opt_take_str(opts, "config", &config, err) < 0)
         return -EINVAL;
@@ -163,6 +164,11 @@ static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags,
     n->file = vbd_open_child(n, opts, "image", NULL, flags, err);
     if (!n->file)
         return -EINVAL;
+    /* QEMU 7.2's blkdebug_open: an alignment it could not honour is refused (0: none) */
+    if (ignore && (ignore >= INT_MAX || (ignore & (ignore - 1)))) {
+        vbd_error_setf(err, EINVAL, "Cannot meet constraints with align %llu", (unsigned long long)ignore);
+        return -EINVAL;
+    }
     vbd_filter_inherit(n);
     snprintf(n->filename, sizeof(n->filename), "blkdebug::%s", n->file->filename);
     return 0;

@@ -45,6 +45,11 @@ static int raw_open(struct vbd_node *n, struct json_object *opts, unsigned flags
                            (unsigned long long)s->offset, (unsigned long long)size, (unsigned long long)fsize);
             return -EINVAL;
         }
+        /* QEMU 7.2's raw_apply_options; an unaligned offset it takes (the file node does the RMW) */
+        if (size % 512) {
+            vbd_error_setf(err, EINVAL, "Specified size is not multiple of 512");
+            return -EINVAL;
+        }
         s->has_size = true;
         n->size = size;
     } else {

@@ -192,6 +192,24 @@ static uint64_t file_length(off_t st_size)
     return ((uint64_t)st_size + 511) & ~(uint64_t)511;
 }
 
+/* An integer, negative ones included, as QEMU's "aio-max-batch" (a QAPI int) */
+static int take_aio_max_batch(struct json_object *opts, int64_t *out, struct vbd_error **err)
+{
+    struct json_object *v = vbd_opt_get(opts, "aio-max-batch");
+    if (!v)
+        return 0;
+    errno = 0;
+    char *end = NULL;
+    const char *str = json_object_get_string(v);
+    *out = json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : strtoll(str, &end, 0);
+    if (!json_object_is_type(v, json_type_int) && (errno || end == str || *end)) {
+        vbd_error_setf(err, EINVAL, "Parameter 'aio-max-batch' expects integer");
+        return -EINVAL;
+    }
+    json_object_object_del(opts, "aio-max-batch");
+    return 1;
+}
+
 static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct file_state *s = n->opaque;
@@ -199,8 +217,17 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     int locking = 0; /* auto */
     static const char *const lockmodes[] = {"auto", "on", "off", NULL};
     s->fd = -1;
+    /* QEMU 7.2 takes these: drop-cache and x-check-cache-dropped concern its
+     * cache invalidation on migration, which vbd has no counterpart of;
+     * aio-max-batch, any integer (0: the default), bounds its Linux AIO
+     * batches, while vbd submits what a loop iteration gathered */
+    bool ignore_bool;
+    int64_t ignore_int;
     if (vbd_opt_take_str(opts, "filename", &filename, err) < 0 ||
-        vbd_opt_take_enum(opts, "locking", lockmodes, &locking, err) < 0)
+        vbd_opt_take_enum(opts, "locking", lockmodes, &locking, err) < 0 ||
+        vbd_opt_take_bool(opts, "drop-cache", &ignore_bool, err) < 0 ||
+        vbd_opt_take_bool(opts, "x-check-cache-dropped", &ignore_bool, err) < 0 ||
+        take_aio_max_batch(opts, &ignore_int, err) < 0)
         goto fail;
     if (!filename) {
         /* qemu-img's and qemu-io's words (blockdev-add and --blockdev say "Parameter 'filename' is missing" before this: src/qmp/cmd-block.c) */
@@ -235,6 +262,16 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     s->in_memory = fs_ok && sfs.f_type == TMPFS_MAGIC;
     if (S_ISDIR(st.st_mode)) {
         vbd_error_setf(err, EISDIR, "Could not open '%s': Is a directory", filename);
+        goto fail;
+    }
+    /* after open(2), as QEMU's raw_open_common: a missing file is reported first */
+    if ((flags & VBD_OPEN_AIO_NATIVE) && !(flags & VBD_OPEN_NOCACHE)) {
+        vbd_error_setf(err, EINVAL, "aio=native was specified, but it requires cache.direct=on, which was not specified.");
+        goto fail;
+    }
+    if ((flags & VBD_OPEN_HOST_DEVICE) && !S_ISBLK(st.st_mode) && !S_ISCHR(st.st_mode)) {
+        vbd_error_setf(err, ENOTBLK, "'host_device' driver requires '%s' to be either a character or block device",
+                       filename);
         goto fail;
     }
     if (S_ISBLK(st.st_mode)) {

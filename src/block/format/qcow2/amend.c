@@ -335,6 +335,7 @@ static int downgrade(struct qcow2_state *s, struct vbd_error **err)
         goto io;
     s->version = 2;
     s->incompat = s->compat = s->autoclear = 0;
+    s->lazy_opt = 0; /* v2 has no lazy refcounts; they are on disk now */
     rc = qcow2_rewrite_header(s, s->n->backing_file, s->n->backing_format, err);
     return rc;
 io:
@@ -349,7 +350,9 @@ static int set_lazy_refcounts(struct qcow2_state *s, bool on, struct vbd_error *
         vbd_error_setf(err, EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
         return -EINVAL;
     }
-    if (on == ((s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0))
+    /* a runtime lazy-refcounts option differing from the header changes too:
+     * from here on the header's bit rules, as in QEMU's amend */
+    if (on == ((s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0) && on == qcow2_lazy(s))
         return 0;
     int rc = qcow2_writeback(s);
     if (rc == 0)
@@ -369,6 +372,8 @@ static int set_lazy_refcounts(struct qcow2_state *s, bool on, struct vbd_error *
     if (rc < 0) {
         s->compat = old;
         s->incompat = old_inc;
+    } else {
+        s->lazy_opt = 0;
     }
     return rc;
 }

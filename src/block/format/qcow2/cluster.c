@@ -37,7 +37,7 @@ int qcow2_writeback(struct qcow2_state *s)
     int rc = s->external && dirty ? vbd_node_co_flush(s->data) : 0;
     if (rc < 0)
         return rc;
-    if (s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) {
+    if (qcow2_lazy(s)) {
         /* lazy refcounts: the dirty bit, not a flush, covers refcounts that
          * have not reached the disk (an open repairs them) */
         rc = qcow2_update_incompat(s, QCOW2_INCOMPAT_DIRTY, 0);

@@ -131,6 +131,61 @@ static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, struct vb
     return rc;
 }
 
+/* overlap-check (QEMU's Qcow2OverlapChecks): a template name or an object
+ * of a template and per-structure flags. Validated as QEMU 7.2 does and
+ * otherwise ignored: vbd checks every data write against all metadata it
+ * keeps track of whatever the level, as refusing a write that would hit
+ * metadata costs one lookup and a lower level would only let corruption in. */
+static int take_overlap_check(struct json_object *opts, struct vbd_error **err)
+{
+    static const char *const templates[] = {"none", "constant", "cached", "all", NULL};
+    static const char *const flags[] = {"main-header", "active-l1", "active-l2", "refcount-table", "refcount-block",
+                                        "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory"};
+    struct json_object *v = vbd_opt_take_obj(opts, "overlap-check");
+    int idx, rc = 0;
+    if (!v)
+        return 0;
+    if (json_object_is_type(v, json_type_string)) {
+        const char *t = json_object_get_string(v);
+        for (idx = 0; templates[idx] && strcmp(templates[idx], t); idx++)
+            ;
+        if (!templates[idx]) {
+            vbd_error_setf(err, EINVAL, "Parameter 'overlap-check' does not accept value '%s'", t);
+            rc = -EINVAL;
+        }
+    } else if (!json_object_is_type(v, json_type_object)) {
+        vbd_error_setf(err, EINVAL, "Invalid parameter type for 'overlap-check', expected: Qcow2OverlapChecks");
+        rc = -EINVAL;
+    } else {
+        struct json_object *t;
+        /* QAPI names the template member without the prefix */
+        if (json_object_object_get_ex(v, "template", &t) && json_object_is_type(t, json_type_string)) {
+            for (idx = 0; templates[idx] && strcmp(templates[idx], json_object_get_string(t)); idx++)
+                ;
+            if (!templates[idx]) {
+                vbd_error_setf(err, EINVAL, "Parameter 'template' does not accept value '%s'", json_object_get_string(t));
+                rc = -EINVAL;
+            }
+            json_object_object_del(v, "template");
+        }
+        for (size_t i = 0; rc == 0 && i < sizeof(flags) / sizeof(flags[0]); i++) {
+            bool b;
+            if (vbd_opt_take_bool(v, flags[i], &b, err) < 0)
+                rc = -EINVAL;
+        }
+        json_object_object_foreach(v, key, val)
+        {
+            (void)val;
+            if (rc == 0) {
+                vbd_error_setf(err, EINVAL, "Parameter 'overlap-check.%s' is unexpected", key);
+                rc = -EINVAL;
+            }
+        }
+    }
+    json_object_put(v);
+    return rc;
+}
+
 static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
@@ -143,11 +198,25 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
         vbd_opt_take_size(opts, "cache-size", &total, err) < 0 ||
         vbd_opt_take_u64(opts, "cache-clean-interval", &s->cache_clean_interval, err) < 0)
         return -EINVAL;
-    if (has_total && has_l2 && has_rc && l2_cache + rc_cache != total) {
-        vbd_error_setf(err, EINVAL, "l2-cache-size (%llu) + refcount-cache-size (%llu) != cache-size (%llu)",
-                       (unsigned long long)l2_cache, (unsigned long long)rc_cache, (unsigned long long)total);
+    /* QEMU 7.2's read_cache_sizes refusals, in its words */
+    if (has_total && has_l2 && has_rc) {
+        vbd_error_setf(err, EINVAL, "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time");
         return -EINVAL;
     }
+    if (has_total && has_l2 && l2_cache > total) {
+        vbd_error_setf(err, EINVAL, "l2-cache-size may not exceed cache-size");
+        return -EINVAL;
+    }
+    if (has_total && has_rc && rc_cache > total) {
+        vbd_error_setf(err, EINVAL, "refcount-cache-size may not exceed cache-size");
+        return -EINVAL;
+    }
+    uint64_t l2_entry = 0;
+    bool lazy = false;
+    int has_entry = vbd_opt_take_size(opts, "l2-cache-entry-size", &l2_entry, err);
+    int has_lazy = has_entry < 0 ? -1 : vbd_opt_take_bool(opts, "lazy-refcounts", &lazy, err);
+    if (has_lazy < 0 || take_overlap_check(opts, err) < 0)
+        return -EINVAL;
     if (has_total && !has_l2 && !has_rc) { /* QEMU's split: the L2 cache first, refcounts a quarter of it */
         rc_cache = total / 5;
         l2_cache = total - rc_cache;
@@ -162,6 +231,18 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     int rc = qcow2_read_header(n, s, flags, err);
     if (rc < 0)
         return rc;
+    /* vbd's L2 cache holds whole tables: the entry size is only checked as QEMU does */
+    if (has_entry && (l2_entry < 512 || l2_entry > s->cluster_size || (l2_entry & (l2_entry - 1)))) {
+        vbd_error_setf(err, EINVAL, "L2 cache entry size must be a power of two between 512 and the cluster size (%llu)",
+                       (unsigned long long)s->cluster_size);
+        return -EINVAL;
+    }
+    if (has_lazy && lazy && s->version < 3) {
+        vbd_error_setf(err, EINVAL, "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level");
+        return -EINVAL;
+    }
+    if (has_lazy)
+        s->lazy_opt = lazy ? 2 : 1;
     s->rc_nslots = (int)(rc_cache / s->cluster_size < 1024 ? rc_cache / s->cluster_size : 1024);
     rc = qcow2_load_reftable(s, err);
     if (rc < 0)

@@ -150,6 +150,7 @@ struct qcow2_state {
     uint8_t *cbuf;              /* compressed input scratch */
     bool corrupt;
     bool quiet_check;
+    uint8_t lazy_opt; /* the lazy-refcounts runtime option: 0 unset (the header's compat bit rules), 1 off, 2 on */
     uint8_t metadata_prealloc; /* block status: 0 not looked at yet, 1 no, 2 yes (see qcow2_block_status) */
     /* external data file: guest offset == host offset, data clusters not refcounted */
     struct vbd_node *data; /* where data clusters live: n->file, or the data file */
@@ -247,6 +248,11 @@ static inline void qcow2_metadata_moved(struct qcow2_state *s)
     s->meta_valid = false; /* an L1 or refcount table entry changed */
 }
 void qcow2_metadata_added(struct qcow2_state *s, uint64_t off); /* a new L2 table or refcount block */
+/* QEMU's use_lazy_refcounts: the runtime option, else the header's bit */
+static inline bool qcow2_lazy(const struct qcow2_state *s)
+{
+    return s->lazy_opt ? s->lazy_opt == 2 : (s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
+}
 static inline bool qcow2_data_overlaps(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
     return !s->external && qcow2_overlaps_metadata(s, off, len); /* data in its own file cannot hit metadata */

@@ -51,7 +51,7 @@ int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
  * would leave a refcount the repairing open never looks at). */
 static int lazy_dirty_first(struct qcow2_state *s)
 {
-    if (!(s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) || (s->incompat & QCOW2_INCOMPAT_DIRTY))
+    if (!qcow2_lazy(s) || (s->incompat & QCOW2_INCOMPAT_DIRTY))
         return 0;
     return qcow2_update_incompat(s, QCOW2_INCOMPAT_DIRTY, 0);
 }
