@@ -784,7 +784,7 @@ int main(int argc, char **argv)
         {"force-share", no_argument, NULL, 'U'}, {"image-opts", no_argument, NULL, 'O'},
         {"quiet", no_argument, NULL, 'q'},       {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},     {"object", required_argument, NULL, 'o'},
-        {"discard", required_argument, NULL, 'd'},
+        {"discard", required_argument, NULL, 'd'}, {"native-aio", no_argument, NULL, 'k'},
         {NULL, 0, NULL, 0},
     };
     vbd_log_set_prog("vbd-io");
@@ -810,7 +810,7 @@ int main(int argc, char **argv)
         case 'U': force_share = true; break;
         case 'O': image_opts = true; break;
         case 'q': quiet = true; break;
-        case 'k': break;
+        case 'k': aio = "native"; break; /* qemu-io's --native-aio: -i native */
         case 'd':
             if (!strcmp(optarg, "ignore") || !strcmp(optarg, "off"))
                 unmap = false;

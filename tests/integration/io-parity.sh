@@ -131,6 +131,8 @@ same -f qcow2 --aio native -t writeback -c 'read 0 1' a.qcow2
 same -f raw -i native -c 'read 0 1' nosuch
 same -f raw -i native -t none -c 'read 0 4k' a.raw
 same -f qcow2 -i native -n -c 'read 0 4k' a.qcow2
+same -f raw -k -c 'read 0 1' a.raw
+same -f raw --native-aio -n -c 'read 0 4k' a.raw
 same --image-opts -c 'read -P 0xab 0 1' -c 'write 1 1' driver=raw,file.filename=a.raw
 same --image-opts -c 'read 0 1' driver=raw,file.filename=nosuch
 same --image-opts -c 'read 0 1' driver=qcow2,file.filename=a.raw
