@@ -16,7 +16,11 @@ if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
     shm=$(mktemp -d /dev/shm/vbd-test.XXXXXX); on_exit "rm -rf $shm"
     dirs="$T $shm"
 fi
-# the data ranges of an image (host offsets left out: the two qcow2 writers lay out their files differently)
+# qemu-img map of an image, host offsets included
+full_map() {
+    qemu-img map --output=json -f "$1" "$2"
+}
+# the data ranges of an image, host offsets left out (qemu-img -W lays out its output differently each run)
 data_ranges() {
     qemu-img map --output=json -f "$1" "$2" | python3 -c '
 import json, sys
@@ -113,13 +117,20 @@ PY
     # in order and linked on the main loop, each worker writing its data to
     # the image's file from its own thread; partial clusters, allocated or
     # preallocated ones and extended L2 images go the main loop's path.
-    # Against qemu-img's convert: content, qemu-img check, data ranges.
+    # Against qemu-img's convert: content, qemu-img check, and the map with
+    # the host offsets: the clusters laid out in the file as qemu-img lays
+    # them out (each new L2 table before its first data cluster, as QEMU
+    # allocates it; users compare the two maps whole). With -W qemu-img's
+    # own layout changes from run to run: the data ranges only. So too for
+    # 512-byte clusters from the qcow2 source: its 8 MiB of data outgrow the
+    # one-cluster refcount table, which vbd grows elsewhere than QEMU's
+    # qcow2_refcount_area (not matched yet; the raw source's data fit).
     cp --sparse=always "$src" "$shm/src.raw"
     for in in "raw $shm/src.raw" "qcow2 $shm/top.qcow2"; do
         read -r f i <<<"$in"
         for opt in "" "-S 0" "-S 64k" "-m 16 -W" "-m 1" "-o cluster_size=4k" "-o cluster_size=512" \
-                   "-o cluster_size=2M" "-o compat=0.10" "-o extended_l2=on" "-o preallocation=metadata" \
-                   "-o data_file=$shm/dst.data"; do
+                   "-o cluster_size=2M" "-o compat=0.10" "-o extended_l2=on" "-o extended_l2=on,cluster_size=128k" \
+                   "-o preallocation=metadata" "-c" "-o data_file=$shm/dst.data"; do
             step "tmpfs, threads: $f -> qcow2 convert $opt"
             rm -f "$shm/dst.qcow2" "$shm/ref.qcow2" "$shm/dst.data"
             must "$VBD_IMG" convert $opt -f $f -O qcow2 "$i" "$shm/dst.qcow2" >/dev/null
@@ -127,8 +138,13 @@ PY
             must qemu-img check -q "$shm/dst.qcow2"
             rm -f "$shm/ref.data"
             must qemu-img convert ${opt//dst.data/ref.data} -f $f -O qcow2 "$i" "$shm/ref.qcow2" >/dev/null
-            [ "$(data_ranges qcow2 "$shm/dst.qcow2")" = "$(data_ranges qcow2 "$shm/ref.qcow2")" ] ||
-                fail "$f $opt: data ranges $(data_ranges qcow2 "$shm/dst.qcow2"), qemu-img's $(data_ranges qcow2 "$shm/ref.qcow2")"
+            if [[ $opt == *-W* || ( $f = qcow2 && $opt = "-o cluster_size=512" ) ]]; then
+                [ "$(data_ranges qcow2 "$shm/dst.qcow2")" = "$(data_ranges qcow2 "$shm/ref.qcow2")" ] ||
+                    fail "$f $opt: data ranges $(data_ranges qcow2 "$shm/dst.qcow2"), qemu-img's $(data_ranges qcow2 "$shm/ref.qcow2")"
+            else
+                diff <(full_map qcow2 "$shm/dst.qcow2") <(full_map qcow2 "$shm/ref.qcow2") ||
+                    fail "$f $opt: the map (host offsets too) differs from qemu-img's (left: vbd)"
+            fi
         done
     done
     # (content and check here; the map against qemu-img's is img-convert-backing.sh)
@@ -183,6 +199,21 @@ for e in json.load(sys.stdin):
     grep -q "Could not read .* at offset .*: Input/output error" <<<"$out" || fail "not the read's error: $out"
     rm -f "$shm"/*.raw "$shm"/*.qcow2
 fi
+# the page cache path (a disk) and qed targets too: the host offsets as qemu-img's
+for d in $dirs; do for fo in "qcow2 " "qcow2 -t none" "qcow2 -o cluster_size=4k" "qcow2 -o cluster_size=512" \
+                             "qcow2 -o compat=0.10" "qed " "qed -m 1" "qed -o cluster_size=4k"; do
+    read -r fmt opt <<<"$fo"
+    step "convert $opt -O $fmt on $(stat -f -c %T "$d"): qemu-img map with host offsets as qemu-img's"
+    rm -f "$d/lay.$fmt" "$d/layq.$fmt"
+    # shellcheck disable=SC2086 # $opt is words
+    must "$VBD_IMG" convert $opt -f raw -O $fmt "$src" "$d/lay.$fmt"
+    # shellcheck disable=SC2086
+    must qemu-img convert $opt -f raw -O $fmt "$src" "$d/layq.$fmt"
+    must qemu-img compare -f raw -F $fmt "$src" "$d/lay.$fmt" >/dev/null
+    must qemu-img check -q -f $fmt "$d/lay.$fmt"
+    diff <(full_map $fmt "$d/lay.$fmt") <(full_map $fmt "$d/layq.$fmt") ||
+        fail "$opt -O $fmt: the map (host offsets too) differs from qemu-img's (left: vbd)"
+done; rm -f "$d/lay".* "$d/layq".*; done
 step "convert -S 0 writes zeroes and holes as data: the target is fully allocated, as qemu-img's"
 for fmt in raw qcow2; do
     rm -f "$T/dst.$fmt" "$T/ref.$fmt"

@@ -37,7 +37,11 @@
 #define QED_MAX_TABLE 16u
 #define QED_ZERO_CLUSTER 1ull
 #define QED_RUN_MAX 512 /* L2 entries looked at per step: an on-stack array, no malloc per request */
-#define QED_ALLOC_BYTES (1u << 20)
+/* Bytes allocated at most per step: qemu-img convert's request (2 MiB),
+ * which QEMU's qed allocates in one go, its new L2 table after the data:
+ * a smaller step put vbd's table after the first part and every cluster
+ * after it at other host offsets than qemu-img's (4k clusters) */
+#define QED_ALLOC_BYTES (2u << 20)
 
 struct qed_state {
     uint32_t cluster_size, table_size, header_size, cluster_bits, l2_bits;

@@ -992,6 +992,20 @@ static int64_t new_run_begin(struct vbd_node *n, uint64_t off, uint64_t bytes, u
     uint64_t k = 0;
     if (bytes >> s->cluster_bits < max)
         max = bytes >> s->cluster_bits;
+    /* The run's L2 table before its data, and a run inside one table: as
+     * QEMU's handle_alloc, so that the clusters land where qemu-img's do
+     * (qemu-img map's host offsets equal; data first, the first data
+     * cluster took the table's place). A table is linked empty: nothing
+     * points at unwritten data, a failure after this only leaves it. */
+    uint64_t per_l2 = 1ull << s->l2_bits;
+    uint64_t in_l2 = per_l2 - ((off >> s->cluster_bits) & (per_l2 - 1));
+    if (in_l2 < max)
+        max = in_l2;
+    uint64_t *table;
+    uint32_t index;
+    int rc = qcow2_get_l2(s, off, true, &table, &index, NULL);
+    if (rc < 0)
+        return rc;
     bool backed = n->backing != NULL;
     /* the lock stays held from here to range_lock: nobody registers a range meanwhile */
     for (; k < max; k++) {
@@ -1010,7 +1024,7 @@ static int64_t new_run_begin(struct vbd_node *n, uint64_t off, uint64_t bytes, u
         return 0;
     }
     int64_t start = alloc_data(s, off, k);
-    int rc = start < 0 ? (int)start : 0;
+    rc = start < 0 ? (int)start : 0;
     if (rc == 0 && qcow2_data_overlaps(s, (uint64_t)start, len))
         rc = qcow2_signal_corruption(s, "data clusters would overwrite metadata", (uint64_t)start);
     if (rc < 0) {
