@@ -24,7 +24,7 @@ must qemu-io -f raw -c 'write -P 0x5a 0 1M' -c flush "nbd+unix:///n0?socket=$S" 
 must qemu-io -f raw -t writeback -c 'write -P 0x6b 1M 1M' "nbd+unix:///n0?socket=$S" >/dev/null
 
 step "nbdkit stops answering; SIGTERM: the daemon waits and says why"
-kill -STOP $kpid
+stop_process $kpid
 kill -TERM $dpid
 for _ in $(seq 600); do grep -q "still stopping after 5 s" "$T/daemon.log" && break
     kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
@@ -49,7 +49,7 @@ start_daemon --chardev socket,id=m0,path="$Q",server=on,wait=off --monitor chard
     --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/kit.sock" \
     --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=n0,writable=on
 must qemu-io -f raw -t writeback -c 'write -P 0x3c 3M 1M' "nbd+unix:///n0?socket=$S" >/dev/null
-kill -STOP $kpid
+stop_process $kpid
 # quit's reply comes once the nodes are flushed (as qsd's, after its
 # bdrv_close_all): the client waits for it in the background
 qmp_py "$Q" >"$T/quit.out" <<'PY' &

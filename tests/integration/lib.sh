@@ -163,6 +163,24 @@ for e in json.load(sys.stdin):
 for o in out:
     print(*o)'
 }
+# stop_process PID: SIGSTOP, then wait until every thread of PID is stopped.
+# kill returns before the group stop reaches the other threads: one that a
+# request wakes first may still answer it (a daemon that reacts within a
+# millisecond saw nbdkit answer its flush after "kill -STOP").
+stop_process() {
+    kill -STOP "$1" || fail "cannot stop $1"
+    local t st all
+    for _ in $(seq 400); do
+        all=1
+        for t in /proc/"$1"/task/*; do
+            st=$(sed 's/^.*) //' "$t/stat" 2>/dev/null | cut -c1)
+            [ -z "$st" ] || [ "$st" = T ] || [ "$st" = t ] || { all=0; break; }
+        done
+        [ $all = 1 ] && return 0
+        sleep 0.01
+    done
+    fail "process $1 did not stop"
+}
 # qmp_py SOCK: runs the Python statements on stdin with m, a negotiated QMP
 # session on SOCK, and ok(cmd, **args), which returns the command's
 # "return" and fails the test (exit 1, the error on stderr) on an error.
