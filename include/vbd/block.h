@@ -357,6 +357,17 @@ struct vbd_driver {
      * VBD_OPEN_META_PARENT at open. Fails (nothing changed) when another
      * process holds what the new locks exclude. NULL: no locks. */
     int (*meta_parent)(struct vbd_node *n, int delta, struct vbd_error **err);
+    /* A node with a list of children besides file and backing (quorum).
+     * child_at: child i (NULL past the last) and its name ("children.N")
+     * in name[len]; any thread that holds the graph (no yield between
+     * calls). add_child / del_child (x-blockdev-change): take one more
+     * child (a reference of its own; the caller checked it has no other
+     * parent) or let the one named `name` go; the driver waits for its
+     * requests in flight and holds new ones back meanwhile. Home loop,
+     * coroutine. NULL: the node has no such list. */
+    struct vbd_node *(*child_at)(struct vbd_node *n, int i, char *name, size_t len);
+    int (*add_child)(struct vbd_node *n, struct vbd_node *child, struct vbd_error **err);
+    int (*del_child)(struct vbd_node *n, const char *name, struct vbd_error **err);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*().
@@ -485,6 +496,9 @@ struct vbd_node *vbd_node_bottom(struct vbd_node *n);
  * n's bottom node, see writes_inline): then the writer is the critical
  * path, and more requests in flight or out-of-order writes add nothing. */
 bool vbd_node_writes_inline(struct vbd_node *n);
+/* Is `to` n itself or below it (file, backing, a driver's child_at list)?
+ * Graph thread: a node taking a new child checks it makes no cycle. */
+bool vbd_node_reaches(struct vbd_node *n, struct vbd_node *to);
 /* Every node below n (files and backing chains) is VBD_DRV_CAP_MULTI_LOOP:
  * requests to n run on the caller's loop, never hop to a home loop. */
 bool vbd_node_chain_multi_loop(struct vbd_node *n);

@@ -122,6 +122,27 @@ struct vbd_node *vbd_node_bottom(struct vbd_node *n)
     return n;
 }
 
+static bool reaches(struct vbd_node *n, struct vbd_node *to, int depth)
+{
+    if (!n || depth > 4096)
+        return n != NULL; /* deeper than any real graph: say yes, the change is refused */
+    if (n == to)
+        return true;
+    if ((n->file != n && reaches(n->file, to, depth + 1)) || reaches(n->backing, to, depth + 1))
+        return true;
+    char name[32];
+    struct vbd_node *c;
+    for (int i = 0; n->drv->child_at && (c = n->drv->child_at(n, i, name, sizeof(name))); i++)
+        if (reaches(c, to, depth + 1))
+            return true;
+    return false;
+}
+
+bool vbd_node_reaches(struct vbd_node *n, struct vbd_node *to)
+{
+    return reaches(n, to, 0);
+}
+
 bool vbd_node_chain_multi_loop(struct vbd_node *n)
 {
     for (; n; n = n->file) {

@@ -97,6 +97,32 @@ static struct json_object *export_record(const char *id, struct json_object *arg
     return rec;
 }
 
+/* x-blockdev-change gave node `name` (a quorum) other children: its
+ * record lists them as they are now, by node name (the new list is its
+ * children's order, so reads vote as before the restart). A child without
+ * a name of its own (given inline) cannot be listed: the record stays. */
+static void record_children(const char *name)
+{
+    struct json_object *rec;
+    struct vbd_node *n = name ? vbd_node_find(name) : NULL;
+    if (!n || !n->drv->child_at || !json_object_object_get_ex(node_recs, n->node_name, &rec))
+        return;
+    struct json_object *list = json_object_new_array();
+    char cname[32];
+    struct vbd_node *c;
+    for (int i = 0; (c = n->drv->child_at(n, i, cname, sizeof(cname))); i++) {
+        if (c->node_name[0] == '#') {
+            vbd_warn("--state: node '%s': its child '%s' has no node-name; its children after x-blockdev-change "
+                     "cannot be described for a restart",
+                     n->node_name, cname);
+            json_object_put(list);
+            return;
+        }
+        json_object_array_add(list, json_object_new_string(c->node_name));
+    }
+    json_object_object_add(rec, "children", list);
+}
+
 /* Keep what a command that succeeded made or removed; false: the command
  * changes nothing FILE describes (queries, I/O, image-only changes). */
 static bool record(const char *cmd, struct json_object *args)
@@ -119,6 +145,8 @@ static bool record(const char *cmd, struct json_object *args)
                 if ((name = str_arg(o, "node-name")) && json_object_object_get_ex(node_recs, name, NULL))
                     json_object_object_add(node_recs, name, copy(o));
             }
+    } else if (!strcmp(cmd, "x-blockdev-change")) {
+        record_children(str_arg(args, "parent"));
     } else if (!strcmp(cmd, "x-blockdev-set-iothread")) {
         if (!(name = str_arg(args, "node-name")))
             return true;
@@ -246,6 +274,16 @@ static void add_cmd(struct json_object *cmds, const char *execute, struct json_o
 }
 
 static void emit_node(struct vbd_node *n, struct json_object *cmds, struct json_object *done, int depth);
+static void emit_below(struct vbd_node *c, struct json_object *cmds, struct json_object *done, int depth);
+
+/* a quorum's children (x-blockdev-change may have added newer nodes) */
+static void emit_list_below(struct vbd_node *n, struct json_object *cmds, struct json_object *done, int depth)
+{
+    char name[32];
+    struct vbd_node *c;
+    for (int i = 0; n->drv->child_at && (c = n->drv->child_at(n, i, name, sizeof(name))); i++)
+        emit_below(c, cmds, done, depth);
+}
 
 /* the nodes of ours below c must exist before the node above it */
 static void emit_below(struct vbd_node *c, struct json_object *cmds, struct json_object *done, int depth)
@@ -261,6 +299,7 @@ static void emit_below(struct vbd_node *c, struct json_object *cmds, struct json
     if (c->file != c)
         emit_below(c->file, cmds, done, depth + 1);
     emit_below(c->backing, cmds, done, depth + 1);
+    emit_list_below(c, cmds, done, depth + 1);
 }
 
 static void emit_node(struct vbd_node *n, struct json_object *cmds, struct json_object *done, int depth)
@@ -271,6 +310,7 @@ static void emit_node(struct vbd_node *n, struct json_object *cmds, struct json_
     if (n->file != n)
         emit_below(n->file, cmds, done, depth);
     emit_below(n->backing, cmds, done, depth);
+    emit_list_below(n, cmds, done, depth);
     struct json_object *a = node_args(n);
     if (a) {
         add_cmd(cmds, "blockdev-add", a);

@@ -11,8 +11,11 @@
  * backup's copy-before-write node pass every request to their file (one
  * more io.c entry per request, no lock, no allocation). Stream's is the
  * real copy-on-read driver, as QEMU's: a guest read through it copies into
- * the top while the stream runs. Without a name no node is inserted (QEMU
- * hides its implicit filters from the user).
+ * the top while the stream runs. Without a name, a backup still gets its
+ * node, as QEMU's implicit copy-before-write ('#blockNNN' in
+ * query-named-block-nodes, the node of the source's exports in
+ * query-block-exports while the job runs); the other jobs insert none
+ * (qsd 7.2 lists their implicit filters too: not followed yet).
  *
  * The drivers are not in the registry: blockdev-add cannot make them, as
  * QEMU's commit_top and mirror_top (bdrv_new_open_driver).
@@ -131,12 +134,15 @@ int job_filter_insert(enum job_filter_kind kind, struct vbd_node *top, const cha
                       struct vbd_node **out, struct vbd_qmp_error *err)
 {
     *out = NULL;
-    if (!name)
+    /* a backup's copy-before-write node is there without a name too, as
+     * QEMU's (an implicit '#blockNNN' in query-named-block-nodes, and the
+     * node of the source's exports while the job runs) */
+    if (!name && kind != JOB_FILTER_BACKUP)
         return 0;
     /* stream and backup insert with bdrv_insert_node, whose errors say so */
     bool prefixed = kind == JOB_FILTER_STREAM || kind == JOB_FILTER_BACKUP;
     struct vbd_qmp_error e0 = {0};
-    if (!name_ok(name, prefixed ? &e0 : err)) {
+    if (name && !name_ok(name, prefixed ? &e0 : err)) {
         if (prefixed) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Could not create node: %s", e0.desc);
         }
@@ -150,7 +156,8 @@ int job_filter_insert(enum job_filter_kind kind, struct vbd_node *top, const cha
         return -1;
     }
     struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "node-name", json_object_new_string(name));
+    if (name)
+        json_object_object_add(o, "node-name", json_object_new_string(name));
     json_object_object_add(o, "file", json_object_new_string(top->node_name));
     /* commit_top is read-only, as QEMU's: nothing writes into an intermediate layer */
     unsigned flags = top->read_only || kind == JOB_FILTER_COMMIT ? 0 : VBD_OPEN_RDWR;

@@ -815,6 +815,88 @@ __attribute__((constructor)) static void register_block_events(void)
     vbd_node_set_event_handlers(&qmp_handlers);
 }
 
+/* Does n have a child named `name` (QEMU's bdrv_find_child)? */
+static bool node_has_child(struct vbd_node *n, const char *name)
+{
+    if (n->file && n->file != n && !strcmp(name, "file"))
+        return true;
+    if (n->backing && !strcmp(name, "backing"))
+        return true;
+    char nm[32];
+    for (int i = 0; n->drv->child_at && n->drv->child_at(n, i, nm, sizeof(nm)); i++)
+        if (!strcmp(nm, name))
+            return true;
+    return false;
+}
+
+/* A node has a parent in QEMU's graph when another node, an export's
+ * BlockBackend or a job uses it; the monitor's reference is not one. */
+static bool node_has_parent(struct vbd_node *n)
+{
+    if (n->refcnt > 1 || vbd_job_using_node(n))
+        return true;
+    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x; x = x->next) {
+        struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
+        if (be && vbd_backend_node(be) == n)
+            return true;
+    }
+    return false;
+}
+
+/* x-blockdev-change (qmp_x_blockdev_change, QEMU 7.2): a quorum takes
+ * one more child by node name, or lets one go by its child name; the
+ * checks in QEMU's order and words. The new child gets no copy of the
+ * data: it holds what is written from now on, and reads vote with it. */
+static struct json_object *x_blockdev_change(struct json_object *args, struct vbd_qmp_error *err)
+{
+    const char *parent = opt_str(args, "parent"), *child = opt_str(args, "child"), *node = opt_str(args, "node");
+    struct vbd_node *p = lookup_node(parent, parent, err);
+    if (!p)
+        return NULL;
+    if (!child == !node) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           child ? "The parameters child and node are in conflict" : "Either child or node must be specified");
+        return NULL;
+    }
+    struct vbd_error *e = NULL;
+    int rc = 0;
+    if (child) {
+        if (!node_has_child(p, child)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' does not have child '%s'", parent, child);
+            return NULL;
+        }
+        if (!p->drv->del_child) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "The node %s does not support removing a child", p->node_name);
+            return NULL;
+        }
+        struct vbd_loop *origin = vbd_node_co_enter_home(p);
+        rc = p->drv->del_child(p, child, &e);
+        vbd_node_co_leave_home(origin);
+    } else {
+        struct vbd_node *c = vbd_node_find(node);
+        if (!c) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' not found", node);
+            return NULL;
+        }
+        if (!p->drv->add_child) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "The node %s does not support adding a child", p->node_name);
+            return NULL;
+        }
+        if (node_has_parent(c)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "The node %s already has a parent", c->node_name);
+            return NULL;
+        }
+        struct vbd_loop *origin = vbd_node_co_enter_home(p);
+        rc = p->drv->add_child(p, c, &e);
+        vbd_node_co_leave_home(origin);
+    }
+    if (rc < 0) {
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
+    return vbd_qmp_ok();
+}
+
 const struct vbd_qmp_command vbd_qmp_cmds_block[] = {
     {"blockdev-add", NULL, blockdev_add, 0},
     {"blockdev-del", "node-name:str", blockdev_del, 0},
@@ -826,5 +908,6 @@ const struct vbd_qmp_command vbd_qmp_cmds_block[] = {
     {"change-backing-file", "device:str image-node-name:str backing-file:str", change_backing_file, 0},
     {"block-set-write-threshold", "node-name:str write-threshold:uint", block_set_write_threshold, 0},
     {"x-blockdev-set-iothread", "node-name:str iothread:any ?force:bool", x_blockdev_set_iothread, 0},
+    {"x-blockdev-change", "parent:str ?child:str ?node:str", x_blockdev_change, 0},
     {NULL, NULL, NULL, 0},
 };

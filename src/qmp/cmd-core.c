@@ -149,11 +149,17 @@ static struct json_object *quit(struct json_object *args, struct vbd_qmp_error *
     return vbd_qmp_ok();
 }
 
+static struct json_object *query_chardev(struct json_object *args, struct vbd_qmp_error *err)
+{
+    return vbd_qmp_query_chardev();
+}
+
 const struct vbd_qmp_command vbd_qmp_cmds_core[] = {
     {"qmp_capabilities", "?enable:array", qmp_capabilities, VBD_QMP_BEFORE_CAPS},
     {"query-version", "", query_version, 0},
     {"query-commands", "", query_commands, 0},
     {"query-qmp-schema", "", query_qmp_schema, 0},
     {"quit", "", quit, 0},
+    {"query-chardev", "", query_chardev, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -498,6 +498,7 @@ const struct vbd_qmp_command vbd_qmp_cmds_snapshot[] = {
     {"block-dirty-bitmap-enable", "node:str name:str", qmp_bitmap_enable, 0},
     {"block-dirty-bitmap-disable", "node:str name:str", qmp_bitmap_disable, 0},
     {"block-dirty-bitmap-merge", "node:str target:str bitmaps:array", qmp_bitmap_merge, 0},
+    {"x-debug-block-dirty-bitmap-sha256", "node:str name:str", qmp_bitmap_sha256, 0},
     {"transaction", "actions:array ?properties:object", qmp_transaction, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -620,6 +620,59 @@ static struct qmp_chardev *chardev_find(const char *id)
     return NULL;
 }
 
+/* host:port of a TCP address as QEMU prints it (numeric; brackets
+ * around an IPv6 host only in a connected chardev's text) */
+static void tcp_text(const struct sockaddr_storage *ss, socklen_t len, bool brackets, char *out, size_t size)
+{
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (getnameinfo((const struct sockaddr *)ss, len, host, sizeof(host), serv, sizeof(serv),
+                    NI_NUMERICHOST | NI_NUMERICSERV)) {
+        snprintf(out, size, "?:?");
+        return;
+    }
+    bool b = brackets && ss->ss_family == AF_INET6;
+    snprintf(out, size, "%s%s%s:%s", b ? "[" : "", host, b ? "]" : "", serv);
+}
+
+/* query-chardev (qsd 7.2's ChardevInfo): every --chardev with its
+ * address as QEMU words it, "disconnected:" while no client is connected,
+ * and frontend-open when a monitor uses it. Main loop. */
+struct json_object *vbd_qmp_query_chardev(void)
+{
+    struct json_object *list = json_object_new_array();
+    for (struct qmp_chardev *c = chardevs; c; c = c->next) {
+        struct qmp_client *client = NULL;
+        for (struct qmp_monitor *m = monitors; m; m = m->next)
+            if (m->chr == c && m->client && !m->client->closing)
+                client = m->client;
+        char text[2 * NI_MAXHOST + 128];
+        if (c->unix_path) {
+            snprintf(text, sizeof(text), "%sunix:%s,server=on", client ? "" : "disconnected:", c->unix_path);
+        } else {
+            struct sockaddr_storage here, peer;
+            socklen_t hl = sizeof(here), pl = sizeof(peer);
+            char h[NI_MAXHOST + 16], p[NI_MAXHOST + 16];
+            if (client && !getsockname(client->fd, (struct sockaddr *)&here, &hl) &&
+                !getpeername(client->fd, (struct sockaddr *)&peer, &pl)) {
+                tcp_text(&here, hl, true, h, sizeof(h));
+                tcp_text(&peer, pl, true, p, sizeof(p));
+                snprintf(text, sizeof(text), "tcp:%s,server=on <-> %s", h, p);
+            } else if (!getsockname(c->listen_fd, (struct sockaddr *)&here, &hl)) {
+                tcp_text(&here, hl, false, h, sizeof(h));
+                snprintf(text, sizeof(text), "disconnected:tcp:%s,server=on", h);
+            } else {
+                snprintf(text, sizeof(text), "disconnected:tcp");
+            }
+        }
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "frontend-open", json_object_new_boolean(c->has_monitor));
+        json_object_object_add(o, "filename", json_object_new_string(text));
+        json_object_object_add(o, "label", json_object_new_string(c->id));
+        json_object_array_add(list, o);
+    }
+    return list;
+}
+
 static bool is_loopback(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET)

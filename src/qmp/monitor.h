@@ -37,6 +37,9 @@ struct qmp_stream {
     void *opaque;
 };
 
+/* query-chardev's answer: the --chardev list (monitor.c). Main loop. */
+struct json_object *vbd_qmp_query_chardev(void);
+
 void qmp_stream_init(struct qmp_stream *s, qmp_stream_cb *cb, void *opaque);
 void qmp_stream_destroy(struct qmp_stream *s);
 /* 0, or -1: the client keeps going past the bound after an error. */

@@ -70,6 +70,7 @@ struct json_object *qmp_transaction(struct json_object *args, struct vbd_qmp_err
 struct json_object *qmp_bitmap_add(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *qmp_bitmap_remove(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *qmp_bitmap_clear(struct json_object *args, struct vbd_qmp_error *err);
+struct json_object *qmp_bitmap_sha256(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *qmp_bitmap_enable(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *qmp_bitmap_disable(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *qmp_bitmap_merge(struct json_object *args, struct vbd_qmp_error *err);

@@ -1,6 +1,7 @@
 #include "unit.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
+#include "vbd/sha256.h"
 
 #include <json-c/json.h>
 #include <stdlib.h>
@@ -114,4 +115,25 @@ UNIT_TEST(take_typed_and_leftovers)
     CHECK(err && strstr(err->msg, "extra.deep"));
     vbd_error_free(err);
     json_object_put(o);
+}
+
+/* vbd_sha256_hex against sha256sum: the padding edges (55, 56, 64 bytes)
+ * and several blocks */
+UNIT_TEST(sha256_known_answers)
+{
+    char hex[65], buf[1000];
+    vbd_sha256_hex("", 0, hex);
+    CHECK_STR(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    vbd_sha256_hex("abc", 3, hex);
+    CHECK_STR(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    const char *s56 = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    vbd_sha256_hex(s56, strlen(s56), hex);
+    CHECK_STR(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    memset(buf, 'a', sizeof(buf));
+    vbd_sha256_hex(buf, 55, hex);
+    CHECK_STR(hex, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318");
+    vbd_sha256_hex(buf, 64, hex);
+    CHECK_STR(hex, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb");
+    vbd_sha256_hex(buf, 1000, hex);
+    CHECK_STR(hex, "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3");
 }

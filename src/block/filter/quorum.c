@@ -11,6 +11,8 @@
  * and EIO. A child failing with an I/O error is reported and simply has no
  * vote, so the node works on while a quorum of children is left.
  * read-pattern=fifo reads the first child that answers without error.
+ * x-blockdev-change adds a child (appended, named "children.N" with N
+ * counting on as QEMU's next_child_index) or removes one by that name.
  *
  * Ties go as QEMU's: among versions with the same count the one the
  * highest-indexed child first voted for wins, and reports come in QEMU's
@@ -31,6 +33,7 @@
 #include "vbd/qmp.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,10 +41,18 @@
 
 struct quorum_state {
     struct vbd_node **children;
+    unsigned *index; /* children[i] is named "children.<index[i]>" (QEMU's names: kept across changes) */
     int nchildren;
+    unsigned next_index; /* the name the next child added gets */
     int threshold;
     bool rewrite_corrupted;
     bool fifo;
+    /* x-blockdev-change: requests in flight (they index children after
+     * yielding), and the gate a change closes until they are done. One
+     * loop: plain counters. */
+    unsigned in_flight;
+    bool changing;
+    struct vbd_co_queue gate, idle;
 };
 
 enum qop { QOP_READ, QOP_WRITE, QOP_ZEROES };
@@ -129,7 +140,9 @@ static void quorum_close(struct vbd_node *n)
     for (int i = 0; i < s->nchildren; i++)
         vbd_node_unref(s->children[i]);
     free(s->children);
+    free(s->index);
     s->children = NULL;
+    s->index = NULL;
     s->nchildren = 0;
 }
 
@@ -138,6 +151,7 @@ static int open_children(struct vbd_node *n, struct json_object *list, int count
 {
     struct quorum_state *s = n->opaque;
     s->children = vbd_xcalloc((size_t)count, sizeof(*s->children));
+    s->index = vbd_xcalloc((size_t)count, sizeof(*s->index));
     for (int i = 0; i < count; i++) {
         char key[32], path[48];
         snprintf(key, sizeof(key), "%d", i);
@@ -151,7 +165,9 @@ static int open_children(struct vbd_node *n, struct json_object *list, int count
         json_object_put(holder);
         if (!s->children[i])
             return -EINVAL;
+        s->index[i] = (unsigned)i;
         s->nchildren = i + 1;
+        s->next_index = (unsigned)i + 1;
     }
     return 0;
 }
@@ -603,6 +619,156 @@ static int quorum_refresh_size(struct vbd_node *n)
     return 0;
 }
 
+/* ---------- x-blockdev-change: children come and go ---------- */
+
+/* Every request holds the children list as it found it until it ends. */
+static void request_begin(struct quorum_state *s)
+{
+    while (s->changing)
+        vbd_co_queue_wait(&s->gate);
+    s->in_flight++;
+}
+
+static void request_end(struct quorum_state *s)
+{
+    if (--s->in_flight == 0 && s->changing)
+        vbd_co_queue_wake_all(&s->idle);
+}
+
+/* QEMU's bdrv_drained_begin/end around its quorum_add/del_child. */
+static void change_begin(struct quorum_state *s)
+{
+    s->changing = true;
+    while (s->in_flight)
+        vbd_co_queue_wait(&s->idle);
+}
+
+static void change_end(struct quorum_state *s)
+{
+    s->changing = false;
+    vbd_co_queue_wake_all(&s->gate);
+}
+
+static struct vbd_node *quorum_child_at(struct vbd_node *n, int i, char *name, size_t len)
+{
+    struct quorum_state *s = n->opaque;
+    if (i < 0 || i >= s->nchildren)
+        return NULL;
+    snprintf(name, len, "children.%u", s->index[i]);
+    return s->children[i];
+}
+
+static int quorum_add_child(struct vbd_node *n, struct vbd_node *child, struct vbd_error **err)
+{
+    struct quorum_state *s = n->opaque;
+    /* QEMU's checks in its order (quorum_add_child, bdrv_attach_child) */
+    if (s->next_index == UINT_MAX || s->nchildren == INT_MAX / (int)sizeof(*s->children)) {
+        vbd_error_setf(err, ENOSPC, "Too many children");
+        return -ENOSPC;
+    }
+    if (vbd_node_reaches(child, n)) {
+        vbd_error_setf(err, ELOOP, "Making '%s' a children.%u child of '%s' would create a cycle", child->node_name,
+                       s->next_index, n->node_name);
+        return -ELOOP;
+    }
+    /* QEMU's words when the quorum has a writer (it takes a read-only
+     * child of a quorum nobody writes yet, that a writer then cannot use) */
+    if (child->read_only && !n->read_only) {
+        vbd_error_setf(err, EACCES, "Block node is read-only");
+        return -EACCES;
+    }
+    /* QEMU 7.2 takes a child of another size, whose writes past its end
+     * then fail and whose reads vote against the others: refused here */
+    if (vbd_node_size(child) != vbd_node_size(n)) {
+        vbd_error_setf(err, EINVAL, "quorum: node '%s' has %llu bytes, quorum '%s' %llu: a child must have the quorum's size",
+                       child->node_name, (unsigned long long)vbd_node_size(child), n->node_name,
+                       (unsigned long long)vbd_node_size(n));
+        return -EINVAL;
+    }
+    change_begin(s);
+    vbd_node_ref(child);
+    s->children = vbd_xrealloc(s->children, ((size_t)s->nchildren + 1) * sizeof(*s->children));
+    s->index = vbd_xrealloc(s->index, ((size_t)s->nchildren + 1) * sizeof(*s->index));
+    s->children[s->nchildren] = child;
+    s->index[s->nchildren++] = s->next_index++;
+    n->supported_zero_flags &= child->supported_zero_flags;
+    change_end(s);
+    return 0;
+}
+
+static int quorum_del_child(struct vbd_node *n, const char *name, struct vbd_error **err)
+{
+    struct quorum_state *s = n->opaque;
+    int i = 0;
+    char nm[32];
+    while (i < s->nchildren && (quorum_child_at(n, i, nm, sizeof(nm)), strcmp(nm, name)))
+        i++;
+    if (i == s->nchildren) {
+        vbd_error_setf(err, ENOENT, "Node '%s' does not have child '%s'", n->node_name, name);
+        return -ENOENT;
+    }
+    if (s->nchildren <= s->threshold) {
+        vbd_error_setf(err, EINVAL, "The number of children cannot be lower than the vote threshold %d", s->threshold);
+        return -EINVAL;
+    }
+    /* the last name given is given again, as QEMU's next_child_index */
+    if (s->index[i] == s->next_index - 1)
+        s->next_index--;
+    change_begin(s);
+    struct vbd_node *child = s->children[i];
+    memmove(&s->children[i], &s->children[i + 1], (size_t)(s->nchildren - i - 1) * sizeof(*s->children));
+    memmove(&s->index[i], &s->index[i + 1], (size_t)(s->nchildren - i - 1) * sizeof(*s->index));
+    s->nchildren--;
+    if (i == 0)
+        snprintf(n->filename, sizeof(n->filename), "quorum:%s", s->children[0]->filename);
+    vbd_node_unref(child);
+    change_end(s);
+    return 0;
+}
+
+static int quorum_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                            unsigned flags)
+{
+    request_begin(n->opaque);
+    int rc = quorum_preadv(n, off, bytes, q, qoff, flags);
+    request_end(n->opaque);
+    return rc;
+}
+
+static int quorum_co_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                             unsigned flags)
+{
+    request_begin(n->opaque);
+    int rc = quorum_pwritev(n, off, bytes, q, qoff, flags);
+    request_end(n->opaque);
+    return rc;
+}
+
+static int quorum_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    request_begin(n->opaque);
+    int rc = quorum_pwrite_zeroes(n, off, bytes, flags);
+    request_end(n->opaque);
+    return rc;
+}
+
+static int quorum_co_flush(struct vbd_node *n)
+{
+    request_begin(n->opaque);
+    int rc = quorum_flush(n);
+    request_end(n->opaque);
+    return rc;
+}
+
+static int quorum_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
+                                  uint64_t *map, struct vbd_node **file)
+{
+    request_begin(n->opaque);
+    int rc = quorum_block_status(n, want_zero, off, bytes, pnum, map, file);
+    request_end(n->opaque);
+    return rc;
+}
+
 static const struct vbd_driver quorum_driver = {
     .name = "quorum",
     .kind = VBD_DRV_FILTER,
@@ -610,12 +776,15 @@ static const struct vbd_driver quorum_driver = {
     .caps = VBD_DRV_CAP_FIXED_LOOP,
     .open = quorum_open,
     .close = quorum_close,
-    .co_preadv = quorum_preadv,
-    .co_pwritev = quorum_pwritev,
-    .co_flush = quorum_flush,
-    .co_pwrite_zeroes = quorum_pwrite_zeroes,
-    .co_block_status = quorum_block_status,
+    .co_preadv = quorum_co_preadv,
+    .co_pwritev = quorum_co_pwritev,
+    .co_flush = quorum_co_flush,
+    .co_pwrite_zeroes = quorum_co_pwrite_zeroes,
+    .co_block_status = quorum_co_block_status,
     .refresh_size = quorum_refresh_size,
     .reopen_rw = vbd_filter_reopen_rw,
+    .child_at = quorum_child_at,
+    .add_child = quorum_add_child,
+    .del_child = quorum_del_child,
 };
 VBD_DRIVER_REGISTER(quorum, quorum_driver);
