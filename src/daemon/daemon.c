@@ -887,10 +887,11 @@ void vbd_daemon_close_pidfile(void)
  * the handlers kick no loop. */
 static int wake_fd = -1;
 
-int vbd_daemon_wake_init(void)
+void vbd_daemon_wake_init(void)
 {
     wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    return wake_fd < 0 ? -errno : 0;
+    if (wake_fd < 0)
+        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
 }
 
 void vbd_daemon_wake(void)
@@ -938,8 +939,7 @@ int vbd_daemon_main(int argc, char **argv)
         ready_pipe = p[1];
     }
     struct sigaction sa = {.sa_handler = on_signal};
-    if (vbd_daemon_wake_init() < 0)
-        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
+    vbd_daemon_wake_init();
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);

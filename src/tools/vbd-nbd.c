@@ -672,8 +672,7 @@ int main(int argc, char **argv)
     parse_args(argc, argv);
     if (o.fork_process)
         do_fork();
-    if (vbd_daemon_wake_init() < 0)
-        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
+    vbd_daemon_wake_init();
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
