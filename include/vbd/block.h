@@ -60,6 +60,13 @@ struct vbd_loop;
 #define VBD_OPEN_HOST_DEVICE 0x2000u
 /* the tools' -i native: refused by file nodes without NOCACHE, as qemu-io and qemu-img do (Linux AIO is O_DIRECT only) */
 #define VBD_OPEN_AIO_NATIVE  0x4000u
+/* Block status as the image knows it, down the chain (backing files too).
+ * Formats that QEMU 7.2 reports as all data (vhdx: no block status there)
+ * report so without it, and qemu-img map/measure and qemu-io map/alloc
+ * show what QEMU shows; a caller that only uses status to skip work (vbd-img
+ * convert's sources) sets it, and those formats then tell what they know
+ * (unallocated blocks, holes in the file). */
+#define VBD_OPEN_EXACT_STATUS 0x8000u
 
 /* detect-zeroes: an all-zero write becomes a write-zeroes request (unmap:
  * one that may deallocate; only with discard=unmap, as QEMU requires) */
@@ -546,12 +553,6 @@ int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
 int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
 int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes,
                              uint64_t *pnum, uint64_t *map, struct vbd_node **file);
-/* Formats that QEMU 7.2 reports as all data (vhdx: no block status there)
- * report so too, and qemu-img map/measure and qemu-io map/alloc show what
- * QEMU shows; a process that only uses status to skip work (vbd-img
- * convert) sets this before it opens anything, and those formats then tell
- * what they know (unallocated blocks, holes in the file). */
-extern bool vbd_block_status_exact;
 /* Status through the backing chain from top down to (not including) base
  * (NULL = whole chain). *depth: 0 = top, 1 = its backing, ... (as qemu-img map).
  * VBD_BS_ALLOCATED is set when some layer defines the range ("present"). */

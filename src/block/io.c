@@ -714,8 +714,6 @@ int vbd_node_co_zero_copy_source(struct vbd_node *n, uint64_t off, uint64_t byte
 static int block_status_home(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
                              uint64_t *map, struct vbd_node **file);
 
-bool vbd_block_status_exact;
-
 int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
                              uint64_t *map, struct vbd_node **file)
 {

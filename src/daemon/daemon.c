@@ -120,7 +120,6 @@ static const char usage_text[] =
 
 static volatile bool stop_requested;
 static volatile sig_atomic_t hup_requested, cont_requested;
-static struct vbd_loop *main_loop;
 static int ready_pipe = -1;
 
 /* Set once the daemon stops: a second SIGTERM/SIGINT then exits at once.
@@ -159,8 +158,6 @@ static void on_signal(int sig)
     else
         stop_requested = true;
     vbd_daemon_wake();
-    if (main_loop)
-        vbd_loop_kick(main_loop);
 }
 
 /* qsd checks --blockdev against blockdev-add's schema: a file node without
@@ -884,13 +881,17 @@ void vbd_daemon_close_pidfile(void)
 }
 
 /* A loop kick ends the loop's wait but enters no coroutine: the main
- * coroutine waits on this eventfd, which a signal handler may write */
+ * coroutine waits on this eventfd, which a signal handler may write. Its
+ * poll is in the main loop's wait (io_uring or epoll), so the write alone
+ * ends that wait; nothing else on the main loop waits for a signal, and
+ * the handlers kick no loop. */
 static int wake_fd = -1;
 
-int vbd_daemon_wake_init(void)
+void vbd_daemon_wake_init(void)
 {
     wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    return wake_fd < 0 ? -errno : 0;
+    if (wake_fd < 0)
+        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
 }
 
 void vbd_daemon_wake(void)
@@ -938,14 +939,12 @@ int vbd_daemon_main(int argc, char **argv)
         ready_pipe = p[1];
     }
     struct sigaction sa = {.sa_handler = on_signal};
-    if (vbd_daemon_wake_init() < 0)
-        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
+    vbd_daemon_wake_init();
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
-    main_loop = vbd_loop_current();
     struct startup s = {argc, argv, 0};
     vbd_co_run_sync(daemon_co, &s);
     vbd_iothread_stop_all(); /* every export has stopped using them */

@@ -6,6 +6,7 @@
  */
 #include "qmp/cmd-block.h"
 #include "qmp/commands.h"
+#include "qmp/snapshot.h"
 
 #include "daemon/objects.h"
 #include "vbd/backend.h"
@@ -542,21 +543,6 @@ static const char *opt_str(struct json_object *args, const char *key)
     return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
 }
 
-/* A node by device or node-name, worded as QEMU's bdrv_lookup_bs(). vbd
- * has no named backends: a device is a node name too. */
-static struct vbd_node *lookup_node(const char *device, const char *node_name, struct vbd_qmp_error *err)
-{
-    struct vbd_node *n = NULL;
-    if (device)
-        n = vbd_node_find(device);
-    if (!n && node_name)
-        n = vbd_node_find(node_name);
-    if (!n)
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'",
-                           device ? device : "", node_name ? node_name : "");
-    return n;
-}
-
 bool vbd_qmp_node_written_by_export(struct vbd_node *n)
 {
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
@@ -612,15 +598,10 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
 static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
 {
     int64_t size = json_object_get_int64(json_object_object_get(args, "size"));
-    /* QEMU's bdrv_lookup_bs(device, node_name): device names a
-     * BlockBackend, and qsd has none a user can name */
     const char *device = opt_str(args, "device"), *node_name = opt_str(args, "node-name");
-    struct vbd_node *n = node_name ? vbd_node_find(node_name) : NULL;
-    if (!n) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'",
-                           device ? device : "", node_name ? node_name : "");
+    struct vbd_node *n = qmp_lookup_bs(device, node_name, err);
+    if (!n)
         return NULL;
-    }
     if (size < 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'size' expects a >0 size");
         return NULL;
@@ -664,10 +645,10 @@ static struct json_object *change_backing_file(struct json_object *args, struct 
 {
     const char *device = opt_str(args, "device"), *image = opt_str(args, "image-node-name");
     const char *backing_file = opt_str(args, "backing-file");
-    struct vbd_node *top = lookup_node(device, device, err);
+    struct vbd_node *top = qmp_get_root_bs(device, err);
     if (!top)
         return NULL;
-    struct vbd_node *n = lookup_node(NULL, image, err);
+    struct vbd_node *n = qmp_lookup_bs(NULL, image, err);
     if (!n)
         return NULL;
     struct vbd_node *m = top;

@@ -110,16 +110,6 @@ static int check_speed(struct json_object *args, uint64_t *speed, struct vbd_qmp
     return 0;
 }
 
-/* bdrv_lookup_bs(NULL, name): a node-name argument (base-node, top-node,
- * bottom) is no device, and QEMU's message says device='' */
-static struct vbd_node *lookup_node_name(const char *name, struct vbd_qmp_error *err)
-{
-    struct vbd_node *n = vbd_node_find(name);
-    if (!n)
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='' nor node-name='%s'", name);
-    return n;
-}
-
 static struct json_object *qmp_block_stream(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *device = arg_str(args, "device"), *base = arg_str(args, "base"), *base_node = arg_str(args, "base-node");
@@ -154,7 +144,7 @@ static struct json_object *qmp_block_stream(struct json_object *args, struct vbd
         }
     }
     if (base_node) {
-        base_bs = lookup_node_name(base_node, err);
+        base_bs = qmp_lookup_bs(NULL, base_node, err);
         if (!base_bs)
             return NULL;
         if (base_bs == bs || !chain_contains(bs, base_bs)) {
@@ -163,7 +153,7 @@ static struct json_object *qmp_block_stream(struct json_object *args, struct vbd
         }
     }
     if (bottom) {
-        bottom_bs = lookup_node_name(bottom, err);
+        bottom_bs = qmp_lookup_bs(NULL, bottom, err);
         if (!bottom_bs)
             return NULL;
         if (bottom_bs->drv->kind == VBD_DRV_FILTER) {
@@ -211,9 +201,7 @@ static struct json_object *qmp_block_commit(struct json_object *args, struct vbd
         vbd_qmp_error_setf(err, VBD_QMP_DEVICE_NOT_FOUND, "Device '%s' not found", device);
         return NULL;
     }
-    const char *role;
-    /* a job's filter has the job as its parent, in QEMU */
-    if (qmp_node_parent(bs, &role) || vbd_job_filter_skip(bs) != bs || qmp_job_filter_above(bs)) {
+    if (!qmp_is_root_node(bs)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
         return NULL;
     }
@@ -224,7 +212,7 @@ static struct json_object *qmp_block_commit(struct json_object *args, struct vbd
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'top-node' and 'top' are mutually exclusive");
         return NULL;
     } else if (top_node) {
-        if (!(top_bs = lookup_node_name(top_node, err)))
+        if (!(top_bs = qmp_lookup_bs(NULL, top_node, err)))
             return NULL;
         if (!chain_contains(bs, top_bs)) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'%s' is not in this backing file chain", top_node);
@@ -241,7 +229,7 @@ static struct json_object *qmp_block_commit(struct json_object *args, struct vbd
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'base-node' and 'base' are mutually exclusive");
         return NULL;
     } else if (base_node) {
-        if (!(base_bs = lookup_node_name(base_node, err)))
+        if (!(base_bs = qmp_lookup_bs(NULL, base_node, err)))
             return NULL;
         if (!chain_contains(top_bs, base_bs)) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'%s' is not in this backing file chain", base_node);

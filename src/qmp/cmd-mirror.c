@@ -58,21 +58,6 @@ static int parse_on_error(struct json_object *args, const char *key, enum vbd_on
     return 0;
 }
 
-/* qmp_get_root_bs */
-static struct vbd_node *root_node(const char *name, struct vbd_qmp_error *err)
-{
-    struct vbd_node *bs = qmp_lookup_node(name, err);
-    if (!bs)
-        return NULL;
-    const char *role;
-    /* a job's filter has the job as its parent, in QEMU */
-    if (qmp_node_parent(bs, &role) || vbd_job_filter_skip(bs) != bs || qmp_job_filter_above(bs)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
-        return NULL;
-    }
-    return bs;
-}
-
 static bool blocked(struct vbd_node *n, struct vbd_qmp_error *err)
 {
     struct vbd_job *j = vbd_job_using_node(n);
@@ -152,7 +137,7 @@ static int replaces_arg(struct json_object *args, struct vbd_mirror_args *a, str
 static struct json_object *qmp_blockdev_mirror(struct json_object *args, struct vbd_qmp_error *err)
 {
     struct vbd_mirror_args a = {0};
-    if (!(a.src = root_node(arg_str(args, "device"), err)))
+    if (!(a.src = qmp_get_root_bs(arg_str(args, "device"), err)))
         return NULL;
     if (!(a.target = qmp_lookup_node(arg_str(args, "target"), err)))
         return NULL;
@@ -170,7 +155,7 @@ static struct json_object *qmp_drive_mirror(struct json_object *args, struct vbd
     struct vbd_mirror_args a = {0};
     const char *file = arg_str(args, "target"), *format = arg_str(args, "format"), *mode = arg_str(args, "mode");
     const char *node_name = arg_str(args, "node-name");
-    if (!(a.src = root_node(arg_str(args, "device"), err)))
+    if (!(a.src = qmp_get_root_bs(arg_str(args, "device"), err)))
         return NULL;
     if (blocked(a.src, err))
         return NULL;

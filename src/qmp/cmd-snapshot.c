@@ -65,14 +65,9 @@ static int find_snapshot(const struct vbd_snapshot_info *list, int count, const 
 static int internal_prepare(struct tx_action *a, struct vbd_qmp_error *err)
 {
     const char *device = arg_str(a->data, "device"), *name = arg_str(a->data, "name");
-    struct vbd_node *n = qmp_lookup_node(device, err);
+    struct vbd_node *n = qmp_get_root_bs(device, err);
     if (!n)
         return -1;
-    const char *role;
-    if (qmp_node_parent(n, &role)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
-        return -1;
-    }
     tx_drain(a, n);
     if (n->read_only) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Device '%s' is read only", device);
@@ -184,14 +179,9 @@ static struct json_object *snapshot_info_json(const struct vbd_snapshot_info *sn
 static struct json_object *qmp_internal_snapshot_delete(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *device = arg_str(args, "device"), *id = arg_str(args, "id"), *name = arg_str(args, "name");
-    struct vbd_node *n = qmp_lookup_node(device, err);
+    struct vbd_node *n = qmp_get_root_bs(device, err);
     if (!n)
         return NULL;
-    const char *role;
-    if (qmp_node_parent(n, &role)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
-        return NULL;
-    }
     if (!id && !name) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Name or id must be provided");
         return NULL;
@@ -333,14 +323,9 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     if (!format)
         format = "qcow2";
     bool existing = mode && !strcmp(mode, "existing");
-    /* vbd-daemon has no named devices (BlockBackends): a device is a
-     * node-name here, so older callers that pass device= still work */
-    struct vbd_node *old = node_name ? vbd_node_find(node_name) : device ? vbd_node_find(device) : NULL;
-    if (!old) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'", device ? device : "",
-                           node_name ? node_name : "");
+    struct vbd_node *old = qmp_lookup_bs(device, node_name, err); /* device= finds no node, as in qsd */
+    if (!old)
         return -1;
-    }
     tx_drain(a, old);
     if (busy(old, err))
         return -1;

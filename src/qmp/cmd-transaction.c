@@ -23,11 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct vbd_node *qmp_lookup_node(const char *name, struct vbd_qmp_error *err)
+struct vbd_node *qmp_lookup_bs(const char *device, const char *node_name, struct vbd_qmp_error *err)
 {
-    struct vbd_node *n = vbd_node_find(name);
+    struct vbd_node *n = node_name ? vbd_node_find(node_name) : NULL;
     if (!n)
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'", name, name);
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='%s' nor node-name='%s'", device ? device : "",
+                           node_name ? node_name : "");
     return n;
 }
 
@@ -46,10 +47,28 @@ struct vbd_node *qmp_node_parent(struct vbd_node *n, const char **role)
     return NULL;
 }
 
-bool qmp_job_filter_above(struct vbd_node *n)
+/* Whether QEMU 7.2 would have a job's filter node above n: a mirror's
+ * source or target, a stream's device (vbd's jobs put no node there). */
+static bool job_filter_above(struct vbd_node *n)
 {
     struct vbd_job *j = vbd_job_using_node(n);
     return j && (!strcmp(j->drv->type, "mirror") || !strcmp(j->drv->type, "stream"));
+}
+
+bool qmp_is_root_node(struct vbd_node *n)
+{
+    const char *role;
+    return !qmp_node_parent(n, &role) && vbd_job_filter_skip(n) == n && !job_filter_above(n);
+}
+
+struct vbd_node *qmp_get_root_bs(const char *name, struct vbd_qmp_error *err)
+{
+    struct vbd_node *n = qmp_lookup_node(name, err);
+    if (n && !qmp_is_root_node(n)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Need a root block node");
+        return NULL;
+    }
+    return n;
 }
 
 void tx_drain(struct tx_action *a, struct vbd_node *n)

@@ -853,8 +853,6 @@ void vbd_qmp_request_quit(void)
 {
     quit_requested = true;
     vbd_daemon_wake(); /* the daemon's main coroutine waits for it */
-    if (main_loop)
-        vbd_loop_kick(main_loop);
 }
 
 bool vbd_qmp_quit_requested(void)

@@ -54,15 +54,28 @@ void tx_drain(struct tx_action *a, struct vbd_node *n);
 /* Run one action as a transaction of one: the command's handler. */
 struct json_object *tx_run_one(const struct tx_action_type *t, struct json_object *args, struct vbd_qmp_error *err);
 
-/* The node named `name` (any node, as QEMU's bdrv_lookup_bs), or NULL
- * with QEMU's error. */
-struct vbd_node *qmp_lookup_node(const char *name, struct vbd_qmp_error *err);
+/* QEMU's bdrv_lookup_bs(device, node_name), the one rule for which name a
+ * command takes: device names a BlockBackend, and qemu-storage-daemon has
+ * none a user can name, so only node_name finds a node (any node). NULL
+ * with QEMU's "Cannot find device='D' nor node-name='N'"; either may be
+ * NULL. The commands QEMU looks up with bdrv_lookup_bs(name, name) (a job's
+ * device, a bitmap's node, ...) use qmp_lookup_node(name); those that pass
+ * device and node-name apart (block_resize, blockdev-snapshot-sync) take no
+ * node through device=, as qsd. */
+struct vbd_node *qmp_lookup_bs(const char *device, const char *node_name, struct vbd_qmp_error *err);
+static inline struct vbd_node *qmp_lookup_node(const char *name, struct vbd_qmp_error *err)
+{
+    return qmp_lookup_bs(name, name, err);
+}
 /* A node above n (n is its file or backing), or NULL; *role says which. */
 struct vbd_node *qmp_node_parent(struct vbd_node *n, const char **role);
-/* Whether QEMU 7.2 would have a job's filter node above n, so that
- * qmp_get_root_bs() refuses it ("Need a root block node"): a mirror's
- * source or target, a stream's device (vbd's jobs put no node there). */
-bool qmp_job_filter_above(struct vbd_node *n);
+/* QEMU's bdrv_is_root_node(): no node above n, neither a parent nor a
+ * job's filter (which has the job as its parent in QEMU). */
+bool qmp_is_root_node(struct vbd_node *n);
+/* QEMU's qmp_get_root_bs(name): qmp_lookup_node, and the node must be a
+ * root ("Need a root block node"). The device of drive-mirror,
+ * blockdev-mirror and the internal snapshots. */
+struct vbd_node *qmp_get_root_bs(const char *name, struct vbd_qmp_error *err);
 
 /* Command handlers defined next to their actions (listed in the one table
  * of cmd-snapshot.c). */

@@ -141,10 +141,6 @@ int verb_convert(int argc, char **argv)
         json_object_put(opts);
         return 1;
     }
-    /* status only skips work here: what a vhdx source leaves unallocated is
-     * not read (qemu reads it and finds zeroes, the same target); with -S 0
-     * qemu writes those zeroes, so the source is all data then, as in qemu */
-    vbd_block_status_exact = sparse > 0;
     if (o_is_help(opts)) {
         int rc = print_create_help(out_fmt, argc - optind >= 2 ? argv[argc - 1] : NULL);
         json_object_put(opts);
@@ -172,9 +168,13 @@ int verb_convert(int argc, char **argv)
     uint64_t total = 0;
     int rc = 1;
     for (int i = 0; i < nsrc; i++) {
-        /* as qemu-img (BDRV_O_NO_SHARE): nobody writes a source while it is copied */
-        src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts,
-                           force ? VBD_OPEN_FORCE_SHARE : VBD_OPEN_NO_SHARE, src_cache, NULL);
+        /* as qemu-img (BDRV_O_NO_SHARE): nobody writes a source while it is
+         * copied. Status only skips work here: what a vhdx source leaves
+         * unallocated is not read (qemu reads it and finds zeroes, the same
+         * target); with -S 0 qemu writes those zeroes, so the source is all
+         * data then, as in qemu */
+        unsigned flags = (force ? VBD_OPEN_FORCE_SHARE : VBD_OPEN_NO_SHARE) | (sparse > 0 ? VBD_OPEN_EXACT_STATUS : 0);
+        src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, flags, src_cache, NULL);
         if (!src[i])
             goto out;
         if (snapshot && img_load_snapshot(src[i], snapshot) < 0)

@@ -116,7 +116,6 @@ static struct {
 } o = {.shared = 1, .flags = VBD_OPEN_RDWR, .old_stderr = -1};
 
 static volatile sig_atomic_t stop_requested;
-static struct vbd_loop *main_loop;
 static int rc_main;
 
 static void on_signal(int sig)
@@ -124,8 +123,6 @@ static void on_signal(int sig)
     (void)sig;
     stop_requested = 1;
     vbd_daemon_wake();
-    if (main_loop)
-        vbd_loop_kick(main_loop);
 }
 
 /* qemu-nbd's error_report + exit(EXIT_FAILURE) for the option checks */
@@ -672,12 +669,10 @@ int main(int argc, char **argv)
     vbd_log_set_prog(prog);
     /* qemu-nbd prints nothing while it serves; -v: the debug log */
     vbd_log_set_level(VBD_LOG_WARN);
-    main_loop = vbd_loop_current();
     parse_args(argc, argv);
     if (o.fork_process)
         do_fork();
-    if (vbd_daemon_wake_init() < 0)
-        vbd_warn("eventfd: %s: signals are seen within 200 ms", strerror(errno));
+    vbd_daemon_wake_init();
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);

@@ -15,7 +15,23 @@ export PYTHONPATH=$VBD_ROOT/tests/integration${PYTHONPATH:+:$PYTHONPATH}
 T=$(mktemp -d "${TMPDIR:-/tmp}/vbd-test.XXXXXX")
 _vbd_cleanup_cmds=""
 on_exit() { _vbd_cleanup_cmds="$1; $_vbd_cleanup_cmds"; }
-trap 'eval "$_vbd_cleanup_cmds"; rm -rf "$T"' EXIT
+# At exit, once the on_exit commands ran, every process the test started
+# and left running (a step failed before the test stopped its daemon,
+# server or client) is killed, with its children: a background process is
+# gone when the test ends whether or not it was registered. on_exit stays
+# for a gentler stop (tgtd, a guest) and for what left this shell's tree
+# (--fork, --daemonize: registered by their PID files). Each one stopped
+# before its children are listed, so that none is added meanwhile; the
+# list is a file, not $(...), whose subshell would be a child too.
+_vbd_kill_tree() {
+    local c kids
+    [ "$1" = $$ ] || kill -STOP "$1" 2>/dev/null
+    pgrep -P "$1" >"$T/.children.$1"
+    mapfile -t kids <"$T/.children.$1"
+    for c in "${kids[@]}"; do _vbd_kill_tree "$c"; done
+    [ "$1" = $$ ] || kill -KILL "$1" 2>/dev/null
+}
+trap 'eval "$_vbd_cleanup_cmds"; disown -a 2>/dev/null; _vbd_kill_tree $$; rm -rf "$T"' EXIT
 
 skip() { echo "SKIP: $*"; exit 77; }
 need() { for c in "$@"; do command -v "$c" >/dev/null 2>&1 || skip "$c not installed"; done; }

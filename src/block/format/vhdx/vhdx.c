@@ -805,7 +805,7 @@ static int vhdx_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
 {
     struct vhdx_state *s = n->opaque;
     *file = n->file;
-    if (!s->diff && !vbd_block_status_exact) { /* qemu's vhdx: all data, no offset */
+    if (!s->diff && !(n->open_flags & VBD_OPEN_EXACT_STATUS)) { /* qemu's vhdx: all data, no offset */
         (void)want_zero;
         *pnum = bytes;
         return VBD_BS_DATA | VBD_BS_ALLOCATED;
