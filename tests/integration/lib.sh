@@ -15,7 +15,37 @@ export PYTHONPATH=$VBD_ROOT/tests/integration${PYTHONPATH:+:$PYTHONPATH}
 T=$(mktemp -d "${TMPDIR:-/tmp}/vbd-test.XXXXXX")
 _vbd_cleanup_cmds=""
 on_exit() { _vbd_cleanup_cmds="$1; $_vbd_cleanup_cmds"; }
-trap 'eval "$_vbd_cleanup_cmds"; rm -rf "$T"' EXIT
+# Every process the test starts inherits VBD_TEST_TAG (its own $T), and the
+# kills of the exit's cleanup reach only processes that carry it. A PID
+# given to on_exit is often reaped long before the test ends (the test
+# stopped that process itself), and on a busy host the PID then names
+# another program: pid_max 32768 wraps in minutes under make check with
+# other jobs, and an exit's "kill -9 $pid" took down a test running beside
+# it (nbdkit, killed mid-test; seen looping daemon-stop-hung.sh).
+export VBD_TEST_TAG=$T
+_vbd_ours() { # PID: the process carries this test's tag
+    local env x
+    mapfile -d '' env 2>/dev/null </proc/"$1"/environ || return 1
+    for x in "${env[@]}"; do [ "$x" = "VBD_TEST_TAG=$T" ] && return 0; done
+    return 1
+}
+_vbd_exit() {
+    kill() { # the cleanup's kill: PIDs of other programs are left alone
+        local a args=() pids=0 ours=0
+        for a; do
+            case $a in
+            [0-9]*) pids=$((pids + 1)); _vbd_ours "$a" && ours=$((ours + 1)) && args+=("$a") ;;
+            *) args+=("$a") ;;
+            esac
+        done
+        [ $pids = 0 ] || [ $ours -gt 0 ] || return 1
+        builtin kill "${args[@]}"
+    }
+    eval "$_vbd_cleanup_cmds"
+    unset -f kill
+    rm -rf "$T"
+}
+trap _vbd_exit EXIT
 
 skip() { echo "SKIP: $*"; exit 77; }
 need() { for c in "$@"; do command -v "$c" >/dev/null 2>&1 || skip "$c not installed"; done; }
