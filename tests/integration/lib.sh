@@ -235,6 +235,17 @@ wait_log() {
     for _ in $(seq 200); do [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
     return 1
 }
+# wait_first_read OUT PID: vbd-io PID (line-buffered, output in OUT) has
+# printed its first read's result: a server restarted after this falls
+# into the vbd-io sleep that follows that read, not before its connection
+wait_first_read() {
+    for _ in $(seq 600); do
+        grep -q '^read ' "$1" && return 0
+        kill -0 "$2" 2>/dev/null || fail "vbd-io ended before its first read: $(cat "$1")"
+        sleep 0.05
+    done
+    fail "vbd-io's first read did not complete: $(cat "$1")"
+}
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
 # vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,
