@@ -36,7 +36,9 @@ run_one() { # name, time limit (seconds), command...
     local rc=$?
     local t=$((SECONDS - start))
     times+="$t $name"$'\n'
-    if [ $rc = 124 ] || { [ $rc = 137 ] && [ $t -ge "$limit" ]; }; then
+    # 124: timeout's SIGTERM ended it, 137: its SIGKILL did (a test's own
+    # status 124 or 137 before the limit is a plain failure)
+    if { [ $rc = 124 ] || [ $rc = 137 ]; } && [ $t -ge "$limit" ]; then
         echo "TIMEOUT: killed after $t s (limit $limit s)" >>"$log"
         failed=$((failed + 1)); failures="$failures $name(timeout)"
         printf 'FAIL  %-40s %3ss TIMED OUT (limit %ss; log: tests/out/%s.log)\n' "$name" "$t" "$limit" "${name//\//-}"
