@@ -5,6 +5,7 @@
 # qemu-img reads the guest's pattern from the image and checks it clean.
 # One boot: a disk per format, each served by a vbd-daemon of its own, the
 # disks' workloads side by side.
+# test-timeout: 1800 (run.sh: its guest may take --timeout 1200 without KVM)
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86_64 qemu-img python3 busybox
 G=$VBD_ROOT/tests/guest

@@ -8,6 +8,7 @@
 # guest's patterns must be there: what the guest saw acknowledged is what
 # another client of the cluster or target reads. One boot: four disks, the
 # fs and the basic workload each on an rbd image and an iSCSI LUN of their own.
+# test-timeout: 1800 (run.sh: its guest and the Ceph cluster may take --timeout 1200)
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86_64 qemu-img python3 busybox
 [ -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so ] || skip "qemu-block-extra (QEMU's rbd driver) not installed"

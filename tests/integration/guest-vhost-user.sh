@@ -3,6 +3,7 @@
 # vhost-user-blk: block and filesystem workloads, 1 and 2 queues, cache
 # modes, 4K sectors, a range= window, read-only, a back end restarted
 # under a running guest, and the protocol seen by a raw front end.
+# test-timeout: 2400 (run.sh: its guest may take --timeout 2000 without KVM)
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86_64 qemu-img python3 busybox
 G=$VBD_ROOT/tests/guest

@@ -90,13 +90,16 @@ EOF
         { tail -n 20 "$LV_DIR/log/libvirtd.log"; fail "libvirtd's QEMU driver is not usable"; }
 }
 
-# SIGTERM, then SIGKILL after 15 s, the PIDs given (only those still alive)
+# SIGTERM, then SIGKILL after 15 s, the PIDs given (only those still alive).
+# builtin kill: the callers name each process by its program, and libvirtd
+# starts QEMU and virtlogd with an environment of its own, without the tag
+# lib.sh's exit cleanup looks for
 _lv_stop_pids() {
     local p end=$((SECONDS + 15))
-    for p in "$@"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "$@"; do builtin kill -TERM "$p" 2>/dev/null; done
     for p in "$@"; do
         while _lv_alive "$p"; do
-            if [ $SECONDS -ge $end ]; then kill -KILL "$p" 2>/dev/null; break; fi
+            if [ $SECONDS -ge $end ]; then builtin kill -KILL "$p" 2>/dev/null; break; fi
             sleep 0.1
         done
     done

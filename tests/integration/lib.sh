@@ -15,6 +15,20 @@ export PYTHONPATH=$VBD_ROOT/tests/integration${PYTHONPATH:+:$PYTHONPATH}
 T=$(mktemp -d "${TMPDIR:-/tmp}/vbd-test.XXXXXX")
 _vbd_cleanup_cmds=""
 on_exit() { _vbd_cleanup_cmds="$1; $_vbd_cleanup_cmds"; }
+# Every process the test starts inherits VBD_TEST_TAG (its own $T), and the
+# kills of the exit's cleanup reach only processes that carry it. A PID
+# given to on_exit is often reaped long before the test ends (the test
+# stopped that process itself), and on a busy host the PID then names
+# another program: pid_max 32768 wraps in minutes under make check with
+# other jobs, and an exit's "kill -9 $pid" took down a test running beside
+# it (nbdkit, killed mid-test; seen looping daemon-stop-hung.sh).
+export VBD_TEST_TAG=$T
+_vbd_ours() { # PID: the process carries this test's tag
+    local env x
+    mapfile -d '' env 2>/dev/null </proc/"$1"/environ || return 1
+    for x in "${env[@]}"; do [ "$x" = "VBD_TEST_TAG=$T" ] && return 0; done
+    return 1
+}
 # At exit, once the on_exit commands ran, every process the test started
 # and left running (a step failed before the test stopped its daemon,
 # server or client) is killed, with its children: a background process is
@@ -31,7 +45,37 @@ _vbd_kill_tree() {
     for c in "${kids[@]}"; do _vbd_kill_tree "$c"; done
     [ "$1" = $$ ] || kill -KILL "$1" 2>/dev/null
 }
-trap 'eval "$_vbd_cleanup_cmds"; disown -a 2>/dev/null; _vbd_kill_tree $$; rm -rf "$T"' EXIT
+# What left this shell's tree (--fork, --daemonize) and was not stopped by
+# its on_exit command still carries the tag: killed last.
+_vbd_kill_tagged() {
+    local d p
+    for d in /proc/[0-9]*; do
+        p=${d#/proc/}
+        [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] && continue
+        _vbd_ours "$p" && builtin kill -KILL "$p" 2>/dev/null
+    done
+    return 0
+}
+_vbd_exit() {
+    kill() { # the cleanup's kill: PIDs of other programs are left alone
+        local a args=() pids=0 ours=0
+        for a; do
+            case $a in
+            [0-9]*) pids=$((pids + 1)); _vbd_ours "$a" && ours=$((ours + 1)) && args+=("$a") ;;
+            *) args+=("$a") ;;
+            esac
+        done
+        [ $pids = 0 ] || [ $ours -gt 0 ] || return 1
+        builtin kill "${args[@]}"
+    }
+    eval "$_vbd_cleanup_cmds"
+    unset -f kill
+    disown -a 2>/dev/null
+    _vbd_kill_tree $$
+    _vbd_kill_tagged
+    rm -rf "$T"
+}
+trap _vbd_exit EXIT
 
 skip() { echo "SKIP: $*"; exit 77; }
 need() { for c in "$@"; do command -v "$c" >/dev/null 2>&1 || skip "$c not installed"; done; }
@@ -220,6 +264,17 @@ PY
 wait_log() {
     for _ in $(seq 200); do [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
     return 1
+}
+# wait_first_read OUT PID: vbd-io PID (line-buffered, output in OUT) has
+# printed its first read's result: a server restarted after this falls
+# into the vbd-io sleep that follows that read, not before its connection
+wait_first_read() {
+    for _ in $(seq 600); do
+        grep -q '^read ' "$1" && return 0
+        kill -0 "$2" 2>/dev/null || fail "vbd-io ended before its first read: $(cat "$1")"
+        sleep 0.05
+    done
+    fail "vbd-io's first read did not complete: $(cat "$1")"
 }
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }

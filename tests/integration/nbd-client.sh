@@ -76,15 +76,6 @@ echo "$out" | grep -qi "input/output error" || fail "the EIO did not reach the c
 must "$VBD_IO" -f raw -c "write -P 1 0 64k" "nbd+unix:///?socket=$T/ke.sock" >/dev/null
 kill $kepid
 
-# wait_first_read OUT PID: vbd-io (line-buffered) has printed its first read's result
-wait_first_read() {
-    for _ in $(seq 600); do
-        grep -q '^read ' "$1" && return 0
-        kill -0 "$2" 2>/dev/null || fail "vbd-io ended before its first read: $(cat "$1")"
-        sleep 0.05
-    done
-    fail "vbd-io's first read did not complete: $(cat "$1")"
-}
 step "reconnect: the server restarts between requests, reconnect-delay=10 carries on"
 sock2=$T/qn2.sock
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &

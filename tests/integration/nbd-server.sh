@@ -182,9 +182,11 @@ structured "$S" || fail "structured reads"
 step "SIGTERM with a client connected: clean exit, socket removed"
 python3 -c "
 import socket,time,sys
-s=socket.socket(socket.AF_UNIX); s.connect('$S'); s.recv(18); time.sleep(30)" &
+s=socket.socket(socket.AF_UNIX); s.connect('$S'); s.recv(18); open('$T/greeted', 'w').close(); time.sleep(30)" &
 cpid=$!
-sleep 0.5
+# the client is connected once it has the server's greeting
+for _ in $(seq 400); do [ -e "$T/greeted" ] && break; kill -0 $cpid 2>/dev/null || break; sleep 0.05; done
+[ -e "$T/greeted" ] || fail "the client was not greeted"
 kill -TERM $dpid
 for _ in $(seq 100); do kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
 kill -0 $dpid 2>/dev/null && fail "vbd-daemon still running 10 s after SIGTERM"

@@ -182,7 +182,7 @@ step "reconnect redoes STARTTLS and the TLS handshake (qemu-nbd restarted)"
 "$VBD_IO" --object "$CLI_X509" --image-opts -c "read -P 0x48 60M 64k" -c "sleep 1500" -c "read -P 0x48 60M 64k" \
     -c "write -P 0x4a 61M 64k" "$Q,reconnect-delay=10" >rc.out 2>&1 &
 iopid=$!
-sleep 0.7
+wait_first_read rc.out $iopid
 kill $qpid; wait $qpid 2>/dev/null
 qemu-nbd --object "$SRV_X509" --tls-creds tls0 -f raw -k "$T/qn.sock" -x exp --persistent --shared=4 disk.raw 2>qn2.log &
 qpid=$!
