@@ -161,7 +161,8 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
 #define VBD_DRV_CAP_REMOTE 0x8u
 
 /* Its requests are bound to the loop it was opened on (the nbd client's
- * connection and reader coroutine): it never changes home loop. */
+ * connection and reader coroutine, the iscsi client's session, socket
+ * watch and timer, quorum's children): it never changes home loop. */
 #define VBD_DRV_CAP_FIXED_LOOP 0x10u
 
 /*
