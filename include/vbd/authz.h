@@ -23,6 +23,10 @@ struct vbd_error;
  *       rules are rules.0.match=...,rules.0.policy=...
  *
  * authz-list-file and authz-pam are refused by name.
+ *
+ * Threads: the registry is the main thread's (add and remove asserted);
+ * a reference taken with vbd_authz_get may be asked from the loop that
+ * holds it.
  */
 
 struct vbd_authz;

@@ -168,7 +168,8 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
 #define VBD_DRV_CAP_REMOTE 0x8u
 
 /* Its requests are bound to the loop it was opened on (the nbd client's
- * connection and reader coroutine): it never changes home loop. */
+ * connection and reader coroutine, the iscsi client's session, socket
+ * watch and timer, quorum's children): it never changes home loop. */
 #define VBD_DRV_CAP_FIXED_LOOP 0x10u
 
 /*
@@ -184,7 +185,9 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * requests, flush, truncate, refresh_size, get_info, check, amend,
  * snapshots, bitmaps, change_backing_file, make_empty, reopen, close.
  *
- * A driver without VBD_DRV_CAP_MULTI_LOOP (qcow2, qed, the nbd client) is
+ * A driver without VBD_DRV_CAP_MULTI_LOOP (qcow2 and the other formats
+ * with metadata, the nbd and iscsi clients, copy-on-read,
+ * copy-before-write, quorum) is
  * therefore entered from one loop at a time, so its state needs no thread
  * lock, only coroutine locks (vbd_co_mutex) where a request yields in the
  * middle of an update. The generic entry points (io.c: the vbd_node_co_*
@@ -206,7 +209,8 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * the move fail with an error naming it. home_loop is read without a lock
  * (atomic) by requests on any loop: it only changes while they cannot run.
  *
- * A driver with VBD_DRV_CAP_MULTI_LOOP (file, raw, null-co) may see
+ * A driver with VBD_DRV_CAP_MULTI_LOOP (file, raw, null-co, rbd, throttle,
+ * blkdebug) may see
  * co_preadv, co_pwritev, co_flush, co_pdiscard, co_pwrite_zeroes and
  * co_block_status from coroutines of several loops at once, each doing its
  * I/O on its own loop's io_uring, and concurrently with the home-loop calls
@@ -220,6 +224,10 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * The generic layer (io.c) is multi-loop safe for every node: its list of
  * requests in flight (alignment, read-modify-write) is guarded by
  * n->reqs_lock, taken only when a serialising request is in flight.
+ *
+ * Checked: vbd_node_ref/unref and vbd_node_co_set_home assert the graph
+ * thread, io.c asserts that a single-loop driver is entered on its home
+ * loop.
  */
 
 /*
@@ -469,7 +477,8 @@ const struct vbd_driver *const *vbd_driver_list(void);
  * filename may be NULL, a path, a protocol URI (nbd://...) or "json:{...}".
  * Without "driver", the format is probed (raw as the fallback, with the
  * same warning qemu-img gives for raw writes of probed images).
- * Ownership of opts is taken (json_object_put'ed).
+ * Ownership of opts is taken (json_object_put'ed). The calling thread
+ * becomes the node's graph thread (n->home_thread), its loop the home loop.
  */
 struct vbd_node *vbd_open(const char *filename, struct json_object *opts, unsigned flags, struct vbd_error **err);
 /* Open a node of a driver the registry does not list (QEMU's
@@ -489,6 +498,7 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
 int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err);
 void vbd_node_ref(struct vbd_node *n);
 void vbd_node_unref(struct vbd_node *n); /* closes at 0 (children unref'd) */
+/* The named nodes: one list, the graph thread's (unlocked). */
 struct vbd_node *vbd_node_find(const char *node_name);
 /* Iterate named nodes: pass NULL first. */
 struct vbd_node *vbd_node_next(struct vbd_node *prev);
@@ -607,7 +617,8 @@ struct vbd_node_event_handlers {
      * n stays read-write when a node above it becomes read-only. */
     bool (*written_outside)(struct vbd_node *n);
 };
-void vbd_node_set_event_handlers(const struct vbd_node_event_handlers *h);
+void vbd_node_set_event_handlers(const struct vbd_node_event_handlers *h); /* once, before any node opens */
+/* From the driver, on its home loop (the handler may run on any thread). */
 void vbd_node_report_corruption(struct vbd_node *n, const char *msg, int64_t offset, int64_t size, bool fatal);
 /* block-set-write-threshold: the first write that ends past `threshold`
  * reports it once and disarms it (0: off), as QEMU. */

@@ -14,8 +14,13 @@
  *
  * Used by the copy-before-write filter driver (snapshot-access reads it:
  * image fleecing) and by the backup job (its copy loop shares the state,
- * and the guest's writes reach it through the source's write hook). All
- * calls run on the source's home loop, in a coroutine.
+ * and the guest's writes reach it through the source's write hook).
+ *
+ * Threads: the state lives on the loop that created it (vbd_cbw_new: the
+ * main loop, where the filter node is opened and the backup job runs).
+ * The co_ calls move their coroutine there and back, so they may come from
+ * any loop (a guest write on an iothread); the other calls run on that
+ * loop (asserted where they change or walk the bits: next, todo, forget).
  */
 #include <stdbool.h>
 #include <stdint.h>

@@ -49,7 +49,10 @@ void vbd_co_move_to(struct vbd_loop *loop);
  * exits calls it last: the pool lives in thread-local storage). */
 void vbd_co_thread_cleanup(void);
 
-/* Wait queue of coroutines (FIFO). Not thread-safe: one loop only. */
+/* Wait queue of coroutines (FIFO). Not thread-safe: one loop only. The
+ * same holds for the mutex and the rwlock below: coroutine locks, not
+ * thread locks; every user of one runs on one loop (a node's, on its home
+ * loop). Not checked: they are on request paths (qcow2's s->lock). */
 struct vbd_co_queue {
     struct vbd_co *head, *tail;
 };
@@ -80,7 +83,7 @@ void vbd_co_rwlock_wrlock(struct vbd_co_rwlock *l);
 void vbd_co_rwlock_unlock(struct vbd_co_rwlock *l);
 
 /* Run fn(arg) in a new coroutine on the current thread's loop and drive the
- * loop until it finishes. For tools and tests that start outside any
+ * loop (the calling thread's) until it finishes. For tools and tests that start outside any
  * coroutine. If already in a coroutine, calls fn directly. */
 void vbd_co_run_sync(vbd_co_fn *fn, void *arg);
 

@@ -11,7 +11,9 @@
  * vbd_node_co_bitmap_status and the change operations below.
  *
  * The bits are guarded by one mutex: writes mark from any loop; QMP and
- * the jobs read and change them on the main loop.
+ * the jobs read and change them on the main loop. A node's list is walked
+ * without the lock (find, next) on the node's graph thread, so bitmaps are
+ * created and removed only there (asserted).
  */
 #include <stdbool.h>
 #include <stdint.h>

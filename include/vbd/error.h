@@ -27,7 +27,8 @@ void vbd_error_free(struct vbd_error *e);
 /* Move src into *dst (if dst non-NULL and *dst empty), else free src. */
 void vbd_error_propagate(struct vbd_error **dst, struct vbd_error *src);
 
-/* Logging for daemons and tools: one line, prefixed with program name. */
+/* Logging for daemons and tools: one line, prefixed with program name.
+ * vbd_log from any thread (one write per line); the setters at start. */
 enum vbd_log_level { VBD_LOG_ERROR, VBD_LOG_WARN, VBD_LOG_INFO, VBD_LOG_DEBUG };
 void vbd_log_set_level(enum vbd_log_level lvl);
 void vbd_log_set_prog(const char *prog);

@@ -6,8 +6,9 @@
  * Whole-image operations on open nodes: copy a range, commit a chain into
  * its base, the data copy of a safe rebase, and convert's copy loop over a
  * concatenation of sources. vbd-img's commit, rebase and convert are thin
- * wrappers around them; the daemon's block jobs (stream, commit, mirror,
- * backup) build on them.
+ * wrappers around them. The daemon's block jobs copy with loops of their
+ * own (src/job/: they interleave with the guest's writes) and share only
+ * struct vbd_imageops_ctl for their progress and cancellation.
  *
  * Every function here runs in a coroutine on the home loop of the nodes it
  * is given (block.h, "Concurrency contract"), takes nodes, never file

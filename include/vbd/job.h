@@ -11,7 +11,11 @@
  * cancel points; prepare/commit/abort/clean make the graph change at the
  * end, in QEMU's order. Everything here runs on the main loop: the job's
  * coroutine and the QMP handlers; graph changes hold the QMP dispatch lock
- * (vbd_qmp_graph_lock), so a command never sees half a change.
+ * (vbd_qmp_graph_lock), so a command never sees half a change. The job
+ * core's entry points assert it (vbd_thread_is_main). A job's nodes may
+ * live on an iothread: its requests hop there in io.c and come back, and
+ * the guest's writes on that iothread reach the job's bookkeeping by
+ * moving to the main loop (the tracker and the copy-before-write state do).
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -196,7 +200,10 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
  * which a restart of the daemon would not have. */
 struct vbd_node *vbd_job_filter_skip(struct vbd_node *n);
 
-/* ---------- guest writes seen by a job (vbd_write_hook on its node) ---------- */
+/* ---------- guest writes seen by a job (vbd_write_hook on its node) ----------
+ * The tracker lives on the loop that made it (the main loop); the hook's
+ * begin and end move a writer from any loop there and back. The calls below
+ * are the job's, on that loop. */
 struct vbd_job_tracker;
 /* Track writes to n: ranges the job locks wait for writes in flight and
  * hold new ones back; with a dirty bitmap (granularity > 0) every write

@@ -2,6 +2,7 @@
 #ifndef VBD_LOOP_H
 #define VBD_LOOP_H
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -34,17 +35,37 @@ struct vbd_loop;
  * VBD_LOOP_FORCE_EPOLL (env VBD_NO_IO_URING=1 does the same) is for tests. */
 #define VBD_LOOP_FORCE_EPOLL 1u
 struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_error **err);
+/* Once nothing runs it any more (its thread ended or stops using it): an
+ * iothread's loop is freed by the thread that joins it. */
 void vbd_loop_free(struct vbd_loop *loop);
 /* The calling thread's loop; created on first use with defaults (aborts
  * with a message if even the epoll fallback fails). */
 struct vbd_loop *vbd_loop_current(void);
 bool vbd_loop_has_io_uring(const struct vbd_loop *loop);
 
-/* One iteration: submit pending SQEs, wait for at least one event or until
+/*
+ * Checks of the threading contract (docs/DESIGN.md, "Concurrency
+ * contract"), for assertions; both cheap and never create a loop.
+ * vbd_loop_is_current: the calling thread is the one that created loop and
+ * runs it. vbd_thread_is_main: the calling thread is the process's main
+ * thread, which runs the control plane (vbd-daemon's main loop: the graph,
+ * QMP, jobs, exports, objects). VBD_DEBUG_ASSERT is for checks on request
+ * paths: compiled in builds other than release builds (meson.build defines
+ * VBD_DEBUG_CHECKS), where plain assert() stays for the control paths.
+ */
+bool vbd_loop_is_current(const struct vbd_loop *loop);
+bool vbd_thread_is_main(void);
+#ifdef VBD_DEBUG_CHECKS
+#define VBD_DEBUG_ASSERT(cond) assert(cond)
+#else
+#define VBD_DEBUG_ASSERT(cond) ((void)0)
+#endif
+
+/* One iteration (loop's own thread): submit pending SQEs, wait for at least one event or until
  * timeout_ns (-1 = forever, 0 = poll), run completions, scheduled
  * coroutines and bottom halves. Returns number of events processed. */
 int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns);
-/* Run until *stop becomes true (checked after every iteration). */
+/* Run until *stop becomes true (checked after every iteration). Loop's thread. */
 void vbd_loop_run(struct vbd_loop *loop, volatile bool *stop);
 /* Wake a loop blocked in run_once, from any thread or a signal handler. */
 void vbd_loop_kick(struct vbd_loop *loop);
@@ -67,13 +88,15 @@ uint64_t vbd_clock_ns(void);
 uint64_t vbd_clock_stat_ns(void);
 uint64_t vbd_clock_stat_since(uint64_t start_ns);
 
-/* Timers (loop thread only): callback fires once at deadline. */
+/* Timers: armed on the calling thread's loop, callback fires once at
+ * deadline there; cancelled (and re-armed) only on that loop's thread. */
 struct vbd_timer {
     uint64_t deadline_ns;
     void (*fn)(void *arg);
     void *arg;
     struct vbd_timer *next; /* private */
     bool armed;             /* private */
+    struct vbd_loop *loop;  /* private: where it was last armed */
 };
 void vbd_timer_arm(struct vbd_timer *t, uint64_t deadline_ns);
 void vbd_timer_cancel(struct vbd_timer *t);
@@ -125,7 +148,8 @@ long vbd_co_run_in_thread(long (*fn)(void *arg), void *arg);
  * CPU). poll() looks for work and handles it, true if it found some;
  * before_sleep() is called every time the loop is about to block: it
  * re-enables the notification and returns true (having handled the work)
- * if work arrived meanwhile. Loop thread only.
+ * if work arrived meanwhile. Added and removed on the loop's thread
+ * (asserted).
  */
 struct vbd_poller {
     bool (*poll)(void *arg);
@@ -138,13 +162,13 @@ void vbd_loop_remove_poller(struct vbd_loop *loop, struct vbd_poller *p);
 /* Upper bound of the busy-poll time (QEMU's poll-max-ns; our default is
  * 128 us where QEMU's is 32: see loop.c). */
 #define VBD_LOOP_POLL_MAX_NS_DEFAULT 131072
-void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns);
+void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns); /* loop's thread (asserted) */
 bool vbd_loop_polling(const struct vbd_loop *loop);
 /* I/O in flight that completes through another thread's or process's work
  * (io_uring's and the pool's workers, a network library's threads, a target
  * on this host): while any is, the loop does not busy-poll its pollers, so
- * the CPU goes to whoever completes it. Loop thread only; every begin gets
- * an end on the same loop. The waiting code brackets itself (file I/O in
+ * the CPU goes to whoever completes it. Loop thread only (asserted in
+ * builds other than release); every begin gets an end on the same loop. The waiting code brackets itself (file I/O in
  * loop.c, vbd_co_run_in_thread, the rbd and iscsi drivers; the nbd driver
  * uses vbd_loop_remote_begin/end below), not the block layer: only a
  * driver knows whether its request waits on other work (the null
@@ -164,7 +188,8 @@ void vbd_loop_remote_end(struct vbd_loop *loop);
 
 /* Non-coroutine fd watching for servers (listening sockets, vhost kick fds):
  * calls cb(arg, revents) from the loop each time fd becomes ready (level
- * triggered, re-armed automatically) until removed. */
+ * triggered, re-armed automatically) until removed. Both on loop's own
+ * thread (asserted: the ring's submission queue is not thread-safe). */
 struct vbd_fd_watch;
 struct vbd_fd_watch *vbd_loop_watch_fd(struct vbd_loop *loop, int fd, short events,
                                        void (*cb)(void *arg, short revents), void *arg);

@@ -13,7 +13,7 @@ struct vbd_error;
  * addr.type=unix|inet, addr.path, addr.host, addr.port, tls-creds (the id
  * of an endpoint=server tls-creds-* object: TLS is then required;
  * tls-authz is refused), max-connections. Runs on the main loop (called from its
- * coroutine or before the loop runs). NBD exports are created through the
+ * coroutine or before the loop runs; start and stop assert the main thread). NBD exports are created through the
  * export type table (type=nbd) and need a running server.
  */
 struct vbd_export_type;

@@ -19,6 +19,8 @@ struct vbd_error;
  * Drivers *take* the keys they understand (vbd_opt_take_*: read and remove);
  * whatever remains after open is an unknown key and is reported by name
  * with vbd_opts_check_empty().
+ *
+ * No shared state: any thread, each on its own objects.
  */
 
 /* keyval: "a=1,b.c=x". implied_key: name for a leading bare value

@@ -17,7 +17,9 @@ struct vbd_error;
  *
  * Threads: commands run one at a time, in a coroutine on the main loop
  * (they may yield: flush, drain, wait for an iothread). Events may be
- * raised from any thread.
+ * raised from any thread. The dispatcher and the change hook check that
+ * they run in a coroutine on the main thread (assert); everything else
+ * here is main thread too, except vbd_qmp_event.
  */
 
 /* vbd's version, as the QMP greeting's "package" says it. */

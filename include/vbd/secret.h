@@ -12,7 +12,8 @@ struct vbd_error;
  * [,format=raw|base64]): a password or key that drivers look up by id
  * (rbd's key-secret, iscsi's password-secret), from --object or QMP
  * object-add. Unencrypted secrets only (no keyid/iv). The store is
- * process-wide; add and remove on the main thread.
+ * process-wide; add and remove on the main thread (asserted), where the
+ * drivers read them too (their open).
  */
 int vbd_secret_add(struct json_object *opts, struct vbd_error **err); /* takes id, data, file, format */
 /* The secret's bytes as base64 (malloc'd, NUL-terminated), or NULL with *err. */

@@ -57,9 +57,11 @@ int vbd_throttle_take_drive_opts(struct json_object *opts, struct vbd_throttle_c
 
 /*
  * Groups, by name. The registry is used from the main loop only (objects
- * and node opens); a group's state is shared by its members, which may run
- * on several loops: it is under a lock never held across a yield, its
- * timer lives on the loop that created the group.
+ * and node opens; asserted where it changes: add, remove, configure,
+ * join); a group's state is shared by its members, which may run on
+ * several loops: it is under a lock never held across a yield, its timer
+ * lives on the loop that created the group. vbd_throttle_co_intercept:
+ * any loop, in a coroutine.
  */
 /* A user's group (object-add/--object throttle-group). -EEXIST if the name
  * is taken. */

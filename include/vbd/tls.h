@@ -30,6 +30,10 @@ struct vbd_error;
  * asks for. One coroutine may receive while another sends on the same
  * session (the NBD reader and the request senders); senders must be
  * serialised by the caller, as for a plain socket.
+ *
+ * Threads: credential objects are created, looked up and removed on the
+ * main thread (add and remove asserted: the registry is not locked); a
+ * session belongs to the loop of the socket it runs on.
  */
 
 enum vbd_tls_endpoint { VBD_TLS_SERVER = 0, VBD_TLS_CLIENT = 1 };

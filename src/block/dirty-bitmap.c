@@ -9,6 +9,7 @@
 #include "vbd/alloc.h"
 #include "vbd/error.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <pthread.h>
@@ -54,6 +55,7 @@ struct vbd_dirty_bitmap *vbd_dirty_bitmap_find_below(struct vbd_node *n, const c
 
 struct vbd_dirty_bitmap *vbd_dirty_bitmap_create(struct vbd_node *n, const char *name, uint32_t granularity, bool disabled)
 {
+    assert(pthread_equal(n->home_thread, pthread_self())); /* find and next walk the list unlocked there */
     if (!granularity) {
         struct vbd_image_info info = {0};
         struct vbd_node *img = vbd_node_skip_filters(n);
@@ -86,6 +88,7 @@ static void bitmap_free(struct vbd_dirty_bitmap *b)
 
 void vbd_dirty_bitmap_remove(struct vbd_node *n, struct vbd_dirty_bitmap *bm)
 {
+    assert(pthread_equal(n->home_thread, pthread_self())); /* find and next walk the list unlocked there */
     pthread_mutex_lock(&bm_lock);
     for (struct vbd_dirty_bitmap **pp = &n->dirty_bitmaps; *pp; pp = &(*pp)->next)
         if (*pp == bm) {

@@ -12,6 +12,7 @@
 #include "vbd/loop.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <pthread.h>
@@ -75,6 +76,7 @@ static void *iothread_main(void *arg)
 
 int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the list is the main thread's */
     char *id = NULL;
     uint64_t tune[5] = {0, 0, 0, 0, 64}, poll_max_ns = VBD_LOOP_POLL_MAX_NS_DEFAULT;
     bool poll_set = vbd_opt_get(opts, "poll-max-ns") != NULL;
@@ -133,6 +135,7 @@ int vbd_iothread_add(struct json_object *opts, struct vbd_error **err)
 
 static struct iothread *find(const char *id)
 {
+    assert(vbd_thread_is_main()); /* the list is the main thread's */
     for (struct iothread *t = iothreads; t; t = t->next)
         if (!strcmp(t->id, id))
             return t;
@@ -150,6 +153,7 @@ struct vbd_loop *vbd_iothread_acquire(const char *id)
 
 void vbd_iothread_release(struct vbd_loop *loop)
 {
+    assert(vbd_thread_is_main()); /* the list is the main thread's */
     for (struct iothread *t = iothreads; t; t = t->next)
         if (t->loop == loop && t->users > 0) {
             t->users--;
@@ -159,6 +163,7 @@ void vbd_iothread_release(struct vbd_loop *loop)
 
 static struct iothread *by_loop(struct vbd_loop *loop)
 {
+    assert(vbd_thread_is_main()); /* the list is the main thread's */
     for (struct iothread *t = iothreads; t; t = t->next)
         if (t->loop == loop)
             return t;
@@ -198,6 +203,7 @@ static void join_and_free(struct iothread *t)
 
 int vbd_iothread_remove(const char *id, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the list is the main thread's */
     for (struct iothread **pp = &iothreads; *pp; pp = &(*pp)->next) {
         struct iothread *t = *pp;
         if (strcmp(t->id, id))
@@ -240,6 +246,7 @@ bool vbd_iothread_info(const char *id, struct vbd_iothread_info *info)
 
 const char *vbd_iothread_next(const char *prev)
 {
+    assert(vbd_thread_is_main()); /* the list is the main thread's */
     struct iothread *t = prev ? find(prev) : NULL;
     t = prev ? (t ? t->next : NULL) : iothreads;
     return t ? t->id : NULL;
@@ -289,6 +296,7 @@ struct vbd_loop *vbd_iothread_loop(const char *id)
 
 void vbd_iothread_stop_all(void)
 {
+    assert(vbd_thread_is_main()); /* the list is the main thread's */
     while (iothreads) {
         struct iothread *t = iothreads;
         iothreads = t->next;

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,6 +55,7 @@ struct vbd_loop {
     unsigned io_inflight;
     unsigned remote_inflight; /* vbd_loop_remote_begin/end */
     uint64_t remote_poll_ns;  /* the adaptive busy-poll time while any is in flight (poll_window) */
+    pthread_t thread;         /* the thread that created it and runs it (vbd_loop_is_current) */
 };
 
 /* The busy-poll bound's default (VBD_LOOP_POLL_MAX_NS_DEFAULT, loop.h) is
@@ -313,6 +315,7 @@ struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_e
         epoll_ctl(loop->epfd, EPOLL_CTL_ADD, loop->efd, &e);
     }
     loop->poll_max_ns = loop->poll_ns = loop->remote_poll_ns = VBD_LOOP_POLL_MAX_NS_DEFAULT;
+    loop->thread = pthread_self();
     if (!tls_loop)
         tls_loop = loop;
     return loop;
@@ -349,6 +352,22 @@ struct vbd_loop *vbd_loop_current(void)
         }
     }
     return tls_loop;
+}
+
+bool vbd_loop_is_current(const struct vbd_loop *loop)
+{
+    return pthread_equal(loop->thread, pthread_self());
+}
+
+/* The main thread's id is the process's (Linux); cached per thread, and
+ * right in a forked child too (its one thread is its main thread, and the
+ * fork was made from the parent's main thread, whose cache said so). */
+bool vbd_thread_is_main(void)
+{
+    static __thread signed char is_main = -1;
+    if (is_main < 0)
+        is_main = (pid_t)syscall(SYS_gettid) == getpid();
+    return is_main;
 }
 
 bool vbd_loop_has_io_uring(const struct vbd_loop *loop)
@@ -408,6 +427,7 @@ void vbd_timer_arm(struct vbd_timer *t, uint64_t deadline_ns)
     struct vbd_loop *loop = vbd_loop_current();
     if (t->armed)
         vbd_timer_cancel(t);
+    t->loop = loop;
     t->deadline_ns = deadline_ns;
     struct vbd_timer **pp = &loop->timers;
     while (*pp && (*pp)->deadline_ns <= deadline_ns)
@@ -422,6 +442,7 @@ void vbd_timer_cancel(struct vbd_timer *t)
     if (!t->armed)
         return;
     struct vbd_loop *loop = vbd_loop_current();
+    VBD_DEBUG_ASSERT(t->loop == loop); /* a timer armed on another thread's loop is that loop's to cancel */
     for (struct vbd_timer **pp = &loop->timers; *pp; pp = &(*pp)->next) {
         if (*pp == t) {
             *pp = t->next;
@@ -499,34 +520,42 @@ static int dispatch_epoll(struct vbd_loop *loop, struct epoll_event *ev, int nev
     return nev;
 }
 
+/* The counters below are the loop thread's own (not atomic): the checks
+ * are on request paths, so only in builds that are not release builds. */
 void vbd_loop_io_begin(struct vbd_loop *loop)
 {
+    VBD_DEBUG_ASSERT(vbd_loop_is_current(loop));
     loop->io_inflight++;
 }
 
 void vbd_loop_io_end(struct vbd_loop *loop)
 {
+    VBD_DEBUG_ASSERT(vbd_loop_is_current(loop));
     loop->io_inflight--;
 }
 
 void vbd_loop_remote_begin(struct vbd_loop *loop)
 {
+    VBD_DEBUG_ASSERT(vbd_loop_is_current(loop));
     loop->remote_inflight++;
 }
 
 void vbd_loop_remote_end(struct vbd_loop *loop)
 {
+    VBD_DEBUG_ASSERT(vbd_loop_is_current(loop));
     loop->remote_inflight--;
 }
 
 void vbd_loop_add_poller(struct vbd_loop *loop, struct vbd_poller *p)
 {
+    assert(vbd_loop_is_current(loop));
     p->next = loop->pollers;
     loop->pollers = p;
 }
 
 void vbd_loop_remove_poller(struct vbd_loop *loop, struct vbd_poller *p)
 {
+    assert(vbd_loop_is_current(loop));
     for (struct vbd_poller **pp = &loop->pollers; *pp; pp = &(*pp)->next)
         if (*pp == p) {
             *pp = p->next;
@@ -537,6 +566,7 @@ void vbd_loop_remove_poller(struct vbd_loop *loop, struct vbd_poller *p)
 
 void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns)
 {
+    assert(vbd_loop_is_current(loop)); /* qom-set on an iothread goes there as a bottom half */
     loop->poll_max_ns = ns;
     loop->poll_ns = ns;
     loop->remote_poll_ns = ns;
@@ -635,6 +665,7 @@ static void adapt_poll_time(struct vbd_loop *loop, uint64_t blocked_ns)
 
 int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
 {
+    VBD_DEBUG_ASSERT(vbd_loop_is_current(loop)); /* its ring, timers and ready list are its thread's */
     int n = 0;
     if (loop->pollers && run_pollers(loop))
         timeout_ns = 0;
@@ -1113,6 +1144,7 @@ static void watch_complete(struct loop_op *op, int res)
 struct vbd_fd_watch *vbd_loop_watch_fd(struct vbd_loop *loop, int fd, short events,
                                        void (*cb)(void *arg, short revents), void *arg)
 {
+    assert(vbd_loop_is_current(loop)); /* the ring's submission queue is its thread's */
     struct vbd_fd_watch *w = calloc(1, sizeof(*w));
     if (!w)
         return NULL;
@@ -1141,6 +1173,7 @@ void vbd_loop_unwatch_fd(struct vbd_fd_watch *w)
     if (!w)
         return;
     struct vbd_loop *loop = w->loop;
+    assert(vbd_loop_is_current(loop));
     if (loop->uring) {
         if (w->removed)
             return;

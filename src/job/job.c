@@ -11,6 +11,7 @@
 #include "vbd/error.h"
 #include "vbd/qmp.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <json-c/json.h>
@@ -51,6 +52,10 @@ static const bool verbs[VBD_VERB_NR][VBD_JOB_STATUS_NR] = {
     [VBD_VERB_FINALIZE]  = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0},
     [VBD_VERB_DISMISS]   = {0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0},
 };
+
+/* The jobs, their list and their timers are the main loop's (vbd/job.h):
+ * every entry point checks that it runs there. */
+#define ASSERT_MAIN_LOOP() assert(vbd_thread_is_main())
 
 static struct vbd_job *jobs;
 static struct vbd_co_queue jobs_gone = VBD_CO_QUEUE_INIT;
@@ -100,6 +105,7 @@ static bool id_ok(const char *s)
 
 struct vbd_job *vbd_job_find(const char *id)
 {
+    ASSERT_MAIN_LOOP();
     for (struct vbd_job *j = jobs; j; j = j->next)
         if (!strcmp(j->id, id))
             return j;
@@ -108,11 +114,13 @@ struct vbd_job *vbd_job_find(const char *id)
 
 struct vbd_job *vbd_job_next(struct vbd_job *prev)
 {
+    ASSERT_MAIN_LOOP();
     return prev ? prev->next : jobs;
 }
 
 struct vbd_job *vbd_job_using_node(struct vbd_node *n)
 {
+    ASSERT_MAIN_LOOP();
     for (struct vbd_job *j = jobs; j; j = j->next)
         if (j->status != VBD_JOB_NULL && j->drv->uses_node && j->drv->uses_node(j, n))
             return j;
@@ -122,6 +130,7 @@ struct vbd_job *vbd_job_using_node(struct vbd_node *n)
 struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id, bool auto_finalize,
                                bool auto_dismiss, uint64_t speed, enum vbd_on_error on_error, struct vbd_qmp_error *err)
 {
+    ASSERT_MAIN_LOOP();
     if (!id || !id_ok(id) || strlen(id) >= sizeof(((struct vbd_job *)0)->id)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid job ID '%s'", id ? id : "");
         return NULL;
@@ -160,6 +169,7 @@ void vbd_job_unref(struct vbd_job *job)
 
 struct vbd_job_txn *vbd_job_txn_new(void)
 {
+    ASSERT_MAIN_LOOP();
     struct vbd_job_txn *txn = vbd_xcalloc(1, sizeof(*txn));
     txn->refs = 1;
     return txn;
@@ -173,6 +183,7 @@ void vbd_job_txn_unref(struct vbd_job_txn *txn)
 
 void vbd_job_txn_add(struct vbd_job_txn *txn, struct vbd_job *job)
 {
+    ASSERT_MAIN_LOOP();
     job->txn = txn;
     job->txn_next = txn->jobs;
     txn->jobs = job;
@@ -386,6 +397,7 @@ static void txn_success(struct vbd_job *job)
 
 void vbd_job_cancel_unstarted(struct vbd_job *job)
 {
+    ASSERT_MAIN_LOOP();
     if (job->status == VBD_JOB_NULL || job->co)
         return;
     cancel_async(job, true);
@@ -470,12 +482,14 @@ static void job_co(void *arg)
 
 void vbd_job_early_fail(struct vbd_job *job)
 {
+    ASSERT_MAIN_LOOP();
     set_status(job, VBD_JOB_NULL);
     job_free(job);
 }
 
 void vbd_job_start(struct vbd_job *job)
 {
+    ASSERT_MAIN_LOOP();
     set_status(job, VBD_JOB_RUNNING);
     job->co = vbd_co_create(job_co, job);
     vbd_co_wake(job->co);
@@ -488,6 +502,7 @@ bool vbd_job_cancel_requested(struct vbd_job *job) { return job->cancelled; }
 
 void vbd_job_kick(struct vbd_job *job)
 {
+    ASSERT_MAIN_LOOP();
     if (job->parked) {
         job->parked = false;
         vbd_timer_cancel(&job->timer);
@@ -511,6 +526,7 @@ static void park(struct vbd_job *job)
 
 void vbd_job_pause_point(struct vbd_job *job)
 {
+    ASSERT_MAIN_LOOP();
     if (job->pause_count == 0 || vbd_job_is_cancelled(job))
         return;
     enum vbd_job_status was = job->status;
@@ -522,6 +538,7 @@ void vbd_job_pause_point(struct vbd_job *job)
 
 void vbd_job_wait(struct vbd_job *job)
 {
+    ASSERT_MAIN_LOOP();
     if (vbd_job_cancel_requested(job) || job->pause_count)
         return;
     park(job);
@@ -529,6 +546,7 @@ void vbd_job_wait(struct vbd_job *job)
 
 void vbd_job_sleep_ns(struct vbd_job *job, uint64_t ns)
 {
+    ASSERT_MAIN_LOOP();
     if (!vbd_job_cancel_requested(job) && !job->pause_count) {
         job->timer.fn = timer_cb;
         job->timer.arg = job;
@@ -566,12 +584,14 @@ void vbd_job_ratelimit(struct vbd_job *job, uint64_t written)
 
 void vbd_job_transition_ready(struct vbd_job *job)
 {
+    ASSERT_MAIN_LOOP();
     set_status(job, VBD_JOB_READY);
     vbd_qmp_event("BLOCK_JOB_READY", block_event_data(job));
 }
 
 enum vbd_error_action vbd_job_error_action(struct vbd_job *job, bool is_read, int error)
 {
+    ASSERT_MAIN_LOOP();
     enum vbd_error_action a;
     switch (is_read ? job->on_error : job->on_target_error) {
     case VBD_ON_ERROR_ENOSPC: a = error == ENOSPC ? VBD_ACTION_STOP : VBD_ACTION_REPORT; break;
@@ -602,6 +622,7 @@ enum vbd_error_action vbd_job_error_action(struct vbd_job *job, bool is_read, in
 
 int vbd_job_user_pause(struct vbd_job *job, struct vbd_qmp_error *err)
 {
+    ASSERT_MAIN_LOOP();
     if (apply_verb(job, VBD_VERB_PAUSE, err) < 0)
         return -1;
     if (job->user_paused) {
@@ -616,6 +637,7 @@ int vbd_job_user_pause(struct vbd_job *job, struct vbd_qmp_error *err)
 
 int vbd_job_user_resume(struct vbd_job *job, struct vbd_qmp_error *err)
 {
+    ASSERT_MAIN_LOOP();
     if (!job->user_paused || job->pause_count <= 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't resume a job that was not paused");
         return -1;
@@ -632,6 +654,7 @@ int vbd_job_user_resume(struct vbd_job *job, struct vbd_qmp_error *err)
 
 int vbd_job_user_cancel(struct vbd_job *job, bool force, struct vbd_qmp_error *err)
 {
+    ASSERT_MAIN_LOOP();
     if (apply_verb(job, VBD_VERB_CANCEL, err) < 0)
         return -1;
     /* only a READY job can be cancelled softly (it then completes without
@@ -669,6 +692,7 @@ int vbd_job_user_cancel(struct vbd_job *job, bool force, struct vbd_qmp_error *e
 
 int vbd_job_complete(struct vbd_job *job, struct vbd_qmp_error *err)
 {
+    ASSERT_MAIN_LOOP();
     if (apply_verb(job, VBD_VERB_COMPLETE, err) < 0)
         return -1;
     if (vbd_job_cancel_requested(job) || !job->drv->complete) {
@@ -682,6 +706,7 @@ int vbd_job_complete(struct vbd_job *job, struct vbd_qmp_error *err)
 
 int vbd_job_finalize(struct vbd_job *job, struct vbd_qmp_error *err)
 {
+    ASSERT_MAIN_LOOP();
     if (apply_verb(job, VBD_VERB_FINALIZE, err) < 0)
         return -1;
     do_finalize(job);
@@ -690,6 +715,7 @@ int vbd_job_finalize(struct vbd_job *job, struct vbd_qmp_error *err)
 
 int vbd_job_dismiss(struct vbd_job *job, struct vbd_qmp_error *err)
 {
+    ASSERT_MAIN_LOOP();
     if (apply_verb(job, VBD_VERB_DISMISS, err) < 0)
         return -1;
     set_status(job, VBD_JOB_NULL);
@@ -699,6 +725,7 @@ int vbd_job_dismiss(struct vbd_job *job, struct vbd_qmp_error *err)
 
 int vbd_job_set_speed(struct vbd_job *job, int64_t speed, struct vbd_qmp_error *err)
 {
+    ASSERT_MAIN_LOOP();
     if (apply_verb(job, VBD_VERB_SET_SPEED, err) < 0)
         return -1;
     if (speed < 0) {
@@ -747,6 +774,7 @@ struct json_object *vbd_block_job_info(struct vbd_job *job)
 
 void vbd_job_cancel_all_sync(void)
 {
+    ASSERT_MAIN_LOOP();
     for (;;) {
         struct vbd_job *live = NULL;
         for (struct vbd_job *j = jobs; j; j = j->next) {

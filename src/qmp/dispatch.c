@@ -8,9 +8,12 @@
  */
 #include "qmp/commands.h"
 
+#include "vbd/coroutine.h"
 #include "vbd/error.h"
+#include "vbd/loop.h"
 #include "vbd/qmp.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdarg.h>
@@ -45,6 +48,7 @@ void vbd_qmp_set_change_hook(vbd_qmp_change_hook fn)
 
 int vbd_qmp_config_changed(const char *command, struct json_object *args, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main() && vbd_in_co()); /* commands run in coroutines on the main loop */
     return change_hook ? change_hook(command, args, err) : 0;
 }
 
@@ -274,6 +278,7 @@ struct json_object *vbd_qmp_dispatch(struct json_object *req, bool negotiated)
 struct json_object *vbd_qmp_dispatch_table(struct json_object *req, bool negotiated,
                                            const struct vbd_qmp_command *table)
 {
+    assert(vbd_thread_is_main() && vbd_in_co()); /* commands run in coroutines on the main loop */
     struct vbd_qmp_error err = {0};
     struct json_object *reply = NULL, *id = NULL, *exec = NULL, *args = NULL;
     if (!json_object_is_type(req, json_type_object)) {

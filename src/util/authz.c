@@ -7,8 +7,10 @@
 
 #include "vbd/alloc.h"
 #include "vbd/error.h"
+#include "vbd/loop.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -174,6 +176,7 @@ static int take_rules(struct vbd_authz *a, struct json_object *rules, struct vbd
 
 int vbd_authz_add(const char *qom_type, struct json_object *opts, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main thread's */
     bool list = !strcmp(qom_type, "authz-list");
     if (!list && strcmp(qom_type, "authz-simple")) {
         vbd_error_setf(err, ENOTSUP, "--object %s is not supported (supported: authz-simple, authz-list)",
@@ -241,6 +244,7 @@ struct vbd_authz *vbd_authz_get(const char *id, const char *who, struct vbd_erro
 
 void vbd_authz_remove_all(void)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main thread's */
     while (registry) {
         struct vbd_authz *a = registry;
         registry = a->next;
@@ -258,6 +262,7 @@ static struct vbd_authz *find(const char *id)
 
 int vbd_authz_remove(const char *id, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main thread's */
     for (struct vbd_authz **pp = &registry; *pp; pp = &(*pp)->next) {
         struct vbd_authz *a = *pp;
         if (strcmp(a->id, id))

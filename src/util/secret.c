@@ -2,8 +2,10 @@
 /* The "secret" object: see include/vbd/secret.h. */
 #include "vbd/secret.h"
 #include "vbd/error.h"
+#include "vbd/loop.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -91,6 +93,7 @@ static char *read_file(const char *path, size_t *len, struct vbd_error **err)
 
 int vbd_secret_add(struct json_object *opts, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the store is the main thread's */
     char *id = NULL, *data = NULL, *file = NULL, *keyid = NULL;
     int format = 0, rc = -EINVAL;
     static const char *const formats[] = {"raw", "base64", NULL};
@@ -189,6 +192,7 @@ const char *vbd_secret_next(const char *prev)
 
 int vbd_secret_remove(const char *id, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the store is the main thread's */
     for (struct secret **pp = &secrets; *pp; pp = &(*pp)->next) {
         struct secret *s = *pp;
         if (strcmp(s->id, id))
@@ -207,6 +211,7 @@ int vbd_secret_remove(const char *id, struct vbd_error **err)
 
 void vbd_secret_remove_all(void)
 {
+    assert(vbd_thread_is_main()); /* the store is the main thread's */
     while (secrets) {
         struct secret *s = secrets;
         secrets = s->next;

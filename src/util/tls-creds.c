@@ -9,8 +9,10 @@
 
 #include "vbd/alloc.h"
 #include "vbd/error.h"
+#include "vbd/loop.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -140,6 +142,7 @@ static int set_priority(struct vbd_tls_creds *c, const char *priority, struct vb
 
 int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main thread's */
     static const char *const endpoints[] = {"server", "client", NULL};
     char *id = NULL, *dir = NULL, *username = NULL, *priority = NULL, *psk = NULL;
     int endpoint = VBD_TLS_CLIENT;
@@ -327,6 +330,7 @@ struct vbd_tls_creds *vbd_tls_creds_get(const char *id, enum vbd_tls_endpoint wa
 
 void vbd_tls_creds_remove_all(void)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main thread's */
     while (registry) {
         struct vbd_tls_creds *c = registry;
         registry = c->next;
@@ -336,6 +340,7 @@ void vbd_tls_creds_remove_all(void)
 
 int vbd_tls_creds_remove(const char *id, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main thread's */
     for (struct vbd_tls_creds **pp = &registry; *pp; pp = &(*pp)->next) {
         struct vbd_tls_creds *c = *pp;
         if (strcmp(c->id, id))

@@ -3,7 +3,8 @@
 # QEMU's iscsi driver: info/map/convert/compare/bench/io as qemu-img and
 # qemu-io see the same LUN, data written by one read by the other, CHAP,
 # vbd-daemon exporting the LUN over NBD (--blockdev) and vhost-user
-# (--drive, with the stress test), bad input, and tgtd killed with -9
+# (--drive, with the stress test; on an iothread, where the graph stays on
+# the main loop), bad input, and tgtd killed with -9
 # during writes and restarted: every acknowledged write is there.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib-tgt.sh"
@@ -91,6 +92,22 @@ timeout -k 10 600 "$VBD_BUILD/tests/stress/vbd-stress" --seed $seed --ops 3000 -
     { tail -20 stress.log; fail "vbd-stress seed $seed over NBD on the iSCSI LUN"; }
 stop_daemon
 cmp shadow.raw disk.img || fail "after vbd-stress over NBD (seed $seed) the LUN differs from the model"
+
+# The session (libiscsi's context, its socket watch and timer) is bound to
+# the loop that opened it: a vhost-user-blk export on an iothread must not
+# take the graph there (the socket would be watched on one thread while
+# requests use the context on another); its requests hop to the main loop.
+step "vhost-user-blk, 2 queues on an iothread over the LUN: the graph stays on the main loop; the stress test"
+S=$T/vu.sock
+cp disk.img init.raw
+start_daemon --object iothread,id=io0 --blockdev "driver=iscsi,node-name=i0,portal=127.0.0.1:$TGT_PORT,target=$TGT_IQN,lun=1" \
+    --export type=vhost-user-blk,id=e0,node-name=i0,addr.type=unix,addr.path="$S",writable=on,num-queues=2,iothread=io0
+seed=$((RANDOM * 32768 + RANDOM))
+timeout -k 10 600 "$VBD_BUILD/tests/stress/vbd-stress" --seed $seed --ops 3000 --qd 16 --align 512 --init init.raw \
+    --shadow-out shadow.raw --vhost-user "$S" --queues 2 >stress.log 2>&1 ||
+    { tail -20 stress.log; cat "$T/daemon.log"; fail "vbd-stress seed $seed over vhost-user on an iothread on the iSCSI LUN"; }
+stop_daemon
+cmp shadow.raw disk.img || fail "after vbd-stress on an iothread (seed $seed) the LUN differs from the model"
 
 step "bad input: refused portal, silent portal (bounded), wrong IQN, wrong LUN, LUN 0 is no disk, bad URI"
 closed=$((TGT_PORT + 1))

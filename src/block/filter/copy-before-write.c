@@ -29,6 +29,7 @@
 #include "vbd/loop.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -163,7 +164,11 @@ uint64_t vbd_cbw_todo_bytes(struct vbd_cbw *c, uint64_t off, uint64_t bytes)
             n += c->cluster;
     return n;
 }
-bool vbd_cbw_todo(struct vbd_cbw *c, uint64_t off) { return off / c->cluster < c->nbits && todo(c, off / c->cluster); }
+bool vbd_cbw_todo(struct vbd_cbw *c, uint64_t off)
+{
+    assert(vbd_loop_is_current(c->loop));
+    return off / c->cluster < c->nbits && todo(c, off / c->cluster);
+}
 int vbd_cbw_snapshot_error(struct vbd_cbw *c) { return c->snap_error; }
 void vbd_cbw_set_break_snapshot(struct vbd_cbw *c, bool on) { c->break_snapshot = on; }
 int vbd_cbw_copy_error(struct vbd_cbw *c) { return c->copy_error; }
@@ -172,6 +177,7 @@ void vbd_cbw_set_compress(struct vbd_cbw *c, bool on) { c->compress = on; }
 
 bool vbd_cbw_next(struct vbd_cbw *c, uint64_t *off)
 {
+    assert(vbd_loop_is_current(c->loop));
     for (uint64_t i = *off / c->cluster; i < c->nbits; i++) {
         if (!c->todo[i / 64]) {
             i |= 63;
@@ -187,6 +193,7 @@ bool vbd_cbw_next(struct vbd_cbw *c, uint64_t *off)
 
 void vbd_cbw_forget(struct vbd_cbw *c, uint64_t off, uint64_t bytes)
 {
+    assert(vbd_loop_is_current(c->loop));
     for (uint64_t i = off / c->cluster; i < c->nbits && i * c->cluster < off + bytes; i++)
         set_todo(c, i, false);
 }

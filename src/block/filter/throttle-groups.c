@@ -644,6 +644,7 @@ static void group_unlink(struct group *g)
 
 int vbd_throttle_group_add(const char *name, const struct vbd_throttle_config *cfg, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main loop's */
     if (find(name)) {
         vbd_error_setf(err, EEXIST, "A group with this name already exists");
         return -EEXIST;
@@ -656,6 +657,7 @@ int vbd_throttle_group_add(const char *name, const struct vbd_throttle_config *c
 
 int vbd_throttle_group_remove(const char *name, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main loop's */
     struct group *g = find(name);
     if (!g || !g->object) {
         vbd_error_setf(err, ENOENT, "object '%s' not found", name);
@@ -677,6 +679,7 @@ bool vbd_throttle_group_is_object(const char *name)
 
 const char *vbd_throttle_group_next(const char *prev)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main loop's */
     struct group *g = groups;
     if (prev) {
         while (g && strcmp(g->name, prev))
@@ -733,6 +736,7 @@ int vbd_throttle_group_set(const char *name, const struct vbd_throttle_config *c
 
 int vbd_throttle_group_configure(const char *name, const struct vbd_throttle_config *cfg, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main loop's */
     if (vbd_throttle_config_check(cfg, err) < 0)
         return -EINVAL;
     struct group *g = find(name);
@@ -745,6 +749,7 @@ int vbd_throttle_group_configure(const char *name, const struct vbd_throttle_con
 
 struct vbd_throttle_member *vbd_throttle_member_join(const char *name, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the registry is the main loop's */
     struct group *g = find(name);
     if (!g) {
         vbd_error_setf(err, ENOENT, "Throttle group '%s' does not exist", name);

@@ -1306,7 +1306,11 @@ static const struct vbd_driver iscsi_driver = {
     .name = "iscsi",
     .kind = VBD_DRV_PROTOCOL,
     /* not VBD_DRV_CAP_REMOTE: QEMU's iscsi driver answers get_info, so
-     * qemu-img info shows a dirty flag (false) for it */
+     * qemu-img info shows a dirty flag (false) for it. FIXED_LOOP: the
+     * libiscsi context, its socket watch and the 250 ms timer are the
+     * opening loop's (s->loop); moved to an iothread, requests there would
+     * use the context while the main loop services its socket. */
+    .caps = VBD_DRV_CAP_FIXED_LOOP,
     .protocols = iscsi_protocols,
     .state_size = sizeof(struct iscsi_state),
     .parse_filename = iscsi_parse_filename,

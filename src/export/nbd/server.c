@@ -8,9 +8,11 @@
 
 #include "vbd/authz.h"
 #include "vbd/error.h"
+#include "vbd/loop.h"
 #include "vbd/nbd.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <netdb.h>
@@ -207,6 +209,7 @@ out:
 
 int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
 {
+    assert(vbd_thread_is_main()); /* the server and its connections live on the main loop */
     if (srv.running) {
         vbd_error_setf(err, EBUSY, "NBD server already running");
         return -EBUSY;
@@ -271,6 +274,7 @@ static void cut_conns(void *arg)
 
 void vbd_nbd_server_stop(void)
 {
+    assert(vbd_thread_is_main()); /* the server and its connections live on the main loop */
     if (!srv.running)
         return;
     srv.stopping = true;
