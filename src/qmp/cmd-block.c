@@ -831,7 +831,7 @@ static bool node_has_parent(struct vbd_node *n)
 static struct json_object *x_blockdev_change(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *parent = opt_str(args, "parent"), *child = opt_str(args, "child"), *node = opt_str(args, "node");
-    struct vbd_node *p = lookup_node(parent, parent, err);
+    struct vbd_node *p = qmp_lookup_node(parent, err);
     if (!p)
         return NULL;
     if (!child == !node) {
