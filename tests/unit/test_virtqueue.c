@@ -291,6 +291,33 @@ UNIT_TEST(event_idx_notification)
     teardown(&f);
 }
 
+UNIT_TEST(completions_waited_counts_past_used_event)
+{
+    struct fake f;
+    setup(&f);
+    f.vq.event_idx = true;
+    uint16_t *used_event = &f.vq.avail->ring[QSIZE];
+    *used_event = 3; /* the driver wants to hear when the used index passes 3 */
+    for (int i = 0; i < 3; i++)
+        vu_vq_push(&f.vq, 0, 1);
+    CHECK_EQ(vu_vq_completions_waited(&f.vq), 0); /* not reached */
+    vu_vq_push(&f.vq, 0, 1);
+    CHECK_EQ(vu_vq_completions_waited(&f.vq), 1);
+    vu_vq_push(&f.vq, 0, 1);
+    CHECK_EQ(vu_vq_completions_waited(&f.vq), 2);
+    /* interrupts off: used_event half the index space ahead */
+    *used_event = (uint16_t)(f.vq.used_idx + 0x8000);
+    CHECK_EQ(vu_vq_completions_waited(&f.vq), 0);
+    /* across the 16-bit wrap */
+    f.vq.used_idx = 0xfffe;
+    *used_event = 0xfffd;
+    vu_vq_push(&f.vq, 0, 1);
+    vu_vq_push(&f.vq, 0, 1);
+    CHECK_EQ(f.vq.used_idx, 0);
+    CHECK_EQ(vu_vq_completions_waited(&f.vq), 3);
+    teardown(&f);
+}
+
 UNIT_TEST(inflight_recovery_in_submission_order)
 {
     struct fake f;

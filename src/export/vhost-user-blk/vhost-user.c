@@ -112,6 +112,10 @@ void vu_queue_req_start(struct vu_queue *q)
  * ring of the loop completed a big request less than SHARED_WINDOW_NS ago. */
 #define SIGNAL_DEFER_PENDING 4
 #define SHARED_WINDOW_NS 50000
+/* With EVENT_IDX, a dense big completion on a loop with one busy ring
+ * signals the driver only once SIGNAL_ALONE_AFTER completions have passed
+ * the one it asked to hear of: see vu_queue_complete. */
+#define SIGNAL_ALONE_AFTER 2
 
 /* The first completion of an iteration, or SIGNAL_EVERY since the last signal. */
 static bool signal_due(const struct vu_queue *q)
@@ -203,8 +207,19 @@ static void notify_bh(void *arg)
  * the next check covers every completion pushed since (vring_need_event
  * over old..new), and the iteration's bottom half signals whatever is
  * left, so no completion waits past the loop's iteration. A loop with one
- * ring does not wait: nothing would cover the driver's wake-up (1 queue
- * 64K QD8 lost 10-20 % so).
+ * ring does not wait for its ring to run low: nothing would cover the
+ * driver's wake-up (1 queue 64K QD8 lost 10-20 % so).
+ *
+ * It waits for one completion instead: the driver that asked to hear of
+ * completion n is told at n+1 (or by the bottom half, if the iteration
+ * ends first). The wake-up is what the signal costs us (~6 us of our CPU
+ * where a syscall is ~0.4 us: a quarter to a third of a 64K request's
+ * time), and the driver reaps everything done by the time it runs: at QD8
+ * it woke every ~6 requests, now every ~7.7, the most QD8 allows while the
+ * rest of the ring still covers its wake-up. 1 queue null 64K QD8 (main
+ * loop, iothread, 16 segments): 11-14 % less CPU per request, p50 lower
+ * (RESULTS.md 2026-12-05, vuperf15). Waiting for two (signal at n+2) took
+ * no fewer wake-ups: the ring ran dry first.
  */
 void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len, uint64_t moved)
 {
@@ -219,6 +234,11 @@ void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len, uint64_t
     bool due = signal_due(q) || dense;
     if (dense && shared && q->vq.event_idx && vu_vq_pending(&q->vq) >= SIGNAL_DEFER_PENDING)
         due = false; /* the driver is woken later, with more to reap; the bottom half still signals */
+    if (dense && !shared && q->vq.event_idx) {
+        uint16_t waited = vu_vq_completions_waited(&q->vq);
+        if (waited && waited < SIGNAL_ALONE_AFTER)
+            due = false; /* the next completion (or the bottom half) signals both */
+    }
     if (!q->notify_held && due) {
         q->signalled = true;
         signal_front_end(q);

@@ -220,6 +220,15 @@ bool vu_vq_should_notify(struct vu_vq *vq)
     return vring_need_event(used_event, new_idx, old);
 }
 
+uint16_t vu_vq_completions_waited(const struct vu_vq *vq)
+{
+    /* a hint for when to signal, not the decision (vu_vq_should_notify's,
+     * behind its barrier): a stale read only moves a signal later */
+    uint16_t used_event = load_acquire16(&vq->avail->ring[vq->num]);
+    uint16_t past = (uint16_t)(vq->used_idx - used_event);
+    return past <= vq->num ? past : 0;
+}
+
 bool vu_vq_enable_notification(struct vu_vq *vq)
 {
     if (vq->event_idx) {

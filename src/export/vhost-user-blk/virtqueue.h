@@ -113,6 +113,11 @@ int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, str
 void vu_vq_push(struct vu_vq *vq, uint16_t head, uint32_t len);
 /* After pushes: true when the driver wants an interrupt now (EVENT_IDX aware). */
 bool vu_vq_should_notify(struct vu_vq *vq);
+/* With EVENT_IDX: how many completions past the one the driver asked to be
+ * signalled for have been pushed (1: the signal is due with the last push),
+ * 0 when the driver asked for none among them (or interrupts are off).
+ * A hint (no barrier): vu_vq_should_notify decides. */
+uint16_t vu_vq_completions_waited(const struct vu_vq *vq);
 /* With EVENT_IDX: ask for a kick at the next avail entry; returns true if
  * more entries arrived meanwhile (the caller pops again). */
 bool vu_vq_enable_notification(struct vu_vq *vq);
