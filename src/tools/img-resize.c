@@ -40,12 +40,9 @@ int verb_resize(int argc, char **argv)
         sign = *ss++ == '+' ? 1 : -1;
     uint64_t delta;
     struct vbd_error *err = NULL;
-    if (vbd_parse_size(ss, &delta, &err) < 0) {
-        vbd_error_free(err);
-        /* qemu-img resize parses the size as a QemuOpt: its message */
-        vbd_error_report("Parameter 'size' expects a non-negative number below 2^64");
-        fprintf(stderr, "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                        "and exabytes, respectively.\n");
+    /* qemu-img resize parses the size as a QemuOpt: its messages */
+    if (tool_opt_size("size", ss, &delta, &err) < 0) {
+        tool_report(err);
         return 1;
     }
     int prealloc = -1;
