@@ -319,6 +319,9 @@ same map -l 99E a.raw
 same map -s 0x3ff0000 --output=json -f raw a.raw
 same resize -f raw a.raw 16E
 same resize -f raw a.raw +0x1k
+# the file driver takes off, falloc and full only (metadata resized a raw image); the mode checked first
+same resize --preallocation=metadata -f raw a.raw 128M
+same resize --preallocation=bogus nosuch 128M
 same bitmap --add -g 99E a.qcow2 z
 same convert -S 99E -O raw a.qcow2 n.raw
 same convert -S x -O raw a.qcow2 n.raw

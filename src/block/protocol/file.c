@@ -591,6 +591,11 @@ static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
         }
         return 0;
     }
+    /* QEMU's file driver takes off, falloc and full (resize --preallocation=metadata of a raw image resized it) */
+    if (prealloc != VBD_PREALLOC_OFF && prealloc != VBD_PREALLOC_FALLOC && prealloc != VBD_PREALLOC_FULL) {
+        vbd_error_setf(err, ENOTSUP, "Unsupported preallocation mode: %s", vbd_prealloc_names[prealloc]);
+        return -ENOTSUP;
+    }
     uint64_t old = vbd_node_size(n);
     if (!exact && size < old)
         return 0;
