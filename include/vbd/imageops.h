@@ -70,6 +70,19 @@ struct vbd_copy_opts {
      * Ignored with a chunk_done callback (it would run on those threads)
      * and when a chain is neither multi-loop nor mapped. */
     unsigned threads;
+    /* vbd_co_convert only (qemu-img --salvage): a source range that cannot
+     * be read is read again sector by sector, and a sector that still
+     * fails reads as zeroes; a block status that fails is asked again over
+     * a quarter of the range, down to one sector, which is then read as
+     * data. Each sector given up is warned about on stderr unless quiet
+     * (qemu-img's warnings). Single-threaded (threads is ignored). */
+    bool salvage;
+    bool quiet;
+    /* data (what block status does not call zero or unallocated) is
+     * written as read, never scanned for zeroes (qemu-img convert -C, whose
+     * copy offloading copies it byte for byte); zero_detect then only
+     * decides whether zero ranges are written as zeroes */
+    bool data_verbatim;
 };
 
 struct vbd_imageops_ctl;

@@ -142,6 +142,13 @@ static struct vbd_node *status_base(const struct convert *cv, struct vbd_node *s
 /* Map the next window of a mapped convert (on the caller's loop, no
  * worker running): [next, win_end) as at most CONVERT_WINDOW extents,
  * block status once per extent as the unmapped claim asks it. */
+/* a block status that failed, in qemu-img convert's words (the source's offset) */
+static void status_error(struct vbd_error **err, int rc, uint64_t soff)
+{
+    vbd_error_setf(err, -rc, "error while reading block status at offset %llu: %s", (unsigned long long)soff,
+                   strerror(-rc));
+}
+
 static void convert_map_window(struct convert *cv)
 {
     cv->win_n = cv->win_i = 0;
@@ -156,7 +163,7 @@ static void convert_map_window(struct convert *cv)
         int st = vbd_node_co_block_status_above(src, status_base(cv, src), true, soff, q, &pnum, &map, &file, &depth);
         if (st < 0) {
             struct vbd_error *err = NULL;
-            imageops_io_error(&err, st, "Could not read the allocation status of", src, soff);
+            status_error(&err, st, soff);
             convert_fail(cv, st, err);
             break;
         }
@@ -225,9 +232,21 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     } else {
         uint64_t q = src_size - *soff < BS_QUERY_MAX ? src_size - *soff : BS_QUERY_MAX;
         st = vbd_node_co_block_status_above(src, status_base(cv, src), true, *soff, q, &pnum, NULL, NULL, NULL);
+        /* --salvage: a quarter of the range again, down to one sector, read as data then */
+        while (st < 0 && cv->o->salvage && q > 512) {
+            q = (q / 512 + 3) / 4 * 512;
+            st = vbd_node_co_block_status_above(src, status_base(cv, src), true, *soff, q, &pnum, NULL, NULL, NULL);
+        }
+        if (st < 0 && cv->o->salvage) {
+            if (!cv->o->quiet)
+                vbd_warn("error while reading block status at offset %llu: %s", (unsigned long long)*soff,
+                         strerror(-st));
+            st = VBD_BS_DATA | VBD_BS_ALLOCATED;
+            pnum = q;
+        }
         if (st < 0) {
             /* two statements: the order in which arguments are evaluated is unspecified, err may be read first */
-            imageops_io_error(&err, st, "Could not read the allocation status of", src, *soff);
+            status_error(&err, st, *soff);
             convert_fail(cv, st, err);
             return 0;
         }
@@ -402,6 +421,22 @@ static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, boo
     return rc;
 }
 
+/* --salvage: [off, off + len) of src again, sector by sector; a sector
+ * that cannot be read reads as zeroes (warned about unless quiet) */
+static int salvage_read(struct convert *cv, struct vbd_node *src, uint64_t off, uint8_t *buf, uint64_t len)
+{
+    for (uint64_t done = 0; done < len; done += 512) {
+        uint64_t n = len - done < 512 ? len - done : 512;
+        int rc = vbd_node_co_pread(src, off + done, buf + done, n);
+        if (rc < 0) {
+            if (!cv->o->quiet)
+                vbd_warn("error while reading offset %llu: %s", (unsigned long long)(off + done), strerror(-rc));
+            memset(buf + done, 0, n);
+        }
+    }
+    return 0;
+}
+
 static void convert_worker(void *opaque)
 {
     struct convert_worker *w = opaque;
@@ -439,8 +474,12 @@ static void convert_worker(void *opaque)
             struct iovec one;
             struct vbd_qiov q;
             vbd_qiov_init_buf(&q, &one, buf, len);
-            if ((rc = vbd_node_co_preadv(rnode, roff, len, &q, 0, rflags)) < 0)
-                imageops_io_error(&err, rc, "Could not read", src, soff);
+            rc = vbd_node_co_preadv(rnode, roff, len, &q, 0, rflags);
+            if (rc < 0 && cv->o->salvage)
+                rc = salvage_read(cv, rnode, roff, buf, len);
+            if (rc < 0) /* qemu-img's words: the chunk's offset in the target */
+                vbd_error_setf(&err, -rc, "error while reading at byte %llu: %s", (unsigned long long)off,
+                               strerror(-rc));
         }
         /* Zeroes are looked for before this worker waits for its turn: the
          * scan then overlaps the write of the chunk before, instead of
@@ -590,7 +629,7 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
     /* the turns' queue is this loop's: the target's home has to be it */
     bool split = !dst_any_loop && !o.write_flags && vbd_node_can_split_writes(dst) &&
                  vbd_node_home_loop(dst) == vbd_loop_current();
-    bool can_thread = o.threads > 1 && !(ctl && ctl->chunk_done) && (dst_any_loop || split);
+    bool can_thread = o.threads > 1 && !o.salvage && !(ctl && ctl->chunk_done) && (dst_any_loop || split);
     bool mapped = false;
     for (int i = 0; i < nsrc && can_thread; i++) {
         if (vbd_node_chain_multi_loop(src[i]))

@@ -129,7 +129,7 @@ unsigned imageops_zero_runs(const uint8_t *buf, uint64_t len, const struct vbd_c
                             bool *first_zero)
 {
     uint64_t u = zero_unit(o);
-    bool detect = o->zero_detect != 0;
+    bool detect = o->zero_detect != 0 && !o->data_verbatim;
     *first_zero = false;
     if (!u || !detect) {
         runs[0] = len;

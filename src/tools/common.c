@@ -51,15 +51,78 @@ void tool_size_to_str(double value, char *buf, size_t len)
     snprintf(buf, len, "%0.3g %s", value / (double)(1ull << (u * 10)), units[u]);
 }
 
-int64_t tool_cvtnum(const char *s)
+int tool_strtosz_u64(const char *s, uint64_t *out, bool warn)
+{
+    const char *p = s;
+    while (*p == ' ' || (*p >= '\t' && *p <= '\r'))
+        p++;
+    if (*p == '-' || *p == '+' || !(*p >= '0' && *p <= '9'))
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    unsigned long long val = strtoull(p, &end, 10);
+    if (errno == ERANGE)
+        return -ERANGE;
+    double fraction = 0;
+    if (val == 0 && (*end == 'x' || *end == 'X')) {
+        errno = 0;
+        val = strtoull(p, &end, 16);
+        if (errno == ERANGE)
+            return -ERANGE;
+        if (end == p + 1 || *end == '.')
+            return -EINVAL;
+    } else if (*end == '.') {
+        const char *f = end + 1;
+        while (*f >= '0' && *f <= '9')
+            f++;
+        if (f == end + 1)
+            return -EINVAL;
+        fraction = strtod(end, NULL);
+        end = (char *)f;
+    }
+    static const char units[] = "bkmgtpe";
+    const char *u = *end ? strchr(units, *end | 0x20) : NULL;
+    uint64_t mul = 1;
+    if (u) {
+        if (warn && (p[1] == 'x' || p[1] == 'X'))
+            vbd_error_report("warning: Using a multiplier suffix on hex numbers is deprecated: %s", s);
+        for (long k = 0; k < u - units; k++)
+            mul *= 1024;
+        end++;
+    }
+    if (*end || (mul == 1 && fraction))
+        return -EINVAL;
+    if (val > (UINT64_MAX - (uint64_t)(fraction * mul)) / mul)
+        return -ERANGE;
+    *out = val * mul + (uint64_t)(fraction * mul);
+    return 0;
+}
+
+int64_t tool_strtosz(const char *s)
 {
     uint64_t v;
-    struct vbd_error *err = NULL;
-    if (vbd_parse_size(s, &v, &err) < 0) {
-        vbd_error_free(err);
-        return -1;
-    }
-    return (int64_t)v;
+    int rc = tool_strtosz_u64(s, &v, true);
+    return rc < 0 ? rc : v > INT64_MAX ? -ERANGE : (int64_t)v;
+}
+
+int tool_opt_size(const char *name, const char *value, uint64_t *out, struct vbd_error **err)
+{
+    int rc = tool_strtosz_u64(value, out, true);
+    if (rc == -ERANGE)
+        vbd_error_setf(err, ERANGE, "Value '%s' is out of range for parameter '%s'", value, name);
+    else if (rc < 0)
+        vbd_error_setf(err, EINVAL,
+                       "Parameter '%s' expects a non-negative number below 2^64\n"
+                       "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                       "and exabytes, respectively.",
+                       name);
+    return rc;
+}
+
+int64_t tool_cvtnum(const char *s)
+{
+    int64_t v = tool_strtosz(s);
+    return v < 0 ? -1 : v;
 }
 
 void tool_report(struct vbd_error *err)

@@ -14,7 +14,16 @@ struct json_object;
 void tool_cvtstr(double value, char *buf, size_t len);
 /* qemu's size_to_str for qemu-img info: "4 KiB", "2.07 MiB", "512 B". */
 void tool_size_to_str(double value, char *buf, size_t len);
-/* qemu's number parser for offsets/lengths (suffixes k,M,G,...); -1 on error. */
+/* QEMU's qemu_strtosz: decimal or 0x hex, a fraction only with a unit
+ * suffix (b k M G T P E, either case), a suffix on hex warned about on
+ * stderr if warn; 0, -EINVAL, or -ERANGE past UINT64_MAX. */
+int tool_strtosz_u64(const char *s, uint64_t *out, bool warn);
+/* the same as its tools' cvtnum uses it: the value, -EINVAL, or -ERANGE past INT64_MAX */
+int64_t tool_strtosz(const char *s);
+/* a QemuOpts size option's value (parse_option_size): 0, or -errno with
+ * QEMU's message in *err (the second and third lines its hint) */
+int tool_opt_size(const char *name, const char *value, uint64_t *out, struct vbd_error **err);
+/* the same, -1 on any error */
 int64_t tool_cvtnum(const char *s);
 /* The options an open takes from --image-opts (FILENAME is an option
  * string, read as QemuOpts: implied names the first element when it has no

@@ -125,9 +125,10 @@ int verb_amend(int argc, char **argv)
     if (!img->drv->co_amend) {
         vbd_error_report("Format driver '%s' does not support option amendment", img->drv->name);
         rc = 1;
-    } else if (!amend_opts_known(img->drv, opts)) {
+    } else if (!amend_opts_known(img->drv, opts) || img_check_create_options(img->drv, NULL, opts, NULL) < 0) {
+        /* qemu-img parses -o before amending: unknown names, then values that do not parse */
         rc = 1;
-    } else if (img->drv->co_amend(img, opts, force, &err) < 0) {
+    } else if (img_normalize_create_options(img->drv, NULL, opts), img->drv->co_amend(img, opts, force, &err) < 0) {
         /* qemu-img 7.2 prints the driver's error as it is, no prefix */
         vbd_error_report("%s", err ? err->msg : "failed");
         rc = 1;

@@ -5,7 +5,7 @@
  * order given; each is stored before the next runs, and a failing one
  * stops the rest (those before it stay done, as with qemu-img).
  */
-#include "common.h"
+#include "img.h"
 
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -159,10 +159,8 @@ int verb_bitmap(int argc, char **argv)
         case 'b': src_file = optarg; break;
         case 'F': src_fmt = optarg; break;
         case 'g':
-            granularity = tool_cvtnum(optarg);
+            granularity = img_cvtnum("granularity", optarg, 0, INT64_MAX);
             if (granularity < 0) {
-                vbd_error_report("Invalid granularity specified. You may use k, M, G, T, P or E suffixes for");
-                vbd_error_report("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
                 free(acts);
                 return 1;
             }

@@ -4,6 +4,9 @@
  */
 #include "img.h"
 
+#include "vbd/alloc.h"
+
+#include <ctype.h>
 #include <stdarg.h>
 
 int img_usage_error(const char *fmt, ...)
@@ -20,19 +23,17 @@ int img_usage_error(const char *fmt, ...)
 
 int64_t img_cvtnum(const char *name, const char *s, int64_t min, int64_t max)
 {
-    uint64_t v;
-    struct vbd_error *err = NULL;
-    if (vbd_parse_size(s, &v, &err) < 0 || v > INT64_MAX) {
-        vbd_error_free(err);
+    int64_t v = tool_strtosz(s);
+    if (v == -EINVAL) {
         vbd_error_report("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", name);
         vbd_error_report("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
         return -1;
     }
-    if ((int64_t)v < min || (int64_t)v > max) {
+    if (v < min || v > max) { /* -ERANGE too */
         vbd_error_report("Invalid %s specified. Must be between %lld and %lld.", name, (long long)min, (long long)max);
         return -1;
     }
-    return (int64_t)v;
+    return v;
 }
 
 bool img_known_create_option(const struct vbd_driver *drv, const char *key)
@@ -66,39 +67,215 @@ bool parse_output(const char *s, bool *json)
     return true;
 }
 
-/* Merge "-o a=b,c=d" strings into one options object. "help" is special. */
+/* The -o options in the order given, [[NAME, VALUE], ...]: qemu-img
+ * parses (and refuses) them in that order, a later one of a name replacing
+ * the earlier one only once both parsed */
+static struct json_object *o_given;
+
+/* qemu-img's is_valid_option_list: not empty, no leading ',', no single trailing ',' */
+static bool valid_option_list(const char *s)
+{
+    size_t len = strlen(s), i = len;
+    if (!*s || *s == ',')
+        return false;
+    while (i > 0 && s[i - 1] == ',')
+        i--;
+    return (len - i) % 2 == 0;
+}
+
+/*
+ * Merge a -o string into one options object, read as qemu-img reads it
+ * (QemuOpts, not keyval): a name ends at '=' or ','; ",," in a value is a
+ * comma; an element without '=' is a flag ("X" is X=on, "noX" X=off, a
+ * bare "help" or "?" asks for help); a name given again replaces the
+ * earlier value; "id" is dropped. Names stay flat ("encrypt.format").
+ */
 int add_o(struct json_object **opts, const char *s)
 {
-    /* qemu-img takes a "?" element of the list as "help" (the keyval syntax has no such key) */
-    for (const char *p = s; *p;) {
-        size_t len = strcspn(p, ",");
-        if (len == 1 && *p == '?') {
-            if (!*opts)
-                *opts = json_object_new_object();
-            json_object_object_add(*opts, "help", json_object_new_boolean(true));
-            return 0;
-        }
-        p += len;
-        while (*p == ',')
-            p++;
-    }
-    struct vbd_error *err = NULL;
-    struct json_object *o = vbd_keyval_parse(s, NULL, &err);
-    if (!o) {
-        vbd_error_report("Invalid option list: %s", err ? err->msg : s);
-        vbd_error_free(err);
+    if (!valid_option_list(s)) {
+        vbd_error_report("Invalid option list: %s", s);
         return -1;
     }
     if (!*opts)
         *opts = json_object_new_object();
-    json_object_object_foreach(o, k, v) json_object_object_add(*opts, k, json_object_get(v));
-    json_object_put(o);
+    if (!o_given)
+        o_given = json_object_new_array();
+    char *value = vbd_xmalloc(strlen(s) + 4);
+    for (const char *p = s; *p;) {
+        size_t len = strcspn(p, "=,");
+        char *name = strndup(p, len);
+        bool flag = p[len] != '=';
+        p += len;
+        if (flag) {
+            bool help = !strcmp(name, "help") || !strcmp(name, "?");
+            bool no = !help && !strncmp(name, "no", 2);
+            strcpy(value, no ? "off" : "on");
+            if (no)
+                memmove(name, name + 2, strlen(name + 2) + 1);
+            if (help) {
+                json_object_object_add(*opts, "help", json_object_new_boolean(true));
+                free(name);
+                if (*p == ',')
+                    p++;
+                continue;
+            }
+        } else {
+            size_t n = 0;
+            for (p++; *p && !(p[0] == ',' && p[1] != ','); p++) {
+                if (*p == ',')
+                    p++;
+                value[n++] = *p;
+            }
+            value[n] = 0;
+        }
+        if (*p == ',')
+            p++;
+        if (strcmp(name, "id")) {
+            json_object_object_add(*opts, name, json_object_new_string(value));
+            struct json_object *pair = json_object_new_array();
+            json_object_array_add(pair, json_object_new_string(name));
+            json_object_array_add(pair, json_object_new_string(value));
+            json_object_array_add(o_given, pair);
+        }
+        free(name);
+    }
+    free(value);
     return 0;
+}
+
+/* the protocol a new image TARGET is made with (QEMU's bdrv_find_protocol:
+ * "PROTO:..." before any '/', else the file protocol) */
+static const struct vbd_driver *target_protocol(const char *target)
+{
+    const char *colon = target ? strchr(target, ':') : NULL, *slash = target ? strchr(target, '/') : NULL;
+    if (colon && (!slash || colon < slash))
+        for (const struct vbd_driver *const *d = vbd_driver_list(); *d; d++)
+            for (const char *const *p = (*d)->protocols; p && *p; p++)
+                if (strlen(*p) == (size_t)(colon - target) && !strncmp(*p, target, colon - target))
+                    return *d;
+    return vbd_driver_find("file");
+}
+
+/* KEY among DRV's creation options and its target's protocol's (QEMU appends one list to the other) */
+static const struct vbd_opt_desc *create_option_desc(const struct vbd_driver *drv, const char *target, const char *key)
+{
+    const struct vbd_driver *lists[2] = {drv, target_protocol(target)};
+    for (int i = 0; i < 2; i++)
+        for (const struct vbd_opt_desc *o = lists[i] ? lists[i]->create_opts : NULL; o && o->name; o++)
+            if (!strcmp(o->name, key))
+                return o;
+    return NULL;
+}
+
+/* QemuOpts' parse_option_number (qemu_strtou64, any base) */
+int img_opt_number(const char *name, const char *value, uint64_t *out, struct vbd_error **err)
+{
+    const char *p = value;
+    while (isspace((unsigned char)*p))
+        p++;
+    char *end;
+    errno = 0;
+    unsigned long long v = *p == '-' ? 0 : strtoull(p, &end, 0);
+    if (*p != '-' && errno == ERANGE) {
+        vbd_error_setf(err, ERANGE, "Value '%s' is too large for parameter '%s'", value, name);
+        return -ERANGE;
+    }
+    if (*p == '-' || errno || end == p || *end) {
+        vbd_error_setf(err, EINVAL, "Parameter '%s' expects a number", name);
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+/* QEMU's qapi_bool_parse */
+static int opt_bool(const char *name, const char *value, bool *out, struct vbd_error **err)
+{
+    static const char *const yes[] = {"on", "yes", "true", "y"}, *const no[] = {"off", "no", "false", "n"};
+    for (int i = 0; i < 4; i++) {
+        if (!strcmp(value, yes[i]) || !strcmp(value, no[i])) {
+            *out = !strcmp(value, yes[i]);
+            return 0;
+        }
+    }
+    vbd_error_setf(err, EINVAL, "Parameter '%s' expects 'on' or 'off'", name);
+    return -EINVAL;
+}
+
+/* one option's value as QemuOpts parses it for its type: 0, or -errno with QEMU's message */
+static int check_create_value(const struct vbd_opt_desc *d, const char *value, struct vbd_error **err)
+{
+    uint64_t n;
+    bool b;
+    switch (d->type) {
+    case VBD_OPT_SIZE: return tool_opt_size(d->name, value, &n, err);
+    case VBD_OPT_NUMBER: return img_opt_number(d->name, value, &n, err);
+    case VBD_OPT_BOOL: return opt_bool(d->name, value, &b, err);
+    default: return 0;
+    }
+}
+
+int img_check_create_options(const struct vbd_driver *drv, const char *target, struct json_object *opts,
+                              const char *filename)
+{
+    /* the -o options in their order, else the object's (options not from -o) */
+    struct json_object *list = o_given;
+    if (!list) {
+        list = json_object_new_array();
+        json_object_object_foreach(opts, k, v) {
+            struct json_object *pair = json_object_new_array();
+            json_object_array_add(pair, json_object_new_string(k));
+            json_object_array_add(pair, json_object_get(v));
+            json_object_array_add(list, pair);
+        }
+    } else {
+        json_object_get(list);
+    }
+    int rc = 0;
+    for (size_t i = 0; i < json_object_array_length(list) && rc == 0; i++) {
+        struct json_object *pair = json_object_array_get_idx(list, i);
+        const char *k = json_object_get_string(json_object_array_get_idx(pair, 0));
+        const char *v = json_object_get_string(json_object_array_get_idx(pair, 1));
+        const struct vbd_opt_desc *d = create_option_desc(drv, target, k);
+        struct vbd_error *err = NULL;
+        if (!d)
+            vbd_error_setf(&err, EINVAL, "Invalid parameter '%s'", k);
+        else if (v)
+            check_create_value(d, v, &err);
+        if (err) {
+            if (filename)
+                vbd_error_report("%s: %s", filename, err->msg);
+            else
+                vbd_error_report("%s", err->msg);
+            vbd_error_free(err);
+            rc = -1;
+        }
+    }
+    json_object_put(list);
+    return rc;
+}
+
+void img_normalize_create_options(const struct vbd_driver *drv, const char *target, struct json_object *opts)
+{
+    json_object_object_foreach(opts, k, v) {
+        const struct vbd_opt_desc *d = create_option_desc(drv, target, k);
+        const char *s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+        uint64_t n;
+        bool b;
+        if (!d || !s)
+            continue;
+        if ((d->type == VBD_OPT_SIZE && tool_strtosz_u64(s, &n, false) == 0 && n <= INT64_MAX) ||
+            (d->type == VBD_OPT_NUMBER && img_opt_number(k, s, &n, NULL) == 0 && n <= INT64_MAX))
+            json_object_object_add(opts, k, json_object_new_int64((int64_t)n));
+        else if (d->type == VBD_OPT_BOOL && opt_bool(k, s, &b, NULL) == 0)
+            json_object_object_add(opts, k, json_object_new_string(b ? "on" : "off"));
+    }
 }
 
 bool o_is_help(struct json_object *opts)
 {
-    return opts && (json_object_object_get_ex(opts, "help", NULL) || json_object_object_get_ex(opts, "?", NULL));
+    struct json_object *h;
+    return opts && json_object_object_get_ex(opts, "help", &h) && json_object_is_type(h, json_type_boolean);
 }
 
 static int cmp_desc(const void *a, const void *b)

@@ -71,7 +71,33 @@ static bool stores_bitmaps(struct vbd_node *n)
     return !v2;
 }
 
-enum { OPT_BITMAPS = 400, OPT_SKIP_BROKEN };
+enum { OPT_BITMAPS = 400, OPT_SKIP_BROKEN, OPT_SALVAGE };
+
+/* -r: the target's writes at most rate bytes a second (qemu-img throttles
+ * the target's writes); -p's progress too when asked */
+struct convert_pace {
+    struct vbd_imageops_ctl ctl; /* first: the callback gets it */
+    uint64_t rate, start_ns, written;
+    bool progress;
+};
+
+static int convert_chunk_done(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written)
+{
+    struct convert_pace *p = (struct convert_pace *)ctl;
+    if (p->progress)
+        img_print_progress(ctl, off, written);
+    if (!p->rate)
+        return 0;
+    /* the time by which this many bytes are allowed: sleep until then */
+    p->written += written;
+    uint64_t now = vbd_clock_ns();
+    if (!p->start_ns)
+        p->start_ns = now;
+    unsigned __int128 due = p->start_ns + (unsigned __int128)p->written * 1000000000u / p->rate;
+    if (due > now)
+        vbd_co_sleep_ns(due - now > 3600ull * 1000000000u ? 3600ull * 1000000000u : (uint64_t)(due - now));
+    return 0;
+}
 
 int verb_convert(int argc, char **argv)
 {
@@ -80,17 +106,19 @@ int verb_convert(int argc, char **argv)
                *backing_fmt = NULL;
     struct json_object *opts = NULL;
     bool compress = false, progress = false, no_create = false, out_of_order = false, quiet = false, force = false,
-         target_zero = false, image_opts = false, target_image_opts = false, target_backing = false;
-    int64_t sparse = 4096, parallel = PARALLEL_DEFAULT;
+         target_zero = false, image_opts = false, target_image_opts = false, target_backing = false,
+         copy_range = false, salvage = false, explicit_sparse = false;
+    int64_t sparse = 4096, parallel = PARALLEL_DEFAULT, rate = 0;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
                                        {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
                                        {"bitmaps", no_argument, NULL, OPT_BITMAPS},
                                        {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
+                                       {"salvage", no_argument, NULL, OPT_SALVAGE},
                                        {NULL, 0, NULL, 0}};
     int c;
     const char *snapshot = NULL;
-    while ((c = getopt_long(argc, argv, ":hf:O:o:cpS:nm:Wt:T:B:F:qUl:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:O:o:cpS:nm:Wt:T:B:F:qUl:Cr:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
@@ -99,14 +127,25 @@ int verb_convert(int argc, char **argv)
         case 'c': compress = true; break;
         case 'p': progress = true; break;
         case 'S':
-            sparse = tool_cvtnum(optarg);
-            if (sparse < 0 || sparse % 512 || sparse > 16 * MIB) {
+            if ((sparse = img_cvtnum("buffer size for sparse output", optarg, 0, INT64_MAX)) < 0)
+                return 1;
+            if (sparse % 512 || sparse > 16 * MIB) {
                 vbd_error_report("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up "
                                  "to 16777216. Select 0 to disable sparse detection (fully allocates output).");
                 return 1;
             }
+            explicit_sparse = true;
             break;
         case 'n': no_create = true; break;
+        case 'r':
+            if ((rate = img_cvtnum("rate limit", optarg, 0, INT64_MAX)) < 0)
+                return 1;
+            break;
+        /* copy offloading: vbd copies through its own buffers (qemu-img
+         * falls back to them where offloading fails); as with it, data
+         * that reads as zeroes is copied as data, not detected */
+        case 'C': copy_range = true; break;
+        case OPT_SALVAGE: salvage = true; break;
         case 'm':
             parallel = atoi(optarg);
             if (parallel < 1 || parallel > 16) {
@@ -129,15 +168,25 @@ int verb_convert(int argc, char **argv)
         case 'h':
             printf("Usage: vbd-img convert [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]\n"
                    "                       [-l snapshot_param] (snapshot.id=ID,snapshot.name=NAME or an id or name)\n"
-                   "                       [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] [--target-image-opts] [-U] filename [filename2 [...]] output_filename\n"
+                   "                       [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [-C] [--salvage] [--target-is-zero] [--target-image-opts] [-U] filename [filename2 [...]] output_filename\n"
                    "Copy (and concatenate) images into OUTPUT, converting the format. Holes and zero runs of -S bytes\n"
-                   "(default 4k) are not written; -c compresses (formats that support it); -m runs N requests in parallel.\n");
+                   "(default 4k) are not written; -c compresses (formats that support it); -m runs N requests in parallel;\n"
+                   "-r caps the target's writes at RATE bytes a second; --salvage reads what cannot be read as zeroes.\n");
             return 0;
         default: return img_bad_option(c, argv);
         }
     }
-    if (skip_broken && !bitmaps) {
-        vbd_error_report("Use of --skip-broken-bitmaps requires --bitmaps");
+    /* qemu-img 7.2's checks, in its order */
+    const char *bad = skip_broken && !bitmaps       ? "Use of --skip-broken-bitmaps requires --bitmaps"
+                      : compress && copy_range       ? "Cannot enable copy offloading when -c is used"
+                      : explicit_sparse && copy_range ? "Cannot enable copy offloading when -S is used"
+                      : copy_range && salvage        ? "Cannot use copy offloading in salvaging mode"
+                      : target_image_opts && !no_create ? "--target-image-opts requires use of -n flag"
+                      : no_create && opts ? "-o has no effect when skipping image creation"
+                      : target_zero && !no_create     ? "--target-is-zero requires use of -n flag"
+                                                      : NULL;
+    if (bad) {
+        vbd_error_report("%s", bad);
         json_object_put(opts);
         return 1;
     }
@@ -150,12 +199,10 @@ int verb_convert(int argc, char **argv)
         vbd_error_report("Must specify image file name");
         return 1;
     }
-    if (target_zero && !no_create) {
-        vbd_error_report("--target-is-zero requires use of -n flag");
-        return 1;
-    }
-    if (target_image_opts && !no_create) {
-        vbd_error_report("--target-image-opts requires use of -n flag");
+    enum vbd_cache_mode src_mode;
+    if (vbd_cache_mode_parse(src_cache, &src_mode) < 0) {
+        vbd_error_report("Invalid source cache option: %s", src_cache);
+        json_object_put(opts);
         return 1;
     }
     const char *out = argv[argc - 1];
@@ -181,6 +228,60 @@ int verb_convert(int argc, char **argv)
             goto out;
         total += src[i]->size;
     }
+    const struct vbd_driver *od = vbd_driver_find(out_fmt);
+    if (!od || od->kind != VBD_DRV_FORMAT) {
+        vbd_error_report("Unknown file format '%s'", out_fmt);
+        goto out;
+    }
+    if (!no_create) {
+        if (!od->co_create) {
+            vbd_error_report("Format driver '%s' does not support image creation", od->name);
+            goto out;
+        }
+        if (!opts)
+            opts = json_object_new_object();
+        /* refused before anything is made, as qemu-img refuses them */
+        if (img_check_create_options(od, out, opts, NULL) < 0)
+            goto out;
+        if ((backing && !img_known_create_option(od, "backing_file")) ||
+            (backing_fmt && !img_known_create_option(od, "backing_fmt"))) {
+            vbd_error_report("Backing file%s not supported for file format '%s'",
+                             backing && !img_known_create_option(od, "backing_file") ? "" : " format", out_fmt);
+            goto out;
+        }
+        if (backing)
+            json_object_object_add(opts, "backing_file", json_object_new_string(backing));
+        if (backing_fmt)
+            json_object_object_add(opts, "backing_fmt", json_object_new_string(backing_fmt));
+    }
+    /* -o backing_file is -B (qemu-img's out_baseimg): a target made with a
+     * backing file does not read as zeroes (skipping zero writes showed the
+     * backing file's data where the source has zeroes), and what the
+     * source's top leaves unallocated is left to the backing file; with -n
+     * -B says the target has one */
+    target_backing = backing || (opts && vbd_opt_get(opts, "backing_file"));
+    if (target_zero && target_backing) {
+        /* qemu-img 7.2 says so and exits 0 (its ret is still 0 there): so does vbd-img */
+        vbd_error_report("Cannot use --target-is-zero when the destination image has a backing file");
+        rc = 0;
+        goto out;
+    }
+    if (nsrc > 1 && target_backing) {
+        vbd_error_report("Having a backing file for the target makes no sense when concatenating multiple input "
+                         "images");
+        goto out;
+    }
+    if (!no_create && target_backing && !vbd_opt_get(opts, "backing_fmt")) {
+        vbd_error_report("Use of backing file requires explicit backing format");
+        goto out;
+    }
+    if (compress && !no_create) {
+        struct json_object *pa = vbd_opt_get(opts, "preallocation");
+        if (pa && strcmp(json_object_get_string(pa), "off")) {
+            vbd_error_report("Compression and preallocation not supported at the same time");
+            goto out;
+        }
+    }
     if (bitmaps && nsrc > 1) {
         vbd_error_report("Copying bitmaps only possible with single source");
         goto out;
@@ -191,48 +292,19 @@ int verb_convert(int argc, char **argv)
     }
     if (bitmaps && img_check_bitmaps(src[0], skip_broken) < 0)
         goto out;
-    const struct vbd_driver *od = vbd_driver_find(out_fmt);
-    if (!od || od->kind != VBD_DRV_FORMAT) {
-        vbd_error_report("Unknown file format '%s'", out_fmt);
-        goto out;
-    }
     if (!no_create) {
-        if (!opts)
-            opts = json_object_new_object();
-        /* refused before anything is made, as qemu-img refuses them */
-        json_object_object_foreach(opts, k, v) {
-            (void)v;
-            if (!img_known_create_option(od, k)) {
-                vbd_error_report("Invalid parameter '%s'", k);
-                goto out;
-            }
-        }
-        if (backing && !backing_fmt && !vbd_opt_get(opts, "backing_fmt")) {
-            vbd_error_report("Use of backing file requires explicit backing format");
-            goto out;
-        }
         json_object_object_add(opts, "size", json_object_new_int64((int64_t)total));
-        if (backing)
-            json_object_object_add(opts, "backing_file", json_object_new_string(backing));
-        if (backing_fmt)
-            json_object_object_add(opts, "backing_fmt", json_object_new_string(backing_fmt));
-        /* -o backing_file is -B (qemu-img's out_baseimg): a target made
-         * with a backing file does not read as zeroes (skipping zero
-         * writes showed the backing file's data where the source has
-         * zeroes), and what the source's top leaves unallocated is left to
-         * the backing file */
-        target_backing = vbd_opt_get(opts, "backing_file") != NULL;
+        img_normalize_create_options(od, out, opts);
         struct vbd_error *err = NULL;
         if (vbd_image_co_create(out_fmt, out, opts, &err) < 0) {
-            vbd_error_report("%s: error while converting %s: %s", out, out_fmt, err ? err->msg : "failed");
+            char msg[2048];
+            snprintf(msg, sizeof(msg), "%s: error while converting %s: %s", out, out_fmt, err ? err->msg : "failed");
+            tool_report_text(msg);
             vbd_error_free(err);
             goto out;
         }
         /* A fresh image without backing reads as zeroes: skip zero writes. */
         target_zero = !target_backing;
-    } else if (opts) {
-        vbd_error_report("-o has no effect when skipping image creation");
-        goto out;
     }
     struct json_object *dopts = json_object_new_object();
     json_object_object_add(dopts, "driver", json_object_new_string(out_fmt));
@@ -274,8 +346,8 @@ int verb_convert(int argc, char **argv)
         goto out;
     }
     if (dst->size < total) {
-        vbd_error_report("Output image is too small (%llu < %llu bytes)", (unsigned long long)dst->size,
-                         (unsigned long long)total);
+        /* qemu-img's words (only -n's target can be: a new one is made at the size) */
+        vbd_error_report("output file is smaller than input file");
         goto out;
     }
     if (!compress) {
@@ -309,10 +381,12 @@ int verb_convert(int argc, char **argv)
     }
     struct vbd_copy_opts copy = {.zero_detect = (uint64_t)sparse, .target_is_zero = target_zero,
                                  .zero_flags = VBD_REQ_MAY_UNMAP, .parallel = (unsigned)parallel,
-                                 .out_of_order = out_of_order, .target_has_backing = target_backing};
+                                 .out_of_order = out_of_order, .target_has_backing = target_backing,
+                                 .salvage = salvage, .quiet = quiet, .data_verbatim = copy_range};
     if (target_backing) {
+        /* -n -B over a target without one: no end past which zeroes need no write */
         struct vbd_node *b = vbd_node_skip_filters(dst)->backing;
-        copy.target_backing_size = b ? vbd_node_size(b) : 0;
+        copy.target_backing_size = b ? vbd_node_size(b) : UINT64_MAX;
     }
     {
         /* compressed clusters are written whole; without, chunks end on
@@ -331,10 +405,12 @@ int verb_convert(int argc, char **argv)
         }
         copy.write_flags = VBD_REQ_COMPRESSED;
     }
-    if (!compress && !(progress && !quiet))
+    if (!compress && !(progress && !quiet) && !rate && !salvage)
         copy.threads = convert_threads(src, nsrc, dst, parallel);
-    struct vbd_imageops_ctl ctl = {.chunk_done = progress && !quiet ? img_print_progress : NULL};
-    int crc = vbd_co_convert(src, nsrc, dst, &copy, &ctl, &err);
+    struct convert_pace pace = {.rate = (uint64_t)rate, .progress = progress && !quiet};
+    if (pace.rate || pace.progress)
+        pace.ctl.chunk_done = convert_chunk_done;
+    int crc = vbd_co_convert(src, nsrc, dst, &copy, &pace.ctl, &err);
     if (progress && !quiet)
         tool_progress_end();
     if (crc < 0) {

@@ -33,34 +33,17 @@ static const struct vbd_opt_desc *find_desc(const struct vbd_driver *drv, const 
     return NULL;
 }
 
-/* the dotted name of an option given as KEY.SUB=... (the keyval parser nests it) */
-static void option_path(const char *key, struct json_object *v, char *buf, size_t len)
-{
-    snprintf(buf, len, "%s", key);
-    while (json_object_is_type(v, json_type_object)) {
-        struct json_object *next = NULL;
-        json_object_object_foreach(v, k, sub) {
-            size_t l = strlen(buf);
-            snprintf(buf + l, len - l, ".%s", k);
-            next = sub;
-            break;
-        }
-        v = next;
-    }
-}
-
 static void print_value(const struct vbd_driver *drv, const char *name, struct json_object *v)
 {
     const struct vbd_opt_desc *d = find_desc(drv, name);
     const char *s = json_object_get_string(v);
     uint64_t n;
-    struct vbd_error *err = NULL;
     /* QEMU prints numbers and sizes it parsed as plain numbers (64k as 65536) */
-    if (d && (d->type == VBD_OPT_SIZE || d->type == VBD_OPT_NUMBER) && vbd_parse_size(s, &n, &err) == 0) {
+    if (d && ((d->type == VBD_OPT_SIZE && tool_strtosz_u64(s, &n, false) == 0) ||
+              (d->type == VBD_OPT_NUMBER && img_opt_number(name, s, &n, NULL) == 0))) {
         printf(" %s=%llu", name, (unsigned long long)n);
         return;
     }
-    vbd_error_free(err);
     printf(" %s=", name);
     /* and strings with their commas doubled, as on a command line */
     for (; *s; s++)
@@ -202,28 +185,23 @@ int verb_create(int argc, char **argv)
         vbd_error_report("%s: Unknown file format '%s'", filename, fmt);
         goto out;
     }
+    if (!drv->co_create) {
+        vbd_error_report("%s: Format driver '%s' does not support image creation", filename, drv->name);
+        goto out;
+    }
     if (!opts)
         opts = json_object_new_object();
-    json_object_object_foreach(opts, k, v) {
-        if (!img_known_create_option(drv, k)) {
-            char path[256];
-            option_path(k, v, path, sizeof(path));
-            vbd_error_report("%s: Invalid parameter '%s'", filename, path);
-            goto out;
-        }
-    }
+    if (img_check_create_options(drv, filename, opts, filename) < 0)
+        goto out;
     struct json_object *so = vbd_opt_get(opts, "size");
     if (so && have_size) {
         vbd_error_report("%s: The image size must be specified only once", filename);
         goto out;
     }
     if (so) {
-        struct vbd_error *err = NULL;
-        if (vbd_parse_size(json_object_get_string(so), &size, &err) < 0) {
-            vbd_error_report("%s: %s", filename, err ? err->msg : "Invalid size");
-            vbd_error_free(err);
+        /* checked above */
+        if (tool_strtosz_u64(json_object_get_string(so), &size, false) < 0)
             goto out;
-        }
         print_size = size;
         size = (size + 511) & ~511ull;
         have_size = true;
@@ -269,10 +247,13 @@ int verb_create(int argc, char **argv)
         print_formatting(drv, filename, opts);
     }
     json_object_object_add(opts, "size", json_object_new_int64((int64_t)size));
+    img_normalize_create_options(drv, filename, opts);
     struct vbd_error *err = NULL;
     int crc = vbd_image_co_create(fmt, filename, opts, &err);
     if (crc < 0) {
-        vbd_error_report("%s: %s", filename, err ? err->msg : strerror(-crc));
+        char msg[2048];
+        snprintf(msg, sizeof(msg), "%s: %s", filename, err ? err->msg : strerror(-crc));
+        tool_report_text(msg);
         vbd_error_free(err);
         goto out;
     }

@@ -8,17 +8,20 @@ int verb_dd(int argc, char **argv)
 {
     const char *fmt = NULL, *out_fmt = "raw", *in = NULL, *out = NULL;
     int64_t bs = 512, count = -1, skip = 0;
-    bool force = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
+    bool force = false, image_opts = false;
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'},
+                                       {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":hf:O:U", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
         case 'U': force = true; break;
+        case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'h':
-            printf("Usage: vbd-img dd [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output\n"
-                   "Copy COUNT blocks of BS bytes (default 512) from INPUT, skipping SKIP blocks, into a new OUTPUT image.\n");
+            printf("Usage: vbd-img dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output\n"
+                   "Copy COUNT blocks of BS bytes (default 512) from INPUT, skipping SKIP blocks, into a new OUTPUT image.\n"
+                   "--image-opts: INPUT is an option string (the output, made by name, stays a file name, as in qemu-img).\n");
             return 0;
         default: return img_bad_option(c, argv);
         }
@@ -54,9 +57,19 @@ int verb_dd(int argc, char **argv)
         vbd_error_report("Must specify both input and output files");
         return 1;
     }
-    struct vbd_node *src = tool_open(in, fmt_or_null(fmt), false, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
+    struct vbd_node *src = tool_open(in, fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
     if (!src)
         return 1;
+    /* qemu-img's checks of the output format, after the input's open */
+    const struct vbd_driver *od = vbd_driver_find(out_fmt);
+    if (!od || od->kind != VBD_DRV_FORMAT || !od->co_create) {
+        if (!od || od->kind != VBD_DRV_FORMAT)
+            vbd_error_report("Unknown file format");
+        else
+            vbd_error_report("Format driver '%s' does not support image creation", od->name);
+        vbd_node_unref(src);
+        return 1;
+    }
     /* qemu-img dd sizes the output as count*bs and then drops the skipped
      * part (count counts from the start of the input, not from skip). */
     uint64_t start = (uint64_t)skip * bs;
@@ -76,7 +89,9 @@ int verb_dd(int argc, char **argv)
     struct vbd_node *dst = NULL;
     uint8_t *buf = NULL;
     if (vbd_image_co_create(out_fmt, out, o, &err) < 0) {
-        vbd_error_report("%s: error while creating output image: %s", out, err ? err->msg : "failed");
+        char msg[2048];
+        snprintf(msg, sizeof(msg), "%s: error while creating output image: %s", out, err ? err->msg : "failed");
+        tool_report_text(msg);
         vbd_error_free(err);
         goto done;
     }

@@ -58,8 +58,8 @@ int verb_map(int argc, char **argv)
         case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'U': force = true; break;
-        case 's': start = tool_cvtnum(optarg); if (start < 0) { vbd_error_report("Invalid start offset specified! You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."); return 1; } break;
-        case 'l': maxlen = tool_cvtnum(optarg); if (maxlen < 0) { vbd_error_report("Invalid length specified! You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."); return 1; } break;
+        case 's': if ((start = img_cvtnum("start offset", optarg, 0, INT64_MAX)) < 0) return 1; break;
+        case 'l': if ((maxlen = img_cvtnum("max length", optarg, 0, INT64_MAX)) < 0) return 1; break;
         case 'h':
             printf("Usage: vbd-img map [-f fmt] [--output=human|json] [-U] [--start-offset=N] [--max-length=N] filename\n"
                    "Print where the image's data is: allocated, zero, which layer of the backing chain, host offset.\n");

@@ -70,30 +70,14 @@ int verb_measure(int argc, char **argv)
         opts = json_object_new_object();
     /* qemu-img parses -o with the format's and the file protocol's creation
      * options: an unknown name or a size that is none is refused here */
-    json_object_object_foreach(opts, k, v) {
-        const struct vbd_opt_desc *o = d->create_opts;
-        while (o && o->name && strcmp(o->name, k))
-            o++;
-        const struct vbd_opt_desc *fo = vbd_driver_find("file") ? vbd_driver_find("file")->create_opts : NULL;
-        while (fo && fo->name && strcmp(fo->name, k))
-            fo++;
-        uint64_t num;
-        if (!(o && o->name) && !(fo && fo->name)) {
-            vbd_error_report("Invalid parameter '%s'", k);
-        } else if (o && o->name && o->type == VBD_OPT_SIZE && json_object_is_type(v, json_type_string) &&
-                   vbd_parse_size(json_object_get_string(v), &num, NULL) < 0) {
-            vbd_error_report("Parameter '%s' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or "
-                             "E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
-                             k);
-        } else {
-            continue;
-        }
+    if (img_check_create_options(d, NULL, opts, NULL) < 0) {
         vbd_error_report("Invalid options for file format '%s'", out_fmt);
         json_object_put(opts);
         if (in)
             vbd_node_unref(in);
         return 1;
     }
+    img_normalize_create_options(d, NULL, opts);
     json_object_object_add(opts, "size", json_object_new_int64(in ? (int64_t)in->size : size));
     /* qemu-img reports the room the bitmaps of a qcow2 v3 input take in a qcow2 v3 target */
     struct json_object *compat = NULL;

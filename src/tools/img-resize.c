@@ -6,7 +6,8 @@
 
 int verb_resize(int argc, char **argv)
 {
-    const char *fmt = NULL, *prealloc_s = "off";
+    const char *fmt = NULL;
+    int prealloc = VBD_PREALLOC_OFF;
     bool shrink = false, quiet = false, image_opts = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"shrink", no_argument, NULL, OPT_SHRINK},
                                        {"preallocation", required_argument, NULL, OPT_PREALLOC},
@@ -21,7 +22,15 @@ int verb_resize(int argc, char **argv)
         case 'f': fmt = optarg; break;
         case 'q': quiet = true; break;
         case OPT_SHRINK: shrink = true; break;
-        case OPT_PREALLOC: prealloc_s = optarg; break;
+        case OPT_PREALLOC:
+            /* checked here, as qemu-img checks it, in its words */
+            for (prealloc = 0; vbd_prealloc_names[prealloc] && strcmp(vbd_prealloc_names[prealloc], optarg); prealloc++)
+                ;
+            if (!vbd_prealloc_names[prealloc]) {
+                vbd_error_report("Invalid preallocation mode '%s'", optarg);
+                return 1;
+            }
+            break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'h':
             printf("Usage: vbd-img resize [-f fmt] [--preallocation=off|falloc|full] [--shrink] [-q] filename [+|-]size\n"
@@ -40,20 +49,9 @@ int verb_resize(int argc, char **argv)
         sign = *ss++ == '+' ? 1 : -1;
     uint64_t delta;
     struct vbd_error *err = NULL;
-    if (vbd_parse_size(ss, &delta, &err) < 0) {
-        vbd_error_free(err);
-        /* qemu-img resize parses the size as a QemuOpt: its message */
-        vbd_error_report("Parameter 'size' expects a non-negative number below 2^64");
-        fprintf(stderr, "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-                        "and exabytes, respectively.\n");
-        return 1;
-    }
-    int prealloc = -1;
-    for (int i = 0; vbd_prealloc_names[i]; i++)
-        if (!strcmp(vbd_prealloc_names[i], prealloc_s))
-            prealloc = i;
-    if (prealloc < 0) {
-        vbd_error_report("Invalid preallocation mode: '%s'", prealloc_s);
+    /* qemu-img resize parses the size as a QemuOpt: its messages */
+    if (tool_opt_size("size", ss, &delta, &err) < 0) {
+        tool_report(err);
         return 1;
     }
     struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR, NULL, NULL);

@@ -87,10 +87,20 @@ int verb_snapshot(int argc, char **argv)
             vbd_error_report("Could not apply snapshot '%s': Failed to load snapshot: %s", name,
                              strerror(err ? err->code : EIO));
     } else {
-        rc = img->drv->snapshot_delete(img, name, name, &err) < 0;
-        if (rc)
-            vbd_error_report("Could not delete snapshot '%s': %s", name,
-                             err && err->code == ENOENT ? "snapshot not found" : err ? err->msg : "failed");
+        /* qemu-img finds the snapshot by its name alone (bdrv_snapshot_find),
+         * the first of that name, and deletes it by its id */
+        struct vbd_snapshot_info *list = NULL;
+        int count = img->drv->snapshot_list(img, &list), i = 0;
+        while (i < count && strcmp(list[i].name, name))
+            i++;
+        if (i >= count) {
+            vbd_error_report("Could not delete snapshot '%s': snapshot not found", name);
+            rc = 1;
+        } else if (img->drv->snapshot_delete(img, list[i].id, NULL, &err) < 0) {
+            vbd_error_report("Could not delete snapshot '%s': %s", name, err ? err->msg : "failed");
+            rc = 1;
+        }
+        free(list);
     }
     vbd_error_free(err);
     (void)quiet;

@@ -59,6 +59,17 @@ int img_load_snapshot(struct vbd_node *n, const char *arg);
 int img_check_bitmaps(struct vbd_node *src, bool skip_broken);
 int img_copy_bitmaps(struct vbd_node *src, struct vbd_node *dst, bool skip_broken);
 int add_o(struct json_object **opts, const char *s);
+/* The creation options of DRV and of the protocol that makes TARGET (NULL:
+ * a file) checked as qemu-img's QemuOpts parse checks them, -o's in the
+ * order given: an unknown name ("Invalid parameter 'X'"), a size, number
+ * or bool that does not parse, in QEMU's words ("FILENAME: " before them
+ * when FILENAME is not NULL). -1 after reporting the first. */
+int img_check_create_options(const struct vbd_driver *drv, const char *target, struct json_object *opts,
+                             const char *filename);
+/* QemuOpts' number (qemu_strtou64, any base): 0, or -errno with QEMU's message in *err */
+int img_opt_number(const char *name, const char *value, uint64_t *out, struct vbd_error **err);
+/* Checked values as the drivers take them: sizes and numbers (hex, suffixes) as numbers, bools as on/off. */
+void img_normalize_create_options(const struct vbd_driver *drv, const char *target, struct json_object *opts);
 bool o_is_help(struct json_object *opts);
 int print_create_help(const char *fmt, const char *filename);
 /* A vbd_imageops_ctl chunk_done that prints -p progress (tool_progress). */

@@ -102,59 +102,10 @@ static void print_usage(const char *name)
             printf("%s\n", usages[i].line);
 }
 
-/* qemu-io's cvtnum (qemu_strtosz): decimal or 0x hex, a fraction only with a
- * unit suffix (b k M G T P E, either case); -EINVAL or -ERANGE. */
-static int64_t cvtnum(const char *s)
-{
-    const char *p = s;
-    while (*p == ' ' || (*p >= '\t' && *p <= '\r'))
-        p++;
-    if (*p == '-' || *p == '+' || !(*p >= '0' && *p <= '9'))
-        return -EINVAL;
-    char *end;
-    errno = 0;
-    unsigned long long val = strtoull(p, &end, 10);
-    if (errno == ERANGE)
-        return -ERANGE;
-    double fraction = 0;
-    if (val == 0 && (*end == 'x' || *end == 'X')) {
-        errno = 0;
-        val = strtoull(p, &end, 16);
-        if (errno == ERANGE)
-            return -ERANGE;
-        if (end == p + 1 || *end == '.')
-            return -EINVAL;
-    } else if (*end == '.') {
-        const char *f = end + 1;
-        while (*f >= '0' && *f <= '9')
-            f++;
-        if (f == end + 1)
-            return -EINVAL;
-        fraction = strtod(end, NULL);
-        end = (char *)f;
-    }
-    static const char units[] = "bkmgtpe";
-    const char *u = *end ? strchr(units, *end | 0x20) : NULL;
-    uint64_t mul = 1;
-    if (u) {
-        if (p[1] == 'x' || p[1] == 'X')
-            vbd_error_report("warning: Using a multiplier suffix on hex numbers is deprecated: %s", s);
-        for (long k = 0; k < u - units; k++)
-            mul *= 1024;
-        end++;
-    }
-    if (*end || (mul == 1 && fraction))
-        return -EINVAL;
-    if (val > (UINT64_MAX - (uint64_t)(fraction * mul)) / mul)
-        return -ERANGE;
-    uint64_t v = val * mul + (uint64_t)(fraction * mul);
-    return v > INT64_MAX ? -ERANGE : (int64_t)v;
-}
-
 /* qemu-io prints parse errors on stdout */
 static int get_num(const char *s, int64_t *out)
 {
-    *out = cvtnum(s);
+    *out = tool_strtosz(s);
     if (*out == -EINVAL)
         printf("Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- %s\n", s);
     else if (*out == -ERANGE)

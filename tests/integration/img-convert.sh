@@ -193,10 +193,11 @@ for e in json.load(sys.stdin):
     if e["depth"] == 0 and e["data"] and e["start"] <= 101 << 20 < e["start"] + e["length"] and "offset" in e:
         print((e["offset"] + (101 << 20) - e["start"]) // 512)')
     [ -n "$host" ] || fail "no host offset for 101M"
+    # qemu-img's words: the chunk's offset in the target
     rm -f "$shm/dst.raw"
     out=$("$VBD_IMG" convert --image-opts -O raw "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=$shm/top.qcow2,file.inject-error.0.event=read_aio,file.inject-error.0.errno=5,file.inject-error.0.sector=$host" "$shm/dst.raw" 2>&1) &&
         fail "convert from a failing source succeeded"
-    grep -q "Could not read .* at offset .*: Input/output error" <<<"$out" || fail "not the read's error: $out"
+    grep -q "error while reading at byte [0-9]*: Input/output error" <<<"$out" || fail "not the read's error: $out"
     rm -f "$shm"/*.raw "$shm"/*.qcow2
 fi
 # the page cache path (a disk) and qed targets too: the host offsets as qemu-img's

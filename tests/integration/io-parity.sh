@@ -95,6 +95,7 @@ same -f qcow2 -c 'write -z 0 64k' -c 'discard 64k 64k' -c map -c 'read -P 0 0 64
 c 'truncate 2M' 'truncate' 'truncate x' 'truncate 512k' 'truncate -m x 1M' 'truncate 1 2'
 same -f raw -c 'truncate -m falloc 2M' a.raw
 same -f raw -c 'truncate -m full 2M' a.raw
+same -f raw -c 'truncate -m metadata 2M' -c length a.raw
 same -f raw -c length -c 'read -v 196608 512' -c 'read -P 0 196616 504' -c 'write -P 9 196608 512' -c length -c map odd.raw
 same -f raw -c 'read 196608 1k' -c 'write -P 9 197120 512' -c length odd.raw
 

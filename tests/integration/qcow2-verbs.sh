@@ -51,7 +51,7 @@ for p in metadata falloc full; do
     qcheck p.qcow2
 done
 must_fail_with "extended_l2" "$VBD_IMG" create -q -f qcow2 -o preallocation=metadata -b src.qcow2 -F qcow2 pb.qcow2
-must_fail_with "Invalid parameter" "$VBD_IMG" create -q -f qcow2 -o preallocation=lots pb.qcow2 1M
+must_fail_with "Parameter 'preallocation' does not accept value 'lots'" "$VBD_IMG" create -q -f qcow2 -o preallocation=lots pb.qcow2 1M
 
 step "rebase: safe mode keeps what the guest sees, -u only rewrites the header"
 must qemu-img create -q -f qcow2 base1.qcow2 64M

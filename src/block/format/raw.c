@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct raw_state {
@@ -139,12 +140,27 @@ static const struct vbd_opt_desc raw_create_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
+/* preallocation=MODE, refused in QEMU's words (its enum parse's) */
+static int take_prealloc(struct json_object *opts, int *prealloc, struct vbd_error **err)
+{
+    char *s = NULL;
+    int rc = vbd_opt_take_str(opts, "preallocation", &s, err);
+    for (int i = 0; rc > 0 && vbd_prealloc_names[i]; i++)
+        if (!strcmp(s, vbd_prealloc_names[i]))
+            *prealloc = i;
+    if (rc > 0 && strcmp(s, vbd_prealloc_names[*prealloc])) {
+        vbd_error_setf(err, EINVAL, "invalid parameter value: %s", s);
+        rc = -EINVAL;
+    }
+    free(s);
+    return rc;
+}
+
 static int raw_create(const char *filename, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0;
     int prealloc = 0;
-    if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
-        vbd_opt_take_enum(opts, "preallocation", vbd_prealloc_names, &prealloc, err) < 0)
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 || take_prealloc(opts, &prealloc, err) < 0)
         return -EINVAL;
     /* the protocol's own creation options (rbd's cluster_size), as QEMU's
      * raw create passes its options down to the protocol */
@@ -155,8 +171,8 @@ static int raw_create(const char *filename, struct json_object *opts, struct vbd
     }
     if (prealloc == VBD_PREALLOC_METADATA) {
         json_object_put(cs);
-        vbd_error_setf(err, EINVAL, "Unsupported preallocation mode 'metadata' for format raw");
-        return -EINVAL;
+        vbd_error_setf(err, ENOTSUP, "Unsupported preallocation mode: metadata"); /* QEMU's file driver's words */
+        return -ENOTSUP;
     }
     struct json_object *extra = NULL;
     if (cs) {
@@ -172,11 +188,11 @@ static int raw_measure(struct json_object *opts, struct vbd_node *in, uint64_t *
                        struct vbd_error **err)
 {
     uint64_t size = 0;
-    int prealloc = 0;
-    if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
-        vbd_opt_take_enum(opts, "preallocation", vbd_prealloc_names, &prealloc, err) < 0)
+    char *prealloc = NULL;
+    /* QEMU's raw measure does not look at the preallocation mode (any value is taken) */
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_str(opts, "preallocation", &prealloc, err) < 0)
         return -EINVAL;
-    (void)prealloc;
+    free(prealloc);
     /* unallocated sectors count towards the file size of a raw image */
     if (in)
         size = in->size;

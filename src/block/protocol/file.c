@@ -591,6 +591,11 @@ static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
         }
         return 0;
     }
+    /* QEMU's file driver takes off, falloc and full (resize --preallocation=metadata of a raw image resized it) */
+    if (prealloc != VBD_PREALLOC_OFF && prealloc != VBD_PREALLOC_FALLOC && prealloc != VBD_PREALLOC_FULL) {
+        vbd_error_setf(err, ENOTSUP, "Unsupported preallocation mode: %s", vbd_prealloc_names[prealloc]);
+        return -ENOTSUP;
+    }
     uint64_t old = vbd_node_size(n);
     if (!exact && size < old)
         return 0;
@@ -622,12 +627,22 @@ static int file_create(const char *filename, struct json_object *opts, struct vb
 {
     uint64_t size = 0;
     int prealloc = 0;
-    if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
-        vbd_opt_take_enum(opts, "preallocation", vbd_prealloc_names, &prealloc, err) < 0)
+    char *pa = NULL;
+    if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_str(opts, "preallocation", &pa, err) < 0)
         return -EINVAL;
+    for (int i = 0; pa && vbd_prealloc_names[i]; i++)
+        if (!strcmp(pa, vbd_prealloc_names[i]))
+            prealloc = i;
+    /* QEMU's words (its enum parse, then its truncate's) */
+    if (pa && strcmp(pa, vbd_prealloc_names[prealloc])) {
+        vbd_error_setf(err, EINVAL, "invalid parameter value: %s", pa);
+        free(pa);
+        return -EINVAL;
+    }
+    free(pa);
     if (prealloc == VBD_PREALLOC_METADATA) {
-        vbd_error_setf(err, EINVAL, "Unsupported preallocation mode 'metadata' for a raw file");
-        return -EINVAL;
+        vbd_error_setf(err, ENOTSUP, "Unsupported preallocation mode: metadata");
+        return -ENOTSUP;
     }
     int fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {

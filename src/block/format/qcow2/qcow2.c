@@ -1709,7 +1709,8 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     if (compat && (!strcmp(compat, "0.10") || !strcmp(compat, "v2")))
         version = 2;
     else if (compat && strcmp(compat, "1.1") && strcmp(compat, "v3")) {
-        vbd_error_setf(err, EINVAL, "Invalid compatibility level: '%s'", compat);
+        /* QEMU's words: compat is its 'version' (0.10/1.1 read as v2/v3) */
+        vbd_error_setf(err, EINVAL, "Parameter 'version' does not accept value '%s'", compat);
         goto out;
     }
     uint32_t order;
@@ -1725,7 +1726,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     if (ctype && !strcmp(ctype, "zstd"))
         comp = 1;
     else if (ctype && strcmp(ctype, "zlib")) {
-        vbd_error_setf(err, EINVAL, "Invalid parameter '%s' for compression_type", ctype);
+        vbd_error_setf(err, EINVAL, "Parameter 'compression-type' does not accept value '%s'", ctype);
         goto out;
     }
     if (extl2 && cluster_size < 16384) {
@@ -1737,7 +1738,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         if (!strcmp(prealloc, vbd_prealloc_names[i]))
             pmode = i;
     if (prealloc && strcmp(prealloc, vbd_prealloc_names[pmode])) {
-        vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", prealloc);
+        vbd_error_setf(err, EINVAL, "Parameter 'preallocation' does not accept value '%s'", prealloc);
         goto out;
     }
     if (data_file && version < 3) {

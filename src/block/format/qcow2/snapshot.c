@@ -312,11 +312,9 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
     int rc = read_table(s, &tab, &len, offs);
     if (rc < 0)
         goto out;
-    if (find(s, tab, offs, NULL, sn->name) >= 0) {
-        vbd_error_setf(err, EEXIST, "a snapshot named '%s' already exists", sn->name);
-        rc = -EEXIST;
-        goto out;
-    }
+    /* names may repeat (QEMU's qcow2 allows it; qemu-img snapshot -c makes
+     * them); ids are unique, the next one above the highest. QMP refuses a
+     * name in use itself. */
     unsigned long maxid = 0;
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         const uint8_t *e = tab + offs[i];
