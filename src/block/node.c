@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static struct vbd_node *named_nodes;
 static unsigned auto_name_counter;
@@ -414,6 +415,11 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
                 goto out;
             result = node_create(p, filename, opts, flags, err);
         } else {
+            /* QEMU's hdev_probe_device: a plain name of a character or
+             * block device is opened by host_device (qemu-img info /dev/null) */
+            struct stat st;
+            if (stat(filename, &st) == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
+                flags |= VBD_OPEN_HOST_DEVICE;
             json_object_object_add(opts, "filename", json_object_new_string(filename));
             result = node_create(vbd_driver_find("file"), filename, opts, flags, err);
         }

@@ -232,43 +232,14 @@ static struct json_object *nbd_server_stop(struct json_object *args, struct vbd_
     " addr:object ?logical-block-size:uint ?num-queues:uint ?physical-block-size:uint ?serial:str ?werror:str"          \
     " ?rerror:str ?retry-interval:int ?merge:bool ?server:bool"
 
-/* nbd: bitmaps [NAME] (vbd exports one bitmap per export) becomes
- * --export's bitmap=NAME; iothread is a preference qsd may not honour
- * either (fixed-iothread=false): NBD connections run on the main loop. */
+/* nbd: bitmaps (names, or {"node", "name"} of a node at or below the
+ * exported one) go on to --export's key of that name; iothread is a
+ * preference qsd may not honour either (fixed-iothread=false): NBD
+ * connections run on the main loop. */
 static bool nbd_export_opts(struct json_object *args, const char *id, struct json_object *opts,
                             struct vbd_qmp_error *err)
 {
-    struct json_object *bitmaps, *iot;
-    if (json_object_object_get_ex(args, "bitmaps", &bitmaps)) {
-        size_t n = json_object_array_length(bitmaps);
-        struct json_object *b = n ? json_object_array_get_idx(bitmaps, 0) : NULL;
-        if (b && json_object_is_type(b, json_type_object)) {
-            /* {"node", "name"}: a bitmap of a node at or below the exported
-             * one (the source under a fleecing node); found there by name */
-            struct json_object *bn, *bname, *en;
-            struct vbd_node *owner = NULL, *exp = NULL;
-            if (json_object_object_get_ex(b, "node", &bn) && json_object_object_get_ex(b, "name", &bname) &&
-                json_object_object_get_ex(opts, "node-name", &en))
-                exp = vbd_node_find(json_object_get_string(en));
-            if (!exp || !vbd_dirty_bitmap_find_below(exp, json_object_get_string(bname), &owner) ||
-                strcmp(owner->node_name, json_object_get_string(bn))) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                                   "NBD export '%s': bitmaps: no in-memory bitmap of that node below the exported one", id);
-                return false;
-            }
-            b = bname;
-        }
-        if (n > 1 || (b && !json_object_is_type(b, json_type_string))) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                               "NBD export '%s': bitmaps: vbd exports at most one bitmap of the exported node, "
-                               "given by name",
-                               id);
-            return false;
-        }
-        if (b)
-            json_object_object_add(opts, "bitmap", json_object_get(b));
-        json_object_object_del(args, "bitmaps");
-    }
+    struct json_object *iot;
     if (json_object_object_get_ex(args, "iothread", &iot)) {
         const char *name = json_object_is_type(iot, json_type_string) ? json_object_get_string(iot) : NULL;
         struct json_object *fixed;
@@ -290,7 +261,7 @@ static bool nbd_export_opts(struct json_object *args, const char *id, struct jso
     }
     json_object_object_del(args, "iothread");
     json_object_object_del(args, "fixed-iothread");
-    return true; /* writethrough goes on to --export's key of that name */
+    return true; /* writethrough and bitmaps go on to --export's keys of those names */
 }
 
 /* vhost-user-blk: addr is QMP's flat SocketAddress {"type":"unix","path":...}. */

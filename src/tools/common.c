@@ -166,9 +166,11 @@ static bool is_open_errno(const struct vbd_error *err)
 {
     const char *tail = strerror(err->code);
     size_t ml = strlen(err->msg), tl = strlen(tail);
-    /* a directory reads as qemu's single 'file' driver message would */
-    return err->code != EISDIR && !strncmp(err->msg, "Could not open '", 16) && ml > tl + 3 &&
-           !strcmp(err->msg + ml - tl, tail) && !strncmp(err->msg + ml - tl - 3, "': ", 3);
+    /* file-posix's refusal of a file of the wrong type is prefixed too */
+    if (strstr(err->msg, "' driver requires '"))
+        return true;
+    return !strncmp(err->msg, "Could not open '", 16) && ml > tl + 3 && !strcmp(err->msg + ml - tl, tail) &&
+           !strncmp(err->msg + ml - tl - 3, "': ", 3);
 }
 
 /* A lock conflict, as qemu-img reports it: the image it opened named

@@ -105,8 +105,10 @@ static void usage(void)
 
 /* qemu-nbd's settings, as its main() keeps them */
 static struct {
-    const char *bindto, *port, *sockpath, *fmt, *export_name, *description, *bitmap, *tlscreds, *tlsauthz;
+    const char *bindto, *port, *sockpath, *fmt, *export_name, *description, *tlscreds, *tlsauthz;
     const char *tlshostname, *pid_file, *snapshot, *filename;
+    const char **bitmaps; /* -B, in the order given: one meta context each */
+    size_t nbitmaps;
     char *detect_zeroes;
     uint64_t offset;
     int shared;
@@ -275,9 +277,8 @@ static void parse_args(int argc, char **argv)
             break;
         case 'A': o.alloc_depth = true; break;
         case 'B':
-            if (o.bitmap) /* qemu-nbd takes several; the server exports one */
-                FAIL("-B/--bitmap: vbd-nbd exports one bitmap ('%s' and '%s' given)", o.bitmap, optarg);
-            o.bitmap = optarg;
+            o.bitmaps = vbd_xrealloc(o.bitmaps, (o.nbitmaps + 1) * sizeof(*o.bitmaps));
+            o.bitmaps[o.nbitmaps++] = optarg;
             break;
         case 'k':
             o.sockpath = optarg;
@@ -572,10 +573,10 @@ static int start_server(void)
 static int add_export(struct vbd_node *n)
 {
     struct vbd_error *err = NULL;
-    if (o.bitmap) {
+    for (size_t i = 0; i < o.nbitmaps; i++) {
         uint64_t pnum;
-        if (vbd_node_co_bitmap_status(n, o.bitmap, 0, n->size ? n->size : 1, &pnum) == -ENOENT) {
-            vbd_error_report("Bitmap '%s' is not found", o.bitmap); /* qemu-nbd's words */
+        if (vbd_node_co_bitmap_status(n, o.bitmaps[i], 0, n->size ? n->size : 1, &pnum) == -ENOENT) {
+            vbd_error_report("Bitmap '%s' is not found", o.bitmaps[i]); /* qemu-nbd's words */
             return -1;
         }
     }
@@ -590,8 +591,12 @@ static int add_export(struct vbd_node *n)
     json_object_object_add(eo, "allocation-depth", json_object_new_boolean(o.alloc_depth));
     /* qemu-nbd's --cache=writethrough/directsync: the export's write cache off */
     json_object_object_add(eo, "writethrough", json_object_new_boolean(o.writethrough));
-    if (o.bitmap)
-        json_object_object_add(eo, "bitmap", json_object_new_string(o.bitmap));
+    if (o.nbitmaps) {
+        struct json_object *list = json_object_new_array();
+        for (size_t i = 0; i < o.nbitmaps; i++)
+            json_object_array_add(list, json_object_new_string(o.bitmaps[i]));
+        json_object_object_add(eo, "bitmaps", list);
+    }
     int rc = vbd_daemon_export_add(eo, "vbd-nbd", &err);
     json_object_put(eo);
     if (rc < 0) {
@@ -684,5 +689,6 @@ int main(int argc, char **argv)
     vbd_tls_creds_remove_all();
     vbd_authz_remove_all();
     free(o.detect_zeroes);
+    free(o.bitmaps);
     return rc_main;
 }

@@ -7,7 +7,12 @@ qemu-img create -q -f raw "$T/ok.raw" 1M
 must_fail_with "Could not open '$T/missing'" "$VBD_IMG" info "$T/missing"
 must_fail_with "No such file or directory" "$VBD_IO" -c 'read 0 512' "$T/missing"
 mkdir "$T/dir"
-must_fail_with "Is a directory" "$VBD_IMG" info "$T/dir"
+# qemu-img's words: read-only, a directory is not a regular file; read-write, open(2) fails
+must_fail_with "Could not open '$T/dir': 'file' driver requires '$T/dir' to be a regular file" "$VBD_IMG" info "$T/dir"
+must_fail_with "Could not open '$T/dir': Could not open '$T/dir': Is a directory" "$VBD_IMG" resize "$T/dir" 1M
+# a character device is opened by host_device, as qemu-img's probe does: size 0
+[ "$("$VBD_IMG" info --output=json /dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" = 0 ] ||
+    fail "vbd-img info /dev/null"
 must_fail_with "Unknown driver 'foo'" "$VBD_IMG" info -f foo "$T/ok.raw"
 must_fail_with "Unknown file format 'foo'" "$VBD_IMG" create -f foo "$T/new" 1M
 must_fail_with "does not support the option 'bogus'" "$VBD_IO" --image-opts -c 'length' "driver=raw,bogus=1,file.filename=$T/ok.raw"

@@ -59,6 +59,57 @@ grep -q '"errors": 0,' "$T/r.json" || fail "no read error expected: $(cat "$T/r.
 grep -q "stopped requests went through" "$T/daemon.log" || fail "no retry in the log: $(cat "$T/daemon.log")"
 stop_daemon
 
+step "an error rule stays active after its event: a write_aio rule fails the reads after a write too (as QEMU)"
+io_diff "$B,file.inject-error.0.event=write_aio,file.inject-error.0.errno=5" "read 0 4k" "write 0 4k" "read 0 4k" "read 8k 4k"
+[ "$(grep -c "failed" "$T/v.out")" = 3 ] || fail "the write and the reads after it must fail"
+
+step "... until another event fires an error rule: then only that one is active (as QEMU)"
+io_diff "$B,file.inject-error.0.event=write_aio,file.inject-error.0.errno=5,file.inject-error.1.event=read_aio,file.inject-error.1.errno=28,file.inject-error.1.sector=2000" \
+    "read 0 4k" "write 0 4k" "write 8k 4k" "read 0 4k" "read 1000k 4k" "write 1000k 4k"
+[ "$(grep -c "failed" "$T/v.out")" = 4 ] || fail "the writes and the read of sector 2000 must fail"
+
+step "set-state and state: a rule fires in its state only; the first write fires the write rule and moves the node to state 2, where reads fire the read rule (as QEMU)"
+io_diff "$B,file.set-state.0.event=write_aio,file.set-state.0.state=1,file.set-state.0.new_state=2,file.inject-error.0.event=write_aio,file.inject-error.0.state=1,file.inject-error.0.errno=28,file.inject-error.1.event=read_aio,file.inject-error.1.state=2,file.inject-error.1.errno=5" \
+    "read 0 4k" "write 0 4k" "write 0 4k" "read 0 4k" "read 8k 4k"
+[ "$(grep -c "failed" "$T/v.out")" = 4 ] || fail "two writes (the rule fired in state 1 stays active) and two reads must fail"
+
+step "align, max-transfer, opt/max-write-zero, opt/max-discard: accepted, and the data as QEMU's"
+L="$B,file.align=4096,file.max-transfer=65536,file.opt-write-zero=8192,file.max-write-zero=16384,file.opt-discard=8192,file.max-discard=65536"
+io_diff "$L" "write -P 0x5a 1000 200k" "read -P 0x5a 1000 200k" "write -z 300k 100k" "read -P 0 300k 100k" "read -P 0x5a 4096 8k"
+
+step "limits QEMU cannot meet: refused with QEMU's words"
+for bad in max-transfer=1000 max-transfer=3G opt-write-zero=6144 opt-write-zero=8192,file.max-write-zero=12288 \
+    opt-discard=100 opt-discard=8192,file.max-discard=12288; do
+    key=${bad##*file.}
+    key=${key%%=*}
+    o="$B,file.align=4096,file.$bad"
+    q=$(qemu-io --image-opts "$o" -c "read 0 512" 2>&1) && fail "qemu-io took $bad"
+    v=$("$VBD_IO" --image-opts "$o" -c "read 0 512" 2>&1) && fail "vbd-io took $bad"
+    [ "${q#qemu-io: }" = "${v#vbd-io: }" ] || fail "$bad: qemu-io: $q; vbd-io: $v"
+    case $v in *"Cannot meet constraints with $key"*) ;; *) fail "$bad: $v" ;; esac
+done
+
+if command -v qemu-storage-daemon >/dev/null && command -v nbdinfo >/dev/null; then
+    step "max-transfer over NBD: the block size maximum nbdinfo sees is qemu-storage-daemon's"
+    for d in q v; do
+        bin=qemu-storage-daemon
+        [ $d = v ] && bin=$VBD_DAEMON
+        rm -f "$T/$d.sock"
+        "$bin" --blockdev "driver=file,node-name=f,filename=$T/a.img" \
+            --blockdev "driver=blkdebug,node-name=b,image=f,max-transfer=65536" --blockdev driver=raw,node-name=r,file=b \
+            --nbd-server "addr.type=unix,addr.path=$T/$d.sock" --export type=nbd,id=e,node-name=r,name=r 2>"$T/$d.log" &
+        p=$!
+        wait_sock "$T/$d.sock"
+        nbdinfo --json "nbd+unix:///r?socket=$T/$d.sock" >"$T/$d.json" || fail "nbdinfo against $d: $(cat "$T/$d.log")"
+        kill -TERM $p
+        wait $p
+        grep -o '"block_size_[a-z]*": [0-9]*' "$T/$d.json" >"$T/$d.bs"
+    done
+    cat "$T/v.bs"
+    grep -q '"block_size_maximum": 65536' "$T/q.bs" || fail "qsd: not the max-transfer: $(cat "$T/q.bs")"
+    diff "$T/q.bs" "$T/v.bs" || fail "the block sizes differ from qsd's"
+fi
+
 step "bad rules: one-line errors"
 must_fail_with "'l1_update' is not an event vbd's blkdebug fires" "$VBD_IO" --image-opts \
     "$B,file.inject-error.0.event=l1_update" -c "read 0 512"
@@ -70,6 +121,8 @@ must_fail_with "Parameter 'inject-error.0.event' is missing" "$VBD_IO" --image-o
     "$B,file.inject-error.0.errno=5" -c "read 0 512"
 must_fail_with "blkdebug inject-error.0 does not support the option 'bogus'" "$VBD_IO" --image-opts \
     "$B,file.inject-error.0.event=read_aio,file.inject-error.0.bogus=1" -c "read 0 512"
+must_fail_with "Parameter 'set-state.0.new_state' is missing" "$VBD_IO" --image-opts \
+    "$B,file.set-state.0.event=read_aio" -c "read 0 512"
 must_fail_with "A block device must be specified for \"image\"" "$VBD_IO" --image-opts \
     "driver=blkdebug" -c "read 0 512"
 echo OK

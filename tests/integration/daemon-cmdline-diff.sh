@@ -8,7 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon
 cd "$T"
-mkdir -p qsd vbd
+mkdir -p qsd/dir vbd/dir
 truncate -s 1M qsd/disk.raw vbd/disk.raw
 
 # run NAME BIN ARGS...: stderr normalised in $T/NAME.err, status in $T/NAME.rc
@@ -57,6 +57,16 @@ extra
 --blockdev driver=file,node-name=x
 --blockdev driver=file,node-name=x,filename=/nonexistent/vbd
 --blockdev driver=file,node-name=x,filename={D}/disk.raw --blockdev driver=file,node-name=x,filename={D}/disk.raw
+# what the file and host_device drivers take: a directory (opened for
+# writing: EISDIR; read-only: not a regular file), a character device, a file
+--blockdev driver=file,node-name=x,filename={D}/dir
+--blockdev driver=file,node-name=x,filename={D}/dir,read-only=on
+--blockdev driver=file,node-name=x,filename=/dev/null
+--blockdev driver=file,node-name=x,filename=/dev/zero,read-only=on
+--blockdev driver=host_device,node-name=x,filename={D}/disk.raw
+--blockdev driver=host_device,node-name=x,filename={D}/dir
+--blockdev driver=host_device,node-name=x,filename={D}/dir,read-only=on
+--blockdev driver=host_device,node-name=x,filename={D}/nofile
 --export type=nbd,id=e,node-name=zz
 --nbd-server addr.type=unix
 --object foo,id=x
@@ -133,6 +143,55 @@ extra
 --object id=x
 --object qom-type=iothread
 CASES
+
+# a file the user may not open (root opens anything: run as nobody)
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && setpriv --reuid=nobody --regid=nogroup --clear-groups true 2>/dev/null; then
+    chmod 755 "$T" qsd vbd
+    for d in qsd vbd; do
+        cp $d/disk.raw $d/private.raw
+        chmod 600 $d/private.raw
+    done
+    for ro in off on; do
+        for d in qsd vbd; do
+            bin=qemu-storage-daemon
+            [ $d = qsd ] || bin=$VBD_DAEMON
+            run $d setpriv --reuid=nobody --regid=nogroup --clear-groups "$bin" \
+                --blockdev "driver=file,node-name=x,filename=$T/$d/private.raw,read-only=$ro"
+        done
+        if [ "$(cat qsd.rc)" != "$(cat vbd.rc)" ] || ! cmp -s qsd.err vbd.err; then
+            echo "DIFF a file nobody may open (read-only=$ro): status qsd $(cat qsd.rc), vbd $(cat vbd.rc)"
+            diff qsd.err vbd.err | sed 's/^/    /'
+            ndiff=$((ndiff + 1))
+        fi
+        grep -q "Permission denied" vbd.err || fail "EACCES: $(cat vbd.err)"
+    done
+fi
+
+# host_device on a character device is taken (QEMU's hdev): /dev/null and
+# /dev/zero, under raw, exported over NBD: what nbdinfo sees is alike
+# (size 0: where lseek(SEEK_END) lands)
+if command -v nbdinfo >/dev/null; then
+    for dev in /dev/null /dev/zero; do
+        for d in qsd vbd; do
+            bin=qemu-storage-daemon
+            [ $d = qsd ] || bin=$VBD_DAEMON
+            rm -f $d/c.sock
+            "$bin" --blockdev driver=host_device,node-name=h,filename=$dev --blockdev driver=raw,node-name=r,file=h \
+                --nbd-server addr.type=unix,addr.path="$T/$d/c.sock" --export type=nbd,id=e,node-name=r,name=r,writable=on \
+                2>$d.dev.log &
+            p=$!
+            on_exit "kill -9 $p 2>/dev/null"
+            for _ in $(seq 600); do [ -S $d/c.sock ] && break; kill -0 $p 2>/dev/null || break; sleep 0.05; done
+            nbdinfo --json "nbd+unix:///r?socket=$T/$d/c.sock" | grep -v '"uri"' >$d.dev.json ||
+                fail "$d: host_device $dev not served: $(cat $d.dev.log)"
+            kill -TERM $p
+            wait $p || fail "$d: host_device $dev: exit status $? after SIGTERM: $(cat $d.dev.log)"
+        done
+        ! grep -q -e Sanitizer -e 'runtime error' vbd.dev.log || fail "sanitizer report: $(cat vbd.dev.log)"
+        grep -q '"export-size": 0' vbd.dev.json || fail "host_device $dev: $(cat vbd.dev.json)"
+        diff qsd.dev.json vbd.dev.json || fail "host_device $dev: nbdinfo sees another export than qsd's"
+    done
+fi
 
 # --pidfile of a daemon that runs: the file is locked, a second daemon
 # given it refuses to start (qsd's words) and leaves it alone; made 0600

@@ -1,7 +1,7 @@
 #!/bin/bash
 # An NBD export with bitmap=NAME: the qcow2 image's persistent dirty bitmap
 # is served as the meta context qemu:dirty-bitmap:NAME, as qemu-nbd -B and
-# qemu-storage-daemon's bitmap= do. nbdinfo reads the same dirty map from
+# qemu-storage-daemon's bitmaps list do (several: bitmaps.0=A,bitmaps.1=B). nbdinfo reads the same dirty map from
 # vbd-daemon as from qemu-nbd; writes through the export show up in it and
 # are in the image's bitmap after the daemon stops.
 . "$(dirname "$0")/lib.sh"
@@ -50,6 +50,31 @@ nbdinfo --map=qemu:dirty-bitmap:b0 "nbd+unix:///disk?socket=$T/v.sock" | grep -q
 kill $vpid; wait $vpid 2>/dev/null
 qcheck bm.qcow2
 qemu_map b0 | grep -q "^ *52428800 *65536 *1" || fail "the write at 50M is not in the stored bitmap"
+
+if command -v qemu-storage-daemon >/dev/null; then
+    step "bitmaps.0=coarse,bitmaps.1=b0 (qsd's list): both contexts, listed in that order, mapped as qemu-storage-daemon maps them"
+    for d in q v; do
+        bin=qemu-storage-daemon
+        [ $d = v ] && bin=$VBD_DAEMON
+        rm -f $d.sock
+        "$bin" --blockdev driver=file,node-name=f0,filename=bm.qcow2 --blockdev driver=qcow2,node-name=d0,file=f0 \
+            --nbd-server addr.type=unix,addr.path="$T/$d.sock" \
+            --export type=nbd,id=e0,node-name=d0,name=disk,writable=on,bitmaps.0=coarse,bitmaps.1=b0 2>$d.log &
+        p=$!
+        wait_sock "$T/$d.sock"
+        u="nbd+unix:///disk?socket=$T/$d.sock"
+        nbdinfo --json --list "$u" | python3 -c 'import json,sys; print(json.load(sys.stdin)["exports"][0]["contexts"])' >$d.ctx ||
+            fail "nbdinfo --list against $d: $(cat $d.log)"
+        for b in coarse b0; do nbdinfo --map=qemu:dirty-bitmap:$b "$u" >$d.$b.map || fail "--map $b against $d"; done
+        kill -TERM $p
+        wait $p || fail "$d exited with $? after SIGTERM: $(cat $d.log)"
+    done
+    cat v.ctx
+    grep -q "'qemu:dirty-bitmap:coarse', 'qemu:dirty-bitmap:b0'" v.ctx || fail "not both bitmaps, in order: $(cat v.ctx)"
+    diff q.ctx v.ctx || fail "the contexts listed differ from qsd's"
+    for b in coarse b0; do diff -u q.$b.map v.$b.map || fail "bitmap $b: the map differs from qsd's"; done
+    ! grep -q Sanitizer v.log || fail "sanitizer report: $(cat v.log)"
+fi
 
 step "a bitmap that does not exist: a clear error, no export"
 out=$("$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename=bm.qcow2 --blockdev driver=qcow2,node-name=d0,file=f0 \

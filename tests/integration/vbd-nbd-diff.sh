@@ -127,7 +127,9 @@ mk_images() { # the same raw and qcow2 (with data, zeroes, a bitmap) in q/ and v
     qemu-io -f qcow2 -c "write -P 0x33 1M 1M" q/base.qcow2 >/dev/null
     qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 q/img.qcow2
     qemu-img bitmap --add q/img.qcow2 b0
-    qemu-io -f qcow2 -c "write -P 0x44 0 64k" -c "write -z 2M 128k" -c "write -P 0x55 6M 192k" q/img.qcow2 >/dev/null
+    qemu-io -f qcow2 -c "write -P 0x44 0 64k" q/img.qcow2 >/dev/null
+    qemu-img bitmap --add --granularity 128k q/img.qcow2 b1 # a second bitmap, with other dirty extents
+    qemu-io -f qcow2 -c "write -z 2M 128k" -c "write -P 0x55 6M 192k" -c "write -P 0x66 7M 64k" q/img.qcow2 >/dev/null
     cp --sparse=always q/* v/
 }
 
@@ -168,6 +170,71 @@ for tcp in 0 1; do
     for k in q v; do
         ! qemu-io -f raw -c "write -P 1 0 4k" "$(uri $k)" >/dev/null 2>&1 || fail "$k: a write to the -r export worked"
     done
+    stop
+
+    step "tcp=$tcp qcow2 -r -A -B b1 -B b0 -B b1: a context per bitmap, listed, selected and answered alike"
+    both $(addr) -f qcow2 -r -t -A -B b1 -B b0 -B b1 {D}/img.qcow2
+    info_same "qcow2 -A -B b1 -B b0 -B b1 --list --content" --list --content @
+    map_same qemu:dirty-bitmap:b0
+    map_same qemu:dirty-bitmap:b1
+    map_same base:allocation
+    # qemu-img's NBD client: base:allocation and a bitmap in one block status
+    for k in q v; do
+        if [ $tcp = 1 ]; then srv="server.type=inet,server.host=127.0.0.1,server.port=${port[$k]}"; else srv="server.type=unix,server.path=$T/$k/s.sock"; fi
+        qemu-img map --output=json --image-opts "driver=nbd,$srv,x-dirty-bitmap=qemu:dirty-bitmap:b1" >$k.qmap ||
+            fail "qemu-img map x-dirty-bitmap against $k"
+    done
+    cmp -s q.qmap v.qmap || { diff q.qmap v.qmap; fail "qemu-img map x-dirty-bitmap=qemu:dirty-bitmap:b1 differs"; }
+    grep -q '"data": false' v.qmap && grep -q '"data": true' v.qmap || fail "x-dirty-bitmap: not both dirty and clean: $(cat v.qmap)"
+    # the meta context options byte for byte (ids aside: each server picks
+    # its own): LIST by namespace, SET of every context in another order
+    # (the replies come in the server's order), block status for all five
+    # (more chunks than a batch), with and without REQ_ONE
+    for k in q v; do
+        if [ $tcp = 1 ]; then a=tcp:${port[$k]}; else a=$T/$k/s.sock; fi
+        python3 - "$a" >$k.meta <<'PY' || fail "the meta context exchange with $k failed"
+import struct, sys
+import nbdproto as p
+LIST, SET, CMD_BLOCK_STATUS, FLAG_REQ_ONE = 9, 10, 7, 8
+s = p.connect(sys.argv[1], timeout=60)
+magic, ihaveopt, _ = struct.unpack('>QQH', p.recvn(s, 18))
+s.sendall(struct.pack('>I', p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
+def meta(opt, queries):
+    data = struct.pack('>I', 0) + struct.pack('>I', len(queries))
+    for q in queries:
+        data += struct.pack('>I', len(q)) + q.encode()
+    return [(struct.unpack('>I', pl[:4])[0], pl[4:].decode()) for t, pl in p.option(s, opt, data)]
+# before structured replies: a LIST is answered, a SET refused
+print('list/unstructured', [n for _, n in meta(LIST, [])])
+try:
+    meta(SET, ['base:allocation'])
+    print('set/unstructured accepted')
+except RuntimeError:
+    print('set/unstructured refused')
+p.option(s, p.OPT_STRUCTURED_REPLY)
+for qs in ([], ['qemu:'], ['qemu:dirty-bitmap:'], ['base:'], ['qemu:dirty-bitmap:b1', 'base:allocation'],
+           ['qemu:dirty-bitmap:nope', 'qemu:dirty-', 'other:x']):
+    print('list', qs, [n for _, n in meta(LIST, qs)])
+ids = dict((i, n) for i, n in meta(SET, ['qemu:dirty-bitmap:b1', 'qemu:dirty-bitmap:b0', 'qemu:allocation-depth',
+                                         'base:allocation', 'qemu:dirty-bitmap:b1']))
+print('set', list(ids.values()))
+p.option(s, p.OPT_GO, struct.pack('>IH', 0, 0))
+size = 8 << 20
+for cookie, flags in ((1, 0), (2, FLAG_REQ_ONE)):
+    s.sendall(p.request(CMD_BLOCK_STATUS, cookie, 0, size, flags))
+    while True:
+        magic, fl, typ, ck, ln = struct.unpack('>IHHQI', p.recvn(s, 20))
+        pl = p.recvn(s, ln)
+        assert magic == p.STRUCTURED_REPLY_MAGIC and ck == cookie and typ == 5, (hex(magic), ck, typ, pl)
+        cid = struct.unpack('>I', pl[:4])[0]
+        ext = [struct.unpack('>II', pl[i:i + 8]) for i in range(4, len(pl), 8)]
+        print('status', flags, ids[cid], ext)
+        if fl & p.REPLY_FLAG_DONE:
+            break
+s.sendall(p.request(p.CMD_DISC, 9, 0, 0))
+PY
+    done
+    cmp -s q.meta v.meta || { diff q.meta v.meta; fail "the meta context exchange differs"; }
     stop
 
     step "tcp=$tcp -s over raw and qcow2: writes go to a temporary overlay, the images untouched"

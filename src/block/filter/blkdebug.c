@@ -4,15 +4,26 @@
  * chosen errno, for tests of error paths (werror/rerror, job error
  * policies) without tricks on the host. Options as QEMU's
  * BlockdevOptionsBlkdebug: the child is "image", the rules
- * inject-error.N.{event,iotype,errno,sector,once}. vbd's drivers emit no
- * debug events of their own, so an event names the request that triggers
- * the rule: read_aio a read, write_aio a write (zeroing and discard
- * included), flush_to_disk a flush; iotype narrows it (read, write,
- * write-zeroes, discard, flush). sector: only requests covering that 512-byte
- * sector (-1: any). once: the rule fires once, then is spent. vbd's own
- * x-skip=N lets the first N matching requests through: the (N+1)th fails.
+ * inject-error.N.{event,state,iotype,errno,sector,once} and
+ * set-state.N.{event,state,new_state}. vbd's drivers emit no debug events
+ * of their own, so the request that reaches this node is the event:
+ * read_aio a read, write_aio a write (zeroing and discard included),
+ * flush_to_disk a flush. As in QEMU 7.2, an event makes the error rules it
+ * names active (replacing those an earlier event made active) and the
+ * request, and those after it, fail by the active rules whose iotype
+ * (default: read, write, write-zeroes, discard, flush) and sector (-1:
+ * any) they match; once: a rule that failed a request is spent. The node
+ * starts in state 1; a rule with state=N (0 or none: any) is live only in
+ * state N; set-state rules move it to new_state when their event fires.
+ * vbd's own x-skip=N lets the first N requests a rule would fail through.
+ * The limits align, max-transfer, opt-write-zero, max-write-zero,
+ * opt-discard and max-discard are checked as QEMU 7.2 checks them and set
+ * the node's limits, which the generic layer honours (requests aligned,
+ * split) and the NBD server advertises (NBD_INFO_BLOCK_SIZE); vbd has no
+ * write-zeroes alignment, so opt-write-zero only bounds max-write-zero.
  */
 #include "block/filter/passthrough.h"
+#include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
@@ -29,18 +40,72 @@ enum io_type { IO_READ, IO_WRITE, IO_WRITE_ZEROES, IO_DISCARD, IO_FLUSH, IO_BLOC
 static const char *const io_names[] = {"read", "write", "write-zeroes", "discard", "flush", "block-status", NULL};
 
 struct rule {
-    unsigned types; /* 1 << enum io_type */
-    int err;        /* positive errno */
+    unsigned events;  /* the requests (1 << enum io_type) that fire its event */
+    unsigned iotypes; /* the requests it fails while active */
+    bool active;      /* its event fired (and no other error rule's since) */
+    int err;        /* positive errno; 0: a set-state rule */
+    uint64_t state, new_state; /* live only in state (0: any); set-state: moves to new_state */
     int64_t sector; /* -1: any */
     bool once, spent;
     uint64_t skip;  /* matching requests still to let through */
 };
 
 struct blkdebug_state {
-    pthread_mutex_t lock; /* rules' counters: requests come from several loops */
+    pthread_mutex_t lock; /* rules' counters and the state: requests come from several loops */
     struct rule *rules;
     int nrules;
+    uint64_t state; /* QEMU's: 1 at open */
 };
+
+/* event= in both kinds of rules: the request types it names */
+static int parse_event(const char *event, const char *path, unsigned *events, struct vbd_error **err)
+{
+    if (!event) {
+        vbd_error_setf(err, EINVAL, "Parameter '%s.event' is missing", path);
+        return -EINVAL;
+    }
+    if (!strcmp(event, "read_aio"))
+        *events = 1u << IO_READ;
+    else if (!strcmp(event, "write_aio"))
+        *events = 1u << IO_WRITE | 1u << IO_WRITE_ZEROES | 1u << IO_DISCARD;
+    else if (!strcmp(event, "flush_to_disk"))
+        *events = 1u << IO_FLUSH;
+    else {
+        vbd_error_setf(err, EINVAL,
+                       "%s.event: '%s' is not an event vbd's blkdebug fires (read_aio, write_aio, flush_to_disk)",
+                       path, event);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int parse_set_state(struct json_object *o, const char *path, struct rule *r, struct vbd_error **err)
+{
+    char *event = NULL;
+    uint64_t state = 0, new_state = 0;
+    int has_new = 0;
+    if (vbd_opt_take_str(o, "event", &event, err) < 0 || vbd_opt_take_u64(o, "state", &state, err) < 0 ||
+        (has_new = vbd_opt_take_u64(o, "new_state", &new_state, err)) < 0) {
+        free(event);
+        return -EINVAL;
+    }
+    int rc = -EINVAL;
+    char what[160];
+    snprintf(what, sizeof(what), "blkdebug %s", path);
+    if (vbd_opts_check_empty(o, what, err) < 0 || parse_event(event, path, &r->events, err) < 0)
+        goto out;
+    if (!has_new) {
+        vbd_error_setf(err, EINVAL, "Parameter '%s.new_state' is missing", path);
+        goto out;
+    }
+    r->state = state;
+    r->new_state = new_state;
+    r->sector = -1;
+    rc = 0;
+out:
+    free(event);
+    return rc;
+}
 
 static int parse_rule(struct json_object *o, const char *path, struct rule *r, struct vbd_error **err)
 {
@@ -67,28 +132,20 @@ static int parse_rule(struct json_object *o, const char *path, struct rule *r, s
         free(iotype);
         return -EINVAL;
     }
-    vbd_opt_take_u64(o, "state", &(uint64_t){0}, NULL);
+    uint64_t state = 0;
+    if (vbd_opt_take_u64(o, "state", &state, err) < 0) {
+        free(event);
+        free(iotype);
+        return -EINVAL;
+    }
+    r->state = state;
     int rc = -EINVAL;
     char what[160];
     snprintf(what, sizeof(what), "blkdebug %s", path);
-    if (vbd_opts_check_empty(o, what, err) < 0)
+    if (vbd_opts_check_empty(o, what, err) < 0 || parse_event(event, path, &r->events, err) < 0)
         goto out;
-    if (!event) {
-        vbd_error_setf(err, EINVAL, "Parameter '%s.event' is missing", path);
-        goto out;
-    }
-    if (!strcmp(event, "read_aio"))
-        r->types = 1u << IO_READ;
-    else if (!strcmp(event, "write_aio"))
-        r->types = 1u << IO_WRITE | 1u << IO_WRITE_ZEROES | 1u << IO_DISCARD;
-    else if (!strcmp(event, "flush_to_disk"))
-        r->types = 1u << IO_FLUSH;
-    else {
-        vbd_error_setf(err, EINVAL,
-                       "%s.event: '%s' is not an event vbd's blkdebug fires (read_aio, write_aio, flush_to_disk)",
-                       path, event);
-        goto out;
-    }
+    /* QEMU 7.2's default: every type but block-status */
+    r->iotypes = 1u << IO_READ | 1u << IO_WRITE | 1u << IO_WRITE_ZEROES | 1u << IO_DISCARD | 1u << IO_FLUSH;
     if (iotype) {
         int t = -1;
         for (int i = 0; io_names[i]; i++)
@@ -98,7 +155,7 @@ static int parse_rule(struct json_object *o, const char *path, struct rule *r, s
             vbd_error_setf(err, EINVAL, "Parameter '%s.iotype' does not accept value '%s'", path, iotype);
             goto out;
         }
-        r->types = 1u << t;
+        r->iotypes = 1u << t;
     }
     if (e == 0 || e > 4095) {
         vbd_error_setf(err, EINVAL, "%s.errno: %llu is not an errno value", path, (unsigned long long)e);
@@ -115,42 +172,65 @@ out:
     return rc;
 }
 
-static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+/* Appends the rules of list key (inject-error or set-state): keyval gives
+ * {"0":{...},"1":{...}}, JSON an array. */
+static int take_rules(struct blkdebug_state *s, struct json_object *opts, const char *key, struct vbd_error **err)
 {
-    struct blkdebug_state *s = n->opaque;
-    struct json_object *rules = vbd_opt_take_obj(opts, "inject-error");
-    if (rules) {
-        /* keyval gives {"0":{...},"1":{...}}, JSON an array */
-        int count = json_object_is_type(rules, json_type_array) ? (int)json_object_array_length(rules)
-                    : json_object_is_type(rules, json_type_object) ? json_object_object_length(rules)
-                                                                    : -1;
-        if (count < 0) {
-            vbd_error_setf(err, EINVAL, "Parameter 'inject-error' expects a list of rules");
+    struct json_object *rules = vbd_opt_take_obj(opts, key);
+    if (!rules)
+        return 0;
+    bool array = json_object_is_type(rules, json_type_array);
+    int count = array ? (int)json_object_array_length(rules)
+                : json_object_is_type(rules, json_type_object) ? json_object_object_length(rules)
+                                                                : -1;
+    if (count < 0) {
+        vbd_error_setf(err, EINVAL, "Parameter '%s' expects a list of rules", key);
+        json_object_put(rules);
+        return -EINVAL;
+    }
+    s->rules = vbd_xrealloc(s->rules, (size_t)(s->nrules + count + 1) * sizeof(*s->rules));
+    memset(s->rules + s->nrules, 0, (size_t)(count + 1) * sizeof(*s->rules));
+    for (int i = 0; i < count; i++) {
+        char k[32], path[48];
+        snprintf(k, sizeof(k), "%d", i);
+        snprintf(path, sizeof(path), "%s.%d", key, i);
+        struct json_object *r = array ? json_object_array_get_idx(rules, i) : json_object_object_get(rules, k);
+        if (!r || !json_object_is_type(r, json_type_object)) {
+            vbd_error_setf(err, EINVAL, "Parameter '%s' expects a rule object", path);
             json_object_put(rules);
             return -EINVAL;
         }
-        s->rules = calloc((size_t)count + 1, sizeof(*s->rules));
-        for (int i = 0; i < count; i++) {
-            char key[32], path[48];
-            snprintf(key, sizeof(key), "%d", i);
-            snprintf(path, sizeof(path), "inject-error.%d", i);
-            struct json_object *r = json_object_is_type(rules, json_type_array) ? json_object_array_get_idx(rules, i)
-                                                                                : json_object_object_get(rules, key);
-            if (!r || !json_object_is_type(r, json_type_object)) {
-                vbd_error_setf(err, EINVAL, "Parameter '%s' expects a rule object", path);
-                json_object_put(rules);
-                return -EINVAL;
-            }
-            if (parse_rule(r, path, &s->rules[i], err) < 0) {
-                json_object_put(rules);
-                return -EINVAL;
-            }
+        struct rule *rule = &s->rules[s->nrules];
+        if ((!strcmp(key, "set-state") ? parse_set_state(r, path, rule, err) : parse_rule(r, path, rule, err)) < 0) {
+            json_object_put(rules);
+            return -EINVAL;
         }
-        s->nrules = count;
-        json_object_put(rules);
+        s->nrules++;
     }
-    /* QEMU takes these; the limits they set are not emulated by vbd */
-    uint64_t ignore = 0;
+    json_object_put(rules);
+    return 0;
+}
+
+/* One of the limits: 0 (none), or below INT_MAX and a multiple of align,
+ * else QEMU 7.2's blkdebug_open words. */
+static int take_limit(struct json_object *opts, const char *key, uint64_t align, uint64_t *out, struct vbd_error **err)
+{
+    *out = 0;
+    if (vbd_opt_take_size(opts, key, out, err) < 0)
+        return -EINVAL;
+    if (*out && (*out >= INT_MAX || *out % align)) {
+        vbd_error_setf(err, EINVAL, "Cannot meet constraints with %s %llu", key, (unsigned long long)*out);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct blkdebug_state *s = n->opaque;
+    s->state = 1;
+    if (take_rules(s, opts, "inject-error", err) < 0 || take_rules(s, opts, "set-state", err) < 0)
+        return -EINVAL;
     char *config = NULL;
     if (vbd_opt_take_str(opts, "config", &config, err) < 0)
         return -EINVAL;
@@ -159,17 +239,36 @@ static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags,
         free(config);
         return -ENOTSUP;
     }
-    if (vbd_opt_take_u64(opts, "align", &ignore, err) < 0)
+    uint64_t align = 0;
+    if (vbd_opt_take_size(opts, "align", &align, err) < 0)
         return -EINVAL;
     n->file = vbd_open_child(n, opts, "image", NULL, flags, err);
     if (!n->file)
         return -EINVAL;
     /* QEMU 7.2's blkdebug_open: an alignment it could not honour is refused (0: none) */
-    if (ignore && (ignore >= INT_MAX || (ignore & (ignore - 1)))) {
-        vbd_error_setf(err, EINVAL, "Cannot meet constraints with align %llu", (unsigned long long)ignore);
+    if (align && (align >= INT_MAX || (align & (align - 1)))) {
+        vbd_error_setf(err, EINVAL, "Cannot meet constraints with align %llu", (unsigned long long)align);
         return -EINVAL;
     }
     vbd_filter_inherit(n);
+    uint64_t a = align > n->bl.request_alignment ? align : n->bl.request_alignment;
+    uint64_t max_transfer, opt_wz, max_wz, opt_discard, max_discard;
+    if (take_limit(opts, "max-transfer", a, &max_transfer, err) < 0 ||
+        take_limit(opts, "opt-write-zero", a, &opt_wz, err) < 0 ||
+        take_limit(opts, "max-write-zero", opt_wz > a ? opt_wz : a, &max_wz, err) < 0 ||
+        take_limit(opts, "opt-discard", a, &opt_discard, err) < 0 ||
+        take_limit(opts, "max-discard", opt_discard > a ? opt_discard : a, &max_discard, err) < 0)
+        return -EINVAL;
+    /* QEMU's blkdebug_refresh_limits: what is given replaces the child's */
+    n->bl.request_alignment = (uint32_t)a;
+    if (max_transfer)
+        n->bl.max_transfer = max_transfer;
+    if (max_wz)
+        n->bl.max_pwrite_zeroes = max_wz;
+    if (opt_discard)
+        n->bl.pdiscard_alignment = (uint32_t)opt_discard;
+    if (max_discard)
+        n->bl.max_pdiscard = max_discard;
     snprintf(n->filename, sizeof(n->filename), "blkdebug::%s", n->file->filename);
     return 0;
 }
@@ -191,7 +290,9 @@ static int blkdebug_open(struct vbd_node *n, struct json_object *opts, unsigned 
     return rc;
 }
 
-/* The errno of the first rule this request triggers, or 0. */
+/* The request is the event: the rules it fires (error rules become the
+ * active ones, set-state rules move the state), then the errno of the
+ * first active rule that fails it, or 0. */
 static int check(struct vbd_node *n, enum io_type t, uint64_t off, uint64_t bytes)
 {
     struct blkdebug_state *s = n->opaque;
@@ -199,21 +300,40 @@ static int check(struct vbd_node *n, enum io_type t, uint64_t off, uint64_t byte
         return 0;
     int rc = 0;
     pthread_mutex_lock(&s->lock);
+    uint64_t new_state = s->state;
+    bool fired = false;
+    for (int i = 0; i < s->nrules; i++) {
+        struct rule *r = &s->rules[i];
+        if (!(r->events & (1u << t)) || (r->state && r->state != s->state))
+            continue;
+        if (!r->err) {
+            new_state = r->new_state; /* set-state */
+        } else if (!r->spent) {
+            if (!fired)
+                for (int k = 0; k < s->nrules; k++)
+                    s->rules[k].active = false;
+            fired = true;
+            r->active = true;
+        }
+    }
+    s->state = new_state;
     for (int i = 0; i < s->nrules && !rc; i++) {
         struct rule *r = &s->rules[i];
-        if (r->spent || !(r->types & (1u << t)))
+        if (!r->active || !(r->iotypes & (1u << t)))
             continue;
-        if (r->sector >= 0 && t != IO_FLUSH) {
+        if (r->sector >= 0) { /* a flush covers no sector */
             uint64_t so = (uint64_t)r->sector * 512;
-            if (so + 512 <= off || so >= off + bytes)
+            if (!bytes || so + 512 <= off || so >= off + bytes)
                 continue;
         }
         if (r->skip) {
             r->skip--;
             continue;
         }
-        if (r->once)
+        if (r->once) {
             r->spent = true;
+            r->active = false;
+        }
         rc = -r->err;
     }
     pthread_mutex_unlock(&s->lock);

@@ -41,6 +41,7 @@ static const char *const perm_names[] = {"consistent read", "write", "write unch
 struct file_state {
     int fd;
     bool is_blockdev;
+    bool is_chardev; /* host_device on a character device */
     enum vbd_aio aio;
     bool direct;
     bool in_memory; /* tmpfs: even O_DIRECT is a memcpy */
@@ -260,18 +261,22 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     struct statfs sfs;
     bool fs_ok = fstatfs(s->fd, &sfs) == 0;
     s->in_memory = fs_ok && sfs.f_type == TMPFS_MAGIC;
-    if (S_ISDIR(st.st_mode)) {
-        vbd_error_setf(err, EISDIR, "Could not open '%s': Is a directory", filename);
-        goto fail;
-    }
     /* after open(2), as QEMU's raw_open_common: a missing file is reported first */
     if ((flags & VBD_OPEN_AIO_NATIVE) && !(flags & VBD_OPEN_NOCACHE)) {
         vbd_error_setf(err, EINVAL, "aio=native was specified, but it requires cache.direct=on, which was not specified.");
         goto fail;
     }
+    /* QEMU 7.2's raw_open_common: host_device takes a character or block
+     * device, file a regular file (vbd's file takes a block device too: a
+     * wider door, no user of QEMU's is refused). A directory opened for
+     * writing failed above with EISDIR, as QEMU's. */
     if ((flags & VBD_OPEN_HOST_DEVICE) && !S_ISBLK(st.st_mode) && !S_ISCHR(st.st_mode)) {
         vbd_error_setf(err, ENOTBLK, "'host_device' driver requires '%s' to be either a character or block device",
                        filename);
+        goto fail;
+    }
+    if (!(flags & VBD_OPEN_HOST_DEVICE) && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        vbd_error_setf(err, EINVAL, "'file' driver requires '%s' to be a regular file", filename);
         goto fail;
     }
     if (S_ISBLK(st.st_mode)) {
@@ -288,8 +293,17 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
          * answer EOPNOTSUPP, and that turns it off */
         s->falloc_writes = s->inline_writes && !s->direct && fs_ok && sfs.f_type == EXT4_SUPER_MAGIC;
     } else {
-        vbd_error_setf(err, EINVAL, "Could not open '%s': not a regular file or block device", filename);
-        goto fail;
+        /* host_device on a character device (/dev/null, /dev/zero): as
+         * QEMU's hdev, its size is where lseek(SEEK_END) lands (0 for
+         * those two), and it is a device: no holes, no growth, no page
+         * cache to send from */
+        off_t end = lseek(s->fd, 0, SEEK_END);
+        if (end < 0) {
+            vbd_error_setf(err, errno, "Could not get the size of '%s': %s", filename, strerror(errno));
+            goto fail;
+        }
+        s->is_chardev = true;
+        vbd_node_set_size(n, (uint64_t)end);
     }
     if (flags & VBD_OPEN_NOCACHE) {
         uint32_t a = 512;
@@ -445,7 +459,7 @@ static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
             free(big);
         }
     }
-    if (rc == 0 && !s->is_blockdev)
+    if (rc == 0 && !s->is_blockdev && !s->is_chardev)
         grow_to(n, off + bytes);
     return rc;
 }
@@ -473,6 +487,8 @@ static long do_blk_ioctl(void *opaque)
 static int file_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     struct file_state *s = n->opaque;
+    if (s->is_chardev)
+        return -ENOTSUP;
     if (s->is_blockdev) {
         struct blk_ioctl b = {s->fd, BLKDISCARD, {off, bytes}};
         long rc = vbd_co_run_in_thread(do_blk_ioctl, &b);
@@ -487,6 +503,8 @@ static int file_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
 {
     struct file_state *s = n->opaque;
     int rc;
+    if (s->is_chardev)
+        return -ENOTSUP; /* written as zeroes by the generic layer */
     if (s->is_blockdev) {
         struct blk_ioctl b = {s->fd, BLKZEROOUT, {off, bytes}};
         rc = (int)vbd_co_run_in_thread(do_blk_ioctl, &b);
@@ -512,7 +530,7 @@ static int file_block_status(struct vbd_node *n, bool want_zero, uint64_t off, u
     struct file_state *s = n->opaque;
     *map = off;
     *file = n;
-    if (s->is_blockdev) {
+    if (s->is_blockdev || s->is_chardev) {
         *pnum = bytes;
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     }
@@ -584,7 +602,7 @@ static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
                          struct vbd_error **err)
 {
     struct file_state *s = n->opaque;
-    if (s->is_blockdev) {
+    if (s->is_blockdev || s->is_chardev) {
         if (size > vbd_node_size(n) || (exact && size != vbd_node_size(n))) {
             vbd_error_setf(err, ENOTSUP, "Cannot grow device files");
             return -ENOTSUP;
@@ -678,6 +696,13 @@ static int file_create(const char *filename, struct json_object *opts, struct vb
 static int file_refresh_size(struct vbd_node *n)
 {
     struct file_state *s = n->opaque;
+    if (s->is_chardev) {
+        off_t end = lseek(s->fd, 0, SEEK_END);
+        if (end < 0)
+            return -errno;
+        vbd_node_set_size(n, (uint64_t)end);
+        return 0;
+    }
     if (s->is_blockdev) {
         uint64_t size;
         if (ioctl(s->fd, BLKGETSIZE64, &size) < 0)
@@ -728,7 +753,7 @@ static int range_cached(int fd, uint64_t off, uint64_t bytes)
 static int file_page_cache_fd(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     struct file_state *s = n->opaque;
-    if (s->is_blockdev || (s->direct && !s->in_memory))
+    if (s->is_blockdev || s->is_chardev || (s->direct && !s->in_memory))
         return -1;
     /* A page that is not in memory would make the splice read the disk on
      * the server's loop thread (every other client of that loop waits);

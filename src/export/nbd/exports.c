@@ -6,12 +6,14 @@
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
+#include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 #include "vbd/nbd.h"
 #include "vbd/options.h"
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <string.h>
@@ -24,6 +26,104 @@ struct nbd_export *nbd_find_export(const char *name)
             return e;
     /* "" is the default export when there is just one, as with qemu-nbd */
     return !*name ? only : NULL;
+}
+
+static void free_bitmaps(char **names, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+/* One element of bitmaps: a bitmap name, or QEMU's {"node", "name"}
+ * naming the node that holds it, which vbd serves when that node is the
+ * exported one or below it (the source under a fleecing node), where the
+ * export finds it by name. The name is returned malloc'd. */
+static char *bitmap_elem(struct json_object *b, struct vbd_node *n, const char *id, struct vbd_error **err)
+{
+    if (json_object_is_type(b, json_type_string))
+        return vbd_xstrdup(json_object_get_string(b));
+    struct json_object *bn, *bname;
+    if (!json_object_is_type(b, json_type_object) || !json_object_object_get_ex(b, "node", &bn) ||
+        !json_object_object_get_ex(b, "name", &bname) || json_object_object_length(b) != 2) {
+        vbd_error_setf(err, EINVAL, "NBD export '%s': bitmaps: expected a bitmap name or {\"node\": ..., \"name\": ...}",
+                       id);
+        return NULL;
+    }
+    const char *node = json_object_get_string(bn), *name = json_object_get_string(bname);
+    struct vbd_node *owner = vbd_node_find(node), *found = NULL;
+    if (!owner) {
+        vbd_error_setf(err, ENOENT, "Node '%s' not found", node); /* QEMU's block_dirty_bitmap_lookup() */
+        return NULL;
+    }
+    if (!vbd_dirty_bitmap_find_below(n, name, &found) || found != owner) {
+        vbd_error_setf(err, ENOENT, "NBD export '%s': bitmaps: no in-memory bitmap '%s' of node '%s' at or below the "
+                       "exported node '%s'", id, name, node, n->node_name);
+        return NULL;
+    }
+    return vbd_xstrdup(name);
+}
+
+/* bitmaps: a list (JSON array, or keyval's bitmaps.0=A,bitmaps.1=B),
+ * after vbd's own bitmap=NAME if given; each must exist. */
+static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char *id, char *bitmap, char ***out,
+                        uint32_t *nout, struct vbd_error **err)
+{
+    struct json_object *list = vbd_opt_take_obj(opts, "bitmaps");
+    size_t count = 0;
+    bool array = list && json_object_is_type(list, json_type_array);
+    if (list && !array && !json_object_is_type(list, json_type_object)) {
+        vbd_error_setf(err, EINVAL, "Invalid parameter type for 'bitmaps', expected: array"); /* QEMU's words */
+        json_object_put(list);
+        free(bitmap);
+        return -EINVAL;
+    }
+    if (list)
+        count = array ? json_object_array_length(list) : (size_t)json_object_object_length(list);
+    char **names = vbd_xcalloc(count + 1, sizeof(*names));
+    uint32_t k = 0;
+    int rc = 0;
+    if (bitmap)
+        names[k++] = bitmap;
+    for (size_t i = 0; i < count; i++) {
+        char key[24];
+        struct json_object *b = NULL;
+        snprintf(key, sizeof(key), "%zu", i);
+        if (array)
+            b = json_object_array_get_idx(list, i);
+        else if (!json_object_object_get_ex(list, key, &b)) {
+            vbd_error_setf(err, EINVAL, "Parameter 'bitmaps.%zu' is missing", i); /* keyval's list with a gap */
+            rc = -EINVAL;
+            break;
+        }
+        if (!(names[k] = bitmap_elem(b, n, id, err))) {
+            rc = -EINVAL;
+            break;
+        }
+        k++;
+    }
+    json_object_put(list);
+    for (uint32_t i = 0; rc == 0 && i < k; i++) {
+        uint64_t pnum;
+        int st = strlen(names[i]) > NBD_MAX_NAME_LEN - 32
+                     ? -ENOENT
+                     : vbd_node_co_bitmap_status(n, names[i], 0, n->size ? n->size : 1, &pnum);
+        if (st == -ENOENT)
+            vbd_error_setf(err, ENOENT, "Bitmap '%s' is not found", names[i]); /* QEMU's nbd_export_create() */
+        else if (st < 0)
+            vbd_error_setf(err, -st, "NBD export '%s': cannot export the inconsistent bitmap '%s' on node '%s'", id,
+                           names[i], n->node_name);
+        rc = st < 0 ? st : 0;
+    }
+    if (rc < 0) {
+        for (uint32_t i = 0; i < k; i++)
+            free(names[i]);
+        free(names);
+        return rc;
+    }
+    *out = names;
+    *nout = k;
+    return 0;
 }
 
 static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd_error **err)
@@ -66,19 +166,12 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
                 vbd_error_setf(err, EEXIST, "Block export id '%s' is already in use", id);
             goto fail;
         }
-    if (bitmap) {
-        uint64_t pnum;
-        int st = vbd_node_co_bitmap_status(n, bitmap, 0, n->size ? n->size : 1, &pnum);
-        if (st == -ENOENT) {
-            vbd_error_setf(err, ENOENT, "Bitmap '%s' is not found", bitmap); /* QEMU's nbd_export_create() */
-            goto fail;
-        }
-        if (st < 0) {
-            vbd_error_setf(err, -st, "NBD export '%s': cannot export the inconsistent bitmap '%s' on node '%s'", id,
-                           bitmap, node);
-            goto fail;
-        }
-    }
+    char **bitmaps = NULL;
+    uint32_t nbitmaps = 0;
+    int brc = take_bitmaps(opts, n, id, bitmap, &bitmaps, &nbitmaps, err);
+    bitmap = NULL; /* taken (freed on failure) */
+    if (brc < 0)
+        goto fail;
     /* writethrough: every write is made durable before its reply (the
      * backend writes it with FUA), as QEMU's export with the BlockBackend's
      * write cache off (qemu-nbd --cache=writethrough/directsync) */
@@ -87,6 +180,7 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     struct vbd_backend *be = vbd_backend_new(n, &bo, err);
     if (!be) {
         vbd_error_prepend(err, "NBD export '%s': ", id);
+        free_bitmaps(bitmaps, nbitmaps);
         goto fail;
     }
     e = vbd_xcalloc(1, sizeof(*e));
@@ -94,8 +188,8 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     e->id = id;
     e->name = name;
     e->description = desc;
-    e->bitmap = bitmap;
-    bitmap = NULL;
+    e->bitmaps = bitmaps;
+    e->nbitmaps = nbitmaps;
     e->be = be;
     e->writable = writable;
     e->allocation_depth = depth;
@@ -166,11 +260,15 @@ static void nbd_export_shutdown(struct vbd_export *base)
 static void nbd_export_free(struct vbd_export *base)
 {
     struct nbd_export *e = (struct nbd_export *)base;
+    /* a connection still in its handshake may have selected its contexts */
+    for (struct nbd_conn *c = srv.conns; c; c = c->next)
+        if (c->meta_exp == e)
+            nbd_meta_reset(c);
     vbd_backend_free(e->be);
     free(e->id);
     free(e->name);
     free(e->description);
-    free(e->bitmap);
+    free_bitmaps(e->bitmaps, e->nbitmaps);
     free(e);
 }
 

@@ -117,60 +117,94 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
             return rc;
     }
     if (want_bs) {
+        /* QEMU 7.2's sizes over a format node (its root has byte
+         * granularity whatever the file's alignment): minimum 1, preferred
+         * 4096, the largest request of the node (blkdebug max-transfer=,
+         * an NBD or rbd node below) up to 32 MiB */
+        uint64_t mt = vbd_backend_node(e->be)->bl.max_transfer;
         uint8_t b[14];
         put_be16p(b, NBD_INFO_BLOCK_SIZE);
         put_be32p(b + 2, 1);
         put_be32p(b + 6, 4096);
-        put_be32p(b + 10, NBD_MAX_REQUEST);
+        put_be32p(b + 10, mt && mt < NBD_MAX_REQUEST ? (uint32_t)mt : NBD_MAX_REQUEST);
         if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, b, 14)) < 0)
             return rc;
     }
     if ((rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0)) < 0)
         return rc;
     if (go) {
+        if (c->meta_exp != e)
+            nbd_meta_reset(c); /* contexts selected for another export: none (QEMU's nbd_check_meta_export) */
         c->exp = e;
         *done = true;
     }
     return 0;
 }
 
-static const struct {
-    const char *name;
-    unsigned id;
-} meta_contexts[] = {{"base:allocation", META_ALLOCATION}, {"qemu:allocation-depth", META_DEPTH}};
+void nbd_meta_reset(struct nbd_conn *c)
+{
+    free(c->meta_bitmaps);
+    c->meta_bitmaps = NULL;
+    c->meta_exp = NULL;
+    c->meta_alloc = c->meta_depth = false;
+    c->meta_count = 0;
+}
+
+/* One query of NBD_OPT_LIST/SET_META_CONTEXT against exp, as QEMU 7.2's
+ * nbd_meta_base_query / nbd_meta_qemu_query: an exact name selects its
+ * context; in a LIST, a namespace alone ("base:", "qemu:",
+ * "qemu:dirty-bitmap:") selects all of its contexts. Unknown names select
+ * nothing. */
+static void meta_query(const char *q, bool list, const struct nbd_export *exp, bool *alloc, bool *depth, bool *bitmaps)
+{
+    static const char dirty[] = "qemu:dirty-bitmap:";
+    if (!strncmp(q, "base:", 5)) {
+        *alloc |= !strcmp(q + 5, "allocation") || (list && !q[5]);
+    } else if (!strcmp(q, "qemu:")) {
+        if (list) {
+            *depth |= exp->allocation_depth;
+            memset(bitmaps, 1, exp->nbitmaps);
+        }
+    } else if (!strcmp(q, "qemu:allocation-depth")) {
+        *depth |= exp->allocation_depth;
+    } else if (!strncmp(q, dirty, sizeof(dirty) - 1)) {
+        const char *bm = q + sizeof(dirty) - 1;
+        if (!*bm && list)
+            memset(bitmaps, 1, exp->nbitmaps);
+        for (uint32_t i = 0; *bm && i < exp->nbitmaps; i++)
+            if (!strcmp(exp->bitmaps[i], bm)) {
+                bitmaps[i] = true;
+                break; /* a name given twice (-B b -B b): the first, as QEMU */
+            }
+    }
+}
+
+static int send_meta_context(struct nbd_conn *c, uint32_t opt, uint32_t id, const char *prefix, const char *name)
+{
+    size_t pl = strlen(prefix), nl = strlen(name);
+    uint8_t b[4 + NBD_MAX_NAME_LEN];
+    if (pl + nl > NBD_MAX_NAME_LEN)
+        return 0; /* cannot be: export names and bitmap names are bounded at export-add */
+    put_be32p(b, opt == NBD_OPT_SET_META_CONTEXT ? id : 0);
+    memcpy(b + 4, prefix, pl);
+    memcpy(b + 4 + pl, name, nl);
+    return send_opt_reply(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + pl + nl));
+}
 
 static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uint32_t len)
 {
     bool set = opt == NBD_OPT_SET_META_CONTEXT;
-    if (!c->structured)
+    /* a LIST is answered without structured replies, as QEMU's */
+    if (set && !c->structured)
         return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "structured replies must be negotiated first");
+    if (set)
+        nbd_meta_reset(c); /* a SET replaces the selection, even one that fails (QEMU's) */
     char name[NBD_MAX_NAME_LEN + 1];
     int used = parse_name(data, len, name);
     if (used < 0 || len - used < 4)
         return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
-    struct nbd_export *exp = nbd_find_export(name);
-    if (!exp) {
-        char msg[NBD_MAX_NAME_LEN + 64];
-        snprintf(msg, sizeof(msg), "export '%s' not present", name);
-        return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
-    }
-    char bitmap_ctx[NBD_MAX_NAME_LEN + 32];
-    struct { const char *name; unsigned id; } ctx[3];
-    size_t nctx = 0;
-    for (size_t m = 0; m < sizeof(meta_contexts) / sizeof(meta_contexts[0]); m++) {
-        if (meta_contexts[m].id == META_DEPTH && !exp->allocation_depth)
-            continue; /* offered only with allocation-depth=on, as QEMU */
-        ctx[nctx].name = meta_contexts[m].name;
-        ctx[nctx++].id = meta_contexts[m].id;
-    }
-    if (exp->bitmap) {
-        snprintf(bitmap_ctx, sizeof(bitmap_ctx), "qemu:dirty-bitmap:%s", exp->bitmap);
-        ctx[nctx].name = bitmap_ctx;
-        ctx[nctx++].id = META_BITMAP;
-    }
     uint32_t nq = get_be32p(data + used);
     uint32_t pos = used + 4;
-    unsigned selected = 0;
     /* validate all queries before replying */
     uint32_t p = pos;
     for (uint32_t i = 0; i < nq; i++) {
@@ -180,39 +214,51 @@ static int reply_meta(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     }
     if (p != len)
         return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "meta context request length does not match its content");
-    for (uint32_t i = 0; i <= nq; i++) {
-        char q[NBD_MAX_NAME_LEN + 1];
-        if (i == nq && nq)
-            break;
-        if (nq) {
-            uint32_t ql = get_be32p(data + pos);
-            memcpy(q, data + pos + 4, ql);
-            q[ql] = 0;
-            pos += 4 + ql;
-        }
-        for (size_t m = 0; m < nctx; m++) {
-            const char *mn = ctx[m].name;
-            bool match = nq == 0 ? !set
-                                 : (!strcmp(q, mn) || (!set && strchr(q, ':') && q[strlen(q) - 1] == ':' &&
-                                                       !strncmp(q, mn, strlen(q))));
-            unsigned bit = 1u << (ctx[m].id - 1);
-            if (!match || (selected & bit))
-                continue;
-            selected |= bit;
-            size_t nl = strlen(mn);
-            uint8_t b[4 + NBD_MAX_NAME_LEN + 32];
-            put_be32p(b, set ? ctx[m].id : 0);
-            memcpy(b + 4, mn, nl);
-            int rc = send_opt_reply(c, opt, NBD_REP_META_CONTEXT, b, (uint32_t)(4 + nl));
-            if (rc < 0)
-                return rc;
-        }
-        if (!nq)
-            break;
+    struct nbd_export *exp = nbd_find_export(name);
+    if (!exp) {
+        char msg[NBD_MAX_NAME_LEN + 64];
+        snprintf(msg, sizeof(msg), "export '%s' not present", name);
+        return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
     }
-    if (set)
-        c->meta = selected;
-    return send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+    bool alloc = false, depth = false;
+    bool *bitmaps = vbd_xcalloc(exp->nbitmaps + 1, sizeof(*bitmaps));
+    if (nq == 0 && !set) { /* LIST of nothing: every context */
+        alloc = true;
+        depth = exp->allocation_depth;
+        memset(bitmaps, 1, exp->nbitmaps);
+    }
+    for (uint32_t i = 0; i < nq; i++) {
+        char q[NBD_MAX_NAME_LEN + 1];
+        uint32_t ql = get_be32p(data + pos);
+        memcpy(q, data + pos + 4, ql);
+        q[ql] = 0;
+        pos += 4 + ql;
+        meta_query(q, !set, exp, &alloc, &depth, bitmaps);
+    }
+    /* the replies in QEMU's order, whatever the queries' */
+    c->pinned = exp; /* its names are read across the sends */
+    uint32_t count = 0;
+    int rc = 0;
+    if (alloc && (rc = send_meta_context(c, opt, META_ALLOCATION, "base:allocation", "")) >= 0)
+        count++;
+    if (rc >= 0 && depth && (rc = send_meta_context(c, opt, META_DEPTH, "qemu:allocation-depth", "")) >= 0)
+        count++;
+    for (uint32_t i = 0; rc >= 0 && i < exp->nbitmaps; i++)
+        if (bitmaps[i] && (rc = send_meta_context(c, opt, META_BITMAP + i, "qemu:dirty-bitmap:", exp->bitmaps[i])) >= 0)
+            count++;
+    if (rc >= 0)
+        rc = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+    c->pinned = NULL;
+    if (rc >= 0 && set && count) {
+        c->meta_exp = exp;
+        c->meta_alloc = alloc;
+        c->meta_depth = depth;
+        c->meta_bitmaps = bitmaps;
+        c->meta_count = count;
+        bitmaps = NULL;
+    }
+    free(bitmaps);
+    return rc;
 }
 
 /* NBD_OPT_STARTTLS was acknowledged: the TLS handshake on the same socket
@@ -329,6 +375,8 @@ int nbd_handshake(struct nbd_conn *c)
             c->pinned = e;
             rc = vbd_chan_send_full(&c->ch, r, c->no_zeroes ? 10 : sizeof(r));
             c->pinned = NULL;
+            if (c->meta_exp != e)
+                nbd_meta_reset(c);
             c->exp = e;
             done = true;
             break;

@@ -29,12 +29,19 @@
 #define NBD_MAX_INFLIGHT_BYTES (64u * 1024 * 1024)
 #define NBD_MAX_KEPT_BYTES     (64u * 1024 * 1024)
 #define NBD_MAX_EXTENTS      256
+/* A block status reply goes out this many contexts' chunks at a time (the
+ * last batch carries NBD_REPLY_FLAG_DONE): a reply's iovecs and chunk
+ * headers are bounded (NBD_REPLY_PARTS, NBD_REPLY_SMALL) however many
+ * bitmaps the export has. */
+#define NBD_STATUS_BATCH     3
 #define NBD_HANDSHAKE_NS     (10ull * 1000000000) /* a client that stalls in the handshake is dropped */
 /* Stopping (an export shut down, the server stopped): the replies of the
  * requests in flight still go out, for this long; then the connections
  * left are cut. A client that does not read its replies otherwise held
  * the daemon's SIGTERM forever (QEMU cuts them at once). */
 #define NBD_STOP_GRACE_NS    (3ull * 1000000000)
+/* Meta context ids: the export's bitmaps are META_BITMAP + their index in
+ * e->bitmaps (QEMU's numbering, one up: vbd never hands out id 0). */
 #define META_ALLOCATION      1u
 #define META_DEPTH           2u
 #define META_BITMAP          3u
@@ -42,7 +49,10 @@
 struct nbd_export {
     struct vbd_export base;
     char *id, *name, *description;
-    char *bitmap; /* exported as the meta context qemu:dirty-bitmap:NAME */
+    /* each exported as the meta context qemu:dirty-bitmap:NAME, listed and
+     * answered in this order (qemu-nbd -B ... -B ..., qsd's bitmaps list) */
+    char **bitmaps;
+    uint32_t nbitmaps;
     struct vbd_backend *be;
     bool writable;
     bool allocation_depth; /* the qemu:allocation-depth meta context is offered */
@@ -112,7 +122,7 @@ struct nbd_req {
     struct iovec riov[NBD_REPLY_PARTS];
     int rn, nsmall;
     uint8_t small[NBD_REPLY_SMALL][32];
-    uint8_t *ext; /* block status payloads (two contexts), allocated on first use */
+    uint8_t *ext; /* block status payloads (NBD_STATUS_BATCH contexts), allocated on first use */
     bool counted; /* its length is in c->inflight_bytes */
 };
 
@@ -124,7 +134,14 @@ struct nbd_conn {
      * it as for exp, or it would be freed under the handshake. */
     struct nbd_export *pinned;
     bool structured, no_zeroes;
-    unsigned meta; /* META_* selected */
+    /* The meta contexts NBD_OPT_SET_META_CONTEXT selected, for meta_exp:
+     * base:allocation, qemu:allocation-depth and, by the index in
+     * meta_exp->bitmaps, its bitmaps. A GO to another export drops them
+     * (QEMU's nbd_check_meta_export); so does meta_exp's removal. */
+    struct nbd_export *meta_exp;
+    bool meta_alloc, meta_depth;
+    bool *meta_bitmaps; /* meta_exp->nbitmaps entries; NULL: none */
+    uint32_t meta_count;  /* contexts selected: 0, no block status */
     bool closing;
     int inflight;
     /* Replies of requests that finish in the same loop iteration leave in
@@ -189,6 +206,9 @@ int nbd_handshake(struct nbd_conn *c);
 void nbd_transmission(struct nbd_conn *c);
 /* exports.c: the export a client asks for by name ("" is the only one). */
 struct nbd_export *nbd_find_export(const char *name);
+/* handshake.c: forgets the meta contexts c selected (an export gone, a GO
+ * to another one, the connection's end). */
+void nbd_meta_reset(struct nbd_conn *c);
 /* A request failed on the node: QMP's BLOCK_IO_ERROR (action report: the
  * client gets the error). */
 void nbd_export_io_error(struct nbd_export *e, bool write, int err);

@@ -59,6 +59,7 @@ static void conn_co(void *opaque)
             *pp = c->next;
             break;
         }
+    nbd_meta_reset(c);
     free(c);
     srv.nconns--;
     if (negotiated && !srv.nconns)

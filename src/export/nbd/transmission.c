@@ -639,63 +639,79 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
     return reply_send(c, r);
 }
 
+/* One context's extents over r's range into ext (its id, then length/flags
+ * pairs); the payload's length, or -errno. */
+static int status_extents(struct nbd_conn *c, struct nbd_req *r, uint32_t id, uint8_t *ext)
+{
+    struct vbd_node *n = vbd_backend_node(c->exp->be);
+    const char *bitmap = id >= META_BITMAP ? c->exp->bitmaps[id - META_BITMAP] : NULL;
+    uint32_t maxext = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS;
+    uint32_t next = 0;
+    uint64_t pos = r->offset, end = r->offset + r->len;
+    /* past the last extent that fits, runs with its flags still extend it
+     * (QEMU's nbd_extent_array_add): REQ_ONE's extent is the whole run */
+    while (pos < end) {
+        uint64_t pnum;
+        int depth = 0;
+        int st = bitmap ? vbd_node_co_bitmap_status(n, bitmap, pos, end - pos, &pnum)
+                        : vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, &depth);
+        if (st < 0)
+            return st;
+        if (pnum == 0)
+            break;
+        uint32_t flags;
+        if (bitmap)
+            flags = st ? 1 : 0; /* NBD_STATE_DIRTY */
+        else if (id == META_ALLOCATION)
+            flags = ((st & VBD_BS_DATA) ? 0 : NBD_STATE_HOLE) | ((st & VBD_BS_ZERO) ? NBD_STATE_ZERO : 0);
+        else
+            flags = (st & VBD_BS_ALLOCATED) ? (uint32_t)depth + 1 : 0;
+        if (next && get_be32p(ext + 4 + 8 * (next - 1) + 4) == flags)
+            put_be32p(ext + 4 + 8 * (next - 1), get_be32p(ext + 4 + 8 * (next - 1)) + (uint32_t)pnum);
+        else if (next == maxext)
+            break;
+        else {
+            put_be32p(ext + 4 + 8 * next, (uint32_t)pnum);
+            put_be32p(ext + 4 + 8 * next + 4, flags);
+            next++;
+        }
+        pos += pnum;
+    }
+    put_be32p(ext, id);
+    return (int)(4 + 8 * next);
+}
+
+/* One chunk per selected context, in the order they were listed (QEMU's):
+ * base:allocation, qemu:allocation-depth, the bitmaps. They go out
+ * NBD_STATUS_BATCH at a time; the last carries the DONE flag. An error
+ * after some went out ends the reply with an error chunk. */
 static int handle_block_status(struct nbd_conn *c, struct nbd_req *r)
 {
-    if (!c->structured || !c->meta)
+    if (!c->structured || !c->meta_count)
         return send_error_reply(c, r, EINVAL);
-    struct vbd_node *n = vbd_backend_node(c->exp->be);
-    unsigned todo[3], ntodo = 0;
-    if (c->meta & META_ALLOCATION)
-        todo[ntodo++] = META_ALLOCATION;
-    if (c->meta & META_DEPTH)
-        todo[ntodo++] = META_DEPTH;
-    if ((c->meta & (1u << (META_BITMAP - 1))) && c->exp->bitmap)
-        todo[ntodo++] = META_BITMAP;
-    uint32_t maxext = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS;
     size_t per_ctx = 4 + 8 * NBD_MAX_EXTENTS;
-    if (!r->ext && !(r->ext = malloc(3 * per_ctx)))
+    if (!r->ext && !(r->ext = malloc(NBD_STATUS_BATCH * per_ctx)))
         return send_error_reply(c, r, ENOMEM);
-    int rc = 0;
-    for (unsigned k = 0; k < ntodo && rc >= 0; k++) {
-        uint8_t *ext = r->ext + k * per_ctx;
-        uint32_t next = 0;
-        uint64_t pos = r->offset, end = r->offset + r->len;
-        while (pos < end && next < maxext) {
-            uint64_t pnum;
-            int depth = 0;
-            int st = todo[k] == META_BITMAP
-                         ? vbd_node_co_bitmap_status(n, c->exp->bitmap, pos, end - pos, &pnum)
-                         : vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, &depth);
-            if (st < 0) {
-                rc = st;
-                break;
-            }
-            if (pnum == 0)
-                break;
-            uint32_t flags;
-            if (todo[k] == META_BITMAP)
-                flags = st ? 1 : 0; /* NBD_STATE_DIRTY */
-            else if (todo[k] == META_ALLOCATION)
-                flags = ((st & VBD_BS_DATA) ? 0 : NBD_STATE_HOLE) | ((st & VBD_BS_ZERO) ? NBD_STATE_ZERO : 0);
-            else
-                flags = (st & VBD_BS_ALLOCATED) ? (uint32_t)depth + 1 : 0;
-            if (next && get_be32p(ext + 4 + 8 * (next - 1) + 4) == flags)
-                put_be32p(ext + 4 + 8 * (next - 1), get_be32p(ext + 4 + 8 * (next - 1)) + (uint32_t)pnum);
-            else {
-                put_be32p(ext + 4 + 8 * next, (uint32_t)pnum);
-                put_be32p(ext + 4 + 8 * next + 4, flags);
-                next++;
-            }
-            pos += pnum;
+    uint32_t total = c->meta_count, done = 0, nbitmaps = c->exp->nbitmaps, batch = 0;
+    for (uint32_t id = META_ALLOCATION; id < META_BITMAP + nbitmaps; id++) {
+        bool on = id == META_ALLOCATION ? c->meta_alloc : id == META_DEPTH ? c->meta_depth
+                                                                           : c->meta_bitmaps[id - META_BITMAP];
+        if (!on)
+            continue;
+        uint8_t *ext = r->ext + batch * per_ctx;
+        int len = status_extents(c, r, id, ext);
+        if (len < 0)
+            return send_error_reply(c, r, -len);
+        done++;
+        add_chunk(r, done == total ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, NULL, 0, ext, (uint32_t)len);
+        if (++batch == NBD_STATUS_BATCH || done == total) {
+            int rc = reply_send(c, r);
+            if (rc < 0 || done == total)
+                return rc;
+            batch = 0;
         }
-        if (rc < 0)
-            break;
-        put_be32p(ext, todo[k]);
-        add_chunk(r, k == ntodo - 1 ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, NULL, 0, ext, 4 + 8 * next);
     }
-    if (rc < 0)
-        return send_error_reply(c, r, -rc);
-    return reply_send(c, r);
+    return send_error_reply(c, r, EIO); /* not reached: meta_count counts the contexts selected */
 }
 
 static void request_done(struct nbd_conn *c, struct nbd_req *r)
