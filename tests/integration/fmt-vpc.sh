@@ -133,6 +133,37 @@ must_fail_with "writing to differencing VHD images is not supported" "$VBD_IO" -
 printf 'short' >s.vhd
 must_fail_with "not a VHD image" "$VBD_IMG" info -f vpc s.vhd # (one zero-padded sector: qemu-img "invalid VPC image")
 
+step "an allocation cut short before its BAT entry: the next new block does not show its data"
+# an allocation writes the bitmap, the data, the footer at the new end,
+# flushes, then the BAT entry; blkdebug fails that 4th write. The space
+# keeps the failed write's data (as after a crash in that window): a new
+# block put there read it in the sectors nobody wrote, in the same process
+# and after reopening.
+zero_after() { # RAW OFFSET LENGTH: that range of the converted image is zeroes
+    python3 - "$@" <<'EOF'
+import sys
+d = open(sys.argv[1], "rb").read()
+at, n = int(sys.argv[2]), int(sys.argv[3])
+bad = [i for i in range(at, at + n) if d[i]]
+if bad:
+    sys.exit(f"{len(bad)} bytes of [{at}, {at + n}) are not zero (first {bad[0]}: 0x{d[bad[0]]:02x}): a failed write's data")
+EOF
+}
+fail_bat="driver=vpc,file.driver=blkdebug,file.image.driver=file,file.image.filename=$T/l.vhd,file.inject-error.0.event=write_aio,file.inject-error.0.x-skip=3,file.inject-error.0.once=on"
+must qemu-img create -q -f vpc l.vhd 8M
+out=$("$VBD_IO" --image-opts "$fail_bat" -c "write -P 0x55 0 2M" -c "write -P 0x66 2M 4k" 2>&1)
+grep -q "write failed: Input/output error" <<<"$out" || fail "the BAT entry's write must fail: $out"
+must "$VBD_IO" -f vpc -c "write -P 0x77 4M 4k" l.vhd >/dev/null
+must qemu-img convert -f vpc -O raw l.vhd l.raw
+zero_after l.raw $((2 * 1048576 + 4096)) $((2 * 1048576 - 4096)) || fail "the block after a failed allocation, same process"
+out=$("$VBD_IO" --image-opts "$fail_bat" -c "write -P 0x55 0 2M" 2>&1)
+grep -q "write failed: Input/output error" <<<"$out" || fail "the BAT entry's write must fail again: $out"
+must "$VBD_IO" -f vpc -c "write -P 0x88 6M 4k" l.vhd >/dev/null
+must qemu-img convert -f vpc -O raw l.vhd l.raw
+zero_after l.raw $((6 * 1048576 + 4096)) $((2 * 1048576 - 4096)) || fail "the block after a failed allocation, reopened"
+must "$VBD_IO" -f vpc -c "read -P 0x66 2M 4k" -c "read -P 0x77 4M 4k" -c "read -P 0x88 6M 4k" -c "read -P 0 0 2M" l.vhd >l.out
+! grep -q "fail" l.out || fail "the blocks written after the failed ones: $(cat l.out)"
+
 step "the model-based stress test (tests/stress/vbd-stress) on dynamic vpc images (2 MiB blocks; qemu-img has no vpc check), in process and over NBD"
 cd "$T"
 stress_format vpc 2097152 2097152 "-o force_size=on" nocheck

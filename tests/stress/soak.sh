@@ -1,7 +1,9 @@
 #!/bin/bash
-# make soak: the stress test (vbd-stress over every qcow2 image kind and
-# every way in: in process, NBD, vhost-user) with random seeds for as long
-# as asked, cycling over the kinds and transports. Prints the seed of every
+# make soak: the stress test (vbd-stress over every qcow2 image kind, the
+# other formats' kinds (vdi, vpc, qed, parallels, vmdk, vhdx) and every way
+# in: in process, NBD, vhost-user; transport "crash" kills the NBD server
+# mid-run, see stress-lib.sh) with random seeds for as long as asked,
+# cycling over the kinds and transports. Prints the seed of every
 # failure (replay: soak.sh --kind K --transport T --seed S [--ops N]) and
 # the total number of operations; keeps each failed case's directory.
 #   soak.sh [--seconds N] [--case-seconds N] [--kind K]... [--transport T]... [--seed S] [--ops N] [BUILD_DIR]
@@ -17,7 +19,7 @@ while [ $# -gt 0 ]; do
     --transport) transports="$transports $2"; shift ;;
     --seed) seed=$2; shift ;;
     --ops) ops=$2; shift ;;
-    -h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "soak.sh: unknown option '$1'" >&2; exit 2 ;;
     *) build=$1 ;;
     esac
@@ -30,7 +32,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 for c in qemu-img qemu-io python3; do command -v $c >/dev/null || { echo "soak.sh: $c is needed" >&2; exit 2; }; done
 . "$ROOT/tests/stress/stress-lib.sh"
 [ -x "$STRESS_BIN" ] || { echo "soak.sh: no $STRESS_BIN (make build)" >&2; exit 2; }
-kinds=${kinds:-$STRESS_KINDS} transports=${transports:-$STRESS_TRANSPORTS}
+kinds=${kinds:-$STRESS_KINDS $STRESS_FMT_KINDS} transports=${transports:-$STRESS_TRANSPORTS}
 OUT=${SOAK_OUT:-$ROOT/tests/out/soak}
 mkdir -p "$OUT"
 trap 'stress_kill_daemon' EXIT

@@ -19,6 +19,15 @@
  * export (several queues, through src/vhost-client). At the end the whole
  * device is read back and checked, flushed, and the shadow is written out
  * as a raw file for `qemu-img compare`.
+ *
+ * Crash mode (--crash-ready, over NBD): the run goes on until the
+ * server dies (the harness kills it with SIGKILL once the ready file
+ * exists). Each byte remembers the last mutation issued on it; a mutation
+ * is durable if it completed with FUA, or before the issue of a flush that
+ * was acknowledged. At the end the shadow holds every byte's last value and
+ * the mask (--mask-out, 0xff bytes) the bytes whose last mutation was not
+ * durable: those may hold anything after the crash, every other byte must
+ * be the shadow's.
  */
 #include "../../src/tools/common.h"
 #include "../../src/vhost-client/vhost_client.h"
@@ -57,6 +66,7 @@ static const char usage_text[] =
     "  --cluster-size N     cluster size of the image (default 64k): where the hot spots are\n"
     "  --subclusters        the image has extended L2 entries (32 subclusters per cluster)\n"
     "  --hot N              number of hot clusters (default 4)\n"
+    "  --hot-move N         every N requests a pair of hot clusters moves elsewhere (fresh clusters to allocate)\n"
     "  --init FILE          raw file with the image's content before the run (default: zeroes)\n"
     "  --backing FILE       raw file with the backing chain's content (a discard may expose it)\n"
     "  --shadow-out FILE    write the expected final content here (raw)\n"
@@ -67,6 +77,10 @@ static const char usage_text[] =
     "  --align N            every offset and length a multiple of N (vhost-user: at least 512)\n"
     "  -f, --format FMT     IMAGE's format (default: probed);  --image-opts: IMAGE is an option string\n"
     "  -t, --cache MODE     cache mode for IMAGE (default writeback);  -i, --aio MODE io_uring|threads\n"
+    "  --crash-ready FILE   crash mode (--nbd): create FILE after --crash-after requests, go on\n"
+    "                       until the server dies, then write the shadow and --mask-out (no discards)\n"
+    "  --crash-after N      requests before the ready file (default 400)\n"
+    "  --mask-out FILE      crash mode: 0xff for each byte whose last mutation was not durable, else 0\n"
     "  -v, --verbose        print every request\n"
     "Exit status: 0 no mismatch, 1 mismatch or failed request, 2 bad usage or cannot connect.\n";
 
@@ -105,11 +119,18 @@ struct hist {
     uint64_t done_seq; /* 0: not completed */
 };
 
+/* Crash mode: what each mutation needs to tell whether it is durable. */
+#define DURABLE_FUA (1ull << 63)
+struct mutation {
+    uint64_t done_at; /* S.clock at completion (| DURABLE_FUA); 0: not completed */
+};
+
 static struct {
     enum transport transport;
     const char *image, *nbd_uri, *vu_sock, *fmt, *cache, *aio, *init, *backing, *shadow_out;
     bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress, zero_heavy;
     int qd, conns, nhot;
+    uint64_t hot_move;
     uint64_t seed, max_ops, cluster, subcluster, align, max_len;
     double seconds;
 
@@ -131,7 +152,17 @@ static struct {
     struct hist hist[HISTORY];
     uint64_t seq;
     uint32_t next_write_id;
-} S = {.qd = 16, .conns = 1, .nhot = 4, .max_ops = 20000, .cluster = 65536, .cache = "writeback", .align = 1};
+
+    /* crash mode */
+    const char *crash_ready, *mask_out;
+    uint64_t crash_after;
+    bool ready_made, crashed;
+    uint64_t clock;          /* advances at every issue and completion */
+    uint64_t durable_point;  /* mutations completed before this are on disk (an acknowledged flush's issue) */
+    uint32_t *last_mut;      /* per byte: index into muts of the last mutation issued on it, 0: none */
+    struct mutation *muts;
+    uint32_t nmuts, muts_cap;
+} S = {.crash_after = 400, .qd = 16, .conns = 1, .nhot = 4, .max_ops = 20000, .cluster = 65536, .cache = "writeback", .align = 1};
 
 static uint64_t rnd(void)
 {
@@ -352,6 +383,13 @@ static bool shares_cluster(const struct worker *self, uint64_t off, uint64_t len
     return false;
 }
 
+/* Hot clusters (or pairs of neighbours) anywhere on the device. */
+static void place_hot(int i)
+{
+    uint64_t nclusters = S.size / S.cluster;
+    S.hot[i] = i % 2 && S.hot[i - 1] + 1 < nclusters ? S.hot[i - 1] + 1 : rnd_below(nclusters - 1);
+}
+
 static void pick_range(uint64_t *offp, uint64_t *lenp)
 {
     uint64_t cs = S.cluster, sc = S.subcluster, off, len;
@@ -441,7 +479,7 @@ static enum op pick_op(void)
 
 static bool more(void)
 {
-    if (S.failed || S.issued >= S.max_ops)
+    if (S.failed || S.crashed || S.issued >= S.max_ops)
         return false;
     return !S.deadline || vbd_clock_ns() < S.deadline;
 }
@@ -464,6 +502,38 @@ static void apply(enum op op, const uint8_t *buf, uint64_t off, uint64_t len)
         break;
     default: break;
     }
+}
+
+/* Crash mode: a new mutation on [off, off+len), the last one of its bytes. */
+static uint32_t crash_note_issue(uint64_t off, uint64_t len)
+{
+    if (S.nmuts + 1 >= S.muts_cap) {
+        S.muts_cap = S.muts_cap ? 2 * S.muts_cap : 65536;
+        S.muts = realloc(S.muts, (size_t)S.muts_cap * sizeof(*S.muts));
+        if (!S.muts) {
+            fprintf(stderr, "vbd-stress: out of memory\n");
+            exit(2);
+        }
+    }
+    uint32_t m = ++S.nmuts;
+    S.muts[m].done_at = 0;
+    for (uint64_t i = 0; i < len; i++)
+        S.last_mut[off + i] = m;
+    S.clock++;
+    return m;
+}
+
+static void crash_make_ready(void)
+{
+    int fd = open(S.crash_ready, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "vbd-stress: cannot create '%s': %s\n", S.crash_ready, strerror(errno));
+        fail_now();
+        return;
+    }
+    close(fd);
+    S.ready_made = true;
+    printf("vbd-stress: ready for the crash after %" PRIu64 " requests\n", S.issued);
 }
 
 static void worker_co(void *arg)
@@ -490,6 +560,13 @@ static void worker_co(void *arg)
             }
         }
         uint64_t id = ++S.issued;
+        if (S.hot_move && id % S.hot_move == 0) {
+            /* formats that never free a block allocate only on fresh ground: move a pair there */
+            int i = (int)(id / S.hot_move % (uint64_t)((S.nhot + 1) / 2)) * 2;
+            place_hot(i);
+            if (i + 1 < S.nhot)
+                place_hot(i + 1);
+        }
         S.counts[op]++;
         if (op != OP_FLUSH && shares_cluster(w, off, len))
             S.collisions++;
@@ -512,6 +589,16 @@ static void worker_co(void *arg)
                 S.compressed_writes++;
             }
         }
+        uint32_t mut = 0;
+        uint64_t flush_issued_at = 0;
+        if (S.crash_ready) {
+            if (mutating)
+                mut = crash_note_issue(off, len);
+            else if (op == OP_FLUSH)
+                flush_issued_at = ++S.clock;
+            if (!S.ready_made && S.issued >= S.crash_after)
+                crash_make_ready();
+        }
         if (mutating) {
             h = &S.hist[S.seq % HISTORY];
             *h = (struct hist){.seq = ++S.seq, .id = write_id, .op = op, .off = off, .len = len};
@@ -521,7 +608,13 @@ static void worker_co(void *arg)
         int rc = do_io(w, op, off, len, flags);
         if (h && h->seq == S.hist[(h->seq - 1) % HISTORY].seq)
             h->done_seq = ++S.completed;
-        if (rc < 0) {
+        if (rc < 0 && S.ready_made) {
+            /* the server is gone: the requests in flight and this one are not durable */
+            if (!S.crashed)
+                printf("vbd-stress: the server is gone (%s failed: %s) after %" PRIu64 " requests\n", op_names[op],
+                       strerror(-rc), S.issued);
+            S.crashed = true;
+        } else if (rc < 0) {
             fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": %s off=%" PRIu64 " len=%" PRIu64 " failed: %s\n", S.seed,
                     op_names[op], off, len, strerror(-rc));
             fail_now();
@@ -529,6 +622,10 @@ static void worker_co(void *arg)
             check_read(w->buf, off, len, "read");
         } else {
             apply(op, w->buf, off, len);
+            if (mut)
+                S.muts[mut].done_at = ++S.clock | (flags & VBD_REQ_FUA ? DURABLE_FUA : 0);
+            if (flush_issued_at > S.durable_point)
+                S.durable_point = flush_issued_at;
         }
         w->active = false;
         vbd_co_queue_wake_all(&S.changed);
@@ -689,7 +786,7 @@ static void main_co(void *arg)
         vbd_co_wake(S.w[i].co = vbd_co_create(worker_co, &S.w[i]));
     while (S.running > (S.transport == T_VHOST ? S.conns : 0))
         vbd_co_queue_wait(&S.changed);
-    if (!S.failed) {
+    if (!S.failed && !S.crash_ready) {
         /* the final pass runs on worker 0's slot from this coroutine */
         S.w[0].co = vbd_co_self();
         final_check();
@@ -719,7 +816,8 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     vbd_log_set_prog("vbd-stress");
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
-           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY };
+           O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY, O_CRASHREADY, O_CRASHAFTER,
+           O_MASKOUT, O_HOTMOVE };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -731,7 +829,9 @@ int main(int argc, char **argv)
         {"vhost-user", required_argument, NULL, O_VU},   {"queues", required_argument, NULL, O_QUEUES},
         {"image-opts", no_argument, NULL, O_IMGOPTS},    {"compress", no_argument, NULL, O_COMPRESS},
         {"no-zeroes", no_argument, NULL, O_NOZEROES},    {"format", required_argument, NULL, 'f'},
-        {"zero-heavy", no_argument, NULL, O_ZEROHEAVY},
+        {"zero-heavy", no_argument, NULL, O_ZEROHEAVY},    {"crash-ready", required_argument, NULL, O_CRASHREADY},
+        {"crash-after", required_argument, NULL, O_CRASHAFTER}, {"mask-out", required_argument, NULL, O_MASKOUT},
+        {"hot-move", required_argument, NULL, O_HOTMOVE},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -759,6 +859,10 @@ int main(int argc, char **argv)
         case O_COMPRESS: S.compress = true; break;
         case O_NOZEROES: S.no_zeroes = true; break;
         case O_ZEROHEAVY: S.zero_heavy = true; break;
+        case O_CRASHREADY: S.crash_ready = optarg; break;
+        case O_CRASHAFTER: S.crash_after = parse_num(optarg, "--crash-after"); break;
+        case O_MASKOUT: S.mask_out = optarg; break;
+        case O_HOTMOVE: S.hot_move = parse_num(optarg, "--hot-move"); break;
         case 'f': S.fmt = optarg; break;
         case 't': S.cache = optarg; break;
         case 'i': S.aio = optarg; break;
@@ -771,6 +875,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "vbd-stress: --compress needs an IMAGE opened in this process\n");
         return 2;
     }
+    if (S.crash_ready && S.transport != T_NBD) {
+        /* in process the crash would take the model with it; a dead vhost-user back end completes nothing */
+        fprintf(stderr, "vbd-stress: --crash-ready needs --nbd\n");
+        return 2;
+    }
+    if (S.crash_ready)
+        S.no_discard = true; /* the model of a crash has no "old or zero" bytes */
     if (S.nbd_uri && S.vu_sock) {
         fprintf(stderr, "vbd-stress: --nbd and --vhost-user are mutually exclusive\n");
         return 2;
@@ -814,6 +925,8 @@ int main(int argc, char **argv)
         if (!ops_given)
             S.max_ops = UINT64_MAX;
     }
+    if (S.crash_ready && !ops_given)
+        S.max_ops = UINT64_MAX; /* until the server dies */
 
     struct run r = {0};
     if (S.transport == T_VHOST) {
@@ -875,6 +988,11 @@ int main(int argc, char **argv)
     }
     S.exp = calloc(1, S.size);
     S.fuzzy = calloc(1, S.size);
+    if (S.crash_ready && !(S.last_mut = calloc(S.size, sizeof(*S.last_mut)))) {
+        fprintf(stderr, "vbd-stress: no memory for the crash model of %" PRIu64 " bytes\n", S.size);
+        rc = 2;
+        goto out;
+    }
     if (S.backing) {
         S.back = calloc(1, S.size);
         if (load_raw(S.backing, S.back, S.size) < 0) {
@@ -889,16 +1007,35 @@ int main(int argc, char **argv)
     /* hot clusters: spread over the device, some of them neighbours so
      * that requests across a boundary meet requests inside either cluster */
     S.hot = calloc((size_t)S.nhot, sizeof(*S.hot));
-    uint64_t nclusters = S.size / S.cluster;
     for (int i = 0; i < S.nhot; i++)
-        S.hot[i] = i % 2 && S.hot[i - 1] + 1 < nclusters ? S.hot[i - 1] + 1 : rnd_below(nclusters - 1);
+        place_hot(i);
     printf("vbd-stress: seed=%" PRIu64 " target=%s size=%" PRIu64 " cluster=%" PRIu64 " subcluster=%" PRIu64 " qd=%d %s=%d\n",
            S.seed, S.image ? S.image : S.nbd_uri ? S.nbd_uri : S.vu_sock, S.size, S.cluster, S.subcluster, S.qd,
            S.transport == T_VHOST ? "queues" : "conns", S.conns);
     vbd_co_run_sync(main_co, &r);
     rc = r.rc;
+    if (rc == 0 && S.crash_ready && !S.crashed) {
+        fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": crash mode, but the server answered all %" PRIu64 " requests\n",
+                S.seed, S.issued);
+        rc = 1;
+    }
     if (rc == 0 && S.shadow_out && save_raw(S.shadow_out, S.exp, S.size) < 0)
         rc = 1;
+    if (rc == 0 && S.crash_ready && S.mask_out) {
+        /* reuse fuzzy as the mask: 0xff where the last mutation is not durable */
+        uint64_t open_bytes = 0;
+        for (uint64_t b = 0; b < S.size; b++) {
+            uint32_t m = S.last_mut[b];
+            uint64_t d = m ? S.muts[m].done_at : 0;
+            bool durable = !m || (d & DURABLE_FUA) || (d && d < S.durable_point);
+            S.fuzzy[b] = durable ? 0 : 0xff;
+            open_bytes += !durable;
+        }
+        printf("vbd-stress: crash: %" PRIu32 " mutations, %" PRIu64 " bytes not durable at the crash\n", S.nmuts,
+               open_bytes);
+        if (save_raw(S.mask_out, S.fuzzy, S.size) < 0)
+            rc = 1;
+    }
     printf("vbd-stress: %s: seed=%" PRIu64 " %" PRIu64 " ops (%" PRIu64 " reads, %" PRIu64 " writes, %" PRIu64
            " write-zeroes, %" PRIu64 " with unmap, %" PRIu64 " discards, %" PRIu64 " flushes, %" PRIu64 " compressed), %" PRIu64
            " met another request in flight on the same cluster, %" PRIu64 " uncertain bytes pinned\n",
@@ -914,6 +1051,8 @@ out:
             free(S.w[i].buf);
     free(S.exp);
     free(S.fuzzy);
+    free(S.last_mut);
+    free(S.muts);
     free(S.back);
     free(S.hot);
     return rc;

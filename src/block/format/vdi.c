@@ -201,7 +201,8 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         }
     }
     free(seen);
-    if (rc == 0 && in_use != s->blocks_allocated && (flags & VBD_OPEN_RDWR)) {
+    /* fewer is a leaked block (a crash between the count and the map entry): new blocks go after it */
+    if (rc == 0 && in_use > s->blocks_allocated && (flags & VBD_OPEN_RDWR)) {
         vbd_error_setf(err, EINVAL, "Corrupt VDI image '%s': %u blocks in the map, the header says %u allocated",
                        n->filename, in_use, s->blocks_allocated);
         rc = -EINVAL;
@@ -268,9 +269,12 @@ static int vdi_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
 }
 
 /* A write into an unallocated block: the whole block is written at the end
- * of the data area (zeroes around the request's bytes), then its map
- * entry, then the header's count, so that a crash leaves at worst an
- * unreferenced block. */
+ * of the data area (zeroes around the request's bytes), then the header's
+ * count, then the block's map entry, as QEMU orders them: a crash or a
+ * failed write between the two leaves a count one past the blocks in the
+ * map (a leaked block, the next allocation goes after it), never a map
+ * entry past the count, which the next writer (QEMU's or ours) would hand
+ * out a second time. */
 static int vdi_allocate_write(struct vbd_node *n, struct vdi_state *s, uint32_t block, uint64_t in_block,
                               uint64_t len, struct vbd_qiov *q, size_t qoff)
 {
@@ -292,19 +296,21 @@ static int vdi_allocate_write(struct vbd_node *n, struct vdi_state *s, uint32_t 
     rc = vbd_node_co_pwrite(n->file, s->offset_data + (uint64_t)idx * VDI_BLOCK_SIZE, s->block_buf, VDI_BLOCK_SIZE, 0);
     if (rc < 0)
         goto out;
-    /* the map's sector holding the entry, then the header */
+    put_le32(s->header + H_BLOCKS_ALLOCATED, idx + 1);
+    rc = vbd_node_co_pwrite(n->file, H_BLOCKS_ALLOCATED, s->header + H_BLOCKS_ALLOCATED, 4, 0);
+    s->blocks_allocated = idx + 1; /* even if that failed: the count on disk may be either, idx stays unused */
+    if (rc < 0)
+        goto out;
+    /* the map's sector holding the entry */
     uint32_t first = block & ~(uint32_t)(VDI_SECTOR / 4 - 1);
     uint32_t count = s->blocks - first < VDI_SECTOR / 4 ? s->blocks - first : VDI_SECTOR / 4;
     uint8_t sector[VDI_SECTOR];
     for (uint32_t i = 0; i < count; i++)
         put_le32(sector + 4 * i, first + i == block ? idx : s->bmap[first + i]);
     rc = vbd_node_co_pwrite(n->file, s->offset_bmap + (uint64_t)first * 4, sector, (uint64_t)count * 4, 0);
-    if (rc < 0)
+    if (rc < 0) /* the entry may or may not be on disk: its block stays reserved, the map as it was */
         goto out;
     __atomic_store_n(&s->bmap[block], idx, __ATOMIC_RELEASE);
-    s->blocks_allocated = idx + 1;
-    put_le32(s->header + H_BLOCKS_ALLOCATED, s->blocks_allocated);
-    rc = vbd_node_co_pwrite(n->file, H_BLOCKS_ALLOCATED, s->header + H_BLOCKS_ALLOCATED, 4, 0);
 out:
     vbd_co_mutex_unlock(&s->alloc_lock);
     return rc;

@@ -393,6 +393,16 @@ static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         if (end > s->free_data_block_offset)
             s->free_data_block_offset = end;
     }
+    /* Space before the footer that no BAT entry names is a block whose
+     * allocation was cut short (a crash, a failed write) before its BAT
+     * entry: it holds that write's data. A new block reads its unwritten
+     * sectors from the file, so it goes over the footer, where the file
+     * reads as zeroes after it, not over that space. */
+    if (fsize >= VHD_FOOTER_SIZE) {
+        uint64_t footer_at = (fsize - VHD_FOOTER_SIZE + 511) & ~511ull;
+        if (footer_at > s->free_data_block_offset)
+            s->free_data_block_offset = footer_at;
+    }
     if (s->free_data_block_offset > fsize) {
         vbd_error_setf(err, EINVAL, "Image '%s': a VHD block ends at %llu, past the end of the file (%llu): truncated image",
                        name, (unsigned long long)s->free_data_block_offset, (unsigned long long)fsize);
@@ -531,7 +541,8 @@ static int vpc_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
 /* Allocate the block of off and write [off, off+len) of the request into
  * it, unless another request allocated it meanwhile (then write normally).
  * Crash order: bitmap and data, the footer at the new end, a flush, then
- * the BAT entry that makes the block visible. */
+ * the BAT entry that makes the block visible. The rest of the block is
+ * past the old end of the file: it reads as zeroes. */
 static int vpc_alloc_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff)
 {
     struct vpc_state *s = n->opaque;
@@ -550,6 +561,10 @@ static int vpc_alloc_write(struct vbd_node *n, uint64_t off, uint64_t len, struc
         rc = -EFBIG;
         goto out;
     }
+    /* from here on the space holds this request's data even if a write
+     * below fails: the next block goes after it (unwritten sectors of a
+     * block read what the file has there) */
+    s->free_data_block_offset = new_end;
     rc = vbd_node_co_pwrite(n->file, block_off, s->ones_bitmap, s->bitmap_size, 0);
     if (rc == 0)
         rc = vbd_node_co_pwritev(n->file, block_off + s->bitmap_size + off % s->block_size, len, q, qoff, 0);
@@ -565,7 +580,6 @@ static int vpc_alloc_write(struct vbd_node *n, uint64_t off, uint64_t len, struc
     if (rc < 0)
         goto out;
     s->bat[index] = (uint32_t)(block_off / 512);
-    s->free_data_block_offset = new_end;
 out:
     vbd_co_mutex_unlock(&s->alloc_lock);
     return rc;
