@@ -282,7 +282,6 @@ static int lookup(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint6
     }
     uint64_t gi = rel / e->grain, in = rel % e->grain;
     uint64_t gdi = gi / e->gtes, gti = gi % e->gtes;
-    uint64_t fsize = vbd_node_size(e->file);
     if (gdi >= e->gd_entries)
         return -EIO;
     uint64_t cnt = div_up(in + bytes, e->grain);
@@ -298,7 +297,7 @@ static int lookup(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint6
         *host = 0;
         return 0;
     }
-    if (gt + gt_bytes(e) > fsize) {
+    if (gt + gt_bytes(e) > vbd_node_size(e->file)) {
         report_bad(n, "a grain directory entry", gt);
         return -EIO;
     }
@@ -306,6 +305,12 @@ static int lookup(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint6
     int rc = vbd_node_co_pread(e->file, gt + gti * 4, ent, cnt * 4);
     if (rc < 0)
         return rc;
+    /* The file's size is read after its grain table: a request allocating
+     * meanwhile (under the lock, while this one waited for the read)
+     * appends its grain before it writes the entry, so an entry seen here
+     * points inside the size read now; read before, that new grain was
+     * "past the end" and the request failed with EIO. */
+    uint64_t fsize = vbd_node_size(e->file);
     int k = 0;
     uint64_t i;
     for (i = 0; i < cnt; i++) {
