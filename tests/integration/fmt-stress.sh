@@ -14,9 +14,9 @@
 # parallels 64k, vmdk monolithicSparse and zeroed grains,
 # vhdx 1M and 8M blocks) to stay near a minute; FMT_STRESS_ALL=1 runs every
 # kind of stress-lib.sh's STRESS_FMT_KINDS (also vdi static, vpc fixed, qed
-# 64k, parallels 1M, vmdk twoGbMaxExtentSparse, streamOptimized (1 in ~50
-# runs over NBD a write fails with EIO: not yet understood) and over a
-# backing file,
+# 64k, parallels 1M, vmdk twoGbMaxExtentSparse, streamOptimized (it found
+# a lookup race: 1 run in ~50 failed a request with EIO before 62bb717)
+# and over a backing file,
 # vhdx fixed), each also crashed; `make soak` cycles them all with random
 # seeds.
 . "$(dirname "$0")/lib.sh"
