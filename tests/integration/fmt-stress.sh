@@ -38,13 +38,7 @@ for kind in $kinds; do
     for tr in $trs; do
         n=$((n + 1))
         seed=$((1500 + 7 * n))
-        if stress_case "$kind" "$tr" "$seed" "$OPS" "$T/case"; then
-            echo "ok   $kind/$tr seed=$seed ($STRESS_LAST_OPS ops, $STRESS_LAST_VARIANT)"
-        else
-            echo "FAIL $kind/$tr seed=$seed"
-            failures=$((failures + 1))
-        fi
-        total=$((total + ${STRESS_LAST_OPS:-0}))
+        stress_run "$kind" "$tr" "$seed" "$OPS"
     done
 done
 for kind in $crash_kinds; do

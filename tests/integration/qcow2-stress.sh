@@ -22,13 +22,7 @@ for kind in $STRESS_KINDS; do
         # fixed seeds; seed % 3 picks the I/O path under the image, and it
         # rotates over the transports from one kind to the next
         seed=$((999 + 3 * n + (ki + ti) % 3))
-        if stress_case "$kind" "$tr" "$seed" "$OPS" "$T/case"; then
-            echo "ok   $kind/$tr seed=$seed ($STRESS_LAST_OPS ops, $STRESS_LAST_VARIANT)"
-        else
-            echo "FAIL $kind/$tr seed=$seed"
-            failures=$((failures + 1))
-        fi
-        total=$((total + ${STRESS_LAST_OPS:-0}))
+        stress_run "$kind" "$tr" "$seed" "$OPS"
     done
 done
 echo "$n runs, $total operations, $failures failed"

@@ -231,6 +231,17 @@ _stress_stop_daemon() { # DIR
 }
 stress_kill_daemon() { [ -n "$_stress_dpid" ] && kill -9 $_stress_dpid 2>/dev/null; _stress_dpid=; }
 
+# stress_run KIND TRANSPORT SEED OPS: stress_case in $T/case with its
+# "ok"/"FAIL" line; counts into the caller's failures and total.
+stress_run() {
+    if stress_case "$1" "$2" "$3" "$4" "$T/case"; then
+        echo "ok   $1/$2 seed=$3 ($STRESS_LAST_OPS ops, $STRESS_LAST_VARIANT)"
+    else
+        echo "FAIL $1/$2 seed=$3"
+        failures=$((failures + 1))
+    fi
+    total=$((total + ${STRESS_LAST_OPS:-0}))
+}
 stress_case() { # KIND TRANSPORT SEED OPS DIR
     local kind=$1 tr=$2 seed=$3 ops=$4 d=$5 rc=0 limit out
     # transport "crash": stress_crash_case (OPS is not used: it runs until the kill)
