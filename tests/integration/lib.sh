@@ -277,6 +277,41 @@ wait_first_read() {
     fail "vbd-io's first read did not complete: $(cat "$1")"
 }
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
+# free_port [N]: a TCP port P with P..P+N-1 (default 1) free on 127.0.0.1,
+# below the kernel's ephemeral range (32768 and up here) so that no
+# outgoing connection is handed it before the test's server binds it; a
+# random pick of 20000+RANDOM could land on a listener or an ephemeral
+# port of another program and fail the test by chance.
+free_port() {
+    python3 - "${1:-1}" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+lo = 20000
+try:
+    hi = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0]) - n
+except OSError:
+    hi = 32767 - n
+if hi <= lo:
+    lo, hi = 1024, 60000 - n
+for _ in range(200):
+    p = random.randint(lo, hi)
+    socks = []
+    try:
+        for q in range(p, p + n):
+            s = socket.socket()
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            s.bind(("127.0.0.1", q))
+    except OSError:
+        continue
+    finally:
+        for s in socks:
+            s.close()
+    print(p)
+    sys.exit(0)
+sys.exit("free_port: no free run of %d ports" % n)
+PY
+}
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
 # vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,
 # started afresh each time); stop_daemon: SIGTERM, exit status 0, socket

@@ -19,7 +19,7 @@ psktool -u "$me" -p psk/keys.psk >/dev/null 2>&1 || fail "psktool $me"
 SRV="tls-creds-x509,id=tls0,dir=$T/pki/server,endpoint=server,verify-peer=on"
 qemu-img create -q -f raw disk.raw 64M
 must qemu-io -f raw -c "write -P 0x71 1M 2M" -c "write -P 0x72 20M 64k" disk.raw >/dev/null
-port=$((20000 + RANDOM % 20000))
+port=$(free_port 4) || fail "no free TCP port"
 kport=$((port + 1))
 qemu-nbd --object "$SRV" --tls-creds tls0 -f raw -k "$T/qn.sock" -x exp --persistent --shared=8 disk.raw 2>qn.log &
 on_exit "kill $! 2>/dev/null"

@@ -48,7 +48,7 @@ must qemu-io -f raw -r -c "read -P 0x47 50M 64k" "$U" >/dev/null
 kill -TERM $dpid; wait $dpid || fail "vbd-daemon exit status $?"
 
 step "nbdkit memory and file plugins over TCP"
-port=$((20000 + RANDOM % 20000))
+port=$(free_port 4) || fail "no free TCP port"
 nbdkit -f -i 127.0.0.1 -p $port memory 32M 2>/dev/null &
 kpid=$!
 on_exit "kill $kpid 2>/dev/null"
@@ -108,7 +108,7 @@ on_exit "kill $q4 2>/dev/null"
 for _ in $(seq 100); do [ -S "$sock2" ] && break; sleep 0.05; done
 
 step "legacy nbd:HOST:PORT and nbd+tcp:// filenames"
-port=$((20000 + RANDOM % 20000))
+port=$(free_port 4) || fail "no free TCP port"
 nbdkit -f -i 127.0.0.1 -p $port memory 8M 2>/dev/null &
 kpid=$!
 on_exit "kill $kpid 2>/dev/null"

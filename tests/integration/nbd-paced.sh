@@ -15,7 +15,7 @@ img=$T/disk.img
 size=$((4 << 20))
 must qemu-img create -q -f raw "$img" $size
 cp "$img" "$T/shadow"
-port=$((20000 + RANDOM % 20000))
+port=$(free_port 4) || fail "no free TCP port"
 for via in unix tcp; do
     nbd_via $via $port
     nbd_raw_daemon "$img" "$addr"

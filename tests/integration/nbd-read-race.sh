@@ -15,7 +15,7 @@ with open(sys.argv[1], "wb") as f:
     for s in range(int(sys.argv[2]) // 512):
         f.write(struct.pack("<QQ", 0, s) * 32)
 PY
-port=$((20000 + RANDOM % 20000))
+port=$(free_port 4) || fail "no free TCP port"
 for via in unix tcp; do
     nbd_via $via $port
     nbd_raw_daemon "$img" "$addr"

@@ -30,7 +30,7 @@ qemu-img create -q -f raw disk.raw 64M
 must qemu-io -f raw -c "write -P 0x42 1M 2M" -c "write -P 0x43 10M 64k" disk.raw >/dev/null
 
 step "vbd-daemon: x509 server (client certificates required) on a unix socket and TCP"
-port=$((20000 + RANDOM % 20000))
+port=$(free_port 4) || fail "no free TCP port"
 "$VBD_DAEMON" --object "$SRV_X509" --blockdev driver=file,node-name=n0,filename=disk.raw \
     --nbd-server addr.type=unix,addr.path="$T/vbd.sock",tls-creds=tls0 \
     --export type=nbd,id=e0,node-name=n0,name=exp,writable=on 2>daemon.log &

@@ -12,7 +12,7 @@ must qemu-img create -q -f raw "$img" 64M
 # 1 MiB pieces, each filled with its own index (0x01 .. 0x40): every reply is known
 for i in $(seq 0 63); do echo "write -P $((i + 1)) ${i}M 1M"; done >"$T/fill"
 must qemu-io -f raw "$img" <"$T/fill" >/dev/null
-port=$((20000 + RANDOM % 20000))
+port=$(free_port 4) || fail "no free TCP port"
 nbd_raw_daemon "$img" tcp:$port
 U="nbd://127.0.0.1:$port/disk"
 
