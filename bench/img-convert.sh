@@ -7,12 +7,13 @@
 # the tool (all its threads), which compares across hosts better than the
 # wall time. Every vbd output is compared with the source (qemu-img
 # compare) and every qcow2 one checked (qemu-img check); CASES=REGEX runs
-# only the rows whose label matches.
+# only the rows whose label matches; "worst" is the lowest ratio of one rep
+# (a vbd run and the qemu-img run after it), RUNS=1 prints every rep.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 DIRS=${*:-/dev/shm /var/tmp}
 echo "machine: $(machine)${TAX:+; host: $(host_kind)}; medians of $REPS runs"
-printf '%-10s %-26s %9s %9s %7s %9s %9s %9s %9s\n' where case "vbd s" "qemu s" ratio "vbd cpu" "qemu cpu" "vbd MiB" "qemu MiB"
+printf '%-10s %-26s %9s %9s %7s %7s %9s %9s %9s %9s\n' where case "vbd s" "qemu s" ratio worst "vbd cpu" "qemu cpu" "vbd MiB" "qemu MiB"
 for d in $DIRS; do
     src=$d/vbd-conv-src-$$.raw
     srcq=$d/vbd-conv-src-$$.qcow2
@@ -69,10 +70,26 @@ print("%.4f %.4f" % (w, ru.ru_utime + ru.ru_stime))' "$@" || exit 1
             read -r w c < <(timed "${TAX[@]}" qemu-img convert $args "$in" "$out")
             sync; q+=("$w"); qc+=("$c"); qm=$(du -m "$out" | cut -f1)
         done
+        # Not left for the next case (another name when the target format
+        # changes): its memory is then freed just before that case's first
+        # vbd run, as vbd's output's is before every qemu-img run. This
+        # guest hands free memory back to its host (page_reporting on the
+        # kernel command line), and memory freed seconds before may cost
+        # the next writer more (a 512 MiB tmpfs write: 0.23-0.25 s of
+        # system time just after a free, 0.34-0.41 s 3-5 s after it in one
+        # series; two later series showed no difference; 2026-12-06).
+        rm -f "$out"; sync
         vs=$(printf '%s\n' "${v[@]}" | median); qs=$(printf '%s\n' "${q[@]}" | median)
         vcs=$(printf '%s\n' "${vc[@]}" | median); qcs=$(printf '%s\n' "${qc[@]}" | median)
-        printf '%-10s %-26s %9.3f %9.3f %7.2f %9.3f %9.3f %9s %9s\n' "$d" "$label" "$vs" "$qs" "$(echo "$qs / $vs" | bc -l)" \
-            "$vcs" "$qcs" "$vm" "$qm"
+        # the lowest ratio of one rep (qemu-img's run / vbd's run just before it)
+        worst=$(for i in "${!v[@]}"; do echo "${q[$i]} / ${v[$i]}" | bc -l; done | sort -g | head -1)
+        printf '%-10s %-26s %9.3f %9.3f %7.2f %7.2f %9.3f %9.3f %9s %9s\n' "$d" "$label" "$vs" "$qs" "$(echo "$qs / $vs" | bc -l)" \
+            "$worst" "$vcs" "$qcs" "$vm" "$qm"
+        # RUNS=1: every rep's wall and cpu seconds too (vbd, then qemu-img)
+        if [ -n "${RUNS:-}" ]; then
+            for i in "${!v[@]}"; do printf ' %s/%s-%s/%s' "${v[$i]}" "${vc[$i]}" "${q[$i]}" "${qc[$i]}"; done
+            echo
+        fi
     done
     rm -f "$src" "$srcq" "$d"/vbd-conv-out-$$*
 done
