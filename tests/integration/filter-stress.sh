@@ -21,7 +21,7 @@ truncate -s 32M base.raw
 mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=1 conv=notrunc status=none
 mixed_data m2 2 && dd if=m2 of=base.raw bs=1M seek=20 conv=notrunc status=none
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
-SEED=${COR_STRESS_SEED:-6161}
+SEED=${FILTER_STRESS_SEED:-6161}
 
 on_exit 'kill -9 $dpid 2>/dev/null'
 for bottom in base; do
