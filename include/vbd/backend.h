@@ -89,12 +89,19 @@ const char *vbd_backend_serial(struct vbd_backend *be);
  * the new root, and return to their own loop afterwards. A request never
  * sees half a graph. Callers must not issue requests through the same
  * backend while they hold it drained (they would wait for themselves).
- * What the exports read straight from the node (vbd_backend_node: the NBD
- * server's block status) is not gated: a request racing the swap may see
- * the old root's status, which was true when it was read.
+ * What the exports read straight from the node (the NBD server's block
+ * and bitmap status) goes through vbd_backend_co_node_get/_put: the gate
+ * alone, so that a graph change (a job's filter node dropped at its end)
+ * never frees the node under a status look-up that yields.
  */
 void vbd_backend_co_drain_begin(struct vbd_backend *be);
 void vbd_backend_drain_end(struct vbd_backend *be);
+/* The root, held past the drain gate until vbd_backend_node_put: a drain
+ * waits for it, so the root is neither swapped nor freed meanwhile. Any
+ * loop; the caller stays on its own. Between get and put the caller must
+ * not issue requests through the backend (a drain would wait for itself). */
+struct vbd_node *vbd_backend_co_node_get(struct vbd_backend *be);
+void vbd_backend_node_put(struct vbd_backend *be);
 /* Inside a drained section: the backend now sends its requests to root
  * (it takes a reference on root and drops the one on the old root);
  * -EACCES if the backend writes and root is read-only. */

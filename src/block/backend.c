@@ -308,6 +308,16 @@ int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t
     return rc;
 }
 
+struct vbd_node *vbd_backend_co_node_get(struct vbd_backend *be)
+{
+    struct vbd_loop *origin = be_pass_gate(be);
+    if (origin)
+        vbd_co_move_to(origin);
+    return root_of(be);
+}
+
+void vbd_backend_node_put(struct vbd_backend *be) { be_leave(be, NULL); }
+
 int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
 {
     uint64_t t = vbd_clock_stat_ns();

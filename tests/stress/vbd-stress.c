@@ -46,6 +46,7 @@
 #include <json-c/json.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,7 @@ static const char usage_text[] =
     "  --crash-after N      requests before the ready file (default 400)\n"
     "  --mask-out FILE      crash mode: 0xff for each byte whose last mutation was not durable, else 0\n"
     "  -v, --verbose        print every request\n"
+    "SIGUSR1 ends the run as --ops does: the requests in flight complete, the checks follow.\n"
     "Exit status: 0 no mismatch, 1 mismatch or failed request, 2 bad usage or cannot connect.\n";
 
 enum op { OP_READ, OP_WRITE, OP_ZERO, OP_ZERO_UNMAP, OP_DISCARD, OP_FLUSH, OP__N };
@@ -477,9 +479,18 @@ static enum op pick_op(void)
     return OP_FLUSH;
 }
 
+/* SIGUSR1: stop issuing, as if --ops were reached (a harness ends the run
+ * when what it waits for has happened under the requests: a job's end) */
+static volatile sig_atomic_t stop_requested;
+static void on_sigusr1(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
 static bool more(void)
 {
-    if (S.failed || S.crashed || S.issued >= S.max_ops)
+    if (S.failed || S.crashed || S.issued >= S.max_ops || stop_requested)
         return false;
     return !S.deadline || vbd_clock_ns() < S.deadline;
 }
@@ -815,6 +826,9 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     vbd_log_set_prog("vbd-stress");
+    struct sigaction sa = {.sa_handler = on_sigusr1, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
            O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY, O_CRASHREADY, O_CRASHAFTER,
            O_MASKOUT, O_HOTMOVE };

@@ -252,6 +252,12 @@ static int copy_clusters(struct vbd_cbw *c, uint64_t first, uint64_t last, bool 
         uint64_t j = i + 1;
         while (j < last && j - i < max && todo(c, j) && !overlaps(c->copying, j * c->cluster, (j + 1) * c->cluster))
             j++;
+        /* claimed before the status look-up, which may yield: a writer
+         * that comes meanwhile must wait for this copy, not copy the same
+         * clusters beside it (its write to the source would then race with
+         * this copy's read, and the new data reach the target) */
+        struct span sp = {.start = i * c->cluster, .end = j * c->cluster, .next = c->copying};
+        c->copying = &sp;
         /* one status per step: a span of the same kind */
         uint64_t s = i * c->cluster, e = j * c->cluster < c->size ? j * c->cluster : c->size, pnum = 0;
         int st = vbd_node_co_block_status(c->source, true, s, e - s, &pnum, NULL, NULL);
@@ -262,9 +268,10 @@ static int copy_clusters(struct vbd_cbw *c, uint64_t first, uint64_t last, bool 
             e = s + c->cluster; /* a mixed cluster: copied as data */
             j = i + 1;
         }
-        struct span sp = {.start = s, .end = j * c->cluster};
-        sp.next = c->copying;
-        c->copying = &sp;
+        if (sp.end > j * c->cluster) {
+            sp.end = j * c->cluster; /* the rest is free again: its waiters look again */
+            vbd_co_queue_wake_all(&c->wait);
+        }
         bool skipped;
         int rc = copy_span(c, s, e, st, pnum, &skipped, skip_unallocated);
         if (rc == 0)

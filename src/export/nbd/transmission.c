@@ -577,7 +577,6 @@ static int backend_read(struct nbd_export *e, uint64_t off, uint8_t *buf, uint32
 static int handle_read(struct nbd_conn *c, struct nbd_req *r)
 {
     struct nbd_export *e = c->exp;
-    struct vbd_node *n = vbd_backend_node(e->be);
     if (c->zero_copy_ok && !c->ch.tls && r->len >= NBD_ZERO_COPY_MIN) {
         int rc = vbd_backend_co_read_zero_copy(e->be, r->offset, r->len, send_read_zero_copy, r);
         if (rc != -ENOTSUP)
@@ -593,6 +592,8 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
     int nruns = 0;
     uint64_t pos = r->offset, end = r->offset + r->len;
     bool dense = (r->flags & NBD_CMD_FLAG_DF) || r->len < NBD_SPARSE_READ_MIN;
+    /* held past the drain gate: a job's end may drop the node otherwise */
+    struct vbd_node *n = dense ? NULL : vbd_backend_co_node_get(e->be);
     while (pos < end && !dense) {
         uint64_t pnum;
         int st = vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, NULL);
@@ -612,6 +613,8 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
         }
         pos += pnum;
     }
+    if (n)
+        vbd_backend_node_put(e->be);
     if (pos < end || nruns == 0) { /* DF, a small read, or status unavailable: one data chunk */
         nruns = 1;
         runs[0].off = r->offset;
@@ -641,9 +644,8 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
 
 /* One context's extents over r's range into ext (its id, then length/flags
  * pairs); the payload's length, or -errno. */
-static int status_extents(struct nbd_conn *c, struct nbd_req *r, uint32_t id, uint8_t *ext)
+static int status_extents_of(struct nbd_conn *c, struct vbd_node *n, struct nbd_req *r, uint32_t id, uint8_t *ext)
 {
-    struct vbd_node *n = vbd_backend_node(c->exp->be);
     const char *bitmap = id >= META_BITMAP ? c->exp->bitmaps[id - META_BITMAP] : NULL;
     uint32_t maxext = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS;
     uint32_t next = 0;
@@ -679,6 +681,15 @@ static int status_extents(struct nbd_conn *c, struct nbd_req *r, uint32_t id, ui
     }
     put_be32p(ext, id);
     return (int)(4 + 8 * next);
+}
+
+static int status_extents(struct nbd_conn *c, struct nbd_req *r, uint32_t id, uint8_t *ext)
+{
+    /* held past the drain gate: a job's end may drop the node otherwise */
+    struct vbd_node *n = vbd_backend_co_node_get(c->exp->be);
+    int rc = status_extents_of(c, n, r, id, ext);
+    vbd_backend_node_put(c->exp->be);
+    return rc;
 }
 
 /* One chunk per selected context, in the order they were listed (QEMU's):

@@ -1,0 +1,148 @@
+#!/bin/bash
+# Point in time under many requests in flight: vbd-stress (random
+# overlapping requests on a few hot clusters that move to fresh ground all
+# the time, QD 64 over 4 NBD connections, every read checked against its
+# model) writes the source while copy-before-write saves its old data:
+#  B. blockdev-backup sync=full to a qcow2 target, rate-limited so that
+#     most clusters are first written by the guest while the job copies:
+#     the target equals the source at the start, byte for byte;
+#  E. the same job, unlimited, started and ended under the writers: its
+#     end drops its copy-before-write node while reads look at the block
+#     status of the export's node (the NBD server held no gate there);
+#  F. fleecing (a copy-before-write node over the source, the guest's
+#     export on it, a snapshot-access node exported read-only): nbdcopy
+#     with 64 requests in flight reads the point in time while the writes
+#     race, and again after them (cbw-timeout and on-cbw-error=break-snapshot
+#     given: the guest's copies run in coroutines of their own);
+#  M. blockdev-mirror copy-mode=write-blocking, rate-limited: the writes
+#     race the background copy, then go on in READY; block-job-cancel
+#     there leaves the target equal to the source.
+# Two writers meeting on a cluster still to copy must not both copy it:
+# the second would read the first one's new data into the target.
+# The source ends as the model says; every image checks clean.
+. "$(dirname "$0")/lib.sh"
+need qemu-img nbdcopy python3
+STRESS=$VBD_BUILD/tests/stress/vbd-stress
+[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+cd "$T"
+truncate -s 64M init.raw
+mixed_data m1 1 && dd if=m1 of=init.raw bs=1M seek=1 conv=notrunc status=none
+mixed_data m2 2 && dd if=m2 of=init.raw bs=1M seek=40 conv=notrunc status=none
+must qemu-img convert -q -f raw -O qcow2 init.raw base.qcow2
+SEED=${JOB_STRESS_SEED:-4242}
+
+on_exit 'kill -9 $dpid 2>/dev/null'
+# M runs as its own test (job-mirror-stress.sh): each stays under a minute
+for scen in ${JOB_STRESS_SCENARIOS:-B E F}; do
+    step "scenario $scen (seed $SEED)"
+    rm -rf "$T/$scen" && mkdir "$T/$scen" && cd "$T/$scen"
+    cp ../base.qcow2 src.qcow2
+    must qemu-img create -q -f qcow2 tgt.qcow2 64M
+    must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 fleece.qcow2 64M
+    "$VBD_DAEMON" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
+        --blockdev "$(qcow2_node src)" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
+    dpid=$!
+    wait_sock "$PWD/qmp.sock"
+    python3 - "$scen" "$STRESS" "$SEED" <<'PY' || fail "scenario $scen: $(tail -40 daemon.log)"
+import os, signal, subprocess, sys, time
+sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
+from jobs import Session, sh, fail
+scen, stress_bin, seed = sys.argv[1:4]
+s = Session("qmp.sock", "vbd")
+cwd = os.getcwd()
+disk = "nbd+unix:///disk?socket=nbd.sock"
+def stress(seed, ops=6000, init="../init.raw", out="shadow.raw"):
+    cmd = [stress_bin, "--seed", str(seed), "--ops", str(ops), "--qd", "64", "--hot", "4", "--hot-move", "32",
+           "--init", init, "--shadow-out", out, "--nbd", disk, "--conns", "4"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def stress_end(p):
+    out = p.communicate()[0]
+    if p.returncode:
+        fail(f"vbd-stress: {out[-3000:]}")
+    return out
+s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"}, file={"driver": "file", "filename": f"{cwd}/tgt.qcow2"})
+if scen == "B":
+    s.run("block-export-add", type="nbd", id="guest", **{"node-name": "src"}, name="disk", writable=True)
+    # 64 KiB/s: the job is far from done when the writers end (their
+    # requests outside the hot clusters alone copy about 80 % of the disk)
+    s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 64 << 10})
+    s.status("b", "created"); s.status("b", "running")
+    out = stress_end(stress(seed))
+    j = s.job("b")
+    if not j:
+        fail(f"the job ended before the writers: {s.m.wait_event('BLOCK_JOB_COMPLETED', timeout=60)['data']}")
+    if j["status"] != "running" or j["current-progress"] >= j["total-progress"]:
+        fail(f"the job was done before the writers: not tested under them: {j}")
+    s.run("block-job-set-speed", device="b", speed=0)
+    s.completed("b")
+elif scen == "E":
+    # the job's end (its copy-before-write node dropped in a drained
+    # section) while 64 requests are in flight: reads' block status too
+    s.run("block-export-add", type="nbd", id="guest", **{"node-name": "src"}, name="disk", writable=True)
+    p = stress(seed, ops=1 << 40)  # until SIGUSR1
+    first = p.stdout.readline()  # its seed: running, SIGUSR1 handled
+    s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full"})
+    s.status("b", "created"); s.status("b", "running")
+    s.completed("b")
+    if p.poll() is not None:
+        fail(f"the writers ended before the job: {p.communicate()[0][-3000:]}")
+    p.send_signal(signal.SIGUSR1)
+    print(stress_end(p).strip().splitlines()[-1])
+elif scen == "M":
+    # write-blocking: the writes race the background copy on the same
+    # granules, then go on in READY; cancelled there, the target holds
+    # what the source holds
+    s.run("block-export-add", type="nbd", id="guest", **{"node-name": "src"}, name="disk", writable=True)
+    s.run("blockdev-mirror", **{"job-id": "m", "device": "src", "target": "tgt", "sync": "full",
+                                "copy-mode": "write-blocking", "speed": 1 << 20})
+    s.status("m", "created"); s.status("m", "running")
+    stress_end(stress(seed, ops=3000, out="shadow1.raw"))
+    j = s.job("m")
+    if not j or j["status"] != "running":
+        fail(f"the mirror was ready before the writers were done: not tested under them: {j}")
+    s.run("block-job-set-speed", device="m", speed=0)
+    s.status("m", "ready")
+    stress_end(stress(int(seed) + 1, ops=3000, init="shadow1.raw"))
+    s.run("block-job-cancel", device="m")
+    ev = s.m.wait_event("BLOCK_JOB_COMPLETED", timeout=300)["data"]
+    if ev["device"] != "m" or "error" in ev:
+        fail(f"BLOCK_JOB_COMPLETED {ev}")
+else:
+    s.run("blockdev-add", driver="qcow2", **{"node-name": "tmp"},
+          file={"driver": "file", "filename": f"{cwd}/fleece.qcow2"}, backing="src")
+    # a time limit far above any copy's: each guest write's copy runs in a
+    # coroutine of its own (the timed path), and none may break the snapshot
+    s.run("blockdev-add", driver="copy-before-write", **{"node-name": "cbw"}, file="src", target="tmp",
+          **{"cbw-timeout": 120, "on-cbw-error": "break-snapshot"})
+    s.run("blockdev-add", driver="snapshot-access", **{"node-name": "fleece"}, file="cbw")
+    s.run("block-export-add", type="nbd", id="guest", **{"node-name": "cbw"}, name="disk", writable=True)
+    s.run("block-export-add", type="nbd", id="fl", **{"node-name": "fleece"}, name="fleece")
+    fl = "nbd+unix:///fleece?socket=nbd.sock"
+    p = stress(seed)
+    n = 0
+    while p.poll() is None:  # read the point in time as long as the writes race
+        sh(f"nbdcopy --requests=64 --request-size=65536 '{fl}' during.raw", "nbdcopy during the writes")
+        sh("cmp during.raw ../init.raw", f"the point in time read during the writes (copy {n})")
+        n += 1
+    stress_end(p)
+    if n == 0:
+        fail("the writers were done before the first read of the point in time")
+    sh(f"nbdcopy --requests=64 '{fl}' after.raw", "nbdcopy after the writes")
+    sh("cmp after.raw ../init.raw", "the point in time read after the writes")
+    for e in ("fl", "guest"):
+        s.run("block-export-del", id=e, mode="hard")
+        s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
+    for node in ("fleece", "cbw", "tmp"):
+        s.run("blockdev-del", **{"node-name": node})
+s.run("blockdev-del", **{"node-name": "tgt"})
+PY
+    job_daemon_stop vbd-daemon
+    qcheck src.qcow2
+    qcheck tgt.qcow2
+    must qemu-img compare -q -f qcow2 -F raw src.qcow2 shadow.raw
+    [ $scen = M ] && must qemu-img compare -q -f qcow2 -F raw tgt.qcow2 shadow.raw
+    [ $scen = B ] && must qemu-img compare -q -f qcow2 -F raw tgt.qcow2 ../init.raw
+    [ $scen = F ] && qcheck fleece.qcow2
+    cd "$T"
+done
+echo ok
