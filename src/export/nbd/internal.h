@@ -171,6 +171,7 @@ struct nbd_conn {
     uint32_t batch_reads; /* batch reads in this window */
     uint32_t batch_got;   /* requests parsed since the last batch read */
     uint64_t poll_ns;     /* conn_recv's busy-poll window (see NBD_POLL_MAX_NS) */
+    bool client_waited;   /* the last socket read had to wait for the client (see conn_recv) */
     uint32_t batch_sess_max; /* most requests one read brought since batching (re)started */
     bool batch_resume;    /* the last session saw the client deep: see batch_count */
     struct vbd_co_queue slot_q, drain_q;
