@@ -176,7 +176,7 @@ static const struct cmd_help {
         " Example:\n"
         " 'open -n -o driver=raw /tmp/data' - opens raw data file read-write, uncached\n"
         "\n"
-        " Opens a file for subsequent use by all of the other qemu-io commands.\n"
+        " Opens a file for subsequent use by all of the other vbd-io commands.\n"
         " -r, -- open file read-only\n"
         " -s, -- use snapshot file\n"
         " -C, -- use copy-on-read\n"
