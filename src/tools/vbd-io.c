@@ -35,7 +35,9 @@ static const char usage_text[] =
     "  -r, --read-only      open read-only\n"
     "  -n, --nocache        disable the host cache (same as -t none)\n"
     "  -t, --cache MODE     writeback|writethrough|none|directsync|unsafe (default writethrough)\n"
-    "  -i, --aio MODE       io_uring|threads (default io_uring)\n"
+    "  -i, --aio MODE       io_uring|threads|native (default io_uring); -k, --native-aio: native\n"
+    "  -m, --misalign       data buffers 16 bytes off their alignment (for O_DIRECT paths)\n"
+    "  -T, --trace OPTS     accepted for qemu-io's scripts; vbd has no trace events (a warning)\n"
     "  -U, --force-share    open without taking image locks (read-only)\n"
     "  -d, --discard MODE   unmap|on (default) or ignore|off: discards do nothing\n"
     "      --image-opts     FILE is an option string (driver=...,file.filename=...)\n"
@@ -54,12 +56,16 @@ static const char usage_text[] =
     "  writev [-Cfq] [-P pat] OFF LEN [LEN..]\n"
     "  aio_read / aio_write [same flags] OFF LEN [LEN..]  start in the background; aio_flush waits for all\n"
     "  discard [-Cq] OFF LEN | alloc OFF [LEN] | map | info | length | truncate [-m mode] SIZE | flush\n"
-    "  sleep MS | close | quit\n"
+    "  write -s FILE OFF LEN                           write FILE's bytes, repeated\n"
+    "  open [-rnkU] [-t cache] [-d discard] [-i aio] [-o options] [path] | close\n"
+    "  reopen [-r|-w] [-c cache] [-o options]          the image again with changed options\n"
+    "  break EVENT TAG | wait_break TAG | resume TAG | remove_break TAG   blkdebug breakpoints\n"
+    "  help [CMD] | sleep MS | sigraise SIG | abort | quit\n"
     "Numbers take k, M, G, T, P, E suffixes. Exit status 0 only if every command succeeded.\n";
 
 static struct vbd_backend *be;
 static struct vbd_node *node; /* NULL: no image open (close, or none given) */
-static bool quiet, read_only;
+static bool quiet, read_only, misalign;
 /* what the open image was opened with: reopen starts from it */
 static struct {
     char *filename;          /* NULL: the options name it */
@@ -511,13 +517,15 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         free(iov);
         return -EINVAL;
     }
-    uint8_t *buf = zero ? NULL : vbd_alloc_aligned(4096, total ? total : 1);
+    /* -m: the data 16 bytes past an aligned start, as qemu-io's misalign */
+    uint8_t *base = zero ? NULL : vbd_alloc_aligned(4096, (total ? total : 1) + (misalign ? 16 : 0));
+    uint8_t *buf = base && misalign ? base + 16 : base;
     for (size_t k = 0, pos = 0; k < (size_t)niov && buf; pos += iov[k].iov_len, k++)
         iov[k].iov_base = buf + pos;
     if (buf)
         memset(buf, write ? (pattern >= 0 ? pattern : 0xcd) : 0xab, total);
     if (source && fill_from_file(buf, total, source) < 0) {
-        free(buf);
+        free(base);
         free(iov);
         return -EINVAL;
     }
@@ -563,7 +571,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
                 report(write ? "wrote" : "read", total, total, off, t0, 1);
         }
     }
-    free(buf);
+    free(base);
     free(iov);
     return rc;
 }
@@ -1196,7 +1204,7 @@ static int do_reopen(int argc, char **argv)
 {
     unsigned flags = cur.flags;
     bool writethrough = cur.writethrough, has_rw = false, has_cache = false;
-    struct json_object *o = NULL;
+    struct json_object *o = NULL, *format_opts = NULL;
     struct vbd_error *err = NULL;
     int c, rc = -EINVAL;
     optind = 0;
@@ -1230,13 +1238,12 @@ static int do_reopen(int argc, char **argv)
         print_usage("reopen");
         goto out;
     }
-    struct json_object *format_opts = json_object_new_object();
+    format_opts = json_object_new_object();
     if (o) {
         bool b;
         int got;
         if (json_object_object_get_ex(o, "read-only", NULL) && has_rw) {
             vbd_error_report("Cannot set both -r/-w and 'read-only'");
-            json_object_put(format_opts);
             goto out;
         }
         if ((got = vbd_opt_take_bool(o, "read-only", &b, &err)) < 0)
@@ -1244,7 +1251,6 @@ static int do_reopen(int argc, char **argv)
         if (got && b && !read_only) {
             /* qemu-io's BlockBackend keeps its write permission */
             vbd_error_report("Read-only block node '%s' cannot support read-write users", node->node_name);
-            json_object_put(format_opts);
             goto out;
         }
         if (got && !b)
@@ -1253,7 +1259,6 @@ static int do_reopen(int argc, char **argv)
         if (cache && has_cache) {
             json_object_put(cache);
             vbd_error_report("Cannot set both -c and the cache options");
-            json_object_put(format_opts);
             goto out;
         }
         if (cache) {
@@ -1273,7 +1278,6 @@ static int do_reopen(int argc, char **argv)
                 (void)cv;
                 vbd_error_report("Cannot change the option '%s'", ck);
                 json_object_put(cache);
-                json_object_put(format_opts);
                 goto out;
             }
             json_object_put(cache);
@@ -1283,7 +1287,6 @@ static int do_reopen(int argc, char **argv)
             goto bad_opt;
         if (discard && discard_flags(discard, &flags) < 0) {
             free(discard);
-            json_object_put(format_opts);
             goto out;
         }
         free(discard);
@@ -1303,7 +1306,6 @@ static int do_reopen(int argc, char **argv)
                     sub = json_object_iter_peek_value(&it);
                 }
                 vbd_error_report("Cannot change the option '%s'", leaf);
-                json_object_put(format_opts);
                 goto out;
             }
             json_object_object_add(format_opts, k, json_object_get(v));
@@ -1323,6 +1325,7 @@ static int do_reopen(int argc, char **argv)
         json_object_object_foreach(format_opts, fk, fv) json_object_object_add(opts, fk, json_object_get(fv));
     }
     json_object_put(format_opts);
+    format_opts = NULL;
     char *filename = cur.filename ? vbd_xstrdup(cur.filename) : NULL;
     unsigned old_flags = cur.flags & ~VBD_OPEN_FORCE_SHARE;
     bool old_wt = cur.writethrough, force_share = (cur.flags & VBD_OPEN_FORCE_SHARE) != 0;
@@ -1340,6 +1343,7 @@ static int do_reopen(int argc, char **argv)
 bad_opt:
     tool_report(err);
 out:
+    json_object_put(format_opts);
     json_object_put(o);
     return rc;
 }
@@ -1355,6 +1359,7 @@ int main(int argc, char **argv)
         {"quiet", no_argument, NULL, 'q'},       {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},     {"object", required_argument, NULL, 'o'},
         {"discard", required_argument, NULL, 'd'}, {"native-aio", no_argument, NULL, 'k'},
+        {"misalign", no_argument, NULL, 'm'},    {"trace", required_argument, NULL, 'T'},
         {NULL, 0, NULL, 0},
     };
     vbd_log_set_prog("vbd-io");
@@ -1363,7 +1368,7 @@ int main(int argc, char **argv)
     const char *fmt = NULL, *cache = "writethrough", *aio = NULL;
     bool ro = false, force_share = false, image_opts = false, unmap = true;
     int c;
-    while ((c = getopt_long(argc, argv, "c:f:rnt:i:UqhVkd:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:f:rnt:i:UqhVkd:mT:", longopts, NULL)) != -1) {
         switch (c) {
         case 'c':
             if (ncmds == 255) {
@@ -1381,6 +1386,11 @@ int main(int argc, char **argv)
         case 'O': image_opts = true; break;
         case 'q': quiet = true; break;
         case 'k': aio = "native"; break; /* qemu-io's --native-aio: -i native */
+        case 'm': misalign = true; break;
+        case 'T':
+            /* scripts pass qemu-io's trace options; vbd has no trace events */
+            vbd_error_report("-T %s: vbd has no trace events, ignored", optarg);
+            break;
         case 'd':
             if (!strcmp(optarg, "ignore") || !strcmp(optarg, "off"))
                 unmap = false;

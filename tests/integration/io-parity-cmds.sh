@@ -97,4 +97,10 @@ c -f raw a.raw -- 'write -s pat -P 1 0 1' 'write -s pat -z 0 1' 'write -s pat 0 
 c -f raw a.raw -- 'write -s pat 0 0' 'write -s pat 5 100k' 'read -v 0 16' 'write -s pat -q 200k 1k' 'write -C -s pat 300k 3'
 c -f qcow2 a.qcow2 -- 'write -s pat 0 64k' 'write -c -s pat 64k 64k' 'read -v 64k 8' 'w -s'
 c -f raw a.raw -- 'aio_read -i 0 1' 'aio_read -i' 'aio_read -i 0 x' 'aio_write -i -P 1 0 1' 'aio_write -q -i 0 1' 'aio_flush'
+step "command line: -m (buffers 16 bytes off their alignment), with and without O_DIRECT"
+same -m -f raw -c 'write -P 1 512 4k' -c 'read -P 1 512 4k' -c 'readv -P 1 512 1k 3k' -c 'writev -P 2 0 512 512' \
+    -c 'read -v 0 16' a.raw
+same -m -n -f raw -c 'write -P 1 512 4k' -c 'read -P 1 512 4k' -c 'aio_write -P 3 8k 4k' -c aio_flush \
+    -c 'read -P 3 8k 4k' -c 'write -s pat 64k 4k' -c 'read -v 64k 8' a.raw
+same --misalign -n -f qcow2 -c 'write -P 4 1k 70k' -c 'read -P 4 1k 70k' -c 'write -z 4k 4k' -c map a.qcow2
 echo PASS

@@ -21,6 +21,9 @@
  * the node's limits, which the generic layer honours (requests aligned,
  * split) and the NBD server advertises (NBD_INFO_BLOCK_SIZE); vbd has no
  * write-zeroes alignment, so opt-write-zero only bounds max-write-zero.
+ * Breakpoints (qemu-io's break/resume/wait_break/remove_break, through
+ * vbd_node_debug_*) stop a request at its event until resumed, announced
+ * on stdout in QEMU's words as QEMU's blkdebug does.
  */
 #include "block/filter/passthrough.h"
 #include "vbd/alloc.h"
