@@ -324,9 +324,9 @@ static bool is_stopped(struct blkdebug_state *s, struct vbd_co *co)
 }
 
 /* Breakpoints on the event of request type t: each one that fires stops
- * the request (once per breakpoint, the newest first, as QEMU's), and
- * goes; the request goes on once each of its stops is resumed. QEMU's blkdebug
- * announces both on stdout (qemu-io's tests read it) and so does this. */
+ * the request (the newest first, as QEMU's) and goes; the request goes on
+ * once each of its stops is resumed. QEMU's blkdebug announces both on
+ * stdout (qemu-io's tests read it) and so does this. */
 static void stop_at_breakpoints(struct vbd_node *n, enum io_type t)
 {
     struct blkdebug_state *s = n->opaque;
