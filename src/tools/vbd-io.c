@@ -1104,18 +1104,36 @@ static void close_image(void)
     memset(&cur, 0, sizeof(cur));
 }
 
-/* -t/-n/-d/-i/-k of the command line and of open: into open flags */
-static int discard_flags(const char *mode, unsigned *flags)
+/* -d of open, discard= of reopen -o (QEMU words its error without the
+ * value there: named false): into open flags */
+static int discard_flags(const char *mode, unsigned *flags, bool named)
 {
     if (!strcmp(mode, "ignore") || !strcmp(mode, "off"))
         *flags &= ~VBD_OPEN_UNMAP;
     else if (!strcmp(mode, "unmap") || !strcmp(mode, "on"))
         *flags |= VBD_OPEN_UNMAP;
     else {
-        vbd_error_report("Invalid discard option: %s", mode);
+        if (named)
+            vbd_error_report("Invalid discard option: %s", mode);
+        else
+            vbd_error_report("Invalid discard option");
         return -1;
     }
     return 0;
+}
+
+/* reopen -o's on/off options: 1 taken (*out set), 0 absent, -1 after
+ * QEMU's words naming the option as given (shown) */
+static int take_on_off(struct json_object *o, const char *key, const char *shown, bool *out)
+{
+    struct vbd_error *err = NULL;
+    int got = vbd_opt_take_bool(o, key, out, &err);
+    if (got < 0) {
+        vbd_error_free(err);
+        vbd_error_report("Parameter '%s' expects 'on' or 'off'", shown);
+        return -1;
+    }
+    return got;
 }
 
 /* the options of open -o (QemuOpts, no implied name), merged when given twice */
@@ -1170,7 +1188,7 @@ static int do_open(int argc, char **argv)
             flags &= ~(VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH);
             rc = tool_cache_flags(optarg, &flags, &writethrough);
             break;
-        case 'd': rc = discard_flags(optarg, &flags); break;
+        case 'd': rc = discard_flags(optarg, &flags, true); break;
         case 'o': rc = merge_options(&opts, optarg); break;
         case 'U': force_share = true; break;
         default:
@@ -1246,8 +1264,8 @@ static int do_reopen(int argc, char **argv)
             vbd_error_report("Cannot set both -r/-w and 'read-only'");
             goto out;
         }
-        if ((got = vbd_opt_take_bool(o, "read-only", &b, &err)) < 0)
-            goto bad_opt;
+        if ((got = take_on_off(o, "read-only", "read-only", &b)) < 0)
+            goto out;
         if (got && b && !read_only) {
             /* qemu-io's BlockBackend keeps its write permission */
             vbd_error_report("Read-only block node '%s' cannot support read-write users", node->node_name);
@@ -1262,21 +1280,21 @@ static int do_reopen(int argc, char **argv)
             goto out;
         }
         if (cache) {
-            if ((got = vbd_opt_take_bool(cache, "direct", &b, &err)) < 0) {
+            if ((got = take_on_off(cache, "direct", "cache.direct", &b)) < 0) {
                 json_object_put(cache);
-                goto bad_opt;
+                goto out;
             }
             if (got)
                 flags = b ? flags | VBD_OPEN_NOCACHE : flags & ~VBD_OPEN_NOCACHE;
-            if ((got = vbd_opt_take_bool(cache, "no-flush", &b, &err)) < 0) {
+            if ((got = take_on_off(cache, "no-flush", "cache.no-flush", &b)) < 0) {
                 json_object_put(cache);
-                goto bad_opt;
+                goto out;
             }
             if (got)
                 flags = b ? flags | VBD_OPEN_NO_FLUSH : flags & ~VBD_OPEN_NO_FLUSH;
             json_object_object_foreach(cache, ck, cv) {
                 (void)cv;
-                vbd_error_report("Cannot change the option '%s'", ck);
+                vbd_error_report("Cannot change the option 'cache.%s'", ck);
                 json_object_put(cache);
                 goto out;
             }
@@ -1285,11 +1303,13 @@ static int do_reopen(int argc, char **argv)
         char *discard = NULL;
         if (vbd_opt_take_str(o, "discard", &discard, &err) < 0)
             goto bad_opt;
-        if (discard && discard_flags(discard, &flags) < 0) {
+        unsigned discard_flag = flags;
+        if (discard && discard_flags(discard, &discard_flag, false) < 0) {
             free(discard);
             goto out;
         }
         free(discard);
+        flags = discard_flag;
         /* the rest: the format's own options, its children's are fixed */
         bool format_runtime = !strcmp(node->drv->name, "qcow2");
         json_object_object_foreach(o, k, v) {

@@ -71,6 +71,9 @@ c -f raw a.raw -- 'reopen -r -w' 'reopen -c none' 'read 0 4k' 'reopen -c bogus' 
 c -f raw a.raw -- 'reopen -o cache.direct=on' 'read 0 4k' 'reopen -x' 'reopen 1' 'reopen -o'
 c -f raw a.raw -- 'reopen -r -o read-only=off' 'reopen -c none -o cache.direct=off' 'reopen -o file.filename=b.raw'
 c -f raw a.raw -- 'reopen -o discard=unmap' 'reopen -o file.locking=off' 'write -P 5 0 1'
+c -f raw a.raw -- 'reopen -o cache.direct=maybe' 'reopen -o cache.foo=1' 'reopen -o read-only=x' 'reopen -o discard=x' \
+    'reopen -o cache.no-flush=2' 'reopen -c none -r' 'write 0 1' 'reopen -w -o read-only=on' \
+    'reopen -o discard=ignore,cache.no-flush=on' 'write -P 2 0 1' 'read -P 2 0 1'
 c -f qcow2 a.qcow2 -- 'reopen -o lazy-refcounts=on' 'write -P 1 0 64k' 'reopen -o l2-cache-size=1M' 'reopen -r' 'write 0 1' 'read -P 1 0 64k'
 
 step "break, wait_break, resume, remove_break (blkdebug)"
