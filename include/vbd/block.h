@@ -383,6 +383,12 @@ struct vbd_driver {
     struct vbd_node *(*child_at)(struct vbd_node *n, int i, char *name, size_t len);
     int (*add_child)(struct vbd_node *n, struct vbd_node *child, struct vbd_error **err);
     int (*del_child)(struct vbd_node *n, const char *name, struct vbd_error **err);
+    /* Breakpoints (blkdebug; qemu-io's break, remove_break, resume,
+     * wait_break): see vbd_node_debug_breakpoint. NULL: none. */
+    int (*debug_breakpoint)(struct vbd_node *n, const char *event, const char *tag);
+    int (*debug_remove_breakpoint)(struct vbd_node *n, const char *tag);
+    int (*debug_resume)(struct vbd_node *n, const char *tag);
+    bool (*debug_is_suspended)(struct vbd_node *n, const char *tag);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*().
@@ -605,6 +611,18 @@ int vbd_node_co_set_home(struct vbd_node *n, struct vbd_loop *loop, struct vbd_e
  * first. The image locks follow (qemu-img sees the change). Home thread,
  * coroutine. Fails with -ENOTSUP for drivers without reopen_rw. */
 int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_error **err);
+
+/* qemu-io's breakpoints, on the first node at or below n (down its file
+ * children) whose driver has them (blkdebug): a request that fires event
+ * (read_aio, write_aio, flush_to_disk) stops there, tagged tag, until
+ * vbd_node_debug_resume(tag) lets it go (the newest stopped one of that
+ * tag); a breakpoint fires once. -ENOTSUP without such a node, -ENOENT for
+ * an unknown event or tag. Home loop; the stopped request's coroutine waits
+ * on it. is_suspended: a request with tag is stopped (false: no node). */
+int vbd_node_debug_breakpoint(struct vbd_node *n, const char *event, const char *tag);
+int vbd_node_debug_remove_breakpoint(struct vbd_node *n, const char *tag);
+int vbd_node_debug_resume(struct vbd_node *n, const char *tag);
+bool vbd_node_debug_is_suspended(struct vbd_node *n, const char *tag);
 
 /* What a node reports to the management layer (any thread), and what
  * the management layer knows about a node (home thread). */

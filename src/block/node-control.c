@@ -115,3 +115,36 @@ int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_err
         vbd_node_co_set_read_only(child, true, NULL);
     return rc;
 }
+
+/* as QEMU's bdrv_debug_*: the first node down the file children that has
+ * breakpoints */
+static struct vbd_node *debug_node(struct vbd_node *n)
+{
+    while (n && !n->drv->debug_breakpoint)
+        n = n->file;
+    return n;
+}
+
+int vbd_node_debug_breakpoint(struct vbd_node *n, const char *event, const char *tag)
+{
+    n = debug_node(n);
+    return n ? n->drv->debug_breakpoint(n, event, tag) : -ENOTSUP;
+}
+
+int vbd_node_debug_remove_breakpoint(struct vbd_node *n, const char *tag)
+{
+    n = debug_node(n);
+    return n ? n->drv->debug_remove_breakpoint(n, tag) : -ENOTSUP;
+}
+
+int vbd_node_debug_resume(struct vbd_node *n, const char *tag)
+{
+    n = debug_node(n);
+    return n ? n->drv->debug_resume(n, tag) : -ENOTSUP;
+}
+
+bool vbd_node_debug_is_suspended(struct vbd_node *n, const char *tag)
+{
+    n = debug_node(n);
+    return n && n->drv->debug_is_suspended(n, tag);
+}

@@ -8,6 +8,7 @@
  */
 #include "common.h"
 
+#include "vbd/alloc.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -18,6 +19,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +35,9 @@ static const char usage_text[] =
     "  -r, --read-only      open read-only\n"
     "  -n, --nocache        disable the host cache (same as -t none)\n"
     "  -t, --cache MODE     writeback|writethrough|none|directsync|unsafe (default writethrough)\n"
-    "  -i, --aio MODE       io_uring|threads (default io_uring)\n"
+    "  -i, --aio MODE       io_uring|threads|native (default io_uring); -k, --native-aio: native\n"
+    "  -m, --misalign       data buffers 16 bytes off their alignment (for O_DIRECT paths)\n"
+    "  -T, --trace OPTS     accepted for qemu-io's scripts; vbd has no trace events (a warning)\n"
     "  -U, --force-share    open without taking image locks (read-only)\n"
     "  -d, --discard MODE   unmap|on (default) or ignore|off: discards do nothing\n"
     "      --image-opts     FILE is an option string (driver=...,file.filename=...)\n"
@@ -52,12 +56,23 @@ static const char usage_text[] =
     "  writev [-Cfq] [-P pat] OFF LEN [LEN..]\n"
     "  aio_read / aio_write [same flags] OFF LEN [LEN..]  start in the background; aio_flush waits for all\n"
     "  discard [-Cq] OFF LEN | alloc OFF [LEN] | map | info | length | truncate [-m mode] SIZE | flush\n"
-    "  sleep MS | close | quit\n"
+    "  write -s FILE OFF LEN                           write FILE's bytes, repeated\n"
+    "  open [-rnkU] [-t cache] [-d discard] [-i aio] [-o options] [path] | close\n"
+    "  reopen [-r|-w] [-c cache] [-o options]          the image again with changed options\n"
+    "  break EVENT TAG | wait_break TAG | resume TAG | remove_break TAG   blkdebug breakpoints\n"
+    "  help [CMD] | sleep MS | sigraise SIG | abort | quit\n"
     "Numbers take k, M, G, T, P, E suffixes. Exit status 0 only if every command succeeded.\n";
 
 static struct vbd_backend *be;
-static struct vbd_node *node;
-static bool quiet, read_only;
+static struct vbd_node *node; /* NULL: no image open (close, or none given) */
+static bool quiet, read_only, misalign;
+/* what the open image was opened with: reopen starts from it */
+static struct {
+    char *filename;          /* NULL: the options name it */
+    struct json_object *opts; /* NULL: none */
+    unsigned flags;          /* VBD_OPEN_* */
+    bool writethrough;
+} cur;
 static int failures;
 static int aio_pending;
 static struct vbd_co_queue aio_waiters = VBD_CO_QUEUE_INIT;
@@ -79,27 +94,228 @@ static void report(const char *op, int64_t done, int64_t len, int64_t off, uint6
     printf("%s, %d ops; %s (%s/sec and %.4f ops/sec)\n", sz, ops, ts, rate, secs > 0 ? ops / secs : 0.0);
 }
 
-/* qemu-io's one-line usage, printed (to stdout, as qemu-io does) when a
+/* qemu-io 7.2's commands as its help shows them: arguments, one line,
+ * and the longer text of "help CMD" (NULL: none). The one line with the
+ * arguments is also the usage printed (to stdout, as qemu-io does) when a
  * command's options or operands are wrong. */
-static const struct cmd_usage {
-    const char *name, *line;
-} usages[] = {
-    {"read", "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset"},
-    {"readv", "readv [-Cqv] [-P pattern] off len [len..] -- reads a number of bytes at a specified offset"},
-    {"write", "write [-bcCfnquz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified "
-              "offset"},
-    {"writev", "writev [-Cfq] [-P pattern] off len [len..] -- writes a number of bytes at a specified offset"},
-    {"aio_read", "aio_read [-Ciqv] [-P pattern] off len [len..] -- asynchronously reads a number of bytes"},
-    {"aio_write", "aio_write [-Cfiquz] [-P pattern] off len [len..] -- asynchronously writes a number of bytes"},
-    {"discard", "discard [-Cq] off len -- discards a number of bytes at a specified offset"},
-    {"truncate", "truncate [-m prealloc_mode] off -- truncates the current file at the given offset"},
+static const struct cmd_help {
+    const char *name, *args, *oneline, *text;
+} helps[] = {
+    {"abort", NULL, "simulate a program crash using abort(3)",
+        NULL},
+    {"aio_flush", NULL, "completes all outstanding aio requests",
+        NULL},
+    {"aio_read", "[-Ciqv] [-P pattern] off len [len..]", "asynchronously reads a number of bytes",
+        "\n"
+        " asynchronously reads a range of bytes from the given offset\n"
+        "\n"
+        " Example:\n"
+        " 'aio_read -v 512 1k 1k ' - dumps 2 kilobytes read from 512 bytes into the file\n"
+        "\n"
+        " Reads a segment of the currently open file, optionally dumping it to the\n"
+        " standard output stream (with -v option) for subsequent inspection.\n"
+        " The read is performed asynchronously and the aio_flush command must be\n"
+        " used to ensure all outstanding aio requests have been completed.\n"
+        " Note that due to its asynchronous nature, this command will be\n"
+        " considered successful once the request is submitted, independently\n"
+        " of potential I/O errors or pattern mismatches.\n"
+        " -C, -- report statistics in a machine parsable format\n"
+        " -P, -- use a pattern to verify read data\n"
+        " -i, -- treat request as invalid, for exercising stats\n"
+        " -v, -- dump buffer to standard output\n"
+        " -q, -- quiet mode, do not show I/O statistics\n"
+        "\n"},
+    {"aio_write", "[-Cfiquz] [-P pattern] off len [len..]", "asynchronously writes a number of bytes",
+        "\n"
+        " asynchronously writes a range of bytes from the given offset source\n"
+        " from multiple buffers\n"
+        "\n"
+        " Example:\n"
+        " 'aio_write 512 1k 1k' - writes 2 kilobytes at 512 bytes into the open file\n"
+        "\n"
+        " Writes into a segment of the currently open file, using a buffer\n"
+        " filled with a set pattern (0xcdcdcdcd).\n"
+        " The write is performed asynchronously and the aio_flush command must be\n"
+        " used to ensure all outstanding aio requests have been completed.\n"
+        " Note that due to its asynchronous nature, this command will be\n"
+        " considered successful once the request is submitted, independently\n"
+        " of potential I/O errors or pattern mismatches.\n"
+        " -P, -- use different pattern to fill file\n"
+        " -C, -- report statistics in a machine parsable format\n"
+        " -f, -- use Force Unit Access semantics\n"
+        " -i, -- treat request as invalid, for exercising stats\n"
+        " -q, -- quiet mode, do not show I/O statistics\n"
+        " -u, -- with -z, allow unmapping\n"
+        " -z, -- write zeroes using blk_aio_pwrite_zeroes\n"
+        "\n"},
+    {"alloc", "offset [count]", "checks if offset is allocated in the file",
+        NULL},
+    {"break", "event tag", "sets a breakpoint on event and tags the stopped request as tag",
+        NULL},
+    {"close", NULL, "close the current open file",
+        NULL},
+    {"discard", "[-Cq] off len", "discards a number of bytes at a specified offset",
+        "\n"
+        " discards a range of bytes from the given offset\n"
+        "\n"
+        " Example:\n"
+        " 'discard 512 1k' - discards 1 kilobyte from 512 bytes into the file\n"
+        "\n"
+        " Discards a segment of the currently open file.\n"
+        " -C, -- report statistics in a machine parsable format\n"
+        " -q, -- quiet mode, do not show I/O statistics\n"
+        "\n"},
+    {"flush", NULL, "flush all in-core file state to disk",
+        NULL},
+    {"help", "[command]", "help for one or all commands",
+        NULL},
+    {"info", NULL, "prints information about the current file",
+        NULL},
+    {"length", NULL, "gets the length of the current file",
+        NULL},
+    {"map", "", "prints the allocated areas of a file",
+        NULL},
+    {"open", "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
+        "\n"
+        " opens a new file in the requested mode\n"
+        "\n"
+        " Example:\n"
+        " 'open -n -o driver=raw /tmp/data' - opens raw data file read-write, uncached\n"
+        "\n"
+        " Opens a file for subsequent use by all of the other vbd-io commands.\n"
+        " -r, -- open file read-only\n"
+        " -s, -- use snapshot file\n"
+        " -C, -- use copy-on-read\n"
+        " -n, -- disable host cache, short for -t none\n"
+        " -U, -- force shared permissions\n"
+        " -k, -- use kernel AIO implementation (Linux only, prefer use of -i)\n"
+        " -i, -- use AIO mode (threads, native or io_uring)\n"
+        " -t, -- use the given cache mode for the image\n"
+        " -d, -- use the given discard mode for the image\n"
+        " -o, -- options to be given to the block driver\n"},
+    {"quit", NULL, "exit the program",
+        NULL},
+    {"read", "[-abCqv] [-P pattern [-s off] [-l len]] off len", "reads a number of bytes at a specified offset",
+        "\n"
+        " reads a range of bytes from the given offset\n"
+        "\n"
+        " Example:\n"
+        " 'read -v 512 1k' - dumps 1 kilobyte read from 512 bytes into the file\n"
+        "\n"
+        " Reads a segment of the currently open file, optionally dumping it to the\n"
+        " standard output stream (with -v option) for subsequent inspection.\n"
+        " -b, -- read from the VM state rather than the virtual disk\n"
+        " -C, -- report statistics in a machine parsable format\n"
+        " -l, -- length for pattern verification (only with -P)\n"
+        " -p, -- ignored for backwards compatibility\n"
+        " -P, -- use a pattern to verify read data\n"
+        " -q, -- quiet mode, do not show I/O statistics\n"
+        " -s, -- start offset for pattern verification (only with -P)\n"
+        " -v, -- dump buffer to standard output\n"
+        "\n"},
+    {"readv", "[-Cqv] [-P pattern] off len [len..]", "reads a number of bytes at a specified offset",
+        "\n"
+        " reads a range of bytes from the given offset into multiple buffers\n"
+        "\n"
+        " Example:\n"
+        " 'readv -v 512 1k 1k ' - dumps 2 kilobytes read from 512 bytes into the file\n"
+        "\n"
+        " Reads a segment of the currently open file, optionally dumping it to the\n"
+        " standard output stream (with -v option) for subsequent inspection.\n"
+        " Uses multiple iovec buffers if more than one byte range is specified.\n"
+        " -C, -- report statistics in a machine parsable format\n"
+        " -P, -- use a pattern to verify read data\n"
+        " -v, -- dump buffer to standard output\n"
+        " -q, -- quiet mode, do not show I/O statistics\n"
+        "\n"},
+    {"remove_break", "tag", "remove a breakpoint by tag",
+        NULL},
+    {"reopen", "[(-r|-w)] [-c cache] [-o options]", "reopens an image with new options",
+        "\n"
+        " Changes the open options of an already opened image\n"
+        "\n"
+        " Example:\n"
+        " 'reopen -o lazy-refcounts=on' - activates lazy refcount writeback on a qcow2 image\n"
+        "\n"
+        " -r, -- Reopen the image read-only\n"
+        " -w, -- Reopen the image read-write\n"
+        " -c, -- Change the cache mode to the given value\n"
+        " -o, -- Changes block driver options (cf. 'open' command)\n"
+        "\n"},
+    {"resume", "tag", "resumes the request tagged as tag",
+        NULL},
+    {"sigraise", "signal", "raises a signal",
+        "\n"
+        " raises the given signal\n"
+        "\n"
+        " Example:\n"
+        " 'sigraise 15' - raises SIGTERM\n"
+        "\n"
+        " Invokes raise(signal), where \"signal\" is the mandatory integer argument\n"
+        " given to sigraise.\n"
+        "\n"},
+    {"sleep", NULL, "waits for the given value in milliseconds",
+        NULL},
+    {"truncate", "[-m prealloc_mode] off", "truncates the current file at the given offset",
+        NULL},
+    {"wait_break", "tag", "waits for the suspension of a request",
+        NULL},
+    {"write", "[-bcCfnquz] [-P pattern | -s source_file] off len", "writes a number of bytes at a specified offset",
+        "\n"
+        " writes a range of bytes from the given offset\n"
+        "\n"
+        " Example:\n"
+        " 'write 512 1k' - writes 1 kilobyte at 512 bytes into the open file\n"
+        "\n"
+        " Writes into a segment of the currently open file, using a buffer\n"
+        " filled with a set pattern (0xcdcdcdcd).\n"
+        " -b, -- write to the VM state rather than the virtual disk\n"
+        " -c, -- write compressed data with blk_write_compressed\n"
+        " -f, -- use Force Unit Access semantics\n"
+        " -n, -- with -z, don't allow slow fallback\n"
+        " -p, -- ignored for backwards compatibility\n"
+        " -P, -- use different pattern to fill file\n"
+        " -s, -- use a pattern file to fill the write buffer\n"
+        " -C, -- report statistics in a machine parsable format\n"
+        " -q, -- quiet mode, do not show I/O statistics\n"
+        " -u, -- with -z, allow unmapping\n"
+        " -z, -- write zeroes using blk_co_pwrite_zeroes\n"
+        "\n"},
+    {"writev", "[-Cfq] [-P pattern] off len [len..]", "writes a number of bytes at a specified offset",
+        "\n"
+        " writes a range of bytes from the given offset source from multiple buffers\n"
+        "\n"
+        " Example:\n"
+        " 'writev 512 1k 1k' - writes 2 kilobytes at 512 bytes into the open file\n"
+        "\n"
+        " Writes into a segment of the currently open file, using a buffer\n"
+        " filled with a set pattern (0xcdcdcdcd).\n"
+        " -P, -- use different pattern to fill file\n"
+        " -C, -- report statistics in a machine parsable format\n"
+        " -f, -- use Force Unit Access semantics\n"
+        " -q, -- quiet mode, do not show I/O statistics\n"
+        "\n"},
 };
+
+static const struct cmd_help *find_help(const char *name)
+{
+    for (size_t i = 0; i < sizeof(helps) / sizeof(helps[0]); i++)
+        if (!strcmp(helps[i].name, name))
+            return &helps[i];
+    return NULL;
+}
+
+/* "NAME ARGS -- ONELINE" (qemu-io's: no ARGS, no space for them) */
+static void print_cmd_line(const char *name, const struct cmd_help *h)
+{
+    printf("%s%s%s -- %s\n", name, h->args ? " " : "", h->args ? h->args : "", h->oneline);
+}
 
 static void print_usage(const char *name)
 {
-    for (size_t i = 0; i < sizeof(usages) / sizeof(usages[0]); i++)
-        if (!strcmp(usages[i].name, name))
-            printf("%s\n", usages[i].line);
+    const struct cmd_help *h = find_help(name);
+    if (h)
+        print_cmd_line(h->name, h);
 }
 
 /* qemu-io prints parse errors on stdout */
@@ -161,6 +377,32 @@ static bool compress_aligned(int64_t off, int64_t len)
     return !cs || (off % cs == 0 && (len % cs == 0 || (uint64_t)(off + len) == node->size));
 }
 
+/* write -s FILE: the buffer holds FILE's first len bytes, repeated to
+ * fill it; qemu-io's messages (on stderr) for a file it cannot read or
+ * that gives nothing (empty, or len 0). */
+static int fill_from_file(uint8_t *buf, int64_t len, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        perror(path);
+        return -1;
+    }
+    size_t got = fread(buf, 1, (size_t)len, f);
+    if (ferror(f)) {
+        perror(path);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    if (got == 0) {
+        fprintf(stderr, "%s: file is empty\n", path);
+        return -1;
+    }
+    for (int64_t pos = (int64_t)got; pos < len; pos += (int64_t)got)
+        memcpy(buf + pos, buf, (size_t)(len - pos < (int64_t)got ? len - pos : (int64_t)got));
+    return 0;
+}
+
 /* read/readv/write/writev/aio_*: qemu-io's options, checks and messages.
  * name is the command as qemu-io names it (for usage lines). */
 static int do_rw(int argc, char **argv, const char *name, bool write, bool vectored)
@@ -171,6 +413,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
     int pattern = -1, c;
     bool zero = false, unmap = false, fua = false, oquiet = false, verbose = false, csv = false;
     bool lflag = false, sflag = false, nofallback = false, compress = false;
+    const char *source = NULL; /* write -s: the data, repeated */
     int64_t pat_off = 0, pat_len = 0;
     optind = 0;
     while ((c = getopt(argc, argv, optstr)) != -1) {
@@ -187,9 +430,8 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
             break;
         case 's':
             if (write) {
-                /* write -s FILE: data from a file is not a vbd-io feature */
-                printf("write -s is not supported\n");
-                return -ENOTSUP;
+                source = optarg;
+                break;
             }
             sflag = true;
             if (get_num(optarg, &pat_off) < 0)
@@ -202,7 +444,12 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         case 'q': oquiet = true; break;
         case 'v': verbose = true; break;
         case 'C': csv = true; break;
-        case 'p': case 'i': break;
+        case 'p': break;
+        case 'i':
+            /* qemu-io counts an invalid request in the statistics and
+             * stops there: vbd has no such counter, the words are kept */
+            printf("injecting invalid %s request\n", write ? "write" : "read");
+            return 0;
         case 'b':
             printf("%s -b: the VM state is not supported\n", name);
             return -ENOTSUP;
@@ -215,7 +462,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         print_usage(name);
         return -EINVAL;
     }
-    if (write && zero && pattern >= 0) {
+    if (write && (zero + (pattern >= 0) + (source != NULL)) > 1) {
         printf("Only one of -z, -P, and -s can be specified at the same time\n");
         return -EINVAL;
     }
@@ -270,11 +517,18 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         free(iov);
         return -EINVAL;
     }
-    uint8_t *buf = zero ? NULL : vbd_alloc_aligned(4096, total ? total : 1);
+    /* -m: the data 16 bytes past an aligned start, as qemu-io's misalign */
+    uint8_t *base = zero ? NULL : vbd_alloc_aligned(4096, (total ? total : 1) + (misalign ? 16 : 0));
+    uint8_t *buf = base && misalign ? base + 16 : base;
     for (size_t k = 0, pos = 0; k < (size_t)niov && buf; pos += iov[k].iov_len, k++)
         iov[k].iov_base = buf + pos;
     if (buf)
         memset(buf, write ? (pattern >= 0 ? pattern : 0xcd) : 0xab, total);
+    if (source && fill_from_file(buf, total, source) < 0) {
+        free(base);
+        free(iov);
+        return -EINVAL;
+    }
     struct vbd_qiov q;
     vbd_qiov_init(&q, iov, niov);
     uint64_t t0 = vbd_clock_ns();
@@ -317,7 +571,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
                 report(write ? "wrote" : "read", total, total, off, t0, 1);
         }
     }
-    free(buf);
+    free(base);
     free(iov);
     return rc;
 }
@@ -350,7 +604,9 @@ static int start_aio(int argc, char **argv, bool write)
     for (int i = 0; i < argc; i++)
         j->argv[i] = strdup(argv[i]);
     aio_pending++;
-    vbd_co_wake(vbd_co_create(aio_entry, j));
+    /* as qemu-io, the request starts within the command (a breakpoint it
+     * meets stops it before the next command) */
+    vbd_co_enter(vbd_co_create(aio_entry, j));
     return 0;
 }
 
@@ -397,19 +653,97 @@ static int do_map(void)
 }
 
 /* qemu-io's commands, aliases and operand counts (options count too, as
- * qemu-io checks before parsing them); max -1: no limit. */
+ * qemu-io checks before parsing them); max -1: no limit. nofile: runs with
+ * no image open. */
 static const struct cmd_def {
     const char *name, *alias;
     int min, max;
+    bool nofile;
 } cmd_defs[] = {
-    {"read", "r", 2, -1},     {"readv", NULL, 2, -1},    {"write", "w", 2, -1},    {"writev", NULL, 2, -1},
-    {"aio_read", NULL, 2, -1}, {"aio_write", NULL, 2, -1}, {"aio_flush", NULL, 0, 0}, {"flush", "f", 0, 0},
-    {"discard", "d", 2, -1},  {"length", "l", 0, 0},     {"map", NULL, 0, 0},      {"info", "i", 0, 0},
-    {"truncate", "t", 1, 3},  {"alloc", "a", 1, 2},      {"sleep", NULL, 1, 1},    {"close", "c", 0, 0},
-    {"quit", "q", 0, 0},
+    {"read", "r", 2, -1, false},     {"readv", NULL, 2, -1, false},     {"write", "w", 2, -1, false},
+    {"writev", NULL, 2, -1, false},  {"aio_read", NULL, 2, -1, false},  {"aio_write", NULL, 2, -1, false},
+    {"aio_flush", NULL, 0, 0, false}, {"flush", "f", 0, 0, false},       {"discard", "d", 2, -1, false},
+    {"length", "l", 0, 0, false},    {"map", NULL, 0, 0, false},        {"info", "i", 0, 0, false},
+    {"truncate", "t", 1, 3, false},  {"alloc", "a", 1, 2, false},       {"sleep", NULL, 1, 1, true},
+    {"close", "c", 0, 0, false},     {"quit", "q", 0, -1, true},        {"open", "o", 1, -1, true},
+    {"reopen", NULL, 0, -1, false},  {"help", "?", 0, 1, true},         {"abort", NULL, 0, 0, true},
+    {"sigraise", NULL, 1, 1, true},  {"break", NULL, 2, 2, false},      {"remove_break", NULL, 1, 1, false},
+    {"resume", NULL, 1, 1, false},   {"wait_break", NULL, 1, 1, false},
 };
 
-static bool closed, quitting;
+static bool quitting;
+
+static const struct cmd_def *find_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof(cmd_defs) / sizeof(cmd_defs[0]); i++)
+        if (!strcmp(name, cmd_defs[i].name) || (cmd_defs[i].alias && !strcmp(name, cmd_defs[i].alias)))
+            return &cmd_defs[i];
+    return NULL;
+}
+
+/* help [CMD]: every command's line, or CMD's (named as given) and its text */
+static int do_help(int argc, char **argv)
+{
+    if (argc == 1) {
+        for (size_t i = 0; i < sizeof(helps) / sizeof(helps[0]); i++)
+            print_cmd_line(helps[i].name, &helps[i]);
+        printf("\nUse 'help commandname' for extended help.\n");
+        return 0;
+    }
+    const struct cmd_def *d = find_command(argv[1]);
+    const struct cmd_help *h = d ? find_help(d->name) : NULL;
+    if (!h) {
+        printf("command %s not found\n", argv[1]);
+        return -EINVAL;
+    }
+    print_cmd_line(argv[1], h);
+    if (h->text)
+        fputs(h->text, stdout);
+    return 0;
+}
+
+/* sigraise N: raise(N), as qemu-io (N past NSIG refused, others left to raise) */
+static int do_sigraise(const char *arg)
+{
+    int64_t sig;
+    if (get_num(arg, &sig) < 0)
+        return -EINVAL;
+    if (sig > NSIG) {
+        printf("signal argument '%s' is too large to be a valid signal\n", arg);
+        return -EINVAL;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    raise((int)sig);
+    return 0;
+}
+
+/* break/remove_break/resume/wait_break: the blkdebug node's breakpoints */
+static int do_breakpoint(const char *cmd, int argc, char **argv)
+{
+    (void)argc;
+    int rc;
+    if (!strcmp(cmd, "break")) {
+        rc = vbd_node_debug_breakpoint(node, argv[1], argv[2]);
+        if (rc < 0)
+            printf("Could not set breakpoint: %s\n", strerror(-rc));
+    } else if (!strcmp(cmd, "remove_break")) {
+        rc = vbd_node_debug_remove_breakpoint(node, argv[1]);
+        if (rc < 0)
+            printf("Could not remove breakpoint %s: %s\n", argv[1], strerror(-rc));
+    } else if (!strcmp(cmd, "resume")) {
+        rc = vbd_node_debug_resume(node, argv[1]);
+        if (rc < 0)
+            printf("Could not resume request: %s\n", strerror(-rc));
+    } else {
+        /* as qemu-io: waits until a request with the tag stops (forever if
+         * none will); the loop runs the requests meanwhile */
+        while (!vbd_node_debug_is_suspended(node, argv[1]))
+            vbd_co_sleep_ns(100000);
+        rc = 0;
+    }
+    return rc;
+}
 
 /* qemu-io's alloc: what this layer (not its backing) defines, 512 bytes
  * unless a count is given. */
@@ -558,6 +892,10 @@ static int do_info(void)
     return 0;
 }
 
+static void close_image(void);
+static int do_open(int argc, char **argv);
+static int do_reopen(int argc, char **argv);
+
 static int run_command(char *line)
 {
     char *argv[64];
@@ -567,16 +905,13 @@ static int run_command(char *line)
     argv[argc] = NULL;
     if (argc == 0)
         return 0;
-    const struct cmd_def *d = NULL;
-    for (size_t i = 0; i < sizeof(cmd_defs) / sizeof(cmd_defs[0]); i++)
-        if (!strcmp(argv[0], cmd_defs[i].name) || (cmd_defs[i].alias && !strcmp(argv[0], cmd_defs[i].alias)))
-            d = &cmd_defs[i];
+    const struct cmd_def *d = find_command(argv[0]);
     if (!d) {
         fprintf(stderr, "command \"%s\" not found\n", argv[0]);
         return -EINVAL;
     }
     const char *c = d->name;
-    if (closed && strcmp(c, "quit")) {
+    if (!node && !d->nofile) {
         fprintf(stderr, "no file open, try 'help open'\n");
         return -EINVAL;
     }
@@ -650,11 +985,21 @@ static int run_command(char *line)
         return 0;
     }
     if (!strcmp(c, "close")) {
-        /* the image stays open until exit; later commands see it closed */
-        wait_aio();
-        closed = true;
+        close_image();
         return 0;
     }
+    if (!strcmp(c, "open"))
+        return do_open(argc, argv);
+    if (!strcmp(c, "reopen"))
+        return do_reopen(argc, argv);
+    if (!strcmp(c, "help"))
+        return do_help(argc, argv);
+    if (!strcmp(c, "abort"))
+        abort();
+    if (!strcmp(c, "sigraise"))
+        return do_sigraise(argv[1]);
+    if (!strcmp(c, "break") || !strcmp(c, "remove_break") || !strcmp(c, "resume") || !strcmp(c, "wait_break"))
+        return do_breakpoint(c, argc, argv);
     quitting = true;
     return 0;
 }
@@ -676,34 +1021,33 @@ static void run_all(void *opaque)
     wait_aio();
 }
 
-/* Opens the image as tool_open does, with qemu-io's messages: "can't open
- * device FILE: " (or "can't open: " for --image-opts) before the reason,
- * which names the file only when open(2) itself failed. */
-static struct vbd_node *open_image(const char *filename, const char *fmt, bool image_opts, unsigned flags,
-                                   bool share_rw)
+/* Opens the image (filename, or what opts name; opts is taken) as qemu-io's
+ * openfile does, with its messages: "can't open device FILE: " (or
+ * "can't open: " without one) before the reason, which names the file only
+ * when open(2) itself failed. The backend is made for it; 0 or -1. */
+static bool reopening; /* open_file's errors are reopen's: no "can't open" */
+
+static int open_file(const char *filename, struct json_object *opts, unsigned flags, bool writethrough,
+                     bool force_share)
 {
     struct vbd_error *err = NULL;
-    struct json_object *opts = NULL;
-    const char *dev = image_opts ? "" : " device ", *name = image_opts ? "" : filename;
-    if (image_opts && fmt) {
-        vbd_error_report("--image-opts and -f are mutually exclusive");
-        return NULL;
+    const char *dev = filename ? " device " : "", *name = filename ? filename : "";
+    if (node) {
+        vbd_error_report("file open already, try 'help close'");
+        json_object_put(opts);
+        return -1;
     }
-    if (share_rw) {
+    if (force_share && (flags & VBD_OPEN_RDWR)) {
         vbd_error_report("can't open%s%s: force-share=on can only be used with read-only images", dev, name);
-        return NULL;
+        json_object_put(opts);
+        return -1;
     }
-    bool unknown_fmt = false;
-    struct vbd_node *n = NULL;
-    /* qemu-io's --image-opts has no implied name: a bare first word is a flag */
-    if (!tool_open_options(&filename, fmt, image_opts, NULL, &opts, &unknown_fmt, &err)) {
-        if (unknown_fmt)
-            vbd_error_report("can't open device %s: Unknown driver '%s'", name, fmt);
-        if (!err)
-            return NULL;
-    } else {
-        n = vbd_open(filename, opts, flags, &err);
-    }
+    if (force_share)
+        flags |= VBD_OPEN_FORCE_SHARE;
+    struct json_object *kept = NULL;
+    if (opts)
+        json_object_deep_copy(opts, &kept, NULL);
+    struct vbd_node *n = vbd_open(filename, opts, flags, &err);
     if (!n) {
         const char *m = err ? err->msg : "unknown error";
         /* the block layer names the file before a format's reason, as
@@ -716,13 +1060,312 @@ static struct vbd_node *open_image(const char *filename, const char *fmt, bool i
         }
         /* qemu-io prints a lock conflict's question as a hint line of its own */
         const char *hint = strstr(m, " lock: Is another process");
-        if (hint)
+        if (reopening)
+            vbd_error_report("%s", m);
+        else if (hint)
             vbd_error_report("can't open%s%s: %.*s\n%s", dev, name, (int)(hint - m + 5), m, hint + 7);
         else
             vbd_error_report("can't open%s%s: %s", dev, name, m);
         vbd_error_free(err);
+        json_object_put(kept);
+        return -1;
     }
-    return n;
+    struct vbd_backend_opts bo = {.read_only = !(flags & VBD_OPEN_RDWR),
+                                  .writethrough = writethrough,
+                                  .discard_unmap = (flags & VBD_OPEN_UNMAP) != 0};
+    be = vbd_backend_new(n, &bo, &err);
+    if (!be) {
+        tool_report(err);
+        vbd_node_unref(n);
+        json_object_put(kept);
+        return -1;
+    }
+    node = n;
+    read_only = !(flags & VBD_OPEN_RDWR);
+    cur.filename = filename ? vbd_xstrdup(filename) : NULL;
+    cur.opts = kept;
+    cur.flags = flags;
+    cur.writethrough = writethrough;
+    return 0;
+}
+
+/* close: the requests in flight end first, as qemu-io drains */
+static void close_image(void)
+{
+    if (!node)
+        return;
+    wait_aio();
+    vbd_backend_free(be);
+    vbd_node_unref(node);
+    be = NULL;
+    node = NULL;
+    free(cur.filename);
+    json_object_put(cur.opts);
+    memset(&cur, 0, sizeof(cur));
+}
+
+/* -d of open, discard= of reopen -o (QEMU words its error without the
+ * value there: named false): into open flags */
+static int discard_flags(const char *mode, unsigned *flags, bool named)
+{
+    if (!strcmp(mode, "ignore") || !strcmp(mode, "off"))
+        *flags &= ~VBD_OPEN_UNMAP;
+    else if (!strcmp(mode, "unmap") || !strcmp(mode, "on"))
+        *flags |= VBD_OPEN_UNMAP;
+    else {
+        if (named)
+            vbd_error_report("Invalid discard option: %s", mode);
+        else
+            vbd_error_report("Invalid discard option");
+        return -1;
+    }
+    return 0;
+}
+
+/* reopen -o's on/off options: 1 taken (*out set), 0 absent, -1 after
+ * QEMU's words naming the option as given (shown) */
+static int take_on_off(struct json_object *o, const char *key, const char *shown, bool *out)
+{
+    struct vbd_error *err = NULL;
+    int got = vbd_opt_take_bool(o, key, out, &err);
+    if (got < 0) {
+        vbd_error_free(err);
+        vbd_error_report("Parameter '%s' expects 'on' or 'off'", shown);
+        return -1;
+    }
+    return got;
+}
+
+/* the options of open -o (QemuOpts, no implied name), merged when given twice */
+static int merge_options(struct json_object **into, const char *text)
+{
+    struct vbd_error *err = NULL;
+    struct json_object *o = vbd_keyval_parse(text, NULL, &err);
+    if (!o) {
+        tool_report(err);
+        return -1;
+    }
+    if (!*into) {
+        *into = o;
+        return 0;
+    }
+    json_object_object_foreach(o, k, v) json_object_object_add(*into, k, json_object_get(v));
+    json_object_put(o);
+    return 0;
+}
+
+/* open [-rsCnkU] [-t cache] [-d discard] [-i aio] [-o options] [path] */
+static int do_open(int argc, char **argv)
+{
+    unsigned flags = VBD_OPEN_UNMAP;
+    bool ro = false, writethrough = true, force_share = false;
+    const char *aio = NULL;
+    struct json_object *opts = NULL;
+    int c;
+    optind = 0;
+    while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
+        int rc = 0;
+        switch (c) {
+        case 's':
+            printf("open -s: a temporary snapshot overlay is not supported\n");
+            rc = -1;
+            break;
+        case 'C':
+            printf("open -C: copy-on-read is not supported here (use a copy-on-read node in -o)\n");
+            rc = -1;
+            break;
+        case 'n':
+            flags |= VBD_OPEN_NOCACHE;
+            writethrough = false;
+            break;
+        case 'r': ro = true; break;
+        case 'k': aio = "native"; break;
+        case 'i':
+            aio = optarg;
+            rc = tool_aio_flags(aio, &flags);
+            break;
+        case 't':
+            flags &= ~(VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH);
+            rc = tool_cache_flags(optarg, &flags, &writethrough);
+            break;
+        case 'd': rc = discard_flags(optarg, &flags, true); break;
+        case 'o': rc = merge_options(&opts, optarg); break;
+        case 'U': force_share = true; break;
+        default:
+            print_usage("open");
+            rc = -1;
+        }
+        if (rc < 0) {
+            json_object_put(opts);
+            return -EINVAL;
+        }
+    }
+    if (aio && !strcmp(aio, "native"))
+        flags |= VBD_OPEN_AIO_NATIVE;
+    if (!ro)
+        flags |= VBD_OPEN_RDWR;
+    if (optind < argc - 1) {
+        json_object_put(opts);
+        print_usage("open");
+        return -EINVAL;
+    }
+    return open_file(optind == argc - 1 ? argv[optind] : NULL, opts, flags, writethrough, force_share) < 0
+               ? -EINVAL
+               : 0;
+}
+
+/* reopen [-r|-w] [-c cache] [-o options]: the image opened again with the
+ * changes (vbd reopens it whole; the old options come back if that fails).
+ * Changeable as QEMU's: read-only, cache.direct, cache.no-flush, discard,
+ * and a format's own runtime options (qcow2's caches, lazy-refcounts...). */
+static int do_reopen(int argc, char **argv)
+{
+    unsigned flags = cur.flags;
+    bool writethrough = cur.writethrough, has_rw = false, has_cache = false;
+    struct json_object *o = NULL, *format_opts = NULL;
+    struct vbd_error *err = NULL;
+    int c, rc = -EINVAL;
+    optind = 0;
+    while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
+        switch (c) {
+        case 'c':
+            flags &= ~(VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH);
+            if (tool_cache_flags(optarg, &flags, &writethrough) < 0)
+                goto out;
+            has_cache = true;
+            break;
+        case 'o':
+            if (merge_options(&o, optarg) < 0)
+                goto out;
+            break;
+        case 'r':
+        case 'w':
+            if (has_rw) {
+                vbd_error_report("Only one -r/-w option may be given");
+                goto out;
+            }
+            has_rw = true;
+            flags = c == 'r' ? flags & ~VBD_OPEN_RDWR : flags | VBD_OPEN_RDWR;
+            break;
+        default:
+            print_usage("reopen");
+            goto out;
+        }
+    }
+    if (optind != argc) {
+        print_usage("reopen");
+        goto out;
+    }
+    format_opts = json_object_new_object();
+    if (o) {
+        bool b;
+        int got;
+        if (json_object_object_get_ex(o, "read-only", NULL) && has_rw) {
+            vbd_error_report("Cannot set both -r/-w and 'read-only'");
+            goto out;
+        }
+        if ((got = take_on_off(o, "read-only", "read-only", &b)) < 0)
+            goto out;
+        if (got && b && !read_only) {
+            /* qemu-io's BlockBackend keeps its write permission */
+            vbd_error_report("Read-only block node '%s' cannot support read-write users", node->node_name);
+            goto out;
+        }
+        if (got && !b)
+            flags |= VBD_OPEN_RDWR;
+        struct json_object *cache = vbd_opt_take_obj(o, "cache");
+        if (cache && has_cache) {
+            json_object_put(cache);
+            vbd_error_report("Cannot set both -c and the cache options");
+            goto out;
+        }
+        if (cache) {
+            if ((got = take_on_off(cache, "direct", "cache.direct", &b)) < 0) {
+                json_object_put(cache);
+                goto out;
+            }
+            if (got)
+                flags = b ? flags | VBD_OPEN_NOCACHE : flags & ~VBD_OPEN_NOCACHE;
+            if ((got = take_on_off(cache, "no-flush", "cache.no-flush", &b)) < 0) {
+                json_object_put(cache);
+                goto out;
+            }
+            if (got)
+                flags = b ? flags | VBD_OPEN_NO_FLUSH : flags & ~VBD_OPEN_NO_FLUSH;
+            json_object_object_foreach(cache, ck, cv) {
+                (void)cv;
+                vbd_error_report("Cannot change the option 'cache.%s'", ck);
+                json_object_put(cache);
+                goto out;
+            }
+            json_object_put(cache);
+        }
+        char *discard = NULL;
+        if (vbd_opt_take_str(o, "discard", &discard, &err) < 0)
+            goto bad_opt;
+        unsigned discard_flag = flags;
+        if (discard && discard_flags(discard, &discard_flag, false) < 0) {
+            free(discard);
+            goto out;
+        }
+        free(discard);
+        flags = discard_flag;
+        /* the rest: the format's own options, its children's are fixed */
+        bool format_runtime = !strcmp(node->drv->name, "qcow2");
+        json_object_object_foreach(o, k, v) {
+            if (!format_runtime || !strcmp(k, "driver") || json_object_is_type(v, json_type_object) ||
+                !strncmp(k, "file", 4) || !strncmp(k, "backing", 7) || !strncmp(k, "data-file", 9) ||
+                !strncmp(k, "encrypt", 7)) {
+                /* QEMU names a child's option by its own key (file.filename: 'filename') */
+                const char *leaf = k;
+                for (struct json_object *sub = v; json_object_is_type(sub, json_type_object);) {
+                    if (!json_object_object_length(sub))
+                        break;
+                    struct json_object_iterator it = json_object_iter_begin(sub);
+                    leaf = json_object_iter_peek_name(&it);
+                    sub = json_object_iter_peek_value(&it);
+                }
+                vbd_error_report("Cannot change the option '%s'", leaf);
+                goto out;
+            }
+            json_object_object_add(format_opts, k, json_object_get(v));
+        }
+    }
+    /* the new options over the old ones */
+    struct json_object *opts = NULL, *old = NULL;
+    if (cur.opts) {
+        json_object_deep_copy(cur.opts, &opts, NULL);
+        json_object_deep_copy(cur.opts, &old, NULL);
+    }
+    if (json_object_object_length(format_opts)) {
+        if (!opts) {
+            opts = json_object_new_object();
+            json_object_object_add(opts, "driver", json_object_new_string(node->drv->name));
+        }
+        json_object_object_foreach(format_opts, fk, fv) json_object_object_add(opts, fk, json_object_get(fv));
+    }
+    json_object_put(format_opts);
+    format_opts = NULL;
+    char *filename = cur.filename ? vbd_xstrdup(cur.filename) : NULL;
+    unsigned old_flags = cur.flags & ~VBD_OPEN_FORCE_SHARE;
+    bool old_wt = cur.writethrough, force_share = (cur.flags & VBD_OPEN_FORCE_SHARE) != 0;
+    close_image();
+    reopening = true;
+    if (open_file(filename, opts, flags & ~VBD_OPEN_FORCE_SHARE, writethrough, force_share) == 0) {
+        json_object_put(old);
+        rc = 0;
+    } else if (open_file(filename, old, old_flags, old_wt, force_share) < 0) {
+        vbd_error_report("the image could not be opened again as it was: no file open");
+    }
+    reopening = false;
+    free(filename);
+    goto out;
+bad_opt:
+    tool_report(err);
+out:
+    json_object_put(format_opts);
+    json_object_put(o);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -736,6 +1379,7 @@ int main(int argc, char **argv)
         {"quiet", no_argument, NULL, 'q'},       {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},     {"object", required_argument, NULL, 'o'},
         {"discard", required_argument, NULL, 'd'}, {"native-aio", no_argument, NULL, 'k'},
+        {"misalign", no_argument, NULL, 'm'},    {"trace", required_argument, NULL, 'T'},
         {NULL, 0, NULL, 0},
     };
     vbd_log_set_prog("vbd-io");
@@ -744,7 +1388,7 @@ int main(int argc, char **argv)
     const char *fmt = NULL, *cache = "writethrough", *aio = NULL;
     bool ro = false, force_share = false, image_opts = false, unmap = true;
     int c;
-    while ((c = getopt_long(argc, argv, "c:f:rnt:i:UqhVkd:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:f:rnt:i:UqhVkd:mT:", longopts, NULL)) != -1) {
         switch (c) {
         case 'c':
             if (ncmds == 255) {
@@ -762,6 +1406,11 @@ int main(int argc, char **argv)
         case 'O': image_opts = true; break;
         case 'q': quiet = true; break;
         case 'k': aio = "native"; break; /* qemu-io's --native-aio: -i native */
+        case 'm': misalign = true; break;
+        case 'T':
+            /* scripts pass qemu-io's trace options; vbd has no trace events */
+            vbd_error_report("-T %s: vbd has no trace events, ignored", optarg);
+            break;
         case 'd':
             if (!strcmp(optarg, "ignore") || !strcmp(optarg, "off"))
                 unmap = false;
@@ -789,8 +1438,7 @@ int main(int argc, char **argv)
     }
     struct run_args ra = {cmds, ncmds};
     if (optind == argc) {
-        /* as qemu-io: no image, every command says so */
-        closed = true;
+        /* as qemu-io: no image, commands but open say so */
         vbd_co_run_sync(run_all, &ra);
         vbd_tls_creds_remove_all();
         return failures ? 1 : 0;
@@ -798,28 +1446,32 @@ int main(int argc, char **argv)
     unsigned flags = ro ? 0 : VBD_OPEN_RDWR;
     if (unmap)
         flags |= VBD_OPEN_UNMAP;
-    if (force_share)
-        flags |= VBD_OPEN_FORCE_SHARE;
-    read_only = ro;
     bool writethrough = true;
     if (tool_aio_flags(aio, &flags) < 0 || tool_cache_flags(cache, &flags, &writethrough) < 0)
         return 1;
     if (aio && !strcmp(aio, "native"))
         flags |= VBD_OPEN_AIO_NATIVE; /* io_uring runs it; the file node refuses it without -t none as qemu-io does */
-    node = open_image(argv[optind], fmt, image_opts, flags, force_share && !ro);
-    if (!node)
-        return 1;
-    struct vbd_error *err = NULL;
-    struct vbd_backend_opts bo = {.read_only = ro, .writethrough = writethrough, .discard_unmap = unmap};
-    be = vbd_backend_new(node, &bo, &err);
-    if (!be) {
-        tool_report(err);
-        vbd_node_unref(node);
+    const char *filename = argv[optind];
+    if (image_opts && fmt) {
+        vbd_error_report("--image-opts and -f are mutually exclusive");
         return 1;
     }
+    struct json_object *opts = NULL;
+    struct vbd_error *err = NULL;
+    bool unknown_fmt = false;
+    /* qemu-io's --image-opts has no implied name: a bare first word is a flag */
+    if (!tool_open_options(&filename, fmt, image_opts, NULL, &opts, &unknown_fmt, &err)) {
+        if (unknown_fmt)
+            vbd_error_report("can't open device %s: Unknown driver '%s'", filename, fmt);
+        if (err)
+            vbd_error_report("can't open%s%s: %s", image_opts ? "" : " device ", image_opts ? "" : filename, err->msg);
+        vbd_error_free(err);
+        return 1;
+    }
+    if (open_file(filename, opts, flags, writethrough, force_share) < 0)
+        return 1;
     vbd_co_run_sync(run_all, &ra);
-    vbd_backend_free(be);
-    vbd_node_unref(node);
+    close_image();
     vbd_tls_creds_remove_all();
     return failures ? 1 : 0;
 }

@@ -21,6 +21,9 @@
  * the node's limits, which the generic layer honours (requests aligned,
  * split) and the NBD server advertises (NBD_INFO_BLOCK_SIZE); vbd has no
  * write-zeroes alignment, so opt-write-zero only bounds max-write-zero.
+ * Breakpoints (qemu-io's break/resume/wait_break/remove_break, through
+ * vbd_node_debug_*) stop a request at its event until resumed, announced
+ * on stdout in QEMU's words as QEMU's blkdebug does.
  */
 #include "block/filter/passthrough.h"
 #include "vbd/alloc.h"
@@ -50,11 +53,27 @@ struct rule {
     uint64_t skip;  /* matching requests still to let through */
 };
 
+/* qemu-io's break: the next request that fires events stops, tagged tag */
+struct breakpoint {
+    unsigned events;
+    char *tag;
+};
+
+/* a request stopped at a breakpoint, until resume (or remove_break) */
+struct suspended {
+    char *tag;
+    struct vbd_co *co;
+    struct suspended *next;
+};
+
 struct blkdebug_state {
     pthread_mutex_t lock; /* rules' counters and the state: requests come from several loops */
     struct rule *rules;
     int nrules;
     uint64_t state; /* QEMU's: 1 at open */
+    struct breakpoint *bps; /* oldest first; the newest fires first, as QEMU's list */
+    _Atomic int nbps; /* read unlocked on the request path: 0 is the common case */
+    struct suspended *suspended; /* newest first: resume lets the newest go */
 };
 
 /* event= in both kinds of rules: the request types it names */
@@ -277,6 +296,10 @@ static void blkdebug_close(struct vbd_node *n)
 {
     struct blkdebug_state *s = n->opaque;
     free(s->rules);
+    for (int i = 0; i < s->nbps; i++)
+        free(s->bps[i].tag);
+    free(s->bps);
+    /* a stopped request keeps its node open: nothing is left here */
     pthread_mutex_destroy(&s->lock);
 }
 
@@ -290,12 +313,144 @@ static int blkdebug_open(struct vbd_node *n, struct json_object *opts, unsigned 
     return rc;
 }
 
+static bool is_stopped(struct blkdebug_state *s, struct vbd_co *co)
+{
+    bool found = false;
+    pthread_mutex_lock(&s->lock);
+    for (struct suspended *r = s->suspended; r && !found; r = r->next)
+        found = r->co == co;
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+/* Breakpoints on the event of request type t: each one that fires stops
+ * the request (the newest first, as QEMU's) and goes; the request goes on
+ * once each of its stops is resumed. QEMU's blkdebug announces both on
+ * stdout (qemu-io's tests read it) and so does this. */
+static void stop_at_breakpoints(struct vbd_node *n, enum io_type t)
+{
+    struct blkdebug_state *s = n->opaque;
+    bool stops = false;
+    pthread_mutex_lock(&s->lock);
+    for (int i = s->nbps - 1; i >= 0; i--) {
+        if (!(s->bps[i].events & (1u << t)))
+            continue;
+        struct suspended *r = vbd_xmalloc(sizeof(*r));
+        r->tag = s->bps[i].tag;
+        r->co = vbd_co_self();
+        r->next = s->suspended;
+        s->suspended = r;
+        printf("blkdebug: Suspended request '%s'\n", r->tag);
+        memmove(&s->bps[i], &s->bps[i + 1], (size_t)(s->nbps - i - 1) * sizeof(*s->bps));
+        s->nbps--;
+        stops = true;
+    }
+    pthread_mutex_unlock(&s->lock);
+    fflush(stdout);
+    /* two resumes before it runs make one wake: it goes when none is left */
+    if (stops)
+        do
+            vbd_co_yield();
+        while (is_stopped(s, vbd_co_self()));
+}
+
+static int blkdebug_breakpoint(struct vbd_node *n, const char *event, const char *tag)
+{
+    struct blkdebug_state *s = n->opaque;
+    unsigned events;
+    struct vbd_error *err = NULL;
+    if (parse_event(event, "break", &events, &err) < 0) {
+        vbd_error_free(err);
+        /* QEMU's other events (its drivers' metadata steps) never fire here */
+        static const char *const qemu_events[] = {
+            "l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table", "l2_load",
+            "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write", "read_backing_aio",
+            "read_compressed", "write_compressed", "vmstate_load", "vmstate_save", "cow_read", "cow_write",
+            "reftable_load", "reftable_grow", "reftable_update", "refblock_load", "refblock_update",
+            "refblock_update_part", "refblock_alloc", "refblock_alloc_hookup", "refblock_alloc_write",
+            "refblock_alloc_write_blocks", "refblock_alloc_write_table", "refblock_alloc_switch_table",
+            "cluster_alloc", "cluster_alloc_bytes", "cluster_free", "flush_to_os", "pwritev_rmw_head",
+            "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail", "pwritev", "pwritev_zero",
+            "pwritev_done", "empty_image_prepare", "l1_shrink_write_table", "l1_shrink_free_l2_clusters",
+            "cor_write", "cluster_alloc_space", "none", NULL};
+        for (int i = 0; qemu_events[i]; i++)
+            if (!strcmp(qemu_events[i], event))
+                return -ENOTSUP;
+        return -ENOENT;
+    }
+    pthread_mutex_lock(&s->lock);
+    s->bps = vbd_xrealloc(s->bps, (size_t)(s->nbps + 1) * sizeof(*s->bps));
+    s->bps[s->nbps].events = events;
+    s->bps[s->nbps].tag = vbd_xstrdup(tag);
+    s->nbps++;
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static int blkdebug_resume(struct vbd_node *n, const char *tag)
+{
+    struct blkdebug_state *s = n->opaque;
+    pthread_mutex_lock(&s->lock);
+    for (struct suspended **p = &s->suspended; *p; p = &(*p)->next) {
+        struct suspended *r = *p;
+        if (strcmp(r->tag, tag))
+            continue;
+        *p = r->next;
+        pthread_mutex_unlock(&s->lock);
+        printf("blkdebug: Resuming request '%s'\n", r->tag);
+        fflush(stdout);
+        vbd_co_wake(r->co);
+        free(r->tag);
+        free(r);
+        return 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return -ENOENT;
+}
+
+/* as QEMU's: the requests stopped with tag go on, its breakpoints go;
+ * -ENOENT if there was no breakpoint (even when a request went on) */
+static int blkdebug_remove_breakpoint(struct vbd_node *n, const char *tag)
+{
+    struct blkdebug_state *s = n->opaque;
+    while (blkdebug_resume(n, tag) == 0)
+        ;
+    int rc = -ENOENT;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->nbps;) {
+        if (strcmp(s->bps[i].tag, tag)) {
+            i++;
+            continue;
+        }
+        free(s->bps[i].tag);
+        memmove(&s->bps[i], &s->bps[i + 1], (size_t)(s->nbps - i - 1) * sizeof(*s->bps));
+        s->nbps--;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static bool blkdebug_is_suspended(struct vbd_node *n, const char *tag)
+{
+    struct blkdebug_state *s = n->opaque;
+    bool found = false;
+    pthread_mutex_lock(&s->lock);
+    for (struct suspended *r = s->suspended; r && !found; r = r->next)
+        found = !strcmp(r->tag, tag);
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
 /* The request is the event: the rules it fires (error rules become the
  * active ones, set-state rules move the state), then the errno of the
  * first active rule that fails it, or 0. */
 static int check(struct vbd_node *n, enum io_type t, uint64_t off, uint64_t bytes)
 {
     struct blkdebug_state *s = n->opaque;
+    /* QEMU fires the event before the request reaches blkdebug's error rules */
+    if (s->nbps)
+        stop_at_breakpoints(n, t);
     if (!s->nrules)
         return 0;
     int rc = 0;
@@ -394,5 +549,9 @@ static const struct vbd_driver blkdebug_driver = {
     .co_block_status = blkdebug_block_status,
     .refresh_size = vbd_filter_refresh_size,
     .reopen_rw = vbd_filter_reopen_rw,
+    .debug_breakpoint = blkdebug_breakpoint,
+    .debug_remove_breakpoint = blkdebug_remove_breakpoint,
+    .debug_resume = blkdebug_resume,
+    .debug_is_suspended = blkdebug_is_suspended,
 };
 VBD_DRIVER_REGISTER(blkdebug, blkdebug_driver);
