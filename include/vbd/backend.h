@@ -89,9 +89,9 @@ const char *vbd_backend_serial(struct vbd_backend *be);
  * the new root, and return to their own loop afterwards. A request never
  * sees half a graph. Callers must not issue requests through the same
  * backend while they hold it drained (they would wait for themselves).
- * What the exports read straight from the node (vbd_backend_node: the NBD
- * server's block status) is not gated: a request racing the swap may see
- * the old root's status, which was true when it was read.
+ * The NBD server's block and bitmap status go through the gate too
+ * (vbd_backend_co_block_status): an old root may be freed once the swap
+ * is done (a job's filter node dropped).
  */
 void vbd_backend_co_drain_begin(struct vbd_backend *be);
 void vbd_backend_drain_end(struct vbd_backend *be);
@@ -124,6 +124,14 @@ int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t 
  * then reads normally. */
 int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t bytes,
                                   int (*send)(void *opaque, int fd, uint64_t foff), void *opaque);
+
+/* vbd_node_co_block_status_above(root, NULL, true, ...) and
+ * vbd_node_co_bitmap_status(root, ...) as requests of the backend: past
+ * the drain gate, so the root they look at stays until they return. The
+ * caller's loop is kept. */
+int vbd_backend_co_block_status(struct vbd_backend *be, uint64_t off, uint64_t bytes, uint64_t *pnum, int *depth);
+int vbd_backend_co_bitmap_status(struct vbd_backend *be, const char *name, uint64_t off, uint64_t bytes,
+                                 uint64_t *pnum);
 
 void vbd_backend_get_stats(struct vbd_backend *be, struct vbd_backend_stats *out);
 /* Latency percentile (0..100) from the histogram, in microseconds (bucket upper bound). */

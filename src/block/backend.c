@@ -308,6 +308,27 @@ int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t
     return rc;
 }
 
+int vbd_backend_co_block_status(struct vbd_backend *be, uint64_t off, uint64_t bytes, uint64_t *pnum, int *depth)
+{
+    struct vbd_loop *origin = be_pass_gate(be);
+    if (origin)
+        vbd_co_move_to(origin);
+    int rc = vbd_node_co_block_status_above(root_of(be), NULL, true, off, bytes, pnum, NULL, NULL, depth);
+    be_leave(be, NULL);
+    return rc;
+}
+
+int vbd_backend_co_bitmap_status(struct vbd_backend *be, const char *name, uint64_t off, uint64_t bytes,
+                                 uint64_t *pnum)
+{
+    struct vbd_loop *origin = be_pass_gate(be);
+    if (origin)
+        vbd_co_move_to(origin);
+    int rc = vbd_node_co_bitmap_status(root_of(be), name, off, bytes, pnum);
+    be_leave(be, NULL);
+    return rc;
+}
+
 int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)
 {
     uint64_t t = vbd_clock_stat_ns();

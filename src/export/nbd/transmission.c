@@ -577,7 +577,6 @@ static int backend_read(struct nbd_export *e, uint64_t off, uint8_t *buf, uint32
 static int handle_read(struct nbd_conn *c, struct nbd_req *r)
 {
     struct nbd_export *e = c->exp;
-    struct vbd_node *n = vbd_backend_node(e->be);
     if (c->zero_copy_ok && !c->ch.tls && r->len >= NBD_ZERO_COPY_MIN) {
         int rc = vbd_backend_co_read_zero_copy(e->be, r->offset, r->len, send_read_zero_copy, r);
         if (rc != -ENOTSUP)
@@ -595,7 +594,7 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
     bool dense = (r->flags & NBD_CMD_FLAG_DF) || r->len < NBD_SPARSE_READ_MIN;
     while (pos < end && !dense) {
         uint64_t pnum;
-        int st = vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, NULL);
+        int st = vbd_backend_co_block_status(e->be, pos, end - pos, &pnum, NULL);
         if (st < 0 || pnum == 0)
             break;
         bool hole = (st & VBD_BS_ZERO) || !(st & VBD_BS_ALLOCATED);
@@ -643,7 +642,7 @@ static int handle_read(struct nbd_conn *c, struct nbd_req *r)
  * pairs); the payload's length, or -errno. */
 static int status_extents(struct nbd_conn *c, struct nbd_req *r, uint32_t id, uint8_t *ext)
 {
-    struct vbd_node *n = vbd_backend_node(c->exp->be);
+    struct vbd_backend *be = c->exp->be;
     const char *bitmap = id >= META_BITMAP ? c->exp->bitmaps[id - META_BITMAP] : NULL;
     uint32_t maxext = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : NBD_MAX_EXTENTS;
     uint32_t next = 0;
@@ -653,8 +652,8 @@ static int status_extents(struct nbd_conn *c, struct nbd_req *r, uint32_t id, ui
     while (pos < end) {
         uint64_t pnum;
         int depth = 0;
-        int st = bitmap ? vbd_node_co_bitmap_status(n, bitmap, pos, end - pos, &pnum)
-                        : vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, &depth);
+        int st = bitmap ? vbd_backend_co_bitmap_status(be, bitmap, pos, end - pos, &pnum)
+                        : vbd_backend_co_block_status(be, pos, end - pos, &pnum, &depth);
         if (st < 0)
             return st;
         if (pnum == 0)
