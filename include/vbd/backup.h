@@ -31,4 +31,8 @@ struct vbd_backup_opts {
 struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, struct vbd_node *target,
                                   const struct vbd_backup_opts *o, struct vbd_qmp_error *err);
 
+/* Is j a backup job whose source is n? (Another backup of n may start:
+ * each hooks n's writes, as QEMU stacks their copy-before-write nodes.) */
+bool vbd_backup_job_reads(struct vbd_job *j, struct vbd_node *n);
+
 #endif

@@ -426,7 +426,7 @@ struct vbd_node {
     struct vbd_node *next_named;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
     uint64_t write_threshold;    /* block-set-write-threshold; 0 = off (atomic: checked by writes on any loop) */
-    struct vbd_write_hook *write_hook; /* a block job watching writes (atomic; NULL: none) */
+    struct vbd_write_hook *write_hook; /* the block jobs watching writes: a list (atomic; NULL: none) */
     struct vbd_dirty_bitmap *dirty_bitmaps; /* in-memory bitmaps (vbd/dirty-bitmap.h; atomic head) */
 };
 
@@ -451,7 +451,17 @@ struct vbd_hooked_write {
 struct vbd_write_hook {
     void (*begin)(struct vbd_write_hook *h, struct vbd_hooked_write *w);
     void (*end)(struct vbd_write_hook *h, struct vbd_hooked_write *w);
+    struct vbd_write_hook *next; /* the hook added before it (atomic) */
 };
+/* Several backups of one node each hook its writes, as QEMU stacks a
+ * copy-before-write filter per backup: a write begins every hook on the
+ * list, newest first, and ends them in the opposite order. At most one
+ * hook per node uses w->next (the job tracker: the jobs' busy checks
+ * allow no second one). On the node's control thread (the main loop). */
+void vbd_node_add_write_hook(struct vbd_node *n, struct vbd_write_hook *h);
+/* Off the list: new writes no longer see it; the caller waits for the
+ * writes already inside (begin called, end not yet). */
+void vbd_node_remove_write_hook(struct vbd_node *n, struct vbd_write_hook *h);
 
 static inline struct vbd_loop *vbd_node_home_loop(const struct vbd_node *n)
 {

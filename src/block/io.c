@@ -396,7 +396,47 @@ static inline __attribute__((always_inline)) int node_op_home(struct vbd_node *n
     }
 }
 
-/* A write hook (a block job) and the dirty bitmaps see the write around
+void vbd_node_add_write_hook(struct vbd_node *n, struct vbd_write_hook *h)
+{
+    assert(pthread_equal(n->home_thread, pthread_self()));
+    h->next = n->write_hook;
+    __atomic_store_n(&n->write_hook, h, __ATOMIC_RELEASE);
+}
+
+void vbd_node_remove_write_hook(struct vbd_node *n, struct vbd_write_hook *h)
+{
+    assert(pthread_equal(n->home_thread, pthread_self()));
+    for (struct vbd_write_hook **pp = &n->write_hook; *pp; pp = &(*pp)->next)
+        if (*pp == h) {
+            __atomic_store_n(pp, h->next, __ATOMIC_RELEASE);
+            return;
+        }
+}
+
+/* The write itself, inside every hook; the dirty bitmaps mark it after,
+ * failed or not, as QEMU's write_req_finish. */
+static int node_op_marked(struct vbd_node *n, enum node_op op, struct vbd_hooked_write *w, bool bm)
+{
+    int rc = node_op_home(n, op, w->off, w->bytes, w->qiov, w->qoff, w->flags);
+    w->ret = rc;
+    if (bm || vbd_node_has_dirty_bitmaps(n))
+        vbd_dirty_bitmaps_mark(n, w->off, w->bytes);
+    return rc;
+}
+
+/* Hook h and the ones under it around the write: each end pairs with its
+ * begin even if the list changes meanwhile. */
+static int node_op_in_hooks(struct vbd_node *n, enum node_op op, struct vbd_write_hook *h, struct vbd_hooked_write *w,
+                            bool bm)
+{
+    h->begin(h, w);
+    struct vbd_write_hook *under = __atomic_load_n(&h->next, __ATOMIC_ACQUIRE);
+    int rc = under ? node_op_in_hooks(n, op, under, w, bm) : node_op_marked(n, op, w, bm);
+    h->end(h, w);
+    return rc;
+}
+
+/* The write hooks (block jobs) and the dirty bitmaps see the write around
  * it; one load and one test when there are none. */
 static inline __attribute__((always_inline)) int node_op_hooked(struct vbd_node *n, enum node_op op, uint64_t off,
                                                                  uint64_t bytes, struct vbd_qiov *q, size_t qoff,
@@ -408,16 +448,7 @@ static inline __attribute__((always_inline)) int node_op_hooked(struct vbd_node 
         return node_op_home(n, op, off, bytes, q, qoff, flags);
     struct vbd_hooked_write w = {.off = off, .bytes = bytes, .co = vbd_co_self(), .qiov = q,
                                  .qoff = qoff, .flags = flags, .discard = op == NODE_DISCARD};
-    if (h)
-        h->begin(h, &w);
-    int rc = node_op_home(n, op, off, bytes, q, qoff, flags);
-    w.ret = rc;
-    /* marked after the write, failed or not, as QEMU's write_req_finish */
-    if (bm || vbd_node_has_dirty_bitmaps(n))
-        vbd_dirty_bitmaps_mark(n, off, bytes);
-    if (h)
-        h->end(h, &w);
-    return rc;
+    return h ? node_op_in_hooks(n, op, h, &w, bm) : node_op_marked(n, op, &w, bm);
 }
 
 /* Writes pass the node's write hook (a block job) on the home loop, where

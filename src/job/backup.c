@@ -19,6 +19,7 @@
  */
 #include "job-internal.h"
 
+#include "daemon/objects.h"
 #include "vbd/alloc.h"
 #include "vbd/backup.h"
 #include "vbd/cbw.h"
@@ -84,8 +85,14 @@ static void unhook(struct backup *b)
 {
     if (b->unhooked || !b->cbw)
         return;
-    __atomic_store_n(&b->source->write_hook, NULL, __ATOMIC_RELEASE);
+    /* drained: no write from another loop is between loading this hook
+     * (the node's list, or another backup's hook above it) and counting
+     * itself in hook_users */
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(b->source, &d);
+    vbd_node_remove_write_hook(b->source, &b->hook);
     b->unhooked = true;
+    vbd_daemon_drain_end(&d);
     while (__atomic_load_n(&b->hook_users, __ATOMIC_SEQ_CST) > 0)
         vbd_co_queue_wait(&b->hook_wait);
 }
@@ -275,6 +282,11 @@ static const struct vbd_job_driver backup_driver = {
     .uses_node = backup_uses,
 };
 
+bool vbd_backup_job_reads(struct vbd_job *j, struct vbd_node *n)
+{
+    return j->drv == &backup_driver && j->opaque && ((struct backup *)j->opaque)->source == n;
+}
+
 struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, struct vbd_node *target,
                                   const struct vbd_backup_opts *o, struct vbd_qmp_error *err)
 {
@@ -322,7 +334,7 @@ struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, s
     }
     b->hook.begin = hook_begin;
     b->hook.end = hook_end;
-    __atomic_store_n(&source->write_hook, &b->hook, __ATOMIC_RELEASE);
+    vbd_node_add_write_hook(source, &b->hook);
     job->opaque = b;
     return job;
 }

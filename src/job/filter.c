@@ -11,11 +11,10 @@
  * backup's copy-before-write node pass every request to their file (one
  * more io.c entry per request, no lock, no allocation). Stream's is the
  * real copy-on-read driver, as QEMU's: a guest read through it copies into
- * the top while the stream runs. Without a name, a backup still gets its
- * node, as QEMU's implicit copy-before-write ('#blockNNN' in
- * query-named-block-nodes, the node of the source's exports in
- * query-block-exports while the job runs); the other jobs insert none
- * (qsd 7.2 lists their implicit filters too: not followed yet).
+ * the top while the stream runs. Without a name, every job still gets its
+ * node, as QEMU's implicit ones ('#blockNNN' in query-named-block-nodes,
+ * the node of the exports above in query-block-exports while the job
+ * runs).
  *
  * The drivers are not in the registry: blockdev-add cannot make them, as
  * QEMU's commit_top and mirror_top (bdrv_new_open_driver).
@@ -134,11 +133,9 @@ int job_filter_insert(enum job_filter_kind kind, struct vbd_node *top, const cha
                       struct vbd_node **out, struct vbd_qmp_error *err)
 {
     *out = NULL;
-    /* a backup's copy-before-write node is there without a name too, as
-     * QEMU's (an implicit '#blockNNN' in query-named-block-nodes, and the
-     * node of the source's exports while the job runs) */
-    if (!name && kind != JOB_FILTER_BACKUP)
-        return 0;
+    /* without a name too, as QEMU's: an implicit '#blockNNN' in
+     * query-named-block-nodes, the node of the exports above while the
+     * job runs */
     /* stream and backup insert with bdrv_insert_node, whose errors say so */
     bool prefixed = kind == JOB_FILTER_STREAM || kind == JOB_FILTER_BACKUP;
     struct vbd_qmp_error e0 = {0};

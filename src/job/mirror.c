@@ -326,8 +326,21 @@ int job_mirror_run(struct job_mirror *m)
 {
     struct vbd_job *job = m->job;
     uint64_t len = vbd_node_size(m->src);
-    if (m->initial_copy)
-        vbd_job_tracker_set_dirty(m->tracker, 0, len);
+    /* With a base (sync=top, the active commit) only what the layers above
+     * it define is dirty, as QEMU's mirror_dirty_init: the rest the target
+     * gets from the backing it shares (copy_range skips it too), and the
+     * job's length counts only what it copies. Without a base everything
+     * is, unallocated ranges included: the target may hold old data there. */
+    for (uint64_t pos = 0, pnum = 0; m->initial_copy && pos < len; pos += pnum) {
+        int st = m->base ? vbd_node_co_block_status_above(m->src, m->base, true, pos, len - pos, &pnum, NULL, NULL, NULL)
+                         : (int)VBD_BS_ALLOCATED;
+        if (!m->base || st < 0 || !pnum) {
+            vbd_job_tracker_set_dirty(m->tracker, pos, len - pos); /* copy_range looks again (and reports) */
+            break;
+        }
+        if (st & VBD_BS_ALLOCATED)
+            vbd_job_tracker_set_dirty(m->tracker, pos, pnum);
+    }
     update_total(m);
     uint64_t next = 0;
     int rc = 0;

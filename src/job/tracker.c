@@ -112,7 +112,7 @@ struct vbd_job_tracker *vbd_job_tracker_new(struct vbd_node *n, uint64_t granula
         t->nbits = (vbd_node_size(n) + granularity - 1) / granularity;
         t->bits = vbd_xcalloc((size_t)(t->nbits / 64 + 1), sizeof(uint64_t));
     }
-    __atomic_store_n(&n->write_hook, &t->hook, __ATOMIC_RELEASE);
+    vbd_node_add_write_hook(n, &t->hook);
     return t;
 }
 
@@ -123,7 +123,7 @@ void vbd_job_tracker_free(struct vbd_job_tracker *t)
     /* new writes no longer see it; the ones inside begin..end finish first
      * (the node's writes come from this loop: none is between loading the
      * hook and calling begin) */
-    __atomic_store_n(&t->n->write_hook, NULL, __ATOMIC_RELEASE);
+    vbd_node_remove_write_hook(t->n, &t->hook);
     t->closing = true;
     vbd_co_queue_wake_all(&t->write_waiters);
     while (t->users > 0)

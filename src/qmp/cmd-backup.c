@@ -154,19 +154,20 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target cannot be the same");
         return NULL;
     }
-    struct vbd_job *busy = vbd_job_using_node(bs);
+    /* QEMU op-blocks a job's nodes, but not a backup's source (only its
+     * copy-before-write node, which sits above): a second backup of the
+     * source stacks another one, and reaches job_create(), which refuses a
+     * taken id */
+    struct vbd_job *busy = NULL;
+    for (struct vbd_job *j = vbd_job_next(NULL); j && !busy; j = vbd_job_next(j))
+        if (j->status != VBD_JOB_NULL && j->drv->uses_node && j->drv->uses_node(j, bs) && !vbd_backup_job_reads(j, bs))
+            busy = j;
+    struct vbd_node *busy_node = busy ? bs : target;
     if (!busy)
         busy = vbd_job_using_node(target);
-    /* QEMU's backup of a node another backup reads gets as far as
-     * job_create(), which refuses a taken id first */
-    if ((busy || bs->write_hook) && job_id && vbd_job_find(job_id)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Job ID '%s' already in use", job_id);
-        return NULL;
-    }
-    if (busy || bs->write_hook) {
+    if (busy) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is busy: block device is in use by block job: %s",
-                           busy && vbd_job_using_node(bs) ? bs->node_name : target->node_name,
-                           busy ? busy->drv->type : "backup");
+                           busy_node->node_name, busy->drv->type);
         return NULL;
     }
     if (target->read_only) {

@@ -449,11 +449,12 @@ static bool job_holds(struct vbd_job *j, struct vbd_node *n)
     return n && j->drv->uses_node(j, n);
 }
 
-/* n is the topmost node job j holds: no node j holds has it as backing */
+/* n is the topmost node job j holds: no node j holds has it as backing
+ * (a job's filter node in between, as a commit_top, counts as nothing) */
 static bool job_top(struct vbd_job *j, struct vbd_node *n)
 {
     for (struct vbd_node *q = vbd_node_next(NULL); q; q = vbd_node_next(q))
-        if (q->backing == n && job_holds(j, q))
+        if (vbd_job_filter_skip(q->backing) == n && job_holds(j, q))
             return false;
     return job_holds(j, n);
 }
@@ -471,7 +472,7 @@ static bool job_filters(struct vbd_job *j, struct vbd_node *n)
     if (!strcmp(type, "stream") || (!strcmp(type, "commit") && j->drv->complete))
         return job_top(j, n);
     for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
-        if (p->backing == n && job_top(j, p))
+        if (vbd_job_filter_skip(p->backing) == n && job_top(j, p))
             return true;
     return false;
 }
@@ -494,7 +495,7 @@ static void job_node_del_error(struct vbd_job *j, struct vbd_node *n, struct vbd
     if (!strcmp(type, "create"))
         blk = true; /* the format's create writes through a BlockBackend */
     if (!strcmp(type, "commit"))
-        blk = !job_holds(j, n->backing) || (!j->drv->complete && job_filters(j, n));
+        blk = !job_holds(j, vbd_job_filter_skip(n->backing)) || (!j->drv->complete && job_filters(j, n));
     if (blk)
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is in use", n->node_name);
     else

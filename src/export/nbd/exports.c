@@ -35,6 +35,15 @@ static void free_bitmaps(char **names, uint32_t n)
     free(names);
 }
 
+/* The exported in-memory bitmaps are no longer busy. */
+static void release_bitmaps(struct vbd_dirty_bitmap **mem, uint32_t n)
+{
+    for (uint32_t i = 0; mem && i < n; i++)
+        if (mem[i])
+            vbd_dirty_bitmap_set_busy(mem[i], false);
+    free(mem);
+}
+
 /* One element of bitmaps: a bitmap name, or QEMU's {"node", "name"}
  * naming the node that holds it, which vbd serves when that node is the
  * exported one or below it (the source under a fleecing node), where the
@@ -66,8 +75,8 @@ static char *bitmap_elem(struct json_object *b, struct vbd_node *n, const char *
 
 /* bitmaps: a list (JSON array, or keyval's bitmaps.0=A,bitmaps.1=B),
  * after vbd's own bitmap=NAME if given; each must exist. */
-static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char *id, char *bitmap, char ***out,
-                        uint32_t *nout, struct vbd_error **err)
+static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char *id, char *bitmap, bool writable,
+                        char ***out, struct vbd_dirty_bitmap ***mem_out, uint32_t *nout, struct vbd_error **err)
 {
     struct json_object *list = vbd_opt_take_obj(opts, "bitmaps");
     size_t count = 0;
@@ -81,10 +90,14 @@ static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char
     if (list)
         count = array ? json_object_array_length(list) : (size_t)json_object_object_length(list);
     char **names = vbd_xcalloc(count + 1, sizeof(*names));
+    bool *by_name = vbd_xcalloc(count + 1, sizeof(*by_name)); /* a plain name, not {node, name} */
+    struct vbd_dirty_bitmap **mem = vbd_xcalloc(count + 1, sizeof(*mem)); /* the in-memory ones (else NULL) */
     uint32_t k = 0;
     int rc = 0;
-    if (bitmap)
+    if (bitmap) {
+        by_name[k] = true;
         names[k++] = bitmap;
+    }
     for (size_t i = 0; i < count; i++) {
         char key[24];
         struct json_object *b = NULL;
@@ -100,7 +113,7 @@ static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char
             rc = -EINVAL;
             break;
         }
-        k++;
+        by_name[k++] = json_object_is_type(b, json_type_string);
     }
     json_object_put(list);
     for (uint32_t i = 0; rc == 0 && i < k; i++) {
@@ -114,14 +127,36 @@ static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char
             vbd_error_setf(err, -st, "NBD export '%s': cannot export the inconsistent bitmap '%s' on node '%s'", id,
                            names[i], n->node_name);
         rc = st < 0 ? st : 0;
+        struct vbd_node *owner = NULL;
+        struct vbd_dirty_bitmap *bm = rc == 0 ? vbd_dirty_bitmap_find_below(n, names[i], &owner) : NULL;
+        /* QEMU 7.2's nbd_export_create(): an exported bitmap is busy (a
+         * backup, a change or another export would change it under the
+         * client); a bitmap named plainly that still records the writes
+         * of a writable node is refused for a read-only export ({node,
+         * name} is not checked there) */
+        if (bm && vbd_dirty_bitmap_busy(bm)) {
+            vbd_error_setf(err, EBUSY, "Bitmap '%s' is currently in use by another operation and cannot be used",
+                           names[i]);
+            rc = -EBUSY;
+        } else if (bm && by_name[i] && !writable && !owner->read_only && vbd_dirty_bitmap_enabled(bm)) {
+            vbd_error_setf(err, EINVAL, "Enabled bitmap '%s' incompatible with readonly export", names[i]);
+            rc = -EINVAL;
+        }
+        mem[i] = bm;
     }
+    free(by_name);
     if (rc < 0) {
+        free(mem);
         for (uint32_t i = 0; i < k; i++)
             free(names[i]);
         free(names);
         return rc;
     }
+    for (uint32_t i = 0; i < k; i++)
+        if (mem[i])
+            vbd_dirty_bitmap_set_busy(mem[i], true);
     *out = names;
+    *mem_out = mem;
     *nout = k;
     return 0;
 }
@@ -167,8 +202,9 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
             goto fail;
         }
     char **bitmaps = NULL;
+    struct vbd_dirty_bitmap **mem_bitmaps = NULL;
     uint32_t nbitmaps = 0;
-    int brc = take_bitmaps(opts, n, id, bitmap, &bitmaps, &nbitmaps, err);
+    int brc = take_bitmaps(opts, n, id, bitmap, writable, &bitmaps, &mem_bitmaps, &nbitmaps, err);
     bitmap = NULL; /* taken (freed on failure) */
     if (brc < 0)
         goto fail;
@@ -180,6 +216,7 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     struct vbd_backend *be = vbd_backend_new(n, &bo, err);
     if (!be) {
         vbd_error_prepend(err, "NBD export '%s': ", id);
+        release_bitmaps(mem_bitmaps, nbitmaps);
         free_bitmaps(bitmaps, nbitmaps);
         goto fail;
     }
@@ -190,6 +227,7 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     e->description = desc;
     e->bitmaps = bitmaps;
     e->nbitmaps = nbitmaps;
+    e->mem_bitmaps = mem_bitmaps;
     e->be = be;
     e->writable = writable;
     e->allocation_depth = depth;
@@ -264,6 +302,7 @@ static void nbd_export_free(struct vbd_export *base)
     for (struct nbd_conn *c = srv.conns; c; c = c->next)
         if (c->meta_exp == e)
             nbd_meta_reset(c);
+    release_bitmaps(e->mem_bitmaps, e->nbitmaps); /* alive: the backend holds the node they are at or below */
     vbd_backend_free(e->be);
     free(e->id);
     free(e->name);

@@ -52,6 +52,7 @@ struct nbd_export {
     /* each exported as the meta context qemu:dirty-bitmap:NAME, listed and
      * answered in this order (qemu-nbd -B ... -B ..., qsd's bitmaps list) */
     char **bitmaps;
+    struct vbd_dirty_bitmap **mem_bitmaps; /* nbitmaps: each in-memory one (busy while exported), else NULL */
     uint32_t nbitmaps;
     struct vbd_backend *be;
     bool writable;
