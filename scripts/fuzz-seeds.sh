@@ -98,4 +98,11 @@ if corpus vhdx; then
     for s in 00 01 11 21 40 4100 80 90; do printf "$(echo $s | sed 's/../\\x&/g')" >"seed-$s"; done
 fi
 
+# inputs that once failed (tests/fuzz/regress/TARGET/) seed their target's corpus
+for d in "$root"/tests/fuzz/regress/*/; do
+    [ -d "$d" ] || continue
+    t=$(basename "$d")
+    mkdir -p "$out/fuzz-$t" && cp -n "$d"* "$out/fuzz-$t/"
+done
+
 exit 0

@@ -67,6 +67,10 @@ for t in "$BUILD"/tests/fuzz/fuzz-*; do
     [ -f "$t" ] && [ -x "$t" ] || continue
     n=${t##*/}
     run_one "fuzz/${n#fuzz-}" "$TEST_TIMEOUT" "$t" -5000 # deterministic smoke run; libFuzzer builds take a corpus instead
+    # inputs that once failed (tests/fuzz/regress/TARGET/): each replayed as it was
+    if [ -d "$ROOT/tests/fuzz/regress/${n#fuzz-}" ]; then
+        run_one "fuzz/${n#fuzz-}-regress" "$TEST_TIMEOUT" "$t" "$ROOT/tests/fuzz/regress/${n#fuzz-}"/*
+    fi
 done
 
 for t in "$ROOT"/tests/integration/*.sh; do

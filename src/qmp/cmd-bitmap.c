@@ -268,6 +268,10 @@ static int add_prepare(struct tx_action *a, struct vbd_qmp_error *err)
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap already exists: %s", name);
             return -1;
         }
+        if (strlen(name) > 1023) { /* QEMU's BDRV_BITMAP_MAX_NAME_SIZE, for every bitmap */
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap name too long: %s", name);
+            return -1;
+        }
         tx_drain(a, n);
         vbd_dirty_bitmap_create(n, name, granularity, disabled);
         struct bitmap_state *st = state_new(a, n, name);

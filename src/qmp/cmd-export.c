@@ -462,7 +462,7 @@ static struct json_object *block_export_cont(struct json_object *args, struct vb
 }
 
 const struct vbd_qmp_command vbd_qmp_cmds_export[] = {
-    {"nbd-server-start", "addr:object ?tls-creds:str ?tls-authz:str ?max-connections:uint", nbd_server_start, 0},
+    {"nbd-server-start", "addr:object ?tls-creds:str ?tls-authz:str ?max-connections:u32", nbd_server_start, 0},
     {"nbd-server-stop", "", nbd_server_stop, 0},
     {"block-export-add", NULL, block_export_add, 0},
     {"block-export-del", "id:str ?mode:str", block_export_del, 0},

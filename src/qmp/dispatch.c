@@ -200,6 +200,19 @@ static bool check_members(struct json_object *obj, const char *spec, const char 
         if (keyval && !keyval_convert(obj, w.name, w.type, name, err))
             return false;
         v = json_object_object_get(obj, w.name);
+        /* json-c keeps an integer up to 2^64-1: one past INT64_MAX is a
+         * number QEMU's int64 visitor does not take (its words), and a u32
+         * is range-checked here as QEMU's uint32 visitor does */
+        bool is_int = json_object_is_type(v, json_type_int);
+        if (is_int && !strcmp(w.type, "int") && json_object_get_int64(v) == INT64_MAX &&
+            json_object_get_uint64(v) > (uint64_t)INT64_MAX) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: integer", name);
+            return false;
+        }
+        if (is_int && !strcmp(w.type, "u32") && (json_object_get_int64(v) < 0 || json_object_get_uint64(v) > UINT32_MAX)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint32_t", name);
+            return false;
+        }
         if (!type_ok(w.type, v)) {
             if (!strcmp(w.type, "uint") || !strcmp(w.type, "u32")) /* QEMU's unsigned visitor says it so */
                 vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", name);

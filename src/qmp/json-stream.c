@@ -10,7 +10,9 @@
  * json-c turns the escape into U+FFFD and saturates the integer. QEMU
  * resyncs after an error where the brackets balance, this parser at the
  * next newline. A duplicate key, which json-c takes silently (the last
- * wins), is refused as QEMU does (count_colons).
+ * wins), is refused as QEMU does (count_colons). A "\u0000" escape, which
+ * QEMU keeps as the bytes C0 80, is refused: the rest of vbd reads strings
+ * as C strings, which would end there.
  */
 #include "qmp/monitor.h"
 
@@ -101,9 +103,15 @@ static void count_colons(struct qmp_stream *s, const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         char c = p[i];
-        if (s->escaped)
+        if (s->escaped) {
             s->escaped = false;
-        else if (s->in_string)
+            if (c == 'u')
+                s->hex_left = 4, s->hex_zero = true;
+        } else if (s->hex_left) {
+            s->hex_zero &= c == '0';
+            if (--s->hex_left == 0 && s->hex_zero)
+                s->nul = true;
+        } else if (s->in_string)
             s->escaped = c == '\\', s->in_string = c != '"';
         else if (c == '"')
             s->in_string = true;
@@ -118,6 +126,8 @@ static void value_reset(struct qmp_stream *s)
     s->value_bytes = 0;
     s->colons = 0;
     s->in_string = s->escaped = false;
+    s->hex_left = 0;
+    s->nul = false;
 }
 
 static void parse_error(struct qmp_stream *s, const char *why)
@@ -168,11 +178,14 @@ int qmp_stream_feed(struct qmp_stream *s, const char *buf, size_t len)
              * the first of this chunk: then nothing of it is used */
             count_colons(s, buf, used);
             size_t written = s->colons, kept = 0;
+            bool nul = s->nul;
             value_reset(s);
             buf += used;
             len -= used;
             if (!strings_valid(v, &kept))
                 s->cb(s->opaque, NULL, "JSON parse error, invalid UTF-8 sequence in string");
+            else if (nul)
+                s->cb(s->opaque, NULL, "JSON parse error, U+0000 (NUL) in a string");
             else if (kept != written)
                 s->cb(s->opaque, NULL, "JSON parse error, duplicate key"); /* QEMU's words */
             else

@@ -31,6 +31,11 @@ struct qmp_stream {
      * strings of a value must equal the members json-c kept */
     size_t colons;
     bool in_string, escaped;
+    /* "\u0000" in a string or key: json-c keeps the string past it, but a
+     * key and every string a command uses is read as a C string that ends
+     * there ("a.img\u0000x" would name a.img); such a request is refused */
+    unsigned char hex_left; /* hex digits of a \u escape still to come */
+    bool hex_zero, nul;
     bool skipping;      /* after an error, up to the next newline */
     size_t skipped;
     qmp_stream_cb *cb;

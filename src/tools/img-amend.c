@@ -84,7 +84,7 @@ static bool amend_opts_known(const struct vbd_driver *d, struct json_object *opt
 
 int verb_amend(int argc, char **argv)
 {
-    const char *fmt = NULL;
+    const char *fmt = NULL, *cache = NULL;
     struct json_object *opts = NULL;
     bool force = false, image_opts = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force", no_argument, NULL, OPT_FORCE},
@@ -96,7 +96,8 @@ int verb_amend(int argc, char **argv)
         case 'f': fmt = optarg; break;
         case OPT_FORCE: force = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case 't': case 'p': case 'q': break;
+        case 't': cache = optarg; break; /* checked as qemu-img does; vbd's own mode serves */
+        case 'p': case 'q': break;
         case 'h':
             printf("Usage: vbd-img amend [-f fmt] [--force] -o options filename\nChange format options of an existing image.\n");
             return 0;
@@ -111,6 +112,11 @@ int verb_amend(int argc, char **argv)
     }
     if (optind != argc - 1) {
         vbd_error_report("Expecting one image file name");
+        json_object_put(opts);
+        return 1;
+    }
+    unsigned cache_flags = 0;
+    if (tool_cache_flags(cache, &cache_flags, NULL) < 0) {
         json_object_put(opts);
         return 1;
     }

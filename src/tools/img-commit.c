@@ -6,7 +6,7 @@
 
 int verb_commit(int argc, char **argv)
 {
-    const char *fmt = NULL, *base_name = NULL;
+    const char *fmt = NULL, *base_name = NULL, *cache = NULL;
     bool drop = false, progress = false, quiet = false, image_opts = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {NULL, 0, NULL, 0}};
@@ -19,7 +19,13 @@ int verb_commit(int argc, char **argv)
         case 'p': progress = true; break;
         case 'q': quiet = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case 't': case 'r': break;
+        /* vbd commits with its own cache mode and unthrottled, but a wrong
+         * -t or -r is refused as qemu-img refuses it */
+        case 't': cache = optarg; break;
+        case 'r':
+            if (img_cvtnum("rate limit", optarg, 0, INT64_MAX) < 0)
+                return 1;
+            break;
         case 'h':
             printf("Usage: vbd-img commit [-q] [-f fmt] [-b base] [-d] [-p] filename\n"
                    "Write the image's own data into its backing file (or BASE further down the chain);\n"
@@ -32,6 +38,9 @@ int verb_commit(int argc, char **argv)
         img_usage_error("Expecting one image file name");
         return 1;
     }
+    unsigned cache_flags = 0;
+    if (tool_cache_flags(cache, &cache_flags, NULL) < 0)
+        return 1;
     /* The top is opened without its chain, then the chain read-write: a
      * read-only backing child would hold the lock that forbids writers. */
     struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);

@@ -6,7 +6,7 @@
 
 int verb_rebase(int argc, char **argv)
 {
-    const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL;
+    const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL, *cache = NULL, *src_cache = NULL;
     bool unsafe = false, progress = false, quiet = false, image_opts = false, force = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
@@ -21,7 +21,8 @@ int verb_rebase(int argc, char **argv)
         case 'q': quiet = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'U': force = true; break;
-        case 't': case 'T': break;
+        case 't': cache = optarg; break; /* checked as qemu-img does; vbd's own modes serve */
+        case 'T': src_cache = optarg; break;
         case 'h':
             printf("Usage: vbd-img rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
                    "Change the backing file. Safe mode (default) first copies into the image every range where the\n"
@@ -34,6 +35,14 @@ int verb_rebase(int argc, char **argv)
         return img_usage_error("Expecting one image file name");
     if (!backing)
         return img_usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
+    unsigned cache_flags = 0;
+    enum vbd_cache_mode src_mode;
+    if (tool_cache_flags(cache, &cache_flags, NULL) < 0)
+        return 1;
+    if (src_cache && vbd_cache_mode_parse(src_cache, &src_mode) < 0) {
+        vbd_error_report("Invalid source cache option: %s", src_cache);
+        return 1;
+    }
     struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
                                      VBD_OPEN_RDWR | (unsafe ? VBD_OPEN_NO_BACKING : 0), NULL, NULL);
     if (!top)

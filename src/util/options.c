@@ -130,10 +130,31 @@ fail:
     return NULL;
 }
 
+/* A "\u0000" escape in JSON text: json-c keeps the string past it, but
+ * every key and string is read as a C string that ends there
+ * ('json:{"filename": "a.img\u0000x"}' would name a.img; QEMU keeps the
+ * bytes C0 80 instead). An escape is a backslash and the character after
+ * it: stepping over each whole escape finds "\u0000" only where it is one. */
+static bool has_nul_escape(const char *p)
+{
+    for (; *p; p++)
+        if (*p == '\\') {
+            if (p[1] == 'u' && !strncmp(p + 2, "0000", 4))
+                return true;
+            if (!*++p)
+                break;
+        }
+    return false;
+}
+
 struct json_object *vbd_json_parse_object(const char *str, struct vbd_error **err)
 {
     if (strncmp(str, "json:", 5) == 0)
         str += 5;
+    if (has_nul_escape(str)) {
+        vbd_error_setf(err, EINVAL, "Invalid JSON '%s': U+0000 (NUL) in a string", str);
+        return NULL;
+    }
     enum json_tokener_error jerr;
     struct json_object *o = json_tokener_parse_verbose(str, &jerr);
     if (!o) {

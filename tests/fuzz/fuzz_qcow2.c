@@ -1,7 +1,15 @@
 /* Fuzz target: arbitrary bytes as a qcow2 image file. Open it (read-only),
  * read every byte of the disk, map it, list snapshots and run check (the
- * scaffold: fuzz-image.c). Inputs shorter than a header get a valid 64
- * KiB-cluster header prefix so that mutations reach the tables. */
+ * scaffold: fuzz-image.c); then open it read-write, write (allocating
+ * clusters, over compressed ones, across L2 tables), zero and discard, and
+ * read back. When check found the image clean before the writes, each
+ * write must read back, check must find the image clean after them and a
+ * fresh open must read the written bytes back: a write that lands on
+ * metadata (or metadata on the written data) breaks one of these. (A
+ * corrupt image owes no more than not crashing: qcow2-hostile.sh has the
+ * corrupt images whose writes must still not alias.) Inputs shorter than
+ * a header get a valid 64 KiB-cluster header prefix so that mutations
+ * reach the tables. */
 #include "fuzz-image.h"
 
 #include <stdlib.h>
@@ -9,12 +17,88 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+#define CLEAN 1u /* j->tag: check found no corruption and no check error before the writes */
+
+/* guest offsets of the writes: the first cluster's middle, across a 64 KiB
+ * cluster boundary, far into the disk (another L2 table for small clusters) */
+static const uint64_t offs[] = {1000, 65536 - 2000, 9u << 20};
+#define WRITE_LEN 5000u
+
+static int64_t check_problems(struct fuzz_job *j, struct vbd_node *n)
+{
+    struct vbd_check_result r = {0};
+    struct vbd_error *err = NULL;
+    FILE *saved = stderr;
+    stderr = fopen("/dev/null", "w"); /* check reports each problem on stderr, as qemu-img's */
+    int rc = n->drv->co_check(n, &r, 0, &err);
+    fclose(stderr);
+    stderr = saved;
+    vbd_error_free(err);
+    (void)j;
+    return rc < 0 ? -1 : r.corruptions + r.check_errors;
+}
+
 static void qcow2_inspect(struct fuzz_job *j, struct vbd_node *n)
 {
-    (void)j;
     struct vbd_snapshot_info *sn = NULL;
     if (n->drv->snapshot_list && n->drv->snapshot_list(n, &sn) >= 0)
         free(sn);
+    if (check_problems(j, n) == 0)
+        j->tag |= CLEAN;
+}
+
+static void qcow2_after(struct fuzz_job *j)
+{
+    struct vbd_node *n = fuzz_image_open(j, VBD_OPEN_RDWR | VBD_OPEN_NO_FLUSH); /* no fsync per input */
+    if (!n)
+        return;
+    bool written[sizeof(offs) / sizeof(offs[0])] = {false};
+    uint8_t *pattern = j->buf, *back = j->buf + WRITE_LEN;
+    memset(pattern, 0xa5, WRITE_LEN);
+    /* zero and discard first, elsewhere, so that they free or reuse what the writes may reach */
+    if (n->size > (4u << 20) + 65536)
+        vbd_node_co_pwrite_zeroes(n, 4u << 20, 65536, 0);
+    if (n->size > (6u << 20) + 131072)
+        vbd_node_co_pdiscard(n, 6u << 20, 131072);
+    for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+        if (offs[i] + WRITE_LEN > n->size || vbd_node_co_pwrite(n, offs[i], pattern, WRITE_LEN, 0) < 0)
+            continue; /* a refused write need not stop the others */
+        if (vbd_node_co_pread(n, offs[i], back, WRITE_LEN) < 0)
+            continue;
+        /* a write that succeeded must read back; in a corrupt image a
+         * cluster in use may have refcount 0 and be handed out again (QEMU
+         * too): there the write owes no more than not crashing */
+        if (memcmp(pattern, back, WRITE_LEN) && (j->tag & CLEAN))
+            abort();
+        written[i] = true;
+    }
+    vbd_node_unref(n);
+    if (!(j->tag & CLEAN))
+        return; /* a corrupt image may alias clusters: its writes owe nothing more */
+    n = fuzz_image_open(j, VBD_OPEN_CHECK);
+    if (!n) {
+        fprintf(stderr, "a clean qcow2 image does not open after writes\n");
+        abort();
+    }
+    struct vbd_image_info info = {0};
+    struct vbd_error *err = NULL;
+    if (vbd_node_get_info(n, &info, &err) < 0 || info.corrupt) {
+        vbd_error_free(err);
+        json_object_put(info.format_specific);
+        vbd_node_unref(n);
+        return; /* the writes found what check did not (e.g. a refcount it cannot prove): flagged, not lost */
+    }
+    json_object_put(info.format_specific);
+    for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
+        if (written[i] && (vbd_node_co_pread(n, offs[i], back, WRITE_LEN) < 0 || memcmp(pattern, back, WRITE_LEN))) {
+            fprintf(stderr, "a clean qcow2 image lost the write at %llu\n", (unsigned long long)offs[i]);
+            abort();
+        }
+    if (check_problems(j, n) != 0) {
+        fprintf(stderr, "a clean qcow2 image is corrupt after writes\n");
+        abort();
+    }
+    vbd_node_unref(n);
 }
 
 static bool qcow2_synth(struct fuzz_job *j, FILE *f, const uint8_t *data, size_t size)
@@ -47,9 +131,9 @@ static const struct fuzz_image qcow2 = {
     .driver = "qcow2",
     .l2_cache_size = "256k",
     .no_backing = true,
-    .check = true,
     .synth = qcow2_synth,
     .inspect = qcow2_inspect,
+    .after = qcow2_after,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -28,6 +28,10 @@ must_fail_with "--output must be used with human or json" "$VBD_IMG" info --outp
 must_fail_with "Command not found" "$VBD_IMG" frobnicate
 must_fail_with "Parameter 'size': Invalid size 'abc'" "$VBD_IO" --image-opts -c length "driver=raw,size=abc,file.filename=$T/ok.raw"
 must_fail_with "The sum of offset" "$VBD_IO" --image-opts -c length "driver=raw,offset=512k,size=1M,file.filename=$T/ok.raw"
+# a \u0000 escape would end the name where vbd reads it as a C string (ok.raw\u0000x naming ok.raw)
+must_fail_with "U+0000 (NUL) in a string" "$VBD_IMG" info "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"$T/ok.raw\\u0000x\"}}"
+must_fail_with "U+0000 (NUL) in a string" "$VBD_IO" --image-opts -c length "{\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"$T/ok.raw\\u0000\"}}"
+must_fail_with "Could not open '$T/ok.raw\\u0000x'" "$VBD_IMG" info "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"$T/ok.raw\\\\u0000x\"}}"
 step "offsets past the end fail, the file is unchanged"
 sum=$(md5sum <"$T/ok.raw")
 # as qemu-io: EIO

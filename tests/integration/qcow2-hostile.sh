@@ -79,4 +79,17 @@ import struct; f=open('bad.qcow2','r+b'); f.seek($l2b + 8); f.write(struct.pack(
     qemu-img info bad.qcow2 | grep -q "corrupt: true" || fail "qemu-img does not see the corrupt bit ($target)"
     cmp -s -i "$at:$at" -n 65536 bad.qcow2 before.qcow2 || fail "the $target was overwritten"
 done
+step "clusters past the end of the file that are still counted are not handed out again"
+# the file lost its last two data clusters (guest 128k-256k): their L2
+# entries and refcounts remain. A new cluster must not be one of them, or
+# guest 128k and the new data share a host cluster (fuzz-qcow2 found it)
+cp good.qcow2 cut.qcow2
+truncate -s $(($(stat -c %s cut.qcow2) - 131072)) cut.qcow2
+cp cut.qcow2 cut-qemu.qcow2
+for img in cut.qcow2 cut-qemu.qcow2; do
+    io=$VBD_IO; [ $img = cut.qcow2 ] || io=qemu-io
+    must "$io" -f qcow2 -c "write -P 0x77 1M 64k" $img >/dev/null
+    out=$("$io" -f qcow2 -c "read -P 0x77 1M 64k" -c "read -P 0 128k 128k" -c "read -P 0x5a 0 128k" $img 2>&1)
+    echo "$out" | grep -q "verification failed" && fail "$io: a write to 1M changed another guest cluster: $out"
+done
 echo OK

@@ -54,6 +54,11 @@ cases = [
     (b'{"execute": "query-version", "execute": "quit"}\n', "duplicate key"),
     (b'{"execute": "query-version", "arguments": {"a": {"b": [{"c": 1, "c": 2}]}}}\n', "nested duplicate key"),
     (b'\x00\n', "NUL"),
+    # a \u0000 escape would end the string where vbd reads it as a C string
+    # ("x.img\u0000y" naming x.img): refused, in a value, in a key, at the end
+    (b'{"execute": "query-version", "id": "a\\u0000b"}\n', "NUL escape in a value"),
+    (b'{"execute": "query-version", "arguments": {"x\\u0000": 1}}\n', "NUL escape in a key"),
+    (b'{"execute": "query-version", "id": "\\u0000"}\n', "NUL escape alone"),
     (b'[' * 65 + b']' * 65 + b'\n', "65 levels"),
     (b'{"a":' * 100000 + b'\n', "100000 levels"),
     (b'}}}]]]\n', "closing brackets"),
@@ -62,6 +67,15 @@ for data, what in cases:
     m.send_raw(data)
     parse_error(m.recv(), what)
     alive(m, what)
+# the escape split over two reads; U+0001 and an escaped backslash before "u0000" are fine
+m.send_raw(b'{"execute": "query-version", "id": "a\\u00')
+time.sleep(0.05)  # (only to make two reads likely; the result does not depend on it)
+m.send_raw(b'00"}\n')
+parse_error(m.recv(), "NUL escape split over two reads")
+for ok_id in ("a\\u0001b", "\\\\u0000"):
+    m.send_raw(b'{"execute": "query-version", "id": "' + ok_id.encode() + b'"}\n')
+    r = m.recv()
+    check("return" in r and r.get("id") == json.loads('"' + ok_id + '"'), f"id {ok_id}: {r}")
 # 64 levels are fine (and a JSON array is no request)
 m.send_raw(b'[' * 64 + b']' * 64 + b'\n')
 check(m.recv()["error"]["desc"] == "QMP input must be a JSON object", "64 levels refused")

@@ -266,6 +266,10 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     }
     s->read_only = !(flags & VBD_OPEN_RDWR);
     s->file_end = (n->file->size + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    if (!s->read_only && (rc = qcow2_skip_counted_tail(s)) < 0) {
+        vbd_error_setf(err, -rc, "Could not read the qcow2 refcount blocks: %s", strerror(-rc));
+        return rc;
+    }
     uint64_t per_table = 1ull << (s->l2_bits + s->cluster_bits);
     uint64_t want = (n->size + per_table - 1) / per_table + 1;
     uint64_t cap = l2_cache / s->cluster_size;

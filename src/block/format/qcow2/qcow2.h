@@ -238,6 +238,8 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
 int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err);
 void qcow2_free_refcount_cache(struct qcow2_state *s);
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count);
+/* At a read-write open: file_end past every cluster a refcount block counts. */
+int qcow2_skip_counted_tail(struct qcow2_state *s);
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t host_cluster, uint64_t *rc);
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta);
 int qcow2_flush_refcounts(struct qcow2_state *s);

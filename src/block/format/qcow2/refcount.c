@@ -413,6 +413,39 @@ static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value)
     return 0;
 }
 
+/* Allocation starts at file_end, taking what lies past it as free; but a
+ * refcount block may count clusters past the end of the file (a file cut
+ * short, a hostile image whose L2 entries point there), and handing such a
+ * cluster out again would give two guest clusters one host cluster: a
+ * write to one silently changes the other. QEMU's allocator asks the
+ * refcounts wherever it looks; here file_end moves once, at a read-write
+ * open, past the last cluster with a refcount. Only the blocks covering
+ * clusters from file_end on are read, the last one with a refcount first:
+ * in an image that is whole, one block. */
+int qcow2_skip_counted_tail(struct qcow2_state *s)
+{
+    uint64_t per_block = 1ull << rb_bits(s);
+    uint64_t first = (s->file_end >> s->cluster_bits) >> rb_bits(s);
+    /* no host offset reaches 2^56 (an L2 entry's offset field): a refcount up there counts nothing */
+    uint64_t limit = (1ull << 56) >> s->cluster_bits >> rb_bits(s);
+    uint64_t last = s->reftable_entries < limit ? s->reftable_entries : limit;
+    for (uint64_t idx = last; idx-- > first;) {
+        if (!s->reftable[idx])
+            continue;
+        int rc = load_block(s, s->reftable[idx]);
+        if (rc < 0)
+            return rc;
+        for (uint64_t i = per_block; i-- > 0;)
+            if (get_entry(s, s->rc_cur->data, i)) {
+                uint64_t end = ((idx << rb_bits(s)) + i + 1) << s->cluster_bits;
+                if (end > s->file_end)
+                    s->file_end = end;
+                return 0;
+            }
+    }
+    return 0;
+}
+
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta)
 {
     uint64_t cluster = host_off >> s->cluster_bits, cur;
