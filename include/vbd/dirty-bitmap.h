@@ -52,6 +52,8 @@ int vbd_dirty_bitmap_status(struct vbd_dirty_bitmap *bm, uint64_t off, uint64_t 
 /* The persistent-bitmap operations (vbd_bitmap_op) on n's in-memory bitmaps. */
 int vbd_dirty_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd_error **err);
 
+/* io.c: n's size changed (truncate, or a refresh after its child's). */
+void vbd_dirty_bitmaps_truncate(struct vbd_node *n, uint64_t size);
 /* io.c: a write, zeroing or discard of [off, off + bytes) entered n. */
 void vbd_dirty_bitmaps_mark(struct vbd_node *n, uint64_t off, uint64_t bytes);
 static inline bool vbd_node_has_dirty_bitmaps(struct vbd_node *n)

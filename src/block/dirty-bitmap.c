@@ -204,6 +204,35 @@ int vbd_dirty_bitmap_status(struct vbd_dirty_bitmap *bm, uint64_t off, uint64_t 
     return v;
 }
 
+/* n's size became `size`: each bitmap covers it, as QEMU's
+ * bdrv_dirty_bitmap_truncate: the granules past the old end start clean,
+ * those past the new end go. Without it a write past the old end of a grown
+ * node marked nothing and an incremental backup missed it. */
+void vbd_dirty_bitmaps_truncate(struct vbd_node *n, uint64_t size)
+{
+    if (!vbd_node_has_dirty_bitmaps(n))
+        return;
+    pthread_mutex_lock(&bm_lock);
+    for (struct vbd_dirty_bitmap *b = n->dirty_bitmaps; b; b = b->next) {
+        uint64_t nbits = (size + b->gran - 1) / b->gran, keep = nbits < b->nbits ? nbits : b->nbits;
+        size_t old_words = (size_t)(b->nbits / 64 + 1), words = (size_t)(nbits / 64 + 1);
+        if (words != old_words) {
+            b->bits = vbd_xrealloc(b->bits, words * sizeof(uint64_t));
+            if (words > old_words)
+                memset(b->bits + old_words, 0, (words - old_words) * sizeof(uint64_t));
+        }
+        /* the words past `keep` are clear whatever they held */
+        if (keep % 64)
+            b->bits[keep / 64] &= (1ull << (keep % 64)) - 1;
+        else
+            b->bits[keep / 64] = 0;
+        for (size_t w = (size_t)(keep / 64 + 1); w < words; w++)
+            b->bits[w] = 0;
+        b->nbits = nbits;
+    }
+    pthread_mutex_unlock(&bm_lock);
+}
+
 void vbd_dirty_bitmaps_mark(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     pthread_mutex_lock(&bm_lock);

@@ -854,8 +854,10 @@ int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
     struct vbd_loop *origin = vbd_node_co_enter_home(n);
     int rc = n->drv->co_truncate(n, size, exact, prealloc, err);
     vbd_node_co_leave_home(origin);
-    if (rc == 0)
+    if (rc == 0) {
         vbd_node_set_size(n, size);
+        vbd_dirty_bitmaps_truncate(n, size);
+    }
     return rc;
 }
 
@@ -873,9 +875,12 @@ int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err)
     }
     if (!n->drv->refresh_size)
         return 0;
+    uint64_t old = vbd_node_size(n);
     struct vbd_loop *origin = vbd_node_co_enter_home(n);
     int rc = n->drv->refresh_size(n);
     vbd_node_co_leave_home(origin);
+    if (rc == 0 && vbd_node_size(n) != old)
+        vbd_dirty_bitmaps_truncate(n, vbd_node_size(n)); /* a filter over a resized node */
     if (rc < 0)
         vbd_error_setf(err, -rc, "Could not get the size of '%s': %s", n->filename, strerror(-rc));
     return rc;

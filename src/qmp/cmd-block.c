@@ -623,8 +623,15 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
         if (m->drv->kind == VBD_DRV_FORMAT && strcmp(m->drv->name, "raw"))
             break;
     }
+    /* drained as QEMU's qmp_block_resize: no request is in flight in the
+     * range that goes or in the metadata that changes (a shrink drops L2
+     * tables and refcount blocks and cuts the file), and the requests after
+     * it see the new size */
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(n, &d);
     struct vbd_error *e = NULL;
     if (vbd_node_co_truncate(n, (uint64_t)size, exact, VBD_PREALLOC_OFF, &e) < 0) {
+        vbd_daemon_drain_end(&d);
         vbd_qmp_error_take(err, e);
         return NULL;
     }
@@ -639,6 +646,7 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
     for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x; x = x->next)
         if (x->type->resized)
             x->type->resized(x->exp);
+    vbd_daemon_drain_end(&d);
     return vbd_qmp_ok();
 }
 

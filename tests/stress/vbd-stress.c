@@ -68,6 +68,9 @@ static const char usage_text[] =
     "  --subclusters        the image has extended L2 entries (32 subclusters per cluster)\n"
     "  --hot N              number of hot clusters (default 4)\n"
     "  --hot-move N         every N requests a pair of hot clusters moves elsewhere (fresh clusters to allocate)\n"
+    "  --range BYTES        use only the first BYTES of the device (the rest may be resized meanwhile)\n"
+    "  --touched-out FILE   one byte per 512-byte sector: 1 if a completed write, write-zeroes or discard touched it\n"
+    "                       (what a dirty bitmap enabled for the whole run must have marked)\n"
     "  --init FILE          raw file with the image's content before the run (default: zeroes)\n"
     "  --backing FILE       raw file with the backing chain's content (a discard may expose it)\n"
     "  --shadow-out FILE    write the expected final content here (raw)\n"
@@ -133,6 +136,9 @@ static struct {
     bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress, zero_heavy;
     int qd, conns, nhot;
     uint64_t hot_move;
+    uint64_t range;          /* --range: the requests stay below it */
+    const char *touched_out;
+    uint8_t *touched;        /* per 512-byte sector: a mutation was issued on it */
     uint64_t seed, max_ops, cluster, subcluster, align, max_len;
     double seconds;
 
@@ -632,6 +638,9 @@ static void worker_co(void *arg)
         } else if (op == OP_READ) {
             check_read(w->buf, off, len, "read");
         } else {
+            /* at completion: in crash mode a request parked when the server died never ran */
+            if (mutating)
+                memset(S.touched + off / 512, 1, (off + len + 511) / 512 - off / 512);
             apply(op, w->buf, off, len);
             if (mut)
                 S.muts[mut].done_at = ++S.clock | (flags & VBD_REQ_FUA ? DURABLE_FUA : 0);
@@ -831,7 +840,7 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &sa, NULL);
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
            O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY, O_CRASHREADY, O_CRASHAFTER,
-           O_MASKOUT, O_HOTMOVE };
+           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -846,6 +855,8 @@ int main(int argc, char **argv)
         {"zero-heavy", no_argument, NULL, O_ZEROHEAVY},    {"crash-ready", required_argument, NULL, O_CRASHREADY},
         {"crash-after", required_argument, NULL, O_CRASHAFTER}, {"mask-out", required_argument, NULL, O_MASKOUT},
         {"hot-move", required_argument, NULL, O_HOTMOVE},
+        {"range", required_argument, NULL, O_RANGE},
+        {"touched-out", required_argument, NULL, O_TOUCHED},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -877,6 +888,8 @@ int main(int argc, char **argv)
         case O_CRASHAFTER: S.crash_after = parse_num(optarg, "--crash-after"); break;
         case O_MASKOUT: S.mask_out = optarg; break;
         case O_HOTMOVE: S.hot_move = parse_num(optarg, "--hot-move"); break;
+        case O_RANGE: S.range = parse_num(optarg, "--range"); break;
+        case O_TOUCHED: S.touched_out = optarg; break;
         case 'f': S.fmt = optarg; break;
         case 't': S.cache = optarg; break;
         case 'i': S.aio = optarg; break;
@@ -994,6 +1007,8 @@ int main(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (S.range && S.range < S.size)
+        S.size = S.range;
     if (S.size < 2 * S.cluster || S.size % S.align) {
         fprintf(stderr, "vbd-stress: the device (%" PRIu64 " bytes) must hold at least two clusters of %" PRIu64 "\n",
                 S.size, S.cluster);
@@ -1001,6 +1016,7 @@ int main(int argc, char **argv)
         goto out;
     }
     S.exp = calloc(1, S.size);
+    S.touched = calloc(1, (S.size + 511) / 512);
     S.fuzzy = calloc(1, S.size);
     if (S.crash_ready && !(S.last_mut = calloc(S.size, sizeof(*S.last_mut)))) {
         fprintf(stderr, "vbd-stress: no memory for the crash model of %" PRIu64 " bytes\n", S.size);
@@ -1035,6 +1051,8 @@ int main(int argc, char **argv)
     }
     if (rc == 0 && S.shadow_out && save_raw(S.shadow_out, S.exp, S.size) < 0)
         rc = 1;
+    if (rc == 0 && S.touched_out && save_raw(S.touched_out, S.touched, (S.size + 511) / 512) < 0)
+        rc = 1;
     if (rc == 0 && S.crash_ready && S.mask_out) {
         /* reuse fuzzy as the mask: 0xff where the last mutation is not durable */
         uint64_t open_bytes = 0;
@@ -1065,6 +1083,7 @@ out:
             free(S.w[i].buf);
     free(S.exp);
     free(S.fuzzy);
+    free(S.touched);
     free(S.last_mut);
     free(S.muts);
     free(S.back);

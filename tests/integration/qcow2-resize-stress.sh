@@ -1,0 +1,247 @@
+#!/bin/bash
+# qcow2 metadata that changes under requests in flight: block_resize and
+# dirty bitmaps. vbd-stress (32 requests in flight over 2 NBD connections to
+# vbd-daemon) works in the first R bytes of a qcow2 image while QMP resizes
+# the node back and forth between R and R + 1 MiB (shrinks drop L2 tables
+# and refcount blocks and cut the file; grows add L1 entries with 1 KiB
+# clusters). Two dirty bitmaps are enabled all along: b0 (in memory) was
+# added while the image was R/2 long, before a grow; p0 (persistent) is in
+# the image. The requests come through a vhost-user-blk export with 2
+# queues (an NBD export holds the size, as QEMU's). Then:
+#  - every read matched the model, the image equals it (qemu-img compare),
+#    qemu-img check is clean;
+#  - every sector a write, write-zeroes or discard touched is dirty in b0 and
+#    p0 (nbdinfo --map=qemu:dirty-bitmap:NAME); p0 too after a clean stop,
+#    read by qemu-nbd -B p0 (an incremental backup that misses one is
+#    silent data loss);
+#  - block_resize shrinks under 32 writes in flight across the new end
+#    (NBD through a raw node): past the new end only zeroes after a grow,
+#    a write in flight must not land there (it did before the drain);
+#  - crash: the same load in crash mode, the daemon gets SIGKILL mid-run:
+#    p0 is left in-use (inconsistent: QEMU will not use it), qemu-img check
+#    finds no error (leaks allowed), every write before an acknowledged flush
+#    is in the image (qemu-img convert).
+# Seeded (STRESS_SEED); STRESS_RESIZE_OPS (default 1500) requests per run.
+. "$(dirname "$0")/lib.sh"
+. "$VBD_ROOT/tests/stress/stress-lib.sh"
+need qemu-img qemu-nbd nbdinfo python3
+STRESS=$VBD_BUILD/tests/stress/vbd-stress
+[ -x "$STRESS" ] || skip "vbd-stress not built"
+OPS=${STRESS_RESIZE_OPS:-1500}
+S=$T/qmp.sock
+R=$((2 << 20))
+on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
+
+# covered SECTORS-FILE MAP-FILE WHAT: every touched sector lies in a dirty extent of the nbdinfo map
+covered() {
+    python3 - "$@" <<'PY'
+import sys
+touched, mapf, what = open(sys.argv[1], "rb").read(), sys.argv[2], sys.argv[3]
+dirty = []
+for line in open(mapf):
+    f = line.split()
+    if len(f) >= 3 and f[2] == "1":
+        dirty.append((int(f[0]), int(f[0]) + int(f[1])))
+missed = [i for i, t in enumerate(touched) if t and not any(a <= i * 512 < b for a, b in dirty)]
+if missed:
+    sys.exit(f"{what}: {len(missed)} written sectors not dirty, the first at byte {missed[0] * 512} (dirty extents: {dirty[:8]}...)")
+print(f"{what}: all {sum(touched)} written sectors dirty")
+PY
+}
+
+# resize_while PID NODE: block_resize NODE between R and R + 1 MiB (512-byte
+# steps, seeded) until process PID ends; prints how many
+resize_while() {
+    qmp_py "$S" <<PY
+import os, random
+rng = random.Random($seed)
+n = 0
+while True:
+    try:  # ended (a zombie until the shell reaps it)
+        if open("/proc/$1/stat").read().split()[2] == "Z":
+            break
+    except FileNotFoundError:
+        break
+    r = m.cmd("block_resize", {"node-name": "$2", "size": $R + 512 * rng.randrange(2049)})
+    if "error" in r and "${3:-}" != "crash":
+        print("FAIL: block_resize:", r["error"], file=sys.stderr); sys.exit(1)
+    n += 1
+print(f"{n} resizes")
+PY
+}
+
+p0_flags() { # IMAGE: bitmap p0's flags as qemu-img info says, comma-separated
+    qemu-img info -U --output=json "$1" | python3 -c '
+import json, sys
+for b in json.load(sys.stdin)["format-specific"]["data"].get("bitmaps", []):
+    if b["name"] == "p0":
+        print(",".join(b["flags"]))'
+}
+
+# shrink_under_writes QMP NBD-SOCKET ROUNDS: each round keeps 32 writes of 64 KiB
+# in flight across R (an NBD connection to a raw node over d0), shrinks d0
+# to R under them, stops writing, grows it back and reads: past R only
+# zeroes (a write in flight at the shrink must not land past the new end;
+# the ones after it fail)
+shrink_under_writes() {
+    python3 - "$1" "$2" $R "$3" $seed <<'PY'
+import os, random, socket, struct, sys, threading
+sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
+from qmp import QMP
+import nbdproto as P
+qmp_path, nbd_path, R, rounds, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+EXTRA = 1 << 20
+m = QMP(qmp_path, negotiate=True)
+rng = random.Random(seed)
+def resize(size):
+    r = m.cmd("block_resize", {"node-name": "d0", "size": size})
+    assert r == {"return": {}}, r
+
+def writer(s, stop, started, counts):
+    inflight, cookie = 0, 0
+    data = bytes([0x5a]) * 65536
+    while True:
+        while not stop.is_set() and inflight < 32:
+            cookie += 1
+            off = R - (256 << 10) + rng.randrange((256 << 10) + EXTRA - 65536) // 512 * 512
+            s.sendall(P.request(P.CMD_WRITE, cookie, off, 65536) + data)
+            inflight += 1
+        if inflight == 0:
+            return
+        magic, err, c = struct.unpack('>IIQ', P.recvn(s, 16))
+        assert magic == P.SIMPLE_REPLY_MAGIC
+        inflight -= 1
+        counts[0 if err == 0 else 1] += 1
+        if counts[0] + counts[1] >= 8:
+            started.set()
+
+s = P.connect(nbd_path)
+P.handshake(s, "disk", go=True)
+bad = 0
+for k in range(rounds):
+    stop, started, counts = threading.Event(), threading.Event(), [0, 0]
+    t = threading.Thread(target=writer, args=(s, stop, started, counts))
+    t.start()
+    started.wait()
+    resize(R)                      # the writes past R are in flight
+    stop.set()
+    t.join()
+    resize(R + EXTRA)
+    cookie = 1 << 40
+    for off in range(R, R + EXTRA, 65536):
+        s.sendall(P.request(P.CMD_READ, cookie, off, 65536))
+        magic, err, c = struct.unpack('>IIQ', P.recvn(s, 16))
+        assert err == 0, err
+        d = P.recvn(s, 65536)
+        if any(d):
+            i = next(j for j, b in enumerate(d) if b)
+            print(f"round {k}: byte {off + i} reads 0x{d[i]:02x} after shrink to {R} and grow: a write in flight at the shrink came back", file=sys.stderr)
+            bad += 1
+            break
+    if bad:
+        break
+print(f"{k + 1} rounds, last: {counts[0]} writes ok, {counts[1]} failed")
+sys.exit(1 if bad else 0)
+PY
+}
+
+# p0_served_covers IMAGE WHAT: qemu-nbd -B p0 serves a map that covers $T/touched
+p0_served_covers() {
+    rm -f "$T/q.sock"
+    qemu-nbd -t -r -f qcow2 -B p0 --socket="$T/q.sock" "$1" &
+    local qpid=$!
+    wait_sock "$T/q.sock"
+    nbdinfo --map=qemu:dirty-bitmap:p0 "nbd+unix:///?socket=$T/q.sock" >"$T/p0q.map" || fail "nbdinfo on qemu-nbd -B p0"
+    kill $qpid
+    wait $qpid 2>/dev/null
+    covered "$T/touched" "$T/p0q.map" "$2"
+}
+
+start() { # IMAGE
+    start_daemon --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
+        --blockdev "driver=file,node-name=f0,filename=$1,discard=unmap" \
+        --blockdev driver=qcow2,node-name=d0,file=f0,discard=unmap \
+        --nbd-server addr.type=unix,addr.path="$T/nbd.sock"
+}
+
+start_top() { # IMAGE: NBD export "disk" of a raw node over d0 (d0 stays resizable)
+    start "$1"
+    qmp_py "$S" <<PY || fail "setup over QMP"
+ok("blockdev-add", driver="raw", **{"node-name": "top"}, file="d0")
+ok("block-export-add", type="nbd", id="e0", **{"node-name": "top"}, name="disk", writable=True)
+PY
+}
+
+for cs in 1024 65536; do
+    seed=$((${STRESS_SEED:-1600} + cs % 1000))
+    img=$T/r$cs.qcow2
+    step "cluster_size=$cs: $OPS requests, QD 32, block_resize under them, bitmaps b0 (in memory) and p0 (persistent)"
+    must qemu-img create -q -f qcow2 -o cluster_size=$cs "$img" $((R / 2))
+    must qemu-img bitmap --add -g 4096 "$img" p0
+    start "$img"
+    qmp_py "$S" <<PY || fail "setup over QMP"
+ok("block-dirty-bitmap-add", node="d0", name="b0", granularity=4096)
+ok("block_resize", **{"node-name": "d0", "size": $R + (1 << 20)})
+ok("block-export-add", type="vhost-user-blk", id="v0", **{"node-name": "d0", "num-queues": 2},
+   addr={"type": "unix", "path": "$T/vu.sock"}, writable=True)
+PY
+    "$STRESS" --seed $seed --ops "$OPS" --qd 32 --cluster-size $cs --hot 6 --range $R --shadow-out "$T/shadow.raw" \
+        --touched-out "$T/touched" --vhost-user "$T/vu.sock" --queues 2 >"$T/stress.log" 2>&1 &
+    spid=$!
+    resize_while $spid d0 || fail "resizing under the stress"
+    wait $spid || { tail -20 "$T/stress.log"; fail "vbd-stress cluster_size=$cs"; }
+    tail -1 "$T/stress.log"
+    # an NBD export holds the size (as QEMU's): added once the resizing is over
+    qmp_py "$S" <<PY || fail "NBD export of the bitmaps"
+ok("block-export-add", type="nbd", id="e0", **{"node-name": "d0"}, name="disk", writable=False, bitmaps=["b0", "p0"])
+PY
+    for b in b0 p0; do
+        nbdinfo --map=qemu:dirty-bitmap:$b "nbd+unix:///disk?socket=$T/nbd.sock" >"$T/$b.map" || fail "nbdinfo --map $b"
+        covered "$T/touched" "$T/$b.map" "$b (cluster_size=$cs)" || fail "bitmap $b misses writes"
+    done
+    stop_daemon
+    qcheck "$img"
+    out=$(qemu-img compare -f qcow2 -F raw "$img" "$T/shadow.raw" 2>&1) || fail "image differs from the model: $out"
+    [ "$(p0_flags "$img")" = auto ] || fail "p0 after a clean stop: flags $(p0_flags "$img")"
+    p0_served_covers "$img" "p0 after a clean stop, read by qemu-nbd (cluster_size=$cs)" || fail "stored p0 misses writes"
+
+    step "cluster_size=$cs: block_resize shrinks under 32 writes in flight across the new end"
+    start_top "$img"
+    shrink_under_writes "$S" "$T/nbd.sock" 8 || fail "a write in flight at a shrink landed past the new end"
+    stop_daemon
+    qcheck "$img"
+
+    step "cluster_size=$cs: SIGKILL mid-run with block_resize under the requests"
+    must qemu-img convert -f qcow2 -O raw "$img" "$T/init.raw"
+    truncate -s $R "$T/init.raw"
+    start_top "$img"
+    rm -f "$T/ready"
+    "$STRESS" --seed $((seed + 1)) --qd 32 --cluster-size $cs --hot 6 --range $R --init "$T/init.raw" \
+        --shadow-out "$T/shadow.raw" --mask-out "$T/mask.raw" --crash-ready "$T/ready" --crash-after 300 --touched-out "$T/touched" \
+        --nbd "nbd+unix:///disk?socket=$T/nbd.sock" --conns 2 >"$T/stress.log" 2>&1 &
+    spid=$!
+    resize_while $spid d0 crash >"$T/resize.log" 2>&1 &
+    rpid=$!
+    while [ ! -e "$T/ready" ] && kill -0 $spid 2>/dev/null; do sleep 0.02; done
+    kill -9 $dpid; wait $dpid 2>/dev/null; dpid=
+    wait $spid || { tail -20 "$T/stress.log"; fail "vbd-stress in crash mode, cluster_size=$cs"; }
+    wait $rpid
+    grep -q "server is gone" "$T/stress.log" || fail "the daemon was not killed mid-run: $(tail -3 "$T/stress.log")"
+    rc=0
+    out=$(qemu-img check -f qcow2 "$img" 2>&1) || rc=$?
+    [ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check after SIGKILL (exit $rc): $out"
+    # in-use, unless the kill fell inside a resize: the drained section
+    # stores the bits and clears in-use until the bitmaps are loaded again,
+    # with no request in flight. Then p0 must hold every write of the run.
+    flags=$(p0_flags "$img")
+    case $flags in
+    in-use,auto) ;;
+    auto) p0_served_covers "$img" "p0 after SIGKILL inside a resize (not in-use) (cluster_size=$cs)" ||
+        fail "p0 left consistent after SIGKILL misses writes" ;;
+    *) fail "p0 after SIGKILL: flags $flags" ;;
+    esac
+    must qemu-img convert -f qcow2 -O raw "$img" "$T/q.raw"
+    truncate -s $R "$T/q.raw"
+    stress_masked_cmp "$T/q.raw" "$T/shadow.raw" "$T/mask.raw" "qemu-img convert after SIGKILL" || fail "durable writes lost"
+done
+echo "ok"
