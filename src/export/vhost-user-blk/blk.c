@@ -166,8 +166,9 @@ static bool kick_spent(int popped, int budget, uint64_t *since)
  * batch end after BLK_KICK_SHARED_BUDGET requests: the other ring's
  * requests wait for the whole turn, and with 64 a turn of 4K reads of a
  * null node held them ~20 us, twice a ring's depth at QD32: 2 queues, 4K
- * reads QD32, p99 70-86 us (qsd 47-78), 51-59 with turns of 32 at the same
- * IOPS and CPU per request (RESULTS.md 2026-12-06, vuperf16). A thread
+ * reads QD32, p99 70-94 us (qsd 59-78) -> 55-70, 4K writes 51-55 -> 32-47,
+ * 4K reads of a tmpfs file 344-475 -> 238-311, IOPS and CPU per request
+ * level; 64K rows level (RESULTS.md 2026-12-06, vuperf16). A thread
  * whose other rings are idle keeps the budget of 64: ending its turn would
  * only cost it a loop iteration and a bottom-half signal. "Busy": this
  * thread's kicks moved from one ring to another within its last
