@@ -149,9 +149,9 @@ static int blk_set_config(struct vu_dev *dev, uint32_t offset, const uint8_t *da
  */
 #define BLK_KICK_TIMED 8
 #define BLK_KICK_TIME_NS 64000
-static bool kick_spent(int popped, uint64_t *since)
+static bool kick_spent(int popped, int budget, uint64_t *since)
 {
-    if (popped >= BLK_KICK_BUDGET)
+    if (popped >= budget)
         return true;
     if (popped < BLK_KICK_TIMED)
         return false;
@@ -161,6 +161,34 @@ static bool kick_spent(int popped, uint64_t *since)
     return now - *since >= BLK_KICK_TIME_NS;
 }
 
+/*
+ * ... or, on a thread that serves more than one busy ring, at the first
+ * batch end after BLK_KICK_SHARED_BUDGET requests: the other ring's
+ * requests wait for the whole turn, and with 64 a turn of 4K reads of a
+ * null node held them ~20 us, twice a ring's depth at QD32: 2 queues, 4K
+ * reads QD32, p99 70-94 us (qsd 59-78) -> 55-70, 4K writes 51-55 -> 32-47,
+ * 4K reads of a tmpfs file 344-475 -> 238-311, IOPS and CPU per request
+ * level; 64K rows level (RESULTS.md 2026-12-06, vuperf16). A thread
+ * whose other rings are idle keeps the budget of 64: ending its turn would
+ * only cost it a loop iteration and a bottom-half signal. "Busy": this
+ * thread's kicks moved from one ring to another within its last
+ * BLK_KICK_SHARED_WINDOW kicks (a count, not a clock: nothing read per kick).
+ */
+#define BLK_KICK_SHARED_BUDGET 32
+#define BLK_KICK_SHARED_WINDOW 4
+static _Thread_local const struct vu_queue *kick_ring; /* compared, never followed */
+static _Thread_local unsigned kicks, kicks_at_switch;
+
+static bool kick_shared(const struct vu_queue *q)
+{
+    kicks++;
+    if (kick_ring != q) {
+        kick_ring = q;
+        kicks_at_switch = kicks;
+    }
+    return kicks - kicks_at_switch < BLK_KICK_SHARED_WINDOW;
+}
+
 void blk_queue_kick(struct vu_queue *q)
 {
     struct blk_queue *bq = q->dev_queue;
@@ -168,6 +196,7 @@ void blk_queue_kick(struct vu_queue *q)
         return;
     int popped = 0;
     uint64_t since = 0;
+    int budget = kick_shared(q) ? BLK_KICK_SHARED_BUDGET : BLK_KICK_BUDGET;
     for (;;) {
         while (vu_queue_can_process(q) && !LOAD(bq->e->stopped)) {
             struct blk_req *r = blk_req_alloc(bq);
@@ -194,7 +223,7 @@ void blk_queue_kick(struct vu_queue *q)
             if (blk_req_decode(r))
                 blk_dispatch(bq, r);
             popped++;
-            if (vu_vq_batch_done(&q->vq) && kick_spent(popped, &since)) {
+            if (vu_vq_batch_done(&q->vq) && kick_spent(popped, budget, &since)) {
                 /* the driver's next request must kick us (EVENT_IDX:
                  * avail_event published) if the loop sleeps before its
                  * poller looks again; what is pending now it finds */
