@@ -17,7 +17,11 @@
 struct vbd_co;
 typedef void vbd_co_fn(void *arg);
 
-#define VBD_CO_STACK_DEFAULT (256 * 1024)
+/* QEMU's size: a read of an unallocated range recurses once per image of
+ * the backing chain (chains of hundreds are opened by qemu-io). Only what
+ * a coroutine touches is resident. Sanitizer builds multiply it (their
+ * frames are several times larger). */
+#define VBD_CO_STACK_DEFAULT (1024 * 1024)
 
 /* Create a coroutine that runs fn(arg) when first entered. Never fails
  * (aborts on out-of-memory at pool growth time). */
@@ -86,5 +90,14 @@ void vbd_co_rwlock_unlock(struct vbd_co_rwlock *l);
  * loop (the calling thread's) until it finishes. For tools and tests that start outside any
  * coroutine. If already in a coroutine, calls fn directly. */
 void vbd_co_run_sync(vbd_co_fn *fn, void *arg);
+
+/* From a coroutine: run fn(arg) to its end on a coroutine of its own (a
+ * fresh stack), the caller yielding until it is done. For recursion whose
+ * depth the input decides (an image's backing chain): each level gets a
+ * whole stack instead of a share of the first. `local` is what
+ * vbd_co_local() returns inside fn (the recursion's context, e.g. the
+ * chain opened so far); outside such a call vbd_co_local() is NULL. */
+void vbd_co_call(vbd_co_fn *fn, void *arg, void *local);
+void *vbd_co_local(void);
 
 #endif

@@ -560,6 +560,23 @@ static bool is_uri_or_json(const char *s)
     return !strncmp(s, "json:", 5) || protocol_for(s) != NULL;
 }
 
+/* The images of a backing chain being opened above this one, by file
+ * identity: vbd_open_backing refuses a backing file that is one of them. */
+struct chain_link {
+    const struct chain_link *up;
+    dev_t dev;
+    ino_t ino;
+    bool known; /* a local file (NBD, json: are not compared) */
+};
+
+static bool chain_has(const struct chain_link *l, dev_t dev, ino_t ino)
+{
+    for (; l; l = l->up)
+        if (l->known && l->dev == dev && l->ino == ino)
+            return true;
+    return false;
+}
+
 int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     /* the backing file's own format decides what its file shares (QEMU's
@@ -579,25 +596,44 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
     }
     if (!n->backing_file[0])
         return 0;
-    char path[4096];
+    /* resolved into the node, not onto the stack: a chain recurses through
+     * here once per image */
+    char *path = n->full_backing_filename;
+    size_t pathsz = sizeof(n->full_backing_filename);
     if (n->backing_file[0] == '/' || is_uri_or_json(n->backing_file) || !n->file ||
         is_uri_or_json(n->file->filename) || !strchr(n->file->filename, '/')) { /* as qemu: no "./" prefix */
-        snprintf(path, sizeof(path), "%s", n->backing_file);
+        snprintf(path, pathsz, "%s", n->backing_file);
     } else {
-        char dir[4096];
-        snprintf(dir, sizeof(dir), "%s", n->file->filename);
-        snprintf(path, sizeof(path), "%s/%s", dirname(dir), n->backing_file);
+        char *dir = strdup(n->file->filename);
+        if (!dir) {
+            vbd_error_setf(err, ENOMEM, "Could not open backing file: %s", strerror(ENOMEM));
+            return -ENOMEM;
+        }
+        snprintf(path, pathsz, "%s/%s", dirname(dir), n->backing_file);
+        free(dir);
     }
     /* Resolved even when the chain is not opened: info shows it, as
      * qemu-img's "full-backing-filename" / "(actual path: ...)". */
-    snprintf(n->full_backing_filename, sizeof(n->full_backing_filename), "%s", path);
     if (flags & VBD_OPEN_NO_BACKING)
         return 0;
+    struct chain_link link = {vbd_co_local(), 0, 0, false};
+    struct stat st;
+    if (n->file && !is_uri_or_json(n->file->filename) && stat(n->file->filename, &st) == 0)
+        link = (struct chain_link){link.up, st.st_dev, st.st_ino, true};
+    if (!is_uri_or_json(path) && stat(path, &st) == 0 && chain_has(&link, st.st_dev, st.st_ino)) {
+        /* qemu-img info's words; QEMU's open itself recurses for ever */
+        vbd_error_setf(err, ELOOP, "Could not open backing file: Backing file '%s' creates an infinite loop", path);
+        return -EINVAL;
+    }
     struct json_object *bo = json_object_new_object();
     if (n->backing_format[0])
         json_object_object_add(bo, "driver", json_object_new_string(n->backing_format));
     struct vbd_error *e = NULL;
-    n->backing = vbd_open(path, bo, bflags, &e);
+    struct open_args a = {path, bo, bflags, &e, NULL};
+    /* each image of the chain on a stack of its own: the depth is the
+     * image's to choose (qemu-io opens chains of hundreds) */
+    vbd_co_call(open_entry, &a, &link);
+    n->backing = a.result;
     if (!n->backing && e && e->code == EAGAIN && !strcmp(n->backing_format, "raw") &&
         strstr(e->msg, " lock: Is another process using the image [")) {
         /* a raw backing file takes no locks of its own: the conflict is the

@@ -38,6 +38,11 @@
 #ifdef VBD_ASAN
 #include <sanitizer/asan_interface.h>
 #endif
+#if defined(VBD_ASAN) || defined(VBD_TSAN)
+#define CO_STACK_SIZE (4 * VBD_CO_STACK_DEFAULT) /* instrumented frames */
+#else
+#define CO_STACK_SIZE VBD_CO_STACK_DEFAULT
+#endif
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -65,6 +70,7 @@ struct vbd_co {
     struct vbd_loop *loop;      /* loop it belongs to (last ran on) */
     struct vbd_loop *move_to;   /* pending vbd_co_move_to target */
     struct vbd_bh wake_bh;      /* cross-thread wake */
+    void *local;                /* vbd_co_call's context for the callee */
     void *mem;                  /* mmap'd region incl. guard page */
     size_t mem_size;
     bool finished;
@@ -184,7 +190,7 @@ static struct vbd_co *co_alloc(void)
     if (!co)
         abort();
     long page = sysconf(_SC_PAGESIZE);
-    co->mem_size = VBD_CO_STACK_DEFAULT + page;
+    co->mem_size = CO_STACK_SIZE + page;
     co->mem = mmap(NULL, co->mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (co->mem == MAP_FAILED) {
         fprintf(stderr, "vbd: cannot allocate a coroutine stack: out of memory\n");
@@ -192,7 +198,7 @@ static struct vbd_co *co_alloc(void)
     }
     mprotect(co->mem, page, PROT_NONE); /* guard page: overflow faults, not corrupts */
     co->ctx.stack_bottom = (char *)co->mem + page;
-    co->ctx.stack_size = VBD_CO_STACK_DEFAULT;
+    co->ctx.stack_size = CO_STACK_SIZE;
 #ifdef VBD_TSAN
     co->ctx.tsan_fiber = __tsan_create_fiber(0);
 #endif
@@ -231,6 +237,7 @@ struct vbd_co *vbd_co_create(vbd_co_fn *fn, void *arg)
     co->move_to = NULL;
     co->caller_co = NULL;
     co->loop = NULL;
+    co->local = NULL;
     return co;
 }
 
@@ -450,6 +457,42 @@ static void run_sync_entry(void *opaque)
     struct run_sync *rs = opaque;
     rs->fn(rs->arg);
     rs->done = true;
+}
+
+struct co_call {
+    vbd_co_fn *fn;
+    void *arg;
+    bool done;
+    struct vbd_co *waiter; /* set once the caller waits */
+};
+
+static void co_call_entry(void *opaque)
+{
+    struct co_call *c = opaque;
+    c->fn(c->arg);
+    c->done = true;
+    if (c->waiter)
+        vbd_co_wake(c->waiter);
+}
+
+void vbd_co_call(vbd_co_fn *fn, void *arg, void *local)
+{
+    struct vbd_co *self = vbd_co_self();
+    assert(self && "vbd_co_call outside a coroutine");
+    struct co_call c = {fn, arg, false, NULL};
+    struct vbd_co *co = vbd_co_create(co_call_entry, &c);
+    co->local = local;
+    vbd_co_enter(co);
+    while (!c.done) {
+        c.waiter = self;
+        vbd_co_yield();
+    }
+}
+
+void *vbd_co_local(void)
+{
+    struct vbd_co *self = vbd_co_self();
+    return self ? self->local : NULL;
 }
 
 void vbd_co_run_sync(vbd_co_fn *fn, void *arg)

@@ -217,7 +217,12 @@ void tool_report_text(const char *msg)
 
 void tool_report_open(const char *shown, struct vbd_error *err)
 {
-    if (err && report_lock_conflict(shown, err)) {
+    const char *loop = err && err->code == ELOOP ? strstr(err->msg, "Backing file '") : NULL;
+    if (loop) {
+        /* the chain's innermost words, as qemu-img info's one line */
+        vbd_error_report("%s.", loop);
+        vbd_error_free(err);
+    } else if (err && report_lock_conflict(shown, err)) {
         vbd_error_free(err);
     } else if (err && shown && tool_open_prefix_errors && is_open_errno(err)) {
         vbd_error_report("Could not open '%s': %s", shown, err->msg);
