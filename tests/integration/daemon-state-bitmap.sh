@@ -27,7 +27,7 @@ m = QMP("qmp.sock", negotiate=True)
 m.execute("blockdev-add", **{"driver": "qcow2", "node-name": "d0", "file": {"driver": "file", "filename": "disk.qcow2"}})
 m.execute("block-dirty-bitmap-add", node="d0", name="b0")
 m.execute("nbd-server-start", addr={"type": "unix", "data": {"path": "nbd.sock"}})
-m.execute("block-export-add", type="nbd", id="e0", **{"node-name": "d0"}, name="d0", bitmaps=["b0"])
+m.execute("block-export-add", type="nbd", id="e0", **{"node-name": "d0"}, name="d0", bitmaps=[{"node": "d0", "name": "b0"}])  # an enabled bitmap by name on a read-only export: refused, as qsd
 PY
 must nbdinfo --map=qemu:dirty-bitmap:b0 "nbd+unix:///d0?socket=$T/nbd.sock" >/dev/null
 kill -9 $dpid; wait $dpid 2>/dev/null; dpid=
