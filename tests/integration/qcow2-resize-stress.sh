@@ -60,7 +60,7 @@ while True:
     try:  # ended (a zombie until the shell reaps it)
         if open("/proc/$1/stat").read().split()[2] == "Z":
             break
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone between open and read: ESRCH
         break
     r = m.cmd("block_resize", {"node-name": "$2", "size": $R + 512 * rng.randrange(2049)})
     if "error" in r and "${3:-}" != "crash":
