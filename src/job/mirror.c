@@ -645,18 +645,24 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block node '%s' is read-only", a->target->node_name);
         return NULL;
     }
+    /* The exports over the source drained from the filter to the write
+     * hook (as QEMU drains around mirror_top's insertion; its dirty bitmap
+     * also sees a write that ends later): no write is in flight unhooked
+     * when the job looks at the source. */
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(a->src, &d);
     /* QEMU's order: the filter, then the job */
     struct vbd_node *filter = NULL;
-    if (job_filter_insert(JOB_FILTER_MIRROR, a->src, a->filter_node_name, NULL, &filter, err) < 0)
-        return NULL;
-    struct vbd_job *job = vbd_job_create(&mirror_driver, a->job_id, a->auto_finalize, a->auto_dismiss, 0,
-                                         a->on_source_error, err);
+    struct vbd_job *job = NULL;
+    if (job_filter_insert(JOB_FILTER_MIRROR, a->src, a->filter_node_name, NULL, &filter, err) == 0)
+        job = vbd_job_create(&mirror_driver, a->job_id, a->auto_finalize, a->auto_dismiss, 0, a->on_source_error, err);
     if (job && vbd_job_set_speed(job, a->speed, err) < 0) {
         vbd_job_early_fail(job);
         job = NULL;
     }
     if (!job) {
         job_filter_co_remove(&filter);
+        vbd_daemon_drain_end(&d);
         return NULL;
     }
     job->on_target_error = a->on_target_error;
@@ -681,6 +687,7 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
     };
     mj->m = job_mirror_new(job, &o);
     job->opaque = mj;
+    vbd_daemon_drain_end(&d);
     vbd_job_start(job);
     return job;
 }
