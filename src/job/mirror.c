@@ -69,6 +69,7 @@ struct job_mirror {
     struct vbd_node *src, *target, *base; /* borrowed from the job; base: where block status stops (NULL: whole chain) */
     bool unmap;
     bool initial_copy;
+    bool target_new;
     bool complete;
     struct vbd_job_tracker *tracker;
     uint64_t gran, chunk;
@@ -322,19 +323,44 @@ static void start_copy(struct job_mirror *m, uint64_t off, uint64_t bytes)
     vbd_co_wake(vbd_co_create(slot_co, s));
 }
 
+/* Zeroes the whole target, deallocating (QEMU's initial zeroing for
+ * zero_target, not counted in the job's progress): 0, or -errno. */
+static int zero_target(struct job_mirror *m, uint64_t len)
+{
+    for (uint64_t pos = 0; pos < len && !vbd_job_is_cancelled(m->job);) {
+        uint64_t n = len - pos < 64 * m->chunk ? len - pos : 64 * m->chunk;
+        int rc = vbd_node_co_pwrite_zeroes(m->target, pos, n, VBD_REQ_MAY_UNMAP);
+        if (rc < 0)
+            return rc;
+        pos += n;
+        vbd_job_pause_point(m->job);
+    }
+    return 0;
+}
+
 int job_mirror_run(struct job_mirror *m)
 {
     struct vbd_job *job = m->job;
     uint64_t len = vbd_node_size(m->src);
-    /* With a base (sync=top, the active commit) only what the layers above
-     * it define is dirty, as QEMU's mirror_dirty_init: the rest the target
+    /* QEMU's mirror_dirty_init. With a base (sync=top, the active commit)
+     * only what the layers above it define is dirty: the rest the target
      * gets from the backing it shares (copy_range skips it too), and the
-     * job's length counts only what it copies. Without a base everything
-     * is, unallocated ranges included: the target may hold old data there. */
+     * job's length counts only what it copies. Without a base the target
+     * may hold old data anywhere: every chunk is dirty, unless the target
+     * reads zeroes already (drive-mirror's new image) or is zeroed first
+     * with unmap (opened with discard=unmap, a driver that deallocates
+     * zeroes): then only what some layer allocates, as QEMU counts it.
+     * Not with write-blocking, whose copies of guest writes would land
+     * under the zeroing (QEMU holds them back until the dirty init). */
+    bool by_allocation = m->base || m->target_new;
+    if (m->initial_copy && !by_allocation && !m->write_blocking && (m->target->open_flags & VBD_OPEN_UNMAP) &&
+        (m->target->supported_zero_flags & VBD_REQ_MAY_UNMAP))
+        by_allocation = zero_target(m, len) == 0; /* else all dirty: copy_range zeroes what it must */
     for (uint64_t pos = 0, pnum = 0; m->initial_copy && pos < len; pos += pnum) {
-        int st = m->base ? vbd_node_co_block_status_above(m->src, m->base, true, pos, len - pos, &pnum, NULL, NULL, NULL)
-                         : (int)VBD_BS_ALLOCATED;
-        if (!m->base || st < 0 || !pnum) {
+        int st = by_allocation
+                     ? vbd_node_co_block_status_above(m->src, m->base, true, pos, len - pos, &pnum, NULL, NULL, NULL)
+                     : (int)VBD_BS_ALLOCATED;
+        if (!by_allocation || st < 0 || !pnum) {
             vbd_job_tracker_set_dirty(m->tracker, pos, len - pos); /* copy_range looks again (and reports) */
             break;
         }
@@ -480,6 +506,7 @@ struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_o
     m->base = o->base;
     m->unmap = o->unmap;
     m->initial_copy = o->initial_copy;
+    m->target_new = o->target_new;
     m->gran = o->granularity ? o->granularity : 64 * 1024;
     /* a chunk is a few granules, the slots share buf-size */
     uint64_t buf = o->buf_size ? o->buf_size : 16 * 1024 * 1024;
@@ -683,6 +710,7 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
     struct job_mirror_opts o = {
         .src = mj->src, .target = mj->target, .base = mj->base, .granularity = a->granularity,
         .buf_size = a->buf_size, .initial_copy = a->sync != VBD_MIRROR_SYNC_NONE, .unmap = a->unmap,
+        .target_new = a->target_new,
         .write_blocking = a->write_blocking,
     };
     mj->m = job_mirror_new(job, &o);
