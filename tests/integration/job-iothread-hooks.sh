@@ -9,8 +9,8 @@
 #    drained graph change before);
 #  - blockdev-mirror sync=full, completed (the export pivots to the target);
 #  - blockdev-snapshot-sync, then block-stream of the new overlay, cancelled
-#    half-way, then to its end (the writes go on into the overlay while the
-#    stream's hook comes off).
+#    half-way ten times, then run to its end (the writes go on into the
+#    overlay while the stream's hook comes off).
 # A job's hook is loaded by a write on io0 and entered on the main loop
 # after a hop: taking it off must wait for such a write (a drain), else the
 # write enters freed memory (ASan). Every read matches the model; at the
@@ -103,16 +103,18 @@ for i in range(rounds):
     # an overlay streamed full: the writes stay on it after the stream
     s.run("blockdev-snapshot-sync", **{"node-name": cur, "snapshot-file": f"{T}/o{i}.qcow2",
                                        "snapshot-node-name": f"o{i}", "format": "qcow2"})
-    # a stream cancelled half-way (aborts), then one to the end
-    s.run("block-stream", **{"job-id": f"sc{i}", "device": f"o{i}", "speed": 1 << 20})
-    s.status(f"sc{i}", "created")
-    s.status(f"sc{i}", "running")
-    s.run("block-job-cancel", device=f"sc{i}")
-    ev = s.m.wait_event("BLOCK_JOB_CANCELLED", timeout=300)["data"]
-    if ev["device"] != f"sc{i}":
-        fail(f"sc{i}: {ev}")
-    until_null(f"sc{i}")
-    writers_alive(f"stream sc{i}")
+    # streams cancelled half-way (they abort), then one to the end
+    for k in range(cancels // 4):
+        jid = f"sc{i}.{k}"
+        s.run("block-stream", **{"job-id": jid, "device": f"o{i}", "speed": 1 << 20})
+        s.status(jid, "created")
+        s.status(jid, "running")
+        s.run("block-job-cancel", device=jid)
+        ev = s.m.wait_event("BLOCK_JOB_CANCELLED", timeout=300)["data"]
+        if ev["device"] != jid:
+            fail(f"{jid}: {ev}")
+        until_null(jid)
+        writers_alive(f"stream {jid}")
     s.run("block-stream", **{"job-id": f"st{i}", "device": f"o{i}"})
     s.status(f"st{i}", "created")
     s.status(f"st{i}", "running")
