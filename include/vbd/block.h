@@ -577,6 +577,9 @@ int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes);
 int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
 /* The dirty bitmap `name` of n (or of the format node under n's filters); see co_bitmap_status. */
 int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
+/* The persistent bitmap `name` of img itself (its driver's; -ENOENT: none there). */
+int vbd_node_co_persistent_bitmap_status(struct vbd_node *img, const char *name, uint64_t off, uint64_t bytes,
+                                         uint64_t *pnum);
 int vbd_node_co_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes,
                              uint64_t *pnum, uint64_t *map, struct vbd_node **file);
 /* Status through the backing chain from top down to (not including) base

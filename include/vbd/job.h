@@ -186,6 +186,7 @@ struct vbd_mirror_args {
     const char *job_id;
     struct vbd_node *src, *target, *replaces;
     bool target_owned; /* the caller's reference on target passes to the job (drive-mirror) */
+    bool target_new;   /* drive-mirror made the target: a new image, reading zeroes */
     enum vbd_mirror_sync sync;
     uint64_t granularity, buf_size; /* 0: defaults (64 KiB, 16 MiB) */
     int64_t speed;

@@ -30,5 +30,9 @@ bool vbd_nbd_server_running(void);
 bool vbd_nbd_server_wait_last_client(void);
 /* Serve one connected socket (closed at the end); for tests and fuzzing. */
 void vbd_nbd_serve_fd(int fd);
+/* Whether an NBD export serves node n's persistent bitmap `name`: it is
+ * busy then, as QEMU's (an in-memory one carries its own busy flag). */
+struct vbd_node;
+bool vbd_nbd_bitmap_exported(struct vbd_node *n, const char *name);
 
 #endif

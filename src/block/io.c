@@ -708,7 +708,12 @@ int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off
     struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find_below(n, name, NULL);
     if (mem)
         return vbd_dirty_bitmap_status(mem, off, bytes, pnum);
-    struct vbd_node *img = vbd_node_skip_filters(n);
+    return vbd_node_co_persistent_bitmap_status(vbd_node_skip_filters(n), name, off, bytes, pnum);
+}
+
+int vbd_node_co_persistent_bitmap_status(struct vbd_node *img, const char *name, uint64_t off, uint64_t bytes,
+                                         uint64_t *pnum)
+{
     if (!img || !img->drv->co_bitmap_status)
         return -ENOENT;
     if (off >= vbd_node_size(img)) {

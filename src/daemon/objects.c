@@ -8,6 +8,7 @@
 #include "vbd/error.h"
 #include "vbd/export.h"
 #include "vbd/iothread.h"
+#include "vbd/job.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
 #include "vbd/qmp.h"
@@ -369,6 +370,21 @@ static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error *
     struct vbd_node **v = NULL;
     int cnt = 0;
     collect(n, &v, &cnt);
+    /* A block job's own requests are not held by the exports' drain (QEMU's
+     * drain pauses the job): one that had looked up the node's loop and
+     * moved there would run the driver on the old loop beside requests on
+     * the new one (a backup's copy of its source while an NBD export of a
+     * fleecing image took the chain to the main loop: io.c's home-loop
+     * assertion). Refused while a job uses any of the nodes. */
+    for (int i = 0; i < cnt; i++) {
+        struct vbd_job *j = vbd_job_using_node(v[i]);
+        if (j && vbd_node_home_loop(v[i]) != loop) {
+            vbd_error_setf(err, EBUSY, "Node '%s' cannot move to another thread while block job '%s' uses it",
+                           v[i]->node_name, j->id);
+            free(v);
+            return -EBUSY;
+        }
+    }
     struct vbd_backend **be = NULL;
     int nbe = 0;
     for (struct vbd_daemon_export *e = exports; e; e = e->next) {

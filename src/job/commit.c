@@ -265,6 +265,10 @@ struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struc
      * goes created, then null) */
     struct vbd_node *filter = NULL;
     struct vbd_job *job = NULL;
+    /* the exports over top drained from the filter to the active commit's
+     * write hook: no guest write is in flight unseen by its dirty bitmap */
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(top, &d);
     if (!active || job_filter_insert(JOB_FILTER_MIRROR, top, filter_node_name, NULL, &filter, err) == 0)
         job = vbd_job_create(active ? &active_commit_driver : &commit_driver, job_id, auto_finalize, auto_dismiss, 0,
                              on_error, err);
@@ -279,6 +283,7 @@ struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struc
     }
     if (!job) {
         job_filter_co_remove(&filter);
+        vbd_daemon_drain_end(&d);
         if (was_ro) {
             struct vbd_error *e = NULL;
             vbd_node_co_set_read_only(base, true, &e);
@@ -304,6 +309,7 @@ struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struc
         c->mirror = job_mirror_new(job, &o);
     }
     job->opaque = c;
+    vbd_daemon_drain_end(&d);
     vbd_job_start(job);
     return job;
 }

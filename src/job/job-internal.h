@@ -30,6 +30,7 @@ struct job_mirror_opts {
     struct vbd_node *base;   /* block status stops there: what it provides is not copied (NULL: whole chain) */
     uint64_t granularity, buf_size; /* 0: 64 KiB, 16 MiB */
     bool initial_copy;       /* everything is dirty at the start (else only what is written from now on) */
+    bool target_new;         /* the target reads zeroes already (a new image): only data needs copying */
     bool unmap;              /* zero ranges may deallocate on the target */
     bool write_blocking;     /* guest writes reach the target before they complete */
 };

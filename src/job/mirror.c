@@ -69,6 +69,7 @@ struct job_mirror {
     struct vbd_node *src, *target, *base; /* borrowed from the job; base: where block status stops (NULL: whole chain) */
     bool unmap;
     bool initial_copy;
+    bool target_new;
     bool complete;
     struct vbd_job_tracker *tracker;
     uint64_t gran, chunk;
@@ -322,19 +323,44 @@ static void start_copy(struct job_mirror *m, uint64_t off, uint64_t bytes)
     vbd_co_wake(vbd_co_create(slot_co, s));
 }
 
+/* Zeroes the whole target, deallocating (QEMU's initial zeroing for
+ * zero_target, not counted in the job's progress): 0, or -errno. */
+static int zero_target(struct job_mirror *m, uint64_t len)
+{
+    for (uint64_t pos = 0; pos < len && !vbd_job_is_cancelled(m->job);) {
+        uint64_t n = len - pos < 64 * m->chunk ? len - pos : 64 * m->chunk;
+        int rc = vbd_node_co_pwrite_zeroes(m->target, pos, n, VBD_REQ_MAY_UNMAP);
+        if (rc < 0)
+            return rc;
+        pos += n;
+        vbd_job_pause_point(m->job);
+    }
+    return 0;
+}
+
 int job_mirror_run(struct job_mirror *m)
 {
     struct vbd_job *job = m->job;
     uint64_t len = vbd_node_size(m->src);
-    /* With a base (sync=top, the active commit) only what the layers above
-     * it define is dirty, as QEMU's mirror_dirty_init: the rest the target
+    /* QEMU's mirror_dirty_init. With a base (sync=top, the active commit)
+     * only what the layers above it define is dirty: the rest the target
      * gets from the backing it shares (copy_range skips it too), and the
-     * job's length counts only what it copies. Without a base everything
-     * is, unallocated ranges included: the target may hold old data there. */
+     * job's length counts only what it copies. Without a base the target
+     * may hold old data anywhere: every chunk is dirty, unless the target
+     * reads zeroes already (drive-mirror's new image) or is zeroed first
+     * with unmap (opened with discard=unmap, a driver that deallocates
+     * zeroes): then only what some layer allocates, as QEMU counts it.
+     * Not with write-blocking, whose copies of guest writes would land
+     * under the zeroing (QEMU holds them back until the dirty init). */
+    bool by_allocation = m->base || m->target_new;
+    if (m->initial_copy && !by_allocation && !m->write_blocking && (m->target->open_flags & VBD_OPEN_UNMAP) &&
+        (m->target->supported_zero_flags & VBD_REQ_MAY_UNMAP))
+        by_allocation = zero_target(m, len) == 0; /* else all dirty: copy_range zeroes what it must */
     for (uint64_t pos = 0, pnum = 0; m->initial_copy && pos < len; pos += pnum) {
-        int st = m->base ? vbd_node_co_block_status_above(m->src, m->base, true, pos, len - pos, &pnum, NULL, NULL, NULL)
-                         : (int)VBD_BS_ALLOCATED;
-        if (!m->base || st < 0 || !pnum) {
+        int st = by_allocation
+                     ? vbd_node_co_block_status_above(m->src, m->base, true, pos, len - pos, &pnum, NULL, NULL, NULL)
+                     : (int)VBD_BS_ALLOCATED;
+        if (!by_allocation || st < 0 || !pnum) {
             vbd_job_tracker_set_dirty(m->tracker, pos, len - pos); /* copy_range looks again (and reports) */
             break;
         }
@@ -480,6 +506,7 @@ struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_o
     m->base = o->base;
     m->unmap = o->unmap;
     m->initial_copy = o->initial_copy;
+    m->target_new = o->target_new;
     m->gran = o->granularity ? o->granularity : 64 * 1024;
     /* a chunk is a few granules, the slots share buf-size */
     uint64_t buf = o->buf_size ? o->buf_size : 16 * 1024 * 1024;
@@ -645,18 +672,24 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block node '%s' is read-only", a->target->node_name);
         return NULL;
     }
+    /* The exports over the source drained from the filter to the write
+     * hook (as QEMU drains around mirror_top's insertion; its dirty bitmap
+     * also sees a write that ends later): no write is in flight unhooked
+     * when the job looks at the source. */
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(a->src, &d);
     /* QEMU's order: the filter, then the job */
     struct vbd_node *filter = NULL;
-    if (job_filter_insert(JOB_FILTER_MIRROR, a->src, a->filter_node_name, NULL, &filter, err) < 0)
-        return NULL;
-    struct vbd_job *job = vbd_job_create(&mirror_driver, a->job_id, a->auto_finalize, a->auto_dismiss, 0,
-                                         a->on_source_error, err);
+    struct vbd_job *job = NULL;
+    if (job_filter_insert(JOB_FILTER_MIRROR, a->src, a->filter_node_name, NULL, &filter, err) == 0)
+        job = vbd_job_create(&mirror_driver, a->job_id, a->auto_finalize, a->auto_dismiss, 0, a->on_source_error, err);
     if (job && vbd_job_set_speed(job, a->speed, err) < 0) {
         vbd_job_early_fail(job);
         job = NULL;
     }
     if (!job) {
         job_filter_co_remove(&filter);
+        vbd_daemon_drain_end(&d);
         return NULL;
     }
     job->on_target_error = a->on_target_error;
@@ -677,10 +710,12 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
     struct job_mirror_opts o = {
         .src = mj->src, .target = mj->target, .base = mj->base, .granularity = a->granularity,
         .buf_size = a->buf_size, .initial_copy = a->sync != VBD_MIRROR_SYNC_NONE, .unmap = a->unmap,
+        .target_new = a->target_new,
         .write_blocking = a->write_blocking,
     };
     mj->m = job_mirror_new(job, &o);
     job->opaque = mj;
+    vbd_daemon_drain_end(&d);
     vbd_job_start(job);
     return job;
 }

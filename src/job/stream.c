@@ -208,11 +208,16 @@ struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struc
         bottom = bottom->backing;
     struct vbd_node *filter = NULL;
     struct vbd_job *job = NULL;
+    /* the exports over top drained from the filter to the write hook: no
+     * guest write is in flight unseen by the tracker when the job starts */
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(top, &d);
     /* the filter first, then the job (QEMU's order: a bad name makes no job) */
     if (job_filter_insert(JOB_FILTER_STREAM, top, filter_node_name, bottom->node_name, &filter, err) == 0)
         job = vbd_job_create(&stream_driver, job_id, auto_finalize, auto_dismiss, speed, on_error, err);
     if (!job) {
         job_filter_co_remove(&filter);
+        vbd_daemon_drain_end(&d);
         if (was_ro) {
             struct vbd_error *e = NULL;
             vbd_node_co_set_read_only(top, true, &e);
@@ -232,6 +237,7 @@ struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struc
     s->tracker = vbd_job_tracker_new(top, 0);
     s->filter = filter;
     job->opaque = s;
+    vbd_daemon_drain_end(&d);
     vbd_job_start(job);
     return job;
 }

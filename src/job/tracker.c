@@ -9,6 +9,8 @@
  */
 #include "job-internal.h"
 
+#include "daemon/objects.h"
+
 #include "vbd/alloc.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
@@ -120,12 +122,20 @@ void vbd_job_tracker_free(struct vbd_job_tracker *t)
 {
     if (!t)
         return;
-    /* new writes no longer see it; the ones inside begin..end finish first
-     * (the node's writes come from this loop: none is between loading the
-     * hook and calling begin) */
-    vbd_node_remove_write_hook(t->n, &t->hook);
+    /* the writes waiting in begin go on, neither locked out nor copied */
     t->closing = true;
     vbd_co_queue_wake_all(&t->write_waiters);
+    /* Taken off in a drain of the node's exports: a write on an iothread
+     * (the node's home loop) loads the hook there and counts itself in
+     * `users` only after its hop to this loop, so without the drain it
+     * could arrive here after the free (a mirror cancelled in READY or a
+     * stream's end, with the guest writing on: ASan's heap-use-after-free
+     * in hook_begin). The drain waits for such writes; new ones find no
+     * hook. The ones inside begin..end finish first. */
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(t->n, &d);
+    vbd_node_remove_write_hook(t->n, &t->hook);
+    vbd_daemon_drain_end(&d);
     while (t->users > 0)
         vbd_co_queue_wait(&t->close_wait);
     free(t->bits);

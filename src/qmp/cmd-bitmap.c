@@ -19,6 +19,7 @@
 #include "vbd/block.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
+#include "vbd/nbd.h"
 #include "vbd/sha256.h"
 
 #include <endian.h>
@@ -217,6 +218,11 @@ static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, con
     int st = vbd_node_co_bitmap_status(n, name, 0, 1, &pnum);
     if (st == -ENOENT || (st < 0 && st != -EINVAL) || !n->drv->co_bitmap_change) {
         not_found(name, -ENOENT, err);
+        return NULL;
+    }
+    if (vbd_nbd_bitmap_exported(n, name)) { /* QEMU's bdrv_dirty_bitmap_check: busy before read-only */
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Bitmap '%s' is currently in use by another operation and cannot be used", name);
         return NULL;
     }
     if (n->read_only) { /* below an overlay, or opened so */

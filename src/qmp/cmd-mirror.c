@@ -212,6 +212,7 @@ static struct json_object *qmp_drive_mirror(struct json_object *args, struct vbd
         return NULL;
     }
     a.target_owned = true;
+    a.target_new = !existing && !backing;
     if (replaces_arg(args, &a, err) < 0 || !vbd_mirror_start(&a, err)) {
         vbd_node_unref(a.target);
         return NULL;

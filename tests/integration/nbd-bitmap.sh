@@ -15,7 +15,11 @@ qemu-io -c 'write -P 3 40M 4k' bm.qcow2 >/dev/null
 
 serve_vbd() { # BITMAP [writable]
     rm -f v.sock
-    "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename=bm.qcow2 --blockdev driver=qcow2,node-name=d0,file=f0 \
+    # read-only export: the node read-only too, as qemu-nbd -r opens it (an
+    # enabled bitmap of a writable node is refused on a read-only export, as qsd's)
+    local ro=on
+    [ "${2:-off}" = on ] && ro=off
+    "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename=bm.qcow2,read-only=$ro --blockdev driver=qcow2,node-name=d0,file=f0,read-only=$ro \
         --nbd-server addr.type=unix,addr.path="$T/v.sock" \
         --export type=nbd,id=e0,node-name=d0,name=disk,bitmap="$1",writable="${2:-off}" 2>daemon.log &
     vpid=$!

@@ -194,7 +194,7 @@ PY
     # an NBD export holds the size (as QEMU's): added once the resizing is over
     qmp_py "$S" <<PY || fail "NBD export of the bitmaps"
 ok("block-export-add", type="nbd", id="e0", **{"node-name": "d0"}, name="disk", writable=False,
-   bitmaps=[{"node": "d0", "name": "b0"}, "p0"])  # b0 by name: refused while enabled, as qsd
+   bitmaps=[{"node": "d0", "name": "b0"}, {"node": "d0", "name": "p0"}])  # by name: refused while enabled, as qsd
 PY
     for b in b0 p0; do
         nbdinfo --map=qemu:dirty-bitmap:$b "nbd+unix:///disk?socket=$T/nbd.sock" >"$T/$b.map" || fail "nbdinfo --map $b"

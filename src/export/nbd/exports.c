@@ -35,23 +35,83 @@ static void free_bitmaps(char **names, uint32_t n)
     free(names);
 }
 
-/* The exported in-memory bitmaps are no longer busy. */
-static void release_bitmaps(struct vbd_dirty_bitmap **mem, uint32_t n)
+/* The exported bitmaps are no longer busy, their nodes no longer held. */
+static void release_bitmaps(struct vbd_dirty_bitmap **mem, struct vbd_node **owners, uint32_t n)
 {
     for (uint32_t i = 0; mem && i < n; i++)
         if (mem[i])
             vbd_dirty_bitmap_set_busy(mem[i], false);
+    for (uint32_t i = 0; owners && i < n; i++)
+        if (owners[i])
+            vbd_node_unref(owners[i]);
     free(mem);
+    free(owners);
 }
 
-/* One element of bitmaps: a bitmap name, or QEMU's {"node", "name"}
- * naming the node that holds it, which vbd serves when that node is the
- * exported one or below it (the source under a fleecing node), where the
- * export finds it by name. The name is returned malloc'd. */
-static char *bitmap_elem(struct json_object *b, struct vbd_node *n, const char *id, struct vbd_error **err)
+/* Whether node n itself holds bitmap `name`: in memory (*mem) or persistent. */
+static bool holds_bitmap(struct vbd_node *n, const char *name, struct vbd_dirty_bitmap **mem)
 {
-    if (json_object_is_type(b, json_type_string))
-        return vbd_xstrdup(json_object_get_string(b));
+    uint64_t pnum;
+    if ((*mem = vbd_dirty_bitmap_find(n, name)))
+        return true;
+    return vbd_node_co_persistent_bitmap_status(n, name, 0, n->size ? n->size : 1, &pnum) != -ENOENT;
+}
+
+/* Whether the persistent bitmap `name` of n records writes (qemu-img
+ * info's flag "auto"). */
+static bool persistent_enabled(struct vbd_node *n, const char *name)
+{
+    struct vbd_image_info info = {0};
+    struct vbd_error *e = NULL;
+    struct json_object *data, *list, *v, *f;
+    bool enabled = false;
+    if (vbd_node_get_info(n, &info, &e) < 0) {
+        vbd_error_free(e);
+        return false;
+    }
+    if (info.format_specific && json_object_object_get_ex(info.format_specific, "data", &data) &&
+        json_object_object_get_ex(data, "bitmaps", &list))
+        for (size_t i = 0; i < json_object_array_length(list); i++) {
+            struct json_object *b = json_object_array_get_idx(list, i);
+            if (!json_object_object_get_ex(b, "name", &v) || strcmp(json_object_get_string(v), name) ||
+                !json_object_object_get_ex(b, "flags", &f))
+                continue;
+            for (size_t k = 0; k < json_object_array_length(f); k++)
+                enabled |= !strcmp(json_object_get_string(json_object_array_get_idx(f, k)), "auto");
+        }
+    json_object_put(info.format_specific);
+    return enabled;
+}
+
+/* One element of bitmaps, found as QEMU 7.2's nbd_export_create finds it:
+ * a name is looked for on the exported node, then down its chain (a
+ * filter's child, a format's backing: bdrv_filter_or_cow_bs), in memory or
+ * persistent; {"node", "name"} names the node that holds it, wherever it
+ * is. Sets *owner (the node holding it) and *mem (the in-memory bitmap, or
+ * NULL for a persistent one); the name is returned malloc'd. An enabled
+ * bitmap named plainly on a writable node is refused for a read-only
+ * export (a client would read a map that the node's writes keep changing;
+ * QEMU does not check the {node, name} form). */
+static char *bitmap_elem(struct json_object *b, struct vbd_node *n, const char *id, bool writable,
+                         struct vbd_node **owner, struct vbd_dirty_bitmap **mem, struct vbd_error **err)
+{
+    const char *name;
+    if (json_object_is_type(b, json_type_string)) {
+        name = json_object_get_string(b);
+        struct vbd_node *p = n;
+        while (p && !holds_bitmap(p, name, mem))
+            p = p->drv->kind == VBD_DRV_FILTER ? p->file : p->backing;
+        if (!p) {
+            vbd_error_setf(err, ENOENT, "Bitmap '%s' is not found", name);
+            return NULL;
+        }
+        if (!writable && !p->read_only && (*mem ? vbd_dirty_bitmap_enabled(*mem) : persistent_enabled(p, name))) {
+            vbd_error_setf(err, EINVAL, "Enabled bitmap '%s' incompatible with readonly export", name);
+            return NULL;
+        }
+        *owner = p;
+        return vbd_xstrdup(name);
+    }
     struct json_object *bn, *bname;
     if (!json_object_is_type(b, json_type_object) || !json_object_object_get_ex(b, "node", &bn) ||
         !json_object_object_get_ex(b, "name", &bname) || json_object_object_length(b) != 2) {
@@ -59,24 +119,29 @@ static char *bitmap_elem(struct json_object *b, struct vbd_node *n, const char *
                        id);
         return NULL;
     }
-    const char *node = json_object_get_string(bn), *name = json_object_get_string(bname);
-    struct vbd_node *owner = vbd_node_find(node), *found = NULL;
-    if (!owner) {
-        vbd_error_setf(err, ENOENT, "Node '%s' not found", node); /* QEMU's block_dirty_bitmap_lookup() */
+    const char *node = json_object_get_string(bn);
+    name = json_object_get_string(bname);
+    /* QEMU's block_dirty_bitmap_lookup() */
+    struct vbd_node *p = vbd_node_find(node);
+    if (!p) {
+        vbd_error_setf(err, ENOENT, "Node '%s' not found", node);
         return NULL;
     }
-    if (!vbd_dirty_bitmap_find_below(n, name, &found) || found != owner) {
-        vbd_error_setf(err, ENOENT, "NBD export '%s': bitmaps: no in-memory bitmap '%s' of node '%s' at or below the "
-                       "exported node '%s'", id, name, node, n->node_name);
+    if (!holds_bitmap(p, name, mem)) {
+        vbd_error_setf(err, ENOENT, "Dirty bitmap '%s' not found", name);
         return NULL;
     }
+    *owner = p;
     return vbd_xstrdup(name);
 }
 
 /* bitmaps: a list (JSON array, or keyval's bitmaps.0=A,bitmaps.1=B),
- * after vbd's own bitmap=NAME if given; each must exist. */
-static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char *id, char *bitmap, bool writable,
-                        char ***out, struct vbd_dirty_bitmap ***mem_out, uint32_t *nout, struct vbd_error **err)
+ * after vbd's own bitmap=NAME if given; each must exist, be consistent and
+ * be free (QEMU's bdrv_dirty_bitmap_check): it is busy while exported
+ * (an in-memory one flagged, a persistent one found in the exports' lists). */
+static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char *id, char *bitmap, bool writable, char ***out,
+                        struct vbd_dirty_bitmap ***mem_out, struct vbd_node ***owners_out, uint32_t *nout,
+                        struct vbd_error **err)
 {
     struct json_object *list = vbd_opt_take_obj(opts, "bitmaps");
     size_t count = 0;
@@ -89,76 +154,90 @@ static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char
     }
     if (list)
         count = array ? json_object_array_length(list) : (size_t)json_object_object_length(list);
-    char **names = vbd_xcalloc(count + 1, sizeof(*names));
-    bool *by_name = vbd_xcalloc(count + 1, sizeof(*by_name)); /* a plain name, not {node, name} */
-    struct vbd_dirty_bitmap **mem = vbd_xcalloc(count + 1, sizeof(*mem)); /* the in-memory ones (else NULL) */
+    char **names = vbd_xcalloc(count + 2, sizeof(*names));
+    struct vbd_dirty_bitmap **mem = vbd_xcalloc(count + 2, sizeof(*mem)); /* the in-memory ones (else NULL) */
+    struct vbd_node **owners = vbd_xcalloc(count + 2, sizeof(*owners));
     uint32_t k = 0;
     int rc = 0;
-    if (bitmap) {
-        by_name[k] = true;
-        names[k++] = bitmap;
-    }
-    for (size_t i = 0; i < count; i++) {
+    struct json_object *own = bitmap ? json_object_new_string(bitmap) : NULL;
+    free(bitmap);
+    for (size_t i = 0; i < count + (own ? 1 : 0); i++) {
         char key[24];
         struct json_object *b = NULL;
-        snprintf(key, sizeof(key), "%zu", i);
-        if (array)
-            b = json_object_array_get_idx(list, i);
-        else if (!json_object_object_get_ex(list, key, &b)) {
-            vbd_error_setf(err, EINVAL, "Parameter 'bitmaps.%zu' is missing", i); /* keyval's list with a gap */
+        if (own && i == 0)
+            b = own;
+        else if (array)
+            b = json_object_array_get_idx(list, i - (own ? 1 : 0));
+        else {
+            snprintf(key, sizeof(key), "%zu", i - (own ? 1 : 0));
+            if (!json_object_object_get_ex(list, key, &b)) {
+                vbd_error_setf(err, EINVAL, "Parameter 'bitmaps.%s' is missing", key); /* keyval's list with a gap */
+                rc = -EINVAL;
+                break;
+            }
+        }
+        if (!(names[k] = bitmap_elem(b, n, id, writable, &owners[k], &mem[k], err))) {
             rc = -EINVAL;
             break;
         }
-        if (!(names[k] = bitmap_elem(b, n, id, err))) {
-            rc = -EINVAL;
-            break;
+        uint64_t pnum;
+        int st = strlen(names[k]) > NBD_MAX_NAME_LEN - 32
+                     ? -ENOENT
+                     : mem[k] ? 0 : vbd_node_co_persistent_bitmap_status(owners[k], names[k], 0, 1, &pnum);
+        k++;
+        if (mem[k - 1] ? vbd_dirty_bitmap_busy(mem[k - 1]) : vbd_nbd_bitmap_exported(owners[k - 1], names[k - 1])) {
+            vbd_error_setf(err, EBUSY, "Bitmap '%s' is currently in use by another operation and cannot be used",
+                           names[k - 1]);
+            rc = -EBUSY;
+        } else if (st == -EINVAL) {
+            vbd_error_setf(err, EINVAL, "Bitmap '%s' is inconsistent and cannot be used", names[k - 1]);
+            rc = st;
+        } else if (st < 0) {
+            vbd_error_setf(err, -st, "Bitmap '%s' is not found", names[k - 1]);
+            rc = st;
         }
-        by_name[k++] = json_object_is_type(b, json_type_string);
+        if (rc < 0)
+            break;
     }
     json_object_put(list);
-    for (uint32_t i = 0; rc == 0 && i < k; i++) {
-        uint64_t pnum;
-        int st = strlen(names[i]) > NBD_MAX_NAME_LEN - 32
-                     ? -ENOENT
-                     : vbd_node_co_bitmap_status(n, names[i], 0, n->size ? n->size : 1, &pnum);
-        if (st == -ENOENT)
-            vbd_error_setf(err, ENOENT, "Bitmap '%s' is not found", names[i]); /* QEMU's nbd_export_create() */
-        else if (st < 0)
-            vbd_error_setf(err, -st, "NBD export '%s': cannot export the inconsistent bitmap '%s' on node '%s'", id,
-                           names[i], n->node_name);
-        rc = st < 0 ? st : 0;
-        struct vbd_node *owner = NULL;
-        struct vbd_dirty_bitmap *bm = rc == 0 ? vbd_dirty_bitmap_find_below(n, names[i], &owner) : NULL;
-        /* QEMU 7.2's nbd_export_create(): an exported bitmap is busy (a
-         * backup, a change or another export would change it under the
-         * client); a bitmap named plainly that still records the writes
-         * of a writable node is refused for a read-only export ({node,
-         * name} is not checked there) */
-        if (bm && vbd_dirty_bitmap_busy(bm)) {
-            vbd_error_setf(err, EBUSY, "Bitmap '%s' is currently in use by another operation and cannot be used",
-                           names[i]);
-            rc = -EBUSY;
-        } else if (bm && by_name[i] && !writable && !owner->read_only && vbd_dirty_bitmap_enabled(bm)) {
-            vbd_error_setf(err, EINVAL, "Enabled bitmap '%s' incompatible with readonly export", names[i]);
-            rc = -EINVAL;
-        }
-        mem[i] = bm;
-    }
-    free(by_name);
+    json_object_put(own);
     if (rc < 0) {
         free(mem);
+        free(owners);
         for (uint32_t i = 0; i < k; i++)
             free(names[i]);
         free(names);
         return rc;
     }
-    for (uint32_t i = 0; i < k; i++)
+    for (uint32_t i = 0; i < k; i++) {
         if (mem[i])
             vbd_dirty_bitmap_set_busy(mem[i], true);
+        vbd_node_ref(owners[i]); /* served from it until the export goes (blockdev-del: in use) */
+    }
     *out = names;
     *mem_out = mem;
+    *owners_out = owners;
     *nout = k;
     return 0;
+}
+
+bool vbd_nbd_bitmap_exported(struct vbd_node *n, const char *name)
+{
+    for (struct nbd_export *e = srv.exports; e; e = e->next)
+        for (uint32_t i = 0; i < e->nbitmaps; i++)
+            if (!e->mem_bitmaps[i] && e->bitmap_nodes[i] == n && !strcmp(e->bitmaps[i], name))
+                return true;
+    return false;
+}
+
+/* Bitmap i of export e over [off, off + bytes): 1 dirty, 0 clean, *pnum
+ * bytes alike; from the node that holds it, as found at the export's
+ * creation (QEMU's export keeps the bitmap itself). */
+int nbd_export_bitmap_status(struct nbd_export *e, uint32_t i, uint64_t off, uint64_t bytes, uint64_t *pnum)
+{
+    if (e->mem_bitmaps[i])
+        return vbd_dirty_bitmap_status(e->mem_bitmaps[i], off, bytes, pnum);
+    return vbd_node_co_persistent_bitmap_status(e->bitmap_nodes[i], e->bitmaps[i], off, bytes, pnum);
 }
 
 static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd_error **err)
@@ -203,8 +282,9 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
         }
     char **bitmaps = NULL;
     struct vbd_dirty_bitmap **mem_bitmaps = NULL;
+    struct vbd_node **bitmap_nodes = NULL;
     uint32_t nbitmaps = 0;
-    int brc = take_bitmaps(opts, n, id, bitmap, writable, &bitmaps, &mem_bitmaps, &nbitmaps, err);
+    int brc = take_bitmaps(opts, n, id, bitmap, writable, &bitmaps, &mem_bitmaps, &bitmap_nodes, &nbitmaps, err);
     bitmap = NULL; /* taken (freed on failure) */
     if (brc < 0)
         goto fail;
@@ -216,7 +296,7 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     struct vbd_backend *be = vbd_backend_new(n, &bo, err);
     if (!be) {
         vbd_error_prepend(err, "NBD export '%s': ", id);
-        release_bitmaps(mem_bitmaps, nbitmaps);
+        release_bitmaps(mem_bitmaps, bitmap_nodes, nbitmaps);
         free_bitmaps(bitmaps, nbitmaps);
         goto fail;
     }
@@ -228,6 +308,7 @@ static struct vbd_export *nbd_export_create(struct json_object *opts, struct vbd
     e->bitmaps = bitmaps;
     e->nbitmaps = nbitmaps;
     e->mem_bitmaps = mem_bitmaps;
+    e->bitmap_nodes = bitmap_nodes;
     e->be = be;
     e->writable = writable;
     e->allocation_depth = depth;
@@ -302,7 +383,7 @@ static void nbd_export_free(struct vbd_export *base)
     for (struct nbd_conn *c = srv.conns; c; c = c->next)
         if (c->meta_exp == e)
             nbd_meta_reset(c);
-    release_bitmaps(e->mem_bitmaps, e->nbitmaps); /* alive: the backend holds the node they are at or below */
+    release_bitmaps(e->mem_bitmaps, e->bitmap_nodes, e->nbitmaps); /* alive: their nodes are held */
     vbd_backend_free(e->be);
     free(e->id);
     free(e->name);

@@ -53,6 +53,7 @@ struct nbd_export {
      * answered in this order (qemu-nbd -B ... -B ..., qsd's bitmaps list) */
     char **bitmaps;
     struct vbd_dirty_bitmap **mem_bitmaps; /* nbitmaps: each in-memory one (busy while exported), else NULL */
+    struct vbd_node **bitmap_nodes;        /* nbitmaps: the node holding each (a reference) */
     uint32_t nbitmaps;
     struct vbd_backend *be;
     bool writable;
@@ -208,6 +209,8 @@ int nbd_handshake(struct nbd_conn *c);
 void nbd_transmission(struct nbd_conn *c);
 /* exports.c: the export a client asks for by name ("" is the only one). */
 struct nbd_export *nbd_find_export(const char *name);
+/* Bitmap i of export e: see vbd_dirty_bitmap_status. */
+int nbd_export_bitmap_status(struct nbd_export *e, uint32_t i, uint64_t off, uint64_t bytes, uint64_t *pnum);
 /* handshake.c: forgets the meta contexts c selected (an export gone, a GO
  * to another one, the connection's end). */
 void nbd_meta_reset(struct nbd_conn *c);

@@ -673,7 +673,7 @@ static int status_extents_of(struct nbd_conn *c, struct vbd_node *n, struct nbd_
     while (pos < end) {
         uint64_t pnum;
         int depth = 0;
-        int st = bitmap ? vbd_node_co_bitmap_status(n, bitmap, pos, end - pos, &pnum)
+        int st = bitmap ? nbd_export_bitmap_status(c->exp, id - META_BITMAP, pos, end - pos, &pnum)
                         : vbd_node_co_block_status_above(n, NULL, true, pos, end - pos, &pnum, NULL, NULL, &depth);
         if (st < 0)
             return st;

@@ -284,7 +284,9 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     n->bl.max_transfer = 0;
     n->bl.opt_transfer = (uint32_t)s->cluster_size;
     n->supported_write_flags = s->external ? 0 : VBD_REQ_COMPRESSED; /* no compressed clusters in a data file */
-    n->supported_zero_flags = VBD_REQ_NO_FALLBACK; /* zero_or_discard fails rather than write zero data */
+    /* zero_or_discard fails rather than write zero data; version 3 has
+     * zero clusters, so a write of zeroes may deallocate (QEMU's flags) */
+    n->supported_zero_flags = VBD_REQ_NO_FALLBACK | (s->version >= 3 ? VBD_REQ_MAY_UNMAP : 0);
     if (s->cache_clean_interval) {
         s->clean_timer.fn = clean_caches;
         s->clean_timer.arg = s;
