@@ -34,6 +34,7 @@
 #include <json-c/json.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,8 +65,70 @@ static struct qmp_chardev *chardev_new(void)
     return c;
 }
 
+/* A socket chardev without a monitor, as qsd's without a frontend: a
+ * server takes one client at a time and a client's hang-up is seen (what
+ * a client sends is read and dropped: nobody reads it, and its sends must
+ * not stall on a full buffer). */
+static void watch_co(void *opaque)
+{
+    struct qmp_chardev *c = opaque;
+    char scratch[4096];
+    while (!c->closing) {
+        if (c->fd < 0) {
+            if (c->listen_fd < 0)
+                break; /* a client whose server went away: no reconnect, as qsd's reconnect=0 */
+            int fd = vbd_co_accept(c->listen_fd, NULL, NULL);
+            if (c->closing) {
+                if (fd >= 0)
+                    close(fd);
+                break;
+            }
+            if (fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM) {
+                vbd_co_sleep_ns(100000000);
+                continue;
+            }
+            if (fd < 0)
+                break;
+            c->fd = fd;
+        }
+        int r = vbd_co_poll(c->fd, POLLIN);
+        if (c->closing)
+            break;
+        ssize_t n = r < 0 ? -1 : recv(c->fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR)))
+            continue;
+        close(c->fd); /* gone: a server takes the next one */
+        c->fd = -1;
+        c->lost = c->listen_fd < 0;
+    }
+    c->watching = false;
+    vbd_co_queue_wake_all(&c->watch_done);
+}
+
+static void watch_start(struct qmp_chardev *c)
+{
+    c->watching = true;
+    vbd_co_wake(vbd_co_create(watch_co, c));
+}
+
+/* In a coroutine: the watcher has ended (it may touch c until then). */
+static void watch_stop(struct qmp_chardev *c)
+{
+    c->closing = true;
+    if (!c->watching)
+        return;
+    if (c->listen_fd >= 0)
+        shutdown(c->listen_fd, SHUT_RDWR); /* wakes the accept */
+    if (c->fd >= 0)
+        shutdown(c->fd, SHUT_RDWR); /* wakes the poll */
+    if (vbd_in_co())
+        while (c->watching)
+            vbd_co_queue_wait(&c->watch_done);
+}
+
 static void chardev_free(struct qmp_chardev *c, const char *keep_path)
 {
+    watch_stop(c);
     if (c->listen_fd >= 0)
         close(c->listen_fd);
     if (c->fd >= 0)
@@ -78,6 +141,7 @@ static void chardev_free(struct qmp_chardev *c, const char *keep_path)
         unlink(c->unix_path);
     free(c->unix_path);
     free(c->filename);
+    free(c->peer_text);
     free(c->ring);
     free(c->id);
     free(c);
@@ -137,11 +201,16 @@ struct json_object *vbd_qmp_query_chardev(void)
         char text[2 * NI_MAXHOST + 4200];
         if (c->filename) {
             snprintf(text, sizeof(text), "%s", c->filename);
-        } else if (c->listen_fd < 0) {
-            connected_text(c->fd, false, text, sizeof(text)); /* a client */
+        } else if (c->listen_fd < 0) { /* a client */
+            if (c->fd >= 0)
+                connected_text(c->fd, false, text, sizeof(text));
+            else
+                snprintf(text, sizeof(text), "disconnected:%s", c->peer_text ? c->peer_text : "");
         } else {
-            int client = qmp_monitor_client_fd(c);
-            if (client >= 0) {
+            int client = c->has_monitor ? qmp_monitor_client_fd(c) : c->fd;
+            if (client >= 0 && c->unix_path) {
+                snprintf(text, sizeof(text), "unix:%s,server=on", c->unix_path);
+            } else if (client >= 0) {
                 connected_text(client, true, text, sizeof(text));
             } else if (c->unix_path) {
                 snprintf(text, sizeof(text), "disconnected:unix:%s,server=on", c->unix_path);
@@ -342,7 +411,7 @@ static int open_failed(struct vbd_qmp_error *err, const char *path, int e)
     return -1;
 }
 
-static int socket_open(struct qmp_chardev *c, struct json_object *data, struct vbd_qmp_error *err)
+static int socket_open(struct qmp_chardev *c, struct json_object *data, bool *opening, struct vbd_qmp_error *err)
 {
     static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
     if (!qmp_check_members(data,
@@ -352,7 +421,7 @@ static int socket_open(struct qmp_chardev *c, struct json_object *data, struct v
         return -1;
     struct json_object *addr = json_object_object_get(data, "addr"), *ad;
     if (!qmp_check_members(addr, "type:str data:object", "backend.data.addr", err) ||
-        !qmp_check_enum(addr, "type", "backend.data.addr", types, err))
+        !qmp_check_enum(addr, "type", "", types, err)) /* qsd names a union's tag plainly */
         return -1;
     const char *type = str_of(addr, "type");
     ad = json_object_object_get(addr, "data");
@@ -371,6 +440,7 @@ static int socket_open(struct qmp_chardev *c, struct json_object *data, struct v
                            "by vbd-daemon (unix or inet)", c->id, type);
         return -1;
     }
+    *opening = true; /* from here on, qsd's errors come from the backend's open */
     static const char *const unsupported[] = {"tls-creds", "tls-authz", "telnet", "tn3270", "websocket", "reconnect",
                                               "logfile", NULL};
     for (int i = 0; unsupported[i]; i++)
@@ -429,6 +499,8 @@ static int socket_open(struct qmp_chardev *c, struct json_object *data, struct v
             return -1;
         }
         c->fd = fd;
+        if (asprintf(&c->peer_text, "unix:%s", path) < 0) /* for query-chardev once it is gone */
+            c->peer_text = NULL;
         return 0;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
@@ -458,24 +530,28 @@ static int socket_open(struct qmp_chardev *c, struct json_object *data, struct v
         return -1;
     }
     c->fd = fd;
+    if (asprintf(&c->peer_text, "tcp:%s:%s", host, port) < 0)
+        c->peer_text = NULL;
     return 0;
 }
 
 /* The backend of a chardev-add or chardev-change into c (c->id set), or -1 with *err. */
-static int backend_open(struct qmp_chardev *c, struct json_object *backend, struct vbd_qmp_error *err)
+static int backend_open(struct qmp_chardev *c, struct json_object *backend, bool *opening,
+                        struct vbd_qmp_error *err)
 {
     if (!qmp_check_members(backend, "type:str data:object", "backend", err) ||
-        !qmp_check_enum(backend, "type", "backend", backend_kinds, err))
+        !qmp_check_enum(backend, "type", "", backend_kinds, err)) /* qsd names a union's tag plainly */
         return -1;
     const char *type = str_of(backend, "type");
     struct json_object *data = json_object_object_get(backend, "data");
     if (in_list(qsd_only, type)) {
+        *opening = true;
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "chardev backend '%s' is not supported by vbd-daemon", type);
         return -1;
     }
     if (!strcmp(type, "socket")) {
         c->backend = "socket";
-        return socket_open(c, data, err);
+        return socket_open(c, data, opening, err);
     }
     if (!strcmp(type, "file")) {
         if (!qmp_check_members(data, "out:str ?in:str ?append:bool " COMMON, "backend.data", err))
@@ -490,9 +566,11 @@ static int backend_open(struct qmp_chardev *c, struct json_object *backend, stru
         if (!qmp_check_members(data, "?size:int " COMMON, "backend.data", err))
             return -1;
     } else {
+        *opening = true;
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'%s' is not a valid char driver name", type);
         return -1;
     }
+    *opening = true;
     if (json_object_object_get_ex(data, "logfile", NULL)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "chardev '%s': logfile is not supported by vbd-daemon", c->id);
         return -1;
@@ -564,7 +642,15 @@ static struct qmp_chardev *chardev_from_qmp(const char *id, struct json_object *
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "out of memory");
         return NULL;
     }
-    if (backend_open(c, backend, err) < 0) {
+    bool opening = false;
+    if (backend_open(c, backend, &opening, err) < 0) {
+        if (opening) { /* qsd's words around what the backend's open says */
+            char desc[sizeof(err->desc)];
+            snprintf(desc, sizeof(desc), "%s", err->desc);
+            const char *cls = err->cls;
+            err->cls = NULL; /* setf keeps a first error: this one replaces it */
+            vbd_qmp_error_setf(err, cls, "Failed to add chardev '%s': %s", id, desc);
+        }
         chardev_free(c, NULL);
         return NULL;
     }
@@ -576,15 +662,15 @@ static struct json_object *chardev_add(struct json_object *args, struct vbd_qmp_
     const char *id = str_of(args, "id");
     struct json_object *backend = json_object_object_get(args, "backend");
     if (qmp_chardev_find(id)) {
-        /* qsd's words (the chardevs are children of its /chardevs container) */
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "attempt to add duplicate property '%s' to object (type "
-                           "'container')", id);
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Chardev with id '%s' already exists", id);
         return NULL;
     }
     struct qmp_chardev *c = chardev_from_qmp(id, backend, err);
     if (!c)
         return NULL;
     chardev_link(c);
+    if (!strcmp(c->backend, "socket"))
+        watch_start(c);
     return vbd_qmp_ok();
 }
 
@@ -610,6 +696,8 @@ static struct json_object *chardev_change(struct json_object *args, struct vbd_q
             break;
         }
     chardev_free(old, c->unix_path);
+    if (!strcmp(c->backend, "socket"))
+        watch_start(c);
     return vbd_qmp_ok();
 }
 
@@ -691,45 +779,39 @@ static int b64_value(char ch)
     return p ? (int)(p - b64) : -1;
 }
 
-/* Standard base64 as QEMU's qbase64_decode takes it: the alphabet, '='
- * padding only at the end, a multiple of 4 characters. */
+/* base64 as qsd takes it (QEMU's qbase64_decode over GLib's decoder):
+ * only a character outside the alphabet and '=' is refused; '=' counts as
+ * a zero digit that drops its byte, each whole group of four digits gives
+ * its bytes, and a last incomplete group gives none. */
 static uint8_t *b64_decode(const char *in, size_t *out_len, struct vbd_qmp_error *err)
 {
     size_t len = strlen(in);
-    for (size_t i = 0; i < len; i++) {
-        if (in[i] == '=') {
-            if (!(i + 1 == len || (i + 2 == len && in[i + 1] == '=')) || len % 4) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Base64 padding character '=' is only permitted at "
-                                   "the end of the input");
-                return NULL;
-            }
-            break;
-        }
-        if (b64_value(in[i]) < 0) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Character '%c' is not permitted in base64 data", in[i]);
+    for (size_t i = 0; i < len; i++)
+        if (in[i] != '=' && b64_value(in[i]) < 0) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Base64 data contains invalid characters");
             return NULL;
         }
-    }
-    if (len % 4) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Base64 encoded data length is not a multiple of 4");
-        return NULL;
-    }
     uint8_t *out = malloc(len / 4 * 3 + 1);
     if (!out) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "out of memory");
         return NULL;
     }
     size_t n = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        int v[4];
-        for (int k = 0; k < 4; k++)
-            v[k] = in[i + k] == '=' ? 0 : b64_value(in[i + k]);
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-        out[n++] = (uint8_t)(w >> 16);
-        if (in[i + 2] != '=')
-            out[n++] = (uint8_t)(w >> 8);
-        if (in[i + 3] != '=')
-            out[n++] = (uint8_t)w;
+    uint32_t v = 0;
+    int digits = 0;
+    char last = 0, before_last = 0;
+    for (size_t i = 0; i < len; i++) {
+        before_last = last;
+        last = in[i];
+        v = v << 6 | (uint32_t)(in[i] == '=' ? 0 : b64_value(in[i]));
+        if (++digits == 4) {
+            out[n++] = (uint8_t)(v >> 16);
+            if (before_last != '=')
+                out[n++] = (uint8_t)(v >> 8);
+            if (last != '=')
+                out[n++] = (uint8_t)v;
+            digits = 0;
+        }
     }
     *out_len = n;
     return out;

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vbd/coroutine.h"
+
 struct qmp_chardev {
     char *id;
     const char *backend;   /* ChardevBackendKind: "socket", "file", "pipe", "null", "ringbuf", "memory" */
@@ -24,6 +26,13 @@ struct qmp_chardev {
     bool has_monitor;      /* a monitor uses it (busy: not removable, not changeable) */
     uint8_t *ring;         /* ringbuf/memory: size bytes, a power of two */
     uint64_t ring_size, ring_prod, ring_cons;
+    /* a socket chardev added at run time: a coroutine takes one client at
+     * a time (server) and sees it go (server and client); chardev-remove
+     * stops it and waits for it */
+    bool watching, closing;
+    bool lost;             /* a client chardev whose server went away */
+    char *peer_text;       /* a client's address as QEMU words it disconnected */
+    struct vbd_co_queue watch_done;
     struct qmp_chardev *next;
 };
 
