@@ -64,7 +64,7 @@ static struct json_object *qom_list_properties(struct json_object *args, struct 
     if (!t)
         return NULL;
     if (!json_object_object_get_ex(json_object_object_get(t, "props"), name, &props))
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Class '%s' not found", name); /* qsd's words */
+        vbd_qmp_error_setf(err, VBD_QMP_DEVICE_NOT_FOUND, "Class '%s' not found", name); /* qsd's words and class */
     else if (json_object_object_get_ex(props, "error", &e))
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", json_object_get_string(e));
     else
