@@ -248,10 +248,17 @@ static bool is_loopback(const struct sockaddr *sa)
     return false;
 }
 
-static int tcp_listen(const char *id, const char *host, const char *port, bool remote_ok, struct vbd_error **err)
+/* qmp: chardev-add's (qsd's words), else --chardev's */
+static int tcp_listen(const char *id, const char *host, const char *port, bool remote_ok, bool qmp,
+                      struct vbd_error **err)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
     int gai = getaddrinfo(host && *host ? host : NULL, port, &hints, &res);
+    if (gai && qmp) {
+        vbd_error_setf(err, EINVAL, "address resolution failed for %s:%s: %s", host ? host : "", port,
+                       gai_strerror(gai));
+        return -EINVAL;
+    }
     if (gai) {
         vbd_error_setf(err, EINVAL, "--chardev %s: address '%s:%s': %s", id, host ? host : "", port,
                        gai_strerror(gai));
@@ -342,7 +349,7 @@ int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
         vbd_error_setf(err, EINVAL, "--chardev %s: give either path=PATH or host=HOST,port=PORT", id);
         goto out;
     }
-    fd = path ? unix_server(path, true, err) : tcp_listen(id, host, port, remote_ok, err);
+    fd = path ? unix_server(path, true, err) : tcp_listen(id, host, port, remote_ok, false, err);
     if (fd < 0)
         goto out;
     struct qmp_chardev *c = chardev_new();
@@ -466,8 +473,12 @@ static int socket_open(struct qmp_chardev *c, struct json_object *data, bool *op
     }
     const char *path = str_of(ad, "path"), *host = str_of(ad, "host"), *port = str_of(ad, "port");
     struct vbd_error *e = NULL;
+    if (is_unix && strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "UNIX socket path '%s' is too long", path);
+        return -1;
+    }
     if (server) {
-        int fd = is_unix ? unix_server(path, false, &e) : tcp_listen(c->id, host, port, true, &e);
+        int fd = is_unix ? unix_server(path, false, &e) : tcp_listen(c->id, host, port, true, true, &e);
         if (fd < 0) {
             vbd_qmp_error_take(err, e);
             return -1;
