@@ -68,6 +68,9 @@ struct vbd_job_driver {
      * the order QEMU's job->nodes list has them: the newest first). NULL:
      * the graph shows the job without edges. */
     void (*graph_edges)(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque);
+    /* The block backends QEMU's job makes for itself (mirror's on its
+     * target): each one's "root" edge (parent NULL). NULL: none. */
+    void (*graph_backends)(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque);
 };
 
 struct vbd_job {
@@ -100,6 +103,7 @@ struct vbd_job {
     int refs;
     bool completed;  /* its end taken in hand (by its own coroutine or its group's abort) */
     struct vbd_job_txn *txn; /* completion-mode=grouped: the group, or NULL */
+    uint64_t created;        /* vbd_graph_user_seq at its creation */
     struct vbd_job *txn_next;
 };
 

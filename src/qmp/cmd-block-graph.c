@@ -54,7 +54,6 @@ enum rule {
     RULE_QUORUM,       /* quorum_child_perm */
     RULE_CBW_SOURCE,   /* copy-before-write's file: cbw_child_perm */
     RULE_NONE_ALL,     /* takes nothing, shares everything (commit_top, snapshot-access) */
-    RULE_MIRROR_TOP,   /* bdrv_mirror_top_child_perm */
 };
 
 struct gedge {
@@ -131,6 +130,20 @@ static void job_edge(void *opaque, struct vbd_node *parent, const char *name, st
     e->shared = shared;
 }
 
+/* A job's own backend (mirror's on its target): a node of its own, named
+ * "" as QEMU's anonymous ones, keyed by the job's progress counters (an
+ * address no other node has). */
+static void job_backend(void *opaque, struct vbd_node *parent, const char *name, struct vbd_node *child, unsigned perm,
+                        unsigned shared)
+{
+    struct graph *g = opaque;
+    (void)parent;
+    add_node(g, g->job, "block-backend", "");
+    struct gedge *e = add_edge(g, g->job, child, name, RULE_FIXED);
+    e->perm = perm;
+    e->shared = shared;
+}
+
 static bool has_option(const struct vbd_node *n, const char *key)
 {
     return n->options && json_object_object_get_ex(n->options, key, NULL);
@@ -151,7 +164,9 @@ static enum rule rule_of(const struct vbd_node *n, const char **name)
         return RULE_NONE_ALL;
     if (!strcmp(d, "commit_top") || !strcmp(d, "mirror_top")) {
         *name = "backing"; /* QEMU appends them above the node as its backing child */
-        return d[0] == 'c' ? RULE_NONE_ALL : RULE_MIRROR_TOP;
+        /* mirror_top passes through what its parents take (the job's
+         * consistent reads, a writer's writes), as qsd 7.2 shows it */
+        return d[0] == 'c' ? RULE_NONE_ALL : RULE_FILTER;
     }
     if (!strcmp(d, "blkdebug"))
         *name = "image";
@@ -285,10 +300,6 @@ static void derive(const struct graph *g, struct gedge *e, unsigned *np, unsigne
         *np = 0;
         *ns = PERM_ALL;
         return;
-    case RULE_MIRROR_TOP:
-        *np = e->parent_writable ? PERM_WRITE : 0; /* it forwards the guest's writes */
-        *ns = PERM_ALL;
-        return;
     }
 }
 
@@ -315,8 +326,21 @@ static struct json_object *x_debug_query_block_graph(struct json_object *args, s
     (void)args;
     (void)err;
     struct graph g = {.nodes = json_object_new_array()};
-    /* the exports' backends, each with its root */
-    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x; x = x->next) {
+    /* the backends, each with its root: the exports' and the jobs' own,
+     * in the order they were made (QEMU's list of BlockBackends) */
+    struct vbd_daemon_export *x = vbd_daemon_export_first();
+    struct vbd_job *bj = vbd_job_next(NULL);
+    for (;;) {
+        while (bj && (bj->drv->plain || bj->status == VBD_JOB_NULL || !bj->drv->graph_backends))
+            bj = vbd_job_next(bj);
+        if (!x && !bj)
+            break;
+        if (bj && (!x || bj->created < x->created)) {
+            g.job = &bj->ctl;
+            bj->drv->graph_backends(bj, job_backend, &g);
+            bj = vbd_job_next(bj);
+            continue;
+        }
         struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
         struct vbd_node *root = be ? vbd_backend_node(be) : NULL;
         add_node(&g, x, "block-backend", "");
@@ -328,6 +352,7 @@ static struct json_object *x_debug_query_block_graph(struct json_object *args, s
             if (!strcmp(x->type->type, "nbd"))
                 e->shared &= ~PERM_RESIZE; /* nbd_export_create: no resize while it is exported */
         }
+        x = x->next;
     }
     /* the block jobs, each with the nodes it holds */
     for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j)) {
