@@ -518,6 +518,10 @@ void vbd_node_unref(struct vbd_node *n); /* closes at 0 (children unref'd) */
 struct vbd_node *vbd_node_find(const char *node_name);
 /* Iterate named nodes: pass NULL first. */
 struct vbd_node *vbd_node_next(struct vbd_node *prev);
+/* A number that grows with every call: the order in which the users of
+ * the graph (exports, jobs) were made, for x-debug-query-block-graph,
+ * which lists them in that order as QEMU does. Graph thread. */
+uint64_t vbd_graph_user_seq(void);
 /* Format name of the top node ("raw", "qcow2", "file", ...). */
 static inline const char *vbd_node_format(const struct vbd_node *n) { return n->drv->name; }
 /* First node below n that is not a filter (for info on filtered chains). */

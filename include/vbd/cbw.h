@@ -76,5 +76,7 @@ void vbd_cbw_set_compress(struct vbd_cbw *c, bool on);
 
 /* The state of a copy-before-write filter node, or NULL (not one). */
 struct vbd_cbw *vbd_cbw_of_node(struct vbd_node *n);
+/* The "target" child of a copy-before-write filter node, or NULL (not one). */
+struct vbd_node *vbd_cbw_node_target(struct vbd_node *n);
 
 #endif

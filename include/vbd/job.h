@@ -39,6 +39,13 @@ enum vbd_on_error { VBD_ON_ERROR_REPORT, VBD_ON_ERROR_IGNORE, VBD_ON_ERROR_ENOSP
 enum vbd_error_action { VBD_ACTION_REPORT, VBD_ACTION_IGNORE, VBD_ACTION_STOP };
 
 struct vbd_job;
+/* An edge of the job's part of the graph (x-debug-query-block-graph):
+ * parent NULL: the job itself holds child; else an edge of the job's
+ * filter node that vbd's graph has no child for. perm and shared are
+ * QEMU's BLK_PERM_* bits (consistent-read 1, write 2, write-unchanged 4,
+ * resize 8). */
+typedef void vbd_job_edge_fn(void *opaque, struct vbd_node *parent, const char *name, struct vbd_node *child,
+                             unsigned perm, unsigned shared);
 struct vbd_job_driver {
     const char *type; /* JobType: "stream", "commit" */
     /* A job on no block device (QEMU's Job, not BlockJob: blockdev-create,
@@ -57,6 +64,13 @@ struct vbd_job_driver {
     void (*free)(struct vbd_job *job); /* the driver's part of the job */
     /* Does the job use n (busy for another job / blockdev-del)? */
     bool (*uses_node)(struct vbd_job *job, struct vbd_node *n);
+    /* The nodes it holds, as QEMU's block_job_add_bdrv lists them (in
+     * the order QEMU's job->nodes list has them: the newest first). NULL:
+     * the graph shows the job without edges. */
+    void (*graph_edges)(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque);
+    /* The block backends QEMU's job makes for itself (mirror's on its
+     * target): each one's "root" edge (parent NULL). NULL: none. */
+    void (*graph_backends)(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque);
 };
 
 struct vbd_job {
@@ -89,6 +103,7 @@ struct vbd_job {
     int refs;
     bool completed;  /* its end taken in hand (by its own coroutine or its group's abort) */
     struct vbd_job_txn *txn; /* completion-mode=grouped: the group, or NULL */
+    uint64_t created;        /* vbd_graph_user_seq at its creation */
     struct vbd_job *txn_next;
 };
 

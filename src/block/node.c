@@ -33,6 +33,12 @@ struct vbd_node *vbd_node_find(const char *name)
     return NULL;
 }
 
+uint64_t vbd_graph_user_seq(void)
+{
+    static uint64_t seq;
+    return ++seq;
+}
+
 struct vbd_node *vbd_node_next(struct vbd_node *prev)
 {
     return prev ? prev->next_named : named_nodes;

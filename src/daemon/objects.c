@@ -170,6 +170,7 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     }
     ent->type = t;
     ent->exp = e;
+    ent->created = vbd_graph_user_seq();
     struct vbd_daemon_export **tail = &exports;
     while (*tail)
         tail = &(*tail)->next;

@@ -3,6 +3,7 @@
 #define VBD_DAEMON_OBJECTS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct json_object;
 struct vbd_error;
@@ -36,6 +37,7 @@ struct vbd_daemon_export {
     struct vbd_export *exp;
     struct vbd_daemon_export *next;
     struct vbd_loop *moved_to; /* it took its graph to this iothread (follow_export) */
+    uint64_t created;          /* vbd_graph_user_seq at its creation */
 };
 /* --export / block-export-add: opts holds "type", "id" and the type's
  * keys (taken; leftovers are an error naming `what`). */

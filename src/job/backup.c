@@ -272,6 +272,21 @@ static bool backup_uses(struct vbd_job *job, struct vbd_node *n)
     return b->source && (n == b->source || n == b->target);
 }
 
+/* QEMU's backup_job_create: the job holds its copy-before-write filter
+ * ("main node") and the target, taking nothing and sharing everything;
+ * the filter's "target" child is written, never resized (cbw_child_perm). */
+static void backup_graph_edges(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct backup *b = job->opaque;
+    if (!b || !b->source)
+        return;
+    edge(opaque, NULL, "target", b->target, 0, 0xf);
+    if (b->filter) {
+        edge(opaque, NULL, "main node", b->filter, 0, 0xf);
+        edge(opaque, b->filter, "target", b->target, 0x2, 0xf & ~0x8u);
+    }
+}
+
 static const struct vbd_job_driver backup_driver = {
     .type = "backup",
     .run = backup_run,
@@ -280,6 +295,7 @@ static const struct vbd_job_driver backup_driver = {
     .clean = backup_clean,
     .free = backup_free,
     .uses_node = backup_uses,
+    .graph_edges = backup_graph_edges,
 };
 
 bool vbd_backup_job_reads(struct vbd_job *j, struct vbd_node *n)

@@ -149,6 +149,7 @@ struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id,
     job->on_target_error = on_error;
     job->busy = true;
     job->refs = 1; /* the job list's, until dismissed */
+    job->created = vbd_graph_user_seq();
     struct vbd_job **pp = &jobs;
     while (*pp)
         pp = &(*pp)->next;

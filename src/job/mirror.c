@@ -648,6 +648,29 @@ static bool mirror_uses(struct vbd_job *job, struct vbd_node *n)
     return mj->src && (n == mj->src || n == mj->target || n == mj->replaces);
 }
 
+/* QEMU's mirror_start_job: the job holds its mirror_top ("main node":
+ * consistent reads; writes shared), the source (nothing taken, reads and
+ * writes shared) and the target (nothing taken, all shared); its own
+ * backend writes the target and shares only unchanged writes. In QEMU's
+ * job->nodes order, the newest first. */
+static void mirror_graph_edges(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct mirror *mj = job->opaque;
+    if (!mj || !mj->src)
+        return;
+    edge(opaque, NULL, "target", mj->target, 0, 0xf);
+    edge(opaque, NULL, "source", mj->src, 0, 0x1 | 0x2 | 0x4);
+    if (mj->filter)
+        edge(opaque, NULL, "main node", mj->filter, 0x1, 0x1 | 0x2 | 0x4);
+}
+
+static void mirror_graph_backends(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct mirror *mj = job->opaque;
+    if (mj && mj->src)
+        edge(opaque, NULL, "root", mj->target, 0x2, 0x4);
+}
+
 static const struct vbd_job_driver mirror_driver = {
     .type = "mirror",
     .run = mirror_run,
@@ -656,6 +679,8 @@ static const struct vbd_job_driver mirror_driver = {
     .clean = mirror_clean,
     .free = mirror_free,
     .uses_node = mirror_uses,
+    .graph_edges = mirror_graph_edges,
+    .graph_backends = mirror_graph_backends,
 };
 
 struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err)

@@ -15,6 +15,9 @@ static const struct vbd_qmp_command *const groups[] = {
     vbd_qmp_cmds_create,
 
     vbd_qmp_cmds_mirror,
+    vbd_qmp_cmds_graph,
+    vbd_qmp_cmds_chardev,
+    vbd_qmp_cmds_qom_types,
     NULL,
 };
 

@@ -15,6 +15,9 @@ extern const struct vbd_qmp_command vbd_qmp_cmds_backup[];   /* cmd-backup.c: bl
 extern const struct vbd_qmp_command vbd_qmp_cmds_create[];   /* cmd-create.c: blockdev-create, x-blockdev-amend */
 
 extern const struct vbd_qmp_command vbd_qmp_cmds_mirror[];   /* cmd-mirror.c: blockdev-mirror, drive-mirror */
+extern const struct vbd_qmp_command vbd_qmp_cmds_graph[];    /* cmd-block-graph.c: x-debug-query-block-graph */
+extern const struct vbd_qmp_command vbd_qmp_cmds_qom_types[]; /* cmd-qom-types.c: qom-list-types, qom-list-properties */
+extern const struct vbd_qmp_command vbd_qmp_cmds_chardev[];  /* chardev.c: chardev-*, ringbuf-*, query-chardev-backends */
 
 struct vbd_qmp_error;
 

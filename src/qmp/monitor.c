@@ -28,6 +28,7 @@
  */
 #include "daemon/daemon.h"
 #include "qmp/monitor.h"
+#include "qmp/chardev.h"
 
 #include "util/socket.h"
 #include "vbd/alloc.h"
@@ -61,14 +62,6 @@ struct out_msg {
     char data[];
 };
 
-struct qmp_chardev {
-    char *id;
-    int listen_fd;
-    char *unix_path; /* removed at exit */
-    bool has_monitor;
-    struct qmp_chardev *next;
-};
-
 struct qmp_client {
     int fd;
     bool negotiated;
@@ -91,7 +84,6 @@ struct qmp_monitor {
     struct qmp_monitor *next;
 };
 
-static struct qmp_chardev *chardevs;
 static struct qmp_monitor *monitors;
 static bool stopping, quit_requested;
 /* The daemon is stopping (vbd_qmp_quiesce): no command runs any more, but
@@ -610,197 +602,22 @@ void vbd_qmp_event(const char *name, struct json_object *data)
     pthread_mutex_unlock(&events_lock);
 }
 
-/* ---- chardevs and monitors ---- */
+/* ---- monitors ---- */
 
-static struct qmp_chardev *chardev_find(const char *id)
+int qmp_monitor_client_fd(const struct qmp_chardev *c)
 {
-    for (struct qmp_chardev *c = chardevs; c; c = c->next)
-        if (!strcmp(c->id, id))
-            return c;
-    return NULL;
+    for (struct qmp_monitor *m = monitors; m; m = m->next)
+        if (m->chr == c && m->client && !m->client->closing)
+            return m->client->fd;
+    return -1;
 }
 
-/* host:port of a TCP address as QEMU prints it (numeric; brackets
- * around an IPv6 host only in a connected chardev's text) */
-static void tcp_text(const struct sockaddr_storage *ss, socklen_t len, bool brackets, char *out, size_t size)
+void qmp_monitor_set_main_loop(void)
 {
-    char host[NI_MAXHOST], serv[NI_MAXSERV];
-    if (getnameinfo((const struct sockaddr *)ss, len, host, sizeof(host), serv, sizeof(serv),
-                    NI_NUMERICHOST | NI_NUMERICSERV)) {
-        snprintf(out, size, "?:?");
-        return;
-    }
-    bool b = brackets && ss->ss_family == AF_INET6;
-    snprintf(out, size, "%s%s%s:%s", b ? "[" : "", host, b ? "]" : "", serv);
-}
-
-/* query-chardev (qsd 7.2's ChardevInfo): every --chardev with its
- * address as QEMU words it, "disconnected:" while no client is connected,
- * and frontend-open when a monitor uses it. Main loop. */
-struct json_object *vbd_qmp_query_chardev(void)
-{
-    struct json_object *list = json_object_new_array();
-    for (struct qmp_chardev *c = chardevs; c; c = c->next) {
-        struct qmp_client *client = NULL;
-        for (struct qmp_monitor *m = monitors; m; m = m->next)
-            if (m->chr == c && m->client && !m->client->closing)
-                client = m->client;
-        char text[2 * NI_MAXHOST + 128];
-        if (c->unix_path) {
-            snprintf(text, sizeof(text), "%sunix:%s,server=on", client ? "" : "disconnected:", c->unix_path);
-        } else {
-            struct sockaddr_storage here, peer;
-            socklen_t hl = sizeof(here), pl = sizeof(peer);
-            char h[NI_MAXHOST + 16], p[NI_MAXHOST + 16];
-            if (client && !getsockname(client->fd, (struct sockaddr *)&here, &hl) &&
-                !getpeername(client->fd, (struct sockaddr *)&peer, &pl)) {
-                tcp_text(&here, hl, true, h, sizeof(h));
-                tcp_text(&peer, pl, true, p, sizeof(p));
-                snprintf(text, sizeof(text), "tcp:%s,server=on <-> %s", h, p);
-            } else if (!getsockname(c->listen_fd, (struct sockaddr *)&here, &hl)) {
-                tcp_text(&here, hl, false, h, sizeof(h));
-                snprintf(text, sizeof(text), "disconnected:tcp:%s,server=on", h);
-            } else {
-                snprintf(text, sizeof(text), "disconnected:tcp");
-            }
-        }
-        struct json_object *o = json_object_new_object();
-        json_object_object_add(o, "frontend-open", json_object_new_boolean(c->has_monitor));
-        json_object_object_add(o, "filename", json_object_new_string(text));
-        json_object_object_add(o, "label", json_object_new_string(c->id));
-        json_object_array_add(list, o);
-    }
-    return list;
-}
-
-static bool is_loopback(const struct sockaddr *sa)
-{
-    if (sa->sa_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
-    if (sa->sa_family == AF_INET6) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a))
-            return a->s6_addr[12] == 127;
-        return IN6_IS_ADDR_LOOPBACK(a);
-    }
-    return false;
-}
-
-static int tcp_listen(const char *id, const char *host, const char *port, bool remote_ok, struct vbd_error **err)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
-    int gai = getaddrinfo(host && *host ? host : NULL, port, &hints, &res);
-    if (gai) {
-        vbd_error_setf(err, EINVAL, "--chardev %s: address '%s:%s': %s", id, host ? host : "", port,
-                       gai_strerror(gai));
-        return -EINVAL;
-    }
-    if (!remote_ok && !is_loopback(res->ai_addr)) {
-        vbd_error_setf(err, EPERM,
-                       "--chardev %s: refusing to serve QMP on '%s', which is not a loopback address (QMP has "
-                       "no authentication: anyone who can connect controls the daemon); add "
-                       "insecure-remote=on to do it anyway",
-                       id, host && *host ? host : "*");
-        freeaddrinfo(res);
-        return -EPERM;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 16) < 0) {
-        int e = errno;
-        vbd_error_setf(err, e, "--chardev %s: cannot listen on %s:%s: %s", id, host && *host ? host : "*", port,
-                       strerror(e));
-        if (fd >= 0)
-            close(fd);
-        fd = -e;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
-{
-    char *backend = NULL, *id = NULL, *path = NULL, *host = NULL, *port = NULL;
-    bool server = false, wait = false, remote_ok = false;
-    int fd = -1, rc = -EINVAL;
     pthread_mutex_lock(&events_lock); /* an iothread may raise an event meanwhile */
     if (!main_loop)
         main_loop = vbd_loop_current();
     pthread_mutex_unlock(&events_lock);
-    if (vbd_opt_take_str(opts, "backend", &backend, err) < 0 || vbd_opt_take_str(opts, "id", &id, err) < 0 ||
-        vbd_opt_take_str(opts, "path", &path, err) < 0 || vbd_opt_take_str(opts, "host", &host, err) < 0 ||
-        vbd_opt_take_str(opts, "port", &port, err) < 0 || vbd_opt_take_bool(opts, "server", &server, err) < 0 ||
-        vbd_opt_take_bool(opts, "wait", &wait, err) < 0 ||
-        vbd_opt_take_bool(opts, "insecure-remote", &remote_ok, err) < 0)
-        goto out;
-    if (!id) {
-        vbd_error_setf(err, EINVAL, "--chardev: 'id' is required");
-        goto out;
-    }
-    if (!backend || strcmp(backend, "socket")) {
-        vbd_error_setf(err, EINVAL, "--chardev %s: backend '%s' is not supported (only 'socket')", id,
-                       backend ? backend : "");
-        goto out;
-    }
-    if (vbd_opts_check_empty(opts, "--chardev socket", err) < 0)
-        goto out;
-    if (chardev_find(id)) {
-        vbd_error_setf(err, EEXIST, "--chardev: duplicate ID '%s'", id);
-        goto out;
-    }
-    if (!server) {
-        vbd_error_setf(err, EINVAL, "--chardev %s: only server=on is supported (the daemon listens)", id);
-        goto out;
-    }
-    if (wait) {
-        vbd_error_setf(err, EINVAL, "--chardev %s: wait=on is not supported (use wait=off)", id);
-        goto out;
-    }
-    if (!path == !port) {
-        vbd_error_setf(err, EINVAL, "--chardev %s: give either path=PATH or host=HOST,port=PORT", id);
-        goto out;
-    }
-    if (path) {
-        /* 0600 whatever the umask: whoever connects controls the daemon.
-         * Chardevs are made at startup, before any other thread creates files. */
-        mode_t old = umask(0177);
-        fd = vbd_unix_listen(path, 16); /* queued clients wait there for their turn */
-        umask(old);
-        if (fd < 0) {
-            vbd_error_setf(err, -fd, "Failed to bind socket to %s: %s", path, strerror(-fd)); /* qsd's words */
-            goto out;
-        }
-    } else {
-        fd = tcp_listen(id, host, port, remote_ok, err);
-        if (fd < 0)
-            goto out;
-    }
-    struct qmp_chardev *c = calloc(1, sizeof(*c));
-    if (!c) {
-        vbd_error_setf(err, ENOMEM, "--chardev %s: out of memory", id);
-        goto out;
-    }
-    c->id = id;
-    c->listen_fd = fd;
-    c->unix_path = path;
-    c->next = chardevs;
-    chardevs = c;
-    id = path = NULL;
-    fd = -1;
-    rc = 0;
-out:
-    if (fd >= 0) {
-        close(fd);
-        if (path)
-            unlink(path);
-    }
-    free(backend);
-    free(id);
-    free(path);
-    free(host);
-    free(port);
-    return rc;
 }
 
 int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err)
@@ -823,7 +640,7 @@ int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err)
         vbd_error_setf(err, EINVAL, "--monitor %s: pretty=on is not supported", chr);
         goto out;
     }
-    struct qmp_chardev *c = chardev_find(chr);
+    struct qmp_chardev *c = qmp_chardev_find(chr);
     if (!c) {
         vbd_error_setf(err, ENOENT, "chardev \"%s\" not found", chr); /* qsd's words */
         goto out;
@@ -909,16 +726,7 @@ void vbd_qmp_shutdown(void)
         free(mon);
     }
     monitors = NULL;
-    for (struct qmp_chardev *c = chardevs, *next; c; c = next) {
-        next = c->next;
-        close(c->listen_fd);
-        if (c->unix_path)
-            unlink(c->unix_path);
-        free(c->unix_path);
-        free(c->id);
-        free(c);
-    }
-    chardevs = NULL;
+    qmp_chardev_close_all();
     pthread_mutex_lock(&events_lock);
     while (events_head) {
         struct pending_event *ev = events_head;

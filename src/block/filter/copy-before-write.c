@@ -427,6 +427,11 @@ struct vbd_cbw *vbd_cbw_of_node(struct vbd_node *n)
     return n && n->drv == &cbw_driver ? ((struct cbw_node *)n->opaque)->c : NULL;
 }
 
+struct vbd_node *vbd_cbw_node_target(struct vbd_node *n)
+{
+    return n && n->drv == &cbw_driver ? ((struct cbw_node *)n->opaque)->target : NULL;
+}
+
 static int cbw_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct cbw_node *s = n->opaque;

@@ -1,0 +1,432 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * x-debug-query-block-graph (QEMU 7.2's bdrv_get_xdbg_block_graph): the
+ * block graph as nodes and edges, for a user debugging it. Nodes: the
+ * exports' backends ("block-backend", named "" as qsd's anonymous ones),
+ * the block jobs ("block-job", their id) and every node ("block-driver",
+ * its node-name). Edges: parent -> child with the child's name ("root",
+ * "file", "backing", "children.N", a job's "main node", ...) and the
+ * permissions the parent takes on the child and shares with other users.
+ *
+ * vbd has no permission system of its own (image locks aside): the
+ * permissions are derived here as QEMU derives them (block.c's
+ * bdrv_default_perms by the child's role, and the few drivers with their
+ * own child_perm), from what the exports and jobs take, down through the
+ * graph, so that a user sees what qsd takes on a graph of the same shape.
+ * The drivers with their own rule are picked by name in rule_of(): a
+ * debugging command's table, in one place, rather than a hook in every
+ * driver for it. Ids are numbered as QEMU numbers them: by first mention,
+ * the backends first (with their roots), then the jobs (with theirs), then
+ * the nodes in creation order; each list is built newest first, as QEMU's.
+ */
+#include "qmp/commands.h"
+
+#include "daemon/objects.h"
+#include "vbd/backend.h"
+#include "vbd/block.h"
+#include "vbd/cbw.h"
+#include "vbd/export.h"
+#include "vbd/job.h"
+
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* BLK_PERM_*, in QAPI's BlockPermission order */
+#define PERM_READ 0x1u
+#define PERM_WRITE 0x2u
+#define PERM_WRITE_UNCHANGED 0x4u
+#define PERM_RESIZE 0x8u
+#define PERM_ALL 0xfu
+#define PERM_PASSTHROUGH PERM_ALL /* QEMU's DEFAULT_PERM_PASSTHROUGH: every permission (7.2 has four) */
+static const char *const perm_names[] = {"consistent-read", "write", "write-unchanged", "resize"};
+
+/* How a parent derives what it takes on a child from what its own parents take. */
+enum rule {
+    RULE_FIXED,        /* what the parent says (backends, jobs, cbw's target) */
+    RULE_FILTER,       /* BDRV_CHILD_FILTERED: passed through */
+    RULE_COW,          /* a backing file */
+    RULE_IMAGE,        /* a format's file: BDRV_CHILD_METADATA | BDRV_CHILD_DATA */
+    RULE_RAW_FILTER,   /* raw without offset/size (a filter), raw_child_perm */
+    RULE_RAW_DATA,     /* raw with offset or size: BDRV_CHILD_DATA, raw_child_perm */
+    RULE_COR,          /* copy-on-read's cor_child_perm */
+    RULE_QUORUM,       /* quorum_child_perm */
+    RULE_CBW_SOURCE,   /* copy-before-write's file: cbw_child_perm */
+    RULE_NONE_ALL,     /* takes nothing, shares everything (commit_top, snapshot-access) */
+};
+
+struct gedge {
+    const void *parent, *child;
+    char name[40];
+    enum rule rule;
+    bool parent_writable; /* the parent node is read-write (bdrv_is_writable_after_reopen) */
+    bool rewrite;         /* quorum's rewrite-corrupted */
+    unsigned perm, shared;
+};
+
+struct graph {
+    const void **ids; /* ids[i] has id i + 1 */
+    size_t nids, cap_ids;
+    struct gedge *edges;
+    size_t nedges, cap_edges;
+    struct json_object *nodes; /* built in order; reversed at the end */
+    const void *job;           /* the job whose edges are being added */
+};
+
+static void *grow(void *p, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return p;
+    size_t c = *cap ? *cap * 2 : 32;
+    while (c < need)
+        c *= 2;
+    void *q = realloc(p, c * size);
+    if (!q)
+        abort(); /* a debugging command's few dozen entries */
+    *cap = c;
+    return q;
+}
+
+static int id_of(struct graph *g, const void *p)
+{
+    for (size_t i = 0; i < g->nids; i++)
+        if (g->ids[i] == p)
+            return (int)i + 1;
+    g->ids = grow(g->ids, &g->cap_ids, g->nids + 1, sizeof(*g->ids));
+    g->ids[g->nids++] = p;
+    return (int)g->nids;
+}
+
+static void add_node(struct graph *g, const void *p, const char *type, const char *name)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "id", json_object_new_int(id_of(g, p)));
+    json_object_object_add(o, "type", json_object_new_string(type));
+    json_object_object_add(o, "name", json_object_new_string(name));
+    json_object_array_add(g->nodes, o);
+}
+
+static struct gedge *add_edge(struct graph *g, const void *parent, const void *child, const char *name, enum rule r)
+{
+    id_of(g, parent);
+    id_of(g, child);
+    g->edges = grow(g->edges, &g->cap_edges, g->nedges + 1, sizeof(*g->edges));
+    struct gedge *e = &g->edges[g->nedges++];
+    memset(e, 0, sizeof(*e));
+    e->parent = parent;
+    e->child = child;
+    snprintf(e->name, sizeof(e->name), "%s", name);
+    e->rule = r;
+    return e;
+}
+
+static void job_edge(void *opaque, struct vbd_node *parent, const char *name, struct vbd_node *child, unsigned perm,
+                     unsigned shared)
+{
+    struct graph *g = opaque;
+    struct gedge *e = add_edge(g, parent ? (const void *)parent : g->job, child, name, RULE_FIXED);
+    e->perm = perm;
+    e->shared = shared;
+}
+
+/* A job's own backend (mirror's on its target): a node of its own, named
+ * "" as QEMU's anonymous ones, keyed by the job's progress counters (an
+ * address no other node has). */
+static void job_backend(void *opaque, struct vbd_node *parent, const char *name, struct vbd_node *child, unsigned perm,
+                        unsigned shared)
+{
+    struct graph *g = opaque;
+    (void)parent;
+    add_node(g, g->job, "block-backend", "");
+    struct gedge *e = add_edge(g, g->job, child, name, RULE_FIXED);
+    e->perm = perm;
+    e->shared = shared;
+}
+
+static bool has_option(const struct vbd_node *n, const char *key)
+{
+    return n->options && json_object_object_get_ex(n->options, key, NULL);
+}
+
+/* The rule of n's "file" child and the child's name. */
+static enum rule rule_of(const struct vbd_node *n, const char **name)
+{
+    const char *d = n->drv->name;
+    *name = "file";
+    if (!strcmp(d, "raw"))
+        return has_option(n, "offset") || has_option(n, "size") ? RULE_RAW_DATA : RULE_RAW_FILTER;
+    if (!strcmp(d, "copy-on-read"))
+        return RULE_COR;
+    if (!strcmp(d, "copy-before-write"))
+        return RULE_CBW_SOURCE;
+    if (!strcmp(d, "snapshot-access"))
+        return RULE_NONE_ALL;
+    if (!strcmp(d, "commit_top") || !strcmp(d, "mirror_top")) {
+        *name = "backing"; /* QEMU appends them above the node as its backing child */
+        /* mirror_top passes through what its parents take (the job's
+         * consistent reads, a writer's writes), as qsd 7.2 shows it */
+        return d[0] == 'c' ? RULE_NONE_ALL : RULE_FILTER;
+    }
+    if (!strcmp(d, "blkdebug"))
+        *name = "image";
+    return n->drv->kind == VBD_DRV_FILTER ? RULE_FILTER : RULE_IMAGE;
+}
+
+/* A node's children, newest first as QEMU's bs->children (the file is
+ * attached at open, the backing after it, quorum's children in order). */
+static void node_edges(struct graph *g, struct vbd_node *n)
+{
+    bool writable = !n->read_only;
+    if (n->backing) {
+        struct gedge *e = add_edge(g, n, n->backing, "backing", RULE_COW);
+        e->parent_writable = writable;
+    }
+    struct vbd_node *target = vbd_cbw_node_target(n);
+    if (target) {
+        struct gedge *e = add_edge(g, n, target, "target", RULE_FIXED);
+        e->perm = PERM_WRITE; /* cbw_child_perm: the target is written, never resized */
+        e->shared = PERM_ALL & ~PERM_RESIZE;
+    }
+    if (n->drv->child_at) {
+        char name[32];
+        int count = 0;
+        while (n->drv->child_at(n, count, name, sizeof(name)))
+            count++;
+        struct json_object *v;
+        bool rewrite = n->options && json_object_object_get_ex(n->options, "rewrite-corrupted", &v) &&
+                       json_object_get_boolean(v);
+        for (int i = count - 1; i >= 0; i--) {
+            struct vbd_node *c = n->drv->child_at(n, i, name, sizeof(name));
+            struct gedge *e = add_edge(g, n, c, name, RULE_QUORUM);
+            e->rewrite = rewrite;
+        }
+    }
+    if (n->file && n->file != n) {
+        const char *name;
+        enum rule r = rule_of(n, &name);
+        struct gedge *e = add_edge(g, n, n->file, name, r);
+        e->parent_writable = writable;
+    }
+}
+
+/* What the parents of p take (OR) and share (AND), QEMU's bdrv_get_cumulative_perm. */
+static void cumulative(const struct graph *g, const void *p, unsigned *perm, unsigned *shared, bool *has_parents)
+{
+    *perm = 0;
+    *shared = PERM_ALL;
+    *has_parents = false;
+    for (size_t i = 0; i < g->nedges; i++)
+        if (g->edges[i].child == p) {
+            *perm |= g->edges[i].perm;
+            *shared &= g->edges[i].shared;
+            *has_parents = true;
+        }
+}
+
+static void filter_perms(unsigned perm, unsigned shared, unsigned *np, unsigned *ns)
+{
+    *np = perm & PERM_PASSTHROUGH;
+    *ns = (shared & PERM_PASSTHROUGH) | (PERM_ALL & ~PERM_PASSTHROUGH);
+}
+
+/* bdrv_default_perms_for_storage */
+static void storage_perms(bool metadata, bool writable, unsigned perm, unsigned shared, unsigned *np, unsigned *ns)
+{
+    filter_perms(perm, shared, &perm, &shared);
+    if (metadata) {
+        if (writable)
+            perm |= PERM_WRITE | PERM_RESIZE; /* a format writes its metadata even if nobody writes data */
+        perm |= PERM_READ;
+        shared &= ~(PERM_WRITE | PERM_RESIZE);
+    }
+    shared &= ~PERM_RESIZE;
+    if (perm & PERM_WRITE_UNCHANGED)
+        perm |= PERM_WRITE;
+    if (perm & PERM_WRITE)
+        perm |= PERM_RESIZE;
+    *np = perm;
+    *ns = shared;
+}
+
+static void derive(const struct graph *g, struct gedge *e, unsigned *np, unsigned *ns)
+{
+    unsigned perm, shared;
+    bool has_parents;
+    cumulative(g, e->parent, &perm, &shared, &has_parents);
+    switch (e->rule) {
+    case RULE_FIXED:
+        *np = e->perm;
+        *ns = e->shared;
+        return;
+    case RULE_FILTER:
+        filter_perms(perm, shared, np, ns);
+        return;
+    case RULE_COW:
+        *np = perm & PERM_READ;
+        *ns = (shared & PERM_WRITE ? PERM_WRITE | PERM_RESIZE : 0) | PERM_READ | PERM_WRITE_UNCHANGED;
+        return;
+    case RULE_IMAGE:
+        storage_perms(true, e->parent_writable, perm, shared, np, ns);
+        return;
+    case RULE_RAW_FILTER:
+    case RULE_RAW_DATA:
+        if (e->rule == RULE_RAW_DATA)
+            storage_perms(false, e->parent_writable, perm, shared, np, ns);
+        else
+            filter_perms(perm, shared, np, ns);
+        *np = (*np & ~(PERM_WRITE | PERM_RESIZE)) | (perm & (PERM_WRITE | PERM_RESIZE));
+        return;
+    case RULE_COR: {
+        const unsigned pass = PERM_READ | PERM_WRITE | PERM_RESIZE;
+        *np = (perm & pass) | PERM_WRITE_UNCHANGED; /* it writes what it copies */
+        *ns = (shared & pass) | (PERM_ALL & ~pass);
+        return;
+    }
+    case RULE_QUORUM:
+        *np = (perm & PERM_PASSTHROUGH) | (e->rewrite ? PERM_WRITE : 0);
+        /* neither writes nor resizes shared: the children would differ */
+        *ns = (shared & (PERM_READ | PERM_WRITE_UNCHANGED)) | (PERM_ALL & ~PERM_PASSTHROUGH);
+        return;
+    case RULE_CBW_SOURCE:
+        filter_perms(perm, shared, np, ns);
+        if (has_parents) {
+            if (perm & PERM_WRITE)
+                *np |= PERM_READ; /* old data is read before a write */
+            *ns &= ~(PERM_WRITE | PERM_RESIZE);
+        }
+        return;
+    case RULE_NONE_ALL:
+        *np = 0;
+        *ns = PERM_ALL;
+        return;
+    }
+}
+
+static struct json_object *perm_list(unsigned p)
+{
+    struct json_object *a = json_object_new_array();
+    for (int i = 3; i >= 0; i--) /* QEMU prepends them: the last first */
+        if (p & (1u << i))
+            json_object_array_add(a, json_object_new_string(perm_names[i]));
+    return a;
+}
+
+static struct json_object *reversed(struct json_object *a)
+{
+    struct json_object *r = json_object_new_array();
+    for (size_t i = json_object_array_length(a); i-- > 0;)
+        json_object_array_add(r, json_object_get(json_object_array_get_idx(a, i)));
+    json_object_put(a);
+    return r;
+}
+
+static struct json_object *x_debug_query_block_graph(struct json_object *args, struct vbd_qmp_error *err)
+{
+    (void)args;
+    (void)err;
+    struct graph g = {.nodes = json_object_new_array()};
+    /* the backends, each with its root: the exports' and the jobs' own,
+     * in the order they were made (QEMU's list of BlockBackends) */
+    struct vbd_daemon_export *x = vbd_daemon_export_first();
+    struct vbd_job *bj = vbd_job_next(NULL);
+    for (;;) {
+        while (bj && (bj->drv->plain || bj->status == VBD_JOB_NULL || !bj->drv->graph_backends))
+            bj = vbd_job_next(bj);
+        if (!x && !bj)
+            break;
+        if (bj && (!x || bj->created < x->created)) {
+            g.job = &bj->ctl;
+            bj->drv->graph_backends(bj, job_backend, &g);
+            bj = vbd_job_next(bj);
+            continue;
+        }
+        struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
+        struct vbd_node *root = be ? vbd_backend_node(be) : NULL;
+        add_node(&g, x, "block-backend", "");
+        if (root) {
+            struct gedge *e = add_edge(&g, x, root, "root", RULE_FIXED);
+            /* block_export_add: consistent reads, writes if writable, everything shared */
+            e->perm = PERM_READ | (vbd_backend_read_only(be) ? 0 : PERM_WRITE);
+            e->shared = PERM_ALL;
+            if (!strcmp(x->type->type, "nbd"))
+                e->shared &= ~PERM_RESIZE; /* nbd_export_create: no resize while it is exported */
+        }
+        x = x->next;
+    }
+    /* the block jobs, each with the nodes it holds */
+    for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j)) {
+        if (j->drv->plain || j->status == VBD_JOB_NULL)
+            continue;
+        add_node(&g, j, "block-job", j->id);
+        g.job = j;
+        if (j->drv->graph_edges)
+            j->drv->graph_edges(j, job_edge, &g);
+    }
+    /* every node, in creation order (the list keeps the newest first) */
+    size_t count = 0;
+    for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
+        count++;
+    struct vbd_node **all = calloc(count ? count : 1, sizeof(*all));
+    if (!all)
+        abort();
+    size_t i = count;
+    for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
+        all[--i] = n;
+    /* QEMU opens a node's file given inline before it names the node (vbd
+     * names the node first, then its open opens the file): such a file,
+     * made after its parent, goes right before it, as in QEMU's list */
+    for (i = 0; i < count; i++) {
+        struct vbd_node *f = all[i]->file;
+        size_t k = i + 1;
+        while (f && f != all[i] && k < count && all[k] != f)
+            k++;
+        if (!f || k >= count)
+            continue;
+        memmove(&all[i + 1], &all[i], (k - i) * sizeof(*all));
+        all[i] = f;
+        i--; /* the parent moved one up: look at the moved file's own file next */
+    }
+    for (i = 0; i < count; i++) {
+        add_node(&g, all[i], "block-driver", all[i]->node_name);
+        node_edges(&g, all[i]);
+    }
+    free(all);
+    /* the permissions, from the top down: a DAG settles within as many rounds as it has edges */
+    for (size_t round = 0; round <= g.nedges; round++) {
+        bool changed = false;
+        for (size_t k = 0; k < g.nedges; k++) {
+            unsigned p, s;
+            derive(&g, &g.edges[k], &p, &s);
+            if (p != g.edges[k].perm || s != g.edges[k].shared) {
+                g.edges[k].perm = p;
+                g.edges[k].shared = s;
+                changed = true;
+            }
+        }
+        if (!changed)
+            break;
+    }
+    struct json_object *edges = json_object_new_array();
+    for (size_t k = g.nedges; k-- > 0;) {
+        struct gedge *e = &g.edges[k];
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "parent", json_object_new_int(id_of(&g, e->parent)));
+        json_object_object_add(o, "child", json_object_new_int(id_of(&g, e->child)));
+        json_object_object_add(o, "name", json_object_new_string(e->name));
+        json_object_object_add(o, "perm", perm_list(e->perm));
+        json_object_object_add(o, "shared-perm", perm_list(e->shared));
+        json_object_array_add(edges, o);
+    }
+    struct json_object *r = json_object_new_object();
+    json_object_object_add(r, "nodes", reversed(g.nodes));
+    json_object_object_add(r, "edges", edges);
+    free(g.ids);
+    free(g.edges);
+    return r;
+}
+
+const struct vbd_qmp_command vbd_qmp_cmds_graph[] = {
+    {"x-debug-query-block-graph", "", x_debug_query_block_graph, 0},
+    {NULL, NULL, NULL, 0},
+};

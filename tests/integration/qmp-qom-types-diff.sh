@@ -1,0 +1,9 @@
+#!/bin/bash
+# qom-list-types and qom-list-properties answer as qemu-storage-daemon 7.2
+# does for the object types vbd-daemon makes (tests/qmp/diff-qom-types.jsonl,
+# run by tests/qmp/qmpdiff.py; deliberate differences are marked there).
+. "$(dirname "$0")/lib.sh"
+need python3 qemu-storage-daemon
+TMPDIR=$T VBD_DAEMON=$VBD_DAEMON QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" \
+    "$VBD_ROOT/tests/qmp/diff-qom-types.jsonl" || fail "qmpdiff found differences"
+echo PASS
