@@ -108,11 +108,11 @@ static void flusher_co(void *opaque)
  * before a woken task with the default slice runs. A woken task with a
  * shorter slice than the running one preempts it (PREEMPT_SHORT), so a
  * batch is read when it is due and the client, which had sent its whole
- * queue, is not left without replies: fio 4K QD32 at load 17-22, 2-4x
- * the IOPS of the default slice over TCP and unix (RESULTS.md, nbdperf17);
- * the loop thread had waited for its CPU 74 % of the time. The busy-poll
- * gains too (QD1 +7-35 % IOPS in the same holds): the other task's turns
- * on the CPU come in shorter pieces. The share of the CPU is the nice
+ * queue, is not left without replies: fio 4K QD32 at load 12-22,
+ * 1.2-4x the IOPS of the default slice over TCP and unix (RESULTS.md,
+ * nbdperf17); the loop thread had waited for its CPU 74 % of the time.
+ * The busy-poll gains too (QD1 up to +35 % IOPS, level at worst): the
+ * other task's turns on the CPU come in shorter pieces. The share of the CPU is the nice
  * value's, as before; the thread's policy and nice value are kept, other
  * policies (SCHED_FIFO, SCHED_BATCH set by the user) are left alone. */
 static int conns_in_transmission;
