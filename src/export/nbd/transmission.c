@@ -127,15 +127,25 @@ struct thread_sched_attr {
     uint64_t sched_runtime, sched_deadline, sched_period;
 };
 
+/* Threads the loop thread creates meanwhile (thread-pool workers, an
+ * iothread) would inherit the short slice and keep it: with
+ * SCHED_FLAG_RESET_ON_FORK they start with the default one (for a thread
+ * at nice >= 0 that flag changes nothing else; at a negative nice it would
+ * also reset theirs to 0, so it is not set then). */
+#define NBD_SCHED_FLAG_RESET_ON_FORK 0x01 /* <linux/sched.h>, which clashes with <sched.h> */
+
 static void conn_slice(bool on)
 {
+    static uint64_t reset_on_fork; /* the thread's own flag, given back at the end */
     if (on ? conns_in_transmission++ : --conns_in_transmission)
         return; /* not the first to start, or not the last to stop */
     struct thread_sched_attr a;
     if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) < 0 || a.sched_policy != SCHED_OTHER)
         return;
     a.size = sizeof(a);
-    a.sched_flags &= 0x01; /* SCHED_FLAG_RESET_ON_FORK, nothing else */
+    if (on)
+        reset_on_fork = a.sched_flags & NBD_SCHED_FLAG_RESET_ON_FORK;
+    a.sched_flags = on && a.sched_nice >= 0 ? NBD_SCHED_FLAG_RESET_ON_FORK : reset_on_fork;
     a.sched_runtime = on ? NBD_CONN_SLICE_NS : 0; /* 0: the default slice again */
     a.sched_deadline = a.sched_period = 0;
     syscall(SYS_sched_setattr, 0, &a, 0);
