@@ -80,7 +80,6 @@ struct nbd_export {
 #define NBD_POLL_MAX_NS      (128 * 1000)
 #define NBD_POLL_GROW_NS     (4 * 1000)
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
-#define NBD_CONN_SLICE_NS    (100 * 1000) /* the loop thread's EEVDF slice while a client is connected (see conn_slice) */
 /* Request batching (see conn_recv): while a client keeps requests on
  * the way, sleep NBD_BATCH_MIN_NS..NBD_BATCH_MAX_NS between reads, sized
  * (from the last reads) for NBD_BATCH_REQS requests, up to
@@ -98,6 +97,7 @@ struct nbd_export {
 #define NBD_BATCH_EMPTY      4
 #define NBD_BATCH_PROBE      1024
 #define NBD_BATCH_PROBE_DEEP 32
+#define NBD_BATCH_SLICE_NS   (100 * 1000) /* the loop thread's EEVDF slice while batching (see batch_slice) */
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 /* Structured reads at least this large look for holes (block status) to
  * send them as hole chunks. Below it the query costs more than the zeroes

@@ -98,24 +98,25 @@ static void flusher_co(void *opaque)
     vbd_co_queue_wake_all(&c->flusher_exit_q);
 }
 
-/* Connections in transmission (all on the main loop's thread). While
+/* Connections reading in batches (all on the main loop's thread). While
  * there are any, that thread asks the scheduler for a short slice
- * (NBD_CONN_SLICE_NS as EEVDF's request size, sched_attr.sched_runtime;
+ * (NBD_BATCH_SLICE_NS as EEVDF's request size, sched_attr.sched_runtime;
  * Linux 6.12 and later, older kernels ignore it). A batch sleeps on a
- * timer between reads, a QD1 wait that outlasts the busy-poll sleeps on
- * the socket: on a shared host the wake-up found the CPU taken by another
- * task, which EEVDF lets finish its slice (1.4 ms on this 2-CPU guest)
- * before a woken task with the default slice runs. A woken task with a
- * shorter slice than the running one preempts it (PREEMPT_SHORT), so a
- * batch is read when it is due and the client, which had sent its whole
- * queue, is not left without replies: fio 4K QD32 at load 12-22,
- * 1.2-4x the IOPS of the default slice over TCP and unix (RESULTS.md,
- * nbdperf17); the loop thread had waited for its CPU 74 % of the time.
- * The busy-poll gains too (QD1 up to +35 % IOPS, level at worst): the
- * other task's turns on the CPU come in shorter pieces. The share of the CPU is the nice
- * value's, as before; the thread's policy and nice value are kept, other
- * policies (SCHED_FIFO, SCHED_BATCH set by the user) are left alone. */
-static int conns_in_transmission;
+ * timer between reads: on a shared host the timer's wake-up found the CPU
+ * taken by another task, which EEVDF may let finish its slice (1.4 ms on
+ * this 2-CPU guest) before a woken task with the default slice runs. A
+ * woken task with a shorter slice than the running one preempts it
+ * (PREEMPT_SHORT), so a batch is read when it is due and the client,
+ * which had sent its whole queue, is not left without replies: fio 4K
+ * QD32 at load 12-22, 1.2-4x the IOPS of the default slice over TCP and
+ * unix (RESULTS.md, nbdperf17); the loop thread had waited for its CPU
+ * 74 % of the time. Only while batching: held for the whole connection
+ * the slice also raised QD1 IOPS (up to +35 %) but cost unix 1M reads at
+ * QD8 7 % more server CPU per request (5 of 5 pairs). The share of the CPU
+ * is the nice value's, as before; the thread's policy and nice value are
+ * kept, other policies (SCHED_FIFO, SCHED_BATCH set by the user) are left
+ * alone. */
+static int batching_conns;
 
 /* The kernel's struct sched_attr, first version (<linux/sched/types.h>
  * clashes with <sched.h>; glibc 2.36 has no wrapper). */
@@ -134,10 +135,10 @@ struct thread_sched_attr {
  * also reset theirs to 0, so it is not set then). */
 #define NBD_SCHED_FLAG_RESET_ON_FORK 0x01 /* <linux/sched.h>, which clashes with <sched.h> */
 
-static void conn_slice(bool on)
+static void batch_slice(bool on)
 {
     static uint64_t reset_on_fork; /* the thread's own flag, given back at the end */
-    if (on ? conns_in_transmission++ : --conns_in_transmission)
+    if (on ? batching_conns++ : --batching_conns)
         return; /* not the first to start, or not the last to stop */
     struct thread_sched_attr a;
     if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) < 0 || a.sched_policy != SCHED_OTHER)
@@ -146,7 +147,7 @@ static void conn_slice(bool on)
     if (on)
         reset_on_fork = a.sched_flags & NBD_SCHED_FLAG_RESET_ON_FORK;
     a.sched_flags = on && a.sched_nice >= 0 ? NBD_SCHED_FLAG_RESET_ON_FORK : reset_on_fork;
-    a.sched_runtime = on ? NBD_CONN_SLICE_NS : 0; /* 0: the default slice again */
+    a.sched_runtime = on ? NBD_BATCH_SLICE_NS : 0; /* 0: the default slice again */
     a.sched_deadline = a.sched_period = 0;
     syscall(SYS_sched_setattr, 0, &a, 0);
 }
@@ -161,6 +162,8 @@ static void conn_slice(bool on)
  * became shallow does not batch again. */
 static void batch_stop(struct nbd_conn *c)
 {
+    if (c->batching)
+        batch_slice(false);
     c->batching = false;
     c->batch_empty = 0;
     c->batch_probe = c->batch_reqs > NBD_BATCH_REQS ? NBD_BATCH_PROBE_DEEP : NBD_BATCH_PROBE;
@@ -291,6 +294,7 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
     c->batch_unit = 28 + (r->type == NBD_CMD_WRITE ? r->len : 0);
     c->batch_empty = 0;
     c->batching = true;
+    batch_slice(true);
 }
 
 /* The busy-poll ran out (or was off): wait for request bytes, then size
@@ -938,7 +942,6 @@ void nbd_transmission(struct nbd_conn *c)
     c->batch_probe = 64; /* the first requests show the sizes batches are made of */
     c->out_gen = 1;
     c->flusher_running = true;
-    conn_slice(true);
     vbd_co_wake(vbd_co_create(flusher_co, c));
     while (!c->closing) {
         uint8_t h[28];
@@ -1000,13 +1003,14 @@ void nbd_transmission(struct nbd_conn *c)
         vbd_co_wake(vbd_co_create(request_co, r));
     }
     c->closing = true;
+    if (c->batching)
+        batch_stop(c);
     while (c->inflight)
         vbd_co_queue_wait(&c->drain_q);
     c->flush_stop = true;
     vbd_co_queue_wake_all(&c->flush_q);
     while (c->flusher_running)
         vbd_co_queue_wait(&c->flusher_exit_q);
-    conn_slice(false);
     for (int i = 0; i < NBD_SLOTS; i++) {
         free(c->slots[i].buf);
         free(c->slots[i].ext);
