@@ -98,6 +98,7 @@ struct nbd_export {
 #define NBD_BATCH_EMPTY      4
 #define NBD_BATCH_PROBE      1024
 #define NBD_BATCH_PROBE_DEEP 32
+#define NBD_BATCH_SLICE_NS   (100 * 1000) /* the loop thread's EEVDF slice while batching (see batch_slice) */
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 /* Structured reads at least this large look for holes (block status) to
  * send them as hole chunks. Below it the query costs more than the zeroes
