@@ -57,6 +57,9 @@ struct vbd_job_driver {
     void (*free)(struct vbd_job *job); /* the driver's part of the job */
     /* Does the job use n (busy for another job / blockdev-del)? */
     bool (*uses_node)(struct vbd_job *job, struct vbd_node *n);
+    /* Does the job write to n (its target: blockdev-reopen cannot make it
+     * read-only meanwhile, as QEMU's job holds the write permission)? */
+    bool (*writes_node)(struct vbd_job *job, struct vbd_node *n);
 };
 
 struct vbd_job {
@@ -122,6 +125,8 @@ struct vbd_job *vbd_job_find(const char *id);
 struct vbd_job *vbd_job_next(struct vbd_job *prev);
 /* The job that uses n, or NULL. */
 struct vbd_job *vbd_job_using_node(struct vbd_node *n);
+/* The job that writes to n, or NULL. */
+struct vbd_job *vbd_job_writing_node(struct vbd_node *n);
 
 /* In run: */
 bool vbd_job_is_cancelled(struct vbd_job *job);     /* force cancel: stop now */

@@ -272,6 +272,12 @@ static bool backup_uses(struct vbd_job *job, struct vbd_node *n)
     return b->source && (n == b->source || n == b->target);
 }
 
+static bool backup_writes(struct vbd_job *job, struct vbd_node *n)
+{
+    struct backup *b = job->opaque;
+    return b->source && n == b->target;
+}
+
 static const struct vbd_job_driver backup_driver = {
     .type = "backup",
     .run = backup_run,
@@ -280,6 +286,7 @@ static const struct vbd_job_driver backup_driver = {
     .clean = backup_clean,
     .free = backup_free,
     .uses_node = backup_uses,
+    .writes_node = backup_writes,
 };
 
 bool vbd_backup_job_reads(struct vbd_job *j, struct vbd_node *n)

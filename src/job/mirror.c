@@ -621,6 +621,12 @@ static bool mirror_uses(struct vbd_job *job, struct vbd_node *n)
     return mj->src && (n == mj->src || n == mj->target || n == mj->replaces);
 }
 
+static bool mirror_writes(struct vbd_job *job, struct vbd_node *n)
+{
+    struct mirror *mj = job->opaque;
+    return mj->src && n == mj->target;
+}
+
 static const struct vbd_job_driver mirror_driver = {
     .type = "mirror",
     .run = mirror_run,
@@ -629,6 +635,7 @@ static const struct vbd_job_driver mirror_driver = {
     .clean = mirror_clean,
     .free = mirror_free,
     .uses_node = mirror_uses,
+    .writes_node = mirror_writes,
 };
 
 struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err)
