@@ -71,6 +71,9 @@ struct vbd_job_driver {
     /* The block backends QEMU's job makes for itself (mirror's on its
      * target): each one's "root" edge (parent NULL). NULL: none. */
     void (*graph_backends)(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque);
+    /* Does the job write to n (its target: blockdev-reopen cannot make it
+     * read-only meanwhile, as QEMU's job holds the write permission)? */
+    bool (*writes_node)(struct vbd_job *job, struct vbd_node *n);
 };
 
 struct vbd_job {
@@ -137,6 +140,8 @@ struct vbd_job *vbd_job_find(const char *id);
 struct vbd_job *vbd_job_next(struct vbd_job *prev);
 /* The job that uses n, or NULL. */
 struct vbd_job *vbd_job_using_node(struct vbd_node *n);
+/* The job that writes to n, or NULL. */
+struct vbd_job *vbd_job_writing_node(struct vbd_node *n);
 
 /* In run: */
 bool vbd_job_is_cancelled(struct vbd_job *job);     /* force cancel: stop now */

@@ -287,6 +287,12 @@ static void backup_graph_edges(struct vbd_job *job, vbd_job_edge_fn *edge, void 
     }
 }
 
+static bool backup_writes(struct vbd_job *job, struct vbd_node *n)
+{
+    struct backup *b = job->opaque;
+    return b->source && n == b->target;
+}
+
 static const struct vbd_job_driver backup_driver = {
     .type = "backup",
     .run = backup_run,
@@ -296,6 +302,7 @@ static const struct vbd_job_driver backup_driver = {
     .free = backup_free,
     .uses_node = backup_uses,
     .graph_edges = backup_graph_edges,
+    .writes_node = backup_writes,
 };
 
 bool vbd_backup_job_reads(struct vbd_job *j, struct vbd_node *n)

@@ -222,6 +222,13 @@ static bool commit_uses(struct vbd_job *job, struct vbd_node *n)
     return false;
 }
 
+/* base: the layers' data (an active commit's guest writes too) goes there */
+static bool commit_writes(struct vbd_job *job, struct vbd_node *n)
+{
+    struct commit *c = job->opaque;
+    return c->top && n == c->base;
+}
+
 static const struct vbd_job_driver commit_driver = {
     .type = "commit",
     .run = commit_run,
@@ -229,6 +236,7 @@ static const struct vbd_job_driver commit_driver = {
     .clean = commit_clean,
     .free = commit_free,
     .uses_node = commit_uses,
+    .writes_node = commit_writes,
 };
 
 /* Active commit: QEMU runs it as a mirror job, which job-complete ends. */
@@ -240,6 +248,7 @@ static const struct vbd_job_driver active_commit_driver = {
     .clean = commit_clean,
     .free = commit_free,
     .uses_node = commit_uses,
+    .writes_node = commit_writes,
 };
 
 struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struct vbd_node *base, bool active,

@@ -188,6 +188,7 @@ static const struct vbd_job_driver create_driver = {
     .run = create_run,
     .free = create_free,
     .uses_node = create_uses,
+    .writes_node = create_uses,
 };
 
 static const struct vbd_job_driver amend_driver = {
@@ -196,6 +197,7 @@ static const struct vbd_job_driver amend_driver = {
     .run = create_run,
     .free = create_free,
     .uses_node = create_uses,
+    .writes_node = create_uses,
 };
 
 struct vbd_job *vbd_create_job_start(const char *job_id, struct json_object *options, struct vbd_qmp_error *err)

@@ -127,6 +127,15 @@ struct vbd_job *vbd_job_using_node(struct vbd_node *n)
     return NULL;
 }
 
+struct vbd_job *vbd_job_writing_node(struct vbd_node *n)
+{
+    ASSERT_MAIN_LOOP();
+    for (struct vbd_job *j = jobs; j; j = j->next)
+        if (j->status != VBD_JOB_NULL && j->drv->writes_node && j->drv->writes_node(j, n))
+            return j;
+    return NULL;
+}
+
 struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id, bool auto_finalize,
                                bool auto_dismiss, uint64_t speed, enum vbd_on_error on_error, struct vbd_qmp_error *err)
 {

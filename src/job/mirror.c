@@ -671,6 +671,12 @@ static void mirror_graph_backends(struct vbd_job *job, vbd_job_edge_fn *edge, vo
         edge(opaque, NULL, "root", mj->target, 0x2, 0x4);
 }
 
+static bool mirror_writes(struct vbd_job *job, struct vbd_node *n)
+{
+    struct mirror *mj = job->opaque;
+    return mj->src && n == mj->target;
+}
+
 static const struct vbd_job_driver mirror_driver = {
     .type = "mirror",
     .run = mirror_run,
@@ -681,6 +687,7 @@ static const struct vbd_job_driver mirror_driver = {
     .uses_node = mirror_uses,
     .graph_edges = mirror_graph_edges,
     .graph_backends = mirror_graph_backends,
+    .writes_node = mirror_writes,
 };
 
 struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err)

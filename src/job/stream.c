@@ -180,6 +180,12 @@ static bool stream_uses(struct vbd_job *job, struct vbd_node *n)
     return false;
 }
 
+static bool stream_writes(struct vbd_job *job, struct vbd_node *n)
+{
+    struct stream *s = job->opaque;
+    return s->top && n == s->top;
+}
+
 static const struct vbd_job_driver stream_driver = {
     .type = "stream",
     .run = stream_run,
@@ -187,6 +193,7 @@ static const struct vbd_job_driver stream_driver = {
     .clean = stream_clean,
     .free = stream_free,
     .uses_node = stream_uses,
+    .writes_node = stream_writes,
 };
 
 struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struct vbd_node *base,

@@ -11,6 +11,7 @@
 
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "vbd/job.h"
 
 #include <json-c/json.h>
 #include <stdio.h>
@@ -118,7 +119,10 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
     }
     re->n = n;
     re->read_only = json_object_object_get_ex(o, "read-only", &v) && json_object_get_boolean(v);
-    if (re->read_only && !n->read_only && vbd_qmp_node_written_by_export(n)) {
+    /* a job's target too: its writes would fail, and one in flight inside
+     * the driver would meet its metadata written back and frozen (qsd's
+     * job holds the write permission and refuses the same way) */
+    if (re->read_only && !n->read_only && (vbd_qmp_node_written_by_export(n) || vbd_job_writing_node(n))) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Read-only block node '%s' cannot support read-write users",
                            name);
         return false;

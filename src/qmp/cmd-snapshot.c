@@ -266,8 +266,21 @@ static int external_switch(struct tx_action *a, struct external_state *st, struc
 static void external_commit(struct tx_action *a)
 {
     struct external_state *st = a->state;
-    /* below the overlay nothing writes to it any more (QEMU reopens it
-     * read-only too): the base stays as it was at the switch */
+    /* Below the overlay nothing writes to it any more: the base stays as
+     * it was at the switch. It is reopened read-only, as QEMU's
+     * external_snapshot_commit does: a qcow2 writes its metadata and
+     * persistent bitmaps back and is marked clean, its file drops the
+     * write lock. The flag alone left the driver read-write underneath: a
+     * kill left the bitmaps in-use (lost), and a later reopen read-write
+     * (block-commit into it) loaded them a second time over the live
+     * ones, whose bits were dropped. A driver that cannot switch keeps
+     * the flag only (nothing writes to the node all the same). */
+    struct vbd_error *e = NULL;
+    if (st->old->drv->reopen_rw && vbd_node_co_set_read_only(st->old, true, &e) < 0) {
+        vbd_warn("external snapshot: node '%s' stays read-write underneath: %s", st->old->node_name,
+                 e ? e->msg : "reopen failed");
+        vbd_error_free(e);
+    }
     st->old->read_only = true;
     if (!st->attached_backing) {
         /* blockdev-snapshot-sync: the overlay is the daemon's, as a node

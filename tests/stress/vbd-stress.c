@@ -47,6 +47,7 @@
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,12 @@ static const char usage_text[] =
     "                       until the server dies, then write the shadow and --mask-out (no discards)\n"
     "  --crash-after N      requests before the ready file (default 400)\n"
     "  --mask-out FILE      crash mode: 0xff for each byte whose last mutation was not durable, else 0\n"
+    "  --reconnect-delay S  --nbd: reconnect for up to S seconds when the server drops a connection\n"
+    "                       (the requests in flight are sent again: an export deleted and added back)\n"
+    "  --points FILE        read at the end: lines 'TS TR RAW', a graph change (an external snapshot) between\n"
+    "                       CLOCK_MONOTONIC ns TS and TR and RAW the content it froze: each byte must be the last\n"
+    "                       mutation completed before TS or one in flight meanwhile, none issued after TR\n"
+    "                       (needs --no-discard)\n"
     "  -v, --verbose        print every request\n"
     "SIGUSR1 ends the run as --ops does: the requests in flight complete, the checks follow.\n"
     "Exit status: 0 no mismatch, 1 mismatch or failed request, 2 bad usage or cannot connect.\n";
@@ -130,6 +137,12 @@ struct mutation {
     uint64_t done_at; /* S.clock at completion (| DURABLE_FUA); 0: not completed */
 };
 
+/* --points: one mutation's place and times (CLOCK_MONOTONIC ns; done 0: never completed) */
+struct logged {
+    uint64_t off, len, issue_ns, done_ns;
+    uint32_t id; /* write: its data's id; 0: write-zeroes */
+};
+
 static struct {
     enum transport transport;
     const char *image, *nbd_uri, *vu_sock, *fmt, *cache, *aio, *init, *backing, *shadow_out;
@@ -170,6 +183,12 @@ static struct {
     uint32_t *last_mut;      /* per byte: index into muts of the last mutation issued on it, 0: none */
     struct mutation *muts;
     uint32_t nmuts, muts_cap;
+
+    /* --points: every write and write-zeroes, in the order issued */
+    uint64_t reconnect_delay;
+    const char *points;
+    struct logged *log;
+    size_t nlog, log_cap;
 } S = {.crash_after = 400, .qd = 16, .conns = 1, .nhot = 4, .max_ops = 20000, .cluster = 65536, .cache = "writeback", .align = 1};
 
 static uint64_t rnd(void)
@@ -622,7 +641,22 @@ static void worker_co(void *arg)
         }
         if (S.verbose)
             printf("#%" PRIu64 " w%d %s off=%" PRIu64 " len=%" PRIu64 "\n", id, w->id, op_names[op], off, len);
+        size_t logged = SIZE_MAX;
+        if (S.points && mutating) {
+            if (S.nlog == S.log_cap) {
+                S.log_cap = S.log_cap ? 2 * S.log_cap : 16384;
+                S.log = realloc(S.log, S.log_cap * sizeof(*S.log));
+                if (!S.log) {
+                    fprintf(stderr, "vbd-stress: out of memory\n");
+                    exit(2);
+                }
+            }
+            logged = S.nlog++;
+            S.log[logged] = (struct logged){.off = off, .len = len, .id = write_id, .issue_ns = vbd_clock_ns()};
+        }
         int rc = do_io(w, op, off, len, flags);
+        if (logged != SIZE_MAX && rc == 0)
+            S.log[logged].done_ns = vbd_clock_ns();
         if (h && h->seq == S.hist[(h->seq - 1) % HISTORY].seq)
             h->done_seq = ++S.completed;
         if (rc < 0 && S.ready_made) {
@@ -701,6 +735,110 @@ static int save_raw(const char *path, const uint8_t *src, uint64_t size)
     return 0;
 }
 
+/* The byte at dev_off as mutation m leaves it. */
+static uint8_t logged_byte(const struct logged *m, uint64_t dev_off)
+{
+    return m->id ? (uint8_t)(word_for(m->id, dev_off & ~7ull) >> (8 * (dev_off & 7))) : 0;
+}
+
+/*
+ * --points: a graph change between TS and TR froze RAW (an external
+ * snapshot's base). Requests on one byte never overlap in time, so its
+ * mutations form a sequence: RAW must hold the last one completed before
+ * TS (or the initial content), or one completed after TS and issued before
+ * TR (in flight across the change); nothing issued after TR (newer than the
+ * switch) and nothing older than the last one acknowledged before it.
+ * The times are taken before the request went out and after its reply
+ * came back, so the window is if anything wider than the truth: no false
+ * alarm. Returns the number of points that failed.
+ */
+static int check_points(void)
+{
+    FILE *f = fopen(S.points, "r");
+    if (!f) {
+        fprintf(stderr, "vbd-stress: cannot open '%s': %s\n", S.points, strerror(errno));
+        return 1;
+    }
+    uint8_t *exp = malloc(S.size), *got = malloc(S.size), *ok = malloc(S.size);
+    if (!exp || !got || !ok) {
+        fprintf(stderr, "vbd-stress: no memory to check the points\n");
+        fclose(f);
+        free(exp);
+        free(got);
+        free(ok);
+        return 1;
+    }
+    int bad_points = 0, npoints = 0;
+    unsigned long long ts, tr;
+    char path[4096];
+    while (fscanf(f, "%llu %llu %4095s", &ts, &tr, path) == 3) {
+        npoints++;
+        memset(exp, 0, S.size);
+        memset(got, 0, S.size);
+        if ((S.init && load_raw(S.init, exp, S.size) < 0) || load_raw(path, got, S.size) < 0) {
+            bad_points++;
+            continue;
+        }
+        uint64_t before = 0, window = 0, after = 0;
+        for (size_t i = 0; i < S.nlog; i++) {
+            const struct logged *m = &S.log[i];
+            if (m->done_ns && m->done_ns < ts) {
+                for (uint64_t b = m->off; b < m->off + m->len; b++)
+                    exp[b] = logged_byte(m, b);
+                before++;
+            }
+        }
+        for (uint64_t b = 0; b < S.size; b++)
+            ok[b] = exp[b] == got[b];
+        for (size_t i = 0; i < S.nlog; i++) {
+            const struct logged *m = &S.log[i];
+            if (m->issue_ns > tr) {
+                after++;
+                continue;
+            }
+            if (m->done_ns && m->done_ns < ts)
+                continue;
+            window++;
+            for (uint64_t b = m->off; b < m->off + m->len; b++)
+                if (!ok[b] && got[b] == logged_byte(m, b))
+                    ok[b] = 1;
+        }
+        uint64_t nbad = 0, first = 0;
+        for (uint64_t b = S.size; b-- > 0;)
+            if (!ok[b]) {
+                nbad++;
+                first = b;
+            }
+        if (nbad) {
+            bad_points++;
+            fprintf(stderr,
+                    "vbd-stress: POINT %s (change between %llu and %llu ns): %" PRIu64 " bytes neither the last mutation "
+                    "before it nor one in flight across it, the first at %" PRIu64 ": expected 0x%02x, got 0x%02x\n",
+                    path, ts, tr, nbad, first, exp[first], got[first]);
+            describe_word(got, 0, first);
+            for (size_t i = S.nlog; i-- > 0;) {
+                const struct logged *m = &S.log[i];
+                if (first >= m->off && first < m->off + m->len)
+                    fprintf(stderr, "vbd-stress:   %s #%u off=%" PRIu64 " len=%" PRIu64 " issued %+lld ns, done %+lld ns from TS\n",
+                            m->id ? "write" : "write-zeroes", m->id, m->off, m->len, (long long)(m->issue_ns - ts),
+                            m->done_ns ? (long long)(m->done_ns - ts) : 0);
+            }
+        } else {
+            printf("vbd-stress: point %s: %" PRIu64 " mutations before, %" PRIu64 " across, %" PRIu64 " after: ok\n", path,
+                   before, window, after);
+        }
+    }
+    fclose(f);
+    free(exp);
+    free(got);
+    free(ok);
+    if (!npoints) {
+        fprintf(stderr, "vbd-stress: no point in '%s'\n", S.points);
+        return 1;
+    }
+    return bad_points;
+}
+
 struct run {
     int rc;
     char err[512];
@@ -722,6 +860,8 @@ static int open_targets(struct run *r)
         for (int i = 0; i < S.conns; i++) {
             struct json_object *opts = json_object_new_object();
             json_object_object_add(opts, "driver", json_object_new_string("nbd"));
+            if (S.reconnect_delay)
+                json_object_object_add(opts, "reconnect-delay", json_object_new_int64((int64_t)S.reconnect_delay));
             S.node[i] = vbd_open(S.nbd_uri, opts, VBD_OPEN_RDWR | VBD_OPEN_UNMAP, &err);
             if (!S.node[i]) {
                 snprintf(r->err, sizeof(r->err), "%s", err ? err->msg : "cannot connect");
@@ -840,7 +980,7 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &sa, NULL);
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
            O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY, O_CRASHREADY, O_CRASHAFTER,
-           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED };
+           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -857,6 +997,8 @@ int main(int argc, char **argv)
         {"hot-move", required_argument, NULL, O_HOTMOVE},
         {"range", required_argument, NULL, O_RANGE},
         {"touched-out", required_argument, NULL, O_TOUCHED},
+        {"points", required_argument, NULL, O_POINTS},
+        {"reconnect-delay", required_argument, NULL, O_RECONNECT},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -890,6 +1032,8 @@ int main(int argc, char **argv)
         case O_HOTMOVE: S.hot_move = parse_num(optarg, "--hot-move"); break;
         case O_RANGE: S.range = parse_num(optarg, "--range"); break;
         case O_TOUCHED: S.touched_out = optarg; break;
+        case O_POINTS: S.points = optarg; break;
+        case O_RECONNECT: S.reconnect_delay = parse_num(optarg, "--reconnect-delay"); break;
         case 'f': S.fmt = optarg; break;
         case 't': S.cache = optarg; break;
         case 'i': S.aio = optarg; break;
@@ -905,6 +1049,11 @@ int main(int argc, char **argv)
     if (S.crash_ready && S.transport != T_NBD) {
         /* in process the crash would take the model with it; a dead vhost-user back end completes nothing */
         fprintf(stderr, "vbd-stress: --crash-ready needs --nbd\n");
+        return 2;
+    }
+    if (S.points && (!S.no_discard || S.crash_ready)) {
+        /* a discard leaves a byte "old or zero": no single value to expect */
+        fprintf(stderr, "vbd-stress: --points needs --no-discard (and no crash mode)\n");
         return 2;
     }
     if (S.crash_ready)
@@ -1051,6 +1200,8 @@ int main(int argc, char **argv)
     }
     if (rc == 0 && S.shadow_out && save_raw(S.shadow_out, S.exp, S.size) < 0)
         rc = 1;
+    if (rc == 0 && S.points && check_points())
+        rc = 1;
     if (rc == 0 && S.touched_out && save_raw(S.touched_out, S.touched, (S.size + 511) / 512) < 0)
         rc = 1;
     if (rc == 0 && S.crash_ready && S.mask_out) {
@@ -1086,6 +1237,7 @@ out:
     free(S.touched);
     free(S.last_mut);
     free(S.muts);
+    free(S.log);
     free(S.back);
     free(S.hot);
     return rc;

@@ -642,48 +642,52 @@ static void reader_co(void *arg)
     vbd_co_queue_wake_all(&s->conn_q);
 }
 
-/* Makes sure a live connection exists (reconnecting within the delay). */
+/* Makes sure a live connection exists (reconnecting within the delay). A
+ * request that waited for another one's reconnect and finds that connection
+ * lost again by the time it runs (the server dropped it at once: an export
+ * deleted right after the handshake) goes on trying until its own delay is
+ * up, as QEMU's client does; it failed with EIO before (export-readd-stress.sh). */
 static int ensure_connected(struct vbd_node *n)
 {
     struct nbd_state *s = n->opaque;
     if (s->reader_running)
         return 0;
-    if (s->connecting) {
-        while (s->connecting)
-            vbd_co_queue_wait(&s->conn_q);
-        return s->reader_running ? 0 : -EIO;
-    }
-    if (!s->reconnect_ns)
-        return -EIO;
-    s->connecting = true;
     uint64_t deadline = vbd_clock_ns() + s->reconnect_ns;
-    int rc = -EIO;
-    while (!s->closing && vbd_clock_ns() < deadline) {
-        struct vbd_error *e = NULL;
-        struct vbd_chan nc = {.fd = dial(s, &e), .tls = NULL};
-        uint64_t size;
-        if (nc.fd >= 0 && handshake(s, &nc, &size, &e) == 0) {
-            /* under the send lock: no sender is still inside the old connection's TLS session */
-            vbd_co_mutex_lock(&s->send_lock);
-            chan_close(&s->ch);
-            s->ch = nc;
-            vbd_co_mutex_unlock(&s->send_lock);
-            s->rpos = s->rlen = 0; /* the old connection's bytes are not this one's */
-            s->reader_running = true;
-            vbd_co_wake(vbd_co_create(reader_co, n));
-            vbd_info("NBD connection to '%s' re-established%s", n->filename, nc.tls ? " (TLS)" : "");
-            vbd_error_free(e);
-            rc = 0;
-            break;
+    while (!s->reader_running) {
+        if (s->connecting) {
+            while (s->connecting)
+                vbd_co_queue_wait(&s->conn_q);
+            continue;
         }
-        vbd_debug("NBD reconnect to '%s': %s", n->filename, e ? e->msg : "failed");
-        vbd_error_free(e);
-        chan_close(&nc);
-        vbd_co_sleep_ns(200000000);
+        if (!s->reconnect_ns || s->closing || vbd_clock_ns() >= deadline)
+            return -EIO;
+        s->connecting = true;
+        while (!s->closing && vbd_clock_ns() < deadline) {
+            struct vbd_error *e = NULL;
+            struct vbd_chan nc = {.fd = dial(s, &e), .tls = NULL};
+            uint64_t size;
+            if (nc.fd >= 0 && handshake(s, &nc, &size, &e) == 0) {
+                /* under the send lock: no sender is still inside the old connection's TLS session */
+                vbd_co_mutex_lock(&s->send_lock);
+                chan_close(&s->ch);
+                s->ch = nc;
+                vbd_co_mutex_unlock(&s->send_lock);
+                s->rpos = s->rlen = 0; /* the old connection's bytes are not this one's */
+                s->reader_running = true;
+                vbd_co_wake(vbd_co_create(reader_co, n));
+                vbd_info("NBD connection to '%s' re-established%s", n->filename, nc.tls ? " (TLS)" : "");
+                vbd_error_free(e);
+                break;
+            }
+            vbd_debug("NBD reconnect to '%s': %s", n->filename, e ? e->msg : "failed");
+            vbd_error_free(e);
+            chan_close(&nc);
+            vbd_co_sleep_ns(200000000);
+        }
+        s->connecting = false;
+        vbd_co_queue_wake_all(&s->conn_q);
     }
-    s->connecting = false;
-    vbd_co_queue_wake_all(&s->conn_q);
-    return rc;
+    return 0;
 }
 
 static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
