@@ -75,6 +75,9 @@ struct nbd_state {
     struct vbd_co_queue slot_q, conn_q;
     struct vbd_co_mutex send_lock;
     bool reader_running, connecting, closing;
+    /* a reconnect-delay ran out with no server: one attempt per request
+     * from then on, until a connection is made (ensure_connected) */
+    bool gave_up;
     int inflight;
     uint8_t *rbuf; /* the reader's read-ahead, plain sockets (rd_full) */
     size_t rpos, rlen;
@@ -642,48 +645,101 @@ static void reader_co(void *arg)
     vbd_co_queue_wake_all(&s->conn_q);
 }
 
-/* Makes sure a live connection exists (reconnecting within the delay). A
- * request that waited for another one's reconnect and finds that connection
- * lost again by the time it runs (the server dropped it at once: an export
+/* A reconnect attempt's deadline: the socket is shut down, which ends a
+ * handshake with a server that took the connection and says nothing (a
+ * stopped or hung server: the kernel still accepts on its listening
+ * socket) at once. Before, the handshake waited on it for good, and every
+ * request behind it too, however short the reconnect-delay. */
+static void attempt_expired(void *arg)
+{
+    struct vbd_chan *nc = arg;
+    if (nc->fd >= 0)
+        shutdown(nc->fd, SHUT_RDWR);
+}
+
+/* One reconnect: attempts every 200 ms until one succeeds or the deadline
+ * passes (a single attempt once the server was given up on). */
+static int reconnect(struct vbd_node *n, uint64_t deadline)
+{
+    struct nbd_state *s = n->opaque;
+    int rc = -EIO;
+    while (!s->closing) {
+        struct vbd_error *e = NULL;
+        struct vbd_chan nc = {.fd = dial(s, &e), .tls = NULL};
+        struct vbd_timer bound = {.fn = attempt_expired, .arg = &nc};
+        uint64_t size;
+        int hrc = -EIO;
+        if (nc.fd >= 0) {
+            vbd_timer_arm(&bound, deadline);
+            hrc = handshake(s, &nc, &size, &e);
+            vbd_timer_cancel(&bound);
+        }
+        if (hrc == 0) {
+            /* under the send lock: no sender is still inside the old connection's TLS session */
+            vbd_co_mutex_lock(&s->send_lock);
+            chan_close(&s->ch);
+            s->ch = nc;
+            vbd_co_mutex_unlock(&s->send_lock);
+            s->rpos = s->rlen = 0; /* the old connection's bytes are not this one's */
+            s->reader_running = true;
+            s->gave_up = false;
+            vbd_co_wake(vbd_co_create(reader_co, n));
+            vbd_info("NBD connection to '%s' re-established%s", n->filename, nc.tls ? " (TLS)" : "");
+            vbd_error_free(e);
+            rc = 0;
+            break;
+        }
+        vbd_debug("NBD reconnect to '%s': %s", n->filename, e ? e->msg : "failed");
+        vbd_error_free(e);
+        chan_close(&nc);
+        if (s->gave_up || vbd_clock_ns() >= deadline)
+            break;
+        uint64_t now = vbd_clock_ns(), pause = 200000000;
+        vbd_co_sleep_ns(deadline - now < pause ? deadline - now : pause);
+        if (vbd_clock_ns() >= deadline)
+            break;
+    }
+    if (rc < 0 && !s->gave_up && !s->closing) {
+        s->gave_up = true;
+        vbd_warn("NBD server '%s' not back within reconnect-delay: requests fail until it is", n->filename);
+    }
+    return rc;
+}
+
+/*
+ * Makes sure a live connection exists, as QEMU's driver does: after a loss
+ * the requests wait up to reconnect-delay for a server (reconnecting every
+ * 200 ms); when that has run out with no server, each request makes one
+ * attempt and fails if it finds none (QEMU's NBD_CLIENT_CONNECTING_NOWAIT),
+ * until a connection is made again. Before, every request waited the whole
+ * delay anew: with the server away for good, each I/O of a guest took
+ * reconnect-delay seconds to fail where QEMU fails it at once. A request
+ * that waited for another one's reconnect and finds that connection lost
+ * again by the time it runs (the server dropped it at once: an export
  * deleted right after the handshake) goes on trying until its own delay is
- * up, as QEMU's client does; it failed with EIO before (export-readd-stress.sh). */
+ * up, as QEMU's client does; it failed with EIO before
+ * (export-readd-stress.sh).
+ */
 static int ensure_connected(struct vbd_node *n)
 {
     struct nbd_state *s = n->opaque;
-    if (s->reader_running)
-        return 0;
     uint64_t deadline = vbd_clock_ns() + s->reconnect_ns;
+    bool attempted = false;
     while (!s->reader_running) {
         if (s->connecting) {
             while (s->connecting)
                 vbd_co_queue_wait(&s->conn_q);
+            if (!s->reader_running && s->gave_up)
+                return -EIO; /* that reconnect ran out of time: no attempt of its own */
             continue;
         }
-        if (!s->reconnect_ns || s->closing || vbd_clock_ns() >= deadline)
+        if (!s->reconnect_ns || s->closing)
             return -EIO;
+        if (s->gave_up ? attempted : (attempted && vbd_clock_ns() >= deadline))
+            return -EIO;
+        attempted = true;
         s->connecting = true;
-        while (!s->closing && vbd_clock_ns() < deadline) {
-            struct vbd_error *e = NULL;
-            struct vbd_chan nc = {.fd = dial(s, &e), .tls = NULL};
-            uint64_t size;
-            if (nc.fd >= 0 && handshake(s, &nc, &size, &e) == 0) {
-                /* under the send lock: no sender is still inside the old connection's TLS session */
-                vbd_co_mutex_lock(&s->send_lock);
-                chan_close(&s->ch);
-                s->ch = nc;
-                vbd_co_mutex_unlock(&s->send_lock);
-                s->rpos = s->rlen = 0; /* the old connection's bytes are not this one's */
-                s->reader_running = true;
-                vbd_co_wake(vbd_co_create(reader_co, n));
-                vbd_info("NBD connection to '%s' re-established%s", n->filename, nc.tls ? " (TLS)" : "");
-                vbd_error_free(e);
-                break;
-            }
-            vbd_debug("NBD reconnect to '%s': %s", n->filename, e ? e->msg : "failed");
-            vbd_error_free(e);
-            chan_close(&nc);
-            vbd_co_sleep_ns(200000000);
-        }
+        reconnect(n, deadline);
         s->connecting = false;
         vbd_co_queue_wake_all(&s->conn_q);
     }
