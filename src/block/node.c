@@ -569,6 +569,10 @@ struct chain_link {
     bool known; /* a local file (NBD, json: are not compared) */
 };
 
+/* vbd_co_local's key for the chain link of the image whose backing file
+ * the current coroutine opens (vbd_co_call below) */
+static const struct vbd_co_key chain_key = {"backing chain being opened"};
+
 static bool chain_has(const struct chain_link *l, dev_t dev, ino_t ino)
 {
     for (; l; l = l->up)
@@ -616,7 +620,7 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
      * qemu-img's "full-backing-filename" / "(actual path: ...)". */
     if (flags & VBD_OPEN_NO_BACKING)
         return 0;
-    struct chain_link link = {vbd_co_local(), 0, 0, false};
+    struct chain_link link = {vbd_co_local(&chain_key), 0, 0, false};
     struct stat st;
     if (n->file && !is_uri_or_json(n->file->filename) && stat(n->file->filename, &st) == 0)
         link = (struct chain_link){link.up, st.st_dev, st.st_ino, true};
@@ -632,7 +636,7 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
     struct open_args a = {path, bo, bflags, &e, NULL};
     /* each image of the chain on a stack of its own: the depth is the
      * image's to choose (qemu-io opens chains of hundreds) */
-    vbd_co_call(open_entry, &a, &link);
+    vbd_co_call(open_entry, &a, &chain_key, &link);
     n->backing = a.result;
     if (!n->backing && e && e->code == EAGAIN && !strcmp(n->backing_format, "raw") &&
         strstr(e->msg, " lock: Is another process using the image [")) {
