@@ -169,6 +169,9 @@ static bool is_open_errno(const struct vbd_error *err)
     /* file-posix's refusal of a file of the wrong type is prefixed too */
     if (strstr(err->msg, "' driver requires '"))
         return true;
+    /* a backing file's open(2): the block layer named the image already */
+    if (strstr(err->msg, "Could not open backing file: "))
+        return false;
     return !strncmp(err->msg, "Could not open '", 16) && ml > tl + 3 && !strcmp(err->msg + ml - tl, tail) &&
            !strncmp(err->msg + ml - tl - 3, "': ", 3);
 }
@@ -177,28 +180,12 @@ static bool is_open_errno(const struct vbd_error *err)
  * first, then the block layer's words, with the question on a line of its
  * own ("Could not open 'X': Failed to get shared "write" lock" /
  * "Is another process using the image [X]?"). */
-bool tool_lock_names_locked_image;
-
 static bool report_lock_conflict(const char *shown, const struct vbd_error *err)
 {
     const char *m = err->msg, *q = strstr(m, " lock: Is another process using the image [");
     if (!q)
         return false;
     int head = (int)(q - m) + 5; /* up to and with " lock" */
-    /* qemu-img info --backing-chain opens image by image: it names the
-     * one whose lock failed, the one in the question */
-    static const char backing[] = "Could not open backing file: ";
-    const char *b = strstr(m, backing);
-    if (tool_lock_names_locked_image && b && b < q) {
-        head -= (int)(b - m);
-        m = b;
-        const char *name = q + strlen(" lock: Is another process using the image [");
-        size_t len = strcspn(name, "]");
-        m += sizeof(backing) - 1;
-        head -= (int)sizeof(backing) - 1;
-        vbd_error_report("Could not open '%.*s': %.*s\n%s", (int)len, name, head, m, q + 7);
-        return true;
-    }
     if (!shown || !strncmp(m, "Could not open '", 16))
         vbd_error_report("%.*s\n%s", head, m, q + 7);
     else

@@ -49,9 +49,6 @@ void tool_report(struct vbd_error *err);
  * "Could not open 'F': <errno text>" (qemu-img's img_open prefixes every
  * open error). */
 extern bool tool_open_prefix_errors;
-/* a lock conflict in a backing file names that file alone (qemu-img info
- * --backing-chain opens the chain image by image) */
-extern bool tool_lock_names_locked_image;
 /* Report MSG as vbd_error_report does, a lock conflict's question on a
  * line of its own (qemu-img's hint) */
 void tool_report_text(const char *msg);
