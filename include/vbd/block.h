@@ -307,6 +307,12 @@ struct vbd_driver {
     int (*co_truncate)(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
     int64_t (*get_allocated_size)(struct vbd_node *n);
     int (*get_info)(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err);
+    /* The VM state area the format keeps beside the guest's disk (QEMU's
+     * savevm data; qemu-io's read/write -b): bytes [pos, pos+bytes) of it
+     * read (save false) or written. Home loop, coroutine; pos + bytes
+     * checked by the caller against overflow only. NULL: see
+     * vbd_node_co_vmstate. */
+    int (*co_vmstate)(struct vbd_node *n, uint64_t pos, uint64_t bytes, struct vbd_qiov *q, bool save);
 
     /* Image creation: opts holds "size" and the -o options (values as
      * strings or numbers); the driver creates the protocol file itself via
@@ -604,6 +610,12 @@ int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err);
 int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err);
 int64_t vbd_node_get_allocated_size(struct vbd_node *n);
 int vbd_node_get_info(struct vbd_node *n, struct vbd_image_info *info, struct vbd_error **err);
+/* Read (save false) or write bytes [pos, pos+bytes) of the VM state of the
+ * image under n: the first node from n down its file links whose driver
+ * keeps one (qcow2), as QEMU's bdrv_co_readv_vmstate goes down to the
+ * primary child; -ENOTSUP where none does (raw over a file), -EACCES on a
+ * read-only node, -EIO past 2^63 - 1 GiB (QEMU's request limit). */
+int vbd_node_co_vmstate(struct vbd_node *n, uint64_t pos, void *buf, uint64_t bytes, bool save);
 
 /* ---------- home loop (the concurrency contract above) ---------- */
 /* In a coroutine: continue on n's home loop if n is single-loop and the

@@ -91,13 +91,20 @@ void vbd_co_rwlock_unlock(struct vbd_co_rwlock *l);
  * coroutine. If already in a coroutine, calls fn directly. */
 void vbd_co_run_sync(vbd_co_fn *fn, void *arg);
 
+/* What a coroutine started by vbd_co_call carries for its callee, under a
+ * key: each user defines one static key of its own, so a value is only
+ * ever read back by the code that stored it (another key reads NULL). */
+struct vbd_co_key {
+    const char *what; /* names the user, for a debugger */
+};
+
 /* From a coroutine: run fn(arg) to its end on a coroutine of its own (a
  * fresh stack), the caller yielding until it is done. For recursion whose
  * depth the input decides (an image's backing chain): each level gets a
- * whole stack instead of a share of the first. `local` is what
- * vbd_co_local() returns inside fn (the recursion's context, e.g. the
- * chain opened so far); outside such a call vbd_co_local() is NULL. */
-void vbd_co_call(vbd_co_fn *fn, void *arg, void *local);
-void *vbd_co_local(void);
+ * whole stack instead of a share of the first. Inside fn,
+ * vbd_co_local(key) returns value (the recursion's context, e.g. the chain
+ * opened so far); with any other key, or outside such a call, NULL. */
+void vbd_co_call(vbd_co_fn *fn, void *arg, const struct vbd_co_key *key, void *value);
+void *vbd_co_local(const struct vbd_co_key *key);
 
 #endif

@@ -866,6 +866,28 @@ int vbd_node_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
     return rc;
 }
 
+int vbd_node_co_vmstate(struct vbd_node *n, uint64_t pos, void *buf, uint64_t bytes, bool save)
+{
+    assert(vbd_in_co());
+    while (n && !n->drv->co_vmstate)
+        n = n->file != n ? n->file : NULL;
+    if (!n)
+        return -ENOTSUP;
+    /* QEMU's request check (BDRV_MAX_LENGTH: 2^63 down to 1 GiB), and its errno */
+    const uint64_t max = (uint64_t)INT64_MAX & ~((UINT64_C(1) << 30) - 1);
+    if (pos > max || bytes > max - pos)
+        return -EIO;
+    if (save && n->read_only)
+        return -EACCES;
+    struct iovec one;
+    struct vbd_qiov q;
+    vbd_qiov_init_buf(&q, &one, buf, bytes);
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = n->drv->co_vmstate(n, pos, bytes, &q, save);
+    vbd_node_co_leave_home(origin);
+    return rc;
+}
+
 int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err)
 {
     if (n->file) {

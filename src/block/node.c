@@ -566,19 +566,37 @@ static bool is_uri_or_json(const char *s)
     return !strncmp(s, "json:", 5) || protocol_for(s) != NULL;
 }
 
-/* The images of a backing chain being opened above this one, by file
- * identity: vbd_open_backing refuses a backing file that is one of them. */
+/* The images of a backing chain being opened above this one: the backing
+ * file name each of them gave (as resolved) and, for a local file, its
+ * identity. vbd_open_backing refuses a backing file that is one of them. */
 struct chain_link {
     const struct chain_link *up;
+    const char *backing; /* the backing file name this image resolved */
     dev_t dev;
     ino_t ino;
-    bool known; /* a local file (NBD, json: are not compared) */
+    bool known; /* a local file (NBD, json: have no dev/ino to compare) */
 };
 
-static bool chain_has(const struct chain_link *l, dev_t dev, ino_t ino)
+/* vbd_co_local's key for the chain link of the image whose backing file
+ * the current coroutine opens (vbd_co_call below) */
+static const struct vbd_co_key chain_key = {"backing chain being opened"};
+
+static bool chain_has_file(const struct chain_link *l, dev_t dev, ino_t ino)
 {
     for (; l; l = l->up)
         if (l->known && l->dev == dev && l->ino == ino)
+            return true;
+    return false;
+}
+
+/* A backing file name that an image above already gave: opening it again
+ * opens the same image, whose chain comes back here for ever. The only
+ * check that sees a loop through json: or NBD (qemu-img info's, which
+ * compares names too). */
+static bool chain_has_name(const struct chain_link *l, const char *backing)
+{
+    for (; l; l = l->up)
+        if (!strcmp(l->backing, backing))
             return true;
     return false;
 }
@@ -622,11 +640,15 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
      * qemu-img's "full-backing-filename" / "(actual path: ...)". */
     if (flags & VBD_OPEN_NO_BACKING)
         return 0;
-    struct chain_link link = {vbd_co_local(), 0, 0, false};
+    struct chain_link link = {vbd_co_local(&chain_key), path, 0, 0, false};
     struct stat st;
-    if (n->file && !is_uri_or_json(n->file->filename) && stat(n->file->filename, &st) == 0)
-        link = (struct chain_link){link.up, st.st_dev, st.st_ino, true};
-    if (!is_uri_or_json(path) && stat(path, &st) == 0 && chain_has(&link, st.st_dev, st.st_ino)) {
+    if (n->file && !is_uri_or_json(n->file->filename) && stat(n->file->filename, &st) == 0) {
+        link.dev = st.st_dev;
+        link.ino = st.st_ino;
+        link.known = true;
+    }
+    if (chain_has_name(link.up, path) ||
+        (!is_uri_or_json(path) && stat(path, &st) == 0 && chain_has_file(&link, st.st_dev, st.st_ino))) {
         /* qemu-img info's words; QEMU's open itself recurses for ever */
         vbd_error_setf(err, ELOOP, "Could not open backing file: Backing file '%s' creates an infinite loop", path);
         return -EINVAL;
@@ -638,7 +660,7 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
     struct open_args a = {path, bo, bflags, &e, NULL};
     /* each image of the chain on a stack of its own: the depth is the
      * image's to choose (qemu-io opens chains of hundreds) */
-    vbd_co_call(open_entry, &a, &link);
+    vbd_co_call(open_entry, &a, &chain_key, &link);
     n->backing = a.result;
     if (!n->backing && e && e->code == EAGAIN && !strcmp(n->backing_format, "raw") &&
         strstr(e->msg, " lock: Is another process using the image [")) {
@@ -649,7 +671,15 @@ int vbd_open_backing(struct vbd_node *n, struct json_object *opts, unsigned flag
         return -EINVAL;
     }
     if (!n->backing) {
-        vbd_error_setf(err, e ? e->code : EINVAL, "Could not open backing file: %s", e ? e->msg : "unknown error");
+        /* QEMU's bdrv_open_backing_file puts its words before the backing
+         * file's own, which name the file only where open(2) failed: the
+         * name open_in_co put before any other reason goes */
+        const char *m = e ? e->msg : "unknown error";
+        size_t plen = strlen(path);
+        if (e && !strncmp(m, "Could not open '", 16) && !strncmp(m + 16, path, plen) &&
+            !strncmp(m + 16 + plen, "': ", 3) && strcmp(m + 16 + plen + 3, strerror(e->code)))
+            m += 16 + plen + 3;
+        vbd_error_setf(err, e ? e->code : EINVAL, "Could not open backing file: %s", m);
         vbd_error_free(e);
         return -EINVAL;
     }

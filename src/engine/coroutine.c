@@ -70,7 +70,8 @@ struct vbd_co {
     struct vbd_loop *loop;      /* loop it belongs to (last ran on) */
     struct vbd_loop *move_to;   /* pending vbd_co_move_to target */
     struct vbd_bh wake_bh;      /* cross-thread wake */
-    void *local;                /* vbd_co_call's context for the callee */
+    const struct vbd_co_key *local_key; /* vbd_co_call's context for the callee, */
+    void *local;                        /* readable with this key only */
     void *mem;                  /* mmap'd region incl. guard page */
     size_t mem_size;
     bool finished;
@@ -237,6 +238,7 @@ struct vbd_co *vbd_co_create(vbd_co_fn *fn, void *arg)
     co->move_to = NULL;
     co->caller_co = NULL;
     co->loop = NULL;
+    co->local_key = NULL;
     co->local = NULL;
     return co;
 }
@@ -475,13 +477,14 @@ static void co_call_entry(void *opaque)
         vbd_co_wake(c->waiter);
 }
 
-void vbd_co_call(vbd_co_fn *fn, void *arg, void *local)
+void vbd_co_call(vbd_co_fn *fn, void *arg, const struct vbd_co_key *key, void *value)
 {
     struct vbd_co *self = vbd_co_self();
     assert(self && "vbd_co_call outside a coroutine");
     struct co_call c = {fn, arg, false, NULL};
     struct vbd_co *co = vbd_co_create(co_call_entry, &c);
-    co->local = local;
+    co->local_key = key;
+    co->local = value;
     vbd_co_enter(co);
     while (!c.done) {
         c.waiter = self;
@@ -489,10 +492,10 @@ void vbd_co_call(vbd_co_fn *fn, void *arg, void *local)
     }
 }
 
-void *vbd_co_local(void)
+void *vbd_co_local(const struct vbd_co_key *key)
 {
     struct vbd_co *self = vbd_co_self();
-    return self ? self->local : NULL;
+    return self && key && self->local_key == key ? self->local : NULL;
 }
 
 void vbd_co_run_sync(vbd_co_fn *fn, void *arg)

@@ -4,6 +4,7 @@
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
+#include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
 #include "vbd/secret.h"
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void tool_cvtstr(double value, char *buf, size_t len)
 {
@@ -169,6 +171,9 @@ static bool is_open_errno(const struct vbd_error *err)
     /* file-posix's refusal of a file of the wrong type is prefixed too */
     if (strstr(err->msg, "' driver requires '"))
         return true;
+    /* a backing file's open(2): the block layer named the image already */
+    if (strstr(err->msg, "Could not open backing file: "))
+        return false;
     return !strncmp(err->msg, "Could not open '", 16) && ml > tl + 3 && !strcmp(err->msg + ml - tl, tail) &&
            !strncmp(err->msg + ml - tl - 3, "': ", 3);
 }
@@ -177,28 +182,12 @@ static bool is_open_errno(const struct vbd_error *err)
  * first, then the block layer's words, with the question on a line of its
  * own ("Could not open 'X': Failed to get shared "write" lock" /
  * "Is another process using the image [X]?"). */
-bool tool_lock_names_locked_image;
-
 static bool report_lock_conflict(const char *shown, const struct vbd_error *err)
 {
     const char *m = err->msg, *q = strstr(m, " lock: Is another process using the image [");
     if (!q)
         return false;
     int head = (int)(q - m) + 5; /* up to and with " lock" */
-    /* qemu-img info --backing-chain opens image by image: it names the
-     * one whose lock failed, the one in the question */
-    static const char backing[] = "Could not open backing file: ";
-    const char *b = strstr(m, backing);
-    if (tool_lock_names_locked_image && b && b < q) {
-        head -= (int)(b - m);
-        m = b;
-        const char *name = q + strlen(" lock: Is another process using the image [");
-        size_t len = strcspn(name, "]");
-        m += sizeof(backing) - 1;
-        head -= (int)sizeof(backing) - 1;
-        vbd_error_report("Could not open '%.*s': %.*s\n%s", (int)len, name, head, m, q + 7);
-        return true;
-    }
     if (!shown || !strncmp(m, "Could not open '", 16))
         vbd_error_report("%.*s\n%s", head, m, q + 7);
     else
@@ -526,4 +515,58 @@ void tool_print_specific(struct json_object *v, int indent)
             printf("%*s%s: %s\n", indent, "", key, json_object_get_string(val));
         }
     }
+}
+
+struct temp_create {
+    const char *path;
+    uint64_t size;
+    struct vbd_error **err;
+    int rc;
+};
+
+static void temp_create_entry(void *opaque)
+{
+    struct temp_create *t = opaque;
+    struct json_object *co = json_object_new_object();
+    json_object_object_add(co, "size", json_object_new_int64((int64_t)t->size));
+    t->rc = vbd_image_co_create("qcow2", t->path, co, t->err);
+    json_object_put(co);
+}
+
+struct vbd_node *tool_open_temp_overlay(struct vbd_node *base, unsigned flags, struct json_object *extra,
+                                        struct vbd_error **err)
+{
+    const char *dir = getenv("TMPDIR");
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/vl.XXXXXX", dir && *dir ? dir : "/var/tmp");
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        vbd_error_setf(err, errno, "Could not get temporary filename: %s", strerror(errno));
+        json_object_put(extra);
+        return NULL;
+    }
+    close(fd);
+    struct vbd_error *e = NULL;
+    struct temp_create t = {path, base->size, &e, 0};
+    vbd_co_run_sync(temp_create_entry, &t);
+    struct vbd_node *top = NULL;
+    if (t.rc == 0) {
+        struct json_object *opts = extra ? extra : json_object_new_object();
+        struct json_object *file = json_object_new_object();
+        json_object_object_add(file, "driver", json_object_new_string("file"));
+        json_object_object_add(file, "filename", json_object_new_string(path));
+        json_object_object_add(opts, "driver", json_object_new_string("qcow2"));
+        json_object_object_add(opts, "file", file);
+        json_object_object_add(opts, "backing", json_object_new_string(base->node_name));
+        extra = NULL;
+        top = vbd_open(NULL, opts, flags, &e);
+    }
+    json_object_put(extra);
+    unlink(path);
+    if (!top) {
+        vbd_error_setf(err, e ? e->code : EIO, "Could not create temporary overlay '%s': %s", path,
+                       e ? e->msg : "failed");
+        vbd_error_free(e);
+    }
+    return top;
 }

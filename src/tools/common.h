@@ -49,9 +49,6 @@ void tool_report(struct vbd_error *err);
  * "Could not open 'F': <errno text>" (qemu-img's img_open prefixes every
  * open error). */
 extern bool tool_open_prefix_errors;
-/* a lock conflict in a backing file names that file alone (qemu-img info
- * --backing-chain opens the chain image by image) */
-extern bool tool_lock_names_locked_image;
 /* Report MSG as vbd_error_report does, a lock conflict's question on a
  * line of its own (qemu-img's hint) */
 void tool_report_text(const char *msg);
@@ -69,6 +66,15 @@ int tool_take_objects(int *argc, char **argv);
 /* JSON printed like QEMU's (4-space indent, ": " separators). */
 void tool_print_json(struct json_object *o);
 char *tool_json_pretty(struct json_object *o);
+
+/* -s of qemu-io and qemu-nbd (QEMU's BDRV_O_SNAPSHOT): a qcow2 overlay of
+ * base's size in a temporary file ($TMPDIR, else /var/tmp) with base as its
+ * backing node, opened with flags and the options in extra (taken; may be
+ * NULL). The file is removed as soon as it is open, so the overlay goes
+ * with the process. base keeps the caller's reference. NULL with err set
+ * in QEMU's words. */
+struct vbd_node *tool_open_temp_overlay(struct vbd_node *base, unsigned flags, struct json_object *extra,
+                                        struct vbd_error **err);
 
 /* Print format-specific info (json) as qemu-img info and qemu-io info do. */
 void tool_print_specific(struct json_object *v, int indent);

@@ -42,7 +42,9 @@ int verb_check(int argc, char **argv)
         img_usage_error("Expecting one image file name");
         return 1;
     }
-    unsigned flags = VBD_OPEN_CHECK | VBD_OPEN_NO_BACKING | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
+    /* with its backing chain, as qemu-img: an image whose chain cannot be
+     * opened is not checked */
+    unsigned flags = VBD_OPEN_CHECK | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
     struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags, NULL, NULL);
     if (!n)
         return 1;

@@ -41,6 +41,14 @@ int verb_commit(int argc, char **argv)
     unsigned cache_flags = 0;
     if (tool_cache_flags(cache, &cache_flags, NULL) < 0)
         return 1;
+    /* qemu-img opens the whole chain first: a chain that cannot be opened
+     * (a member missing, a loop) is refused in its words, naming the top.
+     * Without locks: nothing is read, and the opens below take them. */
+    struct vbd_node *chain = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
+                                       VBD_OPEN_FORCE_SHARE | VBD_OPEN_NO_IO, NULL, NULL);
+    if (!chain)
+        return 1;
+    vbd_node_unref(chain);
     /* The top is opened without its chain, then the chain read-write: a
      * read-only backing child would hold the lock that forbids writers. */
     struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);

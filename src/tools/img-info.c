@@ -4,6 +4,8 @@
  */
 #include "img.h"
 
+#include "vbd/alloc.h"
+
 struct json_object *image_info_json(struct vbd_node *n, struct vbd_error **err)
 {
     struct vbd_image_info info;
@@ -151,25 +153,58 @@ int verb_info(int argc, char **argv)
         img_usage_error("Expecting one image file name");
         return 1;
     }
-    tool_lock_names_locked_image = chain;
-    struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
-                                     (force ? VBD_OPEN_FORCE_SHARE : 0) | VBD_OPEN_NO_IO | (chain ? 0 : VBD_OPEN_NO_BACKING),
-                                     NULL, NULL);
-    if (!top)
-        return 1;
+    /* As qemu-img: image by image, each opened without its backing file and
+     * the next one named by its full backing file name and format, so that
+     * an image that cannot be opened is named itself, and a name met twice
+     * (a loop, through a file, json: or NBD alike) ends the walk. */
     struct json_object *list = json_object_new_array();
+    char **seen = NULL;
+    size_t nseen = 0;
+    char *name = vbd_xstrdup(argv[optind]), *name_fmt = fmt ? vbd_xstrdup(fmt) : NULL;
+    bool first = true;
     int rc = 0;
-    for (struct vbd_node *n = top; n; n = chain ? n->backing : NULL) {
-        struct vbd_node *img = n;
+    while (name) {
+        bool looped = false;
+        for (size_t i = 0; i < nseen && !looped; i++)
+            looped = !strcmp(seen[i], name);
+        if (looped) {
+            vbd_error_report("Backing file '%s' creates an infinite loop.", name);
+            rc = 1;
+            break;
+        }
+        seen = vbd_xrealloc(seen, (nseen + 1) * sizeof(*seen));
+        seen[nseen++] = name; /* freed with seen from here on */
+        struct vbd_node *img = tool_open(name, fmt_or_null(name_fmt), first && image_opts,
+                                         (force ? VBD_OPEN_FORCE_SHARE : 0) | VBD_OPEN_NO_IO | VBD_OPEN_NO_BACKING,
+                                         NULL, NULL);
+        name = NULL;
+        free(name_fmt);
+        name_fmt = NULL;
+        if (!img) {
+            rc = 1;
+            break;
+        }
         struct vbd_error *err = NULL;
         struct json_object *o = image_info_json(img, &err);
         if (!o) {
             tool_report(err);
+            vbd_node_unref(img);
             rc = 1;
             break;
         }
         json_object_array_add(list, o);
+        if (chain && img->backing_file[0]) {
+            name = vbd_xstrdup(img->full_backing_filename[0] ? img->full_backing_filename : img->backing_file);
+            name_fmt = img->backing_format[0] ? vbd_xstrdup(img->backing_format) : NULL;
+        }
+        vbd_node_unref(img);
+        first = false;
     }
+    free(name);
+    free(name_fmt);
+    for (size_t i = 0; i < nseen; i++)
+        free(seen[i]);
+    free(seen);
     if (!rc) {
         if (json) {
             tool_print_json(chain ? list : json_object_array_get_idx(list, 0));
@@ -182,6 +217,5 @@ int verb_info(int argc, char **argv)
         }
     }
     json_object_put(list);
-    vbd_node_unref(top);
     return rc;
 }

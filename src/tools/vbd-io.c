@@ -33,6 +33,8 @@ static const char usage_text[] =
     "  -c, --cmd STRING     run command STRING (may be repeated; run in order)\n"
     "  -f, --format FMT     image format (raw, qcow2, ...); probed if absent\n"
     "  -r, --read-only      open read-only\n"
+    "  -s, --snapshot       writes go to a temporary overlay, discarded at exit\n"
+    "  -C, --copy-on-read   data read from the backing chain is copied into the image\n"
     "  -n, --nocache        disable the host cache (same as -t none)\n"
     "  -t, --cache MODE     writeback|writethrough|none|directsync|unsafe (default writethrough)\n"
     "  -i, --aio MODE       io_uring|threads|native (default io_uring); -k, --native-aio: native\n"
@@ -49,15 +51,16 @@ static const char usage_text[] =
     "  -h, --help           this help;  -V, --version  version\n"
     "\n"
     "Commands (qemu-io's options, messages and output):\n"
-    "  read [-Cpqv] [-P pat [-s off] [-l len]] OFF LEN   read, verify pattern byte pat if given\n"
+    "  read [-bCpqv] [-P pat [-s off] [-l len]] OFF LEN  read, verify pattern byte pat if given;\n"
+    "                                                  -b: from the VM state (qcow2), not the disk\n"
     "  readv [-Cqv] [-P pat] OFF LEN [LEN..]           vectored read\n"
-    "  write [-cCfnpquz] [-P pat] OFF LEN              write pattern (default 0xcd), zeroes (-z, -u may\n"
-    "                                                  unmap), FUA (-f), compressed (-c)\n"
+    "  write [-bcCfnpquz] [-P pat] OFF LEN             write pattern (default 0xcd), zeroes (-z, -u may\n"
+    "                                                  unmap), FUA (-f), compressed (-c), VM state (-b)\n"
     "  writev [-Cfq] [-P pat] OFF LEN [LEN..]\n"
     "  aio_read / aio_write [same flags] OFF LEN [LEN..]  start in the background; aio_flush waits for all\n"
     "  discard [-Cq] OFF LEN | alloc OFF [LEN] | map | info | length | truncate [-m mode] SIZE | flush\n"
     "  write -s FILE OFF LEN                           write FILE's bytes, repeated\n"
-    "  open [-rnkU] [-t cache] [-d discard] [-i aio] [-o options] [path] | close\n"
+    "  open [-rsCnkU] [-t cache] [-d discard] [-i aio] [-o options] [path] | close\n"
     "  reopen [-r|-w] [-c cache] [-o options]          the image again with changed options\n"
     "  break EVENT TAG | wait_break TAG | resume TAG | remove_break TAG   blkdebug breakpoints\n"
     "  help [CMD] | sleep MS | sigraise SIG | abort | quit\n"
@@ -65,12 +68,20 @@ static const char usage_text[] =
 
 static struct vbd_backend *be;
 static struct vbd_node *node; /* NULL: no image open (close, or none given) */
+/* open -C: the copy-on-read filter over node that the backend runs on
+ * (info, map and alloc describe node, as qemu-io's copy-on-read is a flag
+ * of the image's own node) */
+static struct vbd_node *cor_filter;
+/* how open and the command line's -s and -C open an image */
+#define IO_SNAPSHOT 0x1u /* -s: writes go to a temporary overlay, gone at close */
+#define IO_COR      0x2u /* -C: copy-on-read */
 static bool quiet, read_only, misalign;
 /* what the open image was opened with: reopen starts from it */
 static struct {
     char *filename;          /* NULL: the options name it */
     struct json_object *opts; /* NULL: none */
     unsigned flags;          /* VBD_OPEN_* */
+    unsigned mode;           /* IO_* */
     bool writethrough;
 } cur;
 static int failures;
@@ -412,7 +423,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
                        : !strcmp(name, "writev") ? "CfP:q" : "CfiP:quz";
     int pattern = -1, c;
     bool zero = false, unmap = false, fua = false, oquiet = false, verbose = false, csv = false;
-    bool lflag = false, sflag = false, nofallback = false, compress = false;
+    bool lflag = false, sflag = false, nofallback = false, compress = false, vmstate = false;
     const char *source = NULL; /* write -s: the data, repeated */
     int64_t pat_off = 0, pat_len = 0;
     optind = 0;
@@ -450,9 +461,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
              * stops there: vbd has no such counter, the words are kept */
             printf("injecting invalid %s request\n", write ? "write" : "read");
             return 0;
-        case 'b':
-            printf("%s -b: the VM state is not supported\n", name);
-            return -ENOTSUP;
+        case 'b': vmstate = true; break;
         case 'c': compress = true; break;
         default: print_usage(name); return -EINVAL;
         }
@@ -460,6 +469,14 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
     int nargs = argc - optind;
     if (nargs < 2 || (!vectored && nargs != 2)) {
         print_usage(name);
+        return -EINVAL;
+    }
+    if (vmstate && zero) {
+        printf("-b and -z cannot be specified at the same time\n");
+        return -EINVAL;
+    }
+    if (fua && (vmstate || compress)) {
+        printf("-f and -b or -c cannot be specified at the same time\n");
         return -EINVAL;
     }
     if (write && (zero + (pattern >= 0) + (source != NULL)) > 1) {
@@ -477,10 +494,6 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
     int64_t off, total = 0;
     if (get_num(argv[optind], &off) < 0)
         return -EINVAL;
-    if (compress && off % 512) {
-        printf("%lld is not a sector-aligned value for 'offset'\n", (long long)off);
-        return -EINVAL;
-    }
     int niov = nargs - 1;
     struct iovec *iov = calloc(niov, sizeof(*iov));
     for (int k = 0; k < niov; k++) {
@@ -500,11 +513,6 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         free(iov);
         return -EINVAL;
     }
-    if (compress && total % 512) {
-        printf("%lld is not a sector-aligned value for 'count'\n", (long long)total);
-        free(iov);
-        return -EINVAL;
-    }
     if (!write && pattern < 0 && (lflag || sflag)) {
         print_usage(name);
         free(iov);
@@ -514,6 +522,15 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         pat_len = total - pat_off;
     if (pat_len < 0 || pat_len + pat_off > total) {
         printf("pattern verification range exceeds end of read data\n");
+        free(iov);
+        return -EINVAL;
+    }
+    /* qemu-io's order: after the length and pattern checks */
+    if ((compress || vmstate) && (off % 512 || total % 512)) {
+        if (off % 512)
+            printf("%lld is not a sector-aligned value for 'offset'\n", (long long)off);
+        else
+            printf("%lld is not a sector-aligned value for 'count'\n", (long long)total);
         free(iov);
         return -EINVAL;
     }
@@ -535,7 +552,14 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
     int rc;
     uint64_t size = vbd_backend_size(be);
     bool past_end = (uint64_t)off > size || size - off < (uint64_t)total;
-    if (compress && !zero && !past_end && !(node->supported_write_flags & VBD_REQ_COMPRESSED))
+    if (vmstate) {
+        /* the image's VM state area (qcow2's), as qemu-io's blk_load_vmstate
+         * and blk_save_vmstate; the latter flushes without a write cache */
+        past_end = false;
+        rc = vbd_node_co_vmstate(vbd_backend_node(be), (uint64_t)off, buf, (uint64_t)total, write);
+        if (rc == 0 && write && cur.writethrough)
+            rc = vbd_backend_co_flush(be);
+    } else if (compress && !zero && !past_end && !(node->supported_write_flags & VBD_REQ_COMPRESSED))
         rc = -ENOTSUP; /* the block layer would write it uncompressed */
     else if (compress && !zero && !past_end && !compress_aligned(off, total))
         rc = -EINVAL;
@@ -851,7 +875,7 @@ static int do_truncate(int argc, char **argv)
     if (get_num(argv[optind], &a) < 0)
         return -EINVAL;
     struct vbd_error *err = NULL;
-    int rc = vbd_node_co_truncate(node, a, true, prealloc, &err);
+    int rc = vbd_node_co_truncate(cor_filter ? cor_filter : node, a, true, prealloc, &err); /* the filter follows */
     if (rc < 0) {
         vbd_error_report("%s", err ? err->msg : strerror(-rc));
         vbd_error_free(err);
@@ -875,10 +899,14 @@ static int do_info(void)
     tool_cvtstr(info.cluster_size, s, sizeof(s));
     printf("cluster size: %s\n", s);
     /* qcow2 keeps the VM state after the guest's data: at the first L1
-     * entry past the virtual size (l2 tables of cluster_size / 8 entries) */
+     * entry past the virtual size (l2 tables of cluster_size / 8 entries,
+     * / 16 with extended L2 entries) */
     uint64_t vmstate = 0;
     if (!strcmp(node->drv->name, "qcow2") && info.cluster_size) {
-        uint64_t per_l1 = (uint64_t)info.cluster_size * (info.cluster_size / 8);
+        struct json_object *data = NULL, *ext = NULL;
+        bool extended = info.format_specific && json_object_object_get_ex(info.format_specific, "data", &data) &&
+                        json_object_object_get_ex(data, "extended-l2", &ext) && json_object_get_boolean(ext);
+        uint64_t per_l1 = (uint64_t)info.cluster_size * (info.cluster_size / (extended ? 16 : 8));
         vmstate = (node->size + per_l1 - 1) / per_l1 * per_l1;
     }
     tool_cvtstr((double)vmstate, s, sizeof(s));
@@ -1027,8 +1055,42 @@ static void run_all(void *opaque)
  * when open(2) itself failed. The backend is made for it; 0 or -1. */
 static bool reopening; /* open_file's errors are reopen's: no "can't open" */
 
-static int open_file(const char *filename, struct json_object *opts, unsigned flags, bool writethrough,
-                     bool force_share)
+/* -s and -C over the image n just opened (taken): QEMU's BDRV_O_SNAPSHOT
+ * puts the temporary overlay above it (the image itself was opened
+ * read-only), BDRV_O_COPY_ON_READ copies into the top layer, refused
+ * without write access. *image: what info describes (the overlay or n);
+ * returns what the backend runs on, or NULL with err set. */
+static struct vbd_node *apply_mode(struct vbd_node *n, unsigned mode, unsigned flags, struct vbd_node **image,
+                                   struct vbd_error **err)
+{
+    if (mode & IO_SNAPSHOT) {
+        /* QEMU's temporary overlay: cache.direct=off, cache.no-flush=on
+         * whatever the image's cache mode (bdrv_temp_snapshot_options) */
+        unsigned oflags = (flags & ~(VBD_OPEN_NOCACHE | VBD_OPEN_AIO_NATIVE | VBD_OPEN_FORCE_SHARE)) | VBD_OPEN_NO_FLUSH;
+        struct vbd_node *overlay = tool_open_temp_overlay(n, oflags, NULL, err);
+        vbd_node_unref(n); /* held by the overlay as its backing */
+        if (!overlay)
+            return NULL;
+        n = overlay;
+    }
+    *image = n;
+    if (!(mode & IO_COR))
+        return n;
+    if (!(flags & VBD_OPEN_RDWR)) {
+        vbd_error_setf(err, EINVAL, "Can't use copy-on-read on read-only device");
+        vbd_node_unref(n);
+        return NULL;
+    }
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "driver", json_object_new_string("copy-on-read"));
+    json_object_object_add(o, "file", json_object_new_string(n->node_name));
+    struct vbd_node *cor = vbd_open(NULL, o, flags, err);
+    vbd_node_unref(n); /* the filter holds it as its file */
+    return cor;
+}
+
+static int open_file(const char *filename, struct json_object *opts, unsigned flags, unsigned mode,
+                     bool writethrough, bool force_share)
 {
     struct vbd_error *err = NULL;
     const char *dev = filename ? " device " : "", *name = filename ? filename : "";
@@ -1037,7 +1099,8 @@ static int open_file(const char *filename, struct json_object *opts, unsigned fl
         json_object_put(opts);
         return -1;
     }
-    if (force_share && (flags & VBD_OPEN_RDWR)) {
+    /* with -s the image itself is opened read-only: -U is for it */
+    if (force_share && (flags & VBD_OPEN_RDWR) && !(mode & IO_SNAPSHOT)) {
         vbd_error_report("can't open%s%s: force-share=on can only be used with read-only images", dev, name);
         json_object_put(opts);
         return -1;
@@ -1047,8 +1110,10 @@ static int open_file(const char *filename, struct json_object *opts, unsigned fl
     struct json_object *kept = NULL;
     if (opts)
         json_object_deep_copy(opts, &kept, NULL);
-    struct vbd_node *n = vbd_open(filename, opts, flags, &err);
-    if (!n) {
+    /* -s: the image itself is the overlay's read-only backing file */
+    struct vbd_node *n = vbd_open(filename, opts, mode & IO_SNAPSHOT ? flags & ~VBD_OPEN_RDWR : flags, &err);
+    struct vbd_node *image = NULL, *top = n ? apply_mode(n, mode, flags, &image, &err) : NULL;
+    if (!top) {
         const char *m = err ? err->msg : "unknown error";
         /* the block layer names the file before a format's reason, as
          * qemu-img does; qemu-io keeps that only for open(2)'s errno */
@@ -1073,18 +1138,20 @@ static int open_file(const char *filename, struct json_object *opts, unsigned fl
     struct vbd_backend_opts bo = {.read_only = !(flags & VBD_OPEN_RDWR),
                                   .writethrough = writethrough,
                                   .discard_unmap = (flags & VBD_OPEN_UNMAP) != 0};
-    be = vbd_backend_new(n, &bo, &err);
+    be = vbd_backend_new(top, &bo, &err);
     if (!be) {
         tool_report(err);
-        vbd_node_unref(n);
+        vbd_node_unref(top);
         json_object_put(kept);
         return -1;
     }
-    node = n;
+    node = image;
+    cor_filter = top != image ? top : NULL;
     read_only = !(flags & VBD_OPEN_RDWR);
     cur.filename = filename ? vbd_xstrdup(filename) : NULL;
     cur.opts = kept;
     cur.flags = flags;
+    cur.mode = mode;
     cur.writethrough = writethrough;
     return 0;
 }
@@ -1096,9 +1163,9 @@ static void close_image(void)
         return;
     wait_aio();
     vbd_backend_free(be);
-    vbd_node_unref(node);
+    vbd_node_unref(cor_filter ? cor_filter : node); /* the filter holds the image */
     be = NULL;
-    node = NULL;
+    node = cor_filter = NULL;
     free(cur.filename);
     json_object_put(cur.opts);
     memset(&cur, 0, sizeof(cur));
@@ -1157,7 +1224,7 @@ static int merge_options(struct json_object **into, const char *text)
 /* open [-rsCnkU] [-t cache] [-d discard] [-i aio] [-o options] [path] */
 static int do_open(int argc, char **argv)
 {
-    unsigned flags = VBD_OPEN_UNMAP;
+    unsigned flags = VBD_OPEN_UNMAP, mode = 0;
     bool ro = false, writethrough = true, force_share = false;
     const char *aio = NULL;
     struct json_object *opts = NULL;
@@ -1166,14 +1233,8 @@ static int do_open(int argc, char **argv)
     while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
         int rc = 0;
         switch (c) {
-        case 's':
-            printf("open -s: a temporary snapshot overlay is not supported\n");
-            rc = -1;
-            break;
-        case 'C':
-            printf("open -C: copy-on-read is not supported here (use a copy-on-read node in -o)\n");
-            rc = -1;
-            break;
+        case 's': mode |= IO_SNAPSHOT; break;
+        case 'C': mode |= IO_COR; break;
         case 'n':
             flags |= VBD_OPEN_NOCACHE;
             writethrough = false;
@@ -1209,7 +1270,7 @@ static int do_open(int argc, char **argv)
         print_usage("open");
         return -EINVAL;
     }
-    return open_file(optind == argc - 1 ? argv[optind] : NULL, opts, flags, writethrough, force_share) < 0
+    return open_file(optind == argc - 1 ? argv[optind] : NULL, opts, flags, mode, writethrough, force_share) < 0
                ? -EINVAL
                : 0;
 }
@@ -1254,6 +1315,12 @@ static int do_reopen(int argc, char **argv)
     }
     if (optind != argc) {
         print_usage("reopen");
+        goto out;
+    }
+    if (cur.mode & IO_SNAPSHOT) {
+        /* vbd reopens by opening again: the temporary overlay, and what was
+         * written to it, would be lost (QEMU reopens the overlay in place) */
+        vbd_error_report("Cannot reopen an image opened with -s: its temporary overlay would be lost");
         goto out;
     }
     format_opts = json_object_new_object();
@@ -1347,14 +1414,14 @@ static int do_reopen(int argc, char **argv)
     json_object_put(format_opts);
     format_opts = NULL;
     char *filename = cur.filename ? vbd_xstrdup(cur.filename) : NULL;
-    unsigned old_flags = cur.flags & ~VBD_OPEN_FORCE_SHARE;
+    unsigned old_flags = cur.flags & ~VBD_OPEN_FORCE_SHARE, mode = cur.mode;
     bool old_wt = cur.writethrough, force_share = (cur.flags & VBD_OPEN_FORCE_SHARE) != 0;
     close_image();
     reopening = true;
-    if (open_file(filename, opts, flags & ~VBD_OPEN_FORCE_SHARE, writethrough, force_share) == 0) {
+    if (open_file(filename, opts, flags & ~VBD_OPEN_FORCE_SHARE, mode, writethrough, force_share) == 0) {
         json_object_put(old);
         rc = 0;
-    } else if (open_file(filename, old, old_flags, old_wt, force_share) < 0) {
+    } else if (open_file(filename, old, old_flags, mode, old_wt, force_share) < 0) {
         vbd_error_report("the image could not be opened again as it was: no file open");
     }
     reopening = false;
@@ -1380,6 +1447,7 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},     {"object", required_argument, NULL, 'o'},
         {"discard", required_argument, NULL, 'd'}, {"native-aio", no_argument, NULL, 'k'},
         {"misalign", no_argument, NULL, 'm'},    {"trace", required_argument, NULL, 'T'},
+        {"snapshot", no_argument, NULL, 's'},    {"copy-on-read", no_argument, NULL, 'C'},
         {NULL, 0, NULL, 0},
     };
     vbd_log_set_prog("vbd-io");
@@ -1387,8 +1455,9 @@ int main(int argc, char **argv)
     int ncmds = 0;
     const char *fmt = NULL, *cache = "writethrough", *aio = NULL;
     bool ro = false, force_share = false, image_opts = false, unmap = true;
+    unsigned mode = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "c:f:rnt:i:UqhVkd:mT:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:f:rsnCt:i:UqhVkd:mT:", longopts, NULL)) != -1) {
         switch (c) {
         case 'c':
             if (ncmds == 255) {
@@ -1399,6 +1468,8 @@ int main(int argc, char **argv)
             break;
         case 'f': fmt = optarg; break;
         case 'r': ro = true; break;
+        case 's': mode |= IO_SNAPSHOT; break;
+        case 'C': mode |= IO_COR; break;
         case 'n': cache = "none"; break;
         case 't': cache = optarg; break;
         case 'i': aio = optarg; break;
@@ -1468,7 +1539,7 @@ int main(int argc, char **argv)
         vbd_error_free(err);
         return 1;
     }
-    if (open_file(filename, opts, flags, writethrough, force_share) < 0)
+    if (open_file(filename, opts, flags, mode, writethrough, force_share) < 0)
         return 1;
     vbd_co_run_sync(run_all, &ra);
     close_image();

@@ -457,39 +457,15 @@ static struct vbd_node *open_temp_snapshot(void)
     struct vbd_node *base = open_image(BASE_NAME, o.flags & ~VBD_OPEN_RDWR);
     if (!base)
         return NULL;
-    const char *dir = getenv("TMPDIR");
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/vl.XXXXXX", dir && *dir ? dir : "/var/tmp");
-    int fd = mkstemp(path);
-    if (fd < 0) {
-        vbd_error_report("Could not get temporary filename: %s", strerror(errno));
-        vbd_node_unref(base);
-        return NULL;
-    }
-    close(fd);
     struct vbd_error *err = NULL;
-    struct json_object *co = json_object_new_object();
-    json_object_object_add(co, "size", json_object_new_int64((int64_t)base->size));
-    struct vbd_node *top = NULL;
-    if (vbd_image_co_create("qcow2", path, co, &err) == 0) {
-        struct json_object *opts = json_object_new_object();
-        struct json_object *file = json_object_new_object();
-        json_object_object_add(file, "driver", json_object_new_string("file"));
-        json_object_object_add(file, "filename", json_object_new_string(path));
-        json_object_object_add(opts, "driver", json_object_new_string("qcow2"));
-        json_object_object_add(opts, "node-name", json_object_new_string(NODE_NAME));
-        json_object_object_add(opts, "file", file);
-        json_object_object_add(opts, "backing", json_object_new_string(BASE_NAME));
-        if (o.detect_zeroes && !o.offset)
-            json_object_object_add(opts, "detect-zeroes", json_object_new_string(o.detect_zeroes));
-        top = vbd_open(NULL, opts, o.flags, &err);
-    }
-    unlink(path);
+    struct json_object *opts = json_object_new_object();
+    json_object_object_add(opts, "node-name", json_object_new_string(NODE_NAME));
+    if (o.detect_zeroes && !o.offset)
+        json_object_object_add(opts, "detect-zeroes", json_object_new_string(o.detect_zeroes));
+    struct vbd_node *top = tool_open_temp_overlay(base, o.flags, opts, &err);
     vbd_node_unref(base); /* the overlay holds it as its backing */
-    if (!top) {
-        vbd_error_report("Could not create temporary overlay '%s': %s", path, err ? err->msg : "failed");
-        vbd_error_free(err);
-    }
+    if (!top)
+        tool_report(err);
     return top;
 }
 

@@ -1,7 +1,8 @@
 #!/bin/bash
 # vbd-io beside qemu-io 7.2 for the commands io-parity.sh leaves out: help,
 # open/close/reopen, the blkdebug breakpoints (break, wait_break, resume,
-# remove_break), sigraise, abort, write -s FILE and aio_read/aio_write -i.
+# remove_break; on read_aio, write_aio, flush_to_disk, pwritev, pwritev_zero
+# and pwritev_done), sigraise, abort, write -s FILE and aio_read/aio_write -i.
 # As there: the same command line run by both tools, each in its own copy
 # of the same images, must give the same exit code, stdout (timing lines
 # normalised) and stderr (the tool's name aside), and leave images that
@@ -84,6 +85,12 @@ c "$bd" -- 'break read_aio A' 'break read_aio B' 'aio_read 0 4k' 'wait_break B' 
 c "$bd" -- 'break write_aio A' 'aio_write 0 4k' 'wait_break A' 'remove_break A' 'aio_flush' 'break read_aio B' 'remove_break B' 'aio_read 0 1'
 c "$bd" -- 'break write_aio A' 'aio_write 0 4k' 'wait_break A' 'break write_aio A' 'aio_write -q -P 3 4k 4k' 'wait_break A' 'resume A' 'resume A' 'aio_flush'
 c "$bd" -- 'break foo B' 'resume Z' 'remove_break Z' 'break a' 'break a b c' 'wait_break' 'remove_break' 'resume a b'
+# the generic write path's events: before the write, before write-zeroes, after either
+c "$bd" -- 'break pwritev A' 'aio_write -P 1 0 4k' 'wait_break A' 'read -P 0xab 0 4k' 'resume A' 'aio_flush' 'read -P 1 0 4k'
+c "$bd" -- 'break pwritev_done A' 'aio_write -P 2 0 4k' 'wait_break A' 'read -P 2 0 4k' 'resume A' 'aio_flush'
+c "$bd" -- 'break pwritev_zero A' 'break pwritev_done B' 'aio_write -z 0 4k' 'wait_break A' 'read -P 0xab 0 4k' \
+    'resume A' 'wait_break B' 'read -P 0 0 4k' 'resume B' 'aio_flush'
+c "$bd" -- 'break write_aio A' 'break pwritev B' 'aio_write 0 4k' 'wait_break A' 'resume A' 'wait_break B' 'resume B' 'aio_flush'
 c -f raw a.raw -- 'break read_aio A' 'resume A' 'remove_break A' 'read 0 1'
 c -- 'break read_aio A' 'resume A' 'wait_break A' 'remove_break A'
 

@@ -66,6 +66,47 @@ UNIT_TEST(coroutine_pool_reuse)
     CHECK_EQ(v, 10000);
 }
 
+/* vbd_co_call's context is read back with its own key only: a second user
+ * (another key) sees NULL, inside a nested call of its own too */
+static const struct vbd_co_key key_a = {"test a"}, key_b = {"test b"};
+static int value_a, value_b;
+struct co_local_seen {
+    void *a_in_a, *b_in_a, *a_in_b, *b_in_b, *a_after_b, *outside;
+};
+static void in_b(void *arg)
+{
+    struct co_local_seen *s = arg;
+    vbd_co_sleep_ns(1000); /* through the loop and back */
+    s->a_in_b = vbd_co_local(&key_a);
+    s->b_in_b = vbd_co_local(&key_b);
+}
+static void in_a(void *arg)
+{
+    struct co_local_seen *s = arg;
+    s->a_in_a = vbd_co_local(&key_a);
+    s->b_in_a = vbd_co_local(&key_b);
+    vbd_co_call(in_b, s, &key_b, &value_b);
+    s->a_after_b = vbd_co_local(&key_a);
+}
+static void co_local_top(void *arg)
+{
+    struct co_local_seen *s = arg;
+    s->outside = vbd_co_local(&key_a);
+    vbd_co_call(in_a, s, &key_a, &value_a);
+}
+UNIT_TEST(coroutine_call_local_keys)
+{
+    struct co_local_seen s = {0};
+    vbd_co_run_sync(co_local_top, &s);
+    CHECK(s.outside == NULL);
+    CHECK(s.a_in_a == &value_a);
+    CHECK(s.b_in_a == NULL);
+    CHECK(s.a_in_b == NULL);
+    CHECK(s.b_in_b == &value_b);
+    CHECK(s.a_after_b == &value_a);
+    CHECK(vbd_co_local(&key_a) == NULL);
+}
+
 static struct vbd_co_mutex mtx = VBD_CO_MUTEX_INIT;
 static int in_critical, max_in_critical, done_count;
 static void locker(void *arg)

@@ -23,7 +23,11 @@
  * write-zeroes alignment, so opt-write-zero only bounds max-write-zero.
  * Breakpoints (qemu-io's break/resume/wait_break/remove_break, through
  * vbd_node_debug_*) stop a request at its event until resumed, announced
- * on stdout in QEMU's words as QEMU's blkdebug does.
+ * on stdout in QEMU's words as QEMU's blkdebug does; besides the three
+ * events above they take the ones QEMU's generic write path fires on the
+ * node written (pwritev, pwritev_zero, pwritev_done). QEMU's drivers' own
+ * events (l2_load, cluster_alloc, cor_write...) are known names that
+ * never fire here: break refuses them (ENOTSUP) rather than wait for ever.
  */
 #include "block/filter/passthrough.h"
 #include "vbd/alloc.h"
@@ -53,9 +57,18 @@ struct rule {
     uint64_t skip;  /* matching requests still to let through */
 };
 
+/* The events of QEMU's generic write path that a breakpoint may also name
+ * (bdrv_aligned_pwritev fires them on the node written, here the blkdebug
+ * node): a write (pwritev) or write-zeroes (pwritev_zero) about to run,
+ * and either one done (pwritev_done, before its result goes up). Bits
+ * above those of enum io_type. */
+#define BP_PWRITEV      (1u << 8)
+#define BP_PWRITEV_ZERO (1u << 9)
+#define BP_PWRITEV_DONE (1u << 10)
+
 /* qemu-io's break: the next request that fires events stops, tagged tag */
 struct breakpoint {
-    unsigned events;
+    unsigned events; /* 1 << enum io_type, BP_* */
     char *tag;
 };
 
@@ -323,17 +336,18 @@ static bool is_stopped(struct blkdebug_state *s, struct vbd_co *co)
     return found;
 }
 
-/* Breakpoints on the event of request type t: each one that fires stops
- * the request (the newest first, as QEMU's) and goes; the request goes on
- * once each of its stops is resumed. QEMU's blkdebug announces both on
- * stdout (qemu-io's tests read it) and so does this. */
-static void stop_at_breakpoints(struct vbd_node *n, enum io_type t)
+/* Breakpoints on one of the events (1 << enum io_type: the request type's
+ * own, or a BP_* one): each one that fires stops the request (the newest
+ * first, as QEMU's) and goes; the request goes on once each of its stops
+ * is resumed. QEMU's blkdebug announces both on stdout (qemu-io's tests
+ * read it) and so does this. */
+static void stop_at_breakpoints(struct vbd_node *n, unsigned events)
 {
     struct blkdebug_state *s = n->opaque;
     bool stops = false;
     pthread_mutex_lock(&s->lock);
     for (int i = s->nbps - 1; i >= 0; i--) {
-        if (!(s->bps[i].events & (1u << t)))
+        if (!(s->bps[i].events & events))
             continue;
         struct suspended *r = vbd_xmalloc(sizeof(*r));
         r->tag = s->bps[i].tag;
@@ -359,7 +373,13 @@ static int blkdebug_breakpoint(struct vbd_node *n, const char *event, const char
     struct blkdebug_state *s = n->opaque;
     unsigned events;
     struct vbd_error *err = NULL;
-    if (parse_event(event, "break", &events, &err) < 0) {
+    if (!strcmp(event, "pwritev"))
+        events = BP_PWRITEV;
+    else if (!strcmp(event, "pwritev_zero"))
+        events = BP_PWRITEV_ZERO;
+    else if (!strcmp(event, "pwritev_done"))
+        events = BP_PWRITEV_DONE;
+    else if (parse_event(event, "break", &events, &err) < 0) {
         vbd_error_free(err);
         /* QEMU's other events (its drivers' metadata steps) never fire here */
         static const char *const qemu_events[] = {
@@ -370,8 +390,7 @@ static int blkdebug_breakpoint(struct vbd_node *n, const char *event, const char
             "refblock_update_part", "refblock_alloc", "refblock_alloc_hookup", "refblock_alloc_write",
             "refblock_alloc_write_blocks", "refblock_alloc_write_table", "refblock_alloc_switch_table",
             "cluster_alloc", "cluster_alloc_bytes", "cluster_free", "flush_to_os", "pwritev_rmw_head",
-            "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail", "pwritev", "pwritev_zero",
-            "pwritev_done", "empty_image_prepare", "l1_shrink_write_table", "l1_shrink_free_l2_clusters",
+            "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail", "empty_image_prepare", "l1_shrink_write_table", "l1_shrink_free_l2_clusters",
             "cor_write", "cluster_alloc_space", "none", NULL};
         for (int i = 0; qemu_events[i]; i++)
             if (!strcmp(qemu_events[i], event))
@@ -444,13 +463,16 @@ static bool blkdebug_is_suspended(struct vbd_node *n, const char *tag)
 
 /* The request is the event: the rules it fires (error rules become the
  * active ones, set-state rules move the state), then the errno of the
- * first active rule that fails it, or 0. */
-static int check(struct vbd_node *n, enum io_type t, uint64_t off, uint64_t bytes)
+ * first active rule that fails it, or 0. then: the BP_* event QEMU's
+ * generic layer fires next (0: none). */
+static int check(struct vbd_node *n, enum io_type t, unsigned then, uint64_t off, uint64_t bytes)
 {
     struct blkdebug_state *s = n->opaque;
-    /* QEMU fires the event before the request reaches blkdebug's error rules */
+    /* QEMU fires the events before the request reaches blkdebug's error rules */
     if (s->nbps)
-        stop_at_breakpoints(n, t);
+        stop_at_breakpoints(n, 1u << t);
+    if (then && s->nbps)
+        stop_at_breakpoints(n, then);
     if (!s->nrules)
         return 0;
     int rc = 0;
@@ -498,39 +520,49 @@ static int check(struct vbd_node *n, enum io_type t, uint64_t off, uint64_t byte
 static int blkdebug_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                            unsigned flags)
 {
-    int rc = check(n, IO_READ, off, bytes);
+    int rc = check(n, IO_READ, 0, off, bytes);
     return rc ? rc : vbd_node_co_preadv(n->file, off, bytes, q, qoff, flags);
 }
 
 static int blkdebug_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                             unsigned flags)
 {
-    int rc = check(n, IO_WRITE, off, bytes);
-    return rc ? rc : vbd_node_co_pwritev(n->file, off, bytes, q, qoff, flags);
+    struct blkdebug_state *s = n->opaque;
+    int rc = check(n, IO_WRITE, BP_PWRITEV, off, bytes);
+    if (!rc)
+        rc = vbd_node_co_pwritev(n->file, off, bytes, q, qoff, flags);
+    if (s->nbps) /* QEMU's pwritev_done: after the write, whatever it returned */
+        stop_at_breakpoints(n, BP_PWRITEV_DONE);
+    return rc;
 }
 
 static int blkdebug_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
-    int rc = check(n, IO_DISCARD, off, bytes);
+    int rc = check(n, IO_DISCARD, 0, off, bytes);
     return rc ? rc : vbd_node_co_pdiscard(n->file, off, bytes);
 }
 
 static int blkdebug_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
-    int rc = check(n, IO_WRITE_ZEROES, off, bytes);
-    return rc ? rc : vbd_node_co_pwrite_zeroes(n->file, off, bytes, flags);
+    struct blkdebug_state *s = n->opaque;
+    int rc = check(n, IO_WRITE_ZEROES, BP_PWRITEV_ZERO, off, bytes);
+    if (!rc)
+        rc = vbd_node_co_pwrite_zeroes(n->file, off, bytes, flags);
+    if (s->nbps)
+        stop_at_breakpoints(n, BP_PWRITEV_DONE);
+    return rc;
 }
 
 /* the generic layer flushes the child after this */
 static int blkdebug_flush(struct vbd_node *n)
 {
-    return check(n, IO_FLUSH, 0, 0);
+    return check(n, IO_FLUSH, 0, 0, 0);
 }
 
 static int blkdebug_block_status(struct vbd_node *n, bool want_zero, uint64_t off, uint64_t bytes, uint64_t *pnum,
                                  uint64_t *map, struct vbd_node **file)
 {
-    int rc = check(n, IO_BLOCK_STATUS, off, bytes);
+    int rc = check(n, IO_BLOCK_STATUS, 0, off, bytes);
     return rc ? rc : vbd_filter_co_block_status(n, want_zero, off, bytes, pnum, map, file);
 }
 

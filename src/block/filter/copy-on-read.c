@@ -4,8 +4,11 @@
  * finds in the backing chain of its file (down to and including `bottom`,
  * when given) is written into the file's top layer as part of the read, so
  * the next read finds it there. Whole clusters of the top layer are copied;
- * a range that no layer of the chain defines is read (zeroes) and not
- * copied; a range the backing reads as zeroes is written as zeroes.
+ * a range the backing reads as zeroes is written as zeroes. Without a
+ * bottom, so is a range that no layer of the chain defines (QEMU 7.2's
+ * copy-on-read copies whatever the top layer does not allocate: qemu-img
+ * map then shows it as zero in the top); with one, a range no layer down
+ * to the bottom defines is only read.
  *
  * Serialisation, as QEMU's serialising requests: every request through the
  * filter holds its cluster-aligned range while it runs, so a guest write
@@ -34,6 +37,7 @@ struct range {
 
 struct cor_state {
     struct vbd_node *base; /* data at and below it is not copied (NULL: whole chain) */
+    bool bottom;           /* a bottom was given: what no layer above base defines is not copied */
     uint64_t cluster;
     struct range *ranges;  /* requests in flight */
     struct vbd_co_queue waiters;
@@ -101,6 +105,7 @@ static int cor_open(struct vbd_node *n, struct json_object *opts, unsigned flags
             return -EINVAL;
         }
         s->base = vbd_node_skip_filters(b)->backing;
+        s->bottom = true;
         free(bottom);
     }
     s->cluster = 65536;
@@ -158,10 +163,11 @@ static int cor_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
             break;
         if (pnum == 0 || pnum > want)
             pnum = want;
-        if ((rc & VBD_BS_ALLOCATED) && depth > 0) {
-            rc = copy_chunk(n, pos, pnum, rc & VBD_BS_ZERO, off, bytes, q, qoff);
+        if ((rc & VBD_BS_ALLOCATED) ? depth > 0 : !s->bottom) {
+            /* from below the top, or (no bottom) from no layer: zeroes */
+            rc = copy_chunk(n, pos, pnum, (rc & VBD_BS_ZERO) || !(rc & VBD_BS_ALLOCATED), off, bytes, q, qoff);
         } else {
-            /* in the top layer already, or defined by no layer: a plain read */
+            /* in the top layer already, or defined by no layer above the bottom: a plain read */
             uint64_t lo = pos > off ? pos : off, hi = pos + pnum < off + bytes ? pos + pnum : off + bytes;
             rc = hi > lo ? vbd_node_co_preadv(n->file, lo, hi - lo, q, qoff + (lo - off), flags) : 0;
         }

@@ -1204,6 +1204,36 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
     return rc;
 }
 
+/* The VM state (savevm's; qemu-io's read/write -b) lives where QEMU's
+ * qcow2 keeps it: at guest offsets from the first L1 entry past the
+ * virtual disk (l1_vm_state_index), through the same tables as the disk,
+ * so reads of what was never written are zeroes and writes allocate as
+ * any other. The L1 table grows to cover it first (as QEMU's
+ * get_cluster_table does). No dirty bitmap bit is set: the bitmaps cover
+ * the disk only (qcow2_bitmaps_dirty clamps to them anyway). */
+static int qcow2_vmstate(struct vbd_node *n, uint64_t pos, uint64_t bytes, struct vbd_qiov *q, bool save)
+{
+    struct qcow2_state *s = n->opaque;
+    uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
+    uint64_t start = (n->size + per_l1 - 1) / per_l1 * per_l1;
+    if (pos > INT64_MAX - start || bytes > INT64_MAX - start - pos)
+        return save ? -EFBIG : -EINVAL;
+    uint64_t off = start + pos;
+    if (!save)
+        return read_range(n, off, bytes, q, 0, false);
+    if (s->corrupt)
+        return -EIO;
+    if (!bytes)
+        return 0;
+    uint64_t need = (off + bytes - 1) / per_l1 + 1;
+    int rc = 0;
+    vbd_co_mutex_lock(&s->lock);
+    if (need > s->l1_size)
+        rc = qcow2_grow_l1(s, need);
+    vbd_co_mutex_unlock(&s->lock);
+    return rc < 0 ? rc : qcow2_pwritev(n, off, bytes, q, 0, 0);
+}
+
 /* Drops this image's reference to what an L2 entry points at (after the
  * entry itself changed on disk: a crash in between only leaks). */
 void qcow2_release_entry(struct qcow2_state *s, uint64_t entry)
@@ -1974,6 +2004,7 @@ static const struct vbd_driver qcow2_driver = {
     .co_truncate = qcow2_truncate,
     .get_allocated_size = qcow2_allocated,
     .get_info = qcow2_get_info,
+    .co_vmstate = qcow2_vmstate,
     .co_check = qcow2_co_check,
     .snapshot_list = qcow2_snapshot_list,
     .snapshot_create = qcow2_snapshot_create,
