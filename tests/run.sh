@@ -1,6 +1,7 @@
 #!/bin/bash
 # Run every test: unit test binaries (each also with the epoll/thread-pool
-# fallback engine), then the interop scripts in tests/integration.
+# fallback engine), fuzz targets' smoke runs and the interop scripts in
+# tests/integration.
 # An interop script exits 0 (pass), 77 (skip: a peer is missing) or other (fail).
 # Prints one summary line "N passed, N failed[, N skipped]".
 # A test that runs longer than its time limit is killed (with every process
@@ -9,9 +10,10 @@
 # (default 1200), or a script's own "# test-timeout: N" line for the few
 # whose work legitimately takes longer (guests without KVM).
 # Tests run VBD_TEST_JOBS at a time (default: the number of CPUs, at most 4;
-# 1 runs them one after the other). Most of a test's time is waiting (for a
-# daemon, a peer, a job, a guest's I/O), so two at once on two cores take
-# little more than the longer of the two. Every test is written to run
+# 1 runs them one after the other). Much of a test's time is waiting (for
+# a daemon, a peer, a rate limit, a job, a guest's I/O) or one process on
+# one core: two at once use a two-core host where one left it half idle
+# (make check's 30-minute budget). Every test is written to run
 # beside others (its own temp dir $T, free ports, tagged processes: see
 # tests/integration/lib.sh); each line is printed when its test ends. The
 # scripts marked "# test-slow" (the longest) start first, so that the run
