@@ -1,6 +1,7 @@
 #!/bin/bash
 # Run every test: unit test binaries (each also with the epoll/thread-pool
-# fallback engine), then the interop scripts in tests/integration.
+# fallback engine), fuzz targets' smoke runs and the interop scripts in
+# tests/integration.
 # An interop script exits 0 (pass), 77 (skip: a peer is missing) or other (fail).
 # Prints one summary line "N passed, N failed[, N skipped]".
 # A test that runs longer than its time limit is killed (with every process
@@ -8,6 +9,15 @@
 # of the test instead of stalling it. The limit: VBD_TEST_TIMEOUT seconds
 # (default 1200), or a script's own "# test-timeout: N" line for the few
 # whose work legitimately takes longer (guests without KVM).
+# Tests run VBD_TEST_JOBS at a time (default: the number of CPUs, at most 4;
+# 1 runs them one after the other). Much of a test's time is waiting (for
+# a daemon, a peer, a rate limit, a job, a guest's I/O) or one process on
+# one core: two at once use a two-core host where one left it half idle
+# (make check's 30-minute budget). Every test is written to run
+# beside others (its own temp dir $T, free ports, tagged processes: see
+# tests/integration/lib.sh); each line is printed when its test ends. The
+# scripts marked "# test-slow" (the longest) start first, so that the run
+# does not end waiting for one long test started last.
 set -u
 BUILD=${1:-build-asan}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,31 +31,120 @@ mkdir -p "$OUT"
 passed=0 failed=0 skipped=0
 failures=""
 TEST_TIMEOUT=${VBD_TEST_TIMEOUT:-1200}
+JOBS=${VBD_TEST_JOBS:-$(nproc 2>/dev/null || echo 1)}
+[ -z "${VBD_TEST_JOBS:-}" ] && [ "$JOBS" -gt 4 ] && JOBS=4
+case $JOBS in '' | *[!0-9]* | 0) echo "VBD_TEST_JOBS must be a number of tests at once (1 or more), not '$JOBS'" >&2; exit 2 ;; esac
 times="" # "SECONDS NAME" lines, for the slowest at the end
 
-run_one() { # name, time limit (seconds), command...
-    local name=$1 limit=$2; shift 2
-    local log="$OUT/${name//\//-}.log"
-    local start=$SECONDS
+# The queue: name, time limit (seconds) and command line (words quoted
+# with %q) of each test, in the order they start.
+q_name=() q_limit=() q_cmd=()
+# VBD_TESTS: only the tests whose names match one of its blank-separated
+# patterns (e.g. 'integration/job-* unit/qmp'); all when unset
+add() { # name, limit, command...
+    local name=$1 limit=$2 pat; shift 2
+    if [ -n "${VBD_TESTS:-}" ]; then
+        local pats
+        read -ra pats <<<"$VBD_TESTS"
+        for pat in "${pats[@]}" ''; do
+            [ -n "$pat" ] || return 0 # none matched
+            # shellcheck disable=SC2053 # a pattern
+            [[ $name == $pat ]] && break
+        done
+    fi
+    q_name+=("$name") q_limit+=("$limit") q_cmd+=("$(printf '%q ' "$@")")
+}
+
+# The slow scripts first, then the unit and fuzz tests, then the other
+# scripts in name order.
+slow=() rest=()
+for t in "$ROOT"/tests/integration/*.sh; do
+    [ -f "$t" ] || continue
+    case ${t##*/} in lib.sh | lib-*.sh) continue ;; esac # sourced helpers, not tests
+    if sed -n '1,30p' "$t" | grep -q '^# test-slow'; then slow+=("$t"); else rest+=("$t"); fi
+done
+add_script() { # path of an integration script
+    local n=${1##*/} limit
+    limit=$(sed -n '1,30s/^# test-timeout: \([0-9][0-9]*\).*/\1/p' "$1" | head -1)
+    add "integration/${n%.sh}" "${limit:-$TEST_TIMEOUT}" bash "$1"
+}
+# the slow guest tests (CPU-bound under TCG) alternate with the other
+# slow ones (more of their time is waiting), so that two guests do not
+# start side by side while the tail of the run waits on one core
+sg=() so=()
+for t in "${slow[@]}"; do case ${t##*/} in *guest*) sg+=("$t") ;; *) so+=("$t") ;; esac; done
+for ((i = 0; i < ${#sg[@]} || i < ${#so[@]}; i++)); do
+    [ $i -lt ${#sg[@]} ] && add_script "${sg[i]}"
+    [ $i -lt ${#so[@]} ] && add_script "${so[i]}"
+done
+
+for t in "$BUILD"/tests/unit/test-*; do
+    [ -f "$t" ] && [ -x "$t" ] || continue
+    n=${t##*/}
+    add "unit/${n#test-}" "$TEST_TIMEOUT" "$t"
+    if [ "${n#test-}" = engine ] || [ "${n#test-}" = io ] || [ "${n#test-}" = tls ]; then
+        add "unit/${n#test-}+no-io_uring" "$TEST_TIMEOUT" env VBD_NO_IO_URING=1 "$t"
+    fi
+done
+
+for t in "$BUILD"/tests/fuzz/fuzz-*; do
+    [ -f "$t" ] && [ -x "$t" ] || continue
+    n=${t##*/}
+    add "fuzz/${n#fuzz-}" "$TEST_TIMEOUT" "$t" -5000 # deterministic smoke run; libFuzzer builds take a corpus instead
+    # inputs that once failed (tests/fuzz/regress/TARGET/): each replayed as it was
+    if [ -d "$ROOT/tests/fuzz/regress/${n#fuzz-}" ]; then
+        add "fuzz/${n#fuzz-}-regress" "$TEST_TIMEOUT" "$t" "$ROOT/tests/fuzz/regress/${n#fuzz-}"/*
+    fi
+done
+
+for t in "${rest[@]}"; do add_script "$t"; done
+
+[ ${#q_name[@]} -gt 0 ] || { echo "no test matches VBD_TESTS='${VBD_TESTS:-}'" >&2; exit 2; }
+
+declare -A running=() started=() # pid of a test's timeout -> its queue index, its start
+# Interrupted (^C, or make killed): every running test's group gets
+# SIGTERM, as at its time limit (its EXIT trap stops what it started).
+stop_all() {
+    local p names=
+    for p in "${!running[@]}"; do
+        kill -TERM -- "-$p" 2>/dev/null
+        names+=" ${q_name[${running[$p]}]}"
+    done
+    wait
+    echo "interrupted; stopped:$names"
+    exit 130
+}
+trap stop_all INT TERM
+
+start_one() { # queue index
+    local i=$1 log="$OUT/${q_name[$1]//\//-}.log"
     # timeout runs the test in a process group of its own and at the limit
     # signals the whole group: SIGTERM (a script's EXIT trap then stops what
     # it started, and --fork'd servers it knows of), SIGKILL 30 s later. No
     # test reads the terminal: stdin is /dev/null, so a test in that group
     # cannot stop on SIGTTIN.
-    timeout -k 30 "$limit" "$@" >"$log" 2>&1 </dev/null
-    local rc=$?
-    local t=$((SECONDS - start))
+    local -a cmd
+    eval "cmd=(${q_cmd[i]})"
+    timeout -k 30 "${q_limit[i]}" "${cmd[@]}" >"$log" 2>&1 </dev/null &
+    running[$!]=$i started[$!]=$SECONDS
+}
+
+report() { # pid of an ended test, its exit status
+    local pid=$1 rc=$2 i=${running[$1]}
+    local name=${q_name[i]} limit=${q_limit[i]} t=$((SECONDS - started[$1]))
+    local log="$OUT/${name//\//-}.log"
+    unset "running[$pid]" "started[$pid]"
     times+="$t $name"$'\n'
     # 124: timeout's SIGTERM ended it, 137: its SIGKILL did (a test's own
     # status 124 or 137 before the limit is a plain failure)
-    if { [ $rc = 124 ] || [ $rc = 137 ]; } && [ $t -ge "$limit" ]; then
+    if { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ $t -ge "$limit" ]; then
         echo "TIMEOUT: killed after $t s (limit $limit s)" >>"$log"
         failed=$((failed + 1)); failures="$failures $name(timeout)"
         printf 'FAIL  %-40s %3ss TIMED OUT (limit %ss; log: tests/out/%s.log)\n' "$name" "$t" "$limit" "${name//\//-}"
         tail -15 "$log" | sed 's/^/      /'
-    elif [ $rc = 0 ]; then
+    elif [ "$rc" = 0 ]; then
         passed=$((passed + 1)); printf 'PASS  %-40s %3ss\n' "$name" "$t"
-    elif [ $rc = 77 ]; then
+    elif [ "$rc" = 77 ]; then
         skipped=$((skipped + 1)); printf 'SKIP  %-40s %s\n' "$name" "$(tail -1 "$log")"
     else
         failed=$((failed + 1)); failures="$failures $name"
@@ -54,35 +153,27 @@ run_one() { # name, time limit (seconds), command...
     fi
 }
 
-for t in "$BUILD"/tests/unit/test-*; do
-    [ -f "$t" ] && [ -x "$t" ] || continue
-    n=${t##*/}
-    run_one "unit/${n#test-}" "$TEST_TIMEOUT" "$t"
-    if [ "${n#test-}" = engine ] || [ "${n#test-}" = io ] || [ "${n#test-}" = tls ]; then
-        run_one "unit/${n#test-}+no-io_uring" "$TEST_TIMEOUT" env VBD_NO_IO_URING=1 "$t"
+reap() { # wait for one running test to end and report it
+    local ended='' rc
+    wait -n -p ended; rc=$?
+    if [ -n "$ended" ] && [ -n "${running[$ended]:-}" ]; then
+        report "$ended" "$rc"
+    elif [ $rc = 127 ]; then # no child left: cannot happen while one runs
+        echo "run.sh: lost track of: ${!running[*]}" >&2
+        failed=$((failed + 1)); failures="$failures (lost)"
+        running=()
     fi
+}
+run_start=$SECONDS
+for ((i = 0; i < ${#q_name[@]}; i++)); do
+    while [ ${#running[@]} -ge "$JOBS" ]; do reap; done
+    start_one "$i"
 done
-
-for t in "$BUILD"/tests/fuzz/fuzz-*; do
-    [ -f "$t" ] && [ -x "$t" ] || continue
-    n=${t##*/}
-    run_one "fuzz/${n#fuzz-}" "$TEST_TIMEOUT" "$t" -5000 # deterministic smoke run; libFuzzer builds take a corpus instead
-    # inputs that once failed (tests/fuzz/regress/TARGET/): each replayed as it was
-    if [ -d "$ROOT/tests/fuzz/regress/${n#fuzz-}" ]; then
-        run_one "fuzz/${n#fuzz-}-regress" "$TEST_TIMEOUT" "$t" "$ROOT/tests/fuzz/regress/${n#fuzz-}"/*
-    fi
-done
-
-for t in "$ROOT"/tests/integration/*.sh; do
-    [ -f "$t" ] || continue
-    n=${t##*/}
-    case $n in lib.sh | lib-*.sh) continue ;; esac # sourced helpers, not tests
-    limit=$(sed -n '1,30s/^# test-timeout: \([0-9][0-9]*\).*/\1/p' "$t" | head -1)
-    run_one "integration/${n%.sh}" "${limit:-$TEST_TIMEOUT}" bash "$t"
-done
+while [ ${#running[@]} -gt 0 ]; do reap; done
 
 # where make check's time goes (the 30-minute budget)
 echo "slowest: $(printf '%s' "$times" | sort -rn | head -10 | awk '{printf "%s%s %ss", (NR > 1 ? ", " : ""), $2, $1}')"
+echo "tests: $((SECONDS - run_start)) s wall, $(printf '%s' "$times" | awk '{s += $1} END {print s + 0}') s summed over the tests, $JOBS at once"
 [ -n "$failures" ] && echo "failed:$failures"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ $failed = 0 ]

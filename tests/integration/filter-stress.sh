@@ -14,19 +14,12 @@
 #    is still right, the two healthy children are the model.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
-cd "$T"
-truncate -s 32M base.raw
-mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=1 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=base.raw bs=1M seek=20 conv=notrunc status=none
-must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
+stress_setup base.raw 32 20
 SEED=${FILTER_STRESS_SEED:-6161}
 
-on_exit 'kill -9 $dpid 2>/dev/null'
 for bottom in base; do
     step "copy-on-read (bottom: $bottom), seed $SEED"
-    rm -rf "$T/$bottom" && mkdir "$T/$bottom" && cd "$T/$bottom"
+    scenario_dir "$bottom"
     cp ../base.qcow2 base.qcow2
     must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
     b=
@@ -50,7 +43,7 @@ for bottom in base; do
 done
 
 step "throttle: two nodes of one group, a run on each at once"
-rm -rf "$T/thr" && mkdir "$T/thr" && cd "$T/thr"
+scenario_dir thr
 cp ../base.qcow2 a.qcow2 && cp ../base.qcow2 b.qcow2
 "$VBD_DAEMON" --object throttle-group,id=g0,limits.iops-total=4000,limits.bps-total=200000000 \
     --blockdev qcow2,node-name=a,file.driver=file,file.filename="$PWD/a.qcow2" \
@@ -78,7 +71,7 @@ done
 cd "$T"
 
 step "quorum: a child failing every request after its first 300, under 64 in flight"
-rm -rf "$T/q" && mkdir "$T/q" && cd "$T/q"
+scenario_dir q
 Q="driver=quorum,vote-threshold=2"
 for i in 0 1 2; do cp ../base.raw s$i.raw; done
 for i in 0 1; do Q="$Q,children.$i.driver=raw,children.$i.file.driver=file,children.$i.file.filename=$PWD/s$i.raw"; done

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # A Linux guest runs its block and filesystem workloads on foreign-format
 # disks (vmdk monolithicSparse and streamOptimized-converted, vhdx dynamic)
 # that qemu-img made, served by vbd-daemon over vhost-user-blk; afterwards

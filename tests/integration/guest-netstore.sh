@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # A Linux guest runs its filesystem and block workloads on networked disks:
 # an rbd image on a throwaway single-node Ceph cluster (lib-ceph.sh) and an
 # iSCSI LUN of a private tgtd (lib-tgt.sh), each opened by vbd-daemon's

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # A Linux guest on a throttled vhost-user-blk disk (issue 14): a throttle
 # group with low limits (300 IOPS, 4 MiB/s, bursts off) and a throttle
 # filter over a qcow2 image, exported on an iothread with 2 queues. The

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # A Linux guest under QEMU uses a disk served by vbd-daemon over
 # vhost-user-blk: block and filesystem workloads, 1 and 2 queues, cache
 # modes, 4K sectors, a range= window, read-only, a back end restarted

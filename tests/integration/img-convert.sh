@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # vbd-img convert copies content exactly, keeps holes sparse, and its
 # output is identical to qemu-img convert's (content and allocation).
 source "$(dirname "$0")/lib.sh"

@@ -7,37 +7,13 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
 cd "$T"
-mkdir base
-must qemu-img create -q -f raw base/a.raw 1M
-must qemu-img create -q -f qcow2 base/a.qcow2 1M
-must qemu-io -f raw -c 'write -P 0xab 0 64k' base/a.raw >/dev/null
-must qemu-io -f qcow2 -c 'write -P 0xab 0 64k' -c 'write -z 128k 64k' base/a.qcow2 >/dev/null
+io_parity_base
+must qemu-io -f qcow2 -c 'write -z 128k 64k' base/a.qcow2 >/dev/null
 must qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 base/o.qcow2
 must qemu-io -f qcow2 -c 'write -P 2 32k 64k' -c 'write -z 512k 128k' base/o.qcow2 >/dev/null
 # a raw image whose size is not a multiple of 512: the last sector is
 # whole to both (read past the end as zeroes; a write there grows the file)
 head -c 196616 /dev/urandom >base/odd.raw
-
-# same ARGS...: both tools run ARGS in fresh copies of base/ (lib.sh)
-same() {
-    tools_run qemu-io "$VBD_IO" "$@"
-    # the timing line: elapsed time and rates differ run to run
-    # (qemu-io writes "0:00:01.19" without " sec" from a second on)
-    sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' \
-        -e 's/^([0-9]+,[0-9]+),[0-9:.]+,[0-9.]+,[0-9.]+$/\1,T/' q.out v.out
-    tools_same "$@"
-    local f fmt
-    for f in $(cd q && ls -A); do
-        case $f in *.qcow2) fmt=qcow2 ;; *) fmt=raw ;; esac
-        # raw: what the file system reports for zeroed ranges (unwritten
-        # extents, dirty pages) depends on writeback timing, so only qcow2's
-        # own allocation is compared; where clusters land in the file is not
-        [ $fmt = raw ] || [ "$(qemu-img map -f $fmt --output=json q/$f | sed 's/, "offset": [0-9]*//')" = \
-            "$(qemu-img map -f $fmt --output=json v/$f | sed 's/, "offset": [0-9]*//')" ] ||
-            fail "map of $f differs: $*"
-        qemu-img compare -q -f $fmt -F $fmt q/$f v/$f || fail "$f differs: $*"
-    done
-}
 
 # c ARGS... FILE-ARGS: each ARGS one -c command on a.raw and a.qcow2
 c() {
@@ -46,8 +22,8 @@ c() {
     for cmd in "$@"; do
         args+=(-c "$cmd")
     done
-    same -f raw "${args[@]}" a.raw
-    same -f qcow2 "${args[@]}" a.qcow2
+    io_same -f raw "${args[@]}" a.raw
+    io_same -f qcow2 "${args[@]}" a.qcow2
 }
 
 step "read: patterns, -l/-s, -v dump, -C, -q, lengths and offsets"
@@ -89,68 +65,68 @@ c 'discard 0 4k' 'discard -q 0 4k' 'discard -C 0 4k' 'discard 1M 1' 'discard 0 x
 c 'alloc 0 4k' 'alloc 0' 'alloc 1M' 'alloc 0 2M' 'alloc x' 'alloc 1 1' 'alloc 0 1' 'alloc 0 128k' 'alloc 64k 128k'
 c 'map' 'map 1' 'info' 'info 1' 'length' 'length 1' 'flush' 'flush 1' 'f' 'l' 'i'
 for cmd in map 'alloc 0 64k' 'alloc 0 1M' 'alloc 96k 64k' 'alloc 512k 1M' 'read -P 0xab 0 32k' 'read -P 2 32k 64k'; do
-    same -f qcow2 -c "$cmd" o.qcow2
+    io_same -f qcow2 -c "$cmd" o.qcow2
 done
-same -f qcow2 -c 'write -z 0 64k' -c 'discard 64k 64k' -c map -c 'read -P 0 0 64k' o.qcow2
+io_same -f qcow2 -c 'write -z 0 64k' -c 'discard 64k 64k' -c map -c 'read -P 0 0 64k' o.qcow2
 c 'truncate 2M' 'truncate' 'truncate x' 'truncate 512k' 'truncate -m x 1M' 'truncate 1 2'
-same -f raw -c 'truncate -m falloc 2M' a.raw
-same -f raw -c 'truncate -m full 2M' a.raw
-same -f raw -c 'truncate -m metadata 2M' -c length a.raw
-same -f raw -c length -c 'read -v 196608 512' -c 'read -P 0 196616 504' -c 'write -P 9 196608 512' -c length -c map odd.raw
-same -f raw -c 'read 196608 1k' -c 'write -P 9 197120 512' -c length odd.raw
+io_same -f raw -c 'truncate -m falloc 2M' a.raw
+io_same -f raw -c 'truncate -m full 2M' a.raw
+io_same -f raw -c 'truncate -m metadata 2M' -c length a.raw
+io_same -f raw -c length -c 'read -v 196608 512' -c 'read -P 0 196616 504' -c 'write -P 9 196608 512' -c length -c map odd.raw
+io_same -f raw -c 'read 196608 1k' -c 'write -P 9 197120 512' -c length odd.raw
 
 step "command lines: unknown commands, close, quit, sleep, chaining"
 c 'foo' 'read 0 1' 'close' 'read 0 1' 'quit' 'write 0 1' 'sleep 1' 'sleep x' 'read 0 x' 'quit'
 c 'write -P 7 0 4k' 'read -P 8 0 4k' 'read -P 7 0 4k'
 
-same -f raw -d ignore -c 'discard 0 4k' -c 'write -z -u 4k 4k' a.raw
-same -f raw -d off -c 'discard 0 4k' a.raw
-same -f raw -d unmap -c 'discard 0 4k' a.raw
-same -f raw -d bogus -c 'discard 0 4k' a.raw
+io_same -f raw -d ignore -c 'discard 0 4k' -c 'write -z -u 4k 4k' a.raw
+io_same -f raw -d off -c 'discard 0 4k' a.raw
+io_same -f raw -d unmap -c 'discard 0 4k' a.raw
+io_same -f raw -d bogus -c 'discard 0 4k' a.raw
 
 step "opening: missing images, wrong formats, read-only, -U, cache modes, --image-opts"
-same -c 'read 0 1' nosuch
-same -f raw -c 'read 0 1' nosuch
-same -f qcow2 -c 'read 0 1' a.raw
-same -f foo -c 'read 0 1' a.raw
-same -c 'read 0 1'
-same -c 'read 0 1' -c 'map'
-same -U -c 'read 0 1' a.raw
-same -U -r -c 'read 0 1' a.qcow2
-same -r -c 'write 0 1' -c 'read 0 1' -c 'discard 0 4k' -c 'truncate 2M' -c 'writev 0 1' a.raw
-same -r -c 'write' a.raw
-same -f qcow2 -n -c 'write 0 4k' a.qcow2
-same -f raw -t none -c 'read 0 4k' a.raw
-same -f qcow2 -t unsafe -c 'write 0 4k' a.qcow2
-same -f raw -t writeback -i threads -c 'write 0 4k' a.raw
-same -t bogus -c 'read 0 1' a.raw
-same -i bogus -c 'read 0 1' a.raw
+io_same -c 'read 0 1' nosuch
+io_same -f raw -c 'read 0 1' nosuch
+io_same -f qcow2 -c 'read 0 1' a.raw
+io_same -f foo -c 'read 0 1' a.raw
+io_same -c 'read 0 1'
+io_same -c 'read 0 1' -c 'map'
+io_same -U -c 'read 0 1' a.raw
+io_same -U -r -c 'read 0 1' a.qcow2
+io_same -r -c 'write 0 1' -c 'read 0 1' -c 'discard 0 4k' -c 'truncate 2M' -c 'writev 0 1' a.raw
+io_same -r -c 'write' a.raw
+io_same -f qcow2 -n -c 'write 0 4k' a.qcow2
+io_same -f raw -t none -c 'read 0 4k' a.raw
+io_same -f qcow2 -t unsafe -c 'write 0 4k' a.qcow2
+io_same -f raw -t writeback -i threads -c 'write 0 4k' a.raw
+io_same -t bogus -c 'read 0 1' a.raw
+io_same -i bogus -c 'read 0 1' a.raw
 # Linux AIO is O_DIRECT only: qemu-io refuses -i native without -t none / -n
 # (after the image's own open: a missing one is reported first)
-same -f raw -i native -c 'read 0 1' a.raw
-same -f qcow2 --aio native -t writeback -c 'read 0 1' a.qcow2
-same -f raw -i native -c 'read 0 1' nosuch
-same -f raw -i native -t none -c 'read 0 4k' a.raw
-same -f qcow2 -i native -n -c 'read 0 4k' a.qcow2
-same -f raw -k -c 'read 0 1' a.raw
-same -f raw --native-aio -n -c 'read 0 4k' a.raw
-same --image-opts -c 'read -P 0xab 0 1' -c 'write 1 1' driver=raw,file.filename=a.raw
-same --image-opts -c 'read 0 1' driver=raw,file.filename=nosuch
-same --image-opts -c 'read 0 1' driver=qcow2,file.filename=a.raw
-same --image-opts -c 'read 0 1' driver=foo,file.filename=a.raw
-same --image-opts -c 'read 0 1' driver=file
-same --image-opts -c 'read 0 1' driver=qcow2,file.driver=file
-same -f raw --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw
+io_same -f raw -i native -c 'read 0 1' a.raw
+io_same -f qcow2 --aio native -t writeback -c 'read 0 1' a.qcow2
+io_same -f raw -i native -c 'read 0 1' nosuch
+io_same -f raw -i native -t none -c 'read 0 4k' a.raw
+io_same -f qcow2 -i native -n -c 'read 0 4k' a.qcow2
+io_same -f raw -k -c 'read 0 1' a.raw
+io_same -f raw --native-aio -n -c 'read 0 4k' a.raw
+io_same --image-opts -c 'read -P 0xab 0 1' -c 'write 1 1' driver=raw,file.filename=a.raw
+io_same --image-opts -c 'read 0 1' driver=raw,file.filename=nosuch
+io_same --image-opts -c 'read 0 1' driver=qcow2,file.filename=a.raw
+io_same --image-opts -c 'read 0 1' driver=foo,file.filename=a.raw
+io_same --image-opts -c 'read 0 1' driver=file
+io_same --image-opts -c 'read 0 1' driver=qcow2,file.driver=file
+io_same -f raw --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw
 # qemu-io's --image-opts is QemuOpts without an implied name: every bare
 # word is a flag (deprecated), the first one too
-same --image-opts -c 'read 0 1' a.raw
-same --image-opts -c 'read 0 1' on,driver=raw
-same --image-opts -c 'read 0 1' 'a,,b'
-same --image-opts -c 'read 0 1' file=a.raw
-same --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw,foo
-same --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw,nofoo
-same --image-opts -c 'read 0 1' ''
-same -c 'write 0 1' a.raw
+io_same --image-opts -c 'read 0 1' a.raw
+io_same --image-opts -c 'read 0 1' on,driver=raw
+io_same --image-opts -c 'read 0 1' 'a,,b'
+io_same --image-opts -c 'read 0 1' file=a.raw
+io_same --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw,foo
+io_same --image-opts -c 'read 0 1' driver=raw,file.filename=a.raw,nofoo
+io_same --image-opts -c 'read 0 1' ''
+io_same -c 'write 0 1' a.raw
 
 step "a locked image: qemu-nbd serves it"
 need qemu-nbd

@@ -22,27 +22,13 @@
 # The source ends as the model says; every image checks clean.
 . "$(dirname "$0")/lib.sh"
 need qemu-img nbdcopy python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
-cd "$T"
-truncate -s 64M init.raw
-mixed_data m1 1 && dd if=m1 of=init.raw bs=1M seek=1 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=init.raw bs=1M seek=40 conv=notrunc status=none
-must qemu-img convert -q -f raw -O qcow2 init.raw base.qcow2
+stress_setup init.raw 64 40
 SEED=${JOB_STRESS_SEED:-4242}
 
-on_exit 'kill -9 $dpid 2>/dev/null'
 # M runs as its own test (job-mirror-stress.sh): each stays under a minute
 for scen in ${JOB_STRESS_SCENARIOS:-B E F}; do
     step "scenario $scen (seed $SEED)"
-    rm -rf "$T/$scen" && mkdir "$T/$scen" && cd "$T/$scen"
-    cp ../base.qcow2 src.qcow2
-    must qemu-img create -q -f qcow2 tgt.qcow2 64M
-    must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 fleece.qcow2 64M
-    "$VBD_DAEMON" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev "$(qcow2_node src)" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/qmp.sock"
+    job_stress_scenario "$scen" 64
     python3 - "$scen" "$STRESS" "$SEED" <<'PY' || fail "scenario $scen: $(tail -40 daemon.log)"
 import os, signal, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

@@ -14,13 +14,7 @@
 . "$(dirname "$0")/lib.sh"
 . "$VBD_ROOT/tests/stress/stress-lib.sh"
 need qemu-img python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
-cd "$T"
-truncate -s 32M init.raw
-mixed_data m1 1 && dd if=m1 of=init.raw bs=1M seek=1 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=init.raw bs=1M seek=20 conv=notrunc status=none
-must qemu-img convert -q -f raw -O qcow2 init.raw base.qcow2
+stress_setup init.raw 32 20
 SEED=${JOB_STRESS_SEED:-5151}
 
 crash_check() { # IMG: qemu-img check clean or only leaks (exit 3)
@@ -29,17 +23,9 @@ crash_check() { # IMG: qemu-img check clean or only leaks (exit 3)
     [ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check $1 after SIGKILL (exit $rc): $out"
 }
 
-on_exit 'kill -9 $dpid 2>/dev/null'
 for scen in backup fleecing mirror; do
     step "SIGKILL during $scen (seed $SEED)"
-    rm -rf "$T/$scen" && mkdir "$T/$scen" && cd "$T/$scen"
-    cp ../base.qcow2 src.qcow2
-    must qemu-img create -q -f qcow2 tgt.qcow2 32M
-    must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 fleece.qcow2 32M
-    "$VBD_DAEMON" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev "$(qcow2_node src)" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/qmp.sock"
+    job_stress_scenario "$scen" 32
     python3 - "$scen" "$STRESS" "$SEED" "$dpid" <<'PY' || fail "$scen: $(tail -40 daemon.log)"
 import os, signal, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

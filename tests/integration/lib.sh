@@ -150,6 +150,36 @@ while len(out) < 6 << 20:
 open(sys.argv[1], 'wb').write(out[:6 << 20])
 PY
 }
+# mixed_disk FILE MIB AT1 AT2: a raw image FILE of MIB MiB with
+# mixed_data seed 1 at AT1 MiB and seed 2 at AT2 MiB, zeroes elsewhere: the
+# source disk of the stress and job tests
+mixed_disk() {
+    truncate -s "$2M" "$1" || fail "truncate $1"
+    mixed_data "$1.m1" 1 && dd if="$1.m1" of="$1" bs=1M seek="$3" conv=notrunc status=none ||
+        fail "mixed data into $1"
+    mixed_data "$1.m2" 2 && dd if="$1.m2" of="$1" bs=1M seek="$4" conv=notrunc status=none ||
+        fail "mixed data into $1"
+    rm -f "$1.m1" "$1.m2"
+}
+# need_stress: sets STRESS, the model-based stress test (tests/stress/vbd-stress)
+need_stress() {
+    STRESS=$VBD_BUILD/tests/stress/vbd-stress
+    [ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+}
+# stress_setup RAW MIB AT2: the start of the stress tests on a source
+# disk (job-backup-stress, job-crash-backup, filter-stress): STRESS set
+# (need_stress), in $T (the current directory from now on) a raw disk RAW
+# of MIB MiB (mixed_disk, data at 1 MiB and at AT2 MiB) and its copy
+# base.qcow2; a vbd-daemon left in $dpid is killed at exit.
+stress_setup() {
+    need_stress
+    cd "$T" || fail "cd $T"
+    mixed_disk "$1" "$2" 1 "$3"
+    must qemu-img convert -q -f raw -O qcow2 "$1" base.qcow2
+    on_exit 'kill -9 $dpid 2>/dev/null'
+}
+# scenario_dir NAME: a fresh $T/NAME, the current directory from now on
+scenario_dir() { rm -rf "${T:?}/$1" && mkdir "$T/$1" && cd "$T/$1" || fail "cannot make $T/$1"; }
 # on_copies IMG ARGS...: run qemu-img ARGS on a copy IMG.q and vbd-img ARGS
 # on a copy IMG.v, where an argument @ stands for the copy; exit statuses
 # in qrc/vrc, output in q.out/v.out (in the current directory).
@@ -189,6 +219,42 @@ tools_same() {
     diff -u q.err v.err || fail "stderr differs: $*"
     [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] ||
         fail "files left differ: $*: qemu $(cd q && ls -A | xargs), vbd $(cd v && ls -A | xargs)"
+}
+# vbd-io beside qemu-io (io-parity.sh, io-parity-cmds.sh): io_parity_base
+# makes base/ in the current directory with a.raw and a.qcow2 (1 MiB each,
+# 0xab in their first 64 KiB); io_same ARGS... runs both tools with ARGS in
+# fresh copies of base/ (tools_run), the timing lines' times and rates
+# masked, then tools_same, and each file left in q/ must equal its copy in
+# v/ (qemu-img compare; qcow2 also in qemu-img map, host offsets aside,
+# unless io_map=no).
+io_parity_base() {
+    mkdir base || fail "mkdir base"
+    must qemu-img create -q -f raw base/a.raw 1M
+    must qemu-img create -q -f qcow2 base/a.qcow2 1M
+    must qemu-io -f raw -c 'write -P 0xab 0 64k' base/a.raw >/dev/null
+    must qemu-io -f qcow2 -c 'write -P 0xab 0 64k' base/a.qcow2 >/dev/null
+}
+io_same() {
+    tools_run qemu-io "$VBD_IO" "$@"
+    # the timing line: elapsed time and rates differ run to run
+    # (qemu-io writes "0:00:01.19" without " sec" from a second on)
+    sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' \
+        -e 's/^([0-9]+,[0-9]+),[0-9:.]+,[0-9.]+,[0-9.]+$/\1,T/' q.out v.out
+    tools_same "$@"
+    local f fmt
+    for f in $(cd q && ls -A); do
+        case $f in *.qcow2) fmt=qcow2 ;; *) fmt=raw ;; esac
+        # raw files equal byte for byte are equal images (most cases;
+        # qemu-img compare costs a process each)
+        [ $fmt = raw ] && cmp -s q/$f v/$f && continue
+        # raw: what the file system reports for zeroed ranges (unwritten
+        # extents, dirty pages) depends on writeback timing, so only qcow2's
+        # own allocation is compared; where clusters land in the file is not
+        [ $fmt = raw ] || [ "${io_map:-}" = no ] || [ "$(qemu-img map -f $fmt --output=json q/$f | sed 's/, "offset": [0-9]*//')" = \
+            "$(qemu-img map -f $fmt --output=json v/$f | sed 's/, "offset": [0-9]*//')" ] ||
+            fail "map of $f differs: $*"
+        qemu-img compare -q -f $fmt -F $fmt q/$f v/$f || fail "$f differs: $*"
+    done
 }
 # convert_like_qemu WHAT CMP-FMT CMP-IMG DST REF ARGS...: vbd-img convert
 # ARGS DST and qemu-img convert ARGS REF (the same arguments, stdout
@@ -332,6 +398,17 @@ stop_daemon() {
     ! grep -q "Sanitizer" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
     dpid=
 }
+# start_watched_daemon ARGS...: start_daemon with a QMP monitor m0 on
+# $T/m0.sock ($S) before ARGS, for the tests that watch the daemon's RSS
+# and fds (tests/qmp/procwatch.py): ASan's quarantine (256 MiB by default)
+# kept at 4 MiB, where freed memory would read as growth; it still catches
+# a use after free. Killed at exit.
+start_watched_daemon() {
+    S=$T/m0.sock
+    on_exit '[ -z "$dpid" ] || kill -9 $dpid 2>/dev/null'
+    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}:quarantine_size_mb=4" start_daemon \
+        --chardev socket,id=m0,path="$S",server=on,wait=off --monitor m0 "$@"
+}
 # nbd_qsd_vbd NODE-OPTS CMD...: in the current directory, src/ copied to q/
 # and v/, qemu-io runs the commands CMD... over NBD into qemu-storage-daemon
 # serving q/img.qcow2 and vbd-daemon serving v/img.qcow2 (a file node and a
@@ -455,6 +532,23 @@ job_daemon_stop() {
     dpid=
     [ $rc = 0 ] || fail "$1 exited with $rc: $(tail -5 daemon.log)"
     ! grep -q Sanitizer daemon.log || fail "$1: $(cat daemon.log)"
+}
+# job_stress_scenario NAME MIB: the start of each scenario of the job
+# stress tests (job-backup-stress, job-crash-backup): in a fresh
+# scenario_dir NAME, src.qcow2 (a copy of $T/base.qcow2), an empty qcow2
+# target tgt.qcow2 and a fleecing overlay fleece.qcow2 over src.qcow2 (MIB
+# MiB each), and vbd-daemon with qcow2 node src, QMP on qmp.sock and an NBD
+# server on nbd.sock without exports (the scenario adds its own); pid in
+# dpid, stderr in daemon.log. Returns once QMP listens.
+job_stress_scenario() {
+    scenario_dir "$1"
+    cp ../base.qcow2 src.qcow2 || fail "copy of base.qcow2"
+    must qemu-img create -q -f qcow2 tgt.qcow2 "$2M"
+    must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 fleece.qcow2 "$2M"
+    "$VBD_DAEMON" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
+        --blockdev "$(qcow2_node src)" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
+    dpid=$!
+    wait_sock "$PWD/qmp.sock"
 }
 # The blockdev JSON of qcow2 node $1 on $PWD/$1.qcow2; $2: its backing, a
 # node name or null (none); without $2 the image's own.

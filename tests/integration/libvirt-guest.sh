@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # A libvirt-managed guest on vbd disks. A private libvirtd (lib-libvirt.sh)
 # defines and starts a TCG domain with two disks, both served by vbd-daemon
 # from libvirt <disk> elements (--libvirt-disk):

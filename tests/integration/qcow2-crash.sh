@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # Crash consistency: a vbd-io writer (allocating writes to distinct places,
 # a flush every few writes) is killed with SIGKILL at random moments. After
 # each kill qemu-img check must find no corruption (leaks are allowed, as in

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # The model-based stress test (tests/stress/vbd-stress.c) over every qcow2
 # image kind (cluster sizes 512/4k/64k/2M, extended L2 with and without a
 # backing file, refcount_bits 1/64, lazy refcounts, zlib and zstd compressed

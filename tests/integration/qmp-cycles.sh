@@ -14,26 +14,14 @@
 . "$(dirname "$0")/lib.sh"
 need python3 qemu-img
 cd "$T"
-S=$T/m0.sock
-on_exit '[ -z "$dpid" ] || kill -9 $dpid 2>/dev/null'
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}:quarantine_size_mb=4"
 must qemu-img create -q -f qcow2 img.qcow2 16M
-start_daemon --chardev socket,id=m0,path=$S,server=on,wait=off --monitor m0
+start_watched_daemon
 
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$T" "$dpid" "${CYCLES:-1000}" <<'PY' || { tail -20 "$T/daemon.log"; fail "see above"; }
 import os, socket, struct, sys
 from qmp import QMP
-T, pid, cycles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def check(cond, what):
-    if not cond:
-        print("FAIL: " + what)
-        sys.exit(1)
-def rss_kib():
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-def fds():
-    return sorted(os.readlink(f"/proc/{pid}/fd/{f}") for f in os.listdir(f"/proc/{pid}/fd"))
+from procwatch import check, Daemon
+T, daemon, cycles = sys.argv[1], Daemon(sys.argv[2]), int(sys.argv[3])
 m = QMP(T + "/m0.sock", negotiate=True)
 def ok(cmd, **a):
     r = m.cmd(cmd, a)
@@ -93,10 +81,10 @@ def cycle(i):
 warm = min(100, cycles // 2)
 for i in range(warm):
     cycle(i)
-fd0, rss0 = fds(), rss_kib()
+fd0, rss0 = daemon.fds(), daemon.rss_kib()
 for i in range(warm, cycles):
     cycle(i)
-fd1, rss1 = fds(), rss_kib()
+fd1, rss1 = daemon.fds(), daemon.rss_kib()
 print(f"{cycles} cycles: fds {len(fd0)} -> {len(fd1)}, RSS {rss0} -> {rss1} KiB (after {warm} and {cycles})")
 check(fd0 == fd1, f"fds changed: {sorted(set(fd1) - set(fd0))} new, {sorted(set(fd0) - set(fd1))} gone")
 check(rss1 - rss0 < 8192, f"RSS grew by {rss1 - rss0} KiB over {cycles - warm} cycles")

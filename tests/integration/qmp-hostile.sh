@@ -12,29 +12,14 @@
 . "$(dirname "$0")/lib.sh"
 need python3
 cd "$T"
-on_exit '[ -z "$dpid" ] || kill -9 $dpid 2>/dev/null'
-S=$T/m0.sock
-# ASan keeps freed memory in quarantine (256 MiB by default), which would
-# read as growth; a small one keeps RSS meaningful and still catches reuse
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}:quarantine_size_mb=4"
-start_daemon --chardev socket,id=m0,path=$T/m0.sock,server=on,wait=off --monitor m0 \
-    --chardev socket,id=m1,path=$T/m1.sock,server=on,wait=off --monitor m1
+start_watched_daemon --chardev socket,id=m1,path=$T/m1.sock,server=on,wait=off --monitor m1
 wait_sock "$T/m1.sock"
 
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$T" "$dpid" "${HOSTILE_CONNS:-1000}" <<'PY' || { cat "$T/daemon.log"; fail "see above"; }
 import json, os, socket, sys, threading, time
 from qmp import QMP
-T, pid, nconns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def check(cond, what):
-    if not cond:
-        print("FAIL: " + what)
-        sys.exit(1)
-def rss_kib():
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-def nfds():
-    return len(os.listdir(f"/proc/{pid}/fd"))
+from procwatch import check, Daemon
+T, daemon, nconns = sys.argv[1], Daemon(sys.argv[2]), int(sys.argv[3])
 def parse_error(r, what):
     check(r.get("error", {}).get("class") == "GenericError" and "id" not in r, f"{what}: {r}")
     return r["error"]["desc"]
@@ -122,7 +107,7 @@ big.close()
 lazy = QMP(T + "/m0.sock", negotiate=True)
 lazy.sock.setblocking(False)
 req = (json.dumps({"execute": "query-qmp-schema"}) + "\n").encode()
-base = rss_kib()
+base = daemon.rss_kib()
 sent, chunk = 0, req * 1000
 stalled = 0
 other = QMP(T + "/m1.sock", negotiate=True)
@@ -137,7 +122,7 @@ while sent < 64 * 1024 * 1024:
         if stalled >= 200:
             break
 check(stalled >= 200, f"the daemon read {sent} bytes of requests from a client that reads no replies")
-grown = rss_kib() - base
+grown = daemon.rss_kib() - base
 print(f"non-reading client: the daemon took {sent} bytes of requests, RSS grew {grown} KiB")
 check(grown < 48 * 1024, f"RSS grew {grown} KiB for a client that does not read")
 lazy.close()
@@ -181,12 +166,12 @@ def probe():
 for i in range(100):
     hostile(i)
 c = probe()
-fds0, rss0 = nfds(), rss_kib()
+fds0, rss0 = daemon.nfds(), daemon.rss_kib()
 c.close()
 for i in range(nconns):
     hostile(i)
 c = probe()
-fds1, rss1 = nfds(), rss_kib()
+fds1, rss1 = daemon.nfds(), daemon.rss_kib()
 c.close()
 print(f"{nconns} hostile connections: fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB")
 check(fds1 == fds0, f"fd count {fds0} -> {fds1} after {nconns} connections")

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # The rbd protocol driver against a real Ceph cluster (one mon, one OSD,
 # started once for this file by lib-ceph.sh) and QEMU's own rbd driver
 # (qemu-block-extra): data written by either is read by the other, in the

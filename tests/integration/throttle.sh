@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # Throttle groups and the throttle filter (issue 14) against
 # qemu-storage-daemon 7.2: the QMP objects and their errors word for word
 # (tests/qmp/diff-throttle.jsonl), then the same limits on both daemons

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # vbd-daemon built with ThreadSanitizer (make build-tsan), rings on two
 # iothreads. Every node type an export on iothreads can reach (raw over a
 # file with cache.direct=on and off, a file alone, null-co, raw at an

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # vbd-nbd against qemu-nbd 7.2: the same argv given to both (the binary
 # substituted), then what a client sees compared: nbdinfo --json (size,
 # read-only, can_* flags, description, export names with --list),

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-slow: one of the longest; run.sh starts it first
 # Client mode (server=off): QEMU listens on the socket (-chardev
 # socket,...,server=on,wait=off) and vbd-daemon connects to it, retrying
 # until the socket is there. A guest runs the basic workload, powers off, and
