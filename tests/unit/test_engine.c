@@ -423,11 +423,20 @@ UNIT_TEST(loop_pollers)
     CHECK_EQ(st.handled, 1);
     CHECK_EQ(st.sleeps, 0); /* a non-blocking iteration does not re-arm */
 
-    /* an iteration that may block busy-polls, then re-arms exactly once */
-    st.polls = 0;
-    vbd_loop_run_once(loop, 1000000);
+    /* an iteration that may block busy-polls, then re-arms exactly once
+     * (tried again from the full window while a preemption on a loaded
+     * host outlasts the whole poll and leaves a single poll: each such
+     * block also halves the window, hence the reset) */
+    for (int tries = 0; tries < 50; tries++) {
+        vbd_loop_set_poll_max_ns(loop, VBD_LOOP_POLL_MAX_NS_DEFAULT);
+        st.polls = 0;
+        st.sleeps = 0;
+        vbd_loop_run_once(loop, 1000000);
+        CHECK_EQ(st.sleeps, 1);
+        if (st.polls > 1)
+            break;
+    }
     CHECK(st.polls > 1);
-    CHECK_EQ(st.sleeps, 1);
 
     /* work that arrives while re-arming: the loop does not block (if it
      * did, the timer due at the end of the timeout would fire in this call) */
@@ -448,7 +457,9 @@ UNIT_TEST(loop_pollers)
      * blocked; judged on the block, the loop kept polling 10 ms per event).
      * From 10 ms, halving to nothing takes 12 events. Short waits then
      * bring the poll back (a loaded host may stretch some past the bound:
-     * up to 200 are allowed). */
+     * up to 200 are allowed; and a preemption inside a poll makes a late
+     * kick look found by it, which grows the window again: up to 300 kicks
+     * for the shrink). */
     vbd_loop_set_poll_max_ns(loop, 10000000);
     struct kicker k = {.loop = loop, .period_ns = 15000000};
     pthread_t kt;
@@ -457,7 +468,7 @@ UNIT_TEST(loop_pollers)
     do {
         st.polls = 0;
         vbd_loop_run_once(loop, -1);
-    } while (st.polls > 1 && ++waits < 60);
+    } while (st.polls > 1 && ++waits < 300);
     __atomic_store_n(&k.stop, true, __ATOMIC_RELEASE);
     pthread_join(kt, NULL);
     CHECK_EQ(st.polls, 1);
@@ -480,7 +491,7 @@ UNIT_TEST(loop_pollers)
     do {
         st.polls = 0;
         vbd_loop_run_once(loop, -1);
-    } while (st.polls > 1 && ++waits < 60);
+    } while (st.polls > 1 && ++waits < 300);
     __atomic_store_n(&k2.stop, true, __ATOMIC_RELEASE);
     pthread_join(kt, NULL);
     CHECK_EQ(st.polls, 1);
