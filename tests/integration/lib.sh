@@ -127,15 +127,15 @@ gen_pki() {
 # drops the file references of its ring only after the process is reaped,
 # so the image lock can outlive the process by some milliseconds; poll for
 # it instead of racing it. Returns at once on an error that is not a lock
-# conflict (the caller's own check reports it); fails after ~10 s.
+# conflict (the caller's own check reports it); fails after ~60 s.
 lock_waits=0
 wait_lock_free() {
     local out i
-    for i in $(seq 200); do
+    for i in $(seq 1200); do
         out=$(qemu-img info "$@" 2>&1) && { [ $i = 1 ] || lock_waits=$((lock_waits + 1)); return 0; }
         case "$out" in *"lock"*) sleep 0.05 ;; *) return 0 ;; esac
     done
-    fail "image lock still held 10 s after its writer was reaped: $out"
+    fail "image lock still held 60 s after its writer was reaped: $out"
 }
 # mixed_data FILE SEED: 6 MiB of real-looking content (text, random bytes
 # and zero runs, deterministic from SEED): compresses like a disk image,
@@ -324,11 +324,11 @@ def ok(cmd, **a):
 $(cat)
 PY
 }
-# wait_log FILE PATTERN [COUNT]: wait (up to ~10 s) until FILE has COUNT
+# wait_log FILE PATTERN [COUNT]: wait (up to ~60 s) until FILE has COUNT
 # (default 1) lines matching the fixed string PATTERN. A peer may write its
 # log line after the client already saw the failure it logs.
 wait_log() {
-    for _ in $(seq 200); do [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
+    for _ in $(seq 1200); do [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
     return 1
 }
 # wait_first_read OUT PID: vbd-io PID (line-buffered, output in OUT) has
@@ -342,7 +342,7 @@ wait_first_read() {
     done
     fail "vbd-io's first read did not complete: $(cat "$1")"
 }
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
+wait_sock() { for _ in $(seq 1200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 # free_port [N]: a TCP port P with P..P+N-1 (default 1) free on 127.0.0.1,
 # below the kernel's ephemeral range (32768 and up here) so that no
 # outgoing connection is handed it before the test's server binds it; a
@@ -378,7 +378,7 @@ for _ in range(200):
 sys.exit("free_port: no free run of %d ports" % n)
 PY
 }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
+wait_port() { for _ in $(seq 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
 # vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,
 # started afresh each time); stop_daemon: SIGTERM, exit status 0, socket
 # removed, no sanitizer report.
@@ -388,7 +388,7 @@ start_daemon() {
     : >"$T/daemon.log"
     "$VBD_DAEMON" "$@" 2>>"$T/daemon.log" &
     dpid=$!
-    for _ in $(seq 100); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 600); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
     cat "$T/daemon.log"; fail "vbd-daemon did not start: $*"
 }
 stop_daemon() {
@@ -478,7 +478,7 @@ nbd_raw_daemon() {
         --blockdev driver=raw,node-name=disk0,file=file0$opts --nbd-server "$nbd" "$@" 2>>"$log" &
     dpid=$!
     on_exit "kill -9 $dpid 2>/dev/null"
-    for _ in $(seq 200); do
+    for _ in $(seq 1200); do
         if [ -n "$port" ]; then
             (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
         else
@@ -501,7 +501,7 @@ start_named() {
     : >"$T/$n.log"
     "$VBD_DAEMON" "$@" 2>>"$T/$n.log" &
     dpids[$n]=$!
-    for _ in $(seq 100); do [ -S "$s" ] && return; kill -0 ${dpids[$n]} 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 600); do [ -S "$s" ] && return; kill -0 ${dpids[$n]} 2>/dev/null || break; sleep 0.1; done
     cat "$T/$n.log"; fail "vbd-daemon $n did not start: $*"
 }
 stop_named() {
