@@ -110,7 +110,7 @@ void vu_queue_req_start(struct vu_queue *q)
  * one busy ring does not signal while its ring still holds at least
  * SIGNAL_DEFER_PENDING requests: see vu_queue_complete. "Busy": another
  * ring of the loop completed a big request less than SHARED_WINDOW_NS ago. */
-#define SIGNAL_DEFER_PENDING 4
+#define SIGNAL_DEFER_PENDING 2
 #define SHARED_WINDOW_NS 50000
 /* With EVENT_IDX, a dense big completion on a loop with one busy ring
  * signals the driver only once SIGNAL_ALONE_AFTER completions have passed
@@ -208,7 +208,14 @@ static void notify_bh(void *arg)
  * over old..new), and the iteration's bottom half signals whatever is
  * left, so no completion waits past the loop's iteration. A loop with one
  * ring does not wait for its ring to run low: nothing would cover the
- * driver's wake-up (1 queue 64K QD8 lost 10-20 % so).
+ * driver's wake-up (1 queue 64K QD8 lost 10-20 % so). With two rings the
+ * other ring's turn (~8 requests, ~15 us) covers a wake-up (~10 us) even
+ * when the signal waits until 2 are left (4 before vuperf17): the driver
+ * then reaps more per wake-up and its requests are reaped in fewer
+ * distinct cycles. 2 queues 64K QD8, 5-round A/Bs: 509k -> 565k IOPS,
+ * 1835 -> 1683 ns per request, p99 63.5 -> 59.4 us; 16 segments 424k ->
+ * 454k, p99 86 -> 70 us; signalling earlier (6, or at once) made p99
+ * worse (RESULTS.md 2026-12-06, vuperf17).
  *
  * It waits for one completion instead: the driver that asked to hear of
  * completion n is told at n+1 (or by the bottom half, if the iteration
