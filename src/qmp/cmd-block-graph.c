@@ -254,6 +254,8 @@ static void derive(const struct graph *g, struct gedge *e, unsigned *np, unsigne
     unsigned perm, shared;
     bool has_parents;
     cumulative(g, e->parent, &perm, &shared, &has_parents);
+    *np = e->perm; /* a rule below that sets nothing keeps the edge as it is */
+    *ns = e->shared;
     switch (e->rule) {
     case RULE_FIXED:
         *np = e->perm;
