@@ -28,7 +28,9 @@ dirty_map() { # IMG BITMAP: the map qemu-nbd exports
 }
 vbd_map() { # IMG BITMAP: the map vbd-daemon exports
     rm -f v.sock
-    "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$1" --blockdev driver=qcow2,node-name=d0,file=f0 \
+    # a read-only node, as qemu-nbd -r opens it: an enabled bitmap on a read-only export of a
+    # writable node is refused (qsd 7.2's nbd_export_create)
+    "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$1",read-only=on --blockdev driver=qcow2,node-name=d0,file=f0,read-only=on \
         --nbd-server addr.type=unix,addr.path="$T/v.sock" --export type=nbd,id=e0,node-name=d0,name=disk,bitmap="$2" 2>vd.log &
     local p=$!
     for _ in $(seq 200); do [ -S v.sock ] && break; kill -0 $p 2>/dev/null || break; sleep 0.05; done
