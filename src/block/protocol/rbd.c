@@ -649,11 +649,64 @@ static int vrbd_discard(struct vbd_node *n, uint64_t off, uint64_t bytes)
     return vrbd_aio(n, OP_DISCARD, off, bytes, NULL, 0, 0);
 }
 
+/* librbd's write-same works on 512-byte units */
+#define RBD_ZERO_ALIGN 512
+
+/* A write of zeroes (at most RBD_ZERO_ALIGN bytes) as an ordinary write */
+static int write_zero_bytes(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    static const char zeroes[RBD_ZERO_ALIGN];
+    struct iovec iov = {(void *)zeroes, (size_t)bytes};
+    struct vbd_qiov q = {&iov, 1, (size_t)bytes};
+    return vrbd_aio(n, OP_WRITE, off, bytes, &q, 0, 0);
+}
+
 static int vrbd_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
     /* as QEMU: without MAY_UNMAP the zeroes stay allocated */
-    return vrbd_aio(n, OP_ZEROES, off, bytes, NULL, 0,
-                   (flags & VBD_REQ_MAY_UNMAP) ? 0 : RBD_WRITE_ZEROES_FLAG_THICK_PROVISION);
+    if (flags & VBD_REQ_MAY_UNMAP)
+        return vrbd_aio(n, OP_ZEROES, off, bytes, NULL, 0, 0);
+    /* librbd 16.2 splits a thick write-zeroes whose ends are not 512-byte
+     * aligned into a write, a write-same and a write under one parent
+     * request that it counts as in flight from the start. A snapshot made
+     * meanwhile by another client (the lock owner runs it) blocks writes,
+     * catching the parts, then waits for every request in flight: the
+     * parent, which waits for its blocked parts. The snapshot and every
+     * request of the image hung for good (rbd17; debug_rbd=20: the
+     * snapshot stops after send_suspend_aio, the parent's AsyncOperation
+     * never finishes). QEMU never sends librbd such a request: its rbd
+     * driver sets the write-zeroes alignment to the object size, so the
+     * block layer writes the unaligned ends as data. So do we: the ends as
+     * writes of zeroes, only the aligned middle as write-zeroes, which
+     * librbd sends as one request. */
+    uint64_t head = (RBD_ZERO_ALIGN - off % RBD_ZERO_ALIGN) % RBD_ZERO_ALIGN;
+    if (head >= bytes || bytes - head < RBD_ZERO_ALIGN)
+        head = 0; /* small: see below */
+    uint64_t mid = head ? (bytes - head) / RBD_ZERO_ALIGN * RBD_ZERO_ALIGN
+                        : (off % RBD_ZERO_ALIGN ? 0 : bytes / RBD_ZERO_ALIGN * RBD_ZERO_ALIGN);
+    if (mid == 0) {
+        /* under two units, or unaligned without an aligned unit inside:
+         * plain writes of zeroes, one unit at most each */
+        for (uint64_t done = 0; done < bytes;) {
+            uint64_t len = RBD_ZERO_ALIGN - (off + done) % RBD_ZERO_ALIGN;
+            if (len > bytes - done)
+                len = bytes - done;
+            int r = write_zero_bytes(n, off + done, len);
+            if (r < 0)
+                return r;
+            done += len;
+        }
+        return 0;
+    }
+    int r = 0;
+    if (head)
+        r = write_zero_bytes(n, off, head);
+    if (r == 0)
+        r = vrbd_aio(n, OP_ZEROES, off + head, mid, NULL, 0, RBD_WRITE_ZEROES_FLAG_THICK_PROVISION);
+    uint64_t tail = bytes - head - mid;
+    if (r == 0 && tail)
+        r = write_zero_bytes(n, off + head + mid, tail);
+    return r;
 }
 
 /* ---------- block status from rbd_diff_iterate2 ---------- */
