@@ -19,12 +19,14 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 static const char usage_text[] =
     "Usage: vbd-io [OPTIONS]... [-c COMMAND]... [FILE]\n"
@@ -1037,9 +1039,61 @@ struct run_args {
     int ncmds;
 };
 
+/* The next line of standard input into *line (without its newline; the
+ * caller frees it); false at the end of the input. The wait for input is
+ * the loop's, so aio requests in flight complete meanwhile, as qemu-io's
+ * readline does on its main loop. */
+static bool read_stdin_line(char **line)
+{
+    static char buf[4096];
+    static size_t have;
+    static bool eof;
+    char *nl;
+    while (!(nl = memchr(buf, '\n', have)) && !eof && have < sizeof(buf)) {
+        (void)vbd_co_poll(STDIN_FILENO, POLLIN); /* a regular file cannot be polled: read it anyway */
+        ssize_t r = read(STDIN_FILENO, buf + have, sizeof(buf) - have);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (r <= 0)
+            eof = true;
+        else
+            have += (size_t)r;
+    }
+    if (!nl && !have)
+        return false;
+    size_t len = nl ? (size_t)(nl - buf) : have; /* a last line without a newline, or one of 4 KiB */
+    *line = vbd_xstrndup(buf, len);
+    size_t used = nl ? len + 1 : len;
+    memmove(buf, buf + used, have - used);
+    have -= used;
+    return true;
+}
+
+/* Without -c, qemu-io reads its commands from standard input, a
+ * "qemu-io> " prompt before each (also when the input is not a terminal),
+ * until "quit" or the end of the input. */
+static void run_stdin(void)
+{
+    while (!quitting) {
+        fputs("vbd-io> ", stdout);
+        fflush(stdout);
+        char *line;
+        if (!read_stdin_line(&line))
+            break;
+        if (run_command(line) < 0)
+            failures++;
+        free(line);
+    }
+}
+
 static void run_all(void *opaque)
 {
     struct run_args *r = opaque;
+    if (!r->ncmds) {
+        run_stdin();
+        wait_aio();
+        return;
+    }
     for (int i = 0; i < r->ncmds && !quitting; i++) {
         char *line = strdup(r->cmds[i]);
         if (run_command(line) < 0)
