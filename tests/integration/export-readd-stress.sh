@@ -13,8 +13,7 @@
 # qcow2 and raw. EXPORT_READD_SEED, EXPORT_READD_ROUNDS.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 SEED=${EXPORT_READD_SEED:-2424}
 ROUNDS=${EXPORT_READD_ROUNDS:-8}
 cd "$T"

@@ -251,8 +251,7 @@ must_fail_with "parent.vhdx" "$VBD_IMG" convert -f vhdx -O raw child.vhdx got.ra
 rm -f child.vhdx elsewhere.vhdx parent.raw want.raw got.raw got.qcow2
 
 step "the model-based stress test (tests/stress/vbd-stress) on dynamic vhdx images"
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 head -c 3M /dev/urandom >init.raw && truncate -s 8M init.raw
 n=0
 for io in "" "-t none" "-i threads"; do

@@ -308,8 +308,7 @@ must_fail_with "Input/output error" "$VBD_IO" -f vmdk -c 'read 0 64k' so.vmdk
 out=$("$VBD_IMG" check -f vmdk h.vmdk 2>&1) || fail "check of a good image: $out"
 
 step "the model-based stress test (tests/stress/vbd-stress) on a monolithicSparse vmdk"
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 head -c 3M /dev/urandom >init.raw && truncate -s 8M init.raw
 n=0
 for zg in off on; do

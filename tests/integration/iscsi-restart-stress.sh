@@ -12,8 +12,7 @@
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib-tgt.sh"
 need qemu-img
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 cd "$T"
 SEED=${ISCSI_RESTART_SEED:-8221}
 WIN=$((8 << 20))

@@ -14,8 +14,7 @@
 # copies) is refused.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 cd "$T"
 truncate -s 32M init.raw
 mixed_data m1 1 && dd if=m1 of=init.raw bs=1M seek=3 conv=notrunc status=none

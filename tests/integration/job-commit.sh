@@ -15,8 +15,7 @@
 #     model. Every image ends qemu-img check clean.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 cd "$T"
 truncate -s 32M base.raw
 mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=2 conv=notrunc status=none

@@ -18,8 +18,7 @@
 # checks clean.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 cd "$T"
 must qemu-img create -q -f qcow2 src.qcow2 32M
 ROUNDS=${JOB_HOOK_ROUNDS:-2}

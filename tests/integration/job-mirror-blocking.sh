@@ -16,8 +16,7 @@
 # job-complete: the target must be the stress's model.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 cd "$T"
 truncate -s 16M src.raw
 mixed_data m1 1 && dd if=m1 of=src.raw bs=1M seek=2 conv=notrunc status=none

@@ -17,8 +17,7 @@
 #     BLOCK_JOB_COMPLETED carrying the error. The overlay stays consistent.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io qemu-nbd python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 cd "$T"
 truncate -s 32M base.raw
 mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=0 conv=notrunc status=none

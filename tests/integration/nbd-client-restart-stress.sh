@@ -13,8 +13,7 @@
 # with --no-sr (parallel threads, simple replies only) and vbd-nbd.
 . "$(dirname "$0")/lib.sh"
 need qemu-nbd nbdkit qemu-img
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 cd "$T"
 SEED=${NBD_RESTART_SEED:-7117}
 WIN=$((8 << 20))

@@ -120,8 +120,7 @@ out=$("$VBD_IO" --image-opts "${W/vote-threshold=2/vote-threshold=1}" -c "write 
 qemu-io -f raw -r "$T/f0.raw" -c "read -P 3 0 4k" | grep -q "^read 4096/4096" || fail "the write did not reach child 0"
 
 step "the model-based stress test (tests/stress/vbd-stress) through a quorum of three raw files"
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 head -c 2M /dev/urandom >"$T/init.raw" && truncate -s 8M "$T/init.raw"
 S3="driver=quorum,vote-threshold=2"
 for i in 0 1 2; do

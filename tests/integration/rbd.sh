@@ -178,8 +178,7 @@ stop_daemon
 must qemu-io -f raw -c 'read -P 0x71 2M 64k' "$(R z)" >/dev/null
 
 step "the model-based stress test (tests/stress/vbd-stress) on rbd: in process, NBD (4 connections), vhost-user-blk (4 queues on 2 iothreads), qcow2 on rbd"
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 head -c 3M /dev/urandom >init.raw && truncate -s 8M init.raw
 n=0
 for tr in lib nbd vhost qcow2; do

@@ -25,8 +25,7 @@
 . "$(dirname "$0")/lib.sh"
 . "$VBD_ROOT/tests/stress/stress-lib.sh"
 need qemu-img qemu-nbd nbdinfo python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 SEED=${SNAP_STRESS_SEED:-1717}
 ROUNDS=${SNAP_STRESS_ROUNDS:-5}
 cd "$T"

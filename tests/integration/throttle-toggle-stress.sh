@@ -11,8 +11,7 @@
 # qemu-img check is clean. THROTTLE_TOGGLE_SEED, THROTTLE_TOGGLE_ROUNDS.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-STRESS=$VBD_BUILD/tests/stress/vbd-stress
-[ -x "$STRESS" ] || fail "no $STRESS (build the tree first)"
+need_stress
 SEED=${THROTTLE_TOGGLE_SEED:-3131}
 ROUNDS=${THROTTLE_TOGGLE_ROUNDS:-40}
 cd "$T"
