@@ -49,6 +49,17 @@ if os.waitstatus_to_exitcode(st):
     sys.exit(1)
 print("%.4f %.4f" % (w, ru.ru_utime + ru.ru_stime))' "$@" || exit 1
     }
+    # HOT_MIB=N: touch N MiB of fresh memory and free it. This guest hands
+    # free memory back to its host (page_reporting_order=11 on the kernel
+    # command line: free 8 MiB blocks are reported after ~2 s); the page
+    # cache a run writes may then come from memory the host has to fault
+    # in again, or from pages freed a moment before, depending on how long
+    # the sync before the run took. Freed just before the run, they are at
+    # the head of the free lists, the same for every run.
+    hot_memory() {
+        [ "${HOT_MIB:-0}" -gt 0 ] || return 0
+        python3 -c 'import sys; b = bytearray(int(sys.argv[1]) << 20); b[::4096] = b"\1" * (len(b) // 4096)' "$HOT_MIB"
+    }
     for case in "raw->raw|-f raw -O raw|raw|raw" "raw->raw -m 16 -W|-f raw -O raw -m 16 -W|raw|raw" \
                 "raw->raw -t none|-f raw -O raw -t none -T none|raw|raw" "raw->qcow2|-f raw -O qcow2|qcow2|raw" \
                 "raw->qcow2 -m 16 -W|-f raw -O qcow2 -m 16 -W|qcow2|raw" "raw->qcow2 -c|-f raw -O qcow2 -c|qcow2|raw" \
@@ -57,18 +68,33 @@ print("%.4f %.4f" % (w, ru.ru_utime + ru.ru_stime))' "$@" || exit 1
         [[ $label =~ ${CASES:-.} ]] || continue
         in=$src; [ "$sfmt" = qcow2 ] && in=$srcq
         v=() q=() vc=() qc=()
-        for _ in $(seq "$REPS"); do
-            out=$d/vbd-conv-out-$$.$ext
-            rm -f "$out"; sync
+        out=$d/vbd-conv-out-$$.$ext
+        # Each timed run, either tool's, starts from the same state: the
+        # output of the run before removed and everything written back
+        # (sync: no earlier run's writeback or ext4's discard of its freed
+        # blocks overlaps this one; both tools write the target unsafe,
+        # without a flush at the end: qemu-img convert's -t default, vbd-img's
+        # too), the source warm in the page cache (written and read just
+        # before, never dropped: with drop_caches each run would time the
+        # shared virtio disk's read of 1 GiB, and evict the other sessions'
+        # caches), and with HOT_MIB=N N MiB of memory touched and freed just
+        # before (see hot_memory). The tools alternate which one goes first.
+        run_vbd() {
+            rm -f "$out"; sync; hot_memory
             read -r w c < <(timed "${TAX[@]}" "$VBD_IMG" convert $args "$in" "$out")
             # the space used once written back (sync: ext4 counts a file's extent
             # tree blocks only then, whether its blocks were reserved or allocated)
             sync; v+=("$w"); vc+=("$c"); vm=$(du -m "$out" | cut -f1)
             qemu-img compare -q -f raw -F "$ext" "$src" "$out" || { echo "$label: vbd output differs!" >&2; exit 1; }
             [ "$ext" = raw ] || qemu-img check -q -f "$ext" "$out" || { echo "$label: qemu-img check of vbd's output failed" >&2; exit 1; }
-            rm -f "$out"; sync
+        }
+        run_qemu() {
+            rm -f "$out"; sync; hot_memory
             read -r w c < <(timed "${TAX[@]}" qemu-img convert $args "$in" "$out")
             sync; q+=("$w"); qc+=("$c"); qm=$(du -m "$out" | cut -f1)
+        }
+        for r in $(seq "$REPS"); do
+            if ((r % 2)); then run_vbd; run_qemu; else run_qemu; run_vbd; fi
         done
         # Not left for the next case (another name when the target format
         # changes): its memory is then freed just before that case's first
