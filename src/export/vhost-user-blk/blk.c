@@ -196,13 +196,9 @@ void blk_queue_kick(struct vu_queue *q)
         return;
     int popped = 0;
     uint64_t since = 0;
-    bool shared = kick_shared(q);
-    int budget = shared ? BLK_KICK_SHARED_BUDGET : BLK_KICK_BUDGET;
-    bool older_elsewhere = false; /* another ring held requests when this batch was read */
+    int budget = kick_shared(q) ? BLK_KICK_SHARED_BUDGET : BLK_KICK_BUDGET;
     for (;;) {
         while (vu_queue_can_process(q) && !LOAD(bq->e->stopped)) {
-            if (shared && vu_vq_batch_done(&q->vq)) /* the next pop reads a new batch */
-                older_elsewhere = vu_queue_others_pending(q) > 0;
             struct blk_req *r = blk_req_alloc(bq);
             if (!r) {
                 blk_batch_flush(bq);
@@ -227,7 +223,7 @@ void blk_queue_kick(struct vu_queue *q)
             if (blk_req_decode(r))
                 blk_dispatch(bq, r);
             popped++;
-            if (vu_vq_batch_done(&q->vq) && (older_elsewhere || kick_spent(popped, budget, &since))) {
+            if (vu_vq_batch_done(&q->vq) && kick_spent(popped, budget, &since)) {
                 /* the driver's next request must kick us (EVENT_IDX:
                  * avail_event published) if the loop sleeps before its
                  * poller looks again; what is pending now it finds */

@@ -79,39 +79,6 @@ bool vu_queue_can_process(const struct vu_queue *q)
            __atomic_load_n(&q->dev->conn_fd, __ATOMIC_RELAXED) >= 0;
 }
 
-/* The rings this thread polls: linked while their poller is registered,
- * and added and removed on the ring's own loop, so only this thread walks
- * or changes the list (a ring freed by the control loop has left it). */
-static _Thread_local struct vu_queue *thread_rings;
-
-static void thread_rings_add(struct vu_queue *q)
-{
-    q->thread_next = thread_rings;
-    thread_rings = q;
-}
-
-static void thread_rings_remove(struct vu_queue *q)
-{
-    for (struct vu_queue **pp = &thread_rings; *pp; pp = &(*pp)->thread_next)
-        if (*pp == q) {
-            *pp = q->thread_next;
-            break;
-        }
-    q->thread_next = NULL;
-}
-
-int vu_queue_others_pending(const struct vu_queue *q)
-{
-    int n = 0;
-    for (const struct vu_queue *o = thread_rings; o; o = o->thread_next)
-        if (o != q && vu_queue_can_process(o)) {
-            int p = vu_vq_pending(&o->vq);
-            if (p > 0)
-                n += p;
-        }
-    return n;
-}
-
 struct vbd_loop *vu_queue_enter(struct vu_queue *q)
 {
     struct vbd_loop *here = vbd_loop_current();
@@ -450,7 +417,6 @@ static void queue_stop(struct vu_queue *q)
     }
     if (q->polled) {
         vbd_loop_remove_poller(q->loop, &q->poller);
-        thread_rings_remove(q);
         q->polled = false;
         /* leave the ring asking for kicks, for whoever runs it next */
         if (q->notify_off && q->started && q->vq.used && !q->vq.broken &&
@@ -524,7 +490,6 @@ static int queue_start_here(struct vu_dev *dev, struct vu_queue *q)
     }
     q->poller = (struct vbd_poller){.poll = queue_poll, .before_sleep = queue_before_sleep, .arg = q};
     vbd_loop_add_poller(q->loop, &q->poller);
-    thread_rings_add(q);
     q->polled = true;
     q->notify_off = false;
     if (vu_queue_can_process(q))

@@ -52,7 +52,6 @@ struct vu_queue {
     bool notify_held;     /* completions of one merged request are being pushed */
     struct vbd_bh notify_bh;
     void *dev_queue; /* the device's per-queue state */
-    struct vu_queue *thread_next; /* the next ring polled by this ring's thread */
 };
 
 struct vu_dev_ops {
@@ -132,9 +131,6 @@ void vu_queue_release_notify(struct vu_queue *q);
 /* A malformed ring: log once, stop processing the queue until reset. */
 void vu_queue_fail(struct vu_queue *q, const char *why);
 bool vu_queue_can_process(const struct vu_queue *q);
-/* Requests the other rings polled by q's thread (of any device) hold, not
- * yet taken: reads each such ring's avail index, a line the driver writes. */
-int vu_queue_others_pending(const struct vu_queue *q);
 bool vu_has_feature(const struct vu_dev *dev, unsigned bit);
 /* Tells the front end that the config space changed (a resize): sends
  * VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the back-end channel. Returns 0,
