@@ -126,7 +126,7 @@ UNIX="driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$SRV,fil
 step "an export back read-only under a writable node: refused as QEMU refuses it, the write and the read fail with EIO"
 # qemu-io 7.2 refuses it too (no request reaches it) but never gives up:
 # each refused attempt re-arms its reconnect-delay timer, so it reconnects
-# without a pause (thousands of connections a second) and its write never
+# without a pause (~760 connections a second here) and its write never
 # ends; here it runs 3 s, and only what reached the server is checked
 server ro "$SRV"
 timeout 3 qemu-io --image-opts -c "write -P 0x11 0 4k" "$UNIX" >qemu-io.all 2>&1
