@@ -1040,18 +1040,29 @@ struct run_args {
 };
 
 /* The next line of standard input into *line (without its newline; the
- * caller frees it); false at the end of the input. The wait for input is
- * the loop's, so aio requests in flight complete meanwhile, as qemu-io's
- * readline does on its main loop. */
+ * caller frees it); false at the end of the input. Lines of any length,
+ * as qemu-io's readline takes them: a fixed 4 KiB buffer cut a longer
+ * line into two commands. The wait for input is the loop's, so aio
+ * requests in flight complete meanwhile, as qemu-io's readline does on its
+ * main loop. */
 static bool read_stdin_line(char **line)
 {
-    static char buf[4096];
-    static size_t have;
+    static char *buf;
+    static size_t have, cap, scanned; /* scanned: bytes known to hold no newline */
     static bool eof;
-    char *nl;
-    while (!(nl = memchr(buf, '\n', have)) && !eof && have < sizeof(buf)) {
+    char *nl = NULL;
+    for (;;) {
+        if (have > scanned && (nl = memchr(buf + scanned, '\n', have - scanned)))
+            break;
+        scanned = have;
+        if (eof)
+            break;
+        if (have == cap) {
+            cap = cap ? cap * 2 : 4096;
+            buf = vbd_xrealloc(buf, cap);
+        }
         (void)vbd_co_poll(STDIN_FILENO, POLLIN); /* a regular file cannot be polled: read it anyway */
-        ssize_t r = read(STDIN_FILENO, buf + have, sizeof(buf) - have);
+        ssize_t r = read(STDIN_FILENO, buf + have, cap - have);
         if (r < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         if (r <= 0)
@@ -1059,13 +1070,18 @@ static bool read_stdin_line(char **line)
         else
             have += (size_t)r;
     }
-    if (!nl && !have)
+    if (!nl && !have) {
+        free(buf);
+        buf = NULL;
+        cap = scanned = 0;
         return false;
-    size_t len = nl ? (size_t)(nl - buf) : have; /* a last line without a newline, or one of 4 KiB */
+    }
+    size_t len = nl ? (size_t)(nl - buf) : have; /* a last line without a newline */
     *line = vbd_xstrndup(buf, len);
     size_t used = nl ? len + 1 : len;
     memmove(buf, buf + used, have - used);
     have -= used;
+    scanned = 0;
     return true;
 }
 

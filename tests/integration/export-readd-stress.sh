@@ -13,13 +13,9 @@
 # qcow2 and raw. EXPORT_READD_SEED, EXPORT_READD_ROUNDS.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-need_stress
 SEED=${EXPORT_READD_SEED:-2424}
 ROUNDS=${EXPORT_READD_ROUNDS:-8}
-cd "$T"
-truncate -s 16M init.raw
-mixed_data m1 3 && dd if=m1 of=init.raw bs=1M seek=5 conv=notrunc status=none
-on_exit 'kill -9 $dpid 2>/dev/null'
+stress_init 3 5
 
 for fmt in qcow2 raw; do
     step "$fmt: $ROUNDS rounds of block-export-del (hard) + iothread move + block-export-add under QD 64 (seed $SEED)"

@@ -84,26 +84,6 @@ io_same -f raw -d off -c 'discard 0 4k' a.raw
 io_same -f raw -d unmap -c 'discard 0 4k' a.raw
 io_same -f raw -d bogus -c 'discard 0 4k' a.raw
 
-step "commands from standard input without -c (a prompt before each; blank lines, unknown commands, quit, the end of the input)"
-stdin_same() { # INPUT ARGS...: both tools with no -c, INPUT (printf's format) on stdin
-    local input=$1 t
-    shift
-    for t in q v; do rm -rf $t && cp -a base $t; done
-    # shellcheck disable=SC2059 # the input is a printf format on purpose
-    (cd q && printf "$input" | qemu-io "$@" >../q.out 2>../q.err; echo "exit $?" >>../q.out)
-    # shellcheck disable=SC2059
-    (cd v && printf "$input" | "$VBD_IO" "$@" >../v.out 2>../v.err; echo "exit $?" >>../v.out)
-    sed -i -E -e 's/qemu-io/TOOL/g' -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' -e '$a\' q.out q.err
-    sed -i -E -e 's/vbd-io/TOOL/g' -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' -e '$a\' v.out v.err
-    tools_same "stdin: $input $*"
-    for t in $(cd q && ls -A); do cmp -s q/$t v/$t || qemu-img compare -q q/$t v/$t || fail "stdin: $t differs: $input"; done
-}
-stdin_same 'write -P 0x11 0 4k\nread -P 0x11 0 4k\n\nfoo\nread -P 0x12 0 4k\nquit\nread 0 4k\n' -f raw a.raw
-stdin_same 'write -P 0x11 0 4k\nread -v 0 16' -f qcow2 a.qcow2
-stdin_same '' -f raw a.raw
-stdin_same 'read 0 4k\n' -r -f qcow2 a.qcow2
-stdin_same 'open -f raw a.raw\nread -P 0xab 0 4k\nclose\nread 0 1\n'
-
 step "opening: missing images, wrong formats, read-only, -U, cache modes, --image-opts"
 io_same -c 'read 0 1' nosuch
 io_same -f raw -c 'read 0 1' nosuch

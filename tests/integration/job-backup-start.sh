@@ -16,8 +16,7 @@
 need qemu-img python3
 need_stress
 cd "$T"
-truncate -s 32M init.raw
-mixed_data m1 1 && dd if=m1 of=init.raw bs=1M seek=3 conv=notrunc status=none
+mixed_disk init.raw 32 3
 must qemu-img convert -q -f raw -O qcow2 init.raw src.qcow2
 must qemu-img create -q -f qcow2 t1.qcow2 32M
 must qemu-img create -q -f qcow2 t2.qcow2 32M

@@ -17,9 +17,7 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io nbdinfo python3
 cd "$T"
-truncate -s 16M base.raw
-mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=0 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=base.raw bs=1M seek=9 conv=notrunc status=none
+mixed_disk base.raw 16 0 9
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 IOW="-c 'write -P 0xa1 0 64k' -c 'write -P 0xa2 500k 100k' -c 'write -P 0xa3 9M 3M' -c 'write -z 13M 1M' \
 -c 'write -P 0xa4 15M 1M' -c 'write -P 0xa5 1000 3000' -c 'write -P 0xa6 8M 4k' -c 'write -P 0xa7 15872k 1k'"

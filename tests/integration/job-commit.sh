@@ -17,9 +17,7 @@
 need qemu-storage-daemon qemu-img qemu-io python3
 need_stress
 cd "$T"
-truncate -s 32M base.raw
-mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=2 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=base.raw bs=1M seek=20 conv=notrunc status=none
+mixed_disk base.raw 32 2 20
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
 must qemu-io -f qcow2 -c 'write -P 0x61 1M 6M' -c 'write -z 9M 1M' -c 'write -P 0x62 17M 5M' -c 'write -P 0x63 30M 2M' mid.qcow2 >/dev/null

@@ -21,9 +21,7 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
-truncate -s 24M src.raw
-mixed_data m1 1 && dd if=m1 of=src.raw bs=1M seek=1 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=src.raw bs=1M seek=14 conv=notrunc status=none
+mixed_disk src.raw 24 1 14
 must qemu-img convert -q -f raw -O qcow2 src.raw src.0
 
 on_exit 'kill -9 $dpid 2>/dev/null'

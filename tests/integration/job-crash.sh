@@ -9,9 +9,7 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
-truncate -s 24M base.raw
-mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=1 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=base.raw bs=1M seek=14 conv=notrunc status=none
+mixed_disk base.raw 24 1 14
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
 must qemu-io -f qcow2 -c 'write -P 0x61 0 5M' -c 'write -P 0x62 12M 6M' mid.qcow2 >/dev/null

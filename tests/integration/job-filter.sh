@@ -21,8 +21,7 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
 cd "$T"
-truncate -s 16M base.raw
-mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=1 count=6 conv=notrunc status=none
+mixed_disk base.raw 16 1
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
 must qemu-io -f qcow2 -c 'write -P 0x22 4M 4M' -c 'write -z 12M 1M' mid.qcow2 >/dev/null

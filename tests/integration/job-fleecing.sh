@@ -17,9 +17,7 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io nbdcopy nbdinfo python3
 cd "$T"
-truncate -s 16M base.raw
-mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=1 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=base.raw bs=1M seek=9 conv=notrunc status=none
+mixed_disk base.raw 16 1 9
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 R1="-c 'write -P 0xb1 64k 64k' -c 'write -P 0xb2 3M 1M' -c 'write -P 0xb3 10M 100k' -c 'write -z 14M 64k'"
 R2="-c 'write -P 0xc1 0 2M' -c 'write -P 0xc2 3M 4k' -c 'write -P 0xc3 9M 4M' -c 'write -z 14M 2M' -c 'write -P 0xc4 5000 300k'"

@@ -29,8 +29,7 @@ on_exit 'stop_guest; [ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 cd "$T"
 # data everywhere but the guest's regions (the first 2 MiB), so the backup
 # has something to copy all along the disk
-truncate -s $SIZE base.raw
-for i in 1 2 3 4; do mixed_data m$i $i && dd if=m$i of=base.raw bs=1M seek=$((i * 7 - 4)) conv=notrunc status=none; done
+mixed_disk base.raw $((SIZE >> 20)) 3 10 17 24
 must qemu-img convert -q -f raw -O qcow2 base.raw src.qcow2
 must qemu-img create -q -f qcow2 tgt.qcow2 $SIZE
 must qemu-img create -q -f qcow2 -b "$T/src.qcow2" -F qcow2 fleece.qcow2 $SIZE

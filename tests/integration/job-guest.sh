@@ -26,8 +26,7 @@ on_exit 'stop_guest; [ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 cd "$T"
 # a base with data everywhere but the guest's regions (the first 2 MiB),
 # and an empty overlay
-truncate -s 64M base.raw
-for i in 1 2 3 4; do mixed_data m$i $i && dd if=m$i of=base.raw bs=1M seek=$((i * 12)) conv=notrunc status=none; done
+mixed_disk base.raw 64 12 24 36 48
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
 must qemu-img create -q -f qcow2 tgt.qcow2 64M

@@ -18,8 +18,7 @@
 need qemu-storage-daemon qemu-img qemu-io python3
 need_stress
 cd "$T"
-truncate -s 16M src.raw
-mixed_data m1 1 && dd if=m1 of=src.raw bs=1M seek=2 conv=notrunc status=none
+mixed_disk src.raw 16 2
 must qemu-img convert -q -f raw -O qcow2 src.raw src.0
 on_exit 'kill -9 $dpid 2>/dev/null'
 for d in vbd qsd; do

@@ -19,9 +19,7 @@
 need qemu-storage-daemon qemu-img qemu-io qemu-nbd python3
 need_stress
 cd "$T"
-truncate -s 32M base.raw
-mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=2 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=base.raw bs=1M seek=20 conv=notrunc status=none
+mixed_disk base.raw 32 2 20
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
 must qemu-io -f qcow2 -c 'write -P 0x71 0 2M' -c 'write -P 0x72 15M 4M' -c 'write -z 29M 1M' top.qcow2 >/dev/null

@@ -19,10 +19,7 @@
 need qemu-storage-daemon qemu-img qemu-io qemu-nbd python3
 need_stress
 cd "$T"
-truncate -s 32M base.raw
-mixed_data m1 1 && dd if=m1 of=base.raw bs=1M seek=0 conv=notrunc status=none
-mixed_data m2 2 && dd if=m2 of=base.raw bs=1M seek=12 conv=notrunc status=none
-mixed_data m3 3 && dd if=m3 of=base.raw bs=1M seek=26 conv=notrunc status=none
+mixed_disk base.raw 32 0 12 26
 must qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 # B's writes: fixed patterns at fixed places (some across the streamed chunks)
 IOW=(-c 'write -P 0xa1 0 64k' -c 'write -P 0xa2 500k 100k' -c 'write -P 0xa3 13M 3M' -c 'write -z 20M 1M'

@@ -150,16 +150,19 @@ while len(out) < 6 << 20:
 open(sys.argv[1], 'wb').write(out[:6 << 20])
 PY
 }
-# mixed_disk FILE MIB AT1 AT2: a raw image FILE of MIB MiB with
-# mixed_data seed 1 at AT1 MiB and seed 2 at AT2 MiB, zeroes elsewhere: the
-# source disk of the stress and job tests
+# mixed_disk FILE MIB AT...: a raw image FILE of MIB MiB with mixed_data
+# seed 1 at the first AT MiB, seed 2 at the second and so on, zeroes
+# elsewhere: the source disk of the stress and job tests
 mixed_disk() {
-    truncate -s "$2M" "$1" || fail "truncate $1"
-    mixed_data "$1.m1" 1 && dd if="$1.m1" of="$1" bs=1M seek="$3" conv=notrunc status=none ||
-        fail "mixed data into $1"
-    mixed_data "$1.m2" 2 && dd if="$1.m2" of="$1" bs=1M seek="$4" conv=notrunc status=none ||
-        fail "mixed data into $1"
-    rm -f "$1.m1" "$1.m2"
+    local f=$1 seed=0 at
+    truncate -s "$2M" "$f" || fail "truncate $f"
+    shift 2
+    for at in "$@"; do
+        seed=$((seed + 1))
+        mixed_data "$f.m$seed" $seed && dd if="$f.m$seed" of="$f" bs=1M seek="$at" conv=notrunc status=none ||
+            fail "mixed data into $f"
+        rm -f "$f.m$seed"
+    done
 }
 # need_stress: sets STRESS, the model-based stress test (tests/stress/vbd-stress)
 need_stress() {
@@ -176,6 +179,90 @@ stress_setup() {
     cd "$T" || fail "cd $T"
     mixed_disk "$1" "$2" 1 "$3"
     must qemu-img convert -q -f raw -O qcow2 "$1" base.qcow2
+    on_exit 'kill -9 $dpid 2>/dev/null'
+}
+# The restart-stress tests (nbd-client-restart-stress, iscsi-restart-stress):
+# a protocol node whose server is killed and started again twice under two
+# vbd-stress runs, then the server's image checked against their models.
+# window_stress_disk FILE: FILE of 2 x $WIN random bytes, its copy init.raw
+# and its halves a.init and b.init (the two windows' models start there).
+window_stress_disk() {
+    head -c $((2 * WIN)) /dev/urandom >"$1"
+    cp "$1" init.raw
+    head -c $WIN "$1" >a.init
+    tail -c $WIN "$1" >b.init
+}
+# window_stress_start NODE BLOCKDEV ASEED BSEED [B-ARGS...]: in the current
+# directory, vbd-daemon (dpid, daemon.log) with the protocol node NODE
+# (BLOCKDEV) cut into two raw windows of $WIN bytes: a over vhost-user-blk
+# on $VU (2 queues on iothread io0: the node stays on the main loop,
+# requests hop), b over NBD on $S; then vbd-stress on each (QD 64, seeds
+# ASEED and BSEED, models from a.init and b.init into a.shadow and
+# b.shadow; apid/bpid, a.log/b.log; B-ARGS added to b's). STRESS set.
+window_stress_start() {
+    local node=$1 blockdev=$2 aseed=$3 bseed=$4
+    shift 4
+    rm -f "$S" "$VU"
+    "$VBD_DAEMON" --object iothread,id=io0 --blockdev "$blockdev" \
+        --blockdev driver=raw,node-name=a,file="$node",offset=0,size=$WIN \
+        --blockdev driver=raw,node-name=b,file="$node",offset=$WIN,size=$WIN \
+        --export type=vhost-user-blk,id=e0,node-name=a,addr.type=unix,addr.path="$VU",writable=on,num-queues=2,iothread=io0 \
+        --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e1,node-name=b,name=b,writable=on \
+        2>daemon.log &
+    dpid=$!
+    on_exit "kill -9 $dpid 2>/dev/null"
+    wait_sock "$S"
+    wait_sock "$VU"
+    "$STRESS" --seed "$aseed" --ops 1000000 --qd 64 --align 512 --init a.init --shadow-out a.shadow \
+        --vhost-user "$VU" --queues 2 >a.log 2>&1 &
+    apid=$!
+    "$STRESS" --seed "$bseed" --ops 1000000 --qd 64 "$@" --init b.init --shadow-out b.shadow \
+        --nbd "nbd+unix:///b?socket=$S" --conns 4 >b.log 2>&1 &
+    bpid=$!
+}
+# window_stress_rounds DISK RESTART LINE: twice, once writes reached DISK
+# (it differs from init.raw; then the kill falls among requests in
+# flight), the command RESTART (kill the server, an outage, start it
+# again) and a wait for the daemon's log line LINE (the reconnect).
+window_stress_rounds() {
+    local round
+    for round in 1 2; do
+        for _ in $(seq 400); do cmp -s "$1" init.raw || break; sleep 0.05; done
+        sleep 0.5
+        kill -0 $apid 2>/dev/null || fail "vbd-stress (vhost-user) ended before the kill: $(tail -5 a.log)"
+        kill -0 $bpid 2>/dev/null || fail "vbd-stress (NBD) ended before the kill: $(tail -5 b.log)"
+        $2
+        wait_log daemon.log "$3" $round || fail "no reconnect $round: $(tail -5 daemon.log)"
+    done
+}
+# window_stress_finish WHAT DISK: both runs stopped (within 120 s) and
+# passed, the daemon exits 0 after SIGTERM with no sanitizer report, and
+# each window of DISK equals its model (WHAT names the case in failures).
+window_stress_finish() {
+    sleep 0.5 # requests on the last connection too
+    kill -USR1 $apid $bpid
+    for _ in $(seq 1200); do kill -0 $apid 2>/dev/null || kill -0 $bpid 2>/dev/null || break; sleep 0.1; done
+    kill -0 $apid 2>/dev/null && fail "vbd-stress (vhost-user) still runs 120 s after its end was asked: $(tail -5 daemon.log)"
+    kill -0 $bpid 2>/dev/null && fail "vbd-stress (NBD) still runs 120 s after its end was asked: $(tail -5 daemon.log)"
+    wait $apid || fail "vbd-stress over vhost-user across $1: $(tail -8 a.log)"
+    wait $bpid || fail "vbd-stress over NBD across $1: $(tail -8 b.log)"
+    kill -TERM $dpid; wait $dpid || fail "vbd-daemon exited with $?: $(tail -5 daemon.log)"
+    ! grep -q Sanitizer daemon.log || fail "$(cat daemon.log)"
+    grep -h " ops (" a.log b.log
+    cmp <(head -c $WIN "$2") a.shadow || fail "$1: the vhost-user window differs from its model"
+    cmp <(tail -c $WIN "$2") b.shadow || fail "$1: the NBD window differs from its model"
+}
+# stress_init SEED AT: the start of the stress tests on a raw image
+# (export-readd-stress, snapshot-stress, throttle-toggle-stress): STRESS
+# set (need_stress), in $T (the current directory from now on) init.raw of
+# 16 MiB with mixed_data SEED at AT MiB, zeroes elsewhere; a vbd-daemon
+# left in $dpid is killed at exit. (stress_setup: the same shape on a
+# mixed_disk with its qcow2 copy.)
+stress_init() {
+    need_stress
+    cd "$T" || fail "cd $T"
+    truncate -s 16M init.raw || fail "truncate init.raw"
+    mixed_data m1 "$1" && dd if=m1 of=init.raw bs=1M seek="$2" conv=notrunc status=none || fail "mixed data into init.raw"
     on_exit 'kill -9 $dpid 2>/dev/null'
 }
 # scenario_dir NAME: a fresh $T/NAME, the current directory from now on

@@ -33,54 +33,23 @@ srv_start() { # KIND: the server of disk.raw on $SRV, pid in spid
     wait_sock "$SRV"
 }
 
+srv_restart() { # KIND: SIGKILL, an outage (the client finds no server meanwhile), then a new server
+    kill -9 $spid; wait $spid 2>/dev/null
+    sleep 0.3
+    srv_start "$1"
+}
+
 n=0
 for kind in qemu-nbd nbdkit-nosr vbd-nbd; do
     n=$((n + 1))
     step "$kind killed and restarted twice under vhost-user (2 queues, iothread) and NBD (4 connections), QD 64 each, seed $((SEED + n))"
-    head -c $((2 * WIN)) /dev/urandom >disk.raw
-    cp disk.raw init.raw
-    head -c $WIN disk.raw >a.init
-    tail -c $WIN disk.raw >b.init
+    window_stress_disk disk.raw
     : >srv.log
     srv_start $kind
-    rm -f "$S" "$VU"
-    "$VBD_DAEMON" --object iothread,id=io0 \
-        --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$SRV",export=exp,reconnect-delay=60 \
-        --blockdev driver=raw,node-name=a,file=n0,offset=0,size=$WIN \
-        --blockdev driver=raw,node-name=b,file=n0,offset=$WIN,size=$WIN \
-        --export type=vhost-user-blk,id=e0,node-name=a,addr.type=unix,addr.path="$VU",writable=on,num-queues=2,iothread=io0 \
-        --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e1,node-name=b,name=b,writable=on \
-        2>daemon.log &
-    dpid=$!
-    on_exit "kill -9 $dpid 2>/dev/null"
-    wait_sock "$S"
-    wait_sock "$VU"
-    "$STRESS" --seed $((SEED + n)) --ops 1000000 --qd 64 --align 512 --init a.init --shadow-out a.shadow \
-        --vhost-user "$VU" --queues 2 >a.log 2>&1 &
-    apid=$!
-    "$STRESS" --seed $((SEED + 100 + n)) --ops 1000000 --qd 64 --init b.init --shadow-out b.shadow \
-        --nbd "nbd+unix:///b?socket=$S" --conns 4 >b.log 2>&1 &
-    bpid=$!
-    for round in 1 2; do
-        # the writes reach the server (then the kill falls among requests in flight)
-        for _ in $(seq 400); do cmp -s disk.raw init.raw || break; sleep 0.05; done
-        sleep 0.5
-        kill -0 $apid 2>/dev/null || fail "vbd-stress (vhost-user) ended before the kill: $(tail -5 a.log)"
-        kill -0 $bpid 2>/dev/null || fail "vbd-stress (NBD) ended before the kill: $(tail -5 b.log)"
-        kill -9 $spid; wait $spid 2>/dev/null
-        sleep 0.3 # the outage: the client finds no server meanwhile
-        srv_start $kind
-        wait_log daemon.log "re-established" $round || fail "no reconnect $round: $(tail -5 daemon.log)"
-    done
-    sleep 0.5 # requests on the last connection too
-    kill -USR1 $apid $bpid
-    wait $apid || fail "vbd-stress over vhost-user across $kind restarts: $(tail -8 a.log)"
-    wait $bpid || fail "vbd-stress over NBD across $kind restarts: $(tail -8 b.log)"
-    kill -TERM $dpid; wait $dpid || fail "vbd-daemon exited with $?: $(tail -5 daemon.log)"
-    ! grep -q Sanitizer daemon.log || fail "$(cat daemon.log)"
+    window_stress_start n0 driver=nbd,node-name=n0,server.type=unix,server.path="$SRV",export=exp,reconnect-delay=60 \
+        $((SEED + n)) $((SEED + 100 + n))
+    window_stress_rounds disk.raw "srv_restart $kind" "re-established"
+    window_stress_finish "$kind restarts" disk.raw
     kill -TERM $spid; wait $spid 2>/dev/null
-    grep -h " ops (" a.log b.log
-    cmp <(head -c $WIN disk.raw) a.shadow || fail "$kind: the vhost-user window differs from its model"
-    cmp <(tail -c $WIN disk.raw) b.shadow || fail "$kind: the NBD window differs from its model"
 done
 echo PASS

@@ -25,13 +25,9 @@
 . "$(dirname "$0")/lib.sh"
 . "$VBD_ROOT/tests/stress/stress-lib.sh"
 need qemu-img qemu-nbd nbdinfo python3
-need_stress
 SEED=${SNAP_STRESS_SEED:-1717}
 ROUNDS=${SNAP_STRESS_ROUNDS:-5}
-cd "$T"
-truncate -s 16M init.raw
-mixed_data m1 1 && dd if=m1 of=init.raw bs=1M seek=2 conv=notrunc status=none
-on_exit 'kill -9 $dpid 2>/dev/null'
+stress_init 1 2
 
 # covered SECTORS-FILE MAP-FILE WHAT: every touched sector whose content
 # changed (init.raw against shadow.raw) lies in a dirty extent of the

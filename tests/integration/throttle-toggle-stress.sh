@@ -11,13 +11,9 @@
 # qemu-img check is clean. THROTTLE_TOGGLE_SEED, THROTTLE_TOGGLE_ROUNDS.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-need_stress
 SEED=${THROTTLE_TOGGLE_SEED:-3131}
 ROUNDS=${THROTTLE_TOGGLE_ROUNDS:-40}
-cd "$T"
-truncate -s 16M init.raw
-mixed_data m1 5 && dd if=m1 of=init.raw bs=1M seek=1 conv=notrunc status=none
-on_exit 'kill -9 $dpid 2>/dev/null'
+stress_init 5 1
 
 for tr in vhost nbd; do
     step "over $tr: $ROUNDS limit changes under QD 64 (seed $SEED)"

@@ -17,12 +17,6 @@ cd "$T"
 mkdir q v
 declare -A pid port syncs
 
-# free_port: a TCP port nothing listens on now (another program may take
-# it before the server binds: start retries then)
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 # gone PID: the process has exited (a zombie not yet reaped by init counts)
 gone() { ! kill -0 "$1" 2>/dev/null || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
 wait_gone() {
@@ -33,7 +27,9 @@ wait_gone() {
 # start K ARGS...: BIN --fork --pid-file K.pid ARGS, BIN qemu-nbd (K=q) or
 # vbd-nbd (K=v); {D} in ARGS is K's directory, {P} K's TCP port. The fork
 # returns once the server serves (as qemu-nbd's), so a client may connect
-# at once. Status in K.frc, stderr (program names as PROG) in K.ferr.
+# at once. Status in K.frc, stderr (program names as PROG) in K.ferr. The
+# port is lib.sh's free_port (another program may still take it before the
+# server binds: start retries then).
 start() {
     local k=$1 bin=qemu-nbd try; shift
     [ $k = v ] && bin=$VBD_NBD

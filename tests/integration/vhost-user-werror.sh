@@ -13,6 +13,12 @@ wait_log() { # PATTERN: wait up to 60 s for a daemon log line
     for _ in $(seq 600); do grep -q "$1" "$T/daemon.log" && return; sleep 0.1; done
     cat "$T/daemon.log"; fail "no '$1' in the daemon's log"
 }
+# wait_retries N: the stopped requests were retried N times, each failing
+# again (the daemon's -v log says each retry): the request is still waiting
+wait_retries() {
+    for _ in $(seq 600); do [ "$(grep -c "retrying [0-9]* stopped request" "$T/daemon.log")" -ge "$1" ] && return; sleep 0.1; done
+    cat "$T/daemon.log"; fail "fewer than $1 retries of the stopped requests"
+}
 start_nbdkit() { # nbdkit on a unix socket with the error filter; args: filter parameters
     rm -f "$T/nbd.sock"
     nbdkit -f -U "$T/nbd.sock" --filter=error memory 64M "$@" 2>"$T/nbdkit.log" &
@@ -42,11 +48,11 @@ if mount -t tmpfs -o size=80M tmpfs "$mnt" 2>/dev/null; then
     step "werror=stop (--drive short form): a write hits ENOSPC on a full tmpfs, waits, and succeeds once space is freed"
     truncate -s 128M "$img"
     dd if=/dev/zero of="$mnt/filler" bs=1M count=40 status=none
-    start_daemon --drive file="$img",format=raw,cache=writeback,werror=stop --vhost-user "$S"
+    start_daemon -v --drive file="$img",format=raw,cache=writeback,werror=stop --vhost-user "$S"
     "$VBD_BENCH" --vhost-user "$S" --verify -d 8 -b 64k >"$T/bench.out" 2>&1 &
     bpid=$!
     wait_log "write at sector .* failed: No space left on device; werror=stop: the device stops"
-    sleep 2 # a few timer retries fail too: the request must still be waiting, not failed
+    wait_retries 2 # timer retries fail too: the request must still be waiting, not failed
     kill -0 $bpid 2>/dev/null || { cat "$T/bench.out"; fail "vbd-bench ended while the device was stopped"; }
     ! grep -q "failed with status" "$T/bench.out" || fail "the guest saw an error with werror=stop: $(cat "$T/bench.out")"
     rm "$mnt/filler"
@@ -77,7 +83,7 @@ fi
 
 iot=() # daemon options that put the rings on iothreads
 nbd_export() { # export options... : vbd-daemon on nbdkit
-    start_daemon "${iot[@]}" --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/nbd.sock" \
+    start_daemon -v "${iot[@]}" --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/nbd.sock" \
         --blockdev driver=raw,node-name=disk0,file=n0 \
         --export "type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path=$S,writable=on$1"
 }
@@ -99,7 +105,7 @@ nbd_export ",werror=enospc,retry-interval=200,num-queues=2,iothread.0=io0,iothre
 "$VBD_BENCH" --vhost-user "$S" --verify --size 8M -q 2 -d 16 >"$T/bench.out" 2>&1 &
 bpid=$!
 wait_log "werror=enospc: the device stops"
-sleep 1
+wait_retries 3
 kill -0 $bpid 2>/dev/null || { cat "$T/bench.out"; fail "vbd-bench ended while the device was stopped"; }
 rm "$T/enospc"
 wait $bpid || { cat "$T/bench.out" "$T/daemon.log"; fail "verify failed after the ENOSPC went away"; }
@@ -116,12 +122,13 @@ nbd_export ",rerror=stop,retry-interval=0,num-queues=2,iothread=io1"
 bpid=$!
 wait_log "read at sector .* failed: Input/output error; rerror=stop: the device stops and the request is retried on SIGUSR1"
 rm "$T/eio"
-sleep 2 # no timer: still waiting
+# no timer (the line above says "on SIGUSR1" from the same setting that arms one): still waiting
 kill -0 $bpid 2>/dev/null || { cat "$T/bench.out"; fail "vbd-bench ended before SIGUSR1"; }
 kill -USR1 $dpid
 wait $bpid || { cat "$T/bench.out" "$T/daemon.log"; fail "reads failed after SIGUSR1"; }
 bpid=
 grep -q "errors 0" "$T/bench.out" || fail "errors after SIGUSR1: $(cat "$T/bench.out")"
+grep -q "went through after 1 retries" "$T/daemon.log" || fail "not retried once, on SIGUSR1: $(grep retr "$T/daemon.log")"
 stop_daemon
 
 step "a front end that goes away while requests are stopped (2 rings, 2 iothreads): the daemon fails them and keeps serving"

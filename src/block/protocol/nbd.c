@@ -60,17 +60,26 @@ struct nbd_req {
     struct vbd_co *co;
 };
 
+/* What a handshake learned of the export; the state's copy is the live
+ * connection's, replaced only by a reconnect that export_changed accepts. */
+struct nbd_export_info {
+    uint64_t size;
+    uint16_t tflags;
+    bool structured, has_meta;
+    uint32_t meta_id;
+    uint32_t min_block, pref_block, max_block;
+};
+
 struct nbd_state {
     char *path, *host, *port, *export;
     uint64_t reconnect_ns;
     struct vbd_chan ch; /* the connection (fd -1: none) and its TLS session */
     struct vbd_tls_creds *tls_creds;
     char *tls_hostname; /* the name the server's certificate must carry */
-    bool structured;
-    uint32_t meta_id;
-    bool has_meta;
-    uint16_t tflags;
-    uint32_t min_block, pref_block, max_block;
+    struct nbd_export_info info;
+    /* counts connections made: a request records the one it was meant
+     * for and is not sent on a later one (send_request) */
+    uint64_t conn_gen;
     struct nbd_req reqs[MAX_INFLIGHT];
     struct vbd_co_queue slot_q, conn_q;
     struct vbd_co_mutex send_lock;
@@ -78,6 +87,7 @@ struct nbd_state {
     /* a reconnect-delay ran out with no server: one attempt per request
      * from then on, until a connection is made (ensure_connected) */
     bool gave_up;
+    char refused[128]; /* why the last reconnect's server was refused (export_changed), for one warning */
     int inflight;
     uint8_t *rbuf; /* the reader's read-ahead, plain sockets (rd_full) */
     size_t rpos, rlen;
@@ -150,9 +160,32 @@ static int recv_opt_reply(struct vbd_chan *ch, uint32_t *type, uint8_t *buf, uin
     return 0;
 }
 
-static int dial(struct nbd_state *s, struct vbd_error **err)
+/* One connection attempt, its socket where a deadline's timer finds it
+ * (attempt_expired). */
+struct nbd_attempt {
+    struct vbd_chan ch;
+    bool expired;
+};
+
+/* A reconnect attempt's deadline: the socket is shut down, which ends a
+ * handshake with a server that took the connection and says nothing (a
+ * stopped or hung server: the kernel still accepts on its listening
+ * socket) at once, and a TCP connect to a host that drops the SYNs (gone
+ * from the network, a firewall): Linux aborts a connect in SYN_SENT on
+ * shutdown(2). Before, the handshake waited on such a server for good,
+ * and the connect for the kernel's SYN retries (tcp_syn_retries 6: 127 s),
+ * every request behind them too, however short the reconnect-delay. */
+static void attempt_expired(void *arg)
 {
-    int fd;
+    struct nbd_attempt *at = arg;
+    at->expired = true;
+    if (at->ch.fd >= 0)
+        shutdown(at->ch.fd, SHUT_RDWR);
+}
+
+/* Connects at->ch.fd to the server (-1 and an error if none answers). */
+static int dial(struct nbd_state *s, struct nbd_attempt *at, struct vbd_error **err)
+{
     if (s->path) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         if (strlen(s->path) >= sizeof(sa.sun_path)) {
@@ -160,15 +193,20 @@ static int dial(struct nbd_state *s, struct vbd_error **err)
             return -ENAMETOOLONG;
         }
         strcpy(sa.sun_path, s->path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        int rc = fd < 0 ? -errno : vbd_co_connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+        at->ch.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int rc = at->ch.fd < 0 ? -errno : vbd_co_connect(at->ch.fd, (struct sockaddr *)&sa, sizeof(sa));
+        if (rc == 0 && at->expired)
+            rc = -ETIMEDOUT;
         if (rc < 0) {
-            if (fd >= 0)
-                close(fd);
+            if (at->ch.fd >= 0)
+                close(at->ch.fd);
+            at->ch.fd = -1;
+            if (at->expired)
+                rc = -ETIMEDOUT;
             vbd_error_setf(err, -rc, "Failed to connect to '%s': %s", s->path, strerror(-rc));
             return rc;
         }
-        return fd;
+        return 0;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
     int gai = getaddrinfo(s->host, s->port, &hints, &res);
@@ -178,25 +216,26 @@ static int dial(struct nbd_state *s, struct vbd_error **err)
         return -EINVAL;
     }
     int rc = -ECONNREFUSED;
-    fd = -1;
-    for (struct addrinfo *a = res; a; a = a->ai_next) {
-        fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0)
+    for (struct addrinfo *a = res; a && !at->expired; a = a->ai_next) {
+        at->ch.fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (at->ch.fd < 0)
             continue;
-        rc = vbd_co_connect(fd, a->ai_addr, a->ai_addrlen);
-        if (rc == 0)
+        rc = vbd_co_connect(at->ch.fd, a->ai_addr, a->ai_addrlen);
+        if (rc == 0 && !at->expired)
             break;
-        close(fd);
-        fd = -1;
+        close(at->ch.fd);
+        at->ch.fd = -1;
     }
     freeaddrinfo(res);
-    if (fd < 0) {
+    if (at->ch.fd < 0) {
+        if (at->expired)
+            rc = -ETIMEDOUT;
         vbd_error_setf(err, -rc, "Failed to connect to '%s:%s': %s", s->host, s->port, strerror(-rc));
         return rc;
     }
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    return fd;
+    setsockopt(at->ch.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return 0;
 }
 
 /* The connection ended in the handshake: say so, with TLS's reason if it has one. */
@@ -211,7 +250,7 @@ static int closed(struct vbd_chan *ch, struct vbd_error **err)
     return -EIO;
 }
 
-static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, struct vbd_error **err)
+static int handshake(struct nbd_state *s, struct vbd_chan *ch, struct nbd_export_info *info, struct vbd_error **err)
 {
     uint8_t g[18];
     if (vbd_chan_recv_full(ch, g, 18) < 0)
@@ -247,17 +286,17 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
         if (rc < 0)
             return rc;
     }
-    s->structured = false;
+    info->structured = false;
     if (send_opt(ch, NBD_OPT_STRUCTURED_REPLY, NULL, 0) < 0 || recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
         return closed(ch, err);
     if (type == NBD_REP_ERR_TLS_REQD) {
         vbd_error_setf(err, EACCES, "the NBD server requires TLS (give the client tls-creds)");
         return -EACCES;
     }
-    s->structured = type == NBD_REP_ACK;
+    info->structured = type == NBD_REP_ACK;
     size_t nl = strlen(s->export);
-    s->has_meta = false;
-    if (s->structured) {
+    info->has_meta = false;
+    if (info->structured) {
         uint8_t q[4 + 4096 + 4 + 4 + 15];
         uint32_t v = be32((uint32_t)nl);
         memcpy(q, &v, 4);
@@ -273,9 +312,9 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
             if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
                 return closed(ch, err);
             if (type == NBD_REP_META_CONTEXT && len >= 4) {
-                memcpy(&s->meta_id, buf, 4);
-                s->meta_id = be32(s->meta_id);
-                s->has_meta = true;
+                memcpy(&info->meta_id, buf, 4);
+                info->meta_id = be32(info->meta_id);
+                info->has_meta = true;
                 continue;
             }
             break; /* ACK or an error: block status is then just "data" */
@@ -290,25 +329,25 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
     memcpy(q + 6 + nl, &it, 2);
     if (send_opt(ch, NBD_OPT_GO, q, (uint32_t)(8 + nl)) < 0)
         return closed(ch, err);
-    s->min_block = 1;
-    s->pref_block = 4096;
-    s->max_block = 32u << 20;
+    info->min_block = 1;
+    info->pref_block = 4096;
+    info->max_block = 32u << 20;
     bool have_export = false;
     for (;;) {
         if (recv_opt_reply(ch, &type, buf, sizeof(buf), &len) < 0)
             return closed(ch, err);
         if (type == NBD_REP_INFO && len >= 2) {
-            uint16_t info;
-            memcpy(&info, buf, 2);
-            info = be16(info);
-            if (info == NBD_INFO_EXPORT && len >= 12) {
+            uint16_t itype;
+            memcpy(&itype, buf, 2);
+            itype = be16(itype);
+            if (itype == NBD_INFO_EXPORT && len >= 12) {
                 uint64_t sz;
                 memcpy(&sz, buf + 2, 8);
-                memcpy(&s->tflags, buf + 10, 2);
-                *size = be64(sz);
-                s->tflags = be16(s->tflags);
+                memcpy(&info->tflags, buf + 10, 2);
+                info->size = be64(sz);
+                info->tflags = be16(info->tflags);
                 have_export = true;
-            } else if (info == NBD_INFO_BLOCK_SIZE && len >= 14) {
+            } else if (itype == NBD_INFO_BLOCK_SIZE && len >= 14) {
                 uint32_t mn, pr, mx;
                 memcpy(&mn, buf + 2, 4);
                 memcpy(&pr, buf + 6, 4);
@@ -324,9 +363,9 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
                         mx);
                     return -EPROTO;
                 }
-                s->min_block = mn;
-                s->pref_block = pr;
-                s->max_block = mx;
+                info->min_block = mn;
+                info->pref_block = pr;
+                info->max_block = mx;
             }
             continue;
         }
@@ -356,9 +395,9 @@ static int handshake(struct nbd_state *s, struct vbd_chan *ch, uint64_t *size, s
     }
     uint64_t sz;
     memcpy(&sz, e, 8);
-    memcpy(&s->tflags, e + 8, 2);
-    *size = be64(sz);
-    s->tflags = be16(s->tflags);
+    memcpy(&info->tflags, e + 8, 2);
+    info->size = be64(sz);
+    info->tflags = be16(info->tflags);
     if (!(hf & NBD_FLAG_NO_ZEROES)) {
         uint8_t z[124];
         vbd_chan_recv_full(ch, z, 124);
@@ -588,7 +627,7 @@ static int read_reply(struct nbd_state *s, const char *name)
         memcpy(&id, b, 4);
         memcpy(&l, b + 4, 4);
         memcpy(&f, b + 8, 4);
-        if (be32(id) == s->meta_id && !r->bs_got) {
+        if (be32(id) == s->info.meta_id && !r->bs_got) {
             r->bs_len = be32(l);
             r->bs_flags = be32(f);
             r->bs_got = true;
@@ -645,53 +684,94 @@ static void reader_co(void *arg)
     vbd_co_queue_wake_all(&s->conn_q);
 }
 
-/* A reconnect attempt's deadline: the socket is shut down, which ends a
- * handshake with a server that took the connection and says nothing (a
- * stopped or hung server: the kernel still accepts on its listening
- * socket) at once. Before, the handshake waited on it for good, and every
- * request behind it too, however short the reconnect-delay. */
-static void attempt_expired(void *arg)
+/*
+ * Whether the export a reconnect found may stand in for the one the node
+ * was opened on; NULL if so, else why not (in buf). QEMU's nbd driver
+ * refuses a read-only export under a writable node
+ * (nbd_handle_updated_info: "NBD export is read-only"), and so does this.
+ * It takes the rest as it comes, which can hurt: FUA on a write to a server
+ * that no longer offers it trips an assertion in QEMU 7.2 and is a
+ * protocol error for the server; without flush a guest's flush would
+ * return without making anything durable; requests past a shrunken end,
+ * smaller than a new minimum block or larger than a new maximum fail.
+ * Those are refused too: the requests wait for a server that fits, up to
+ * reconnect-delay, then fail with EIO as for a server that is not back.
+ */
+static const char *export_changed(const struct vbd_node *n, const struct nbd_export_info *was,
+                                  const struct nbd_export_info *now, char *buf, size_t len)
 {
-    struct vbd_chan *nc = arg;
-    if (nc->fd >= 0)
-        shutdown(nc->fd, SHUT_RDWR);
+    if (!n->read_only && (now->tflags & NBD_FLAG_READ_ONLY))
+        return "the export is read-only now and the node is writable";
+    if (now->size < n->size)
+        snprintf(buf, len, "the export shrank from %llu to %llu bytes", (unsigned long long)n->size,
+                 (unsigned long long)now->size);
+    else if (!n->read_only && (was->tflags & NBD_FLAG_SEND_FUA) && !(now->tflags & NBD_FLAG_SEND_FUA))
+        snprintf(buf, len, "the server no longer offers FUA writes");
+    else if (!n->read_only && (was->tflags & NBD_FLAG_SEND_FLUSH) && !(now->tflags & NBD_FLAG_SEND_FLUSH))
+        snprintf(buf, len, "the server no longer offers flush");
+    else if (now->min_block > n->bl.request_alignment)
+        snprintf(buf, len, "its minimum block size grew from %u to %u bytes", n->bl.request_alignment,
+                 now->min_block);
+    else if (now->max_block < n->bl.max_transfer)
+        snprintf(buf, len, "its maximum block size shrank from %llu to %u bytes",
+                 (unsigned long long)n->bl.max_transfer, now->max_block);
+    else
+        return NULL;
+    return buf;
 }
 
 /* One reconnect: attempts every 200 ms until one succeeds or the deadline
- * passes (a single attempt once the server was given up on). */
+ * passes (a single attempt once the server was given up on); the
+ * deadline bounds each attempt's connect and handshake too. */
 static int reconnect(struct vbd_node *n, uint64_t deadline)
 {
     struct nbd_state *s = n->opaque;
     int rc = -EIO;
     while (!s->closing) {
         struct vbd_error *e = NULL;
-        struct vbd_chan nc = {.fd = dial(s, &e), .tls = NULL};
-        struct vbd_timer bound = {.fn = attempt_expired, .arg = &nc};
-        uint64_t size;
-        int hrc = -EIO;
-        if (nc.fd >= 0) {
-            vbd_timer_arm(&bound, deadline);
-            hrc = handshake(s, &nc, &size, &e);
-            vbd_timer_cancel(&bound);
-        }
-        if (hrc == 0) {
+        struct nbd_attempt at = {.ch = {.fd = -1}};
+        struct vbd_timer bound = {.fn = attempt_expired, .arg = &at};
+        struct nbd_export_info info = {0};
+        vbd_timer_arm(&bound, deadline);
+        int hrc = dial(s, &at, &e);
+        if (hrc == 0)
+            hrc = handshake(s, &at.ch, &info, &e);
+        vbd_timer_cancel(&bound);
+        char why[128];
+        const char *changed = hrc == 0 ? export_changed(n, &s->info, &info, why, sizeof(why)) : NULL;
+        if (changed) {
+            /* as QEMU: NBD_CMD_DISC as a courtesy, then the next attempt */
+            uint8_t h[28] = {0};
+            uint32_t m = be32(NBD_REQUEST_MAGIC);
+            uint16_t t = be16(NBD_CMD_DISC);
+            memcpy(h, &m, 4);
+            memcpy(h + 6, &t, 2);
+            (void)vbd_chan_send_full(&at.ch, h, sizeof(h));
+            if (strcmp(s->refused, changed)) /* once, not every 200 ms */
+                vbd_warn("NBD server '%s' refused on reconnect: %s", n->filename, changed);
+            snprintf(s->refused, sizeof(s->refused), "%s", changed);
+            hrc = -EIO;
+        } else if (hrc == 0) {
             /* under the send lock: no sender is still inside the old connection's TLS session */
             vbd_co_mutex_lock(&s->send_lock);
             chan_close(&s->ch);
-            s->ch = nc;
+            s->ch = at.ch;
+            s->info = info;
+            s->conn_gen++;
             vbd_co_mutex_unlock(&s->send_lock);
             s->rpos = s->rlen = 0; /* the old connection's bytes are not this one's */
             s->reader_running = true;
             s->gave_up = false;
+            s->refused[0] = 0;
             vbd_co_wake(vbd_co_create(reader_co, n));
-            vbd_info("NBD connection to '%s' re-established%s", n->filename, nc.tls ? " (TLS)" : "");
+            vbd_info("NBD connection to '%s' re-established%s", n->filename, at.ch.tls ? " (TLS)" : "");
             vbd_error_free(e);
             rc = 0;
             break;
         }
-        vbd_debug("NBD reconnect to '%s': %s", n->filename, e ? e->msg : "failed");
+        vbd_debug("NBD reconnect to '%s': %s", n->filename, changed ? changed : e ? e->msg : "failed");
         vbd_error_free(e);
-        chan_close(&nc);
+        chan_close(&at.ch);
         if (s->gave_up || vbd_clock_ns() >= deadline)
             break;
         uint64_t now = vbd_clock_ns(), pause = 200000000;
@@ -701,7 +781,8 @@ static int reconnect(struct vbd_node *n, uint64_t deadline)
     }
     if (rc < 0 && !s->gave_up && !s->closing) {
         s->gave_up = true;
-        vbd_warn("NBD server '%s' not back within reconnect-delay: requests fail until it is", n->filename);
+        vbd_warn("NBD server '%s' not back within reconnect-delay%s%s%s: requests fail until it is", n->filename,
+                 s->refused[0] ? " (refused: " : "", s->refused, s->refused[0] ? ")" : "");
     }
     return rc;
 }
@@ -746,7 +827,14 @@ static int ensure_connected(struct vbd_node *n)
     return 0;
 }
 
-static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
+/* Sends r on the connection it was meant for (gen: s->conn_gen when it
+ * was); -EAGAIN without sending if a reconnect replaced that connection
+ * while r waited for the send lock. Sent on the new one, it was a request
+ * the reader had already marked unsent (its connection was lost): its
+ * reply there named a cookie nothing waited for, a protocol error that
+ * dropped the new connection and every request on it (the "reply for
+ * unknown handle" reconnect). */
+static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie, uint64_t gen)
 {
     uint8_t h[28];
     uint32_t m = be32(NBD_REQUEST_MAGIC), l = be32(r->len);
@@ -769,8 +857,8 @@ static int send_request(struct nbd_state *s, struct nbd_req *r, uint64_t cookie)
     }
     iov[0] = (struct iovec){.iov_base = h, .iov_len = 28};
     vbd_co_mutex_lock(&s->send_lock);
-    int rc = vbd_chan_sendv_full(&s->ch, iov, cnt + 1);
-    if (rc < 0)
+    int rc = s->conn_gen != gen ? -EAGAIN : vbd_chan_sendv_full(&s->ch, iov, cnt + 1);
+    if (rc < 0 && rc != -EAGAIN)
         vbd_chan_shutdown(&s->ch,
                           SHUT_RDWR); /* a half-sent request: only a new connection is in sync again */
     vbd_co_mutex_unlock(&s->send_lock);
@@ -815,8 +903,11 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
             r->bs_got = false;
             r->seen = 0;
             r->cookie = ++s->sends << 8 | (uint64_t)slot;
-            if (send_request(s, r, r->cookie) < 0) {
+            int src = send_request(s, r, r->cookie, s->conn_gen);
+            if (src < 0) {
                 r->sent = false;
+                if (src == -EAGAIN)
+                    continue; /* a new connection: send there */
                 /* the reader notices the broken socket; wait for it */
             }
         }
@@ -854,7 +945,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
 {
     struct nbd_state *s = n->opaque;
     char *type = NULL, *tls = NULL, *certs = NULL, *psk = NULL, *user = NULL, *hostname = NULL;
-    uint64_t delay = 0;
+    uint64_t delay = 0, open_timeout = 0;
     bool tls_on = false, verify = true;
     int have_tls = 0, have_verify = 0;
     s->ch.fd = -1;
@@ -864,6 +955,7 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         vbd_opt_take_str(opts, "server.port", &s->port, err) < 0 ||
         vbd_opt_take_str(opts, "export", &s->export, err) < 0 ||
         vbd_opt_take_u64(opts, "reconnect-delay", &delay, err) < 0 ||
+        vbd_opt_take_u64(opts, "open-timeout", &open_timeout, err) < 0 ||
         vbd_opt_take_str(opts, "tls-creds", &tls, err) < 0 ||
         vbd_opt_take_str(opts, "tls-hostname", &hostname, err) < 0 ||
         (have_tls = vbd_opt_take_bool(opts, "tls", &tls_on, err)) < 0 ||
@@ -940,11 +1032,38 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         goto fail;
     }
     s->reconnect_ns = delay * 1000000000ull;
-    struct vbd_chan ch = {.fd = dial(s, err), .tls = NULL};
-    if (ch.fd < 0)
-        goto fail;
-    uint64_t size = 0;
-    int hrc = handshake(s, &ch, &size, err);
+    /* open-timeout as QEMU's (7.0 on): 0 tries once; N tries again every
+     * 200 ms for up to N seconds, which bound each attempt's connect and
+     * handshake too (a host that drops the SYNs, a server that says
+     * nothing; attempt_expired) */
+    uint64_t open_deadline = open_timeout ? vbd_clock_ns() + open_timeout * 1000000000ull : 0;
+    struct vbd_chan ch;
+    struct nbd_export_info info = {0};
+    int hrc;
+    for (;;) {
+        struct nbd_attempt at = {.ch = {.fd = -1}};
+        struct vbd_timer bound = {.fn = attempt_expired, .arg = &at};
+        if (open_deadline)
+            vbd_timer_arm(&bound, open_deadline);
+        bool dialed = (hrc = dial(s, &at, err)) == 0;
+        if (dialed)
+            hrc = handshake(s, &at.ch, &info, err);
+        if (open_deadline)
+            vbd_timer_cancel(&bound);
+        ch = at.ch;
+        uint64_t now = vbd_clock_ns();
+        if (hrc == 0 || !open_deadline || now >= open_deadline) {
+            if (!dialed)
+                goto fail;
+            break;
+        }
+        chan_close(&ch);
+        if (err) {
+            vbd_error_free(*err);
+            *err = NULL;
+        }
+        vbd_co_sleep_ns(open_deadline - now < 200000000 ? open_deadline - now : 200000000);
+    }
     if (hrc < 0) {
         chan_close(&ch);
         if (err && *err) {
@@ -958,23 +1077,25 @@ static int nbd_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         goto fail;
     }
     s->ch = ch;
-    n->size = size;
-    if ((flags & VBD_OPEN_RDWR) && (s->tflags & NBD_FLAG_READ_ONLY)) {
+    s->info = info;
+    s->conn_gen = 1;
+    n->size = info.size;
+    if ((flags & VBD_OPEN_RDWR) && (s->info.tflags & NBD_FLAG_READ_ONLY)) {
         vbd_error_setf(err, EACCES, "NBD export '%s' is read-only", s->export);
         chan_close(&s->ch);
         goto fail;
     }
-    n->bl.request_alignment = s->min_block ? s->min_block : 1;
-    n->bl.max_transfer = s->max_block ? s->max_block : (32u << 20);
+    n->bl.request_alignment = s->info.min_block ? s->info.min_block : 1;
+    n->bl.max_transfer = s->info.max_block ? s->info.max_block : (32u << 20);
     if (n->bl.max_transfer > (32u << 20))
         n->bl.max_transfer = 32u << 20;
-    n->bl.opt_transfer = s->pref_block;
+    n->bl.opt_transfer = s->info.pref_block;
     /* lengths travel as 32 bits; servers accept trim/zero beyond the data maximum */
     n->bl.max_pdiscard = 1u << 31;
     n->bl.max_pwrite_zeroes = 1u << 31;
-    n->supported_write_flags = (s->tflags & NBD_FLAG_SEND_FUA) ? VBD_REQ_FUA : 0;
-    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | ((s->tflags & NBD_FLAG_SEND_FUA) ? VBD_REQ_FUA : 0) |
-                              ((s->tflags & NBD_FLAG_SEND_FAST_ZERO) ? VBD_REQ_NO_FALLBACK : 0);
+    n->supported_write_flags = (s->info.tflags & NBD_FLAG_SEND_FUA) ? VBD_REQ_FUA : 0;
+    n->supported_zero_flags = VBD_REQ_MAY_UNMAP | ((s->info.tflags & NBD_FLAG_SEND_FUA) ? VBD_REQ_FUA : 0) |
+                              ((s->info.tflags & NBD_FLAG_SEND_FAST_ZERO) ? VBD_REQ_NO_FALLBACK : 0);
     if (libnbd_tls) {
         const char *tlsq[][2] = {{"tls-creds", tls},         {"tls-certificates", certs},
                                  {"tls-psk-file", psk},      {"tls-username", user},
@@ -1080,7 +1201,7 @@ static int nbd_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
 static int nbd_flush(struct vbd_node *n)
 {
     struct nbd_state *s = n->opaque;
-    if (!(s->tflags & NBD_FLAG_SEND_FLUSH))
+    if (!(s->info.tflags & NBD_FLAG_SEND_FLUSH))
         return 0;
     return do_request(n, NBD_CMD_FLUSH, 0, 0, 0, NULL, 0, NULL);
 }
@@ -1088,7 +1209,7 @@ static int nbd_flush(struct vbd_node *n)
 static int nbd_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     struct nbd_state *s = n->opaque;
-    if (!(s->tflags & NBD_FLAG_SEND_TRIM))
+    if (!(s->info.tflags & NBD_FLAG_SEND_TRIM))
         return -ENOTSUP;
     assert(bytes <= n->bl.max_pdiscard);
     return do_request(n, NBD_CMD_TRIM, 0, off, (uint32_t)bytes, NULL, 0, NULL);
@@ -1097,11 +1218,11 @@ static int nbd_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 static int nbd_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
     struct nbd_state *s = n->opaque;
-    if (!(s->tflags & NBD_FLAG_SEND_WRITE_ZEROES))
+    if (!(s->info.tflags & NBD_FLAG_SEND_WRITE_ZEROES))
         return -ENOTSUP;
     /* io.c passes NO_FALLBACK only as supported_zero_flags allow (the first
      * server's FAST_ZERO), but a reconnect may land on a server without it */
-    if ((flags & VBD_REQ_NO_FALLBACK) && !(s->tflags & NBD_FLAG_SEND_FAST_ZERO))
+    if ((flags & VBD_REQ_NO_FALLBACK) && !(s->info.tflags & NBD_FLAG_SEND_FAST_ZERO))
         return -ENOTSUP;
     assert(bytes <= n->bl.max_pwrite_zeroes);
     uint16_t f = ((flags & VBD_REQ_MAY_UNMAP) ? 0 : NBD_CMD_FLAG_NO_HOLE) | ((flags & VBD_REQ_FUA) ? NBD_CMD_FLAG_FUA : 0) |
@@ -1116,7 +1237,7 @@ static int nbd_block_status(struct vbd_node *n, bool want_zero, uint64_t off, ui
     (void)want_zero;
     *map = off;
     *file = n;
-    if (!s->has_meta) {
+    if (!s->info.has_meta) {
         *pnum = bytes;
         return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     }
