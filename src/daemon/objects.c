@@ -130,7 +130,8 @@ static int export_iothread(struct json_object *opts, struct vbd_node *target, st
 {
     char *name = NULL;
     bool pin = false;
-    if (vbd_opt_take_str(opts, "iothread", &name, err) < 0 || vbd_opt_take_bool(opts, "fixed-iothread", &pin, err) < 0) {
+    if (vbd_opt_take_str(opts, "iothread", &name, err) < 0 ||
+        vbd_opt_take_bool(opts, "fixed-iothread", &pin, err) < 0) {
         free(name);
         return -EINVAL;
     }
