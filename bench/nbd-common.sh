@@ -21,8 +21,11 @@ serve() {
     local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
     [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
     case $s in
-        vbd) "${pin[@]}" "${TAX[@]}" "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
-                 --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on >/dev/null 2>&1 & ;;
+        # VBD_NBD_IOTHREAD=1: the export (and its node) on an iothread
+        vbd) local iot=() eiot=
+             [ -z "${VBD_NBD_IOTHREAD-}" ] || { iot=(--object iothread,id=io0); eiot=,iothread=io0; }
+             "${pin[@]}" "${TAX[@]}" "$VBD_DAEMON" "${iot[@]}" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
+                 --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on$eiot >/dev/null 2>&1 & ;;
         qemu-nbd) if [ $t = unix ]; then "${pin[@]}" "${TAX[@]}" qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
                   else "${pin[@]}" "${TAX[@]}" qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
         nbdkit) if [ $t = unix ]; then "${pin[@]}" "${TAX[@]}" nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &

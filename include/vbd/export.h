@@ -55,10 +55,14 @@ struct vbd_export_type {
      * the node's graph there when no other export uses it, so that a
      * single-loop graph (qcow2) does not hop for every request. */
     struct vbd_loop *(*request_loop)(struct vbd_export *exp);
-    /* It reads its node outside its backend's drain gate (the NBD server's
-     * block status and zero-copy reads): the graph under it stays on the
-     * main loop and cannot move while it is exported. */
-    bool reads_node;
+    /* It serves its requests on its node's home loop, following the node
+     * when it moves (NBD: each connection between two requests), and
+     * takes qsd's common export options for it: `iothread` (the daemon
+     * moves the node there before create(); a failed move is ignored
+     * unless `fixed-iothread`) and `fixed-iothread` (the node may not move
+     * to another loop while exported: "Cannot change iothread of active
+     * block backend"). */
+    bool node_iothread;
 };
 
 /*

@@ -5,6 +5,7 @@
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
+#include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
 #include "vbd/iothread.h"
@@ -24,7 +25,8 @@ static bool reaches(const struct vbd_node *top, const struct vbd_node *n);
 static struct vbd_backend *export_backend(struct vbd_daemon_export *e);
 static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err);
 static bool subtree_on(struct vbd_node *n, struct vbd_loop *loop);
-static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struct vbd_daemon_export *except, bool readers);
+static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struct vbd_daemon_export *except,
+                                                 const struct vbd_loop *unless_fixed_on);
 
 static struct vbd_node **nodes;
 static int nnodes;
@@ -95,12 +97,62 @@ static void follow_export(struct vbd_daemon_export *ent)
         return;
     struct vbd_node *root = vbd_backend_node(be);
     if (!subtree_on(root, vbd_loop_current()) || !single_loop_below(root) || vbd_node_fixed_loop_below(root) ||
-        export_touching(root, ent, false))
+        export_touching(root, ent, NULL))
         return;
     struct vbd_error *e = NULL;
     if (co_move(root, loop, &e) == 0)
         ent->moved_to = loop;
     vbd_error_free(e);
+}
+
+struct move_call {
+    struct vbd_node *n;
+    struct vbd_loop *loop;
+    struct vbd_error **err;
+    int rc;
+};
+
+static void move_co(void *arg)
+{
+    struct move_call *m = arg;
+    m->rc = co_move(m->n, m->loop, m->err);
+}
+
+/* An export served on its node's loop (vbd_export_type.node_iothread)
+ * takes qsd 7.2's iothread and fixed-iothread as blk_exp_add does: the
+ * node and everything below it move to the iothread (after the node was
+ * found: qsd's order); a move that fails is ignored unless fixed-iothread
+ * is true, which also keeps the graph on the loop it ends up on while the
+ * export lives (*fixed). Without iothread nothing moves: the export
+ * follows its node. */
+static int export_iothread(struct json_object *opts, struct vbd_node *target, struct vbd_loop **fixed,
+                           struct vbd_error **err)
+{
+    char *name = NULL;
+    bool pin = false;
+    if (vbd_opt_take_str(opts, "iothread", &name, err) < 0 ||
+        vbd_opt_take_bool(opts, "fixed-iothread", &pin, err) < 0) {
+        free(name);
+        return -EINVAL;
+    }
+    int rc = 0;
+    if (target && name) {
+        struct vbd_loop *loop = vbd_iothread_loop(name);
+        if (!loop) {
+            vbd_error_setf(err, ENOENT, "iothread \"%s\" not found", name); /* qsd's words */
+            rc = -ENOENT;
+        } else if (!subtree_on(target, loop)) {
+            struct vbd_error *ignored = NULL;
+            struct move_call m = {.n = target, .loop = loop, .err = pin ? err : &ignored};
+            vbd_co_run_sync(move_co, &m); /* --export on the command line comes outside a coroutine */
+            vbd_error_free(ignored);
+            rc = pin ? m.rc : 0;
+        }
+    }
+    free(name);
+    if (rc == 0 && pin && target)
+        *fixed = vbd_node_home_loop(target);
+    return rc;
 }
 
 int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd_error **err)
@@ -151,10 +203,8 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     struct json_object *nv = vbd_opt_get(opts, "node-name");
     struct vbd_node *target = nv && json_object_is_type(nv, json_type_string) ? vbd_node_find(json_object_get_string(nv))
                                                                             : NULL;
-    /* an export that reads its node outside the drain gate keeps the graph
-     * on the main loop (objects.h): what an iothread export moved comes back */
-    if (t->reads_node && target && !subtree_on(target, vbd_loop_current()) &&
-        co_move(target, vbd_loop_current(), err) < 0)
+    struct vbd_loop *fixed = NULL;
+    if (t->node_iothread && export_iothread(opts, target, &fixed, err) < 0)
         return -EINVAL;
     struct vbd_daemon_export *ent = vbd_xcalloc(1, sizeof(*ent));
     snprintf(ent->id, sizeof(ent->id), "%s", id); /* before create() takes "id" out */
@@ -170,6 +220,7 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     }
     ent->type = t;
     ent->exp = e;
+    ent->fixed_loop = fixed;
     ent->created = vbd_graph_user_seq();
     struct vbd_daemon_export **tail = &exports;
     while (*tail)
@@ -210,7 +261,7 @@ void vbd_daemon_export_remove(struct vbd_daemon_export *e)
      * uses it (then it stays where it is: that one's requests hop) */
     struct vbd_backend *be = export_backend(e);
     struct vbd_node *root = be ? vbd_backend_node(be) : NULL;
-    if (e->moved_to && root && vbd_in_co() && !export_touching(root, e, false)) {
+    if (e->moved_to && root && vbd_in_co() && !export_touching(root, e, NULL)) {
         struct vbd_error *err = NULL;
         if (co_move(root, vbd_loop_current(), &err) < 0) {
             vbd_error_report("%s", err ? err->msg : "could not move a node back to the main loop");
@@ -334,9 +385,11 @@ static bool subtree_on(struct vbd_node *n, struct vbd_loop *loop)
     return true;
 }
 
-/* An export (other than `except`; only those that read the node outside
- * their backend if `readers`) whose graph shares a node with n's. */
-static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struct vbd_daemon_export *except, bool readers)
+/* An export (other than `except`; only one with fixed-iothread that is
+ * not on `unless_fixed_on` if that is given) whose graph shares a node
+ * with n's. */
+static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struct vbd_daemon_export *except,
+                                                 const struct vbd_loop *unless_fixed_on)
 {
     struct vbd_node **v = NULL;
     int cnt = 0;
@@ -344,7 +397,7 @@ static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struc
     struct vbd_daemon_export *found = NULL;
     for (struct vbd_daemon_export *e = exports; e && !found; e = e->next) {
         struct vbd_backend *be = export_backend(e);
-        if (e == except || !be || (readers && !e->type->reads_node))
+        if (e == except || !be || (unless_fixed_on && (!e->fixed_loop || e->fixed_loop == unless_fixed_on)))
             continue;
         for (int i = 0; i < cnt && !found; i++)
             if (reaches(vbd_backend_node(be), v[i]))
@@ -356,15 +409,11 @@ static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struc
 
 static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
 {
-    if (loop != vbd_loop_current()) {
-        struct vbd_daemon_export *r = export_touching(n, NULL, true);
-        if (r) {
-            vbd_error_setf(err, EBUSY,
-                           "Node '%s' cannot leave the main loop: it is exported by %s export '%s', which reads it "
-                           "from the main loop",
-                           n->node_name, r->type->type, r->id);
-            return -EBUSY;
-        }
+    /* an export with fixed-iothread keeps its graph where it is (qsd's
+     * BlockBackend without allow_aio_context_change, and its words) */
+    if (!subtree_on(n, loop) && export_touching(n, NULL, loop)) {
+        vbd_error_setf(err, EBUSY, "Cannot change iothread of active block backend");
+        return -EBUSY;
     }
     /* nothing may enter the nodes while they move: every export over any
      * of them drained, one after the other (as vbd_daemon_co_drain_begin) */

@@ -37,6 +37,7 @@ struct vbd_daemon_export {
     struct vbd_export *exp;
     struct vbd_daemon_export *next;
     struct vbd_loop *moved_to; /* it took its graph to this iothread (follow_export) */
+    struct vbd_loop *fixed_loop; /* fixed-iothread=true: its graph stays on this loop */
     uint64_t created;          /* vbd_graph_user_seq at its creation */
 };
 /* --export / block-export-add: opts holds "type", "id" and the type's

@@ -233,35 +233,20 @@ static struct json_object *nbd_server_stop(struct json_object *args, struct vbd_
     " ?rerror:str ?retry-interval:int ?merge:bool ?server:bool"
 
 /* nbd: bitmaps (names, or {"node", "name"} of a node at or below the
- * exported one) go on to --export's key of that name; iothread is a
- * preference qsd may not honour either (fixed-iothread=false): NBD
- * connections run on the main loop. */
+ * exported one), writethrough, iothread and fixed-iothread go on to
+ * --export's keys of those names (the daemon moves the node to the
+ * iothread, as qsd's blk_exp_add; the connections are served there). */
 static bool nbd_export_opts(struct json_object *args, const char *id, struct json_object *opts,
                             struct vbd_qmp_error *err)
 {
+    (void)id;
+    (void)opts;
     struct json_object *iot;
-    if (json_object_object_get_ex(args, "iothread", &iot)) {
-        const char *name = json_object_is_type(iot, json_type_string) ? json_object_get_string(iot) : NULL;
-        struct json_object *fixed;
-        if (!name) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'iothread', expected: string");
-            return false;
-        }
-        if (!vbd_iothread_loop(name)) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "iothread \"%s\" not found", name);
-            return false;
-        }
-        if (json_object_object_get_ex(args, "fixed-iothread", &fixed) && json_object_get_boolean(fixed)) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                               "NBD export '%s': vbd's NBD server runs on the main loop: cannot move it to iothread "
-                               "'%s' (fixed-iothread=true)",
-                               id, name);
-            return false;
-        }
+    if (json_object_object_get_ex(args, "iothread", &iot) && !json_object_is_type(iot, json_type_string)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'iothread', expected: string");
+        return false;
     }
-    json_object_object_del(args, "iothread");
-    json_object_object_del(args, "fixed-iothread");
-    return true; /* writethrough and bitmaps go on to --export's keys of those names */
+    return true;
 }
 
 /* vhost-user-blk: addr is QMP's flat SocketAddress {"type":"unix","path":...}. */

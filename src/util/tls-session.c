@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <gnutls/x509.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +38,8 @@ struct vbd_tls {
     gnutls_session_t session;
     int fd;
     bool server, failed;
-    bool rd_shut;    /* vbd_chan_shutdown(SHUT_RD): receive no more */
+    atomic_bool rd_shut; /* vbd_chan_shutdown(SHUT_RD): receive no more (set from the main loop
+                          * while an NBD connection reads on an iothread) */
     bool nowait;     /* bye / try_send: the transport never waits */
     bool corked;     /* inside a send call: encrypted records gather in out[] */
     bool timed_out;  /* the handshake timer fired */

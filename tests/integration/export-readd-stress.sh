@@ -3,8 +3,8 @@
 # in flight on 4 connections: vbd-stress (random overlapping writes and
 # write-zeroes on a few hot clusters, every read checked against its model)
 # reconnects (reconnect-delay) and sends again what was in flight. Between
-# the delete and the add the node moves to an iothread and back (the add
-# brings it back: an NBD export reads its node from the main loop).
+# the delete and the add the node moves to an iothread or back to the main
+# loop, in turns: the export is served where the node lives.
 #  - after each block-export-del (mode hard) the image on disk, read by
 #    qemu-img, holds every write acknowledged before the command, and none
 #    issued after its reply (vbd-stress --points);
@@ -63,8 +63,7 @@ for r in range(int(rounds)):
     sh(f"qemu-img convert -U -f {fmt} -O raw '{cwd}/img.{fmt}' p{r}.raw", f"reading the image after delete {r}")
     points.write(f"{ts} {tr} {cwd}/p{r}.raw\n")
     points.flush()
-    if r % 2:
-        s.run("x-blockdev-set-iothread", **{"node-name": "d0", "iothread": "io0"})
+    s.run("x-blockdev-set-iothread", **{"node-name": "d0", "iothread": "io0" if r % 2 else None})
     s.run("block-export-add", type="nbd", id="g", **{"node-name": "d0"}, name="disk", writable=True)
     alive(f"in round {r}")
 p.send_signal(signal.SIGUSR1)

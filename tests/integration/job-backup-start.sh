@@ -9,11 +9,13 @@
 # t2 and the fleecing image (over the final source) are the same image, and
 # an incremental backup of b0 into t1 after the writes makes t1 the
 # source's final content (every write after the instant is in b0, none
-# before it was missed by the full copy). While the jobs run, an NBD export
-# of fl (which would move fl and src to the main loop under the jobs'
-# copies) is refused.
+# before it was missed by the full copy). While the jobs and the writes
+# run, fl is exported over NBD (the fleecing workflow: served on io0, where
+# fl lives, nothing moves under the jobs' copies; refused in round 17, when
+# the export took the chain to the main loop) and nbdcopy reads it, during
+# the writes and after them: both copies are the instant (t2).
 . "$(dirname "$0")/lib.sh"
-need qemu-img python3
+need qemu-img python3 nbdcopy
 need_stress
 cd "$T"
 mixed_disk init.raw 32 3
@@ -49,12 +51,12 @@ s.run("transaction", actions=[
     {"type": "blockdev-backup", "data": {"job-id": "k2", "device": "src", "target": "t2", "sync": "full",
                                          "speed": 1 << 20}},
     {"type": "blockdev-backup", "data": {"job-id": "kf", "device": "src", "target": "fl", "sync": "none"}}])
-# an NBD export reads its node from the main loop: it would take fl and
-# src there, under the jobs' copies (which the exports' drain does not
-# hold): refused while they run
-e = s.error("block-export-add", type="nbd", id="f", **{"node-name": "fl"}, name="fl")
-if "block job" not in e["desc"]:
-    fail(f"NBD export of fl under the jobs: {e}")
+# the fleecing export, served where fl lives (io0) while the jobs copy
+s.run("block-export-add", type="nbd", id="f", **{"node-name": "fl"}, name="fl")
+fl = f"nbd+unix:///fl?socket={T}/nbd.sock"
+sh(f"nbdcopy '{fl}' '{T}/during.raw'", "nbdcopy of the fleecing export during the writes")
+if p.poll() is not None:
+    fail(f"the writers ended before the copy: {p.communicate()[0][-3000:]}")
 s.run("block-job-set-speed", device="k2", speed=0)
 done = set()
 while len(done) < 2:
@@ -69,6 +71,9 @@ out = p.communicate()[0]
 if p.returncode:
     fail(f"vbd-stress: {out[-3000:]}")
 print(out.strip().splitlines()[-1], file=sys.stderr)
+sh(f"nbdcopy '{fl}' '{T}/after.raw'", "nbdcopy of the fleecing export after the writes")
+s.run("block-export-del", id="f")
+s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
 s.run("block-job-cancel", device="kf")  # after the last write: fl saved the old data of all of them
 s.m.wait_event("BLOCK_JOB_CANCELLED", timeout=300)
 # the writes after the instant, from b0, onto the full copy t1
@@ -84,6 +89,8 @@ for n in src t1 t2 fl; do qcheck $n.qcow2; done
 # fl over the final source reads the instant: the old data of every
 # cluster written since is in fl
 must qemu-img compare -q -f qcow2 -F qcow2 t2.qcow2 fl.qcow2
+must qemu-img compare -q -f raw -F qcow2 during.raw t2.qcow2
+must qemu-img compare -q -f raw -F qcow2 after.raw t2.qcow2
 must qemu-img compare -q -f qcow2 -F raw src.qcow2 shadow.raw
 must qemu-img compare -q -f qcow2 -F raw t1.qcow2 shadow.raw
 echo ok

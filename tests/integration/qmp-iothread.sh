@@ -7,7 +7,7 @@
 # them back, with internal snapshots, bitmaps, resizes and queries in
 # between; then the export is deleted, the node moved without an export,
 # object-del refused while a node lives on the iothread, blockdev-del
-# after a move, an NBD export (which keeps its graph on the main loop), an
+# after a move, an NBD export (served where its node lives), an
 # nbd client node that cannot move, and the daemon quits with its nodes on
 # iothreads. qemu-img check is clean and the NBD-written pattern reads back.
 . "$(dirname "$0")/lib.sh"
@@ -112,16 +112,19 @@ ok("x-blockdev-set-iothread", node_name="disk0", iothread=None)
 ok("object-add", qom_type="iothread", id="io1")
 ok("x-blockdev-set-iothread", node_name="disk0", iothread="io1")
 
-# an NBD export reads its node from the main loop: the graph comes back
-# there, and stays while it is exported
+# an NBD export is served where its node lives: nothing moves (io1 keeps
+# the graph), and the node moves under it (force), as qsd's
 ok("nbd-server-start", addr={"type": "unix", "data": {"path": f"{T}/nbd.sock"}})
 ok("block-export-add", type="nbd", id="n0", node_name="disk0", name="disk", writable=True)
+err("object-del", "is the home of 2 block nodes", id="io1")
+ok("x-blockdev-set-iothread", node_name="disk0", iothread=None, force=True)
 ok("object-del", id="io1")
 ok("object-add", qom_type="iothread", id="io1")
-err("x-blockdev-set-iothread", "exported by nbd export 'n0'", node_name="disk0", iothread="io1", force=True)
+ok("x-blockdev-set-iothread", node_name="disk0", iothread="io1", force=True)
 r = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0xa5 1M 3M", f"nbd+unix:///disk?socket={T}/nbd.sock"],
                    capture_output=True, text=True)
 assert r.returncode == 0 and "wrote" in r.stdout, r
+ok("x-blockdev-set-iothread", node_name="disk0", iothread=None, force=True)
 ok("block-export-del", id="n0", mode="hard")  # qemu-io has gone; its hang-up may not be seen yet
 m.wait_event("BLOCK_EXPORT_DELETED")
 

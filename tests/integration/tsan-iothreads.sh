@@ -5,7 +5,7 @@
 # file with cache.direct=on and off, a file alone, null-co, raw at an
 # unaligned offset so that every write is a read-modify-write, qcow2 over a
 # cache.direct=on file, raw over an nbd client node) is served over
-# vhost-user-blk (4 rings) and NBD (2 connections, main loop) at once, with
+# vhost-user-blk (4 rings) and NBD (2 connections, on the node's loop) at once, with
 # load on both sides and the data verified both ways; a SIGHUP resize under
 # load; werror=enospc stopping and resuming the rings. The daemon must end
 # without a single ThreadSanitizer report. A qcow2 disk exported over
@@ -132,7 +132,7 @@ serve n0 --blockdev driver=null-co,node-name=n0,size=64M,read-zeroes=on
 load "null-co" no
 stop "null-co"
 
-step "qcow2 over a cache.direct=on file, exported over NBD too (its graph comes back to the main loop: the rings hop there); qemu-img check clean"
+step "qcow2 over a cache.direct=on file, exported over NBD too (the graph follows the rings to io0, the NBD connections are served there); qemu-img check clean"
 must qemu-img create -q -f qcow2 "$T/disk.qcow2" 64M
 serve d0 --blockdev driver=file,node-name=f0,filename="$T/disk.qcow2",cache.direct=on --blockdev driver=qcow2,node-name=d0,file=f0
 load "qcow2/file direct" yes

@@ -443,5 +443,5 @@ const struct vbd_export_type vbd_export_type_nbd = {
     .disconnect = nbd_export_disconnect,
     .query = nbd_export_query,
     .backend = nbd_export_backend,
-    .reads_node = true, /* block status and sendfile straight from the node */
+    .node_iothread = true, /* connections are served on the node's loop (transmission.c) */
 };

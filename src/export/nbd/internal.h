@@ -4,8 +4,10 @@
  * splits its server): server.c listens, accepts and runs each connection;
  * handshake.c negotiates options up to NBD_OPT_GO; transmission.c reads
  * requests, runs them on the backend and sends the replies; exports.c
- * keeps the exports (the export type table). Everything runs on the main
- * loop.
+ * keeps the exports (the export type table). The server, the handshake
+ * and the lists run on the main loop; a connection's transmission runs on
+ * the loop of its export's node (transmission.c: serve_loop), as qsd
+ * serves an export in its node's AioContext.
  */
 #ifndef VBD_NBD_SERVER_INTERNAL_H
 #define VBD_NBD_SERVER_INTERNAL_H
@@ -16,6 +18,7 @@
 #include "vbd/nbd-protocol.h"
 #include "vbd/tls.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -145,7 +148,14 @@ struct nbd_conn {
     bool meta_alloc, meta_depth;
     bool *meta_bitmaps; /* meta_exp->nbitmaps entries; NULL: none */
     uint32_t meta_count;  /* contexts selected: 0, no block status */
-    bool closing;
+    /* Set by the main loop (an export's removal, the server's stop) while
+     * the connection runs on its serving loop: atomic. */
+    atomic_bool closing;
+    /* Transmission runs on serve_loop, the home loop of the export's node
+     * when it started or last moved (an iothread: held, so object-del
+     * cannot stop it under the connection); ctl_loop is the main loop,
+     * where it was accepted and where it ends. */
+    struct vbd_loop *ctl_loop, *serve_loop;
     int inflight;
     /* Replies of requests that finish in the same loop iteration leave in
      * one send: requests queue their pieces and wait; the flusher sends. */

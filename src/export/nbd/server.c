@@ -210,7 +210,7 @@ out:
 
 int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
 {
-    assert(vbd_thread_is_main()); /* the server and its connections live on the main loop */
+    assert(vbd_thread_is_main()); /* the server, its lists, the handshakes: the main loop's */
     if (srv.running) {
         vbd_error_setf(err, EBUSY, "NBD server already running");
         return -EBUSY;
@@ -275,7 +275,7 @@ static void cut_conns(void *arg)
 
 void vbd_nbd_server_stop(void)
 {
-    assert(vbd_thread_is_main()); /* the server and its connections live on the main loop */
+    assert(vbd_thread_is_main()); /* the server, its lists, the handshakes: the main loop's */
     if (!srv.running)
         return;
     srv.stopping = true;

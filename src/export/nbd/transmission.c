@@ -10,6 +10,7 @@
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "vbd/iothread.h"
 #include "util/readahead.h"
 
 #include <errno.h>
@@ -98,8 +99,9 @@ static void flusher_co(void *opaque)
     vbd_co_queue_wake_all(&c->flusher_exit_q);
 }
 
-/* Connections reading in batches (all on the main loop's thread). While
- * there are any, that thread asks the scheduler for a short slice
+/* Connections reading in batches on this thread (a connection runs on its
+ * node's loop: the main loop or an iothread). While there are any, the
+ * thread asks the scheduler for a short slice
  * (NBD_BATCH_SLICE_NS as EEVDF's request size, sched_attr.sched_runtime;
  * Linux 6.12 and later, older kernels ignore it). A batch sleeps on a
  * timer between reads: on a shared host the timer's wake-up found the CPU
@@ -116,7 +118,7 @@ static void flusher_co(void *opaque)
  * is the nice value's, as before; the thread's policy and nice value are
  * kept, other policies (SCHED_FIFO, SCHED_BATCH set by the user) are left
  * alone. */
-static int batching_conns;
+static _Thread_local int batching_conns;
 
 /* The kernel's struct sched_attr, first version (<linux/sched/types.h>
  * clashes with <sched.h>; glibc 2.36 has no wrapper). */
@@ -137,7 +139,7 @@ struct thread_sched_attr {
 
 static void batch_slice(bool on)
 {
-    static uint64_t reset_on_fork; /* the thread's own flag, given back at the end */
+    static _Thread_local uint64_t reset_on_fork; /* the thread's own flag, given back at the end */
     if (on ? batching_conns++ : --batching_conns)
         return; /* not the first to start, or not the last to stop */
     struct thread_sched_attr a;
@@ -920,6 +922,68 @@ static bool flags_valid(uint16_t type, uint16_t flags)
     return !(flags & ~allowed[type]);
 }
 
+static void flusher_start(struct nbd_conn *c)
+{
+    c->flush_stop = false;
+    c->flusher_running = true;
+    vbd_co_wake(vbd_co_create(flusher_co, c));
+}
+
+/* Waits until the flusher has sent what was queued and ended. */
+static void flusher_stop(struct nbd_conn *c)
+{
+    c->flush_stop = true;
+    vbd_co_queue_wake_all(&c->flush_q);
+    while (c->flusher_running)
+        vbd_co_queue_wait(&c->flusher_exit_q);
+}
+
+/* The home loop of the export's node now: past the backend's gate, as a
+ * job's end may swap the root and drop the old one. */
+static struct vbd_loop *node_loop(struct nbd_conn *c)
+{
+    struct vbd_loop *l = vbd_node_home_loop(vbd_backend_co_node_get(c->exp->be));
+    vbd_backend_node_put(c->exp->be);
+    return l;
+}
+
+/* From the main loop: the connection's coroutine goes to serve on `to`.
+ * An iothread is held while the connection runs there (object-del refuses
+ * it: its loop must outlive our coroutines and socket waits). */
+static void serve_on(struct nbd_conn *c, struct vbd_loop *to)
+{
+    const char *id = vbd_iothread_id(to);
+    struct vbd_loop *held = id ? vbd_iothread_acquire(id) : NULL;
+    if (id && held != to)
+        to = c->ctl_loop; /* not an iothread any more: serve from the main loop */
+    if (c->serve_loop != c->ctl_loop)
+        vbd_iothread_release(c->serve_loop);
+    c->serve_loop = to;
+    vbd_co_move_to(to);
+}
+
+/* The export's node moved to another loop (x-blockdev-set-iothread, an
+ * export that took it to its iothread, a block-export-add iothread=): the
+ * connection follows it between two requests, so that its requests run
+ * where the node lives instead of hopping there and back (they hop
+ * meanwhile: the backend and io.c take every request to the node's home
+ * loop, whatever loop it comes from). The queues, the slots and the send
+ * lock are one loop's (coroutine.h): the requests in flight finish and
+ * the flusher ends before the coroutine leaves; it passes the main loop,
+ * which counts the iothreads' users, and starts the flusher again on the
+ * new loop. The batch slice is the old thread's: it is given back. */
+static void follow_node(struct nbd_conn *c)
+{
+    if (c->batching)
+        batch_stop(c);
+    while (c->inflight)
+        vbd_co_queue_wait(&c->drain_q);
+    flusher_stop(c);
+    vbd_co_move_to(c->ctl_loop);
+    serve_on(c, node_loop(c));
+    flusher_start(c);
+}
+
 void nbd_transmission(struct nbd_conn *c)
 {
     for (int i = 0; i < NBD_SLOTS; i++) {
@@ -941,10 +1005,16 @@ void nbd_transmission(struct nbd_conn *c)
     c->batch_reqs = NBD_BATCH_REQS;
     c->batch_probe = 64; /* the first requests show the sizes batches are made of */
     c->out_gen = 1;
-    c->flusher_running = true;
-    vbd_co_wake(vbd_co_create(flusher_co, c));
+    /* served where the node lives: its requests run there without a hop */
+    c->ctl_loop = c->serve_loop = vbd_loop_current();
+    serve_on(c, node_loop(c));
+    flusher_start(c);
     while (!c->closing) {
         uint8_t h[28];
+        /* between requests, when the next header is not read ahead
+         * already (a look at the node's loop costs the gate's two atomics) */
+        if (c->rpos == c->rlen && node_loop(c) != c->serve_loop)
+            follow_node(c);
         if (conn_recv(c, h, 28, true) < 0)
             break;
         if (get_be32p(h) != NBD_REQUEST_MAGIC) {
@@ -1007,10 +1077,7 @@ void nbd_transmission(struct nbd_conn *c)
         batch_stop(c);
     while (c->inflight)
         vbd_co_queue_wait(&c->drain_q);
-    c->flush_stop = true;
-    vbd_co_queue_wake_all(&c->flush_q);
-    while (c->flusher_running)
-        vbd_co_queue_wait(&c->flusher_exit_q);
+    flusher_stop(c);
     for (int i = 0; i < NBD_SLOTS; i++) {
         free(c->slots[i].buf);
         free(c->slots[i].ext);
@@ -1018,4 +1085,7 @@ void nbd_transmission(struct nbd_conn *c)
     free(c->out);
     free(c->out_spare);
     free(c->rbuf);
+    /* the connection ends where it began: the server's lists are the main loop's */
+    vbd_co_move_to(c->ctl_loop);
+    serve_on(c, c->ctl_loop);
 }

@@ -1,0 +1,14 @@
+#!/bin/bash
+# block-export-add's iothread and fixed-iothread for NBD exports against
+# qemu-storage-daemon 7.2 (tests/qmp/diff-export-iothread.jsonl run by
+# tests/qmp/qmpdiff.py): an export moves its node to its iothread (a
+# failed move ignored unless fixed-iothread), fixed-iothread keeps the node
+# there (x-blockdev-set-iothread force refused with qsd's words), an export
+# without it follows its node. Same replies, the errors' texts too.
+. "$(dirname "$0")/lib.sh"
+need python3 qemu-storage-daemon
+export VBD_DAEMON
+QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-export-iothread.jsonl" \
+    --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
+    --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff found differences (above)"
+echo OK
