@@ -1153,14 +1153,19 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
     if (flags & VBD_REQ_COMPRESSED) {
         uint64_t first = (off + s->cluster_size - 1) & ~(s->cluster_size - 1);
         uint64_t last = (off + bytes) & ~(s->cluster_size - 1);
-        njobs = last > first ? (unsigned)((last - first) >> s->cluster_bits) : 0;
+        /* the disk's last cluster, when the disk ends inside it, is
+         * compressed too, padded with zeroes (as QEMU's compressed write) */
+        uint64_t end = off + bytes == n->size && last >= first ? off + bytes : last;
+        njobs = end > first ? (unsigned)((end - first + s->cluster_size - 1) >> s->cluster_bits) : 0;
         jobs = njobs ? vbd_xcalloc(njobs, sizeof(*jobs)) : NULL;
         for (unsigned i = 0; i < njobs; i++) {
+            uint64_t at = first + ((uint64_t)i << s->cluster_bits);
+            uint64_t have = end - at < s->cluster_size ? end - at : s->cluster_size;
             jobs[i].s = s;
             jobs[i].plain = vbd_alloc_aligned(4096, s->cluster_size);
             jobs[i].packed = vbd_alloc_aligned(4096, s->cluster_size);
-            vbd_iov_to_buf(q->iov, q->niov, qoff + (first - off) + ((uint64_t)i << s->cluster_bits), jobs[i].plain,
-                           s->cluster_size);
+            vbd_iov_to_buf(q->iov, q->niov, qoff + (at - off), jobs[i].plain, have);
+            memset(jobs[i].plain + have, 0, s->cluster_size - have);
         }
         compress_clusters(jobs, njobs);
     }
@@ -1180,7 +1185,7 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
             }
         }
         rc = 1;
-        if ((flags & VBD_REQ_COMPRESSED) && len == s->cluster_size) {
+        if ((flags & VBD_REQ_COMPRESSED) && ji < njobs && !in && (len == s->cluster_size || off + len == n->size)) {
             rc = write_compressed_cluster(n, off, jobs[ji].packed, jobs[ji].clen); /* 1: does not pay, written normally */
             ji++;
         }
