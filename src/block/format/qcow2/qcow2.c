@@ -390,6 +390,8 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
                          s->n->filename, (unsigned long long)off, (unsigned long long)entry);
         return -EIO;
     }
+    if (t == QCOW2_COMPRESSED && s->external) /* its bytes would come from the metadata file */
+        return qcow2_signal_corruption(s, "compressed cluster entry in an image with an external data file", off);
     if (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) {
         if ((entry & L2E_OFFSET_MASK) & (s->cluster_size - 1)) {
             vbd_error_report("qcow2: cluster allocation offset 0x%llx unaligned (L2 entry 0x%llx)",
@@ -671,6 +673,8 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     ep = &table[s->extended_l2 ? 2 * index : index];
     uint64_t entry = be64(ep[0]), bitmap = s->extended_l2 ? be64(ep[1]) : 0;
     enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+    if (t == QCOW2_COMPRESSED && s->external)
+        return qcow2_signal_corruption(s, "compressed cluster entry in an image with an external data file", cstart);
     uint64_t host = entry & L2E_OFFSET_MASK;
     bool in_place = (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && (entry & QCOW_OFLAG_COPIED);
     uint64_t from = 0, to = s->cluster_size, new_bitmap = 0;
@@ -1245,6 +1249,8 @@ void qcow2_release_entry(struct qcow2_state *s, uint64_t entry)
 {
     enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
     if (t == QCOW2_COMPRESSED) {
+        if (s->external)
+            return; /* never valid there: what it names in the metadata file is not its own */
         uint64_t coff = entry & s->coffset_mask;
         uint64_t nsect = ((entry >> s->csize_shift) & s->csize_mask) + 1;
         uint64_t last = (coff + nsect * 512 - (coff & 511) - 1) & ~(s->cluster_size - 1);
