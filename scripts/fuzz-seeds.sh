@@ -24,8 +24,14 @@ if corpus qcow2; then
     io qcow2 small.qcow2 -c "write -P 3 1000 3000"
     qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=16k extl2.qcow2 1M
     io qcow2 extl2.qcow2 -c "write -P 4 4k 4k"
-    head -c 200000 /dev/urandom >raw.bin
-    qemu-img convert -q -c -O qcow2 -f raw raw.bin comp.qcow2 && rm raw.bin
+    # random bytes do not compress (qemu-img stores such clusters plain): text with random runs does
+    { head -c 100000 /dev/urandom; python3 -c "print('some text that compresses ' * 4000, end='')"; } >raw.bin
+    qemu-img convert -q -c -O qcow2 -f raw raw.bin comp.qcow2
+    qemu-img convert -q -c -O qcow2 -o compression_type=zstd,cluster_size=4k -f raw raw.bin zstd.qcow2 && rm raw.bin
+    # persistent bitmaps (a rw open loads, marks and at close stores them), 64-bit refcounts
+    qemu-img create -q -f qcow2 -o cluster_size=4k,refcount_bits=64 bitmaps.qcow2 1M
+    qemu-img bitmap --add -g 512 bitmaps.qcow2 b0 && qemu-img bitmap --add --disable bitmaps.qcow2 b1
+    io qcow2 bitmaps.qcow2 -c "write -P 5 0 8k"
     qemu-img snapshot -c s1 v3.qcow2
     qemu-img create -q -f qcow2 -b v3.qcow2 -F qcow2 backed.qcow2
 fi
@@ -85,7 +91,8 @@ if corpus vmdk; then
     # monolithicSparse with and without zeroed grains, streamOptimized, a descriptor file
     qemu-img create -q -f vmdk sparse.vmdk 1M && io vmdk sparse.vmdk -c "write -P 1 0 64k" -c "write -P 2 300k 5000"
     qemu-img create -q -f vmdk -o zeroed_grain=on zg.vmdk 1M && io vmdk zg.vmdk -c "write -P 3 0 128k" -c "write -z 0 64k"
-    head -c 200000 /dev/urandom >raw.bin
+    # random bytes do not compress (qemu-img stores such clusters plain): text with random runs does
+    { head -c 100000 /dev/urandom; python3 -c "print('some text that compresses ' * 4000, end='')"; } >raw.bin
     qemu-img convert -q -O vmdk -o subformat=streamOptimized -f raw raw.bin stream.vmdk && rm raw.bin
     printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 128 FLAT "x-flat.vmdk" 0\n' >desc.vmdk
 fi

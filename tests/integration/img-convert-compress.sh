@@ -6,7 +6,8 @@
 # input: the same clusters allocated and compressed (qemu-img check), the
 # same map (host offsets aside), the same content, a file no larger (chunks
 # are packed across cluster boundaries as qemu-img packs them); the output
-# checks clean.
+# checks clean. A disk ending inside its last cluster gets that cluster
+# compressed too, as qemu-img does (vbd wrote it plain: one cluster more).
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
 cd "$T"
@@ -30,6 +31,27 @@ for cs in 4k 64k 2M; do
     echo "sizes: qemu-img $(stat -c %s q.qcow2), vbd $(stat -c %s v.qcow2); clusters (allocated compressed): $vc"
     [ "$(stat -c %s v.qcow2)" -le "$(stat -c %s q.qcow2)" ] || fail "vbd's output is larger than qemu-img's"
     qcheck v.qcow2
+done
+step "a disk that ends inside its last cluster: that cluster is compressed too (zero-padded, as qemu-img)"
+head -c $(((6 << 20) - 3584)) mixed.raw >tail.raw   # the last 4k cluster holds 512 bytes, the last 64k one 61952
+for cs in 4k 64k; do
+    rm -f q.qcow2 v.qcow2
+    must qemu-img convert -c -O qcow2 -o cluster_size=$cs tail.raw q.qcow2
+    must "$VBD_IMG" convert -c -O qcow2 -o cluster_size=$cs tail.raw v.qcow2
+    qc=$(counters q.qcow2); vc=$(counters v.qcow2)
+    [ "$qc" = "$vc" ] || fail "$cs, partial last cluster: allocated/compressed clusters: qemu-img $qc, vbd $vc"
+    must qemu-img compare -f raw -F qcow2 tail.raw v.qcow2 >/dev/null
+    qcheck v.qcow2
+    # and a compressed write of that cluster alone (vbd-io as qemu-io)
+    cb=$([ $cs = 4k ] && echo 4096 || echo 65536)
+    size=$(((6 << 20) - 3584)) last=$(((6 << 20) - cb))
+    for io in qemu-io "$VBD_IO"; do
+        rm -f w.qcow2
+        must qemu-img create -q -f qcow2 -o cluster_size=$cs w.qcow2 $size
+        must "$io" -f qcow2 -c "write -c -P 0x61 $last $((size - last))" w.qcow2 >/dev/null
+        [ "$(counters w.qcow2)" = "1 1" ] || fail "$io, $cs: the last cluster's compressed write: $(counters w.qcow2)"
+        qcheck w.qcow2
+    done
 done
 step "-S 0: every cluster is written, zero ones included (compressed)"
 rm -f q.qcow2 v.qcow2

@@ -22,6 +22,7 @@
 #define BME_MAX_DIR (64u << 20)
 #define BME_MAX_TABLE_ENTRIES (64u << 20) / 8
 #define BME_TABLE_OFFSET_MASK 0x00fffffffffffe00ull
+#define BME_TABLE_RESERVED_MASK 0xff000000000001feull
 #define BME_ALL_ONES 1ull
 
 struct qcow2_bitmap {
@@ -49,6 +50,25 @@ static int write_dir(struct qcow2_state *s)
 {
     int rc = vbd_node_co_pwrite(s->n->file, s->bm_dir_offset, s->bm_dir, s->bm_dir_size, 0);
     return rc < 0 ? rc : vbd_node_co_flush(s->n->file);
+}
+
+/* A bitmap table QEMU would refuse (an entry with reserved bits, the
+ * all-ones flag beside an offset, an unaligned offset), or one lying on
+ * other metadata or naming it as a data cluster. Such a table is never
+ * read as bits, written back or released: its "clusters" may be an L1 or
+ * L2 table or guest data (a clean close writes the table and the bits in
+ * place, a release drops their refcounts). */
+static bool table_is_hostile(struct qcow2_state *s, uint64_t table_offset, const uint64_t *table, uint32_t size)
+{
+    if (qcow2_overlaps_metadata(s, table_offset, (uint64_t)size * 8))
+        return true;
+    for (uint32_t i = 0; i < size; i++) {
+        uint64_t e = table[i], off = e & BME_TABLE_OFFSET_MASK;
+        if ((e & BME_TABLE_RESERVED_MASK) ||
+            (off && ((e & BME_ALL_ONES) || (off & (s->cluster_size - 1)) || qcow2_overlaps_metadata(s, off, s->cluster_size))))
+            return true;
+    }
+    return false;
 }
 
 /* Reads the bitmap's data clusters into b->bits. */
@@ -93,9 +113,8 @@ static uint64_t entry_len(const uint8_t *e, uint64_t avail)
     return len > avail ? 0 : len;
 }
 
-/* A dirty-tracking entry's fields checked and its bits read into b->bits
- * (the caller's on success). */
-static int load_entry(struct qcow2_state *s, const uint8_t *e, struct qcow2_bitmap *b)
+/* A dirty-tracking entry's own fields (QEMU's check_dir_entry): 0 or -EINVAL. */
+static int entry_fields(struct qcow2_state *s, const uint8_t *e, struct qcow2_bitmap *b)
 {
     b->table_offset = get_be64p(e);
     b->table_size = get_be32p(e + 8);
@@ -106,12 +125,23 @@ static int load_entry(struct qcow2_state *s, const uint8_t *e, struct qcow2_bitm
     b->nbits = (s->n->size + (1ull << b->granularity_bits) - 1) >> b->granularity_bits;
     if ((b->nbits + 7) / 8 > (uint64_t)b->table_size * s->cluster_size)
         return -EINVAL;
+    return 0;
+}
+
+/* A dirty-tracking entry's fields checked and its bits read into b->bits
+ * (the caller's on success). */
+static int load_entry(struct qcow2_state *s, const uint8_t *e, struct qcow2_bitmap *b)
+{
+    if (entry_fields(s, e, b) < 0)
+        return -EINVAL;
     uint64_t *table = malloc((uint64_t)b->table_size * 8);
     b->bits = calloc(1, (b->nbits + 7) / 8 + 1);
     int rc = table && b->bits ? vbd_node_co_pread(s->n->file, b->table_offset, table, (uint64_t)b->table_size * 8)
                               : -ENOMEM;
     for (uint32_t i = 0; rc == 0 && i < b->table_size; i++)
         table[i] = be64(table[i]);
+    if (rc == 0 && table_is_hostile(s, b->table_offset, table, b->table_size))
+        rc = -EINVAL;
     if (rc == 0)
         rc = load_bits(s, b, table);
     free(table);
@@ -158,8 +188,16 @@ int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
             continue; /* inconsistent, disabled, or not a dirty-tracking bitmap we know: left as it is */
         if ((rc = load_entry(s, e, &b)) == -ENOMEM)
             return rc;
-        if (rc < 0)
-            goto bad;
+        if (rc < 0) { /* QEMU 7.2's words */
+            struct qcow2_bitmap f;
+            if (entry_fields(s, e, &f) < 0)
+                vbd_error_setf(err, EINVAL, "Bitmap '%.*s' doesn't satisfy the constraints", (int)name,
+                               (const char *)e + 24 + extra);
+            else
+                vbd_error_setf(err, EINVAL, "Could not read bitmap_table table from image for bitmap '%.*s': %s",
+                               (int)name, (const char *)e + 24 + extra, strerror(-rc));
+            return -EINVAL;
+        }
         put_be32p(e + 12, flags | BME_IN_USE); /* until a clean close stores the bits */
         b.name = strndup((const char *)e + 24 + extra, name);
         b.tracking = true;
@@ -241,7 +279,11 @@ int qcow2_bitmaps_store(struct qcow2_state *s)
         }
         if (rc == 0)
             rc = qcow2_flush_refcounts(s); /* data and new clusters' refcounts before the table */
-        if (rc == 0 && table_changed)
+        /* checked at load; metadata may have moved onto it since only in a
+         * corrupt image (a table cluster with refcount 0, handed out again) */
+        if (rc == 0 && table_changed && qcow2_overlaps_metadata(s, b->table_offset, (uint64_t)b->table_size * 8))
+            rc = qcow2_signal_corruption(s, "bitmap table", b->table_offset);
+        else if (rc == 0 && table_changed)
             rc = vbd_node_co_pwrite(s->n->file, b->table_offset, table, (uint64_t)b->table_size * 8, 0);
         free(table);
         free(buf);
@@ -446,8 +488,14 @@ static int release_table(struct qcow2_state *s, uint64_t table_offset, uint32_t 
     if (!table)
         return -ENOMEM;
     int rc = vbd_node_co_pread(s->n->file, table_offset, table, (uint64_t)table_size * 8);
+    for (uint32_t i = 0; rc == 0 && i < table_size; i++)
+        table[i] = be64(table[i]);
+    if (rc == 0 && table_is_hostile(s, table_offset, table, table_size)) {
+        free(table);
+        return 0; /* its clusters may be anyone's: leaked at worst, never released */
+    }
     for (uint32_t i = 0; rc == 0 && i < table_size; i++) {
-        uint64_t off = be64(table[i]) & BME_TABLE_OFFSET_MASK;
+        uint64_t off = table[i] & BME_TABLE_OFFSET_MASK;
         if (off)
             rc = qcow2_update_refcount(s, off, -1);
     }

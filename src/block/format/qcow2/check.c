@@ -285,6 +285,17 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
         }
     }
     walk_l1(&c, s->l1, s->l1_size, table, true);
+    /* a refcount block must be referenced once: one that is also another
+     * table (the reftable itself, an L1/L2 table, another block) would be
+     * written over by the next refcount update it covers. qemu-img check
+     * rebuilds the refcount structure then; vbd reports it, unrepaired. */
+    for (uint64_t i = 0; i < s->reftable_entries; i++) {
+        uint64_t k = s->reftable[i] >> s->cluster_bits;
+        if (s->reftable[i] && k < c.nclusters && c.ref[k] != 1) {
+            report(&c, "ERROR refcount block %llu refcount=%llu\n", (unsigned long long)i, (unsigned long long)c.ref[k]);
+            res->corruptions++;
+        }
+    }
     uint64_t end = 0;
     for (uint64_t k = 0; k < c.nref; k++) {
         uint64_t stored;

@@ -390,6 +390,8 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t max, struct 
                          s->n->filename, (unsigned long long)off, (unsigned long long)entry);
         return -EIO;
     }
+    if (t == QCOW2_COMPRESSED && s->external) /* its bytes would come from the metadata file */
+        return qcow2_signal_corruption(s, "compressed cluster entry in an image with an external data file", off);
     if (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) {
         if ((entry & L2E_OFFSET_MASK) & (s->cluster_size - 1)) {
             vbd_error_report("qcow2: cluster allocation offset 0x%llx unaligned (L2 entry 0x%llx)",
@@ -671,6 +673,8 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     ep = &table[s->extended_l2 ? 2 * index : index];
     uint64_t entry = be64(ep[0]), bitmap = s->extended_l2 ? be64(ep[1]) : 0;
     enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
+    if (t == QCOW2_COMPRESSED && s->external)
+        return qcow2_signal_corruption(s, "compressed cluster entry in an image with an external data file", cstart);
     uint64_t host = entry & L2E_OFFSET_MASK;
     bool in_place = (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) && (entry & QCOW_OFLAG_COPIED);
     uint64_t from = 0, to = s->cluster_size, new_bitmap = 0;
@@ -1153,14 +1157,19 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
     if (flags & VBD_REQ_COMPRESSED) {
         uint64_t first = (off + s->cluster_size - 1) & ~(s->cluster_size - 1);
         uint64_t last = (off + bytes) & ~(s->cluster_size - 1);
-        njobs = last > first ? (unsigned)((last - first) >> s->cluster_bits) : 0;
+        /* the disk's last cluster, when the disk ends inside it, is
+         * compressed too, padded with zeroes (as QEMU's compressed write) */
+        uint64_t end = off + bytes == n->size && last >= first ? off + bytes : last;
+        njobs = end > first ? (unsigned)((end - first + s->cluster_size - 1) >> s->cluster_bits) : 0;
         jobs = njobs ? vbd_xcalloc(njobs, sizeof(*jobs)) : NULL;
         for (unsigned i = 0; i < njobs; i++) {
+            uint64_t at = first + ((uint64_t)i << s->cluster_bits);
+            uint64_t have = end - at < s->cluster_size ? end - at : s->cluster_size;
             jobs[i].s = s;
             jobs[i].plain = vbd_alloc_aligned(4096, s->cluster_size);
             jobs[i].packed = vbd_alloc_aligned(4096, s->cluster_size);
-            vbd_iov_to_buf(q->iov, q->niov, qoff + (first - off) + ((uint64_t)i << s->cluster_bits), jobs[i].plain,
-                           s->cluster_size);
+            vbd_iov_to_buf(q->iov, q->niov, qoff + (at - off), jobs[i].plain, have);
+            memset(jobs[i].plain + have, 0, s->cluster_size - have);
         }
         compress_clusters(jobs, njobs);
     }
@@ -1180,7 +1189,7 @@ static int qcow2_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
             }
         }
         rc = 1;
-        if ((flags & VBD_REQ_COMPRESSED) && len == s->cluster_size) {
+        if ((flags & VBD_REQ_COMPRESSED) && ji < njobs && !in && (len == s->cluster_size || off + len == n->size)) {
             rc = write_compressed_cluster(n, off, jobs[ji].packed, jobs[ji].clen); /* 1: does not pay, written normally */
             ji++;
         }
@@ -1240,6 +1249,8 @@ void qcow2_release_entry(struct qcow2_state *s, uint64_t entry)
 {
     enum qcow2_cluster_type t = qcow2_entry_type(s, entry);
     if (t == QCOW2_COMPRESSED) {
+        if (s->external)
+            return; /* never valid there: what it names in the metadata file is not its own */
         uint64_t coff = entry & s->coffset_mask;
         uint64_t nsect = ((entry >> s->csize_shift) & s->csize_mask) + 1;
         uint64_t last = (coff + nsect * 512 - (coff & 511) - 1) & ~(s->cluster_size - 1);
