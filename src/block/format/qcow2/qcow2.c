@@ -505,8 +505,17 @@ static int read_range(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
         bool ranged = false;
         vbd_co_mutex_lock(&s->lock);
         int rc = map_extent(s, off, bytes, &x);
-        if (rc == 0 && x.type == QCOW2_NORMAL && !range_held) {
-            /* the host clusters stay ours until the read is done */
+        if (rc == 0 && !range_held &&
+            (x.type == QCOW2_NORMAL ||
+             (n->backing && (x.type == QCOW2_UNALLOCATED || x.type == QCOW2_UNALLOC_ALLOC)))) {
+            /* NORMAL: the host clusters stay ours until the read is done.
+             * Read through to the backing: a write allocating these
+             * clusters waits until the backing's data is read. A backup's
+             * copy-before-write into a fleecing image whose backing is the
+             * source would otherwise let the guest write that follows it
+             * land in the source under this read, which then returns data
+             * newer than the point in time (QEMU serialises those writes,
+             * block-copy's serialising requests). */
             ranged = true;
             if (range_lock(s, &r, cluster_floor(s, off), cluster_ceil(s, off + x.len), false))
                 rc = map_extent(s, off, x.len, &x);
