@@ -14,6 +14,11 @@
 #    exactly the snapshots kept, each still reads as it did when taken (the
 #    writes and deletes after it changed nothing in it), the image equals
 #    the model;
+#  - phase 1b: the same with the vhost-user export alone (the graph then
+#    runs on io0 and the QMP commands enter it there);
+#  - in phases 1, 1b and 2 each snapshot is followed by a transaction of two
+#    whose second fails (the name in use): the first one's snapshot is
+#    deleted again by its abort, under the load;
 #  - phase 2: vbd-img snapshot -a of one of them (the image equals that
 #    snapshot), -c and -d offline, then the same load with discards and
 #    unmapping write-zeroes (which must not free a cluster a snapshot holds)
@@ -29,7 +34,7 @@
 need qemu-img python3
 need_stress
 SEED=${SNAPI_SEED:-$RANDOM}
-ROUNDS=${SNAPI_ROUNDS:-8}
+ROUNDS=${SNAPI_ROUNDS:-6}
 cd "$T"
 echo "seed $SEED"
 truncate -s 16M init.raw
@@ -37,18 +42,19 @@ mixed_data m1 1 && dd if=m1 of=init.raw bs=1M seek=2 conv=notrunc status=none
 must qemu-img convert -q -f raw -O qcow2 init.raw img.qcow2
 on_exit 'kill -9 $dpid 2>/dev/null'
 
-start() { # TRANSPORTS: both (vhost-user on io0 + NBD) or nbd
+start() { # EXPORTS: both (vhost-user on io0 + NBD), nbd, or vhost (alone: the graph runs on io0)
     rm -f qmp.sock nbd.sock vu.sock
-    local vu=()
-    [ "$1" = both ] && vu=(--export "type=vhost-user-blk,id=v,node-name=disk,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0")
+    local vu=() nbd=()
+    [ "$1" != nbd ] && vu=(--export "type=vhost-user-blk,id=v,node-name=disk,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0")
+    [ "$1" != vhost ] && nbd=(--export "type=nbd,id=n,node-name=disk,name=disk,writable=on")
     "$VBD_DAEMON" --object iothread,id=io0 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off \
         --monitor chardev=q --blockdev "driver=file,node-name=f0,filename=$PWD/img.qcow2,discard=unmap" \
         --blockdev "driver=qcow2,node-name=disk,file=f0,discard=unmap" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        --export "type=nbd,id=n,node-name=disk,name=disk,writable=on" "${vu[@]}" 2>daemon.log &
+        "${nbd[@]}" "${vu[@]}" 2>daemon.log &
     dpid=$!
     wait_sock "$PWD/qmp.sock"
     wait_sock "$PWD/nbd.sock"
-    [ "$1" = both ] && wait_sock "$PWD/vu.sock"
+    [ "$1" = nbd ] || wait_sock "$PWD/vu.sock"
 }
 
 # drive PHASE INIT: vbd-stress on the exports while QMP takes and deletes
@@ -68,13 +74,14 @@ if phase == "3":
     cmd += ["--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4",
             "--crash-ready", "ready", "--crash-after", "600", "--mask-out", "mask.raw"]
 else:
-    cmd += ["--vhost-user", "vu.sock", "--queues", "2", "--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4",
-            "--ops", str(1 << 40)]
-    cmd += ["--no-discard", "--points", "points"] if phase == "1" else ["--zero-heavy"]
+    cmd += ["--vhost-user", "vu.sock", "--queues", "2", "--ops", str(1 << 40)]
+    if phase != "4":  # phase 4 (1b): the vhost-user export alone, the graph on io0
+        cmd += ["--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
+    cmd += ["--zero-heavy"] if phase == "2" else ["--no-discard", "--points", "points"]
 p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 print(p.stdout.readline().strip())  # its seed: running, SIGUSR1 handled
-points = open("points", "w") if phase == "1" else None
-kept = [l.split()[0] for l in open("kept.in")] if os.path.exists("kept.in") and phase == "2" else []
+points = open("points", "w") if phase in ("1", "4") else None
+kept = [l.split()[0] for l in open("kept.in")] if phase in ("2", "4") else []
 
 def alive(what):
     if p.poll() is not None:
@@ -93,6 +100,13 @@ def snapshot(name):
     err = s.error("blockdev-snapshot-internal-sync", device="disk", name=name)
     if "already exists" not in err["desc"]:
         fail(f"a second snapshot {name}: {err}")
+    # a transaction whose second action fails: the first one's snapshot,
+    # made under the load, is deleted again (its abort)
+    err = s.error("transaction", actions=[
+        {"type": "blockdev-snapshot-internal-sync", "data": {"device": "disk", "name": name + "-aborted"}},
+        {"type": "blockdev-snapshot-internal-sync", "data": {"device": "disk", "name": name}}])
+    if "already exists" not in err["desc"]:
+        fail(f"a transaction with a second snapshot {name}: {err}")
 
 def delete():
     name = kept.pop(rng.randrange(len(kept)))
@@ -152,6 +166,17 @@ job_daemon_stop vbd-daemon
 qcheck img.qcow2
 snapshots_as_taken 1
 must qemu-img compare -q -f qcow2 -F raw img.qcow2 shadow1.raw
+
+step "phase 1b: the same with the vhost-user export alone: the graph runs on io0, the QMP commands enter it there"
+must qemu-img convert -q -f qcow2 -O raw img.qcow2 init4.raw
+cp kept.1 kept.in
+start vhost
+drive 4 init4.raw || fail "phase 1b: $(tail -20 daemon.log)"
+job_daemon_stop vbd-daemon
+qcheck img.qcow2
+snapshots_as_taken 4
+must qemu-img compare -q -f qcow2 -F raw img.qcow2 shadow4.raw
+cp kept.4 kept.1
 
 step "phase 2: vbd-img snapshot -a/-c/-d offline, then snapshots under the load with discards"
 keep=$(head -1 kept.1)
