@@ -20,7 +20,7 @@ need qemu-img qemu-io python3
 . "$VBD_ROOT/tests/stress/stress-lib.sh"
 need_stress
 KINDS=${FMT_MIXED_KINDS:-"vmdk-sparse vmdk-stream vhdx-1m vpc-dynamic vdi-dynamic qed-c4k"}
-OPS=${FMT_MIXED_OPS:-500}
+OPS=${FMT_MIXED_OPS:-400}
 SEED=${FMT_MIXED_SEED:-$RANDOM}
 S=$T/qmp.sock
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
