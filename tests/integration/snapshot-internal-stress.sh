@@ -27,7 +27,8 @@
 #  - phase 3: a snapshot taken under the load over NBD (crash mode), then
 #    SIGKILL of the daemon: check finds no error (leaks allowed), the
 #    snapshot is there and reads as when taken, every write acknowledged
-#    before a flush is in the image.
+#    before a flush is in the image, and vbd-daemon restarted on it serves
+#    the same bytes.
 # SNAPI_SEED, SNAPI_ROUNDS.
 . "$(dirname "$0")/lib.sh"
 . "$VBD_ROOT/tests/stress/stress-lib.sh"
@@ -217,4 +218,9 @@ must qemu-img convert -f qcow2 -l snapshot.name=c0 -O raw img.qcow2 now.raw
 cmp -s now.raw c0.raw || fail "snapshot c0 changed after SIGKILL: $(cmp now.raw c0.raw | head -1)"
 must qemu-img convert -f qcow2 -O raw img.qcow2 q.raw
 stress_masked_cmp q.raw shadow3.raw mask.raw "the image after SIGKILL" || fail "durable writes lost"
+# vbd-daemon restarted on what the kill left serves the same bytes
+start nbd
+must qemu-img convert -f raw -O raw "nbd+unix:///disk?socket=$PWD/nbd.sock" v.raw
+job_daemon_stop vbd-daemon
+cmp -s v.raw q.raw || fail "vbd-daemon restarted after SIGKILL serves other bytes than qemu-img reads: $(cmp v.raw q.raw | head -1)"
 echo ok
