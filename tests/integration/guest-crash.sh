@@ -1,7 +1,8 @@
 #!/bin/bash
 # Crash consistency with a real guest: a Linux guest writes files with
-# fsync on ext4 (journal) over vhost-user-blk (a qcow2 image, 2 rings on an
-# iothread); at a point picked by the seed (after K files were logged
+# fsync on ext4 (journal, mounted -o discard: deleted files free clusters
+# of the image) over vhost-user-blk (a qcow2 image, discard=unmap, 2 rings
+# on an iothread); at a point picked by the seed (after K files were logged
 # durable) vbd-daemon gets SIGKILL, then QEMU: a power cut under the guest.
 # Then, each round:
 #  - qemu-img check of the qcow2 finds no error (leaks allowed);
@@ -38,8 +39,8 @@ for round in $(seq 1 "$ROUNDS"); do
     k=$((5 + (SEED * 7 + round * 13) % 25))
     step "round $round: guest writes files with fsync over vhost-user (qcow2, 2 rings on an iothread); SIGKILL after $k durable files"
     S=$T/vu.sock
-    start_daemon --object iothread,id=io0 --blockdev "driver=file,node-name=f0,filename=$T/img.qcow2" \
-        --blockdev driver=qcow2,node-name=disk0,file=f0 \
+    start_daemon --object iothread,id=io0 --blockdev "driver=file,node-name=f0,filename=$T/img.qcow2,discard=unmap" \
+        --blockdev driver=qcow2,node-name=disk0,file=f0,discard=unmap \
         --export "type=vhost-user-blk,id=v,node-name=disk0,addr.type=unix,addr.path=$S,writable=on,num-queues=2,iothread=io0"
     rm -f console.log
     TMPDIR=$T "$G/run-guest.sh" --vhost-user "$S" --num-queues 2 --workload "$G/workloads/crash.sh" --env VBD_ROUND=$round \
