@@ -16,7 +16,10 @@
  *
  * Targets: an image opened in this process through vbd's library, an NBD
  * export (several connections, through vbd's nbd client), or a vhost-user-blk
- * export (several queues, through src/vhost-client). At the end the whole
+ * export (several queues, through src/vhost-client), or both exports of one
+ * node at once (--nbd and --vhost-user: the workers alternate between them,
+ * one model for both, so requests from the two meet on the same clusters;
+ * the final read-back goes through each). At the end the whole
  * device is read back and checked, flushed, and the shadow is written out
  * as a raw file for `qemu-img compare`.
  *
@@ -59,6 +62,8 @@ static const char usage_text[] =
     "Usage: vbd-stress [OPTIONS] IMAGE                  (in this process, through vbd's library)\n"
     "       vbd-stress [OPTIONS] --nbd URI [--conns N]   (an NBD export, N connections)\n"
     "       vbd-stress [OPTIONS] --vhost-user SOCKET [--queues N]  (a vhost-user-blk export)\n"
+    "       vbd-stress [OPTIONS] --vhost-user SOCKET [--queues N] --nbd URI [--conns N]\n"
+    "                            (two exports of one node at once: workers alternate between them)\n"
     "Random overlapping I/O against a shadow model; exit 0 if every read matched.\n"
     "\n"
     "  --seed N             random seed (default: from the clock; always printed)\n"
@@ -109,6 +114,7 @@ enum transport { T_LIB, T_NBD, T_VHOST };
 struct worker {
     int id;
     int conn; /* NBD connection or vhost queue */
+    bool vhost; /* this worker's requests go through the vhost-user export */
     uint16_t head;
     struct vbd_co *co;
     uint8_t *buf; /* max_len bytes (vhost: in guest memory) */
@@ -148,6 +154,8 @@ static struct {
     const char *image, *nbd_uri, *vu_sock, *fmt, *cache, *aio, *init, *backing, *shadow_out;
     bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress, zero_heavy;
     int qd, conns, nhot;
+    int queues;  /* vhost-user queues */
+    bool mixed;  /* --nbd and --vhost-user together */
     uint64_t hot_move;
     uint64_t range;          /* --range: the requests stay below it */
     const char *touched_out;
@@ -341,7 +349,7 @@ static void vhost_reaper(void *arg)
         while (vhc_used(&S.vhc, q, &id, &len)) {
             struct worker *found = NULL;
             for (int i = 0; i < S.qd; i++)
-                if (S.w[i].conn == q && S.w[i].head == id && S.w[i].busy)
+                if (S.w[i].vhost && S.w[i].conn == q && S.w[i].head == id && S.w[i].busy)
                     found = &S.w[i];
             if (!found) {
                 fprintf(stderr, "vbd-stress: queue %d: the back end completed descriptor %u that is not in flight\n", q, id);
@@ -361,7 +369,7 @@ static void vhost_reaper(void *arg)
 
 static int do_io(struct worker *w, enum op op, uint64_t off, uint64_t len, unsigned flags)
 {
-    if (S.transport == T_VHOST)
+    if (w->vhost)
         return vhost_io(w, op, off, len);
     struct vbd_backend *be = S.be[w->conn];
     struct iovec iov;
@@ -616,7 +624,7 @@ static void worker_co(void *arg)
         if (op == OP_WRITE) {
             write_id = ++S.next_write_id;
             fill(w->buf, off, len, write_id);
-            if (S.transport != T_VHOST && rnd_below(8) == 0)
+            if (!w->vhost && rnd_below(8) == 0)
                 flags |= VBD_REQ_FUA;
             /* whole clusters may be stored compressed: the compressed
              * allocation path meets the others on the hot clusters too */
@@ -897,24 +905,33 @@ static void close_targets(void)
     }
 }
 
-/* Reads the whole device back (pinning every uncertain byte), then flushes. */
-static void final_check(void)
+static void read_back(struct worker *w, const char *what)
 {
-    struct worker *w = &S.w[0];
     for (uint64_t off = 0; off < S.size && !S.failed; off += S.max_len) {
         uint64_t len = S.size - off < S.max_len ? S.size - off : S.max_len;
         int rc = do_io(w, OP_READ, off, len, 0);
         if (rc < 0) {
-            fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": final read off=%" PRIu64 " len=%" PRIu64 " failed: %s\n", S.seed,
+            fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": %s off=%" PRIu64 " len=%" PRIu64 " failed: %s\n", S.seed, what,
                     off, len, strerror(-rc));
             fail_now();
             return;
         }
-        check_read(w->buf, off, len, "final read-back");
+        check_read(w->buf, off, len, what);
     }
-    if (!S.failed) {
-        for (int i = 0; i < S.conns; i++) {
-            S.w[0].conn = i;
+}
+
+/* Reads the whole device back (pinning every uncertain byte), through each
+ * transport when there are two (worker 0 is a vhost-user one, worker 1 an
+ * NBD one), then flushes every queue and connection. */
+static void final_check(void)
+{
+    read_back(&S.w[0], S.mixed ? "final read-back (vhost-user)" : "final read-back");
+    if (S.mixed)
+        read_back(&S.w[1], "final read-back (NBD)");
+    for (int k = 0; k < (S.mixed ? 2 : 1) && !S.failed; k++) {
+        struct worker *w = &S.w[k];
+        for (int i = 0; i < (w->vhost ? S.queues : S.conns); i++) {
+            w->conn = i;
             int rc = do_io(w, OP_FLUSH, 0, 0, 0);
             if (rc < 0) {
                 fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": final flush failed: %s\n", S.seed, strerror(-rc));
@@ -936,24 +953,26 @@ static void close_co(void *arg) { close_targets(); }
 static void main_co(void *arg)
 {
     struct run *r = arg;
-    if (S.transport == T_VHOST) {
-        S.running += S.conns;
-        for (int q = 0; q < S.conns; q++)
+    if (S.vu_sock) {
+        S.running += S.queues;
+        for (int q = 0; q < S.queues; q++)
             vbd_co_wake(vbd_co_create(vhost_reaper, (void *)(intptr_t)q));
     }
     S.running += S.qd;
     for (int i = 0; i < S.qd; i++)
         vbd_co_wake(S.w[i].co = vbd_co_create(worker_co, &S.w[i]));
-    while (S.running > (S.transport == T_VHOST ? S.conns : 0))
+    while (S.running > (S.vu_sock ? S.queues : 0))
         vbd_co_queue_wait(&S.changed);
     if (!S.failed && !S.crash_ready) {
-        /* the final pass runs on worker 0's slot from this coroutine */
+        /* the final pass runs on worker 0's (and 1's) slot from this coroutine */
         S.w[0].co = vbd_co_self();
+        if (S.mixed)
+            S.w[1].co = vbd_co_self();
         final_check();
     }
-    if (S.transport == T_VHOST) {
+    if (S.vu_sock) {
         S.stop_reapers = true;
-        for (int q = 0; q < S.conns; q++)
+        for (int q = 0; q < S.queues; q++)
             eventfd_write(S.vhc.q[q].call_fd, 1);
         while (S.running)
             vbd_co_queue_wait(&S.changed);
@@ -1018,10 +1037,10 @@ int main(int argc, char **argv)
         case O_SHADOW: S.shadow_out = optarg; break;
         case O_NODISCARD: S.no_discard = true; break;
         case O_ALIGN: S.align = parse_num(optarg, "--align"); break;
-        case O_NBD: S.nbd_uri = optarg; S.transport = T_NBD; break;
+        case O_NBD: S.nbd_uri = optarg; break;
         case O_CONNS: S.conns = atoi(optarg); break;
-        case O_VU: S.vu_sock = optarg; S.transport = T_VHOST; break;
-        case O_QUEUES: S.conns = atoi(optarg); break;
+        case O_VU: S.vu_sock = optarg; break;
+        case O_QUEUES: S.queues = atoi(optarg); break;
         case O_IMGOPTS: S.image_opts = true; break;
         case O_COMPRESS: S.compress = true; break;
         case O_NOZEROES: S.no_zeroes = true; break;
@@ -1042,13 +1061,19 @@ int main(int argc, char **argv)
         default: fputs(usage_text, stderr); return 2;
         }
     }
+    S.transport = S.nbd_uri ? T_NBD : S.vu_sock ? T_VHOST : T_LIB;
+    S.mixed = S.nbd_uri && S.vu_sock;
+    if (!S.queues)
+        S.queues = S.transport == T_VHOST ? S.conns : 1; /* --conns alone was the queues of --vhost-user */
+    if (S.transport == T_LIB)
+        S.conns = 1;
     if (S.compress && S.transport != T_LIB) {
         fprintf(stderr, "vbd-stress: --compress needs an IMAGE opened in this process\n");
         return 2;
     }
-    if (S.crash_ready && S.transport != T_NBD) {
+    if (S.crash_ready && (S.transport != T_NBD || S.mixed)) {
         /* in process the crash would take the model with it; a dead vhost-user back end completes nothing */
-        fprintf(stderr, "vbd-stress: --crash-ready needs --nbd\n");
+        fprintf(stderr, "vbd-stress: --crash-ready needs --nbd alone\n");
         return 2;
     }
     if (S.points && (!S.no_discard || S.crash_ready)) {
@@ -1058,10 +1083,6 @@ int main(int argc, char **argv)
     }
     if (S.crash_ready)
         S.no_discard = true; /* the model of a crash has no "old or zero" bytes */
-    if (S.nbd_uri && S.vu_sock) {
-        fprintf(stderr, "vbd-stress: --nbd and --vhost-user are mutually exclusive\n");
-        return 2;
-    }
     if (S.transport == T_LIB) {
         if (optind != argc - 1) {
             fprintf(stderr, "vbd-stress: expected exactly one image (or --nbd / --vhost-user); see --help\n");
@@ -1072,14 +1093,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "vbd-stress: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (S.qd < 1 || S.qd > 64 || S.conns < 1 || S.conns > VHC_MAX_QUEUES || S.nhot < 1 || S.nhot > 1024 ||
+    if (S.qd < 1 + S.mixed || S.qd > 64 || S.conns < 1 || S.conns > VHC_MAX_QUEUES || S.queues < 1 ||
+        S.queues > VHC_MAX_QUEUES || S.nhot < 1 || S.nhot > 1024 ||
         S.cluster < 512 || (S.cluster & (S.cluster - 1)) || S.align < 1 || S.seconds < 0) {
-        fprintf(stderr, "vbd-stress: --qd must be 1..64, --conns/--queues 1..%d, --hot 1..1024, --cluster-size a power of "
-                        "two >= 512, --align >= 1\n",
+        fprintf(stderr, "vbd-stress: --qd must be 1..64 (2..64 with two transports), --conns/--queues 1..%d, --hot 1..1024, "
+                        "--cluster-size a power of two >= 512, --align >= 1\n",
                 VHC_MAX_QUEUES);
         return 2;
     }
-    if (S.transport == T_VHOST && S.align % 512)
+    if (S.vu_sock && S.align % 512)
         S.align = S.align < 512 ? 512 : (S.align + 511) / 512 * 512;
     S.subcluster = S.subclusters ? S.cluster / 32 : S.cluster;
     if (S.subcluster < S.align)
@@ -1105,18 +1127,20 @@ int main(int argc, char **argv)
         S.max_ops = UINT64_MAX; /* until the server dies */
 
     struct run r = {0};
-    if (S.transport == T_VHOST) {
+    uint64_t vhost_size = 0;
+    if (S.vu_sock) {
         uint16_t ring = 8;
-        int per_queue = (S.qd + S.conns - 1) / S.conns;
+        int nvw = S.mixed ? (S.qd + 1) / 2 : S.qd; /* workers on the vhost-user rings */
+        int per_queue = (nvw + S.queues - 1) / S.queues;
         while (ring < 3 * per_queue)
             ring *= 2;
-        size_t mem = (size_t)S.qd * (S.max_len + 8192) + (size_t)S.conns * 3 * 65536 + (2u << 20);
-        if (vhc_open(&S.vhc, S.vu_sock, S.conns, ring, mem, 0, r.err, sizeof(r.err)) < 0) {
+        size_t mem = (size_t)nvw * (S.max_len + 8192) + (size_t)S.queues * 3 * 65536 + (2u << 20);
+        if (vhc_open(&S.vhc, S.vu_sock, S.queues, ring, mem, 0, r.err, sizeof(r.err)) < 0) {
             fprintf(stderr, "vbd-stress: %s\n", r.err);
             vhc_close(&S.vhc);
             return 2;
         }
-        S.size = S.vhc.capacity * 512;
+        S.size = vhost_size = S.vhc.capacity * 512;
         S.vhc_discard = S.vhc.features & (1ull << VIRTIO_BLK_F_DISCARD);
         S.vhc_zeroes = S.vhc.features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
         if (!S.vhc_discard)
@@ -1127,12 +1151,18 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    for (int i = 0; i < S.qd; i++) {
+    for (int i = 0, nv = 0, nn = 0; i < S.qd; i++) {
         struct worker *w = &S.w[i];
         w->id = i;
-        w->conn = i % S.conns;
-        w->head = (uint16_t)(3 * (i / S.conns));
-        if (S.transport == T_VHOST) {
+        w->vhost = S.vu_sock && (!S.mixed || i % 2 == 0);
+        if (w->vhost) {
+            w->conn = nv % S.queues;
+            w->head = (uint16_t)(3 * (nv / S.queues));
+            nv++;
+        } else {
+            w->conn = nn++ % S.conns;
+        }
+        if (w->vhost) {
             w->hdr = vhc_alloc(&S.vhc, 64, 64);
             w->status = (uint8_t *)w->hdr + sizeof(*w->hdr);
             w->seg = (void *)((uint8_t *)w->hdr + 32);
@@ -1153,6 +1183,11 @@ int main(int argc, char **argv)
     if (r.rc) {
         if (r.err[0])
             fprintf(stderr, "vbd-stress: %s\n", r.err);
+        rc = 2;
+        goto out;
+    }
+    if (S.mixed && S.size != vhost_size) {
+        fprintf(stderr, "vbd-stress: the NBD export has %" PRIu64 " bytes, the vhost-user one %" PRIu64 "\n", S.size, vhost_size);
         rc = 2;
         goto out;
     }
@@ -1188,9 +1223,14 @@ int main(int argc, char **argv)
     S.hot = calloc((size_t)S.nhot, sizeof(*S.hot));
     for (int i = 0; i < S.nhot; i++)
         place_hot(i);
-    printf("vbd-stress: seed=%" PRIu64 " target=%s size=%" PRIu64 " cluster=%" PRIu64 " subcluster=%" PRIu64 " qd=%d %s=%d\n",
-           S.seed, S.image ? S.image : S.nbd_uri ? S.nbd_uri : S.vu_sock, S.size, S.cluster, S.subcluster, S.qd,
-           S.transport == T_VHOST ? "queues" : "conns", S.conns);
+    if (S.mixed)
+        printf("vbd-stress: seed=%" PRIu64 " target=%s + %s size=%" PRIu64 " cluster=%" PRIu64 " subcluster=%" PRIu64
+               " qd=%d queues=%d conns=%d\n",
+               S.seed, S.vu_sock, S.nbd_uri, S.size, S.cluster, S.subcluster, S.qd, S.queues, S.conns);
+    else
+        printf("vbd-stress: seed=%" PRIu64 " target=%s size=%" PRIu64 " cluster=%" PRIu64 " subcluster=%" PRIu64 " qd=%d %s=%d\n",
+               S.seed, S.image ? S.image : S.nbd_uri ? S.nbd_uri : S.vu_sock, S.size, S.cluster, S.subcluster, S.qd,
+               S.transport == T_VHOST ? "queues" : "conns", S.transport == T_VHOST ? S.queues : S.conns);
     vbd_co_run_sync(main_co, &r);
     rc = r.rc;
     if (rc == 0 && S.crash_ready && !S.crashed) {
@@ -1227,10 +1267,10 @@ int main(int argc, char **argv)
 out:
     if (S.transport != T_VHOST)
         vbd_co_run_sync(close_co, NULL);
-    if (S.transport == T_VHOST)
+    if (S.vu_sock)
         vhc_close(&S.vhc);
-    else
-        for (int i = 0; i < S.qd; i++)
+    for (int i = 0; i < S.qd; i++)
+        if (!S.w[i].vhost)
             free(S.w[i].buf);
     free(S.exp);
     free(S.fuzzy);

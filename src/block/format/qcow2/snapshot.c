@@ -198,6 +198,23 @@ static int l1_refs(struct qcow2_state *s, const uint64_t *l1, uint32_t l1_size, 
     return rc;
 }
 
+/*
+ * Create, delete and goto walk the L2 tables on disk, rewrite them there
+ * (fix_copied) and then drop the cached copies: every cached change must be
+ * on disk first, and if it cannot be written the operation stops before
+ * anything changes. (It went on: fix_copied then wrote the stale table
+ * over the change, and the cache slot, dropped with its dirty flag still
+ * set, was written at its dropped offset, 0, the next writeback: the
+ * header gone, "Image is not in qcow2 format".)
+ */
+static int writeback_first(struct qcow2_state *s, struct vbd_error **err)
+{
+    int rc = qcow2_writeback(s);
+    if (rc < 0)
+        vbd_error_setf(err, -rc, "could not write the cached metadata tables: %s", strerror(-rc));
+    return rc;
+}
+
 /* COPIED on the active L1/L2 entries exactly where the refcount is 1. */
 static int fix_copied(struct qcow2_state *s)
 {
@@ -234,9 +251,10 @@ static int fix_copied(struct qcow2_state *s)
         }
     }
     free(t);
-    /* the cached L2 tables are stale now */
+    /* the cached L2 tables are stale now (none holds a change: writeback_first) */
     for (int i = 0; i < s->l2_cache_slots; i++)
-        s->l2_cache[i].offset = 0;
+        if (!s->l2_cache[i].dirty)
+            s->l2_cache[i].offset = 0;
     return rc;
 }
 
@@ -305,11 +323,12 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
         return -ENOTSUP;
     }
     vbd_co_mutex_lock(&s->lock);
-    qcow2_writeback(s); /* the tables on disk are what we walk */
     uint8_t *tab = NULL, *ntab = NULL;
     uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t));
     uint64_t *l1copy = NULL;
-    int rc = read_table(s, &tab, &len, offs);
+    int rc = writeback_first(s, err);
+    if (rc == 0)
+        rc = read_table(s, &tab, &len, offs);
     if (rc < 0)
         goto out;
     /* names may repeat (QEMU's qcow2 allows it; qemu-img snapshot -c makes
@@ -397,10 +416,11 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
-    qcow2_writeback(s); /* the tables on disk are what we walk */
     uint8_t *tab = NULL;
     uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t)), *l1 = NULL;
-    int rc = read_table(s, &tab, &len, offs);
+    int rc = writeback_first(s, err);
+    if (rc == 0)
+        rc = read_table(s, &tab, &len, offs);
     int i = rc < 0 ? -1 : find(s, tab, offs, id, name);
     if (rc == 0 && i < 0) {
         vbd_error_setf(err, ENOENT, "snapshot '%s' not found", id ? id : name);
@@ -437,10 +457,11 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
-    qcow2_writeback(s); /* the tables on disk are what we walk */
     uint8_t *tab = NULL;
     uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t)), *l1 = NULL;
-    int rc = read_table(s, &tab, &len, offs);
+    int rc = writeback_first(s, err);
+    if (rc == 0)
+        rc = read_table(s, &tab, &len, offs);
     int i = rc < 0 ? -1 : find(s, tab, offs, id_or_name, NULL);
     if (i < 0 && rc == 0)
         i = find(s, tab, offs, NULL, id_or_name);
