@@ -169,9 +169,10 @@ static void slice_set(bool on)
  * What was seen is kept across batching sessions: a session that starts
  * within NBD_SLICE_KEEP_NS of a busy sample takes the slice at once (fio's
  * pauses under load end and restart batching tens of times a second).
- * Without the file the slice is never taken. */
+ * The file is open only while batching (a connection's end leaves the
+ * daemon's fds as they were); without it the slice is never taken. */
 static struct {
-    int fd;                 /* -1 before the first open, -2: not available */
+    int fd;                 /* open while batching; -1: closed, -2: not available here */
     uint64_t at_ns, delay;  /* the last sample: when, the run-queue delay then */
     uint64_t busy_ns;       /* when a sample last crossed NBD_SLICE_ON_PCT */
     uint32_t quiet;         /* samples in a row under NBD_SLICE_OFF_PCT */
@@ -179,13 +180,6 @@ static struct {
 
 static bool run_delay(uint64_t *delay)
 {
-    if (gate.fd == -1) {
-        gate.fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-        if (gate.fd < 0) {
-            gate.fd = -2;
-            return false;
-        }
-    }
     if (gate.fd < 0)
         return false;
     char buf[96];
@@ -231,8 +225,14 @@ static void batch_slice(bool on)
         return; /* not the first to start, or not the last to stop */
     if (!on) {
         slice_set(false);
+        if (gate.fd >= 0)
+            close(gate.fd);
+        gate.fd = gate.fd == -2 ? -2 : -1;
         return;
     }
+    /* /proc/thread-self: this thread's, whichever reads the fd later */
+    if (gate.fd == -1 && (gate.fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC)) < 0)
+        gate.fd = -2;
     uint64_t now = vbd_clock_ns();
     if (gate.busy_ns && now - gate.busy_ns < NBD_SLICE_KEEP_NS)
         slice_set(true);
