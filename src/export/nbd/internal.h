@@ -102,6 +102,12 @@ struct nbd_export {
 #define NBD_BATCH_PROBE      1024
 #define NBD_BATCH_PROBE_DEEP 32
 #define NBD_BATCH_SLICE_NS   (100 * 1000) /* the loop thread's EEVDF slice while batching (see batch_slice) */
+/* ... taken only while the thread waits to run (see slice_gate) */
+#define NBD_SLICE_SAMPLE_NS  (1000 * 1000) /* run-queue delay sampled every ms */
+#define NBD_SLICE_ON_PCT     5             /* waited more than this share of a sample: on */
+#define NBD_SLICE_OFF_PCT    1             /* ... less, NBD_SLICE_OFF_SAMPLES in a row: off */
+#define NBD_SLICE_OFF_SAMPLES 20
+#define NBD_SLICE_KEEP_NS    (100ull * 1000 * 1000) /* a busy sample this recent counts at a session's start */
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 /* Structured reads at least this large look for holes (block status) to
  * send them as hole chunks. Below it the query costs more than the zeroes

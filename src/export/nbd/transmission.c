@@ -100,24 +100,28 @@ static void flusher_co(void *opaque)
 }
 
 /* Connections reading in batches on this thread (a connection runs on its
- * node's loop: the main loop or an iothread). While there are any, the
- * thread asks the scheduler for a short slice
- * (NBD_BATCH_SLICE_NS as EEVDF's request size, sched_attr.sched_runtime;
- * Linux 6.12 and later, older kernels ignore it). A batch sleeps on a
- * timer between reads: on a shared host the timer's wake-up found the CPU
- * taken by another task, which EEVDF may let finish its slice (1.4 ms on
- * this 2-CPU guest) before a woken task with the default slice runs. A
- * woken task with a shorter slice than the running one preempts it
- * (PREEMPT_SHORT), so a batch is read when it is due and the client,
- * which had sent its whole queue, is not left without replies: fio 4K
- * QD32 at load 12-22, 1.2-4x the IOPS of the default slice over TCP and
- * unix (RESULTS.md, nbdperf17); the loop thread had waited for its CPU
- * 74 % of the time. Only while batching: held for the whole connection
- * the slice also raised QD1 IOPS (up to +35 %) but cost unix 1M reads at
- * QD8 7 % more server CPU per request (5 of 5 pairs). The share of the CPU
- * is the nice value's, as before; the thread's policy and nice value are
- * kept, other policies (SCHED_FIFO, SCHED_BATCH set by the user) are left
- * alone. */
+ * node's loop: the main loop or an iothread; all state here is the
+ * thread's own). While there are any and the thread is seen waiting for
+ * its CPU, it asks the scheduler for a short slice (NBD_BATCH_SLICE_NS as
+ * EEVDF's request size, sched_attr.sched_runtime; Linux 6.12 and later,
+ * older kernels ignore it). A batch sleeps on a timer between reads: on a shared host the
+ * timer's wake-up found the CPU taken by another task, which EEVDF may let
+ * finish its slice (1.4 ms on this 2-CPU guest) before a woken task with
+ * the default slice runs. A woken task with a shorter slice than the
+ * running one preempts it (PREEMPT_SHORT), so a batch is read when it is
+ * due and the client, which had sent its whole queue, is not left without
+ * replies: fio 4K QD32 at load 12-22, 1.2-4x the IOPS of the default slice
+ * over TCP and unix (RESULTS.md, nbdperf17); the loop thread had waited
+ * for its CPU 74 % of the time. Only while batching: held for the whole
+ * connection the slice also raised QD1 IOPS (up to +35 %) but cost unix 1M
+ * reads at QD8 7 % more server CPU per request (5 of 5 pairs). The share
+ * of the CPU is the nice value's, as before; the thread's policy and nice
+ * value are kept, other policies (SCHED_FIFO, SCHED_BATCH set by the user)
+ * are left alone.
+ *
+ * Only when the thread waits to run (see slice_gate): with nothing to
+ * preempt the slice bought nothing, and on a lightly loaded host it cost
+ * server CPU per request (the thread preempted in shorter pieces). */
 static _Thread_local int batching_conns;
 
 /* The kernel's struct sched_attr, first version (<linux/sched/types.h>
@@ -137,11 +141,13 @@ struct thread_sched_attr {
  * also reset theirs to 0, so it is not set then). */
 #define NBD_SCHED_FLAG_RESET_ON_FORK 0x01 /* <linux/sched.h>, which clashes with <sched.h> */
 
-static void batch_slice(bool on)
+static _Thread_local bool slice_short; /* the loop thread's slice is NBD_BATCH_SLICE_NS now */
+
+static void slice_set(bool on)
 {
     static _Thread_local uint64_t reset_on_fork; /* the thread's own flag, given back at the end */
-    if (on ? batching_conns++ : --batching_conns)
-        return; /* not the first to start, or not the last to stop */
+    if (on == slice_short)
+        return;
     struct thread_sched_attr a;
     if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) < 0 || a.sched_policy != SCHED_OTHER)
         return;
@@ -151,7 +157,88 @@ static void batch_slice(bool on)
     a.sched_flags = on && a.sched_nice >= 0 ? NBD_SCHED_FLAG_RESET_ON_FORK : reset_on_fork;
     a.sched_runtime = on ? NBD_BATCH_SLICE_NS : 0; /* 0: the default slice again */
     a.sched_deadline = a.sched_period = 0;
-    syscall(SYS_sched_setattr, 0, &a, 0);
+    if (syscall(SYS_sched_setattr, 0, &a, 0) == 0)
+        slice_short = on;
+}
+
+/* The gate: the loop thread's run-queue delay (the 2nd field of its
+ * /proc/thread-self/schedstat, ns spent runnable but not running; kernels
+ * with CONFIG_SCHED_INFO) is sampled every NBD_SLICE_SAMPLE_NS while
+ * batching. A sample that waited more than NBD_SLICE_ON_PCT % of its span
+ * turns the short slice on; NBD_SLICE_OFF_SAMPLES in a row under
+ * NBD_SLICE_OFF_PCT % turn it off (with the slice on the wait falls, so
+ * the two bounds are apart: the slice is not dropped by its own effect).
+ * What was seen is kept across batching sessions: a session that starts
+ * within NBD_SLICE_KEEP_NS of a busy sample takes the slice at once (fio's
+ * pauses under load end and restart batching tens of times a second).
+ * The file is open only while batching (a connection's end leaves the
+ * daemon's fds as they were); without it the slice is never taken. */
+static _Thread_local struct {
+    int fd;                 /* open while batching; -1: closed, -2: not available here */
+    uint64_t at_ns, delay;  /* the last sample: when, the run-queue delay then */
+    uint64_t busy_ns;       /* when a sample last crossed NBD_SLICE_ON_PCT */
+    uint32_t quiet;         /* samples in a row under NBD_SLICE_OFF_PCT */
+} gate = {.fd = -1};
+
+static bool run_delay(uint64_t *delay)
+{
+    if (gate.fd < 0)
+        return false;
+    char buf[96];
+    ssize_t n = pread(gate.fd, buf, sizeof(buf) - 1, 0);
+    if (n <= 0)
+        return false;
+    buf[n] = 0;
+    char *p = buf, *end; /* "on-CPU-ns run-queue-ns timeslices" */
+    (void)strtoull(p, &end, 10);
+    if (end == p)
+        return false;
+    p = end;
+    *delay = strtoull(p, &end, 10);
+    return end != p;
+}
+
+/* A sample, at most every NBD_SLICE_SAMPLE_NS (called before each batch
+ * read); the slice follows it. */
+static void slice_gate(void)
+{
+    uint64_t now = vbd_clock_ns(), delay;
+    if (now - gate.at_ns < NBD_SLICE_SAMPLE_NS || !run_delay(&delay))
+        return;
+    uint64_t span = now - gate.at_ns, waited = delay - gate.delay;
+    bool fresh = span < NBD_SLICE_KEEP_NS; /* an old base says nothing of now */
+    gate.at_ns = now;
+    gate.delay = delay;
+    if (!fresh)
+        return;
+    if (waited * 100 > span * NBD_SLICE_ON_PCT) {
+        gate.busy_ns = now;
+        gate.quiet = 0;
+        slice_set(true);
+    } else if (waited * 100 < span * NBD_SLICE_OFF_PCT && ++gate.quiet >= NBD_SLICE_OFF_SAMPLES) {
+        gate.busy_ns = 0;
+        slice_set(false);
+    }
+}
+
+static void batch_slice(bool on)
+{
+    if (on ? batching_conns++ : --batching_conns)
+        return; /* not the first to start, or not the last to stop */
+    if (!on) {
+        slice_set(false);
+        if (gate.fd >= 0)
+            close(gate.fd);
+        gate.fd = gate.fd == -2 ? -2 : -1;
+        return;
+    }
+    /* /proc/thread-self: this thread's, whichever reads the fd later */
+    if (gate.fd == -1 && (gate.fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC)) < 0)
+        gate.fd = -2;
+    uint64_t now = vbd_clock_ns();
+    if (gate.busy_ns && now - gate.busy_ns < NBD_SLICE_KEEP_NS)
+        slice_set(true);
+    slice_gate();
 }
 
 /* Back to the busy-poll. A client seen keeping more than twice a small
@@ -214,6 +301,7 @@ static void batch_target(struct nbd_conn *c, uint32_t got)
  * the way, back to the busy-poll. */
 static int batch_read(struct nbd_conn *c)
 {
+    slice_gate();
     if (c->batch_ns) {
         vbd_co_sleep_ns(c->batch_ns);
     } else {
