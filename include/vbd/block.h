@@ -367,6 +367,16 @@ struct vbd_driver {
      * leave the image clean for other readers; going read-write: prepare
      * it as an open for writing would. NULL: the driver cannot switch. */
     int (*reopen_rw)(struct vbd_node *n, bool rw, struct vbd_error **err);
+    /* blockdev-reopen of the driver's own options (QEMU's
+     * bdrv_reopen_prepare/commit/abort): reopen_prepare takes from opts
+     * (removes) the keys it may change, checks them and stages the change
+     * in *staged without changing anything a request sees; the keys it
+     * leaves must be unchanged. reopen_commit makes the staged change with
+     * every export over the node drained (it cannot fail); reopen_abort
+     * drops it. Main loop. NULL: no option of the driver changes. */
+    int (*reopen_prepare)(struct vbd_node *n, struct json_object *opts, void **staged, struct vbd_error **err);
+    void (*reopen_commit)(struct vbd_node *n, void *staged);
+    void (*reopen_abort)(struct vbd_node *n, void *staged);
     /* vbd_node_co_set_home: detach_loop runs on the old home loop (cancel
      * what is armed there: timers, watches), attach_loop on the new one
      * (re-arm). NULL: the driver keeps nothing bound to a loop. */

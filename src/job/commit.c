@@ -222,6 +222,61 @@ static bool commit_uses(struct vbd_job *job, struct vbd_node *n)
     return false;
 }
 
+/* The layers from p down to base (not included), bottom first: QEMU adds
+ * them top down and lists its job's nodes newest first. */
+static void commit_intermediates(struct vbd_node *p, struct vbd_node *base, vbd_job_edge_fn *edge, void *opaque)
+{
+    if (!p || p == base)
+        return;
+    commit_intermediates(p->backing, base, edge, opaque);
+    edge(opaque, NULL, "intermediate node", p, 0, 0x2 | 0x4);
+}
+
+/* QEMU 7.2's commit_start: a backend writing the base, one on the top
+ * layer taking nothing; the job holds the device ("main node"), the layers
+ * (written unchanged or not, never read by others) and the base. */
+static void commit_graph_backends(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct commit *c = job->opaque;
+    if (!c || !c->top)
+        return;
+    edge(opaque, NULL, "root", c->base, 0x1 | 0x2, 0x1 | 0x4);
+    edge(opaque, NULL, "root", c->top, 0, 0xf);
+}
+
+static void commit_graph_edges(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct commit *c = job->opaque;
+    if (!c || !c->top)
+        return;
+    edge(opaque, NULL, "base", c->base, 0, 0xf);
+    commit_intermediates(c->top, c->base, edge, opaque);
+    edge(opaque, NULL, "main node", c->overlay, 0, 0xf);
+}
+
+/* Active commit, QEMU 7.2's mirror_start_job with the base in the top's
+ * chain: its backend writes the base sharing reads and writes; the job
+ * holds the mirror_top filter ("main node", reading), the top ("source"),
+ * the base ("target") and the layers between ("intermediate node"). */
+static void active_commit_graph_backends(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct commit *c = job->opaque;
+    if (c && c->top)
+        edge(opaque, NULL, "root", c->base, 0x2, 0x1 | 0x2 | 0x4);
+}
+
+static void active_commit_graph_edges(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct commit *c = job->opaque;
+    if (!c || !c->top)
+        return;
+    commit_intermediates(c->top->backing, c->base, edge, opaque);
+    edge(opaque, NULL, "target", c->base, 0, 0xf);
+    if (c->filter)
+        edge(opaque, NULL, "source", c->top, 0, 0x1 | 0x2 | 0x4);
+    edge(opaque, NULL, "main node", c->filter ? c->filter : c->top, 0x1, 0x1 | 0x2 | 0x4);
+}
+
 /* base: the layers' data (an active commit's guest writes too) goes there */
 static bool commit_writes(struct vbd_job *job, struct vbd_node *n)
 {
@@ -237,6 +292,8 @@ static const struct vbd_job_driver commit_driver = {
     .free = commit_free,
     .uses_node = commit_uses,
     .writes_node = commit_writes,
+    .graph_edges = commit_graph_edges,
+    .graph_backends = commit_graph_backends,
 };
 
 /* Active commit: QEMU runs it as a mirror job, which job-complete ends. */
@@ -249,6 +306,8 @@ static const struct vbd_job_driver active_commit_driver = {
     .free = commit_free,
     .uses_node = commit_uses,
     .writes_node = commit_writes,
+    .graph_edges = active_commit_graph_edges,
+    .graph_backends = active_commit_graph_backends,
 };
 
 struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struct vbd_node *base, bool active,

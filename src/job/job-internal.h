@@ -31,6 +31,7 @@ struct job_mirror_opts {
     uint64_t granularity, buf_size; /* 0: 64 KiB, 16 MiB */
     bool initial_copy;       /* everything is dirty at the start (else only what is written from now on) */
     bool target_new;         /* the target reads zeroes already (a new image): only data needs copying */
+    bool top_unbacked;       /* sync=top of a node without a backing file (QEMU copies what it allocates, zeroes nothing) */
     bool unmap;              /* zero ranges may deallocate on the target */
     bool write_blocking;     /* guest writes reach the target before they complete */
 };

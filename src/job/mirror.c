@@ -70,6 +70,7 @@ struct job_mirror {
     bool unmap;
     bool initial_copy;
     bool target_new;
+    bool top_unbacked;
     bool complete;
     struct vbd_job_tracker *tracker;
     uint64_t gran, chunk;
@@ -338,6 +339,17 @@ static int zero_target(struct job_mirror *m, uint64_t len)
     return 0;
 }
 
+/* Does the whole of [0, len) of n read as zeroes (by its metadata)? */
+static bool reads_zeroes(struct vbd_node *n, uint64_t len)
+{
+    for (uint64_t pos = 0, pnum = 0; pos < len; pos += pnum) {
+        int st = vbd_node_co_block_status_above(n, NULL, false, pos, len - pos, &pnum, NULL, NULL, NULL);
+        if (st < 0 || !pnum || !(st & VBD_BS_ZERO))
+            return false;
+    }
+    return true;
+}
+
 int job_mirror_run(struct job_mirror *m)
 {
     struct vbd_job *job = m->job;
@@ -353,6 +365,12 @@ int job_mirror_run(struct job_mirror *m)
      * Not with write-blocking, whose copies of guest writes would land
      * under the zeroing (QEMU holds them back until the dirty init). */
     bool by_allocation = m->base || m->target_new;
+    /* sync=top without a backing file: QEMU copies only what the source
+     * allocates (no zeroing, its length counts that); vbd too when the
+     * target reads zeroes everywhere already, so nothing old shows through
+     * (else every chunk, as sync=full) */
+    if (m->initial_copy && !by_allocation && m->top_unbacked)
+        by_allocation = reads_zeroes(m->target, len);
     if (m->initial_copy && !by_allocation && !m->write_blocking && (m->target->open_flags & VBD_OPEN_UNMAP) &&
         (m->target->supported_zero_flags & VBD_REQ_MAY_UNMAP))
         by_allocation = zero_target(m, len) == 0; /* else all dirty: copy_range zeroes what it must */
@@ -507,6 +525,7 @@ struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_o
     m->unmap = o->unmap;
     m->initial_copy = o->initial_copy;
     m->target_new = o->target_new;
+    m->top_unbacked = o->top_unbacked;
     m->gran = o->granularity ? o->granularity : 64 * 1024;
     /* a chunk is a few granules, the slots share buf-size */
     uint64_t buf = o->buf_size ? o->buf_size : 16 * 1024 * 1024;
@@ -743,6 +762,7 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         .src = mj->src, .target = mj->target, .base = mj->base, .granularity = a->granularity,
         .buf_size = a->buf_size, .initial_copy = a->sync != VBD_MIRROR_SYNC_NONE, .unmap = a->unmap,
         .target_new = a->target_new,
+        .top_unbacked = a->sync == VBD_MIRROR_SYNC_TOP && !a->src->backing,
         .write_blocking = a->write_blocking,
     };
     mj->m = job_mirror_new(job, &o);

@@ -169,6 +169,36 @@ static void stream_free(struct vbd_job *job)
     free(s);
 }
 
+/* QEMU 7.2's stream_start: a backend reading through the copy-on-read
+ * filter; the job holds the filter ("main node"), the top ("active node")
+ * and every layer between it and the base ("intermediate node"), taking
+ * nothing. Listed newest first: the bottom layer first. */
+static void stream_graph_backends(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct stream *s = job->opaque;
+    if (s && s->top)
+        edge(opaque, NULL, "root", s->filter ? s->filter : s->top, 0x1, 0x1 | 0x2 | 0x4);
+}
+
+static void stream_intermediates(struct vbd_node *p, struct vbd_node *base, vbd_job_edge_fn *edge, void *opaque)
+{
+    if (!p || p == base)
+        return;
+    stream_intermediates(p->backing, base, edge, opaque);
+    edge(opaque, NULL, "intermediate node", p, 0, 0x1 | 0x4);
+}
+
+static void stream_graph_edges(struct vbd_job *job, vbd_job_edge_fn *edge, void *opaque)
+{
+    struct stream *s = job->opaque;
+    if (!s || !s->top)
+        return;
+    stream_intermediates(s->top->backing, s->base, edge, opaque);
+    if (s->filter)
+        edge(opaque, NULL, "active node", s->top, 0, 0x1 | 0x2 | 0x4);
+    edge(opaque, NULL, "main node", s->filter ? s->filter : s->top, 0, 0xf);
+}
+
 static bool stream_uses(struct vbd_job *job, struct vbd_node *n)
 {
     struct stream *s = job->opaque;
@@ -193,6 +223,8 @@ static const struct vbd_job_driver stream_driver = {
     .clean = stream_clean,
     .free = stream_free,
     .uses_node = stream_uses,
+    .graph_edges = stream_graph_edges,
+    .graph_backends = stream_graph_backends,
     .writes_node = stream_writes,
 };
 

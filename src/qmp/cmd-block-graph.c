@@ -54,6 +54,7 @@ enum rule {
     RULE_QUORUM,       /* quorum_child_perm */
     RULE_CBW_SOURCE,   /* copy-before-write's file: cbw_child_perm */
     RULE_NONE_ALL,     /* takes nothing, shares everything (commit_top, snapshot-access) */
+    RULE_COMMIT_MIRROR_TOP, /* an active commit's mirror_top: no consistent read, writes shared */
 };
 
 struct gedge {
@@ -72,6 +73,7 @@ struct graph {
     size_t nedges, cap_edges;
     struct json_object *nodes; /* built in order; reversed at the end */
     const void *job;           /* the job whose edges are being added */
+    size_t job_backends;       /* how many backends that job has shown */
 };
 
 static void *grow(void *p, size_t *cap, size_t need, size_t size)
@@ -130,16 +132,18 @@ static void job_edge(void *opaque, struct vbd_node *parent, const char *name, st
     e->shared = shared;
 }
 
-/* A job's own backend (mirror's on its target): a node of its own, named
- * "" as QEMU's anonymous ones, keyed by the job's progress counters (an
- * address no other node has). */
+/* A job's own backend (mirror's on its target, commit's two): a node of
+ * its own, named "" as QEMU's anonymous ones, keyed by an address inside
+ * the job's progress counters (one byte further for each further backend
+ * of the job: addresses no other node has). */
 static void job_backend(void *opaque, struct vbd_node *parent, const char *name, struct vbd_node *child, unsigned perm,
                         unsigned shared)
 {
     struct graph *g = opaque;
     (void)parent;
-    add_node(g, g->job, "block-backend", "");
-    struct gedge *e = add_edge(g, g->job, child, name, RULE_FIXED);
+    const void *key = (const char *)g->job + g->job_backends++;
+    add_node(g, key, "block-backend", "");
+    struct gedge *e = add_edge(g, key, child, name, RULE_FIXED);
     e->perm = perm;
     e->shared = shared;
 }
@@ -171,6 +175,17 @@ static enum rule rule_of(const struct vbd_node *n, const char **name)
     if (!strcmp(d, "blkdebug"))
         *name = "image";
     return n->drv->kind == VBD_DRV_FILTER ? RULE_FILTER : RULE_IMAGE;
+}
+
+/* Is n the "main node" of a commit job (an active commit's mirror_top)?
+ * The jobs' edges come before the nodes' and name the job as parent. */
+static bool commit_main_node(const struct graph *g, const struct vbd_node *n)
+{
+    for (size_t i = 0; i < g->nedges; i++)
+        if (g->edges[i].child == n && !strcmp(g->edges[i].name, "main node") &&
+            !strcmp(((const struct vbd_job *)g->edges[i].parent)->drv->type, "commit"))
+            return true;
+    return false;
 }
 
 /* A node's children, newest first as QEMU's bs->children (the file is
@@ -205,6 +220,8 @@ static void node_edges(struct graph *g, struct vbd_node *n)
     if (n->file && n->file != n) {
         const char *name;
         enum rule r = rule_of(n, &name);
+        if (r == RULE_FILTER && !strcmp(n->drv->name, "mirror_top") && commit_main_node(g, n))
+            r = RULE_COMMIT_MIRROR_TOP;
         struct gedge *e = add_edge(g, n, n->file, name, r);
         e->parent_writable = writable;
     }
@@ -263,6 +280,13 @@ static void derive(const struct graph *g, struct gedge *e, unsigned *np, unsigne
         return;
     case RULE_FILTER:
         filter_perms(perm, shared, np, ns);
+        return;
+    case RULE_COMMIT_MIRROR_TOP:
+        /* bdrv_mirror_top_child_perm with is_commit: everything above the
+         * base unshares consistent reads, and the base's writes must pass */
+        filter_perms(perm, shared, np, ns);
+        *np &= ~PERM_READ;
+        *ns |= PERM_WRITE;
         return;
     case RULE_COW:
         *np = perm & PERM_READ;
@@ -339,6 +363,7 @@ static struct json_object *x_debug_query_block_graph(struct json_object *args, s
             break;
         if (bj && (!x || bj->created < x->created)) {
             g.job = &bj->ctl;
+            g.job_backends = 0;
             bj->drv->graph_backends(bj, job_backend, &g);
             bj = vbd_job_next(bj);
             continue;

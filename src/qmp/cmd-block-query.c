@@ -13,6 +13,7 @@
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
+#include "vbd/nbd.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -147,7 +148,7 @@ static struct json_object *dirty_bitmaps(struct vbd_node *n, struct json_object 
         add_str(d, "name", name);
         add_bool(d, "recording", recording);
         add_bool(d, "persistent", true);
-        add_bool(d, "busy", false);
+        add_bool(d, "busy", vbd_nbd_bitmap_exported(n, name)); /* as QEMU's, busy while an NBD export serves it */
         add_int(d, "count", (int64_t)count);
         add_int(d, "granularity", json_object_object_get_ex(b, "granularity", &v) ? json_object_get_int64(v) : 0);
         if (inconsistent)

@@ -2,13 +2,24 @@
 /*
  * blockdev-reopen, in the list form qemu-storage-daemon 7.2 takes:
  * {"options": [BlockdevOptions, ...]}. Each entry gives a node's options
- * in full, as blockdev-add did; vbd changes read-only (libvirt's use,
- * around block commits) and refuses, clearly, a change to anything else.
- * All entries are checked before any node changes; if switching one fails,
- * those already switched go back.
+ * in full, as blockdev-add did, and an option left out goes back to its
+ * default (QEMU's keep_old_opts=false: detect-zeroes off, cache.direct and
+ * cache.no-flush off; discard stays as it is). What changes: read-only,
+ * cache.no-flush, cache.direct (not on a protocol node: vbd chooses
+ * O_DIRECT and the alignment it brings only when it opens a file),
+ * discard, detect-zeroes, backing (null drops it, a node name attaches
+ * that node) and what a driver's reopen_prepare takes (a throttle node's
+ * throttle-group). Everything else must stay as it is, in QEMU's words.
+ *
+ * All or nothing, as QEMU's reopen queue: every entry is checked and its
+ * driver's change staged before any node changes; then every export over
+ * the nodes is drained, the read-only switches are made (those done go
+ * back if one fails), and only then the changes that cannot fail, so that
+ * no request sees half of the list.
  */
 #include "qmp/cmd-block.h"
 
+#include "daemon/objects.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/job.h"
@@ -21,23 +32,191 @@
 struct reopen_entry {
     struct vbd_node *n;
     bool read_only;
+    unsigned flags;        /* open flags after the reopen (cache.*, discard) */
+    uint8_t detect_zeroes; /* enum vbd_detect_zeroes */
+    bool change_backing;   /* backing becomes new_backing (NULL: none) */
+    struct vbd_node *new_backing;
+    bool drv_prepared; /* drv->reopen_prepare succeeded: commit or abort it */
+    void *drv_staged;
+    bool was_ro;
+    struct vbd_daemon_drain drain;
 };
 
-static bool flag_matches(struct json_object *o, const char *key, bool current, struct vbd_qmp_error *err,
-                         const char *node)
+#define REOPEN_FLAGS (VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH | VBD_OPEN_UNMAP)
+
+static bool get_flag(struct json_object *o, const char *key)
 {
     struct json_object *v;
-    bool want = json_object_object_get_ex(o, key, &v) && v && json_object_get_boolean(v);
-    if (want != current) {
+    return o && json_object_object_get_ex(o, key, &v) && v && json_object_get_boolean(v);
+}
+
+/* Does `from` reach `target` through any child? */
+static bool reaches(struct vbd_node *from, struct vbd_node *target)
+{
+    if (!from)
+        return false;
+    if (from == target)
+        return true;
+    if (from->file != from && reaches(from->file, target))
+        return true;
+    if (reaches(from->backing, target))
+        return true;
+    char name[64];
+    struct vbd_node *c;
+    for (int i = 0; from->drv->child_at && (c = from->drv->child_at(from, i, name, sizeof(name))); i++)
+        if (reaches(c, target))
+            return true;
+    return false;
+}
+
+/* Formats that open a backing file (QEMU's supports_backing). */
+static bool supports_backing(const struct vbd_node *n)
+{
+    return n->drv->kind == VBD_DRV_FORMAT && n->drv->change_backing_file;
+}
+
+/* "backing": null or a node name (QEMU's bdrv_reopen_parse_file_or_backing). */
+static bool check_backing(struct json_object *val, struct reopen_entry *re, struct vbd_qmp_error *err)
+{
+    struct vbd_node *n = re->n, *nb = NULL;
+    if (val) {
+        const char *bname = json_object_get_string(val);
+        nb = vbd_node_find(bname);
+        if (!nb) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot find device='' nor node-name='%s'", bname);
+            return false;
+        }
+        if (reaches(nb, n)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Making '%s' a backing child of '%s' would create a cycle",
+                               bname, n->node_name);
+            return false;
+        }
+    }
+    /* a job's filter in between (QEMU: an implicit filter) is no change */
+    if (nb == n->backing || (nb && n->backing && n->backing->drv->kind == VBD_DRV_FILTER &&
+                             vbd_node_skip_filters(n->backing) == nb))
+        return true;
+    if (n->drv->kind == VBD_DRV_FILTER && !n->backing) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'%s' is a %s filter node that does not support a backing child",
+                           n->node_name, n->drv->name);
+        return false;
+    }
+    if (!supports_backing(n)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Driver '%s' of node '%s' does not support backing files",
+                           n->drv->name, n->node_name);
+        return false;
+    }
+    /* a job reads or writes the chain: QEMU's job freezes the link */
+    struct vbd_job *j = vbd_job_using_node(n);
+    if (j && n->backing) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change frozen 'backing' link from '%s' to '%s'", n->node_name,
+                           n->backing->node_name);
+        return false;
+    }
+    if (j) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' cannot take a backing file while block job '%s' uses it",
+                           n->node_name, j->id);
+        return false;
+    }
+    if (nb && vbd_node_home_loop(nb) != vbd_node_home_loop(n)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Cannot change the option '%s' of node '%s' (blockdev-reopen changes read-only only)", key,
-                           node);
+                           "Node '%s' runs in another thread than '%s' (move it with x-blockdev-set-iothread first)",
+                           nb->node_name, n->node_name);
+        return false;
+    }
+    /* an overlay's data would change under it (QEMU: the COW child does
+     * not share WRITE) */
+    if (nb && vbd_qmp_node_written_by_export(nb)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is written by an export and cannot be a backing file",
+                           nb->node_name);
+        return false;
+    }
+    re->change_backing = true;
+    re->new_backing = nb;
+    return true;
+}
+
+/* The generic options (QEMU's bdrv_runtime_opts); the rest goes to *rest. */
+static bool check_generic(struct json_object *o, struct reopen_entry *re, struct json_object *rest,
+                          struct vbd_qmp_error *err)
+{
+    struct vbd_node *n = re->n;
+    const char *name = n->node_name;
+    struct json_object *cache = NULL;
+    bool has_backing = false, has_dz = false;
+    unsigned flags = n->open_flags & VBD_OPEN_UNMAP;
+    json_object_object_foreach(o, key, val)
+    {
+        if (!strcmp(key, "node-name") || !strcmp(key, "auto-read-only"))
+            continue;
+        if (!strcmp(key, "read-only")) {
+            re->read_only = json_object_get_boolean(val);
+        } else if (!strcmp(key, "driver")) {
+            if (vbd_driver_find(json_object_get_string(val)) != n->drv) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change the option 'driver'");
+                return false;
+            }
+        } else if (!strcmp(key, "file")) {
+            if (!json_object_is_type(val, json_type_string) || !n->file ||
+                strcmp(json_object_get_string(val), n->file->node_name)) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                                   "Cannot change the option 'file' of node '%s': give the node-name of its current file",
+                                   name);
+                return false;
+            }
+        } else if (!strcmp(key, "backing")) {
+            has_backing = true;
+            if (!check_backing(val, re, err))
+                return false;
+        } else if (!strcmp(key, "cache")) {
+            cache = val;
+        } else if (!strcmp(key, "discard")) {
+            const char *d = json_object_get_string(val);
+            flags = !strcmp(d, "unmap") || !strcmp(d, "on") ? VBD_OPEN_UNMAP : 0;
+        } else if (!strcmp(key, "detect-zeroes")) {
+            has_dz = true;
+            int i = 0;
+            while (vbd_detect_zeroes_names[i] && strcmp(vbd_detect_zeroes_names[i], json_object_get_string(val)))
+                i++;
+            re->detect_zeroes = (uint8_t)i; /* the schema check let only the three names through */
+        } else if (!strcmp(key, "force-share")) {
+            if (json_object_get_boolean(val) != ((n->open_flags & VBD_OPEN_FORCE_SHARE) != 0)) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change the option 'force-share'");
+                return false;
+            }
+        } else {
+            json_object_object_add(rest, key, json_object_get(val));
+        }
+    }
+    if (!has_dz)
+        re->detect_zeroes = VBD_DZ_OFF;
+    if (get_flag(cache, "direct"))
+        flags |= VBD_OPEN_NOCACHE;
+    if (get_flag(cache, "no-flush"))
+        flags |= VBD_OPEN_NO_FLUSH;
+    if (re->detect_zeroes == VBD_DZ_UNMAP && !(flags & VBD_OPEN_UNMAP)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap");
+        return false;
+    }
+    if (((flags ^ n->open_flags) & VBD_OPEN_NOCACHE) && n->drv->kind == VBD_DRV_PROTOCOL) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Cannot change the option 'cache.direct' of node '%s' (driver '%s'): vbd sets it only when "
+                           "it opens the node",
+                           name, n->drv->name);
+        return false;
+    }
+    re->flags = flags;
+    /* QEMU: the option must be given if the node has a backing file or its
+     * image names one */
+    if (!has_backing && (n->backing || (supports_backing(n) && n->backing_file[0]))) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "backing is missing for '%s'", name);
         return false;
     }
     return true;
 }
 
-/* The entry's options must describe the node as it is, read-only aside. */
+/* The entry's options against the node. Stages the driver's change. */
 static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re, struct vbd_qmp_error *err)
 {
     char prefix[48];
@@ -60,65 +239,47 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to find node with node-name='%s'", name);
         return false;
     }
-    json_object_object_foreach(o, key, val)
-    {
-        if (!strcmp(key, "node-name") || !strcmp(key, "read-only") || !strcmp(key, "auto-read-only"))
-            continue;
-        if (!strcmp(key, "driver")) {
-            if (!vbd_driver_find(json_object_get_string(val)) ||
-                vbd_driver_find(json_object_get_string(val)) != n->drv) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change the option 'driver'");
-                return false;
-            }
-        } else if (!strcmp(key, "file") || !strcmp(key, "backing")) {
-            struct vbd_node *cur = !strcmp(key, "file") ? n->file : n->backing;
-            bool same = val ? (json_object_is_type(val, json_type_string) && cur &&
-                               !strcmp(json_object_get_string(val), cur->node_name))
-                            : !cur;
-            if (!same) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                                   "Cannot change the option '%s' of node '%s': give the node-name of its current %s",
-                                   key, name, key);
-                return false;
-            }
-        } else if (!strcmp(key, "filename")) {
-            if (strcmp(json_object_get_string(val), n->filename)) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change the option 'filename'");
-                return false;
-            }
-        } else if (!strcmp(key, "cache")) {
-            if (!flag_matches(val, "direct", (n->open_flags & VBD_OPEN_NOCACHE) != 0, err, name) ||
-                !flag_matches(val, "no-flush", (n->open_flags & VBD_OPEN_NO_FLUSH) != 0, err, name))
-                return false;
-        } else if (!strcmp(key, "discard")) {
-            bool unmap = !strcmp(json_object_get_string(val), "unmap");
-            if (unmap != ((n->open_flags & VBD_OPEN_UNMAP) != 0)) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                                   "Cannot change the option 'discard' of node '%s' (blockdev-reopen changes "
-                                   "read-only only)",
-                                   name);
-                return false;
-            }
-        } else if (!strcmp(key, "force-share")) {
-            if (!flag_matches(o, "force-share", (n->open_flags & VBD_OPEN_FORCE_SHARE) != 0, err, name))
-                return false;
-        } else if (!strcmp(key, "detect-zeroes") &&
-                   !strcmp(json_object_get_string(val), vbd_detect_zeroes_names[n->detect_zeroes])) {
-            continue;
+    re->n = n;
+    struct json_object *rest = json_object_new_object();
+    bool ok = check_generic(o, re, rest, err);
+    struct vbd_error *e = NULL;
+    if (ok && n->drv->reopen_prepare) {
+        if (n->drv->reopen_prepare(n, rest, &re->drv_staged, &e) < 0) {
+            vbd_qmp_error_take(err, e);
+            ok = false;
         } else {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                               "Cannot change the option '%s' of node '%s': vbd's blockdev-reopen changes read-only "
-                               "only",
-                               key, name);
-            return false;
+            re->drv_prepared = true;
         }
     }
-    if (n->backing && !json_object_object_get_ex(o, "backing", NULL)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "backing is missing for '%s'", name);
+    /* what is left must be as the node has it (QEMU compares with the
+     * node's options; vbd knows the file name) */
+    json_object_object_foreach(rest, key, val)
+    {
+        struct json_object *old = NULL;
+        if (!ok)
+            break;
+        if (!strcmp(key, "filename") && !strcmp(json_object_get_string(val), n->filename))
+            continue;
+        if (n->options && json_object_object_get_ex(n->options, key, &old) && json_object_equal(old, val))
+            continue;
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change the option '%s'", key);
+        ok = false;
+        break;
+    }
+    json_object_put(rest);
+    if (!ok)
+        return false;
+    bool other_changes = re->change_backing || re->drv_staged || re->detect_zeroes != n->detect_zeroes ||
+                         ((re->flags ^ n->open_flags) & REOPEN_FLAGS);
+    /* a job's requests are not held by the exports' drain (QEMU's drain
+     * pauses the job) */
+    struct vbd_job *j = vbd_job_using_node(n);
+    if (other_changes && j) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Node '%s' cannot change its options while block job '%s' uses it (only read-only can)",
+                           name, j->id);
         return false;
     }
-    re->n = n;
-    re->read_only = json_object_object_get_ex(o, "read-only", &v) && json_object_get_boolean(v);
     /* a job's target too: its writes would fail, and one in flight inside
      * the driver would meet its metadata written back and frozen (qsd's
      * job holds the write permission and refuses the same way) */
@@ -135,37 +296,80 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
     return true;
 }
 
+/* Drained, after the read-only switches: what cannot fail. */
+static void commit_entry(struct reopen_entry *re)
+{
+    struct vbd_node *n = re->n;
+    n->open_flags = (n->open_flags & ~REOPEN_FLAGS) | re->flags;
+    n->detect_zeroes = re->detect_zeroes;
+    if (re->change_backing) {
+        struct vbd_node *old = n->backing;
+        if (re->new_backing)
+            vbd_node_ref(re->new_backing);
+        n->backing = re->new_backing;
+        if (old)
+            vbd_node_unref(old);
+    }
+    if (re->drv_prepared)
+        n->drv->reopen_commit(n, re->drv_staged);
+    re->drv_prepared = false;
+}
+
+static void abort_entries(struct reopen_entry *re, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (re[i].drv_prepared) {
+            re[i].n->drv->reopen_abort(re[i].n, re[i].drv_staged);
+            re[i].drv_prepared = false;
+        }
+}
+
 struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd_qmp_error *err)
 {
     struct json_object *list = json_object_object_get(args, "options");
     size_t len = json_object_array_length(list);
     struct reopen_entry *re = calloc(len ? len : 1, sizeof(*re));
-    bool *was_ro = calloc(len ? len : 1, sizeof(*was_ro));
-    if (!re || !was_ro) {
-        free(re);
-        free(was_ro);
+    if (!re) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "out of memory");
         return NULL;
     }
     size_t i;
+    bool ok = true;
+    for (i = 0; i < len && ok; i++)
+        ok = check_entry(json_object_array_get_idx(list, i), (int)i, &re[i], err);
+    for (size_t k = 0; ok && k < len; k++)
+        for (size_t m = 0; m < k; m++)
+            if (re[m].n == re[k].n) {
+                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is given twice", re[k].n->node_name);
+                ok = false;
+                break;
+            }
+    if (!ok) {
+        abort_entries(re, len);
+        free(re);
+        return NULL;
+    }
+    /* drains nest: one per entry, whichever exports each reaches */
     for (i = 0; i < len; i++)
-        if (!check_entry(json_object_array_get_idx(list, i), (int)i, &re[i], err))
-            goto fail;
+        vbd_daemon_co_drain_begin(re[i].n, &re[i].drain);
     for (i = 0; i < len; i++) {
         struct vbd_error *e = NULL;
-        was_ro[i] = re[i].n->read_only;
+        re[i].was_ro = re[i].n->read_only;
         if (vbd_node_co_set_read_only(re[i].n, re[i].read_only, &e) < 0) {
             vbd_qmp_error_take(err, e);
-            while (i-- > 0) /* all or nothing, as QEMU's reopen queue */
-                vbd_node_co_set_read_only(re[i].n, was_ro[i], NULL);
-            goto fail;
+            while (i-- > 0)
+                vbd_node_co_set_read_only(re[i].n, re[i].was_ro, NULL);
+            ok = false;
+            break;
         }
     }
+    if (ok)
+        for (i = 0; i < len; i++)
+            commit_entry(&re[i]);
+    else
+        abort_entries(re, len);
+    for (i = len; i-- > 0;)
+        vbd_daemon_drain_end(&re[i].drain);
     free(re);
-    free(was_ro);
-    return vbd_qmp_ok();
-fail:
-    free(re);
-    free(was_ro);
-    return NULL;
+    return ok ? vbd_qmp_ok() : NULL;
 }

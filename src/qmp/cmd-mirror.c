@@ -109,9 +109,7 @@ static int common_args(struct json_object *args, struct vbd_mirror_args *a, stru
         return -1;
     }
     a->buf_size = (uint64_t)buf;
-    a->sync = (enum vbd_mirror_sync)sync;
-    if (a->sync == VBD_MIRROR_SYNC_TOP && !a->src->backing)
-        a->sync = VBD_MIRROR_SYNC_FULL;
+    a->sync = (enum vbd_mirror_sync)sync; /* top without a backing file: the job counts as QEMU's (mirror.c) */
     return 0;
 }
 

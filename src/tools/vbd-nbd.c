@@ -548,14 +548,9 @@ static int start_server(void)
 
 static int add_export(struct vbd_node *n)
 {
+    /* the export finds each -B bitmap as qemu-nbd does: on the image, then
+     * down its chain (and words a missing one as qemu-nbd) */
     struct vbd_error *err = NULL;
-    for (size_t i = 0; i < o.nbitmaps; i++) {
-        uint64_t pnum;
-        if (vbd_node_co_bitmap_status(n, o.bitmaps[i], 0, n->size ? n->size : 1, &pnum) == -ENOENT) {
-            vbd_error_report("Bitmap '%s' is not found", o.bitmaps[i]); /* qemu-nbd's words */
-            return -1;
-        }
-    }
     struct json_object *eo = json_object_new_object();
     json_object_object_add(eo, "type", json_object_new_string("nbd"));
     json_object_object_add(eo, "id", json_object_new_string("qemu-nbd-export"));

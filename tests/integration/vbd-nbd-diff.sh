@@ -121,6 +121,7 @@ mk_images() { # the same raw and qcow2 (with data, zeroes, a bitmap) in q/ and v
     qemu-img create -q -f raw q/img.raw 8M
     qemu-io -f raw -c "write -P 0x11 0 1M" -c "write -P 0x22 5M 64k" q/img.raw >/dev/null
     qemu-img create -q -f qcow2 q/base.qcow2 8M
+    qemu-img bitmap --add q/base.qcow2 bb # a bitmap down the chain: -B finds it there
     qemu-io -f qcow2 -c "write -P 0x33 1M 1M" q/base.qcow2 >/dev/null
     qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 q/img.qcow2
     qemu-img bitmap --add q/img.qcow2 b0
@@ -167,6 +168,12 @@ for tcp in 0 1; do
     for k in q v; do
         ! qemu-io -f raw -c "write -P 1 0 4k" "$(uri $k)" >/dev/null 2>&1 || fail "$k: a write to the -r export worked"
     done
+    stop
+
+    step "tcp=$tcp qcow2 -r -B bb: a bitmap of the backing file, found down the chain as qemu-nbd finds it"
+    both $(addr) -f qcow2 -r -t -B bb {D}/img.qcow2
+    info_same "qcow2 -r -B bb" @
+    map_same qemu:dirty-bitmap:bb
     stop
 
     step "tcp=$tcp qcow2 -r -A -B b1 -B b0 -B b1: a context per bitmap, listed, selected and answered alike"

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct throttle_state {
     struct vbd_throttle_member *m;
@@ -78,6 +79,44 @@ static int throttle_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t byt
     return vbd_node_co_pwrite_zeroes(n->file, off, bytes, flags);
 }
 
+/* blockdev-reopen may move the node to another group (QEMU's
+ * throttle_reopen_prepare): it joins the new one at prepare, so that a
+ * group that does not exist fails before anything changes; the switch is
+ * made drained, no request of the node waiting in the old group. */
+static int throttle_reopen_prepare(struct vbd_node *n, struct json_object *opts, void **staged,
+                                   struct vbd_error **err)
+{
+    struct throttle_state *s = n->opaque;
+    char *group = NULL;
+    *staged = NULL;
+    if (vbd_opt_take_str(opts, "throttle-group", &group, err) < 0)
+        return -EINVAL;
+    if (!group) {
+        vbd_error_setf(err, EINVAL, "Parameter 'throttle-group' is missing");
+        return -EINVAL;
+    }
+    if (strcmp(group, vbd_throttle_member_group(s->m)))
+        *staged = vbd_throttle_member_join(group, err);
+    bool ok = *staged || !strcmp(group, vbd_throttle_member_group(s->m));
+    free(group);
+    return ok ? 0 : -EINVAL;
+}
+
+static void throttle_reopen_commit(struct vbd_node *n, void *staged)
+{
+    struct throttle_state *s = n->opaque;
+    if (!staged)
+        return;
+    vbd_throttle_member_leave(s->m);
+    s->m = staged;
+}
+
+static void throttle_reopen_abort(struct vbd_node *n, void *staged)
+{
+    (void)n;
+    vbd_throttle_member_leave(staged);
+}
+
 static const struct vbd_driver throttle_driver = {
     .name = "throttle",
     .kind = VBD_DRV_FILTER,
@@ -93,5 +132,8 @@ static const struct vbd_driver throttle_driver = {
     .co_truncate = vbd_filter_co_truncate,
     .refresh_size = vbd_filter_refresh_size,
     .reopen_rw = vbd_filter_reopen_rw,
+    .reopen_prepare = throttle_reopen_prepare,
+    .reopen_commit = throttle_reopen_commit,
+    .reopen_abort = throttle_reopen_abort,
 };
 VBD_DRIVER_REGISTER(throttle, throttle_driver);

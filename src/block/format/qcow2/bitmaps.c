@@ -152,9 +152,14 @@ static int load_entry(struct qcow2_state *s, const uint8_t *e, struct qcow2_bitm
     return rc;
 }
 
-/* At a read-write open (before any write): load enabled, consistent bitmaps. */
+/* At a read-write open (before any write): load enabled, consistent bitmaps.
+ * A read-only image going read-write may hold copies loaded for reading (an
+ * NBD export's, x-debug-block-dirty-bitmap-sha256's: find_bitmap appends
+ * them, clean): they go first, or the new array, sized for the directory,
+ * was filled past its end after them. */
 int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
 {
+    qcow2_bitmaps_free(s);
     struct qcow2_ext *x = bitmaps_ext(s);
     if (!x)
         return 0;

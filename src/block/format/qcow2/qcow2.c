@@ -697,11 +697,14 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
     }
     /* the data alone: written straight from the caller's buffers */
     bool direct = from == in && to == in + len;
-    /* extended L2: what is copied reads as zeroes (by the metadata): the
-     * host range gets zeroes without data (a file range left unwritten, as
-     * QEMU's handle_alloc_space leaves it), then the data alone */
+    /* what is copied reads as zeroes (by the metadata: a new cluster with
+     * nothing below it, a preallocated zero cluster): the host range gets
+     * zeroes without data (a file range left unwritten, as QEMU's
+     * handle_alloc_space leaves it), then the data alone - not a cluster of
+     * zeroes written around a small write */
     bool zero_cow = false;
-    if (s->extended_l2 && !direct && cstart + to <= n->size) { /* past the end: not zeroes to QEMU */
+    if (!direct && t != QCOW2_COMPRESSED && !s->data_no_zero_range &&
+        cstart + to <= n->size) { /* past the end: not zeroes to QEMU */
         vbd_co_mutex_unlock(&s->lock); /* block status takes it; the exclusive range keeps the entry as it is */
         zero_cow = reads_zero(n, cstart + from, cstart + in, false) && reads_zero(n, cstart + in + len, cstart + to, false);
         vbd_co_mutex_lock(&s->lock);
@@ -768,7 +771,8 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
             rc = vbd_node_co_pwrite_zeroes(s->data, target + in + len, to - in - len, VBD_REQ_NO_FALLBACK);
         if (rc == 0) {
             direct = true;
-        } else if (rc == -ENOTSUP) { /* zeroes as data then */
+        } else if (rc == -ENOTSUP) { /* zeroes as data then, and from now on */
+            s->data_no_zero_range = true;
             memset(buf + from, 0, to - from);
             vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
             rc = 0;

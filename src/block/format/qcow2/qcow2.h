@@ -90,6 +90,7 @@ struct qcow2_state {
     uint32_t l2_bits;       /* log2 of entries per L2 table */
     uint32_t l2_entry_size; /* 8, or 16 with extended L2 */
     bool extended_l2;
+    bool data_no_zero_range; /* the data file has no cheap write-zeroes (tmpfs): a copy-on-write of zeroes is written */
     uint32_t subcluster_bits;
     uint32_t refcount_order;
     uint64_t incompat, compat, autoclear;
