@@ -18,16 +18,24 @@ struct throttle_state {
     struct vbd_throttle_member *m;
 };
 
+/* The group the options name (open and reopen both require one). */
+static int take_group(struct json_object *opts, char **group, struct vbd_error **err)
+{
+    if (vbd_opt_take_str(opts, "throttle-group", group, err) < 0)
+        return -EINVAL;
+    if (!*group) {
+        vbd_error_setf(err, EINVAL, "Parameter 'throttle-group' is missing");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int throttle_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct throttle_state *s = n->opaque;
     char *group = NULL;
-    if (vbd_opt_take_str(opts, "throttle-group", &group, err) < 0)
+    if (take_group(opts, &group, err) < 0)
         return -EINVAL;
-    if (!group) {
-        vbd_error_setf(err, EINVAL, "Parameter 'throttle-group' is missing");
-        return -EINVAL;
-    }
     s->m = vbd_throttle_member_join(group, err);
     free(group);
     if (!s->m)
@@ -89,12 +97,8 @@ static int throttle_reopen_prepare(struct vbd_node *n, struct json_object *opts,
     struct throttle_state *s = n->opaque;
     char *group = NULL;
     *staged = NULL;
-    if (vbd_opt_take_str(opts, "throttle-group", &group, err) < 0)
+    if (take_group(opts, &group, err) < 0)
         return -EINVAL;
-    if (!group) {
-        vbd_error_setf(err, EINVAL, "Parameter 'throttle-group' is missing");
-        return -EINVAL;
-    }
     if (strcmp(group, vbd_throttle_member_group(s->m)))
         *staged = vbd_throttle_member_join(group, err);
     bool ok = *staged || !strcmp(group, vbd_throttle_member_group(s->m));
