@@ -407,11 +407,16 @@ static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struc
     return found;
 }
 
+bool vbd_daemon_node_pinned(struct vbd_node *n, struct vbd_loop *loop)
+{
+    return !subtree_on(n, loop) && export_touching(n, NULL, loop);
+}
+
 static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
 {
     /* an export with fixed-iothread keeps its graph where it is (qsd's
      * BlockBackend without allow_aio_context_change, and its words) */
-    if (!subtree_on(n, loop) && export_touching(n, NULL, loop)) {
+    if (vbd_daemon_node_pinned(n, loop)) {
         vbd_error_setf(err, EBUSY, "Cannot change iothread of active block backend");
         return -EBUSY;
     }

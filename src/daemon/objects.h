@@ -76,6 +76,12 @@ int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, str
 struct vbd_loop;
 int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err);
 
+/* Whether an export with fixed-iothread keeps n's graph off loop: every
+ * move of it there is refused ("Cannot change iothread of active block
+ * backend", qsd's words), those a block job makes itself too (a backup or
+ * mirror target joining its source's thread). */
+bool vbd_daemon_node_pinned(struct vbd_node *n, struct vbd_loop *loop);
+
 /* Daemon exit: shut every export down, flush every node (remove_all
  * frees them, after the iothreads stopped). */
 void vbd_daemon_shutdown_exports(void);

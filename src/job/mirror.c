@@ -601,7 +601,8 @@ static int mirror_prepare(struct vbd_job *job, struct vbd_error **err)
         /* the target joins the old node's home loop (an iothread) when it can */
         struct vbd_loop *home = vbd_node_home_loop(old);
         struct vbd_error *e = NULL;
-        if (vbd_node_home_loop(mj->target) != home && vbd_node_co_set_home(mj->target, home, &e) < 0) {
+        if (vbd_node_home_loop(mj->target) != home && !vbd_daemon_node_pinned(mj->target, home) &&
+            vbd_node_co_set_home(mj->target, home, &e) < 0) {
             vbd_error_free(e);
             e = NULL;
         }

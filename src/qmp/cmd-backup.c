@@ -9,10 +9,12 @@
  * actions; commit starts it; abort cancels it unstarted (the bitmap gets
  * its bits back, the target is not written).
  */
+#include "daemon/objects.h"
 #include "qmp/commands.h"
 #include "qmp/snapshot.h"
 
 #include "vbd/backup.h"
+#include "vbd/block.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 
@@ -213,6 +215,12 @@ static int blockdev_backup_prepare(struct tx_action *a, struct vbd_qmp_error *er
     struct vbd_node *target = qmp_lookup_node(arg_str(a->data, "target"), err);
     if (!target)
         return -1;
+    /* the target joins the source's thread (QEMU moves it here, before
+     * the other checks): refused while an export pins it elsewhere */
+    if (vbd_daemon_node_pinned(target, vbd_node_home_loop(bs))) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change iothread of active block backend");
+        return -1;
+    }
     tx_drain(a, bs);
     return backup_keep(a, backup_common(a->data, bs, target, a->txn, err));
 }

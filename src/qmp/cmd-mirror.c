@@ -5,9 +5,11 @@
  * qmp_drive_mirror, blockdev_mirror_common, mirror_start); the job itself
  * is src/job/mirror.c.
  */
+#include "daemon/objects.h"
 #include "qmp/commands.h"
 #include "qmp/snapshot.h"
 
+#include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/job.h"
 
@@ -139,6 +141,12 @@ static struct json_object *qmp_blockdev_mirror(struct json_object *args, struct 
         return NULL;
     if (!(a.target = qmp_lookup_node(arg_str(args, "target"), err)))
         return NULL;
+    /* the target joins the source's thread (QEMU moves it here, before
+     * the other checks): refused while an export pins it elsewhere */
+    if (vbd_daemon_node_pinned(a.target, vbd_node_home_loop(a.src))) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change iothread of active block backend");
+        return NULL;
+    }
     if (blocked(a.src, err) || blocked(a.target, err))
         return NULL;
     if (common_args(args, &a, err) < 0 || replaces_arg(args, &a, err) < 0)

@@ -250,7 +250,8 @@ static int external_switch(struct tx_action *a, struct external_state *st, struc
      * new and unused; if it cannot move (an nbd file), it stays and the
      * requests hop (vbd/block.h) */
     struct vbd_loop *home = vbd_node_home_loop(st->old);
-    if (vbd_node_home_loop(st->overlay) != home && vbd_node_co_set_home(st->overlay, home, &e) < 0) {
+    if (vbd_node_home_loop(st->overlay) != home && !vbd_daemon_node_pinned(st->overlay, home) &&
+        vbd_node_co_set_home(st->overlay, home, &e) < 0) {
         vbd_error_free(e);
         e = NULL;
     }
