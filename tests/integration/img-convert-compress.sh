@@ -8,6 +8,7 @@
 # are packed across cluster boundaries as qemu-img packs them); the output
 # checks clean. A disk ending inside its last cluster gets that cluster
 # compressed too, as qemu-img does (vbd wrote it plain: one cluster more).
+# -n -c into a target that holds data fails where qemu-img's does (EIO).
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
 cd "$T"
@@ -61,4 +62,18 @@ qc=$(counters q.qcow2); vc=$(counters v.qcow2)
 [ "$qc" = "$vc" ] || fail "-S 0: allocated/compressed clusters: qemu-img $qc, vbd $vc"
 must qemu-img compare -f raw -F qcow2 mixed.raw v.qcow2 >/dev/null
 qcheck v.qcow2
+step "-n -c into a target with data: refused at the first allocated cluster, as qemu-img (nothing freed)"
+must qemu-img create -q -f qcow2 t.qcow2 1M
+must qemu-io -f qcow2 -c 'write -P 1 64k 64k' t.qcow2 >/dev/null
+must qemu-img create -q -f qcow2 s.qcow2 1M
+must qemu-io -f qcow2 -c 'write -P 2 0 256k' s.qcow2 >/dev/null
+cp t.qcow2 q.qcow2 && cp t.qcow2 v.qcow2
+qemu-img convert -n -c -O qcow2 s.qcow2 q.qcow2 >q.out 2>q.err; echo "exit $?" >>q.out
+"$VBD_IMG" convert -n -c -O qcow2 s.qcow2 v.qcow2 >v.out 2>v.err; echo "exit $?" >>v.out
+diff -u q.out v.out || fail "convert -n -c: stdout/exit differ"
+# the words differ (vbd-img names the target and the chunk's offset for any write error)
+grep -q ": Input/output error$" v.err || fail "convert -n -c: not the write's error: $(cat v.err)"
+qcheck v.qcow2
+must qemu-img compare -q q.qcow2 v.qcow2
+must qemu-io -f qcow2 -c 'read -P 1 64k 64k' v.qcow2 >/dev/null
 echo OK

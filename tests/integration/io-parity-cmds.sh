@@ -2,7 +2,8 @@
 # vbd-io beside qemu-io 7.2 for the commands io-parity.sh leaves out: help,
 # open/close/reopen, the blkdebug breakpoints (break, wait_break, resume,
 # remove_break; on read_aio, write_aio, flush_to_disk, pwritev, pwritev_zero
-# and pwritev_done), sigraise, abort, write -s FILE and aio_read/aio_write -i.
+# and pwritev_done), sigraise, abort, write -s FILE, aio_read/aio_write -i and write -c over
+# an allocated cluster.
 # As there: the same command line run by both tools, each in its own copy
 # of the same images, must give the same exit code, stdout (timing lines
 # normalised) and stderr (the tool's name aside), and leave images that
@@ -94,6 +95,13 @@ c -f raw a.raw -- 'write -s pat -P 1 0 1' 'write -s pat -z 0 1' 'write -s pat 0 
 c -f raw a.raw -- 'write -s pat 0 0' 'write -s pat 5 100k' 'read -v 0 16' 'write -s pat -q 200k 1k' 'write -C -s pat 300k 3'
 c -f qcow2 a.qcow2 -- 'write -s pat 0 64k' 'write -c -s pat 64k 64k' 'read -v 64k 8' 'w -s'
 c -f raw a.raw -- 'aio_read -i 0 1' 'aio_read -i' 'aio_read -i 0 x' 'aio_write -i -P 1 0 1' 'aio_write -q -i 0 1' 'aio_flush'
+step "write -c over a cluster with a host cluster: refused as qemu-io refuses it (EIO), the image unchanged"
+# a.qcow2 holds data at 0; a compressed, a plain, a zeroed-but-allocated
+# cluster are refused, an unmapped zero cluster (write -z -u) is not
+c -f qcow2 a.qcow2 -- 'write -c -P 2 0 64k' 'read -P 0xab 0 64k' 'write -c -P 3 64k 64k' 'write -c -P 4 64k 64k' \
+    'read -P 3 64k 64k' 'write -P 5 128k 64k' 'write -z 128k 64k' 'write -c -P 6 128k 64k' 'read -P 0 128k 64k' \
+    'write -z -u 192k 64k' 'write -c -P 7 192k 64k' 'read -P 7 192k 64k' 'write -c -P 8 256k 128k' 'map'
+must qemu-img check -q v/a.qcow2
 step "command line: -m (buffers 16 bytes off their alignment), with and without O_DIRECT"
 io_same -m -f raw -c 'write -P 1 512 4k' -c 'read -P 1 512 4k' -c 'readv -P 1 512 1k 3k' -c 'writev -P 2 0 512 512' \
     -c 'read -v 0 16' a.raw

@@ -221,8 +221,17 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
-    if (!s->read_only)
-        qcow2_writeback(s);
+    /* The check reads the tables from disk: the cached changes must be
+     * there first. If they cannot be written the check would count (and
+     * -r repair) stale tables: it stops instead. */
+    if (!s->read_only) {
+        int rc = qcow2_writeback(s);
+        if (rc < 0) {
+            vbd_error_setf(err, -rc, "could not write the cached metadata tables: %s", strerror(-rc));
+            vbd_co_mutex_unlock(&s->lock);
+            return rc;
+        }
+    }
     struct ctx c = {.s = s, .res = res};
     c.nclusters = (n->file->size + s->cluster_size - 1) >> s->cluster_bits;
     c.nref = c.nclusters;

@@ -975,6 +975,13 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, const u
         rc = rc == -ENOTSUP ? 1 : rc;
         goto unlock;
     }
+    /* Only into a cluster with no host cluster behind it, as QEMU 7.2
+     * (qcow2_alloc_compressed_cluster_offset: -EIO, qemu-io says "write
+     * failed: Input/output error"): the image stays as it was. */
+    if (be64(table[s->extended_l2 ? 2 * index : index]) & L2E_OFFSET_MASK) {
+        rc = -EIO;
+        goto unlock;
+    }
     int64_t at = alloc_bytes(s, clen);
     uint64_t extra = (((uint64_t)at + clen - 1) >> 9) - ((uint64_t)at >> 9);
     if (at < 0 || extra > s->csize_mask || (uint64_t)at > s->coffset_mask) {
