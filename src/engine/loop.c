@@ -325,6 +325,9 @@ void vbd_loop_free(struct vbd_loop *loop)
 {
     if (!loop)
         return;
+    /* a thread still inside vbd_loop_schedule_bh (its kick) is let out */
+    pthread_mutex_lock(&loop->bh_lock);
+    pthread_mutex_unlock(&loop->bh_lock);
     if (loop->uring)
         io_uring_queue_exit(&loop->ring);
     if (loop->epfd >= 0)
@@ -396,9 +399,14 @@ void vbd_loop_schedule_bh(struct vbd_loop *loop, struct vbd_bh *bh)
         loop->bh_head = bh;
     loop->bh_tail = bh;
     atomic_store_explicit(&loop->bh_pending, true, memory_order_release);
-    pthread_mutex_unlock(&loop->bh_lock);
+    /* Kicked under the lock: once the BH is in the list its loop may run
+     * it, let its coroutine finish, stop and be freed (an iothread at
+     * shutdown, while a pool worker that finished the last job was still
+     * about to kick: TSan, tsan-iothreads.sh). vbd_loop_free takes the
+     * lock, so it waits for a kick in progress. */
     if (loop != tls_loop && first)
         vbd_loop_kick(loop);
+    pthread_mutex_unlock(&loop->bh_lock);
 }
 
 static int run_bhs(struct vbd_loop *loop)
