@@ -104,9 +104,10 @@ struct nbd_export {
 #define NBD_BATCH_SLICE_NS   (100 * 1000) /* the loop thread's EEVDF slice while batching (see batch_slice) */
 /* ... taken only while the thread waits to run (see slice_gate) */
 #define NBD_SLICE_SAMPLE_NS  (1000 * 1000) /* run-queue delay sampled every ms */
-#define NBD_SLICE_ON_PCT     5             /* waited more than this share of a sample: on */
-#define NBD_SLICE_OFF_PCT    1             /* ... less, NBD_SLICE_OFF_SAMPLES in a row: off */
-#define NBD_SLICE_OFF_SAMPLES 20
+#define NBD_SLICE_WINDOW     16            /* samples judged together */
+#define NBD_SLICE_ON_PCT     10            /* waited more than this share of a window: on */
+#define NBD_SLICE_OFF_PCT    2             /* ... less, NBD_SLICE_OFF_WINDOWS such windows: off */
+#define NBD_SLICE_OFF_WINDOWS 4
 #define NBD_SLICE_KEEP_NS    (100ull * 1000 * 1000) /* a busy sample this recent counts at a session's start */
 #define NBD_ZERO_COPY_MIN    (64 * 1024)  /* reads at least this large go out with sendfile(2) */
 /* Structured reads at least this large look for holes (block status) to

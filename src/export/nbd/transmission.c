@@ -164,20 +164,31 @@ static void slice_set(bool on)
 /* The gate: the loop thread's run-queue delay (the 2nd field of its
  * /proc/thread-self/schedstat, ns spent runnable but not running; kernels
  * with CONFIG_SCHED_INFO) is sampled every NBD_SLICE_SAMPLE_NS while
- * batching. A sample that waited more than NBD_SLICE_ON_PCT % of its span
- * turns the short slice on; NBD_SLICE_OFF_SAMPLES in a row under
- * NBD_SLICE_OFF_PCT % turn it off (with the slice on the wait falls, so
- * the two bounds are apart: the slice is not dropped by its own effect).
+ * batching and judged over windows of NBD_SLICE_WINDOW samples. A window
+ * that waited more than NBD_SLICE_ON_PCT % turns the short slice on (at
+ * once when its waits reach that share of a whole window);
+ * NBD_SLICE_OFF_WINDOWS windows under NBD_SLICE_OFF_PCT % turn it off
+ * (with the slice on the wait falls, so the two bounds are apart: the
+ * slice is not dropped by its own effect). A wait is added when the
+ * thread gets its CPU, so one sample holds a whole wait: round 18's rule
+ * (one 1 ms sample over 5 %) took any 50 us wait for a kworker as
+ * contention, and on a quiet host the slice was on for part of a run at a
+ * cost in server CPU per request (tcp 4K QD32, 9.0 vs 7.3 us). A task
+ * that really shares the CPU makes the thread wait in lumps of its own
+ * slice (0.3-3 ms; nice 19 builds as much as a nice 0 busy loop), which
+ * reach 10 % of a 16 ms window at once (RESULTS.md, nbdgate19).
  * What was seen is kept across batching sessions: a session that starts
- * within NBD_SLICE_KEEP_NS of a busy sample takes the slice at once (fio's
+ * within NBD_SLICE_KEEP_NS of a busy window takes the slice at once (fio's
  * pauses under load end and restart batching tens of times a second).
  * The file is open only while batching (a connection's end leaves the
  * daemon's fds as they were); without it the slice is never taken. */
 static _Thread_local struct {
     int fd;                 /* open while batching; -1: closed, -2: not available here */
     uint64_t at_ns, delay;  /* the last sample: when, the run-queue delay then */
-    uint64_t busy_ns;       /* when a sample last crossed NBD_SLICE_ON_PCT */
-    uint32_t quiet;         /* samples in a row under NBD_SLICE_OFF_PCT */
+    uint64_t busy_ns;       /* when a window last crossed NBD_SLICE_ON_PCT */
+    uint32_t quiet;         /* windows under NBD_SLICE_OFF_PCT since the last busy one */
+    uint64_t win_span, win_waited; /* the window so far: ns, ns waited */
+    uint32_t win_n;         /* samples in it */
 } gate = {.fd = -1};
 
 static bool run_delay(uint64_t *delay)
@@ -209,13 +220,23 @@ static void slice_gate(void)
     bool fresh = span < NBD_SLICE_KEEP_NS; /* an old base says nothing of now */
     gate.at_ns = now;
     gate.delay = delay;
-    if (!fresh)
+    if (!fresh) {
+        gate.win_span = gate.win_waited = gate.win_n = 0;
         return;
-    if (waited * 100 > span * NBD_SLICE_ON_PCT) {
+    }
+    gate.win_span += span;
+    gate.win_waited += waited;
+    bool busy = gate.win_waited * 100 > (uint64_t)NBD_SLICE_WINDOW * NBD_SLICE_SAMPLE_NS * NBD_SLICE_ON_PCT;
+    if (!busy && ++gate.win_n < NBD_SLICE_WINDOW)
+        return;
+    span = gate.win_span;
+    waited = gate.win_waited;
+    gate.win_span = gate.win_waited = gate.win_n = 0;
+    if (busy || waited * 100 > span * NBD_SLICE_ON_PCT) {
         gate.busy_ns = now;
         gate.quiet = 0;
         slice_set(true);
-    } else if (waited * 100 < span * NBD_SLICE_OFF_PCT && ++gate.quiet >= NBD_SLICE_OFF_SAMPLES) {
+    } else if (waited * 100 < span * NBD_SLICE_OFF_PCT && ++gate.quiet >= NBD_SLICE_OFF_WINDOWS) {
         gate.busy_ns = 0;
         slice_set(false);
     }
