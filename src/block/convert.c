@@ -328,11 +328,13 @@ struct convert_worker {
     unsigned nsw;
 };
 
-/* The first error of a split write is reported, the ones after it are its consequences. */
-static int split_error(struct vbd_error **err, int rc, struct vbd_node *dst, uint64_t off)
+/* A failed write of the chunk at off: qemu-img's words, which name the
+ * chunk's offset in the target whatever part of it failed (the first
+ * error reported; the ones after it are its consequences). */
+static int write_error(struct vbd_error **err, int rc, uint64_t off)
 {
     if (!*err)
-        imageops_io_error(err, rc, "Could not write", dst, off);
+        vbd_error_setf(err, -rc, "error while writing at byte %llu: %s", (unsigned long long)off, strerror(-rc));
     return rc;
 }
 
@@ -355,13 +357,15 @@ static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, boo
     if (__atomic_load_n(&cv->error, __ATOMIC_RELAXED)) {
         rc = -ECANCELED; /* the first error is reported */
     } else if (zero) {
-        rc = imageops_write_zeroes(cv->dst, off, len, cv->o, err);
+        rc = imageops_write_zeroes(cv->dst, off, len, cv->o, NULL);
+        if (rc < 0)
+            write_error(err, rc, off);
     } else {
         uint64_t pos = 0;
         for (unsigned i = 0; i < nruns && rc == 0; i++) {
             uint64_t end = pos + runs[i];
             if ((i % 2 == 0) == first_zero) {
-                rc = imageops_write_zeroes(cv->dst, off + pos, runs[i], cv->o, err);
+                rc = imageops_write_zeroes(cv->dst, off + pos, runs[i], cv->o, NULL);
                 pos = end;
             }
             while (rc == 0 && pos < end) {
@@ -384,7 +388,7 @@ static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, boo
                     pos += normal;
             }
             if (rc < 0)
-                split_error(err, rc, cv->dst, off + pos);
+                write_error(err, rc, off);
         }
     }
     if (!cv->o->out_of_order && cv->next_write_seq == seq) {
@@ -406,16 +410,15 @@ static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, boo
             vbd_qiov_init_buf(&q, &one, (void *)(buf + (t->off - off)), t->len);
             wrc[i] = vbd_node_co_pwritev(t->file, t->host, t->len, &q, 0, 0);
             if (wrc[i] < 0)
-                rc = split_error(err, wrc[i], cv->dst, t->off);
+                rc = write_error(err, wrc[i], off);
         }
     }
     vbd_co_move_to(cv->dst_home);
     for (unsigned i = 0; i < nt; i++) {
         struct vbd_split_write *t = &w->sw[i];
-        uint64_t toff = t->off;
         int crc = vbd_node_co_write_commit(cv->dst, t, wrc[i]);
         if (crc < 0 && rc == 0)
-            rc = split_error(err, crc, cv->dst, toff);
+            rc = write_error(err, crc, off);
     }
     vbd_co_move_to(here);
     return rc;
@@ -489,11 +492,15 @@ static void convert_worker(void *opaque)
         if (!cv->o->out_of_order && !cv->threaded)
             while (cv->next_write_seq != seq && !cv->error)
                 vbd_co_queue_wait(&cv->order_q);
-        if (rc == 0 && cv->split)
+        if (rc == 0 && cv->split) {
             rc = split_write(w, off, len, zero, buf, runs, nruns, first_zero, seq, &err);
-        else if (rc == 0 && !leave && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
-            rc = zero ? imageops_write_zeroes(cv->dst, off, len, cv->o, &err)
-                      : imageops_write_runs(cv->dst, off, buf, runs, nruns, first_zero, cv->o, &err);
+        } else if (rc == 0 && !leave && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED)) {
+            /* NULL: the error is named in qemu-img's words below */
+            rc = zero ? imageops_write_zeroes(cv->dst, off, len, cv->o, NULL)
+                      : imageops_write_runs(cv->dst, off, buf, runs, nruns, first_zero, cv->o, NULL);
+            if (rc < 0)
+                write_error(&err, rc, off);
+        }
         if (!cv->o->out_of_order && !cv->threaded) {
             cv->next_write_seq++;
             vbd_co_queue_wake_all(&cv->order_q);

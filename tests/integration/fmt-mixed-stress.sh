@@ -6,7 +6,8 @@
 # write-zeroes, discards and reads overlapping on hot blocks that move to
 # fresh (unallocated) ground every 64 requests, so that requests from both
 # exports allocate the same new block/grain at once. Kinds: vmdk
-# monolithicSparse and streamOptimized, vhdx dynamic (1 MiB blocks), vpc
+# monolithicSparse and streamOptimized (whole grains, each written once:
+# a second write is refused, as QEMU refuses it), vhdx dynamic (1 MiB blocks), vpc
 # dynamic, vdi dynamic, qed (4k clusters: new L2 tables on the way). Then:
 # every read matched the model, the final read-back through each export
 # too, qemu-img check clean (where QEMU checks the format), the image
@@ -66,7 +67,7 @@ for kind in $KINDS; do
     stress_make "$kind" "$T/case" "$seed" || fail "cannot make $kind"
     daemon "$img" "$fmt" both
     "$STRESS" --seed "$seed" --ops "$OPS" --qd 64 --cluster-size "$cs" --hot 6 --hot-move "$hot_move" \
-        --init "$T/case/init.raw" ${backraw:+--backing "$backraw"} --shadow-out "$T/shadow.raw" \
+        --init "$T/case/init.raw" ${backraw:+--backing "$backraw"} $([ "$once" = 1 ] && echo --write-once) --shadow-out "$T/shadow.raw" \
         --vhost-user "$T/vu.sock" --queues 2 --nbd "nbd+unix:///disk?socket=$T/nbd.sock" --conns 4 >"$T/stress.log" 2>&1 ||
         { tail -30 "$T/stress.log"; fail "$kind: vbd-stress (seed $seed)"; }
     tail -1 "$T/stress.log"

@@ -67,11 +67,11 @@ if [ -n "${shm:-}" ]; then
         # shellcheck disable=SC2086 # $opt is words
         convert_like_qemu "$opt" raw "$src" "$shm/dst.raw" "$shm/ref.raw" $opt -f raw -O raw "$shm/src.raw"
     done
-    step "tmpfs, threads: a write that fails (past the file size limit) fails the convert, naming it"
+    step "tmpfs, threads: a write that fails (past the file size limit) fails the convert, in qemu-img's words"
     qemu-img create -q -f raw "$shm/lim.raw" 256M
     out=$( (trap '' XFSZ; ulimit -f 65536; "$VBD_IMG" convert -n -f raw -O raw "$shm/src.raw" "$shm/lim.raw") 2>&1) &&
         fail "convert past the file size limit succeeded"
-    grep -q "Could not write '$shm/lim.raw' at offset .*: File too large" <<<"$out" || fail "not the write's error: $out"
+    grep -q "error while writing at byte [0-9]*: File too large" <<<"$out" || fail "not the write's error: $out"
     rm -f "$shm"/*.raw
     # qcow2 sources on tmpfs, opened read-only and locked, are mapped on the
     # main loop and their data clusters read from the file on the threads;
@@ -170,20 +170,20 @@ PY
         diff <(map_shape qcow2 "$shm/dst.qcow2") <(map_shape qcow2 "$shm/ref.qcow2") ||
             fail "-n ${fill:-new}: the map differs from qemu-img's (left: vbd)"
     done
-    step "tmpfs, threads: a qcow2 target's data write that fails (blkdebug EIO) fails the convert, naming it"
+    step "tmpfs, threads: a qcow2 target's data write that fails (blkdebug EIO) fails the convert, in qemu-img's words"
     # host sector 6144 (3 MiB): inside the data the 5 MiB of the source's data clusters are laid out in
     rm -f "$shm/dst.qcow2"
     qemu-img create -q -f qcow2 "$shm/dst.qcow2" 256M
     out=$("$VBD_IMG" convert -n -f raw --target-image-opts "$shm/src.raw" "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=$shm/dst.qcow2,file.inject-error.0.event=write_aio,file.inject-error.0.errno=5,file.inject-error.0.sector=6144" 2>&1) &&
         fail "convert to a failing target succeeded"
-    grep -q "Could not write .* at offset .*: Input/output error" <<<"$out" || fail "not the write's error: $out"
+    grep -q "error while writing at byte [0-9]*: Input/output error" <<<"$out" || fail "not the write's error: $out"
     must qemu-img check -q "$shm/dst.qcow2"
-    step "tmpfs, threads: a qcow2 target's write past the file size limit fails the convert, naming it"
+    step "tmpfs, threads: a qcow2 target's write past the file size limit fails the convert, in qemu-img's words"
     rm -f "$shm/dst.qcow2"
     qemu-img create -q -f qcow2 "$shm/dst.qcow2" 256M
     out=$( (trap '' XFSZ; ulimit -f 4096; "$VBD_IMG" convert -n -f raw -O qcow2 "$shm/src.raw" "$shm/dst.qcow2") 2>&1) &&
         fail "convert past the file size limit succeeded"
-    grep -q "Could not write '$shm/dst.qcow2' at offset .*: File too large" <<<"$out" || fail "not the write's error: $out"
+    grep -q "error while writing at byte [0-9]*: File too large" <<<"$out" || fail "not the write's error: $out"
     qemu-img check -q "$shm/dst.qcow2" >/dev/null 2>&1 || [ $? = 3 ] || fail "after the failed write: qemu-img check is neither clean nor only leaky"
     rm -f "$shm/dst.qcow2" "$shm/ref.qcow2" "$shm/dst.data" "$shm/ref.data" "$shm/src.raw"
     step "tmpfs, threads: a qcow2 source whose data cluster fails to read (blkdebug EIO) fails the convert, naming it"

@@ -266,7 +266,7 @@ same map --output=json -f raw odd.raw
 same compare -f raw -F raw odd.raw odd.raw
 same convert -f raw -O raw odd.raw n.raw
 
-step "convert: -r, -C, --salvage, -T and qemu-img's checks around them, in its order"
+step "convert: -r, -C, --salvage, -T and qemu-img's checks around them, in its order; a failed write"
 same convert -O raw -r 1G a.qcow2 n.raw
 same convert -O raw -r x a.qcow2 n.raw
 same convert -O raw -r 99E a.qcow2 n.raw
@@ -308,6 +308,16 @@ for s in --salvage '--salvage -q' ''; do
     same convert $s -O raw --image-opts "$bd" n.raw
     [ -z "$s" ] || cmp q/n.raw v/n.raw || fail "convert $s: the targets differ"
 done
+# a write that fails: qemu-img's line, which names the start of the chunk
+# (2 MiB of data) the failed write was part of
+head -c 8M /dev/zero | tr '\0' '\1' >base/d.raw
+truncate -s 8M base/t.raw
+td="driver=raw,file.driver=blkdebug,file.image.driver=file,file.image.filename=t.raw,file.inject-error.0.event=write_aio,file.inject-error.0.sector=5000"
+for m in '' '-m 1' '-m 16 -W'; do
+    # shellcheck disable=SC2086 # $m is words
+    same convert -n $m -f raw --target-image-opts d.raw "$td"
+done
+rm base/d.raw base/t.raw
 
 step "sizes as qemu_strtosz reads them (hex, out of range)"
 same create -f raw n.raw 0x100000

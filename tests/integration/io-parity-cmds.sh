@@ -2,8 +2,8 @@
 # vbd-io beside qemu-io 7.2 for the commands io-parity.sh leaves out: help,
 # open/close/reopen, the blkdebug breakpoints (break, wait_break, resume,
 # remove_break; on read_aio, write_aio, flush_to_disk, pwritev, pwritev_zero
-# and pwritev_done), sigraise, abort, write -s FILE, aio_read/aio_write -i and write -c over
-# an allocated cluster.
+# and pwritev_done), sigraise, abort, write -s FILE, aio_read/aio_write -i, write -c over
+# an allocated cluster and writes into a streamOptimized vmdk.
 # As there: the same command line run by both tools, each in its own copy
 # of the same images, must give the same exit code, stdout (timing lines
 # normalised) and stderr (the tool's name aside), and leave images that
@@ -102,6 +102,17 @@ c -f qcow2 a.qcow2 -- 'write -c -P 2 0 64k' 'read -P 0xab 0 64k' 'write -c -P 3 
     'read -P 3 64k 64k' 'write -P 5 128k 64k' 'write -z 128k 64k' 'write -c -P 6 128k 64k' 'read -P 0 128k 64k' \
     'write -z -u 192k 64k' 'write -c -P 7 192k 64k' 'read -P 7 192k 64k' 'write -c -P 8 256k 128k' 'map'
 must qemu-img check -q v/a.qcow2
+step "streamOptimized vmdk: a grain is written once and whole, as qemu-io writes it (EIO with QEMU's line, EINVAL)"
+# s.vmdk holds 0xab in its first grain; z.vmdk has zeroed grains and ends
+# 40 KiB into its last grain (written whole up to the end)
+must qemu-img convert -f raw -O vmdk -o subformat=streamOptimized base/a.raw base/s.vmdk
+must qemu-img create -q -f vmdk -o subformat=streamOptimized,zeroed_grain=on base/z.vmdk 1000k
+c -f vmdk s.vmdk -- 'write -P 1 64k 64k' 'write -P 2 64k 64k' 'read -P 1 64k 64k' 'write -P 3 0 64k' 'write -P 4 128k 4k' \
+    'write -P 5 200k 64k' 'write -z 256k 64k' 'write -P 6 256k 64k' 'write -z 320k 4k' 'write -z 0 64k' \
+    'write -P 7 384k 128k' 'aio_write -P 9 640k 64k' 'aio_flush' 'write -P 8 576k 128k' 'read -P 8 576k 64k' 'map'
+c -f vmdk z.vmdk -- 'write -z 0 64k' 'write -z 0 64k' 'write -P 1 0 64k' 'write -z 0 64k' 'write -z 64k 4k' \
+    'write -P 2 960k 40k' 'write -P 3 960k 40k' 'write -z 128k 128k' 'write -P 4 128k 64k' 'read -P 4 128k 64k' 'map'
+rm base/s.vmdk base/z.vmdk
 step "command line: -m (buffers 16 bytes off their alignment), with and without O_DIRECT"
 io_same -m -f raw -c 'write -P 1 512 4k' -c 'read -P 1 512 4k' -c 'readv -P 1 512 1k 3k' -c 'writev -P 2 0 512 512' \
     -c 'read -v 0 16' a.raw

@@ -312,8 +312,8 @@ tools_same() {
 # 0xab in their first 64 KiB); io_same ARGS... runs both tools with ARGS in
 # fresh copies of base/ (tools_run), the timing lines' times and rates
 # masked, then tools_same, and each file left in q/ must equal its copy in
-# v/ (qemu-img compare; qcow2 also in qemu-img map, host offsets aside,
-# unless io_map=no).
+# v/ (qemu-img compare, *.vmdk as vmdk; qcow2 and vmdk also in qemu-img
+# map, host offsets aside, unless io_map=no).
 io_parity_base() {
     mkdir base || fail "mkdir base"
     must qemu-img create -q -f raw base/a.raw 1M
@@ -330,10 +330,10 @@ io_same() {
     tools_same "$@"
     local f fmt
     for f in $(cd q && ls -A); do
-        case $f in *.qcow2) fmt=qcow2 ;; *) fmt=raw ;; esac
-        # raw files equal byte for byte are equal images (most cases;
+        case $f in *.qcow2) fmt=qcow2 ;; *.vmdk) fmt=vmdk ;; *) fmt=raw ;; esac
+        # files equal byte for byte are equal images (most raw cases;
         # qemu-img compare costs a process each)
-        [ $fmt = raw ] && cmp -s q/$f v/$f && continue
+        cmp -s q/$f v/$f && continue
         # raw: what the file system reports for zeroed ranges (unwritten
         # extents, dirty pages) depends on writeback timing, so only qcow2's
         # own allocation is compared; where clusters land in the file is not

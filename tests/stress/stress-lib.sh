@@ -69,7 +69,7 @@ EOF
 # qemu-img convert -n (the rest stays unallocated).
 stress_make_fmt() { # KIND DIR SEED
     local kind=$1 d=$2 seed=$3 opts="" back=""
-    fmt=${kind%%-*} cs=65536 sub=0 snap=0 backraw="" size=$((16 << 20)) hot_move=64
+    fmt=${kind%%-*} cs=65536 sub=0 snap=0 backraw="" size=$((16 << 20)) hot_move=64 once=0
     case $kind in
     vdi-dynamic) cs=$((1 << 20)) size=$((32 << 20)) ;;
     vdi-static) cs=$((1 << 20)) size=$((32 << 20)) opts=static=on ;;
@@ -83,7 +83,8 @@ stress_make_fmt() { # KIND DIR SEED
     vmdk-sparse) ;;
     vmdk-zeroed-grain) opts=zeroed_grain=on ;;
     vmdk-2g) opts=subformat=twoGbMaxExtentSparse ;;
-    vmdk-stream) opts=subformat=streamOptimized ;; # every write of a grain appends it deflated
+    # every write of a grain appends it deflated; as QEMU's, a grain is written once and whole
+    vmdk-stream) opts=subformat=streamOptimized once=1 ;;
     vmdk-backing) back=vmdk ;;
     vhdx-1m) cs=$((1 << 20)) size=$((32 << 20)) opts=block_size=1M ;;
     vhdx-8m) cs=$((2 << 20)) size=$((32 << 20)) opts=block_size=8M ;; # four requests' clusters to one block
@@ -116,14 +117,14 @@ stress_make_fmt() { # KIND DIR SEED
     cp "$d/data.raw" "$d/init.raw"
 }
 
-# Sets in the caller: fmt img cs sub snap backraw size hot_move; creates
+# Sets in the caller: fmt img cs sub snap backraw size hot_move once (1: --write-once); creates
 # DIR/img.qcow2 (DIR/img.FMT for the other formats), DIR/init.raw (content
 # before the run), DIR/back.raw if there is a backing chain (what a discard
 # may expose).
 stress_make() { # KIND DIR SEED
     local kind=$1 d=$2 seed=$3 opts="" src
     case $kind in vdi-* | vpc-* | qed-* | parallels* | vmdk-* | vhdx-*) stress_make_fmt "$@"; return ;; esac
-    fmt=qcow2 img=$d/img.qcow2 cs=65536 sub=0 snap=0 backraw="" size=$((16 << 20)) hot_move=0
+    fmt=qcow2 img=$d/img.qcow2 cs=65536 sub=0 snap=0 backraw="" size=$((16 << 20)) hot_move=0 once=0
     case $kind in
     c512) cs=512 size=$((4 << 20)) ;;
     c4k) cs=4096 ;;
@@ -261,6 +262,7 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
     [ $sub = 1 ] && args+=(--subclusters)
     [ -n "$backraw" ] && args+=(--backing "$backraw")
     [ "$hot_move" != 0 ] && args+=(--hot-move "$hot_move")
+    [ "$once" = 1 ] && args+=(--write-once)
     args+=(${STRESS_EXTRA:-}) # e.g. --no-zeroes or --no-discard, to narrow a failure down
     # the seed also picks the I/O path under the image: page cache and
     # io_uring, O_DIRECT (the generic layer's alignment and serialisation of
@@ -405,6 +407,7 @@ stress_crash_case() {
         --crash-ready "$d/ready" --crash-after "${STRESS_CRASH_AFTER:-400}" --qd "${STRESS_QD:-16}")
     [ -n "$backraw" ] && args+=(--backing "$backraw")
     [ "$hot_move" != 0 ] && args+=(--hot-move "$hot_move")
+    [ "$once" = 1 ] && args+=(--write-once)
     timeout -k 10 600 "$STRESS_BIN" "${args[@]}" --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 &
     spid=$!
     while [ ! -e "$d/ready" ] && kill -0 $spid 2>/dev/null; do sleep 0.02; done
@@ -454,7 +457,7 @@ stress_crash_case() {
     }
     # vbd writes on from what the crash left (qed: its need-check repair first)
     timeout -k 10 600 "$STRESS_BIN" --seed $((seed + 1)) --ops 300 --cluster-size "$cs" --init "$d/q.raw" \
-        --shadow-out "$d/shadow2.raw" ${backraw:+--backing "$backraw"} --qd "${STRESS_QD:-16}" -f "$fmt" "$img" \
+        --shadow-out "$d/shadow2.raw" ${backraw:+--backing "$backraw"} $([ "$once" = 1 ] && echo --write-once) --qd "${STRESS_QD:-16}" -f "$fmt" "$img" \
         >"$d/stress2.log" 2>&1 || {
         echo "stress: FAILED kind=$kind crash seed=$seed: vbd-stress on the image after the crash:" >&2
         tail -30 "$d/stress2.log" >&2

@@ -84,6 +84,10 @@ static const char usage_text[] =
 "  --no-zeroes          never write zeroes (to tell which kind of request a failure needs)\n"
     "  --zero-heavy         half the requests write zeroes (with and without unmap) or discard\n"
     "  --compress           write some whole clusters with VBD_REQ_COMPRESSED (IMAGE only)\n"
+    "  --write-once         every write and write-zeroes is one whole cluster, and a cluster takes one: a\n"
+    "                       second is refused with EIO, changing nothing (a streamOptimized vmdk without\n"
+    "                       zeroed grains: QEMU 7.2's rule); one refused before any went through counts\n"
+    "                       as written before the run\n"
     "  --align N            every offset and length a multiple of N (vhost-user: at least 512)\n"
     "  -f, --format FMT     IMAGE's format (default: probed);  --image-opts: IMAGE is an option string\n"
     "  -t, --cache MODE     cache mode for IMAGE (default writeback);  -i, --aio MODE io_uring|threads\n"
@@ -152,7 +156,7 @@ struct logged {
 static struct {
     enum transport transport;
     const char *image, *nbd_uri, *vu_sock, *fmt, *cache, *aio, *init, *backing, *shadow_out;
-    bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress, zero_heavy;
+    bool image_opts, subclusters, no_discard, no_zeroes, verbose, compress, zero_heavy, write_once;
     int qd, conns, nhot;
     int queues;  /* vhost-user queues */
     bool mixed;  /* --nbd and --vhost-user together */
@@ -174,7 +178,8 @@ static struct {
     struct worker w[64];
     struct vbd_co_queue changed;
     uint64_t rng, issued, completed, deadline;
-    uint64_t counts[OP__N], collisions, waits, pinned, compressed_writes, compressed_refused;
+    uint64_t counts[OP__N], collisions, waits, pinned, compressed_writes, compressed_refused, rewrites_refused;
+    uint8_t *written;        /* --write-once: per cluster, a write or write-zeroes went through in this run */
     int running;
     bool failed, stop_reapers;
     struct vbd_co *main_co;
@@ -490,6 +495,9 @@ static void pick_range(uint64_t *offp, uint64_t *lenp)
     *lenp = len;
 }
 
+/* --write-once: the requests that write a whole cluster, once */
+static bool fills_cluster(enum op op) { return op == OP_WRITE || op == OP_ZERO || op == OP_ZERO_UNMAP; }
+
 static enum op pick_op(void)
 {
     uint64_t r = rnd_below(100);
@@ -591,6 +599,10 @@ static void worker_co(void *arg)
             int tries = 0;
             for (;;) {
                 pick_range(&off, &len);
+                if (S.write_once && fills_cluster(op)) {
+                    off -= off % S.cluster;
+                    len = S.size - off < S.cluster ? S.size - off : S.cluster;
+                }
                 if (!conflicts(w, off, len, mutating))
                     break;
                 if (++tries < 8)
@@ -670,7 +682,13 @@ static void worker_co(void *arg)
             S.log[logged].done_ns = vbd_clock_ns();
         if (h && h->seq == S.hist[(h->seq - 1) % HISTORY].seq)
             h->done_seq = ++S.completed;
-        if (rc < 0 && S.ready_made) {
+        if (rc == -EIO && S.write_once && fills_cluster(op)) {
+            /* the cluster holds data (from this run or from before it):
+             * refused, nothing changed (the reads check it; in crash mode
+             * the bytes' last mutation never completes: not checked) */
+            S.rewrites_refused++;
+            S.written[off / S.cluster] = 1;
+        } else if (rc < 0 && S.ready_made) {
             /* the server is gone: the requests in flight and this one are not durable */
             if (!S.crashed)
                 printf("vbd-stress: the server is gone (%s failed: %s) after %" PRIu64 " requests\n", op_names[op],
@@ -685,6 +703,12 @@ static void worker_co(void *arg)
             fprintf(stderr, "vbd-stress: seed=%" PRIu64 ": %s off=%" PRIu64 " len=%" PRIu64 " failed: %s\n", S.seed,
                     op_names[op], off, len, strerror(-rc));
             fail_now();
+        } else if (S.write_once && fills_cluster(op) && S.written[off / S.cluster]) {
+            fprintf(stderr,
+                    "vbd-stress: seed=%" PRIu64 ": %s off=%" PRIu64 " len=%" PRIu64
+                    " went through, but cluster %" PRIu64 " holds data already (--write-once: it must be refused)\n",
+                    S.seed, op_names[op], off, len, off / S.cluster);
+            fail_now();
         } else if (op == OP_READ) {
             check_read(w->buf, off, len, "read");
         } else {
@@ -692,6 +716,8 @@ static void worker_co(void *arg)
             if (mutating)
                 memset(S.touched + off / 512, 1, (off + len + 511) / 512 - off / 512);
             apply(op, w->buf, off, len);
+            if (S.write_once && fills_cluster(op))
+                S.written[off / S.cluster] = 1;
             if (mut)
                 S.muts[mut].done_at = ++S.clock | (flags & VBD_REQ_FUA ? DURABLE_FUA : 0);
             if (flush_issued_at > S.durable_point)
@@ -1007,7 +1033,7 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &sa, NULL);
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
            O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY, O_CRASHREADY, O_CRASHAFTER,
-           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT };
+           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT, O_WRITEONCE };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -1026,6 +1052,7 @@ int main(int argc, char **argv)
         {"touched-out", required_argument, NULL, O_TOUCHED},
         {"points", required_argument, NULL, O_POINTS},
         {"reconnect-delay", required_argument, NULL, O_RECONNECT},
+        {"write-once", no_argument, NULL, O_WRITEONCE},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -1051,6 +1078,7 @@ int main(int argc, char **argv)
         case O_QUEUES: S.queues = atoi(optarg); break;
         case O_IMGOPTS: S.image_opts = true; break;
         case O_COMPRESS: S.compress = true; break;
+        case O_WRITEONCE: S.write_once = true; break;
         case O_NOZEROES: S.no_zeroes = true; break;
         case O_ZEROHEAVY: S.zero_heavy = true; break;
         case O_CRASHREADY: S.crash_ready = optarg; break;
@@ -1210,6 +1238,8 @@ int main(int argc, char **argv)
     S.exp = calloc(1, S.size);
     S.touched = calloc(1, (S.size + 511) / 512);
     S.fuzzy = calloc(1, S.size);
+    if (S.write_once)
+        S.written = calloc(1, S.size / S.cluster + 1);
     if (S.crash_ready && !(S.last_mut = calloc(S.size, sizeof(*S.last_mut)))) {
         fprintf(stderr, "vbd-stress: no memory for the crash model of %" PRIu64 " bytes\n", S.size);
         rc = 2;
@@ -1268,10 +1298,10 @@ int main(int argc, char **argv)
             rc = 1;
     }
     printf("vbd-stress: %s: seed=%" PRIu64 " %" PRIu64 " ops (%" PRIu64 " reads, %" PRIu64 " writes, %" PRIu64
-           " write-zeroes, %" PRIu64 " with unmap, %" PRIu64 " discards, %" PRIu64 " flushes, %" PRIu64 " compressed, %" PRIu64 " of them refused), %" PRIu64
+           " write-zeroes, %" PRIu64 " with unmap, %" PRIu64 " discards, %" PRIu64 " flushes, %" PRIu64 " compressed, %" PRIu64 " of them refused, %" PRIu64 " rewrites refused), %" PRIu64
            " met another request in flight on the same cluster, %" PRIu64 " uncertain bytes pinned\n",
            rc ? "FAILED" : "ok", S.seed, S.issued, S.counts[OP_READ], S.counts[OP_WRITE], S.counts[OP_ZERO],
-           S.counts[OP_ZERO_UNMAP], S.counts[OP_DISCARD], S.counts[OP_FLUSH], S.compressed_writes, S.compressed_refused, S.collisions, S.pinned);
+           S.counts[OP_ZERO_UNMAP], S.counts[OP_DISCARD], S.counts[OP_FLUSH], S.compressed_writes, S.compressed_refused, S.rewrites_refused, S.collisions, S.pinned);
 out:
     if (S.transport != T_VHOST)
         vbd_co_run_sync(close_co, NULL);
@@ -1282,6 +1312,7 @@ out:
             free(S.w[i].buf);
     free(S.exp);
     free(S.fuzzy);
+    free(S.written);
     free(S.touched);
     free(S.last_mut);
     free(S.muts);

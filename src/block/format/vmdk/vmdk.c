@@ -575,9 +575,11 @@ static int set_gte(struct vmdk_extent *e, uint64_t gi, uint32_t v)
     return rc;
 }
 
-/* Write the grain holding off (lock held): its old contents (backing,
- * zeroes or the inflated old grain) with [off, off+len) from q (NULL:
- * zeroes) go to a new grain at the end of the file, then its GT entry. */
+/* Write the grain holding off (lock held): its old contents (backing or
+ * zeroes; a compressed extent's grains are written whole, once: see
+ * write_stream_grain) with [off, off+len) from q (NULL: zeroes) go to a
+ * new grain at the end of the file, deflated in a compressed extent, then
+ * its GT entry. */
 static int write_new_grain(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint64_t len, int kind,
                            uint64_t host, struct vbd_qiov *q, size_t qoff)
 {
@@ -597,9 +599,6 @@ static int write_new_grain(struct vbd_node *n, struct vmdk_extent *e, uint64_t o
     if (in > 0 || in + len < glen) {
         if (kind == K_UNALLOC && n->backing) {
             rc = read_backing(n, gstart, glen, &bq, 0);
-        } else if (kind == K_COMP) {
-            uint64_t got = 0;
-            rc = read_compressed(n, e, host, buf, &got);
         } else if (kind == K_DATA) {
             rc = vbd_node_co_pread(e->file, host, buf, glen);
         }
@@ -651,6 +650,49 @@ out:
     return rc;
 }
 
+/* A write (q NULL: zeroes) from off into one grain of a compressed
+ * (streamOptimized) extent, under the lock; *done: its bytes. As QEMU
+ * 7.2's vmdk: a grain is written once and whole (the disk's last grain up
+ * to the disk's end). A grain that holds data is refused with EIO and
+ * QEMU's line, a part of a grain with EINVAL; zeroes go to a zeroed grain
+ * entry where the image has them (a whole grain), else they are a grain
+ * of zeroes (what QEMU's generic fallback writes), so a later write there
+ * is refused as QEMU refuses it. */
+static int write_stream_grain(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, uint64_t bytes,
+                              struct vbd_qiov *q, size_t qoff, uint64_t *done)
+{
+    struct vmdk_state *s = n->opaque;
+    uint64_t rel = off - e->start, in = rel % e->grain;
+    uint64_t glen = e->bytes - (rel - in) < e->grain ? e->bytes - (rel - in) : e->grain;
+    uint64_t len = glen - in < bytes ? glen - in : bytes;
+    uint64_t run, host;
+    int kind;
+    *done = len;
+    vbd_co_mutex_lock(&s->lock);
+    int rc = lookup(n, e, off, len, &run, &kind, &host);
+    if (rc < 0)
+        goto out;
+    if (kind == K_COMP || kind == K_DATA) {
+        vbd_error_report("Could not write to allocated cluster for streamOptimized");
+        rc = -EIO;
+    } else if (in > 0 || len < glen) {
+        rc = -EINVAL;
+    } else if (!q && e->zero_grain && glen == e->grain) {
+        uint64_t gi = rel / e->grain;
+        if (kind != K_ZERO && !e->gd[gi / e->gtes])
+            rc = alloc_gt(e, gi / e->gtes);
+        if (rc == 0 && kind != K_ZERO)
+            rc = set_gte(e, gi, GTE_ZEROED);
+    } else if (!e->has_marker) {
+        rc = -EINVAL; /* as QEMU: a deflated grain goes behind a marker or not at all */
+    } else {
+        rc = write_new_grain(n, e, off, len, kind, host, q, qoff);
+    }
+out:
+    vbd_co_mutex_unlock(&s->lock);
+    return rc;
+}
+
 static int vmdk_write(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
 {
     struct vmdk_state *s = n->opaque;
@@ -670,6 +712,14 @@ static int vmdk_write(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
             return -EIO;
         uint64_t run, host;
         int kind;
+        if (e->compressed) {
+            if ((rc = write_stream_grain(n, e, off, bytes, q, qoff, &run)) < 0)
+                return rc;
+            off += run;
+            qoff += run;
+            bytes -= run;
+            continue;
+        }
         if ((rc = lookup(n, e, off, bytes, &run, &kind, &host)) < 0)
             return rc;
         uint64_t in = e->flat ? 0 : (off - e->start) % e->grain;
