@@ -326,6 +326,11 @@ struct convert_worker {
     struct vbd_split_write *sw; /* split: the data placed by one turn */
     int *swrc;                  /* and its writes' results */
     unsigned nsw;
+    /* split: the data of the worker's last turn, written, linked at its
+     * next turn or its end (see split_write); an array of nsw, swapped
+     * with sw */
+    struct vbd_split_write *written;
+    unsigned nwritten;
 };
 
 /* A failed write of the chunk at off: qemu-img's words, which name the
@@ -338,9 +343,31 @@ static int write_error(struct vbd_error **err, int rc, uint64_t off)
     return rc;
 }
 
+/* On the target's home loop: link the data the worker's last turn placed
+ * and the worker has written since (w->written). */
+static int split_link_written(struct convert_worker *w, struct vbd_error **err)
+{
+    struct convert *cv = w->cv;
+    int rc = 0;
+    for (unsigned i = 0; i < w->nwritten; i++) {
+        uint64_t toff = w->written[i].off;
+        int crc = vbd_node_co_write_commit(cv->dst, &w->written[i], 0);
+        if (crc < 0 && rc == 0)
+            rc = split_error(err, crc, cv->dst, toff);
+    }
+    w->nwritten = 0;
+    return rc;
+}
+
 /* A split convert's write of a chunk read into buf (see struct convert):
  * its turn on the target's home loop, the data written from here, linked
- * there. */
+ * there at the worker's next turn (or its end). Linked at once, each chunk
+ * cost two round trips to the home loop (a wake-up of its thread and one
+ * of this one each way); the link waits a chunk now, holding its clusters'
+ * range (nothing else touches them: chunks do not overlap) and its L2
+ * entries unwritten (the range reads as before until then, as before the
+ * link; the L2 table itself was placed at the turn, so the layout is the
+ * same). A data write that fails is given back at once, as before. */
 static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, bool zero, const uint8_t *buf,
                        const uint64_t *runs, unsigned nruns, bool first_zero, uint64_t seq, struct vbd_error **err)
 {
@@ -349,12 +376,14 @@ static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, boo
         return 0;
     struct vbd_loop *here = vbd_loop_current();
     vbd_co_move_to(cv->dst_home);
+    int rc = split_link_written(w, err);
     if (!cv->o->out_of_order)
         while (cv->next_write_seq != seq && !__atomic_load_n(&cv->error, __ATOMIC_RELAXED))
             vbd_co_queue_wait(&cv->order_q);
-    int rc = 0;
     unsigned nt = 0;
-    if (__atomic_load_n(&cv->error, __ATOMIC_RELAXED)) {
+    if (rc < 0) {
+        /* reported; the turn is passed on below */
+    } else if (__atomic_load_n(&cv->error, __ATOMIC_RELAXED)) {
         rc = -ECANCELED; /* the first error is reported */
     } else if (zero) {
         rc = imageops_write_zeroes(cv->dst, off, len, cv->o, NULL);
@@ -413,6 +442,14 @@ static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, boo
                 rc = write_error(err, wrc[i], off);
         }
     }
+    if (rc == 0) {
+        /* linked at the next turn: this turn's array becomes the written one */
+        struct vbd_split_write *t = w->written;
+        w->written = w->sw;
+        w->sw = t;
+        w->nwritten = nt;
+        return 0;
+    }
     vbd_co_move_to(cv->dst_home);
     for (unsigned i = 0; i < nt; i++) {
         struct vbd_split_write *t = &w->sw[i];
@@ -458,6 +495,7 @@ static void convert_worker(void *opaque)
     if (cv->split) {
         w->nsw = (unsigned)imageops_runs_max(cv->o, cv->o->chunk_size) + 4;
         w->sw = vbd_xcalloc(w->nsw, sizeof(*w->sw));
+        w->written = vbd_xcalloc(w->nsw, sizeof(*w->written));
         w->swrc = vbd_xcalloc(w->nsw, sizeof(*w->swrc));
     }
     for (;;) {
@@ -514,11 +552,23 @@ static void convert_worker(void *opaque)
             break;
         }
     }
-    free(w->sw);
-    free(w->swrc);
     free(runs);
     free(buf);
     vbd_co_move_to(home);
+    /* split: home is the target's (vbd_co_convert) */
+    if (w->nwritten) {
+        struct vbd_error *err = NULL;
+        int rc = split_link_written(w, &err);
+        if (rc < 0) {
+            claim_lock(cv);
+            convert_fail(cv, rc, err);
+            claim_unlock(cv);
+        }
+    }
+    free(w->sw);
+    free(w->written);
+    free(w->swrc);
+    w->sw = w->written = NULL;
     if (--cv->running == 0)
         vbd_co_queue_wake_all(&cv->done_q);
     vbd_co_queue_wake_all(&cv->order_q);

@@ -10,7 +10,8 @@ qemu-io -f raw -c 'write -P 1 0 1M' -c 'write -P 2 10M 4k' -c 'write -P 0 20M 1M
     -c 'write -P 4 255M 1M' "$src" >/dev/null
 # -t none too: a target whose writes are page-cache copies made inline
 # (buffered, or tmpfs even with O_DIRECT) is written in order with at most
-# 8 requests whatever -m/-W say; O_DIRECT to a disk keeps both. The
+# 8 requests whatever -m/-W say (unless threads copy: then -W is kept, see
+# img-convert-split.sh); O_DIRECT to a disk keeps both. The
 # targets: $T (a disk here) and, where it is tmpfs, /dev/shm.
 dirs=$T
 if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
