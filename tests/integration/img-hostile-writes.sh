@@ -8,6 +8,12 @@
 #   over the block's data (or the metadata: the image no longer opened).
 #   QEMU 7.2 refuses such a write ("write failed: Invalid argument"); so
 #   does vbd now, and writes into allocated blocks still work.
+# - monolithicSparse vmdk whose header gives the embedded descriptor more
+#   room (desc_size) than lies before the grain directories: the first
+#   write rewrote the descriptor (its new CID) zero-padded to that room,
+#   wiping the redundant and primary grain directories, the grain tables
+#   and the grains behind them. QEMU 7.2 rewrites only the descriptor's
+#   own bytes; vbd's room now ends where the tables or the grains begin.
 # Each case: QEMU's behaviour on the same image, vbd's, the old data read
 # back by qemu-io, qemu-img check clean where it checks the format.
 source "$(dirname "$0")/lib.sh"
@@ -54,4 +60,30 @@ for where in block0 meta; do
     out=$(qemu-img check -f vhdx v.vhdx 2>&1) || fail "$where: qemu-img check after vbd's writes: $out"
 done
 
+step "vmdk: a descriptor size reaching over the grain directories: the first write keeps them (and the grains)"
+must qemu-img create -q -f vmdk s.vmdk 1M
+must qemu-io -f vmdk -c 'write -P 0x11 0 64k' -c 'write -P 0x12 192k 64k' s.vmdk >/dev/null
+python3 - s.vmdk <<'EOF' || fail "patching s.vmdk"
+import struct, sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+desc_off, desc_size = struct.unpack_from('<QQ', b, 28)
+rgd, gd, grains = struct.unpack_from('<QQQ', b, 48)
+assert (desc_off, desc_size) == (1, 20) and desc_off + desc_size <= rgd < gd < grains, (desc_off, desc_size, rgd, gd, grains)
+struct.pack_into('<Q', b, 36, 2048)  # 1 MiB: over both directories, the tables and the grains
+open(sys.argv[1], 'wb').write(b)
+EOF
+must cp s.vmdk q.vmdk
+cid() { python3 -c 'import re,sys; print(re.search(rb"\nCID=(\w+)", open(sys.argv[1], "rb").read(20480)).group(1).decode())' "$1"; }
+cid0=$(cid s.vmdk)
+must qemu-io -f vmdk -c 'write -P 0x22 512k 4k' q.vmdk >/dev/null
+out=$(qemu-io -r -f vmdk -c 'read -P 0x11 0 64k' -c 'read -P 0x12 192k 64k' -c 'read -P 0x22 512k 4k' q.vmdk 2>&1)
+case $out in *fail*|*Pattern*) fail "qemu-io lost data itself: $out" ;; esac
+must "$VBD_IO" -f vmdk -c 'write -P 0x22 512k 4k' s.vmdk >/dev/null
+out=$(qemu-io -r -f vmdk -c 'read -P 0x11 0 64k' -c 'read -P 0x12 192k 64k' -c 'read -P 0x22 512k 4k' s.vmdk 2>&1) ||
+    fail "qemu-io cannot read the image after vbd's write: $out"
+case $out in *fail*|*Pattern*) fail "vbd's first write destroyed other data: $out" ;; esac
+out=$("$VBD_IO" -r -f vmdk -c 'read -P 0x11 0 64k' -c 'read -P 0x12 192k 64k' s.vmdk 2>&1) || fail "vbd-io read back: $out"
+qcheck -f vmdk s.vmdk
+# the CID still changes on the first write (QEMU's rule): the descriptor's own sectors have room
+[ "$(cid s.vmdk)" != "$cid0" ] || fail "the first write left the CID at $cid0"
 echo OK
