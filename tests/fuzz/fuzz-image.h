@@ -29,6 +29,9 @@ struct fuzz_image {
     bool quiet_check;    /* check reports on stderr, as qemu-img's: keep it quiet */
     bool no_backing;     /* "backing": null, never follow a backing name from the input */
     const char *l2_cache_size;
+    /* A node opened read-write (and written) reads the same once closed and
+     * reopened read-only: what the driver kept in memory is what it wrote. */
+    bool persist;
     /* A private directory for the image (f.DRIVER in it), so that names in
      * the input (extent files) can reach only what the target puts there. */
     bool private_dir;
@@ -64,6 +67,10 @@ void fuzz_image_check(struct fuzz_job *j, struct vbd_node *n, unsigned fix);
  * offset goes on with the next. */
 void fuzz_image_write_back(struct fuzz_job *j, struct vbd_node *n, const uint64_t *offs, size_t count,
                            uint64_t len, uint64_t zero);
+/* Drops n, a read-write node; then the image, reopened read-only, must read
+ * what n read before it was closed (abort if not). A reopen that fails, or
+ * reads that fail, end it quietly: other steps judge those. */
+void fuzz_image_unref_compare(struct fuzz_job *j, struct vbd_node *n);
 
 void fuzz_put_le32(uint8_t *p, uint32_t v);
 void fuzz_put_le64(uint8_t *p, uint64_t v);

@@ -245,6 +245,7 @@ static const struct fuzz_image vhdx = {
     .synth = vhdx_synth,
     .inspect = vhdx_inspect,
     .after = vhdx_after,
+    .persist = true,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -39,7 +39,7 @@ static void vmdk_after(struct fuzz_job *j)
     if (n) {
         static const uint64_t offs[] = {GRAIN - 1000, 300 * (uint64_t)GRAIN + 7, 100, (uint64_t)GTES * GRAIN - 10};
         fuzz_image_write_back(j, n, offs, sizeof(offs) / sizeof(offs[0]), 9000, GRAIN);
-        vbd_node_unref(n);
+        fuzz_image_unref_compare(j, n);
     }
 }
 

@@ -441,11 +441,23 @@ out:
 /* Set BAT entry idx to entry through the log (see the top of the file):
  * the in-memory entry changes only once the change is on disk, so that
  * other requests see the block only when it is there for good. */
+/* Whether the log can hold one entry of a BAT update (a header sector and
+ * a data sector). A header may say length 0 (no log) with any offset, as
+ * the spec allows for an image that is never written: the offset is then
+ * no region of its own, and an entry written there lands on whatever is
+ * (checked at open only when the length is not 0). */
+bool vhdx_log_has_room(const struct vhdx_state *s)
+{
+    return s->log_length >= 2 * VHDX_LOG_SECTOR;
+}
+
 int vhdx_log_write_bat_entry(struct vbd_node *n, struct vhdx_state *s, uint64_t idx, uint64_t entry)
 {
     uint64_t sector_index = idx * 8 / VHDX_LOG_SECTOR;
     uint8_t log_guid[16];
     int rc = 0;
+    if (!vhdx_log_has_room(s))
+        return -EINVAL;
     vhdx_guid_generate(log_guid);
     rc = vhdx_update_headers(n, s, false, log_guid);
     if (rc < 0)

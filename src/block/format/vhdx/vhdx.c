@@ -728,6 +728,14 @@ static int alloc_write(struct vbd_node *n, uint64_t off, uint64_t len, struct vb
         vbd_co_mutex_unlock(&s->lock);
         return vbd_node_co_pwritev(n->file, (e & BAT_OFFSET_MASK) + in, len, q, qoff, flags);
     }
+    if (!vhdx_log_has_room(s)) {
+        /* the BAT entry goes through the log: without one (length 0), its
+         * offset names no space of its own, perhaps a block or the
+         * metadata. QEMU 7.2 refuses the write too (EINVAL). */
+        vbd_node_report_corruption(n, "vhdx: no log to update the BAT through", -1, -1, false);
+        rc = -EINVAL;
+        goto out;
+    }
     uint64_t idx = bat_index(s, off / s->block_size);
     uint64_t block = (s->alloc_end + MiB - 1) & ~(MiB - 1);
     uint64_t end = block + s->block_size;

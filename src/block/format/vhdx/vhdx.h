@@ -111,6 +111,7 @@ void vhdx_guid_generate(uint8_t *g);
 int vhdx_read_headers(struct vbd_node *n, struct vhdx_state *s, struct vbd_error **err);
 int vhdx_update_headers(struct vbd_node *n, struct vhdx_state *s, bool new_data_guid, const uint8_t *log_guid);
 int vhdx_log_replay(struct vbd_node *n, struct vhdx_state *s, struct vbd_error **err);
+bool vhdx_log_has_room(const struct vhdx_state *s);
 int vhdx_log_write_bat_entry(struct vbd_node *n, struct vhdx_state *s, uint64_t idx, uint64_t entry);
 extern const struct vbd_opt_desc vhdx_create_opts[];
 int vhdx_co_create(const char *filename, struct json_object *opts, struct vbd_error **err);

@@ -157,6 +157,40 @@ static char *desc_with_cid(const char *desc, uint32_t cid)
     return out;
 }
 
+/* ---------- the embedded descriptor's room ---------- */
+
+/* Ends *end at [start, stop) if that overlaps [off, *end). */
+static void clip_room(uint64_t off, uint64_t *end, uint64_t start, uint64_t stop)
+{
+    if (start < *end && stop > off)
+        *end = start > off ? start : off;
+}
+
+/* The bytes from off (an embedded descriptor in extent e's file, room
+ * bytes by its header) that hold nothing else: the room ends where a
+ * grain directory, a grain table or the grains begin (0 if the descriptor
+ * starts inside one). The header's descriptor size is only a claim: one
+ * that reached over the directories had the first write's CID update
+ * rewrite them, the tables and grains behind them too. */
+static uint64_t desc_room_of(const struct vmdk_extent *e, uint64_t off, uint64_t room)
+{
+    uint64_t end = off + room;
+    uint64_t tb = div_up((uint64_t)e->gtes * 4, SECTOR) * SECTOR;
+    uint64_t db = div_up((uint64_t)e->gd_entries * 4, SECTOR) * SECTOR;
+    if (e->data_start)
+        clip_room(off, &end, e->data_start, UINT64_MAX);
+    clip_room(off, &end, e->gd_off, e->gd_off + db);
+    if (e->rgd)
+        clip_room(off, &end, e->rgd_off, e->rgd_off + db);
+    for (uint32_t i = 0; i < e->gd_entries; i++) {
+        if (e->gd[i])
+            clip_room(off, &end, (uint64_t)e->gd[i] * SECTOR, (uint64_t)e->gd[i] * SECTOR + tb);
+        if (e->rgd && e->rgd[i])
+            clip_room(off, &end, (uint64_t)e->rgd[i] * SECTOR, (uint64_t)e->rgd[i] * SECTOR + tb);
+    }
+    return end - off;
+}
+
 /* ---------- extents: lookup ---------- */
 
 static struct vmdk_extent *find_extent(struct vmdk_state *s, uint64_t off)
@@ -506,14 +540,21 @@ static int update_cid(struct vbd_node *n)
     char *nd = desc_with_cid(s->desc, cid);
     size_t len = strlen(nd);
     int rc;
-    if (s->desc_room) {
+    if (s->desc_off) { /* embedded in a sparse file */
         if (len > s->desc_room) {
             free(nd);
             return 0; /* no room: leave the old CID, as the data is what matters */
         }
-        uint8_t *buf = calloc(1, s->desc_room);
+        /* the new text over the old one, zero-padded to the old one's end
+         * (within the room): what lies after it is left alone, as QEMU
+         * rewrites only the descriptor's bytes */
+        size_t old = strlen(s->desc);
+        size_t span = len > old ? len : old;
+        if (span > s->desc_room)
+            span = s->desc_room;
+        uint8_t *buf = calloc(1, span);
         memcpy(buf, nd, len);
-        rc = vbd_node_co_pwrite(n->file, s->desc_off, buf, s->desc_room, 0);
+        rc = vbd_node_co_pwrite(n->file, s->desc_off, buf, span, 0);
         free(buf);
     } else {
         rc = vbd_node_co_pwrite(n->file, 0, nd, len, 0);
@@ -1241,6 +1282,7 @@ static int vmdk_open_inner(struct vbd_node *n, struct json_object *opts, unsigne
                     s->desc_room = SECTOR;
                 if (!(s->desc = read_desc(n, s->desc_off, s->desc_room, err)))
                     return -EIO;
+                s->desc_room = desc_room_of(e, s->desc_off, s->desc_room);
             }
         }
     } else {

@@ -66,8 +66,8 @@ struct vmdk_state {
     char create_type[64];
     uint32_t cid, parent_cid;
     char *desc;            /* descriptor text (NUL-terminated) */
-    uint64_t desc_off;     /* where it lives in n->file */
-    uint64_t desc_room;    /* embedded: bytes reserved for it; 0 = a descriptor file */
+    uint64_t desc_off;     /* where it lives in n->file; 0: n->file is a descriptor file */
+    uint64_t desc_room;    /* embedded: bytes it may fill (up to the tables, grains) */
     bool cid_updated, backing_checked, backing_ok;
     bool read_only;
     bool stream_ro;        /* an extent has its GD at the end: writes refused */
