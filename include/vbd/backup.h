@@ -13,6 +13,11 @@ enum vbd_bitmap_sync_mode { VBD_BITMAP_SYNC_ON_SUCCESS, VBD_BITMAP_SYNC_NEVER, V
 struct vbd_backup_opts {
     enum vbd_backup_sync sync;
     struct vbd_dirty_bitmap *bitmap; /* NULL: none */
+    /* or a persistent (qcow2) bitmap, the driver's: the node that holds it
+     * and its name (QEMU loads those as in-memory bitmaps; vbd leaves them
+     * with their driver and changes them through co_bitmap_change) */
+    struct vbd_node *persistent_node;
+    const char *persistent_name;
     enum vbd_bitmap_sync_mode bitmap_mode;
     bool compress;
     uint64_t speed;
@@ -34,5 +39,9 @@ struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, s
 /* Is j a backup job whose source is n? (Another backup of n may start:
  * each hooks n's writes, as QEMU stacks their copy-before-write nodes.) */
 bool vbd_backup_job_reads(struct vbd_job *j, struct vbd_node *n);
+
+/* Does a backup job use n's persistent bitmap `name`? (busy: QMP refuses
+ * to change it, as QEMU's frozen bitmap) */
+bool vbd_backup_uses_persistent_bitmap(struct vbd_node *n, const char *name);
 
 #endif

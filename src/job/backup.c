@@ -14,8 +14,13 @@
  * The bitmap: its bits at the start are what is copied; from then on it
  * records the writes after the start, and on failure (or with
  * bitmap-mode=never) the bits taken are given back, as QEMU's frozen
- * bitmap and successor do. If saving old data for a guest write fails,
- * the write goes on and the job fails with that error.
+ * bitmap and successor do. A persistent (qcow2) bitmap works the same
+ * through its driver: its dirty ranges are read and it is cleared at the
+ * start, and the ranges given back are merged into it, each change with
+ * the node's exports drained (the driver stores and reloads its bitmaps
+ * around a change: a write in flight then would be marked in neither).
+ * If saving old data for a guest write fails, the write goes on and the
+ * job fails with that error.
  */
 #include "job-internal.h"
 
@@ -54,7 +59,66 @@ struct backup {
     struct vbd_co_queue worker_wait;
     struct vbd_loop *loop;
     struct vbd_node *filter; /* filter-node-name's copy-before-write node, or NULL */
+    /* a persistent bitmap instead of o.bitmap: its node (a reference), its
+     * name and its dirty (offset, length) ranges at the start */
+    struct vbd_node *pnode;
+    char *pname;
+    uint64_t (*pranges)[2];
+    size_t npranges;
 };
+
+struct ranges {
+    uint64_t (*r)[2];
+    size_t n, cap;
+};
+
+static void ranges_add(struct ranges *rs, uint64_t off, uint64_t len)
+{
+    if (rs->n && rs->r[rs->n - 1][0] + rs->r[rs->n - 1][1] == off) {
+        rs->r[rs->n - 1][1] += len;
+        return;
+    }
+    if (rs->n == rs->cap) {
+        rs->cap = rs->cap ? 2 * rs->cap : 16;
+        rs->r = vbd_xrealloc(rs->r, rs->cap * sizeof(*rs->r));
+    }
+    rs->r[rs->n][0] = off;
+    rs->r[rs->n++][1] = len;
+}
+
+/* A change of persistent bitmap `name` of n through its driver, every
+ * export over n drained meanwhile (the driver stores its bitmaps, changes
+ * its directory and loads them again: a write marked in between is lost). */
+static int persistent_change(struct vbd_node *n, const char *name, enum vbd_bitmap_action action,
+                             const struct ranges *rs, struct vbd_error **err)
+{
+    struct vbd_bitmap_op op = {.action = action, .name = name};
+    if (rs) {
+        if (!rs->n)
+            return 0;
+        op.ranges = (const uint64_t(*)[2])rs->r;
+        op.nranges = rs->n;
+    }
+    struct vbd_daemon_drain d;
+    vbd_daemon_co_drain_begin(n, &d);
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    int rc = n->drv->co_bitmap_change(n, &op, err);
+    vbd_node_co_leave_home(origin);
+    vbd_daemon_drain_end(&d);
+    return rc;
+}
+
+/* Gives ranges back to the persistent bitmap; a failure is reported (the
+ * job's end cannot fail any more): the next incremental backup would miss
+ * them, so the user must know. */
+static void persistent_give_back(struct backup *b, const struct ranges *rs)
+{
+    struct vbd_error *e = NULL;
+    if (persistent_change(b->pnode, b->pname, VBD_BITMAP_MERGE, rs, &e) < 0)
+        vbd_error_report("backup job '%s': the dirty bits of bitmap '%s' could not be given back: %s", b->job->id,
+                         b->pname, e ? e->msg : "failed");
+    vbd_error_free(e);
+}
 
 static void hook_begin(struct vbd_write_hook *h, struct vbd_hooked_write *w)
 {
@@ -200,6 +264,11 @@ static int backup_run(struct vbd_job *job, struct vbd_error **err)
 /* Give the bitmap back the bits taken at the start (all, or those not copied). */
 static void bitmap_restore(struct backup *b, bool only_uncopied)
 {
+    if (b->pnode) {
+        struct ranges rs = {.r = b->pranges, .n = b->npranges};
+        persistent_give_back(b, &rs);
+        return;
+    }
     if (!b->saved)
         return;
     for (uint64_t i = 0; i < b->saved_n; i++)
@@ -213,14 +282,14 @@ static void bitmap_restore(struct backup *b, bool only_uncopied)
 static void backup_commit(struct vbd_job *job)
 {
     struct backup *b = job->opaque;
-    if (b->o.bitmap && b->o.bitmap_mode == VBD_BITMAP_SYNC_NEVER)
+    if ((b->o.bitmap || b->pnode) && b->o.bitmap_mode == VBD_BITMAP_SYNC_NEVER)
         bitmap_restore(b, false);
 }
 
 static void backup_abort(struct vbd_job *job)
 {
     struct backup *b = job->opaque;
-    if (!b->o.bitmap)
+    if (!b->o.bitmap && !b->pnode)
         return;
     if (b->o.bitmap_mode != VBD_BITMAP_SYNC_ALWAYS) {
         bitmap_restore(b, false);
@@ -230,6 +299,19 @@ static void backup_abort(struct vbd_job *job)
      * merges block-copy's bitmap in: all of it for a full backup that
      * never ran), on top of the writes recorded since the start */
     uint64_t size = vbd_node_size(b->source);
+    if (b->pnode) {
+        /* per copy cluster: the bitmap marks each granule one touches */
+        struct ranges rs = {0};
+        uint64_t cl = vbd_cbw_cluster(b->cbw);
+        for (uint64_t off = 0; off < size; off += cl) {
+            uint64_t len = size - off < cl ? size - off : cl;
+            if (vbd_cbw_todo_bytes(b->cbw, off, len))
+                ranges_add(&rs, off, len);
+        }
+        persistent_give_back(b, &rs);
+        free(rs.r);
+        return;
+    }
     for (uint64_t off = 0; off < size; off += b->saved_gran) {
         uint64_t len = size - off < b->saved_gran ? size - off : b->saved_gran;
         if (vbd_cbw_todo_bytes(b->cbw, off, len))
@@ -246,6 +328,13 @@ static void release(struct backup *b)
     if (b->o.bitmap)
         vbd_dirty_bitmap_set_busy(b->o.bitmap, false);
     b->o.bitmap = NULL;
+    if (b->pnode)
+        vbd_node_unref(b->pnode);
+    b->pnode = NULL;
+    free(b->pname);
+    b->pname = NULL;
+    free(b->pranges);
+    b->pranges = NULL;
     if (b->source)
         vbd_node_unref(b->source);
     if (b->target)
@@ -310,18 +399,69 @@ bool vbd_backup_job_reads(struct vbd_job *j, struct vbd_node *n)
     return j->drv == &backup_driver && j->opaque && ((struct backup *)j->opaque)->source == n;
 }
 
+bool vbd_backup_uses_persistent_bitmap(struct vbd_node *n, const char *name)
+{
+    for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j)) {
+        struct backup *b = j->drv == &backup_driver ? j->opaque : NULL;
+        if (b && b->pnode == n && !strcmp(b->pname, name))
+            return true;
+    }
+    return false;
+}
+
+/* The persistent bitmap's dirty ranges now, then the bitmap cleared (it
+ * records the writes after this point): 0, or -errno with err set. */
+static int persistent_take(struct vbd_node *n, const char *name, struct ranges *rs, struct vbd_qmp_error *err)
+{
+    uint64_t size = vbd_node_size(n), pnum = 0;
+    int st = 0;
+    for (uint64_t off = 0; off < size; off += pnum) {
+        st = vbd_node_co_persistent_bitmap_status(n, name, off, size - off, &pnum);
+        if (st < 0 || !pnum)
+            break;
+        if (st)
+            ranges_add(rs, off, pnum);
+    }
+    struct vbd_error *e = NULL;
+    if (st >= 0 && (st = persistent_change(n, name, VBD_BITMAP_CLEAR, NULL, &e)) >= 0)
+        return 0;
+    if (st == -EINVAL && !e)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' is inconsistent and cannot be used", name);
+    else
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s': %s", name, e ? e->msg : strerror(-st));
+    vbd_error_free(e);
+    free(rs->r);
+    *rs = (struct ranges){0};
+    return st;
+}
+
 struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, struct vbd_node *target,
                                   const struct vbd_backup_opts *o, struct vbd_qmp_error *err)
 {
+    /* a persistent bitmap's bits taken first: this is the point in time
+     * (the caller drained the source); given back if the job is not made */
+    struct ranges taken = {0};
+    if (o->persistent_node && persistent_take(o->persistent_node, o->persistent_name, &taken, err) < 0)
+        return NULL;
     /* QEMU's order: the filter, then the job */
     struct vbd_node *filter = NULL;
-    if (job_filter_insert(JOB_FILTER_BACKUP, source, o->filter_node_name, NULL, &filter, err) < 0)
-        return NULL;
-    /* the job core has one policy: the target's, QEMU's usual culprit */
-    struct vbd_job *job = vbd_job_create(&backup_driver, job_id, o->auto_finalize, o->auto_dismiss, o->speed,
-                                         o->on_target_error, err);
+    struct vbd_job *job = NULL;
+    if (job_filter_insert(JOB_FILTER_BACKUP, source, o->filter_node_name, NULL, &filter, err) == 0) {
+        /* the job core has one policy: the target's, QEMU's usual culprit */
+        job = vbd_job_create(&backup_driver, job_id, o->auto_finalize, o->auto_dismiss, o->speed, o->on_target_error,
+                             err);
+        if (!job)
+            job_filter_co_remove(&filter);
+    }
     if (!job) {
-        job_filter_co_remove(&filter);
+        if (o->persistent_node) {
+            struct vbd_error *e = NULL;
+            if (persistent_change(o->persistent_node, o->persistent_name, VBD_BITMAP_MERGE, &taken, &e) < 0)
+                vbd_error_report("bitmap '%s': its dirty bits could not be given back: %s", o->persistent_name,
+                                 e ? e->msg : "failed");
+            vbd_error_free(e);
+        }
+        free(taken.r);
         return NULL;
     }
     if (o->txn)
@@ -338,6 +478,25 @@ struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, s
     struct vbd_dirty_bitmap *select = o->sync == VBD_BACKUP_BITMAP ? o->bitmap : NULL;
     b->cbw = vbd_cbw_new(source, target, vbd_cbw_default_cluster(target), select);
     vbd_cbw_set_compress(b->cbw, o->compress);
+    if (o->persistent_node) {
+        vbd_node_ref(o->persistent_node);
+        b->pnode = o->persistent_node;
+        b->pname = vbd_xstrdup(o->persistent_name);
+        b->pranges = taken.r;
+        b->npranges = taken.n;
+        b->o.persistent_name = b->pname;
+        if (o->sync == VBD_BACKUP_BITMAP) {
+            /* only the copy clusters a dirty range touches are to copy */
+            uint64_t cl = vbd_cbw_cluster(b->cbw), size = vbd_node_size(source);
+            size_t k = 0;
+            for (uint64_t off = 0; off < size; off += cl) {
+                while (k < taken.n && taken.r[k][0] + taken.r[k][1] <= off)
+                    k++;
+                if (k == taken.n || taken.r[k][0] >= off + cl)
+                    vbd_cbw_forget(b->cbw, off, size - off < cl ? size - off : cl);
+            }
+        }
+    }
     if (o->bitmap) {
         /* the bits taken now; the bitmap goes on recording the writes after this point */
         uint64_t size = vbd_node_size(source), pnum = 0;

@@ -17,7 +17,9 @@
 #include "vbd/block.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
+#include "vbd/nbd.h"
 
+#include <errno.h>
 #include <json-c/json.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +84,22 @@ static enum vbd_on_error on_error(struct json_object *args, const char *key)
     return v == VBD_ON_ERROR_AUTO ? VBD_ON_ERROR_REPORT : (enum vbd_on_error)v;
 }
 
+/* The node holding persistent bitmap `name`, looked for as an NBD export
+ * looks: n, then down its chain (a filter's child, a format's backing);
+ * *st: the bitmap's status (-EINVAL: inconsistent). NULL: none has it. */
+static struct vbd_node *persistent_owner(struct vbd_node *n, const char *name, int *st)
+{
+    for (; n; n = n->drv->kind == VBD_DRV_FILTER ? n->file : n->backing) {
+        uint64_t pnum;
+        int rc = vbd_node_co_persistent_bitmap_status(n, name, 0, 1, &pnum);
+        if (rc != -ENOENT) {
+            *st = rc;
+            return n;
+        }
+    }
+    return NULL;
+}
+
 /* The options and checks both actions share, then the job, created not
  * started (enums checked by backup_check; bs and target looked up by the
  * caller). */
@@ -124,17 +142,27 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
         has_mode = true;
     }
     if (bitmap) {
-        if (!(o.bitmap = vbd_dirty_bitmap_find_below(bs, bitmap, NULL))) {
+        int pst = 0;
+        if (!(o.bitmap = vbd_dirty_bitmap_find_below(bs, bitmap, NULL)) &&
+            !(o.persistent_node = persistent_owner(bs, bitmap, &pst))) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' could not be found", bitmap);
             return NULL;
         }
+        o.persistent_name = bitmap;
         if (!has_mode) { /* sync=bitmap too: QEMU has no default */
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap sync mode must be given when providing a bitmap");
             return NULL;
         }
-        if (vbd_dirty_bitmap_busy(o.bitmap)) {
+        /* QEMU's bdrv_dirty_bitmap_check: busy, then inconsistent */
+        if (o.bitmap ? vbd_dirty_bitmap_busy(o.bitmap)
+                     : vbd_backup_uses_persistent_bitmap(o.persistent_node, bitmap) ||
+                           vbd_nbd_bitmap_exported(o.persistent_node, bitmap)) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                                "Bitmap '%s' is currently in use by another operation and cannot be used", bitmap);
+            return NULL;
+        }
+        if (pst == -EINVAL) { /* in use on disk: a crash left it */
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' is inconsistent and cannot be used", bitmap);
             return NULL;
         }
         if (o.sync == VBD_BACKUP_NONE) {

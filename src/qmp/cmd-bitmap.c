@@ -16,6 +16,7 @@
 #include "qmp/snapshot.h"
 
 #include "vbd/alloc.h"
+#include "vbd/backup.h"
 #include "vbd/block.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
@@ -220,7 +221,8 @@ static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, con
         not_found(name, -ENOENT, err);
         return NULL;
     }
-    if (vbd_nbd_bitmap_exported(n, name)) { /* QEMU's bdrv_dirty_bitmap_check: busy before read-only */
+    /* QEMU's bdrv_dirty_bitmap_check: busy (exported, or frozen by a backup) before read-only */
+    if (vbd_nbd_bitmap_exported(n, name) || vbd_backup_uses_persistent_bitmap(n, name)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Bitmap '%s' is currently in use by another operation and cannot be used", name);
         return NULL;

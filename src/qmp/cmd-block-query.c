@@ -9,6 +9,7 @@
 
 #include "daemon/objects.h"
 #include "vbd/backend.h"
+#include "vbd/backup.h"
 #include "vbd/block.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
@@ -148,7 +149,8 @@ static struct json_object *dirty_bitmaps(struct vbd_node *n, struct json_object 
         add_str(d, "name", name);
         add_bool(d, "recording", recording);
         add_bool(d, "persistent", true);
-        add_bool(d, "busy", vbd_nbd_bitmap_exported(n, name)); /* as QEMU's, busy while an NBD export serves it */
+        /* as QEMU's, busy while an NBD export serves it or a backup job uses it */
+        add_bool(d, "busy", vbd_nbd_bitmap_exported(n, name) || vbd_backup_uses_persistent_bitmap(n, name));
         add_int(d, "count", (int64_t)count);
         add_int(d, "granularity", json_object_object_get_ex(b, "granularity", &v) ? json_object_get_int64(v) : 0);
         if (inconsistent)

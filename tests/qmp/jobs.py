@@ -70,6 +70,42 @@ class Session:
         if self.job(jid):
             fail(f"{self.who}: job {jid} still listed after auto-dismiss")
 
+    def job_end(self, jid, timeout=300):
+        """Waits for job jid to go away (auto-dismiss), whatever events came
+        between: True if BLOCK_JOB_COMPLETED came for it, False if
+        BLOCK_JOB_CANCELLED; fails on a job error."""
+        import time
+        done, deadline = None, time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.m.events):
+                d = ev.get("data", {})
+                if ev["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED") and d.get("device") == jid:
+                    if "error" in d:
+                        fail(f"{self.who}: {ev}")
+                    done = ev["event"] == "BLOCK_JOB_COMPLETED"
+                if ev["event"] == "JOB_STATUS_CHANGE" and d["id"] == jid and d["status"] == "null":
+                    self.m.events = [e for e in self.m.events[:i] if jid not in (e.get("data", {}).get("id"),
+                                     e.get("data", {}).get("device"))] + self.m.events[i + 1:]
+                    self.m.sock.settimeout(60)
+                    if done is None:
+                        fail(f"{self.who}: job {jid} ended without BLOCK_JOB_COMPLETED or _CANCELLED")
+                    return done
+            if time.monotonic() > deadline:
+                fail(f"{self.who}: job {jid} still there after {timeout} s: {self.job(jid)}")
+            self.m.sock.settimeout(max(1.0, deadline - time.monotonic()))
+            msg = self.m._read()  # the next event, queued in order
+            if "event" not in msg:
+                fail(f"{self.who}: a reply to no request: {msg}")
+            self.m.events.append(msg)
+
+    def on_job(self, jid, cmd, **args):
+        """cmd on job jid, unless the job has ended meanwhile (a short one
+        may): True if it was done."""
+        r = self.m.cmd(cmd, args)
+        if "error" in r and self.job(jid):
+            fail(f"{self.who}: {cmd} {json.dumps(args)}: {r['error']}")
+        return "error" not in r
+
     def complete_across(self, jid, writers):
         """job-complete on READY job jid while `writers` (a Popen of
         vbd-stress) run: once their writes reach the job (its total grows

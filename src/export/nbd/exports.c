@@ -5,6 +5,7 @@
 
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
+#include "vbd/backup.h"
 #include "vbd/block.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
@@ -185,7 +186,9 @@ static int take_bitmaps(struct json_object *opts, struct vbd_node *n, const char
                      ? -ENOENT
                      : mem[k] ? 0 : vbd_node_co_persistent_bitmap_status(owners[k], names[k], 0, 1, &pnum);
         k++;
-        if (mem[k - 1] ? vbd_dirty_bitmap_busy(mem[k - 1]) : vbd_nbd_bitmap_exported(owners[k - 1], names[k - 1])) {
+        if (mem[k - 1] ? vbd_dirty_bitmap_busy(mem[k - 1])
+                       : vbd_nbd_bitmap_exported(owners[k - 1], names[k - 1]) ||
+                             vbd_backup_uses_persistent_bitmap(owners[k - 1], names[k - 1])) {
             vbd_error_setf(err, EBUSY, "Bitmap '%s' is currently in use by another operation and cannot be used",
                            names[k - 1]);
             rc = -EBUSY;
