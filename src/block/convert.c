@@ -331,6 +331,7 @@ struct convert_worker {
      * with sw */
     struct vbd_split_write *written;
     unsigned nwritten;
+    uint64_t written_chunk; /* their chunk's offset, which a failed link names */
 };
 
 /* A failed write of the chunk at off: qemu-img's words, which name the
@@ -350,10 +351,9 @@ static int split_link_written(struct convert_worker *w, struct vbd_error **err)
     struct convert *cv = w->cv;
     int rc = 0;
     for (unsigned i = 0; i < w->nwritten; i++) {
-        uint64_t toff = w->written[i].off;
         int crc = vbd_node_co_write_commit(cv->dst, &w->written[i], 0);
         if (crc < 0 && rc == 0)
-            rc = split_error(err, crc, cv->dst, toff);
+            rc = write_error(err, crc, w->written_chunk);
     }
     w->nwritten = 0;
     return rc;
@@ -448,6 +448,7 @@ static int split_write(struct convert_worker *w, uint64_t off, uint64_t len, boo
         w->written = w->sw;
         w->sw = t;
         w->nwritten = nt;
+        w->written_chunk = off;
         return 0;
     }
     vbd_co_move_to(cv->dst_home);
