@@ -35,13 +35,17 @@ static int send_opt_error(struct nbd_conn *c, uint32_t opt, uint32_t type, const
     return send_opt_reply(c, opt, type, msg, (uint32_t)strlen(msg));
 }
 
-static uint16_t export_flags(struct nbd_export *e)
+static uint16_t export_flags(const struct nbd_conn *c, struct nbd_export *e)
 {
-    /* QEMU 7.2's flags: FUA even when read-only; multi-conn (a flush goes
-     * to the shared node, so it covers every connection) unless the server
-     * takes one connection only (qemu-nbd's default -e 1), where a client
-     * trusting it would open connections that are refused */
-    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_CACHE;
+    /* QEMU 7.2's flags: FUA even when read-only; DF only once structured
+     * replies are negotiated (the NBD spec: the flag MUST be clear
+     * otherwise); multi-conn (a flush goes to the shared node, so it covers
+     * every connection) unless the server takes one connection only
+     * (qemu-nbd's default -e 1), where a client trusting it would open
+     * connections that are refused */
+    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_CACHE;
+    if (c->structured)
+        f |= NBD_FLAG_SEND_DF;
     if (srv.max_connections != 1)
         f |= NBD_FLAG_CAN_MULTI_CONN;
     if (!e->writable)
@@ -93,7 +97,7 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     int rc;
     put_be16p(buf, NBD_INFO_EXPORT);
     put_be64p(buf + 2, vbd_backend_size(e->be));
-    put_be16p(buf + 10, export_flags(e));
+    put_be16p(buf + 10, export_flags(c, e));
     if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, buf, 12)) < 0)
         return rc;
     if (want_name) {
@@ -371,7 +375,7 @@ int nbd_handshake(struct nbd_conn *c)
             }
             uint8_t r[10 + 124] = {0};
             put_be64p(r, vbd_backend_size(e->be));
-            put_be16p(r + 8, export_flags(e));
+            put_be16p(r + 8, export_flags(c, e));
             c->pinned = e;
             rc = vbd_chan_send_full(&c->ch, r, c->no_zeroes ? 10 : sizeof(r));
             c->pinned = NULL;

@@ -1014,21 +1014,28 @@ static void request_co(void *opaque)
     request_done(c, r);
 }
 
-static bool flags_valid(uint16_t type, uint16_t flags)
+/* The NBD spec: with NBD_FLAG_SEND_FUA advertised (always, as QEMU) a
+ * server MUST accept FUA on every command, ignoring it where nothing is
+ * written (libnbd and the kernel client have set it on flushes); DF only
+ * with structured replies, where it is advertised (qemu-nbd: EINVAL). */
+static bool flags_valid(const struct nbd_conn *c, uint16_t type, uint16_t flags)
 {
     static const uint16_t allowed[] = {
         [NBD_CMD_READ] = NBD_CMD_FLAG_DF,
-        [NBD_CMD_WRITE] = NBD_CMD_FLAG_FUA,
+        [NBD_CMD_WRITE] = 0,
         [NBD_CMD_DISC] = 0,
         [NBD_CMD_FLUSH] = 0,
-        [NBD_CMD_TRIM] = NBD_CMD_FLAG_FUA,
+        [NBD_CMD_TRIM] = 0,
         [NBD_CMD_CACHE] = 0,
-        [NBD_CMD_WRITE_ZEROES] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+        [NBD_CMD_WRITE_ZEROES] = NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
         [NBD_CMD_BLOCK_STATUS] = NBD_CMD_FLAG_REQ_ONE,
     };
     if (type > NBD_CMD_BLOCK_STATUS)
         return true; /* unknown commands get EINVAL in request_co */
-    return !(flags & ~allowed[type]);
+    uint16_t ok = allowed[type] | NBD_CMD_FLAG_FUA;
+    if (!c->structured)
+        ok &= ~NBD_CMD_FLAG_DF;
+    return !(flags & ~ok);
 }
 
 static void flusher_start(struct nbd_conn *c)
@@ -1170,7 +1177,7 @@ void nbd_transmission(struct nbd_conn *c)
             break;
         }
         batch_count(c, r);
-        if (!flags_valid(r->type, r->flags)) {
+        if (!flags_valid(c, r->type, r->flags)) {
             send_error_reply(c, r, EINVAL);
             request_done(c, r);
             continue;
