@@ -202,16 +202,16 @@ places = ["io0", "io1", None]
 for i in range(9):
     r = m.cmd("x-blockdev-set-iothread", {"node-name": "d0", "iothread": places[i % 3], "force": True})
     assert "return" in r, r
-    if i:
-        old = places[(i - 1) % 3]
+    old = places[(i - 1) % 3] if i else None
+    if old:  # the iothread the node left
         for cmd, args in (("object-del", {"id": old}), ("object-add", {"qom-type": "iothread", "id": old})):
             r = m.cmd(cmd, args)
             assert "return" in r, (i, cmd, args, r)
-    for k, s in enumerate(idle):  # a write and its read-back on each idle connection
+    for k, s in enumerate(idle):  # a write, then its read-back, on each idle connection
         data = bytes([i * 2 + k + 1]) * 4096
         off = (32 << 20) + k * 4096
-        s.sendall(P.request(P.CMD_WRITE, 1, off, 4096) + data + P.request(P.CMD_READ, 2, off, 4096))
-        for cookie in (1, 2):
+        for cookie, req in ((1, P.request(P.CMD_WRITE, 1, off, 4096) + data), (2, P.request(P.CMD_READ, 2, off, 4096))):
+            s.sendall(req)
             magic, err, got = struct.unpack(">IIQ", P.recvn(s, 16))
             assert magic == P.SIMPLE_REPLY_MAGIC and err == 0 and got == cookie, (magic, err, got)
         assert P.recvn(s, 4096) == data, f"connection {k}: read-back after move {i + 1}"
