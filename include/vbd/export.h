@@ -63,6 +63,12 @@ struct vbd_export_type {
      * to another loop while exported: "Cannot change iothread of active
      * block backend"). */
     bool node_iothread;
+    /* Optional, with node_iothread, from the main thread's coroutine after
+     * its node (or one below) moved to another loop and the drain ended:
+     * returns once its clients serve from the new loop, as qsd moves them
+     * in the move's drained section (NBD: idle connections are woken to
+     * follow at once, so object-del of the old iothread succeeds next). */
+    void (*node_moved)(struct vbd_export *exp);
 };
 
 /*

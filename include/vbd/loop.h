@@ -117,6 +117,21 @@ int vbd_co_fsync(int fd, bool datasync, enum vbd_aio aio);
 int vbd_co_fallocate(int fd, int mode, off_t off, off_t len);
 /* Wait until fd is ready for events (POLLIN/POLLOUT); returns revents or -errno. */
 int vbd_co_poll(int fd, short events);
+/* A poll wait that the loop's own thread can cut short: a connection that
+ * waits idle for its client, whose node moved to another loop, is woken
+ * to follow it (the NBD server's connections; qsd moves such a client at
+ * once). vbd_co_poll_wait waits as vbd_co_poll does, w recording the wait
+ * while it lasts; vbd_co_poll_wait_cancel (on the waiter's loop, from a
+ * coroutine or a bottom half there) ends a wait in progress, which then
+ * returns -ECANCELED, or its readiness when that came first; no wait in
+ * progress: nothing (false). w: zeroed before first use, one waiter at a
+ * time. Costs what vbd_co_poll costs; a cancel is one poll-remove. */
+struct vbd_poll_wait {
+    void *op; /* private: the wait in progress (loop.c), NULL between waits */
+    int fd;   /* private */
+};
+int vbd_co_poll_wait(struct vbd_poll_wait *w, int fd, short events);
+bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w);
 /* Sockets: non-blocking fds; these try the syscall first, then poll. They
  * return once *some* progress is made (like the syscalls) except the _full
  * variants, which return 0 only after all bytes, -errno otherwise

@@ -131,5 +131,11 @@ int vbd_chan_sendv_full(struct vbd_chan *ch, struct iovec *iov, int iovcnt);
  * waiting to receive gets -ECONNRESET, and with TLS the session can still
  * send (GnuTLS would refuse to send after it saw the end of the stream). */
 void vbd_chan_shutdown(struct vbd_chan *ch, int how);
+/* As vbd_chan_recv_full for a message the peer may be long to start (an
+ * NBD request header): the wait for its first byte is w's
+ * (vbd_co_poll_wait), so that the loop's thread can cut it short
+ * (vbd_co_poll_wait_cancel): -ECANCELED, nothing received. */
+struct vbd_poll_wait;
+int vbd_chan_recv_full_idle(struct vbd_chan *ch, void *buf, size_t len, struct vbd_poll_wait *w);
 
 #endif

@@ -441,13 +441,16 @@ static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error *
         }
     }
     struct vbd_backend **be = NULL;
+    struct vbd_daemon_export **over = NULL; /* be[i]'s export */
     int nbe = 0;
     for (struct vbd_daemon_export *e = exports; e; e = e->next) {
         struct vbd_backend *b = export_backend(e);
         for (int i = 0; b && i < cnt; i++)
             if (reaches(vbd_backend_node(b), v[i])) {
                 be = vbd_xrealloc(be, sizeof(*be) * (size_t)(nbe + 1));
-                be[nbe++] = b;
+                over = vbd_xrealloc(over, sizeof(*over) * (size_t)(nbe + 1));
+                be[nbe] = b;
+                over[nbe++] = e;
                 break;
             }
     }
@@ -457,7 +460,14 @@ static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error *
     int rc = vbd_node_co_set_home(n, loop, err);
     for (int i = 0; i < nbe; i++)
         vbd_backend_drain_end(be[i]);
+    /* exports served on their node's loop follow it before the reply (qsd
+     * moves them in its drained section; ours wait for their requests in
+     * flight, which need the drain ended) */
+    for (int i = 0; rc == 0 && i < nbe; i++)
+        if (over[i]->type->node_moved)
+            over[i]->type->node_moved(over[i]->exp);
     free(be);
+    free(over);
     return rc;
 }
 

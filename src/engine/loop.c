@@ -906,35 +906,83 @@ struct epoll_wait_op {
     int res;
 };
 
-int vbd_co_poll(int fd, short events)
+/* w: a cancellable wait (vbd_co_poll_wait), NULL for a plain one */
+static int poll_wait(int fd, short events, struct vbd_poll_wait *w)
 {
     struct vbd_loop *loop = vbd_loop_current();
+    struct co_op op = {.base.complete = co_op_complete, .co = vbd_co_self()};
+    assert(op.co && "I/O outside a coroutine");
     if (loop->uring) {
         struct io_uring_sqe *sqe = loop_sqe(loop);
         io_uring_prep_poll_add(sqe, fd, events);
-        return uring_wait(loop, sqe, false);
-    }
-    struct co_op op = {.base.complete = co_op_complete, .co = vbd_co_self()};
-    struct fdreg *r = fdreg_get(loop, fd);
-    if (events & POLLIN) {
-        if (r->in_waiter)
-            return -EBUSY;
-        r->in_waiter = &op.base;
+        io_uring_sqe_set_data(sqe, &op.base);
     } else {
-        if (r->out_waiter)
-            return -EBUSY;
-        r->out_waiter = &op.base;
+        struct fdreg *r = fdreg_get(loop, fd);
+        if (events & POLLIN) {
+            if (r->in_waiter)
+                return -EBUSY;
+            r->in_waiter = &op.base;
+        } else {
+            if (r->out_waiter)
+                return -EBUSY;
+            r->out_waiter = &op.base;
+        }
+        int rc = fdreg_update(loop, fd);
+        if (rc < 0) {
+            if (events & POLLIN)
+                r->in_waiter = NULL;
+            else
+                r->out_waiter = NULL;
+            return rc;
+        }
     }
-    int rc = fdreg_update(loop, fd);
-    if (rc < 0) {
-        if (events & POLLIN)
-            r->in_waiter = NULL;
-        else
-            r->out_waiter = NULL;
-        return rc;
+    if (w) {
+        w->op = &op;
+        w->fd = fd;
     }
     vbd_co_yield();
+    if (w)
+        w->op = NULL;
     return op.res;
+}
+
+int vbd_co_poll(int fd, short events)
+{
+    return poll_wait(fd, events, NULL);
+}
+
+int vbd_co_poll_wait(struct vbd_poll_wait *w, int fd, short events)
+{
+    assert(!w->op); /* one waiter at a time */
+    return poll_wait(fd, events, w);
+}
+
+bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w)
+{
+    struct co_op *op = w->op;
+    if (!op)
+        return false;
+    struct vbd_loop *loop = vbd_loop_current();
+    w->op = NULL; /* one cancel per wait */
+    if (loop->uring) {
+        /* The poll completes with -ECANCELED, or with its readiness if that
+         * came first (then the remove finds nothing). SQEs run in order: a
+         * later wait at the same address is armed after this remove. */
+        struct io_uring_sqe *sqe = loop_sqe(loop);
+        io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)&op->base);
+        io_uring_sqe_set_data(sqe, NULL);
+        return true;
+    }
+    struct fdreg *r = fdreg_get(loop, w->fd);
+    if (r->in_waiter == &op->base)
+        r->in_waiter = NULL;
+    else if (r->out_waiter == &op->base)
+        r->out_waiter = NULL;
+    else
+        return false; /* completed already: its waiter is woken */
+    fdreg_update(loop, w->fd);
+    op->base.complete(&op->base, -ECANCELED);
+    return true;
 }
 
 ssize_t vbd_co_recv(int fd, void *buf, size_t len)

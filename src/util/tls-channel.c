@@ -9,6 +9,7 @@
 #include "vbd/loop.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 static int plain_recvv_full(int fd, struct iovec *iov, int iovcnt)
@@ -57,6 +58,31 @@ int vbd_chan_recv_full(struct vbd_chan *ch, void *buf, size_t len)
         len -= (size_t)r;
     }
     return 0;
+}
+
+int vbd_chan_recv_full_idle(struct vbd_chan *ch, void *buf, size_t len, struct vbd_poll_wait *w)
+{
+    ssize_t r;
+    if (!len)
+        return 0;
+    if (ch->tls) {
+        r = vbd_tls_recv_idle(ch->tls, buf, len, w);
+    } else {
+        while ((r = recv(ch->fd, buf, len, MSG_DONTWAIT)) < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return -errno;
+            int p = vbd_co_poll_wait(w, ch->fd, POLLIN);
+            if (p < 0)
+                return p;
+        }
+        if (r == 0)
+            return -ECONNRESET;
+    }
+    if (r < 0)
+        return (int)r;
+    return vbd_chan_recv_full(ch, (char *)buf + r, len - (size_t)r);
 }
 
 int vbd_chan_recvv_full(struct vbd_chan *ch, struct iovec *iov, int iovcnt)

@@ -21,6 +21,11 @@ struct vbd_error;
  * once all of iov went out, or -errno. vbd_tls_shut_rd: receive no more,
  * while the session can still send. */
 ssize_t vbd_tls_recv(struct vbd_tls *t, void *buf, size_t len);
+/* vbd_tls_recv whose waits for the socket are w's (cancellable): a cancel
+ * gives -ECANCELED, nothing received (a record half read stays in the
+ * session for the next call). */
+struct vbd_poll_wait;
+ssize_t vbd_tls_recv_idle(struct vbd_tls *t, void *buf, size_t len, struct vbd_poll_wait *w);
 int vbd_tls_sendv(struct vbd_tls *t, const struct iovec *iov, int iovcnt);
 void vbd_tls_shut_rd(struct vbd_tls *t);
 

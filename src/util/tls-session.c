@@ -43,6 +43,11 @@ struct vbd_tls {
     bool nowait;     /* bye / try_send: the transport never waits */
     bool corked;     /* inside a send call: encrypted records gather in out[] */
     bool timed_out;  /* the handshake timer fired */
+    /* vbd_tls_recv_idle: the receiving coroutine's waits for input are
+     * this cancellable one (another coroutine's, a sender's, are not) ... */
+    struct vbd_poll_wait *idle;
+    struct vbd_co *idle_co;
+    bool cancelled; /* ... and one was cancelled */
     char error[160]; /* why the session failed after the handshake ("" if it did not) */
     struct vbd_tls_creds *creds;
     char *hostname;
@@ -116,6 +121,12 @@ static ssize_t tls_push(gnutls_transport_ptr_t p, const void *buf, size_t len)
     return r;
 }
 
+/* The cancellable wait of vbd_tls_recv_idle, for its own coroutine only. */
+static struct vbd_poll_wait *idle_wait(struct vbd_tls *t)
+{
+    return t->idle && t->idle_co == vbd_co_self() ? t->idle : NULL;
+}
+
 static ssize_t tls_pull(gnutls_transport_ptr_t p, void *buf, size_t len)
 {
     struct vbd_tls *t = p;
@@ -144,7 +155,14 @@ static ssize_t tls_pull(gnutls_transport_ptr_t p, void *buf, size_t len)
         if (errno == EINTR)
             continue;
         if ((errno == EAGAIN || errno == EWOULDBLOCK) && !t->nowait && vbd_in_co()) {
-            int pr = vbd_co_poll(t->fd, POLLIN);
+            struct vbd_poll_wait *w = idle_wait(t);
+            int pr = w ? vbd_co_poll_wait(w, t->fd, POLLIN) : vbd_co_poll(t->fd, POLLIN);
+            if (pr == -ECANCELED) {
+                /* GnuTLS keeps what it read of a record and asks again next time */
+                t->cancelled = true;
+                gnutls_transport_set_errno(t->session, EAGAIN);
+                return -1;
+            }
             if (pr < 0) {
                 gnutls_transport_set_errno(t->session, -pr);
                 return -1;
@@ -246,7 +264,9 @@ void vbd_tls_free(struct vbd_tls *t)
 /* Wait for what the interrupted GnuTLS call needs. */
 static int tls_wait(struct vbd_tls *t)
 {
-    int p = vbd_co_poll(t->fd, gnutls_record_get_direction(t->session) ? POLLOUT : POLLIN);
+    bool out = gnutls_record_get_direction(t->session);
+    struct vbd_poll_wait *w = out ? NULL : idle_wait(t);
+    int p = w ? vbd_co_poll_wait(w, t->fd, POLLIN) : vbd_co_poll(t->fd, out ? POLLOUT : POLLIN);
     return p < 0 ? p : 0;
 }
 
@@ -458,6 +478,10 @@ ssize_t vbd_tls_recv(struct vbd_tls *t, void *buf, size_t len)
         if (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED) {
             if (t->rd_shut)
                 return -ECONNRESET;
+            if (t->cancelled) {
+                t->cancelled = false;
+                return -ECANCELED;
+            }
             int p = tls_wait(t);
             if (p < 0)
                 return p;
@@ -467,6 +491,17 @@ ssize_t vbd_tls_recv(struct vbd_tls *t, void *buf, size_t len)
             continue; /* warning alert, renegotiation request (refused) */
         return tls_error(t, g, "receive");
     }
+}
+
+ssize_t vbd_tls_recv_idle(struct vbd_tls *t, void *buf, size_t len, struct vbd_poll_wait *w)
+{
+    t->idle = w;
+    t->idle_co = vbd_co_self();
+    ssize_t r = vbd_tls_recv(t, buf, len);
+    t->idle = NULL;
+    t->idle_co = NULL;
+    t->cancelled = false;
+    return r;
 }
 
 /* Sends buf whole (possibly several records); corked by the caller. */

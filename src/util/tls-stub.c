@@ -134,6 +134,12 @@ ssize_t vbd_tls_recv(struct vbd_tls *t, void *buf, size_t len)
     (void)t, (void)buf, (void)len;
     return -ENOTSUP;
 }
+
+ssize_t vbd_tls_recv_idle(struct vbd_tls *t, void *buf, size_t len, struct vbd_poll_wait *w)
+{
+    (void)t, (void)buf, (void)len, (void)w;
+    return -ENOTSUP;
+}
 int vbd_tls_sendv(struct vbd_tls *t, const struct iovec *iov, int iovcnt)
 {
     (void)t, (void)iov, (void)iovcnt;

@@ -4,7 +4,9 @@
 # tests/qmp/qmpdiff.py): an export moves its node to its iothread (a
 # failed move ignored unless fixed-iothread), fixed-iothread keeps the node
 # there (x-blockdev-set-iothread force refused with qsd's words), an export
-# without it follows its node. Same replies, the errors' texts too.
+# without it follows its node; idle clients follow a move at once (the
+# iothread left can be deleted right after). Same replies, the errors'
+# texts too.
 . "$(dirname "$0")/lib.sh"
 need python3 qemu-storage-daemon
 export VBD_DAEMON
@@ -14,6 +16,11 @@ QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/q
 # a backup or mirror target joining its source's thread: refused while an
 # export of the target with fixed-iothread keeps it on another thread
 QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-job-target-fixed-iothread.jsonl" \
+    --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
+    --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff found differences (above)"
+# idle NBD clients follow their node's move at once: object-del of the
+# iothread it left succeeds right after the move
+QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-export-idle-move.jsonl" \
     --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
     --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff found differences (above)"
 echo OK

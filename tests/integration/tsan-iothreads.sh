@@ -11,7 +11,9 @@
 # without a single ThreadSanitizer report. A qcow2 disk exported over
 # vhost-user-blk only follows the rings to an iothread and is moved between
 # the iothreads and the main loop over QMP under load, with internal
-# snapshots, bitmaps, resizes and queries in between.
+# snapshots, bitmaps, resizes and queries in between. A qcow2 disk exported
+# over NBD only moves main -> io0 -> io1 -> main under NBD load with idle
+# connections, the iothread it left deleted right after each move.
 . "$(dirname "$0")/lib.sh"
 need nbdkit qemu-img qemu-nbd
 TSAN_DAEMON=${VBD_TSAN_BUILD:-$VBD_ROOT/build-tsan}/src/tools/vbd-daemon
@@ -179,6 +181,48 @@ PY
 done
 stop "qcow2 moved between iothreads"
 qcheck "$T/moved.qcow2"
+
+step "qcow2 exported over NBD only, moved main -> io0 -> io1 -> main under NBD load, idle connections kicked to follow at once: object-del of the iothread left right after each move"
+must qemu-img create -q -f qcow2 "$T/idle.qcow2" 64M
+S=$T/qmp.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off --monitor chardev=mon \
+    --blockdev driver=file,node-name=f0,filename="$T/idle.qcow2" --blockdev driver=qcow2,node-name=d0,file=f0 \
+    --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=d0,name=disk,writable=on
+bench_bg nbd "${NB[@]}" -w randrw:70 -n 6000 --flush-every 50 --size 16M
+PYTHONPATH=$VBD_ROOT/tests/qmp:$PYTHONPATH N=$N python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "NBD idle moves: QMP"; fail "idle NBD connections under moves"; }
+import os, struct, sys
+import nbdproto as P
+from qmp import QMP
+m = QMP(sys.argv[1], negotiate=True)
+idle = []
+for i in range(2):
+    s = P.connect(os.environ["N"], timeout=60)
+    P.handshake(s, "disk", go=True)
+    idle.append(s)
+places = ["io0", "io1", None]
+for i in range(9):
+    r = m.cmd("x-blockdev-set-iothread", {"node-name": "d0", "iothread": places[i % 3], "force": True})
+    assert "return" in r, r
+    old = places[(i - 1) % 3] if i else None
+    if old:  # the iothread the node left
+        for cmd, args in (("object-del", {"id": old}), ("object-add", {"qom-type": "iothread", "id": old})):
+            r = m.cmd(cmd, args)
+            assert "return" in r, (i, cmd, args, r)
+    for k, s in enumerate(idle):  # a write, then its read-back, on each idle connection
+        data = bytes([i * 2 + k + 1]) * 4096
+        off = (32 << 20) + k * 4096
+        for cookie, req in ((1, P.request(P.CMD_WRITE, 1, off, 4096) + data), (2, P.request(P.CMD_READ, 2, off, 4096))):
+            s.sendall(req)
+            magic, err, got = struct.unpack(">IIQ", P.recvn(s, 16))
+            assert magic == P.SIMPLE_REPLY_MAGIC and err == 0 and got == cookie, (magic, err, got)
+        assert P.recvn(s, 4096) == data, f"connection {k}: read-back after move {i + 1}"
+for s in idle:
+    s.sendall(P.request(P.CMD_DISC, 0, 0, 0))
+    s.close()
+print("9 moves with 2 idle NBD connections, the iothread left deleted after each", file=sys.stderr)
+PY
+bench_wait nbd "NBD load while the node moves"
+stop "NBD idle connections following moves"
+qcheck "$T/idle.qcow2"
 
 step "raw over an nbd client node (qemu-nbd serving a file)"
 truncate -s 0 "$T/disk.img"; truncate -s 64M "$T/disk.img"

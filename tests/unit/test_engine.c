@@ -325,6 +325,50 @@ UNIT_TEST(socket_recv_send_fds)
     close(sv[1]);
 }
 
+/* vbd_co_poll_wait: a cancel ends the wait with -ECANCELED (the fd has
+ * nothing to read), a later wait on the same struct sees readiness, and a
+ * cancel without a wait does nothing (the io_uring and epoll backends:
+ * run.sh runs the unit tests under both). */
+struct idle_wait_args {
+    int fd;
+    struct vbd_poll_wait w;
+    int first, second; /* 1: still waiting */
+};
+static void idle_waiter(void *opaque)
+{
+    struct idle_wait_args *a = opaque;
+    a->first = vbd_co_poll_wait(&a->w, a->fd, POLLIN);
+    a->second = vbd_co_poll_wait(&a->w, a->fd, POLLIN);
+}
+
+UNIT_TEST(poll_wait_cancel)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    struct idle_wait_args a = {.fd = sv[0], .first = 1, .second = 1};
+    CHECK(!vbd_co_poll_wait_cancel(&a.w)); /* nobody waits */
+    vbd_co_enter(vbd_co_create(idle_waiter, &a));
+    for (int i = 0; i < 3; i++)
+        vbd_loop_run_once(vbd_loop_current(), 1000000);
+    CHECK_EQ(a.first, 1); /* nothing to read: still waiting */
+    CHECK(vbd_co_poll_wait_cancel(&a.w));
+    CHECK(!vbd_co_poll_wait_cancel(&a.w)); /* one cancel per wait */
+    for (int i = 0; i < 100 && a.first == 1; i++)
+        vbd_loop_run_once(vbd_loop_current(), 10000000);
+    CHECK_EQ(a.first, -ECANCELED);
+    for (int i = 0; i < 3; i++)
+        vbd_loop_run_once(vbd_loop_current(), 1000000);
+    CHECK_EQ(a.second, 1); /* waiting again, not cancelled by the first cancel */
+    CHECK_EQ(write(sv[1], "x", 1), 1);
+    for (int i = 0; i < 100 && a.second == 1; i++)
+        vbd_loop_run_once(vbd_loop_current(), 10000000);
+    CHECK(a.second > 0 && (a.second & POLLIN));
+    CHECK(!vbd_co_poll_wait_cancel(&a.w)); /* over */
+    close(sv[0]);
+    close(sv[1]);
+    vbd_loop_run_once(vbd_loop_current(), 0);
+}
+
 static int watch_hits;
 static struct vbd_fd_watch *the_watch;
 static void watch_cb(void *arg, short revents)

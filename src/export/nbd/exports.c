@@ -432,6 +432,11 @@ static struct json_object *nbd_export_query(struct vbd_export *base)
     return o;
 }
 
+static void nbd_export_moved(struct vbd_export *base)
+{
+    nbd_export_node_moved((struct nbd_export *)base);
+}
+
 static struct vbd_backend *nbd_export_backend(struct vbd_export *base)
 {
     return ((struct nbd_export *)base)->be;
@@ -447,4 +452,5 @@ const struct vbd_export_type vbd_export_type_nbd = {
     .query = nbd_export_query,
     .backend = nbd_export_backend,
     .node_iothread = true, /* connections are served on the node's loop (transmission.c) */
+    .node_moved = nbd_export_moved,
 };

@@ -43,6 +43,9 @@
  * left are cut. A client that does not read its replies otherwise held
  * the daemon's SIGTERM forever (QEMU cuts them at once). */
 #define NBD_STOP_GRACE_NS    (3ull * 1000000000)
+/* A node move waits this long at most for the export's connections to
+ * follow (nbd_export_node_moved); normally a few loop iterations. */
+#define NBD_MOVE_WAIT_NS     (10ull * 1000000000)
 /* Meta context ids: the export's bitmaps are META_BITMAP + their index in
  * e->bitmaps (QEMU's numbering, one up: vbd never hands out id 0). */
 #define META_ALLOCATION      1u
@@ -163,6 +166,17 @@ struct nbd_conn {
      * cannot stop it under the connection); ctl_loop is the main loop,
      * where it was accepted and where it ends. */
     struct vbd_loop *ctl_loop, *serve_loop;
+    /* Following a node move at once (nbd_export_node_moved): the mover,
+     * on serve_loop, sets recheck (the reader looks at the node's loop
+     * before its next header) and cancels idle_wait, the reader's wait
+     * for a header of which nothing has come yet. served_next: the
+     * connections served on a thread (transmission.c, served_here), only
+     * touched there. kick_gen / homed_gen (main loop): the move that
+     * kicked it, the last one it settled after (serve_on). */
+    bool recheck;
+    struct vbd_poll_wait idle_wait;
+    struct nbd_conn *served_next;
+    uint64_t kick_gen, homed_gen;
     int inflight;
     /* Replies of requests that finish in the same loop iteration leave in
      * one send: requests queue their pieces and wait; the flusher sends. */
@@ -214,6 +228,8 @@ struct nbd_server {
     struct vbd_co_queue idle_q; /* woken when a connection ends and when accepting stops */
     bool accept_done;
     uint64_t last_client_gone; /* times a negotiated connection ended leaving none */
+    struct vbd_co_queue rehome_q; /* woken when a connection changes loops or ends its transmission */
+    uint64_t kick_gen;            /* node moves that kicked connections (nbd_export_node_moved) */
 };
 
 /* The one server of the process (server.c). */
@@ -225,6 +241,11 @@ int nbd_handshake(struct nbd_conn *c);
 /* transmission.c: serves requests until the client leaves or c->closing,
  * then waits for the requests in flight. */
 void nbd_transmission(struct nbd_conn *c);
+/* transmission.c, main loop coroutine: e's node moved to another loop;
+ * returns once e's connections serve from there (idle ones are woken to
+ * follow), or after NBD_MOVE_WAIT_NS (one busy on a request that does not
+ * end follows later, between two requests). */
+void nbd_export_node_moved(struct nbd_export *e);
 /* exports.c: the export a client asks for by name ("" is the only one). */
 struct nbd_export *nbd_find_export(const char *name);
 /* Bitmap i of export e: see vbd_dirty_bitmap_status. */

@@ -7,6 +7,7 @@
  */
 #include "internal.h"
 
+#include "vbd/alloc.h"
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
@@ -408,6 +409,29 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
     batch_slice(true);
 }
 
+/* Nothing of the next header has come: the wait may be cut short by a
+ * node move (nbd_export_node_moved), -ECANCELED; the same syscalls as
+ * vbd_co_recv otherwise. */
+static ssize_t recv_idle(struct nbd_conn *c)
+{
+    for (;;) {
+        ssize_t r = recv(c->ch.fd, c->rbuf, NBD_RBUF, MSG_DONTWAIT);
+        if (r < 0 && errno == ENOTSOCK)
+            r = read(c->ch.fd, c->rbuf, NBD_RBUF);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        if (c->recheck)
+            return -ECANCELED; /* kicked while it spun: follow first */
+        int p = vbd_co_poll_wait(&c->idle_wait, c->ch.fd, POLLIN);
+        if (p < 0)
+            return p;
+    }
+}
+
 /* The busy-poll ran out (or was off): wait for request bytes, then size
  * the next window from when they came, counted from the spin's start
  * (see NBD_POLL_MAX_NS). With ~1 us syscalls (a PVM guest, or
@@ -419,9 +443,9 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
  * of 128 us caught them: 20.6-22.0k (unix and TCP) at about the same CPU
  * per request. A client that pauses longer than the bound shrinks the
  * window to nothing, and the server sleeps at once. */
-static ssize_t recv_after_spin(struct nbd_conn *c, uint64_t spin_start, bool adapt)
+static ssize_t recv_after_spin(struct nbd_conn *c, uint64_t spin_start, bool adapt, bool idle)
 {
-    ssize_t r = vbd_co_recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen);
+    ssize_t r = idle && !c->rlen ? recv_idle(c) : vbd_co_recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen);
     if (r <= 0 || !adapt)
         return r;
     uint64_t waited = vbd_clock_ns() - spin_start;
@@ -457,8 +481,13 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
 {
     if (!len)
         return 0;
-    if (c->ch.tls || !c->rbuf)
-        return vbd_chan_recv_full(&c->ch, dst, len);
+    if (c->ch.tls || !c->rbuf) {
+        if (!header)
+            return vbd_chan_recv_full(&c->ch, dst, len);
+        if (c->recheck)
+            return -ECANCELED; /* kicked while it waited at the gate: follow first */
+        return vbd_chan_recv_full_idle(&c->ch, dst, len, &c->idle_wait);
+    }
     size_t take = vbd_readahead_take(dst, len, c->rbuf, &c->rpos, c->rlen);
     dst = (uint8_t *)dst + take;
     len -= take;
@@ -471,7 +500,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
         return vbd_co_recv_full(c->ch.fd, dst, len);
     }
     uint64_t spin_start = 0, spin_until = 0;
-    bool adapt = false;
+    bool adapt = false, idle = header && !take; /* no byte of this request read yet */
     /* Requests just read run first, and their replies leave, before the
      * socket is asked for more: a request runs on the loop's next pass,
      * the flusher that sends its reply on the one after. Reading first put
@@ -511,7 +540,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
                     vbd_co_yield();
                     continue;
                 }
-                ssize_t r = recv_after_spin(c, spin_start, adapt);
+                ssize_t r = recv_after_spin(c, spin_start, adapt, idle);
                 if (r < 0)
                     return (int)r;
                 if (r == 0)
@@ -537,7 +566,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
                 vbd_co_yield();
                 continue;
             }
-            r = recv_after_spin(c, spin_start, adapt);
+            r = recv_after_spin(c, spin_start, adapt, idle);
         } else if (r < 0 && errno != EINTR) {
             r = -errno;
         } else if (r < 0) {
@@ -1063,19 +1092,56 @@ static struct vbd_loop *node_loop(struct nbd_conn *c)
     return l;
 }
 
-/* From the main loop: the connection's coroutine goes to serve on `to`.
- * An iothread is held while the connection runs there (object-del refuses
- * it: its loop must outlive our coroutines and socket waits). */
-static void serve_on(struct nbd_conn *c, struct vbd_loop *to)
+/* The connections whose transmission runs on this thread (its loop): a
+ * node move reaches the idle ones here (nbd_export_node_moved). Linked
+ * on arrival, unlinked before leaving: only this thread touches it.
+ * noinline: a coroutine that moved between threads must not reuse a
+ * thread-local's address computed on the old one. */
+static _Thread_local struct nbd_conn *served_here;
+
+static __attribute__((noinline)) void served_link(struct nbd_conn *c)
 {
-    const char *id = vbd_iothread_id(to);
-    struct vbd_loop *held = id ? vbd_iothread_acquire(id) : NULL;
-    if (id && held != to)
-        to = c->ctl_loop; /* not an iothread any more: serve from the main loop */
+    c->served_next = served_here;
+    served_here = c;
+}
+
+static __attribute__((noinline)) void served_unlink(struct nbd_conn *c)
+{
+    for (struct nbd_conn **pp = &served_here; *pp; pp = &(*pp)->served_next)
+        if (*pp == c) {
+            *pp = c->served_next;
+            return;
+        }
+}
+
+/* Main loop: serve_loop becomes `to` (an iothread is held while the
+ * connection runs there: object-del refuses it, its loop must outlive our
+ * coroutines and socket waits). settled: where the node lives now (not a
+ * loop it left while the connection was on its way), or as close as it
+ * gets; a mover waiting for it hears of it. */
+static void serve_set(struct nbd_conn *c, struct vbd_loop *to, bool settled)
+{
     if (c->serve_loop != c->ctl_loop)
         vbd_iothread_release(c->serve_loop);
     c->serve_loop = to;
+    if (settled)
+        c->homed_gen = c->kick_gen;
+    vbd_co_queue_wake_all(&srv.rehome_q);
+}
+
+/* From the main loop: the connection's coroutine goes to serve on `to`;
+ * false if that is no iothread any more (it serves from the main loop). */
+static bool serve_on(struct nbd_conn *c, struct vbd_loop *to)
+{
+    const char *id = vbd_iothread_id(to);
+    struct vbd_loop *held = id ? vbd_iothread_acquire(id) : NULL;
+    bool gone = id && held != to;
+    if (gone)
+        to = c->ctl_loop; /* not an iothread any more: serve from the main loop */
+    serve_set(c, to, gone || to == vbd_node_home_loop(vbd_backend_node(c->exp->be)));
     vbd_co_move_to(to);
+    served_link(c);
+    return !gone;
 }
 
 /* The export's node moved to another loop (x-blockdev-set-iothread, an
@@ -1087,17 +1153,103 @@ static void serve_on(struct nbd_conn *c, struct vbd_loop *to)
  * lock are one loop's (coroutine.h): the requests in flight finish and
  * the flusher ends before the coroutine leaves; it passes the main loop,
  * which counts the iothreads' users, and starts the flusher again on the
- * new loop. The batch slice is the old thread's: it is given back. */
-static void follow_node(struct nbd_conn *c)
+ * new loop. The batch slice is the old thread's: it is given back.
+ * False: the node's loop is no iothread any more (serve_on). */
+static bool follow_node(struct nbd_conn *c)
 {
     if (c->batching)
         batch_stop(c);
     while (c->inflight)
         vbd_co_queue_wait(&c->drain_q);
     flusher_stop(c);
+    served_unlink(c);
     vbd_co_move_to(c->ctl_loop);
-    serve_on(c, node_loop(c));
+    bool there = serve_on(c, node_loop(c));
     flusher_start(c);
+    return there;
+}
+
+/* On loop (the mover's coroutine hopped there): every connection served
+ * here looks at its node's loop before its next header, and one waiting
+ * idle for a header stops waiting to do so now. */
+static __attribute__((noinline)) void kick_served_here(void)
+{
+    for (struct nbd_conn *c = served_here; c; c = c->served_next) {
+        c->recheck = true;
+        vbd_co_poll_wait_cancel(&c->idle_wait);
+    }
+}
+
+/* Kicked by this move (gen), it has not settled since, and it serves
+ * elsewhere than `to`: still to follow. */
+static bool conn_following(const struct nbd_conn *c, const struct nbd_export *e, const struct vbd_loop *to,
+                           uint64_t gen)
+{
+    return c->exp == e && c->serve_loop && !c->closing && c->kick_gen == gen && c->homed_gen != gen &&
+           c->serve_loop != to;
+}
+
+static void move_wait_over(void *arg)
+{
+    *(bool *)arg = true;
+    vbd_co_queue_wake_all(&srv.rehome_q);
+}
+
+/* The mover (x-blockdev-set-iothread, an export's move) returns after its
+ * clients moved, as qsd's does (its drained section moves every client of
+ * the node's AioContext at once): an idle connection would otherwise hold
+ * the old iothread until its client's next request, and object-del of it
+ * right after the move was refused ("in use by 1 export"). The mover goes
+ * to each loop that serves some of e's connections and kicks them there
+ * (served_here: only that thread walks its list), then waits on the main
+ * loop, where each connection settles (serve_set). A connection busy with
+ * a request that does not end (a client that reads no replies) is not
+ * waited for past NBD_MOVE_WAIT_NS: it follows after that request. */
+void nbd_export_node_moved(struct nbd_export *e)
+{
+    assert(vbd_thread_is_main() && vbd_in_co());
+    struct vbd_loop *main_loop = vbd_loop_current();
+    struct vbd_loop *to = vbd_node_home_loop(vbd_backend_node(e->be));
+    uint64_t gen = ++srv.kick_gen;
+    struct vbd_loop **loops = NULL; /* where they serve: the node's old loop, the main loop */
+    int nloops = 0;
+    for (struct nbd_conn *c = srv.conns; c; c = c->next) {
+        if (c->exp != e || !c->serve_loop || c->closing || c->serve_loop == to)
+            continue;
+        c->kick_gen = gen;
+        int i = 0;
+        while (i < nloops && loops[i] != c->serve_loop)
+            i++;
+        if (i == nloops) {
+            loops = vbd_xrealloc(loops, sizeof(*loops) * (size_t)(nloops + 1));
+            loops[nloops++] = c->serve_loop;
+        }
+    }
+    for (int i = 0; i < nloops; i++) {
+        /* held while we are there (the connections there may leave meanwhile) */
+        const char *id = vbd_iothread_id(loops[i]);
+        struct vbd_loop *held = id ? vbd_iothread_acquire(id) : NULL;
+        if (id && held != loops[i])
+            continue;
+        vbd_co_move_to(loops[i]);
+        kick_served_here();
+        vbd_co_move_to(main_loop);
+        if (held)
+            vbd_iothread_release(held);
+    }
+    free(loops);
+    bool over = false;
+    struct vbd_timer limit = {.fn = move_wait_over, .arg = &over};
+    vbd_timer_arm(&limit, vbd_clock_ns() + NBD_MOVE_WAIT_NS);
+    for (;;) {
+        bool waiting = false;
+        for (struct nbd_conn *c = srv.conns; c && !waiting; c = c->next)
+            waiting = conn_following(c, e, to, gen);
+        if (!waiting || over)
+            break;
+        vbd_co_queue_wait(&srv.rehome_q);
+    }
+    vbd_timer_cancel(&limit);
 }
 
 void nbd_transmission(struct nbd_conn *c)
@@ -1129,9 +1281,17 @@ void nbd_transmission(struct nbd_conn *c)
         uint8_t h[28];
         /* between requests, when the next header is not read ahead
          * already (a look at the node's loop costs the gate's two atomics) */
-        if (c->rpos == c->rlen && node_loop(c) != c->serve_loop)
-            follow_node(c);
-        if (conn_recv(c, h, 28, true) < 0)
+        if (c->rpos == c->rlen || c->recheck) {
+            c->recheck = false;
+            /* looked at again on arrival: a move meanwhile may have found
+             * the connection on its way, not yet where a kick reaches it */
+            while (node_loop(c) != c->serve_loop && follow_node(c))
+                ;
+        }
+        int rc = conn_recv(c, h, 28, true);
+        if (rc == -ECANCELED)
+            continue; /* kicked by a node move while idle (nbd_export_node_moved) */
+        if (rc < 0)
             break;
         if (get_be32p(h) != NBD_REQUEST_MAGIC) {
             vbd_warn("nbd: bad request magic 0x%08x, closing the connection", get_be32p(h));
@@ -1202,6 +1362,7 @@ void nbd_transmission(struct nbd_conn *c)
     free(c->out_spare);
     free(c->rbuf);
     /* the connection ends where it began: the server's lists are the main loop's */
+    served_unlink(c);
     vbd_co_move_to(c->ctl_loop);
-    serve_on(c, c->ctl_loop);
+    serve_set(c, c->ctl_loop, true);
 }
