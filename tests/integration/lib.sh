@@ -253,17 +253,35 @@ window_stress_finish() {
     cmp <(tail -c $WIN "$2") b.shadow || fail "$1: the NBD window differs from its model"
 }
 # stress_init SEED AT: the start of the stress tests on a raw image
-# (export-readd-stress, snapshot-stress, throttle-toggle-stress): STRESS
-# set (need_stress), in $T (the current directory from now on) init.raw of
-# 16 MiB with mixed_data SEED at AT MiB, zeroes elsewhere; a vbd-daemon
-# left in $dpid is killed at exit. (stress_setup: the same shape on a
-# mixed_disk with its qcow2 copy.)
+# (export-readd-stress, snapshot-stress, throttle-toggle-stress,
+# reopen-stress): STRESS set (need_stress), in $T (the current directory
+# from now on) init.raw of 16 MiB with mixed_data SEED at AT MiB, zeroes
+# elsewhere; a vbd-daemon left in $dpid is killed at exit. (stress_setup:
+# the same shape on a mixed_disk with its qcow2 copy.) Their Python
+# harnesses drive vbd-stress with tests/qmp/stress.py.
 stress_init() {
     need_stress
     cd "$T" || fail "cd $T"
     truncate -s 16M init.raw || fail "truncate init.raw"
     mixed_data m1 "$1" && dd if=m1 of=init.raw bs=1M seek="$2" conv=notrunc status=none || fail "mixed data into init.raw"
     on_exit 'kill -9 $dpid 2>/dev/null'
+}
+# stress_transport TR ID NODE: the export of the stress tests' daemon and
+# vbd-stress's way to it, in the current directory: exp (an --export
+# value, id ID, of node NODE, writable) and target (vbd-stress's words).
+# TR vhost: vhost-user-blk on vu.sock, 2 queues on iothread io0 (the
+# daemon has it); nbd: export "disk" of an NBD server on nbd.sock (the
+# daemon's --nbd-server), 4 connections.
+stress_transport() {
+    case $1 in
+    vhost)
+        exp=type=vhost-user-blk,id=$2,node-name=$3,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0
+        target="--vhost-user vu.sock --queues 2" ;;
+    nbd)
+        exp=type=nbd,id=$2,node-name=$3,name=disk,writable=on
+        target="--nbd nbd+unix:///disk?socket=nbd.sock --conns 4" ;;
+    *) fail "stress_transport: no transport '$1'" ;;
+    esac
 }
 # scenario_dir NAME: a fresh $T/NAME, the current directory from now on
 scenario_dir() { rm -rf "${T:?}/$1" && mkdir "$T/$1" && cd "$T/$1" || fail "cannot make $T/$1"; }
