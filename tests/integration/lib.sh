@@ -436,16 +436,41 @@ wait_log() {
     for _ in $(seq 1200); do [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
     return 1
 }
-# wait_first_read OUT PID: vbd-io PID (line-buffered, output in OUT) has
-# printed its first read's result: a server restarted after this falls
-# into the vbd-io sleep that follows that read, not before its connection
-wait_first_read() {
-    for _ in $(seq 600); do
-        grep -q '^read ' "$1" && return 0
-        kill -0 "$2" 2>/dev/null || fail "vbd-io ended before its first read: $(cat "$1")"
+# A vbd-io that takes its commands one at a time, each when the test gets
+# there (after a server restart, before a kill), instead of a vbd-io
+# "sleep" that what the test does meanwhile must fit in.
+# io_start OUT ARGS...: vbd-io ARGS in the background (pid in iopid),
+# reading its commands from a pipe (fd 7 of the test's shell), its output
+# (each command after a "vbd-io> " prompt) in OUT. io_cmd CMD...: sends
+# the commands. io_wait ERE [N]: waits (up to 60 s) until N (default 1)
+# lines of OUT, prompts aside, start with ERE, vbd-io still running.
+# io_end: "quit" (not the pipe's end: a process started since holds fd 7
+# too); then wait $iopid for its exit status (1 if a command failed).
+io_start() {
+    io_out=$1
+    shift
+    rm -f "$T/io.cmds"
+    mkfifo "$T/io.cmds" || fail "mkfifo $T/io.cmds"
+    "$VBD_IO" "$@" <"$T/io.cmds" >"$io_out" 2>&1 &
+    iopid=$!
+    exec 7>"$T/io.cmds"
+}
+io_cmd() {
+    # SIGPIPE ignored in a subshell: a vbd-io that ended fails the write
+    # (and the test, with its output) instead of killing the shell unsaid
+    (trap '' PIPE && printf '%s\n' "$@" >&7) 2>/dev/null || fail "vbd-io ended before '$*': $(cat "$io_out")"
+}
+io_wait() {
+    for _ in $(seq 1200); do
+        [ "$(sed 's/^\(vbd-io> \)*//' "$io_out" | grep -cE "^($1)")" -ge "${2:-1}" ] && return 0
+        kill -0 $iopid 2>/dev/null || fail "vbd-io ended before its result '$1': $(cat "$io_out")"
         sleep 0.05
     done
-    fail "vbd-io's first read did not complete: $(cat "$1")"
+    fail "no result '$1' from vbd-io in 60 s: $(cat "$io_out")"
+}
+io_end() {
+    io_cmd quit
+    exec 7>&-
 }
 wait_sock() { for _ in $(seq 1200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 # free_port [N]: a TCP port P with P..P+N-1 (default 1) free on 127.0.0.1,
