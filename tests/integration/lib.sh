@@ -571,6 +571,20 @@ nbd_qsd_vbd() {
     sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
     diff -u q.out v.out || fail "NBD output differs: $*"
 }
+# nbd_outage_server MODE ADDR: the scripted NBD server of the client's
+# reconnect tests (nbd-outage-server.py: the client's open answered and
+# closed at once, later connections as MODE says) on ADDR, a unix socket
+# path or tcp:PORT, in the background; pid in lpid (killed at exit), its
+# log in $T/srv.log (started afresh). Returns once it listens (not by a
+# probe: that would be the connection taken for the open).
+nbd_outage_server() {
+    rm -f "$T/srv.log" "$2"
+    touch "$T/srv.log"
+    python3 "$VBD_ROOT/tests/integration/nbd-outage-server.py" "$1" "$2" "$T/srv.log" &
+    lpid=$!
+    on_exit "kill $lpid 2>/dev/null"
+    wait_log "$T/srv.log" listening || fail "the scripted NBD server did not start"
+}
 # nbd_via unix|tcp PORT: the names of one transport for the export "disk"
 # served at $T/s.sock or 127.0.0.1:PORT: addr (nbd_raw_daemon's ADDR), where
 # (nbdproto.py's unix:PATH / tcp:HOST:PORT) and U (the NBD URI).
