@@ -429,6 +429,15 @@ def ok(cmd, **a):
 $(cat)
 PY
 }
+# qmpdiff_nulls SCRIPT: tests/qmp/SCRIPT.jsonl run by qmpdiff.py against
+# vbd-daemon and qemu-storage-daemon 7.2, each started with the null-co
+# nodes n0 and n1 (64 MiB); the errors' texts compared too where a line
+# is marked exact. A difference fails the test.
+qmpdiff_nulls() {
+    VBD_DAEMON=$VBD_DAEMON QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/$1.jsonl" \
+        --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
+        --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff $1: differences (above)"
+}
 # wait_log FILE PATTERN [COUNT]: wait (up to ~60 s) until FILE has COUNT
 # (default 1) lines matching the fixed string PATTERN. A peer may write its
 # log line after the client already saw the failure it logs.
