@@ -172,7 +172,7 @@ done
 while [ ${#running[@]} -gt 0 ]; do reap; done
 
 # where make check's time goes (the 30-minute budget)
-echo "slowest: $(printf '%s' "$times" | sort -rn | head -10 | awk '{printf "%s%s %ss", (NR > 1 ? ", " : ""), $2, $1}')"
+echo "slowest: $(printf '%s' "$times" | sort -rn | head -15 | awk '{printf "%s%s %ss", (NR > 1 ? ", " : ""), $2, $1}')"
 echo "tests: $((SECONDS - run_start)) s wall, $(printf '%s' "$times" | awk '{s += $1} END {print s + 0}') s summed over the tests, $JOBS at once"
 [ -n "$failures" ] && echo "failed:$failures"
 echo "$passed passed, $failed failed, $skipped skipped"

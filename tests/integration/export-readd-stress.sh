@@ -30,29 +30,19 @@ for fmt in qcow2 raw; do
     wait_sock "$PWD/qmp.sock"
     wait_sock "$PWD/nbd.sock"
     python3 - "$fmt" "$STRESS" "$SEED" "$ROUNDS" <<'PY' || fail "$fmt: $(tail -20 daemon.log)"
-import os, signal, subprocess, sys, time
+import os, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
+from stress import Stress, after_some, points
 fmt, stress_bin, seed, rounds = sys.argv[1:5]
 cwd = os.getcwd()
 s = Session("qmp.sock", "vbd")
-cmd = [stress_bin, "--seed", seed, "--ops", str(1 << 40), "--qd", "64", "--hot", "8", "--hot-move", "64",
-       "--no-discard", "--init", "init.raw", "--shadow-out", "shadow.raw", "--points", "points",
-       "--reconnect-delay", "30", "--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
-p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-p.stdout.readline()  # its seed: running
-points = open("points", "w")
-def alive(what):
-    if p.poll() is not None:
-        fail(f"vbd-stress ended {what}: {p.communicate()[0][-3000:]}")
-def writes_done():
-    st = s.run("query-blockstats")
-    return sum(b["stats"]["wr_operations"] for b in st)  # write-zeroes counted in
+st = Stress([stress_bin, "--seed", seed, "--ops", str(1 << 40), "--qd", "64", "--hot", "8", "--hot-move", "64",
+             "--no-discard", "--init", "init.raw", "--shadow-out", "shadow.raw", "--points", "points",
+             "--reconnect-delay", "30", "--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"])
+pf = open("points", "w")
 for r in range(int(rounds)):
-    w0 = writes_done()
-    while writes_done() < w0 + 64:  # the clients are back and writing
-        alive(f"before round {r}")
-        time.sleep(0.01)
+    after_some(s, 64, st, f"before round {r}", kinds=("wr",))  # the clients are back and writing
     ts = time.monotonic_ns()
     s.run("block-export-del", id="g", mode="hard")
     ev = s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)["data"]
@@ -61,19 +51,12 @@ for r in range(int(rounds)):
         fail(f"BLOCK_EXPORT_DELETED {ev}")
     # nothing reaches the node now: what it holds is on disk
     sh(f"qemu-img convert -U -f {fmt} -O raw '{cwd}/img.{fmt}' p{r}.raw", f"reading the image after delete {r}")
-    points.write(f"{ts} {tr} {cwd}/p{r}.raw\n")
-    points.flush()
+    pf.write(f"{ts} {tr} {cwd}/p{r}.raw\n")
+    pf.flush()
     s.run("x-blockdev-set-iothread", **{"node-name": "d0", "iothread": "io0" if r % 2 else None})
     s.run("block-export-add", type="nbd", id="g", **{"node-name": "d0"}, name="disk", writable=True)
-    alive(f"in round {r}")
-p.send_signal(signal.SIGUSR1)
-out = p.communicate()[0]
-if p.returncode:
-    fail(f"vbd-stress: {out[-4000:]}")
-print(out.strip().splitlines()[-1])
-pts = [l for l in out.splitlines() if l.startswith("vbd-stress: point ")]
-across = [int(l.split(" across")[0].split()[-1]) for l in pts]
-print(f"{len(pts)} points ok, {sum(across)} requests in flight across the deletes (at most {max(across)} at once)")
+    st.alive(f"in round {r}")
+points(st.finish(), "the deletes")
 PY
     job_daemon_stop vbd-daemon
     [ "$fmt" = qcow2 ] && qcheck img.qcow2

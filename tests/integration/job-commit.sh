@@ -94,7 +94,7 @@ else:
         # reach the job (its total grows with the dirty chunks it copies),
         # and they are still running when the job has ended
         import subprocess
-        p = subprocess.Popen(f"{stress} --seed 32 --seconds 4 --ops 100000000 --qd 4 --init shadow1.raw "
+        p = subprocess.Popen(f"exec {stress} --seed 32 --ops 100000000 --qd 4 --init shadow1.raw "
                              f"--no-discard --shadow-out shadow2.raw --nbd '{nbd}' --conns 2",
                              shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         s.complete_across("c1", p)

@@ -109,7 +109,7 @@ sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session
 s = Session("qmp.sock", "vbd")
 D = os.getcwd()
-stress = subprocess.Popen(f"{sys.argv[1]} --seed 5 --seconds 20 --ops 100000000 --qd 8 --init ../src.raw --no-discard "
+stress = subprocess.Popen(f"exec {sys.argv[1]} --seed 5 --ops 100000000 --qd 8 --init ../src.raw --no-discard "
                           f"--shadow-out {D}/shadow.raw --nbd 'nbd+unix:///disk?socket={D}/nbd.sock' --conns 2",
                           shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 s.run("blockdev-add", **{"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": f"{D}/tgt.qcow2"}})

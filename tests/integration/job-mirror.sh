@@ -61,12 +61,13 @@ def qemu_io_writes(seed, init, out):
     sh(f"cp {init} {out} && qemu-io -f raw {cmds} {out}", "the model of the writes")
     sh(f"qemu-io -f raw {cmds} '{nbd}'", "qemu-io writes")
 def stress(seed, secs, init, out, wait=True):
-    cmd = (f"{stress_bin} --seed {seed} --seconds {secs} --ops 100000000 --qd 4 --init {init} --no-discard "
-           f"--shadow-out {out} --nbd '{nbd}' --conns 2")
+    # secs None: it runs until SIGUSR1 (complete_across)
+    cmd = (f"{stress_bin} --seed {seed} --ops 100000000 --qd 4 --init {init} --no-discard "
+           f"--shadow-out {out} --nbd '{nbd}' --conns 2" + (f" --seconds {secs}" if secs else ""))
     if wait:
         sh(cmd, f"vbd-stress (seed {seed})")
         return None
-    return subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen("exec " + cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 def writers(seed, secs, init, out):
     # vbd-stress (random overlapping requests, every read checked) against
     # vbd-daemon; fixed qemu-io writes against qsd (see job-commit.sh)
@@ -92,15 +93,31 @@ if scen == "F":
     s.run("blockdev-mirror", **{"job-id": "m0", "device": "top", "target": "tgt", "sync": "full",
                                 "speed": 4 << 20})
     s.status("m0", "created"); s.status("m0", "running")
-    writers(41, 2, "../top-view.raw", "shadow1.raw")
-    if who == "vbd" and s.job("m0")["status"] != "running":
-        fail(f"job m0 is not running after the writers: {s.job('m0')}")
+    if who == "vbd":
+        # vbd-stress for 2 s during the copy (8 s at 4 MiB/s); a loaded host
+        # can stretch those 2 s past the copy: at three quarters of it the
+        # job slows to 1 B/s, so that it is still copying when they end
+        p = stress(41, 2, "../top-view.raw", "shadow1.raw", wait=False)
+        slowed = False
+        while p.poll() is None:
+            j = s.job("m0")
+            if not slowed and j and j["current-progress"] * 4 >= j["total-progress"] * 3:
+                s.run("block-job-set-speed", device="m0", speed=1)
+                slowed = True
+            time.sleep(0.05)  # polling the job's progress
+        out = p.communicate()[0]
+        if p.returncode:
+            fail(f"vbd-stress (seed 41): {out[-2000:]}")
+        if s.job("m0")["status"] != "running":
+            fail(f"job m0 is not running after the writers: {s.job('m0')}")
+    else:
+        writers(41, 2, "../top-view.raw", "shadow1.raw")
     s.run("block-job-set-speed", device="m0", speed=0)
     ready("m0")
     if who == "vbd":
         # writers across the pivot: job-complete once their writes reach
         # the job (its total grows), and they still run when it has ended
-        s.complete_across("m0", stress(42, 4, "shadow1.raw", "shadow2.raw", wait=False))
+        s.complete_across("m0", stress(42, None, "shadow1.raw", "shadow2.raw", wait=False))
     else:
         writers(42, 1, "shadow1.raw", "shadow2.raw")
         s.run("job-complete", id="m0")

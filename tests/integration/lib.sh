@@ -253,17 +253,35 @@ window_stress_finish() {
     cmp <(tail -c $WIN "$2") b.shadow || fail "$1: the NBD window differs from its model"
 }
 # stress_init SEED AT: the start of the stress tests on a raw image
-# (export-readd-stress, snapshot-stress, throttle-toggle-stress): STRESS
-# set (need_stress), in $T (the current directory from now on) init.raw of
-# 16 MiB with mixed_data SEED at AT MiB, zeroes elsewhere; a vbd-daemon
-# left in $dpid is killed at exit. (stress_setup: the same shape on a
-# mixed_disk with its qcow2 copy.)
+# (export-readd-stress, snapshot-stress, throttle-toggle-stress,
+# reopen-stress): STRESS set (need_stress), in $T (the current directory
+# from now on) init.raw of 16 MiB with mixed_data SEED at AT MiB, zeroes
+# elsewhere; a vbd-daemon left in $dpid is killed at exit. (stress_setup:
+# the same shape on a mixed_disk with its qcow2 copy.) Their Python
+# harnesses drive vbd-stress with tests/qmp/stress.py.
 stress_init() {
     need_stress
     cd "$T" || fail "cd $T"
     truncate -s 16M init.raw || fail "truncate init.raw"
     mixed_data m1 "$1" && dd if=m1 of=init.raw bs=1M seek="$2" conv=notrunc status=none || fail "mixed data into init.raw"
     on_exit 'kill -9 $dpid 2>/dev/null'
+}
+# stress_transport TR ID NODE: the export of the stress tests' daemon and
+# vbd-stress's way to it, in the current directory: exp (an --export
+# value, id ID, of node NODE, writable) and target (vbd-stress's words).
+# TR vhost: vhost-user-blk on vu.sock, 2 queues on iothread io0 (the
+# daemon has it); nbd: export "disk" of an NBD server on nbd.sock (the
+# daemon's --nbd-server), 4 connections.
+stress_transport() {
+    case $1 in
+    vhost)
+        exp=type=vhost-user-blk,id=$2,node-name=$3,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0
+        target="--vhost-user vu.sock --queues 2" ;;
+    nbd)
+        exp=type=nbd,id=$2,node-name=$3,name=disk,writable=on
+        target="--nbd nbd+unix:///disk?socket=nbd.sock --conns 4" ;;
+    *) fail "stress_transport: no transport '$1'" ;;
+    esac
 }
 # scenario_dir NAME: a fresh $T/NAME, the current directory from now on
 scenario_dir() { rm -rf "${T:?}/$1" && mkdir "$T/$1" && cd "$T/$1" || fail "cannot make $T/$1"; }
@@ -411,6 +429,15 @@ def ok(cmd, **a):
 $(cat)
 PY
 }
+# qmpdiff_nulls SCRIPT: tests/qmp/SCRIPT.jsonl run by qmpdiff.py against
+# vbd-daemon and qemu-storage-daemon 7.2, each started with the null-co
+# nodes n0 and n1 (64 MiB); the errors' texts compared too where a line
+# is marked exact. A difference fails the test.
+qmpdiff_nulls() {
+    VBD_DAEMON=$VBD_DAEMON QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/$1.jsonl" \
+        --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
+        --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff $1: differences (above)"
+}
 # wait_log FILE PATTERN [COUNT]: wait (up to ~60 s) until FILE has COUNT
 # (default 1) lines matching the fixed string PATTERN. A peer may write its
 # log line after the client already saw the failure it logs.
@@ -418,16 +445,41 @@ wait_log() {
     for _ in $(seq 1200); do [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
     return 1
 }
-# wait_first_read OUT PID: vbd-io PID (line-buffered, output in OUT) has
-# printed its first read's result: a server restarted after this falls
-# into the vbd-io sleep that follows that read, not before its connection
-wait_first_read() {
-    for _ in $(seq 600); do
-        grep -q '^read ' "$1" && return 0
-        kill -0 "$2" 2>/dev/null || fail "vbd-io ended before its first read: $(cat "$1")"
+# A vbd-io that takes its commands one at a time, each when the test gets
+# there (after a server restart, before a kill), instead of a vbd-io
+# "sleep" that what the test does meanwhile must fit in.
+# io_start OUT ARGS...: vbd-io ARGS in the background (pid in iopid),
+# reading its commands from a pipe (fd 7 of the test's shell), its output
+# (each command after a "vbd-io> " prompt) in OUT. io_cmd CMD...: sends
+# the commands. io_wait ERE [N]: waits (up to 60 s) until N (default 1)
+# lines of OUT, prompts aside, start with ERE, vbd-io still running.
+# io_end: "quit" (not the pipe's end: a process started since holds fd 7
+# too); then wait $iopid for its exit status (1 if a command failed).
+io_start() {
+    io_out=$1
+    shift
+    rm -f "$T/io.cmds"
+    mkfifo "$T/io.cmds" || fail "mkfifo $T/io.cmds"
+    "$VBD_IO" "$@" <"$T/io.cmds" >"$io_out" 2>&1 &
+    iopid=$!
+    exec 7>"$T/io.cmds"
+}
+io_cmd() {
+    # SIGPIPE ignored in a subshell: a vbd-io that ended fails the write
+    # (and the test, with its output) instead of killing the shell unsaid
+    (trap '' PIPE && printf '%s\n' "$@" >&7) 2>/dev/null || fail "vbd-io ended before '$*': $(cat "$io_out")"
+}
+io_wait() {
+    for _ in $(seq 1200); do
+        [ "$(sed 's/^\(vbd-io> \)*//' "$io_out" | grep -cE "^($1)")" -ge "${2:-1}" ] && return 0
+        kill -0 $iopid 2>/dev/null || fail "vbd-io ended before its result '$1': $(cat "$io_out")"
         sleep 0.05
     done
-    fail "vbd-io's first read did not complete: $(cat "$1")"
+    fail "no result '$1' from vbd-io in 60 s: $(cat "$io_out")"
+}
+io_end() {
+    io_cmd quit
+    exec 7>&-
 }
 wait_sock() { for _ in $(seq 1200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 # free_port [N]: a TCP port P with P..P+N-1 (default 1) free on 127.0.0.1,
@@ -527,6 +579,20 @@ nbd_qsd_vbd() {
     done
     sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' q.out v.out
     diff -u q.out v.out || fail "NBD output differs: $*"
+}
+# nbd_outage_server MODE ADDR: the scripted NBD server of the client's
+# reconnect tests (nbd-outage-server.py: the client's open answered and
+# closed at once, later connections as MODE says) on ADDR, a unix socket
+# path or tcp:PORT, in the background; pid in lpid (killed at exit), its
+# log in $T/srv.log (started afresh). Returns once it listens (not by a
+# probe: that would be the connection taken for the open).
+nbd_outage_server() {
+    rm -f "$T/srv.log" "$2"
+    touch "$T/srv.log"
+    python3 "$VBD_ROOT/tests/integration/nbd-outage-server.py" "$1" "$2" "$T/srv.log" &
+    lpid=$!
+    on_exit "kill $lpid 2>/dev/null"
+    wait_log "$T/srv.log" listening || fail "the scripted NBD server did not start"
 }
 # nbd_via unix|tcp PORT: the names of one transport for the export "disk"
 # served at $T/s.sock or 127.0.0.1:PORT: addr (nbd_raw_daemon's ADDR), where

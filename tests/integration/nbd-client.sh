@@ -11,7 +11,7 @@ must qemu-io -f raw -c "write -P 0x42 1M 2M" -c "write -P 0x43 10M 64k" disk.raw
 qemu-nbd -f raw -k "$T/qn.sock" -x exp --persistent --shared=4 disk.raw 2>qn.log &
 qpid=$!
 on_exit "kill $qpid 2>/dev/null"
-for _ in $(seq 100); do [ -S qn.sock ] && break; sleep 0.05; done
+wait_sock qn.sock
 U="nbd+unix:///exp?socket=$T/qn.sock"
 
 step "qemu-nbd: info, map (holes skipped), compare, convert, as qemu-img"
@@ -41,7 +41,7 @@ step "vbd-daemon re-exports the remote disk; qemu-img reads it through both hops
     2>daemon.log &
 dpid=$!
 on_exit "kill $dpid 2>/dev/null"
-for _ in $(seq 100); do [ -S vbd.sock ] && break; sleep 0.05; done
+wait_sock vbd.sock
 must qemu-img compare -q -f raw -F raw "nbd+unix:///hop?socket=$T/vbd.sock" "$U"
 must qemu-io -f raw -c "write -P 0x47 50M 64k" "nbd+unix:///hop?socket=$T/vbd.sock" >/dev/null
 must qemu-io -f raw -r -c "read -P 0x47 50M 64k" "$U" >/dev/null
@@ -60,7 +60,7 @@ kill $kpid
 nbdkit -f -U "$T/kf.sock" file disk.raw 2>/dev/null &
 kfpid=$!
 on_exit "kill $kfpid 2>/dev/null"
-for _ in $(seq 100); do [ -S kf.sock ] && break; sleep 0.05; done
+wait_sock kf.sock
 must "$VBD_IMG" compare -q -f raw -F raw "nbd+unix:///?socket=$T/kf.sock" "$U"
 kill $kfpid
 
@@ -68,7 +68,7 @@ step "nbdkit error filter: errors reach the caller, nothing hangs"
 nbdkit -f -U "$T/ke.sock" --filter=error memory 16M error=EIO error-pread-rate=100% 2>/dev/null &
 kepid=$!
 on_exit "kill $kepid 2>/dev/null"
-for _ in $(seq 100); do [ -S ke.sock ] && break; sleep 0.05; done
+wait_sock ke.sock
 out=$(timeout 30 "$VBD_IO" -f raw -c "read 0 64k" "nbd+unix:///?socket=$T/ke.sock" 2>&1); rc=$?
 [ $rc != 124 ] || fail "a read from a failing server hung"
 [ $rc != 0 ] || fail "a failing read exited 0"
@@ -76,36 +76,42 @@ echo "$out" | grep -qi "input/output error" || fail "the EIO did not reach the c
 must "$VBD_IO" -f raw -c "write -P 1 0 64k" "nbd+unix:///?socket=$T/ke.sock" >/dev/null
 kill $kepid
 
-step "reconnect: the server restarts between requests, reconnect-delay=10 carries on"
+step "reconnect: the server restarts between requests, reconnect-delay=60 carries on"
 sock2=$T/qn2.sock
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &
 q2=$!
-for _ in $(seq 100); do [ -S "$sock2" ] && break; sleep 0.05; done
+wait_sock "$sock2"
 kill $qpid; wait $qpid 2>/dev/null   # one server at a time holds the image lock
-"$VBD_IO" --image-opts -c "read -P 0x44 20M 64k" -c "sleep 3000" -c "read -P 0x44 20M 64k" \
-    "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$sock2,file.export=exp,file.reconnect-delay=10" \
-    >rc.out 2>&1 &
-iopid=$!
-wait_first_read rc.out $iopid # the restart must fall into the sleep, after the first read
+# the second read sent once the server was killed and started again (its
+# socket may not be back yet: reconnect-delay, counted from the kill, covers
+# that: 60 s for a loaded host)
+io_start rc.out --image-opts \
+    "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$sock2,file.export=exp,file.reconnect-delay=60"
+io_cmd "read -P 0x44 20M 64k"
+io_wait "read 65536/65536"
 kill $q2; wait $q2 2>/dev/null
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &
 q3=$!
 on_exit "kill $q3 2>/dev/null"
+io_cmd "read -P 0x44 20M 64k"
+io_end
 wait $iopid || fail "the read after a server restart failed: $(cat rc.out)"
+[ "$(grep -c "read 65536/65536" rc.out)" = 2 ] || fail "not two reads after a server restart: $(cat rc.out)"
 
 step "no reconnect-delay: a lost server fails the next request with EIO, nothing hangs"
-"$VBD_IO" --image-opts -c "read -P 0x44 20M 64k" -c "sleep 3000" -c "read -P 0x44 20M 64k" \
-    "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$sock2,file.export=exp" >nr.out 2>&1 &
-iopid=$!
-wait_first_read nr.out $iopid
+io_start nr.out --image-opts "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$sock2,file.export=exp"
+io_cmd "read -P 0x44 20M 64k"
+io_wait "read 65536/65536"
 kill $q3; wait $q3 2>/dev/null
+io_cmd "read -P 0x44 20M 64k"
+io_end
 timeout 30 tail --pid=$iopid -f /dev/null || fail "a read after the server died hung"
 wait $iopid && fail "a read after the server died succeeded: $(cat nr.out)"
 grep -qi "input/output error" nr.out || fail "no EIO after the server died: $(cat nr.out)"
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &
 q4=$!
 on_exit "kill $q4 2>/dev/null"
-for _ in $(seq 100); do [ -S "$sock2" ] && break; sleep 0.05; done
+wait_sock "$sock2"
 
 step "legacy nbd:HOST:PORT and nbd+tcp:// filenames"
 port=$(free_port 4) || fail "no free TCP port"
@@ -124,7 +130,7 @@ must qemu-io -f raw -c "write -P 0x71 0 8M" dis.raw >/dev/null
 qemu-nbd -f raw -k "$T/dis.sock" --discard=unmap -t dis.raw 2>/dev/null &
 dpid2=$!
 on_exit "kill $dpid2 2>/dev/null"
-for _ in $(seq 100); do [ -S dis.sock ] && break; sleep 0.05; done
+wait_sock dis.sock
 must "$VBD_IO" -f raw -c "discard 1M 2M" -c "write -z -u 5M 1M" -c "read -P 0 1M 2M" -c "read -P 0x71 0 1M" \
     "nbd+unix:///?socket=$T/dis.sock" >/dev/null
 kill $dpid2; wait $dpid2 2>/dev/null
@@ -136,7 +142,7 @@ step "read-only export: write open refused with a clear error, read-only open wo
 qemu-nbd -r -f raw -k "$T/ro.sock" -t dis.raw 2>/dev/null &
 ropid=$!
 on_exit "kill $ropid 2>/dev/null"
-for _ in $(seq 100); do [ -S ro.sock ] && break; sleep 0.05; done
+wait_sock ro.sock
 must_fail_with "read-only" "$VBD_IO" -f raw -c "write 0 4k" "nbd+unix:///?socket=$T/ro.sock"
 must "$VBD_IO" -f raw -r -c "read -P 0x71 0 1M" "nbd+unix:///?socket=$T/ro.sock" >/dev/null
 kill $ropid
@@ -146,7 +152,7 @@ nbdkit -f -U "$T/bp.sock" --filter=blocksize-policy memory 16M blocksize-minimum
     blocksize-maximum=1M blocksize-error-policy=error 2>/dev/null &
 bppid=$!
 on_exit "kill $bppid 2>/dev/null"
-for _ in $(seq 100); do [ -S bp.sock ] && break; sleep 0.05; done
+wait_sock bp.sock
 must "$VBD_IO" -f raw -c "write -P 7 100 1000" -c "write -P 8 1M 5M" -c "aio_write -P 9 7M 3M" -c aio_flush \
     -c "read -P 7 100 1000" -c "read -P 0 0 100" -c "read -P 0 1100 3000" -c "read -P 8 1M 5M" -c "read -P 9 7M 3M" \
     "nbd+unix:///?socket=$T/bp.sock" >/dev/null

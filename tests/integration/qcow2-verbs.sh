@@ -281,7 +281,7 @@ dirty_map() { # BITMAP: the dirty ranges qemu-nbd exports for it
     rm -f q.sock
     qemu-nbd -r -t -k "$T/q.sock" -B "$1" -f qcow2 bm.qcow2 2>qn.log &
     local p=$!
-    for _ in $(seq 100); do [ -S q.sock ] && break; sleep 0.05; done
+    wait_sock q.sock
     nbdinfo --map=qemu:dirty-bitmap:"$1" "nbd+unix:///?socket=$T/q.sock" | awk '$3 == 1 { print $1, $2 }'
     kill $p; wait $p 2>/dev/null
 }
@@ -301,9 +301,10 @@ must "$VBD_IMG" resize -q bm.qcow2 128M
 qcheck bm.qcow2
 [ "$(dirty_map b0 | tr '\n' ' ')" = "0 67108864 " ] || fail "after a grow b0 is not as before: $(dirty_map b0 | tr '\n' ' ')"
 # killed while open: the bitmap stays marked in-use, which QEMU reports as inconsistent (never silently stale)
-"$VBD_IO" -c 'write -P 3 40M 4k' -c 'sleep 3000' bm.qcow2 >/dev/null 2>&1 &
-p=$!
-for _ in $(seq 100); do qemu-img info -U bm.qcow2 2>/dev/null | grep -q "in-use" && break; sleep 0.05; done
-kill -9 $p; wait $p 2>/dev/null
+io_start held.out bm.qcow2
+io_cmd "write -P 3 40M 4k"
+io_wait "wrote 4096/4096"
+kill -9 $iopid; wait $iopid 2>/dev/null
+exec 7>&-
 qemu-img info -U bm.qcow2 | grep -q "in-use" || fail "a killed writer left the bitmap looking consistent"
 echo ok

@@ -9,18 +9,11 @@
 # texts too.
 . "$(dirname "$0")/lib.sh"
 need python3 qemu-storage-daemon
-export VBD_DAEMON
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-export-iothread.jsonl" \
-    --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
-    --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff found differences (above)"
+qmpdiff_nulls diff-export-iothread
 # a backup or mirror target joining its source's thread: refused while an
 # export of the target with fixed-iothread keeps it on another thread
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-job-target-fixed-iothread.jsonl" \
-    --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
-    --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff found differences (above)"
+qmpdiff_nulls diff-job-target-fixed-iothread
 # idle NBD clients follow their node's move at once: object-del of the
 # iothread it left succeeds right after the move
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/diff-export-idle-move.jsonl" \
-    --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
-    --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff found differences (above)"
+qmpdiff_nulls diff-export-idle-move
 echo OK

@@ -13,13 +13,9 @@
 # REOPEN_STRESS_ROUNDS. (vbd's blockdev-reopen changed read-only only.)
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-need_stress
 SEED=${REOPEN_STRESS_SEED:-1818}
 ROUNDS=${REOPEN_STRESS_ROUNDS:-60}
-cd "$T"
-truncate -s 16M init.raw
-mixed_data m1 5 && dd if=m1 of=init.raw bs=1M seek=1 conv=notrunc status=none
-on_exit 'kill -9 $dpid 2>/dev/null'
+stress_init 5 1
 
 for tr in vhost nbd; do
     step "over $tr: $ROUNDS reopen lists under QD 64 (seed $SEED)"
@@ -27,13 +23,7 @@ for tr in vhost nbd; do
     cp base.qcow2 base2.qcow2
     must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
     rm -f qmp.sock nbd.sock vu.sock
-    if [ $tr = vhost ]; then
-        exp=type=vhost-user-blk,id=e,node-name=t0,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0
-        target="--vhost-user vu.sock --queues 2"
-    else
-        exp=type=nbd,id=e,node-name=t0,name=disk,writable=on
-        target="--nbd nbd+unix:///disk?socket=nbd.sock --conns 4"
-    fi
+    stress_transport $tr e t0
     "$VBD_DAEMON" --object iothread,id=io0 --object throttle-group,id=g0 \
         --object throttle-group,id=g1,x-iops-total=800 \
         --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
@@ -48,23 +38,18 @@ for tr in vhost nbd; do
     dpid=$!
     wait_sock "$PWD/qmp.sock"
     python3 - "$STRESS" "$SEED" "$ROUNDS" "$tr" "$PWD" $target <<'PY' || fail "over $tr: $(tail -20 daemon.log)"
-import os, random, signal, subprocess, sys, time
+import os, random, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, fail
+from stress import Stress, after_some
 stress_bin, seed, rounds, tr, d = sys.argv[1:6]
 target = sys.argv[6:]
 s = Session("qmp.sock", "vbd")
 if tr == "vhost":  # the export took its chain to io0: base2 goes there too
     s.run("x-blockdev-set-iothread", **{"node-name": "base2", "iothread": "io0"})
-cmd = [stress_bin, "--seed", seed, "--ops", str(1 << 40), "--qd", "64", "--hot", "8", "--init", "init.raw",
-       "--shadow-out", "shadow.raw"] + target
-p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-p.stdout.readline()  # its seed: running
+st = Stress([stress_bin, "--seed", seed, "--ops", str(1 << 40), "--qd", "64", "--hot", "8", "--init", "init.raw",
+             "--shadow-out", "shadow.raw"] + target)
 rng = random.Random(int(seed))
-def completed():
-    st = s.run("query-blockstats")
-    return sum(b["stats"]["rd_operations"] + b["stats"]["wr_operations"] + b["stats"]["unmap_operations"] +
-               b["stats"]["flush_operations"] for b in st)
 def state():
     return sorted((n["node-name"], n["detect_zeroes"], n["cache"]["no-flush"], n.get("backing_file_depth", 0))
                   for n in s.run("query-named-block-nodes", flat=True))
@@ -88,22 +73,11 @@ for r in range(int(rounds)):
     else:
         s.run("blockdev-reopen", options=opts)
         changes += len(opts)
-    c0 = completed()
-    while completed() < c0 + 16:  # some requests went through after it
-        if p.poll() is not None:
-            fail(f"vbd-stress ended in round {r}: {p.communicate()[0][-3000:]}")
-        time.sleep(0.005)
+    after_some(s, 16, st, f"in round {r}")  # some requests went through after it
 # the last state back to unlimited, then every request must end
 s.run("blockdev-reopen", options=[{"driver": "throttle", "node-name": "t0", "file": "top", "throttle-group": "g0"}])
-p.send_signal(signal.SIGUSR1)
-try:
-    out = p.communicate(timeout=60)[0]
-except subprocess.TimeoutExpired:
-    p.kill()
-    fail(f"vbd-stress did not end within 60 s of its SIGUSR1: requests hung ({p.communicate()[0][-2000:]})")
-if p.returncode:
-    fail(f"vbd-stress: {out[-4000:]}")
-print(f"{changes} node changes; " + out.strip().splitlines()[-1])
+st.finish()
+print(f"{changes} node changes")
 PY
     job_daemon_stop vbd-daemon
     qcheck top.qcow2

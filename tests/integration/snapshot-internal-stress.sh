@@ -63,9 +63,10 @@ start() { # EXPORTS: both (vhost-user on io0 + NBD), nbd, or vhost (alone: the g
 # taken goes to NAME.raw; the names kept at the end to kept.PHASE
 drive() {
     python3 - "$@" "$STRESS" "$SEED" "$ROUNDS" "$dpid" <<'PY'
-import os, random, signal, subprocess, sys, time
+import os, random, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
+from stress import Stress, points
 phase, init, stress_bin, seed, rounds, dpid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 rng = random.Random(seed * 10 + int(phase))
 s = Session("qmp.sock", "vbd")
@@ -79,14 +80,9 @@ else:
     if phase != "4":  # phase 4 (1b): the vhost-user export alone, the graph on io0
         cmd += ["--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
     cmd += ["--zero-heavy"] if phase == "2" else ["--no-discard", "--points", "points"]
-p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-print(p.stdout.readline().strip())  # its seed: running, SIGUSR1 handled
-points = open("points", "w") if phase in ("1", "4") else None
+st = Stress(cmd, show_seed=True)
+pf = open("points", "w") if phase in ("1", "4") else None
 kept = [l.split()[0] for l in open("kept.in")] if phase in ("2", "4") else []
-
-def alive(what):
-    if p.poll() is not None:
-        fail(f"vbd-stress ended {what}: {p.communicate()[0][-3000:]}")
 
 def snapshot(name):
     ts = time.monotonic_ns()
@@ -94,9 +90,9 @@ def snapshot(name):
     tr = time.monotonic_ns()
     # what the snapshot froze, read while the writes go on
     sh(f"qemu-img convert -U -f qcow2 -l snapshot.name={name} -O raw img.qcow2 {name}.raw", f"reading snapshot {name}")
-    if points:
-        points.write(f"{ts} {tr} {os.getcwd()}/{name}.raw\n")
-        points.flush()
+    if pf:
+        pf.write(f"{ts} {tr} {os.getcwd()}/{name}.raw\n")
+        pf.flush()
     kept.append(name)
     err = s.error("blockdev-snapshot-internal-sync", device="disk", name=name)
     if "already exists" not in err["desc"]:
@@ -117,13 +113,7 @@ def delete():
 
 if phase == "3":
     snapshot("c0")
-    while not os.path.exists("ready"):  # past --crash-after: a failed request is the crash, not an error
-        alive("before its ready file")
-        time.sleep(0.02)
-    os.kill(int(dpid), signal.SIGKILL)
-    out = p.communicate()[0]
-    if p.returncode or "server is gone" not in out:
-        fail(f"vbd-stress in crash mode: {out[-3000:]}")
+    st.crash("ready", dpid)
     open("kept.3", "w").write("c0\n")
     sys.exit(0)
 
@@ -131,17 +121,11 @@ for r in range(rounds):
     snapshot(f"p{phase}s{r}")
     if r % 3 == 2 or len(kept) > 5:
         delete()
-    alive(f"in round {r}")
-alive("at the end")
-p.send_signal(signal.SIGUSR1)
-out = p.communicate()[0]
-if p.returncode:
-    fail(f"vbd-stress: {out[-4000:]}")
-print(out.strip().splitlines()[-1])
-pts = [l for l in out.splitlines() if l.startswith("vbd-stress: point ")]
-if points:
-    across = [int(l.split(" across")[0].split()[-1]) for l in pts]
-    print(f"{len(pts)} snapshot points ok, {sum(across)} requests in flight across the snapshots (at most {max(across)} at once)")
+    st.alive(f"in round {r}")
+st.alive("at the end")
+out = st.finish()
+if pf:
+    points(out, "the snapshots")
 open(f"kept.{phase}", "w").write("".join(n + "\n" for n in kept))
 PY
 }
@@ -160,23 +144,26 @@ snapshots_as_taken() {
     echo "phase $1: $(wc -l <"kept.$1") snapshots listed and as taken"
 }
 
+# run_phase PHASE INIT EXPORTS WHAT: the daemon with EXPORTS (start), the
+# load and the snapshots of PHASE from INIT (drive), a clean stop; then
+# qemu-img check clean, the snapshots as taken, the image equal to the
+# model. WHAT names the phase in failures.
+run_phase() {
+    start "$3"
+    drive "$1" "$2" || fail "$4: $(tail -20 daemon.log)"
+    job_daemon_stop vbd-daemon
+    qcheck img.qcow2
+    snapshots_as_taken "$1"
+    must qemu-img compare -q -f qcow2 -F raw img.qcow2 "shadow$1.raw"
+}
+
 step "phase 1: $ROUNDS internal snapshots (some deleted) under QD 64 on vhost-user (2 rings, iothread) + NBD (4 connections)"
-start both
-drive 1 init.raw || fail "phase 1: $(tail -20 daemon.log)"
-job_daemon_stop vbd-daemon
-qcheck img.qcow2
-snapshots_as_taken 1
-must qemu-img compare -q -f qcow2 -F raw img.qcow2 shadow1.raw
+run_phase 1 init.raw both "phase 1"
 
 step "phase 1b: the same with the vhost-user export alone: the graph runs on io0, the QMP commands enter it there"
 must qemu-img convert -q -f qcow2 -O raw img.qcow2 init4.raw
 cp kept.1 kept.in
-start vhost
-drive 4 init4.raw || fail "phase 1b: $(tail -20 daemon.log)"
-job_daemon_stop vbd-daemon
-qcheck img.qcow2
-snapshots_as_taken 4
-must qemu-img compare -q -f qcow2 -F raw img.qcow2 shadow4.raw
+run_phase 4 init4.raw vhost "phase 1b"
 cp kept.4 kept.1
 
 step "phase 2: vbd-img snapshot -a/-c/-d offline, then snapshots under the load with discards"
@@ -191,12 +178,7 @@ grep -vx "$drop" kept.1 >kept.in
 echo applied >>kept.in
 [ "$drop" = "$keep" ] && echo "$keep" >>kept.in
 qcheck img.qcow2
-start both
-drive 2 "$keep.raw" || fail "phase 2: $(tail -20 daemon.log)"
-job_daemon_stop vbd-daemon
-qcheck img.qcow2
-snapshots_as_taken 2
-must qemu-img compare -q -f qcow2 -F raw img.qcow2 shadow2.raw
+run_phase 2 "$keep.raw" both "phase 2"
 last=$(tail -1 kept.2)
 cp img.qcow2 copy.qcow2
 must "$VBD_IMG" snapshot -a "$last" copy.qcow2

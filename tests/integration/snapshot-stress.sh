@@ -60,14 +60,9 @@ for b in json.load(sys.stdin)["format-specific"]["data"].get("bitmaps", []):
         print(",".join(b["flags"]))'
 }
 
-start() { # FMT TRANSPORT
-    local exp
+start() { # FMT TRANSPORT: the daemon; exp and target (stress_transport) set
     rm -f qmp.sock nbd.sock vu.sock
-    if [ "$2" = vhost ]; then
-        exp=type=vhost-user-blk,id=g,node-name=base,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0
-    else
-        exp=type=nbd,id=g,node-name=base,name=disk,writable=on
-    fi
+    stress_transport "$2" g base
     "$VBD_DAEMON" --object iothread,id=io0 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off \
         --monitor chardev=q --blockdev "driver=file,node-name=f0,filename=$PWD/base.$1" \
         --blockdev "driver=$1,node-name=base,file=f0" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
@@ -81,24 +76,24 @@ start() { # FMT TRANSPORT
 # graph; MODE full (rounds, then everything committed into base) or crash
 # (snapshot, commit, snapshot, then SIGKILL of the daemon)
 drive() {
-    python3 - "$@" "$STRESS" "$SEED" "$ROUNDS" "$dpid" <<'PY'
-import os, signal, subprocess, sys, time
+    # shellcheck disable=SC2086 # $target is words
+    python3 - "$@" "$STRESS" "$SEED" "$ROUNDS" "$dpid" $target <<'PY'
+import os, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
+from stress import Stress, points
 fmt, transport, mode, stress_bin, seed, rounds, dpid = sys.argv[1:8]
+target = sys.argv[8:]
 cwd = os.getcwd()
 s = Session("qmp.sock", "vbd")
-target = ["--vhost-user", "vu.sock", "--queues", "2"] if transport == "vhost" else \
-    ["--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
 cmd = [stress_bin, "--seed", seed, "--qd", "64", "--hot", "8", "--hot-move", "64", "--no-discard",
        "--init", "init.raw", "--shadow-out", "shadow.raw"] + target
 if mode == "crash":
     cmd += ["--crash-ready", "ready", "--crash-after", "300", "--mask-out", "mask.raw"]
 else:
     cmd += ["--ops", str(1 << 40), "--points", "points", "--touched-out", "touched"]
-p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-p.stdout.readline()  # its seed: running, SIGUSR1 handled
-points = open("points", "w")
+st = Stress(cmd)
+pf = open("points", "w")
 chain, files = ["base"], {"base": (f"{cwd}/base.{fmt}", fmt)}
 
 def job(jid, ready):
@@ -131,8 +126,8 @@ def snapshot(r, added=False):
     if mode != "crash":
         # what the switch froze, read while the writes go on above it
         sh(f"qemu-img convert -U -f {f} -O raw '{path}' p{r}.raw", f"reading the layer below snapshot {r}")
-        points.write(f"{ts} {tr} {cwd}/p{r}.raw\n")
-        points.flush()
+        pf.write(f"{ts} {tr} {cwd}/p{r}.raw\n")
+        pf.flush()
     if f == "qcow2":
         sh(f"qemu-img check -U '{path}'", f"qemu-img check of {top} frozen by snapshot {r}")
         info = sh(f"qemu-img info -U --output=json '{path}'", "qemu-img info")
@@ -141,24 +136,14 @@ def snapshot(r, added=False):
     chain.append(new)
     files[new] = (f"{cwd}/{new}.qcow2", "qcow2")
 
-def alive(what):
-    if p.poll() is not None:
-        fail(f"vbd-stress ended {what}: {p.communicate()[0][-3000:]}")
-
 if mode == "crash":
     snapshot(0)
     commit("s0", "base")
     chain.pop()
     s.run("blockdev-del", **{"node-name": "s0"})
     snapshot(1, added=True)
-    alive("before the SIGKILL")
-    while not os.path.exists("ready"):  # past --crash-after: a failed request is the crash, not an error
-        alive("before its ready file")
-        time.sleep(0.02)
-    os.kill(int(dpid), signal.SIGKILL)
-    out = p.communicate()[0]
-    if p.returncode or "server is gone" not in out:
-        fail(f"vbd-stress in crash mode: {out[-3000:]}")
+    st.alive("before the SIGKILL")
+    st.crash("ready", dpid)
     sys.exit(0)
 
 for r in range(int(rounds)):
@@ -182,20 +167,13 @@ for r in range(int(rounds)):
         for n in reversed(chain[1:-1]):
             s.run("blockdev-del", **{"node-name": n})
         chain[1:-1] = []
-    alive(f"in round {r}")
+    st.alive(f"in round {r}")
 if len(chain) > 1:
     commit(chain[-1], "base")
     for n in reversed(chain[1:]):
         s.run("blockdev-del", **{"node-name": n})
-alive("before the last commit's end")
-p.send_signal(signal.SIGUSR1)
-out = p.communicate()[0]
-if p.returncode:
-    fail(f"vbd-stress: {out[-4000:]}")
-print(out.strip().splitlines()[-1])
-pts = [l for l in out.splitlines() if l.startswith("vbd-stress: point ")]
-across = [int(l.split(" across")[0].split()[-1]) for l in pts]
-print(f"{len(pts)} snapshot points ok, {sum(across)} requests in flight across the switches (at most {max(across)} at once)")
+st.alive("before the last commit's end")
+points(st.finish(), "the switches")
 PY
 }
 

@@ -108,9 +108,12 @@ class Session:
 
     def complete_across(self, jid, writers):
         """job-complete on READY job jid while `writers` (a Popen of
-        vbd-stress) run: once their writes reach the job (its total grows
-        with the dirty chunks it copies), and they must still be running
-        when the job has ended, else the pivot was not tested under them."""
+        vbd-stress, its pid vbd-stress's own, running until SIGUSR1: no
+        --seconds to outlast the job) run: once their writes reach the job
+        (its total grows with the dirty chunks it copies); they must still
+        be running when the job has ended (else the pivot was not tested
+        under them), then SIGUSR1 ends them and their checks must pass."""
+        import signal
         import time
         t0 = self.job(jid)["total-progress"]
         while self.job(jid)["total-progress"] == t0:
@@ -120,8 +123,13 @@ class Session:
         self.run("job-complete", id=jid)
         self.completed(jid)
         if writers.poll() is not None:
-            fail("the writers were done before job-complete: not tested across it")
-        out = writers.communicate()[0]
+            fail(f"the writers were done before job-complete: not tested across it: {writers.stdout.read()[-2000:]}")
+        writers.send_signal(signal.SIGUSR1)
+        try:
+            out = writers.communicate(timeout=300)[0]
+        except subprocess.TimeoutExpired:
+            writers.kill()
+            fail(f"vbd-stress did not end within 300 s of its SIGUSR1: {writers.communicate()[0][-2000:]}")
         if writers.returncode:
             fail(f"vbd-stress across job-complete: {out[-3000:]}")
 
