@@ -69,7 +69,7 @@ for opt in "" "-W"; do
     # host sector 40960 (20 MiB): inside the data clusters of the ~32 MiB written
     out=$("$VBD_IMG" convert $opt -n -f qcow2 --target-image-opts "$shm/src.qcow2" "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=$shm/dst.qcow2,file.inject-error.0.event=write_aio,file.inject-error.0.errno=5,file.inject-error.0.sector=40960" 2>&1) &&
         fail "convert to a failing target succeeded"
-    grep -q "Could not write .* at offset .*: Input/output error" <<<"$out" || fail "not the write's error: $out"
+    grep -q "error while writing at byte [0-9]*: Input/output error" <<<"$out" || fail "not the write's error: $out"
     qcheck "$shm/dst.qcow2"
 done
 echo PASS
