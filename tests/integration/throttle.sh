@@ -4,10 +4,11 @@
 # qemu-storage-daemon 7.2: the QMP objects and their errors word for word
 # (tests/qmp/diff-throttle.jsonl), then the same limits on both daemons
 # measured in the same run, over NBD (qemu-img bench, vbd-bench) and over
-# vhost-user-blk on an iothread (vbd-bench): each rate within 10 % of the
-# limit and of qemu-storage-daemon's (a differential); bursts as QEMU's model
-# gives them; two exports in one group each get 40-60 %; a limit changed
-# with qom-set takes effect within a second; --drive's throttling names;
+# vhost-user-blk on an iothread (vbd-bench): each rate never above the limit
+# (+10 %), and within 10 % of it whenever qemu-storage-daemon, measured at
+# the same time, got there; bursts as QEMU's model gives them; two exports
+# in one group each get 40-60 %; a limit changed with qom-set takes effect
+# at once (the rest far faster than the old limit allows); --drive's throttling names;
 # hostile options answered with one line.
 # Limits are low (<= 500 IOPS) so the shared 2-core host reaches them.
 . "$(dirname "$0")/lib.sh"
@@ -72,19 +73,24 @@ within() {
         fail "$4: $1, expected $2 +-$3 %"
     echo "    $4: $1 (expected $2 +-$3 %)"
 }
-# measured WHAT VBD QSD EXPECTED: the differential first (vbd within 10 %
-# of qsd, both measured at the same time); then vbd within 10 % of the
-# model's EXPECTED value, checked only when qsd itself got there: on a host
-# too busy to reach the limit (the shared machine's load can starve both
-# daemons' clients) that check says nothing about vbd and is reported
-# instead of failed.
+# measured WHAT VBD QSD EXPECTED [time]: a throttle must never let more
+# through than its limit, however busy the host: vbd's rate at most 10 %
+# above EXPECTED (with "time", VBD is seconds: at least 10 % under
+# EXPECTED's). That it lets the limit through is checked only when qsd,
+# measured at the same time, got there (within 10 %): then vbd must be
+# within 10 % of EXPECTED too. On a host too busy for qsd's client to reach
+# the limit that says nothing about vbd (a starved client is slower with
+# either daemon, by however much the scheduler gives it) and is reported
+# instead: comparing vbd with qsd directly there was a timing assertion
+# (tests19: 3 of 4 runs at load 18-30 failed it, vbd and qsd both fine).
 measured() {
     echo "    $1: vbd $2, qsd $3, expected $4"
-    within "$2" "$3" 10 "$1, vbd against qsd"
+    python3 -c "import sys; v,e=map(float,sys.argv[1:3]); t=sys.argv[3]=='time'; sys.exit(0 if (v>=e*0.9 if t else v<=e*1.1) else 1)" "$2" "$4" "${5:-rate}" ||
+        fail "$1: vbd $2 exceeds the limit (expected $4, +-10 %)"
     if python3 -c "import sys; v,r=map(float,sys.argv[1:3]); sys.exit(0 if abs(v-r)<=r*0.1 else 1)" "$3" "$4"; then
         within "$2" "$4" 10 "$1, vbd against the limit"
     else
-        echo "    (qsd got $3, not $4 +-10 %: host too busy for the absolute check; load $(cut -d' ' -f1 /proc/loadavg))"
+        echo "    (qsd got $3, not $4 +-10 %: host too busy for the lower bound; load $(cut -d' ' -f1 /proc/loadavg))"
     fi
 }
 # rate REQUESTS SECONDS BURST: requests per second after the first BURST,
@@ -143,7 +149,7 @@ b1=$!
 bench_json "$T/jq" --vhost-user "$T/q.vu1" -n 2560
 wait $b1 || fail "vbd-bench on vbd"
 sv=$(jget "$T/jv" seconds) sq=$(jget "$T/jq" seconds)
-measured "seconds for 2560 requests (burst, then average)" "$sv" "$sq" 8.8
+measured "seconds for 2560 requests (burst, then average)" "$sv" "$sq" 8.8 time
 stop_pair
 
 step "two exports in one group (iops-total=400, vhost-user on an iothread): each gets 40-60 %"
