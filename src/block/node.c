@@ -502,6 +502,17 @@ struct vbd_node *vbd_open_driver(const struct vbd_driver *drv, struct json_objec
     return n;
 }
 
+/* A child named KEY without a driver is a protocol node, never probed for a
+ * format: a format's or a filter's "file", and blkdebug's "image" (QEMU
+ * 7.2's blkdebug is a protocol driver whose image child inherits that, so
+ * qemu-io opens image.filename=FILE as the file itself: no raw node, no
+ * "probing guessed raw" warning, block 0 writable). Backing files and
+ * quorum's children are probed. */
+static bool opened_as_protocol(const char *key)
+{
+    return !strcmp(key, "file") || !strcmp(key, "image");
+}
+
 struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opts, const char *key,
                                 const char *filename, unsigned flags, struct vbd_error **err)
 {
@@ -516,7 +527,7 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
             vbd_error_setf(err, EINVAL, "A block device must be specified for \"%s\"", key);
             return NULL;
         }
-        return vbd_open(filename, NULL, flags | (!strcmp(key, "file") ? VBD_OPEN_PROTOCOL : 0), err);
+        return vbd_open(filename, NULL, flags | (opened_as_protocol(key) ? VBD_OPEN_PROTOCOL : 0), err);
     }
     if (json_object_is_type(v, json_type_string)) {
         const char *ref = json_object_get_string(v);
@@ -553,7 +564,7 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
         return NULL;
     }
     unsigned cflags = flags;
-    if (!strcmp(key, "file") && !vbd_opt_get(v, "driver"))
+    if (opened_as_protocol(key) && !vbd_opt_get(v, "driver"))
         cflags |= VBD_OPEN_PROTOCOL;
     struct vbd_node *c = vbd_open(fname ? fname : filename, v, cflags, err);
     free(fname);
