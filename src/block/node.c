@@ -324,6 +324,13 @@ static int probe_format(struct vbd_node *proto, const struct vbd_driver **out, s
         free(buf);
         return rc;
     }
+    *out = vbd_probe_buffer(buf, len, proto->filename);
+    free(buf);
+    return 0;
+}
+
+const struct vbd_driver *vbd_probe_buffer(const uint8_t *buf, size_t len, const char *filename)
+{
     int best = 0;
     const struct vbd_driver *bestd = vbd_driver_find("raw");
     /* an empty image is raw without probing, as in QEMU (an empty buffer
@@ -331,15 +338,13 @@ static int probe_format(struct vbd_node *proto, const struct vbd_driver **out, s
     for (const struct vbd_driver *const *d = vbd_driver_list(); len && *d; d++) {
         if ((*d)->kind != VBD_DRV_FORMAT || !(*d)->probe)
             continue;
-        int score = (*d)->probe(buf, len, proto->filename);
+        int score = (*d)->probe(buf, len, filename);
         if (score > best) {
             best = score;
             bestd = *d;
         }
     }
-    free(buf);
-    *out = bestd;
-    return 0;
+    return bestd;
 }
 
 struct open_args {
@@ -470,6 +475,8 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
                     "         Specify the 'raw' format explicitly to remove the restrictions.\n",
                     proto->filename);
         json_object_object_add(opts, "file", json_object_new_string(proto->node_name));
+        if (drv->caps & VBD_DRV_CAP_PROBE_FALLBACK)
+            flags |= VBD_OPEN_PROBED_RAW;
         result = node_create(drv, filename, opts, flags, err);
         vbd_node_unref(proto); /* the format node holds its own reference */
         goto out;
