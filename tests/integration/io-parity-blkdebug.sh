@@ -9,7 +9,7 @@
 # without rules is taken, a missing one and a missing FILE are refused in
 # QEMU's words. As io-parity.sh: the same command line through both tools,
 # each in its own copy of the images: the same exit code, stdout, stderr
-# and images. vbd probed a format for the image child (the warning, a
+# and images; vbd-img info as qemu-img info. vbd probed a format for the image child (the warning, a
 # qcow2 opened as qcow2) and took blkdebug:... for a file name.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
@@ -40,6 +40,12 @@ io_same -c "read 0 512" blkdebug:missing.conf:a.raw
 io_same -c "read 0 512" blkdebug:a.raw
 io_same -c "read 0 512" blkdebug::missing.img
 io_same -c "read 0 512" blkdebug:blanks.conf:a.raw
+
+step "vbd-img info beside qemu-img info: the same lines (disk size unavailable at blkdebug)"
+for a in "blkdebug::a.qcow2" "blkdebug:empty.conf:a.raw" "-f raw blkdebug::a.qcow2" "--image-opts driver=blkdebug,image.filename=a.qcow2"; do
+    tools_run qemu-img "$VBD_IMG" info $a
+    tools_same info $a
+done
 
 step "a config file with rules: vbd reads none, so it refuses it in one line (QEMU applies them)"
 printf '[inject-error]\nevent = "read_aio"\n' >rules.conf

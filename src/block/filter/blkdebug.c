@@ -624,6 +624,14 @@ static int blkdebug_block_status(struct vbd_node *n, bool want_zero, uint64_t of
     return rc ? rc : vbd_filter_co_block_status(n, want_zero, off, bytes, pnum, map, file);
 }
 
+/* QEMU 7.2's blkdebug is a protocol driver without an allocated size:
+ * qemu-img info says "disk size: unavailable" at it and at a format above */
+static int64_t blkdebug_allocated_size(struct vbd_node *n)
+{
+    (void)n;
+    return -1;
+}
+
 static const char *const blkdebug_protocols[] = {"blkdebug", NULL};
 
 static const struct vbd_driver blkdebug_driver = {
@@ -642,6 +650,7 @@ static const struct vbd_driver blkdebug_driver = {
     .co_pwrite_zeroes = blkdebug_pwrite_zeroes,
     .co_block_status = blkdebug_block_status,
     .refresh_size = vbd_filter_refresh_size,
+    .get_allocated_size = blkdebug_allocated_size,
     .reopen_rw = vbd_filter_reopen_rw,
     .debug_breakpoint = blkdebug_breakpoint,
     .debug_remove_breakpoint = blkdebug_remove_breakpoint,
