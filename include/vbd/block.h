@@ -67,6 +67,11 @@ struct vbd_loop;
  * convert's sources) sets it, and those formats then tell what they know
  * (unallocated blocks, holes in the file). */
 #define VBD_OPEN_EXACT_STATUS 0x8000u
+/* The format was probed and came out raw (QEMU's bs->probed): raw then
+ * refuses a write that would make block 0 probe as another format (EPERM,
+ * "write operations on block 0 will be restricted"), so that a guest can
+ * not turn its disk into, say, a qcow2 naming a host file as backing. */
+#define VBD_OPEN_PROBED_RAW  0x10000u
 
 /* detect-zeroes: an all-zero write becomes a write-zeroes request (unmap:
  * one that may deallocate; only with discard=unmap, as QEMU requires) */
@@ -496,6 +501,9 @@ static inline void vbd_node_set_size(struct vbd_node *n, uint64_t size) { __atom
 
 /* ---------- registry ---------- */
 const struct vbd_driver *vbd_driver_find(const char *name);
+/* The format whose probe scores BUF (an image's first LEN bytes; FILENAME
+ * may be NULL) highest; raw, the fallback, for an empty image. */
+const struct vbd_driver *vbd_probe_buffer(const uint8_t *buf, size_t len, const char *filename);
 /* All drivers, NULL-terminated (for --help and probing). */
 const struct vbd_driver *const *vbd_driver_list(void);
 

@@ -324,6 +324,13 @@ static int probe_format(struct vbd_node *proto, const struct vbd_driver **out, s
         free(buf);
         return rc;
     }
+    *out = vbd_probe_buffer(buf, len, proto->filename);
+    free(buf);
+    return 0;
+}
+
+const struct vbd_driver *vbd_probe_buffer(const uint8_t *buf, size_t len, const char *filename)
+{
     int best = 0;
     const struct vbd_driver *bestd = vbd_driver_find("raw");
     /* an empty image is raw without probing, as in QEMU (an empty buffer
@@ -331,15 +338,13 @@ static int probe_format(struct vbd_node *proto, const struct vbd_driver **out, s
     for (const struct vbd_driver *const *d = vbd_driver_list(); len && *d; d++) {
         if ((*d)->kind != VBD_DRV_FORMAT || !(*d)->probe)
             continue;
-        int score = (*d)->probe(buf, len, proto->filename);
+        int score = (*d)->probe(buf, len, filename);
         if (score > best) {
             best = score;
             bestd = *d;
         }
     }
-    free(buf);
-    *out = bestd;
-    return 0;
+    return bestd;
 }
 
 struct open_args {
@@ -470,6 +475,8 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
                     "         Specify the 'raw' format explicitly to remove the restrictions.\n",
                     proto->filename);
         json_object_object_add(opts, "file", json_object_new_string(proto->node_name));
+        if (drv->caps & VBD_DRV_CAP_PROBE_FALLBACK)
+            flags |= VBD_OPEN_PROBED_RAW;
         result = node_create(drv, filename, opts, flags, err);
         vbd_node_unref(proto); /* the format node holds its own reference */
         goto out;
@@ -502,6 +509,17 @@ struct vbd_node *vbd_open_driver(const struct vbd_driver *drv, struct json_objec
     return n;
 }
 
+/* A child named KEY without a driver is a protocol node, never probed for a
+ * format: a format's or a filter's "file", and blkdebug's "image" (QEMU
+ * 7.2's blkdebug is a protocol driver whose image child inherits that, so
+ * qemu-io opens image.filename=FILE as the file itself: no raw node, no
+ * "probing guessed raw" warning, block 0 writable). Backing files and
+ * quorum's children are probed. */
+static bool opened_as_protocol(const char *key)
+{
+    return !strcmp(key, "file") || !strcmp(key, "image");
+}
+
 struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opts, const char *key,
                                 const char *filename, unsigned flags, struct vbd_error **err)
 {
@@ -516,7 +534,7 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
             vbd_error_setf(err, EINVAL, "A block device must be specified for \"%s\"", key);
             return NULL;
         }
-        return vbd_open(filename, NULL, flags | (!strcmp(key, "file") ? VBD_OPEN_PROTOCOL : 0), err);
+        return vbd_open(filename, NULL, flags | (opened_as_protocol(key) ? VBD_OPEN_PROTOCOL : 0), err);
     }
     if (json_object_is_type(v, json_type_string)) {
         const char *ref = json_object_get_string(v);
@@ -553,7 +571,7 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
         return NULL;
     }
     unsigned cflags = flags;
-    if (!strcmp(key, "file") && !vbd_opt_get(v, "driver"))
+    if (opened_as_protocol(key) && !vbd_opt_get(v, "driver"))
         cflags |= VBD_OPEN_PROTOCOL;
     struct vbd_node *c = vbd_open(fname ? fname : filename, v, cflags, err);
     free(fname);

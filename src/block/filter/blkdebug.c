@@ -257,6 +257,56 @@ static int take_limit(struct json_object *opts, const char *key, uint64_t align,
     return 0;
 }
 
+/* vbd reads no rules from a config file (inject-error options give them),
+ * but one without rules (empty lines and comments only) changes nothing,
+ * so it is taken as QEMU takes it; one with anything else is refused
+ * rather than ignored. */
+static int check_config_has_no_rules(const char *path, struct vbd_error **err)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        int e = errno;
+        vbd_error_setf(err, e, "Could not read blkdebug config file: %s", strerror(e)); /* QEMU 7.2's words */
+        return -e;
+    }
+    char line[512];
+    bool has_rules = false, blank = false;
+    /* QEMU's qemu_config_parse skips empty lines and those starting with
+     * '#'; a line of blanks is its "parse error" */
+    while (!has_rules && !blank && fgets(line, sizeof(line), f)) {
+        if (line[0] == '\n' || line[0] == '#')
+            continue;
+        blank = line[strspn(line, " \t\r\n")] == 0;
+        has_rules = !blank;
+    }
+    fclose(f);
+    if (blank) {
+        vbd_error_setf(err, EINVAL, "parse error");
+        return -EINVAL;
+    }
+    if (has_rules) {
+        vbd_error_setf(err, ENOTSUP, "blkdebug: config files are not supported by vbd (use inject-error)");
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+/* QEMU's "blkdebug:[CONFIG]:IMAGE" (an empty CONFIG: none); the node is a
+ * protocol node then, and a format is probed above it, as QEMU does. */
+static int blkdebug_parse_filename(const char *filename, struct json_object *opts, struct vbd_error **err)
+{
+    const char *config = filename + strlen("blkdebug:");
+    const char *colon = strchr(config, ':');
+    if (!colon) {
+        vbd_error_setf(err, EINVAL, "blkdebug requires both config file and image path"); /* QEMU 7.2's words */
+        return -EINVAL;
+    }
+    if (colon > config)
+        json_object_object_add(opts, "config", json_object_new_string_len(config, (int)(colon - config)));
+    json_object_object_add(opts, "x-image", json_object_new_string(colon + 1));
+    return 0;
+}
+
 static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct blkdebug_state *s = n->opaque;
@@ -266,15 +316,22 @@ static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags,
     char *config = NULL;
     if (vbd_opt_take_str(opts, "config", &config, err) < 0)
         return -EINVAL;
+    char config_name[sizeof(n->filename)] = ""; /* for the node's filename */
     if (config) {
-        vbd_error_setf(err, ENOTSUP, "blkdebug: config files are not supported by vbd (use inject-error)");
+        int rc = check_config_has_no_rules(config, err);
+        snprintf(config_name, sizeof(config_name), "%s", config);
         free(config);
-        return -ENOTSUP;
+        if (rc < 0)
+            return rc;
     }
+    char *image_filename = NULL; /* "blkdebug:CONFIG:IMAGE"'s IMAGE */
+    if (vbd_opt_take_str(opts, "x-image", &image_filename, err) < 0)
+        return -EINVAL;
     uint64_t align = 0;
     if (vbd_opt_take_size(opts, "align", &align, err) < 0)
         return -EINVAL;
-    n->file = vbd_open_child(n, opts, "image", NULL, flags, err);
+    n->file = vbd_open_child(n, opts, "image", image_filename, flags, err);
+    free(image_filename);
     if (!n->file)
         return -EINVAL;
     /* QEMU 7.2's blkdebug_open: an alignment it could not honour is refused (0: none) */
@@ -301,7 +358,8 @@ static int do_open(struct vbd_node *n, struct json_object *opts, unsigned flags,
         n->bl.pdiscard_alignment = (uint32_t)opt_discard;
     if (max_discard)
         n->bl.max_pdiscard = max_discard;
-    snprintf(n->filename, sizeof(n->filename), "blkdebug::%s", n->file->filename);
+    /* QEMU's blkdebug_refresh_filename: the config file named too */
+    snprintf(n->filename, sizeof(n->filename), "blkdebug:%s:%s", config_name, n->file->filename);
     return 0;
 }
 
@@ -566,9 +624,21 @@ static int blkdebug_block_status(struct vbd_node *n, bool want_zero, uint64_t of
     return rc ? rc : vbd_filter_co_block_status(n, want_zero, off, bytes, pnum, map, file);
 }
 
+/* QEMU 7.2's blkdebug is a protocol driver without an allocated size:
+ * qemu-img info says "disk size: unavailable" at it and at a format above */
+static int64_t blkdebug_allocated_size(struct vbd_node *n)
+{
+    (void)n;
+    return -1;
+}
+
+static const char *const blkdebug_protocols[] = {"blkdebug", NULL};
+
 static const struct vbd_driver blkdebug_driver = {
     .name = "blkdebug",
     .kind = VBD_DRV_FILTER,
+    .protocols = blkdebug_protocols,
+    .parse_filename = blkdebug_parse_filename,
     .state_size = sizeof(struct blkdebug_state),
     .caps = VBD_DRV_CAP_MULTI_LOOP,
     .open = blkdebug_open,
@@ -580,6 +650,7 @@ static const struct vbd_driver blkdebug_driver = {
     .co_pwrite_zeroes = blkdebug_pwrite_zeroes,
     .co_block_status = blkdebug_block_status,
     .refresh_size = vbd_filter_refresh_size,
+    .get_allocated_size = blkdebug_allocated_size,
     .reopen_rw = vbd_filter_reopen_rw,
     .debug_breakpoint = blkdebug_breakpoint,
     .debug_remove_breakpoint = blkdebug_remove_breakpoint,

@@ -14,7 +14,11 @@
 struct raw_state {
     uint64_t offset;
     bool has_size;
+    bool probed; /* VBD_OPEN_PROBED_RAW: block 0 stays raw */
 };
+
+/* QEMU's BLOCK_PROBE_BUF_SIZE: what the restriction of a probed image looks at */
+#define PROBED_BLOCK 512u
 
 static int raw_probe(const uint8_t *buf, size_t len, const char *filename)
 {
@@ -29,7 +33,8 @@ static int raw_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     if (vbd_opt_take_size(opts, "offset", &s->offset, err) < 0 ||
         (has_size = vbd_opt_take_size(opts, "size", &size, err)) < 0)
         return -EINVAL;
-    n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
+    s->probed = (flags & VBD_OPEN_PROBED_RAW) != 0;
+    n->file = vbd_open_child(n, opts, "file", NULL, flags & ~VBD_OPEN_PROBED_RAW, err);
     if (!n->file)
         return -EINVAL;
     uint64_t fsize = n->file->size;
@@ -59,6 +64,10 @@ static int raw_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     n->bl = n->file->bl;
     if (s->offset & (n->bl.request_alignment - 1))
         n->bl.request_alignment = 1; /* the file node does the read-modify-write */
+    /* a probed image's block 0 is written whole (the generic layer
+     * completes a smaller write), so raw_pwritev sees all it will hold */
+    if (s->probed && n->bl.request_alignment < PROBED_BLOCK)
+        n->bl.request_alignment = PROBED_BLOCK;
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
     n->supported_write_flags = n->file->supported_write_flags;
     n->supported_zero_flags = n->file->supported_zero_flags;
@@ -72,10 +81,24 @@ static int raw_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
     return vbd_node_co_preadv(n->file, off + s->offset, bytes, q, qoff, flags);
 }
 
+/* QEMU's raw_co_pwritev on a probed image: block 0 written so that it
+ * would probe as another format is refused with EPERM. */
+static bool makes_block0_another_format(struct vbd_node *n, struct vbd_qiov *q, size_t qoff)
+{
+    uint8_t block0[PROBED_BLOCK];
+    vbd_iov_to_buf(q->iov, q->niov, qoff, block0, sizeof(block0));
+    return vbd_probe_buffer(block0, sizeof(block0), NULL) != n->drv; /* QEMU: no name, no dmg by its suffix */
+}
+
 static int raw_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                        unsigned flags)
 {
     struct raw_state *s = n->opaque;
+    if (s->probed && off < PROBED_BLOCK && bytes) {
+        /* request_alignment >= PROBED_BLOCK: the write starts at 0 and covers the block */
+        if (off != 0 || bytes < PROBED_BLOCK || makes_block0_another_format(n, q, qoff))
+            return -EPERM;
+    }
     return vbd_node_co_pwritev(n->file, off + s->offset, bytes, q, qoff, flags);
 }
 

@@ -1,0 +1,55 @@
+#!/bin/bash
+# vbd-io beside qemu-io 7.2 on blkdebug without a driver for its image:
+# driver=blkdebug,image.filename=FILE (--image-opts, json:) opens FILE as
+# the file itself, as QEMU's blkdebug (a protocol driver whose image child
+# inherits that) does: no format probed below it, no raw node, no "probing
+# guessed raw" warning, a qcow2 read as its bytes. The filename syntax
+# blkdebug:[CONFIG]:FILE makes the same blkdebug node, with a format probed
+# above it (raw: the warning, naming the whole filename); a config file
+# without rules is taken, a missing one and a missing FILE are refused in
+# QEMU's words. As io-parity.sh: the same command line through both tools,
+# each in its own copy of the images: the same exit code, stdout, stderr
+# and images; vbd-img info as qemu-img info. vbd probed a format for the image child (the warning, a
+# qcow2 opened as qcow2) and took blkdebug:... for a file name.
+. "$(dirname "$0")/lib.sh"
+need qemu-img qemu-io
+cd "$T"
+io_parity_base
+: >base/empty.conf
+printf "# no rules\n\n# none\n" >base/comments.conf
+printf "  \n" >base/blanks.conf
+
+step "driver=blkdebug,image.filename=FILE: FILE itself, no probing, no warning"
+io_same --image-opts "driver=blkdebug,image.filename=a.raw" -c "read -v 0 16" -c "write -P 0x51 0 512" -c "read -P 0x51 0 512"
+io_same --image-opts "driver=blkdebug,image.filename=a.qcow2" -c "read -v 0 16" -c "read -P 0xab 64k 16"
+io_same -c "read -v 0 16" -c "write -P 0x52 4k 512" 'json:{"driver":"blkdebug","image":{"filename":"a.qcow2"}}'
+io_same --image-opts "driver=raw,file.driver=blkdebug,file.image.filename=a.qcow2" -c "read -v 0 16"
+io_same --image-opts "driver=qcow2,file.driver=blkdebug,file.image.filename=a.qcow2" -c "read -P 0xab 0 64k"
+io_same -r --image-opts "driver=blkdebug,image.filename=a.raw" -c "read -P 0xab 0 64k" -c "write 0 512"
+
+step "blkdebug:[CONFIG]:FILE: a format probed above blkdebug, as QEMU"
+io_same -c "read -P 0xab 0 64k" -c "write -P 0x53 64k 4k" blkdebug:empty.conf:a.raw
+io_same -c "read -P 0xab 0 64k" -c "write -P 0x53 64k 4k" blkdebug::a.qcow2
+io_same -c "read -P 0xab 0 64k" blkdebug:comments.conf:a.qcow2
+io_same -r -c "read -P 0xab 0 64k" blkdebug::a.raw
+io_same -f raw -c "read -v 0 16" blkdebug::a.qcow2
+io_same -f qcow2 -c "read -P 0xab 0 64k" -c "write -P 0x54 1k 1k" blkdebug::a.qcow2
+
+step "refused in QEMU's words: a missing config file, no config part, a missing image"
+io_same -c "read 0 512" blkdebug:missing.conf:a.raw
+io_same -c "read 0 512" blkdebug:a.raw
+io_same -c "read 0 512" blkdebug::missing.img
+io_same -c "read 0 512" blkdebug:blanks.conf:a.raw
+
+step "vbd-img info beside qemu-img info: the same lines (disk size unavailable at blkdebug)"
+for a in "blkdebug::a.qcow2" "blkdebug:empty.conf:a.raw" "-f raw blkdebug::a.qcow2" "--image-opts driver=blkdebug,image.filename=a.qcow2"; do
+    tools_run qemu-img "$VBD_IMG" info $a
+    tools_same info $a
+done
+
+step "a config file with rules: vbd reads none, so it refuses it in one line (QEMU applies them)"
+printf '[inject-error]\nevent = "read_aio"\n' >rules.conf
+"$VBD_IO" -c "read 0 512" blkdebug:rules.conf:base/a.raw >v.out 2>&1 && fail "rules in a config file taken: $(cat v.out)"
+[ "$(cat v.out)" = "vbd-io: can't open device blkdebug:rules.conf:base/a.raw: blkdebug: config files are not supported by vbd (use inject-error)" ] ||
+    fail "config file with rules: $(cat v.out)"
+echo ok
