@@ -88,7 +88,8 @@ static void ranges_add(struct ranges *rs, uint64_t off, uint64_t len)
 
 /* A change of persistent bitmap `name` of n through its driver, every
  * export over n drained meanwhile (the driver stores its bitmaps, changes
- * its directory and loads them again: a write marked in between is lost). */
+ * its directory and loads them again; a block job's writes into n are not
+ * drained: qcow2 keeps what they mark meanwhile and marks it after). */
 static int persistent_change(struct vbd_node *n, const char *name, enum vbd_bitmap_action action,
                              const struct ranges *rs, struct vbd_error **err)
 {

@@ -10,7 +10,10 @@
  *
  * As transaction actions each change is made in prepare, with what abort
  * needs to restore it (the bits, the flags), while the node's exports are
- * drained so that nothing changes a bitmap in between.
+ * drained so that nothing changes a bitmap in between. A block job writing
+ * into the node (a stream, a commit's base, a mirror's target) is not
+ * held by that drain: the qcow2 driver keeps the ranges written while it
+ * stores and reloads its bitmaps and marks them once they are back.
  */
 #include "qmp/commands.h"
 #include "qmp/snapshot.h"
@@ -197,6 +200,22 @@ static void restore_bits(struct bitmap_state *st)
     change(st->n, &op, NULL);
 }
 
+/* QEMU's BDRV_BITMAP_BUSY: an in-memory bitmap flagged (exported, frozen
+ * by a backup), a persistent one in an export's list or a backup's use. */
+static bool bitmap_busy(struct vbd_node *n, const char *name)
+{
+    struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find(n, name);
+    if (mem)
+        return vbd_dirty_bitmap_busy(mem);
+    return vbd_nbd_bitmap_exported(n, name) || vbd_backup_uses_persistent_bitmap(n, name);
+}
+
+static void busy_error(const char *name, struct vbd_qmp_error *err)
+{
+    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                       "Bitmap '%s' is currently in use by another operation and cannot be used", name);
+}
+
 /* The node and the existing bitmap of a remove/clear/enable/disable. */
 static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, const char *name, struct vbd_qmp_error *err)
 {
@@ -209,8 +228,7 @@ static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, con
     struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find(n, name);
     if (mem) {
         if (vbd_dirty_bitmap_busy(mem)) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                               "Bitmap '%s' is currently in use by another operation and cannot be used", name);
+            busy_error(name, err);
             return NULL;
         }
         return n;
@@ -222,9 +240,8 @@ static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, con
         return NULL;
     }
     /* QEMU's bdrv_dirty_bitmap_check: busy (exported, or frozen by a backup) before read-only */
-    if (vbd_nbd_bitmap_exported(n, name) || vbd_backup_uses_persistent_bitmap(n, name)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Bitmap '%s' is currently in use by another operation and cannot be used", name);
+    if (bitmap_busy(n, name)) {
+        busy_error(name, err);
         return NULL;
     }
     if (n->read_only) { /* below an overlay, or opened so */
@@ -512,15 +529,24 @@ static int merge_prepare(struct tx_action *a, struct vbd_qmp_error *err)
                 break;
             }
         }
+        /* a source on another node is read as it is now: only its own
+         * exports could change it, and a merge is a snapshot of it anyway */
+        if ((rc = read_ranges(src, name, &sources)) < 0) {
+            not_found(name, rc, err);
+            break;
+        }
+        /* QEMU's bdrv_merge_dirty_bitmap: a busy source (exported, used by
+         * a backup) is refused too, before the sizes are compared */
+        if (bitmap_busy(src, name)) {
+            busy_error(name, err);
+            rc = -EBUSY;
+            break;
+        }
         if (vbd_node_size(src) != vbd_node_size(n)) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmaps are incompatible and can't be merged");
             rc = -EINVAL;
             break;
         }
-        /* a source on another node is read as it is now: only its own
-         * exports could change it, and a merge is a snapshot of it anyway */
-        if ((rc = read_ranges(src, name, &sources)) < 0)
-            not_found(name, rc, err);
     }
     struct vbd_bitmap_op op = {.action = VBD_BITMAP_MERGE, .name = target, .ranges = (const uint64_t(*)[2])sources.r,
                                .nranges = sources.n};

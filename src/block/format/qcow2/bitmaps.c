@@ -9,6 +9,7 @@
  */
 #include "qcow2.h"
 
+#include "vbd/alloc.h"
 #include "vbd/error.h"
 
 #include <errno.h>
@@ -224,6 +225,17 @@ bad:
  * marks the granules it touches. */
 void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
+    if (s->bitmaps_changing && len) {
+        /* marked after the change (rare: only while a QMP command changes
+         * the bitmaps under a job's writes) */
+        if (s->nwritten_in_change == s->written_in_change_cap) {
+            s->written_in_change_cap = s->written_in_change_cap ? 2 * s->written_in_change_cap : 16;
+            s->written_in_change =
+                vbd_xrealloc(s->written_in_change, s->written_in_change_cap * sizeof(*s->written_in_change));
+        }
+        s->written_in_change[s->nwritten_in_change][0] = off;
+        s->written_in_change[s->nwritten_in_change++][1] = len;
+    }
     for (int i = 0; i < s->nbitmaps && len; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
         if (!b->tracking)
@@ -655,6 +667,7 @@ static int entry_bits(struct qcow2_state *s, struct dir_entry *e)
  * the directory is changed; they are loaded again afterwards. */
 static int begin_change(struct qcow2_state *s)
 {
+    s->bitmaps_changing = true;
     int rc = qcow2_writeback(s);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s);
@@ -669,10 +682,19 @@ static int begin_change(struct qcow2_state *s)
 /* Also after a failure: the bitmaps were stored, so tracking must resume. */
 static int end_change(struct qcow2_state *s, int rc, struct vbd_error **err)
 {
-    if (s->read_only)
-        return rc;
-    qcow2_bitmaps_free(s);
-    int orc = qcow2_bitmaps_open(s, rc < 0 ? NULL : err);
+    int orc = 0;
+    if (!s->read_only) {
+        qcow2_bitmaps_free(s);
+        orc = qcow2_bitmaps_open(s, rc < 0 ? NULL : err);
+    }
+    /* what was written during the change, into the bitmaps that track now
+     * (one added meanwhile may get a few bits more: more dirty is safe) */
+    s->bitmaps_changing = false;
+    for (size_t i = 0; i < s->nwritten_in_change; i++)
+        qcow2_bitmaps_dirty(s, s->written_in_change[i][0], s->written_in_change[i][1]);
+    free(s->written_in_change);
+    s->written_in_change = NULL;
+    s->nwritten_in_change = s->written_in_change_cap = 0;
     return rc < 0 ? rc : orc;
 }
 

@@ -160,6 +160,13 @@ struct qcow2_state {
     /* persistent dirty bitmaps tracked while open read-write (bitmaps.c) */
     struct qcow2_bitmap *bitmaps;
     int nbitmaps;
+    /* A bitmap change (bitmaps.c) stores the bitmaps, frees them and opens
+     * them again, yielding in between: the ranges written meanwhile (by a
+     * block job: the exports are drained, the jobs are not) are kept here
+     * and marked once the bitmaps are back, so no dirty bit is lost. */
+    bool bitmaps_changing;
+    uint64_t (*written_in_change)[2];
+    size_t nwritten_in_change, written_in_change_cap;
     uint8_t *bm_dir;
     uint64_t bm_dir_offset, bm_dir_size; /* the repair at open of a dirty image prints nothing */
     bool read_only;

@@ -1,0 +1,10 @@
+#!/bin/bash
+# block-dirty-bitmap-merge from a busy (exported) source bitmap, and a
+# read-only export of a busy enabled bitmap, against qemu-storage-daemon
+# 7.2 word for word (tests/qmp/diff-bitmap-merge-busy.jsonl).
+. "$(dirname "$0")/lib.sh"
+need python3 qemu-storage-daemon qemu-img qemu-io
+export VBD_DAEMON
+QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-bitmap-merge-busy.jsonl" \
+    --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" || fail "qmpdiff found differences (above)"
+echo ok
