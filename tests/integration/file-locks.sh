@@ -6,10 +6,10 @@ need qemu-img qemu-io qemu-storage-daemon
 img=$T/disk.raw
 qemu-img create -q -f raw "$img" 4M
 # wait until a writer's "no other writer" lock byte (201) shows in /proc/locks
-wait_locked() { local ino; ino=$(stat -c %i "$img"); for _ in $(seq 200); do grep -q ":$ino 201 201" /proc/locks && return 0; sleep 0.05; done; fail "lock never taken"; }
+wait_locked() { local ino; ino=$(stat -c %i "$img"); for _ in $(seq 1200); do grep -q ":$ino 201 201" /proc/locks && return 0; sleep 0.05; done; fail "lock never taken"; }
 
 step "vbd-io holds the image writable"
-"$VBD_IO" -f raw -c 'sleep 20000' "$img" &
+"$VBD_IO" -f raw -c 'sleep 600000' "$img" &
 pid=$!; on_exit "kill $pid 2>/dev/null"
 wait_locked
 out=$(qemu-io -f raw -c 'write 0 512' "$img" 2>&1) && fail "qemu-io wrote to an image vbd holds"
@@ -21,10 +21,12 @@ must qemu-img info -f raw "$img" >/dev/null
 kill $pid; wait $pid 2>/dev/null
 
 step "QEMU holds the image writable"
-qemu-io -f raw -c 'sleep 20000' "$img" >/dev/null &
+qemu-io -f raw -c 'sleep 600000' "$img" >/dev/null &
 qpid=$!; on_exit "kill $qpid 2>/dev/null"
 ino=$(stat -c %i "$img")
-for _ in $(seq 200); do grep -Eq ":$ino 10[01] 101" /proc/locks && break; sleep 0.05; done
+held=
+for _ in $(seq 1200); do grep -Eq ":$ino 10[01] 101" /proc/locks && { held=1; break; }; sleep 0.05; done
+[ -n "$held" ] || fail "qemu-io never took its write lock"
 must_fail_with 'Failed to get shared "write" lock' "$VBD_IO" -f raw -c 'write 0 512' "$img"
 must_fail_with 'lock' "$VBD_IMG" resize -f raw "$img" 8M
 must "$VBD_IMG" info -f raw "$img" >/dev/null
@@ -32,7 +34,7 @@ must "$VBD_IO" -f raw -r -c 'read 0 512' "$img" >/dev/null
 kill $qpid; wait $qpid 2>/dev/null
 
 step "two vbd writers exclude each other; readers with -U coexist"
-"$VBD_IO" -f raw -c 'sleep 20000' "$img" &
+"$VBD_IO" -f raw -c 'sleep 600000' "$img" &
 pid=$!; on_exit "kill $pid 2>/dev/null"
 wait_locked
 must_fail_with 'Failed to get "write" lock' "$VBD_IO" -f raw -c 'write 0 512' "$img"
