@@ -22,7 +22,7 @@ dirty_map() { # IMG BITMAP: the map qemu-nbd exports
     rm -f q.sock
     qemu-nbd -r -t -k "$T/q.sock" -B "$2" -f qcow2 "$1" 2>qn.log &
     local p=$!
-    for _ in $(seq 200); do [ -S q.sock ] && break; kill -0 $p 2>/dev/null || break; sleep 0.05; done
+    for _ in $(seq 1200); do [ -S q.sock ] && break; kill -0 $p 2>/dev/null || break; sleep 0.05; done
     nbdinfo --map=qemu:dirty-bitmap:"$2" "nbd+unix:///?socket=$T/q.sock" || fail "qemu-nbd -B $2 $1: $(cat qn.log)"
     kill $p; wait $p 2>/dev/null
 }
@@ -33,7 +33,7 @@ vbd_map() { # IMG BITMAP: the map vbd-daemon exports
     "$VBD_DAEMON" --blockdev driver=file,node-name=f0,filename="$1",read-only=on --blockdev driver=qcow2,node-name=d0,file=f0,read-only=on \
         --nbd-server addr.type=unix,addr.path="$T/v.sock" --export type=nbd,id=e0,node-name=d0,name=disk,bitmap="$2" 2>vd.log &
     local p=$!
-    for _ in $(seq 200); do [ -S v.sock ] && break; kill -0 $p 2>/dev/null || break; sleep 0.05; done
+    for _ in $(seq 1200); do [ -S v.sock ] && break; kill -0 $p 2>/dev/null || break; sleep 0.05; done
     nbdinfo --map=qemu:dirty-bitmap:"$2" "nbd+unix:///disk?socket=$T/v.sock" || fail "vbd-daemon bitmap=$2 $1: $(cat vd.log)"
     kill $p; wait $p 2>/dev/null
 }

@@ -104,7 +104,7 @@ if command -v qemu-nbd >/dev/null && command -v nbdinfo >/dev/null; then
             rm -f n.sock
             qemu-nbd -r -t -k "$T/n.sock" -B $b -f qcow2 b.qcow2.$t 2>qn.log &
             p=$!
-            for _ in $(seq 100); do [ -S n.sock ] && break; sleep 0.05; done
+            for _ in $(seq 1200); do [ -S n.sock ] && break; sleep 0.05; done
             nbdinfo --map=qemu:dirty-bitmap:$b "nbd+unix:///?socket=$T/n.sock" >map.$t || fail "nbdinfo: $(cat qn.log)"
             kill $p; wait $p 2>/dev/null
         done

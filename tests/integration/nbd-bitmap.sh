@@ -23,14 +23,14 @@ serve_vbd() { # BITMAP [writable]
         --nbd-server addr.type=unix,addr.path="$T/v.sock" \
         --export type=nbd,id=e0,node-name=d0,name=disk,bitmap="$1",writable="${2:-off}" 2>daemon.log &
     vpid=$!
-    for _ in $(seq 100); do [ -S v.sock ] && return; sleep 0.05; done
+    for _ in $(seq 1200); do [ -S v.sock ] && return; sleep 0.05; done
     fail "vbd-daemon did not start: $(cat daemon.log)"
 }
 qemu_map() { # BITMAP: the dirty map as qemu-nbd exports it
     rm -f q.sock
     qemu-nbd -r -t -k "$T/q.sock" -B "$1" -f qcow2 bm.qcow2 2>qn.log &
     local p=$!
-    for _ in $(seq 100); do [ -S q.sock ] && break; sleep 0.05; done
+    for _ in $(seq 1200); do [ -S q.sock ] && break; sleep 0.05; done
     nbdinfo --map=qemu:dirty-bitmap:"$1" "nbd+unix:///?socket=$T/q.sock"
     kill $p; wait $p 2>/dev/null
 }

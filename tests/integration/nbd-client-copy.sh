@@ -13,7 +13,7 @@ head -c 256M /dev/urandom | dd of=src.raw bs=1M seek=640 conv=notrunc status=non
 qemu-nbd -f raw -r -t -k "$T/s.sock" src.raw 2>qn.log &
 qpid=$!
 on_exit "kill $qpid 2>/dev/null"
-for _ in $(seq 100); do [ -S s.sock ] && break; sleep 0.05; done
+for _ in $(seq 1200); do [ -S s.sock ] && break; sleep 0.05; done
 U="nbd+unix:///?socket=$T/s.sock"
 
 ms() { echo $(($(date +%s%N) / 1000000)); }

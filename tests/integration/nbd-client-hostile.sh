@@ -29,7 +29,7 @@ serve() {
     cp img.raw "$IMG"
     python3 "$SRV" "$T/s$n.sock" "$IMG" "$1" 2>"$T/srv$n.log" &
     pids="$pids $!"
-    for _ in $(seq 200); do [ -S "$T/s$n.sock" ] && break; sleep 0.05; done
+    for _ in $(seq 1200); do [ -S "$T/s$n.sock" ] && break; sleep 0.05; done
     [ -S "$T/s$n.sock" ] || fail "the hostile server ($1) did not start: $(cat "$T/srv$n.log")"
     U="nbd+unix:///x?socket=$T/s$n.sock"
 }
@@ -116,7 +116,7 @@ if command -v qemu-nbd >/dev/null; then
     cp img.raw q.raw
     qemu-nbd -f raw -k "$T/q.sock" -x q --persistent --shared=4 q.raw 2>qn.log &
     pids="$pids $!"
-    for _ in $(seq 200); do [ -S q.sock ] && break; sleep 0.05; done
+    for _ in $(seq 1200); do [ -S q.sock ] && break; sleep 0.05; done
     real qemu-nbd "nbd+unix:///q?socket=$T/q.sock" q.raw
 else
     echo "qemu-nbd not installed: not tried"
@@ -126,7 +126,7 @@ if command -v nbdkit >/dev/null; then
     cp img.raw k.raw
     nbdkit -f -U "$T/k.sock" file k.raw 2>nk.log &
     pids="$pids $!"
-    for _ in $(seq 200); do [ -S k.sock ] && break; sleep 0.05; done
+    for _ in $(seq 1200); do [ -S k.sock ] && break; sleep 0.05; done
     real nbdkit "nbd+unix:///?socket=$T/k.sock" k.raw
 else
     echo "nbdkit not installed: not tried"
