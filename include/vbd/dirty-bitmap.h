@@ -49,6 +49,16 @@ void vbd_dirty_bitmap_clear(struct vbd_dirty_bitmap *bm);
 /* 1 if [off, ..) starts dirty, 0 if clean; *pnum bytes alike (<= bytes). */
 int vbd_dirty_bitmap_status(struct vbd_dirty_bitmap *bm, uint64_t off, uint64_t bytes, uint64_t *pnum);
 
+/* Dirty (offset, length) ranges in the order they were added: a bitmap's
+ * contents as QMP merges, undoes and backs them up (vbd_bitmap_op's MERGE
+ * ranges), or writes remembered to be marked later. Free r when done. */
+struct vbd_bitmap_ranges {
+    uint64_t (*r)[2];
+    size_t n, cap;
+};
+/* Appends [off, off + len); one starting where the last ends extends it. */
+void vbd_bitmap_ranges_add(struct vbd_bitmap_ranges *rs, uint64_t off, uint64_t len);
+
 /* The persistent-bitmap operations (vbd_bitmap_op) on n's in-memory bitmaps. */
 int vbd_dirty_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd_error **err);
 

@@ -277,3 +277,17 @@ int vbd_dirty_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, 
     }
     return 0;
 }
+
+void vbd_bitmap_ranges_add(struct vbd_bitmap_ranges *rs, uint64_t off, uint64_t len)
+{
+    if (rs->n && rs->r[rs->n - 1][0] + rs->r[rs->n - 1][1] == off) {
+        rs->r[rs->n - 1][1] += len;
+        return;
+    }
+    if (rs->n == rs->cap) {
+        rs->cap = rs->cap ? 2 * rs->cap : 16;
+        rs->r = vbd_xrealloc(rs->r, rs->cap * sizeof(*rs->r));
+    }
+    rs->r[rs->n][0] = off;
+    rs->r[rs->n++][1] = len;
+}

@@ -63,35 +63,15 @@ struct backup {
      * name and its dirty (offset, length) ranges at the start */
     struct vbd_node *pnode;
     char *pname;
-    uint64_t (*pranges)[2];
-    size_t npranges;
+    struct vbd_bitmap_ranges pranges;
 };
-
-struct ranges {
-    uint64_t (*r)[2];
-    size_t n, cap;
-};
-
-static void ranges_add(struct ranges *rs, uint64_t off, uint64_t len)
-{
-    if (rs->n && rs->r[rs->n - 1][0] + rs->r[rs->n - 1][1] == off) {
-        rs->r[rs->n - 1][1] += len;
-        return;
-    }
-    if (rs->n == rs->cap) {
-        rs->cap = rs->cap ? 2 * rs->cap : 16;
-        rs->r = vbd_xrealloc(rs->r, rs->cap * sizeof(*rs->r));
-    }
-    rs->r[rs->n][0] = off;
-    rs->r[rs->n++][1] = len;
-}
 
 /* A change of persistent bitmap `name` of n through its driver, every
  * export over n drained meanwhile (the driver stores its bitmaps, changes
  * its directory and loads them again; a block job's writes into n are not
  * drained: qcow2 keeps what they mark meanwhile and marks it after). */
 static int persistent_change(struct vbd_node *n, const char *name, enum vbd_bitmap_action action,
-                             const struct ranges *rs, struct vbd_error **err)
+                             const struct vbd_bitmap_ranges *rs, struct vbd_error **err)
 {
     struct vbd_bitmap_op op = {.action = action, .name = name};
     if (rs) {
@@ -112,7 +92,7 @@ static int persistent_change(struct vbd_node *n, const char *name, enum vbd_bitm
 /* Gives ranges back to the persistent bitmap; a failure is reported (the
  * job's end cannot fail any more): the next incremental backup would miss
  * them, so the user must know. */
-static void persistent_give_back(struct backup *b, const struct ranges *rs)
+static void persistent_give_back(struct backup *b, const struct vbd_bitmap_ranges *rs)
 {
     struct vbd_error *e = NULL;
     if (persistent_change(b->pnode, b->pname, VBD_BITMAP_MERGE, rs, &e) < 0)
@@ -266,8 +246,7 @@ static int backup_run(struct vbd_job *job, struct vbd_error **err)
 static void bitmap_restore(struct backup *b, bool only_uncopied)
 {
     if (b->pnode) {
-        struct ranges rs = {.r = b->pranges, .n = b->npranges};
-        persistent_give_back(b, &rs);
+        persistent_give_back(b, &b->pranges);
         return;
     }
     if (!b->saved)
@@ -302,12 +281,12 @@ static void backup_abort(struct vbd_job *job)
     uint64_t size = vbd_node_size(b->source);
     if (b->pnode) {
         /* per copy cluster: the bitmap marks each granule one touches */
-        struct ranges rs = {0};
+        struct vbd_bitmap_ranges rs = {0};
         uint64_t cl = vbd_cbw_cluster(b->cbw);
         for (uint64_t off = 0; off < size; off += cl) {
             uint64_t len = size - off < cl ? size - off : cl;
             if (vbd_cbw_todo_bytes(b->cbw, off, len))
-                ranges_add(&rs, off, len);
+                vbd_bitmap_ranges_add(&rs, off, len);
         }
         persistent_give_back(b, &rs);
         free(rs.r);
@@ -334,8 +313,8 @@ static void release(struct backup *b)
     b->pnode = NULL;
     free(b->pname);
     b->pname = NULL;
-    free(b->pranges);
-    b->pranges = NULL;
+    free(b->pranges.r);
+    b->pranges = (struct vbd_bitmap_ranges){0};
     if (b->source)
         vbd_node_unref(b->source);
     if (b->target)
@@ -412,7 +391,7 @@ bool vbd_backup_uses_persistent_bitmap(struct vbd_node *n, const char *name)
 
 /* The persistent bitmap's dirty ranges now, then the bitmap cleared (it
  * records the writes after this point): 0, or -errno with err set. */
-static int persistent_take(struct vbd_node *n, const char *name, struct ranges *rs, struct vbd_qmp_error *err)
+static int persistent_take(struct vbd_node *n, const char *name, struct vbd_bitmap_ranges *rs, struct vbd_qmp_error *err)
 {
     uint64_t size = vbd_node_size(n), pnum = 0;
     int st = 0;
@@ -421,7 +400,7 @@ static int persistent_take(struct vbd_node *n, const char *name, struct ranges *
         if (st < 0 || !pnum)
             break;
         if (st)
-            ranges_add(rs, off, pnum);
+            vbd_bitmap_ranges_add(rs, off, pnum);
     }
     struct vbd_error *e = NULL;
     if (st >= 0 && (st = persistent_change(n, name, VBD_BITMAP_CLEAR, NULL, &e)) >= 0)
@@ -432,7 +411,7 @@ static int persistent_take(struct vbd_node *n, const char *name, struct ranges *
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s': %s", name, e ? e->msg : strerror(-st));
     vbd_error_free(e);
     free(rs->r);
-    *rs = (struct ranges){0};
+    *rs = (struct vbd_bitmap_ranges){0};
     return st;
 }
 
@@ -441,7 +420,7 @@ struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, s
 {
     /* a persistent bitmap's bits taken first: this is the point in time
      * (the caller drained the source); given back if the job is not made */
-    struct ranges taken = {0};
+    struct vbd_bitmap_ranges taken = {0};
     if (o->persistent_node && persistent_take(o->persistent_node, o->persistent_name, &taken, err) < 0)
         return NULL;
     /* QEMU's order: the filter, then the job */
@@ -483,8 +462,7 @@ struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, s
         vbd_node_ref(o->persistent_node);
         b->pnode = o->persistent_node;
         b->pname = vbd_xstrdup(o->persistent_name);
-        b->pranges = taken.r;
-        b->npranges = taken.n;
+        b->pranges = taken;
         b->o.persistent_name = b->pname;
         if (o->sync == VBD_BACKUP_BITMAP) {
             /* only the copy clusters a dirty range touches are to copy */

@@ -40,29 +40,9 @@ static const char *arg_str(struct json_object *args, const char *key)
     return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
 }
 
-/* Dirty (offset, length) ranges of a bitmap: a merge's source, an undo's copy. */
-struct ranges {
-    uint64_t (*r)[2];
-    size_t n, cap;
-};
-
-static void ranges_add(struct ranges *rs, uint64_t off, uint64_t len)
-{
-    if (rs->n && rs->r[rs->n - 1][0] + rs->r[rs->n - 1][1] == off) {
-        rs->r[rs->n - 1][1] += len;
-        return;
-    }
-    if (rs->n == rs->cap) {
-        rs->cap = rs->cap ? 2 * rs->cap : 16;
-        rs->r = vbd_xrealloc(rs->r, rs->cap * sizeof(*rs->r));
-    }
-    rs->r[rs->n][0] = off;
-    rs->r[rs->n++][1] = len;
-}
-
 /* Appends bitmap `name` of n's dirty ranges; -ENOENT: no such bitmap,
  * -EINVAL: inconsistent. */
-static int read_ranges(struct vbd_node *n, const char *name, struct ranges *rs)
+static int read_ranges(struct vbd_node *n, const char *name, struct vbd_bitmap_ranges *rs)
 {
     uint64_t size = vbd_node_size(n), pnum = 0;
     int st = vbd_node_co_bitmap_status(n, name, 0, size ? size : 1, &pnum);
@@ -75,7 +55,7 @@ static int read_ranges(struct vbd_node *n, const char *name, struct ranges *rs)
         if (!pnum)
             break;
         if (st)
-            ranges_add(rs, off, pnum);
+            vbd_bitmap_ranges_add(rs, off, pnum);
     }
     return 0;
 }
@@ -162,7 +142,7 @@ static void not_found(const char *name, int st, struct vbd_qmp_error *err)
 struct bitmap_state {
     struct vbd_node *n;
     char *name;
-    struct ranges saved; /* the bits before the change */
+    struct vbd_bitmap_ranges saved; /* the bits before the change */
     uint32_t granularity;
     bool was_enabled;
     bool remove_in_commit; /* an inconsistent bitmap: no bits to restore, so removed only at commit */
@@ -511,7 +491,7 @@ static int merge_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     if (!n)
         return -1;
     struct bitmap_state *st = state_new(a, n, target);
-    struct ranges sources = {0};
+    struct vbd_bitmap_ranges sources = {0};
     int rc = read_ranges(n, target, &st->saved);
     if (rc < 0)
         not_found(target, rc, err);
@@ -615,7 +595,7 @@ struct json_object *qmp_bitmap_sha256(struct json_object *args, struct vbd_qmp_e
         not_found(name, -ENOENT, err);
         return NULL;
     }
-    struct ranges rs = {0};
+    struct vbd_bitmap_ranges rs = {0};
     int rc = read_ranges(n, name, &rs);
     if (rc < 0) {
         free(rs.r);

@@ -228,13 +228,7 @@ void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len)
     if (s->bitmaps_changing && len) {
         /* marked after the change (rare: only while a QMP command changes
          * the bitmaps under a job's writes) */
-        if (s->nwritten_in_change == s->written_in_change_cap) {
-            s->written_in_change_cap = s->written_in_change_cap ? 2 * s->written_in_change_cap : 16;
-            s->written_in_change =
-                vbd_xrealloc(s->written_in_change, s->written_in_change_cap * sizeof(*s->written_in_change));
-        }
-        s->written_in_change[s->nwritten_in_change][0] = off;
-        s->written_in_change[s->nwritten_in_change++][1] = len;
+        vbd_bitmap_ranges_add(&s->written_in_change, off, len);
     }
     for (int i = 0; i < s->nbitmaps && len; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
@@ -690,11 +684,11 @@ static int end_change(struct qcow2_state *s, int rc, struct vbd_error **err)
     /* what was written during the change, into the bitmaps that track now
      * (one added meanwhile may get a few bits more: more dirty is safe) */
     s->bitmaps_changing = false;
-    for (size_t i = 0; i < s->nwritten_in_change; i++)
-        qcow2_bitmaps_dirty(s, s->written_in_change[i][0], s->written_in_change[i][1]);
-    free(s->written_in_change);
-    s->written_in_change = NULL;
-    s->nwritten_in_change = s->written_in_change_cap = 0;
+    struct vbd_bitmap_ranges *w = &s->written_in_change;
+    for (size_t i = 0; i < w->n; i++)
+        qcow2_bitmaps_dirty(s, w->r[i][0], w->r[i][1]);
+    free(w->r);
+    *w = (struct vbd_bitmap_ranges){0};
     return rc < 0 ? rc : orc;
 }
 

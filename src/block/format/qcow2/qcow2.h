@@ -6,6 +6,7 @@
 #include "vbd/block.h"
 #include "vbd/bswap.h"
 #include "vbd/coroutine.h"
+#include "vbd/dirty-bitmap.h"
 #include "vbd/loop.h"
 
 #include <stdbool.h>
@@ -165,8 +166,7 @@ struct qcow2_state {
      * block job: the exports are drained, the jobs are not) are kept here
      * and marked once the bitmaps are back, so no dirty bit is lost. */
     bool bitmaps_changing;
-    uint64_t (*written_in_change)[2];
-    size_t nwritten_in_change, written_in_change_cap;
+    struct vbd_bitmap_ranges written_in_change;
     uint8_t *bm_dir;
     uint64_t bm_dir_offset, bm_dir_size; /* the repair at open of a dirty image prints nothing */
     bool read_only;
