@@ -372,6 +372,12 @@ struct vbd_driver {
      * leave the image clean for other readers; going read-write: prepare
      * it as an open for writing would. NULL: the driver cannot switch. */
     int (*reopen_rw)(struct vbd_node *n, bool rw, struct vbd_error **err);
+    /* blockdev-reopen cache.direct of a protocol node (vbd_node_co_set_direct):
+     * bypass the host's page cache or stop, with the request and memory
+     * alignment (n->bl) that goes with it. Called with every request to
+     * the node drained, on its home loop; on failure nothing changed.
+     * NULL: the node keeps what it was opened with. */
+    int (*reopen_direct)(struct vbd_node *n, bool direct, struct vbd_error **err);
     /* blockdev-reopen of the driver's own options (QEMU's
      * bdrv_reopen_prepare/commit/abort): reopen_prepare takes from opts
      * (removes) the keys it may change, checks them and stages the change
@@ -658,6 +664,11 @@ int vbd_node_co_set_home(struct vbd_node *n, struct vbd_loop *loop, struct vbd_e
  * first. The image locks follow (qemu-img sees the change). Home thread,
  * coroutine. Fails with -ENOTSUP for drivers without reopen_rw. */
 int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_error **err);
+/* blockdev-reopen cache.direct of a protocol node: written back (flushed)
+ * first as QEMU's reopen does, then the driver's reopen_direct. The caller
+ * has drained every request to n. Home thread, coroutine. -ENOTSUP for
+ * drivers without reopen_direct. The node's open flags are the caller's. */
+int vbd_node_co_set_direct(struct vbd_node *n, bool direct, struct vbd_error **err);
 
 /* qemu-io's breakpoints, on the first node at or below n (down its file
  * children) whose driver has them (blkdebug): a request that fires event

@@ -116,6 +116,23 @@ int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_err
     return rc;
 }
 
+int vbd_node_co_set_direct(struct vbd_node *n, bool direct, struct vbd_error **err)
+{
+    if (!n->drv->reopen_direct) {
+        vbd_error_setf(err, ENOTSUP, "Node '%s' (driver '%s') cannot change cache.direct", n->node_name, n->drv->name);
+        return -ENOTSUP;
+    }
+    int rc = vbd_node_co_flush(n);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Error flushing drive: %s", strerror(-rc)); /* QEMU's bdrv_reopen_prepare */
+        return rc;
+    }
+    struct vbd_loop *origin = vbd_node_co_enter_home(n); /* driver state: its home loop's */
+    rc = n->drv->reopen_direct(n, direct, err);
+    vbd_node_co_leave_home(origin);
+    return rc;
+}
+
 /* as QEMU's bdrv_debug_*: the first node down the file children that has
  * breakpoints */
 static struct vbd_node *debug_node(struct vbd_node *n)

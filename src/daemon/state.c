@@ -49,6 +49,10 @@ static bool replaying;
 static struct json_object *node_recs, *export_recs, *object_recs, *iothread_recs;
 static struct json_object *nbd_rec;    /* nbd-server-start's arguments, or NULL */
 static struct json_object *cmdline_nodes; /* node-names the command line made: never written */
+/* the command line's nodes blockdev-reopen changed: name -> the entry it
+ * last got (the node's whole set of options, as QEMU's reopen takes it),
+ * replayed as one blockdev-reopen after the command line */
+static struct json_object *cmdline_reopens;
 /* the command line's exports (id -> their options) and those of them QMP
  * deleted: a pivot or a delete of one is written as a block-export-del
  * (and a block-export-add on the new node) replayed after the command line */
@@ -144,6 +148,8 @@ static bool record(const char *cmd, struct json_object *args)
                 struct json_object *o = json_object_array_get_idx(list, i);
                 if ((name = str_arg(o, "node-name")) && json_object_object_get_ex(node_recs, name, NULL))
                     json_object_object_add(node_recs, name, copy(o));
+                else if (name && json_object_object_get_ex(cmdline_nodes, name, NULL))
+                    json_object_object_add(cmdline_reopens, name, copy(o));
             }
     } else if (!strcmp(cmd, "x-blockdev-change")) {
         record_children(str_arg(args, "parent"));
@@ -323,6 +329,43 @@ static bool described(struct json_object *done, const struct vbd_node *n)
     return json_object_object_get(done, n->node_name) != NULL;
 }
 
+/* The command line's nodes that blockdev-reopen changed: one
+ * blockdev-reopen of their last entries, after every node they may name
+ * exists and before the exports. Each entry as the node is now: its
+ * backing (a snapshot, stream or commit may have changed it since) and
+ * read-only (a snapshot's overlay made it so). */
+static void emit_cmdline_reopens(struct json_object *cmds, struct json_object *done)
+{
+    struct json_object *list = json_object_new_array(), *gone = json_object_new_array();
+    json_object_object_foreach(cmdline_reopens, name, rec)
+    {
+        struct vbd_node *n = vbd_daemon_node_find(name);
+        if (!n) {
+            json_object_array_add(gone, json_object_new_string(name));
+            continue;
+        }
+        struct json_object *a = copy(rec), *b = NULL;
+        bool has = json_object_object_get_ex(a, "backing", &b);
+        struct vbd_node *nb = vbd_job_filter_skip(n->backing);
+        if (nb && (!implicit_name(nb) || described(done, nb)))
+            json_object_object_add(a, "backing", json_object_new_string(nb->node_name));
+        else if (!n->backing && has)
+            json_object_object_add(a, "backing", NULL);
+        json_object_object_add(a, "read-only", json_object_new_boolean(n->read_only));
+        json_object_array_add(list, a);
+    }
+    for (size_t i = 0; i < json_object_array_length(gone); i++)
+        json_object_object_del(cmdline_reopens, json_object_get_string(json_object_array_get_idx(gone, i)));
+    json_object_put(gone);
+    if (!json_object_array_length(list)) {
+        json_object_put(list);
+        return;
+    }
+    struct json_object *args = json_object_new_object();
+    json_object_object_add(args, "options", list);
+    add_cmd(cmds, "blockdev-reopen", args);
+}
+
 /* The commands that rebuild what QMP made, in an order that replays. */
 static struct json_object *describe(void)
 {
@@ -397,6 +440,7 @@ static struct json_object *describe(void)
         (void)tn;
         add_cmd(cmds, "x-blockdev-set-iothread", copy(tv));
     }
+    emit_cmdline_reopens(cmds, done);
     if (nbd_rec)
         add_cmd(cmds, "nbd-server-start", copy(nbd_rec));
     /* in the command line's own form (keyval strings), replayed as
@@ -523,6 +567,8 @@ void vbd_state_free(void)
     json_object_put(object_recs);
     json_object_put(iothread_recs);
     json_object_put(cmdline_nodes);
+    json_object_put(cmdline_reopens);
+    cmdline_reopens = NULL;
     json_object_put(cmdline_exports);
     json_object_put(cmdline_exports_deleted);
     cmdline_exports = cmdline_exports_deleted = NULL;
@@ -677,6 +723,7 @@ int vbd_state_load(const char *path, struct vbd_error **err)
     object_recs = new_recs(object_recs);
     iothread_recs = new_recs(iothread_recs);
     cmdline_nodes = new_recs(cmdline_nodes);
+    cmdline_reopens = new_recs(cmdline_reopens);
     cmdline_exports_deleted = new_recs(cmdline_exports_deleted);
     if (!cmdline_exports)
         cmdline_exports = json_object_new_object();
@@ -698,6 +745,12 @@ int vbd_state_load(const char *path, struct vbd_error **err)
         struct json_object *args = json_object_object_get(req, "arguments");
         if (json_object_is_type(args, json_type_object))
             rename_implicit(args, renamed);
+        struct json_object *entries;
+        if (!strcmp(x, "blockdev-reopen") && json_object_object_get_ex(args, "options", &entries) &&
+            json_object_is_type(entries, json_type_array))
+            for (size_t k = 0; k < json_object_array_length(entries); k++)
+                if (json_object_is_type(json_object_array_get_idx(entries, k), json_type_object))
+                    rename_implicit(json_object_array_get_idx(entries, k), renamed);
         const char *nn = str_arg(args, "node-name");
         if (!strcmp(x, "blockdev-add") && nn && nn[0] == '#') {
             struct vbd_error *ee = NULL;

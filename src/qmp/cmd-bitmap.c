@@ -196,8 +196,8 @@ static void busy_error(const char *name, struct vbd_qmp_error *err)
                        "Bitmap '%s' is currently in use by another operation and cannot be used", name);
 }
 
-/* The node and the existing bitmap of a remove/clear/enable/disable. */
-static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, const char *name, struct vbd_qmp_error *err)
+/* The node of an existing bitmap (QEMU's block_dirty_bitmap_lookup). */
+static struct vbd_node *find_bitmap(struct tx_action *a, const char *node, const char *name, struct vbd_qmp_error *err)
 {
     struct vbd_node *n = vbd_node_find(node);
     if (!n) {
@@ -205,30 +205,38 @@ static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, con
         return NULL;
     }
     tx_drain(a, n);
-    struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find(n, name);
-    if (mem) {
-        if (vbd_dirty_bitmap_busy(mem)) {
-            busy_error(name, err);
-            return NULL;
-        }
+    if (vbd_dirty_bitmap_find(n, name))
         return n;
-    }
     uint64_t pnum;
     int st = vbd_node_co_bitmap_status(n, name, 0, 1, &pnum);
     if (st == -ENOENT || (st < 0 && st != -EINVAL) || !n->drv->co_bitmap_change) {
         not_found(name, -ENOENT, err);
         return NULL;
     }
-    /* QEMU's bdrv_dirty_bitmap_check: busy (exported, or frozen by a backup) before read-only */
+    return n;
+}
+
+/* QEMU's bdrv_dirty_bitmap_check: busy (exported, or frozen by a backup)
+ * before read-only (a persistent bitmap of a node below an overlay, or
+ * opened so); in-memory bitmaps are never read-only. */
+static bool modifiable(struct vbd_node *n, const char *name, struct vbd_qmp_error *err)
+{
     if (bitmap_busy(n, name)) {
         busy_error(name, err);
-        return NULL;
+        return false;
     }
-    if (n->read_only) { /* below an overlay, or opened so */
+    if (!vbd_dirty_bitmap_find(n, name) && n->read_only) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' is readonly and cannot be modified", name);
-        return NULL;
+        return false;
     }
-    return n;
+    return true;
+}
+
+/* The node and the existing bitmap of a remove/clear/enable/disable. */
+static struct vbd_node *lookup_bitmap(struct tx_action *a, const char *node, const char *name, struct vbd_qmp_error *err)
+{
+    struct vbd_node *n = find_bitmap(a, node, name, err);
+    return n && modifiable(n, name, err) ? n : NULL;
 }
 
 /* ---------- add ---------- */
@@ -484,23 +492,37 @@ static int merge_check(struct json_object *data, const char *prefix, struct vbd_
     return 0;
 }
 
+/* Does bitmap `name` exist on n (in memory or in the image, consistent or
+ * not)? QEMU's bdrv_find_dirty_bitmap. */
+static bool bitmap_exists(struct vbd_node *n, const char *name)
+{
+    uint64_t pnum;
+    if (vbd_dirty_bitmap_find(n, name))
+        return true;
+    int st = vbd_node_co_bitmap_status(n, name, 0, 1, &pnum);
+    return st >= 0 || st == -EINVAL;
+}
+
+/* QEMU 7.2's order (block_dirty_bitmap_merge, bdrv_merge_dirty_bitmap):
+ * the target found; then for each source in turn: found, then (at the
+ * first) the target checked as any bitmap that changes (busy, read-only,
+ * inconsistent), then the source (busy, inconsistent) and its size. */
 static int merge_prepare(struct tx_action *a, struct vbd_qmp_error *err)
 {
     const char *target = arg_str(a->data, "target");
-    struct vbd_node *n = lookup_bitmap(a, arg_str(a->data, "node"), target, err);
+    struct vbd_node *n = find_bitmap(a, arg_str(a->data, "node"), target, err);
     if (!n)
         return -1;
     struct bitmap_state *st = state_new(a, n, target);
     struct vbd_bitmap_ranges sources = {0};
-    int rc = read_ranges(n, target, &st->saved);
-    if (rc < 0)
-        not_found(target, rc, err);
+    int rc = 0;
+    bool target_checked = false;
     struct json_object *list = json_object_object_get(a->data, "bitmaps");
-    for (size_t i = 0; rc == 0 && i < json_object_array_length(list); i++) {
-        struct json_object *b = json_object_array_get_idx(list, i);
+    for (size_t i = 0; rc == 0 && i <= json_object_array_length(list); i++) {
+        struct json_object *b = i < json_object_array_length(list) ? json_object_array_get_idx(list, i) : NULL;
         struct vbd_node *src = n;
-        const char *name = json_object_get_string(b);
-        if (json_object_is_type(b, json_type_object)) {
+        const char *name = b ? json_object_get_string(b) : NULL;
+        if (b && json_object_is_type(b, json_type_object)) {
             const char *node = arg_str(b, "node");
             name = arg_str(b, "name");
             if (!(src = vbd_node_find(node))) {
@@ -509,21 +531,42 @@ static int merge_prepare(struct tx_action *a, struct vbd_qmp_error *err)
                 break;
             }
         }
+        if (b && !bitmap_exists(src, name)) {
+            not_found(name, -ENOENT, err);
+            rc = -ENOENT;
+            break;
+        }
+        if (!target_checked) { /* also with no source at all */
+            target_checked = true;
+            if (!modifiable(n, target, err)) {
+                rc = -EBUSY;
+                break;
+            }
+            if ((rc = read_ranges(n, target, &st->saved)) < 0) {
+                not_found(target, rc, err);
+                break;
+            }
+        }
+        if (!b)
+            break;
+        /* QEMU's bdrv_merge_dirty_bitmap: a busy source (exported, used by
+         * a backup) is refused too, before it is read and sized */
+        if (bitmap_busy(src, name)) {
+            busy_error(name, err);
+            rc = -EBUSY;
+            break;
+        }
         /* a source on another node is read as it is now: only its own
          * exports could change it, and a merge is a snapshot of it anyway */
         if ((rc = read_ranges(src, name, &sources)) < 0) {
             not_found(name, rc, err);
             break;
         }
-        /* QEMU's bdrv_merge_dirty_bitmap: a busy source (exported, used by
-         * a backup) is refused too, before the sizes are compared */
-        if (bitmap_busy(src, name)) {
-            busy_error(name, err);
-            rc = -EBUSY;
-            break;
-        }
         if (vbd_node_size(src) != vbd_node_size(n)) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmaps are incompatible and can't be merged");
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                               "Bitmaps are of different sizes (destination size is %llu, source size is %llu) and "
+                               "can't be merged",
+                               (unsigned long long)vbd_node_size(n), (unsigned long long)vbd_node_size(src));
             rc = -EINVAL;
             break;
         }

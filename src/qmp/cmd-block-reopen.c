@@ -5,17 +5,17 @@
  * in full, as blockdev-add did, and an option left out goes back to its
  * default (QEMU's keep_old_opts=false: detect-zeroes off, cache.direct and
  * cache.no-flush off; discard stays as it is). What changes: read-only,
- * cache.no-flush, cache.direct (not on a protocol node: vbd chooses
- * O_DIRECT and the alignment it brings only when it opens a file),
+ * cache.no-flush, cache.direct (of a file node: O_DIRECT on or off and the
+ * request alignment that goes with it, the driver's reopen_direct),
  * discard, detect-zeroes, backing (null drops it, a node name attaches
  * that node) and what a driver's reopen_prepare takes (a throttle node's
  * throttle-group). Everything else must stay as it is, in QEMU's words.
  *
  * All or nothing, as QEMU's reopen queue: every entry is checked and its
  * driver's change staged before any node changes; then every export over
- * the nodes is drained, the read-only switches are made (those done go
- * back if one fails), and only then the changes that cannot fail, so that
- * no request sees half of the list.
+ * the nodes is drained, the read-only and then the cache.direct switches
+ * are made (those done go back if one fails), and only then the changes
+ * that cannot fail, so that no request sees half of the list.
  */
 #include "qmp/cmd-block.h"
 
@@ -35,6 +35,7 @@ struct reopen_entry {
     unsigned flags;        /* open flags after the reopen (cache.*, discard) */
     uint8_t detect_zeroes; /* enum vbd_detect_zeroes */
     bool change_backing;   /* backing becomes new_backing (NULL: none) */
+    bool change_direct;    /* a protocol node's O_DIRECT switches (reopen_direct) */
     struct vbd_node *new_backing;
     bool drv_prepared; /* drv->reopen_prepare succeeded: commit or abort it */
     void *drv_staged;
@@ -200,11 +201,14 @@ static bool check_generic(struct json_object *o, struct reopen_entry *re, struct
         return false;
     }
     if (((flags ^ n->open_flags) & VBD_OPEN_NOCACHE) && n->drv->kind == VBD_DRV_PROTOCOL) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Cannot change the option 'cache.direct' of node '%s' (driver '%s'): vbd sets it only when "
-                           "it opens the node",
-                           name, n->drv->name);
-        return false;
+        if (!n->drv->reopen_direct) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                               "Cannot change the option 'cache.direct' of node '%s' (driver '%s'): vbd sets it only "
+                               "when it opens the node",
+                               name, n->drv->name);
+            return false;
+        }
+        re->change_direct = true;
     }
     re->flags = flags;
     /* QEMU: the option must be given if the node has a backing file or its
@@ -214,6 +218,17 @@ static bool check_generic(struct json_object *o, struct reopen_entry *re, struct
         return false;
     }
     return true;
+}
+
+/* A job using n or a node above it: its requests reach n and are not
+ * held by the exports' drain (QEMU's drain pauses the job). */
+static struct vbd_job *job_over(struct vbd_node *n)
+{
+    struct vbd_job *j = vbd_job_using_node(n);
+    for (struct vbd_node *m = vbd_node_next(NULL); m && !j; m = vbd_node_next(m))
+        if (m != n && vbd_node_reaches(m, n))
+            j = vbd_job_using_node(m);
+    return j;
 }
 
 /* The entry's options against the node. Stages the driver's change. */
@@ -272,8 +287,9 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
     bool other_changes = re->change_backing || re->drv_staged || re->detect_zeroes != n->detect_zeroes ||
                          ((re->flags ^ n->open_flags) & REOPEN_FLAGS);
     /* a job's requests are not held by the exports' drain (QEMU's drain
-     * pauses the job) */
-    struct vbd_job *j = vbd_job_using_node(n);
+     * pauses the job); an O_DIRECT switch changes the alignment every
+     * request to the node goes by, so a job above it counts too */
+    struct vbd_job *j = re->change_direct ? job_over(n) : vbd_job_using_node(n);
     if (other_changes && j) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Node '%s' cannot change its options while block job '%s' uses it (only read-only can)",
@@ -352,16 +368,32 @@ struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd
     /* drains nest: one per entry, whichever exports each reaches */
     for (i = 0; i < len; i++)
         vbd_daemon_co_drain_begin(re[i].n, &re[i].drain);
-    for (i = 0; i < len; i++) {
+    size_t ro_done, direct_done = 0;
+    for (ro_done = 0; ok && ro_done < len; ro_done++) {
         struct vbd_error *e = NULL;
-        re[i].was_ro = re[i].n->read_only;
-        if (vbd_node_co_set_read_only(re[i].n, re[i].read_only, &e) < 0) {
+        re[ro_done].was_ro = re[ro_done].n->read_only;
+        if (vbd_node_co_set_read_only(re[ro_done].n, re[ro_done].read_only, &e) < 0) {
             vbd_qmp_error_take(err, e);
-            while (i-- > 0)
-                vbd_node_co_set_read_only(re[i].n, re[i].was_ro, NULL);
             ok = false;
             break;
         }
+    }
+    for (; ok && direct_done < len; direct_done++) {
+        struct vbd_error *e = NULL;
+        struct reopen_entry *r = &re[direct_done];
+        if (r->change_direct && vbd_node_co_set_direct(r->n, (r->flags & VBD_OPEN_NOCACHE) != 0, &e) < 0) {
+            vbd_qmp_error_take(err, e);
+            ok = false;
+            break;
+        }
+    }
+    if (!ok) { /* back as they were, the last change first */
+        while (direct_done-- > 0)
+            if (re[direct_done].change_direct)
+                vbd_node_co_set_direct(re[direct_done].n, (re[direct_done].n->open_flags & VBD_OPEN_NOCACHE) != 0,
+                                       NULL);
+        while (ro_done-- > 0)
+            vbd_node_co_set_read_only(re[ro_done].n, re[ro_done].was_ro, NULL);
     }
     if (ok)
         for (i = 0; i < len; i++)

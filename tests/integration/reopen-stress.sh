@@ -2,15 +2,18 @@
 # blockdev-reopen again and again under 64 requests in flight: lists that
 # change top's detect-zeroes (off/on/unmap), cache.no-flush and backing
 # (base <-> base2, the same data), the throttle node's group (g0 unlimited
-# <-> g1 at 800 IOPS, requests queued in it), the file's cache.no-flush,
-# and lists whose last entry fails (nothing of them may happen). Each list
+# <-> g1 at 800 IOPS, requests queued in it), the file's cache.no-flush
+# and cache.direct (O_DIRECT on and off: the alignment requests to the file
+# need changes with it, and NBD's unaligned writes become read-modify-writes
+# of the file), and lists whose last entry fails (nothing of them may happen). Each list
 # is made drained, as one. vbd-stress (random overlapping writes,
 # write-zeroes and discards on a few hot clusters, every read checked
 # against its model) over vhost-user-blk (2 queues on an iothread) and over
 # NBD (4 connections, main loop). Every request completes, each failed
 # list left the nodes as they were (query-named-block-nodes), the image
 # equals the model, qemu-img check is clean. REOPEN_STRESS_SEED,
-# REOPEN_STRESS_ROUNDS. (vbd's blockdev-reopen changed read-only only.)
+# REOPEN_STRESS_ROUNDS. (vbd's blockdev-reopen changed read-only only; a
+# file's cache.direct was refused.)
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
 SEED=${REOPEN_STRESS_SEED:-1818}
@@ -51,7 +54,8 @@ st = Stress([stress_bin, "--seed", seed, "--ops", str(1 << 40), "--qd", "64", "-
              "--shadow-out", "shadow.raw"] + target)
 rng = random.Random(int(seed))
 def state():
-    return sorted((n["node-name"], n["detect_zeroes"], n["cache"]["no-flush"], n.get("backing_file_depth", 0))
+    return sorted((n["node-name"], n["detect_zeroes"], n["cache"]["no-flush"], n["cache"]["direct"],
+                   n.get("backing_file_depth", 0))
                   for n in s.run("query-named-block-nodes", flat=True))
 backings = ["base", "base2"]
 changes = 0
@@ -60,7 +64,7 @@ for r in range(int(rounds)):
            "detect-zeroes": rng.choice(["off", "on", "unmap"]), "cache": {"no-flush": rng.randrange(2) == 1}}
     thr = {"driver": "throttle", "node-name": "t0", "file": "top", "throttle-group": rng.choice(["g0", "g1"])}
     ftop = {"driver": "file", "node-name": "ftop", "filename": d + "/top.qcow2", "discard": "unmap",
-            "cache": {"no-flush": rng.randrange(2) == 1}}
+            "cache": {"no-flush": rng.randrange(2) == 1, "direct": rng.randrange(2) == 1}}
     opts = rng.sample([top, thr, ftop], rng.randrange(1, 4))
     if rng.randrange(4) == 0:  # a failing last entry: none of the list may happen
         before = state()

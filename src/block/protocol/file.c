@@ -183,6 +183,20 @@ static int probe_direct_alignment(int fd, uint32_t *align)
     return rc;
 }
 
+/* The request and buffer alignment O_DIRECT asks of this file: a block
+ * device's logical sector size, else the smallest read at offset 0 the
+ * file takes (4096 if none does). At open and at a reopen to O_DIRECT. */
+static uint32_t direct_alignment(const struct file_state *s)
+{
+    uint32_t a = 512;
+    int ssz;
+    if (s->is_blockdev && ioctl(s->fd, BLKSSZGET, &ssz) == 0)
+        a = (uint32_t)ssz;
+    else if (probe_direct_alignment(s->fd, &a) < 0)
+        a = 4096;
+    return a;
+}
+
 /* A regular file's length as QEMU's block layer sees it: whole 512-byte
  * sectors, the last one completed with zeroes (reads past the end read
  * zeroes; a write there grows the file). Rounded down, the last partial
@@ -290,8 +304,10 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     } else if (S_ISREG(st.st_mode)) {
         vbd_node_set_size(n, file_length(st.st_size));
         /* ext2/3/4 share the magic: ext2 and ext3 files without extents
-         * answer EOPNOTSUPP, and that turns it off */
-        s->falloc_writes = s->inline_writes && !s->direct && fs_ok && sfs.f_type == EXT4_SUPER_MAGIC;
+         * answer EOPNOTSUPP, and that turns it off. Only inline writes
+         * allocate first, and O_DIRECT ones on ext4 are not inline: a
+         * reopen may switch O_DIRECT either way. */
+        s->falloc_writes = s->inline_writes && fs_ok && sfs.f_type == EXT4_SUPER_MAGIC;
     } else {
         /* host_device on a character device (/dev/null, /dev/zero): as
          * QEMU's hdev, its size is where lseek(SEEK_END) lands (0 for
@@ -306,12 +322,7 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_node_set_size(n, (uint64_t)end);
     }
     if (flags & VBD_OPEN_NOCACHE) {
-        uint32_t a = 512;
-        int ssz;
-        if (s->is_blockdev && ioctl(s->fd, BLKSSZGET, &ssz) == 0)
-            a = ssz;
-        else if (probe_direct_alignment(s->fd, &a) < 0)
-            a = 4096;
+        uint32_t a = direct_alignment(s);
         n->bl.request_alignment = a;
         n->bl.min_mem_alignment = a;
     }
@@ -816,6 +827,31 @@ static int file_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
     return 0;
 }
 
+/* blockdev-reopen cache.direct: O_DIRECT set on or cleared from the open
+ * file description (fcntl F_SETFL: the same fd on every loop, its locks
+ * untouched, no reopen by name of a file that may have been renamed),
+ * then the alignment that goes with it, probed as at open (1 without).
+ * Called with every request to the node drained: io.c reads the limits
+ * and the read paths s->direct without a lock. QEMU's file-posix opens
+ * the file again with the new flags; its words when that fails. */
+static int file_reopen_direct(struct vbd_node *n, bool direct, struct vbd_error **err)
+{
+    struct file_state *s = n->opaque;
+    if (s->direct == direct)
+        return 0;
+    int fl = fcntl(s->fd, F_GETFL);
+    if (fl < 0 || fcntl(s->fd, F_SETFL, direct ? (fl | O_DIRECT) : (fl & ~O_DIRECT)) < 0) {
+        int e = errno;
+        vbd_error_setf(err, e, "Could not open '%s': %s", n->filename, strerror(e));
+        return -e;
+    }
+    s->direct = direct;
+    uint32_t a = direct ? direct_alignment(s) : 1;
+    n->bl.request_alignment = a;
+    n->bl.min_mem_alignment = direct ? a : 0; /* as a buffered open leaves it */
+    return 0;
+}
+
 /* A format with metadata came above this node or went (vbd_open_child,
  * node close): it unshares writes and resizes, or gives them back. */
 static int file_meta_parent(struct vbd_node *n, int delta, struct vbd_error **err)
@@ -858,6 +894,7 @@ static const struct vbd_driver file_driver = {
     .create_opts = file_create_opts,
     .co_create = file_create,
     .reopen_rw = file_reopen_rw,
+    .reopen_direct = file_reopen_direct,
     .meta_parent = file_meta_parent,
 };
 VBD_DRIVER_REGISTER(file, file_driver);
