@@ -72,6 +72,14 @@ size_t vbd_iov_from_buf(const struct iovec *iov, int niov, size_t off, const voi
  * CPU per request (RESULTS.md 2026-12-06, vuperf19). Segments of 64 KiB
  * and more keep glibc's memset, which may pick non-temporal stores for
  * huge ones; without AVX2 (or off x86-64) everything does.
+ * Non-temporal stores (or clzero) for a 64 KiB fill are not a win either:
+ * 1.6-1.8 us against memset's 0.9-1.2 when nobody reads the data (the
+ * benchmark), and a reader on the other vCPU then reads it from DRAM
+ * (4.0-4.7 us per 64 KiB against 1.4-1.5 when the vCPUs sit near each
+ * other); only in runs where the two vCPUs were far apart (likely the
+ * host's placement, which we cannot see) and the reader still held the
+ * lines did cached stores cost more (12-16 us against 2.3-2.6)
+ * (RESULTS.md 2026-12-06, vu20).
  */
 #define ZERO_LOOP_MIN 128        /* the loop's step */
 #define ZERO_LOOP_MAX (64u << 10) /* from here on, glibc's */
