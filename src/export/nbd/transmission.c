@@ -278,11 +278,19 @@ static void batch_stop(struct nbd_conn *c)
     c->batching = false;
     c->batch_empty = 0;
     c->batch_probe = c->batch_reqs > NBD_BATCH_REQS ? NBD_BATCH_PROBE_DEEP : NBD_BATCH_PROBE;
-    /* Only a session that saw the client deep (a read of more than twice a
-     * small batch, which a QD8 client never brings) resumes on any
-     * request: a client that came back shallow after its pause ends the
-     * next session without such a read and waits for the probe as before. */
-    c->batch_resume = c->batch_sess_max > 2 * NBD_BATCH_REQS + 1;
+    /* Only a client seen deep (a read of more than twice a small batch,
+     * which a QD8 client never brings) resumes on any request: in this
+     * session, or in the last window of NBD_BATCH_WINDOW batch reads. A
+     * session of a few reads between two pauses often saw no such read,
+     * and then up to NBD_BATCH_PROBE requests went through the busy-poll,
+     * which answers each at once, so that three were rarely in flight to
+     * count: fio 4K randread QD32 over TCP at load 15-19 read 50-66 % of
+     * its requests in batches in some runs (1.8-3.6 poll(2) and 15-19 us
+     * of server CPU per request, against 0.02-0.2 and 9-10 us at 93-100 %;
+     * RESULTS.md, nbd20). A client that became shallow is forgotten
+     * within a window; until then its sessions end after a few empty
+     * sleeps, as before. */
+    c->batch_resume = c->batch_sess_max > 2 * NBD_BATCH_REQS + 1 || c->batch_depth > 2 * NBD_BATCH_REQS + 1;
 }
 
 /* The batch size follows the client's depth: a read after a sleep brings
