@@ -21,7 +21,7 @@
 
 # (both lists may be narrowed from the environment)
 STRESS_KINDS=${STRESS_KINDS:-"c512 c4k c64k c2m ext64k ext16k-backing ext64k-backing ext2m-backing rc1 rc64 lazy zlib zstd
-snapshot snapshot-ext backing-chain data-file data-file-raw ext-data-file-backing bitmaps"}
+snapshot snapshot-ext backing-chain data-file data-file-raw ext-data-file-backing bitmaps c512-rc64"}
 STRESS_TRANSPORTS=${STRESS_TRANSPORTS:-"lib nbd vhost"}
 STRESS_FMT_KINDS=${STRESS_FMT_KINDS:-"vdi-dynamic vdi-static vpc-dynamic vpc-fixed qed-c4k qed-c64k qed-backing
 parallels parallels-c64k vmdk-sparse vmdk-zeroed-grain vmdk-2g vmdk-stream vmdk-backing vhdx-1m vhdx-8m vhdx-fixed"}
@@ -125,8 +125,14 @@ stress_make() { # KIND DIR SEED
     local kind=$1 d=$2 seed=$3 opts="" src
     case $kind in vdi-* | vpc-* | qed-* | parallels* | vmdk-* | vhdx-*) stress_make_fmt "$@"; return ;; esac
     fmt=qcow2 img=$d/img.qcow2 cs=65536 sub=0 snap=0 backraw="" size=$((16 << 20)) hot_move=0 once=0
+    local fill=
     case $kind in
     c512) cs=512 size=$((4 << 20)) ;;
+    # a refcount table cluster covers only 2 MiB of the file: 4.5 MiB of
+    # data first (qemu-img grows the table to 2 clusters, 4 MiB, with data
+    # after it; the file just under 4 MiB), then the file grows past that
+    # under the requests (new ground every 64): the table grows under them
+    c512-rc64) cs=512 opts=refcount_bits=64 hot_move=64 fill=$((9 << 19)) ;;
     c4k) cs=4096 ;;
     c64k) ;;
     c64k-backing) ;;
@@ -151,7 +157,8 @@ stress_make() { # KIND DIR SEED
     *) echo "stress: unknown image kind '$kind' (known: $STRESS_KINDS $STRESS_FMT_KINDS)" >&2; return 1 ;;
     esac
     opts=cluster_size=$cs${opts:+,$opts}
-    stress_data "$d/data.raw" "$size" "$seed" || return 1
+    stress_data "$d/data.raw" "${fill:-$size}" "$seed" || return 1
+    truncate -s "$size" "$d/data.raw" || return 1
     case $kind in
     *-backing)
         # an empty top over a full base: every partial write copies from backing
