@@ -21,10 +21,10 @@
 
 # (both lists may be narrowed from the environment)
 STRESS_KINDS=${STRESS_KINDS:-"c512 c4k c64k c2m ext64k ext16k-backing ext64k-backing ext2m-backing rc1 rc64 lazy zlib zstd
-snapshot snapshot-ext backing-chain data-file data-file-raw ext-data-file-backing bitmaps"}
+snapshot snapshot-ext backing-chain data-file data-file-raw ext-data-file-backing bitmaps c512-rc64 zlib-ext"}
 STRESS_TRANSPORTS=${STRESS_TRANSPORTS:-"lib nbd vhost"}
 STRESS_FMT_KINDS=${STRESS_FMT_KINDS:-"vdi-dynamic vdi-static vpc-dynamic vpc-fixed qed-c4k qed-c64k qed-backing
-parallels parallels-c64k vmdk-sparse vmdk-zeroed-grain vmdk-2g vmdk-stream vmdk-backing vhdx-1m vhdx-8m vhdx-fixed"}
+parallels parallels-c64k vmdk-sparse vmdk-zeroed-grain vmdk-2g vmdk-stream vmdk-backing vhdx-1m vhdx-8m vhdx-fixed vmdk-split"}
 STRESS_BIN=${STRESS_BIN:-$VBD_BUILD/tests/stress/vbd-stress}
 STRESS_DAEMON=${STRESS_DAEMON:-$VBD_BUILD/src/tools/vbd-daemon}
 
@@ -83,6 +83,9 @@ stress_make_fmt() { # KIND DIR SEED
     vmdk-sparse) ;;
     vmdk-zeroed-grain) opts=zeroed_grain=on ;;
     vmdk-2g) opts=subformat=twoGbMaxExtentSparse ;;
+    # a descriptor naming four 4 MiB extents, sparse, flat, sparse, sparse:
+    # requests cross from one extent file into the next
+    vmdk-split) ;;
     # every write of a grain appends it deflated; as QEMU's, a grain is written once and whole
     vmdk-stream) opts=subformat=streamOptimized once=1 ;;
     vmdk-backing) back=vmdk ;;
@@ -107,7 +110,11 @@ stress_make_fmt() { # KIND DIR SEED
         backraw=$d/back.raw
         return 0
     fi
-    qemu-img create -q -f "$fmt" ${opts:+-o "$opts"} "$img" "$size" || return 1
+    if [ $kind = vmdk-split ]; then
+        stress_vmdk_split "$d" "$size" || return 1
+    else
+        qemu-img create -q -f "$fmt" ${opts:+-o "$opts"} "$img" "$size" || return 1
+    fi
     # the virtual size may be rounded (vpc's geometry): the content is that long
     local vsize
     vsize=$(qemu-img info -f "$fmt" --output=json "$img" | sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p' | head -1)
@@ -115,6 +122,22 @@ stress_make_fmt() { # KIND DIR SEED
     size=$vsize
     qemu-img convert -q -n --target-is-zero -f raw -O "$fmt" "$d/data.raw" "$img" || return 1
     cp "$d/data.raw" "$d/init.raw"
+}
+
+# DIR/img.vmdk: a descriptor of SIZE/4-byte extents, sparse, flat,
+# sparse, sparse (each sparse one made by qemu-img as a twoGbMaxExtentSparse
+# extent file)
+stress_vmdk_split() { # DIR SIZE
+    local d=$1 size=$2 q=$(($2 / 4)) i
+    qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse "$d/tmpl.vmdk" "$q" || return 1
+    for i in 1 3 4; do cp "$d/tmpl-s001.vmdk" "$d/img-s00$i.vmdk" || return 1; done
+    truncate -s "$q" "$d/img-f002.vmdk" || return 1
+    rm -f "$d/tmpl.vmdk" "$d/tmpl-s001.vmdk"
+    printf '%s\n' '# Disk DescriptorFile' version=1 CID=1234abcd parentCID=ffffffff \
+        'createType="twoGbMaxExtentSparse"' '' '# Extent description' \
+        "RW $((q / 512)) SPARSE \"img-s001.vmdk\"" "RW $((q / 512)) FLAT \"img-f002.vmdk\" 0" \
+        "RW $((q / 512)) SPARSE \"img-s003.vmdk\"" "RW $((q / 512)) SPARSE \"img-s004.vmdk\"" '' \
+        '# The Disk Data Base' '#DDB' '' 'ddb.virtualHWVersion = "4"' 'ddb.adapterType = "ide"' >"$d/img.vmdk"
 }
 
 # Sets in the caller: fmt img cs sub snap backraw size hot_move once (1: --write-once); creates
@@ -125,8 +148,14 @@ stress_make() { # KIND DIR SEED
     local kind=$1 d=$2 seed=$3 opts="" src
     case $kind in vdi-* | vpc-* | qed-* | parallels* | vmdk-* | vhdx-*) stress_make_fmt "$@"; return ;; esac
     fmt=qcow2 img=$d/img.qcow2 cs=65536 sub=0 snap=0 backraw="" size=$((16 << 20)) hot_move=0 once=0
+    local fill=
     case $kind in
     c512) cs=512 size=$((4 << 20)) ;;
+    # a refcount table cluster covers only 2 MiB of the file: 4.5 MiB of
+    # data first (qemu-img grows the table to 2 clusters, 4 MiB, with data
+    # after it; the file just under 4 MiB), then the file grows past that
+    # under the requests (new ground every 64): the table grows under them
+    c512-rc64) cs=512 opts=refcount_bits=64 hot_move=64 fill=$((9 << 19)) ;;
     c4k) cs=4096 ;;
     c64k) ;;
     c64k-backing) ;;
@@ -142,6 +171,9 @@ stress_make() { # KIND DIR SEED
     rc64) opts=refcount_bits=64 ;;
     lazy) opts=lazy_refcounts=on ;;
     zlib | zstd) opts=compression_type=$kind ;;
+    # compressed clusters in an image with subclusters: partial writes,
+    # zeroes and discards of a subcluster of a compressed cluster
+    zlib-ext) sub=1 opts=compression_type=zlib,extended_l2=on ;;
     snapshot) snap=1 ;;
     snapshot-ext) cs=32768 sub=1 snap=1 opts=extended_l2=on ;;
     backing-chain) ;;
@@ -151,7 +183,8 @@ stress_make() { # KIND DIR SEED
     *) echo "stress: unknown image kind '$kind' (known: $STRESS_KINDS $STRESS_FMT_KINDS)" >&2; return 1 ;;
     esac
     opts=cluster_size=$cs${opts:+,$opts}
-    stress_data "$d/data.raw" "$size" "$seed" || return 1
+    stress_data "$d/data.raw" "${fill:-$size}" "$seed" || return 1
+    truncate -s "$size" "$d/data.raw" || return 1
     case $kind in
     *-backing)
         # an empty top over a full base: every partial write copies from backing
@@ -172,9 +205,9 @@ stress_make() { # KIND DIR SEED
         qemu-img convert -q -f qcow2 -O raw "$img" "$d/init.raw" || return 1
         backraw=$d/back.raw
         ;;
-    zlib | zstd)
+    zlib | zstd | zlib-ext)
         qemu-img convert -q -c -f raw -O qcow2 -o "$opts" "$d/data.raw" "$img" || return 1
-        qemu-img info "$img" | grep -q "compression type: $kind" || { echo "stress: $img is not $kind-compressed" >&2; return 1; }
+        qemu-img info "$img" | grep -q "compression type: ${kind%-ext}" || { echo "stress: $img is not ${kind%-ext}-compressed" >&2; return 1; }
         cp "$d/data.raw" "$d/init.raw"
         ;;
     *)
@@ -274,7 +307,7 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
     *) STRESS_LAST_VARIANT="io_uring, page cache" ;;
     esac
     # compressed writes of whole clusters next to the other requests
-    case $kind in zlib | zstd | c4k) lib_io+=(--compress) ;; esac
+    case $kind in zlib | zstd | zlib-ext | c4k) lib_io+=(--compress) ;; esac
     local node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap$file_io"
         --blockdev "driver=$fmt,node-name=d0,file=f0,discard=unmap")
     case $tr in
@@ -391,14 +424,18 @@ EOF
 # convert must both hold every durable byte (completed before an
 # acknowledged flush, or FUA), and vbd goes on writing the image in
 # process (check clean, compare identical). Returns 0 on success.
+# STRESS_STOP_SIGNAL=TERM: the daemon is stopped with SIGTERM instead
+# (requests in flight: it finishes them, flushes and closes the images):
+# it exits 0, qemu-img check is clean (no leak, nothing to repair) and
+# every write that completed is there (vbd-stress --clean-stop).
 stress_crash_case() {
-    local kind=$1 seed=$2 d=$3 rc=0 out spid file_io=""
-    STRESS_LAST_OPS=0 STRESS_LAST_VARIANT="SIGKILL"
+    local kind=$1 seed=$2 d=$3 rc=0 out spid file_io="" sig=${STRESS_STOP_SIGNAL:-KILL}
+    STRESS_LAST_OPS=0 STRESS_LAST_VARIANT="SIG$sig"
     rm -rf "$d" && mkdir -p "$d" || return 1
     stress_make "$kind" "$d" "$seed" || { echo "stress: cannot create image kind $kind" >&2; return 1; }
     case $((seed % 3)) in
-    1) file_io=,cache.direct=on STRESS_LAST_VARIANT="SIGKILL, cache.direct=on" ;;
-    2) file_io=,aio=threads STRESS_LAST_VARIANT="SIGKILL, aio=threads" ;;
+    1) file_io=,cache.direct=on STRESS_LAST_VARIANT="SIG$sig, cache.direct=on" ;;
+    2) file_io=,aio=threads STRESS_LAST_VARIANT="SIG$sig, aio=threads" ;;
     esac
     _stress_start_daemon "$d" "$d/nbd.sock" --blockdev "driver=file,node-name=f0,filename=$img,discard=unmap$file_io" \
         --blockdev "driver=$fmt,node-name=d0,file=f0,discard=unmap" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
@@ -408,13 +445,20 @@ stress_crash_case() {
     [ -n "$backraw" ] && args+=(--backing "$backraw")
     [ "$hot_move" != 0 ] && args+=(--hot-move "$hot_move")
     [ "$once" = 1 ] && args+=(--write-once)
+    [ $sig = TERM ] && args+=(--clean-stop)
     timeout -k 10 600 "$STRESS_BIN" "${args[@]}" --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 &
     spid=$!
     while [ ! -e "$d/ready" ] && kill -0 $spid 2>/dev/null; do sleep 0.02; done
-    kill -9 $_stress_dpid 2>/dev/null
-    wait $_stress_dpid 2>/dev/null
+    local drc=0
+    kill -$sig $_stress_dpid 2>/dev/null
+    wait $_stress_dpid 2>/dev/null || drc=$?
     _stress_dpid=
     wait $spid || rc=$?
+    if [ $sig = TERM ] && [ $drc != 0 ]; then
+        echo "stress: FAILED kind=$kind SIGTERM seed=$seed ($STRESS_LAST_VARIANT): vbd-daemon exited with $drc:" >&2
+        tail -30 "$d/daemon.log" >&2
+        return 1
+    fi
     STRESS_LAST_OPS=$(sed -n 's/.*server is gone.* after \([0-9]*\) requests/\1/p' "$d/stress.log" | tail -1)
     if [ $rc != 0 ] || [ ! -e "$d/ready" ]; then
         echo "stress: FAILED kind=$kind crash seed=$seed ($STRESS_LAST_VARIANT) (vbd-stress exit $rc):" >&2
@@ -428,6 +472,12 @@ stress_crash_case() {
     fi
     rc=0
     out=$(qemu-img check -f "$fmt" "$img" 2>&1) || rc=$?
+    # a daemon that stopped on SIGTERM closed the image: nothing to repair, no leak
+    if [ $sig = TERM ] && [ $rc != 0 ] && ! { [ $rc = 63 ] && [[ $out = *"does not support checks"* ]]; }; then
+        echo "stress: FAILED kind=$kind SIGTERM seed=$seed ($STRESS_LAST_VARIANT): qemu-img check after the daemon's stop (exit $rc):" >&2
+        echo "$out" | tail -20 >&2
+        return 1
+    fi
     if [ $fmt = parallels ] && [ $rc = 2 ] && grep -q "not closed correctly" <<<"$out"; then
         rc=0
         out=$(qemu-img check -r all -f "$fmt" "$img" 2>&1) || rc=$?

@@ -30,7 +30,9 @@
  * was acknowledged. At the end the shadow holds every byte's last value and
  * the mask (--mask-out, 0xff bytes) the bytes whose last mutation was not
  * durable: those may hold anything after the crash, every other byte must
- * be the shadow's.
+ * be the shadow's. With --clean-stop the server is stopped, not killed
+ * (SIGTERM: it finishes the requests in flight, flushes and closes the
+ * image): every mutation that completed is durable.
  */
 #include "../../src/tools/common.h"
 #include "../../src/vhost-client/vhost_client.h"
@@ -95,6 +97,7 @@ static const char usage_text[] =
     "                       until the server dies, then write the shadow and --mask-out (no discards)\n"
     "  --crash-after N      requests before the ready file (default 400)\n"
     "  --mask-out FILE      crash mode: 0xff for each byte whose last mutation was not durable, else 0\n"
+    "  --clean-stop         crash mode: the server is stopped cleanly, every completed mutation is durable\n"
     "  --reconnect-delay S  --nbd: reconnect for up to S seconds when the server drops a connection\n"
     "                       (the requests in flight are sent again: an export deleted and added back)\n"
     "  --points FILE        read at the end: lines 'TS TR RAW', a graph change (an external snapshot) between\n"
@@ -190,7 +193,7 @@ static struct {
     /* crash mode */
     const char *crash_ready, *mask_out;
     uint64_t crash_after;
-    bool ready_made, crashed;
+    bool ready_made, crashed, clean_stop;
     uint64_t clock;          /* advances at every issue and completion */
     uint64_t durable_point;  /* mutations completed before this are on disk (an acknowledged flush's issue) */
     uint32_t *last_mut;      /* per byte: index into muts of the last mutation issued on it, 0: none */
@@ -1033,7 +1036,7 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &sa, NULL);
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
            O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY, O_CRASHREADY, O_CRASHAFTER,
-           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT, O_WRITEONCE };
+           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT, O_WRITEONCE, O_CLEANSTOP };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -1047,6 +1050,7 @@ int main(int argc, char **argv)
         {"no-zeroes", no_argument, NULL, O_NOZEROES},    {"format", required_argument, NULL, 'f'},
         {"zero-heavy", no_argument, NULL, O_ZEROHEAVY},    {"crash-ready", required_argument, NULL, O_CRASHREADY},
         {"crash-after", required_argument, NULL, O_CRASHAFTER}, {"mask-out", required_argument, NULL, O_MASKOUT},
+        {"clean-stop", no_argument, NULL, O_CLEANSTOP},
         {"hot-move", required_argument, NULL, O_HOTMOVE},
         {"range", required_argument, NULL, O_RANGE},
         {"touched-out", required_argument, NULL, O_TOUCHED},
@@ -1084,6 +1088,7 @@ int main(int argc, char **argv)
         case O_CRASHREADY: S.crash_ready = optarg; break;
         case O_CRASHAFTER: S.crash_after = parse_num(optarg, "--crash-after"); break;
         case O_MASKOUT: S.mask_out = optarg; break;
+        case O_CLEANSTOP: S.clean_stop = true; break;
         case O_HOTMOVE: S.hot_move = parse_num(optarg, "--hot-move"); break;
         case O_RANGE: S.range = parse_num(optarg, "--range"); break;
         case O_TOUCHED: S.touched_out = optarg; break;
@@ -1288,7 +1293,7 @@ int main(int argc, char **argv)
         for (uint64_t b = 0; b < S.size; b++) {
             uint32_t m = S.last_mut[b];
             uint64_t d = m ? S.muts[m].done_at : 0;
-            bool durable = !m || (d & DURABLE_FUA) || (d && d < S.durable_point);
+            bool durable = !m || (d & DURABLE_FUA) || (d && (S.clean_stop || d < S.durable_point));
             S.fuzzy[b] = durable ? 0 : 0xff;
             open_bytes += !durable;
         }

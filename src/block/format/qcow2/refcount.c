@@ -380,11 +380,18 @@ static int ensure_block(struct qcow2_state *s, uint64_t cluster, uint64_t *block
     s->rc_cur = sl;
     s->reftable[idx] = off;
     qcow2_metadata_moved(s);
-    uint8_t e[8];
-    put_be64p(e, off);
-    rc = vbd_node_co_pwrite(s->n->file, s->refcount_table_offset + idx * 8, e, 8, 0);
-    if (rc < 0)
-        return rc;
+    /* An entry past the table on disk exists only while grow_reftable()
+     * places a larger one (this block counts the new table's clusters):
+     * that table is written whole from memory, this entry with it. At the
+     * old table's offset it would land on whatever follows that table
+     * (guest data, an L1 or L2 table). */
+    if (idx < (uint64_t)s->refcount_table_clusters * (s->cluster_size / 8)) {
+        uint8_t e[8];
+        put_be64p(e, off);
+        rc = vbd_node_co_pwrite(s->n->file, s->refcount_table_offset + idx * 8, e, 8, 0);
+        if (rc < 0)
+            return rc;
+    }
     if (self >> rb_bits(s) != idx) {
         rc = set_refcount(s, self, 1);
         if (rc < 0)
