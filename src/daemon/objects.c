@@ -528,6 +528,17 @@ int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vb
     return co_move(n, loop ? loop : vbd_loop_current(), err);
 }
 
+void vbd_daemon_co_join_source_loop(struct vbd_node *target, struct vbd_node *source)
+{
+    struct vbd_loop *home = vbd_node_home_loop(source);
+    if (vbd_node_home_loop(target) == home && subtree_on(target, home))
+        return;
+    struct vbd_error *e = NULL;
+    if (co_move(target, home, &e) < 0)
+        vbd_log(VBD_LOG_DEBUG, "node '%s' stays on its thread: %s", target->node_name, e ? e->msg : "");
+    vbd_error_free(e);
+}
+
 void vbd_daemon_free_all(void)
 {
     for (struct vbd_daemon_export *e = exports, *n; e; e = n) {

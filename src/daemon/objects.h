@@ -88,6 +88,15 @@ int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, str
 struct vbd_loop;
 int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err);
 
+/* blockdev-mirror/-backup, drive-mirror/-backup: the target (and the
+ * nodes below it) joins the source's home loop when the job is made, as
+ * QEMU moves the target into the source's AioContext; its exports drained
+ * meanwhile, NBD connections following (as vbd_daemon_co_move_node). One
+ * that cannot move (a driver bound to its loop, a block job using a node
+ * below it) stays where it is: the job's requests hop there. The caller
+ * checked vbd_daemon_node_pinned. Main loop, coroutine. */
+void vbd_daemon_co_join_source_loop(struct vbd_node *target, struct vbd_node *source);
+
 /* Whether an export with fixed-iothread keeps n's graph off loop: every
  * move of it there is refused ("Cannot change iothread of active block
  * backend", qsd's words), those a block job makes itself too (a backup or
