@@ -74,6 +74,11 @@ struct vbd_job_driver {
     /* Does the job write to n (its target: blockdev-reopen cannot make it
      * read-only meanwhile, as QEMU's job holds the write permission)? */
     bool (*writes_node)(struct vbd_job *job, struct vbd_node *n);
+    /* At a pause point, before the job parks: the requests it has in
+     * flight in coroutines of its own end first (QEMU's .pause), so that a
+     * paused job does no I/O at all. NULL: the job's coroutine is its only
+     * one (stream, commit). */
+    void (*pause)(struct vbd_job *job);
 };
 
 struct vbd_job {
@@ -81,8 +86,14 @@ struct vbd_job {
     char id[128];
     enum vbd_job_status status;
     bool auto_finalize, auto_dismiss;
-    int pause_count;
+    int pause_count; /* the user's pause and the error policy's stop (query-block-jobs' "paused") */
     bool user_paused;
+    /* Drained sections of its nodes (vbd_job_drain_pause): the job stops at
+     * its next pause point; `drain_pauses` shows it paused (QEMU's drains
+     * do: JOB_STATUS_CHANGE paused/standby and back), `quiet_pauses` does
+     * not (vbd's own drains that QEMU has not: bitmap changes). */
+    int drain_pauses, quiet_pauses;
+    bool at_pause;   /* parked in a pause point, its requests all ended */
     bool busy;
     bool cancelled, force_cancel;
     bool run_done;   /* run returned; the job waits in waiting/pending or ended */
@@ -146,6 +157,9 @@ struct vbd_job *vbd_job_writing_node(struct vbd_node *n);
 /* In run: */
 bool vbd_job_is_cancelled(struct vbd_job *job);     /* force cancel: stop now */
 bool vbd_job_cancel_requested(struct vbd_job *job); /* any cancel (a soft one in READY completes without pivot) */
+/* A pause is asked for (the user's, an error stop or a drained section):
+ * start no new request; the next pause point stops. */
+bool vbd_job_should_pause(const struct vbd_job *job);
 void vbd_job_pause_point(struct vbd_job *job);
 /* Sleep (with pause and cancel points), then the rate limit for `written` bytes. */
 void vbd_job_sleep_ns(struct vbd_job *job, uint64_t ns);
@@ -165,6 +179,18 @@ int vbd_job_complete(struct vbd_job *job, struct vbd_qmp_error *err);
 int vbd_job_finalize(struct vbd_job *job, struct vbd_qmp_error *err);
 int vbd_job_dismiss(struct vbd_job *job, struct vbd_qmp_error *err);
 int vbd_job_set_speed(struct vbd_job *job, int64_t speed, struct vbd_qmp_error *err);
+
+/* Drained sections (QEMU's child_job drained_begin/poll/end): a drain of
+ * one of the job's nodes pauses it; co_drain_wait returns once it does no
+ * I/O (parked at a pause point with its requests ended, or its run over,
+ * or never started); drain_resume lets it go on. quiet: the status stays
+ * as it is (no event). A job the caller's own coroutine runs is never
+ * waited for. Main loop; wait in a coroutine. */
+void vbd_job_drain_pause(struct vbd_job *job, bool quiet);
+void vbd_job_co_drain_wait(struct vbd_job *job);
+void vbd_job_drain_resume(struct vbd_job *job, bool quiet);
+/* Is the job running its copy now (started, its run not over)? */
+bool vbd_job_is_running_copy(const struct vbd_job *job);
 
 /* JobInfo and BlockJobInfo. */
 struct json_object *vbd_job_info(struct vbd_job *job);

@@ -288,30 +288,82 @@ static struct vbd_backend *export_backend(struct vbd_daemon_export *e)
     return e->type->backend ? e->type->backend(e->exp) : NULL;
 }
 
-void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d)
+static void drain_add_exports_over(struct vbd_node *node, struct vbd_daemon_drain *d)
 {
-    d->be = NULL;
-    d->n = 0;
     for (struct vbd_daemon_export *e = exports; e; e = e->next) {
         struct vbd_backend *be = export_backend(e);
-        if (be && reaches(vbd_backend_node(be), node)) {
+        if (!be || !reaches(vbd_backend_node(be), node))
+            continue;
+        bool have = false;
+        for (int i = 0; i < d->n && !have; i++)
+            have = d->be[i] == be;
+        if (!have) {
             d->be = vbd_xrealloc(d->be, sizeof(*d->be) * (size_t)(d->n + 1));
             d->be[d->n++] = be;
         }
     }
+}
+
+/* Does job j use node or a node above it (whose requests reach it)? QEMU
+ * drains a node's parents, a job's own edge among them (child_job). */
+static bool job_touches(struct vbd_job *j, struct vbd_node *node)
+{
+    for (struct vbd_node *x = vbd_node_next(NULL); x; x = vbd_node_next(x))
+        if (j->drv->uses_node && j->drv->uses_node(j, x) && reaches(x, node))
+            return true;
+    return false;
+}
+
+static void co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d, bool quiet)
+{
+    *d = (struct vbd_daemon_drain){.quiet = quiet};
+    /* The block jobs using the node (or a node above it) pause, as QEMU's
+     * drain pauses them: their requests bypass the exports' gates. The
+     * exports over every node such a job uses are drained too: a guest
+     * write there copies into the job's other nodes (a backup's
+     * copy-before-write into its target; QEMU drains the copy-before-write
+     * filter as the target's parent). The job the caller runs is left
+     * alone (its own drains, in its prepare). */
+    struct vbd_co *self = vbd_co_self();
+    for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j)) {
+        if (!vbd_job_is_running_copy(j) || j->co == self || !job_touches(j, node))
+            continue;
+        d->jobs = vbd_xrealloc(d->jobs, sizeof(*d->jobs) * (size_t)(d->njobs + 1));
+        d->jobs[d->njobs++] = j;
+        vbd_job_drain_pause(j, quiet);
+    }
+    drain_add_exports_over(node, d);
+    for (int k = 0; k < d->njobs; k++)
+        for (struct vbd_node *x = vbd_node_next(NULL); x; x = vbd_node_next(x))
+            if (d->jobs[k]->drv->uses_node && d->jobs[k]->drv->uses_node(d->jobs[k], x))
+                drain_add_exports_over(x, d);
     /* one after the other: a drained export's requests wait at its gate
      * while the next one's in-flight requests finish */
     for (int i = 0; i < d->n; i++)
         vbd_backend_co_drain_begin(d->be[i]);
+    for (int k = 0; k < d->njobs; k++)
+        vbd_job_co_drain_wait(d->jobs[k]);
+}
+
+void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d)
+{
+    co_drain_begin(node, d, false);
+}
+
+void vbd_daemon_co_drain_begin_quiet(struct vbd_node *node, struct vbd_daemon_drain *d)
+{
+    co_drain_begin(node, d, true);
 }
 
 void vbd_daemon_drain_end(struct vbd_daemon_drain *d)
 {
+    for (int k = 0; k < d->njobs; k++)
+        vbd_job_drain_resume(d->jobs[k], d->quiet);
     for (int i = 0; i < d->n; i++)
         vbd_backend_drain_end(d->be[i]);
     free(d->be);
-    d->be = NULL;
-    d->n = 0;
+    free(d->jobs);
+    *d = (struct vbd_daemon_drain){0};
 }
 
 int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, struct vbd_error **err)
@@ -474,6 +526,17 @@ static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error *
 int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
 {
     return co_move(n, loop ? loop : vbd_loop_current(), err);
+}
+
+void vbd_daemon_co_join_source_loop(struct vbd_node *target, struct vbd_node *source)
+{
+    struct vbd_loop *home = vbd_node_home_loop(source);
+    if (vbd_node_home_loop(target) == home && subtree_on(target, home))
+        return;
+    struct vbd_error *e = NULL;
+    if (co_move(target, home, &e) < 0)
+        vbd_log(VBD_LOG_DEBUG, "node '%s' stays on its thread: %s", target->node_name, e ? e->msg : "");
+    vbd_error_free(e);
 }
 
 void vbd_daemon_free_all(void)

@@ -54,15 +54,27 @@ void vbd_daemon_export_remove(struct vbd_daemon_export *e);
  * Graph changes under running exports (live snapshots, internal snapshots
  * and bitmap changes over QMP). A drain covers every export whose backend
  * reaches the node (it is the backend's root or below it): their requests
- * in flight finish and new ones wait until drain_end (vbd/backend.h). In a
- * coroutine on the main loop; the set is kept in `d` so that drain_end
- * ends exactly what begin started, even after the graph changed.
+ * in flight finish and new ones wait until drain_end (vbd/backend.h). The
+ * block jobs that use the node or a node above it pause (QEMU's drain
+ * pauses a job through its child_job edge) and the drain waits until they
+ * do no I/O; the exports over the other nodes such a job uses are drained
+ * too (a guest write there may copy into the node: copy-before-write).
+ * In a coroutine on the main loop; the set is kept in `d` so that
+ * drain_end ends exactly what begin started, even after the graph changed.
+ * _quiet: the jobs pause without a status change (vbd's own drains where
+ * QEMU has none and shows nothing: persistent bitmap changes, a job's
+ * write tracker coming off).
  */
+struct vbd_job;
 struct vbd_daemon_drain {
     struct vbd_backend **be;
     int n;
+    struct vbd_job **jobs; /* the jobs it paused (referenced) */
+    int njobs;
+    bool quiet;
 };
 void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d);
+void vbd_daemon_co_drain_begin_quiet(struct vbd_node *node, struct vbd_daemon_drain *d);
 void vbd_daemon_drain_end(struct vbd_daemon_drain *d);
 /* Inside a drain of `old`: every export whose backend's root is old sends
  * its requests to `new` from now on. Nothing changes on failure (a
@@ -75,6 +87,15 @@ int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, str
  * one cannot move (an nbd client node). Main loop, coroutine. */
 struct vbd_loop;
 int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err);
+
+/* blockdev-mirror/-backup, drive-mirror/-backup: the target (and the
+ * nodes below it) joins the source's home loop when the job is made, as
+ * QEMU moves the target into the source's AioContext; its exports drained
+ * meanwhile, NBD connections following (as vbd_daemon_co_move_node). One
+ * that cannot move (a driver bound to its loop, a block job using a node
+ * below it) stays where it is: the job's requests hop there. The caller
+ * checked vbd_daemon_node_pinned. Main loop, coroutine. */
+void vbd_daemon_co_join_source_loop(struct vbd_node *target, struct vbd_node *source);
 
 /* Whether an export with fixed-iothread keeps n's graph off loop: every
  * move of it there is refused ("Cannot change iothread of active block

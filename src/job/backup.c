@@ -81,7 +81,7 @@ static int persistent_change(struct vbd_node *n, const char *name, enum vbd_bitm
         op.nranges = rs->n;
     }
     struct vbd_daemon_drain d;
-    vbd_daemon_co_drain_begin(n, &d);
+    vbd_daemon_co_drain_begin_quiet(n, &d); /* QEMU changes a bitmap without a drain: no job event */
     struct vbd_loop *origin = vbd_node_co_enter_home(n);
     int rc = n->drv->co_bitmap_change(n, &op, err);
     vbd_node_co_leave_home(origin);
@@ -171,6 +171,12 @@ static void wait_workers(struct backup *b, int below)
 {
     while (b->inflight > below)
         vbd_co_queue_wait(&b->worker_wait);
+}
+
+/* At a pause point: the workers' copies end (a paused job does no I/O). */
+static void backup_pause(struct vbd_job *job)
+{
+    wait_workers(job->opaque, 0);
 }
 
 static int backup_run(struct vbd_job *job, struct vbd_error **err)
@@ -365,6 +371,7 @@ static bool backup_writes(struct vbd_job *job, struct vbd_node *n)
 static const struct vbd_job_driver backup_driver = {
     .type = "backup",
     .run = backup_run,
+    .pause = backup_pause,
     .commit = backup_commit,
     .abort = backup_abort,
     .clean = backup_clean,

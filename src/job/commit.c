@@ -296,11 +296,19 @@ static const struct vbd_job_driver commit_driver = {
     .graph_backends = commit_graph_backends,
 };
 
+static void active_commit_pause(struct vbd_job *job)
+{
+    struct commit *c = job->opaque;
+    if (c->mirror)
+        job_mirror_pause(c->mirror);
+}
+
 /* Active commit: QEMU runs it as a mirror job, which job-complete ends. */
 static const struct vbd_job_driver active_commit_driver = {
     .type = "commit",
     .run = commit_run,
     .complete = commit_complete,
+    .pause = active_commit_pause,
     .prepare = commit_prepare,
     .clean = commit_clean,
     .free = commit_free,

@@ -40,6 +40,8 @@ struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_o
 /* The job's run: 0 (READY and completed, or cancelled in READY) or -errno. */
 int job_mirror_run(struct job_mirror *m);
 void job_mirror_complete(struct job_mirror *m);
+/* The job's pause point (its driver's pause): the copies in flight end. */
+void job_mirror_pause(struct job_mirror *m);
 /* In prepare, with src's writers drained: the last dirty chunks, target flushed. */
 int job_mirror_sync_last(struct job_mirror *m);
 /* No more tracking of src's writes (coroutine: waits for writes inside the hook). */

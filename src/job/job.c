@@ -60,6 +60,8 @@ static const bool verbs[VBD_VERB_NR][VBD_JOB_STATUS_NR] = {
 static struct vbd_job *jobs;
 static struct vbd_co_queue jobs_gone = VBD_CO_QUEUE_INIT;
 static struct vbd_co_queue jobs_ran = VBD_CO_QUEUE_INIT; /* a job's run returned */
+/* a job stopped doing I/O: parked at a pause point, or its run returned */
+static struct vbd_co_queue jobs_quiet = VBD_CO_QUEUE_INIT;
 
 /* QEMU's JobTxn. Jobs are put first, so a group aborts and finalizes the
  * last created first, as QEMU's list does. */
@@ -483,6 +485,7 @@ static void job_co(void *arg)
         set_failed(job, rc, e ? e->msg : NULL);
     vbd_error_free(e);
     vbd_co_queue_wake_all(&jobs_ran);
+    vbd_co_queue_wake_all(&jobs_quiet);
     vbd_qmp_graph_lock();
     if (!job->completed)
         job_completed(job);
@@ -534,22 +537,41 @@ static void park(struct vbd_job *job)
     job->busy = true;
 }
 
+bool vbd_job_should_pause(const struct vbd_job *job)
+{
+    return job->pause_count > 0 || job->drain_pauses > 0 || job->quiet_pauses > 0;
+}
+
 void vbd_job_pause_point(struct vbd_job *job)
 {
     ASSERT_MAIN_LOOP();
-    if (job->pause_count == 0 || vbd_job_is_cancelled(job))
+    if (!vbd_job_should_pause(job) || vbd_job_is_cancelled(job))
         return;
+    /* the requests of the job's other coroutines end first: a paused job
+     * does no I/O (a drain waits for that) */
+    if (job->drv->pause)
+        job->drv->pause(job);
     enum vbd_job_status was = job->status;
-    set_status(job, was == VBD_JOB_READY ? VBD_JOB_STANDBY : VBD_JOB_PAUSED);
-    while (job->pause_count > 0 && !vbd_job_is_cancelled(job))
+    bool shown = false;
+    while (vbd_job_should_pause(job) && !vbd_job_is_cancelled(job)) {
+        /* a quiet drain's pause keeps the status (QEMU has no drain there) */
+        if (!shown && (job->pause_count > 0 || job->drain_pauses > 0)) {
+            set_status(job, was == VBD_JOB_READY ? VBD_JOB_STANDBY : VBD_JOB_PAUSED);
+            shown = true;
+        }
+        job->at_pause = true;
+        vbd_co_queue_wake_all(&jobs_quiet);
         park(job);
-    set_status(job, was);
+        job->at_pause = false;
+    }
+    if (shown)
+        set_status(job, was);
 }
 
 void vbd_job_wait(struct vbd_job *job)
 {
     ASSERT_MAIN_LOOP();
-    if (vbd_job_cancel_requested(job) || job->pause_count)
+    if (vbd_job_cancel_requested(job) || vbd_job_should_pause(job))
         return;
     park(job);
 }
@@ -557,7 +579,7 @@ void vbd_job_wait(struct vbd_job *job)
 void vbd_job_sleep_ns(struct vbd_job *job, uint64_t ns)
 {
     ASSERT_MAIN_LOOP();
-    if (!vbd_job_cancel_requested(job) && !job->pause_count) {
+    if (!vbd_job_cancel_requested(job) && !vbd_job_should_pause(job)) {
         job->timer.fn = timer_cb;
         job->timer.arg = job;
         vbd_timer_arm(&job->timer, vbd_clock_ns() + ns);
@@ -747,6 +769,45 @@ int vbd_job_set_speed(struct vbd_job *job, int64_t speed, struct vbd_qmp_error *
     job->rl_bytes = 0;
     vbd_job_kick(job); /* a job sleeping for the old speed recomputes */
     return 0;
+}
+
+/* ---------- drained sections ---------- */
+
+bool vbd_job_is_running_copy(const struct vbd_job *job)
+{
+    return job->co && !job->run_done && job->status != VBD_JOB_NULL;
+}
+
+void vbd_job_drain_pause(struct vbd_job *job, bool quiet)
+{
+    ASSERT_MAIN_LOOP();
+    vbd_job_ref(job); /* until drain_resume, whatever ends meanwhile */
+    if (quiet)
+        job->quiet_pauses++;
+    else
+        job->drain_pauses++;
+    vbd_job_kick(job); /* a sleeping or waiting job goes to its pause point */
+}
+
+void vbd_job_co_drain_wait(struct vbd_job *job)
+{
+    ASSERT_MAIN_LOOP();
+    /* a force-cancelled job passes its pause points: its run ends instead
+     * (QEMU's drain polls a busy job the same way) */
+    while (vbd_job_is_running_copy(job) && !job->at_pause && job->co != vbd_co_self())
+        vbd_co_queue_wait(&jobs_quiet);
+}
+
+void vbd_job_drain_resume(struct vbd_job *job, bool quiet)
+{
+    ASSERT_MAIN_LOOP();
+    if (quiet)
+        job->quiet_pauses--;
+    else
+        job->drain_pauses--;
+    if (!vbd_job_should_pause(job) && vbd_job_is_running_copy(job))
+        vbd_job_kick(job);
+    vbd_job_unref(job);
 }
 
 /* ---------- queries ---------- */

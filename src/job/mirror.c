@@ -206,7 +206,7 @@ static bool overlaps_inflight(struct job_mirror *m, uint64_t off, uint64_t bytes
  */
 static bool job_idle(struct job_mirror *m)
 {
-    return m->closing || m->stopped || m->ret || m->job->pause_count || vbd_job_is_cancelled(m->job);
+    return m->closing || m->stopped || m->ret || vbd_job_should_pause(m->job) || vbd_job_is_cancelled(m->job);
 }
 
 static void active_begin(void *opaque, struct vbd_hooked_write *w)
@@ -397,7 +397,7 @@ int job_mirror_run(struct job_mirror *m)
             rc = m->ret;
             break;
         }
-        if (m->stopped || job->pause_count) {
+        if (m->stopped || vbd_job_should_pause(job)) {
             /* the copies in flight end first: a paused job does no I/O */
             wait_all(m);
             if (m->ret)
@@ -445,6 +445,14 @@ int job_mirror_run(struct job_mirror *m)
 }
 
 void job_mirror_complete(struct job_mirror *m) { m->complete = true; }
+
+void job_mirror_pause(struct job_mirror *m)
+{
+    /* the background copies, and the guest writes' copies to the target
+     * begun before the pause (new ones are not made: job_idle) */
+    while (m->inflight || m->active)
+        vbd_co_queue_wait(&m->slot_wait);
+}
 
 static int copy_last(struct job_mirror *m)
 {
@@ -578,6 +586,12 @@ static int mirror_run(struct vbd_job *job, struct vbd_error **err)
     return job_mirror_run(mj->m);
 }
 
+static void mirror_pause(struct vbd_job *job)
+{
+    struct mirror *mj = job->opaque;
+    job_mirror_pause(mj->m);
+}
+
 static void mirror_complete(struct vbd_job *job)
 {
     struct mirror *mj = job->opaque;
@@ -701,6 +715,7 @@ static const struct vbd_job_driver mirror_driver = {
     .type = "mirror",
     .run = mirror_run,
     .complete = mirror_complete,
+    .pause = mirror_pause,
     .prepare = mirror_prepare,
     .clean = mirror_clean,
     .free = mirror_free,

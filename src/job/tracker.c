@@ -133,7 +133,7 @@ void vbd_job_tracker_free(struct vbd_job_tracker *t)
      * in hook_begin). The drain waits for such writes; new ones find no
      * hook. The ones inside begin..end finish first. */
     struct vbd_daemon_drain d;
-    vbd_daemon_co_drain_begin(t->n, &d);
+    vbd_daemon_co_drain_begin_quiet(t->n, &d); /* QEMU drops its dirty bitmap without a drain */
     vbd_node_remove_write_hook(t->n, &t->hook);
     vbd_daemon_drain_end(&d);
     while (t->users > 0)

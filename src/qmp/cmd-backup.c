@@ -249,6 +249,7 @@ static int blockdev_backup_prepare(struct tx_action *a, struct vbd_qmp_error *er
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change iothread of active block backend");
         return -1;
     }
+    vbd_daemon_co_join_source_loop(target, bs);
     tx_drain(a, bs);
     return backup_keep(a, backup_common(a->data, bs, target, a->txn, err));
 }
@@ -300,6 +301,8 @@ static int drive_backup_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         vbd_qmp_error_take(err, e);
         return -1;
     }
+    /* opened on the main loop: it joins the source's thread, as blockdev-backup's */
+    vbd_daemon_co_join_source_loop(target, bs);
     struct vbd_job *job = backup_common(args, bs, target, a->txn, err);
     vbd_node_unref(target); /* the job holds it until its end */
     return backup_keep(a, job);

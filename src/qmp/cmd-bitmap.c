@@ -10,9 +10,9 @@
  *
  * As transaction actions each change is made in prepare, with what abort
  * needs to restore it (the bits, the flags), while the node's exports are
- * drained so that nothing changes a bitmap in between. A block job writing
- * into the node (a stream, a commit's base, a mirror's target) is not
- * held by that drain: the qcow2 driver keeps the ranges written while it
+ * drained so that nothing changes a bitmap in between, and the block jobs
+ * using it paused without a status change (QEMU has no drain there, so no
+ * event either). The qcow2 driver also keeps the ranges written while it
  * stores and reloads its bitmaps and marks them once they are back.
  */
 #include "qmp/commands.h"
@@ -204,7 +204,7 @@ static struct vbd_node *find_bitmap(struct tx_action *a, const char *node, const
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' not found", node);
         return NULL;
     }
-    tx_drain(a, n);
+    tx_drain_quiet(a, n);
     if (vbd_dirty_bitmap_find(n, name))
         return n;
     uint64_t pnum;
@@ -285,7 +285,7 @@ static int add_prepare(struct tx_action *a, struct vbd_qmp_error *err)
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap name too long: %s", name);
             return -1;
         }
-        tx_drain(a, n);
+        tx_drain_quiet(a, n);
         vbd_dirty_bitmap_create(n, name, granularity, disabled);
         struct bitmap_state *st = state_new(a, n, name);
         st->in_memory = true;
@@ -296,7 +296,7 @@ static int add_prepare(struct tx_action *a, struct vbd_qmp_error *err)
                            node);
         return -1;
     }
-    tx_drain(a, n);
+    tx_drain_quiet(a, n);
     struct vbd_bitmap_op op = {.action = VBD_BITMAP_ADD, .name = name, .granularity = granularity, .disabled = disabled};
     if (change(n, &op, err) < 0)
         return -1;

@@ -220,17 +220,6 @@ static bool check_generic(struct json_object *o, struct reopen_entry *re, struct
     return true;
 }
 
-/* A job using n or a node above it: its requests reach n and are not
- * held by the exports' drain (QEMU's drain pauses the job). */
-static struct vbd_job *job_over(struct vbd_node *n)
-{
-    struct vbd_job *j = vbd_job_using_node(n);
-    for (struct vbd_node *m = vbd_node_next(NULL); m && !j; m = vbd_node_next(m))
-        if (m != n && vbd_node_reaches(m, n))
-            j = vbd_job_using_node(m);
-    return j;
-}
-
 /* The entry's options against the node. Stages the driver's change. */
 static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re, struct vbd_qmp_error *err)
 {
@@ -284,21 +273,11 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
     json_object_put(rest);
     if (!ok)
         return false;
-    bool other_changes = re->change_backing || re->drv_staged || re->detect_zeroes != n->detect_zeroes ||
-                         ((re->flags ^ n->open_flags) & REOPEN_FLAGS);
-    /* a job's requests are not held by the exports' drain (QEMU's drain
-     * pauses the job); an O_DIRECT switch changes the alignment every
-     * request to the node goes by, so a job above it counts too */
-    struct vbd_job *j = re->change_direct ? job_over(n) : vbd_job_using_node(n);
-    if (other_changes && j) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Node '%s' cannot change its options while block job '%s' uses it (only read-only can)",
-                           name, j->id);
-        return false;
-    }
-    /* a job's target too: its writes would fail, and one in flight inside
-     * the driver would meet its metadata written back and frozen (qsd's
-     * job holds the write permission and refuses the same way) */
+    /* A block job using the node is no reason to refuse its other options:
+     * the drain below pauses the job with none of its requests in flight
+     * (as QEMU's drain). Read-only is refused for a node a job writes: its
+     * writes would fail (qsd's job holds the write permission and refuses
+     * the same way). */
     if (re->read_only && !n->read_only && (vbd_qmp_node_written_by_export(n) || vbd_job_writing_node(n))) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Read-only block node '%s' cannot support read-write users",
                            name);

@@ -147,6 +147,7 @@ static struct json_object *qmp_blockdev_mirror(struct json_object *args, struct 
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change iothread of active block backend");
         return NULL;
     }
+    vbd_daemon_co_join_source_loop(a.target, a.src);
     if (blocked(a.src, err) || blocked(a.target, err))
         return NULL;
     if (common_args(args, &a, err) < 0 || replaces_arg(args, &a, err) < 0)
@@ -219,6 +220,8 @@ static struct json_object *qmp_drive_mirror(struct json_object *args, struct vbd
     }
     a.target_owned = true;
     a.target_new = !existing && !backing;
+    /* opened on the main loop: it joins the source's thread, as blockdev-mirror's */
+    vbd_daemon_co_join_source_loop(a.target, a.src);
     if (replaces_arg(args, &a, err) < 0 || !vbd_mirror_start(&a, err)) {
         vbd_node_unref(a.target);
         return NULL;

@@ -19,6 +19,7 @@
 #include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
+#include "vbd/job.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -39,10 +40,19 @@ static bool busy(struct vbd_node *n, struct vbd_qmp_error *err)
 {
     const char *role;
     struct vbd_node *p = qmp_node_parent(n, &role);
-    if (p)
+    if (p) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is busy: node is used as %s of '%s'", n->node_name, role,
                            p->node_name);
-    return p != NULL;
+        return true;
+    }
+    /* A block job's node (a backup's target, which has no parent here):
+     * QEMU's job blocks its external snapshot. vbd made it, and the job
+     * went on writing into a node now read-only under the overlay. */
+    struct vbd_job *j = vbd_job_using_node(n);
+    if (j)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is busy: block device is in use by block job: %s",
+                           n->node_name, j->drv->type);
+    return j != NULL;
 }
 
 /* ---------- internal snapshots ---------- */

@@ -47,12 +47,15 @@ struct vbd_node *qmp_node_parent(struct vbd_node *n, const char **role)
     return NULL;
 }
 
-/* Whether QEMU 7.2 would have a job's filter node above n: a mirror's
- * source or target, a stream's device (vbd's jobs put no node there). */
+/* Whether QEMU 7.2 would have a job's filter node or the job itself
+ * above n: a mirror's source or target, a stream's device (vbd's jobs put
+ * no node there), a backup's target and a commit's overlay (the job's own
+ * edges: "Need a root block node" for an internal snapshot of them, which
+ * vbd made under the job). */
 static bool job_filter_above(struct vbd_node *n)
 {
     struct vbd_job *j = vbd_job_using_node(n);
-    return j && (!strcmp(j->drv->type, "mirror") || !strcmp(j->drv->type, "stream"));
+    return j && !j->drv->plain;
 }
 
 bool qmp_is_root_node(struct vbd_node *n)
@@ -76,6 +79,14 @@ void tx_drain(struct tx_action *a, struct vbd_node *n)
     if (a->drained)
         return;
     vbd_daemon_co_drain_begin(n, &a->drain);
+    a->drained = true;
+}
+
+void tx_drain_quiet(struct tx_action *a, struct vbd_node *n)
+{
+    if (a->drained)
+        return;
+    vbd_daemon_co_drain_begin_quiet(n, &a->drain);
     a->drained = true;
 }
 

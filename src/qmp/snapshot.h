@@ -50,6 +50,9 @@ extern const struct tx_action_type tx_blockdev_backup, tx_drive_backup; /* cmd-b
 
 /* Drain the exports that reach n until the action is cleaned. */
 void tx_drain(struct tx_action *a, struct vbd_node *n);
+/* tx_drain for a change QEMU makes without a drain (bitmaps): the jobs
+ * pause without a status change (objects.h, _quiet). */
+void tx_drain_quiet(struct tx_action *a, struct vbd_node *n);
 
 /* Run one action as a transaction of one: the command's handler. */
 struct json_object *tx_run_one(const struct tx_action_type *t, struct json_object *args, struct vbd_qmp_error *err);

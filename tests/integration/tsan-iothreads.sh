@@ -13,7 +13,10 @@
 # the iothreads and the main loop over QMP under load, with internal
 # snapshots, bitmaps, resizes and queries in between. A qcow2 disk exported
 # over NBD only moves main -> io0 -> io1 -> main under NBD load with idle
-# connections, the iothread it left deleted right after each move.
+# connections, the iothread it left deleted right after each move. A
+# mirror and a backup of a qcow2 on io0 into a target read over NBD (it
+# joins io0 when the job is made) while reopens and bitmap changes drain
+# the job under load.
 . "$(dirname "$0")/lib.sh"
 need nbdkit qemu-img qemu-nbd
 TSAN_DAEMON=${VBD_TSAN_BUILD:-$VBD_ROOT/build-tsan}/src/tools/vbd-daemon
@@ -223,6 +226,54 @@ PY
 bench_wait nbd "NBD load while the node moves"
 stop "NBD idle connections following moves"
 qcheck "$T/idle.qcow2"
+
+step "block jobs from a qcow2 on an iothread under load: the target (read over NBD) joins io0 when the job is made; reopens and bitmap changes drain the job"
+must qemu-img create -q -f qcow2 "$T/jsrc.qcow2" 64M
+must qemu-img create -q -f qcow2 "$T/jtgt.qcow2" 64M
+S=$T/vu.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off --monitor chardev=mon \
+    --blockdev driver=file,node-name=f0,filename="$T/jsrc.qcow2" --blockdev driver=qcow2,node-name=d0,file=f0 \
+    --blockdev driver=file,node-name=f1,filename="$T/jtgt.qcow2" --blockdev driver=qcow2,node-name=t0,file=f1 \
+    --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1 \
+    --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=t0,name=disk
+bench_bg vu "${VU[@]}" -w randrw:70 -n 30000 --flush-every 50 --size 64M
+bench_bg nbd "${NB[@]}" -w randread -n 20000 --size 64M
+PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "jobs: QMP"; fail "block jobs under load"; }
+import sys, time
+from qmp import QMP
+m = QMP(sys.argv[1], negotiate=True)
+def ok(cmd, **args):
+    r = m.cmd(cmd, args)
+    assert "return" in r, (cmd, args, r)
+    return r["return"]
+def status(jid):
+    j = [j for j in ok("query-jobs") if j["id"] == jid]
+    return j[0]["status"] if j else None
+rounds = 0
+for jid, cmd, want in (("m", "blockdev-mirror", "ready"), ("b", "blockdev-backup", "concluded")):
+    ok(cmd, **{"job-id": jid, "device": "d0", "target": "t0", "sync": "full", "speed": 8 << 20, "auto-dismiss": False})
+    n = 0
+    while status(jid) != want:
+        for node, f, img in (("d0", "f0", "jsrc"), ("t0", "f1", "jtgt")):
+            ok("blockdev-reopen", options=[{"driver": "qcow2", "node-name": node, "file": f, "discard": "unmap"}])
+            ok("block-dirty-bitmap-add", node=node, name="x", persistent=True)
+            ok("block-dirty-bitmap-remove", node=node, name="x")
+            ok("blockdev-reopen", options=[{"driver": "qcow2", "node-name": node, "file": f}])
+        n += 1
+        if n == 3:
+            ok("block-job-set-speed", device=jid, speed=0)
+    rounds += n
+    if jid == "m":
+        ok("block-job-cancel", device=jid)
+    while status(jid) != "concluded":
+        time.sleep(0.05)  # the cancel's end
+    ok("job-dismiss", id=jid)
+print(f"{rounds} drain rounds under a mirror and a backup", file=sys.stderr)
+PY
+bench_wait vu "vhost-user load under block jobs"
+bench_wait nbd "NBD reads of the target under block jobs"
+stop "block jobs from an iothread"
+qcheck "$T/jsrc.qcow2"
+qcheck "$T/jtgt.qcow2"
 
 step "raw over an nbd client node (qemu-nbd serving a file)"
 truncate -s 0 "$T/disk.img"; truncate -s 64M "$T/disk.img"
