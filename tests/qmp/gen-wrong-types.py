@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 """Writes a qmpdiff script that gives every member of a few commands a
-value of the wrong JSON type (and integers out of their range), the other
-members valid, from qemu-storage-daemon 7.2's own schema:
+value of the wrong JSON type (and enums a value they do not have), the
+other members valid, from qemu-storage-daemon 7.2's own schema (which names
+every integer type "int": ranges are not derived here):
 
     gen-wrong-types.py QMP_SOCKET_OF_A_RUNNING_QSD >diff-wrong-types.jsonl
 
@@ -40,10 +41,6 @@ BASES = [
     ("object-add", {"qom-type": "throttle-group", "id": "tg9"}),
 ]
 
-INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535),
-              "int32": (-2**31, 2**31 - 1), "uint32": (0, 2**32 - 1), "int64": None, "uint64": None,
-              "size": None, "int": None}
-
 
 def main():
     m = QMP(sys.argv[1], negotiate=True)
@@ -80,9 +77,6 @@ def main():
             return vals
         if mt in ("int", "number"):
             vals = ["1", True]
-            rng = INT_RANGES.get(schema[tname].get("name", ""))
-            if rng:
-                vals += [rng[0] - 1, rng[1] + 1]
             if mt == "int":
                 vals.append(1.5)
             return vals
