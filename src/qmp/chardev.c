@@ -83,10 +83,10 @@ static void watch_co(void *opaque)
                     close(fd);
                 break;
             }
-            if (fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM) {
-                vbd_co_sleep_ns(100000000);
+            char what[160];
+            snprintf(what, sizeof(what), "chardev '%s'", c->id);
+            if (vbd_co_accept_backoff(&c->accept_lacking, fd, what))
                 continue;
-            }
             if (fd < 0)
                 break;
             c->fd = fd;

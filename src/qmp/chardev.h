@@ -19,6 +19,7 @@ struct qmp_chardev {
     char *id;
     const char *backend;   /* ChardevBackendKind: "socket", "file", "pipe", "null", "ringbuf", "memory" */
     int listen_fd;         /* socket server: the listening socket; else -1 */
+    bool accept_lacking;   /* its accept is short of fds or memory (vbd_co_accept_backoff) */
     int fd;                /* socket client: the connection; file and pipe: output; else -1 */
     int fd_in;             /* file in=, pipe's separate input end; else -1 */
     char *unix_path;       /* socket server on a path: removed when it closes */

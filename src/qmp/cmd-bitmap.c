@@ -313,7 +313,7 @@ static void add_abort(struct tx_action *a)
 
 const struct tx_action_type tx_bitmap_add = {
     .name = "block-dirty-bitmap-add",
-    .arg_spec = "node:str name:str ?granularity:int ?persistent:bool ?disabled:bool",
+    .arg_spec = "node:str name:str ?granularity:u32 ?persistent:bool ?disabled:bool",
     .check = add_check,
     .prepare = add_prepare,
     .abort = add_abort,

@@ -41,7 +41,7 @@ static const struct key_type file_keys[] = {
     {"filename", "str"},   {"pr-manager", "str"}, {"locking", "enum:auto,on,off"}, {"aio", "enum:threads,native,io_uring"},
     {"aio-max-batch", "int"}, {"drop-cache", "bool"}, {"x-check-cache-dropped", "bool"}, {NULL, NULL},
 };
-static const struct key_type null_keys[] = {{"size", "int"}, {"latency-ns", "int"}, {"read-zeroes", "bool"}, {NULL, NULL}};
+static const struct key_type null_keys[] = {{"size", "int"}, {"latency-ns", "uint"}, {"read-zeroes", "bool"}, {NULL, NULL}};
 static const struct key_type nbd_keys[] = {
     {"server", "sockaddr"}, {"export", "str"}, {"tls-creds", "str"}, {"tls-hostname", "str"}, {"x-dirty-bitmap", "str"},
     {"reconnect-delay", "int"}, {"open-timeout", "int"},
@@ -66,7 +66,7 @@ static const struct key_type qcow2_keys[] = {
     {"file", "ref"}, {"backing", "ref-or-null"}, {"data-file", "ref"}, {"lazy-refcounts", "bool"},
     {"pass-discard-request", "bool"}, {"pass-discard-snapshot", "bool"}, {"pass-discard-other", "bool"},
     {"overlap-check", "overlap"}, {"cache-size", "int"}, {"l2-cache-size", "int"}, {"l2-cache-entry-size", "int"},
-    {"refcount-cache-size", "int"}, {"cache-clean-interval", "int"}, {"encrypt", "any"}, {NULL, NULL},
+    {"refcount-cache-size", "int"}, {"cache-clean-interval", "int"}, {"encrypt", "obj"}, {NULL, NULL},
 };
 /* QEMU's BlockdevOptionsGenericFormat (vdi, vpc, parallels, vhdx, bochs, cloop, dmg) and
  * BlockdevOptionsGenericCOWFormat (qed) */
@@ -125,8 +125,10 @@ static const char *expected_word(const char *type)
         return "integer";
     if (!strcmp(type, "bool"))
         return "boolean";
-    if (!strcmp(type, "ref") || !strcmp(type, "ref-or-null"))
+    if (!strcmp(type, "ref"))
         return "BlockdevRef";
+    if (!strcmp(type, "ref-or-null"))
+        return "BlockdevRefOrNull";
     if (!strcmp(type, "refs"))
         return "array";
     if (!strcmp(type, "overlap"))
@@ -229,10 +231,16 @@ static bool check_value(const char *path, const char *type, struct json_object *
         ok = !strcmp(have, "obj");
     else if (!strcmp(type, "refs"))
         ok = !strcmp(have, "array");
+    else if (!strcmp(type, "uint")) /* QEMU's unsigned visitor (a negative one wraps) */
+        ok = !strcmp(have, "int");
     else if (!strcmp(type, "overlap")) /* QEMU's Qcow2OverlapChecks: a template name or flags */
         ok = !strcmp(have, "str") || !strcmp(have, "obj");
     else
         ok = !strcmp(have, type);
+    if (!ok && !strcmp(type, "uint")) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", path); /* QEMU's words */
+        return false;
+    }
     if (!ok) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", path,
                            expected_word(type));

@@ -267,8 +267,15 @@ static bool vhost_export_opts(struct json_object *args, const char *id, struct j
                            "Only socket address types 'unix' and 'fd' are supported"); /* qsd's words */
         return false;
     }
-    if (!qmp_check_members(addr, "type:str path:str", "addr", err))
+    if (!qmp_check_members(addr, "type:str path:str ?abstract:bool ?tight:bool", "addr", err))
         return false;
+    struct json_object *abstract;
+    if (json_object_object_get_ex(addr, "abstract", &abstract) && json_object_get_boolean(abstract)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "abstract unix sockets are not supported by vbd-daemon");
+        return false;
+    }
+    json_object_object_del(addr, "abstract"); /* false: a path, as without it; tight matters only when abstract */
+    json_object_object_del(addr, "tight");
     move_key(args, "addr", opts, "addr");
     json_object_object_del(args, "fixed-iothread"); /* the rings always stay on the iothreads given */
     return true;

@@ -230,7 +230,7 @@ static struct json_object *qmp_drive_mirror(struct json_object *args, struct vbd
 }
 
 #define MIRROR_COMMON                                                                                                  \
-    "?job-id:str device:str target:str ?replaces:str sync:str ?speed:int ?granularity:int ?buf-size:int "              \
+    "?job-id:str device:str target:str ?replaces:str sync:str ?speed:int ?granularity:u32 ?buf-size:int "              \
     "?on-source-error:str ?on-target-error:str ?copy-mode:str ?auto-finalize:bool ?auto-dismiss:bool"
 
 const struct vbd_qmp_command vbd_qmp_cmds_mirror[] = {

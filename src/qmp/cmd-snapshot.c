@@ -501,7 +501,7 @@ const struct vbd_qmp_command vbd_qmp_cmds_snapshot[] = {
     {"blockdev-snapshot", "node:str overlay:str", qmp_snapshot, 0},
     {"blockdev-snapshot-internal-sync", "device:str name:str", qmp_internal_snapshot, 0},
     {"blockdev-snapshot-delete-internal-sync", "device:str ?id:str ?name:str", qmp_internal_snapshot_delete, 0},
-    {"block-dirty-bitmap-add", "node:str name:str ?granularity:int ?persistent:bool ?disabled:bool", qmp_bitmap_add, 0},
+    {"block-dirty-bitmap-add", "node:str name:str ?granularity:u32 ?persistent:bool ?disabled:bool", qmp_bitmap_add, 0},
     {"block-dirty-bitmap-remove", "node:str name:str", qmp_bitmap_remove, 0},
     {"block-dirty-bitmap-clear", "node:str name:str", qmp_bitmap_clear, 0},
     {"block-dirty-bitmap-enable", "node:str name:str", qmp_bitmap_enable, 0},

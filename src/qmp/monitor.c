@@ -81,6 +81,8 @@ struct qmp_monitor {
     struct qmp_chardev *chr;
     struct qmp_client *client; /* the connected one, or NULL */
     bool done;                 /* accept loop ended */
+    bool accept_lacking;       /* accept is short of fds or memory (vbd_co_accept_backoff) */
+    char accept_what[160];     /* "QMP on 'ID'", for its lines */
     struct qmp_monitor *next;
 };
 
@@ -432,15 +434,10 @@ static void monitor_co(void *opaque)
     struct qmp_monitor *mon = opaque;
     while (!stopping) {
         int fd = vbd_co_accept(mon->chr->listen_fd, NULL, NULL);
-        if (fd < 0) {
-            if (stopping || fd == -EINVAL || fd == -EBADF)
-                break;
-            if (fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM) {
-                vbd_warn("QMP: cannot accept a connection on '%s': %s", mon->chr->id, strerror(-fd));
-                vbd_co_sleep_ns(100000000);
-            }
+        if (fd < 0 && (stopping || fd == -EINVAL || fd == -EBADF))
+            break;
+        if (vbd_co_accept_backoff(&mon->accept_lacking, fd, mon->accept_what) || fd < 0)
             continue;
-        }
         serve_client(mon, fd);
     }
     mon->done = true;
@@ -655,6 +652,7 @@ int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err)
         goto out;
     }
     mon->chr = c;
+    snprintf(mon->accept_what, sizeof(mon->accept_what), "QMP on '%s'", c->id);
     c->has_monitor = true;
     mon->next = monitors;
     monitors = mon;

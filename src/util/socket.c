@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #include "util/socket.h"
 
+#include "vbd/error.h"
+#include "vbd/loop.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -66,4 +69,22 @@ void vbd_sigpipe_ignore(void)
     struct sigaction sa;
     if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
         signal(SIGPIPE, SIG_IGN);
+}
+
+bool vbd_co_accept_backoff(bool *lacking, int rc, const char *what)
+{
+    if (rc >= 0) {
+        if (*lacking)
+            vbd_info("%s: accepting connections again", what);
+        *lacking = false;
+        return false;
+    }
+    if (rc != -EMFILE && rc != -ENFILE && rc != -ENOMEM && rc != -ENOBUFS)
+        return false;
+    if (!*lacking)
+        vbd_warn("%s: cannot accept a connection: %s (it waits; trying again every 100 ms)", what,
+                 strerror(-rc));
+    *lacking = true;
+    vbd_co_sleep_ns(100000000);
+    return true;
 }

@@ -2,6 +2,8 @@
 #ifndef VBD_UTIL_SOCKET_H
 #define VBD_UTIL_SOCKET_H
 
+#include <stdbool.h>
+
 /*
  * A listening unix socket at PATH that exists only once it accepts: the
  * socket is bound to a temporary name in PATH's directory, listens, and is
@@ -10,6 +12,17 @@
  * Returns a non-blocking, close-on-exec fd, or -errno (nothing left behind).
  */
 int vbd_unix_listen(const char *path, int backlog);
+
+/*
+ * Called by an accept loop with each accept's result (in a coroutine). A
+ * lack of fds or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS) leaves the
+ * connection in the listen backlog: this waits 100 ms and returns true (the
+ * caller accepts again). It warns once when such a lack begins, naming
+ * `what`, and says once when a connection is accepted again, never every
+ * 100 ms: clients that hold the daemon at its fd limit would flood the log.
+ * *lacking is the loop's state (false at first). Other results: false.
+ */
+bool vbd_co_accept_backoff(bool *lacking, int rc, const char *what);
 
 /*
  * Ignore SIGPIPE unless the program chose a disposition itself: writes

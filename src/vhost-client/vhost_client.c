@@ -148,6 +148,8 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
                     (1ull << VIRTIO_BLK_F_RO) | (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
     if (flags & VHC_EVENT_IDX)
         want |= 1ull << VIRTIO_RING_F_EVENT_IDX;
+    if (flags & VHC_INDIRECT)
+        want |= 1ull << VIRTIO_RING_F_INDIRECT_DESC;
     c->features = f & want;
     c->event_idx = c->features & (1ull << VIRTIO_RING_F_EVENT_IDX);
     if (f & (1ull << VHOST_USER_F_PROTOCOL_FEATURES)) {

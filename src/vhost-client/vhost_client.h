@@ -45,6 +45,9 @@ struct vhc {
  * the back end signals only when the used index passes used_event, which
  * only vhc_enable_interrupt moves forward. */
 #define VHC_EVENT_IDX 1u
+/* VHC_INDIRECT: negotiate VIRTIO_RING_F_INDIRECT_DESC when offered (tests
+ * that build indirect tables themselves). */
+#define VHC_INDIRECT 2u
 
 /* Connects and negotiates; nqueues rings of ring_size entries. On failure
  * returns -1 and prints a one-line reason into err. */

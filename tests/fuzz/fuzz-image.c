@@ -88,6 +88,103 @@ void fuzz_image_write_back(struct fuzz_job *j, struct vbd_node *n, const uint64_
     }
 }
 
+/* Whether the format's own check (no repair) finds the image free of
+ * corruption: only then does every place of the disk have a place in the
+ * file of its own. */
+static bool image_clean(struct fuzz_job *j, struct vbd_node *n)
+{
+    if (!n->drv->co_check)
+        return false;
+    static FILE *devnull;
+    if (!devnull && !(devnull = fopen("/dev/null", "w")))
+        return false;
+    (void)j;
+    struct vbd_check_result r = {0};
+    struct vbd_error *err = NULL;
+    FILE *saved = stderr;
+    stderr = devnull; /* what check reports is not this question's answer */
+    int rc = n->drv->co_check(n, &r, 0, &err);
+    stderr = saved;
+    vbd_error_free(err);
+    return rc == 0 && r.corruptions == 0 && r.check_errors == 0;
+}
+
+/* One request for the whole range: the driver splits it as it must. */
+static int read_all(struct vbd_node *n, uint8_t *dst, uint64_t limit)
+{
+    return vbd_node_co_pread(n, 0, dst, limit);
+}
+
+static void compare_model(struct fuzz_job *j, const uint8_t *model, const uint8_t *now, uint64_t limit,
+                          const char *when)
+{
+    if (!memcmp(model, now, limit))
+        return;
+    for (uint64_t i = 0; i < limit; i++)
+        if (model[i] != now[i]) {
+            fprintf(stderr, "a clean %s image: byte %llu reads 0x%02x %s, 0x%02x expected (a write went outside "
+                            "its range)\n", j->fmt->driver, (unsigned long long)i, now[i], when, model[i]);
+            abort();
+        }
+}
+
+#define ISOLATED_MIN (4u << 20)
+#define ISOLATED_MAX (16u << 20)
+
+bool fuzz_image_write_isolated(struct fuzz_job *j, struct vbd_node *n, const uint64_t *offs, size_t count,
+                               uint64_t len, bool drop)
+{
+    if (len > BUF / 2)
+        len = BUF / 2;
+    /* the disk up to 4 MiB, or to the last write's end: read three times per input, it bounds the cost */
+    uint64_t limit = ISOLATED_MIN;
+    for (size_t i = 0; i < count; i++)
+        if (offs[i] < ISOLATED_MAX && offs[i] + len > limit)
+            limit = offs[i] + len;
+    if (limit > n->size)
+        limit = n->size;
+    static uint8_t *model, *now; /* ISOLATED_MAX + 32 KiB each, kept for every input */
+    if (!model) {
+        model = malloc(ISOLATED_MAX + BUF / 2);
+        now = malloc(ISOLATED_MAX + BUF / 2);
+        if (!model || !now)
+            abort();
+    }
+    bool checked = limit && image_clean(j, n) && read_all(n, model, limit) == 0;
+    if (!checked) {
+        fuzz_image_write_back(j, n, offs, count, len, 0);
+        if (drop)
+            vbd_node_unref(n);
+        return false;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (offs[i] >= limit)
+            continue;
+        uint64_t l = limit - offs[i] < len ? limit - offs[i] : len;
+        memset(j->buf, 0xa0 + (int)i, l);
+        if (vbd_node_co_pwrite(n, offs[i], j->buf, l, 0) == 0) {
+            memcpy(model + offs[i], j->buf, l);
+        } else if (vbd_node_co_pread(n, offs[i], model + offs[i], l) < 0) {
+            checked = false; /* a refused write's own range may read as anything, or not at all */
+            break;
+        }
+    }
+    if (checked && read_all(n, now, limit) == 0)
+        compare_model(j, model, now, limit, "after the writes");
+    if (getenv("VBD_FUZZ_VERBOSE")) /* whether inputs reach this check at all */
+        fprintf(stderr, "write check: %s image, %llu bytes compared\n", checked ? "clean" : "refused",
+                (unsigned long long)limit);
+    if (drop) {
+        vbd_node_unref(n);
+        struct vbd_node *m = checked ? fuzz_image_open(j, 0) : NULL;
+        if (m && m->size >= limit && read_all(m, now, limit) == 0)
+            compare_model(j, model, now, limit, "once closed and reopened");
+        if (m)
+            vbd_node_unref(m);
+    }
+    return checked;
+}
+
 /* A digest of what the disk reads as, up to max_read and 8 MiB; false if
  * a read fails. Words, not bytes: this runs twice for every input. */
 static bool read_digest(struct fuzz_job *j, struct vbd_node *n, uint64_t *digest)

@@ -67,6 +67,16 @@ void fuzz_image_check(struct fuzz_job *j, struct vbd_node *n, unsigned fix);
  * offset goes on with the next. */
 void fuzz_image_write_back(struct fuzz_job *j, struct vbd_node *n, const uint64_t *offs, size_t count,
                            uint64_t len, uint64_t zero);
+/* On an image the format's check finds free of corruption: writes len
+ * bytes (clipped to 32 KiB) at each offset below 16 MiB, and the disk (its
+ * first 4 MiB, or up to the last write's end) must then read as before
+ * except where the writes went: a driver's
+ * own writes (tables, logs, headers) never land on data. With drop, n is
+ * dropped and the image, reopened read-only, must read the same. On other
+ * images (or when a refused write's range cannot be read back) it is
+ * fuzz_image_write_back; returns whether the check ran. */
+bool fuzz_image_write_isolated(struct fuzz_job *j, struct vbd_node *n, const uint64_t *offs, size_t count,
+                               uint64_t len, bool drop);
 /* Drops n, a read-write node; then the image, reopened read-only, must read
  * what n read before it was closed (abort if not). A reopen that fails, or
  * reads that fail, end it quietly: other steps judge those. */

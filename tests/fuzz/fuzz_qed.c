@@ -1,7 +1,9 @@
 /* Fuzz target: arbitrary bytes as a qed image file. Open it read-only,
  * read every byte of the disk, map it and run check (the scaffold:
  * fuzz-image.c); then open it read-write (a set need-check flag repairs the
- * tables first) and write across a few clusters. Inputs not starting with
+ * tables first) and write across a few clusters: on an image its check
+ * finds clean, nothing but the written bytes may change, before and after
+ * a reopen (fuzz_image_write_isolated). Inputs not starting with
  * the magic get a valid header (4 KiB clusters, one-cluster tables, 16 MiB
  * disk, L1 at 4 KiB whose first entry points at 8 KiB) and become the
  * first L2 table and what follows it. */
@@ -16,10 +18,7 @@ static void qed_after(struct fuzz_job *j)
     struct vbd_node *n = fuzz_image_open(j, VBD_OPEN_RDWR | VBD_OPEN_NO_FLUSH); /* no fsync per input */
     if (n) {
         static const uint64_t offs[] = {0, 5000, 8191, 1u << 20, 3u << 21};
-        for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
-            if (offs[i] + 9000 <= n->size)
-                vbd_node_co_pwrite(n, offs[i], j->buf, 9000, 0); /* what the last read left */
-        vbd_node_unref(n);
+        fuzz_image_write_isolated(j, n, offs, sizeof(offs) / sizeof(offs[0]), 9000, true);
     }
 }
 

@@ -257,8 +257,9 @@ static int mem_table_refused(const struct region *r, uint32_t n, const int *fds,
     return rc;
 }
 
-/* One request on ring 0, completed with status OK. */
-static int one_read(struct vhc *c, bool wait_irq)
+/* One read on ring q (descriptors 0-2 of a ring that took none yet),
+ * completed with status OK. */
+static int one_read_on(struct vhc *c, int q, bool wait_irq)
 {
     struct virtio_blk_outhdr *h = vhc_alloc(c, sizeof(*h), 16);
     uint8_t *buf = vhc_alloc(c, 512, 512), *status = vhc_alloc(c, 1, 1);
@@ -267,16 +268,16 @@ static int one_read(struct vhc *c, bool wait_irq)
     h->type = VIRTIO_BLK_T_IN;
     h->sector = 0;
     *status = 0xff;
-    vhc_set_desc(c, 0, 0, vhc_gpa(c, h), sizeof(*h), VRING_DESC_F_NEXT, 1);
-    vhc_set_desc(c, 0, 1, vhc_gpa(c, buf), 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
-    vhc_set_desc(c, 0, 2, vhc_gpa(c, status), 1, VRING_DESC_F_WRITE, 0);
-    vhc_offer(c, 0, 0);
-    vhc_kick(c, 0);
+    vhc_set_desc(c, q, 0, vhc_gpa(c, h), sizeof(*h), VRING_DESC_F_NEXT, 1);
+    vhc_set_desc(c, q, 1, vhc_gpa(c, buf), 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_set_desc(c, q, 2, vhc_gpa(c, status), 1, VRING_DESC_F_WRITE, 0);
+    vhc_offer(c, q, 0);
+    vhc_kick(c, q);
     uint64_t deadline = now_ns() + DEADLINE_NS;
     uint32_t id, len;
-    while (!vhc_used(c, 0, &id, &len)) {
+    while (!vhc_used(c, q, &id, &len)) {
         if (now_ns() > deadline)
-            return failf("the request was never completed");
+            return failf("the request on ring %d was never completed", q);
         if (wait_irq)
             vhc_wait(c, 1000);
         else
@@ -284,6 +285,12 @@ static int one_read(struct vhc *c, bool wait_irq)
     }
     return id == 0 && *status == VIRTIO_BLK_S_OK ? 0
                                                  : failf("request completed as id %u status %u", id, *status);
+}
+
+/* One request on ring 0, completed with status OK. */
+static int one_read(struct vhc *c, bool wait_irq)
+{
+    return one_read_on(c, 0, wait_irq);
 }
 
 static int good_client(void)
@@ -963,6 +970,478 @@ static int c_log_base(void)
     return rc;
 }
 
+/* ---- hostile rings: what the guest writes into its descriptors -------- */
+
+/* Guest memory of a ring case: a request header, a data buffer, a status
+ * byte and room for indirect tables. */
+struct ring_bufs {
+    struct virtio_blk_outhdr *h;
+    uint8_t *buf, *status;
+    struct vring_desc *table; /* RING_TABLE entries, 16-byte aligned */
+    uint64_t h_gpa, buf_gpa, status_gpa, table_gpa;
+};
+#define RING_TABLE 2048
+
+static void table_set(struct ring_bufs *b, int i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next)
+{
+    b->table[i] = (struct vring_desc){.addr = gpa, .len = len, .flags = flags, .next = next};
+}
+
+/* The usual three descriptors of a read: header, 512-byte buffer, status. */
+static void plain_read(struct vhc *c, const struct ring_bufs *b)
+{
+    vhc_set_desc(c, 0, 0, b->h_gpa, sizeof(*b->h), VRING_DESC_F_NEXT, 1);
+    vhc_set_desc(c, 0, 1, b->buf_gpa, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_set_desc(c, 0, 2, b->status_gpa, 1, VRING_DESC_F_WRITE, 0);
+}
+
+enum ring_end {
+    RING_BREAKS,    /* the queue is refused: nothing completed on it */
+    RING_GIVEN_BACK /* the malformed request is given back unprocessed (used length 0) */
+};
+
+/* A front end with two rings (indirect descriptors negotiated when asked)
+ * puts what build wrote on ring 0 and kicks: the daemon must log expect
+ * once, complete nothing (or give the request back untouched), and keep
+ * serving ring 1 of the same device. */
+static int ring_case(bool indirect, void (*build)(struct vhc *, struct ring_bufs *), const char *expect,
+                     enum ring_end end)
+{
+    struct vhc c;
+    char err[256];
+    conns++;
+    if (vhc_open(&c, sock_path, 2, 8, MEM, indirect ? VHC_INDIRECT : 0, err, sizeof(err)) < 0) {
+        vhc_close(&c);
+        return failf("a good front end was refused: %s", err);
+    }
+    if (indirect && !(c.features & (1ull << VIRTIO_RING_F_INDIRECT_DESC))) {
+        vhc_close(&c);
+        return failf("the daemon does not offer VIRTIO_RING_F_INDIRECT_DESC");
+    }
+    struct ring_bufs b;
+    b.h = vhc_alloc(&c, sizeof(*b.h), 16);
+    b.buf = vhc_alloc(&c, 4096, 4096);
+    b.status = vhc_alloc(&c, 1, 1);
+    b.table = vhc_alloc(&c, RING_TABLE * sizeof(struct vring_desc), 16);
+    if (!b.h || !b.buf || !b.status || !b.table) {
+        vhc_close(&c);
+        return failf("out of guest memory");
+    }
+    b.h_gpa = vhc_gpa(&c, b.h);
+    b.buf_gpa = vhc_gpa(&c, b.buf);
+    b.status_gpa = vhc_gpa(&c, b.status);
+    b.table_gpa = vhc_gpa(&c, b.table);
+    b.h->type = VIRTIO_BLK_T_IN;
+    b.h->sector = 0;
+    *b.status = 0xee;
+    memset(b.buf, 0xcc, 4096);
+    build(&c, &b);
+    vhc_kick(&c, 0);
+    int rc = wait_log(case_off, expect, 0);
+    uint32_t id, len;
+    int got = rc == 0 ? vhc_used(&c, 0, &id, &len) : 0;
+    /* a request given back is pushed just after the line is logged */
+    for (uint64_t deadline = now_ns() + DEADLINE_NS; rc == 0 && end == RING_GIVEN_BACK && !got && now_ns() < deadline;
+         got = vhc_used(&c, 0, &id, &len))
+        vhc_wait(&c, 1000);
+    if (rc == 0 && end == RING_BREAKS && got != 0)
+        rc = failf("a refused chain was completed (used id %u, length %u)", id, len);
+    if (rc == 0 && end == RING_GIVEN_BACK && (got != 1 || len != 0 || *b.status != 0xee))
+        rc = failf("the malformed request was not given back untouched (used %d, length %u, status 0x%x)", got,
+                   got == 1 ? len : 0, *b.status);
+    if (rc == 0 && b.buf[0] != 0xcc)
+        rc = failf("the refused request wrote into its buffer");
+    if (rc == 0)
+        rc = one_read_on(&c, 1, true); /* the device's other ring is not affected */
+    vhc_close(&c);
+    return rc;
+}
+
+/* (device-readable all the way: a writable one before the loop closes is refused for that first) */
+static void b_desc_loop(struct vhc *c, struct ring_bufs *b)
+{
+    vhc_set_desc(c, 0, 0, b->h_gpa, sizeof(*b->h), VRING_DESC_F_NEXT, 1);
+    vhc_set_desc(c, 0, 1, b->buf_gpa, 512, VRING_DESC_F_NEXT, 0);
+    vhc_offer(c, 0, 0);
+}
+static int c_ring_desc_loop(void)
+{
+    return ring_case(false, b_desc_loop, "descriptor chain longer than its table (a loop?)", RING_BREAKS);
+}
+
+static void b_buffer_outside(struct vhc *c, struct ring_bufs *b)
+{
+    plain_read(c, b);
+    vhc_set_desc(c, 0, 1, MEM + 4096, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_offer(c, 0, 0);
+}
+static void b_buffer_wraps(struct vhc *c, struct ring_bufs *b)
+{
+    plain_read(c, b);
+    vhc_set_desc(c, 0, 1, UINT64_MAX - 255, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_offer(c, 0, 0);
+}
+/* starts inside guest memory, ends past it */
+static void b_buffer_past_end(struct vhc *c, struct ring_bufs *b)
+{
+    plain_read(c, b);
+    vhc_set_desc(c, 0, 1, MEM - 256, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_offer(c, 0, 0);
+}
+static void b_buffer_len_max(struct vhc *c, struct ring_bufs *b)
+{
+    plain_read(c, b);
+    vhc_set_desc(c, 0, 1, b->buf_gpa, UINT32_MAX, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_offer(c, 0, 0);
+}
+static int c_ring_buffer_outside(void)
+{
+    return ring_case(false, b_buffer_outside, "buffer outside guest memory", RING_BREAKS);
+}
+static int c_ring_buffer_wraps(void)
+{
+    return ring_case(false, b_buffer_wraps, "buffer outside guest memory", RING_BREAKS);
+}
+static int c_ring_buffer_past_end(void)
+{
+    return ring_case(false, b_buffer_past_end, "buffer outside guest memory", RING_BREAKS);
+}
+static int c_ring_buffer_len_max(void)
+{
+    return ring_case(false, b_buffer_len_max, "buffer outside guest memory", RING_BREAKS);
+}
+
+static void b_head_range(struct vhc *c, struct ring_bufs *b)
+{
+    plain_read(c, b);
+    vhc_offer(c, 0, 8);
+}
+static int c_ring_head_range(void)
+{
+    return ring_case(false, b_head_range, "descriptor head index out of range", RING_BREAKS);
+}
+
+static void b_next_range(struct vhc *c, struct ring_bufs *b)
+{
+    plain_read(c, b);
+    vhc_set_desc(c, 0, 0, b->h_gpa, sizeof(*b->h), VRING_DESC_F_NEXT, 8);
+    vhc_offer(c, 0, 0);
+}
+static int c_ring_next_range(void)
+{
+    return ring_case(false, b_next_range, "next descriptor index out of range", RING_BREAKS);
+}
+
+/* the available index 9 entries ahead on a ring of 8 */
+static void b_avail_jump(struct vhc *c, struct ring_bufs *b)
+{
+    plain_read(c, b);
+    struct vring_avail *a = c->q[0].avail;
+    c->q[0].avail_idx = 9;
+    __atomic_store_n(&a->idx, 9, __ATOMIC_RELEASE);
+}
+static int c_ring_avail_jump(void)
+{
+    return ring_case(false, b_avail_jump, "available index moved by more than the queue size", RING_BREAKS);
+}
+
+/* an indirect descriptor at the head, its table holding the plain read */
+static void indirect_head(struct vhc *c, struct ring_bufs *b, uint16_t flags, uint32_t len)
+{
+    table_set(b, 0, b->h_gpa, sizeof(*b->h), VRING_DESC_F_NEXT, 1);
+    table_set(b, 1, b->buf_gpa, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    table_set(b, 2, b->status_gpa, 1, VRING_DESC_F_WRITE, 0);
+    vhc_set_desc(c, 0, 0, b->table_gpa, len, VRING_DESC_F_INDIRECT | flags, 1);
+    vhc_offer(c, 0, 0);
+}
+static void b_indirect_plain(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, 0, 3 * sizeof(struct vring_desc));
+}
+static int c_ring_indirect_unnegotiated(void)
+{
+    return ring_case(false, b_indirect_plain, "indirect descriptor without the feature", RING_BREAKS);
+}
+static void b_indirect_nested(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, 0, 4 * sizeof(struct vring_desc));
+    table_set(b, 0, b->table_gpa + 3 * sizeof(struct vring_desc), sizeof(struct vring_desc), VRING_DESC_F_INDIRECT, 0);
+    table_set(b, 3, b->h_gpa, sizeof(*b->h), VRING_DESC_F_NEXT, 1);
+}
+static int c_ring_indirect_nested(void)
+{
+    return ring_case(true, b_indirect_nested, "indirect table inside an indirect table", RING_BREAKS);
+}
+static void b_indirect_next(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, VRING_DESC_F_NEXT, 3 * sizeof(struct vring_desc));
+}
+static int c_ring_indirect_next(void)
+{
+    return ring_case(true, b_indirect_next, "indirect descriptor with the NEXT flag", RING_BREAKS);
+}
+static void b_indirect_odd(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, 0, 3 * sizeof(struct vring_desc) + 8);
+}
+static void b_indirect_huge(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, 0, 1025 * sizeof(struct vring_desc));
+}
+static void b_indirect_empty(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, 0, 0);
+}
+static int c_ring_indirect_odd(void)
+{
+    return ring_case(true, b_indirect_odd, "indirect table of a bad size", RING_BREAKS);
+}
+static int c_ring_indirect_huge(void)
+{
+    return ring_case(true, b_indirect_huge, "indirect table of a bad size", RING_BREAKS);
+}
+static int c_ring_indirect_empty(void)
+{
+    return ring_case(true, b_indirect_empty, "indirect table of a bad size", RING_BREAKS);
+}
+static void b_indirect_outside(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, 0, 3 * sizeof(struct vring_desc));
+    vhc_set_desc(c, 0, 0, MEM - 16, 3 * sizeof(struct vring_desc), VRING_DESC_F_INDIRECT, 0);
+}
+static int c_ring_indirect_outside(void)
+{
+    return ring_case(true, b_indirect_outside, "indirect table outside guest memory", RING_BREAKS);
+}
+static void b_indirect_loop(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, 0, 3 * sizeof(struct vring_desc));
+    table_set(b, 1, b->buf_gpa, 512, VRING_DESC_F_NEXT, 0);
+}
+static int c_ring_indirect_loop(void)
+{
+    return ring_case(true, b_indirect_loop, "descriptor chain longer than its table (a loop?)", RING_BREAKS);
+}
+/* next inside the ring's size but past the indirect table's end */
+static void b_indirect_next_range(struct vhc *c, struct ring_bufs *b)
+{
+    indirect_head(c, b, 0, 3 * sizeof(struct vring_desc));
+    table_set(b, 1, b->buf_gpa, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 5);
+}
+static int c_ring_indirect_next_range(void)
+{
+    return ring_case(true, b_indirect_next_range, "next descriptor index out of range", RING_BREAKS);
+}
+
+static void b_readable_after_writable(struct vhc *c, struct ring_bufs *b)
+{
+    vhc_set_desc(c, 0, 0, b->h_gpa, sizeof(*b->h), VRING_DESC_F_NEXT, 1);
+    vhc_set_desc(c, 0, 1, b->status_gpa, 1, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+    vhc_set_desc(c, 0, 2, b->buf_gpa, 512, 0, 0);
+    vhc_offer(c, 0, 0);
+}
+static int c_ring_readable_after_writable(void)
+{
+    return ring_case(false, b_readable_after_writable, "device-readable descriptor after a device-writable one",
+                     RING_BREAKS);
+}
+
+static void b_no_status(struct vhc *c, struct ring_bufs *b)
+{
+    vhc_set_desc(c, 0, 0, b->h_gpa, sizeof(*b->h), VRING_DESC_F_NEXT, 1);
+    vhc_set_desc(c, 0, 1, b->buf_gpa, 512, 0, 0);
+    vhc_offer(c, 0, 0);
+}
+static int c_ring_no_status(void)
+{
+    return ring_case(false, b_no_status, "request without a status byte", RING_GIVEN_BACK);
+}
+static void b_short_header(struct vhc *c, struct ring_bufs *b)
+{
+    vhc_set_desc(c, 0, 0, b->h_gpa, 8, VRING_DESC_F_NEXT, 1);
+    vhc_set_desc(c, 0, 1, b->status_gpa, 1, VRING_DESC_F_WRITE, 0);
+    vhc_offer(c, 0, 0);
+}
+static int c_ring_short_header(void)
+{
+    return ring_case(false, b_short_header, "request without a complete header", RING_GIVEN_BACK);
+}
+
+/* A chain of more segments than the largest vector (1040): 1000 writable
+ * descriptors, each across the border between two adjacent memory regions
+ * (two segments each). */
+static int c_ring_too_many_segments(void)
+{
+    struct vhc c;
+    char err[256];
+    conns++;
+    if (vhc_open(&c, sock_path, 2, 8, MEM, VHC_INDIRECT, err, sizeof(err)) < 0) {
+        vhc_close(&c);
+        return failf("a good front end was refused: %s", err);
+    }
+    int fd = memfd_of(MEM);
+    uint8_t *second = fd >= 0 ? mmap(NULL, MEM, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    struct mem_reg_msg add = {0, 0, {MEM, MEM, (uint64_t)(uintptr_t)second, 0}};
+    int rc = second == MAP_FAILED ? failf("cannot map a second region") : 0;
+    if (rc == 0)
+        rc = expect_ack(&c, VHOST_USER_ADD_MEM_REG, &add, sizeof(add), &fd, 1);
+    struct virtio_blk_outhdr *h = vhc_alloc(&c, sizeof(*h), 16);
+    uint8_t *status = vhc_alloc(&c, 1, 1);
+    struct vring_desc *t = vhc_alloc(&c, 1002 * sizeof(*t), 16);
+    if (rc == 0 && (!h || !status || !t))
+        rc = failf("out of guest memory");
+    if (rc == 0) {
+        h->type = VIRTIO_BLK_T_IN;
+        h->sector = 0;
+        *status = 0xee;
+        t[0] = (struct vring_desc){vhc_gpa(&c, h), sizeof(*h), VRING_DESC_F_NEXT, 1};
+        for (uint16_t i = 1; i <= 1000; i++)
+            t[i] = (struct vring_desc){MEM - 256, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, (uint16_t)(i + 1)};
+        t[1001] = (struct vring_desc){vhc_gpa(&c, status), 1, VRING_DESC_F_WRITE, 0};
+        vhc_set_desc(&c, 0, 0, vhc_gpa(&c, t), 1002 * sizeof(*t), VRING_DESC_F_INDIRECT, 0);
+        vhc_offer(&c, 0, 0);
+        vhc_kick(&c, 0);
+        rc = wait_log(case_off, "too many segments in one request", 0);
+    }
+    uint32_t id, len;
+    if (rc == 0 && vhc_used(&c, 0, &id, &len) != 0)
+        rc = failf("a refused chain was completed");
+    if (rc == 0 && *status != 0xee)
+        rc = failf("the refused request got a status");
+    if (rc == 0)
+        rc = one_read_on(&c, 1, true);
+    if (second != MAP_FAILED)
+        munmap(second, MEM);
+    if (fd >= 0)
+        close(fd);
+    vhc_close(&c);
+    return rc;
+}
+
+/* The longest chain a guest may send (an indirect table of 1024: header,
+ * 1022 buffers, status) is served, past the 260 segments a request holds
+ * inline: 1022 x 512 bytes read, status OK. */
+static int c_ring_longest_chain(void)
+{
+    struct vhc c;
+    char err[256];
+    conns++;
+    if (vhc_open(&c, sock_path, 1, 8, MEM, VHC_INDIRECT, err, sizeof(err)) < 0) {
+        vhc_close(&c);
+        return failf("a good front end was refused: %s", err);
+    }
+    struct virtio_blk_outhdr *h = vhc_alloc(&c, sizeof(*h), 16);
+    uint8_t *status = vhc_alloc(&c, 1, 1);
+    struct vring_desc *t = vhc_alloc(&c, 1024 * sizeof(*t), 16);
+    uint8_t *buf = vhc_alloc(&c, 512, 512);
+    int rc = 0;
+    if (!h || !status || !t || !buf)
+        rc = failf("out of guest memory");
+    uint32_t id = 0, len = 0;
+    if (rc == 0) {
+        h->type = VIRTIO_BLK_T_IN;
+        h->sector = 0;
+        *status = 0xee;
+        t[0] = (struct vring_desc){vhc_gpa(&c, h), sizeof(*h), VRING_DESC_F_NEXT, 1};
+        for (uint16_t i = 1; i <= 1022; i++) /* the same buffer each time: the guest may do that */
+            t[i] = (struct vring_desc){vhc_gpa(&c, buf), 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, (uint16_t)(i + 1)};
+        t[1023] = (struct vring_desc){vhc_gpa(&c, status), 1, VRING_DESC_F_WRITE, 0};
+        vhc_set_desc(&c, 0, 0, vhc_gpa(&c, t), 1024 * sizeof(*t), VRING_DESC_F_INDIRECT, 0);
+        vhc_offer(&c, 0, 0);
+        vhc_kick(&c, 0);
+        uint64_t deadline = now_ns() + DEADLINE_NS;
+        while (!vhc_used(&c, 0, &id, &len)) {
+            if (now_ns() > deadline) {
+                rc = failf("the longest chain was never completed");
+                break;
+            }
+            vhc_wait(&c, 1000);
+        }
+    }
+    if (rc == 0 && (*status != VIRTIO_BLK_S_OK || len != 1022 * 512 + 1))
+        rc = failf("the longest chain completed with status %u, length %u", *status, len);
+    vhc_close(&c);
+    return rc;
+}
+
+/* A good request, a looping one, a good one: the first completes, the ring
+ * stops at the second (one line), the third is never taken. */
+static void b_mid_batch(struct vhc *c, struct ring_bufs *b)
+{
+    plain_read(c, b);
+    vhc_set_desc(c, 0, 3, b->h_gpa, sizeof(*b->h), VRING_DESC_F_NEXT, 4);
+    vhc_set_desc(c, 0, 4, b->buf_gpa, 512, VRING_DESC_F_NEXT, 3);
+    vhc_offer(c, 0, 0);
+    vhc_offer(c, 0, 3);
+    vhc_offer(c, 0, 0);
+}
+static int c_ring_mid_batch(void)
+{
+    struct vhc c;
+    char err[256];
+    conns++;
+    if (vhc_open(&c, sock_path, 1, 8, MEM, 0, err, sizeof(err)) < 0) {
+        vhc_close(&c);
+        return failf("a good front end was refused: %s", err);
+    }
+    struct ring_bufs b;
+    b.h = vhc_alloc(&c, sizeof(*b.h), 16);
+    b.buf = vhc_alloc(&c, 512, 512);
+    b.status = vhc_alloc(&c, 1, 1);
+    b.h_gpa = vhc_gpa(&c, b.h);
+    b.buf_gpa = vhc_gpa(&c, b.buf);
+    b.status_gpa = vhc_gpa(&c, b.status);
+    b.h->type = VIRTIO_BLK_T_IN;
+    b.h->sector = 0;
+    *b.status = 0xee;
+    b_mid_batch(&c, &b);
+    vhc_kick(&c, 0);
+    int rc = wait_log(case_off, "descriptor chain longer than its table", 0);
+    uint32_t id, len;
+    uint64_t deadline = now_ns() + DEADLINE_NS;
+    int got = 0;
+    while (rc == 0 && (got = vhc_used(&c, 0, &id, &len)) == 0 && now_ns() < deadline)
+        vhc_wait(&c, 1000);
+    if (rc == 0 && (got != 1 || id != 0 || *b.status != VIRTIO_BLK_S_OK))
+        rc = failf("the request before the bad one: used %d, id %u, status %u", got, id, *b.status);
+    if (rc == 0 && vhc_used(&c, 0, &id, &len) != 0)
+        rc = failf("a request after the bad one was completed");
+    vhc_close(&c);
+    return rc;
+}
+
+/* Two 4K reads kicked and the connection closed at once: the daemon waits
+ * for them and disconnects cleanly (no fd or memory left behind). */
+static int c_ring_close_in_flight(void)
+{
+    struct vhc c;
+    char err[256];
+    conns++;
+    if (vhc_open(&c, sock_path, 1, 8, MEM, 0, err, sizeof(err)) < 0) {
+        vhc_close(&c);
+        return failf("a good front end was refused: %s", err);
+    }
+    struct virtio_blk_outhdr *h = vhc_alloc(&c, 8 * sizeof(*h), 16);
+    uint8_t *buf = vhc_alloc(&c, 8 * 4096, 4096), *status = vhc_alloc(&c, 8, 1);
+    if (!h || !buf || !status) {
+        vhc_close(&c);
+        return failf("out of guest memory");
+    }
+    for (uint16_t i = 0; i < 2; i++) {
+        h[i] = (struct virtio_blk_outhdr){.type = VIRTIO_BLK_T_IN, .sector = i * 8};
+        vhc_set_desc(&c, 0, (uint16_t)(3 * i), vhc_gpa(&c, &h[i]), sizeof(*h), VRING_DESC_F_NEXT, (uint16_t)(3 * i + 1));
+        vhc_set_desc(&c, 0, (uint16_t)(3 * i + 1), vhc_gpa(&c, buf + 4096 * i), 4096,
+                     VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, (uint16_t)(3 * i + 2));
+        vhc_set_desc(&c, 0, (uint16_t)(3 * i + 2), vhc_gpa(&c, status + i), 1, VRING_DESC_F_WRITE, 0);
+        vhc_offer(&c, 0, (uint16_t)(3 * i));
+    }
+    vhc_kick(&c, 0);
+    close(c.sock); /* no GET_VRING_BASE: the front end is gone */
+    c.sock = -1;
+    vhc_close(&c);
+    return 0;
+}
+
 struct hcase {
     const char *name;
     int (*run)(void);
@@ -1028,6 +1507,31 @@ static const struct hcase cases[] = {
     {"reset-owner-running", c_reset_owner_running, NULL, 1},
     {"unknown-request", c_unknown_request, "unsupported vhost-user message 999", 1},
     {"log-base", c_log_base, "unsupported vhost-user message 6", 1},
+    {"ring-desc-loop", c_ring_desc_loop, "descriptor chain longer than its table (a loop?)", 1},
+    {"ring-buffer-outside", c_ring_buffer_outside, "buffer outside guest memory", 1},
+    {"ring-buffer-wraps", c_ring_buffer_wraps, "buffer outside guest memory", 1},
+    {"ring-buffer-past-end", c_ring_buffer_past_end, "buffer outside guest memory", 1},
+    {"ring-buffer-len-max", c_ring_buffer_len_max, "buffer outside guest memory", 1},
+    {"ring-head-range", c_ring_head_range, "descriptor head index out of range", 1},
+    {"ring-next-range", c_ring_next_range, "next descriptor index out of range", 1},
+    {"ring-avail-jump", c_ring_avail_jump, "available index moved by more than the queue size", 1},
+    {"ring-indirect-unnegotiated", c_ring_indirect_unnegotiated, "indirect descriptor without the feature", 1},
+    {"ring-indirect-nested", c_ring_indirect_nested, "indirect table inside an indirect table", 1},
+    {"ring-indirect-next", c_ring_indirect_next, "indirect descriptor with the NEXT flag", 1},
+    {"ring-indirect-odd", c_ring_indirect_odd, "indirect table of a bad size", 1},
+    {"ring-indirect-huge", c_ring_indirect_huge, "indirect table of a bad size", 1},
+    {"ring-indirect-empty", c_ring_indirect_empty, "indirect table of a bad size", 1},
+    {"ring-indirect-outside", c_ring_indirect_outside, "indirect table outside guest memory", 1},
+    {"ring-indirect-loop", c_ring_indirect_loop, "descriptor chain longer than its table (a loop?)", 1},
+    {"ring-indirect-next-range", c_ring_indirect_next_range, "next descriptor index out of range", 1},
+    {"ring-readable-after-writable", c_ring_readable_after_writable,
+     "device-readable descriptor after a device-writable one", 1},
+    {"ring-no-status", c_ring_no_status, "request without a status byte", 1},
+    {"ring-short-header", c_ring_short_header, "request without a complete header", 1},
+    {"ring-too-many-segments", c_ring_too_many_segments, "too many segments in one request", 1},
+    {"ring-longest-chain", c_ring_longest_chain, NULL, 0},
+    {"ring-mid-batch", c_ring_mid_batch, "descriptor chain longer than its table (a loop?)", 1},
+    {"ring-close-in-flight", c_ring_close_in_flight, NULL, 0},
 };
 
 static long fd_count(void)

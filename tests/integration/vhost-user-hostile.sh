@@ -4,11 +4,19 @@
 # inflight region past its fd or replaced under a running ring; the ring's
 # own memory removed while it runs; fds on refused messages; unaligned ring
 # addresses; kick fds in an error state; wrong payload sizes, ring sizes and
-# indices; framing errors and connections closed mid-message. Each bad
-# message gets one line in the daemon's log, the daemon serves a good front
-# end right after, and over all rounds (> 1000 connections) its fd count
-# stays the same and its RSS grows by a bounded amount. Then the same
-# program plays a hostile back end to vbd-bench's vhost-user client.
+# indices; framing errors and connections closed mid-message; rings the
+# guest writes badly (descriptor loops, buffers and indirect tables outside
+# its memory or wrapping, indirect tables inside indirect ones or of bad
+# sizes, heads and next indices out of range, an available index ahead by
+# more than the ring, readable after writable, no status byte, a short
+# header, more segments than any request holds) next to the longest chain
+# a guest may send, a bad chain behind a good one, a front end gone with
+# requests in flight. Each bad message or ring gets one line in the daemon's
+# log (a bad ring stops that ring only: the device's other ring serves on),
+# the daemon serves a good front end right after, and over all rounds
+# (> 1000 connections) its fd count stays the same and its RSS grows by a
+# bounded amount. Then the same program plays a hostile back end to
+# vbd-bench's vhost-user client.
 . "$(dirname "$0")/lib.sh"
 H=$VBD_BUILD/tests/hostile/vhost-hostile
 [ -x "$H" ] || skip "vhost-hostile not built"

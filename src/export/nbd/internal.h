@@ -227,6 +227,7 @@ struct nbd_server {
     struct vbd_authz *authz;   /* set: the client certificate's DN must be allowed by it */
     struct vbd_co_queue idle_q; /* woken when a connection ends and when accepting stops */
     bool accept_done;
+    bool accept_lacking; /* accept is short of fds or memory (vbd_co_accept_backoff) */
     uint64_t last_client_gone; /* times a negotiated connection ended leaving none */
     struct vbd_co_queue rehome_q; /* woken when a connection changes loops or ends its transmission */
     uint64_t kick_gen;            /* node moves that kicked connections (nbd_export_node_moved) */

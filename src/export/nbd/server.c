@@ -105,15 +105,13 @@ static void accept_co(void *opaque)
         if (fd < 0) {
             if (srv.stopping)
                 break;
-            if (fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM) {
-                vbd_warn("nbd: cannot accept a connection: %s", strerror(-fd));
-                vbd_co_sleep_ns(100000000);
+            if (vbd_co_accept_backoff(&srv.accept_lacking, fd, "nbd"))
                 continue;
-            }
             if (fd == -EINVAL || fd == -EBADF || fd == -ESHUTDOWN)
                 break;
             continue;
         }
+        vbd_co_accept_backoff(&srv.accept_lacking, fd, "nbd");
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         struct nbd_conn *c = calloc(1, sizeof(*c));

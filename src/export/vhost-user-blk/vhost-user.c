@@ -34,7 +34,7 @@ struct vu_msg {
     uint8_t payload[VU_MAX_PAYLOAD];
     int fds[VU_MAX_FDS];
     int nfds;
-    bool fds_truncated; /* the front end sent more than VU_MAX_FDS: the kernel dropped some */
+    bool fds_truncated; /* fds were dropped: more than VU_MAX_FDS sent, or no room in our fd table */
 };
 
 /* wire layouts (little-endian, packed as in the spec) */
@@ -946,6 +946,14 @@ static int msg_check(struct vu_dev *dev, const struct vu_msg *m)
     uint64_t u64 = 0;
     if (m->size >= 8)
         memcpy(&u64, m->payload, 8);
+    if (m->fds_truncated && m->nfds < VU_MAX_FDS) {
+        /* fds were dropped though the buffer had room: the kernel could not
+         * install them here (our fd table is full). Said first: the checks
+         * below would blame the front end for fds it did send. */
+        vbd_error_report("%s: %s: its file descriptors could not be received (too many open files?)", dev->name,
+                         name);
+        return -EMFILE;
+    }
     switch (m->request) {
     case VHOST_USER_SET_FEATURES:
     case VHOST_USER_SET_PROTOCOL_FEATURES:
@@ -1378,9 +1386,11 @@ static void accept_co(void *arg)
             if (fd < 0) {
                 if (dev->stopping || fd == -ESHUTDOWN || fd == -EINVAL || fd == -EBADF)
                     break;
-                vbd_co_sleep_ns(100000000);
+                if (!vbd_co_accept_backoff(&dev->accept_lacking, fd, dev->name))
+                    vbd_co_sleep_ns(100000000);
                 continue;
             }
+            vbd_co_accept_backoff(&dev->accept_lacking, fd, dev->name);
             if (dev->conn_fd >= 0) {
                 vbd_warn("%s: refusing a second front end (one is connected)", dev->name);
                 close(fd);

@@ -78,6 +78,7 @@ struct vu_dev {
     char *path;
     bool server;
     int listen_fd, conn_fd;
+    bool accept_lacking; /* accept is short of fds or memory (vbd_co_accept_backoff) */
     struct vbd_co *conn_co;
     struct vbd_co *accept_co;
     bool stopping, accept_done, conn_done;
