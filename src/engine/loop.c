@@ -954,11 +954,14 @@ int vbd_co_poll(int fd, short events)
 int vbd_co_poll_wait(struct vbd_poll_wait *w, int fd, short events)
 {
     assert(!w->op); /* one waiter at a time */
+    if (w->cancelled)
+        return -ECANCELED; /* latched: cancelled before it waited */
     return poll_wait(fd, events, w);
 }
 
 bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w)
 {
+    w->cancelled = true;
     struct co_op *op = w->op;
     if (!op)
         return false;
@@ -985,8 +988,10 @@ bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w)
     return true;
 }
 
-ssize_t vbd_co_recv(int fd, void *buf, size_t len)
+/* w: a cancellable wait (vbd_co_recv_cancellable), NULL for a plain one */
+static inline ssize_t recv_wait(int fd, void *buf, size_t len, struct vbd_poll_wait *w)
 {
+    bool cancelled = false;
     for (;;) {
         ssize_t r = recv(fd, buf, len, MSG_DONTWAIT);
         if (r < 0 && errno == ENOTSOCK)
@@ -997,10 +1002,25 @@ ssize_t vbd_co_recv(int fd, void *buf, size_t len)
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return -errno;
-        int p = vbd_co_poll(fd, POLLIN);
-        if (p < 0)
+        if (cancelled || (w && w->cancelled))
+            return -ECANCELED;
+        assert(!w || !w->op); /* one waiter at a time */
+        int p = poll_wait(fd, POLLIN, w);
+        if (p == -ECANCELED)
+            cancelled = true; /* one more look: data that came with the cancel goes first */
+        else if (p < 0)
             return p;
     }
+}
+
+ssize_t vbd_co_recv(int fd, void *buf, size_t len)
+{
+    return recv_wait(fd, buf, len, NULL);
+}
+
+ssize_t vbd_co_recv_cancellable(int fd, void *buf, size_t len, struct vbd_poll_wait *w)
+{
+    return recv_wait(fd, buf, len, w);
 }
 
 ssize_t vbd_co_send(int fd, const void *buf, size_t len)
