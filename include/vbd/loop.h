@@ -122,21 +122,41 @@ int vbd_co_poll(int fd, short events);
  * to follow it (the NBD server's connections; qsd moves such a client at
  * once). vbd_co_poll_wait waits as vbd_co_poll does, w recording the wait
  * while it lasts; vbd_co_poll_wait_cancel (on the waiter's loop, from a
- * coroutine or a bottom half there) ends a wait in progress, which then
- * returns -ECANCELED, or its readiness when that came first; no wait in
- * progress: nothing (false). w: zeroed before first use, one waiter at a
- * time. Costs what vbd_co_poll costs; a cancel is one poll-remove. */
+ * coroutine or a bottom half there) latches a cancel in w and ends a wait
+ * in progress, which then returns -ECANCELED, or its readiness when that
+ * came first; it returns whether a wait was in progress. While the latch
+ * is set every vbd_co_poll_wait on w returns -ECANCELED at once: a cancel
+ * that comes while the waiter is busy elsewhere (serving a request) is not
+ * lost. The waiter looks at the latch (vbd_poll_wait_cancelled) and clears
+ * it once it acted on the cancel (vbd_poll_wait_rearm). w: zeroed before
+ * first use, one waiter at a time. Costs what vbd_co_poll costs; a cancel
+ * is one poll-remove. */
 struct vbd_poll_wait {
-    void *op; /* private: the wait in progress (loop.c), NULL between waits */
-    int fd;   /* private */
+    void *op;       /* private: the wait in progress (loop.c), NULL between waits */
+    int fd;         /* private */
+    bool cancelled; /* private: the latch */
 };
 int vbd_co_poll_wait(struct vbd_poll_wait *w, int fd, short events);
 bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w);
+static inline bool vbd_poll_wait_cancelled(const struct vbd_poll_wait *w)
+{
+    return w->cancelled;
+}
+static inline void vbd_poll_wait_rearm(struct vbd_poll_wait *w)
+{
+    w->cancelled = false;
+}
 /* Sockets: non-blocking fds; these try the syscall first, then poll. They
  * return once *some* progress is made (like the syscalls) except the _full
  * variants, which return 0 only after all bytes, -errno otherwise
  * (-ECONNRESET / -EPIPE when the peer closes mid-way, 0-byte read = -ECONNRESET). */
 ssize_t vbd_co_recv(int fd, void *buf, size_t len);
+/* vbd_co_recv whose wait for data is w's (vbd_co_poll_wait): -ECANCELED,
+ * nothing received, when w is cancelled (latched or during the wait) and
+ * there is nothing to read; data first: bytes already there, or that came
+ * with the cancel, are returned (the latch stays set for the next call).
+ * w NULL: vbd_co_recv. */
+ssize_t vbd_co_recv_cancellable(int fd, void *buf, size_t len, struct vbd_poll_wait *w);
 ssize_t vbd_co_send(int fd, const void *buf, size_t len);
 int vbd_co_recv_full(int fd, void *buf, size_t len);
 int vbd_co_send_full(int fd, const void *buf, size_t len);

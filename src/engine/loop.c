@@ -954,11 +954,14 @@ int vbd_co_poll(int fd, short events)
 int vbd_co_poll_wait(struct vbd_poll_wait *w, int fd, short events)
 {
     assert(!w->op); /* one waiter at a time */
+    if (w->cancelled)
+        return -ECANCELED; /* latched: cancelled before it waited */
     return poll_wait(fd, events, w);
 }
 
 bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w)
 {
+    w->cancelled = true;
     struct co_op *op = w->op;
     if (!op)
         return false;
@@ -985,22 +988,48 @@ bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w)
     return true;
 }
 
-ssize_t vbd_co_recv(int fd, void *buf, size_t len)
+/* A non-blocking socket call failed (errno): 0 to try it again (it was
+ * interrupted, or fd is ready for events now: w's wait, NULL a plain one),
+ * else the -errno to return, the call's own or the wait's. */
+static inline int sock_retry(int fd, short events, struct vbd_poll_wait *w)
 {
+    if (errno == EINTR)
+        return 0;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return -errno;
+    assert(!w || !w->op); /* one waiter at a time */
+    int p = poll_wait(fd, events, w);
+    return p < 0 ? p : 0;
+}
+
+/* w: a cancellable wait (vbd_co_recv_cancellable), NULL for a plain one */
+static inline ssize_t recv_wait(int fd, void *buf, size_t len, struct vbd_poll_wait *w)
+{
+    bool cancelled = false;
     for (;;) {
         ssize_t r = recv(fd, buf, len, MSG_DONTWAIT);
         if (r < 0 && errno == ENOTSOCK)
             r = read(fd, buf, len);
         if (r >= 0)
             return r;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -errno;
-        int p = vbd_co_poll(fd, POLLIN);
-        if (p < 0)
-            return p;
+        if ((errno == EAGAIN || errno == EWOULDBLOCK) && (cancelled || (w && w->cancelled)))
+            return -ECANCELED;
+        int rc = sock_retry(fd, POLLIN, w);
+        if (rc == -ECANCELED)
+            cancelled = true; /* one more look: data that came with the cancel goes first */
+        else if (rc < 0)
+            return rc;
     }
+}
+
+ssize_t vbd_co_recv(int fd, void *buf, size_t len)
+{
+    return recv_wait(fd, buf, len, NULL);
+}
+
+ssize_t vbd_co_recv_cancellable(int fd, void *buf, size_t len, struct vbd_poll_wait *w)
+{
+    return recv_wait(fd, buf, len, w);
 }
 
 ssize_t vbd_co_send(int fd, const void *buf, size_t len)
@@ -1011,13 +1040,9 @@ ssize_t vbd_co_send(int fd, const void *buf, size_t len)
             r = write(fd, buf, len);
         if (r >= 0)
             return r;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -errno;
-        int p = vbd_co_poll(fd, POLLOUT);
-        if (p < 0)
-            return p;
+        int rc = sock_retry(fd, POLLOUT, NULL);
+        if (rc < 0)
+            return rc;
     }
 }
 
@@ -1053,13 +1078,9 @@ ssize_t vbd_co_recvmsg(int fd, struct msghdr *msg, int flags)
         ssize_t r = recvmsg(fd, msg, flags | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (r >= 0)
             return r;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -errno;
-        int p = vbd_co_poll(fd, POLLIN);
-        if (p < 0)
-            return p;
+        int rc = sock_retry(fd, POLLIN, NULL);
+        if (rc < 0)
+            return rc;
     }
 }
 
@@ -1069,13 +1090,9 @@ ssize_t vbd_co_sendmsg(int fd, const struct msghdr *msg, int flags)
         ssize_t r = sendmsg(fd, msg, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
         if (r >= 0)
             return r;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -errno;
-        int p = vbd_co_poll(fd, POLLOUT);
-        if (p < 0)
-            return p;
+        int rc = sock_retry(fd, POLLOUT, NULL);
+        if (rc < 0)
+            return rc;
     }
 }
 

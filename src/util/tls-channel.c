@@ -68,15 +68,7 @@ int vbd_chan_recv_full_idle(struct vbd_chan *ch, void *buf, size_t len, struct v
     if (ch->tls) {
         r = vbd_tls_recv_idle(ch->tls, buf, len, w);
     } else {
-        while ((r = recv(ch->fd, buf, len, MSG_DONTWAIT)) < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                return -errno;
-            int p = vbd_co_poll_wait(w, ch->fd, POLLIN);
-            if (p < 0)
-                return p;
-        }
+        r = vbd_co_recv_cancellable(ch->fd, buf, len, w);
         if (r == 0)
             return -ECONNRESET;
     }

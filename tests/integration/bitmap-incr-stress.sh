@@ -42,37 +42,26 @@ must qemu-img convert -q -f raw -O qed init.raw base.qed
 must qemu-img create -q -f qcow2 -b "$T/base.qed" -F qed src.qcow2 16M
 S=$T/qmp.sock
 on_exit 'kill -9 $dpid 2>/dev/null'
-start_daemon --object iothread,id=io0 \
-    --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
+stress_daemon both src \
     --blockdev "driver=file,node-name=bf,filename=$T/base.qed" --blockdev "driver=qed,node-name=base,file=bf,read-only=on" \
     --blockdev "driver=file,node-name=sf,filename=$T/src.qcow2,discard=unmap" \
-    --blockdev "driver=qcow2,node-name=src,file=sf,backing=base,discard=unmap" \
-    --nbd-server addr.type=unix,addr.path="$T/nbd.sock" \
-    --export type=vhost-user-blk,id=e0,node-name=src,addr.type=unix,addr.path="$T/vu.sock",writable=on,num-queues=2,iothread=io0 \
-    --export type=nbd,id=e1,node-name=src,name=disk,writable=on
-wait_sock "$T/vu.sock"
-wait_sock "$T/nbd.sock"
+    --blockdev "driver=qcow2,node-name=src,file=sf,backing=base,discard=unmap"
 T=$T STRESS=$STRESS SEED=$SEED ROUNDS=$ROUNDS python3 - <<'PY' || { grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60; fail "incremental backups under vbd-stress (seed $SEED)"; }
-import os, random, signal, subprocess, sys
+import os, random, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
+from stress import Stress
 T, seed, rounds = os.environ["T"], int(os.environ["SEED"]), int(os.environ["ROUNDS"])
 rng = random.Random(seed)
 s = Session(T + "/qmp.sock", "vbd")
 persistent = rng.random() < 0.5
 gran = rng.choice([4096, 65536, 131072])
 print(f"bitmap persistent={persistent} granularity={gran}", file=sys.stderr)
-p = subprocess.Popen([os.environ["STRESS"], "--seed", str(seed), "--ops", str(1 << 40), "--qd", "64", "--align", "512",
-                      "--hot", "4", "--hot-move", "32", "--init", T + "/init.raw", "--backing", T + "/init.raw",
-                      "--shadow-out", T + "/shadow.raw", "--vhost-user", T + "/vu.sock", "--queues", "2",
-                      "--nbd", f"nbd+unix:///disk?socket={T}/nbd.sock", "--conns", "4"],
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-print(p.stdout.readline().strip(), file=sys.stderr)  # its seed: running, SIGUSR1 handled
-
-
-def alive(what):
-    if p.poll() is not None:
-        fail(f"vbd-stress ended {what}: {p.communicate()[0][-3000:]}")
+st = Stress([os.environ["STRESS"], "--seed", str(seed), "--ops", str(1 << 40), "--qd", "64", "--align", "512",
+             "--hot", "4", "--hot-move", "32", "--init", T + "/init.raw", "--backing", T + "/init.raw",
+             "--shadow-out", T + "/shadow.raw", "--vhost-user", T + "/vu.sock", "--queues", "2",
+             "--nbd", f"nbd+unix:///disk?socket={T}/nbd.sock", "--conns", "4"], show_seed=True)
+alive = st.alive
 
 
 def target(name, backing):
@@ -165,11 +154,7 @@ for r in range(rounds):
     s.run("block-dirty-bitmap-merge", node="src", target=x, bitmaps=[cur])
     s.run("block-dirty-bitmap-remove", node="src", name=x)
 alive("before its end")
-p.send_signal(signal.SIGUSR1)
-out = p.communicate()[0]
-if p.returncode:
-    fail(f"vbd-stress: {out[-3000:]}")
-print(out.strip().splitlines()[-1], file=sys.stderr)
+st.finish()
 # the writes since the last backup
 name, jid = f"inc{n}", f"j{n}"
 target(name, prev)

@@ -37,14 +37,8 @@ on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 echo "seed $SEED"
 
 daemon() { # IMAGE FMT EXPORTS (both | vhost)
-    local nbd=()
-    [ "$3" = both ] && nbd=(--nbd-server "addr.type=unix,addr.path=$T/nbd.sock"
-        --export "type=nbd,id=n,node-name=d0,name=disk,writable=on")
-    rm -f "$T/vu.sock" "$T/nbd.sock"
-    start_daemon --object iothread,id=io0 --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
-        --blockdev "driver=file,node-name=f0,filename=$1,discard=unmap" --blockdev "driver=$2,node-name=d0,file=f0,discard=unmap" \
-        "${nbd[@]}" --export "type=vhost-user-blk,id=v,node-name=d0,addr.type=unix,addr.path=$T/vu.sock,writable=on,num-queues=2,iothread=io0"
-    wait_sock "$T/vu.sock"
+    stress_daemon "$3" d0 --blockdev "driver=file,node-name=f0,filename=$1,discard=unmap" \
+        --blockdev "driver=$2,node-name=d0,file=f0,discard=unmap"
 }
 
 # same_as_model KIND: qemu-img check clean (a format QEMU cannot check

@@ -39,38 +39,27 @@ must qemu-io -f qcow2 -c "write -P 0x77 9M 1M" -c "write -z 13M 64k" top.qcow2 >
 must qemu-img convert -q -f qcow2 -O raw top.qcow2 init.raw
 S=$T/qmp.sock
 on_exit 'kill -9 $dpid 2>/dev/null'
-start_daemon --object iothread,id=io0 \
-    --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
+stress_daemon both top \
     --blockdev "driver=file,node-name=base-f,filename=$T/base.qed" --blockdev "driver=qed,node-name=base,file=base-f" \
     --blockdev "driver=file,node-name=mid-f,filename=$T/mid.qcow2" \
     --blockdev "driver=qcow2,node-name=mid,file=mid-f,backing=base" \
     --blockdev "driver=file,node-name=top-f,filename=$T/top.qcow2,discard=unmap" \
-    --blockdev "driver=qcow2,node-name=top,file=top-f,backing=mid,discard=unmap" \
-    --nbd-server addr.type=unix,addr.path="$T/nbd.sock" \
-    --export type=vhost-user-blk,id=e0,node-name=top,addr.type=unix,addr.path="$T/vu.sock",writable=on,num-queues=2,iothread=io0 \
-    --export type=nbd,id=e1,node-name=top,name=disk,writable=on
-wait_sock "$T/vu.sock"
-wait_sock "$T/nbd.sock"
+    --blockdev "driver=qcow2,node-name=top,file=top-f,backing=mid,discard=unmap"
 T=$T STRESS=$STRESS SEED=$SEED OPS=$OPS python3 - <<'PY' || { grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60; fail "block jobs on a chain under vbd-stress (seed $SEED)"; }
-import os, random, signal, subprocess, sys
+import os, random, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
+from stress import Stress
 T, seed, ops = os.environ["T"], int(os.environ["SEED"]), int(os.environ["OPS"])
 rng = random.Random(seed)
 s = Session(T + "/qmp.sock", "vbd")
-p = subprocess.Popen([os.environ["STRESS"], "--seed", str(seed), "--ops", str(1 << 40), "--qd", "64", "--align", "512",
-                      "--hot", "4", "--hot-move", "32", "--init", T + "/init.raw",
-                      "--shadow-out", T + "/shadow.raw", "--vhost-user", T + "/vu.sock", "--queues", "2",
-                      "--nbd", f"nbd+unix:///disk?socket={T}/nbd.sock", "--conns", "4"],
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-print(p.stdout.readline().strip(), file=sys.stderr)  # its seed: running, SIGUSR1 handled
+st = Stress([os.environ["STRESS"], "--seed", str(seed), "--ops", str(1 << 40), "--qd", "64", "--align", "512",
+             "--hot", "4", "--hot-move", "32", "--init", T + "/init.raw",
+             "--shadow-out", T + "/shadow.raw", "--vhost-user", T + "/vu.sock", "--queues", "2",
+             "--nbd", f"nbd+unix:///disk?socket={T}/nbd.sock", "--conns", "4"], show_seed=True)
+alive = st.alive
 chain = ["base", "mid", "top"]  # bottom to top; each node's image is T/NAME.qcow2 (base: base.qed)
 n, done = 0, []
-
-
-def alive(what):
-    if p.poll() is not None:
-        fail(f"vbd-stress ended {what}: {p.communicate()[0][-3000:]}")
 
 
 def image(node):
@@ -202,11 +191,7 @@ for k in range(ops):
 print("operations: " + " ".join(done) + "; chain " + " <- ".join(chain), file=sys.stderr)
 if exported() != chain[-1]:
     fail(f"the exports are on {exported()}, the chain's top is {chain[-1]}")
-p.send_signal(signal.SIGUSR1)
-out = p.communicate()[0]
-if p.returncode:
-    fail(f"vbd-stress: {out[-3000:]}")
-print(out.strip().splitlines()[-1], file=sys.stderr)
+st.finish()
 open(f"{T}/chain", "w").write(" ".join(image(c) for c in chain))
 PY
 stop_daemon

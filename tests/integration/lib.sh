@@ -266,22 +266,49 @@ stress_init() {
     mixed_data m1 "$1" && dd if=m1 of=init.raw bs=1M seek="$2" conv=notrunc status=none || fail "mixed data into init.raw"
     on_exit 'kill -9 $dpid 2>/dev/null'
 }
-# stress_transport TR ID NODE: the export of the stress tests' daemon and
-# vbd-stress's way to it, in the current directory: exp (an --export
-# value, id ID, of node NODE, writable) and target (vbd-stress's words).
-# TR vhost: vhost-user-blk on vu.sock, 2 queues on iothread io0 (the
-# daemon has it); nbd: export "disk" of an NBD server on nbd.sock (the
-# daemon's --nbd-server), 4 connections.
+# stress_transport TR ID NODE [DIR]: the export of the stress tests' daemon
+# and vbd-stress's way to it, in DIR (default: the current directory):
+# exp (an --export value, id ID, of node NODE, writable) and target
+# (vbd-stress's words, relative to DIR). TR vhost: vhost-user-blk on
+# vu.sock, 2 queues on iothread io0 (the daemon has it); nbd: export "disk"
+# of an NBD server on nbd.sock (the daemon's --nbd-server), 4 connections.
 stress_transport() {
     case $1 in
     vhost)
-        exp=type=vhost-user-blk,id=$2,node-name=$3,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0
+        exp=type=vhost-user-blk,id=$2,node-name=$3,addr.type=unix,addr.path=${4:-$PWD}/vu.sock,writable=on,num-queues=2,iothread=io0
         target="--vhost-user vu.sock --queues 2" ;;
     nbd)
         exp=type=nbd,id=$2,node-name=$3,name=disk,writable=on
         target="--nbd nbd+unix:///disk?socket=nbd.sock --conns 4" ;;
     *) fail "stress_transport: no transport '$1'" ;;
     esac
+}
+# stress_daemon EXPORTS NODE ARGS...: vbd-daemon (start_daemon: dpid,
+# $T/daemon.log) for the tests that drive node NODE through its exports
+# under load (vbd-stress, as a guest and an NBD client at once): iothread
+# io0, the QMP monitor "mon" on $S ($T/qmp.sock unless set), ARGS (the
+# --blockdev options of the graph, any other option), then NODE's exports
+# (stress_transport's, in $T): EXPORTS both: vhost-user-blk e0 on
+# $T/vu.sock (2 rings on io0) and NBD export e1 "disk" of an NBD server on
+# $T/nbd.sock; vhost or nbd: that one alone. Returns once each serves.
+stress_daemon() {
+    local which=$1 node=$2 exports=()
+    shift 2
+    case $which in both | vhost | nbd) ;; *) fail "stress_daemon: no exports '$which' (both, vhost, nbd)" ;; esac
+    S=${S:-$T/qmp.sock}
+    rm -f "$T/vu.sock" "$T/nbd.sock"
+    if [ "$which" != nbd ]; then
+        stress_transport vhost e0 "$node" "$T"
+        exports+=(--export "$exp")
+    fi
+    if [ "$which" != vhost ]; then
+        stress_transport nbd e1 "$node"
+        exports+=(--nbd-server "addr.type=unix,addr.path=$T/nbd.sock" --export "$exp")
+    fi
+    start_daemon --object iothread,id=io0 --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
+        "$@" "${exports[@]}"
+    [ "$which" = nbd ] || wait_sock "$T/vu.sock"
+    [ "$which" = vhost ] || wait_sock "$T/nbd.sock"
 }
 # scenario_dir NAME: a fresh $T/NAME, the current directory from now on
 scenario_dir() { rm -rf "${T:?}/$1" && mkdir "$T/$1" && cd "$T/$1" || fail "cannot make $T/$1"; }

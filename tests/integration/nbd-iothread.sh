@@ -24,11 +24,8 @@ dd if=init.raw of=winit.raw bs=1M skip=16 status=none
 must qemu-img convert -q -f raw -O qcow2 init.raw d0.qcow2
 S=$T/qmp.sock
 on_exit 'kill -9 $dpid 2>/dev/null'
-start_daemon --object iothread,id=io0 --object iothread,id=io1 \
-    --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
-    --blockdev "$(qcow2_node d0 null)" --nbd-server addr.type=unix,addr.path="$T/nbd.sock" \
-    --export type=vhost-user-blk,id=v0,node-name=d0,addr.type=unix,addr.path="$T/vu.sock",writable=on,num-queues=2,iothread=io0
-wait_sock "$T/vu.sock"
+stress_daemon vhost d0 --object iothread,id=io1 --blockdev "$(qcow2_node d0 null)" \
+    --nbd-server addr.type=unix,addr.path="$T/nbd.sock"
 T=$T STRESS=$STRESS ROUNDS=$ROUNDS SEED=${NBD_IOT_SEED:-$RANDOM} python3 - <<'PY' || { grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60; fail "NBD + vhost-user on an iothread under moves"; }
 import os, signal, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

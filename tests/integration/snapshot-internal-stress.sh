@@ -44,18 +44,8 @@ must qemu-img convert -q -f raw -O qcow2 init.raw img.qcow2
 on_exit 'kill -9 $dpid 2>/dev/null'
 
 start() { # EXPORTS: both (vhost-user on io0 + NBD), nbd, or vhost (alone: the graph runs on io0)
-    rm -f qmp.sock nbd.sock vu.sock
-    local vu=() nbd=()
-    [ "$1" != nbd ] && vu=(--export "type=vhost-user-blk,id=v,node-name=disk,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0")
-    [ "$1" != vhost ] && nbd=(--export "type=nbd,id=n,node-name=disk,name=disk,writable=on")
-    "$VBD_DAEMON" --object iothread,id=io0 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off \
-        --monitor chardev=q --blockdev "driver=file,node-name=f0,filename=$PWD/img.qcow2,discard=unmap" \
-        --blockdev "driver=qcow2,node-name=disk,file=f0,discard=unmap" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
-        "${nbd[@]}" "${vu[@]}" 2>daemon.log &
-    dpid=$!
-    wait_sock "$PWD/qmp.sock"
-    wait_sock "$PWD/nbd.sock"
-    [ "$1" = nbd ] || wait_sock "$PWD/vu.sock"
+    stress_daemon "$1" disk --blockdev "driver=file,node-name=f0,filename=$T/img.qcow2,discard=unmap" \
+        --blockdev "driver=qcow2,node-name=disk,file=f0,discard=unmap"
 }
 
 # drive PHASE INIT: vbd-stress on the exports while QMP takes and deletes

@@ -24,43 +24,66 @@ wait_gone() { # (60 s: an ASan server's exit, its leak check, at load ~20)
     fail "$2: process $1 still runs after 60 s"
 }
 
+# sides FN ARGS...: FN q ARGS and FN v ARGS side by side, each in a
+# subshell that writes only its own files (K.*, K/): a step's two halves
+# need not wait for each other (at load ~30 the test took up to 975 s, its
+# time spent in one short process after the other). Fails (status 1) when
+# either did; its message is above.
+sides() {
+    local fn=$1 pq pv rq=0 rv=0
+    shift
+    "$fn" q "$@" &
+    pq=$!
+    "$fn" v "$@" &
+    pv=$!
+    wait $pq || rq=$?
+    wait $pv || rv=$?
+    [ $rq = 0 ] && [ $rv = 0 ]
+}
+
 # start K ARGS...: BIN --fork --pid-file K.pid ARGS, BIN qemu-nbd (K=q) or
-# vbd-nbd (K=v); {D} in ARGS is K's directory, {P} K's TCP port. The fork
-# returns once the server serves (as qemu-nbd's), so a client may connect
-# at once. Status in K.frc, stderr (program names as PROG) in K.ferr. The
-# port is lib.sh's free_port (another program may still take it before the
-# server binds: start retries then).
+# vbd-nbd (K=v); {D} in ARGS is K's directory, {P} K's TCP port (in
+# K.port). The fork returns once the server serves (as qemu-nbd's), so a
+# client may connect at once. Status in K.frc, stderr (program names as
+# PROG) in K.ferr. The port is lib.sh's free_port (another program, or the
+# other server starting beside it, may still take it before the server
+# binds: start retries then).
 start() {
-    local k=$1 bin=qemu-nbd try; shift
+    local k=$1 bin=qemu-nbd try p; shift
     [ $k = v ] && bin=$VBD_NBD
     for try in 1 2 3 4 5; do
-        port[$k]=$(free_port)
+        p=$(free_port)
         local args=("${@//\{D\}/$T/$k}")
-        args=("${args[@]//\{P\}/${port[$k]}}")
+        args=("${args[@]//\{P\}/$p}")
         rm -f "$k.pid"
         "$bin" --fork --pid-file "$T/$k.pid" "${args[@]}" 2>"$k.raw" </dev/null
         echo $? >"$k.frc"
         grep -q "Failed to find an available port\|Address already in use" "$k.raw" || break
     done
+    echo "$p" >"$k.port"
     sed -E -e "s#$T/$k#{D}#g" -e 's#([^ :]*/)?(qemu-nbd|vbd-nbd)#PROG#g' "$k.raw" >"$k.ferr"
     ! grep -q -e Sanitizer -e 'runtime error' "$k.raw" || fail "vbd-nbd $*: $(cat "$k.raw")"
-    pid[$k]=$(cat "$k.pid" 2>/dev/null)
-    [ -z "${pid[$k]}" ] || on_exit "kill -9 ${pid[$k]} 2>/dev/null"
 }
-# both ARGS...: start both; the fork's status and stderr must be the same
+# both ARGS...: start both (side by side); the fork's status and stderr
+# must be the same
 both() {
-    start q "$@"
-    start v "$@"
+    local k rc=0
+    rm -f q.port v.port
+    sides start "$@" || rc=1
+    for k in q v; do
+        port[$k]=$(cat $k.port 2>/dev/null)
+        pid[$k]=$(cat "$k.pid" 2>/dev/null)
+        [ -z "${pid[$k]}" ] || on_exit "kill -9 ${pid[$k]} 2>/dev/null"
+    done
+    [ $rc = 0 ] || exit 1
     [ "$(cat q.frc)" = "$(cat v.frc)" ] || fail "$*: --fork returned $(cat q.frc) (qemu-nbd), $(cat v.frc) (vbd-nbd): $(cat q.ferr v.ferr)"
     cmp -s q.ferr v.ferr || { diff q.ferr v.ferr; fail "$*: stderr differs"; }
     [ -n "${pid[q]}" ] && [ -n "${pid[v]}" ] || fail "$*: no PID file: $(cat q.ferr v.ferr)"
 }
 stop() {
     local k
-    for k in q v; do
-        gone "${pid[$k]}" || kill -TERM "${pid[$k]}"
-        wait_gone "${pid[$k]}" "$k"
-    done
+    for k in q v; do gone "${pid[$k]}" || kill -TERM "${pid[$k]}"; done
+    for k in q v; do wait_gone "${pid[$k]}" "$k"; done
 }
 # uri K [NAME]: the export over the unix socket K/s.sock, or (tcp=1) TCP
 tcp=0
@@ -70,13 +93,15 @@ uri() {
 addr() { if [ $tcp = 1 ]; then echo "-b 127.0.0.1 -p {P}"; else echo "-k {D}/s.sock"; fi; }
 
 # info_same WHAT ARGS...: nbdinfo ARGS --json (URI as @) alike from both
+info_one() {
+    local k=$1 what=$2 a=() x
+    shift 2
+    for x in "$@"; do [ "$x" = @ ] && a+=("$(uri $k "$name")") || a+=("$x"); done
+    nbdinfo --json "${a[@]}" >"$k.json" || fail "$what: nbdinfo against $k"
+}
 info_same() {
-    local what=$1 k; shift
-    for k in q v; do
-        local a=() x
-        for x in "$@"; do [ "$x" = @ ] && a+=("$(uri $k "$name")") || a+=("$x"); done
-        nbdinfo --json "${a[@]}" >"$k.json" || fail "$what: nbdinfo against $k"
-    done
+    local what=$1
+    sides info_one "$@" || exit 1
     python3 - q.json v.json "$what" <<'PY' || fail "$what: nbdinfo --json differs"
 import json, sys
 q, v = (json.load(open(f)) for f in sys.argv[1:3])
@@ -92,28 +117,28 @@ if q != v:
 PY
 }
 # map_same CONTEXT: nbdinfo --map=CONTEXT alike
+map_one() { nbdinfo --map="$2" "$(uri $1 "$name")" >"$1.map" || fail "--map=$2 against $1"; }
 map_same() {
-    local k
-    for k in q v; do nbdinfo --map="$1" "$(uri $k "$name")" >"$k.map" || fail "--map=$1 against $k"; done
+    sides map_one "$1" || exit 1
     cmp -s q.map v.map || { diff q.map v.map; fail "--map=$1 differs"; }
 }
 # data_same: the whole export read with nbdcopy (as many connections as
 # multi-conn lets it open: none refused under -e 1) is the same
+data_one() { nbdcopy "$(uri $1 "$name")" "$1.data" || fail "nbdcopy from $1"; }
 data_same() {
-    local k
-    for k in q v; do nbdcopy "$(uri $k "$name")" "$k.data" || fail "nbdcopy from $k"; done
+    sides data_one || exit 1
     cmp q.data v.data || fail "the data read differs"
 }
 # write_both: the same writes through both servers (nbdcopy of random data
 # over the first MiBs, qemu-io pattern, zeroes and a flush)
+write_one() {
+    nbdcopy --connections=1 rand "$(uri $1 "$name")" || fail "nbdcopy to $1"
+    qemu-io -f raw -c "write -P 0x6b 3M 68k" -c "write -z 3200k 8k" -c flush "$(uri $1 "$name")" >/dev/null ||
+        fail "qemu-io writes to $1"
+}
 write_both() {
-    local k
     [ -e rand ] || head -c 3M /dev/urandom >rand
-    for k in q v; do
-        nbdcopy --connections=1 rand "$(uri $k "$name")" || fail "nbdcopy to $k"
-        qemu-io -f raw -c "write -P 0x6b 3M 68k" -c "write -z 3200k 8k" -c flush "$(uri $k "$name")" >/dev/null ||
-            fail "qemu-io writes to $k"
-    done
+    sides write_one || exit 1
 }
 
 mk_images() { # the same raw and qcow2 (with data, zeroes, a bitmap) in q/ and v/
@@ -194,7 +219,8 @@ for tcp in 0 1; do
     # its own): LIST by namespace, SET of every context in another order
     # (the replies come in the server's order), block status for all five
     # (more chunks than a batch), with and without REQ_ONE
-    for k in q v; do
+    meta_one() {
+        local k=$1 a
         if [ $tcp = 1 ]; then a=tcp:${port[$k]}; else a=$T/$k/s.sock; fi
         python3 - "$a" >$k.meta <<'PY' || fail "the meta context exchange with $k failed"
 import struct, sys
@@ -237,7 +263,8 @@ for cookie, flags in ((1, 0), (2, FLAG_REQ_ONE)):
             break
 s.sendall(p.request(p.CMD_DISC, 9, 0, 0))
 PY
-    done
+    }
+    sides meta_one || exit 1
     cmp -s q.meta v.meta || { diff q.meta v.meta; fail "the meta context exchange differs"; }
     stop
 
@@ -430,20 +457,22 @@ fi
 
 step "refused command lines: exit status and stderr alike"
 ndiff=0
+# refuse_one K: the case's command line ($args) given to K's program
+refuse_one() {
+    local k=$1 bin=qemu-nbd
+    [ $k = v ] && bin=$VBD_NBD
+    eval "set -- ${args//\{D\}/$T/$k}"
+    timeout -k 5 30 "$bin" "$@" </dev/null >$k.out 2>$k.raw
+    echo $? >$k.rc
+    sed -E -e "s#$T/$k#{D}#g" -e 's#([^ :]*/)?(qemu-nbd|vbd-nbd)#PROG#g' $k.raw >$k.err
+}
 while IFS= read -r line; do
     case "$line" in '' | '#'*) continue ;; esac
     args=${line%%  # known:*}
     why=
     [ "$args" = "$line" ] || why=${line#*  # known: }
-    for k in q v; do
-        bin=qemu-nbd
-        [ $k = v ] && bin=$VBD_NBD
-        eval "set -- ${args//\{D\}/$T/$k}"
-        timeout -k 5 30 "$bin" "$@" </dev/null >$k.out 2>$k.raw
-        echo $? >$k.rc
-        sed -E -e "s#$T/$k#{D}#g" -e 's#([^ :]*/)?(qemu-nbd|vbd-nbd)#PROG#g' $k.raw >$k.err
-        ! grep -q -e Sanitizer -e 'runtime error' v.raw 2>/dev/null || fail "vbd-nbd $args: $(cat v.raw)"
-    done
+    sides refuse_one || fail "$args: the programs did not run"
+    ! grep -q -e Sanitizer -e 'runtime error' v.raw 2>/dev/null || fail "vbd-nbd $args: $(cat v.raw)"
     [ "$(cat q.rc)" != 0 ] || fail "case '$args' started qemu-nbd: not a refused command line"
     if [ "$(cat q.rc)" != "$(cat v.rc)" ]; then
         echo "DIFF $args: exit status qemu-nbd $(cat q.rc), vbd-nbd $(cat v.rc): $(cat v.err)"

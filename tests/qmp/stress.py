@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """vbd-stress (tests/stress/vbd-stress) run by a Python harness that changes
 the graph under it over QMP (snapshot-stress.sh, snapshot-internal-stress.sh,
-export-readd-stress.sh, reopen-stress.sh, throttle-toggle-stress.sh): its
+export-readd-stress.sh, reopen-stress.sh, throttle-toggle-stress.sh,
+bitmap-incr-stress.sh, job-chain-stress.sh): its
 start, the checks that it still runs, its end by SIGUSR1 or by the daemon's
 SIGKILL (crash mode), the summary of its --points, and the requests the
 daemon has completed (to wait until some went through a change)."""

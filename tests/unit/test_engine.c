@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -326,9 +327,10 @@ UNIT_TEST(socket_recv_send_fds)
 }
 
 /* vbd_co_poll_wait: a cancel ends the wait with -ECANCELED (the fd has
- * nothing to read), a later wait on the same struct sees readiness, and a
- * cancel without a wait does nothing (the io_uring and epoll backends:
- * run.sh runs the unit tests under both). */
+ * nothing to read), a later wait on the same struct, once the waiter
+ * rearmed it, sees readiness, and a cancel without a wait is latched
+ * (the io_uring and epoll backends: run.sh runs the unit tests under
+ * both). */
 struct idle_wait_args {
     int fd;
     struct vbd_poll_wait w;
@@ -338,6 +340,7 @@ static void idle_waiter(void *opaque)
 {
     struct idle_wait_args *a = opaque;
     a->first = vbd_co_poll_wait(&a->w, a->fd, POLLIN);
+    vbd_poll_wait_rearm(&a->w);
     a->second = vbd_co_poll_wait(&a->w, a->fd, POLLIN);
 }
 
@@ -346,7 +349,10 @@ UNIT_TEST(poll_wait_cancel)
     int sv[2];
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
     struct idle_wait_args a = {.fd = sv[0], .first = 1, .second = 1};
-    CHECK(!vbd_co_poll_wait_cancel(&a.w)); /* nobody waits */
+    CHECK(!vbd_co_poll_wait_cancel(&a.w)); /* nobody waits: latched */
+    CHECK(vbd_poll_wait_cancelled(&a.w));
+    CHECK_EQ(vbd_co_poll_wait(&a.w, a.fd, POLLIN), -ECANCELED); /* at once, no coroutine needed */
+    vbd_poll_wait_rearm(&a.w);
     vbd_co_enter(vbd_co_create(idle_waiter, &a));
     for (int i = 0; i < 3; i++)
         vbd_loop_run_once(vbd_loop_current(), 1000000);
@@ -366,6 +372,86 @@ UNIT_TEST(poll_wait_cancel)
     CHECK(!vbd_co_poll_wait_cancel(&a.w)); /* over */
     close(sv[0]);
     close(sv[1]);
+    vbd_loop_run_once(vbd_loop_current(), 0);
+}
+
+/* vbd_co_recv_cancellable (the NBD server's read of its client's next
+ * request, which a node move cuts short): a cancel before the read is
+ * latched (-ECANCELED at once, again until rearmed), one during its wait
+ * ends it, and data goes first: bytes already there, or written just
+ * before the cancel of a wait in progress, are returned, the latch staying
+ * set for the next call. Both backends, as poll_wait_cancel. */
+#define RECV_WAITING 1000
+struct recv_cancel_args {
+    int fd;
+    struct vbd_poll_wait w;
+    ssize_t r; /* RECV_WAITING: still waiting */
+    char buf[8];
+};
+static void recv_cancel_co(void *opaque)
+{
+    struct recv_cancel_args *a = opaque;
+    a->r = vbd_co_recv_cancellable(a->fd, a->buf, sizeof(a->buf), &a->w);
+}
+/* a read in a new coroutine; returns its result, RECV_WAITING if it waits
+ * (after a few loop passes) */
+static ssize_t recv_cancel_start(struct recv_cancel_args *a)
+{
+    a->r = RECV_WAITING;
+    vbd_co_enter(vbd_co_create(recv_cancel_co, a));
+    for (int i = 0; i < 3 && a->r == RECV_WAITING; i++)
+        vbd_loop_run_once(vbd_loop_current(), 1000000);
+    return a->r;
+}
+static ssize_t recv_cancel_finish(struct recv_cancel_args *a)
+{
+    for (int i = 0; i < 100 && a->r == RECV_WAITING; i++)
+        vbd_loop_run_once(vbd_loop_current(), 10000000);
+    return a->r;
+}
+
+UNIT_TEST(recv_cancellable)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    struct recv_cancel_args a = {.fd = sv[0]};
+
+    /* cancel before the read: -ECANCELED without waiting, until rearmed */
+    CHECK(!vbd_co_poll_wait_cancel(&a.w));
+    CHECK_EQ(recv_cancel_start(&a), -ECANCELED);
+    CHECK_EQ(recv_cancel_start(&a), -ECANCELED);
+    /* bytes already there go first, the latch stays */
+    CHECK_EQ(write(sv[1], "ab", 2), 2);
+    CHECK_EQ(recv_cancel_start(&a), 2);
+    CHECK(!memcmp(a.buf, "ab", 2));
+    CHECK(vbd_poll_wait_cancelled(&a.w));
+    CHECK_EQ(recv_cancel_start(&a), -ECANCELED);
+
+    /* cancel during the wait */
+    vbd_poll_wait_rearm(&a.w);
+    CHECK_EQ(recv_cancel_start(&a), RECV_WAITING);
+    CHECK(vbd_co_poll_wait_cancel(&a.w));
+    CHECK_EQ(recv_cancel_finish(&a), -ECANCELED);
+    CHECK(vbd_poll_wait_cancelled(&a.w));
+
+    /* data and cancel together: the data, then the latch */
+    vbd_poll_wait_rearm(&a.w);
+    CHECK_EQ(recv_cancel_start(&a), RECV_WAITING);
+    CHECK_EQ(write(sv[1], "xyz", 3), 3);
+    CHECK(vbd_co_poll_wait_cancel(&a.w));
+    CHECK_EQ(recv_cancel_finish(&a), 3);
+    CHECK(!memcmp(a.buf, "xyz", 3));
+    CHECK_EQ(recv_cancel_start(&a), -ECANCELED);
+
+    /* rearmed: waits for data as vbd_co_recv, and an EOF is 0 */
+    vbd_poll_wait_rearm(&a.w);
+    CHECK_EQ(recv_cancel_start(&a), RECV_WAITING);
+    CHECK_EQ(write(sv[1], "q", 1), 1);
+    CHECK_EQ(recv_cancel_finish(&a), 1);
+    close(sv[1]);
+    CHECK_EQ(recv_cancel_start(&a), 0);
+    CHECK(!vbd_poll_wait_cancelled(&a.w));
+    close(sv[0]);
     vbd_loop_run_once(vbd_loop_current(), 0);
 }
 

@@ -167,13 +167,13 @@ struct nbd_conn {
      * where it was accepted and where it ends. */
     struct vbd_loop *ctl_loop, *serve_loop;
     /* Following a node move at once (nbd_export_node_moved): the mover,
-     * on serve_loop, sets recheck (the reader looks at the node's loop
-     * before its next header) and cancels idle_wait, the reader's wait
-     * for a header of which nothing has come yet. served_next: the
+     * on serve_loop, cancels idle_wait, the reader's wait for a header of
+     * which nothing has come yet; the cancel stays latched there until the
+     * reader, before its next header, has looked at the node's loop (a
+     * kick while it served a request is seen then). served_next: the
      * connections served on a thread (transmission.c, served_here), only
      * touched there. kick_gen / homed_gen (main loop): the move that
      * kicked it, the last one it settled after (serve_on). */
-    bool recheck;
     struct vbd_poll_wait idle_wait;
     struct nbd_conn *served_next;
     uint64_t kick_gen, homed_gen;

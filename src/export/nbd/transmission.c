@@ -417,29 +417,6 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
     batch_slice(true);
 }
 
-/* Nothing of the next header has come: the wait may be cut short by a
- * node move (nbd_export_node_moved), -ECANCELED; the same syscalls as
- * vbd_co_recv otherwise. */
-static ssize_t recv_idle(struct nbd_conn *c)
-{
-    for (;;) {
-        ssize_t r = recv(c->ch.fd, c->rbuf, NBD_RBUF, MSG_DONTWAIT);
-        if (r < 0 && errno == ENOTSOCK)
-            r = read(c->ch.fd, c->rbuf, NBD_RBUF);
-        if (r >= 0)
-            return r;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -errno;
-        if (c->recheck)
-            return -ECANCELED; /* kicked while it spun: follow first */
-        int p = vbd_co_poll_wait(&c->idle_wait, c->ch.fd, POLLIN);
-        if (p < 0)
-            return p;
-    }
-}
-
 /* The busy-poll ran out (or was off): wait for request bytes, then size
  * the next window from when they came, counted from the spin's start
  * (see NBD_POLL_MAX_NS). With ~1 us syscalls (a PVM guest, or
@@ -453,7 +430,10 @@ static ssize_t recv_idle(struct nbd_conn *c)
  * window to nothing, and the server sleeps at once. */
 static ssize_t recv_after_spin(struct nbd_conn *c, uint64_t spin_start, bool adapt, bool idle)
 {
-    ssize_t r = idle && !c->rlen ? recv_idle(c) : vbd_co_recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen);
+    /* nothing of the next header has come: the wait may be cut short by a
+     * node move (nbd_export_node_moved), -ECANCELED */
+    struct vbd_poll_wait *w = idle && !c->rlen ? &c->idle_wait : NULL;
+    ssize_t r = vbd_co_recv_cancellable(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, w);
     if (r <= 0 || !adapt)
         return r;
     uint64_t waited = vbd_clock_ns() - spin_start;
@@ -492,7 +472,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
     if (c->ch.tls || !c->rbuf) {
         if (!header)
             return vbd_chan_recv_full(&c->ch, dst, len);
-        if (c->recheck)
+        if (vbd_poll_wait_cancelled(&c->idle_wait))
             return -ECANCELED; /* kicked while it waited at the gate: follow first */
         return vbd_chan_recv_full_idle(&c->ch, dst, len, &c->idle_wait);
     }
@@ -1183,8 +1163,7 @@ static bool follow_node(struct nbd_conn *c)
 static __attribute__((noinline)) void kick_served_here(void)
 {
     for (struct nbd_conn *c = served_here; c; c = c->served_next) {
-        c->recheck = true;
-        vbd_co_poll_wait_cancel(&c->idle_wait);
+        vbd_co_poll_wait_cancel(&c->idle_wait); /* latched: seen before the next header */
     }
 }
 
@@ -1289,8 +1268,8 @@ void nbd_transmission(struct nbd_conn *c)
         uint8_t h[28];
         /* between requests, when the next header is not read ahead
          * already (a look at the node's loop costs the gate's two atomics) */
-        if (c->rpos == c->rlen || c->recheck) {
-            c->recheck = false;
+        if (c->rpos == c->rlen || vbd_poll_wait_cancelled(&c->idle_wait)) {
+            vbd_poll_wait_rearm(&c->idle_wait);
             /* looked at again on arrival: a move meanwhile may have found
              * the connection on its way, not yet where a kick reaches it */
             while (node_loop(c) != c->serve_loop && follow_node(c))
