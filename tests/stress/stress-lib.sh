@@ -488,6 +488,15 @@ stress_crash_case() {
         rc=0
         out=$(qemu-img check -r all -f "$fmt" "$img" 2>&1) || rc=$?
     fi
+    # killed between a vdi allocation's header count and its map entry (the
+    # order QEMU's vdi writes them in too, so that a crash can only leave a
+    # reserved, unused block, never a map entry past the count): qemu-img
+    # check calls the lower count of map entries an error; it is a leak
+    if [ $fmt = vdi ] && [ $rc = 2 ] && [ "$(grep -c '^ERROR' <<<"$out")" = 1 ] &&
+        [[ $out =~ "ERROR: allocated blocks mismatch, is "([0-9]+)", should be "([0-9]+) ]] &&
+        [ "${BASH_REMATCH[1]}" -lt "${BASH_REMATCH[2]}" ]; then
+        rc=3
+    fi
     case $rc in
     0 | 3) ;; # leaked space is what a crash may leave
     63) case $out in *"does not support checks"*) ;; *) rc=1 ;; esac ;;
