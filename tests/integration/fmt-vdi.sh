@@ -157,6 +157,27 @@ EOF
     ! grep -q "used by map entries" <<<"$out" || fail "x-skip=$skip: a data block is used twice: $out"
 done
 
+step "a crash between an allocation's count and its map entry leaked the last block: vbd takes it again (the last block of a full image was refused with EIO; qemu-io writes it past the image's blocks)"
+cd "$T"
+leaked_vdi() { # IMG: a 2 MiB dynamic vdi, block 0 written with 0x61, the header's count 2 (block 1 reserved, unused)
+    must qemu-img create -q -f vdi "$1" 2M
+    must qemu-io -f vdi -c 'write -P 0x61 0 1M' "$1" >/dev/null
+    printf '\x02\x00\x00\x00' | dd of="$1" bs=1 seek=$((0x184)) conv=notrunc status=none || fail "patching $1"
+    out=$(qemu-img check -f vdi "$1" 2>&1) && fail "qemu-img check of the leaked image found nothing"
+    grep -q "allocated blocks mismatch, is 1, should be 2" <<<"$out" || fail "qemu-img check of the leaked image: $out"
+}
+leaked_vdi leak.vdi
+before=$(stat -c %s leak.vdi)
+out=$("$VBD_IO" -f vdi -c 'write -P 0x62 1M 1M' leak.vdi 2>&1) || fail "vbd-io write into the last block after a leak: $out"
+! grep -qi "fail" <<<"$out" || fail "vbd-io write into the last block after a leak: $out"
+qcheck -f vdi leak.vdi
+[ "$(stat -c %s leak.vdi)" = $((before + 1048576)) ] || fail "the leaked block was not taken again: $(stat -c %s leak.vdi) bytes, was $before"
+out=$(qemu-io -f vdi -r -c 'read -P 0x61 0 1M' -c 'read -P 0x62 1M 1M' leak.vdi 2>&1)
+! grep -qi "fail\|mismatch" <<<"$out" || fail "qemu-io reads other data after vbd's write: $out"
+leaked_vdi leak2.vdi
+"$VBD_IO" -f vdi -r -c 'read -P 0x61 0 1M' leak2.vdi >/dev/null || fail "vbd-io read-only open of a leaked image"
+out=$(qemu-img check -f vdi leak2.vdi 2>&1) && fail "a read-only open changed the leaked image"
+
 step "the model-based stress test (tests/stress/vbd-stress) on dynamic vdi images (1 MiB blocks), in process and over NBD"
 cd "$T"
 stress_format vdi 1048576 1048576 ""

@@ -171,7 +171,7 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         vbd_error_setf(err, ENOMEM, "VDI image '%s': no memory to check the block map", n->filename);
         return -ENOMEM;
     }
-    uint32_t in_use = 0;
+    uint32_t in_use = 0, after_last = 0;
     rc = 0;
     for (uint32_t i = 0; i < s->blocks; i++) {
         uint32_t e = s->bmap[i];
@@ -191,6 +191,8 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         }
         seen[e / 8] |= (uint8_t)(1u << (e % 8));
         in_use++;
+        if (e >= after_last)
+            after_last = e + 1;
         if (e >= s->blocks_allocated && (flags & VBD_OPEN_RDWR)) {
             vbd_error_setf(err, EINVAL,
                            "Corrupt VDI image '%s': block map entry %u points to block %u, past the %u allocated "
@@ -201,12 +203,20 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         }
     }
     free(seen);
-    /* fewer is a leaked block (a crash between the count and the map entry): new blocks go after it */
+    /* more blocks in the map than the count: a new block would take one of theirs (fewer: a leak, below) */
     if (rc == 0 && in_use > s->blocks_allocated && (flags & VBD_OPEN_RDWR)) {
         vbd_error_setf(err, EINVAL, "Corrupt VDI image '%s': %u blocks in the map, the header says %u allocated",
                        n->filename, in_use, s->blocks_allocated);
         rc = -EINVAL;
     }
+    /* A crash between an allocation's count and its map entry (the order
+     * that can only leak) leaves the count past every block the map names:
+     * the leaked block is the last, and it is taken again by the next
+     * allocation (which writes the lower count after its data), so that a
+     * full image keeps a block for each entry instead of failing the last
+     * write with no free block index. */
+    if (rc == 0 && (flags & VBD_OPEN_RDWR) && after_last < s->blocks_allocated)
+        s->blocks_allocated = after_last;
     return rc;
 }
 
