@@ -465,6 +465,22 @@ qmpdiff_nulls() {
         --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
         --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff $1: differences (above)"
 }
+# qmpdiff_job_chain NAME: tests/qmp/NAME.jsonl on vbd-daemon and
+# qemu-storage-daemon 7.2, each started with the chain base <- mid <- top
+# and a target tgt (qcow2 over file nodes f*, images made by the script in
+# {DIR}); errors' texts compared where a line is marked exact.
+qmpdiff_job_chain() {
+    QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/$1.jsonl" \
+        --both --blockdev --both "driver=file,node-name=fbase,filename={DIR}/base.qcow2" \
+        --both --blockdev --both '{"driver":"qcow2","node-name":"base","file":"fbase","backing":null}' \
+        --both --blockdev --both "driver=file,node-name=fmid,filename={DIR}/mid.qcow2" \
+        --both --blockdev --both '{"driver":"qcow2","node-name":"mid","file":"fmid","backing":"base"}' \
+        --both --blockdev --both "driver=file,node-name=ftop,filename={DIR}/top.qcow2" \
+        --both --blockdev --both '{"driver":"qcow2","node-name":"top","file":"ftop","backing":"mid"}' \
+        --both --blockdev --both "driver=file,node-name=ftgt,filename={DIR}/tgt.qcow2" \
+        --both --blockdev --both '{"driver":"qcow2","node-name":"tgt","file":"ftgt","backing":null}' ||
+        fail "vbd-daemon and qemu-storage-daemon differ"
+}
 # wait_log FILE PATTERN [COUNT]: wait (up to ~60 s) until FILE has COUNT
 # (default 1) lines matching the fixed string PATTERN. A peer may write its
 # log line after the client already saw the failure it logs.
