@@ -67,6 +67,7 @@ struct slot {
     uint64_t off;
     enum op op;
     uint64_t start_ns;
+    uint64_t waits_at_submit; /* b->waits when it went out */
     bool busy;
     int result; /* NBD: 0 or -errno */
 };
@@ -96,6 +97,21 @@ struct bench {
     /* per queue: which ring a tail comes from (the JSON's "per-queue") */
     uint64_t qhist[VHC_MAX_QUEUES][512];
     uint64_t qmax_ns[VHC_MAX_QUEUES];
+    /*
+     * Whose a tail is (vhost-user): a request that saw the client wait for
+     * an interrupt was not done when the last such wait began (the client
+     * drains the rings and looks again after enabling interrupts before it
+     * waits), so its latency splits into the time before that wait (the
+     * back end had not completed it: its order or its speed), the wait
+     * (where it completed, or after; then the signal and the wake-up) and
+     * the time after it (reaping, or the back end still at it while the
+     * client was awake). Summed per latency bucket, so that a band of
+     * percentiles can be split. A request that never saw the client wait
+     * counts whole as "before".
+     */
+    uint64_t waits, wait_start_ns, wait_ns;
+    uint64_t wait_hist[512];
+    uint64_t lat_sum[VHC_MAX_QUEUES][512], before_sum[VHC_MAX_QUEUES][512], last_wait_sum[VHC_MAX_QUEUES][512];
     uint64_t rng;
     int phase; /* verify: 0 write, 1 read */
     uint64_t mismatches, first_bad;
@@ -151,6 +167,34 @@ static double hist_percentile_us(const uint64_t *hist, double pct)
             return bucket_mid_us(i);
     }
     return 0;
+}
+
+/* The requests of queue q from its lo to its hi percentile's bucket (the
+ * hi bucket left out unless it is lo's): their mean latency split into
+ * before the client's last wait, the wait, and after it (us, out[3]). */
+static void latency_split_us(const struct bench *b, int q, double lo, double hi, double *out)
+{
+    uint64_t total = 0, acc = 0, n = 0, lat = 0, before = 0, wait = 0;
+    int from = -1, to = -1;
+    for (int i = 0; i < 512; i++)
+        total += b->qhist[q][i];
+    for (int i = 0; i < 512; i++) {
+        acc += b->qhist[q][i];
+        if (from < 0 && acc > (uint64_t)(total * lo / 100.0))
+            from = i;
+        if (to < 0 && acc > (uint64_t)(total * hi / 100.0))
+            to = i;
+    }
+    for (int i = from < 0 ? 512 : from; i < 512 && (i < to || i == from); i++) {
+        n += b->qhist[q][i];
+        lat += b->lat_sum[q][i];
+        before += b->before_sum[q][i];
+        wait += b->last_wait_sum[q][i];
+    }
+    n = n ? n : 1;
+    out[0] = before / 1000.0 / n;
+    out[1] = wait / 1000.0 / n;
+    out[2] = lat > before + wait ? (lat - before - wait) / 1000.0 / n : 0;
 }
 
 static double percentile_us(const struct bench *b, double pct)
@@ -236,6 +280,7 @@ static void submit(struct bench *b, struct slot *s)
     vhc_set_desc(&b->c, s->q, st, vhc_gpa(&b->c, s->status), 1, VRING_DESC_F_WRITE, 0);
     s->busy = true;
     s->start_ns = now_ns();
+    s->waits_at_submit = b->waits;
     vhc_offer(&b->c, s->q, h);
 }
 
@@ -245,6 +290,10 @@ static void complete(struct bench *b, struct slot *s, uint64_t t)
     uint64_t lat = t - s->start_ns;
     b->hist[bucket(lat)]++;
     b->qhist[s->q][bucket(lat)]++;
+    bool waited = b->waits != s->waits_at_submit;
+    b->lat_sum[s->q][bucket(lat)] += lat;
+    b->before_sum[s->q][bucket(lat)] += waited ? b->wait_start_ns - s->start_ns : lat;
+    b->last_wait_sum[s->q][bucket(lat)] += waited ? b->wait_ns : 0;
     if (lat > b->qmax_ns[s->q])
         b->qmax_ns[s->q] = lat;
     bool failed = b->nbd_uri ? s->result < 0 : *s->status != VIRTIO_BLK_S_OK;
@@ -345,7 +394,12 @@ static void run_phase(struct bench *b, uint64_t deadline)
         }
         if (progress || b->poll)
             continue;
-        if (vhc_wait(&b->c, 1000) > 0)
+        b->wait_start_ns = now_ns();
+        int woke = vhc_wait(&b->c, 1000);
+        b->wait_ns = now_ns() - b->wait_start_ns;
+        b->waits++;
+        b->wait_hist[bucket(b->wait_ns)]++;
+        if (woke > 0)
             continue;
         /* A second without an interrupt. Completions in a ring that are
          * still not signalled a second later are a lost wake-up (the back
@@ -487,11 +541,25 @@ static void report(struct bench *b, double secs)
             uint64_t n = 0;
             for (int i = 0; i < 512; i++)
                 n += b->qhist[q][i];
-            printf("%s{\"requests\": %llu, \"p50\": %.1f, \"p99\": %.1f, \"p99.9\": %.1f, \"max\": %.1f}", q ? ", " : "",
+            printf("%s{\"requests\": %llu, \"p50\": %.1f, \"p99\": %.1f, \"p99.9\": %.1f, \"max\": %.1f", q ? ", " : "",
                    (unsigned long long)n, hist_percentile_us(b->qhist[q], 50), hist_percentile_us(b->qhist[q], 99),
                    hist_percentile_us(b->qhist[q], 99.9), b->qmax_ns[q] / 1000.0);
+            if (!b->nbd_uri) {
+                /* [before the last wait, the wait, after] in us: the requests
+                 * up to p50, and those from p99 to p99.9 (beyond it: stalls) */
+                double all[3], tail[3];
+                latency_split_us(b, q, 0, 50, all);
+                latency_split_us(b, q, 99, 99.9, tail);
+                printf(", \"split-p0-p50\": [%.1f, %.1f, %.1f], \"split-p99-p99.9\": [%.1f, %.1f, %.1f]", all[0], all[1], all[2],
+                       tail[0], tail[1], tail[2]);
+            }
+            printf("}");
         }
-        printf("]}\n");
+        printf("]");
+        if (!b->nbd_uri)
+            printf(", \"waits\": {\"count\": %llu, \"p50\": %.1f, \"p99\": %.1f}", (unsigned long long)b->waits,
+                   hist_percentile_us(b->wait_hist, 50), hist_percentile_us(b->wait_hist, 99));
+        printf("}\n");
     } else
         printf("vbd-bench: %s bs=%u queues=%d depth=%d: %llu requests in %.2fs\n"
                "  IOPS %.0f  MB/s %.1f  latency us: p50 %.1f  p99 %.1f  p99.9 %.1f  errors %llu\n",

@@ -51,6 +51,14 @@ PY
     python3 -c 'import json,sys; r=json.loads(sys.argv[1]); p=r["per-queue"]
 sys.exit(0 if len(p) == 2 and all(q["requests"] > 0 and q["p99"] > 0 and q["max"] > 0 for q in p) and
          sum(q["requests"] for q in p) >= r["requests"] else 1)' "$out" || fail "randrw per-queue: $out"
+    # each queue's latency split at the client's last wait (before it, the
+    # wait, after it): none negative, and the parts add up to the mean of
+    # their band (up to p50: at most its bucket; p99 to p99.9: at least the
+    # p99 bucket's lower end; buckets are ~12 % wide)
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); p=r["per-queue"]; w=r["waits"]
+ok = w["count"] >= 0 and all(min(q["split-p0-p50"] + q["split-p99-p99.9"]) >= 0 and
+         0 < sum(q["split-p0-p50"]) <= q["p50"] * 1.07 + 0.1 and sum(q["split-p99-p99.9"]) >= q["p99"] * 0.94 - 0.1 for q in p)
+sys.exit(0 if ok else 1)' "$out" || fail "randrw latency split: $out"
     # Both notification modes, each at depth 1 (the client sleeps for every
     # request: a lost wake-up shows as a 1 s wait, counted by vbd-bench and
     # failing it) and at depths where completions arrive while it drains
