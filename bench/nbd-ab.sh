@@ -5,10 +5,12 @@
 # (nstat, host-wide: other traffic on lo counts), with PERF=1 the server's
 # syscalls per request, with CPERF=1 fio's and fio's CPU ns per request
 # (task-clock: on the fio QD32 rows fio is the bound, so what a server
-# costs fio decides IOPS). Not a test.
+# costs fio decides IOPS), with LAT=1 fio's p50 and p99 completion latency
+# (ns). Not a test.
 #   bench/nbd-ab.sh ROUNDS SECONDS "ROW..." VARIANT...
 #   ROW: via:rw:bs:depth[:client]  (via unix|tcp, client fio (default) or vbd-bench)
-#   VARIANT: NAME=BUILD_DIR[,ENV=VALUE...] (the server gets the variables) or nbdkit
+#   VARIANT: NAME=BUILD_DIR[,ENV=VALUE...] (the server gets the variables; see
+#   nbd-common.sh's serve for VBD_NBD_IOTHREAD and VBD_NBD_POLL_MAX_NS), nbdkit or qemu-nbd
 # e.g. flock /work/wt/bench.lock bash bench/nbd-ab.sh 3 3 "tcp:randread:4k:32 unix:randread:4k:32:vbd-bench" \
 #          old=/tmp/old-build new=$PWD/build nbdkit
 # vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs.
@@ -34,7 +36,7 @@ for round in $(seq $ROUNDS); do
     name=${v%%=*}; spec=${v#*=}
     IFS=, read -r -a parts <<<"$spec"
     s=vbd
-    if [ "$name" = nbdkit ]; then s=nbdkit; else VBD_BUILD=${parts[0]}; VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon; fi
+    if [ "$name" = nbdkit ] || [ "$name" = qemu-nbd ]; then s=$name; else VBD_BUILD=${parts[0]}; VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon; fi
     envs=("${parts[@]:1}")
     PORT=$((PORT + 1))
     if [ ${#envs[@]} -gt 0 ]; then export "${envs[@]}"; fi
@@ -48,14 +50,16 @@ for round in $(seq $ROUNDS); do
         out=$(perf stat -e 'task-clock,syscalls:sys_enter_poll,syscalls:sys_enter_ppoll,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_read,syscalls:sys_enter_write,context-switches' -o "$dir/cperf" -- taskset -c 1 fio --name=b --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$SECS" \
         --size=1G --output-format=json 2>/dev/null |
         python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$rw'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])" || echo "0 0 1")
-    elif [ "${client:-fio}" = fio ]; then out=$(fio_run "$URI" $rw $bs $depth || echo "0 0 1")
+    elif [ "${client:-fio}" = fio ]; then out=$(FIO_LAT=${LAT-} fio_run "$URI" $rw $bs $depth || echo "0 0 1")
     else out=$(taskset -c 1 "$CLIENT_BENCH" --nbd "$URI" -w $rw -b $bs -d $depth -t $SECS --json |
         python3 -c "import json,sys; r=json.load(sys.stdin); print(round(r['iops']), 0, r['requests'])" || echo "0 0 1"); fi
     c1=$(cpu_ns $spid)
     segs=$(nstat -z TcpOutSegs 2>/dev/null | awk '$1=="TcpOutSegs" {print $2}')
     if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
-    read -r iops ccpu n <<<"$out"
-    extra=$(if [ -n "$ppid" ]; then per_request "$dir/perfstat" $n; fi)
+    read -r iops ccpu n p50 p99 <<<"$out"
+    extra=$(if [ -n "${p99:-}" ]; then printf ' p50 %s p99 %s' "$p50" "$p99"; fi)
+    extra="$extra$(if [ -n "$ppid" ]; then per_request "$dir/perfstat" $n; fi)"
+    p50= p99=
     if [ -n "${CPERF:-}" ] && [ -s "$dir/cperf" ]; then
         extra="$extra | fio:$(awk -v n="$n" '$2 == "msec" && $3 == "task-clock" { gsub(",", "", $1); printf " ns/r %.0f", $1 * 1e6 / n }' "$dir/cperf")$(per_request "$dir/cperf" $n)"
         rm -f "$dir/cperf"

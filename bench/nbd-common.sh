@@ -21,9 +21,11 @@ serve() {
     local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
     [ $t = tcp ] && addr="addr.type=inet,addr.host=127.0.0.1,addr.port=$PORT" uri="nbd://127.0.0.1:$PORT/disk"
     case $s in
-        # VBD_NBD_IOTHREAD=1: the export (and its node) on an iothread
+        # VBD_NBD_IOTHREAD=1: the export (and its node) on an iothread;
+        # VBD_NBD_POLL_MAX_NS=N: on an iothread with poll-max-ns=N (the bound of
+        # the connection's busy-poll)
         vbd) local iot=() eiot=
-             [ -z "${VBD_NBD_IOTHREAD-}" ] || { iot=(--object iothread,id=io0); eiot=,iothread=io0; }
+             [ -z "${VBD_NBD_IOTHREAD-}${VBD_NBD_POLL_MAX_NS-}" ] || { iot=(--object iothread,id=io0${VBD_NBD_POLL_MAX_NS:+,poll-max-ns=$VBD_NBD_POLL_MAX_NS}); eiot=,iothread=io0; }
              "${pin[@]}" "${TAX[@]}" "$VBD_DAEMON" "${iot[@]}" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
                  --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on$eiot >/dev/null 2>&1 & ;;
         qemu-nbd) if [ $t = unix ]; then "${pin[@]}" "${TAX[@]}" qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
@@ -38,9 +40,10 @@ serve() {
 stop() { kill $spid 2>/dev/null; wait $spid 2>/dev/null || true; spid=; sleep 0.2; }
 
 # fio_run URI RW BS DEPTH: fio's nbd engine (libnbd) for $SECS s; prints
-# "IOPS CLIENT-CPU% REQUESTS" (CPU: fio's own usr+sys)
+# "IOPS CLIENT-CPU% REQUESTS" (CPU: fio's own usr+sys), with FIO_LAT=1 also
+# " P50 P99" (completion latency, ns)
 fio_run() {
     taskset -c 1 "${TAX[@]}" fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --time_based --runtime="$SECS" \
         --size=1G --output-format=json 2>/dev/null |
-        python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])"
+        python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$2'.endswith('write') else 'read'; p=j[d]['clat_ns'].get('percentile', {}); print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'], *([p.get('50.000000', 0), p.get('99.000000', 0)] if '${FIO_LAT-}' else []))"
 }

@@ -198,6 +198,8 @@ void vbd_loop_remove_poller(struct vbd_loop *loop, struct vbd_poller *p);
  * 128 us where QEMU's is 32: see loop.c). */
 #define VBD_LOOP_POLL_MAX_NS_DEFAULT 131072
 void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns); /* loop's thread (asserted) */
+/* The bound in force (an NBD connection's socket spin follows it too). Loop's thread. */
+uint64_t vbd_loop_poll_max_ns(const struct vbd_loop *loop);
 bool vbd_loop_polling(const struct vbd_loop *loop);
 /* I/O in flight that completes through another thread's or process's work
  * (io_uring's and the pool's workers, a network library's threads, a target

@@ -84,7 +84,7 @@ static const char usage_text[] =
     "  --object iothread,id=ID[,poll-max-ns=NS]\n"
     "                    a thread with its own event loop for exports' queues (vhost-user-blk: iothread=ID,\n"
     "                    or iothread.0=ID0,iothread.1=ID1,... to spread the queues); poll-max-ns bounds the\n"
-    "                    busy-polling of rings before the thread sleeps (default 131072, 0: off)\n"
+    "                    busy-polling of rings and NBD sockets before the thread sleeps (default 131072, 0: off)\n"
     "  --object throttle-group,id=ID,limits.iops-total=N[,limits.bps-read=N,limits.iops-total-max=N,\n"
     "          limits.iops-total-max-length=SECONDS,limits.iops-size=BYTES...]\n"
     "                    I/O limits as QEMU's, shared by the throttle nodes that name the group\n"

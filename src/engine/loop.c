@@ -580,6 +580,11 @@ void vbd_loop_set_poll_max_ns(struct vbd_loop *loop, uint64_t ns)
     loop->remote_poll_ns = ns;
 }
 
+uint64_t vbd_loop_poll_max_ns(const struct vbd_loop *loop)
+{
+    return loop->poll_max_ns;
+}
+
 bool vbd_loop_polling(const struct vbd_loop *loop)
 {
     return loop->poll_max_ns != 0;

@@ -2,7 +2,7 @@
 # Clients that pace their requests the ways that move the NBD server's
 # busy-poll window (conn_recv: it grows when a request comes soon after the
 # spin ran out, shrinks to nothing when requests come further apart than
-# NBD_POLL_MAX_NS): back to back, short pauses, long pauses, back to back
+# its bound, the loop's poll-max-ns): back to back, short pauses, long pauses, back to back
 # again, and request headers and write payloads split by a pause (the wait
 # armed with part of a request read). Two connections at once, each with
 # its own pace, over unix and TCP. What a user sees: every read returns

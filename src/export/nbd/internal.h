@@ -78,13 +78,14 @@ struct nbd_export {
  * TCP moved within its noise. */
 #define NBD_RBUF             (64 * 1024)
 /* conn_recv busy-polls the socket before it waits for the next request, for
- * a window that adapts per connection like KVM's halt_poll_ns: it starts at
+ * a window that adapts per connection like KVM's halt_poll_ns, bounded by
+ * the poll-max-ns of the loop it is served on (an iothread's, qom-set
+ * applies it; the main loop's default; 0: no spin): it starts at
  * NBD_POLL_NS; a request that came after the window ran out but within
- * NBD_POLL_MAX_NS of the spin's start doubles it (from NBD_POLL_GROW_NS when
+ * the bound of the spin's start doubles it (from NBD_POLL_GROW_NS when
  * it was off), one that came later halves it (off below NBD_POLL_GROW_NS).
  * A spin that catches its request leaves it as it is. */
 #define NBD_POLL_NS          (32 * 1000)
-#define NBD_POLL_MAX_NS      (128 * 1000)
 #define NBD_POLL_GROW_NS     (4 * 1000)
 #define NBD_POLL_MAX_INFLIGHT (256 * 1024) /* ... unless this much data is in flight */
 /* Request batching (see conn_recv): while a client keeps requests on
@@ -204,7 +205,7 @@ struct nbd_conn {
     uint32_t batch_win;   /* ... and in this one so far */
     uint32_t batch_reads; /* batch reads in this window */
     uint32_t batch_got;   /* requests parsed since the last batch read */
-    uint64_t poll_ns;     /* conn_recv's busy-poll window (see NBD_POLL_MAX_NS) */
+    uint64_t poll_ns;     /* conn_recv's busy-poll window (see NBD_POLL_NS) */
     bool client_waited;   /* the last socket read had to wait for the client (see conn_recv) */
     uint32_t batch_sess_max; /* most requests one read brought since batching (re)started */
     bool batch_resume;    /* the last session saw the client deep: see batch_count */

@@ -418,17 +418,18 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
 }
 
 /* The busy-poll ran out (or was off): wait for request bytes, then size
- * the next window from when they came, counted from the spin's start
- * (see NBD_POLL_MAX_NS). With ~1 us syscalls (a PVM guest, or
- * bench/syscall-tax) fio's next request came 45-55 us after the spin
- * began (its own send/poll/recv cost that much more), so the fixed 32 us
- * window expired before 85-95 % of requests and the server paid the spin
- * and the wake-up both: unix 4K randread QD1 fio 14-19k IOPS at 42-48 us
- * of server CPU per request against nbdkit's 14-18k at 31-41 us. A window
- * of 128 us caught them: 20.6-22.0k (unix and TCP) at about the same CPU
- * per request. A client that pauses longer than the bound shrinks the
- * window to nothing, and the server sleeps at once. */
-static ssize_t recv_after_spin(struct nbd_conn *c, uint64_t spin_start, bool adapt, bool idle)
+ * the next window from when they came, counted from the spin's start,
+ * against bound, the loop's poll-max-ns (see NBD_POLL_NS). With ~1 us
+ * syscalls (a PVM guest, or bench/syscall-tax) fio's next request came
+ * 45-55 us after the spin began (its own send/poll/recv cost that much
+ * more), so a fixed 32 us window expired before 85-95 % of requests and
+ * the server paid the spin and the wake-up both: unix 4K randread QD1 fio
+ * 14-19k IOPS at 42-48 us of server CPU per request against nbdkit's
+ * 14-18k at 31-41 us. A bound of 128 us caught them: 20.6-22.0k (unix
+ * and TCP) at about the same CPU per request. A client that pauses longer
+ * than the bound shrinks the window to nothing, and the server sleeps at
+ * once. */
+static ssize_t recv_after_spin(struct nbd_conn *c, uint64_t spin_start, uint64_t bound, bool adapt, bool idle)
 {
     /* nothing of the next header has come: the wait may be cut short by a
      * node move (nbd_export_node_moved), -ECANCELED */
@@ -437,12 +438,14 @@ static ssize_t recv_after_spin(struct nbd_conn *c, uint64_t spin_start, bool ada
     if (r <= 0 || !adapt)
         return r;
     uint64_t waited = vbd_clock_ns() - spin_start;
-    if (waited > NBD_POLL_MAX_NS)
+    if (waited > bound)
         c->poll_ns = c->poll_ns >= 2 * NBD_POLL_GROW_NS ? c->poll_ns / 2 : 0;
     else if (c->poll_ns < NBD_POLL_GROW_NS)
         c->poll_ns = NBD_POLL_GROW_NS;
-    else if (c->poll_ns < NBD_POLL_MAX_NS)
-        c->poll_ns = c->poll_ns * 2 < NBD_POLL_MAX_NS ? c->poll_ns * 2 : NBD_POLL_MAX_NS;
+    else
+        c->poll_ns = c->poll_ns < bound / 2 ? c->poll_ns * 2 : bound;
+    if (c->poll_ns > bound)
+        c->poll_ns = bound;
     return r;
 }
 
@@ -487,7 +490,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
             batch_stop(c);
         return vbd_co_recv_full(c->ch.fd, dst, len);
     }
-    uint64_t spin_start = 0, spin_until = 0;
+    uint64_t spin_start = 0, spin_until = 0, spin_bound = 0;
     bool adapt = false, idle = header && !take; /* no byte of this request read yet */
     /* Requests just read run first, and their replies leave, before the
      * socket is asked for more: a request runs on the loop's next pass,
@@ -528,7 +531,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
                     vbd_co_yield();
                     continue;
                 }
-                ssize_t r = recv_after_spin(c, spin_start, adapt, idle);
+                ssize_t r = recv_after_spin(c, spin_start, spin_bound, adapt, idle);
                 if (r < 0)
                     return (int)r;
                 if (r == 0)
@@ -546,6 +549,11 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
                  * no spinning against them, and their waits say nothing of
                  * how soon the client answers */
                 adapt = c->inflight_bytes < NBD_POLL_MAX_INFLIGHT;
+                /* the loop's bound now (qom-set poll-max-ns on its iothread
+                 * applies from the next wait on) */
+                spin_bound = vbd_loop_poll_max_ns(vbd_loop_current());
+                if (c->poll_ns > spin_bound)
+                    c->poll_ns = spin_bound;
                 spin_start = now;
                 spin_until = now + (adapt ? c->poll_ns : 0);
             }
@@ -554,7 +562,7 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
                 vbd_co_yield();
                 continue;
             }
-            r = recv_after_spin(c, spin_start, adapt, idle);
+            r = recv_after_spin(c, spin_start, spin_bound, adapt, idle);
         } else if (r < 0 && errno != EINTR) {
             r = -errno;
         } else if (r < 0) {
