@@ -84,20 +84,16 @@ static enum vbd_on_error on_error(struct json_object *args, const char *key)
     return v == VBD_ON_ERROR_AUTO ? VBD_ON_ERROR_REPORT : (enum vbd_on_error)v;
 }
 
-/* The node holding persistent bitmap `name`, looked for as an NBD export
- * looks: n, then down its chain (a filter's child, a format's backing);
- * *st: the bitmap's status (-EINVAL: inconsistent). NULL: none has it. */
+/* Whether n itself holds persistent bitmap `name` (*st: its status,
+ * -EINVAL: inconsistent). */
 static struct vbd_node *persistent_owner(struct vbd_node *n, const char *name, int *st)
 {
-    for (; n; n = n->drv->kind == VBD_DRV_FILTER ? n->file : n->backing) {
-        uint64_t pnum;
-        int rc = vbd_node_co_persistent_bitmap_status(n, name, 0, 1, &pnum);
-        if (rc != -ENOENT) {
-            *st = rc;
-            return n;
-        }
-    }
-    return NULL;
+    uint64_t pnum;
+    int rc = vbd_node_co_persistent_bitmap_status(n, name, 0, 1, &pnum);
+    if (rc == -ENOENT)
+        return NULL;
+    *st = rc;
+    return n;
 }
 
 /* The options and checks both actions share, then the job, created not
@@ -143,7 +139,13 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
     }
     if (bitmap) {
         int pst = 0;
-        if (!(o.bitmap = vbd_dirty_bitmap_find_below(bs, bitmap, NULL)) &&
+        /* the source node's own bitmaps only, as QEMU's bdrv_find_dirty_bitmap
+         * (an NBD export looks further down, a backup does not): a bitmap of
+         * its backing file stopped seeing the guest's writes when an external
+         * snapshot put the source over it, one of its file node counts host
+         * offsets; either would copy the wrong ranges, and the incremental
+         * backup would silently miss data */
+        if (!(o.bitmap = vbd_dirty_bitmap_find(bs, bitmap)) &&
             !(o.persistent_node = persistent_owner(bs, bitmap, &pst))) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' could not be found", bitmap);
             return NULL;
