@@ -573,7 +573,7 @@ bool vbd_qmp_node_written_by_export(struct vbd_node *n)
  * unshares RESIZE; a node exported over NBD (the export's BlockBackend
  * does not share RESIZE; vhost-user-blk's does and tells the guest) and a
  * format node's file (read and written at offsets the format keeps)
- * cannot be resized either. Filters and raw pass their parent's
+ * and a quorum's child cannot be resized either. Filters and raw pass their parent's
  * permissions through: their child stays resizable, as in QEMU. */
 static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qmp_error *err)
 {
@@ -596,6 +596,16 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
     for (struct vbd_node *p = vbd_node_next(NULL); p && !by[0]; p = vbd_node_next(p))
         if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && strcmp(p->drv->name, "raw"))
             snprintf(by, sizeof(by), "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
+    /* a quorum's children keep the quorum's size (QEMU's quorum does not
+     * share RESIZE): a shrink cut a replica's data under the live quorum,
+     * whose writes there then failed on that child */
+    for (struct vbd_node *p = vbd_node_next(NULL); p && !by[0]; p = vbd_node_next(p)) {
+        char name[32];
+        struct vbd_node *c;
+        for (int i = 0; p->drv->child_at && !by[0] && (c = p->drv->child_at(p, i, name, sizeof(name))); i++)
+            if (c == n)
+                snprintf(by, sizeof(by), "node '%s' (uses node '%s' as '%s' child)", p->node_name, n->node_name, name);
+    }
     if (by[0])
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Permission conflict on node '%s': permissions 'resize' are both required by an unnamed "
