@@ -552,15 +552,30 @@ static const char *opt_str(struct json_object *args, const char *key)
     return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
 }
 
+/* Does a write entering m reach n: n itself, down file children and a
+ * quorum's children (every write goes to each), never a backing file? */
+static bool writes_reach(struct vbd_node *m, struct vbd_node *n)
+{
+    if (m == n)
+        return true;
+    if (m->file && m->file != m && writes_reach(m->file, n))
+        return true;
+    char name[32];
+    struct vbd_node *c;
+    for (int i = 0; m->drv->child_at && (c = m->drv->child_at(m, i, name, sizeof(name))); i++)
+        if (writes_reach(c, n))
+            return true;
+    return false;
+}
+
 bool vbd_qmp_node_written_by_export(struct vbd_node *n)
 {
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
         struct vbd_backend *be = e->type->backend ? e->type->backend(e->exp) : NULL;
         if (!be || vbd_backend_read_only(be))
             continue;
-        for (struct vbd_node *m = vbd_backend_node(be); m; m = m->file != m ? m->file : NULL)
-            if (m == n)
-                return true;
+        if (vbd_backend_node(be) && writes_reach(vbd_backend_node(be), n))
+            return true;
     }
     return false;
 }
