@@ -10,6 +10,7 @@
  * its bits back, the target is not written).
  */
 #include "daemon/objects.h"
+#include "qmp/cmd-block.h"
 #include "qmp/commands.h"
 #include "qmp/snapshot.h"
 
@@ -21,6 +22,7 @@
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -212,6 +214,22 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
     }
     if (o.compress && !(target->supported_write_flags & VBD_REQ_COMPRESSED)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Compression is not supported for this drive %s", target->node_name);
+        return NULL;
+    }
+    /* a target whose data another node keeps (a format's file, a quorum's
+     * child): the backup would write under the format's metadata or into
+     * one replica apart from the others. QEMU's permission error, which
+     * names the copy-before-write node it was making (implicit: '#blockNNN') */
+    char by[512], cbw[160];
+    if (vbd_qmp_node_data_owner(target, by, sizeof(by)) != VBD_QMP_OWNER_NONE) {
+        if (o.filter_node_name)
+            snprintf(cbw, sizeof(cbw), "node '%s'", o.filter_node_name);
+        else
+            snprintf(cbw, sizeof(cbw), "the backup's copy-before-write node");
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Could not create node: Permission conflict on node '%s': permissions 'write' are both "
+                           "required by %s (uses node '%s' as 'target' child) and unshared by %s.",
+                           target->node_name, cbw, target->node_name, by);
         return NULL;
     }
     return vbd_backup_create(job_id ? job_id : "", bs, target, &o, err);
