@@ -221,7 +221,7 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
      * one replica apart from the others. QEMU's permission error, which
      * names the copy-before-write node it was making (implicit: '#blockNNN') */
     char by[512], cbw[160];
-    if (vbd_qmp_node_data_owner(target, by, sizeof(by)) != VBD_QMP_OWNER_NONE) {
+    if (vbd_node_data_owner(target, by, sizeof(by)) != VBD_NODE_OWNER_NONE) {
         if (o.filter_node_name)
             snprintf(cbw, sizeof(cbw), "node '%s'", o.filter_node_name);
         else

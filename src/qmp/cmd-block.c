@@ -580,28 +580,6 @@ bool vbd_qmp_node_written_by_export(struct vbd_node *n)
     return false;
 }
 
-int vbd_qmp_node_data_owner(struct vbd_node *n, char *by, size_t len)
-{
-    for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
-        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && strcmp(p->drv->name, "raw")) {
-            snprintf(by, len, "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
-            return VBD_QMP_OWNER_FORMAT;
-        }
-    /* a quorum's children: each holds the quorum's data at the quorum's
-     * size; a resize cut a replica under the live quorum, a write beside
-     * the quorum made it disagree with the others */
-    for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p)) {
-        char name[32];
-        struct vbd_node *c;
-        for (int i = 0; p->drv->child_at && (c = p->drv->child_at(p, i, name, sizeof(name))); i++)
-            if (c == n) {
-                snprintf(by, len, "node '%s' (uses node '%s' as '%s' child)", p->node_name, n->node_name, name);
-                return VBD_QMP_OWNER_QUORUM;
-            }
-    }
-    return VBD_QMP_OWNER_NONE;
-}
-
 /* Why QEMU would refuse to resize n (qmp_block_resize: the op blockers,
  * then the permissions of a BlockBackend taking RESIZE), in its words;
  * false if nothing holds the size. A backing file and a job's nodes are
@@ -631,7 +609,7 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
         if (!strcmp(x->type->type, "nbd") && vbd_daemon_export_node(x) == n)
             snprintf(by, sizeof(by), "an unnamed block device (uses node '%s' as 'root' child)", n->node_name);
     if (!by[0])
-        vbd_qmp_node_data_owner(n, by, sizeof(by));
+        vbd_node_data_owner(n, by, sizeof(by));
     if (by[0])
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Permission conflict on node '%s': permissions 'resize' are both required by an unnamed "

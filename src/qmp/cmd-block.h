@@ -37,13 +37,6 @@ struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_
 /* Is n written by an export: its node, or below it through "file" or a
  * quorum's children? */
 bool vbd_qmp_node_written_by_export(struct vbd_node *n);
-/* The node that keeps n's data and size to itself, as QEMU's parents that
- * share neither WRITE nor RESIZE: a format's file node (raw passes its
- * parent's permissions through; the format also needs RESIZE there) or a
- * quorum's child. Its description in QEMU's permission errors goes to by
- * ("node 'q' (uses node 'f1' as 'children.1' child)"). */
-enum { VBD_QMP_OWNER_NONE, VBD_QMP_OWNER_FORMAT, VBD_QMP_OWNER_QUORUM };
-int vbd_qmp_node_data_owner(struct vbd_node *n, char *by, size_t len);
 
 struct json_object *vbd_qmp_query_named_block_nodes(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *vbd_qmp_query_blockstats(struct json_object *args, struct vbd_qmp_error *err);

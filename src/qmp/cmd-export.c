@@ -323,9 +323,9 @@ static struct json_object *block_export_add(struct json_object *args, struct vbd
     struct vbd_node *n = vbd_node_find(str_of(opts, "node-name"));
     struct json_object *w;
     char by[512];
-    int owner = n ? vbd_qmp_node_data_owner(n, by, sizeof(by)) : VBD_QMP_OWNER_NONE;
+    int owner = n ? vbd_node_data_owner(n, by, sizeof(by)) : VBD_NODE_OWNER_NONE;
     bool writable = json_object_object_get_ex(opts, "writable", &w) && json_object_get_boolean(w);
-    if (owner != VBD_QMP_OWNER_NONE && writable && !n->read_only) {
+    if (owner != VBD_NODE_OWNER_NONE && writable && !n->read_only) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Permission conflict on node '%s': permissions 'write' are both required by an unnamed "
                            "block device (uses node '%s' as 'root' child) and unshared by %s.",
@@ -333,7 +333,7 @@ static struct json_object *block_export_add(struct json_object *args, struct vbd
         json_object_put(opts);
         return NULL;
     }
-    if (owner == VBD_QMP_OWNER_FORMAT && nbd) {
+    if (owner == VBD_NODE_OWNER_FORMAT && nbd) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Permission conflict on node '%s': permissions 'resize' are both required by %s and "
                            "unshared by an unnamed block device (uses node '%s' as 'root' child).",

@@ -122,13 +122,13 @@ static int common_args(struct json_object *args, struct vbd_mirror_args *a, stru
 static bool target_owned(struct vbd_node *t, struct vbd_qmp_error *err)
 {
     char by[512];
-    int owner = vbd_qmp_node_data_owner(t, by, sizeof(by));
-    if (owner == VBD_QMP_OWNER_NONE)
+    int owner = vbd_node_data_owner(t, by, sizeof(by));
+    if (owner == VBD_NODE_OWNER_NONE)
         return false;
     vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                        "Permission conflict on node '%s': permissions '%s' are both required by %s and unshared by an "
                        "unnamed block device (uses node '%s' as 'root' child).",
-                       t->node_name, owner == VBD_QMP_OWNER_FORMAT ? "consistent read, write, resize" : "consistent read, write",
+                       t->node_name, owner == VBD_NODE_OWNER_FORMAT ? "consistent read, write, resize" : "consistent read, write",
                        by, t->node_name);
     return true;
 }
