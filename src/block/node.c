@@ -148,7 +148,9 @@ static bool reaches(struct vbd_node *n, struct vbd_node *to, int depth)
 int vbd_node_data_owner(struct vbd_node *n, char *by, size_t len)
 {
     for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
-        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && strcmp(p->drv->name, "raw")) {
+        /* an image format that writes its metadata there (not raw, nor
+         * snapshot-access, which only reads a copy-before-write node) */
+        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && p->drv->co_pwritev && strcmp(p->drv->name, "raw")) {
             snprintf(by, len, "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
             return VBD_NODE_OWNER_FORMAT;
         }
