@@ -563,6 +563,13 @@ struct vbd_node *vbd_node_bottom(struct vbd_node *n);
  * n's bottom node, see writes_inline): then the writer is the critical
  * path, and more requests in flight or out-of-order writes add nothing. */
 bool vbd_node_writes_inline(struct vbd_node *n);
+/* The node that keeps n's data and size to itself, as QEMU's parents that
+ * share neither WRITE nor RESIZE: a format's file node (raw passes its
+ * parent's permissions through; the format also needs RESIZE there) or a
+ * quorum's child. Its description in QEMU's permission errors goes to by
+ * ("node 'q' (uses node 'f1' as 'children.1' child)"). */
+enum { VBD_NODE_OWNER_NONE, VBD_NODE_OWNER_FORMAT, VBD_NODE_OWNER_QUORUM };
+int vbd_node_data_owner(struct vbd_node *n, char *by, size_t len);
 /* Is `to` n itself or below it (file, backing, a driver's child_at list)?
  * Graph thread: a node taking a new child checks it makes no cycle. */
 bool vbd_node_reaches(struct vbd_node *n, struct vbd_node *to);

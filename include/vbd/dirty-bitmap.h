@@ -23,8 +23,9 @@
 struct vbd_dirty_bitmap;
 
 struct vbd_dirty_bitmap *vbd_dirty_bitmap_find(struct vbd_node *n, const char *name);
-/* The bitmap `name` on n or below it (file and backing children), as an NBD
- * export looks it up; *owner gets its node. */
+/* The bitmap `name` on n or below it (a filter's child, a format's backing
+ * file: QEMU's bdrv_filter_or_cow_bs), as an NBD export looks it up;
+ * *owner gets its node. */
 struct vbd_dirty_bitmap *vbd_dirty_bitmap_find_below(struct vbd_node *n, const char *name, struct vbd_node **owner);
 /* granularity 0: QEMU's default (the image's cluster size, at least 4 KiB; else 64 KiB). */
 struct vbd_dirty_bitmap *vbd_dirty_bitmap_create(struct vbd_node *n, const char *name, uint32_t granularity, bool disabled);

@@ -48,9 +48,9 @@ struct vbd_dirty_bitmap *vbd_dirty_bitmap_find_below(struct vbd_node *n, const c
             *owner = n;
         return b;
     }
-    if (n->file && n->file != n && (b = vbd_dirty_bitmap_find_below(n->file, name, owner)))
-        return b;
-    return vbd_dirty_bitmap_find_below(n->backing, name, owner);
+    /* QEMU's bdrv_filter_or_cow_bs: a format's file node counts host
+     * offsets, its bitmaps are no map of the guest's writes */
+    return vbd_dirty_bitmap_find_below(n->drv->kind == VBD_DRV_FILTER ? n->file : n->backing, name, owner);
 }
 
 struct vbd_dirty_bitmap *vbd_dirty_bitmap_create(struct vbd_node *n, const char *name, uint32_t granularity, bool disabled)

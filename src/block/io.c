@@ -705,7 +705,11 @@ int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
 
 int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)
 {
-    struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find_below(n, name, NULL);
+    /* n's own, or those of the nodes under its filters: not its backing
+     * file's nor its file node's, which other writes feed */
+    struct vbd_dirty_bitmap *mem = NULL;
+    for (struct vbd_node *p = n; p && !mem; p = p->drv->kind == VBD_DRV_FILTER ? p->file : NULL)
+        mem = vbd_dirty_bitmap_find(p, name);
     if (mem)
         return vbd_dirty_bitmap_status(mem, off, bytes, pnum);
     return vbd_node_co_persistent_bitmap_status(vbd_node_skip_filters(n), name, off, bytes, pnum);

@@ -145,6 +145,30 @@ static bool reaches(struct vbd_node *n, struct vbd_node *to, int depth)
     return false;
 }
 
+int vbd_node_data_owner(struct vbd_node *n, char *by, size_t len)
+{
+    for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
+        /* an image format that writes its metadata there (not raw, nor
+         * snapshot-access, which only reads a copy-before-write node) */
+        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && p->drv->co_pwritev && strcmp(p->drv->name, "raw")) {
+            snprintf(by, len, "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
+            return VBD_NODE_OWNER_FORMAT;
+        }
+    /* a quorum's children: each holds the quorum's data at the quorum's
+     * size; a resize cut a replica under the live quorum, a write beside
+     * the quorum made it disagree with the others */
+    for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p)) {
+        char name[32];
+        struct vbd_node *c;
+        for (int i = 0; p->drv->child_at && (c = p->drv->child_at(p, i, name, sizeof(name))); i++)
+            if (c == n) {
+                snprintf(by, len, "node '%s' (uses node '%s' as '%s' child)", p->node_name, n->node_name, name);
+                return VBD_NODE_OWNER_QUORUM;
+            }
+    }
+    return VBD_NODE_OWNER_NONE;
+}
+
 bool vbd_node_reaches(struct vbd_node *n, struct vbd_node *to)
 {
     return reaches(n, to, 0);

@@ -121,6 +121,17 @@ static int create_format(struct vbd_job *job, struct create_job *c, const char *
         vbd_error_setf(err, EACCES, "Block node '%s' is read-only", c->node->node_name);
         goto out;
     }
+    /* a node whose data another node keeps (a live qcow2's file, a
+     * quorum's child): the new image would be written over it. QEMU's
+     * permission error. */
+    char by[512];
+    if (vbd_node_data_owner(c->node, by, sizeof(by)) != VBD_NODE_OWNER_NONE) {
+        vbd_error_setf(err, EPERM,
+                       "Permission conflict on node '%s': permissions 'write, resize' are both required by an unnamed "
+                       "block device (uses node '%s' as 'root' child) and unshared by %s.",
+                       c->node->node_name, c->node->node_name, by);
+        goto out;
+    }
     rc = drv->co_create_node(c->node, o, err);
 out:
     json_object_put(o);

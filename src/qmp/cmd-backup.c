@@ -10,6 +10,7 @@
  * its bits back, the target is not written).
  */
 #include "daemon/objects.h"
+#include "qmp/cmd-block.h"
 #include "qmp/commands.h"
 #include "qmp/snapshot.h"
 
@@ -21,6 +22,7 @@
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,20 +86,16 @@ static enum vbd_on_error on_error(struct json_object *args, const char *key)
     return v == VBD_ON_ERROR_AUTO ? VBD_ON_ERROR_REPORT : (enum vbd_on_error)v;
 }
 
-/* The node holding persistent bitmap `name`, looked for as an NBD export
- * looks: n, then down its chain (a filter's child, a format's backing);
- * *st: the bitmap's status (-EINVAL: inconsistent). NULL: none has it. */
+/* Whether n itself holds persistent bitmap `name` (*st: its status,
+ * -EINVAL: inconsistent). */
 static struct vbd_node *persistent_owner(struct vbd_node *n, const char *name, int *st)
 {
-    for (; n; n = n->drv->kind == VBD_DRV_FILTER ? n->file : n->backing) {
-        uint64_t pnum;
-        int rc = vbd_node_co_persistent_bitmap_status(n, name, 0, 1, &pnum);
-        if (rc != -ENOENT) {
-            *st = rc;
-            return n;
-        }
-    }
-    return NULL;
+    uint64_t pnum;
+    int rc = vbd_node_co_persistent_bitmap_status(n, name, 0, 1, &pnum);
+    if (rc == -ENOENT)
+        return NULL;
+    *st = rc;
+    return n;
 }
 
 /* The options and checks both actions share, then the job, created not
@@ -143,7 +141,13 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
     }
     if (bitmap) {
         int pst = 0;
-        if (!(o.bitmap = vbd_dirty_bitmap_find_below(bs, bitmap, NULL)) &&
+        /* the source node's own bitmaps only, as QEMU's bdrv_find_dirty_bitmap
+         * (an NBD export looks further down, a backup does not): a bitmap of
+         * its backing file stopped seeing the guest's writes when an external
+         * snapshot put the source over it, one of its file node counts host
+         * offsets; either would copy the wrong ranges, and the incremental
+         * backup would silently miss data */
+        if (!(o.bitmap = vbd_dirty_bitmap_find(bs, bitmap)) &&
             !(o.persistent_node = persistent_owner(bs, bitmap, &pst))) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap '%s' could not be found", bitmap);
             return NULL;
@@ -210,6 +214,22 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
     }
     if (o.compress && !(target->supported_write_flags & VBD_REQ_COMPRESSED)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Compression is not supported for this drive %s", target->node_name);
+        return NULL;
+    }
+    /* a target whose data another node keeps (a format's file, a quorum's
+     * child): the backup would write under the format's metadata or into
+     * one replica apart from the others. QEMU's permission error, which
+     * names the copy-before-write node it was making (implicit: '#blockNNN') */
+    char by[512], cbw[160];
+    if (vbd_node_data_owner(target, by, sizeof(by)) != VBD_NODE_OWNER_NONE) {
+        if (o.filter_node_name)
+            snprintf(cbw, sizeof(cbw), "node '%s'", o.filter_node_name);
+        else
+            snprintf(cbw, sizeof(cbw), "the backup's copy-before-write node");
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Could not create node: Permission conflict on node '%s': permissions 'write' are both "
+                           "required by %s (uses node '%s' as 'target' child) and unshared by %s.",
+                           target->node_name, cbw, target->node_name, by);
         return NULL;
     }
     return vbd_backup_create(job_id ? job_id : "", bs, target, &o, err);

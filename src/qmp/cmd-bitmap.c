@@ -40,16 +40,29 @@ static const char *arg_str(struct json_object *args, const char *key)
     return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
 }
 
+/* Bitmap `name` of node n itself, in memory or persistent: QEMU's
+ * bdrv_find_dirty_bitmap looks at that one node. A bitmap of the same name
+ * on its backing file or its file node is another node's, fed by other
+ * writes (none since a snapshot, or at host offsets): a command naming n
+ * must not act on it, nor a merge read it. -ENOENT: n has none. */
+static int own_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)
+{
+    struct vbd_dirty_bitmap *mem = vbd_dirty_bitmap_find(n, name);
+    if (mem)
+        return vbd_dirty_bitmap_status(mem, off, bytes, pnum);
+    return vbd_node_co_persistent_bitmap_status(n, name, off, bytes, pnum);
+}
+
 /* Appends bitmap `name` of n's dirty ranges; -ENOENT: no such bitmap,
  * -EINVAL: inconsistent. */
 static int read_ranges(struct vbd_node *n, const char *name, struct vbd_bitmap_ranges *rs)
 {
     uint64_t size = vbd_node_size(n), pnum = 0;
-    int st = vbd_node_co_bitmap_status(n, name, 0, size ? size : 1, &pnum);
+    int st = own_bitmap_status(n, name, 0, size ? size : 1, &pnum);
     if (st < 0)
         return st;
     for (uint64_t off = 0; off < size; off += pnum) {
-        st = vbd_node_co_bitmap_status(n, name, off, size - off, &pnum);
+        st = own_bitmap_status(n, name, off, size - off, &pnum);
         if (st < 0)
             return st;
         if (!pnum)
@@ -208,7 +221,7 @@ static struct vbd_node *find_bitmap(struct tx_action *a, const char *node, const
     if (vbd_dirty_bitmap_find(n, name))
         return n;
     uint64_t pnum;
-    int st = vbd_node_co_bitmap_status(n, name, 0, 1, &pnum);
+    int st = own_bitmap_status(n, name, 0, 1, &pnum);
     if (st == -ENOENT || (st < 0 && st != -EINVAL) || !n->drv->co_bitmap_change) {
         not_found(name, -ENOENT, err);
         return NULL;
@@ -277,7 +290,7 @@ static int add_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     bool disabled = json_object_object_get_ex(a->data, "disabled", &v) && json_object_get_boolean(v);
     if (!persistent) {
         uint64_t pnum;
-        if (vbd_dirty_bitmap_find(n, name) || vbd_node_co_bitmap_status(n, name, 0, 1, &pnum) != -ENOENT) {
+        if (vbd_dirty_bitmap_find(n, name) || own_bitmap_status(n, name, 0, 1, &pnum) != -ENOENT) {
             vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Bitmap already exists: %s", name);
             return -1;
         }
@@ -499,7 +512,7 @@ static bool bitmap_exists(struct vbd_node *n, const char *name)
     uint64_t pnum;
     if (vbd_dirty_bitmap_find(n, name))
         return true;
-    int st = vbd_node_co_bitmap_status(n, name, 0, 1, &pnum);
+    int st = own_bitmap_status(n, name, 0, 1, &pnum);
     return st >= 0 || st == -EINVAL;
 }
 

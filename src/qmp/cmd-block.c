@@ -552,15 +552,30 @@ static const char *opt_str(struct json_object *args, const char *key)
     return json_object_object_get_ex(args, key, &v) ? json_object_get_string(v) : NULL;
 }
 
+/* Does a write entering m reach n: n itself, down file children and a
+ * quorum's children (every write goes to each), never a backing file? */
+static bool writes_reach(struct vbd_node *m, struct vbd_node *n)
+{
+    if (m == n)
+        return true;
+    if (m->file && m->file != m && writes_reach(m->file, n))
+        return true;
+    char name[32];
+    struct vbd_node *c;
+    for (int i = 0; m->drv->child_at && (c = m->drv->child_at(m, i, name, sizeof(name))); i++)
+        if (writes_reach(c, n))
+            return true;
+    return false;
+}
+
 bool vbd_qmp_node_written_by_export(struct vbd_node *n)
 {
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
         struct vbd_backend *be = e->type->backend ? e->type->backend(e->exp) : NULL;
         if (!be || vbd_backend_read_only(be))
             continue;
-        for (struct vbd_node *m = vbd_backend_node(be); m; m = m->file != m ? m->file : NULL)
-            if (m == n)
-                return true;
+        if (vbd_backend_node(be) && writes_reach(vbd_backend_node(be), n))
+            return true;
     }
     return false;
 }
@@ -573,7 +588,7 @@ bool vbd_qmp_node_written_by_export(struct vbd_node *n)
  * unshares RESIZE; a node exported over NBD (the export's BlockBackend
  * does not share RESIZE; vhost-user-blk's does and tells the guest) and a
  * format node's file (read and written at offsets the format keeps)
- * cannot be resized either. Filters and raw pass their parent's
+ * and a quorum's child cannot be resized either. Filters and raw pass their parent's
  * permissions through: their child stays resizable, as in QEMU. */
 static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qmp_error *err)
 {
@@ -593,9 +608,8 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
     for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !by[0]; x = x->next)
         if (!strcmp(x->type->type, "nbd") && vbd_daemon_export_node(x) == n)
             snprintf(by, sizeof(by), "an unnamed block device (uses node '%s' as 'root' child)", n->node_name);
-    for (struct vbd_node *p = vbd_node_next(NULL); p && !by[0]; p = vbd_node_next(p))
-        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && strcmp(p->drv->name, "raw"))
-            snprintf(by, sizeof(by), "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
+    if (!by[0])
+        vbd_node_data_owner(n, by, sizeof(by));
     if (by[0])
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Permission conflict on node '%s': permissions 'resize' are both required by an unnamed "

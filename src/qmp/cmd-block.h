@@ -6,6 +6,7 @@
 #include "vbd/qmp.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct json_object;
 struct vbd_node;
@@ -33,7 +34,8 @@ bool vbd_qmp_file_lacks_filename(struct json_object *o);
  * --libvirt-disk builds its nodes with. */
 struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_qmp_error *err);
 
-/* Is n (or a node below it through "file") written by an export? */
+/* Is n written by an export: its node, or below it through "file" or a
+ * quorum's children? */
 bool vbd_qmp_node_written_by_export(struct vbd_node *n);
 
 struct json_object *vbd_qmp_query_named_block_nodes(struct json_object *args, struct vbd_qmp_error *err);

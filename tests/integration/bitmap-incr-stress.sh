@@ -16,6 +16,14 @@
 #            the scratch one; after the job both old ones are removed;
 #    full    a transaction of block-dirty-bitmap-clear and a full backup
 #            (a new chain root);
+#    snap    libvirt's external snapshot: one transaction of
+#            blockdev-snapshot onto a new qcow2 overlay and
+#            block-dirty-bitmap-add of the current bitmap's name on the
+#            overlay (the old top keeps its own, which the writes no longer
+#            reach); the exports move to the overlay and the backups after
+#            it are of the new top, their ckpt transactions merging the
+#            current bitmap of every layer that has it (no incr or always
+#            until a checkpoint or a full backup leaves one bitmap);
 #    each target a qcow2 whose backing file is the previous backup, added
 #    with backing null (libvirt's way); jobs are rate-limited at random,
 #    paused and resumed, and one round in three is cancelled part-way
@@ -91,6 +99,7 @@ def speed():
 
 
 cur = "b0"
+top, layers = "src", ["src"]  # the exports' node; the layers holding bitmap cur (the top last)
 target("inc0", None)
 s.run("transaction", actions=[
     {"type": "block-dirty-bitmap-add", "data": {"node": "src", "name": cur, "granularity": gran, "persistent": persistent}},
@@ -102,7 +111,23 @@ s.run("blockdev-del", **{"node-name": "inc0"})
 prev, n, kinds = "inc0", 1, []
 for r in range(rounds):
     alive(f"before round {r}")
-    kind = rng.choice(["incr", "incr", "always", "ckpt", "full"])
+    kind = rng.choice(["incr", "incr", "always", "ckpt", "full", "snap", "snap"])
+    if kind in ("incr", "always") and len(layers) > 1:
+        kind = "ckpt"  # the writes since the checkpoint are in the bitmaps of several layers
+    if kind == "snap":
+        ov = f"ov{n}"
+        sh(f"qemu-img create -q -f qcow2 -b {T}/{top}.qcow2 -F qcow2 {T}/{ov}.qcow2 16M", "creating the overlay")
+        s.run("blockdev-add", driver="qcow2", **{"node-name": ov}, file={"driver": "file", "filename": f"{T}/{ov}.qcow2"},
+              backing=None)
+        s.run("transaction", actions=[
+            {"type": "blockdev-snapshot", "data": {"node": top, "overlay": ov}},
+            {"type": "block-dirty-bitmap-add", "data": {"node": ov, "name": cur, "granularity": gran,
+                                                        "persistent": persistent}}])
+        top = ov
+        layers.append(ov)
+        kinds.append("snap")
+        n += 1
+        continue
     cancel_first = rng.random() < 0.34
     for attempt in (0, 1) if cancel_first else (1,):
         cancel = attempt == 0
@@ -110,36 +135,39 @@ for r in range(rounds):
         target(name, None if kind == "full" else prev)
         kinds.append(kind + ("/cancelled" if cancel else ""))
         sp = speed() if not cancel else 1 << 20
+        every_cur = [{"node": l, "name": cur} for l in layers]
         if kind == "incr":
-            s.run("blockdev-backup", **{"job-id": jid, "device": "src", "target": name, "sync": "incremental",
+            s.run("blockdev-backup", **{"job-id": jid, "device": top, "target": name, "sync": "incremental",
                                         "bitmap": cur, "speed": sp})
         elif kind == "always":
-            s.run("blockdev-backup", **{"job-id": jid, "device": "src", "target": name, "sync": "bitmap",
+            s.run("blockdev-backup", **{"job-id": jid, "device": top, "target": name, "sync": "bitmap",
                                         "bitmap": cur, "bitmap-mode": "always", "speed": sp})
         elif kind == "full":
             s.run("transaction", actions=[
-                {"type": "block-dirty-bitmap-clear", "data": {"node": "src", "name": cur}},
-                {"type": "blockdev-backup", "data": {"job-id": jid, "device": "src", "target": name, "sync": "full",
+                {"type": "block-dirty-bitmap-clear", "data": {"node": top, "name": cur}},
+                {"type": "blockdev-backup", "data": {"job-id": jid, "device": top, "target": name, "sync": "full",
                                                      "speed": sp}}])
         else:
             new, tmp = f"b{n}", f"tmp{n}"
             s.run("transaction", actions=[
-                {"type": "block-dirty-bitmap-add", "data": {"node": "src", "name": new, "granularity": gran,
+                {"type": "block-dirty-bitmap-add", "data": {"node": top, "name": new, "granularity": gran,
                                                             "persistent": persistent}},
-                {"type": "block-dirty-bitmap-disable", "data": {"node": "src", "name": cur}},
-                {"type": "block-dirty-bitmap-add", "data": {"node": "src", "name": tmp, "granularity": gran,
+                {"type": "block-dirty-bitmap-disable", "data": {"node": top, "name": cur}},
+                {"type": "block-dirty-bitmap-add", "data": {"node": top, "name": tmp, "granularity": gran,
                                                             "disabled": True}},
-                {"type": "block-dirty-bitmap-merge", "data": {"node": "src", "target": tmp, "bitmaps": [cur]}},
-                {"type": "blockdev-backup", "data": {"job-id": jid, "device": "src", "target": name, "sync": "bitmap",
+                {"type": "block-dirty-bitmap-merge", "data": {"node": top, "target": tmp, "bitmaps": every_cur}},
+                {"type": "blockdev-backup", "data": {"job-id": jid, "device": top, "target": name, "sync": "bitmap",
                                                      "bitmap": tmp, "bitmap-mode": "never", "speed": sp}}])
         ok = drive(jid, cancel)
         s.run("blockdev-del", **{"node-name": name})
+        if kind == "full" and ok:
+            layers = [top]  # the lower layers' bits are in the full backup
         if kind == "ckpt":
-            s.run("block-dirty-bitmap-remove", node="src", name=tmp)
-            if not ok:  # the new bitmap takes the old one's bits: the next try covers both
-                s.run("block-dirty-bitmap-merge", node="src", target=new, bitmaps=[cur])
-            s.run("block-dirty-bitmap-remove", node="src", name=cur)
-            cur = new
+            s.run("block-dirty-bitmap-remove", node=top, name=tmp)
+            if not ok:  # the new bitmap takes the old ones' bits: the next try covers them all
+                s.run("block-dirty-bitmap-merge", node=top, target=new, bitmaps=every_cur)
+            s.run("block-dirty-bitmap-remove", node=top, name=cur)
+            cur, layers = new, [top]
         n += 1
         if not ok and not cancel:
             fail(f"job {jid} ({kind}) was cancelled")
@@ -149,25 +177,35 @@ for r in range(rounds):
             prev = name
     # an unrelated bitmap comes and goes under the writes
     x = f"x{r}"
-    s.run("block-dirty-bitmap-add", node="src", name=x, persistent=persistent and r % 2 == 0)
-    s.run("block-dirty-bitmap-disable", node="src", name=x)
-    s.run("block-dirty-bitmap-merge", node="src", target=x, bitmaps=[cur])
-    s.run("block-dirty-bitmap-remove", node="src", name=x)
+    s.run("block-dirty-bitmap-add", node=top, name=x, persistent=persistent and r % 2 == 0)
+    s.run("block-dirty-bitmap-disable", node=top, name=x)
+    s.run("block-dirty-bitmap-merge", node=top, target=x, bitmaps=[cur])
+    s.run("block-dirty-bitmap-remove", node=top, name=x)
 alive("before its end")
 st.finish()
 # the writes since the last backup
 name, jid = f"inc{n}", f"j{n}"
 target(name, prev)
-s.run("blockdev-backup", **{"job-id": jid, "device": "src", "target": name, "sync": "incremental", "bitmap": cur})
+if len(layers) == 1:
+    s.run("blockdev-backup", **{"job-id": jid, "device": top, "target": name, "sync": "incremental", "bitmap": cur})
+else:
+    s.run("transaction", actions=[
+        {"type": "block-dirty-bitmap-add", "data": {"node": top, "name": "last", "granularity": gran, "disabled": True}},
+        {"type": "block-dirty-bitmap-merge", "data": {"node": top, "target": "last",
+                                                      "bitmaps": [{"node": l, "name": cur} for l in layers]}},
+        {"type": "blockdev-backup", "data": {"job-id": jid, "device": top, "target": name, "sync": "bitmap",
+                                             "bitmap": "last", "bitmap-mode": "never"}}])
 if not s.job_end(jid):
     fail("the last incremental was cancelled")
 s.run("blockdev-del", **{"node-name": name})
 print("rounds: " + " ".join(kinds), file=sys.stderr)
 open(f"{T}/last", "w").write(name)
+open(f"{T}/top", "w").write(top)
 PY
 stop_daemon
-qcheck src.qcow2
-must qemu-img compare -q -f qcow2 -F raw src.qcow2 shadow.raw
+for f in src.qcow2 ov*.qcow2; do [ ! -e "$f" ] || qcheck "$f"; done
+top=$(cat top)
+must qemu-img compare -q -f qcow2 -F raw "$top.qcow2" shadow.raw
 for f in inc*.qcow2; do qcheck "$f"; done
 last=$(cat last)
 qemu-img compare -q -f qcow2 -F raw "$last.qcow2" shadow.raw ||

@@ -7,7 +7,9 @@
  * vote: children whose data is byte for byte the same form a version, the
  * version with most votes wins if it has at least vote-threshold of them;
  * the children outside it are reported with QUORUM_REPORT_BAD and, with
- * rewrite-corrupted, given the winner's data. No quorum: QUORUM_FAILURE
+ * rewrite-corrupted, given the winner's data, unless a write of the range
+ * ran during the read (then the losers may hold the newer data: QEMU 7.2
+ * rewrites them anyway, below). No quorum: QUORUM_FAILURE
  * and EIO. A child failing with an I/O error is reported and simply has no
  * vote, so the node works on while a quorum of children is left.
  * read-pattern=fifo reads the first child that answers without error.
@@ -53,6 +55,11 @@ struct quorum_state {
     unsigned in_flight;
     bool changing;
     struct vbd_co_queue gate, idle;
+    /* rewrite-corrupted: the guest writes and the quorum reads in flight
+     * (one loop: plain lists), and the writes waiting for a read's
+     * rewrite of their range to end */
+    struct qreq *writes, *reads;
+    struct vbd_co_queue rewrite_done;
 };
 
 enum qop { QOP_READ, QOP_WRITE, QOP_ZEROES };
@@ -70,6 +77,10 @@ struct qreq {
     int success, running;
     bool quiet; /* rewrites: a failure is not reported */
     struct vbd_co_queue done;
+    /* in s->writes or s->reads while in flight */
+    struct qreq *next_inflight;
+    bool raced;     /* a read: a write of its range was in flight during it (its losers may hold newer data) */
+    bool rewriting; /* a read: its rewrite of the losers is in flight */
 };
 
 struct qchild {
@@ -315,6 +326,57 @@ static void child_entry(void *arg)
         vbd_co_queue_wake_all(&r->done);
 }
 
+/* ---------- rewrites against the writes in flight ----------
+ *
+ * A read that races a write of its range can see the write on some
+ * children and not yet on others; the vote may then pick the old data and
+ * call the children that already have the new data corrupted. Rewriting
+ * them would put the old data back over a write the guest is told is done
+ * (and a rewrite still in flight when the next write comes could land
+ * after it). So a read whose range a write touched while it ran rewrites
+ * nothing (the write is bringing every child to the same data anyway), and
+ * a write waits for the rewrites in flight on its range. */
+
+static bool overlaps(uint64_t a, uint64_t al, uint64_t b, uint64_t bl) { return a < b + bl && b < a + al; }
+
+static void list_remove(struct qreq **head, struct qreq *r)
+{
+    for (struct qreq **pp = head; *pp; pp = &(*pp)->next_inflight)
+        if (*pp == r) {
+            *pp = r->next_inflight;
+            return;
+        }
+}
+
+static void write_begin(struct quorum_state *s, struct qreq *w)
+{
+    if (!s->rewrite_corrupted)
+        return;
+    for (;;) {
+        bool busy = false;
+        for (struct qreq *r = s->reads; r; r = r->next_inflight)
+            if (overlaps(r->off, r->bytes, w->off, w->bytes)) {
+                r->raced = true;
+                busy |= r->rewriting;
+            }
+        if (!busy)
+            break;
+        vbd_co_queue_wait(&s->rewrite_done);
+    }
+    w->next_inflight = s->writes;
+    s->writes = w;
+}
+
+static void read_begin(struct quorum_state *s, struct qreq *r)
+{
+    if (!s->rewrite_corrupted)
+        return;
+    for (struct qreq *w = s->writes; w && !r->raced; w = w->next_inflight)
+        r->raced = overlaps(r->off, r->bytes, w->off, w->bytes);
+    r->next_inflight = s->reads;
+    s->reads = r;
+}
+
 /* Run r->op on the children in mask (all: ~0) in parallel and wait. */
 static void run_children(struct qreq *r, struct qchild *cs, const bool *mask)
 {
@@ -478,7 +540,7 @@ static int read_quorum(struct qreq *r)
                 bad[i] = true;
             }
     }
-    if (s->rewrite_corrupted) {
+    if (s->rewrite_corrupted && !r->raced) {
         /* in parallel, errors ignored: a correction attempt changes
          * nothing for the reader (QEMU's quorum_rewrite_entry) */
         struct iovec one = {r->buf[winner], r->bytes};
@@ -486,7 +548,10 @@ static int read_quorum(struct qreq *r)
         struct qreq w = {.n = r->n, .op = QOP_WRITE, .off = r->off, .bytes = r->bytes, .qiov = &wq, .ret = r->ret,
                          .quiet = true};
         w.done = (struct vbd_co_queue)VBD_CO_QUEUE_INIT;
+        r->rewriting = true;
         run_children(&w, cs, bad);
+        r->rewriting = false;
+        vbd_co_queue_wake_all(&s->rewrite_done);
     }
     free(bad);
 out:
@@ -521,7 +586,14 @@ static int quorum_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struc
     struct qreq r = {.n = n, .op = QOP_READ, .off = off, .bytes = bytes, .qiov = q, .qoff = qoff, .flags = flags,
                      .ret = ret};
     r.done = (struct vbd_co_queue)VBD_CO_QUEUE_INIT;
-    int rc = s->fifo ? read_fifo(&r) : read_quorum(&r);
+    int rc;
+    if (s->fifo) {
+        rc = read_fifo(&r); /* no vote, no rewrite */
+    } else {
+        read_begin(s, &r);
+        rc = read_quorum(&r);
+        list_remove(&s->reads, &r);
+    }
     free(ret);
     return rc;
 }
@@ -537,7 +609,9 @@ static int write_all(struct vbd_node *n, enum qop op, uint64_t off, uint64_t byt
         struct qreq r = {.n = n, .op = op, .off = off, .bytes = bytes, .qiov = q, .qoff = qoff, .flags = flags,
                          .ret = ret};
         r.done = (struct vbd_co_queue)VBD_CO_QUEUE_INIT;
+        write_begin(s, &r);
         run_children(&r, cs, NULL);
+        list_remove(&s->writes, &r);
         rc = too_few(&r);
     }
     free(ret);
