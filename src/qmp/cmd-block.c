@@ -740,7 +740,8 @@ static void job_backend_edge(void *opaque, struct vbd_node *parent, const char *
 
 /* Whether a block job holds a BlockBackend of its own on n in QEMU (a
  * mirror's on its target, a commit's on its base and top, a stream's on
- * its node: vbd_job_driver.graph_backends), which its bdrv_has_blk sees. */
+ * its filter node: vbd_job_driver.graph_backends), which its bdrv_has_blk
+ * sees. */
 static bool job_backend_on(struct vbd_node *n)
 {
     struct job_backend_find f = {.n = n};
