@@ -79,6 +79,12 @@ struct vbd_job_driver {
      * paused job does no I/O at all. NULL: the job's coroutine is its only
      * one (stream, commit). */
     void (*pause)(struct vbd_job *job);
+    /* Its nodes cannot change thread while it runs (x-blockdev-set-iothread
+     * of one of them refused with qsd's "Cannot change iothread of active
+     * block backend"): QEMU's job holds BlockBackends of its own there that
+     * do not follow a move (a commit's, not a mirror's). Otherwise a move
+     * of one of its nodes takes all of them along. */
+    bool nodes_stay;
 };
 
 struct vbd_job {
@@ -94,6 +100,8 @@ struct vbd_job {
      * not (vbd's own drains that QEMU has not: bitmap changes). */
     int drain_pauses, quiet_pauses;
     bool at_pause;   /* parked in a pause point, its requests all ended */
+    bool pause_shown; /* its status shows the pause (paused/standby), pause_was before it */
+    enum vbd_job_status pause_was;
     bool busy;
     bool cancelled, force_cancel;
     bool run_done;   /* run returned; the job waits in waiting/pending or ended */

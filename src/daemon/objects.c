@@ -314,7 +314,36 @@ static bool job_touches(struct vbd_job *j, struct vbd_node *node)
     return false;
 }
 
-static void co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d, bool quiet)
+static bool in_set(struct vbd_node *const *v, int cnt, const struct vbd_node *n)
+{
+    for (int i = 0; i < cnt; i++)
+        if (v[i] == n)
+            return true;
+    return false;
+}
+
+static void drain_pause_job(struct vbd_daemon_drain *d, struct vbd_job *j)
+{
+    for (int k = 0; k < d->njobs; k++)
+        if (d->jobs[k] == j)
+            return;
+    d->jobs = vbd_xrealloc(d->jobs, sizeof(*d->jobs) * (size_t)(d->njobs + 1));
+    d->jobs[d->njobs++] = j;
+    vbd_job_drain_pause(j, d->quiet);
+}
+
+/* The jobs whose drain of node x pauses them, paused (in d) */
+static void drain_pause_jobs_over(struct vbd_node *x, struct vbd_daemon_drain *d)
+{
+    struct vbd_co *self = vbd_co_self();
+    for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j))
+        if (vbd_job_is_running_copy(j) && j->co != self && job_touches(j, x))
+            drain_pause_job(d, j);
+}
+
+/* A drained section of every node of set[] (one, the nodes a move takes
+ * along, or all of them) */
+static void co_drain_begin_set(struct vbd_node *const *set, int cnt, struct vbd_daemon_drain *d, bool quiet)
 {
     *d = (struct vbd_daemon_drain){.quiet = quiet};
     /* The block jobs using the node (or a node above it) pause, as QEMU's
@@ -324,15 +353,23 @@ static void co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d, bo
      * copy-before-write into its target; QEMU drains the copy-before-write
      * filter as the target's parent). The job the caller runs is left
      * alone (its own drains, in its prepare). */
-    struct vbd_co *self = vbd_co_self();
-    for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j)) {
-        if (!vbd_job_is_running_copy(j) || j->co == self || !job_touches(j, node))
-            continue;
-        d->jobs = vbd_xrealloc(d->jobs, sizeof(*d->jobs) * (size_t)(d->njobs + 1));
-        d->jobs[d->njobs++] = j;
-        vbd_job_drain_pause(j, quiet);
+    /* In QEMU's order (its events show it): the nodes as they were made
+     * (the node list is newest first), each pausing the jobs above it that
+     * are not paused yet (bdrv_drain_all_begin walks the nodes so) */
+    struct vbd_node **all = NULL;
+    int nall = 0;
+    for (struct vbd_node *x = vbd_node_next(NULL); x; x = vbd_node_next(x)) {
+        all = vbd_xrealloc(all, sizeof(*all) * (size_t)(nall + 1));
+        all[nall++] = x;
     }
-    drain_add_exports_over(node, d);
+    for (int i = nall - 1; i >= 0; i--)
+        if (in_set(set, cnt, all[i]))
+            drain_pause_jobs_over(all[i], d);
+    free(all);
+    for (int i = 0; i < cnt; i++)
+        drain_pause_jobs_over(set[i], d);
+    for (int i = 0; i < cnt; i++)
+        drain_add_exports_over(set[i], d);
     for (int k = 0; k < d->njobs; k++)
         for (struct vbd_node *x = vbd_node_next(NULL); x; x = vbd_node_next(x))
             if (d->jobs[k]->drv->uses_node && d->jobs[k]->drv->uses_node(d->jobs[k], x))
@@ -345,6 +382,11 @@ static void co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d, bo
         vbd_job_co_drain_wait(d->jobs[k]);
 }
 
+static void co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d, bool quiet)
+{
+    co_drain_begin_set(&node, 1, d, quiet);
+}
+
 void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d)
 {
     co_drain_begin(node, d, false);
@@ -355,8 +397,36 @@ void vbd_daemon_co_drain_begin_quiet(struct vbd_node *node, struct vbd_daemon_dr
     co_drain_begin(node, d, true);
 }
 
+void vbd_daemon_co_drain_all(void)
+{
+    struct vbd_node **all = NULL;
+    int nall = 0;
+    for (struct vbd_node *x = vbd_node_next(NULL); x; x = vbd_node_next(x)) {
+        all = vbd_xrealloc(all, sizeof(*all) * (size_t)(nall + 1));
+        all[nall++] = x;
+    }
+    struct vbd_daemon_drain d;
+    co_drain_begin_set(all, nall, &d, false);
+    vbd_daemon_drain_end(&d);
+    free(all);
+}
+
+void vbd_daemon_drain_add_job(struct vbd_daemon_drain *d, struct vbd_job *job)
+{
+    drain_pause_job(d, job);
+}
+
 void vbd_daemon_drain_end(struct vbd_daemon_drain *d)
 {
+    /* the oldest job first, as qsd's events show its drains end (QEMU
+     * resumes a job when the last node it reaches ends its drain: its own
+     * filter node, made with it) */
+    for (int a = 1; a < d->njobs; a++)
+        for (int b = a; b > 0 && d->jobs[b - 1]->created > d->jobs[b]->created; b--) {
+            struct vbd_job *t = d->jobs[b];
+            d->jobs[b] = d->jobs[b - 1];
+            d->jobs[b - 1] = t;
+        }
     for (int k = 0; k < d->njobs; k++)
         vbd_job_drain_resume(d->jobs[k], d->quiet);
     for (int i = 0; i < d->n; i++)
@@ -464,62 +534,121 @@ bool vbd_daemon_node_pinned(struct vbd_node *n, struct vbd_loop *loop)
     return !subtree_on(n, loop) && export_touching(n, NULL, loop);
 }
 
-static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
+/* The nodes a move of n takes along: n and every node below it, and for
+ * each block job using one of them, every node the job uses and the nodes
+ * below those, until no job adds one (QEMU moves a job's nodes together:
+ * child_job's change of AioContext visits the job's other nodes). roots:
+ * n first, then the job's nodes that were not below it yet (each moved
+ * with the nodes below it). */
+static void collect_with_jobs(struct vbd_node *n, struct vbd_node ***roots, int *nroots, struct vbd_node ***v,
+                              int *cnt)
 {
-    /* an export with fixed-iothread keeps its graph where it is (qsd's
-     * BlockBackend without allow_aio_context_change, and its words) */
-    if (vbd_daemon_node_pinned(n, loop)) {
-        vbd_error_setf(err, EBUSY, "Cannot change iothread of active block backend");
-        return -EBUSY;
-    }
-    /* nothing may enter the nodes while they move: every export over any
-     * of them drained, one after the other (as vbd_daemon_co_drain_begin) */
-    struct vbd_node **v = NULL;
-    int cnt = 0;
-    collect(n, &v, &cnt);
-    /* A block job's own requests are not held by the exports' drain (QEMU's
-     * drain pauses the job): one that had looked up the node's loop and
-     * moved there would run the driver on the old loop beside requests on
-     * the new one (a backup's copy of its source while an NBD export of a
-     * fleecing image took the chain to the main loop: io.c's home-loop
-     * assertion). Refused while a job uses any of the nodes. */
-    for (int i = 0; i < cnt; i++) {
-        struct vbd_job *j = vbd_job_using_node(v[i]);
-        if (j && vbd_node_home_loop(v[i]) != loop) {
-            vbd_error_setf(err, EBUSY, "Node '%s' cannot move to another thread while block job '%s' uses it",
-                           v[i]->node_name, j->id);
-            free(v);
-            return -EBUSY;
+    *roots = vbd_xrealloc(NULL, sizeof(**roots));
+    (*roots)[0] = n;
+    *nroots = 1;
+    collect(n, v, cnt);
+    for (bool added = true; added;) {
+        added = false;
+        for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j)) {
+            if (!j->drv->uses_node)
+                continue;
+            bool uses = false;
+            for (int i = 0; i < *cnt && !uses; i++)
+                uses = j->drv->uses_node(j, (*v)[i]);
+            for (struct vbd_node *x = vbd_node_next(NULL); uses && x; x = vbd_node_next(x)) {
+                if (in_set(*v, *cnt, x) || !j->drv->uses_node(j, x))
+                    continue;
+                *roots = vbd_xrealloc(*roots, sizeof(**roots) * (size_t)(*nroots + 1));
+                (*roots)[(*nroots)++] = x;
+                collect(x, v, cnt);
+                added = true;
+            }
         }
     }
-    struct vbd_backend **be = NULL;
-    struct vbd_daemon_export **over = NULL; /* be[i]'s export */
-    int nbe = 0;
+}
+
+static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
+{
+    struct vbd_node **roots = NULL, **v = NULL;
+    int nroots = 0, cnt = 0, rc = 0;
+    collect_with_jobs(n, &roots, &nroots, &v, &cnt);
+    bool there = true; /* nothing to do (QEMU's move to the same context: no drain) */
+    for (int i = 0; i < nroots; i++)
+        there = there && subtree_on(roots[i], loop);
+    /* all or nothing: every node that goes is checked before one moves.
+     * An export with fixed-iothread keeps its graph where it is, and so
+     * does a job whose own BlockBackends stay (qsd's BlockBackend without
+     * allow_aio_context_change, and its words). QEMU finds those while it
+     * walks the graph, draining every node whose subgraph it has been
+     * through: one over n is found before anything is drained, one over a
+     * job's other node after n's side was (the job's paused and running
+     * events come before the refusal). */
+    bool refuse_drained = false;
+    for (struct vbd_job *j = vbd_job_next(NULL); j && !there && rc == 0; j = vbd_job_next(j))
+        for (int i = 0; i < cnt && rc == 0; i++)
+            if (j->drv->nodes_stay && !j->drv->plain && vbd_job_is_running_copy(j) && j->drv->uses_node &&
+                j->drv->uses_node(j, v[i])) {
+                vbd_error_setf(err, EBUSY, "Cannot change iothread of active block backend");
+                rc = -EBUSY;
+            }
+    for (int i = 0; i < nroots && rc == 0 && !there; i++) {
+        struct vbd_node *fixed = vbd_node_fixed_loop_below(roots[i]);
+        if (vbd_daemon_node_pinned(roots[i], loop)) {
+            vbd_error_setf(err, EBUSY, "Cannot change iothread of active block backend");
+            rc = -EBUSY;
+            refuse_drained = i > 0;
+        } else if (fixed && vbd_node_home_loop(fixed) != loop) {
+            vbd_error_setf(err, ENOTSUP,
+                           "Node '%s' cannot change its event loop: node '%s' (driver %s) is bound to the loop it was "
+                           "opened on",
+                           roots[i]->node_name, fixed->node_name, fixed->drv->name);
+            rc = -ENOTSUP;
+        }
+    }
+    if (refuse_drained) {
+        struct vbd_daemon_drain d;
+        co_drain_begin_set(v, cnt, &d, false);
+        vbd_daemon_drain_end(&d);
+    }
+    if (rc < 0 || there) {
+        free(roots);
+        free(v);
+        return rc;
+    }
+    /* The exports served on the nodes' loop, told after the move */
+    struct vbd_daemon_export **over = NULL;
+    int nover = 0;
     for (struct vbd_daemon_export *e = exports; e; e = e->next) {
         struct vbd_backend *b = export_backend(e);
         for (int i = 0; b && i < cnt; i++)
             if (reaches(vbd_backend_node(b), v[i])) {
-                be = vbd_xrealloc(be, sizeof(*be) * (size_t)(nbe + 1));
-                over = vbd_xrealloc(over, sizeof(*over) * (size_t)(nbe + 1));
-                be[nbe] = b;
-                over[nbe++] = e;
+                over = vbd_xrealloc(over, sizeof(*over) * (size_t)(nover + 1));
+                over[nover++] = e;
                 break;
             }
     }
-    free(v);
-    for (int i = 0; i < nbe; i++)
-        vbd_backend_co_drain_begin(be[i]);
-    int rc = vbd_node_co_set_home(n, loop, err);
-    for (int i = 0; i < nbe; i++)
-        vbd_backend_drain_end(be[i]);
+    /* Nothing may enter the nodes while they move, as QEMU drains them for
+     * a change of AioContext: every export over any of them drained, and
+     * the block jobs using them paused at a pause point with nothing in
+     * flight (JOB_STATUS_CHANGE paused and back, as qsd's): a job request
+     * that had looked up a node's loop and gone there would otherwise run
+     * the driver on the old loop beside requests on the new one. The jobs
+     * go on where their nodes are now (io.c looks the loop up per request). */
+    struct vbd_daemon_drain d;
+    co_drain_begin_set(v, cnt, &d, false);
+    for (int i = 0; i < nroots && rc == 0; i++)
+        rc = vbd_node_co_set_home(roots[i], loop, err);
+    assert(rc == 0); /* checked above */
+    vbd_daemon_drain_end(&d);
     /* exports served on their node's loop follow it before the reply (qsd
      * moves them in its drained section; ours wait for their requests in
      * flight, which need the drain ended) */
-    for (int i = 0; rc == 0 && i < nbe; i++)
+    for (int i = 0; rc == 0 && i < nover; i++)
         if (over[i]->type->node_moved)
             over[i]->type->node_moved(over[i]->exp);
-    free(be);
     free(over);
+    free(roots);
+    free(v);
     return rc;
 }
 

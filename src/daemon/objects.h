@@ -76,24 +76,37 @@ struct vbd_daemon_drain {
 void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d);
 void vbd_daemon_co_drain_begin_quiet(struct vbd_node *node, struct vbd_daemon_drain *d);
 void vbd_daemon_drain_end(struct vbd_daemon_drain *d);
+/* QEMU's bdrv_drain_all at the start of a transaction (and of the
+ * commands that are one: blockdev-backup, drive-backup, the snapshots): a
+ * drained section of every node, ended at once: every running block job
+ * pauses and resumes (JOB_STATUS_CHANGE paused, running, as qsd's). */
+void vbd_daemon_co_drain_all(void);
+/* A job made inside d (a backup action's, whose drain of its source was
+ * begun first) joins it, as QEMU's job attached to a drained node is
+ * paused at once: it stops at its first pause point after its start
+ * until d ends. */
+void vbd_daemon_drain_add_job(struct vbd_daemon_drain *d, struct vbd_job *job);
 /* Inside a drain of `old`: every export whose backend's root is old sends
  * its requests to `new` from now on. Nothing changes on failure (a
  * writable export and a read-only new node). Returns how many switched. */
 int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, struct vbd_error **err);
 
 /* x-blockdev-set-iothread: move n and the nodes below it to loop (NULL:
- * the main loop), every export over them drained meanwhile. Refused while
- * an export that reads its node from the main loop (NBD) uses them, or if
- * one cannot move (an nbd client node). Main loop, coroutine. */
+ * the main loop), with every node of a block job using one of them (as
+ * QEMU moves a job's nodes together); the exports over them drained and
+ * the jobs paused meanwhile (paused/running events, as qsd's drain).
+ * Refused, nothing moved, if an export with fixed-iothread keeps one of
+ * them on its loop or one cannot move (an nbd client node). Main loop,
+ * coroutine. */
 struct vbd_loop;
 int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err);
 
 /* blockdev-mirror/-backup, drive-mirror/-backup: the target (and the
  * nodes below it) joins the source's home loop when the job is made, as
  * QEMU moves the target into the source's AioContext; its exports drained
- * meanwhile, NBD connections following (as vbd_daemon_co_move_node). One
- * that cannot move (a driver bound to its loop, a block job using a node
- * below it) stays where it is: the job's requests hop there. The caller
+ * meanwhile, NBD connections following, another job's nodes too (as
+ * vbd_daemon_co_move_node). One that cannot move (a driver bound to its
+ * loop) stays where it is: the job's requests hop there. The caller
  * checked vbd_daemon_node_pinned. Main loop, coroutine. */
 void vbd_daemon_co_join_source_loop(struct vbd_node *target, struct vbd_node *source);
 

@@ -294,6 +294,7 @@ static const struct vbd_job_driver commit_driver = {
     .writes_node = commit_writes,
     .graph_edges = commit_graph_edges,
     .graph_backends = commit_graph_backends,
+    .nodes_stay = true, /* QEMU's commit_start lets its BlockBackends on base and top follow no move */
 };
 
 static void active_commit_pause(struct vbd_job *job)

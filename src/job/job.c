@@ -537,6 +537,15 @@ static void park(struct vbd_job *job)
     job->busy = true;
 }
 
+/* The status a pause showed goes back (running, ready) */
+static void pause_shown_end(struct vbd_job *job)
+{
+    if (job->pause_shown) {
+        job->pause_shown = false;
+        set_status(job, job->pause_was);
+    }
+}
+
 bool vbd_job_should_pause(const struct vbd_job *job)
 {
     return job->pause_count > 0 || job->drain_pauses > 0 || job->quiet_pauses > 0;
@@ -551,21 +560,19 @@ void vbd_job_pause_point(struct vbd_job *job)
      * does no I/O (a drain waits for that) */
     if (job->drv->pause)
         job->drv->pause(job);
-    enum vbd_job_status was = job->status;
-    bool shown = false;
     while (vbd_job_should_pause(job) && !vbd_job_is_cancelled(job)) {
         /* a quiet drain's pause keeps the status (QEMU has no drain there) */
-        if (!shown && (job->pause_count > 0 || job->drain_pauses > 0)) {
-            set_status(job, was == VBD_JOB_READY ? VBD_JOB_STANDBY : VBD_JOB_PAUSED);
-            shown = true;
+        if (!job->pause_shown && (job->pause_count > 0 || job->drain_pauses > 0)) {
+            job->pause_was = job->status;
+            set_status(job, job->status == VBD_JOB_READY ? VBD_JOB_STANDBY : VBD_JOB_PAUSED);
+            job->pause_shown = true;
         }
         job->at_pause = true;
         vbd_co_queue_wake_all(&jobs_quiet);
         park(job);
         job->at_pause = false;
     }
-    if (shown)
-        set_status(job, was);
+    pause_shown_end(job);
 }
 
 void vbd_job_wait(struct vbd_job *job)
@@ -805,8 +812,16 @@ void vbd_job_drain_resume(struct vbd_job *job, bool quiet)
         job->quiet_pauses--;
     else
         job->drain_pauses--;
-    if (!vbd_job_should_pause(job) && vbd_job_is_running_copy(job))
+    if (!vbd_job_should_pause(job) && vbd_job_is_running_copy(job)) {
+        /* QEMU's job_resume enters the job at once: its status is back
+         * (JOB_STATUS_CHANGE running) before the drain's user goes on, and a
+         * drain right after pauses it again (paused, as qsd shows) */
+        if (job->at_pause && !vbd_job_is_cancelled(job)) {
+            pause_shown_end(job);
+            job->at_pause = false; /* a drain from now on waits until it parks again */
+        }
         vbd_job_kick(job);
+    }
     vbd_job_unref(job);
 }
 

@@ -237,7 +237,15 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
 
 /* ---------- the actions ---------- */
 
-static void backup_commit(struct tx_action *a) { vbd_job_start(a->state); }
+/* QEMU enters the job at its start, inside the drain of its source, which
+ * paused it at its creation: it stops at its first pause point before the
+ * transaction goes on (JOB_STATUS_CHANGE running, paused; running again
+ * when the drain ends, after every action's commit) */
+static void backup_commit(struct tx_action *a)
+{
+    vbd_job_start(a->state);
+    vbd_job_co_drain_wait(a->state);
+}
 static void backup_abort(struct tx_action *a) { vbd_job_cancel_unstarted(a->state); }
 static void backup_clean(struct tx_action *a)
 {
@@ -252,6 +260,7 @@ static int backup_keep(struct tx_action *a, struct vbd_job *job)
         return -1;
     vbd_job_ref(job);
     a->state = job;
+    vbd_daemon_drain_add_job(&a->drain, job); /* made inside its source's drain: paused with it */
     return 0;
 }
 
@@ -338,6 +347,7 @@ const struct tx_action_type tx_blockdev_backup = {
     .arg_spec = BACKUP_ARGS,
     .check = backup_check,
     .prepare = blockdev_backup_prepare,
+    .drains_all = true,
     .commit = backup_commit,
     .abort = backup_abort,
     .clean = backup_clean,
@@ -349,6 +359,7 @@ const struct tx_action_type tx_drive_backup = {
     .arg_spec = BACKUP_ARGS " ?format:str ?mode:str",
     .check = drive_backup_check,
     .prepare = drive_backup_prepare,
+    .drains_all = true,
     .commit = backup_commit,
     .abort = backup_abort,
     .clean = backup_clean,

@@ -602,9 +602,11 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
     }
     char by[512];
     by[0] = 0;
-    if (j)
-        snprintf(by, sizeof(by), "the copy-before-write filter of backup job '%s' (uses node '%s' as 'file' child)",
-                 j->id, n->node_name);
+    /* a backup's source: its copy-before-write node (filter-node-name or an
+     * implicit '#blockNNN'), named as QEMU names a parent node */
+    for (struct vbd_node *p = j ? vbd_node_next(NULL) : NULL; p && !by[0]; p = vbd_node_next(p))
+        if (p->file == n && !strcmp(p->drv->name, "copy-before-write"))
+            snprintf(by, sizeof(by), "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
     for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !by[0]; x = x->next)
         if (!strcmp(x->type->type, "nbd") && vbd_daemon_export_node(x) == n)
             snprintf(by, sizeof(by), "an unnamed block device (uses node '%s' as 'root' child)", n->node_name);
@@ -736,6 +738,33 @@ static struct json_object *block_set_write_threshold(struct json_object *args, s
     return vbd_qmp_ok();
 }
 
+struct job_backend_find {
+    struct vbd_node *n;
+    bool found;
+};
+
+static void job_backend_edge(void *opaque, struct vbd_node *parent, const char *name, struct vbd_node *child,
+                             unsigned perm, unsigned shared)
+{
+    (void)name, (void)perm, (void)shared;
+    struct job_backend_find *f = opaque;
+    if (!parent && child == f->n)
+        f->found = true;
+}
+
+/* Whether a block job holds a BlockBackend of its own on n in QEMU (a
+ * mirror's on its target, a commit's on its base and top, a stream's on
+ * its filter node: vbd_job_driver.graph_backends), which its bdrv_has_blk
+ * sees. */
+static bool job_backend_on(struct vbd_node *n)
+{
+    struct job_backend_find f = {.n = n};
+    for (struct vbd_job *j = vbd_job_next(NULL); j && !f.found; j = vbd_job_next(j))
+        if (j->drv->graph_backends)
+            j->drv->graph_backends(j, job_backend_edge, &f);
+    return f.found;
+}
+
 static struct json_object *x_blockdev_set_iothread(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *name = opt_str(args, "node-name");
@@ -760,6 +789,13 @@ static struct json_object *x_blockdev_set_iothread(struct json_object *args, str
                                    name);
                 return NULL;
             }
+    }
+    if (!force && job_backend_on(n)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Node %s is associated with a BlockBackend and could be in use (use force=true to override "
+                           "this check)",
+                           name);
+        return NULL;
     }
     struct vbd_loop *loop = NULL; /* null: back to the main loop */
     if (iot) {

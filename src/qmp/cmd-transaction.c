@@ -100,9 +100,13 @@ static bool grouped_refused(const struct tx_action *a, bool grouped, struct vbd_
     return grouped && !a->type->grouped;
 }
 
-static int tx_run(struct tx_action *acts, int n, bool grouped, struct vbd_qmp_error *err)
+static int tx_run(struct tx_action *acts, int n, bool grouped, bool drain_all, struct vbd_qmp_error *err)
 {
     int prepared = 0, rc = 0;
+    /* QEMU's qmp_transaction starts with bdrv_drain_all: every running
+     * job pauses and resumes (its events) before the first action */
+    if (drain_all)
+        vbd_daemon_co_drain_all();
     for (; prepared < n; prepared++) {
         struct tx_action *a = &acts[prepared];
         if (grouped_refused(a, grouped, err) || a->type->prepare(a, err) < 0) {
@@ -128,7 +132,9 @@ static int tx_run(struct tx_action *acts, int n, bool grouped, struct vbd_qmp_er
             if (acts[i].type->abort)
                 acts[i].type->abort(&acts[i]);
     }
-    for (int i = n - 1; i >= 0; i--) {
+    /* in the actions' order, as QEMU's: the jobs started inside their
+     * sources' drains resume in that order */
+    for (int i = 0; i < n; i++) {
         if (acts[i].type->clean)
             acts[i].type->clean(&acts[i]);
         if (acts[i].drained)
@@ -142,7 +148,7 @@ struct json_object *tx_run_one(const struct tx_action_type *t, struct json_objec
     struct tx_action a = {.type = t, .data = args};
     if (t->check && t->check(args, "", err) < 0)
         return NULL;
-    return tx_run(&a, 1, false, err) < 0 ? NULL : vbd_qmp_ok();
+    return tx_run(&a, 1, false, t->drains_all, err) < 0 ? NULL : vbd_qmp_ok();
 }
 
 /* The 'abort' action: always fails its prepare (tests of rollback). */
@@ -221,7 +227,7 @@ struct json_object *qmp_transaction(struct json_object *args, struct vbd_qmp_err
     struct vbd_job_txn *txn = grouped ? vbd_job_txn_new() : NULL;
     for (int i = 0; i < n; i++)
         acts[i].txn = txn;
-    int rc = tx_run(acts, n, grouped, err);
+    int rc = tx_run(acts, n, grouped, true, err);
     vbd_job_txn_unref(txn); /* the jobs hold it */
     if (rc < 0)
         goto fail;

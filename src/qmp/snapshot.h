@@ -32,6 +32,10 @@ struct tx_action_type {
     void (*abort)(struct tx_action *a);                               /* may be NULL */
     void (*clean)(struct tx_action *a);                               /* may be NULL */
     bool grouped; /* takes completion-mode=grouped (starts a job); the others refuse it, as QEMU's */
+    /* The command alone is QEMU's transaction of one (blockdev_do_action),
+     * which begins with a drain of every node (bdrv_drain_all): every
+     * running job pauses and resumes; a bitmap command is not. */
+    bool drains_all;
 };
 
 struct tx_action {

@@ -227,7 +227,7 @@ bench_wait nbd "NBD load while the node moves"
 stop "NBD idle connections following moves"
 qcheck "$T/idle.qcow2"
 
-step "block jobs from a qcow2 on an iothread under load: the target (read over NBD) joins io0 when the job is made; reopens and bitmap changes drain the job"
+step "block jobs from a qcow2 on an iothread under load: the target (read over NBD) joins io0 when the job is made; reopens and bitmap changes drain the job; the job's nodes move to io1 and back"
 must qemu-img create -q -f qcow2 "$T/jsrc.qcow2" 64M
 must qemu-img create -q -f qcow2 "$T/jtgt.qcow2" 64M
 S=$T/vu.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off --monitor chardev=mon \
@@ -258,6 +258,9 @@ for jid, cmd, want in (("m", "blockdev-mirror", "ready"), ("b", "blockdev-backup
             ok("block-dirty-bitmap-add", node=node, name="x", persistent=True)
             ok("block-dirty-bitmap-remove", node=node, name="x")
             ok("blockdev-reopen", options=[{"driver": "qcow2", "node-name": node, "file": f}])
+        # the job's nodes (the source under the vhost-user export with them) to io1 and back
+        for where in ("io1", "io0"):
+            ok("x-blockdev-set-iothread", **{"node-name": "t0", "iothread": where, "force": True})
         n += 1
         if n == 3:
             ok("block-job-set-speed", device=jid, speed=0)
