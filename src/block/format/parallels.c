@@ -131,6 +131,46 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static int mark_shared(const struct parallels_state *s, struct shared_clusters *sh, uint32_t idx, uint32_t owner)
+{
+    if (!sh->dup && !(sh->dup = calloc(((size_t)s->bat_entries + 63) / 64, sizeof(uint64_t))))
+        return -ENOMEM;
+    sh->dup[idx / 64] |= 1ull << (idx % 64);
+    if (!sh->count++ || idx < sh->first) {
+        sh->first = idx;
+        sh->first_owner = owner;
+    }
+    return 0;
+}
+
+/* Version 2 entries count whole clusters: two overlap only when equal. One
+ * bit per cluster of the file, the BAT in order (a bitmap, not a sort: a
+ * read-write open of an image of 2^20 clusters took 0.5 s more sorted,
+ * under ASan). */
+static int find_equal_entries(const struct parallels_state *s, uint64_t limit, struct shared_clusters *sh)
+{
+    uint64_t nbits = limit / s->cluster_size + 1;
+    uint64_t *seen = calloc((size_t)((nbits + 63) / 64), sizeof(uint64_t));
+    if (!seen)
+        return -ENOMEM;
+    int rc = 0;
+    for (uint32_t i = 0; i < s->bat_entries && rc == 0; i++) {
+        uint32_t v = le32toh(s->bat[i]);
+        if (!v || (uint64_t)v * s->cluster_size > limit)
+            continue;
+        if (!(seen[v / 64] & (1ull << (v % 64)))) {
+            seen[v / 64] |= 1ull << (v % 64);
+            continue;
+        }
+        uint32_t owner = 0;
+        while (!sh->count && s->bat[owner] != s->bat[i]) /* for the first only: the first entry on it */
+            owner++;
+        rc = mark_shared(s, sh, i, owner);
+    }
+    free(seen);
+    return rc;
+}
+
 /* Fills *sh for the entries whose clusters start at or before limit (past
  * it: check's "outside image"). Of the entries that overlap, the one
  * lowest in the file keeps its cluster (of those on the same cluster, the
@@ -138,6 +178,13 @@ static int cmp_u64(const void *a, const void *b)
 static int find_shared_clusters(const struct parallels_state *s, uint64_t limit, struct shared_clusters *sh)
 {
     *sh = (struct shared_clusters){0};
+    if (s->off_multiplier == s->cluster_size) {
+        int rc = find_equal_entries(s, limit, sh);
+        if (rc < 0)
+            free(sh->dup);
+        return rc;
+    }
+    /* version 1: entries count sectors, clusters can half overlap; sorted by offset */
     size_t n = 0;
     for (uint32_t i = 0; i < s->bat_entries; i++)
         if (s->bat[i] && cluster_host_offset(s, i) <= limit)
@@ -163,14 +210,10 @@ static int find_shared_clusters(const struct parallels_state *s, uint64_t limit,
             owner = idx;
             continue;
         }
-        if (!sh->dup && !(sh->dup = calloc(((size_t)s->bat_entries + 63) / 64, sizeof(uint64_t)))) {
+        if (mark_shared(s, sh, idx, owner) < 0) {
             free(keys);
+            free(sh->dup);
             return -ENOMEM;
-        }
-        sh->dup[idx / 64] |= 1ull << (idx % 64);
-        if (!sh->count++ || idx < sh->first) {
-            sh->first = idx;
-            sh->first_owner = owner;
         }
     }
     free(keys);
