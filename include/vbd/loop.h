@@ -110,7 +110,8 @@ void vbd_timer_cancel(struct vbd_timer *t);
 ssize_t vbd_co_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, enum vbd_aio aio);
 ssize_t vbd_co_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio);
 /* Full transfers: loop on short reads/writes; a read that hits EOF zero-fills
- * the rest and succeeds (files may be shorter than the image's size). */
+ * the rest and succeeds (files may be shorter than the image's size). Any
+ * number of segments: more than IOV_MAX (1024) go in several calls. */
 int vbd_co_preadv_full(int fd, const struct iovec *iov, int iovcnt, off_t off, enum vbd_aio aio);
 int vbd_co_pwritev_full(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio);
 int vbd_co_fsync(int fd, bool datasync, enum vbd_aio aio);

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <limits.h> /* IOV_MAX (1024): the most segments one readv/writev/sendmsg/recvmsg takes */
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -833,27 +834,29 @@ ssize_t vbd_co_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off, i
     return vbd_co_run_in_thread(file_job_run, &j);
 }
 
-#define FULL_IOV_MAX 1024
-
 static int rw_full(int fd, const struct iovec *iov, int iovcnt, off_t off, int rwf_flags, enum vbd_aio aio, bool write)
 {
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
-    ssize_t r = write ? vbd_co_pwritev(fd, iov, iovcnt, off, rwf_flags, aio) : vbd_co_preadv(fd, iov, iovcnt, off, aio);
+    int first = iovcnt < IOV_MAX ? iovcnt : IOV_MAX;
+    ssize_t r = write ? vbd_co_pwritev(fd, iov, first, off, rwf_flags, aio) : vbd_co_preadv(fd, iov, first, off, aio);
     if (r < 0 && r != -EINTR && r != -EAGAIN)
         return (int)r;
     if (r >= 0 && (size_t)r == total)
         return 0;
-    /* Short transfer (rare): continue on a private copy of the vector. */
-    if (iovcnt > FULL_IOV_MAX)
-        return -EINVAL;
+    /* Short transfer (rare), or more segments than one call takes (a
+     * vhost-user chain whose buffers cross memory regions can bring up to
+     * 1040; such requests failed with EINVAL, an EIO for the guest): the
+     * rest from a private copy of the vector, IOV_MAX segments a call. */
     struct iovec *rest = malloc(sizeof(*rest) * iovcnt);
     if (!rest)
         return -ENOMEM;
     size_t done = r > 0 ? (size_t)r : 0;
     while (done < total) {
         int n = vbd_iov_slice(rest, iovcnt, iov, iovcnt, done, total - done);
+        if (n > IOV_MAX)
+            n = IOV_MAX;
         r = write ? vbd_co_pwritev(fd, rest, n, off + done, rwf_flags, aio) : vbd_co_preadv(fd, rest, n, off + done, aio);
         if (r == -EINTR || r == -EAGAIN)
             continue;
@@ -1104,7 +1107,9 @@ ssize_t vbd_co_sendmsg(int fd, const struct msghdr *msg, int flags)
 int vbd_co_sendv_full(int fd, struct iovec *iov, int iovcnt, int flags)
 {
     while (iovcnt > 0) {
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = iovcnt};
+        /* at most IOV_MAX a call: more is EMSGSIZE (an NBD write of a
+         * merged vhost-user request of 1024 segments plus its header) */
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = iovcnt < IOV_MAX ? iovcnt : IOV_MAX};
         ssize_t r = vbd_co_sendmsg(fd, &msg, flags);
         if (r < 0)
             return (int)r;

@@ -302,7 +302,8 @@ struct json_object *vbd_qmp_dispatch_table(struct json_object *req, bool negotia
     json_object_object_foreach(req, key, val)
     {
         (void)val;
-        if (strcmp(key, "execute") && strcmp(key, "arguments") && strcmp(key, "id") && strcmp(key, "control")) {
+        /* "control" (run-oob, QEMU 2.12's) too: qsd 7.2 refuses it as unexpected */
+        if (strcmp(key, "execute") && strcmp(key, "arguments") && strcmp(key, "id")) {
             vbd_qmp_error_setf(&err, VBD_QMP_GENERIC_ERROR, "QMP input member '%s' is unexpected", key);
             goto out;
         }

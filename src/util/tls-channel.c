@@ -9,6 +9,7 @@
 #include "vbd/loop.h"
 
 #include <errno.h>
+#include <limits.h> /* IOV_MAX (1024): the most segments one readv/writev/sendmsg/recvmsg takes */
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -20,7 +21,8 @@ static int plain_recvv_full(int fd, struct iovec *iov, int iovcnt)
             iovcnt--;
             continue;
         }
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
+        /* at most IOV_MAX a call: more is EMSGSIZE */
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)(iovcnt < IOV_MAX ? iovcnt : IOV_MAX)};
         ssize_t r = vbd_co_recvmsg(fd, &mh, 0);
         if (r < 0)
             return (int)r;

@@ -1364,6 +1364,93 @@ static int c_ring_longest_chain(void)
     return rc;
 }
 
+/* A chain of 1024 descriptors whose buffers become more segments than one
+ * readv/writev takes (1024): 12 of its 1022 data buffers cross the border
+ * between two memory regions, 1034 segments of data. A write of it then a
+ * read back into cleared buffers: both complete with status OK and the
+ * data read is the data written (such requests failed with EIO). */
+static int chain_across_regions(struct vhc *c, uint16_t head, uint8_t type, uint8_t *bufs, uint8_t *cross,
+                                struct vring_desc *t, struct virtio_blk_outhdr *h, uint8_t *status, uint32_t *len)
+{
+    uint16_t flags = type == VIRTIO_BLK_T_IN ? VRING_DESC_F_WRITE : 0;
+    h->type = type;
+    h->sector = 64;
+    *status = 0xee;
+    t[0] = (struct vring_desc){vhc_gpa(c, h), sizeof(*h), VRING_DESC_F_NEXT, 1};
+    for (uint16_t i = 1; i <= 1022; i++) {
+        bool crosses = i % 85 == 0; /* 12 of them */
+        uint64_t gpa = crosses ? vhc_gpa(c, cross) : vhc_gpa(c, bufs + (size_t)(i - 1) * 256);
+        t[i] = (struct vring_desc){gpa, crosses ? 512 : 256, VRING_DESC_F_NEXT | flags, (uint16_t)(i + 1)};
+    }
+    t[1023] = (struct vring_desc){vhc_gpa(c, status), 1, VRING_DESC_F_WRITE, 0};
+    vhc_set_desc(c, 0, head, vhc_gpa(c, t), 1024 * sizeof(*t), VRING_DESC_F_INDIRECT, 0);
+    vhc_offer(c, 0, head);
+    vhc_kick(c, 0);
+    uint64_t deadline = now_ns() + DEADLINE_NS;
+    uint32_t id;
+    while (!vhc_used(c, 0, &id, len)) {
+        if (now_ns() > deadline)
+            return failf("the chain across regions (type %u) was never completed", type);
+        vhc_wait(c, 1000);
+    }
+    if (id != head || *status != VIRTIO_BLK_S_OK)
+        return failf("the chain across regions (type %u) completed as id %u with status %u", type, id, *status);
+    return 0;
+}
+
+static int c_ring_segments_past_iov_max(void)
+{
+    struct vhc c;
+    char err[256];
+    conns++;
+    if (vhc_open(&c, sock_path, 2, 8, MEM, VHC_INDIRECT, err, sizeof(err)) < 0) {
+        vhc_close(&c);
+        return failf("a good front end was refused: %s", err);
+    }
+    int fd = memfd_of(MEM);
+    uint8_t *second = fd >= 0 ? mmap(NULL, MEM, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    struct mem_reg_msg add = {0, 0, {MEM, MEM, (uint64_t)(uintptr_t)second, 0}};
+    int rc = second == MAP_FAILED ? failf("cannot map a second region") : 0;
+    if (rc == 0)
+        rc = expect_ack(&c, VHOST_USER_ADD_MEM_REG, &add, sizeof(add), &fd, 1);
+    struct virtio_blk_outhdr *h = vhc_alloc(&c, sizeof(*h), 16);
+    uint8_t *status = vhc_alloc(&c, 1, 1);
+    struct vring_desc *t = vhc_alloc(&c, 1024 * sizeof(*t), 16);
+    uint8_t *bufs = vhc_alloc(&c, 1022 * 256, 512);
+    uint8_t *cross = c.mem + MEM - 256; /* 256 bytes here, 256 at the start of the second region */
+    if (rc == 0 && (!h || !status || !t || !bufs || bufs + 1022 * 256 > cross))
+        rc = failf("out of guest memory");
+    uint32_t len = 0;
+    if (rc == 0) {
+        for (size_t i = 0; i < 1022 * 256; i++)
+            bufs[i] = (uint8_t)(i * 7 + i / 256);
+        memset(cross, 0x5a, 256);
+        memset(second, 0xa5, 256);
+        rc = chain_across_regions(&c, 0, VIRTIO_BLK_T_OUT, bufs, cross, t, h, status, &len);
+    }
+    if (rc == 0) {
+        memset(bufs, 0, 1022 * 256);
+        memset(cross, 0, 256);
+        memset(second, 0, 256);
+        rc = chain_across_regions(&c, 1, VIRTIO_BLK_T_IN, bufs, cross, t, h, status, &len);
+    }
+    if (rc == 0 && len != 1010 * 256 + 12 * 512 + 1)
+        rc = failf("the read across regions completed with length %u", len);
+    for (size_t i = 0; rc == 0 && i < 1022 * 256; i++)
+        if (i / 256 % 85 != 84 && bufs[i] != (uint8_t)(i * 7 + i / 256))
+            rc = failf("the read across regions brought 0x%02x at byte %zu of buffer %zu", bufs[i], i % 256, i / 256);
+    for (int i = 0; rc == 0 && i < 256; i++)
+        if (cross[i] != 0x5a || second[i] != 0xa5)
+            rc = failf("the read across regions brought 0x%02x 0x%02x at byte %d of the crossing buffer", cross[i],
+                       second[i], i);
+    if (second != MAP_FAILED)
+        munmap(second, MEM);
+    if (fd >= 0)
+        close(fd);
+    vhc_close(&c);
+    return rc;
+}
+
 /* A good request, a looping one, a good one: the first completes, the ring
  * stops at the second (one line), the third is never taken. */
 static void b_mid_batch(struct vhc *c, struct ring_bufs *b)
@@ -1530,6 +1617,7 @@ static const struct hcase cases[] = {
     {"ring-short-header", c_ring_short_header, "request without a complete header", 1},
     {"ring-too-many-segments", c_ring_too_many_segments, "too many segments in one request", 1},
     {"ring-longest-chain", c_ring_longest_chain, NULL, 0},
+    {"ring-segments-past-iov-max", c_ring_segments_past_iov_max, NULL, 0},
     {"ring-mid-batch", c_ring_mid_batch, "descriptor chain longer than its table (a loop?)", 1},
     {"ring-close-in-flight", c_ring_close_in_flight, NULL, 0},
 };

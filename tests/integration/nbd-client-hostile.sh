@@ -6,8 +6,10 @@
 # The data read must be the server's image exactly, writes must land exactly.
 # Then replies that break the protocol (an unknown or repeated cookie, more
 # data than asked, a chunk outside the read or wrapping past 2^64, a read
-# left half covered, a reply cut off by a stalling server): a bounded,
-# failing exit with one line naming the export and the reason, no crash.
+# left half covered, a reply cut off by a stalling server, error chunks of a
+# type no spec names or too short for their error): a bounded, failing exit
+# with one line naming the export and the reason, no crash; a write
+# answered with an error never counts as written.
 # Last, many requests in flight through the client to qemu-nbd and nbdkit,
 # compared with a shadow copy written by qemu-io.
 . "$(dirname "$0")/lib.sh"
@@ -81,6 +83,41 @@ broken partial "NBD server '@U' replied to a read of 65536 bytes at 0 with 32768
 serve partial
 out=$(timeout 60 "$VBD_IO" -f raw -c "read 0 64k" -c "read -P 0x11 64k 64k" "$U" 2>&1)
 case "$out" in *"read failed"*"read 65536/65536 bytes at offset 65536"*) ;; *) fail "partial: $out" ;; esac
+
+# Error chunks: every error type fails its request, one no spec names too
+# (the spec's MUST; a write answered so completed as written before), and
+# the stream stays in sync (the next read is whole). An error chunk too
+# short for its error, with error 0 or with a message longer than itself
+# breaks the protocol: the connection is given up, with the reason. qemu-io
+# fails the same writes.
+step "error chunks: a failed write, never a written one"
+errchunk() { # MODE WANT
+    serve "$1"
+    local out rc want=${2//@U/$U}
+    out=$(timeout 60 "$VBD_IO" -f raw -c "write -P 0x77 0 4k" -c "read -P 0x11 4k 4k" "$U" 2>&1); rc=$?
+    [ $rc != 124 ] || fail "$1: the client hung"
+    [ $rc -lt 128 ] || fail "$1: the client crashed ($rc): $out"
+    case "$out" in *"write failed: Input/output error"*) ;; *) fail "$1: the write did not fail: $out" ;; esac
+    case "$out" in *"$want"*) ;; *) fail "$1: no '$want' in: $out" ;; esac
+    out=$(timeout 60 qemu-io -f raw -c "write -P 0x77 0 4k" "$U" 2>&1)
+    case "$out" in *"write failed"*) ;; *) fail "$1: qemu-io's write did not fail: $out" ;; esac
+    echo "$1: $(printf '%s\n' "$out" | grep -m1 -F "write failed")"
+}
+errchunk err-unknown "read 4096/4096 bytes at offset 4096"
+errchunk err-short "NBD connection to '@U' lost: error chunk (type 0x8001) of 4 bytes, too short for an error"
+errchunk err-zero "NBD connection to '@U' lost: error chunk (type 0x8001) with error 0"
+errchunk err-msglen "NBD connection to '@U' lost: error chunk (type 0x8001) of 11 bytes with a message of 100"
+
+# An export larger than a signed 64-bit offset holds: vbd-img info printed
+# "virtual size: -512 B"; now a failing open with the reason, as qemu-img's
+step "an export of 2^64 - 512 bytes: refused at open"
+serve size-huge
+out=$(timeout 60 "$VBD_IMG" info "$U" 2>&1) && fail "size-huge: vbd-img info took it: $out"
+case "$out" in *"NBD server $T/s$n.sock: the export's size (18446744073709551104 bytes) is larger than 2^63 - 1 bytes"*) ;;
+*) fail "size-huge: $out" ;; esac
+[ "$(printf '%s\n' "$out" | grep -c .)" = 1 ] || fail "size-huge: not one line: $out"
+timeout 60 qemu-img info "$U" >/dev/null 2>&1 && fail "size-huge: qemu-img info took it"
+echo "size-huge: $out"
 
 # A reply that comes while the client still sends the request's payload
 # (an early error does so too): the sending coroutine is not woken inside

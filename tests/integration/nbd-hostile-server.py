@@ -15,6 +15,12 @@
 #   stall    half a read reply, a pause, then the server closes
 #   early    a write of 1 MiB or more acknowledged as soon as its header came, its
 #            payload read 0.2 s later (the client is still sending when the reply arrives)
+#   err-unknown  writes answered with an error chunk of a type no spec names (0x8123), EIO
+#   err-short    writes answered with an error chunk of 4 bytes (no room for its message length)
+#   err-zero     writes answered with an error chunk whose error is 0
+#   err-msglen   writes answered with an error chunk whose message is longer than the chunk
+#   (the err-* modes write nothing: the writes must fail)
+#   size-huge    an export of 2^64 - 512 bytes (past what a signed 64-bit offset holds)
 # usage: nbd-hostile-server.py SOCKET IMAGE MODE
 import os, random, select, socket, struct, sys, threading, time
 from nbdproto import (CMD_DISC, CMD_READ, CMD_WRITE, REQUEST_MAGIC, TF_HAS_FLAGS, TF_SEND_FLUSH, TF_SEND_FUA, chunk, recvn,
@@ -22,6 +28,8 @@ from nbdproto import (CMD_DISC, CMD_READ, CMD_WRITE, REQUEST_MAGIC, TF_HAS_FLAGS
 
 path, image, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 size = os.path.getsize(image)
+if mode == 'size-huge':
+    size = (1 << 64) - 512
 fd = os.open(image, os.O_RDWR)
 rng = random.Random(7)
 lock = threading.Lock()
@@ -94,6 +102,11 @@ def serve(s):
                     s.sendall(r[:len(r) // 2])
                     time.sleep(0.5)
                     return
+            elif typ == CMD_WRITE and mode.startswith('err-'):
+                r = {'err-unknown': chunk(1, 0x8123, cookie, struct.pack('>IH', 5, 0)),
+                     'err-short': chunk(1, 0x8001, cookie, struct.pack('>I', 5)),
+                     'err-zero': chunk(1, 0x8001, cookie, struct.pack('>IH', 0, 0)),
+                     'err-msglen': chunk(1, 0x8001, cookie, struct.pack('>IH', 5, 100) + b'short')}[mode]
             elif typ == CMD_WRITE:
                 with lock:
                     os.pwrite(fd, payload, off)

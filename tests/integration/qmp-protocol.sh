@@ -108,6 +108,10 @@ for req, want in [({"arguments": {}, "id": 1}, "lacks member 'execute'"),
                   ({"execute": 1, "id": 1}, "'execute' must be a string"),
                   ({"execute": "query-version", "arguments": [], "id": 1}, "'arguments' must be an object"),
                   ({"execute": "query-version", "bogus": 1, "id": 1}, "'bogus' is unexpected"),
+                  # out-of-band, not negotiated: qsd 7.2's words (vbd took "control" before)
+                  ({"exec-oob": "query-version", "id": 1}, "QMP input member 'exec-oob' is unexpected"),
+                  ({"execute": "query-version", "control": {"run-oob": True}, "id": 1},
+                   "QMP input member 'control' is unexpected"),
                   ({"execute": "query-version", "arguments": {"x": 1}, "id": 1}, "Parameter 'x' is unexpected"),
                   ({"execute": "no-such", "id": 1}, "The command no-such has not been found")]:
     m.send_raw(json.dumps(req) + "\n")

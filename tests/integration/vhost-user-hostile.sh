@@ -10,8 +10,9 @@
 # sizes, heads and next indices out of range, an available index ahead by
 # more than the ring, readable after writable, no status byte, a short
 # header, more segments than any request holds) next to the longest chain
-# a guest may send, a bad chain behind a good one, a front end gone with
-# requests in flight. Each bad message or ring gets one line in the daemon's
+# a guest may send and one whose buffers cross memory regions into more
+# segments than one syscall takes (also through an NBD client node), a bad
+# chain behind a good one, a front end gone with requests in flight. Each bad message or ring gets one line in the daemon's
 # log (a bad ring stops that ring only: the device's other ring serves on),
 # the daemon serves a good front end right after, and over all rounds
 # (> 1000 connections) its fd count stays the same and its RSS grows by a
@@ -37,6 +38,26 @@ for engine in io_uring epoll; do
     kill -0 $dpid || fail "the daemon died"
     stop_daemon
 done
+# A request of more segments than one syscall takes (its buffers cross
+# memory regions) over an NBD client node: its write went out in one
+# sendmsg of more than 1024 segments (EMSGSIZE) and dropped the connection.
+if command -v qemu-nbd >/dev/null; then
+    step "more segments than one sendmsg takes, through an NBD client node (qemu-nbd)"
+    must truncate -s 16M "$T/nbd.img"
+    qemu-nbd -f raw -k "$T/qn.sock" -x d --persistent "$T/nbd.img" 2>"$T/qn.log" &
+    qnpid=$!
+    on_exit 'kill $qnpid 2>/dev/null'
+    wait_sock "$T/qn.sock"
+    ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
+        --blockdev driver=nbd,node-name=nbd0,server.type=unix,server.path="$T/qn.sock",export=d \
+        --export type=vhost-user-blk,id=e0,node-name=nbd0,addr.type=unix,addr.path="$S",writable=on,num-queues=2
+    "$H" "$S" "$T/daemon.log" "$dpid" 3 8192 ring-segments-past-iov-max || { tail -30 "$T/daemon.log"; fail "over NBD"; }
+    ! grep -q "NBD connection.*lost" "$T/daemon.log" || fail "the NBD connection was lost: $(grep lost "$T/daemon.log")"
+    stop_daemon
+    kill $qnpid
+else
+    echo "qemu-nbd not installed: not tried"
+fi
 step "vbd-bench against hostile back ends: one line of error, exit status 1 or 2, no crash"
 B=$T/backend.sock
 for kind in reply-wrong-request reply-huge reply-cut queues-zero capacity-huge blk-size-odd blk-size-huge \

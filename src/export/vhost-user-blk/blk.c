@@ -10,6 +10,7 @@
 
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <linux/virtio_blk.h>
@@ -177,6 +178,8 @@ static bool kick_spent(int popped, int budget, uint64_t *since)
 #define BLK_KICK_SHARED_BUDGET 32
 #define BLK_KICK_SHARED_WINDOW 4
 static _Thread_local const struct vu_queue *kick_ring; /* compared, never followed */
+static_assert(VU_MAX_IOV == 1040, "VU_MAX_IOV_TEXT names it");
+
 static _Thread_local unsigned kicks, kicks_at_switch;
 
 static bool kick_shared(const struct vu_queue *q)
@@ -216,6 +219,9 @@ void blk_queue_kick(struct vu_queue *q)
             if (rc <= 0) {
                 blk_req_release(r);
                 blk_batch_flush(bq);
+                if (rc == -E2BIG) /* past the largest vector (QEMU's libvhost-user stops at 1024) */
+                    why = "too many segments in one request (over " VU_MAX_IOV_TEXT
+                          ", counting a split where a buffer crosses memory regions)";
                 if (rc < 0)
                     vu_queue_fail(q, why);
                 goto rearm;

@@ -19,6 +19,7 @@
 /* Longest chain we map: a full ring, or an indirect table of that size,
  * plus splits where a buffer crosses memory regions. */
 #define VU_MAX_IOV (VU_MAX_QUEUE_SIZE + 16)
+#define VU_MAX_IOV_TEXT "1040" /* for messages; blk.c asserts it is VU_MAX_IOV */
 
 struct vu_mem_region {
     uint64_t gpa;  /* guest physical address */
