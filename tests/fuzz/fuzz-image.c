@@ -316,18 +316,6 @@ int fuzz_image_input(const struct fuzz_image *fmt, const uint8_t *data, size_t s
     return 0;
 }
 
-void fuzz_put_le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-void fuzz_put_le64(uint8_t *p, uint64_t v)
-{
-    fuzz_put_le32(p, (uint32_t)v);
-    fuzz_put_le32(p + 4, (uint32_t)(v >> 32));
-}
-
 void fuzz_put_be(uint8_t *p, uint64_t v, int n)
 {
     for (int i = 0; i < n; i++)

@@ -8,6 +8,7 @@
 #define VBD_FUZZ_IMAGE_H
 
 #include "vbd/block.h"
+#include "vbd/bswap.h" /* the little-endian fields the synth hooks write: put_le32p, put_le64p */
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
 
@@ -82,8 +83,6 @@ bool fuzz_image_write_isolated(struct fuzz_job *j, struct vbd_node *n, const uin
  * reads that fail, end it quietly: other steps judge those. */
 void fuzz_image_unref_compare(struct fuzz_job *j, struct vbd_node *n);
 
-void fuzz_put_le32(uint8_t *p, uint32_t v);
-void fuzz_put_le64(uint8_t *p, uint64_t v);
 void fuzz_put_be(uint8_t *p, uint64_t v, int n);
 
 #endif

@@ -21,8 +21,8 @@ static bool bochs_synth(struct fuzz_job *j, FILE *f, const uint8_t *data, size_t
         memcpy(h + 48, "Growing", 7);
         uint32_t w[5] = {v1 ? 0x10000u : 0x20000u, 512, 64, 512, 4096};
         for (int i = 0; i < 5; i++)
-            fuzz_put_le32(h + 64 + 4 * i, w[i]);
-        fuzz_put_le64(h + (v1 ? 84 : 88), 64 * 4096);
+            put_le32p(h + 64 + 4 * i, w[i]);
+        put_le64p(h + (v1 ? 84 : 88), 64 * 4096);
         fwrite(h, 1, sizeof(h), f);
     }
     fwrite(data, 1, size, f);

@@ -35,16 +35,16 @@ static bool vdi_synth(struct fuzz_job *j, FILE *f, const uint8_t *data, size_t s
     /* a dynamic 64 MiB image: header, block map at 512, data at 1024 */
     static uint8_t img[1024];
     memset(img, 0, sizeof(img));
-    fuzz_put_le32(img + 0x40, 0xbeda107f);
-    fuzz_put_le32(img + 0x44, 0x00010001);
-    fuzz_put_le32(img + 0x48, 0x180);
-    fuzz_put_le32(img + 0x4c, 1);
-    fuzz_put_le32(img + 0x154, 512);
-    fuzz_put_le32(img + 0x158, 1024);
-    fuzz_put_le32(img + 0x168, 512);
-    fuzz_put_le32(img + 0x170, BLOCKS * BLOCK);
-    fuzz_put_le32(img + 0x178, BLOCK);
-    fuzz_put_le32(img + 0x180, BLOCKS);
+    put_le32p(img + 0x40, 0xbeda107f);
+    put_le32p(img + 0x44, 0x00010001);
+    put_le32p(img + 0x48, 0x180);
+    put_le32p(img + 0x4c, 1);
+    put_le32p(img + 0x154, 512);
+    put_le32p(img + 0x158, 1024);
+    put_le32p(img + 0x168, 512);
+    put_le32p(img + 0x170, BLOCKS * BLOCK);
+    put_le32p(img + 0x178, BLOCK);
+    put_le32p(img + 0x180, BLOCKS);
     memset(img + 512, 0xff, 4 * BLOCKS);
     size_t used = 0;
     uint32_t allocated = 0;
@@ -59,9 +59,9 @@ static bool vdi_synth(struct fuzz_job *j, FILE *f, const uint8_t *data, size_t s
             uint32_t e = b >= 0xf0 ? 0xfffffffeu : b >= 0x80 ? 0xffffffffu : b == 0x7f ? BLOCKS : b == 0x7e ? 0 : allocated;
             if (e < 0xfffffffeu)
                 allocated++;
-            fuzz_put_le32(img + 512 + 4 * i, e);
+            put_le32p(img + 512 + 4 * i, e);
         }
-        fuzz_put_le32(img + 0x184, allocated > BLOCKS ? BLOCKS : allocated);
+        put_le32p(img + 0x184, allocated > BLOCKS ? BLOCKS : allocated);
         used++;
     }
     fwrite(img, 1, sizeof(img), f);

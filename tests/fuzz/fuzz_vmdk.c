@@ -62,21 +62,21 @@ static bool vmdk_synth(struct fuzz_job *j, FILE *f, const uint8_t *data, size_t 
         static uint8_t img[GRAIN_SECTOR * 512];
         memset(img, 0, sizeof(img));
         memcpy(img, "KDMV", 4);
-        fuzz_put_le32(img + 4, 2);
-        fuzz_put_le32(img + 8, 0x3 | 0x4);
-        fuzz_put_le64(img + 12, CAP_SECTORS);
-        fuzz_put_le64(img + 20, GRAIN / 512);
-        fuzz_put_le64(img + 28, 1);
-        fuzz_put_le64(img + 36, 1);
-        fuzz_put_le32(img + 44, GTES);
-        fuzz_put_le64(img + 48, 2); /* the redundant GD is the same table: writes keep both in step */
-        fuzz_put_le64(img + 56, 2);
-        fuzz_put_le64(img + 64, GRAIN_SECTOR);
+        put_le32p(img + 4, 2);
+        put_le32p(img + 8, 0x3 | 0x4);
+        put_le64p(img + 12, CAP_SECTORS);
+        put_le64p(img + 20, GRAIN / 512);
+        put_le64p(img + 28, 1);
+        put_le64p(img + 36, 1);
+        put_le32p(img + 44, GTES);
+        put_le64p(img + 48, 2); /* the redundant GD is the same table: writes keep both in step */
+        put_le64p(img + 56, 2);
+        put_le64p(img + 64, GRAIN_SECTOR);
         const char *desc = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
                            "createType=\"monolithicSparse\"\n";
         memcpy(img + 512, desc, strlen(desc));
         for (uint32_t i = 0; i < 4; i++)
-            fuzz_put_le32(img + 1024 + 4 * i, 3 + i);
+            put_le32p(img + 1024 + 4 * i, 3 + i);
         size_t used = 0;
         if (size >= 2 && (data[0] & 1)) { /* one lying header field */
             static const uint8_t fields[] = {4, 8, 12, 20, 28, 36, 44, 48, 56, 64, 77};
@@ -91,10 +91,10 @@ static bool vmdk_synth(struct fuzz_job *j, FILE *f, const uint8_t *data, size_t 
                 uint32_t e = b >= 0xf0 ? 1 : b >= 0x80 ? 0 : b == 0x7f ? 0xfffffff0u : b == 0x7e ? 3 : next;
                 if (e == next)
                     next += GRAIN / 512;
-                fuzz_put_le32(img + 3 * 512 + 4 * (i / GTES) * 128 + 4 * (i % GTES), e);
+                put_le32p(img + 3 * 512 + 4 * (i / GTES) * 128 + 4 * (i % GTES), e);
             }
             if (data[0] & 2) /* a compressed stream: grains are markers and deflate data */
-                fuzz_put_le32(img + 8, 0x3 | 0x4 | 0x30000), img[77] = 1, fuzz_put_le32(img + 4, 3);
+                put_le32p(img + 8, 0x3 | 0x4 | 0x30000), img[77] = 1, put_le32p(img + 4, 3);
             used++;
         }
         fwrite(img, 1, sizeof(img), f);

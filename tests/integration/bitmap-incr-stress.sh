@@ -54,7 +54,7 @@ stress_daemon both src \
     --blockdev "driver=file,node-name=bf,filename=$T/base.qed" --blockdev "driver=qed,node-name=base,file=bf,read-only=on" \
     --blockdev "driver=file,node-name=sf,filename=$T/src.qcow2,discard=unmap" \
     --blockdev "driver=qcow2,node-name=src,file=sf,backing=base,discard=unmap"
-T=$T STRESS=$STRESS SEED=$SEED ROUNDS=$ROUNDS python3 - <<'PY' || { grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60; fail "incremental backups under vbd-stress (seed $SEED)"; }
+T=$T STRESS=$STRESS SEED=$SEED ROUNDS=$ROUNDS python3 - <<'PY' || fail_with_daemon_log "incremental backups under vbd-stress (seed $SEED)"
 import os, random, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail

@@ -95,41 +95,33 @@ PY
 
 step "a raw front end: features offered, a second front end refused, unknown message answered"
 start_daemon --blockdev driver=null-co,node-name=disk0,size=64M --export "$export_opts,writable=on"
-python3 - "$S" <<'PY' || fail "raw vhost-user front end"
-import socket, struct, sys, time
-def msg(req, payload=b'', flags=1):
-    return struct.pack('<III', req, flags, len(payload)) + payload
-def recv(s):
-    h = s.recv(12, socket.MSG_WAITALL)
-    req, flags, size = struct.unpack('<III', h)
-    return req, flags, s.recv(size, socket.MSG_WAITALL) if size else b''
+PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$S" <<'PY' || fail "raw vhost-user front end"
+import socket, struct, sys
+from vhost_user import (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, NEED_REPLY, SET_PROTOCOL_FEATURES,
+                        SET_VRING_NUM, V1, capacity, msg, recv, u64)
 a = socket.socket(socket.AF_UNIX); a.connect(sys.argv[1])
-a.sendall(msg(1))                                   # GET_FEATURES
+a.sendall(msg(GET_FEATURES))
 req, flags, p = recv(a)
-f = struct.unpack('<Q', p)[0]
-assert req == 1 and flags & 4, (req, flags)
+f = u64(p)
+assert req == GET_FEATURES and flags & 4, (req, flags)
 for bit in (32, 28, 29, 30, 9, 11, 12, 14):          # VERSION_1 INDIRECT EVENT_IDX PROTOCOL FLUSH CONFIG_WCE MQ WRITE_ZEROES
     assert f >> bit & 1, 'feature bit %d missing' % bit
-a.sendall(msg(15)); _, _, p = recv(a)               # GET_PROTOCOL_FEATURES
-pf = struct.unpack('<Q', p)[0]
+a.sendall(msg(GET_PROTOCOL_FEATURES))
+pf = u64(recv(a)[2])
 for bit in (0, 3, 9, 12, 13, 15):
     assert pf >> bit & 1, 'protocol feature %d missing' % bit
-a.sendall(msg(16, struct.pack('<Q', pf)))           # SET_PROTOCOL_FEATURES
-a.sendall(msg(17)); _, _, p = recv(a)                # GET_QUEUE_NUM
-assert struct.unpack('<Q', p)[0] >= 1
-a.sendall(msg(24, struct.pack('<III', 0, 60, 0) + bytes(60)))   # GET_CONFIG
-_, _, p = recv(a)
-cap = struct.unpack_from('<Q', p, 12)[0]
+a.sendall(msg(SET_PROTOCOL_FEATURES, struct.pack('<Q', pf)))
+a.sendall(msg(GET_QUEUE_NUM))
+assert u64(recv(a)[2]) >= 1
+cap = capacity(a)
 assert cap == 64 * 2048, cap
-a.sendall(msg(99, b'', flags=1 | 8))                 # unknown, NEED_REPLY
-_, _, p = recv(a)
-assert struct.unpack('<Q', p)[0] != 0, 'unknown message acked as success'
-a.sendall(msg(8, struct.pack('<II', 0, 5000), flags=1 | 8))     # SET_VRING_NUM too large
-_, _, p = recv(a)
-assert struct.unpack('<Q', p)[0] != 0, 'ring size 5000 accepted'
+a.sendall(msg(99, flags=V1 | NEED_REPLY))           # unknown
+assert u64(recv(a)[2]) != 0, 'unknown message acked as success'
+a.sendall(msg(SET_VRING_NUM, struct.pack('<II', 0, 5000), flags=V1 | NEED_REPLY))   # too large
+assert u64(recv(a)[2]) != 0, 'ring size 5000 accepted'
 b = socket.socket(socket.AF_UNIX); b.connect(sys.argv[1]); b.settimeout(10)
 assert b.recv(1) == b'', 'a second front end was not refused'
-a.sendall(msg(17)); _, _, p = recv(a)                # the first one still works
+a.sendall(msg(GET_QUEUE_NUM)); recv(a)               # the first one still works
 a.close()
 PY
 grep -q "refusing a second front end" "$T/daemon.log" || fail "no log line for the refused front end"

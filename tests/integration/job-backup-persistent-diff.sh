@@ -11,15 +11,14 @@
 # leaks.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-backup-persistent.jsonl" \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"{DIR}/src.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"full","file":{"driver":"file","filename":"{DIR}/full.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"inc1","file":{"driver":"file","filename":"{DIR}/inc1.qcow2"},"backing":null}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"inc2","file":{"driver":"file","filename":"{DIR}/inc2.qcow2"},"backing":null}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"inc3","file":{"driver":"file","filename":"{DIR}/inc3.qcow2"},"backing":null}' \
-    --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" \
-    --both --export --both "type=nbd,id=e0,node-name=src,name=src,writable=on" \
-    || fail "vbd-daemon and qemu-storage-daemon differ"
+qmpdiff diff-backup-persistent \
+    --blockdev "$(qcow2_node_in {DIR} src)" \
+    --blockdev "$(qcow2_node_in {DIR} full)" \
+    --blockdev "$(qcow2_node_in {DIR} inc1 null)" \
+    --blockdev "$(qcow2_node_in {DIR} inc2 null)" \
+    --blockdev "$(qcow2_node_in {DIR} inc3 null)" \
+    --nbd-server "addr.type=unix,addr.path={DIR}/nbd.sock" \
+    --export "type=nbd,id=e0,node-name=src,name=src,writable=on"
 
 step "a bitmap in-use after SIGKILL"
 cd "$T"
@@ -35,8 +34,7 @@ for d in qsd vbd; do
     for run in 1 2; do
         rm -f qmp.sock nbd.sock
         "$bin" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-            --blockdev "{\"driver\":\"qcow2\",\"node-name\":\"src\",\"file\":{\"driver\":\"file\",\"filename\":\"$PWD/src.qcow2\"}}" \
-            --blockdev "{\"driver\":\"qcow2\",\"node-name\":\"tgt\",\"file\":{\"driver\":\"file\",\"filename\":\"$PWD/tgt.qcow2\"}}" \
+            --blockdev "$(qcow2_node src)" --blockdev "$(qcow2_node tgt)" \
             --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
             --export type=nbd,id=e0,node-name=src,name=src,writable=on 2>daemon.log &
         kpid=$!

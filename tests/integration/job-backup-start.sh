@@ -26,7 +26,7 @@ must qemu-img create -q -f qcow2 -b "$T/src.qcow2" -F qcow2 fl.qcow2 32M
 S=$T/qmp.sock
 on_exit 'kill -9 $dpid 2>/dev/null'
 stress_daemon vhost src --blockdev "$(qcow2_node src null)" --nbd-server addr.type=unix,addr.path="$T/nbd.sock"
-T=$T STRESS=$STRESS SEED=${JOB_START_SEED:-$RANDOM} python3 - <<'PY' || { grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60; fail "backup start under vbd-stress on an iothread"; }
+T=$T STRESS=$STRESS SEED=${JOB_START_SEED:-$RANDOM} python3 - <<'PY' || fail_with_daemon_log "backup start under vbd-stress on an iothread"
 import os, signal, subprocess, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail

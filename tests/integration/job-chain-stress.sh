@@ -45,7 +45,7 @@ stress_daemon both top \
     --blockdev "driver=qcow2,node-name=mid,file=mid-f,backing=base" \
     --blockdev "driver=file,node-name=top-f,filename=$T/top.qcow2,discard=unmap" \
     --blockdev "driver=qcow2,node-name=top,file=top-f,backing=mid,discard=unmap"
-T=$T STRESS=$STRESS SEED=$SEED OPS=$OPS python3 - <<'PY' || { grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60; fail "block jobs on a chain under vbd-stress (seed $SEED)"; }
+T=$T STRESS=$STRESS SEED=$SEED OPS=$OPS python3 - <<'PY' || fail_with_daemon_log "block jobs on a chain under vbd-stress (seed $SEED)"
 import os, random, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail

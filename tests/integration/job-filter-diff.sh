@@ -8,17 +8,17 @@
 # cancelled, after a pivot), the name free again.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-jobfilter.jsonl" \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"base","file":{"driver":"file","filename":"{DIR}/base.qcow2"},"backing":null}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"mid","file":{"driver":"file","filename":"{DIR}/mid.qcow2"},"backing":"base"}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"{DIR}/top.qcow2"},"backing":"mid"}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"tgt","file":{"driver":"file","filename":"{DIR}/tgt.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"tgt2","file":{"driver":"file","filename":"{DIR}/tgt2.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"sbase","file":{"driver":"file","filename":"{DIR}/sbase.qcow2"},"backing":null}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"stop","file":{"driver":"file","filename":"{DIR}/stop.qcow2"},"backing":"sbase"}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"msrc","file":{"driver":"file","filename":"{DIR}/msrc.qcow2"}}' \
-    --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" \
-    --both --export --both "type=nbd,id=e0,node-name=top,name=e0,writable=on" \
-    --both --export --both "type=nbd,id=e1,node-name=stop,name=e1,writable=on" \
-    --both --export --both "type=nbd,id=e2,node-name=msrc,name=e2,writable=on" || fail "vbd-daemon and qemu-storage-daemon differ"
+qmpdiff diff-jobfilter \
+    --blockdev "$(qcow2_node_in {DIR} base null)" \
+    --blockdev "$(qcow2_node_in {DIR} mid base)" \
+    --blockdev "$(qcow2_node_in {DIR} top mid)" \
+    --blockdev "$(qcow2_node_in {DIR} tgt)" \
+    --blockdev "$(qcow2_node_in {DIR} tgt2)" \
+    --blockdev "$(qcow2_node_in {DIR} sbase null)" \
+    --blockdev "$(qcow2_node_in {DIR} stop sbase)" \
+    --blockdev "$(qcow2_node_in {DIR} msrc)" \
+    --nbd-server "addr.type=unix,addr.path={DIR}/nbd.sock" \
+    --export "type=nbd,id=e0,node-name=top,name=e0,writable=on" \
+    --export "type=nbd,id=e1,node-name=stop,name=e1,writable=on" \
+    --export "type=nbd,id=e2,node-name=msrc,name=e2,writable=on"
 echo ok

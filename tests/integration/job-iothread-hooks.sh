@@ -28,7 +28,7 @@ done
 S=$T/qmp.sock
 on_exit 'kill -9 $dpid 2>/dev/null'
 stress_daemon vhost src --blockdev "$(qcow2_node src null)"
-T=$T STRESS=$STRESS ROUNDS=$ROUNDS SEED=${JOB_HOOK_SEED:-$RANDOM} python3 - <<'PY' || { grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60; fail "jobs under vbd-stress on an iothread"; }
+T=$T STRESS=$STRESS ROUNDS=$ROUNDS SEED=${JOB_HOOK_SEED:-$RANDOM} python3 - <<'PY' || fail_with_daemon_log "jobs under vbd-stress on an iothread"
 import os, signal, subprocess, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, fail

@@ -30,7 +30,7 @@ on_exit 'kill -9 $dpid $npid 2>/dev/null'
 for d in vbd qsd; do
     for scen in F N D C; do
         step "$d, scenario $scen"
-        rm -rf "$T/$d$scen" && mkdir "$T/$d$scen" && cd "$T/$d$scen"
+        scenario_dir "$d$scen"
         cp ../base.qcow2 ../top.qcow2 .
         npid=
         case $scen in
@@ -42,39 +42,16 @@ for d in vbd qsd; do
         esac
         job_daemon_start $d top --blockdev "$(qcow2_node base null)" --blockdev "$(qcow2_node top base)"
         python3 - "$d" "$scen" "$STRESS" <<'PY' || fail "$d scenario $scen"
-import os, subprocess, sys, time
+import os, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
-from jobs import Session, sh, fail
+from jobs import Session, fail, qemu_io_writes, stress_writes
+import jobs
 who, scen, stress_bin = sys.argv[1:4]
 s = Session("qmp.sock", who)
-nbd = "nbd+unix:///disk?socket=nbd.sock"
-def qemu_io_writes(seed, init, out):
-    """fixed writes (zeroes too) through the export, and the same on a raw model"""
-    import random
-    r = random.Random(seed)
-    cmds = []
-    for _ in range(40):
-        off, ln = r.randrange(0, 32 << 20, 512), r.choice([512, 4096, 65536, 200000, 1 << 20])
-        ln = min(ln, (32 << 20) - off)
-        cmds.append(f"-c 'write -z {off} {ln}'" if r.random() < 0.2 else f"-c 'write -P {r.randrange(1, 256)} {off} {ln}'")
-    cmds = " ".join(cmds)
-    sh(f"cp {init} {out} && qemu-io -f raw {cmds} {out}", "the model of the writes")
-    sh(f"qemu-io -f raw {cmds} '{nbd}'", "qemu-io writes")
 def stress(seed, secs, init, out, wait=True):
-    # secs None: it runs until SIGUSR1 (complete_across)
-    cmd = (f"{stress_bin} --seed {seed} --ops 100000000 --qd 4 --init {init} --no-discard "
-           f"--shadow-out {out} --nbd '{nbd}' --conns 2" + (f" --seconds {secs}" if secs else ""))
-    if wait:
-        sh(cmd, f"vbd-stress (seed {seed})")
-        return None
-    return subprocess.Popen("exec " + cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return stress_writes(stress_bin, seed, secs, init, out, wait)
 def writers(seed, secs, init, out):
-    # vbd-stress (random overlapping requests, every read checked) against
-    # vbd-daemon; fixed qemu-io writes against qsd (see job-commit.sh)
-    if who == "vbd":
-        stress(seed, secs, init, out)
-    else:
-        qemu_io_writes(seed, init, out)
+    jobs.writers(who, stress_bin, seed, secs, init, out)
 def ready(jid):
     s.status(jid, "ready")
     ev = s.m.wait_event("BLOCK_JOB_READY", timeout=300)["data"]

@@ -81,6 +81,14 @@ skip() { echo "SKIP: $*"; exit 77; }
 need() { for c in "$@"; do command -v "$c" >/dev/null 2>&1 || skip "$c not installed"; done; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 must() { "$@" || fail "command failed ($?): $*"; }
+# fail_with_daemon_log WHAT: the first 60 lines of $T/daemon.log, without
+# the vhost-user front end's connection, capacity and BACKEND_REQ lines,
+# then fail WHAT (for the tests whose Python harness drives the daemon:
+# what the daemon said when the harness failed)
+fail_with_daemon_log() {
+    grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60
+    fail "$1"
+}
 # must_fail_with "substring" CMD...: the command must fail and its stderr mention substring.
 must_fail_with() {
     local want=$1; shift
@@ -456,30 +464,34 @@ def ok(cmd, **a):
 $(cat)
 PY
 }
-# qmpdiff_nulls SCRIPT: tests/qmp/SCRIPT.jsonl run by qmpdiff.py against
-# vbd-daemon and qemu-storage-daemon 7.2, each started with the null-co
-# nodes n0 and n1 (64 MiB); the errors' texts compared too where a line
-# is marked exact. A difference fails the test.
-qmpdiff_nulls() {
-    VBD_DAEMON=$VBD_DAEMON QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" "$VBD_ROOT/tests/qmp/$1.jsonl" \
-        --both --blockdev --both driver=null-co,node-name=n0,size=67108864 \
-        --both --blockdev --both driver=null-co,node-name=n1,size=67108864 || fail "qmpdiff $1: differences (above)"
+# qmpdiff SCRIPT [OPTION VALUE]...: tests/qmp/SCRIPT.jsonl run by
+# qmpdiff.py against vbd-daemon and qemu-storage-daemon 7.2, each started
+# with these daemon options ({DIR}: the daemon's own directory); the
+# errors' texts compared too where a line is marked exact. A difference
+# fails the test. QMPDIFF_V=-v prints every line.
+qmpdiff() {
+    local script=$1 a both=()
+    shift
+    for a in "$@"; do both+=(--both "$a"); done
+    VBD_DAEMON=$VBD_DAEMON QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} \
+        "$VBD_ROOT/tests/qmp/$script.jsonl" "${both[@]}" || fail "qmpdiff $script: vbd-daemon and qemu-storage-daemon differ (above)"
 }
-# qmpdiff_job_chain NAME: tests/qmp/NAME.jsonl on vbd-daemon and
-# qemu-storage-daemon 7.2, each started with the chain base <- mid <- top
-# and a target tgt (qcow2 over file nodes f*, images made by the script in
-# {DIR}); errors' texts compared where a line is marked exact.
+# qmpdiff_nulls SCRIPT: qmpdiff with the null-co nodes n0 and n1 (64 MiB)
+qmpdiff_nulls() {
+    qmpdiff "$1" --blockdev driver=null-co,node-name=n0,size=67108864 --blockdev driver=null-co,node-name=n1,size=67108864
+}
+# qmpdiff_job_chain SCRIPT: qmpdiff with the chain base <- mid <- top and a
+# target tgt (qcow2 over file nodes f*, images made by the script in {DIR})
 qmpdiff_job_chain() {
-    QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/$1.jsonl" \
-        --both --blockdev --both "driver=file,node-name=fbase,filename={DIR}/base.qcow2" \
-        --both --blockdev --both '{"driver":"qcow2","node-name":"base","file":"fbase","backing":null}' \
-        --both --blockdev --both "driver=file,node-name=fmid,filename={DIR}/mid.qcow2" \
-        --both --blockdev --both '{"driver":"qcow2","node-name":"mid","file":"fmid","backing":"base"}' \
-        --both --blockdev --both "driver=file,node-name=ftop,filename={DIR}/top.qcow2" \
-        --both --blockdev --both '{"driver":"qcow2","node-name":"top","file":"ftop","backing":"mid"}' \
-        --both --blockdev --both "driver=file,node-name=ftgt,filename={DIR}/tgt.qcow2" \
-        --both --blockdev --both '{"driver":"qcow2","node-name":"tgt","file":"ftgt","backing":null}' ||
-        fail "vbd-daemon and qemu-storage-daemon differ"
+    qmpdiff "$1" \
+        --blockdev "driver=file,node-name=fbase,filename={DIR}/base.qcow2" \
+        --blockdev '{"driver":"qcow2","node-name":"base","file":"fbase","backing":null}' \
+        --blockdev "driver=file,node-name=fmid,filename={DIR}/mid.qcow2" \
+        --blockdev '{"driver":"qcow2","node-name":"mid","file":"fmid","backing":"base"}' \
+        --blockdev "driver=file,node-name=ftop,filename={DIR}/top.qcow2" \
+        --blockdev '{"driver":"qcow2","node-name":"top","file":"ftop","backing":"mid"}' \
+        --blockdev "driver=file,node-name=ftgt,filename={DIR}/tgt.qcow2" \
+        --blockdev '{"driver":"qcow2","node-name":"tgt","file":"ftgt","backing":null}'
 }
 # wait_log FILE PATTERN [COUNT]: wait (up to ~60 s) until FILE has COUNT
 # (default 1) lines matching the fixed string PATTERN. A peer may write its
@@ -746,13 +758,16 @@ job_stress_scenario() {
     dpid=$!
     wait_sock "$PWD/qmp.sock"
 }
-# The blockdev JSON of qcow2 node $1 on $PWD/$1.qcow2; $2: its backing, a
-# node name or null (none); without $2 the image's own.
-qcow2_node() {
+# qcow2_node NAME [BACKING]: the blockdev JSON of qcow2 node NAME on
+# $PWD/NAME.qcow2; BACKING: its backing, a node name or null (none); without
+# it the image's own. qcow2_node_in DIR NAME [BACKING]: on DIR/NAME.qcow2
+# (qmpdiff's {DIR}).
+qcow2_node_in() {
     local b=
-    [ $# -gt 1 ] && { [ "$2" = null ] && b=',"backing":null' || b=',"backing":"'"$2"'"'; }
-    echo '{"driver":"qcow2","node-name":"'"$1"'","file":{"driver":"file","filename":"'"$PWD/$1"'.qcow2"}'"$b"'}'
+    [ $# -gt 2 ] && { [ "$3" = null ] && b=',"backing":null' || b=',"backing":"'"$3"'"'; }
+    echo '{"driver":"qcow2","node-name":"'"$2"'","file":{"driver":"file","filename":"'"$1/$2"'.qcow2"}'"$b"'}'
 }
+qcow2_node() { qcow2_node_in "$PWD" "$@"; }
 # The model-based stress test (tests/stress/vbd-stress) on FMT images in $PWD:
 # in process for each cluster size of CSLIST and each I/O mode, then over NBD
 # (vbd-daemon, 4 connections) at cluster size NBD_CS. Each image is made by

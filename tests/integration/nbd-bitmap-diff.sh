@@ -5,9 +5,9 @@
 # read back with nbdinfo (tests/qmp/diff-export-bitmaps.jsonl).
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io nbdinfo python3
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-export-bitmaps.jsonl" \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"base","read-only":true,"file":{"driver":"file","filename":"{DIR}/base.qcow2"},"backing":null}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"{DIR}/top.qcow2"},"backing":"base"}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"other","file":{"driver":"file","filename":"{DIR}/other.qcow2"}}' \
-    --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" || fail "vbd-daemon and qemu-storage-daemon differ"
+qmpdiff diff-export-bitmaps \
+    --blockdev '{"driver":"qcow2","node-name":"base","read-only":true,"file":{"driver":"file","filename":"{DIR}/base.qcow2"},"backing":null}' \
+    --blockdev "$(qcow2_node_in {DIR} top base)" \
+    --blockdev "$(qcow2_node_in {DIR} other)" \
+    --nbd-server "addr.type=unix,addr.path={DIR}/nbd.sock"
 echo ok

@@ -26,7 +26,7 @@ S=$T/qmp.sock
 on_exit 'kill -9 $dpid 2>/dev/null'
 stress_daemon vhost d0 --object iothread,id=io1 --blockdev "$(qcow2_node d0 null)" \
     --nbd-server addr.type=unix,addr.path="$T/nbd.sock"
-T=$T STRESS=$STRESS ROUNDS=$ROUNDS SEED=${NBD_IOT_SEED:-$RANDOM} python3 - <<'PY' || { grep -v "front end\|capacity\|BACKEND_REQ" "$T/daemon.log" | head -60; fail "NBD + vhost-user on an iothread under moves"; }
+T=$T STRESS=$STRESS ROUNDS=$ROUNDS SEED=${NBD_IOT_SEED:-$RANDOM} python3 - <<'PY' || fail_with_daemon_log "NBD + vhost-user on an iothread under moves"
 import os, signal, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, fail

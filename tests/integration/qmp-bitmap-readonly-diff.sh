@@ -5,6 +5,5 @@
 # differences marked in tests/qmp/diff-bitmap-readonly.jsonl.
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img python3
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-bitmap-readonly.jsonl" ||
-    fail "vbd-daemon and qemu-storage-daemon differ"
+qmpdiff diff-bitmap-readonly
 echo ok

@@ -18,39 +18,12 @@ start_daemon --chardev socket,id=mon,path="$S",server=on,wait=off --monitor char
 wait_sock "$T/vu0.sock"
 wait_sock "$T/vu1.sock"
 PYTHONPATH=$VBD_ROOT/tests/qmp T=$T python3 - "$S" <<'PY' || fail "resize over QMP"
-import json, os, socket, struct, subprocess, sys
+import json, os, subprocess, sys
 from qmp import QMP
+from vhost_user import capacity, config_change, front_end
 T = os.environ["T"]
 m = QMP(sys.argv[1], negotiate=True)
 
-def msg(req, payload=b'', flags=1):
-    return struct.pack('<III', req, flags, len(payload)) + payload
-def recv(s):
-    h = s.recv(12, socket.MSG_WAITALL)
-    assert len(h) == 12, 'connection closed'
-    req, flags, size = struct.unpack('<III', h)
-    return req, flags, s.recv(size, socket.MSG_WAITALL) if size else b''
-def capacity(a):
-    a.sendall(msg(24, struct.pack('<III', 0, 60, 0) + bytes(60)))   # GET_CONFIG
-    _, _, p = recv(a)
-    return struct.unpack_from('<Q', p, 12)[0]
-def front_end(path):  # a vhost-user front end with a back-end channel
-    a = socket.socket(socket.AF_UNIX); a.connect(path); a.settimeout(20)
-    a.sendall(msg(1)); recv(a)                          # GET_FEATURES
-    a.sendall(msg(15)); _, _, p = recv(a)               # GET_PROTOCOL_FEATURES
-    pf = struct.unpack('<Q', p)[0]
-    assert pf >> 5 & 1, 'BACKEND_REQ (protocol feature 5) not offered'
-    a.sendall(msg(16, struct.pack('<Q', pf)))           # SET_PROTOCOL_FEATURES
-    ours, theirs = socket.socketpair()
-    ours.settimeout(20)
-    a.sendmsg([msg(21, b'', flags=1 | 8)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', theirs.fileno()))])
-    _, _, p = recv(a)                                   # SET_BACKEND_REQ_FD, acked
-    assert struct.unpack('<Q', p)[0] == 0, 'SET_BACKEND_REQ_FD refused'
-    theirs.close()
-    return a, ours
-def config_change(ch):
-    req, flags, size = struct.unpack('<III', ch.recv(12, socket.MSG_WAITALL))
-    assert req == 2 and size == 0 and flags & 3 == 1, ('not a CONFIG_CHANGE_MSG', req, flags, size)
 def resize(node, size):
     r = m.cmd("block_resize", {"node-name": node, "size": size})
     assert r == {"return": {}}, r

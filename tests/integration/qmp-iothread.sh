@@ -30,7 +30,7 @@ start_daemon --object iothread,id=io0 --object iothread,id=io1 \
     --blockdev driver=qcow2,node-name=disk0,file=file0,cache-clean-interval=1 \
     --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$T/vu.sock",writable=on,num-queues=2,iothread.0=io0,iothread.1=io1
 wait_sock "$T/vu.sock"
-PYTHONPATH=$VBD_ROOT/tests/qmp T=$T BENCH=$VBD_BENCH python3 - "$S" <<'PY' || { cat "$T/daemon.log" | grep -v "front end\|capacity\|BACKEND_REQ" | head -60; fail "QMP session"; }
+PYTHONPATH=$VBD_ROOT/tests/qmp T=$T BENCH=$VBD_BENCH python3 - "$S" <<'PY' || fail_with_daemon_log "QMP session"
 import os, subprocess, sys
 from qmp import QMP, QMPError
 T, BENCH = os.environ["T"], os.environ["BENCH"]

@@ -7,16 +7,15 @@
 # by qmpdiff.py, errors' texts compared. (vbd changed read-only only.)
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-reopen.jsonl" \
-    --both --object --both throttle-group,id=g0 --both --object --both throttle-group,id=g1 \
-    --both --blockdev --both "driver=file,node-name=fbase,filename={DIR}/base.qcow2" \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"base","file":"fbase","backing":null}' \
-    --both --blockdev --both "driver=file,node-name=fbase2,filename={DIR}/base2.qcow2" \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"base2","file":"fbase2","backing":null}' \
-    --both --blockdev --both "driver=file,node-name=ftop,filename={DIR}/top.qcow2" \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"top","file":"ftop","backing":"base"}' \
-    --both --blockdev --both "driver=file,node-name=fr,filename={DIR}/r.raw" \
-    --both --blockdev --both '{"driver":"raw","node-name":"r0","file":"fr"}' \
-    --both --blockdev --both '{"driver":"throttle","node-name":"t0","file":"r0","throttle-group":"g0"}' ||
-    fail "vbd-daemon and qemu-storage-daemon differ"
+qmpdiff diff-reopen \
+    --object throttle-group,id=g0 --object throttle-group,id=g1 \
+    --blockdev "driver=file,node-name=fbase,filename={DIR}/base.qcow2" \
+    --blockdev '{"driver":"qcow2","node-name":"base","file":"fbase","backing":null}' \
+    --blockdev "driver=file,node-name=fbase2,filename={DIR}/base2.qcow2" \
+    --blockdev '{"driver":"qcow2","node-name":"base2","file":"fbase2","backing":null}' \
+    --blockdev "driver=file,node-name=ftop,filename={DIR}/top.qcow2" \
+    --blockdev '{"driver":"qcow2","node-name":"top","file":"ftop","backing":"base"}' \
+    --blockdev "driver=file,node-name=fr,filename={DIR}/r.raw" \
+    --blockdev '{"driver":"raw","node-name":"r0","file":"fr"}' \
+    --blockdev '{"driver":"throttle","node-name":"t0","file":"r0","throttle-group":"g0"}'
 echo ok

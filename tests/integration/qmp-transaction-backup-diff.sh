@@ -12,14 +12,13 @@
 # the other, with QEMU's events).
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
-QMPDIFF_ERROR_TEXT=1 python3 "$VBD_ROOT/tests/qmp/qmpdiff.py" ${QMPDIFF_V:-} "$VBD_ROOT/tests/qmp/diff-tx-backup.jsonl" \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"{DIR}/src.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"src2","file":{"driver":"file","filename":"{DIR}/src2.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"full","file":{"driver":"file","filename":"{DIR}/full.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"inc","file":{"driver":"file","filename":"{DIR}/inc.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"tgt","file":{"driver":"file","filename":"{DIR}/tgt.qcow2"}}' \
-    --both --blockdev --both '{"driver":"qcow2","node-name":"bad","file":{"driver":"blkdebug","image":{"driver":"file","filename":"{DIR}/bad.qcow2"},"inject-error":[{"event":"write_aio","errno":5}]}}' \
-    --both --nbd-server --both "addr.type=unix,addr.path={DIR}/nbd.sock" \
-    --both --export --both "type=nbd,id=e0,node-name=src,name=src,writable=on" \
-    || fail "vbd-daemon and qemu-storage-daemon differ"
+qmpdiff diff-tx-backup \
+    --blockdev "$(qcow2_node_in {DIR} src)" \
+    --blockdev "$(qcow2_node_in {DIR} src2)" \
+    --blockdev "$(qcow2_node_in {DIR} full)" \
+    --blockdev "$(qcow2_node_in {DIR} inc)" \
+    --blockdev "$(qcow2_node_in {DIR} tgt)" \
+    --blockdev '{"driver":"qcow2","node-name":"bad","file":{"driver":"blkdebug","image":{"driver":"file","filename":"{DIR}/bad.qcow2"},"inject-error":[{"event":"write_aio","errno":5}]}}' \
+    --nbd-server "addr.type=unix,addr.path={DIR}/nbd.sock" \
+    --export "type=nbd,id=e0,node-name=src,name=src,writable=on"
 echo ok

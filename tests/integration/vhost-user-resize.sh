@@ -15,38 +15,15 @@ step "raw front end: BACKEND_REQ offered, the config change arrives after trunca
 truncate -s 64M "$img"
 start_daemon --blockdev driver=file,node-name=file0,filename="$img" --blockdev driver=raw,node-name=disk0,file=file0 \
     --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$S",writable=on
-python3 - "$S" "$img" "$dpid" <<'PY' || fail "raw front end"
-import os, signal, socket, struct, sys
+PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$S" "$img" "$dpid" <<'PY' || fail "raw front end"
+import os, signal, sys
+from vhost_user import capacity, config_change, front_end
 sock, img, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def msg(req, payload=b'', flags=1):
-    return struct.pack('<III', req, flags, len(payload)) + payload
-def recv(s):
-    h = s.recv(12, socket.MSG_WAITALL)
-    assert len(h) == 12, 'connection closed'
-    req, flags, size = struct.unpack('<III', h)
-    return req, flags, s.recv(size, socket.MSG_WAITALL) if size else b''
-def capacity(a):
-    a.sendall(msg(24, struct.pack('<III', 0, 60, 0) + bytes(60)))   # GET_CONFIG
-    _, _, p = recv(a)
-    return struct.unpack_from('<Q', p, 12)[0]
-a = socket.socket(socket.AF_UNIX); a.connect(sock); a.settimeout(20)
-a.sendall(msg(1)); recv(a)                          # GET_FEATURES
-a.sendall(msg(15)); _, _, p = recv(a)               # GET_PROTOCOL_FEATURES
-pf = struct.unpack('<Q', p)[0]
-assert pf >> 5 & 1, 'BACKEND_REQ (protocol feature 5) not offered'
-a.sendall(msg(16, struct.pack('<Q', pf)))           # SET_PROTOCOL_FEATURES, REPLY_ACK included
-ours, theirs = socket.socketpair()
-ours.settimeout(20)
-a.sendmsg([msg(21, b'', flags=1 | 8)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', theirs.fileno()))])
-_, _, p = recv(a)                                   # SET_BACKEND_REQ_FD, acked
-assert struct.unpack('<Q', p)[0] == 0, 'SET_BACKEND_REQ_FD refused'
-theirs.close()
+a, ch = front_end(sock)
 assert capacity(a) == 64 * 2048
 os.truncate(img, 96 << 20)
 os.kill(pid, signal.SIGHUP)
-h = ours.recv(12, socket.MSG_WAITALL)
-req, flags, size = struct.unpack('<III', h)
-assert req == 2 and size == 0 and flags & 3 == 1, ('not a CONFIG_CHANGE_MSG', req, flags, size)
+config_change(ch)
 assert capacity(a) == 96 * 2048, capacity(a)
 a.close()
 PY

@@ -13,6 +13,7 @@
  * the last extent: a set bit whose sector lies past the file is an error. */
 #include "all-data.h"
 #include "vbd/block.h"
+#include "vbd/bswap.h"
 #include "vbd/error.h"
 #include "vbd/iov.h"
 
@@ -37,9 +38,6 @@ struct bochs_state {
     uint64_t slot_bytes;   /* bitmap + extent sectors, * 512 */
 };
 
-static uint32_t le32_at(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
-static uint64_t le64_at(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
-
 /* A NUL-terminated field equal to s (qemu compares with strcmp). */
 static bool field_is(const uint8_t *f, size_t len, const char *s)
 {
@@ -49,7 +47,7 @@ static bool field_is(const uint8_t *f, size_t len, const char *s)
 
 static bool bochs_header_ok(const uint8_t *h)
 {
-    uint32_t v = le32_at(h + 64);
+    uint32_t v = get_le32p(h + 64);
     return field_is(h, 32, "Bochs Virtual HD Image") && field_is(h + 32, 16, "Redolog") &&
            field_is(h + 48, 16, "Growing") && (v == BOCHS_V1 || v == BOCHS_V2);
 }
@@ -86,12 +84,12 @@ static int bochs_open(struct vbd_node *n, struct json_object *opts, unsigned fla
         vbd_error_setf(err, EINVAL, "Image '%s' is not in Bochs format (no 'Bochs Virtual HD Image' growing redolog header)", name);
         return -EINVAL;
     }
-    uint32_t header_size = le32_at(h + 68);
-    s->catalog_size = le32_at(h + 72);
-    uint32_t bitmap_size = le32_at(h + 76);
-    s->extent_size = le32_at(h + 80);
+    uint32_t header_size = get_le32p(h + 68);
+    s->catalog_size = get_le32p(h + 72);
+    uint32_t bitmap_size = get_le32p(h + 76);
+    s->extent_size = get_le32p(h + 80);
     /* version 2 has a reserved word before the disk size */
-    uint64_t disk = le32_at(h + 64) == BOCHS_V1 ? le64_at(h + 84) : le64_at(h + 88);
+    uint64_t disk = get_le32p(h + 64) == BOCHS_V1 ? get_le64p(h + 84) : get_le64p(h + 88);
     uint64_t sectors = disk / 512;
     if (s->catalog_size > BOCHS_MAX_CATALOG) {
         vbd_error_setf(err, EFBIG, "Image '%s': Bochs catalog size %u is too large (max %u)", name, s->catalog_size,

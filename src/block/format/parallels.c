@@ -3,6 +3,7 @@
  * 64-byte header, a block allocation table of 32-bit entries, then the
  * clusters in allocation order), read and written as qemu-img does. */
 #include "vbd/block.h"
+#include "vbd/bswap.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
 
@@ -37,35 +38,13 @@ struct parallels_state {
     struct vbd_co_mutex alloc_lock;
 };
 
-static uint32_t le32_at(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return le32toh(v);
-}
-static uint64_t le64_at(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return le64toh(v);
-}
-static void put_le32_at(uint8_t *p, uint32_t v)
-{
-    v = htole32(v);
-    memcpy(p, &v, 4);
-}
-static void put_le64_at(uint8_t *p, uint64_t v)
-{
-    v = htole64(v);
-    memcpy(p, &v, 8);
-}
 
 static int parallels_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     (void)filename;
     if (len < PRL_HEADER_SIZE)
         return 0;
-    if ((!memcmp(buf, PRL_MAGIC_V1, 16) || !memcmp(buf, PRL_MAGIC_V2, 16)) && le32_at(buf + 16) == PRL_VERSION)
+    if ((!memcmp(buf, PRL_MAGIC_V1, 16) || !memcmp(buf, PRL_MAGIC_V2, 16)) && get_le32p(buf + 16) == PRL_VERSION)
         return 100;
     return 0;
 }
@@ -80,7 +59,7 @@ static uint64_t cluster_host_offset(const struct parallels_state *s, uint64_t id
 
 static int write_header_inuse(struct parallels_state *s, bool inuse)
 {
-    put_le32_at(s->header + 44, inuse ? PRL_INUSE_MAGIC : 0);
+    put_le32p(s->header + 44, inuse ? PRL_INUSE_MAGIC : 0);
     int rc = vbd_node_co_pwrite(s->n->file, 0, s->header, PRL_HEADER_SIZE, 0);
     if (rc == 0)
         rc = vbd_node_co_flush(s->n->file);
@@ -234,12 +213,12 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
         vbd_error_setf(err, EINVAL, "Could not read the parallels header of '%s'", name);
         return -EINVAL;
     }
-    if (le32_at(h + 16) != PRL_VERSION || (memcmp(h, PRL_MAGIC_V1, 16) && memcmp(h, PRL_MAGIC_V2, 16))) {
+    if (get_le32p(h + 16) != PRL_VERSION || (memcmp(h, PRL_MAGIC_V1, 16) && memcmp(h, PRL_MAGIC_V2, 16))) {
         vbd_error_setf(err, EINVAL, "Image '%s' not in Parallels format", name);
         return -EINVAL;
     }
     bool v1 = !memcmp(h, PRL_MAGIC_V1, 16);
-    uint32_t tracks = le32_at(h + 28);
+    uint32_t tracks = get_le32p(h + 28);
     if (tracks == 0) {
         vbd_error_setf(err, EINVAL, "Invalid parallels image '%s': Zero sectors per track (tracks)", name);
         return -EINVAL;
@@ -250,7 +229,7 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
     }
     s->cluster_size = (uint64_t)tracks * 512;
     s->off_multiplier = v1 ? 512 : s->cluster_size;
-    uint64_t nb_sectors = le64_at(h + 36);
+    uint64_t nb_sectors = get_le64p(h + 36);
     if (v1)
         nb_sectors &= 0xffffffffu;
     if (nb_sectors > VBD_MAX_REQUEST_END / 512) {
@@ -258,7 +237,7 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
                        (unsigned long long)nb_sectors);
         return -EFBIG;
     }
-    s->bat_entries = le32_at(h + 32);
+    s->bat_entries = get_le32p(h + 32);
     if (s->bat_entries > INT32_MAX / 4) { /* QEMU's limit ("Catalog too large") */
         vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': BAT too large (bat_entries %u)", name, s->bat_entries);
         return -EFBIG;
@@ -269,7 +248,7 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
                        name, s->bat_entries);
         return -EINVAL;
     }
-    uint64_t data_off = (uint64_t)le32_at(h + 48) * 512;
+    uint64_t data_off = (uint64_t)get_le32p(h + 48) * 512;
     if (data_off == 0)
         data_off = (bat_end + 511) & ~511ull;
     if (data_off < bat_end || data_off > fsize) {
@@ -314,7 +293,7 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
     n->bl.request_alignment = 1;
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
     s->writable = (flags & VBD_OPEN_RDWR) != 0;
-    bool unclean = le32_at(h + 44) == PRL_INUSE_MAGIC;
+    bool unclean = get_le32p(h + 44) == PRL_INUSE_MAGIC;
     s->unclean = unclean;
     if (s->writable) {
         /* a writer that died left the BAT possibly inconsistent: QEMU 7.2
@@ -631,7 +610,7 @@ static int parallels_check(struct vbd_node *n, struct vbd_check_result *res, uns
         prev = off;
     }
     fsize = (vbd_node_size(n->file) + 511) & ~511ull; /* with the clusters unshare_cluster added */
-    uint64_t end = high ? high + s->cluster_size : (uint64_t)le32_at(s->header + 48) * 512;
+    uint64_t end = high ? high + s->cluster_size : (uint64_t)get_le32p(s->header + 48) * 512;
     if (!end)
         end = (PRL_HEADER_SIZE + (uint64_t)s->bat_entries * 4 + 511) & ~511ull;
     res->image_end_offset = (int64_t)end;
@@ -702,13 +681,13 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         return -EIO;
     uint8_t h[PRL_HEADER_SIZE] = {0};
     memcpy(h, PRL_MAGIC_V2, 16);
-    put_le32_at(h + 16, PRL_VERSION);
-    put_le32_at(h + 20, 16);                              /* heads: geometry is unused on the image level */
-    put_le32_at(h + 24, (uint32_t)(size / 512 / 16 / 32)); /* cylinders */
-    put_le32_at(h + 28, (uint32_t)(cluster_size / 512));
-    put_le32_at(h + 32, (uint32_t)bat_entries);
-    put_le64_at(h + 36, size / 512);
-    put_le32_at(h + 48, (uint32_t)(meta / 512));
+    put_le32p(h + 16, PRL_VERSION);
+    put_le32p(h + 20, 16);                              /* heads: geometry is unused on the image level */
+    put_le32p(h + 24, (uint32_t)(size / 512 / 16 / 32)); /* cylinders */
+    put_le32p(h + 28, (uint32_t)(cluster_size / 512));
+    put_le32p(h + 32, (uint32_t)bat_entries);
+    put_le64p(h + 36, size / 512);
+    put_le32p(h + 48, (uint32_t)(meta / 512));
     /* the zeroed BAT first, then the header that makes it an image */
     rc = vbd_node_co_pwrite_zeroes(f, 0, meta, 0);
     if (rc == 0)

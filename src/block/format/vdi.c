@@ -5,6 +5,7 @@
  * then the data blocks in allocation order. Differencing images (a parent
  * UUID) are refused, as qemu-img does. */
 #include "vbd/block.h"
+#include "vbd/bswap.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/iov.h"
@@ -49,20 +50,6 @@ struct vdi_state {
     struct vbd_co_mutex alloc_lock;  /* serialises block allocation: map entry and header */
 };
 
-static inline uint32_t get_le32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
-static inline uint64_t get_le64(const uint8_t *p) { return get_le32(p) | (uint64_t)get_le32(p + 4) << 32; }
-static inline void put_le32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-static inline void put_le64(uint8_t *p, uint64_t v)
-{
-    put_le32(p, (uint32_t)v);
-    put_le32(p + 4, (uint32_t)(v >> 32));
-}
 
 static bool is_nil_uuid(const uint8_t *u)
 {
@@ -75,7 +62,7 @@ static bool is_nil_uuid(const uint8_t *u)
 static int vdi_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     (void)filename;
-    return len >= H_SIGNATURE + 4 && get_le32(buf + H_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
+    return len >= H_SIGNATURE + 4 && get_le32p(buf + H_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
 }
 
 static void vdi_close(struct vbd_node *n)
@@ -104,43 +91,43 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         vbd_error_setf(err, -rc, "Could not read the VDI header of '%s': %s", n->filename, strerror(-rc));
         return rc;
     }
-    if (get_le32(h + H_SIGNATURE) != VDI_SIGNATURE)
-        return bad_header(n, err, "no VDI signature", get_le32(h + H_SIGNATURE));
-    uint32_t version = get_le32(h + H_VERSION);
+    if (get_le32p(h + H_SIGNATURE) != VDI_SIGNATURE)
+        return bad_header(n, err, "no VDI signature", get_le32p(h + H_SIGNATURE));
+    uint32_t version = get_le32p(h + H_VERSION);
     if (version != VDI_VERSION_1_1) {
         vbd_error_setf(err, ENOTSUP, "Unsupported VDI image '%s' (version %u.%u)", n->filename, version >> 16,
                        version & 0xffff);
         return -ENOTSUP;
     }
-    uint32_t header_size = get_le32(h + H_HEADER_SIZE);
+    uint32_t header_size = get_le32p(h + H_HEADER_SIZE);
     /* counted from the end of the version field; the 1.1 header ends after the parent UUID */
     if (header_size < H_UUID_PARENT + 16 - H_HEADER_SIZE)
         return bad_header(n, err, "header size", header_size);
-    s->image_type = get_le32(h + H_TYPE);
+    s->image_type = get_le32p(h + H_TYPE);
     if (s->image_type != VDI_TYPE_DYNAMIC && s->image_type != VDI_TYPE_STATIC)
         return bad_header(n, err, "image type", s->image_type);
-    s->offset_bmap = get_le32(h + H_OFFSET_BMAP);
-    s->offset_data = get_le32(h + H_OFFSET_DATA);
+    s->offset_bmap = get_le32p(h + H_OFFSET_BMAP);
+    s->offset_data = get_le32p(h + H_OFFSET_DATA);
     if (s->offset_bmap % VDI_SECTOR || s->offset_bmap < VDI_HEADER_SIZE)
         return bad_header(n, err, "block map offset", s->offset_bmap);
     if (s->offset_data % VDI_SECTOR)
         return bad_header(n, err, "data offset", s->offset_data);
-    if (get_le32(h + H_SECTOR_SIZE) != VDI_SECTOR)
-        return bad_header(n, err, "sector size", get_le32(h + H_SECTOR_SIZE));
-    if (get_le32(h + H_BLOCK_SIZE) != VDI_BLOCK_SIZE)
-        return bad_header(n, err, "block size", get_le32(h + H_BLOCK_SIZE));
-    if (get_le32(h + H_BLOCK_EXTRA) != 0)
-        return bad_header(n, err, "block extra data", get_le32(h + H_BLOCK_EXTRA));
+    if (get_le32p(h + H_SECTOR_SIZE) != VDI_SECTOR)
+        return bad_header(n, err, "sector size", get_le32p(h + H_SECTOR_SIZE));
+    if (get_le32p(h + H_BLOCK_SIZE) != VDI_BLOCK_SIZE)
+        return bad_header(n, err, "block size", get_le32p(h + H_BLOCK_SIZE));
+    if (get_le32p(h + H_BLOCK_EXTRA) != 0)
+        return bad_header(n, err, "block extra data", get_le32p(h + H_BLOCK_EXTRA));
     if (!is_nil_uuid(h + H_UUID_LINK) || !is_nil_uuid(h + H_UUID_PARENT)) {
         vbd_error_setf(err, ENOTSUP, "Unsupported VDI image '%s': differencing images (a parent UUID) are not supported",
                        n->filename);
         return -ENOTSUP;
     }
-    s->blocks = get_le32(h + H_BLOCKS);
-    s->blocks_allocated = get_le32(h + H_BLOCKS_ALLOCATED);
+    s->blocks = get_le32p(h + H_BLOCKS);
+    s->blocks_allocated = get_le32p(h + H_BLOCKS_ALLOCATED);
     if (s->blocks > VDI_BLOCKS_MAX)
         return bad_header(n, err, "blocks in image", s->blocks);
-    s->disk_size = get_le64(h + H_DISK_SIZE);
+    s->disk_size = get_le64p(h + H_DISK_SIZE);
     if (s->disk_size > (uint64_t)s->blocks * VDI_BLOCK_SIZE)
         return bad_header(n, err, "disk size larger than its block map covers", s->disk_size);
     /* VBoxManage convertfromraw can make odd sizes: the disk is whole sectors, as in qemu-img */
@@ -162,7 +149,7 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         return rc;
     }
     for (uint32_t i = 0; i < s->blocks; i++)
-        s->bmap[i] = get_le32((const uint8_t *)&s->bmap[i]);
+        s->bmap[i] = get_le32p((const uint8_t *)&s->bmap[i]);
     if (flags & VBD_OPEN_CHECK)
         return 0; /* check reports what is wrong with the map */
     /* every entry names a block of the data area, once; writes allocate after the last */
@@ -306,7 +293,7 @@ static int vdi_allocate_write(struct vbd_node *n, struct vdi_state *s, uint32_t 
     rc = vbd_node_co_pwrite(n->file, s->offset_data + (uint64_t)idx * VDI_BLOCK_SIZE, s->block_buf, VDI_BLOCK_SIZE, 0);
     if (rc < 0)
         goto out;
-    put_le32(s->header + H_BLOCKS_ALLOCATED, idx + 1);
+    put_le32p(s->header + H_BLOCKS_ALLOCATED, idx + 1);
     rc = vbd_node_co_pwrite(n->file, H_BLOCKS_ALLOCATED, s->header + H_BLOCKS_ALLOCATED, 4, 0);
     s->blocks_allocated = idx + 1; /* even if that failed: the count on disk may be either, idx stays unused */
     if (rc < 0)
@@ -316,7 +303,7 @@ static int vdi_allocate_write(struct vbd_node *n, struct vdi_state *s, uint32_t 
     uint32_t count = s->blocks - first < VDI_SECTOR / 4 ? s->blocks - first : VDI_SECTOR / 4;
     uint8_t sector[VDI_SECTOR];
     for (uint32_t i = 0; i < count; i++)
-        put_le32(sector + 4 * i, first + i == block ? idx : s->bmap[first + i]);
+        put_le32p(sector + 4 * i, first + i == block ? idx : s->bmap[first + i]);
     rc = vbd_node_co_pwrite(n->file, s->offset_bmap + (uint64_t)first * 4, sector, (uint64_t)count * 4, 0);
     if (rc < 0) /* the entry may or may not be on disk: its block stays reserved, the map as it was */
         goto out;
@@ -494,21 +481,21 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         return -ENOMEM;
     }
     snprintf((char *)buf, 0x40, "<<< QEMU VM Virtual Disk Image >>>\n");
-    put_le32(buf + H_SIGNATURE, VDI_SIGNATURE);
-    put_le32(buf + H_VERSION, VDI_VERSION_1_1);
-    put_le32(buf + H_HEADER_SIZE, 0x180); /* the 1.1 header without its unused tail, as VirtualBox writes */
-    put_le32(buf + H_TYPE, is_static ? VDI_TYPE_STATIC : VDI_TYPE_DYNAMIC);
-    put_le32(buf + H_OFFSET_BMAP, VDI_HEADER_SIZE);
-    put_le32(buf + H_OFFSET_DATA, (uint32_t)offset_data);
-    put_le32(buf + H_SECTOR_SIZE, VDI_SECTOR);
-    put_le64(buf + H_DISK_SIZE, size);
-    put_le32(buf + H_BLOCK_SIZE, VDI_BLOCK_SIZE);
-    put_le32(buf + H_BLOCKS, blocks);
-    put_le32(buf + H_BLOCKS_ALLOCATED, is_static ? blocks : 0);
+    put_le32p(buf + H_SIGNATURE, VDI_SIGNATURE);
+    put_le32p(buf + H_VERSION, VDI_VERSION_1_1);
+    put_le32p(buf + H_HEADER_SIZE, 0x180); /* the 1.1 header without its unused tail, as VirtualBox writes */
+    put_le32p(buf + H_TYPE, is_static ? VDI_TYPE_STATIC : VDI_TYPE_DYNAMIC);
+    put_le32p(buf + H_OFFSET_BMAP, VDI_HEADER_SIZE);
+    put_le32p(buf + H_OFFSET_DATA, (uint32_t)offset_data);
+    put_le32p(buf + H_SECTOR_SIZE, VDI_SECTOR);
+    put_le64p(buf + H_DISK_SIZE, size);
+    put_le32p(buf + H_BLOCK_SIZE, VDI_BLOCK_SIZE);
+    put_le32p(buf + H_BLOCKS, blocks);
+    put_le32p(buf + H_BLOCKS_ALLOCATED, is_static ? blocks : 0);
     new_uuid(buf + H_UUID_IMAGE);
     new_uuid(buf + H_UUID_LAST_SNAP);
     for (uint32_t i = 0; i < blocks; i++)
-        put_le32(buf + VDI_HEADER_SIZE + 4 * (uint64_t)i, is_static ? i : VDI_UNALLOCATED);
+        put_le32p(buf + VDI_HEADER_SIZE + 4 * (uint64_t)i, is_static ? i : VDI_UNALLOCATED);
     uint64_t file_size = is_static ? offset_data + (uint64_t)blocks * VDI_BLOCK_SIZE : 0;
     int rc;
     struct vbd_node *f = vbd_create_protocol_node(filename, target, file_size, err);

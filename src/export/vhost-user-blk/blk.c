@@ -8,6 +8,7 @@
  */
 #include "blk-internal.h"
 
+#include "vbd/bswap.h"
 #include "vbd/options.h"
 
 #include <assert.h>
@@ -54,19 +55,6 @@ static void blk_features_set(struct vu_dev *dev, uint64_t features)
         vbd_backend_set_writethrough(e->be, true);
 }
 
-static void put_le16(uint8_t *p, uint16_t v)
-{
-    memcpy(p, &v, 2);
-}
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    memcpy(p, &v, 4);
-}
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    memcpy(p, &v, 8);
-}
-
 /* In 512-byte sectors, whole logical blocks only. */
 static uint64_t capacity_of(struct blk_export *e)
 {
@@ -79,23 +67,23 @@ static void blk_get_config(struct vu_dev *dev, uint8_t *cfg, uint32_t len)
     struct virtio_blk_config c;
     memset(&c, 0, sizeof(c));
     uint8_t *p = (uint8_t *)&c;
-    put_le64(p + offsetof(struct virtio_blk_config, capacity), capacity_of(e));
-    put_le32(p + offsetof(struct virtio_blk_config, size_max), BLK_SIZE_MAX);
-    put_le32(p + offsetof(struct virtio_blk_config, seg_max), BLK_SEG_MAX);
-    put_le32(p + offsetof(struct virtio_blk_config, blk_size), e->lbs);
+    put_le64p(p + offsetof(struct virtio_blk_config, capacity), capacity_of(e));
+    put_le32p(p + offsetof(struct virtio_blk_config, size_max), BLK_SIZE_MAX);
+    put_le32p(p + offsetof(struct virtio_blk_config, seg_max), BLK_SEG_MAX);
+    put_le32p(p + offsetof(struct virtio_blk_config, blk_size), e->lbs);
     int exp = 0;
     while ((e->lbs << exp) < e->pbs)
         exp++;
     c.physical_block_exp = (uint8_t)exp;
-    put_le16(p + offsetof(struct virtio_blk_config, min_io_size), (uint16_t)(e->pbs / e->lbs));
-    put_le32(p + offsetof(struct virtio_blk_config, opt_io_size), 0);
+    put_le16p(p + offsetof(struct virtio_blk_config, min_io_size), (uint16_t)(e->pbs / e->lbs));
+    put_le32p(p + offsetof(struct virtio_blk_config, opt_io_size), 0);
     c.wce = vbd_backend_writethrough(e->be) ? 0 : 1;
-    put_le16(p + offsetof(struct virtio_blk_config, num_queues), e->num_queues);
-    put_le32(p + offsetof(struct virtio_blk_config, max_discard_sectors), BLK_MAX_DISCARD_SECTORS);
-    put_le32(p + offsetof(struct virtio_blk_config, max_discard_seg), 1);
-    put_le32(p + offsetof(struct virtio_blk_config, discard_sector_alignment), e->lbs / 512);
-    put_le32(p + offsetof(struct virtio_blk_config, max_write_zeroes_sectors), BLK_MAX_DISCARD_SECTORS);
-    put_le32(p + offsetof(struct virtio_blk_config, max_write_zeroes_seg), 1);
+    put_le16p(p + offsetof(struct virtio_blk_config, num_queues), e->num_queues);
+    put_le32p(p + offsetof(struct virtio_blk_config, max_discard_sectors), BLK_MAX_DISCARD_SECTORS);
+    put_le32p(p + offsetof(struct virtio_blk_config, max_discard_seg), 1);
+    put_le32p(p + offsetof(struct virtio_blk_config, discard_sector_alignment), e->lbs / 512);
+    put_le32p(p + offsetof(struct virtio_blk_config, max_write_zeroes_sectors), BLK_MAX_DISCARD_SECTORS);
+    put_le32p(p + offsetof(struct virtio_blk_config, max_write_zeroes_seg), 1);
     c.write_zeroes_may_unmap = e->discard ? 1 : 0;
     memcpy(cfg, &c, sizeof(c) < len ? sizeof(c) : len);
 }

@@ -126,38 +126,38 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     memcpy(hs, "vhdxfile", 8);
     static const char creator[] = "vbd";
     for (size_t i = 0; i < sizeof(creator) - 1; i++)
-        put_le16(hs + 8 + 2 * i, (uint16_t)creator[i]);
+        put_le16p(hs + 8 + 2 * i, (uint16_t)creator[i]);
     uint8_t *h = hs + VHDX_HEADER1_OFF;
     uint32_t seq;
     if (getrandom(&seq, sizeof(seq), 0) != sizeof(seq))
         seq = (uint32_t)rand();
     memcpy(h, "head", 4);
-    put_le64(h + H_SEQ, seq);
+    put_le64p(h + H_SEQ, seq);
     vhdx_guid_generate(h + H_FILE_GUID);
     vhdx_guid_generate(h + H_DATA_GUID);
-    put_le16(h + H_LOG_VERSION, 0);
-    put_le16(h + H_VERSION, 1);
-    put_le32(h + H_LOG_LENGTH, (uint32_t)p.log_size);
-    put_le64(h + H_LOG_OFFSET, VHDX_HEADER_SECTION);
+    put_le16p(h + H_LOG_VERSION, 0);
+    put_le16p(h + H_VERSION, 1);
+    put_le32p(h + H_LOG_LENGTH, (uint32_t)p.log_size);
+    put_le64p(h + H_LOG_OFFSET, VHDX_HEADER_SECTION);
     vhdx_set_crc(h, VHDX_HEADER_SIZE, 4);
     uint8_t *h2 = hs + VHDX_HEADER2_OFF;
     memcpy(h2, h, VHDX_HEADER_SIZE);
-    put_le64(h2 + H_SEQ, (uint64_t)seq + 1);
+    put_le64p(h2 + H_SEQ, (uint64_t)seq + 1);
     vhdx_set_crc(h2, VHDX_HEADER_SIZE, 4);
     uint8_t *rt = hs + VHDX_RT1_OFF;
     memcpy(rt, "regi", 4);
-    put_le32(rt + 8, 2);
+    put_le32p(rt + 8, 2);
     memcpy(rt + 16, vhdx_bat_guid, 16);
-    put_le64(rt + 32, p.bat_offset);
-    put_le32(rt + 40, (uint32_t)p.bat_length);
+    put_le64p(rt + 32, p.bat_offset);
+    put_le32p(rt + 40, (uint32_t)p.bat_length);
     memcpy(rt + 48, vhdx_metadata_guid, 16);
-    put_le64(rt + 64, p.meta_offset);
-    put_le32(rt + 72, (uint32_t)MiB);
+    put_le64p(rt + 64, p.meta_offset);
+    put_le32p(rt + 72, (uint32_t)MiB);
     vhdx_set_crc(rt, VHDX_RT_SIZE, 4);
     memcpy(hs + VHDX_RT2_OFF, rt, VHDX_RT_SIZE);
 
     memcpy(meta, "metadata", 8);
-    put_le16(meta + 10, 5);
+    put_le16p(meta + 10, 5);
     static const uint8_t *const guids[5] = {vhdx_file_param_guid, vhdx_vsize_guid, vhdx_page83_guid, vhdx_lsec_guid, vhdx_psec_guid};
     static const uint32_t lens[5] = {8, 8, 16, 4, 4};
     static const uint32_t flags[5] = {4, 6, 6, 6, 6}; /* required (and virtual disk) */
@@ -165,18 +165,18 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     for (int i = 0; i < 5; i++) {
         uint8_t *e = meta + 32 + 32 * i;
         memcpy(e, guids[i], 16);
-        put_le32(e + 16, item);
-        put_le32(e + 20, lens[i]);
-        put_le32(e + 24, flags[i]);
+        put_le32p(e + 16, item);
+        put_le32p(e + 20, lens[i]);
+        put_le32p(e + 24, flags[i]);
         item += lens[i];
     }
     uint8_t *items = meta + VHDX_META_TABLE_SIZE;
-    put_le32(items, (uint32_t)p.block_size);
-    put_le32(items + 4, p.fixed ? 1 : 0);
-    put_le64(items + 8, p.size);
+    put_le32p(items, (uint32_t)p.block_size);
+    put_le32p(items + 4, p.fixed ? 1 : 0);
+    put_le64p(items + 8, p.size);
     vhdx_guid_generate(items + 16);
-    put_le32(items + 32, 512);
-    put_le32(items + 36, 512);
+    put_le32p(items + 32, 512);
+    put_le32p(items + 36, 512);
 
     /* QEMU's BAT: ZERO blocks with block_state_zero (even when fixed),
      * else a fixed image's blocks laid out after the metadata, else
@@ -188,7 +188,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
             e = PB_ZERO;
         else if (p.fixed)
             e = ((p.data_offset + b * p.block_size + MiB - 1) & ~(MiB - 1)) | PB_FULLY_PRESENT;
-        put_le64(bat + (b + b / chunk_ratio) * 8, e);
+        put_le64p(bat + (b + b / chunk_ratio) * 8, e);
     }
     rc = vbd_node_co_pwrite(f, 0, hs, VHDX_HEADER_SECTION, 0);
     if (rc == 0)

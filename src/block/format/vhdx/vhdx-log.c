@@ -36,7 +36,7 @@ static uint32_t crc32c_update(uint32_t crc, const uint8_t *p, size_t len)
         len--;
     }
     while (len >= 8) {
-        uint32_t lo = get_le32(p) ^ crc, hi = get_le32(p + 4);
+        uint32_t lo = get_le32p(p) ^ crc, hi = get_le32p(p + 4);
         crc = crc_tab[7][lo & 0xff] ^ crc_tab[6][(lo >> 8) & 0xff] ^ crc_tab[5][(lo >> 16) & 0xff] ^
               crc_tab[4][lo >> 24] ^ crc_tab[3][hi & 0xff] ^ crc_tab[2][(hi >> 8) & 0xff] ^
               crc_tab[1][(hi >> 16) & 0xff] ^ crc_tab[0][hi >> 24];
@@ -61,7 +61,7 @@ uint32_t vhdx_crc(const uint8_t *buf, size_t len, size_t crc_at)
 
 void vhdx_set_crc(uint8_t *buf, size_t len, size_t crc_at)
 {
-    put_le32(buf + crc_at, vhdx_crc(buf, len, crc_at));
+    put_le32p(buf + crc_at, vhdx_crc(buf, len, crc_at));
 }
 
 void vhdx_guid_generate(uint8_t *g)
@@ -91,9 +91,9 @@ int vhdx_read_headers(struct vbd_node *n, struct vhdx_state *s, struct vbd_error
             return rc;
         }
         const uint8_t *h = s->hdr[i];
-        valid[i] = !memcmp(h, "head", 4) && get_le32(h + 4) == vhdx_crc(h, VHDX_HEADER_SIZE, 4) &&
-                   get_le16(h + H_VERSION) == 1;
-        seq[i] = get_le64(h + H_SEQ);
+        valid[i] = !memcmp(h, "head", 4) && get_le32p(h + 4) == vhdx_crc(h, VHDX_HEADER_SIZE, 4) &&
+                   get_le16p(h + H_VERSION) == 1;
+        seq[i] = get_le64p(h + H_SEQ);
     }
     if (valid[0] && valid[1]) {
         if (seq[0] != seq[1])
@@ -120,7 +120,7 @@ static int update_header(struct vbd_node *n, struct vhdx_state *s, bool new_data
     int other = !s->cur;
     uint8_t *h = s->hdr[other];
     memcpy(h, s->hdr[s->cur], VHDX_HEADER_SIZE);
-    put_le64(h + H_SEQ, get_le64(s->hdr[s->cur] + H_SEQ) + 1);
+    put_le64p(h + H_SEQ, get_le64p(s->hdr[s->cur] + H_SEQ) + 1);
     memcpy(h + H_FILE_GUID, s->session_guid, 16);
     if (new_data_guid)
         vhdx_guid_generate(h + H_DATA_GUID);
@@ -180,9 +180,9 @@ static int log_entry_at(const struct vhdx_state *s, const uint8_t *log, uint32_t
     const uint8_t *h = log + (uint64_t)pos * VHDX_LOG_SECTOR;
     if (memcmp(h, "loge", 4))
         return 0;
-    uint32_t len = get_le32(h + L_ENTRY_LENGTH);
-    uint64_t seq = get_le64(h + L_SEQ);
-    uint32_t count = get_le32(h + L_DESC_COUNT);
+    uint32_t len = get_le32p(h + L_ENTRY_LENGTH);
+    uint64_t seq = get_le64p(h + L_SEQ);
+    uint32_t count = get_le32p(h + L_DESC_COUNT);
     if (!len || len % VHDX_LOG_SECTOR || len > s->log_length || !seq || (want_seq && seq != want_seq) ||
         memcmp(h + L_LOG_GUID, s->hdr[s->cur] + H_LOG_GUID, 16))
         return 0;
@@ -201,23 +201,23 @@ static int log_entry_at(const struct vhdx_state *s, const uint8_t *log, uint32_t
     uint32_t ndata = 0;
     for (uint32_t i = 0; i < count; i++) {
         const uint8_t *d = buf + L_HDR_SIZE + (uint64_t)i * D_SIZE;
-        if (get_le64(d + 24) != seq || get_le64(d + 16) % VHDX_LOG_SECTOR)
+        if (get_le64p(d + 24) != seq || get_le64p(d + 16) % VHDX_LOG_SECTOR)
             goto invalid;
         if (!memcmp(d, "zero", 4)) {
-            if (get_le64(d + 8) % VHDX_LOG_SECTOR)
+            if (get_le64p(d + 8) % VHDX_LOG_SECTOR)
                 goto invalid;
         } else if (!memcmp(d, "desc", 4)) {
             if (dsect + ndata >= sectors)
                 goto invalid;
             const uint8_t *ds = buf + (uint64_t)(dsect + ndata) * VHDX_LOG_SECTOR;
-            if (memcmp(ds, "data", 4) || ((uint64_t)get_le32(ds + 4) << 32 | get_le32(ds + 4092)) != seq)
+            if (memcmp(ds, "data", 4) || ((uint64_t)get_le32p(ds + 4) << 32 | get_le32p(ds + 4092)) != seq)
                 goto invalid;
             ndata++;
         } else {
             goto invalid;
         }
     }
-    if (vhdx_crc(buf, len, L_CHECKSUM) != get_le32(buf + L_CHECKSUM))
+    if (vhdx_crc(buf, len, L_CHECKSUM) != get_le32p(buf + L_CHECKSUM))
         goto invalid;
     e->seq = seq;
     e->sectors = sectors;
@@ -318,15 +318,15 @@ int vhdx_log_replay(struct vbd_node *n, struct vhdx_state *s, struct vbd_error *
 {
     const char *name = n->file->filename;
     const uint8_t *h = s->hdr[s->cur];
-    s->log_offset = get_le64(h + H_LOG_OFFSET);
-    s->log_length = get_le32(h + H_LOG_LENGTH);
+    s->log_offset = get_le64p(h + H_LOG_OFFSET);
+    s->log_length = get_le32p(h + H_LOG_LENGTH);
     uint64_t fsize = vbd_node_size(n->file);
     if (s->log_offset < MiB || s->log_offset % MiB) {
         vbd_error_setf(err, EINVAL, "Image '%s': invalid VHDX log offset %llu", name, (unsigned long long)s->log_offset);
         return -EINVAL;
     }
-    if (get_le16(h + H_LOG_VERSION) != 0) {
-        vbd_error_setf(err, ENOTSUP, "Image '%s': unsupported VHDX log version %u", name, get_le16(h + H_LOG_VERSION));
+    if (get_le16p(h + H_LOG_VERSION) != 0) {
+        vbd_error_setf(err, ENOTSUP, "Image '%s': unsupported VHDX log version %u", name, get_le16p(h + H_LOG_VERSION));
         return -ENOTSUP;
     }
     if (!memcmp(h + H_LOG_GUID, vhdx_zero_guid, 16) || s->log_length == 0)
@@ -374,7 +374,7 @@ int vhdx_log_replay(struct vbd_node *n, struct vhdx_state *s, struct vbd_error *
     uint64_t limit = fsize;
     for (uint32_t i = 0; i < nents; i++) {
         const uint8_t *b = ents[i].buf;
-        uint64_t flushed = get_le64(b + L_FLUSHED), last = get_le64(b + L_LAST);
+        uint64_t flushed = get_le64p(b + L_FLUSHED), last = get_le64p(b + L_LAST);
         if (flushed > fsize) {
             vbd_error_setf(err, EINVAL, "Image '%s': VHDX log entry %llu expects a file of %llu bytes, it has %llu: truncated image",
                            name, (unsigned long long)ents[i].seq, (unsigned long long)flushed, (unsigned long long)fsize);
@@ -386,11 +386,11 @@ int vhdx_log_replay(struct vbd_node *n, struct vhdx_state *s, struct vbd_error *
     }
     for (uint32_t i = 0; i < nents; i++) {
         const uint8_t *b = ents[i].buf;
-        uint32_t count = get_le32(b + L_DESC_COUNT);
+        uint32_t count = get_le32p(b + L_DESC_COUNT);
         for (uint32_t j = 0; j < count; j++) {
             const uint8_t *d = b + L_HDR_SIZE + (uint64_t)j * D_SIZE;
-            uint64_t off = get_le64(d + 16);
-            uint64_t len = memcmp(d, "zero", 4) ? VHDX_LOG_SECTOR : get_le64(d + 8);
+            uint64_t off = get_le64p(d + 16);
+            uint64_t len = memcmp(d, "zero", 4) ? VHDX_LOG_SECTOR : get_le64p(d + 8);
             bool in_log = off < s->log_offset + s->log_length && off + len > s->log_offset;
             if (off < VHDX_HEADER_SECTION || off > limit || len > limit - off || in_log) {
                 vbd_error_setf(err, EINVAL,
@@ -405,12 +405,12 @@ int vhdx_log_replay(struct vbd_node *n, struct vhdx_state *s, struct vbd_error *
     uint8_t *sector = vbd_alloc_aligned(4096, VHDX_LOG_SECTOR);
     for (uint32_t i = 0; i < nents && rc == 0; i++) {
         const uint8_t *b = ents[i].buf;
-        uint32_t count = get_le32(b + L_DESC_COUNT), dsect = desc_sectors(count), ndata = 0;
+        uint32_t count = get_le32p(b + L_DESC_COUNT), dsect = desc_sectors(count), ndata = 0;
         for (uint32_t j = 0; j < count && rc == 0; j++) {
             const uint8_t *d = b + L_HDR_SIZE + (uint64_t)j * D_SIZE;
-            uint64_t off = get_le64(d + 16);
+            uint64_t off = get_le64p(d + 16);
             if (!memcmp(d, "zero", 4)) {
-                rc = vbd_node_co_pwrite_zeroes(n->file, off, get_le64(d + 8), 0);
+                rc = vbd_node_co_pwrite_zeroes(n->file, off, get_le64p(d + 8), 0);
                 continue;
             }
             const uint8_t *ds = b + (uint64_t)(dsect + ndata++) * VHDX_LOG_SECTOR;
@@ -468,29 +468,29 @@ int vhdx_log_write_bat_entry(struct vbd_node *n, struct vhdx_state *s, uint64_t 
     uint8_t *sec = vbd_alloc_aligned(4096, VHDX_LOG_SECTOR);
     const uint64_t *src = s->bat + sector_index * (VHDX_LOG_SECTOR / 8);
     for (unsigned i = 0; i < VHDX_LOG_SECTOR / 8; i++)
-        put_le64(sec + i * 8, src[i]);
-    put_le64(sec + idx * 8 % VHDX_LOG_SECTOR, entry);
+        put_le64p(sec + i * 8, src[i]);
+    put_le64p(sec + idx * 8 % VHDX_LOG_SECTOR, entry);
     uint64_t seq = s->log_seq ? s->log_seq : 1;
     uint64_t fsize = vbd_node_size(n->file);
     uint64_t file_off = s->bat_offset + sector_index * VHDX_LOG_SECTOR;
     memcpy(e, "loge", 4);
-    put_le32(e + L_ENTRY_LENGTH, 2 * VHDX_LOG_SECTOR);
-    put_le32(e + L_TAIL, 0);
-    put_le64(e + L_SEQ, seq);
-    put_le32(e + L_DESC_COUNT, 1);
+    put_le32p(e + L_ENTRY_LENGTH, 2 * VHDX_LOG_SECTOR);
+    put_le32p(e + L_TAIL, 0);
+    put_le64p(e + L_SEQ, seq);
+    put_le32p(e + L_DESC_COUNT, 1);
     memcpy(e + L_LOG_GUID, log_guid, 16);
-    put_le64(e + L_FLUSHED, fsize);
-    put_le64(e + L_LAST, fsize);
+    put_le64p(e + L_FLUSHED, fsize);
+    put_le64p(e + L_LAST, fsize);
     uint8_t *d = e + L_HDR_SIZE;
     memcpy(d, "desc", 4);
     memcpy(d + 4, sec + 4092, 4);
     memcpy(d + 8, sec, 8);
-    put_le64(d + 16, file_off);
-    put_le64(d + 24, seq);
+    put_le64p(d + 16, file_off);
+    put_le64p(d + 24, seq);
     memcpy(data, "data", 4);
-    put_le32(data + 4, (uint32_t)(seq >> 32));
+    put_le32p(data + 4, (uint32_t)(seq >> 32));
     memcpy(data + 8, sec + 8, 4084);
-    put_le32(data + 4092, (uint32_t)seq);
+    put_le32p(data + 4092, (uint32_t)seq);
     vhdx_set_crc(e, 2 * VHDX_LOG_SECTOR, L_CHECKSUM);
     rc = vbd_node_co_pwrite(n->file, s->log_offset, e, 2 * VHDX_LOG_SECTOR, 0);
     if (rc == 0)

@@ -88,14 +88,14 @@ static int read_region_table(struct vbd_node *n, struct vhdx_state *s, struct re
             vbd_error_setf(err, -rc, "Could not read the VHDX region table of '%s': %s", name, strerror(-rc));
             goto out;
         }
-        ok = !memcmp(rt, "regi", 4) && get_le32(rt + 4) == vhdx_crc(rt, VHDX_RT_SIZE, 4);
+        ok = !memcmp(rt, "regi", 4) && get_le32p(rt + 4) == vhdx_crc(rt, VHDX_RT_SIZE, 4);
     }
     rc = -EINVAL;
     if (!ok) {
         vbd_error_setf(err, EINVAL, "Image '%s': no valid VHDX region table (bad signature or checksum)", name);
         goto out;
     }
-    uint32_t count = get_le32(rt + 8);
+    uint32_t count = get_le32p(rt + 8);
     if (count > 2047) {
         bad(err, EINVAL, name, "VHDX region table has %llu entries (at most 2047)", count);
         goto out;
@@ -103,8 +103,8 @@ static int read_region_table(struct vbd_node *n, struct vhdx_state *s, struct re
     bool have_bat = false, have_meta = false;
     for (uint32_t i = 0; i < count; i++) {
         const uint8_t *e = rt + 16 + i * 32;
-        uint64_t off = get_le64(e + 16);
-        uint32_t len = get_le32(e + 24), bits = get_le32(e + 28);
+        uint64_t off = get_le64p(e + 16);
+        uint32_t len = get_le32p(e + 24), bits = get_le32p(e + 28);
         bool is_bat = !memcmp(e, vhdx_bat_guid, 16), is_meta = !memcmp(e, vhdx_metadata_guid, 16);
         if (!is_bat && !is_meta) {
             if (bits & 1) {
@@ -161,7 +161,7 @@ static bool utf16_to_utf8(const uint8_t *in, size_t in_len, char *out, size_t ou
 {
     size_t o = 0;
     for (size_t i = 0; i + 1 < in_len; i += 2) {
-        uint16_t c = get_le16(in + i);
+        uint16_t c = get_le16p(in + i);
         uint8_t b[3];
         size_t nb;
         if (c < 0x80) {
@@ -205,7 +205,7 @@ static int read_parent_locator(struct vbd_node *n, uint64_t off, uint32_t len, s
         free(l);
         return rc;
     }
-    uint16_t count = get_le16(l + 18);
+    uint16_t count = get_le16p(l + 18);
     char rel[1024] = "", abs_path[1024] = "";
     rc = -EINVAL;
     if (20 + (uint64_t)count * 12 > len) {
@@ -214,8 +214,8 @@ static int read_parent_locator(struct vbd_node *n, uint64_t off, uint32_t len, s
     }
     for (uint16_t i = 0; i < count; i++) {
         const uint8_t *e = l + 20 + i * 12;
-        uint32_t ko = get_le32(e), vo = get_le32(e + 4);
-        uint16_t kl = get_le16(e + 8), vl = get_le16(e + 10);
+        uint32_t ko = get_le32p(e), vo = get_le32p(e + 4);
+        uint16_t kl = get_le16p(e + 8), vl = get_le16p(e + 10);
         if (ko > len || kl > len - ko || vo > len || vl > len - vo) {
             vbd_error_setf(err, EINVAL, "Image '%s': VHDX parent locator entry %u is outside the locator", name, i);
             goto out;
@@ -267,7 +267,7 @@ static int read_metadata(struct vbd_node *n, struct vhdx_state *s, struct vbd_er
         vbd_error_setf(err, EINVAL, "Image '%s': no 'metadata' signature in the VHDX metadata region", name);
         goto out;
     }
-    uint16_t count = get_le16(m + 10);
+    uint16_t count = get_le16p(m + 10);
     if ((uint64_t)count * 32 > VHDX_META_TABLE_SIZE - 32) {
         bad(err, EINVAL, name, "VHDX metadata table has %llu entries, more than fit", count);
         goto out;
@@ -280,7 +280,7 @@ static int read_metadata(struct vbd_node *n, struct vhdx_state *s, struct vbd_er
     bool have[6] = {false};
     for (uint16_t i = 0; i < count; i++) {
         const uint8_t *e = m + 32 + i * 32;
-        uint32_t off = get_le32(e + 16), len = get_le32(e + 20), flags = get_le32(e + 24);
+        uint32_t off = get_le32p(e + 16), len = get_le32p(e + 20), flags = get_le32p(e + 24);
         int k;
         for (k = 0; k < 6; k++)
             if (!memcmp(e, guids[k], 16))
@@ -313,8 +313,8 @@ static int read_metadata(struct vbd_node *n, struct vhdx_state *s, struct vbd_er
     uint8_t v[16];
     if ((rc = vbd_node_co_pread(n->file, item_off[0], v, 8)) < 0)
         goto io;
-    s->block_size = get_le32(v);
-    uint32_t pflags = get_le32(v + 4);
+    s->block_size = get_le32p(v);
+    uint32_t pflags = get_le32p(v + 4);
     s->fixed = pflags & 1;
     if (pflags & 2) {
         if (!have[5]) {
@@ -330,19 +330,19 @@ static int read_metadata(struct vbd_node *n, struct vhdx_state *s, struct vbd_er
         s->diff = true;
         for (uint16_t i = 0; i < count; i++) /* the locator's length, checked above */
             if (!memcmp(m + 32 + i * 32, vhdx_parent_loc_guid, 16))
-                rc = read_parent_locator(n, item_off[5], get_le32(m + 32 + i * 32 + 20), err);
+                rc = read_parent_locator(n, item_off[5], get_le32p(m + 32 + i * 32 + 20), err);
         if (rc < 0)
             goto out;
     }
     if ((rc = vbd_node_co_pread(n->file, item_off[1], v, 8)) < 0)
         goto io;
-    s->vsize = get_le64(v);
+    s->vsize = get_le64p(v);
     if ((rc = vbd_node_co_pread(n->file, item_off[3], v, 4)) < 0)
         goto io;
-    s->lsec = get_le32(v);
+    s->lsec = get_le32p(v);
     if ((rc = vbd_node_co_pread(n->file, item_off[4], v, 4)) < 0)
         goto io;
-    s->psec = get_le32(v);
+    s->psec = get_le32p(v);
     rc = -EINVAL;
     if (s->block_size < VHDX_BLOCK_MIN || s->block_size > VHDX_BLOCK_MAX || (s->block_size & (s->block_size - 1))) {
         bad(err, EINVAL, name, "invalid VHDX block size %llu", s->block_size);

@@ -6,6 +6,7 @@
 #define VBD_FORMAT_VHDX_H
 
 #include "vbd/block.h"
+#include "vbd/bswap.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
 
@@ -68,12 +69,6 @@ extern const uint8_t vhdx_psec_guid[16];
 extern const uint8_t vhdx_parent_loc_guid[16];
 extern const uint8_t vhdx_zero_guid[16];
 
-static inline uint16_t get_le16(const void *p) { uint16_t v; memcpy(&v, p, 2); return le16toh(v); }
-static inline uint32_t get_le32(const void *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
-static inline uint64_t get_le64(const void *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
-static inline void put_le16(void *p, uint16_t v) { v = htole16(v); memcpy(p, &v, 2); }
-static inline void put_le32(void *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
-static inline void put_le64(void *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
 
 /* ---------- state ---------- */
 

@@ -62,17 +62,17 @@ static int init_sparse(struct vbd_node *f, uint64_t bytes, bool compress, bool z
     struct sparse_layout l;
     sparse_layout(bytes, &l);
     uint8_t h[SECTOR] = {0};
-    st32(h, VMDK4_MAGIC);
-    st32(h + 4, compress ? 3 : zeroed_grain ? 2 : 1);
-    st32(h + 8, F_RGD | F_NL_DETECT | (compress ? F_COMPRESS | F_MARKER : 0) | (zeroed_grain ? F_ZERO_GRAIN : 0));
-    st64(h + 12, l.cap);
-    st64(h + 20, 128);
-    st64(h + 28, 1);
-    st64(h + 36, 20);
-    st32(h + 44, 512);
-    st64(h + 48, l.rgd);
-    st64(h + 56, l.gd);
-    st64(h + 64, l.grain_off);
+    put_le32p(h, VMDK4_MAGIC);
+    put_le32p(h + 4, compress ? 3 : zeroed_grain ? 2 : 1);
+    put_le32p(h + 8, F_RGD | F_NL_DETECT | (compress ? F_COMPRESS | F_MARKER : 0) | (zeroed_grain ? F_ZERO_GRAIN : 0));
+    put_le64p(h + 12, l.cap);
+    put_le64p(h + 20, 128);
+    put_le64p(h + 28, 1);
+    put_le64p(h + 36, 20);
+    put_le32p(h + 44, 512);
+    put_le64p(h + 48, l.rgd);
+    put_le64p(h + 56, l.gd);
+    put_le64p(h + 64, l.grain_off);
     h[73] = 0xa;
     h[74] = 0x20;
     h[75] = 0xd;
@@ -84,11 +84,11 @@ static int init_sparse(struct vbd_node *f, uint64_t bytes, bool compress, bool z
     uint64_t gdb = l.gd_sectors * SECTOR;
     uint8_t *gd = calloc(1, gdb ? gdb : 1);
     for (uint64_t i = 0; rc == 0 && i < l.gt_count; i++)
-        st32(gd + 4 * i, (uint32_t)(l.rgd + l.gd_sectors + 4 * i));
+        put_le32p(gd + 4 * i, (uint32_t)(l.rgd + l.gd_sectors + 4 * i));
     if (rc == 0 && gdb)
         rc = vbd_node_co_pwrite(f, l.rgd * SECTOR, gd, gdb, 0);
     for (uint64_t i = 0; rc == 0 && i < l.gt_count; i++)
-        st32(gd + 4 * i, (uint32_t)(l.gd + l.gd_sectors + 4 * i));
+        put_le32p(gd + 4 * i, (uint32_t)(l.gd + l.gd_sectors + 4 * i));
     if (rc == 0 && gdb)
         rc = vbd_node_co_pwrite(f, l.gd * SECTOR, gd, gdb, 0);
     free(gd);

@@ -49,7 +49,7 @@ static int vmdk_probe(const uint8_t *buf, size_t len, const char *filename)
     (void)filename;
     if (len < 4)
         return 0;
-    uint32_t m = ld32(buf);
+    uint32_t m = get_le32p(buf);
     if (m == VMDK4_MAGIC || m == VMDK3_MAGIC)
         return 100;
     /* a descriptor file: comments and blank lines, then version=1|2|3 */
@@ -458,7 +458,7 @@ static int read_compressed(struct vbd_node *n, struct vmdk_extent *e, uint64_t h
             rc = -EIO;
             goto out;
         }
-        dlen = ld32(buf + 8);
+        dlen = get_le32p(buf + 8);
         data = buf + MARKER_BYTES;
         if (!dlen || dlen > max - MARKER_BYTES) {
             rc = -EIO;
@@ -593,12 +593,12 @@ static int alloc_gt(struct vmdk_extent *e, uint64_t gdi)
         e->file_end = div_up(e->file_end, e->grain) * e->grain;
     uint8_t le[4];
     if (e->rgd) {
-        st32(le, (uint32_t)((at + tb) / SECTOR));
+        put_le32p(le, (uint32_t)((at + tb) / SECTOR));
         if ((rc = vbd_node_co_pwrite(e->file, e->rgd_off + gdi * 4, le, 4, 0)) < 0)
             return rc;
         e->rgd[gdi] = (uint32_t)((at + tb) / SECTOR);
     }
-    st32(le, (uint32_t)(at / SECTOR));
+    put_le32p(le, (uint32_t)(at / SECTOR));
     if ((rc = vbd_node_co_pwrite(e->file, e->gd_off + gdi * 4, le, 4, 0)) < 0)
         return rc;
     e->gd[gdi] = (uint32_t)(at / SECTOR);
@@ -609,7 +609,7 @@ static int set_gte(struct vmdk_extent *e, uint64_t gi, uint32_t v)
 {
     uint64_t gdi = gi / e->gtes, gti = gi % e->gtes;
     uint8_t le[4];
-    st32(le, v);
+    put_le32p(le, v);
     int rc = vbd_node_co_pwrite(e->file, (uint64_t)e->gd[gdi] * SECTOR + gti * 4, le, 4, 0);
     if (rc == 0 && e->rgd && e->rgd[gdi] && gdi < e->gd_entries)
         rc = vbd_node_co_pwrite(e->file, (uint64_t)e->rgd[gdi] * SECTOR + gti * 4, le, 4, 0);
@@ -661,8 +661,8 @@ static int write_new_grain(struct vbd_node *n, struct vmdk_extent *e, uint64_t o
             rc = -EIO;
             goto out;
         }
-        st64(c, gstart / SECTOR - e->start / SECTOR);
-        st32(c + 8, (uint32_t)clen);
+        put_le64p(c, gstart / SECTOR - e->start / SECTOR);
+        put_le32p(c + 8, (uint32_t)clen);
         room = div_up(MARKER_BYTES + clen, SECTOR) * SECTOR;
         if (at / SECTOR > UINT32_MAX - room / SECTOR) {
             free(c);
@@ -954,10 +954,10 @@ static int open_sparse(struct vbd_node *n, struct vmdk_extent *e, const uint8_t 
 {
     uint64_t fsize = vbd_node_size(e->file);
     int rc;
-    if (ld32(h) == VMDK3_MAGIC) {
+    if (get_le32p(h) == VMDK3_MAGIC) {
         /* ESX sparse: version, flags, disk sectors, granularity, GD sector, GD size */
         e->cowd = true;
-        uint64_t cap = ld32(h + 12), gran = ld32(h + 16), gdo = ld32(h + 20), gds = ld32(h + 24);
+        uint64_t cap = get_le32p(h + 12), gran = get_le32p(h + 16), gdo = get_le32p(h + 20), gds = get_le32p(h + 24);
         e->bytes = cap * SECTOR; /* the header's size, not the extent line's, as qemu-img */
         if ((rc = sparse_geometry(n, e, e->bytes / SECTOR, gran, 4096, err)) < 0)
             return rc;
@@ -972,9 +972,9 @@ static int open_sparse(struct vbd_node *n, struct vmdk_extent *e, const uint8_t 
         e->file_end = div_up(fsize, e->grain) * e->grain;
         return rc < 0 ? rc : build_meta(n, e, err);
     }
-    uint32_t version = ld32(h + 4), flags = ld32(h + 8), gtes = ld32(h + 44);
-    uint64_t capacity = ld64(h + 12), gran = ld64(h + 20), rgd = ld64(h + 48), gdo = ld64(h + 56);
-    uint64_t grain_off = ld64(h + 64);
+    uint32_t version = get_le32p(h + 4), flags = get_le32p(h + 8), gtes = get_le32p(h + 44);
+    uint64_t capacity = get_le64p(h + 12), gran = get_le64p(h + 20), rgd = get_le64p(h + 48), gdo = get_le64p(h + 56);
+    uint64_t grain_off = get_le64p(h + 64);
     uint16_t alg = (uint16_t)(h[77] | h[78] << 8);
     if (gdo == GD_AT_END) {
         /* streamOptimized written as a stream: the footer (a marker sector,
@@ -989,19 +989,19 @@ static int open_sparse(struct vbd_node *n, struct vmdk_extent *e, const uint8_t 
             return rc;
         }
         const uint8_t *fh = f + SECTOR, *eos = f + 2 * SECTOR;
-        if (ld32(fh) != VMDK4_MAGIC || ld32(f + 8) != 0 || ld32(f + 12) != 3 || ld64(eos) != 0 || ld32(eos + 8) != 0 ||
-            ld32(eos + 12) != 0) {
+        if (get_le32p(fh) != VMDK4_MAGIC || get_le32p(f + 8) != 0 || get_le32p(f + 12) != 3 || get_le64p(eos) != 0 || get_le32p(eos + 8) != 0 ||
+            get_le32p(eos + 12) != 0) {
             vbd_error_setf(err, EINVAL, "Could not open '%s': Invalid footer", n->filename);
             return -EINVAL;
         }
-        version = ld32(fh + 4);
-        flags = ld32(fh + 8);
-        gtes = ld32(fh + 44);
-        capacity = ld64(fh + 12);
-        gran = ld64(fh + 20);
-        rgd = ld64(fh + 48);
-        gdo = ld64(fh + 56);
-        grain_off = ld64(fh + 64);
+        version = get_le32p(fh + 4);
+        flags = get_le32p(fh + 8);
+        gtes = get_le32p(fh + 44);
+        capacity = get_le64p(fh + 12);
+        gran = get_le64p(fh + 20);
+        rgd = get_le64p(fh + 48);
+        gdo = get_le64p(fh + 56);
+        grain_off = get_le64p(fh + 64);
         alg = (uint16_t)(fh[77] | fh[78] << 8);
         e->gd_at_end = true;
     }
@@ -1174,11 +1174,11 @@ static int parse_extents(struct vbd_node *n, const char *desc, unsigned flags, s
         }
         uint8_t h[SECTOR];
         if (vbd_node_size(f) < SECTOR || vbd_node_co_pread(f, 0, h, SECTOR) < 0 ||
-            (ld32(h) != VMDK4_MAGIC && ld32(h) != VMDK3_MAGIC)) {
+            (get_le32p(h) != VMDK4_MAGIC && get_le32p(h) != VMDK3_MAGIC)) {
             vbd_error_setf(err, EINVAL, "Could not open '%s': extent '%s' is not in VMDK format", n->filename, fname);
             return -EINVAL;
         }
-        if (ld32(h) == VMDK4_MAGIC && ld64(h + 12) == 0 && ld64(h + 28) != 0) {
+        if (get_le32p(h) == VMDK4_MAGIC && get_le64p(h + 12) == 0 && get_le64p(h + 28) != 0) {
             vbd_error_setf(err, ELOOP, "Could not open '%s': extent '%s' is itself a descriptor", n->filename, fname);
             return -ELOOP;
         }
@@ -1250,14 +1250,14 @@ static int vmdk_open_inner(struct vbd_node *n, struct json_object *opts, unsigne
         vbd_error_setf(err, -rc, "Could not open '%s': Could not read from file: %s", n->filename, strerror(-rc));
         return rc;
     }
-    uint32_t magic = ld32(h);
+    uint32_t magic = get_le32p(h);
     if (magic == VMDK4_MAGIC || magic == VMDK3_MAGIC) {
         if (fsize < SECTOR) {
             vbd_error_setf(err, EINVAL, "Could not open '%s': File truncated, the header is incomplete", n->filename);
             return -EINVAL;
         }
-        uint64_t dofs = magic == VMDK4_MAGIC ? ld64(h + 28) : 0, dsz = magic == VMDK4_MAGIC ? ld64(h + 36) : 0;
-        if (magic == VMDK4_MAGIC && ld64(h + 12) == 0 && dofs) {
+        uint64_t dofs = magic == VMDK4_MAGIC ? get_le64p(h + 28) : 0, dsz = magic == VMDK4_MAGIC ? get_le64p(h + 36) : 0;
+        if (magic == VMDK4_MAGIC && get_le64p(h + 12) == 0 && dofs) {
             /* a sparse header that only carries a descriptor */
             if (dofs > fsize / SECTOR) {
                 vbd_error_setf(err, EINVAL, "Could not open '%s': the descriptor lies past the end of the file", n->filename);

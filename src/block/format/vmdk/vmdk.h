@@ -5,6 +5,7 @@
 #define VBD_FORMAT_VMDK_H
 
 #include "vbd/block.h"
+#include "vbd/bswap.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -74,18 +75,6 @@ struct vmdk_state {
     struct vbd_co_mutex lock;
 };
 
-static inline uint32_t ld32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
-static inline uint64_t ld64(const uint8_t *p) { return ld32(p) | (uint64_t)ld32(p + 4) << 32; }
-static inline void st32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static inline void st64(uint8_t *p, uint64_t v)
-{
-    st32(p, (uint32_t)v);
-    st32(p + 4, (uint32_t)(v >> 32));
-}
 static inline uint64_t div_up(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
 extern const struct vbd_opt_desc vmdk_create_opts[];
