@@ -9,7 +9,7 @@
 # repaired image's; -r leaks refuses the count of 0 (exit 1, nothing
 # written); an empty qcow2 has no L1 table. Also words qemu-img prints
 # around an open: rebase's new backing file of the wrong format,
-# --object's types and members.
+# --object's types and members; convert -c refused before any target.
 # (img-check-formats.sh: damaged images of the other formats;
 # qcow2-check-matrix.sh: qcow2's counters.)
 . "$(dirname "$0")/lib.sh"
@@ -76,6 +76,10 @@ for mk in qemu-img "$VBD_IMG"; do
     must "$VBD_IMG" snapshot -a s n.qcow2
     qcheck n.qcow2
 done
+
+step "convert -c into a format that cannot compress: refused before the target is made"
+img_unchanged convert -c -O raw v3.qcow2 n.raw
+img_unchanged convert -c -O vdi v3.qcow2 n.vdi
 
 step "rebase: a new backing file of the wrong format, in qemu-img's words"
 img_unchanged rebase -b r.raw -F qcow2 ov.qcow2

@@ -2020,6 +2020,7 @@ static void qcow2_attach_loop(struct vbd_node *n)
 static const struct vbd_driver qcow2_driver = {
     .name = "qcow2",
     .kind = VBD_DRV_FORMAT,
+    .caps = VBD_DRV_CAP_COMPRESSED_WRITES,
     .state_size = sizeof(struct qcow2_state),
     .probe = qcow2_probe,
     .open = qcow2_open,
