@@ -176,6 +176,10 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * connection and reader coroutine, the iscsi client's session, socket
  * watch and timer, quorum's children): it never changes home loop. */
 #define VBD_DRV_CAP_FIXED_LOOP 0x10u
+/* It can write compressed clusters (VBD_REQ_COMPRESSED, where a node's
+ * supported_write_flags allow it): convert -c asks before it makes the
+ * target, as qemu-img asks its output driver. */
+#define VBD_DRV_CAP_COMPRESSED_WRITES 0x20u
 
 /*
  * Concurrency contract of a node (docs/DESIGN.md, "Concurrency contract").

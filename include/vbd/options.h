@@ -46,6 +46,11 @@ int vbd_opt_take_enum(struct json_object *opts, const char *key, const char *con
  * filename) is returned as a json string object. */
 struct json_object *vbd_opt_take_obj(struct json_object *opts, const char *key);
 /* Error "'<what>' does not support option '<key>'" for the first leftover key. */
+/* TYPE is in QEMU 7.2's ObjectType enum (a qom-type its schema knows, which
+ * a binary may still not build): the QEMU tools say "invalid object type"
+ * for such a type they cannot make, "Parameter 'qom-type' does not accept
+ * value" for any other. */
+bool vbd_qom_type_known(const char *type);
 int vbd_opts_check_empty(struct json_object *opts, const char *what, struct vbd_error **err);
 
 /* Sizes: "1G", "512", "64k", "1.5M". Rejects negative, overflow, unknown

@@ -14,6 +14,7 @@
 #include "vbd/authz.h"
 #include "vbd/error.h"
 #include "vbd/iothread.h"
+#include "vbd/options.h"
 #include "vbd/secret.h"
 #include "vbd/throttle.h"
 #include "vbd/tls.h"
@@ -87,17 +88,6 @@ static bool object_exists(const char *id)
 
 static const char *const qom_types[] = {"iothread",     "tls-creds-x509", "tls-creds-psk",  "tls-creds-anon",
                                         "authz-simple", "authz-list",     "throttle-group", "secret",       NULL};
-
-/* QEMU 7.2's ObjectType enum: the qom-types its schema knows */
-static const char *const qemu_types[] = {
-    "authz-list", "authz-listfile", "authz-pam", "authz-simple", "can-bus", "can-host-socketcan", "colo-compare",
-    "cryptodev-backend", "cryptodev-backend-builtin", "cryptodev-backend-lkcf", "cryptodev-vhost-user",
-    "dbus-vmstate", "filter-buffer", "filter-dump", "filter-mirror", "filter-redirector", "filter-replay",
-    "filter-rewriter", "input-barrier", "input-linux", "iothread", "main-loop", "memory-backend-epc",
-    "memory-backend-file", "memory-backend-memfd", "memory-backend-ram", "pef-guest", "pr-manager-helper", "qtest",
-    "rng-builtin", "rng-egd", "rng-random", "secret", "secret_keyring", "sev-guest", "s390-pv-guest",
-    "throttle-group", "tls-creds-anon", "tls-creds-psk", "tls-creds-x509", "tls-cipher-suites", "x-remote-object",
-    "x-vfio-user-server", NULL};
 
 static bool in_list(const char *const *list, const char *s)
 {
@@ -187,7 +177,7 @@ struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_erro
     }
     char type[64];
     snprintf(type, sizeof(type), "%s", json_object_get_string(v));
-    if (in_list(qemu_types, type) && !in_list(qom_types, type)) {
+    if (vbd_qom_type_known(type) && !in_list(qom_types, type)) {
         /* QEMU names a type of its schema that its binary lacks so
          * (after checking the type's members, which vbd does not know) */
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "invalid object type: %s", type);

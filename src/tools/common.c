@@ -164,7 +164,7 @@ int tool_aio_flags(const char *aio, unsigned *flags)
 bool tool_open_prefix_errors;
 
 /* the file protocol's failed open(2): "Could not open 'F': <strerror>" */
-static bool is_open_errno(const struct vbd_error *err)
+bool tool_is_open_errno(const struct vbd_error *err)
 {
     const char *tail = strerror(err->code);
     size_t ml = strlen(err->msg), tl = strlen(tail);
@@ -213,7 +213,7 @@ void tool_report_open(const char *shown, struct vbd_error *err)
         vbd_error_free(err);
     } else if (err && report_lock_conflict(shown, err)) {
         vbd_error_free(err);
-    } else if (err && shown && tool_open_prefix_errors && is_open_errno(err)) {
+    } else if (err && shown && tool_open_prefix_errors && tool_is_open_errno(err)) {
         vbd_error_report("Could not open '%s': %s", shown, err->msg);
         vbd_error_free(err);
     } else
@@ -439,12 +439,18 @@ int tool_add_object(const char *arg)
     }
     char *type = NULL;
     int rc = vbd_opt_take_str(opts, "qom-type", &type, &err);
+    /* the QEMU tools' words: a type QEMU's schema does not know, one it
+     * knows that the tool cannot make (vbd's tools make secrets and TLS
+     * credentials; qemu-img also throttle groups, authz and the like,
+     * which a tool run has no use for) */
     if (rc == 0)
-        vbd_error_setf(&err, EINVAL, "--object %s: 'qom-type' is required", arg);
+        vbd_error_setf(&err, EINVAL, "Parameter 'qom-type' is missing");
     else if (rc > 0 && !strcmp(type, "secret"))
         rc = vbd_secret_add(opts, &err);
+    else if (rc > 0 && !vbd_tls_creds_type(type) && !vbd_qom_type_known(type))
+        vbd_error_setf(&err, EINVAL, "Parameter 'qom-type' does not accept value '%s'", type);
     else if (rc > 0 && !vbd_tls_creds_type(type))
-        vbd_error_setf(&err, EINVAL, "--object: unsupported object type '%s' (supported: secret, tls-creds-x509, tls-creds-psk, tls-creds-anon)", type);
+        vbd_error_setf(&err, EINVAL, "invalid object type: %s", type);
     else if (rc > 0)
         rc = vbd_tls_creds_add(type, opts, &err);
     free(type);

@@ -52,6 +52,10 @@ extern bool tool_open_prefix_errors;
 /* Report MSG as vbd_error_report does, a lock conflict's question on a
  * line of its own (qemu-img's hint) */
 void tool_report_text(const char *msg);
+/* ERR is the file protocol's failed open(2), "Could not open 'F': <strerror>"
+ * (which qemu-img prints as it is; the block layer's other reasons come
+ * without that prefix in the messages that name the file themselves) */
+bool tool_is_open_errno(const struct vbd_error *err);
 /* report (and free) ERR from opening SHOWN as tool_open does */
 void tool_report_open(const char *shown, struct vbd_error *err);
 /* "[  42.00/100%]" progress on stderr-free stdout like qemu-img -p. */

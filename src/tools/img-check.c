@@ -72,6 +72,29 @@ int verb_check(int argc, char **argv)
         vbd_node_unref(n);
         return 1;
     }
+    if (r.leaks_fixed || r.corruptions_fixed) {
+        /* as qemu-img: what was repaired is said, then the image is
+         * checked again and that check's findings are the result (the
+         * image's end as it is after the repair, what is left unrepaired) */
+        int64_t leaks_fixed = r.leaks_fixed, corruptions_fixed = r.corruptions_fixed;
+        if (!json && !quiet)
+            printf("The following inconsistencies were found and repaired:\n\n    %lld leaked clusters\n    %lld corruptions\n\nDouble checking the fixed image now...\n",
+                   (long long)leaks_fixed, (long long)corruptions_fixed);
+        r = (struct vbd_check_result){0};
+        vbd_error_free(err);
+        err = NULL;
+        ret = img->drv->co_check(img, &r, 0, &err);
+        if (ret < 0) {
+            if (err)
+                tool_report(err);
+            else
+                vbd_error_report("Check failed: %s", strerror(-ret));
+            vbd_node_unref(n);
+            return 1;
+        }
+        r.leaks_fixed = leaks_fixed;
+        r.corruptions_fixed = corruptions_fixed;
+    }
     if (json) {
         struct json_object *o = json_object_new_object();
         /* the key order qemu-img prints */
@@ -100,9 +123,6 @@ int verb_check(int argc, char **argv)
         tool_print_json(o);
         json_object_put(o);
     } else if (!quiet) {
-        if (r.leaks_fixed || r.corruptions_fixed)
-            printf("The following inconsistencies were found and repaired:\n\n    %lld leaked clusters\n    %lld corruptions\n\nDouble checking the fixed image now...\n",
-                   (long long)r.leaks_fixed, (long long)r.corruptions_fixed);
         if (r.corruptions)
             printf("\n%lld errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
                    (long long)r.corruptions);
@@ -125,8 +145,10 @@ int verb_check(int argc, char **argv)
     if (err)
         tool_report(err);
     vbd_node_unref(n);
-    if (r.check_errors)
+    if (r.check_errors) {
+        vbd_error_report("Check failed");
         return 1;
+    }
     if (r.corruptions)
         return 2;
     if (r.leaks)

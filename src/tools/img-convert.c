@@ -275,6 +275,11 @@ int verb_convert(int argc, char **argv)
         vbd_error_report("Use of backing file requires explicit backing format");
         goto out;
     }
+    if (compress && !no_create && !(od->caps & VBD_DRV_CAP_COMPRESSED_WRITES)) {
+        /* as qemu-img: before the target is made (none is left behind) */
+        vbd_error_report("Compression not supported for this file format");
+        goto out;
+    }
     if (compress && !no_create) {
         struct json_object *pa = vbd_opt_get(opts, "preallocation");
         if (pa && strcmp(json_object_get_string(pa), "off")) {

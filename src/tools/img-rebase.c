@@ -73,8 +73,14 @@ int verb_rebase(int argc, char **argv)
         /* -U: as qemu-img, the new backing file is read beside its writers */
         nb = vbd_open(path, o, force ? VBD_OPEN_FORCE_SHARE : 0, &oerr);
         if (!nb) {
-            char msg[8192];
-            snprintf(msg, sizeof(msg), "Could not open new backing file '%s': %s", path, oerr ? oerr->msg : "failed");
+            char msg[8192], prefix[4200];
+            const char *why = oerr ? oerr->msg : "failed";
+            /* the message names the file already: vbd_open's "Could not
+             * open 'F': " goes, unless it is open(2)'s own (as qemu-img) */
+            snprintf(prefix, sizeof(prefix), "Could not open '%s': ", path);
+            if (oerr && !tool_is_open_errno(oerr) && !strncmp(why, prefix, strlen(prefix)))
+                why += strlen(prefix);
+            snprintf(msg, sizeof(msg), "Could not open new backing file '%s': %s", path, why);
             tool_report_text(msg);
             vbd_error_free(oerr);
             goto out;

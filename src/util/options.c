@@ -428,10 +428,7 @@ int vbd_opt_take_enum(struct json_object *opts, const char *key, const char *con
             return 1;
         }
     }
-    char list[256] = "";
-    for (int i = 0; choices[i]; i++)
-        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "", choices[i]);
-    vbd_error_setf(err, EINVAL, "Parameter '%s' does not accept value '%s' (expected one of: %s)", key, s, list);
+    vbd_error_setf(err, EINVAL, "Parameter '%s' does not accept value '%s'", key, s); /* QEMU's words, no list */
     free(s);
     return -EINVAL;
 }
@@ -468,4 +465,23 @@ int vbd_opts_check_empty(struct json_object *opts, const char *what, struct vbd_
     first_key(opts, key, sizeof(key), "");
     vbd_error_setf(err, EINVAL, "%s does not support the option '%s'", what, key);
     return -EINVAL;
+}
+
+/* QEMU 7.2's ObjectType enum: the qom-types its schema knows */
+static const char *const qemu_object_types[] = {
+    "authz-list", "authz-listfile", "authz-pam", "authz-simple", "can-bus", "can-host-socketcan", "colo-compare",
+    "cryptodev-backend", "cryptodev-backend-builtin", "cryptodev-backend-lkcf", "cryptodev-vhost-user",
+    "dbus-vmstate", "filter-buffer", "filter-dump", "filter-mirror", "filter-redirector", "filter-replay",
+    "filter-rewriter", "input-barrier", "input-linux", "iothread", "main-loop", "memory-backend-epc",
+    "memory-backend-file", "memory-backend-memfd", "memory-backend-ram", "pef-guest", "pr-manager-helper", "qtest",
+    "rng-builtin", "rng-egd", "rng-random", "secret", "secret_keyring", "sev-guest", "s390-pv-guest",
+    "throttle-group", "tls-creds-anon", "tls-creds-psk", "tls-creds-x509", "tls-cipher-suites", "x-remote-object",
+    "x-vfio-user-server", NULL};
+
+bool vbd_qom_type_known(const char *type)
+{
+    for (int i = 0; qemu_object_types[i]; i++)
+        if (!strcmp(qemu_object_types[i], type))
+            return true;
+    return false;
 }

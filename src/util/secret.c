@@ -7,6 +7,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <json-c/json.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +106,14 @@ int vbd_secret_add(struct json_object *opts, struct vbd_error **err)
         vbd_error_setf(err, EINVAL, "Parameter 'id' is missing");
         goto out;
     }
+    /* QEMU's object visitor refuses an unknown member before the secret
+     * looks at its own (its words, not the block layer's "does not
+     * support the option") */
+    if (json_object_object_length(opts)) {
+        struct json_object_iterator first = json_object_iter_begin(opts);
+        vbd_error_setf(err, EINVAL, "Parameter '%s' is unexpected", json_object_iter_peek_name(&first));
+        goto out;
+    }
     if (keyid) {
         vbd_error_setf(err, ENOTSUP, "secret '%s': encrypted secrets (keyid) are not supported", id);
         goto out;
@@ -121,8 +130,6 @@ int vbd_secret_add(struct json_object *opts, struct vbd_error **err)
         vbd_error_setf(err, EEXIST, "attempt to add duplicate property '%s' to object (type 'container')", id);
         goto out;
     }
-    if (vbd_opts_check_empty(opts, "secret", err) < 0)
-        goto out;
     size_t len = data ? strlen(data) : 0;
     char *bytes = data ? data : read_file(file, &len, err);
     if (!bytes)

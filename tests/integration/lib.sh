@@ -360,6 +360,39 @@ tools_same() {
     [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] ||
         fail "files left differ: $*: qemu $(cd q && ls -A | xargs), vbd $(cd v && ls -A | xargs)"
 }
+# vbd-img beside qemu-img on every format vbd writes (img-parity-formats.sh,
+# img-parity-check.sh): img_formats_base makes base/ with one 16 MiB image
+# of each (IMG_FORMATS: NAME:FORMAT:CREATE-OPTIONS, data at 0 and 5M,
+# zeroes at 10M) and ov.qcow2 over v3.qcow2. img_same ARGS... is tools_run
+# qemu-img vbd-img ARGS then tools_same, the space a fresh copy takes on
+# disk masked (the file system's delayed allocation, not the tool's);
+# img_unchanged ARGS... also wants every file as it was (written nothing).
+IMG_FORMATS="v2.qcow2:qcow2:compat=0.10 v3.qcow2:qcow2: xl2.qcow2:qcow2:extended_l2=on r.raw:raw: s.vmdk:vmdk:
+             x.vhdx:vhdx: p.vpc:vpc: d.vdi:vdi: e.qed:qed:"
+img_formats_base() {
+    local e i f o
+    mkdir base || fail "mkdir base"
+    for e in $IMG_FORMATS; do
+        IFS=: read -r i f o <<<"$e"
+        must qemu-img create -q -f "$f" ${o:+-o "$o"} base/$i 16M
+        must qemu-io -f "$f" -c 'write -P 1 0 1M' -c 'write -P 2 5M 64k' -c 'write -z 10M 64k' base/$i >/dev/null
+    done
+    must qemu-img create -q -f qcow2 -b v3.qcow2 -F qcow2 base/ov.qcow2
+    must qemu-io -f qcow2 -c 'write -P 3 512k 64k' base/ov.qcow2 >/dev/null
+}
+img_same() {
+    tools_run qemu-img "$VBD_IMG" "$@"
+    sed -i -E -e '/^disk size: /d' -e '/"actual-size": /d' q.out v.out
+    tools_same "$@"
+}
+img_unchanged() {
+    img_same "$@"
+    local f
+    # (cp -a keeps the times: only a file written since can differ)
+    for f in $(cd base && ls -A); do
+        [ ! v/$f -nt base/$f ] || cmp -s base/$f v/$f || fail "vbd-img $*: $f changed"
+    done
+}
 # vbd-io beside qemu-io (io-parity.sh, io-parity-cmds.sh): io_parity_base
 # makes base/ in the current directory with a.raw and a.qcow2 (1 MiB each,
 # 0xab in their first 64 KiB); io_same ARGS... runs both tools with ARGS in

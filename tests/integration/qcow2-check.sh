@@ -39,7 +39,13 @@ cp clean.qcow2 img.qcow2
 data=$(qemu-img map --output=json img.qcow2 | python3 -c 'import json,sys; print([e["offset"] for e in json.load(sys.stdin) if e["data"]][0] // 65536)')
 set_ref img.qcow2 "$data" 0
 agree img.qcow2 2
-"$VBD_IMG" check -r leaks img.qcow2 >/dev/null 2>&1; [ $? = 2 ] || fail "-r leaks must not fix corruption"
+# -r leaks cannot repair a cluster in use whose count is 0 (qemu-img would
+# rebuild the refcount structure): nothing is written, exit 1, qemu-img's words
+cp img.qcow2 before.qcow2
+"$VBD_IMG" check -r leaks img.qcow2 >/dev/null 2>v.err; [ $? = 1 ] || fail "-r leaks must not fix corruption"
+cmp -s img.qcow2 before.qcow2 || fail "-r leaks changed a corrupt image"
+grep -qx "ERROR need to rebuild refcount structures" v.err && grep -qx "vbd-img: Check failed: Input/output error" v.err ||
+    fail "-r leaks on a corrupt image: $(cat v.err)"
 # (qemu-img -r all rebuilds the refcount structures at the end of the file; vbd fixes the entries in place,
 # so image-end-offset differs after a repair, and both images are clean afterwards)
 must "$VBD_IMG" check -q -r all img.qcow2

@@ -217,6 +217,47 @@ static void add_bitmaps(struct ctx *c)
     }
 }
 
+/* Compare each cluster's stored count with the one counted: a mismatch is
+ * reported and counted as a leak (stored higher) or a corruption (stored
+ * lower), or repaired when FIX allows it. *unreferenced_in_use is set for
+ * a cluster in use whose stored count is 0. Returns the image's end as
+ * found (the last cluster counted or stored as used), as qemu-img reports
+ * it even when a repair lowers it. */
+static uint64_t compare_refcounts(struct ctx *c, unsigned fix, bool *unreferenced_in_use)
+{
+    struct qcow2_state *s = c->s;
+    struct vbd_check_result *res = c->res;
+    uint64_t end = 0;
+    for (uint64_t k = 0; k < c->nref; k++) {
+        uint64_t stored;
+        if (qcow2_get_refcount(s, k, &stored) < 0) {
+            res->check_errors++;
+            continue;
+        }
+        if (stored || c->ref[k])
+            end = (k + 1) << s->cluster_bits;
+        if (stored == c->ref[k])
+            continue;
+        bool leak = stored > c->ref[k];
+        if (!stored)
+            *unreferenced_in_use = true;
+        bool repair = leak ? (fix & VBD_CHECK_FIX_LEAKS) : (fix & VBD_CHECK_FIX_ERRORS);
+        report(c, "%s cluster %llu refcount=%llu reference=%llu\n", repair ? "Repairing" : leak ? "Leaked" : "ERROR",
+               (unsigned long long)k, (unsigned long long)stored, (unsigned long long)c->ref[k]);
+        if (repair && qcow2_update_refcount(s, k << s->cluster_bits, (int64_t)(c->ref[k] - stored)) == 0) {
+            if (leak)
+                res->leaks_fixed++;
+            else
+                res->corruptions_fixed++;
+        } else if (leak) {
+            res->leaks++;
+        } else {
+            res->corruptions++;
+        }
+    }
+    return end;
+}
+
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
@@ -305,32 +346,27 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
             res->corruptions++;
         }
     }
-    uint64_t end = 0;
-    for (uint64_t k = 0; k < c.nref; k++) {
-        uint64_t stored;
-        if (qcow2_get_refcount(s, k, &stored) < 0) {
-            res->check_errors++;
-            continue;
-        }
-        if (stored || c.ref[k]) /* the end as found, before any repair (qemu-img reports it so) */
-            end = (k + 1) << s->cluster_bits;
-        if (stored == c.ref[k])
-            continue;
-        bool leak = stored > c.ref[k];
-        bool repair = leak ? (fix & VBD_CHECK_FIX_LEAKS) : (fix & VBD_CHECK_FIX_ERRORS);
-        report(&c, "%s cluster %llu refcount=%llu reference=%llu\n",
-                repair ? "Repairing" : leak ? "Leaked" : "ERROR", (unsigned long long)k,
-                (unsigned long long)stored, (unsigned long long)c.ref[k]);
-        if (repair && qcow2_update_refcount(s, k << s->cluster_bits, (int64_t)(c.ref[k] - stored)) == 0) {
-            if (leak)
-                res->leaks_fixed++;
-            else
-                res->corruptions_fixed++;
-        } else if (leak) {
-            res->leaks++;
-        } else {
-            res->corruptions++;
-        }
+    /* As qemu-img: a first pass reports every mismatch as found (Leaked,
+     * ERROR); a repair is a second pass over the same counts, with the
+     * counters as they were before the first, that repairs what the mode
+     * allows ("Repairing") and reports the rest again. */
+    struct vbd_check_result before = *res;
+    bool unreferenced_in_use = false;
+    uint64_t end = compare_refcounts(&c, 0, &unreferenced_in_use);
+    if (fix && unreferenced_in_use && !(fix & VBD_CHECK_FIX_ERRORS)) {
+        /* A cluster in use with a stored count of 0 could be handed out
+         * again; qemu-img rebuilds the refcount structure for it, which
+         * -r leaks may not do, and then repairs nothing (exit 1). */
+        report(&c, "ERROR need to rebuild refcount structures\n");
+        res->check_errors++;
+        free(table);
+        free(c.ref);
+        vbd_co_mutex_unlock(&s->lock);
+        return -EIO;
+    }
+    if (fix && (res->leaks > before.leaks || res->corruptions > before.corruptions)) {
+        *res = before;
+        compare_refcounts(&c, fix, &unreferenced_in_use);
     }
     /* refcounts past the end of the file are not looked at, as qemu-img does */
     /* the COPIED flag must say "refcount is 1" exactly when it is */

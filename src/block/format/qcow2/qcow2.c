@@ -1848,9 +1848,9 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         vbd_error_setf(err, EFBIG, "Image size is too large for this cluster size");
         goto out;
     }
+    /* an empty image has no L1 table (offset 0), as qemu-img makes it: a
+     * cluster for it would be counted by nothing (a leak to qemu-img check) */
     uint64_t l1_clusters = (l1_entries * 8 + cluster_size - 1) / cluster_size;
-    if (!l1_clusters)
-        l1_clusters = 1;
     /* layout: header | refcount table | refcount blocks | L1 */
     uint64_t per_block = cluster_size * 8 / refcount_bits, blocks = 1, table_clusters = 1;
     for (;;) {
@@ -1887,7 +1887,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     put_be32p(h + 20, cbits);
     put_be64p(h + 24, size);
     put_be32p(h + 36, (uint32_t)l1_entries);
-    put_be64p(h + 40, (1 + table_clusters + blocks) * cluster_size);
+    put_be64p(h + 40, l1_entries ? (1 + table_clusters + blocks) * cluster_size : 0);
     put_be64p(h + 48, cluster_size);
     put_be32p(h + 56, (uint32_t)table_clusters);
     uint64_t pos = 72;
@@ -2020,6 +2020,7 @@ static void qcow2_attach_loop(struct vbd_node *n)
 static const struct vbd_driver qcow2_driver = {
     .name = "qcow2",
     .kind = VBD_DRV_FORMAT,
+    .caps = VBD_DRV_CAP_COMPRESSED_WRITES,
     .state_size = sizeof(struct qcow2_state),
     .probe = qcow2_probe,
     .open = qcow2_open,

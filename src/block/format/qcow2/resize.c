@@ -40,7 +40,8 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t need)
         free(disk);
         return -ENOMEM;
     }
-    memcpy(l1, s->l1, (size_t)s->l1_size * 8);
+    if (s->l1_size) /* an empty image has no L1 table (s->l1 NULL) */
+        memcpy(l1, s->l1, (size_t)s->l1_size * 8);
     for (uint64_t i = 0; i < bytes / 8; i++)
         disk[i] = be64(l1[i]);
     rc = vbd_node_co_pwrite(n->file, (uint64_t)at, disk, bytes, 0);

@@ -480,7 +480,8 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
     if (rc == 0) {
         /* references for the snapshot's view first, then drop the current one */
         uint64_t *cur = malloc((uint64_t)s->l1_size * 8 + 8);
-        memcpy(cur, s->l1, (uint64_t)s->l1_size * 8);
+        if (s->l1_size) /* an empty image has no L1 table (s->l1 NULL) */
+            memcpy(cur, s->l1, (uint64_t)s->l1_size * 8);
         rc = l1_refs(s, l1, l1_size, 1);
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);

@@ -554,13 +554,10 @@ static int vhdx_open(struct vbd_node *n, struct json_object *opts, unsigned flag
             vhdx_free(s);
             return bad(err, EINVAL, name, "the VHDX log (offset %llu) is past the end of the file", s->log_offset);
         }
-        /* a new file_write_guid before any other write, as the spec asks */
-        rc = vhdx_update_headers(n, s, false, NULL);
-        if (rc < 0) {
-            vhdx_free(s);
-            vbd_error_setf(err, -rc, "Could not write the VHDX headers of '%s': %s", name, strerror(-rc));
-            return rc;
-        }
+        /* The headers get this session's file_write_guid at the first
+         * write (first_write), before anything else is written, as QEMU
+         * does since 2.x: an open that writes nothing (check, info, a
+         * command line refused after the open) leaves the file as it was. */
     }
     n->size = s->vsize;
     n->bl.request_alignment = 1;

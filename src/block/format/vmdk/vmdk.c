@@ -1457,6 +1457,7 @@ static int vmdk_co_check(struct vbd_node *n, struct vbd_check_result *res, unsig
 static const struct vbd_driver vmdk_driver = {
     .name = "vmdk",
     .kind = VBD_DRV_FORMAT,
+    .caps = VBD_DRV_CAP_COMPRESSED_WRITES,
     .state_size = sizeof(struct vmdk_state),
     .probe = vmdk_probe,
     .open = vmdk_open,
