@@ -219,8 +219,10 @@ static int take_generic(struct json_object *opts, unsigned *flags, int *dz, stru
     int rc;
     if ((rc = vbd_opt_take_bool(opts, "read-only", &b, err)) < 0)
         return rc;
-    if (rc > 0 && b)
-        *flags &= ~VBD_OPEN_RDWR;
+    /* QEMU's update_flags_from_options: an explicit read-only=off opens
+     * read-write even where the caller (qemu-img info, check) would not */
+    if (rc > 0)
+        *flags = b ? (*flags & ~VBD_OPEN_RDWR) : (*flags | VBD_OPEN_RDWR);
     if ((rc = vbd_opt_take_bool(opts, "auto-read-only", &b, err)) < 0)
         return rc;
     if ((rc = vbd_opt_take_bool(opts, "cache.direct", &b, err)) < 0)
@@ -235,6 +237,11 @@ static int take_generic(struct json_object *opts, unsigned *flags, int *dz, stru
         return rc;
     if (rc > 0)
         *flags = b ? (*flags | VBD_OPEN_FORCE_SHARE) : (*flags & ~VBD_OPEN_FORCE_SHARE);
+    /* checked on the node named, as QEMU's bdrv_open_common (not only by the file below it) */
+    if ((*flags & VBD_OPEN_FORCE_SHARE) && (*flags & VBD_OPEN_RDWR)) {
+        vbd_error_setf(err, EINVAL, "force-share=on can only be used with read-only images");
+        return -EINVAL;
+    }
     static const char *const discard[] = {"ignore", "off", "unmap", "on", NULL};
     int i;
     if ((rc = vbd_opt_take_enum(opts, "discard", discard, &i, err)) < 0)

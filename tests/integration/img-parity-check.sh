@@ -89,4 +89,8 @@ step "--object: a type qemu-img does not know, one it cannot make, a member it d
 for o in bogus,id=x id=x iothread,id=x secret,id=s,data=x,bogus=1 secret,id=s,data=x,format=bogus secret,data=x ''; do
     img_unchanged info --object "$o" v3.qcow2
 done
+step "--image-opts: read-only=off opens read-write (force-share=on then refused, as qemu-img)"
+img_unchanged info --image-opts driver=qcow2,file.filename=v3.qcow2,force-share=on,read-only=off
+img_unchanged check --image-opts driver=qcow2,file.filename=v3.qcow2,force-share=on,read-only=off
+img_unchanged info --image-opts driver=qcow2,file.filename=v3.qcow2,force-share=on,read-only=on
 echo PASS
