@@ -4,6 +4,18 @@
  */
 #include "img.h"
 
+/* as qemu-img: a check that fails (the first or the one after a repair)
+ * prints its reason and no result; exit code 1 */
+static int check_failed(struct vbd_node *n, struct vbd_error *err, int ret)
+{
+    if (err)
+        tool_report(err);
+    else
+        vbd_error_report("Check failed: %s", strerror(-ret));
+    vbd_node_unref(n);
+    return 1;
+}
+
 int verb_check(int argc, char **argv)
 {
     const char *fmt = NULL, *repair = NULL;
@@ -63,15 +75,8 @@ int verb_check(int argc, char **argv)
         vbd_node_unref(n);
         return 63;
     }
-    if (ret < 0) {
-        /* as qemu-img: a check that fails prints no result */
-        if (err)
-            tool_report(err);
-        else
-            vbd_error_report("Check failed: %s", strerror(-ret));
-        vbd_node_unref(n);
-        return 1;
-    }
+    if (ret < 0)
+        return check_failed(n, err, ret);
     if (r.leaks_fixed || r.corruptions_fixed) {
         /* as qemu-img: what was repaired is said, then the image is
          * checked again and that check's findings are the result (the
@@ -84,14 +89,8 @@ int verb_check(int argc, char **argv)
         vbd_error_free(err);
         err = NULL;
         ret = img->drv->co_check(img, &r, 0, &err);
-        if (ret < 0) {
-            if (err)
-                tool_report(err);
-            else
-                vbd_error_report("Check failed: %s", strerror(-ret));
-            vbd_node_unref(n);
-            return 1;
-        }
+        if (ret < 0)
+            return check_failed(n, err, ret);
         r.leaks_fixed = leaks_fixed;
         r.corruptions_fixed = corruptions_fixed;
     }

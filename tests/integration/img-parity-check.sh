@@ -16,26 +16,16 @@
 need qemu-img qemu-io python3
 cd "$T"
 img_formats_base
-# refcount entry (16 bit) of cluster K: refcount block (reftable[0]) + 2K
-set_ref() { # FILE CLUSTER VALUE
-    python3 - "$@" <<'PY'
-import struct, sys
-f = open(sys.argv[1], 'r+b'); k = int(sys.argv[2]); v = int(sys.argv[3])
-f.seek(48); rt = struct.unpack('>Q', f.read(8))[0]
-f.seek(rt); rb = struct.unpack('>Q', f.read(8))[0]
-f.seek(rb + 2 * k); f.write(struct.pack('>H', v))
-PY
-}
 size=$(stat -c %s base/v3.qcow2)
 cp base/v3.qcow2 base/leak.qcow2
 truncate -s $((size + 4 * 65536)) base/leak.qcow2
-set_ref base/leak.qcow2 $((size / 65536 + 1)) 1
+qcow2_set_refcount base/leak.qcow2 $((size / 65536 + 1)) 1
 # a data cluster whose stored count is 0
 data=$(qemu-img map --output=json base/v3.qcow2 | python3 -c 'import json,sys; print([e["offset"] for e in json.load(sys.stdin) if e["data"]][0] // 65536)')
 cp base/v3.qcow2 base/corrupt.qcow2
-set_ref base/corrupt.qcow2 "$data" 0
+qcow2_set_refcount base/corrupt.qcow2 "$data" 0
 cp base/leak.qcow2 base/both.qcow2
-set_ref base/both.qcow2 "$data" 0
+qcow2_set_refcount base/both.qcow2 "$data" 0
 
 step "check on every format, human and JSON; -r with nothing to repair writes nothing"
 for e in $IMG_FORMATS; do

@@ -380,6 +380,18 @@ img_formats_base() {
     must qemu-img create -q -f qcow2 -b v3.qcow2 -F qcow2 base/ov.qcow2
     must qemu-io -f qcow2 -c 'write -P 3 512k 64k' base/ov.qcow2 >/dev/null
 }
+# qcow2_set_refcount FILE CLUSTER VALUE: write the 16-bit refcount entry of
+# CLUSTER in the first refcount block (reftable[0]) of a qcow2 image (tests
+# that make leaks and corruptions for check)
+qcow2_set_refcount() {
+    python3 - "$@" <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b'); k = int(sys.argv[2]); v = int(sys.argv[3])
+f.seek(48); rt = struct.unpack('>Q', f.read(8))[0]
+f.seek(rt); rb = struct.unpack('>Q', f.read(8))[0]
+f.seek(rb + 2 * k); f.write(struct.pack('>H', v))
+PY
+}
 img_same() {
     tools_run qemu-img "$VBD_IMG" "$@"
     sed -i -E -e '/^disk size: /d' -e '/"actual-size": /d' q.out v.out

@@ -8,16 +8,6 @@ cd "$T"
 must qemu-img create -q -f qcow2 img.qcow2 64M
 must qemu-io -f qcow2 -c "write -P 0x5a 0 1M" -c "write -P 0x5b 20M 64k" img.qcow2 >/dev/null
 cp img.qcow2 clean.qcow2
-# refcount entry (16 bit) of cluster K: refcount block (reftable[0]) + 2K
-set_ref() { # FILE CLUSTER VALUE
-    python3 - "$@" <<'PY'
-import struct, sys
-f = open(sys.argv[1], 'r+b'); k = int(sys.argv[2]); v = int(sys.argv[3])
-f.seek(48); rt = struct.unpack('>Q', f.read(8))[0]
-f.seek(rt); rb = struct.unpack('>Q', f.read(8))[0]
-f.seek(rb + 2 * k); f.write(struct.pack('>H', v))
-PY
-}
 agree() { # FILE EXPECTED-EXIT
     "$VBD_IMG" check --output=json "$1" >v.json 2>/dev/null; vr=$?
     qemu-img check --output=json "$1" >q.json 2>/dev/null; qr=$?
@@ -30,14 +20,14 @@ agree img.qcow2 0
 step "a leaked cluster (refcount 1, no reference): exit 3, -r leaks repairs"
 size=$(stat -c %s img.qcow2)
 truncate -s $((size + 4 * 65536)) img.qcow2   # a cluster inside the file that nothing references
-set_ref img.qcow2 $((size / 65536 + 1)) 1
+qcow2_set_refcount img.qcow2 $((size / 65536 + 1)) 1
 agree img.qcow2 3
 must "$VBD_IMG" check -q -r leaks img.qcow2
 qcheck img.qcow2
 step "a data cluster with refcount 0: corruption (exit 2), -r all repairs"
 cp clean.qcow2 img.qcow2
 data=$(qemu-img map --output=json img.qcow2 | python3 -c 'import json,sys; print([e["offset"] for e in json.load(sys.stdin) if e["data"]][0] // 65536)')
-set_ref img.qcow2 "$data" 0
+qcow2_set_refcount img.qcow2 "$data" 0
 agree img.qcow2 2
 # -r leaks cannot repair a cluster in use whose count is 0 (qemu-img would
 # rebuild the refcount structure): nothing is written, exit 1, qemu-img's words
