@@ -12,7 +12,9 @@
 #   /dev/shm, page cache) instead of null-co
 #   PERQ=1: each run also prints every queue's p99/max (us) after "|" (and
 #   /bN: the mean us its p99-p99.9 requests spent before vbd-bench's last wait
-#   for an interrupt, i.e. not yet completed by the server), then
+#   for an interrupt, i.e. not yet completed by the server, and /sN: the
+#   % of the run's requests that queue carried: a ring served less often has
+#   fewer requests in the overall percentiles), then
 #   "w" and the ms the server's threads waited for a CPU while runnable
 #   (schedstat: time other tasks held CPU 0)
 # e.g. flock /work/wt/bench.lock bash bench/vhost-user-ab.sh 4 2 2 "-w read -b 64k -d 8" \
@@ -48,8 +50,10 @@ r = json.loads(sys.argv[1]); l = r["lat-us"]
 line = "  %6.0fk %5.1f/%6.1f/%7.1f %5.0f" % (r["iops"] / 1000, l["p50"], l["p99"], l["p99.9"],
                                          int(sys.argv[2]) / (r["requests"] + 1))
 if sys.argv[3] == "1" and "per-queue" in r:
+    total = sum(q["requests"] for q in r["per-queue"]) or 1
     line += " |" + " ".join("%.0f/%.0f" % (q["p99"], q["max"]) +
-                            ("/b%.0f" % q["split-p99-p99.9"][0] if "split-p99-p99.9" in q else "")
+                            ("/b%.0f" % q["split-p99-p99.9"][0] if "split-p99-p99.9" in q else "") +
+                            "/s%.0f" % (100 * q["requests"] / total)
                             for q in r["per-queue"]) + " w%.0f" % (int(sys.argv[4]) / 1e6)
 print(line, end="")' "$out" $((c1 - c0)) "${PERQ:-0}" $((w1 - w0)))
     done
