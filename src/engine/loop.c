@@ -61,6 +61,7 @@ struct vbd_loop {
      * receives, loop_sqe_lazy) so far; and an iteration that had ready
      * coroutines left them queued once already (see vbd_loop_run_once) */
     bool sq_eager, sq_lazy_held;
+    bool recv_nowait; /* the ring answered a receive with -EAGAIN: vbd_co_recv_wait polls instead */
 };
 
 /* The busy-poll bound's default (VBD_LOOP_POLL_MAX_NS_DEFAULT, loop.h) is
@@ -1097,21 +1098,19 @@ static ssize_t uring_recv(struct vbd_loop *loop, int fd, void *buf, size_t len, 
 ssize_t vbd_co_recv_wait(int fd, void *buf, size_t len, struct vbd_poll_wait *w)
 {
     struct vbd_loop *loop = vbd_loop_current();
-    if (!loop->uring || (w && w->cancelled))
+    if (!loop->uring || loop->recv_nowait || (w && w->cancelled))
         return recv_wait(fd, buf, len, w); /* a latched cancel: data first, else -ECANCELED at once */
-    for (;;) {
-        ssize_t r = uring_recv(loop, fd, buf, len, w);
-        if (r >= 0)
-            return r;
-        if (r == -EINTR)
-            continue;
-        /* cancelled (data that came with the cancel goes first), or a
-         * receive the ring would not wait for (not a socket; -EAGAIN):
-         * the plain way */
-        if (r == -ECANCELED || r == -EAGAIN || r == -ENOTSOCK)
-            return recv_wait(fd, buf, len, w);
+    ssize_t r = uring_recv(loop, fd, buf, len, w);
+    if (r >= 0)
         return r;
-    }
+    /* cancelled (data that came with the cancel goes first), interrupted,
+     * or a receive the ring would not wait for (not a socket; -EAGAIN: a
+     * kernel that honours O_NONBLOCK there, asked no more): the plain way */
+    if (r == -EAGAIN)
+        loop->recv_nowait = true;
+    if (r == -ECANCELED || r == -EINTR || r == -EAGAIN || r == -ENOTSOCK)
+        return recv_wait(fd, buf, len, w);
+    return r;
 }
 
 ssize_t vbd_co_send(int fd, const void *buf, size_t len)
