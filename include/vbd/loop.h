@@ -136,6 +136,7 @@ struct vbd_poll_wait {
     void *op;       /* private: the wait in progress (loop.c), NULL between waits */
     int fd;         /* private */
     bool cancelled; /* private: the latch */
+    bool recv;      /* private: the wait in progress is vbd_co_recv_wait's */
 };
 int vbd_co_poll_wait(struct vbd_poll_wait *w, int fd, short events);
 bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w);
@@ -158,6 +159,12 @@ ssize_t vbd_co_recv(int fd, void *buf, size_t len);
  * with the cancel, are returned (the latch stays set for the next call).
  * w NULL: vbd_co_recv. */
 ssize_t vbd_co_recv_cancellable(int fd, void *buf, size_t len, struct vbd_poll_wait *w);
+/* vbd_co_recv_cancellable for a socket that is expected to be empty (a
+ * QD1 client thinking): the receive is the wait, without a failing
+ * recv(2) and a poll first (with io_uring: one receive SQE, which the
+ * kernel completes when data comes; it goes in with the loop's next
+ * blocking submit). Same results. */
+ssize_t vbd_co_recv_wait(int fd, void *buf, size_t len, struct vbd_poll_wait *w);
 ssize_t vbd_co_send(int fd, const void *buf, size_t len);
 int vbd_co_recv_full(int fd, void *buf, size_t len);
 int vbd_co_send_full(int fd, const void *buf, size_t len);

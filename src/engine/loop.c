@@ -57,6 +57,11 @@ struct vbd_loop {
     unsigned remote_inflight; /* vbd_loop_remote_begin/end */
     uint64_t remote_poll_ns;  /* the adaptive busy-poll time while any is in flight (poll_window) */
     pthread_t thread;         /* the thread that created it and runs it (vbd_loop_is_current) */
+    /* SQEs queued since the last submit: only lazy ones (a wait that
+     * receives, loop_sqe_lazy) so far; and an iteration that had ready
+     * coroutines left them queued once already (see vbd_loop_run_once) */
+    bool sq_eager, sq_lazy_held;
+    bool recv_nowait; /* the ring answered a receive with -EAGAIN: vbd_co_recv_wait polls instead */
 };
 
 /* The busy-poll bound's default (VBD_LOOP_POLL_MAX_NS_DEFAULT, loop.h) is
@@ -207,7 +212,7 @@ uint64_t vbd_clock_stat_since(uint64_t start_ns)
     return now > start_ns ? now - start_ns : 0;
 }
 
-static struct io_uring_sqe *loop_sqe(struct vbd_loop *loop)
+static struct io_uring_sqe *loop_sqe_lazy(struct vbd_loop *loop)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&loop->ring);
     while (!sqe) {
@@ -216,6 +221,16 @@ static struct io_uring_sqe *loop_sqe(struct vbd_loop *loop)
         sqe = io_uring_get_sqe(&loop->ring);
     }
     return sqe;
+}
+
+/* An SQE that goes to the kernel in this iteration's submit (file I/O,
+ * polls, cancels): what it starts should not wait for the ready
+ * coroutines. loop_sqe_lazy: one that may wait for the iteration that
+ * blocks (vbd_co_recv_wait). */
+static struct io_uring_sqe *loop_sqe(struct vbd_loop *loop)
+{
+    loop->sq_eager = true;
+    return loop_sqe_lazy(loop);
 }
 
 static void efd_complete(struct loop_op *op, int res)
@@ -700,8 +715,20 @@ int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
     }
     if (loop->uring) {
         struct io_uring_cqe *cqe = NULL;
+        /* A receive that is a wait (vbd_co_recv_wait) is queued while other
+         * coroutines are ready (an NBD request finishing after its reply
+         * went out): submitted now it cost an io_uring_enter of its own,
+         * and the one that then blocks another, two per QD1 request where
+         * one does (it is in the kernel before the loop sleeps either
+         * way). Held for one iteration at most, so a loop that never
+         * blocks still submits it. */
+        bool hold = timeout_ns == 0 && !loop->sq_eager && !loop->sq_lazy_held && io_uring_sq_ready(&loop->ring);
+        loop->sq_lazy_held = hold;
+        if (!hold)
+            loop->sq_eager = false;
         if (timeout_ns == 0) {
-            io_uring_submit(&loop->ring);
+            if (!hold)
+                io_uring_submit(&loop->ring);
         } else if (timeout_ns < 0) {
             io_uring_submit_and_wait(&loop->ring, 1);
         } else {
@@ -976,11 +1003,15 @@ bool vbd_co_poll_wait_cancel(struct vbd_poll_wait *w)
     struct vbd_loop *loop = vbd_loop_current();
     w->op = NULL; /* one cancel per wait */
     if (loop->uring) {
-        /* The poll completes with -ECANCELED, or with its readiness if that
-         * came first (then the remove finds nothing). SQEs run in order: a
-         * later wait at the same address is armed after this remove. */
+        /* The poll (or the receive: vbd_co_recv_wait) completes with
+         * -ECANCELED, or with its readiness (its data) if that came first
+         * (then the remove finds nothing). SQEs run in order: a later wait
+         * at the same address is armed after this remove. */
         struct io_uring_sqe *sqe = loop_sqe(loop);
-        io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)&op->base);
+        if (w->recv)
+            io_uring_prep_cancel64(sqe, (__u64)(uintptr_t)&op->base, 0);
+        else
+            io_uring_prep_poll_remove(sqe, (__u64)(uintptr_t)&op->base);
         io_uring_sqe_set_data(sqe, NULL);
         return true;
     }
@@ -1038,6 +1069,48 @@ ssize_t vbd_co_recv(int fd, void *buf, size_t len)
 ssize_t vbd_co_recv_cancellable(int fd, void *buf, size_t len, struct vbd_poll_wait *w)
 {
     return recv_wait(fd, buf, len, w);
+}
+
+/* The io_uring receive of vbd_co_recv_wait: the kernel tries it at once,
+ * else arms its own poll on the socket and receives when data comes,
+ * before the thread's wait for completions returns. */
+static ssize_t uring_recv(struct vbd_loop *loop, int fd, void *buf, size_t len, struct vbd_poll_wait *w)
+{
+    struct co_op op = {.base.complete = co_op_complete, .co = vbd_co_self()};
+    assert(op.co && "I/O outside a coroutine");
+    struct io_uring_sqe *sqe = loop_sqe_lazy(loop);
+    io_uring_prep_recv(sqe, fd, buf, len, 0);
+    io_uring_sqe_set_data(sqe, &op.base);
+    if (w) {
+        assert(!w->op); /* one waiter at a time */
+        w->op = &op;
+        w->fd = fd;
+        w->recv = true;
+    }
+    vbd_co_yield();
+    if (w) {
+        w->op = NULL;
+        w->recv = false;
+    }
+    return op.res;
+}
+
+ssize_t vbd_co_recv_wait(int fd, void *buf, size_t len, struct vbd_poll_wait *w)
+{
+    struct vbd_loop *loop = vbd_loop_current();
+    if (!loop->uring || loop->recv_nowait || (w && w->cancelled))
+        return recv_wait(fd, buf, len, w); /* a latched cancel: data first, else -ECANCELED at once */
+    ssize_t r = uring_recv(loop, fd, buf, len, w);
+    if (r >= 0)
+        return r;
+    /* cancelled (data that came with the cancel goes first), interrupted,
+     * or a receive the ring would not wait for (not a socket; -EAGAIN: a
+     * kernel that honours O_NONBLOCK there, asked no more): the plain way */
+    if (r == -EAGAIN)
+        loop->recv_nowait = true;
+    if (r == -ECANCELED || r == -EINTR || r == -EAGAIN || r == -ENOTSOCK)
+        return recv_wait(fd, buf, len, w);
+    return r;
 }
 
 ssize_t vbd_co_send(int fd, const void *buf, size_t len)

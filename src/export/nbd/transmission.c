@@ -434,7 +434,7 @@ static ssize_t recv_after_spin(struct nbd_conn *c, uint64_t spin_start, uint64_t
     /* nothing of the next header has come: the wait may be cut short by a
      * node move (nbd_export_node_moved), -ECANCELED */
     struct vbd_poll_wait *w = idle && !c->rlen ? &c->idle_wait : NULL;
-    ssize_t r = vbd_co_recv_cancellable(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, w);
+    ssize_t r = vbd_co_recv_wait(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, w);
     if (r <= 0 || !adapt)
         return r;
     uint64_t waited = vbd_clock_ns() - spin_start;
@@ -540,6 +540,32 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
                 spin_until = 0;
                 continue;
             }
+        }
+        /* A client that made us wait for its last request (QD1) has not
+         * sent the next one yet when its reply has only just left: no
+         * failing recv(2) first. With a spin window the spin starts at
+         * once; with none the receive is the wait (one io_uring recv;
+         * the clock is read only for a window that can grow back,
+         * poll-max-ns > 0). */
+        if (!spin_start && header && c->client_waited) {
+            spin_bound = vbd_loop_poll_max_ns(vbd_loop_current());
+            if (c->poll_ns > spin_bound)
+                c->poll_ns = spin_bound;
+            adapt = c->inflight_bytes < NBD_POLL_MAX_INFLIGHT;
+            if (adapt && c->poll_ns) {
+                spin_start = vbd_clock_ns();
+                spin_until = spin_start + c->poll_ns;
+                continue;
+            }
+            adapt = adapt && spin_bound;
+            spin_start = adapt ? vbd_clock_ns() : 1; /* non-zero: the client made us wait */
+            ssize_t r = recv_after_spin(c, spin_start, spin_bound, adapt, idle);
+            if (r < 0)
+                return (int)r;
+            if (r == 0)
+                return -ECONNRESET;
+            c->rlen += (size_t)r;
+            continue;
         }
         ssize_t r = recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, MSG_DONTWAIT);
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
