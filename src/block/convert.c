@@ -504,7 +504,7 @@ static void convert_worker(void *opaque)
      * here, every byte crossed vCPUs: tmpfs raw->raw 0.236 -> 0.198 s in a
      * two-thread prototype, 2026-12-05). */
     unsigned rflags = cv->threaded ? VBD_REQ_INLINE : 0;
-    uint8_t *buf = vbd_alloc_aligned(4096, cv->o->chunk_size);
+    uint8_t *buf = vbd_alloc_transfer_buffer(cv->o->chunk_size);
     uint64_t *runs = imageops_runs_new(cv->o);
     if (cv->split) {
         w->nsw = (unsigned)imageops_runs_max(cv->o, cv->o->chunk_size) + 4;
@@ -571,7 +571,7 @@ static void convert_worker(void *opaque)
         }
     }
     free(runs);
-    free(buf);
+    vbd_free_transfer_buffer(buf, cv->o->chunk_size);
     vbd_co_move_to(home);
     /* split: home is the target's (vbd_co_convert) */
     if (w->nwritten) {
