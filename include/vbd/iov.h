@@ -48,5 +48,10 @@ int vbd_buffer_is_zero(const void *buf, size_t len);
 
 /* Page-aligned buffer allocation (for O_DIRECT bounce buffers, caches). */
 void *vbd_alloc_aligned(size_t align, size_t size); /* aborts on OOM; free() it */
+/* A buffer for large transfers: whole 2 MiB pages, 2 MiB aligned, backed by
+ * transparent huge pages where the kernel gives them (also in its madvise
+ * mode). Aborts on OOM; freed with vbd_free_transfer_buffer(p, size). */
+void *vbd_alloc_transfer_buffer(size_t size);
+void vbd_free_transfer_buffer(void *p, size_t size);
 
 #endif

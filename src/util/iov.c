@@ -2,9 +2,11 @@
 #include "vbd/alloc.h"
 #include "vbd/iov.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 int vbd_iov_slice(struct iovec *dst, int cap, const struct iovec *src, int niov, size_t off, size_t len)
 {
@@ -169,4 +171,43 @@ void *vbd_alloc_aligned(size_t align, size_t size)
     if (posix_memalign(&p, align, size ? size : align) != 0)
         vbd_out_of_memory(size);
     return p;
+}
+
+/* An O_DIRECT request reaches a virtio disk as one descriptor per
+ * physically contiguous run of its buffer: from 4 KiB pages a 2 MiB read
+ * was four requests of 254 + 2 + 254 + 2 pages (the queue's 254-segment
+ * limit), each page a descriptor the host handles on its own; from a huge
+ * page it is one request of one segment. 512 x 2 MiB O_DIRECT reads at QD1
+ * on this project's Firecracker guest: 2.6-2.9 s from 4 KiB pages, 0.47-0.54 s
+ * from a huge page; 512 x 1 MiB writes 2.5-3.4 s and 1.1-2.4 s
+ * (2026-12-06). Page-cache copies from it take fewer TLB misses and one
+ * fault per 2 MiB. */
+#define TRANSFER_PAGE (2u << 20)
+
+static size_t transfer_span(size_t size)
+{
+    return size ? (size + TRANSFER_PAGE - 1) / TRANSFER_PAGE * TRANSFER_PAGE : TRANSFER_PAGE;
+}
+
+void *vbd_alloc_transfer_buffer(size_t size)
+{
+    size_t span = transfer_span(size);
+    /* one huge page more than needed, for the alignment; the rest is unmapped */
+    uint8_t *raw = mmap(NULL, span + TRANSFER_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        vbd_out_of_memory(size);
+    uint8_t *p = (uint8_t *)(((uintptr_t)raw + TRANSFER_PAGE - 1) & ~(uintptr_t)(TRANSFER_PAGE - 1));
+    if (p > raw)
+        munmap(raw, (size_t)(p - raw));
+    if (p + span < raw + span + TRANSFER_PAGE)
+        munmap(p + span, (size_t)(raw + span + TRANSFER_PAGE - (p + span)));
+    /* advice only: without THP (or with it off) these are plain pages */
+    (void)madvise(p, span, MADV_HUGEPAGE);
+    return p;
+}
+
+void vbd_free_transfer_buffer(void *p, size_t size)
+{
+    if (p)
+        munmap(p, transfer_span(size));
 }
