@@ -324,14 +324,14 @@ struct vbd_driver {
     int (*co_vmstate)(struct vbd_node *n, uint64_t pos, uint64_t bytes, struct vbd_qiov *q, bool save);
 
     /* Image creation: opts holds "size" and the -o options (values as
-     * strings or numbers); the driver creates the protocol file itself via
-     * vbd_create_protocol(). */
+     * strings or numbers). file NULL: the driver creates the protocol file
+     * filename itself via vbd_create_protocol(). Otherwise (only drivers
+     * with create_onto_node) the image goes into file, an open protocol
+     * node whose content it replaces (QMP blockdev-create names the
+     * image's file by node), and filename is file's. */
     const struct vbd_opt_desc *create_opts; /* {NULL} terminated */
-    int (*co_create)(const char *filename, struct json_object *opts, struct vbd_error **err);
-    /* The same onto an open protocol node, whose content it replaces
-     * (QMP blockdev-create names the image's file by node). NULL: only
-     * by file name. */
-    int (*co_create_node)(struct vbd_node *file, struct json_object *opts, struct vbd_error **err);
+    int (*co_create)(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err);
+    bool create_onto_node;
     /* Space needed to convert `in` (may be NULL: only size) to this format with opts. */
     int (*measure)(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated, struct vbd_error **err);
 
@@ -727,7 +727,7 @@ int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc p
 /* The same with the protocol's own creation options (rbd's cluster_size);
  * a key the protocol does not list is an error. */
 /* For format drivers' create: the protocol node to write the new image
- * to, emptied and sized: target itself (co_create_node) or the file made
+ * to, emptied and sized: target itself (create_onto_node) or the file made
  * at filename (co_create). A new reference, or NULL with *err. */
 struct vbd_node *vbd_create_protocol_node(const char *filename, struct vbd_node *target, uint64_t size,
                                           struct vbd_error **err);

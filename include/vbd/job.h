@@ -226,7 +226,7 @@ struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struc
 
 /* blockdev-create: a "create" job writing the image options describe
  * (BlockdevCreateOptions, checked by the caller: a driver with
- * co_create_node, or "file"). */
+ * create_onto_node, or "file"). */
 struct vbd_job *vbd_create_job_start(const char *job_id, struct json_object *options, struct vbd_qmp_error *err);
 /* x-blockdev-amend: an "amend" job on n (options checked: n's driver). */
 struct vbd_job *vbd_amend_job_start(const char *job_id, struct vbd_node *n, struct json_object *options, bool force,

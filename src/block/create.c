@@ -17,7 +17,7 @@ int vbd_image_co_create(const char *fmt, const char *filename, struct json_objec
         vbd_error_setf(err, ENOTSUP, "Format driver '%s' does not support image creation", fmt);
         return -ENOTSUP;
     }
-    return drv->co_create(filename, opts, err);
+    return drv->co_create(filename, NULL, opts, err);
 }
 
 int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err)
@@ -59,7 +59,7 @@ int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_preal
     }
     json_object_object_add(o, "size", json_object_new_int64((int64_t)size));
     json_object_object_add(o, "preallocation", json_object_new_string(vbd_prealloc_names[prealloc]));
-    int rc = drv->co_create(filename, o, err);
+    int rc = drv->co_create(filename, NULL, o, err);
     json_object_put(o);
     return rc;
 }

@@ -132,7 +132,7 @@ static int create_format(struct vbd_job *job, struct create_job *c, const char *
                        c->node->node_name, c->node->node_name, by);
         goto out;
     }
-    rc = drv->co_create_node(c->node, o, err);
+    rc = drv->co_create(c->node->filename, c->node, o, err);
 out:
     json_object_put(o);
     if (data)

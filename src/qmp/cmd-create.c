@@ -178,7 +178,7 @@ static struct json_object *qmp_blockdev_create(struct json_object *args, struct 
     if (!check_members(options, spec, err))
         return NULL;
     const struct vbd_driver *drv = vbd_driver_find(driver);
-    if (strcmp(driver, "file") && (!drv || !drv->co_create_node)) {
+    if (strcmp(driver, "file") && (!drv || !drv->create_onto_node)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Driver does not support blockdev-create");
         return NULL;
     }

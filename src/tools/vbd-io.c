@@ -7,6 +7,7 @@
  * makes the exit status 1).
  */
 #include "common.h"
+#include "io.h"
 
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
@@ -68,24 +69,7 @@ static const char usage_text[] =
     "  help [CMD] | sleep MS | sigraise SIG | abort | quit\n"
     "Numbers take k, M, G, T, P, E suffixes. Exit status 0 only if every command succeeded.\n";
 
-static struct vbd_backend *be;
-static struct vbd_node *node; /* NULL: no image open (close, or none given) */
-/* open -C: the copy-on-read filter over node that the backend runs on
- * (info, map and alloc describe node, as qemu-io's copy-on-read is a flag
- * of the image's own node) */
-static struct vbd_node *cor_filter;
-/* how open and the command line's -s and -C open an image */
-#define IO_SNAPSHOT 0x1u /* -s: writes go to a temporary overlay, gone at close */
-#define IO_COR      0x2u /* -C: copy-on-read */
-static bool quiet, read_only, misalign;
-/* what the open image was opened with: reopen starts from it */
-static struct {
-    char *filename;          /* NULL: the options name it */
-    struct json_object *opts; /* NULL: none */
-    unsigned flags;          /* VBD_OPEN_* */
-    unsigned mode;           /* IO_* */
-    bool writethrough;
-} cur;
+static bool quiet, misalign;
 static int failures;
 static int aio_pending;
 static struct vbd_co_queue aio_waiters = VBD_CO_QUEUE_INIT;
@@ -324,7 +308,7 @@ static void print_cmd_line(const char *name, const struct cmd_help *h)
     printf("%s%s%s -- %s\n", name, h->args ? " " : "", h->args ? h->args : "", h->oneline);
 }
 
-static void print_usage(const char *name)
+void io_print_usage(const char *name)
 {
     const struct cmd_help *h = find_help(name);
     if (h)
@@ -381,13 +365,13 @@ static bool compress_aligned(int64_t off, int64_t len)
 {
     struct vbd_image_info info;
     struct vbd_error *err = NULL;
-    if (vbd_node_get_info(node, &info, &err) < 0) {
+    if (vbd_node_get_info(io_node, &info, &err) < 0) {
         vbd_error_free(err);
         return true;
     }
     json_object_put(info.format_specific);
     uint64_t cs = info.cluster_size;
-    return !cs || (off % cs == 0 && (len % cs == 0 || (uint64_t)(off + len) == node->size));
+    return !cs || (off % cs == 0 && (len % cs == 0 || (uint64_t)(off + len) == io_node->size));
 }
 
 /* write -s FILE: the buffer holds FILE's first len bytes, repeated to
@@ -465,12 +449,12 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
             return 0;
         case 'b': vmstate = true; break;
         case 'c': compress = true; break;
-        default: print_usage(name); return -EINVAL;
+        default: io_print_usage(name); return -EINVAL;
         }
     }
     int nargs = argc - optind;
     if (nargs < 2 || (!vectored && nargs != 2)) {
-        print_usage(name);
+        io_print_usage(name);
         return -EINVAL;
     }
     if (vmstate && zero) {
@@ -516,7 +500,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         return -EINVAL;
     }
     if (!write && pattern < 0 && (lflag || sflag)) {
-        print_usage(name);
+        io_print_usage(name);
         free(iov);
         return -EINVAL;
     }
@@ -552,26 +536,26 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
     vbd_qiov_init(&q, iov, niov);
     uint64_t t0 = vbd_clock_ns();
     int rc;
-    uint64_t size = vbd_backend_size(be);
+    uint64_t size = vbd_backend_size(io_be);
     bool past_end = (uint64_t)off > size || size - off < (uint64_t)total;
     if (vmstate) {
         /* the image's VM state area (qcow2's), as qemu-io's blk_load_vmstate
          * and blk_save_vmstate; the latter flushes without a write cache */
         past_end = false;
-        rc = vbd_node_co_vmstate(vbd_backend_node(be), (uint64_t)off, buf, (uint64_t)total, write);
-        if (rc == 0 && write && cur.writethrough)
-            rc = vbd_backend_co_flush(be);
-    } else if (compress && !zero && !past_end && !(node->supported_write_flags & VBD_REQ_COMPRESSED))
+        rc = vbd_node_co_vmstate(vbd_backend_node(io_be), (uint64_t)off, buf, (uint64_t)total, write);
+        if (rc == 0 && write && io_writethrough())
+            rc = vbd_backend_co_flush(io_be);
+    } else if (compress && !zero && !past_end && !(io_node->supported_write_flags & VBD_REQ_COMPRESSED))
         rc = -ENOTSUP; /* the block layer would write it uncompressed */
     else if (compress && !zero && !past_end && !compress_aligned(off, total))
         rc = -EINVAL;
     else if (write && zero)
-        rc = vbd_backend_co_pwrite_zeroes(be, off, total, (unmap ? VBD_REQ_MAY_UNMAP : 0) | (fua ? VBD_REQ_FUA : 0));
+        rc = vbd_backend_co_pwrite_zeroes(io_be, off, total, (unmap ? VBD_REQ_MAY_UNMAP : 0) | (fua ? VBD_REQ_FUA : 0));
     else if (write)
-        rc = vbd_backend_co_pwritev(be, off, total, &q,
+        rc = vbd_backend_co_pwritev(io_be, off, total, &q,
                                     (fua ? VBD_REQ_FUA : 0) | (compress ? VBD_REQ_COMPRESSED : 0));
     else
-        rc = vbd_backend_co_preadv(be, off, total, &q, 0);
+        rc = vbd_backend_co_preadv(io_be, off, total, &q, 0);
     /* the backend refuses a range past the end (EINVAL); qemu-io's says EIO */
     if (rc == -EINVAL && past_end)
         rc = -EIO;
@@ -636,7 +620,7 @@ static int start_aio(int argc, char **argv, bool write)
     return 0;
 }
 
-static int wait_aio(void)
+int io_wait_aio(void)
 {
     while (aio_pending)
         vbd_co_queue_wait(&aio_waiters);
@@ -647,10 +631,10 @@ static int wait_aio(void)
  * runs of the same state merged */
 static int do_map(void)
 {
-    uint64_t off = 0, size = node->size;
+    uint64_t off = 0, size = io_node->size;
     while (off < size) {
         uint64_t pnum;
-        int rc = vbd_node_co_block_status(node, false, off, size - off, &pnum, NULL, NULL);
+        int rc = vbd_node_co_block_status(io_node, false, off, size - off, &pnum, NULL, NULL);
         if (rc < 0) {
             vbd_error_report("Failed to get allocation status: %s", strerror(-rc));
             return rc;
@@ -663,7 +647,7 @@ static int do_map(void)
         uint64_t len = pnum;
         while (off + len < size) {
             uint64_t p2;
-            int rc2 = vbd_node_co_block_status(node, false, off + len, size - off - len, &p2, NULL, NULL);
+            int rc2 = vbd_node_co_block_status(io_node, false, off + len, size - off - len, &p2, NULL, NULL);
             if (rc2 < 0 || p2 == 0 || (bool)(rc2 & VBD_BS_ALLOCATED) != alloc)
                 break;
             len += p2;
@@ -750,21 +734,21 @@ static int do_breakpoint(const char *cmd, int argc, char **argv)
     (void)argc;
     int rc;
     if (!strcmp(cmd, "break")) {
-        rc = vbd_node_debug_breakpoint(node, argv[1], argv[2]);
+        rc = vbd_node_debug_breakpoint(io_node, argv[1], argv[2]);
         if (rc < 0)
             printf("Could not set breakpoint: %s\n", strerror(-rc));
     } else if (!strcmp(cmd, "remove_break")) {
-        rc = vbd_node_debug_remove_breakpoint(node, argv[1]);
+        rc = vbd_node_debug_remove_breakpoint(io_node, argv[1]);
         if (rc < 0)
             printf("Could not remove breakpoint %s: %s\n", argv[1], strerror(-rc));
     } else if (!strcmp(cmd, "resume")) {
-        rc = vbd_node_debug_resume(node, argv[1]);
+        rc = vbd_node_debug_resume(io_node, argv[1]);
         if (rc < 0)
             printf("Could not resume request: %s\n", strerror(-rc));
     } else {
         /* as qemu-io: waits until a request with the tag stops (forever if
          * none will); the loop runs the requests meanwhile */
-        while (!vbd_node_debug_is_suspended(node, argv[1]))
+        while (!vbd_node_debug_is_suspended(io_node, argv[1]))
             vbd_co_sleep_ns(100000);
         rc = 0;
     }
@@ -780,14 +764,14 @@ static int do_alloc(int argc, char **argv)
         return -EINVAL;
     if (argc == 3 && get_num(argv[2], &count) < 0)
         return -EINVAL;
-    uint64_t size = node->size, start = off, pos = off, remaining = count, sum = 0;
+    uint64_t size = io_node->size, start = off, pos = off, remaining = count, sum = 0;
     while (remaining) {
         if (pos >= size) {
             count -= remaining;
             break;
         }
         uint64_t pnum, len = remaining < size - pos ? remaining : size - pos;
-        int rc = vbd_node_co_block_status(node, false, pos, len, &pnum, NULL, NULL);
+        int rc = vbd_node_co_block_status(io_node, false, pos, len, &pnum, NULL, NULL);
         if (rc < 0) {
             printf("is_allocated failed: %s\n", strerror(-rc));
             return rc;
@@ -819,12 +803,12 @@ static int do_discard(int argc, char **argv)
         else if (c == 'C')
             csv = true;
         else {
-            print_usage("discard");
+            io_print_usage("discard");
             return -EINVAL;
         }
     }
     if (optind != argc - 2) {
-        print_usage("discard");
+        io_print_usage("discard");
         return -EINVAL;
     }
     if (get_num(argv[optind], &a) < 0 || get_num(argv[optind + 1], &b) < 0)
@@ -834,8 +818,8 @@ static int do_discard(int argc, char **argv)
         return -EINVAL;
     }
     uint64_t t0 = vbd_clock_ns();
-    uint64_t size = vbd_backend_size(be);
-    int rc = vbd_backend_co_pdiscard(be, a, b);
+    uint64_t size = vbd_backend_size(io_be);
+    int rc = vbd_backend_co_pdiscard(io_be, a, b);
     if (rc == -EINVAL && ((uint64_t)a > size || size - a < (uint64_t)b))
         rc = -EIO; /* as qemu-io */
     if (rc < 0)
@@ -853,7 +837,7 @@ static int do_truncate(int argc, char **argv)
     optind = 0;
     while ((c = getopt(argc, argv, "m:")) != -1) {
         if (c != 'm') {
-            print_usage("truncate");
+            io_print_usage("truncate");
             return -EINVAL;
         }
         if (!strcmp(optarg, "off"))
@@ -871,13 +855,13 @@ static int do_truncate(int argc, char **argv)
     }
     /* qemu-io 7.2 takes the first operand and ignores the rest */
     if (optind > argc - 1) {
-        print_usage("truncate");
+        io_print_usage("truncate");
         return -EINVAL;
     }
     if (get_num(argv[optind], &a) < 0)
         return -EINVAL;
     struct vbd_error *err = NULL;
-    int rc = vbd_node_co_truncate(cor_filter ? cor_filter : node, a, true, prealloc, &err); /* the filter follows */
+    int rc = vbd_node_co_truncate(io_cor_filter ? io_cor_filter : io_node, a, true, prealloc, &err); /* the filter follows */
     if (rc < 0) {
         vbd_error_report("%s", err ? err->msg : strerror(-rc));
         vbd_error_free(err);
@@ -887,13 +871,13 @@ static int do_truncate(int argc, char **argv)
 
 static int do_info(void)
 {
-    printf("format name: %s\n", node->drv->name);
+    printf("format name: %s\n", io_node->drv->name);
     /* QEMU's parallels driver has no info: qemu-io stops here, failing */
-    if (!strcmp(node->drv->name, "parallels"))
+    if (!strcmp(io_node->drv->name, "parallels"))
         return -ENOTSUP;
     struct vbd_image_info info;
     struct vbd_error *err = NULL;
-    if (vbd_node_get_info(node, &info, &err) < 0) {
+    if (vbd_node_get_info(io_node, &info, &err) < 0) {
         tool_report(err);
         return -EIO;
     }
@@ -904,12 +888,12 @@ static int do_info(void)
      * entry past the virtual size (l2 tables of cluster_size / 8 entries,
      * / 16 with extended L2 entries) */
     uint64_t vmstate = 0;
-    if (!strcmp(node->drv->name, "qcow2") && info.cluster_size) {
+    if (!strcmp(io_node->drv->name, "qcow2") && info.cluster_size) {
         struct json_object *data = NULL, *ext = NULL;
         bool extended = info.format_specific && json_object_object_get_ex(info.format_specific, "data", &data) &&
                         json_object_object_get_ex(data, "extended-l2", &ext) && json_object_get_boolean(ext);
         uint64_t per_l1 = (uint64_t)info.cluster_size * (info.cluster_size / (extended ? 16 : 8));
-        vmstate = (node->size + per_l1 - 1) / per_l1 * per_l1;
+        vmstate = (io_node->size + per_l1 - 1) / per_l1 * per_l1;
     }
     tool_cvtstr((double)vmstate, s, sizeof(s));
     printf("vm state offset: %s\n", s);
@@ -922,9 +906,6 @@ static int do_info(void)
     return 0;
 }
 
-static void close_image(void);
-static int do_open(int argc, char **argv);
-static int do_reopen(int argc, char **argv);
 
 static int run_command(char *line)
 {
@@ -941,7 +922,7 @@ static int run_command(char *line)
         return -EINVAL;
     }
     const char *c = d->name;
-    if (!node && !d->nofile) {
+    if (!io_node && !d->nofile) {
         fprintf(stderr, "no file open, try 'help open'\n");
         return -EINVAL;
     }
@@ -958,7 +939,7 @@ static int run_command(char *line)
     }
     int rc;
     /* qemu-io asks for write permission before parsing the command */
-    if (read_only && (!strcmp(c, "write") || !strcmp(c, "writev") || !strcmp(c, "aio_write") ||
+    if (io_read_only && (!strcmp(c, "write") || !strcmp(c, "writev") || !strcmp(c, "aio_write") ||
                       !strcmp(c, "discard") || !strcmp(c, "truncate"))) {
         vbd_error_report("Block node is read-only");
         return -EPERM;
@@ -976,14 +957,14 @@ static int run_command(char *line)
     if (!strcmp(c, "aio_write"))
         return start_aio(argc, argv, true);
     if (!strcmp(c, "aio_flush")) {
-        wait_aio();
-        rc = vbd_backend_co_flush(be);
+        io_wait_aio();
+        rc = vbd_backend_co_flush(io_be);
         if (rc < 0)
             printf("aio_flush failed: %s\n", strerror(-rc));
         return rc;
     }
     if (!strcmp(c, "flush")) {
-        rc = vbd_backend_co_flush(be);
+        rc = vbd_backend_co_flush(io_be);
         if (rc < 0)
             printf("flush failed: %s\n", strerror(-rc));
         return rc;
@@ -994,7 +975,7 @@ static int run_command(char *line)
         return do_alloc(argc, argv);
     if (!strcmp(c, "length")) {
         char s[64];
-        tool_cvtstr((double)vbd_backend_size(be), s, sizeof(s));
+        tool_cvtstr((double)vbd_backend_size(io_be), s, sizeof(s));
         printf("%s\n", s);
         return 0;
     }
@@ -1015,13 +996,13 @@ static int run_command(char *line)
         return 0;
     }
     if (!strcmp(c, "close")) {
-        close_image();
+        io_close_image();
         return 0;
     }
     if (!strcmp(c, "open"))
-        return do_open(argc, argv);
+        return io_do_open(argc, argv);
     if (!strcmp(c, "reopen"))
-        return do_reopen(argc, argv);
+        return io_do_reopen(argc, argv);
     if (!strcmp(c, "help"))
         return do_help(argc, argv);
     if (!strcmp(c, "abort"))
@@ -1107,7 +1088,7 @@ static void run_all(void *opaque)
     struct run_args *r = opaque;
     if (!r->ncmds) {
         run_stdin();
-        wait_aio();
+        io_wait_aio();
         return;
     }
     for (int i = 0; i < r->ncmds && !quitting; i++) {
@@ -1116,393 +1097,7 @@ static void run_all(void *opaque)
             failures++;
         free(line);
     }
-    wait_aio();
-}
-
-/* Opens the image (filename, or what opts name; opts is taken) as qemu-io's
- * openfile does, with its messages: "can't open device FILE: " (or
- * "can't open: " without one) before the reason, which names the file only
- * when open(2) itself failed. The backend is made for it; 0 or -1. */
-static bool reopening; /* open_file's errors are reopen's: no "can't open" */
-
-/* -s and -C over the image n just opened (taken): QEMU's BDRV_O_SNAPSHOT
- * puts the temporary overlay above it (the image itself was opened
- * read-only), BDRV_O_COPY_ON_READ copies into the top layer, refused
- * without write access. *image: what info describes (the overlay or n);
- * returns what the backend runs on, or NULL with err set. */
-static struct vbd_node *apply_mode(struct vbd_node *n, unsigned mode, unsigned flags, struct vbd_node **image,
-                                   struct vbd_error **err)
-{
-    if (mode & IO_SNAPSHOT) {
-        /* QEMU's temporary overlay: cache.direct=off, cache.no-flush=on
-         * whatever the image's cache mode (bdrv_temp_snapshot_options) */
-        unsigned oflags = (flags & ~(VBD_OPEN_NOCACHE | VBD_OPEN_AIO_NATIVE | VBD_OPEN_FORCE_SHARE)) | VBD_OPEN_NO_FLUSH;
-        struct vbd_node *overlay = tool_open_temp_overlay(n, oflags, NULL, err);
-        vbd_node_unref(n); /* held by the overlay as its backing */
-        if (!overlay)
-            return NULL;
-        n = overlay;
-    }
-    *image = n;
-    if (!(mode & IO_COR))
-        return n;
-    if (!(flags & VBD_OPEN_RDWR)) {
-        vbd_error_setf(err, EINVAL, "Can't use copy-on-read on read-only device");
-        vbd_node_unref(n);
-        return NULL;
-    }
-    struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "driver", json_object_new_string("copy-on-read"));
-    json_object_object_add(o, "file", json_object_new_string(n->node_name));
-    struct vbd_node *cor = vbd_open(NULL, o, flags, err);
-    vbd_node_unref(n); /* the filter holds it as its file */
-    return cor;
-}
-
-static int open_file(const char *filename, struct json_object *opts, unsigned flags, unsigned mode,
-                     bool writethrough, bool force_share)
-{
-    struct vbd_error *err = NULL;
-    const char *dev = filename ? " device " : "", *name = filename ? filename : "";
-    if (node) {
-        vbd_error_report("file open already, try 'help close'");
-        json_object_put(opts);
-        return -1;
-    }
-    /* with -s the image itself is opened read-only: -U is for it */
-    if (force_share && (flags & VBD_OPEN_RDWR) && !(mode & IO_SNAPSHOT)) {
-        vbd_error_report("can't open%s%s: force-share=on can only be used with read-only images", dev, name);
-        json_object_put(opts);
-        return -1;
-    }
-    if (force_share)
-        flags |= VBD_OPEN_FORCE_SHARE;
-    struct json_object *kept = NULL;
-    if (opts)
-        json_object_deep_copy(opts, &kept, NULL);
-    /* -s: the image itself is the overlay's read-only backing file */
-    struct vbd_node *n = vbd_open(filename, opts, mode & IO_SNAPSHOT ? flags & ~VBD_OPEN_RDWR : flags, &err);
-    struct vbd_node *image = NULL, *top = n ? apply_mode(n, mode, flags, &image, &err) : NULL;
-    if (!top) {
-        const char *m = err ? err->msg : "unknown error";
-        /* the block layer names the file before a format's reason, as
-         * qemu-img does; qemu-io keeps that only for open(2)'s errno */
-        if (err && !strncmp(m, "Could not open '", 16)) {
-            const char *q = strstr(m + 16, "': ");
-            const char *tail = strerror(err->code);
-            if (q && strcmp(q + 3, tail))
-                m = q + 3;
-        }
-        /* qemu-io prints a lock conflict's question as a hint line of its own */
-        const char *hint = strstr(m, " lock: Is another process");
-        if (reopening)
-            vbd_error_report("%s", m);
-        else if (hint)
-            vbd_error_report("can't open%s%s: %.*s\n%s", dev, name, (int)(hint - m + 5), m, hint + 7);
-        else
-            vbd_error_report("can't open%s%s: %s", dev, name, m);
-        vbd_error_free(err);
-        json_object_put(kept);
-        return -1;
-    }
-    struct vbd_backend_opts bo = {.read_only = !(flags & VBD_OPEN_RDWR),
-                                  .writethrough = writethrough,
-                                  .discard_unmap = (flags & VBD_OPEN_UNMAP) != 0};
-    be = vbd_backend_new(top, &bo, &err);
-    if (!be) {
-        tool_report(err);
-        vbd_node_unref(top);
-        json_object_put(kept);
-        return -1;
-    }
-    node = image;
-    cor_filter = top != image ? top : NULL;
-    read_only = !(flags & VBD_OPEN_RDWR);
-    cur.filename = filename ? vbd_xstrdup(filename) : NULL;
-    cur.opts = kept;
-    cur.flags = flags;
-    cur.mode = mode;
-    cur.writethrough = writethrough;
-    return 0;
-}
-
-/* close: the requests in flight end first, as qemu-io drains */
-static void close_image(void)
-{
-    if (!node)
-        return;
-    wait_aio();
-    vbd_backend_free(be);
-    vbd_node_unref(cor_filter ? cor_filter : node); /* the filter holds the image */
-    be = NULL;
-    node = cor_filter = NULL;
-    free(cur.filename);
-    json_object_put(cur.opts);
-    memset(&cur, 0, sizeof(cur));
-}
-
-/* -d of open, discard= of reopen -o (QEMU words its error without the
- * value there: named false): into open flags */
-static int discard_flags(const char *mode, unsigned *flags, bool named)
-{
-    if (!strcmp(mode, "ignore") || !strcmp(mode, "off"))
-        *flags &= ~VBD_OPEN_UNMAP;
-    else if (!strcmp(mode, "unmap") || !strcmp(mode, "on"))
-        *flags |= VBD_OPEN_UNMAP;
-    else {
-        if (named)
-            vbd_error_report("Invalid discard option: %s", mode);
-        else
-            vbd_error_report("Invalid discard option");
-        return -1;
-    }
-    return 0;
-}
-
-/* reopen -o's on/off options: 1 taken (*out set), 0 absent, -1 after
- * QEMU's words naming the option as given (shown) */
-static int take_on_off(struct json_object *o, const char *key, const char *shown, bool *out)
-{
-    struct vbd_error *err = NULL;
-    int got = vbd_opt_take_bool(o, key, out, &err);
-    if (got < 0) {
-        vbd_error_free(err);
-        vbd_error_report("Parameter '%s' expects 'on' or 'off'", shown);
-        return -1;
-    }
-    return got;
-}
-
-/* the options of open -o (QemuOpts, no implied name), merged when given twice */
-static int merge_options(struct json_object **into, const char *text)
-{
-    struct vbd_error *err = NULL;
-    struct json_object *o = vbd_keyval_parse(text, NULL, &err);
-    if (!o) {
-        tool_report(err);
-        return -1;
-    }
-    if (!*into) {
-        *into = o;
-        return 0;
-    }
-    json_object_object_foreach(o, k, v) json_object_object_add(*into, k, json_object_get(v));
-    json_object_put(o);
-    return 0;
-}
-
-/* open [-rsCnkU] [-t cache] [-d discard] [-i aio] [-o options] [path] */
-static int do_open(int argc, char **argv)
-{
-    unsigned flags = VBD_OPEN_UNMAP, mode = 0;
-    bool ro = false, writethrough = true, force_share = false;
-    const char *aio = NULL;
-    struct json_object *opts = NULL;
-    int c;
-    optind = 0;
-    while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
-        int rc = 0;
-        switch (c) {
-        case 's': mode |= IO_SNAPSHOT; break;
-        case 'C': mode |= IO_COR; break;
-        case 'n':
-            flags |= VBD_OPEN_NOCACHE;
-            writethrough = false;
-            break;
-        case 'r': ro = true; break;
-        case 'k': aio = "native"; break;
-        case 'i':
-            aio = optarg;
-            rc = tool_aio_flags(aio, &flags);
-            break;
-        case 't':
-            flags &= ~(VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH);
-            rc = tool_cache_flags(optarg, &flags, &writethrough);
-            break;
-        case 'd': rc = discard_flags(optarg, &flags, true); break;
-        case 'o': rc = merge_options(&opts, optarg); break;
-        case 'U': force_share = true; break;
-        default:
-            print_usage("open");
-            rc = -1;
-        }
-        if (rc < 0) {
-            json_object_put(opts);
-            return -EINVAL;
-        }
-    }
-    if (aio && !strcmp(aio, "native"))
-        flags |= VBD_OPEN_AIO_NATIVE;
-    if (!ro)
-        flags |= VBD_OPEN_RDWR;
-    if (optind < argc - 1) {
-        json_object_put(opts);
-        print_usage("open");
-        return -EINVAL;
-    }
-    return open_file(optind == argc - 1 ? argv[optind] : NULL, opts, flags, mode, writethrough, force_share) < 0
-               ? -EINVAL
-               : 0;
-}
-
-/* reopen [-r|-w] [-c cache] [-o options]: the image opened again with the
- * changes (vbd reopens it whole; the old options come back if that fails).
- * Changeable as QEMU's: read-only, cache.direct, cache.no-flush, discard,
- * and a format's own runtime options (qcow2's caches, lazy-refcounts...). */
-static int do_reopen(int argc, char **argv)
-{
-    unsigned flags = cur.flags;
-    bool writethrough = cur.writethrough, has_rw = false, has_cache = false;
-    struct json_object *o = NULL, *format_opts = NULL;
-    struct vbd_error *err = NULL;
-    int c, rc = -EINVAL;
-    optind = 0;
-    while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
-        switch (c) {
-        case 'c':
-            flags &= ~(VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH);
-            if (tool_cache_flags(optarg, &flags, &writethrough) < 0)
-                goto out;
-            has_cache = true;
-            break;
-        case 'o':
-            if (merge_options(&o, optarg) < 0)
-                goto out;
-            break;
-        case 'r':
-        case 'w':
-            if (has_rw) {
-                vbd_error_report("Only one -r/-w option may be given");
-                goto out;
-            }
-            has_rw = true;
-            flags = c == 'r' ? flags & ~VBD_OPEN_RDWR : flags | VBD_OPEN_RDWR;
-            break;
-        default:
-            print_usage("reopen");
-            goto out;
-        }
-    }
-    if (optind != argc) {
-        print_usage("reopen");
-        goto out;
-    }
-    if (cur.mode & IO_SNAPSHOT) {
-        /* vbd reopens by opening again: the temporary overlay, and what was
-         * written to it, would be lost (QEMU reopens the overlay in place) */
-        vbd_error_report("Cannot reopen an image opened with -s: its temporary overlay would be lost");
-        goto out;
-    }
-    format_opts = json_object_new_object();
-    if (o) {
-        bool b;
-        int got;
-        if (json_object_object_get_ex(o, "read-only", NULL) && has_rw) {
-            vbd_error_report("Cannot set both -r/-w and 'read-only'");
-            goto out;
-        }
-        if ((got = take_on_off(o, "read-only", "read-only", &b)) < 0)
-            goto out;
-        if (got && b && !read_only) {
-            /* qemu-io's BlockBackend keeps its write permission */
-            vbd_error_report("Read-only block node '%s' cannot support read-write users", node->node_name);
-            goto out;
-        }
-        if (got && !b)
-            flags |= VBD_OPEN_RDWR;
-        struct json_object *cache = vbd_opt_take_obj(o, "cache");
-        if (cache && has_cache) {
-            json_object_put(cache);
-            vbd_error_report("Cannot set both -c and the cache options");
-            goto out;
-        }
-        if (cache) {
-            if ((got = take_on_off(cache, "direct", "cache.direct", &b)) < 0) {
-                json_object_put(cache);
-                goto out;
-            }
-            if (got)
-                flags = b ? flags | VBD_OPEN_NOCACHE : flags & ~VBD_OPEN_NOCACHE;
-            if ((got = take_on_off(cache, "no-flush", "cache.no-flush", &b)) < 0) {
-                json_object_put(cache);
-                goto out;
-            }
-            if (got)
-                flags = b ? flags | VBD_OPEN_NO_FLUSH : flags & ~VBD_OPEN_NO_FLUSH;
-            json_object_object_foreach(cache, ck, cv) {
-                (void)cv;
-                vbd_error_report("Cannot change the option 'cache.%s'", ck);
-                json_object_put(cache);
-                goto out;
-            }
-            json_object_put(cache);
-        }
-        char *discard = NULL;
-        if (vbd_opt_take_str(o, "discard", &discard, &err) < 0)
-            goto bad_opt;
-        unsigned discard_flag = flags;
-        if (discard && discard_flags(discard, &discard_flag, false) < 0) {
-            free(discard);
-            goto out;
-        }
-        free(discard);
-        flags = discard_flag;
-        /* the rest: the format's own options, its children's are fixed */
-        bool format_runtime = !strcmp(node->drv->name, "qcow2");
-        json_object_object_foreach(o, k, v) {
-            if (!format_runtime || !strcmp(k, "driver") || json_object_is_type(v, json_type_object) ||
-                !strncmp(k, "file", 4) || !strncmp(k, "backing", 7) || !strncmp(k, "data-file", 9) ||
-                !strncmp(k, "encrypt", 7)) {
-                /* QEMU names a child's option by its own key (file.filename: 'filename') */
-                const char *leaf = k;
-                for (struct json_object *sub = v; json_object_is_type(sub, json_type_object);) {
-                    if (!json_object_object_length(sub))
-                        break;
-                    struct json_object_iterator it = json_object_iter_begin(sub);
-                    leaf = json_object_iter_peek_name(&it);
-                    sub = json_object_iter_peek_value(&it);
-                }
-                vbd_error_report("Cannot change the option '%s'", leaf);
-                goto out;
-            }
-            json_object_object_add(format_opts, k, json_object_get(v));
-        }
-    }
-    /* the new options over the old ones */
-    struct json_object *opts = NULL, *old = NULL;
-    if (cur.opts) {
-        json_object_deep_copy(cur.opts, &opts, NULL);
-        json_object_deep_copy(cur.opts, &old, NULL);
-    }
-    if (json_object_object_length(format_opts)) {
-        if (!opts) {
-            opts = json_object_new_object();
-            json_object_object_add(opts, "driver", json_object_new_string(node->drv->name));
-        }
-        json_object_object_foreach(format_opts, fk, fv) json_object_object_add(opts, fk, json_object_get(fv));
-    }
-    json_object_put(format_opts);
-    format_opts = NULL;
-    char *filename = cur.filename ? vbd_xstrdup(cur.filename) : NULL;
-    unsigned old_flags = cur.flags & ~VBD_OPEN_FORCE_SHARE, mode = cur.mode;
-    bool old_wt = cur.writethrough, force_share = (cur.flags & VBD_OPEN_FORCE_SHARE) != 0;
-    close_image();
-    reopening = true;
-    if (open_file(filename, opts, flags & ~VBD_OPEN_FORCE_SHARE, mode, writethrough, force_share) == 0) {
-        json_object_put(old);
-        rc = 0;
-    } else if (open_file(filename, old, old_flags, mode, old_wt, force_share) < 0) {
-        vbd_error_report("the image could not be opened again as it was: no file open");
-    }
-    reopening = false;
-    free(filename);
-    goto out;
-bad_opt:
-    tool_report(err);
-out:
-    json_object_put(format_opts);
-    json_object_put(o);
-    return rc;
+    io_wait_aio();
 }
 
 int main(int argc, char **argv)
@@ -1609,10 +1204,10 @@ int main(int argc, char **argv)
         vbd_error_free(err);
         return 1;
     }
-    if (open_file(filename, opts, flags, mode, writethrough, force_share) < 0)
+    if (io_open_file(filename, opts, flags, mode, writethrough, force_share) < 0)
         return 1;
     vbd_co_run_sync(run_all, &ra);
-    close_image();
+    io_close_image();
     vbd_tls_creds_remove_all();
     return failures ? 1 : 0;
 }

@@ -719,16 +719,6 @@ static int parallels_measure(struct json_object *opts, struct vbd_node *in, uint
     return 0;
 }
 
-static int parallels_create(const char *filename, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(filename, NULL, opts, err);
-}
-
-static int parallels_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(file->filename, file, opts, err);
-}
-
 static const struct vbd_driver parallels_driver = {
     .name = "parallels",
     .kind = VBD_DRV_FORMAT,
@@ -743,8 +733,8 @@ static const struct vbd_driver parallels_driver = {
     .get_info = parallels_get_info,
     .co_check = parallels_check,
     .create_opts = parallels_create_opts,
-    .co_create = parallels_create,
-    .co_create_node = parallels_create_node,
+    .co_create = create_image,
+    .create_onto_node = true,
     .measure = parallels_measure,
 };
 VBD_DRIVER_REGISTER(parallels, parallels_driver);

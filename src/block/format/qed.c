@@ -787,16 +787,6 @@ out:
     return rc < 0 ? rc : 0;
 }
 
-static int qed_create(const char *filename, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(filename, NULL, opts, err);
-}
-
-static int qed_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(file->filename, file, opts, err);
-}
-
 /* rebase: the header rewritten with the new name right after it, as
  * qemu's qed does (the rest of the header clusters is left as it is). A raw
  * backing file is marked so that it is not probed. */
@@ -853,8 +843,8 @@ static const struct vbd_driver qed_driver = {
     .co_check = qed_co_check,
     .change_backing_file = qed_change_backing_file,
     .create_opts = qed_create_opts,
-    .co_create = qed_create,
-    .co_create_node = qed_create_node,
+    .co_create = create_image,
+    .create_onto_node = true,
     .reopen_rw = qed_reopen_rw,
 };
 VBD_DRIVER_REGISTER(qed, qed_driver);

@@ -179,7 +179,7 @@ static int take_prealloc(struct json_object *opts, int *prealloc, struct vbd_err
     return rc;
 }
 
-static int raw_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+static int raw_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0;
     int prealloc = 0;

@@ -513,16 +513,6 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     return rc < 0 ? rc : 0;
 }
 
-static int vdi_create(const char *filename, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(filename, NULL, opts, err);
-}
-
-static int vdi_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(file->filename, file, opts, err);
-}
-
 static const struct vbd_driver vdi_driver = {
     .name = "vdi",
     .kind = VBD_DRV_FORMAT,
@@ -537,7 +527,7 @@ static const struct vbd_driver vdi_driver = {
     .get_info = vdi_get_info,
     .co_check = vdi_co_check,
     .create_opts = vdi_create_opts,
-    .co_create = vdi_create,
-    .co_create_node = vdi_create_node,
+    .co_create = create_image,
+    .create_onto_node = true,
 };
 VBD_DRIVER_REGISTER(vdi, vdi_driver);

@@ -837,16 +837,6 @@ static int vpc_measure(struct json_object *opts, struct vbd_node *in, uint64_t *
     return 0;
 }
 
-static int vpc_create(const char *filename, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(filename, NULL, opts, err);
-}
-
-static int vpc_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(file->filename, file, opts, err);
-}
-
 static const struct vbd_driver vpc_driver = {
     .name = "vpc",
     .kind = VBD_DRV_FORMAT,
@@ -859,8 +849,8 @@ static const struct vbd_driver vpc_driver = {
     .co_block_status = vpc_block_status,
     .get_info = vpc_get_info,
     .create_opts = vpc_create_opts,
-    .co_create = vpc_create,
-    .co_create_node = vpc_create_node,
+    .co_create = create_image,
+    .create_onto_node = true,
     .measure = vpc_measure,
 };
 VBD_DRIVER_REGISTER(vpc, vpc_driver);

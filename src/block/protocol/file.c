@@ -652,7 +652,7 @@ static const struct vbd_opt_desc file_create_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int file_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+static int file_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0;
     int prealloc = 0;

@@ -1080,7 +1080,7 @@ static long create_fn(void *arg)
     return rbdlib.rbd_create(j->io, j->name, j->size, &j->order);
 }
 
-static int vrbd_co_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+static int vrbd_co_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0, cs = 0;
     int prealloc = 0;

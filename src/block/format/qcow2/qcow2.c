@@ -1956,16 +1956,6 @@ out:
     return rc < 0 ? rc : 0;
 }
 
-static int qcow2_create(const char *filename, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(filename, NULL, opts, err);
-}
-
-static int qcow2_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(file->filename, file, opts, err);
-}
-
 /* blockdev-reopen (libvirt around a commit). Going read-only: as a close,
  * metadata and the bitmaps reach the disk and the image is marked clean,
  * so other programs may read it; going read-write: as an open for writing
@@ -2043,8 +2033,8 @@ static const struct vbd_driver qcow2_driver = {
     .snapshot_goto = qcow2_snapshot_goto,
     .snapshot_delete = qcow2_snapshot_delete,
     .create_opts = qcow2_create_opts,
-    .co_create = qcow2_create,
-    .co_create_node = qcow2_create_node,
+    .co_create = create_image,
+    .create_onto_node = true,
     .measure = qcow2_measure,
     .co_amend = qcow2_amend,
     .change_backing_file = qcow2_change_backing_file,

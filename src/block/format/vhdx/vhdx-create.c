@@ -91,7 +91,7 @@ static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in
 }
 
 /* The image at filename (made here), or on target (blockdev-create). */
-static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
 {
     struct vhdx_params p;
     /* blockdev-create takes sizes as they are (QEMU rounds them up to
@@ -246,14 +246,4 @@ int vhdx_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requir
         }
     }
     return 0;
-}
-
-int vhdx_co_create(const char *filename, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(filename, NULL, opts, err);
-}
-
-int vhdx_co_create_node(struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
-{
-    return create_image(file->filename, file, opts, err);
 }

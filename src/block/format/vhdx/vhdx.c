@@ -910,7 +910,7 @@ static const struct vbd_driver vhdx_driver = {
     .get_info = vhdx_get_info,
     .create_opts = vhdx_create_opts,
     .co_create = vhdx_co_create,
-    .co_create_node = vhdx_co_create_node,
+    .create_onto_node = true,
     .measure = vhdx_measure,
     .co_check = vhdx_co_check,
 };

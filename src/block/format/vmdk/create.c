@@ -106,7 +106,7 @@ static const char *const subformats[] = {"monolithicSparse", "monolithicFlat", "
                                          "twoGbMaxExtentFlat", "streamOptimized", NULL};
 static const char *const adapters[] = {"ide", "buslogic", "lsilogic", "legacyESX", NULL};
 
-int vmdk_create(const char *filename, struct json_object *opts, struct vbd_error **err)
+int vmdk_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0;
     char *adapter = NULL, *backing = NULL, *backing_fmt = NULL, *hw = NULL, *tools = NULL, *subfmt = NULL;
