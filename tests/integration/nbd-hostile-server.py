@@ -21,10 +21,23 @@
 #   err-msglen   writes answered with an error chunk whose message is longer than the chunk
 #   (the err-* modes write nothing: the writes must fail)
 #   size-huge    an export of 2^64 - 512 bytes (past what a signed 64-bit offset holds)
+#   overlap      a read in data chunks [0, 1/2) and [1/4, 3/4): their bytes add up to the
+#                read's length, the last quarter never sent
+#   overlap-hole a read as a hole [1/2, 1), data [0, 1/4) and data [1/2, 3/4): the same sum,
+#                the second quarter never sent (chunks out of order)
+#   hole-zero    a read's data, and a hole chunk of 0 bytes
+#   simple-read  reads answered with simple replies though structured ones were negotiated
+#   chunk-type   a read's data, after a chunk of a type no spec names (7) with 4 bytes
+#   none-flags   a write answered with a NONE chunk without the DONE flag
+#   (the bs-* modes negotiate base:allocation as context 1; their reads are whole)
+#   bs-zero      block status answered with an extent of 0 bytes
+#   bs-none      block status answered with NONE, DONE: no extent
+#   bs-ctx       block status answered for context 2
+#   bs-twice     block status answered with two chunks for context 1
 # usage: nbd-hostile-server.py SOCKET IMAGE MODE
 import os, random, select, socket, struct, sys, threading, time
-from nbdproto import (CMD_DISC, CMD_READ, CMD_WRITE, REQUEST_MAGIC, TF_HAS_FLAGS, TF_SEND_FLUSH, TF_SEND_FUA, chunk, recvn,
-                      serve_handshake, simple_reply)
+from nbdproto import (CMD_BLOCK_STATUS, CMD_DISC, CMD_READ, CMD_WRITE, REQUEST_MAGIC, TF_HAS_FLAGS, TF_SEND_FLUSH,
+                      TF_SEND_FUA, chunk, recvn, serve_handshake, simple_reply)
 
 path, image, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 size = os.path.getsize(image)
@@ -44,6 +57,21 @@ def read_reply(structured, cookie, off, ln):
         return chunk(1, 2, cookie, struct.pack('>QI', (1 << 64) - 4096, 8192 + off))
     if mode == 'partial':
         return chunk(1, 1, cookie, struct.pack('>Q', off) + data[:ln // 2])
+    q = ln // 4
+    if mode == 'overlap':
+        return (chunk(0, 1, cookie, struct.pack('>Q', off) + data[:2 * q]) +
+                chunk(1, 1, cookie, struct.pack('>Q', off + q) + data[q:3 * q]))
+    if mode == 'overlap-hole':
+        return (chunk(0, 2, cookie, struct.pack('>QI', off + 2 * q, 2 * q)) +
+                chunk(0, 1, cookie, struct.pack('>Q', off) + data[:q]) +
+                chunk(1, 1, cookie, struct.pack('>Q', off + 2 * q) + data[2 * q:3 * q]))
+    if mode == 'hole-zero':
+        return (chunk(0, 1, cookie, struct.pack('>Q', off) + data) +
+                chunk(1, 2, cookie, struct.pack('>QI', off, 0)))
+    if mode == 'simple-read':
+        return simple_reply(cookie) + data
+    if mode == 'chunk-type':
+        return chunk(0, 7, cookie, b'\0' * 4) + chunk(1, 1, cookie, struct.pack('>Q', off) + data)
     if mode != 'chunks':
         return chunk(1, 1, cookie, struct.pack('>Q', off) + data)
     pieces, pos = [], 0
@@ -60,7 +88,9 @@ def read_reply(structured, cookie, off, ln):
     return out + chunk(1, 0, cookie, b'')  # NONE, DONE
 
 def serve(s):
-    structured = serve_handshake(s, size, TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA)  # meta contexts refused
+    # meta contexts refused but in the bs-* modes
+    structured = serve_handshake(s, size, TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA,
+                                 1 if mode.startswith('bs-') else None)
     pending = b''
     reads = 0
     while True:
@@ -102,6 +132,14 @@ def serve(s):
                     s.sendall(r[:len(r) // 2])
                     time.sleep(0.5)
                     return
+            elif typ == CMD_BLOCK_STATUS:
+                r = {'bs-zero': chunk(1, 5, cookie, struct.pack('>III', 1, 0, 0)),
+                     'bs-none': chunk(1, 0, cookie, b''),
+                     'bs-ctx': chunk(1, 5, cookie, struct.pack('>III', 2, ln, 0)),
+                     'bs-twice': chunk(0, 5, cookie, struct.pack('>III', 1, ln, 0)) +
+                                 chunk(1, 5, cookie, struct.pack('>III', 1, ln, 0))}[mode]
+            elif typ == CMD_WRITE and mode == 'none-flags':
+                r = chunk(0, 0, cookie, b'')
             elif typ == CMD_WRITE and mode.startswith('err-'):
                 r = {'err-unknown': chunk(1, 0x8123, cookie, struct.pack('>IH', 5, 0)),
                      'err-short': chunk(1, 0x8001, cookie, struct.pack('>I', 5)),
