@@ -94,4 +94,24 @@ serve bs-none
 out=$(timeout 60 "$VBD_IO" -f raw -c "map" -c "read -P 0x11 0 64k" "$U" 2>&1)
 case "$out" in *"read 65536/65536 bytes at offset 0"*) ;; *) fail "bs-none: the read after the map: $out" ;; esac
 case "$out" in *"lost"*) fail "bs-none: the connection was dropped: $out" ;; esac
+
+# A guard more than a reproducer: seeded mutations of chunked reads (one
+# chunk repeated, dropped, moved or retyped, a hole of 0 bytes or over
+# data). A convert either fails with the reason or is the image exactly.
+step "mutated chunked reads: a failure or the image exactly, never stale bytes"
+head -c 300000 /dev/urandom | dd of=img.raw bs=1 seek=3000001 conv=notrunc status=none
+fails=0
+for seed in $(seq 1 6); do
+    serve "mutate:$seed"
+    rm -f out.raw
+    out=$(timeout 60 "$VBD_IMG" convert -f raw -O raw "$U" out.raw 2>&1); rc=$?
+    [ $rc != 124 ] || fail "mutate:$seed: the client hung: $out"
+    [ $rc -lt 128 ] || fail "mutate:$seed: the client crashed ($rc): $out"
+    if [ $rc = 0 ]; then
+        cmp -s out.raw img.raw || fail "mutate:$seed: the convert succeeded with bytes the server did not send"
+    else
+        fails=$((fails + 1))
+    fi
+done
+echo "mutate: $fails of 6 converts failed with a reason, the others read the image exactly"
 echo OK

@@ -29,6 +29,9 @@
 #   simple-read  reads answered with simple replies though structured ones were negotiated
 #   chunk-type   a read's data, after a chunk of a type no spec names (7) with 4 bytes
 #   none-flags   a write answered with a NONE chunk without the DONE flag
+#   mutate:SEED  structured reads in data and hole chunks, in order or shuffled; a third of
+#                them broken one way (a chunk repeated, dropped, moved, retyped, a hole of 0
+#                bytes or over a data chunk) and the connection closed after that reply
 #   (the bs-* modes negotiate base:allocation as context 1; their reads are whole)
 #   bs-zero      block status answered with an extent of 0 bytes
 #   bs-none      block status answered with NONE, DONE: no extent
@@ -41,10 +44,12 @@ from nbdproto import (CMD_BLOCK_STATUS, CMD_DISC, CMD_READ, CMD_WRITE, REQUEST_M
 
 path, image, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 size = os.path.getsize(image)
+if mode.startswith('mutate:'):
+    seed = int(mode.split(':')[1])
 if mode == 'size-huge':
     size = (1 << 64) - 512
 fd = os.open(image, os.O_RDWR)
-rng = random.Random(7)
+rng = random.Random(seed if mode.startswith('mutate:') else 7)
 lock = threading.Lock()
 
 def read_reply(structured, cookie, off, ln):
@@ -72,7 +77,7 @@ def read_reply(structured, cookie, off, ln):
         return simple_reply(cookie) + data
     if mode == 'chunk-type':
         return chunk(0, 7, cookie, b'\0' * 4) + chunk(1, 1, cookie, struct.pack('>Q', off) + data)
-    if mode != 'chunks':
+    if mode != 'chunks' and not mode.startswith('mutate'):
         return chunk(1, 1, cookie, struct.pack('>Q', off) + data)
     pieces, pos = [], 0
     while pos < ln:
@@ -83,7 +88,37 @@ def read_reply(structured, cookie, off, ln):
         else:
             pieces.append((1, struct.pack('>Q', off + pos) + part))
         pos += n
+    if mode.startswith('mutate'):
+        return mutate(pieces, cookie, off, ln)
     rng.shuffle(pieces)
+    out = b''.join(chunk(0, t, cookie, p) for t, p in pieces)
+    return out + chunk(1, 0, cookie, b'')  # NONE, DONE
+
+broke = False  # mutate: a reply was broken; the connection ends after its batch
+
+def mutate(pieces, cookie, off, ln):
+    global broke
+    if rng.random() < 0.5:
+        rng.shuffle(pieces)
+    if rng.random() < 0.33:
+        broke = True
+        i = rng.randrange(len(pieces))
+        t, p = pieces[i]
+        how = rng.choice(['dup', 'drop', 'move', 'retype', 'hole0', 'hole-over'])
+        if how == 'dup':
+            pieces.insert(rng.randrange(len(pieces) + 1), (t, p))
+        elif how == 'drop':
+            del pieces[i]
+        elif how == 'move':
+            o = struct.unpack('>Q', p[:8])[0] + rng.choice([-4096, -1, 1, 4096, ln])
+            pieces[i] = (t, struct.pack('>Q', o % (1 << 64)) + p[8:])
+        elif how == 'retype':
+            pieces[i] = (rng.choice([0, 1, 2, 3, 5, 7, 0x8001, 0x8002, 0x8123]), p)
+        elif how == 'hole0':
+            pieces.insert(rng.randrange(len(pieces) + 1), (2, struct.pack('>QI', off + rng.randrange(ln), 0)))
+        else:
+            o = struct.unpack('>Q', p[:8])[0]
+            pieces.append((2, struct.pack('>QI', o, min(4096, off + ln - o))))
     out = b''.join(chunk(0, t, cookie, p) for t, p in pieces)
     return out + chunk(1, 0, cookie, b'')  # NONE, DONE
 
@@ -152,6 +187,10 @@ def serve(s):
             else:  # flush and everything else: nothing to do
                 r = simple_reply(cookie)
             out.append(r)
+        if broke:
+            s.sendall(b''.join(out))
+            time.sleep(0.1)
+            return
         if mode in ('merge', 'chunks'):
             s.sendall(b''.join(reversed(out)))
         elif mode == 'split':
