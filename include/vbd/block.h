@@ -569,10 +569,11 @@ struct vbd_node *vbd_node_bottom(struct vbd_node *n);
 bool vbd_node_writes_inline(struct vbd_node *n);
 /* The node that keeps n's data and size to itself, as QEMU's parents that
  * share neither WRITE nor RESIZE: a format's file node (raw passes its
- * parent's permissions through; the format also needs RESIZE there) or a
+ * parent's permissions through; a writable format also needs WRITE and
+ * RESIZE there, a read-only one (FORMAT_RO) CONSISTENT_READ only) or a
  * quorum's child. Its description in QEMU's permission errors goes to by
  * ("node 'q' (uses node 'f1' as 'children.1' child)"). */
-enum { VBD_NODE_OWNER_NONE, VBD_NODE_OWNER_FORMAT, VBD_NODE_OWNER_QUORUM };
+enum { VBD_NODE_OWNER_NONE, VBD_NODE_OWNER_FORMAT, VBD_NODE_OWNER_FORMAT_RO, VBD_NODE_OWNER_QUORUM };
 int vbd_node_data_owner(struct vbd_node *n, char *by, size_t len);
 /* Is `to` n itself or below it (file, backing, a driver's child_at list)?
  * Graph thread: a node taking a new child checks it makes no cycle. */

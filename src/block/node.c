@@ -148,11 +148,15 @@ static bool reaches(struct vbd_node *n, struct vbd_node *to, int depth)
 int vbd_node_data_owner(struct vbd_node *n, char *by, size_t len)
 {
     for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
-        /* an image format that writes its metadata there (not raw, nor
-         * snapshot-access, which only reads a copy-before-write node) */
-        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && p->drv->co_pwritev && strcmp(p->drv->name, "raw")) {
+        /* an image format whose metadata is there (not raw, nor
+         * snapshot-access, which only reads a copy-before-write node); a
+         * read-only one too, as QEMU's formats share no WRITE on their
+         * file however they are opened: a write under a live bochs, dmg
+         * or read-only qcow2 changed the image it reads */
+        if (p->file == n && p->drv->kind == VBD_DRV_FORMAT && strcmp(p->drv->name, "raw") &&
+            strcmp(p->drv->name, "snapshot-access")) {
             snprintf(by, len, "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
-            return VBD_NODE_OWNER_FORMAT;
+            return p->read_only ? VBD_NODE_OWNER_FORMAT_RO : VBD_NODE_OWNER_FORMAT;
         }
     /* a quorum's children: each holds the quorum's data at the quorum's
      * size; a resize cut a replica under the live quorum, a write beside

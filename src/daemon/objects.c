@@ -155,6 +155,43 @@ static int export_iothread(struct json_object *opts, struct vbd_node *target, st
     return rc;
 }
 
+/* An export of a node whose data another node keeps (a format's file, a
+ * quorum's child): a writable one would write under it (the format's
+ * metadata, a read-only format's image, or one replica apart from the
+ * others), an NBD one holds the size a writable format may change. QEMU's
+ * permission errors, for block-export-add and --export alike (the
+ * command line exported such nodes writable). */
+static int export_owned(struct json_object *opts, const struct vbd_export_type *t, struct vbd_node *n,
+                        struct vbd_error **err)
+{
+    char by[512];
+    int owner = n ? vbd_node_data_owner(n, by, sizeof(by)) : VBD_NODE_OWNER_NONE;
+    if (owner == VBD_NODE_OWNER_NONE)
+        return 0;
+    /* a bool from QMP, on/off from the command line (a wrong value is create()'s to refuse) */
+    struct json_object *w = vbd_opt_get(opts, "writable");
+    bool writable = false;
+    if (w && json_object_is_type(w, json_type_boolean))
+        writable = json_object_get_boolean(w);
+    else if (w && json_object_is_type(w, json_type_string))
+        (void)vbd_parse_bool(json_object_get_string(w), &writable);
+    if (writable && !n->read_only) {
+        vbd_error_setf(err, EPERM,
+                       "Permission conflict on node '%s': permissions 'write' are both required by an unnamed block "
+                       "device (uses node '%s' as 'root' child) and unshared by %s.",
+                       n->node_name, n->node_name, by);
+        return -EPERM;
+    }
+    if (owner == VBD_NODE_OWNER_FORMAT && !strcmp(t->type, "nbd")) {
+        vbd_error_setf(err, EPERM,
+                       "Permission conflict on node '%s': permissions 'resize' are both required by %s and unshared "
+                       "by an unnamed block device (uses node '%s' as 'root' child).",
+                       n->node_name, by, n->node_name);
+        return -EPERM;
+    }
+    return 0;
+}
+
 int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd_error **err)
 {
     char *type = NULL;
@@ -206,6 +243,8 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     struct vbd_loop *fixed = NULL;
     if (t->node_iothread && export_iothread(opts, target, &fixed, err) < 0)
         return -EINVAL;
+    if (export_owned(opts, t, target, err) < 0)
+        return -EPERM;
     struct vbd_daemon_export *ent = vbd_xcalloc(1, sizeof(*ent));
     snprintf(ent->id, sizeof(ent->id), "%s", id); /* before create() takes "id" out */
     struct vbd_export *e = t->create(opts, err);

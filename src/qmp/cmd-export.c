@@ -316,31 +316,6 @@ static struct json_object *block_export_add(struct json_object *args, struct vbd
     {
         json_object_object_add(opts, key, json_object_get(val)); /* the same names as --export */
     }
-    /* an export of a node whose data another node keeps (a qcow2's file,
-     * a quorum's child): a writable one would write under it (the format's
-     * metadata, or one replica apart from the others), an NBD one holds
-     * the size the format may change. QEMU's permission errors. */
-    struct vbd_node *n = vbd_node_find(str_of(opts, "node-name"));
-    struct json_object *w;
-    char by[512];
-    int owner = n ? vbd_node_data_owner(n, by, sizeof(by)) : VBD_NODE_OWNER_NONE;
-    bool writable = json_object_object_get_ex(opts, "writable", &w) && json_object_get_boolean(w);
-    if (owner != VBD_NODE_OWNER_NONE && writable && !n->read_only) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Permission conflict on node '%s': permissions 'write' are both required by an unnamed "
-                           "block device (uses node '%s' as 'root' child) and unshared by %s.",
-                           n->node_name, n->node_name, by);
-        json_object_put(opts);
-        return NULL;
-    }
-    if (owner == VBD_NODE_OWNER_FORMAT && nbd) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Permission conflict on node '%s': permissions 'resize' are both required by %s and "
-                           "unshared by an unnamed block device (uses node '%s' as 'root' child).",
-                           n->node_name, by, n->node_name);
-        json_object_put(opts);
-        return NULL;
-    }
     struct vbd_error *verr = NULL;
     int rc = vbd_daemon_export_add(opts, "block-export-add", &verr);
     json_object_put(opts);

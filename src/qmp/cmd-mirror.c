@@ -128,7 +128,10 @@ static bool target_owned(struct vbd_node *t, struct vbd_qmp_error *err)
     vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                        "Permission conflict on node '%s': permissions '%s' are both required by %s and unshared by an "
                        "unnamed block device (uses node '%s' as 'root' child).",
-                       t->node_name, owner == VBD_NODE_OWNER_FORMAT ? "consistent read, write, resize" : "consistent read, write",
+                       t->node_name,
+                       owner == VBD_NODE_OWNER_FORMAT      ? "consistent read, write, resize"
+                       : owner == VBD_NODE_OWNER_FORMAT_RO ? "consistent read"
+                                                           : "consistent read, write",
                        by, t->node_name);
     return true;
 }

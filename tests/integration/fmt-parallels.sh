@@ -108,6 +108,37 @@ patch 64 '<I' 4294967295; must_fail_with "BAT entry 0" "$VBD_IO" -c 'read 0 512'
 cp h0.img h.img; truncate -s 40 h.img
 [ "$(qemu-img info -f parallels h.img | grep virtual)" = "$("$VBD_IMG" info -f parallels h.img | grep virtual)" ] ||
     fail "a 40-byte parallels header: qemu-img and vbd-img differ"
+step "a BAT entry into the header and BAT: check reports it, -r all drops it"
+# qemu-img 7.2's check passes it (and qemu-io writes that block over the
+# BAT); vbd refuses a read-write open, and its check said "No errors": the
+# image could not be written nor repaired. Now check's "outside image"
+# (exit 2), as for an entry past the file, and -r all drops the entry.
+for v in 2 1; do
+    must qemu-img create -q -f parallels -o cluster_size=4k hb.img 16M # a BAT of 5 clusters
+    must qemu-io -f parallels -c 'write -P 1 0 4k' -c 'write -P 2 1M 4k' hb.img >/dev/null
+    python3 - hb.img $v <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b'); h = bytearray(f.read(64))
+tracks, n = struct.unpack_from('<II', h, 28)
+bat = list(struct.unpack_from('<%dI' % n, f.read(4 * n)))
+if sys.argv[2] == '1':  # version 1: entries in sectors
+    h[0:16] = b'WithoutFreeSpace'
+    bat = [e * tracks for e in bat]
+bat[5] = 2 * (tracks if sys.argv[2] == '1' else 1)  # 8 KiB into the file: inside the BAT
+f.seek(0); f.write(h); f.write(struct.pack('<%dI' % n, *bat))
+PY
+    qemu-img check -f parallels hb.img >qc.out 2>&1; qrc=$?
+    echo "v$v, qemu-img 7.2 check: $(head -1 qc.out) (exit $qrc)"
+    must_fail_with "outside the data area" "$VBD_IO" -f parallels -c 'write 20k 4k' hb.img
+    out=$("$VBD_IMG" check -f parallels hb.img 2>&1); rc=$?
+    [ $rc = 2 ] || fail "v$v: check of an entry into the BAT: exit $rc: $out"
+    case "$out" in *"ERROR cluster 5 is outside image"*) ;; *) fail "v$v: check: $out" ;; esac
+    must "$VBD_IMG" check -q -r all -f parallels hb.img
+    must "$VBD_IO" -f parallels -c 'read -P 0 20k 4k' -c 'write -P 9 20k 4k' -c 'read -P 1 0 4k' hb.img >/dev/null
+    qcheck -f parallels hb.img
+    must qemu-io -f parallels -c 'read -P 9 20k 4k' -c 'read -P 1 0 4k' -c 'read -P 2 1M 4k' hb.img >/dev/null
+done
+
 step "BAT entries that share a cluster: check finds them, -r all unshares them, no read-write open before"
 # QEMU 7.2's check passes such an image and its qemu-io writes through one
 # entry into the other's data; newer QEMU reports "duplicate offset in BAT

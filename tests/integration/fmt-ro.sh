@@ -47,9 +47,9 @@ for line in open(sys.argv[1]):
 sys.exit(0 if bytes(got) == open(sys.argv[2], 'rb').read() else 1)
 PY
     done
-    # writes are refused, naming the format
-    must_fail_with "the $fmt format is read-only" "$VBD_IO" -f "$fmt" -c 'write 0 512' "$img"
-    must_fail_with "the $fmt format is read-only" "$VBD_IMG" resize -f "$fmt" "$img" 100M
+    # writes are refused in qemu-io's and qemu-img's words
+    must_fail_with "can't open device $img: Image is read-only" "$VBD_IO" -f "$fmt" -c 'write 0 512' "$img"
+    must_fail_with "Could not open '$img': Image is read-only" "$VBD_IMG" resize -f "$fmt" "$img" 100M
     must_fail_with "does not support image creation" "$VBD_IMG" create -f "$fmt" new.img 1M
 }
 

@@ -17,15 +17,16 @@ STRUCTURED_REPLY_MAGIC = 0x668E33EF
 
 FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2               # handshake flags (both ways)
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY = 1, 2, 3, 5, 6, 7, 8
-REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+OPT_SET_META_CONTEXT = 10
+REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
 REP_ERR_UNSUP = 0x80000001
 INFO_EXPORT = 0
 # transmission flags
 TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1, 2, 4, 8
 
-CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 5, 6
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 0, 1, 2, 3, 4, 5, 6, 7
 REPLY_FLAG_DONE = 1
-REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE = 0, 1, 2
+REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE, REPLY_TYPE_BLOCK_STATUS = 0, 1, 2, 5
 REPLY_TYPE_ERROR = 0x8001
 
 
@@ -116,10 +117,12 @@ def opt_reply(s, opt, typ, data=b''):
     s.sendall(struct.pack('>QIII', OPT_REPLY_MAGIC, opt, typ, len(data)) + data)
 
 
-def serve_handshake(s, size, tflags):
+def serve_handshake(s, size, tflags, meta_id=None):
     """the server's fixed newstyle handshake up to NBD_OPT_GO (export names
     are not checked; other options are refused as unsupported); returns
-    whether the client asked for structured replies, EOFError if it aborts"""
+    whether the client asked for structured replies, EOFError if it aborts.
+    meta_id: NBD_OPT_SET_META_CONTEXT is answered with base:allocation under
+    that context id (whatever the client asked for)"""
     s.sendall(struct.pack('>QQH', NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
     recvn(s, 4)
     structured = False
@@ -133,6 +136,9 @@ def serve_handshake(s, size, tflags):
             opt_reply(s, opt, REP_INFO, struct.pack('>HQH', INFO_EXPORT, size, tflags))
             opt_reply(s, opt, REP_ACK)
             return structured
+        elif opt == OPT_SET_META_CONTEXT and meta_id is not None:
+            opt_reply(s, opt, REP_META_CONTEXT, struct.pack('>I', meta_id) + b'base:allocation')
+            opt_reply(s, opt, REP_ACK)
         elif opt == OPT_ABORT:
             raise EOFError
         else:

@@ -304,7 +304,7 @@ static int dmg_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         return -EINVAL;
     const char *name = n->file->filename;
     if (flags & VBD_OPEN_RDWR) {
-        vbd_error_setf(err, EACCES, "Image '%s': the dmg format is read-only (open it read-only)", name);
+        vbd_error_setf(err, EACCES, "Image is read-only"); /* QEMU's words (bdrv_apply_auto_read_only) */
         return -EACCES;
     }
     uint64_t fsize = n->file->size;

@@ -30,6 +30,7 @@ struct parallels_state {
     uint64_t cluster_size;
     uint64_t off_multiplier; /* bytes per unit of a BAT entry */
     uint64_t data_end;      /* next cluster is allocated here */
+    uint64_t data_off;      /* where the data area starts: the header and BAT are below */
     uint8_t header[PRL_HEADER_SIZE];
     bool writable;
     bool unclean;           /* the in-use flag was set when we opened it */
@@ -267,6 +268,7 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
     }
     /* the next cluster goes after the last one in use, as in QEMU */
     s->data_end = data_off;
+    s->data_off = data_off;
     for (uint32_t i = 0; i < s->bat_entries; i++) {
         uint64_t off = cluster_host_offset(s, i);
         if (!off)
@@ -558,8 +560,12 @@ static int parallels_check(struct vbd_node *n, struct vbd_check_result *res, uns
     }
     vbd_co_mutex_lock(&s->alloc_lock);
     for (uint32_t i = 0; i < s->bat_entries; i++) {
+        /* past the file, or (not in qemu-img 7.2's check, which passes
+         * it; its qemu-io then writes the block over the BAT) into the
+         * header and BAT: a read-write open refuses it, so check says
+         * so, and -r all drops it as QEMU drops one past the file */
         uint64_t off = cluster_host_offset(s, i);
-        if (off <= fsize)
+        if (!off || (off >= s->data_off && off <= fsize))
             continue;
         fprintf(stderr, "%s cluster %u is outside image\n", fix_errors ? "Repairing" : "ERROR", i);
         if (fix_errors) {

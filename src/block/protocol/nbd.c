@@ -53,9 +53,15 @@ struct nbd_req {
     size_t qoff;
     const void *payload; /* write from a plain buffer (nothing else uses it) */
     int error;
-    uint32_t bs_len, bs_flags; /* first block status extent */
+    uint32_t bs_len, bs_flags; /* its block status extent */
     bool bs_got;
-    uint64_t seen;   /* read: bytes its data and hole chunks covered */
+    bool chunked; /* a structured chunk came for it: its reply is structured */
+    /* read: bytes its data and hole chunks covered. While covered is NULL
+     * they are [off, off + seen), one after the other (how qemu-nbd and
+     * nbdkit send them); a chunk anywhere else starts covered, a bit per
+     * byte of the read (cover_chunk). */
+    uint64_t seen;
+    uint64_t *covered;
     uint64_t cookie; /* of its last send: the slot, and a count above it (see reply_req) */
     struct vbd_co *co;
 };
@@ -87,12 +93,13 @@ struct nbd_state {
     /* a reconnect-delay ran out with no server: one attempt per request
      * from then on, until a connection is made (ensure_connected) */
     bool gave_up;
+    bool quit; /* the server broke the protocol: no reconnect (reader_co) */
     char refused[128]; /* why the last reconnect's server was refused (export_changed), for one warning */
     int inflight;
     uint8_t *rbuf; /* the reader's read-ahead, plain sockets (rd_full) */
     size_t rpos, rlen;
     uint64_t sends; /* requests sent, for unique cookies */
-    char why[112]; /* why the reader stopped, for the line that says the connection is lost */
+    char why[192]; /* why the reader stopped, for the line that says the connection is lost */
 };
 
 static int nbd_errno(uint32_t e)
@@ -502,6 +509,74 @@ static bool chunk_inside(const struct nbd_req *r, uint64_t o, uint64_t l)
     return o >= r->off && o - r->off <= r->len && l <= r->len - (o - r->off);
 }
 
+/* Bits [from, from + n) of map: any set? set them. */
+static bool bits_any(const uint64_t *map, uint64_t from, uint64_t n)
+{
+    for (uint64_t i = from, end = from + n; i < end;) {
+        uint64_t take = 64 - i % 64 < end - i ? 64 - i % 64 : end - i;
+        uint64_t mask = (take == 64 ? ~0ull : ((1ull << take) - 1)) << (i % 64);
+        if (map[i / 64] & mask)
+            return true;
+        i += take;
+    }
+    return false;
+}
+
+static void bits_set(uint64_t *map, uint64_t from, uint64_t n)
+{
+    for (uint64_t i = from, end = from + n; i < end;) {
+        uint64_t take = 64 - i % 64 < end - i ? 64 - i % 64 : end - i;
+        map[i / 64] |= (take == 64 ? ~0ull : ((1ull << take) - 1)) << (i % 64);
+        i += take;
+    }
+}
+
+/*
+ * A content chunk [o, o + l) of read r (inside it, l > 0) is taken: 0; it
+ * overlaps one before it: -EPROTO (the spec's MUST NOT). Before, only the
+ * bytes were summed: two chunks over the same range made up for one never
+ * sent, the read succeeded and handed the caller what its buffer held for
+ * that gap (QEMU 7.2 checks neither). Chunks in order cost a compare; the
+ * first one out of order makes a bitmap of the read (1/8 of its buffer,
+ * one per read in flight): no overlap means each byte is marked once, so
+ * however the server cuts and orders its chunks, the work stays linear in
+ * the read's length.
+ */
+static int cover_chunk(struct nbd_req *r, uint64_t o, uint64_t l)
+{
+    uint64_t rel = o - r->off;
+    if (!r->covered) {
+        if (rel == r->seen) {
+            r->seen += l;
+            return 0;
+        }
+        if (!(r->covered = calloc(((size_t)r->len + 63) / 64, sizeof(uint64_t))))
+            return -ENOMEM;
+        bits_set(r->covered, 0, r->seen);
+    }
+    if (bits_any(r->covered, rel, l))
+        return -EPROTO;
+    bits_set(r->covered, rel, l);
+    r->seen += l;
+    return 0;
+}
+
+/* Why cover_chunk refused a chunk (what a data or hole chunk), for reader_co's warning. */
+static int cover_error(struct nbd_state *s, const struct nbd_req *r, int rc, const char *what, uint64_t o, uint64_t l)
+{
+    if (rc == -ENOMEM)
+        return reply_error(s, rc, "no memory to track the chunks of a read of %u bytes", r->len);
+    return reply_error(s, rc, "%s chunk of %llu bytes at %llu overlaps an earlier chunk of the read of %u at %llu",
+                       what, (unsigned long long)l, (unsigned long long)o, r->len, (unsigned long long)r->off);
+}
+
+static const char *cmd_name(uint16_t type)
+{
+    static const char *const names[] = {"read", "write", "disconnect", "flush", "trim", "cache", "write zeroes",
+                                        "block status"};
+    return type < sizeof(names) / sizeof(names[0]) ? names[type] : "unknown";
+}
+
 static int skip_bytes(struct nbd_state *s, uint64_t n)
 {
     uint8_t junk[4096];
@@ -563,6 +638,122 @@ static void complete(struct nbd_state *s, struct nbd_req *r)
     (void)s;
 }
 
+/* A structured chunk's content: where the spec says what it holds and for
+ * which request, what breaks it is a protocol error (the spec: "for all
+ * other messages with unknown or unexpected type or inconsistent contents,
+ * the client MUST initiate a hard disconnect"), as QEMU's client has them. */
+static int read_chunk(struct nbd_state *s, struct nbd_req *r, uint16_t flags, uint16_t type, uint32_t len)
+{
+    int rc;
+    switch (type) {
+    case NBD_REPLY_TYPE_NONE:
+        if (!(flags & NBD_REPLY_FLAG_DONE))
+            return reply_error(s, -EPROTO, "NONE chunk without the DONE flag");
+        if (len)
+            return reply_error(s, -EPROTO, "NONE chunk of %u bytes", len);
+        return 0;
+    case NBD_REPLY_TYPE_OFFSET_DATA: {
+        if (r->type != NBD_CMD_READ)
+            return reply_error(s, -EPROTO, "data chunk for a %s request", cmd_name(r->type));
+        if (len <= 8)
+            return reply_error(s, -EPROTO, "data chunk of %u bytes, too short for an offset and data", len);
+        uint64_t o;
+        if ((rc = rd_full(s, &o, 8)) < 0)
+            return recv_error(s, rc);
+        o = be64(o);
+        if (!chunk_inside(r, o, len - 8))
+            return reply_error(s, -EPROTO, "data chunk of %u bytes at %llu outside the read of %u at %llu", len - 8,
+                               (unsigned long long)o, r->len, (unsigned long long)r->off);
+        if ((rc = cover_chunk(r, o, len - 8)) < 0)
+            return cover_error(s, r, rc, "data", o, len - 8);
+        if ((rc = recv_into(s, r->qiov, r->qoff + (o - r->off), len - 8)) < 0)
+            return recv_error(s, rc);
+        return 0;
+    }
+    case NBD_REPLY_TYPE_OFFSET_HOLE: {
+        if (r->type != NBD_CMD_READ)
+            return reply_error(s, -EPROTO, "hole chunk for a %s request", cmd_name(r->type));
+        if (len != 12)
+            return reply_error(s, -EPROTO, "hole chunk of %u bytes, not 12", len);
+        uint8_t b[12];
+        if ((rc = rd_full(s, b, 12)) < 0)
+            return recv_error(s, rc);
+        uint64_t o;
+        uint32_t l;
+        memcpy(&o, b, 8);
+        memcpy(&l, b + 8, 4);
+        o = be64(o);
+        l = be32(l);
+        if (!l)
+            return reply_error(s, -EPROTO, "hole chunk of 0 bytes at %llu", (unsigned long long)o);
+        if (!chunk_inside(r, o, l))
+            return reply_error(s, -EPROTO, "hole chunk of %u bytes at %llu outside the read of %u at %llu", l,
+                               (unsigned long long)o, r->len, (unsigned long long)r->off);
+        if ((rc = cover_chunk(r, o, l)) < 0)
+            return cover_error(s, r, rc, "hole", o, l);
+        vbd_iov_memset(r->qiov->iov, r->qiov->niov, r->qoff + (o - r->off), 0, l);
+        return 0;
+    }
+    case NBD_REPLY_TYPE_BLOCK_STATUS: {
+        if (r->type != NBD_CMD_BLOCK_STATUS)
+            return reply_error(s, -EPROTO, "block status chunk for a %s request", cmd_name(r->type));
+        if (len < 12)
+            return reply_error(s, -EPROTO, "block status chunk of %u bytes, too short for an extent", len);
+        uint8_t b[12];
+        if ((rc = rd_full(s, b, 12)) < 0)
+            return recv_error(s, rc);
+        uint32_t id, l, f;
+        memcpy(&id, b, 4);
+        memcpy(&l, b + 4, 4);
+        memcpy(&f, b + 8, 4);
+        id = be32(id);
+        l = be32(l);
+        if (id != s->info.meta_id)
+            return reply_error(s, -EPROTO, "block status chunk for context %u, not the negotiated %u", id,
+                               s->info.meta_id);
+        /* one chunk per context; REQ_ONE asks for one extent, more (a
+         * SHOULD NOT) are skipped as QEMU does */
+        if (r->bs_got)
+            return reply_error(s, -EPROTO, "several block status chunks for one request");
+        if (!l)
+            return reply_error(s, -EPROTO, "block status extent of 0 bytes at %llu", (unsigned long long)r->off);
+        r->bs_len = l;
+        r->bs_flags = be32(f);
+        r->bs_got = true;
+        if ((rc = skip_bytes(s, len - 12)) < 0)
+            return recv_error(s, rc);
+        return 0;
+    }
+    }
+    if (!(type & 0x8000))
+        return reply_error(s, -EPROTO, "reply chunk of unknown type %u for a %s request", type, cmd_name(r->type));
+    /* Every error type fails its request, those this client does not
+     * know too (the spec's MUST). Before, only ERROR and ERROR_OFFSET
+     * did: a write answered with another error type, or with an error
+     * chunk too short to hold its error, completed as written. The
+     * payload: the error, its message's length, the message. */
+    uint8_t b[6];
+    if (len < 6)
+        return reply_error(s, -EPROTO, "error chunk (type 0x%x) of %u bytes, too short for an error", type, len);
+    if ((rc = rd_full(s, b, 6)) < 0)
+        return recv_error(s, rc);
+    uint32_t e;
+    uint16_t msg_len;
+    memcpy(&e, b, 4);
+    memcpy(&msg_len, b + 4, 2);
+    e = be32(e);
+    msg_len = be16(msg_len);
+    if (!e)
+        return reply_error(s, -EPROTO, "error chunk (type 0x%x) with error 0", type);
+    if (msg_len > len - 6)
+        return reply_error(s, -EPROTO, "error chunk (type 0x%x) of %u bytes with a message of %u", type, len, msg_len);
+    if ((rc = skip_bytes(s, len - 6)) < 0)
+        return recv_error(s, rc);
+    if (!r->error)
+        r->error = nbd_errno(e);
+    return 0;
+}
+
 static int read_reply(struct nbd_state *s, const char *name)
 {
     uint8_t h[20];
@@ -582,10 +773,21 @@ static int read_reply(struct nbd_state *s, const char *name)
         struct nbd_req *r = reply_req(s, be64(cookie));
         if (!r)
             return -EPROTO;
-        if (e)
+        /* a reply is one simple reply or structured chunks, and a read's
+         * is structured once they are negotiated (the spec; QEMU's words) */
+        if (r->chunked || (r->type == NBD_CMD_READ && s->info.structured))
+            return reply_error(s, -EPROTO, "simple reply to a %s request when structured reply chunk was expected",
+                               cmd_name(r->type));
+        if (e) {
             r->error = nbd_errno(be32(e));
-        else if (r->type == NBD_CMD_READ && (rc = recv_into(s, r->qiov, r->qoff, r->len)) < 0)
-            return recv_error(s, rc);
+        } else if (r->type == NBD_CMD_READ) {
+            if ((rc = recv_into(s, r->qiov, r->qoff, r->len)) < 0)
+                return recv_error(s, rc);
+        } else if (r->type == NBD_CMD_BLOCK_STATUS) {
+            vbd_warn("NBD server '%s' replied to block status at %llu with no extent", name,
+                     (unsigned long long)r->off);
+            r->error = -EIO;
+        }
         complete(s, r);
         return 0;
     }
@@ -603,86 +805,30 @@ static int read_reply(struct nbd_state *s, const char *name)
     flags = be16(flags);
     type = be16(type);
     len = be32(len);
+    if (!s->info.structured)
+        return reply_error(s, -EPROTO, "structured reply chunk, but structured replies were not negotiated");
     struct nbd_req *r = reply_req(s, be64(cookie));
     if (!r)
         return -EPROTO;
-    if (type == NBD_REPLY_TYPE_OFFSET_DATA && r->type == NBD_CMD_READ && len >= 8) {
-        uint64_t o;
-        if ((rc = rd_full(s, &o, 8)) < 0)
-            return recv_error(s, rc);
-        o = be64(o);
-        if (!chunk_inside(r, o, len - 8))
-            return reply_error(s, -EPROTO, "data chunk of %u bytes at %llu outside the read of %u at %llu", len - 8,
-                               (unsigned long long)o, r->len, (unsigned long long)r->off);
-        if ((rc = recv_into(s, r->qiov, r->qoff + (o - r->off), len - 8)) < 0)
-            return recv_error(s, rc);
-        r->seen += len - 8;
-    } else if (type == NBD_REPLY_TYPE_OFFSET_HOLE && r->type == NBD_CMD_READ && len == 12) {
-        uint8_t b[12];
-        if ((rc = rd_full(s, b, 12)) < 0)
-            return recv_error(s, rc);
-        uint64_t o;
-        uint32_t l;
-        memcpy(&o, b, 8);
-        memcpy(&l, b + 8, 4);
-        o = be64(o);
-        l = be32(l);
-        if (!chunk_inside(r, o, l))
-            return reply_error(s, -EPROTO, "hole chunk of %u bytes at %llu outside the read of %u at %llu", l,
-                               (unsigned long long)o, r->len, (unsigned long long)r->off);
-        vbd_iov_memset(r->qiov->iov, r->qiov->niov, r->qoff + (o - r->off), 0, l);
-        r->seen += l;
-    } else if (type == NBD_REPLY_TYPE_BLOCK_STATUS && len >= 12) {
-        uint8_t b[12];
-        if ((rc = rd_full(s, b, 12)) < 0 || (rc = skip_bytes(s, len - 12)) < 0)
-            return recv_error(s, rc);
-        uint32_t id, l, f;
-        memcpy(&id, b, 4);
-        memcpy(&l, b + 4, 4);
-        memcpy(&f, b + 8, 4);
-        if (be32(id) == s->info.meta_id && !r->bs_got) {
-            r->bs_len = be32(l);
-            r->bs_flags = be32(f);
-            r->bs_got = true;
-        }
-    } else if (type & 0x8000) {
-        /* Every error type fails its request, those this client does not
-         * know too (the spec's MUST). Before, only ERROR and ERROR_OFFSET
-         * did: a write answered with another error type, or with an error
-         * chunk too short to hold its error, completed as written. The
-         * payload: the error, its message's length, the message. */
-        uint8_t b[6];
-        if (len < 6)
-            return reply_error(s, -EPROTO, "error chunk (type 0x%x) of %u bytes, too short for an error", type, len);
-        if ((rc = rd_full(s, b, 6)) < 0)
-            return recv_error(s, rc);
-        uint32_t e;
-        uint16_t msg_len;
-        memcpy(&e, b, 4);
-        memcpy(&msg_len, b + 4, 2);
-        e = be32(e);
-        msg_len = be16(msg_len);
-        if (!e)
-            return reply_error(s, -EPROTO, "error chunk (type 0x%x) with error 0", type);
-        if (msg_len > len - 6)
-            return reply_error(s, -EPROTO, "error chunk (type 0x%x) of %u bytes with a message of %u", type, len,
-                               msg_len);
-        if ((rc = skip_bytes(s, len - 6)) < 0)
-            return recv_error(s, rc);
-        if (!r->error)
-            r->error = nbd_errno(e);
-    } else if ((rc = skip_bytes(s, len)) < 0) {
-        return recv_error(s, rc);
-    }
-    if (flags & 1) { /* DONE */
+    r->chunked = true;
+    if ((rc = read_chunk(s, r, flags, type, len)) < 0)
+        return rc;
+    if (flags & NBD_REPLY_FLAG_DONE) {
         /* A successful read is whole: chunks that left part of the buffer
          * unwritten would hand the caller whatever it held before (as
          * libnbd, an error for this request, the stream is still in sync).
-         * Overlapping chunks, which the spec forbids, can hide a gap from
-         * this sum; they cannot write outside the request. */
+         * No two chunks overlap (cover_chunk): the bytes they covered add
+         * up to the read's length only when nothing is left out. */
         if (r->type == NBD_CMD_READ && !r->error && r->seen != r->len) {
             vbd_warn("NBD server '%s' replied to a read of %u bytes at %llu with %llu bytes of data and holes", name,
                      r->len, (unsigned long long)r->off, (unsigned long long)r->seen);
+            r->error = -EIO;
+        }
+        /* a successful block status names its extent (QEMU: "Server did
+         * not reply with any status extents", EIO; the stream in sync) */
+        if (r->type == NBD_CMD_BLOCK_STATUS && !r->error && !r->bs_got) {
+            vbd_warn("NBD server '%s' replied to block status at %llu with no extent", name,
+                     (unsigned long long)r->off);
             r->error = -EIO;
         }
         complete(s, r);
@@ -694,21 +840,31 @@ static void reader_co(void *arg)
 {
     struct vbd_node *n = arg;
     struct nbd_state *s = n->opaque;
-    while (!s->closing && read_reply(s, n->filename) == 0)
+    int rc = 0;
+    while (!s->closing && (rc = read_reply(s, n->filename)) == 0)
         ;
     s->reader_running = false;
     if (s->closing) {
         vbd_co_queue_wake_all(&s->conn_q);
         return;
     }
-    vbd_warn("NBD connection to '%s' lost: %s", n->filename, s->why[0] ? s->why : "reading a reply failed");
+    /* A server that broke the protocol is not connected to again, as
+     * QEMU's client quits on one (NBD_CLIENT_QUIT; it reconnects after a
+     * lost connection only): with reconnect-delay, a reconnect sent the
+     * requests again to the same server, which broke it again, and they
+     * never ended. */
+    bool quit = rc == -EPROTO && s->reconnect_ns;
+    if (rc == -EPROTO)
+        s->quit = true;
+    vbd_warn("NBD connection to '%s' lost: %s%s", n->filename, s->why[0] ? s->why : "reading a reply failed",
+             quit ? " (not reconnecting to a server that broke the protocol)" : "");
     s->why[0] = 0;
     vbd_chan_shutdown(&s->ch, SHUT_RDWR);
     /* requests in flight: resent after a reconnect, or failed */
     for (int i = 0; i < MAX_INFLIGHT; i++)
         if (s->reqs[i].busy && !s->reqs[i].done) {
             s->reqs[i].sent = false;
-            if (!s->reconnect_ns) {
+            if (!s->reconnect_ns || s->quit) {
                 s->reqs[i].error = -EIO;
                 complete(s, &s->reqs[i]);
             } else if (s->reqs[i].co && s->reqs[i].waiting) {
@@ -848,7 +1004,7 @@ static int ensure_connected(struct vbd_node *n)
                 return -EIO; /* that reconnect ran out of time: no attempt of its own */
             continue;
         }
-        if (!s->reconnect_ns || s->closing)
+        if (!s->reconnect_ns || s->closing || s->quit)
             return -EIO;
         if (s->gave_up ? attempted : (attempted && vbd_clock_ns() >= deadline))
             return -EIO;
@@ -935,7 +1091,10 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
             r->done = false;
             r->error = 0;
             r->bs_got = false;
+            r->chunked = false;
             r->seen = 0;
+            free(r->covered);
+            r->covered = NULL;
             r->cookie = ++s->sends << 8 | (uint64_t)slot;
             int src = send_request(s, r, r->cookie, s->conn_gen);
             if (src < 0) {
@@ -968,6 +1127,8 @@ static int do_request(struct vbd_node *n, uint16_t type, uint16_t flags, uint64_
             break;
         }
     }
+    free(r->covered);
+    r->covered = NULL;
     if (out)
         *out = *r;
     r->busy = false;
@@ -1280,10 +1441,7 @@ static int nbd_block_status(struct vbd_node *n, bool want_zero, uint64_t off, ui
     int rc = do_request(n, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, off, len, NULL, 0, &r);
     if (rc < 0)
         return rc;
-    if (!r.bs_got || !r.bs_len) {
-        *pnum = bytes;
-        return VBD_BS_DATA | VBD_BS_OFFSET_VALID;
-    }
+    assert(r.bs_got && r.bs_len); /* read_reply failed the request otherwise */
     /* with REQ_ONE the extent ends inside the request; a server's longer one says nothing past it */
     *pnum = r.bs_len < len ? r.bs_len : len;
     int st = VBD_BS_OFFSET_VALID;
