@@ -420,6 +420,14 @@ struct vbd_driver {
     int (*debug_remove_breakpoint)(struct vbd_node *n, const char *tag);
     int (*debug_resume)(struct vbd_node *n, const char *tag);
     bool (*debug_is_suspended)(struct vbd_node *n, const char *tag);
+    /* A drained section over the node begins / ends (nested; QEMU's
+     * bdrv_drain_begin/end of a driver): a driver that holds requests back
+     * (a throttle node's queue) lets them go until the end, so that the
+     * drain does not wait for them. The drainer's thread, not necessarily
+     * the home loop: the state they change must be thread safe. NULL:
+     * nothing held back. */
+    void (*drain_begin)(struct vbd_node *n);
+    void (*drain_end)(struct vbd_node *n);
 };
 
 /* A node: one driver instance in a graph. Created only through vbd_open*().

@@ -91,5 +91,14 @@ const char *vbd_throttle_member_group(const struct vbd_throttle_member *m);
 /* Coroutine: waits (yields, in order, members served round-robin) until
  * the group's limits let a request of `bytes` through, and accounts it. */
 void vbd_throttle_co_intercept(struct vbd_throttle_member *m, bool is_write, uint64_t bytes);
+/* A drained section over the member's node (nested; QEMU's
+ * throttle_co_drain_begin/end): its queued requests go at once and its new
+ * ones pass without waiting (still accounted: the group's other members
+ * wait the longer) until the last end. Any thread. */
+void vbd_throttle_member_drain_begin(struct vbd_throttle_member *m);
+void vbd_throttle_member_drain_end(struct vbd_throttle_member *m);
+/* blockdev-reopen into another group, drained: the new member takes the
+ * old one's drained sections (their ends come to it). */
+void vbd_throttle_member_take_drains(struct vbd_throttle_member *to, struct vbd_throttle_member *from);
 
 #endif

@@ -380,6 +380,30 @@ static void drain_pause_jobs_over(struct vbd_node *x, struct vbd_daemon_drain *d
             drain_pause_job(d, j);
 }
 
+/* n and every node below it whose driver holds requests back (a throttle
+ * node) lets them go for the drained section d, once each (QEMU drains a
+ * throttle node over the drained one and its queue goes without limits):
+ * else the drain waits for the group's limits, minutes to hours for a few
+ * MiB queued under a low bps limit, the QMP command (a reopen, a job's
+ * pivot, a snapshot) with it. */
+static void drain_release_below(struct vbd_node *n, struct vbd_daemon_drain *d)
+{
+    for (; n; n = n->file != n ? n->file : NULL) {
+        if (n->drv->drain_begin && !in_set(d->held, d->nheld, n)) {
+            vbd_node_ref(n);
+            d->held = vbd_xrealloc(d->held, sizeof(*d->held) * (size_t)(d->nheld + 1));
+            d->held[d->nheld++] = n;
+            n->drv->drain_begin(n);
+        }
+        if (n->backing)
+            drain_release_below(n->backing, d);
+        char name[64];
+        struct vbd_node *c;
+        for (int i = 0; n->drv->child_at && (c = n->drv->child_at(n, i, name, sizeof(name))); i++)
+            drain_release_below(c, d);
+    }
+}
+
 /* A drained section of every node of set[] (one, the nodes a move takes
  * along, or all of them) */
 static void co_drain_begin_set(struct vbd_node *const *set, int cnt, struct vbd_daemon_drain *d, bool quiet)
@@ -413,6 +437,14 @@ static void co_drain_begin_set(struct vbd_node *const *set, int cnt, struct vbd_
         for (struct vbd_node *x = vbd_node_next(NULL); x; x = vbd_node_next(x))
             if (d->jobs[k]->drv->uses_node && d->jobs[k]->drv->uses_node(d->jobs[k], x))
                 drain_add_exports_over(x, d);
+    /* what the exports and the jobs have in flight must not wait in a
+     * throttle group meanwhile */
+    for (int i = 0; i < d->n; i++)
+        drain_release_below(vbd_backend_node(d->be[i]), d);
+    for (int k = 0; k < d->njobs; k++)
+        for (struct vbd_node *x = vbd_node_next(NULL); x; x = vbd_node_next(x))
+            if (d->jobs[k]->drv->uses_node && d->jobs[k]->drv->uses_node(d->jobs[k], x))
+                drain_release_below(x, d);
     /* one after the other: a drained export's requests wait at its gate
      * while the next one's in-flight requests finish */
     for (int i = 0; i < d->n; i++)
@@ -466,10 +498,16 @@ void vbd_daemon_drain_end(struct vbd_daemon_drain *d)
             d->jobs[b] = d->jobs[b - 1];
             d->jobs[b - 1] = t;
         }
+    /* limits again before the jobs and the exports send requests */
+    for (int i = 0; i < d->nheld; i++) {
+        d->held[i]->drv->drain_end(d->held[i]);
+        vbd_node_unref(d->held[i]);
+    }
     for (int k = 0; k < d->njobs; k++)
         vbd_job_drain_resume(d->jobs[k], d->quiet);
     for (int i = 0; i < d->n; i++)
         vbd_backend_drain_end(d->be[i]);
+    free(d->held);
     free(d->be);
     free(d->jobs);
     *d = (struct vbd_daemon_drain){0};

@@ -71,6 +71,8 @@ struct vbd_daemon_drain {
     int n;
     struct vbd_job **jobs; /* the jobs it paused (referenced) */
     int njobs;
+    struct vbd_node **held; /* nodes whose drain_begin it called (referenced) */
+    int nheld;
     bool quiet;
 };
 void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d);

@@ -415,6 +415,7 @@ struct waiter {
 struct vbd_throttle_member {
     struct group *g;
     struct waiter *head[2], *tail[2];
+    unsigned drained; /* drained sections over the node (g->lock): no waiting */
     struct vbd_throttle_member *next;
 };
 
@@ -830,6 +831,11 @@ void vbd_throttle_co_intercept(struct vbd_throttle_member *m, bool is_write, uin
         return;
     pthread_mutex_lock(&g->lock);
     reconcile(g);
+    if (m->drained) { /* accounted, not held: a drain waits for it */
+        account(&g->cfg, d, bytes);
+        pthread_mutex_unlock(&g->lock);
+        return;
+    }
     uint64_t now = 0, w = 0;
     if (!g->queued[d]) {
         /* The usual case of limits not reached is decided on the coarse
@@ -869,6 +875,46 @@ void vbd_throttle_co_intercept(struct vbd_throttle_member *m, bool is_write, uin
         want_timer(g, now + w);
     pthread_mutex_unlock(&g->lock);
     vbd_co_yield(); /* until dispatch() grants it */
+}
+
+void vbd_throttle_member_drain_begin(struct vbd_throttle_member *m)
+{
+    struct group *g = m->g;
+    pthread_mutex_lock(&g->lock);
+    if (m->drained++ == 0) {
+        /* its queued requests go now, in order; the group's timer may fire
+         * for nothing once they are gone (dispatch finds nothing) */
+        for (int d = 0; d < 2; d++) {
+            while (m->head[d]) {
+                struct waiter *wt = m->head[d];
+                m->head[d] = wt->next;
+                g->queued[d]--;
+                account(&g->cfg, d, wt->bytes);
+                vbd_co_wake(wt->co); /* wt lives on the waiter's stack: not touched after the wake */
+            }
+            m->tail[d] = NULL;
+        }
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+void vbd_throttle_member_drain_end(struct vbd_throttle_member *m)
+{
+    struct group *g = m->g;
+    pthread_mutex_lock(&g->lock);
+    assert(m->drained > 0);
+    m->drained--;
+    pthread_mutex_unlock(&g->lock);
+}
+
+void vbd_throttle_member_take_drains(struct vbd_throttle_member *to, struct vbd_throttle_member *from)
+{
+    pthread_mutex_lock(&from->g->lock);
+    unsigned n = from->drained;
+    pthread_mutex_unlock(&from->g->lock);
+    pthread_mutex_lock(&to->g->lock);
+    to->drained = n;
+    pthread_mutex_unlock(&to->g->lock);
 }
 
 int vbd_throttle_group_add_opts(struct json_object *opts, struct vbd_error **err)

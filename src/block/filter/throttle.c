@@ -111,6 +111,7 @@ static void throttle_reopen_commit(struct vbd_node *n, void *staged)
     struct throttle_state *s = n->opaque;
     if (!staged)
         return;
+    vbd_throttle_member_take_drains(staged, s->m);
     vbd_throttle_member_leave(s->m);
     s->m = staged;
 }
@@ -119,6 +120,21 @@ static void throttle_reopen_abort(struct vbd_node *n, void *staged)
 {
     (void)n;
     vbd_throttle_member_leave(staged);
+}
+
+/* A drained section over the node: its requests waiting in the group go
+ * at once and new ones pass, as QEMU's throttle_co_drain_begin (else a
+ * drain would wait for the limits: minutes for a few MiB at a low bps). */
+static void throttle_drain_begin(struct vbd_node *n)
+{
+    struct throttle_state *s = n->opaque;
+    vbd_throttle_member_drain_begin(s->m);
+}
+
+static void throttle_drain_end(struct vbd_node *n)
+{
+    struct throttle_state *s = n->opaque;
+    vbd_throttle_member_drain_end(s->m);
 }
 
 static const struct vbd_driver throttle_driver = {
@@ -139,5 +155,7 @@ static const struct vbd_driver throttle_driver = {
     .reopen_prepare = throttle_reopen_prepare,
     .reopen_commit = throttle_reopen_commit,
     .reopen_abort = throttle_reopen_abort,
+    .drain_begin = throttle_drain_begin,
+    .drain_end = throttle_drain_end,
 };
 VBD_DRIVER_REGISTER(throttle, throttle_driver);
