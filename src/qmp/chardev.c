@@ -235,6 +235,73 @@ struct json_object *vbd_qmp_query_chardev(void)
     return list;
 }
 
+struct qmp_chardev *qmp_chardev_next(struct qmp_chardev *prev)
+{
+    return prev ? prev->next : chardevs;
+}
+
+/* QOM's "addr" of a socket chardev (SocketAddress, flat): a server's as it
+ * listens (a TCP one numeric, with the port it got and the family, as
+ * QEMU's inet_listen_saddr records them), a client's as it was given. */
+static struct json_object *socket_addr(const struct qmp_chardev *c)
+{
+    struct json_object *a = json_object_new_object();
+    const char *text = c->peer_text;
+    if (c->listen_fd >= 0 && c->unix_path) {
+        json_object_object_add(a, "path", json_object_new_string(c->unix_path));
+        json_object_object_add(a, "type", json_object_new_string("unix"));
+    } else if (c->listen_fd >= 0) {
+        struct sockaddr_storage here;
+        socklen_t hl = sizeof(here);
+        char host[NI_MAXHOST], serv[NI_MAXSERV];
+        if (getsockname(c->listen_fd, (struct sockaddr *)&here, &hl) ||
+            getnameinfo((struct sockaddr *)&here, hl, host, sizeof(host), serv, sizeof(serv),
+                        NI_NUMERICHOST | NI_NUMERICSERV)) {
+            json_object_put(a);
+            return NULL;
+        }
+        json_object_object_add(a, "host", json_object_new_string(host));
+        json_object_object_add(a, here.ss_family == AF_INET6 ? "ipv6" : "ipv4", json_object_new_boolean(true));
+        json_object_object_add(a, "port", json_object_new_string(serv));
+        json_object_object_add(a, "type", json_object_new_string("inet"));
+    } else if (text && !strncmp(text, "unix:", 5)) {
+        json_object_object_add(a, "path", json_object_new_string(text + 5));
+        json_object_object_add(a, "type", json_object_new_string("unix"));
+    } else if (text && !strncmp(text, "tcp:", 4) && strrchr(text, ':') > text + 3) {
+        const char *colon = strrchr(text, ':');
+        json_object_object_add(a, "host", json_object_new_string_len(text + 4, (int)(colon - text - 4)));
+        json_object_object_add(a, "port", json_object_new_string(colon + 1));
+        json_object_object_add(a, "type", json_object_new_string("inet"));
+    } else {
+        json_object_put(a);
+        return NULL;
+    }
+    return a;
+}
+
+struct json_object *qmp_chardev_qom_props(const char *id, const char **type)
+{
+    static const char *const types[][2] = {{"socket", "chardev-socket"}, {"file", "chardev-file"},
+                                           {"pipe", "chardev-pipe"},     {"null", "chardev-null"},
+                                           {"ringbuf", "chardev-ringbuf"}, {"memory", "chardev-memory"}};
+    struct qmp_chardev *c = qmp_chardev_find(id);
+    if (!c)
+        return NULL;
+    *type = "chardev";
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+        if (!strcmp(c->backend, types[i][0]))
+            *type = types[i][1];
+    struct json_object *o = json_object_new_object();
+    if (!strcmp(c->backend, "socket")) {
+        int client = c->listen_fd < 0 ? c->fd : c->has_monitor ? qmp_monitor_client_fd(c) : c->fd;
+        json_object_object_add(o, "connected", json_object_new_boolean(client >= 0));
+        struct json_object *a = socket_addr(c);
+        if (a)
+            json_object_object_add(o, "addr", a);
+    }
+    return o;
+}
+
 static bool is_loopback(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET)
