@@ -487,29 +487,11 @@ static int open_failed(struct vbd_qmp_error *err, const char *path, int e)
 
 static int socket_open(struct qmp_chardev *c, struct json_object *data, bool *opening, struct vbd_qmp_error *err)
 {
-    static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
-    if (!qmp_check_members(data,
-                           "addr:object ?tls-creds:str ?tls-authz:str ?server:bool ?wait:bool ?nodelay:bool "
-                           "?telnet:bool ?tn3270:bool ?websocket:bool ?reconnect:int " COMMON,
-                           "backend.data", err))
-        return -1;
     struct json_object *addr = json_object_object_get(data, "addr"), *ad;
-    if (!qmp_check_members(addr, "type:str data:object", "backend.data.addr", err) ||
-        !qmp_check_enum(addr, "type", "", types, err)) /* qsd names a union's tag plainly */
-        return -1;
     const char *type = str_of(addr, "type");
     ad = json_object_object_get(addr, "data");
     bool is_unix = !strcmp(type, "unix");
-    if (is_unix) {
-        if (!qmp_check_members(ad, "path:str ?abstract:bool ?tight:bool", "backend.data.addr.data", err))
-            return -1;
-    } else if (!strcmp(type, "inet")) {
-        if (!qmp_check_members(ad,
-                               "host:str port:str ?numeric:bool ?to:int ?ipv4:bool ?ipv6:bool ?keep-alive:bool "
-                               "?mptcp:bool",
-                               "backend.data.addr.data", err))
-            return -1;
-    } else {
+    if (!is_unix && strcmp(type, "inet")) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "chardev '%s': socket address type '%s' is not supported "
                            "by vbd-daemon (unix or inet)", c->id, type);
         return -1;
@@ -614,11 +596,52 @@ static int socket_open(struct qmp_chardev *c, struct json_object *data, bool *op
 }
 
 /* The backend of a chardev-add or chardev-change into c (c->id set), or -1 with *err. */
+/* The checks of qsd's schema (QAPI visits the arguments before the
+ * command runs: chardev-change of a chardev that does not exist names a
+ * wrongly typed member first); no side effects. */
+static bool backend_schema_ok(struct json_object *backend, struct vbd_qmp_error *err)
+{
+    static const char *const addr_types[] = {"inet", "unix", "vsock", "fd", NULL};
+    if (!qmp_check_members(backend, "type:str data:object", "backend", err) ||
+        !qmp_check_enum(backend, "type", "", backend_kinds, err)) /* qsd names a union's tag plainly */
+        return false;
+    const char *type = str_of(backend, "type");
+    struct json_object *data = json_object_object_get(backend, "data");
+    if (!strcmp(type, "file"))
+        return qmp_check_members(data, "out:str ?in:str ?append:bool " COMMON, "backend.data", err);
+    if (!strcmp(type, "pipe"))
+        return qmp_check_members(data, "device:str " COMMON, "backend.data", err);
+    if (!strcmp(type, "null"))
+        return qmp_check_members(data, COMMON, "backend.data", err);
+    if (!strcmp(type, "ringbuf") || !strcmp(type, "memory"))
+        return qmp_check_members(data, "?size:int " COMMON, "backend.data", err);
+    if (strcmp(type, "socket"))
+        return true; /* a backend vbd does not make: refused by backend_open */
+    if (!qmp_check_members(data,
+                           "addr:object ?tls-creds:str ?tls-authz:str ?server:bool ?wait:bool ?nodelay:bool "
+                           "?telnet:bool ?tn3270:bool ?websocket:bool ?reconnect:int " COMMON,
+                           "backend.data", err))
+        return false;
+    struct json_object *addr = json_object_object_get(data, "addr");
+    if (!qmp_check_members(addr, "type:str data:object", "backend.data.addr", err) ||
+        !qmp_check_enum(addr, "type", "", addr_types, err))
+        return false;
+    const char *at = str_of(addr, "type");
+    struct json_object *ad = json_object_object_get(addr, "data");
+    if (!strcmp(at, "unix"))
+        return qmp_check_members(ad, "path:str ?abstract:bool ?tight:bool", "backend.data.addr.data", err);
+    if (!strcmp(at, "inet"))
+        return qmp_check_members(ad,
+                                 "host:str port:str ?numeric:bool ?to:int ?ipv4:bool ?ipv6:bool ?keep-alive:bool "
+                                 "?mptcp:bool",
+                                 "backend.data.addr.data", err);
+    return true;
+}
+
 static int backend_open(struct qmp_chardev *c, struct json_object *backend, bool *opening,
                         struct vbd_qmp_error *err)
 {
-    if (!qmp_check_members(backend, "type:str data:object", "backend", err) ||
-        !qmp_check_enum(backend, "type", "", backend_kinds, err)) /* qsd names a union's tag plainly */
+    if (!backend_schema_ok(backend, err))
         return -1;
     const char *type = str_of(backend, "type");
     struct json_object *data = json_object_object_get(backend, "data");
@@ -631,19 +654,8 @@ static int backend_open(struct qmp_chardev *c, struct json_object *backend, bool
         c->backend = "socket";
         return socket_open(c, data, opening, err);
     }
-    if (!strcmp(type, "file")) {
-        if (!qmp_check_members(data, "out:str ?in:str ?append:bool " COMMON, "backend.data", err))
-            return -1;
-    } else if (!strcmp(type, "pipe")) {
-        if (!qmp_check_members(data, "device:str " COMMON, "backend.data", err))
-            return -1;
-    } else if (!strcmp(type, "null")) {
-        if (!qmp_check_members(data, COMMON, "backend.data", err))
-            return -1;
-    } else if (!strcmp(type, "ringbuf") || !strcmp(type, "memory")) {
-        if (!qmp_check_members(data, "?size:int " COMMON, "backend.data", err))
-            return -1;
-    } else {
+    if (strcmp(type, "file") && strcmp(type, "pipe") && strcmp(type, "null") && strcmp(type, "ringbuf") &&
+        strcmp(type, "memory")) {
         *opening = true;
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'%s' is not a valid char driver name", type);
         return -1;
@@ -755,6 +767,9 @@ static struct json_object *chardev_add(struct json_object *args, struct vbd_qmp_
 static struct json_object *chardev_change(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *id = str_of(args, "id");
+    struct json_object *backend = json_object_object_get(args, "backend");
+    if (!backend_schema_ok(backend, err))
+        return NULL;
     struct qmp_chardev *old = qmp_chardev_find(id);
     if (!old) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Chardev '%s' does not exist", id);
@@ -764,7 +779,7 @@ static struct json_object *chardev_change(struct json_object *args, struct vbd_q
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Chardev user does not support chardev hotswap");
         return NULL;
     }
-    struct qmp_chardev *c = chardev_from_qmp(id, json_object_object_get(args, "backend"), err);
+    struct qmp_chardev *c = chardev_from_qmp(id, backend, err);
     if (!c)
         return NULL; /* the old one stays */
     c->next = old->next;
