@@ -695,6 +695,13 @@ int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_err
  * every such parent is read-only (QEMU: a read-only qcow2 over a
  * read-write file node takes no write permission there). Home thread. */
 int vbd_node_refresh_write_use(struct vbd_node *n, struct vbd_error **err);
+/* Would parent, a format that keeps metadata in c (its "file"), conflict
+ * with another such format on c (read-write: rw)? Both read-only is fine;
+ * if either writes, the other's metadata goes stale under it or two write
+ * it: -EBUSY with QEMU's permission conflict words (a format's "file"
+ * unshares write and resize; a read-write one takes both). 0 for a parent
+ * that keeps no metadata there. Home thread. */
+int vbd_node_check_metadata_writer(struct vbd_node *parent, struct vbd_node *c, bool rw, struct vbd_error **err);
 /* blockdev-reopen cache.direct of a protocol node: written back (flushed)
  * first as QEMU's reopen does, then the driver's reopen_direct. The caller
  * has drained every request to n. Home thread, coroutine. -ENOTSUP for

@@ -139,6 +139,8 @@ static int set_read_only(struct vbd_node *n, bool read_only, bool by_parent, str
         return 0;
     }
     bool child_switched = false;
+    if (child && vbd_node_check_metadata_writer(n, child, true, err) < 0)
+        return -EBUSY;
     if (child && n->file_ref && child->read_only) {
         /* a node of its own stays read-only: QEMU's permission check */
         vbd_error_setf(err, EACCES, "Block node is read-only");

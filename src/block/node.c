@@ -66,6 +66,34 @@ static bool keeps_metadata(const struct vbd_node *parent, const char *key)
     return parent && !strcmp(key, "file") && parent->drv->kind == VBD_DRV_FORMAT && !passes_through(parent);
 }
 
+int vbd_node_check_metadata_writer(struct vbd_node *parent, struct vbd_node *c, bool rw, struct vbd_error **err)
+{
+    if (!keeps_metadata(parent, "file"))
+        return 0;
+    /* the other format on c: the one that writes (there is one at most),
+     * else the newest (QEMU's parent list is newest first; so is ours) */
+    struct vbd_node *other = NULL;
+    for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m)) {
+        if (m == parent || m->file != c || !keeps_metadata(m, "file"))
+            continue;
+        if (!m->read_only) {
+            other = m;
+            break;
+        }
+        if (!other)
+            other = m;
+    }
+    if (!other || (!rw && other->read_only))
+        return 0;
+    const char *needs = other->read_only ? parent->node_name : other->node_name;
+    const char *unshares = other->read_only ? other->node_name : parent->node_name;
+    vbd_error_setf(err, EBUSY,
+                   "Permission conflict on node '%s': permissions 'write, resize' are both required by node '%s' "
+                   "(uses node '%s' as 'file' child) and unshared by node '%s' (uses node '%s' as 'file' child).",
+                   c->node_name, needs, c->node_name, unshares, c->node_name);
+    return -EBUSY;
+}
+
 /* A metadata parent came (+1) or went (-1) above an existing node: down
  * through raw and filters to the node that holds the locks. */
 static int meta_claim(struct vbd_node *c, int delta, struct vbd_error **err)
@@ -587,6 +615,12 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
         }
         if ((flags & VBD_OPEN_RDWR) && c->read_only) {
             vbd_error_setf(err, EACCES, "Block node is read-only"); /* QEMU's permission check, no name */
+            json_object_put(v);
+            return NULL;
+        }
+        /* a second format on one file: neither may write (the other's
+         * metadata would go stale under it, or two would write it) */
+        if (parent && vbd_node_check_metadata_writer(parent, c, (flags & VBD_OPEN_RDWR) != 0, err) < 0) {
             json_object_put(v);
             return NULL;
         }
