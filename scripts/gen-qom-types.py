@@ -17,9 +17,11 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "qmp"))
 from qmp import QMP  # noqa: E402
 
-# what vbd-daemon's object-add makes (src/qmp/cmd-object.c qom_types)
+# what vbd-daemon's object-add makes (src/qmp/cmd-object.c qom_types), the
+# chardevs it makes (src/qmp/chardev.c; qom-list /chardevs) and the containers
 OURS = ["iothread", "tls-creds-x509", "tls-creds-psk", "tls-creds-anon", "authz-simple", "authz-list",
-        "throttle-group", "secret"]
+        "throttle-group", "secret", "chardev-socket", "chardev-file", "chardev-pipe", "chardev-null",
+        "chardev-ringbuf", "chardev-memory", "container"]
 
 
 def main():

@@ -403,6 +403,14 @@ struct vbd_driver {
      * VBD_OPEN_META_PARENT at open. Fails (nothing changed) when another
      * process holds what the new locks exclude. NULL: no locks. */
     int (*meta_parent)(struct vbd_node *n, int delta, struct vbd_error **err);
+    /* Whether anything writes this read-write node now (a read-write
+     * parent, an export; vbd_node_refresh_write_use decides): without, the
+     * image locks give up the write and resize permissions and the node
+     * stays read-write, as QEMU's locks follow the permissions its parents
+     * take, not the node's own read-only option. Fails (nothing changed)
+     * when another process holds what the write lock excludes. NULL: the
+     * node's locks follow its read-only flag only. */
+    int (*write_use)(struct vbd_node *n, bool written, struct vbd_error **err);
     /* A node with a list of children besides file and backing (quorum).
      * child_at: child i (NULL past the last) and its name ("children.N")
      * in name[len]; any thread that holds the graph (no yield between
@@ -447,6 +455,7 @@ struct vbd_node {
     uint64_t size;               /* virtual size in bytes; drivers keep it current */
     unsigned open_flags;         /* VBD_OPEN_* as opened */
     bool file_meta;              /* counted as a metadata parent of its "file" child (vbd_open_child) */
+    bool file_ref;               /* the "file" child is an existing node it references (file=NAME), not its own */
     bool read_only;
     struct vbd_limits bl;
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */
@@ -679,11 +688,29 @@ int vbd_node_co_set_home(struct vbd_node *n, struct vbd_loop *loop, struct vbd_e
 
 /* ---------- control of a live node (vbd-daemon's QMP monitor) ---------- */
 /* Switch n between read-only and read-write, as blockdev-reopen does.
- * Going read-only flushes n, then its "file" child follows if no other
- * read-write node sits on it; going read-write switches the "file" child
- * first. The image locks follow (qemu-img sees the change). Home thread,
- * coroutine. Fails with -ENOTSUP for drivers without reopen_rw. */
+ * Going read-only flushes n, then its own "file" child (opened with it)
+ * follows if no other read-write node sits on it; going read-write
+ * switches that child first. A "file" child it references (file=NAME,
+ * n->file_ref) keeps its own read-only option, as QEMU reopens only the
+ * children that inherit from n: its write lock follows instead
+ * (vbd_node_refresh_write_use). The image locks follow (qemu-img sees the
+ * change). Home thread, coroutine. Fails with -ENOTSUP for drivers
+ * without reopen_rw. */
 int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_error **err);
+/* A read-write node's image locks after its parents or exports changed:
+ * the write lock is held while a read-write node sits on it through
+ * "file", an export writes it, or no node sits on it through "file" (a
+ * node of its own, which vbd keeps locked as opened); given up while
+ * every such parent is read-only (QEMU: a read-only qcow2 over a
+ * read-write file node takes no write permission there). Home thread. */
+int vbd_node_refresh_write_use(struct vbd_node *n, struct vbd_error **err);
+/* Would parent, a format that keeps metadata in c (its "file"), conflict
+ * with another such format on c (read-write: rw)? Both read-only is fine;
+ * if either writes, the other's metadata goes stale under it or two write
+ * it: -EBUSY with QEMU's permission conflict words (a format's "file"
+ * unshares write and resize; a read-write one takes both). 0 for a parent
+ * that keeps no metadata there. Home thread. */
+int vbd_node_check_metadata_writer(struct vbd_node *parent, struct vbd_node *c, bool rw, struct vbd_error **err);
 /* blockdev-reopen cache.direct of a protocol node: written back (flushed)
  * first as QEMU's reopen does, then the driver's reopen_direct. The caller
  * has drained every request to n. Home thread, coroutine. -ENOTSUP for

@@ -55,6 +55,34 @@ static bool other_writer(struct vbd_node *child, struct vbd_node *except)
     return false;
 }
 
+/* Does anything write n (read-write) now? A read-write node on it through
+ * "file", an export; a node nothing sits on through "file" counts as
+ * written (vbd keeps a node of its own locked as opened). A backing
+ * parent only reads, and a quorum's or a job's writes reach the node with
+ * the write lock it already holds (they need no file parent to drop it). */
+static bool written_now(struct vbd_node *n)
+{
+    bool file_parent = false;
+    for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m)) {
+        if (m == n || m->file != n)
+            continue;
+        if (!m->read_only)
+            return true;
+        file_parent = true;
+    }
+    const struct vbd_node_event_handlers *h = atomic_load(&handlers);
+    if (h && h->written_outside && h->written_outside(n))
+        return true;
+    return !file_parent;
+}
+
+int vbd_node_refresh_write_use(struct vbd_node *n, struct vbd_error **err)
+{
+    if (n->read_only || !n->drv->write_use)
+        return 0;
+    return n->drv->write_use(n, written_now(n), err);
+}
+
 /* New writes are refused (io.c checks n->read_only) before the driver
  * writes everything back; a driver going read-write is ready before the
  * first write comes. */
@@ -74,7 +102,8 @@ static int switch_node(struct vbd_node *n, bool read_only, struct vbd_error **er
     return 0;
 }
 
-int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_error **err)
+/* by_parent: n is its parent's own "file" child, switched with it */
+static int set_read_only(struct vbd_node *n, bool read_only, bool by_parent, struct vbd_error **err)
 {
     if (n->read_only == read_only)
         return 0;
@@ -98,22 +127,52 @@ int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_err
         rc = switch_node(n, true, err);
         if (rc < 0)
             return rc;
+        /* a referenced child keeps its read-only option; its write lock
+         * goes when nothing else writes it (dropping locks cannot fail) */
+        if (child && n->file_ref) {
+            vbd_node_refresh_write_use(child, NULL);
+            return 0;
+        }
         /* the child stays writable for its other users */
         if (child && !child->read_only && child->drv->reopen_rw && !other_writer(child, n))
-            return vbd_node_co_set_read_only(child, true, err);
+            return set_read_only(child, true, true, err);
         return 0;
     }
     bool child_switched = false;
-    if (child && child->read_only) {
-        int rc = vbd_node_co_set_read_only(child, false, err);
+    if (child && vbd_node_check_metadata_writer(n, child, true, err) < 0)
+        return -EBUSY;
+    if (child && n->file_ref && child->read_only) {
+        /* a node of its own stays read-only: QEMU's permission check */
+        vbd_error_setf(err, EACCES, "Block node is read-only");
+        return -EACCES;
+    }
+    if (child && n->file_ref && !child->read_only && child->drv->write_use) {
+        /* the write lock back before n can write (another process may hold it now) */
+        int rc = child->drv->write_use(child, true, err);
+        if (rc < 0)
+            return rc;
+    } else if (child && child->read_only) {
+        int rc = set_read_only(child, false, true, err);
         if (rc < 0)
             return rc;
         child_switched = true;
     }
     int rc = switch_node(n, false, err);
+    /* locked for writing by the switch: that goes again while only
+     * read-only parents sit on it (not for a parent's own child, whose
+     * parent is about to write) */
+    if (rc == 0 && !by_parent)
+        vbd_node_refresh_write_use(n, NULL);
     if (rc < 0 && child_switched)
-        vbd_node_co_set_read_only(child, true, NULL);
+        set_read_only(child, true, true, NULL);
+    else if (rc < 0 && child && n->file_ref)
+        vbd_node_refresh_write_use(child, NULL);
     return rc;
+}
+
+int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_error **err)
+{
+    return set_read_only(n, read_only, false, err);
 }
 
 int vbd_node_co_set_direct(struct vbd_node *n, bool direct, struct vbd_error **err)

@@ -66,6 +66,34 @@ static bool keeps_metadata(const struct vbd_node *parent, const char *key)
     return parent && !strcmp(key, "file") && parent->drv->kind == VBD_DRV_FORMAT && !passes_through(parent);
 }
 
+int vbd_node_check_metadata_writer(struct vbd_node *parent, struct vbd_node *c, bool rw, struct vbd_error **err)
+{
+    if (!keeps_metadata(parent, "file"))
+        return 0;
+    /* the other format on c: the one that writes (there is one at most),
+     * else the newest (QEMU's parent list is newest first; so is ours) */
+    struct vbd_node *other = NULL;
+    for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m)) {
+        if (m == parent || m->file != c || !keeps_metadata(m, "file"))
+            continue;
+        if (!m->read_only) {
+            other = m;
+            break;
+        }
+        if (!other)
+            other = m;
+    }
+    if (!other || (!rw && other->read_only))
+        return 0;
+    const char *needs = other->read_only ? parent->node_name : other->node_name;
+    const char *unshares = other->read_only ? other->node_name : parent->node_name;
+    vbd_error_setf(err, EBUSY,
+                   "Permission conflict on node '%s': permissions 'write, resize' are both required by node '%s' "
+                   "(uses node '%s' as 'file' child) and unshared by node '%s' (uses node '%s' as 'file' child).",
+                   c->node_name, needs, c->node_name, unshares, c->node_name);
+    return -EBUSY;
+}
+
 /* A metadata parent came (+1) or went (-1) above an existing node: down
  * through raw and filters to the node that holds the locks. */
 static int meta_claim(struct vbd_node *c, int delta, struct vbd_error **err)
@@ -80,10 +108,16 @@ static int meta_claim(struct vbd_node *c, int delta, struct vbd_error **err)
 /* The parent lets go of its "file" child, and of the locks it added there. */
 static void release_file(struct vbd_node *n)
 {
-    if (n->file_meta && n->file && n->file->refcnt > 1)
-        meta_claim(n->file, -1, NULL);
+    struct vbd_node *f = n->file;
+    bool stays = f && f->refcnt > 1;
+    if (n->file_meta && stays)
+        meta_claim(f, -1, NULL);
     n->file_meta = false;
-    vbd_node_unref(n->file);
+    vbd_node_unref(f);
+    /* n is off the node list: a node it referenced may write-lock again
+     * (best effort: another process may hold the lock meanwhile) */
+    if (stays && n->file_ref)
+        vbd_node_refresh_write_use(f, NULL);
 }
 
 void vbd_node_unref(struct vbd_node *n)
@@ -336,6 +370,10 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
     }
     if (!n->filename[0] && n->file)
         snprintf(n->filename, sizeof(n->filename), "%s", n->file->filename);
+    /* a read-only parent over a node it references: that node's write lock
+     * goes if nothing else writes it (dropping locks cannot fail) */
+    if (n->file_ref && n->file && n->file != n)
+        vbd_node_refresh_write_use(n->file, NULL);
     if (n->bl.request_alignment == 0)
         n->bl.request_alignment = 1;
 fail:
@@ -580,7 +618,13 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
             return NULL;
         }
         if ((flags & VBD_OPEN_RDWR) && c->read_only) {
-            vbd_error_setf(err, EACCES, "Block node '%s' is read-only", ref);
+            vbd_error_setf(err, EACCES, "Block node is read-only"); /* QEMU's permission check, no name */
+            json_object_put(v);
+            return NULL;
+        }
+        /* a second format on one file: neither may write (the other's
+         * metadata would go stale under it, or two would write it) */
+        if (parent && vbd_node_check_metadata_writer(parent, c, (flags & VBD_OPEN_RDWR) != 0, err) < 0) {
             json_object_put(v);
             return NULL;
         }
@@ -589,8 +633,19 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
             json_object_put(v);
             return NULL;
         }
+        /* a read-write parent writes it from its open on: the write lock
+         * first (a read-only one drops it once open: vbd_open's end) */
+        if ((flags & VBD_OPEN_RDWR) && !c->read_only && c->drv->write_use &&
+            c->drv->write_use(c, true, err) < 0) {
+            if (meta)
+                meta_claim(c, -1, NULL);
+            json_object_put(v);
+            return NULL;
+        }
         if (meta)
             parent->file_meta = true;
+        if (parent && !strcmp(key, "file"))
+            parent->file_ref = true;
         vbd_node_ref(c);
         json_object_put(v);
         return c;

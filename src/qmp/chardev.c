@@ -235,6 +235,73 @@ struct json_object *vbd_qmp_query_chardev(void)
     return list;
 }
 
+struct qmp_chardev *qmp_chardev_next(struct qmp_chardev *prev)
+{
+    return prev ? prev->next : chardevs;
+}
+
+/* QOM's "addr" of a socket chardev (SocketAddress, flat): a server's as it
+ * listens (a TCP one numeric, with the port it got and the family, as
+ * QEMU's inet_listen_saddr records them), a client's as it was given. */
+static struct json_object *socket_addr(const struct qmp_chardev *c)
+{
+    struct json_object *a = json_object_new_object();
+    const char *text = c->peer_text;
+    if (c->listen_fd >= 0 && c->unix_path) {
+        json_object_object_add(a, "path", json_object_new_string(c->unix_path));
+        json_object_object_add(a, "type", json_object_new_string("unix"));
+    } else if (c->listen_fd >= 0) {
+        struct sockaddr_storage here;
+        socklen_t hl = sizeof(here);
+        char host[NI_MAXHOST], serv[NI_MAXSERV];
+        if (getsockname(c->listen_fd, (struct sockaddr *)&here, &hl) ||
+            getnameinfo((struct sockaddr *)&here, hl, host, sizeof(host), serv, sizeof(serv),
+                        NI_NUMERICHOST | NI_NUMERICSERV)) {
+            json_object_put(a);
+            return NULL;
+        }
+        json_object_object_add(a, "host", json_object_new_string(host));
+        json_object_object_add(a, here.ss_family == AF_INET6 ? "ipv6" : "ipv4", json_object_new_boolean(true));
+        json_object_object_add(a, "port", json_object_new_string(serv));
+        json_object_object_add(a, "type", json_object_new_string("inet"));
+    } else if (text && !strncmp(text, "unix:", 5)) {
+        json_object_object_add(a, "path", json_object_new_string(text + 5));
+        json_object_object_add(a, "type", json_object_new_string("unix"));
+    } else if (text && !strncmp(text, "tcp:", 4) && strrchr(text, ':') > text + 3) {
+        const char *colon = strrchr(text, ':');
+        json_object_object_add(a, "host", json_object_new_string_len(text + 4, (int)(colon - text - 4)));
+        json_object_object_add(a, "port", json_object_new_string(colon + 1));
+        json_object_object_add(a, "type", json_object_new_string("inet"));
+    } else {
+        json_object_put(a);
+        return NULL;
+    }
+    return a;
+}
+
+struct json_object *qmp_chardev_qom_props(const char *id, const char **type)
+{
+    static const char *const types[][2] = {{"socket", "chardev-socket"}, {"file", "chardev-file"},
+                                           {"pipe", "chardev-pipe"},     {"null", "chardev-null"},
+                                           {"ringbuf", "chardev-ringbuf"}, {"memory", "chardev-memory"}};
+    struct qmp_chardev *c = qmp_chardev_find(id);
+    if (!c)
+        return NULL;
+    *type = "chardev";
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+        if (!strcmp(c->backend, types[i][0]))
+            *type = types[i][1];
+    struct json_object *o = json_object_new_object();
+    if (!strcmp(c->backend, "socket")) {
+        int client = c->listen_fd < 0 ? c->fd : c->has_monitor ? qmp_monitor_client_fd(c) : c->fd;
+        json_object_object_add(o, "connected", json_object_new_boolean(client >= 0));
+        struct json_object *a = socket_addr(c);
+        if (a)
+            json_object_object_add(o, "addr", a);
+    }
+    return o;
+}
+
 static bool is_loopback(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET)
@@ -420,29 +487,11 @@ static int open_failed(struct vbd_qmp_error *err, const char *path, int e)
 
 static int socket_open(struct qmp_chardev *c, struct json_object *data, bool *opening, struct vbd_qmp_error *err)
 {
-    static const char *const types[] = {"inet", "unix", "vsock", "fd", NULL};
-    if (!qmp_check_members(data,
-                           "addr:object ?tls-creds:str ?tls-authz:str ?server:bool ?wait:bool ?nodelay:bool "
-                           "?telnet:bool ?tn3270:bool ?websocket:bool ?reconnect:int " COMMON,
-                           "backend.data", err))
-        return -1;
     struct json_object *addr = json_object_object_get(data, "addr"), *ad;
-    if (!qmp_check_members(addr, "type:str data:object", "backend.data.addr", err) ||
-        !qmp_check_enum(addr, "type", "", types, err)) /* qsd names a union's tag plainly */
-        return -1;
     const char *type = str_of(addr, "type");
     ad = json_object_object_get(addr, "data");
     bool is_unix = !strcmp(type, "unix");
-    if (is_unix) {
-        if (!qmp_check_members(ad, "path:str ?abstract:bool ?tight:bool", "backend.data.addr.data", err))
-            return -1;
-    } else if (!strcmp(type, "inet")) {
-        if (!qmp_check_members(ad,
-                               "host:str port:str ?numeric:bool ?to:int ?ipv4:bool ?ipv6:bool ?keep-alive:bool "
-                               "?mptcp:bool",
-                               "backend.data.addr.data", err))
-            return -1;
-    } else {
+    if (!is_unix && strcmp(type, "inet")) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "chardev '%s': socket address type '%s' is not supported "
                            "by vbd-daemon (unix or inet)", c->id, type);
         return -1;
@@ -547,11 +596,52 @@ static int socket_open(struct qmp_chardev *c, struct json_object *data, bool *op
 }
 
 /* The backend of a chardev-add or chardev-change into c (c->id set), or -1 with *err. */
+/* The checks of qsd's schema (QAPI visits the arguments before the
+ * command runs: chardev-change of a chardev that does not exist names a
+ * wrongly typed member first); no side effects. */
+static bool backend_schema_ok(struct json_object *backend, struct vbd_qmp_error *err)
+{
+    static const char *const addr_types[] = {"inet", "unix", "vsock", "fd", NULL};
+    if (!qmp_check_members(backend, "type:str data:object", "backend", err) ||
+        !qmp_check_enum(backend, "type", "", backend_kinds, err)) /* qsd names a union's tag plainly */
+        return false;
+    const char *type = str_of(backend, "type");
+    struct json_object *data = json_object_object_get(backend, "data");
+    if (!strcmp(type, "file"))
+        return qmp_check_members(data, "out:str ?in:str ?append:bool " COMMON, "backend.data", err);
+    if (!strcmp(type, "pipe"))
+        return qmp_check_members(data, "device:str " COMMON, "backend.data", err);
+    if (!strcmp(type, "null"))
+        return qmp_check_members(data, COMMON, "backend.data", err);
+    if (!strcmp(type, "ringbuf") || !strcmp(type, "memory"))
+        return qmp_check_members(data, "?size:int " COMMON, "backend.data", err);
+    if (strcmp(type, "socket"))
+        return true; /* a backend vbd does not make: refused by backend_open */
+    if (!qmp_check_members(data,
+                           "addr:object ?tls-creds:str ?tls-authz:str ?server:bool ?wait:bool ?nodelay:bool "
+                           "?telnet:bool ?tn3270:bool ?websocket:bool ?reconnect:int " COMMON,
+                           "backend.data", err))
+        return false;
+    struct json_object *addr = json_object_object_get(data, "addr");
+    if (!qmp_check_members(addr, "type:str data:object", "backend.data.addr", err) ||
+        !qmp_check_enum(addr, "type", "", addr_types, err))
+        return false;
+    const char *at = str_of(addr, "type");
+    struct json_object *ad = json_object_object_get(addr, "data");
+    if (!strcmp(at, "unix"))
+        return qmp_check_members(ad, "path:str ?abstract:bool ?tight:bool", "backend.data.addr.data", err);
+    if (!strcmp(at, "inet"))
+        return qmp_check_members(ad,
+                                 "host:str port:str ?numeric:bool ?to:int ?ipv4:bool ?ipv6:bool ?keep-alive:bool "
+                                 "?mptcp:bool",
+                                 "backend.data.addr.data", err);
+    return true;
+}
+
 static int backend_open(struct qmp_chardev *c, struct json_object *backend, bool *opening,
                         struct vbd_qmp_error *err)
 {
-    if (!qmp_check_members(backend, "type:str data:object", "backend", err) ||
-        !qmp_check_enum(backend, "type", "", backend_kinds, err)) /* qsd names a union's tag plainly */
+    if (!backend_schema_ok(backend, err))
         return -1;
     const char *type = str_of(backend, "type");
     struct json_object *data = json_object_object_get(backend, "data");
@@ -564,19 +654,8 @@ static int backend_open(struct qmp_chardev *c, struct json_object *backend, bool
         c->backend = "socket";
         return socket_open(c, data, opening, err);
     }
-    if (!strcmp(type, "file")) {
-        if (!qmp_check_members(data, "out:str ?in:str ?append:bool " COMMON, "backend.data", err))
-            return -1;
-    } else if (!strcmp(type, "pipe")) {
-        if (!qmp_check_members(data, "device:str " COMMON, "backend.data", err))
-            return -1;
-    } else if (!strcmp(type, "null")) {
-        if (!qmp_check_members(data, COMMON, "backend.data", err))
-            return -1;
-    } else if (!strcmp(type, "ringbuf") || !strcmp(type, "memory")) {
-        if (!qmp_check_members(data, "?size:int " COMMON, "backend.data", err))
-            return -1;
-    } else {
+    if (strcmp(type, "file") && strcmp(type, "pipe") && strcmp(type, "null") && strcmp(type, "ringbuf") &&
+        strcmp(type, "memory")) {
         *opening = true;
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "'%s' is not a valid char driver name", type);
         return -1;
@@ -688,6 +767,9 @@ static struct json_object *chardev_add(struct json_object *args, struct vbd_qmp_
 static struct json_object *chardev_change(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *id = str_of(args, "id");
+    struct json_object *backend = json_object_object_get(args, "backend");
+    if (!backend_schema_ok(backend, err))
+        return NULL;
     struct qmp_chardev *old = qmp_chardev_find(id);
     if (!old) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Chardev '%s' does not exist", id);
@@ -697,7 +779,7 @@ static struct json_object *chardev_change(struct json_object *args, struct vbd_q
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Chardev user does not support chardev hotswap");
         return NULL;
     }
-    struct qmp_chardev *c = chardev_from_qmp(id, json_object_object_get(args, "backend"), err);
+    struct qmp_chardev *c = chardev_from_qmp(id, backend, err);
     if (!c)
         return NULL; /* the old one stays */
     c->next = old->next;

@@ -15,6 +15,8 @@
 
 #include "vbd/coroutine.h"
 
+struct json_object;
+
 struct qmp_chardev {
     char *id;
     const char *backend;   /* ChardevBackendKind: "socket", "file", "pipe", "null", "ringbuf", "memory" */
@@ -38,6 +40,12 @@ struct qmp_chardev {
 };
 
 struct qmp_chardev *qmp_chardev_find(const char *id);
+/* The chardevs in the order they were made: NULL gives the first, then NULL after the last. */
+struct qmp_chardev *qmp_chardev_next(struct qmp_chardev *prev);
+/* qom-list / qom-get of /chardevs/ID, as QEMU's chardev objects: the QOM
+ * type ("chardev-socket", ...) in *type and the properties (not "type";
+ * a socket's "connected" and "addr"), or NULL: no chardev has that id. */
+struct json_object *qmp_chardev_qom_props(const char *id, const char **type);
 /* Close and free every chardev (daemon exit, after the monitors ended). */
 void qmp_chardev_close_all(void);
 

@@ -8,6 +8,7 @@
  * src/util/tls-creds.c, src/util/authz.c), which also refuse to delete an
  * object something still uses.
  */
+#include "qmp/chardev.h"
 #include "qmp/cmd-export.h"
 #include "qmp/commands.h"
 
@@ -30,6 +31,11 @@ static const char *str_of(struct json_object *o, const char *key)
     struct json_object *v;
     return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : NULL;
 }
+
+/* qsd makes "/objects" when the first object is made (--object or
+ * object-add; it stays when they are deleted): until then qom-list of it
+ * is "Device '/objects' not found" and "/" lists "chardevs" only. */
+static bool objects_made;
 
 /* An object's qom-type and properties (not "type"), or NULL if there is no
  * object with that id. */
@@ -238,6 +244,7 @@ struct json_object *qmp_object_add(struct json_object *args, struct vbd_qmp_erro
         vbd_qmp_error_take(err, verr);
         return NULL;
     }
+    objects_made = true;
     return vbd_qmp_ok();
 }
 
@@ -336,67 +343,12 @@ struct json_object *qmp_object_del(struct json_object *args, struct vbd_qmp_erro
 /* ------------------------------------------------------------------ */
 /* qom-list / qom-get / qom-set                                        */
 
-enum qom_node { QOM_NONE, QOM_ROOT, QOM_OBJECTS, QOM_OBJECT };
-
-/*
- * "/" (the root), "/objects" (the container) and "/objects/ID"; as QEMU,
- * a path without the leading '/' is a partial path, matched against the
- * end of the full ones ("objects", "ID", "objects/ID"), and a trailing '/'
- * is ignored.
- */
-static enum qom_node resolve(const char *path, char *id, size_t idlen)
-{
-    bool absolute = path[0] == '/';
-    char p[256];
-    if (strlen(path) >= sizeof(p))
-        return QOM_NONE;
-    snprintf(p, sizeof(p), "%s", path + absolute);
-    size_t n = strlen(p);
-    if (n && p[n - 1] == '/')
-        p[--n] = 0;
-    if (!n)
-        return absolute ? QOM_ROOT : QOM_NONE;
-    if (!strcmp(p, "objects"))
-        return QOM_OBJECTS;
-    const char *name = !strncmp(p, "objects/", 8) ? p + 8 : absolute ? NULL : p;
-    if (!name || strchr(name, '/') || !object_exists(name))
-        return QOM_NONE;
-    snprintf(id, idlen, "%s", name);
-    return QOM_OBJECT;
-}
-
-static enum qom_node resolve_or_fail(const char *path, char *id, size_t idlen, struct vbd_qmp_error *err)
-{
-    enum qom_node n = resolve(path, id, idlen);
-    if (n == QOM_NONE)
-        vbd_qmp_error_setf(err, VBD_QMP_DEVICE_NOT_FOUND, "Device '%s' not found", path);
-    return n;
-}
-
 static struct json_object *prop_entry(const char *name, const char *type)
 {
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "name", json_object_new_string(name));
     json_object_object_add(o, "type", json_object_new_string(type));
     return o;
-}
-
-/* QOM's type names for the properties (QAPI enums and structs by name). */
-static const char *prop_type(const char *name, struct json_object *v)
-{
-    if (!strcmp(name, "endpoint"))
-        return "QCryptoTLSCredsEndpoint";
-    if (!strcmp(name, "policy"))
-        return "QAuthZListPolicy";
-    if (!strcmp(name, "rules"))
-        return "QAuthZListRule";
-    if (!strcmp(name, "limits"))
-        return "ThrottleLimits";
-    switch (json_object_get_type(v)) {
-    case json_type_int: return "int";
-    case json_type_boolean: return "bool";
-    default: return "string";
-    }
 }
 
 static void list_objects(struct json_object *list)
@@ -422,24 +374,140 @@ static void list_objects(struct json_object *list)
         json_object_array_add(list, prop_entry(id, "child<secret>"));
 }
 
+enum qom_node { QOM_NONE, QOM_AMBIGUOUS, QOM_ROOT, QOM_OBJECTS, QOM_OBJECT, QOM_CHARDEVS, QOM_CHARDEV };
+
+/* Does full (a path without its leading '/') end in partial, at a '/'? */
+static bool ends_with_part(const char *full, const char *partial)
+{
+    size_t f = strlen(full), n = strlen(partial);
+    return f >= n && !strcmp(full + f - n, partial) && (f == n || full[f - n - 1] == '/');
+}
+
+/* One candidate of a partial path: counted if it matches, kept if first. */
+static void candidate(const char *full, const char *partial, enum qom_node kind, const char *id, int *matches,
+                      enum qom_node *found, char *out, size_t outlen)
+{
+    if (!ends_with_part(full, partial))
+        return;
+    if ((*matches)++ == 0) {
+        *found = kind;
+        snprintf(out, outlen, "%s", id ? id : "");
+    }
+}
+
+/*
+ * "/" (the root), "/objects" and "/chardevs" (the containers),
+ * "/objects/ID" and "/chardevs/ID"; as QEMU, a path without the leading
+ * '/' is a partial path, matched against the end of the full ones
+ * ("objects", "ID", "chardevs/ID"; one that matches two, as an object and
+ * a chardev of one id, is ambiguous), and a trailing '/' is ignored.
+ */
+static enum qom_node resolve(const char *path, char *id, size_t idlen)
+{
+    bool absolute = path[0] == '/';
+    char p[256];
+    if (strlen(path) >= sizeof(p))
+        return QOM_NONE;
+    snprintf(p, sizeof(p), "%s", path + absolute);
+    size_t n = strlen(p);
+    if (n && p[n - 1] == '/')
+        p[--n] = 0;
+    if (!n)
+        return absolute ? QOM_ROOT : QOM_NONE;
+    if (absolute) {
+        if (!strcmp(p, "objects"))
+            return objects_made ? QOM_OBJECTS : QOM_NONE;
+        if (!strcmp(p, "chardevs"))
+            return QOM_CHARDEVS;
+        const char *name = !strncmp(p, "objects/", 8) ? p + 8 : !strncmp(p, "chardevs/", 9) ? p + 9 : NULL;
+        if (!name || strchr(name, '/'))
+            return QOM_NONE;
+        if (name == p + 8 ? !object_exists(name) : !qmp_chardev_find(name))
+            return QOM_NONE;
+        snprintf(id, idlen, "%s", name);
+        return name == p + 8 ? QOM_OBJECT : QOM_CHARDEV;
+    }
+    int matches = 0;
+    enum qom_node found = QOM_NONE;
+    char full[320];
+    if (objects_made)
+        candidate("objects", p, QOM_OBJECTS, NULL, &matches, &found, id, idlen);
+    candidate("chardevs", p, QOM_CHARDEVS, NULL, &matches, &found, id, idlen);
+    struct json_object *objs = json_object_new_array();
+    list_objects(objs);
+    for (size_t i = 0; i < json_object_array_length(objs); i++) {
+        const char *oid = str_of(json_object_array_get_idx(objs, i), "name");
+        snprintf(full, sizeof(full), "objects/%s", oid);
+        candidate(full, p, QOM_OBJECT, oid, &matches, &found, id, idlen);
+    }
+    json_object_put(objs);
+    for (struct qmp_chardev *c = qmp_chardev_next(NULL); c; c = qmp_chardev_next(c)) {
+        snprintf(full, sizeof(full), "chardevs/%s", c->id);
+        candidate(full, p, QOM_CHARDEV, c->id, &matches, &found, id, idlen);
+    }
+    return matches == 1 ? found : matches ? QOM_AMBIGUOUS : QOM_NONE;
+}
+
+/* qom-list says a path is ambiguous; qom-get and qom-set, as QEMU's, only
+ * that nothing was found (they ask object_resolve_path without it) */
+static enum qom_node resolve_or_fail(const char *path, char *id, size_t idlen, bool say_ambiguous,
+                                     struct vbd_qmp_error *err)
+{
+    enum qom_node n = resolve(path, id, idlen);
+    if (n == QOM_AMBIGUOUS && say_ambiguous)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Path '%s' is ambiguous", path);
+    else if (n == QOM_NONE || n == QOM_AMBIGUOUS)
+        vbd_qmp_error_setf(err, VBD_QMP_DEVICE_NOT_FOUND, "Device '%s' not found", path);
+    return n == QOM_AMBIGUOUS ? QOM_NONE : n;
+}
+
+/* QOM's type names for the properties (QAPI enums and structs by name). */
+static const char *prop_type(const char *name, struct json_object *v)
+{
+    if (!strcmp(name, "endpoint"))
+        return "QCryptoTLSCredsEndpoint";
+    if (!strcmp(name, "policy"))
+        return "QAuthZListPolicy";
+    if (!strcmp(name, "rules"))
+        return "QAuthZListRule";
+    if (!strcmp(name, "limits"))
+        return "ThrottleLimits";
+    switch (json_object_get_type(v)) {
+    case json_type_int: return "int";
+    case json_type_boolean: return "bool";
+    default: return "string";
+    }
+}
+
 struct json_object *qmp_qom_list(struct json_object *args, struct vbd_qmp_error *err)
 {
     char id[256];
-    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), err);
+    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), true, err);
     if (n == QOM_NONE)
         return NULL;
     struct json_object *list = json_object_new_array();
     json_object_array_add(list, prop_entry("type", "string"));
     if (n == QOM_ROOT) {
-        json_object_array_add(list, prop_entry("objects", "child<container>"));
+        if (objects_made)
+            json_object_array_add(list, prop_entry("objects", "child<container>"));
+        json_object_array_add(list, prop_entry("chardevs", "child<container>"));
     } else if (n == QOM_OBJECTS) {
         list_objects(list);
+    } else if (n == QOM_CHARDEVS) {
+        const char *type;
+        for (struct qmp_chardev *c = qmp_chardev_next(NULL); c; c = qmp_chardev_next(c)) {
+            json_object_put(qmp_chardev_qom_props(c->id, &type));
+            char t[64];
+            snprintf(t, sizeof(t), "child<%s>", type);
+            json_object_array_add(list, prop_entry(c->id, t));
+        }
     } else {
         const char *type;
-        struct json_object *props = object_props(id, &type);
+        struct json_object *props = n == QOM_CHARDEV ? qmp_chardev_qom_props(id, &type) : object_props(id, &type);
         json_object_object_foreach(props, key, val)
         {
-            json_object_array_add(list, prop_entry(key, prop_type(key, val)));
+            json_object_array_add(list, prop_entry(key, n == QOM_CHARDEV && !strcmp(key, "addr") ? "SocketAddress"
+                                                                                             : prop_type(key, val)));
         }
         json_object_put(props);
     }
@@ -450,10 +518,13 @@ struct json_object *qmp_qom_get(struct json_object *args, struct vbd_qmp_error *
 {
     char id[256];
     const char *prop = str_of(args, "property"), *type = "container";
-    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), err);
+    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), false, err);
     if (n == QOM_NONE)
         return NULL;
-    struct json_object *props = n == QOM_OBJECT ? object_props(id, &type) : NULL, *v, *ret = NULL;
+    struct json_object *props = n == QOM_OBJECT    ? object_props(id, &type)
+                                : n == QOM_CHARDEV ? qmp_chardev_qom_props(id, &type)
+                                                   : NULL;
+    struct json_object *v, *ret = NULL;
     if (!strcmp(prop, "type"))
         ret = json_object_new_string(type);
     else if (props && json_object_object_get_ex(props, prop, &v))
@@ -470,10 +541,12 @@ struct json_object *qmp_qom_set(struct json_object *args, struct vbd_qmp_error *
     const char *prop = str_of(args, "property"), *type = "container";
     struct json_object *value;
     json_object_object_get_ex(args, "value", &value);
-    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), err);
+    enum qom_node n = resolve_or_fail(str_of(args, "path"), id, sizeof(id), false, err);
     if (n == QOM_NONE)
         return NULL;
-    struct json_object *props = n == QOM_OBJECT ? object_props(id, &type) : NULL;
+    struct json_object *props = n == QOM_OBJECT    ? object_props(id, &type)
+                                : n == QOM_CHARDEV ? qmp_chardev_qom_props(id, &type)
+                                                   : NULL;
     bool known = !strcmp(prop, "type") || (props && json_object_object_get_ex(props, prop, NULL));
     json_object_put(props);
     if (!known) {
@@ -513,8 +586,8 @@ struct json_object *qmp_qom_set(struct json_object *args, struct vbd_qmp_error *
         vbd_authz_set_identity(id, json_object_get_string(value));
         return vbd_qmp_ok();
     }
-    if (!strcmp(prop, "type"))
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property '%s.type' is not writable", type);
+    if (!strcmp(prop, "type") || n == QOM_CHARDEV) /* a chardev's connected and addr are read-only in QEMU */
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property '%s.%s' is not writable", type, prop);
     else
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Property '%s.%s' cannot be changed in vbd (only an iothread's poll-max-ns, poll-grow, "

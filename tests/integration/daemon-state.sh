@@ -39,7 +39,9 @@ def view():
     nodes = {n["node-name"]: (n["drv"], n["ro"], n.get("backing_file"))
              for n in ok("query-named-block-nodes") if not n["node-name"].startswith("#")}
     exports = sorted((e["id"], e["node-name"]) for e in ok("query-block-exports"))
-    objs = sorted(o["name"] for o in ok("qom-list", path="/objects") if o["type"].startswith("child<"))
+    # qsd's /objects is there once an object was made (DeviceNotFound before)
+    r = m.cmd("qom-list", {"path": "/objects"})
+    objs = sorted(o["name"] for o in r.get("return", []) if o["type"].startswith("child<"))
     return {"nodes": nodes, "exports": exports, "objects": objs}
 $(cat)
 PY
@@ -188,7 +190,8 @@ def view(m):
     nodes = {n["node-name"]: [n["drv"], n["ro"], n.get("backing_file")]
              for n in ok("query-named-block-nodes") if not n["node-name"].startswith("#")}
     exports = sorted([e["id"], e["node-name"]] for e in ok("query-block-exports"))
-    objs = sorted(o["name"] for o in ok("qom-list", path="/objects") if o["type"].startswith("child<"))
+    r = m.cmd("qom-list", {"path": "/objects"})  # DeviceNotFound until an object was made, as qsd
+    objs = sorted(o["name"] for o in r.get("return", []) if o["type"].startswith("child<"))
     return json.loads(json.dumps({"nodes": nodes, "exports": exports, "objects": objs}, sort_keys=True))
 def visible(st):
     return {k: v for k, v in st.items() if not k.startswith("_")}

@@ -6,7 +6,12 @@
 # (tests/qmp/diff-wrong-types.jsonl, written by tests/qmp/gen-wrong-types.py
 # from qemu-storage-daemon 7.2's own schema): vbd-daemon refuses each with
 # qsd's words, word for word, and nothing is created by a refused request.
+# Then 47 other commands (jobs' verbs, reopen/del, bitmaps, snapshots,
+# chardevs, qom, NBD server, queries; diff-wrong-types-more.jsonl, from
+# gen-wrong-types.py --more): wrong types, each required member missing,
+# a member the command does not have.
 . "$(dirname "$0")/lib.sh"
 need python3 qemu-storage-daemon
 qmpdiff_nulls diff-wrong-types
+qmpdiff_nulls diff-wrong-types-more
 echo OK

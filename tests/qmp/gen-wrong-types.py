@@ -6,6 +6,10 @@ other members valid, from qemu-storage-daemon 7.2's own schema (which names
 every integer type "int": ranges are not derived here):
 
     gen-wrong-types.py QMP_SOCKET_OF_A_RUNNING_QSD >diff-wrong-types.jsonl
+    gen-wrong-types.py --more QMP_SOCKET >diff-wrong-types-more.jsonl
+
+--more: the other commands (MORE), and for each also its request without
+each required member in turn and with a member it does not have.
 
 Each line is marked "# exact": run with QMPDIFF_ERROR_TEXT=1 the error's
 words must be qsd's. Nested object members (blockdev-add's branches, an
@@ -41,9 +45,62 @@ BASES = [
     ("object-add", {"qom-type": "throttle-group", "id": "tg9"}),
 ]
 
+# --more: the commands a qsd script sends besides BASES' (none of them
+# finds what it names, so even the valid request changes nothing)
+MORE = [
+    ("blockdev-del", {"node-name": "z9"}),
+    ("blockdev-reopen", {"options": [{"driver": "null-co", "node-name": "n1"}]}),
+    ("block-job-set-speed", {"device": "j9", "speed": 0}),
+    ("block-job-pause", {"device": "j9"}),
+    ("block-job-resume", {"device": "j9"}),
+    ("block-job-complete", {"device": "j9"}),
+    ("block-job-cancel", {"device": "j9", "force": False}),
+    ("block-job-finalize", {"id": "j9"}),
+    ("block-job-dismiss", {"id": "j9"}),
+    ("job-pause", {"id": "j9"}),
+    ("job-resume", {"id": "j9"}),
+    ("job-complete", {"id": "j9"}),
+    ("job-finalize", {"id": "j9"}),
+    ("job-dismiss", {"id": "j9"}),
+    ("block-export-del", {"id": "e9", "mode": "safe"}),
+    ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "{DIR}/n9.sock"}}}),
+    ("nbd-server-remove", {"name": "x9", "mode": "safe"}),
+    ("qom-list", {"path": "/nope"}),
+    ("qom-get", {"path": "/nope", "property": "type"}),
+    ("qom-set", {"path": "/nope", "property": "type", "value": 1}),
+    ("chardev-add", {"id": "c9", "backend": {"type": "null", "data": {}}}),
+    ("chardev-remove", {"id": "c9"}),
+    ("chardev-change", {"id": "c9", "backend": {"type": "null", "data": {}}}),
+    ("query-named-block-nodes", {"flat": True}),
+    ("block-dirty-bitmap-remove", {"node": "n0", "name": "b9"}),
+    ("block-dirty-bitmap-clear", {"node": "n0", "name": "b9"}),
+    ("block-dirty-bitmap-enable", {"node": "n0", "name": "b9"}),
+    ("block-dirty-bitmap-disable", {"node": "n0", "name": "b9"}),
+    ("block-dirty-bitmap-merge", {"node": "n0", "target": "b9", "bitmaps": ["b8"]}),
+    ("x-debug-block-dirty-bitmap-sha256", {"node": "n0", "name": "b9"}),
+    ("blockdev-snapshot", {"node": "n0", "overlay": "z9"}),
+    ("blockdev-snapshot-internal-sync", {"device": "z9", "name": "s9"}),
+    ("blockdev-snapshot-delete-internal-sync", {"device": "z9", "name": "s9"}),
+    ("transaction", {"actions": []}),
+    ("object-del", {"id": "io9"}),
+    ("change-backing-file", {"device": "z9", "image-node-name": "z9", "backing-file": "x"}),
+    ("blockdev-create", {"job-id": "j9", "options": {"driver": "file", "filename": "{DIR}/c9", "size": 0}}),
+    ("ringbuf-write", {"device": "r9", "data": "x"}),
+    ("ringbuf-read", {"device": "r9", "size": 1}),
+    ("block-export-add", {"type": "nbd", "id": "x9", "node-name": "z9"}),
+    ("query-block-jobs", {}),
+    ("query-jobs", {}),
+    ("query-block-exports", {}),
+    ("query-chardev", {}),
+    ("x-debug-query-block-graph", {}),
+    ("query-blockstats", {}),
+    ("query-block", {}),
+]
+
 
 def main():
-    m = QMP(sys.argv[1], negotiate=True)
+    more = sys.argv[1] == "--more"
+    m = QMP(sys.argv[-1], negotiate=True)
     schema = {e["name"]: e for e in m.execute("query-qmp-schema")}
     cmds = {e["name"]: e for e in schema.values() if e["meta-type"] == "command"}
 
@@ -91,9 +148,16 @@ def main():
         return []
 
     seen = set()
-    for cmd, base in BASES:
+    for cmd, base in MORE if more else BASES:
         arg_type = cmds[cmd]["arg-type"]
         print(f"# {cmd} {json.dumps(base)}")
+        if more:
+            for mem in members(arg_type, base):
+                if "default" not in mem and mem["name"] in base and mem["name"] not in ("driver", "qom-type", "type"):
+                    args = {k: v for k, v in base.items() if k != mem["name"]}
+                    print(json.dumps({"execute": cmd, "arguments": args}, separators=(",", ":")) + "  # exact")
+            args = dict(base, **{"no-such-member": 1})
+            print(json.dumps({"execute": cmd, "arguments": args}, separators=(",", ":")) + "  # exact")
         for mem in members(arg_type, base):
             name, tname = mem["name"], mem["type"]
             if name in ("driver", "qom-type", "type"):

@@ -59,6 +59,7 @@ struct file_state {
     unsigned perm, shared;  /* the locks held (PERM_* bits), when locked */
     unsigned meta_parents;  /* formats with metadata above (VBD_OPEN_META_PARENT, file_meta_parent) */
     bool no_share;          /* VBD_OPEN_NO_SHARE */
+    bool write_unused;      /* read-write, but nothing writes it now: locked as a reader (file_write_use) */
 };
 
 /* The extent cache is read and changed by requests on every loop, without
@@ -800,7 +801,7 @@ static int file_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
      * cannot tell our own old description from another process. */
     unsigned perm = 0, shared = PERM_ALL;
     if (s->locked) {
-        wanted_perms(rw, s->meta_parents, s->no_share, &perm, &shared);
+        wanted_perms(rw && !s->write_unused, s->meta_parents, s->no_share, &perm, &shared);
         set_locks(n, s->fd, s->perm, s->shared, 0, PERM_ALL, NULL);
         int rc = set_locks(n, fd, 0, PERM_ALL, perm, shared, err);
         if (rc < 0) {
@@ -824,6 +825,8 @@ static int file_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
         s->perm = perm;
         s->shared = shared;
     }
+    if (!rw)
+        s->write_unused = false; /* read-write again: locked as opened, then as its users say */
     return 0;
 }
 
@@ -862,7 +865,7 @@ static int file_meta_parent(struct vbd_node *n, int delta, struct vbd_error **er
     unsigned count = (unsigned)((int)s->meta_parents + delta);
     if (s->locked) {
         unsigned perm, shared;
-        wanted_perms(!n->read_only, count, s->no_share, &perm, &shared);
+        wanted_perms(!n->read_only && !s->write_unused, count, s->no_share, &perm, &shared);
         int rc = set_locks(n, s->fd, s->perm, s->shared, perm, shared, err);
         if (rc < 0)
             return rc;
@@ -870,6 +873,27 @@ static int file_meta_parent(struct vbd_node *n, int delta, struct vbd_error **er
         s->shared = shared;
     }
     s->meta_parents = count;
+    return 0;
+}
+
+/* Whether anything writes this read-write node now
+ * (vbd_node_refresh_write_use): the write and resize locks follow, the
+ * open file description stays read-write (QEMU keeps its fd too). */
+static int file_write_use(struct vbd_node *n, bool written, struct vbd_error **err)
+{
+    struct file_state *s = n->opaque;
+    if (s->write_unused == !written)
+        return 0;
+    if (s->locked) {
+        unsigned perm, shared;
+        wanted_perms(written, s->meta_parents, s->no_share, &perm, &shared);
+        int rc = set_locks(n, s->fd, s->perm, s->shared, perm, shared, err);
+        if (rc < 0)
+            return rc;
+        s->perm = perm;
+        s->shared = shared;
+    }
+    s->write_unused = !written;
     return 0;
 }
 
@@ -896,5 +920,6 @@ static const struct vbd_driver file_driver = {
     .reopen_rw = file_reopen_rw,
     .reopen_direct = file_reopen_direct,
     .meta_parent = file_meta_parent,
+    .write_use = file_write_use,
 };
 VBD_DRIVER_REGISTER(file, file_driver);
