@@ -7,11 +7,13 @@
 # virtualisation behind it: in some VMs QEMU starts and the BIOS runs under
 # KVM but a kernel hangs. The boot probe's verdict is kept per user, kernel
 # and host boot in the guest cache.
-# kernel_boots ACCEL KERNEL: KERNEL, without an initrd, gets as far as its
-# panic about the root fs within 60 s (-no-reboot then ends QEMU)
+# kernel_boots ACCEL KERNEL [SECONDS]: KERNEL, without an initrd, gets as
+# far as its panic about the root fs within SECONDS (default 60: a KVM
+# boot takes about one; a TCG one on a loaded host can take minutes) and
+# -no-reboot then ends QEMU
 kernel_boots() {
     local out
-    out=$(timeout -k 5 60 qemu-system-x86_64 -accel "$1" -machine pc -cpu max -m 128M -nodefaults -nographic \
+    out=$(timeout -k 5 "${3:-60}" qemu-system-x86_64 -accel "$1" -machine pc -cpu max -m 128M -nodefaults -nographic \
         -no-reboot -kernel "$2" -append "console=ttyS0 no_timer_check panic=-1" -serial stdio </dev/null 2>&1)
     case "$out" in *"Kernel panic - not syncing: VFS: Unable to mount root fs"*) return 0 ;; esac
     return 1

@@ -25,7 +25,7 @@ start() {
         --export type=vhost-user-blk,id=e1,node-name=n0,addr.type=unix,addr.path="$d/vu.sock" \
         --pidfile "$d/pid" 2>>"$d/err.log" &
     pid=$!
-    for _ in $(seq 200); do [ "$(cat "$d/pid" 2>/dev/null)" = $pid ] && break
+    for _ in $(seq 1200); do [ "$(cat "$d/pid" 2>/dev/null)" = $pid ] && break
         kill -0 $pid 2>/dev/null || break; sleep 0.05; done
     [ "$(cat "$d/pid" 2>/dev/null)" = $pid ] || fail "$1 did not start: $(cat "$d/err.log")"
     [ "$(nbdinfo --size "nbd+unix:///disk?socket=$d/nbd.sock")" = 1048576 ] || fail "$1: the NBD export does not answer"

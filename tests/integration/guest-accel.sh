@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 2700 (run.sh: two TCG guests that may each take --timeout 1200)
 # The guest tests run under KVM exactly where /dev/kvm is usable and fall
 # back to TCG elsewhere. The choice (tests/guest/accel.sh) is checked against
 # an independent probe of /dev/kvm (open read-write, KVM_GET_API_VERSION,
@@ -40,7 +41,7 @@ fi
 want=$ACCEL
 # the boot probe behind that choice accepts a kernel that boots (here under TCG)
 kernel=$(ls /boot/vmlinuz-* | sort -V | tail -1)
-kernel_boots tcg "$kernel" || fail "the KVM boot probe does not see $kernel boot under TCG either"
+kernel_boots tcg "$kernel" 600 || fail "the KVM boot probe does not see $kernel boot under TCG either"
 echo "picked $ACCEL: $ACCEL_WHY"
 auto_why=$ACCEL_WHY
 VBD_ACCEL=tcg pick_accel && [ $ACCEL = tcg ] || fail "VBD_ACCEL=tcg did not pick tcg"
@@ -74,7 +75,7 @@ start_daemon --blockdev driver=file,node-name=file0,filename="$img" --blockdev d
   cat "$G/workloads/basic.sh"; } >"$T/workload.sh"
 boot() { # EXPECTED_ACCEL [command prefix]: the guest passes under that accelerator
     local want=$1; shift
-    "$@" "$G/run-guest.sh" --vhost-user "$S" --timeout 300 --workload "$T/workload.sh" >"$T/guest.out" 2>&1 ||
+    "$@" "$G/run-guest.sh" --vhost-user "$S" --timeout 1200 --workload "$T/workload.sh" >"$T/guest.out" 2>&1 ||
         { cat "$T/guest.out"; fail "guest under $want"; }
     cat "$T/guest.out"
     grep -q "^run-guest: accel $want " "$T/guest.out" || fail "run-guest did not say it used $want"

@@ -123,7 +123,7 @@ one_line "Connection refused" "$VBD_IMG" info "iscsi://127.0.0.1:$closed/$TGT_IQ
 python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(1); print(s.getsockname()[1], flush=True); time.sleep(120)' >silent.port &
 silent_pid=$!
 on_exit "kill $silent_pid 2>/dev/null"
-for _ in $(seq 100); do [ -s silent.port ] && break; sleep 0.05; done
+for _ in $(seq 1200); do [ -s silent.port ] && break; sleep 0.05; done
 one_line "127.0.0.1:$(cat silent.port): .*timed out" \
     "$VBD_IMG" info --image-opts "driver=iscsi,portal=127.0.0.1:$(cat silent.port),target=$TGT_IQN,lun=1,timeout=2"
 kill $silent_pid

@@ -241,7 +241,7 @@ S=$P
 # shellcheck disable=SC2034 # stop_daemon (lib.sh) stops it
 dpid=$!
 wait_sock "$P"
-for _ in $(seq 100); do grep -q '</disk>' "$T/printed.xml" && break; sleep 0.05; done
+for _ in $(seq 1200); do grep -q '</disk>' "$T/printed.xml" && break; sleep 0.05; done
 grep -q "<source type='unix' path='$P'>" "$T/printed.xml" || { cat "$T/printed.xml"; fail "printed element lacks the socket"; }
 grep -q "<reconnect enabled='yes' timeout='1'/>" "$T/printed.xml" || fail "printed element lacks <reconnect>"
 grep -q "<target dev='vda' bus='virtio'/>" "$T/printed.xml" || fail "printed element lacks the target"

@@ -53,7 +53,7 @@ start_a() { # vda's back end; prints the vhostuser element to $T/printed-$1.xml
     "$VBD_DAEMON" --libvirt-disk "$T/vda.xml" --vhost-user "$A" --print-libvirt-disk \
         >"$T/printed-$1.xml" 2>>"$T/a.log" &
     apid=$!
-    for _ in $(seq 200); do grep -q '</disk>' "$T/printed-$1.xml" && return; kill -0 $apid 2>/dev/null || break; sleep 0.05; done
+    for _ in $(seq 1200); do grep -q '</disk>' "$T/printed-$1.xml" && return; kill -0 $apid 2>/dev/null || break; sleep 0.05; done
     cat "$T/a.log"; fail "vda's vbd-daemon did not start"
 }
 step "vbd-daemon serves vda (vhost-user-blk) and vdb (NBD) from libvirt <disk> elements"

@@ -52,7 +52,7 @@ port=$(free_port 4) || fail "no free TCP port"
 nbdkit -f -i 127.0.0.1 -p $port memory 32M 2>/dev/null &
 kpid=$!
 on_exit "kill $kpid 2>/dev/null"
-for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 1200); do nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.05; done
 must "$VBD_IO" -f raw -c "write -P 0x51 0 1M" -c "read -P 0x51 0 1M" -c "read -P 0 1M 1M" "nbd://127.0.0.1:$port" >/dev/null
 [ "$("$VBD_IMG" info --output=json "nbd://127.0.0.1:$port" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" = 33554432 ] ||
     fail "nbdkit memory size"
@@ -118,7 +118,7 @@ port=$(free_port 4) || fail "no free TCP port"
 nbdkit -f -i 127.0.0.1 -p $port memory 8M 2>/dev/null &
 kpid=$!
 on_exit "kill $kpid 2>/dev/null"
-for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 1200); do nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.05; done
 must "$VBD_IO" -f raw -c "write -P 0x61 4k 8k" "nbd:127.0.0.1:$port" >/dev/null
 must "$VBD_IO" -f raw -r -c "read -P 0x61 4k 8k" "nbd+tcp://127.0.0.1:$port/" >/dev/null
 must qemu-io -f raw -r -c "read -P 0x61 4k 8k" "nbd:127.0.0.1:$port" >/dev/null

@@ -170,7 +170,7 @@ wait_sock "$T/vu.sock"
 "$VBD_BENCH" --vhost-user "$T/vu.sock" -q 2 -d 16 --verify --size 32M >"$T/b.out" 2>&1 || { cat "$T/b.out"; fail "verify"; }
 "$VBD_BENCH" --vhost-user "$T/vu.sock" -q 2 -w randwrite -t 30 >"$T/b.out" 2>&1 &
 bp=$!
-for _ in $(seq 100); do grep -q "front end connected" "$T/daemon.log" && break; sleep 0.05; done
+for _ in $(seq 1200); do grep -q "front end connected" "$T/daemon.log" && break; sleep 0.05; done
 # the export took the graph to io0: QMP says who lives there
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$S" <<'PY' || fail "QMP"
 import sys

@@ -57,7 +57,7 @@ threads_taxed() {
     done
 }
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port) || fail "no free TCP port"
 for t in unix tcp; do
     addr=$sock uri="nbd+unix:///disk?socket=$sock"
     [ $t = tcp ] && addr=tcp:$port uri="nbd://127.0.0.1:$port/disk"
@@ -85,7 +85,7 @@ on_exit 'kill -9 $dpid 2>/dev/null'
     --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$vsock",writable=on,num-queues=2 \
     >"$T/daemon.log" 2>&1 &
 dpid=$!
-for _ in $(seq 200); do [ -S "$vsock" ] && break; sleep 0.05; done
+for _ in $(seq 1200); do [ -S "$vsock" ] && break; sleep 0.05; done
 [ -S "$vsock" ] || { cat "$T/daemon.log"; fail "vhost-user export did not start"; }
 must "${TAX[@]}" "$VBD_BENCH" --vhost-user "$vsock" --verify -q 2 -d 16 --size 16M >/dev/null
 threads_taxed $dpid

@@ -30,7 +30,7 @@ start() { # daemon options...
     rm -f "$S"
     "$TSAN_DAEMON" "${iot[@]}" "$@" 2>"$T/daemon.log" &
     dpid=$!
-    for _ in $(seq 200); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 600); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
     cat "$T/daemon.log"; fail "the ThreadSanitizer daemon did not start"
 }
 tsan_report() { # what: fail with the first report if the log has one
@@ -52,7 +52,7 @@ bench_bg() { # NAME ARGS...: vbd-bench in the background, output in $T/NAME.out
     # one vhost-user front end at a time: the last one's hang-up must have
     # been seen by the daemon, or the next one is refused
     if [ "$name" = vu ] || [ "$name" = b ]; then
-        for _ in $(seq 400); do
+        for _ in $(seq 1200); do
             [ "$(grep -c 'front end connected' "$T/daemon.log")" = "$(grep -c 'front end disconnected' "$T/daemon.log")" ] && break
             sleep 0.05
         done
@@ -108,7 +108,7 @@ load "raw/file direct" yes
 bench_bg vu "${VU[@]}" -w randrw:70 -n 12000 --flush-every 50
 truncate -s 96M "$T/disk.img"
 kill -HUP $dpid
-for _ in $(seq 200); do grep -q "node 'd0' is now" "$T/daemon.log" && break; sleep 0.05; done
+for _ in $(seq 1200); do grep -q "node 'd0' is now" "$T/daemon.log" && break; sleep 0.05; done
 grep -q "node 'd0' is now 100663296 bytes" "$T/daemon.log" || { cat "$T/daemon.log"; fail "SIGHUP: no resize of d0"; }
 bench_wait vu "raw/file direct: randrw across a resize"
 stop "raw over file, cache.direct=on"

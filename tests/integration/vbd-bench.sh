@@ -11,7 +11,7 @@ run_backend() { # NAME CMD...: start, wait for the socket
     rm -f "$S"
     "$@" 2>"$T/${1##*/}.log" &
     bpid=$!
-    for _ in $(seq 100); do [ -S "$S" ] && return; sleep 0.1; done
+    for _ in $(seq 600); do [ -S "$S" ] && return; sleep 0.1; done
     cat "$T/${1##*/}.log"; fail "$1 did not start"
 }
 on_exit '[ -n "${bpid:-}" ] && kill -9 $bpid 2>/dev/null'
@@ -149,7 +149,7 @@ must_fail_with "expected an iothread id" "$VBD_DAEMON" --object iothread,id=a --
 step "vbd-bench --nbd: verify against vbd-daemon's NBD export, qemu-nbd and nbdkit; the data in the file"
 need qemu-nbd nbdkit
 N=$T/nbd.sock
-wait_nbd() { for _ in $(seq 100); do [ -S "$N" ] && return; sleep 0.1; done; fail "$1 did not start"; }
+wait_nbd() { for _ in $(seq 600); do [ -S "$N" ] && return; sleep 0.1; done; fail "$1 did not start"; }
 truncate -s 0 "$img"; truncate -s 128M "$img"
 nbd_raw_daemon -l "$T/nbd-daemon.log" "$img" "$N"
 bpid=$dpid

@@ -65,7 +65,7 @@ for kind in reply-wrong-request reply-huge reply-cut queues-zero capacity-huge b
     rm -f "$B"
     "$H" --backend "$B" $kind &
     hpid=$!
-    for _ in $(seq 100); do [ -S "$B" ] && break; sleep 0.05; done # it appears once it listens
+    for _ in $(seq 1200); do [ -S "$B" ] && break; sleep 0.05; done # it appears once it listens
     out=$("$VBD_BENCH" --vhost-user "$B" -n 100 -d 4 2>&1 >/dev/null)
     rc=$?
     wait $hpid

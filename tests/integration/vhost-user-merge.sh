@@ -14,12 +14,12 @@ start() { # EXPORT-OPTS: nbdkit (memory, log filter) and vbd-daemon on it
     rm -f "$T/nbd.sock" "$S" "$T/nbd.log"
     nbdkit -f -U "$T/nbd.sock" --filter=log memory 64M logfile="$T/nbd.log" 2>"$T/nbdkit.err" &
     kpid=$!
-    for _ in $(seq 100); do [ -S "$T/nbd.sock" ] && break; sleep 0.1; done
+    for _ in $(seq 600); do [ -S "$T/nbd.sock" ] && break; sleep 0.1; done
     "$VBD_DAEMON" --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/nbd.sock" \
         --blockdev driver=raw,node-name=disk0,file=n0 \
         --export "type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path=$S,writable=on$1" 2>"$T/daemon.log" &
     dpid=$!
-    for _ in $(seq 100); do [ -S "$S" ] && return; sleep 0.1; done
+    for _ in $(seq 600); do [ -S "$S" ] && return; sleep 0.1; done
     cat "$T/daemon.log"; fail "vbd-daemon did not start"
 }
 stop() {

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 1800 (run.sh: its guest may take --timeout 1200 without KVM)
 # A grown image reaches the guest: the file is resized under vbd-daemon,
 # SIGHUP makes it re-read the size, and the vhost-user-blk export sends
 # VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the back-end channel. Checked with
@@ -36,12 +37,12 @@ if command -v qemu-system-x86_64 >/dev/null && command -v busybox >/dev/null && 
     G=$VBD_ROOT/tests/guest
     truncate -s 0 "$img"; truncate -s 64M "$img"
     start_daemon --drive file="$img",format=raw,cache=writeback --vhost-user "$S"
-    "$G/run-guest.sh" --vhost-user "$S" --timeout 300 --log "$T/console.log" --workload "$G/workloads/resize.sh" \
+    "$G/run-guest.sh" --vhost-user "$S" --timeout 1200 --log "$T/console.log" --workload "$G/workloads/resize.sh" \
         --env VBD_OLD_SECTORS=131072 --env VBD_NEW_SECTORS=196608 --env VBD_SEED=grow >"$T/guest.out" 2>&1 &
     gpid=$!
     # a TCG boot under load can take minutes: the wait is bounded by the
     # guest's own --timeout (it ends), not by a guess of how long it boots
-    for _ in $(seq 6000); do grep -q "resize: ready" "$T/console.log" 2>/dev/null && break; kill -0 $gpid 2>/dev/null || break; sleep 0.05; done
+    for _ in $(seq 24000); do grep -q "resize: ready" "$T/console.log" 2>/dev/null && break; kill -0 $gpid 2>/dev/null || break; sleep 0.05; done
     grep -q "resize: ready" "$T/console.log" || { kill $gpid; cat "$T/guest.out"; fail "the guest did not get ready"; }
     truncate -s 96M "$img"
     kill -HUP $dpid

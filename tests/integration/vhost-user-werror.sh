@@ -23,7 +23,7 @@ start_nbdkit() { # nbdkit on a unix socket with the error filter; args: filter p
     rm -f "$T/nbd.sock"
     nbdkit -f -U "$T/nbd.sock" --filter=error memory 64M "$@" 2>"$T/nbdkit.log" &
     kpid=$!
-    for _ in $(seq 100); do [ -S "$T/nbd.sock" ] && return; sleep 0.1; done
+    for _ in $(seq 600); do [ -S "$T/nbd.sock" ] && return; sleep 0.1; done
     fail "nbdkit did not start"
 }
 stop_nbdkit() { kill $kpid; wait $kpid 2>/dev/null; kpid=; }

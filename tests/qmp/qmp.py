@@ -86,18 +86,26 @@ class QMP:
         return reply["return"]
 
     def wait_event(self, name, timeout=60):
+        # the socket's own timeout is put back at the end: left as the time
+        # to the deadline at the last read, it bounded the next command's
+        # reply by whatever was left (a second or less when the event came
+        # near the deadline: a timed-out reply on a loaded host)
+        own = self.sock.gettimeout()
         deadline = time.monotonic() + timeout
-        while True:
-            for i, ev in enumerate(self.events):
-                if ev["event"] == name:
-                    return self.events.pop(i)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {name} event within {timeout}s")
-            self.sock.settimeout(left)
-            msg = self._read()
-            if "event" in msg:
-                self.events.append(msg)
+        try:
+            while True:
+                for i, ev in enumerate(self.events):
+                    if ev["event"] == name:
+                        return self.events.pop(i)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {name} event within {timeout}s")
+                self.sock.settimeout(left)
+                msg = self._read()
+                if "event" in msg:
+                    self.events.append(msg)
+        finally:
+            self.sock.settimeout(own)
 
     def close(self):
         self.sock.close()
