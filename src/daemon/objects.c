@@ -155,6 +155,19 @@ static int export_iothread(struct json_object *opts, struct vbd_node *target, st
     return rc;
 }
 
+/* writable=: a bool from QMP, on/off from the command line (a wrong value
+ * is the export's create() to refuse) */
+static bool export_writable(struct json_object *opts)
+{
+    struct json_object *w = vbd_opt_get(opts, "writable");
+    bool writable = false;
+    if (w && json_object_is_type(w, json_type_boolean))
+        writable = json_object_get_boolean(w);
+    else if (w && json_object_is_type(w, json_type_string))
+        (void)vbd_parse_bool(json_object_get_string(w), &writable);
+    return writable;
+}
+
 /* An export of a node whose data another node keeps (a format's file, a
  * quorum's child): a writable one would write under it (the format's
  * metadata, a read-only format's image, or one replica apart from the
@@ -168,14 +181,7 @@ static int export_owned(struct json_object *opts, const struct vbd_export_type *
     int owner = n ? vbd_node_data_owner(n, by, sizeof(by)) : VBD_NODE_OWNER_NONE;
     if (owner == VBD_NODE_OWNER_NONE)
         return 0;
-    /* a bool from QMP, on/off from the command line (a wrong value is create()'s to refuse) */
-    struct json_object *w = vbd_opt_get(opts, "writable");
-    bool writable = false;
-    if (w && json_object_is_type(w, json_type_boolean))
-        writable = json_object_get_boolean(w);
-    else if (w && json_object_is_type(w, json_type_string))
-        (void)vbd_parse_bool(json_object_get_string(w), &writable);
-    if (writable && !n->read_only) {
+    if (export_writable(opts) && !n->read_only) {
         vbd_error_setf(err, EPERM,
                        "Permission conflict on node '%s': permissions 'write' are both required by an unnamed block "
                        "device (uses node '%s' as 'root' child) and unshared by %s.",
@@ -245,6 +251,10 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
         return -EINVAL;
     if (export_owned(opts, t, target, err) < 0)
         return -EPERM;
+    /* a writable export's write lock, if a parent's going left its node
+     * without (another process may have taken the image since) */
+    if (target && export_writable(opts) && (rc = vbd_node_refresh_write_use(target, err)) < 0)
+        return rc;
     struct vbd_daemon_export *ent = vbd_xcalloc(1, sizeof(*ent));
     snprintf(ent->id, sizeof(ent->id), "%s", id); /* before create() takes "id" out */
     struct vbd_export *e = t->create(opts, err);

@@ -317,13 +317,6 @@ static struct json_object *block_export_add(struct json_object *args, struct vbd
         json_object_object_add(opts, key, json_object_get(val)); /* the same names as --export */
     }
     struct vbd_error *verr = NULL;
-    /* its write lock, if a parent's going left it without (another
-     * process may have taken the image since) */
-    if (n && writable && vbd_node_refresh_write_use(n, &verr) < 0) {
-        vbd_qmp_error_take(err, verr);
-        json_object_put(opts);
-        return NULL;
-    }
     int rc = vbd_daemon_export_add(opts, "block-export-add", &verr);
     json_object_put(opts);
     if (rc < 0) {
