@@ -65,7 +65,7 @@ int tool_strtosz_u64(const char *s, uint64_t *out, bool warn)
     unsigned long long val = strtoull(p, &end, 10);
     if (errno == ERANGE)
         return -ERANGE;
-    double fraction = 0;
+    uint64_t valf = 0; /* the fraction, 64.64 fixed point as QEMU's */
     if (val == 0 && (*end == 'x' || *end == 'X')) {
         errno = 0;
         val = strtoull(p, &end, 16);
@@ -74,13 +74,24 @@ int tool_strtosz_u64(const char *s, uint64_t *out, bool warn)
         if (end == p + 1 || *end == '.')
             return -EINVAL;
     } else if (*end == '.') {
+        /* a '.' with no digits after it is skipped ("1.k" is 1 KiB); an
+         * exponent makes the whole number invalid */
         const char *f = end + 1;
         while (*f >= '0' && *f <= '9')
             f++;
-        if (f == end + 1)
-            return -EINVAL;
-        fraction = strtod(end, NULL);
-        end = (char *)f;
+        if (f == end + 1) {
+            end++;
+        } else {
+            double fraction = strtod(end, NULL);
+            if (*f == 'e' || *f == 'E') {
+                char *fe;
+                strtod(end, &fe);
+                if (fe > f)
+                    return -EINVAL;
+            }
+            valf = fraction >= 1.0 ? UINT64_MAX : (uint64_t)(fraction * 0x1p64);
+            end = (char *)f;
+        }
     }
     static const char units[] = "bkmgtpe";
     const char *u = *end ? strchr(units, *end | 0x20) : NULL;
@@ -92,11 +103,13 @@ int tool_strtosz_u64(const char *s, uint64_t *out, bool warn)
             mul *= 1024;
         end++;
     }
-    if (*end || (mul == 1 && fraction))
+    if (*end || (mul == 1 && valf))
         return -EINVAL;
-    if (val > (UINT64_MAX - (uint64_t)(fraction * mul)) / mul)
+    /* exact: 64.64 x 64.0, the fraction's half rounded up, as qemu_strtosz */
+    unsigned __int128 r = (unsigned __int128)val * mul + (((unsigned __int128)valf * mul + ((unsigned __int128)1 << 63)) >> 64);
+    if (r > UINT64_MAX)
         return -ERANGE;
-    *out = val * mul + (uint64_t)(fraction * mul);
+    *out = (uint64_t)r;
     return 0;
 }
 
