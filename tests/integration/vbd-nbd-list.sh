@@ -27,10 +27,12 @@ same() {
         why=${*: -1}
         set -- "${@:1:$#-2}"
     fi
-    timeout -k 5 60 qemu-nbd -L "$@" >q.out 2>q.raw </dev/null
-    echo "exit $?" >>q.out
+    # side by side: each half is one short process (an ASan start costs
+    # most of a case at load ~20)
+    (timeout -k 5 60 qemu-nbd -L "$@" >q.out 2>q.raw </dev/null; echo "exit $?" >>q.out) &
     timeout -k 5 60 "$VBD_NBD" -L "$@" >v.out 2>v.raw </dev/null
     echo "exit $?" >>v.out
+    wait $!
     ! grep -q -e Sanitizer -e 'runtime error' v.raw || fail "vbd-nbd -L $*: $(cat v.raw)"
     sed -E -e "s#$T#{T}#g" -e 's#([^ :]*/)?(qemu-nbd|vbd-nbd)#PROG#g' q.raw >q.err
     sed -E -e "s#$T#{T}#g" -e 's#([^ :]*/)?(qemu-nbd|vbd-nbd)#PROG#g' v.raw >v.err
