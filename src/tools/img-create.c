@@ -259,6 +259,14 @@ int verb_create(int argc, char **argv)
     }
     if (img_refuse_encryption(drv, filename, opts) < 0)
         goto out;
+    /* a backing format not opened (-u) is still a driver's name to the
+     * format's create (QEMU's BlockdevDriver): no image names a format
+     * nothing could open it with */
+    if (bfo && !vbd_driver_find(json_object_get_string(bfo))) {
+        vbd_error_report("%s: Parameter 'backing-fmt' does not accept value '%s'", filename,
+                         json_object_get_string(bfo));
+        goto out;
+    }
     struct vbd_error *err = NULL;
     int crc;
     if (size > INT64_MAX) {

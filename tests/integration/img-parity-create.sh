@@ -7,7 +7,8 @@
 # and past each format's limit (qemu-img's "The image size is too large
 # for file format" for any driver's EFBIG), every format's -o options and
 # their wrong values, qcow2's version 2 refusals in QEMU's words, -b/-F
-# with and without a size, -u, existing files, -q, -o help, and qcow2's
+# with and without a size, -u (a backing format that names no driver
+# refused still), existing files, -q, and qcow2's
 # encryption options: qemu-img's words for what it refuses too, then vbd's
 # own line (vbd makes no encrypted image); encryption=off is no encryption.
 # (img-parity.sh: create's Formatting line and backing checks;
@@ -104,6 +105,7 @@ step "backing files, -u, existing files, -q, -o help"
 same -f qcow2 -b a.qcow2 -F qcow2 n.qcow2 128M
 same -f qcow2 -b a.qcow2 -F raw n.qcow2
 same -f qcow2 -b a.qcow2 -F bogus n.qcow2
+same -f qcow2 -u -b a.qcow2 -F bogus n.qcow2 1M
 same -f qcow2 -b ../a.qcow2 -F qcow2 dir/n.qcow2
 same -f qcow2 -b exist.qcow2 -F qcow2 n.qcow2
 same -f qed -b a.qed -F qed n.qed
