@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "common.h"
+#include "qmp/cmd-export.h"
 
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
@@ -454,12 +455,17 @@ int tool_add_object(const char *arg)
     int rc = vbd_opt_take_str(opts, "qom-type", &type, &err);
     /* the QEMU tools' words: a type QEMU's schema does not know, one it
      * knows that the tool cannot make (vbd's tools make secrets and TLS
-     * credentials; qemu-img also throttle groups, authz and the like,
-     * which a tool run has no use for) */
+     * credentials, throttle groups and authz lists as qemu-img does) */
     if (rc == 0)
         vbd_error_setf(&err, EINVAL, "Parameter 'qom-type' is missing");
     else if (rc > 0 && !strcmp(type, "secret"))
         rc = vbd_secret_add(opts, &err);
+    else if (rc > 0 && (!strcmp(type, "throttle-group") || !strcmp(type, "authz-simple") || !strcmp(type, "authz-list"))) {
+        /* the ones qemu-img and qemu-io make too (a throttle filter in
+         * --image-opts takes its group), checked as QMP object-add */
+        json_object_object_add(opts, "qom-type", json_object_new_string(type));
+        rc = vbd_qmp_object_add_cmdline(opts, arg[0] != '{' && strncmp(arg, "json:", 5), &err);
+    }
     else if (rc > 0 && !vbd_tls_creds_type(type) && !vbd_qom_type_known(type))
         vbd_error_setf(&err, EINVAL, "Parameter 'qom-type' does not accept value '%s'", type);
     else if (rc > 0 && !vbd_tls_creds_type(type))
