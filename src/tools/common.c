@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "common.h"
+#include "qmp/cmd-export.h"
 
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
@@ -65,7 +66,7 @@ int tool_strtosz_u64(const char *s, uint64_t *out, bool warn)
     unsigned long long val = strtoull(p, &end, 10);
     if (errno == ERANGE)
         return -ERANGE;
-    double fraction = 0;
+    uint64_t valf = 0; /* the fraction, 64.64 fixed point as QEMU's */
     if (val == 0 && (*end == 'x' || *end == 'X')) {
         errno = 0;
         val = strtoull(p, &end, 16);
@@ -74,13 +75,24 @@ int tool_strtosz_u64(const char *s, uint64_t *out, bool warn)
         if (end == p + 1 || *end == '.')
             return -EINVAL;
     } else if (*end == '.') {
+        /* a '.' with no digits after it is skipped ("1.k" is 1 KiB); an
+         * exponent makes the whole number invalid */
         const char *f = end + 1;
         while (*f >= '0' && *f <= '9')
             f++;
-        if (f == end + 1)
-            return -EINVAL;
-        fraction = strtod(end, NULL);
-        end = (char *)f;
+        if (f == end + 1) {
+            end++;
+        } else {
+            double fraction = strtod(end, NULL);
+            if (*f == 'e' || *f == 'E') {
+                char *fe;
+                strtod(end, &fe);
+                if (fe > f)
+                    return -EINVAL;
+            }
+            valf = fraction >= 1.0 ? UINT64_MAX : (uint64_t)(fraction * 0x1p64);
+            end = (char *)f;
+        }
     }
     static const char units[] = "bkmgtpe";
     const char *u = *end ? strchr(units, *end | 0x20) : NULL;
@@ -92,11 +104,13 @@ int tool_strtosz_u64(const char *s, uint64_t *out, bool warn)
             mul *= 1024;
         end++;
     }
-    if (*end || (mul == 1 && fraction))
+    if (*end || (mul == 1 && valf))
         return -EINVAL;
-    if (val > (UINT64_MAX - (uint64_t)(fraction * mul)) / mul)
+    /* exact: 64.64 x 64.0, the fraction's half rounded up, as qemu_strtosz */
+    unsigned __int128 r = (unsigned __int128)val * mul + (((unsigned __int128)valf * mul + ((unsigned __int128)1 << 63)) >> 64);
+    if (r > UINT64_MAX)
         return -ERANGE;
-    *out = val * mul + (uint64_t)(fraction * mul);
+    *out = (uint64_t)r;
     return 0;
 }
 
@@ -441,12 +455,17 @@ int tool_add_object(const char *arg)
     int rc = vbd_opt_take_str(opts, "qom-type", &type, &err);
     /* the QEMU tools' words: a type QEMU's schema does not know, one it
      * knows that the tool cannot make (vbd's tools make secrets and TLS
-     * credentials; qemu-img also throttle groups, authz and the like,
-     * which a tool run has no use for) */
+     * credentials, throttle groups and authz lists as qemu-img does) */
     if (rc == 0)
         vbd_error_setf(&err, EINVAL, "Parameter 'qom-type' is missing");
     else if (rc > 0 && !strcmp(type, "secret"))
         rc = vbd_secret_add(opts, &err);
+    else if (rc > 0 && (!strcmp(type, "throttle-group") || !strcmp(type, "authz-simple") || !strcmp(type, "authz-list"))) {
+        /* the ones qemu-img and qemu-io make too (a throttle filter in
+         * --image-opts takes its group), checked as QMP object-add */
+        json_object_object_add(opts, "qom-type", json_object_new_string(type));
+        rc = vbd_qmp_object_add_cmdline(opts, arg[0] != '{' && strncmp(arg, "json:", 5), &err);
+    }
     else if (rc > 0 && !vbd_tls_creds_type(type) && !vbd_qom_type_known(type))
         vbd_error_setf(&err, EINVAL, "Parameter 'qom-type' does not accept value '%s'", type);
     else if (rc > 0 && !vbd_tls_creds_type(type))

@@ -4,6 +4,27 @@
  */
 #include "img.h"
 
+/* The base, read-write. qemu-img has it open already (read-only, in the
+ * chain) and asks for write permission: a lock another process holds is
+ * worded without "Could not open" (a read-only holder's lock) */
+static struct vbd_node *open_base(const char *path, const char *fmt)
+{
+    struct json_object *opts = NULL;
+    struct vbd_error *err = NULL;
+    const char *filename = path;
+    bool unknown = false;
+    if (!tool_open_options(&filename, fmt, false, "file", &opts, &unknown, &err))
+        return tool_open(path, fmt, false, VBD_OPEN_RDWR, NULL, NULL); /* its words for the options */
+    struct vbd_node *n = vbd_open(filename, opts, VBD_OPEN_RDWR, &err);
+    if (!n && err && strstr(err->msg, " lock: Is another process using the image [")) {
+        tool_report_text(err->msg);
+        vbd_error_free(err);
+    } else if (!n) {
+        tool_report_open(path, err);
+    }
+    return n;
+}
+
 int verb_commit(int argc, char **argv)
 {
     const char *fmt = NULL, *base_name = NULL, *cache = NULL;
@@ -41,11 +62,14 @@ int verb_commit(int argc, char **argv)
     unsigned cache_flags = 0;
     if (tool_cache_flags(cache, &cache_flags, NULL) < 0)
         return 1;
-    /* qemu-img opens the whole chain first: a chain that cannot be opened
-     * (a member missing, a loop) is refused in its words, naming the top.
-     * Without locks: nothing is read, and the opens below take them. */
+    /* qemu-img opens the whole chain first, as it opens it (the top
+     * read-write, the chain below read-only, with their locks): a chain
+     * that cannot be opened (a member missing, a loop, a layer another
+     * process writes: "Could not open backing file: Failed to get shared
+     * "write" lock") is refused in its words, naming the top. Closed again
+     * at once: the opens below are the ones that work. */
     struct vbd_node *chain = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
-                                       VBD_OPEN_FORCE_SHARE | VBD_OPEN_NO_IO, NULL, NULL);
+                                       VBD_OPEN_RDWR | VBD_OPEN_NO_IO, NULL, NULL);
     if (!chain)
         return 1;
     vbd_node_unref(chain);
@@ -85,7 +109,7 @@ int verb_commit(int argc, char **argv)
                        (realpath(base_name, rp1) && realpath(path, rp2) && !strcmp(rp1, rp2));
         const char *bfmt = cur->backing_format[0] ? cur->backing_format : NULL;
         if (is_base) {
-            base = tool_open(path, bfmt, false, VBD_OPEN_RDWR, NULL, NULL);
+            base = open_base(path, bfmt);
             if (!base)
                 goto out;
             break;

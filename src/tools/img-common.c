@@ -5,6 +5,7 @@
 #include "img.h"
 
 #include "vbd/alloc.h"
+#include "vbd/secret.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -156,6 +157,22 @@ static const struct vbd_driver *target_protocol(const char *target)
     return vbd_driver_find("file");
 }
 
+/* QEMU's qcow2 encryption options: parsed as qemu-img parses them, then
+ * refused (img_refuse_encryption): vbd makes no encrypted images */
+static const struct vbd_opt_desc qcow2_encrypt_opts[] = {
+    {"encryption", VBD_OPT_BOOL, NULL, NULL},
+    {"encrypt.format", VBD_OPT_STRING, NULL, NULL},
+    {"encrypt.key-secret", VBD_OPT_STRING, NULL, NULL},
+    {"encrypt.cipher-alg", VBD_OPT_STRING, NULL, NULL},
+    {"encrypt.cipher-mode", VBD_OPT_STRING, NULL, NULL},
+    {"encrypt.ivgen-alg", VBD_OPT_STRING, NULL, NULL},
+    {"encrypt.ivgen-hash-alg", VBD_OPT_STRING, NULL, NULL},
+    {"encrypt.hash-alg", VBD_OPT_STRING, NULL, NULL},
+    {"encrypt.iter-time", VBD_OPT_NUMBER, NULL, NULL},
+    {NULL, 0, NULL, NULL},
+};
+bool img_encryption_options;
+
 /* KEY among DRV's creation options and its target's protocol's (QEMU appends one list to the other) */
 static const struct vbd_opt_desc *create_option_desc(const struct vbd_driver *drv, const char *target, const char *key)
 {
@@ -164,7 +181,54 @@ static const struct vbd_opt_desc *create_option_desc(const struct vbd_driver *dr
         for (const struct vbd_opt_desc *o = lists[i] ? lists[i]->create_opts : NULL; o && o->name; o++)
             if (!strcmp(o->name, key))
                 return o;
+    if (img_encryption_options && !strcmp(drv->name, "qcow2"))
+        for (const struct vbd_opt_desc *o = qcow2_encrypt_opts; o->name; o++)
+            if (!strcmp(o->name, key))
+                return o;
     return NULL;
+}
+
+int img_refuse_encryption(const struct vbd_driver *drv, const char *filename, struct json_object *opts)
+{
+    if (strcmp(drv->name, "qcow2"))
+        return 0;
+    struct json_object *on = vbd_opt_get(opts, "encryption"), *fo = vbd_opt_get(opts, "encrypt.format");
+    struct json_object *ko = vbd_opt_get(opts, "encrypt.key-secret");
+    /* as qcow2_co_create_opts reads them: encryption=off is dropped, "on"
+     * is the aes format, any other word an alias of encrypt.format */
+    const char *alias = on ? json_object_get_string(on) : NULL, *f = fo ? json_object_get_string(fo) : NULL;
+    if (alias && !strcmp(alias, "off"))
+        alias = NULL;
+    else if (alias && !strcmp(alias, "on"))
+        alias = "aes";
+    const char *format = f ? f : alias;
+    bool any = false;
+    for (const struct vbd_opt_desc *o = qcow2_encrypt_opts + 1; o->name; o++)
+        any = any || vbd_opt_get(opts, o->name);
+    if (!format && !any) {
+        json_object_object_del(opts, "encryption");
+        return 0;
+    }
+    /* qcow2_co_create_opts' checks, in its words, before vbd's own refusal */
+    struct vbd_error *err = NULL;
+    char *key = NULL;
+    if (alias && f)
+        vbd_error_report("%s: 'encrypt.format' and its alias 'encryption' can't be used at the same time", filename);
+    else if (!format)
+        vbd_error_report("%s: Parameter 'encrypt.format' is missing", filename);
+    else if (strcmp(format, "aes") && strcmp(format, "qcow") && strcmp(format, "luks"))
+        vbd_error_report("%s: Parameter 'format' does not accept value '%s'", filename, format);
+    else if (!ko)
+        vbd_error_report("%s: Parameter 'encrypt.key-secret' is required for cipher", filename);
+    else if (!(key = vbd_secret_get_base64(json_object_get_string(ko), &err)))
+        vbd_error_report("%s: %s", filename, err ? err->msg : "no such secret");
+    else
+        vbd_error_report("%s: vbd-img cannot make encrypted images (encrypt.format=%s): vbd reads and writes no "
+                         "encrypted qcow2",
+                         filename, format);
+    free(key);
+    vbd_error_free(err);
+    return -1;
 }
 
 /* QemuOpts' parse_option_number (qemu_strtou64, any base) */

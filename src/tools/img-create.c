@@ -12,7 +12,8 @@
  * bare NAME has none). Options vbd knows that QEMU does not follow.
  */
 static const char *const formatting_order[][2] = {
-    {"qcow2", "cluster_size=65536 extended_l2=off preallocation compression_type=zlib size compat backing_file "
+    {"qcow2", "encryption encrypt.format encrypt.key-secret encrypt.cipher-alg encrypt.cipher-mode encrypt.ivgen-alg "
+              "encrypt.ivgen-hash-alg encrypt.hash-alg encrypt.iter-time cluster_size=65536 extended_l2=off preallocation compression_type=zlib size compat backing_file "
               "backing_fmt data_file data_file_raw lazy_refcounts=off refcount_bits=16"},
     {"raw", "size"},
     {"vmdk", "size adapter_type backing_file backing_fmt compat6=off hwversion=undefined toolsversion subformat "
@@ -115,7 +116,14 @@ static int check_backing(const char *filename, const char *bf, const char *bfmt,
     struct vbd_error *err = NULL;
     struct vbd_node *bn = vbd_open(path, o, VBD_OPEN_FORCE_SHARE, &err);
     if (!bn) {
-        vbd_error_report("%s: %s", filename, err ? err->msg : "Could not open backing file");
+        /* the driver's words as QEMU's bdrv_open gives them: "Could not
+         * open 'F': " only before open(2)'s own reason */
+        const char *msg = err ? err->msg : "Could not open backing file";
+        char head[4200];
+        snprintf(head, sizeof(head), "Could not open '%s': ", path);
+        if (err && !tool_is_open_errno(err) && !strncmp(msg, head, strlen(head)))
+            msg += strlen(head);
+        vbd_error_report("%s: %s", filename, msg);
         fprintf(stderr, "Could not open backing image.\n");
         vbd_error_free(err);
         return -1;
@@ -140,6 +148,7 @@ int verb_create(int argc, char **argv)
     bool quiet = false, unsafe = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"object", required_argument, NULL, OPT_OBJECT}, {NULL, 0, NULL, 0}};
     int c, rc = 1;
+    img_encryption_options = true;
     while ((c = getopt_long(argc, argv, ":F:b:f:ho:qu", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
@@ -203,7 +212,9 @@ int verb_create(int argc, char **argv)
         if (tool_strtosz_u64(json_object_get_string(so), &size, false) < 0)
             goto out;
         print_size = size;
-        size = (size + 511) & ~511ull;
+        /* past 2^63 (EFBIG below) it is left as it is, not wrapped to a small size */
+        if (size <= INT64_MAX)
+            size = (size + 511) & ~511ull;
         have_size = true;
     }
     if ((backing && !find_desc(drv, "backing_file")) || (backing_fmt && !find_desc(drv, "backing_fmt"))) {
@@ -243,13 +254,37 @@ int verb_create(int argc, char **argv)
         goto out;
     }
     if (!quiet) {
-        json_object_object_add(opts, "size", json_object_new_int64((int64_t)print_size));
+        json_object_object_add(opts, "size", json_object_new_uint64(print_size));
         print_formatting(drv, filename, opts);
     }
-    json_object_object_add(opts, "size", json_object_new_int64((int64_t)size));
-    img_normalize_create_options(drv, filename, opts);
+    if (img_refuse_encryption(drv, filename, opts) < 0)
+        goto out;
+    /* a backing format not opened (-u) is still a driver's name to the
+     * format's create (QEMU's BlockdevDriver): no image names a format
+     * nothing could open it with */
+    if (bfo && !vbd_driver_find(json_object_get_string(bfo))) {
+        vbd_error_report("%s: Parameter 'backing-fmt' does not accept value '%s'", filename,
+                         json_object_get_string(bfo));
+        goto out;
+    }
     struct vbd_error *err = NULL;
-    int crc = vbd_image_co_create(fmt, filename, opts, &err);
+    int crc;
+    if (size > INT64_MAX) {
+        /* a size within 511 bytes of 2^63 rounds up past what any image (or file) holds */
+        crc = -EFBIG;
+    } else {
+        json_object_object_add(opts, "size", json_object_new_int64((int64_t)size));
+        img_normalize_create_options(drv, filename, opts);
+        crc = vbd_image_co_create(fmt, filename, opts, &err);
+    }
+    if (crc == -EFBIG || (crc < 0 && err && err->code == EFBIG)) {
+        /* qemu-img's bdrv_img_create words any driver's EFBIG this way,
+         * with a hint for the formats that have a cluster size */
+        vbd_error_report("%s: The image size is too large for file format '%s'%s", filename, drv->name,
+                         find_desc(drv, "cluster_size") ? " (try using a larger cluster size)" : "");
+        vbd_error_free(err);
+        goto out;
+    }
     if (crc < 0) {
         char msg[2048];
         snprintf(msg, sizeof(msg), "%s: %s", filename, err ? err->msg : strerror(-crc));

@@ -46,6 +46,12 @@ int img_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int img_bad_option(int c, char **argv);
 /* KEY is a creation option of DRV or of a protocol (QEMU merges the lists) */
 bool img_known_create_option(const struct vbd_driver *drv, const char *key);
+/* Set by create and convert: QEMU's qcow2 encryption options (encryption,
+ * encrypt.*) pass img_check_create_options, for img_refuse_encryption:
+ * 0 when none asks for encryption (encryption=off removed), else -1 after
+ * qemu-img's words for what it would refuse too, or vbd's refusal */
+extern bool img_encryption_options;
+int img_refuse_encryption(const struct vbd_driver *drv, const char *filename, struct json_object *opts);
 /* qemu-img's cvtnum_full: S as a size (k, M, G... suffixes) within
  * [MIN, MAX], or -1 after "Invalid NAME specified. ..." (qemu-img's two
  * lines for a bad number, one for one out of range) */

@@ -71,6 +71,8 @@ static const char usage_text[] =
 
 static bool quiet, misalign;
 static int failures;
+/* do_rw got as far as issuing its request (its command line was good) */
+static bool rw_issued;
 static int aio_pending;
 static struct vbd_co_queue aio_waiters = VBD_CO_QUEUE_INIT;
 
@@ -536,6 +538,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
     vbd_qiov_init(&q, iov, niov);
     uint64_t t0 = vbd_clock_ns();
     int rc;
+    rw_issued = true;
     uint64_t size = vbd_backend_size(io_be);
     bool past_end = (uint64_t)off > size || size - off < (uint64_t)total;
     if (vmstate) {
@@ -560,7 +563,9 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
     if (rc == -EINVAL && past_end)
         rc = -EIO;
     if (rc < 0) {
-        printf("%s failed: %s\n", vectored ? (write ? "writev" : "readv") : write ? "write" : "read",
+        /* qemu-io's words: its aio_read's completion says readv too */
+        printf("%s failed: %s\n",
+               !strcmp(name, "aio_write") ? "aio_write" : vectored ? (write ? "writev" : "readv") : write ? "write" : "read",
                strerror(-rc));
     } else {
         if (!write && pattern >= 0) {
@@ -595,7 +600,10 @@ struct aio_job {
 static void aio_entry(void *opaque)
 {
     struct aio_job *j = opaque;
-    if (do_rw(j->argc, j->argv, j->argv[0], j->write, true) < 0)
+    /* as qemu-io: a bad command line fails the command (and the exit
+     * status), what happens to the request once issued is only printed */
+    rw_issued = false;
+    if (do_rw(j->argc, j->argv, j->argv[0], j->write, true) < 0 && !rw_issued)
         failures++;
     for (int i = 0; i < j->argc; i++)
         free(j->argv[i]);

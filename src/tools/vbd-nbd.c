@@ -10,6 +10,7 @@
  * still differs.
  */
 #include "common.h"
+#include "nbd-list.h"
 #include "daemon/daemon.h"
 #include "daemon/objects.h"
 #include "qmp/cmd-export.h"
@@ -50,6 +51,7 @@ static const char *prog = "vbd-nbd";
 static void usage(void)
 {
     printf("Usage: %s [OPTIONS] FILE\n"
+           "  or:  %s -L [OPTIONS]\n"
            "Serve FILE over NBD with qemu-nbd's options (vbd's NBD server)\n"
            "\n"
            "  -h, --help                display this help and exit\n"
@@ -71,6 +73,7 @@ static void usage(void)
            "  -B, --bitmap=NAME         expose a persistent dirty bitmap\n"
            "\n"
            "General purpose options:\n"
+           "  -L, --list                list exports available from another NBD server\n"
            "  --object type,id=ID,...   define an object (secret, tls-creds-x509/psk, authz-simple/list)\n"
            "  --tls-creds=ID            use id of an earlier --object to provide TLS\n"
            "  --tls-authz=ID            use id of an earlier --object to provide authorization\n"
@@ -99,20 +102,21 @@ static void usage(void)
            "      --image-opts          treat FILE as a full set of image options\n"
            "\n"
            "Not supported (refused): -c/--connect and -d/--disconnect (kernel /dev/nbdN: use\n"
-           "nbd-client), -L/--list (use nbdinfo --list), -T/--trace, --selinux-label.\n",
-           prog);
+           "nbd-client), -T/--trace, --selinux-label.\n",
+           prog, prog);
 }
 
 /* qemu-nbd's settings, as its main() keeps them */
 static struct {
     const char *bindto, *port, *sockpath, *fmt, *export_name, *description, *tlscreds, *tlsauthz;
-    const char *tlshostname, *pid_file, *snapshot, *filename;
+    const char *tlshostname, *pid_file, *snapshot, *filename, *selinux_label;
+    struct vbd_tls_creds *list_creds; /* -L --tls-creds: a client's */
     const char **bitmaps; /* -B, in the order given: one meta context each */
     size_t nbitmaps;
     char *detect_zeroes;
     uint64_t offset;
     int shared;
-    bool persistent, readonly, alloc_depth, image_opts, fork_process, temp_snapshot, writethrough;
+    bool persistent, readonly, alloc_depth, image_opts, fork_process, temp_snapshot, writethrough, list;
     unsigned flags;
     int old_stderr;
 } o = {.shared = 1, .flags = VBD_OPEN_RDWR, .old_stderr = -1};
@@ -319,19 +323,30 @@ static void parse_args(int argc, char **argv)
         case OPT_FORK: o.fork_process = true; break;
         case 'L': list = true; break;
         case OPT_PID_FILE: o.pid_file = optarg; break;
-        case OPT_SELINUX_LABEL: FAIL("SELinux support not enabled in this binary");
+        case OPT_SELINUX_LABEL: o.selinux_label = optarg; break;
         }
     }
-    if (list)
-        FAIL("-L/--list: vbd-nbd serves NBD only; list a server's exports with nbdinfo --list");
-    if (argc - optind != 1) {
+    if (list) {
+        /* qemu-nbd's checks, in its order: -L takes the connection's
+         * options only (-l snapshot.id=... is not among those it counts) */
+        if (argc != optind)
+            FAIL("List mode is incompatible with a file name");
+        if (o.export_name || o.description || o.offset || device || disconnect || o.fmt ||
+            (o.snapshot && strncmp(o.snapshot, "snapshot.", 9)) || o.nbitmaps || o.alloc_depth || seen_aio ||
+            seen_discard || seen_cache)
+            FAIL("List mode is incompatible with per-device settings");
+        if (o.fork_process)
+            FAIL("List mode is incompatible with forking");
+    } else if (argc - optind != 1) {
         vbd_error_report("Invalid number of arguments");
         fprintf(stderr, "Try `%s --help' for more information.\n", prog);
         exit(EXIT_FAILURE);
+    } else {
+        o.filename = argv[optind];
+        if (!o.export_name)
+            o.export_name = "";
     }
-    o.filename = argv[optind];
-    if (!o.export_name)
-        o.export_name = "";
+    o.list = list;
     if (!o.bindto)
         o.bindto = "0.0.0.0";
     if (!o.port)
@@ -339,20 +354,33 @@ static void parse_args(int argc, char **argv)
     if (o.tlscreds) {
         if (device)
             FAIL("TLS is not supported with a host device");
-        if (o.tlshostname)
+        if (o.tlsauthz && list)
+            FAIL("TLS authorization is incompatible with export list");
+        if (o.tlshostname && !list)
             FAIL("TLS hostname is only supported with export list");
         struct vbd_error *err = NULL;
-        struct vbd_tls_creds *c = vbd_tls_creds_get(o.tlscreds, VBD_TLS_SERVER, "NBD server", &err);
-        if (!c && err && err->code == EINVAL) /* a client endpoint: qemu-nbd's words */
-            FAIL("Failed to get TLS creds: Expected TLS credentials for a server endpoint");
+        struct vbd_tls_creds *c =
+            vbd_tls_creds_get(o.tlscreds, list ? VBD_TLS_CLIENT : VBD_TLS_SERVER, list ? "NBD client" : "NBD server", &err);
+        if (!c && err && err->code == EINVAL) /* the other endpoint: qemu-nbd's words */
+            FAIL("Failed to get TLS creds: Expected TLS credentials for a %s endpoint", list ? "client" : "server");
         if (!c)
             FAIL("Failed to get TLS creds: %s", err ? err->msg : "failed");
-        vbd_tls_creds_unref(c);
+        if (list)
+            o.list_creds = c; /* the list's session holds it */
+        else
+            vbd_tls_creds_unref(c);
     } else if (o.tlsauthz) {
         FAIL("--tls-authz is not permitted without --tls-creds");
     } else if (o.tlshostname) {
         FAIL("--tls-hostname is not permitted without --tls-creds");
     }
+    /* qemu-nbd built with SELinux (as distributions build it) labels its
+     * listening socket; vbd-nbd cannot, but a list (no socket of its own)
+     * goes on as qemu-nbd's */
+    if (o.selinux_label && !o.sockpath && !device)
+        FAIL("--selinux-label is not permitted without --socket");
+    if (o.selinux_label && !list)
+        FAIL("SELinux support not enabled in this binary");
     if (disconnect)
         refuse_kernel_device("-d/--disconnect");
     if (device)
@@ -646,6 +674,19 @@ int main(int argc, char **argv)
     /* qemu-nbd prints nothing while it serves; -v: the debug log */
     vbd_log_set_level(VBD_LOG_WARN);
     parse_args(argc, argv);
+    if (o.list) {
+        /* qemu-nbd -L: a client of another server (nbd-list.c); the TLS
+         * hostname defaults to the address connected to, as qemu-nbd's */
+        struct nbd_list_args la = {.sockpath = o.sockpath, .host = o.bindto, .port = o.port,
+                                   .tls_creds = o.list_creds, .tls_hostname = o.tlshostname ? o.tlshostname : o.bindto};
+        int rc = nbd_list_exports(&la);
+        vbd_tls_creds_unref(o.list_creds);
+        vbd_tls_creds_remove_all();
+        vbd_authz_remove_all();
+        free(o.detect_zeroes);
+        free(o.bitmaps);
+        return rc;
+    }
     if (o.fork_process)
         do_fork();
     vbd_daemon_wake_init();

@@ -9,7 +9,9 @@
 # repaired image's; -r leaks refuses the count of 0 (exit 1, nothing
 # written); an empty qcow2 has no L1 table. Also words qemu-img prints
 # around an open: rebase's new backing file of the wrong format,
-# --object's types and members; convert -c refused before any target.
+# --object's types and members (throttle-group and authz-simple/-list made
+# as by qemu-img and qemu-io: vbd's tools refused them); convert -c
+# refused before any target.
 # (img-check-formats.sh: damaged images of the other formats;
 # qcow2-check-matrix.sh: qcow2's counters.)
 . "$(dirname "$0")/lib.sh"
@@ -75,10 +77,19 @@ step "rebase: a new backing file of the wrong format, in qemu-img's words"
 img_unchanged rebase -b r.raw -F qcow2 ov.qcow2
 img_unchanged rebase -b nosuch.qcow2 -F qcow2 ov.qcow2
 
-step "--object: a type qemu-img does not know, one it cannot make, a member it does not take"
+step "--object: a type qemu-img does not know, one it cannot make, a member it does not take; throttle groups and authz lists"
 for o in bogus,id=x id=x iothread,id=x secret,id=s,data=x,bogus=1 secret,id=s,data=x,format=bogus secret,data=x ''; do
     img_unchanged info --object "$o" v3.qcow2
 done
+# throttle groups and authz lists are made as by qemu-img and qemu-io (a
+# throttle filter takes its group); their members checked in QEMU's words
+for o in throttle-group,id=t0 throttle-group,id=t0,x-iops-total=x throttle-group,id=t0,bogus=1 throttle-group \
+    authz-simple,id=a,identity=x authz-simple,id=a authz-list,id=b authz-list,id=b,policy=bogus authz-listfile,id=c,filename=x; do
+    img_unchanged info --object "$o" v3.qcow2
+done
+io_same --object throttle-group,id=t0,x-bps-total=4194304 --image-opts driver=throttle,throttle-group=t0,file.driver=raw,file.file.filename=r.raw \
+    -c "read -P 1 0 4k" -c "write -P 3 0 4k" -c "read -P 3 0 4k"
+io_same --image-opts driver=throttle,throttle-group=nope,file.driver=raw,file.file.filename=r.raw -c "read 0 4k"
 step "--image-opts: read-only=off opens read-write (force-share=on then refused, as qemu-img)"
 img_unchanged info --image-opts driver=qcow2,file.filename=v3.qcow2,force-share=on,read-only=off
 img_unchanged check --image-opts driver=qcow2,file.filename=v3.qcow2,force-share=on,read-only=off

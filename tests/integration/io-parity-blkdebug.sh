@@ -10,7 +10,9 @@
 # QEMU's words. As io-parity.sh: the same command line through both tools,
 # each in its own copy of the images: the same exit code, stdout, stderr
 # and images; vbd-img info as qemu-img info. vbd probed a format for the image child (the warning, a
-# qcow2 opened as qcow2) and took blkdebug:... for a file name.
+# qcow2 opened as qcow2) and took blkdebug:... for a file name. Failed aio
+# requests are worded as qemu-io's and, as there, only a bad aio command
+# line fails the exit status (vbd-io said "writev failed" and exited 1).
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
 cd "$T"
@@ -40,6 +42,12 @@ io_same -c "read 0 512" blkdebug:missing.conf:a.raw
 io_same -c "read 0 512" blkdebug:a.raw
 io_same -c "read 0 512" blkdebug::missing.img
 io_same -c "read 0 512" blkdebug:blanks.conf:a.raw
+
+step "aio requests that fail: qemu-io's words (aio_write's own, aio_read's 'readv failed'), printed but not in the exit status; a bad aio command line is"
+bd="driver=raw,file.driver=blkdebug,file.image.filename=a.raw,file.inject-error.0.event=write_aio,file.inject-error.0.sector=8"
+bd="$bd,file.inject-error.1.event=read_aio,file.inject-error.1.sector=16"
+io_same --image-opts "$bd" -c "aio_write -P 1 0 8k" -c aio_flush -c "aio_read 8k 4k" -c aio_flush -c "aio_read -P 5 0 512" -c aio_flush
+io_same --image-opts "$bd" -c "aio_read -Q 0 512" -c "aio_write -P 1 4k 4k" -c aio_flush
 
 step "vbd-img info beside qemu-img info: the same lines (disk size unavailable at blkdebug)"
 for a in "blkdebug::a.qcow2" "blkdebug:empty.conf:a.raw" "-f raw blkdebug::a.qcow2" "--image-opts driver=blkdebug,image.filename=a.qcow2"; do

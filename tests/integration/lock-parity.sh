@@ -11,7 +11,8 @@
 # holder does. A qcow2 writer's image is refused to a reader without -U
 # (QEMU: "bs->file always needs to be consistent because of the metadata");
 # a raw one is not; a writer of a qcow2 backing file blocks opening the
-# overlay's chain.
+# overlay's chain (commit's first open too: vbd-img commit opened the top
+# alone and named the base in other words).
 # One deliberate difference is left out: a raw writer in vbd shares no
 # writes (a second writer is refused), where qemu-io's raw writer shares
 # them (README); the rw checkers run only against qcow2.
@@ -179,6 +180,9 @@ for h in qemu-io-rw qemu-io-ro qsd-rw vbd-io-rw vbd-io-ro vbd-daemon-rw vbd-daem
     # check reads the top image alone: not compared)
     io -r -c 'read 0 512' ov.qcow2
     io -r -U -c 'read 0 512' ov.qcow2
+    # commit into it: refused at qemu-img's first open of the chain (top
+    # read-write, backing read-only) or at the base's read-write open
+    img commit ov.qcow2
     # rebase onto it (the new backing file is opened read-only; -U shares)
     prep=fresh_nb
     img rebase -b bq.qcow2 -F qcow2 nb.qcow2

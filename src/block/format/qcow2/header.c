@@ -74,14 +74,22 @@ static int parse_extensions(struct vbd_node *n, struct qcow2_state *s, const uin
 
 int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags, struct vbd_error **err)
 {
-    uint8_t first[512];
+    uint8_t first[512] = {0};
     uint64_t fsize = n->file->size;
-    if (fsize < 72 || vbd_node_co_pread(n->file, 0, first, fsize < 512 ? 72 : 512) < 0) {
-        vbd_error_setf(err, EINVAL, "Image is not in qcow2 format (too short)");
-        return -EINVAL;
+    size_t have = fsize < sizeof(first) ? (size_t)fsize : sizeof(first);
+    int prc = have ? vbd_node_co_pread(n->file, 0, first, have) : 0;
+    if (prc < 0) {
+        vbd_error_setf(err, -prc, "Could not read the qcow2 header: %s", strerror(-prc));
+        return prc;
     }
+    /* a file too short to be anything (empty, say) is "not qcow2" as to
+     * QEMU (its read past the end gives zeroes) */
     if (get_be32p(first) != QCOW2_MAGIC) {
         vbd_error_setf(err, EINVAL, "Image is not in qcow2 format");
+        return -EINVAL;
+    }
+    if (fsize < 72) {
+        vbd_error_setf(err, EINVAL, "Image is not in qcow2 format (too short)");
         return -EINVAL;
     }
     s->version = get_be32p(first + 4);

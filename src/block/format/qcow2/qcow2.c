@@ -1783,10 +1783,15 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     uint32_t order;
     if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
         goto out;
+    /* QEMU's qcow2_co_create words and order for what version 2 cannot hold */
     if (version == 2 && (refcount_bits != 16 || lazy || extl2 || (ctype && strcmp(ctype, "zlib")))) {
-        vbd_error_setf(err, EINVAL, "%s requires compat=1.1 or above",
-                       refcount_bits != 16 ? "Different refcount widths than 16 bits" :
-                       lazy ? "Lazy refcounts" : extl2 ? "Extended L2 entries" : "Non-zlib compression type");
+        vbd_error_setf(err, EINVAL, "%s (use version=v3 or greater)",
+                       lazy ? "Lazy refcounts only supported with compatibility level 1.1 and above"
+                       : refcount_bits != 16
+                           ? "Different refcount widths than 16 bits require compatibility level 1.1 or above"
+                       : ctype && strcmp(ctype, "zlib")
+                           ? "Non-zlib compression type is only supported with compatibility level 1.1 and above"
+                           : "Extended L2 entries are only supported with compatibility level 1.1 and above");
         goto out;
     }
     int comp = 0;
