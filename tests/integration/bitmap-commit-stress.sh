@@ -1,7 +1,9 @@
 #!/bin/bash
 # Persistent dirty bitmaps on a backing chain while a guest writes and
-# block-commit runs, as libvirt drives it (backing layers opened read-only,
-# made writable by the job): base (bitmap bb) <- mid <- top (bitmap bt),
+# block-commit runs, as libvirt drives it (backing layers opened read-only
+# over auto-read-only file nodes, made writable by the job; a file node
+# opened read-only=on stays so, and the commit is refused as in qsd 7.2:
+# "Block node is read-only"): base (bitmap bb) <- mid <- top (bitmap bt),
 # vbd-stress (64 requests in flight, random overlapping writes,
 # write-zeroes and discards on hot clusters that move to fresh ground,
 # every read checked against its model) through a vhost-user-blk export
@@ -31,9 +33,9 @@ must qemu-img convert -q -f qcow2 -O raw mid.qcow2 back.raw # what top's backing
 cp back.raw init-top.raw
 step "base (bb) <- mid <- top (bt): intermediate then active commit under QD 64 (seed $SEED)"
 stress_daemon both top \
-    --blockdev "driver=file,node-name=bf,filename=$T/base.qcow2,read-only=on" \
+    --blockdev "driver=file,node-name=bf,filename=$T/base.qcow2,auto-read-only=on" \
     --blockdev "driver=qcow2,node-name=base,file=bf,read-only=on,discard=unmap" \
-    --blockdev "driver=file,node-name=mf,filename=$T/mid.qcow2,read-only=on" \
+    --blockdev "driver=file,node-name=mf,filename=$T/mid.qcow2,auto-read-only=on" \
     --blockdev "driver=qcow2,node-name=mid,file=mf,read-only=on,backing=base" \
     --blockdev "driver=file,node-name=tf,filename=$T/top.qcow2" \
     --blockdev "driver=qcow2,node-name=top,file=tf,backing=mid,discard=unmap"
