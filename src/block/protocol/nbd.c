@@ -509,26 +509,29 @@ static bool chunk_inside(const struct nbd_req *r, uint64_t o, uint64_t l)
     return o >= r->off && o - r->off <= r->len && l <= r->len - (o - r->off);
 }
 
-/* Bits [from, from + n) of map: any set? set them. */
+/* The bits of word i / 64 from bit i up to end (at most the word's rest);
+ * *take: how many. */
+static uint64_t word_mask(uint64_t i, uint64_t end, uint64_t *take)
+{
+    *take = 64 - i % 64 < end - i ? 64 - i % 64 : end - i;
+    return (*take == 64 ? ~0ull : ((1ull << *take) - 1)) << (i % 64);
+}
+
+/* Bits [from, from + n) of map: any set? */
 static bool bits_any(const uint64_t *map, uint64_t from, uint64_t n)
 {
-    for (uint64_t i = from, end = from + n; i < end;) {
-        uint64_t take = 64 - i % 64 < end - i ? 64 - i % 64 : end - i;
-        uint64_t mask = (take == 64 ? ~0ull : ((1ull << take) - 1)) << (i % 64);
-        if (map[i / 64] & mask)
+    uint64_t take;
+    for (uint64_t i = from, end = from + n; i < end; i += take)
+        if (map[i / 64] & word_mask(i, end, &take))
             return true;
-        i += take;
-    }
     return false;
 }
 
 static void bits_set(uint64_t *map, uint64_t from, uint64_t n)
 {
-    for (uint64_t i = from, end = from + n; i < end;) {
-        uint64_t take = 64 - i % 64 < end - i ? 64 - i % 64 : end - i;
-        map[i / 64] |= (take == 64 ? ~0ull : ((1ull << take) - 1)) << (i % 64);
-        i += take;
-    }
+    uint64_t take;
+    for (uint64_t i = from, end = from + n; i < end; i += take)
+        map[i / 64] |= word_mask(i, end, &take);
 }
 
 /*
@@ -678,12 +681,8 @@ static int read_chunk(struct nbd_state *s, struct nbd_req *r, uint16_t flags, ui
         uint8_t b[12];
         if ((rc = rd_full(s, b, 12)) < 0)
             return recv_error(s, rc);
-        uint64_t o;
-        uint32_t l;
-        memcpy(&o, b, 8);
-        memcpy(&l, b + 8, 4);
-        o = be64(o);
-        l = be32(l);
+        uint64_t o = get_be64p(b);
+        uint32_t l = get_be32p(b + 8);
         if (!l)
             return reply_error(s, -EPROTO, "hole chunk of 0 bytes at %llu", (unsigned long long)o);
         if (!chunk_inside(r, o, l))
@@ -702,12 +701,7 @@ static int read_chunk(struct nbd_state *s, struct nbd_req *r, uint16_t flags, ui
         uint8_t b[12];
         if ((rc = rd_full(s, b, 12)) < 0)
             return recv_error(s, rc);
-        uint32_t id, l, f;
-        memcpy(&id, b, 4);
-        memcpy(&l, b + 4, 4);
-        memcpy(&f, b + 8, 4);
-        id = be32(id);
-        l = be32(l);
+        uint32_t id = get_be32p(b), l = get_be32p(b + 4);
         if (id != s->info.meta_id)
             return reply_error(s, -EPROTO, "block status chunk for context %u, not the negotiated %u", id,
                                s->info.meta_id);
@@ -718,7 +712,7 @@ static int read_chunk(struct nbd_state *s, struct nbd_req *r, uint16_t flags, ui
         if (!l)
             return reply_error(s, -EPROTO, "block status extent of 0 bytes at %llu", (unsigned long long)r->off);
         r->bs_len = l;
-        r->bs_flags = be32(f);
+        r->bs_flags = get_be32p(b + 8);
         r->bs_got = true;
         if ((rc = skip_bytes(s, len - 12)) < 0)
             return recv_error(s, rc);
@@ -737,12 +731,8 @@ static int read_chunk(struct nbd_state *s, struct nbd_req *r, uint16_t flags, ui
         return reply_error(s, -EPROTO, "error chunk (type 0x%x) of %u bytes, too short for an error", type, len);
     if ((rc = rd_full(s, b, 6)) < 0)
         return recv_error(s, rc);
-    uint32_t e;
-    uint16_t msg_len;
-    memcpy(&e, b, 4);
-    memcpy(&msg_len, b + 4, 2);
-    e = be32(e);
-    msg_len = be16(msg_len);
+    uint32_t e = get_be32p(b);
+    uint16_t msg_len = get_be16p(b + 4);
     if (!e)
         return reply_error(s, -EPROTO, "error chunk (type 0x%x) with error 0", type);
     if (msg_len > len - 6)
