@@ -417,9 +417,42 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
     batch_slice(true);
 }
 
+/* conn_recv's busy-poll before a wait for request bytes (see NBD_POLL_NS):
+ * when it began (0: not yet for this request; non-zero also when the wait
+ * came at once: the client made us wait), when it ends (0: no window
+ * open), the loop's bound it was opened under, and whether the wait that
+ * follows resizes the connection's window. */
+struct recv_spin {
+    uint64_t start, until, bound;
+    bool adapt;
+};
+
+/* Opens a spin window: the loop's bound now (qom-set poll-max-ns on its
+ * iothread applies from the next wait on) clamps the connection's window.
+ * Large transfers in flight use other threads (and are few): no spinning
+ * against them, and their waits say nothing of how soon the client
+ * answers. True: spin until s->until; false: no window, the caller waits
+ * at once (the clock is read only for a window that can grow back,
+ * poll-max-ns > 0). */
+static bool spin_begin(struct nbd_conn *c, struct recv_spin *s)
+{
+    s->bound = vbd_loop_poll_max_ns(vbd_loop_current());
+    if (c->poll_ns > s->bound)
+        c->poll_ns = s->bound;
+    s->adapt = c->inflight_bytes < NBD_POLL_MAX_INFLIGHT;
+    if (s->adapt && c->poll_ns) {
+        s->start = vbd_clock_ns();
+        s->until = s->start + c->poll_ns;
+        return true;
+    }
+    s->adapt = s->adapt && s->bound;
+    s->start = s->adapt ? vbd_clock_ns() : 1;
+    return false;
+}
+
 /* The busy-poll ran out (or was off): wait for request bytes, then size
  * the next window from when they came, counted from the spin's start,
- * against bound, the loop's poll-max-ns (see NBD_POLL_NS). With ~1 us
+ * against its bound, the loop's poll-max-ns (see NBD_POLL_NS). With ~1 us
  * syscalls (a PVM guest, or bench/syscall-tax) fio's next request came
  * 45-55 us after the spin began (its own send/poll/recv cost that much
  * more), so a fixed 32 us window expired before 85-95 % of requests and
@@ -429,24 +462,36 @@ static void batch_count(struct nbd_conn *c, const struct nbd_req *r)
  * and TCP) at about the same CPU per request. A client that pauses longer
  * than the bound shrinks the window to nothing, and the server sleeps at
  * once. */
-static ssize_t recv_after_spin(struct nbd_conn *c, uint64_t spin_start, uint64_t bound, bool adapt, bool idle)
+static ssize_t recv_after_spin(struct nbd_conn *c, const struct recv_spin *s, bool idle)
 {
     /* nothing of the next header has come: the wait may be cut short by a
      * node move (nbd_export_node_moved), -ECANCELED */
     struct vbd_poll_wait *w = idle && !c->rlen ? &c->idle_wait : NULL;
     ssize_t r = vbd_co_recv_wait(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, w);
-    if (r <= 0 || !adapt)
+    if (r <= 0 || !s->adapt)
         return r;
-    uint64_t waited = vbd_clock_ns() - spin_start;
-    if (waited > bound)
+    uint64_t waited = vbd_clock_ns() - s->start;
+    if (waited > s->bound)
         c->poll_ns = c->poll_ns >= 2 * NBD_POLL_GROW_NS ? c->poll_ns / 2 : 0;
     else if (c->poll_ns < NBD_POLL_GROW_NS)
         c->poll_ns = NBD_POLL_GROW_NS;
     else
-        c->poll_ns = c->poll_ns < bound / 2 ? c->poll_ns * 2 : bound;
-    if (c->poll_ns > bound)
-        c->poll_ns = bound;
+        c->poll_ns = c->poll_ns < s->bound / 2 ? c->poll_ns * 2 : s->bound;
+    if (c->poll_ns > s->bound)
+        c->poll_ns = s->bound;
     return r;
+}
+
+/* A read's or a wait's result into the read-ahead buffer: its bytes kept;
+ * none (the client closed) or an error end the connection. */
+static int readahead_got(struct nbd_conn *c, ssize_t r)
+{
+    if (r < 0)
+        return (int)r;
+    if (r == 0)
+        return -ECONNRESET;
+    c->rlen += (size_t)r;
+    return 0;
 }
 
 /* Request bytes: from the read-ahead buffer; large payloads straight into
@@ -490,8 +535,8 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
             batch_stop(c);
         return vbd_co_recv_full(c->ch.fd, dst, len);
     }
-    uint64_t spin_start = 0, spin_until = 0, spin_bound = 0;
-    bool adapt = false, idle = header && !take; /* no byte of this request read yet */
+    struct recv_spin spin = {0};
+    bool idle = header && !take; /* no byte of this request read yet */
     /* Requests just read run first, and their replies leave, before the
      * socket is asked for more: a request runs on the loop's next pass,
      * the flusher that sends its reply on the one after. Reading first put
@@ -523,84 +568,61 @@ static int conn_recv(struct nbd_conn *c, void *dst, size_t len, bool header)
          * socket's state without its lock: a failing recv(2) takes the lock
          * the client's packets are delivered under (on TCP from the
          * client's CPU), and the spins slowed the client's sends. */
-        if (spin_until) {
+        if (spin.until) {
             struct pollfd p = {.fd = c->ch.fd, .events = POLLIN};
             if (poll(&p, 1, 0) == 0) {
-                if (vbd_clock_ns() < spin_until) {
+                if (vbd_clock_ns() < spin.until) {
                     vbd_co_wake(vbd_co_self()); /* let the replies and other requests run first */
                     vbd_co_yield();
                     continue;
                 }
-                ssize_t r = recv_after_spin(c, spin_start, spin_bound, adapt, idle);
-                if (r < 0)
-                    return (int)r;
-                if (r == 0)
-                    return -ECONNRESET;
-                c->rlen += (size_t)r;
-                spin_until = 0;
+                int rc = readahead_got(c, recv_after_spin(c, &spin, idle));
+                if (rc < 0)
+                    return rc;
+                spin.until = 0;
                 continue;
             }
         }
         /* A client that made us wait for its last request (QD1) has not
          * sent the next one yet when its reply has only just left: no
          * failing recv(2) first. With a spin window the spin starts at
-         * once; with none the receive is the wait (one io_uring recv;
-         * the clock is read only for a window that can grow back,
-         * poll-max-ns > 0). */
-        if (!spin_start && header && c->client_waited) {
-            spin_bound = vbd_loop_poll_max_ns(vbd_loop_current());
-            if (c->poll_ns > spin_bound)
-                c->poll_ns = spin_bound;
-            adapt = c->inflight_bytes < NBD_POLL_MAX_INFLIGHT;
-            if (adapt && c->poll_ns) {
-                spin_start = vbd_clock_ns();
-                spin_until = spin_start + c->poll_ns;
+         * once; with none the receive is the wait (one io_uring recv). */
+        if (!spin.start && header && c->client_waited) {
+            if (spin_begin(c, &spin))
                 continue;
-            }
-            adapt = adapt && spin_bound;
-            spin_start = adapt ? vbd_clock_ns() : 1; /* non-zero: the client made us wait */
-            ssize_t r = recv_after_spin(c, spin_start, spin_bound, adapt, idle);
-            if (r < 0)
-                return (int)r;
-            if (r == 0)
-                return -ECONNRESET;
-            c->rlen += (size_t)r;
+            int rc = readahead_got(c, recv_after_spin(c, &spin, idle));
+            if (rc < 0)
+                return rc;
             continue;
         }
         ssize_t r = recv(c->ch.fd, c->rbuf + c->rlen, NBD_RBUF - c->rlen, MSG_DONTWAIT);
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            uint64_t now = vbd_clock_ns();
-            if (!spin_until) {
-                /* large transfers in flight use other threads (and are few):
-                 * no spinning against them, and their waits say nothing of
-                 * how soon the client answers */
-                adapt = c->inflight_bytes < NBD_POLL_MAX_INFLIGHT;
-                /* the loop's bound now (qom-set poll-max-ns on its iothread
-                 * applies from the next wait on) */
-                spin_bound = vbd_loop_poll_max_ns(vbd_loop_current());
-                if (c->poll_ns > spin_bound)
-                    c->poll_ns = spin_bound;
-                spin_start = now;
-                spin_until = now + (adapt ? c->poll_ns : 0);
-            }
-            if (now < spin_until) {
+            if (!spin.until) {
+                if (spin_begin(c, &spin)) {
+                    vbd_co_wake(vbd_co_self());
+                    vbd_co_yield();
+                    continue;
+                }
+                /* no window: spent at once, so a wait that brings part of
+                 * the request is followed by poll(2) and another wait,
+                 * timed from this start */
+                spin.until = spin.start;
+            } else if (vbd_clock_ns() < spin.until) {
                 vbd_co_wake(vbd_co_self());
                 vbd_co_yield();
                 continue;
             }
-            r = recv_after_spin(c, spin_start, spin_bound, adapt, idle);
+            r = recv_after_spin(c, &spin, idle);
         } else if (r < 0 && errno != EINTR) {
             r = -errno;
         } else if (r < 0) {
             continue;
         }
-        if (r < 0)
-            return (int)r;
-        if (r == 0)
-            return -ECONNRESET;
-        c->rlen += (size_t)r;
+        int rc = readahead_got(c, r);
+        if (rc < 0)
+            return rc;
     }
-    c->client_waited = spin_start != 0;
+    c->client_waited = spin.start != 0; /* non-zero: the client made us wait */
     memcpy(dst, c->rbuf, len);
     c->rpos = len;
     return 0;
