@@ -57,7 +57,7 @@ int vbd_co_commit_layers(struct vbd_node *const *layers, int nlayers, struct vbd
     if (vbd_node_size(base) < size && (rc = vbd_node_co_truncate(base, size, false, VBD_PREALLOC_OFF, err)) < 0)
         return rc;
     imageops_add_total(ctl, size);
-    uint8_t *buf = vbd_alloc_transfer_buffer(o.chunk_size);
+    uint8_t *buf = vbd_alloc_aligned(4096, o.chunk_size);
     uint64_t *runs = imageops_runs_new(&o);
     for (uint64_t off = 0; off < size && rc == 0;) {
         uint64_t step = size - off;
@@ -67,7 +67,7 @@ int vbd_co_commit_layers(struct vbd_node *const *layers, int nlayers, struct vbd
         off += step;
     }
     free(runs);
-    vbd_free_transfer_buffer(buf, o.chunk_size);
+    free(buf);
     return rc;
 }
 

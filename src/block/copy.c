@@ -224,10 +224,10 @@ int vbd_co_copy_range(struct vbd_node *src, struct vbd_node *dst, uint64_t off, 
         return -EINVAL;
     }
     imageops_add_total(ctl, bytes);
-    uint8_t *buf = vbd_alloc_transfer_buffer(o.chunk_size);
+    uint8_t *buf = vbd_alloc_aligned(4096, o.chunk_size);
     uint64_t *runs = imageops_runs_new(&o);
     rc = imageops_copy(src, dst, off, bytes, buf, runs, &o, ctl, err);
     free(runs);
-    vbd_free_transfer_buffer(buf, o.chunk_size);
+    free(buf);
     return rc;
 }

@@ -69,8 +69,8 @@ int vbd_co_rebase_safe(struct vbd_node *node, struct vbd_node *old_backing, stru
         return rc;
     uint64_t size = vbd_node_size(node);
     imageops_add_total(ctl, size);
-    uint8_t *old_buf = vbd_alloc_transfer_buffer(o.chunk_size);
-    uint8_t *new_buf = vbd_alloc_transfer_buffer(o.chunk_size);
+    uint8_t *old_buf = vbd_alloc_aligned(4096, o.chunk_size);
+    uint8_t *new_buf = vbd_alloc_aligned(4096, o.chunk_size);
     uint64_t *runs = imageops_runs_new(&o);
     for (uint64_t off = 0; off < size && rc == 0;) {
         uint64_t pnum = 0, written = 0;
@@ -90,7 +90,7 @@ int vbd_co_rebase_safe(struct vbd_node *node, struct vbd_node *old_backing, stru
         off += pnum;
     }
     free(runs);
-    vbd_free_transfer_buffer(old_buf, o.chunk_size);
-    vbd_free_transfer_buffer(new_buf, o.chunk_size);
+    free(old_buf);
+    free(new_buf);
     return rc;
 }

@@ -98,7 +98,7 @@ int verb_dd(int argc, char **argv)
     dst = tool_open(out, out_fmt, false, VBD_OPEN_RDWR, NULL, NULL);
     if (!dst)
         goto done;
-    buf = vbd_alloc_transfer_buffer((size_t)bs);
+    buf = vbd_alloc_aligned(4096, (size_t)bs);
     for (uint64_t pos = 0; pos < len;) {
         uint64_t l = len - pos < (uint64_t)bs ? len - pos : (uint64_t)bs;
         int r = vbd_node_co_pread(src, start + pos, buf, l);
@@ -113,7 +113,7 @@ int verb_dd(int argc, char **argv)
     rc = vbd_node_co_flush(dst) < 0;
 done:
     json_object_put(o);
-    vbd_free_transfer_buffer(buf, (size_t)bs);
+    free(buf);
     if (dst)
         vbd_node_unref(dst);
     vbd_node_unref(src);
