@@ -20,6 +20,7 @@
 #include "daemon/objects.h"
 #include "vbd/alloc.h"
 #include "vbd/error.h"
+#include "vbd/iov.h"
 #include "vbd/qmp.h"
 
 #include <errno.h>
@@ -96,7 +97,7 @@ static int commit_run(struct vbd_job *job, struct vbd_error **err)
     }
     if (c->active)
         return job_mirror_run(c->mirror);
-    c->buf = vbd_alloc_aligned(4096, JOB_CHUNK);
+    c->buf = vbd_alloc_transfer_buffer(JOB_CHUNK);
     int rc = commit_pass(job);
     if (rc == 0 && c->ignored)
         rc = c->ignored;
@@ -205,7 +206,7 @@ static void commit_free(struct vbd_job *job)
     job_mirror_free(c->mirror);
     job_filter_co_remove(&c->filter);
     release_nodes(c);
-    free(c->buf);
+    vbd_free_transfer_buffer(c->buf, JOB_CHUNK);
     free(c);
 }
 

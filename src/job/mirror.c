@@ -33,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #define MIRROR_MAX_CHUNK (1024 * 1024)
 #define MIRROR_MAX_INFLIGHT 16
@@ -77,8 +76,7 @@ struct job_mirror {
     int nslots, inflight;
     uint64_t inflight_bytes;
     struct slot *slots;
-    uint8_t *bufs;     /* the slots' buffers, one region */
-    size_t bufs_len;   /* its length when mmap'd, 0 when from the heap */
+    uint8_t *bufs;     /* the slots' buffers, one region (bufs_len) */
     int writes;                    /* background copy writes in flight */
     struct vbd_co_queue write_wait; /* copies waiting for a write turn */
     bool write_blocking;
@@ -489,39 +487,15 @@ void job_mirror_stop_tracking(struct job_mirror *m)
     m->tracker = NULL;
 }
 
-/*
- * The slots' buffers in one region of transparent huge pages when the
- * kernel gives them: a 1 MiB O_DIRECT request from 4 KiB pages scattered
- * in memory has up to 256 segments and a virtio disk (max_segments 254)
- * splits it in two; from a huge page it is one segment, one request.
- */
-#define HUGE_PAGE (2u << 20)
 /* every slot's buffer 4 KiB-aligned for O_DIRECT, whatever the granularity */
 static size_t slot_stride(const struct job_mirror *m) { return ((size_t)m->chunk + 4095) & ~(size_t)4095; }
 
-static void alloc_bufs(struct job_mirror *m)
-{
-    size_t len = (size_t)m->nslots * slot_stride(m);
-    if (len >= HUGE_PAGE) {
-        size_t map = len + HUGE_PAGE;
-        uint8_t *p = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p != MAP_FAILED) {
-            /* trimmed to a huge page boundary at both ends */
-            uint8_t *a = (uint8_t *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-            size_t alen = (len + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
-            if (a > p)
-                munmap(p, (size_t)(a - p));
-            if (p + map > a + alen)
-                munmap(a + alen, (size_t)(p + map - (a + alen)));
-            (void)madvise(a, alen, MADV_HUGEPAGE); /* a hint: small pages work too */
-            m->bufs = a;
-            m->bufs_len = alen;
-            return;
-        }
-    }
-    m->bufs = vbd_alloc_aligned(4096, len);
-    m->bufs_len = 0;
-}
+/* The slots' buffers in one region of transparent huge pages
+ * (vbd_alloc_transfer_buffer): a 1 MiB O_DIRECT request from 4 KiB pages
+ * scattered in memory has up to 256 segments and a virtio disk
+ * (max_segments 254) splits it in two; from a huge page it is one segment,
+ * one request. */
+static size_t bufs_len(const struct job_mirror *m) { return (size_t)m->nslots * slot_stride(m); }
 
 struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_opts *o)
 {
@@ -546,7 +520,7 @@ struct job_mirror *job_mirror_new(struct vbd_job *job, const struct job_mirror_o
     if (m->nslots > MIRROR_MAX_INFLIGHT)
         m->nslots = MIRROR_MAX_INFLIGHT;
     m->slots = vbd_xcalloc((size_t)m->nslots, sizeof(*m->slots));
-    alloc_bufs(m);
+    m->bufs = vbd_alloc_transfer_buffer(bufs_len(m));
     for (int i = 0; i < m->nslots; i++) {
         m->slots[i].m = m;
         m->slots[i].buf = m->bufs + (size_t)i * slot_stride(m);
@@ -569,10 +543,7 @@ void job_mirror_free(struct job_mirror *m)
         m->spare = a->next;
         free(a);
     }
-    if (m->bufs_len)
-        munmap(m->bufs, m->bufs_len);
-    else
-        free(m->bufs);
+    vbd_free_transfer_buffer(m->bufs, bufs_len(m));
     free(m->slots);
     free(m);
 }

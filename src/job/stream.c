@@ -13,6 +13,7 @@
 #include "daemon/objects.h"
 #include "vbd/alloc.h"
 #include "vbd/error.h"
+#include "vbd/iov.h"
 #include "vbd/qmp.h"
 
 #include <errno.h>
@@ -36,7 +37,7 @@ static int stream_run(struct vbd_job *job, struct vbd_error **err)
     job->ctl.total = len;
     if (top->backing == s->base)
         return 0;
-    uint8_t *buf = vbd_alloc_aligned(4096, JOB_CHUNK);
+    uint8_t *buf = vbd_alloc_transfer_buffer(JOB_CHUNK);
     int rc = 0, ignored = 0;
     for (uint64_t off = 0; off < len;) {
         if (vbd_job_is_cancelled(job)) {
@@ -97,7 +98,7 @@ static int stream_run(struct vbd_job *job, struct vbd_error **err)
         job->ctl.current += n;
         vbd_job_ratelimit(job, copy ? n : 0);
     }
-    free(buf);
+    vbd_free_transfer_buffer(buf, JOB_CHUNK);
     if (rc == 0 && ignored)
         rc = ignored;
     if (rc == 0)

@@ -26,6 +26,7 @@
 #include "vbd/alloc.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
+#include "vbd/iov.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
 
@@ -37,7 +38,9 @@
 #include <string.h>
 
 #define CBW_MAX_COPY (1u << 20) /* bytes claimed and copied in one step */
-#define CBW_SPARE_BUFS 16       /* copy buffers kept for reuse: a fresh 1 MiB buffer is 256 page faults */
+/* Copy buffers in the pool, made at the first copy: a fresh 1 MiB buffer
+ * is 256 page faults. */
+#define CBW_POOL_BUFS 16
 
 struct span {
     uint64_t start, end;
@@ -58,10 +61,20 @@ struct vbd_cbw {
     struct vbd_loop *loop;
     uint64_t timeout_ns; /* a guest write's copy: 0 = no limit */
     int background;      /* copies that outlived their timeout, still running */
-    void *spare[CBW_SPARE_BUFS]; /* buffers of buf_size bytes, reused by the copies */
+    /* The copies' buffers: CBW_POOL_BUFS of buf_size bytes in one region
+     * of 2 MiB transparent huge pages (vbd_alloc_transfer_buffer). On a
+     * virtio disk an O_DIRECT request is one descriptor per physically
+     * contiguous run of its buffer: a 1 MiB copy from 4 KiB pages was 256
+     * of them (the host serves each on its own), from a huge page it is
+     * one. A copy beyond the pool's takes a buffer of its own. */
+    uint8_t *pool;
+    void *spare[CBW_POOL_BUFS]; /* the pool's buffers not in use */
     int nspare;
     size_t buf_size;
 };
+
+/* The pool's buffers start 4 KiB apart (O_DIRECT's alignment). */
+static size_t pool_stride(const struct vbd_cbw *c) { return (c->buf_size + 4095) & ~(size_t)4095; }
 
 static bool todo(const struct vbd_cbw *c, uint64_t i) { return c->todo[i / 64] >> (i % 64) & 1; }
 
@@ -148,8 +161,7 @@ void vbd_cbw_free(struct vbd_cbw *c)
     /* a copy that outlived its cbw-timeout may still run when the daemon
      * closes its nodes at exit, outside any coroutine */
     vbd_co_run_sync(wait_idle, c);
-    while (c->nspare)
-        free(c->spare[--c->nspare]);
+    vbd_free_transfer_buffer(c->pool, CBW_POOL_BUFS * pool_stride(c));
     free(c->todo);
     free(c);
 }
@@ -198,6 +210,33 @@ void vbd_cbw_forget(struct vbd_cbw *c, uint64_t off, uint64_t bytes)
         set_todo(c, i, false);
 }
 
+/* A buffer for a copy of len bytes (at most buf_size: copy_clusters'
+ * steps), from the pool when it has one: the pool's are 4 KiB-aligned,
+ * enough for a source that asks no more. */
+static void *copy_buf_get(struct vbd_cbw *c, uint64_t len)
+{
+    size_t align = c->source->bl.min_mem_alignment > 4096 ? c->source->bl.min_mem_alignment : 4096;
+    if (align == 4096 && len <= c->buf_size) {
+        if (!c->pool) {
+            c->pool = vbd_alloc_transfer_buffer(CBW_POOL_BUFS * pool_stride(c));
+            for (int i = CBW_POOL_BUFS; i-- > 0;)
+                c->spare[c->nspare++] = c->pool + (size_t)i * pool_stride(c);
+        }
+        if (c->nspare)
+            return c->spare[--c->nspare];
+    }
+    return vbd_alloc_aligned(align, c->buf_size);
+}
+
+static void copy_buf_put(struct vbd_cbw *c, void *buf)
+{
+    uint8_t *b = buf;
+    if (c->pool && b >= c->pool && b < c->pool + CBW_POOL_BUFS * pool_stride(c))
+        c->spare[c->nspare++] = buf;
+    else
+        free(buf);
+}
+
 /* Copy one claimed span whose status st (for pnum bytes) the caller
  * looked up: zeroes as zeroes, the rest read and written. */
 static int copy_span(struct vbd_cbw *c, uint64_t s, uint64_t e, int st, uint64_t pnum, bool *skipped,
@@ -214,10 +253,7 @@ static int copy_span(struct vbd_cbw *c, uint64_t s, uint64_t e, int st, uint64_t
             return vbd_node_co_pwrite_zeroes(c->target, s, e - s, 0);
         }
     }
-    size_t align = c->source->bl.min_mem_alignment > 4096 ? c->source->bl.min_mem_alignment : 4096;
-    /* a step is at most buf_size bytes (copy_clusters); the spares are 4 KiB-aligned */
-    void *buf = c->nspare && align == 4096 && e - s <= c->buf_size ? c->spare[--c->nspare]
-                                                                    : vbd_alloc_aligned(align, c->buf_size);
+    void *buf = copy_buf_get(c, e - s);
     int rc = vbd_node_co_pread(c->source, s, buf, e - s);
     c->last_err_read = rc < 0;
     if (rc == 0 && c->compress) {
@@ -228,10 +264,7 @@ static int copy_span(struct vbd_cbw *c, uint64_t s, uint64_t e, int st, uint64_t
     } else if (rc == 0) {
         rc = vbd_node_co_pwrite(c->target, s, buf, e - s, 0);
     }
-    if (c->nspare < CBW_SPARE_BUFS && align == 4096)
-        c->spare[c->nspare++] = buf;
-    else
-        free(buf);
+    copy_buf_put(c, buf);
     return rc;
 }
 
