@@ -225,7 +225,8 @@ enum vbd_driver_kind { VBD_DRV_PROTOCOL, VBD_DRV_FORMAT, VBD_DRV_FILTER };
  * I/O on its own loop's io_uring, and concurrently with the home-loop calls
  * above. What those calls touch must be immutable after open, atomic, or
  * under a lock never held across a yield (file: the size through
- * vbd_node_size/vbd_node_set_size, its extent cache atomic; raw: immutable).
+ * vbd_node_size/vbd_node_set_size, its extent cache atomic; raw: its window
+ * changes only by blockdev-reopen, with every request drained).
  * The capability is a promise about the driver's own state only: a backend
  * runs its requests on the caller's loop only if every node below its root
  * is multi-loop too (raw over qcow2 hops to qcow2's home loop in io.c).
@@ -473,6 +474,10 @@ struct vbd_node {
     struct vbd_loop *home_loop;            /* driver calls run there (atomic: vbd_node_home_loop) */
     struct vbd_node *next_named;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
+    /* The options a monitor gave the node (blockdev-add, --blockdev, then
+     * each blockdev-reopen: QEMU's bs->explicit_options), NULL if none did:
+     * what a reopen compares with and may not leave out. vbd-daemon's. */
+    struct json_object *given_options;
     uint64_t write_threshold;    /* block-set-write-threshold; 0 = off (atomic: checked by writes on any loop) */
     struct vbd_write_hook *write_hook; /* the block jobs watching writes: a list (atomic; NULL: none) */
     struct vbd_dirty_bitmap *dirty_bitmaps; /* in-memory bitmaps (vbd/dirty-bitmap.h; atomic head) */

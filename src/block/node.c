@@ -144,6 +144,7 @@ void vbd_node_unref(struct vbd_node *n)
     vbd_node_unref(n->backing);
     release_file(n);
     json_object_put(n->options);
+    json_object_put(n->given_options);
     pthread_mutex_destroy(&n->reqs_lock);
     free(n->opaque);
     free(n);

@@ -209,9 +209,14 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
         json_object_put(opts);
         return -EINVAL;
     }
+    struct json_object *given = NULL;
+    json_object_deep_copy(opts, &given, NULL); /* the open takes from opts */
     struct vbd_node *n = vbd_open(NULL, opts, VBD_OPEN_RDWR, err);
-    if (!n)
+    if (!n) {
+        json_object_put(given);
         return -EINVAL;
+    }
+    vbd_qmp_node_given_options(n, given);
     vbd_daemon_node_add(n);
     return 0;
 }

@@ -4,12 +4,18 @@
  * {"options": [BlockdevOptions, ...]}. Each entry gives a node's options
  * in full, as blockdev-add did, and an option left out goes back to its
  * default (QEMU's keep_old_opts=false: detect-zeroes off, cache.direct and
- * cache.no-flush off; discard stays as it is). What changes: read-only,
- * cache.no-flush, cache.direct (of a file node: O_DIRECT on or off and the
- * request alignment that goes with it, the driver's reopen_direct),
- * discard, detect-zeroes, backing (null drops it, a node name attaches
- * that node) and what a driver's reopen_prepare takes (a throttle node's
- * throttle-group). Everything else must stay as it is, in QEMU's words.
+ * cache.no-flush off; discard stays as it is; a raw node's window the
+ * whole file) where the driver can; one the node was given (blockdev-add,
+ * --blockdev, the last reopen: n->given_options) that it cannot is
+ * refused, "Option 'X' cannot be reset to its default value" (QEMU's
+ * bdrv_reset_options_allowed). What changes: read-only, cache.no-flush,
+ * cache.direct (of a file node: O_DIRECT on or off and the request
+ * alignment that goes with it, the driver's reopen_direct), discard,
+ * detect-zeroes, backing (null drops it, a node name attaches that node)
+ * and what a driver's reopen_prepare takes (a throttle node's
+ * throttle-group, a raw node's offset and size). Everything else must be
+ * given as the node was given it, in QEMU's words; the drivers QEMU cannot
+ * reopen refuse every entry.
  *
  * All or nothing, as QEMU's reopen queue: every entry is checked and its
  * driver's change staged before any node changes; then every export over
@@ -137,6 +143,38 @@ static bool check_backing(struct json_object *val, struct reopen_entry *re, stru
     return true;
 }
 
+/* Is val the node-name of one of n's children? */
+static bool names_child(struct vbd_node *n, struct json_object *val)
+{
+    if (!json_object_is_type(val, json_type_string))
+        return false;
+    const char *v = json_object_get_string(val);
+    if ((n->file && n->file != n && !strcmp(v, n->file->node_name)) || (n->backing && !strcmp(v, n->backing->node_name)))
+        return true;
+    char name[64];
+    struct vbd_node *c;
+    for (int i = 0; n->drv->child_at && (c = n->drv->child_at(n, i, name, sizeof(name))); i++)
+        if (!strcmp(v, c->node_name))
+            return true;
+    return false;
+}
+
+/* A value a monitor gave (given) and one an entry gives: equal as QEMU's
+ * typed options compare. --blockdev's keyval gave strings ("on", "4096")
+ * where QMP gives JSON types: those compare by their text. */
+static bool same_value(struct json_object *given, struct json_object *val)
+{
+    if (json_object_equal(given, val))
+        return true;
+    if (!json_object_is_type(given, json_type_string) || json_object_is_type(val, json_type_string))
+        return false;
+    const char *s = json_object_get_string(given);
+    if (json_object_is_type(val, json_type_boolean))
+        return !strcmp(s, json_object_get_boolean(val) ? "on" : "off");
+    return (json_object_is_type(val, json_type_int) || json_object_is_type(val, json_type_double)) &&
+           !strcmp(s, json_object_get_string(val));
+}
+
 /* The generic options (QEMU's bdrv_runtime_opts); the rest goes to *rest. */
 static bool check_generic(struct json_object *o, struct reopen_entry *re, struct json_object *rest,
                           struct vbd_qmp_error *err)
@@ -181,10 +219,10 @@ static bool check_generic(struct json_object *o, struct reopen_entry *re, struct
                 i++;
             re->detect_zeroes = (uint8_t)i; /* the schema check let only the three names through */
         } else if (!strcmp(key, "force-share")) {
-            if (json_object_get_boolean(val) != ((n->open_flags & VBD_OPEN_FORCE_SHARE) != 0)) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change the option 'force-share'");
-                return false;
-            }
+            /* QEMU 7.2 puts it back among the options as text and compares
+             * that with the boolean the node was given: never the same */
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Cannot change the option 'force-share'");
+            return false;
         } else {
             json_object_object_add(rest, key, json_object_get(val));
         }
@@ -220,6 +258,134 @@ static bool check_generic(struct json_object *o, struct reopen_entry *re, struct
     return true;
 }
 
+/* QEMU's option names common to every driver (bdrv_reset_options_allowed):
+ * an entry may leave them out, they go back to their defaults. */
+static const char *const common_options[] = {"node-name",      "discard",   "cache.direct", "cache.no-flush",
+                                             "read-only",      "auto-read-only", "detect-zeroes", NULL};
+
+/* The options QEMU 7.2's drivers change on a reopen (their mutable_opts):
+ * left out, they go back to their defaults too. */
+static const char *const qcow2_mutable[] = {
+    "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "overlap-check",
+    "overlap-check.template", "overlap-check.main-header", "overlap-check.active-l1", "overlap-check.active-l2",
+    "overlap-check.refcount-table", "overlap-check.refcount-block", "overlap-check.snapshot-table",
+    "overlap-check.inactive-l1", "overlap-check.inactive-l2", "overlap-check.bitmap-directory", "cache-size",
+    "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval", NULL};
+static const char *const file_mutable[] = {"x-check-cache-dropped", NULL};
+/* QEMU 7.2's drivers without bdrv_reopen_prepare, of those vbd has */
+static const char *const not_reopened[] = {"parallels", "quorum", "copy-before-write", "snapshot-access",
+                                           "copy-on-read", NULL};
+static const char *const raw_mutable[] = {"offset", "size", NULL};
+static const struct {
+    const char *driver;
+    const char *const *keys;
+} mutable_options[] = {
+    {"qcow2", qcow2_mutable}, {"file", file_mutable}, {"host_device", file_mutable}, {"raw", raw_mutable},
+};
+
+static bool in_list(const char *key, const char *const *list)
+{
+    for (; list && *list; list++)
+        if (!strcmp(key, *list))
+            return true;
+    return false;
+}
+
+static bool driver_mutable(const struct vbd_node *n, const char *key)
+{
+    for (size_t i = 0; i < sizeof(mutable_options) / sizeof(mutable_options[0]); i++)
+        if (!strcmp(n->drv->name, mutable_options[i].driver))
+            return in_list(key, mutable_options[i].keys);
+    return false;
+}
+
+/* Options as QEMU's qdict_flatten has them: {"cache": {"direct": true}}
+ * is "cache.direct", a list's elements "children.0", ... */
+static void flatten(struct json_object *o, const char *prefix, struct json_object *out)
+{
+    char key[512];
+    if (json_object_is_type(o, json_type_array)) {
+        for (size_t i = 0; i < json_object_array_length(o); i++) {
+            snprintf(key, sizeof(key), "%s.%zu", prefix, i);
+            struct json_object *v = json_object_array_get_idx(o, i);
+            if (json_object_is_type(v, json_type_object) || json_object_is_type(v, json_type_array))
+                flatten(v, key, out);
+            else
+                json_object_object_add(out, key, json_object_get(v));
+        }
+        return;
+    }
+    json_object_object_foreach(o, k, v)
+    {
+        snprintf(key, sizeof(key), "%s%s%s", prefix, *prefix ? "." : "", k);
+        if (json_object_is_type(v, json_type_object) || json_object_is_type(v, json_type_array))
+            flatten(v, key, out);
+        else
+            json_object_object_add(out, key, json_object_get(v));
+    }
+}
+
+/* Is key one of n's children ("file", "backing", a driver's child_at
+ * names) or below one? QEMU drops those from a node's options once open. */
+static bool under(const char *key, const char *name)
+{
+    size_t len = strlen(name);
+    return !strncmp(key, name, len) && (key[len] == 0 || key[len] == '.');
+}
+
+static bool child_key(struct vbd_node *n, const char *key)
+{
+    if (under(key, "file") || under(key, "backing"))
+        return true;
+    char name[64];
+    for (int i = 0; n->drv->child_at && n->drv->child_at(n, i, name, sizeof(name)); i++)
+        if (under(key, name))
+            return true;
+    return false;
+}
+
+/* QEMU names the first option it finds in its QDict, whose iteration goes
+ * by the bucket of each key's hash (tdb_hash modulo 512 buckets). */
+static unsigned qdict_bucket(const char *key)
+{
+    unsigned v = 0x238F13AFu * (unsigned)strlen(key);
+    for (unsigned i = 0; key[i]; i++)
+        v += (unsigned)(unsigned char)key[i] << (i * 5 % 24);
+    return (1103515243u * v + 12345u) % 512u;
+}
+
+/* An entry leaves out an option the node was given that its driver cannot
+ * set back to its default (QEMU's bdrv_reset_options_allowed). */
+static bool check_resets(struct json_object *o, struct reopen_entry *re, struct vbd_qmp_error *err)
+{
+    struct vbd_node *n = re->n;
+    if (in_list(n->drv->name, not_reopened)) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block format '%s' used by node '%s' does not support reopening files",
+                           n->drv->name, n->node_name);
+        return false;
+    }
+    if (!n->given_options)
+        return true; /* no monitor described the node */
+    struct json_object *old = json_object_new_object(), *now = json_object_new_object();
+    flatten(n->given_options, "", old);
+    flatten(o, "", now);
+    const char *missing = NULL;
+    json_object_object_foreach(old, key, val)
+    {
+        (void)val;
+        if (json_object_object_get_ex(now, key, NULL) || in_list(key, common_options) || child_key(n, key) ||
+            driver_mutable(n, key) || !strcmp(key, "filename"))
+            continue;
+        if (!missing || qdict_bucket(key) < qdict_bucket(missing))
+            missing = key;
+    }
+    if (missing)
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Option '%s' cannot be reset to its default value", missing);
+    json_object_put(old);
+    json_object_put(now);
+    return !missing;
+}
+
 /* The entry's options against the node. Stages the driver's change. */
 static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re, struct vbd_qmp_error *err)
 {
@@ -245,7 +411,7 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
     }
     re->n = n;
     struct json_object *rest = json_object_new_object();
-    bool ok = check_generic(o, re, rest, err);
+    bool ok = check_generic(o, re, rest, err) && check_resets(o, re, err);
     struct vbd_error *e = NULL;
     if (ok && n->drv->reopen_prepare) {
         if (n->drv->reopen_prepare(n, rest, &re->drv_staged, &e) < 0) {
@@ -256,13 +422,22 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
         }
     }
     /* what is left must be as the node has it (QEMU compares with the
-     * node's options; vbd knows the file name) */
-    json_object_object_foreach(rest, key, val)
+     * node's options, flattened: what a monitor gave it; vbd knows the
+     * file name) */
+    struct json_object *flat = json_object_new_object(), *given = json_object_new_object();
+    flatten(rest, "", flat);
+    if (n->given_options)
+        flatten(n->given_options, "", given);
+    json_object_object_foreach(flat, key, val)
     {
         struct json_object *old = NULL;
         if (!ok)
             break;
         if (!strcmp(key, "filename") && !strcmp(json_object_get_string(val), n->filename))
+            continue;
+        if (json_object_object_get_ex(given, key, &old) && same_value(old, val))
+            continue;
+        if (names_child(n, val)) /* QEMU: a child's name for the child it is (blkdebug's image) */
             continue;
         if (n->options && json_object_object_get_ex(n->options, key, &old) && json_object_equal(old, val))
             continue;
@@ -270,6 +445,8 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
         ok = false;
         break;
     }
+    json_object_put(flat);
+    json_object_put(given);
     json_object_put(rest);
     if (!ok)
         return false;
@@ -292,9 +469,15 @@ static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re,
 }
 
 /* Drained, after the read-only switches: what cannot fail. */
-static void commit_entry(struct reopen_entry *re)
+static void commit_entry(struct reopen_entry *re, struct json_object *entry)
 {
     struct vbd_node *n = re->n;
+    /* the entry is the node's whole set of options now (QEMU's commit) */
+    struct json_object *copy = NULL;
+    if (json_object_deep_copy(entry, &copy, NULL) == 0) {
+        json_object_put(n->given_options);
+        n->given_options = copy;
+    }
     n->open_flags = (n->open_flags & ~REOPEN_FLAGS) | re->flags;
     n->detect_zeroes = re->detect_zeroes;
     if (re->change_backing) {
@@ -374,13 +557,37 @@ struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd
         while (ro_done-- > 0)
             vbd_node_co_set_read_only(re[ro_done].n, re[ro_done].was_ro, NULL);
     }
-    if (ok)
-        for (i = 0; i < len; i++)
-            commit_entry(&re[i]);
-    else
+    if (ok) {
+        bool resized = false;
+        for (i = 0; i < len; i++) {
+            uint64_t size = vbd_node_size(re[i].n);
+            commit_entry(&re[i], json_object_array_get_idx(list, i));
+            resized |= vbd_node_size(re[i].n) != size; /* a raw node's window */
+        }
+        if (resized)
+            vbd_qmp_sizes_changed("blockdev-reopen");
+    } else
         abort_entries(re, len);
     for (i = len; i-- > 0;)
         vbd_daemon_drain_end(&re[i].drain);
     free(re);
     return ok ? vbd_qmp_ok() : NULL;
+}
+
+void vbd_qmp_node_given_options(struct vbd_node *n, struct json_object *given)
+{
+    json_object_put(n->given_options);
+    n->given_options = given;
+    /* a child given inline (with its options, not a node name) was given those */
+    static const char *const links[] = {"file", "backing"};
+    for (int i = 0; i < 2; i++) {
+        struct json_object *sub;
+        struct vbd_node *c = i ? n->backing : n->file;
+        if (!c || c == n || !json_object_object_get_ex(given, links[i], &sub) ||
+            !json_object_is_type(sub, json_type_object) || c->given_options)
+            continue;
+        struct json_object *copy = NULL;
+        if (json_object_deep_copy(sub, &copy, NULL) == 0)
+            vbd_qmp_node_given_options(c, copy);
+    }
 }

@@ -419,9 +419,10 @@ struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_
     struct json_object *v;
     bool auto_ro = json_object_object_get_ex(args, "auto-read-only", &v) && json_object_get_boolean(v);
     bool ro = json_object_object_get_ex(args, "read-only", &v) && json_object_get_boolean(v);
-    struct json_object *retry = NULL;
+    struct json_object *retry = NULL, *given = NULL;
     if (auto_ro && !ro)
         json_object_deep_copy(args, &retry, NULL);
+    json_object_deep_copy(args, &given, NULL); /* the open takes from args */
     struct vbd_error *e = NULL;
     struct vbd_node *n = vbd_open(NULL, json_object_get(args), VBD_OPEN_RDWR, &e);
     if (!n && retry && e && (e->code == EACCES || e->code == EROFS || e->code == EPERM)) {
@@ -432,9 +433,11 @@ struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_
     }
     json_object_put(retry);
     if (!n) {
+        json_object_put(given);
         vbd_qmp_error_take(err, e);
         return NULL;
     }
+    vbd_qmp_node_given_options(n, given);
     vbd_daemon_node_add(n);
     return n;
 }
@@ -659,10 +662,18 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
         vbd_qmp_error_take(err, e);
         return NULL;
     }
+    vbd_qmp_sizes_changed("block_resize");
+    vbd_daemon_drain_end(&d);
+    return vbd_qmp_ok();
+}
+
+void vbd_qmp_sizes_changed(const char *cmd)
+{
     /* as SIGHUP: the nodes above see the new size, the exports tell their clients */
+    struct vbd_error *e = NULL;
     for (struct vbd_node *m = vbd_daemon_node_next(NULL); m; m = vbd_daemon_node_next(m)) {
         if (vbd_node_refresh_size(m, &e) < 0) {
-            vbd_warn("block_resize: node '%s': %s", m->node_name, e ? e->msg : "cannot refresh its size");
+            vbd_warn("%s: node '%s': %s", cmd, m->node_name, e ? e->msg : "cannot refresh its size");
             vbd_error_free(e);
             e = NULL;
         }
@@ -670,8 +681,6 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
     for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x; x = x->next)
         if (x->type->resized)
             x->type->resized(x->exp);
-    vbd_daemon_drain_end(&d);
-    return vbd_qmp_ok();
 }
 
 static struct json_object *change_backing_file(struct json_object *args, struct vbd_qmp_error *err)

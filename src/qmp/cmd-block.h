@@ -41,5 +41,14 @@ bool vbd_qmp_node_written_by_export(struct vbd_node *n);
 struct json_object *vbd_qmp_query_named_block_nodes(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *vbd_qmp_query_blockstats(struct json_object *args, struct vbd_qmp_error *err);
 struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd_qmp_error *err);
+/* A node's size changed (block_resize, a raw node's window by
+ * blockdev-reopen), drained: the nodes above see it, the exports tell
+ * their clients. cmd names the command in warnings. */
+void vbd_qmp_sizes_changed(const char *cmd);
+
+/* The options a monitor gave n (blockdev-add, --blockdev: a copy made
+ * before the open took from them; the reference is taken): kept on n, and
+ * on each child they give inline, for blockdev-reopen to compare with. */
+void vbd_qmp_node_given_options(struct vbd_node *n, struct json_object *given);
 
 #endif

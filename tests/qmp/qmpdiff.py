@@ -18,7 +18,8 @@ Script lines ({DIR} is replaced everywhere):
     ! shell command                  run with sh in {DIR}, once per daemon, at
                                      that point (before the daemon starts if it
                                      comes before the first request); must exit 0;
-                                     $QMPDIFF_PID is the daemon's process id
+                                     $QMPDIFF_PID is the daemon's process id,
+                                     $QMPDIFF_HERE this directory
     {"execute": ...}                 a request; its reply is compared
     not json at all                  sent as it is (parse-error tests)
     ?event NAME                      wait (30 s) for event NAME; its data compared
@@ -33,6 +34,11 @@ Script lines ({DIR} is replaced everywhere):
                                      added or swapped)
     > {"execute": ...}               a request sent without waiting for its
                                      reply (quit: the reply comes last, ?end)
+    ?sh shell command                run as '!' (the daemon started); its output
+                                     is the reply, compared exactly ({DIR}
+                                     as "{DIR}"): what the daemons leave
+                                     outside QMP (/proc/locks bytes); a
+                                     non-zero exit is a difference
     ?end NAME... -NAME{"k":"v"}...   read until the daemon closes the
                                      connection: the replies and the events
                                      NAME, in the order they came, compared
@@ -46,7 +52,8 @@ Script lines ({DIR} is replaced everywhere):
     ...  # only: KEY,KEY...           a list (or object) returned: each element
                                      cut down to these keys, then compared as with
                                      exact, in any order (query-named-block-nodes'
-                                     node-name and drv, where the rest differs)
+                                     node-name and drv, where the rest differs;
+                                     "image.virtual-size": a member of a member)
     ...  # exact                     values must be equal too (paths under {DIR}
                                      are compared as "{DIR}/..."); with
                                      QMPDIFF_ERROR_TEXT=1 in the environment,
@@ -71,7 +78,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))  # $QMPDIFF_HERE in '!' and '?sh' lines (lockbytes.py)
+sys.path.insert(0, HERE)
 from qmp import QMP  # noqa: E402
 
 MARK_RE = re.compile(r"\s+#\s*(differs:.*|exact|only:.*)\s*$")
@@ -101,6 +109,10 @@ class Line:
         if self.text.startswith("!"):
             self.kind = "shell"
             self.text = self.text[1:].strip()
+        elif self.text.startswith("?sh "):
+            self.kind = "probe"
+            self.text = self.text[len("?sh"):].strip()
+            self.exact = True
         elif self.text.startswith("?events "):
             self.kind = "events"
             self.text = self.text[len("?events"):].strip()
@@ -155,7 +167,7 @@ class Run:
         return s.replace("{DIR}", self.dir)
 
     def shell(self, ln):
-        env = dict(os.environ, QMPDIFF_PID=str(self.proc.pid) if self.proc else "")
+        env = dict(os.environ, QMPDIFF_PID=str(self.proc.pid) if self.proc else "", QMPDIFF_HERE=HERE)
         # its own process group: a harness stopped meanwhile (SIGTERM, an
         # exception) kills what the command started too, not only its shell
         p = subprocess.Popen(self.sub(ln.text), shell=True, cwd=self.dir, stdout=subprocess.PIPE,
@@ -168,6 +180,21 @@ class Run:
             raise
         if p.returncode != 0:
             raise HarnessError(f"{self.name}: line {ln.no}: '{ln.text}' exited {p.returncode}:\n{out}{err}")
+
+    def probe(self, ln):
+        """A '?sh' line's output as a reply ({DIR} normalized), or why not."""
+        env = dict(os.environ, QMPDIFF_PID=str(self.proc.pid), QMPDIFF_HERE=HERE)
+        p = subprocess.Popen(self.sub(ln.text), shell=True, cwd=self.dir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        try:
+            out, err = p.communicate()
+        except BaseException:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            raise
+        if p.returncode != 0:
+            return f"<'{ln.text}' exited {p.returncode}: {err.strip()[:200]}>"
+        return {"return": self.normalize(out.strip())}
 
     def start(self):
         sock = os.path.join(self.dir, "qmp.sock")
@@ -244,6 +271,8 @@ class Run:
                 elif ln.kind == "end":
                     self.replies[ln.no] = {"sequence": self.until_end(ln.text)}
                     closed = "<connection closed at ?end>"
+                elif ln.kind == "probe":
+                    self.replies[ln.no] = self.probe(ln)
                 elif ln.kind == "send":
                     self.qmp.send_raw(self.sub(ln.text) + "\n")
                 else:
@@ -408,7 +437,14 @@ def project(reply, keys):
     def cut(d):
         if not isinstance(d, dict):
             return d
-        d = {k: d[k] for k in keys if k in d}
+        out = {}
+        for k in keys:  # "image.virtual-size": that member of the object "image"
+            head, _, sub = k.partition(".")
+            if sub and isinstance(d.get(head), dict) and sub in d[head]:
+                out.setdefault(head, {})[sub] = d[head][sub]
+            elif not sub and k in d:
+                out[k] = d[k]
+        d = out
         if str(d.get("node-name", "")).startswith("#"):
             d["node-name"] = "#implicit"  # each daemon numbers its own
         return d
@@ -529,13 +565,13 @@ def compare_runs(script, lines, runs, verbose):
         status = 1
     ndiff = ndeliberate = nsame = 0
     for ln in lines:
-        if ln.kind not in ("request", "event", "events", "end"):
+        if ln.kind not in ("request", "event", "events", "end", "probe"):
             continue
         ra, rb = runs[0].replies.get(ln.no, "<not run>"), runs[1].replies.get(ln.no, "<not run>")
         if ln.only:
             ra, rb = project(ra, ln.only), project(rb, ln.only)
         diffs = compare_replies(ra, rb, ln.exact)
-        label = ln.text if ln.kind == "request" else f"?{ln.kind} {ln.text}"
+        label = ln.text if ln.kind == "request" else f"?sh {ln.text}" if ln.kind == "probe" else f"?{ln.kind} {ln.text}"
         if not diffs:
             nsame += 1
             if ln.differs:

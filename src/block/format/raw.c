@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Format driver "raw": the file as the disk, optionally a window of it
  * (offset/size; ACRN's range= maps onto this). */
+#include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/options.h"
@@ -25,49 +26,77 @@ static int raw_probe(const uint8_t *buf, size_t len, const char *filename)
     return 1; /* the fallback: anything is a raw image */
 }
 
-static int raw_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+/* The window (offset, size) on the file: QEMU 7.2's raw_apply_options,
+ * at open and at a reopen. */
+struct raw_window {
+    uint64_t offset, size;
+    bool has_size;
+};
+
+static int parse_window(struct json_object *opts, struct raw_window *w, struct vbd_error **err)
 {
-    struct raw_state *s = n->opaque;
-    uint64_t size = 0;
     int has_size;
-    if (vbd_opt_take_size(opts, "offset", &s->offset, err) < 0 ||
-        (has_size = vbd_opt_take_size(opts, "size", &size, err)) < 0)
+    w->offset = w->size = 0;
+    if (vbd_opt_take_size(opts, "offset", &w->offset, err) < 0 ||
+        (has_size = vbd_opt_take_size(opts, "size", &w->size, err)) < 0)
         return -EINVAL;
-    s->probed = (flags & VBD_OPEN_PROBED_RAW) != 0;
-    n->file = vbd_open_child(n, opts, "file", NULL, flags & ~VBD_OPEN_PROBED_RAW, err);
-    if (!n->file)
-        return -EINVAL;
-    uint64_t fsize = n->file->size;
-    if (s->offset > fsize) {
+    w->has_size = has_size > 0;
+    return 0;
+}
+
+static int check_window(struct raw_window *w, uint64_t fsize, struct vbd_error **err)
+{
+    if (w->offset > fsize) {
         vbd_error_setf(err, EINVAL, "Offset (%llu) cannot be greater than size of the containing file (%llu)",
-                       (unsigned long long)s->offset, (unsigned long long)fsize);
+                       (unsigned long long)w->offset, (unsigned long long)fsize);
         return -EINVAL;
     }
-    if (has_size) {
-        if (size > fsize - s->offset) {
+    if (w->has_size) {
+        if (w->size > fsize - w->offset) {
             vbd_error_setf(err, EINVAL,
-                           "The sum of offset (%llu) and size (%llu) has to be smaller or equal to the actual size "
-                           "of the containing file (%llu)",
-                           (unsigned long long)s->offset, (unsigned long long)size, (unsigned long long)fsize);
+                           "The sum of offset (%llu) and size (%llu) has to be smaller or equal to the  actual size "
+                           "of the containing file (%llu)", /* QEMU 7.2's two spaces */
+                           (unsigned long long)w->offset, (unsigned long long)w->size, (unsigned long long)fsize);
             return -EINVAL;
         }
-        /* QEMU 7.2's raw_apply_options; an unaligned offset it takes (the file node does the RMW) */
-        if (size % 512) {
+        /* an unaligned offset QEMU takes (the file node does the RMW) */
+        if (w->size % 512) {
             vbd_error_setf(err, EINVAL, "Specified size is not multiple of 512");
             return -EINVAL;
         }
-        s->has_size = true;
-        n->size = size;
     } else {
-        n->size = fsize - s->offset;
+        w->size = fsize - w->offset;
     }
-    n->bl = n->file->bl;
+    return 0;
+}
+
+static void apply_window(struct vbd_node *n, const struct raw_window *w)
+{
+    struct raw_state *s = n->opaque;
+    s->offset = w->offset;
+    s->has_size = w->has_size;
+    vbd_node_set_size(n, w->size);
+    n->bl.request_alignment = n->file->bl.request_alignment;
     if (s->offset & (n->bl.request_alignment - 1))
         n->bl.request_alignment = 1; /* the file node does the read-modify-write */
     /* a probed image's block 0 is written whole (the generic layer
      * completes a smaller write), so raw_pwritev sees all it will hold */
     if (s->probed && n->bl.request_alignment < PROBED_BLOCK)
         n->bl.request_alignment = PROBED_BLOCK;
+}
+
+static int raw_open(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct raw_state *s = n->opaque;
+    struct raw_window w;
+    if (parse_window(opts, &w, err) < 0)
+        return -EINVAL;
+    s->probed = (flags & VBD_OPEN_PROBED_RAW) != 0;
+    n->file = vbd_open_child(n, opts, "file", NULL, flags & ~VBD_OPEN_PROBED_RAW, err);
+    if (!n->file || check_window(&w, n->file->size, err) < 0)
+        return -EINVAL;
+    n->bl = n->file->bl;
+    apply_window(n, &w);
     n->bl.min_mem_alignment = n->file->bl.min_mem_alignment;
     n->supported_write_flags = n->file->supported_write_flags;
     n->supported_zero_flags = n->file->supported_zero_flags;
@@ -244,6 +273,32 @@ static int raw_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
     return 0;
 }
 
+/* blockdev-reopen: offset and size change (QEMU 7.2's raw mutable_opts),
+ * left out they go back to the whole file. Checked at prepare, made with
+ * every request drained. */
+static int raw_reopen_prepare(struct vbd_node *n, struct json_object *opts, void **staged, struct vbd_error **err)
+{
+    struct raw_window *w = vbd_xcalloc(1, sizeof(*w));
+    if (parse_window(opts, w, err) < 0 || check_window(w, vbd_node_size(n->file), err) < 0) {
+        free(w);
+        return -EINVAL;
+    }
+    *staged = w;
+    return 0;
+}
+
+static void raw_reopen_commit(struct vbd_node *n, void *staged)
+{
+    apply_window(n, staged);
+    free(staged);
+}
+
+static void raw_reopen_abort(struct vbd_node *n, void *staged)
+{
+    (void)n;
+    free(staged);
+}
+
 static const struct vbd_driver raw_driver = {
     .name = "raw",
     .kind = VBD_DRV_FORMAT,
@@ -263,5 +318,8 @@ static const struct vbd_driver raw_driver = {
     .co_create = raw_create,
     .measure = raw_measure,
     .reopen_rw = raw_reopen_rw,
+    .reopen_prepare = raw_reopen_prepare,
+    .reopen_commit = raw_reopen_commit,
+    .reopen_abort = raw_reopen_abort,
 };
 VBD_DRIVER_REGISTER(raw, raw_driver);

@@ -413,11 +413,11 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     uint64_t nq = 0, lbs = 512, pbs = 0, retry_ms = 1000;
     struct blk_export *e = NULL;
     struct vbd_loop *loops[VU_MAX_QUEUES];
-    int nloops = 0;
+    int nloops = 0, has_nq = 0;
     if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "node-name", &node, err) < 0 ||
         vbd_opt_take_str(opts, "addr.type", &atype, err) < 0 || vbd_opt_take_str(opts, "addr.path", &path, err) < 0 ||
         vbd_opt_take_bool(opts, "writable", &writable, err) < 0 ||
-        vbd_opt_take_u64(opts, "num-queues", &nq, err) < 0 ||
+        (has_nq = vbd_opt_take_u64(opts, "num-queues", &nq, err)) < 0 ||
         vbd_opt_take_u64(opts, "logical-block-size", &lbs, err) < 0 ||
         vbd_opt_take_u64(opts, "physical-block-size", &pbs, err) < 0 ||
         vbd_opt_take_str(opts, "serial", &serial, err) < 0 ||
@@ -454,6 +454,22 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
         goto fail;
     if (atype && strcmp(atype, "unix")) {
         vbd_error_setf(err, EINVAL, "vhost-user-blk export '%s': addr.type must be 'unix', not '%s'", id, atype);
+        goto fail;
+    }
+    /* QEMU 7.2's checks (check_block_size, then the queues), in its words;
+     * 0 is its "unset" */
+    if (lbs && (lbs < 512 || lbs > (2u << 20))) {
+        vbd_error_setf(err, EINVAL, "Property %s.logical-block-size doesn't take value %llu (minimum: 512, maximum: "
+                       "2097152)", id, (unsigned long long)lbs);
+        goto fail;
+    }
+    if (lbs && !power_of_two(lbs)) {
+        vbd_error_setf(err, EINVAL, "Property %s.logical-block-size doesn't take value '%llu', it's not a power of 2",
+                       id, (unsigned long long)lbs);
+        goto fail;
+    }
+    if (has_nq && nq == 0) { /* vbd's own 0 is "one per vCPU", not asked for */
+        vbd_error_setf(err, EINVAL, "num-queues must be greater than 0");
         goto fail;
     }
     if (nq > VU_MAX_QUEUES) {

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""lockbytes.py FILE...: the bytes of each FILE that an open file
+description holds an image lock on (QEMU's 100+perm and 200+perm bytes),
+from /proc/locks: "FILE: 100 101 103 201 203" ("FILE: -" for none), one
+line per FILE. qmpdiff.py's '?sh' lines compare the daemons with it."""
+import os
+import sys
+
+
+def lock_bytes(path):
+    st = os.stat(path)
+    key = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    held = set()
+    with open("/proc/locks") as f:
+        for line in f:
+            parts = line.split()
+            if "->" in parts or len(parts) < 3 or parts[-3] != key:
+                continue  # another file's, or a waiter's (not held)
+            start, end = int(parts[-2]), parts[-1]
+            end = start if end == "EOF" else int(end)
+            held.update(range(start, end + 1))
+    return sorted(held)
+
+
+def main(argv):
+    for path in argv[1:]:
+        b = lock_bytes(path)
+        print(f"{os.path.basename(path)}: {' '.join(map(str, b)) if b else '-'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
