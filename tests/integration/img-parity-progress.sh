@@ -1,13 +1,17 @@
 #!/bin/bash
-# vbd-img convert -p and compare -p beside qemu-img's (7.2), the same command
-# line in copies of the same images: the same progress on stdout. QEMU's
-# lines ("    (P/100%)", each ended by \r, then one \n) count the bytes
-# copied as data only (its allocated sectors: not zeroes, not what the
-# target's backing file holds; with -S 0 zeroes too): 0 before the
-# sources are opened, a line at each chunk of data that moved the count
-# by more than a point, 100 twice at the end; a convert that fails ends
-# the line without 100. vbd-img counted every byte of the size (32 lines
-# for 64 MiB where qemu-img prints 8 for its 16 MiB of data).
+# vbd-img convert -p, compare -p and rebase -p beside qemu-img's (7.2),
+# the same command line in copies of the same images: the same progress
+# on stdout, QEMU's lines ("    (P/100%)", each ended by \r, then one \n;
+# none with -q). convert counts the bytes copied as data only (its
+# allocated sectors: not zeroes, not what the target's backing file
+# holds; with -S 0 zeroes too): 0 before the sources are opened, a line
+# at each chunk of data that moved the count by more than a point, 100
+# twice at the end; a convert that fails ends the line without 100.
+# compare adds each extent both images describe alike (2 MiB of data at a
+# time) over the larger size, rebase a fixed step per unallocated range of
+# up to 2 MiB; both print a line per 2 points. vbd-img counted every byte
+# of the size (32 lines for 64 MiB where qemu-img prints 9 for its 17 MiB
+# of data) and printed no 0.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
 cd "$T"
@@ -57,5 +61,12 @@ for args in "a.qcow2 a2.qcow2" "a.qcow2 b.qcow2" "b.qcow2 a.qcow2" "a.qcow2 c.qc
     "-s a.qcow2 b.qcow2" "a.qcow2 o.qcow2" "-q a.qcow2 a2.qcow2" "a.qcow2 nosuch" "-f raw r.raw r.raw" "e.qcow2 r.raw"; do
     # shellcheck disable=SC2086 # $args is words
     same compare -p $args
+done
+step "rebase -p: a fixed step for each range of up to 2 MiB the image does not allocate, 2-point lines"
+for args in "-b e.qcow2 -F qcow2" "-b '' " "-u -b e.qcow2 -F qcow2" "-q -b e.qcow2 -F qcow2" "-b nosuch -F qcow2" \
+    "-t bogus -b e.qcow2 -F qcow2"; do
+    eval "set -- $args"
+    same rebase -p "$@" o.qcow2
+    qemu-img compare -q q/o.qcow2 v/o.qcow2 || fail "rebase -p $args: the images differ"
 done
 echo PASS

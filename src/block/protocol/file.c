@@ -685,7 +685,7 @@ static bool file_create_hints(int fd, bool nocow, uint64_t extent_size_hint, boo
 static int file_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
 {
     uint64_t size = 0, extent_size_hint = 1024 * 1024;
-    int prealloc = 0, hint_given;
+    int prealloc = 0, hint_given = 0;
     bool nocow = false;
     char *pa = NULL;
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_str(opts, "preallocation", &pa, err) < 0 ||
