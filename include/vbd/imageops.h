@@ -83,6 +83,14 @@ struct vbd_copy_opts {
      * copy offloading copies it byte for byte); zero_detect then only
      * decides whether zero ranges are written as zeroes */
     bool data_verbatim;
+    /* The ctl's progress counts only what qemu-img's -p counts. Convert:
+     * the bytes copied as data (with zero_detect 0, the zeroes written
+     * too), not the whole size: a walk over the sources' block status
+     * before the copy adds their sum to total, and a range not copied as
+     * data (zeroes, what the target's backing file holds) is reported to
+     * chunk_done without adding to current. Rebase (safe): the ranges the
+     * image does not allocate (those compared); total stays the size. */
+    bool progress_data_only;
 };
 
 struct vbd_imageops_ctl;

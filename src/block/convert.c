@@ -328,6 +328,25 @@ static int convert_claim(struct convert *cv, uint64_t *off, struct vbd_node **sr
     return 1;
 }
 
+/* qemu-img convert -p's total (its allocated sectors): the bytes the copy
+ * will read and write as data, found by claiming every range as the
+ * workers will, before any copy (the claims start over after). Its
+ * errors are the copy's: block status that fails, --salvage's warnings
+ * (qemu-img's walk warns too). */
+static int convert_count_data(struct convert *cv, uint64_t *data)
+{
+    uint64_t off, soff, roff, len, seq;
+    struct vbd_node *src, *rnode;
+    bool zero, leave;
+    while (convert_claim(cv, &off, &src, &soff, &rnode, &roff, &len, &zero, &leave, &seq))
+        if (!zero)
+            *data += len;
+    cv->next = 0;
+    cv->seq = 0;
+    cv->bs_src = -1;
+    return cv->error;
+}
+
 static void claim_lock(struct convert *cv)
 {
     if (cv->threaded)
@@ -581,7 +600,8 @@ static void convert_worker(void *opaque)
             vbd_co_queue_wake_all(&cv->order_q);
         }
         if (rc == 0)
-            rc = imageops_advance(cv->ctl, cv->dst, off, len, leave || (zero && cv->o->target_is_zero) ? 0 : len, &err);
+            rc = imageops_advance(cv->ctl, cv->dst, off, zero && cv->o->progress_data_only ? 0 : len,
+                                  leave || (zero && cv->o->target_is_zero) ? 0 : len, &err);
         if (rc < 0) {
             claim_lock(cv);
             convert_fail(cv, rc, err);
@@ -713,7 +733,17 @@ int vbd_co_convert(struct vbd_node *const *src, int nsrc, struct vbd_node *dst, 
         free(cv.src_start);
         return -EINVAL;
     }
-    imageops_add_total(ctl, cv.total);
+    if (ctl && o.progress_data_only) {
+        uint64_t data = 0;
+        if (convert_count_data(&cv, &data) < 0) {
+            vbd_error_propagate(err, cv.err);
+            free(cv.src_start);
+            return cv.error;
+        }
+        imageops_add_total(ctl, data);
+    } else {
+        imageops_add_total(ctl, cv.total);
+    }
     unsigned nworkers = o.parallel, nthreads = 0;
     struct convert_thread *threads = NULL;
     /* A claim under thread_lock must not hop to a home loop (the loop there

@@ -6,6 +6,18 @@
 #include <json-c/json.h>
 #include <string.h>
 
+/* The file protocol's hints among a format's creation options (qemu-img
+ * create -f qcow2 -o nocow=on): QEMU hands a format's options on to every
+ * file its create makes (the image, a qcow2 data file, a vmdk's extents).
+ * Here they are taken out of the format's options (whose drivers refuse
+ * what they do not know) and kept for the duration of the format's
+ * co_create, where vbd_create_protocol_opts adds them to each file it
+ * makes. Only image creation by the tools and QMP's target images come
+ * here, one at a time on the main loop; the previous value is restored
+ * after, so a nested create does not lose it. */
+static const char *const format_file_hint_names[] = {"nocow", "extent_size_hint", NULL};
+static struct json_object *format_file_hints;
+
 int vbd_image_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err)
 {
     const struct vbd_driver *drv = vbd_driver_find(fmt);
@@ -17,7 +29,21 @@ int vbd_image_co_create(const char *fmt, const char *filename, struct json_objec
         vbd_error_setf(err, ENOTSUP, "Format driver '%s' does not support image creation", fmt);
         return -ENOTSUP;
     }
-    return drv->co_create(filename, NULL, opts, err);
+    struct json_object *hints = NULL, *v;
+    for (const char *const *name = format_file_hint_names; opts && *name; name++) {
+        if (!json_object_object_get_ex(opts, *name, &v))
+            continue;
+        if (!hints)
+            hints = json_object_new_object();
+        json_object_object_add(hints, *name, json_object_get(v));
+        json_object_object_del(opts, *name);
+    }
+    struct json_object *outer = format_file_hints;
+    format_file_hints = hints;
+    int rc = drv->co_create(filename, NULL, opts, err);
+    format_file_hints = outer;
+    json_object_put(hints);
+    return rc;
 }
 
 int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err)
@@ -44,8 +70,11 @@ int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_preal
         return -ENOTSUP;
     }
     struct json_object *o = json_object_new_object();
-    if (extra) {
-        json_object_object_foreach(extra, k, v) {
+    struct json_object *lists[2] = {format_file_hints, extra};
+    for (int i = 0; i < 2; i++) {
+        if (!lists[i])
+            continue;
+        json_object_object_foreach(lists[i], k, v) {
             bool known = false;
             for (const struct vbd_opt_desc *d = drv->create_opts; d && d->name && !known; d++)
                 known = !strcmp(d->name, k);

@@ -86,7 +86,8 @@ int vbd_co_rebase_safe(struct vbd_node *node, struct vbd_node *old_backing, stru
         if (!(st & VBD_BS_ALLOCATED))
             rc = rebase_range(node, old_backing, new_backing, off, pnum, old_buf, new_buf, runs, &o, &written, err);
         if (rc == 0)
-            rc = imageops_advance(ctl, node, off, pnum, written, err);
+            rc = imageops_advance(ctl, node, off, o.progress_data_only && (st & VBD_BS_ALLOCATED) ? 0 : pnum, written,
+                                  err);
         off += pnum;
     }
     free(runs);

@@ -164,8 +164,15 @@ static int create_run(struct vbd_job *job, struct vbd_error **err)
             for (int i = 0; pa && vbd_prealloc_names[i]; i++)
                 if (!strcmp(pa, vbd_prealloc_names[i]))
                     mode = i;
-            /* nocow, extent-size-hint: hints a file system may ignore; so does vbd */
-            rc = vbd_create_protocol(opt_str(c->opts, "filename"), size, (enum vbd_prealloc)mode, err);
+            /* nocow, extent-size-hint: the hints QEMU's file driver gives the new file */
+            struct json_object *hints = json_object_new_object();
+            if (json_object_object_get_ex(c->opts, "nocow", &v))
+                json_object_object_add(hints, "nocow",
+                                       json_object_new_string(json_object_get_boolean(v) ? "on" : "off"));
+            if (json_object_object_get_ex(c->opts, "extent-size-hint", &v))
+                json_object_object_add(hints, "extent_size_hint", json_object_new_int64(json_object_get_int64(v)));
+            rc = vbd_create_protocol_opts(opt_str(c->opts, "filename"), size, (enum vbd_prealloc)mode, hints, err);
+            json_object_put(hints);
         } else {
             rc = create_format(job, c, driver, err);
         }

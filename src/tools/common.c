@@ -415,6 +415,42 @@ void tool_progress_end(void)
     }
 }
 
+static struct {
+    float current, last_print, min_skip;
+} qemu_progress = {.min_skip = 1};
+
+void tool_progress_init(float min_skip)
+{
+    qemu_progress.current = qemu_progress.last_print = 0;
+    qemu_progress.min_skip = min_skip;
+}
+
+void tool_progress_step(float pct)
+{
+    if (pct > 100)
+        pct = 100;
+    qemu_progress.current = pct;
+    if (pct > qemu_progress.last_print + qemu_progress.min_skip || pct == 100 || pct == 0) {
+        qemu_progress.last_print = pct;
+        printf("    (%3.2f/100%%)\r", pct);
+        fflush(stdout);
+    }
+}
+
+void tool_progress_add(float delta)
+{
+    /* QEMU's float arithmetic, for the same sums */
+    tool_progress_step(qemu_progress.current + delta / 100 * 100);
+}
+
+void tool_progress_finish(bool ok)
+{
+    if (ok)
+        tool_progress_step(100);
+    printf("\n");
+    fflush(stdout);
+}
+
 char *tool_json_pretty(struct json_object *o)
 {
     const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |

@@ -61,6 +61,18 @@ void tool_report_open(const char *shown, struct vbd_error *err);
 /* "[  42.00/100%]" progress on stderr-free stdout like qemu-img -p. */
 void tool_progress(double pct);
 void tool_progress_end(void);
+/* qemu-img's own progress lines (util/qemu-progress.c), which convert -p
+ * and compare -p print: tool_progress_init(MIN_SKIP) starts at 0 (convert
+ * skips 1 point, compare 2); tool_progress_step(PCT) sets the progress to
+ * PCT and prints "    (PCT/100%)\r" when it passed the last one printed
+ * by more than MIN_SKIP or is 0 or 100 (in float, as QEMU);
+ * tool_progress_add(DELTA) steps to the progress plus DELTA (compare's
+ * relative steps); tool_progress_finish(ok) steps to 100 if ok, then
+ * prints the line's end. */
+void tool_progress_init(float min_skip);
+void tool_progress_step(float pct);
+void tool_progress_add(float delta);
+void tool_progress_finish(bool ok);
 /* --object ARG (tls-creds-x509, tls-creds-psk, tls-creds-anon): create it;
  * -1 after printing the error. */
 int tool_add_object(const char *arg);

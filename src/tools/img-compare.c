@@ -61,35 +61,50 @@ int verb_compare(int argc, char **argv)
     }
     if (optind != argc - 2)
         return img_usage_error("Expecting two image file names");
+    /* qemu-img's progress (2-point steps, none with -q): once the images
+     * are open it starts at 0, and from here every exit ends its line */
+    bool show_progress = progress && !quiet;
+    if (show_progress)
+        tool_progress_init(2);
     unsigned fl = force ? VBD_OPEN_FORCE_SHARE : 0;
-    struct vbd_node *a = tool_open(argv[optind], fmt_or_null(fmt1), image_opts, fl, cache, NULL);
-    if (!a)
-        return 2;
-    struct vbd_node *b = tool_open(argv[optind + 1], fmt_or_null(fmt2), image_opts, fl, cache, NULL);
+    struct vbd_node *a = tool_open(argv[optind], fmt_or_null(fmt1), image_opts, fl, cache, NULL), *b = NULL;
+    if (a)
+        b = tool_open(argv[optind + 1], fmt_or_null(fmt2), image_opts, fl, cache, NULL);
     if (!b) {
-        vbd_node_unref(a);
+        if (a)
+            vbd_node_unref(a);
+        if (show_progress)
+            tool_progress_finish(false);
         return 2;
     }
-    uint64_t common = a->size < b->size ? a->size : b->size;
+    uint64_t common = a->size < b->size ? a->size : b->size, progress_base = a->size > b->size ? a->size : b->size;
     uint8_t *ba = vbd_alloc_aligned(4096, 2 * MIB), *bb = vbd_alloc_aligned(4096, 2 * MIB);
     int rc = 0;
     int64_t mismatch = -1;
+    if (show_progress)
+        tool_progress_step(0);
     if (strict && a->size != b->size) {
         if (!quiet)
             printf("Strict mode: Image size mismatch!\n");
         rc = 1;
         goto out;
     }
+    /* qemu-img's steps, which its progress counts: each the extent both
+     * images' block status describes (from the offset to each one's end),
+     * at most 2 MiB where one holds data */
     for (uint64_t off = 0; off < common;) {
-        uint64_t len = common - off < 2 * MIB ? common - off : 2 * MIB;
         uint64_t pa, pb;
-        int za = known_zero(a, off, len, &pa), zb = known_zero(b, off, len, &pb);
+        int za = known_zero(a, off, a->size - off, &pa), zb = known_zero(b, off, b->size - off, &pb);
         if (za < 0 || zb < 0) {
             vbd_error_report("error while reading block status: %s", strerror(-(za < 0 ? za : zb)));
             rc = 2;
             goto out;
         }
         uint64_t step = pa < pb ? pa : pb;
+        if (step > common - off)
+            step = common - off;
+        if (!(za && zb) && step > 2 * MIB)
+            step = 2 * MIB;
         if (strict) {
             uint64_t p1, p2;
             /* whole remaining range, as qemu-img asks: the EOF bit counts */
@@ -120,8 +135,8 @@ int verb_compare(int argc, char **argv)
             }
         }
         off += step;
-        if (progress)
-            tool_progress(100.0 * off / (common ? common : 1));
+        if (show_progress)
+            tool_progress_add((float)step / progress_base * 100);
     }
     if (mismatch < 0 && a->size != b->size) {
         if (!quiet)
@@ -129,13 +144,15 @@ int verb_compare(int argc, char **argv)
         /* The longer image's tail must read as zeroes. */
         struct vbd_node *big = a->size > b->size ? a : b;
         for (uint64_t off = common; off < big->size;) {
-            uint64_t len = big->size - off < 2 * MIB ? big->size - off : 2 * MIB, p;
-            int z = known_zero(big, off, len, &p);
+            uint64_t p;
+            int z = known_zero(big, off, big->size - off, &p);
             if (z < 0) {
                 rc = 2;
                 goto out;
             }
             if (!z) {
+                if (p > 2 * MIB)
+                    p = 2 * MIB;
                 if (vbd_node_co_pread(big, off, ba, p) < 0) {
                     rc = 2;
                     goto out;
@@ -147,10 +164,10 @@ int verb_compare(int argc, char **argv)
                 }
             }
             off += p;
+            if (show_progress)
+                tool_progress_add((float)p / progress_base * 100);
         }
     }
-    if (progress)
-        tool_progress_end();
     if (mismatch >= 0) {
         if (!quiet)
             printf("Content mismatch at offset %lld!\n", (long long)mismatch);
@@ -159,6 +176,8 @@ int verb_compare(int argc, char **argv)
         printf("Images are identical.\n");
     }
 out:
+    if (show_progress)
+        tool_progress_finish(false);
     free(ba);
     free(bb);
     vbd_node_unref(a);

@@ -79,13 +79,20 @@ struct convert_pace {
     struct vbd_imageops_ctl ctl; /* first: the callback gets it */
     uint64_t rate, start_ns, written;
     bool progress;
+    uint64_t progress_shown; /* the data bytes counted at the last step */
 };
 
 static int convert_chunk_done(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written)
 {
     struct convert_pace *p = (struct convert_pace *)ctl;
-    if (p->progress)
-        img_print_progress(ctl, off, written);
+    uint64_t current, total;
+    vbd_imageops_progress(ctl, &current, &total);
+    /* qemu-img steps at each chunk of data only (its progress counts
+     * nothing else: a range of zeroes changes nothing here) */
+    if (p->progress && current != p->progress_shown) {
+        p->progress_shown = current;
+        tool_progress_step((float)(100.0 * (double)current / (double)total));
+    }
     if (!p->rate)
         return 0;
     /* the time by which this many bytes are allowed: sleep until then */
@@ -207,13 +214,20 @@ int verb_convert(int argc, char **argv)
     }
     const char *out = argv[argc - 1];
     int nsrc = argc - optind - 1;
-    if (snapshot && nsrc > 1) {
-        vbd_error_report("No support for concatenating multiple snapshot");
-        return 1;
-    }
     struct vbd_node **src = vbd_xcalloc(nsrc, sizeof(*src)), *dst = NULL;
     uint64_t total = 0;
     int rc = 1;
+    /* qemu-img's progress starts here, before the sources are opened: a
+     * convert that fails after this point ends the line with the error */
+    bool show_progress = progress && !quiet;
+    if (show_progress) {
+        tool_progress_init(1);
+        tool_progress_step(0);
+    }
+    if (snapshot && nsrc > 1) {
+        vbd_error_report("No support for concatenating multiple snapshot");
+        goto out;
+    }
     for (int i = 0; i < nsrc; i++) {
         /* as qemu-img (BDRV_O_NO_SHARE): nobody writes a source while it is
          * copied. Status only skips work here: what a vhdx source leaves
@@ -389,7 +403,8 @@ int verb_convert(int argc, char **argv)
     struct vbd_copy_opts copy = {.zero_detect = (uint64_t)sparse, .target_is_zero = target_zero,
                                  .zero_flags = VBD_REQ_MAY_UNMAP, .parallel = (unsigned)parallel,
                                  .out_of_order = out_of_order, .target_has_backing = target_backing,
-                                 .salvage = salvage, .quiet = quiet, .data_verbatim = copy_range};
+                                 .salvage = salvage, .quiet = quiet, .data_verbatim = copy_range,
+                                 .progress_data_only = show_progress};
     if (target_backing) {
         /* -n -B over a target without one: no end past which zeroes need no write */
         struct vbd_node *b = vbd_node_skip_filters(dst)->backing;
@@ -411,8 +426,12 @@ int verb_convert(int argc, char **argv)
             goto out;
         }
         copy.write_flags = VBD_REQ_COMPRESSED;
+        /* qemu-img compresses a cluster at a time, and -p steps at each
+         * (vbd's chunks hold several otherwise: the same image) */
+        if (show_progress)
+            copy.chunk_size = copy.cluster_size;
     }
-    if (!compress && !(progress && !quiet) && !rate && !salvage)
+    if (!compress && !show_progress && !rate && !salvage)
         copy.threads = convert_threads(src, nsrc, dst, parallel);
     /* Threaded to a qcow2 target, -W lets a thread place its clusters as
      * soon as it has read its chunk instead of waiting for the thread with
@@ -424,12 +443,10 @@ int verb_convert(int argc, char **argv)
      * thread, -W is dropped as said above. */
     if (copy.threads <= 1 && inline_dst)
         copy.out_of_order = false;
-    struct convert_pace pace = {.rate = (uint64_t)rate, .progress = progress && !quiet};
+    struct convert_pace pace = {.rate = (uint64_t)rate, .progress = show_progress};
     if (pace.rate || pace.progress)
         pace.ctl.chunk_done = convert_chunk_done;
     int crc = vbd_co_convert(src, nsrc, dst, &copy, &pace.ctl, &err);
-    if (progress && !quiet)
-        tool_progress_end();
     if (crc < 0) {
         tool_report(err);
         goto out;
@@ -443,6 +460,8 @@ int verb_convert(int argc, char **argv)
         goto out;
     rc = 0;
 out:
+    if (show_progress)
+        tool_progress_finish(rc == 0);
     json_object_put(opts);
     if (dst)
         vbd_node_unref(dst);

@@ -24,7 +24,7 @@ static const char *const formatting_order[][2] = {
     {"qed", "size backing_file backing_fmt cluster_size=65536 table_size"},
     {"parallels", "size cluster_size=1048576"},
 };
-static const char protocol_order[] = "preallocation nocow extent_size_hint";
+static const char protocol_order[] = "nocow preallocation extent_size_hint";
 
 static const struct vbd_opt_desc *find_desc(const struct vbd_driver *drv, const char *name)
 {
@@ -36,7 +36,11 @@ static const struct vbd_opt_desc *find_desc(const struct vbd_driver *drv, const 
 
 static void print_value(const struct vbd_driver *drv, const char *name, struct json_object *v)
 {
+    /* the format's option, else the file protocol's (extent_size_hint=1M
+     * is printed as 1048576 too) */
     const struct vbd_opt_desc *d = find_desc(drv, name);
+    if (!d)
+        d = find_desc(vbd_driver_find("file"), name);
     const char *s = json_object_get_string(v);
     uint64_t n;
     /* QEMU prints numbers and sizes it parsed as plain numbers (64k as 65536) */

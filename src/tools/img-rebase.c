@@ -4,6 +4,29 @@
  */
 #include "img.h"
 
+/* qemu-img rebase -p: a fixed step for each range of at most 2 MiB the
+ * image does not allocate (the ranges it compares), 100 / the number of
+ * such ranges the size holds (integer division, as qemu-img's) */
+struct rebase_progress {
+    struct vbd_imageops_ctl ctl; /* first: the callback gets it */
+    float step;
+    uint64_t shown;
+};
+
+static int rebase_chunk_done(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written)
+{
+    struct rebase_progress *p = (struct rebase_progress *)ctl;
+    (void)off;
+    (void)written;
+    uint64_t current, total;
+    vbd_imageops_progress(ctl, &current, &total);
+    if (current != p->shown) {
+        p->shown = current;
+        tool_progress_add(p->step);
+    }
+    return 0;
+}
+
 int verb_rebase(int argc, char **argv)
 {
     const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL, *cache = NULL, *src_cache = NULL;
@@ -35,21 +58,28 @@ int verb_rebase(int argc, char **argv)
         return img_usage_error("Expecting one image file name");
     if (!backing)
         return img_usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
+    /* qemu-img's progress (2-point steps, none with -q) starts here, and
+     * from here every exit ends its line */
+    bool show_progress = progress && !quiet;
+    if (show_progress) {
+        tool_progress_init(2);
+        tool_progress_step(0);
+    }
+    struct vbd_node *top = NULL, *img, *nb = NULL;
+    int rc = 1;
     unsigned cache_flags = 0;
     enum vbd_cache_mode src_mode;
     if (tool_cache_flags(cache, &cache_flags, NULL) < 0)
-        return 1;
+        goto out;
     if (src_cache && vbd_cache_mode_parse(src_cache, &src_mode) < 0) {
         vbd_error_report("Invalid source cache option: %s", src_cache);
-        return 1;
+        goto out;
     }
-    struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
-                                     VBD_OPEN_RDWR | (unsafe ? VBD_OPEN_NO_BACKING : 0), NULL, NULL);
+    top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | (unsafe ? VBD_OPEN_NO_BACKING : 0),
+                    NULL, NULL);
     if (!top)
-        return 1;
-    struct vbd_node *img = vbd_node_skip_filters(top);
-    struct vbd_node *nb = NULL;
-    int rc = 1;
+        goto out;
+    img = vbd_node_skip_filters(top);
     if (!img->drv->change_backing_file) {
         vbd_error_report("Could not change the backing file to '%s': Operation not supported", backing);
         goto out;
@@ -94,13 +124,14 @@ int verb_rebase(int argc, char **argv)
     }
     struct vbd_error *err = NULL;
     if (!unsafe) {
-        struct vbd_imageops_ctl ctl = {.chunk_done = progress && !quiet ? img_print_progress : NULL};
-        if (vbd_co_rebase_safe(img, img->backing, nb, NULL, &ctl, &err) < 0) {
+        struct rebase_progress p = {.ctl.chunk_done = show_progress ? rebase_chunk_done : NULL};
+        if (img->size)
+            p.step = (float)100 / (img->size / (img->size < 2 * MIB ? img->size : 2 * MIB));
+        struct vbd_copy_opts o = {.progress_data_only = true};
+        if (vbd_co_rebase_safe(img, img->backing, nb, &o, &p.ctl, &err) < 0) {
             tool_report(err);
             goto out;
         }
-        if (progress && !quiet)
-            tool_progress_end();
     }
     if (img->drv->change_backing_file(img, backing, backing_fmt ? backing_fmt : (nb ? nb->drv->name : NULL), &err) < 0) {
         vbd_error_report("Could not change the backing file to '%s': %s", backing, err ? err->msg : "failed");
@@ -109,8 +140,11 @@ int verb_rebase(int argc, char **argv)
     }
     rc = 0;
 out:
+    if (show_progress)
+        tool_progress_finish(rc == 0);
     if (nb)
         vbd_node_unref(nb);
-    vbd_node_unref(top);
+    if (top)
+        vbd_node_unref(top);
     return rc;
 }

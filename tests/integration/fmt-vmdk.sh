@@ -191,7 +191,8 @@ for o in "adapter_type=lsilogic" "adapter_type=buslogic,hwversion=7" "adapter_ty
 done
 must_fail_with "compat6 cannot be enabled with hwversion set" "$VBD_IMG" create -q -f vmdk -o compat6=on,hwversion=7 v.vmdk 1M
 must_fail_with "Flat image can't enable zeroed grain" "$VBD_IMG" create -q -f vmdk -o subformat=monolithicFlat,zeroed_grain=on v.vmdk 1M
-must_fail_with "subformat" "$VBD_IMG" create -q -f vmdk -o subformat=bogus v.vmdk 1M
+# qemu-img's words (its qapi_enum_parse), as img-parity-layout.sh checks beside it
+must_fail_with "invalid parameter value: bogus" "$VBD_IMG" create -q -f vmdk -o subformat=bogus v.vmdk 1M
 
 step "zeroed grains: write -z makes zeroed grain entries that qemu reads as zeroes"
 must qemu-img create -q -f vmdk -o zeroed_grain=on z.vmdk 4M

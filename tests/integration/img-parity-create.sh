@@ -23,37 +23,7 @@ must qemu-img create -q -f vmdk base/a.vmdk 4M
 must qemu-img create -q -f qed base/a.qed 4M
 : >base/exist.qcow2
 
-# same ARGS...: qemu-img create ARGS and vbd-img create ARGS alike, each
-# side in its copy of base/ (q/, v/) at the same time (the test is short
-# processes one after the other); each image both made is the same to
-# qemu-img info
-side() { # K TOOL ARGS...: one tool's run, its images described in K.info
-    local k=$1 tool=$2 f
-    shift 2
-    rm -rf $k
-    # base/ only for a command line that names what is in it (most make a
-    # new file: a copy costs a process or two a case on a loaded host)
-    case " $* " in
-    *a.qcow2* | *a.raw* | *a.vmdk* | *a.qed* | *exist.qcow2* | *dir/*) cp -a base $k ;;
-    *) mkdir $k ;;
-    esac
-    (cd $k && "$tool" create "$@" >../$k.out 2>../$k.err </dev/null; echo "exit $?" >>../$k.out)
-    sed -i -e "s#$tool#TOOL#g" -e "s/qemu-img\|vbd-img/TOOL/g" -e '$a\' $k.out $k.err
-    : >$k.info
-    for f in $(cd $k && ls -A); do
-        [ -f $k/$f ] && [ $k/$f -nt base/$f ] || continue
-        (cd $k && qemu-img info -U "$f" 2>&1 | grep -v -e '^disk size' -e 'cid:') >>$k.info
-    done
-}
-same() {
-    side q qemu-img "$@" &
-    side v "$VBD_IMG" "$@"
-    wait $!
-    diff -u q.out v.out || fail "stdout/exit differ: create $*"
-    diff -u q.err v.err || fail "stderr differs: create $*"
-    [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] || fail "files left differ: create $*: $(cd q && ls -A | xargs) / $(cd v && ls -A | xargs)"
-    diff q.info v.info || fail "create $*: qemu-img info of the images made differs"
-}
+same() { create_same "$@"; }
 
 step "sizes: suffixes, fractions, each format's limit"
 for s in 1kB 1.5 1.k 1. 1.0005k; do

@@ -183,7 +183,7 @@ same create -f qcow2 n.qcow2 1Q
 same create -f qcow2 n.qcow2 -- -1
 same create -f qcow2 -u -b a.qcow2 -F qcow2 n.qcow2
 
-step "-o help: qemu-img's listing (sorted, NAME=<TYPE> - HELP; encryption, nocow and extent_size_hint are not vbd's)"
+step "-o help: qemu-img's listing (sorted, NAME=<TYPE> - HELP; encryption is not vbd's)"
 for f in raw vmdk vpc vhdx vdi qed parallels; do
     same create -f $f -o help
     same create -f $f -o '?'

@@ -360,6 +360,58 @@ tools_same() {
     [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] ||
         fail "files left differ: $*: qemu $(cd q && ls -A | xargs), vbd $(cd v && ls -A | xargs)"
 }
+# vbd-img create beside qemu-img create (img-parity-create.sh,
+# img-parity-layout.sh), in the current directory whose base/ holds the
+# images the cases name: create_same ARGS...: qemu-img create ARGS and vbd-img create ARGS alike, each
+# side in its copy of base/ (q/, v/) at the same time (the test is short
+# processes one after the other); each image both made is the same to
+# qemu-img info
+create_side() { # K TOOL ARGS...: one tool's run, its images described in K.info
+    local k=$1 tool=$2 f
+    shift 2
+    rm -rf $k
+    # base/ only for a command line that names what is in it (most make a
+    # new file: a copy costs a process or two a case on a loaded host)
+    case " $* " in
+    *a.qcow2* | *a.raw* | *a.vmdk* | *a.qed* | *exist.qcow2* | *dir/*) cp -a base $k ;;
+    *) mkdir $k ;;
+    esac
+    (cd $k && "$tool" create "$@" >../$k.out 2>../$k.err </dev/null; echo "exit $?" >>../$k.out)
+    sed -i -e "s#$tool#TOOL#g" -e "s/qemu-img\|vbd-img/TOOL/g" -e '$a\' $k.out $k.err
+    : >$k.info
+    for f in $(cd $k && ls -A); do
+        [ -f $k/$f ] && [ $k/$f -nt base/$f ] || continue
+        (cd $k && qemu-img info -U "$f" 2>&1 | grep -v -e '^disk size' -e 'cid:') >>$k.info
+    done
+}
+create_same() {
+    create_side q qemu-img "$@" &
+    create_side v "$VBD_IMG" "$@"
+    wait $!
+    diff -u q.out v.out || fail "stdout/exit differ: create $*"
+    diff -u q.err v.err || fail "stderr differs: create $*"
+    [ "$(cd q && ls -A)" = "$(cd v && ls -A)" ] || fail "files left differ: create $*: $(cd q && ls -A | xargs) / $(cd v && ls -A | xargs)"
+    diff q.info v.info || fail "create $*: qemu-img info of the images made differs"
+}
+# create_same_layout ARGS...: create_same, and each file both made is as long in both,
+# and each image the same to qemu-img map (host offsets too) and check:
+# vbd-img lays a new image out as qemu-img does
+create_same_layout() {
+    create_same "$@"
+    local f
+    for f in $(cd q && ls -A); do
+        [ -f q/$f ] && [ q/$f -nt base/$f ] || continue
+        [ "$(stat -c %s q/$f)" = "$(stat -c %s v/$f)" ] ||
+            fail "create $*: $f is $(stat -c %s q/$f) bytes from qemu-img, $(stat -c %s v/$f) from vbd-img"
+        case $f in *.raw | d | *-f[0-9][0-9][0-9].vmdk) continue ;; esac
+        for c in "map --output=json" check; do
+            # shellcheck disable=SC2086 # $c is words
+            [ "$(cd q && qemu-img $c -U $f 2>&1)" = "$(cd v && qemu-img $c -U $f 2>&1)" ] ||
+                fail "create $*: qemu-img $c of $f differs"
+        done
+    done
+}
+
 # vbd-img beside qemu-img on every format vbd writes (img-parity-formats.sh,
 # img-parity-check.sh): img_formats_base makes base/ with one 16 MiB image
 # of each (IMG_FORMATS: NAME:FORMAT:CREATE-OPTIONS, data at 0 and 5M,

@@ -1927,7 +1927,17 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         else
             rb[bit / 8] |= (uint8_t)(1u << (bit % 8));
     }
-    rc = vbd_node_co_pwrite(f, 0, buf, total * cluster_size, 0);
+    /* The file ends where qemu-img's new image ends: with the image in
+     * its first refcount block, qemu-img writes its L1 table last and no
+     * further than the table's entries (it grows the table from none to
+     * l1_entries with a write of l1_entries * 8 bytes), so the file is
+     * one cluster shorter than the whole-cluster write made it (196616
+     * bytes for 1 MiB, not 262144). With more refcount blocks qemu-img
+     * places them after the table: its file ends on a cluster, as here. */
+    uint64_t length = total * cluster_size;
+    if (l1_entries && blocks == 1 && table_clusters == 1)
+        length -= l1_clusters * cluster_size - l1_entries * 8;
+    rc = vbd_node_co_pwrite(f, 0, buf, length, 0);
     if (rc == 0)
         rc = vbd_node_co_flush(f);
     if (rc < 0)

@@ -80,11 +80,14 @@ static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in
     }
     uint64_t chunk_ratio = VHDX_MAX_SECTORS_PER_BLOCK * 512 / p->block_size;
     p->data_blocks = (p->size + p->block_size - 1) / p->block_size;
-    p->bat_entries = p->data_blocks ? p->data_blocks + (p->data_blocks - 1) / chunk_ratio : 0;
+    /* QEMU counts the entries in 32 bits (vhdx_calc_bat_entries): for an
+     * empty image data_blocks - 1 wraps, and the BAT region it makes, and
+     * wants at open, holds 0xffffffff / chunk_ratio entries (64 MiB with
+     * 8 MiB blocks). The same region here: with a smaller one (vbd's 1
+     * MiB) qemu-img could not open vbd's empty vhdx. */
+    p->bat_entries = p->data_blocks ? p->data_blocks + (p->data_blocks - 1) / chunk_ratio : UINT32_MAX / chunk_ratio;
     p->bat_offset = VHDX_HEADER_SECTION + p->log_size;
     p->bat_length = (p->bat_entries * 8 + MiB - 1) & ~(MiB - 1);
-    if (!p->bat_length)
-        p->bat_length = MiB;
     p->meta_offset = p->bat_offset + p->bat_length;
     p->data_offset = p->bat_offset + p->bat_length + 5 * MiB; /* as QEMU: metadata, then room to grow */
     return 0;
@@ -114,7 +117,13 @@ int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_ob
     uint64_t file_size = p.data_offset + (p.fixed ? p.size : 0);
     uint8_t *hs = calloc(1, VHDX_HEADER_SECTION); /* file id, headers, region tables */
     uint8_t *meta = calloc(1, VHDX_META_TABLE_SIZE + 64);
-    uint8_t *bat = calloc(1, p.bat_length);
+    /* the entries the blocks use (QEMU writes the region whole: the rest
+     * is written as zeroes below, without a buffer as large as an empty
+     * image's 64 MiB region) */
+    uint64_t chunk_ratio = VHDX_MAX_SECTORS_PER_BLOCK * 512 / p.block_size;
+    uint64_t bat_used = p.data_blocks ? (p.data_blocks + (p.data_blocks - 1) / chunk_ratio) * 8 : 0;
+    bat_used = (bat_used + 4095) & ~4095ull;
+    uint8_t *bat = calloc(1, bat_used ? bat_used : 1);
     if (!hs || !meta || !bat) {
         rc = -ENOMEM;
         goto out;
@@ -181,7 +190,6 @@ int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_ob
     /* QEMU's BAT: ZERO blocks with block_state_zero (even when fixed),
      * else a fixed image's blocks laid out after the metadata, else
      * NOT_PRESENT */
-    uint64_t chunk_ratio = VHDX_MAX_SECTORS_PER_BLOCK * 512 / p.block_size;
     for (uint64_t b = 0; b < p.data_blocks; b++) {
         uint64_t e = PB_NOT_PRESENT;
         if (p.zero_blocks)
@@ -191,8 +199,10 @@ int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_ob
         put_le64p(bat + (b + b / chunk_ratio) * 8, e);
     }
     rc = vbd_node_co_pwrite(f, 0, hs, VHDX_HEADER_SECTION, 0);
-    if (rc == 0)
-        rc = vbd_node_co_pwrite(f, p.bat_offset, bat, p.bat_length, 0);
+    if (rc == 0 && bat_used)
+        rc = vbd_node_co_pwrite(f, p.bat_offset, bat, bat_used, 0);
+    if (rc == 0 && bat_used < p.bat_length)
+        rc = vbd_node_co_pwrite_zeroes(f, p.bat_offset + bat_used, p.bat_length - bat_used, 0);
     if (rc == 0)
         rc = vbd_node_co_pwrite(f, p.meta_offset, meta, VHDX_META_TABLE_SIZE + 64, 0);
     if (rc == 0)

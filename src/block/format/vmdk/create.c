@@ -129,20 +129,22 @@ int vmdk_create(const char *filename, struct vbd_node *file, struct json_object 
         goto out;
     }
     size = div_up(size, SECTOR) * SECTOR;
+    /* qemu-img's order and words (vmdk_co_create_opts: the adapter type,
+     * then the subformat, each through qapi_enum_parse) */
     int sub = 0, ad = 0;
-    if (subfmt) {
-        for (sub = 0; subformats[sub] && strcmp(subformats[sub], subfmt); sub++)
-            ;
-        if (!subformats[sub]) {
-            vbd_error_setf(err, EINVAL, "Parameter 'subformat' does not accept value '%s'", subfmt);
-            goto out;
-        }
-    }
     if (adapter) {
         for (ad = 0; adapters[ad] && strcmp(adapters[ad], adapter); ad++)
             ;
         if (!adapters[ad]) {
-            vbd_error_setf(err, EINVAL, "Parameter 'adapter_type' does not accept value '%s'", adapter);
+            vbd_error_setf(err, EINVAL, "invalid parameter value: %s", adapter);
+            goto out;
+        }
+    }
+    if (subfmt) {
+        for (sub = 0; subformats[sub] && strcmp(subformats[sub], subfmt); sub++)
+            ;
+        if (!subformats[sub]) {
+            vbd_error_setf(err, EINVAL, "invalid parameter value: %s", subfmt);
             goto out;
         }
     }

@@ -1,0 +1,70 @@
+#!/bin/bash
+# vbd-img create beside qemu-img create (7.2), the same command line in
+# copies of the same directory (lib.sh create_same): a new image is laid
+# out as qemu-img lays it out, the same file length, qemu-img map (host
+# offsets too) and check (a new qcow2 from vbd-img was a cluster longer:
+# its L1 table written to its cluster's end; vbd-img's empty vhdx had a 1
+# MiB BAT region qemu-img could not open, QEMU's own is sized by its
+# 32-bit count that wraps); the file protocol's hints nocow and
+# extent_size_hint taken through any format, with qemu-img's checks;
+# vmdk's adapter type and subformat refused in qemu-img's words.
+# (img-parity-create.sh: create's command lines, values and refusals.)
+. "$(dirname "$0")/lib.sh"
+need qemu-img
+cd "$T"
+mkdir base
+must qemu-img create -q -f qcow2 base/a.qcow2 4M
+same() { create_same "$@"; }
+same_layout() { create_same_layout "$@"; }
+
+step "the layout of a new image: file length, map and check as qemu-img's"
+# qcow2: the L1 table written to its entries' end (not its cluster's) in
+# the first refcount block; past it qemu-img's refcount blocks follow the
+# table and the file ends on a cluster
+for o in "" cluster_size=512 cluster_size=2M extended_l2=on,lazy_refcounts=on refcount_bits=1 compat=0.10 \
+    data_file=d,data_file_raw=on preallocation=falloc; do
+    same_layout -f qcow2 ${o:+-o "$o"} n.qcow2 1M
+done
+for s in 0 1G; do
+    same_layout -f qcow2 n.qcow2 $s
+done
+same_layout -f qcow2 -o cluster_size=1k,refcount_bits=64 n.qcow2 545292288
+same_layout -f qcow2 -o cluster_size=512 n.qcow2 545292288
+same_layout -f qcow2 -b a.qcow2 -F qcow2 n.qcow2
+# an empty vhdx: QEMU's BAT region, sized by its 32-bit count that wraps
+# (64 MiB with 8 MiB blocks), which it wants at open
+for o in block_size=1M ""; do
+    same_layout -f vhdx ${o:+-o "$o"} n.vhdx 0
+done
+# and each tool reads the other's as its own (qemu-img could not open vbd's)
+for k in q v; do
+    for t in qemu-img "$VBD_IMG"; do
+        (cd $k && "$t" info -U n.vhdx && "$t" check -U n.vhdx) 2>&1 | grep -v '^disk size' >$k.${t##*/}.vhdx
+    done
+    diff -u $k.qemu-img.vhdx $k.vbd-img.vhdx || fail "an empty vhdx made by $k: vbd-img reads it otherwise"
+done
+for f in vmdk vpc vdi qed parallels; do
+    same_layout -f $f n.$f 0
+done
+same_layout -f vhdx n.vhdx 100
+
+step "the file's hints (nocow, extent_size_hint), as qemu-img's file driver takes them, through any format"
+for o in nocow=bogus extent_size_hint=1M extent_size_hint=0 extent_size_hint=4G extent_size_hint=5G,preallocation=bogus \
+    nocow=on,extent_size_hint=64k,preallocation=falloc; do
+    same_layout -f raw -o "$o" n.raw 1M
+done
+for f in qcow2 vmdk vhdx; do
+    same_layout -f $f -o nocow=on,extent_size_hint=256k n.$f 1M
+done
+same -f qcow2 -o extent_size_hint=5G n.qcow2 1M
+same_layout -f qcow2 -o data_file=d,nocow=on n.qcow2 1M
+same -f vmdk -o subformat=twoGbMaxExtentFlat,extent_size_hint=0 n.vmdk 1M
+same -f raw -o help n.raw
+
+step "vmdk: qemu-img's words for an adapter type or subformat it does not know, the adapter type first"
+for o in adapter_type=foo adapter_type=IDE subformat=monolithicflat adapter_type=foo,subformat=bar \
+    subformat=bar,adapter_type=lsilogic; do
+    same -f vmdk -o "$o" n.vmdk 1M
+done
+
+echo PASS
