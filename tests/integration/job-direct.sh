@@ -48,7 +48,9 @@ run_job() {
         out=top.qcow2 ;;
     esac
     for n in "${nodes[@]}"; do bd+=(--blockdev "$n"); done
-    "$bin" --chardev socket,id=m0,path="$PWD/m.sock",server=on,wait=off --monitor m0 "${bd[@]}" 2>"$T/$who.log" &
+    # stdout into a file, not the pipe of $(run_job ...): a daemon a failing
+    # step leaves behind would hold that pipe open and hang the caller
+    "$bin" --chardev socket,id=m0,path="$PWD/m.sock",server=on,wait=off --monitor m0 "${bd[@]}" >"$T/$who.out" 2>"$T/$who.log" &
     dpid=$!
     on_exit "[ -z \"\$dpid\" ] || kill -9 \$dpid 2>/dev/null"
     wait_sock "$PWD/m.sock"

@@ -4,6 +4,7 @@
 set -u
 VBD_BUILD=${VBD_BUILD:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build}
 VBD_ROOT=${VBD_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+export VBD_ROOT # qmp_py's python reads it; a test run alone (not from run.sh) has it too
 VBD_IMG=$VBD_BUILD/src/tools/vbd-img
 VBD_IO=$VBD_BUILD/src/tools/vbd-io
 VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon
