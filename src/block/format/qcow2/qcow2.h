@@ -59,6 +59,7 @@ struct qcow2_l2_slot {
     uint64_t *table; /* big-endian entries as on disk */
     uint64_t lru;
     bool dirty;
+    bool foreign; /* lies on other metadata (qcow2_table_on_other_metadata): never written */
 };
 
 /*
@@ -142,6 +143,7 @@ struct qcow2_state {
         uint8_t *data;
         uint64_t lru;
         bool dirty;
+        bool foreign; /* lies on other metadata: never written (set_refcount refuses) */
     } *rc_slots, *rc_cur;
     int rc_nslots;
 
@@ -252,7 +254,10 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t host_cluster, uint64_t *r
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta);
 int qcow2_flush_refcounts(struct qcow2_state *s);
 int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
+/* check -r all: a new refcount structure holding count[k] for host cluster k < n, placed from cluster n on */
+int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n);
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
+bool qcow2_table_on_other_metadata(struct qcow2_state *s, uint64_t off);
 static inline void qcow2_metadata_moved(struct qcow2_state *s)
 {
     s->meta_valid = false; /* an L1 or refcount table entry changed */
