@@ -12,7 +12,9 @@
 # of a lazy-refcounts image left dirty (its repair is check -r all). Now
 # the write fails with one line naming it and the image is marked corrupt, as
 # qemu-io does; check -r leaks repairs nothing and says the refcount
-# structure needs a rebuild, check -r all rebuilds it (both as qemu-img).
+# structure needs a rebuild, check -r all rebuilds it (both as qemu-img),
+# and also for a refcount table entry past the end of the file (which it
+# left as it was: exit 2, where qemu-img's repair ends clean).
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
@@ -87,6 +89,18 @@ for c in $cases; do
     must "$VBD_IO" -f qcow2 -r -c "read -P 0x11 0 8k" bad.qcow2 >/dev/null
     must qemu-io -f qcow2 -r -c "read -P 0x11 0 8k" bad.qcow2 >/dev/null
 done
+step "a refcount table entry past the end of the file: check -r all rebuilds the structure without it (as qemu-img)"
+cp base.qcow2 out.qcow2
+poke out.qcow2 $((rt + 8)) $((139 * 4096))
+cp out.qcow2 q.qcow2
+qemu-img check -r all q.qcow2 >q.out 2>&1; qr=$?
+"$VBD_IMG" check -r all out.qcow2 >v.out 2>&1; vr=$?
+cat v.out
+[ $vr = $qr ] || fail "check -r all exit $vr, qemu-img's $qr"
+grep -qx "Repairing refcount block 1 is outside image" q.out || fail "qemu-img no longer says: $(cat q.out)"
+grep -qx "Repairing refcount block 1 is outside image" v.out || fail "check -r all: $(cat v.out)"
+qcheck out.qcow2
+must qemu-io -f qcow2 -r -c "read -P 0x11 0 8k" out.qcow2 >/dev/null
 step "a lazy-refcounts image left dirty, its refcount block on the L1 table: the repair at a read-write open"
 must qemu-img create -q -f qcow2 -o cluster_size=4k,lazy_refcounts=on lazy.qcow2 4M
 must qemu-io -f qcow2 -c "write -P 0x11 0 8k" lazy.qcow2 >/dev/null

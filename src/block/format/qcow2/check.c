@@ -306,6 +306,7 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
         }
     }
     struct ctx c = {.s = s, .res = res};
+    bool repair_all = fix & VBD_CHECK_FIX_ERRORS, rebuild = false;
     c.nclusters = (n->file->size + s->cluster_size - 1) >> s->cluster_bits;
     c.nref = c.nclusters;
     c.ref = calloc(c.nclusters + 1, sizeof(uint64_t));
@@ -318,8 +319,12 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
         if (!s->reftable[i])
             continue;
         if ((s->reftable[i] >> s->cluster_bits) >= c.nclusters) {
-            report(&c, "ERROR refcount block %llu is outside image\n", (unsigned long long)i);
+            /* -r all: the rebuilt structure leaves it out (qemu-img first
+             * grows the file over it, which a block far out makes huge) */
+            report(&c, "%s refcount block %llu is outside image\n", repair_all ? "Repairing" : "ERROR",
+                   (unsigned long long)i);
             res->corruptions++;
+            rebuild |= repair_all;
             continue;
         }
         add(&c, s->reftable[i], s->cluster_size);
@@ -372,7 +377,6 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
      * written over by the next refcount update it covers. qemu-img check
      * rebuilds the refcount structure then, and so does -r all here
      * (below); -r leaks repairs nothing. */
-    bool rebuild = false;
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t k = s->reftable[i] >> s->cluster_bits;
         if (s->reftable[i] && k < c.nclusters && c.ref[k] != 1) {
