@@ -14,7 +14,9 @@
 # qemu-io does; check -r leaks repairs nothing and says the refcount
 # structure needs a rebuild, check -r all rebuilds it (both as qemu-img),
 # and also for a refcount table entry past the end of the file (which it
-# left as it was: exit 2, where qemu-img's repair ends clean).
+# left as it was: exit 2, where qemu-img's repair ends clean) or with
+# reserved bits or an unaligned offset (check could not open the image at
+# all: exit 1, where qemu-img check reports it, exit 2, and -r all repairs).
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
@@ -101,6 +103,31 @@ grep -qx "Repairing refcount block 1 is outside image" q.out || fail "qemu-img n
 grep -qx "Repairing refcount block 1 is outside image" v.out || fail "check -r all: $(cat v.out)"
 qcheck out.qcow2
 must qemu-io -f qcow2 -r -c "read -P 0x11 0 8k" out.qcow2 >/dev/null
+for bad in "with reserved bits" unaligned; do
+    step "refcount table entry 0 $bad: check reports it, -r leaks repairs nothing, -r all rebuilds (as qemu-img)"
+    cp base.qcow2 rb.qcow2
+    case $bad in with*) poke rb.qcow2 "$rt" $((rb | 1)) ;; unaligned) poke rb.qcow2 "$rt" $((rb + 512)) ;; esac
+    cp rb.qcow2 rb-orig.qcow2
+    for mode in "" "-r leaks" "-r all"; do
+        cp rb-orig.qcow2 q.qcow2
+        qemu-img check $mode q.qcow2 >q.out 2>&1; qr=$?
+        "$VBD_IMG" check $mode rb.qcow2 >v.out 2>&1; vr=$?
+        echo "check $mode: exit $vr: $(grep -v 'cluster [0-9]* refcount' v.out | head -3 | tr '\n' '|')"
+        # exit: 2 (corrupt), 1 (-r leaks: needs a rebuild), 0 (-r all: rebuilt clean). qemu-img 7.2 differs
+        # twice: check of the unaligned entry exits 1 ("Can't get refcount for cluster N" for each cluster it
+        # covers: internal errors), and its -r all of the reserved bits fails (its new refcount block would go
+        # where the old one is, which its own overlap check refuses: "ERROR writing refblock", the image
+        # marked corrupt, exit 1)
+        case $mode in "") want=2 ;; "-r leaks") want=1 ;; *) want=0 ;; esac
+        [ $vr = $want ] || fail "$bad: check $mode exit $vr ($want expected; qemu-img's $qr): $(cat v.out)"
+        line=$(grep "^ERROR refcount" q.out | head -1)
+        grep -qxF "$line" v.out || fail "$bad: check $mode lacks qemu-img's '$line': $(cat v.out)"
+        [ "$mode" = "-r all" ] || cmp -s rb.qcow2 rb-orig.qcow2 || fail "$bad: check $mode changed the image"
+    done
+    qcheck rb.qcow2
+    must qemu-io -f qcow2 -r -c "read -P 0x11 0 8k" rb.qcow2 >/dev/null
+    must_fail_with "not cluster aligned" "$VBD_IO" -f qcow2 -c "write -P 0x22 0 4k" rb-orig.qcow2
+done
 step "a lazy-refcounts image left dirty, its refcount block on the L1 table: the repair at a read-write open"
 must qemu-img create -q -f qcow2 -o cluster_size=4k,lazy_refcounts=on lazy.qcow2 4M
 must qemu-io -f qcow2 -c "write -P 0x11 0 8k" lazy.qcow2 >/dev/null

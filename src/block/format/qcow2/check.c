@@ -316,6 +316,16 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
     add(&c, s->l1_table_offset, (uint64_t)s->l1_size * 8);
     add(&c, s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size);
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
+        if (s->reftable_bad && s->reftable_bad[i]) { /* kept aside by the check open: no block */
+            if (s->reftable_bad[i] & ~REFT_OFFSET_MASK)
+                report(&c, "ERROR refcount table entry %llu has reserved bits set\n", (unsigned long long)i);
+            else
+                report(&c, "ERROR refcount block %llu is not cluster aligned; refcount table entry corrupted\n",
+                       (unsigned long long)i);
+            res->corruptions++;
+            rebuild = true;
+            continue;
+        }
         if (!s->reftable[i])
             continue;
         if ((s->reftable[i] >> s->cluster_bits) >= c.nclusters) {

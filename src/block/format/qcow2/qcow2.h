@@ -109,6 +109,9 @@ struct qcow2_state {
     uint32_t refcount_table_clusters;
     uint64_t *reftable; /* host-endian copy, refcount_table_clusters * cluster_size / 8 entries */
     uint64_t reftable_entries;
+    /* a check open: the entries refused (reserved bits, not cluster
+     * aligned) as they were on disk, 0 in reftable; NULL when none */
+    uint64_t *reftable_bad;
 
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
@@ -245,7 +248,7 @@ int qcow2_snapshot_load_tmp(struct vbd_node *n, const char *id, const char *name
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);
 
 /* refcount.c (lock held) */
-int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err);
+int qcow2_load_reftable(struct qcow2_state *s, bool check, struct vbd_error **err);
 void qcow2_free_refcount_cache(struct qcow2_state *s);
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count);
 /* At a read-write open: file_end past every cluster a refcount block counts. */

@@ -18,7 +18,9 @@ static uint32_t rb_bits(const struct qcow2_state *s) /* log2 of refcounts per bl
     return s->cluster_bits + 3 - s->refcount_order;
 }
 
-int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
+/* check: a bad entry is kept aside (reftable_bad) for check to report, as
+ * qemu-img does, and to rebuild the structure without it (-r all). */
+int qcow2_load_reftable(struct qcow2_state *s, bool check, struct vbd_error **err)
 {
     uint64_t bytes = (uint64_t)s->refcount_table_clusters * s->cluster_size;
     s->reftable_entries = bytes / 8;
@@ -29,7 +31,14 @@ int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
     }
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         s->reftable[i] = be64(s->reftable[i]);
-        if (s->reftable[i] & ~REFT_OFFSET_MASK || (s->reftable[i] & (s->cluster_size - 1))) {
+        if ((s->reftable[i] & ~REFT_OFFSET_MASK || (s->reftable[i] & (s->cluster_size - 1))) && check) {
+            if (!s->reftable_bad && !(s->reftable_bad = calloc(s->reftable_entries, 8))) {
+                vbd_error_setf(err, ENOMEM, "Could not allocate the qcow2 refcount table");
+                return -ENOMEM;
+            }
+            s->reftable_bad[i] = s->reftable[i];
+            s->reftable[i] = 0;
+        } else if (s->reftable[i] & ~REFT_OFFSET_MASK || (s->reftable[i] & (s->cluster_size - 1))) {
             vbd_error_setf(err, EINVAL, "qcow2 refcount table entry %llu (0x%llx) is not cluster aligned",
                            (unsigned long long)i, (unsigned long long)s->reftable[i]);
             return -EINVAL;
@@ -636,6 +645,8 @@ int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64
     }
     s->rc_cur = NULL;
     free(s->reftable);
+    free(s->reftable_bad);
+    s->reftable_bad = NULL;
     s->reftable = table;
     s->reftable_entries = entries;
     s->refcount_table_offset = (at + blocks) * cs;
