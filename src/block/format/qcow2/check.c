@@ -258,10 +258,43 @@ static uint64_t compare_refcounts(struct ctx *c, unsigned fix, bool *unreference
     return end;
 }
 
+/* The counts without the references of the refcount structure itself (its
+ * table and blocks, as qcow2_co_check added them): what a rebuilt
+ * structure holds. The old structure's clusters that nothing else uses
+ * become free. */
+static void uncount(struct ctx *c, uint64_t off, uint64_t len)
+{
+    struct qcow2_state *s = c->s;
+    uint64_t limit = s->n->file->size + s->cluster_size - 1;
+    if (!len || off >= limit || len > limit - off)
+        return; /* add() did not count it */
+    for (uint64_t k = off >> s->cluster_bits; k <= (off + len - 1) >> s->cluster_bits; k++)
+        c->ref[k]--;
+}
+
+static void uncount_refcount_structure(struct ctx *c)
+{
+    struct qcow2_state *s = c->s;
+    uncount(c, s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size);
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        if (s->reftable[i] && (s->reftable[i] >> s->cluster_bits) < c->nclusters)
+            uncount(c, s->reftable[i], s->cluster_size);
+}
+
+static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);
+
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
+    int rc = check_locked(n, res, fix, err);
+    vbd_co_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
     /* The check reads the tables from disk: the cached changes must be
      * there first. If they cannot be written the check would count (and
      * -r repair) stale tables: it stops instead. */
@@ -269,11 +302,11 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
         int rc = qcow2_writeback(s);
         if (rc < 0) {
             vbd_error_setf(err, -rc, "could not write the cached metadata tables: %s", strerror(-rc));
-            vbd_co_mutex_unlock(&s->lock);
             return rc;
         }
     }
     struct ctx c = {.s = s, .res = res};
+    bool repair_all = fix & VBD_CHECK_FIX_ERRORS, rebuild = false;
     c.nclusters = (n->file->size + s->cluster_size - 1) >> s->cluster_bits;
     c.nref = c.nclusters;
     c.ref = calloc(c.nclusters + 1, sizeof(uint64_t));
@@ -283,11 +316,25 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
     add(&c, s->l1_table_offset, (uint64_t)s->l1_size * 8);
     add(&c, s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size);
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
+        if (s->reftable_bad && s->reftable_bad[i]) { /* kept aside by the check open: no block */
+            if (s->reftable_bad[i] & ~REFT_OFFSET_MASK)
+                report(&c, "ERROR refcount table entry %llu has reserved bits set\n", (unsigned long long)i);
+            else
+                report(&c, "ERROR refcount block %llu is not cluster aligned; refcount table entry corrupted\n",
+                       (unsigned long long)i);
+            res->corruptions++;
+            rebuild = true;
+            continue;
+        }
         if (!s->reftable[i])
             continue;
         if ((s->reftable[i] >> s->cluster_bits) >= c.nclusters) {
-            report(&c, "ERROR refcount block %llu is outside image\n", (unsigned long long)i);
+            /* -r all: the rebuilt structure leaves it out (qemu-img first
+             * grows the file over it, which a block far out makes huge) */
+            report(&c, "%s refcount block %llu is outside image\n", repair_all ? "Repairing" : "ERROR",
+                   (unsigned long long)i);
             res->corruptions++;
+            rebuild |= repair_all;
             continue;
         }
         add(&c, s->reftable[i], s->cluster_size);
@@ -338,12 +385,14 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
     /* a refcount block must be referenced once: one that is also another
      * table (the reftable itself, an L1/L2 table, another block) would be
      * written over by the next refcount update it covers. qemu-img check
-     * rebuilds the refcount structure then; vbd reports it, unrepaired. */
+     * rebuilds the refcount structure then, and so does -r all here
+     * (below); -r leaks repairs nothing. */
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t k = s->reftable[i] >> s->cluster_bits;
         if (s->reftable[i] && k < c.nclusters && c.ref[k] != 1) {
             report(&c, "ERROR refcount block %llu refcount=%llu\n", (unsigned long long)i, (unsigned long long)c.ref[k]);
             res->corruptions++;
+            rebuild = true;
         }
     }
     /* As qemu-img: a first pass reports every mismatch as found (Leaked,
@@ -353,23 +402,59 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
     struct vbd_check_result before = *res;
     bool unreferenced_in_use = false;
     uint64_t end = compare_refcounts(&c, 0, &unreferenced_in_use);
-    if (fix && unreferenced_in_use && !(fix & VBD_CHECK_FIX_ERRORS)) {
+    if (fix && (unreferenced_in_use || rebuild) && !(fix & VBD_CHECK_FIX_ERRORS)) {
         /* A cluster in use with a stored count of 0 could be handed out
-         * again; qemu-img rebuilds the refcount structure for it, which
-         * -r leaks may not do, and then repairs nothing (exit 1). */
+         * again, a refcount block that is also other metadata would have
+         * a repair write over that: qemu-img rebuilds the refcount
+         * structure for either, which -r leaks may not do, and then
+         * repairs nothing (exit 1). */
         report(&c, "ERROR need to rebuild refcount structures\n");
         res->check_errors++;
         free(table);
         free(c.ref);
-        vbd_co_mutex_unlock(&s->lock);
         return -EIO;
+    }
+    if (fix && rebuild) {
+        /* As qemu-img check -r all: a repair in place would write refcounts
+         * over the other metadata (the L1 table, an L2 table: the guest's
+         * data lost), so a new structure is built from the counts, the old
+         * one's clusters left free; then everything is counted (and
+         * repaired) again over it: what that leaves is what the rebuild did
+         * not fix. */
+        report(&c, "Rebuilding refcount structure\n");
+        uncount_refcount_structure(&c);
+        int rc = qcow2_rebuild_refcounts(s, c.ref, c.nref);
+        free(table);
+        free(c.ref);
+        if (rc < 0) {
+            vbd_error_setf(err, -rc, "qcow2 image '%s': could not rebuild the refcount structure: %s", n->filename,
+                           strerror(-rc));
+            res->check_errors++;
+            return rc;
+        }
+        /* (the new blocks are referenced once: no rebuild again) */
+        struct vbd_check_result first = *res;
+        *res = (struct vbd_check_result){0};
+        rc = check_locked(n, res, fix, err);
+        int64_t gone = first.corruptions - res->corruptions, leaks_gone = first.leaks - res->leaks;
+        res->corruptions_fixed = first.corruptions_fixed + (gone > res->corruptions_fixed ? gone : res->corruptions_fixed);
+        res->leaks_fixed = first.leaks_fixed + (leaks_gone > res->leaks_fixed ? leaks_gone : res->leaks_fixed);
+        return rc;
     }
     if (fix && (res->leaks > before.leaks || res->corruptions > before.corruptions)) {
         *res = before;
         compare_refcounts(&c, fix, &unreferenced_in_use);
     }
     /* refcounts past the end of the file are not looked at, as qemu-img does */
-    /* the COPIED flag must say "refcount is 1" exactly when it is */
+    /* the refcounts repaired above are on the disk before flags that say what they are */
+    if ((res->leaks_fixed || res->corruptions_fixed) && qcow2_flush_refcounts(s) < 0)
+        res->check_errors++;
+    /* the COPIED flag must say "refcount is 1" exactly when it is: -r all
+     * sets or clears it, -r leaks too once the refcounts are right (no
+     * error left), as qemu-img does */
+    bool repair = (fix & VBD_CHECK_FIX_ERRORS) ||
+                  ((fix & VBD_CHECK_FIX_LEAKS) && !res->check_errors && !res->corruptions && !res->leaks);
+    bool flagged = false;
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t l2 = s->l1[i] & L1E_OFFSET_MASK, rc = 0;
         /* tables past the end of a truncated file read as zeroes, refcounts there as 0, as in qemu-img */
@@ -377,14 +462,25 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
             continue;
         qcow2_get_refcount(s, l2 >> s->cluster_bits, &rc);
         if ((rc == 1) != !!(s->l1[i] & QCOW_OFLAG_COPIED)) {
-            report(&c, "ERROR OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%llx refcount=%llu\n", i,
-                    (unsigned long long)s->l1[i], (unsigned long long)rc);
-            res->corruptions++;
+            report(&c, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%llx refcount=%llu\n",
+                   repair ? "Repairing" : "ERROR", i, (unsigned long long)s->l1[i], (unsigned long long)rc);
+            uint64_t was = s->l1[i];
+            s->l1[i] = rc == 1 ? was | QCOW_OFLAG_COPIED : was & ~QCOW_OFLAG_COPIED;
+            if (repair && qcow2_write_l1_entry(s, i) == 0) {
+                res->corruptions_fixed++;
+                flagged = true;
+            } else {
+                s->l1[i] = was;
+                res->check_errors += repair;
+                res->corruptions++;
+            }
         }
         if (vbd_node_co_pread(n->file, l2, table, s->cluster_size) < 0)
             continue;
+        uint64_t fixed = 0;
         for (uint32_t j = 0; j < (1u << s->l2_bits); j++) {
-            uint64_t e = get_be64p(table + (uint64_t)j * s->l2_entry_size), h = e & L2E_OFFSET_MASK, hr = 0;
+            uint8_t *p = table + (uint64_t)j * s->l2_entry_size;
+            uint64_t e = get_be64p(p), h = e & L2E_OFFSET_MASK, hr = 0;
             enum qcow2_cluster_type t = qcow2_entry_type(s, e);
             if ((t != QCOW2_NORMAL && t != QCOW2_ZERO_ALLOC) || (h & (s->cluster_size - 1)))
                 continue;
@@ -393,17 +489,35 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
             else
                 qcow2_get_refcount(s, h >> s->cluster_bits, &hr);
             if ((hr == 1) != !!(e & QCOW_OFLAG_COPIED)) {
-                report(&c, "ERROR OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu\n",
-                        (unsigned long long)e, (unsigned long long)hr);
-                res->corruptions++;
+                report(&c, "%s OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu\n", repair ? "Repairing" : "ERROR",
+                       (unsigned long long)e, (unsigned long long)hr);
+                if (repair) {
+                    put_be64p(p, hr == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED);
+                    fixed++;
+                } else {
+                    res->corruptions++;
+                }
             }
         }
+        if (!fixed)
+            continue;
+        /* the table as repaired, where no other metadata lies (as qemu-img's overlap check) */
+        if (qcow2_table_on_other_metadata(s, l2) || vbd_node_co_pwrite(n->file, l2, table, s->cluster_size, 0) < 0) {
+            report(&c, "ERROR: Could not write L2 table at 0x%llx\n", (unsigned long long)l2);
+            res->check_errors++;
+            res->corruptions += fixed;
+            continue;
+        }
+        res->corruptions_fixed += fixed;
+        flagged = true;
+        for (int k = 0; k < s->l2_cache_slots; k++) /* a cached copy (clean: written back above) reads as the disk */
+            if (s->l2_cache[k].offset == l2 && s->l2_cache[k].table)
+                memcpy(s->l2_cache[k].table, table, s->cluster_size);
     }
     res->image_end_offset = (int64_t)end;
-    if ((res->leaks_fixed || res->corruptions_fixed) && qcow2_flush_refcounts(s) < 0)
+    if (flagged && vbd_node_co_flush(n->file) < 0)
         res->check_errors++;
     free(table);
     free(c.ref);
-    vbd_co_mutex_unlock(&s->lock);
     return 0;
 }

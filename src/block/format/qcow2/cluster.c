@@ -50,6 +50,11 @@ int qcow2_writeback(struct qcow2_state *s)
         struct qcow2_l2_slot *sl = &s->l2_cache[i];
         if (!sl->dirty)
             continue;
+        if (sl->foreign) { /* changed by a path that did not ask qcow2_get_l2 to allocate: still not written */
+            sl->dirty = false;
+            rc = qcow2_signal_corruption(s, "L2 table on other metadata", sl->offset);
+            break;
+        }
         rc = vbd_node_co_pwrite(s->n->file, sl->offset, sl->table, s->cluster_size, 0);
         if (rc == 0)
             sl->dirty = false;
@@ -112,6 +117,8 @@ static int load_l2(struct qcow2_state *s, uint64_t l2_off, struct qcow2_l2_slot 
     if (rc < 0)
         return rc;
     victim->offset = l2_off;
+    /* see qcow2_get_l2; a read-only image writes no table */
+    victim->foreign = !s->read_only && qcow2_table_on_other_metadata(s, l2_off);
     victim->lru = ++s->lru_clock;
     *out = victim;
     return 0;
@@ -178,6 +185,7 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
             qcow2_defer_free(s, l2_off); /* once the new L1 entry is on disk */
             memcpy(old->table, copy, s->cluster_size);
             old->offset = (uint64_t)nl2;
+            old->foreign = false;
             old->lru = ++s->lru_clock;
             *table = old->table;
             if (slot)
@@ -216,6 +224,7 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
             return rc;
         }
         victim->offset = (uint64_t)nl2;
+        victim->foreign = false;
         victim->lru = ++s->lru_clock;
         s->l1[l1_index] = (uint64_t)nl2 | QCOW_OFLAG_COPIED;
         qcow2_metadata_added(s, (uint64_t)nl2); /* data writes aimed at it are refused from now on */
@@ -239,6 +248,11 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
     int rc = load_l2(s, l2_off, &sl);
     if (rc < 0)
         return rc;
+    /* an L2 table on other metadata (the refcount table, a refcount block,
+     * ...): a changed entry would be written over that, as QEMU's overlap
+     * check refuses */
+    if (alloc && sl->foreign)
+        return qcow2_signal_corruption(s, "L2 table on other metadata", l2_off);
     *table = sl->table;
     if (slot)
         *slot = sl;

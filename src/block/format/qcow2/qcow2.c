@@ -244,7 +244,7 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     if (has_lazy)
         s->lazy_opt = lazy ? 2 : 1;
     s->rc_nslots = (int)(rc_cache / s->cluster_size < 1024 ? rc_cache / s->cluster_size : 1024);
-    rc = qcow2_load_reftable(s, err);
+    rc = qcow2_load_reftable(s, (flags & VBD_OPEN_CHECK) != 0, err);
     if (rc < 0)
         return rc;
     if (s->nb_snapshots) {
@@ -329,6 +329,8 @@ static void qcow2_close(struct vbd_node *n)
     free(s->l2_cache);
     s->l2_cache = NULL;
     free(s->reftable);
+    free(s->reftable_bad);
+    s->reftable_bad = NULL;
     qcow2_free_refcount_cache(s);
     free(s->cluster_buf);
     free(s->cbuf);

@@ -59,6 +59,7 @@ struct qcow2_l2_slot {
     uint64_t *table; /* big-endian entries as on disk */
     uint64_t lru;
     bool dirty;
+    bool foreign; /* lies on other metadata (qcow2_table_on_other_metadata): never written */
 };
 
 /*
@@ -108,6 +109,9 @@ struct qcow2_state {
     uint32_t refcount_table_clusters;
     uint64_t *reftable; /* host-endian copy, refcount_table_clusters * cluster_size / 8 entries */
     uint64_t reftable_entries;
+    /* a check open: the entries refused (reserved bits, not cluster
+     * aligned) as they were on disk, 0 in reftable; NULL when none */
+    uint64_t *reftable_bad;
 
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
@@ -142,6 +146,7 @@ struct qcow2_state {
         uint8_t *data;
         uint64_t lru;
         bool dirty;
+        bool foreign; /* lies on other metadata: never written (set_refcount refuses) */
     } *rc_slots, *rc_cur;
     int rc_nslots;
 
@@ -243,7 +248,7 @@ int qcow2_snapshot_load_tmp(struct vbd_node *n, const char *id, const char *name
 int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fix, struct vbd_error **err);
 
 /* refcount.c (lock held) */
-int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err);
+int qcow2_load_reftable(struct qcow2_state *s, bool check, struct vbd_error **err);
 void qcow2_free_refcount_cache(struct qcow2_state *s);
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count);
 /* At a read-write open: file_end past every cluster a refcount block counts. */
@@ -252,7 +257,10 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t host_cluster, uint64_t *r
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta);
 int qcow2_flush_refcounts(struct qcow2_state *s);
 int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
+/* check -r all: a new refcount structure holding count[k] for host cluster k < n, placed from cluster n on */
+int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n);
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
+bool qcow2_table_on_other_metadata(struct qcow2_state *s, uint64_t off);
 static inline void qcow2_metadata_moved(struct qcow2_state *s)
 {
     s->meta_valid = false; /* an L1 or refcount table entry changed */

@@ -18,7 +18,9 @@ static uint32_t rb_bits(const struct qcow2_state *s) /* log2 of refcounts per bl
     return s->cluster_bits + 3 - s->refcount_order;
 }
 
-int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
+/* check: a bad entry is kept aside (reftable_bad) for check to report, as
+ * qemu-img does, and to rebuild the structure without it (-r all). */
+int qcow2_load_reftable(struct qcow2_state *s, bool check, struct vbd_error **err)
 {
     uint64_t bytes = (uint64_t)s->refcount_table_clusters * s->cluster_size;
     s->reftable_entries = bytes / 8;
@@ -29,7 +31,14 @@ int qcow2_load_reftable(struct qcow2_state *s, struct vbd_error **err)
     }
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         s->reftable[i] = be64(s->reftable[i]);
-        if (s->reftable[i] & ~REFT_OFFSET_MASK || (s->reftable[i] & (s->cluster_size - 1))) {
+        if ((s->reftable[i] & ~REFT_OFFSET_MASK || (s->reftable[i] & (s->cluster_size - 1))) && check) {
+            if (!s->reftable_bad && !(s->reftable_bad = calloc(s->reftable_entries, 8))) {
+                vbd_error_setf(err, ENOMEM, "Could not allocate the qcow2 refcount table");
+                return -ENOMEM;
+            }
+            s->reftable_bad[i] = s->reftable[i];
+            s->reftable[i] = 0;
+        } else if (s->reftable[i] & ~REFT_OFFSET_MASK || (s->reftable[i] & (s->cluster_size - 1))) {
             vbd_error_setf(err, EINVAL, "qcow2 refcount table entry %llu (0x%llx) is not cluster aligned",
                            (unsigned long long)i, (unsigned long long)s->reftable[i]);
             return -EINVAL;
@@ -102,6 +111,7 @@ static int take_slot(struct qcow2_state *s, struct qcow2_rc_slot **out)
         return -ENOMEM;
     v->offset = 0;
     v->dirty = false;
+    v->foreign = false;
     v->lru = ++s->lru_clock;
     *out = v;
     return 0;
@@ -127,6 +137,8 @@ static int load_block(struct qcow2_state *s, uint64_t off)
     else if ((rc = vbd_node_co_pread(s->n->file, off, sl->data, s->cluster_size)) < 0)
         return rc;
     sl->offset = off;
+    /* see set_refcount; a read-only image writes no block */
+    sl->foreign = !s->read_only && qcow2_table_on_other_metadata(s, off);
     s->rc_cur = sl;
     return 0;
 }
@@ -232,14 +244,12 @@ void qcow2_metadata_added(struct qcow2_state *s, uint64_t off)
     s->nmeta++;
 }
 
-/* Would [off, off+len) hit the header, the active L1 or L2 tables, the
- * refcount table or blocks, or the snapshot table? O(log n) per call: it
- * runs before every data write whose target came from the image. */
-bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
+/* The structures the header places: the header cluster, the active L1
+ * table, the refcount table, the snapshot table and the snapshots' L1
+ * tables. */
+static bool overlaps_fixed_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
 #define OVERLAP(a, alen) ((a) < off + len && off < (a) + (alen))
-    if (!len)
-        return false;
     if (OVERLAP(0, s->cluster_size))
         return true;
     if (s->l1_size && OVERLAP(s->l1_table_offset, (uint64_t)s->l1_size * 8))
@@ -263,6 +273,32 @@ bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
                 return true;
     }
 #undef OVERLAP
+    return false;
+}
+
+/* The first index entry at or after host cluster c (the index valid). */
+static size_t meta_index_lower(const struct qcow2_state *s, uint64_t c)
+{
+    size_t lo = 0, hi = s->nmeta;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->meta_index[mid] < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Would [off, off+len) hit the header, the active L1 or L2 tables, the
+ * refcount table or blocks, or the snapshot table? O(log n) per call: it
+ * runs before every data write whose target came from the image. */
+bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
+{
+    if (!len)
+        return false;
+    if (overlaps_fixed_metadata(s, off, len))
+        return true;
     if (!s->meta_valid)
         rebuild_meta_index(s);
     if (!s->meta_valid) { /* out of memory: the slow way */
@@ -272,15 +308,32 @@ bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
         return false;
     }
     uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
-    size_t lo = 0, hi = s->nmeta;
-    while (lo < hi) { /* first index entry >= first */
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->meta_index[mid] < first)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    size_t lo = meta_index_lower(s, first);
     return lo < s->nmeta && s->meta_index[lo] <= last;
+}
+
+/* Whether the one-cluster table at off, an L2 table or a refcount block the
+ * image names, lies on other metadata: a structure the header places, or
+ * another L2 table or refcount block (its cluster twice in the index). A
+ * write to it would change that other structure too, as a hostile or
+ * damaged L1 or refcount table entry makes it: QEMU's overlap check refuses
+ * such a write and marks the image corrupt. */
+bool qcow2_table_on_other_metadata(struct qcow2_state *s, uint64_t off)
+{
+    if (overlaps_fixed_metadata(s, off, s->cluster_size))
+        return true;
+    uint64_t c = off >> s->cluster_bits, uses = 0;
+    if (!s->meta_valid)
+        rebuild_meta_index(s);
+    if (s->meta_valid) { /* sorted: a second entry of c follows the first */
+        size_t lo = meta_index_lower(s, c);
+        return lo + 1 < s->nmeta && s->meta_index[lo + 1] == c;
+    }
+    for (uint32_t i = 0; i < s->l1_size; i++) /* out of memory: the slow way */
+        uses += (s->l1[i] & L1E_OFFSET_MASK) && (s->l1[i] & L1E_OFFSET_MASK) >> s->cluster_bits == c;
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        uses += s->reftable[i] && s->reftable[i] >> s->cluster_bits == c;
+    return uses > 1;
 }
 
 static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value);
@@ -410,6 +463,10 @@ static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value)
     rc = load_block(s, off);
     if (rc < 0)
         return rc;
+    /* a block on other metadata (the L1 table, an L2 table, ...): the
+     * change would be written over that, as QEMU's overlap check refuses */
+    if (s->rc_cur->foreign)
+        return qcow2_signal_corruption(s, "refcount block on other metadata", off);
     uint64_t i = cluster & ((1ull << rb_bits(s)) - 1);
     set_entry(s, s->rc_cur->data, i, value);
     s->rc_cur->dirty = true;
@@ -515,4 +572,88 @@ int qcow2_flush_refcounts(struct qcow2_state *s)
 {
     int rc = write_rc_blocks(s);
     return rc < 0 ? rc : vbd_node_co_flush(s->n->file);
+}
+
+/* Replaces the refcount structure with one that holds count[k] for each
+ * host cluster k < n, and 1 for its own clusters: the refcount blocks and
+ * the table go from host cluster n on (past every cluster in use and the
+ * end of the file: n counts them all), written and flushed before the header names them, so
+ * that a crash leaves the old structure in effect. check -r all takes this
+ * way where the old structure cannot be repaired in place (a block that is
+ * also other metadata), as qemu-img check rebuilds it. Nothing in the
+ * refcount cache may be dirty (check wrote it back first). */
+int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n)
+{
+    uint64_t cs = s->cluster_size, per_block = 1ull << rb_bits(s);
+    uint64_t max = s->refcount_order == 6 ? UINT64_MAX : (1ull << (1u << s->refcount_order)) - 1;
+    for (uint64_t k = 0; k < n; k++)
+        if (count[k] > max)
+            return -ERANGE;
+    uint64_t at = n;
+    /* blocks for every cluster up to the structure's own end: it counts itself */
+    uint64_t blocks = 0, tclusters = 0;
+    for (;;) {
+        uint64_t b = (at + blocks + tclusters + per_block - 1) / per_block, t = (b * 8 + cs - 1) / cs;
+        if (b == blocks && t == tclusters)
+            break;
+        blocks = b;
+        tclusters = t;
+    }
+    if (tclusters * cs > QCOW2_MAX_REFTABLE_BYTES)
+        return -EFBIG;
+    uint64_t end = at + blocks + tclusters, entries = tclusters * cs / 8;
+    uint8_t *blk = NULL;
+    if (posix_memalign((void **)&blk, 4096, blocks * cs))
+        blk = NULL;
+    uint64_t *table = calloc(entries, 8), *disk = calloc(entries, 8);
+    int rc = blk && table && disk ? 0 : -ENOMEM;
+    if (rc == 0) {
+        memset(blk, 0, blocks * cs);
+        for (uint64_t k = 0; k < end; k++) {
+            uint64_t v = k >= at ? 1 : k < n ? count[k] : 0;
+            if (v)
+                set_entry(s, blk + k / per_block * cs, k % per_block, v);
+        }
+        for (uint64_t i = 0; i < blocks; i++) {
+            table[i] = (at + i) * cs;
+            disk[i] = be64(table[i]);
+        }
+        rc = vbd_node_co_pwrite(s->n->file, at * cs, blk, blocks * cs, 0);
+    }
+    if (rc == 0)
+        rc = vbd_node_co_pwrite(s->n->file, (at + blocks) * cs, disk, entries * 8, 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file);
+    if (rc == 0) {
+        uint8_t h[12];
+        put_be64p(h, (at + blocks) * cs);
+        put_be32p(h + 8, (uint32_t)tclusters);
+        rc = vbd_node_co_pwrite(s->n->file, 48, h, 12, 0);
+        if (rc == 0)
+            rc = vbd_node_co_flush(s->n->file);
+    }
+    free(blk);
+    free(disk);
+    if (rc < 0) {
+        free(table);
+        return rc;
+    }
+    /* the old blocks are no longer the image's: the cache forgets them */
+    for (int i = 0; i < s->rc_nslots; i++) {
+        s->rc_slots[i].offset = 0;
+        s->rc_slots[i].dirty = false;
+    }
+    s->rc_cur = NULL;
+    free(s->reftable);
+    free(s->reftable_bad);
+    s->reftable_bad = NULL;
+    s->reftable = table;
+    s->reftable_entries = entries;
+    s->refcount_table_offset = (at + blocks) * cs;
+    s->refcount_table_clusters = (uint32_t)tclusters;
+    if (end * cs > s->file_end)
+        s->file_end = end * cs;
+    s->free_cluster_hint = 0;
+    qcow2_metadata_moved(s);
+    return 0;
 }
