@@ -307,7 +307,8 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
     *) STRESS_LAST_VARIANT="io_uring, page cache" ;;
     esac
     # compressed writes of whole clusters next to the other requests
-    case $kind in zlib | zstd | zlib-ext | c4k) lib_io+=(--compress) ;; esac
+    # (not with --overlap: a refused compressed write has no place in its model)
+    case " ${STRESS_EXTRA:-} " in *" --overlap "*) ;; *) case $kind in zlib | zstd | zlib-ext | c4k) lib_io+=(--compress) ;; esac ;; esac
     local node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap$file_io"
         --blockdev "driver=$fmt,node-name=d0,file=f0,discard=unmap")
     case $tr in

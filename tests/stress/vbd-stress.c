@@ -23,6 +23,16 @@
  * device is read back and checked, flushed, and the shadow is written out
  * as a raw file for `qemu-img compare`.
  *
+ * Overlap mode (--overlap): writes, write-zeroes and discards in flight
+ * may share bytes with each other too (reads still have their bytes to
+ * themselves). A byte then holds what one of the mutations that may have
+ * landed last on it left: the one issued last on it, or one that was still
+ * in flight on it when that one was issued (a mutation issued after
+ * another completed supersedes it). A discard leaves zero, the backing
+ * byte, or what the byte could hold at its issue. Nothing else: not a
+ * superseded write's data, not a mix inside a word that none wrote. The
+ * first read pins the byte to what it saw.
+ *
  * Crash mode (--crash-ready, over NBD): the run goes on until the
  * server dies (the harness kills it with SIGKILL once the ready file
  * exists). Each byte remembers the last mutation issued on it; a mutation
@@ -83,6 +93,8 @@ static const char usage_text[] =
     "  --backing FILE       raw file with the backing chain's content (a discard may expose it)\n"
     "  --shadow-out FILE    write the expected final content here (raw)\n"
     "  --no-discard         never discard (a target that does not support it)\n"
+    "  --overlap            writes, write-zeroes and discards in flight may share bytes (each byte must end as\n"
+    "                       one of the mutations that may have landed last on it left it); reads still may not\n"
 "  --no-zeroes          never write zeroes (to tell which kind of request a failure needs)\n"
     "  --zero-heavy         half the requests write zeroes (with and without unmap) or discard\n"
     "  --compress           write some whole clusters with VBD_REQ_COMPRESSED (IMAGE only)\n"
@@ -131,7 +143,24 @@ struct worker {
     bool busy; /* vhost: request on the ring */
     /* the byte range this worker's request owns while in flight */
     bool active, mutating;
+    uint32_t ov_mut; /* --overlap: the mutation in flight (index into S.ov), 0: none */
     uint64_t off, len;
+};
+
+/* --overlap: a mutation, and where the ones that were in flight over it
+ * at its issue are listed (S.ov_conc[conc .. conc+nconc)); a discard also
+ * keeps, as runs, the mutation issued last on each of its bytes before it
+ * (S.ov_runs[runs .. runs+nruns)): what the byte held may stay */
+struct ov_mut {
+    uint64_t off, len;
+    uint32_t write_id; /* 0: write-zeroes or discard */
+    bool discard;
+    uint32_t nconc, nruns;
+    size_t conc, runs;
+};
+struct ov_run {
+    uint64_t from; /* device offset where the run starts */
+    uint32_t prev; /* the mutation issued last on these bytes before the discard, 0: none */
 };
 
 /* The last mutations, to print the history of a byte on a mismatch. */
@@ -199,6 +228,17 @@ static struct {
     uint32_t *last_mut;      /* per byte: index into muts of the last mutation issued on it, 0: none */
     struct mutation *muts;
     uint32_t nmuts, muts_cap;
+
+    /* --overlap */
+    bool overlap;
+    uint32_t *ov_last;   /* per byte: the mutation issued last on it (index into ov), 0: the byte is exp/fuzzy's */
+    struct ov_mut *ov;
+    uint32_t nov, ov_cap;
+    uint32_t *ov_conc;
+    size_t nconc, conc_cap;
+    struct ov_run *ov_runs;
+    size_t nruns, runs_cap;
+    uint64_t overlapped, ov_pinned;
 
     /* --points: every write and write-zeroes, in the order issued */
     uint64_t reconnect_delay;
@@ -272,6 +312,75 @@ static void fail_now(void)
     vbd_co_queue_wake_all(&S.changed);
 }
 
+/* The byte as the model has it when no --overlap mutation is its last */
+static bool settled_may_be(uint64_t b, uint8_t g)
+{
+    uint8_t fz = S.fuzzy[b];
+    return g == S.exp[b] || ((fz & MAY_ZERO) && g == 0) || ((fz & MAY_BACKING) && g == S.back[b]);
+}
+
+/* --overlap: the mutation issued last on byte b before discard m */
+static uint32_t ov_prev(const struct ov_mut *m, uint64_t b)
+{
+    size_t lo = 0, hi = m->nruns; /* the last run starting at or before b */
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (S.ov_runs[m->runs + mid].from <= b)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return S.ov_runs[m->runs + lo].prev;
+}
+
+static bool ov_may_be(uint32_t last, uint64_t b, uint8_t g);
+
+/* May mutation m have left byte b as g? */
+static bool ov_left(const struct ov_mut *m, uint64_t b, uint8_t g)
+{
+    if (!m->discard)
+        return g == (m->write_id ? (uint8_t)(word_for(m->write_id, b & ~7ull) >> (8 * (b & 7))) : 0);
+    if (g == 0 || (S.back && g == S.back[b]))
+        return true;
+    return ov_may_be(ov_prev(m, b), b, g); /* the discard did nothing there */
+}
+
+/* May byte b read as g, if mutation last was issued last on it (0: none
+ * since the byte was pinned)? Its candidates: last, and the ones in flight
+ * at last's issue that cover b (they may complete after it). */
+static bool ov_may_be(uint32_t last, uint64_t b, uint8_t g)
+{
+    if (!last)
+        return settled_may_be(b, g);
+    const struct ov_mut *l = &S.ov[last];
+    if (ov_left(l, b, g))
+        return true;
+    for (uint32_t i = 0; i < l->nconc; i++) {
+        const struct ov_mut *m = &S.ov[S.ov_conc[l->conc + i]];
+        if (b >= m->off && b < m->off + m->len && ov_left(m, b, g))
+            return true;
+    }
+    return false;
+}
+
+static void ov_print(uint32_t id, uint64_t b)
+{
+    const struct ov_mut *m = &S.ov[id];
+    if (m->discard)
+        fprintf(stderr, "vbd-stress:   candidate: discard off=%" PRIu64 " len=%" PRIu64 " (zero%s, or the byte before it)\n",
+                m->off, m->len, S.back ? ", the backing byte" : "");
+    else
+        fprintf(stderr, "vbd-stress:   candidate: %s #%u off=%" PRIu64 " len=%" PRIu64 " leaves 0x%02x\n",
+                m->write_id ? "write" : "write-zeroes", m->write_id, m->off, m->len,
+                m->write_id ? (uint8_t)(word_for(m->write_id, b & ~7ull) >> (8 * (b & 7))) : 0);
+}
+
+/* May byte b read as g? */
+static bool byte_may_be(uint64_t b, uint8_t g)
+{
+    return S.ov_last ? ov_may_be(S.ov_last[b], b, g) : settled_may_be(b, g);
+}
+
 /* Compares what a read returned with the model; pins bytes that were
  * uncertain. false (after printing the evidence) on a mismatch. */
 static bool check_read(const uint8_t *got, uint64_t off, uint64_t len, const char *what)
@@ -279,20 +388,39 @@ static bool check_read(const uint8_t *got, uint64_t off, uint64_t len, const cha
     for (uint64_t i = 0; i < len; i++) {
         uint64_t b = off + i;
         uint8_t e = S.exp[b], g = got[i], fz = S.fuzzy[b];
-        if (g == e && !fz)
+        bool ov = S.ov_last && S.ov_last[b];
+        if (g == e && !fz && !ov)
             continue;
-        bool ok = g == e || ((fz & MAY_ZERO) && g == 0) || ((fz & MAY_BACKING) && g == S.back[b]);
-        if (ok) {
+        if (byte_may_be(b, g)) {
+            if (ov) {
+                S.ov_pinned += S.ov[S.ov_last[b]].nconc != 0;
+                S.ov_last[b] = 0;
+            } else {
+                S.pinned++;
+            }
             S.exp[b] = g;
             S.fuzzy[b] = 0;
-            S.pinned++;
             continue;
         }
         uint64_t nbad = 0;
-        for (uint64_t j = i; j < len; j++) {
-            uint8_t fj = S.fuzzy[off + j];
-            if (got[j] != S.exp[off + j] && !((fj & MAY_ZERO) && !got[j]) && !((fj & MAY_BACKING) && got[j] == S.back[off + j]))
-                nbad++;
+        for (uint64_t j = i; j < len; j++)
+            nbad += !byte_may_be(off + j, got[j]);
+        if (ov) {
+            fprintf(stderr,
+                    "vbd-stress: MISMATCH seed=%" PRIu64 " (%s) %s off=%" PRIu64 " len=%" PRIu64 ": first bad byte at %" PRIu64
+                    " (cluster %" PRIu64 " +%" PRIu64 "): got 0x%02x, none of the mutations that may have landed last on it"
+                    " left that; %" PRIu64 " bad bytes in the request\n",
+                    S.seed, S.image ? S.image : S.nbd_uri ? S.nbd_uri : S.vu_sock, what, off, len, b, b / S.cluster,
+                    b % S.cluster, g, nbad);
+            const struct ov_mut *l = &S.ov[S.ov_last[b]];
+            ov_print(S.ov_last[b], b);
+            for (uint32_t k = 0; k < l->nconc; k++)
+                if (b >= S.ov[S.ov_conc[l->conc + k]].off && b < S.ov[S.ov_conc[l->conc + k]].off + S.ov[S.ov_conc[l->conc + k]].len)
+                    ov_print(S.ov_conc[l->conc + k], b);
+            describe_word(got, off, b);
+            print_history(b);
+            fail_now();
+            return false;
         }
         fprintf(stderr,
                 "vbd-stress: MISMATCH seed=%" PRIu64 " (%s) %s off=%" PRIu64 " len=%" PRIu64 ": first bad byte at %" PRIu64
@@ -399,17 +527,65 @@ static int do_io(struct worker *w, enum op op, uint64_t off, uint64_t len, unsig
 static bool overlaps(uint64_t a, uint64_t al, uint64_t b, uint64_t bl) { return a < b + bl && b < a + al; }
 
 /* Does [off, off+len) conflict with a request in flight? Reads may share
- * bytes with reads; nothing else may share a byte. */
+ * bytes with reads; nothing else may share a byte (--overlap: mutations
+ * may share bytes with each other, not with a read). */
 static bool conflicts(const struct worker *self, uint64_t off, uint64_t len, bool mutating)
 {
     for (int i = 0; i < S.qd; i++) {
         const struct worker *o = &S.w[i];
         if (o == self || !o->active)
             continue;
-        if ((mutating || o->mutating) && overlaps(off, len, o->off, o->len))
-            return true;
+        if (!(mutating || o->mutating) || !overlaps(off, len, o->off, o->len))
+            continue;
+        if (S.overlap && mutating && o->mutating)
+            continue;
+        return true;
     }
     return false;
+}
+
+static void *grow(void *p, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return p;
+    *cap = *cap ? 2 * *cap : 16384;
+    p = realloc(p, *cap * size);
+    if (!p) {
+        fprintf(stderr, "vbd-stress: out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* --overlap: a mutation issued on [off, off+len): the last one issued on
+ * its bytes, with the ones in flight over it now */
+static uint32_t ov_note_issue(const struct worker *self, enum op op, uint64_t off, uint64_t len, uint32_t write_id)
+{
+    size_t cap = S.ov_cap;
+    S.ov = grow(S.ov, (size_t)S.nov + 1, &cap, sizeof(*S.ov));
+    S.ov_cap = (uint32_t)cap;
+    uint32_t m = ++S.nov;
+    S.ov[m] = (struct ov_mut){.off = off, .len = len, .write_id = write_id, .discard = op == OP_DISCARD, .conc = S.nconc,
+                              .runs = S.nruns};
+    if (op == OP_DISCARD)
+        for (uint64_t b = off; b < off + len; b++)
+            if (b == off || S.ov_last[b] != S.ov_last[b - 1]) {
+                S.ov_runs = grow(S.ov_runs, S.nruns, &S.runs_cap, sizeof(*S.ov_runs));
+                S.ov_runs[S.nruns++] = (struct ov_run){.from = b, .prev = S.ov_last[b]};
+                S.ov[m].nruns++;
+            }
+    for (int i = 0; i < S.qd; i++) {
+        const struct worker *o = &S.w[i];
+        if (o == self || !o->active || !o->ov_mut || !overlaps(off, len, o->off, o->len))
+            continue;
+        S.ov_conc = grow(S.ov_conc, S.nconc, &S.conc_cap, sizeof(*S.ov_conc));
+        S.ov_conc[S.nconc++] = o->ov_mut;
+        S.ov[m].nconc++;
+    }
+    S.overlapped += S.ov[m].nconc != 0;
+    for (uint64_t b = off; b < off + len; b++)
+        S.ov_last[b] = m;
+    return m;
 }
 
 /* Another request in flight touches one of the clusters of this one. */
@@ -631,6 +807,7 @@ static void worker_co(void *arg)
             S.collisions++;
         w->active = op != OP_FLUSH;
         w->mutating = mutating;
+        w->ov_mut = 0;
         w->off = off;
         w->len = len;
         struct hist *h = NULL;
@@ -651,6 +828,8 @@ static void worker_co(void *arg)
                 S.compressed_writes++;
             }
         }
+        if (S.overlap && mutating)
+            w->ov_mut = ov_note_issue(w, op, off, len, write_id);
         uint32_t mut = 0;
         uint64_t flush_issued_at = 0;
         if (S.crash_ready) {
@@ -718,7 +897,8 @@ static void worker_co(void *arg)
             /* at completion: in crash mode a request parked when the server died never ran */
             if (mutating)
                 memset(S.touched + off / 512, 1, (off + len + 511) / 512 - off / 512);
-            apply(op, w->buf, off, len);
+            if (!w->ov_mut) /* --overlap: the byte's candidates say it */
+                apply(op, w->buf, off, len);
             if (S.write_once && fills_cluster(op))
                 S.written[off / S.cluster] = 1;
             if (mut)
@@ -727,6 +907,7 @@ static void worker_co(void *arg)
                 S.durable_point = flush_issued_at;
         }
         w->active = false;
+        w->ov_mut = 0;
         vbd_co_queue_wake_all(&S.changed);
     }
 out:
@@ -1036,7 +1217,7 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &sa, NULL);
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
            O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY, O_CRASHREADY, O_CRASHAFTER,
-           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT, O_WRITEONCE, O_CLEANSTOP };
+           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT, O_WRITEONCE, O_CLEANSTOP, O_OVERLAP };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -1057,6 +1238,7 @@ int main(int argc, char **argv)
         {"points", required_argument, NULL, O_POINTS},
         {"reconnect-delay", required_argument, NULL, O_RECONNECT},
         {"write-once", no_argument, NULL, O_WRITEONCE},
+        {"overlap", no_argument, NULL, O_OVERLAP},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -1083,6 +1265,7 @@ int main(int argc, char **argv)
         case O_IMGOPTS: S.image_opts = true; break;
         case O_COMPRESS: S.compress = true; break;
         case O_WRITEONCE: S.write_once = true; break;
+        case O_OVERLAP: S.overlap = true; break;
         case O_NOZEROES: S.no_zeroes = true; break;
         case O_ZEROHEAVY: S.zero_heavy = true; break;
         case O_CRASHREADY: S.crash_ready = optarg; break;
@@ -1120,6 +1303,11 @@ int main(int argc, char **argv)
     if (S.points && (!S.no_discard || S.crash_ready)) {
         /* a discard leaves a byte "old or zero": no single value to expect */
         fprintf(stderr, "vbd-stress: --points needs --no-discard (and no crash mode)\n");
+        return 2;
+    }
+    if (S.overlap && (S.crash_ready || S.points || S.compress || S.write_once)) {
+        /* a refused write (compressed, write-once) would stay a candidate of its bytes */
+        fprintf(stderr, "vbd-stress: --overlap goes with none of --crash-ready, --points, --compress, --write-once\n");
         return 2;
     }
     if (S.crash_ready)
@@ -1245,6 +1433,11 @@ int main(int argc, char **argv)
     S.fuzzy = calloc(1, S.size);
     if (S.write_once)
         S.written = calloc(1, S.size / S.cluster + 1);
+    if (S.overlap && !(S.ov_last = calloc(S.size, sizeof(*S.ov_last)))) {
+        fprintf(stderr, "vbd-stress: no memory for the overlap model of %" PRIu64 " bytes\n", S.size);
+        rc = 2;
+        goto out;
+    }
     if (S.crash_ready && !(S.last_mut = calloc(S.size, sizeof(*S.last_mut)))) {
         fprintf(stderr, "vbd-stress: no memory for the crash model of %" PRIu64 " bytes\n", S.size);
         rc = 2;
@@ -1307,6 +1500,10 @@ int main(int argc, char **argv)
            " met another request in flight on the same cluster, %" PRIu64 " uncertain bytes pinned\n",
            rc ? "FAILED" : "ok", S.seed, S.issued, S.counts[OP_READ], S.counts[OP_WRITE], S.counts[OP_ZERO],
            S.counts[OP_ZERO_UNMAP], S.counts[OP_DISCARD], S.counts[OP_FLUSH], S.compressed_writes, S.compressed_refused, S.rewrites_refused, S.collisions, S.pinned);
+    if (S.overlap)
+        printf("vbd-stress: overlap: %" PRIu64 " of %" PRIu32 " mutations were issued over another in flight on the same bytes, %" PRIu64
+               " bytes read back where more than one could have landed last\n",
+               S.overlapped, S.nov, S.ov_pinned);
 out:
     if (S.transport != T_VHOST)
         vbd_co_run_sync(close_co, NULL);
@@ -1320,6 +1517,10 @@ out:
     free(S.written);
     free(S.touched);
     free(S.last_mut);
+    free(S.ov_last);
+    free(S.ov);
+    free(S.ov_conc);
+    free(S.ov_runs);
     free(S.muts);
     free(S.log);
     free(S.back);
