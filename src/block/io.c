@@ -589,6 +589,27 @@ int vbd_node_co_flush(struct vbd_node *n)
     return rc;
 }
 
+/* The driver's write-zeroes or discard of an aligned range, tracked as an
+ * aligned write is (node_rw_data): a serialising read-modify-write of a
+ * block it covers (an unaligned write beside or over it on a
+ * cache.direct=on file) must not read the block before the zeroes and write
+ * it back after them, or the block's other bytes bring the old data back
+ * over a write-zeroes that has completed (vbd-stress --overlap on vmdk over
+ * cache.direct=on; write-zeroes-rmw.sh). QEMU tracks both too. */
+static int drv_zero_or_discard(struct vbd_node *n, bool zero, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    bool counted = false;
+    struct vbd_tracked_req tr;
+    if (needs_tracking(n) && !(counted = untracked_begin(n)))
+        tracked_begin(n, &tr, off, bytes, false);
+    int rc = zero ? n->drv->co_pwrite_zeroes(n, off, bytes, flags) : n->drv->co_pdiscard(n, off, bytes);
+    if (counted)
+        untracked_end(n);
+    else if (needs_tracking(n))
+        tracked_end(n, &tr);
+    return rc;
+}
+
 static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     int rc = check_range(n, off, bytes);
@@ -609,7 +630,7 @@ static int pdiscard_home(struct vbd_node *n, uint64_t off, uint64_t bytes)
     uint64_t mx = n->bl.max_pdiscard ? n->bl.max_pdiscard : (1ull << 62);
     for (uint64_t pos = start; pos < end;) {
         uint64_t len = end - pos < mx ? end - pos : mx;
-        rc = n->drv->co_pdiscard(n, pos, len);
+        rc = drv_zero_or_discard(n, false, pos, len, 0);
         if (rc == -ENOTSUP)
             return 0;
         if (rc < 0)
@@ -665,7 +686,7 @@ static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, 
             uint64_t mx = n->bl.max_pwrite_zeroes ? n->bl.max_pwrite_zeroes & ~(a - 1) : (1ull << 62);
             for (uint64_t pos = start; pos < end;) {
                 uint64_t len = end - pos < mx ? end - pos : mx;
-                rc = n->drv->co_pwrite_zeroes(n, pos, len, flags);
+                rc = drv_zero_or_discard(n, true, pos, len, flags);
                 if (rc == -ENOTSUP) {
                     if (flags & VBD_REQ_NO_FALLBACK)
                         return rc;

@@ -1124,7 +1124,14 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     vbd_log_set_prog("vbd-io");
-    static char *cmds[256];
+    /* as many -c as qemu-io takes (no limit): each one is an argv word; static
+     * so that it stays reachable until exit on every return path */
+    static char **cmds;
+    cmds = calloc((size_t)argc, sizeof *cmds);
+    if (!cmds) {
+        vbd_error_report("out of memory");
+        return 1;
+    }
     int ncmds = 0;
     const char *fmt = NULL, *cache = "writethrough", *aio = NULL;
     bool ro = false, force_share = false, image_opts = false, unmap = true;
@@ -1133,10 +1140,6 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "c:f:rsnCt:i:UqhVkd:mT:", longopts, NULL)) != -1) {
         switch (c) {
         case 'c':
-            if (ncmds == 255) {
-                vbd_error_report("too many -c commands (at most 255)");
-                return 1;
-            }
             cmds[ncmds++] = optarg;
             break;
         case 'f': fmt = optarg; break;
