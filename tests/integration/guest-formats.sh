@@ -6,7 +6,7 @@
 # qemu-img reads the guest's pattern from the image and checks it clean.
 # One boot: a disk per format, each served by a vbd-daemon of its own, the
 # disks' workloads side by side.
-# test-timeout: 1800 (run.sh: its guest may take --timeout 1200 without KVM)
+# test-timeout: 2400 (run.sh: its guest may take --timeout 2000 without KVM)
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86_64 qemu-img python3 busybox
 G=$VBD_ROOT/tests/guest
@@ -27,7 +27,7 @@ for spec in $specs; do
     i=$((i + 1))
 done
 step "one boot, a disk per format ($specs): basic and fs workloads over vhost-user-blk"
-"$G/run-guest.sh" "${args[@]}" --parallel --timeout 1200 || fail "guest"
+"$G/run-guest.sh" "${args[@]}" --parallel --timeout 2000 || fail "guest"
 i=0
 for spec in $specs; do
     fmt=${spec%%:*} o=${spec#*:} n=f$i

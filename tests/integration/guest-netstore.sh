@@ -9,7 +9,7 @@
 # guest's patterns must be there: what the guest saw acknowledged is what
 # another client of the cluster or target reads. One boot: four disks, the
 # fs and the basic workload each on an rbd image and an iSCSI LUN of their own.
-# test-timeout: 1800 (run.sh: its guest and the Ceph cluster may take --timeout 1200)
+# test-timeout: 2400 (run.sh: its guest and the Ceph cluster may take --timeout 2000)
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86_64 qemu-img python3 busybox
 [ -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so ] || skip "qemu-block-extra (QEMU's rbd driver) not installed"
@@ -57,7 +57,7 @@ done
 
 # disk0 rbd fs, disk1 rbd basic, disk2 iscsi fs, disk3 iscsi basic
 step "one boot: the fs workload (ext4, 2 queues) and the basic workload (patterns, O_DIRECT, parallel writers, flush, discard) on each"
-"$G/run-guest.sh" --timeout 1200 \
+"$G/run-guest.sh" --timeout 2000 \
     --vhost-user "$T/rbd-fs.sock" --num-queues 2 --workload "$G/workloads/fs.sh" \
     --vhost-user "$T/rbd-basic.sock" --num-queues 2 --workload "$G/workloads/basic.sh" --env VBD_SEED=netrbd \
     --vhost-user "$T/iscsi-fs.sock" --num-queues 2 --workload "$G/workloads/fs.sh" \

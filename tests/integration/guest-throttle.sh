@@ -1,5 +1,6 @@
 #!/bin/bash
 # test-slow: one of the longest; run.sh starts it first
+# test-timeout: 1800 (run.sh: its guest may take --timeout 1200 without KVM)
 # A Linux guest on a throttled vhost-user-blk disk (issue 14): a throttle
 # group with low limits (300 IOPS, 4 MiB/s, bursts off) and a throttle
 # filter over a qcow2 image, exported on an iothread with 2 queues. The
@@ -11,7 +12,7 @@ G=$VBD_ROOT/tests/guest
 ls /boot/vmlinuz-* >/dev/null 2>&1 || skip "no guest kernel (linux-image-amd64)"
 S=$T/vu.sock
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
-guest() { "$G/run-guest.sh" --vhost-user "$S" --timeout 600 "$@" || fail "guest: $*"; }
+guest() { "$G/run-guest.sh" --vhost-user "$S" --timeout 1200 "$@" || fail "guest: $*"; }
 img=$T/disk.qcow2
 must qemu-img create -q -f qcow2 "$img" 64M
 start_daemon --object iothread,id=io0 \

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 2700 (run.sh: two guests that may each take --timeout 1200 without KVM)
 # Point-in-time copies of a disk a running Linux guest (TCG, vhost-user-blk)
 # keeps writing, by blockdev-backup and by fleecing:
 #  - a first guest run (QEMU on the image itself) writes a round of
@@ -37,7 +38,7 @@ must qemu-img create -q -f qcow2 -b "$T/src.qcow2" -F qcow2 fleece.qcow2 $SIZE
 step "first guest run: one round of patterns, then shut down"
 # the stop marker already in place ends the workload after its first round
 must qemu-io -f qcow2 -c "write -P 0x53 $((SIZE - 4096)) 4k" src.qcow2
-"$G/run-guest.sh" --image "$T/src.qcow2" --format qcow2 --workload "$G/workloads/until-stopped.sh" --timeout 600 \
+"$G/run-guest.sh" --image "$T/src.qcow2" --format qcow2 --workload "$G/workloads/until-stopped.sh" --timeout 1200 \
     --env VBD_SEED=first --log "$T/console1.log" >guest1.out 2>&1 || { tail -20 console1.log; fail "first guest run"; }
 grep -aq "until-stopped: done after 1 rounds" console1.log || fail "first run: $(tail -3 console1.log)"
 must qemu-io -f qcow2 -c "write -z $((SIZE - 4096)) 4k" src.qcow2
@@ -71,7 +72,7 @@ s.run("block-export-add", type="nbd", id="fl", **{"node-name": "fleece"}, name="
 s.run("blockdev-backup", **{"job-id": "j1", "device": "src", "target": "tgt", "sync": "full", "speed": 4096})
 s.status("j1", "created"); s.status("j1", "running")
 guest = subprocess.Popen([g + "/run-guest.sh", "--vhost-user", "vu.sock", "--num-queues", "2",
-                          "--workload", g + "/workloads/until-stopped.sh", "--timeout", "900",
+                          "--workload", g + "/workloads/until-stopped.sh", "--timeout", "1200",
                           "--env", "VBD_SEED=second", "--log", "console.log"],
                          stdout=open("guest.out", "w"), stderr=subprocess.STDOUT)
 open("guest.pid", "w").write(str(guest.pid))

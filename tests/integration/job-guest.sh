@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 1800 (run.sh: its guest may take --timeout 1200 without KVM)
 # Block jobs under a running Linux guest (TCG, vhost-user-blk, 2 queues):
 # the guest's pattern writers (tests/guest/workloads/until-stopped.sh:
 # rounds of O_DIRECT writes, each read back) run while, one after the other,
@@ -38,7 +39,7 @@ start_daemon --chardev socket,id=m0,path="$Q",server=on,wait=off --monitor chard
     --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=top,name=disk,writable=on
 : >console.log
 gpid=
-"$G/run-guest.sh" --vhost-user "$S" --num-queues 2 --workload "$G/workloads/until-stopped.sh" --timeout 900 \
+"$G/run-guest.sh" --vhost-user "$S" --num-queues 2 --workload "$G/workloads/until-stopped.sh" --timeout 1200 \
     --env VBD_SEED=jobs --log "$T/console.log" >guest.out 2>&1 &
 gpid=$!
 

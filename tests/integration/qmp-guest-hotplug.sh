@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 1800 (run.sh: its guest may take --timeout 1200 without KVM)
 # Hot add/remove under load with a real guest (issue 12, section 5): a
 # Linux guest under QEMU keeps pattern writers and readers running on disk
 # A (qcow2, vhost-user-blk on an iothread) of a vbd-daemon with a QMP
@@ -35,7 +36,7 @@ start_daemon --chardev socket,id=m,path="$Q",server=on,wait=off --monitor charde
     --export type=vhost-user-blk,id=expA,addr.type=unix,addr.path="$S",node-name=A,writable=on,num-queues=2,iothread=ioA
 : >"$T/console.log"
 gpid=
-"$G/run-guest.sh" --vhost-user "$S" --num-queues 2 --workload "$G/workloads/until-stopped.sh" --timeout 900 \
+"$G/run-guest.sh" --vhost-user "$S" --num-queues 2 --workload "$G/workloads/until-stopped.sh" --timeout 1200 \
     --log "$T/console.log" >"$T/guest.out" 2>&1 &
 gpid=$!
 
@@ -101,7 +102,7 @@ K, C, M64 = 0x9E3779B97F4A7C15, 0x7662642d62656e63, (1 << 64) - 1
 bench_data = struct.pack("<%dQ" % (BENCH_SIZE // 8), *((p * K ^ C) & M64 for p in range(0, BENCH_SIZE, 8)))
 
 step("the guest boots and its writers run on A")
-wait_for("the guest's first round on A", lambda: rounds() > 0 or not guest_alive(), timeout=600)
+wait_for("the guest's first round on A", lambda: rounds() > 0 or not guest_alive(), timeout=1200)
 if not guest_alive():
     fail("the guest exited before its first round")
 m = QMP(T + "/qmp.sock", negotiate=True)

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 1800 (run.sh: its guest may take --timeout 1200 without KVM)
 # A live external snapshot under a running Linux guest: the guest's pattern
 # writers (tests/guest/workloads/snapshot.sh) run on a vhost-user-blk disk
 # over a qcow2 node while blockdev-snapshot-sync puts an overlay on top. The
@@ -44,7 +45,8 @@ start_case() {
 snap_case() {
     local name=$1 fmt=$2 tag=$3 base=$T/$1-base.$2 ov=$T/$1-overlay.qcow2
     step "$name: blockdev-snapshot-sync while the guest writes"
-    for _ in $(seq 12000); do
+    local end=$((SECONDS + 1200)) # the guest's --timeout: it has ended by then
+    while [ $SECONDS -lt $end ]; do
         grep -q "$tag: snapshot: writers running" "$T/console.log" 2>/dev/null && break
         kill -0 $gpid 2>/dev/null || break
         sleep 0.05
@@ -105,7 +107,7 @@ rm -f "$T/console.log"
     --env VBD_SEED=snap --env VBD_STOP_OFFSET=$stop_at \
     --vhost-user "$T/iothreads.sock" --num-queues 2 --workload "$G/workloads/snapshot.sh" \
     --env VBD_SEED=snap --env VBD_STOP_OFFSET=$stop_at \
-    --timeout 600 --log "$T/console.log" >"$T/guest.out" 2>&1 &
+    --timeout 1200 --log "$T/console.log" >"$T/guest.out" 2>&1 &
 gpid=$!
 snap_case main qcow2 disk0
 snap_case iothreads raw disk1
