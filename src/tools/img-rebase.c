@@ -47,7 +47,7 @@ int verb_rebase(int argc, char **argv)
         case 't': cache = optarg; break; /* checked as qemu-img does; vbd's own modes serve */
         case 'T': src_cache = optarg; break;
         case 'h':
-            printf("Usage: vbd-img rebase [-q] [-f fmt] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
+            printf("Usage: vbd-img rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
                    "Change the backing file. Safe mode (default) first copies into the image every range where the\n"
                    "old and the new backing differ, so the guest-visible content stays the same; -u only rewrites the header.\n");
             return 0;
