@@ -219,6 +219,20 @@ static void rebuild_meta_index(struct qcow2_state *s)
     s->meta_valid = true;
 }
 
+/* The first index entry at or after host cluster c (the index valid). */
+static size_t meta_index_lower(const struct qcow2_state *s, uint64_t c)
+{
+    size_t lo = 0, hi = s->nmeta;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->meta_index[mid] < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* A table that took a free L1 (or refcount table) entry goes into the
  * sorted index at once: invalidating it instead would sort the whole index
  * again after every new L2 table, O(n^2 log n) over a first full write. */
@@ -231,14 +245,7 @@ void qcow2_metadata_added(struct qcow2_state *s, uint64_t off)
         return;
     }
     uint64_t c = off >> s->cluster_bits;
-    size_t lo = 0, hi = s->nmeta;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->meta_index[mid] < c)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    size_t lo = meta_index_lower(s, c);
     memmove(&s->meta_index[lo + 1], &s->meta_index[lo], (s->nmeta - lo) * sizeof(*s->meta_index));
     s->meta_index[lo] = c;
     s->nmeta++;
@@ -274,20 +281,6 @@ static bool overlaps_fixed_metadata(struct qcow2_state *s, uint64_t off, uint64_
     }
 #undef OVERLAP
     return false;
-}
-
-/* The first index entry at or after host cluster c (the index valid). */
-static size_t meta_index_lower(const struct qcow2_state *s, uint64_t c)
-{
-    size_t lo = 0, hi = s->nmeta;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->meta_index[mid] < c)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
 }
 
 /* Would [off, off+len) hit the header, the active L1 or L2 tables, the
