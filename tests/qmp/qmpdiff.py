@@ -166,7 +166,8 @@ class Run:
     def sub(self, s):
         return s.replace("{DIR}", self.dir)
 
-    def shell(self, ln):
+    def run_line(self, ln):
+        """Run a shell line in the daemon's directory: (exit status, stdout, stderr)."""
         env = dict(os.environ, QMPDIFF_PID=str(self.proc.pid) if self.proc else "", QMPDIFF_HERE=HERE)
         # its own process group: a harness stopped meanwhile (SIGTERM, an
         # exception) kills what the command started too, not only its shell
@@ -178,22 +179,18 @@ class Run:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             raise
-        if p.returncode != 0:
-            raise HarnessError(f"{self.name}: line {ln.no}: '{ln.text}' exited {p.returncode}:\n{out}{err}")
+        return p.returncode, out, err
+
+    def shell(self, ln):
+        rc, out, err = self.run_line(ln)
+        if rc != 0:
+            raise HarnessError(f"{self.name}: line {ln.no}: '{ln.text}' exited {rc}:\n{out}{err}")
 
     def probe(self, ln):
         """A '?sh' line's output as a reply ({DIR} normalized), or why not."""
-        env = dict(os.environ, QMPDIFF_PID=str(self.proc.pid), QMPDIFF_HERE=HERE)
-        p = subprocess.Popen(self.sub(ln.text), shell=True, cwd=self.dir, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-        try:
-            out, err = p.communicate()
-        except BaseException:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            raise
-        if p.returncode != 0:
-            return f"<'{ln.text}' exited {p.returncode}: {err.strip()[:200]}>"
+        rc, out, err = self.run_line(ln)
+        if rc != 0:
+            return f"<'{ln.text}' exited {rc}: {err.strip()[:200]}>"
         return {"return": self.normalize(out.strip())}
 
     def start(self):
