@@ -36,41 +36,53 @@ print(out)'
 }
 for d in $dirs; do
 qemu-img convert -f raw -O raw "$src" "$d/ref.raw"
+# qemu-img's map and written-back size, the same for every case below
+sync "$d/ref.raw"
+refmap=$(qemu-img map --output=json -f raw "$d/ref.raw") refblocks=$(stat -c %b "$d/ref.raw")
+fs=$(stat -f -c %T "$d")
 for t in unsafe none; do for m in 1 8 16; do for w in "" -W; do
-    step "convert -t $t -m $m $w to $(stat -f -c %T "$d")"
+    step "convert -t $t -m $m $w to $fs"
     rm -f "$d/dst.raw"
     must "$VBD_IMG" convert -t $t -m $m $w -f raw -O raw "$src" "$d/dst.raw"
+    must qemu-img compare -f raw -F raw "$src" "$d/dst.raw" >/dev/null
     # same allocation as qemu-img's own convert (written zeroes become holes)
-    same_as_ref "-t $t -m $m $w" raw "$src" "$d/dst.raw" "$d/ref.raw"
+    [ "$(qemu-img map --output=json -f raw "$d/dst.raw")" = "$refmap" ] ||
+        fail "-t $t -m $m $w: allocation differs from qemu-img convert's: $(qemu-img map --output=json -f raw "$d/dst.raw")"
     # and no more space: blocks allocated ahead of a write (ext4, 256 KiB
     # at least) that map shows as a hole would show here; the file system's
     # own blocks (an extent tree's) differ by a few KiB between O_DIRECT and
     # buffered writes, hence the 128 KiB of slack (sync: written back)
-    sync "$d/dst.raw" "$d/ref.raw"
-    [ "$(stat -c %b "$d/dst.raw")" -le $(($(stat -c %b "$d/ref.raw") + 256)) ] ||
-        fail "uses $(stat -c %b "$d/dst.raw") sectors, qemu-img's convert $(stat -c %b "$d/ref.raw")"
+    sync "$d/dst.raw"
+    blocks=$(stat -c %b "$d/dst.raw")
+    [ "$blocks" -le $((refblocks + 256)) ] || fail "uses $blocks sectors, qemu-img's convert $refblocks"
 done; done; done; done
 if [ -n "${shm:-}" ]; then
     # tmpfs to tmpfs is copied by several threads (one per CPU, capped by
     # -m), each reading, scanning and writing its chunks out of order: the
-    # paths beside the plain copy, each against qemu-img's result
-    cp --sparse=always "$src" "$shm/src.raw"
+    # paths beside the plain copy, each against qemu-img's result. The raw
+    # source: the shape of $src in 64 MiB (data at the start and the end,
+    # 4k alone, written zeroes, 3 MiB), 32 chunks of 2 MiB: every thread
+    # has many; a quarter of the bytes to write, fill and compare.
+    src64=$T/src64.raw
+    qemu-img create -q -f raw "$src64" 64M
+    qemu-io -f raw -c 'write -P 1 0 1M' -c 'write -P 2 10M 4k' -c 'write -P 0 20M 1M' -c 'write -P 3 40M 3M' \
+        -c 'write -P 4 63M 1M' "$src64" >/dev/null
+    cp --sparse=always "$src64" "$shm/src.raw"
     step "tmpfs, threads: concatenation into an existing image full of other data (-n: zeroes written)"
-    for out in "$shm/two.raw" "$shm/tworef.raw"; do
-        qemu-img create -q -f raw "$out" 600M
-        qemu-io -f raw -c 'write -P 9 0 600M' "$out" >/dev/null
-    done
+    qemu-img create -q -f raw "$shm/two.raw" 150M
+    qemu-io -f raw -c 'write -P 9 0 150M' "$shm/two.raw" >/dev/null
+    cp "$shm/two.raw" "$shm/tworef.raw"
     convert_like_qemu "-n, two raw sources" raw "$shm/tworef.raw" "$shm/two.raw" "$shm/tworef.raw" \
         -n -f raw -O raw "$shm/src.raw" "$shm/src.raw"
     for opt in "" "-S 0" "-S 64k" "-p" "-m 2" "-m 16 -W" "-t none -T none"; do
         step "tmpfs, threads: convert $opt"
         rm -f "$shm/dst.raw" "$shm/ref.raw"
         # shellcheck disable=SC2086 # $opt is words
-        convert_like_qemu "$opt" raw "$src" "$shm/dst.raw" "$shm/ref.raw" $opt -f raw -O raw "$shm/src.raw"
+        convert_like_qemu "$opt" raw "$src64" "$shm/dst.raw" "$shm/ref.raw" $opt -f raw -O raw "$shm/src.raw"
     done
     step "tmpfs, threads: a write that fails (past the file size limit) fails the convert, in qemu-img's words"
-    qemu-img create -q -f raw "$shm/lim.raw" 256M
-    out=$( (trap '' XFSZ; ulimit -f 65536; "$VBD_IMG" convert -n -f raw -O raw "$shm/src.raw" "$shm/lim.raw") 2>&1) &&
+    qemu-img create -q -f raw "$shm/lim.raw" 64M
+    out=$( (trap '' XFSZ; ulimit -f 32768; "$VBD_IMG" convert -n -f raw -O raw "$shm/src.raw" "$shm/lim.raw") 2>&1) &&
         fail "convert past the file size limit succeeded"
     grep -q "error while writing at byte [0-9]*: File too large" <<<"$out" || fail "not the write's error: $out"
     rm -f "$shm"/*.raw
@@ -109,10 +121,9 @@ PY
     rm -f "$shm/dst.raw" "$shm/ref.raw"
     convert_like_qemu "fragmented source" raw "$shm/frag.raw" "$shm/dst.raw" "$shm/ref.raw" -f qcow2 -O raw "$shm/frag.qcow2"
     step "tmpfs, threads: two qcow2 sources concatenated into an image full of other data (-n)"
-    for out in "$shm/two.raw" "$shm/tworef.raw"; do
-        qemu-img create -q -f raw "$out" 512M
-        qemu-io -f raw -c 'write -P 9 0 512M' "$out" >/dev/null
-    done
+    qemu-img create -q -f raw "$shm/two.raw" 512M
+    qemu-io -f raw -c 'write -P 9 0 512M' "$shm/two.raw" >/dev/null
+    cp "$shm/two.raw" "$shm/tworef.raw"
     convert_like_qemu "-n, two qcow2 sources" raw "$shm/tworef.raw" "$shm/two.raw" "$shm/tworef.raw" \
         -n -f qcow2 -O raw "$shm/top.qcow2" "$shm/sub.qcow2"
     # qcow2 targets on tmpfs are written by the threads too: clusters placed
@@ -127,7 +138,7 @@ PY
     # 512-byte clusters from the qcow2 source: its 8 MiB of data outgrow the
     # one-cluster refcount table, which vbd grows elsewhere than QEMU's
     # qcow2_refcount_area (not matched yet; the raw source's data fit).
-    cp --sparse=always "$src" "$shm/src.raw"
+    cp --sparse=always "$src64" "$shm/src.raw"
     for in in "raw $shm/src.raw" "qcow2 $shm/top.qcow2"; do
         read -r f i <<<"$in"
         for opt in "" "-S 0" "-S 64k" "-m 16 -W" "-m 1" "-o cluster_size=4k" "-o cluster_size=512" \
@@ -156,12 +167,11 @@ PY
     must qemu-img compare -f qcow2 -F qcow2 "$shm/top.qcow2" "$shm/dst.qcow2" >/dev/null
     must qemu-img check -q "$shm/dst.qcow2"
     step "tmpfs, threads: -n into existing qcow2 images, a new one and one full of other data"
-    for fill in "" "write -P 9 0 256M"; do
-        for out in "$shm/dst.qcow2" "$shm/ref.qcow2"; do
-            rm -f "$out"
-            qemu-img create -q -f qcow2 "$out" 256M
-            [ -z "$fill" ] || qemu-io -f qcow2 -c "$fill" "$out" >/dev/null
-        done
+    for fill in "" "write -P 9 0 64M"; do
+        rm -f "$shm/dst.qcow2" "$shm/ref.qcow2"
+        qemu-img create -q -f qcow2 "$shm/dst.qcow2" 64M
+        [ -z "$fill" ] || qemu-io -f qcow2 -c "$fill" "$shm/dst.qcow2" >/dev/null
+        cp "$shm/dst.qcow2" "$shm/ref.qcow2" # the same image for qemu-img's side
         must "$VBD_IMG" convert -n -f raw -O qcow2 "$shm/src.raw" "$shm/dst.qcow2"
         must qemu-img convert -n -f raw -O qcow2 "$shm/src.raw" "$shm/ref.qcow2"
         must qemu-img compare -f raw -F qcow2 "$shm/src.raw" "$shm/dst.qcow2" >/dev/null
@@ -174,14 +184,14 @@ PY
     step "tmpfs, threads: a qcow2 target's data write that fails (blkdebug EIO) fails the convert, in qemu-img's words"
     # host sector 6144 (3 MiB): inside the data the 5 MiB of the source's data clusters are laid out in
     rm -f "$shm/dst.qcow2"
-    qemu-img create -q -f qcow2 "$shm/dst.qcow2" 256M
+    qemu-img create -q -f qcow2 "$shm/dst.qcow2" 64M
     out=$("$VBD_IMG" convert -n -f raw --target-image-opts "$shm/src.raw" "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=$shm/dst.qcow2,file.inject-error.0.event=write_aio,file.inject-error.0.errno=5,file.inject-error.0.sector=6144" 2>&1) &&
         fail "convert to a failing target succeeded"
     grep -q "error while writing at byte [0-9]*: Input/output error" <<<"$out" || fail "not the write's error: $out"
     must qemu-img check -q "$shm/dst.qcow2"
     step "tmpfs, threads: a qcow2 target's write past the file size limit fails the convert, in qemu-img's words"
     rm -f "$shm/dst.qcow2"
-    qemu-img create -q -f qcow2 "$shm/dst.qcow2" 256M
+    qemu-img create -q -f qcow2 "$shm/dst.qcow2" 64M
     out=$( (trap '' XFSZ; ulimit -f 4096; "$VBD_IMG" convert -n -f raw -O qcow2 "$shm/src.raw" "$shm/dst.qcow2") 2>&1) &&
         fail "convert past the file size limit succeeded"
     grep -q "error while writing at byte [0-9]*: File too large" <<<"$out" || fail "not the write's error: $out"
@@ -217,30 +227,29 @@ for d in $dirs; do for fo in "qcow2 " "qcow2 -t none" "qcow2 -o cluster_size=4k"
     diff <(full_map $fmt "$d/lay.$fmt") <(full_map $fmt "$d/layq.$fmt") ||
         fail "$opt -O $fmt: the map (host offsets too) differs from qemu-img's (left: vbd)"
 done; rm -f "$d/lay".* "$d/layq".*; done
-step "convert -S 0 writes zeroes and holes as data: the target is fully allocated, as qemu-img's"
-for fmt in raw qcow2; do
-    rm -f "$T/dst.$fmt" "$T/ref.$fmt"
-    must "$VBD_IMG" convert -S 0 -f raw -O $fmt "$src" "$T/dst.$fmt"
-    must qemu-img convert -S 0 -f raw -O $fmt "$src" "$T/ref.$fmt"
-    must qemu-img compare -f raw -F $fmt "$src" "$T/dst.$fmt" >/dev/null
-    [ $fmt = raw ] || must qemu-img check -q "$T/dst.$fmt"
-    [ "$(data_ranges $fmt "$T/dst.$fmt")" = "$(data_ranges $fmt "$T/ref.$fmt")" ] ||
-        fail "-S 0 -O $fmt: data ranges $(data_ranges $fmt "$T/dst.$fmt"), qemu-img's $(data_ranges $fmt "$T/ref.$fmt")"
-done
 # holes that start 4k into a cluster and run for several 2 MiB chunks, a
 # written zero extent, data at the end
 holes=$T/holes.raw
 qemu-img create -q -f raw "$holes" 24M
 qemu-io -f raw -c 'write -P 5 0 4k' -c 'write -P 6 9M 4k' -c 'write -P 0 12M 1M' -c 'write -P 7 16388k 8k' \
     -c 'write -P 8 23M 1M' "$holes" >/dev/null
+step "convert -S 0 writes zeroes and holes as data: the target is fully allocated, as qemu-img's (the 24 MiB image of holes)"
+for fmt in raw qcow2; do
+    rm -f "$T/dst.$fmt" "$T/ref.$fmt"
+    must "$VBD_IMG" convert -S 0 -f raw -O $fmt "$holes" "$T/dst.$fmt"
+    must qemu-img convert -S 0 -f raw -O $fmt "$holes" "$T/ref.$fmt"
+    must qemu-img compare -f raw -F $fmt "$holes" "$T/dst.$fmt" >/dev/null
+    [ $fmt = raw ] || must qemu-img check -q "$T/dst.$fmt"
+    [ "$(data_ranges $fmt "$T/dst.$fmt")" = "$(data_ranges $fmt "$T/ref.$fmt")" ] ||
+        fail "-S 0 -O $fmt: data ranges $(data_ranges $fmt "$T/dst.$fmt"), qemu-img's $(data_ranges $fmt "$T/ref.$fmt")"
+done
 for d in $dirs; do for o in cluster_size=4k cluster_size=64k cluster_size=2M cluster_size=64k,compat=0.10; do
+    rm -f "$d/full.qcow2"
+    qemu-img create -q -f qcow2 -o $o "$d/full.qcow2" 24M
+    qemu-io -f qcow2 -c 'write -P 1 0 24M' "$d/full.qcow2" >/dev/null
     for S in "" "-S 64k"; do
         step "convert -n $S into a qcow2 ($o) full of data on $(stat -f -c %T "$d"): zero clusters as qemu-img's"
-        for out in "$d/fullv.qcow2" "$d/fullq.qcow2"; do
-            rm -f "$out"
-            qemu-img create -q -f qcow2 -o $o "$out" 24M
-            qemu-io -f qcow2 -c 'write -P 1 0 24M' "$out" >/dev/null
-        done
+        for out in "$d/fullv.qcow2" "$d/fullq.qcow2"; do cp "$d/full.qcow2" "$out"; done
         must "$VBD_IMG" convert -n $S -f raw -O qcow2 "$holes" "$d/fullv.qcow2"
         must qemu-img convert -n $S -f raw -O qcow2 "$holes" "$d/fullq.qcow2"
         must qemu-img compare -f raw -F qcow2 "$holes" "$d/fullv.qcow2" >/dev/null
@@ -248,7 +257,7 @@ for d in $dirs; do for o in cluster_size=4k cluster_size=64k cluster_size=2M clu
         diff <(map_shape qcow2 "$d/fullv.qcow2") <(map_shape qcow2 "$d/fullq.qcow2") ||
             fail "-n $S into $o: the map differs from qemu-img's (left: vbd)"
     done
-done; rm -f "$d/fullv.qcow2" "$d/fullq.qcow2"; done
+done; rm -f "$d/full.qcow2" "$d/fullv.qcow2" "$d/fullq.qcow2"; done
 step "convert -n into an existing image and concatenation"
 qemu-img create -q -f raw "$T/two.raw" 512M
 must "$VBD_IMG" convert -n -f raw -O raw "$src" "$src" "$T/two.raw"

@@ -25,7 +25,7 @@ _tgt_launch() {
     setsid tgtd -f -C "$TGT_CTRL" --iscsi "portal=127.0.0.1:$TGT_PORT" </dev/null >>"$T/tgtd.log" 2>&1 &
     TGT_PID=$!
     disown "$TGT_PID" # its SIGKILL is no job news
-    for _ in $(seq 400); do
+    for _ in $(seq 1200); do
         [ -S "/var/run/tgtd/socket.$TGT_CTRL" ] && (exec 3<>"/dev/tcp/127.0.0.1/$TGT_PORT") 2>/dev/null && return 0
         _tgt_alive "$TGT_PID" || break
         sleep 0.05

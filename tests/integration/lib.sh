@@ -534,7 +534,7 @@ for o in out:
 stop_process() {
     kill -STOP "$1" || fail "cannot stop $1"
     local t st all
-    for _ in $(seq 400); do
+    for _ in $(seq 6000); do
         all=1
         for t in /proc/"$1"/task/*; do
             st=$(sed 's/^.*) //' "$t/stat" 2>/dev/null | cut -c1)

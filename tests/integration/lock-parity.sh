@@ -34,7 +34,7 @@ release() {
     wait $hpid 2>/dev/null
     hpid=
     local ino=$(stat -c %i "$himg")
-    for _ in $(seq 200); do grep -q ":$ino " /proc/locks || return 0; sleep 0.05; done
+    for _ in $(seq 1200); do grep -q ":$ino " /proc/locks || return 0; sleep 0.05; done
     fail "the holder's locks outlived it on $himg"
 }
 on_exit release
@@ -61,7 +61,7 @@ hold() {
     exec 9>hold.fifo
     # the holder is ready when its "consistent read" byte (100) is locked
     ino=$(stat -c %i "$img")
-    for _ in $(seq 400); do grep -Eq ":$ino 100 10[0-3]" /proc/locks && return 0; sleep 0.05; done
+    for _ in $(seq 1200); do grep -Eq ":$ino 100 10[0-3]" /proc/locks && return 0; sleep 0.05; done
     cat hold.err 2>/dev/null
     fail "$kind never locked $img"
 }
@@ -104,7 +104,7 @@ dstart() {
     rm -f "$sock"
     "$@" &
     p=$!
-    for _ in $(seq 400); do
+    for _ in $(seq 1200); do
         [ -S "$sock" ] && { kill $p; wait $p; return 0; }
         kill -0 $p 2>/dev/null || { wait $p; return; }
         sleep 0.05

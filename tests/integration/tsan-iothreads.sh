@@ -300,7 +300,7 @@ wait_sock "$T/k.sock"
 start --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/k.sock" --blockdev driver=raw,node-name=d0,file=n0 \
     --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=2,iothread.0=io0,iothread.1=io1,werror=enospc,retry-interval=200
 bench_bg b --vhost-user "$S" -q 2 -d 16 --verify --size 8M
-for _ in $(seq 300); do grep -q "the device stops" "$T/daemon.log" && break; sleep 0.1; done
+for _ in $(seq 1200); do grep -q "the device stops" "$T/daemon.log" && break; sleep 0.1; done
 grep -q "the device stops" "$T/daemon.log" || fail "the device never stopped on ENOSPC"
 rm "$T/enospc"
 bench_wait b "verify after ENOSPC went away"
