@@ -43,7 +43,8 @@ probe() {
     [ -S "$T/vu.sock" ] || fail "$case: $bin did not start: $(cat "$T/$case.log")"
     PYTHONPATH=$VBD_ROOT/tests/qmp python3 "$VBD_ROOT/tests/qmp/vu_probe.py" "$T/vu.sock" ||
         fail "$case: the probe failed against $bin: $(tail -5 "$T/$case.log")"
-    kill -TERM $pid; wait $pid
+    kill -TERM $pid
+    wait $pid || fail "$case: $bin exited with $? after SIGTERM: $(tail -5 "$T/$case.log")"
     qpid= dpid=
 }
 
