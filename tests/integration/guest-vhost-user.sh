@@ -3,7 +3,9 @@
 # A Linux guest under QEMU uses a disk served by vbd-daemon over
 # vhost-user-blk: block and filesystem workloads, 1 and 2 queues, cache
 # modes, 4K sectors, a range= window, read-only, a back end restarted
-# under a running guest, and the protocol seen by a raw front end.
+# under a running guest, the guest's view of a disk compared with the same
+# disk served by qemu-storage-daemon, the driver unbound and bound again
+# under I/O, and the protocol seen by a raw front end.
 # test-timeout: 2400 (run.sh: its guest may take --timeout 2000 without KVM)
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86_64 qemu-img python3 busybox
@@ -59,8 +61,31 @@ restart_args=($iot $(raw_node "$T/restart.img"))
 start_named restart "${restart_args[@]}" --export "$(vu restart),writable=on,num-queues=2,iothread.0=io0,iothread.1=io1"
 args+=(--vhost-user "$T/restart.sock" --reconnect --num-queues 2 --workload "$G/workloads/fs.sh" --env VBD_FILES=300)
 
+# then a vbd-daemon and a qemu-storage-daemon with the same command line (2 queues on an iothread,
+# discard=unmap): the guest's view of each disk (view.sh, compared after the boot), then each
+# disk's driver unbound and bound again under direct I/O (rebind.sh)
+vd=disk$((${rd#disk} + 1)) qd=disk$((${rd#disk} + 2))
+view_args() { echo "--object iothread,id=io0 --blockdev driver=file,node-name=file0,filename=$1,discard=unmap" \
+    "--blockdev driver=raw,node-name=disk0,file=file0,discard=unmap"; }
+must qemu-img create -q -f raw "$T/view.img" 64M
+must qemu-img create -q -f raw "$T/qview.img" 64M
+start_named view $(view_args "$T/view.img") --export "$(vu view),writable=on,num-queues=2,iothread=io0"
+args+=(--vhost-user "$T/view.sock" --num-queues 2 --workload "$G/workloads/view.sh" --workload "$G/workloads/rebind.sh")
+qsd=
+if command -v qemu-storage-daemon >/dev/null; then
+    qemu-storage-daemon $(view_args "$T/qview.img") --export "$(vu qview),writable=on,num-queues=2,iothread=io0" \
+        2>"$T/qview.log" &
+    qsd=$!
+    on_exit '[ -n "$qsd" ] && kill -9 $qsd 2>/dev/null'
+    wait_sock "$T/qview.sock"
+    args+=(--vhost-user "$T/qview.sock" --num-queues 2 --workload "$G/workloads/view.sh" --workload "$G/workloads/rebind.sh")
+else
+    echo "(qemu-storage-daemon not installed: the guest's view is not compared)"
+fi
+
 step "one boot, a disk per case: raw 1 queue; --drive 2 queues writeback discard; writethrough; read-only;" \
-    "4096-byte sectors with a range= window and without; qcow2 on 2 iothreads; back end killed and restarted ($rd)"
+    "4096-byte sectors with a range= window and without; qcow2 on 2 iothreads; back end killed and restarted ($rd);" \
+    "vbd-daemon ($vd) and qemu-storage-daemon ($qd) with the same options: the guest's view, the driver rebound"
 "$G/run-guest.sh" "${args[@]}" --parallel --timeout 2000 --log "$T/console.log" >"$T/guest.out" 2>&1 &
 gpid=$!
 on_exit '[ -n "${gpid:-}" ] && kill -9 $gpid 2>/dev/null'
@@ -76,6 +101,17 @@ grep -q "front end connected" "$T/restart.log" || fail "QEMU never reconnected"
 cat "$T/guest.out"
 for n in "${!dpids[@]}"; do stop_named $n; done
 
+if [ -n "$qsd" ]; then
+    kill $qsd; wait $qsd; qsd=
+    step "the guest's view of the vbd-daemon disk is the qemu-storage-daemon disk's, but for the deliberate differences"
+    # max_segments/max_segment_size: vbd offers 254 segments of up to 1 MiB (qsd 126, size_max 0: 4 KiB);
+    # write_cache: vbd reports its write-back cache, qsd write through (README, vhost-user-parity.sh)
+    view() { tr -d '\r' <"$T/console.log" | sed -n "s/^.*vbd: $1: view: //p" |
+        grep -v -e '^max_segments ' -e '^max_segment_size ' -e '^write_cache ' | sort; }
+    [ "$(view $vd | wc -l)" -ge 15 ] || fail "no view of the vbd disk ($vd) in the console log"
+    diff <(view $qd) <(view $vd) || fail "the guest sees the vbd disk differently from the qsd disk (< qsd, > vbd)"
+    tr -d '\r' <"$T/console.log" | grep -e "$vd: view: write_cache\|$qd: view: write_cache\|$vd: view: max_seg\|$qd: view: max_seg"
+fi
 step "raw: the guest's data landed in the file"
 want=$(busybox sh -c "VBD_DEV=none; . $G/guest-lib.sh; seed=hostchk; pattern 0 2048" | md5sum)
 got=$(dd if="$T/raw.img" bs=512 count=2048 2>/dev/null | md5sum)

@@ -72,3 +72,131 @@ def config_change(channel):
     without a reply wanted."""
     req, flags, size = struct.unpack('<III', channel.recv(12, socket.MSG_WAITALL))
     assert req == CONFIG_CHANGE_MSG and size == 0 and flags & 3 == 1, ('not a CONFIG_CHANGE_MSG', req, flags, size)
+
+
+# ---- a minimal virtio-blk driver over vhost-user (one ring) -------------
+SET_FEATURES = 2
+SET_OWNER = 3
+SET_MEM_TABLE = 5
+SET_VRING_ADDR = 9
+SET_VRING_BASE = 10
+GET_VRING_BASE = 11
+SET_VRING_KICK = 12
+SET_VRING_CALL = 13
+SET_VRING_ENABLE = 18
+SET_CONFIG = 25
+GET_MAX_MEM_SLOTS = 36
+F_VERSION_1 = 32
+F_INDIRECT_DESC = 28
+F_EVENT_IDX = 29
+F_PROTOCOL_FEATURES = 30
+PROTOCOL_F_REPLY_ACK = 3
+PROTOCOL_F_CONFIG = 9
+T_IN, T_OUT, T_GET_ID = 0, 1, 8
+
+
+class Driver:
+    """Plays a VMM and a guest driver at once against a vhost-user-blk back
+    end (ours or qemu-storage-daemon's): features, one ring of QSIZE
+    entries in a memfd, and requests one at a time (GET_ID, reads)."""
+    QSIZE = 16
+    MEM = 1 << 20
+    QVA = 0x7f0000000000  # where the "VMM" pretends to map guest memory
+
+    def __init__(self, path, timeout=60):
+        import mmap
+        import os
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(path)
+        self.s.settimeout(timeout)
+        self.timeout = timeout
+        self.features = self.get_u64(GET_FEATURES)
+        self.protocol_features = self.get_u64(GET_PROTOCOL_FEATURES)
+        self.send(SET_PROTOCOL_FEATURES, struct.pack('<Q', self.protocol_features &
+                                                     (1 << PROTOCOL_F_REPLY_ACK | 1 << PROTOCOL_F_CONFIG)))
+        self.send(SET_OWNER)
+        # what a guest driver takes, less the ring features this one does not do
+        self.send(SET_FEATURES, struct.pack('<Q', self.features & ~(1 << F_INDIRECT_DESC | 1 << F_EVENT_IDX)))
+        self.memfd = os.memfd_create('guest-ram', 0)
+        os.ftruncate(self.memfd, self.MEM)
+        self.mem = mmap.mmap(self.memfd, self.MEM)
+        self.send(SET_MEM_TABLE, struct.pack('<II4Q', 1, 0, 0, self.MEM, self.QVA, 0), fds=[self.memfd])
+        # descriptors at 0, the available ring at 1024, the used ring at 2048, buffers from 4096 on
+        self.desc, self.avail, self.used, self.buf = 0, 1024, 2048, 4096
+        self.send(SET_VRING_NUM, struct.pack('<II', 0, self.QSIZE))
+        self.send(SET_VRING_BASE, struct.pack('<II', 0, 0))
+        self.send(SET_VRING_ADDR, struct.pack('<II4Q', 0, 0, self.QVA + self.desc, self.QVA + self.used,
+                                              self.QVA + self.avail, 0))
+        self.call_fd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.kick_fd = os.eventfd(0)
+        self.send(SET_VRING_CALL, struct.pack('<Q', 0), fds=[self.call_fd])
+        self.send(SET_VRING_KICK, struct.pack('<Q', 0), fds=[self.kick_fd])
+        self.send(SET_VRING_ENABLE, struct.pack('<II', 0, 1))
+        self.avail_idx = self.used_idx = 0
+
+    def send(self, req, payload=b'', fds=(), ack=True):
+        """Sends a message; with REPLY_ACK negotiated waits for its ack and
+        returns it (0: done), else returns None."""
+        ack = ack and self.protocol_features >> PROTOCOL_F_REPLY_ACK & 1
+        m = msg(req, payload, V1 | (NEED_REPLY if ack else 0))
+        if fds:
+            self.s.sendmsg([m], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('%di' % len(fds), *fds))])
+        else:
+            self.s.sendall(m)
+        if ack:
+            r, _, p = recv(self.s)
+            assert r == req, ('reply to', r, 'for', req)
+            return u64(p)
+        return None
+
+    def get_u64(self, req):
+        self.s.sendall(msg(req))
+        r, _, p = recv(self.s)
+        assert r == req
+        return u64(p)
+
+    def get_config(self, offset, size, sent=None):
+        """GET_CONFIG: the reply's payload after its 12-byte header, or None
+        when the back end answered with no config (an error) or hung up."""
+        sent = size if sent is None else sent
+        self.s.sendall(msg(GET_CONFIG, struct.pack('<III', offset, size, 0) + bytes(sent)))
+        try:
+            r, _, p = recv(self.s)
+        except (AssertionError, OSError):
+            return None
+        return p[12:] if len(p) >= 12 else None
+
+    def request(self, type_, sector, data_len):
+        """One request: header, data_len bytes for the device to write, the
+        status byte. Returns (status, used length, the data bytes)."""
+        import os
+        import select
+        hdr, data, st = self.buf, self.buf + 64, self.buf + 64 + max(data_len, 1) + 64
+        self.mem[hdr:hdr + 16] = struct.pack('<IIQ', type_, 0, sector)
+        self.mem[data:data + data_len] = b'\xa5' * data_len
+        self.mem[st] = 0xff
+        chain = [(hdr, 16, 0)] + ([(data, data_len, 2)] if data_len else []) + [(st, 1, 2)]  # 2: WRITE
+        for i, (a, n, f) in enumerate(chain):
+            nxt = 1 if i < len(chain) - 1 else 0
+            struct.pack_into('<QIHH', self.mem, self.desc + 16 * i, a, n, f | nxt, i + 1 if nxt else 0)
+        struct.pack_into('<H', self.mem, self.avail + 4 + 2 * (self.avail_idx % self.QSIZE), 0)
+        self.avail_idx = (self.avail_idx + 1) & 0xffff
+        struct.pack_into('<HH', self.mem, self.avail, 0, self.avail_idx)
+        os.eventfd_write(self.kick_fd, 1)
+        while struct.unpack_from('<H', self.mem, self.used + 2)[0] == self.used_idx:
+            if not select.select([self.call_fd], [], [], self.timeout)[0]:
+                raise TimeoutError('no completion in %d s' % self.timeout)
+            try:
+                os.eventfd_read(self.call_fd)
+            except BlockingIOError:
+                pass
+        _, used_len = struct.unpack_from('<II', self.mem, self.used + 4 + 8 * (self.used_idx % self.QSIZE))
+        self.used_idx = (self.used_idx + 1) & 0xffff
+        return self.mem[st], used_len, bytes(self.mem[data:data + data_len])
+
+    def close(self):
+        import os
+        self.s.close()
+        self.mem.close()
+        for fd in (self.memfd, self.call_fd, self.kick_fd):
+            os.close(fd)

@@ -29,7 +29,15 @@ extern const struct vbd_export_type vbd_export_type_vhost_user_blk;
 #define BLK_INLINE_IOV 260 /* seg_max (254) + header, status and region splits */
 #define BLK_SEG_MAX 254
 #define BLK_SIZE_MAX (1u << 20)
-#define BLK_MAX_DISCARD_SECTORS (32u << 11) /* 32 MiB */
+/* qsd 7.2's limits (its VIRTIO_BLK_MAX_DISCARD_SECTORS and
+ * VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS, 16 MiB each): a guest moved from qsd
+ * sees the same discard_max_bytes and write_zeroes_max_bytes */
+#define BLK_MAX_DISCARD_SECTORS 32768u
+#define BLK_MAX_WRITE_ZEROES_SECTORS 32768u
+/* What GET_ID answers without serial=: qsd 7.2's answer for every
+ * vhost-user-blk export (it has no serial option), so a guest moved from
+ * qsd keeps its /dev/disk/by-id/virtio-vhost_user_blk */
+#define BLK_DEFAULT_SERIAL "vhost_user_blk"
 #define BLK_DEFAULT_QUEUES 16
 
 /* Request merging (as QEMU's virtio_blk_submit_multireq): at most this many

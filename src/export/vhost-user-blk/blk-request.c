@@ -76,7 +76,8 @@ static int do_discard_zeroes(struct blk_export *e, uint32_t type, struct iovec *
     memcpy(&sector, seg, 8);
     memcpy(&num, seg + 8, 4);
     memcpy(&flags, seg + 12, 4);
-    if (num > BLK_MAX_DISCARD_SECTORS || !blk_range_ok(e, sector, (uint64_t)num << 9))
+    uint32_t max = type == VIRTIO_BLK_T_DISCARD ? BLK_MAX_DISCARD_SECTORS : BLK_MAX_WRITE_ZEROES_SECTORS;
+    if (num > max || !blk_range_ok(e, sector, (uint64_t)num << 9))
         return -EINVAL;
     if (type == VIRTIO_BLK_T_DISCARD) {
         if (flags)

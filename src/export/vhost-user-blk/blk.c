@@ -76,13 +76,15 @@ static void blk_get_config(struct vu_dev *dev, uint8_t *cfg, uint32_t len)
         exp++;
     c.physical_block_exp = (uint8_t)exp;
     put_le16p(p + offsetof(struct virtio_blk_config, min_io_size), (uint16_t)(e->pbs / e->lbs));
-    put_le32p(p + offsetof(struct virtio_blk_config, opt_io_size), 0);
+    /* one physical block, as qsd 7.2 says 1 (it has no physical-block-size):
+     * the guest's optimal_io_size (lsblk -t's OPT-IO) is then qsd's, not 0 */
+    put_le32p(p + offsetof(struct virtio_blk_config, opt_io_size), e->pbs / e->lbs);
     c.wce = vbd_backend_writethrough(e->be) ? 0 : 1;
     put_le16p(p + offsetof(struct virtio_blk_config, num_queues), e->num_queues);
     put_le32p(p + offsetof(struct virtio_blk_config, max_discard_sectors), BLK_MAX_DISCARD_SECTORS);
     put_le32p(p + offsetof(struct virtio_blk_config, max_discard_seg), 1);
     put_le32p(p + offsetof(struct virtio_blk_config, discard_sector_alignment), e->lbs / 512);
-    put_le32p(p + offsetof(struct virtio_blk_config, max_write_zeroes_sectors), BLK_MAX_DISCARD_SECTORS);
+    put_le32p(p + offsetof(struct virtio_blk_config, max_write_zeroes_sectors), BLK_MAX_WRITE_ZEROES_SECTORS);
     put_le32p(p + offsetof(struct virtio_blk_config, max_write_zeroes_seg), 1);
     c.write_zeroes_may_unmap = e->discard ? 1 : 0;
     memcpy(cfg, &c, sizeof(c) < len ? sizeof(c) : len);
@@ -510,7 +512,7 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
         .physical_block_size = (uint32_t)(pbs ? pbs : lbs),
         .discard_unmap = (n->open_flags & VBD_OPEN_UNMAP) != 0,
         .name = id,
-        .serial = serial ? serial : id,
+        .serial = serial ? serial : BLK_DEFAULT_SERIAL,
     };
     e->be = vbd_backend_new(n, &bo, err);
     if (!e->be) {
