@@ -1009,7 +1009,8 @@ static int poll_wait_epoll(int fd, short events, struct vbd_poll_wait *w)
 static int poll_wait(int fd, short events, struct vbd_poll_wait *w)
 {
     int res = poll_wait_once(fd, events, w);
-    if (res > 0 && (res & POLLRDHUP) && !(events & POLLRDHUP) && !(res & (events | POLLERR | POLLHUP | POLLNVAL)))
+    if (res > 0 && (res & POLLRDHUP) && !(events & POLLRDHUP) &&
+        !(res & (events | POLLERR | POLLHUP | POLLNVAL)))
         res = poll_wait_epoll(fd, events, w);
     return res;
 }

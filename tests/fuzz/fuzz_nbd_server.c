@@ -52,8 +52,8 @@ struct sent_req {
 struct input {
     const uint8_t *data;
     size_t size;
-    bool check;           /* the handshake was the valid preamble: replies are checked */
-    size_t requests_at;   /* where the requests start in data */
+    bool check;         /* the handshake was the valid preamble: replies are checked */
+    size_t requests_at; /* where the requests start in data */
 };
 
 struct replies {
@@ -119,7 +119,8 @@ static size_t parse_requests(const uint8_t *p, size_t n, struct sent_req *out)
         if (get_be32p(h) != NBD_REQUEST_MAGIC || type == NBD_CMD_DISC || payload > SERVER_MAX_WRITE ||
             payload > n - at - 28)
             break;
-        out[k++] = (struct sent_req){.cookie = get_be64p(h + 8), .off = get_be64p(h + 16), .len = len, .type = type};
+        out[k++] =
+            (struct sent_req){.cookie = get_be64p(h + 8), .off = get_be64p(h + 16), .len = len, .type = type};
         at += 28 + payload;
     }
     qsort(out, k, sizeof(*out), by_cookie);
@@ -156,14 +157,16 @@ static void check_chunk(struct replies *o, uint16_t flags, uint16_t type, uint64
     case NBD_REPLY_TYPE_OFFSET_HOLE: {
         bool data = type == NBD_REPLY_TYPE_OFFSET_DATA;
         if (data ? len < 9 : len != 12)
-            bad_reply(cookie, data ? "a data chunk without data (length under 9)" : "a hole chunk not of 12 bytes");
+            bad_reply(cookie,
+                      data ? "a data chunk without data (length under 9)" : "a hole chunk not of 12 bytes");
         read_reply(o->fd, p, data ? 8 : 12, cookie);
         uint64_t off = get_be64p(p), n = data ? len - 8u : get_be32p(p + 8);
         if (data)
             skip_reply(o->fd, n, cookie);
         if (!n)
             bad_reply(cookie, "a hole of 0 bytes");
-        if (mine && (r->type != NBD_CMD_READ || off < r->off || off - r->off > r->len || n > r->len - (off - r->off)))
+        if (mine &&
+            (r->type != NBD_CMD_READ || off < r->off || off - r->off > r->len || n > r->len - (off - r->off)))
             bad_reply(cookie, "content outside the read's range, or for no read");
         if (mine)
             r->covered += n;
