@@ -942,7 +942,7 @@ struct epoll_wait_op {
 };
 
 /* w: a cancellable wait (vbd_co_poll_wait), NULL for a plain one */
-static int poll_wait(int fd, short events, struct vbd_poll_wait *w)
+static int poll_wait_once(int fd, short events, struct vbd_poll_wait *w)
 {
     struct vbd_loop *loop = vbd_loop_current();
     struct co_op op = {.base.complete = co_op_complete, .co = vbd_co_self()};
@@ -979,6 +979,40 @@ static int poll_wait(int fd, short events, struct vbd_poll_wait *w)
     if (w)
         w->op = NULL;
     return op.res;
+}
+
+/* A wait for fd's readiness through an epoll set of its own, which reports
+ * only the events asked for (and errors, hang-ups). */
+static int poll_wait_epoll(int fd, short events, struct vbd_poll_wait *w)
+{
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        return -errno;
+    struct epoll_event ev = {.events = (uint32_t)events};
+    int res = epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : poll_wait_once(ep, POLLIN, w);
+    if (res > 0) {
+        struct epoll_event got;
+        res = epoll_wait(ep, &got, 1, 0) == 1 ? (int)got.events : (int)events;
+    }
+    close(ep);
+    return res;
+}
+
+/* io_uring's poll reports POLLRDHUP whatever it was asked for (the
+ * kernel's IO_POLL_UNMASK): a wait for POLLOUT on a socket whose peer has
+ * shut down its sending side (shutdown(SHUT_WR), a FIN) completes at once
+ * for as long as that lasts, while the send it waits for still fails with
+ * EAGAIN, and the caller's retry spun. A client that sent its requests,
+ * half-closed and read no replies held the daemon at a full CPU (NBD
+ * replies, QMP replies alike). Such a wait goes again through an epoll set
+ * of its own, which waits for what was asked. */
+static int poll_wait(int fd, short events, struct vbd_poll_wait *w)
+{
+    int res = poll_wait_once(fd, events, w);
+    if (res > 0 && (res & POLLRDHUP) && !(events & POLLRDHUP) &&
+        !(res & (events | POLLERR | POLLHUP | POLLNVAL)))
+        res = poll_wait_epoll(fd, events, w);
+    return res;
 }
 
 int vbd_co_poll(int fd, short events)

@@ -362,6 +362,9 @@ int nbd_handshake(struct nbd_conn *c)
         case NBD_OPT_EXPORT_NAME: {
             char name[NBD_MAX_NAME_LEN + 1];
             if (len > NBD_MAX_NAME_LEN) {
+                /* no error reply exists for EXPORT_NAME (QEMU closes too: "Bad length received") */
+                vbd_warn("nbd: client asked for an export name of %u bytes (at most %u), closing", len,
+                         NBD_MAX_NAME_LEN);
                 rc = -EPROTO;
                 break;
             }

@@ -838,6 +838,15 @@ static int backend_read(struct nbd_export *e, uint64_t off, uint8_t *buf, uint32
 static int handle_read(struct nbd_conn *c, struct nbd_req *r)
 {
     struct nbd_export *e = c->exp;
+    if (!r->len && c->structured) {
+        /* nothing to read: no content chunk, which carries at least one
+         * byte (the spec: its length at least 9), only the final
+         * NBD_REPLY_TYPE_NONE, as QEMU's nbd_co_send_structured_done. An
+         * OFFSET_DATA chunk of length 8 went out, which a client (libnbd)
+         * takes as a broken server and disconnects. */
+        add_chunk(r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, NULL, 0, NULL, 0);
+        return reply_send(c, r);
+    }
     if (c->zero_copy_ok && !c->ch.tls && r->len >= NBD_ZERO_COPY_MIN) {
         int rc = vbd_backend_co_read_zero_copy(e->be, r->offset, r->len, send_read_zero_copy, r);
         if (rc != -ENOTSUP)
