@@ -130,10 +130,9 @@ interleave "$S" || fail "large/small read interleaving"
 out=$(qemu-img compare -f raw -F raw "$img" "$U") || fail "qemu-img compare after large reads: $out"
 
 step "structured reads: below 64 KiB one data chunk even over a hole, larger ones with hole chunks; the bytes are the file's"
-# ADDR: a unix socket path or tcp:PORT. Reads from 64 KiB by a client on this
-# host are copied (holes as hole chunks); a remote client's (splice, or with
-# VBD_NBD_LOCAL_ZERO_COPY=1) go out as one data chunk over data; over TCP a 1
-# MiB read of a hole must be a hole chunk either way.
+# ADDR: a unix socket path or tcp:PORT. Over unix, reads from 64 KiB go out
+# with splice as one data chunk; a TCP client on this host gets copies (holes
+# as hole chunks): over TCP a 1 MiB read of a hole must be a hole chunk.
 structured() {
 python3 - "$1" "$img" <<'PY'
 import struct, sys

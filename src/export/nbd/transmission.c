@@ -730,12 +730,12 @@ static int splice_through_pipe(struct nbd_conn *c, int fd, off_t *pos, size_t *l
 /* A read reply whose data goes from the page cache to the socket with
  * splice(2) through the connection's pipe (splice_through_pipe; sendfile(2)
  * without one): the server neither reads it into memory nor copies it out
- * again. Used for clients on other hosts only (server.c, zero_copy_ok): a
- * client on this host copies out of the page-cache pages themselves, which
- * cost fio twice what copying our fresh socket buffers does (nbd24's
- * RESULTS: 1M QD8 1.3-1.6x faster over unix and TCP with the copy, at
- * 2.7x / 1.1-1.3x the server CPU per request; nbdbig7's host of
- * 2026-12-04 had seen the opposite over TCP loopback). Runs
+ * again. Used over unix sockets and for TCP clients on other hosts
+ * (server.c, zero_copy_ok): a loopback TCP client copies out of the
+ * page-cache pages themselves, which cost fio twice what copying our fresh
+ * socket buffers does (nbd24's RESULTS: 1M QD8 1.3-1.8x faster with the
+ * copy at 1.1-1.3x the server CPU per request; nbdbig7's host of
+ * 2026-12-04 had seen the opposite). Runs
  * inside vbd_backend_co_read_zero_copy, as a request of the backend, only
  * for mappings that cannot move under us (raw or file over a file in the
  * page cache).
