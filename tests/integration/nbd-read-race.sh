@@ -7,6 +7,8 @@
 # Then qemu-img compare: the export holds the model's final image.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
+# the zero-copy path (remote clients') for these local clients too: nbd-local-copy.sh
+export VBD_NBD_LOCAL_ZERO_COPY=1
 img=$T/disk.img
 size=$((8 << 20))
 python3 - "$img" $size <<'PY' || fail "initial fill"

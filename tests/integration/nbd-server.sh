@@ -98,7 +98,7 @@ kill -0 $dpid || fail "the daemon died"
 grep -q "exceeds the maximum" "$T/daemon.log" || fail "no log line for the oversized write"
 
 
-step "large reads (sendfile from the page cache) interleaved with small ones: every reply whole and right"
+step "large reads interleaved with small ones: every reply whole and right"
 # ADDR: a unix socket path or tcp:PORT
 interleave() {
 python3 - "$1" "$img" <<'PY'
@@ -131,7 +131,8 @@ out=$(qemu-img compare -f raw -F raw "$img" "$U") || fail "qemu-img compare afte
 
 step "structured reads: below 64 KiB one data chunk even over a hole, larger ones with hole chunks; the bytes are the file's"
 # ADDR: a unix socket path or tcp:PORT. Over unix, reads from 64 KiB go out
-# with sendfile as one data chunk; over TCP a 1 MiB read of a hole must be a hole chunk.
+# with splice as one data chunk; a TCP client on this host gets copies (holes
+# as hole chunks): over TCP a 1 MiB read of a hole must be a hole chunk.
 structured() {
 python3 - "$1" "$img" <<'PY'
 import struct, sys

@@ -7,6 +7,8 @@
 # Every byte read is checked against the file (qemu-io -P patterns).
 . "$(dirname "$0")/lib.sh"
 need python3 qemu-io qemu-img
+# the zero-copy path (remote clients') for these local clients too: nbd-local-copy.sh
+export VBD_NBD_LOCAL_ZERO_COPY=1
 img=$T/disk.img
 must qemu-img create -q -f raw "$img" 64M
 # 1 MiB pieces, each filled with its own index (0x01 .. 0x40): every reply is known

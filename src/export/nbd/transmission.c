@@ -730,9 +730,12 @@ static int splice_through_pipe(struct nbd_conn *c, int fd, off_t *pos, size_t *l
 /* A read reply whose data goes from the page cache to the socket with
  * splice(2) through the connection's pipe (splice_through_pipe; sendfile(2)
  * without one): the server neither reads it into memory nor copies it out
- * again. Over TCP loopback (this host: KVM, 6.18) a 1 MiB read at QD8 cost
- * 250-345 us of server CPU instead of 415-570 and ran 1.1-2.2x faster;
- * on the PVM host of 2026-11-30 it had lost (3.2k -> 1.8k IOPS). Runs
+ * again. Used over unix sockets and for TCP clients on other hosts
+ * (server.c, zero_copy_ok): a loopback TCP client copies out of the
+ * page-cache pages themselves, which cost fio twice what copying our fresh
+ * socket buffers does (nbd24's RESULTS: 1M QD8 1.3-1.8x faster with the
+ * copy at 1.1-1.3x the server CPU per request; nbdbig7's host of
+ * 2026-12-04 had seen the opposite). Runs
  * inside vbd_backend_co_read_zero_copy, as a request of the backend, only
  * for mappings that cannot move under us (raw or file over a file in the
  * page cache).
