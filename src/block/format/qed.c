@@ -747,7 +747,8 @@ static const struct vbd_opt_desc qed_create_opts[] = {
 };
 
 /* The image at filename (made here), or on target (blockdev-create). */
-static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts,
+                        struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = 65536, table_size = 4;
     char *backing = NULL, *backing_fmt = NULL;
@@ -797,7 +798,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         s.backing_off = QED_HEADER_BYTES;
         s.backing_len = (uint32_t)strlen(backing);
     }
-    f = vbd_create_protocol_node(filename, target, 0, err);
+    f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f) {
         rc = -EIO;
         goto out;

@@ -1752,7 +1752,8 @@ static const struct vbd_opt_desc qcow2_create_opts[] = {
 
 /* The image at filename (made here), or on target (an open protocol node
  * whose content is replaced: blockdev-create). */
-static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts,
+                        struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = 65536, refcount_bits = 16;
     char *compat = NULL, *backing = NULL, *backing_fmt = NULL, *prealloc = NULL, *ctype = NULL, *data_file = NULL;
@@ -1878,11 +1879,11 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         else
             snprintf(data_path, sizeof(data_path), "%.*s/%s", (int)(slash - filename), filename, data_file);
         /* on a node, the data file is a node the caller opened */
-        rc = target ? 0 : vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, err);
+        rc = target ? 0 : vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, file_hints, err);
         if (rc < 0)
             goto out;
     }
-    f = vbd_create_protocol_node(filename, target, 0, err);
+    f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f) {
         rc = -EIO;
         goto out;
