@@ -329,9 +329,15 @@ struct vbd_driver {
      * filename itself via vbd_create_protocol(). Otherwise (only drivers
      * with create_onto_node) the image goes into file, an open protocol
      * node whose content it replaces (QMP blockdev-create names the
-     * image's file by node), and filename is file's. */
+     * image's file by node), and filename is file's. file_hints: the file
+     * protocol's options given among a format's (qemu-img create -f qcow2
+     * -o nocow=on: "nocow", "extent_size_hint"), which a format driver
+     * hands to every file it makes (the image, a data file, extents) through
+     * vbd_create_protocol*(); NULL if none. Each create carries its own:
+     * two creates interleaved (coroutines) do not see each other's. */
     const struct vbd_opt_desc *create_opts; /* {NULL} terminated */
-    int (*co_create)(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err);
+    int (*co_create)(const char *filename, struct vbd_node *file, struct json_object *opts,
+                     struct json_object *file_hints, struct vbd_error **err);
     bool create_onto_node;
     /* Space needed to convert `in` (may be NULL: only size) to this format with opts. */
     int (*measure)(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated, struct vbd_error **err);
@@ -763,16 +769,18 @@ static inline void vbd_node_check_write_threshold(struct vbd_node *n, uint64_t o
 /* ---------- creation ---------- */
 /* Create an image of format fmt ("raw","qcow2",...). opts: "size" and -o options. */
 int vbd_image_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err);
-/* For format drivers: create the protocol-level file (truncate/preallocate). */
-int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err);
+/* For format drivers: create the protocol-level file (truncate/preallocate)
+ * with the create's file_hints (co_create's; may be NULL). */
+int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct json_object *file_hints,
+                        struct vbd_error **err);
 /* The same with the protocol's own creation options (rbd's cluster_size);
  * a key the protocol does not list is an error. */
 /* For format drivers' create: the protocol node to write the new image
  * to, emptied and sized: target itself (create_onto_node) or the file made
  * at filename (co_create). A new reference, or NULL with *err. */
 struct vbd_node *vbd_create_protocol_node(const char *filename, struct vbd_node *target, uint64_t size,
-                                          struct vbd_error **err);
-int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct json_object *extra,
-                             struct vbd_error **err);
+                                          struct json_object *file_hints, struct vbd_error **err);
+int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_prealloc prealloc,
+                             struct json_object *file_hints, struct json_object *extra, struct vbd_error **err);
 
 #endif

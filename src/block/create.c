@@ -10,13 +10,11 @@
  * create -f qcow2 -o nocow=on): QEMU hands a format's options on to every
  * file its create makes (the image, a qcow2 data file, a vmdk's extents).
  * Here they are taken out of the format's options (whose drivers refuse
- * what they do not know) and kept for the duration of the format's
- * co_create, where vbd_create_protocol_opts adds them to each file it
- * makes. Only image creation by the tools and QMP's target images come
- * here, one at a time on the main loop; the previous value is restored
- * after, so a nested create does not lose it. */
+ * what they do not know) and passed down through the format's co_create,
+ * which gives them to vbd_create_protocol*() for each file it makes: each
+ * create has its own, also when creates interleave (two QMP commands or
+ * jobs, each yielding in its I/O). */
 static const char *const format_file_hint_names[] = {"nocow", "extent_size_hint", NULL};
-static struct json_object *format_file_hints;
 
 int vbd_image_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err)
 {
@@ -30,7 +28,8 @@ int vbd_image_co_create(const char *fmt, const char *filename, struct json_objec
         return -ENOTSUP;
     }
     struct json_object *hints = NULL, *v;
-    for (const char *const *name = format_file_hint_names; opts && *name; name++) {
+    /* (a protocol driver created directly takes them as its own options) */
+    for (const char *const *name = format_file_hint_names; opts && drv->kind == VBD_DRV_FORMAT && *name; name++) {
         if (!json_object_object_get_ex(opts, *name, &v))
             continue;
         if (!hints)
@@ -38,21 +37,19 @@ int vbd_image_co_create(const char *fmt, const char *filename, struct json_objec
         json_object_object_add(hints, *name, json_object_get(v));
         json_object_object_del(opts, *name);
     }
-    struct json_object *outer = format_file_hints;
-    format_file_hints = hints;
-    int rc = drv->co_create(filename, NULL, opts, err);
-    format_file_hints = outer;
+    int rc = drv->co_create(filename, NULL, opts, hints, err);
     json_object_put(hints);
     return rc;
 }
 
-int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct vbd_error **err)
+int vbd_create_protocol(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct json_object *file_hints,
+                        struct vbd_error **err)
 {
-    return vbd_create_protocol_opts(filename, size, prealloc, NULL, err);
+    return vbd_create_protocol_opts(filename, size, prealloc, file_hints, NULL, err);
 }
 
-int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_prealloc prealloc, struct json_object *extra,
-                             struct vbd_error **err)
+int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_prealloc prealloc,
+                             struct json_object *file_hints, struct json_object *extra, struct vbd_error **err)
 {
     const struct vbd_driver *drv = NULL;
     const char *colon = strchr(filename, ':');
@@ -70,7 +67,7 @@ int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_preal
         return -ENOTSUP;
     }
     struct json_object *o = json_object_new_object();
-    struct json_object *lists[2] = {format_file_hints, extra};
+    struct json_object *lists[2] = {file_hints, extra};
     for (int i = 0; i < 2; i++) {
         if (!lists[i])
             continue;
@@ -88,16 +85,16 @@ int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_preal
     }
     json_object_object_add(o, "size", json_object_new_int64((int64_t)size));
     json_object_object_add(o, "preallocation", json_object_new_string(vbd_prealloc_names[prealloc]));
-    int rc = drv->co_create(filename, NULL, o, err);
+    int rc = drv->co_create(filename, NULL, o, NULL, err);
     json_object_put(o);
     return rc;
 }
 
 struct vbd_node *vbd_create_protocol_node(const char *filename, struct vbd_node *target, uint64_t size,
-                                          struct vbd_error **err)
+                                          struct json_object *file_hints, struct vbd_error **err)
 {
     if (!target) {
-        if (vbd_create_protocol(filename, size, VBD_PREALLOC_OFF, err) < 0)
+        if (vbd_create_protocol(filename, size, VBD_PREALLOC_OFF, file_hints, err) < 0)
             return NULL;
         return vbd_open(filename, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
     }

@@ -132,7 +132,7 @@ static int create_format(struct vbd_job *job, struct create_job *c, const char *
                        c->node->node_name, c->node->node_name, by);
         goto out;
     }
-    rc = drv->co_create(c->node->filename, c->node, o, err);
+    rc = drv->co_create(c->node->filename, c->node, o, NULL, err);
 out:
     json_object_put(o);
     if (data)
@@ -171,7 +171,7 @@ static int create_run(struct vbd_job *job, struct vbd_error **err)
                                        json_object_new_string(json_object_get_boolean(v) ? "on" : "off"));
             if (json_object_object_get_ex(c->opts, "extent-size-hint", &v))
                 json_object_object_add(hints, "extent_size_hint", json_object_new_int64(json_object_get_int64(v)));
-            rc = vbd_create_protocol_opts(opt_str(c->opts, "filename"), size, (enum vbd_prealloc)mode, hints, err);
+            rc = vbd_create_protocol_opts(opt_str(c->opts, "filename"), size, (enum vbd_prealloc)mode, hints, NULL, err);
             json_object_put(hints);
         } else {
             rc = create_format(job, c, driver, err);

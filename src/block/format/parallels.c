@@ -656,7 +656,8 @@ static const struct vbd_opt_desc parallels_create_opts[] = {
 };
 
 /* The image at filename (made here), or on target (blockdev-create). */
-static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts,
+                        struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = PRL_DEFAULT_CLUSTER;
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
@@ -682,7 +683,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     uint64_t bat_entries = (size + cluster_size - 1) / cluster_size;
     uint64_t meta = (PRL_HEADER_SIZE + bat_entries * 4 + cluster_size - 1) / cluster_size * cluster_size;
     int rc;
-    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, err);
+    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f)
         return -EIO;
     uint8_t h[PRL_HEADER_SIZE] = {0};

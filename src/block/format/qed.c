@@ -51,6 +51,7 @@ struct qed_state {
     uint64_t table_bytes, table_entries;
     uint64_t *l1;            /* host byte order */
     uint64_t file_end;       /* next cluster to allocate */
+    bool overlap_reported;   /* the refused write onto the L1 table was reported (once per open) */
     struct vbd_co_mutex alloc_lock;
     uint8_t *alloc_buf;      /* under alloc_lock */
     size_t alloc_buf_bytes;
@@ -137,6 +138,28 @@ static int read_entries(struct vbd_node *n, uint64_t l2_off, uint64_t l2i, uint6
 static void report_bad_entry(struct vbd_node *n, uint64_t off)
 {
     vbd_node_report_corruption(n, "qed: a table entry points outside the image", (int64_t)off, -1, false);
+}
+
+/* Whether [off, off+len) of the file overlaps the L1 table. A hostile or
+ * damaged table entry may name it as an L2 table or a data cluster: a
+ * write there would change L1 entries (QEMU 7.2's qed writes it, and the
+ * image's map is lost). Reads from there are harmless and go ahead. */
+static bool on_l1_table(const struct qed_state *s, uint64_t off, uint64_t len)
+{
+    return off < s->l1_offset + s->table_bytes && s->l1_offset < off + len;
+}
+
+/* A write the L1 table would take: refused, one line per open. */
+static int refuse_l1_overwrite(struct vbd_node *n, const char *what, uint64_t off)
+{
+    struct qed_state *s = n->opaque;
+    if (!s->overlap_reported) {
+        s->overlap_reported = true;
+        vbd_error_report("qed image '%s' is corrupt: %s at 0x%llx lies on the L1 table (0x%llx); writes there refused",
+                         n->file->filename, what, (unsigned long long)off, (unsigned long long)s->l1_offset);
+        vbd_node_report_corruption(n, "qed: a table entry points at the L1 table", (int64_t)off, -1, false);
+    }
+    return -EIO;
 }
 
 /* The run of clusters from off that share one kind of entry: *kind 0 =
@@ -231,6 +254,10 @@ static int allocate_run(struct vbd_node *n, uint64_t off, uint64_t run, int kind
     uint64_t start = off & ~(cs - 1);
     uint64_t end = (off + run + cs - 1) & ~(cs - 1);
     uint64_t ncl = (end - start) / cs;
+    /* before anything is written: a refused write leaves the file as it was */
+    uint64_t l2 = s->l1[(start >> s->cluster_bits) >> s->l2_bits];
+    if (l2 && on_l1_table(s, l2, s->table_bytes))
+        return refuse_l1_overwrite(n, "an L2 table", l2);
     int rc = set_features(n, s->features | QED_F_NEED_CHECK);
     if (rc < 0)
         return rc;
@@ -281,6 +308,8 @@ static int set_entries(struct vbd_node *n, uint64_t start, uint64_t ncl, const u
     uint64_t l1i = ci >> s->l2_bits, l2i = ci & (s->table_entries - 1);
     int rc;
     if (s->l1[l1i]) {
+        if (on_l1_table(s, s->l1[l1i], s->table_bytes))
+            return refuse_l1_overwrite(n, "an L2 table", s->l1[l1i]);
         return vbd_node_co_pwrite(n->file, s->l1[l1i] + l2i * 8, e, ncl * 8, 0);
     }
     /* a new L2 table holding these entries, then the L1 entry */
@@ -310,6 +339,8 @@ static int qed_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
         if (rc < 0)
             return rc;
         if (kind == 2) {
+            if (__builtin_expect(on_l1_table(s, host, run), 0))
+                return refuse_l1_overwrite(n, "a data cluster", host & ~(uint64_t)(s->cluster_size - 1));
             rc = vbd_node_co_pwritev(n->file, host, run, q, qoff, 0);
             if (rc == 0 && (flags & VBD_REQ_FUA))
                 rc = vbd_node_co_flush(n->file);
@@ -359,7 +390,10 @@ static int qed_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, u
                 uint64_t e[QED_RUN_MAX];
                 for (uint64_t i = 0; i < run / cs; i++)
                     e[i] = htole64(QED_ZERO_CLUSTER);
-                if (kind == 0 && (rc = set_features(n, s->features | QED_F_NEED_CHECK)) == 0)
+                uint64_t l2 = s->l1[(off >> s->cluster_bits) >> s->l2_bits];
+                if (kind == 0 && l2 && on_l1_table(s, l2, s->table_bytes)) /* before the flag: nothing written */
+                    rc = refuse_l1_overwrite(n, "an L2 table", l2);
+                else if (kind == 0 && (rc = set_features(n, s->features | QED_F_NEED_CHECK)) == 0)
                     rc = set_entries(n, off, run / cs, e);
             }
             vbd_co_mutex_unlock(&s->alloc_lock);
@@ -713,7 +747,8 @@ static const struct vbd_opt_desc qed_create_opts[] = {
 };
 
 /* The image at filename (made here), or on target (blockdev-create). */
-static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts,
+                        struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = 65536, table_size = 4;
     char *backing = NULL, *backing_fmt = NULL;
@@ -763,7 +798,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         s.backing_off = QED_HEADER_BYTES;
         s.backing_len = (uint32_t)strlen(backing);
     }
-    f = vbd_create_protocol_node(filename, target, 0, err);
+    f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f) {
         rc = -EIO;
         goto out;

@@ -208,7 +208,8 @@ static int take_prealloc(struct json_object *opts, int *prealloc, struct vbd_err
     return rc;
 }
 
-static int raw_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+static int raw_create(const char *filename, struct vbd_node *file, struct json_object *opts,
+                      struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0;
     int prealloc = 0;
@@ -231,7 +232,7 @@ static int raw_create(const char *filename, struct vbd_node *file, struct json_o
         extra = json_object_new_object();
         json_object_object_add(extra, "cluster_size", cs);
     }
-    int rc = vbd_create_protocol_opts(filename, size, prealloc, extra, err);
+    int rc = vbd_create_protocol_opts(filename, size, prealloc, file_hints, extra, err);
     json_object_put(extra);
     return rc;
 }

@@ -453,7 +453,8 @@ static void new_uuid(uint8_t *u)
 }
 
 /* The image at filename (made here), or on target (blockdev-create). */
-static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts,
+                        struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0;
     bool is_static = false;
@@ -498,7 +499,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         put_le32p(buf + VDI_HEADER_SIZE + 4 * (uint64_t)i, is_static ? i : VDI_UNALLOCATED);
     uint64_t file_size = is_static ? offset_data + (uint64_t)blocks * VDI_BLOCK_SIZE : 0;
     int rc;
-    struct vbd_node *f = vbd_create_protocol_node(filename, target, file_size, err);
+    struct vbd_node *f = vbd_create_protocol_node(filename, target, file_size, file_hints, err);
     if (!f) {
         free(buf);
         return -EIO;

@@ -716,7 +716,8 @@ static int vpc_rounded_size(uint64_t size, bool force_size, uint16_t *cyls, uint
 }
 
 /* The image at filename (made here), or on target (blockdev-create). */
-static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts,
+                        struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0;
     int subformat = 0;
@@ -764,7 +765,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     footer[F_UUID + 8] = (uint8_t)((footer[F_UUID + 8] & 0x3f) | 0x80);
     put_be32p(footer + F_CHECKSUM, vpc_checksum(footer, sizeof(footer), F_CHECKSUM));
 
-    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, err);
+    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f)
         return -EIO;
     uint8_t *meta = NULL;

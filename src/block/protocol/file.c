@@ -682,8 +682,10 @@ static bool file_create_hints(int fd, bool nocow, uint64_t extent_size_hint, boo
     return true;
 }
 
-static int file_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+static int file_create(const char *filename, struct vbd_node *file, struct json_object *opts,
+                       struct json_object *file_hints, struct vbd_error **err)
 {
+    (void)file_hints; /* a protocol's own options are in opts */
     uint64_t size = 0, extent_size_hint = 1024 * 1024;
     int prealloc = 0, hint_given = 0;
     bool nocow = false;

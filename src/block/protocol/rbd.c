@@ -1080,8 +1080,10 @@ static long create_fn(void *arg)
     return rbdlib.rbd_create(j->io, j->name, j->size, &j->order);
 }
 
-static int vrbd_co_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+static int vrbd_co_create(const char *filename, struct vbd_node *file, struct json_object *opts,
+                          struct json_object *file_hints, struct vbd_error **err)
 {
+    (void)file_hints; /* a protocol's own options are in opts */
     uint64_t size = 0, cs = 0;
     int prealloc = 0;
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_size(opts, "cluster_size", &cs, err) < 0 ||

@@ -22,6 +22,7 @@ struct ctx {
     uint64_t nclusters; /* clusters of the file, the last one partial */
     uint64_t nref;      /* clusters counted: a reference may end in the cluster after the file's last */
     struct vbd_check_result *res;
+    unsigned fix;       /* VBD_CHECK_FIX_*: what the walk may repair as it goes */
 };
 
 /* check's findings go to stderr, as qemu-img prints them; the repair done
@@ -57,6 +58,34 @@ static void add(struct ctx *c, uint64_t off, uint64_t len)
 #define L1E_RESERVED_MASK 0x7f000000000001ffull
 #define L2E_STD_RESERVED_MASK 0x3f000000000001feull
 #define L2_BITMAP_ALLOC_MASK 0xffffffffull
+
+/* Entry i of the L2 table at l2_off (read into table) becomes e: in the
+ * table read, on the disk (8 bytes, flushed, as qemu-img writes it) and
+ * in a cached copy of the table. -EEXIST: the table lies on other
+ * metadata (qemu-img's overlap check fails: nothing written). */
+static int repair_l2_entry(struct ctx *c, uint64_t l2_off, uint8_t *table, uint32_t i, uint64_t e)
+{
+    struct qcow2_state *s = c->s;
+    uint64_t at = (uint64_t)i * s->l2_entry_size;
+    put_be64p(table + at, e);
+    if (qcow2_table_on_other_metadata(s, l2_off)) {
+        report(c, "ERROR: Overlap check failed\n");
+        c->res->check_errors++;
+        return -EEXIST;
+    }
+    int rc = vbd_node_co_pwrite(s->n->file, l2_off + at, table + at, 8, 0);
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file);
+    if (rc < 0) {
+        report(c, "ERROR: Failed to overwrite L2 table entry: %s\n", strerror(-rc));
+        c->res->check_errors++;
+        return rc;
+    }
+    for (int k = 0; k < s->l2_cache_slots; k++) /* a cached copy (clean: written back before the check) */
+        if (s->l2_cache[k].offset == l2_off && s->l2_cache[k].table)
+            memcpy((uint8_t *)s->l2_cache[k].table + at, table + at, 8);
+    return 0;
+}
 
 /*
  * One L2 table: its references, and for the active table the counters of
@@ -125,10 +154,32 @@ static int walk_l2(struct ctx *c, uint64_t l2_off, uint8_t *table, bool active)
             c->res->corruptions++;
         }
         if (host & (s->cluster_size - 1)) {
-            report(c, "ERROR offset=%llx: Cluster is not properly aligned; L2 entry corrupted.\n",
-                    (unsigned long long)host);
+            /* As qemu-img 7.2: an unaligned entry that holds no data (a
+             * preallocated zero cluster) becomes a plain zero cluster with
+             * -r all; one that holds data is reported and left (which
+             * cluster the data is in cannot be known), and its clusters
+             * counted as qemu-img counts them, so that a repair of the
+             * refcounts frees nothing it may still name. */
             c->res->corruptions++;
-            continue;
+            bool holds_data = s->extended_l2 ? (bitmap & L2_BITMAP_ALLOC_MASK) != 0 : !(e & QCOW_OFLAG_ZERO);
+            if (holds_data) {
+                report(c, "ERROR offset=%llx: Data cluster is not properly aligned; L2 entry corrupted.\n",
+                       (unsigned long long)host);
+            } else {
+                bool repair = c->fix & VBD_CHECK_FIX_ERRORS;
+                report(c, "%s offset=%llx: Preallocated cluster is not properly aligned; L2 entry corrupted.\n",
+                       repair ? "Repairing" : "ERROR", (unsigned long long)host);
+                if (repair) {
+                    int rc = repair_l2_entry(c, l2_off, table, i, s->extended_l2 ? 0 : QCOW_OFLAG_ZERO);
+                    if (rc == -EEXIST)
+                        return 0; /* as qemu-img: nothing more of this table (its other findings not counted) */
+                    if (rc == 0) {
+                        c->res->corruptions--;
+                        c->res->corruptions_fixed++;
+                        continue; /* the cluster is not in use any more */
+                    }
+                }
+            }
         }
         if (active) {
             c->res->allocated_clusters++;
@@ -305,7 +356,7 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
             return rc;
         }
     }
-    struct ctx c = {.s = s, .res = res};
+    struct ctx c = {.s = s, .res = res, .fix = s->read_only ? 0 : fix};
     bool repair_all = fix & VBD_CHECK_FIX_ERRORS, rebuild = false;
     c.nclusters = (n->file->size + s->cluster_size - 1) >> s->cluster_bits;
     c.nref = c.nclusters;
@@ -482,7 +533,8 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
             uint8_t *p = table + (uint64_t)j * s->l2_entry_size;
             uint64_t e = get_be64p(p), h = e & L2E_OFFSET_MASK, hr = 0;
             enum qcow2_cluster_type t = qcow2_entry_type(s, e);
-            if ((t != QCOW2_NORMAL && t != QCOW2_ZERO_ALLOC) || (h & (s->cluster_size - 1)))
+            /* an unaligned entry too, by the cluster its offset is in, as qemu-img */
+            if (t != QCOW2_NORMAL && t != QCOW2_ZERO_ALLOC)
                 continue;
             if (s->external) /* a data file's clusters are not refcounted: each is used once */
                 hr = 1;

@@ -20,6 +20,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +63,8 @@ static void clean_caches(void *arg)
         }
         s->lru_at_last_clean = s->lru_clock;
     }
-    vbd_timer_arm(&s->clean_timer, vbd_clock_ns() + s->cache_clean_interval * 1000000000ull);
+    if (s->cache_clean_interval) /* a reopen may have set it to 0 (never) */
+        vbd_timer_arm(&s->clean_timer, vbd_clock_ns() + s->cache_clean_interval * 1000000000ull);
 }
 
 /* The data file: the "data-file" option, or the name in the header
@@ -186,63 +188,91 @@ static int take_overlap_check(struct json_object *opts, struct vbd_error **err)
     return rc;
 }
 
-static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+/* The runtime options an open and a blockdev-reopen take (QEMU 7.2's
+ * qcow2_update_options_prepare and read_cache_sizes, their words). */
+struct runtime_opts {
+    uint64_t l2_cache, rc_cache, clean_interval, l2_entry;
+    int has_entry, has_lazy;
+    bool lazy;
+};
+
+static int take_runtime_opts(struct json_object *opts, struct runtime_opts *r, struct vbd_error **err)
 {
-    struct qcow2_state *s = n->opaque;
-    s->n = n;
-    uint64_t l2_cache = DEFAULT_L2_CACHE_BYTES, rc_cache = DEFAULT_REFCOUNT_CACHE_BYTES, total = 0;
+    uint64_t total = 0;
+    *r = (struct runtime_opts){.l2_cache = DEFAULT_L2_CACHE_BYTES, .rc_cache = DEFAULT_REFCOUNT_CACHE_BYTES};
     bool has_l2 = vbd_opt_get(opts, "l2-cache-size") != NULL, has_rc = vbd_opt_get(opts, "refcount-cache-size") != NULL;
     bool has_total = vbd_opt_get(opts, "cache-size") != NULL;
-    if (vbd_opt_take_size(opts, "l2-cache-size", &l2_cache, err) < 0 ||
-        vbd_opt_take_size(opts, "refcount-cache-size", &rc_cache, err) < 0 ||
+    if (vbd_opt_take_size(opts, "l2-cache-size", &r->l2_cache, err) < 0 ||
+        vbd_opt_take_size(opts, "refcount-cache-size", &r->rc_cache, err) < 0 ||
         vbd_opt_take_size(opts, "cache-size", &total, err) < 0 ||
-        vbd_opt_take_u64(opts, "cache-clean-interval", &s->cache_clean_interval, err) < 0)
+        vbd_opt_take_u64(opts, "cache-clean-interval", &r->clean_interval, err) < 0)
         return -EINVAL;
-    /* QEMU 7.2's read_cache_sizes refusals, in its words */
     if (has_total && has_l2 && has_rc) {
         vbd_error_setf(err, EINVAL, "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time");
         return -EINVAL;
     }
-    if (has_total && has_l2 && l2_cache > total) {
+    if (has_total && has_l2 && r->l2_cache > total) {
         vbd_error_setf(err, EINVAL, "l2-cache-size may not exceed cache-size");
         return -EINVAL;
     }
-    if (has_total && has_rc && rc_cache > total) {
+    if (has_total && has_rc && r->rc_cache > total) {
         vbd_error_setf(err, EINVAL, "refcount-cache-size may not exceed cache-size");
         return -EINVAL;
     }
-    uint64_t l2_entry = 0;
-    bool lazy = false;
-    int has_entry = vbd_opt_take_size(opts, "l2-cache-entry-size", &l2_entry, err);
-    int has_lazy = has_entry < 0 ? -1 : vbd_opt_take_bool(opts, "lazy-refcounts", &lazy, err);
-    if (has_lazy < 0 || take_overlap_check(opts, err) < 0)
+    r->has_entry = vbd_opt_take_size(opts, "l2-cache-entry-size", &r->l2_entry, err);
+    r->has_lazy = r->has_entry < 0 ? -1 : vbd_opt_take_bool(opts, "lazy-refcounts", &r->lazy, err);
+    if (r->has_lazy < 0 || take_overlap_check(opts, err) < 0)
         return -EINVAL;
-    if (has_total && !has_l2 && !has_rc) { /* QEMU's split: the L2 cache first, refcounts a quarter of it */
-        rc_cache = total / 5;
-        l2_cache = total - rc_cache;
-    } else if (has_total && has_l2 && !has_rc) {
-        rc_cache = total > l2_cache ? total - l2_cache : 0;
-    } else if (has_total && has_rc && !has_l2) {
-        l2_cache = total > rc_cache ? total - rc_cache : 0;
+    if (r->clean_interval > UINT_MAX) {
+        vbd_error_setf(err, EINVAL, "Cache clean interval too big");
+        return -EINVAL;
     }
+    if (has_total && !has_l2 && !has_rc) { /* QEMU's split: the L2 cache first, refcounts a quarter of it */
+        r->rc_cache = total / 5;
+        r->l2_cache = total - r->rc_cache;
+    } else if (has_total && has_l2 && !has_rc) {
+        r->rc_cache = total > r->l2_cache ? total - r->l2_cache : 0;
+    } else if (has_total && has_rc && !has_l2) {
+        r->l2_cache = total > r->rc_cache ? total - r->rc_cache : 0;
+    }
+    return 0;
+}
+
+/* What the image's header allows of them (known once it is read). */
+static int check_runtime_opts(struct qcow2_state *s, const struct runtime_opts *r, struct vbd_error **err)
+{
+    /* vbd's L2 cache holds whole tables: the entry size is only checked as QEMU does */
+    if (r->has_entry && (r->l2_entry < 512 || r->l2_entry > s->cluster_size || (r->l2_entry & (r->l2_entry - 1)))) {
+        vbd_error_setf(err, EINVAL, "L2 cache entry size must be a power of two between 512 and the cluster size (%llu)",
+                       (unsigned long long)s->cluster_size);
+        return -EINVAL;
+    }
+    if (r->has_lazy && r->lazy && s->version < 3) {
+        vbd_error_setf(err, EINVAL, "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    s->n = n;
+    struct runtime_opts ro;
+    if (take_runtime_opts(opts, &ro, err) < 0)
+        return -EINVAL;
+    uint64_t l2_cache = ro.l2_cache, rc_cache = ro.rc_cache;
+    s->cache_clean_interval = ro.clean_interval;
     n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
     if (!n->file)
         return -EINVAL;
     int rc = qcow2_read_header(n, s, flags, err);
     if (rc < 0)
         return rc;
-    /* vbd's L2 cache holds whole tables: the entry size is only checked as QEMU does */
-    if (has_entry && (l2_entry < 512 || l2_entry > s->cluster_size || (l2_entry & (l2_entry - 1)))) {
-        vbd_error_setf(err, EINVAL, "L2 cache entry size must be a power of two between 512 and the cluster size (%llu)",
-                       (unsigned long long)s->cluster_size);
+    if (check_runtime_opts(s, &ro, err) < 0)
         return -EINVAL;
-    }
-    if (has_lazy && lazy && s->version < 3) {
-        vbd_error_setf(err, EINVAL, "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level");
-        return -EINVAL;
-    }
-    if (has_lazy)
-        s->lazy_opt = lazy ? 2 : 1;
+    if (ro.has_lazy)
+        s->lazy_opt = ro.lazy ? 2 : 1;
     s->rc_nslots = (int)(rc_cache / s->cluster_size < 1024 ? rc_cache / s->cluster_size : 1024);
     rc = qcow2_load_reftable(s, (flags & VBD_OPEN_CHECK) != 0, err);
     if (rc < 0)
@@ -1752,7 +1782,8 @@ static const struct vbd_opt_desc qcow2_create_opts[] = {
 
 /* The image at filename (made here), or on target (an open protocol node
  * whose content is replaced: blockdev-create). */
-static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts,
+                        struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0, cluster_size = 65536, refcount_bits = 16;
     char *compat = NULL, *backing = NULL, *backing_fmt = NULL, *prealloc = NULL, *ctype = NULL, *data_file = NULL;
@@ -1878,11 +1909,11 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         else
             snprintf(data_path, sizeof(data_path), "%.*s/%s", (int)(slash - filename), filename, data_file);
         /* on a node, the data file is a node the caller opened */
-        rc = target ? 0 : vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, err);
+        rc = target ? 0 : vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, file_hints, err);
         if (rc < 0)
             goto out;
     }
-    f = vbd_create_protocol_node(filename, target, 0, err);
+    f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f) {
         rc = -EIO;
         goto out;
@@ -2008,6 +2039,75 @@ static int qcow2_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
     return rc;
 }
 
+/* blockdev-reopen of the runtime options (QEMU 7.2's qcow2 mutable_opts),
+ * checked as QEMU checks them (its words). lazy-refcounts and
+ * cache-clean-interval change; turning lazy refcounts off first puts the
+ * refcounts on the disk and marks the image clean, as QEMU's
+ * qcow2_mark_clean. overlap-check is taken as at open (vbd checks every
+ * write against all the metadata it tracks whatever the level). The cache
+ * sizes are checked and otherwise kept as the node was opened with them
+ * (vbd sizes its caches at open). Left out, an option goes back to its
+ * default (lazy refcounts: the header's). */
+struct qcow2_reopen {
+    uint64_t clean_interval;
+    uint8_t lazy_opt;
+};
+
+static int qcow2_reopen_prepare(struct vbd_node *n, struct json_object *opts, void **staged, struct vbd_error **err)
+{
+    struct qcow2_state *s = n->opaque;
+    struct runtime_opts ro;
+    if (take_runtime_opts(opts, &ro, err) < 0 || check_runtime_opts(s, &ro, err) < 0)
+        return -EINVAL;
+    struct qcow2_reopen *r = vbd_xcalloc(1, sizeof(*r));
+    r->clean_interval = ro.clean_interval;
+    r->lazy_opt = ro.has_lazy ? (ro.lazy ? 2 : 1) : 0;
+    *staged = r;
+    return 0;
+}
+
+static void qcow2_reopen_commit(struct vbd_node *n, void *staged)
+{
+    struct qcow2_state *s = n->opaque;
+    struct qcow2_reopen *r = staged;
+    bool was_lazy = qcow2_lazy(s);
+    s->lazy_opt = r->lazy_opt;
+    if (was_lazy && !qcow2_lazy(s) && !s->read_only) {
+        /* from here on refcounts reach the disk before what uses them:
+         * the ones held back go now, then the dirty flag (a failure
+         * leaves it set: the image is repaired at its next open) */
+        vbd_co_mutex_lock(&s->lock);
+        int rc = qcow2_writeback(s);
+        if (rc == 0)
+            rc = qcow2_flush_refcounts(s);
+        if (rc == 0 && (s->incompat & QCOW2_INCOMPAT_DIRTY))
+            rc = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);
+        vbd_co_mutex_unlock(&s->lock);
+        if (rc < 0)
+            vbd_warn("qcow2 '%s': Failed to disable lazy refcounts: %s (the image stays marked dirty)", n->filename,
+                     strerror(-rc));
+    }
+    if (r->clean_interval != s->cache_clean_interval) {
+        /* the timer lives on the home loop: moved there it is armed by
+         * attach_loop; elsewhere the new interval counts from its next run */
+        bool here = vbd_node_home_loop(n) == vbd_loop_current();
+        if (here && s->clean_timer.armed)
+            vbd_timer_cancel(&s->clean_timer);
+        s->cache_clean_interval = r->clean_interval;
+        s->clean_timer.fn = clean_caches;
+        s->clean_timer.arg = s;
+        if (here && s->cache_clean_interval)
+            vbd_timer_arm(&s->clean_timer, vbd_clock_ns() + s->cache_clean_interval * 1000000000ull);
+    }
+    free(r);
+}
+
+static void qcow2_reopen_abort(struct vbd_node *n, void *staged)
+{
+    (void)n;
+    free(staged);
+}
+
 /* The cache-clean timer is armed on the home loop (timers are per loop):
  * it follows the node when it moves (vbd_node_co_set_home). */
 static void qcow2_detach_loop(struct vbd_node *n)
@@ -2060,6 +2160,9 @@ static const struct vbd_driver qcow2_driver = {
     .co_bitmap_change = qcow2_bitmap_change,
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
     .reopen_rw = qcow2_reopen_rw,
+    .reopen_prepare = qcow2_reopen_prepare,
+    .reopen_commit = qcow2_reopen_commit,
+    .reopen_abort = qcow2_reopen_abort,
     .detach_loop = qcow2_detach_loop,
     .attach_loop = qcow2_attach_loop,
 };

@@ -94,7 +94,8 @@ static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in
 }
 
 /* The image at filename (made here), or on target (blockdev-create). */
-int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_object *opts, struct vbd_error **err)
+int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_object *opts,
+                   struct json_object *file_hints, struct vbd_error **err)
 {
     struct vhdx_params p;
     /* blockdev-create takes sizes as they are (QEMU rounds them up to
@@ -111,7 +112,7 @@ int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_ob
     int rc = vhdx_parse_create(opts, NULL, &p, err);
     if (rc < 0)
         return rc;
-    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, err);
+    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f)
         return -EIO;
     uint64_t file_size = p.data_offset + (p.fixed ? p.size : 0);

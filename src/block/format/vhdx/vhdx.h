@@ -109,7 +109,8 @@ int vhdx_log_replay(struct vbd_node *n, struct vhdx_state *s, struct vbd_error *
 bool vhdx_log_has_room(const struct vhdx_state *s);
 int vhdx_log_write_bat_entry(struct vbd_node *n, struct vhdx_state *s, uint64_t idx, uint64_t entry);
 extern const struct vbd_opt_desc vhdx_create_opts[];
-int vhdx_co_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err);
+int vhdx_co_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct json_object *file_hints,
+                   struct vbd_error **err);
 int vhdx_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully_allocated,
                  struct vbd_error **err);
 

@@ -95,9 +95,9 @@ static int init_sparse(struct vbd_node *f, uint64_t bytes, bool compress, bool z
     return rc;
 }
 
-static struct vbd_node *create_file(const char *path, struct vbd_error **err)
+static struct vbd_node *create_file(const char *path, struct json_object *file_hints, struct vbd_error **err)
 {
-    if (vbd_create_protocol(path, 0, VBD_PREALLOC_OFF, err) < 0)
+    if (vbd_create_protocol(path, 0, VBD_PREALLOC_OFF, file_hints, err) < 0)
         return NULL;
     return vbd_open(path, json_object_new_object(), VBD_OPEN_RDWR | VBD_OPEN_PROTOCOL, err);
 }
@@ -106,7 +106,8 @@ static const char *const subformats[] = {"monolithicSparse", "monolithicFlat", "
                                          "twoGbMaxExtentFlat", "streamOptimized", NULL};
 static const char *const adapters[] = {"ide", "buslogic", "lsilogic", "legacyESX", NULL};
 
-int vmdk_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err)
+int vmdk_create(const char *filename, struct vbd_node *file, struct json_object *opts,
+                struct json_object *file_hints, struct vbd_error **err)
 {
     uint64_t size = 0;
     char *adapter = NULL, *backing = NULL, *backing_fmt = NULL, *hw = NULL, *tools = NULL, *subfmt = NULL;
@@ -211,7 +212,7 @@ int vmdk_create(const char *filename, struct vbd_node *file, struct json_object 
         parent_cid = ((struct vmdk_state *)bf->opaque)->cid;
         vbd_node_unref(b);
     }
-    desc_node = create_file(filename, err);
+    desc_node = create_file(filename, file_hints, err);
     if (!desc_node) {
         rc = -EIO;
         goto out;
@@ -236,7 +237,7 @@ int vmdk_create(const char *filename, struct vbd_node *file, struct json_object 
             else
                 snprintf(rel, sizeof(rel), "%s-flat%s", prefix, postfix);
             snprintf(full, sizeof(full), "%s%s", path, rel);
-            struct vbd_node *f = create_file(full, err);
+            struct vbd_node *f = create_file(full, file_hints, err);
             if (!f) {
                 rc = -EIO;
                 goto out;

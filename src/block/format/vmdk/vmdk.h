@@ -78,7 +78,8 @@ struct vmdk_state {
 static inline uint64_t div_up(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
 extern const struct vbd_opt_desc vmdk_create_opts[];
-int vmdk_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct vbd_error **err);
+int vmdk_create(const char *filename, struct vbd_node *file, struct json_object *opts, struct json_object *file_hints,
+                   struct vbd_error **err);
 int vmdk_measure(struct json_object *opts, struct vbd_node *in, uint64_t *required, uint64_t *fully,
                  struct vbd_error **err);
 
