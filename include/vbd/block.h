@@ -413,7 +413,10 @@ struct vbd_driver {
      * vbd-daemon's --blockdev file=NAME): the image locks follow, as
      * VBD_OPEN_META_PARENT at open. Fails (nothing changed) when another
      * process holds what the new locks exclude. NULL: no locks. */
-    int (*meta_parent)(struct vbd_node *n, int delta, struct vbd_error **err);
+    /* writes: the parent that comes is read-write (its metadata will be
+     * written: a node locked by its users claims the write with it, in one
+     * step, as QEMU's parent takes its permissions at once) */
+    int (*meta_parent)(struct vbd_node *n, int delta, bool writes, struct vbd_error **err);
     /* Whether anything writes this read-write node now (a read-write
      * parent, an export; vbd_node_refresh_write_use decides): without, the
      * image locks give up the write and resize permissions and the node

@@ -929,7 +929,7 @@ static int file_reopen_direct(struct vbd_node *n, bool direct, struct vbd_error 
 
 /* A format with metadata came above this node or went (vbd_open_child,
  * node close): it unshares writes and resizes, or gives them back. */
-static int file_meta_parent(struct vbd_node *n, int delta, struct vbd_error **err)
+static int file_meta_parent(struct vbd_node *n, int delta, bool writes, struct vbd_error **err)
 {
     struct file_state *s = n->opaque;
     if (delta < 0 && s->meta_parents == 0)
@@ -937,7 +937,7 @@ static int file_meta_parent(struct vbd_node *n, int delta, struct vbd_error **er
     unsigned count = (unsigned)((int)s->meta_parents + delta);
     if (s->locked && s->by_users) {
         unsigned perm, shared;
-        wanted_perms(false, 1, s->no_share, &perm, &shared);
+        wanted_perms(writes && !n->read_only, 1, s->no_share, &perm, &shared);
         if (delta > 0 && claim_locks(n, s, perm, shared, err) < 0)
             return -EAGAIN;
     } else if (s->locked) {
