@@ -72,6 +72,16 @@ struct vbd_loop;
  * "write operations on block 0 will be restricted"), so that a guest can
  * not turn its disk into, say, a qcow2 naming a host file as backing. */
 #define VBD_OPEN_PROBED_RAW  0x10000u
+/* vbd-daemon's nodes (blockdev-add, --blockdev and the children their open
+ * opens): a file node's image locks follow what the users of the graph
+ * need, as QEMU's file-posix takes them from the cumulative permissions of
+ * its parents (set by the daemon: vbd_file_set_lock_perm), not the open
+ * flags: a file node nobody uses holds none. Until the daemon sets them, a
+ * file node only claims what a format opening or reopening above it needs
+ * for its metadata (VBD_OPEN_META_PARENT, meta_parent, write_use). The
+ * tools never set it: their locks stay those of their open flags, as
+ * qemu-img's. */
+#define VBD_OPEN_LOCK_BY_USERS 0x20000u
 
 /* detect-zeroes: an all-zero write becomes a write-zeroes request (unmap:
  * one that may deallocate; only with discard=unmap, as QEMU requires) */
@@ -409,7 +419,10 @@ struct vbd_driver {
      * vbd-daemon's --blockdev file=NAME): the image locks follow, as
      * VBD_OPEN_META_PARENT at open. Fails (nothing changed) when another
      * process holds what the new locks exclude. NULL: no locks. */
-    int (*meta_parent)(struct vbd_node *n, int delta, struct vbd_error **err);
+    /* writes: the parent that comes is read-write (its metadata will be
+     * written: a node locked by its users claims the write with it, in one
+     * step, as QEMU's parent takes its permissions at once) */
+    int (*meta_parent)(struct vbd_node *n, int delta, bool writes, struct vbd_error **err);
     /* Whether anything writes this read-write node now (a read-write
      * parent, an export; vbd_node_refresh_write_use decides): without, the
      * image locks give up the write and resize permissions and the node
@@ -713,8 +726,21 @@ int vbd_node_co_set_read_only(struct vbd_node *n, bool read_only, struct vbd_err
  * "file", an export writes it, or no node sits on it through "file" (a
  * node of its own, which vbd keeps locked as opened); given up while
  * every such parent is read-only (QEMU: a read-only qcow2 over a
- * read-write file node takes no write permission there). Home thread. */
+ * read-write file node takes no write permission there). Nothing for a
+ * node opened with VBD_OPEN_LOCK_BY_USERS (the daemon sets its locks).
+ * Home thread. */
 int vbd_node_refresh_write_use(struct vbd_node *n, struct vbd_error **err);
+/* The image locks of a file node opened with VBD_OPEN_LOCK_BY_USERS, in
+ * QEMU's BLK_PERM_* bits (consistent read 1, write 2, write unchanged 4,
+ * resize 8; src/block/protocol/file.c, the only driver that takes image
+ * locks): vbd_file_lock_perm says what it holds now (false: it takes none:
+ * not a file node, locking=off, force-share, or not by users);
+ * vbd_file_set_lock_perm makes the locks exactly perm (bytes 100+) and
+ * ~shared (bytes 200+), or fails with nothing changed when another open
+ * file description holds what they exclude. Main loop (the daemon's
+ * vbd_qmp_image_locks_follow). */
+bool vbd_file_lock_perm(struct vbd_node *n, unsigned *perm, unsigned *shared);
+int vbd_file_set_lock_perm(struct vbd_node *n, unsigned perm, unsigned shared, struct vbd_error **err);
 /* Would parent, a format that keeps metadata in c (its "file"), conflict
  * with another such format on c (read-write: rw)? Both read-only is fine;
  * if either writes, the other's metadata goes stale under it or two write

@@ -6,6 +6,7 @@
 
 struct json_object;
 struct vbd_error;
+struct vbd_node;
 
 /*
  * QMP, the control protocol of qemu-storage-daemon, served by vbd-daemon
@@ -73,6 +74,19 @@ const struct vbd_qmp_command *vbd_qmp_command_next(const struct vbd_qmp_command 
  * it changes the graph at its end. Coroutine, main loop. */
 void vbd_qmp_graph_lock(void);
 void vbd_qmp_graph_unlock(void);
+
+/* The image locks of the daemon's file nodes (VBD_OPEN_LOCK_BY_USERS) made
+ * what the users of the graph need now, as QEMU's permissions give them
+ * (src/qmp/cmd-block-graph.c: the exports', the jobs' and every parent
+ * node's, down the graph; docs/DESIGN.md, "Image locks"). extra: a user
+ * about to come (an export before it serves, a job's target before it is
+ * written), taking perm and sharing shared (BLK_PERM_* bits) on it; NULL:
+ * none. The locks only given up first, then the ones taken: on a conflict
+ * with another open file description (another process, or another file
+ * node of ours on the same image) nothing stays changed and err says
+ * which lock. Main loop only (asserted), no yield: call it after every
+ * change to the graph's users, before anything writes through the change. */
+int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, struct vbd_error **err);
 
 /*
  * A change to the daemon's configuration (vbd-daemon --state): the hook

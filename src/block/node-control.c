@@ -78,7 +78,8 @@ static bool written_now(struct vbd_node *n)
 
 int vbd_node_refresh_write_use(struct vbd_node *n, struct vbd_error **err)
 {
-    if (n->read_only || !n->drv->write_use)
+    /* a daemon's node: its users set its locks (vbd_qmp_image_locks_follow) */
+    if (n->read_only || !n->drv->write_use || (n->open_flags & VBD_OPEN_LOCK_BY_USERS))
         return 0;
     return n->drv->write_use(n, written_now(n), err);
 }

@@ -96,13 +96,13 @@ int vbd_node_check_metadata_writer(struct vbd_node *parent, struct vbd_node *c, 
 
 /* A metadata parent came (+1) or went (-1) above an existing node: down
  * through raw and filters to the node that holds the locks. */
-static int meta_claim(struct vbd_node *c, int delta, struct vbd_error **err)
+static int meta_claim(struct vbd_node *c, int delta, bool writes, struct vbd_error **err)
 {
     while (c && !c->drv->meta_parent && c->file && c->file != c && passes_through(c))
         c = c->file;
     if (!c || !c->drv->meta_parent)
         return 0;
-    return c->drv->meta_parent(c, delta, err);
+    return c->drv->meta_parent(c, delta, writes, err);
 }
 
 /* The parent lets go of its "file" child, and of the locks it added there. */
@@ -111,7 +111,7 @@ static void release_file(struct vbd_node *n)
     struct vbd_node *f = n->file;
     bool stays = f && f->refcnt > 1;
     if (n->file_meta && stays)
-        meta_claim(f, -1, NULL);
+        meta_claim(f, -1, false, NULL);
     n->file_meta = false;
     vbd_node_unref(f);
     /* n is off the node list: a node it referenced may write-lock again
@@ -630,7 +630,7 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
             return NULL;
         }
         /* an existing node: its locks follow its new parent's needs now */
-        if (meta && meta_claim(c, +1, err) < 0) {
+        if (meta && meta_claim(c, +1, (flags & VBD_OPEN_RDWR) != 0, err) < 0) {
             json_object_put(v);
             return NULL;
         }
@@ -639,7 +639,7 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
         if ((flags & VBD_OPEN_RDWR) && !c->read_only && c->drv->write_use &&
             c->drv->write_use(c, true, err) < 0) {
             if (meta)
-                meta_claim(c, -1, NULL);
+                meta_claim(c, -1, false, NULL);
             json_object_put(v);
             return NULL;
         }

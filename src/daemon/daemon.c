@@ -211,13 +211,19 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
     }
     struct json_object *given = NULL;
     json_object_deep_copy(opts, &given, NULL); /* the open takes from opts */
-    struct vbd_node *n = vbd_open(NULL, opts, VBD_OPEN_RDWR, err);
+    struct vbd_node *n = vbd_open(NULL, opts, VBD_OPEN_RDWR | VBD_OPEN_LOCK_BY_USERS, err);
     if (!n) {
         json_object_put(given);
         return -EINVAL;
     }
     vbd_qmp_node_given_options(n, given);
     vbd_daemon_node_add(n);
+    /* its locks as its users need them (none if nothing uses it yet) */
+    if (vbd_qmp_image_locks_follow(NULL, 0, 0, err) < 0) {
+        vbd_daemon_node_del(n->node_name, NULL);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL);
+        return -EINVAL;
+    }
     return 0;
 }
 

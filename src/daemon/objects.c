@@ -69,6 +69,7 @@ int vbd_daemon_node_del(const char *name, struct vbd_error **err)
         nnodes--;
         vbd_node_co_flush(n);
         vbd_node_unref(n);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* fewer users: only locks that go */
         return 0;
     }
     vbd_error_setf(err, ENOENT, "Failed to find node with node-name='%s'", name);
@@ -255,6 +256,15 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
      * without (another process may have taken the image since) */
     if (target && export_writable(opts) && (rc = vbd_node_refresh_write_use(target, err)) < 0)
         return rc;
+    /* the locks of what it will take (block_export_add's BlockBackend:
+     * consistent reads, writes if writable; an NBD export shares no
+     * resize), before a client can come */
+    if (target) {
+        unsigned perm = 0x1 | (export_writable(opts) && !target->read_only ? 0x2 : 0);
+        unsigned shared = !strcmp(t->type, "nbd") ? 0xf & ~0x8u : 0xf;
+        if ((rc = vbd_qmp_image_locks_follow(target, perm, shared, err)) < 0)
+            return rc;
+    }
     struct vbd_daemon_export *ent = vbd_xcalloc(1, sizeof(*ent));
     snprintf(ent->id, sizeof(ent->id), "%s", id); /* before create() takes "id" out */
     struct vbd_export *e = t->create(opts, err);
@@ -265,6 +275,7 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     }
     if (!e) {
         free(ent);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* what it was to take goes */
         return -EINVAL;
     }
     ent->type = t;
@@ -319,6 +330,7 @@ void vbd_daemon_export_remove(struct vbd_daemon_export *e)
     }
     e->type->free(e->exp);
     free(e);
+    vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* one user fewer: only locks that go */
 }
 
 static bool reaches(const struct vbd_node *top, const struct vbd_node *n)

@@ -425,6 +425,15 @@ static int persistent_take(struct vbd_node *n, const char *name, struct vbd_bitm
 struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, struct vbd_node *target,
                                   const struct vbd_backup_opts *o, struct vbd_qmp_error *err)
 {
+    /* the target's locks before anything can write it (QEMU's
+     * cbw_child_perm: written, never resized); the job's own edges keep
+     * them from its creation on */
+    struct vbd_error *le = NULL;
+    if (vbd_qmp_image_locks_follow(target, 0x2, 0xf & ~0x8u, &le) < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
+        vbd_error_free(le);
+        return NULL;
+    }
     /* a persistent bitmap's bits taken first: this is the point in time
      * (the caller drained the source); given back if the job is not made */
     struct vbd_bitmap_ranges taken = {0};

@@ -79,6 +79,10 @@ static void set_status(struct vbd_job *job, enum vbd_job_status s)
         vbd_log(VBD_LOG_WARN, "job '%s': unexpected transition %s -> %s", job->id, vbd_job_status_names[job->status],
                      vbd_job_status_names[s]);
     job->status = s;
+    /* an ended job's nodes give up what it took there before a client
+     * that waits for the event looks at them (dismissed: no user any more) */
+    if (s == VBD_JOB_CONCLUDED || s == VBD_JOB_NULL)
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL);
     struct json_object *d = json_object_new_object();
     json_object_object_add(d, "id", json_object_new_string(job->id));
     json_object_object_add(d, "status", json_object_new_string(vbd_job_status_names[s]));

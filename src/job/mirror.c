@@ -710,6 +710,15 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block node '%s' is read-only", a->target->node_name);
         return NULL;
     }
+    /* the target's locks before the job writes it (QEMU's mirror_start_job:
+     * its backend writes and shares only unchanged writes); the job's own
+     * edges keep them from its creation on */
+    struct vbd_error *le = NULL;
+    if (vbd_qmp_image_locks_follow(a->target, 0x2, 0x4, &le) < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
+        vbd_error_free(le);
+        return NULL;
+    }
     /* The exports over the source drained from the filter to the write
      * hook (as QEMU drains around mirror_top's insertion; its dirty bitmap
      * also sees a write that ends later): no write is in flight unhooked

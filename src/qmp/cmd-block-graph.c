@@ -8,8 +8,7 @@
  * "file", "backing", "children.N", a job's "main node", ...) and the
  * permissions the parent takes on the child and shares with other users.
  *
- * vbd has no permission system of its own (image locks aside): the
- * permissions are derived here as QEMU derives them (block.c's
+ * The permissions are derived here as QEMU derives them (block.c's
  * bdrv_default_perms by the child's role, and the few drivers with their
  * own child_perm), from what the exports and jobs take, down through the
  * graph, so that a user sees what qsd takes on a graph of the same shape.
@@ -18,6 +17,10 @@
  * driver for it. Ids are numbered as QEMU numbers them: by first mention,
  * the backends first (with their roots), then the jobs (with theirs), then
  * the nodes in creation order; each list is built newest first, as QEMU's.
+ *
+ * The same derivation gives the daemon's file nodes their image locks
+ * (vbd_qmp_image_locks_follow): each one's cumulative permissions, as
+ * QEMU's file-posix locks them, whenever the users of the graph change.
  */
 #include "qmp/commands.h"
 
@@ -27,7 +30,10 @@
 #include "vbd/cbw.h"
 #include "vbd/export.h"
 #include "vbd/job.h"
+#include "vbd/loop.h"
+#include "vbd/qmp.h"
 
+#include <assert.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +108,10 @@ static int id_of(struct graph *g, const void *p)
 
 static void add_node(struct graph *g, const void *p, const char *type, const char *name)
 {
+    if (!g->nodes) { /* the permissions only (vbd_qmp_image_locks_follow) */
+        id_of(g, p);
+        return;
+    }
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "id", json_object_new_int(id_of(g, p)));
     json_object_object_add(o, "type", json_object_new_string(type));
@@ -347,11 +357,10 @@ static struct json_object *reversed(struct json_object *a)
     return r;
 }
 
-static struct json_object *x_debug_query_block_graph(struct json_object *args, struct vbd_qmp_error *err)
+/* The graph as QEMU would have it: the backends, the jobs and every node,
+ * with their edges (the permissions not yet derived). */
+static void graph_build(struct graph *g)
 {
-    (void)args;
-    (void)err;
-    struct graph g = {.nodes = json_object_new_array()};
     /* the backends, each with its root: the exports' and the jobs' own,
      * in the order they were made (QEMU's list of BlockBackends) */
     struct vbd_daemon_export *x = vbd_daemon_export_first();
@@ -362,17 +371,17 @@ static struct json_object *x_debug_query_block_graph(struct json_object *args, s
         if (!x && !bj)
             break;
         if (bj && (!x || bj->created < x->created)) {
-            g.job = &bj->ctl;
-            g.job_backends = 0;
-            bj->drv->graph_backends(bj, job_backend, &g);
+            g->job = &bj->ctl;
+            g->job_backends = 0;
+            bj->drv->graph_backends(bj, job_backend, g);
             bj = vbd_job_next(bj);
             continue;
         }
         struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
         struct vbd_node *root = be ? vbd_backend_node(be) : NULL;
-        add_node(&g, x, "block-backend", "");
+        add_node(g, x, "block-backend", "");
         if (root) {
-            struct gedge *e = add_edge(&g, x, root, "root", RULE_FIXED);
+            struct gedge *e = add_edge(g, x, root, "root", RULE_FIXED);
             /* block_export_add: consistent reads, writes if writable, everything shared */
             e->perm = PERM_READ | (vbd_backend_read_only(be) ? 0 : PERM_WRITE);
             e->shared = PERM_ALL;
@@ -385,10 +394,10 @@ static struct json_object *x_debug_query_block_graph(struct json_object *args, s
     for (struct vbd_job *j = vbd_job_next(NULL); j; j = vbd_job_next(j)) {
         if (j->drv->plain || j->status == VBD_JOB_NULL)
             continue;
-        add_node(&g, j, "block-job", j->id);
-        g.job = j;
+        add_node(g, j, "block-job", j->id);
+        g->job = j;
         if (j->drv->graph_edges)
-            j->drv->graph_edges(j, job_edge, &g);
+            j->drv->graph_edges(j, job_edge, g);
     }
     /* every node, in creation order (the list keeps the newest first) */
     size_t count = 0;
@@ -415,25 +424,38 @@ static struct json_object *x_debug_query_block_graph(struct json_object *args, s
         i--; /* the parent moved one up: look at the moved file's own file next */
     }
     for (i = 0; i < count; i++) {
-        add_node(&g, all[i], "block-driver", all[i]->node_name);
-        node_edges(&g, all[i]);
+        add_node(g, all[i], "block-driver", all[i]->node_name);
+        node_edges(g, all[i]);
     }
     free(all);
-    /* the permissions, from the top down: a DAG settles within as many rounds as it has edges */
-    for (size_t round = 0; round <= g.nedges; round++) {
+}
+
+/* the permissions, from the top down: a DAG settles within as many rounds as it has edges */
+static void graph_derive(struct graph *g)
+{
+    for (size_t round = 0; round <= g->nedges; round++) {
         bool changed = false;
-        for (size_t k = 0; k < g.nedges; k++) {
+        for (size_t k = 0; k < g->nedges; k++) {
             unsigned p, s;
-            derive(&g, &g.edges[k], &p, &s);
-            if (p != g.edges[k].perm || s != g.edges[k].shared) {
-                g.edges[k].perm = p;
-                g.edges[k].shared = s;
+            derive(g, &g->edges[k], &p, &s);
+            if (p != g->edges[k].perm || s != g->edges[k].shared) {
+                g->edges[k].perm = p;
+                g->edges[k].shared = s;
                 changed = true;
             }
         }
         if (!changed)
             break;
     }
+}
+
+static struct json_object *x_debug_query_block_graph(struct json_object *args, struct vbd_qmp_error *err)
+{
+    (void)args;
+    (void)err;
+    struct graph g = {.nodes = json_object_new_array()};
+    graph_build(&g);
+    graph_derive(&g);
     struct json_object *edges = json_object_new_array();
     for (size_t k = g.nedges; k-- > 0;) {
         struct gedge *e = &g.edges[k];
@@ -451,6 +473,76 @@ static struct json_object *x_debug_query_block_graph(struct json_object *args, s
     free(g.ids);
     free(g.edges);
     return r;
+}
+
+/* ---------- the image locks those permissions take ---------- */
+
+struct lock_change {
+    struct vbd_node *n;
+    unsigned old_perm, old_shared; /* held before */
+    unsigned perm, shared;         /* the users' now */
+};
+
+/* Only what both the old and the new set allow: never a new conflict */
+static void lock_change_between(const struct lock_change *c, unsigned *perm, unsigned *shared)
+{
+    *perm = c->old_perm & c->perm;
+    *shared = c->old_shared | c->shared;
+}
+
+int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, struct vbd_error **err)
+{
+    assert(vbd_thread_is_main()); /* the graph, the exports and the jobs are the main loop's */
+    struct graph g = {0};
+    graph_build(&g);
+    static const char extra_user = 0; /* a key no node, export or job has */
+    if (extra) {
+        struct gedge *e = add_edge(&g, &extra_user, extra, "root", RULE_FIXED);
+        e->perm = perm;
+        e->shared = shared;
+    }
+    graph_derive(&g);
+    size_t count = 0, n = 0;
+    for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
+        count++;
+    struct lock_change *ch = calloc(count ? count : 1, sizeof(*ch));
+    if (!ch)
+        abort(); /* a few dozen entries */
+    for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m)) {
+        struct lock_change *c = &ch[n];
+        bool has_parents;
+        if (!vbd_file_lock_perm(m, &c->old_perm, &c->old_shared))
+            continue;
+        c->n = m;
+        cumulative(&g, m, &c->perm, &c->shared, &has_parents);
+        if (c->perm != c->old_perm || c->shared != c->old_shared)
+            n++;
+    }
+    free(g.ids);
+    free(g.edges);
+    /* first every lock that goes (cannot fail), then the ones taken: a
+     * lock one of our nodes gives up is not seen as another's conflict */
+    unsigned p, s;
+    for (size_t i = 0; i < n; i++) {
+        lock_change_between(&ch[i], &p, &s);
+        vbd_file_set_lock_perm(ch[i].n, p, s, NULL);
+    }
+    int rc = 0;
+    size_t done;
+    for (done = 0; done < n && rc == 0; done++)
+        rc = vbd_file_set_lock_perm(ch[done].n, ch[done].perm, ch[done].shared, err);
+    if (rc < 0) {
+        /* as it was: the new ones go, then the old ones back (best
+         * effort: another process may have taken what they exclude) */
+        for (size_t i = 0; i + 1 < done; i++) {
+            lock_change_between(&ch[i], &p, &s);
+            vbd_file_set_lock_perm(ch[i].n, p, s, NULL);
+        }
+        for (size_t i = 0; i < n; i++)
+            vbd_file_set_lock_perm(ch[i].n, ch[i].old_perm, ch[i].old_shared, NULL);
+    }
+    free(ch);
+    return rc;
 }
 
 const struct vbd_qmp_command vbd_qmp_cmds_graph[] = {

@@ -549,6 +549,12 @@ struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd
             break;
         }
     }
+    /* the image locks as the users of the reopened nodes need them now */
+    struct vbd_error *le = NULL;
+    if (ok && vbd_qmp_image_locks_follow(NULL, 0, 0, &le) < 0) {
+        vbd_qmp_error_take(err, le);
+        ok = false;
+    }
     if (!ok) { /* back as they were, the last change first */
         while (direct_done-- > 0)
             if (re[direct_done].change_direct)
@@ -556,6 +562,7 @@ struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd
                                        NULL);
         while (ro_done-- > 0)
             vbd_node_co_set_read_only(re[ro_done].n, re[ro_done].was_ro, NULL);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL);
     }
     if (ok) {
         bool resized = false;

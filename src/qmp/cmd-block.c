@@ -424,12 +424,12 @@ struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_
         json_object_deep_copy(args, &retry, NULL);
     json_object_deep_copy(args, &given, NULL); /* the open takes from args */
     struct vbd_error *e = NULL;
-    struct vbd_node *n = vbd_open(NULL, json_object_get(args), VBD_OPEN_RDWR, &e);
+    struct vbd_node *n = vbd_open(NULL, json_object_get(args), VBD_OPEN_RDWR | VBD_OPEN_LOCK_BY_USERS, &e);
     if (!n && retry && e && (e->code == EACCES || e->code == EROFS || e->code == EPERM)) {
         /* auto-read-only: what cannot be written is opened read-only, as QEMU's file driver */
         vbd_error_free(e);
         e = NULL;
-        n = vbd_open(NULL, json_object_get(retry), 0, &e);
+        n = vbd_open(NULL, json_object_get(retry), VBD_OPEN_LOCK_BY_USERS, &e);
     }
     json_object_put(retry);
     if (!n) {
@@ -439,6 +439,13 @@ struct vbd_node *vbd_qmp_blockdev_add_opts(struct json_object *args, struct vbd_
     }
     vbd_qmp_node_given_options(n, given);
     vbd_daemon_node_add(n);
+    /* its locks as its users need them (none if nothing uses it yet) */
+    if (vbd_qmp_image_locks_follow(NULL, 0, 0, &e) < 0) {
+        vbd_daemon_node_del(n->node_name, NULL);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL);
+        vbd_qmp_error_take(err, e);
+        return NULL;
+    }
     return n;
 }
 

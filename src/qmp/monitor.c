@@ -352,6 +352,16 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
             return;
         }
         reply = vbd_qmp_dispatch(req, c->negotiated);
+        /* whatever the command changed in the graph (a snapshot's overlay,
+         * a job's end, a child swapped), the image locks follow; the
+         * commands that add a user took its locks before (a conflict
+         * refused them) and this changes nothing there */
+        if (!is_caps) {
+            struct vbd_error *le = NULL;
+            if (vbd_qmp_image_locks_follow(NULL, 0, 0, &le) < 0)
+                vbd_log(VBD_LOG_WARN, "image locks: %s", le ? le->msg : "failed");
+            vbd_error_free(le);
+        }
         vbd_co_mutex_unlock(&dispatch_lock);
         if (quit_requested && !c->quit_reply && json_object_object_get_ex(reply, "return", NULL)) {
             /* quit's reply comes after the events of the stop, once the

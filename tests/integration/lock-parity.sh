@@ -52,10 +52,14 @@ hold() {
     qsd-rw) qemu-storage-daemon --blockdev driver=file,node-name=f,filename=$img \
         --blockdev driver=$fmt,node-name=d,file=f --nbd-server addr.type=unix,addr.path=$T/h.sock \
         --export type=nbd,id=e,node-name=d,writable=on <hold.fifo >/dev/null 2>&1 & ;;
+    # a daemon's node holds what its users take, as qsd's: exported, as
+    # qsd-rw's (a raw node nothing uses holds no locks in either)
     vbd-daemon-rw) "$VBD_DAEMON" --blockdev driver=file,node-name=f,filename=$img \
-        --blockdev driver=$fmt,node-name=d,file=f <hold.fifo >/dev/null 2>hold.err & ;;
+        --blockdev driver=$fmt,node-name=d,file=f --nbd-server addr.type=unix,addr.path=$T/h.sock \
+        --export type=nbd,id=e,node-name=d,writable=on <hold.fifo >/dev/null 2>hold.err & ;;
     vbd-daemon-ro) "$VBD_DAEMON" --blockdev driver=file,node-name=f,filename=$img,read-only=on \
-        --blockdev driver=$fmt,node-name=d,file=f,read-only=on <hold.fifo >/dev/null 2>hold.err & ;;
+        --blockdev driver=$fmt,node-name=d,file=f,read-only=on --nbd-server addr.type=unix,addr.path=$T/h.sock \
+        --export type=nbd,id=e,node-name=d <hold.fifo >/dev/null 2>hold.err & ;;
     esac
     hpid=$!
     exec 9>hold.fifo
@@ -80,9 +84,8 @@ same() {
     "${q[@]}" >q.out 2>q.err </dev/null; local qrc=$?
     rm -f out.raw; $prep
     "${v[@]}" >v.out 2>v.err </dev/null; local vrc=$?
-    # vbd-daemon's file node takes its locks when it opens, QEMU's when the
-    # format node above it asks for them: the same conflict, reported at the
-    # --blockdev before (see README)
+    # the conflict is reported at the --blockdev that brings the format
+    # (vbd: its file node's claim; QEMU: the format asks its file node)
     sed -i -E -e 's/qemu-img|qemu-io|qemu-storage-daemon/TOOL/g' -e 's/#block[0-9]+/#blockN/g' \
         -e 's/^TOOL: --blockdev [^ ]*: /TOOL: --blockdev X: /' q.err
     sed -i -E -e 's/vbd-img|vbd-io|vbd-daemon/TOOL/g' -e 's/#block[0-9]+/#blockN/g' \

@@ -60,6 +60,7 @@ struct file_state {
     unsigned meta_parents;  /* formats with metadata above (VBD_OPEN_META_PARENT, file_meta_parent) */
     bool no_share;          /* VBD_OPEN_NO_SHARE */
     bool write_unused;      /* read-write, but nothing writes it now: locked as a reader (file_write_use) */
+    bool by_users;          /* VBD_OPEN_LOCK_BY_USERS: locks set by file_set_perm, claimed in between */
 };
 
 /* The extent cache is read and changed by requests on every loop, without
@@ -167,6 +168,23 @@ static void wanted_perms(bool rw, unsigned meta_parents, bool no_share, unsigned
     }
     if (meta_parents || no_share)
         *shared &= ~(PERM_WRITE | PERM_RESIZE);
+}
+
+/* A node locked by its users (VBD_OPEN_LOCK_BY_USERS): a format above
+ * opens or reopens and will read or write its metadata before the daemon
+ * sets the users' locks (file_set_perm): what it needs is added to what
+ * the node holds, nothing is given up (the daemon's set does that). */
+static int claim_locks(struct vbd_node *n, struct file_state *s, unsigned perm, unsigned shared,
+                       struct vbd_error **err)
+{
+    perm |= s->perm;
+    shared &= s->shared;
+    int rc = set_locks(n, s->fd, s->perm, s->shared, perm, shared, err);
+    if (rc == 0) {
+        s->perm = perm;
+        s->shared = shared;
+    }
+    return rc;
 }
 
 static int probe_direct_alignment(int fd, uint32_t *align)
@@ -334,9 +352,13 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     }
     s->meta_parents = (flags & VBD_OPEN_META_PARENT) ? 1 : 0;
     s->no_share = (flags & VBD_OPEN_NO_SHARE) != 0;
+    s->by_users = (flags & VBD_OPEN_LOCK_BY_USERS) != 0;
     if (do_lock) {
-        unsigned perm, shared;
-        wanted_perms(flags & VBD_OPEN_RDWR, s->meta_parents, s->no_share, &perm, &shared);
+        /* by users: nothing until they say, but what a format opening
+         * above needs while it reads and writes its metadata */
+        unsigned perm = 0, shared = PERM_ALL;
+        if (!s->by_users || s->meta_parents)
+            wanted_perms(flags & VBD_OPEN_RDWR, s->meta_parents, s->no_share, &perm, &shared);
         if (set_locks(n, s->fd, 0, PERM_ALL, perm, shared, err) < 0)
             goto fail;
         s->locked = true;
@@ -841,8 +863,19 @@ static int file_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
      * write that the new read-write description takes, and the check
      * cannot tell our own old description from another process. */
     unsigned perm = 0, shared = PERM_ALL;
-    if (s->locked) {
+    if (s->locked && s->by_users) {
+        /* what it holds, and the write a format above will need for its
+         * metadata; read-only, no writes or resizes (QEMU gives nobody
+         * those on a read-only node) */
+        if (rw)
+            perm = s->perm | (s->meta_parents ? PERM_WRITE | PERM_RESIZE : 0);
+        else
+            perm = s->perm & ~(PERM_WRITE | PERM_WRITE_UNCHANGED | PERM_RESIZE);
+        shared = s->shared;
+    } else if (s->locked) {
         wanted_perms(rw && !s->write_unused, s->meta_parents, s->no_share, &perm, &shared);
+    }
+    if (s->locked) {
         set_locks(n, s->fd, s->perm, s->shared, 0, PERM_ALL, NULL);
         int rc = set_locks(n, fd, 0, PERM_ALL, perm, shared, err);
         if (rc < 0) {
@@ -898,13 +931,18 @@ static int file_reopen_direct(struct vbd_node *n, bool direct, struct vbd_error 
 
 /* A format with metadata came above this node or went (vbd_open_child,
  * node close): it unshares writes and resizes, or gives them back. */
-static int file_meta_parent(struct vbd_node *n, int delta, struct vbd_error **err)
+static int file_meta_parent(struct vbd_node *n, int delta, bool writes, struct vbd_error **err)
 {
     struct file_state *s = n->opaque;
     if (delta < 0 && s->meta_parents == 0)
         return 0; /* not counted here (a parent repointed to another node) */
     unsigned count = (unsigned)((int)s->meta_parents + delta);
-    if (s->locked) {
+    if (s->locked && s->by_users) {
+        unsigned perm, shared;
+        wanted_perms(writes && !n->read_only, 1, s->no_share, &perm, &shared);
+        if (delta > 0 && claim_locks(n, s, perm, shared, err) < 0)
+            return -EAGAIN;
+    } else if (s->locked) {
         unsigned perm, shared;
         wanted_perms(!n->read_only && !s->write_unused, count, s->no_share, &perm, &shared);
         int rc = set_locks(n, s->fd, s->perm, s->shared, perm, shared, err);
@@ -923,6 +961,16 @@ static int file_meta_parent(struct vbd_node *n, int delta, struct vbd_error **er
 static int file_write_use(struct vbd_node *n, bool written, struct vbd_error **err)
 {
     struct file_state *s = n->opaque;
+    if (s->by_users) {
+        /* a read-write format about to write its metadata: the write
+         * claimed (a raw parent writes only for its users, who take their
+         * locks themselves) */
+        if (s->locked && written && s->meta_parents &&
+            claim_locks(n, s, PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE,
+                        PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED, err) < 0)
+            return -EAGAIN;
+        return 0;
+    }
     if (s->write_unused == !written)
         return 0;
     if (s->locked) {
@@ -936,6 +984,34 @@ static int file_write_use(struct vbd_node *n, bool written, struct vbd_error **e
     }
     s->write_unused = !written;
     return 0;
+}
+
+static const struct vbd_driver file_driver;
+
+/* The daemon's users of a node locked by them: QEMU's raw_handle_perm_lock */
+bool vbd_file_lock_perm(struct vbd_node *n, unsigned *perm, unsigned *shared)
+{
+    struct file_state *s = n->opaque;
+    if (n->drv != &file_driver || !s->locked || !s->by_users)
+        return false;
+    *perm = s->perm;
+    *shared = s->shared;
+    return true;
+}
+
+int vbd_file_set_lock_perm(struct vbd_node *n, unsigned perm, unsigned shared, struct vbd_error **err)
+{
+    struct file_state *s = n->opaque;
+    if (n->drv != &file_driver || !s->locked || !s->by_users)
+        return 0;
+    perm &= PERM_ALL;
+    shared &= PERM_ALL;
+    int rc = set_locks(n, s->fd, s->perm, s->shared, perm, shared, err);
+    if (rc == 0) {
+        s->perm = perm;
+        s->shared = shared;
+    }
+    return rc;
 }
 
 static const struct vbd_driver file_driver = {
