@@ -80,7 +80,7 @@ PY
     # last); the source and the target must agree
     out=$(qemu-img compare -f qcow2 -F qcow2 src.qcow2 tgt.qcow2 2>&1) || fail "$end: the target is not the source: $out"
     must qemu-img convert -O raw src.qcow2 src.raw
-    python3 - src.raw "$pairs" <<'PY' || fail "$end: the source holds neither the write nor the zeroes"
+    python3 - src.raw "$pairs" <<'PY' || fail "$end: the source holds neither the write nor the zeroes, or no discard came after its write"
 import sys
 raw = open(sys.argv[1], "rb").read()
 k = 64 * 1024
@@ -91,6 +91,8 @@ for i in range(int(sys.argv[2])):
         sys.exit(1)
     zeroes += a == bytes(k)
 print(f"{zeroes} of {sys.argv[2]} discards landed after their write")
+if not zeroes:
+    sys.exit("no discard landed after its write: the race was not set up")
 PY
 done
 echo ok
