@@ -314,9 +314,21 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
     case " ${STRESS_EXTRA:-} " in *" --overlap "*) ;; *) case $kind in zlib | zstd | zlib-ext | c4k) lib_io+=(--compress) ;; esac ;; esac
     local node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap$file_io"
         --blockdev "driver=$fmt,node-name=d0,file=f0,discard=unmap")
+    # STRESS_ALIGN=N: the image's file is cache.direct=on behind a blkdebug
+    # node with align=N (a disk of N-byte logical blocks): what the format
+    # writes in smaller pieces is a read-modify-write of N-byte blocks
+    local lib_img=(-f "$fmt" "$img")
+    if [ -n "${STRESS_ALIGN:-}" ]; then
+        STRESS_LAST_VARIANT="cache.direct=on, align=$STRESS_ALIGN"
+        lib_io=()
+        node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap,cache.direct=on"
+            --blockdev "driver=blkdebug,node-name=a0,image=f0,align=$STRESS_ALIGN,discard=unmap"
+            --blockdev "driver=$fmt,node-name=d0,file=a0,discard=unmap")
+        lib_img=(--image-opts "driver=$fmt,discard=unmap,file.driver=blkdebug,file.align=$STRESS_ALIGN,file.discard=unmap,file.image.driver=file,file.image.filename=$img,file.image.cache.direct=on,file.image.discard=unmap")
+    fi
     case $tr in
     lib)
-        "${run[@]}" "${args[@]}" "${lib_io[@]}" --qd "${STRESS_QD:-16}" -f "$fmt" "$img" >"$d/stress.log" 2>&1 || rc=1
+        "${run[@]}" "${args[@]}" "${lib_io[@]}" --qd "${STRESS_QD:-16}" "${lib_img[@]}" >"$d/stress.log" 2>&1 || rc=1
         ;;
     nbd)
         _stress_start_daemon "$d" "$d/nbd.sock" "${node[@]}" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
@@ -441,8 +453,15 @@ stress_crash_case() {
     1) file_io=,cache.direct=on STRESS_LAST_VARIANT="SIG$sig, cache.direct=on" ;;
     2) file_io=,aio=threads STRESS_LAST_VARIANT="SIG$sig, aio=threads" ;;
     esac
-    _stress_start_daemon "$d" "$d/nbd.sock" --blockdev "driver=file,node-name=f0,filename=$img,discard=unmap$file_io" \
-        --blockdev "driver=$fmt,node-name=d0,file=f0,discard=unmap" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
+    local node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap$file_io"
+        --blockdev "driver=$fmt,node-name=d0,file=f0,discard=unmap")
+    if [ -n "${STRESS_ALIGN:-}" ]; then # as in stress_case
+        STRESS_LAST_VARIANT="SIG$sig, cache.direct=on, align=$STRESS_ALIGN"
+        node=(--blockdev "driver=file,node-name=f0,filename=$img,discard=unmap,cache.direct=on"
+            --blockdev "driver=blkdebug,node-name=a0,image=f0,align=$STRESS_ALIGN,discard=unmap"
+            --blockdev "driver=$fmt,node-name=d0,file=a0,discard=unmap")
+    fi
+    _stress_start_daemon "$d" "$d/nbd.sock" "${node[@]}" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
         --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on" || return 1
     local args=(--seed "$seed" --cluster-size "$cs" --init "$d/init.raw" --shadow-out "$d/shadow.raw" --mask-out "$d/mask.raw"
         --crash-ready "$d/ready" --crash-after "${STRESS_CRASH_AFTER:-400}" --qd "${STRESS_QD:-16}")

@@ -60,6 +60,10 @@ struct quorum_state {
      * rewrite of their range to end */
     struct qreq *writes, *reads;
     struct vbd_co_queue rewrite_done;
+    /* the writes and write-zeroes in flight (always kept): one that
+     * overlaps another waits for it, and the queue they wait on */
+    struct qreq *mutations;
+    struct vbd_co_queue mutation_done;
 };
 
 enum qop { QOP_READ, QOP_WRITE, QOP_ZEROES };
@@ -79,6 +83,7 @@ struct qreq {
     struct vbd_co_queue done;
     /* in s->writes or s->reads while in flight */
     struct qreq *next_inflight;
+    struct qreq *next_mutation; /* in s->mutations while in flight */
     bool raced;     /* a read: a write of its range was in flight during it (its losers may hold newer data) */
     bool rewriting; /* a read: its rewrite of the losers is in flight */
 };
@@ -609,9 +614,30 @@ static int write_all(struct vbd_node *n, enum qop op, uint64_t off, uint64_t byt
         struct qreq r = {.n = n, .op = op, .off = off, .bytes = bytes, .qiov = q, .qoff = qoff, .flags = flags,
                          .ret = ret};
         r.done = (struct vbd_co_queue)VBD_CO_QUEUE_INIT;
+        /* Two mutations in flight on the same bytes would land on the
+         * children in different orders (each child runs its own), and the
+         * children would then hold different data there: a read finds no
+         * version with enough votes and fails, though both writes completed
+         * (vbd-stress --overlap; quorum-overlap.sh). One at a time on a
+         * range, so every child sees the same order. One loop: a list. */
+        for (bool busy = true; busy;) {
+            busy = false;
+            for (struct qreq *o = s->mutations; o && !busy; o = o->next_mutation)
+                busy = overlaps(o->off, o->bytes, off, bytes);
+            if (busy)
+                vbd_co_queue_wait(&s->mutation_done);
+        }
+        r.next_mutation = s->mutations;
+        s->mutations = &r;
         write_begin(s, &r);
         run_children(&r, cs, NULL);
         list_remove(&s->writes, &r);
+        for (struct qreq **pp = &s->mutations; *pp; pp = &(*pp)->next_mutation)
+            if (*pp == &r) {
+                *pp = r.next_mutation;
+                break;
+            }
+        vbd_co_queue_wake_all(&s->mutation_done);
         rc = too_few(&r);
     }
     free(ret);
