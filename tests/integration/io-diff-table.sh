@@ -96,43 +96,28 @@ while IFS= read -r line; do
         ncases=$((ncases + 1))
     done
 done <<'CASES'
-# reads and writes on every format, made by either tool
--f %f -c 'read -P 1 0 64k' -c 'read -P 2 1M 512' -c 'read -P 0 2M 64k' -c 'read -P 0 3M 1M' %i
--f %f -c 'read -v 1M 32' -c 'read -vq 1M 16' %i
--f %f -c 'write -P 5 4k 4k' -c 'read -P 5 4k 4k' -c 'write -P 6 3M 1k' %i
--f %f -c 'write -z 0 64k' -c 'read -P 0 0 64k' -c 'write -z -u 64k 64k' %i
--f %f -c 'writev -P 6 0 512 1k' -c 'readv -P 6 0 512 1k' -c 'readv -v 1M 16 16' %i
--f %f -c 'aio_write -P 7 64k 4k' -c aio_flush -c 'aio_read -P 7 64k 4k' -c aio_flush %i
--f %f -c 'discard 0 64k' -c 'read 0 64k' %i
--f %f -c map %i
--f %f -c 'alloc 0 4M' -c 'alloc 1M 1' -c 'alloc 2M 64k' -c 'alloc 4M 1' %i
--f %f -c length %i
--f %f -c info %i
--f %f -c 'truncate 8M' -c length -c 'truncate 2M' -c length %i
--f %f -c flush -c 'write -f 0 512' %i
--f %f -c 'write -P 8 4M 1' -c 'read 4M 1' -c 'write 4095k 2k' %i
--f %f -c 'write -c 0 64k' %i
--r -f %f -c 'write 0 1' -c 'read -P 1 0 1' %i
--n -f %f -c 'read -P 1 0 4k' -c 'write -P 3 4k 4k' %i
--t none -i native -f %f -c 'write -P 4 0 4k' -c 'read -P 4 0 4k' %i
--i io_uring -f %f -c 'write -P 4 0 4k' -c 'read -P 4 0 4k' %i
--U -r -f %f -c 'read 0 1' %i
---image-opts -c 'read -P 1 0 1' -c 'write -P 9 0 1' driver=%f,file.filename=%i
--c 'open -o driver=%f %i' -c 'read -P 1 0 1' -c close -c 'read 0 1'
--c 'open -r %i' -c 'write 0 1' -c info
-# the command line and the commands' own errors
+# what each format reports, on the images vbd-img made, through both tools
+@v-* -f %f -c map -c 'alloc 0 4M' -c 'alloc 2M 64k' -c length -c info %i
+# reads, writes, zeroes, vectors, aio, truncate, flush on every format
+@q-* -f %f -c 'read -P 1 0 64k' -c 'read -P 2 1M 512' -c 'read -P 0 2M 64k' -c 'write -P 5 4k 4k' -c 'read -P 5 4k 4k' -c 'writev -P 6 64k 512 1k' -c 'readv -P 6 64k 512 1k' -c 'aio_write -P 7 128k 4k' -c aio_flush -c 'read -P 7 128k 4k' -c 'write -z 0 64k' -c 'read -P 0 0 64k' -c 'truncate 8M' -c length -c flush %i
+@q-* -f %f -c 'discard 0 64k' -c 'read -P 0 0 64k' -c 'alloc 0 64k' %i
+!README: vmdk (sparse) and vdi (dynamic): write -z over an unallocated grain or block leaves it unallocated (qemu-io writes zeroes into a new one) | -f vmdk -c 'write -z -u 64k 64k' -c map q-vmdk.vmdk
+
+# the command line's options
+-r -f qcow2 -c 'write 0 1' -c 'read -P 1 0 1' v-qcow2.qcow2
+-n -f raw -c 'read -P 1 0 4k' -c 'write -P 3 4k 4k' q-raw.raw
+-t none -i native -f qcow2 -c 'write -P 4 0 4k' -c 'read -P 4 0 4k' q-qcow2.qcow2
+-U -r -f vpc -c 'read -P 1 0 1' q-vpc.vpc
+--image-opts -c 'read -P 1 0 1' -c 'write -P 9 0 1' driver=vhdx,file.filename=v-vhdx.vhdx
+-c 'open -o driver=qed v-qed.qed' -c 'read -P 1 0 1' -c close -c 'read 0 1'
+
+# errors: the command line's, the commands'
 -f raw -c 'read 0 1' nosuch
 -f qcow2 -c 'read 0 1' q-raw.raw
 -f bogus -c 'read 0 1' q-raw.raw
 -t bogus -c 'read 0 1' q-raw.raw
--i bogus -c 'read 0 1' q-raw.raw
--d bogus -c 'read 0 1' q-raw.raw
--c 'read 0 1' -c 'length' q-raw.raw
 -c length q-qcow2.qcow2 q-raw.raw
--f raw -c 'truncate x' -c 'truncate' -c 'discard' -c 'discard x 1' -c 'alloc' -c 'alloc x' -c 'map 1' q-raw.raw
--f raw -c 'aio_write' -c 'aio_read' -c 'aio_read x 1' -c 'readv' -c 'writev 0' -c 'flush 1' -c 'length 1' -c 'info 1' q-raw.raw
--f qcow2 -c 'discard -q 0 64k' -c 'discard -C 0 64k' -c 'discard 0 x' -c 'discard 1M 3M' q-qcow2.qcow2
--f raw -c 'read -P 1 -C 0 1' -c 'write -u 0 1' -c 'write -z -c 0 64k' q-raw.raw
+-f raw -c 'truncate x' -c 'discard' -c 'discard x 1' -c 'alloc' -c 'alloc x' -c 'map 1' -c 'aio_read x 1' -c 'writev 0' -c 'flush 1' q-raw.raw
 CASES
 [ $nfailed = 0 ] || fail "$nfailed of $ncases cases differ (above)"
 echo "PASS ($ncases cases)"
