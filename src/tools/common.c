@@ -380,6 +380,13 @@ struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opt
             vbd_error_report("Could not open '%s': Unknown driver '%s'", filename, fmt);
     } else {
         struct vbd_node *n = vbd_open(filename, opts, flags, &err);
+        /* read-only=on in the options and a verb that writes: qemu-img's
+         * open fails on the write permission (before the verb runs) */
+        if (n && (flags & VBD_OPEN_RDWR) && n->read_only) {
+            vbd_node_unref(n);
+            n = NULL;
+            vbd_error_setf(&err, EACCES, "Block node is read-only");
+        }
         if (n)
             return n;
     }

@@ -150,6 +150,11 @@ check ../locked.qcow2
 resize ../locked.qcow2 8M
 convert -U -O raw ../locked.qcow2 n.raw
 
+# read-only=on in --image-opts and a verb that writes: refused at the open
+snapshot -c s --image-opts driver=qcow2,file.filename=q-qcow2.qcow2,read-only=on
+resize --image-opts driver=vpc,file.filename=q-vpc.vpc,read-only=on 8M
+info --image-opts driver=vpc,file.filename=q-vpc.vpc,read-only=on
+
 # sizes as qemu-img reads them, --object
 create -f raw n.raw 1.5k
 create -f raw n.raw 1e3

@@ -110,6 +110,9 @@ done <<'CASES'
 -U -r -f vpc -c 'read -P 1 0 1' q-vpc.vpc
 --image-opts -c 'read -P 1 0 1' -c 'write -P 9 0 1' driver=vhdx,file.filename=v-vhdx.vhdx
 -c 'open -o driver=qed v-qed.qed' -c 'read -P 1 0 1' -c close -c 'read 0 1'
+# read-only=on without -r: refused at the open
+--image-opts -c 'read 0 1' driver=qcow2,file.filename=q-qcow2.qcow2,read-only=on
+-c 'open -o read-only=on,driver=vdi q-vdi.vdi' -c 'read 0 1'
 
 # errors: the command line's, the commands'
 -f raw -c 'read 0 1' nosuch
