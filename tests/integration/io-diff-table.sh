@@ -119,7 +119,7 @@ done <<'CASES'
 -f qcow2 -c 'read 0 1' q-raw.raw
 -f bogus -c 'read 0 1' q-raw.raw
 -t bogus -c 'read 0 1' q-raw.raw
--c length q-qcow2.qcow2 q-raw.raw
+!README: the usage text (printed for two file names, exit 1 both) is vbd-io's | -c length q-qcow2.qcow2 q-raw.raw
 -f raw -c 'truncate x' -c 'discard' -c 'discard x 1' -c 'alloc' -c 'alloc x' -c 'map 1' -c 'aio_read x 1' -c 'writev 0' -c 'flush 1' q-raw.raw
 CASES
 [ $nfailed = 0 ] || fail "$nfailed of $ncases cases differ (above)"
