@@ -489,6 +489,16 @@ void tool_print_json(struct json_object *o)
 int tool_add_object(const char *arg)
 {
     struct vbd_error *err = NULL;
+    /* the QEMU tools' --object help: the types it makes (sorted), exit 0 */
+    if (!strcmp(arg, "help") || !strcmp(arg, "?")) {
+        printf("List of user creatable objects:\n");
+        static const char *const types[] = {"authz-list", "authz-simple", "secret", "throttle-group",
+                                            "tls-creds-psk", "tls-creds-x509"};
+        for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+            printf("  %s\n", types[i]);
+        fflush(stdout);
+        exit(0);
+    }
     struct json_object *opts = vbd_opts_parse(arg, "qom-type", &err);
     if (!opts) {
         tool_report(err);
