@@ -18,6 +18,7 @@
 # compared (the exit status is, unless REASON starts "not fixed"), REASON
 # is printed. Every case runs; the test fails at the end
 # if any differed (each difference printed as diff -u, qemu-img's first).
+# Runtime (ASan): 6 s at load 2, 25-70 s at load 10-22, up to 5 min at load 35.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io qemu-nbd
 cd "$T"
