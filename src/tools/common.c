@@ -380,6 +380,13 @@ struct vbd_node *tool_open(const char *filename, const char *fmt, bool image_opt
             vbd_error_report("Could not open '%s': Unknown driver '%s'", filename, fmt);
     } else {
         struct vbd_node *n = vbd_open(filename, opts, flags, &err);
+        /* read-only=on in the options and a verb that writes: qemu-img's
+         * open fails on the write permission (before the verb runs) */
+        if (n && (flags & VBD_OPEN_RDWR) && n->read_only) {
+            vbd_node_unref(n);
+            n = NULL;
+            vbd_error_setf(&err, EACCES, "Block node is read-only");
+        }
         if (n)
             return n;
     }
@@ -482,6 +489,16 @@ void tool_print_json(struct json_object *o)
 int tool_add_object(const char *arg)
 {
     struct vbd_error *err = NULL;
+    /* the QEMU tools' --object help: the types it makes (sorted), exit 0 */
+    if (!strcmp(arg, "help") || !strcmp(arg, "?")) {
+        printf("List of user creatable objects:\n");
+        static const char *const types[] = {"authz-list", "authz-simple", "secret", "throttle-group",
+                                            "tls-creds-psk", "tls-creds-x509"};
+        for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+            printf("  %s\n", types[i]);
+        fflush(stdout);
+        exit(0);
+    }
     struct json_object *opts = vbd_opts_parse(arg, "qom-type", &err);
     if (!opts) {
         tool_report(err);

@@ -72,7 +72,14 @@ int verb_commit(int argc, char **argv)
                                        VBD_OPEN_RDWR | VBD_OPEN_NO_IO, NULL, NULL);
     if (!chain)
         return 1;
+    /* an image without a backing file is refused here, before the second
+     * open (a probed raw image's warning is printed once, as qemu-img's) */
+    bool has_backing = vbd_node_skip_filters(chain)->backing_file[0];
     vbd_node_unref(chain);
+    if (!has_backing) {
+        vbd_error_report("Image does not have a backing file");
+        return 1;
+    }
     /* The top is opened without its chain, then the chain read-write: a
      * read-only backing child would hold the lock that forbids writers. */
     struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);

@@ -54,8 +54,10 @@ struct json_object *image_info_json(struct vbd_node *n, struct vbd_error **err)
                                json_object_new_string(n->full_backing_filename[0] ? n->full_backing_filename : n->backing_file));
         json_object_object_add(o, "backing-filename", json_object_new_string(n->backing_file));
     }
-    /* qemu-img shows it when the image (or, for raw, its protocol) answers get_info: not over NBD */
-    if (info.has_dirty_flag || !(vbd_node_bottom(n)->drv->caps & VBD_DRV_CAP_REMOTE))
+    /* qemu-img shows it when the image (or, for raw, its protocol) answers get_info: not over NBD,
+     * nor for parallels (QEMU 7.2's parallels driver has no get_info; vbd-io's info stops there too) */
+    if (info.has_dirty_flag ||
+        (!(vbd_node_bottom(n)->drv->caps & VBD_DRV_CAP_REMOTE) && strcmp(n->drv->name, "parallels")))
         json_object_object_add(o, "dirty-flag", json_object_new_boolean(info.dirty_flag));
     return o;
 }

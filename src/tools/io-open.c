@@ -124,6 +124,15 @@ int io_open_file(const char *filename, struct json_object *opts, unsigned flags,
         json_object_put(kept);
         return -1;
     }
+    /* read-only=on in the options without -r: qemu-io's open fails on the
+     * write permission, in its words (the block layer's names the node;
+     * reopen keeps its own path) */
+    if (!reopening && (flags & VBD_OPEN_RDWR) && top->read_only) {
+        vbd_error_report("can't open%s%s: Block node is read-only", dev, name);
+        vbd_node_unref(top);
+        json_object_put(kept);
+        return -1;
+    }
     struct vbd_backend_opts bo = {.read_only = !(flags & VBD_OPEN_RDWR),
                                   .writethrough = writethrough,
                                   .discard_unmap = (flags & VBD_OPEN_UNMAP) != 0};

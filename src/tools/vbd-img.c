@@ -82,28 +82,41 @@ int main(int argc, char **argv)
 {
     vbd_log_set_prog("vbd-img");
     tool_open_prefix_errors = true;
-    if (argc < 2) {
-        usage(stderr);
-        return 1;
+    if (argc < 2)
+        return img_usage_error("Not enough arguments");
+    /* qemu-img's own options before the command ("+": the first word that
+     * is not one is the command), in its words for a bad one */
+    static const struct option lo[] = {{"help", no_argument, NULL, 'h'},
+                                       {"version", no_argument, NULL, 'V'},
+                                       {"trace", required_argument, NULL, 'T'},
+                                       {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "+:hVT:", lo, NULL)) != -1) {
+        switch (c) {
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("vbd-img version " VBD_VERSION_STR "\n"); return 0;
+        case 'T':
+            /* scripts pass qemu-img's trace options; vbd has no trace events */
+            vbd_error_report("-T %s: vbd has no trace events, ignored", optarg);
+            break;
+        default: return img_bad_option(c, argv);
+        }
     }
-    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-        usage(stdout);
+    /* qemu-img: nothing to do after its options, exit 0 */
+    if (optind >= argc)
         return 0;
-    }
-    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
-        printf("vbd-img version " VBD_VERSION_STR "\n");
-        return 0;
-    }
+    const char *cmd = argv[optind];
     for (const struct verb *v = verbs; v->name; v++) {
-        if (!strcmp(v->name, argv[1])) {
-            verb_argc = argc - 1;
-            verb_argv = argv + 1;
+        if (!strcmp(v->name, cmd)) {
+            verb_argc = argc - optind;
+            verb_argv = argv + optind;
             /* --object (TLS credentials for nbd nodes) works with every command, as in qemu-img */
             if (tool_take_objects(&verb_argc, verb_argv) < 0) {
                 vbd_tls_creds_remove_all();
                 return 1;
             }
-            optind = 1;
+            /* 0: glibc's full reset (the verbs permute; main's "+" stops at the verb) */
+            optind = 0;
             /* qemu-img's raw-probing warning is noise for a tool run */
             vbd_co_run_sync(run_verb, (void *)v);
             vbd_tls_creds_remove_all();
@@ -111,6 +124,5 @@ int main(int argc, char **argv)
             return verb_rc;
         }
     }
-    vbd_error_report("Command not found: %s", argv[1]);
-    return 1;
+    return img_usage_error("Command not found: %s", cmd);
 }

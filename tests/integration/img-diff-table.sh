@@ -1,0 +1,175 @@
+#!/bin/bash
+# vbd-img beside qemu-img 7.2, table-driven: every case below is one line,
+# the command line after the tool's name. Both tools run it, each in its
+# own fresh copy of base/ (lib.sh tools_run), and must give the same exit
+# code, stdout and stderr (the tool's name aside; disk sizes and timings
+# masked), leave the same files, and every image either wrote must be the
+# same image to qemu-img compare, with the same qemu-img check verdict.
+# base/ holds one image of each format vbd writes (raw, qcow2, vmdk, vhdx,
+# vpc, vdi, qed, parallels) made by qemu-img (q-FMT.FMT) and the same made
+# by vbd-img (v-FMT.FMT), data and zeroes written by qemu-io, and an
+# overlay; beside it an image a qemu-nbd holds (its lock).
+#
+# A case line: [@GLOB] ARGS... (shell words). %i in ARGS stands for each
+# image of base/ whose name matches GLOB (default: every q-* and v-* image),
+# one case per image, %f for its format; %F stands for each format in turn.
+# "(no arguments)": the tool alone. A line "!REASON | CASE" is a known,
+# intended difference: both run (vbd-img may not crash), the output is not
+# compared (the exit status is, unless REASON starts "not fixed"), REASON
+# is printed. Every case runs; the test fails at the end
+# if any differed (each difference printed as diff -u, qemu-img's first).
+# Runtime (ASan): 6 s at load 2, 25-70 s at load 10-22, up to 5 min at load 35.
+. "$(dirname "$0")/lib.sh"
+need qemu-img qemu-io qemu-nbd
+cd "$T"
+FORMATS="raw qcow2 vmdk vhdx vpc vdi qed parallels"
+mkdir base
+for f in $FORMATS; do
+    must qemu-img create -q -f $f base/q-$f.$f 4M
+    must "$VBD_IMG" create -q -f $f base/v-$f.$f 4M
+    for k in q v; do
+        must qemu-io -f $f -c 'write -P 1 0 64k' -c 'write -P 2 1M 512' -c 'write -z 2M 64k' base/$k-$f.$f >/dev/null
+    done
+done
+must qemu-img create -q -f qcow2 -b q-qcow2.qcow2 -F qcow2 base/ov.qcow2
+must qemu-io -f qcow2 -c 'write -P 3 512k 64k' base/ov.qcow2 >/dev/null
+# outside base/ (named ../NAME by the cases, from q/ and v/): one a
+# qemu-nbd holds open for writing (its lock)
+must qemu-img create -q -f qcow2 locked.qcow2 4M
+must qemu-nbd --fork --pid-file "$T/nbd.pid" -k "$T/nbd.sock" -f qcow2 "$T/locked.qcow2"
+on_exit "kill \$(cat '$T/nbd.pid' 2>/dev/null) 2>/dev/null"
+
+# one case: tools_run, the varying parts masked, tools_same, the images
+# either wrote compared
+# side K TOOL ARGS...: TOOL ARGS in K/, a copy of the files of base/ that
+# ARGS name (a copy of all costs processes a case on a loaded host);
+# stdout and "exit N" in K.out, stderr in K.err, the tool's name as TOOL
+side() {
+    local k=$1 tool=$2 a f
+    shift 2
+    rm -rf $k && mkdir $k
+    for f in "${base_files[@]}"; do
+        for a; do
+            case $a in *"$f"*) cp -a base/$f $k/ && break ;; esac
+        done
+    done
+    # ov.qcow2's backing file
+    [ ! -e $k/ov.qcow2 ] || cp -a base/q-qcow2.qcow2 $k/
+    (cd $k && "$tool" "$@" >../$k.out 2>../$k.err </dev/null; echo "exit $?" >>../$k.out)
+    sed -i -e "s#${tool##*/}#TOOL#g" -e '$a\' $k.out $k.err
+}
+run_case() {
+    local f
+    # side by side: the two halves need not wait for each other
+    side q qemu-img "$@" &
+    side v "$VBD_IMG" "$@"
+    wait $!
+    ! grep -q -e 'Sanitizer' -e 'runtime error' v.err || fail "vbd-img $*: $(cat v.err)"
+    # QEMU numbers its nodes without a name (#blockNNN) as it makes them
+    sed -i -E -e '/^disk size: /d' -e '/"actual-size": /d' -e 's/#block[0-9]+/#blockN/g' \
+        -e 's/^Run completed in [0-9.]+ seconds\.$/Run completed in T seconds./' q.out v.out q.err v.err
+    if [ -n "$known" ]; then
+        grep -q '^exit 1[0-9][0-9]' v.out && fail "vbd-img $*: $(tail -1 v.out)"
+        # the exit status is the same unless the difference is not fixed yet
+        [ "$(tail -1 q.out)" = "$(tail -1 v.out)" ] || [[ $known == "not fixed"* ]] ||
+            fail "vbd-img $*: $(tail -1 v.out), qemu's $(tail -1 q.out)"
+        echo "known difference ($known): $*"
+        return
+    fi
+    tools_same "$@"
+    for f in $(cd q && ls -A); do
+        [ -f q/$f ] && { [ ! -e base/$f ] || [ q/$f -nt base/$f ] || [ v/$f -nt base/$f ]; } || continue
+        qemu-img compare -U -q q/$f v/$f || fail "$*: $f: qemu-img compare: not the same image"
+        [ "$(qemu-img check -U q/$f 2>&1 | sed '/^Image end offset/d; / allocated, .* fragmented, /d'; echo $?)" = \
+          "$(qemu-img check -U v/$f 2>&1 | sed '/^Image end offset/d; / allocated, .* fragmented, /d'; echo $?)" ] ||
+            fail "$*: $f: qemu-img check differs"
+    done
+}
+
+mapfile -t base_files < <(cd base && ls -A)
+ncases=0 nfailed=0
+while IFS= read -r line; do
+    case $line in '' | '#'*) continue ;; esac
+    known=
+    if [ "${line:0:1}" = '!' ]; then
+        known=${line%%|*}
+        known=${known#!}
+        known=${known% }
+        line=${line#*|}
+    fi
+    glob='[qv]-*'
+    case $line in @*) glob=${line%% *} glob=${glob#@} line=${line#* } ;; esac
+    if [ "$line" = '(no arguments)' ]; then set --; else eval "set -- $line"; fi
+    imgs=('') fmts=('')
+    [[ $line != *%[if]* ]] || {
+        imgs=()
+        # shellcheck disable=SC2053 # a pattern
+        for i in "${base_files[@]}"; do [[ $i != $glob ]] || imgs+=("$i"); done
+    }
+    [[ $line != *%F* ]] || read -ra fmts <<<"$FORMATS"
+    for i in "${imgs[@]}"; do
+        for F in "${fmts[@]}"; do
+            args=("${@//%i/$i}")
+            args=("${args[@]//%f/${i##*.}}")
+            # every case runs; a difference fails the test at the end
+            (run_case "${args[@]//%F/$F}") || nfailed=$((nfailed + 1))
+            ncases=$((ncases + 1))
+        done
+    done
+done <<'CASES'
+# the command line itself (qemu-img's options before the command)
+(no arguments)
+bogus
+-x
+-T
+help
+!qemu-img prints its help text; vbd-img's lists its own verbs and formats | --help
+!the version and copyright lines name each program's own | --version
+!vbd has no trace events: -T is taken and ignored, with vbd's warning (qemu-img warns of each event it lacks) | -T foo info q-raw.raw
+
+# the images vbd-img made, through both tools; qemu-img's where the verb
+# depends on the format (QEMU 7.2's parallels driver has no get_info:
+# no dirty-flag)
+@v-* info --output=json %i
+@v-* check --output=json %i
+info --output=json q-parallels.parallels
+@q-[pv]* resize %i +1M
+@q-v* bitmap --add %i b1
+@q-[pv]* amend -o size=8M %i
+# convert into every format: the images compared and checked
+@q-raw.raw convert -O %F %i n.img
+convert -O qcow2 v-vhdx.vhdx n.qcow2
+dd -O raw if=v-vpc.vpc of=n.raw bs=64k count=3
+
+# commit: a probed raw image's warning once; a backing chain
+commit q-raw.raw
+commit ov.qcow2
+info --backing-chain --output=json ov.qcow2
+rebase -b q-raw.raw -F raw ov.qcow2
+!README: qemu-img prints the probing warning twice on snapshot -a, vbd-img once | snapshot -a s q-raw.raw
+
+# an image a qemu-nbd holds open for writing (its lock)
+info ../locked.qcow2
+info -U ../locked.qcow2
+check ../locked.qcow2
+resize ../locked.qcow2 8M
+convert -U -O raw ../locked.qcow2 n.raw
+
+# read-only=on in --image-opts and a verb that writes: refused at the open
+snapshot -c s --image-opts driver=qcow2,file.filename=q-qcow2.qcow2,read-only=on
+resize --image-opts driver=vpc,file.filename=q-vpc.vpc,read-only=on 8M
+info --image-opts driver=vpc,file.filename=q-vpc.vpc,read-only=on
+
+# sizes as qemu-img reads them, --object
+create -f raw n.raw 1.5k
+create -f raw n.raw 1e3
+create -f qcow2 n.qcow2 0.5M
+info --object secret,id=s0,data=x q-qcow2.qcow2
+info --object bogus,id=x q-qcow2.qcow2
+!--object help lists the types vbd makes (qemu-img: every type QEMU has), exit 0 both | info --object help
+# not fixed (reported): formats without a preallocation option of their
+# own pass it to the file they are made in (qemu-img: fully allocated)
+!not fixed: the file protocol's preallocation for formats without one (vbd: does not support the option) | create -f vdi -o preallocation=full n.img 1M
+CASES
+[ $nfailed = 0 ] || fail "$nfailed of $ncases cases differ (above)"
+echo "PASS ($ncases cases)"
