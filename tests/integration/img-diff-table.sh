@@ -20,6 +20,7 @@
 # if any differed (each difference printed as diff -u, qemu-img's first).
 # Runtime (ASan): 6 s at load 2, 25-70 s at load 10-22, up to 5 min at load 35.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib-difftable.sh"
 need qemu-img qemu-io qemu-nbd
 cd "$T"
 FORMATS="raw qcow2 vmdk vhdx vpc vdi qed parallels"
@@ -41,23 +42,6 @@ on_exit "kill \$(cat '$T/nbd.pid' 2>/dev/null) 2>/dev/null"
 
 # one case: tools_run, the varying parts masked, tools_same, the images
 # either wrote compared
-# side K TOOL ARGS...: TOOL ARGS in K/, a copy of the files of base/ that
-# ARGS name (a copy of all costs processes a case on a loaded host);
-# stdout and "exit N" in K.out, stderr in K.err, the tool's name as TOOL
-side() {
-    local k=$1 tool=$2 a f
-    shift 2
-    rm -rf $k && mkdir $k
-    for f in "${base_files[@]}"; do
-        for a; do
-            case $a in *"$f"*) cp -a base/$f $k/ && break ;; esac
-        done
-    done
-    # ov.qcow2's backing file
-    [ ! -e $k/ov.qcow2 ] || cp -a base/q-qcow2.qcow2 $k/
-    (cd $k && "$tool" "$@" >../$k.out 2>../$k.err </dev/null; echo "exit $?" >>../$k.out)
-    sed -i -e "s#${tool##*/}#TOOL#g" -e '$a\' $k.out $k.err
-}
 run_case() {
     local f
     # side by side: the two halves need not wait for each other
@@ -68,21 +52,12 @@ run_case() {
     # QEMU numbers its nodes without a name (#blockNNN) as it makes them
     sed -i -E -e '/^disk size: /d' -e '/"actual-size": /d' -e 's/#block[0-9]+/#blockN/g' \
         -e 's/^Run completed in [0-9.]+ seconds\.$/Run completed in T seconds./' q.out v.out q.err v.err
-    if [ -n "$known" ]; then
-        grep -q '^exit 1[0-9][0-9]' v.out && fail "vbd-img $*: $(tail -1 v.out)"
-        # the exit status is the same unless the difference is not fixed yet
-        [ "$(tail -1 q.out)" = "$(tail -1 v.out)" ] || [[ $known == "not fixed"* ]] ||
-            fail "vbd-img $*: $(tail -1 v.out), qemu's $(tail -1 q.out)"
-        echo "known difference ($known): $*"
-        return
-    fi
+    known_difference vbd-img "$@" && return
     tools_same "$@"
     for f in $(cd q && ls -A); do
         [ -f q/$f ] && { [ ! -e base/$f ] || [ q/$f -nt base/$f ] || [ v/$f -nt base/$f ]; } || continue
         qemu-img compare -U -q q/$f v/$f || fail "$*: $f: qemu-img compare: not the same image"
-        [ "$(qemu-img check -U q/$f 2>&1 | sed '/^Image end offset/d; / allocated, .* fragmented, /d'; echo $?)" = \
-          "$(qemu-img check -U v/$f 2>&1 | sed '/^Image end offset/d; / allocated, .* fragmented, /d'; echo $?)" ] ||
-            fail "$*: $f: qemu-img check differs"
+        check_verdicts_same "$*" -U $f
     done
 }
 
@@ -90,22 +65,10 @@ mapfile -t base_files < <(cd base && ls -A)
 ncases=0 nfailed=0
 while IFS= read -r line; do
     case $line in '' | '#'*) continue ;; esac
-    known=
-    if [ "${line:0:1}" = '!' ]; then
-        known=${line%%|*}
-        known=${known#!}
-        known=${known% }
-        line=${line#*|}
-    fi
-    glob='[qv]-*'
-    case $line in @*) glob=${line%% *} glob=${glob#@} line=${line#* } ;; esac
+    parse_case_line
     if [ "$line" = '(no arguments)' ]; then set --; else eval "set -- $line"; fi
-    imgs=('') fmts=('')
-    [[ $line != *%[if]* ]] || {
-        imgs=()
-        # shellcheck disable=SC2053 # a pattern
-        for i in "${base_files[@]}"; do [[ $i != $glob ]] || imgs+=("$i"); done
-    }
+    case_images
+    fmts=('')
     [[ $line != *%F* ]] || read -ra fmts <<<"$FORMATS"
     for i in "${imgs[@]}"; do
         for F in "${fmts[@]}"; do

@@ -16,6 +16,7 @@
 # "not fixed"; REASON printed).
 # Runtime (ASan): 16-50 s at load 10-22, up to 4.5 min at load 35.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib-difftable.sh"
 need qemu-img qemu-io
 cd "$T"
 FORMATS="raw qcow2 vmdk vhdx vpc vdi qed parallels"
@@ -29,21 +30,6 @@ for f in $FORMATS; do
 done
 printf 'abc' >base/pat
 
-# side K TOOL ARGS...: TOOL ARGS in K/, a copy of the files of base/ that
-# ARGS name (a copy of all costs processes a case on a loaded host);
-# stdout and "exit N" in K.out, stderr in K.err, the tool's name as TOOL
-side() {
-    local k=$1 tool=$2 a f
-    shift 2
-    rm -rf $k && mkdir $k
-    for f in "${base_files[@]}"; do
-        for a; do
-            case $a in *"$f"*) cp -a base/$f $k/ && break ;; esac
-        done
-    done
-    (cd $k && "$tool" "$@" >../$k.out 2>../$k.err </dev/null; echo "exit $?" >>../$k.out)
-    sed -i -e "s#${tool##*/}#TOOL#g" -e '$a\' $k.out $k.err
-}
 run_case() {
     local f fmt
     # side by side: the two halves need not wait for each other
@@ -54,23 +40,14 @@ run_case() {
     # the timing line: elapsed time and rates differ run to run
     sed -i -E -e 's/ops; [0-9:.]+( sec)? \(.*\)$/ops; T/' \
         -e 's/^([0-9]+,[0-9]+),[0-9:.]+,[0-9.]+,[0-9.]+$/\1,T/' q.out v.out
-    if [ -n "$known" ]; then
-        grep -q '^exit 1[0-9][0-9]' v.out && fail "vbd-io $*: $(tail -1 v.out)"
-        # the exit status is the same unless the difference is not fixed yet
-        [ "$(tail -1 q.out)" = "$(tail -1 v.out)" ] || [[ $known == "not fixed"* ]] ||
-            fail "vbd-io $*: $(tail -1 v.out), qemu's $(tail -1 q.out)"
-        echo "known difference ($known): $*"
-        return
-    fi
+    known_difference vbd-io "$@" && return
     tools_same "$@"
     for f in $(cd q && ls -A); do
         cmp -s q/$f v/$f && continue
         fmt=${f##*.}
         case " $FORMATS " in *" $fmt "*) ;; *) fail "$*: $f differs" ;; esac
         qemu-img compare -q -f $fmt -F $fmt q/$f v/$f || fail "$*: $f: qemu-img compare: not the same image"
-        [ "$(qemu-img check -f $fmt q/$f 2>&1 | sed '/^Image end offset/d; / allocated, .* fragmented, /d'; echo $?)" = \
-          "$(qemu-img check -f $fmt v/$f 2>&1 | sed '/^Image end offset/d; / allocated, .* fragmented, /d'; echo $?)" ] ||
-            fail "$*: $f: qemu-img check differs"
+        check_verdicts_same "$*" -f $fmt $f
     done
 }
 
@@ -78,22 +55,9 @@ mapfile -t base_files < <(cd base && ls -A)
 ncases=0 nfailed=0
 while IFS= read -r line; do
     case $line in '' | '#'*) continue ;; esac
-    known=
-    if [ "${line:0:1}" = '!' ]; then
-        known=${line%%|*}
-        known=${known#!}
-        known=${known% }
-        line=${line#*|}
-    fi
-    glob='[qv]-*'
-    case $line in @*) glob=${line%% *} glob=${glob#@} line=${line#* } ;; esac
+    parse_case_line
     eval "set -- $line"
-    imgs=('')
-    [[ $line != *%[if]* ]] || {
-        imgs=()
-        # shellcheck disable=SC2053 # a pattern
-        for i in "${base_files[@]}"; do [[ $i != $glob ]] || imgs+=("$i"); done
-    }
+    case_images
     for i in "${imgs[@]}"; do
         args=("${@//%i/$i}")
         # every case runs; a difference fails the test at the end
