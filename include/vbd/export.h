@@ -40,6 +40,11 @@ struct vbd_export_type {
      * finishes what was in flight. */
     bool (*in_use)(struct vbd_export *exp);
     void (*disconnect)(struct vbd_export *exp);
+    /* Optional, main thread: every client still counted by in_use has
+     * closed its end of the connection (the connection ends once it reads
+     * that): block-export-del mode=safe waits for those rather than
+     * refusing a client that left just before the command. */
+    bool (*clients_leaving)(struct vbd_export *exp);
     /* Optional, from the main thread's coroutine. cont: retry requests
      * stopped by an error policy (werror=stop) now, as QMP 'cont' does.
      * resized: the node's size may have changed; tell the client. */

@@ -18,6 +18,7 @@
 #include "vbd/error.h"
 #include "vbd/export.h"
 #include "vbd/iothread.h"
+#include "vbd/loop.h"
 #include "vbd/nbd.h"
 
 #include <ctype.h>
@@ -344,6 +345,20 @@ static struct json_object *block_export_del(struct json_object *args, struct vbd
     if (!e)
         return NULL;
     bool hard = mode && !strcmp(mode, "hard");
+    /* A client that closed its socket just before this command is still
+     * counted until its connection has read the EOF (on its own loop,
+     * maybe after this command in the same iteration): wait for such
+     * connections to end, up to a second, rather than refusing at random
+     * (a script's qemu-io then block-export-del); live clients refuse at
+     * once, as QEMU's (refcount > 1). */
+    const char *id = str_of(args, "id");
+    for (int waited_ms = 0; !hard && e->type->in_use && e->type->in_use(e->exp) && e->type->clients_leaving &&
+                            e->type->clients_leaving(e->exp) && waited_ms < 1000;
+         waited_ms++) {
+        vbd_co_sleep_ns(1000 * 1000);
+        if (!(e = find_export(id, err))) /* deleted by another monitor meanwhile */
+            return NULL;
+    }
     if (!hard && e->type->in_use && e->type->in_use(e->exp)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "export '%s' still in use", e->id);
         return NULL;

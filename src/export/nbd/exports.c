@@ -12,8 +12,10 @@
 #include "vbd/nbd.h"
 #include "vbd/options.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -405,6 +407,25 @@ static bool nbd_export_in_use(struct vbd_export *base)
     return false;
 }
 
+/* Every connection on the export has its client's end closed (POLLRDHUP:
+ * it will send nothing more; its connection ends once it reads the EOF,
+ * on its own loop). The fds are open while the connections are listed
+ * (conn_free closes and unlinks in one step on this loop). */
+static bool nbd_export_clients_leaving(struct vbd_export *base)
+{
+    assert(vbd_thread_is_main());
+    bool any = false;
+    for (struct nbd_conn *c = srv.conns; c; c = c->next) {
+        if (c->exp != (struct nbd_export *)base)
+            continue;
+        struct pollfd p = {.fd = c->ch.fd, .events = POLLIN | POLLRDHUP};
+        if (poll(&p, 1, 0) != 1 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+            return false;
+        any = true;
+    }
+    return any;
+}
+
 /* block-export-del mode=hard: no more requests and no more replies; the
  * requests in flight still finish on the node before shutdown returns. */
 static void nbd_export_disconnect(struct vbd_export *base)
@@ -448,6 +469,7 @@ const struct vbd_export_type vbd_export_type_nbd = {
     .shutdown = nbd_export_shutdown,
     .free = nbd_export_free,
     .in_use = nbd_export_in_use,
+    .clients_leaving = nbd_export_clients_leaving,
     .disconnect = nbd_export_disconnect,
     .query = nbd_export_query,
     .backend = nbd_export_backend,
