@@ -159,7 +159,8 @@ check(img_info(f"{T}/top.qcow2", share=False)["virtual-size"] == 128 << 20, "siz
 ex("blockdev-reopen", {"options": [dict(ro, **{"read-only": False})]})
 poll(locked, "write lock back after reopen read-write")
 check(not nodes()["top"]["ro"], "top read-write")
-error_of("blockdev-reopen", {"options": [dict(ro, **{"l2-cache-size": 1 << 20})]})
+# a cache size reopen takes (qsd's mutable options), but not one larger than the whole cache
+error_of("blockdev-reopen", {"options": [dict(ro, **{"read-only": False, "cache-size": 1000, "l2-cache-size": 2000})]})
 error_of("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "top", "file": "top-file"}]})
 error_of("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "nope", "file": "top-file"}]})
 check("read-write users" in error_of("blockdev-reopen", {"options": [
