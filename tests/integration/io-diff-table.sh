@@ -19,15 +19,7 @@
 . "$(dirname "$0")/lib-difftable.sh"
 need qemu-img qemu-io
 cd "$T"
-FORMATS="raw qcow2 vmdk vhdx vpc vdi qed parallels"
-mkdir base
-for f in $FORMATS; do
-    must qemu-img create -q -f $f base/q-$f.$f 4M
-    must "$VBD_IMG" create -q -f $f base/v-$f.$f 4M
-    for k in q v; do
-        must qemu-io -f $f -c 'write -P 1 0 64k' -c 'write -P 2 1M 512' -c 'write -z 2M 64k' base/$k-$f.$f >/dev/null
-    done
-done
+make_base_images
 printf 'abc' >base/pat
 
 run_case() {

@@ -4,6 +4,22 @@
 # after lib.sh; the test sets base_files (the names in base/), line (the
 # case being read) and known (its known difference's reason, if any).
 
+# make_base_images: FORMATS, and in base/ one 4 MiB image of each made by
+# qemu-img (q-FMT.FMT) and by vbd-img (v-FMT.FMT), with the same data and
+# zeroes written by qemu-io into each
+make_base_images() {
+    local f k
+    FORMATS="raw qcow2 vmdk vhdx vpc vdi qed parallels"
+    mkdir base
+    for f in $FORMATS; do
+        must qemu-img create -q -f $f base/q-$f.$f 4M
+        must "$VBD_IMG" create -q -f $f base/v-$f.$f 4M
+        for k in q v; do
+            must qemu-io -f $f -c 'write -P 1 0 64k' -c 'write -P 2 1M 512' -c 'write -z 2M 64k' base/$k-$f.$f >/dev/null
+        done
+    done
+}
+
 # side K TOOL ARGS...: TOOL ARGS in K/, a copy of the files of base/ that
 # ARGS name (a copy of all costs processes a case on a loaded host);
 # stdout and "exit N" in K.out, stderr in K.err, the tool's name as TOOL
