@@ -3,14 +3,17 @@
 # own (beside file and backing), as libvirt deletes a disk's nodes after
 # the unplug, against vbd-daemon and qemu-storage-daemon 7.2 with the same
 # commands:
-#  1. qcow2 with an external data file, moved to iothread io0 by an NBD
-#     export with iothread=io0, written through it, the export deleted;
-#  2. the same image kind moved by x-blockdev-set-iothread (no export);
+#  1. qcow2 with an external data file, written through an NBD export;
+#  2. the same image kind, no export;
 #  3. fleecing: copy-before-write over a qcow2 (its target a qcow2 over the
 #     source, snapshot-access over it), the guest's export on the
-#     copy-before-write node with iothread=io0, written while the point in
-#     time is exported; then the nodes deleted top down;
-#  4. a vmdk of two extent files (twoGbMaxExtentSparse) on io0.
+#     copy-before-write node written while the point in time is read
+#     through the other export; then the nodes deleted top down;
+#  4. a vmdk of two extent files (twoGbMaxExtentSparse), written.
+# The nodes reach io0 three ways: ve (vbd) by their exports' iothread=io0,
+# the writes served there; vs (vbd) and qs (qsd) by x-blockdev-set-iothread
+# once their exports are gone (qsd 7.2 aborts deleting an NBD export whose
+# node is on an iothread); case 2 by x-blockdev-set-iothread in all three.
 # Each blockdev-del must succeed and the daemon go on (vbd's aborted on
 # its graph-thread assertion: the driver's close runs on the iothread and
 # dropped its own children there: the data file, the target, the extents);
@@ -114,11 +117,19 @@ for w in ("ve", "vs", "qs"):
 PY
 stop_daemon
 kill -TERM $qpid; wait $qpid || fail "qemu-storage-daemon exited with $?: $(cat q.log)"
+# reads_as FMT IMG WHAT QEMU-IO-COMMANDS...: each read -P must pass
+reads_as() {
+    local fmt=$1 img=$2 what=$3 args=() c out
+    shift 3
+    for c in "$@"; do args+=(-c "$c"); done
+    out=$(qemu-io -f "$fmt" "${args[@]}" "$img" 2>&1) || fail "$img: qemu-io: $out"
+    ! grep -q -i "fail" <<<"$out" || fail "$img: $what: $out"
+}
 for w in ve vs qs; do
     for i in d1.qcow2 d2.qcow2 src.qcow2 tmp.qcow2 x.vmdk; do qcheck $w-$i; done
-    qemu-io -f qcow2 -c "read -P 0x21 64k 128k" -c "read -P 0 0 64k" $w-d1.qcow2 | grep -q -i "fail\|error" && fail "$w-d1.qcow2: not the data written"
-    qemu-io -f qcow2 -c "read -P 0x22 1M 256k" -c "read -P 0x11 0 1M" $w-src.qcow2 | grep -q -i "fail\|error" && fail "$w-src.qcow2: not the data written"
-    qemu-io -f qcow2 -c "read -P 0x11 1M 256k" $w-tmp.qcow2 | grep -q -i "fail\|error" && fail "$w-tmp.qcow2: not the point in time"
-    qemu-io -f vmdk -c "read -P 0x23 2M 64k" $w-x.vmdk | grep -q -i "fail\|error" && fail "$w-x.vmdk: not the data written"
+    reads_as qcow2 $w-d1.qcow2 "not the data written" "read -P 0x21 64k 128k" "read -P 0 0 64k"
+    reads_as qcow2 $w-src.qcow2 "not the data written" "read -P 0x22 1M 256k" "read -P 0x11 0 1M"
+    reads_as qcow2 $w-tmp.qcow2 "not the point in time" "read -P 0x11 1M 256k"
+    reads_as vmdk $w-x.vmdk "not the data written" "read -P 0x23 2M 64k"
 done
 echo OK
