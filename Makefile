@@ -59,10 +59,16 @@ fuzz: deps build-fuzz/build.ninja
 # cycling over every image kind and NBD / vhost-user / in-process; prints the
 # seed of any failure and the number of operations. Release build (asserts
 # on) for more operations per second; SOAK_BUILD=build-asan for sanitizers.
+# Then (SOAK_JOBS=1, the default) the block jobs under --overlap writers,
+# too long for make check: the mirror soak (7.5 min) and active commit,
+# stream, fleecing and backup, each on the main loop and on an iothread.
 SOAK_SECONDS ?= 600
 SOAK_BUILD ?= $(BUILD)
+SOAK_JOBS ?= 1
 soak: build
 	@SOAK_SECONDS=$(SOAK_SECONDS) ./tests/stress/soak.sh $(SOAK_BUILD)
+	@if [ "$(SOAK_JOBS)" = 1 ]; then \
+	    ./tests/stress/job-mirror-overlap-soak.sh $(SOAK_BUILD) && ./tests/stress/job-overlap-soak.sh $(SOAK_BUILD); fi
 
 # tests/integration/guest-crash.sh (power cut under a guest writing files
 # with fsync) even where the guest runs under TCG (minutes a round; make

@@ -336,6 +336,25 @@ stress_case() { # KIND TRANSPORT SEED OPS DIR
         "${run[@]}" "${args[@]}" --qd "${STRESS_QD:-16}" --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
         _stress_stop_daemon "$d" || rc=1
         ;;
+    nbd-io)
+        # the NBD export with iothread=io0: the node moves there and the
+        # connections are served on it (not in the default list)
+        _stress_start_daemon "$d" "$d/nbd.sock" --object iothread,id=io0 "${node[@]}" --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
+            --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on,iothread=io0" || return 1
+        "${run[@]}" "${args[@]}" --qd "${STRESS_QD:-16}" --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 4 >"$d/stress.log" 2>&1 || rc=1
+        _stress_stop_daemon "$d" || rc=1
+        ;;
+    both)
+        # one node under a vhost-user-blk export (4 rings on 2 iothreads: the
+        # graph on io0) and an NBD export at once, the workers alternating
+        # (not in the default list)
+        _stress_start_daemon "$d" "$d/vu.sock" --object iothread,id=io0 --object iothread,id=io1 "${node[@]}" \
+            --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" --export "type=nbd,id=n0,node-name=d0,name=disk,writable=on" \
+            --export "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=$d/vu.sock,writable=on,num-queues=4,iothread.0=io0,iothread.1=io1" ||
+            return 1
+        "${run[@]}" "${args[@]}" --qd "${STRESS_QD:-16}" --vhost-user "$d/vu.sock" --queues 4 --nbd "nbd+unix:///disk?socket=$d/nbd.sock" --conns 2 >"$d/stress.log" 2>&1 || rc=1
+        _stress_stop_daemon "$d" || rc=1
+        ;;
     vhost)
         _stress_start_daemon "$d" "$d/vu.sock" --object iothread,id=io0 --object iothread,id=io1 "${node[@]}" \
             --export "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=$d/vu.sock,writable=on,num-queues=4,iothread.0=io0,iothread.1=io1" ||

@@ -157,6 +157,7 @@ struct ov_mut {
     bool discard;
     uint32_t nconc, nruns;
     size_t conc, runs;
+    uint32_t seen; /* ov_may_be: the query (S.ov_query) that looked at it already */
 };
 struct ov_run {
     uint64_t from; /* device offset where the run starts */
@@ -234,6 +235,7 @@ static struct {
     uint32_t *ov_last;   /* per byte: the mutation issued last on it (index into ov), 0: the byte is exp/fuzzy's */
     struct ov_mut *ov;
     uint32_t nov, ov_cap;
+    uint32_t ov_query; /* byte_may_be's count: ov_may_be visits each mutation once per question */
     uint32_t *ov_conc;
     size_t nconc, conc_cap;
     struct ov_run *ov_runs;
@@ -352,7 +354,16 @@ static bool ov_may_be(uint32_t last, uint64_t b, uint8_t g)
 {
     if (!last)
         return settled_may_be(b, g);
-    const struct ov_mut *l = &S.ov[last];
+    struct ov_mut *l = &S.ov[last];
+    /* Asked once per question: the candidates form a graph, not a tree (a
+     * discard's "byte before it" is a mutation whose own candidates are
+     * discards again, and many paths reach one mutation). Walked as a tree
+     * it took exponential time: a data-file run of 25 s with --overlap spun
+     * in the final read-back for over 10 minutes. A mutation seen already
+     * for this (b, g) answered false (else the walk would have ended). */
+    if (l->seen == S.ov_query)
+        return false;
+    l->seen = S.ov_query;
     if (ov_left(l, b, g))
         return true;
     for (uint32_t i = 0; i < l->nconc; i++) {
@@ -378,7 +389,14 @@ static void ov_print(uint32_t id, uint64_t b)
 /* May byte b read as g? */
 static bool byte_may_be(uint64_t b, uint8_t g)
 {
-    return S.ov_last ? ov_may_be(S.ov_last[b], b, g) : settled_may_be(b, g);
+    if (!S.ov_last)
+        return settled_may_be(b, g);
+    if (++S.ov_query == 0) { /* wrapped: no mutation may look seen */
+        for (uint32_t i = 0; S.ov && i <= S.nov; i++)
+            S.ov[i].seen = 0;
+        S.ov_query = 1;
+    }
+    return ov_may_be(S.ov_last[b], b, g);
 }
 
 /* Compares what a read returned with the model; pins bytes that were

@@ -1,0 +1,166 @@
+#!/bin/bash
+# Block jobs under a guest whose writes, write-zeroes and discards in
+# flight share BYTES (vbd-stress --overlap, 48 requests on 4 NBD
+# connections, hot clusters moving to fresh ground), each scenario on the
+# main loop and with the guest's NBD export on iothread io0 (iothread=io0:
+# the graph and the job's nodes there, the job's requests hop):
+#  A. active block-commit of the top (an empty qcow2 over the source)
+#     into its base, rate-limited so that the writes race the copy, then
+#     job-complete while the writers run: the base ends as their model;
+#  S. block-stream of the top from its base, rate-limited, ended while the
+#     writers run: the top alone (no backing file) ends as their model;
+#  F. fleecing (copy-before-write over the source, the guest's export on
+#     it, snapshot-access exported read-only): nbdcopy reads the point in
+#     time while the writes race and after them: always the start;
+#  B. blockdev-backup sync=full, rate-limited, ended at full speed while
+#     the writers run: the target is the source at the start.
+# Each run must have issued mutations over others in flight on the same
+# bytes; every image checks clean. Longer than make check's budget: run
+# by `make soak` (SOAK_JOBS=1) or alone:
+#   tests/stress/job-overlap-soak.sh [BUILD_DIR]
+# JOB_OVERLAP_SEED (default: random, printed), JOB_OVERLAP_SCENARIOS
+# (default "A S F B"), JOB_OVERLAP_IO (default "main io0").
+[ $# -gt 0 ] && VBD_BUILD=$(cd "$1" && pwd)
+. "$(dirname "$0")/../integration/lib.sh"
+need qemu-img nbdcopy python3
+stress_setup init.raw 16 8
+SEED=${JOB_OVERLAP_SEED:-$RANDOM}
+echo "seed $SEED"
+# a failed comparison keeps the scenario's directory in JOB_OVERLAP_KEEP (if set)
+same() { # IMAGE RAW WHAT
+    local out
+    out=$(qemu-img compare -f qcow2 -F raw "$1" "$2" 2>&1) && return 0
+    [ -n "${JOB_OVERLAP_KEEP:-}" ] && rm -rf "$JOB_OVERLAP_KEEP" && cp -a "$PWD" "$JOB_OVERLAP_KEEP"
+    fail "scenario $scen on $io (seed $SEED): $3: $out"
+}
+
+for io in ${JOB_OVERLAP_IO:-main io0}; do
+for scen in ${JOB_OVERLAP_SCENARIOS:-A S F B}; do
+    step "scenario $scen, export on $io (seed $SEED)"
+    scenario_dir "$scen-$io"
+    cp ../base.qcow2 src.qcow2 || fail "copy of base.qcow2"
+    must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 top.qcow2 16M
+    must qemu-img create -q -f qcow2 tgt.qcow2 16M
+    must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 fleece.qcow2 16M
+    "$VBD_DAEMON" --object iothread,id=io0 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
+        --blockdev '{"driver":"qcow2","node-name":"src","discard":"'"${JOB_OVERLAP_DISCARD:-unmap}"'","file":{"driver":"file","filename":"'"$PWD"'/src.qcow2","discard":"unmap"}}' \
+        --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
+    dpid=$!
+    wait_sock "$PWD/qmp.sock"
+    python3 - "$scen" "$STRESS" "$((SEED + ${#scen}))" "$io" <<'PY' || fail "scenario $scen on $io: $(tail -40 daemon.log)"
+import os, signal, subprocess, sys, time
+sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
+from jobs import Session, sh, fail
+scen, stress_bin, seed, io = sys.argv[1:5]
+s = Session("qmp.sock", "vbd")
+cwd = os.getcwd()
+ioarg = {} if io == "main" else {"iothread": io}
+def stress(seed):
+    cmd = [stress_bin] + os.environ.get("JOB_OVERLAP_STRESS", "--overlap").split() + ["--seed", str(seed), "--ops", str(1 << 40), "--qd", "48", "--hot", "4",
+           "--hot-move", "32", "--init", "../init.raw", "--shadow-out", "shadow.raw",
+           "--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p.stdout.readline()  # its seed: running, SIGUSR1 handled
+    return p
+def alive(p, what):
+    if p.poll() is not None:
+        fail(f"vbd-stress ended {what}: {p.communicate()[0][-2000:]}")
+def stress_end(p):
+    p.send_signal(signal.SIGUSR1)
+    out = p.communicate(timeout=300)[0]
+    if p.returncode:
+        fail(f"vbd-stress: {out[-3000:]}")
+    over = [l for l in out.splitlines() if l.startswith("vbd-stress: overlap: ")]
+    if "--overlap" not in os.environ.get("JOB_OVERLAP_STRESS", "--overlap"):
+        print(out.strip().splitlines()[-1]); return
+    if not over or over[0].split()[2] == "0":
+        fail(f"no mutation met another in flight on the same bytes: {out[-1000:]}")
+    print(over[0])
+def progress(p, jid, key, more):
+    j = s.job(jid)
+    want = j[key] + more
+    while j[key] < want:
+        alive(p, f"while job {jid} ran")
+        time.sleep(0.05)  # polling the job's progress
+        j = s.job(jid)
+        if not j:
+            fail(f"job {jid} is gone")
+def guest(node):
+    s.run("block-export-add", type="nbd", id="guest", **{"node-name": node}, name="disk", writable=True, **ioarg)
+if scen in ("A", "S"):
+    s.run("blockdev-add", driver="qcow2", **{"node-name": "top", "discard": "unmap"}, backing="src",
+          file={"driver": "file", "filename": f"{cwd}/top.qcow2", "discard": "unmap"})
+    guest("top")
+    p = stress(seed)
+    if scen == "A":
+        s.run("block-commit", **{"job-id": "c", "device": "top", "speed": 1 << 20})
+        s.status("c", "created"); s.status("c", "running")
+        progress(p, "c", "current-progress", 2 << 20)
+        s.run("block-job-set-speed", device="c", speed=0)
+        s.status("c", "ready")
+        progress(p, "c", "total-progress", 2 << 20)
+        s.run("job-complete", id="c")
+        s.completed("c")
+    else:
+        s.run("block-stream", **{"job-id": "st", "device": "top", "speed": 1 << 20})
+        s.status("st", "created"); s.status("st", "running")
+        progress(p, "st", "current-progress", 2 << 20)
+        s.run("block-job-set-speed", device="st", speed=0)
+        s.completed("st")
+    alive(p, "before the job's end: not tested across it")
+    stress_end(p)
+elif scen == "B":
+    s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"}, file={"driver": "file", "filename": f"{cwd}/tgt.qcow2"})
+    guest("src")
+    # the point in time is the job's start: the writers start after it
+    s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 256 << 10})
+    s.status("b", "created"); s.status("b", "running")
+    p = stress(seed)
+    progress(p, "b", "current-progress", 2 << 20)
+    s.run("block-job-set-speed", device="b", speed=0)
+    s.completed("b")
+    alive(p, "before the backup's end")
+    stress_end(p)
+    s.run("blockdev-del", **{"node-name": "tgt"})
+else:
+    s.run("blockdev-add", driver="qcow2", **{"node-name": "tmp"},
+          file={"driver": "file", "filename": f"{cwd}/fleece.qcow2"}, backing="src")
+    s.run("blockdev-add", driver="copy-before-write", **{"node-name": "cbw"}, file="src", target="tmp")
+    s.run("blockdev-add", driver="snapshot-access", **{"node-name": "fleece"}, file="cbw")
+    guest("cbw")
+    s.run("block-export-add", type="nbd", id="fl", **{"node-name": "fleece"}, name="fleece")
+    fl = "nbd+unix:///fleece?socket=nbd.sock"
+    p = stress(seed)
+    for n in range(4):  # read the point in time while the writes race
+        sh(f"nbdcopy --requests=64 --request-size=65536 '{fl}' during.raw", "nbdcopy during the writes")
+        sh("cmp during.raw ../init.raw", f"the point in time read during the writes (copy {n})")
+        alive(p, "during the reads of the point in time")
+    stress_end(p)
+    sh(f"nbdcopy --requests=64 '{fl}' after.raw", "nbdcopy after the writes")
+    sh("cmp after.raw ../init.raw", "the point in time read after the writes")
+    for e in ("fl", "guest"):
+        s.run("block-export-del", id=e, mode="hard")
+        s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
+    for node in ("fleece", "cbw", "tmp"):
+        s.run("blockdev-del", **{"node-name": node})
+PY
+    kill -TERM $dpid; wait $dpid; rc=$?
+    [ $rc = 0 ] || fail "scenario $scen on $io: vbd-daemon exited with $rc: $(tail -5 daemon.log)"
+    ! grep -q Sanitizer daemon.log || fail "scenario $scen on $io: $(cat daemon.log)"
+    qcheck src.qcow2
+    case $scen in
+    A) same src.qcow2 shadow.raw "the source is not the writers' model" ;;
+    S) qcheck top.qcow2
+       qemu-img info top.qcow2 | grep -q "backing file" && fail "scenario S: top.qcow2 still names a backing file"
+       same top.qcow2 shadow.raw "the streamed top is not the writers' model" ;;
+    B) qcheck tgt.qcow2
+       same src.qcow2 shadow.raw "the source is not the writers' model"
+       same tgt.qcow2 ../init.raw "the backup is not the source at its start" ;;
+    F) qcheck fleece.qcow2
+       same src.qcow2 shadow.raw "the source is not the writers' model" ;;
+    esac
+    echo "ok $scen on $io"
+    cd "$T"
+done
+done
+echo ok
