@@ -5,7 +5,7 @@
 # whole image; the image has 8 L2 tables and 3 refcount blocks of 4 KiB,
 # so the small caches evict dirty tables all the time), another
 # overlap-check (template or per-kind flags) and lazy refcounts on or off,
-# while vbd-stress (random overlapping writes, write-zeroes and discards
+# while vbd-stress --overlap (writes, write-zeroes and discards sharing bytes
 # on a few hot clusters, every read checked against its model) runs over
 # vhost-user-blk (2 queues on an iothread: the node lives there) and over
 # NBD (4 connections, main loop). Each reopen writes the caches back and
@@ -39,7 +39,7 @@ from stress import Stress, after_some
 stress_bin, seed, rounds = sys.argv[1:4]
 target = sys.argv[4:]
 s = Session("qmp.sock", "vbd")
-st = Stress([stress_bin, "--seed", seed, "--ops", str(1 << 40), "--qd", "64", "--hot", "8", "--init", "init.raw",
+st = Stress([stress_bin, "--seed", seed, "--ops", str(1 << 40), "--qd", "64", "--hot", "8", "--overlap", "--init", "init.raw",
              "--shadow-out", "shadow.raw"] + target)
 rng = random.Random(int(seed))
 sizes = [None, 8192, 16384, 32768, 1 << 20]
