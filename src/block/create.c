@@ -14,7 +14,15 @@
  * which gives them to vbd_create_protocol*() for each file it makes: each
  * create has its own, also when creates interleave (two QMP commands or
  * jobs, each yielding in its I/O). */
-static const char *const format_file_hint_names[] = {"nocow", "extent_size_hint", NULL};
+static const char *const format_file_hint_names[] = {"nocow", "extent_size_hint", "preallocation", NULL};
+
+static bool has_create_opt(const struct vbd_driver *drv, const char *name)
+{
+    for (const struct vbd_opt_desc *d = drv->create_opts; d && d->name; d++)
+        if (!strcmp(d->name, name))
+            return true;
+    return false;
+}
 
 int vbd_image_co_create(const char *fmt, const char *filename, struct json_object *opts, struct vbd_error **err)
 {
@@ -30,7 +38,8 @@ int vbd_image_co_create(const char *fmt, const char *filename, struct json_objec
     struct json_object *hints = NULL, *v;
     /* (a protocol driver created directly takes them as its own options) */
     for (const char *const *name = format_file_hint_names; opts && drv->kind == VBD_DRV_FORMAT && *name; name++) {
-        if (!json_object_object_get_ex(opts, *name, &v))
+        /* preallocation: the format's own where it has one (qcow2, raw) */
+        if (!json_object_object_get_ex(opts, *name, &v) || has_create_opt(drv, *name))
             continue;
         if (!hints)
             hints = json_object_new_object();
@@ -67,12 +76,29 @@ int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_preal
         return -ENOTSUP;
     }
     struct json_object *o = json_object_new_object();
+    if (file_hints && json_object_object_get_ex(file_hints, "preallocation", NULL)) {
+        /* a format without a preallocation option of its own (vdi, vpc,
+         * vhdx, vmdk, qed, parallels) hands the option to the file it is
+         * made in, which qemu-img 7.2 creates empty with it (then the
+         * format writes what it writes): the mode checked in the file
+         * protocol's words, nothing allocated */
+        json_object_object_foreach(file_hints, hk, hv)
+            json_object_object_add(o, hk, json_object_get(hv));
+        json_object_object_add(o, "size", json_object_new_int64(0));
+        int rc = drv->co_create(filename, NULL, o, NULL, err);
+        json_object_put(o);
+        if (rc < 0)
+            return rc;
+        o = json_object_new_object();
+    }
     struct json_object *lists[2] = {file_hints, extra};
     for (int i = 0; i < 2; i++) {
         if (!lists[i])
             continue;
-        json_object_object_foreach(lists[i], k, v) {
+        json_object_object_foreach(lists[i], k, val) {
             bool known = false;
+            if (lists[i] == file_hints && !strcmp(k, "preallocation"))
+                continue; /* above */
             for (const struct vbd_opt_desc *d = drv->create_opts; d && d->name && !known; d++)
                 known = !strcmp(d->name, k);
             if (!known) {
@@ -80,7 +106,7 @@ int vbd_create_protocol_opts(const char *filename, uint64_t size, enum vbd_preal
                 json_object_put(o);
                 return -EINVAL;
             }
-            json_object_object_add(o, k, json_object_get(v));
+            json_object_object_add(o, k, json_object_get(val));
         }
     }
     json_object_object_add(o, "size", json_object_new_int64((int64_t)size));

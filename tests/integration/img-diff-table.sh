@@ -122,9 +122,47 @@ create -f qcow2 n.qcow2 0.5M
 info --object secret,id=s0,data=x q-qcow2.qcow2
 info --object bogus,id=x q-qcow2.qcow2
 !--object help lists the types vbd makes (qemu-img: every type QEMU has), exit 0 both | info --object help
-# not fixed (reported): formats without a preallocation option of their
-# own pass it to the file they are made in (qemu-img: fully allocated)
-!not fixed: the file protocol's preallocation for formats without one (vbd: does not support the option) | create -f vdi -o preallocation=full n.img 1M
+# formats without a preallocation option of their own hand it to the file
+# they are made in, which qemu-img 7.2 creates empty with it: off, falloc
+# and full allocate nothing, metadata and a bad value are the file's
+# refusals (vbd-img refused the option); with the format's own fixed kinds
+create -f vdi -o preallocation=off n.vdi 1M
+create -f vdi -o preallocation=metadata n.vdi 1M
+create -f vdi -o preallocation=falloc n.vdi 1M
+create -f vdi -o preallocation=full n.vdi 1M
+create -f vdi -o preallocation=bogus n.vdi 1M
+create -f vpc -o preallocation=off n.vpc 1M
+create -f vpc -o preallocation=metadata n.vpc 1M
+create -f vpc -o preallocation=falloc n.vpc 1M
+create -f vpc -o preallocation=full n.vpc 1M
+create -f vpc -o preallocation=bogus n.vpc 1M
+create -f vhdx -o preallocation=off n.vhdx 1M
+create -f vhdx -o preallocation=metadata n.vhdx 1M
+create -f vhdx -o preallocation=falloc n.vhdx 1M
+create -f vhdx -o preallocation=full n.vhdx 1M
+create -f vhdx -o preallocation=bogus n.vhdx 1M
+create -f vmdk -o preallocation=off n.vmdk 1M
+create -f vmdk -o preallocation=metadata n.vmdk 1M
+create -f vmdk -o preallocation=falloc n.vmdk 1M
+create -f vmdk -o preallocation=full n.vmdk 1M
+create -f vmdk -o preallocation=bogus n.vmdk 1M
+create -f qed -o preallocation=off n.qed 1M
+create -f qed -o preallocation=metadata n.qed 1M
+create -f qed -o preallocation=falloc n.qed 1M
+create -f qed -o preallocation=full n.qed 1M
+create -f qed -o preallocation=bogus n.qed 1M
+create -f parallels -o preallocation=off n.parallels 1M
+create -f parallels -o preallocation=metadata n.parallels 1M
+create -f parallels -o preallocation=falloc n.parallels 1M
+create -f parallels -o preallocation=full n.parallels 1M
+create -f parallels -o preallocation=bogus n.parallels 1M
+create -f vdi -o static=on,preallocation=full n.vdi 1M
+create -f vdi -o static=on,preallocation=metadata n.vdi 1M
+create -f vpc -o subformat=fixed,preallocation=metadata n.vpc 1M
+create -f vhdx -o subformat=fixed,preallocation=full n.vhdx 1M
+create -f vmdk -o subformat=monolithicFlat,preallocation=full n.vmdk 1M
+create -f vmdk -o subformat=twoGbMaxExtentFlat,preallocation=metadata n.vmdk 1M
+create -f qed -o preallocation=full,cluster_size=4k n.qed 1M
 CASES
 [ $nfailed = 0 ] || fail "$nfailed of $ncases cases differ (above)"
 echo "PASS ($ncases cases)"

@@ -657,6 +657,15 @@ static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
         return -errno;
     }
     vbd_node_set_size(n, size);
+    if (prealloc == VBD_PREALLOC_OFF && old == 0 && size) {
+        /* as QEMU's handle_aiocb_truncate: an empty file grown gets its
+         * first block allocated (alignment probing finds data there; a
+         * fixed vpc made by qemu-img maps so) */
+        static const char zero[4096];
+        ssize_t w = pwrite(s->fd, zero, size < sizeof(zero) ? size : sizeof(zero), 0);
+        (void)w;
+        return 0;
+    }
     return prealloc_range(s->fd, old, size, prealloc, err, n->filename);
 }
 
@@ -732,10 +741,6 @@ static int file_create(const char *filename, struct vbd_node *file, struct json_
         vbd_error_setf(err, EINVAL, "Extent size hint is too large");
         return -EINVAL;
     }
-    if (prealloc == VBD_PREALLOC_METADATA) {
-        vbd_error_setf(err, ENOTSUP, "Unsupported preallocation mode: metadata");
-        return -ENOTSUP;
-    }
     int fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         vbd_error_setf(err, errno, "Could not create '%s': %s", filename, strerror(errno));
@@ -748,10 +753,18 @@ static int file_create(const char *filename, struct vbd_node *file, struct json_
         vbd_error_setf(err, EAGAIN, "Failed to get \"write\" lock: Is another process using the image [%s]?",
                        filename);
         rc = -EAGAIN;
-    } else if (fstat(fd, &st) == 0 && S_ISBLK(st.st_mode)) {
+    } else if (fstat(fd, &st) == 0 && S_ISBLK(st.st_mode) && prealloc != VBD_PREALLOC_METADATA) {
         rc = 0; /* devices keep their size */
-    } else if (ftruncate(fd, 0) < 0 || !file_create_hints(fd, nocow, extent_size_hint, hint_given > 0) ||
-               ftruncate(fd, size) < 0) {
+    } else if (!S_ISBLK(st.st_mode) &&
+               (ftruncate(fd, 0) < 0 || !file_create_hints(fd, nocow, extent_size_hint, hint_given > 0))) {
+        vbd_error_setf(err, errno, "Could not resize '%s': %s", filename, strerror(errno));
+        rc = -errno;
+    } else if (prealloc == VBD_PREALLOC_METADATA) {
+        /* refused by the truncate, as QEMU's raw_co_create: the file is
+         * made and left empty */
+        vbd_error_setf(err, ENOTSUP, "Unsupported preallocation mode: metadata");
+        rc = -ENOTSUP;
+    } else if (ftruncate(fd, size) < 0) {
         vbd_error_setf(err, errno, "Could not resize '%s': %s", filename, strerror(errno));
         rc = -errno;
     } else {

@@ -68,9 +68,10 @@ int64_t qcow2_put_extensions(uint8_t *h, uint64_t cluster_size, uint64_t pos, co
         pos += 8 + ((x->len + 7ull) & ~7ull);
     }
     size_t nf = sizeof(feature_table) / sizeof(feature_table[0]);
-    /* the feature names are only for messages: left out, as QEMU does, where
-     * they would not fit beside the backing file name (512-byte clusters) */
-    if (with_feature_table && ROOM(8 + 48 * nf + (backing ? strlen(backing) : 0))) {
+    /* the feature names are only for messages: left out, as QEMU 7.2's
+     * qcow2_update_header leaves them out, with clusters of 4 KiB and less
+     * (room for the backing file name), and where they would not fit */
+    if (with_feature_table && cluster_size > 4096 && ROOM(8 + 48 * nf + (backing ? strlen(backing) : 0))) {
         put_be32p(h + pos, QCOW2_EXT_FEATURE_TABLE);
         put_be32p(h + pos + 4, (uint32_t)(48 * nf));
         for (size_t i = 0; i < nf; i++) {

@@ -134,17 +134,19 @@ static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, struct vb
 }
 
 /* overlap-check (QEMU's Qcow2OverlapChecks): a template name or an object
- * of a template and per-structure flags. Validated as QEMU 7.2 does and
- * otherwise ignored: vbd checks every data write against all metadata it
- * keeps track of whatever the level, as refusing a write that would hit
- * metadata costs one lookup and a lower level would only let corruption in. */
-static int take_overlap_check(struct json_object *opts, struct vbd_error **err)
+ * of a template and per-kind flags, which override the template's bits
+ * (QEMU 7.2's qcow2_update_options_prepare, its words). *mask gets the
+ * kinds of metadata a data write may not hit (QCOW2_OL_*); left out,
+ * "cached", QEMU's default. */
+static int take_overlap_check(struct json_object *opts, uint16_t *mask, struct vbd_error **err)
 {
     static const char *const templates[] = {"none", "constant", "cached", "all", NULL};
+    static const uint16_t template_masks[] = {0, QCOW2_OL_CONSTANT, QCOW2_OL_CACHED, QCOW2_OL_ALL};
     static const char *const flags[] = {"main-header", "active-l1", "active-l2", "refcount-table", "refcount-block",
                                         "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory"};
     struct json_object *v = vbd_opt_take_obj(opts, "overlap-check");
     int idx, rc = 0;
+    *mask = QCOW2_OL_CACHED;
     if (!v)
         return 0;
     if (json_object_is_type(v, json_type_string)) {
@@ -154,7 +156,8 @@ static int take_overlap_check(struct json_object *opts, struct vbd_error **err)
         if (!templates[idx]) {
             vbd_error_setf(err, EINVAL, "Parameter 'overlap-check' does not accept value '%s'", t);
             rc = -EINVAL;
-        }
+        } else
+            *mask = template_masks[idx];
     } else if (!json_object_is_type(v, json_type_object)) {
         vbd_error_setf(err, EINVAL, "Invalid parameter type for 'overlap-check', expected: Qcow2OverlapChecks");
         rc = -EINVAL;
@@ -167,13 +170,17 @@ static int take_overlap_check(struct json_object *opts, struct vbd_error **err)
             if (!templates[idx]) {
                 vbd_error_setf(err, EINVAL, "Parameter 'template' does not accept value '%s'", json_object_get_string(t));
                 rc = -EINVAL;
-            }
+            } else
+                *mask = template_masks[idx];
             json_object_object_del(v, "template");
         }
         for (size_t i = 0; rc == 0 && i < sizeof(flags) / sizeof(flags[0]); i++) {
             bool b;
-            if (vbd_opt_take_bool(v, flags[i], &b, err) < 0)
+            int got = vbd_opt_take_bool(v, flags[i], &b, err);
+            if (got < 0)
                 rc = -EINVAL;
+            else if (got)
+                *mask = (uint16_t)(b ? *mask | (1u << i) : *mask & ~(1u << i));
         }
         json_object_object_foreach(v, key, val)
         {
@@ -194,6 +201,7 @@ struct runtime_opts {
     uint64_t l2_cache, rc_cache, clean_interval, l2_entry;
     int has_entry, has_lazy;
     bool lazy;
+    uint16_t overlap_mask;
 };
 
 static int take_runtime_opts(struct json_object *opts, struct runtime_opts *r, struct vbd_error **err)
@@ -221,7 +229,7 @@ static int take_runtime_opts(struct json_object *opts, struct runtime_opts *r, s
     }
     r->has_entry = vbd_opt_take_size(opts, "l2-cache-entry-size", &r->l2_entry, err);
     r->has_lazy = r->has_entry < 0 ? -1 : vbd_opt_take_bool(opts, "lazy-refcounts", &r->lazy, err);
-    if (r->has_lazy < 0 || take_overlap_check(opts, err) < 0)
+    if (r->has_lazy < 0 || take_overlap_check(opts, &r->overlap_mask, err) < 0)
         return -EINVAL;
     if (r->clean_interval > UINT_MAX) {
         vbd_error_setf(err, EINVAL, "Cache clean interval too big");
@@ -254,6 +262,24 @@ static int check_runtime_opts(struct qcow2_state *s, const struct runtime_opts *
     return 0;
 }
 
+/* The caches' sizes in tables (whole clusters) for the options' bytes: an
+ * L2 cache never larger than the image needs, at least 4 tables; a
+ * refcount cache of 2 to 1024 blocks. */
+static int l2_cache_slots(struct qcow2_state *s, uint64_t bytes)
+{
+    uint64_t per_table = 1ull << (s->l2_bits + s->cluster_bits);
+    uint64_t want = (s->n->size + per_table - 1) / per_table + 1;
+    uint64_t cap = bytes / s->cluster_size;
+    uint64_t slots = want < cap ? want : cap;
+    return slots < 4 ? 4 : (int)slots;
+}
+
+static int refcount_cache_slots(struct qcow2_state *s, uint64_t bytes)
+{
+    uint64_t slots = bytes / s->cluster_size;
+    return slots < 2 ? 2 : slots > 1024 ? 1024 : (int)slots;
+}
+
 static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsigned flags, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
@@ -273,7 +299,8 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
         return -EINVAL;
     if (ro.has_lazy)
         s->lazy_opt = ro.lazy ? 2 : 1;
-    s->rc_nslots = (int)(rc_cache / s->cluster_size < 1024 ? rc_cache / s->cluster_size : 1024);
+    s->overlap_mask = ro.overlap_mask;
+    s->rc_nslots = refcount_cache_slots(s, rc_cache);
     rc = qcow2_load_reftable(s, (flags & VBD_OPEN_CHECK) != 0, err);
     if (rc < 0)
         return rc;
@@ -300,12 +327,7 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
         vbd_error_setf(err, -rc, "Could not read the qcow2 refcount blocks: %s", strerror(-rc));
         return rc;
     }
-    uint64_t per_table = 1ull << (s->l2_bits + s->cluster_bits);
-    uint64_t want = (n->size + per_table - 1) / per_table + 1;
-    uint64_t cap = l2_cache / s->cluster_size;
-    s->l2_cache_slots = (int)(want < cap ? want : cap);
-    if (s->l2_cache_slots < 4)
-        s->l2_cache_slots = 4;
+    s->l2_cache_slots = l2_cache_slots(s, l2_cache);
     s->l2_cache = calloc((size_t)s->l2_cache_slots, sizeof(*s->l2_cache));
     s->cluster_buf = vbd_alloc_aligned(4096, s->cluster_size);
     s->cbuf = vbd_alloc_aligned(4096, 2 * s->cluster_size + 512);
@@ -1020,7 +1042,7 @@ static int write_compressed_cluster(struct vbd_node *n, uint64_t cstart, const u
         rc = at < 0 ? (int)at : 1;
         goto unlock;
     }
-    if (qcow2_overlaps_metadata(s, (uint64_t)at, clen)) {
+    if (qcow2_data_overlaps(s, (uint64_t)at, clen)) {
         rc = qcow2_signal_corruption(s, "compressed data would overwrite metadata", (uint64_t)at);
         goto unlock;
     }
@@ -2040,18 +2062,37 @@ static int qcow2_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
 }
 
 /* blockdev-reopen of the runtime options (QEMU 7.2's qcow2 mutable_opts),
- * checked as QEMU checks them (its words). lazy-refcounts and
- * cache-clean-interval change; turning lazy refcounts off first puts the
- * refcounts on the disk and marks the image clean, as QEMU's
- * qcow2_mark_clean. overlap-check is taken as at open (vbd checks every
- * write against all the metadata it tracks whatever the level). The cache
- * sizes are checked and otherwise kept as the node was opened with them
- * (vbd sizes its caches at open). Left out, an option goes back to its
- * default (lazy refcounts: the header's). */
+ * checked as QEMU checks them (its words), applied as its
+ * qcow2_update_options_commit. lazy-refcounts: turning lazy refcounts off
+ * first puts the refcounts on the disk and marks the image clean, as
+ * QEMU's qcow2_mark_clean. overlap-check: the kinds of metadata a data
+ * write may not hit from the next request on. The cache sizes: a cache
+ * whose size changes is written back (dirty L2 tables after the refcounts
+ * they depend on, dirty refcount blocks) and made anew at its new size;
+ * the prepare writes back already (QEMU: "Failed to flush the L2 table
+ * cache" refuses the reopen), the commit again, drained, what was written
+ * between the two. Left out, an option goes back to its default (lazy
+ * refcounts: the header's). Everything runs on the node's home loop under
+ * s->lock, so no request (all are drained) and no cache-clean timer sees a
+ * cache half made. */
 struct qcow2_reopen {
     uint64_t clean_interval;
     uint8_t lazy_opt;
+    uint16_t overlap_mask;
+    int l2_slots, rc_slots;
 };
+
+/* Dirty L2 tables and refcount blocks to the disk (lock held). */
+static int write_back_caches(struct qcow2_state *s)
+{
+    int rc = qcow2_writeback(s);
+    return rc < 0 ? rc : qcow2_flush_refcounts(s);
+}
+
+static bool caches_resized(struct qcow2_state *s, const struct qcow2_reopen *r)
+{
+    return r->l2_slots != s->l2_cache_slots || r->rc_slots != s->rc_nslots;
+}
 
 static int qcow2_reopen_prepare(struct vbd_node *n, struct json_object *opts, void **staged, struct vbd_error **err)
 {
@@ -2062,43 +2103,94 @@ static int qcow2_reopen_prepare(struct vbd_node *n, struct json_object *opts, vo
     struct qcow2_reopen *r = vbd_xcalloc(1, sizeof(*r));
     r->clean_interval = ro.clean_interval;
     r->lazy_opt = ro.has_lazy ? (ro.lazy ? 2 : 1) : 0;
+    r->overlap_mask = ro.overlap_mask;
+    r->l2_slots = l2_cache_slots(s, ro.l2_cache);
+    r->rc_slots = refcount_cache_slots(s, ro.rc_cache);
+    if (caches_resized(s, r) && !s->read_only) {
+        struct vbd_loop *origin = vbd_node_co_enter_home(n);
+        vbd_co_mutex_lock(&s->lock);
+        int rc = write_back_caches(s);
+        vbd_co_mutex_unlock(&s->lock);
+        vbd_node_co_leave_home(origin);
+        if (rc < 0) {
+            vbd_error_setf(err, -rc, "Failed to flush the %s cache: %s",
+                           r->l2_slots != s->l2_cache_slots ? "L2 table" : "refcount block", strerror(-rc));
+            free(r);
+            return rc;
+        }
+    }
     *staged = r;
     return 0;
+}
+
+/* Lock held, home loop, every request drained: the caches at their new
+ * sizes, empty; nothing changes unless all they hold is on the disk. */
+static void resize_caches(struct vbd_node *n, struct qcow2_state *s, const struct qcow2_reopen *r)
+{
+    int rc = s->read_only ? 0 : write_back_caches(s);
+    for (int i = 0; rc == 0 && i < s->l2_cache_slots; i++)
+        if (s->l2_cache[i].dirty)
+            rc = -EIO;
+    for (int i = 0; rc == 0 && i < s->rc_nslots; i++)
+        if (s->rc_slots[i].dirty)
+            rc = -EIO;
+    if (rc < 0) {
+        vbd_warn("qcow2 '%s': the cache sizes stay as they were: their tables could not be written back: %s",
+                 n->filename, strerror(-rc));
+        return;
+    }
+    if (r->l2_slots != s->l2_cache_slots) {
+        struct qcow2_l2_slot *l2 = vbd_xcalloc((size_t)r->l2_slots, sizeof(*l2));
+        for (int i = 0; i < s->l2_cache_slots; i++)
+            free(s->l2_cache[i].table);
+        free(s->l2_cache);
+        s->l2_cache = l2;
+        s->l2_cache_slots = r->l2_slots;
+    }
+    if (r->rc_slots != s->rc_nslots) {
+        struct qcow2_rc_slot *rcs = vbd_xcalloc((size_t)r->rc_slots, sizeof(*rcs));
+        qcow2_free_refcount_cache(s);
+        s->rc_slots = rcs;
+        s->rc_nslots = r->rc_slots;
+    }
 }
 
 static void qcow2_reopen_commit(struct vbd_node *n, void *staged)
 {
     struct qcow2_state *s = n->opaque;
     struct qcow2_reopen *r = staged;
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
+    vbd_co_mutex_lock(&s->lock);
+    if (caches_resized(s, r))
+        resize_caches(n, s, r);
+    s->overlap_mask = r->overlap_mask;
     bool was_lazy = qcow2_lazy(s);
     s->lazy_opt = r->lazy_opt;
     if (was_lazy && !qcow2_lazy(s) && !s->read_only) {
         /* from here on refcounts reach the disk before what uses them:
          * the ones held back go now, then the dirty flag (a failure
          * leaves it set: the image is repaired at its next open) */
-        vbd_co_mutex_lock(&s->lock);
         int rc = qcow2_writeback(s);
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);
         if (rc == 0 && (s->incompat & QCOW2_INCOMPAT_DIRTY))
             rc = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);
-        vbd_co_mutex_unlock(&s->lock);
         if (rc < 0)
             vbd_warn("qcow2 '%s': Failed to disable lazy refcounts: %s (the image stays marked dirty)", n->filename,
                      strerror(-rc));
     }
+    vbd_co_mutex_unlock(&s->lock);
     if (r->clean_interval != s->cache_clean_interval) {
-        /* the timer lives on the home loop: moved there it is armed by
-         * attach_loop; elsewhere the new interval counts from its next run */
-        bool here = vbd_node_home_loop(n) == vbd_loop_current();
-        if (here && s->clean_timer.armed)
+        /* the timer lives on the home loop, where this runs */
+        if (s->clean_timer.armed)
             vbd_timer_cancel(&s->clean_timer);
         s->cache_clean_interval = r->clean_interval;
         s->clean_timer.fn = clean_caches;
         s->clean_timer.arg = s;
-        if (here && s->cache_clean_interval)
+        if (s->cache_clean_interval)
             vbd_timer_arm(&s->clean_timer, vbd_clock_ns() + s->cache_clean_interval * 1000000000ull);
     }
+    vbd_node_co_leave_home(origin);
     free(r);
 }
 

@@ -84,6 +84,27 @@ struct qcow2_ext {
     uint8_t *data;
 };
 
+/* overlap-check's kinds of metadata, QEMU's QCOW2_OL_* bits in the order
+ * of its option names (main-header, active-l1, ... bitmap-directory) */
+enum {
+    QCOW2_OL_MAIN_HEADER = 1 << 0,
+    QCOW2_OL_ACTIVE_L1 = 1 << 1,
+    QCOW2_OL_ACTIVE_L2 = 1 << 2,
+    QCOW2_OL_REFCOUNT_TABLE = 1 << 3,
+    QCOW2_OL_REFCOUNT_BLOCK = 1 << 4,
+    QCOW2_OL_SNAPSHOT_TABLE = 1 << 5,
+    QCOW2_OL_INACTIVE_L1 = 1 << 6,
+    QCOW2_OL_INACTIVE_L2 = 1 << 7,
+    QCOW2_OL_BITMAP_DIRECTORY = 1 << 8,
+    QCOW2_OL_CONSTANT = QCOW2_OL_MAIN_HEADER | QCOW2_OL_ACTIVE_L1 | QCOW2_OL_REFCOUNT_TABLE | QCOW2_OL_SNAPSHOT_TABLE |
+                        QCOW2_OL_BITMAP_DIRECTORY,
+    QCOW2_OL_CACHED = QCOW2_OL_CONSTANT | QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK | QCOW2_OL_INACTIVE_L1,
+    QCOW2_OL_ALL = QCOW2_OL_CACHED | QCOW2_OL_INACTIVE_L2,
+    /* what qcow2_overlaps_metadata looks at */
+    QCOW2_OL_TRACKED = QCOW2_OL_MAIN_HEADER | QCOW2_OL_ACTIVE_L1 | QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_TABLE |
+                       QCOW2_OL_REFCOUNT_BLOCK | QCOW2_OL_SNAPSHOT_TABLE | QCOW2_OL_INACTIVE_L1,
+};
+
 struct qcow2_state {
     struct vbd_node *n;
     uint32_t version;
@@ -124,6 +145,9 @@ struct qcow2_state {
     uint64_t *meta_index;
     size_t nmeta, meta_cap;
     bool meta_valid;
+    /* overlap-check: the kinds of metadata (QCOW2_OL_*) a data write may
+     * not hit; QCOW2_OL_CACHED unless the open or a reopen said otherwise */
+    uint16_t overlap_mask;
 
     uint64_t backing_file_offset;
     uint32_t backing_file_size;
@@ -260,6 +284,9 @@ int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
 /* check -r all: a new refcount structure holding count[k] for host cluster k < n, placed from cluster n on */
 int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n);
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
+/* Which kinds of metadata (QCOW2_OL_*) [off, off+len) hits: the slow path,
+ * asked only once qcow2_overlaps_metadata said it hits something. */
+unsigned qcow2_overlap_kinds(struct qcow2_state *s, uint64_t off, uint64_t len);
 bool qcow2_table_on_other_metadata(struct qcow2_state *s, uint64_t off);
 static inline void qcow2_metadata_moved(struct qcow2_state *s)
 {
@@ -271,9 +298,16 @@ static inline bool qcow2_lazy(const struct qcow2_state *s)
 {
     return s->lazy_opt ? s->lazy_opt == 2 : (s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
 }
+/* A data write's overlap check, as the overlap-check option asks it. Data
+ * in its own file cannot hit metadata. vbd tracks every kind but the
+ * snapshots' L2 tables and the bitmap directory: with all of the tracked
+ * kinds asked for (the default, "cached", and "all") one lookup decides. */
 static inline bool qcow2_data_overlaps(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
-    return !s->external && qcow2_overlaps_metadata(s, off, len); /* data in its own file cannot hit metadata */
+    if (s->external || !(s->overlap_mask & QCOW2_OL_TRACKED) || !qcow2_overlaps_metadata(s, off, len))
+        return false;
+    return (s->overlap_mask & QCOW2_OL_TRACKED) == QCOW2_OL_TRACKED ||
+           (qcow2_overlap_kinds(s, off, len) & s->overlap_mask) != 0;
 }
 const char *qcow2_data_file_name(struct qcow2_state *s, uint32_t *len); /* header.c: from the extension */
 

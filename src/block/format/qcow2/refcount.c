@@ -305,6 +305,35 @@ bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
     return lo < s->nmeta && s->meta_index[lo] <= last;
 }
 
+unsigned qcow2_overlap_kinds(struct qcow2_state *s, uint64_t off, uint64_t len)
+{
+#define OVERLAP(a, alen) ((a) < off + len && off < (a) + (alen))
+    unsigned kinds = 0;
+    if (!len)
+        return 0;
+    if (OVERLAP(0, s->cluster_size))
+        kinds |= QCOW2_OL_MAIN_HEADER;
+    if (s->l1_size && OVERLAP(s->l1_table_offset, (uint64_t)s->l1_size * 8))
+        kinds |= QCOW2_OL_ACTIVE_L1;
+    if (OVERLAP(s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size))
+        kinds |= QCOW2_OL_REFCOUNT_TABLE;
+    if (s->nb_snapshots && OVERLAP(s->snapshots_offset, s->snapshots_size))
+        kinds |= QCOW2_OL_SNAPSHOT_TABLE;
+    for (uint32_t i = 0; i < s->nsnap_l1; i++)
+        if (OVERLAP(s->snap_l1[i][0], s->snap_l1[i][1]))
+            kinds |= QCOW2_OL_INACTIVE_L1;
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t t = s->l1[i] & L1E_OFFSET_MASK;
+        if (t && OVERLAP(t, s->cluster_size))
+            kinds |= QCOW2_OL_ACTIVE_L2;
+    }
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        if (s->reftable[i] && OVERLAP(s->reftable[i], s->cluster_size))
+            kinds |= QCOW2_OL_REFCOUNT_BLOCK;
+#undef OVERLAP
+    return kinds;
+}
+
 /* Whether the one-cluster table at off, an L2 table or a refcount block the
  * image names, lies on other metadata: a structure the header places, or
  * another L2 table or refcount block (its cluster twice in the index). A
