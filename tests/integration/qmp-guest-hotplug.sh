@@ -143,7 +143,7 @@ for i in range(1, CYCLES + 1):
     with open(ref, "r+b") as f:
         f.write(bench_data)
     mode = ("safe", "hard", None)[i % 3]
-    step("cycle %d: block-export-del (mode %s) while vbd-bench reads B ends it; blockdev-del B" % (i, mode))
+    step("cycle %d: block-export-del (mode %s) while vbd-bench reads B ends it; blockdev-del B" % (i, mode or "default"))
     delete_vhost_user_export_in_use(m, "vuB", vu, BENCH, T + "/daemon.log", timeout=120, wait=300, mode=mode,
                                     connected=lambda: guest_advanced("vbd-bench reads B"))
     m.execute("blockdev-del", node_name="B")
