@@ -46,8 +46,10 @@ enum vu_request {
 };
 
 #define VHOST_USER_F_PROTOCOL_FEATURES 30
+#define VHOST_F_LOG_ALL 26 /* the back end logs its writes into guest memory (migration) */
 #define VHOST_USER_PROTOCOL_F_MQ 0
 #define VHOST_USER_PROTOCOL_F_REPLY_ACK 3
+#define VHOST_USER_PROTOCOL_F_LOG_SHMFD 1
 #define VHOST_USER_PROTOCOL_F_BACKEND_REQ 5
 #define VHOST_USER_PROTOCOL_F_CONFIG 9
 #define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD 12
@@ -58,6 +60,7 @@ enum vu_request {
 #define VHOST_USER_FLAG_REPLY 0x4u
 #define VHOST_USER_FLAG_NEED_REPLY 0x8u
 #define VHOST_USER_VRING_NOFD (1ull << 8)
-#define VHOST_VRING_F_LOG_USED 0x1u /* SET_VRING_ADDR flags: log_guest_addr is valid */
+#define VHOST_VRING_F_LOG_USED 0x1u /* SET_VRING_ADDR flags: log the used ring's writes at log_guest_addr */
+#define VHOST_LOG_PAGE 0x1000u      /* one bit of the dirty log per guest page of this size */
 
 #endif

@@ -21,6 +21,10 @@ Usage: run-guest.sh DISK [disk options] [DISK [disk options]]... [options]
   --device-opts O  appended to -device
   Options: --smp N vCPUs (default 2)  --timeout S (default 180)  --log FILE keep the console
   --parallel       the disks' workloads at once (each disk's in its order)
+  --qmp SOCKET     a QMP monitor on this unix socket (QEMU listens)
+  --incoming URI   wait for a migration (-incoming URI): the guest's result
+                   comes on this QEMU's console; a source that migrated
+                   away ends with NO RESULT once it is told to quit
   Workloads run in the order given, whatever their disk (--parallel: the
   disks side by side). With more than one disk each workload's "vbd:" lines
   name its disk, counted from 0 in the order given: "vbd: disk1: ...".
@@ -28,7 +32,7 @@ USAGE
 }
 # per disk d: mode, target, fmt, nq, ro, reconnect, listen, devopts, envs ("\n"-separated)
 modes=() targets=() fmts=() nqs=() ros=() rcs=() listens=() devopts=() denvs=()
-workloads=() wdisks=() smp=2 timeout=180 log= d=-1 parallel=0
+workloads=() wdisks=() smp=2 timeout=180 log= d=-1 parallel=0 qemu_extra=()
 cur() { [ $d -ge 0 ] || new_disk "" ""; }
 new_disk() {
     d=$((d + 1))
@@ -52,6 +56,8 @@ while [ $# -gt 0 ]; do
         --device-opts) cur; devopts[d]=,$2; shift ;;
         --log) log=$2; shift ;;
         --parallel) parallel=1 ;;
+        --qmp) qemu_extra+=(-qmp "unix:$2,server=on,wait=off"); shift ;;
+        --incoming) qemu_extra+=(-incoming "$2"); shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run-guest: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -134,7 +140,7 @@ timeout -k 10 "$timeout" qemu-system-x86_64 -accel "$ACCEL" -nographic -nodefaul
     -machine pc -cpu max -smp "$smp" -m 256M -kernel "/boot/vmlinuz-$kver" -initrd "$tmp/initrd" \
     -append "console=ttyS0 no_timer_check panic=-1 oops=panic loglevel=4 vbd.timeout=$((timeout - 30)) vbd.disks=$ndisks" \
     -chardev "stdio,id=con0,signal=off,logfile=$(esc "$log")" -serial chardev:con0 \
-    "${disk[@]}" </dev/null >"$tmp/out" 2>"$tmp/err"
+    "${disk[@]}" ${qemu_extra[@]+"${qemu_extra[@]}"} </dev/null >"$tmp/out" 2>"$tmp/err"
 qrc=$?
 secs=$(echo "$(date +%s.%N) - $start" | bc | cut -c1-5)
 result=$(tr -d '\r' <"$log" | grep -a -o 'GUEST-RESULT: .*' | tail -1)

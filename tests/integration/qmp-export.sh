@@ -221,7 +221,7 @@ if r.returncode != 0 or "read back identical" not in r.stdout:
     fail("vbd-bench --verify on vuB: %s %s" % (r.stdout, r.stderr))
 a.advanced("the vhost-user-blk export was used")
 
-step("vhost-user-blk: the default mode and mode=safe refused while vbd-bench is connected, mode=hard ends it")
+step("vhost-user-blk: block-export-del (the default mode) while vbd-bench is connected cuts it off, as qsd 7.2")
 # the vbd-bench --verify above was the first front end: this one is the second
 delete_vhost_user_export_in_use(m, "vuB", VU, BENCH, T + "/daemon.log", before=(1, 1))
 m.execute("object-del", id="io0")

@@ -18,8 +18,8 @@ on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null; [ -n "$qpid" ] && kill -9 
 # Deliberate differences, "CASES|LINE|why" (CASES: a comma-separated list,
 # or * for every case); a line listed for a case must differ there.
 deliberate='
-*|features|vbd offers no LOG_ALL (it keeps no dirty log: QEMU refuses to migrate a VM with a vbd disk), no NOTIFY_ON_EMPTY (legacy, Linux drops it), no DISCARD where the node drops discards (no discard=unmap) and no DISCARD/WRITE_ZEROES on a read-only export (qsd offers them and ignores or fails the requests)
-*|protocol-features|vbd offers INFLIGHT_SHMFD (requests in flight replayed after a restart: qsd 7.2 has none) and RESET_DEVICE; no LOG_SHMFD, PAGEFAULT, BACKEND_SEND_FD, HOST_NOTIFIER (no dirty log, postcopy or host notifiers)
+*|features|vbd offers no NOTIFY_ON_EMPTY (legacy, Linux drops it), no DISCARD where the node drops discards (no discard=unmap) and no DISCARD/WRITE_ZEROES on a read-only export (qsd offers them and ignores or fails the requests)
+*|protocol-features|vbd offers INFLIGHT_SHMFD (requests in flight replayed after a restart: qsd 7.2 has none) and RESET_DEVICE; no PAGEFAULT, BACKEND_SEND_FD, HOST_NOTIFIER (no postcopy or host notifiers)
 writable,read-only|queue-num|without num-queues= vbd takes up to 16 rings (QEMU asks one per vCPU), qsd exactly one
 *|config.size_max|vbd: 1 MiB segments; qsd 0, which Linux raises to a 4 KiB max_segment_size
 *|config.seg_max|vbd: 254, as QEMU'"'"'s own virtio-blk with 256-entry rings; qsd 126

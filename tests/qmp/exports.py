@@ -109,11 +109,14 @@ def delete_nbd_export_in_use(m, eid, client, read_cmd, timeout=60, refused=None)
     client.close()
 
 
-def delete_vhost_user_export_in_use(m, eid, vu, bench, log, connected=None, timeout=60, wait=60, before=None):
+def delete_vhost_user_export_in_use(m, eid, vu, bench, log, connected=None, timeout=60, wait=60, before=None,
+                                    mode=None):
     """Deletes the vhost-user-blk export eid (socket vu) while a vbd-bench
-    (the binary bench) reads it: the refused deletions, then mode=hard, after
-    which the daemon's log (log) says the front end was disconnected and the
-    socket is gone. connected(): called once vbd-bench is connected.
+    (the binary bench) reads it, with block-export-del in mode (None: the
+    default, safe): as qsd 7.2 in every mode, the command succeeds,
+    BLOCK_EXPORT_DELETED arrives, the daemon's log (log) says the front end
+    was disconnected and the socket is gone. connected(): called once
+    vbd-bench is connected.
     before: the (connected, disconnected) counts in the log before this
     vbd-bench where the caller knows them (a front end that just left may
     not be logged yet); else they are read from the log."""
@@ -123,7 +126,10 @@ def delete_vhost_user_export_in_use(m, eid, vu, bench, log, connected=None, time
     wait_for("vbd-bench to connect to " + eid, lambda: log_count(log, "front end connected") > c0, wait)
     if connected:
         connected()
-    refuse_then_hard_delete(m, eid, timeout)
+    m.execute("block-export-del", id=eid, **({"mode": mode} if mode else {}))
+    ev = m.wait_event("BLOCK_EXPORT_DELETED", timeout=timeout)
+    if ev["data"] != {"id": eid}:
+        fail("BLOCK_EXPORT_DELETED for %s: %s" % (eid, ev))
     # vbd-bench does not watch the socket while it runs: the daemon's log says it was cut off
     wait_for("the daemon to disconnect vbd-bench", lambda: log_count(log, "front end disconnected") > d0, wait)
     b.kill()

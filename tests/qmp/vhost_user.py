@@ -86,7 +86,12 @@ SET_VRING_CALL = 13
 SET_VRING_ENABLE = 18
 SET_CONFIG = 25
 GET_MAX_MEM_SLOTS = 36
+SET_LOG_BASE = 6
+SET_LOG_FD = 7
 F_VERSION_1 = 32
+F_LOG_ALL = 26
+PROTOCOL_F_LOG_SHMFD = 1
+VRING_F_LOG = 1
 F_INDIRECT_DESC = 28
 F_EVENT_IDX = 29
 F_PROTOCOL_FEATURES = 30
@@ -103,7 +108,9 @@ class Driver:
     MEM = 1 << 20
     QVA = 0x7f0000000000  # where the "VMM" pretends to map guest memory
 
-    def __init__(self, path, timeout=60):
+    def __init__(self, path, timeout=60, protocol=0):
+        """protocol: protocol feature bits to take besides REPLY_ACK and
+        CONFIG, when offered."""
         import mmap
         import os
         self.s = socket.socket(socket.AF_UNIX)
@@ -113,10 +120,11 @@ class Driver:
         self.features = self.get_u64(GET_FEATURES)
         self.protocol_features = self.get_u64(GET_PROTOCOL_FEATURES)
         self.send(SET_PROTOCOL_FEATURES, struct.pack('<Q', self.protocol_features &
-                                                     (1 << PROTOCOL_F_REPLY_ACK | 1 << PROTOCOL_F_CONFIG)))
+                                                     (1 << PROTOCOL_F_REPLY_ACK | 1 << PROTOCOL_F_CONFIG | protocol)))
         self.send(SET_OWNER)
         # what a guest driver takes, less the ring features this one does not do
-        self.send(SET_FEATURES, struct.pack('<Q', self.features & ~(1 << F_INDIRECT_DESC | 1 << F_EVENT_IDX)))
+        self.acked = self.features & ~(1 << F_INDIRECT_DESC | 1 << F_EVENT_IDX | 1 << F_LOG_ALL)
+        self.send(SET_FEATURES, struct.pack('<Q', self.acked))
         self.memfd = os.memfd_create('guest-ram', 0)
         os.ftruncate(self.memfd, self.MEM)
         self.mem = mmap.mmap(self.memfd, self.MEM)
@@ -125,14 +133,39 @@ class Driver:
         self.desc, self.avail, self.used, self.buf = 0, 1024, 2048, 4096
         self.send(SET_VRING_NUM, struct.pack('<II', 0, self.QSIZE))
         self.send(SET_VRING_BASE, struct.pack('<II', 0, 0))
-        self.send(SET_VRING_ADDR, struct.pack('<II4Q', 0, 0, self.QVA + self.desc, self.QVA + self.used,
-                                              self.QVA + self.avail, 0))
+        self.set_vring_addr()
         self.call_fd = os.eventfd(0, os.EFD_NONBLOCK)
         self.kick_fd = os.eventfd(0)
         self.send(SET_VRING_CALL, struct.pack('<Q', 0), fds=[self.call_fd])
         self.send(SET_VRING_KICK, struct.pack('<Q', 0), fds=[self.kick_fd])
         self.send(SET_VRING_ENABLE, struct.pack('<II', 0, 1))
         self.avail_idx = self.used_idx = 0
+
+    def set_vring_addr(self, log_used=None):
+        """SET_VRING_ADDR of ring 0; log_used: the guest address its used
+        ring's writes are logged at (VHOST_VRING_F_LOG), or None."""
+        return self.send(SET_VRING_ADDR, struct.pack('<II4Q', 0, 0 if log_used is None else VRING_F_LOG,
+                                                     self.QVA + self.desc, self.QVA + self.used, self.QVA + self.avail,
+                                                     log_used or 0))
+
+    def start_logging(self, log_fd, size, log_call_fd=None):
+        """What QEMU does when a migration starts: SET_LOG_BASE (the log, a
+        memfd of size bytes; the back end replies), SET_FEATURES with
+        LOG_ALL, used-ring logging at the used ring's guest address.
+        Returns SET_FEATURES's ack."""
+        if log_call_fd is not None:
+            self.send(SET_LOG_FD, fds=[log_call_fd])
+        self.s.sendmsg([msg(SET_LOG_BASE, struct.pack('<QQ', size, 0))],
+                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', log_fd))])
+        r, flags, _ = recv(self.s)
+        assert r == SET_LOG_BASE and flags & 4, ('SET_LOG_BASE not answered', r, flags)
+        ack = self.send(SET_FEATURES, struct.pack('<Q', self.acked | 1 << F_LOG_ALL))
+        self.set_vring_addr(log_used=self.used)
+        return ack
+
+    def stop_logging(self):
+        self.send(SET_FEATURES, struct.pack('<Q', self.acked))
+        self.set_vring_addr()
 
     def send(self, req, payload=b'', fds=(), ack=True):
         """Sends a message; with REPLY_ACK negotiated waits for its ack and
@@ -166,16 +199,18 @@ class Driver:
             return None
         return p[12:] if len(p) >= 12 else None
 
-    def request(self, type_, sector, data_len):
+    def request(self, type_, sector, data_len, at=None):
         """One request: header, data_len bytes for the device to write, the
-        status byte. Returns (status, used length, the data bytes)."""
+        status byte. Returns (status, used length, the data bytes). at: the
+        guest addresses of (header, data, status) instead of the defaults."""
         import os
         import select
-        hdr, data, st = self.buf, self.buf + 64, self.buf + 64 + max(data_len, 1) + 64
+        hdr, data, st = at or (self.buf, self.buf + 64, self.buf + 64 + max(data_len, 1) + 64)
         self.mem[hdr:hdr + 16] = struct.pack('<IIQ', type_, 0, sector)
         self.mem[data:data + data_len] = b'\xa5' * data_len
         self.mem[st] = 0xff
-        chain = [(hdr, 16, 0)] + ([(data, data_len, 2)] if data_len else []) + [(st, 1, 2)]  # 2: WRITE
+        dflag = 0 if type_ == T_OUT else 2  # 2: WRITE (device-writable)
+        chain = [(hdr, 16, 0)] + ([(data, data_len, dflag)] if data_len else []) + [(st, 1, 2)]
         for i, (a, n, f) in enumerate(chain):
             nxt = 1 if i < len(chain) - 1 else 0
             struct.pack_into('<QIHH', self.mem, self.desc + 16 * i, a, n, f | nxt, i + 1 if nxt else 0)

@@ -166,6 +166,8 @@ void blk_queue_cancel(struct vu_queue *q)
         list = r->next_free;
         cancelled++;
         *r->status = VIRTIO_BLK_S_IOERR;
+        if (q->log)
+            blk_req_log(r);
         vu_queue_complete(q, r->elem.head, 1, 0);
         blk_req_release(r);
     }

@@ -147,6 +147,8 @@ bool blk_req_decode(struct blk_req *r);
 int blk_req_run(struct blk_req *r, uint32_t *used_len, bool *io);
 const char *blk_type_name(uint32_t type);
 void blk_req_finish(struct blk_req *r, int err, uint32_t used_len, bool io);
+/* while a migration logs (q->log): marks what the request wrote into guest memory */
+void blk_req_log(struct blk_req *r);
 void blk_req_co(void *arg);
 void blk_submit(struct blk_queue *bq, struct blk_req *r);
 struct blk_req *blk_req_alloc(struct blk_queue *bq);

@@ -211,6 +211,20 @@ const char *blk_type_name(uint32_t type)
     }
 }
 
+/* A migration logs our writes into guest memory: the request's writable
+ * buffers (a read's data, GET_ID's) and its status byte, all of them
+ * whatever the request wrote (more pages marked than written costs the
+ * migration a page's copy; one missed loses the guest's data). Before the
+ * used element is pushed, so the front end never finds the request done
+ * in a page its log does not mark. */
+void blk_req_log(struct blk_req *r)
+{
+    struct iovec status = {r->status, 1};
+    vu_queue_log_write(r->bq->q, r->in, r->nin);
+    vu_queue_log_write(r->bq->q, &status, 1);
+    vu_queue_log_kick(r->bq->q);
+}
+
 void blk_req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
 {
     struct blk_queue *bq = r->bq;
@@ -238,6 +252,8 @@ void blk_req_finish(struct blk_req *r, int err, uint32_t used_len, bool io)
         vbd_debug("%s: %s at sector %llu failed: %s", e->name, blk_type_name(r->type), (unsigned long long)r->sector,
                   strerror(-err));
     *r->status = status_of(err);
+    if (__builtin_expect(bq->q->log != NULL, 0))
+        blk_req_log(r);
     vu_queue_complete(bq->q, r->elem.head, used_len + 1, io ? r->in_bytes + r->out_bytes : 0);
     blk_req_release(r);
 }

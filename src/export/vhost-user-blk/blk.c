@@ -634,15 +634,11 @@ static void blk_export_resized(struct vbd_export *base)
                  e->name);
 }
 
-/* A front end is connected (QMP's block-export-del mode=safe refuses). */
-static bool blk_export_in_use(struct vbd_export *base)
-{
-    struct blk_export *e = (struct blk_export *)base;
-    return __atomic_load_n(&e->dev.conn_fd, __ATOMIC_RELAXED) >= 0;
-}
-
-/* mode=hard: cut the front end off now; shutdown() then waits for the
- * requests in flight and cancels the stopped ones. */
+/* block-export-del (either mode, as qsd 7.2, whose connected front end
+ * holds no reference on the export, so mode=safe finds it unused): cut the
+ * front end off now; shutdown() then waits for the requests in flight and
+ * cancels the stopped ones. No .in_use: a connected front end never makes
+ * the command fail. */
 static void blk_export_disconnect(struct vbd_export *base)
 {
     struct blk_export *e = (struct blk_export *)base;
@@ -674,7 +670,6 @@ const struct vbd_export_type vbd_export_type_vhost_user_blk = {
     .create = blk_export_create,
     .shutdown = blk_export_shutdown,
     .free = blk_export_free,
-    .in_use = blk_export_in_use,
     .disconnect = blk_export_disconnect,
     .query = blk_export_query,
     .cont = blk_export_cont,

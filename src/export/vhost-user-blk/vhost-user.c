@@ -264,6 +264,149 @@ void vu_queue_release_notify(struct vu_queue *q)
     }
 }
 
+/* ------------------------------------------------------------------ */
+/* dirty logging (migration)                                           */
+
+static int take_fd(struct vu_msg *m);
+
+void vu_queue_log_write(struct vu_queue *q, const struct iovec *iov, int n)
+{
+    for (int i = 0; i < n; i++) {
+        uint64_t gpa;
+        if (!iov[i].iov_len)
+            continue;
+        if (!vu_host_to_gpa(&q->dev->mem, iov[i].iov_base, iov[i].iov_len, &gpa) ||
+            !vu_log_mark(q->log, q->log_size, gpa, iov[i].iov_len)) {
+            if (!q->log_warned)
+                vbd_error_report("%s: queue %d: a write into guest memory lies beyond the dirty log (%llu bytes): "
+                                 "the migration may miss it",
+                                 q->dev->name, q->index, (unsigned long long)q->log_size);
+            q->log_warned = true;
+        }
+    }
+}
+
+void vu_queue_log_kick(struct vu_queue *q)
+{
+    if (q->log_call_fd >= 0)
+        eventfd_write(q->log_call_fd, 1);
+}
+
+/* On q's loop: the ring takes the device's logging state. The used ring is
+ * logged at the address SET_VRING_ADDR gave, if its last byte falls inside
+ * the log (vhost-user.rst); else it is not and we say so. */
+static void log_apply_here(struct vu_dev *dev, struct vu_queue *q)
+{
+    bool on = dev->log && vu_has_feature(dev, VHOST_F_LOG_ALL);
+    q->log = on ? dev->log : NULL;
+    q->log_size = dev->log_size;
+    q->log_call_fd = dev->log_call_fd;
+    q->log_warned = false;
+    q->vq.used_log = NULL;
+    if (!on || !q->log_used_asked || !q->vq.num)
+        return;
+    uint64_t used_len = 4 + 8 * (uint64_t)q->vq.num + 2;
+    uint64_t last = q->log_used_gpa + used_len - 1;
+    if (last < q->log_used_gpa || last / VHOST_LOG_PAGE / 8 >= dev->log_size) {
+        vbd_error_report("%s: queue %d: the used ring's log address 0x%llx lies beyond the dirty log (%llu bytes): "
+                         "its writes are not logged",
+                         dev->name, q->index, (unsigned long long)q->log_used_gpa, (unsigned long long)dev->log_size);
+        return;
+    }
+    q->vq.used_log_gpa = q->log_used_gpa;
+    q->vq.used_log_size = dev->log_size;
+    q->vq.used_log = dev->log;
+}
+
+static void log_apply(struct vu_dev *dev, struct vu_queue *q)
+{
+    struct vbd_loop *prev = vu_queue_enter(q);
+    log_apply_here(dev, q);
+    vu_queue_leave(prev);
+}
+
+/* After a change of the log, its fd or VHOST_F_LOG_ALL: every ring, on its
+ * own loop, so that once this returns no ring writes the old log. */
+static void log_apply_all(struct vu_dev *dev)
+{
+    for (int i = 0; i < VU_MAX_QUEUES; i++)
+        if (dev->queues[i])
+            log_apply(dev, dev->queues[i]);
+}
+
+static void log_unmap(void *map, size_t len)
+{
+    if (map)
+        munmap(map, len);
+}
+
+/* SET_LOG_BASE (with LOG_SHMFD): the log is size bytes at offset in the fd. */
+static int set_log_base(struct vu_dev *dev, struct vu_msg *m)
+{
+    uint64_t size, offset;
+    memcpy(&size, m->payload, 8);
+    memcpy(&offset, m->payload + 8, 8);
+    if (!has_protocol_feature(dev, VHOST_USER_PROTOCOL_F_LOG_SHMFD) || m->nfds != 1) {
+        vbd_error_report("%s: SET_LOG_BASE without %s", dev->name,
+                         m->nfds != 1 ? "the log's file descriptor" : "LOG_SHMFD negotiated");
+        return -EINVAL;
+    }
+    if (!size || size > (1ull << 40)) { /* 2^40 bytes of bits: 4 EiB of guest memory */
+        vbd_error_report("%s: SET_LOG_BASE with a log of %llu bytes", dev->name, (unsigned long long)size);
+        return -EINVAL;
+    }
+    if (vu_region_fits_fd(dev, "SET_LOG_BASE", m->fds[0], offset, size) < 0)
+        return -EINVAL;
+    uint64_t skew = offset % (uint64_t)sysconf(_SC_PAGESIZE);
+    size_t len = (size_t)(size + skew);
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, m->fds[0], (off_t)(offset - skew));
+    if (map == MAP_FAILED) {
+        int err = errno;
+        vbd_error_report("%s: cannot map the dirty log (%llu bytes): %s", dev->name, (unsigned long long)size,
+                         strerror(err));
+        return -err;
+    }
+    void *old = dev->log_map;
+    size_t old_len = dev->log_map_len;
+    dev->log_map = map;
+    dev->log_map_len = len;
+    dev->log = (uint8_t *)map + skew;
+    dev->log_size = size;
+    log_apply_all(dev);
+    log_unmap(old, old_len); /* no ring writes it any more */
+    vbd_debug("%s: dirty log of %llu bytes mapped", dev->name, (unsigned long long)size);
+    return 0;
+}
+
+static int set_log_fd(struct vu_dev *dev, struct vu_msg *m)
+{
+    int fd = take_fd(m);
+    if (fd < 0) {
+        vbd_error_report("%s: SET_LOG_FD without a file descriptor", dev->name);
+        return -EINVAL;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    int old = dev->log_call_fd;
+    dev->log_call_fd = fd;
+    log_apply_all(dev);
+    if (old >= 0)
+        close(old);
+    return 0;
+}
+
+/* Disconnect: every ring is gone already. */
+static void log_clear(struct vu_dev *dev)
+{
+    log_unmap(dev->log_map, dev->log_map_len);
+    dev->log_map = NULL;
+    dev->log_map_len = 0;
+    dev->log = NULL;
+    dev->log_size = 0;
+    if (dev->log_call_fd >= 0)
+        close(dev->log_call_fd);
+    dev->log_call_fd = -1;
+}
+
 void vu_queue_fail(struct vu_queue *q, const char *why)
 {
     q->vq.broken = true;
@@ -358,7 +501,7 @@ static struct vu_queue *get_queue(struct vu_dev *dev, uint32_t index)
             return NULL;
         q->dev = dev;
         q->index = (int)index;
-        q->kick_fd = q->call_fd = q->err_fd = -1;
+        q->kick_fd = q->call_fd = q->err_fd = q->log_call_fd = -1;
         q->loop = dev->nqueue_loops ? dev->queue_loops[index % (uint32_t)dev->nqueue_loops] : dev->loop;
         q->notify_bh.fn = notify_bh;
         q->notify_bh.arg = q;
@@ -455,6 +598,7 @@ static int queue_start_here(struct vu_dev *dev, struct vu_queue *q)
         vbd_error_report("%s: queue %d: %s", dev->name, q->index, bad);
         return -EFAULT;
     }
+    log_apply_here(dev, q);
     q->vq.event_idx = vu_has_feature(dev, VIRTIO_RING_F_EVENT_IDX);
     q->vq.indirect = vu_has_feature(dev, VIRTIO_RING_F_INDIRECT_DESC);
     q->vq.broken = false;
@@ -776,9 +920,12 @@ static int msg_check(struct vu_dev *dev, const struct vu_msg *m)
         fds = m->request == VHOST_USER_SET_INFLIGHT_FD;
         break;
     case VHOST_USER_SET_BACKEND_REQ_FD:
-    case VHOST_USER_SET_LOG_BASE:
     case VHOST_USER_SET_LOG_FD:
         min_size = 0;
+        fds = 1;
+        break;
+    case VHOST_USER_SET_LOG_BASE:
+        size = 16; /* the log description: size, offset */
         fds = 1;
         break;
     default: /* GET_* without arguments, SET_OWNER, resets, and requests we refuse anyway */
@@ -805,7 +952,14 @@ static uint64_t protocol_features_offered(void)
     return (1ull << VHOST_USER_PROTOCOL_F_MQ) | (1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK) |
            (1ull << VHOST_USER_PROTOCOL_F_CONFIG) | (1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) |
            (1ull << VHOST_USER_PROTOCOL_F_RESET_DEVICE) | (1ull << VHOST_USER_PROTOCOL_F_BACKEND_REQ) |
-           (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
+           (1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) | (1ull << VHOST_USER_PROTOCOL_F_LOG_SHMFD);
+}
+
+/* The device's features, and the transport's: VHOST_F_LOG_ALL (we log our
+ * writes into guest memory while the front end migrates). */
+static uint64_t features_offered(struct vu_dev *dev)
+{
+    return dev->ops->features(dev) | (1ull << VHOST_F_LOG_ALL);
 }
 
 static void reset_device(struct vu_dev *dev)
@@ -828,17 +982,23 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
     struct vu_queue *q = NULL;
     switch (m->request) {
     case VHOST_USER_GET_FEATURES:
-        return reply_u64(dev, m, dev->ops->features(dev)) < 0 ? -EIO : 1;
+        return reply_u64(dev, m, features_offered(dev)) < 0 ? -EIO : 1;
     case VHOST_USER_SET_FEATURES: {
-        uint64_t offered = dev->ops->features(dev);
+        uint64_t offered = features_offered(dev);
         if (u64 & ~offered) {
             vbd_error_report("%s: front end set features 0x%llx we did not offer", dev->name,
                              (unsigned long long)(u64 & ~offered));
             return -EINVAL;
         }
+        bool log_was = vu_has_feature(dev, VHOST_F_LOG_ALL);
         dev->features = u64;
         dev->features_acked = true;
-        dev->ops->features_set(dev, u64);
+        dev->ops->features_set(dev, u64 & ~(1ull << VHOST_F_LOG_ALL));
+        if (log_was != vu_has_feature(dev, VHOST_F_LOG_ALL)) {
+            /* a migration starts or ends: the running rings log, or stop */
+            log_apply_all(dev);
+            vbd_info("%s: dirty logging %s", dev->name, log_was ? "off" : "on");
+        }
         return 0;
     }
     case VHOST_USER_GET_PROTOCOL_FEATURES:
@@ -920,21 +1080,31 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
     }
     case VHOST_USER_SET_VRING_ADDR: {
         uint32_t index, flags;
-        uint64_t desc, used, avail;
+        uint64_t desc, used, avail, log;
         memcpy(&index, m->payload, 4);
         memcpy(&flags, m->payload + 4, 4);
         memcpy(&desc, m->payload + 8, 8);
         memcpy(&used, m->payload + 16, 8);
         memcpy(&avail, m->payload + 24, 8);
-        if (!(q = get_queue(dev, index)) || q->started) {
-            vbd_error_report("%s: SET_VRING_ADDR for queue %u that does not exist or runs", dev->name, index);
+        memcpy(&log, m->payload + 32, 8);
+        if (!(q = get_queue(dev, index))) {
+            vbd_error_report("%s: SET_VRING_ADDR for queue %u (the device has %u)", dev->name, index, dev->max_queues);
             return -EINVAL;
         }
-        if (flags & VHOST_VRING_F_LOG_USED) {
-            vbd_error_report("%s: queue %u: SET_VRING_ADDR asks for used-ring logging, which was not negotiated",
-                             dev->name, index);
-            return -EINVAL;
+        if (q->started) {
+            /* QEMU's vhost_dev_set_log: the same addresses, used-ring
+             * logging turned on or off while the ring runs */
+            if (desc != q->desc_qva || used != q->used_qva || avail != q->avail_qva) {
+                vbd_error_report("%s: SET_VRING_ADDR moves queue %u while it runs", dev->name, index);
+                return -EBUSY;
+            }
+            q->log_used_asked = flags & VHOST_VRING_F_LOG_USED;
+            q->log_used_gpa = log;
+            log_apply(dev, q);
+            return 0;
         }
+        q->log_used_asked = flags & VHOST_VRING_F_LOG_USED;
+        q->log_used_gpa = log;
         /* virtio 1.x 2.7: descriptor table 16, available ring 2, used ring 4 bytes aligned */
         if (desc % 16 || avail % 2 || used % 4) {
             vbd_error_report("%s: queue %u: unaligned ring addresses (desc 0x%llx, avail 0x%llx, used 0x%llx)",
@@ -1033,6 +1203,12 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
         dev->backend_req_fd = fd;
         return 0;
     }
+    case VHOST_USER_SET_LOG_BASE:
+        if (set_log_base(dev, m) < 0)
+            return -EINVAL; /* no reply: the connection drops (serve) */
+        return reply_u64(dev, m, 0) < 0 ? -EIO : 1;
+    case VHOST_USER_SET_LOG_FD:
+        return set_log_fd(dev, m);
     case VHOST_USER_SET_VRING_ENDIAN:
         return (u64 >> 32) == 0 ? 0 : -ENOTSUP; /* little-endian only (VERSION_1) */
     default:
@@ -1082,6 +1258,7 @@ static bool has_own_reply(uint32_t request)
 static void disconnect(struct vu_dev *dev)
 {
     reset_device(dev);
+    log_clear(dev);
     vu_mem_clear(dev);
     inflight_clear(dev);
     if (dev->backend_req_fd >= 0)
@@ -1205,7 +1382,7 @@ static void accept_co(void *arg)
 int vu_dev_start(struct vu_dev *dev, struct vbd_error **err)
 {
     dev->loop = vbd_loop_current();
-    dev->listen_fd = dev->conn_fd = dev->inflight_fd = dev->backend_req_fd = -1;
+    dev->listen_fd = dev->conn_fd = dev->inflight_fd = dev->backend_req_fd = dev->log_call_fd = -1;
     dev->conn_done = true;
     if (dev->server) {
         int fd = vbd_unix_listen(dev->path, 4);

@@ -52,6 +52,17 @@ struct vu_queue {
     bool notify_held;     /* completions of one merged request are being pushed */
     struct vbd_bh notify_bh;
     void *dev_queue; /* the device's per-queue state */
+    /* Dirty logging for a migration, read on q->loop only (set there by
+     * the message handler): the front end's log while VHOST_F_LOG_ALL is on
+     * and a log is mapped, else NULL; the eventfd to kick after each
+     * logged request (SET_LOG_FD, or -1). The used ring's logging is
+     * q->vq.used_log. */
+    uint8_t *log;
+    uint64_t log_size;
+    int log_call_fd;
+    bool log_warned;      /* a write beyond the log was reported */
+    bool log_used_asked;  /* SET_VRING_ADDR's VHOST_VRING_F_LOG, with its log_guest_addr: */
+    uint64_t log_used_gpa;
 };
 
 struct vu_dev_ops {
@@ -101,6 +112,12 @@ struct vu_dev {
     uint16_t inflight_queue_size;
     uint16_t inflight_num_queues;
     int backend_req_fd;
+    /* the dirty log (SET_LOG_BASE): mapping, and the bitmap in it */
+    void *log_map;
+    size_t log_map_len;
+    uint8_t *log;
+    uint64_t log_size;
+    int log_call_fd; /* SET_LOG_FD, or -1 */
     void *opaque; /* the device */
 };
 
@@ -129,6 +146,13 @@ void vu_queue_complete(struct vu_queue *q, uint16_t head, uint32_t len, uint64_t
  * yet (else the bottom half's). No yield in between. */
 void vu_queue_hold_notify(struct vu_queue *q);
 void vu_queue_release_notify(struct vu_queue *q);
+/* The device wrote into these guest buffers (segments from the ring's
+ * chain): while a migration logs writes (q->log set: test it first, the
+ * hot path's only cost), marks their pages in the dirty log. On q's loop;
+ * atomic ORs only. Then vu_queue_log_kick tells the front end (SET_LOG_FD's
+ * eventfd, if it gave one), once per request as libvhost-user. */
+void vu_queue_log_write(struct vu_queue *q, const struct iovec *iov, int n);
+void vu_queue_log_kick(struct vu_queue *q);
 /* A malformed ring: log once, stop processing the queue until reset. */
 void vu_queue_fail(struct vu_queue *q, const char *why);
 bool vu_queue_can_process(const struct vu_queue *q);

@@ -3,9 +3,11 @@
 #include "virtqueue.h"
 
 #include "vbd/barrier.h"
+#include "vbd/vhost-user-protocol.h"
 
 
 #include <errno.h>
+#include <stddef.h>
 #include <linux/virtio_ring.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,41 @@ void *vu_qva_to_host(const struct vu_mem *m, uint64_t qva, uint64_t len)
             return r->host + (qva - r->qva);
     }
     return NULL;
+}
+
+bool vu_host_to_gpa(const struct vu_mem *m, const void *p, uint64_t len, uint64_t *gpa)
+{
+    uintptr_t a = (uintptr_t)p;
+    for (int i = 0; i < m->nregions; i++) {
+        const struct vu_mem_region *r = &m->r[i];
+        uintptr_t h = (uintptr_t)r->host;
+        if (a >= h && a - h < r->size && len <= r->size - (a - h)) {
+            *gpa = r->gpa + (a - h);
+            return true;
+        }
+    }
+    return false;
+}
+
+bool vu_log_mark(uint8_t *log, uint64_t size, uint64_t gpa, uint64_t len)
+{
+    if (!len)
+        return true;
+    uint64_t first = gpa / VHOST_LOG_PAGE, last = (gpa + len - 1) / VHOST_LOG_PAGE;
+    if (gpa + len < gpa || last / 8 >= size)
+        return false;
+    for (uint64_t page = first; page <= last; page++)
+        __atomic_fetch_or(&log[page / 8], (uint8_t)(1u << (page % 8)), __ATOMIC_RELAXED);
+    return true;
+}
+
+/* The used ring's bytes [off, off+len) were written: logged while a
+ * migration asks for it. A log too small for the ring was refused when the
+ * ring's log address was set (vhost-user.c, log_apply_here). */
+static inline void log_used(struct vu_vq *vq, uint64_t off, uint64_t len)
+{
+    if (__builtin_expect(vq->used_log != NULL, 0))
+        vu_log_mark(vq->used_log, vq->used_log_size, vq->used_log_gpa + off, len);
 }
 
 /* A buffer may span adjacent regions: map it piecewise. */
@@ -196,8 +233,10 @@ void vu_vq_push(struct vu_vq *vq, uint16_t head, uint32_t len)
     struct vring_used_elem *u = &vq->used->ring[vq->used_idx % vq->num];
     u->id = head;
     u->len = len;
+    log_used(vq, offsetof(struct vring_used, ring) + (vq->used_idx % vq->num) * sizeof(*u), sizeof(*u));
     vq->used_idx++;
     store_release16(&vq->used->idx, vq->used_idx);
+    log_used(vq, offsetof(struct vring_used, idx), sizeof(vq->used->idx));
     if (q) {
         q->desc[head].inflight = 0;
         __atomic_store_n(&q->used_idx, vq->used_idx, __ATOMIC_RELEASE); /* after the entry is cleared */
@@ -235,8 +274,10 @@ bool vu_vq_enable_notification(struct vu_vq *vq)
         /* avail_event lives after the used ring */
         uint16_t *avail_event = (uint16_t *)&vq->used->ring[vq->num];
         store_release16(avail_event, vq->last_avail_idx);
+        log_used(vq, offsetof(struct vring_used, ring) + vq->num * sizeof(struct vring_used_elem), 2);
     } else {
         store_release16(&vq->used->flags, load_acquire16(&vq->used->flags) & ~VRING_USED_F_NO_NOTIFY);
+        log_used(vq, offsetof(struct vring_used, flags), 2);
     }
     vbd_smp_mb();
     return vu_vq_pending(vq) != 0;
@@ -246,8 +287,10 @@ void vu_vq_disable_notification(struct vu_vq *vq)
 {
     /* with EVENT_IDX nothing to write: avail_event is left behind, so the
      * driver stops kicking once it has passed it */
-    if (!vq->event_idx)
+    if (!vq->event_idx) {
         store_release16(&vq->used->flags, load_acquire16(&vq->used->flags) | VRING_USED_F_NO_NOTIFY);
+        log_used(vq, offsetof(struct vring_used, flags), 2);
+    }
 }
 
 size_t vu_inflight_queue_size(uint16_t queue_size)

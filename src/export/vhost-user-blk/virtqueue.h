@@ -38,6 +38,15 @@ struct vu_mem {
 /* Host pointer for [gpa, gpa+len) when it lies inside one region, else NULL. */
 void *vu_gpa_to_host(const struct vu_mem *m, uint64_t gpa, uint64_t len);
 void *vu_qva_to_host(const struct vu_mem *m, uint64_t qva, uint64_t len);
+/* The guest address of host pointer p (a buffer mapped by vu_vq_pop, which
+ * lies inside one region): true with *gpa set, false outside guest memory. */
+bool vu_host_to_gpa(const struct vu_mem *m, const void *p, uint64_t len, uint64_t *gpa);
+
+/* Marks the guest pages of [gpa, gpa+len) dirty in a dirty log of size
+ * bytes (vhost-user "Migration": bit page%8 of byte page/8), each byte by
+ * an atomic OR: the front end and the other rings' threads share the log.
+ * False when some page lies beyond the log (nothing marked then). */
+bool vu_log_mark(uint8_t *log, uint64_t size, uint64_t gpa, uint64_t len);
 
 /* Per-descriptor record of the shared inflight region (split rings), so a
  * restarted back end can find the requests that were in flight. */
@@ -83,6 +92,12 @@ struct vu_vq {
     bool broken; /* set on a malformed ring: no further processing until reset */
     struct vu_inflight_queue *inflight;
     uint64_t inflight_counter;
+    /* While the used ring's writes are logged for a migration (VHOST_F_LOG_ALL
+     * and the ring's VHOST_VRING_F_LOG): the front end's dirty log (bytes
+     * of bits, one per guest page) and the guest address the used ring's
+     * first byte is logged at. NULL: not logged (the hot path's one test). */
+    uint8_t *used_log;
+    uint64_t used_log_size, used_log_gpa;
 };
 
 /* A popped chain: out (device-readable) segments first, then in. */

@@ -1,0 +1,44 @@
+# Runs while the VM is live-migrated (vhost-user-migrate.sh): pass after
+# pass, a checksummed pattern written and read back with O_DIRECT, 64 KiB
+# at a time, each pass on an area of its own (VBD_MIG_MIB MiB, default 4,
+# from the disk's start) with a seed of its own, until the host says the
+# migration is done (the disk's last sector starts with MIGRATED; looked at
+# after each pass). Each chunk is also read through the page cache, whose
+# pages the guest's CPU never writes again and no later pass reads again.
+# Then every area is checked from those cached pages, then O_DIRECT, then
+# buffered again after the cache is dropped.
+. /lib/vbd.sh
+area=$(((${VBD_MIG_MIB:-4} << 20) / lbs)) chunk=$((65536 / lbs))
+last=$((size / 512 - 1))
+max=$(((size / lbs - 1) / area))
+[ "$max" -ge 3 ] || fail "disk too small for 3 areas of $area blocks"
+migrated() { [ "$(dd if=$dev bs=512 skip=$last count=1 iflag=direct 2>/dev/null | head -c 8)" = MIGRATED ]; }
+base=$seed pass=0
+drop_caches
+while :; do
+    pass=$((pass + 1))
+    seed=$base-$pass
+    b=$(((pass - 1) * area))
+    while [ $b -lt $((pass * area)) ]; do
+        write_pattern $b $chunk direct
+        check_region $b $chunk direct
+        check_region $b $chunk buffered
+        b=$((b + chunk))
+    done
+    log "migrate: pass $pass done"
+    migrated && break
+    [ $pass -lt $max ] || fail "no migration after $pass passes"
+done
+for how in cached direct dropped; do
+    [ $how = dropped ] && drop_caches
+    p=1
+    while [ $p -le $pass ]; do
+        seed=$base-$p
+        case $how in
+            direct) check_region $(((p - 1) * area)) $area direct ;;
+            *) check_region $(((p - 1) * area)) $area buffered ;;
+        esac
+        p=$((p + 1))
+    done
+done
+log "migrate: after $pass passes every block of every pass verified"
