@@ -5,9 +5,9 @@
  * directory; more than a message takes), in any order and repeated, with
  * kicks and virtio-blk requests written into the guest's memory between
  * them. The export is the real one (vbd_export_type_vhost_user_blk on a
- * 1 MiB null-co node, two queues) listening on a unix socket on this
- * process's loop, so every message goes through recvmsg, the checks and
- * the handlers as it does in vbd-daemon.
+ * 1 MiB node, two queues; one of two, see exports) listening on a unix
+ * socket on this process's loop, so every message goes through recvmsg,
+ * the checks and the handlers as it does in vbd-daemon.
  *
  * After each message the front end sends GET_QUEUE_NUM and reads every
  * reply until that one's: a reply must be well formed (version 1 with the
@@ -24,7 +24,8 @@
  * end's set-up (features, protocol features with REPLY_ACK, the memory
  * table, two rings of 64 entries running with kick and call eventfds), so
  * that the rest reaches a device that runs; bit 1 negotiates EVENT_IDX and
- * INDIRECT_DESC in it. Then operations, one byte each and their
+ * INDIRECT_DESC in it; bit 2 picks the export that stops on I/O errors
+ * (see exports). Then operations, one byte each and their
  * arguments (see run_ops).
  */
 #include "blk-internal.h"
@@ -32,6 +33,7 @@
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
+#include "vbd/options.h"
 #include "vbd/vhost-user-protocol.h"
 
 #include <dirent.h>
@@ -78,8 +80,13 @@ static uint8_t next(struct cursor *c)
     return *c->p++;
 }
 
-static struct vbd_export *export;
-static char sock_path[108];
+/* Two exports: e0 on a null-co node; e1 with werror=stop and rerror=stop
+ * on a blkdebug node over null-co that fails reads and writes at sector
+ * 2000 (EIO): its failed requests are parked, the rings stop popping, and
+ * only stopping the ring (GET_VRING_BASE, a reset, the front end gone)
+ * completes them. */
+static struct vbd_export *exports[2];
+static char sock_paths[2][108];
 static uint8_t *guest;   /* our mapping of the guest's memory */
 static int guest_fd;     /* a memfd, kept across inputs */
 /* This process's fds and memfd mappings when the input began (no front
@@ -91,6 +98,7 @@ static int maps_at_start;
 /* The front end's state for one input. */
 struct front_end {
     struct cursor in;
+    int which; /* the export: 0, or 1 (the one that stops on errors) */
     bool setup, ring_features;
     int sock;                     /* -1 once the back end closed it */
     int eventfds[MAX_EVENTFDS];   /* our copies of the eventfds we sent (kicks) */
@@ -404,12 +412,15 @@ static bool setup_device(struct front_end *fe)
     return true;
 }
 
-/* A virtio-blk request the guest puts on ring q: header, data, status. */
+/* A virtio-blk request the guest puts on ring q (bit 0; bit 7: no kick,
+ * so that the next kick pops it with others, a batch that merges):
+ * header, data, status. */
 static void post_request(struct front_end *fe, uint8_t q, uint8_t type, uint8_t sector, uint8_t sectors)
 {
     static const uint32_t types[] = {VIRTIO_BLK_T_IN,      VIRTIO_BLK_T_OUT,          VIRTIO_BLK_T_FLUSH,
                                      VIRTIO_BLK_T_GET_ID,  VIRTIO_BLK_T_DISCARD,      VIRTIO_BLK_T_WRITE_ZEROES,
                                      0x7fff};
+    bool kick = !(q & 0x80); /* else it waits for the next kick, with others: a batch to merge */
     q &= 1;
     uint8_t *ring = guest + q * RING_STRIDE;
     struct vring_desc *desc = (struct vring_desc *)ring;
@@ -437,7 +448,7 @@ static void post_request(struct front_end *fe, uint8_t q, uint8_t type, uint8_t 
     desc[next_desc] = (struct vring_desc){hdr_gpa + 0x100, 1, VRING_DESC_F_WRITE, 0};
     avail->ring[idx % RING_NUM] = head;
     __atomic_store_n(&avail->idx, (uint16_t)(idx + 1), __ATOMIC_RELEASE);
-    if (fe->setup)
+    if (fe->setup && kick)
         eventfd_write(fe->kick[q], 1);
 }
 
@@ -521,9 +532,9 @@ static bool run_ops(struct front_end *fe)
     return true;
 }
 
-static void wait_back_end_idle(void)
+static void wait_back_end_idle(struct front_end *fe)
 {
-    struct blk_export *e = (struct blk_export *)export;
+    struct blk_export *e = (struct blk_export *)exports[fe->which];
     while (!e->dev.conn_done || __atomic_load_n(&e->dev.conn_fd, __ATOMIC_RELAXED) >= 0)
         vbd_co_queue_wait(&e->dev.idle);
 }
@@ -534,7 +545,7 @@ static void front_end_co(void *arg)
     bool input_left = true;
     while (input_left) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_paths[fe->which]);
         fe->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fe->sock < 0 || vbd_co_connect(fe->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0)
             abort();
@@ -551,7 +562,7 @@ static void front_end_co(void *arg)
         for (int i = 0; i < fe->neventfds; i++)
             close(fe->eventfds[i]);
         fe->neventfds = 0;
-        wait_back_end_idle();
+        wait_back_end_idle(fe);
         int fds = count_fds(false, false), maps = count_memfd_maps();
         if (fds != fds_at_start) {
             count_fds(false, true);
@@ -566,6 +577,18 @@ static void front_end_co(void *arg)
     }
 }
 
+static struct json_object *export_opts(const char *id, const char *node, const char *path)
+{
+    struct json_object *eo = json_object_new_object();
+    json_object_object_add(eo, "id", json_object_new_string(id));
+    json_object_object_add(eo, "node-name", json_object_new_string(node));
+    json_object_object_add(eo, "addr.type", json_object_new_string("unix"));
+    json_object_object_add(eo, "addr.path", json_object_new_string(path));
+    json_object_object_add(eo, "writable", json_object_new_boolean(1));
+    json_object_object_add(eo, "num-queues", json_object_new_int(2));
+    return eo;
+}
+
 static void setup_co(void *arg)
 {
     (void)arg;
@@ -573,8 +596,10 @@ static void setup_co(void *arg)
     const char *dir = getenv("TMPDIR");
     if (!dir || strlen(dir) > 60)
         dir = "/tmp";
-    snprintf(sock_path, sizeof(sock_path), "%s/vbd-fuzz-vu-%d.sock", dir, (int)getpid());
-    unlink(sock_path);
+    for (int i = 0; i < 2; i++) {
+        snprintf(sock_paths[i], sizeof(sock_paths[i]), "%s/vbd-fuzz-vu-%d.%d.sock", dir, (int)getpid(), i);
+        unlink(sock_paths[i]);
+    }
     struct json_object *no = json_object_new_object();
     json_object_object_add(no, "driver", json_object_new_string("null-co"));
     json_object_object_add(no, "node-name", json_object_new_string("n0"));
@@ -582,26 +607,38 @@ static void setup_co(void *arg)
     json_object_object_add(no, "read-zeroes", json_object_new_boolean(1));
     if (!vbd_open(NULL, no, VBD_OPEN_RDWR, &err))
         abort();
-    struct json_object *eo = json_object_new_object();
-    json_object_object_add(eo, "id", json_object_new_string("e0"));
-    json_object_object_add(eo, "node-name", json_object_new_string("n0"));
-    json_object_object_add(eo, "addr.type", json_object_new_string("unix"));
-    json_object_object_add(eo, "addr.path", json_object_new_string(sock_path));
-    json_object_object_add(eo, "writable", json_object_new_boolean(1));
-    json_object_object_add(eo, "num-queues", json_object_new_int(2));
-    export = vbd_export_type_vhost_user_blk.create(eo, &err);
-    if (!export) {
-        fprintf(stderr, "fuzz-vhost-user: %s\n", err ? err->msg : "cannot create the export");
+    struct json_object *bo = vbd_keyval_parse("driver=blkdebug,node-name=b0,image.driver=null-co,image.size=1M,"
+                                              "image.read-zeroes=on,inject-error.0.event=read_aio,"
+                                              "inject-error.0.sector=2000,inject-error.1.event=write_aio,"
+                                              "inject-error.1.sector=2000",
+                                              NULL, &err);
+    if (!bo)
+        abort();
+    if (!vbd_open(NULL, bo, VBD_OPEN_RDWR, &err)) {
+        fprintf(stderr, "fuzz-vhost-user: %s\n", err ? err->msg : "cannot open the blkdebug node");
         abort();
     }
-    json_object_put(eo);
+    struct json_object *eo[2] = {export_opts("e0", "n0", sock_paths[0]), export_opts("e1", "b0", sock_paths[1])};
+    json_object_object_add(eo[1], "werror", json_object_new_string("stop"));
+    json_object_object_add(eo[1], "rerror", json_object_new_string("stop"));
+    json_object_object_add(eo[1], "retry-interval", json_object_new_int(0)); /* only on SIGUSR1: never here */
+    for (int i = 0; i < 2; i++) {
+        exports[i] = vbd_export_type_vhost_user_blk.create(eo[i], &err);
+        if (!exports[i]) {
+            fprintf(stderr, "fuzz-vhost-user: %s\n", err ? err->msg : "cannot create the export");
+            abort();
+        }
+        json_object_put(eo[i]);
+    }
 }
 
 static void stop_co(void *arg)
 {
     (void)arg;
-    vbd_export_type_vhost_user_blk.shutdown(export);
-    vbd_export_type_vhost_user_blk.free(export);
+    for (int i = 0; i < 2; i++) {
+        vbd_export_type_vhost_user_blk.shutdown(exports[i]);
+        vbd_export_type_vhost_user_blk.free(exports[i]);
+    }
 }
 
 static void stop_export(void)
@@ -631,6 +668,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .in = {data + 1, size - 1},
         .setup = data[0] & 1,
         .ring_features = data[0] & 2,
+        .which = (data[0] >> 2) & 1,
     };
     vbd_co_run_sync(front_end_co, &fe);
     return 0;
