@@ -465,7 +465,8 @@ static bool fuzzed_msg(struct front_end *fe, uint8_t op)
     uint32_t size = 0;
     unsigned chunks = next(c) % 16;
     if (op & 0x80) { /* a large payload: up to the limit */
-        size = (uint32_t)((next(c) << 8 | next(c)) % (MAX_PAYLOAD + 1));
+        uint32_t hi = next(c); /* two statements: the order of calls in one expression is unspecified */
+        size = (hi << 8 | next(c)) % (MAX_PAYLOAD + 1);
         for (uint32_t i = 0; i < size; i++)
             payload[i] = next(c);
         chunks = 0;
@@ -518,7 +519,8 @@ static bool run_ops(struct front_end *fe)
             break;
         }
         case 7: {
-            uint32_t off = (uint32_t)(next(c) << 10 | next(c) << 2) % GUEST_MEM;
+            uint32_t off = (uint32_t)next(c) << 10;
+            off = (off | (uint32_t)next(c) << 2) % GUEST_MEM;
             unsigned n = next(c) % 32;
             for (unsigned i = 0; i < n && off + i < GUEST_MEM; i++)
                 guest[off + i] = next(c);
