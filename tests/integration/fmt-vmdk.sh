@@ -236,6 +236,32 @@ must "$VBD_IMG" info --output=json vs.vmdk >vi.json
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); x=d["format-specific"]["data"]; sys.exit(not (d["virtual-size"] == 8388608 and x["create-type"] == "vmfsSparse" and [(e["format"], e["virtual-size"]) for e in x["extents"]] == [("VMFSSPARSE", 8388608)]))' vi.json ||
     fail "vmfsSparse: info: $(cat vi.json)"
 
+step "the first write's new CID in a descriptor file: the old text's tail stays out of it"
+# The rewritten descriptor is shorter than the old one here (the old CID
+# line has trailing blanks, which qemu-img reads past): the file was cut
+# with a truncate that may leave it longer, so the old text's last 27
+# bytes, a whole extent line, stayed behind the new text and the disk grew
+# to two extents over one file. With text behind a NUL (which is not the
+# descriptor), the longer new text ran over the NUL and took that text in
+# (found by fuzz-vmdk). Both: vbd and qemu read one 64 KiB extent after
+# vbd-io's write, with its data.
+mkdir -p cid
+must truncate -s 64K cid/a-flat.img
+line='RW 128 FLAT "a-flat.img" 0'
+printf '# Disk DescriptorFile\nversion=1\nCID=fffffffe%27s\nparentCID=ffffffff\ncreateType="monolithicFlat"\n%s\n' '' "$line" >cid/blank.vmdk
+printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n%s\n\0\0\0\0\0\0\0%s\n' "$line" "$line" >cid/nul.vmdk
+for d in blank nul; do
+    run_io "$VBD_IO" vmdk cid/$d.vmdk -c "write -P 0x5a 512 4096"
+    grep -aq '^CID=[0-9a-f]\{8\}$' cid/$d.vmdk || fail "$d: no new CID line: $(cat -A cid/$d.vmdk)"
+    for tool in "$VBD_IMG" qemu-img; do
+        "$tool" info -f vmdk --output=json cid/$d.vmdk >cid/info.json || fail "$d: $tool info"
+        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(d["virtual-size"] != 65536)' cid/info.json ||
+            fail "$d: $tool reads the rewritten descriptor as $(grep -o '"virtual-size": [0-9]*' cid/info.json | head -1), not 65536: $(cat -A cid/$d.vmdk)"
+    done
+    run_io qemu-io vmdk cid/$d.vmdk -c "read -P 0x5a 512 4096" -c "read -P 0 4608 1024"
+done
+[ "$(grep -ac '^RW' cid/blank.vmdk)" = 1 ] || fail "blank: not one extent line: $(cat -A cid/blank.vmdk)"
+
 step "hostile descriptors and images: one-line errors"
 mkdir -p sub out
 must qemu-img create -q -f vmdk -o subformat=monolithicFlat out/x.vmdk 1M

@@ -38,6 +38,35 @@ for engine in io_uring epoll; do
     kill -0 $dpid || fail "the daemon died"
     stop_daemon
 done
+# The fd count above is compared between the first round and the last; here
+# from before the first hostile connection to after the last, file by file,
+# while the same daemon serves a second export (NBD, another image) that a
+# qemu-io reads and writes afterwards.
+step "a hostile session leaves the daemon the fds it had before it; its other export still serves"
+command -v qemu-io >/dev/null || skip "qemu-io not installed"
+must truncate -s 4M "$T/other.img"
+must qemu-io -f raw -c "write -P 0x6b 0 4M" "$T/other.img" >/dev/null
+ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
+    --blockdev driver=file,node-name=file0,filename="$T/disk.img" \
+    --blockdev driver=raw,node-name=disk0,file=file0 \
+    --blockdev driver=file,node-name=file1,filename="$T/other.img" \
+    --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$S",writable=on,num-queues=2 \
+    --nbd-server addr.type=unix,addr.path="$T/nbd.sock" \
+    --export type=nbd,id=e1,node-name=file1,name=other,writable=on
+wait_sock "$T/nbd.sock"
+fds_of() { ls -l /proc/$dpid/fd | awk 'NR > 1 {print $9, $11}' | sort; }
+fds_of >"$T/fds.before"
+"$H" "$S" "$T/daemon.log" "$dpid" 2 8192 || { tail -30 "$T/daemon.log"; fail "hostile front end (other export)"; }
+fds_of >"$T/fds.after"
+diff "$T/fds.before" "$T/fds.after" || fail "the daemon's fds differ after the hostile session (< before, > after)"
+echo "daemon fds before and after: $(wc -l <"$T/fds.before")"
+out=$(qemu-io -f raw "nbd+unix:///other?socket=$T/nbd.sock" -c "read -P 0x6b 0 4M" -c "write -P 0x6c 1M 64k" \
+    -c "read -P 0x6c 1M 64k" 2>&1) || fail "qemu-io over the other export: $out"
+case $out in *fail* | *error*) fail "qemu-io over the other export: $out" ;; esac
+kill -0 $dpid || fail "the daemon died"
+stop_daemon
+out=$(qemu-io -f raw -c "read -P 0x6b 0 1M" -c "read -P 0x6c 1M 64k" -c "read -P 0x6b 1088k 2944k" "$T/other.img" 2>&1)
+case $out in *fail* | *error*) fail "the other image after the daemon stopped: $out" ;; esac
 # A request of more segments than one syscall takes (its buffers cross
 # memory regions) over an NBD client node: its write went out in one
 # sendmsg of more than 1024 segments (EMSGSIZE) and dropped the connection.

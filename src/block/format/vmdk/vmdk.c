@@ -545,11 +545,13 @@ static int update_cid(struct vbd_node *n)
             free(nd);
             return 0; /* no room: leave the old CID, as the data is what matters */
         }
-        /* the new text over the old one, zero-padded to the old one's end
-         * (within the room): what lies after it is left alone, as QEMU
-         * rewrites only the descriptor's bytes */
+        /* the new text over the old one, with its NUL (bytes behind the
+         * old text's NUL are not the descriptor and must not join it),
+         * zero-padded to the old one's end (within the room): what lies
+         * after it is left alone, as QEMU rewrites only the descriptor's
+         * bytes */
         size_t old = strlen(s->desc);
-        size_t span = len > old ? len : old;
+        size_t span = len + 1 > old ? len + 1 : old;
         if (span > s->desc_room)
             span = s->desc_room;
         uint8_t *buf = calloc(1, span);
@@ -557,9 +559,17 @@ static int update_cid(struct vbd_node *n)
         rc = vbd_node_co_pwrite(n->file, s->desc_off, buf, span, 0);
         free(buf);
     } else {
-        rc = vbd_node_co_pwrite(n->file, 0, nd, len, 0);
-        if (rc == 0 && vbd_node_size(n->file) > len)
-            rc = vbd_node_co_truncate(n->file, len, false, VBD_PREALLOC_OFF, NULL);
+        /* a descriptor file: the new text ends with a NUL, zero-padded to
+         * the old text's end, as QEMU writes it. A truncate to the new
+         * length (one that may leave the file longer) left the old text's
+         * last bytes behind a shorter new one, and a longer one ran over
+         * the NUL that ended the old text: either way bytes that were not
+         * the descriptor became lines of it (a second extent). */
+        size_t old = strlen(s->desc), span = len + 1 > old ? len + 1 : old;
+        uint8_t *buf = calloc(1, span);
+        memcpy(buf, nd, len);
+        rc = vbd_node_co_pwrite(n->file, 0, buf, span, 0);
+        free(buf);
     }
     if (rc == 0) {
         free(s->desc);
