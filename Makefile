@@ -17,13 +17,16 @@ $(BUILD)/build.ninja:
 $(BUILD_ASAN)/build.ninja:
 	meson setup $(BUILD_ASAN) --buildtype=debug -Doptimization=1 -Db_sanitize=address,undefined -Db_lundef=false $(MESON_OPTS)
 
-# ThreadSanitizer build of the daemon only: tests/integration/tsan-iothreads.sh
-# runs it with rings on iothreads (make check builds it).
+# ThreadSanitizer build of the programs that run threads: vbd-daemon
+# (iothreads, the thread pool; tests/integration/tsan-iothreads.sh and
+# tsan-qmp-paths.sh), vbd-img (convert -m N's loop threads) and vbd-nbd
+# (--aio=threads: the pool) (tsan-tools.sh), and vbd-bench, their client
+# (make check builds it). The library is built once for all four.
 $(BUILD_TSAN)/build.ninja:
 	meson setup $(BUILD_TSAN) --buildtype=debugoptimized -Db_sanitize=thread $(MESON_OPTS)
 
 build-tsan: deps $(BUILD_TSAN)/build.ninja
-	ninja -C $(BUILD_TSAN) src/tools/vbd-daemon
+	ninja -C $(BUILD_TSAN) src/tools/vbd-daemon src/tools/vbd-img src/tools/vbd-nbd src/tools/vbd-bench
 
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)

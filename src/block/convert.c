@@ -645,6 +645,8 @@ static void *convert_thread_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the caller's business */
+    /* named as the iothreads are ("iot-ID"): top -H and tests tell them apart */
+    pthread_setname_np(pthread_self(), "vbd-convert");
     struct vbd_error *err = NULL;
     t->loop = vbd_loop_new(0, 0, &err);
     vbd_error_free(err);

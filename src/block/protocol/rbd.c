@@ -494,7 +494,11 @@ struct vrbd_chunk {
 static void aio_done(rbd_completion_t c, void *arg)
 {
     struct vrbd_chunk *ch = arg;
-    struct vrbd_req *r = ch->req;
+    /* acquire: pairs with the submitter's release (vrbd_aio). librbd's own
+     * hand-off to this thread orders them already, but through atomics of
+     * an uninstrumented library, which ThreadSanitizer cannot see: this
+     * pair is the order stated in our code (plain loads/stores on x86). */
+    struct vrbd_req *r = __atomic_load_n(&ch->req, __ATOMIC_ACQUIRE);
     ch->ret = rbdlib.rbd_aio_get_return_value(c);
     rbdlib.rbd_aio_release(c);
     /* from librbd's thread: scheduled on the coroutine's loop */
@@ -578,7 +582,8 @@ static int vrbd_aio(struct vbd_node *n, enum vrbd_op op, uint64_t off, uint64_t 
             cniov = vbd_iov_slice(ciov, cap - used, q->iov, q->niov, qoff + coff, clen);
             used += cniov;
         }
-        chunks[sent] = (struct vrbd_chunk){.req = &req, .ret = 0};
+        chunks[sent].ret = 0;
+        __atomic_store_n(&chunks[sent].req, &req, __ATOMIC_RELEASE); /* see aio_done */
         rbd_completion_t c;
         r = rbdlib.rbd_aio_create_completion(&chunks[sent], aio_done, &c);
         if (r < 0)

@@ -294,11 +294,12 @@ int qcow2_read_compressed(struct qcow2_state *s, uint64_t entry, uint8_t *out)
     uint64_t clen = nsect * 512 - (coff & 511);
     if (clen > 2 * s->cluster_size)
         return qcow2_signal_corruption(s, "compressed cluster larger than two clusters", coff);
-    if (coff + clen > s->n->file->size) {
+    uint64_t fsize = vbd_node_size(s->n->file); /* once: another loop may refresh it */
+    if (coff + clen > fsize) {
         /* the last compressed cluster may end past EOF: read what exists */
-        if (coff >= s->n->file->size)
+        if (coff >= fsize)
             return qcow2_signal_corruption(s, "compressed cluster past the end of the file", coff);
-        clen = s->n->file->size - coff;
+        clen = fsize - coff;
     }
     int rc = vbd_node_co_pread(s->n->file, coff, s->cbuf, clen);
     if (rc < 0)

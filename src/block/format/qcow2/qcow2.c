@@ -407,9 +407,9 @@ static void qcow2_close(struct vbd_node *n)
 /* Bytes of [off, off+len) not defined by this image: from the backing file or zeroes. */
 static int read_unallocated(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff)
 {
-    uint64_t done = 0;
-    if (n->backing && off < n->backing->size) {
-        uint64_t b = n->backing->size - off < len ? n->backing->size - off : len;
+    uint64_t done = 0, bsize = n->backing ? vbd_node_size(n->backing) : 0;
+    if (n->backing && off < bsize) {
+        uint64_t b = bsize - off < len ? bsize - off : len;
         int rc = vbd_node_co_preadv(n->backing, off, b, q, qoff, 0);
         if (rc < 0)
             return rc;
@@ -1616,7 +1616,7 @@ static bool metadata_preallocated(struct qcow2_state *s)
         return false;
     uint64_t real_clusters = (uint64_t)real >> s->cluster_bits;
     uint64_t threshold = real_clusters * 10 / 9 > real_clusters + 2 ? real_clusters * 10 / 9 : real_clusters + 2;
-    uint64_t end = (s->n->file->size + s->cluster_size - 1) >> s->cluster_bits, in_use = 0;
+    uint64_t end = (vbd_node_size(s->n->file) + s->cluster_size - 1) >> s->cluster_bits, in_use = 0;
     for (uint64_t k = 0; k < end && in_use < threshold; k++) {
         uint64_t rc;
         if (qcow2_get_refcount(s, k, &rc) < 0)
@@ -1650,10 +1650,11 @@ static int qcow2_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
             st = VBD_BS_OFFSET_VALID;
         }
         /* without a backing file (or past its end) the range reads as zeroes */
-        if (!n->backing || off >= n->backing->size)
+        uint64_t bsize = n->backing ? vbd_node_size(n->backing) : 0;
+        if (!n->backing || off >= bsize)
             return st | VBD_BS_ZERO;
-        if (x.len > n->backing->size - off)
-            *pnum = n->backing->size - off;
+        if (x.len > bsize - off)
+            *pnum = bsize - off;
         return st;
     }
     case QCOW2_ZERO_PLAIN:

@@ -132,7 +132,7 @@ static int load_block(struct qcow2_state *s, uint64_t off)
     int rc = take_slot(s, &sl);
     if (rc < 0)
         return rc;
-    if (off + s->cluster_size > s->n->file->size)
+    if (off + s->cluster_size > vbd_node_size(s->n->file))
         memset(sl->data, 0, s->cluster_size); /* allocated but never written: all zero */
     else if ((rc = vbd_node_co_pread(s->n->file, off, sl->data, s->cluster_size)) < 0)
         return rc;
