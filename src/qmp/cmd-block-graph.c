@@ -20,7 +20,10 @@
  *
  * The same derivation gives the daemon's file nodes their image locks
  * (vbd_qmp_image_locks_follow): each one's cumulative permissions, as
- * QEMU's file-posix locks them, whenever the users of the graph change.
+ * QEMU's file-posix locks them, whenever the users of the graph change;
+ * and before a change that adds a user, QEMU's check of every node's
+ * users against each other (users_conflict), which the OS locks cannot
+ * make: one open file description holds all of a file node's users.
  */
 #include "qmp/commands.h"
 
