@@ -128,7 +128,6 @@ static void add_node(struct graph *g, const void *p, const char *type, const cha
 
 static struct gedge *add_edge(struct graph *g, const void *parent, const void *child, const char *name, enum rule r)
 {
-
     id_of(g, parent);
     id_of(g, child);
     g->edges = grow(g->edges, &g->cap_edges, g->nedges + 1, sizeof(*g->edges));
