@@ -85,8 +85,21 @@ void vbd_qmp_graph_unlock(void);
  * with another open file description (another process, or another file
  * node of ours on the same image) nothing stays changed and err says
  * which lock. Main loop only (asserted), no yield: call it after every
- * change to the graph's users, before anything writes through the change. */
+ * change to the graph's users, before anything writes through the change.
+ * With err, first QEMU's in-process check (bdrv_parent_perms_conflict): a
+ * user that takes what another user of the same node does not share is
+ * refused with QEMU's "Permission conflict on node ..." (-EPERM) and no
+ * lock changes; without err (a user went: only locks that go) no check. */
 int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, struct vbd_error **err);
+/* The same with the extra user named as QEMU names it in a conflict (user:
+ * "node 'cbw'", child: the name of its edge, "target"); the one above is
+ * "an unnamed block device" and "root" (an export's or a job's backend). */
+int vbd_qmp_image_locks_follow_as(struct vbd_node *extra, unsigned perm, unsigned shared, const char *user,
+                                  const char *child, struct vbd_error **err);
+/* The same without the users' check: after a command or a job's end, which
+ * changed the graph as QEMU would have it (a conflict left by such a change
+ * is not a reason to keep stale locks). */
+int vbd_qmp_image_locks_refresh(struct vbd_error **err);
 
 /*
  * A change to the daemon's configuration (vbd-daemon --state): the hook

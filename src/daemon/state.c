@@ -707,10 +707,17 @@ static int replay_implicit_node(struct json_object *args, struct json_object *re
     snprintf(was, sizeof(was), "%s", str_arg(args, "node-name"));
     struct json_object *a = copy(args);
     json_object_object_del(a, "node-name");
-    struct vbd_node *n = vbd_open(NULL, a, VBD_OPEN_RDWR, err);
+    /* locked by its users, as blockdev-add's nodes (and the overlay the
+     * command that made it opened) */
+    struct vbd_node *n = vbd_open(NULL, a, VBD_OPEN_RDWR | VBD_OPEN_LOCK_BY_USERS, err);
     if (!n)
         return -1;
     vbd_daemon_node_add(n);
+    if (vbd_qmp_image_locks_follow(NULL, 0, 0, err) < 0) {
+        vbd_daemon_node_del(n->node_name, NULL);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL);
+        return -1;
+    }
     json_object_object_add(renamed, was, json_object_new_string(n->node_name));
     return 0;
 }
@@ -795,6 +802,7 @@ int vbd_state_load(const char *path, struct vbd_error **err)
             break;
     }
     replaying = false;
+    vbd_qmp_image_locks_refresh(NULL); /* what the replay's opens claimed settles to what the users take */
     json_object_put(renamed);
     json_object_put(cmds);
     if (rc)

@@ -33,6 +33,7 @@
 #include "vbd/qmp.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -429,8 +430,14 @@ struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, s
      * cbw_child_perm: written, never resized); the job's own edges keep
      * them from its creation on */
     struct vbd_error *le = NULL;
-    if (vbd_qmp_image_locks_follow(target, 0x2, 0xf & ~0x8u, &le) < 0) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
+    char cbw[160]; /* QEMU's conflict names the copy-before-write node it was making */
+    if (o->filter_node_name)
+        snprintf(cbw, sizeof(cbw), "node '%s'", o->filter_node_name);
+    else
+        snprintf(cbw, sizeof(cbw), "the backup's copy-before-write node");
+    if (vbd_qmp_image_locks_follow_as(target, 0x2, 0xf & ~0x8u, cbw, "target", &le) < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s%s", le->code == EPERM ? "Could not create node: " : "",
+                           le->msg);
         vbd_error_free(le);
         return NULL;
     }

@@ -387,6 +387,23 @@ struct vbd_job *vbd_commit_start(const char *job_id, struct vbd_node *top, struc
         c->mirror = job_mirror_new(job, &o);
     }
     job->opaque = c;
+    /* the image locks of the job's nodes (the base written) before its
+     * first write, and no user of them that the job's use conflicts with
+     * (QEMU's block_job_add_bdrv checks it as the job takes its nodes) */
+    struct vbd_error *le = NULL;
+    if (vbd_qmp_image_locks_follow(NULL, 0, 0, &le) < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
+        vbd_error_free(le);
+        vbd_job_early_fail(job); /* its nodes, mirror and filter go */
+        vbd_daemon_drain_end(&d);
+        if (was_ro) {
+            struct vbd_error *e = NULL;
+            vbd_node_co_set_read_only(base, true, &e);
+            vbd_error_free(e);
+        }
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL);
+        return NULL;
+    }
     vbd_daemon_drain_end(&d);
     vbd_job_start(job);
     return job;

@@ -729,15 +729,6 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block node '%s' is read-only", a->target->node_name);
         return NULL;
     }
-    /* the target's locks before the job writes it (QEMU's mirror_start_job:
-     * its backend writes and shares only unchanged writes); the job's own
-     * edges keep them from its creation on */
-    struct vbd_error *le = NULL;
-    if (vbd_qmp_image_locks_follow(a->target, 0x2, 0x4, &le) < 0) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
-        vbd_error_free(le);
-        return NULL;
-    }
     /* The exports over the source drained from the filter to the write
      * hook (as QEMU drains around mirror_top's insertion; its dirty bitmap
      * also sees a write that ends later): no write is in flight unhooked
@@ -753,9 +744,22 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_job_early_fail(job);
         job = NULL;
     }
+    /* the target's locks before the job writes it (QEMU's mirror_start_job:
+     * its backend writes and shares only unchanged writes), and no user of
+     * the target that conflicts with that; the job's own edges keep them
+     * from here on. QEMU attaches the target once the job is made: a
+     * refusal shows the job created, then null. */
+    struct vbd_error *le = NULL;
+    if (job && vbd_qmp_image_locks_follow(a->target, 0x2, 0x4, &le) < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
+        vbd_error_free(le);
+        vbd_job_early_fail(job);
+        job = NULL;
+    }
     if (!job) {
         job_filter_co_remove(&filter);
         vbd_daemon_drain_end(&d);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* what the target was to take goes */
         return NULL;
     }
     job->on_target_error = a->on_target_error;

@@ -221,12 +221,21 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
      * one replica apart from the others. QEMU's permission error, which
      * names the copy-before-write node it was making (implicit: '#blockNNN') */
     char by[512], cbw[160];
-    if (vbd_node_data_owner(target, by, sizeof(by)) != VBD_NODE_OWNER_NONE) {
+    int owner = vbd_node_data_owner(target, by, sizeof(by));
+    if (owner != VBD_NODE_OWNER_NONE) {
         if (o.filter_node_name)
             snprintf(cbw, sizeof(cbw), "node '%s'", o.filter_node_name);
         else
             snprintf(cbw, sizeof(cbw), "the backup's copy-before-write node");
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+        /* QEMU looks at the newest user first: the node it makes shares no
+         * resize, which a read-write format takes */
+        if (owner == VBD_NODE_OWNER_FORMAT)
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                               "Could not create node: Permission conflict on node '%s': permissions 'resize' are both "
+                               "required by %s and unshared by %s (uses node '%s' as 'target' child).",
+                               target->node_name, by, cbw, target->node_name);
+        else
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Could not create node: Permission conflict on node '%s': permissions 'write' are both "
                            "required by %s (uses node '%s' as 'target' child) and unshared by %s.",
                            target->node_name, cbw, target->node_name, by);
@@ -325,7 +334,9 @@ static int drive_backup_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     /* the backing is the running node, not its file opened once more */
     if (format && vbd_driver_find(format) && vbd_driver_find(format)->change_backing_file)
         json_object_object_add(o, "backing", backing ? json_object_new_string(backing->node_name) : NULL);
-    struct vbd_node *target = vbd_open(file, o, VBD_OPEN_RDWR, &e);
+    /* locked by its users as blockdev-add's nodes (the backup's from
+     * vbd_backup_create on) */
+    struct vbd_node *target = vbd_open(file, o, VBD_OPEN_RDWR | VBD_OPEN_LOCK_BY_USERS, &e);
     if (!target) {
         vbd_qmp_error_take(err, e);
         return -1;

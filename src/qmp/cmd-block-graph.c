@@ -20,7 +20,10 @@
  *
  * The same derivation gives the daemon's file nodes their image locks
  * (vbd_qmp_image_locks_follow): each one's cumulative permissions, as
- * QEMU's file-posix locks them, whenever the users of the graph change.
+ * QEMU's file-posix locks them, whenever the users of the graph change;
+ * and before a change that adds a user, QEMU's check of every node's
+ * users against each other (users_conflict), which the OS locks cannot
+ * make: one open file description holds all of a file node's users.
  */
 #include "qmp/commands.h"
 
@@ -28,12 +31,14 @@
 #include "vbd/backend.h"
 #include "vbd/block.h"
 #include "vbd/cbw.h"
+#include "vbd/error.h"
 #include "vbd/export.h"
 #include "vbd/job.h"
 #include "vbd/loop.h"
 #include "vbd/qmp.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +74,9 @@ struct gedge {
     enum rule rule;
     bool parent_writable; /* the parent node is read-write (bdrv_is_writable_after_reopen) */
     bool rewrite;         /* quorum's rewrite-corrupted */
+    bool child_force_share; /* a node parent's child opened with force-share: it shares everything */
     unsigned perm, shared;
+    char user[160];       /* the parent, as QEMU's bdrv_child_user_desc names it */
 };
 
 struct graph {
@@ -140,6 +147,11 @@ static void job_edge(void *opaque, struct vbd_node *parent, const char *name, st
     struct gedge *e = add_edge(g, parent ? (const void *)parent : g->job, child, name, RULE_FIXED);
     e->perm = perm;
     e->shared = shared;
+    const struct vbd_job *j = g->job;
+    if (parent)
+        snprintf(e->user, sizeof(e->user), "node '%s'", parent->node_name);
+    else /* QEMU's child_job_get_parent_desc */
+        snprintf(e->user, sizeof(e->user), "%s job '%s'", j->drv->type, j->id);
 }
 
 /* A job's own backend (mirror's on its target, commit's two): a node of
@@ -156,6 +168,7 @@ static void job_backend(void *opaque, struct vbd_node *parent, const char *name,
     struct gedge *e = add_edge(g, key, child, name, RULE_FIXED);
     e->perm = perm;
     e->shared = shared;
+    snprintf(e->user, sizeof(e->user), "an unnamed block device");
 }
 
 static bool has_option(const struct vbd_node *n, const char *key)
@@ -198,18 +211,30 @@ static bool commit_main_node(const struct graph *g, const struct vbd_node *n)
     return false;
 }
 
+/* An edge from node n to its child c: named as QEMU names a node parent;
+ * a child opened with force-share shares everything with its node parents
+ * (QEMU's bdrv_child_perm), a backend's own sharing stays as it is. */
+static struct gedge *add_node_edge(struct graph *g, struct vbd_node *n, struct vbd_node *c, const char *name,
+                                   enum rule r)
+{
+    struct gedge *e = add_edge(g, n, c, name, r);
+    snprintf(e->user, sizeof(e->user), "node '%s'", n->node_name);
+    e->child_force_share = (c->open_flags & VBD_OPEN_FORCE_SHARE) != 0;
+    return e;
+}
+
 /* A node's children, newest first as QEMU's bs->children (the file is
  * attached at open, the backing after it, quorum's children in order). */
 static void node_edges(struct graph *g, struct vbd_node *n)
 {
     bool writable = !n->read_only;
     if (n->backing) {
-        struct gedge *e = add_edge(g, n, n->backing, "backing", RULE_COW);
+        struct gedge *e = add_node_edge(g, n, n->backing, "backing", RULE_COW);
         e->parent_writable = writable;
     }
     struct vbd_node *target = vbd_cbw_node_target(n);
     if (target) {
-        struct gedge *e = add_edge(g, n, target, "target", RULE_FIXED);
+        struct gedge *e = add_node_edge(g, n, target, "target", RULE_FIXED);
         e->perm = PERM_WRITE; /* cbw_child_perm: the target is written, never resized */
         e->shared = PERM_ALL & ~PERM_RESIZE;
     }
@@ -223,7 +248,7 @@ static void node_edges(struct graph *g, struct vbd_node *n)
                        json_object_get_boolean(v);
         for (int i = count - 1; i >= 0; i--) {
             struct vbd_node *c = n->drv->child_at(n, i, name, sizeof(name));
-            struct gedge *e = add_edge(g, n, c, name, RULE_QUORUM);
+            struct gedge *e = add_node_edge(g, n, c, name, RULE_QUORUM);
             e->rewrite = rewrite;
         }
     }
@@ -232,7 +257,7 @@ static void node_edges(struct graph *g, struct vbd_node *n)
         enum rule r = rule_of(n, &name);
         if (r == RULE_FILTER && !strcmp(n->drv->name, "mirror_top") && commit_main_node(g, n))
             r = RULE_COMMIT_MIRROR_TOP;
-        struct gedge *e = add_edge(g, n, n->file, name, r);
+        struct gedge *e = add_node_edge(g, n, n->file, name, r);
         e->parent_writable = writable;
     }
 }
@@ -276,7 +301,7 @@ static void storage_perms(bool metadata, bool writable, unsigned perm, unsigned 
     *ns = shared;
 }
 
-static void derive(const struct graph *g, struct gedge *e, unsigned *np, unsigned *ns)
+static void derive_rule(const struct graph *g, struct gedge *e, unsigned *np, unsigned *ns)
 {
     unsigned perm, shared;
     bool has_parents;
@@ -339,6 +364,13 @@ static void derive(const struct graph *g, struct gedge *e, unsigned *np, unsigne
     }
 }
 
+static void derive(const struct graph *g, struct gedge *e, unsigned *np, unsigned *ns)
+{
+    derive_rule(g, e, np, ns);
+    if (e->child_force_share)
+        *ns = PERM_ALL;
+}
+
 static struct json_object *perm_list(unsigned p)
 {
     struct json_object *a = json_object_new_array();
@@ -382,6 +414,7 @@ static void graph_build(struct graph *g)
         add_node(g, x, "block-backend", "");
         if (root) {
             struct gedge *e = add_edge(g, x, root, "root", RULE_FIXED);
+            snprintf(e->user, sizeof(e->user), "an unnamed block device"); /* qsd's exports' are anonymous */
             /* block_export_add: consistent reads, writes if writable, everything shared */
             e->perm = PERM_READ | (vbd_backend_read_only(be) ? 0 : PERM_WRITE);
             e->shared = PERM_ALL;
@@ -490,18 +523,66 @@ static void lock_change_between(const struct lock_change *c, unsigned *perm, uns
     *shared = c->old_shared | c->shared;
 }
 
-int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, struct vbd_error **err)
+/* QEMU's bdrv_perm_names */
+static void perm_text(unsigned p, char *buf, size_t size)
+{
+    static const char *const names[] = {"consistent read", "write", "write unchanged", "resize"};
+    size_t len = 0;
+    buf[0] = 0;
+    for (int i = 0; i < 4; i++)
+        if (p & (1u << i))
+            len += (size_t)snprintf(buf + len, len < size ? size - len : 0, "%s%s", len ? ", " : "", names[i]);
+}
+
+/* QEMU's bdrv_parent_perms_conflict on every node: each user's permissions
+ * against what every other user of the node shares (bdrv_a_allow_b, both
+ * ways round), so that no user gets what another refuses to share (two
+ * writers where one shares no write: a mirror's target an export writes,
+ * a format over a file node a job writes). The users are looked at newest
+ * first, as QEMU's list of a node's parents. */
+static int users_conflict(const struct graph *g, struct vbd_error **err)
+{
+    for (size_t i = g->nedges; i-- > 0;) {
+        const struct gedge *a = &g->edges[i];
+        for (size_t k = g->nedges; k-- > 0;) {
+            const struct gedge *b = &g->edges[k];
+            unsigned clash = b->perm & ~a->shared & PERM_ALL;
+            if (k == i || b->child != a->child || !clash)
+                continue;
+            const char *node = ((const struct vbd_node *)a->child)->node_name;
+            char perms[80];
+            perm_text(clash, perms, sizeof(perms));
+            vbd_error_setf(err, EPERM,
+                           "Permission conflict on node '%s': permissions '%s' are both required by %s (uses node "
+                           "'%s' as '%s' child) and unshared by %s (uses node '%s' as '%s' child).",
+                           node, perms, b->user, node, b->name, a->user, node, a->name);
+            return -EPERM;
+        }
+    }
+    return 0;
+}
+
+/* check: refuse a conflict between two users of one node (users_conflict)
+ * before any lock changes */
+static int locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, const char *user, const char *child,
+                        bool check, struct vbd_error **err)
 {
     assert(vbd_thread_is_main()); /* the graph, the exports and the jobs are the main loop's */
     struct graph g = {0};
     graph_build(&g);
     static const char extra_user = 0; /* a key no node, export or job has */
     if (extra) {
-        struct gedge *e = add_edge(&g, &extra_user, extra, "root", RULE_FIXED);
+        struct gedge *e = add_edge(&g, &extra_user, extra, child, RULE_FIXED);
         e->perm = perm;
         e->shared = shared;
+        snprintf(e->user, sizeof(e->user), "%s", user);
     }
     graph_derive(&g);
+    if (check && users_conflict(&g, err) < 0) {
+        free(g.ids);
+        free(g.edges);
+        return -EPERM;
+    }
     size_t count = 0, n = 0;
     for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
         count++;
@@ -543,6 +624,23 @@ int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned s
     }
     free(ch);
     return rc;
+}
+
+int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, struct vbd_error **err)
+{
+    /* an export's or a job's backend */
+    return locks_follow(extra, perm, shared, "an unnamed block device", "root", err != NULL, err);
+}
+
+int vbd_qmp_image_locks_follow_as(struct vbd_node *extra, unsigned perm, unsigned shared, const char *user,
+                                  const char *child, struct vbd_error **err)
+{
+    return locks_follow(extra, perm, shared, user, child, err != NULL, err);
+}
+
+int vbd_qmp_image_locks_refresh(struct vbd_error **err)
+{
+    return locks_follow(NULL, 0, 0, "", "", false, err);
 }
 
 const struct vbd_qmp_command vbd_qmp_cmds_graph[] = {

@@ -234,7 +234,9 @@ static struct json_object *qmp_drive_mirror(struct json_object *args, struct vbd
     if (!existing)
         json_object_object_add(o, "backing", backing ? json_object_new_string(backing->node_name) : NULL);
     unsigned keep = VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH | VBD_OPEN_UNMAP | VBD_OPEN_AIO_THREADS;
-    a.target = vbd_open(file, o, VBD_OPEN_RDWR | (a.src->open_flags & keep), &e);
+    /* locked by its users as blockdev-add's nodes: the job's (write, only
+     * unchanged writes shared) from vbd_mirror_start on, as qsd's */
+    a.target = vbd_open(file, o, VBD_OPEN_RDWR | VBD_OPEN_LOCK_BY_USERS | (a.src->open_flags & keep), &e);
     if (!a.target) {
         vbd_qmp_error_take(err, e);
         return NULL;

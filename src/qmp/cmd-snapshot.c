@@ -399,7 +399,9 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         json_object_object_add(o, "node-name", json_object_new_string(snn));
     json_object_object_add(o, "backing", json_object_new_string(old->node_name));
     unsigned keep = VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH | VBD_OPEN_UNMAP | VBD_OPEN_AIO_THREADS;
-    struct vbd_node *overlay = vbd_open(file, o, VBD_OPEN_RDWR | (old->open_flags & keep), &e);
+    /* locked by its users as blockdev-add's nodes: its format's claim
+     * (read, write, resize) until they are set after the switch */
+    struct vbd_node *overlay = vbd_open(file, o, VBD_OPEN_RDWR | VBD_OPEN_LOCK_BY_USERS | (old->open_flags & keep), &e);
     if (!overlay) {
         vbd_qmp_error_take(err, e);
         return -1;

@@ -358,7 +358,7 @@ static void on_request(void *opaque, struct json_object *req, const char *parse_
          * refused them) and this changes nothing there */
         if (!is_caps) {
             struct vbd_error *le = NULL;
-            if (vbd_qmp_image_locks_follow(NULL, 0, 0, &le) < 0)
+            if (vbd_qmp_image_locks_refresh(&le) < 0)
                 vbd_log(VBD_LOG_WARN, "image locks: %s", le ? le->msg : "failed");
             vbd_error_free(le);
         }

@@ -14,9 +14,10 @@
 # snapshots, bitmaps, resizes and queries in between. A qcow2 disk exported
 # over NBD only moves main -> io0 -> io1 -> main under NBD load with idle
 # connections, the iothread it left deleted right after each move. A
-# mirror and a backup of a qcow2 on io0 into a target read over NBD (it
-# joins io0 when the job is made) while reopens and bitmap changes drain
-# the job under load.
+# mirror and a backup of a qcow2 on io0 (the backup into a target read
+# over NBD; nobody reads a mirror's target, as in qsd), each target joining
+# io0 when its job is made, while reopens and bitmap changes drain the job
+# under load.
 . "$(dirname "$0")/lib.sh"
 need nbdkit qemu-img qemu-nbd
 TSAN_DAEMON=${VBD_TSAN_BUILD:-$VBD_ROOT/build-tsan}/src/tools/vbd-daemon
@@ -227,12 +228,14 @@ bench_wait nbd "NBD load while the node moves"
 stop "NBD idle connections following moves"
 qcheck "$T/idle.qcow2"
 
-step "block jobs from a qcow2 on an iothread under load: the target (read over NBD) joins io0 when the job is made; reopens and bitmap changes drain the job; the job's nodes move to io1 and back"
+step "block jobs from a qcow2 on an iothread under load: the target (the backup's read over NBD) joins io0 when the job is made; reopens and bitmap changes drain the job; the job's nodes move to io1 and back"
 must qemu-img create -q -f qcow2 "$T/jsrc.qcow2" 64M
 must qemu-img create -q -f qcow2 "$T/jtgt.qcow2" 64M
+must qemu-img create -q -f qcow2 "$T/jmtgt.qcow2" 64M
 S=$T/vu.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off --monitor chardev=mon \
     --blockdev driver=file,node-name=f0,filename="$T/jsrc.qcow2" --blockdev driver=qcow2,node-name=d0,file=f0 \
     --blockdev driver=file,node-name=f1,filename="$T/jtgt.qcow2" --blockdev driver=qcow2,node-name=t0,file=f1 \
+    --blockdev driver=file,node-name=f2,filename="$T/jmtgt.qcow2" --blockdev driver=qcow2,node-name=t1,file=f2 \
     --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1 \
     --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=t0,name=disk
 bench_bg vu "${VU[@]}" -w randrw:70 -n 30000 --flush-every 50 --size 64M
@@ -249,18 +252,20 @@ def status(jid):
     j = [j for j in ok("query-jobs") if j["id"] == jid]
     return j[0]["status"] if j else None
 rounds = 0
-for jid, cmd, want in (("m", "blockdev-mirror", "ready"), ("b", "blockdev-backup", "concluded")):
-    ok(cmd, **{"job-id": jid, "device": "d0", "target": "t0", "sync": "full", "speed": 8 << 20, "auto-dismiss": False})
+# the mirror's target is one nobody reads (qsd refuses a mirror into a
+# node an export reads: the job shares only unchanged writes)
+for jid, cmd, want, tgt, tf in (("m", "blockdev-mirror", "ready", "t1", "f2"), ("b", "blockdev-backup", "concluded", "t0", "f1")):
+    ok(cmd, **{"job-id": jid, "device": "d0", "target": tgt, "sync": "full", "speed": 8 << 20, "auto-dismiss": False})
     n = 0
     while status(jid) != want:
-        for node, f, img in (("d0", "f0", "jsrc"), ("t0", "f1", "jtgt")):
+        for node, f in (("d0", "f0"), (tgt, tf)):
             ok("blockdev-reopen", options=[{"driver": "qcow2", "node-name": node, "file": f, "discard": "unmap"}])
             ok("block-dirty-bitmap-add", node=node, name="x", persistent=True)
             ok("block-dirty-bitmap-remove", node=node, name="x")
             ok("blockdev-reopen", options=[{"driver": "qcow2", "node-name": node, "file": f}])
         # the job's nodes (the source under the vhost-user export with them) to io1 and back
         for where in ("io1", "io0"):
-            ok("x-blockdev-set-iothread", **{"node-name": "t0", "iothread": where, "force": True})
+            ok("x-blockdev-set-iothread", **{"node-name": tgt, "iothread": where, "force": True})
         n += 1
         if n == 3:
             ok("block-job-set-speed", device=jid, speed=0)
@@ -277,6 +282,7 @@ bench_wait nbd "NBD reads of the target under block jobs"
 stop "block jobs from an iothread"
 qcheck "$T/jsrc.qcow2"
 qcheck "$T/jtgt.qcow2"
+qcheck "$T/jmtgt.qcow2"
 
 step "raw over an nbd client node (qemu-nbd serving a file)"
 truncate -s 0 "$T/disk.img"; truncate -s 64M "$T/disk.img"

@@ -8,18 +8,35 @@ import os
 import sys
 
 
+def held_bytes(key, text):
+    held = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if "->" in parts or len(parts) < 3 or parts[-3] != key:
+            continue  # another file's, or a waiter's (not held)
+        start, end = int(parts[-2]), parts[-1]
+        end = start if end == "EOF" else int(end)
+        held.update(range(start, end + 1))
+    return held
+
+
 def lock_bytes(path):
+    """The bytes of path locked now. /proc/locks is read a page at a time
+    and the kernel lists the locks afresh for each page: a lock another
+    process drops between two pages shifts the list and one entry is
+    skipped (bytes missing at random on a host where many processes take
+    locks; a daemon's own locks do not change while it is looked at). So:
+    the union of whole reads, until three reads in a row add nothing."""
     st = os.stat(path)
     key = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    held = set()
-    with open("/proc/locks") as f:
-        for line in f:
-            parts = line.split()
-            if "->" in parts or len(parts) < 3 or parts[-3] != key:
-                continue  # another file's, or a waiter's (not held)
-            start, end = int(parts[-2]), parts[-1]
-            end = start if end == "EOF" else int(end)
-            held.update(range(start, end + 1))
+    held, same = set(), 0
+    for _ in range(50):
+        with open("/proc/locks") as f:
+            now = held_bytes(key, f.read())
+        same = same + 1 if now <= held else 0
+        held |= now
+        if same >= 3:
+            break
     return sorted(held)
 
 

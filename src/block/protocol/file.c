@@ -61,6 +61,7 @@ struct file_state {
     bool no_share;          /* VBD_OPEN_NO_SHARE */
     bool write_unused;      /* read-write, but nothing writes it now: locked as a reader (file_write_use) */
     bool by_users;          /* VBD_OPEN_LOCK_BY_USERS: locks set by file_set_perm, claimed in between */
+    bool force_share;       /* force-share=on with by_users: its claims share everything (its users' edges do too) */
 };
 
 /* The extent cache is read and changed by requests on every loop, without
@@ -179,6 +180,8 @@ static int claim_locks(struct vbd_node *n, struct file_state *s, unsigned perm, 
 {
     perm |= s->perm;
     shared &= s->shared;
+    if (s->force_share)
+        shared = PERM_ALL;
     int rc = set_locks(n, s->fd, s->perm, s->shared, perm, shared, err);
     if (rc == 0) {
         s->perm = perm;
@@ -345,7 +348,10 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         n->bl.request_alignment = a;
         n->bl.min_mem_alignment = a;
     }
-    bool do_lock = locking != 2 && !(flags & VBD_OPEN_FORCE_SHARE);
+    /* force-share: no lock for a tool (qemu-img -U); a daemon's node is
+     * locked by its users as qsd's, which share everything with it but
+     * still take their consistent reads (byte 100) */
+    bool do_lock = locking != 2 && (!(flags & VBD_OPEN_FORCE_SHARE) || (flags & VBD_OPEN_LOCK_BY_USERS));
     if ((flags & VBD_OPEN_FORCE_SHARE) && (flags & VBD_OPEN_RDWR)) {
         vbd_error_setf(err, EINVAL, "force-share=on can only be used with read-only images");
         goto fail;
@@ -353,12 +359,15 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     s->meta_parents = (flags & VBD_OPEN_META_PARENT) ? 1 : 0;
     s->no_share = (flags & VBD_OPEN_NO_SHARE) != 0;
     s->by_users = (flags & VBD_OPEN_LOCK_BY_USERS) != 0;
+    s->force_share = s->by_users && (flags & VBD_OPEN_FORCE_SHARE);
     if (do_lock) {
         /* by users: nothing until they say, but what a format opening
          * above needs while it reads and writes its metadata */
         unsigned perm = 0, shared = PERM_ALL;
         if (!s->by_users || s->meta_parents)
             wanted_perms(flags & VBD_OPEN_RDWR, s->meta_parents, s->no_share, &perm, &shared);
+        if (s->force_share)
+            shared = PERM_ALL;
         if (set_locks(n, s->fd, 0, PERM_ALL, perm, shared, err) < 0)
             goto fail;
         s->locked = true;
