@@ -3,7 +3,11 @@
 # fallback engine), fuzz targets' smoke runs and the interop scripts in
 # tests/integration.
 # An interop script exits 0 (pass), 77 (skip: a peer is missing) or other (fail).
-# Prints one summary line "N passed, N failed[, N skipped]".
+# Prints one summary line "N passed, N failed[, N skipped]", after the
+# slowest tests, the ones that took the most CPU (theirs and all their
+# processes', as bash's times counts them: what make check's time on a
+# loaded host goes to) and the totals; tests/out/timings.txt lists every
+# test's wall and CPU seconds.
 # A test that runs longer than its time limit is killed (with every process
 # of its group) and fails as "timed out": a hang ends the run with the name
 # of the test instead of stalling it. The limit: VBD_TEST_TIMEOUT seconds
@@ -28,6 +32,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export PATH="$BUILD/src/tools:$PATH"
 OUT="$ROOT/tests/out"
 mkdir -p "$OUT"
+: >"$OUT/timings.txt"
 passed=0 failed=0 skipped=0
 failures=""
 TEST_TIMEOUT=${VBD_TEST_TIMEOUT:-1200}
@@ -35,6 +40,7 @@ JOBS=${VBD_TEST_JOBS:-$(nproc 2>/dev/null || echo 1)}
 [ -z "${VBD_TEST_JOBS:-}" ] && [ "$JOBS" -gt 4 ] && JOBS=4
 case $JOBS in '' | *[!0-9]* | 0) echo "VBD_TEST_JOBS must be a number of tests at once (1 or more), not '$JOBS'" >&2; exit 2 ;; esac
 times="" # "SECONDS NAME" lines, for the slowest at the end
+cpu=""   # "CPU-SECONDS NAME" lines, for the costliest at the end
 
 # The queue: name, time limit (seconds) and command line (words quoted
 # with %q) of each test, in the order they start.
@@ -125,7 +131,12 @@ start_one() { # queue index
     # cannot stop on SIGTTIN.
     local -a cmd
     eval "cmd=(${q_cmd[i]})"
-    timeout -k 30 "${q_limit[i]}" "${cmd[@]}" >"$log" 2>&1 </dev/null &
+    # a bash between timeout and the test writes the CPU time of the test
+    # and all it waited for (bash's times: children's user and system) to
+    # the .cpu file: the summary's "most CPU" says what to make cheaper
+    rm -f "$log.cpu"
+    timeout -k 30 "${q_limit[i]}" bash -c '"${@:2}"; rc=$?; times >"$1"; exit $rc' _ "$log.cpu" "${cmd[@]}" \
+        >"$log" 2>&1 </dev/null &
     running[$!]=$i started[$!]=$SECONDS
 }
 
@@ -135,6 +146,15 @@ report() { # pid of an ended test, its exit status
     local log="$OUT/${name//\//-}.log"
     unset "running[$pid]" "started[$pid]"
     times+="$t $name"$'\n'
+    # the second line of times: "0m1.250s 0m0.310s" (children's user, system)
+    local c=
+    if [ -s "$log.cpu" ]; then
+        c=$(tr , . <"$log.cpu" | sed -n '2s/\([0-9]*\)m\([0-9.]*\)s \([0-9]*\)m\([0-9.]*\)s/\1 \2 \3 \4/p' |
+            awk '{printf "%d", $1 * 60 + $2 + $3 * 60 + $4 + 0.5}')
+        cpu+="$c $name"$'\n'
+    fi
+    rm -f "$log.cpu"
+    echo "$t ${c:-?} $name" >>"$OUT/timings.txt" # wall s, CPU s, name: every test of the run
     # 124: timeout's SIGTERM ended it, 137: its SIGKILL did (a test's own
     # status 124 or 137 before the limit is a plain failure)
     if { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ $t -ge "$limit" ]; then
@@ -173,7 +193,8 @@ while [ ${#running[@]} -gt 0 ]; do reap; done
 
 # where make check's time goes (the 30-minute budget)
 echo "slowest: $(printf '%s' "$times" | sort -rn | head -15 | awk '{printf "%s%s %ss", (NR > 1 ? ", " : ""), $2, $1}')"
-echo "tests: $((SECONDS - run_start)) s wall, $(printf '%s' "$times" | awk '{s += $1} END {print s + 0}') s summed over the tests, $JOBS at once"
+echo "most CPU: $(printf '%s' "$cpu" | sort -rn | head -15 | awk '{printf "%s%s %ss", (NR > 1 ? ", " : ""), $2, $1}')"
+echo "tests: $((SECONDS - run_start)) s wall, $(printf '%s' "$times" | awk '{s += $1} END {print s + 0}') s summed over the tests ($(printf '%s' "$cpu" | awk '{s += $1} END {print s + 0}') s of CPU), $JOBS at once, load $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 [ -n "$failures" ] && echo "failed:$failures"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ $failed = 0 ]

@@ -19,7 +19,9 @@ step "a $N-deep chain"
 must qemu-img create -q -f qcow2 c0.qcow2 16M
 must qemu-io -c "write -P 1 0 64k" c0.qcow2 >/dev/null
 for i in $(seq 1 $N); do
-    must qemu-img create -q -f qcow2 -F qcow2 -b "c$((i - 1)).qcow2" "c$i.qcow2" 16M
+    # -u: the size is given, so the backing chain (i images deep) is not
+    # opened for each layer: 200 opens of up to 200 images were 20 s of CPU
+    must qemu-img create -q -u -f qcow2 -F qcow2 -b "c$((i - 1)).qcow2" "c$i.qcow2" 16M
     if [ $((i % 20)) = 0 ]; then
         must qemu-io -c "write -P $((i / 20 + 1)) $((i / 20 * 64))k 64k" "c$i.qcow2" >/dev/null
     fi

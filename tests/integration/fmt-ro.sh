@@ -12,7 +12,16 @@ need qemu-img qemu-io python3 create_compressed_fs
 cd "$T"
 GEN=$VBD_ROOT/tests/integration/ro-images.py
 
-json_key() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get(sys.argv[2]))' "$1" "$2"; }
+# same_keys A.json B.json KEY...: the two infos agree on each KEY, or one line naming the first that differs
+same_keys() {
+    python3 - "$@" <<'PY'
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+for k in sys.argv[3:]:
+    if a.get(k) != b.get(k):
+        sys.exit(f"info {k}: vbd {a.get(k)} qemu {b.get(k)}")
+PY
+}
 
 # same_as_qemu FMT IMG [EXPECTED]: convert, info, map and reads agree with
 # qemu-img's (and with EXPECTED, the disk content the image encodes)
@@ -24,29 +33,36 @@ same_as_qemu() {
     [ -z "$exp" ] || cmp v.raw "$exp" || fail "$img does not read as the content it encodes"
     "$VBD_IMG" info --output=json "$img" >v.json || fail "vbd-img info $img"
     qemu-img info --output=json "$img" >q.json 2>/dev/null
-    for k in virtual-size format filename; do
-        [ "$(json_key v.json $k)" = "$(json_key q.json $k)" ] || fail "info $k of $img: vbd $(json_key v.json $k) qemu $(json_key q.json $k)"
-    done
+    out=$(same_keys v.json q.json virtual-size format filename 2>&1) || fail "$out of $img"
     "$VBD_IMG" map --output=json "$img" >v.map || fail "vbd-img map $img"
     qemu-img map --output=json "$img" >q.map 2>/dev/null
     cmp v.map q.map || fail "map of $img differs: $(diff v.map q.map)"
     # unaligned reads across blocks/chunks, checked against qemu's bytes
-    local size; size=$(stat -c %s q.raw)
-    for r in "0 1" "511 1025" "65000 70000" "$((size / 2 - 3)) 7777" "$((size - 700)) 700"; do
-        set -- $r
-        dd if=q.raw of=want bs=1 skip=$1 count=$2 status=none
-        "$VBD_IO" -r -c "read -v $1 $2" "$img" >v.out 2>&1 || fail "vbd-io read $r of $img: $(cat v.out)"
-        python3 - v.out want <<'PY' || fail "vbd-io read $r of $img returned other bytes"
+    # (one vbd-io for the five: each read's dump ends at its "read" line)
+    local size r reads=() args=()
+    size=$(stat -c %s q.raw)
+    reads=("0 1" "511 1025" "65000 70000" "$((size / 2 - 3)) 7777" "$((size - 700)) 700")
+    for r in "${reads[@]}"; do args+=(-c "read -v $r"); done
+    "$VBD_IO" -r "${args[@]}" "$img" >v.out 2>&1 || fail "vbd-io reads of $img: $(cat v.out)"
+    out=$(python3 - v.out q.raw "${reads[@]}" 2>&1 <<'PY'
 import sys
-got = bytearray()
+reads = [tuple(map(int, r.split())) for r in sys.argv[3:]]
+raw = open(sys.argv[2], 'rb').read()
+got, dumps = bytearray(), []
 for line in open(sys.argv[1]):
     # qemu-io's dump: "%08x:  " then n times "xx ", a space, n characters
     if len(line) > 10 and line[8] == ':':
         rest = line[11:].rstrip('\n')
         got += bytes(int(rest[3 * i:3 * i + 2], 16) for i in range((len(rest) - 1) // 4))
-sys.exit(0 if bytes(got) == open(sys.argv[2], 'rb').read() else 1)
+    elif line.startswith('read '):
+        dumps.append(bytes(got))
+        got = bytearray()
+for i, (off, n) in enumerate(reads):
+    if i >= len(dumps) or dumps[i] != raw[off:off + n]:
+        sys.exit(f"{off} {n}")
 PY
-    done
+) || fail "vbd-io read $out of $img returned other bytes"
+
     # writes are refused in qemu-io's and qemu-img's words
     must_fail_with "can't open device $img: Image is read-only" "$VBD_IO" -f "$fmt" -c 'write 0 512' "$img"
     must_fail_with "Could not open '$img': Image is read-only" "$VBD_IMG" resize -f "$fmt" "$img" 100M

@@ -6,24 +6,21 @@
 # numbers are masked ("disconnected:" prefixes, "<->" peers, frontend-open).
 . "$(dirname "$0")/lib.sh"
 need python3 qemu-storage-daemon
-python3 - "$VBD_ROOT/tests/qmp" "$T" "$VBD_DAEMON" <<'PY' || fail "query-chardev differs (above)"
+# the TCP chardevs' ports: lib.sh's free_port, below the ephemeral range (a
+# port the kernel handed out for a bind to port 0, released, could be any
+# program's by the time the daemon binds it)
+ports=$(free_port 4) || fail "no free ports"
+python3 - "$VBD_ROOT/tests/qmp" "$T" "$VBD_DAEMON" "$ports" <<'PY' || fail "query-chardev differs (above)"
 import os, re, socket, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
 from qmp import QMP
-T, vbd = sys.argv[2], sys.argv[3]
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+T, vbd, port0 = sys.argv[2], sys.argv[3], int(sys.argv[4])
 
 answers = {}
-for name, binary in (("qsd", "qemu-storage-daemon"), ("vbd", vbd)):
+for i, (name, binary) in enumerate((("qsd", "qemu-storage-daemon"), ("vbd", vbd))):
     d = f"{T}/{name}"
     os.mkdir(d)
-    pt, pm = free_port(), free_port()
+    pt, pm = port0 + 2 * i, port0 + 2 * i + 1
     args = [binary, "--chardev", f"socket,id=qmp0,path={d}/qmp.sock,server=on,wait=off", "--monitor", "chardev=qmp0",
             "--chardev", f"socket,id=m2,path={d}/m2.sock,server=on,wait=off", "--monitor", "chardev=m2",
             "--chardev", f"socket,id=c3,path={d}/c3.sock,server=on,wait=off",
@@ -43,7 +40,7 @@ for name, binary in (("qsd", "qemu-storage-daemon"), ("vbd", vbd)):
         got.append(mask(m.cmd("query-chardev")))
         m2.close()
         tm.close()
-        for _ in range(200):  # until the daemon has seen both clients go
+        for _ in range(1200):  # until the daemon has seen both clients go (60 s)
             r = mask(m.cmd("query-chardev"))
             if all(f.startswith("disconnected:") for (l, _, f) in r if l != "qmp0"):
                 break
