@@ -17,6 +17,11 @@
 #   fewer requests in the overall percentiles), then
 #   "w" and the ms the server's threads waited for a CPU while runnable
 #   (schedstat: time other tasks held CPU 0)
+#   MECH=1: each run also prints, per request, after "|": "sw" the server's
+#   write syscalls (call-eventfd signals, and any other write it makes),
+#   "cs" vbd-bench's sleeps (voluntary context switches: each one a wake-up
+#   the server paid for) and "ss" the server threads' sleeps; /proc counters,
+#   no perf. With the header's wake-cost figures: what the signals cost.
 # e.g. flock /work/wt/bench.lock bash bench/vhost-user-ab.sh 4 2 2 "-w read -b 64k -d 8" \
 #          /tmp/old/vbd-daemon build/src/tools/vbd-daemon qemu-storage-daemon
 # vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs;
@@ -28,19 +33,22 @@ ROUNDS=$1 SECS=$2 NQ=$3 ARGS=$4
 shift 4
 NODE=${NODE:-null}
 scratch ab "$NODE"
-echo "machine: $(machine); host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(machine); host: $(host_kind)$(host_costs); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$SECS s per run; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; node: $NODE; -q $NQ $ARGS"
 echo "per run: IOPS p50/p99/p99.9 (us) server-ns/request"
 # ns the process's threads spent runnable but not running
 runq_wait_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{w += $2} END {printf "%d\n", w}'; }
+# write syscalls of a process (all its threads) and its threads' sleeps so far
+writes() { awk '/^syscw:/ {print $2}' /proc/"$1"/io; }
+sleeps() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches:/ {n += $2} END {print n + 0}'; }
 declare -A runs=()
 for _ in $(seq "$ROUNDS"); do
     for bin in "$@"; do
         serve "$bin" "$NODE" "$NQ"
-        c0=$(cpu_ns $spid) w0=$(runq_wait_ns $spid)
+        c0=$(cpu_ns $spid) w0=$(runq_wait_ns $spid) sw0=$(writes $spid) ss0=$(sleeps $spid)
         # shellcheck disable=SC2086 # ARGS is a list of options
-        out=$(taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q "$NQ" $ARGS -t "$SECS" --json)
-        c1=$(cpu_ns $spid) w1=$(runq_wait_ns $spid)
+        out=$(/usr/bin/time -f %w -o "$dir/client-sleeps" taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q "$NQ" $ARGS -t "$SECS" --json)
+        c1=$(cpu_ns $spid) w1=$(runq_wait_ns $spid) sw1=$(writes $spid) ss1=$(sleeps $spid)
         kill $spid
         wait $spid 2>/dev/null || true
         spid=
@@ -55,7 +63,11 @@ if sys.argv[3] == "1" and "per-queue" in r:
                             ("/b%.0f" % q["split-p99-p99.9"][0] if "split-p99-p99.9" in q else "") +
                             "/s%.0f" % (100 * q["requests"] / total)
                             for q in r["per-queue"]) + " w%.0f" % (int(sys.argv[4]) / 1e6)
-print(line, end="")' "$out" $((c1 - c0)) "${PERQ:-0}" $((w1 - w0)))
+if sys.argv[5] == "1":
+    n = r["requests"] + 1
+    line += " | sw%.3f cs%.3f ss%.3f" % (int(sys.argv[6]) / n, int(sys.argv[7]) / n, int(sys.argv[8]) / n)
+print(line, end="")' "$out" $((c1 - c0)) "${PERQ:-0}" $((w1 - w0)) "${MECH:-0}" $((sw1 - sw0)) \
+        "$(tail -1 "$dir/client-sleeps")" $((ss1 - ss0)))
     done
 done
 for bin in "$@"; do

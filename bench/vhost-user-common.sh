@@ -1,6 +1,17 @@
 # Sourced by bench/vhost-user.sh, bench/vhost-user-ab.sh and
 # bench/vhost-user-probe.sh.
 
+# The two costs that bound the null-node 64K rows on this host, for the
+# header (bench/wake-cost.c, ~0.2 s): what the server pays for a call-eventfd
+# write that wakes the client asleep on CPU 1 and how long the client then
+# takes to run, a write nobody waits on, and one 64 KiB fill over the 1- and
+# 2-queue QD8 rows' buffers. Nothing if the helper is not built.
+host_costs() {
+    local w=$VBD_BUILD/bench/wake-cost
+    [ -x "$w" ] && echo "; $("$w" || true)"
+    return 0
+}
+
 # The scratch every script runs its servers in: a temp dir in /dev/shm (sets
 # dir, sock, img), with a 1 GiB raw image full of data (in the page cache, as
 # a guest's disk that has been written) when the node kind is file, and a trap

@@ -19,7 +19,7 @@ shift 3
 NODE=${NODE:-null}
 scratch probe "$NODE"
 ev=context-switches,task-clock,syscalls:sys_enter_write,syscalls:sys_enter_poll,syscalls:sys_enter_read,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_ppoll
-echo "machine: $(machine); host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(machine); host: $(host_kind)$(host_costs); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$SECS s per run; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; node: $NODE; -q $NQ $ARGS"
 echo "per request: C = vbd-bench, S = server; conte = context switches, task = CPU ns"
 for bin in "$@"; do

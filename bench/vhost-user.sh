@@ -24,7 +24,7 @@ VBD_BENCH=$VBD_BUILD/src/tools/vbd-bench
 SECS=${1:-5}
 scratch bench file # the file rows' image; the null rows leave it
 field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); f=sys.argv[2]; print(r['lat-us']['p99'] if f=='p99' else r[f])" "$1" "$2"; }
-echo "machine: $(machine); host: $(host_kind)"
+echo "machine: $(machine); host: $(host_kind)$(host_costs)"
 echo "$SECS s per run, medians of $REPS; server on CPU 0, vbd-bench on CPU 1; iothread: ${IOTHREAD:-0}; client: vbd-bench ${CLIENT_ARGS:-(EVENT_IDX)}"
 whos="vbd qsd"; [ -n "${BASE_DAEMON:-}" ] && whos="vbd base qsd"
 printf '%-6s %-3s %-18s %10s %10s %6s %9s %9s %6s %8s %8s%s\n' node q workload "vbd IOPS" "qsd IOPS" ratio "vbd p99" "qsd p99" ratio \
