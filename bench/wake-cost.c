@@ -111,9 +111,22 @@ static uint64_t fill_ns(int slots)
 
 int main(int argc, char **argv)
 {
-    int rounds = argc > 1 ? atoi(argv[1]) : 400;
-    if (rounds < 3 || rounds > 100000 || sysconf(_SC_NPROCESSORS_ONLN) < 2) {
-        fprintf(stderr, "usage: wake-cost [ROUNDS (3-100000)]; needs CPUs 0 and 1\n");
+    long rounds = 400;
+    if (argc > 2) {
+        fprintf(stderr, "wake-cost: one argument at most (ROUNDS), not %d\n", argc - 1);
+        return 2;
+    }
+    if (argc == 2) {
+        char *end;
+        rounds = strtol(argv[1], &end, 10);
+        if (end == argv[1] || *end || rounds < 3 || rounds > 100000) {
+            fprintf(stderr, "wake-cost: ROUNDS '%s': expected a count from 3 to 100000\n", argv[1]);
+            return 2;
+        }
+    }
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0 || !CPU_ISSET(0, &allowed) || !CPU_ISSET(1, &allowed)) {
+        fprintf(stderr, "wake-cost: needs CPUs 0 and 1 (the benchmarks' server and client CPUs)\n");
         return 2;
     }
     efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -124,6 +137,10 @@ int main(int argc, char **argv)
     }
     uint64_t *wake = calloc((size_t)rounds, sizeof(*wake)), *lat = calloc((size_t)rounds, sizeof(*lat)),
              *plain = calloc((size_t)rounds, sizeof(*plain));
+    if (!wake || !lat || !plain) {
+        fprintf(stderr, "wake-cost: out of memory\n");
+        return 1;
+    }
     int n = 0;
     for (int i = 0; i < rounds; i++) {
         spin_until(now_ns() + 200000); // the sleeper is back in poll() and its CPU idle
@@ -147,13 +164,14 @@ int main(int argc, char **argv)
         eventfd_write(quiet, 1);
         plain[i] = now_ns() - a;
     }
+    close(quiet);
     if (n < 3) {
         fprintf(stderr, "wake-cost: the sleeper was not woken\n");
         return 1;
     }
     printf("wake %llu ns (runs after %llu ns), write %llu ns, 64K fill %llu/%llu ns\n",
            (unsigned long long)median(wake, n), (unsigned long long)median(lat, n),
-           (unsigned long long)median(plain, rounds), (unsigned long long)fill_ns(8),
+           (unsigned long long)median(plain, (int)rounds), (unsigned long long)fill_ns(8),
            (unsigned long long)fill_ns(16));
     return 0;
 }
