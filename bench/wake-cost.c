@@ -166,12 +166,16 @@ int main(int argc, char **argv)
     }
     close(quiet);
     if (n < 3) {
-        fprintf(stderr, "wake-cost: the sleeper was not woken\n");
+        fprintf(stderr, "wake-cost: the sleeping thread was not woken within 100 ms in %d of %ld rounds\n",
+                (int)rounds - n, rounds);
         return 1;
     }
     printf("wake %llu ns (runs after %llu ns), write %llu ns, 64K fill %llu/%llu ns\n",
            (unsigned long long)median(wake, n), (unsigned long long)median(lat, n),
            (unsigned long long)median(plain, (int)rounds), (unsigned long long)fill_ns(8),
            (unsigned long long)fill_ns(16));
+    free(wake);
+    free(lat);
+    free(plain);
     return 0;
 }
