@@ -105,8 +105,10 @@ static const char usage_text[] =
     "  --chardev socket,id=ID,host=HOST,port=PORT,server=on,wait=off[,insecure-remote=on]\n"
     "                    a socket for a QMP monitor (unix: created mode 0600; TCP: loopback only unless\n"
     "                    insecure-remote=on, as QMP has no authentication). One client at a time\n"
-    "  --monitor [chardev=]ID\n"
-    "                    serve QMP (qemu-storage-daemon's control protocol) on chardev ID\n"
+    "  --chardev stdio,id=ID[,signal=on|off]\n"
+    "                    the daemon's stdin and stdout (a script's pipe), for one monitor; not with --daemonize\n"
+    "  --monitor [chardev=]ID[,mode=control][,pretty=on|off]\n"
+    "                    serve QMP (qemu-storage-daemon's control protocol) on chardev ID (pretty: indented)\n"
     "  --state FILE      keep what QMP changes (nodes, exports, NBD server, objects, snapshots, job pivots) in\n"
     "                    FILE, written atomically before each reply; at start FILE is replayed after the other\n"
     "                    options (the same node-name or id in both is an error; a damaged FILE is refused)\n"
@@ -232,6 +234,14 @@ static int add_chardev(const char *arg, struct vbd_error **err)
     struct json_object *opts = vbd_opts_parse(arg, "backend", err);
     if (!opts)
         return -EINVAL;
+    struct json_object *backend;
+    if (ready_pipe >= 0 && json_object_object_get_ex(opts, "backend", &backend) &&
+        !strcmp(json_object_get_string(backend), "stdio")) {
+        /* --daemonize puts /dev/null there */
+        vbd_error_setf(err, EINVAL, "cannot use stdio with -daemonize"); /* qsd's words */
+        json_object_put(opts);
+        return -EINVAL;
+    }
     int rc = vbd_qmp_chardev_add(opts, err);
     json_object_put(opts);
     return rc;
