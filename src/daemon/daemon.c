@@ -229,9 +229,51 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
     return 0;
 }
 
+/*
+ * --chardev is QemuOpts in qsd, whose short-form booleans ("server",
+ * "nowait": X=on, noX=off) old scripts and guides still write; qsd takes
+ * them with a deprecation warning each. arg rewritten with X=on / X=off
+ * (malloc'd), the warnings printed in qsd's words.
+ */
+static char *chardev_long_form(const char *arg)
+{
+    size_t len = strlen(arg);
+    char *out = vbd_xmalloc(len * 2 + 8), *o = out;
+    const char *p = arg;
+    bool first = true;
+    while (*p) {
+        const char *tok = p;
+        while (*p && !(*p == ',' && p[1] != ',')) /* up to a single ',' (",," is a comma in a value) */
+            p += (*p == ',') ? 2 : 1;
+        size_t n = (size_t)(p - tok);
+        bool bare = !memchr(tok, '=', n);
+        if (!first)
+            *o++ = ',';
+        if (bare && !first && n) {
+            bool no = n > 2 && !strncmp(tok, "no", 2);
+            const char *name = no ? tok + 2 : tok;
+            size_t nn = no ? n - 2 : n;
+            vbd_error_report("--chardev %s: warning: short-form boolean option '%.*s' deprecated\nPlease use %.*s=%s "
+                             "instead",
+                             arg, (int)n, tok, (int)nn, name, no ? "off" : "on");
+            o += sprintf(o, "%.*s=%s", (int)nn, name, no ? "off" : "on");
+        } else {
+            memcpy(o, tok, n);
+            o += n;
+        }
+        first = false;
+        if (*p == ',')
+            p++;
+    }
+    *o = 0;
+    return out;
+}
+
 static int add_chardev(const char *arg, struct vbd_error **err)
 {
-    struct json_object *opts = vbd_opts_parse(arg, "backend", err);
+    char *long_form = arg[0] == '{' || !strncmp(arg, "json:", 5) ? NULL : chardev_long_form(arg);
+    struct json_object *opts = vbd_opts_parse(long_form ? long_form : arg, "backend", err);
+    free(long_form);
     if (!opts)
         return -EINVAL;
     struct json_object *backend;

@@ -7,7 +7,8 @@
 # when stdin ends right after quit (main's daemon refused --chardev stdio
 # and pretty=on; with stdio and without the fix in serve_client it lost
 # quit's reply every time), and a daemon that runs on after its stdin
-# ends without quit.
+# ends without quit; --chardev in QemuOpts' short-form booleans (server,nowait)
+# taken with qsd's warnings.
 . "$(dirname "$0")/lib.sh"
 need python3 qemu-storage-daemon
 python3 "$VBD_ROOT/tests/qmp/stdio_diff.py" "$T" qemu-storage-daemon "$VBD_DAEMON" || fail "QMP over stdio differs from qsd's (above)"

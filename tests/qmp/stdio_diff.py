@@ -21,11 +21,14 @@ What is checked, for pretty=off and pretty=on:
     reply still comes and the daemon exits 0 by itself;
   - stdin closed without quit: the daemon runs on (a second monitor on a
     socket answers, shows the stdio chardev, and its quit stops the daemon
-    with status 0).
+    with status 0); there both chardevs are written with QemuOpts'
+    short-form booleans (nosignal; server,nowait), and the warnings on
+    stderr must be qsd's.
 Exit status 0: no difference; 1: differences (printed).
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -69,13 +72,13 @@ def plain(o):
 
 
 class Session:
-    def __init__(self, bin_, pretty, extra):
+    def __init__(self, bin_, pretty, extra, chardev="stdio,id=m", stderr=None):
         self.name = os.path.basename(bin_) + (" pretty" if pretty else "")
         self.pretty = pretty
         self.buf = b""
         self.problems = []
-        self.p = subprocess.Popen([bin_, "--chardev", "stdio,id=m", "--monitor", "m,pretty=" + ("on" if pretty else "off")] + extra,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=DIR)
+        self.p = subprocess.Popen([bin_, "--chardev", chardev, "--monitor", "m,pretty=" + ("on" if pretty else "off")] + extra,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=DIR)
         self.dec = json.JSONDecoder(object_pairs_hook=pairs_hook)
 
     def read(self):
@@ -205,7 +208,11 @@ def qmp_socket(path, reqs):
 def eof_without_quit(bin_, tag):
     """stdin closed without quit: the daemon runs on; its socket monitor answers."""
     path = os.path.join(DIR, tag + "-qmp.sock")
-    s = Session(bin_, False, ["--chardev", "socket,id=s,path=%s,server=on,wait=off" % path, "--monitor", "s"])
+    # the chardevs in QemuOpts' short-form booleans (nosignal, server,
+    # nowait), as old guides write them: taken, each with qsd's warning
+    errpath = os.path.join(DIR, tag + "-stderr")
+    s = Session(bin_, False, ["--chardev", "socket,id=s,path=%s,server,nowait" % path, "--monitor", "s"],
+                chardev="stdio,id=m,nosignal", stderr=open(errpath, "w"))
     s.read()
     s.reply({"execute": "qmp_capabilities"}, [])
     s.p.stdin.close()
@@ -213,6 +220,11 @@ def eof_without_quit(bin_, tag):
     rc = s.p.wait(timeout=60)
     if rc != 0:
         s.problems.append("%s: exit status %d after a socket monitor's quit" % (s.name, rc))
+    warnings = [re.sub(r"^[^ :]*(qemu-storage-daemon|vbd-daemon):", "PROG:", l).replace(path, "{SOCK}")
+                for l in open(errpath).read().splitlines()]
+    out.append({"stderr": [w for w in warnings if "Sanitizer" not in w]})
+    if any("Sanitizer" in w or "runtime error" in w for w in warnings):
+        s.problems.append("%s: %s" % (s.name, warnings))
     for r in out:
         if isinstance(r.get("return"), list):
             r["return"].sort(key=lambda c: c["label"])
@@ -265,7 +277,7 @@ def main():
     if res["qsd"] != res["vbd"]:
         print("DIFF after stdin's EOF, over the socket monitor:\n qsd %s\n vbd %s" % (res["qsd"], res["vbd"]))
         ndiff += 1
-    print("stdin EOF without quit: the daemon ran on (%s)" % json.dumps(res["vbd"][1]))
+    print("stdin EOF without quit: the daemon ran on (%s); stderr %s" % (json.dumps(res["vbd"][1]), json.dumps(res["vbd"][-1])))
     return 1 if ndiff else 0
 
 
