@@ -115,6 +115,7 @@ static const char usage_text[] =
     "  --pidfile PATH    write the daemon's PID (after everything listens)\n"
     "  --daemonize       go to the background once every socket listens\n"
     "  -v, --verbose     debug log;  -h, --help;  -V, --version\n"
+    "  -T, --trace ...   qsd's trace options: taken and ignored (vbd has no QEMU trace events; -v logs)\n"
     "\n"
     "Options are processed in order. SIGTERM, SIGINT or QMP 'quit' stop the daemon cleanly (a second signal\n"
     "while stopping exits without waiting for requests in flight). SIGHUP re-reads the\n"
@@ -835,6 +836,7 @@ static void daemon_co(void *opaque)
         {"daemonize", no_argument, NULL, OPT_DAEMONIZE}, {"libvirt-disk", required_argument, NULL, OPT_LIBVIRT_DISK},
         {"print-libvirt-disk", no_argument, NULL, OPT_PRINT_LIBVIRT_DISK},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
+        {"trace", required_argument, NULL, 'T'},
         {NULL, 0, NULL, 0}};
     const char *pidfile = NULL, *state = NULL;
     int c, li = -1;
@@ -844,7 +846,7 @@ static void daemon_co(void *opaque)
      * command line and --state FILE are applied, never seeing a node
      * half open. */
     vbd_qmp_graph_lock();
-    while ((c = getopt_long(s->argc, s->argv, "vhV", lo, &li)) != -1) {
+    while ((c = getopt_long(s->argc, s->argv, "vhVT:", lo, &li)) != -1) {
         struct vbd_error *err = NULL;
         int rc = 0;
         switch (c) {
@@ -862,6 +864,11 @@ static void daemon_co(void *opaque)
         case OPT_STATE: state = optarg; break;
         case OPT_DAEMONIZE: break;
         case 'v': vbd_log_set_level(VBD_LOG_DEBUG); break;
+        case 'T':
+            /* command lines written for qsd pass its trace options (as
+             * vbd-img and vbd-nbd take them): no QEMU trace events here */
+            vbd_error_report("-T %s: vbd has no trace events, ignored", optarg);
+            break;
         case 'h': fputs(usage_text, stdout); s->rc = 0; vbd_qmp_graph_unlock(); return;
         case 'V': printf("vbd-daemon version " VBD_DAEMON_VERSION "\n"); s->rc = 0; vbd_qmp_graph_unlock(); return;
         default: s->rc = 1; stop_requested = true; break;

@@ -102,7 +102,8 @@ static void usage(void)
            "      --image-opts          treat FILE as a full set of image options\n"
            "\n"
            "Not supported (refused): -c/--connect and -d/--disconnect (kernel /dev/nbdN: use\n"
-           "nbd-client), -T/--trace, --selinux-label.\n",
+           "nbd-client), --selinux-label. -T/--trace is taken and ignored (vbd has no QEMU\n"
+           "trace events; -v: a debug log).\n",
            prog, prog);
 }
 
@@ -318,7 +319,10 @@ static void parse_args(int argc, char **argv)
         case OPT_TLSCREDS: o.tlscreds = optarg; break;
         case OPT_TLSHOSTNAME: o.tlshostname = optarg; break;
         case OPT_IMAGE_OPTS: o.image_opts = true; break;
-        case 'T': FAIL("-T/--trace: vbd has no QEMU trace events (use -v for a debug log)");
+        case 'T':
+            /* a command line written for qemu-nbd keeps working, as vbd-img's -T */
+            vbd_error_report("-T %s: vbd has no trace events, ignored", optarg);
+            break;
         case OPT_TLSAUTHZ: o.tlsauthz = optarg; break;
         case OPT_FORK: o.fork_process = true; break;
         case 'L': list = true; break;
