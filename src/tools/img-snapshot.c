@@ -83,9 +83,7 @@ int verb_snapshot(int argc, char **argv)
                              strerror(err ? err->code : EIO));
     } else if (action == 'a') {
         rc = img->drv->snapshot_goto(img, name, &err) < 0;
-        if (rc && err && err->code == EBUSY) /* bitmaps: qemu-img's words */
-            vbd_error_report("Could not apply snapshot '%s': %s", name, err->msg);
-        else if (rc)
+        if (rc)
             vbd_error_report("Could not apply snapshot '%s': Failed to load snapshot: %s", name,
                              strerror(err ? err->code : EIO));
     } else {

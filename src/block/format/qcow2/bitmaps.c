@@ -47,12 +47,6 @@ static struct qcow2_ext *bitmaps_ext(struct qcow2_state *s)
     return NULL;
 }
 
-bool qcow2_has_bitmaps(struct qcow2_state *s)
-{
-    struct qcow2_ext *x = bitmaps_ext(s);
-    return x && get_be32p(x->data) > 0;
-}
-
 static int write_dir(struct qcow2_state *s)
 {
     int rc = vbd_node_co_pwrite(s->n->file, s->bm_dir_offset, s->bm_dir, s->bm_dir_size, 0);

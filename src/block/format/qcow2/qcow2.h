@@ -232,8 +232,6 @@ void qcow2_release_entry(struct qcow2_state *s, uint64_t entry); /* qcow2.c */
 
 /* bitmaps.c */
 int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err);
-/* The image has persistent bitmaps (any: enabled, disabled, in use). */
-bool qcow2_has_bitmaps(struct qcow2_state *s);
 void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len);
 int qcow2_bitmaps_store(struct qcow2_state *s);
 void qcow2_bitmaps_free(struct qcow2_state *s);

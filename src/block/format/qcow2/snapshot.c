@@ -456,15 +456,6 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
 int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_error **err)
 {
     struct qcow2_state *s = n->opaque;
-    /* A revert changes the data wherever the snapshot differs without a
-     * write any bitmap could see: an incremental backup from a bitmap
-     * would then miss those changes. Refused whatever the bitmaps' state
-     * and before the snapshot is looked up, in QEMU 7.2's words
-     * (bdrv_snapshot_goto). */
-    if (__atomic_load_n(&n->dirty_bitmaps, __ATOMIC_ACQUIRE) || qcow2_has_bitmaps(s)) {
-        vbd_error_setf(err, EBUSY, "Device has active dirty bitmaps");
-        return -EBUSY;
-    }
     vbd_co_mutex_lock(&s->lock);
     uint8_t *tab = NULL;
     uint64_t len = 0, *offs = calloc(s->nb_snapshots + 1, sizeof(uint64_t)), *l1 = NULL;
