@@ -12,6 +12,7 @@
 #include "daemon/state.h"
 #include "qmp/cmd-block.h"
 #include "qmp/cmd-export.h"
+#include "qmp/commands.h"
 #include "vbd/job.h"
 
 #include "vbd/alloc.h"
@@ -332,6 +333,11 @@ static int add_nbd_server(const char *arg, struct vbd_error **err)
     json_object_put(opts);
     return rc;
 }
+
+/* The qom-types --object makes (daemon/objects.c), sorted as qsd lists them. */
+static const char *const object_types[] = {"authz-list",     "authz-simple",   "iothread",      "secret",
+                                           "throttle-group", "tls-creds-anon", "tls-creds-psk", "tls-creds-x509",
+                                           NULL};
 
 static int add_object(const char *arg, struct vbd_error **err)
 {
@@ -853,7 +859,14 @@ static void daemon_co(void *opaque)
         case OPT_BLOCKDEV: rc = add_blockdev(optarg, &err); break;
         case OPT_EXPORT: rc = add_export(optarg, &err); break;
         case OPT_NBD_SERVER: rc = add_nbd_server(optarg, &err); break;
-        case OPT_OBJECT: rc = add_object(optarg, &err); break;
+        case OPT_OBJECT:
+            if (vbd_qom_object_help(optarg, object_types)) { /* --object help, --object TYPE,help: qsd's answer */
+                s->rc = 0;
+                vbd_qmp_graph_unlock();
+                return;
+            }
+            rc = add_object(optarg, &err);
+            break;
         case OPT_CHARDEV: rc = add_chardev(optarg, &err); break;
         case OPT_MONITOR: rc = add_monitor(optarg, &err); break;
         case OPT_DRIVE: rc = add_drive(optarg, &err); break;

@@ -14,6 +14,7 @@
 #include "daemon/daemon.h"
 #include "daemon/objects.h"
 #include "qmp/cmd-export.h"
+#include "qmp/commands.h"
 
 #include "vbd/alloc.h"
 #include "vbd/authz.h"
@@ -149,6 +150,12 @@ static bool parse_int(const char *s, long long *v)
 
 static void add_object(const char *arg)
 {
+    /* the objects vbd_qmp_object_add_cmdline makes (daemon/objects.c) */
+    static const char *const types[] = {"authz-list",     "authz-simple",   "iothread",      "secret",
+                                        "throttle-group", "tls-creds-anon", "tls-creds-psk", "tls-creds-x509",
+                                        NULL};
+    if (vbd_qom_object_help(arg, types)) /* qemu-nbd's --object help, --object TYPE,help */
+        exit(0);
     struct vbd_error *err = NULL;
     struct json_object *opts = vbd_opts_parse(arg, "qom-type", &err);
     int rc = opts ? vbd_qmp_object_add_cmdline(opts, arg[0] != '{' && strncmp(arg, "json:", 5), &err) : -1;
