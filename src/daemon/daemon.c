@@ -12,6 +12,7 @@
 #include "daemon/state.h"
 #include "qmp/cmd-block.h"
 #include "qmp/cmd-export.h"
+#include "qmp/commands.h"
 #include "vbd/job.h"
 
 #include "vbd/alloc.h"
@@ -105,14 +106,17 @@ static const char usage_text[] =
     "  --chardev socket,id=ID,host=HOST,port=PORT,server=on,wait=off[,insecure-remote=on]\n"
     "                    a socket for a QMP monitor (unix: created mode 0600; TCP: loopback only unless\n"
     "                    insecure-remote=on, as QMP has no authentication). One client at a time\n"
-    "  --monitor [chardev=]ID\n"
-    "                    serve QMP (qemu-storage-daemon's control protocol) on chardev ID\n"
+    "  --chardev stdio,id=ID[,signal=on|off]\n"
+    "                    the daemon's stdin and stdout (a script's pipe), for one monitor; not with --daemonize\n"
+    "  --monitor [chardev=]ID[,mode=control][,pretty=on|off]\n"
+    "                    serve QMP (qemu-storage-daemon's control protocol) on chardev ID (pretty: indented)\n"
     "  --state FILE      keep what QMP changes (nodes, exports, NBD server, objects, snapshots, job pivots) in\n"
     "                    FILE, written atomically before each reply; at start FILE is replayed after the other\n"
     "                    options (the same node-name or id in both is an error; a damaged FILE is refused)\n"
     "  --pidfile PATH    write the daemon's PID (after everything listens)\n"
     "  --daemonize       go to the background once every socket listens\n"
     "  -v, --verbose     debug log;  -h, --help;  -V, --version\n"
+    "  -T, --trace ...   qsd's trace options: taken and ignored (vbd has no QEMU trace events; -v logs)\n"
     "\n"
     "Options are processed in order. SIGTERM, SIGINT or QMP 'quit' stop the daemon cleanly (a second signal\n"
     "while stopping exits without waiting for requests in flight). SIGHUP re-reads the\n"
@@ -227,11 +231,61 @@ static int add_blockdev(const char *arg, struct vbd_error **err)
     return 0;
 }
 
+/*
+ * --chardev is QemuOpts in qsd, whose short-form booleans ("server",
+ * "nowait": X=on, noX=off) old scripts and guides still write; qsd takes
+ * them with a deprecation warning each. arg rewritten with X=on / X=off
+ * (malloc'd), the warnings printed in qsd's words.
+ */
+static char *chardev_long_form(const char *arg)
+{
+    size_t len = strlen(arg);
+    char *out = vbd_xmalloc(len * 2 + 8), *o = out;
+    const char *p = arg;
+    bool first = true;
+    while (*p) {
+        const char *tok = p;
+        while (*p && !(*p == ',' && p[1] != ',')) /* up to a single ',' (",," is a comma in a value) */
+            p += (*p == ',') ? 2 : 1;
+        size_t n = (size_t)(p - tok);
+        bool bare = !memchr(tok, '=', n);
+        if (!first)
+            *o++ = ',';
+        if (bare && !first && n) {
+            bool no = n > 2 && !strncmp(tok, "no", 2);
+            const char *name = no ? tok + 2 : tok;
+            size_t nn = no ? n - 2 : n;
+            vbd_error_report("--chardev %s: warning: short-form boolean option '%.*s' deprecated\nPlease use %.*s=%s "
+                             "instead",
+                             arg, (int)n, tok, (int)nn, name, no ? "off" : "on");
+            o += sprintf(o, "%.*s=%s", (int)nn, name, no ? "off" : "on");
+        } else {
+            memcpy(o, tok, n);
+            o += n;
+        }
+        first = false;
+        if (*p == ',')
+            p++;
+    }
+    *o = 0;
+    return out;
+}
+
 static int add_chardev(const char *arg, struct vbd_error **err)
 {
-    struct json_object *opts = vbd_opts_parse(arg, "backend", err);
+    char *long_form = arg[0] == '{' || !strncmp(arg, "json:", 5) ? NULL : chardev_long_form(arg);
+    struct json_object *opts = vbd_opts_parse(long_form ? long_form : arg, "backend", err);
+    free(long_form);
     if (!opts)
         return -EINVAL;
+    struct json_object *backend;
+    if (ready_pipe >= 0 && json_object_object_get_ex(opts, "backend", &backend) &&
+        !strcmp(json_object_get_string(backend), "stdio")) {
+        /* --daemonize puts /dev/null there */
+        vbd_error_setf(err, EINVAL, "cannot use stdio with -daemonize"); /* qsd's words */
+        json_object_put(opts);
+        return -EINVAL;
+    }
     int rc = vbd_qmp_chardev_add(opts, err);
     json_object_put(opts);
     return rc;
@@ -279,6 +333,11 @@ static int add_nbd_server(const char *arg, struct vbd_error **err)
     json_object_put(opts);
     return rc;
 }
+
+/* The qom-types --object makes (daemon/objects.c), sorted as qsd lists them. */
+static const char *const object_types[] = {"authz-list",     "authz-simple",   "iothread",      "secret",
+                                           "throttle-group", "tls-creds-anon", "tls-creds-psk", "tls-creds-x509",
+                                           NULL};
 
 static int add_object(const char *arg, struct vbd_error **err)
 {
@@ -783,6 +842,7 @@ static void daemon_co(void *opaque)
         {"daemonize", no_argument, NULL, OPT_DAEMONIZE}, {"libvirt-disk", required_argument, NULL, OPT_LIBVIRT_DISK},
         {"print-libvirt-disk", no_argument, NULL, OPT_PRINT_LIBVIRT_DISK},
         {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
+        {"trace", required_argument, NULL, 'T'},
         {NULL, 0, NULL, 0}};
     const char *pidfile = NULL, *state = NULL;
     int c, li = -1;
@@ -792,14 +852,21 @@ static void daemon_co(void *opaque)
      * command line and --state FILE are applied, never seeing a node
      * half open. */
     vbd_qmp_graph_lock();
-    while ((c = getopt_long(s->argc, s->argv, "vhV", lo, &li)) != -1) {
+    while ((c = getopt_long(s->argc, s->argv, "vhVT:", lo, &li)) != -1) {
         struct vbd_error *err = NULL;
         int rc = 0;
         switch (c) {
         case OPT_BLOCKDEV: rc = add_blockdev(optarg, &err); break;
         case OPT_EXPORT: rc = add_export(optarg, &err); break;
         case OPT_NBD_SERVER: rc = add_nbd_server(optarg, &err); break;
-        case OPT_OBJECT: rc = add_object(optarg, &err); break;
+        case OPT_OBJECT:
+            if (vbd_qom_object_help(optarg, object_types)) { /* --object help, --object TYPE,help: qsd's answer */
+                s->rc = 0;
+                vbd_qmp_graph_unlock();
+                return;
+            }
+            rc = add_object(optarg, &err);
+            break;
         case OPT_CHARDEV: rc = add_chardev(optarg, &err); break;
         case OPT_MONITOR: rc = add_monitor(optarg, &err); break;
         case OPT_DRIVE: rc = add_drive(optarg, &err); break;
@@ -810,6 +877,11 @@ static void daemon_co(void *opaque)
         case OPT_STATE: state = optarg; break;
         case OPT_DAEMONIZE: break;
         case 'v': vbd_log_set_level(VBD_LOG_DEBUG); break;
+        case 'T':
+            /* command lines written for qsd pass its trace options (as
+             * vbd-img and vbd-nbd take them): no QEMU trace events here */
+            vbd_error_report("-T %s: vbd has no trace events, ignored", optarg);
+            break;
         case 'h': fputs(usage_text, stdout); s->rc = 0; vbd_qmp_graph_unlock(); return;
         case 'V': printf("vbd-daemon version " VBD_DAEMON_VERSION "\n"); s->rc = 0; vbd_qmp_graph_unlock(); return;
         default: s->rc = 1; stop_requested = true; break;

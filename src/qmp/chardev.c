@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Character devices, as qemu-storage-daemon 7.2 has them (QEMU chardev/):
- * --chardev socket for the monitors, and at run time chardev-add,
+ * --chardev socket (or stdio) for the monitors, and at run time chardev-add,
  * chardev-change, chardev-remove, chardev-send-break, ringbuf-read,
  * ringbuf-write, query-chardev and query-chardev-backends.
  *
@@ -48,6 +48,9 @@
 #define RINGBUF_MAX (1ull << 30)
 
 static struct qmp_chardev *chardevs;
+/* The stdio chardev's fds' flags before it made them non-blocking: put
+ * back when it goes (they are shared with whoever started the daemon). */
+static int stdio_saved_flags[2] = {-1, -1};
 
 struct qmp_chardev *qmp_chardev_find(const char *id)
 {
@@ -129,6 +132,13 @@ static void watch_stop(struct qmp_chardev *c)
 static void chardev_free(struct qmp_chardev *c, const char *keep_path)
 {
     watch_stop(c);
+    if (c->backend && !strcmp(c->backend, "stdio")) {
+        /* the daemon's own stdin and stdout: left open, their flags as they were */
+        for (int fd = 0; fd < 2; fd++)
+            if (stdio_saved_flags[fd] >= 0)
+                fcntl(fd, F_SETFL, stdio_saved_flags[fd]);
+        c->fd = c->fd_in = -1;
+    }
     if (c->listen_fd >= 0)
         close(c->listen_fd);
     if (c->fd >= 0)
@@ -283,7 +293,7 @@ struct json_object *qmp_chardev_qom_props(const char *id, const char **type)
 {
     static const char *const types[][2] = {{"socket", "chardev-socket"}, {"file", "chardev-file"},
                                            {"pipe", "chardev-pipe"},     {"null", "chardev-null"},
-                                           {"ringbuf", "chardev-ringbuf"}, {"memory", "chardev-memory"}};
+                                           {"ringbuf", "chardev-ringbuf"}, {"memory", "chardev-memory"}, {"stdio", "chardev-stdio"}};
     struct qmp_chardev *c = qmp_chardev_find(id);
     if (!c)
         return NULL;
@@ -377,14 +387,71 @@ static void chardev_link(struct qmp_chardev *c)
     *tail = c;
 }
 
+/* --chardev stdio: a monitor on the daemon's stdin and stdout, as qsd's
+ * (a script drives the daemon through a pipe). Both fds are made
+ * non-blocking so the main loop never waits on them; the terminal is not
+ * put in raw mode (signal= is taken and has no effect: ^C is SIGINT). */
+static int stdio_add(struct json_object *opts, char **id, struct vbd_error **err)
+{
+    bool sig = true;
+    if (vbd_opt_take_bool(opts, "signal", &sig, err) < 0)
+        return -EINVAL;
+    json_object_object_foreach(opts, key, unused_val)
+    {
+        (void)unused_val;
+        vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", key); /* qsd's words, as the checks below */
+        return -EINVAL;
+    }
+    if (!*id) {
+        vbd_error_setf(err, EINVAL, "chardev: no id specified");
+        return -EINVAL;
+    }
+    for (struct qmp_chardev *o = chardevs; o; o = o->next)
+        if (!strcmp(o->backend, "stdio")) {
+            vbd_error_setf(err, EBUSY, "cannot use stdio by multiple character devices");
+            return -EBUSY;
+        }
+    if (qmp_chardev_find(*id)) {
+        vbd_error_setf(err, EEXIST, "--chardev: duplicate ID '%s'", *id);
+        return -EEXIST;
+    }
+    struct qmp_chardev *c = chardev_new();
+    char *name = strdup("stdio");
+    if (!c || !name) {
+        free(c);
+        free(name);
+        vbd_error_setf(err, ENOMEM, "--chardev %s: out of memory", *id);
+        return -ENOMEM;
+    }
+    for (int fd = 0; fd < 2; fd++) {
+        int fl = fcntl(fd, F_GETFL);
+        stdio_saved_flags[fd] = fl;
+        if (fl >= 0 && !(fl & O_NONBLOCK))
+            fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    }
+    c->id = *id;
+    *id = NULL;
+    c->backend = "stdio";
+    c->fd_in = 0;
+    c->fd = 1;
+    c->filename = name; /* query-chardev's "filename", as qsd's */
+    chardev_link(c);
+    return 0;
+}
+
 int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
 {
     char *backend = NULL, *id = NULL, *path = NULL, *host = NULL, *port = NULL;
     bool server = false, wait = false, remote_ok = false;
     int fd = -1, rc = -EINVAL;
     qmp_monitor_set_main_loop();
-    if (vbd_opt_take_str(opts, "backend", &backend, err) < 0 || vbd_opt_take_str(opts, "id", &id, err) < 0 ||
-        vbd_opt_take_str(opts, "path", &path, err) < 0 || vbd_opt_take_str(opts, "host", &host, err) < 0 ||
+    if (vbd_opt_take_str(opts, "backend", &backend, err) < 0 || vbd_opt_take_str(opts, "id", &id, err) < 0)
+        goto out;
+    if (backend && !strcmp(backend, "stdio")) {
+        rc = stdio_add(opts, &id, err);
+        goto out;
+    }
+    if (vbd_opt_take_str(opts, "path", &path, err) < 0 || vbd_opt_take_str(opts, "host", &host, err) < 0 ||
         vbd_opt_take_str(opts, "port", &port, err) < 0 || vbd_opt_take_bool(opts, "server", &server, err) < 0 ||
         vbd_opt_take_bool(opts, "wait", &wait, err) < 0 ||
         vbd_opt_take_bool(opts, "insecure-remote", &remote_ok, err) < 0)
@@ -394,7 +461,7 @@ int vbd_qmp_chardev_add(struct json_object *opts, struct vbd_error **err)
         goto out;
     }
     if (!backend || strcmp(backend, "socket")) {
-        vbd_error_setf(err, EINVAL, "--chardev %s: backend '%s' is not supported (only 'socket')", id,
+        vbd_error_setf(err, EINVAL, "--chardev %s: backend '%s' is not supported (only 'socket' and 'stdio')", id,
                        backend ? backend : "");
         goto out;
     }

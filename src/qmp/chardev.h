@@ -19,11 +19,11 @@ struct json_object;
 
 struct qmp_chardev {
     char *id;
-    const char *backend;   /* ChardevBackendKind: "socket", "file", "pipe", "null", "ringbuf", "memory" */
+    const char *backend;   /* ChardevBackendKind: "socket", "file", "pipe", "null", "ringbuf", "memory", "stdio" */
     int listen_fd;         /* socket server: the listening socket; else -1 */
     bool accept_lacking;   /* its accept is short of fds or memory (vbd_co_accept_backoff) */
-    int fd;                /* socket client: the connection; file and pipe: output; else -1 */
-    int fd_in;             /* file in=, pipe's separate input end; else -1 */
+    int fd;                /* socket client: the connection; file and pipe: output; stdio: 1; else -1 */
+    int fd_in;             /* file in=, pipe's separate input end; stdio: 0; else -1 */
     char *unix_path;       /* socket server on a path: removed when it closes */
     char *filename;        /* query-chardev's text where it does not follow a connection */
     bool has_monitor;      /* a monitor uses it (busy: not removable, not changeable) */

@@ -66,7 +66,7 @@ static struct json_object *query_commands(struct json_object *args, struct vbd_q
  * opaque strings there too). What vbd knows honestly: each command's
  * top-level arguments from its arg_spec (a boxed command, arg_spec NULL,
  * gets arg-type "any": its members are not described), no return types
- * ("any") and no events. */
+ * ("any"), and the events the daemon sends with their data members. */
 static struct json_object *schema_entry(const char *name, const char *meta)
 {
     struct json_object *o = json_object_new_object();
@@ -87,10 +87,95 @@ static const char *schema_type(const char *spec_type)
     return "any"; /* object, any */
 }
 
+/*
+ * The events vbd-daemon sends (vbd_qmp_event's callers), with their data
+ * as QEMU 7.2's schema types it (qsd 7.2's query-qmp-schema; its
+ * VSERPORT_CHANGE is a virtio-serial port's: vbd has none). The members
+ * in arg_spec syntax; a type "a|b|c" is an enum of those values.
+ */
+#define JOB_TYPES "commit|stream|mirror|backup|create|amend|snapshot-load|snapshot-save|snapshot-delete"
+static const struct {
+    const char *name, *data;
+} schema_events[] = {
+    {"BLOCK_IMAGE_CORRUPTED", "device:str ?node-name:str msg:str ?offset:int ?size:int fatal:bool"},
+    {"BLOCK_IO_ERROR", "device:str ?node-name:str operation:read|write action:ignore|report|stop ?nospace:bool "
+                       "reason:str"},
+    {"BLOCK_JOB_COMPLETED", "type:" JOB_TYPES " device:str len:int offset:int speed:int ?error:str"},
+    {"BLOCK_JOB_CANCELLED", "type:" JOB_TYPES " device:str len:int offset:int speed:int"},
+    {"BLOCK_JOB_ERROR", "device:str operation:read|write action:ignore|report|stop"},
+    {"BLOCK_JOB_READY", "type:" JOB_TYPES " device:str len:int offset:int speed:int"},
+    {"BLOCK_JOB_PENDING", "type:" JOB_TYPES " id:str"},
+    {"BLOCK_WRITE_THRESHOLD", "node-name:str amount-exceeded:uint write-threshold:uint"},
+    {"QUORUM_FAILURE", "reference:str sector-num:int sectors-count:int"},
+    {"QUORUM_REPORT_BAD", "type:read|write|flush ?error:str node-name:str sector-num:int sectors-count:int"},
+    {"JOB_STATUS_CHANGE", "id:str status:undefined|created|running|paused|ready|standby|waiting|pending|aborting|"
+                          "concluded|null"},
+    {"BLOCK_EXPORT_DELETED", "id:str"},
+};
+
+/* A new type name ("N"), for an object or an enum entry. */
+static const char *schema_name(unsigned *next_type, char *buf, size_t size)
+{
+    snprintf(buf, size, "%u", (*next_type)++);
+    return buf;
+}
+
+/* An enum entry for "a|b|c" (QEMU 7.2's: values and members); its name in tname. */
+static void schema_enum(struct json_object *list, const char *values, unsigned *next_type, char *tname, size_t tn)
+{
+    struct json_object *e = schema_entry(schema_name(next_type, tname, tn), "enum");
+    struct json_object *vals = json_object_new_array(), *members = json_object_new_array();
+    for (const char *v = values; *v;) {
+        size_t n = strcspn(v, "|");
+        struct json_object *m = json_object_new_object();
+        json_object_object_add(m, "name", json_object_new_string_len(v, (int)n));
+        json_object_array_add(members, m);
+        json_object_array_add(vals, json_object_new_string_len(v, (int)n));
+        v += n + (v[n] == '|');
+    }
+    json_object_object_add(e, "members", members);
+    json_object_object_add(e, "values", vals);
+    json_object_array_add(list, e);
+}
+
+/* An object entry for an arg_spec (its enums' entries too); its name in tname. */
+static void schema_object(struct json_object *list, const char *spec, unsigned *next_type, char *tname, size_t tn)
+{
+    struct json_object *obj = schema_entry(schema_name(next_type, tname, tn), "object");
+    struct json_object *members = json_object_new_array();
+    for (const char *p = spec; *p;) {
+        p += strspn(p, " ");
+        size_t n = strcspn(p, " ");
+        if (!n)
+            break;
+        bool optional = *p == '?';
+        const char *word = p + optional;
+        size_t wn = n - optional, colon = strcspn(word, ":");
+        char aname[64], atype[256], ename[16];
+        snprintf(aname, sizeof(aname), "%.*s", (int)(colon < wn ? colon : wn), word);
+        snprintf(atype, sizeof(atype), "%.*s", colon < wn ? (int)(wn - colon - 1) : 0, word + colon + 1);
+        const char *type = schema_type(atype);
+        if (strchr(atype, '|')) {
+            schema_enum(list, atype, next_type, ename, sizeof(ename));
+            type = ename;
+        }
+        struct json_object *m = json_object_new_object();
+        json_object_object_add(m, "name", json_object_new_string(aname));
+        json_object_object_add(m, "type", json_object_new_string(type));
+        if (optional)
+            json_object_object_add(m, "default", NULL); /* QEMU's mark of an optional member */
+        json_object_array_add(members, m);
+        p += n;
+    }
+    json_object_object_add(obj, "members", members);
+    json_object_array_add(list, obj);
+}
+
 static struct json_object *query_qmp_schema(struct json_object *args, struct vbd_qmp_error *err)
 {
     struct json_object *list = json_object_new_array();
     unsigned next_type = 1; /* "0" is the empty object */
+    char tname[16];
     for (const struct vbd_qmp_command *c = vbd_qmp_command_next(NULL); c; c = vbd_qmp_command_next(c)) {
         struct json_object *cmd = schema_entry(c->name, "command");
         json_object_object_add(cmd, "ret-type", json_object_new_string("any"));
@@ -99,33 +184,16 @@ static struct json_object *query_qmp_schema(struct json_object *args, struct vbd
         } else if (!c->arg_spec[strspn(c->arg_spec, " ")]) {
             json_object_object_add(cmd, "arg-type", json_object_new_string("0"));
         } else {
-            char tname[16];
-            snprintf(tname, sizeof(tname), "%u", next_type++);
+            schema_object(list, c->arg_spec, &next_type, tname, sizeof(tname));
             json_object_object_add(cmd, "arg-type", json_object_new_string(tname));
-            struct json_object *obj = schema_entry(tname, "object"), *members = json_object_new_array();
-            for (const char *p = c->arg_spec; *p;) {
-                p += strspn(p, " ");
-                size_t n = strcspn(p, " ");
-                if (!n)
-                    break;
-                bool optional = *p == '?';
-                const char *word = p + optional;
-                size_t wn = n - optional, colon = strcspn(word, ":");
-                char aname[64], atype[16];
-                snprintf(aname, sizeof(aname), "%.*s", (int)(colon < wn ? colon : wn), word);
-                snprintf(atype, sizeof(atype), "%.*s", colon < wn ? (int)(wn - colon - 1) : 0, word + colon + 1);
-                struct json_object *m = json_object_new_object();
-                json_object_object_add(m, "name", json_object_new_string(aname));
-                json_object_object_add(m, "type", json_object_new_string(schema_type(atype)));
-                if (optional)
-                    json_object_object_add(m, "default", NULL); /* QEMU's mark of an optional member */
-                json_object_array_add(members, m);
-                p += n;
-            }
-            json_object_object_add(obj, "members", members);
-            json_object_array_add(list, obj);
         }
         json_object_array_add(list, cmd);
+    }
+    for (size_t i = 0; i < sizeof(schema_events) / sizeof(schema_events[0]); i++) {
+        struct json_object *ev = schema_entry(schema_events[i].name, "event");
+        schema_object(list, schema_events[i].data, &next_type, tname, sizeof(tname));
+        json_object_object_add(ev, "arg-type", json_object_new_string(tname));
+        json_object_array_add(list, ev);
     }
     struct json_object *empty = schema_entry("0", "object");
     json_object_object_add(empty, "members", json_object_new_array());

@@ -555,9 +555,16 @@ struct json_object *qmp_qom_set(struct json_object *args, struct vbd_qmp_error *
     }
     if (!strcmp(type, "iothread") && strcmp(prop, "thread-pool-min") && strcmp(prop, "thread-pool-max") &&
         strcmp(prop, "type")) {
-        if (!json_object_is_type(value, json_type_int) || json_object_get_int64(value) < 0) {
-            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: %s", prop,
-                               json_object_is_type(value, json_type_int) ? "uint64" : "integer");
+        /* qsd 7.2's words: the property is an int (a number past int64 is
+         * not one), its setter refuses what is negative */
+        if (!json_object_is_type(value, json_type_int) ||
+            (json_object_get_int64(value) == INT64_MAX && json_object_get_uint64(value) != (uint64_t)INT64_MAX)) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for '%s', expected: integer", prop);
+            return NULL;
+        }
+        if (json_object_get_int64(value) < 0) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s value must be in range [0, %lld]", prop,
+                               (long long)INT64_MAX);
             return NULL;
         }
         vbd_iothread_set(id, prop, (uint64_t)json_object_get_int64(value));

@@ -4,6 +4,8 @@
 
 #include "vbd/qmp.h"
 
+#include <stdbool.h>
+
 /* One table per group, each ended by an entry with name NULL. */
 extern const struct vbd_qmp_command vbd_qmp_cmds_core[];     /* cmd-core.c: capabilities, version, commands, schema, quit */
 extern const struct vbd_qmp_command vbd_qmp_cmds_block[];    /* cmd-block.c: blockdev-*, block_resize, stats, ... */
@@ -20,6 +22,13 @@ extern const struct vbd_qmp_command vbd_qmp_cmds_qom_types[]; /* cmd-qom-types.c
 extern const struct vbd_qmp_command vbd_qmp_cmds_chardev[];  /* chardev.c: chardev-*, ringbuf-*, query-chardev-backends */
 
 struct vbd_qmp_error;
+
+/* --object help (or ?) and --object TYPE,...,help, as qsd, qemu-nbd and
+ * qemu-img answer them: the types this program makes (types: sorted,
+ * NULL-terminated) or TYPE's properties as qsd 7.2 lists them (from
+ * cmd-qom-types.c's table, less those vbd refuses), on stdout. True when
+ * arg asked for help (the caller exits 0); false: an object to make. */
+bool vbd_qom_object_help(const char *arg, const char *const *types);
 
 /*
  * Check the members of a boxed argument object against spec (the

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The QMP monitor: --chardev socket (unix or loopback TCP, server side) and
- * --monitor, as qemu-storage-daemon has them.
+ * The QMP monitor: --chardev socket (unix or loopback TCP, server side) or
+ * stdio and --monitor [pretty=on], as qemu-storage-daemon has them.
  *
  * One client per chardev at a time, as QEMU's socket chardev: a second
  * connection waits in the listen backlog until the first one closes. Each
@@ -44,6 +44,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +64,13 @@ struct out_msg {
 };
 
 struct qmp_client {
-    int fd;
+    int fd;     /* input: the socket, or stdin */
+    int fd_out; /* output: the socket, or stdout */
+    /* stdio (not a socket): shutdown cannot end the coroutines' waits, a
+     * cancel of these does */
+    bool is_stdio;
+    struct vbd_poll_wait in_wait, out_wait;
+    bool pretty; /* --monitor pretty=on: QEMU's indented layout */
     bool negotiated;
     bool closing;     /* stop reading, writer finishes */
     bool writer_done;
@@ -81,6 +88,7 @@ struct qmp_monitor {
     struct qmp_chardev *chr;
     struct qmp_client *client; /* the connected one, or NULL */
     bool done;                 /* accept loop ended */
+    bool pretty;               /* pretty=on */
     bool accept_lacking;       /* accept is short of fds or memory (vbd_co_accept_backoff) */
     char accept_what[160];     /* "QMP on 'ID'", for its lines */
     struct qmp_monitor *next;
@@ -103,7 +111,8 @@ static void flush_now(struct qmp_client *c)
         return; /* the writer is in a send of the head message: it owns it until it returns */
     while (c->out_head) {
         struct out_msg *m = c->out_head;
-        ssize_t n = send(c->fd, m->data + m->off, m->len - m->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t n = c->is_stdio ? write(c->fd_out, m->data + m->off, m->len - m->off) /* non-blocking */
+                                : send(c->fd_out, m->data + m->off, m->len - m->off, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n <= 0)
             break;
         m->off += (size_t)n;
@@ -128,7 +137,12 @@ static void client_drop(struct qmp_client *c, const char *why, bool flush)
     if (flush)
         flush_now(c);
     c->closing = true;
-    shutdown(c->fd, SHUT_RDWR); /* wakes both coroutines out of their polls */
+    if (c->is_stdio) {
+        vbd_co_poll_wait_cancel(&c->in_wait);
+        vbd_co_poll_wait_cancel(&c->out_wait);
+    } else {
+        shutdown(c->fd, SHUT_RDWR); /* wakes both coroutines out of their polls */
+    }
     vbd_co_queue_wake_all(&c->writer_wait);
     vbd_co_queue_wake_all(&c->reader_wait);
 }
@@ -190,10 +204,26 @@ static void text_add(struct text *t, const char *s, size_t n)
     t->p[t->len] = 0;
 }
 
-/* QEMU's layout, {"key": value, "key": [1, 2]}, so a session reads the same
- * as with qemu-storage-daemon; '/' is not escaped (paths stay readable). */
-static void text_json(struct text *t, struct json_object *o)
+/* pretty=on: a new line ("\r\n": QEMU's monitor writes every '\n' so)
+ * indented 4 spaces a level; nothing when level < 0 (one line) */
+static void text_newline(struct text *t, int level)
 {
+    if (level < 0)
+        return;
+    text_add(t, "\r\n", 2);
+    for (int i = 0; i < level; i++)
+        text_add(t, "    ", 4);
+}
+
+/* QEMU's layout, {"key": value, "key": [1, 2]}, so a session reads the same
+ * as with qemu-storage-daemon; '/' is not escaped (paths stay readable).
+ * level >= 0: pretty=on's layout as QEMU's qobject_to_json_pretty, members
+ * one a line at level + 1 (an empty object or list too: "{", "}" on two
+ * lines); -1: one line. */
+static void text_json(struct text *t, struct json_object *o, int level)
+{
+    int inner = level < 0 ? -1 : level + 1;
+    const char *sep = level < 0 ? ", " : ",";
     switch (json_object_get_type(o)) {
     case json_type_object: {
         bool first = true;
@@ -201,15 +231,17 @@ static void text_json(struct text *t, struct json_object *o)
         json_object_object_foreach(o, key, val)
         {
             if (!first)
-                text_add(t, ", ", 2);
+                text_add(t, sep, strlen(sep));
             first = false;
+            text_newline(t, inner);
             struct json_object *k = json_object_new_string(key);
             const char *ks = json_object_to_json_string_ext(k, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
             text_add(t, ks, strlen(ks));
             json_object_put(k);
             text_add(t, ": ", 2);
-            text_json(t, val);
+            text_json(t, val, inner);
         }
+        text_newline(t, level);
         text_add(t, "}", 1);
         break;
     }
@@ -218,9 +250,11 @@ static void text_json(struct text *t, struct json_object *o)
         text_add(t, "[", 1);
         for (size_t i = 0; i < n; i++) {
             if (i)
-                text_add(t, ", ", 2);
-            text_json(t, json_object_array_get_idx(o, i));
+                text_add(t, sep, strlen(sep));
+            text_newline(t, inner);
+            text_json(t, json_object_array_get_idx(o, i), inner);
         }
+        text_newline(t, level);
         text_add(t, "]", 1);
         break;
     }
@@ -233,11 +267,11 @@ static void text_json(struct text *t, struct json_object *o)
     }
 }
 
-/* The message as one line of text (malloc'd), or NULL. */
-static char *json_line(struct json_object *o, size_t *len)
+/* The message as text (malloc'd; one line unless pretty), or NULL. */
+static char *json_line(struct json_object *o, bool pretty, size_t *len)
 {
     struct text t = {0};
-    text_json(&t, o);
+    text_json(&t, o, pretty ? 0 : -1);
     if (t.failed || !t.p) {
         free(t.p);
         return NULL;
@@ -249,13 +283,32 @@ static char *json_line(struct json_object *o, size_t *len)
 static void client_queue_json(struct qmp_client *c, struct json_object *o, bool is_event)
 {
     size_t len;
-    char *s = json_line(o, &len);
+    char *s = json_line(o, c->pretty, &len);
     if (!s) {
         client_drop(c, "out of memory", false);
         return;
     }
     client_queue(c, s, len, is_event);
     free(s);
+}
+
+/* Some of buf written (>= 0) or -errno; the wait for room is cancelled by client_drop. */
+static ssize_t client_send(struct qmp_client *c, const void *buf, size_t len)
+{
+    if (!c->is_stdio)
+        return vbd_co_send(c->fd_out, buf, len);
+    for (;;) {
+        ssize_t n = write(c->fd_out, buf, len); /* stdout: non-blocking (chardev.c) */
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        int r = vbd_co_poll_wait(&c->out_wait, c->fd_out, POLLOUT);
+        if (r < 0)
+            return r;
+    }
 }
 
 static void writer_co(void *opaque)
@@ -268,7 +321,7 @@ static void writer_co(void *opaque)
             break;
         struct out_msg *m = c->out_head;
         c->writer_busy = true;
-        ssize_t n = vbd_co_send(c->fd, m->data + m->off, m->len - m->off);
+        ssize_t n = client_send(c, m->data + m->off, m->len - m->off);
         c->writer_busy = false;
         if (n <= 0) {
             client_drop(c, NULL, false); /* the peer went away */
@@ -396,16 +449,23 @@ static void greet(struct qmp_client *c)
     json_object_put(g);
 }
 
-static void serve_client(struct qmp_monitor *mon, int fd)
+/* A client on fd (a socket, closed at the end), or on the stdio chardev
+ * (fd_out: stdout; stdin and stdout stay open). */
+static void serve_client(struct qmp_monitor *mon, int fd, int fd_out, bool is_stdio)
 {
     struct qmp_client *c = calloc(1, sizeof(*c));
     if (!c) {
-        close(fd);
+        if (!is_stdio)
+            close(fd);
         return;
     }
     c->fd = fd;
+    c->fd_out = fd_out;
+    c->is_stdio = is_stdio;
+    c->pretty = mon->pretty;
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* TCP: replies go out at once (fails harmlessly on unix) */
+    if (!is_stdio)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* TCP: replies go out at once (fails harmlessly on unix) */
     qmp_stream_init(&c->stream, on_request, c);
     mon->client = c;
     greet(c);
@@ -415,7 +475,8 @@ static void serve_client(struct qmp_monitor *mon, int fd)
             vbd_co_queue_wait(&c->reader_wait);
         if (c->closing)
             break;
-        ssize_t n = vbd_co_recv(fd, c->buf, sizeof(c->buf));
+        ssize_t n = is_stdio ? vbd_co_recv_cancellable(fd, c->buf, sizeof(c->buf), &c->in_wait)
+                             : vbd_co_recv(fd, c->buf, sizeof(c->buf));
         if (n <= 0)
             break;
         if (qmp_stream_feed(&c->stream, c->buf, (size_t)n) < 0) {
@@ -423,6 +484,11 @@ static void serve_client(struct qmp_monitor *mon, int fd)
             break;
         }
     }
+    /* EOF right after quit (a script's input ends with it): quit's reply,
+     * held until the daemon has stopped, still goes out, as qsd's does;
+     * vbd_qmp_shutdown queues it and drops the client */
+    while (c->quit_reply && !c->closing)
+        vbd_co_queue_wait(&c->reader_wait);
     /* EOF: the client may have half-closed and still read the replies */
     c->closing = true;
     vbd_co_queue_wake_all(&c->writer_wait);
@@ -435,20 +501,29 @@ static void serve_client(struct qmp_monitor *mon, int fd)
         free(m);
     }
     qmp_stream_destroy(&c->stream);
-    close(fd);
+    if (!is_stdio)
+        close(fd);
     free(c);
 }
 
 static void monitor_co(void *opaque)
 {
     struct qmp_monitor *mon = opaque;
+    if (mon->chr->listen_fd < 0) {
+        /* stdio: one client, the process that started the daemon; after
+         * its EOF the daemon runs on without a monitor there, as qsd */
+        serve_client(mon, mon->chr->fd_in, mon->chr->fd, true);
+        mon->done = true;
+        vbd_co_queue_wake_all(&monitors_done_q);
+        return;
+    }
     while (!stopping) {
         int fd = vbd_co_accept(mon->chr->listen_fd, NULL, NULL);
         if (fd < 0 && (stopping || fd == -EINVAL || fd == -EBADF))
             break;
         if (vbd_co_accept_backoff(&mon->accept_lacking, fd, mon->accept_what) || fd < 0)
             continue;
-        serve_client(mon, fd);
+        serve_client(mon, fd, fd, false);
     }
     mon->done = true;
     vbd_co_queue_wake_all(&monitors_done_q);
@@ -467,12 +542,19 @@ static struct vbd_bh events_bh;
 
 static void broadcast(struct json_object *msg)
 {
-    size_t len;
-    char *s = json_line(msg, &len);
-    for (struct qmp_monitor *mon = monitors; s && mon; mon = mon->next)
-        if (mon->client && mon->client->negotiated)
-            client_queue(mon->client, s, len, true);
-    free(s);
+    size_t len[2] = {0, 0};
+    char *s[2] = {NULL, NULL}; /* one line, pretty: each made once, if a monitor wants it */
+    for (struct qmp_monitor *mon = monitors; mon; mon = mon->next) {
+        if (!mon->client || !mon->client->negotiated)
+            continue;
+        int p = mon->pretty;
+        if (!s[p])
+            s[p] = json_line(msg, p, &len[p]);
+        if (s[p])
+            client_queue(mon->client, s[p], len[p], true);
+    }
+    free(s[0]);
+    free(s[1]);
 }
 
 /*
@@ -615,7 +697,7 @@ int qmp_monitor_client_fd(const struct qmp_chardev *c)
 {
     for (struct qmp_monitor *m = monitors; m; m = m->next)
         if (m->chr == c && m->client && !m->client->closing)
-            return m->client->fd;
+            return m->client->is_stdio ? -1 : m->client->fd;
     return -1;
 }
 
@@ -640,11 +722,7 @@ int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err)
         goto out;
     }
     if (mode && strcmp(mode, "control")) {
-        vbd_error_setf(err, EINVAL, "--monitor %s: mode '%s' is not supported (only 'control', QMP)", chr, mode);
-        goto out;
-    }
-    if (pretty) {
-        vbd_error_setf(err, EINVAL, "--monitor %s: pretty=on is not supported", chr);
+        vbd_error_setf(err, EINVAL, "Only QMP is supported"); /* qsd's words: mode=control */
         goto out;
     }
     struct qmp_chardev *c = qmp_chardev_find(chr);
@@ -662,6 +740,7 @@ int vbd_qmp_monitor_add(struct json_object *opts, struct vbd_error **err)
         goto out;
     }
     mon->chr = c;
+    mon->pretty = pretty;
     snprintf(mon->accept_what, sizeof(mon->accept_what), "QMP on '%s'", c->id);
     c->has_monitor = true;
     mon->next = monitors;
@@ -690,7 +769,8 @@ void vbd_qmp_quiesce(void)
     quiesced = true;
     /* no new client: qsd's listener is not polled once its main loop ended */
     for (struct qmp_monitor *mon = monitors; mon; mon = mon->next)
-        shutdown(mon->chr->listen_fd, SHUT_RDWR); /* wakes the accept */
+        if (mon->chr->listen_fd >= 0)
+            shutdown(mon->chr->listen_fd, SHUT_RDWR); /* wakes the accept */
     if (vbd_in_co()) {
         /* a command that was running (it may yield) ends first; none starts after */
         vbd_co_mutex_lock(&dispatch_lock);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "common.h"
 #include "qmp/cmd-export.h"
+#include "qmp/commands.h"
 
 #include "vbd/alloc.h"
 #include "vbd/backend.h"
@@ -489,16 +490,12 @@ void tool_print_json(struct json_object *o)
 int tool_add_object(const char *arg)
 {
     struct vbd_error *err = NULL;
-    /* the QEMU tools' --object help: the types it makes (sorted), exit 0 */
-    if (!strcmp(arg, "help") || !strcmp(arg, "?")) {
-        printf("List of user creatable objects:\n");
-        static const char *const types[] = {"authz-list", "authz-simple", "secret", "throttle-group",
-                                            "tls-creds-psk", "tls-creds-x509"};
-        for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
-            printf("  %s\n", types[i]);
-        fflush(stdout);
+    /* the QEMU tools' --object help (the types it makes, sorted) and
+     * --object TYPE,help (its properties), exit 0 */
+    static const char *const types[] = {"authz-list",    "authz-simple",   "secret", "throttle-group",
+                                        "tls-creds-psk", "tls-creds-x509", NULL};
+    if (vbd_qom_object_help(arg, types))
         exit(0);
-    }
     struct json_object *opts = vbd_opts_parse(arg, "qom-type", &err);
     if (!opts) {
         tool_report(err);

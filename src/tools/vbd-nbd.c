@@ -14,6 +14,7 @@
 #include "daemon/daemon.h"
 #include "daemon/objects.h"
 #include "qmp/cmd-export.h"
+#include "qmp/commands.h"
 
 #include "vbd/alloc.h"
 #include "vbd/authz.h"
@@ -102,7 +103,8 @@ static void usage(void)
            "      --image-opts          treat FILE as a full set of image options\n"
            "\n"
            "Not supported (refused): -c/--connect and -d/--disconnect (kernel /dev/nbdN: use\n"
-           "nbd-client), -T/--trace, --selinux-label.\n",
+           "nbd-client), --selinux-label. -T/--trace is taken and ignored (vbd has no QEMU\n"
+           "trace events; -v: a debug log).\n",
            prog, prog);
 }
 
@@ -148,6 +150,12 @@ static bool parse_int(const char *s, long long *v)
 
 static void add_object(const char *arg)
 {
+    /* the objects vbd_qmp_object_add_cmdline makes (daemon/objects.c) */
+    static const char *const types[] = {"authz-list",     "authz-simple",   "iothread",      "secret",
+                                        "throttle-group", "tls-creds-anon", "tls-creds-psk", "tls-creds-x509",
+                                        NULL};
+    if (vbd_qom_object_help(arg, types)) /* qemu-nbd's --object help, --object TYPE,help */
+        exit(0);
     struct vbd_error *err = NULL;
     struct json_object *opts = vbd_opts_parse(arg, "qom-type", &err);
     int rc = opts ? vbd_qmp_object_add_cmdline(opts, arg[0] != '{' && strncmp(arg, "json:", 5), &err) : -1;
@@ -318,7 +326,10 @@ static void parse_args(int argc, char **argv)
         case OPT_TLSCREDS: o.tlscreds = optarg; break;
         case OPT_TLSHOSTNAME: o.tlshostname = optarg; break;
         case OPT_IMAGE_OPTS: o.image_opts = true; break;
-        case 'T': FAIL("-T/--trace: vbd has no QEMU trace events (use -v for a debug log)");
+        case 'T':
+            /* a command line written for qemu-nbd keeps working, as vbd-img's -T */
+            vbd_error_report("-T %s: vbd has no trace events, ignored", optarg);
+            break;
         case OPT_TLSAUTHZ: o.tlsauthz = optarg; break;
         case OPT_FORK: o.fork_process = true; break;
         case 'L': list = true; break;

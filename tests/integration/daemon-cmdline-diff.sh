@@ -142,6 +142,15 @@ extra
 --object authz-pam,id=a,service=login
 --object id=x
 --object qom-type=iothread
+# --chardev stdio (one only, not with --daemonize) and --monitor's options
+--chardev stdio,id=m --chardev stdio,id=n
+--chardev stdio,id=m --chardev stdio,id=m
+--chardev stdio,id=m --monitor m --daemonize
+--chardev stdio,id=m,bogus=1
+--chardev stdio
+--chardev stdio,id=m,signal=maybe  # rc-only: vbd's boolean options all name the value given (", not 'maybe'")
+--chardev stdio,id=m --monitor m,pretty=maybe  # rc-only: the same
+--chardev stdio,id=m --monitor m,mode=readline
 CASES
 
 # a file the user may not open (root opens anything: run as nobody)

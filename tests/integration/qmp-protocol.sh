@@ -31,7 +31,7 @@ bad_opt "duplicate ID 'm'" --chardev socket,id=m,path=$T/a.sock,server=on,wait=o
     --chardev socket,id=m,path=$T/b.sock,server=on,wait=off
 bad_opt 'chardev "nope" not found' --monitor chardev=nope
 bad_opt "already has a monitor" --chardev socket,id=m,path=$T/a.sock,server=on,wait=off --monitor m --monitor m
-bad_opt "mode 'readline' is not supported" --chardev socket,id=m,path=$T/a.sock,server=on,wait=off \
+bad_opt "Only QMP is supported" --chardev socket,id=m,path=$T/a.sock,server=on,wait=off \
     --monitor chardev=m,mode=readline
 bad_opt "not a loopback address" --chardev socket,id=m,host=0.0.0.0,port=4444,server=on,wait=off
 bad_opt "Failed to bind socket to $T/nodir/a.sock" --chardev socket,id=m,path=$T/nodir/a.sock,server=on,wait=off
