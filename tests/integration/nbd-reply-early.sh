@@ -28,7 +28,7 @@ K = 4096
 out = []
 blocks = list(range(0, 2048))  # the first 8 MiB in 4K blocks
 rnd.shuffle(blocks)
-rounds = [blocks[i * 320:(i + 1) * 320] for i in range(6)]
+rounds = [blocks[i * 192:(i + 1) * 192] for i in range(4)]
 pat = {}
 prev = []
 for r, cur in enumerate(rounds):
@@ -80,7 +80,7 @@ timeout 600 qemu-io -f raw "$T/shadow" <"$T/cmds" >"$T/shadow.log" 2>&1 || fail 
 io_ok "$T/shadow.log" || fail "qemu-io on the local shadow copy reported: $(grep -Ei 'fail|error|mismatch|abort' "$T/shadow.log" | head -3)"
 port=$(free_port 4) || fail "no free TCP port"
 i=0
-for k in 0 1 2 5; do
+for k in 0 1 4; do
     for via in unix tcp; do
         step "K=$k $via: qemu-io's mixed stream"
         rm -f "$img"
@@ -93,7 +93,7 @@ for k in 0 1 2 5; do
         must qemu-img compare -q -f raw -F raw "$U" "$T/shadow"
         step "K=$k $via: fio (libnbd) QD32 writes with flushes, read back and checked"
         timeout 600 fio --name=v --ioengine=nbd --uri="$U" --rw=randwrite --bs=4k --iodepth=32 --offset=$half \
-            --size=$fio_size --fsync=7 --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$T/fio.log" >/dev/null 2>&1 ||
+            --size=$fio_size --fsync=7 --verify=crc32c --verify_state_save=0 --do_verify=1 --verify_fatal=1 --output="$T/fio.log" >/dev/null 2>&1 ||
             fail_with_daemon_log "K=$k $via: fio's check failed (rc $?): $(grep -Ei 'verify|err' "$T/fio.log" | head -3)"
         grep -Eq 'err= *0' "$T/fio.log" || fail "K=$k $via: fio reported errors: $(grep -E 'err=' "$T/fio.log" | head -2)"
         kill $dpid
