@@ -78,9 +78,10 @@ static void out_send_locked(struct nbd_conn *c)
 /* Sends the reply built in r (with the other replies of this loop
  * iteration) and waits until it is out: its pieces point into r.
  * The flusher sends what the iteration queued after its last request ran;
- * the request whose reply is the reply_early-th queued sends them itself
- * (see NBD_REPLY_EARLY): the client gets those replies before the rest of
- * the batch's work is done. Either way a reply is queued only once its
+ * a request alone in flight sends its reply itself, and so does the
+ * request whose reply is the reply_early-th queued (see NBD_REPLY_EARLY):
+ * the client gets those replies before the rest of the batch's work is
+ * done. Either way a reply is queued only once its
  * request completed (a FUA write's data is stable, a flush done), and the
  * chunks of one reply leave in order: each waits for the last to be out. */
 static int reply_send(struct nbd_conn *c, struct nbd_req *r)
@@ -94,7 +95,12 @@ static int reply_send(struct nbd_conn *c, struct nbd_req *r)
     memcpy(c->out + c->out_n, r->riov, (size_t)n * sizeof(struct iovec));
     c->out_n += n;
     uint64_t mine = c->out_gen;
-    if (c->reply_early && ++c->out_replies >= c->reply_early && !c->send_lock.locked) {
+    /* alone: no other request in flight, whose reply could join this one
+     * (a QD1 client): the flusher would only add two coroutine switches
+     * between this reply and the client */
+    bool alone = c->inflight == 1;
+    bool early = c->reply_early && ++c->out_replies >= c->reply_early;
+    if ((alone || early) && !c->send_lock.locked) {
         vbd_co_mutex_lock(&c->send_lock);
         if (c->sent_gen < mine)
             out_send_locked(c);
