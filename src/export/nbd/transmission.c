@@ -81,9 +81,9 @@ static void out_send_locked(struct nbd_conn *c)
  * a request alone in flight sends its reply itself, and so does the
  * request whose reply is the reply_early-th queued (see NBD_REPLY_EARLY):
  * the client gets those replies before the rest of the batch's work is
- * done. Either way a reply is queued only once its
- * request completed (a FUA write's data is stable, a flush done), and the
- * chunks of one reply leave in order: each waits for the last to be out. */
+ * done. Either way a reply is queued only once its request completed (a
+ * FUA write's data is stable, a flush done), and the chunks of one reply
+ * leave in order: each waits for the last to be out. */
 static int reply_send(struct nbd_conn *c, struct nbd_req *r)
 {
     int n = r->rn;
@@ -1153,8 +1153,6 @@ static bool flags_valid(const struct nbd_conn *c, uint16_t type, uint16_t flags)
     return !(flags & ~ok);
 }
 
-/* NBD_REPLY_EARLY, or VBD_NBD_REPLY_EARLY from the environment (read on
- * the main loop, where every connection's transmission starts). */
 /* NBD_REPLY_EARLY, or VBD_NBD_REPLY_EARLY from the environment (read once,
  * on the main loop, where every connection's transmission starts). */
 static uint32_t reply_early_parse(void)
