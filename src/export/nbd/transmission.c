@@ -54,8 +54,36 @@ static void reply_ref(struct nbd_req *r, const void *p, size_t len)
         r->riov[r->rn++] = (struct iovec){(void *)p, len};
 }
 
+/* Sends the queued replies (c->out) in one send; the caller holds the send
+ * lock. The batch's number is taken under the lock, so batches leave in
+ * their numbers' order and sent_gen only grows: a reply whose batch number
+ * sent_gen reached is out, and its request may reuse its pieces. */
+static void out_send_locked(struct nbd_conn *c)
+{
+    struct iovec *batch = c->out;
+    int n = c->out_n;
+    uint64_t gen = c->out_gen++;
+    c->out = c->out_spare;
+    c->out_spare = batch;
+    c->out_n = 0;
+    c->out_replies = 0;
+    vbd_co_queue_wake_all(&c->space_q);
+    int rc = c->send_err ? c->send_err : vbd_chan_sendv_full(&c->ch, batch, n);
+    if (rc < 0 && !c->send_err)
+        c->send_err = rc;
+    c->sent_gen = gen;
+    vbd_co_queue_wake_all(&c->sent_q);
+}
+
 /* Sends the reply built in r (with the other replies of this loop
- * iteration) and waits until it is out: its pieces point into r. */
+ * iteration) and waits until it is out: its pieces point into r.
+ * The flusher sends what the iteration queued after its last request ran;
+ * a request alone in flight sends its reply itself, and so does the
+ * request whose reply is the reply_early-th queued (see NBD_REPLY_EARLY):
+ * the client gets those replies before the rest of the batch's work is
+ * done. Either way a reply is queued only once its request completed (a
+ * FUA write's data is stable, a flush done), and the chunks of one reply
+ * leave in order: each waits for the last to be out. */
 static int reply_send(struct nbd_conn *c, struct nbd_req *r)
 {
     int n = r->rn;
@@ -67,7 +95,19 @@ static int reply_send(struct nbd_conn *c, struct nbd_req *r)
     memcpy(c->out + c->out_n, r->riov, (size_t)n * sizeof(struct iovec));
     c->out_n += n;
     uint64_t mine = c->out_gen;
-    vbd_co_queue_wake_one(&c->flush_q);
+    /* alone: no other request in flight, whose reply could join this one
+     * (a QD1 client): the flusher would only add two coroutine switches
+     * between this reply and the client */
+    bool alone = c->inflight == 1;
+    bool early = c->reply_early && ++c->out_replies >= c->reply_early;
+    if ((alone || early) && !c->send_lock.locked) {
+        vbd_co_mutex_lock(&c->send_lock);
+        if (c->sent_gen < mine)
+            out_send_locked(c);
+        vbd_co_mutex_unlock(&c->send_lock);
+    } else {
+        vbd_co_queue_wake_one(&c->flush_q);
+    }
     while (!c->send_err && c->sent_gen < mine)
         vbd_co_queue_wait(&c->sent_q);
     return c->send_err;
@@ -81,20 +121,10 @@ static void flusher_co(void *opaque)
             vbd_co_queue_wait(&c->flush_q);
         if (!c->out_n)
             break;
-        struct iovec *batch = c->out;
-        int n = c->out_n;
-        uint64_t gen = c->out_gen++;
-        c->out = c->out_spare;
-        c->out_spare = batch;
-        c->out_n = 0;
-        vbd_co_queue_wake_all(&c->space_q);
         vbd_co_mutex_lock(&c->send_lock);
-        int rc = c->send_err ? c->send_err : vbd_chan_sendv_full(&c->ch, batch, n);
+        if (c->out_n) /* an early send may have taken them meanwhile */
+            out_send_locked(c);
         vbd_co_mutex_unlock(&c->send_lock);
-        if (rc < 0 && !c->send_err)
-            c->send_err = rc;
-        c->sent_gen = gen;
-        vbd_co_queue_wake_all(&c->sent_q);
     }
     c->flusher_running = false;
     vbd_co_queue_wake_all(&c->flusher_exit_q);
@@ -1123,6 +1153,29 @@ static bool flags_valid(const struct nbd_conn *c, uint16_t type, uint16_t flags)
     return !(flags & ~ok);
 }
 
+/* NBD_REPLY_EARLY, or VBD_NBD_REPLY_EARLY from the environment (read once,
+ * on the main loop, where every connection's transmission starts). */
+static uint32_t reply_early_parse(void)
+{
+    const char *v = getenv("VBD_NBD_REPLY_EARLY");
+    char *end;
+    unsigned long k = v ? strtoul(v, &end, 10) : 0;
+    if (!v || !*v || *end || k > NBD_SLOTS) {
+        if (v)
+            vbd_warn("nbd: VBD_NBD_REPLY_EARLY=%s is not a count of 0-%d replies, using %d", v, NBD_SLOTS, NBD_REPLY_EARLY);
+        return NBD_REPLY_EARLY;
+    }
+    return (uint32_t)k;
+}
+
+static uint32_t reply_early_setting(void)
+{
+    static int64_t cached = -1;
+    if (cached < 0)
+        cached = reply_early_parse();
+    return (uint32_t)cached;
+}
+
 static void flusher_start(struct nbd_conn *c)
 {
     c->flush_stop = false;
@@ -1328,6 +1381,7 @@ void nbd_transmission(struct nbd_conn *c)
     c->batch_reqs = NBD_BATCH_REQS;
     c->batch_probe = 64; /* the first requests show the sizes batches are made of */
     c->out_gen = 1;
+    c->reply_early = reply_early_setting();
     /* served where the node lives: its requests run there without a hop */
     c->ctl_loop = c->serve_loop = vbd_loop_current();
     serve_on(c, node_loop(c));
