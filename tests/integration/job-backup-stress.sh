@@ -51,11 +51,14 @@ def stress_end(p):
 s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"}, file={"driver": "file", "filename": f"{cwd}/tgt.qcow2"})
 if scen == "B":
     s.run("block-export-add", type="nbd", id="guest", **{"node-name": "src"}, name="disk", writable=True)
-    # 16 KiB/s: the job is far from done when the writers end (their
+    # 1 KiB/s: the job is far from done when the writers end (their
     # requests outside the hot clusters alone copy about 80 % of the disk;
-    # the rest takes the job ~800 s: at 64 KiB/s, ~200 s, a writer slowed
-    # by a loaded host outlasted it)
-    s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 16 << 10})
+    # the job's budget, the bytes it started over its speed since it
+    # began, gives each 1 MiB chunk of the rest 1024 s: hours, beyond the
+    # test's own time limit, so no slow host can make the writers outlast
+    # it; at 64 KiB/s (~200 s) a writer slowed by a loaded host did, and
+    # 16 KiB/s (~800 s) was the same race with a longer margin)
+    s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 1 << 10})
     s.status("b", "created"); s.status("b", "running")
     out = stress_end(stress(seed))
     j = s.job("b")
