@@ -125,7 +125,9 @@ int vhc_open(struct vhc *c, const char *path, int nqueues, uint16_t ring_size, s
     c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->sock < 0 || connect(c->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0)
         return seterr(err, errlen, "cannot connect to '%s': %s", path, strerror(errno));
-    struct timeval tv = {.tv_sec = 10};
+    /* a back end that never answers fails the open; 10 s was short of an
+     * ASan daemon's answer on a host at load 20-30 */
+    struct timeval tv = {.tv_sec = 60};
     setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 
     c->mem_size = mem_size;

@@ -113,7 +113,11 @@ from jobs import Session, sh, fail
 s = Session("qmp.sock", "vbd")
 s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"},
       file={"driver": "file", "filename": os.getcwd() + "/tgt.qcow2"})
-s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 1 << 20})
+# 1 KiB/s: after its first chunks the job may start one more 1 MiB chunk
+# every 1024 s (its budget: the bytes it started over its speed since it
+# began), so it is still running at the kill however slow the host; at
+# 1 MiB/s it could be done before a starved qemu-io had written
+s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 1 << 10})
 s.status("b", "created"); s.status("b", "running")
 sh("qemu-io -f raw -c 'write -P 0x77 4M 1M' -c 'write -P 0x78 12M 2M' -c flush "
    "'nbd+unix:///disk?socket=nbd.sock'", "writes during the backup")

@@ -15,8 +15,10 @@
 #     race, and again after them (cbw-timeout and on-cbw-error=break-snapshot
 #     given: the guest's copies run in coroutines of their own);
 #  M. blockdev-mirror copy-mode=write-blocking, rate-limited: the writes
-#     race the background copy, then go on in READY; block-job-cancel
-#     there leaves the target equal to the source.
+#     race the background copy (the writers start first and end once the
+#     job has copied 4 MiB, so they race it however slow the host), then
+#     go on in READY; block-job-cancel there leaves the target equal to the
+#     source.
 # Two writers meeting on a cluster still to copy must not both copy it:
 # the second would read the first one's new data into the target.
 # The source ends as the model says; every image checks clean.
@@ -32,7 +34,7 @@ for scen in ${JOB_STRESS_SCENARIOS:-B E F}; do
     python3 - "$scen" "$STRESS" "$SEED" <<'PY' || fail "scenario $scen: $(tail -40 daemon.log)"
 import os, signal, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
-from jobs import Session, sh, fail
+from jobs import Session, sh, fail, stress_running
 scen, stress_bin, seed = sys.argv[1:4]
 s = Session("qmp.sock", "vbd")
 cwd = os.getcwd()
@@ -49,11 +51,14 @@ def stress_end(p):
 s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"}, file={"driver": "file", "filename": f"{cwd}/tgt.qcow2"})
 if scen == "B":
     s.run("block-export-add", type="nbd", id="guest", **{"node-name": "src"}, name="disk", writable=True)
-    # 16 KiB/s: the job is far from done when the writers end (their
+    # 1 KiB/s: the job is far from done when the writers end (their
     # requests outside the hot clusters alone copy about 80 % of the disk;
-    # the rest takes the job ~800 s: at 64 KiB/s, ~200 s, a writer slowed
-    # by a loaded host outlasted it)
-    s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 16 << 10})
+    # the job's budget, the bytes it started over its speed since it
+    # began, gives each 1 MiB chunk of the rest 1024 s: hours, beyond the
+    # test's own time limit, so no slow host can make the writers outlast
+    # it; at 64 KiB/s (~200 s) a writer slowed by a loaded host did, and
+    # 16 KiB/s (~800 s) was the same race with a longer margin)
+    s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 1 << 10})
     s.status("b", "created"); s.status("b", "running")
     out = stress_end(stress(seed))
     j = s.job("b")
@@ -81,13 +86,13 @@ elif scen == "M":
     # granules, then go on in READY; cancelled there, the target holds
     # what the source holds
     s.run("block-export-add", type="nbd", id="guest", **{"node-name": "src"}, name="disk", writable=True)
+    # the writers first, until SIGUSR1: 3000 requests started after the
+    # job could end after a loaded host let the mirror reach READY
+    p = stress_running(stress(seed, ops=1 << 40, out="shadow1.raw"))
     s.run("blockdev-mirror", **{"job-id": "m", "device": "src", "target": "tgt", "sync": "full",
                                 "copy-mode": "write-blocking", "speed": 1 << 20})
     s.status("m", "created"); s.status("m", "running")
-    stress_end(stress(seed, ops=3000, out="shadow1.raw"))
-    j = s.job("m")
-    if not j or j["status"] != "running":
-        fail(f"the mirror was ready before the writers were done: not tested under them: {j}")
+    s.under_writers("m", p, 4 << 20)
     s.run("block-job-set-speed", device="m", speed=0)
     s.status("m", "ready")
     stress_end(stress(int(seed) + 1, ops=3000, init="shadow1.raw"))

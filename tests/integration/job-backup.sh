@@ -7,7 +7,8 @@
 #     export: the target ends equal to the source as it was at the start
 #     (point in time: the guest's writes first saved the old data), the
 #     source equal to the start plus the writes; vbd's job was still copying
-#     when the writes were done (so they went through copy-before-write);
+#     when the writes were done (so they went through copy-before-write:
+#     at 1 KiB/s that holds however slow the host, see below);
 #  2. sync=bitmap with b0 into a second qcow2 (its backing file the full
 #     backup): it equals the source now, and it allocates exactly the
 #     clusters the writes touched, the same ones for both daemons;
@@ -50,8 +51,13 @@ if e["desc"] != "must provide a valid bitmap name for 'bitmap' sync mode":
 e = s.error("blockdev-backup", device="src", target="full", sync="full", bitmap="nope", **{"bitmap-mode": "never"})
 if e["desc"] != "Bitmap 'nope' could not be found":
     fail(f"{who}: {e}")
-# 2 MiB/s: 16 MiB take seconds, the writes land while the job copies
-s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "full", "sync": "full", "speed": 2 << 20})
+# 1 KiB/s: the job's first 1 MiB chunk starts at once, each next one 1024 s
+# after the one before (its budget: the bytes it started over its speed
+# since it began, vbd's and QEMU's alike), so the job cannot be done before
+# the writes whatever the scheduler does (the whole run is far shorter than
+# one more chunk's wait); set-speed 0 then lets it finish at once. At 2 MiB/s
+# the job could end in 8 s: a starved qemu-io can take longer.
+s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "full", "sync": "full", "speed": 1 << 10})
 s.status("b", "created"); s.status("b", "running")
 sh(f"qemu-io -f raw {iow} 'nbd+unix:///disk?socket=nbd.sock'", "qemu-io during the backup")
 j = s.job("b")
@@ -65,7 +71,7 @@ s.completed("b")
 # incremental: what b0 recorded (the writes), into a qcow2 over the full one
 qcow2("inc", "inc.qcow2", backing=None)
 s.run("blockdev-backup", **{"job-id": "i", "device": "src", "target": "inc", "sync": "bitmap", "bitmap": "b0",
-                            "bitmap-mode": "on-success", "speed": 1 << 20})
+                            "bitmap-mode": "on-success", "speed": 1 << 10})  # still running: see above
 s.status("i", "created"); s.status("i", "running")
 if who == "vbd":
     e = s.error("block-dirty-bitmap-remove", node="src", name="b0")

@@ -4,6 +4,11 @@
 # to fresh ground, the job's copy and the guest's copy-before-write on the
 # same clusters):
 #  backup:   blockdev-backup sync=full, rate-limited, still running;
+#            (1 KiB/s, here and for the mirror: the job's budget, the bytes
+#            it started over its speed since it began, lets the 32 MiB take
+#            9 hours, so it is certainly still copying at the crash however
+#            slow the host; at 1 MiB/s it could be done before a starved
+#            vbd-stress had its 800 requests in)
 #  fleecing: a copy-before-write node over the source (the guest's export
 #            on it) into a qcow2 fleecing target, a snapshot-access node
 #            over it exported;
@@ -41,10 +46,10 @@ if scen != "fleecing":
     # copy-before-write node: 'Permission conflict on node 'src' ...')
     s.run("block-export-add", type="nbd", id="guest", **{"node-name": guest}, name="disk", writable=True)
 if scen == "backup":
-    s.run("blockdev-backup", **{"job-id": "j", "device": "src", "target": "tgt", "sync": "full", "speed": 1 << 20})
+    s.run("blockdev-backup", **{"job-id": "j", "device": "src", "target": "tgt", "sync": "full", "speed": 1 << 10})
 elif scen == "mirror":
     s.run("blockdev-mirror", **{"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
-                                "copy-mode": "write-blocking", "speed": 1 << 20})
+                                "copy-mode": "write-blocking", "speed": 1 << 10})
 else:
     s.run("blockdev-add", driver="qcow2", **{"node-name": "tmp"},
           file={"driver": "file", "filename": f"{cwd}/fleece.qcow2"}, backing="src")

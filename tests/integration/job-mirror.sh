@@ -44,7 +44,7 @@ for d in vbd qsd; do
         python3 - "$d" "$scen" "$STRESS" <<'PY' || fail "$d scenario $scen"
 import os, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
-from jobs import Session, fail, qemu_io_writes, stress_writes
+from jobs import Session, fail, qemu_io_writes, stress_writes, stress_running
 import jobs
 who, scen, stress_bin = sys.argv[1:4]
 s = Session("qmp.sock", who)
@@ -67,26 +67,18 @@ def cancelled(jid):
 if scen == "F":
     s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"},
           file={"driver": "file", "filename": os.path.abspath("tgt.qcow2")})
+    if who == "vbd":
+        # vbd-stress during the copy: started before the job, ended (SIGUSR1)
+        # once the job has copied 8 MiB (2 s at 4 MiB/s), so the copy ran
+        # under it however slow the host. (It ran 2 s from after the start,
+        # the job slowed to 1 B/s once at three quarters: a poller starved
+        # past the last quarter let the job reach READY first.)
+        p = stress_running(stress(41, None, "../top-view.raw", "shadow1.raw", wait=False))
     s.run("blockdev-mirror", **{"job-id": "m0", "device": "top", "target": "tgt", "sync": "full",
                                 "speed": 4 << 20})
     s.status("m0", "created"); s.status("m0", "running")
     if who == "vbd":
-        # vbd-stress for 2 s during the copy (8 s at 4 MiB/s); a loaded host
-        # can stretch those 2 s past the copy: at three quarters of it the
-        # job slows to 1 B/s, so that it is still copying when they end
-        p = stress(41, 2, "../top-view.raw", "shadow1.raw", wait=False)
-        slowed = False
-        while p.poll() is None:
-            j = s.job("m0")
-            if not slowed and j and j["current-progress"] * 4 >= j["total-progress"] * 3:
-                s.run("block-job-set-speed", device="m0", speed=1)
-                slowed = True
-            time.sleep(0.05)  # polling the job's progress
-        out = p.communicate()[0]
-        if p.returncode:
-            fail(f"vbd-stress (seed 41): {out[-2000:]}")
-        if s.job("m0")["status"] != "running":
-            fail(f"job m0 is not running after the writers: {s.job('m0')}")
+        s.under_writers("m0", p, 8 << 20)
     else:
         writers(41, 2, "../top-view.raw", "shadow1.raw")
     s.run("block-job-set-speed", device="m0", speed=0)

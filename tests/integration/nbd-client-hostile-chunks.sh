@@ -67,7 +67,7 @@ grep -q "write failed" qio.out || fail "none-flags: qemu-io's write did not fail
 step "reconnect-delay: no reconnect to a server that broke the protocol"
 for mode in long-chunk overlap; do
     serve $mode
-    out=$(timeout 30 "$VBD_IO" --image-opts -c "read 0 64k" -c "read 64k 64k" \
+    out=$(timeout 120 "$VBD_IO" --image-opts -c "read 0 64k" -c "read 64k 64k" \
         "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$T/s$n.sock,file.reconnect-delay=30" 2>&1); rc=$?
     expect_fail "$mode, reconnect-delay=30" "(not reconnecting to a server that broke the protocol)" "$out" $rc
     [ "$(printf '%s\n' "$out" | grep -c "read failed")" = 2 ] || fail "$mode, reconnect-delay=30: not two failed reads: $out"

@@ -52,9 +52,9 @@ must "$VBD_IMG" convert -f raw -O raw "$QT" copy.raw
 must cmp copy.raw disk.raw
 # 127.0.0.1 is in the server certificate too; another name is not
 must "$VBD_IO" -f raw -r -c "read -P 0x72 20M 64k" "nbds://127.0.0.1:$port/exp?tls-certificates=$T/pki/client" >/dev/null
-must_fail_with "does not match" timeout 20 "$VBD_IO" -f raw -r -c "read 0 4k" \
+must_fail_with "does not match" timeout 120 "$VBD_IO" -f raw -r -c "read 0 4k" \
     "nbds://127.0.0.1:$port/exp?tls-certificates=$T/pki/client&tls-hostname=nbd.example.org"
-must_fail_with "certificate issuer is unknown" timeout 20 "$VBD_IO" -f raw -r -c "read 0 4k" \
+must_fail_with "certificate issuer is unknown" timeout 120 "$VBD_IO" -f raw -r -c "read 0 4k" \
     "nbds://localhost:$port/exp?tls-certificates=$T/other/client"
 
 step "tls-creds=ID names an --object (QEMU's way) in the URI"
@@ -82,7 +82,7 @@ kill -TERM $rpid; wait $rpid || fail "vbd-daemon exit status $?: $(tail -20 re.l
 
 step "without credentials: libnbd's default directory, else the system's CAs (which do not know this CA)"
 mkdir -p home/.pki
-must_fail_with "trusts the system's CAs only" env HOME="$T/home" timeout 20 "$VBD_IO" -f raw -r -c "read 0 4k" \
+must_fail_with "trusts the system's CAs only" env HOME="$T/home" timeout 120 "$VBD_IO" -f raw -r -c "read 0 4k" \
     "nbds://localhost:$port/exp"
 if [ "$(id -u)" != 0 ]; then
     cp -r pki/client home/.pki/libnbd
@@ -94,7 +94,7 @@ fi
 step "nbdkit --tls=require: x509 (tls-verify-peer=false skips the server check) and PSK"
 must "$VBD_IO" -f raw -c "write -P 0x75 0 1M" -c "read -P 0x75 0 1M" \
     "nbds://localhost:$kport/?tls-certificates=$T/pki/client" >/dev/null
-must_fail_with "certificate issuer is unknown" timeout 20 "$VBD_IO" -f raw -r -c "read 0 4k" \
+must_fail_with "certificate issuer is unknown" timeout 120 "$VBD_IO" -f raw -r -c "read 0 4k" \
     "nbds://localhost:$kport/?tls-certificates=$T/other/client"
 must "$VBD_IO" -f raw -r -c "read -P 0x75 0 1M" \
     "nbds://localhost:$kport/?tls-certificates=$T/other/client&tls-verify-peer=false" >/dev/null
@@ -109,10 +109,10 @@ must_fail_with "username 'bob' not found" "$VBD_IO" -f raw -r -c "read 0 4k" \
     "nbds+unix://bob@/?socket=$T/nkp.sock&tls-psk-file=$T/psk/keys.psk"
 
 step "never plaintext: nbds:// against a server without TLS fails; nbd:// against a TLS server does not try TLS"
-must_fail_with "the NBD server does not accept TLS" timeout 20 "$VBD_IO" -f raw -r -c "read 0 4k" \
+must_fail_with "the NBD server does not accept TLS" timeout 120 "$VBD_IO" -f raw -r -c "read 0 4k" \
     "nbds+unix:///exp?socket=$T/plain.sock&tls-certificates=$T/pki/client"
-must_fail_with "requires TLS" timeout 20 "$VBD_IO" -f raw -r -c "read 0 4k" "nbd+unix:///exp?socket=$T/qn.sock"
-must_fail_with "requires TLS" timeout 20 "$VBD_IMG" info "nbd://localhost:$port/exp"
+must_fail_with "requires TLS" timeout 120 "$VBD_IO" -f raw -r -c "read 0 4k" "nbd+unix:///exp?socket=$T/qn.sock"
+must_fail_with "requires TLS" timeout 120 "$VBD_IMG" info "nbd://localhost:$port/exp"
 
 step "bad URIs: one-line errors naming the URI"
 B="nbds+unix:///exp?socket=$T/qn.sock"

@@ -69,7 +69,7 @@ nbdkit -f -U "$T/ke.sock" --filter=error memory 16M error=EIO error-pread-rate=1
 kepid=$!
 on_exit "kill $kepid 2>/dev/null"
 wait_sock ke.sock
-out=$(timeout 30 "$VBD_IO" -f raw -c "read 0 64k" "nbd+unix:///?socket=$T/ke.sock" 2>&1); rc=$?
+out=$(timeout 120 "$VBD_IO" -f raw -c "read 0 64k" "nbd+unix:///?socket=$T/ke.sock" 2>&1); rc=$?
 [ $rc != 124 ] || fail "a read from a failing server hung"
 [ $rc != 0 ] || fail "a failing read exited 0"
 echo "$out" | grep -qi "input/output error" || fail "the EIO did not reach the caller: $out"
@@ -105,7 +105,7 @@ io_wait "read 65536/65536"
 kill $q3; wait $q3 2>/dev/null
 io_cmd "read -P 0x44 20M 64k"
 io_end
-timeout 30 tail --pid=$iopid -f /dev/null || fail "a read after the server died hung"
+timeout 120 tail --pid=$iopid -f /dev/null || fail "a read after the server died hung"
 wait $iopid && fail "a read after the server died succeeded: $(cat nr.out)"
 grep -qi "input/output error" nr.out || fail "no EIO after the server died: $(cat nr.out)"
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &

@@ -7,6 +7,9 @@
 # lost and reconnects. What the later connections find, by MODE:
 #   hold    accepted and held without a word (a hung server the kernel still accepts for)
 #   close   closed at once
+#   down    closed at once, the first one too (no open answered: a server
+#           started for a client already connected before, whose every
+#           connection is a reconnect attempt)
 #   ro      served read-only (each write answered EPERM, reads with zeroes)
 #   shrink  served with 4 MiB instead of 8
 #   nofua   served without FUA
@@ -69,13 +72,14 @@ note('listening')
 if mode == 'silent-open':
     forever()
 first = P.TF_HAS_FLAGS | P.TF_SEND_FLUSH | P.TF_SEND_FUA
-c, _ = s.accept()
-P.serve_handshake(c, 8 << 20, first)
-if mode == 'silent':
-    fillers = go_silent()  # before the close: the client's reconnect finds the queue full
+if mode != 'down':
+    c, _ = s.accept()
+    P.serve_handshake(c, 8 << 20, first)
+    if mode == 'silent':
+        fillers = go_silent()  # before the close: the client's reconnect finds the queue full
+        c.close()
+        forever()
     c.close()
-    forever()
-c.close()
 size = 4 << 20 if mode == 'shrink' else 8 << 20
 flags = first | P.TF_READ_ONLY if mode == 'ro' else first & ~P.TF_SEND_FUA if mode == 'nofua' else first
 held = []
@@ -85,7 +89,7 @@ while True:
     if mode == 'hold':
         held.append(c)
         continue
-    if mode == 'close':
+    if mode in ('close', 'down'):
         c.close()
         continue
     try:

@@ -65,9 +65,9 @@ must cmp copy1.raw disk.raw
 
 step "plaintext clients are refused (NBD_REP_ERR_TLS_REQD), the server keeps serving"
 must_fail_with "requires TLS" "$VBD_IO" -c "read 0 4k" "nbd+unix:///exp?socket=$T/vbd.sock"
-out=$(timeout 20 qemu-img info "nbd+unix:///exp?socket=$T/vbd.sock" 2>&1) && fail "plaintext qemu-img got in: $out"
+out=$(timeout 120 qemu-img info "nbd+unix:///exp?socket=$T/vbd.sock" 2>&1) && fail "plaintext qemu-img got in: $out"
 echo "$out" | grep -q "TLS" || fail "qemu-img's error does not mention TLS: $out"
-out=$(timeout 20 nbdinfo "nbd+unix:///exp?socket=$T/vbd.sock" 2>&1) && fail "plaintext nbdinfo got in: $out"
+out=$(timeout 120 nbdinfo "nbd+unix:///exp?socket=$T/vbd.sock" 2>&1) && fail "plaintext nbdinfo got in: $out"
 # on the wire: LIST and GO get ERR_TLS_REQD, STARTTLS with data ERR_INVALID, EXPORT_NAME closes
 python3 - "$T/vbd.sock" <<'EOF' || fail "raw protocol check of the TLS-only server"
 import socket, struct, sys
@@ -96,17 +96,17 @@ EOF
 must "$VBD_IO" --object "$CLI_X509" --image-opts "$U" -r -c "read -P 0x44 20M 1M" >/dev/null
 
 step "refusals: another CA, no client certificate, wrong host name; clear errors, no hang"
-must_fail_with "certificate issuer is unknown" timeout 20 "$VBD_IO" --object "$CLI_OTHER" --image-opts "$U" -c "read 0 4k"
-out=$(timeout 20 qemu-img info --object "$CLI_OTHER" --image-opts "$U" 2>&1); rc=$?
+must_fail_with "certificate issuer is unknown" timeout 120 "$VBD_IO" --object "$CLI_OTHER" --image-opts "$U" -c "read 0 4k"
+out=$(timeout 120 qemu-img info --object "$CLI_OTHER" --image-opts "$U" 2>&1); rc=$?
 [ $rc != 124 ] || fail "qemu-img with another CA hung"
 [ $rc != 0 ] || fail "qemu-img with another CA got in"
 echo "$out" | grep -qi "issuer\|certificate" || fail "qemu-img's error with another CA: $out"
-out=$(timeout 20 nbdinfo "nbds+unix:///exp?socket=$T/vbd.sock&tls-certificates=$T/other/client" 2>&1) &&
+out=$(timeout 120 nbdinfo "nbds+unix:///exp?socket=$T/vbd.sock&tls-certificates=$T/other/client" 2>&1) &&
     fail "nbdinfo with another CA got in"
 echo "$out" | grep -qi "certificate\|alert" || fail "nbdinfo's error with another CA: $out"
-must_fail_with "Certificate is required" timeout 20 "$VBD_IO" \
+must_fail_with "Certificate is required" timeout 120 "$VBD_IO" \
     --object "tls-creds-x509,id=tls0,dir=$T/nocert,endpoint=client" --image-opts "$U" -c "read 0 4k"
-must_fail_with "does not match" timeout 20 "$VBD_IO" --object "$CLI_X509" --image-opts "${U/tls-hostname=localhost/tls-hostname=nbd.example.org}" -c "read 0 4k"
+must_fail_with "does not match" timeout 120 "$VBD_IO" --object "$CLI_X509" --image-opts "${U/tls-hostname=localhost/tls-hostname=nbd.example.org}" -c "read 0 4k"
 # a client whose certificate is from another CA offers none (TLS 1.3 names the accepted CAs)
 grep -q "Certificate is required\|certificate is not accepted" daemon.log ||
     fail "the server did not log the refused client: $(cat daemon.log)"
@@ -153,9 +153,9 @@ must qemu-io --object "$CLI_PSK" --image-opts "driver=raw,file.${P//,/,file.}" -
 must "$VBD_IO" --object "$CLI_PSK" --image-opts "$P" -c "read -P 0x47 50M 1M" -c "read -P 0x5a 0 1M" >/dev/null
 [ "$(nbdinfo --size "nbds+unix://alice@/exp?socket=$T/psk.sock&tls-psk-file=$T/psk-cli/keys.psk")" = 67108864 ] ||
     fail "nbdinfo with PSK"
-must_fail_with "PSK" timeout 20 "$VBD_IO" --object "tls-creds-psk,id=tls0,dir=$T/psk-bad,endpoint=client,username=alice" \
+must_fail_with "PSK" timeout 120 "$VBD_IO" --object "tls-creds-psk,id=tls0,dir=$T/psk-bad,endpoint=client,username=alice" \
     --image-opts "$P" -c "read 0 4k"
-out=$(timeout 20 qemu-img info --object "tls-creds-psk,id=tls0,dir=$T/psk-bad,endpoint=client,username=alice" \
+out=$(timeout 120 qemu-img info --object "tls-creds-psk,id=tls0,dir=$T/psk-bad,endpoint=client,username=alice" \
     --image-opts "$P" 2>&1); rc=$?
 [ $rc != 0 ] && [ $rc != 124 ] || fail "qemu-img with a wrong PSK key: rc $rc: $out"
 must_fail_with "requires TLS" "$VBD_IO" -c "read 0 4k" "nbd+unix:///exp?socket=$T/psk.sock"
@@ -175,7 +175,7 @@ must qemu-io --object "$CLI_X509" --image-opts "driver=raw,file.${Q//,/,file.}" 
 "$VBD_IMG" map --object "$CLI_X509" --output=json --image-opts "$Q" >v.map 2>&1 || fail "vbd-img map: $(cat v.map)"
 qemu-img map --object "$CLI_X509" --output=json --image-opts "$Q" >q.map 2>&1
 diff -u q.map v.map || fail "vbd-img map over TLS from qemu-nbd differs from qemu-img's"
-must_fail_with "certificate issuer is unknown" timeout 20 "$VBD_IO" --object "$CLI_OTHER" --image-opts "$Q" -c "read 0 4k"
+must_fail_with "certificate issuer is unknown" timeout 120 "$VBD_IO" --object "$CLI_OTHER" --image-opts "$Q" -c "read 0 4k"
 must_fail_with "requires TLS" "$VBD_IO" -c "read 0 4k" "nbd+unix:///exp?socket=$T/qn.sock"
 
 step "reconnect redoes STARTTLS and the TLS handshake (qemu-nbd restarted)"
@@ -225,9 +225,9 @@ must "$VBD_IO" --object "$CLI_X509" --image-opts "driver=nbd,server.type=unix,se
 must "$VBD_IO" --object "$CLI_PSK" --image-opts "driver=nbd,server.type=unix,server.path=$T/nkp.sock,tls-creds=tls0" \
     -c "write -P 0x52 0 4M" -c "read -P 0x52 0 4M" >/dev/null
 [ "$(nbdinfo --size "nbds+unix:///?socket=$T/nk.sock&tls-certificates=$T/pki/client")" = 33554432 ] || fail "nbdinfo vs nbdkit"
-must_fail_with "certificate issuer is unknown" timeout 20 "$VBD_IO" --object "$CLI_OTHER" \
+must_fail_with "certificate issuer is unknown" timeout 120 "$VBD_IO" --object "$CLI_OTHER" \
     --image-opts "driver=nbd,server.type=unix,server.path=$T/nk.sock,tls-creds=tls0" -c "read 0 4k"
-must_fail_with "PSK" timeout 20 "$VBD_IO" --object "tls-creds-psk,id=tls0,dir=$T/psk-bad,endpoint=client,username=alice" \
+must_fail_with "PSK" timeout 120 "$VBD_IO" --object "tls-creds-psk,id=tls0,dir=$T/psk-bad,endpoint=client,username=alice" \
     --image-opts "driver=nbd,server.type=unix,server.path=$T/nkp.sock,tls-creds=tls0" -c "read 0 4k"
 must_fail_with "requires TLS" "$VBD_IO" -c "read 0 4k" "nbd+unix:///?socket=$T/nk.sock"
 kill $kpid $kppid

@@ -60,7 +60,7 @@ ok = w["count"] >= 0 and all(min(q["split-p0-p50"] + q["split-p99-p99.9"]) >= 0 
          0 < sum(q["split-p0-p50"]) <= q["p50"] * 1.07 + 0.1 and sum(q["split-p99-p99.9"]) >= q["p99"] * 0.94 - 0.1 for q in p)
 sys.exit(0 if ok else 1)' "$out" || fail "randrw latency split: $out"
     # Both notification modes, each at depth 1 (the client sleeps for every
-    # request: a lost wake-up shows as a 1 s wait, counted by vbd-bench and
+    # request: a lost wake-up shows as a 30 s wait, counted by vbd-bench and
     # failing it) and at depths where completions arrive while it drains
     # (the EVENT_IDX re-check race). --no-event-idx is the older client.
     for mode in event-idx no-event-idx; do
@@ -81,7 +81,7 @@ sys.exit(0 if r["errors"] == 0 and r["lost-wakeups"] == 0 and str(r["event-idx"]
     # holds requests, on a loop's only ring until the completion after the
     # one the driver asked for (vu_queue_complete; depth 2: the last one of
     # a batch, signalled by the bottom half). A signal held back for good
-    # would leave the client asleep: a 1 s wait, a lost wake-up, a failure.
+    # would leave the client asleep: a 30 s wait, a lost wake-up, a failure.
     # (An ASan daemon is too slow for the rules: the release build's is not.)
     step "${bin##*/}: null node, 1 and 2 queues, 64K reads at depth 2 and 8: no lost wake-up with either client"
     run_backend "$bin" --blockdev driver=null-co,node-name=disk0,size=1073741824,read-zeroes=on \

@@ -135,6 +135,56 @@ class Session:
             fail(f"vbd-stress across job-complete: {out[-3000:]}")
 
 
+    def under_writers(self, jid, writers, progress):
+        """Job jid copies under `writers` (a Popen of vbd-stress running
+        until SIGUSR1, started before the job and seen running by
+        stress_running): waits until the job has copied `progress` bytes,
+        is READY or has ended (all of it then ran under them), then ends
+        the writers with SIGUSR1 and their checks must pass. The writers
+        end only when told: that the job ran while they wrote follows from
+        the order of events, not from how fast the host is (a fixed
+        --seconds run beside a rate-limited job was a race: a starved
+        writer could outlast the job's whole run)."""
+        import time
+        while True:
+            j = self.job(jid)
+            if not j or j["status"] != "running" or j["current-progress"] >= progress:
+                break
+            if writers.poll() is not None:
+                fail(f"vbd-stress ended before it was told to: {writers.stdout.read()[-2000:]}")
+            time.sleep(0.02)  # polling the job's progress
+        stress_stop(writers)
+        return j
+
+
+def stress_running(p):
+    """Waits for vbd-stress (a Popen of stress_writes(wait=False)) to be
+    writing: its first line (seed and target) comes once its connections
+    are open, right before its requests start."""
+    line = p.stdout.readline()
+    if not line.startswith("vbd-stress: seed="):
+        fail(f"vbd-stress did not start: {line}{p.stdout.read()[-2000:] if p.poll() is not None else ''}")
+    return p
+
+
+def stress_stop(p):
+    """Ends vbd-stress started until SIGUSR1 (stress_writes(secs=None,
+    wait=False)): its requests in flight complete, its checks follow and
+    must pass."""
+    import signal
+    if p.poll() is not None:
+        fail(f"vbd-stress ended before its SIGUSR1: {p.stdout.read()[-2000:]}")
+    p.send_signal(signal.SIGUSR1)
+    try:
+        out = p.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        fail(f"vbd-stress did not end within 300 s of its SIGUSR1: {p.communicate()[0][-2000:]}")
+    if p.returncode:
+        fail(f"vbd-stress: {out[-3000:]}")
+    return out
+
+
 def sh(cmd, what):
     r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
     if r.returncode:

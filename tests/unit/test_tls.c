@@ -398,11 +398,12 @@ static void wrong_key(void *arg)
 {
     (void)arg;
     struct side srv = {.creds = "psk-srv"}, cli = {.creds = "psk-bad"};
-    uint64_t t0 = vbd_clock_ns();
     pair(&srv, &cli);
     CHECK(srv.rc < 0);
     CHECK(cli.rc < 0);
-    CHECK(vbd_clock_ns() - t0 < 5000000000ull);
+    /* both name the key as the reason: ended by the mismatch, not by the
+     * 30 s handshake timeout (whose message says so; the elapsed time,
+     * checked against 5 s before, was the host's as much as ours) */
     CHECK(strstr(srv.msg, "PSK") != NULL);
     CHECK(strstr(cli.msg, "PSK") != NULL);
     unpair(&srv, &cli);
