@@ -7,7 +7,8 @@
 # cache.direct=on file, raw over an nbd client node) is served over
 # vhost-user-blk (4 rings) and NBD (2 connections, on the node's loop) at once, with
 # load on both sides and the data verified both ways; a SIGHUP resize under
-# load; werror=enospc stopping and resuming the rings. The daemon must end
+# load; SIGHUPs while a qcow2 on an iothread grows its file; werror=enospc
+# stopping and resuming the rings. The daemon must end
 # without a single ThreadSanitizer report. A qcow2 disk exported over
 # vhost-user-blk only follows the rings to an iothread and is moved between
 # the iothreads and the main loop over QMP under load, with internal
@@ -144,6 +145,21 @@ serve d0 --blockdev driver=file,node-name=f0,filename="$T/disk.qcow2",cache.dire
 load "qcow2/file direct" yes
 stop "qcow2"
 qcheck "$T/disk.qcow2"
+
+step "qcow2 on an iothread allocating clusters under SIGHUPs: the main loop re-reads every node's size while the file grows under the qcow2 on io0"
+must qemu-img create -q -f qcow2 "$T/grow.qcow2" 64M
+start --blockdev driver=file,node-name=f0,filename="$T/grow.qcow2",cache.direct=on --blockdev driver=qcow2,node-name=d0,file=f0 \
+    --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1
+bench_bg vu "${VU[@]}" -w randwrite -n 16000 --size 64M
+hups=0
+while kill -0 "$bpid_vu" 2>/dev/null && kill -0 "$dpid" 2>/dev/null; do
+    kill -HUP "$dpid" 2>/dev/null && hups=$((hups + 1))
+    sleep 0.02 # a pace, not a wait: each signal is one more pass over the nodes
+done
+bench_wait vu "qcow2 allocating under SIGHUPs"
+echo "$hups SIGHUPs while the qcow2 grew its file"
+stop "qcow2 allocating under SIGHUPs"
+qcheck "$T/grow.qcow2"
 
 step "qcow2 on an iothread (vhost-user only: the graph follows the rings): moves and QMP control commands under load"
 must qemu-img create -q -f qcow2 "$T/moved.qcow2" 64M
