@@ -491,6 +491,13 @@ struct vbd_node {
     atomic_uint serialising_in_flight;     /* read-modify-write requests on the list */
     pthread_t home_thread;                 /* the thread that opened it: the graph changes there */
     struct vbd_loop *home_loop;            /* driver calls run there (atomic: vbd_node_home_loop) */
+    /* home_thread's loop, fixed at open: where vbd_node_unref from another
+     * thread's coroutine goes. A thread has one loop for its life (made by
+     * its first vbd_loop_current or vbd_loop_new; vbd_loop_free, the only
+     * way to clear it, is called by the joiner of an iothread or a convert
+     * thread, never by a thread on its own loop), so this is the loop the
+     * graph thread runs now; home_loop may move away from it. */
+    struct vbd_loop *graph_loop;
     struct vbd_node *next_named;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
     /* The options a monitor gave the node (blockdev-add, --blockdev, then

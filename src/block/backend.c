@@ -23,7 +23,10 @@ struct vbd_backend {
     bool single_loop;      /* some node below root is single-loop: requests run on root's home loop; changes with root */
     struct vbd_loop *ctl;  /* the loop it was created on: drains and root swaps happen there */
     bool read_only;
-    bool root_growable; /* vbd_node_growable(root): the size is bounded here, not by io.c */
+    /* vbd_node_growable(root): the size is bounded here, not by io.c.
+     * Atomic: a request reads it before the drain gate, while a root swap
+     * (drained) writes it on the ctl loop */
+    bool root_growable;
     atomic_bool writethrough;
     bool discard_unmap;
     uint32_t lbs, pbs;
@@ -252,7 +255,7 @@ int vbd_backend_set_root(struct vbd_backend *be, struct vbd_node *root, struct v
     struct vbd_node *old = be->root;
     vbd_node_ref(root);
     be->single_loop = !vbd_node_chain_multi_loop(root);
-    be->root_growable = vbd_node_growable(root);
+    __atomic_store_n(&be->root_growable, vbd_node_growable(root), __ATOMIC_RELAXED);
     __atomic_store_n(&be->root, root, __ATOMIC_RELEASE);
     vbd_node_unref(old);
     return 0;
@@ -271,7 +274,7 @@ int vbd_backend_co_replace_root(struct vbd_backend *be, struct vbd_node *root, s
  * a node that would (a bare file) its bound is the same rule, applied here. */
 static int check_drive_range(struct vbd_backend *be, uint64_t off, uint64_t bytes)
 {
-    return be->root_growable ? vbd_request_check(vbd_node_size(root_of(be)), off, bytes) : 0;
+    return __atomic_load_n(&be->root_growable, __ATOMIC_RELAXED) ? vbd_request_check(vbd_node_size(root_of(be)), off, bytes) : 0;
 }
 
 int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags)

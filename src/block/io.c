@@ -928,6 +928,8 @@ int vbd_node_refresh_size(struct vbd_node *n, struct vbd_error **err)
     if (!n->drv->refresh_size)
         return 0;
     uint64_t old = vbd_node_size(n);
+    /* a multi-loop node's refresh runs here, the caller's loop, while
+     * writes on other loops may raise its size (file_refresh_size) */
     struct vbd_loop *origin = vbd_node_co_enter_home(n);
     int rc = n->drv->refresh_size(n);
     vbd_node_co_leave_home(origin);

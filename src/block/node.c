@@ -48,7 +48,7 @@ struct vbd_node *vbd_node_next(struct vbd_node *prev)
  * that opened the node: vbd/block.h, the concurrency contract. */
 void vbd_node_ref(struct vbd_node *n)
 {
-    assert(pthread_equal(n->home_thread, pthread_self()));
+    assert(pthread_equal(n->home_thread, pthread_self()) && n->graph_loop == vbd_loop_current());
     n->refcnt++;
 }
 
@@ -120,47 +120,6 @@ static void release_file(struct vbd_node *n)
         vbd_node_refresh_write_use(f, NULL);
 }
 
-/* The graph threads' loops (n->home_thread's loop when it opened a node:
- * the daemon's main loop), for the unrefs that come from another loop
- * (vbd_node_unref). A handful at most: the daemon has one graph thread. */
-#define GRAPH_LOOPS_MAX 16
-static struct {
-    pthread_t thread;
-    struct vbd_loop *loop;
-} graph_loops[GRAPH_LOOPS_MAX];
-static int n_graph_loops;
-static pthread_mutex_t graph_loops_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void graph_loop_note(void)
-{
-    struct vbd_loop *loop = vbd_loop_current();
-    if (!loop)
-        return;
-    pthread_mutex_lock(&graph_loops_lock);
-    int i = 0;
-    while (i < n_graph_loops && !pthread_equal(graph_loops[i].thread, pthread_self()))
-        i++;
-    if (i < n_graph_loops)
-        graph_loops[i].loop = loop;
-    else if (i < GRAPH_LOOPS_MAX) {
-        graph_loops[i].thread = pthread_self();
-        graph_loops[i].loop = loop;
-        n_graph_loops++;
-    }
-    pthread_mutex_unlock(&graph_loops_lock);
-}
-
-static struct vbd_loop *graph_loop_of(pthread_t t)
-{
-    struct vbd_loop *loop = NULL;
-    pthread_mutex_lock(&graph_loops_lock);
-    for (int i = 0; i < n_graph_loops && !loop; i++)
-        if (pthread_equal(graph_loops[i].thread, t))
-            loop = graph_loops[i].loop;
-    pthread_mutex_unlock(&graph_loops_lock);
-    return loop;
-}
-
 static void node_unref_here(struct vbd_node *n);
 
 void vbd_node_unref(struct vbd_node *n)
@@ -174,10 +133,9 @@ void vbd_node_unref(struct vbd_node *n)
      * such an unref goes there and back (blockdev-del of a copy-before-write
      * node or of a qcow2 with a data file on an iothread aborted the daemon
      * on the assertion below; node-del-iothread.sh). */
-    struct vbd_loop *graph;
-    if (!pthread_equal(n->home_thread, pthread_self()) && vbd_in_co() && (graph = graph_loop_of(n->home_thread))) {
+    if (!pthread_equal(n->home_thread, pthread_self()) && vbd_in_co()) {
         struct vbd_loop *origin = vbd_loop_current();
-        vbd_co_move_to(graph);
+        vbd_co_move_to(n->graph_loop);
         node_unref_here(n);
         vbd_co_move_to(origin);
         return;
@@ -187,7 +145,9 @@ void vbd_node_unref(struct vbd_node *n)
 
 static void node_unref_here(struct vbd_node *n)
 {
-    assert(pthread_equal(n->home_thread, pthread_self()));
+    /* the graph thread still runs the loop it opened the node on: the loop
+     * an unref from another thread went to (graph_loop, vbd/block.h) */
+    assert(pthread_equal(n->home_thread, pthread_self()) && n->graph_loop == vbd_loop_current());
     if (--n->refcnt > 0)
         return;
     if (n->drv->close) {
@@ -392,8 +352,10 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
     n->refcnt = 1;
     pthread_mutex_init(&n->reqs_lock, NULL);
     n->home_thread = pthread_self();
-    n->home_loop = vbd_loop_current();
-    graph_loop_note();
+    /* the graph thread's loop, for the unrefs that come from another loop
+     * (vbd_node_unref): a thread's loop is made once and lives as long as
+     * the thread (vbd/block.h, graph_loop) */
+    n->graph_loop = n->home_loop = vbd_loop_current();
     n->open_flags = flags;
     n->detect_zeroes = (uint8_t)dz;
     n->read_only = !(flags & VBD_OPEN_RDWR);

@@ -530,9 +530,9 @@ static int add_drive(const char *arg, struct vbd_error **err)
         if (*end == '/')
             count = strtoull(end + 1, &end, 10);
         if (*end || !count || start > (UINT64_MAX >> 9) || count > (UINT64_MAX >> 9) ||
-            (start << 9) + (count << 9) < (start << 9) || (start << 9) + (count << 9) > n->size) {
+            (start << 9) + (count << 9) < (start << 9) || (start << 9) + (count << 9) > vbd_node_size(n)) {
             vbd_error_setf(err, EINVAL, "--drive: range=%s: expected START_LBA/SECTORS inside the image (%llu sectors)",
-                           range, (unsigned long long)(n->size >> 9));
+                           range, (unsigned long long)(vbd_node_size(n) >> 9));
             vbd_node_unref(n);
             n = NULL;
             goto out;
@@ -721,13 +721,16 @@ enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_NBD_SERVER, OPT_OBJECT, OPT_PIDFILE, 
 static void refresh_sizes(void)
 {
     for (struct vbd_node *n = vbd_daemon_node_next(NULL); n; n = vbd_daemon_node_next(n)) {
-        uint64_t old = n->size;
+        /* vbd_node_size: a file under a format on an iothread grows there
+         * while this reads it (a plain load here was a data race under
+         * TSan: tsan-iothreads.sh, SIGHUP under qcow2 allocating writes) */
+        uint64_t old = vbd_node_size(n), now;
         struct vbd_error *err = NULL;
         if (vbd_node_refresh_size(n, &err) < 0) {
             vbd_warn("SIGHUP: node '%s': %s", n->node_name, err ? err->msg : "cannot refresh its size");
             vbd_error_free(err);
-        } else if (n->size != old) {
-            vbd_info("SIGHUP: node '%s' is now %llu bytes (was %llu)", n->node_name, (unsigned long long)n->size,
+        } else if ((now = vbd_node_size(n)) != old) {
+            vbd_info("SIGHUP: node '%s' is now %llu bytes (was %llu)", n->node_name, (unsigned long long)now,
                      (unsigned long long)old);
         }
     }

@@ -138,29 +138,12 @@ vpid=$!
 
 step "QMP changes while qemu-img, nbdcopy and vbd-bench run"
 T=$T PIDS="$apid $bpid $cpid $qpid $vpid" python3 - "$T/qmp.sock" <<'PY' || { tsan_report "QMP under load"; tail -20 daemon.log; fail "QMP under load"; }
-import os, sys, time
+import os, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
-from qmp import QMP
+from qmp import QMP, alive
 m = QMP(sys.argv[1], negotiate=True)
+ok, job, wait_job = m.ok, m.job_status, m.wait_job
 pids = [int(p) for p in os.environ["PIDS"].split()]
-def alive(p):
-    try:
-        return open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-def ok(cmd, **args):
-    r = m.cmd(cmd, args)
-    assert "return" in r, (cmd, args, r)
-    return r["return"]
-def job(jid):
-    j = [j for j in ok("query-jobs") if j["id"] == jid]
-    return j[0]["status"] if j else None
-def wait_job(jid, want):
-    for _ in range(2400):
-        if job(jid) in want:
-            return job(jid)
-        time.sleep(0.05)
-    raise AssertionError(f"job {jid} never reached {want}: {job(jid)}")
 limits = [{"iops-total": 2000, "bps-total": 32 << 20}, {"iops-total": 100000, "bps-total": 1 << 30}]
 i = 0
 stream = False
@@ -231,24 +214,11 @@ wait $vpid || client_fail "vbd-bench --verify over vhost-user (V)" benchV.log
 
 step "the load done: a mirror of A to ready, cancelled (the target is A's copy), the jobs ended"
 python3 - "$T/qmp.sock" <<'PY' || { tsan_report "final jobs"; tail -20 daemon.log; fail "final jobs"; }
-import os, sys, time
+import os, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from qmp import QMP
 m = QMP(sys.argv[1], negotiate=True)
-def ok(cmd, **args):
-    r = m.cmd(cmd, args)
-    assert "return" in r, (cmd, args, r)
-    return r["return"]
-def job(jid):
-    j = [j for j in ok("query-jobs") if j["id"] == jid]
-    return j[0]["status"] if j else None
-def wait_job(jid, want):
-    for _ in range(2400):
-        s = job(jid)
-        if s in want:
-            return s
-        time.sleep(0.05)
-    raise AssertionError(f"job {jid} never reached {want}: {job(jid)}")
+ok, job, wait_job = m.ok, m.job_status, m.wait_job
 if job("m0") is not None:
     if job("m0") != "concluded":
         ok("block-job-cancel", device="m0", force=True)

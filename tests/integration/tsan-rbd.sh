@@ -65,18 +65,10 @@ step "vbd-bench --verify over vhost-user (io0, io1) and qemu-img convert over NB
 T=$T PIDS="$vpid $cpid" python3 - "$T/qmp.sock" <<'PY' || { tsan_report "QMP under load"; tail -20 daemon.log; fail "QMP under load"; }
 import os, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
-from qmp import QMP
+from qmp import QMP, alive
 m = QMP(sys.argv[1], negotiate=True)
+ok = m.ok
 pids = [int(p) for p in os.environ["PIDS"].split()]
-def alive(p):
-    try:
-        return open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-def ok(cmd, **args):
-    r = m.cmd(cmd, args)
-    assert "return" in r, (cmd, args, r)
-    return r["return"]
 i = 0
 while any(alive(p) for p in pids) and i < 300:
     ok("x-blockdev-set-iothread", **{"node-name": "r0", "iothread": ["io1", None, "io0"][i % 3], "force": True})

@@ -8,6 +8,11 @@
     m.cmd("qmp_capabilities")            # the whole reply: {"return": ...} or {"error": ...}
     m.execute("query-version")           # the "return" value; raises QMPError on an error reply
     m.wait_event("BLOCK_EXPORT_DELETED", timeout=30)
+    m.ok("block-job-pause", device="j0")  # the "return"; an error reply fails the test
+    m.wait_job("j0", ("paused",))        # query-jobs until the job's status is one of these
+    alive(pid)                           # a client the test started still runs
+
+A test's QMP session from bash: lib.sh's qmp_py SOCK <<'PY' ... PY.
 
 As a program: `qmp.py SOCKET [FILE]` sends each JSON line of FILE (default
 stdin) as one request and prints each reply on one line (events are
@@ -17,6 +22,14 @@ import json
 import socket
 import sys
 import time
+
+
+def alive(pid):
+    """The process runs: not gone, not a zombie waiting for its parent."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 class QMPError(Exception):
@@ -84,6 +97,32 @@ class QMP:
         if "error" in reply:
             raise QMPError(reply)
         return reply["return"]
+
+    def ok(self, command, **args):
+        """The command's "return"; an error reply fails the test with an
+        AssertionError naming the command, its arguments and the reply.
+        Names with '-' as given: ok("blockdev-del", **{"node-name": "d0"})."""
+        reply = self.cmd(command, args)
+        assert "return" in reply, (command, args, reply)
+        return reply["return"]
+
+    def job_status(self, job_id):
+        """The job's status in query-jobs, None once it is gone."""
+        jobs = [j for j in self.ok("query-jobs") if j["id"] == job_id]
+        return jobs[0]["status"] if jobs else None
+
+    def wait_job(self, job_id, want, timeout=300):
+        """Polls query-jobs until the job's status is in want (a tuple;
+        None in it: the job gone); returns that status. Generous: a job
+        under load on a shared host may take minutes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.job_status(job_id)
+            if status in want:
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} never reached {want} in {timeout} s: {status}")
+            time.sleep(0.05)
 
     def wait_event(self, name, timeout=60):
         # the socket's own timeout is put back at the end: left as the time

@@ -54,7 +54,13 @@ int vbd_filter_co_truncate(struct vbd_node *n, uint64_t size, bool exact, enum v
 
 int vbd_filter_refresh_size(struct vbd_node *n)
 {
-    vbd_node_set_size(n, vbd_node_size(n->file));
+    /* as file_refresh_size: a write on another loop that grew the file
+     * raises this size too (io.c, filter_grown) while the refresh runs on
+     * the caller's loop; a plain store could put an older size back */
+    uint64_t cur = vbd_node_size(n), now;
+    while ((now = vbd_node_size(n->file)) != cur &&
+           !__atomic_compare_exchange_n(&n->size, &cur, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
     return 0;
 }
 

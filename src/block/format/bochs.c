@@ -185,7 +185,7 @@ static int bochs_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
             int rc = vbd_node_co_pread(n->file, base + b0, bitmap, b1 - b0 + 1);
             if (rc < 0)
                 return rc;
-            uint64_t fsize = n->file->size;
+            uint64_t fsize = vbd_node_size(n->file); /* the main loop may refresh it meanwhile */
             for (uint64_t i = 0; i < count;) {
                 bool set = bitmap[(first + i) / 8 - b0] >> ((first + i) % 8) & 1;
                 uint64_t j = i + 1;

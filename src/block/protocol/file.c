@@ -807,13 +807,28 @@ static int file_refresh_size(struct vbd_node *n)
         vbd_node_set_size(n, size);
         return 0;
     }
-    struct stat st;
-    if (fstat(s->fd, &st) < 0)
-        return -errno;
-    if (file_length(st.st_size) != vbd_node_size(n)) {
-        vbd_node_set_size(n, file_length(st.st_size));
-        extent_forget(s);
+    /* A refresh comes from the caller's loop (file is multi-loop: the main
+     * loop for SIGHUP, block_resize and reopen) while a format on an
+     * iothread writes past the end there (grow_to, after its write is
+     * done). A plain store of what fstat said could put back a size that
+     * such a write raised after the fstat: the format then saw its file
+     * shorter than the clusters it has just written (qcow2 reads a refcount
+     * block past that end as zeroes). So the size changes only from the
+     * value the fstat was taken against, and a write that raised it
+     * meanwhile makes the refresh look again: its data is in the file by
+     * then, the next fstat sees it. */
+    uint64_t cur = vbd_node_size(n);
+    for (;;) {
+        struct stat st;
+        if (fstat(s->fd, &st) < 0)
+            return -errno;
+        uint64_t now = file_length(st.st_size);
+        if (now == cur)
+            return 0;
+        if (__atomic_compare_exchange_n(&n->size, &cur, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            break;
     }
+    extent_forget(s);
     return 0;
 }
 

@@ -57,7 +57,7 @@ static bool holds_bitmap(struct vbd_node *n, const char *name, struct vbd_dirty_
     uint64_t pnum;
     if ((*mem = vbd_dirty_bitmap_find(n, name)))
         return true;
-    return vbd_node_co_persistent_bitmap_status(n, name, 0, n->size ? n->size : 1, &pnum) != -ENOENT;
+    return vbd_node_co_persistent_bitmap_status(n, name, 0, vbd_node_size(n) ? vbd_node_size(n) : 1, &pnum) != -ENOENT;
 }
 
 /* Whether the persistent bitmap `name` of n records writes (qemu-img

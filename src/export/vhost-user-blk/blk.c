@@ -495,11 +495,11 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
         vbd_error_setf(err, EROFS, "vhost-user-blk export '%s': node '%s' is read-only (use writable=off)", id, node);
         goto fail;
     }
-    if (n->size % lbs) {
+    if (vbd_node_size(n) % lbs) {
         vbd_error_setf(err, EINVAL,
                        "vhost-user-blk export '%s': the size of node '%s' (%llu) is not a multiple of the logical "
                        "block size %llu",
-                       id, node, (unsigned long long)n->size, (unsigned long long)lbs);
+                       id, node, (unsigned long long)vbd_node_size(n), (unsigned long long)lbs);
         goto fail;
     }
     e = calloc(1, sizeof(*e));

@@ -251,7 +251,7 @@ static int expand_zero_l1(struct qcow2_state *s, const uint64_t *l1, uint32_t l1
         uint64_t l2 = l1[i] & L1E_OFFSET_MASK;
         if (!l2)
             continue;
-        if ((l2 & (s->cluster_size - 1)) || l2 < s->cluster_size || l2 >= s->n->file->size)
+        if ((l2 & (s->cluster_size - 1)) || l2 < s->cluster_size || l2 >= vbd_node_size(s->n->file))
             return qcow2_signal_corruption(s, "L1 entry", l2);
         int rc = expand_zero_l2(s, l2, z);
         if (rc < 0)

@@ -83,7 +83,7 @@ static int load_bits(struct qcow2_state *s, struct qcow2_bitmap *b, uint64_t *ta
             memset(b->bits + i * per_cluster, (e & BME_ALL_ONES) ? 0xff : 0, n);
             continue;
         }
-        if ((off & (s->cluster_size - 1)) || off >= s->n->file->size)
+        if ((off & (s->cluster_size - 1)) || off >= vbd_node_size(s->n->file))
             return -EINVAL;
         int rc = vbd_node_co_pread(s->n->file, off, b->bits + i * per_cluster, n);
         if (rc < 0)
@@ -98,8 +98,9 @@ static int dir_location(struct qcow2_state *s, const struct qcow2_ext *x, uint32
     *nb = get_be32p(x->data);
     *size = get_be64p(x->data + 8);
     *off = get_be64p(x->data + 16);
-    if (!*nb || !*size || *size > BME_MAX_DIR || *nb > *size / 24 || (*off & (s->cluster_size - 1)) || *off >= s->n->file->size ||
-        *size > s->n->file->size - *off)
+    uint64_t fsize = vbd_node_size(s->n->file); /* once: the main loop may refresh it (vbd_node_size) */
+    if (!*nb || !*size || *size > BME_MAX_DIR || *nb > *size / 24 || (*off & (s->cluster_size - 1)) || *off >= fsize ||
+        *size > fsize - *off)
         return -EINVAL;
     return 0;
 }

@@ -39,7 +39,7 @@ static void add(struct ctx *c, uint64_t off, uint64_t len)
     if (!len)
         return;
     /* how far a counted region may reach (written so that no sum can wrap) */
-    uint64_t limit = s->n->file->size + s->cluster_size - 1;
+    uint64_t limit = vbd_node_size(s->n->file) + s->cluster_size - 1;
     if (off >= limit || len > limit - off) {
         report(c, "ERROR: counting reference for region exceeding the end of the file by one cluster or more: "
                   "offset 0x%llx size 0x%llx\n", (unsigned long long)off, (unsigned long long)len);
@@ -316,7 +316,7 @@ static uint64_t compare_refcounts(struct ctx *c, unsigned fix, bool *unreference
 static void uncount(struct ctx *c, uint64_t off, uint64_t len)
 {
     struct qcow2_state *s = c->s;
-    uint64_t limit = s->n->file->size + s->cluster_size - 1;
+    uint64_t limit = vbd_node_size(s->n->file) + s->cluster_size - 1;
     if (!len || off >= limit || len > limit - off)
         return; /* add() did not count it */
     for (uint64_t k = off >> s->cluster_bits; k <= (off + len - 1) >> s->cluster_bits; k++)
@@ -358,7 +358,7 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
     }
     struct ctx c = {.s = s, .res = res, .fix = s->read_only ? 0 : fix};
     bool repair_all = fix & VBD_CHECK_FIX_ERRORS, rebuild = false;
-    c.nclusters = (n->file->size + s->cluster_size - 1) >> s->cluster_bits;
+    c.nclusters = (vbd_node_size(n->file) + s->cluster_size - 1) >> s->cluster_bits;
     c.nref = c.nclusters;
     c.ref = calloc(c.nclusters + 1, sizeof(uint64_t));
     uint8_t *table = vbd_alloc_aligned(4096, s->cluster_size);
@@ -403,7 +403,7 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
             for (uint32_t k = 0; k < s->nb_snapshots; k++) {
                 const uint8_t *h = tab + offs[k]; /* the entry without its padding to 8 bytes */
                 uint64_t entry_end = offs[k] + 40 + get_be32p(h + 36) + (((unsigned)h[12] << 8) | h[13]) + (((unsigned)h[14] << 8) | h[15]);
-                if (s->snapshots_offset + entry_end > n->file->size) {
+                if (s->snapshots_offset + entry_end > vbd_node_size(n->file)) {
                     /* a truncated table: this entry and the ones after it are lost */
                     report(&c, "ERROR snapshot table entry %u is incomplete\n", k);
                     res->corruptions++;

@@ -75,7 +75,7 @@ static int parse_extensions(struct vbd_node *n, struct qcow2_state *s, const uin
 int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags, struct vbd_error **err)
 {
     uint8_t first[512] = {0};
-    uint64_t fsize = n->file->size;
+    uint64_t fsize = vbd_node_size(n->file);
     size_t have = fsize < sizeof(first) ? (size_t)fsize : sizeof(first);
     int prc = have ? vbd_node_co_pread(n->file, 0, first, have) : 0;
     if (prc < 0) {

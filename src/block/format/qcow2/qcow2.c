@@ -322,7 +322,7 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
         return -EINVAL;
     }
     s->read_only = !(flags & VBD_OPEN_RDWR);
-    s->file_end = (n->file->size + s->cluster_size - 1) & ~(s->cluster_size - 1);
+    s->file_end = (vbd_node_size(n->file) + s->cluster_size - 1) & ~(s->cluster_size - 1);
     if (!s->read_only && (rc = qcow2_skip_counted_tail(s)) < 0) {
         vbd_error_setf(err, -rc, "Could not read the qcow2 refcount blocks: %s", strerror(-rc));
         return rc;

@@ -173,7 +173,7 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
         off += count * cs;
     }
     /* the file covers the new clusters before any table points to them */
-    if (rc == 0 && last_host > s->n->file->size)
+    if (rc == 0 && last_host > vbd_node_size(s->n->file))
         rc = vbd_node_co_truncate(s->n->file, last_host, false, VBD_PREALLOC_OFF, err);
     (void)first_host;
 out:
@@ -314,7 +314,7 @@ static void trim_file(struct qcow2_state *s)
         c--;
     }
     uint64_t end = c << s->cluster_bits;
-    if (end >= s->n->file->size)
+    if (end >= vbd_node_size(s->n->file))
         return;
     struct vbd_error *err = NULL;
     /* exact: a regular file's truncate to a smaller size is otherwise a no-op;
@@ -419,7 +419,7 @@ int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_preal
     if (prealloc != VBD_PREALLOC_OFF && (rc = qcow2_preallocate(s, n->size, size, prealloc, err)) < 0)
         goto out;
     /* a longer backing file must not show through the new range (QEMU) */
-    if (n->backing && n->backing->size > n->size) {
+    if (n->backing && vbd_node_size(n->backing) > n->size) {
         if (s->version < 3) {
             rc = -ENOTSUP; /* no zero flag; QEMU fails the same way */
         } else {

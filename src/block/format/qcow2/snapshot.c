@@ -17,7 +17,7 @@ int qcow2_snapshot_list(struct vbd_node *n, struct vbd_snapshot_info **out)
     *out = NULL;
     if (!s->nb_snapshots)
         return 0;
-    uint64_t fsize = n->file->size, off = s->snapshots_offset;
+    uint64_t fsize = vbd_node_size(n->file), off = s->snapshots_offset;
     struct vbd_snapshot_info *list = calloc(s->nb_snapshots, sizeof(*list));
     if (!list)
         return -ENOMEM;
