@@ -54,6 +54,19 @@ for f in vmdk vpc vdi qed parallels; do
     same_layout -f $f n.$f 0
 done
 same_layout -f vhdx n.vhdx 100
+# and each takes the space qemu-img's takes (stat's blocks): qemu-img
+# writes a vhdx's file identifier, headers and region tables each alone
+# and a qed's header and L1 table, leaving the rest of the first MiB (the
+# header cluster) a hole (vbd-img wrote it whole: 880 KiB more for every
+# vhdx, 60 KiB more for a qed with 64 KiB clusters)
+for c in "vhdx n.vhdx 0" "vhdx -o block_size=1M n.vhdx 0" "vhdx n.vhdx 1G" "vhdx -o subformat=fixed n.vhdx 8M" \
+    "qed n.qed 0" "qed n.qed 1G" "qed -o cluster_size=4k n.qed 1M" "qed -b a.qcow2 -F qcow2 n.qed"; do
+    set -- $c
+    same_layout -f "$@"
+    f=n.$1
+    [ "$(stat -c %b q/$f)" = "$(stat -c %b v/$f)" ] ||
+        fail "create -f $c: $(stat -c %b v/$f) blocks allocated by vbd-img, $(stat -c %b q/$f) by qemu-img"
+done
 
 step "preallocation through formats without their own: the file's option, the same file and allocation"
 # qemu-img 7.2 hands preallocation to the file, which it creates empty with
