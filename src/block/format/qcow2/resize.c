@@ -294,14 +294,17 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
         if (l1i >= s->l1_size)
             break;
         uint64_t l2 = s->l1[l1i] & L1E_OFFSET_MASK;
-        if (!l2) {
+        bool whole = off % per_l1 == 0;
+        /* the table holding the new end is made if missing (empty), as
+         * QEMU's discard of the tail makes it (get_cluster_table): the
+         * shrunk image is laid out as qemu-img's */
+        if (!l2 && whole) {
             off = table_end;
             continue;
         }
         uint64_t *table;
         uint32_t index;
         struct qcow2_l2_slot *slot = NULL;
-        bool whole = off % per_l1 == 0;
         /* a table kept in part becomes the active image's own (copied if a snapshot shares it) */
         rc = qcow2_get_l2(s, off, !whole, &table, &index, &slot);
         if (rc < 0 || !table)
