@@ -37,12 +37,12 @@ for o in cluster_size=512 cluster_size=4k cluster_size=8k preallocation=metadata
 done
 # byte for byte where the L1 table outgrows what the first refcount block
 # counts: QEMU's allocator makes the blocks as it goes, each at the first
-# free cluster (at 64 GiB with 512-byte clusters a larger refcount table
+# free cluster (at 33 GiB with 512-byte clusters a larger refcount table
 # past them, the old one's cluster left a hole with its bytes); vbd-img
 # put every block before the L1 table (and one table after the header)
 for o in "cluster_size=1k,refcount_bits=64 545292288" "cluster_size=512 545292288" "cluster_size=512 1G" \
-    "cluster_size=512 64G" "cluster_size=512,refcount_bits=1 64G" "cluster_size=512,refcount_bits=64 64G" \
-    "cluster_size=2k 1T" "cluster_size=512,data_file=d 100G"; do
+    "cluster_size=512 33G" "cluster_size=512,refcount_bits=1 64G" "cluster_size=1k,refcount_bits=64 8G" \
+    "cluster_size=2k 1T" "cluster_size=512,data_file=d 1G"; do
     set -- $o
     same_layout -f qcow2 -o $1 n.qcow2 $2
     cmp q/n.qcow2 v/n.qcow2 || fail "create -o $o: the images differ byte for byte"
@@ -90,7 +90,9 @@ step "qcow2 preallocation=falloc/full, create and resize: qemu-img's image byte 
 # cluster); vbd-img placed each L2 table before its data clusters and
 # kept the table (1 MiB with 512-byte clusters, 1 GiB with 64 KiB: other
 # offsets). A v2 image has no feature name table (vbd-img wrote one), a
-# grown L1 table is written to its entries' end (vbd-img: its cluster's).
+# grown L1 table is written to its entries' end (vbd-img: its cluster's);
+# a shrink makes the L2 table holding the new end if it is missing, as
+# QEMU's discard of the tail does (vbd-img's file was 2 clusters shorter).
 for o in cluster_size=512,preallocation=falloc cluster_size=512,preallocation=full preallocation=falloc \
     cluster_size=4k,preallocation=full refcount_bits=1,cluster_size=512,preallocation=falloc \
     refcount_bits=64,cluster_size=1k,preallocation=full extended_l2=on,preallocation=falloc \
@@ -106,7 +108,8 @@ cmp q/n.qcow2 v/n.qcow2 || fail "create -o preallocation=falloc 1G: the images d
 for rs in "cluster_size=512 1M --preallocation=falloc 5M" "cluster_size=4k 100k --preallocation=full 1M" \
     "cluster_size=4k 2k --preallocation=falloc 9k" "compat=0.10 1M --preallocation=falloc 64M" \
     "refcount_bits=1,cluster_size=512 1M --preallocation=full 2M" "extended_l2=on 1M --preallocation=falloc 600M" \
-    "cluster_size=2M 1M --preallocation=falloc 64M" "'' 1M 64G" "cluster_size=512,preallocation=metadata 1M --preallocation=falloc 2M"; do
+    "cluster_size=2M 1M --preallocation=falloc 64M" "'' 1M 64G" "cluster_size=512,preallocation=metadata 1M --preallocation=falloc 2M" \
+    "'' 1G --shrink 1M" "preallocation=metadata 1G --shrink 100M"; do
     eval "set -- $rs"
     same_layout -f qcow2 ${1:+-o "$1"} n.qcow2 $2
     shift 2
