@@ -50,6 +50,18 @@ run_case() {
         [ -f q/$f ] && { [ ! -e base/$f ] || [ q/$f -nt base/$f ] || [ v/$f -nt base/$f ]; } || continue
         qemu-img compare -U -q q/$f v/$f || fail "$*: $f: qemu-img compare: not the same image"
         check_verdicts_same "$*" -U $f
+        # what create and resize make is laid out as qemu-img lays it out:
+        # a qcow2 image byte for byte (nothing in it is random), others as
+        # qemu-img map sees them (host offsets too; a vhdx's GUIDs and a
+        # vmdk's CID are random)
+        case $1:$f in
+        create:*.qcow2 | resize:*.qcow2)
+            cmp -s q/$f v/$f || fail "$*: $f: not qemu-img's image byte for byte" ;;
+        create:*.raw | resize:*.raw) ;;
+        create:* | resize:*)
+            [ "$(cd q && qemu-img map -U --output=json $f 2>&1)" = "$(cd v && qemu-img map -U --output=json $f 2>&1)" ] ||
+                fail "$*: $f: qemu-img map differs (host offsets)" ;;
+        esac
     done
 }
 
@@ -163,6 +175,21 @@ create -f vhdx -o subformat=fixed,preallocation=full n.vhdx 1M
 create -f vmdk -o subformat=monolithicFlat,preallocation=full n.vmdk 1M
 create -f vmdk -o subformat=twoGbMaxExtentFlat,preallocation=metadata n.vmdk 1M
 create -f qed -o preallocation=full,cluster_size=4k n.qed 1M
+# qcow2 laid out as qemu-img lays it out (byte for byte): refcount blocks
+# past the first one's reach (the L1 table of a large image with small
+# clusters), preallocation=falloc/full (refcount structure, then the data
+# clusters, then the L2 tables), a v2 image (no feature name table), an
+# L1 table grown by resize (written to its entries' end)
+create -f qcow2 -o cluster_size=512 n.qcow2 1G
+create -f qcow2 -o cluster_size=512 n.qcow2 33G
+create -f qcow2 -o cluster_size=512,refcount_bits=1 n.qcow2 64G
+create -f qcow2 -o cluster_size=512,preallocation=falloc n.qcow2 1M
+create -f qcow2 -o cluster_size=4k,preallocation=full n.qcow2 1M
+create -f qcow2 -o preallocation=falloc n.qcow2 1G
+create -f qcow2 -o compat=0.10 n.qcow2 1M
+@q-qcow2.qcow2 resize %i 64G
+@q-qcow2.qcow2 resize --preallocation=falloc %i 100M
+@q-qcow2.qcow2 resize --preallocation=full %i +1M
 CASES
 [ $nfailed = 0 ] || fail "$nfailed of $ncases cases differ (above)"
 echo "PASS ($ncases cases)"

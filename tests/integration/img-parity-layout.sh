@@ -10,7 +10,7 @@
 # vmdk's adapter type and subformat refused in qemu-img's words.
 # (img-parity-create.sh: create's command lines, values and refusals.)
 . "$(dirname "$0")/lib.sh"
-need qemu-img
+need qemu-img qemu-io jq
 cd "$T"
 mkdir base
 must qemu-img create -q -f qcow2 base/a.qcow2 4M
@@ -35,8 +35,18 @@ for o in cluster_size=512 cluster_size=4k cluster_size=8k preallocation=metadata
     same_layout -f qcow2 -o $o n.qcow2 1M
     cmp q/n.qcow2 v/n.qcow2 || fail "create -o $o: the images differ byte for byte"
 done
-same_layout -f qcow2 -o cluster_size=1k,refcount_bits=64 n.qcow2 545292288
-same_layout -f qcow2 -o cluster_size=512 n.qcow2 545292288
+# byte for byte where the L1 table outgrows what the first refcount block
+# counts: QEMU's allocator makes the blocks as it goes, each at the first
+# free cluster (at 33 GiB with 512-byte clusters a larger refcount table
+# past them, the old one's cluster left a hole with its bytes); vbd-img
+# put every block before the L1 table (and one table after the header)
+for o in "cluster_size=1k,refcount_bits=64 545292288" "cluster_size=512 545292288" "cluster_size=512 1G" \
+    "cluster_size=512 33G" "cluster_size=512,refcount_bits=1 64G" "cluster_size=1k,refcount_bits=64 8G" \
+    "cluster_size=2k 1T" "cluster_size=512,data_file=d 1G"; do
+    set -- $o
+    same_layout -f qcow2 -o $1 n.qcow2 $2
+    cmp q/n.qcow2 v/n.qcow2 || fail "create -o $o: the images differ byte for byte"
+done
 same_layout -f qcow2 -b a.qcow2 -F qcow2 n.qcow2
 # an empty vhdx: QEMU's BAT region, sized by its 32-bit count that wraps
 # (64 MiB with 8 MiB blocks), which it wants at open
@@ -54,6 +64,65 @@ for f in vmdk vpc vdi qed parallels; do
     same_layout -f $f n.$f 0
 done
 same_layout -f vhdx n.vhdx 100
+# and each takes the space qemu-img's takes (stat's blocks): qemu-img
+# writes a vhdx's file identifier, headers and region tables each alone
+# and a qed's header and L1 table, leaving the rest of the first MiB (the
+# header cluster) a hole (vbd-img wrote it whole: 880 KiB more for every
+# vhdx, 60 KiB more for a qed with 64 KiB clusters); one 4 KiB block
+# apart is the file system's, not the tool's: ext4 counts the block that
+# holds a file's extent list once the file has more than 4 extents, and
+# how the free space is cut decides that
+for cl in "vhdx n.vhdx 0" "vhdx -o block_size=1M n.vhdx 0" "vhdx n.vhdx 1G" "vhdx -o subformat=fixed n.vhdx 8M" \
+    "qed n.qed 0" "qed n.qed 1G" "qed -o cluster_size=4k n.qed 1M" "qed -b a.qcow2 -F qcow2 n.qed"; do
+    set -- $cl
+    same_layout -f "$@"
+    f=n.$1
+    bq=$(stat -c %b q/$f) bv=$(stat -c %b v/$f)
+    [ $((bq - bv)) -le 8 ] && [ $((bv - bq)) -le 8 ] ||
+        fail "create -f $cl: $(stat -c %b v/$f) blocks allocated by vbd-img, $(stat -c %b q/$f) by qemu-img"
+done
+
+step "qcow2 preallocation=falloc/full, create and resize: qemu-img's image byte for byte"
+# qemu-img creates, then grows the image with the preallocation as
+# qcow2_co_truncate does: past the last cluster in use the refcount blocks
+# and a new refcount table counting all that follows, the data clusters in
+# one run, the L2 tables last (the first in the old refcount table's
+# cluster); vbd-img placed each L2 table before its data clusters and
+# kept the table (1 MiB with 512-byte clusters, 1 GiB with 64 KiB: other
+# offsets). A v2 image has no feature name table (vbd-img wrote one), a
+# grown L1 table is written to its entries' end (vbd-img: its cluster's);
+# a shrink makes the L2 table holding the new end if it is missing, as
+# QEMU's discard of the tail does (vbd-img's file was 2 clusters shorter).
+for o in cluster_size=512,preallocation=falloc cluster_size=512,preallocation=full preallocation=falloc \
+    cluster_size=4k,preallocation=full refcount_bits=1,cluster_size=512,preallocation=falloc \
+    refcount_bits=64,cluster_size=1k,preallocation=full extended_l2=on,preallocation=falloc \
+    compat=0.10,preallocation=falloc lazy_refcounts=on,cluster_size=2k,preallocation=full compat=0.10; do
+    same_layout -f qcow2 -o $o n.qcow2 1M
+    cmp q/n.qcow2 v/n.qcow2 || fail "create -o $o 1M: the images differ byte for byte"
+done
+same_layout -f qcow2 -o preallocation=falloc n.qcow2 1G
+cmp q/n.qcow2 v/n.qcow2 || fail "create -o preallocation=falloc 1G: the images differ byte for byte"
+# resize: each tool grows its own image (the same bytes before), then
+# writes the same data (qemu-io, vbd-io) into it: the same bytes after
+# each, and qemu-img check clean
+for rs in "cluster_size=512 1M --preallocation=falloc 5M" "cluster_size=4k 100k --preallocation=full 1M" \
+    "cluster_size=4k 2k --preallocation=falloc 9k" "compat=0.10 1M --preallocation=falloc 64M" \
+    "refcount_bits=1,cluster_size=512 1M --preallocation=full 2M" "extended_l2=on 1M --preallocation=falloc 600M" \
+    "cluster_size=2M 1M --preallocation=falloc 64M" "'' 1M 64G" "cluster_size=512,preallocation=metadata 1M --preallocation=falloc 2M" \
+    "'' 1G --shrink 1M" "preallocation=metadata 1G --shrink 100M"; do
+    eval "set -- $rs"
+    same_layout -f qcow2 ${1:+-o "$1"} n.qcow2 $2
+    shift 2
+    (cd q && qemu-img resize -q "$@" n.qcow2 2>&1) >q.rs
+    (cd v && "$VBD_IMG" resize -q "$@" n.qcow2 2>&1 | sed 's/vbd-img/qemu-img/g') >v.rs
+    diff -u q.rs v.rs || fail "resize $* after create -o ${rs%% *}: the output differs"
+    cmp q/n.qcow2 v/n.qcow2 || fail "resize $* after create -o ${rs%% *}: the images differ byte for byte"
+    w=(-c 'write -P 7 0 1536' -c "write -P 9 $(($(qemu-img info -U --output=json q/n.qcow2 | jq '."virtual-size"') - 1024)) 1024")
+    qemu-io -f qcow2 "${w[@]}" q/n.qcow2 >/dev/null || fail "qemu-io write after resize $*"
+    "$VBD_IO" -f qcow2 "${w[@]}" v/n.qcow2 >/dev/null || fail "vbd-io write after resize $*"
+    cmp q/n.qcow2 v/n.qcow2 || fail "resize $* after create -o ${rs%% *}: the images differ after the same writes"
+    qemu-img check -q v/n.qcow2 || fail "resize $* after create -o ${rs%% *}: qemu-img check of vbd-img's image"
+done
 
 step "preallocation through formats without their own: the file's option, the same file and allocation"
 # qemu-img 7.2 hands preallocation to the file, which it creates empty with

@@ -808,7 +808,13 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     put_header(&s, buf);
     if (backing)
         memcpy(buf + QED_HEADER_BYTES, backing, s.backing_len);
-    rc = vbd_node_co_pwrite(f, 0, buf, total, 0);
+    /* the header (and the backing file's name after it), then the L1
+     * table, as qemu-img writes them: the rest of the header cluster stays
+     * a hole of the new (empty) file, so the image takes the space
+     * qemu-img's takes (`du`), not a whole cluster more */
+    rc = vbd_node_co_pwrite(f, 0, buf, QED_HEADER_BYTES + s.backing_len, 0);
+    if (rc == 0)
+        rc = vbd_node_co_pwrite(f, cluster_size, buf + cluster_size, total - cluster_size, 0);
     if (rc == 0)
         rc = vbd_node_co_flush(f);
     if (rc < 0)

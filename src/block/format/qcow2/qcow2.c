@@ -1813,6 +1813,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     bool lazy = false, extl2 = false, data_raw = false;
     int rc = -EINVAL;
     uint8_t *buf = NULL;
+    struct qcow2_create_plan plan = {0};
     struct vbd_node *f = NULL;
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_str(opts, "compat", &compat, err) < 0 ||
         vbd_opt_take_str(opts, "backing_file", &backing, err) < 0 ||
@@ -1909,21 +1910,14 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         vbd_error_setf(err, EFBIG, "Image size is too large for this cluster size");
         goto out;
     }
-    /* an empty image has no L1 table (offset 0), as qemu-img makes it: a
-     * cluster for it would be counted by nothing (a leak to qemu-img check) */
-    uint64_t l1_clusters = (l1_entries * 8 + cluster_size - 1) / cluster_size;
-    /* layout: header | refcount table | refcount blocks | L1 */
-    uint64_t per_block = cluster_size * 8 / refcount_bits, blocks = 1, table_clusters = 1;
-    for (;;) {
-        uint64_t total = 1 + table_clusters + blocks + l1_clusters;
-        uint64_t nb = (total + per_block - 1) / per_block;
-        uint64_t nt = (nb * 8 + cluster_size - 1) / cluster_size;
-        if (nb == blocks && nt == table_clusters)
-            break;
-        blocks = nb;
-        table_clusters = nt;
+    /* the refcount structure and the L1 table where qemu-img puts them
+     * (create-layout.c); an empty image has no L1 table (offset 0), as
+     * qemu-img makes it: a cluster for it would be counted by nothing */
+    if ((rc = qcow2_plan_create(cluster_size, order, l1_entries, &plan)) < 0) {
+        vbd_error_setf(err, -rc, "Could not lay out the qcow2 image: %s", strerror(-rc));
+        goto out;
     }
-    uint64_t total = 1 + table_clusters + blocks + l1_clusters;
+    buf = plan.buf;
     char data_path[4096] = "";
     if (data_file) { /* relative to the image, as it will be resolved at open */
         const char *slash = strrchr(filename, '/');
@@ -1941,16 +1935,15 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         rc = -EIO;
         goto out;
     }
-    buf = calloc(1, total * cluster_size);
     uint8_t *h = buf;
     put_be32p(h, QCOW2_MAGIC);
     put_be32p(h + 4, (uint32_t)version);
     put_be32p(h + 20, cbits);
     put_be64p(h + 24, size);
     put_be32p(h + 36, (uint32_t)l1_entries);
-    put_be64p(h + 40, l1_entries ? (1 + table_clusters + blocks) * cluster_size : 0);
-    put_be64p(h + 48, cluster_size);
-    put_be32p(h + 56, (uint32_t)table_clusters);
+    put_be64p(h + 40, plan.l1_offset);
+    put_be64p(h + 48, plan.reftable_offset);
+    put_be32p(h + 56, plan.reftable_clusters);
     uint64_t pos = 72;
     if (version == 3) {
         uint64_t incompat = (comp ? QCOW2_INCOMPAT_COMPRESSION : 0) | (extl2 ? QCOW2_INCOMPAT_EXTL2 : 0) |
@@ -1963,37 +1956,31 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         h[104] = (uint8_t)comp;
         pos = 112;
     }
-    /* the same extensions (and bounds) as every later header rewrite; v2 images get the feature table too */
+    /* the same extensions (and bounds) as every later header rewrite: the
+     * feature name table in version 3 only, as QEMU 7.2's
+     * qcow2_update_header writes it (a v2 image from qemu-img has none) */
     struct qcow2_ext dext = {QCOW2_EXT_DATA_FILE, data_file ? (uint32_t)strlen(data_file) : 0, (uint8_t *)data_file};
-    if (qcow2_put_extensions(h, cluster_size, pos, backing, backing_fmt, &dext, data_file ? 1 : 0, 0, true) < 0) {
+    if (qcow2_put_extensions(h, cluster_size, pos, backing, backing_fmt, &dext, data_file ? 1 : 0, 0, version >= 3) < 0) {
         vbd_error_setf(err, EINVAL, "Backing file name, backing format and data file name too long for the %llu-byte header cluster",
                        (unsigned long long)cluster_size);
         rc = -EINVAL;
         goto out;
     }
-    uint8_t *table = buf + cluster_size;
-    for (uint64_t b = 0; b < blocks; b++)
-        put_be64p(table + 8 * b, (1 + table_clusters + b) * cluster_size);
-    /* every cluster of the layout has refcount 1 */
-    uint8_t *rb = buf + (1 + table_clusters) * cluster_size;
-    for (uint64_t c = 0; c < total; c++) {
-        uint64_t bit = c * refcount_bits;
-        if (refcount_bits >= 8)
-            rb[(bit / 8) + refcount_bits / 8 - 1] = 1; /* big-endian 1 */
-        else
-            rb[bit / 8] |= (uint8_t)(1u << (bit % 8));
+    uint64_t length = plan.length;
+    /* what qemu-img writes, run by run: the clusters it never writes stay
+     * holes of the new file, so that the image takes the space qemu-img's
+     * takes */
+    uint64_t run = 0;
+    rc = 0;
+    for (uint64_t c = 0; rc == 0 && c * cluster_size < length; c++) {
+        if (!plan.written[c])
+            run = c + 1;
+        else if ((c + 1) * cluster_size >= length || !plan.written[c + 1]) {
+            uint64_t end = (c + 1) * cluster_size < length ? (c + 1) * cluster_size : length;
+            rc = vbd_node_co_pwrite(f, run * cluster_size, buf + run * cluster_size, end - run * cluster_size, 0);
+            run = c + 1;
+        }
     }
-    /* The file ends where qemu-img's new image ends: with the image in
-     * its first refcount block, qemu-img writes its L1 table last and no
-     * further than the table's entries (it grows the table from none to
-     * l1_entries with a write of l1_entries * 8 bytes), so the file is
-     * one cluster shorter than the whole-cluster write made it (196616
-     * bytes for 1 MiB, not 262144). With more refcount blocks qemu-img
-     * places them after the table: its file ends on a cluster, as here. */
-    uint64_t length = total * cluster_size;
-    if (l1_entries && blocks == 1 && table_clusters == 1)
-        length -= l1_clusters * cluster_size - l1_entries * 8;
-    rc = vbd_node_co_pwrite(f, 0, buf, length, 0);
     if (rc == 0)
         rc = vbd_node_co_flush(f);
     if (rc < 0)
@@ -2018,6 +2005,7 @@ out:
     if (f)
         vbd_node_unref(f);
     free(buf);
+    free(plan.written);
     free(compat);
     free(backing);
     free(backing_fmt);

@@ -283,6 +283,20 @@ int qcow2_flush_refcounts(struct qcow2_state *s);
 int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
 /* check -r all: a new refcount structure holding count[k] for host cluster k < n, placed from cluster n on */
 int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n);
+/* create-layout.c: a new image's metadata as qemu-img places it: buf
+ * (length bytes, to be written from offset 0; its first cluster for the
+ * header) holds the refcount structure and the (empty) L1 table; both freed by the caller */
+struct qcow2_create_plan {
+    uint8_t *buf;
+    uint8_t *written; /* per cluster: to be written (else left a hole, as qemu-img leaves it) */
+    uint64_t length, l1_offset, reftable_offset;
+    uint32_t reftable_clusters;
+};
+int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l1_entries, struct qcow2_create_plan *out);
+/* QEMU's qcow2_refcount_area (exact size): refcount blocks and a new table
+ * from start_off on, counting the file and `additional` clusters past them;
+ * returns where those go */
+int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t additional);
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
 /* Which kinds of metadata (QCOW2_OL_*) [off, off+len) hits: the slow path,
  * asked only once qcow2_overlaps_metadata said it hits something. */

@@ -679,3 +679,125 @@ int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64
     qcow2_metadata_moved(s);
     return 0;
 }
+
+/* The refcount blocks a file of `clusters` clusters needs, counting the
+ * blocks and the table themselves (QEMU's qcow2_refcount_metadata_size:
+ * its fixed point, so that the layouts agree). */
+static uint64_t refblocks_for(const struct qcow2_state *s, uint64_t clusters)
+{
+    uint64_t per_table_cluster = s->cluster_size / 8, per_block = 1ull << rb_bits(s);
+    uint64_t table = 0, blocks = 0, n = 0, last;
+    do {
+        last = n;
+        blocks = (clusters + table + blocks + per_block - 1) / per_block;
+        table = (blocks + per_table_cluster - 1) / per_table_cluster;
+        n = clusters + blocks + table;
+    } while (n != last);
+    return blocks;
+}
+
+/* QEMU's qcow2_refcount_area with an exact size, as its truncate with
+ * preallocation=falloc/full calls it: from start_off (past every cluster
+ * in use) the refcount blocks still missing to count the file up to its
+ * own end plus `additional` clusters, then a new refcount table holding
+ * them all, each of these clusters with refcount 1; the header switched
+ * to the table once blocks and table are on disk (a crash before leaves
+ * the old structure in effect, the new clusters leaked at most), then the
+ * old table's clusters freed (the next allocations reuse them, as in
+ * QEMU). Returns where the `additional` clusters go. Lock held. */
+int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t additional)
+{
+    uint64_t cs = s->cluster_size, per_table_cluster = cs / 8;
+    uint64_t total = refblocks_for(s, start_off / cs + additional);
+    uint64_t area_index = (start_off / cs) >> rb_bits(s);
+    uint64_t table_entries = (total + per_table_cluster - 1) / per_table_cluster * per_table_cluster;
+    /* a block the old table names further on stays named (QEMU's caller
+     * guarantees there is none; dropping one would lose its counts) */
+    for (uint64_t i = table_entries; i < s->reftable_entries; i++)
+        if (s->reftable[i])
+            table_entries = (i + per_table_cluster) / per_table_cluster * per_table_cluster;
+    if (table_entries * 8 > QCOW2_MAX_REFTABLE_BYTES)
+        return -EFBIG;
+    uint64_t table_clusters = table_entries / per_table_cluster;
+    int rc = lazy_dirty_first(s);
+    if (rc < 0)
+        return rc;
+    rc = write_rc_blocks(s);
+    if (rc < 0)
+        return rc;
+    uint64_t *table = calloc(table_entries, 8), *disk = calloc(table_entries, 8);
+    uint8_t *zero = calloc(1, cs);
+    if (!table || !disk || !zero) {
+        free(table);
+        free(disk);
+        free(zero);
+        return -ENOMEM;
+    }
+    memcpy(table, s->reftable, (s->reftable_entries < table_entries ? s->reftable_entries : table_entries) * 8);
+    uint64_t new_blocks = 0;
+    for (uint64_t i = area_index; i < total; i++)
+        new_blocks += !table[i];
+    uint64_t table_off = start_off + new_blocks * cs, end_off = table_off + table_clusters * cs;
+    /* the new blocks, empty, on disk before anything names them */
+    for (uint64_t i = area_index, at = start_off; rc == 0 && i < total; i++)
+        if (!table[i]) {
+            rc = vbd_node_co_pwrite(s->n->file, at, zero, cs, 0);
+            table[i] = at;
+            at += cs;
+        }
+    uint64_t *old = s->reftable, old_entries = s->reftable_entries, old_off = s->refcount_table_offset,
+             old_clusters = s->refcount_table_clusters, old_end = s->file_end;
+    if (rc == 0) {
+        /* counted through the new table (in memory until the switch) */
+        s->reftable = table;
+        s->reftable_entries = table_entries;
+        qcow2_metadata_moved(s);
+        if (s->file_end < end_off)
+            s->file_end = end_off;
+        for (uint64_t c = start_off / cs; rc == 0 && c < end_off / cs; c++)
+            rc = set_refcount(s, c, 1);
+        if (rc == 0)
+            rc = qcow2_flush_refcounts(s);
+    }
+    if (rc == 0) {
+        for (uint64_t i = 0; i < table_entries; i++)
+            disk[i] = be64(table[i]);
+        rc = vbd_node_co_pwrite(s->n->file, table_off, disk, table_entries * 8, 0);
+        if (rc == 0)
+            rc = vbd_node_co_flush(s->n->file);
+    }
+    if (rc == 0) {
+        uint8_t h[12];
+        put_be64p(h, table_off);
+        put_be32p(h + 8, (uint32_t)table_clusters);
+        rc = vbd_node_co_pwrite(s->n->file, 48, h, 12, 0);
+        if (rc == 0)
+            rc = vbd_node_co_flush(s->n->file);
+    }
+    free(disk);
+    free(zero);
+    if (rc < 0) {
+        /* the old structure stays in effect: its blocks are never written
+         * with what the new one counted */
+        if (s->reftable == table) {
+            for (int k = 0; k < s->rc_nslots; k++)
+                if (s->rc_slots[k].offset >= start_off && s->rc_slots[k].offset < end_off) {
+                    s->rc_slots[k].offset = 0;
+                    s->rc_slots[k].dirty = false;
+                }
+            s->rc_cur = NULL;
+        }
+        s->reftable = old;
+        s->reftable_entries = old_entries;
+        s->file_end = old_end;
+        qcow2_metadata_moved(s);
+        free(table);
+        return rc;
+    }
+    s->refcount_table_offset = table_off;
+    s->refcount_table_clusters = (uint32_t)table_clusters;
+    free(old);
+    for (uint64_t c = 0; c < old_clusters; c++) /* a failure only leaks */
+        (void)qcow2_update_refcount(s, old_off + c * cs, -1);
+    return (int64_t)end_off;
+}

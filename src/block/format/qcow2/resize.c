@@ -44,7 +44,10 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t need)
         memcpy(l1, s->l1, (size_t)s->l1_size * 8);
     for (uint64_t i = 0; i < bytes / 8; i++)
         disk[i] = be64(l1[i]);
-    rc = vbd_node_co_pwrite(n->file, (uint64_t)at, disk, bytes, 0);
+    /* the entries, not the rest of their last cluster (nothing reads
+     * past l1_size): as QEMU's qcow2_grow_l1_table writes it, so that a
+     * table at the end leaves the file as long as qemu-img's */
+    rc = vbd_node_co_pwrite(n->file, (uint64_t)at, disk, need * 8, 0);
     free(disk);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s);
@@ -95,6 +98,84 @@ static int cover_clusters(struct qcow2_state *s, uint64_t host, uint64_t len, en
     return rc;
 }
 
+/* preallocation=falloc/full as QEMU's qcow2_co_truncate lays it out, so
+ * that the image is qemu-img's byte for byte: from the end of the last
+ * cluster in use, the refcount blocks and a new refcount table that count
+ * the new data clusters and their L2 tables too (qcow2_refcount_area),
+ * then every new data cluster in one run after them, the file grown over
+ * the run with `mode`; the L2 tables come last, from the first free
+ * cluster on (the old refcount table's, then the file's end), each entry
+ * pointing into the run. Only for [start, end) with nothing to copy into
+ * its first cluster (start on a cluster, or that cluster unmapped and no
+ * backing file): QEMU copies that cluster's head, the caller's other way
+ * keeps it in place. Lock held. */
+static int preallocate_as_qemu(struct qcow2_state *s, uint64_t start, uint64_t end, enum vbd_prealloc mode,
+                               struct vbd_error **err)
+{
+    uint64_t cs = s->cluster_size, per_table = 1ull << s->l2_bits;
+    int rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc < 0)
+        return rc;
+    /* QEMU's old file size: past the last cluster with a refcount */
+    uint64_t c = s->file_end >> s->cluster_bits, refs = 0;
+    while (c > 0) {
+        if ((rc = qcow2_get_refcount(s, c - 1, &refs)) < 0)
+            return rc;
+        if (refs)
+            break;
+        c--;
+    }
+    uint64_t first = start & ~(cs - 1);
+    uint64_t data = (((end + cs - 1) & ~(cs - 1)) - first) / cs;
+    /* QEMU's overestimate: one table more for a head or tail */
+    uint64_t tables = (data + per_table - 1) / per_table + 1;
+    int64_t at = qcow2_refcount_area(s, c * cs, data + tables);
+    if (at < 0)
+        return (int)at;
+    for (uint64_t i = 0; rc == 0 && i < data; i++)
+        rc = qcow2_update_refcount(s, (uint64_t)at + i * cs, 1);
+    uint64_t data_end = (uint64_t)at + data * cs;
+    if (s->file_end < data_end)
+        s->file_end = data_end;
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s); /* counted before any table points there */
+    if (rc == 0 && data_end > s->n->file->size)
+        rc = vbd_node_co_truncate(s->n->file, data_end, false, mode, err);
+    uint64_t host = (uint64_t)at;
+    for (uint64_t off = first; rc == 0 && off < end;) {
+        uint64_t *table;
+        uint32_t index;
+        struct qcow2_l2_slot *slot;
+        if ((rc = qcow2_get_l2(s, off, true, &table, &index, &slot)) < 0)
+            break;
+        uint64_t count = per_table - index;
+        if (count > (data_end - host) / cs)
+            count = (data_end - host) / cs;
+        for (uint64_t k = 0; k < count; k++) {
+            uint64_t *ep = &table[(s->extended_l2 ? 2 : 1) * (index + k)];
+            /* (none is mapped past the old end; one that were would keep
+             * its cluster, and the run's would only leak) */
+            if (*ep)
+                continue;
+            ep[0] = be64((host + k * cs) | QCOW_OFLAG_COPIED);
+            if (s->extended_l2) /* subclusters unallocated, as QEMU: reads as zeroes */
+                ep[1] = 0;
+        }
+        slot->dirty = true;
+        off += count * cs;
+        host += count * cs;
+    }
+    if (rc == 0)
+        rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "qcow2: preallocation failed: %s", strerror(-rc));
+    return rc;
+}
+
 /* Maps every guest cluster of [start, end) that has no mapping yet to a
  * host cluster (contiguous per L2 table), then makes the file cover them
  * as `mode` asks. Lock held. */
@@ -103,6 +184,17 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
     uint64_t cs = s->cluster_size;
     uint64_t first_host = UINT64_MAX, last_host = 0;
     int rc = 0;
+    if ((mode == VBD_PREALLOC_FALLOC || mode == VBD_PREALLOC_FULL) && !s->external && start < end) {
+        bool head_free = !(start & (cs - 1));
+        if (!head_free && !s->n->backing) {
+            uint64_t entry, bitmap;
+            if ((rc = qcow2_get_entry(s, start, &entry, &bitmap)) < 0)
+                goto out;
+            head_free = entry == 0 && bitmap == 0;
+        }
+        if (head_free)
+            return preallocate_as_qemu(s, start, end, mode, err);
+    }
     /* the mapped cluster holding the old end: its part past the end is
      * space the new size promises too (QEMU maps it anew, covered) */
     if ((start & (cs - 1)) && (mode == VBD_PREALLOC_FALLOC || mode == VBD_PREALLOC_FULL) && !s->external) {
@@ -202,14 +294,17 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
         if (l1i >= s->l1_size)
             break;
         uint64_t l2 = s->l1[l1i] & L1E_OFFSET_MASK;
-        if (!l2) {
+        bool whole = off % per_l1 == 0;
+        /* the table holding the new end is made if missing (empty), as
+         * QEMU's discard of the tail makes it (get_cluster_table): the
+         * shrunk image is laid out as qemu-img's */
+        if (!l2 && whole) {
             off = table_end;
             continue;
         }
         uint64_t *table;
         uint32_t index;
         struct qcow2_l2_slot *slot = NULL;
-        bool whole = off % per_l1 == 0;
         /* a table kept in part becomes the active image's own (copied if a snapshot shares it) */
         rc = qcow2_get_l2(s, off, !whole, &table, &index, &slot);
         if (rc < 0 || !table)
