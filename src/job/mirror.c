@@ -743,7 +743,11 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't mirror node into itself");
         return NULL;
     }
-    if (vbd_node_size(a->target) < vbd_node_size(a->src)) {
+    /* a target a format or quorum keeps is refused once the job is made
+     * (below), whatever its size: QEMU's permission error comes first */
+    char owner[8];
+    if (vbd_node_size(a->target) < vbd_node_size(a->src) &&
+        vbd_node_data_owner(a->target, owner, sizeof(owner)) == VBD_NODE_OWNER_NONE) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target image have different sizes");
         return NULL;
     }
