@@ -11,7 +11,8 @@
  * group, compress, snapshot-access, copy-before-write): the input cannot make
  * the process open a path or wait. An open must fail with an error or give
  * a node that reads (and writes, if read-write) at its start and its end and
- * closes; no crash, no leak, no out-of-bounds access. */
+ * closes, every node it made with it; no crash, no leak, no out-of-bounds
+ * access. */
 #include "vbd/block.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
@@ -115,6 +116,8 @@ static void run_co(void *arg)
     struct input in = {r->data + 1, r->size - 1};
     unsigned flags = r->data[0] & 1 ? VBD_OPEN_RDWR : 0;
     struct json_object *o = tree(&in, 0);
+    if (getenv("VBD_FUZZ_VERBOSE"))
+        fprintf(stderr, "options: %s\n", json_object_to_json_string(o));
     struct vbd_error *err = NULL;
     struct vbd_node *n = vbd_open(NULL, o, flags, &err);
     if (!n) {
@@ -138,6 +141,11 @@ static void run_co(void *arg)
         }
     }
     vbd_node_unref(n);
+    struct vbd_node *left = vbd_node_next(NULL);
+    if (left) { /* every node the input made is gone with its last reference (a cycle kept them) */
+        fprintf(stderr, "node '%s' outlived its input\n", left->node_name);
+        abort();
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
