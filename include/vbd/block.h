@@ -476,6 +476,7 @@ struct vbd_node {
     unsigned open_flags;         /* VBD_OPEN_* as opened */
     bool file_meta;              /* counted as a metadata parent of its "file" child (vbd_open_child) */
     bool file_ref;               /* the "file" child is an existing node it references (file=NAME), not its own */
+    bool opening;                /* its driver's open runs: no child may reference it by name (a cycle) */
     bool read_only;
     struct vbd_limits bl;
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */

@@ -373,7 +373,10 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
     /* Named before open so children opened by reference can be found. */
     n->next_named = named_nodes;
     named_nodes = n;
-    if (drv->open(n, opts, flags, err) < 0) {
+    n->opening = true;
+    int open_rc = drv->open(n, opts, flags, err);
+    n->opening = false;
+    if (open_rc < 0) {
         for (struct vbd_node **pp = &named_nodes; *pp; pp = &(*pp)->next_named)
             if (*pp == n) {
                 *pp = n->next_named;
@@ -639,6 +642,12 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
     if (json_object_is_type(v, json_type_string)) {
         const char *ref = json_object_get_string(v);
         struct vbd_node *c = vbd_node_find(ref);
+        /* a node still opening is the one a child is opened for, or one
+         * above it: taking it would make the graph a cycle (n->file == n:
+         * endless recursion, a node never freed). QEMU does not find it
+         * either: its name is not set yet when "file" opens */
+        if (c && c->opening)
+            c = NULL;
         if (!c) {
             vbd_error_setf(err, ENOENT, "Cannot find device='%s' nor node-name='%s'", ref, ref);
             json_object_put(v);

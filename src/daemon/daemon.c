@@ -517,7 +517,12 @@ static int add_drive(const char *arg, struct vbd_error **err)
         json_object_object_add(no, "discard", json_object_new_string("unmap"));
     if (dzero) /* checked by the node like blockdev-add's (unmap needs discard=unmap) */
         json_object_object_add(no, "detect-zeroes", json_object_new_string(dzero));
-    unsigned flags = (readonly ? 0 : VBD_OPEN_RDWR) | vbd_cache_mode_open_flags(mode) | (unmap ? VBD_OPEN_UNMAP : 0);
+    /* locked by its users, as --blockdev's nodes: a raw image holds only
+     * what its export needs (qsd's --blockdev + --export), and lets go of
+     * it when the export goes; opened otherwise, it kept the open's write
+     * and resize locks, unshared, until the daemon exited */
+    unsigned flags = (readonly ? 0 : VBD_OPEN_RDWR) | vbd_cache_mode_open_flags(mode) | (unmap ? VBD_OPEN_UNMAP : 0) |
+                     VBD_OPEN_LOCK_BY_USERS;
     n = vbd_open(format ? NULL : file, no, flags, err);
     if (!n) {
         vbd_error_prepend(err, "--drive %s: ", file);
@@ -593,6 +598,13 @@ static int add_drive(const char *arg, struct vbd_error **err)
         n = t;
     }
     vbd_daemon_node_add(n);
+    /* its locks as its users need them (none until an export uses it) */
+    if (vbd_qmp_image_locks_follow(NULL, 0, 0, err) < 0) {
+        vbd_daemon_node_del(n->node_name, NULL);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL);
+        n = NULL;
+        goto out;
+    }
     free(drive.serial);
     free(drive.werror);
     free(drive.rerror);

@@ -715,13 +715,39 @@ static const struct vbd_job_driver mirror_driver = {
     .writes_node = mirror_writes,
 };
 
+/* A target whose data a writable node keeps (a format's file, a quorum's
+ * child): the mirror would write under the format's metadata or into one
+ * replica apart from the others. QEMU's permission error, which QEMU
+ * raises when it attaches the target to the job it has made (so after
+ * the job's "created": then "null", as qsd 7.2's events show). */
+static bool target_data_owned(struct vbd_node *t, struct vbd_qmp_error *err)
+{
+    char by[512];
+    int owner = vbd_node_data_owner(t, by, sizeof(by));
+    if (owner == VBD_NODE_OWNER_NONE)
+        return false;
+    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                       "Permission conflict on node '%s': permissions '%s' are both required by %s and unshared by an "
+                       "unnamed block device (uses node '%s' as 'root' child).",
+                       t->node_name,
+                       owner == VBD_NODE_OWNER_FORMAT      ? "consistent read, write, resize"
+                       : owner == VBD_NODE_OWNER_FORMAT_RO ? "consistent read"
+                                                           : "consistent read, write",
+                       by, t->node_name);
+    return true;
+}
+
 struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err)
 {
     if (a->src == a->target) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't mirror node into itself");
         return NULL;
     }
-    if (vbd_node_size(a->target) < vbd_node_size(a->src)) {
+    /* a target a format or quorum keeps is refused once the job is made
+     * (below), whatever its size: QEMU's permission error comes first */
+    char owner[8];
+    if (vbd_node_size(a->target) < vbd_node_size(a->src) &&
+        vbd_node_data_owner(a->target, owner, sizeof(owner)) == VBD_NODE_OWNER_NONE) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target image have different sizes");
         return NULL;
     }
@@ -750,6 +776,10 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
      * from here on. QEMU attaches the target once the job is made: a
      * refusal shows the job created, then null. */
     struct vbd_error *le = NULL;
+    if (job && target_data_owned(a->target, err)) {
+        vbd_job_early_fail(job);
+        job = NULL;
+    }
     if (job && vbd_qmp_image_locks_follow(a->target, 0x2, 0x4, &le) < 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
         vbd_error_free(le);

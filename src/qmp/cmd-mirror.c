@@ -116,26 +116,6 @@ static int common_args(struct json_object *args, struct vbd_mirror_args *a, stru
     return 0;
 }
 
-/* A target whose data a writable node keeps (a format's file, a quorum's
- * child): the mirror would write under the format's metadata or into one
- * replica apart from the others. QEMU's permission error. */
-static bool target_owned(struct vbd_node *t, struct vbd_qmp_error *err)
-{
-    char by[512];
-    int owner = vbd_node_data_owner(t, by, sizeof(by));
-    if (owner == VBD_NODE_OWNER_NONE)
-        return false;
-    vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                       "Permission conflict on node '%s': permissions '%s' are both required by %s and unshared by an "
-                       "unnamed block device (uses node '%s' as 'root' child).",
-                       t->node_name,
-                       owner == VBD_NODE_OWNER_FORMAT      ? "consistent read, write, resize"
-                       : owner == VBD_NODE_OWNER_FORMAT_RO ? "consistent read"
-                                                           : "consistent read, write",
-                       by, t->node_name);
-    return true;
-}
-
 static int replaces_arg(struct json_object *args, struct vbd_mirror_args *a, struct vbd_qmp_error *err)
 {
     const char *r = arg_str(args, "replaces");
@@ -171,7 +151,7 @@ static struct json_object *qmp_blockdev_mirror(struct json_object *args, struct 
     vbd_daemon_co_join_source_loop(a.target, a.src);
     if (blocked(a.src, err) || blocked(a.target, err))
         return NULL;
-    if (common_args(args, &a, err) < 0 || replaces_arg(args, &a, err) < 0 || target_owned(a.target, err))
+    if (common_args(args, &a, err) < 0 || replaces_arg(args, &a, err) < 0)
         return NULL;
     if (!vbd_mirror_start(&a, err))
         return NULL;

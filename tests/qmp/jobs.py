@@ -43,14 +43,25 @@ class Session:
 
     def status(self, jid, want):
         """The next JOB_STATUS_CHANGE of jid must be `want` (QEMU's drained
-        sections pause and resume a job on the way: those pairs are skipped)."""
+        sections pause and resume a job on the way: those pairs are skipped,
+        and so are a ready job's standby and ready again, as a drained
+        blockdev-reopen makes them)."""
+        standby = getattr(self, "_standby", set())
+        self._standby = standby
         while True:
             ev = self.m.wait_event("JOB_STATUS_CHANGE", timeout=300)["data"]
             if ev["id"] != jid:
                 continue
             if ev["status"] == want:
+                standby.discard(jid)
                 return
             if ev["status"] in ("paused", "running") and want not in ("paused", "running"):
+                continue
+            if ev["status"] == "standby":
+                standby.add(jid)
+                continue
+            if ev["status"] == "ready" and jid in standby:
+                standby.discard(jid)
                 continue
             fail(f"{self.who}: job {jid} went to '{ev['status']}', expected '{want}'")
 

@@ -20,6 +20,12 @@
 #   tests/stress/job-overlap-soak.sh [BUILD_DIR]
 # JOB_OVERLAP_SEED (default: random, printed), JOB_OVERLAP_SCENARIOS
 # (default "A S F B"), JOB_OVERLAP_IO (default "main io0").
+# JOB_OVERLAP_REOPEN=1: while each job runs, blockdev-reopen of its qcow2
+# nodes (the top and the source in A and S, the source and the target in
+# B, the source in F) again and again with other l2/refcount cache sizes
+# (small ones evict dirty tables all the time) and lazy refcounts on or
+# off, each under the writers; every reopen must succeed (QEMU takes
+# them) and the data checks are the same.
 [ $# -gt 0 ] && VBD_BUILD=$(cd "$1" && pwd)
 . "$(dirname "$0")/../integration/lib.sh"
 need qemu-img nbdcopy python3
@@ -43,12 +49,12 @@ for scen in ${JOB_OVERLAP_SCENARIOS:-A S F B}; do
     must qemu-img create -q -f qcow2 tgt.qcow2 16M
     must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 fleece.qcow2 16M
     "$VBD_DAEMON" --object iothread,id=io0 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
-        --blockdev '{"driver":"qcow2","node-name":"src","discard":"'"${JOB_OVERLAP_DISCARD:-unmap}"'","file":{"driver":"file","filename":"'"$PWD"'/src.qcow2","discard":"unmap"}}' \
+        --blockdev '{"driver":"qcow2","node-name":"src","discard":"'"${JOB_OVERLAP_DISCARD:-unmap}"'","file":{"driver":"file","node-name":"fsrc","filename":"'"$PWD"'/src.qcow2","discard":"unmap"}}' \
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
     dpid=$!
     wait_sock "$PWD/qmp.sock"
     python3 - "$scen" "$STRESS" "$((SEED + ${#scen}))" "$io" <<'PY' || fail "scenario $scen on $io: $(tail -40 daemon.log)"
-import os, signal, subprocess, sys, time
+import os, random, signal, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
 from jobs import Session, sh, fail
 scen, stress_bin, seed, io = sys.argv[1:5]
@@ -76,20 +82,43 @@ def stress_end(p):
     if not over or over[0].split()[2] == "0":
         fail(f"no mutation met another in flight on the same bytes: {out[-1000:]}")
     print(over[0])
+reopen_nodes = []  # (node-name, its blockdev-add options with the children named)
+reopens = [0]
+rng = random.Random(int(seed))
+def reopen_one():
+    if not reopen_nodes or os.environ.get("JOB_OVERLAP_REOPEN") != "1":
+        return
+    name, opts = rng.choice(reopen_nodes)
+    o = dict(opts)
+    if rng.randrange(4) == 0:
+        o["cache-size"] = rng.choice([16384, 65536, 1 << 20])
+    else:
+        for k in ("l2-cache-size", "refcount-cache-size"):
+            v = rng.choice([None, 8192, 16384, 65536, 1 << 20])
+            if v:
+                o[k] = v
+    if rng.randrange(2):
+        o["lazy-refcounts"] = rng.randrange(2) == 1
+    s.run("blockdev-reopen", options=[o])
+    reopens[0] += 1
 def progress(p, jid, key, more):
     j = s.job(jid)
     want = j[key] + more
     while j[key] < want:
         alive(p, f"while job {jid} ran")
+        reopen_one()
         time.sleep(0.05)  # polling the job's progress
         j = s.job(jid)
         if not j:
             fail(f"job {jid} is gone")
 def guest(node):
     s.run("block-export-add", type="nbd", id="guest", **{"node-name": node}, name="disk", writable=True, **ioarg)
+src_opts = {"driver": "qcow2", "node-name": "src", "discard": os.environ.get("JOB_OVERLAP_DISCARD", "unmap"), "file": "fsrc"}
+reopen_nodes.append(("src", src_opts))
 if scen in ("A", "S"):
     s.run("blockdev-add", driver="qcow2", **{"node-name": "top", "discard": "unmap"}, backing="src",
-          file={"driver": "file", "filename": f"{cwd}/top.qcow2", "discard": "unmap"})
+          file={"driver": "file", "node-name": "ftop", "filename": f"{cwd}/top.qcow2", "discard": "unmap"})
+    reopen_nodes.append(("top", {"driver": "qcow2", "node-name": "top", "discard": "unmap", "file": "ftop", "backing": "src"}))
     guest("top")
     p = stress(seed)
     if scen == "A":
@@ -110,7 +139,8 @@ if scen in ("A", "S"):
     alive(p, "before the job's end: not tested across it")
     stress_end(p)
 elif scen == "B":
-    s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"}, file={"driver": "file", "filename": f"{cwd}/tgt.qcow2"})
+    s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"}, file={"driver": "file", "node-name": "ftgt", "filename": f"{cwd}/tgt.qcow2"})
+    reopen_nodes.append(("tgt", {"driver": "qcow2", "node-name": "tgt", "file": "ftgt"}))
     guest("src")
     # the point in time is the job's start: the writers start after it
     s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 256 << 10})
@@ -135,6 +165,7 @@ else:
         sh(f"nbdcopy --requests=64 --request-size=65536 '{fl}' during.raw", "nbdcopy during the writes")
         sh("cmp during.raw ../init.raw", f"the point in time read during the writes (copy {n})")
         alive(p, "during the reads of the point in time")
+        reopen_one()
     stress_end(p)
     sh(f"nbdcopy --requests=64 '{fl}' after.raw", "nbdcopy after the writes")
     sh("cmp after.raw ../init.raw", "the point in time read after the writes")
@@ -143,6 +174,8 @@ else:
         s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
     for node in ("fleece", "cbw", "tmp"):
         s.run("blockdev-del", **{"node-name": node})
+if os.environ.get("JOB_OVERLAP_REOPEN") == "1":
+    print(f"{reopens[0]} reopens under the job")
 PY
     kill -TERM $dpid; wait $dpid; rc=$?
     [ $rc = 0 ] || fail "scenario $scen on $io: vbd-daemon exited with $rc: $(tail -5 daemon.log)"
