@@ -229,11 +229,20 @@ static bool mem_aligned(struct vbd_node *n, const struct vbd_qiov *q, size_t qof
     return true;
 }
 
+/* A limit (0: none) aligned down to the node's request alignment, never
+ * below it: a node may align more coarsely than its child limits a request
+ * (a probed raw node aligns to 512 over a child with max-transfer=2), and a
+ * limit aligned down to 0 would split a request into empty pieces forever;
+ * the child splits what it is handed to its own limit. */
+static uint64_t limit_aligned(uint64_t limit, uint64_t none, uint64_t a)
+{
+    uint64_t m = (limit ? limit : none) & ~(a - 1);
+    return m ? m : a;
+}
+
 static uint64_t max_xfer(struct vbd_node *n)
 {
-    uint64_t m = n->bl.max_transfer ? n->bl.max_transfer : (1ull << 30);
-    uint64_t a = n->bl.request_alignment;
-    return m & ~(a - 1);
+    return limit_aligned(n->bl.max_transfer, 1ull << 30, n->bl.request_alignment);
 }
 
 /* Aligned and in bounds: split at max_transfer and hand to the driver. */
@@ -683,7 +692,7 @@ static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, 
         if (end > start) {
             if (start > off && (rc = zero_fallback(n, off, start - off, flags)) < 0)
                 return rc;
-            uint64_t mx = n->bl.max_pwrite_zeroes ? n->bl.max_pwrite_zeroes & ~(a - 1) : (1ull << 62);
+            uint64_t mx = limit_aligned(n->bl.max_pwrite_zeroes, 1ull << 62, a);
             for (uint64_t pos = start; pos < end;) {
                 uint64_t len = end - pos < mx ? end - pos : mx;
                 rc = drv_zero_or_discard(n, true, pos, len, flags);

@@ -110,6 +110,19 @@ if command -v qemu-storage-daemon >/dev/null && command -v nbdinfo >/dev/null; t
     diff "$T/q.bs" "$T/v.bs" || fail "the block sizes differ from qsd's"
 fi
 
+step "a probed raw node (aligned to 512) over blkdebug limits below that (max-transfer=2, max-write-zero=2): requests end, data as qemu-io's on a shadow"
+# the old code split each request at the limit aligned down to 512, i.e. into
+# empty pieces, forever (found by fuzz-blockdev-opts); QEMU 7.2 asserts
+# (bdrv_aligned_pwritev: num), so the shadow is written with an explicit raw
+head -c 65536 /dev/urandom >"$T/lim.img" || fail "no random data"
+cp "$T/lim.img" "$T/lim.shadow"
+L="json:{\"file\":{\"driver\":\"blkdebug\",\"max-transfer\":2,\"max-write-zero\":2,\"image\":{\"driver\":\"file\",\"filename\":\"$T/lim.img\"}}}"
+ops=(-c "write -z 4096 8k" -c "write -P 7 16384 4k" -c "write -P 9 30001 3000" -c "write -z 40000 1234")
+timeout 300 "$VBD_IO" "${ops[@]}" -c "read -P 7 16384 4k" -c "read -P 0 4096 8k" "$L" >"$T/lim.out" 2>&1 ||
+    fail "vbd-io over the limited child: $(tail -3 "$T/lim.out")"
+must qemu-io -f raw "${ops[@]}" "$T/lim.shadow" >/dev/null
+cmp "$T/lim.img" "$T/lim.shadow" || fail "the image differs from qemu-io's shadow"
+
 step "bad rules: one-line errors"
 must_fail_with "'l1_update' is not an event vbd's blkdebug fires" "$VBD_IO" --image-opts \
     "$B,file.inject-error.0.event=l1_update" -c "read 0 512"
