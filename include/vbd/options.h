@@ -30,6 +30,10 @@ struct json_object *vbd_keyval_parse(const char *str, const char *implied_key, s
 struct json_object *vbd_json_parse_object(const char *str, struct vbd_error **err);
 /* Either: text starting with '{' or "json:" is JSON, else keyval. */
 struct json_object *vbd_opts_parse(const char *str, const char *implied_key, struct vbd_error **err);
+/* The same without QemuOpts' bare flags ("ro" for "ro=on"): qemu-storage-
+ * daemon parses --blockdev, --export, --monitor, --nbd-server and --object
+ * with keyval, which refuses them ("Expected '=' after parameter 'ro'"). */
+struct json_object *vbd_opts_parse_strict(const char *str, const char *implied_key, struct vbd_error **err);
 
 /* Lookup with dotted path ("file.filename"); NULL if absent. */
 struct json_object *vbd_opt_get(struct json_object *opts, const char *path);

@@ -187,7 +187,7 @@ static bool file_lacks_filename(struct json_object *o, const char *prefix, struc
 
 static int add_blockdev(const char *arg, struct vbd_error **err)
 {
-    struct json_object *opts = vbd_opts_parse(arg, "driver", err);
+    struct json_object *opts = vbd_opts_parse_strict(arg, "driver", err);
     if (!opts)
         return -EINVAL;
     if (!vbd_opt_get(opts, "node-name")) {
@@ -293,7 +293,7 @@ static int add_chardev(const char *arg, struct vbd_error **err)
 
 static int add_monitor(const char *arg, struct vbd_error **err)
 {
-    struct json_object *opts = vbd_opts_parse(arg, "chardev", err);
+    struct json_object *opts = vbd_opts_parse_strict(arg, "chardev", err);
     if (!opts)
         return -EINVAL;
     int rc = vbd_qmp_monitor_add(opts, err);
@@ -304,7 +304,7 @@ static int add_monitor(const char *arg, struct vbd_error **err)
 static int add_export(const char *arg, struct vbd_error **err)
 {
     /* qsd's implied key: --export nbd,id=e,node-name=n */
-    struct json_object *opts = vbd_opts_parse(arg, "type", err);
+    struct json_object *opts = vbd_opts_parse_strict(arg, "type", err);
     if (!opts)
         return -EINVAL;
     struct json_object *copy = NULL;
@@ -319,7 +319,7 @@ static int add_export(const char *arg, struct vbd_error **err)
 
 static int add_nbd_server(const char *arg, struct vbd_error **err)
 {
-    struct json_object *opts = vbd_opts_parse(arg, NULL, err);
+    struct json_object *opts = vbd_opts_parse_strict(arg, NULL, err);
     if (!opts)
         return -EINVAL;
     /* qsd reads it as QAPI's NbdServerOptions: its checks and words */
@@ -341,7 +341,7 @@ static const char *const object_types[] = {"authz-list",     "authz-simple",   "
 
 static int add_object(const char *arg, struct vbd_error **err)
 {
-    struct json_object *opts = vbd_opts_parse(arg, "qom-type", err);
+    struct json_object *opts = vbd_opts_parse_strict(arg, "qom-type", err);
     if (!opts)
         return -EINVAL;
     /* qsd's --object is object-add (JSON text as QMP types it; keyval's

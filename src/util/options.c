@@ -82,7 +82,8 @@ static size_t take_value(const char **p, char *val)
     return n;
 }
 
-struct json_object *vbd_keyval_parse(const char *str, const char *implied_key, struct vbd_error **err)
+static struct json_object *keyval_parse(const char *str, const char *implied_key, bool flags_allowed,
+                                        struct vbd_error **err)
 {
     struct json_object *root = json_object_new_object();
     const char *p = str;
@@ -110,11 +111,15 @@ struct json_object *vbd_keyval_parse(const char *str, const char *implied_key, s
             has_value = true;
         }
         val[vlen] = 0;
+        if (!has_value && !flags_allowed && klen) {
+            vbd_error_setf(err, EINVAL, "Expected '=' after parameter '%.*s'", (int)klen, key); /* QEMU's keyval */
+            goto fail;
+        }
         if (klen == 0) {
             vbd_error_setf(err, EINVAL, "Invalid parameter '' in '%s'", str);
             goto fail;
         }
-        /* A bare word after the first is a flag ("ro", "writethru"): value "on". */
+        /* A bare word after the first is a flag ("ro", "writethru"): value "on" (QemuOpts). */
         struct json_object *jv = json_object_new_string(has_value ? val : "on");
         if (keyval_set(root, key, klen, jv, err) < 0)
             goto fail;
@@ -169,14 +174,30 @@ struct json_object *vbd_json_parse_object(const char *str, struct vbd_error **er
     return o;
 }
 
-struct json_object *vbd_opts_parse(const char *str, const char *implied_key, struct vbd_error **err)
+struct json_object *vbd_keyval_parse(const char *str, const char *implied_key, struct vbd_error **err)
+{
+    return keyval_parse(str, implied_key, true, err);
+}
+
+static struct json_object *opts_parse(const char *str, const char *implied_key, bool flags_allowed,
+                                      struct vbd_error **err)
 {
     const char *s = str;
     while (isspace((unsigned char)*s))
         s++;
     if (*s == '{' || strncmp(s, "json:", 5) == 0)
         return vbd_json_parse_object(s, err);
-    return vbd_keyval_parse(str, implied_key, err);
+    return keyval_parse(str, implied_key, flags_allowed, err);
+}
+
+struct json_object *vbd_opts_parse(const char *str, const char *implied_key, struct vbd_error **err)
+{
+    return opts_parse(str, implied_key, true, err);
+}
+
+struct json_object *vbd_opts_parse_strict(const char *str, const char *implied_key, struct vbd_error **err)
+{
+    return opts_parse(str, implied_key, false, err);
 }
 
 /* Find the parent object of a dotted path and the leaf name. */

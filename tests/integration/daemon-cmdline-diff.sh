@@ -151,6 +151,12 @@ extra
 --chardev stdio,id=m,signal=maybe  # rc-only: vbd's boolean options all name the value given (", not 'maybe'")
 --chardev stdio,id=m --monitor m,pretty=maybe  # rc-only: the same
 --chardev stdio,id=m --monitor m,mode=readline
+# keyval, not QemuOpts: no bare flags in --blockdev, --export, --monitor, --nbd-server, --object
+--blockdev driver=file,node-name=n,filename={D}/disk.raw,read-only
+--blockdev driver=file,node-name=n,filename={D}/disk.raw --export nbd,id=e,node-name=n,writable
+--chardev stdio,id=m --monitor m,pretty
+--nbd-server addr.type=unix,addr.path={D}/s.sock,tls
+--object iothread,id=io0,bogus
 CASES
 
 # a file the user may not open (root opens anything: run as nobody)
