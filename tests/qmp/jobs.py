@@ -125,7 +125,6 @@ class Session:
         (its total grows with the dirty chunks it copies); they must still
         be running when the job has ended (else the pivot was not tested
         under them), then SIGUSR1 ends them and their checks must pass."""
-        import signal
         import time
         t0 = self.job(jid)["total-progress"]
         while self.job(jid)["total-progress"] == t0:
@@ -136,14 +135,7 @@ class Session:
         self.completed(jid)
         if writers.poll() is not None:
             fail(f"the writers were done before job-complete: not tested across it: {writers.stdout.read()[-2000:]}")
-        writers.send_signal(signal.SIGUSR1)
-        try:
-            out = writers.communicate(timeout=300)[0]
-        except subprocess.TimeoutExpired:
-            writers.kill()
-            fail(f"vbd-stress did not end within 300 s of its SIGUSR1: {writers.communicate()[0][-2000:]}")
-        if writers.returncode:
-            fail(f"vbd-stress across job-complete: {out[-3000:]}")
+        stress_stop(writers)
 
 
     def under_writers(self, jid, writers, progress):

@@ -98,6 +98,19 @@ static int cover_clusters(struct qcow2_state *s, uint64_t host, uint64_t len, en
     return rc;
 }
 
+/* The end of a preallocation, either way: tables and refcounts written
+ * back, a failure named once. */
+static int preallocation_done(struct qcow2_state *s, int rc, struct vbd_error **err)
+{
+    if (rc == 0)
+        rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc < 0 && err && !*err)
+        vbd_error_setf(err, -rc, "qcow2: preallocation failed: %s", strerror(-rc));
+    return rc;
+}
+
 /* preallocation=falloc/full as QEMU's qcow2_co_truncate lays it out, so
  * that the image is qemu-img's byte for byte: from the end of the last
  * cluster in use, the refcount blocks and a new refcount table that count
@@ -141,6 +154,14 @@ static int preallocate_as_qemu(struct qcow2_state *s, uint64_t start, uint64_t e
         s->file_end = data_end;
     if (rc == 0)
         rc = qcow2_flush_refcounts(s); /* counted before any table points there */
+    /* The table of the old end (the only one that can exist past it) is
+     * read before the file grows, as QEMU has it cached by then: read after,
+     * the page cache's readahead pulls the new run's unwritten pages in and
+     * SEEK_DATA then calls them data (qemu-img map: not "zero"). */
+    uint64_t *first_table;
+    uint32_t first_index;
+    if (rc == 0)
+        rc = qcow2_get_l2(s, first, false, &first_table, &first_index, NULL);
     if (rc == 0 && data_end > s->n->file->size)
         rc = vbd_node_co_truncate(s->n->file, data_end, false, mode, err);
     uint64_t host = (uint64_t)at;
@@ -167,13 +188,7 @@ static int preallocate_as_qemu(struct qcow2_state *s, uint64_t start, uint64_t e
         off += count * cs;
         host += count * cs;
     }
-    if (rc == 0)
-        rc = qcow2_writeback(s);
-    if (rc == 0)
-        rc = qcow2_flush_refcounts(s);
-    if (rc < 0 && err && !*err)
-        vbd_error_setf(err, -rc, "qcow2: preallocation failed: %s", strerror(-rc));
-    return rc;
+    return preallocation_done(s, rc, err);
 }
 
 /* Maps every guest cluster of [start, end) that has no mapping yet to a
@@ -269,13 +284,7 @@ int qcow2_preallocate(struct qcow2_state *s, uint64_t start, uint64_t end, enum 
         rc = vbd_node_co_truncate(s->n->file, last_host, false, VBD_PREALLOC_OFF, err);
     (void)first_host;
 out:
-    if (rc == 0)
-        rc = qcow2_writeback(s);
-    if (rc == 0)
-        rc = qcow2_flush_refcounts(s);
-    if (rc < 0 && err && !*err)
-        vbd_error_setf(err, -rc, "qcow2: preallocation failed: %s", strerror(-rc));
-    return rc;
+    return preallocation_done(s, rc, err);
 }
 
 /* Every mapping of [from, end) goes, as QEMU's shrink discards it: the
