@@ -596,6 +596,17 @@ int qcow2_flush_refcounts(struct qcow2_state *s)
     return rc < 0 ? rc : vbd_node_co_flush(s->n->file);
 }
 
+/* The header's refcount table offset and size (bytes 48-59), made
+ * stable: the switch to a new table, once it is written and flushed. */
+static int write_reftable_pointer(struct qcow2_state *s, uint64_t table_off, uint64_t table_clusters)
+{
+    uint8_t h[12];
+    put_be64p(h, table_off);
+    put_be32p(h + 8, (uint32_t)table_clusters);
+    int rc = vbd_node_co_pwrite(s->n->file, 48, h, 12, 0);
+    return rc == 0 ? vbd_node_co_flush(s->n->file) : rc;
+}
+
 /* Replaces the refcount structure with one that holds count[k] for each
  * host cluster k < n, and 1 for its own clusters: the refcount blocks and
  * the table go from host cluster n on (past every cluster in use and the
@@ -646,14 +657,8 @@ int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64
         rc = vbd_node_co_pwrite(s->n->file, (at + blocks) * cs, disk, entries * 8, 0);
     if (rc == 0)
         rc = vbd_node_co_flush(s->n->file);
-    if (rc == 0) {
-        uint8_t h[12];
-        put_be64p(h, (at + blocks) * cs);
-        put_be32p(h + 8, (uint32_t)tclusters);
-        rc = vbd_node_co_pwrite(s->n->file, 48, h, 12, 0);
-        if (rc == 0)
-            rc = vbd_node_co_flush(s->n->file);
-    }
+    if (rc == 0)
+        rc = write_reftable_pointer(s, (at + blocks) * cs, tclusters);
     free(blk);
     free(disk);
     if (rc < 0) {
@@ -766,14 +771,8 @@ int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t 
         if (rc == 0)
             rc = vbd_node_co_flush(s->n->file);
     }
-    if (rc == 0) {
-        uint8_t h[12];
-        put_be64p(h, table_off);
-        put_be32p(h + 8, (uint32_t)table_clusters);
-        rc = vbd_node_co_pwrite(s->n->file, 48, h, 12, 0);
-        if (rc == 0)
-            rc = vbd_node_co_flush(s->n->file);
-    }
+    if (rc == 0)
+        rc = write_reftable_pointer(s, table_off, table_clusters);
     free(disk);
     free(zero);
     if (rc < 0) {
