@@ -500,6 +500,11 @@ struct vbd_node {
      * graph thread runs now; home_loop may move away from it. */
     struct vbd_loop *graph_loop;
     struct vbd_node *next_named;
+    /* when the node got its name in QEMU's order (bdrv_assign_node_name):
+     * a format's or filter's "file" child opened with it is named before
+     * it, its backing and other children after; query-named-block-nodes
+     * lists the newest first, query-blockstats the oldest (vbd_node_order) */
+    uint64_t name_seq;
     struct json_object *options; /* effective options, for json: filenames and query-named-block-nodes */
     /* The options a monitor gave the node (blockdev-add, --blockdev, then
      * each blockdev-reopen: QEMU's bs->explicit_options), NULL if none did:

@@ -42,6 +42,15 @@ void vbd_node_write_threshold_exceeded(struct vbd_node *n, uint64_t threshold, u
         h->write_threshold(n, threshold, end - threshold);
 }
 
+/* A running mirror's or commit's filter (mirror_top, commit_top) asks of
+ * its child what its own users ask of it, as QEMU's
+ * bdrv_mirror_top_child_perm: it writes the child only for a writer
+ * above it (the job's copy reads the source). */
+static bool passes_users_perms(const struct vbd_node *m)
+{
+    return !strcmp(m->drv->name, "mirror_top") || !strcmp(m->drv->name, "commit_top");
+}
+
 /* Is `child` written by an export, or through another read-write node
  * than `except`? (An overlay reads its backing only: not a writer.) */
 static bool other_writer(struct vbd_node *child, struct vbd_node *except)
@@ -50,7 +59,8 @@ static bool other_writer(struct vbd_node *child, struct vbd_node *except)
     if (h && h->written_outside && h->written_outside(child))
         return true;
     for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
-        if (m != except && !m->read_only && m->file == child)
+        if (m != except && !m->read_only && m->file == child && m != child &&
+            (!passes_users_perms(m) || other_writer(m, NULL)))
             return true;
     return false;
 }

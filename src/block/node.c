@@ -24,6 +24,7 @@
 
 static struct vbd_node *named_nodes;
 static unsigned auto_name_counter;
+static uint64_t name_seq_counter; /* vbd_node.name_seq */
 
 struct vbd_node *vbd_node_find(const char *name)
 {
@@ -371,6 +372,7 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
         n->opaque = vbd_xcalloc(1, drv->state_size);
     }
     /* Named before open so children opened by reference can be found. */
+    n->name_seq = ++name_seq_counter;
     n->next_named = named_nodes;
     named_nodes = n;
     n->opening = true;
@@ -398,7 +400,14 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
         n = NULL;
         goto fail;
     }
-    if (!n->filename[0] && n->file)
+    if (!n->filename[0] && n->file && !strncmp(n->file->filename, "json:{", 6))
+        /* QEMU's bdrv_refresh_filename: a child named by its options (a
+         * null-co of a given size) names its parent by them too, under
+         * the parent's driver ("driver" hashes before "file" in QEMU's
+         * QDict); a parent's own options are not added here */
+        snprintf(n->filename, sizeof(n->filename), "json:{\"driver\": \"%s\", \"file\": %s}", n->drv->name,
+                 n->file->filename + 5);
+    else if (!n->filename[0] && n->file)
         snprintf(n->filename, sizeof(n->filename), "%s", n->file->filename);
     /* a read-only parent over a node it references: that node's write lock
      * goes if nothing else writes it (dropping locks cannot fail) */
@@ -637,7 +646,10 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
             vbd_error_setf(err, EINVAL, "A block device must be specified for \"%s\"", key);
             return NULL;
         }
-        return vbd_open(filename, NULL, flags | (opened_as_protocol(key) ? VBD_OPEN_PROTOCOL : 0), err);
+        struct vbd_node *c = vbd_open(filename, NULL, flags | (opened_as_protocol(key) ? VBD_OPEN_PROTOCOL : 0), err);
+        if (c && parent && !strcmp(key, "file") && parent->drv->kind != VBD_DRV_PROTOCOL)
+            parent->name_seq = ++name_seq_counter; /* as below */
+        return c;
     }
     if (json_object_is_type(v, json_type_string)) {
         const char *ref = json_object_get_string(v);
@@ -701,7 +713,10 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
         cflags |= VBD_OPEN_PROTOCOL;
     struct vbd_node *c = vbd_open(fname ? fname : filename, v, cflags, err);
     free(fname);
-    (void)parent;
+    /* QEMU opens a format's or filter's own "file" before it names the
+     * node itself (bdrv_open_inherit), its other children after */
+    if (c && parent && !strcmp(key, "file") && parent->drv->kind != VBD_DRV_PROTOCOL)
+        parent->name_seq = ++name_seq_counter;
     return c;
 }
 

@@ -55,7 +55,9 @@ static const char usage_text[] =
     "                    [,writethrough=on|off]   export a node (needs --nbd-server first;\n"
     "                    writethrough: each write durable before its reply)\n"
     "  --nbd-server addr.type=unix,addr.path=PATH | addr.type=inet,addr.host=HOST,addr.port=PORT\n"
+    "               [,addr.to=PORT][,addr.ipv4=on|off][,addr.ipv6=on|off][,addr.numeric=on|off][,addr.mptcp=on|off]\n"
     "                    [,max-connections=N][,tls-creds=ID[,tls-authz=ID]]   start the NBD server\n"
+    "                    (inet: on every address HOST resolves to; \"\" for the wildcards)\n"
     "                    (tls-creds: TLS required; tls-authz: the client certificate's DN must be\n"
     "                    allowed by that authz object, and tls-creds x509 with verify-peer=on)\n"
     "  --export type=vhost-user-blk,id=ID,node-name=NAME,addr.type=unix,addr.path=SOCKET[,writable=on|off]\n"
@@ -882,7 +884,19 @@ static void daemon_co(void *opaque)
             }
             rc = add_object(optarg, &err);
             break;
-        case OPT_CHARDEV: rc = add_chardev(optarg, &err); break;
+        case OPT_CHARDEV:
+            if (!strcmp(optarg, "help") || !strcmp(optarg, "?")) {
+                /* qsd's list, in its layout, of the backends vbd makes
+                 * (stdio only on the command line) */
+                fputs("Available chardev backend types: \n  memory\n  file\n  socket\n  stdio\n  ringbuf\n  null\n"
+                      "  pipe\n",
+                      stdout);
+                s->rc = 0;
+                vbd_qmp_graph_unlock();
+                return;
+            }
+            rc = add_chardev(optarg, &err);
+            break;
         case OPT_MONITOR: rc = add_monitor(optarg, &err); break;
         case OPT_DRIVE: rc = add_drive(optarg, &err); break;
         case OPT_VHOST_USER: rc = add_vhost_user(optarg, &err); break;

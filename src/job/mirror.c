@@ -571,8 +571,15 @@ void job_mirror_free(struct job_mirror *m)
 
 static int mirror_run(struct vbd_job *job, struct vbd_error **err)
 {
-    (void)err;
     struct mirror *mj = job->opaque;
+    /* QEMU's mirror_run: a target of another size (smaller: the copy
+     * would not fit; larger: the guest would see its disk grow at the
+     * pivot) fails the job it has started, with nothing copied (created,
+     * running, aborting, BLOCK_JOB_COMPLETED with this error, len 0) */
+    if (vbd_node_size(mj->target) != vbd_node_size(mj->src)) {
+        vbd_error_setf(err, EINVAL, "Source and target image have different sizes");
+        return -EINVAL;
+    }
     return job_mirror_run(mj->m);
 }
 
@@ -613,6 +620,16 @@ static int mirror_prepare(struct vbd_job *job, struct vbd_error **err)
         rc = vbd_daemon_replace_root(old, mj->target, err);
         if (rc >= 0) {
             rc = 0;
+            /* QEMU's mirror_exit_common: the target takes the replaced
+             * node's read-only state (a source reopened read-only while
+             * the job ran) */
+            if (old->read_only != mj->target->read_only && mj->target->drv->reopen_rw) {
+                struct vbd_error *re = NULL;
+                if (vbd_node_co_set_read_only(mj->target, old->read_only, &re) < 0)
+                    vbd_warn("job '%s': target '%s' stays %s: %s", job->id, mj->target->node_name,
+                             mj->target->read_only ? "read-only" : "read-write", re ? re->msg : "reopen failed");
+                vbd_error_free(re);
+            }
             /* every node whose backing the old node was reads the target */
             for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
                 if (p->backing == old && p != mj->target) {
@@ -743,14 +760,8 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't mirror node into itself");
         return NULL;
     }
-    /* a target a format or quorum keeps is refused once the job is made
-     * (below), whatever its size: QEMU's permission error comes first */
-    char owner[8];
-    if (vbd_node_size(a->target) < vbd_node_size(a->src) &&
-        vbd_node_data_owner(a->target, owner, sizeof(owner)) == VBD_NODE_OWNER_NONE) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Source and target image have different sizes");
-        return NULL;
-    }
+    /* a target of another size is the job's failure once it runs
+     * (mirror_run), as QEMU's: the command itself succeeds */
     if (a->target->read_only) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block node '%s' is read-only", a->target->node_name);
         return NULL;

@@ -196,25 +196,43 @@ static struct json_object *node_info(struct vbd_node *n, bool flat)
     return o;
 }
 
+static int by_name_seq(const void *a, const void *b)
+{
+    uint64_t x = (*(struct vbd_node *const *)a)->name_seq, y = (*(struct vbd_node *const *)b)->name_seq;
+    return x < y ? -1 : x > y;
+}
+
+/* Every named node, in the order QEMU named them (vbd_node.name_seq:
+ * a format's file before it, its backing after); NULL without memory. */
+static struct vbd_node **nodes_in_name_order(size_t *count)
+{
+    size_t c = 0;
+    for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
+        c++;
+    struct vbd_node **all = calloc(c ? c : 1, sizeof(*all));
+    if (!all)
+        return NULL;
+    size_t i = 0;
+    for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
+        all[i++] = n;
+    qsort(all, c, sizeof(*all), by_name_seq);
+    *count = c;
+    return all;
+}
+
 struct json_object *vbd_qmp_query_named_block_nodes(struct json_object *args, struct vbd_qmp_error *err)
 {
-    (void)err;
     struct json_object *v;
     bool flat = json_object_object_get_ex(args, "flat", &v) && json_object_get_boolean(v);
-    /* the graph keeps the newest name first: list them in the order they were opened */
     size_t count = 0;
-    for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
-        count++;
-    struct vbd_node **all = calloc(count ? count : 1, sizeof(*all));
+    struct vbd_node **all = nodes_in_name_order(&count);
     if (!all) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "out of memory");
         return NULL;
     }
-    size_t i = count;
-    for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
-        all[--i] = n;
+    /* newest first, as qsd (bdrv_named_nodes_list prepends each node) */
     struct json_object *arr = json_object_new_array();
-    for (i = 0; i < count; i++)
+    for (size_t i = count; i-- > 0;)
         json_object_array_add(arr, node_info(all[i], flat));
     free(all);
     return arr;
@@ -306,14 +324,10 @@ struct json_object *vbd_qmp_query_blockstats(struct json_object *args, struct vb
     (void)err;
     struct json_object *v, *arr = json_object_new_array();
     if (json_object_object_get_ex(args, "query-nodes", &v) && json_object_get_boolean(v)) {
+        /* oldest first, as qsd (bdrv_next_node) */
         size_t count = 0;
-        for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
-            count++;
-        struct vbd_node **all = calloc(count ? count : 1, sizeof(*all));
-        size_t i = count;
-        for (struct vbd_node *n = vbd_node_next(NULL); all && n; n = vbd_node_next(n))
-            all[--i] = n;
-        for (i = 0; all && i < count; i++)
+        struct vbd_node **all = nodes_in_name_order(&count);
+        for (size_t i = 0; all && i < count; i++)
             json_object_array_add(arr, node_stats(all[i], 0));
         free(all);
         return arr;

@@ -99,7 +99,13 @@ static struct json_object *legacy_addr(struct json_object *addr, struct vbd_qmp_
                            "NBD server: addr.type '%s' is not supported by vbd (unix or inet)", type);
         return NULL;
     }
-    if (!qmp_check_members(data, unix_sock ? "path:str" : "host:str port:str", "addr.data", err))
+    /* inet: QEMU 7.2's InetSocketAddress (the NBD server applies them as
+     * qsd's listener does, keep-alive taken and left alone) */
+    if (!qmp_check_members(data,
+                           unix_sock ? "path:str"
+                                     : "host:str port:str ?numeric:bool ?to:uint ?ipv4:bool ?ipv6:bool ?keep-alive:bool "
+                                       "?mptcp:bool",
+                           "addr.data", err))
         return NULL;
     struct json_object *out = json_object_new_object();
     json_object_object_add(out, "type", json_object_new_string(type));

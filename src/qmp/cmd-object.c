@@ -514,6 +514,20 @@ struct json_object *qmp_qom_list(struct json_object *args, struct vbd_qmp_error 
     return list;
 }
 
+/* Is prop a child<> property of container n? Its canonical path in out. */
+static bool child_path(enum qom_node n, const char *prop, char *out, size_t len)
+{
+    if (n == QOM_ROOT && ((!strcmp(prop, "objects") && objects_made) || !strcmp(prop, "chardevs")))
+        snprintf(out, len, "/%s", prop);
+    else if (n == QOM_OBJECTS && strcmp(prop, "type") && object_exists(prop))
+        snprintf(out, len, "/objects/%s", prop);
+    else if (n == QOM_CHARDEVS && strcmp(prop, "type") && qmp_chardev_find(prop))
+        snprintf(out, len, "/chardevs/%s", prop);
+    else
+        return false;
+    return true;
+}
+
 struct json_object *qmp_qom_get(struct json_object *args, struct vbd_qmp_error *err)
 {
     char id[256];
@@ -525,7 +539,12 @@ struct json_object *qmp_qom_get(struct json_object *args, struct vbd_qmp_error *
                                 : n == QOM_CHARDEV ? qmp_chardev_qom_props(id, &type)
                                                    : NULL;
     struct json_object *v, *ret = NULL;
-    if (!strcmp(prop, "type"))
+    /* a container's children are child<> properties: their value is the
+     * child's canonical path, as QEMU's object_get_child_property */
+    char child[320];
+    if (child_path(n, prop, child, sizeof(child)))
+        ret = json_object_new_string(child);
+    else if (!strcmp(prop, "type"))
         ret = json_object_new_string(type);
     else if (props && json_object_object_get_ex(props, prop, &v))
         ret = json_object_get(v);
@@ -547,7 +566,9 @@ struct json_object *qmp_qom_set(struct json_object *args, struct vbd_qmp_error *
     struct json_object *props = n == QOM_OBJECT    ? object_props(id, &type)
                                 : n == QOM_CHARDEV ? qmp_chardev_qom_props(id, &type)
                                                    : NULL;
-    bool known = !strcmp(prop, "type") || (props && json_object_object_get_ex(props, prop, NULL));
+    char child[320];
+    bool is_child = child_path(n, prop, child, sizeof(child)); /* read-only in QEMU */
+    bool known = !strcmp(prop, "type") || is_child || (props && json_object_object_get_ex(props, prop, NULL));
     json_object_put(props);
     if (!known) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property '%s.%s' not found", type, prop);
@@ -593,7 +614,7 @@ struct json_object *qmp_qom_set(struct json_object *args, struct vbd_qmp_error *
         vbd_authz_set_identity(id, json_object_get_string(value));
         return vbd_qmp_ok();
     }
-    if (!strcmp(prop, "type") || n == QOM_CHARDEV) /* a chardev's connected and addr are read-only in QEMU */
+    if (!strcmp(prop, "type") || n == QOM_CHARDEV || is_child) /* a chardev's connected and addr are read-only in QEMU */
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Property '%s.%s' is not writable", type, prop);
     else
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,

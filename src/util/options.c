@@ -111,6 +111,15 @@ static struct json_object *keyval_parse(const char *str, const char *implied_key
             has_value = true;
         }
         val[vlen] = 0;
+        /* QEMU's keyval takes a bare "help" or "?" as a request for help
+         * (before an implied key); qsd's --blockdev, --export, --monitor
+         * and --nbd-server have none to give */
+        size_t bare = (size_t)(p - k); /* the word without '=': k[0..bare) */
+        if (!flags_allowed && (!has_value || key == implied_key) &&
+            ((bare == 4 && !strncmp(k, "help", 4)) || (bare == 1 && *k == '?'))) {
+            vbd_error_setf(err, EINVAL, "Help is not available for this option");
+            goto fail;
+        }
         if (!has_value && !flags_allowed && klen) {
             vbd_error_setf(err, EINVAL, "Expected '=' after parameter '%.*s'", (int)klen, key); /* QEMU's keyval */
             goto fail;

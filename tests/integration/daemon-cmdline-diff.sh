@@ -110,6 +110,19 @@ extra
 --nbd-server addr.type=unix,addr.path={D}/n.sock,addr.tight=maybe
 --nbd-server addr.type=unix,addr.path={D}/n.sock,tls-creds=nope
 --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=abc
+# keyval's help request ("help" or "?" as a bare word): none to give
+--blockdev help
+--blockdev driver=file,help
+--blockdev driver=file,node-name=x,?
+--export type=nbd,help
+--export help
+--nbd-server help
+--nbd-server addr.type=inet,help
+--monitor help
+# inet options checked as QEMU's (the listening itself: nbd-server-inet-diff.sh)
+--nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=1,addr.ipv4=off,addr.ipv6=off
+--nbd-server addr.type=inet,addr.host=localhost,addr.port=1,addr.numeric=on
+--nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=1,addr.to=x
 --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=1,addr.ipv4=maybe
 --nbd-server addr.type=fd,addr.str=99  # rc-only: vbd listens on unix and inet sockets only
 # --object is object-add (keyval's strings read as QEMU's keyval visitor does)

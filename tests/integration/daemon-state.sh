@@ -203,7 +203,9 @@ def predict(cur, c):
     name, a = c
     if name == "blockdev-add" and a["driver"] == "null-co":
         nxt["nodes"][a["node-name"]] = ["null-co", False, None]
-        nxt["_fname"][a["node-name"]] = "null-co://"
+        # QEMU's name of a null-co node given its size: json: with it
+        nxt["_fname"][a["node-name"]] = (f'json:{{"driver": "null-co", "size": {a["size"]}}}' if "size" in a
+                                         else "null-co://")
     elif name == "blockdev-add":
         nxt["nodes"][a["node-name"]] = ["qcow2", False, None]
         nxt["_fname"][a["node-name"]] = a["file"]["filename"]

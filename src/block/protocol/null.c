@@ -33,6 +33,7 @@ static int null_open(struct vbd_node *n, struct json_object *opts, unsigned flag
     struct null_state *s = n->opaque;
     uint64_t size = 1ull << 30;
     char *fname = NULL;
+    bool size_given = vbd_opt_get(opts, "size") != NULL, zeroes_given = vbd_opt_get(opts, "read-zeroes") != NULL;
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
         vbd_opt_take_bool(opts, "read-zeroes", &s->read_zeroes, err) < 0 ||
         vbd_opt_take_u64(opts, "latency-ns", &s->latency_ns, err) < 0 ||
@@ -40,7 +41,19 @@ static int null_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         return -EINVAL;
     free(fname);
     n->size = size;
-    snprintf(n->filename, sizeof(n->filename), "null-co://");
+    /* QEMU's null_refresh_filename: "null-co://" names only a node of the
+     * default size and data; one given size or read-zeroes (its strong
+     * options) is named by them, as json: with QEMU's key order (its
+     * QDict's hash buckets: read-zeroes, driver, size) */
+    if (!size_given && !zeroes_given) {
+        snprintf(n->filename, sizeof(n->filename), "null-co://");
+    } else {
+        char size_part[48] = "";
+        if (size_given)
+            snprintf(size_part, sizeof(size_part), ", \"size\": %llu", (unsigned long long)size);
+        snprintf(n->filename, sizeof(n->filename), "json:{%s\"driver\": \"null-co\"%s}",
+                 !zeroes_given ? "" : s->read_zeroes ? "\"read-zeroes\": true, " : "\"read-zeroes\": false, ", size_part);
+    }
     n->supported_write_flags = VBD_REQ_FUA;
     n->supported_zero_flags = VBD_REQ_MAY_UNMAP | VBD_REQ_FUA | VBD_REQ_NO_FALLBACK;
     return 0;

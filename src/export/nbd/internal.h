@@ -223,9 +223,15 @@ struct nbd_conn {
     struct nbd_conn *next;
 };
 
+#define NBD_MAX_LISTENERS 16
+
 struct nbd_server {
     bool running, stopping;
-    int listen_fd;
+    /* inet: one socket per address the host resolves to (QEMU's
+     * QIONetListener: "localhost" may be ::1 and 127.0.0.1, "" both
+     * wildcards); unix: one */
+    int listen_fds[NBD_MAX_LISTENERS];
+    int nlisten;
     char *unix_path;
     uint32_t max_connections;
     int nconns;
@@ -234,7 +240,7 @@ struct nbd_server {
     struct vbd_tls_creds *tls; /* set: TLS is required (NBD_OPT_STARTTLS first) */
     struct vbd_authz *authz;   /* set: the client certificate's DN must be allowed by it */
     struct vbd_co_queue idle_q; /* woken when a connection ends and when accepting stops */
-    bool accept_done;
+    int accepting; /* accept loops still running (one per listening socket) */
     bool accept_lacking; /* accept is short of fds or memory (vbd_co_accept_backoff) */
     uint64_t last_client_gone; /* times a negotiated connection ended leaving none */
     struct vbd_co_queue rehome_q; /* woken when a connection changes loops or ends its transmission */

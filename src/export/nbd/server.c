@@ -26,7 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-struct nbd_server srv = {.listen_fd = -1};
+struct nbd_server srv;
 
 static bool local_zero_copy(void)
 {
@@ -120,6 +120,7 @@ void vbd_nbd_serve_fd(int fd)
 
 static void accept_co(void *opaque)
 {
+    int listen_fd = (int)(intptr_t)opaque;
     while (!srv.stopping) {
         /* At max-connections nothing is accepted (QEMU's): the next client
          * waits in the listen backlog until a connection ends, instead of
@@ -128,7 +129,7 @@ static void accept_co(void *opaque)
             vbd_co_queue_wait(&srv.idle_q);
         if (srv.stopping)
             break;
-        int fd = vbd_co_accept(srv.listen_fd, NULL, NULL);
+        int fd = vbd_co_accept(listen_fd, NULL, NULL);
         if (fd < 0) {
             if (srv.stopping)
                 break;
@@ -179,14 +180,167 @@ static void accept_co(void *opaque)
         srv.nconns++;
         vbd_co_wake(vbd_co_create(conn_co, c));
     }
-    srv.accept_done = true;
+    srv.accepting--;
     vbd_co_queue_wake_all(&srv.idle_q);
 }
 
+/* QEMU's inet_ai_family_from_address: the address families ipv4= and
+ * ipv6= ask for (absent: either). */
+static int inet_family(int ipv4, int ipv6, const char *host, struct vbd_error **err)
+{
+    if (ipv4 == 0 && ipv6 == 0) {
+        vbd_error_setf(err, EINVAL, "Cannot disable IPv4 and IPv6 at same time");
+        return -1;
+    }
+    if (ipv4 == 1 && ipv6 == 1) /* one dual-stack socket for the wildcard */
+        return !host || !host[0] ? AF_INET6 : AF_UNSPEC;
+    if (ipv6 == 1 || ipv4 == 0)
+        return AF_INET6;
+    if (ipv4 == 1 || ipv6 == 0)
+        return AF_INET;
+    return AF_UNSPEC;
+}
+
+/* QEMU's try_bind: an IPv6 socket takes IPv4 too (IPV6_V6ONLY off) when
+ * neither family or both were asked for; if the IPv4 port is taken (the
+ * wildcard's other socket), IPv6 alone. */
+static int bind_inet(int fd, const struct addrinfo *e, int ipv4, int ipv6)
+{
+    int v6only = (ipv4 < 0 && ipv6 < 0) || (ipv4 == 1 && ipv6 == 1) ? 0 : 1;
+    for (;;) {
+        if (e->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+        if (bind(fd, e->ai_addr, e->ai_addrlen) == 0)
+            return 0;
+        if (e->ai_family != AF_INET6 || errno != EADDRINUSE || v6only)
+            return -1;
+        v6only = 1;
+    }
+}
+
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262
+#endif
+
+/* One address of the host: a socket listening on the first free port of
+ * port..to (QEMU's inet_listen_saddr), or -1 with *why set. */
+static int listen_inet_one(struct addrinfo *e, int port, int to, int ipv4, int ipv6, bool mptcp, const char **why,
+                           int *why_errno)
+{
+    bool created = false;
+    *why_errno = 0;
+    for (int p = port; p <= to; p++) {
+        if (e->ai_family == AF_INET)
+            ((struct sockaddr_in *)e->ai_addr)->sin_port = htons((uint16_t)p);
+        else
+            ((struct sockaddr_in6 *)e->ai_addr)->sin6_port = htons((uint16_t)p);
+        int fd = socket(e->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, mptcp ? IPPROTO_MPTCP : 0);
+        if (fd < 0) {
+            if (p == port) { /* this family may not be there at all (no IPv6) */
+                *why_errno = errno;
+                break;
+            }
+            *why = "Failed to recreate failed listening socket";
+            *why_errno = errno;
+            return -1;
+        }
+        created = true;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind_inet(fd, e, ipv4, ipv6) < 0) {
+            *why_errno = errno;
+            if (errno != EADDRINUSE) {
+                *why = "Failed to bind socket";
+                close(fd);
+                return -1;
+            }
+        } else if (listen(fd, 128) == 0) {
+            return fd;
+        } else {
+            *why_errno = errno;
+            if (errno != EADDRINUSE) {
+                *why = "Failed to listen on socket";
+                close(fd);
+                return -1;
+            }
+        }
+        close(fd); /* the port is taken: the next one, on a new socket */
+    }
+    *why = created ? "Failed to find an available port" : "Failed to create a socket";
+    return -1;
+}
+
+/* inet: a socket on every address the host resolves to (QEMU's
+ * qio_net_listener_open_sync; one that listens is enough, else the first
+ * error). ipv4/ipv6/numeric/to/mptcp as QEMU 7.2's; keep-alive is taken
+ * and, as in qsd 7.2, not applied to the server's sockets (QAPI: "not
+ * supported for passive sockets"). */
+static int listen_inet(struct json_object *opts, const char *host, const char *port_str, struct vbd_error **err)
+{
+    bool b;
+    int ipv4 = -1, ipv6 = -1, rc;
+    bool numeric = false, mptcp = false;
+    uint64_t to = 0;
+    bool has_to = false;
+    if ((rc = vbd_opt_take_bool(opts, "addr.ipv4", &b, err)) < 0)
+        return -1;
+    if (rc > 0)
+        ipv4 = b;
+    if ((rc = vbd_opt_take_bool(opts, "addr.ipv6", &b, err)) < 0)
+        return -1;
+    if (rc > 0)
+        ipv6 = b;
+    if (vbd_opt_take_bool(opts, "addr.numeric", &numeric, err) < 0 || vbd_opt_take_bool(opts, "addr.keep-alive", &b, err) < 0 ||
+        vbd_opt_take_bool(opts, "addr.mptcp", &mptcp, err) < 0 || (rc = vbd_opt_take_u64(opts, "addr.to", &to, err)) < 0)
+        return -1;
+    has_to = rc > 0;
+    int family = inet_family(ipv4, ipv6, host, err);
+    if (family < 0)
+        return -1;
+    struct addrinfo hints = {.ai_family = family, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
+    if (numeric)
+        hints.ai_flags |= AI_NUMERICHOST | AI_NUMERICSERV;
+    int gai = getaddrinfo(host[0] ? host : NULL, port_str[0] ? port_str : NULL, &hints, &res);
+    if (gai) {
+        vbd_error_setf(err, EINVAL, "address resolution failed for %s:%s: %s", host, port_str,
+                       gai_strerror(gai)); /* QEMU's words */
+        return -1;
+    }
+    const char *why = NULL;
+    int why_errno = 0;
+    for (struct addrinfo *e = res; e && srv.nlisten < NBD_MAX_LISTENERS; e = e->ai_next) {
+        if (e->ai_family != AF_INET && e->ai_family != AF_INET6)
+            continue;
+        int port = ntohs(e->ai_family == AF_INET ? ((struct sockaddr_in *)e->ai_addr)->sin_port
+                                                 : ((struct sockaddr_in6 *)e->ai_addr)->sin6_port);
+        int last = has_to ? (int)(to > 65535 ? 65535 : to) : port;
+        const char *w = NULL;
+        int we = 0;
+        int fd = listen_inet_one(e, port, last, ipv4, ipv6, mptcp, &w, &we);
+        if (fd >= 0) {
+            srv.listen_fds[srv.nlisten++] = fd;
+        } else if (!why) {
+            why = w;
+            why_errno = we;
+        }
+    }
+    freeaddrinfo(res);
+    if (srv.nlisten)
+        return 0;
+    if (!why)
+        why = "Failed to create a socket";
+    if (why_errno)
+        vbd_error_setf(err, why_errno, "%s: %s", why, strerror(why_errno));
+    else
+        vbd_error_setf(err, EINVAL, "%s", why);
+    return -1;
+}
+
+/* The listening sockets in srv.listen_fds, or -1 with *err set. */
 static int listen_on(struct json_object *opts, struct vbd_error **err)
 {
     char *type = NULL, *path = NULL, *host = NULL, *port = NULL;
-    int fd = -1;
+    int rc = -1;
     if (vbd_opt_take_str(opts, "addr.type", &type, err) < 0 || vbd_opt_take_str(opts, "addr.path", &path, err) < 0 ||
         vbd_opt_take_str(opts, "addr.host", &host, err) < 0 || vbd_opt_take_str(opts, "addr.port", &port, err) < 0)
         goto out;
@@ -195,45 +349,21 @@ static int listen_on(struct json_object *opts, struct vbd_error **err)
             vbd_error_setf(err, EINVAL, "Parameter 'addr.path' is missing"); /* qsd's words */
             goto out;
         }
-        fd = vbd_unix_listen(path, 128);
+        int fd = vbd_unix_listen(path, 128);
         if (fd == -ENAMETOOLONG) {
             vbd_error_setf(err, ENAMETOOLONG, "NBD server: socket path '%s' is too long", path);
-            fd = -1;
             goto out;
         }
         if (fd < 0) {
             vbd_error_setf(err, -fd, "Failed to bind socket to %s: %s", path, strerror(-fd)); /* qsd's words */
-            fd = -1;
             goto out;
         }
+        srv.listen_fds[srv.nlisten++] = fd;
         srv.unix_path = path;
         path = NULL;
+        rc = 0;
     } else if (!strcmp(type, "inet")) {
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
-        int gai = getaddrinfo(host ? host : "0.0.0.0", port ? port : "10809", &hints, &res);
-        if (gai) {
-            vbd_error_setf(err, EINVAL, "address resolution failed for %s:%s: %s", host ? host : "",
-                           port ? port : "10809", gai_strerror(gai)); /* QEMU's words */
-            goto out;
-        }
-        fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        int one = 1;
-        if (fd >= 0)
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        const char *what = "Failed to create socket"; /* QEMU's words (inet_listen_saddr) */
-        if (fd >= 0 && bind(fd, res->ai_addr, res->ai_addrlen) < 0)
-            what = errno == EADDRINUSE ? "Failed to find an available port" : "Failed to bind socket";
-        else if (fd >= 0 && listen(fd, 128) < 0)
-            what = "Failed to listen on socket";
-        else if (fd >= 0)
-            what = NULL;
-        if (what) {
-            vbd_error_setf(err, errno, "%s: %s", what, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            fd = -1;
-        }
-        freeaddrinfo(res);
+        rc = listen_inet(opts, host ? host : "0.0.0.0", port ? port : "10809", err);
     } else {
         vbd_error_setf(err, EINVAL, "NBD server: addr.type must be 'unix' or 'inet', not '%s'", type);
     }
@@ -242,7 +372,14 @@ out:
     free(path);
     free(host);
     free(port);
-    return fd;
+    return rc;
+}
+
+static void close_listeners(void)
+{
+    for (int i = 0; i < srv.nlisten; i++)
+        close(srv.listen_fds[i]);
+    srv.nlisten = 0;
 }
 
 int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
@@ -281,24 +418,28 @@ int vbd_nbd_server_start(struct json_object *opts, struct vbd_error **err)
     bool ok = (!tls || creds) && (!authz || az);
     free(tls);
     free(authz);
-    int fd = ok ? listen_on(opts, err) : -1;
-    if (fd >= 0 && vbd_opts_check_empty(opts, "--nbd-server", err) < 0) {
-        close(fd);
-        fd = -1;
-    }
-    if (fd < 0) {
+    int rc = ok ? listen_on(opts, err) : -1;
+    if (rc == 0 && vbd_opts_check_empty(opts, "--nbd-server", err) < 0)
+        rc = -1;
+    if (rc < 0) {
+        close_listeners();
+        if (srv.unix_path) {
+            unlink(srv.unix_path);
+            free(srv.unix_path);
+            srv.unix_path = NULL;
+        }
         vbd_tls_creds_unref(creds);
         vbd_authz_unref(az);
         return -EINVAL;
     }
     srv.tls = creds;
     srv.authz = az;
-    srv.listen_fd = fd;
     srv.max_connections = (uint32_t)maxc;
     srv.running = true;
     srv.stopping = false;
-    srv.accept_done = false;
-    vbd_co_wake(vbd_co_create(accept_co, NULL));
+    srv.accepting = srv.nlisten;
+    for (int i = 0; i < srv.nlisten; i++)
+        vbd_co_wake(vbd_co_create(accept_co, (void *)(intptr_t)srv.listen_fds[i]));
     return 0;
 }
 
@@ -316,7 +457,8 @@ void vbd_nbd_server_stop(void)
     if (!srv.running)
         return;
     srv.stopping = true;
-    shutdown(srv.listen_fd, SHUT_RDWR); /* wakes the accept loop */
+    for (int i = 0; i < srv.nlisten; i++)
+        shutdown(srv.listen_fds[i], SHUT_RDWR); /* wakes the accept loops */
     vbd_co_queue_wake_all(&srv.idle_q); /* ... or its wait for a free slot */
     for (struct nbd_conn *c = srv.conns; c; c = c->next) {
         c->closing = true;
@@ -325,12 +467,11 @@ void vbd_nbd_server_stop(void)
     if (vbd_in_co()) {
         struct vbd_timer cut = {.fn = cut_conns};
         vbd_timer_arm(&cut, vbd_clock_ns() + NBD_STOP_GRACE_NS);
-        while (srv.nconns || !srv.accept_done)
+        while (srv.nconns || srv.accepting)
             vbd_co_queue_wait(&srv.idle_q);
         vbd_timer_cancel(&cut);
     }
-    close(srv.listen_fd);
-    srv.listen_fd = -1;
+    close_listeners();
     if (srv.unix_path) {
         unlink(srv.unix_path);
         free(srv.unix_path);
