@@ -306,10 +306,16 @@ out:
  * the refcount block written whole). Nothing ever names it. */
 static int64_t passing_table(struct qcow2_state *s, uint64_t shared)
 {
+    /* the data the tables before released goes first (written back, freed,
+     * punched), as QEMU has discarded it by the time it takes the next
+     * table's cluster: that cluster is then often one of them */
+    int rc = s->nfrees ? qcow2_writeback(s) : 0;
+    if (rc < 0)
+        return rc;
+    qcow2_punch_freed(s);
     uint8_t *buf = vbd_alloc_aligned(4096, s->cluster_size);
     if (!buf)
         return -ENOMEM;
-    int rc = 0;
     if (shared)
         rc = vbd_node_co_pread(s->n->file, shared, buf, s->cluster_size);
     else
@@ -337,6 +343,7 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
     if (!tables)
         return -ENOMEM;
     int rc = 0;
+    s->punch_freed = true;
     for (uint64_t off = from; rc == 0 && off < end;) {
         uint32_t l1i = (uint32_t)(off / per_l1);
         uint64_t table_end = (uint64_t)(l1i + 1) * per_l1;
@@ -391,7 +398,6 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
         }
         off = table_end;
     }
-    s->punch_freed = true;
     if (rc == 0)
         rc = qcow2_writeback(s); /* tables and L1 on disk, then the data's references go */
     if (rc == 0)
