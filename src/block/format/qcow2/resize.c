@@ -287,15 +287,6 @@ out:
     return preallocation_done(s, rc, err);
 }
 
-/* Every mapping of [from, end) goes, as QEMU's shrink discards it: the
- * entries of the table holding the new end are cleared, tables wholly
- * past it are dropped from L1; each reference they held (data clusters,
- * the tables themselves) is released once the change is on disk. Data
- * shared with a snapshot keeps the snapshot's reference. What no longer
- * has a reference is punched in the file, as QEMU discards it
- * (QCOW2_DISCARD_ALWAYS): the data clusters in one go (qcow2_cluster_discard
- * collects them), then each table alone (qcow2_shrink_l1_table frees them
- * one by one). Lock held. */
 /* QEMU's discard of a table wholly past the new end first makes that
  * table the active image's own where it is not (get_cluster_table: a new
  * cluster at the first free one, zeroes or a copy of the table a snapshot
@@ -333,6 +324,15 @@ static int64_t passing_table(struct qcow2_state *s, uint64_t shared)
     return at;
 }
 
+/* Every mapping of [from, end) goes, as QEMU's shrink discards it: the
+ * entries of the table holding the new end are cleared, tables wholly
+ * past it are dropped from L1; each reference they held (data clusters,
+ * the tables themselves) is released once the change is on disk. Data
+ * shared with a snapshot keeps the snapshot's reference. What no longer
+ * has a reference is punched in the file, as QEMU discards it
+ * (QCOW2_DISCARD_ALWAYS): the data clusters in one go (qcow2_cluster_discard
+ * collects them), then each table alone (qcow2_shrink_l1_table frees them
+ * one by one). Lock held. */
 static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
 {
     uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
