@@ -567,7 +567,11 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
             vbd_node_ref(proto);
             json_object_put(file_opts);
         } else {
-            unsigned pflags = flags | VBD_OPEN_PROTOCOL;
+            /* discard=unmap unless its options say otherwise, as QEMU
+             * gives every format's child (bdrv_inherited_options): the
+             * format decides what reaches it (a qcow2 shrink's freed
+             * clusters; a raw node's discards pass its own discard= first) */
+            unsigned pflags = flags | VBD_OPEN_PROTOCOL | VBD_OPEN_UNMAP;
             /* generic options given at the top apply to the protocol too */
             struct json_object *fo = file_opts ? file_opts : json_object_new_object();
             proto = open_in_co(filename, fo, pflags, err);

@@ -21,11 +21,17 @@
 # Runtime (ASan): 6 s at load 2, 25-70 s at load 10-22, up to 5 min at load 35.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib-difftable.sh"
-need qemu-img qemu-io qemu-nbd
+need qemu-img qemu-io qemu-nbd python3
 cd "$T"
+FIEMAP="python3 $VBD_ROOT/tests/integration/fiemap.py"
 make_base_images
 must qemu-img create -q -f qcow2 -b q-qcow2.qcow2 -F qcow2 base/ov.qcow2
 must qemu-io -f qcow2 -c 'write -P 3 512k 64k' base/ov.qcow2 >/dev/null
+# for resize --shrink: data past the new ends amid the file (written
+# first), compressed, past an L1 table's boundary (512 MiB)
+must qemu-img create -q -f qcow2 base/sh.qcow2 2G
+must qemu-io -c 'write -P 1 1500M 1M' -c 'write -c -P 2 700M 64k' -c 'write -P 3 0 1M' -c 'write -P 4 600M 64k' \
+    base/sh.qcow2 >/dev/null
 # outside base/ (named ../NAME by the cases, from q/ and v/): one a
 # qemu-nbd holds open for writing (its lock)
 must qemu-img create -q -f qcow2 locked.qcow2 4M
@@ -56,7 +62,11 @@ run_case() {
         # vmdk's CID are random)
         case $1:$f in
         create:*.qcow2 | resize:*.qcow2)
-            cmp -s q/$f v/$f || fail "$*: $f: not qemu-img's image byte for byte" ;;
+            cmp -s q/$f v/$f || fail "$*: $f: not qemu-img's image byte for byte"
+            # and the file takes its space where qemu-img's takes it (a
+            # shrink discards what it frees)
+            [ "$(cd q && $FIEMAP $f)" = "$(cd v && $FIEMAP $f)" ] ||
+                fail "$*: $f: allocated otherwise: $(cd v && $FIEMAP $f), qemu-img's $(cd q && $FIEMAP $f)" ;;
         create:*.raw | resize:*.raw) ;;
         create:* | resize:*)
             [ "$(cd q && qemu-img map -U --output=json $f 2>&1)" = "$(cd v && qemu-img map -U --output=json $f 2>&1)" ] ||
@@ -190,6 +200,13 @@ create -f qcow2 -o compat=0.10 n.qcow2 1M
 @q-qcow2.qcow2 resize %i 64G
 @q-qcow2.qcow2 resize --preallocation=falloc %i 100M
 @q-qcow2.qcow2 resize --preallocation=full %i +1M
+# resize --shrink: the same bytes and the same allocation (FIEMAP): what
+# QEMU frees it discards (vbd-img kept the clusters amid the file, and
+# ended the file at the L1 table's entries after a shrink to an L1 table's
+# boundary, qemu-img at a cluster's end)
+resize --shrink sh.qcow2 100M
+resize --shrink sh.qcow2 650M
+resize --shrink sh.qcow2 1G
 CASES
 [ $nfailed = 0 ] || fail "$nfailed of $ncases cases differ (above)"
 echo "PASS ($ncases cases)"

@@ -39,10 +39,13 @@ int qcow2_check_geometry(uint64_t cluster_size, uint64_t refcount_bits, uint32_t
 }
 
 /* Into the header cluster h from pos on: the extensions (backing format,
- * then exts except skip_type, then the feature name table if asked and it
- * fits), the
- * end marker, then the backing file name (h's offset and size fields set).
- * Returns where the backing name starts, -ENOSPC if it does not all fit. */
+ * then exts except skip_type with the feature name table among them if
+ * asked and it fits), the end marker, then the backing file name (h's
+ * offset and size fields set). Returns where the backing name starts,
+ * -ENOSPC if it does not all fit. */
+static uint64_t put_feature_table(uint8_t *h, uint64_t cluster_size, uint64_t pos, const char *backing,
+                                  bool with_feature_table);
+
 int64_t qcow2_put_extensions(uint8_t *h, uint64_t cluster_size, uint64_t pos, const char *backing, const char *backing_fmt,
                              const struct qcow2_ext *exts, int nexts, uint32_t skip_type, bool with_feature_table)
 {
@@ -56,17 +59,45 @@ int64_t qcow2_put_extensions(uint8_t *h, uint64_t cluster_size, uint64_t pos, co
         memcpy(h + pos + 8, backing_fmt, l);
         pos += 8 + ((l + 7) & ~7ull);
     }
-    for (int i = 0; i < nexts; i++) {
-        const struct qcow2_ext *x = &exts[i];
-        if (skip_type && x->type == skip_type)
-            continue;
-        if (!ROOM(8 + ((x->len + 7ull) & ~7ull)))
-            return -ENOSPC;
-        put_be32p(h + pos, x->type);
-        put_be32p(h + pos + 4, x->len);
-        memcpy(h + pos + 8, x->data, x->len);
-        pos += 8 + ((x->len + 7ull) & ~7ull);
+    /* in QEMU 7.2's order (qcow2_update_header): the data file and the
+     * encryption header, the feature name table, the bitmaps, then the
+     * extensions kept unread (vbd put the bitmaps before the feature name
+     * table: the header of a bitmap change differed from qemu-img's) */
+    for (int part = 0; part < 3; part++) {
+        if (part == 1)
+            pos = put_feature_table(h, cluster_size, pos, backing, with_feature_table);
+        for (int i = 0; i < nexts; i++) {
+            const struct qcow2_ext *x = &exts[i];
+            int in = x->type == QCOW2_EXT_DATA_FILE || x->type == QCOW2_EXT_ENCRYPTION ? 0
+                     : x->type == QCOW2_EXT_BITMAPS                                   ? 1
+                                                                                      : 2;
+            if (in != part || (skip_type && x->type == skip_type))
+                continue;
+            if (!ROOM(8 + ((x->len + 7ull) & ~7ull)))
+                return -ENOSPC;
+            put_be32p(h + pos, x->type);
+            put_be32p(h + pos + 4, x->len);
+            memcpy(h + pos + 8, x->data, x->len);
+            pos += 8 + ((x->len + 7ull) & ~7ull);
+        }
     }
+#undef ROOM
+    pos += 8; /* end of extensions */
+    if (backing && *backing) {
+        size_t l = strlen(backing);
+        if (l > QCOW2_MAX_BACKING_NAME || pos + l > cluster_size)
+            return -ENOSPC;
+        memcpy(h + pos, backing, l);
+        put_be64p(h + 8, pos);
+        put_be32p(h + 16, (uint32_t)l);
+    }
+    return (int64_t)pos;
+}
+
+static uint64_t put_feature_table(uint8_t *h, uint64_t cluster_size, uint64_t pos, const char *backing,
+                                  bool with_feature_table)
+{
+#define ROOM(bytes) (pos + (bytes) + 8 <= cluster_size)
     size_t nf = sizeof(feature_table) / sizeof(feature_table[0]);
     /* the feature names are only for messages: left out, as QEMU 7.2's
      * qcow2_update_header leaves them out, with clusters of 4 KiB and less
@@ -83,16 +114,7 @@ int64_t qcow2_put_extensions(uint8_t *h, uint64_t cluster_size, uint64_t pos, co
         pos += 8 + 48 * nf;
     }
 #undef ROOM
-    pos += 8; /* end of extensions */
-    if (backing && *backing) {
-        size_t l = strlen(backing);
-        if (l > QCOW2_MAX_BACKING_NAME || pos + l > cluster_size)
-            return -ENOSPC;
-        memcpy(h + pos, backing, l);
-        put_be64p(h + 8, pos);
-        put_be32p(h + 16, (uint32_t)l);
-    }
-    return (int64_t)pos;
+    return pos;
 }
 
 /* The header cluster as the state describes it: fixed fields, extensions

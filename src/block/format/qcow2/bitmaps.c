@@ -506,11 +506,20 @@ static int release_table(struct qcow2_state *s, uint64_t table_offset, uint32_t 
         free(table);
         return 0; /* its clusters may be anyone's: leaked at worst, never released */
     }
+    /* the data clusters go back to the file system, as QEMU's
+     * clear_bitmap_table frees them (QCOW2_DISCARD_ALWAYS); the table's
+     * own clusters are kept as QEMU keeps them (QCOW2_DISCARD_OTHER). One
+     * at a time, as QEMU frees them. The directory naming this table is
+     * gone from the disk (the caller). */
+    s->punch_freed = true;
     for (uint32_t i = 0; rc == 0 && i < table_size; i++) {
         uint64_t off = table[i] & BME_TABLE_OFFSET_MASK;
         if (off)
             rc = qcow2_update_refcount(s, off, -1);
+        qcow2_punch_freed(s);
     }
+    s->punch_freed = false;
+    s->nto_punch = 0;
     free(table);
     uint64_t bytes = ((uint64_t)table_size * 8 + s->cluster_size - 1) & ~(s->cluster_size - 1);
     for (uint64_t c = 0; rc == 0 && c < bytes; c += s->cluster_size)
@@ -547,8 +556,10 @@ static int write_bits(struct qcow2_state *s, struct dir_entry *e)
     int64_t at = rc == 0 ? qcow2_alloc_clusters(s, tbytes / cs) : rc;
     if (at < 0)
         rc = (int)at;
+    /* its entries, not the rest of the cluster, as QEMU writes it (a
+     * table at the end leaves the file as long as qemu-img's) */
     if (rc == 0)
-        rc = vbd_node_co_pwrite(s->n->file, (uint64_t)at, table, tbytes, 0);
+        rc = vbd_node_co_pwrite(s->n->file, (uint64_t)at, table, (uint64_t)tsize * 8, 0);
     if (rc == 0)
         put_be64p(e->raw, (uint64_t)at);
     free(table);
@@ -618,8 +629,8 @@ static int dir_store(struct qcow2_state *s, struct dir *d, struct vbd_error **er
         rc = a < 0 ? (int)a : buf ? 0 : -ENOMEM;
         for (uint64_t p = 0, i = 0; rc == 0 && i < d->n; p += d->e[i++].len)
             memcpy(buf + p, d->e[i].raw, d->e[i].len);
-        if (rc == 0)
-            rc = vbd_node_co_pwrite(s->n->file, (uint64_t)a, buf, (size + cs - 1) & ~(cs - 1), 0);
+        if (rc == 0) /* its entries alone, as QEMU's bitmap_list_store */
+            rc = vbd_node_co_pwrite(s->n->file, (uint64_t)a, buf, size, 0);
         free(buf);
         at = a < 0 ? 0 : (uint64_t)a;
     }

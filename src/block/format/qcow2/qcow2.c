@@ -289,7 +289,10 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
         return -EINVAL;
     uint64_t l2_cache = ro.l2_cache, rc_cache = ro.rc_cache;
     s->cache_clean_interval = ro.clean_interval;
-    n->file = vbd_open_child(n, opts, "file", NULL, flags, err);
+    /* discard=unmap on the file unless its options say otherwise, as QEMU
+     * gives a format's children (bdrv_inherited_options): qcow2 decides
+     * what reaches the file (a shrink's freed clusters, nothing else yet) */
+    n->file = vbd_open_child(n, opts, "file", NULL, flags | VBD_OPEN_UNMAP, err);
     if (!n->file)
         return -EINVAL;
     int rc = qcow2_read_header(n, s, flags, err);
@@ -390,6 +393,8 @@ static void qcow2_close(struct vbd_node *n)
     s->cluster_buf = s->cbuf = NULL;
     free(s->frees);
     s->frees = NULL;
+    free(s->to_punch);
+    s->to_punch = NULL;
     while (s->nbufpool)
         free(s->bufpool[--s->nbufpool]);
     qcow2_bitmaps_free(s);

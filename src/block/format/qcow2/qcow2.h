@@ -209,6 +209,12 @@ struct qcow2_state {
     int nbufpool;
     uint64_t *frees;
     size_t nfrees, frees_cap;
+    /* While set (a shrink: QEMU's QCOW2_DISCARD_ALWAYS), a host cluster
+     * whose refcount falls to 0 is noted here, to be given back to the
+     * file system by qcow2_punch_freed once nothing on disk names it */
+    bool punch_freed;
+    uint64_t *to_punch; /* host cluster indexes */
+    size_t nto_punch, to_punch_cap;
 };
 
 /* header.c */
@@ -281,6 +287,11 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t host_cluster, uint64_t *r
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta);
 int qcow2_flush_refcounts(struct qcow2_state *s);
 int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
+/* The clusters noted while s->punch_freed was set that still have refcount
+ * 0, punched in the file as QEMU's qcow2_process_discards does (adjacent
+ * ones in one request); advisory: a failure only keeps the space. */
+void qcow2_punch_freed(struct qcow2_state *s);
+void qcow2_punch_later(struct qcow2_state *s, uint64_t host_cluster); /* noted for qcow2_punch_freed */
 /* check -r all: a new refcount structure holding count[k] for host cluster k < n, placed from cluster n on */
 int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n);
 /* create-layout.c: a new image's metadata as qemu-img places it: buf

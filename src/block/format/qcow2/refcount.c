@@ -532,6 +532,20 @@ int qcow2_skip_counted_tail(struct qcow2_state *s)
     return 0;
 }
 
+/* Out of memory: the cluster keeps its space, nothing else happens. */
+void qcow2_punch_later(struct qcow2_state *s, uint64_t cluster)
+{
+    if (s->nto_punch == s->to_punch_cap) {
+        size_t cap = s->to_punch_cap ? 2 * s->to_punch_cap : 64;
+        uint64_t *p = realloc(s->to_punch, cap * sizeof(*p));
+        if (!p)
+            return;
+        s->to_punch = p;
+        s->to_punch_cap = cap;
+    }
+    s->to_punch[s->nto_punch++] = cluster;
+}
+
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delta)
 {
     uint64_t cluster = host_off >> s->cluster_bits, cur;
@@ -544,7 +558,56 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t host_off, int64_t delt
     rc = set_refcount(s, cluster, cur + (uint64_t)delta);
     if (rc == 0 && cur + (uint64_t)delta == 0 && cluster < s->free_cluster_hint)
         s->free_cluster_hint = cluster;
+    if (rc == 0 && cur + (uint64_t)delta == 0 && delta < 0 && s->punch_freed)
+        qcow2_punch_later(s, cluster);
     return rc;
+}
+
+static int cmp_cluster(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+void qcow2_punch_freed(struct qcow2_state *s)
+{
+    size_t n = s->nto_punch;
+    s->nto_punch = 0;
+    if (!n)
+        return;
+    uint64_t *c = s->to_punch;
+    qsort(c, n, sizeof(*c), cmp_cluster);
+    size_t u = 0; /* a cluster noted twice (a block freed, then dropped) is punched once */
+    for (size_t i = 0; i < n; i++)
+        if (!u || c[i] != c[u - 1])
+            c[u++] = c[i];
+    n = u;
+    /* no L2 entry on disk names these clusters any more (the caller's
+     * order); their refcounts of 0 reach the disk first, so that a crash
+     * leaves no cluster counted in use that reads as zeroes */
+    if (qcow2_flush_refcounts(s) < 0)
+        return;
+    for (size_t i = 0; i < n;) {
+        /* only what is still free: a cluster handed out again since it was
+         * noted is someone's data or metadata now */
+        uint64_t refs = 1;
+        if (qcow2_get_refcount(s, c[i], &refs) < 0 || refs ||
+            qcow2_overlaps_metadata(s, c[i] << s->cluster_bits, s->cluster_size)) {
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        while (j < n && c[j] == c[j - 1] + 1 && qcow2_get_refcount(s, c[j], &refs) == 0 && !refs &&
+               !qcow2_overlaps_metadata(s, c[j] << s->cluster_bits, s->cluster_size))
+            j++;
+        uint64_t off = c[i] << s->cluster_bits, end = (c[j - 1] + 1) << s->cluster_bits;
+        uint64_t size = vbd_node_size(s->n->file);
+        if (end > size)
+            end = size;
+        if (off < end)
+            (void)vbd_node_co_pdiscard(s->n->file, off, end - off);
+        i = j;
+    }
 }
 
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count)

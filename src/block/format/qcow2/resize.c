@@ -287,16 +287,63 @@ out:
     return preallocation_done(s, rc, err);
 }
 
+/* QEMU's discard of a table wholly past the new end first makes that
+ * table the active image's own where it is not (get_cluster_table: a new
+ * cluster at the first free one, zeroes or a copy of the table a snapshot
+ * shares, written), which its qcow2_shrink_l1_table then frees and
+ * discards. The same cluster is taken and written here, to be freed with
+ * the tables, so that the file ends as qemu-img leaves it (at a cluster's
+ * end when that cluster was past it: a shrink to an L1 table's boundary;
+ * the refcount block written whole). Nothing ever names it. */
+static int64_t passing_table(struct qcow2_state *s, uint64_t shared)
+{
+    /* the data the tables before released goes first (written back, freed,
+     * punched), as QEMU has discarded it by the time it takes the next
+     * table's cluster: that cluster is then often one of them */
+    int rc = s->nfrees ? qcow2_writeback(s) : 0;
+    if (rc < 0)
+        return rc;
+    qcow2_punch_freed(s);
+    uint8_t *buf = vbd_alloc_aligned(4096, s->cluster_size);
+    if (!buf)
+        return -ENOMEM;
+    if (shared)
+        rc = vbd_node_co_pread(s->n->file, shared, buf, s->cluster_size);
+    else
+        memset(buf, 0, s->cluster_size);
+    int64_t at = rc < 0 ? rc : qcow2_alloc_clusters(s, 1);
+    if (at >= 0)
+        rc = qcow2_flush_refcounts(s); /* as l2_allocate: counted before written */
+    if (at >= 0 && rc == 0)
+        rc = vbd_node_co_pwrite(s->n->file, (uint64_t)at, buf, s->cluster_size, 0);
+    free(buf);
+    if (at >= 0 && rc < 0) {
+        (void)qcow2_update_refcount(s, (uint64_t)at, -1);
+        return rc;
+    }
+    return at;
+}
+
 /* Every mapping of [from, end) goes, as QEMU's shrink discards it: the
  * entries of the table holding the new end are cleared, tables wholly
  * past it are dropped from L1; each reference they held (data clusters,
  * the tables themselves) is released once the change is on disk. Data
- * shared with a snapshot keeps the snapshot's reference. Lock held. */
+ * shared with a snapshot keeps the snapshot's reference. What no longer
+ * has a reference is punched in the file, as QEMU discards it
+ * (QCOW2_DISCARD_ALWAYS): the data clusters in one go (qcow2_cluster_discard
+ * collects them), then each table alone (qcow2_shrink_l1_table frees them
+ * one by one). Lock held. */
 static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
 {
     uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
     uint32_t per_table = 1u << s->l2_bits, step = s->extended_l2 ? 2 : 1;
+    /* per L1 entry at most the table and one passing_table */
+    uint64_t *tables = calloc(s->l1_size ? 2 * (size_t)s->l1_size : 1, sizeof(*tables));
+    uint32_t ntables = 0;
+    if (!tables)
+        return -ENOMEM;
     int rc = 0;
+    s->punch_freed = true;
     for (uint64_t off = from; rc == 0 && off < end;) {
         uint32_t l1i = (uint32_t)(off / per_l1);
         uint64_t table_end = (uint64_t)(l1i + 1) * per_l1;
@@ -304,6 +351,14 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
             break;
         uint64_t l2 = s->l1[l1i] & L1E_OFFSET_MASK;
         bool whole = off % per_l1 == 0;
+        if (whole && !(s->l1[l1i] & QCOW_OFLAG_COPIED)) {
+            int64_t t = passing_table(s, l2);
+            if (t < 0) {
+                rc = (int)t;
+                break;
+            }
+            tables[ntables++] = (uint64_t)t;
+        }
         /* the table holding the new end is made if missing (empty), as
          * QEMU's discard of the tail makes it (get_cluster_table): the
          * shrunk image is laid out as qemu-img's */
@@ -339,12 +394,23 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
                 slot->dirty = false;
             }
             if (rc == 0)
-                qcow2_defer_free(s, l2);
+                tables[ntables++] = l2;
         }
         off = table_end;
     }
     if (rc == 0)
-        rc = qcow2_writeback(s); /* tables and L1 on disk, then the references go */
+        rc = qcow2_writeback(s); /* tables and L1 on disk, then the data's references go */
+    if (rc == 0)
+        qcow2_punch_freed(s);
+    if (rc == 0 && ntables)
+        rc = qcow2_flush_refcounts(s); /* the L1 entries on disk: the tables' references go */
+    for (uint32_t i = 0; rc == 0 && i < ntables; i++) {
+        (void)qcow2_update_refcount(s, tables[i], -1); /* a failure only leaks */
+        qcow2_punch_freed(s);
+    }
+    s->punch_freed = false;
+    s->nto_punch = 0;
+    free(tables);
     return rc;
 }
 
@@ -374,9 +440,11 @@ static int drop_unused_refblocks(struct qcow2_state *s)
         unused[i] = rc == 0 && empty;
         any |= unused[i];
     }
+    /* written even when nothing changed, as QEMU writes it (its clusters
+     * then take their space in the file as in qemu-img's) */
     uint64_t bytes = (uint64_t)s->refcount_table_clusters * s->cluster_size;
-    uint64_t *disk = rc == 0 && any ? calloc(1, bytes) : NULL;
-    if (rc == 0 && any && !disk)
+    uint64_t *disk = rc == 0 ? calloc(1, bytes) : NULL;
+    if (rc == 0 && !disk)
         rc = -ENOMEM;
     if (disk) {
         for (uint64_t i = 0; i < s->reftable_entries; i++)
@@ -386,10 +454,15 @@ static int drop_unused_refblocks(struct qcow2_state *s)
             rc = vbd_node_co_flush(s->n->file);
         free(disk);
     }
+    /* each block goes back to the file system too, as QEMU's
+     * qcow2_discard_refcount_block discards it (the table on disk no
+     * longer names it: flushed above) */
+    s->punch_freed = true;
     for (uint64_t i = 0; rc == 0 && any && i < s->reftable_entries; i++) {
         if (!unused[i])
             continue;
         uint64_t block = s->reftable[i] & REFT_OFFSET_MASK;
+        qcow2_punch_later(s, block >> s->cluster_bits);
         s->reftable[i] = 0;
         qcow2_metadata_moved(s);
         for (int k = 0; k < s->rc_nslots; k++) /* its cached copy must never be written back */
@@ -405,6 +478,10 @@ static int drop_unused_refblocks(struct qcow2_state *s)
     free(unused);
     if (rc == 0 && any)
         rc = qcow2_flush_refcounts(s);
+    if (rc == 0)
+        qcow2_punch_freed(s);
+    s->punch_freed = false;
+    s->nto_punch = 0;
     return rc;
 }
 
@@ -463,12 +540,6 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
     if (s->external && s->data->size > size && (rc = vbd_node_co_truncate(s->data, size, true, VBD_PREALLOC_OFF, err)) < 0 &&
         rc != -ENOTSUP)
         return rc;
-    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
-        /* after the header: a table larger than needed is valid */
-        rc = qcow2_bitmaps_reload(s, qcow2_bitmaps_resize(s, size, err), err);
-        if (rc < 0)
-            return rc;
-    }
     if (!s->external) {
         if ((rc = drop_unused_refblocks(s)) < 0) {
             vbd_error_setf(err, -rc, "qcow2: could not release the unused refcount blocks: %s", strerror(-rc));
@@ -476,7 +547,11 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
         }
         trim_file(s);
     }
-    return 0;
+    /* after the header: a table larger than needed is valid; after the
+     * cut: QEMU stores them anew at its close, past what it kept */
+    if (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS)
+        rc = qcow2_bitmaps_reload(s, qcow2_bitmaps_resize(s, size, err), err);
+    return rc;
 }
 
 int qcow2_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc, struct vbd_error **err)
