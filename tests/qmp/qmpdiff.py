@@ -37,8 +37,15 @@ Script lines ({DIR} is replaced everywhere):
     ?sh shell command                run as '!' (the daemon started); its output
                                      is the reply, compared exactly ({DIR}
                                      as "{DIR}"): what the daemons leave
-                                     outside QMP (/proc/locks bytes); a
-                                     non-zero exit is a difference
+                                     outside QMP (another process's try at
+                                     the image); a non-zero exit is a
+                                     difference
+    ?locks FILE...                   the image lock bytes each FILE (in {DIR})
+                                     has in /proc/locks, one line per FILE as
+                                     lockbytes.py prints them, compared
+                                     exactly; read in this process (a python3
+                                     started for each look took most of a
+                                     locks script's time on a loaded host)
     ?end NAME... -NAME{"k":"v"}...   read until the daemon closes the
                                      connection: the replies and the events
                                      NAME, in the order they came, compared
@@ -78,9 +85,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))  # $QMPDIFF_HERE in '!' and '?sh' lines (lockbytes.py)
+HERE = os.path.dirname(os.path.abspath(__file__))  # $QMPDIFF_HERE in '!' and '?sh' lines
 sys.path.insert(0, HERE)
 from qmp import QMP  # noqa: E402
+import lockbytes  # noqa: E402
 
 MARK_RE = re.compile(r"\s+#\s*(differs:.*|exact|only:.*)\s*$")
 
@@ -109,6 +117,10 @@ class Line:
         if self.text.startswith("!"):
             self.kind = "shell"
             self.text = self.text[1:].strip()
+        elif self.text.startswith("?locks "):
+            self.kind = "locks"
+            self.text = self.text[len("?locks"):].strip()
+            self.exact = True
         elif self.text.startswith("?sh "):
             self.kind = "probe"
             self.text = self.text[len("?sh"):].strip()
@@ -193,6 +205,16 @@ class Run:
             return f"<'{ln.text}' exited {rc}: {err.strip()[:200]}>"
         return {"return": self.normalize(out.strip())}
 
+    def locks(self, ln):
+        """A '?locks' line's lock bytes as a reply, or why not (a file that
+        cannot be looked at is a difference of this line, not the end of
+        the run)."""
+        try:
+            return {"return": "\n".join(lockbytes.describe(os.path.join(self.dir, f))
+                                         for f in self.sub(ln.text).split())}
+        except OSError as e:
+            return f"<?locks {ln.text}: {e}>"
+
     def start(self):
         sock = os.path.join(self.dir, "qmp.sock")
         cmd = [self.binary, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
@@ -270,6 +292,8 @@ class Run:
                     closed = "<connection closed at ?end>"
                 elif ln.kind == "probe":
                     self.replies[ln.no] = self.probe(ln)
+                elif ln.kind == "locks":
+                    self.replies[ln.no] = self.locks(ln)
                 elif ln.kind == "send":
                     self.qmp.send_raw(self.sub(ln.text) + "\n")
                 else:
@@ -562,7 +586,7 @@ def compare_runs(script, lines, runs, verbose):
         status = 1
     ndiff = ndeliberate = nsame = 0
     for ln in lines:
-        if ln.kind not in ("request", "event", "events", "end", "probe"):
+        if ln.kind not in ("request", "event", "events", "end", "probe", "locks"):
             continue
         ra, rb = runs[0].replies.get(ln.no, "<not run>"), runs[1].replies.get(ln.no, "<not run>")
         if ln.only:
