@@ -101,6 +101,9 @@ serve() { # NODE-NAME blockdev options...: start the daemon exporting NODE-NAME 
     start "$@" \
         --export type=vhost-user-blk,id=e0,node-name="$node",addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1 \
         --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name="$node",name=disk,writable=on
+    # the daemon makes its sockets in command-line order: the NBD server's
+    # comes after the vhost-user export's that start() waited for
+    wait_sock "$N"
 }
 
 step "raw over a cache.direct=on file; SIGHUP resize under load"
@@ -200,6 +203,10 @@ must qemu-img create -q -f qcow2 "$T/idle.qcow2" 64M
 S=$T/qmp.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off --monitor chardev=mon \
     --blockdev driver=file,node-name=f0,filename="$T/idle.qcow2" --blockdev driver=qcow2,node-name=d0,file=f0 \
     --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=d0,name=disk,writable=on
+# start() waited for the monitor's socket, made first: the NBD server's
+# comes after the nodes are open (a vbd-bench that connected before it
+# was there failed this step at load 35)
+wait_sock "$N"
 bench_bg nbd "${NB[@]}" -w randrw:70 -n 6000 --flush-every 50 --size 16M
 PYTHONPATH=$VBD_ROOT/tests/qmp:$PYTHONPATH N=$N python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "NBD idle moves: QMP"; fail "idle NBD connections under moves"; }
 import os, struct, sys
@@ -245,6 +252,7 @@ S=$T/vu.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off
     --blockdev driver=file,node-name=f2,filename="$T/jmtgt.qcow2" --blockdev driver=qcow2,node-name=t1,file=f2 \
     --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1 \
     --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=t0,name=disk
+wait_sock "$N" # made after the vhost-user export's that start() waited for
 bench_bg vu "${VU[@]}" -w randrw:70 -n 30000 --flush-every 50 --size 64M
 bench_bg nbd "${NB[@]}" -w randread -n 20000 --size 64M
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "jobs: QMP"; fail "block jobs under load"; }
