@@ -179,7 +179,11 @@ for verify in yes no; do
     PYTHONPATH=$VBD_ROOT/tests/qmp T=$T PHASE=$verify BPID=$(eval echo \$bpid_vu) python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "qcow2 moved: QMP"; fail "QMP under load"; }
 import os, sys
 from qmp import QMP, alive
-m = QMP(sys.argv[1], negotiate=True)
+# a reply may take long under TSan on a loaded host: query-named-block-nodes
+# waited 7-22 s for its answer while the node's iothread served 4 rings of
+# random writes (load 45), and one of 4 runs lost its session to the 60 s
+# default at load 37; each reply still must come
+m = QMP(sys.argv[1], negotiate=True, timeout=300)
 bench = int(os.environ["BPID"])
 i = 0
 while alive(bench) and i < 200:
@@ -212,7 +216,7 @@ PYTHONPATH=$VBD_ROOT/tests/qmp:$PYTHONPATH N=$N python3 - "$T/qmp.sock" <<'PY' |
 import os, struct, sys
 import nbdproto as P
 from qmp import QMP
-m = QMP(sys.argv[1], negotiate=True)
+m = QMP(sys.argv[1], negotiate=True, timeout=300)  # as the moves' session above
 idle = []
 for i in range(2):
     s = P.connect(os.environ["N"], timeout=60)
@@ -258,7 +262,7 @@ bench_bg nbd "${NB[@]}" -w randread -n 20000 --size 64M
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "jobs: QMP"; fail "block jobs under load"; }
 import sys
 from qmp import QMP
-m = QMP(sys.argv[1], negotiate=True)
+m = QMP(sys.argv[1], negotiate=True, timeout=300)  # as the moves' session above
 ok, status = m.ok, m.job_status
 rounds = 0
 # the mirror's target is one nobody reads (qsd refuses a mirror into a
