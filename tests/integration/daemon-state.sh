@@ -111,7 +111,7 @@ qmp <<'PY' || fail "QMP changes to the command line's export"
 ok("blockdev-add", driver="qcow2", **{"node-name": "cov"}, backing=None, file={"driver": "file", "filename": "cov.qcow2"})
 ok("blockdev-snapshot", node="cb", overlay="cov")
 ok("block-export-del", id="cx")
-m.wait_event("BLOCK_EXPORT_DELETED", timeout=30)
+m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
 v = view()
 assert v["exports"] == [("ce", "cov")], v
 json.dump(v, open("view2.before", "w"), sort_keys=True)

@@ -214,7 +214,7 @@ check(r.returncode == 0, f"write below the threshold: {r.stdout}{r.stderr}")
 check(nodes()["w"]["write_threshold"] == 1 << 20, "still armed")
 check(not [e for e in m.events if e["event"] == "BLOCK_WRITE_THRESHOLD"], "no event below the threshold")
 check(nbd("w", "write -P 0x44 2M 64k").returncode == 0, "write past the threshold")
-ev = m.wait_event("BLOCK_WRITE_THRESHOLD", timeout=30)
+ev = m.wait_event("BLOCK_WRITE_THRESHOLD", timeout=60)
 check(ev["data"] == {"node-name": "w", "write-threshold": 1 << 20, "amount-exceeded": (2 << 20) + 65536 - (1 << 20)},
       f"event data: {ev}")
 check(nodes()["w"]["write_threshold"] == 0, "disarmed")
@@ -234,7 +234,7 @@ check(bynode["w"]["stats"]["wr_bytes"] == 3 * 65536 and bynode["w"]["parent"]["n
 # --- BLOCK_IMAGE_CORRUPTED: a read through a broken L1 entry
 r = nbd("c", "read 0 64k", "-r")
 check("read failed" in r.stdout + r.stderr, f"read of the corrupt cluster fails: {r.stdout}{r.stderr}")
-ev = m.wait_event("BLOCK_IMAGE_CORRUPTED", timeout=30)["data"]
+ev = m.wait_event("BLOCK_IMAGE_CORRUPTED", timeout=60)["data"]
 check(ev["node-name"] == "c" and ev["device"] == "" and "L2 table offset" in ev["msg"] and ev["fatal"] is True,
       f"corrupt event: {ev}")
 check(nodes()["c"]["image"]["format-specific"]["data"]["corrupt"] is True, "query shows corrupt")

@@ -101,6 +101,9 @@ serve() { # NODE-NAME blockdev options...: start the daemon exporting NODE-NAME 
     start "$@" \
         --export type=vhost-user-blk,id=e0,node-name="$node",addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1 \
         --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name="$node",name=disk,writable=on
+    # the daemon makes its sockets in command-line order: the NBD server's
+    # comes after the vhost-user export's that start() waited for
+    wait_sock "$N"
 }
 
 step "raw over a cache.direct=on file; SIGHUP resize under load"
@@ -176,7 +179,11 @@ for verify in yes no; do
     PYTHONPATH=$VBD_ROOT/tests/qmp T=$T PHASE=$verify BPID=$(eval echo \$bpid_vu) python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "qcow2 moved: QMP"; fail "QMP under load"; }
 import os, sys
 from qmp import QMP, alive
-m = QMP(sys.argv[1], negotiate=True)
+# a reply may take long under TSan on a loaded host: query-named-block-nodes
+# waited 7-22 s for its answer while the node's iothread served 4 rings of
+# random writes (load 45), and one of 4 runs lost its session to the 60 s
+# default at load 37; each reply still must come
+m = QMP(sys.argv[1], negotiate=True, timeout=300)
 bench = int(os.environ["BPID"])
 i = 0
 while alive(bench) and i < 200:
@@ -200,12 +207,16 @@ must qemu-img create -q -f qcow2 "$T/idle.qcow2" 64M
 S=$T/qmp.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off --monitor chardev=mon \
     --blockdev driver=file,node-name=f0,filename="$T/idle.qcow2" --blockdev driver=qcow2,node-name=d0,file=f0 \
     --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=d0,name=disk,writable=on
+# start() waited for the monitor's socket, made first: the NBD server's
+# comes after the nodes are open (a vbd-bench that connected before it
+# was there failed this step at load 35)
+wait_sock "$N"
 bench_bg nbd "${NB[@]}" -w randrw:70 -n 6000 --flush-every 50 --size 16M
 PYTHONPATH=$VBD_ROOT/tests/qmp:$PYTHONPATH N=$N python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "NBD idle moves: QMP"; fail "idle NBD connections under moves"; }
 import os, struct, sys
 import nbdproto as P
 from qmp import QMP
-m = QMP(sys.argv[1], negotiate=True)
+m = QMP(sys.argv[1], negotiate=True, timeout=300)  # as the moves' session above
 idle = []
 for i in range(2):
     s = P.connect(os.environ["N"], timeout=60)
@@ -245,12 +256,13 @@ S=$T/vu.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=off
     --blockdev driver=file,node-name=f2,filename="$T/jmtgt.qcow2" --blockdev driver=qcow2,node-name=t1,file=f2 \
     --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=4,iothread.0=io0,iothread.1=io1 \
     --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name=t0,name=disk
+wait_sock "$N" # made after the vhost-user export's that start() waited for
 bench_bg vu "${VU[@]}" -w randrw:70 -n 30000 --flush-every 50 --size 64M
 bench_bg nbd "${NB[@]}" -w randread -n 20000 --size 64M
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "jobs: QMP"; fail "block jobs under load"; }
 import sys
 from qmp import QMP
-m = QMP(sys.argv[1], negotiate=True)
+m = QMP(sys.argv[1], negotiate=True, timeout=300)  # as the moves' session above
 ok, status = m.ok, m.job_status
 rounds = 0
 # the mirror's target is one nobody reads (qsd refuses a mirror into a

@@ -28,7 +28,7 @@ def bad(msg):
 for cyc in range(1, cycles + 1):
     p = subprocess.Popen(cmd, stderr=log)
     pending = {nbd, vu}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while pending:
         for path in list(pending):
             if not os.path.exists(path):
@@ -37,7 +37,7 @@ for cyc in range(1, cycles + 1):
             try:
                 s.connect(path)
                 if path == nbd:
-                    s.settimeout(30)
+                    s.settimeout(60)
                     greeting = s.recv(8, socket.MSG_WAITALL)
                     if greeting != b'NBDMAGIC':
                         bad('cycle %d: %s greeted with %r' % (cyc, path, greeting))
@@ -50,7 +50,7 @@ for cyc in range(1, cycles + 1):
             bad('cycle %d: vbd-daemon exited with %d before both sockets appeared' % (cyc, p.returncode))
         if time.monotonic() > deadline:
             p.kill()
-            bad('cycle %d: sockets %s did not appear in 30 s' % (cyc, sorted(pending)))
+            bad('cycle %d: sockets %s did not appear in 60 s' % (cyc, sorted(pending)))
     p.send_signal(signal.SIGTERM)
     rc = p.wait()
     if rc != 0:

@@ -3,7 +3,8 @@
 """lockbytes.py FILE...: the bytes of each FILE that an open file
 description holds an image lock on (QEMU's 100+perm and 200+perm bytes),
 from /proc/locks: "FILE: 100 101 103 201 203" ("FILE: -" for none), one
-line per FILE. qmpdiff.py's '?sh' lines compare the daemons with it."""
+line per FILE. qmpdiff.py's '?locks' lines compare the daemons with it
+(describe(), in its own process)."""
 import os
 import sys
 
@@ -40,10 +41,15 @@ def lock_bytes(path):
     return sorted(held)
 
 
+def describe(path):
+    """path's line: "NAME: 100 101 103 201 203" or "NAME: -" for none."""
+    b = lock_bytes(path)
+    return f"{os.path.basename(path)}: {' '.join(map(str, b)) if b else '-'}"
+
+
 def main(argv):
     for path in argv[1:]:
-        b = lock_bytes(path)
-        print(f"{os.path.basename(path)}: {' '.join(map(str, b)) if b else '-'}")
+        print(describe(path))
     return 0
 
 

@@ -22,7 +22,7 @@ Script lines ({DIR} is replaced everywhere):
                                      $QMPDIFF_HERE this directory
     {"execute": ...}                 a request; its reply is compared
     not json at all                  sent as it is (parse-error tests)
-    ?event NAME                      wait (30 s) for event NAME; its data compared
+    ?event NAME                      wait (EVENT_WAIT, 120 s) for event NAME; its data compared
     ?event NAME {"k": "v"}           the next event NAME whose data has these
                                      members; the NAME events before it are
                                      dropped (a job's transitions that one
@@ -37,8 +37,15 @@ Script lines ({DIR} is replaced everywhere):
     ?sh shell command                run as '!' (the daemon started); its output
                                      is the reply, compared exactly ({DIR}
                                      as "{DIR}"): what the daemons leave
-                                     outside QMP (/proc/locks bytes); a
-                                     non-zero exit is a difference
+                                     outside QMP (another process's try at
+                                     the image); a non-zero exit is a
+                                     difference
+    ?locks FILE...                   the image lock bytes each FILE (in {DIR})
+                                     has in /proc/locks, one line per FILE as
+                                     lockbytes.py prints them, compared
+                                     exactly; read in this process (a python3
+                                     started for each look took most of a
+                                     locks script's time on a loaded host)
     ?end NAME... -NAME{"k":"v"}...   read until the daemon closes the
                                      connection: the replies and the events
                                      NAME, in the order they came, compared
@@ -81,9 +88,14 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))  # $QMPDIFF_HERE in '!' and '?sh' lines (lockbytes.py)
+# How long '?event' and '?events' wait for an event: a job's event from an
+# ASan daemon on a host at load 20-30 (8 people, 2 CPUs) can take more
+# than the 30 s this was; a passing run waits only until the event comes.
+EVENT_WAIT = 120
+HERE = os.path.dirname(os.path.abspath(__file__))  # $QMPDIFF_HERE in '!' and '?sh' lines
 sys.path.insert(0, HERE)
 from qmp import QMP  # noqa: E402
+import lockbytes  # noqa: E402
 
 MARK_RE = re.compile(r"\s+#\s*(differs:.*|exact|only:.*|ordered:.*)\s*$")
 
@@ -119,6 +131,10 @@ class Line:
         if self.text.startswith("!"):
             self.kind = "shell"
             self.text = self.text[1:].strip()
+        elif self.text.startswith("?locks "):
+            self.kind = "locks"
+            self.text = self.text[len("?locks"):].strip()
+            self.exact = True
         elif self.text.startswith("?sh "):
             self.kind = "probe"
             self.text = self.text[len("?sh"):].strip()
@@ -203,6 +219,16 @@ class Run:
             return f"<'{ln.text}' exited {rc}: {err.strip()[:200]}>"
         return {"return": self.normalize(out.strip())}
 
+    def locks(self, ln):
+        """A '?locks' line's lock bytes as a reply, or why not (a file that
+        cannot be looked at is a difference of this line, not the end of
+        the run)."""
+        try:
+            return {"return": "\n".join(lockbytes.describe(os.path.join(self.dir, f))
+                                         for f in self.sub(ln.text).split())}
+        except OSError as e:
+            return f"<?locks {ln.text}: {e}>"
+
     def start(self):
         sock = os.path.join(self.dir, "qmp.sock")
         cmd = [self.binary, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
@@ -269,7 +295,7 @@ class Run:
                     try:
                         name, _, want = ln.text.partition(" ")
                         want = json.loads(want) if want.strip() else {}
-                        deadline = time.monotonic() + 30
+                        deadline = time.monotonic() + EVENT_WAIT
                         while True:
                             ev = self.qmp.wait_event(name, timeout=max(0.1, deadline - time.monotonic()))
                             data = ev.get("data") or {}
@@ -277,7 +303,7 @@ class Run:
                                 break
                         self.replies[ln.no] = self.normalize({"event": ev["event"], "data": ev.get("data")})
                     except (TimeoutError, socket.timeout):
-                        self.replies[ln.no] = f"<no {ln.text} event within 30 s>"
+                        self.replies[ln.no] = f"<no {ln.text} event within {EVENT_WAIT} s>"
                     self.qmp.sock.settimeout(60)  # wait_event shortened it
                 elif ln.kind == "events":
                     self.replies[ln.no] = {"sequence": self.next_events(ln.text)}
@@ -287,6 +313,8 @@ class Run:
                     closed = "<connection closed at ?end>"
                 elif ln.kind == "probe":
                     self.replies[ln.no] = self.probe(ln)
+                elif ln.kind == "locks":
+                    self.replies[ln.no] = self.locks(ln)
                 elif ln.kind == "send":
                     self.qmp.send_raw(self.sub(ln.text) + "\n")
                 else:
@@ -304,7 +332,7 @@ class Run:
         name, _, want = rest.strip().partition(" ")
         want = json.loads(want) if want.strip() else {}
         seq = []
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + EVENT_WAIT
         while len(seq) < int(count):
             for i, ev in enumerate(self.qmp.events):
                 data = ev.get("data") or {}
@@ -315,7 +343,7 @@ class Run:
             else:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    seq.append(f"<only {len(seq)} of {count} {name} events within 30 s>")
+                    seq.append(f"<only {len(seq)} of {count} {name} events within {EVENT_WAIT} s>")
                     return seq
                 self.qmp.sock.settimeout(left)
                 try:
@@ -583,7 +611,7 @@ def compare_runs(script, lines, runs, verbose):
         status = 1
     ndiff = ndeliberate = nsame = 0
     for ln in lines:
-        if ln.kind not in ("request", "event", "events", "end", "probe"):
+        if ln.kind not in ("request", "event", "events", "end", "probe", "locks"):
             continue
         ra, rb = runs[0].replies.get(ln.no, "<not run>"), runs[1].replies.get(ln.no, "<not run>")
         if ln.only:
