@@ -6,7 +6,10 @@
 # syscalls per request, with CPERF=1 fio's and fio's CPU ns per request
 # (task-clock: on the fio QD32 rows fio is the bound, so what a server
 # costs fio decides IOPS), with LAT=1 fio's p50 and p99 completion latency
-# (ns). Not a test.
+# (ns), with IPI=1 (and PERF=1 / CPERF=1) the interrupts the server took
+# while running (rescheduling and function-call IPIs: a wake-up or a task
+# work kick from another CPU), io_uring task work queued to it and run by
+# it, and the IPIs fio sent. Not a test.
 #   bench/nbd-ab.sh ROUNDS SECONDS "ROW..." VARIANT...
 #   ROW: via:rw:bs:depth[:client]  (via unix|tcp, client fio (default) or vbd-bench)
 #   VARIANT: NAME=BUILD_DIR[,ENV=VALUE...] (the server gets the variables; see
@@ -27,8 +30,14 @@ echo "host: $(host_kind); load $(cut -d' ' -f1-3 /proc/loadavg)"
 PORT=${PORT:-10873}
 # per_request PERF_STAT_OUTPUT N: each counter above 1 % of N requests, as " name count/N"
 per_request() {
-    awk -v n="$2" '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); if ($1 + 0 > n / 100) { x=$2; sub("syscalls:sys_enter_","",x); printf " %s %.2f", x, $1 / n } }' "$1"
+    awk -v n="$2" '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); if ($1 + 0 > n / 100) { x=$2; sub("syscalls:sys_enter_","",x); sub("irq_vectors:","",x); sub("io_uring:io_uring_","",x); sub("ipi:","",x); printf " %s %.2f", x, $1 / n } }' "$1"
 }
+SEV='syscalls:sys_enter_poll,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_read,syscalls:sys_enter_io_uring_enter,context-switches'
+CEV='task-clock,syscalls:sys_enter_poll,syscalls:sys_enter_ppoll,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_read,syscalls:sys_enter_write,context-switches'
+if [ -n "${IPI:-}" ]; then
+    SEV="$SEV,irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry,irq_vectors:call_function_entry,io_uring:io_uring_task_work_run,io_uring:io_uring_local_work_run"
+    CEV="$CEV,ipi:ipi_send_cpu,io_uring:io_uring_task_add"
+fi
 for round in $(seq $ROUNDS); do
  for row in $ROWS; do
   IFS=: read -r t rw bs depth client <<<"$row"
@@ -43,11 +52,11 @@ for round in $(seq $ROUNDS); do
     serve $s $t
     if [ ${#envs[@]} -gt 0 ]; then for e in "${envs[@]}"; do unset "${e%%=*}"; done; fi
     ppid=
-    if [ -n "${PERF:-}" ]; then perf stat -e 'syscalls:sys_enter_poll,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_read,syscalls:sys_enter_io_uring_enter,context-switches' -p $spid -o "$dir/perfstat" & ppid=$!; fi
+    if [ -n "${PERF:-}" ]; then perf stat -e "$SEV" -p $spid -o "$dir/perfstat" & ppid=$!; fi
     nstat -n >/dev/null
     c0=$(cpu_ns $spid)
     if [ "${client:-fio}" = fio ] && [ -n "${CPERF:-}" ]; then
-        out=$(perf stat -e 'task-clock,syscalls:sys_enter_poll,syscalls:sys_enter_ppoll,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_read,syscalls:sys_enter_write,context-switches' -o "$dir/cperf" -- taskset -c 1 fio --name=b --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$SECS" \
+        out=$(perf stat -e "$CEV" -o "$dir/cperf" -- taskset -c 1 fio --name=b --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$SECS" \
         --size=1G --output-format=json 2>/dev/null |
         python3 -c "import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index('{'):])['jobs'][0]; d='write' if '$rw'.endswith('write') else 'read'; print(round(j[d]['iops']), round(j['usr_cpu']+j['sys_cpu']), j[d]['total_ios'])" || echo "0 0 1")
     elif [ "${client:-fio}" = fio ]; then out=$(FIO_LAT=${LAT-} fio_run "$URI" $rw $bs $depth || echo "0 0 1")

@@ -6,7 +6,10 @@
 # serve (not pinned here). The daemons named take turns
 # ROUNDS times per row, each driven for SECONDS. Per run: IOPS, p99, the
 # daemon's CPU per request (user+system, all threads) and the NBD server's.
-# Not a test.
+# IPI=1: also the rescheduling ("rs") and function-call ("cf") IPIs the
+# daemon's threads took while running and its io_uring task work runs
+# ("tw": completions the kernel finished in its threads' context), per
+# request (perf stat tracepoints). Not a test.
 #   [ROUNDS=N] [ROWS=REGEX] bench/nbd-client-ab.sh DAEMON... [-- SECONDS]
 #   DAEMON: a vbd-daemon binary; ROWS matches "peer transport workload".
 set -euo pipefail
@@ -50,11 +53,18 @@ for peer in qemu-nbd nbdkit; do
                 for d in "${daemons[@]}"; do
                     daemon_start "$d" $tr
                     c0=$(cpu_ns $dpid) p0=$(cpu_ns $spid)
+                    ppid=
+                    if [ -n "${IPI:-}" ]; then perf stat -e irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry,irq_vectors:call_function_entry,io_uring:io_uring_task_work_run,io_uring:io_uring_local_work_run -p $dpid -o "$dir/ipistat" & ppid=$!; fi
                     out=$("$VBD_BENCH" --vhost-user "$vsock" -q 1 $args -t "$SECS" --json)
                     c1=$(cpu_ns $dpid) p1=$(cpu_ns $spid)
+                    if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
                     n=$(( $(field "$out" requests) + 1 ))
-                    printf '%-8s %-4s %-17s %-5s %-6s %8.0f %8.0f %9d %9d\n' $peer $tr "$label" $r "$(basename "$(dirname "$d")")" "$(field "$out" iops)" \
-                        "$(field "$out" p99)" $(( (c1 - c0) / n )) $(( (p1 - p0) / n ))
+                    ipi=$(if [ -n "$ppid" ]; then awk -v n=$n '$1 ~ /^[0-9,]+$/ { gsub(",", "", $1); c[$2] = $1 }
+                        END { printf " rs %.3f cf %.3f tw %.3f", c["irq_vectors:reschedule_entry"] / n,
+                              (c["irq_vectors:call_function_single_entry"] + c["irq_vectors:call_function_entry"]) / n,
+                              (c["io_uring:io_uring_task_work_run"] + c["io_uring:io_uring_local_work_run"]) / n }' "$dir/ipistat"; fi)
+                    printf '%-8s %-4s %-17s %-5s %-6s %8.0f %8.0f %9d %9d%s\n' $peer $tr "$label" $r "$(basename "$(dirname "$d")")" "$(field "$out" iops)" \
+                        "$(field "$out" p99)" $(( (c1 - c0) / n )) $(( (p1 - p0) / n )) "$ipi"
                     kill $dpid; wait $dpid 2>/dev/null || true; dpid=
                 done
             done

@@ -22,6 +22,11 @@
 #   "cs" vbd-bench's sleeps (voluntary context switches: each one a wake-up
 #   the server paid for) and "ss" the server threads' sleeps; /proc counters,
 #   no perf. With the header's wake-cost figures: what the signals cost.
+#   IPI=1: each run also prints, per request, after "|": "rs" the
+#   rescheduling and "cf" the function-call IPIs the server's threads took
+#   while running, "tw" the io_uring task work runs in them (task_work_run
+#   and local_work_run: completions the kernel finished in their context)
+#   (perf stat tracepoints).
 # e.g. flock /work/wt/bench.lock bash bench/vhost-user-ab.sh 4 2 2 "-w read -b 64k -d 8" \
 #          /tmp/old/vbd-daemon build/src/tools/vbd-daemon qemu-storage-daemon
 # vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs;
@@ -47,8 +52,11 @@ for _ in $(seq "$ROUNDS"); do
         serve "$bin" "$NODE" "$NQ"
         c0=$(cpu_ns $spid) w0=$(runq_wait_ns $spid) sw0=$(writes $spid) ss0=$(sleeps $spid)
         # shellcheck disable=SC2086 # ARGS is a list of options
+        ppid=
+        if [ -n "${IPI:-}" ]; then perf stat -e irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry,irq_vectors:call_function_entry,io_uring:io_uring_task_work_run,io_uring:io_uring_local_work_run -p $spid -o "$dir/ipistat" & ppid=$!; fi
         out=$(/usr/bin/time -f %w -o "$dir/client-sleeps" taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q "$NQ" $ARGS -t "$SECS" --json)
         c1=$(cpu_ns $spid) w1=$(runq_wait_ns $spid) sw1=$(writes $spid) ss1=$(sleeps $spid)
+        if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
         kill $spid
         wait $spid 2>/dev/null || true
         spid=
@@ -66,8 +74,19 @@ if sys.argv[3] == "1" and "per-queue" in r:
 if sys.argv[5] == "1":
     n = r["requests"] + 1
     line += " | sw%.3f cs%.3f ss%.3f" % (int(sys.argv[6]) / n, int(sys.argv[7]) / n, int(sys.argv[8]) / n)
+if sys.argv[9]:
+    ev = {}
+    for l in open(sys.argv[9]):
+        f = l.split()
+        if len(f) > 1 and f[0].replace(",", "").isdigit():
+            ev[f[1]] = int(f[0].replace(",", ""))
+    n = r["requests"] + 1
+    g = lambda *k: sum(ev.get(x, 0) for x in k) / n
+    line += " | rs%.3f cf%.3f tw%.3f" % (g("irq_vectors:reschedule_entry"),
+        g("irq_vectors:call_function_single_entry", "irq_vectors:call_function_entry"),
+        g("io_uring:io_uring_task_work_run", "io_uring:io_uring_local_work_run"))
 print(line, end="")' "$out" $((c1 - c0)) "${PERQ:-0}" $((w1 - w0)) "${MECH:-0}" $((sw1 - sw0)) \
-        "$(tail -1 "$dir/client-sleeps")" $((ss1 - ss0)))
+        "$(tail -1 "$dir/client-sleeps")" $((ss1 - ss0)) "${ppid:+$dir/ipistat}")
     done
 done
 for bin in "$@"; do

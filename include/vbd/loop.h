@@ -42,6 +42,15 @@ void vbd_loop_free(struct vbd_loop *loop);
  * with a message if even the epoll fallback fails). */
 struct vbd_loop *vbd_loop_current(void);
 bool vbd_loop_has_io_uring(const struct vbd_loop *loop);
+/* How an io_uring loop's thread learns of completions the kernel finishes
+ * in its context (task work; loop.c's ring_setup): an IPI while it runs
+ * (io_uring's default), at its next syscall (COOP_TASKRUN), or only when it
+ * asks for completions (DEFER_TASKRUN). VBD_URING_TASKRUN=ipi|0, coop or
+ * defer in the environment chooses for loops created after; a kernel that
+ * refuses one gets the next simpler. */
+enum vbd_uring_taskrun { VBD_URING_TASKRUN_IPI, VBD_URING_TASKRUN_COOP, VBD_URING_TASKRUN_DEFER };
+enum vbd_uring_taskrun vbd_loop_uring_taskrun(const struct vbd_loop *loop);
+const char *vbd_uring_taskrun_name(enum vbd_uring_taskrun mode);
 
 /*
  * Checks of the threading contract (docs/DESIGN.md, "Concurrency

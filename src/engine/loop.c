@@ -62,6 +62,7 @@ struct vbd_loop {
      * coroutines left them queued once already (see vbd_loop_run_once) */
     bool sq_eager, sq_lazy_held;
     bool recv_nowait; /* the ring answered a receive with -EAGAIN: vbd_co_recv_wait polls instead */
+    enum vbd_uring_taskrun taskrun; /* how the ring was set up (see ring_setup) */
 };
 
 /* The busy-poll bound's default (VBD_LOOP_POLL_MAX_NS_DEFAULT, loop.h) is
@@ -292,6 +293,80 @@ static int fdreg_update(struct vbd_loop *loop, int fd)
 
 /* ---- creation ---- */
 
+/*
+ * When a ring's request completes outside the loop's thread (a socket's
+ * data arriving from the sender's context, a disk interrupt), the kernel
+ * finishes it as task work in the loop's thread. How that thread is told
+ * (VBD_URING_TASKRUN; the default is VBD_URING_TASKRUN_DEFAULT):
+ * - "ipi" (0): io_uring's default, TWA_SIGNAL: a thread asleep is woken, a
+ *   thread running on another CPU is interrupted (an IPI, a VM exit on a
+ *   guest) and runs the task work on its way back to user space;
+ * - "coop": IORING_SETUP_COOP_TASKRUN, no IPI: a thread that is running
+ *   runs the task work at its next entry into the kernel (a syscall, a
+ *   timer tick);
+ * - "defer": IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN (Linux
+ *   6.1): the task work runs only in io_uring_enter(GETEVENTS), and the
+ *   thread is woken only when it waits there.
+ * coop and defer come with IORING_SETUP_TASKRUN_FLAG: the kernel raises
+ * IORING_SQ_TASKRUN in the SQ ring's flags while task work waits, so a
+ * loop that looks at its CQ without a syscall (the busy-poll,
+ * loop_has_events) sees it and enters the kernel (liburing's
+ * io_uring_submit adds GETEVENTS when the flag is up, even with nothing to
+ * submit: a loop kept busy by its pollers, which never blocks, still runs
+ * the task work on each pass). Without the flag, a deferred completion
+ * would wait for a syscall that a spinning loop may never make.
+ * SINGLE_ISSUER holds here: a loop's ring is only ever submitted to by the
+ * thread that created it (vbd_loop_is_current; every SQE comes from
+ * vbd_loop_current()). A kernel that refuses a mode's flags (EINVAL: older
+ * than 5.19 for coop, 6.1 for defer) gets the next simpler one.
+ */
+#define VBD_URING_TASKRUN_DEFAULT VBD_URING_TASKRUN_IPI
+
+static enum vbd_uring_taskrun taskrun_setting(void)
+{
+    const char *v = getenv("VBD_URING_TASKRUN");
+    if (!v || !*v)
+        return VBD_URING_TASKRUN_DEFAULT;
+    if (!strcmp(v, "0") || !strcmp(v, "ipi"))
+        return VBD_URING_TASKRUN_IPI;
+    if (!strcmp(v, "coop"))
+        return VBD_URING_TASKRUN_COOP;
+    if (!strcmp(v, "defer"))
+        return VBD_URING_TASKRUN_DEFER;
+    static atomic_bool warned; /* read for every new loop (tests switch it), said once */
+    if (!atomic_exchange(&warned, true))
+        vbd_warn("VBD_URING_TASKRUN=%s is not one of 0, ipi, coop, defer: using %s", v,
+                 vbd_uring_taskrun_name(VBD_URING_TASKRUN_DEFAULT));
+    return VBD_URING_TASKRUN_DEFAULT;
+}
+
+const char *vbd_uring_taskrun_name(enum vbd_uring_taskrun mode)
+{
+    return mode == VBD_URING_TASKRUN_DEFER ? "defer" : mode == VBD_URING_TASKRUN_COOP ? "coop" : "ipi";
+}
+
+static int ring_setup(struct vbd_loop *loop, unsigned entries)
+{
+    static const unsigned setup_flags[] = {
+        [VBD_URING_TASKRUN_IPI] = 0,
+        [VBD_URING_TASKRUN_COOP] = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        [VBD_URING_TASKRUN_DEFER] = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    };
+    for (int mode = (int)taskrun_setting();; mode--) {
+        struct io_uring_params p = {.flags = setup_flags[mode]};
+        int rc = io_uring_queue_init_params(entries, &loop->ring, &p);
+        if (rc != -EINVAL || mode == VBD_URING_TASKRUN_IPI) {
+            loop->taskrun = (enum vbd_uring_taskrun)mode;
+            return rc;
+        }
+    }
+}
+
+enum vbd_uring_taskrun vbd_loop_uring_taskrun(const struct vbd_loop *loop)
+{
+    return loop->taskrun;
+}
+
 struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_error **err)
 {
     struct vbd_loop *loop = calloc(1, sizeof(*loop));
@@ -310,8 +385,9 @@ struct vbd_loop *vbd_loop_new(unsigned queue_depth, unsigned flags, struct vbd_e
     const char *env = getenv("VBD_NO_IO_URING");
     bool want_uring = !(flags & VBD_LOOP_FORCE_EPOLL) && !(env && *env && strcmp(env, "0") != 0);
     if (want_uring) {
-        int rc = io_uring_queue_init(queue_depth ? queue_depth : 256, &loop->ring, 0);
+        int rc = ring_setup(loop, queue_depth ? queue_depth : 256);
         if (rc == 0) {
+            vbd_debug("io_uring task work: %s", vbd_uring_taskrun_name(loop->taskrun));
             loop->uring = true;
             loop->efd_op.complete = efd_complete;
             efd_complete(&loop->efd_op, 0);
@@ -616,10 +692,18 @@ static bool run_pollers(struct vbd_loop *loop)
     return found;
 }
 
+/* Task work waits for the loop's thread to enter the kernel (coop and
+ * defer rings, IORING_SETUP_TASKRUN_FLAG; never raised on other rings):
+ * a completion that is not in the CQ yet. */
+static inline bool taskrun_pending(const struct vbd_loop *loop)
+{
+    return IO_URING_READ_ONCE(*loop->ring.sq.kflags) & IORING_SQ_TASKRUN;
+}
+
 static bool loop_has_events(struct vbd_loop *loop)
 {
     return vbd_loop_has_ready(loop) || atomic_load_explicit(&loop->bh_pending, memory_order_acquire) ||
-           (loop->uring && io_uring_cq_ready(&loop->ring));
+           (loop->uring && (io_uring_cq_ready(&loop->ring) || taskrun_pending(loop)));
 }
 
 /* The busy-poll window for this wait (NULL: no spin, no adaptation).
@@ -722,7 +806,8 @@ int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
          * one does (it is in the kernel before the loop sleeps either
          * way). Held for one iteration at most, so a loop that never
          * blocks still submits it. */
-        bool hold = timeout_ns == 0 && !loop->sq_eager && !loop->sq_lazy_held && io_uring_sq_ready(&loop->ring);
+        bool hold = timeout_ns == 0 && !loop->sq_eager && !loop->sq_lazy_held && io_uring_sq_ready(&loop->ring) &&
+                    !taskrun_pending(loop); /* the submit's io_uring_enter runs it */
         loop->sq_lazy_held = hold;
         if (!hold)
             loop->sq_eager = false;

@@ -6,11 +6,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -709,4 +712,132 @@ UNIT_TEST(stat_clock_follows_monotonic)
         stat_interval_within(10000000); /* the 20 ms calibration falls in here */
     for (int i = 0; i < 3; i++)
         stat_interval_within(30000000);
+}
+
+/*
+ * Completions the kernel finishes as task work in the loop's thread (a
+ * socket's data arriving from another thread's send) reach the loop in
+ * every VBD_URING_TASKRUN mode, also while the loop makes no syscall of its
+ * own: under DEFER_TASKRUN such a completion waits until the thread enters
+ * io_uring_enter(GETEVENTS), and under COOP_TASKRUN until it enters the
+ * kernel at all; the loop learns of it from IORING_SQ_TASKRUN. Two loops
+ * that never block: one whose poller always finds work (a vhost-user ring
+ * under steady traffic: every pass is a zero-timeout iteration), one that
+ * busy-polls for longer than the test lasts. The receive must complete in
+ * both; without the flag (ring_setup without IORING_SETUP_TASKRUN_FLAG) the
+ * first spins forever and the second for its whole window.
+ */
+struct taskrun_run {
+    const char *mode;    /* VBD_URING_TASKRUN for the loop */
+    bool busy;           /* the poller always finds work (else: a 120 s busy-poll window) */
+    enum vbd_uring_taskrun got;
+    bool uring, done;
+    ssize_t received;
+    uint64_t took_ns;
+    int sv[2];
+    atomic_int stage; /* 1: the receive is in the kernel and the loop spins; the sender sends */
+};
+
+static bool taskrun_poll(void *arg)
+{
+    struct taskrun_run *r = arg;
+    if (!r->busy && atomic_load(&r->stage) == 0)
+        atomic_store(&r->stage, 1); /* the busy-poll began: the receive was submitted before it */
+    return r->busy;
+}
+
+static bool taskrun_before_sleep(void *arg)
+{
+    (void)arg;
+    return false;
+}
+
+static void taskrun_receiver(void *arg)
+{
+    struct taskrun_run *r = arg;
+    char buf[8];
+    r->received = vbd_co_recv_wait(r->sv[0], buf, sizeof(buf), NULL);
+    r->done = true;
+}
+
+static void *taskrun_sender(void *arg)
+{
+    struct taskrun_run *r = arg;
+    while (atomic_load(&r->stage) == 0)
+        sched_yield();
+    if (send(r->sv[1], "x", 1, MSG_NOSIGNAL) != 1)
+        abort();
+    return NULL;
+}
+
+static void *taskrun_loop_thread(void *arg)
+{
+    struct taskrun_run *r = arg;
+    struct vbd_error *err = NULL;
+    struct vbd_loop *loop = vbd_loop_new(0, 0, &err);
+    if (!loop)
+        return NULL;
+    r->uring = vbd_loop_has_io_uring(loop);
+    r->got = vbd_loop_uring_taskrun(loop);
+    struct vbd_poller p = {.poll = taskrun_poll, .before_sleep = taskrun_before_sleep, .arg = r};
+    vbd_loop_add_poller(loop, &p);
+    if (!r->busy)
+        vbd_loop_set_poll_max_ns(loop, 120000000000ull);
+    pthread_t sender;
+    pthread_create(&sender, NULL, taskrun_sender, r);
+    vbd_co_enter(vbd_co_create(taskrun_receiver, r));
+    uint64_t start = vbd_clock_ns();
+    if (r->busy) {
+        /* the receive's SQE may be held for one pass (vbd_loop_run_once) */
+        vbd_loop_run_once(loop, -1);
+        vbd_loop_run_once(loop, -1);
+        atomic_store(&r->stage, 1);
+    }
+    while (!r->done && vbd_clock_ns() - start < 120000000000ull)
+        vbd_loop_run_once(loop, -1);
+    r->took_ns = vbd_clock_ns() - start;
+    atomic_store(&r->stage, 1); /* the sender ends in any case */
+    pthread_join(sender, NULL);
+    vbd_loop_remove_poller(loop, &p);
+    while (!r->done) /* the test failed: a blocking wait lets the receiver finish */
+        vbd_loop_run_once(loop, -1);
+    vbd_co_thread_cleanup();
+    vbd_loop_free(loop);
+    return NULL;
+}
+
+UNIT_TEST(loop_taskrun_modes)
+{
+    static const char *const modes[] = {"ipi", "coop", "defer"};
+    for (int m = 0; m < 3; m++)
+        for (int busy = 0; busy < 2; busy++) {
+            struct taskrun_run r = {.mode = modes[m], .busy = busy};
+            CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, r.sv) == 0);
+            setenv("VBD_URING_TASKRUN", modes[m], 1); /* read by vbd_loop_new, on the thread */
+            pthread_t t;
+            pthread_create(&t, NULL, taskrun_loop_thread, &r);
+            pthread_join(t, NULL);
+            unsetenv("VBD_URING_TASKRUN");
+            close(r.sv[0]);
+            close(r.sv[1]);
+            if (!r.uring)
+                continue; /* no io_uring here: nothing of this applies */
+            /* the mode asked for: kernels from 6.1 on have all three */
+            struct utsname u;
+            int major = 0, minor = 0;
+            if (uname(&u) == 0)
+                sscanf(u.release, "%d.%d", &major, &minor);
+            if (major > 6 || (major == 6 && minor >= 1))
+                CHECK_STR(vbd_uring_taskrun_name(r.got), modes[m]);
+            else if (r.got != (enum vbd_uring_taskrun)m)
+                fprintf(stderr, "loop_taskrun_modes: %s refused by kernel %s, got %s\n", modes[m], u.release,
+                        vbd_uring_taskrun_name(r.got));
+            if (!r.done || r.received != 1 || r.took_ns >= 60000000000ull)
+                fprintf(stderr, "loop_taskrun_modes: %s, %s: done %d, received %zd, after %.3f s\n", modes[m],
+                        busy ? "busy pollers" : "busy-poll window", r.done, r.received, r.took_ns / 1e9);
+            CHECK(r.done);
+            CHECK_EQ(r.received, 1);
+            /* the busy-poll ended with the receive, not with its window */
+            CHECK(r.took_ns < 60000000000ull);
+        }
 }

@@ -70,11 +70,6 @@ struct nbd_export {
 #define NBD_REPLY_PARTS      40   /* iovecs of one reply: up to 16 read runs, a header and data each */
 #define NBD_REPLY_SMALL      17   /* chunk headers with their small payloads */
 #define NBD_OUT_IOV          512  /* replies gathered into one send */
-/* The request whose reply is the NBD_REPLY_EARLY-th queued in a loop
- * iteration sends the queued replies itself, not leaving them to the
- * flusher after the batch's last request (0: never). VBD_NBD_REPLY_EARLY
- * in the daemon's environment overrides it (a benchmark's knob). */
-#define NBD_REPLY_EARLY      0
 /* Request headers and small writes are read ahead, NBD_RBUF at a time. A
  * batch read takes at most 15 4K writes then, and their replies go out
  * before the next read. 256 KiB (a QD32 client's 4K writes whole) was tried:
@@ -188,8 +183,6 @@ struct nbd_conn {
      * one send: requests queue their pieces and wait; the flusher sends. */
     struct iovec *out, *out_spare;
     int out_n;
-    uint32_t out_replies;       /* replies queued in c->out */
-    uint32_t reply_early;       /* the reply_early-th queued reply sends the queue (0: only the flusher sends) */
     uint64_t out_gen, sent_gen; /* batch being filled / last batch sent */
     int send_err;
     bool flusher_running, flush_stop;

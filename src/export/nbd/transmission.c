@@ -66,7 +66,6 @@ static void out_send_locked(struct nbd_conn *c)
     c->out = c->out_spare;
     c->out_spare = batch;
     c->out_n = 0;
-    c->out_replies = 0;
     vbd_co_queue_wake_all(&c->space_q);
     int rc = c->send_err ? c->send_err : vbd_chan_sendv_full(&c->ch, batch, n);
     if (rc < 0 && !c->send_err)
@@ -78,12 +77,13 @@ static void out_send_locked(struct nbd_conn *c)
 /* Sends the reply built in r (with the other replies of this loop
  * iteration) and waits until it is out: its pieces point into r.
  * The flusher sends what the iteration queued after its last request ran;
- * a request alone in flight sends its reply itself, and so does the
- * request whose reply is the reply_early-th queued (see NBD_REPLY_EARLY):
- * the client gets those replies before the rest of the batch's work is
- * done. Either way a reply is queued only once its request completed (a
- * FUA write's data is stable, a flush done), and the chunks of one reply
- * leave in order: each waits for the last to be out. */
+ * a request alone in flight sends its reply itself. (Sending the queue
+ * from within a batch, by the request whose reply was the K-th queued, was
+ * measured at K=1-8 in five holds, rounds 25-27: no K paid, in IOPS or in
+ * the client's CPU per request; RESULTS.md, nbd26 and nbd27.) Either way a
+ * reply is queued only once its request completed (a FUA write's data is
+ * stable, a flush done), and the chunks of one reply leave in order: each
+ * waits for the last to be out. */
 static int reply_send(struct nbd_conn *c, struct nbd_req *r)
 {
     int n = r->rn;
@@ -99,8 +99,7 @@ static int reply_send(struct nbd_conn *c, struct nbd_req *r)
      * (a QD1 client): the flusher would only add two coroutine switches
      * between this reply and the client */
     bool alone = c->inflight == 1;
-    bool early = c->reply_early && ++c->out_replies >= c->reply_early;
-    if ((alone || early) && !c->send_lock.locked) {
+    if (alone && !c->send_lock.locked) {
         vbd_co_mutex_lock(&c->send_lock);
         if (c->sent_gen < mine)
             out_send_locked(c);
@@ -122,7 +121,7 @@ static void flusher_co(void *opaque)
         if (!c->out_n)
             break;
         vbd_co_mutex_lock(&c->send_lock);
-        if (c->out_n) /* an early send may have taken them meanwhile */
+        if (c->out_n) /* a request alone in flight may have sent them meanwhile */
             out_send_locked(c);
         vbd_co_mutex_unlock(&c->send_lock);
     }
@@ -1153,29 +1152,6 @@ static bool flags_valid(const struct nbd_conn *c, uint16_t type, uint16_t flags)
     return !(flags & ~ok);
 }
 
-/* NBD_REPLY_EARLY, or VBD_NBD_REPLY_EARLY from the environment (read once,
- * on the main loop, where every connection's transmission starts). */
-static uint32_t reply_early_parse(void)
-{
-    const char *v = getenv("VBD_NBD_REPLY_EARLY");
-    char *end;
-    unsigned long k = v ? strtoul(v, &end, 10) : 0;
-    if (!v || !*v || *end || k > NBD_SLOTS) {
-        if (v)
-            vbd_warn("nbd: VBD_NBD_REPLY_EARLY=%s is not a count of 0-%d replies, using %d", v, NBD_SLOTS, NBD_REPLY_EARLY);
-        return NBD_REPLY_EARLY;
-    }
-    return (uint32_t)k;
-}
-
-static uint32_t reply_early_setting(void)
-{
-    static int64_t cached = -1;
-    if (cached < 0)
-        cached = reply_early_parse();
-    return (uint32_t)cached;
-}
-
 static void flusher_start(struct nbd_conn *c)
 {
     c->flush_stop = false;
@@ -1381,7 +1357,6 @@ void nbd_transmission(struct nbd_conn *c)
     c->batch_reqs = NBD_BATCH_REQS;
     c->batch_probe = 64; /* the first requests show the sizes batches are made of */
     c->out_gen = 1;
-    c->reply_early = reply_early_setting();
     /* served where the node lives: its requests run there without a hop */
     c->ctl_loop = c->serve_loop = vbd_loop_current();
     serve_on(c, node_loop(c));
