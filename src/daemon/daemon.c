@@ -751,6 +751,44 @@ static void refresh_sizes(void)
             e->type->resized(e->exp);
 }
 
+/*
+ * SIGHUP's refresh runs as a coroutine of its own under the lock QMP
+ * commands and the jobs' graph changes take: the walk yields (each node's
+ * refresh runs on its home loop, an iothread's), and a blockdev-del,
+ * blockdev-reopen, x-blockdev-set-iothread or a job's end must not change
+ * the graph under it meanwhile (a node freed under the walk). The main
+ * coroutine does not wait for it: behind a command that hangs (storage
+ * that does not answer) it still sees SIGTERM and stops, as it does
+ * without a SIGHUP (shutdown_all: a second signal exits). One refresh at a
+ * time; SIGHUPs while one runs ask for one more pass after it.
+ */
+static bool refresh_running, refresh_again;
+static struct vbd_co_queue refresh_done = VBD_CO_QUEUE_INIT;
+
+static void refresh_co(void *arg)
+{
+    (void)arg;
+    do {
+        refresh_again = false;
+        vbd_qmp_graph_lock();
+        if (!stopping) /* the daemon stops: its nodes and exports are going */
+            refresh_sizes();
+        vbd_qmp_graph_unlock();
+    } while (refresh_again && !stopping);
+    refresh_running = false;
+    vbd_co_queue_wake_all(&refresh_done);
+}
+
+static void refresh_start(void)
+{
+    if (refresh_running) {
+        refresh_again = true;
+        return;
+    }
+    refresh_running = true;
+    vbd_co_wake(vbd_co_create(refresh_co, NULL));
+}
+
 static void slow_stop_hint(void *arg)
 {
     (void)arg;
@@ -769,6 +807,9 @@ static void shutdown_all(void)
      * cancelled (their events), the nodes flushed, and only then quit's
      * reply and the end of the monitors. */
     vbd_qmp_quiesce();
+    /* a refresh that waited for the lock sees stopping and ends */
+    while (refresh_running)
+        vbd_co_queue_wait(&refresh_done);
     vbd_daemon_shutdown_exports();
     vbd_job_cancel_all_sync(); /* images consistent: a cancelled job leaves its target as QEMU's does */
     vbd_nbd_server_stop();
@@ -955,7 +996,7 @@ static void daemon_co(void *opaque)
             break;
         if (hup_requested) {
             hup_requested = 0;
-            refresh_sizes();
+            refresh_start();
         }
         if (cont_requested) {
             cont_requested = 0;
