@@ -10,6 +10,7 @@
 #include "daemon/libvirt-disk.h"
 #include "daemon/objects.h"
 #include "daemon/state.h"
+#include "qmp/chardev.h"
 #include "qmp/cmd-block.h"
 #include "qmp/cmd-export.h"
 #include "qmp/commands.h"
@@ -81,7 +82,7 @@ static const char usage_text[] =
     "                    TARGET (vda). serial, blockio, cache's write cache, queues, error_policy and iothread\n"
     "                    go to the --vhost-user export; iotune makes a throttle group (group_name or TARGET)\n"
     "  --print-libvirt-disk  once serving, print the <disk type='vhostuser'> element to use instead of each\n"
-    "                    --libvirt-disk exported with --vhost-user\n"
+    "                    --libvirt-disk exported with --vhost-user (on stdout: not with --chardev stdio)\n"
     "  --object iothread,id=ID[,poll-max-ns=NS]\n"
     "                    a thread with its own event loop for exports' queues (vhost-user-blk: iothread=ID,\n"
     "                    or iothread.0=ID0,iothread.1=ID1,... to spread the queues); poll-max-ns bounds the\n"
@@ -125,6 +126,10 @@ static const char usage_text[] =
 static volatile bool stop_requested;
 static volatile sig_atomic_t hup_requested, cont_requested;
 static int ready_pipe = -1;
+/* --print-libvirt-disk: stdout carries the <disk> elements (seen before the
+ * options are processed, as --daemonize, so that a stdio monitor given
+ * before it is refused before it greets anyone on stdout) */
+static bool print_libvirt;
 
 /* Set once the daemon stops: a second SIGTERM/SIGINT then exits at once.
  * Stopping waits for every request in flight and flushes every node; a
@@ -271,6 +276,10 @@ static char *chardev_long_form(const char *arg)
     return out;
 }
 
+/* Both would write stdout: the QMP client would read XML, libvirt JSON. */
+static const char stdout_taken[] = "stdio and --print-libvirt-disk both write to stdout (the QMP replies would be mixed "
+                                   "with the <disk> elements): give the monitor a socket chardev";
+
 static int add_chardev(const char *arg, struct vbd_error **err)
 {
     char *long_form = arg[0] == '{' || !strncmp(arg, "json:", 5) ? NULL : chardev_long_form(arg);
@@ -283,6 +292,12 @@ static int add_chardev(const char *arg, struct vbd_error **err)
         !strcmp(json_object_get_string(backend), "stdio")) {
         /* --daemonize puts /dev/null there */
         vbd_error_setf(err, EINVAL, "cannot use stdio with -daemonize"); /* qsd's words */
+        json_object_put(opts);
+        return -EINVAL;
+    }
+    if (print_libvirt && json_object_object_get_ex(opts, "backend", &backend) &&
+        !strcmp(json_object_get_string(backend), "stdio")) {
+        vbd_error_setf(err, EINVAL, "%s", stdout_taken);
         json_object_put(opts);
         return -EINVAL;
     }
@@ -373,7 +388,6 @@ static int n_lv_sets;
 /* <disk type='vhostuser'> elements for --print-libvirt-disk, in export order */
 static char **lv_print;
 static int n_lv_print;
-static bool print_libvirt;
 static int ndrives;
 
 /* ACRN writes bare words (ro, writethru) and the path first: make it keyval. */
@@ -928,7 +942,16 @@ static void daemon_co(void *opaque)
         case OPT_DRIVE: rc = add_drive(optarg, &err); break;
         case OPT_VHOST_USER: rc = add_vhost_user(optarg, &err); break;
         case OPT_LIBVIRT_DISK: rc = add_libvirt_disk(optarg, &err); break;
-        case OPT_PRINT_LIBVIRT_DISK: print_libvirt = true; break;
+        case OPT_PRINT_LIBVIRT_DISK:
+            print_libvirt = true;
+            /* an abbreviation (--print-libvirt) escapes the scan before the
+             * options: a stdio chardev given before it is refused here */
+            for (struct qmp_chardev *ch = qmp_chardev_next(NULL); ch; ch = qmp_chardev_next(ch))
+                if (!strcmp(ch->backend, "stdio")) {
+                    vbd_error_report("--print-libvirt-disk: %s", stdout_taken);
+                    s->rc = 1;
+                }
+            break;
         case OPT_PIDFILE: pidfile = optarg; break;
         case OPT_STATE: state = optarg; break;
         case OPT_DAEMONIZE: break;
@@ -1054,8 +1077,10 @@ int vbd_daemon_main(int argc, char **argv)
 {
     vbd_log_set_prog("vbd-daemon");
     bool daemonize = false;
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
         daemonize |= !strcmp(argv[i], "--daemonize");
+        print_libvirt |= !strcmp(argv[i], "--print-libvirt-disk");
+    }
     if (daemonize) {
         int p[2];
         if (pipe(p) < 0) {
