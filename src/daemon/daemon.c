@@ -10,7 +10,6 @@
 #include "daemon/libvirt-disk.h"
 #include "daemon/objects.h"
 #include "daemon/state.h"
-#include "qmp/chardev.h"
 #include "qmp/cmd-block.h"
 #include "qmp/cmd-export.h"
 #include "qmp/commands.h"
@@ -942,16 +941,7 @@ static void daemon_co(void *opaque)
         case OPT_DRIVE: rc = add_drive(optarg, &err); break;
         case OPT_VHOST_USER: rc = add_vhost_user(optarg, &err); break;
         case OPT_LIBVIRT_DISK: rc = add_libvirt_disk(optarg, &err); break;
-        case OPT_PRINT_LIBVIRT_DISK:
-            print_libvirt = true;
-            /* an abbreviation (--print-libvirt) escapes the scan before the
-             * options: a stdio chardev given before it is refused here */
-            for (struct qmp_chardev *ch = qmp_chardev_next(NULL); ch; ch = qmp_chardev_next(ch))
-                if (!strcmp(ch->backend, "stdio")) {
-                    vbd_error_report("--print-libvirt-disk: %s", stdout_taken);
-                    s->rc = 1;
-                }
-            break;
+        case OPT_PRINT_LIBVIRT_DISK: print_libvirt = true; break;
         case OPT_PIDFILE: pidfile = optarg; break;
         case OPT_STATE: state = optarg; break;
         case OPT_DAEMONIZE: break;
@@ -1079,7 +1069,9 @@ int vbd_daemon_main(int argc, char **argv)
     bool daemonize = false;
     for (int i = 1; i < argc; i++) {
         daemonize |= !strcmp(argv[i], "--daemonize");
-        print_libvirt |= !strcmp(argv[i], "--print-libvirt-disk");
+        /* getopt_long takes any unambiguous abbreviation: --pr is one */
+        size_t n = strlen(argv[i]);
+        print_libvirt |= n >= 4 && !strncmp(argv[i], "--print-libvirt-disk", n);
     }
     if (daemonize) {
         int p[2];

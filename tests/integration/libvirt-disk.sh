@@ -264,8 +264,8 @@ must_fail_with "--chardev stdio,id=m: stdio and --print-libvirt-disk both write 
     "$VBD_DAEMON" --chardev stdio,id=m --monitor m "${lv[@]}" --print-libvirt-disk
 must_fail_with "--chardev stdio,id=m: stdio and --print-libvirt-disk both write to stdout" \
     "$VBD_DAEMON" "${lv[@]}" --print-libvirt-disk --chardev stdio,id=m --monitor m
-# getopt's abbreviation escapes the scan for the option: refused when it comes
-must_fail_with "--print-libvirt-disk: stdio and --print-libvirt-disk both write to stdout" \
+# getopt takes an abbreviation of the option: so does the scan for it
+must_fail_with "--chardev stdio,id=m: stdio and --print-libvirt-disk both write to stdout" \
     "$VBD_DAEMON" --chardev stdio,id=m --monitor m "${lv[@]}" --print-libvirt
 out=$("$VBD_DAEMON" --chardev stdio,id=m --monitor m "${lv[@]}" --print-libvirt-disk </dev/null 2>/dev/null)
 [ -z "$out" ] || fail "stdout of the refused start: $out"
