@@ -122,7 +122,7 @@ static const char usage_text[] =
     "while stopping exits without waiting for requests in flight). SIGHUP re-reads the\n"
     "size of every node (after a file was resized) and tells the VMs. SIGUSR1 retries stopped requests.\n";
 
-static volatile bool stop_requested;
+static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t hup_requested, cont_requested;
 static int ready_pipe = -1;
 /* --print-libvirt-disk: stdout carries the <disk> elements (seen before the
@@ -142,30 +142,42 @@ static volatile sig_atomic_t stopping;
  * a quit (or a script that sends both) still waits for the flush. */
 static volatile sig_atomic_t signalled;
 
+/* The signal flags are set by on_signal, which runs on whichever thread
+ * the kernel picks (an iothread, a pool worker), and read and cleared by
+ * the main coroutine: atomic on both sides (ThreadSanitizer saw the plain
+ * stores of two handlers, on a pool worker and the main thread, race
+ * under SIGHUP storms: daemon-sighup-graph.sh). */
+#define FLAG_SET(f) __atomic_store_n(&(f), 1, __ATOMIC_SEQ_CST)
+#define FLAG_GET(f) __atomic_load_n(&(f), __ATOMIC_SEQ_CST)
+#define FLAG_TAKE(f) __atomic_exchange_n(&(f), 0, __ATOMIC_SEQ_CST)
+
 static void on_signal(int sig)
 {
-    if ((sig == SIGTERM || sig == SIGINT) && stopping && signalled) {
+    int saved_errno = errno; /* the interrupted code's, whatever the handler calls */
+    bool stop_sig = sig == SIGTERM || sig == SIGINT;
+    if (stop_sig && FLAG_GET(stopping) && FLAG_GET(signalled)) {
         static const char msg[] =
             "vbd-daemon: second signal while stopping: exiting without waiting for requests in flight\n";
         ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
         (void)unused;
         _exit(1);
     }
-    if ((sig == SIGTERM || sig == SIGINT) && stopping) {
+    if (stop_sig && FLAG_GET(stopping)) {
         static const char msg[] = "vbd-daemon: already stopping (QMP quit or a failed start); a second SIGTERM or SIGINT exits "
                                   "without waiting for requests in flight\n";
         ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
         (void)unused;
     }
-    if (sig == SIGTERM || sig == SIGINT)
-        signalled = 1;
+    if (stop_sig)
+        FLAG_SET(signalled);
     if (sig == SIGHUP)
-        hup_requested = 1;
+        FLAG_SET(hup_requested);
     else if (sig == SIGUSR1)
-        cont_requested = 1;
+        FLAG_SET(cont_requested);
     else
-        stop_requested = true;
+        FLAG_SET(stop_requested);
     vbd_daemon_wake();
+    errno = saved_errno;
 }
 
 /* qsd checks --blockdev against blockdev-add's schema: a file node without
@@ -784,10 +796,10 @@ static void refresh_co(void *arg)
     do {
         refresh_again = false;
         vbd_qmp_graph_lock();
-        if (!stopping) /* the daemon stops: its nodes and exports are going */
+        if (!FLAG_GET(stopping)) /* the daemon stops: its nodes and exports are going */
             refresh_sizes();
         vbd_qmp_graph_unlock();
-    } while (refresh_again && !stopping);
+    } while (refresh_again && !FLAG_GET(stopping));
     refresh_running = false;
     vbd_co_queue_wake_all(&refresh_done);
 }
@@ -811,7 +823,7 @@ static void slow_stop_hint(void *arg)
 
 static void shutdown_all(void)
 {
-    stopping = 1;
+    FLAG_SET(stopping);
     struct vbd_timer hint = {.fn = slow_stop_hint};
     vbd_timer_arm(&hint, vbd_clock_ns() + 5000000000ull);
     /* In qsd's order (its main() after the loop), so that a monitor sees
@@ -953,7 +965,7 @@ static void daemon_co(void *opaque)
             break;
         case 'h': fputs(usage_text, stdout); s->rc = 0; vbd_qmp_graph_unlock(); return;
         case 'V': printf("vbd-daemon version " VBD_DAEMON_VERSION "\n"); s->rc = 0; vbd_qmp_graph_unlock(); return;
-        default: s->rc = 1; stop_requested = true; break;
+        default: s->rc = 1; FLAG_SET(stop_requested); break;
         }
         if (rc < 0) {
             report_option_error(lo[li].name, optarg, err ? err->msg : "failed");
@@ -1003,16 +1015,13 @@ static void daemon_co(void *opaque)
             close(dn);
         }
     }
-    while (!s->rc && !stop_requested && !vbd_qmp_quit_requested()) {
+    while (!s->rc && !FLAG_GET(stop_requested) && !vbd_qmp_quit_requested()) {
         vbd_daemon_co_wait_wake(); /* signals and quit wake it */
-        if (stop_requested || vbd_qmp_quit_requested())
+        if (FLAG_GET(stop_requested) || vbd_qmp_quit_requested())
             break;
-        if (hup_requested) {
-            hup_requested = 0;
+        if (FLAG_TAKE(hup_requested))
             refresh_start();
-        }
-        if (cont_requested) {
-            cont_requested = 0;
+        if (FLAG_TAKE(cont_requested)) {
             for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
                 if (e->type->cont)
                     e->type->cont(e->exp);

@@ -34,7 +34,7 @@ for j in 0 1 2 3 4 5; do truncate -s 1M "p$j.raw"; done
 truncate -s 1M t.raw
 must qemu-img create -q -f qcow2 c.qcow2 4M
 
-graph_storm() { # BINARY WHAT
+graph_storm() { # BINARY WHAT ROUNDS
     rm -f calm
     truncate -s 1M p0.raw
     local nodes=() j
@@ -42,7 +42,7 @@ graph_storm() { # BINARY WHAT
         nodes+=(--blockdev "driver=file,node-name=fp$j,filename=$T/p$j.raw" --blockdev "driver=raw,node-name=rp$j,file=fp$j")
     done
     start_with "$1" --object iothread,id=io0 --object iothread,id=io1 "${nodes[@]}"
-    python3 - "$S" "$dpid" <<'PY' || { tail -40 "$T/daemon.log"; fail "QMP graph changes under SIGHUPs ($2)"; }
+    python3 - "$S" "$dpid" "$3" <<'PY' || { tail -40 "$T/daemon.log"; fail "QMP graph changes under SIGHUPs ($2)"; }
 import os, signal, sys, threading
 from qmp import QMP
 m = QMP(sys.argv[1], negotiate=True)
@@ -67,7 +67,7 @@ def job(cmd, jid, source, want):
     ok("job-dismiss", id=jid)
     ok("blockdev-del", **{"node-name": "tt"})
     ok("blockdev-del", **{"node-name": "ft"})
-for i in range(150):
+for i in range(int(sys.argv[3])):
     os.truncate("p0.raw", (1 << 20) + (i + 1) * 65536)  # a size for the walks to find
     named = i % 2  # the qcow2's file a node of its own, or implicit (deleted with it)
     if named:
@@ -111,11 +111,12 @@ PY
 }
 
 step "ASan build: SIGHUPs while QMP adds, moves, reopens and deletes nodes on iothreads and jobs come and go"
-graph_storm "$VBD_DAEMON" asan
+graph_storm "$VBD_DAEMON" asan 150
 TSAN_DAEMON=${VBD_TSAN_BUILD:-$VBD_ROOT/build-tsan}/src/tools/vbd-daemon
 if [ -x "$TSAN_DAEMON" ]; then
     step "ThreadSanitizer build: the same"
-    TSAN_OPTIONS="halt_on_error=0 exitcode=66" graph_storm "$TSAN_DAEMON" tsan
+    # fewer rounds: each command costs several times more under TSan
+    TSAN_OPTIONS="halt_on_error=0 exitcode=66" graph_storm "$TSAN_DAEMON" tsan 50
 else
     echo "(no ThreadSanitizer build: make build-tsan)"
 fi
