@@ -83,7 +83,7 @@ static const char usage_text[] =
     "                    TARGET (vda). serial, blockio, cache's write cache, queues, error_policy and iothread\n"
     "                    go to the --vhost-user export; iotune makes a throttle group (group_name or TARGET)\n"
     "  --print-libvirt-disk  once serving, print the <disk type='vhostuser'> element to use instead of each\n"
-    "                    --libvirt-disk exported with --vhost-user\n"
+    "                    --libvirt-disk exported with --vhost-user (on stdout: not with --chardev stdio)\n"
     "  --object iothread,id=ID[,poll-max-ns=NS]\n"
     "                    a thread with its own event loop for exports' queues (vhost-user-blk: iothread=ID,\n"
     "                    or iothread.0=ID0,iothread.1=ID1,... to spread the queues); poll-max-ns bounds the\n"
@@ -124,9 +124,13 @@ static const char usage_text[] =
     "while stopping exits without waiting for requests in flight). SIGHUP re-reads the\n"
     "size of every node (after a file was resized) and tells the VMs. SIGUSR1 retries stopped requests.\n";
 
-static volatile bool stop_requested;
+static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t hup_requested, cont_requested;
 static int ready_pipe = -1;
+/* --print-libvirt-disk: stdout carries the <disk> elements (seen before the
+ * options are processed, as --daemonize, so that a stdio monitor given
+ * before it is refused before it greets anyone on stdout) */
+static bool print_libvirt;
 
 /* Set once the daemon stops: a second SIGTERM/SIGINT then exits at once.
  * Stopping waits for every request in flight and flushes every node; a
@@ -140,30 +144,42 @@ static volatile sig_atomic_t stopping;
  * a quit (or a script that sends both) still waits for the flush. */
 static volatile sig_atomic_t signalled;
 
+/* The signal flags are set by on_signal, which runs on whichever thread
+ * the kernel picks (an iothread, a pool worker), and read and cleared by
+ * the main coroutine: atomic on both sides (ThreadSanitizer saw the plain
+ * stores of two handlers, on a pool worker and the main thread, race
+ * under SIGHUP storms: daemon-sighup-graph.sh). */
+#define FLAG_SET(f) __atomic_store_n(&(f), 1, __ATOMIC_SEQ_CST)
+#define FLAG_GET(f) __atomic_load_n(&(f), __ATOMIC_SEQ_CST)
+#define FLAG_TAKE(f) __atomic_exchange_n(&(f), 0, __ATOMIC_SEQ_CST)
+
 static void on_signal(int sig)
 {
-    if ((sig == SIGTERM || sig == SIGINT) && stopping && signalled) {
+    int saved_errno = errno; /* the interrupted code's, whatever the handler calls */
+    bool stop_sig = sig == SIGTERM || sig == SIGINT;
+    if (stop_sig && FLAG_GET(stopping) && FLAG_GET(signalled)) {
         static const char msg[] =
             "vbd-daemon: second signal while stopping: exiting without waiting for requests in flight\n";
         ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
         (void)unused;
         _exit(1);
     }
-    if ((sig == SIGTERM || sig == SIGINT) && stopping) {
+    if (stop_sig && FLAG_GET(stopping)) {
         static const char msg[] = "vbd-daemon: already stopping (QMP quit or a failed start); a second SIGTERM or SIGINT exits "
                                   "without waiting for requests in flight\n";
         ssize_t unused = write(STDERR_FILENO, msg, sizeof(msg) - 1);
         (void)unused;
     }
-    if (sig == SIGTERM || sig == SIGINT)
-        signalled = 1;
+    if (stop_sig)
+        FLAG_SET(signalled);
     if (sig == SIGHUP)
-        hup_requested = 1;
+        FLAG_SET(hup_requested);
     else if (sig == SIGUSR1)
-        cont_requested = 1;
+        FLAG_SET(cont_requested);
     else
-        stop_requested = true;
+        FLAG_SET(stop_requested);
     vbd_daemon_wake();
+    errno = saved_errno;
 }
 
 /* qsd checks --blockdev against blockdev-add's schema: a file node without
@@ -273,6 +289,10 @@ static char *chardev_long_form(const char *arg)
     return out;
 }
 
+/* Both would write stdout: the QMP client would read XML, libvirt JSON. */
+static const char stdout_taken[] = "stdio and --print-libvirt-disk both write to stdout (the QMP replies would be mixed "
+                                   "with the <disk> elements): give the monitor a socket chardev";
+
 static int add_chardev(const char *arg, struct vbd_error **err)
 {
     char *long_form = arg[0] == '{' || !strncmp(arg, "json:", 5) ? NULL : chardev_long_form(arg);
@@ -285,6 +305,12 @@ static int add_chardev(const char *arg, struct vbd_error **err)
         !strcmp(json_object_get_string(backend), "stdio")) {
         /* --daemonize puts /dev/null there */
         vbd_error_setf(err, EINVAL, "cannot use stdio with -daemonize"); /* qsd's words */
+        json_object_put(opts);
+        return -EINVAL;
+    }
+    if (print_libvirt && json_object_object_get_ex(opts, "backend", &backend) &&
+        !strcmp(json_object_get_string(backend), "stdio")) {
+        vbd_error_setf(err, EINVAL, "%s", stdout_taken);
         json_object_put(opts);
         return -EINVAL;
     }
@@ -375,7 +401,6 @@ static int n_lv_sets;
 /* <disk type='vhostuser'> elements for --print-libvirt-disk, in export order */
 static char **lv_print;
 static int n_lv_print;
-static bool print_libvirt;
 static int ndrives;
 
 /* ACRN writes bare words (ro, writethru) and the path first: make it keyval. */
@@ -753,6 +778,44 @@ static void refresh_sizes(void)
             e->type->resized(e->exp);
 }
 
+/*
+ * SIGHUP's refresh runs as a coroutine of its own under the lock QMP
+ * commands and the jobs' graph changes take: the walk yields (each node's
+ * refresh runs on its home loop, an iothread's), and a blockdev-del,
+ * blockdev-reopen, x-blockdev-set-iothread or a job's end must not change
+ * the graph under it meanwhile (a node freed under the walk). The main
+ * coroutine does not wait for it: behind a command that hangs (storage
+ * that does not answer) it still sees SIGTERM and stops, as it does
+ * without a SIGHUP (shutdown_all: a second signal exits). One refresh at a
+ * time; SIGHUPs while one runs ask for one more pass after it.
+ */
+static bool refresh_running, refresh_again;
+static struct vbd_co_queue refresh_done = VBD_CO_QUEUE_INIT;
+
+static void refresh_co(void *arg)
+{
+    (void)arg;
+    do {
+        refresh_again = false;
+        vbd_qmp_graph_lock();
+        if (!FLAG_GET(stopping)) /* the daemon stops: its nodes and exports are going */
+            refresh_sizes();
+        vbd_qmp_graph_unlock();
+    } while (refresh_again && !FLAG_GET(stopping));
+    refresh_running = false;
+    vbd_co_queue_wake_all(&refresh_done);
+}
+
+static void refresh_start(void)
+{
+    if (refresh_running) {
+        refresh_again = true;
+        return;
+    }
+    refresh_running = true;
+    vbd_co_wake(vbd_co_create(refresh_co, NULL));
+}
+
 static void slow_stop_hint(void *arg)
 {
     (void)arg;
@@ -762,7 +825,7 @@ static void slow_stop_hint(void *arg)
 
 static void shutdown_all(void)
 {
-    stopping = 1;
+    FLAG_SET(stopping);
     struct vbd_timer hint = {.fn = slow_stop_hint};
     vbd_timer_arm(&hint, vbd_clock_ns() + 5000000000ull);
     /* In qsd's order (its main() after the loop), so that a monitor sees
@@ -771,6 +834,9 @@ static void shutdown_all(void)
      * cancelled (their events), the nodes flushed, and only then quit's
      * reply and the end of the monitors. */
     vbd_qmp_quiesce();
+    /* a refresh that waited for the lock sees stopping and ends */
+    while (refresh_running)
+        vbd_co_queue_wait(&refresh_done);
     vbd_daemon_shutdown_exports();
     vbd_job_cancel_all_sync(); /* images consistent: a cancelled job leaves its target as QEMU's does */
     vbd_nbd_server_stop();
@@ -913,7 +979,7 @@ static void daemon_co(void *opaque)
             break;
         case 'h': fputs(usage_text, stdout); s->rc = 0; vbd_qmp_graph_unlock(); return;
         case 'V': printf("vbd-daemon version " VBD_DAEMON_VERSION "\n"); s->rc = 0; vbd_qmp_graph_unlock(); return;
-        default: s->rc = 1; stop_requested = true; break;
+        default: s->rc = 1; FLAG_SET(stop_requested); break;
         }
         if (rc < 0) {
             report_option_error(lo[li].name, optarg, err ? err->msg : "failed");
@@ -963,16 +1029,13 @@ static void daemon_co(void *opaque)
             close(dn);
         }
     }
-    while (!s->rc && !stop_requested && !vbd_qmp_quit_requested()) {
+    while (!s->rc && !FLAG_GET(stop_requested) && !vbd_qmp_quit_requested()) {
         vbd_daemon_co_wait_wake(); /* signals and quit wake it */
-        if (stop_requested || vbd_qmp_quit_requested())
+        if (FLAG_GET(stop_requested) || vbd_qmp_quit_requested())
             break;
-        if (hup_requested) {
-            hup_requested = 0;
-            refresh_sizes();
-        }
-        if (cont_requested) {
-            cont_requested = 0;
+        if (FLAG_TAKE(hup_requested))
+            refresh_start();
+        if (FLAG_TAKE(cont_requested)) {
             for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
                 if (e->type->cont)
                     e->type->cont(e->exp);
@@ -1027,8 +1090,12 @@ int vbd_daemon_main(int argc, char **argv)
 {
     vbd_log_set_prog("vbd-daemon");
     bool daemonize = false;
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
         daemonize |= !strcmp(argv[i], "--daemonize");
+        /* getopt_long takes any unambiguous abbreviation: --pr is one */
+        size_t n = strlen(argv[i]);
+        print_libvirt |= n >= 4 && !strncmp(argv[i], "--print-libvirt-disk", n);
+    }
     if (daemonize) {
         int p[2];
         if (pipe(p) < 0) {

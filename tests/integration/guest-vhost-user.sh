@@ -129,7 +129,7 @@ sys.exit(0 if ok else 1)
 PY
 [ ! -e "$q" ] || { step "qcow2: qemu-img check clean"; qcheck "$q"; }
 
-step "a raw front end: features offered, a second front end refused, unknown message answered"
+step "a raw front end: features offered, a second one beside it refused, one after it served, unknown message answered"
 start_daemon --blockdev driver=null-co,node-name=disk0,size=64M --export "$export_opts,writable=on"
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$S" <<'PY' || fail "raw vhost-user front end"
 import socket, struct, sys
@@ -156,11 +156,17 @@ assert u64(recv(a)[2]) != 0, 'unknown message acked as success'
 a.sendall(msg(SET_VRING_NUM, struct.pack('<II', 0, 5000), flags=V1 | NEED_REPLY))   # too large
 assert u64(recv(a)[2]) != 0, 'ring size 5000 accepted'
 b = socket.socket(socket.AF_UNIX); b.connect(sys.argv[1]); b.settimeout(10)
-assert b.recv(1) == b'', 'a second front end was not refused'
+assert b.recv(1) == b'', 'a second front end beside a live one was not refused'
 a.sendall(msg(GET_QUEUE_NUM)); recv(a)               # the first one still works
 a.close()
+# one that connects as soon as the first hung up is served, not refused: it
+# waits for the first's session to end (README; vhost-user-reconnect.sh)
+c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); c.settimeout(60)
+c.sendall(msg(GET_FEATURES))
+assert recv(c)[0] == GET_FEATURES, 'the front end after the first was not served'
+c.close()
 PY
-grep -q "refusing a second front end" "$T/daemon.log" || fail "no log line for the refused front end"
+[ "$(grep -c "refusing a second front end" "$T/daemon.log")" = 1 ] || fail "want one log line for the one refused front end"
 grep -q "unsupported vhost-user message 99" "$T/daemon.log" || fail "no log line for the unknown message"
 stop_daemon
 echo OK

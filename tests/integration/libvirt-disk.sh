@@ -257,6 +257,20 @@ grep -q "vhost-user-blk-pci" "$T/argv-printed" || fail "no vhost-user-blk-pci fo
 grep -q "path=$P" "$T/argv-printed" || grep -q "\"path\":\"$P\"" "$T/argv-printed" || fail "the printed socket is not QEMU's chardev"
 stop_daemon
 
+step "--print-libvirt-disk and a stdio monitor would share stdout: refused in one line, in either order, before a greeting"
+printf '%s\n' "<disk type='file'><driver name='qemu' type='raw'/><source file='$T/r.raw'/><target dev='vda'/></disk>" >"$T/one.xml"
+lv=(--libvirt-disk "$T/one.xml" --vhost-user "$T/one.sock")
+must_fail_with "--chardev stdio,id=m: stdio and --print-libvirt-disk both write to stdout" \
+    "$VBD_DAEMON" --chardev stdio,id=m --monitor m "${lv[@]}" --print-libvirt-disk
+must_fail_with "--chardev stdio,id=m: stdio and --print-libvirt-disk both write to stdout" \
+    "$VBD_DAEMON" "${lv[@]}" --print-libvirt-disk --chardev stdio,id=m --monitor m
+# getopt takes an abbreviation of the option: so does the scan for it
+must_fail_with "--chardev stdio,id=m: stdio and --print-libvirt-disk both write to stdout" \
+    "$VBD_DAEMON" --chardev stdio,id=m --monitor m "${lv[@]}" --print-libvirt
+out=$("$VBD_DAEMON" --chardev stdio,id=m --monitor m "${lv[@]}" --print-libvirt-disk </dev/null 2>/dev/null)
+[ -z "$out" ] || fail "stdout of the refused start: $out"
+[ ! -e "$T/one.sock" ] || fail "the refused start left its socket"
+
 step "what vbd cannot honour: one-line errors naming the element"
 bad() { # WANT XML
     printf '%s\n' "$2" >"$T/bad.xml"

@@ -1156,6 +1156,16 @@ static int handle(struct vu_dev *dev, struct vu_msg *m)
         if (*slot >= 0)
             close(*slot);
         *slot = fd;
+        /* A new call fd is signalled once, as libvhost-user does, once in
+         * place (a completion from here on signals it too): completions
+         * pushed while the ring had no call fd, or an earlier session's
+         * (which the front end stopped watching when that connection went;
+         * QEMU sends SET_VRING_CALL after the kick that restarts a ring),
+         * would otherwise wait for a later request's interrupt, and a guest
+         * waiting only for them hangs. A spurious interrupt costs the
+         * driver a look at its used ring. */
+        if (fd >= 0 && slot == &q->call_fd)
+            eventfd_write(fd, 1);
         vu_queue_leave(prev);
         return 0;
     }
@@ -1302,6 +1312,7 @@ static void serve(struct vu_dev *dev)
         }
     }
     free(m);
+    dev->conn_ending = true; /* a front end that connects from here on waits for the end (accept_co) */
     vbd_co_mutex_lock(&dev->lock);
     disconnect(dev);
     vbd_co_mutex_unlock(&dev->lock);
@@ -1332,6 +1343,51 @@ static int connect_client(struct vu_dev *dev)
     return fd;
 }
 
+/* The connected front end has hung up (or we shut the connection down):
+ * its session is ending even if its message loop has not read the end
+ * yet. A front end that closes its connection and connects again (QEMU's
+ * reconnect=1) closes first, so its new connection finds the old one hung
+ * up. */
+static bool front_end_hung_up(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return fd < 0 || (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)));
+}
+
+/*
+ * A front end that connects while a session exists. If that session is
+ * ending (its front end hung up, or we dropped it) its requests in flight
+ * may still be completing into guest memory and the rings: the newcomer
+ * waits, its messages unread, until the session is gone, then is served
+ * (a front end that reconnects at once: QEMU with reconnect=1, a VM that
+ * libvirt restarts). Two sessions never share the device: its guest
+ * memory, rings, inflight region and dirty log belong to one front end.
+ * A newcomer while the session is live is refused (README: two front ends
+ * on one socket are a mistake, and the second VM then fails at once with
+ * this warning where qsd leaves it hanging in the listen backlog; a QEMU
+ * with reconnect=1 tries again). Returns the fd to serve, or -1.
+ */
+static int admit_front_end(struct vu_dev *dev, int fd)
+{
+    if (dev->conn_done)
+        return fd;
+    if (!dev->conn_ending && !front_end_hung_up(dev->conn_fd)) {
+        vbd_warn("%s: refusing a second front end (one is connected)", dev->name);
+        close(fd);
+        return -1;
+    }
+    vbd_info("%s: a front end connects while the previous one's session ends: it is served once that session's "
+             "requests in flight have completed",
+             dev->name);
+    while (!dev->conn_done && !dev->stopping)
+        vbd_co_queue_wait(&dev->idle);
+    if (dev->stopping) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static void accept_co(void *arg)
 {
     struct vu_dev *dev = arg;
@@ -1348,11 +1404,8 @@ static void accept_co(void *arg)
                 continue;
             }
             vbd_co_accept_backoff(&dev->accept_lacking, fd, dev->name);
-            if (dev->conn_fd >= 0) {
-                vbd_warn("%s: refusing a second front end (one is connected)", dev->name);
-                close(fd);
+            if ((fd = admit_front_end(dev, fd)) < 0)
                 continue;
-            }
         } else {
             if (dev->conn_fd >= 0) {
                 while (dev->conn_fd >= 0 && !dev->stopping)
@@ -1373,6 +1426,7 @@ static void accept_co(void *arg)
         vbd_info("%s: front end connected", dev->name);
         dev->conn_fd = fd;
         dev->conn_done = false;
+        dev->conn_ending = false;
         vbd_co_wake(vbd_co_create(conn_co, dev));
     }
     dev->accept_done = true;

@@ -93,6 +93,10 @@ struct vu_dev {
     struct vbd_co *conn_co;
     struct vbd_co *accept_co;
     bool stopping, accept_done, conn_done;
+    /* the session's message loop has ended: it waits for its requests in
+     * flight, then goes (conn_done); a front end that connects meanwhile
+     * waits for that (accept_co) */
+    bool conn_ending;
     struct vbd_co_queue idle;
     struct vbd_loop *loop;                   /* the control loop (set by vu_dev_start) */
     struct vbd_loop *const *queue_loops;     /* ring i runs on queue_loops[i % n]; none: dev->loop */
