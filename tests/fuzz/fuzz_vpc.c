@@ -1,13 +1,14 @@
 /* Fuzz target: arbitrary bytes as a VHD (vpc) image file. Open it
  * read-write, read every byte of the disk, map it, write a few sectors
- * (allocating blocks) and read them back (the scaffold: fuzz-image.c).
- * Inputs that do not start with a footer get a valid dynamic footer and
- * header (16 MiB, 2 MiB blocks) in front, so that mutations reach the BAT
- * and the blocks; checksums of inputs that do are fixed unless their
- * in_saved_state byte is set, so that mutations get past them. An input
- * whose first byte ends in binary 11 makes that wrapper a differencing
- * image whose parent locator entries are the input's first bytes too;
- * differencing images are opened read-only. */
+ * (allocating blocks) and read them back (the scaffold: fuzz-image.c);
+ * closed and reopened read-only, the image must read as it did (the
+ * scaffold's persist). Inputs that do not start with a footer get a valid
+ * dynamic footer and header (16 MiB, 2 MiB blocks) in front, so that
+ * mutations reach the BAT and the blocks; checksums of inputs that do are
+ * fixed unless their in_saved_state byte is set, so that mutations get
+ * past them. An input whose first byte ends in binary 11 makes that
+ * wrapper a differencing image whose parent locator entries are the
+ * input's first bytes too; differencing images are opened read-only. */
 #include "fuzz-image.h"
 
 #include <stdlib.h>
@@ -89,6 +90,7 @@ static bool vpc_synth(struct fuzz_job *j, FILE *f, const uint8_t *data, size_t s
 
 static const struct fuzz_image vpc = {
     .driver = "vpc",
+    .persist = true, /* the writes' BAT and bitmaps are on disk as in memory */
     .synth = vpc_synth,
     .inspect = vpc_inspect,
 };

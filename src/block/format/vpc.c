@@ -389,7 +389,21 @@ static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         s->bat[i] = be32toh(s->bat[i]);
         if (s->bat[i] == VHD_BAT_FREE)
             continue;
-        uint64_t end = (uint64_t)s->bat[i] * 512 + block_span;
+        uint64_t start = (uint64_t)s->bat[i] * 512, end = start + block_span;
+        /* A block on the footer's copy, the dynamic header or the BAT: a
+         * guest write there lands on that metadata (the next open found
+         * the image "truncated", every block lost; QEMU 7.2 opens and
+         * writes it alike). Read-only, it only reads odd data. */
+        if ((flags & VBD_OPEN_RDWR) &&
+            (start < VHD_FOOTER_SIZE || (start < dyn_off + VHD_DYN_HEADER_SIZE && dyn_off < end) ||
+             (start < s->bat_offset + bat_bytes && s->bat_offset < end))) {
+            vbd_error_setf(err, EINVAL,
+                           "Image '%s': VHD block %u (at %llu) lies on the image's metadata (footer copy, dynamic "
+                           "header or BAT): refused read-write",
+                           name, i, (unsigned long long)start);
+            vpc_free(s);
+            return -EINVAL;
+        }
         if (end > s->free_data_block_offset)
             s->free_data_block_offset = end;
     }

@@ -47,6 +47,17 @@ static struct qcow2_ext *bitmaps_ext(struct qcow2_state *s)
     return NULL;
 }
 
+bool qcow2_bitmap_dir_range(struct qcow2_state *s, uint64_t *start, uint64_t *end)
+{
+    struct qcow2_ext *x = bitmaps_ext(s);
+    if (!x)
+        return false;
+    uint64_t size = get_be64p(x->data + 8);
+    *start = get_be64p(x->data + 16);
+    *end = size > UINT64_MAX - *start ? UINT64_MAX : *start + size;
+    return true;
+}
+
 static int write_dir(struct qcow2_state *s)
 {
     int rc = vbd_node_co_pwrite(s->n->file, s->bm_dir_offset, s->bm_dir, s->bm_dir_size, 0);

@@ -102,7 +102,8 @@ enum {
     QCOW2_OL_ALL = QCOW2_OL_CACHED | QCOW2_OL_INACTIVE_L2,
     /* what qcow2_overlaps_metadata looks at */
     QCOW2_OL_TRACKED = QCOW2_OL_MAIN_HEADER | QCOW2_OL_ACTIVE_L1 | QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_TABLE |
-                       QCOW2_OL_REFCOUNT_BLOCK | QCOW2_OL_SNAPSHOT_TABLE | QCOW2_OL_INACTIVE_L1,
+                       QCOW2_OL_REFCOUNT_BLOCK | QCOW2_OL_SNAPSHOT_TABLE | QCOW2_OL_INACTIVE_L1 |
+                       QCOW2_OL_BITMAP_DIRECTORY,
 };
 
 struct qcow2_state {
@@ -244,6 +245,9 @@ void qcow2_bitmaps_free(struct qcow2_state *s);
 int qcow2_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
 int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd_error **err);
 int qcow2_bitmaps_remove_all(struct qcow2_state *s, struct vbd_error **err);
+/* Where the header's bitmaps extension puts the bitmap directory (its
+ * end clamped to 2^64); false if the image has no bitmaps. */
+bool qcow2_bitmap_dir_range(struct qcow2_state *s, uint64_t *start, uint64_t *end);
 int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err);
 int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err);
 int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err);
@@ -325,7 +329,7 @@ static inline bool qcow2_lazy(const struct qcow2_state *s)
 }
 /* A data write's overlap check, as the overlap-check option asks it. Data
  * in its own file cannot hit metadata. vbd tracks every kind but the
- * snapshots' L2 tables and the bitmap directory: with all of the tracked
+ * snapshots' L2 tables (as QEMU's default, "cached"): with all of the tracked
  * kinds asked for (the default, "cached", and "all") one lookup decides. */
 static inline bool qcow2_data_overlaps(struct qcow2_state *s, uint64_t off, uint64_t len)
 {

@@ -252,12 +252,20 @@ void qcow2_metadata_added(struct qcow2_state *s, uint64_t off)
 }
 
 /* The structures the header places: the header cluster, the active L1
- * table, the refcount table, the snapshot table and the snapshots' L1
- * tables. */
+ * table, the refcount table, the snapshot table, the snapshots' L1 tables
+ * and the bitmap directory. */
 static bool overlaps_fixed_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
 #define OVERLAP(a, alen) ((a) < off + len && off < (a) + (alen))
     if (OVERLAP(0, s->cluster_size))
+        return true;
+    /* A guest write through an L2 entry that names the bitmap directory
+     * landed on it, and the close wrote the directory back over the guest
+     * data (QEMU's overlap check refuses that write: "overlaps with bitmap
+     * directory"; qcow2-bitmap-dir-overlap.sh). */
+    uint64_t dir_start, dir_end;
+    if ((s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && qcow2_bitmap_dir_range(s, &dir_start, &dir_end) &&
+        dir_start < off + len && off < dir_end)
         return true;
     if (s->l1_size && OVERLAP(s->l1_table_offset, (uint64_t)s->l1_size * 8))
         return true;
@@ -319,6 +327,10 @@ unsigned qcow2_overlap_kinds(struct qcow2_state *s, uint64_t off, uint64_t len)
         kinds |= QCOW2_OL_REFCOUNT_TABLE;
     if (s->nb_snapshots && OVERLAP(s->snapshots_offset, s->snapshots_size))
         kinds |= QCOW2_OL_SNAPSHOT_TABLE;
+    uint64_t dir_start, dir_end;
+    if ((s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) && qcow2_bitmap_dir_range(s, &dir_start, &dir_end) &&
+        dir_start < off + len && off < dir_end)
+        kinds |= QCOW2_OL_BITMAP_DIRECTORY;
     for (uint32_t i = 0; i < s->nsnap_l1; i++)
         if (OVERLAP(s->snap_l1[i][0], s->snap_l1[i][1]))
             kinds |= QCOW2_OL_INACTIVE_L1;
