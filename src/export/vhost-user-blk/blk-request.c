@@ -52,7 +52,8 @@ bool blk_range_ok(struct blk_export *e, uint64_t sector, uint64_t bytes)
     if (sector > (UINT64_MAX >> 9))
         return false;
     uint64_t off = sector << 9;
-    return vbd_request_check(vbd_backend_size(e->be), off, bytes) == 0 && off % e->lbs == 0 && bytes % e->lbs == 0;
+    /* lbs: 512 or 4096 (blk.c), a mask and not two divisions */
+    return vbd_request_check(vbd_backend_size(e->be), off, bytes) == 0 && ((off | bytes) & (e->lbs - 1)) == 0;
 }
 
 static int do_discard_zeroes(struct blk_export *e, uint32_t type, struct iovec *iov, int n, bool *io)
@@ -120,7 +121,22 @@ bool blk_req_decode(struct blk_req *r)
         if (--last->iov_len == 0)
             nin--;
     }
-    if (!status || !take_front(&out, &nout, hdr, sizeof(hdr))) {
+    bool have_hdr = false;
+    if (status && nout > 0 && out->iov_len >= sizeof(hdr)) {
+        /* the whole header in the first segment (every driver's request):
+         * take_front's work with a copy of constant size, not a call */
+        memcpy(hdr, out->iov_base, sizeof(hdr));
+        out->iov_base = (uint8_t *)out->iov_base + sizeof(hdr);
+        out->iov_len -= sizeof(hdr);
+        if (out->iov_len == 0) {
+            out++;
+            nout--;
+        }
+        have_hdr = true;
+    } else if (status) {
+        have_hdr = take_front(&out, &nout, hdr, sizeof(hdr));
+    }
+    if (!have_hdr) {
         vu_queue_fail(bq->q, status ? "request without a complete header" : "request without a status byte");
         /* give the descriptor back so the guest's accounting stays sane */
         vu_queue_req_start(bq->q);
@@ -154,8 +170,7 @@ int blk_req_run(struct blk_req *r, uint32_t *used_len, bool *io)
     case VIRTIO_BLK_T_IN: {
         if (!blk_range_ok(e, r->sector, r->in_bytes))
             return -EINVAL;
-        struct vbd_qiov qiov;
-        vbd_qiov_init(&qiov, r->in, r->nin);
+        struct vbd_qiov qiov = {.iov = r->in, .niov = r->nin, .size = r->in_bytes}; /* summed by blk_req_decode */
         *io = true;
         int err = vbd_backend_co_preadv(e->be, r->sector << 9, r->in_bytes, &qiov, 0);
         if (err >= 0)
@@ -167,8 +182,7 @@ int blk_req_run(struct blk_req *r, uint32_t *used_len, bool *io)
             return -EROFS;
         if (!blk_range_ok(e, r->sector, r->out_bytes))
             return -EINVAL;
-        struct vbd_qiov qiov;
-        vbd_qiov_init(&qiov, r->out, r->nout);
+        struct vbd_qiov qiov = {.iov = r->out, .niov = r->nout, .size = r->out_bytes};
         *io = true;
         return vbd_backend_co_pwritev(e->be, r->sector << 9, r->out_bytes, &qiov, 0);
     }

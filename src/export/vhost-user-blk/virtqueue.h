@@ -141,6 +141,14 @@ bool vu_vq_enable_notification(struct vu_vq *vq);
 void vu_vq_disable_notification(struct vu_vq *vq);
 /* Count of avail entries not yet popped, or -1 if the index is impossible. */
 int vu_vq_pending(const struct vu_vq *vq);
+/* Whether at least n avail entries are not yet popped. The entries the
+ * last read of the avail index counted (avail_known) answer without
+ * reading it again: that index is the line the driver writes at every
+ * request, most often a cache miss. */
+static inline bool vu_vq_pending_at_least(const struct vu_vq *vq, int n)
+{
+    return vq->avail_known >= n || vu_vq_pending(vq) >= n;
+}
 
 /* Inflight region bookkeeping (no-ops without a region). */
 void vu_vq_inflight_get(struct vu_vq *vq, uint16_t head);
