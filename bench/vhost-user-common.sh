@@ -28,21 +28,28 @@ scratch() { # name node-kind
     fi
 }
 
-# Starts a
-# vhost-user-blk server (vbd-daemon or qemu-storage-daemon, same options) on
-# CPU 0 with a null (read-zeroes) or file ($img, page cache) node on $sock;
-# IOTHREAD=1: in an iothread; sets spid and returns once the socket is there.
-serve() { # server-binary node-kind queues
-    local bin=$1 kind=$2 nq=$3
-    rm -f "$sock"
+# The server's command line (vbd-daemon's and qsd's are the same) into the
+# array server_args: a null (read-zeroes) or file ($img) node, IOTHREAD=1 its
+# export in an iothread. serve() and bench/vhost-user-count.sh start with it.
+server_cmdline() { # node-kind queues
+    local kind=$1 nq=$2
     local nodes=(--blockdev driver=null-co,node-name=disk0,size=1073741824,read-zeroes=on)
     [ "$kind" = file ] && nodes=(--blockdev driver=file,node-name=file0,filename="$img",cache.direct=off
                                  --blockdev driver=raw,node-name=disk0,file=file0)
     local iot=() iot_opt=
     [ "${IOTHREAD:-0}" = 1 ] && iot=(--object iothread,id=io0) iot_opt=,iothread=io0
-    taskset -c 0 "${TAX[@]}" "$bin" "${iot[@]}" "${nodes[@]}" \
-        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$nq"$iot_opt \
-        >/dev/null 2>&1 &
+    server_args=("${iot[@]}" "${nodes[@]}"
+        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$nq"$iot_opt)
+}
+
+# Starts a vhost-user-blk server (vbd-daemon or qemu-storage-daemon, same options) on
+# CPU 0 with a null (read-zeroes) or file ($img, page cache) node on $sock;
+# IOTHREAD=1: in an iothread; sets spid and returns once the socket is there.
+serve() { # server-binary node-kind queues
+    local bin=$1 server_args
+    rm -f "$sock"
+    server_cmdline "$2" "$3"
+    taskset -c 0 "${TAX[@]}" "$bin" "${server_args[@]}" >/dev/null 2>&1 &
     spid=$!
     for _ in $(seq 100); do [ -S "$sock" ] && return; sleep 0.05; done
     echo "server $bin did not start" >&2; exit 1

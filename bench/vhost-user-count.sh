@@ -42,14 +42,10 @@ run_one() { # server requests -> callgrind output file
     local bin=$1 n=$2 out=$dir/cg.$RANDOM
     # serve() with the server under callgrind, whose start takes seconds
     rm -f "$sock"
-    local nodes=(--blockdev driver=null-co,node-name=disk0,size=1073741824,read-zeroes=on)
-    [ "$NODE" = file ] && nodes=(--blockdev driver=file,node-name=file0,filename="$img",cache.direct=off
-                                 --blockdev driver=raw,node-name=disk0,file=file0)
-    local iot=() iot_opt=
-    [ "${IOTHREAD:-0}" = 1 ] && iot=(--object iothread,id=io0) iot_opt=,iothread=io0
+    local server_args
+    server_cmdline "$NODE" "$NQ"
     # the epoll engine: under valgrind a SIGTERM never ends an io_uring wait
-    VBD_NO_IO_URING=1 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "${iot[@]}" "${nodes[@]}" \
-        --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$sock",writable=on,num-queues="$NQ"$iot_opt \
+    VBD_NO_IO_URING=1 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "${server_args[@]}" \
         >"$out.log" 2>&1 &
     spid=$!
     local i
