@@ -779,6 +779,11 @@ static void *taskrun_loop_thread(void *arg)
         return NULL;
     r->uring = vbd_loop_has_io_uring(loop);
     r->got = vbd_loop_uring_taskrun(loop);
+    if (!r->uring) { /* epoll (VBD_NO_IO_URING): no task work; the window would only be spun out */
+        vbd_co_thread_cleanup();
+        vbd_loop_free(loop);
+        return NULL;
+    }
     struct vbd_poller p = {.poll = taskrun_poll, .before_sleep = taskrun_before_sleep, .arg = r};
     vbd_loop_add_poller(loop, &p);
     if (!r->busy)
