@@ -38,10 +38,16 @@ struct fdreg {
     uint32_t registered; /* epoll events currently registered, 0 = none */
 };
 
+#define EPOLL_BATCH 64
+
 struct vbd_loop {
     bool uring;
     struct io_uring ring;
     int epfd;
+    /* epoll: what the busy-poll's look at the fds found (poll_fds_ready),
+     * dispatched by the iteration instead of another epoll_wait */
+    struct epoll_event ep_found[EPOLL_BATCH];
+    int ep_nfound;
     int efd;
     uint64_t efd_buf;
     struct loop_op efd_op;
@@ -727,6 +733,24 @@ static uint64_t *poll_window(struct vbd_loop *loop)
     return loop->remote_inflight ? &loop->remote_poll_ns : &loop->poll_ns;
 }
 
+/* The epoll engine's fds (sockets, eventfds: an NBD reply, a vhost-user
+ * kick, a bottom half's wake-up) during the busy-poll: true if any is
+ * ready, its events kept for the iteration to dispatch. Without it the
+ * spin ran to the end of its window whatever came (a 120 s window in
+ * test_engine's loop_taskrun_modes spun out in full; at the default 128 us
+ * an NBD reply at QD1 waited out the window). io_uring's completions are
+ * in the CQ, which loop_has_events reads without a syscall. */
+static bool poll_fds_ready(struct vbd_loop *loop)
+{
+    if (loop->uring)
+        return false;
+    int n = epoll_wait(loop->epfd, loop->ep_found, EPOLL_BATCH, 0);
+    if (n <= 0)
+        return false;
+    loop->ep_nfound = n;
+    return true;
+}
+
 /* The loop would block: busy-poll first (true: something happened, do
  * not block), then let the pollers re-arm their notifications. */
 static bool poll_before_blocking(struct vbd_loop *loop, int64_t timeout_ns)
@@ -738,13 +762,20 @@ static bool poll_before_blocking(struct vbd_loop *loop, int64_t timeout_ns)
             io_uring_submit(&loop->ring);
         uint64_t end = vbd_clock_ns() + poll_ns;
         unsigned spins = 0;
-        /* The clock every 8th pass only: a pass over a ring is a few loads,
-         * and the clock read took as long as the polling in profiles (more
-         * where the vDSO clock is unusable and it is a syscall). */
-        do {
+        /* The clock (and the epoll engine's fds, a syscall) every 8th pass
+         * only: a pass over a ring is a few loads, and the clock read took
+         * as long as the polling in profiles (more where the vDSO clock is
+         * unusable and it is a syscall). */
+        for (;;) {
             if (run_pollers(loop) || loop_has_events(loop))
                 return true;
-        } while ((++spins & 7) || vbd_clock_ns() < end);
+            if (++spins & 7)
+                continue;
+            if (poll_fds_ready(loop))
+                return true;
+            if (vbd_clock_ns() >= end)
+                break;
+        }
     }
     bool found = false;
     for (struct vbd_poller *p = loop->pollers, *next; p; p = next) {
@@ -822,9 +853,15 @@ int vbd_loop_run_once(struct vbd_loop *loop, int64_t timeout_ns)
         }
         n += reap_uring(loop);
     } else {
-        struct epoll_event ev[64];
-        int ms = timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000);
-        int nev = epoll_wait(loop->epfd, ev, 64, ms);
+        struct epoll_event ev[EPOLL_BATCH];
+        int nev = loop->ep_nfound;
+        if (nev) { /* the busy-poll found them (poll_fds_ready), and nothing ran since */
+            memcpy(ev, loop->ep_found, (size_t)nev * sizeof(ev[0])); /* a callback may run a nested iteration */
+            loop->ep_nfound = 0;
+        } else {
+            int ms = timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000);
+            nev = epoll_wait(loop->epfd, ev, EPOLL_BATCH, ms);
+        }
         if (nev > 0)
             n += dispatch_epoll(loop, ev, nev);
     }
