@@ -778,42 +778,66 @@ static void refresh_sizes(void)
             e->type->resized(e->exp);
 }
 
-/*
- * SIGHUP's refresh runs as a coroutine of its own under the lock QMP
- * commands and the jobs' graph changes take: the walk yields (each node's
- * refresh runs on its home loop, an iothread's), and a blockdev-del,
- * blockdev-reopen, x-blockdev-set-iothread or a job's end must not change
- * the graph under it meanwhile (a node freed under the walk). The main
- * coroutine does not wait for it: behind a command that hangs (storage
- * that does not answer) it still sees SIGTERM and stops, as it does
- * without a SIGHUP (shutdown_all: a second signal exits). One refresh at a
- * time; SIGHUPs while one runs ask for one more pass after it.
- */
-static bool refresh_running, refresh_again;
-static struct vbd_co_queue refresh_done = VBD_CO_QUEUE_INIT;
-
-static void refresh_co(void *arg)
+/* SIGUSR1: retry the requests an error policy stopped (werror/rerror=stop),
+ * as QMP's block-export-cont does for all exports. */
+static void retry_stopped(void)
 {
-    (void)arg;
-    do {
-        refresh_again = false;
-        vbd_qmp_graph_lock();
-        if (!FLAG_GET(stopping)) /* the daemon stops: its nodes and exports are going */
-            refresh_sizes();
-        vbd_qmp_graph_unlock();
-    } while (refresh_again && !FLAG_GET(stopping));
-    refresh_running = false;
-    vbd_co_queue_wake_all(&refresh_done);
+    for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
+        if (e->type->cont)
+            e->type->cont(e->exp);
 }
 
-static void refresh_start(void)
+/*
+ * SIGHUP's refresh and SIGUSR1's retry each run as a coroutine of their own
+ * under the lock QMP commands and the jobs' graph changes take: the walks
+ * yield (each node's refresh runs on its home loop, an iothread's; a retry
+ * waits for the export's vhost-user handler and visits each ring on its
+ * loop), and a blockdev-del, blockdev-reopen, x-blockdev-set-iothread,
+ * block-export-add/-del or a job's end must not change the graph or the
+ * export list under them meanwhile (a node or export freed under the walk).
+ * The main coroutine does not wait for them: behind a command that hangs
+ * (storage that does not answer) it still sees SIGTERM and stops, as it
+ * does without a SIGHUP or SIGUSR1 (shutdown_all: a second signal exits).
+ * One walk of each kind at a time; signals while one runs ask for one more
+ * pass after it.
+ */
+struct signal_walk {
+    void (*walk)(void);
+    bool running, again;
+    struct vbd_co_queue done;
+};
+static struct signal_walk refresh_walk = {.walk = refresh_sizes, .done = VBD_CO_QUEUE_INIT};
+static struct signal_walk retry_walk = {.walk = retry_stopped, .done = VBD_CO_QUEUE_INIT};
+
+static void signal_walk_co(void *arg)
 {
-    if (refresh_running) {
-        refresh_again = true;
+    struct signal_walk *w = arg;
+    do {
+        w->again = false;
+        vbd_qmp_graph_lock();
+        if (!FLAG_GET(stopping)) /* the daemon stops: its nodes and exports are going */
+            w->walk();
+        vbd_qmp_graph_unlock();
+    } while (w->again && !FLAG_GET(stopping));
+    w->running = false;
+    vbd_co_queue_wake_all(&w->done);
+}
+
+static void signal_walk_start(struct signal_walk *w)
+{
+    if (w->running) {
+        w->again = true;
         return;
     }
-    refresh_running = true;
-    vbd_co_wake(vbd_co_create(refresh_co, NULL));
+    w->running = true;
+    vbd_co_wake(vbd_co_create(signal_walk_co, w));
+}
+
+/* a walk that waited for the lock sees stopping and ends */
+static void signal_walk_wait(struct signal_walk *w)
+{
+    while (w->running)
+        vbd_co_queue_wait(&w->done);
 }
 
 static void slow_stop_hint(void *arg)
@@ -834,9 +858,8 @@ static void shutdown_all(void)
      * cancelled (their events), the nodes flushed, and only then quit's
      * reply and the end of the monitors. */
     vbd_qmp_quiesce();
-    /* a refresh that waited for the lock sees stopping and ends */
-    while (refresh_running)
-        vbd_co_queue_wait(&refresh_done);
+    signal_walk_wait(&refresh_walk);
+    signal_walk_wait(&retry_walk);
     vbd_daemon_shutdown_exports();
     vbd_job_cancel_all_sync(); /* images consistent: a cancelled job leaves its target as QEMU's does */
     vbd_nbd_server_stop();
@@ -1034,12 +1057,9 @@ static void daemon_co(void *opaque)
         if (FLAG_GET(stop_requested) || vbd_qmp_quit_requested())
             break;
         if (FLAG_TAKE(hup_requested))
-            refresh_start();
-        if (FLAG_TAKE(cont_requested)) {
-            for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next)
-                if (e->type->cont)
-                    e->type->cont(e->exp);
-        }
+            signal_walk_start(&refresh_walk);
+        if (FLAG_TAKE(cont_requested))
+            signal_walk_start(&retry_walk);
     }
     vbd_state_free(); /* exit closes exports and nodes: that is no change to keep */
     shutdown_all();
