@@ -28,18 +28,27 @@ static bool subtree_on(struct vbd_node *n, struct vbd_loop *loop);
 static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struct vbd_daemon_export *except,
                                                  const struct vbd_loop *unless_fixed_on);
 
+/* The lists below and the graph moves are the main loop's (objects.h):
+ * they are not locked, and a coroutine that moved to an iothread
+ * (vbd_co_move_to) must come back before it walks or changes them. A
+ * wrong-thread call would race the main loop's walks (SIGHUP's, SIGUSR1's,
+ * QMP's), so it stops here, in every build. */
+#define MAIN_THREAD_ONLY() assert(vbd_thread_is_main())
+
 static struct vbd_node **nodes;
 static int nnodes;
 static struct vbd_daemon_export *exports;
 
 void vbd_daemon_node_add(struct vbd_node *n)
 {
+    MAIN_THREAD_ONLY();
     nodes = vbd_xrealloc(nodes, sizeof(*nodes) * (nnodes + 1));
     nodes[nnodes++] = n;
 }
 
 struct vbd_node *vbd_daemon_node_find(const char *name)
 {
+    MAIN_THREAD_ONLY();
     for (int i = 0; i < nnodes; i++)
         if (!strcmp(nodes[i]->node_name, name))
             return nodes[i];
@@ -48,6 +57,7 @@ struct vbd_node *vbd_daemon_node_find(const char *name)
 
 struct vbd_node *vbd_daemon_node_next(struct vbd_node *prev)
 {
+    MAIN_THREAD_ONLY();
     int i = 0;
     if (prev)
         while (i < nnodes && nodes[i++] != prev)
@@ -57,6 +67,7 @@ struct vbd_node *vbd_daemon_node_next(struct vbd_node *prev)
 
 int vbd_daemon_node_del(const char *name, struct vbd_error **err)
 {
+    MAIN_THREAD_ONLY();
     for (int i = 0; i < nnodes; i++) {
         struct vbd_node *n = nodes[i];
         if (strcmp(n->node_name, name))
@@ -201,6 +212,7 @@ static int export_owned(struct json_object *opts, const struct vbd_export_type *
 
 int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd_error **err)
 {
+    MAIN_THREAD_ONLY();
     char *type = NULL;
     struct json_object *idv = vbd_opt_get(opts, "id");
     const char *id = idv && json_object_is_type(idv, json_type_string) ? json_object_get_string(idv) : NULL;
@@ -292,6 +304,7 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
 
 struct vbd_daemon_export *vbd_daemon_export_find(const char *id)
 {
+    MAIN_THREAD_ONLY();
     for (struct vbd_daemon_export *e = exports; e; e = e->next)
         if (!strcmp(e->id, id))
             return e;
@@ -300,6 +313,7 @@ struct vbd_daemon_export *vbd_daemon_export_find(const char *id)
 
 struct vbd_daemon_export *vbd_daemon_export_first(void)
 {
+    MAIN_THREAD_ONLY();
     return exports;
 }
 
@@ -311,6 +325,7 @@ struct vbd_node *vbd_daemon_export_node(struct vbd_daemon_export *e)
 
 void vbd_daemon_export_remove(struct vbd_daemon_export *e)
 {
+    MAIN_THREAD_ONLY();
     for (struct vbd_daemon_export **p = &exports; *p; p = &(*p)->next)
         if (*p == e) {
             *p = e->next;
@@ -482,16 +497,19 @@ static void co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d, bo
 
 void vbd_daemon_co_drain_begin(struct vbd_node *node, struct vbd_daemon_drain *d)
 {
+    MAIN_THREAD_ONLY();
     co_drain_begin(node, d, false);
 }
 
 void vbd_daemon_co_drain_begin_quiet(struct vbd_node *node, struct vbd_daemon_drain *d)
 {
+    MAIN_THREAD_ONLY();
     co_drain_begin(node, d, true);
 }
 
 void vbd_daemon_co_drain_all(void)
 {
+    MAIN_THREAD_ONLY();
     struct vbd_node **all = NULL;
     int nall = 0;
     for (struct vbd_node *x = vbd_node_next(NULL); x; x = vbd_node_next(x)) {
@@ -511,6 +529,7 @@ void vbd_daemon_drain_add_job(struct vbd_daemon_drain *d, struct vbd_job *job)
 
 void vbd_daemon_drain_end(struct vbd_daemon_drain *d)
 {
+    MAIN_THREAD_ONLY();
     /* the oldest job first, as qsd's events show its drains end (QEMU
      * resumes a job when the last node it reaches ends its drain: its own
      * filter node, made with it) */
@@ -537,6 +556,7 @@ void vbd_daemon_drain_end(struct vbd_daemon_drain *d)
 
 int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, struct vbd_error **err)
 {
+    MAIN_THREAD_ONLY();
     int n = 0;
     for (struct vbd_daemon_export *e = exports; e; e = e->next) {
         struct vbd_backend *be = export_backend(e);
@@ -559,6 +579,7 @@ int vbd_daemon_replace_root(struct vbd_node *old, struct vbd_node *new_root, str
 
 void vbd_daemon_shutdown_exports(void)
 {
+    MAIN_THREAD_ONLY();
     /* as qsd's blk_exp_close_all: each export's event once its requests are done */
     for (struct vbd_daemon_export *e = exports; e; e = e->next) {
         e->type->shutdown(e->exp);
@@ -570,6 +591,7 @@ void vbd_daemon_shutdown_exports(void)
 
 void vbd_daemon_flush_nodes(void)
 {
+    MAIN_THREAD_ONLY();
     /* the exports have stopped: every node goes back to the main loop
      * before the iothreads stop (nothing to drain any more) */
     for (int i = 0; i < nnodes; i++) {
@@ -630,6 +652,7 @@ static struct vbd_daemon_export *export_touching(struct vbd_node *n, const struc
 
 bool vbd_daemon_node_pinned(struct vbd_node *n, struct vbd_loop *loop)
 {
+    MAIN_THREAD_ONLY();
     return !subtree_on(n, loop) && export_touching(n, NULL, loop);
 }
 
@@ -753,11 +776,13 @@ static int co_move(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error *
 
 int vbd_daemon_co_move_node(struct vbd_node *n, struct vbd_loop *loop, struct vbd_error **err)
 {
+    MAIN_THREAD_ONLY();
     return co_move(n, loop ? loop : vbd_loop_current(), err);
 }
 
 void vbd_daemon_co_join_source_loop(struct vbd_node *target, struct vbd_node *source)
 {
+    MAIN_THREAD_ONLY();
     struct vbd_loop *home = vbd_node_home_loop(source);
     if (vbd_node_home_loop(target) == home && subtree_on(target, home))
         return;
@@ -769,6 +794,7 @@ void vbd_daemon_co_join_source_loop(struct vbd_node *target, struct vbd_node *so
 
 void vbd_daemon_free_all(void)
 {
+    MAIN_THREAD_ONLY();
     for (struct vbd_daemon_export *e = exports, *n; e; e = n) {
         n = e->next;
         e->type->free(e->exp);

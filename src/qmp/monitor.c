@@ -39,6 +39,7 @@
 #include "vbd/qmp.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <netdb.h>
@@ -372,9 +373,21 @@ static bool wants_oob(struct json_object *req)
 
 static struct vbd_co_mutex dispatch_lock = VBD_CO_MUTEX_INIT;
 
-/* A block job's graph change at its end takes the commands' lock too. */
-void vbd_qmp_graph_lock(void) { vbd_co_mutex_lock(&dispatch_lock); }
-void vbd_qmp_graph_unlock(void) { vbd_co_mutex_unlock(&dispatch_lock); }
+/* A block job's graph change at its end takes the commands' lock too, and
+ * so do SIGHUP's and SIGUSR1's walks. A coroutine lock: its state and its
+ * waiters are the main loop's, so a taker that moved to an iothread would
+ * corrupt them (two threads on one wait queue); asserted, it is cheap. */
+void vbd_qmp_graph_lock(void)
+{
+    assert(vbd_thread_is_main() && vbd_in_co());
+    vbd_co_mutex_lock(&dispatch_lock);
+}
+
+void vbd_qmp_graph_unlock(void)
+{
+    assert(vbd_thread_is_main());
+    vbd_co_mutex_unlock(&dispatch_lock);
+}
 
 static void on_request(void *opaque, struct json_object *req, const char *parse_error)
 {

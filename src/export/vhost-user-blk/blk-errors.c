@@ -4,6 +4,7 @@
  * loop (retry-interval timer, or SIGUSR1 through the daemon). */
 #include "blk-internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <linux/virtio_blk.h>
 #include <string.h>
@@ -76,6 +77,9 @@ void blk_resume(struct blk_export *e, bool kick_all)
 {
     if (!LOAD(e->stopped) && !kick_all)
         return;
+    /* the device lock and the retry timer are the control loop's: a taker on
+     * a ring's loop would share the lock's wait queue between two threads */
+    assert(vbd_loop_is_current(e->dev.loop));
     vbd_co_mutex_lock(&e->dev.lock);
     if (XCHG(e->stopped, false)) {
         vbd_timer_cancel(&e->retry_timer);
@@ -106,6 +110,7 @@ void blk_resume(struct blk_export *e, bool kick_all)
         }
         vu_queue_leave(prev);
     }
+    assert(vbd_loop_is_current(e->dev.loop)); /* back from the last ring's loop */
     vbd_co_mutex_unlock(&e->dev.lock);
 }
 
