@@ -172,11 +172,11 @@ row() {
     declare -A mw mc
     for t in "${tools[@]}"; do mw[$t]=$(med "${walls[$t]}"); mc[$t]=$(med "${cpus[$t]}"); done
     if [ -n "$BASE_IMG" ]; then
-        printf '%-10s %-26s %8.3f %8.3f %8.3f %6.2f %6.2f %7.3f %7.3f %7.3f %4s\n' "$D" "$label" "${mw[vbd]}" "${mw[base]}" "${mw[qemu]}" \
+        printf '%-10s %-26s %8.3f %8.3f %8.3f %6.2f %6.2f %7.3f %7.3f %7.3f %4s\n' "$where" "$label" "${mw[vbd]}" "${mw[base]}" "${mw[qemu]}" \
             "$(echo "${mw[qemu]} / ${mw[vbd]}" | bc -l)" "$(echo "${mw[qemu]} / ${mw[base]}" | bc -l)" \
             "${mc[vbd]}" "${mc[base]}" "${mc[qemu]}" "$same"
     else
-        printf '%-10s %-26s %8.3f %8.3f %6.2f %7.3f %7.3f %4s\n' "$D" "$label" "${mw[vbd]}" "${mw[qemu]}" \
+        printf '%-10s %-26s %8.3f %8.3f %6.2f %7.3f %7.3f %4s\n' "$where" "$label" "${mw[vbd]}" "${mw[qemu]}" \
             "$(echo "${mw[qemu]} / ${mw[vbd]}" | bc -l)" "${mc[vbd]}" "${mc[qemu]}" "$same"
     fi
     rm -rf "$W"
@@ -184,6 +184,9 @@ row() {
 
 ok() { "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; return 1; }; }
 for D in $DIRS; do
+    # the file system's type names the row (the directory is in the header)
+    where=$(stat -f -c %T "$D")
+    echo "$where: $D"
     I=$D/vbd-verbs-img
     W=$D/vbd-verbs-work-$$
     T=$(mktemp -d "${TMPDIR:-/tmp}/img-verbs.XXXXXX")
