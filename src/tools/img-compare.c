@@ -17,6 +17,8 @@ static int64_t first_nonzero_sector(const uint8_t *buf, uint64_t len)
 
 static int64_t first_diff_sector(const uint8_t *a, const uint8_t *b, uint64_t len)
 {
+    if (!memcmp(a, b, len)) /* the common case in one call; the sector only on a mismatch */
+        return -1;
     for (uint64_t i = 0; i < len; i += 512) {
         uint64_t l = len - i < 512 ? len - i : 512;
         if (memcmp(a + i, b + i, l))
@@ -121,14 +123,17 @@ int verb_compare(int argc, char **argv)
             step = step < p2 ? step : p2;
         }
         if (!(za && zb)) {
-            int r1 = vbd_node_co_pread(a, off, ba, step), r2 = vbd_node_co_pread(b, off, bb, step);
+            /* one side known to read as zeroes: only the other is read, and
+             * looked at for its first sector that is not zero (qemu-img
+             * reads that side alone too) */
+            int r1 = za ? 0 : vbd_node_co_pread(a, off, ba, step), r2 = r1 < 0 || zb ? 0 : vbd_node_co_pread(b, off, bb, step);
             if (r1 < 0 || r2 < 0) {
                 vbd_error_report("error while reading offset %llu of %s: %s", (unsigned long long)off,
                                  r1 < 0 ? argv[optind] : argv[optind + 1], strerror(-(r1 < 0 ? r1 : r2)));
                 rc = 2;
                 goto out;
             }
-            int64_t d = first_diff_sector(ba, bb, step);
+            int64_t d = za ? first_nonzero_sector(bb, step) : zb ? first_nonzero_sector(ba, step) : first_diff_sector(ba, bb, step);
             if (d >= 0) {
                 mismatch = off + d;
                 break;

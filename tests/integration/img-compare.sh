@@ -9,7 +9,8 @@ cp "$T/a" "$T/diff"; qemu-io -f raw -c 'write -P 2 3M 512' "$T/diff" >/dev/null
 cp "$T/a" "$T/big"; qemu-img resize -q -f raw "$T/big" 16M
 cp "$T/big" "$T/bigdiff"; qemu-io -f raw -c 'write -P 9 12M 4k' "$T/bigdiff" >/dev/null
 qemu-img create -q -f raw "$T/zero" 8M
-for args in "a same" "a dense" "a diff" "a big" "a bigdiff" "a zero" "-s a big" "-s a same" "-s a dense"; do
+# the known-zero side on either hand (only the other side is read): "a diff", "diff a", "zero a", "dense diff"
+for args in "a same" "a dense" "a diff" "diff a" "dense diff" "a big" "a bigdiff" "bigdiff a" "a zero" "zero a" "-s a big" "-s a same" "-s a dense"; do
     set -- $args
     opts=""; [ "$1" = -s ] && { opts=-s; shift; }
     v=$("$VBD_IMG" compare $opts -f raw -F raw "$T/$1" "$T/$2" 2>&1); vr=$?

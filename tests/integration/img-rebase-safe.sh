@@ -49,4 +49,23 @@ must qemu-img compare -F raw vtop.qcow2 expect.raw >/dev/null
 diff <(shape top.qcow2) <(shape vtop.qcow2) || fail "map after rebase onto a shorter backing differs from qemu-img's"
 [ "$(stat -c %s top.qcow2)" = "$(stat -c %s vtop.qcow2)" ] || fail "rebase onto a shorter backing: file sizes differ"
 qcheck vtop.qcow2
+step "zeroes of both backings interleaved with data of one (skipped unread only where both read as zeroes)"
+# old: data, a zero cluster range, a hole, data; new (raw, with holes):
+# data over old's zeroes and over old's hole, old's data again in part
+rm -f old.qcow2 new.raw top.qcow2
+must qemu-img create -q -f qcow2 old.qcow2 8M
+must qemu-io -f qcow2 -c "write -P 1 0 2M" -c "write -z 2M 1M" -c "write -P 2 5M 1M" -c "write -z 7M 512k" old.qcow2 >/dev/null
+must qemu-img create -q -f raw new.raw 8M
+must qemu-io -f raw -c "write -P 1 0 1M" -c "write -P 3 2560k 1M" -c "write -P 2 5632k 512k" -c "write -P 4 7296k 64k" \
+    new.raw >/dev/null
+must qemu-img create -q -f qcow2 -b old.qcow2 -F qcow2 top.qcow2
+must qemu-io -f qcow2 -c "write -P 5 64k 64k" -c "write -P 6 2560k 64k" top.qcow2 >/dev/null
+must qemu-img convert -O raw top.qcow2 expect.raw
+cp top.qcow2 vtop.qcow2
+must qemu-img rebase -q -b new.raw -F raw top.qcow2
+must "$VBD_IMG" rebase -q -b new.raw -F raw vtop.qcow2
+must qemu-img compare -F raw vtop.qcow2 expect.raw >/dev/null
+diff <(shape top.qcow2) <(shape vtop.qcow2) || fail "map after rebase onto a raw backing with holes differs from qemu-img's"
+[ "$(stat -c %s top.qcow2)" = "$(stat -c %s vtop.qcow2)" ] || fail "rebase onto a raw backing with holes: file sizes differ"
+qcheck vtop.qcow2
 echo OK
