@@ -122,6 +122,9 @@ int vbd_backend_co_flush(struct vbd_backend *be);
  * the same drain gate, policy and accounting: true and *rc its result.
  * false: nothing was done or counted (the drive is drained, or the root
  * cannot): call vbd_backend_co_preadv / co_pwritev in a coroutine. */
+/* A hint, for a caller to skip what it would prepare for vbd_backend_rw_inline: false
+ * if the root cannot complete requests inline now. */
+bool vbd_backend_root_inline(struct vbd_backend *be);
 bool vbd_backend_rw_inline(struct vbd_backend *be, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov,
                            int *rc);
 int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes);

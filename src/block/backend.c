@@ -62,6 +62,10 @@ struct vbd_backend {
      * Atomic: a request reads it before the drain gate, while a root swap
      * (drained) writes it on the ctl loop */
     bool root_growable;
+    /* root->io_inline, read before the gate as root_growable is: a node
+     * whose requests always take the coroutine path (a file) pays nothing
+     * more for the inline path than this load */
+    bool root_inline;
     atomic_bool writethrough;
     bool discard_unmap;
     uint32_t lbs, pbs;
@@ -145,6 +149,7 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
     be->single_loop = !vbd_node_chain_multi_loop(root);
     be->read_only = o->read_only;
     be->root_growable = vbd_node_growable(root);
+    be->root_inline = root->io_inline;
     atomic_store(&be->writethrough, o->writethrough);
     be->discard_unmap = o->discard_unmap;
     be->lbs = lbs;
@@ -318,6 +323,7 @@ int vbd_backend_set_root(struct vbd_backend *be, struct vbd_node *root, struct v
     vbd_node_ref(root);
     be->single_loop = !vbd_node_chain_multi_loop(root);
     __atomic_store_n(&be->root_growable, vbd_node_growable(root), __ATOMIC_RELAXED);
+    __atomic_store_n(&be->root_inline, root->io_inline, __ATOMIC_RELAXED);
     __atomic_store_n(&be->root, root, __ATOMIC_RELEASE);
     vbd_node_unref(old);
     return 0;
@@ -352,12 +358,15 @@ int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, 
     return rc;
 }
 
+bool vbd_backend_root_inline(struct vbd_backend *be) { return __atomic_load_n(&be->root_inline, __ATOMIC_RELAXED); }
+
 bool vbd_backend_rw_inline(struct vbd_backend *be, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov,
                            int *rc)
 {
     /* a read-only drive, a range past a growable root's size: answered (and
      * counted) by the coroutine path */
-    if ((write && be->read_only) || check_drive_range(be, off, bytes))
+    if (!__atomic_load_n(&be->root_inline, __ATOMIC_RELAXED) || (write && be->read_only) ||
+        check_drive_range(be, off, bytes))
         return false;
     uint64_t t = vbd_clock_stat_ns();
     unsigned flags = write && atomic_load_explicit(&be->writethrough, memory_order_relaxed) ? VBD_REQ_FUA : 0;

@@ -287,7 +287,7 @@ static bool blk_req_try_inline(struct blk_req *r)
 {
     struct blk_export *e = r->bq->e;
     bool write = r->type == VIRTIO_BLK_T_OUT;
-    if (!write && r->type != VIRTIO_BLK_T_IN)
+    if ((!write && r->type != VIRTIO_BLK_T_IN) || !vbd_backend_root_inline(e->be))
         return false;
     size_t bytes = write ? r->out_bytes : r->in_bytes;
     /* refusals are blk_req_run's, in a coroutine */
