@@ -71,7 +71,9 @@ struct vbd_backend {
     uint32_t lbs, pbs;
     char name[64];
     char serial[64];
-    /* the statistics, one share per thread that counted (stats_share) */
+    /* the statistics, one share per thread that counted
+     * (stats_share_of_thread): share 0 made with the backend, each other
+     * one by its thread at its first request */
     struct be_stats *_Atomic stats[BE_STATS_SHARES];
     /* The drain gate (vbd_backend_co_drain_begin): requests between
      * be_enter and be_leave, and whether new ones must wait. */
