@@ -117,6 +117,16 @@ int vbd_backend_co_replace_root(struct vbd_backend *be, struct vbd_node *root, s
 int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags);
 int vbd_backend_co_pwritev(struct vbd_backend *be, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, unsigned flags);
 int vbd_backend_co_flush(struct vbd_backend *be);
+/* vbd_backend_co_preadv / co_pwritev (flags 0) for a root that completes
+ * the request inline (vbd_node_rw_inline), in or outside a coroutine, with
+ * the same drain gate, policy and accounting: true and *rc its result.
+ * false: nothing was done or counted (the drive is drained, or the root
+ * cannot): call vbd_backend_co_preadv / co_pwritev in a coroutine. */
+/* A hint, for a caller to skip what it would prepare for vbd_backend_rw_inline: false
+ * if the root cannot complete requests inline now. */
+bool vbd_backend_root_inline(struct vbd_backend *be);
+bool vbd_backend_rw_inline(struct vbd_backend *be, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov,
+                           int *rc);
 int vbd_backend_co_pdiscard(struct vbd_backend *be, uint64_t off, uint64_t bytes);
 int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t bytes, unsigned flags);
 /* A read whose bytes send() puts on the wire straight from the page cache

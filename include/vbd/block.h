@@ -481,6 +481,11 @@ struct vbd_node {
     struct vbd_limits bl;
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */
     unsigned supported_zero_flags;  /* VBD_REQ_MAY_UNMAP / FUA / NO_FALLBACK */
+    /* Set by the driver's open: its co_preadv and co_pwritev complete
+     * without waiting (never yield), so a request that the generic layer
+     * would pass straight to them may run outside a coroutine
+     * (vbd_node_rw_inline). null-co without latency-ns. */
+    bool io_inline;
     uint8_t detect_zeroes;          /* enum vbd_detect_zeroes (detect-zeroes=) */
     int refcnt;
     /* generic-layer private (io.c): requests in flight on a node with
@@ -658,6 +663,13 @@ int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes);
  * backend. */
 bool vbd_node_growable(const struct vbd_node *n);
 int vbd_node_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
+/* A read or write of a node whose driver completes inline (n->io_inline),
+ * run at once, in or outside a coroutine, when the generic layer would pass
+ * it to the driver as it is (multi-loop node, nothing to align, split,
+ * track, hook or emulate; vbd_node_co_preadv's fast path): true and *rc its
+ * result. false: nothing was done, use vbd_node_co_preadv/pwritev. */
+bool vbd_node_rw_inline(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov,
+                        unsigned flags, int *rc);
 int vbd_node_co_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
 /* The split write (struct vbd_split_write), from any loop: prepare places
  * a prefix of [off, off+bytes) (w->len, 0 when the node cannot: then

@@ -41,6 +41,8 @@ void vbd_loop_free(struct vbd_loop *loop);
 /* The calling thread's loop; created on first use with defaults (aborts
  * with a message if even the epoll fallback fails). */
 struct vbd_loop *vbd_loop_current(void);
+/* The calling thread's loop, or NULL if it has none (none is made). */
+struct vbd_loop *vbd_loop_current_or_null(void);
 bool vbd_loop_has_io_uring(const struct vbd_loop *loop);
 /* How an io_uring loop's thread learns of completions the kernel finishes
  * in its context (task work; loop.c's ring_setup): an IPI while it runs

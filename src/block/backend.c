@@ -18,6 +18,41 @@
 #include <stdlib.h>
 #include <string.h>
 
+/*
+ * A thread's share of a backend's statistics. Requests of one backend run
+ * on several threads at once (an export's rings on iothreads); counters
+ * that all of them added to with atomic read-modify-writes were shared
+ * cache lines and locked instructions on every request. Each thread adds
+ * to its own share instead (a load and a store: it is the only writer, so
+ * no update is lost), and vbd_backend_get_stats sums the shares. Threads
+ * beyond BE_STATS_SHARES - 1 share share 0, with atomic adds.
+ */
+#define BE_STATS_SHARES 64
+struct be_stats {
+    struct be_op_stats {
+        _Atomic uint64_t ops, bytes, errors, total_ns;
+        _Atomic uint64_t hist[VBD_LAT_BUCKETS];
+    } op[VBD_STAT_NR];
+};
+
+/* this thread's share index in every backend: 1.. in order of a thread's
+ * first request, 0 once they are used up (threads are not numbered again:
+ * an iothread made and deleted over and over ends up in share 0) */
+static atomic_uint stats_shares_given;
+static _Thread_local unsigned stats_share_index;
+
+static unsigned stats_share_of_thread(void)
+{
+    unsigned i = stats_share_index;
+    if (__builtin_expect(i == 0, 0)) {
+        i = atomic_fetch_add_explicit(&stats_shares_given, 1, memory_order_relaxed) + 1;
+        if (i >= BE_STATS_SHARES)
+            i = BE_STATS_SHARES; /* past the end: share 0 from now on */
+        stats_share_index = i;
+    }
+    return i == BE_STATS_SHARES ? 0 : i;
+}
+
 struct vbd_backend {
     struct vbd_node *root; /* atomic: replaced in a drained section, read from any loop */
     bool single_loop;      /* some node below root is single-loop: requests run on root's home loop; changes with root */
@@ -27,15 +62,19 @@ struct vbd_backend {
      * Atomic: a request reads it before the drain gate, while a root swap
      * (drained) writes it on the ctl loop */
     bool root_growable;
+    /* root->io_inline, read before the gate as root_growable is: a node
+     * whose requests always take the coroutine path (a file) pays nothing
+     * more for the inline path than this load */
+    bool root_inline;
     atomic_bool writethrough;
     bool discard_unmap;
     uint32_t lbs, pbs;
     char name[64];
     char serial[64];
-    struct {
-        _Atomic uint64_t ops, bytes, errors, total_ns;
-        _Atomic uint64_t hist[VBD_LAT_BUCKETS];
-    } stats[VBD_STAT_NR];
+    /* the statistics, one share per thread that counted
+     * (stats_share_of_thread): share 0 made with the backend, each other
+     * one by its thread at its first request */
+    struct be_stats *_Atomic stats[BE_STATS_SHARES];
     /* The drain gate (vbd_backend_co_drain_begin): requests between
      * be_enter and be_leave, and whether new ones must wait. */
     atomic_uint in_flight;
@@ -104,6 +143,7 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
     vbd_node_ref(root);
     be->root = root;
     be->ctl = vbd_loop_current();
+    be->stats[0] = vbd_xcalloc(1, sizeof(struct be_stats)); /* shared by the unnumbered threads: made before any of them */
     /* Requests hop to the root's home loop when some node in the graph is
      * not multi-loop (the whole request runs there, rather than hopping at
      * every single-loop node on the way down). */
@@ -111,6 +151,7 @@ struct vbd_backend *vbd_backend_new(struct vbd_node *root, const struct vbd_back
     be->single_loop = !vbd_node_chain_multi_loop(root);
     be->read_only = o->read_only;
     be->root_growable = vbd_node_growable(root);
+    be->root_inline = root->io_inline;
     atomic_store(&be->writethrough, o->writethrough);
     be->discard_unmap = o->discard_unmap;
     be->lbs = lbs;
@@ -126,6 +167,8 @@ void vbd_backend_free(struct vbd_backend *be)
         return;
     assert(be->drain_depth == 0 && vbd_co_queue_empty(&be->gate_waiters));
     vbd_node_unref(be->root);
+    for (int i = 0; i < BE_STATS_SHARES; i++)
+        free(atomic_load(&be->stats[i]));
     free(be);
 }
 
@@ -146,6 +189,29 @@ uint32_t vbd_backend_physical_block_size(struct vbd_backend *be) { return be->pb
 const char *vbd_backend_name(struct vbd_backend *be) { return be->name; }
 const char *vbd_backend_serial(struct vbd_backend *be) { return be->serial; }
 
+/* A counter of this thread's own share: its only writer (share 0: all the
+ * threads past the numbered ones, atomically). */
+static inline void share_add(_Atomic uint64_t *c, uint64_t v, bool own)
+{
+    if (own)
+        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(c, v, memory_order_relaxed);
+}
+
+/* own: a constant at each call, so each is compiled for one kind of share */
+static inline __attribute__((always_inline)) void count_op(struct be_op_stats *o, uint64_t bytes, int rc, uint64_t ns,
+                                                           int bucket, bool own)
+{
+    share_add(&o->ops, 1, own);
+    share_add(&o->total_ns, ns, own);
+    share_add(&o->hist[bucket], 1, own);
+    if (rc < 0)
+        share_add(&o->errors, 1, own);
+    else
+        share_add(&o->bytes, bytes, own);
+}
+
 static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes, int rc, uint64_t start_ns)
 {
     uint64_t ns = vbd_clock_stat_since(start_ns);
@@ -155,13 +221,16 @@ static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes,
         us >>= 1;
         b++;
     }
-    atomic_fetch_add_explicit(&be->stats[op].ops, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&be->stats[op].total_ns, ns, memory_order_relaxed);
-    atomic_fetch_add_explicit(&be->stats[op].hist[b], 1, memory_order_relaxed);
-    if (rc < 0)
-        atomic_fetch_add_explicit(&be->stats[op].errors, 1, memory_order_relaxed);
+    unsigned i = stats_share_of_thread();
+    struct be_stats *st = atomic_load_explicit(&be->stats[i], memory_order_relaxed); /* written by this thread only (i > 0) */
+    if (__builtin_expect(!st, 0)) {
+        st = vbd_xcalloc(1, sizeof(*st)); /* once per thread and backend */
+        atomic_store_explicit(&be->stats[i], st, memory_order_release);
+    }
+    if (__builtin_expect(i != 0, 1))
+        count_op(&st->op[op], bytes, rc, ns, b, true);
     else
-        atomic_fetch_add_explicit(&be->stats[op].bytes, bytes, memory_order_relaxed);
+        count_op(&st->op[op], bytes, rc, ns, b, false);
 }
 
 /*
@@ -256,6 +325,7 @@ int vbd_backend_set_root(struct vbd_backend *be, struct vbd_node *root, struct v
     vbd_node_ref(root);
     be->single_loop = !vbd_node_chain_multi_loop(root);
     __atomic_store_n(&be->root_growable, vbd_node_growable(root), __ATOMIC_RELAXED);
+    __atomic_store_n(&be->root_inline, root->io_inline, __ATOMIC_RELAXED);
     __atomic_store_n(&be->root, root, __ATOMIC_RELEASE);
     vbd_node_unref(old);
     return 0;
@@ -288,6 +358,39 @@ int vbd_backend_co_preadv(struct vbd_backend *be, uint64_t off, uint64_t bytes, 
     }
     account(be, VBD_STAT_READ, bytes, rc, t);
     return rc;
+}
+
+bool vbd_backend_root_inline(struct vbd_backend *be) { return __atomic_load_n(&be->root_inline, __ATOMIC_RELAXED); }
+
+bool vbd_backend_rw_inline(struct vbd_backend *be, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov,
+                           int *rc)
+{
+    /* a read-only drive, a range past a growable root's size: answered (and
+     * counted) by the coroutine path */
+    if (!__atomic_load_n(&be->root_inline, __ATOMIC_RELAXED) || (write && be->read_only) ||
+        check_drive_range(be, off, bytes))
+        return false;
+    uint64_t t = vbd_clock_stat_ns();
+    unsigned flags = write && atomic_load_explicit(&be->writethrough, memory_order_relaxed) ? VBD_REQ_FUA : 0;
+    /* single_loop, like the root, changes only while drained: read past the
+     * gate. A closed gate is waited at in a coroutine. */
+    bool done;
+    if (vbd_loop_current_or_null() == be->ctl) {
+        /* The drainer's own thread: a request that never yields runs
+         * between two of its steps, wholly before a drain begins or while
+         * the gate is closed, so it needs no count in flight. */
+        done = !atomic_load_explicit(&be->quiesced, memory_order_relaxed) && !be->single_loop &&
+               vbd_node_rw_inline(root_of(be), write, off, bytes, qiov, flags, rc);
+    } else {
+        /* be_pass_gate's fast path */
+        atomic_fetch_add(&be->in_flight, 1);
+        done = !atomic_load(&be->quiesced) && !be->single_loop &&
+               vbd_node_rw_inline(root_of(be), write, off, bytes, qiov, flags, rc);
+        atomic_fetch_sub_explicit(&be->in_flight, 1, memory_order_release);
+    }
+    if (done)
+        account(be, write ? VBD_STAT_WRITE : VBD_STAT_READ, bytes, *rc, t);
+    return done;
 }
 
 int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t bytes,
@@ -385,13 +488,16 @@ int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t 
 void vbd_backend_get_stats(struct vbd_backend *be, struct vbd_backend_stats *out)
 {
     memset(out, 0, sizeof(*out));
-    for (int op = 0; op < VBD_STAT_NR; op++) {
-        out->ops[op] = atomic_load(&be->stats[op].ops);
-        out->bytes[op] = atomic_load(&be->stats[op].bytes);
-        out->errors[op] = atomic_load(&be->stats[op].errors);
-        out->total_ns[op] = atomic_load(&be->stats[op].total_ns);
-        for (int b = 0; b < VBD_LAT_BUCKETS; b++)
-            out->lat_hist[op][b] = atomic_load(&be->stats[op].hist[b]);
+    for (int i = 0; i < BE_STATS_SHARES; i++) {
+        struct be_stats *st = atomic_load_explicit(&be->stats[i], memory_order_acquire);
+        for (int op = 0; st && op < VBD_STAT_NR; op++) {
+            out->ops[op] += atomic_load_explicit(&st->op[op].ops, memory_order_relaxed);
+            out->bytes[op] += atomic_load_explicit(&st->op[op].bytes, memory_order_relaxed);
+            out->errors[op] += atomic_load_explicit(&st->op[op].errors, memory_order_relaxed);
+            out->total_ns[op] += atomic_load_explicit(&st->op[op].total_ns, memory_order_relaxed);
+            for (int b = 0; b < VBD_LAT_BUCKETS; b++)
+                out->lat_hist[op][b] += atomic_load_explicit(&st->op[op].hist[b], memory_order_relaxed);
+        }
     }
 }
 

@@ -481,35 +481,50 @@ static int node_op(struct vbd_node *n, enum node_op op, uint64_t off, uint64_t b
 }
 
 /* The entry of every read and write: on the home loop from here down. */
+/* The common request in one test: a multi-loop node that needs no
+ * alignment, tracking or splitting, a request inside it, and for a write no
+ * job hook, no dirty bitmap, no threshold and no flag to emulate. What the
+ * path of node_rw would do with it is exactly the driver call; its checks
+ * cost as much as the driver call itself for a filter passing requests to
+ * its file (a throttle node's second pass through this layer was about 250
+ * instructions under callgrind). */
+static inline bool goes_straight_down(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q,
+                                      size_t qoff, unsigned flags)
+{
+    const struct vbd_driver *drv = n->drv;
+    if (!((drv->caps & VBD_DRV_CAP_MULTI_LOOP) && n->bl.request_alignment == 1 && n->bl.min_mem_alignment <= 1 &&
+          bytes && q && qoff <= q->size && bytes <= q->size - qoff &&
+          bytes <= (n->bl.max_transfer ? n->bl.max_transfer : 1ull << 30) && off <= vbd_node_size(n) &&
+          bytes <= vbd_node_size(n) - off))
+        return false;
+    if (!write)
+        return drv->co_preadv != NULL;
+    return drv->co_pwritev && !n->read_only && !n->detect_zeroes && !(flags & ~n->supported_write_flags) &&
+           !__atomic_load_n(&n->write_hook, __ATOMIC_ACQUIRE) && !vbd_node_has_dirty_bitmaps(n) &&
+           !__atomic_load_n(&n->write_threshold, __ATOMIC_RELAXED);
+}
+
 static int node_rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                    unsigned flags)
 {
-    /* The common request in one test: a multi-loop node that needs no
-     * alignment, tracking or splitting, a request inside it, and for a
-     * write no job hook, no dirty bitmap, no threshold and no flag to emulate. What the
-     * path below would do with it is exactly the driver call, so it is
-     * made here; its checks cost as much as the driver call itself for a
-     * filter passing requests to its file (a throttle node's second pass
-     * through this layer was about 250 instructions under callgrind). */
-    const struct vbd_driver *drv = n->drv;
-    if ((drv->caps & VBD_DRV_CAP_MULTI_LOOP) && n->bl.request_alignment == 1 && n->bl.min_mem_alignment <= 1 &&
-        bytes && q && qoff <= q->size && bytes <= q->size - qoff && bytes <= (n->bl.max_transfer ? n->bl.max_transfer : 1ull << 30) &&
-        off <= vbd_node_size(n) && bytes <= vbd_node_size(n) - off) {
-        if (!write && drv->co_preadv) {
-            assert(vbd_in_co());
-            return drv->co_preadv(n, off, bytes, q, qoff, flags & VBD_REQ_INLINE);
-        }
-        if (write && drv->co_pwritev && !n->read_only && !n->detect_zeroes && !(flags & ~n->supported_write_flags) &&
-            !__atomic_load_n(&n->write_hook, __ATOMIC_ACQUIRE) && !vbd_node_has_dirty_bitmaps(n) &&
-            !__atomic_load_n(&n->write_threshold, __ATOMIC_RELAXED)) {
-            assert(vbd_in_co());
-            return drv->co_pwritev(n, off, bytes, q, qoff, flags);
-        }
+    if (goes_straight_down(n, write, off, bytes, q, qoff, flags)) {
+        assert(vbd_in_co());
+        return write ? n->drv->co_pwritev(n, off, bytes, q, qoff, flags)
+                     : n->drv->co_preadv(n, off, bytes, q, qoff, flags & VBD_REQ_INLINE);
     }
     struct vbd_loop *origin = vbd_node_co_enter_home(n);
     int rc = rw_hooked(n, write, off, bytes, q, qoff, flags);
     vbd_node_co_leave_home(origin);
     return rc;
+}
+
+bool vbd_node_rw_inline(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *q,
+                        unsigned flags, int *rc)
+{
+    if (!n->io_inline || !goes_straight_down(n, write, off, bytes, q, 0, flags))
+        return false;
+    *rc = write ? n->drv->co_pwritev(n, off, bytes, q, 0, flags) : n->drv->co_preadv(n, off, bytes, q, 0, flags & VBD_REQ_INLINE);
+    return true;
 }
 
 int vbd_node_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off,

@@ -10,7 +10,6 @@ void vbd_co_run_ready(struct vbd_loop *loop);
 bool vbd_loop_has_ready(struct vbd_loop *loop);
 /* Put co on loop's ready list; loop must be the calling thread's loop. */
 void vbd_loop_push_ready(struct vbd_loop *loop, struct vbd_co *co);
-struct vbd_loop *vbd_loop_current_or_null(void);
 
 /* Thread pool: job->fn runs on a worker; then job->done_bh is scheduled on
  * job->loop. */

@@ -55,6 +55,7 @@ static int null_open(struct vbd_node *n, struct json_object *opts, unsigned flag
                  !zeroes_given ? "" : s->read_zeroes ? "\"read-zeroes\": true, " : "\"read-zeroes\": false, ", size_part);
     }
     n->supported_write_flags = VBD_REQ_FUA;
+    n->io_inline = s->latency_ns == 0; /* null_preadv/pwritev wait only for latency-ns */
     n->supported_zero_flags = VBD_REQ_MAY_UNMAP | VBD_REQ_FUA | VBD_REQ_NO_FALLBACK;
     return 0;
 }
