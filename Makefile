@@ -64,14 +64,16 @@ fuzz: deps build-fuzz/build.ninja
 # on) for more operations per second; SOAK_BUILD=build-asan for sanitizers.
 # Then (SOAK_JOBS=1, the default) the block jobs under --overlap writers,
 # too long for make check: the mirror soak (7.5 min) and active commit,
-# stream, fleecing and backup, each on the main loop and on an iothread.
+# stream, fleecing and backup, each on the main loop and on an iothread;
+# internal snapshots taken and deleted under --overlap writers.
 SOAK_SECONDS ?= 600
 SOAK_BUILD ?= $(BUILD)
 SOAK_JOBS ?= 1
 soak: build
 	@SOAK_SECONDS=$(SOAK_SECONDS) ./tests/stress/soak.sh $(SOAK_BUILD)
 	@if [ "$(SOAK_JOBS)" = 1 ]; then \
-	    ./tests/stress/job-mirror-overlap-soak.sh $(SOAK_BUILD) && ./tests/stress/job-overlap-soak.sh $(SOAK_BUILD); fi
+	    ./tests/stress/job-mirror-overlap-soak.sh $(SOAK_BUILD) && ./tests/stress/job-overlap-soak.sh $(SOAK_BUILD) && \
+	    ./tests/stress/snapshot-internal-overlap-soak.sh $(SOAK_BUILD); fi
 
 # tests/integration/guest-crash.sh (power cut under a guest writing files
 # with fsync) even where the guest runs under TCG (minutes a round; make

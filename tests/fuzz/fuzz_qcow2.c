@@ -5,7 +5,11 @@
  * read back. When check found the image clean before the writes, each
  * write must read back, check must find the image clean after them and a
  * fresh open must read the written bytes back: a write that lands on
- * metadata (or metadata on the written data) breaks one of these. (A
+ * metadata (or metadata on the written data) breaks one of these. And
+ * nothing but the written, zeroed and discarded bytes may change, before
+ * the close and once reopened (the disk's first 9 MiB and a bit, read
+ * whole before and after): a write, a copy-on-write or a table update
+ * that lands on another cluster's data shows there. (A
  * corrupt image owes no more than not crashing: qcow2-hostile.sh has the
  * corrupt images whose writes must still not alias.) Inputs shorter than
  * a header get a valid 64 KiB-cluster header prefix so that mutations
@@ -47,6 +51,32 @@ static void qcow2_inspect(struct fuzz_job *j, struct vbd_node *n)
         j->tag |= CLEAN;
 }
 
+/* The isolation check's span: up to the last write's end */
+#define ISOLATED ((9u << 20) + WRITE_LEN)
+
+/* The disk's first limit bytes as they are compared with the model. */
+static void compare_model(const uint8_t *model, const uint8_t *now, uint64_t limit, const char *when)
+{
+    for (uint64_t i = 0; i < limit; i++)
+        if (model[i] != now[i]) {
+            fprintf(stderr, "a clean qcow2 image: byte %llu reads 0x%02x %s, 0x%02x expected (a write, zero or "
+                            "discard changed bytes outside its range)\n", (unsigned long long)i, now[i], when, model[i]);
+            abort();
+        }
+}
+
+/* The model takes what [off, off+len) reads now (a refused request may
+ * have done part of its work, a discard may leave the old bytes or
+ * zeroes); false if it does not read. */
+static bool model_take(struct vbd_node *n, uint8_t *model, uint64_t limit, uint64_t off, uint64_t len)
+{
+    if (off >= limit)
+        return true;
+    if (len > limit - off)
+        len = limit - off;
+    return vbd_node_co_pread(n, off, model + off, len) == 0;
+}
+
 static void qcow2_after(struct fuzz_job *j)
 {
     struct vbd_node *n = fuzz_image_open(j, VBD_OPEN_RDWR | VBD_OPEN_NO_FLUSH); /* no fsync per input */
@@ -55,23 +85,48 @@ static void qcow2_after(struct fuzz_job *j)
     bool written[sizeof(offs) / sizeof(offs[0])] = {false};
     uint8_t *pattern = j->buf, *back = j->buf + WRITE_LEN;
     memset(pattern, 0xa5, WRITE_LEN);
+    /* on a clean image: the disk before the requests, each request's range
+     * then as it must read, the rest unchanged */
+    static uint8_t *model, *now;
+    if (!model && (!(model = malloc(ISOLATED)) || !(now = malloc(ISOLATED))))
+        abort();
+    uint64_t limit = n->size < ISOLATED ? n->size : ISOLATED;
+    bool isolated = (j->tag & CLEAN) && vbd_node_co_pread(n, 0, model, limit) == 0;
     /* zero and discard first, elsewhere, so that they free or reuse what the writes may reach */
-    if (n->size > (4u << 20) + 65536)
-        vbd_node_co_pwrite_zeroes(n, 4u << 20, 65536, 0);
-    if (n->size > (6u << 20) + 131072)
+    if (n->size > (4u << 20) + 65536) {
+        if (vbd_node_co_pwrite_zeroes(n, 4u << 20, 65536, 0) == 0 && limit >= (4u << 20) + 65536)
+            memset(model + (4u << 20), 0, 65536);
+        else
+            isolated = isolated && model_take(n, model, limit, 4u << 20, 65536);
+    }
+    if (n->size > (6u << 20) + 131072) {
         vbd_node_co_pdiscard(n, 6u << 20, 131072);
+        isolated = isolated && model_take(n, model, limit, 6u << 20, 131072);
+    }
     for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
-        if (offs[i] + WRITE_LEN > n->size || vbd_node_co_pwrite(n, offs[i], pattern, WRITE_LEN, 0) < 0)
+        if (offs[i] + WRITE_LEN > n->size || vbd_node_co_pwrite(n, offs[i], pattern, WRITE_LEN, 0) < 0) {
+            if (offs[i] + WRITE_LEN <= n->size)
+                isolated = isolated && model_take(n, model, limit, offs[i], WRITE_LEN);
             continue; /* a refused write need not stop the others */
-        if (vbd_node_co_pread(n, offs[i], back, WRITE_LEN) < 0)
+        }
+        if (vbd_node_co_pread(n, offs[i], back, WRITE_LEN) < 0) {
+            isolated = false;
             continue;
+        }
         /* a write that succeeded must read back; in a corrupt image a
          * cluster in use may have refcount 0 and be handed out again (QEMU
          * too): there the write owes no more than not crashing */
         if (memcmp(pattern, back, WRITE_LEN) && (j->tag & CLEAN))
             abort();
         written[i] = true;
+        if (offs[i] + WRITE_LEN <= limit)
+            memcpy(model + offs[i], pattern, WRITE_LEN);
     }
+    if (isolated && vbd_node_co_pread(n, 0, now, limit) == 0)
+        compare_model(model, now, limit, "after the writes");
+    if (getenv("VBD_FUZZ_VERBOSE")) /* whether inputs reach this check at all */
+        fprintf(stderr, "write check: %s, %llu bytes compared\n", isolated ? "clean image" : "not checked",
+                isolated ? (unsigned long long)limit : 0ull);
     vbd_node_unref(n);
     if (!(j->tag & CLEAN))
         return; /* a corrupt image may alias clusters: its writes owe nothing more */
@@ -94,6 +149,8 @@ static void qcow2_after(struct fuzz_job *j)
             fprintf(stderr, "a clean qcow2 image lost the write at %llu\n", (unsigned long long)offs[i]);
             abort();
         }
+    if (isolated && n->size >= limit && vbd_node_co_pread(n, 0, now, limit) == 0)
+        compare_model(model, now, limit, "once closed and reopened");
     if (check_problems(j, n) != 0) {
         fprintf(stderr, "a clean qcow2 image is corrupt after writes\n");
         abort();

@@ -21,7 +21,9 @@
 #    p0 is left in-use (inconsistent: QEMU will not use it), qemu-img check
 #    finds no error (leaks allowed), every write before an acknowledged flush
 #    is in the image (qemu-img convert).
-# Seeded (STRESS_SEED); STRESS_RESIZE_OPS (default 1500) requests per run.
+# Seeded (STRESS_SEED); STRESS_RESIZE_OPS (default 1500) requests per run;
+# STRESS_RESIZE_EXTRA: more options for the first run's vbd-stress (e.g.
+# --overlap: the writes under the resizes share bytes too).
 . "$(dirname "$0")/lib.sh"
 . "$VBD_ROOT/tests/stress/stress-lib.sh"
 need qemu-img qemu-nbd nbdinfo python3
@@ -49,13 +51,18 @@ print(f"{what}: all {sum(touched)} written sectors dirty")
 PY
 }
 
-# resize_while PID NODE: block_resize NODE between R and R + 1 MiB (512-byte
-# steps, seeded) until process PID ends; prints how many
+# resize_while PID NODE [crash|OPS]: block_resize NODE between R and R + 1
+# MiB (512-byte steps, seeded) until process PID (vbd-stress) ends; prints
+# how many, and writes the count so far to $T/resizes after each. With
+# OPS: once 8 resizes are done and NODE has completed OPS requests,
+# SIGUSR1 ends vbd-stress (run with no --ops limit): on a loaded host its
+# 1500 requests took less time than this script's start, and the run had
+# seen no resize at all (3 runs in 4 at load 25).
 resize_while() {
     qmp_py "$S" <<PY
-import os, random
+import os, random, signal
 rng = random.Random($seed)
-n = 0
+n, refused, stopped, ops = 0, 0, False, "${3:-}"
 while True:
     try:  # ended (a zombie until the shell reaps it)
         if open("/proc/$1/stat").read().split()[2] == "Z":
@@ -63,10 +70,21 @@ while True:
     except (FileNotFoundError, ProcessLookupError):  # gone between open and read: ESRCH
         break
     r = m.cmd("block_resize", {"node-name": "$2", "size": $R + 512 * rng.randrange(2049)})
-    if "error" in r and "${3:-}" != "crash":
+    if "error" in r and ops != "crash":
         print("FAIL: block_resize:", r["error"], file=sys.stderr); sys.exit(1)
+    if "error" in r:  # crash: the daemon is going
+        refused += 1
+        continue
     n += 1
-print(f"{n} resizes")
+    open("$T/resizes.tmp", "w").write(f"{n}\n")
+    os.replace("$T/resizes.tmp", "$T/resizes")
+    if ops.isdigit() and not stopped and n >= 8:
+        done = sum(b["stats"][k + "_operations"] for b in ok("query-blockstats") if b.get("node-name") == "$2"
+                   for k in ("rd", "wr", "unmap", "flush"))
+        if done >= int(ops):
+            os.kill($1, signal.SIGUSR1)  # its requests in flight complete, then its checks
+            stopped = True
+print(f"{n} resizes" + (f", {refused} refused" if refused else ""))
 PY
 }
 
@@ -185,10 +203,10 @@ ok("block_resize", **{"node-name": "d0", "size": $R + (1 << 20)})
 ok("block-export-add", type="vhost-user-blk", id="v0", **{"node-name": "d0", "num-queues": 2},
    addr={"type": "unix", "path": "$T/vu.sock"}, writable=True)
 PY
-    "$STRESS" --seed $seed --ops "$OPS" --qd 32 --cluster-size $cs --hot 6 --range $R --shadow-out "$T/shadow.raw" \
+    "$STRESS" --seed $seed --ops $((1 << 40)) --qd 32 --cluster-size $cs --hot 6 --range $R ${STRESS_RESIZE_EXTRA:-} --shadow-out "$T/shadow.raw" \
         --touched-out "$T/touched" --vhost-user "$T/vu.sock" --queues 2 >"$T/stress.log" 2>&1 &
     spid=$!
-    resize_while $spid d0 || fail "resizing under the stress"
+    resize_while $spid d0 "$OPS" || fail "resizing under the stress"
     wait $spid || { tail -20 "$T/stress.log"; fail "vbd-stress cluster_size=$cs"; }
     tail -1 "$T/stress.log"
     # an NBD export holds the size (as QEMU's): added once the resizing is over
@@ -216,19 +234,23 @@ PY
     must qemu-img convert -f qcow2 -O raw "$img" "$T/init.raw"
     truncate -s $R "$T/init.raw"
     start_top "$img"
-    rm -f "$T/ready"
+    rm -f "$T/ready" "$T/resizes"
     "$STRESS" --seed $((seed + 1)) --qd 32 --cluster-size $cs --hot 6 --range $R --init "$T/init.raw" \
         --shadow-out "$T/shadow.raw" --mask-out "$T/mask.raw" --crash-ready "$T/ready" --crash-after 300 --touched-out "$T/touched" \
         --nbd "nbd+unix:///disk?socket=$T/nbd.sock" --conns 2 >"$T/stress.log" 2>&1 &
     spid=$!
     resize_while $spid d0 crash >"$T/resize.log" 2>&1 &
     rpid=$!
-    while [ ! -e "$T/ready" ] && kill -0 $spid 2>/dev/null; do sleep 0.02; done
+    # the kill once vbd-stress is past its first 300 requests and 5 resizes went under them
+    while { [ ! -e "$T/ready" ] || [ "$(cat "$T/resizes" 2>/dev/null || echo 0)" -lt 5 ]; } && kill -0 $spid 2>/dev/null; do
+        sleep 0.02
+    done
     kill -9 $dpid; wait $dpid 2>/dev/null; dpid=
     wait $spid || { tail -20 "$T/stress.log"; fail "vbd-stress in crash mode, cluster_size=$cs"; }
     # the resizer's QMP connection died with the daemon: it would wait for
     # its reply until qmp.py's 60 s timeout
     pkill -P $rpid 2>/dev/null; kill $rpid 2>/dev/null; wait $rpid 2>/dev/null
+    echo "$(cat "$T/resizes") resizes under the requests before the kill"
     grep -q "server is gone" "$T/stress.log" || fail "the daemon was not killed mid-run: $(tail -3 "$T/stress.log")"
     rc=0
     out=$(qemu-img check -f qcow2 "$img" 2>&1) || rc=$?

@@ -112,10 +112,10 @@ static const char usage_text[] =
     "  --clean-stop         crash mode: the server is stopped cleanly, every completed mutation is durable\n"
     "  --reconnect-delay S  --nbd: reconnect for up to S seconds when the server drops a connection\n"
     "                       (the requests in flight are sent again: an export deleted and added back)\n"
-    "  --points FILE        read at the end: lines 'TS TR RAW', a graph change (an external snapshot) between\n"
+    "  --points FILE        read at the end: lines 'TS TR RAW', a graph change (a snapshot) between\n"
     "                       CLOCK_MONOTONIC ns TS and TR and RAW the content it froze: each byte must be the last\n"
     "                       mutation completed before TS or one in flight meanwhile, none issued after TR\n"
-    "                       (needs --no-discard)\n"
+    "                       (with --overlap: any not superseded before TS); needs --no-discard\n"
     "  -v, --verbose        print every request\n"
     "SIGUSR1 ends the run as --ops does: the requests in flight complete, the checks follow.\n"
     "Exit status: 0 no mismatch, 1 mismatch or failed request, 2 bad usage or cannot connect.\n";
@@ -987,11 +987,18 @@ static uint8_t logged_byte(const struct logged *m, uint64_t dev_off)
 
 /*
  * --points: a graph change between TS and TR froze RAW (an external
- * snapshot's base). Requests on one byte never overlap in time, so its
- * mutations form a sequence: RAW must hold the last one completed before
- * TS (or the initial content), or one completed after TS and issued before
- * TR (in flight across the change); nothing issued after TR (newer than the
- * switch) and nothing older than the last one acknowledged before it.
+ * snapshot's base, an internal snapshot). Each byte of RAW must be what
+ * one of its mutations left (or the initial content) that may have been
+ * the byte's value at the change: issued before TR (nothing newer than
+ * the change), and not superseded before TS: a mutation is superseded
+ * when another on the byte was issued after it completed and itself
+ * completed before TS (that one landed later, and before the change).
+ * The initial content is superseded by any mutation completed before TS.
+ * Without --overlap the mutations of a byte form a sequence and this is
+ * "the last one completed before TS, or one in flight across the
+ * change"; with --overlap, mutations in flight together on a byte may
+ * have landed in either order and both stay candidates until one
+ * completed before the issue of a later one.
  * The times are taken before the request went out and after its reply
  * came back, so the window is if anything wider than the truth: no false
  * alarm. Returns the number of points that failed.
@@ -1003,13 +1010,17 @@ static int check_points(void)
         fprintf(stderr, "vbd-stress: cannot open '%s': %s\n", S.points, strerror(errno));
         return 1;
     }
+    /* sup: per byte, 1 + the log index of the mutation issued last on it
+     * among those completed before TS (the log is in issue order), 0: none */
     uint8_t *exp = malloc(S.size), *got = malloc(S.size), *ok = malloc(S.size);
-    if (!exp || !got || !ok) {
+    uint32_t *sup = malloc(S.size * sizeof(*sup));
+    if (!exp || !got || !ok || !sup) {
         fprintf(stderr, "vbd-stress: no memory to check the points\n");
         fclose(f);
         free(exp);
         free(got);
         free(ok);
+        free(sup);
         return 1;
     }
     int bad_points = 0, npoints = 0;
@@ -1019,6 +1030,7 @@ static int check_points(void)
         npoints++;
         memset(exp, 0, S.size);
         memset(got, 0, S.size);
+        memset(sup, 0, S.size * sizeof(*sup));
         if ((S.init && load_raw(S.init, exp, S.size) < 0) || load_raw(path, got, S.size) < 0) {
             bad_points++;
             continue;
@@ -1027,24 +1039,26 @@ static int check_points(void)
         for (size_t i = 0; i < S.nlog; i++) {
             const struct logged *m = &S.log[i];
             if (m->done_ns && m->done_ns < ts) {
-                for (uint64_t b = m->off; b < m->off + m->len; b++)
-                    exp[b] = logged_byte(m, b);
+                for (uint64_t b = m->off; b < m->off + m->len; b++) {
+                    exp[b] = logged_byte(m, b); /* for the message: the one issued last of them */
+                    sup[b] = (uint32_t)i + 1;
+                }
                 before++;
             }
         }
         for (uint64_t b = 0; b < S.size; b++)
-            ok[b] = exp[b] == got[b];
+            ok[b] = !sup[b] && exp[b] == got[b];
         for (size_t i = 0; i < S.nlog; i++) {
             const struct logged *m = &S.log[i];
             if (m->issue_ns > tr) {
                 after++;
                 continue;
             }
-            if (m->done_ns && m->done_ns < ts)
-                continue;
-            window++;
+            if (!m->done_ns || m->done_ns >= ts)
+                window++;
             for (uint64_t b = m->off; b < m->off + m->len; b++)
-                if (!ok[b] && got[b] == logged_byte(m, b))
+                if (!ok[b] && got[b] == logged_byte(m, b) &&
+                    !(m->done_ns && sup[b] && m->done_ns < S.log[sup[b] - 1].issue_ns))
                     ok[b] = 1;
         }
         uint64_t nbad = 0, first = 0;
@@ -1076,6 +1090,7 @@ static int check_points(void)
     free(exp);
     free(got);
     free(ok);
+    free(sup);
     if (!npoints) {
         fprintf(stderr, "vbd-stress: no point in '%s'\n", S.points);
         return 1;
@@ -1323,9 +1338,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "vbd-stress: --points needs --no-discard (and no crash mode)\n");
         return 2;
     }
-    if (S.overlap && (S.crash_ready || S.points || S.compress || S.write_once)) {
+    if (S.overlap && (S.crash_ready || S.compress || S.write_once)) {
         /* a refused write (compressed, write-once) would stay a candidate of its bytes */
-        fprintf(stderr, "vbd-stress: --overlap goes with none of --crash-ready, --points, --compress, --write-once\n");
+        fprintf(stderr, "vbd-stress: --overlap goes with none of --crash-ready, --compress, --write-once\n");
         return 2;
     }
     if (S.crash_ready)
