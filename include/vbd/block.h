@@ -689,6 +689,10 @@ int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes);
 int vbd_node_co_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags);
 /* The dirty bitmap `name` of n (or of the format node under n's filters); see co_bitmap_status. */
 int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
+/* The bytes set in n's bitmap `name` (as vbd_node_co_bitmap_status finds
+ * it) in *count; 0, or the status's error (-EINVAL: an inconsistent
+ * persistent bitmap) with *count what was counted before it. */
+int vbd_node_co_bitmap_count(struct vbd_node *n, const char *name, uint64_t *count);
 /* The persistent bitmap `name` of img itself (its driver's; -ENOENT: none there). */
 int vbd_node_co_persistent_bitmap_status(struct vbd_node *img, const char *name, uint64_t off, uint64_t bytes,
                                          uint64_t *pnum);

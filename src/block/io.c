@@ -748,16 +748,48 @@ int vbd_node_co_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
     return node_op(n, NODE_DISCARD, off, bytes, 0);
 }
 
-int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)
+/* The in-memory bitmap `name` of n, or of the nodes under its filters:
+ * not its backing file's nor its file node's, which other writes feed. */
+static struct vbd_dirty_bitmap *memory_bitmap(struct vbd_node *n, const char *name)
 {
-    /* n's own, or those of the nodes under its filters: not its backing
-     * file's nor its file node's, which other writes feed */
     struct vbd_dirty_bitmap *mem = NULL;
     for (struct vbd_node *p = n; p && !mem; p = p->drv->kind == VBD_DRV_FILTER ? p->file : NULL)
         mem = vbd_dirty_bitmap_find(p, name);
+    return mem;
+}
+
+int vbd_node_co_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum)
+{
+    struct vbd_dirty_bitmap *mem = memory_bitmap(n, name);
     if (mem)
         return vbd_dirty_bitmap_status(mem, off, bytes, pnum);
     return vbd_node_co_persistent_bitmap_status(vbd_node_skip_filters(n), name, off, bytes, pnum);
+}
+
+int vbd_node_co_bitmap_count(struct vbd_node *n, const char *name, uint64_t *count)
+{
+    struct vbd_dirty_bitmap *mem = memory_bitmap(n, name);
+    /* a persistent bitmap's extents are the driver's state, read on the
+     * image's home loop: go there once for all of them, not there and back
+     * for each (behind an iothread busy with a guest's rings each move
+     * waits its turn: query-named-block-nodes took 7-22 s under TSan) */
+    struct vbd_node *img = mem ? NULL : vbd_node_skip_filters(n);
+    struct vbd_loop *origin = img ? vbd_node_co_enter_home(img) : NULL;
+    uint64_t size = vbd_node_size(n), pnum;
+    int rc = 0;
+    *count = 0;
+    for (uint64_t off = 0; off < size; off += pnum) {
+        int st = mem ? vbd_dirty_bitmap_status(mem, off, size - off, &pnum)
+                     : vbd_node_co_persistent_bitmap_status(img, name, off, size - off, &pnum);
+        if (st < 0 || !pnum) {
+            rc = st < 0 ? st : 0;
+            break;
+        }
+        if (st)
+            *count += pnum;
+    }
+    vbd_node_co_leave_home(origin);
+    return rc;
 }
 
 int vbd_node_co_persistent_bitmap_status(struct vbd_node *img, const char *name, uint64_t off, uint64_t bytes,

@@ -134,17 +134,8 @@ static struct json_object *dirty_bitmaps(struct vbd_node *n, struct json_object 
         if (json_object_object_get_ex(b, "flags", &v))
             for (size_t k = 0; k < json_object_array_length(v); k++)
                 recording |= !strcmp(json_object_get_string(json_object_array_get_idx(v, k)), "auto");
-        uint64_t count = 0, size = vbd_node_size(n);
-        bool inconsistent = false;
-        for (uint64_t off = 0, pnum; off < size; off += pnum) {
-            int st = vbd_node_co_bitmap_status(n, name, off, size - off, &pnum);
-            if (st < 0 || !pnum) {
-                inconsistent = st == -EINVAL;
-                break;
-            }
-            if (st)
-                count += pnum;
-        }
+        uint64_t count;
+        bool inconsistent = vbd_node_co_bitmap_count(n, name, &count) == -EINVAL;
         struct json_object *d = json_object_new_object();
         add_str(d, "name", name);
         add_bool(d, "recording", recording);

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 2400 (run.sh: 56 s at load 4, 623-1015 s at load 35-45 in round 27; 1200 s is too close)
 # vbd-img create beside qemu-img create (7.2), the same command line in
 # copies of the same directory (lib.sh create_same): a new image is laid
 # out as qemu-img lays it out, the same file length, qemu-img map (host

@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 2400 (run.sh: ~250 qemu-img/vbd-img/python runs, CPU-starved at nice 19: 36 s at load 4, 691-760 s at load 28-31, 1003 s at load 44; 1200 s is too close)
 # resize --shrink gives the space back as qemu-img 7.2 does, and loses
 # nothing that stays. (img-shrink.sh: what the shrunk image reads and maps.)
 #

@@ -1,5 +1,6 @@
 #!/bin/bash
 # test-slow: one of the longest; run.sh starts it first
+# test-timeout: 2700 (run.sh: TSan daemon under vhost-user and NBD load, 9 steps: 684-1272 s a run at load 35-45 in round 27, and a run at load 39 had 2 steps left at the 1200 s default)
 # vbd-daemon built with ThreadSanitizer (make build-tsan), rings on two
 # iothreads. Every node type an export on iothreads can reach (raw over a
 # file with cache.direct=on and off, a file alone, null-co, raw at an

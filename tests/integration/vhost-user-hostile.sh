@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 2400 (run.sh: hostile rounds under ASan, 44 s at load 4, 371-491 s at load 27-31, 790 s at load 40)
 # A hostile vhost-user front end (tests/hostile/vhost_hostile.c) against
 # vbd-daemon: memory regions past their fd, wrapping or overlapping; an
 # inflight region past its fd or replaced under a running ring; the ring's
