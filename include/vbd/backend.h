@@ -39,6 +39,7 @@ struct vbd_backend_stats {
     uint64_t bytes[VBD_STAT_NR];
     uint64_t errors[VBD_STAT_NR];
     uint64_t total_ns[VBD_STAT_NR];
+    uint64_t merged[VBD_STAT_NR]; /* requests merged into another one's backend request */
     uint64_t lat_hist[VBD_STAT_NR][VBD_LAT_BUCKETS];
 };
 
@@ -142,6 +143,10 @@ int vbd_backend_co_pwrite_zeroes(struct vbd_backend *be, uint64_t off, uint64_t 
 int vbd_backend_co_read_zero_copy(struct vbd_backend *be, uint64_t off, uint64_t bytes,
                                   int (*send)(void *opaque, int fd, uint64_t foff), void *opaque);
 
+/* Counts a merged group's other `extra` guest requests (each an operation of
+ * the group's latency since start_ns, a vbd_clock_stat_ns() reading, and a
+ * merged one); their bytes went with the group's request. */
+void vbd_backend_account_merged(struct vbd_backend *be, bool write, unsigned extra, uint64_t start_ns);
 void vbd_backend_get_stats(struct vbd_backend *be, struct vbd_backend_stats *out);
 /* Latency percentile (0..100) from the histogram, in microseconds (bucket upper bound). */
 uint64_t vbd_stats_percentile_us(const struct vbd_backend_stats *s, enum vbd_stat_op op, double pct);

@@ -30,7 +30,7 @@
 #define BE_STATS_SHARES 64
 struct be_stats {
     struct be_op_stats {
-        _Atomic uint64_t ops, bytes, errors, total_ns;
+        _Atomic uint64_t ops, bytes, errors, total_ns, merged;
         _Atomic uint64_t hist[VBD_LAT_BUCKETS];
     } op[VBD_STAT_NR];
 };
@@ -231,6 +231,34 @@ static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes,
         count_op(&st->op[op], bytes, rc, ns, b, true);
     else
         count_op(&st->op[op], bytes, rc, ns, b, false);
+}
+
+/* A merged group's other requests: QEMU's virtio-blk counts every guest
+ * request as an operation (with the group's latency, its own bytes) and the
+ * ones merged into another in rd_merged/wr_merged; the group's one backend
+ * request, and all its bytes, were counted by the call that served it. */
+void vbd_backend_account_merged(struct vbd_backend *be, bool write, unsigned extra, uint64_t start_ns)
+{
+    enum vbd_stat_op op = write ? VBD_STAT_WRITE : VBD_STAT_READ;
+    uint64_t ns = vbd_clock_stat_since(start_ns);
+    uint64_t us = ns / 1000;
+    int b = 0;
+    while (us > 1 && b < VBD_LAT_BUCKETS - 1) {
+        us >>= 1;
+        b++;
+    }
+    unsigned i = stats_share_of_thread();
+    struct be_stats *st = atomic_load_explicit(&be->stats[i], memory_order_relaxed);
+    if (!st) {
+        st = vbd_xcalloc(1, sizeof(*st));
+        atomic_store_explicit(&be->stats[i], st, memory_order_release);
+    }
+    bool own = i != 0;
+    struct be_op_stats *o = &st->op[op];
+    share_add(&o->ops, extra, own);
+    share_add(&o->total_ns, ns * extra, own);
+    share_add(&o->hist[b], extra, own);
+    share_add(&o->merged, extra, own);
 }
 
 /*
@@ -495,6 +523,7 @@ void vbd_backend_get_stats(struct vbd_backend *be, struct vbd_backend_stats *out
             out->bytes[op] += atomic_load_explicit(&st->op[op].bytes, memory_order_relaxed);
             out->errors[op] += atomic_load_explicit(&st->op[op].errors, memory_order_relaxed);
             out->total_ns[op] += atomic_load_explicit(&st->op[op].total_ns, memory_order_relaxed);
+            out->merged[op] += atomic_load_explicit(&st->op[op].merged, memory_order_relaxed);
             for (int b = 0; b < VBD_LAT_BUCKETS; b++)
                 out->lat_hist[op][b] += atomic_load_explicit(&st->op[op].hist[b], memory_order_relaxed);
         }

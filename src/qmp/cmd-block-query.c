@@ -263,8 +263,8 @@ static struct json_object *device_stats(const struct vbd_backend_stats *s)
     add_int(o, "flush_total_time_ns", (int64_t)s->total_ns[VBD_STAT_FLUSH]);
     add_int(o, "unmap_total_time_ns", (int64_t)s->total_ns[VBD_STAT_DISCARD]);
     add_int(o, "wr_highest_offset", 0); /* not tracked */
-    add_int(o, "rd_merged", 0);
-    add_int(o, "wr_merged", 0);
+    add_int(o, "rd_merged", (int64_t)s->merged[VBD_STAT_READ]);
+    add_int(o, "wr_merged", (int64_t)s->merged[VBD_STAT_WRITE]);
     add_int(o, "unmap_merged", 0);
     add_int(o, "failed_rd_operations", (int64_t)s->errors[VBD_STAT_READ]);
     add_int(o, "failed_wr_operations", (int64_t)(s->errors[VBD_STAT_WRITE] + s->errors[VBD_STAT_ZEROES]));

@@ -14,9 +14,11 @@ static void merged_co(void *arg)
     struct blk_export *e = bq->e;
     struct vbd_qiov qiov;
     vbd_qiov_init(&qiov, m->iov, m->niov);
+    uint64_t start = vbd_clock_stat_ns();
     int err = m->write ? vbd_backend_co_pwritev(e->be, m->off, qiov.size, &qiov, 0)
                        : vbd_backend_co_preadv(e->be, m->off, qiov.size, &qiov, 0);
     if (err >= 0) {
+        vbd_backend_account_merged(e->be, m->write, (unsigned)m->nreqs - 1, start);
         /* finishing without an error neither yields nor parks */
         vu_queue_hold_notify(bq->q);
         for (int i = 0; i < m->nreqs; i++)
