@@ -620,8 +620,10 @@ static int qed_open_inner(struct vbd_node *n, struct json_object *opts, unsigned
     }
     if (s->features & QED_F_BACKING_FILE) {
         uint64_t hbytes = (uint64_t)s->header_size * s->cluster_size;
-        if ((uint64_t)s->backing_off + s->backing_len > hbytes || s->backing_off + (uint64_t)s->backing_len > fsize)
-            return bad_field(n, err, "backing_filename_offset/size", s->backing_off);
+        if ((uint64_t)s->backing_off + s->backing_len > hbytes || s->backing_off + (uint64_t)s->backing_len > fsize) {
+            vbd_error_setf(err, EINVAL, "QED backing filename offset is invalid");
+            return -EINVAL;
+        }
         if (s->backing_len >= sizeof(n->backing_file))
             return bad_field(n, err, "backing_filename_size", s->backing_len);
         rc = vbd_node_co_pread(n->file, s->backing_off, n->backing_file, s->backing_len);
