@@ -95,12 +95,12 @@ patch() { # patch FIELD-OFFSET STRUCT-FMT VALUE -> h.img
     cp h0.img h.img
     python3 -c 'import struct,sys; f=open("h.img","r+b"); f.seek(int(sys.argv[1])); f.write(struct.pack(sys.argv[2], int(sys.argv[3])))' "$@"
 }
-patch 28 '<I' 0;          must_fail_with "tracks" "$VBD_IMG" info h.img
+patch 28 '<I' 0;          must_fail_with "Zero sectors per track" "$VBD_IMG" info h.img
 patch 28 '<I' 4294967295; must_fail_with "cluster" "$VBD_IMG" info h.img
-patch 32 '<I' 4294967295; must_fail_with "bat_entries" "$VBD_IMG" info h.img
+patch 32 '<I' 4294967295; must_fail_with "Catalog too large" "$VBD_IMG" info h.img
 patch 32 '<I' 400000000;  must_fail_with "bat_entries" "$VBD_IMG" info h.img
 patch 48 '<I' 4294967295; must_fail_with "data_off" "$VBD_IMG" info h.img
-patch 36 '<Q' 18446744073709551615; must_fail_with "nb_sectors" "$VBD_IMG" info h.img
+patch 36 '<Q' 18446744073709551615; must_fail_with "Could not refresh total sector count" "$VBD_IMG" info h.img
 patch 64 '<I' 1000000;    must_fail_with "BAT entry 0" "$VBD_IMG" info h.img
 patch 64 '<I' 4294967295; must_fail_with "BAT entry 0" "$VBD_IO" -c 'read 0 512' h.img
 # a header cut at 40 bytes reads as one zero-padded sector (QEMU counts whole

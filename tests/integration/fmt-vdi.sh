@@ -112,8 +112,8 @@ check_bad "version" 0x44 "<I" 0x00020001
 check_bad "block size" 0x178 "<I" 4096
 check_bad "sector size" 0x168 "<I" 4096
 check_bad "block map past the end" 0x154 "<I" 0x7ffffe00
-check_bad "blocks in image" 0x180 "<I" 0xfffffff0
-check_bad "disk size larger" 0x170 "<Q" 0xffffffffffff0000
+check_bad "too many blocks" 0x180 "<I" 0xfffffff0
+check_bad "Unsupported VDI image size" 0x170 "<Q" 0xffffffffffff0000
 check_bad "data offset" 0x158 "<I" 0x201
 check_bad "points to block" 0x200 "<I" 0x12345
 check_bad "used twice" 0x204 "<I" 0

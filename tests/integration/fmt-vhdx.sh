@@ -183,7 +183,7 @@ assert struct.unpack_from('<QI', b, 196608 + 32) == (2 << 20, 1 << 20)
 assert struct.unpack_from('<Q', b, 196608 + 64)[0] == 3 << 20
 EOF
 # one damaged header or region table: the other copy serves; both: refused
-for pair in "$H1 $H2 no valid VHDX header" "$RT1 $RT2 no valid VHDX region table"; do
+for pair in "$H1 $H2 No valid VHDX header" "$RT1 $RT2 no valid VHDX region table"; do
     set -- $pair
     must cp base.vhdx y.vhdx && patch y.vhdx $1 00
     must "$VBD_IO" -r -c 'read -P 0x11 0 100000' y.vhdx >/dev/null

@@ -302,10 +302,10 @@ bad() { # bad WANT OFFSET HEX: both info and a read fail with WANT
     must_fail_with "$1" "$VBD_IO" -f vmdk -c 'read 0 1M' x.vmdk
 }
 bad "Unsupported VMDK version" 4 05000000
-bad "granularity" 20 0000000000000000
+bad "L1 entry size is invalid" 20 0000000000000000
 bad "L2 table size too big" 44 00100000
 bad "grain directory" 56 ffffff0000000000
-bad "capacity" 12 ffffffffffffff00
+bad "L1 size too big" 12 ffffffffffffff00
 gd=$(python3 -c 'import struct; b=open("h.vmdk","rb").read(512); print(struct.unpack_from("<Q", b, 56)[0] * 512)')
 bad "grain directory entry 0 points past the end" "$gd" ffffff00
 gt=$(python3 -c 'import struct; b=open("h.vmdk","rb").read(); gd=struct.unpack_from("<Q", b, 56)[0]*512; print(struct.unpack_from("<I", b, gd)[0]*512)')
@@ -342,7 +342,7 @@ must cp h.vmdk x.vmdk
 truncate -s 30000 x.vmdk
 must_fail_with "File truncated" "$VBD_IMG" info -f vmdk x.vmdk
 printf 'KDMV' >s.vmdk
-must_fail_with "invalid granularity 0" "$VBD_IMG" info -f vmdk s.vmdk # (one zero-padded sector: qemu-img "L1 entry size is invalid")
+must_fail_with "L1 entry size is invalid" "$VBD_IMG" info -f vmdk s.vmdk # (one zero-padded sector: qemu-img's words)
 # a compressed grain that does not inflate
 must qemu-img create -q -f raw r.raw 1M
 must qemu-io -f raw -c 'write -P 0x42 0 1M' r.raw >/dev/null

@@ -119,10 +119,10 @@ base=f.vhd bad "past the end of the file" -456 ffff end
 bad "data_offset" 16 00000000ffff0000 fix
 bad "cxsparse" 512 00 fix
 bad "dynamic header checksum" 560 01
-bad "block_size" 544 00000300 fix
-bad "block allocation table" 528 00000000ffffff00 fix
-bad "max_table_entries" 540 00000001 fix
-bad "past the end" 1536 00100000 fix
+bad "Invalid block size" 544 00000300 fix
+bad "Error reading pagetable" 528 00000000ffffff00 fix
+bad "Page table too small" 540 00000001 fix
+bad "The image has been truncated" 1536 00100000 fix
 must "$VBD_IMG" create -q -f vpc -o force_size=on d2.vhd 4M
 base=d2.vhd bad "2040 GiB" 48 0000ffffffffff00 fix
 # a dynamic image turned differencing names no parent (fmt-vpc-diff.sh reads real ones)

@@ -24,7 +24,6 @@
 . "$(dirname "$0")/lib-difftable.sh"
 need qemu-img qemu-io qemu-nbd python3
 cd "$T"
-FIEMAP="python3 $VBD_ROOT/tests/integration/fiemap.py"
 make_base_images
 must qemu-img create -q -f qcow2 -b q-qcow2.qcow2 -F qcow2 base/ov.qcow2
 must qemu-io -f qcow2 -c 'write -P 3 512k 64k' base/ov.qcow2 >/dev/null
@@ -39,62 +38,7 @@ must qemu-img create -q -f qcow2 locked.qcow2 4M
 must qemu-nbd --fork --pid-file "$T/nbd.pid" -k "$T/nbd.sock" -f qcow2 "$T/locked.qcow2"
 on_exit "kill \$(cat '$T/nbd.pid' 2>/dev/null) 2>/dev/null"
 
-# one case: tools_run, the varying parts masked, tools_same, the images
-# either wrote compared
-run_case() {
-    local f
-    # side by side: the two halves need not wait for each other
-    side q qemu-img "$@" &
-    side v "$VBD_IMG" "$@"
-    wait $!
-    ! grep -q -e 'Sanitizer' -e 'runtime error' v.err || fail "vbd-img $*: $(cat v.err)"
-    # QEMU numbers its nodes without a name (#blockNNN) as it makes them
-    sed -i -E -e '/^disk size: /d' -e '/"actual-size": /d' -e 's/#block[0-9]+/#blockN/g' \
-        -e 's/^Run completed in [0-9.]+ seconds\.$/Run completed in T seconds./' q.out v.out q.err v.err
-    known_difference vbd-img "$@" && return
-    tools_same "$@"
-    for f in $(cd q && ls -A); do
-        [ -f q/$f ] && { [ ! -e base/$f ] || [ q/$f -nt base/$f ] || [ v/$f -nt base/$f ]; } || continue
-        qemu-img compare -U -q q/$f v/$f || fail "$*: $f: qemu-img compare: not the same image"
-        check_verdicts_same "$*" -U $f
-        # what create and resize make is laid out as qemu-img lays it out:
-        # a qcow2 image byte for byte (nothing in it is random), others as
-        # qemu-img map sees them (host offsets too; a vhdx's GUIDs and a
-        # vmdk's CID are random)
-        case $1:$f in
-        create:*.qcow2 | resize:*.qcow2)
-            cmp -s q/$f v/$f || fail "$*: $f: not qemu-img's image byte for byte"
-            # and the file takes its space where qemu-img's takes it (a
-            # shrink discards what it frees)
-            [ "$(cd q && $FIEMAP $f)" = "$(cd v && $FIEMAP $f)" ] ||
-                fail "$*: $f: allocated otherwise: $(cd v && $FIEMAP $f), qemu-img's $(cd q && $FIEMAP $f)" ;;
-        create:*.raw | resize:*.raw) ;;
-        create:* | resize:*)
-            [ "$(cd q && qemu-img map -U --output=json $f 2>&1)" = "$(cd v && qemu-img map -U --output=json $f 2>&1)" ] ||
-                fail "$*: $f: qemu-img map differs (host offsets)" ;;
-        esac
-    done
-}
-
-mapfile -t base_files < <(cd base && ls -A)
-ncases=0 nfailed=0
-while IFS= read -r line; do
-    case $line in '' | '#'*) continue ;; esac
-    parse_case_line
-    if [ "$line" = '(no arguments)' ]; then set --; else eval "set -- $line"; fi
-    case_images
-    fmts=('')
-    [[ $line != *%F* ]] || read -ra fmts <<<"$FORMATS"
-    for i in "${imgs[@]}"; do
-        for F in "${fmts[@]}"; do
-            args=("${@//%i/$i}")
-            args=("${args[@]//%f/${i##*.}}")
-            # every case runs; a difference fails the test at the end
-            (run_case "${args[@]//%F/$F}") || nfailed=$((nfailed + 1))
-            ncases=$((ncases + 1))
-        done
-    done
-done <<'CASES'
+run_cases img_case <<'CASES'
 # the command line itself (qemu-img's options before the command)
 (no arguments)
 bogus
@@ -209,5 +153,3 @@ resize --shrink sh.qcow2 100M
 resize --shrink sh.qcow2 650M
 resize --shrink sh.qcow2 1G
 CASES
-[ $nfailed = 0 ] || fail "$nfailed of $ncases cases differ (above)"
-echo "PASS ($ncases cases)"

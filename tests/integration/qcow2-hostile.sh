@@ -24,17 +24,17 @@ case_ "huge l1_size"           "L1 table too large"            36 '>I' 0x7ffffff
 case_ "l1 too small"           "L1 table is too small"         36 '>I' 0
 case_ "l1 offset unaligned"    "L1 table offset"               40 '>Q' 0x10001
 case_ "l1 offset past EOF"     "L1 table offset"               40 '>Q' 0x100000000
-case_ "reftable past EOF"      "refcount table"                48 '>Q' 0x100000000
-case_ "reftable huge"          "refcount table"                56 '>I' 0xffffff
-case_ "snapshot count"         "snapshot table"                60 '>I' 100000
+case_ "reftable past EOF"      "Reference count table"         48 '>Q' 0x100000000
+case_ "reftable huge"          "Reference count table"         56 '>I' 0xffffff
+case_ "snapshot count"         "Snapshot table"                60 '>I' 100000
 case_ "encryption"             "encrypted images"              32 '>I' 1
 case_ "unknown incompat bit"   "Unsupported qcow2 feature(s)"  72 '>Q' 0x20
-case_ "refcount order 7"       "refcount width"                96 '>I' 7
-case_ "header length"          "header length"                 100 '>I' 50
+case_ "refcount order 7"       "Reference count entry width"   96 '>I' 7
+case_ "header length"          "header too short"              100 '>I' 50
 cp good.qcow2 bad.qcow2; poke bad.qcow2 8 '>Q' 65000; poke bad.qcow2 16 '>I' 1000   # name crosses the header cluster
-must_fail_with "backing file name" "$VBD_IMG" info bad.qcow2
+must_fail_with "Backing file name too long" "$VBD_IMG" info bad.qcow2
 cp good.qcow2 bad.qcow2; poke bad.qcow2 8 '>Q' 512; poke bad.qcow2 16 '>I' 5000      # name longer than 1023
-must_fail_with "backing file name" "$VBD_IMG" info bad.qcow2
+must_fail_with "Backing file name too long" "$VBD_IMG" info bad.qcow2
 step "a magic that is not qcow2 is refused as qcow2"
 cp good.qcow2 bad.qcow2; poke bad.qcow2 0 '>I' 0x12345678
 must_fail_with "not in qcow2 format" "$VBD_IO" -f qcow2 -r -c "read 0 4k" bad.qcow2
@@ -79,6 +79,19 @@ import struct; f=open('bad.qcow2','r+b'); f.seek($l2b + 8); f.write(struct.pack(
     qemu-img info bad.qcow2 | grep -q "corrupt: true" || fail "qemu-img does not see the corrupt bit ($target)"
     cmp -s -i "$at:$at" -n 65536 bad.qcow2 before.qcow2 || fail "the $target was overwritten"
 done
+step "a write through an L2 entry whose offset is not a cluster's start: refused, the image marked corrupt, the next cluster intact"
+# (iotest 060's scenario, qemu-io refuses it alike) guest 0's entry points
+# 0xfe00 into its cluster: a 64 KiB write there would cover the first
+# 0xfe00 bytes of the next host cluster, guest 64k's data (vbd-io wrote it)
+cp good.qcow2 bad.qcow2
+d0=$(python3 -c "import struct; f=open('bad.qcow2','rb'); f.seek($l2); print(struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00)")
+python3 -c "
+import struct; f=open('bad.qcow2','r+b'); f.seek($l2); f.write(struct.pack('>Q', 0x8000000000000000 | ($d0 + 0xfe00)))"
+out=$("$VBD_IO" -f qcow2 -c "write -P 1 0 64k" bad.qcow2 2>&1) && fail "a write through an unaligned entry succeeded: $out"
+echo "$out" | grep -q "corrupt" || fail "no corruption message: $out"
+qemu-img info bad.qcow2 | grep -q "corrupt: true" || fail "qemu-img does not see the corrupt bit"
+out=$(qemu-io -r -f qcow2 -c "read -P 0x5a 64k 64k" bad.qcow2 2>&1)
+echo "$out" | grep -q "verification failed" && fail "guest 64k's data was overwritten: $out"
 step "clusters past the end of the file that are still counted are not handed out again"
 # the file lost its last two data clusters (guest 128k-256k): their L2
 # entries and refcounts remain. A new cluster must not be one of them, or

@@ -215,32 +215,33 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
         return -EINVAL;
     }
     if (get_le32p(h + 16) != PRL_VERSION || (memcmp(h, PRL_MAGIC_V1, 16) && memcmp(h, PRL_MAGIC_V2, 16))) {
-        vbd_error_setf(err, EINVAL, "Image '%s' not in Parallels format", name);
+        /* QEMU's words and order, for each check it makes too */
+        vbd_error_setf(err, EINVAL, "Image not in Parallels format");
         return -EINVAL;
     }
     bool v1 = !memcmp(h, PRL_MAGIC_V1, 16);
     uint32_t tracks = get_le32p(h + 28);
     if (tracks == 0) {
-        vbd_error_setf(err, EINVAL, "Invalid parallels image '%s': Zero sectors per track (tracks)", name);
+        vbd_error_setf(err, EINVAL, "Invalid image: Zero sectors per track");
         return -EINVAL;
     }
     if (tracks > PRL_MAX_TRACKS) {
-        vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': Too big cluster (tracks %u)", name, tracks);
+        vbd_error_setf(err, EFBIG, "Invalid image: Too big cluster");
         return -EFBIG;
     }
     s->cluster_size = (uint64_t)tracks * 512;
     s->off_multiplier = v1 ? 512 : s->cluster_size;
+    s->bat_entries = get_le32p(h + 32);
+    if (s->bat_entries > INT32_MAX / 4) {
+        vbd_error_setf(err, EFBIG, "Catalog too large");
+        return -EFBIG;
+    }
     uint64_t nb_sectors = get_le64p(h + 36);
     if (v1)
         nb_sectors &= 0xffffffffu;
     if (nb_sectors > VBD_MAX_REQUEST_END / 512) {
-        vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': virtual size (nb_sectors %llu) too large", name,
-                       (unsigned long long)nb_sectors);
-        return -EFBIG;
-    }
-    s->bat_entries = get_le32p(h + 32);
-    if (s->bat_entries > INT32_MAX / 4) { /* QEMU's limit ("Catalog too large") */
-        vbd_error_setf(err, EFBIG, "Invalid parallels image '%s': BAT too large (bat_entries %u)", name, s->bat_entries);
+        /* QEMU's words: its block layer's, for a size past INT64_MAX */
+        vbd_error_setf(err, EFBIG, "Could not refresh total sector count: File too large");
         return -EFBIG;
     }
     uint64_t bat_end = PRL_HEADER_SIZE + (uint64_t)s->bat_entries * 4;
@@ -301,8 +302,7 @@ static int open_image(struct vbd_node *n, struct json_object *opts, unsigned fla
         /* a writer that died left the BAT possibly inconsistent: QEMU 7.2
          * asks for a check before it writes again */
         if (unclean && !(flags & VBD_OPEN_CHECK)) {
-            vbd_error_setf(err, EACCES, "parallels: Image '%s' was not closed correctly; cannot be opened read/write",
-                           name);
+            vbd_error_setf(err, EACCES, "parallels: Image was not closed correctly; cannot be opened read/write");
             return -EACCES;
         }
         if (!(flags & VBD_OPEN_CHECK)) {

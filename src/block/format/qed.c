@@ -111,10 +111,13 @@ static int set_features(struct vbd_node *n, uint64_t features)
     return rc;
 }
 
-/* A cluster offset an entry may hold: aligned, after the header, inside the file. */
+/* A cluster offset an entry may hold: aligned, after the header (its
+ * first cluster at least, whatever header_size says: QEMU opens an image
+ * whose header_size is 0), inside the file. */
 static bool offset_valid(const struct qed_state *s, uint64_t off)
 {
-    return !(off & (s->cluster_size - 1)) && off >= (uint64_t)s->header_size * s->cluster_size && off < s->file_end;
+    uint64_t header_bytes = (uint64_t)(s->header_size ? s->header_size : 1) * s->cluster_size;
+    return !(off & (s->cluster_size - 1)) && off >= header_bytes && off < s->file_end;
 }
 
 static bool table_offset_valid(const struct qed_state *s, uint64_t off)
@@ -571,8 +574,9 @@ static int qed_open_inner(struct vbd_node *n, struct json_object *opts, unsigned
     memcpy(v32, h, 16);
     memcpy(v64, h + 16, 40);
     memcpy(b, h + 56, 8);
+    /* the checks and their words are QEMU's, in its order */
     if (le32toh(v32[0]) != QED_MAGIC) {
-        vbd_error_setf(err, EINVAL, "qed image '%s': bad magic", n->filename);
+        vbd_error_setf(err, EINVAL, "Image not in QED format");
         return -EINVAL;
     }
     s->cluster_size = le32toh(v32[1]);
@@ -586,30 +590,40 @@ static int qed_open_inner(struct vbd_node *n, struct json_object *opts, unsigned
     s->backing_off = le32toh(b[0]);
     s->backing_len = le32toh(b[1]);
     if (s->features & ~QED_FEATURE_MASK) {
-        vbd_error_setf(err, ENOTSUP, "qed image '%s': unsupported QED features 0x%llx", n->filename,
+        vbd_error_setf(err, ENOTSUP, "Unsupported QED features: %llx",
                        (unsigned long long)(s->features & ~QED_FEATURE_MASK));
         return -ENOTSUP;
     }
-    if (!pow2_in(s->cluster_size, QED_MIN_CLUSTER, QED_MAX_CLUSTER))
-        return bad_field(n, err, "cluster_size", s->cluster_size);
-    if (!pow2_in(s->table_size, QED_MIN_TABLE, QED_MAX_TABLE))
-        return bad_field(n, err, "table_size", s->table_size);
-    if (s->header_size == 0 || s->header_size > UINT32_MAX / s->cluster_size)
-        return bad_field(n, err, "header_size", s->header_size);
+    if (!pow2_in(s->cluster_size, QED_MIN_CLUSTER, QED_MAX_CLUSTER)) {
+        vbd_error_setf(err, EINVAL, "QED cluster size is invalid");
+        return -EINVAL;
+    }
+    if (!pow2_in(s->table_size, QED_MIN_TABLE, QED_MAX_TABLE)) {
+        vbd_error_setf(err, EINVAL, "QED table size is invalid");
+        return -EINVAL;
+    }
     if (s->image_size % 512 || s->image_size > qed_max_size(s->cluster_size, s->table_size) ||
-        s->image_size > VBD_MAX_REQUEST_END)
-        return bad_field(n, err, "image_size", s->image_size);
+        s->image_size > VBD_MAX_REQUEST_END) {
+        vbd_error_setf(err, EINVAL, "QED image size is invalid");
+        return -EINVAL;
+    }
+    if (s->header_size > UINT32_MAX / s->cluster_size)
+        return bad_field(n, err, "header_size", s->header_size);
     s->cluster_bits = (uint32_t)__builtin_ctz(s->cluster_size);
     s->table_bytes = (uint64_t)s->table_size * s->cluster_size;
     s->table_entries = s->table_bytes / 8;
     s->l2_bits = (uint32_t)__builtin_ctzll(s->table_entries);
     s->file_end = fsize & ~(uint64_t)(s->cluster_size - 1);
-    if (!table_offset_valid(s, s->l1_offset))
-        return bad_field(n, err, "l1_table_offset", s->l1_offset);
+    if (!table_offset_valid(s, s->l1_offset)) {
+        vbd_error_setf(err, EINVAL, "QED table offset is invalid");
+        return -EINVAL;
+    }
     if (s->features & QED_F_BACKING_FILE) {
         uint64_t hbytes = (uint64_t)s->header_size * s->cluster_size;
-        if ((uint64_t)s->backing_off + s->backing_len > hbytes || s->backing_off + (uint64_t)s->backing_len > fsize)
-            return bad_field(n, err, "backing_filename_offset/size", s->backing_off);
+        if ((uint64_t)s->backing_off + s->backing_len > hbytes || s->backing_off + (uint64_t)s->backing_len > fsize) {
+            vbd_error_setf(err, EINVAL, "QED backing filename offset is invalid");
+            return -EINVAL;
+        }
         if (s->backing_len >= sizeof(n->backing_file))
             return bad_field(n, err, "backing_filename_size", s->backing_len);
         rc = vbd_node_co_pread(n->file, s->backing_off, n->backing_file, s->backing_len);

@@ -91,12 +91,51 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
         vbd_error_setf(err, -rc, "Could not read the VDI header of '%s': %s", n->filename, strerror(-rc));
         return rc;
     }
-    if (get_le32p(h + H_SIGNATURE) != VDI_SIGNATURE)
-        return bad_header(n, err, "no VDI signature", get_le32p(h + H_SIGNATURE));
-    uint32_t version = get_le32p(h + H_VERSION);
-    if (version != VDI_VERSION_1_1) {
-        vbd_error_setf(err, ENOTSUP, "Unsupported VDI image '%s' (version %u.%u)", n->filename, version >> 16,
-                       version & 0xffff);
+    /* QEMU's checks in its order and words; vbd's own after them */
+    s->disk_size = get_le64p(h + H_DISK_SIZE);
+    if (s->disk_size > (uint64_t)VDI_BLOCKS_MAX * VDI_BLOCK_SIZE) {
+        vbd_error_setf(err, ENOTSUP, "Unsupported VDI image size (size is 0x%llx, max supported is 0x%llx)",
+                       (unsigned long long)s->disk_size, (unsigned long long)VDI_BLOCKS_MAX * VDI_BLOCK_SIZE);
+        return -ENOTSUP;
+    }
+    uint32_t signature = get_le32p(h + H_SIGNATURE), version = get_le32p(h + H_VERSION);
+    s->offset_bmap = get_le32p(h + H_OFFSET_BMAP);
+    s->offset_data = get_le32p(h + H_OFFSET_DATA);
+    s->blocks = get_le32p(h + H_BLOCKS);
+    const char *what = NULL;
+    char why[128];
+    if (signature != VDI_SIGNATURE) {
+        vbd_error_setf(err, EINVAL, "Image not in VDI format (bad signature %08x)", signature);
+        return -EINVAL;
+    } else if (version != VDI_VERSION_1_1) {
+        snprintf(why, sizeof(why), "version %u.%u", version >> 16, version & 0xffff);
+        what = why;
+    } else if (s->offset_bmap % VDI_SECTOR) {
+        snprintf(why, sizeof(why), "unaligned block map offset 0x%x", s->offset_bmap);
+        what = why;
+    } else if (s->offset_data % VDI_SECTOR) {
+        snprintf(why, sizeof(why), "unaligned data offset 0x%x", s->offset_data);
+        what = why;
+    } else if (get_le32p(h + H_SECTOR_SIZE) != VDI_SECTOR) {
+        snprintf(why, sizeof(why), "sector size %u is not %u", get_le32p(h + H_SECTOR_SIZE), VDI_SECTOR);
+        what = why;
+    } else if (get_le32p(h + H_BLOCK_SIZE) != VDI_BLOCK_SIZE) {
+        snprintf(why, sizeof(why), "block size %u is not %u", get_le32p(h + H_BLOCK_SIZE), VDI_BLOCK_SIZE);
+        what = why;
+    } else if (s->disk_size > (uint64_t)s->blocks * VDI_BLOCK_SIZE) {
+        snprintf(why, sizeof(why), "disk size %llu, image bitmap has room for %llu", (unsigned long long)s->disk_size,
+                 (unsigned long long)s->blocks * VDI_BLOCK_SIZE);
+        what = why;
+    } else if (!is_nil_uuid(h + H_UUID_LINK)) {
+        what = "non-NULL link UUID";
+    } else if (!is_nil_uuid(h + H_UUID_PARENT)) {
+        what = "non-NULL parent UUID";
+    } else if (s->blocks > VDI_BLOCKS_MAX) {
+        snprintf(why, sizeof(why), "too many blocks %u, max is %u", s->blocks, VDI_BLOCKS_MAX);
+        what = why;
+    }
+    if (what) {
+        vbd_error_setf(err, ENOTSUP, "unsupported VDI image (%s)", what);
         return -ENOTSUP;
     }
     uint32_t header_size = get_le32p(h + H_HEADER_SIZE);
@@ -106,30 +145,11 @@ static int vdi_read_header(struct vbd_node *n, struct vdi_state *s, unsigned fla
     s->image_type = get_le32p(h + H_TYPE);
     if (s->image_type != VDI_TYPE_DYNAMIC && s->image_type != VDI_TYPE_STATIC)
         return bad_header(n, err, "image type", s->image_type);
-    s->offset_bmap = get_le32p(h + H_OFFSET_BMAP);
-    s->offset_data = get_le32p(h + H_OFFSET_DATA);
-    if (s->offset_bmap % VDI_SECTOR || s->offset_bmap < VDI_HEADER_SIZE)
+    if (s->offset_bmap < VDI_HEADER_SIZE)
         return bad_header(n, err, "block map offset", s->offset_bmap);
-    if (s->offset_data % VDI_SECTOR)
-        return bad_header(n, err, "data offset", s->offset_data);
-    if (get_le32p(h + H_SECTOR_SIZE) != VDI_SECTOR)
-        return bad_header(n, err, "sector size", get_le32p(h + H_SECTOR_SIZE));
-    if (get_le32p(h + H_BLOCK_SIZE) != VDI_BLOCK_SIZE)
-        return bad_header(n, err, "block size", get_le32p(h + H_BLOCK_SIZE));
     if (get_le32p(h + H_BLOCK_EXTRA) != 0)
         return bad_header(n, err, "block extra data", get_le32p(h + H_BLOCK_EXTRA));
-    if (!is_nil_uuid(h + H_UUID_LINK) || !is_nil_uuid(h + H_UUID_PARENT)) {
-        vbd_error_setf(err, ENOTSUP, "Unsupported VDI image '%s': differencing images (a parent UUID) are not supported",
-                       n->filename);
-        return -ENOTSUP;
-    }
-    s->blocks = get_le32p(h + H_BLOCKS);
     s->blocks_allocated = get_le32p(h + H_BLOCKS_ALLOCATED);
-    if (s->blocks > VDI_BLOCKS_MAX)
-        return bad_header(n, err, "blocks in image", s->blocks);
-    s->disk_size = get_le64p(h + H_DISK_SIZE);
-    if (s->disk_size > (uint64_t)s->blocks * VDI_BLOCK_SIZE)
-        return bad_header(n, err, "disk size larger than its block map covers", s->disk_size);
     /* VBoxManage convertfromraw can make odd sizes: the disk is whole sectors, as in qemu-img */
     s->disk_size = (s->disk_size + VDI_SECTOR - 1) & ~(uint64_t)(VDI_SECTOR - 1);
     if (s->blocks_allocated > s->blocks)

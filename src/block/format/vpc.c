@@ -290,7 +290,7 @@ static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         }
     }
     if (vpc_checksum(f, VHD_FOOTER_SIZE, F_CHECKSUM) != get_be32p(f + F_CHECKSUM)) {
-        vbd_error_setf(err, EINVAL, "Image '%s': incorrect VHD footer checksum", name);
+        vbd_error_setf(err, EINVAL, "Incorrect header checksum"); /* QEMU's words, as below where it checks too */
         return -EINVAL;
     }
     s->type = get_be32p(f + F_TYPE);
@@ -356,21 +356,23 @@ static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags
     }
     s->block_size = get_be32p(d + D_BLOCK_SIZE);
     if (s->block_size < 512 || (s->block_size & (s->block_size - 1))) {
-        vbd_error_setf(err, EINVAL, "Image '%s': invalid VHD block_size %u", name, s->block_size);
+        vbd_error_setf(err, EINVAL, "Invalid block size %u", s->block_size);
         return -EINVAL;
     }
     s->bitmap_size = ((s->block_size / (8 * 512)) + 511) & ~511u;
     s->max_table_entries = get_be32p(d + D_MAX_ENTRIES);
     s->bat_offset = get_be64p(d + D_TABLE_OFFSET);
     uint64_t bat_bytes = (uint64_t)s->max_table_entries * 4;
+    if (s->max_table_entries > INT32_MAX / 4) {
+        vbd_error_setf(err, EINVAL, "Max Table Entries too large (%d)", (int32_t)s->max_table_entries);
+        return -EINVAL;
+    }
     if ((uint64_t)s->max_table_entries * s->block_size < n->size) {
-        vbd_error_setf(err, EINVAL, "Image '%s': VHD max_table_entries %u blocks of %u bytes do not cover the disk size %llu",
-                       name, s->max_table_entries, s->block_size, (unsigned long long)n->size);
+        vbd_error_setf(err, EINVAL, "Page table too small");
         return -EINVAL;
     }
     if (s->bat_offset > fsize || bat_bytes > fsize - s->bat_offset) {
-        vbd_error_setf(err, EINVAL, "Image '%s': VHD block allocation table (table_offset %llu, %u entries) is past the end of the file",
-                       name, (unsigned long long)s->bat_offset, s->max_table_entries);
+        vbd_error_setf(err, EINVAL, "Error reading pagetable"); /* QEMU's words: its read of it fails */
         return -EINVAL;
     }
     s->bat = malloc(bat_bytes ? bat_bytes : 4);
@@ -418,8 +420,8 @@ static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags
             s->free_data_block_offset = footer_at;
     }
     if (s->free_data_block_offset > fsize) {
-        vbd_error_setf(err, EINVAL, "Image '%s': a VHD block ends at %llu, past the end of the file (%llu): truncated image",
-                       name, (unsigned long long)s->free_data_block_offset, (unsigned long long)fsize);
+        vbd_error_setf(err, EINVAL,
+                       "block-vpc: free_data_block_offset points after the end of file. The image has been truncated.");
         vpc_free(s);
         return -EINVAL;
     }

@@ -569,6 +569,14 @@ static int check_locked(struct vbd_node *n, struct vbd_check_result *res, unsign
     res->image_end_offset = (int64_t)end;
     if (flagged && vbd_node_co_flush(n->file) < 0)
         res->check_errors++;
+    /* a repair that leaves nothing wrong clears the corrupt bit (QEMU's
+     * mark_consistent): the image can be opened for writing again */
+    if (c.fix && s->corrupt && !res->corruptions && !res->check_errors) {
+        if (qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_CORRUPT) == 0)
+            s->corrupt = false;
+        else
+            res->check_errors++;
+    }
     free(table);
     free(c.ref);
     return 0;

@@ -7,34 +7,53 @@
 #include "vbd/error.h"
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *feature_name(struct qcow2_state *s, int type, int bit, char *buf, size_t len)
+/* "Unsupported qcow2 feature(s): " as QEMU words it: the names the image's
+ * feature name table gives, in the table's order, then the bits it does
+ * not name, as one mask */
+static void report_unsupported_features(struct qcow2_state *s, uint64_t mask, struct vbd_error **err)
 {
-    for (uint32_t i = 0; i + 48 <= s->feature_names_len; i += 48) {
+    char names[1024] = "";
+    size_t used = 0;
+    for (uint32_t i = 0; i + 48 <= s->feature_names_len && used < sizeof(names); i += 48) {
         const uint8_t *e = (const uint8_t *)s->feature_names + i;
-        if (e[0] == type && e[1] == bit) {
-            snprintf(buf, len, "%.46s", (const char *)e + 2);
-            return buf;
-        }
+        if (e[0] != 0 || e[1] > 63 || !(mask & (1ull << e[1])))
+            continue;
+        used += (size_t)snprintf(names + used, sizeof(names) - used, "%s%.46s", used ? ", " : "",
+                                 (const char *)e + 2);
+        mask &= ~(1ull << e[1]);
     }
-    snprintf(buf, len, "Unknown incompatible feature: %llx", 1ull << bit);
-    return buf;
+    if (mask && used < sizeof(names))
+        snprintf(names + used, sizeof(names) - used, "%sUnknown incompatible feature: %llx", used ? ", " : "",
+                 (unsigned long long)mask);
+    vbd_error_setf(err, ENOTSUP, "Unsupported qcow2 feature(s): %s", names);
+}
+
+/* A table of len bytes at off: cluster aligned (QEMU's check, even when
+ * empty), and inside the first limit bytes of the file */
+static bool table_fits(const struct qcow2_state *s, uint64_t off, uint64_t len, uint64_t limit)
+{
+    return !(off & (s->cluster_size - 1)) && (!len || (off <= limit && len <= limit - off));
 }
 
 static int parse_extensions(struct vbd_node *n, struct qcow2_state *s, const uint8_t *hdr, uint64_t start,
                             uint64_t end, struct vbd_error **err)
 {
     uint64_t off = start;
-    while (off + 8 <= end) {
-        uint32_t type = get_be32p(hdr + off), len = get_be32p(hdr + off + 4);
+    while (off < end) {
+        /* as QEMU: an extension whose own 8 bytes cross the end is too large too */
+        uint32_t type = off + 8 <= end ? get_be32p(hdr + off) : QCOW2_EXT_END + 1;
+        uint32_t len = off + 8 <= end ? get_be32p(hdr + off + 4) : 0;
         off += 8;
-        if (type == QCOW2_EXT_END)
+        if (off <= end && type == QCOW2_EXT_END)
             return 0;
-        if (len > end - off) {
-            vbd_error_setf(err, EINVAL, "qcow2 header extension 0x%x is larger than the header cluster", type);
+        if (off > end || len > end - off) {
+            vbd_error_setf(err, EINVAL, "Header extension too large");
             return -EINVAL;
         }
         const uint8_t *d = hdr + off;
@@ -130,38 +149,56 @@ int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags,
         s->autoclear = get_be64p(hdr + 88);
         s->refcount_order = get_be32p(hdr + 96);
         s->header_length = get_be32p(hdr + 100);
-        if (s->header_length < 104 || s->header_length > s->cluster_size || s->header_length % 8) {
-            vbd_error_setf(err, EINVAL, "qcow2 header length %u is invalid", s->header_length);
+        /* the checks and their words are QEMU's, in its order (what a
+         * user or script sees for an image with several faults) */
+        if (s->header_length < 104) {
+            vbd_error_setf(err, EINVAL, "qcow2 header too short");
             goto out;
         }
         if (s->header_length > 104)
             s->compression_type = hdr[104];
     }
-    if (s->refcount_order > 6) {
-        vbd_error_setf(err, EINVAL, "qcow2 refcount width 2^%u bits is invalid (at most 64)", s->refcount_order);
+    if (s->header_length > s->cluster_size) {
+        vbd_error_setf(err, EINVAL, "qcow2 header exceeds cluster size");
         goto out;
     }
-    if (parse_extensions(n, s, hdr, s->header_length,
-                         s->backing_file_offset && s->backing_file_offset < s->cluster_size ? s->backing_file_offset
-                                                                                            : s->cluster_size,
-                         err) < 0)
+    if (s->header_length % 8) {
+        vbd_error_setf(err, EINVAL, "qcow2 header length %u is not a multiple of 8", s->header_length);
         goto out;
+    }
+    if (s->backing_file_offset > s->cluster_size) {
+        vbd_error_setf(err, EINVAL, "Invalid backing file offset");
+        goto out;
+    }
+    /* the extensions end where the backing file name starts; an error in
+     * them is reported where QEMU reads them for good (after the tables'
+     * checks), the feature name table read before for the message below */
+    struct vbd_error *ext_err = NULL;
+    parse_extensions(n, s, hdr, s->header_length, s->backing_file_offset ? s->backing_file_offset : s->cluster_size,
+                     &ext_err);
     if (s->incompat & ~QCOW2_INCOMPAT_KNOWN) {
-        char names[512] = "", one[64];
-        for (int b = 0; b < 64; b++)
-            if ((s->incompat & ~QCOW2_INCOMPAT_KNOWN) & (1ull << b)) {
-                if (names[0])
-                    strncat(names, ", ", sizeof(names) - strlen(names) - 1);
-                strncat(names, feature_name(s, 0, b, one, sizeof(one)), sizeof(names) - strlen(names) - 1);
-            }
-        vbd_error_setf(err, ENOTSUP, "Unsupported qcow2 feature(s): %s", names);
+        report_unsupported_features(s, s->incompat & ~QCOW2_INCOMPAT_KNOWN, err);
         rc = -ENOTSUP;
-        goto out;
+        goto out_ext;
+    }
+    s->corrupt = (s->incompat & QCOW2_INCOMPAT_CORRUPT) != 0;
+    if (s->corrupt && (flags & VBD_OPEN_RDWR) && !(flags & VBD_OPEN_CHECK)) {
+        vbd_error_setf(err, EACCES, "qcow2: Image is corrupt; cannot be opened read/write");
+        rc = -EACCES;
+        goto out_ext;
+    }
+    if (s->refcount_order > 6) {
+        vbd_error_setf(err, EINVAL, "Reference count entry width too large; may not exceed 64 bits");
+        goto out_ext;
+    }
+    if (crypt > 2) {
+        vbd_error_setf(err, EINVAL, "Unsupported encryption method %u", crypt);
+        goto out_ext;
     }
     if (crypt) {
         vbd_error_setf(err, ENOTSUP, "qcow2: encrypted images (crypt_method %u) are not supported", crypt);
         rc = -ENOTSUP;
-        goto out;
+        goto out_ext;
     }
     s->external = (s->incompat & QCOW2_INCOMPAT_DATA_FILE) != 0;
     s->data_raw = s->external && (s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW);
@@ -170,17 +207,17 @@ int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags,
     if (s->incompat & QCOW2_INCOMPAT_COMPRESSION) {
         if (s->header_length <= 104 || s->compression_type > 1) {
             vbd_error_setf(err, EINVAL, "qcow2: unknown compression type %u", s->compression_type);
-            goto out;
+            goto out_ext;
         }
     } else if (s->compression_type) {
         vbd_error_setf(err, EINVAL, "qcow2: compression type %u without the compression-type feature bit",
                        s->compression_type);
-        goto out;
+        goto out_ext;
     }
     s->extended_l2 = (s->incompat & QCOW2_INCOMPAT_EXTL2) != 0;
     if (s->extended_l2 && s->cluster_bits < 14) {
         vbd_error_setf(err, EINVAL, "qcow2: extended L2 entries need clusters of 16 KiB or more");
-        goto out;
+        goto out_ext;
     }
     s->l2_entry_size = s->extended_l2 ? 16 : 8;
     s->l2_bits = s->cluster_bits - (s->extended_l2 ? 4 : 3);
@@ -189,60 +226,73 @@ int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags,
     s->csize_mask = (1ull << (s->cluster_bits - 8)) - 1;
     s->coffset_mask = (1ull << s->csize_shift) - 1;
 
-    /* the guest size must be mappable by the L1 table */
-    if (n->size > (1ull << 62)) {
-        vbd_error_setf(err, EINVAL, "qcow2 image size %llu is too large", (unsigned long long)n->size);
-        goto out;
+    /* check opens a truncated image (tables past the end read as zeroes)
+     * to report it corrupt, as qemu-img does; else a table must lie in the
+     * file (QEMU reads zeroes past its end) */
+    uint64_t table_limit = (flags & VBD_OPEN_CHECK) ? UINT64_MAX / 2 : fsize;
+    if (!s->refcount_table_clusters && !(flags & VBD_OPEN_CHECK)) {
+        vbd_error_setf(err, EINVAL, "Image does not contain a reference count table");
+        goto out_ext;
     }
-    uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
-    uint64_t need_l1 = (n->size + per_l1 - 1) / per_l1;
-    if (s->l1_size < need_l1) {
-        vbd_error_setf(err, EINVAL, "qcow2 L1 table is too small (%u entries) for the image size", s->l1_size);
-        goto out;
+    if ((uint64_t)s->refcount_table_clusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES) {
+        vbd_error_setf(err, EFBIG, "Reference count table too large");
+        rc = -EFBIG;
+        goto out_ext;
+    }
+    if (!table_fits(s, s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * s->cluster_size,
+                    table_limit) ||
+        !s->refcount_table_clusters) {
+        vbd_error_setf(err, EINVAL, "Reference count table offset invalid");
+        goto out_ext;
+    }
+    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
+        vbd_error_setf(err, EFBIG, "Snapshot table too large");
+        rc = -EFBIG;
+        goto out_ext;
+    }
+    /* aligned even when there is no snapshot, as QEMU wants it */
+    if (!table_fits(s, s->snapshots_offset, s->nb_snapshots ? 1 : 0, table_limit)) {
+        vbd_error_setf(err, EINVAL, "Snapshot table offset invalid");
+        goto out_ext;
     }
     if ((uint64_t)s->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-        vbd_error_setf(err, EFBIG, "qcow2 active L1 table too large (%u entries)", s->l1_size);
+        vbd_error_setf(err, EFBIG, "Active L1 table too large");
         rc = -EFBIG;
-        goto out;
+        goto out_ext;
     }
-    /* check opens a truncated image (tables past the end read as zeroes) to report it corrupt, as qemu-img does */
-    uint64_t table_limit = (flags & VBD_OPEN_CHECK) ? UINT64_MAX / 2 : fsize;
-    if (s->l1_size && (s->l1_table_offset % s->cluster_size || s->l1_table_offset > table_limit ||
-                       (uint64_t)s->l1_size * 8 > table_limit - s->l1_table_offset)) {
-        vbd_error_setf(err, EINVAL, "qcow2 L1 table offset 0x%llx is invalid or past the end of the file",
-                       (unsigned long long)s->l1_table_offset);
-        goto out;
+    if (!table_fits(s, s->l1_table_offset, (uint64_t)s->l1_size * 8, table_limit)) {
+        vbd_error_setf(err, EINVAL, "Active L1 table offset invalid");
+        goto out_ext;
     }
-    if (s->refcount_table_offset % s->cluster_size || !s->refcount_table_clusters ||
-        (uint64_t)s->refcount_table_clusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES ||
-        s->refcount_table_offset > table_limit ||
-        (uint64_t)s->refcount_table_clusters * s->cluster_size > table_limit - s->refcount_table_offset) {
-        vbd_error_setf(err, EINVAL, "qcow2 refcount table (offset 0x%llx, %u clusters) is invalid",
-                       (unsigned long long)s->refcount_table_offset, s->refcount_table_clusters);
-        goto out;
+    /* the guest size must be mappable by the L1 table */
+    uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
+    uint64_t need_l1 = n->size / per_l1 + (n->size % per_l1 != 0);
+    if (need_l1 > INT32_MAX) {
+        vbd_error_setf(err, EFBIG, "Image is too big");
+        rc = -EFBIG;
+        goto out_ext;
     }
-    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS ||
-        (s->nb_snapshots && (s->snapshots_offset % s->cluster_size || s->snapshots_offset >= table_limit))) {
-        vbd_error_setf(err, EINVAL, "qcow2 snapshot table (%u snapshots at 0x%llx) is invalid", s->nb_snapshots,
-                       (unsigned long long)s->snapshots_offset);
+    if (s->l1_size < need_l1) {
+        vbd_error_setf(err, EINVAL, "L1 table is too small");
+        goto out_ext;
+    }
+    if (ext_err) {
+        vbd_error_propagate(err, ext_err);
+        ext_err = NULL;
         goto out;
     }
     if (s->backing_file_offset) {
-        if (s->backing_file_size > QCOW2_MAX_BACKING_NAME || s->backing_file_offset > s->cluster_size ||
-            s->backing_file_size > s->cluster_size - s->backing_file_offset || s->backing_file_offset > hlen ||
-            s->backing_file_size > hlen - s->backing_file_offset) {
-            vbd_error_setf(err, EINVAL, "qcow2 backing file name (%u bytes at %llu) is invalid",
-                           s->backing_file_size, (unsigned long long)s->backing_file_offset);
+        if (s->backing_file_size > QCOW2_MAX_BACKING_NAME ||
+            s->backing_file_size > s->cluster_size - s->backing_file_offset) {
+            vbd_error_setf(err, EINVAL, "Backing file name too long");
+            goto out;
+        }
+        if (s->backing_file_offset > hlen || s->backing_file_size > hlen - s->backing_file_offset) {
+            vbd_error_setf(err, EINVAL, "Could not read backing file name: the file ends first");
             goto out;
         }
         memcpy(n->backing_file, hdr + s->backing_file_offset, s->backing_file_size);
         n->backing_file[s->backing_file_size] = 0;
-    }
-    s->corrupt = (s->incompat & QCOW2_INCOMPAT_CORRUPT) != 0;
-    if (s->corrupt && (flags & VBD_OPEN_RDWR) && !(flags & VBD_OPEN_CHECK)) {
-        vbd_error_setf(err, EACCES, "qcow2: image is corrupt; cannot be opened read/write");
-        rc = -EACCES;
-        goto out;
     }
     if (s->l1_size) {
         s->l1 = malloc((size_t)s->l1_size * 8);
@@ -255,6 +305,9 @@ int qcow2_read_header(struct vbd_node *n, struct qcow2_state *s, unsigned flags,
             s->l1[i] = be64(s->l1[i]);
     }
     rc = 0;
+    goto out;
+out_ext:
+    vbd_error_free(ext_err);
 out:
     free(hdr);
     return rc;

@@ -102,6 +102,18 @@ static int open_data_file(struct vbd_node *n, struct qcow2_state *s, struct json
     return 0;
 }
 
+/* An open for writing, check -r's too, clears the autoclear bits of
+ * features vbd does not know (it cannot keep them up to date), as QEMU's
+ * open does. */
+static int clear_unknown_autoclear(struct vbd_node *n, struct qcow2_state *s, struct vbd_error **err)
+{
+    uint64_t known = QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    if (s->version < 3 || !(s->autoclear & ~known))
+        return 0;
+    s->autoclear &= known;
+    return qcow2_rewrite_header(s, n->backing_file, n->backing_format, err);
+}
+
 /* Before the first write: a dirty image (lazy refcounts, not closed
  * cleanly) gets its refcounts rebuilt, as QEMU does at open; bitmaps we do
  * not keep up to date are marked invalid (the autoclear rule). */
@@ -110,9 +122,8 @@ static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, struct vb
     int rc = 0;
     if (s->incompat & QCOW2_INCOMPAT_DIRTY) {
         struct vbd_check_result res = {0};
-        s->quiet_check = true;
+        /* what it finds and repairs is printed, as QEMU's open prints it */
         rc = qcow2_co_check(n, &res, VBD_CHECK_FIX_LEAKS | VBD_CHECK_FIX_ERRORS, err);
-        s->quiet_check = false;
         if (rc == 0 && (res.corruptions || res.check_errors)) {
             vbd_error_setf(err, EIO, "qcow2: the image was not closed cleanly and its refcounts could not be repaired "
                            "(%llu corruptions left); run 'vbd-img check -r all'", (unsigned long long)res.corruptions);
@@ -121,11 +132,8 @@ static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, struct vb
         if (rc == 0)
             rc = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);
     }
-    uint64_t known = QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW;
-    if (rc == 0 && s->version >= 3 && (s->autoclear & ~known)) {
-        s->autoclear &= known; /* features we do not keep up to date stop being valid */
-        rc = qcow2_rewrite_header(s, n->backing_file, n->backing_format, err);
-    }
+    if (rc == 0)
+        rc = clear_unknown_autoclear(n, s, err); /* features we do not keep up to date stop being valid */
     if (rc == 0)
         rc = qcow2_bitmaps_open(s, err);
     if (rc < 0 && err && !*err)
@@ -349,6 +357,10 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     }
     if (!s->read_only && !(flags & VBD_OPEN_CHECK)) {
         rc = open_for_writing(n, s, err);
+        if (rc < 0)
+            return rc;
+    } else if (!s->read_only) {
+        rc = clear_unknown_autoclear(n, s, err);
         if (rc < 0)
             return rc;
     }
@@ -889,6 +901,14 @@ static int write_cluster(struct vbd_node *n, uint64_t off, uint64_t len, struct 
             break; /* took it without waiting: the entry is still current */
     }
     int rc;
+    /* an allocated entry whose offset is not a cluster's start is corrupt
+     * (the read path refuses it too): written to as it is, the data would
+     * land across the next cluster, another guest offset's or metadata */
+    if (!(entry & QCOW_OFLAG_COMPRESSED) && (entry & L2E_OFFSET_MASK & (s->cluster_size - 1))) {
+        rc = qcow2_signal_corruption(s, "Cluster allocation offset unaligned", entry & L2E_OFFSET_MASK);
+        range_unlock(s, &r);
+        return rc;
+    }
     if (overwrite) {
         uint64_t host = (entry & L2E_OFFSET_MASK) + in;
         if (qcow2_data_overlaps(s, host, len)) {

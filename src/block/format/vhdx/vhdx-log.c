@@ -106,7 +106,7 @@ int vhdx_read_headers(struct vbd_node *n, struct vhdx_state *s, struct vbd_error
         s->cur = valid[1];
     }
     if (!valid[0] && !valid[1]) {
-        vbd_error_setf(err, EINVAL, "Image '%s': no valid VHDX header found", n->file->filename);
+        vbd_error_setf(err, EINVAL, "No valid VHDX header found"); /* QEMU's words */
         return -EINVAL;
     }
     return 0;

@@ -938,14 +938,14 @@ static int load_table(struct vbd_node *n, struct vmdk_extent *e, uint64_t off, u
 static int sparse_geometry(struct vbd_node *n, struct vmdk_extent *e, uint64_t capacity, uint64_t granularity,
                            uint32_t gtes, struct vbd_error **err)
 {
-    if (granularity == 0 || granularity > MAX_GRAIN_SECTORS) {
-        vbd_error_setf(err, EFBIG, "Could not open '%s': invalid granularity %" PRIu64 ", image may be corrupt",
-                       n->filename, granularity);
-        return -EFBIG;
-    }
-    if (gtes == 0) {
+    /* QEMU's checks in its order */
+    if (gtes == 0 || granularity == 0) {
         vbd_error_setf(err, EINVAL, "Could not open '%s': L1 entry size is invalid", n->filename);
         return -EINVAL;
+    }
+    if (granularity > MAX_GRAIN_SECTORS) {
+        vbd_error_setf(err, EFBIG, "Could not open '%s': Invalid granularity, image may be corrupt", n->filename);
+        return -EFBIG;
     }
     uint64_t per_gt = (uint64_t)gtes * granularity;
     uint64_t gd = div_up(capacity, per_gt);
@@ -1029,8 +1029,8 @@ static int open_sparse(struct vbd_node *n, struct vmdk_extent *e, const uint8_t 
         return -EINVAL;
     }
     if (capacity > VBD_MAX_REQUEST_END / SECTOR) {
-        vbd_error_setf(err, EFBIG, "Could not open '%s': capacity %" PRIu64 " sectors is too large", n->filename,
-                       capacity);
+        /* QEMU's words: the grain directory it would need is past its limit */
+        vbd_error_setf(err, EFBIG, "Could not open '%s': L1 size too big", n->filename);
         return -EFBIG;
     }
     if (grain_off > fsize / SECTOR) {
