@@ -12,14 +12,24 @@
  * if need be, after which the allocation starts over (the blocks may sit
  * where it wanted to be); and when the table has no entry for a block, a
  * larger table with blocks that count it goes past everything in use, the
- * old one freed (its bytes stay in the file). Those steps are replayed
- * here on an image held in memory, for the bytes the file ends with.
+ * old one freed (its bytes stay in the file). With preallocation=metadata
+ * qemu-img then maps the whole disk (preallocate_co) through the same
+ * allocator, table by table: an L2 table, its clusters in one run, the
+ * next table (which ends the run), and so on; the refcount blocks and the
+ * tables they need come amid them. Those steps are replayed here on an
+ * image held in memory (only the clusters QEMU writes), for the bytes the
+ * file ends with. The runtime allocator (refcount.c) places its blocks
+ * otherwise, at the end of the file; its hot path is left alone.
  */
 #include "qcow2.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* more clusters than this in the file (a pointer each) and
+ * preallocation=metadata is not replayed (qcow2_plan_create: -E2BIG) */
+#define SIM_MAX_CLUSTERS (1ull << 22)
 
 struct sim {
     uint64_t cs, per_block, per_table_cluster;
@@ -28,10 +38,9 @@ struct sim {
     uint64_t *table, table_size;   /* refcount block (cluster index) of each entry, 0 if none */
     uint64_t table_off, max_index; /* table's cluster; highest entry in use */
     uint64_t free_index;           /* QEMU's free_cluster_index */
-    uint8_t *buf;                  /* the file's bytes */
-    uint64_t buf_len, file_len;
-    uint8_t *written; /* per cluster: QEMU wrote in it (else a hole) */
-    uint64_t written_len;
+    uint8_t **cl;                  /* the file: each cluster's bytes, NULL where QEMU never writes (a hole) */
+    uint64_t cl_len, file_len;
+    uint64_t cl_limit; /* 0: none */
 };
 
 static int grow(void **p, uint64_t *len, uint64_t need, size_t unit)
@@ -50,22 +59,37 @@ static int grow(void **p, uint64_t *len, uint64_t need, size_t unit)
     return 0;
 }
 
+/* bytes at off written (zeroes if data is NULL); the file at least as long */
 static int put(struct sim *m, uint64_t off, const void *data, uint64_t len)
 {
-    int rc = grow((void **)&m->buf, &m->buf_len, off + len, 1);
+    uint64_t first = off / m->cs, last = len ? (off + len - 1) / m->cs : first;
+    if (m->cl_limit && last >= m->cl_limit)
+        return -E2BIG;
+    int rc = grow((void **)&m->cl, &m->cl_len, last + 1, sizeof(uint8_t *));
     if (rc < 0)
         return rc;
-    if (data)
-        memcpy(m->buf + off, data, len);
-    else
-        memset(m->buf + off, 0, len);
+    for (uint64_t c = first; c <= last; c++) {
+        if (!m->cl[c] && !(m->cl[c] = calloc(1, m->cs)))
+            return -ENOMEM;
+        uint64_t from = c == first ? off % m->cs : 0;
+        uint64_t to = c == last && len ? (off + len - 1) % m->cs + 1 : m->cs;
+        if (!len)
+            to = from;
+        if (data)
+            memcpy(m->cl[c] + from, (const uint8_t *)data + (c * m->cs + from - off), to - from);
+        else
+            memset(m->cl[c] + from, 0, to - from);
+    }
     if (m->file_len < off + len)
         m->file_len = off + len;
-    uint64_t last = len ? (off + len - 1) / m->cs : off / m->cs;
-    if ((rc = grow((void **)&m->written, &m->written_len, last + 1, 1)) < 0)
-        return rc;
-    memset(m->written + off / m->cs, 1, last + 1 - off / m->cs);
     return 0;
+}
+
+static int put_u64(struct sim *m, uint64_t off, uint64_t v)
+{
+    uint8_t e[8];
+    put_be64p(e, v);
+    return put(m, off, e, 8);
 }
 
 static uint64_t get_rc(const struct sim *m, uint64_t c)
@@ -87,10 +111,10 @@ static int set_rc(struct sim *m, uint64_t c, uint64_t v)
 /* the table as it is, at its place (QEMU writes it whole) */
 static int put_table(struct sim *m)
 {
-    uint64_t bytes = m->table_size * 8;
-    int rc = put(m, m->table_off * m->cs, NULL, bytes);
+    int rc = put(m, m->table_off * m->cs, NULL, m->table_size * 8);
     for (uint64_t i = 0; rc == 0 && i < m->table_size; i++)
-        put_be64p(m->buf + m->table_off * m->cs + 8 * i, m->table[i] * m->cs);
+        if (m->table[i])
+            rc = put_u64(m, m->table_off * m->cs + 8 * i, m->table[i] * m->cs);
     return rc;
 }
 
@@ -188,9 +212,7 @@ static int alloc_block(struct sim *m, uint64_t c)
         m->table[idx] = block;
         if (idx > m->max_index)
             m->max_index = idx;
-        uint8_t e[8];
-        put_be64p(e, block * m->cs);
-        rc = put(m, m->table_off * m->cs + idx * 8, e, 8);
+        rc = put_u64(m, m->table_off * m->cs + idx * 8, block * m->cs);
         return rc < 0 ? rc : -EAGAIN;
     }
     uint64_t used = (c + 1 > block + 1 ? c + 1 : block + 1);
@@ -237,7 +259,123 @@ static void put_refcount(uint8_t *block, uint32_t order, uint64_t i, uint64_t v)
     }
 }
 
-int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l1_entries, struct qcow2_create_plan *out)
+/* qcow2_alloc_clusters: n clusters at the first free run, again when the
+ * refcount update made a block (it may sit where the run was to be) */
+static int alloc_clusters(struct sim *m, uint64_t n, uint64_t *at)
+{
+    int rc;
+    do {
+        *at = alloc_noref(m, n);
+        rc = update_rc(m, *at, n, 1);
+    } while (rc == -EAGAIN);
+    return rc;
+}
+
+/* qcow2_alloc_clusters_at: as many of the n clusters from `at` on as are
+ * free, *got of them (0: the first is in use) */
+static int alloc_clusters_at(struct sim *m, uint64_t at, uint64_t n, uint64_t *got)
+{
+    int rc;
+    do {
+        uint64_t i = 0;
+        while (i < n && !get_rc(m, at + i))
+            i++;
+        *got = i;
+        rc = update_rc(m, at, i, 1);
+    } while (rc == -EAGAIN);
+    return rc;
+}
+
+/* get_cluster_table: the L2 table of L1 entry l1i, made if missing
+ * (l2_allocate: a cluster at the first free one, written empty); its
+ * cluster index in l1[l1i] */
+static int l2_table(struct sim *m, uint64_t *l1, uint64_t l1i)
+{
+    if (l1[l1i])
+        return 0;
+    uint64_t t;
+    int rc = alloc_clusters(m, 1, &t);
+    if (rc == 0)
+        rc = put(m, t * m->cs, NULL, m->cs);
+    if (rc == 0)
+        l1[l1i] = t;
+    return rc;
+}
+
+/* preallocate_co(0, size) with preallocation=metadata: qcow2_alloc_host_offset
+ * request by request. A request maps from a table's first free entry on:
+ * the table (handle_copied makes it), then the entries' clusters in one
+ * run (handle_alloc); it goes on into the next table only while that one's
+ * clusters can follow the run (qcow2_alloc_clusters_at), which the next
+ * table's own cluster, taken first, usually prevents. Each entry points to
+ * its cluster (COPIED); the file is made as long as the last request's end. */
+static int prealloc_metadata(struct sim *m, uint64_t size, uint32_t entry_bytes, uint64_t *l1)
+{
+    const uint64_t inv = UINT64_MAX, cs = m->cs, per_table = cs / entry_bytes;
+    const uint64_t max_request = 0x7fffffffull & ~511ull; /* BDRV_REQUEST_MAX_BYTES */
+    uint64_t offset = 0, bytes = size, host = inv, cur = 0;
+    int rc = 0;
+    while (rc == 0 && bytes) {
+        cur = bytes < (0x7fffffffull / cs) * cs ? bytes : (0x7fffffffull / cs) * cs;
+        uint64_t start = offset, remaining = cur, cluster_off = inv, step = 0;
+        host = inv;
+        for (;;) {
+            if (host == inv && cluster_off != inv)
+                host = cluster_off;
+            start += step;
+            remaining -= step;
+            if (cluster_off != inv)
+                cluster_off += step;
+            if (!remaining)
+                break;
+            step = remaining;
+            uint64_t gc = start / cs, l1i = gc / per_table, l2i = gc % per_table, in = start % cs;
+            if ((rc = l2_table(m, l1, l1i)) < 0)
+                return rc;
+            uint64_t n = (in + step + cs - 1) / cs, run;
+            if (n > per_table - l2i)
+                n = per_table - l2i;
+            if (n > max_request / cs)
+                n = max_request / cs;
+            if (cluster_off == inv) {
+                rc = alloc_clusters(m, n, &run);
+            } else {
+                run = cluster_off / cs;
+                rc = alloc_clusters_at(m, run, n, &n);
+            }
+            if (rc < 0)
+                return rc;
+            if (!n)
+                break; /* the run cannot go on: the request ends here */
+            for (uint64_t k = 0; rc == 0 && k < n; k++)
+                rc = put_u64(m, l1[l1i] * cs + (l2i + k) * entry_bytes, ((run + k) * cs) | QCOW_OFLAG_COPIED);
+            if (rc < 0)
+                return rc;
+            if (step > n * cs - in)
+                step = n * cs - in;
+            cluster_off = run * cs + in;
+        }
+        cur -= remaining;
+        offset += cur;
+        bytes -= cur;
+    }
+    if (host != inv && m->file_len < host + cur)
+        m->file_len = host + cur;
+    return rc;
+}
+
+
+void qcow2_plan_free(struct qcow2_create_plan *plan)
+{
+    for (uint64_t c = 0; plan->clusters && c < plan->nclusters; c++)
+        free(plan->clusters[c]);
+    free(plan->clusters);
+    plan->clusters = NULL;
+    plan->nclusters = 0;
+}
+
+int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l1_entries, uint64_t metadata_size,
+                      uint32_t l2_entry_bytes, struct qcow2_create_plan *out)
 {
     struct sim m = {.cs = cluster_size, .per_table_cluster = cluster_size / 8, .refcount_order = refcount_order};
     uint32_t cbits = 0;
@@ -247,7 +385,10 @@ int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l
     m.per_block = 1ull << m.rb_bits;
     m.table_size = m.per_table_cluster;
     m.table = calloc(m.table_size, sizeof(uint64_t));
-    int rc = m.table ? 0 : -ENOMEM;
+    if (metadata_size)
+        m.cl_limit = SIM_MAX_CLUSTERS;
+    uint64_t *l1 = calloc(l1_entries + 1, sizeof(uint64_t)); /* each entry's L2 table (cluster index), 0 if none */
+    int rc = m.table && l1 ? 0 : -ENOMEM;
     /* header, table (entry 0: the block at cluster 2), the block empty;
      * then the three counted (qemu-img's first allocation) */
     if (rc == 0) {
@@ -257,22 +398,20 @@ int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l
     }
     if (rc == 0)
         rc = put_table(&m);
-    uint64_t got;
-    while (rc == 0) {
-        got = alloc_noref(&m, 3);
-        if ((rc = update_rc(&m, got, 3, 1)) != -EAGAIN)
-            break;
-    }
-    uint64_t l1_clusters = (l1_entries * 8 + cluster_size - 1) / cluster_size, l1 = 0;
-    while (rc == 0 && l1_clusters) {
-        l1 = alloc_noref(&m, l1_clusters);
-        if ((rc = update_rc(&m, l1, l1_clusters, 1)) != -EAGAIN)
-            break;
-        rc = 0;
-    }
-    /* the L1 table's entries, then every block as it ends up */
+    uint64_t got, l1_clusters = (l1_entries * 8 + cluster_size - 1) / cluster_size, l1_at = 0;
+    if (rc == 0)
+        rc = alloc_clusters(&m, 3, &got);
     if (rc == 0 && l1_clusters)
-        rc = put(&m, l1 * cluster_size, NULL, l1_entries * 8);
+        rc = alloc_clusters(&m, l1_clusters, &l1_at);
+    /* the L1 table's entries as written at its growth */
+    if (rc == 0 && l1_clusters)
+        rc = put(&m, l1_at * cluster_size, NULL, l1_entries * 8);
+    if (rc == 0 && metadata_size)
+        rc = prealloc_metadata(&m, metadata_size, l2_entry_bytes, l1);
+    for (uint64_t i = 0; rc == 0 && i < l1_entries; i++)
+        if (l1[i])
+            rc = put_u64(&m, l1_at * cluster_size + 8 * i, (l1[i] * cluster_size) | QCOW_OFLAG_COPIED);
+    /* every block as it ends up */
     for (uint64_t i = 0; rc == 0 && i < m.table_size; i++) {
         if (!m.table[i])
             continue;
@@ -282,20 +421,20 @@ int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l
         for (uint64_t k = 0; k < m.per_block; k++) {
             uint64_t c = i * m.per_block + k;
             if (c < m.rc_len && m.rc[c])
-                put_refcount(m.buf + at, refcount_order, k, m.rc[c]);
+                put_refcount(m.cl[m.table[i]], refcount_order, k, m.rc[c]);
         }
     }
+    free(l1);
     free(m.rc);
     free(m.table);
+    out->clusters = m.cl;
+    out->nclusters = m.cl_len;
     if (rc < 0) {
-        free(m.buf);
-        free(m.written);
+        qcow2_plan_free(out);
         return rc;
     }
-    out->buf = m.buf;
-    out->written = m.written;
     out->length = m.file_len;
-    out->l1_offset = l1 * cluster_size;
+    out->l1_offset = l1_at * cluster_size;
     out->reftable_offset = m.table_off * cluster_size;
     out->reftable_clusters = (uint32_t)(m.table_size / m.per_table_cluster);
     return 0;

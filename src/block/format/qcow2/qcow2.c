@@ -1937,12 +1937,21 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     }
     /* the refcount structure and the L1 table where qemu-img puts them
      * (create-layout.c); an empty image has no L1 table (offset 0), as
-     * qemu-img makes it: a cluster for it would be counted by nothing */
-    if ((rc = qcow2_plan_create(cluster_size, order, l1_entries, &plan)) < 0) {
+     * qemu-img makes it: a cluster for it would be counted by nothing.
+     * preallocation=metadata too, in the image itself: its L2 tables and
+     * clusters as qemu-img interleaves them with the refcount blocks
+     * (an image too large to replay so is mapped by qcow2_preallocate
+     * below, in another valid order) */
+    bool planned_metadata = pmode == VBD_PREALLOC_METADATA && !data_file;
+    rc = qcow2_plan_create(cluster_size, order, l1_entries, planned_metadata ? size : 0, extl2 ? 16 : 8, &plan);
+    if (rc == -E2BIG && planned_metadata) {
+        planned_metadata = false;
+        rc = qcow2_plan_create(cluster_size, order, l1_entries, 0, 0, &plan);
+    }
+    if (rc < 0) {
         vbd_error_setf(err, -rc, "Could not lay out the qcow2 image: %s", strerror(-rc));
         goto out;
     }
-    buf = plan.buf;
     char data_path[4096] = "";
     if (data_file) { /* relative to the image, as it will be resolved at open */
         const char *slash = strrchr(filename, '/');
@@ -1960,7 +1969,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         rc = -EIO;
         goto out;
     }
-    uint8_t *h = buf;
+    uint8_t *h = plan.clusters[0];
     put_be32p(h, QCOW2_MAGIC);
     put_be32p(h + 4, (uint32_t)version);
     put_be32p(h + 20, cbits);
@@ -1991,26 +2000,33 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         rc = -EINVAL;
         goto out;
     }
-    uint64_t length = plan.length;
-    /* what qemu-img writes, run by run: the clusters it never writes stay
-     * holes of the new file, so that the image takes the space qemu-img's
-     * takes */
-    uint64_t run = 0;
-    rc = 0;
-    for (uint64_t c = 0; rc == 0 && c * cluster_size < length; c++) {
-        if (!plan.written[c])
-            run = c + 1;
-        else if ((c + 1) * cluster_size >= length || !plan.written[c + 1]) {
-            uint64_t end = (c + 1) * cluster_size < length ? (c + 1) * cluster_size : length;
-            rc = vbd_node_co_pwrite(f, run * cluster_size, buf + run * cluster_size, end - run * cluster_size, 0);
-            run = c + 1;
+    /* what qemu-img writes, run by run (1 MiB at most a write): the
+     * clusters it never writes stay holes of the new file, so that the
+     * image takes the space qemu-img's takes; the file as long as its */
+    uint64_t length = plan.length, max_run = cluster_size < (1u << 20) ? (1u << 20) / cluster_size : 1;
+    buf = malloc(max_run * cluster_size);
+    rc = buf ? 0 : -ENOMEM;
+    for (uint64_t c = 0; rc == 0 && c * cluster_size < length;) {
+        uint64_t n = 0;
+        while (n < max_run && (c + n) * cluster_size < length && c + n < plan.nclusters && plan.clusters[c + n]) {
+            memcpy(buf + n * cluster_size, plan.clusters[c + n], cluster_size);
+            n++;
         }
+        if (!n) {
+            c++;
+            continue;
+        }
+        uint64_t end = (c + n) * cluster_size < length ? (c + n) * cluster_size : length;
+        rc = vbd_node_co_pwrite(f, c * cluster_size, buf, end - c * cluster_size, 0);
+        c += n;
     }
+    if (rc == 0 && vbd_node_size(f) < length)
+        rc = vbd_node_co_truncate(f, length, false, VBD_PREALLOC_OFF, NULL);
     if (rc == 0)
         rc = vbd_node_co_flush(f);
     if (rc < 0)
         vbd_error_setf(err, -rc, "Could not write the qcow2 image '%s': %s", filename, strerror(-rc));
-    if (rc == 0 && pmode != VBD_PREALLOC_OFF) {
+    if (rc == 0 && pmode != VBD_PREALLOC_OFF && !planned_metadata) {
         vbd_node_unref(f);
         struct json_object *o = json_object_new_object();
         json_object_object_add(o, "driver", json_object_new_string("qcow2"));
@@ -2030,7 +2046,7 @@ out:
     if (f)
         vbd_node_unref(f);
     free(buf);
-    free(plan.written);
+    qcow2_plan_free(&plan);
     free(compat);
     free(backing);
     free(backing_fmt);

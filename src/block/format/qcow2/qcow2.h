@@ -298,16 +298,21 @@ void qcow2_punch_freed(struct qcow2_state *s);
 void qcow2_punch_later(struct qcow2_state *s, uint64_t host_cluster); /* noted for qcow2_punch_freed */
 /* check -r all: a new refcount structure holding count[k] for host cluster k < n, placed from cluster n on */
 int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n);
-/* create-layout.c: a new image's metadata as qemu-img places it: buf
- * (length bytes, to be written from offset 0; its first cluster for the
- * header) holds the refcount structure and the (empty) L1 table; both freed by the caller */
+/* create-layout.c: a new image as qemu-img lays it out: the file's
+ * clusters (length bytes from offset 0), each NULL where qemu-img leaves
+ * a hole, else to be written (cluster 0: the header, to be filled in):
+ * the refcount structure, the L1 table and, with metadata_size, every
+ * guest cluster of [0, metadata_size) mapped (preallocation=metadata; the
+ * L2 tables, l2_entry_bytes an entry). -E2BIG: too large to replay so.
+ * qcow2_plan_free frees the clusters. */
 struct qcow2_create_plan {
-    uint8_t *buf;
-    uint8_t *written; /* per cluster: to be written (else left a hole, as qemu-img leaves it) */
-    uint64_t length, l1_offset, reftable_offset;
+    uint8_t **clusters;
+    uint64_t nclusters, length, l1_offset, reftable_offset;
     uint32_t reftable_clusters;
 };
-int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l1_entries, struct qcow2_create_plan *out);
+int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l1_entries, uint64_t metadata_size,
+                      uint32_t l2_entry_bytes, struct qcow2_create_plan *out);
+void qcow2_plan_free(struct qcow2_create_plan *plan);
 /* QEMU's qcow2_refcount_area (exact size): refcount blocks and a new table
  * from start_off on, counting the file and `additional` clusters past them;
  * returns where those go */

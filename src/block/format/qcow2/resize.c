@@ -324,6 +324,42 @@ static int64_t passing_table(struct qcow2_state *s, uint64_t shared)
     return at;
 }
 
+/* A table the active L1 entry l1i names without COPIED (a snapshot shares
+ * it, or one once did: refcount 1 left by an old snapshot deletion) gives
+ * way to its copy at `copy` as QEMU's get_cluster_table does it: the L1
+ * entry names the copy (on disk first), then the old table's reference
+ * goes, and the space stays in the file (QCOW2_DISCARD_OTHER, which QEMU
+ * does not pass down: vbd punched it); only the copy, dropped with the
+ * mappings, is discarded. Freed at once, its cluster is the next table's
+ * first choice, as in QEMU. Lock held. */
+static int repoint_table(struct qcow2_state *s, uint32_t l1i, uint64_t old, uint64_t copy)
+{
+    uint64_t was = s->l1[l1i];
+    s->l1[l1i] = copy | QCOW_OFLAG_COPIED;
+    qcow2_metadata_moved(s);
+    int rc = qcow2_write_l1_entry(s, l1i);
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file);
+    if (rc < 0) {
+        s->l1[l1i] = was;
+        qcow2_metadata_moved(s);
+        (void)qcow2_write_l1_entry(s, l1i);
+        return rc;
+    }
+    /* a cached copy of the old table must never be read or written back
+     * as the cluster's content once the cluster is someone else's */
+    for (int i = 0; i < s->l2_cache_slots; i++)
+        if (s->l2_cache[i].offset == old) {
+            s->l2_cache[i].offset = 0;
+            s->l2_cache[i].dirty = false;
+        }
+    bool punch = s->punch_freed;
+    s->punch_freed = false;
+    (void)qcow2_update_refcount(s, old, -1); /* a failure only leaks */
+    s->punch_freed = punch;
+    return 0;
+}
+
 /* Every mapping of [from, end) goes, as QEMU's shrink discards it: the
  * entries of the table holding the new end are cleared, tables wholly
  * past it are dropped from L1; each reference they held (data clusters,
@@ -357,7 +393,14 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
                 rc = (int)t;
                 break;
             }
-            tables[ntables++] = (uint64_t)t;
+            if (!l2) {
+                tables[ntables++] = (uint64_t)t;
+            } else if ((rc = repoint_table(s, l1i, l2, (uint64_t)t)) < 0) {
+                (void)qcow2_update_refcount(s, (uint64_t)t, -1); /* nothing names it */
+                break;
+            } else {
+                l2 = (uint64_t)t; /* read, dropped and released below, as the table it replaced */
+            }
         }
         /* the table holding the new end is made if missing (empty), as
          * QEMU's discard of the tail makes it (get_cluster_table): the
