@@ -95,10 +95,10 @@ else:
 st = Stress(cmd)
 pf = open("points", "w")
 chain, files = ["base"], {"base": (f"{cwd}/base.{fmt}", fmt)}
-added = set()  # the overlays blockdev-add made (the monitor's: blockdev-del); blockdev-snapshot-sync's close with their last user
+monitor_owned = set()  # the overlays blockdev-add made (the monitor's: blockdev-del); blockdev-snapshot-sync's close with their last user
 
 def drop(n):  # a layer out of the chain
-    if n in added:
+    if n in monitor_owned:
         s.run("blockdev-del", **{"node-name": n})
     else:
         s.gone(n)
@@ -123,7 +123,7 @@ def snapshot(r, added=False):
         sh(f"qemu-img create -q -f qcow2 -b '{path}' -F {f} {new}.qcow2 16M", "qemu-img create")
         s.run("blockdev-add", driver="qcow2", **{"node-name": new}, backing=None,
               file={"driver": "file", "filename": f"{cwd}/{new}.qcow2"})
-        added.add(new)
+        monitor_owned.add(new)
     ts = time.monotonic_ns()
     if added:
         s.run("blockdev-snapshot", node=top, overlay=new)
