@@ -10,6 +10,6 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-storage-daemon qemu-img qemu-io python3
 VBD_DAEMON=$VBD_DAEMON python3 "$VBD_ROOT/tests/qmp/qmpsweep.py" --seed "${SWEEP_SEED:-28}" \
-    --count "${SWEEP_COUNT:-3}" --steps 30 --keep "$T/sweep" ||
+    --count "${SWEEP_COUNT:-2}" --steps 30 --keep "$T/sweep" ||
     fail "qmpsweep: vbd-daemon and qemu-storage-daemon differ (above)"
 echo OK
