@@ -81,6 +81,20 @@ soak: build
 guest-crash: build-asan
 	@VBD_GUEST_CRASH=1 ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} VBD_BUILD=$(abspath $(BUILD_ASAN)) VBD_ROOT=$(CURDIR) bash tests/integration/guest-crash.sh
 
+# The differential QMP sweep against qemu-storage-daemon at length
+# (tests/qmp/qmpsweep.py; make check runs 2 sequences of seed 28):
+# SWEEP_COUNT sequences of SWEEP_STEPS commands of seed SWEEP_SEED, under
+# ASan+UBSan; each difference's qmpdiff reproducer in tests/out/qmp-sweep.
+SWEEP_SEED ?= 1
+SWEEP_COUNT ?= 1000
+SWEEP_STEPS ?= 40
+.PHONY: qmp-sweep
+qmp-sweep: build-asan
+	@mkdir -p tests/out
+	@VBD_BUILD=$(abspath $(BUILD_ASAN)) ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+	    python3 tests/qmp/qmpsweep.py --seed $(SWEEP_SEED) --count $(SWEEP_COUNT) --steps $(SWEEP_STEPS) \
+	    --keep $(CURDIR)/tests/out/qmp-sweep
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 

@@ -478,6 +478,10 @@ struct vbd_node {
     bool file_ref;               /* the "file" child is an existing node it references (file=NAME), not its own */
     bool opening;                /* its driver's open runs: no child may reference it by name (a cycle) */
     bool read_only;
+    /* vbd-daemon: blockdev-snapshot-sync's overlay, held by its users only
+     * (not the monitor's: it closes with the last of them, as qsd's);
+     * --state describes it while it lives */
+    bool snapshot_overlay;
     struct vbd_limits bl;
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */
     unsigned supported_zero_flags;  /* VBD_REQ_MAY_UNMAP / FUA / NO_FALLBACK */

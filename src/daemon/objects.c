@@ -87,6 +87,25 @@ int vbd_daemon_node_del(const char *name, struct vbd_error **err)
     return -ENOENT;
 }
 
+int vbd_daemon_node_release(const char *name, struct vbd_error **err)
+{
+    for (int i = 0; i < nnodes; i++) {
+        struct vbd_node *n = nodes[i];
+        if (strcmp(n->node_name, name))
+            continue;
+        memmove(&nodes[i], &nodes[i + 1], sizeof(*nodes) * (size_t)(nnodes - i - 1));
+        nnodes--;
+        n->snapshot_overlay = true;
+        if (n->refcnt == 1)
+            vbd_node_co_flush(n); /* nothing uses it: it closes now */
+        vbd_node_unref(n);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL);
+        return 0;
+    }
+    vbd_error_setf(err, ENOENT, "Failed to find node with node-name='%s'", name);
+    return -ENOENT;
+}
+
 /* A multi-loop graph (raw over file) runs on every ring's loop already:
  * moving it would change nothing. */
 static bool single_loop_below(struct vbd_node *n)
@@ -593,16 +612,30 @@ void vbd_daemon_flush_nodes(void)
 {
     MAIN_THREAD_ONLY();
     /* the exports have stopped: every node goes back to the main loop
-     * before the iothreads stop (nothing to drain any more) */
+     * before the iothreads stop (nothing to drain any more), the user's
+     * and the blockdev-snapshot-sync overlays their users hold (an
+     * export's node: its guest's last writes are there) */
+    struct vbd_node **v = NULL;
+    int cnt = 0;
+    for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
+        if (n->snapshot_overlay && vbd_daemon_node_find(n->node_name) != n) {
+            v = vbd_xrealloc(v, sizeof(*v) * (size_t)(cnt + 1));
+            v[cnt++] = n;
+        }
     for (int i = 0; i < nnodes; i++) {
+        v = vbd_xrealloc(v, sizeof(*v) * (size_t)(cnt + 1));
+        v[cnt++] = nodes[i];
+    }
+    for (int i = 0; i < cnt; i++) {
         struct vbd_error *e = NULL;
-        if (vbd_node_co_set_home(nodes[i], vbd_loop_current(), &e) < 0) {
+        if (vbd_node_co_set_home(v[i], vbd_loop_current(), &e) < 0) {
             vbd_error_report("%s", e ? e->msg : "could not move a node back to the main loop");
             vbd_error_free(e);
         }
     }
-    for (int i = 0; i < nnodes; i++)
-        vbd_node_co_flush(nodes[i]);
+    for (int i = 0; i < cnt; i++)
+        vbd_node_co_flush(v[i]);
+    free(v);
 }
 
 /* ---------- home loops (vbd/block.h, the concurrency contract) ---------- */

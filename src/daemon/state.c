@@ -7,7 +7,9 @@
  * live graph: the node an export serves now (a snapshot or an active
  * commit moved it), each node's backing now (a snapshot gave an overlay
  * its backing, a stream or commit dropped layers), the overlays
- * blockdev-snapshot-sync made. Replaying a log of commands would redo
+ * blockdev-snapshot-sync made that something still uses (added, then
+ * released to their users again by "--release" once the exports are
+ * back: not the monitor's, as in qsd). Replaying a log of commands would redo
  * side effects (create an image again, open a layer a job removed); a
  * description of what is there has none.
  *
@@ -210,6 +212,16 @@ static bool is_ours(struct vbd_node *n)
     return vbd_daemon_node_find(n->node_name) == n && !json_object_object_get_ex(cmdline_nodes, n->node_name, NULL);
 }
 
+/* blockdev-snapshot-sync's overlay, held by its users only (not the
+ * monitor's): described while something uses it, and released again
+ * after the replay. */
+static bool is_overlay(struct vbd_node *n)
+{
+    return n->snapshot_overlay && vbd_daemon_node_find(n->node_name) != n;
+}
+
+static bool described(struct json_object *done, const struct vbd_node *n);
+
 /* An export's node with no user name: a drive-mirror target without
  * node-name the export pivoted to, or an overlay blockdev-snapshot-sync
  * made without snapshot-node-name. It must come back under the export:
@@ -226,7 +238,7 @@ static bool implicit_export_root(struct vbd_node *n)
 }
 
 /* blockdev-add arguments for n as it is now, or NULL (not describable). */
-static struct json_object *node_args(struct vbd_node *n)
+static struct json_object *node_args(struct vbd_node *n, struct json_object *done)
 {
     struct json_object *rec, *a;
     if (json_object_object_get_ex(node_recs, n->node_name, &rec)) {
@@ -235,7 +247,7 @@ static struct json_object *node_args(struct vbd_node *n)
         /* an overlay blockdev-snapshot-sync made, a drive-mirror's target:
          * a format over a file */
         struct vbd_node *f = n->file;
-        if ((implicit_name(n) && !implicit_export_root(n)) || !f || f->file || f->backing) {
+        if ((implicit_name(n) && !implicit_export_root(n) && !is_overlay(n)) || !f || f->file || f->backing) {
             vbd_warn("--state: node '%s' cannot be described for a restart; it is left out", n->node_name);
             return NULL;
         }
@@ -258,7 +270,7 @@ static struct json_object *node_args(struct vbd_node *n)
     struct json_object *b = NULL;
     bool has = json_object_object_get_ex(a, "backing", &b);
     struct vbd_node *nb = vbd_job_filter_skip(n->backing); /* a job's filter is not there after a restart */
-    if (nb && !implicit_name(nb))
+    if (nb && (!implicit_name(nb) || described(done, nb))) /* an overlay below: renamed at the replay */
         json_object_object_add(a, "backing", json_object_new_string(nb->node_name));
     else if (n->backing && has && !json_object_is_type(b, json_type_object))
         json_object_object_del(a, "backing");
@@ -296,7 +308,7 @@ static void emit_below(struct vbd_node *c, struct json_object *cmds, struct json
 {
     if (!c || depth > 256)
         return;
-    if (is_ours(c)) {
+    if (is_ours(c) || is_overlay(c)) {
         emit_node(c, cmds, done, depth + 1);
         return;
     }
@@ -317,7 +329,7 @@ static void emit_node(struct vbd_node *n, struct json_object *cmds, struct json_
         emit_below(n->file, cmds, done, depth);
     emit_below(n->backing, cmds, done, depth);
     emit_list_below(n, cmds, done, depth);
-    struct json_object *a = node_args(n);
+    struct json_object *a = node_args(n, done);
     if (a) {
         add_cmd(cmds, "blockdev-add", a);
         json_object_object_add(done, n->node_name, json_object_new_boolean(true));
@@ -432,8 +444,8 @@ static struct json_object *describe(void)
             emit_node(n, cmds, done, 0);
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
         struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
-        if (root && implicit_name(root))
-            emit_node(root, cmds, done, 0); /* replayed under a fresh implicit name */
+        if (root && (implicit_name(root) || is_overlay(root)))
+            emit_node(root, cmds, done, 0); /* an implicit one under a fresh implicit name */
     }
     json_object_object_foreach(iothread_recs, tn, tv)
     {
@@ -448,7 +460,8 @@ static struct json_object *describe(void)
     for (size_t i = 0; i < json_object_array_length(moved); i++) {
         struct json_object *a = json_object_array_get_idx(moved, i);
         const char *root_name = str_arg(a, "node-name");
-        if (root_name && root_name[0] == '#' && !json_object_object_get(done, root_name))
+        struct vbd_node *rn = root_name ? vbd_node_find(root_name) : NULL;
+        if (root_name && (root_name[0] == '#' || (rn && is_overlay(rn))) && !json_object_object_get(done, root_name))
             continue; /* its node was not described (warned): no export beats one on stale data */
         add_cmd(cmds, "--export", json_object_get(a));
     }
@@ -459,7 +472,7 @@ static struct json_object *describe(void)
             continue;
         struct json_object *a = copy(rec);
         struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
-        if (root && implicit_name(root) && !described(done, root)) {
+        if (root && (implicit_name(root) || is_overlay(root)) && !described(done, root)) {
             vbd_warn("--state: export '%s' is left out: its node cannot be described for a restart", e->id);
             json_object_put(a);
             continue;
@@ -468,6 +481,14 @@ static struct json_object *describe(void)
             json_object_object_add(a, "node-name", json_object_new_string(root->node_name));
         add_cmd(cmds, "block-export-add", a);
     }
+    /* the overlays go back to their users (the exports, the nodes above
+     * them): closed with the last of them, as before the restart */
+    for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
+        if (is_overlay(n) && described(done, n)) {
+            struct json_object *a = json_object_new_object();
+            json_object_object_add(a, "node-name", json_object_new_string(n->node_name));
+            add_cmd(cmds, "--release", a);
+        }
     json_object_put(done);
     return cmds;
 }
@@ -764,6 +785,19 @@ int vbd_state_load(const char *path, struct vbd_error **err)
             if (replay_implicit_node(args, renamed, &ee) < 0) {
                 vbd_error_setf(err, EINVAL, "--state %s: command %zu (blockdev-add %s) failed: %s; not starting, the file is left as it is",
                                path, i + 1, nn, ee ? ee->msg : "error");
+                vbd_error_free(ee);
+                rc = -EINVAL;
+                break;
+            }
+            continue;
+        }
+        if (!strcmp(x, "--release")) {
+            /* a blockdev-snapshot-sync overlay added above: its users hold it now */
+            const char *rn = str_arg(args, "node-name");
+            struct vbd_error *ee = NULL;
+            if (!rn || vbd_daemon_node_release(rn, &ee) < 0) {
+                vbd_error_setf(err, EINVAL, "--state %s: command %zu (--release %s) failed: %s; not starting, the file is left as it is",
+                               path, i + 1, rn ? rn : "?", ee ? ee->msg : "no node-name");
                 vbd_error_free(ee);
                 rc = -EINVAL;
                 break;

@@ -234,6 +234,16 @@ struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struc
                                  enum vbd_on_error on_error, bool auto_finalize, bool auto_dismiss,
                                  struct vbd_qmp_error *err)
 {
+    /* a filter over a chain: vbd streams into the format node below it
+     * (the filter's own allocation is its child's); refused before
+     * anything changes */
+    struct vbd_node *below = vbd_node_skip_filters(top);
+    if (below != top && below->backing != base) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Node '%s' is a filter over a backing chain: name the node below it ('%s') as the device",
+                           top->node_name, below->node_name);
+        return NULL;
+    }
     bool was_ro = top->read_only;
     if (was_ro) {
         struct vbd_error *e = NULL;
@@ -242,8 +252,11 @@ struct vbd_job *vbd_stream_start(const char *job_id, struct vbd_node *top, struc
             return NULL;
         }
     }
-    /* QEMU's copy-on-read copies down to base's overlay (the whole chain without a base) */
-    struct vbd_node *bottom = top;
+    /* QEMU's copy-on-read copies down to base's overlay (the whole chain
+     * without a base), found below the filters on top (bdrv_find_overlay):
+     * a filter over a format without a backing streams nothing, as in qsd.
+     * A filter over a chain vbd does not stream through: refused. */
+    struct vbd_node *bottom = vbd_node_skip_filters(top);
     while (bottom->backing && bottom->backing != base)
         bottom = bottom->backing;
     struct vbd_node *filter = NULL;

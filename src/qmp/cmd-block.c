@@ -237,6 +237,11 @@ static bool check_value(const char *path, const char *type, struct json_object *
         ok = !strcmp(have, "str") || !strcmp(have, "obj");
     else
         ok = !strcmp(have, type);
+    /* json-c keeps an integer up to 2^64-1: one past INT64_MAX is a number
+     * QEMU's int64 visitor does not take (a null-co's size of 2^63) */
+    if (ok && !strcmp(type, "int") && json_object_get_int64(v) == INT64_MAX &&
+        json_object_get_uint64(v) > (uint64_t)INT64_MAX)
+        ok = false;
     if (!ok && !strcmp(type, "uint")) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter '%s' expects uint64", path); /* QEMU's words */
         return false;
@@ -524,28 +529,44 @@ static void job_node_del_error(struct vbd_job *j, struct vbd_node *n, struct vbd
 static struct json_object *blockdev_del(struct json_object *args, struct vbd_qmp_error *err)
 {
     const char *name = json_object_get_string(json_object_object_get(args, "node-name"));
-    if (!vbd_daemon_node_find(name) && vbd_node_find(name)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is not owned by the monitor", name);
+    struct vbd_node *n = vbd_node_find(name);
+    if (!n) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to find node with node-name='%s'", name);
         return NULL;
     }
-    /* qmp_blockdev_del()'s words and order for a node in use: an export's
+    /* qmp_blockdev_del()'s words and order, for any node (the monitor's
+     * or not: blockdev-snapshot-sync's overlay is its users'): an export's
      * node has a BlockBackend in QEMU ("Node X is in use") unless a job's
-     * filter took it, a job's node as job_node_del_error() says, another
-     * node's child has a second reference ("Block device X is in use") */
-    struct vbd_node *n = vbd_daemon_node_find(name);
+     * filter took it; then the op blockers: a job's node as
+     * job_node_del_error() says, a backing file as its parent blocks it;
+     * then a node the monitor did not add; then another node's child has a
+     * second reference ("Block device X is in use") */
     bool exported = false;
-    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); n && x && !exported; x = x->next) {
+    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !exported; x = x->next) {
         struct vbd_backend *be = x->type->backend ? x->type->backend(x->exp) : NULL;
         exported = be && vbd_backend_node(be) == n;
     }
-    struct vbd_job *j = n ? vbd_job_using_node(n) : NULL;
+    struct vbd_job *j = vbd_job_using_node(n);
     if (j && (!exported || job_filters(j, n))) {
         job_node_del_error(j, n, err);
         return NULL;
     }
-    if (n && (exported || n->refcnt > 1)) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, exported ? "Node %s is in use" : "Block device %s is in use",
-                           name);
+    if (exported) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is in use", name);
+        return NULL;
+    }
+    for (struct vbd_node *p = vbd_node_next(NULL); p; p = vbd_node_next(p))
+        if (p->backing == n) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is busy: node is used as backing hd of '%s'", name,
+                               p->node_name);
+            return NULL;
+        }
+    if (vbd_daemon_node_find(name) != n) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node %s is not owned by the monitor", name);
+        return NULL;
+    }
+    if (n->refcnt > 1) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Block device %s is in use", name);
         return NULL;
     }
     struct vbd_error *e = NULL;

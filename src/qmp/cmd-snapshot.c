@@ -294,13 +294,14 @@ static void external_commit(struct tx_action *a)
         vbd_error_free(e);
     }
     st->old->read_only = true;
-    if (!st->attached_backing) {
-        /* blockdev-snapshot-sync: the overlay is the daemon's, as a node
-         * added with blockdev-add (query-named-block-nodes, blockdev-del
-         * once no export uses it) */
-        vbd_daemon_node_add(st->overlay);
-        st->overlay = NULL;
-    }
+    /* blockdev-snapshot-sync's overlay is not the monitor's (no
+     * blockdev-del): as in qsd, its users hold it (the exports switched to
+     * it, a node put on top of it later, a job) and it closes with the
+     * last of them; clean drops the reference it was opened with, so with
+     * none (nothing used the old node) it closes at once. --state
+     * describes it while it lives. */
+    if (!st->attached_backing)
+        st->overlay->snapshot_overlay = true;
 }
 
 static void external_abort(struct tx_action *a)
@@ -324,8 +325,15 @@ static void external_abort(struct tx_action *a)
 static void external_clean(struct tx_action *a)
 {
     struct external_state *st = a->state;
-    if (st && st->overlay && !st->attached_backing)
-        vbd_node_unref(st->overlay); /* aborted: the overlay closes, its file stays (as QEMU) */
+    /* blockdev-snapshot-sync: the reference the overlay was opened with
+     * (QEMU's external_snapshot_clean): aborted, it closes and its file
+     * stays (as QEMU); committed, its users keep it */
+    if (st && st->overlay && !st->attached_backing) {
+        if (st->overlay->refcnt == 1)
+            vbd_node_co_flush(st->overlay); /* nothing uses it: it closes now */
+        vbd_node_unref(st->overlay);
+        vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* closed: its locks went with it */
+    }
     free_state(a);
 }
 

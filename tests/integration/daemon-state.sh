@@ -134,6 +134,56 @@ stop_daemon
 qcheck "$T/cb.qcow2"
 qcheck "$T/cov.qcow2"
 
+step "blockdev-snapshot-sync's overlays under an export: back after kill -9, still their users' (as qsd's), closed with the export"
+qemu-img create -q -f qcow2 ob.qcow2 16M && qemu-img create -q -f qcow2 oc.qcow2 16M || fail "qemu-img create"
+must qemu-io -f qcow2 -c 'write -P 0x44 0 1M' ob.qcow2 >/dev/null
+qmpd --state "$T/st3.json"
+qmp <<'PY' || fail "snapshots under an export"
+ok("blockdev-add", driver="qcow2", **{"node-name": "ob"}, file={"driver": "file", "filename": "ob.qcow2"})
+ok("blockdev-add", driver="qcow2", **{"node-name": "oc"}, file={"driver": "file", "filename": "oc.qcow2"})
+ok("nbd-server-start", addr={"type": "unix", "data": {"path": "nbd3.sock"}})
+ok("block-export-add", type="nbd", id="e3", **{"node-name": "ob"}, writable=True, name="d3")
+ok("blockdev-snapshot-sync", **{"node-name": "ob", "snapshot-file": os.getcwd() + "/os1.qcow2",
+                                "snapshot-node-name": "os1", "format": "qcow2"})
+ok("blockdev-snapshot-sync", **{"node-name": "os1", "snapshot-file": os.getcwd() + "/os2.qcow2",
+                                "snapshot-node-name": "os2", "format": "qcow2"})
+# nothing uses oc: its overlay closes at once
+ok("blockdev-snapshot-sync", **{"node-name": "oc", "snapshot-file": os.getcwd() + "/oc1.qcow2",
+                                "snapshot-node-name": "oc1", "format": "qcow2"})
+v = view()
+assert "oc1" not in v["nodes"] and v["nodes"]["oc"][1], v
+PY
+must qemu-io -f raw -c 'write -P 0x55 2M 64k' "nbd+unix:///d3?socket=$T/nbd3.sock" >/dev/null
+crash
+qmpd --state "$T/st3.json"
+qmp <<'PY' || fail "the overlays after the restart"
+v = view()
+assert v["nodes"]["ob"][1] and v["nodes"]["os1"][1] and not v["nodes"]["os2"][1], v  # read-only below the top
+assert v["exports"] == [("e3", "os2")], v
+r = m.cmd("blockdev-del", {"node-name": "os1"})  # qsd's words and order
+assert r.get("error", {}).get("desc") == "Node 'os1' is busy: node is used as backing hd of 'os2'", r
+r = m.cmd("blockdev-del", {"node-name": "os2"})
+assert r.get("error", {}).get("desc") == "Node os2 is in use", r
+PY
+must qemu-io -f raw -c 'read -P 0x55 2M 64k' -c 'read -P 0x44 0 1M' "nbd+unix:///d3?socket=$T/nbd3.sock" >/dev/null
+qmp <<'PY' || fail "the export's delete"
+ok("block-export-del", id="e3")
+m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
+v = view()
+assert "os1" not in v["nodes"] and "os2" not in v["nodes"] and "ob" in v["nodes"], v  # closed with their last user
+r = m.cmd("blockdev-del", {"node-name": "os2"})
+assert r.get("error", {}).get("desc") == "Failed to find node with node-name='os2'", r
+PY
+crash
+qmpd --state "$T/st3.json"
+qmp <<'PY' || fail "after the second restart"
+v = view()
+assert "os1" not in v["nodes"] and "os2" not in v["nodes"] and "ob" in v["nodes"] and v["exports"] == [], v
+PY
+stop_daemon
+for i in ob os1 os2 oc; do qcheck "$T/$i.qcow2"; done
+must qemu-io -f qcow2 -c 'read -P 0x55 2M 64k' -c 'read -P 0x44 0 1M' os2.qcow2 >/dev/null
+
 step "the command line and FILE name the same node: refused, FILE kept"
 cp "$ST" st.copy
 must_fail_with "$ST" "$VBD_DAEMON" --blockdev driver=null-co,node-name=base --state "$ST"
@@ -147,7 +197,11 @@ damaged() { # what: the content is in $ST already
     ! ls "$ST".tmp 2>/dev/null || fail "$1: a temporary file was left"
 }
 head -c $(($(stat -c %s st.copy) / 2)) st.copy >"$ST" && damaged truncated
-sed 's/s2.qcow2/s3.qcow2/' st.copy >"$ST" && damaged "a byte changed"
+# (the iothread's id: s2.qcow2 was changed once, and went from the file
+# when blockdev-snapshot-sync's overlay s2 closed after its commit: the
+# sed changed nothing and the daemon started on a valid file)
+sed 's/"io0"/"io9"/' st.copy >"$ST" && ! cmp -s "$ST" st.copy || fail "the damage changed nothing: $(cat st.copy)"
+damaged "a byte changed"
 printf 'not json\n' >"$ST" && damaged "not JSON"
 : >"$ST" && damaged empty
 sed 's/"vbd-state": 1/"vbd-state": 2/' st.copy >"$ST" && damaged "newer version"

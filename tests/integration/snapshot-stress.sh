@@ -95,6 +95,13 @@ else:
 st = Stress(cmd)
 pf = open("points", "w")
 chain, files = ["base"], {"base": (f"{cwd}/base.{fmt}", fmt)}
+monitor_owned = set()  # the overlays blockdev-add made (the monitor's: blockdev-del); blockdev-snapshot-sync's close with their last user
+
+def drop(n):  # a layer out of the chain
+    if n in monitor_owned:
+        s.run("blockdev-del", **{"node-name": n})
+    else:
+        s.gone(n)
 
 def job(jid, ready):
     s.status(jid, "created")
@@ -116,6 +123,7 @@ def snapshot(r, added=False):
         sh(f"qemu-img create -q -f qcow2 -b '{path}' -F {f} {new}.qcow2 16M", "qemu-img create")
         s.run("blockdev-add", driver="qcow2", **{"node-name": new}, backing=None,
               file={"driver": "file", "filename": f"{cwd}/{new}.qcow2"})
+        monitor_owned.add(new)
     ts = time.monotonic_ns()
     if added:
         s.run("blockdev-snapshot", node=top, overlay=new)
@@ -140,7 +148,7 @@ if mode == "crash":
     snapshot(0)
     commit("s0", "base")
     chain.pop()
-    s.run("blockdev-del", **{"node-name": "s0"})
+    drop("s0")
     snapshot(1, added=True)
     st.alive("before the SIGKILL")
     st.crash("ready", dpid)
@@ -152,7 +160,7 @@ for r in range(int(rounds)):
     if kind == 0:  # back down at once: the overlay leaves the chain
         top = chain.pop()
         commit(top, chain[-1])
-        s.run("blockdev-del", **{"node-name": top})
+        drop(top)
     elif kind == 1:  # the frozen base read-write and back (blockdev-reopen, libvirt's around a commit)
         for ro in (False, True, False, True):
             s.run("blockdev-reopen", options=[{"driver": fmt, "node-name": "base", "file": "f0", "read-only": ro}])
@@ -165,13 +173,13 @@ for r in range(int(rounds)):
         s.run("block-stream", **{"job-id": jid, "device": chain[-1], "base-node": "base"})
         job(jid, False)
         for n in reversed(chain[1:-1]):
-            s.run("blockdev-del", **{"node-name": n})
+            drop(n)
         chain[1:-1] = []
     st.alive(f"in round {r}")
 if len(chain) > 1:
     commit(chain[-1], "base")
     for n in reversed(chain[1:]):
-        s.run("blockdev-del", **{"node-name": n})
+        drop(n)
 st.alive("before the last commit's end")
 points(st.finish(), "the switches")
 PY

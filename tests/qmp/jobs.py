@@ -82,6 +82,21 @@ class Session:
         if self.job(jid):
             fail(f"{self.who}: job {jid} still listed after auto-dismiss")
 
+    def gone(self, node, timeout=300):
+        """Waits until node is no longer listed: blockdev-snapshot-sync's
+        overlay closes with its last user (an export moved off it by an
+        active commit or a mirror, a stream that dropped it from the
+        chain), as in qsd; blockdev-del could not find it then."""
+        import time
+        deadline = time.monotonic() + timeout
+        while any(n["node-name"] == node for n in self.run("query-named-block-nodes")):
+            if time.monotonic() > deadline:
+                fail(f"{self.who}: node {node} still listed {timeout} s after its last user went")
+            time.sleep(0.05)
+        r = self.m.cmd("blockdev-del", {"node-name": node})
+        if r.get("error", {}).get("desc") != f"Failed to find node with node-name='{node}'":
+            fail(f"{self.who}: blockdev-del of the closed overlay {node}: {r}")
+
     def job_end(self, jid, timeout=300):
         """Waits for job jid to go away (auto-dismiss), whatever events came
         between: True if BLOCK_JOB_COMPLETED came for it, False if

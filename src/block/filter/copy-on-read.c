@@ -218,6 +218,7 @@ static const struct vbd_driver cor_driver = {
     .co_pdiscard = cor_pdiscard,
     .co_pwrite_zeroes = cor_pwrite_zeroes,
     .co_block_status = vbd_filter_co_block_status,
+    .co_truncate = vbd_filter_co_truncate, /* block_resize goes through, as QEMU's cor_co_truncate */
     .refresh_size = vbd_filter_refresh_size,
     .reopen_rw = vbd_filter_reopen_rw,
 };
