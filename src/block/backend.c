@@ -199,20 +199,27 @@ static inline void share_add(_Atomic uint64_t *c, uint64_t v, bool own)
         atomic_fetch_add_explicit(c, v, memory_order_relaxed);
 }
 
-/* own: a constant at each call, so each is compiled for one kind of share */
-static inline __attribute__((always_inline)) void count_op(struct be_op_stats *o, uint64_t bytes, int rc, uint64_t ns,
-                                                           int bucket, bool own)
+/* own, n and merged: constants at each call, so each is compiled for one
+ * kind of share and the one-request path multiplies by nothing */
+static inline __attribute__((always_inline)) void count_ops(struct be_op_stats *o, uint64_t n, uint64_t bytes, int rc,
+                                                            uint64_t ns, int bucket, uint64_t merged, bool own)
 {
-    share_add(&o->ops, 1, own);
-    share_add(&o->total_ns, ns, own);
-    share_add(&o->hist[bucket], 1, own);
+    share_add(&o->ops, n, own);
+    share_add(&o->total_ns, ns * n, own);
+    share_add(&o->hist[bucket], n, own);
     if (rc < 0)
-        share_add(&o->errors, 1, own);
+        share_add(&o->errors, n, own);
     else
         share_add(&o->bytes, bytes, own);
+    if (merged)
+        share_add(&o->merged, merged, own);
 }
 
-static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes, int rc, uint64_t start_ns)
+/* n operations of one latency (since start_ns), bytes in all, merged of them
+ * merged into another's request */
+static inline __attribute__((always_inline)) void account_ops(struct vbd_backend *be, enum vbd_stat_op op, uint64_t n,
+                                                              uint64_t bytes, int rc, uint64_t start_ns,
+                                                              uint64_t merged)
 {
     uint64_t ns = vbd_clock_stat_since(start_ns);
     uint64_t us = ns / 1000;
@@ -228,9 +235,14 @@ static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes,
         atomic_store_explicit(&be->stats[i], st, memory_order_release);
     }
     if (__builtin_expect(i != 0, 1))
-        count_op(&st->op[op], bytes, rc, ns, b, true);
+        count_ops(&st->op[op], n, bytes, rc, ns, b, merged, true);
     else
-        count_op(&st->op[op], bytes, rc, ns, b, false);
+        count_ops(&st->op[op], n, bytes, rc, ns, b, merged, false);
+}
+
+static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes, int rc, uint64_t start_ns)
+{
+    account_ops(be, op, 1, bytes, rc, start_ns, 0);
 }
 
 /* A merged group's other requests: QEMU's virtio-blk counts every guest
@@ -239,26 +251,7 @@ static void account(struct vbd_backend *be, enum vbd_stat_op op, uint64_t bytes,
  * request, and all its bytes, were counted by the call that served it. */
 void vbd_backend_account_merged(struct vbd_backend *be, bool write, unsigned extra, uint64_t start_ns)
 {
-    enum vbd_stat_op op = write ? VBD_STAT_WRITE : VBD_STAT_READ;
-    uint64_t ns = vbd_clock_stat_since(start_ns);
-    uint64_t us = ns / 1000;
-    int b = 0;
-    while (us > 1 && b < VBD_LAT_BUCKETS - 1) {
-        us >>= 1;
-        b++;
-    }
-    unsigned i = stats_share_of_thread();
-    struct be_stats *st = atomic_load_explicit(&be->stats[i], memory_order_relaxed);
-    if (!st) {
-        st = vbd_xcalloc(1, sizeof(*st));
-        atomic_store_explicit(&be->stats[i], st, memory_order_release);
-    }
-    bool own = i != 0;
-    struct be_op_stats *o = &st->op[op];
-    share_add(&o->ops, extra, own);
-    share_add(&o->total_ns, ns * extra, own);
-    share_add(&o->hist[b], extra, own);
-    share_add(&o->merged, extra, own);
+    account_ops(be, write ? VBD_STAT_WRITE : VBD_STAT_READ, extra, 0, 0, start_ns, extra);
 }
 
 /*
