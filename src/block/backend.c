@@ -388,7 +388,7 @@ bool vbd_backend_rw_inline(struct vbd_backend *be, bool write, uint64_t off, uin
 {
     /* a read-only drive, a range past a growable root's size: answered (and
      * counted) by the coroutine path */
-    if (!__atomic_load_n(&be->root_inline, __ATOMIC_RELAXED) || (write && be->read_only) ||
+    if (!vbd_backend_root_inline(be) || (write && be->read_only) ||
         check_drive_range(be, off, bytes))
         return false;
     uint64_t t = vbd_clock_stat_ns();
