@@ -403,6 +403,10 @@ static int persistent_take(struct vbd_node *n, const char *name, struct vbd_bitm
 {
     uint64_t size = vbd_node_size(n), pnum = 0;
     int st = 0;
+    /* the extents are the driver's state, read on n's home loop: one move
+     * there for all of them, not one there and back per extent (each waits
+     * its turn behind an iothread's rings; cf. vbd_node_co_bitmap_count) */
+    struct vbd_loop *origin = vbd_node_co_enter_home(n);
     for (uint64_t off = 0; off < size; off += pnum) {
         st = vbd_node_co_persistent_bitmap_status(n, name, off, size - off, &pnum);
         if (st < 0 || !pnum)
@@ -410,6 +414,7 @@ static int persistent_take(struct vbd_node *n, const char *name, struct vbd_bitm
         if (st)
             vbd_bitmap_ranges_add(rs, off, pnum);
     }
+    vbd_node_co_leave_home(origin);
     struct vbd_error *e = NULL;
     if (st >= 0 && (st = persistent_change(n, name, VBD_BITMAP_CLEAR, NULL, &e)) >= 0)
         return 0;

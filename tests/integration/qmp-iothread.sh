@@ -128,6 +128,20 @@ ok("x-blockdev-set-iothread", node_name="disk0", iothread=None, force=True)
 ok("block-export-del", id="n0", mode="hard")  # qemu-io has gone; its hang-up may not be seen yet
 m.wait_event("BLOCK_EXPORT_DELETED")
 
+# an incremental backup from the persistent bitmap of a node on an
+# iothread: its extents are read there (the job's point in time), then
+# cleared; the target gets exactly what the NBD client wrote since "alone"
+ok("x-blockdev-set-iothread", node_name="disk0", iothread="io1")
+subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", f"{T}/inc.qcow2", str(80 * 1048576)], check=True)
+ok("blockdev-add", driver="qcow2", node_name="inc", file={"driver": "file", "filename": f"{T}/inc.qcow2"})
+ok("blockdev-backup", job_id="bk", device="disk0", target="inc", sync="incremental", bitmap="alone")
+while m.wait_event("BLOCK_JOB_COMPLETED")["data"]["device"] != "bk":
+    pass
+ok("blockdev-del", node_name="inc")
+bms = [b for n in ok("query-named-block-nodes") if n["node-name"] == "disk0" for b in n.get("dirty-bitmaps", [])]
+assert [b["count"] for b in bms if b["name"] == "alone"] == [0], bms
+ok("x-blockdev-set-iothread", node_name="disk0", iothread=None)
+
 # blockdev-del of a node that lives on an iothread: closed there, the
 # iothread free again
 ok("blockdev-add", driver="file", node_name="file1", filename=f"{T}/other.qcow2")
@@ -158,6 +172,19 @@ must qemu-io -f qcow2 -c "read -P 0xa5 1M 3M" "$T/disk.qcow2" >/dev/null
 qemu-img snapshot -l "$T/disk.qcow2" | grep -q alone || fail "the snapshot taken on the iothread is not in the image"
 qemu-img snapshot -l "$T/disk.qcow2" | grep -q snap2 && fail "snap2 was deleted"
 qemu-img info "$T/disk.qcow2" | grep -q "alone" || fail "the bitmap added on the iothread is not in the image"
+must qemu-io -f qcow2 -c "read -P 0xa5 1M 3M" "$T/inc.qcow2" >/dev/null
+data=$(qemu-img map --output=json "$T/inc.qcow2" | python3 -c '
+import json, sys
+r = []
+for e in json.load(sys.stdin):
+    if e["data"]:
+        if r and r[-1][1] == e["start"]:
+            r[-1][1] += e["length"]
+        else:
+            r.append([e["start"], e["start"] + e["length"]])
+print(" ".join("%d-%d" % (a, b) for a, b in r))')
+[ "$data" = "1048576-4194304" ] ||
+    fail "the incremental backup's target holds more or less than the bitmap's extents: $(qemu-img map "$T/inc.qcow2")"
 
 step "the daemon quits under load with the graph on an iothread"
 must qemu-img create -q -f qcow2 "$T/disk.qcow2" 64M
