@@ -69,6 +69,10 @@ struct blk_req {
     struct iovec *iov_heap;
     struct blk_req *next_free; /* also: the parked list */
     bool retrying;             /* re-run after a stop */
+    /* blk_dispatch found the range good (blk_range_ok) in this kick: the
+     * run that follows at once (inline, or the coroutine's first run) need
+     * not check it again; that run clears it, so a retry checks afresh */
+    bool range_ok;
 };
 
 struct blk_merge {

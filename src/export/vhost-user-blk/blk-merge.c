@@ -30,6 +30,7 @@ static void merged_co(void *arg)
         struct blk_req *r = m->reqs[i];
         uint32_t used_len;
         bool io;
+        r->range_ok = false; /* the group's I/O yielded: checked again */
         int rc = blk_req_run(r, &used_len, &io);
         blk_req_finish(r, rc, used_len, io);
     }
@@ -127,6 +128,7 @@ void blk_dispatch(struct blk_queue *bq, struct blk_req *r)
         req_data(r, &k, &bytes);
         mergeable = bytes > 0 && bytes < BLK_MERGE_ALONE_BYTES && k <= BLK_MERGE_MAX_IOV &&
                     blk_range_ok(e, r->sector, bytes);
+        r->range_ok = mergeable; /* its run follows in this kick (blk_submit, the batch's flush) */
     }
     if (!mergeable) {
         blk_batch_flush(bq);
