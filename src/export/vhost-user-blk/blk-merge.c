@@ -62,7 +62,7 @@ static struct iovec *req_data(struct blk_req *r, int *n, size_t *bytes)
 /* Sorts the batch by sector and submits runs of contiguous requests as one
  * backend request each (virtio_blk_submit_multireq's approach); everything
  * comes from preallocated per-queue arrays. */
-void blk_batch_flush(struct blk_queue *bq)
+void blk_batch_submit(struct blk_queue *bq)
 {
     int n = bq->nbatch;
     bq->nbatch = 0;
