@@ -124,7 +124,8 @@ int vbd_backend_co_flush(struct vbd_backend *be);
  * false: nothing was done or counted (the drive is drained, or the root
  * cannot): call vbd_backend_co_preadv / co_pwritev in a coroutine. */
 /* A hint, for a caller to skip what it would prepare for vbd_backend_rw_inline: false
- * if the root cannot complete requests inline now. */
+ * if the root cannot complete requests inline now. Ask it first: rw_inline
+ * does not (a root that cannot costs it a clock read and the gate). */
 bool vbd_backend_root_inline(struct vbd_backend *be);
 bool vbd_backend_rw_inline(struct vbd_backend *be, bool write, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov,
                            int *rc);

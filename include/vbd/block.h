@@ -2,6 +2,7 @@
 #ifndef VBD_BLOCK_H
 #define VBD_BLOCK_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -660,7 +661,15 @@ bool vbd_node_chain_multi_loop(struct vbd_node *n);
  * does not overflow and lies within size, else -EINVAL. The entry points
  * below apply it; an export that must answer a bad range with its own
  * protocol's error checks with this first, and nothing else. */
-int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes);
+static inline int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes)
+{
+    /* inline: every request of every export passes it (a call was half its cost) */
+    if (off > VBD_MAX_REQUEST_END || bytes > VBD_MAX_REQUEST_END - off)
+        return -EINVAL;
+    if (off > size || bytes > size - off)
+        return -EINVAL;
+    return 0;
+}
 /* A node that may be written past its end (a protocol node that can be
  * resized: the format above grows its file). Its requests are only
  * checked for overflow; a user's drive over one is bounded by its

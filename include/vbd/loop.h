@@ -98,6 +98,11 @@ uint64_t vbd_clock_ns(void);
  * it (never negative). Not for deadlines or timers: use vbd_clock_ns. */
 uint64_t vbd_clock_stat_ns(void);
 uint64_t vbd_clock_stat_since(uint64_t start_ns);
+/* The calling thread's last vbd_clock_stat_ns reading (0 before its
+ * first): for a rule that wants "about now" right after the block layer
+ * read the clock on this thread (a request's accounting, at its end), so
+ * the same instant is not read twice. */
+uint64_t vbd_clock_stat_last(void);
 
 /* Timers: armed on the calling thread's loop, callback fires once at
  * deadline there; cancelled (and re-armed) only on that loop's thread. */

@@ -223,11 +223,11 @@ static inline __attribute__((always_inline)) void account_ops(struct vbd_backend
 {
     uint64_t ns = vbd_clock_stat_since(start_ns);
     uint64_t us = ns / 1000;
-    int b = 0;
-    while (us > 1 && b < VBD_LAT_BUCKETS - 1) {
-        us >>= 1;
-        b++;
-    }
+    /* bucket b holds [2^b, 2^(b+1)) us (0: under 2 us), the last one the
+     * rest: floor(log2(us)) by one bit scan, not a loop of shifts */
+    int b = us > 1 ? 63 - __builtin_clzll(us) : 0;
+    if (b > VBD_LAT_BUCKETS - 1)
+        b = VBD_LAT_BUCKETS - 1;
     unsigned i = stats_share_of_thread();
     struct be_stats *st = atomic_load_explicit(&be->stats[i], memory_order_relaxed); /* written by this thread only (i > 0) */
     if (__builtin_expect(!st, 0)) {
@@ -387,9 +387,10 @@ bool vbd_backend_rw_inline(struct vbd_backend *be, bool write, uint64_t off, uin
                            int *rc)
 {
     /* a read-only drive, a range past a growable root's size: answered (and
-     * counted) by the coroutine path */
-    if (!vbd_backend_root_inline(be) || (write && be->read_only) ||
-        check_drive_range(be, off, bytes))
+     * counted) by the coroutine path. Whether the root completes inline is
+     * vbd_node_rw_inline's first test (the caller asked
+     * vbd_backend_root_inline before preparing the request). */
+    if ((write && be->read_only) || check_drive_range(be, off, bytes))
         return false;
     uint64_t t = vbd_clock_stat_ns();
     unsigned flags = write && atomic_load_explicit(&be->writethrough, memory_order_relaxed) ? VBD_REQ_FUA : 0;

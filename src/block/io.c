@@ -167,15 +167,6 @@ void vbd_node_co_leave_home(struct vbd_loop *origin)
         vbd_co_move_to(origin);
 }
 
-int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes)
-{
-    if (off > VBD_MAX_REQUEST_END || bytes > VBD_MAX_REQUEST_END - off)
-        return -EINVAL;
-    if (off > size || bytes > size - off)
-        return -EINVAL;
-    return 0;
-}
-
 bool vbd_node_growable(const struct vbd_node *n)
 {
     /* a format grows its file by writing past the end; a filter between

@@ -196,7 +196,7 @@ static uint64_t stat_clock_slow(int state)
     return ns;
 }
 
-uint64_t vbd_clock_stat_ns(void)
+static uint64_t stat_clock_read(void)
 {
     int state = atomic_load_explicit(&stat_clock_state, memory_order_acquire);
     if (state != STAT_CLOCK_TSC)
@@ -207,11 +207,26 @@ uint64_t vbd_clock_stat_ns(void)
     return stat_base_ns + (uint64_t)(((unsigned __int128)ticks * stat_mult) >> 32);
 }
 #else
-uint64_t vbd_clock_stat_ns(void)
+static uint64_t stat_clock_read(void)
 {
     return vbd_clock_ns();
 }
 #endif
+
+/* this thread's last reading (vbd_clock_stat_last) */
+static _Thread_local uint64_t stat_clock_last;
+
+uint64_t vbd_clock_stat_ns(void)
+{
+    uint64_t now = stat_clock_read();
+    stat_clock_last = now;
+    return now;
+}
+
+uint64_t vbd_clock_stat_last(void)
+{
+    return stat_clock_last;
+}
 
 uint64_t vbd_clock_stat_since(uint64_t start_ns)
 {

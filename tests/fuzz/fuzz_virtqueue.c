@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .event_idx = data[1] & 2,
         .last_avail_idx = data[2],
     };
-    struct iovec iov[VU_MAX_IOV];
+    static struct iovec iov[VU_MAX_IOV], iov2[VU_MAX_IOV];
     struct vu_elem e = {.iov = iov, .iov_cap = (data[3] & 1) ? VU_MAX_IOV : 8};
     for (int round = 0; round < num + 2; round++) {
         const char *why = NULL;
@@ -44,6 +44,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort(); /* a refusal always names its reason */
             break;
         }
+        /* the general walk maps the chain alike (vu_vq_map_chain may have
+         * taken it by its walk for common chains) */
+        struct vu_vq again = vq;
+        struct vu_elem e2 = {.iov = iov2, .iov_cap = e.iov_cap};
+        const char *why2 = NULL;
+        if (vu_vq_map_chain_general(&again, &m, e.head, &e2, &why2) != 0 || e2.out_num != e.out_num ||
+            e2.in_num != e.in_num || e2.out_bytes != e.out_bytes || e2.in_bytes != e.in_bytes ||
+            memcmp(iov2, iov, sizeof(iov[0]) * (size_t)(e.out_num + e.in_num)))
+            abort();
         uint32_t total = 0;
         for (int i = 0; i < e.out_num + e.in_num; i++) {
             volatile uint8_t *p = iov[i].iov_base;

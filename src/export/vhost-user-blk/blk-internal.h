@@ -69,6 +69,10 @@ struct blk_req {
     struct iovec *iov_heap;
     struct blk_req *next_free; /* also: the parked list */
     bool retrying;             /* re-run after a stop */
+    /* blk_dispatch found the range good (blk_range_ok) in this kick: the
+     * run that follows at once (inline, or the coroutine's first run) need
+     * not check it again; that run clears it, so a retry checks afresh */
+    bool range_ok;
 };
 
 struct blk_merge {
@@ -156,7 +160,14 @@ struct blk_req *blk_req_alloc(struct blk_queue *bq);
 /* blk-merge.c: a decoded request joins the batch or goes down at once;
  * blk_batch_flush submits the batch (before anything else is submitted and at
  * the end of a kick). */
-void blk_batch_flush(struct blk_queue *bq);
+void blk_batch_submit(struct blk_queue *bq);
+/* inline: mostly the batch is empty (big and random requests go down at
+ * once), and a call saved its registers before it looked (~20 instructions) */
+static inline void blk_batch_flush(struct blk_queue *bq)
+{
+    if (bq->nbatch)
+        blk_batch_submit(bq);
+}
 void blk_dispatch(struct blk_queue *bq, struct blk_req *r);
 
 /* blk-errors.c */

@@ -30,6 +30,7 @@ static void merged_co(void *arg)
         struct blk_req *r = m->reqs[i];
         uint32_t used_len;
         bool io;
+        r->range_ok = false; /* the group's I/O yielded: checked again */
         int rc = blk_req_run(r, &used_len, &io);
         blk_req_finish(r, rc, used_len, io);
     }
@@ -61,7 +62,7 @@ static struct iovec *req_data(struct blk_req *r, int *n, size_t *bytes)
 /* Sorts the batch by sector and submits runs of contiguous requests as one
  * backend request each (virtio_blk_submit_multireq's approach); everything
  * comes from preallocated per-queue arrays. */
-void blk_batch_flush(struct blk_queue *bq)
+void blk_batch_submit(struct blk_queue *bq)
 {
     int n = bq->nbatch;
     bq->nbatch = 0;
@@ -127,6 +128,7 @@ void blk_dispatch(struct blk_queue *bq, struct blk_req *r)
         req_data(r, &k, &bytes);
         mergeable = bytes > 0 && bytes < BLK_MERGE_ALONE_BYTES && k <= BLK_MERGE_MAX_IOV &&
                     blk_range_ok(e, r->sector, bytes);
+        r->range_ok = mergeable; /* its run follows in this kick (blk_submit, the batch's flush) */
     }
     if (!mergeable) {
         blk_batch_flush(bq);

@@ -151,11 +151,10 @@ bool blk_req_decode(struct blk_req *r)
     r->nout = nout;
     r->in = in;
     r->nin = nin;
-    r->in_bytes = r->out_bytes = 0;
-    for (int i = 0; i < nin; i++)
-        r->in_bytes += in[i].iov_len;
-    for (int i = 0; i < nout; i++)
-        r->out_bytes += out[i].iov_len;
+    r->range_ok = false;
+    /* the chain walk summed the segments: less the header and the status byte */
+    r->in_bytes = r->elem.in_bytes - 1;
+    r->out_bytes = r->elem.out_bytes - sizeof(hdr);
     return true;
 }
 
@@ -164,11 +163,13 @@ bool blk_req_decode(struct blk_req *r)
 int blk_req_run(struct blk_req *r, uint32_t *used_len, bool *io)
 {
     struct blk_export *e = r->bq->e;
+    bool range_checked = r->range_ok;
+    r->range_ok = false;
     *used_len = 0;
     *io = false;
     switch (r->type) {
     case VIRTIO_BLK_T_IN: {
-        if (!blk_range_ok(e, r->sector, r->in_bytes))
+        if (!range_checked && !blk_range_ok(e, r->sector, r->in_bytes))
             return -EINVAL;
         struct vbd_qiov qiov = {.iov = r->in, .niov = r->nin, .size = r->in_bytes}; /* summed by blk_req_decode */
         *io = true;
@@ -180,7 +181,7 @@ int blk_req_run(struct blk_req *r, uint32_t *used_len, bool *io)
     case VIRTIO_BLK_T_OUT: {
         if (!e->writable)
             return -EROFS;
-        if (!blk_range_ok(e, r->sector, r->out_bytes))
+        if (!range_checked && !blk_range_ok(e, r->sector, r->out_bytes))
             return -EINVAL;
         struct vbd_qiov qiov = {.iov = r->out, .niov = r->nout, .size = r->out_bytes};
         *io = true;
@@ -290,8 +291,8 @@ static bool blk_req_try_inline(struct blk_req *r)
     if ((!write && r->type != VIRTIO_BLK_T_IN) || !vbd_backend_root_inline(e->be))
         return false;
     size_t bytes = write ? r->out_bytes : r->in_bytes;
-    /* refusals are blk_req_run's, in a coroutine */
-    if ((write && !e->writable) || !blk_range_ok(e, r->sector, bytes))
+    /* refusals are blk_req_run's, in a coroutine (range_ok stays for its run) */
+    if ((write && !e->writable) || (!r->range_ok && !blk_range_ok(e, r->sector, bytes)))
         return false;
     struct vbd_qiov qiov = {.iov = write ? r->out : r->in, .niov = write ? r->nout : r->nin, .size = bytes};
     int err;

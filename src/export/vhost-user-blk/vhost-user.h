@@ -136,8 +136,13 @@ struct vbd_loop *vu_queue_enter(struct vu_queue *q);
 void vu_queue_leave(struct vbd_loop *prev);
 
 /* Request accounting for the device: call on pop/push so that
- * GET_VRING_BASE and memory table changes can wait for quiescence. */
-void vu_queue_req_start(struct vu_queue *q);
+ * GET_VRING_BASE and memory table changes can wait for quiescence.
+ * Inline, as vu_queue_can_process: both run per request (a call each was
+ * most of their cost). */
+static inline void vu_queue_req_start(struct vu_queue *q)
+{
+    q->inflight_reqs++;
+}
 /* The ring is empty: ask for a kick at the next entry (or, while the loop
  * polls the ring, suppress kicks). True when entries arrived meanwhile. */
 bool vu_queue_rearm(struct vu_queue *q);
@@ -159,7 +164,11 @@ void vu_queue_log_write(struct vu_queue *q, const struct iovec *iov, int n);
 void vu_queue_log_kick(struct vu_queue *q);
 /* A malformed ring: log once, stop processing the queue until reset. */
 void vu_queue_fail(struct vu_queue *q, const char *why);
-bool vu_queue_can_process(const struct vu_queue *q);
+static inline bool vu_queue_can_process(const struct vu_queue *q)
+{
+    return q->started && q->enabled && !q->vq.broken && !__atomic_load_n(&q->dev->mem_changing, __ATOMIC_RELAXED) &&
+           __atomic_load_n(&q->dev->conn_fd, __ATOMIC_RELAXED) >= 0;
+}
 bool vu_has_feature(const struct vu_dev *dev, unsigned bit);
 /* Tells the front end that the config space changed (a resize): sends
  * VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the back-end channel. Returns 0,

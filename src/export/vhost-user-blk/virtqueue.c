@@ -115,15 +115,25 @@ static int map_buffer(const struct vu_mem *m, uint64_t gpa, uint32_t len, struct
     return 0;
 }
 
-int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e, const char **why)
+__attribute__((noinline)) int vu_vq_map_chain_general(struct vu_vq *vq, const struct vu_mem *m, uint16_t head,
+                                                    struct vu_elem *e, const char **why)
 {
     const struct vring_desc *table = vq->desc;
     unsigned max = vq->num, idx = head, seen = 0;
     bool in_indirect = false;
-    int n = 0;
-    const struct vu_mem_region *hint = NULL;
+    struct iovec *iov = e->iov;
+    const int cap = e->iov_cap;
+    int n = 0, nout = 0, nin = 0;
+    uint64_t out_bytes = 0, in_bytes = 0;
+    /* regions never overlap (guest-memory.c refuses it): any region the
+     * buffer lies wholly inside is the one the search would find. No
+     * hint: a region of size 0, which holds nothing */
+    const struct vu_mem_region *hint = vq->region_hint < m->nregions ? &m->r[vq->region_hint] : NULL;
+    uint64_t h_gpa = hint ? hint->gpa : 0, h_size = hint ? hint->size : 0;
+    uint8_t *h_host = hint ? hint->host : NULL;
     e->head = head;
     e->out_num = e->in_num = 0;
+    e->out_bytes = e->in_bytes = 0;
     if (head >= vq->num) {
         *why = "descriptor head index out of range";
         return -EINVAL;
@@ -164,19 +174,20 @@ int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, str
             continue;
         }
         bool writable = d.flags & VRING_DESC_F_WRITE;
-        if (!writable && e->in_num) {
+        if (!writable && nin) {
             *why = "device-readable descriptor after a device-writable one";
             return -EINVAL;
         }
         int before = n;
-        const struct vu_mem_region *h = hint;
-        if (h && d.len && d.addr - h->gpa < h->size && d.len <= h->size - (d.addr - h->gpa) && n < e->iov_cap) {
-            /* Whole inside the region of the chain's previous buffer, as a
-             * chain's buffers nearly always are: regions never overlap
-             * (guest-memory.c refuses it), so this is what map_buffer's
-             * search in table order would find, without the search. */
-            e->iov[n].iov_base = h->host + (d.addr - h->gpa);
-            e->iov[n].iov_len = d.len;
+        uint64_t off = d.addr - h_gpa;
+        if (d.len && off < h_size && d.len <= h_size - off && n < cap) {
+            /* Whole inside the region of the previous buffer (of this
+             * chain, or the last chain's last), as a chain's buffers
+             * nearly always are: regions never overlap, so this is what
+             * map_buffer's search in table order would find, without the
+             * search. */
+            iov[n].iov_base = h_host + off;
+            iov[n].iov_len = d.len;
             n++;
         } else {
             int rc = map_buffer(m, d.addr, d.len, e, &n, &hint);
@@ -184,11 +195,19 @@ int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, str
                 *why = rc == -E2BIG ? "too many segments in one request" : "buffer outside guest memory";
                 return rc;
             }
+            if (hint) {
+                h_gpa = hint->gpa;
+                h_size = hint->size;
+                h_host = hint->host;
+            }
         }
-        if (writable)
-            e->in_num += n - before;
-        else
-            e->out_num += n - before;
+        if (writable) {
+            nin += n - before;
+            in_bytes += d.len;
+        } else {
+            nout += n - before;
+            out_bytes += d.len;
+        }
         if (!(d.flags & VRING_DESC_F_NEXT))
             break;
         if (d.next >= max) {
@@ -197,7 +216,90 @@ int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, str
         }
         idx = d.next;
     }
+    e->out_num = nout;
+    e->in_num = nin;
+    e->out_bytes = out_bytes;
+    e->in_bytes = in_bytes;
+    if (hint)
+        vq->region_hint = (uint8_t)(hint - m->r);
     return 0;
+}
+
+/*
+ * The chains every driver sends: direct descriptors, or one indirect table
+ * (Linux uses one per request once INDIRECT_DESC is negotiated), each
+ * buffer non-empty and wholly inside the memory region the last chain's
+ * last buffer lay in, readable ones first, no more of them than the vector
+ * holds. Mapped by a tight walk that keeps its state in registers: every
+ * such descriptor is one segment, so the segment count also bounds the
+ * walk (a loop ends at the table's size, as `seen` does below). Anything
+ * else, refusals included, is left to vu_vq_map_chain_general, which walks the
+ * chain again from its head with its own snapshots and gives the same
+ * result for the chains this one takes (2q 64K reads: map_chain 230 -> ~100
+ * instructions per request, callgrind). Returns 0 when it did not map the
+ * chain (nothing in *e but iov entries it may have written).
+ */
+static inline bool map_chain_common(const struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e)
+{
+    const struct vring_desc *table = vq->desc;
+    unsigned max = vq->num, idx = head;
+    if (head >= max || vq->region_hint >= m->nregions)
+        return false;
+    const struct vu_mem_region *r = &m->r[vq->region_hint];
+    const uint64_t h_gpa = r->gpa, h_size = r->size;
+    uint8_t *const h_host = r->host;
+    struct vring_desc d;
+    memcpy(&d, (const void *)&table[idx], sizeof(d)); /* one snapshot: the guest may change it meanwhile */
+    if (d.flags & VRING_DESC_F_INDIRECT) {
+        if (!vq->indirect || (d.flags & VRING_DESC_F_NEXT) || d.len == 0 || d.len % sizeof(struct vring_desc) ||
+            d.len / sizeof(struct vring_desc) > VU_MAX_QUEUE_SIZE)
+            return false;
+        uint64_t off = d.addr - h_gpa;
+        if (off >= h_size || d.len > h_size - off)
+            return false;
+        table = (const struct vring_desc *)(h_host + off);
+        max = d.len / sizeof(struct vring_desc);
+        idx = 0;
+        memcpy(&d, (const void *)&table[0], sizeof(d));
+    }
+    struct iovec *iov = e->iov;
+    unsigned lim = max < (unsigned)e->iov_cap ? max : (unsigned)e->iov_cap, n = 0, nin = 0;
+    uint64_t out_bytes = 0, in_bytes = 0;
+    for (;;) {
+        uint64_t off = d.addr - h_gpa;
+        if ((d.flags & VRING_DESC_F_INDIRECT) || d.len == 0 || off >= h_size || d.len > h_size - off)
+            return false;
+        if (d.flags & VRING_DESC_F_WRITE) {
+            nin++;
+            in_bytes += d.len;
+        } else {
+            if (nin)
+                return false;
+            out_bytes += d.len;
+        }
+        iov[n].iov_base = h_host + off;
+        iov[n].iov_len = d.len;
+        n++;
+        if (!(d.flags & VRING_DESC_F_NEXT))
+            break;
+        if (d.next >= max || n >= lim)
+            return false;
+        idx = d.next;
+        memcpy(&d, (const void *)&table[idx], sizeof(d));
+    }
+    e->head = head;
+    e->out_num = (int)(n - nin);
+    e->in_num = (int)nin;
+    e->out_bytes = out_bytes;
+    e->in_bytes = in_bytes;
+    return true;
+}
+
+int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e, const char **why)
+{
+    if (map_chain_common(vq, m, head, e))
+        return 0;
+    return vu_vq_map_chain_general(vq, m, head, e, why);
 }
 
 int vu_vq_pending(const struct vu_vq *vq)

@@ -85,6 +85,10 @@ struct vu_vq {
      * read it; whatever sets last_avail_idx sets this to 0. */
     uint16_t avail_known;
     uint16_t used_idx;
+    /* The memory region (an index into the table: it may change between
+     * chains) the last chain's last buffer lay in: the next chain's first
+     * buffer is tried there before the table is searched. */
+    uint8_t region_hint;
     uint16_t signalled_used;
     bool signalled_used_valid;
     bool event_idx;
@@ -104,6 +108,9 @@ struct vu_vq {
 struct vu_elem {
     uint16_t head;
     int out_num, in_num;
+    /* the sums of the out and of the in segments' lengths, added up by the
+     * chain walk that maps them (a device's decode need not loop again) */
+    uint64_t out_bytes, in_bytes;
     struct iovec *iov;
     int iov_cap;
 };
@@ -125,6 +132,11 @@ static inline bool vu_vq_batch_done(const struct vu_vq *vq)
 /* Maps the chain at head (used when resubmitting inflight requests); errors
  * as vu_vq_pop's. */
 int vu_vq_map_chain(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e, const char **why);
+/* vu_vq_map_chain without its walk for the common chains (virtqueue.c,
+ * map_chain_common): every chain, every refusal. For the tests and the
+ * fuzzer, which check that both walks map a chain alike. */
+int vu_vq_map_chain_general(struct vu_vq *vq, const struct vu_mem *m, uint16_t head, struct vu_elem *e,
+                            const char **why);
 /* Adds one used element and publishes it. */
 void vu_vq_push(struct vu_vq *vq, uint16_t head, uint32_t len);
 /* After pushes: true when the driver wants an interrupt now (EVENT_IDX aware). */
