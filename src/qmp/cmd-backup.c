@@ -313,6 +313,12 @@ static int drive_backup_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     else if (sync && !strcmp(sync, "none"))
         backing = bs;
     struct vbd_error *e = NULL;
+    const struct vbd_driver *target_drv = format ? vbd_driver_find(format) : NULL;
+    if (mode == 1 && backing && target_drv && !target_drv->change_backing_file) {
+        /* QEMU's bdrv_img_create, before it makes the file (raw, sync=top/none) */
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Backing file not supported for file format '%s'", format);
+        return -1;
+    }
     if (mode == 1) {
         struct json_object *o = json_object_new_object();
         json_object_object_add(o, "size", json_object_new_int64((int64_t)vbd_node_size(bs)));
@@ -332,7 +338,7 @@ static int drive_backup_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     if (format)
         json_object_object_add(o, "driver", json_object_new_string(format));
     /* the backing is the running node, not its file opened once more */
-    if (format && vbd_driver_find(format) && vbd_driver_find(format)->change_backing_file)
+    if (target_drv && target_drv->change_backing_file)
         json_object_object_add(o, "backing", backing ? json_object_new_string(backing->node_name) : NULL);
     /* locked by its users as blockdev-add's nodes (the backup's from
      * vbd_backup_create on) */

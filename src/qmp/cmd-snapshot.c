@@ -301,7 +301,7 @@ static void external_commit(struct tx_action *a)
      * none (nothing used the old node) it closes at once. --state
      * describes it while it lives. */
     if (!st->attached_backing)
-        st->overlay->snapshot_overlay = true;
+        st->overlay->held_by_users = true;
 }
 
 static void external_abort(struct tx_action *a)

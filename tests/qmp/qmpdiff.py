@@ -234,8 +234,10 @@ class Run:
         cmd = [self.binary, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
                "--monitor", "chardev=qmp0"] + self.args
         try:
+            # in its own directory: a relative file name in a request (a
+            # sweep's spoiled drive-mirror target) makes its image there
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=open(self.stderr_path, "w"))
+                                         stderr=open(self.stderr_path, "w"), cwd=self.dir)
         except OSError as e:
             raise HarnessError(f"cannot start {self.name}: {e}")
         deadline = time.monotonic() + 60
