@@ -761,7 +761,9 @@ static bool target_data_owned(struct vbd_node *t, struct vbd_qmp_error *err)
 
 struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err)
 {
-    if (a->src == a->target) {
+    /* QEMU's mirror_start_job compares the nodes below their filters: a
+     * filter over the source is the source */
+    if (vbd_node_skip_filters(a->src) == vbd_node_skip_filters(a->target)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't mirror node into itself");
         return NULL;
     }

@@ -216,6 +216,26 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Compression is not supported for this drive %s", target->node_name);
         return NULL;
     }
+    /* a target over the source through file children (a filter, raw or a
+     * format on it): its writes would land in the source below the
+     * copy-before-write node, which takes the source's write for itself
+     * (vbd's job waited on itself and the daemon never stopped). QEMU
+     * refuses putting the filter in, naming the node over the source. */
+    for (struct vbd_node *p = target; p->file && p->file != p; p = p->file) {
+        if (p->file != bs)
+            continue;
+        char cbw_name[160];
+        if (o.filter_node_name)
+            snprintf(cbw_name, sizeof(cbw_name), "node '%s'", o.filter_node_name);
+        else
+            snprintf(cbw_name, sizeof(cbw_name), "the backup's copy-before-write node");
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Could not replace node: Permission conflict on node '%s': permissions 'write' are both "
+                           "required by node '%s' (uses node '%s' as 'file' child) and unshared by %s (uses node '%s' "
+                           "as 'file' child).",
+                           bs->node_name, p->node_name, bs->node_name, cbw_name, bs->node_name);
+        return NULL;
+    }
     /* a target whose data another node keeps (a format's file, a quorum's
      * child): the backup would write under the format's metadata or into
      * one replica apart from the others. QEMU's permission error, which
