@@ -183,7 +183,8 @@ class Run:
         self.replies = {}  # line number -> reply (dict) or a string for a harness failure
         self.proc = None
         self.stderr_path = os.path.join(self.dir, "stderr.log")
-        self.binary = binary
+        # a relative path is the caller's: the daemon runs in its own directory
+        self.binary = os.path.abspath(binary) if os.sep in binary else binary
         self.args = [a.replace("{DIR}", self.dir) for a in args]
         self.lines = lines
         self.negotiate = negotiate
