@@ -479,10 +479,16 @@ struct vbd_node {
     bool file_ref;               /* the "file" child is an existing node it references (file=NAME), not its own */
     bool opening;                /* its driver's open runs: no child may reference it by name (a cycle) */
     bool read_only;
-    /* vbd-daemon: blockdev-snapshot-sync's overlay, held by its users only
-     * (not the monitor's: it closes with the last of them, as qsd's);
-     * --state describes it while it lives */
-    bool snapshot_overlay;
+    /* vbd-daemon: a node a command opened by filename and left in the
+     * graph (blockdev-snapshot-sync's overlay, drive-mirror's target after
+     * its pivot), held by its users only (not the monitor's: it closes
+     * with the last of them, as qsd's); --state describes it while it lives */
+    bool held_by_users;
+    /* drive-mirror's target (sync=top/none) while its job runs: QEMU opens
+     * it without its backing and attaches that at the job's end, so the
+     * backing edge takes and unshares nothing before (an export may write
+     * the source it reads) */
+    bool backing_at_job_end;
     struct vbd_limits bl;
     unsigned supported_write_flags; /* VBD_REQ_FUA if the driver does FUA natively */
     unsigned supported_zero_flags;  /* VBD_REQ_MAY_UNMAP / FUA / NO_FALLBACK */

@@ -95,7 +95,7 @@ int vbd_daemon_node_release(const char *name, struct vbd_error **err)
             continue;
         memmove(&nodes[i], &nodes[i + 1], sizeof(*nodes) * (size_t)(nnodes - i - 1));
         nnodes--;
-        n->snapshot_overlay = true;
+        n->held_by_users = true;
         if (n->refcnt == 1)
             vbd_node_co_flush(n); /* nothing uses it: it closes now */
         vbd_node_unref(n);
@@ -613,12 +613,12 @@ void vbd_daemon_flush_nodes(void)
     MAIN_THREAD_ONLY();
     /* the exports have stopped: every node goes back to the main loop
      * before the iothreads stop (nothing to drain any more), the user's
-     * and the blockdev-snapshot-sync overlays their users hold (an
+     * and the overlays and drive-mirror targets their users hold (an
      * export's node: its guest's last writes are there) */
     struct vbd_node **v = NULL;
     int cnt = 0;
     for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
-        if (n->snapshot_overlay && vbd_daemon_node_find(n->node_name) != n) {
+        if (n->held_by_users && vbd_daemon_node_find(n->node_name) != n) {
             v = vbd_xrealloc(v, sizeof(*v) * (size_t)(cnt + 1));
             v[cnt++] = n;
         }

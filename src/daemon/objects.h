@@ -30,9 +30,10 @@ struct vbd_node *vbd_daemon_node_next(struct vbd_node *prev);
  * naming the node) while anything else holds it: an export, a parent
  * node, a job. -ENOENT if the user did not add it. */
 int vbd_daemon_node_del(const char *name, struct vbd_error **err);
-/* --state's replay of a blockdev-snapshot-sync overlay: the daemon's
+/* --state's replay of a node its users hold (blockdev-snapshot-sync's
+ * overlay, drive-mirror's target): the daemon's
  * reference goes, its users (exports, nodes above it) hold it from now
- * on, as the command left it (vbd_node.snapshot_overlay). -ENOENT if the
+ * on, as the command left it (vbd_node.held_by_users). -ENOENT if the
  * user did not add it. */
 int vbd_daemon_node_release(const char *name, struct vbd_error **err);
 

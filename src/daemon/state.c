@@ -7,7 +7,8 @@
  * live graph: the node an export serves now (a snapshot or an active
  * commit moved it), each node's backing now (a snapshot gave an overlay
  * its backing, a stream or commit dropped layers), the overlays
- * blockdev-snapshot-sync made that something still uses (added, then
+ * blockdev-snapshot-sync made and the targets drive-mirror pivoted to
+ * that something still uses (added, then
  * released to their users again by "--release" once the exports are
  * back: not the monitor's, as in qsd). Replaying a log of commands would redo
  * side effects (create an image again, open a layer a job removed); a
@@ -212,12 +213,12 @@ static bool is_ours(struct vbd_node *n)
     return vbd_daemon_node_find(n->node_name) == n && !json_object_object_get_ex(cmdline_nodes, n->node_name, NULL);
 }
 
-/* blockdev-snapshot-sync's overlay, held by its users only (not the
- * monitor's): described while something uses it, and released again
- * after the replay. */
-static bool is_overlay(struct vbd_node *n)
+/* A node its users hold, not the monitor (blockdev-snapshot-sync's
+ * overlay, drive-mirror's target after the pivot): described while
+ * something uses it, and released again after the replay. */
+static bool users_hold(struct vbd_node *n)
 {
-    return n->snapshot_overlay && vbd_daemon_node_find(n->node_name) != n;
+    return n->held_by_users && vbd_daemon_node_find(n->node_name) != n;
 }
 
 static bool described(struct json_object *done, const struct vbd_node *n);
@@ -247,7 +248,7 @@ static struct json_object *node_args(struct vbd_node *n, struct json_object *don
         /* an overlay blockdev-snapshot-sync made, a drive-mirror's target:
          * a format over a file */
         struct vbd_node *f = n->file;
-        if ((implicit_name(n) && !implicit_export_root(n) && !is_overlay(n)) || !f || f->file || f->backing) {
+        if ((implicit_name(n) && !implicit_export_root(n) && !users_hold(n)) || !f || f->file || f->backing) {
             vbd_warn("--state: node '%s' cannot be described for a restart; it is left out", n->node_name);
             return NULL;
         }
@@ -308,7 +309,7 @@ static void emit_below(struct vbd_node *c, struct json_object *cmds, struct json
 {
     if (!c || depth > 256)
         return;
-    if (is_ours(c) || is_overlay(c)) {
+    if (is_ours(c) || users_hold(c)) {
         emit_node(c, cmds, done, depth + 1);
         return;
     }
@@ -444,7 +445,7 @@ static struct json_object *describe(void)
             emit_node(n, cmds, done, 0);
     for (struct vbd_daemon_export *e = vbd_daemon_export_first(); e; e = e->next) {
         struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
-        if (root && (implicit_name(root) || is_overlay(root)))
+        if (root && (implicit_name(root) || users_hold(root)))
             emit_node(root, cmds, done, 0); /* an implicit one under a fresh implicit name */
     }
     json_object_object_foreach(iothread_recs, tn, tv)
@@ -461,7 +462,7 @@ static struct json_object *describe(void)
         struct json_object *a = json_object_array_get_idx(moved, i);
         const char *root_name = str_arg(a, "node-name");
         struct vbd_node *rn = root_name ? vbd_node_find(root_name) : NULL;
-        if (root_name && (root_name[0] == '#' || (rn && is_overlay(rn))) && !json_object_object_get(done, root_name))
+        if (root_name && (root_name[0] == '#' || (rn && users_hold(rn))) && !json_object_object_get(done, root_name))
             continue; /* its node was not described (warned): no export beats one on stale data */
         add_cmd(cmds, "--export", json_object_get(a));
     }
@@ -472,7 +473,7 @@ static struct json_object *describe(void)
             continue;
         struct json_object *a = copy(rec);
         struct vbd_node *root = vbd_job_filter_skip(vbd_daemon_export_node(e));
-        if (root && (implicit_name(root) || is_overlay(root)) && !described(done, root)) {
+        if (root && (implicit_name(root) || users_hold(root)) && !described(done, root)) {
             vbd_warn("--state: export '%s' is left out: its node cannot be described for a restart", e->id);
             json_object_put(a);
             continue;
@@ -481,10 +482,11 @@ static struct json_object *describe(void)
             json_object_object_add(a, "node-name", json_object_new_string(root->node_name));
         add_cmd(cmds, "block-export-add", a);
     }
-    /* the overlays go back to their users (the exports, the nodes above
-     * them): closed with the last of them, as before the restart */
+    /* the overlays and drive-mirror targets go back to their users (the
+     * exports, the nodes above them): closed with the last of them, as
+     * before the restart */
     for (struct vbd_node *n = vbd_node_next(NULL); n; n = vbd_node_next(n))
-        if (is_overlay(n) && described(done, n)) {
+        if (users_hold(n) && described(done, n)) {
             struct json_object *a = json_object_new_object();
             json_object_object_add(a, "node-name", json_object_new_string(n->node_name));
             add_cmd(cmds, "--release", a);
@@ -792,7 +794,7 @@ int vbd_state_load(const char *path, struct vbd_error **err)
             continue;
         }
         if (!strcmp(x, "--release")) {
-            /* a blockdev-snapshot-sync overlay added above: its users hold it now */
+            /* an overlay or a drive-mirror target added above: its users hold it now */
             const char *rn = str_arg(args, "node-name");
             struct vbd_error *ee = NULL;
             if (!rn || vbd_daemon_node_release(rn, &ee) < 0) {

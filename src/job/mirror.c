@@ -93,8 +93,7 @@ struct mirror {
     struct job_mirror *m;
     struct vbd_node *src, *target, *base; /* references held */
     struct vbd_node *replaces;            /* whose exports and parents move to the target (a reference) */
-    bool target_owned;  /* drive-mirror's: the daemon takes it at the pivot, closes it otherwise */
-    bool pivoted;
+    bool target_owned;  /* drive-mirror's: its users hold it after the pivot, it closes otherwise */
     struct vbd_node *filter; /* filter-node-name's mirror_top, or NULL */
 };
 
@@ -637,7 +636,12 @@ static int mirror_prepare(struct vbd_job *job, struct vbd_error **err)
                     p->backing = mj->target;
                     vbd_node_unref(old);
                 }
-            mj->pivoted = true;
+            /* drive-mirror's target is its new users' (the exports, the
+             * nodes above it), not the monitor's, as in qsd: it closes
+             * with the last of them (at the job's end when none took it
+             * over), and --state describes it from this save on */
+            if (mj->target_owned)
+                mj->target->held_by_users = true;
             /* vbd-daemon --state: saved before the guest writes to the target */
             struct vbd_error *ce = NULL;
             if (vbd_qmp_config_changed("job-finalize", NULL, &ce) < 0)
@@ -657,10 +661,11 @@ static void release_nodes(struct mirror *mj)
     vbd_node_unref(mj->replaces);
     if (mj->base)
         vbd_node_unref(mj->base);
-    if (mj->target_owned && mj->pivoted)
-        vbd_daemon_node_add(mj->target); /* drive-mirror's target is the daemon's now, with our reference */
-    else
-        vbd_node_unref(mj->target);
+    mj->target->backing_at_job_end = false; /* QEMU's mirror_exit_common attaches it */
+    /* QEMU's mirror_exit_common: drive-mirror's target closes here unless
+     * the pivot gave it users (the job's reference was its only one; the
+     * job flushed it at its last sync) */
+    vbd_node_unref(mj->target);
     mj->src = mj->target = mj->base = mj->replaces = NULL;
 }
 
@@ -756,7 +761,9 @@ static bool target_data_owned(struct vbd_node *t, struct vbd_qmp_error *err)
 
 struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp_error *err)
 {
-    if (a->src == a->target) {
+    /* QEMU's mirror_start_job compares the nodes below their filters: a
+     * filter over the source is the source */
+    if (vbd_node_skip_filters(a->src) == vbd_node_skip_filters(a->target)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Can't mirror node into itself");
         return NULL;
     }

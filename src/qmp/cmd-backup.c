@@ -216,6 +216,26 @@ static struct vbd_job *backup_common(struct json_object *args, struct vbd_node *
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Compression is not supported for this drive %s", target->node_name);
         return NULL;
     }
+    /* a target over the source through file children (a filter, raw or a
+     * format on it): its writes would land in the source below the
+     * copy-before-write node, which takes the source's write for itself
+     * (vbd's job waited on itself and the daemon never stopped). QEMU
+     * refuses putting the filter in, naming the node over the source. */
+    for (struct vbd_node *p = target; p->file && p->file != p; p = p->file) {
+        if (p->file != bs)
+            continue;
+        char cbw_name[160];
+        if (o.filter_node_name)
+            snprintf(cbw_name, sizeof(cbw_name), "node '%s'", o.filter_node_name);
+        else
+            snprintf(cbw_name, sizeof(cbw_name), "the backup's copy-before-write node");
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
+                           "Could not replace node: Permission conflict on node '%s': permissions 'write' are both "
+                           "required by node '%s' (uses node '%s' as 'file' child) and unshared by %s (uses node '%s' "
+                           "as 'file' child).",
+                           bs->node_name, p->node_name, bs->node_name, cbw_name, bs->node_name);
+        return NULL;
+    }
     /* a target whose data another node keeps (a format's file, a quorum's
      * child): the backup would write under the format's metadata or into
      * one replica apart from the others. QEMU's permission error, which
@@ -313,6 +333,12 @@ static int drive_backup_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     else if (sync && !strcmp(sync, "none"))
         backing = bs;
     struct vbd_error *e = NULL;
+    const struct vbd_driver *target_drv = format ? vbd_driver_find(format) : NULL;
+    if (mode == 1 && backing && target_drv && !target_drv->change_backing_file) {
+        /* QEMU's bdrv_img_create, before it makes the file (raw, sync=top/none) */
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Backing file not supported for file format '%s'", format);
+        return -1;
+    }
     if (mode == 1) {
         struct json_object *o = json_object_new_object();
         json_object_object_add(o, "size", json_object_new_int64((int64_t)vbd_node_size(bs)));
@@ -332,7 +358,7 @@ static int drive_backup_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     if (format)
         json_object_object_add(o, "driver", json_object_new_string(format));
     /* the backing is the running node, not its file opened once more */
-    if (format && vbd_driver_find(format) && vbd_driver_find(format)->change_backing_file)
+    if (target_drv && target_drv->change_backing_file)
         json_object_object_add(o, "backing", backing ? json_object_new_string(backing->node_name) : NULL);
     /* locked by its users as blockdev-add's nodes (the backup's from
      * vbd_backup_create on) */

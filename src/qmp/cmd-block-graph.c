@@ -228,7 +228,7 @@ static struct gedge *add_node_edge(struct graph *g, struct vbd_node *n, struct v
 static void node_edges(struct graph *g, struct vbd_node *n)
 {
     bool writable = !n->read_only;
-    if (n->backing) {
+    if (n->backing && !n->backing_at_job_end) {
         struct gedge *e = add_node_edge(g, n, n->backing, "backing", RULE_COW);
         e->parent_writable = writable;
     }

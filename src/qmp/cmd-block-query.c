@@ -65,6 +65,24 @@ static struct json_object *snapshot_list(struct vbd_node *n)
     return arr;
 }
 
+/* QEMU's bdrv_filter_or_cow_bs: a filter's filtered child (throttle,
+ * copy-on-read, blkdebug, a job's filter), else the backing. */
+static struct vbd_node *filtered_or_cow(struct vbd_node *n)
+{
+    if (n->drv->kind == VBD_DRV_FILTER)
+        return n->file && n->file != n ? n->file : n->backing;
+    return n->backing;
+}
+
+/* The node QEMU's bdrv_get_info answers for: a filter's and raw's
+ * (raw_get_info) come from the child below. */
+static struct vbd_node *info_source(struct vbd_node *n)
+{
+    while ((n->drv->kind == VBD_DRV_FILTER || (n->drv->caps & VBD_DRV_CAP_FILE_WINDOW)) && n->file && n->file != n)
+        n = n->file;
+    return n;
+}
+
 /* ImageInfo; *bitmaps gets the qcow2 bitmaps' list (a reference) when asked. */
 static struct json_object *image_info(struct vbd_node *n, bool with_backing, struct json_object **bitmaps)
 {
@@ -80,8 +98,20 @@ static struct json_object *image_info(struct vbd_node *n, bool with_backing, str
     add_str(o, "filename", n->filename);
     add_str(o, "format", n->drv->name);
     /* as QEMU: only drivers that answer get_info there have it: formats and
-     * host files (resizable protocols), not null-co or an nbd client */
-    if (!(n->drv->caps & VBD_DRV_CAP_REMOTE) && (n->drv->kind != VBD_DRV_PROTOCOL || n->drv->co_truncate))
+     * host files (resizable protocols), not null-co or an nbd client; a
+     * filter or raw answers with its child's, cluster size included */
+    struct vbd_node *src = info_source(n);
+    if (src != n) {
+        struct vbd_image_info below;
+        struct vbd_error *be = NULL;
+        if (vbd_node_get_info(src, &below, &be) == 0) {
+            info.cluster_size = below.cluster_size;
+            info.dirty_flag = below.dirty_flag;
+            json_object_put(below.format_specific);
+        }
+        vbd_error_free(be);
+    }
+    if (!(src->drv->caps & VBD_DRV_CAP_REMOTE) && (src->drv->kind != VBD_DRV_PROTOCOL || src->drv->co_truncate))
         add_bool(o, "dirty-flag", info.dirty_flag);
     if (info.actual_size >= 0)
         add_int(o, "actual-size", info.actual_size);
@@ -106,8 +136,9 @@ static struct json_object *image_info(struct vbd_node *n, bool with_backing, str
             *bitmaps = json_object_get(bm);
         json_object_object_add(o, "format-specific", info.format_specific);
     }
-    if (with_backing && n->backing)
-        json_object_object_add(o, "backing-image", image_info(n->backing, true, NULL));
+    struct vbd_node *below = filtered_or_cow(n);
+    if (with_backing && below) /* QEMU's query-named-block-nodes: a filter's child too */
+        json_object_object_add(o, "backing-image", image_info(below, true, NULL));
     return o;
 }
 
@@ -154,7 +185,7 @@ static struct json_object *dirty_bitmaps(struct vbd_node *n, struct json_object 
 static int backing_depth(struct vbd_node *n)
 {
     int d = 0;
-    for (struct vbd_node *b = n->backing; b; b = b->backing)
+    for (struct vbd_node *b = filtered_or_cow(n); b && d < 4096; b = filtered_or_cow(b))
         d++;
     return d;
 }

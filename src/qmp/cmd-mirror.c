@@ -192,6 +192,12 @@ static struct json_object *qmp_drive_mirror(struct json_object *args, struct vbd
     /* the target's backing: none (full), the source's backing (top), the source itself (none) */
     struct vbd_node *backing = a.sync == VBD_MIRROR_SYNC_NONE ? a.src : a.sync == VBD_MIRROR_SYNC_TOP ? a.src->backing : NULL;
     struct vbd_error *e = NULL;
+    const struct vbd_driver *target_drv = format ? vbd_driver_find(format) : NULL;
+    if (!existing && backing && target_drv && !target_drv->change_backing_file) {
+        /* QEMU's bdrv_img_create, before it makes the file (raw, sync=top/none) */
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Backing file not supported for file format '%s'", format);
+        return NULL;
+    }
     if (!existing) {
         struct json_object *o = json_object_new_object();
         json_object_object_add(o, "size", json_object_new_int64((int64_t)vbd_node_size(a.src)));
@@ -211,7 +217,9 @@ static struct json_object *qmp_drive_mirror(struct json_object *args, struct vbd
         json_object_object_add(o, "driver", json_object_new_string(format));
     if (node_name)
         json_object_object_add(o, "node-name", json_object_new_string(node_name));
-    if (!existing)
+    /* the backing is the running node, not its file opened once more; a
+     * format without backing files (raw) is given none */
+    if (!existing && target_drv && target_drv->change_backing_file)
         json_object_object_add(o, "backing", backing ? json_object_new_string(backing->node_name) : NULL);
     unsigned keep = VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH | VBD_OPEN_UNMAP | VBD_OPEN_AIO_THREADS;
     /* locked by its users as blockdev-add's nodes: the job's (write, only
@@ -223,6 +231,7 @@ static struct json_object *qmp_drive_mirror(struct json_object *args, struct vbd
     }
     a.target_owned = true;
     a.target_new = !existing && !backing;
+    a.target->backing_at_job_end = !existing && a.target->backing;
     /* opened on the main loop: it joins the source's thread, as blockdev-mirror's */
     vbd_daemon_co_join_source_loop(a.target, a.src);
     if (replaces_arg(args, &a, err) < 0 || !vbd_mirror_start(&a, err)) {

@@ -286,14 +286,18 @@ static void external_commit(struct tx_action *a)
      * kill left the bitmaps in-use (lost), and a later reopen read-write
      * (block-commit into it) loaded them a second time over the live
      * ones, whose bits were dropped. A driver that cannot switch keeps
-     * the flag only (nothing writes to the node all the same). */
+     * the flag only (nothing writes to the node all the same). QEMU's
+     * copy-on-read takes no reopen at all: the reopen fails quietly there
+     * and the node and the nodes below it stay read-write, as here. */
     struct vbd_error *e = NULL;
-    if (st->old->drv->reopen_rw && vbd_node_co_set_read_only(st->old, true, &e) < 0) {
+    bool reopens = strcmp(st->old->drv->name, "copy-on-read") != 0;
+    if (reopens && st->old->drv->reopen_rw && vbd_node_co_set_read_only(st->old, true, &e) < 0) {
         vbd_warn("external snapshot: node '%s' stays read-write underneath: %s", st->old->node_name,
                  e ? e->msg : "reopen failed");
         vbd_error_free(e);
     }
-    st->old->read_only = true;
+    if (reopens)
+        st->old->read_only = true;
     /* blockdev-snapshot-sync's overlay is not the monitor's (no
      * blockdev-del): as in qsd, its users hold it (the exports switched to
      * it, a node put on top of it later, a job) and it closes with the
@@ -301,7 +305,7 @@ static void external_commit(struct tx_action *a)
      * none (nothing used the old node) it closes at once. --state
      * describes it while it lives. */
     if (!st->attached_backing)
-        st->overlay->snapshot_overlay = true;
+        st->overlay->held_by_users = true;
 }
 
 static void external_abort(struct tx_action *a)

@@ -183,7 +183,8 @@ class Run:
         self.replies = {}  # line number -> reply (dict) or a string for a harness failure
         self.proc = None
         self.stderr_path = os.path.join(self.dir, "stderr.log")
-        self.binary = binary
+        # a relative path is the caller's: the daemon runs in its own directory
+        self.binary = os.path.abspath(binary) if os.sep in binary else binary
         self.args = [a.replace("{DIR}", self.dir) for a in args]
         self.lines = lines
         self.negotiate = negotiate
@@ -234,8 +235,10 @@ class Run:
         cmd = [self.binary, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
                "--monitor", "chardev=qmp0"] + self.args
         try:
+            # in its own directory: a relative file name in a request (a
+            # sweep's spoiled drive-mirror target) makes its image there
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=open(self.stderr_path, "w"))
+                                         stderr=open(self.stderr_path, "w"), cwd=self.dir)
         except OSError as e:
             raise HarnessError(f"cannot start {self.name}: {e}")
         deadline = time.monotonic() + 60

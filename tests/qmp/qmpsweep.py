@@ -11,8 +11,9 @@ r.raw in it) and sends K commands over what both support: blockdev-add of
 file, raw, qcow2, null-co, throttle, copy-on-read and blkdebug nodes,
 blockdev-del, throttle-group objects, the NBD server and its exports,
 the dirty bitmap commands, the snapshots (external, internal), block_resize,
-the block jobs on the small images (stream, commit, mirror, backup: each
-waited for to its end), the queries. About a third of the requests are
+the block jobs on the small images (stream, commit, mirror, backup, and
+drive-mirror and drive-backup into a new or an existing image: each waited
+for to its end), the queries. About a third of the requests are
 spoiled: a member dropped, a member added, a value of the wrong type, a
 number out of its range. The commands are chosen from what qsd has
 (its replies keep the model of nodes, exports, bitmaps), then sent to
@@ -50,6 +51,7 @@ NODES_ONLY = ["node-name", "drv", "ro"]
 EXPORTS_ONLY = ["id", "node-name"]
 # how long a job may take to end (small images, a loaded host, ASan)
 JOB_WAIT = 120
+JOBS = ("block-stream", "block-commit", "blockdev-mirror", "blockdev-backup", "drive-mirror", "drive-backup")
 
 
 class Differs(Exception):
@@ -342,10 +344,26 @@ class Sweep:
         return "block_resize", {"node-name": self.node(), "size": self.size()}
 
     def c_job(self):
-        kind = self.pick(["block-stream", "block-commit", "blockdev-mirror", "blockdev-backup"])
+        kind = self.pick(["block-stream", "block-commit", "blockdev-mirror", "blockdev-backup", "drive-mirror",
+                          "drive-backup"])
         a = {"job-id": self.m.fresh("j"), "device": self.node()}
         if kind in ("blockdev-mirror", "blockdev-backup"):
             a["target"] = self.node()
+            a["sync"] = self.pick(["full", "full", "top", "none"])
+        elif kind in ("drive-mirror", "drive-backup"):
+            # a new image (the source's format and size) or an existing one
+            # of the images made, which then must fit
+            if self.rng.random() < 0.25:
+                a["target"] = "{DIR}/" + self.pick(self.m.files)
+                a["mode"] = "existing"
+            else:
+                f = self.m.fresh("t") + ".img"
+                a["target"] = "{DIR}/" + f
+                self.m.files.append(f)
+            if self.rng.random() < 0.7:
+                a["format"] = self.pick(["qcow2", "qcow2", "raw"])
+            if kind == "drive-mirror" and self.rng.random() < 0.5:
+                a["node-name"] = self.node(new=True)
             a["sync"] = self.pick(["full", "full", "top", "none"])
         return kind, a
 
@@ -397,9 +415,9 @@ class Sweep:
             self.m.snaps.add((a["device"], a["name"]))
         elif cmd == "blockdev-snapshot-delete-internal-sync" and ok:
             self.m.snaps.discard((a["device"], a["name"]))
-        elif cmd in ("block-stream", "block-commit", "blockdev-mirror", "blockdev-backup") and ok:
+        elif cmd in JOBS and ok:
             jid = a["job-id"]
-            if cmd == "blockdev-backup" and a.get("sync") == "none":
+            if cmd in ("blockdev-backup", "drive-backup") and a.get("sync") == "none":
                 self.send("block-job-cancel", {"device": jid})  # a fleecing backup runs until cancelled
             ev = self.wait_events(["BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"], {"device": jid})
             if ev["event"] == "BLOCK_JOB_READY":

@@ -105,6 +105,17 @@ static int64_t null_allocated(struct vbd_node *n)
     return 0;
 }
 
+/* Nothing to reopen: read-only or not only changes what the generic layer
+ * lets through, as QEMU's null-co takes any reopen (a block-stream of a
+ * null-co that a snapshot made read-only, blockdev-reopen read-only=on) */
+static int null_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
+{
+    (void)n;
+    (void)rw;
+    (void)err;
+    return 0;
+}
+
 static const char *const null_protocols[] = {"null-co", NULL};
 
 static const struct vbd_driver null_driver = {
@@ -121,5 +132,6 @@ static const struct vbd_driver null_driver = {
     .co_pdiscard = null_discard,
     .co_block_status = null_block_status,
     .get_allocated_size = null_allocated,
+    .reopen_rw = null_reopen_rw,
 };
 VBD_DRIVER_REGISTER(null_co, null_driver);
