@@ -68,4 +68,31 @@ case " $w " in *" 1572864 "*) fail "one request over holes, zero clusters and a 
 step "extended L2: subclusters not yet allocated end the run"
 both 'qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k v.qcow2 16M && qemu-io -f qcow2 -c "write -q -P 1 0 128k" -c "write -q -P 1 132k 4k" -c "write -q -P 1 192k 64k" v.qcow2 >/dev/null' \
     'write -P 7 0 256k' 'write -P 8 0 128k'
+step "commit into an allocated base: 1 MiB requests, written by vbd-img's own thread, the base as qemu-img's"
+# (VBD_OPEN_INLINE_WRITES: without, a 1 MiB buffered write goes to a pool
+# worker, here another pid in the trace, and the copy waits for it)
+must qemu-img create -q -f qcow2 b.qcow2 8M
+must qemu-io -f qcow2 -c 'write -q -P 1 0 8M' b.qcow2
+must qemu-img create -q -f qcow2 -b b.qcow2 -F qcow2 t.qcow2
+must qemu-io -f qcow2 -c 'write -q -P 2 1M 1M' -c 'write -q -P 3 4M 2M' -c 'write -q -P 4 7M 64k' t.qcow2
+for k in q v; do rm -rf $k && mkdir $k && cp --sparse=always b.qcow2 t.qcow2 $k/; done
+must qemu-img commit -q q/t.qcow2
+strace -f -qq -y --seccomp-bpf -o v.st -e trace=pwrite64,pwritev,pwritev2 "$VBD_IMG" commit -q "$T/v/t.qcow2" >v.out 2>&1 ||
+    fail "vbd-img commit: $(tail -3 v.out)"
+cmp q/b.qcow2 v/b.qcow2 || fail "commit: the base is not qemu-img's, byte for byte"
+python3 - v.st "$T/v/b.qcow2" <<'PY' || fail "commit's writes to the base"
+import re, sys
+main, sizes, others = None, [], []
+for line in open(sys.argv[1]):
+    m = re.match(r'(\d+)\s+(pwrite64|pwritev2?)\(\d+<([^>]*)>.*= (\d+)$', line)
+    if not m or m.group(3) != sys.argv[2]:
+        continue
+    sizes.append(int(m.group(4)))
+    others.append(m.group(1))
+pids = set(others)
+big = [x for x in sizes if x >= 1 << 20]
+# 1 MiB at 1M, 2 MiB at 4M in chunks of at most 2 MiB: at least two requests of 1 MiB or more
+if len(big) < 2 or len(pids) != 1:
+    sys.exit('sizes %s from threads %s' % (sizes, sorted(pids)))
+PY
 echo OK
