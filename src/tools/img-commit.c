@@ -14,8 +14,8 @@ static struct vbd_node *open_base(const char *path, const char *fmt)
     const char *filename = path;
     bool unknown = false;
     if (!tool_open_options(&filename, fmt, false, "file", &opts, &unknown, &err))
-        return tool_open(path, fmt, false, VBD_OPEN_RDWR, NULL, NULL); /* its words for the options */
-    struct vbd_node *n = vbd_open(filename, opts, VBD_OPEN_RDWR, &err);
+        return tool_open(path, fmt, false, VBD_OPEN_RDWR | VBD_OPEN_INLINE_WRITES, NULL, NULL); /* its words for the options */
+    struct vbd_node *n = vbd_open(filename, opts, VBD_OPEN_RDWR | VBD_OPEN_INLINE_WRITES, &err);
     if (!n && err && strstr(err->msg, " lock: Is another process using the image [")) {
         tool_report_text(err->msg);
         vbd_error_free(err);

@@ -62,6 +62,31 @@ struct file_state {
     bool write_unused;      /* read-write, but nothing writes it now: locked as a reader (file_write_use) */
     bool by_users;          /* VBD_OPEN_LOCK_BY_USERS: locks set by file_set_perm, claimed in between */
     bool force_share;       /* force-share=on with by_users: its claims share everything (its users' edges do too) */
+    /* A flush with nothing to make durable is skipped (file_flush; QEMU's
+     * write_gen/flushed_gen). Every request that changes the file (data,
+     * zeroes, holes, its size: file_pwritev, file_pwrite_zeroes,
+     * file_pdiscard, file_truncate, the only places that write to fd) adds
+     * one to writes_begun before it is issued and one to writes_ended once
+     * it has completed, on the thread of the coroutine that issues it: the
+     * node is multi-loop, so any loop's (the daemon's iothreads, convert's
+     * threads); the pool's workers and io_uring never touch them. A flush
+     * (any loop) reads writes_ended, then writes_begun: equal, every write
+     * begun before the second load had completed before the first, so its
+     * fdatasync, issued after both, covers every write begun so far, and
+     * when it succeeds it stores that count in `flushed` (the largest, as
+     * flushes on several loops may end in any order). A flush that finds
+     * writes_begun still equal to `flushed` has nothing a flush must cover:
+     * no write has begun since one that a completed fdatasync covered. A
+     * flush that starts with a write in flight syncs and records nothing,
+     * so the next flush syncs again. All three start at 0: a flush covers
+     * the writes made through this node, not what the file held when it
+     * was opened (QEMU's write_gen and flushed_gen start equal too; an
+     * open that only reads, or a second open of a file a first one wrote
+     * and flushed at its close, syncs nothing). 64 bytes on either side:
+     * every request writes these, the fields above are read by all. */
+    char pad_before[64];
+    uint64_t writes_begun, writes_ended, flushed;
+    char pad_after[64];
 };
 
 /* The extent cache is read and changed by requests on every loop, without
@@ -415,6 +440,11 @@ static void grow_to(struct vbd_node *n, uint64_t end)
         ;
 }
 
+/* Around every request that changes the file (the comment at writes_begun):
+ * file_X counts X_fd, which does it */
+static void write_begin(struct file_state *s) { __atomic_fetch_add(&s->writes_begun, 1, __ATOMIC_RELEASE); }
+static void write_end(struct file_state *s) { __atomic_fetch_add(&s->writes_ended, 1, __ATOMIC_RELEASE); }
+
 static int file_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                        unsigned flags)
 {
@@ -468,8 +498,8 @@ static void falloc_before_write(struct file_state *s, uint64_t off, uint64_t byt
         __atomic_store_n(&s->falloc_writes, false, __ATOMIC_RELAXED);
 }
 
-static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
-                        unsigned flags)
+static int pwritev_fd(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                      unsigned flags)
 {
     struct file_state *s = n->opaque;
     int rwf = (flags & VBD_REQ_FUA) ? RWF_DSYNC : 0;
@@ -507,12 +537,34 @@ static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct
     return rc;
 }
 
+static int file_pwritev(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
+                        unsigned flags)
+{
+    struct file_state *s = n->opaque;
+    write_begin(s);
+    int rc = pwritev_fd(n, off, bytes, q, qoff, flags);
+    write_end(s);
+    return rc;
+}
+
 static int file_flush(struct vbd_node *n)
 {
     struct file_state *s = n->opaque;
     if (n->open_flags & VBD_OPEN_NO_FLUSH)
         return 0;
-    return vbd_co_fsync(s->fd, true, s->aio);
+    /* ended first: see writes_begun */
+    uint64_t ended = __atomic_load_n(&s->writes_ended, __ATOMIC_ACQUIRE);
+    uint64_t begun = __atomic_load_n(&s->writes_begun, __ATOMIC_ACQUIRE);
+    if (begun == __atomic_load_n(&s->flushed, __ATOMIC_ACQUIRE))
+        return 0;
+    int rc = vbd_co_fsync(s->fd, true, s->aio);
+    if (rc == 0 && ended == begun) {
+        uint64_t cur = __atomic_load_n(&s->flushed, __ATOMIC_RELAXED);
+        while (cur < begun &&
+               !__atomic_compare_exchange_n(&s->flushed, &cur, begun, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+            ;
+    }
+    return rc;
 }
 
 struct blk_ioctl {
@@ -527,7 +579,7 @@ static long do_blk_ioctl(void *opaque)
     return ioctl(b->fd, b->req, b->range) < 0 ? -errno : 0;
 }
 
-static int file_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+static int pdiscard_fd(struct vbd_node *n, uint64_t off, uint64_t bytes)
 {
     struct file_state *s = n->opaque;
     if (s->is_chardev)
@@ -542,7 +594,7 @@ static int file_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
     return rc == -EOPNOTSUPP ? -ENOTSUP : rc;
 }
 
-static int file_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+static int pwrite_zeroes_fd(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
 {
     struct file_state *s = n->opaque;
     int rc;
@@ -564,6 +616,24 @@ static int file_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, 
         return -ENOTSUP;
     if (rc == 0)
         grow_to(n, off + bytes);
+    return rc;
+}
+
+static int file_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
+{
+    struct file_state *s = n->opaque;
+    write_begin(s);
+    int rc = pdiscard_fd(n, off, bytes);
+    write_end(s);
+    return rc;
+}
+
+static int file_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes, unsigned flags)
+{
+    struct file_state *s = n->opaque;
+    write_begin(s);
+    int rc = pwrite_zeroes_fd(n, off, bytes, flags);
+    write_end(s);
     return rc;
 }
 
@@ -641,8 +711,8 @@ static int prealloc_range(int fd, uint64_t from, uint64_t to, enum vbd_prealloc 
     return 0;
 }
 
-static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
-                         struct vbd_error **err)
+static int truncate_fd(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
+                       struct vbd_error **err)
 {
     struct file_state *s = n->opaque;
     if (s->is_blockdev || s->is_chardev) {
@@ -676,6 +746,16 @@ static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd
         return 0;
     }
     return prealloc_range(s->fd, old, size, prealloc, err, n->filename);
+}
+
+static int file_truncate(struct vbd_node *n, uint64_t size, bool exact, enum vbd_prealloc prealloc,
+                         struct vbd_error **err)
+{
+    struct file_state *s = n->opaque;
+    write_begin(s);
+    int rc = truncate_fd(n, size, exact, prealloc, err);
+    write_end(s);
+    return rc;
 }
 
 static int64_t file_allocated(struct vbd_node *n)
