@@ -70,7 +70,7 @@ add() { # name, limit, command...
 # the hostile rounds). Ordered by that limit, the longest first (a marked
 # script without one counts as 1200 s), then by name: the run's tail is
 # then the short tests. Before, only the marked ones started first, and
-# eleven long ones (five TCG guests among them: vhost-user-reconnect and
+# twelve long ones (eight TCG guests among them: vhost-user-reconnect and
 # vhost-user-resize, two of the last in name order) started where their
 # names fell.
 script_limit() { sed -n '1,30s/^# test-timeout: \([0-9][0-9]*\).*/\1/p' "$1" | head -1; }
