@@ -20,8 +20,10 @@
 # (make check's 30-minute budget). Every test is written to run
 # beside others (its own temp dir $T, free ports, tagged processes: see
 # tests/integration/lib.sh); each line is printed when its test ends. The
-# scripts marked "# test-slow" (the longest) start first, so that the run
-# does not end waiting for one long test started last.
+# long scripts start first, the longest first, so that the run does not end
+# waiting for one long test started last: those marked "# test-slow" and
+# those whose own time limit is above the default (the TCG guests, the long
+# tables: their limit says they take long), ordered by that limit.
 set -u
 BUILD=${1:-build-asan}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,23 +64,41 @@ add() { # name, limit, command...
 }
 
 # The slow scripts first, then the unit and fuzz tests, then the other
-# scripts in name order.
+# scripts in name order. Slow: marked "# test-slow", or a time limit of
+# its own above the default 1200 s (a script's "# test-timeout: N" is its
+# word that it takes long: the guests without KVM, the long tables and
+# the hostile rounds). Ordered by that limit, the longest first (a marked
+# script without one counts as 1200 s), then by name: the run's tail is
+# then the short tests. Before, only the marked ones started first, and
+# twelve long ones (eight TCG guests among them: vhost-user-reconnect and
+# vhost-user-resize, two of the last in name order) started where their
+# names fell.
+script_limit() { sed -n '1,30s/^# test-timeout: \([0-9][0-9]*\).*/\1/p' "$1" | head -1; }
 slow=() rest=()
 for t in "$ROOT"/tests/integration/*.sh; do
     [ -f "$t" ] || continue
     case ${t##*/} in lib.sh | lib-*.sh) continue ;; esac # sourced helpers, not tests
-    if sed -n '1,30p' "$t" | grep -q '^# test-slow'; then slow+=("$t"); else rest+=("$t"); fi
+    limit=$(script_limit "$t")
+    if sed -n '1,30p' "$t" | grep -q '^# test-slow' || [ "${limit:-0}" -gt 1200 ]; then
+        slow+=("${limit:-1200} $t")
+    else
+        rest+=("$t")
+    fi
 done
+[ ${#slow[@]} = 0 ] || mapfile -t slow < <(printf '%s\n' "${slow[@]}" | sort -k1,1nr -k2,2 | cut -d' ' -f2-)
 add_script() { # path of an integration script
     local n=${1##*/} limit
-    limit=$(sed -n '1,30s/^# test-timeout: \([0-9][0-9]*\).*/\1/p' "$1" | head -1)
+    limit=$(script_limit "$1")
     add "integration/${n%.sh}" "${limit:-$TEST_TIMEOUT}" bash "$1"
 }
-# the slow guest tests (CPU-bound under TCG) alternate with the other
-# slow ones (more of their time is waiting), so that two guests do not
-# start side by side while the tail of the run waits on one core
+# the slow guest tests (CPU-bound under TCG: the scripts that boot one
+# with tests/guest/run-guest.sh or through libvirt) alternate with the
+# other slow ones (more of their time is waiting), so that two guests do
+# not start side by side while the tail of the run waits on one core
 sg=() so=()
-for t in "${slow[@]}"; do case ${t##*/} in *guest*) sg+=("$t") ;; *) so+=("$t") ;; esac; done
+for t in "${slow[@]}"; do
+    if grep -q 'run-guest\.sh\|lib-libvirt\.sh' "$t"; then sg+=("$t"); else so+=("$t"); fi
+done
 for ((i = 0; i < ${#sg[@]} || i < ${#so[@]}; i++)); do
     [ $i -lt ${#sg[@]} ] && add_script "${sg[i]}"
     [ $i -lt ${#so[@]} ] && add_script "${so[i]}"

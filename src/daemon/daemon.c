@@ -802,12 +802,13 @@ static void retry_stopped(void)
  * pass after it.
  */
 struct signal_walk {
+    const char *signal; /* its name, for -v */
     void (*walk)(void);
     bool running, again;
     struct vbd_co_queue done;
 };
-static struct signal_walk refresh_walk = {.walk = refresh_sizes, .done = VBD_CO_QUEUE_INIT};
-static struct signal_walk retry_walk = {.walk = retry_stopped, .done = VBD_CO_QUEUE_INIT};
+static struct signal_walk refresh_walk = {.signal = "SIGHUP", .walk = refresh_sizes, .done = VBD_CO_QUEUE_INIT};
+static struct signal_walk retry_walk = {.signal = "SIGUSR1", .walk = retry_stopped, .done = VBD_CO_QUEUE_INIT};
 
 static void signal_walk_co(void *arg)
 {
@@ -823,8 +824,12 @@ static void signal_walk_co(void *arg)
     vbd_co_queue_wake_all(&w->done);
 }
 
+/* The main coroutine took w's signal. -v says so: the tests' sync point
+ * for a signal taken while a QMP command holds the lock (the walk waits
+ * for it, the main coroutine goes on to see SIGTERM). */
 static void signal_walk_start(struct signal_walk *w)
 {
+    vbd_debug("%s taken: %s", w->signal, w->running ? "one more walk after the one running" : "a walk starts");
     if (w->running) {
         w->again = true;
         return;

@@ -19,17 +19,6 @@ S=$T/qmp.sock
 export PYTHONPATH=$VBD_ROOT/tests/qmp${PYTHONPATH:+:$PYTHONPATH}
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null'
 dpid=
-start_with() { # BINARY ARGS...: the daemon with a monitor on $S, stderr in daemon.log
-    local bin=$1
-    shift
-    rm -f "$S"
-    : >"$T/daemon.log"
-    "$bin" --chardev socket,id=m0,path="$S",server=on,wait=off --monitor m0 "$@" 2>>"$T/daemon.log" &
-    dpid=$!
-    for _ in $(seq 1200); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
-    cat "$T/daemon.log"
-    fail "vbd-daemon ($bin) did not start"
-}
 for j in 0 1 2 3 4 5; do truncate -s 1M "p$j.raw"; done
 truncate -s 1M t.raw
 must qemu-img create -q -f qcow2 c.qcow2 4M
@@ -41,7 +30,7 @@ graph_storm() { # BINARY WHAT ROUNDS
     for j in 0 1 2 3 4 5; do
         nodes+=(--blockdev "driver=file,node-name=fp$j,filename=$T/p$j.raw" --blockdev "driver=raw,node-name=rp$j,file=fp$j")
     done
-    start_with "$1" --object iothread,id=io0 --object iothread,id=io1 "${nodes[@]}"
+    start_monitored "$1" --object iothread,id=io0 --object iothread,id=io1 "${nodes[@]}"
     python3 - "$S" "$dpid" "$3" <<'PY' || { tail -40 "$T/daemon.log"; fail "QMP graph changes under SIGHUPs ($2)"; }
 import os, signal, sys, threading
 from qmp import QMP
@@ -126,34 +115,5 @@ nbdkit -f -U "$T/kit.sock" memory 64M 2>"$T/nbdkit.log" &
 kpid=$!
 on_exit "kill -CONT $kpid 2>/dev/null; kill $kpid 2>/dev/null"
 wait_sock "$T/kit.sock"
-stop_process $kpid
-start_with "$VBD_DAEMON" --blockdev driver=null-co,node-name=n0,size=1M
-python3 - "$S" "$T/kit.sock" <<'PY' &
-import json, sys, time
-from qmp import QMP
-m = QMP(sys.argv[1], negotiate=True)
-# nbdkit takes no connection while stopped: the open waits for its greeting, holding the commands' lock
-m.send_raw(json.dumps({"execute": "blockdev-add", "arguments": {"driver": "nbd", "node-name": "hung",
-           "server": {"type": "unix", "path": sys.argv[2]}}}) + "\n")
-time.sleep(3600)  # keeps the monitor's connection; killed at the end of the test
-PY
-hung=$!
-backlog() { ss -xlHn 2>/dev/null | awk -v s="$T/kit.sock" '$5 == s && $3 > 0' | grep -q .; }
-# generous: at load 40 a python start, a QMP session and the command took over a minute
-for _ in $(seq 6000); do backlog && break; kill -0 $hung 2>/dev/null || break; sleep 0.05; done
-backlog || { cat "$T/daemon.log"; fail "the blockdev-add never reached the stopped nbdkit"; }
-kill -HUP $dpid
-kill -HUP $dpid
-kill -TERM $dpid
-for _ in $(seq 6000); do grep -q "still stopping after 5 s" "$T/daemon.log" && break; kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
-grep -q "still stopping after 5 s" "$T/daemon.log" || { cat "$T/daemon.log"; fail "SIGTERM did not start the stop (no hint in 300 s)"; }
-kill -TERM $dpid
-wait $dpid
-rc=$?
-dpid=
-[ $rc = 1 ] || { cat "$T/daemon.log"; fail "exit status $rc after the second SIGTERM, want 1"; }
-grep -q "second signal while stopping" "$T/daemon.log" || fail "no line for the second signal"
-! grep -q -e Sanitizer -e "runtime error" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
-kill $hung 2>/dev/null
-wait $hung 2>/dev/null
+stop_behind_hung_command HUP "$T/kit.sock" $kpid
 echo OK

@@ -21,17 +21,6 @@ S=$T/qmp.sock
 export PYTHONPATH=$VBD_ROOT/tests/qmp${PYTHONPATH:+:$PYTHONPATH}
 dpid= kpid=
 on_exit '[ -n "$dpid" ] && kill -9 $dpid 2>/dev/null; [ -n "$kpid" ] && { kill -CONT $kpid; kill $kpid; } 2>/dev/null'
-start_with() { # BINARY ARGS...: the daemon with a monitor on $S, stderr in daemon.log
-    local bin=$1
-    shift
-    rm -f "$S"
-    : >"$T/daemon.log"
-    "$bin" --chardev socket,id=m0,path="$S",server=on,wait=off --monitor m0 "$@" 2>>"$T/daemon.log" &
-    dpid=$!
-    for _ in $(seq 1200); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
-    cat "$T/daemon.log"
-    fail "vbd-daemon ($bin) did not start"
-}
 # nbdkit fails every read while $T/eio exists
 rm -f "$T/nbd.sock"
 nbdkit -f -U "$T/nbd.sock" --filter=error memory 64M error-pread=EIO error-pread-rate=100% \
@@ -42,7 +31,7 @@ must qemu-img create -q -f qcow2 c.qcow2 4M
 
 retry_storm() { # BINARY WHAT ROUNDS
     touch "$T/eio"
-    start_with "$1" --object iothread,id=io0 --object iothread,id=io1 \
+    start_monitored "$1" --object iothread,id=io0 --object iothread,id=io1 \
         --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/nbd.sock" \
         --blockdev driver=raw,node-name=disk0,file=n0
     python3 - "$S" "$dpid" "$3" "$VBD_BENCH" "$T" <<'PY' || { tail -40 "$T/daemon.log"; fail "QMP changes under SIGUSR1s ($2)"; }
@@ -138,34 +127,5 @@ else
 fi
 
 step "a QMP command hung on storage that does not answer, SIGUSR1s behind it: SIGTERM still stops the daemon"
-stop_process $kpid
-start_with "$VBD_DAEMON" --blockdev driver=null-co,node-name=n0,size=1M
-python3 - "$S" "$T/nbd.sock" <<'PY' &
-import json, sys, time
-from qmp import QMP
-m = QMP(sys.argv[1], negotiate=True)
-# nbdkit takes no connection while stopped: the open waits for its greeting, holding the commands' lock
-m.send_raw(json.dumps({"execute": "blockdev-add", "arguments": {"driver": "nbd", "node-name": "hung",
-           "server": {"type": "unix", "path": sys.argv[2]}}}) + "\n")
-time.sleep(3600)  # keeps the monitor's connection; killed at the end of the test
-PY
-hung=$!
-backlog() { ss -xlHn 2>/dev/null | awk -v s="$T/nbd.sock" '$5 == s && $3 > 0' | grep -q .; }
-# generous: at load 40 a python start, a QMP session and the command took over a minute
-for _ in $(seq 6000); do backlog && break; kill -0 $hung 2>/dev/null || break; sleep 0.05; done
-backlog || { cat "$T/daemon.log"; fail "the blockdev-add never reached the stopped nbdkit"; }
-kill -USR1 $dpid
-kill -USR1 $dpid
-kill -TERM $dpid
-for _ in $(seq 6000); do grep -q "still stopping after 5 s" "$T/daemon.log" && break; kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
-grep -q "still stopping after 5 s" "$T/daemon.log" || { cat "$T/daemon.log"; fail "SIGTERM did not start the stop (no hint in 300 s)"; }
-kill -TERM $dpid
-wait $dpid
-rc=$?
-dpid=
-[ $rc = 1 ] || { cat "$T/daemon.log"; fail "exit status $rc after the second SIGTERM, want 1"; }
-grep -q "second signal while stopping" "$T/daemon.log" || fail "no line for the second signal"
-! grep -q -e Sanitizer -e "runtime error" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
-kill $hung 2>/dev/null
-wait $hung 2>/dev/null
+stop_behind_hung_command USR1 "$T/nbd.sock" $kpid
 echo OK

@@ -26,7 +26,9 @@ must qemu-io -f raw -t writeback -c 'write -P 0x6b 1M 1M' "nbd+unix:///n0?socket
 step "nbdkit stops answering; SIGTERM: the daemon waits and says why"
 stop_process $kpid
 kill -TERM $dpid
-for _ in $(seq 600); do grep -q "still stopping after 5 s" "$T/daemon.log" && break
+# each wait for a line up to 300 s (was 30 s): a starved ASan daemon at load
+# 40 writes its 5 s hint late, as daemon-sighup-graph saw
+for _ in $(seq 6000); do grep -q "still stopping after 5 s" "$T/daemon.log" && break
     kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
 grep -q "still stopping after 5 s" "$T/daemon.log" || { cat "$T/daemon.log"; fail "no hint while stopping"; }
 kill -0 $dpid 2>/dev/null || fail "the daemon exited while its flush had no answer"
@@ -57,12 +59,12 @@ m.send_raw('{"execute": "quit", "id": "bye"}\n')
 print(json.dumps(m.recv()), flush=True)
 PY
 qpid=$!
-for _ in $(seq 600); do grep -q "still stopping after 5 s" "$T/daemon.log" && break
+for _ in $(seq 6000); do grep -q "still stopping after 5 s" "$T/daemon.log" && break
     kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
 grep -q "still stopping after 5 s" "$T/daemon.log" || { cat "$T/daemon.log"; fail "no hint while stopping after quit"; }
 kill -TERM $dpid
 # the handler's line is the sync point: it is written before it returns
-for _ in $(seq 600); do grep -q "already stopping" "$T/daemon.log" && break
+for _ in $(seq 6000); do grep -q "already stopping" "$T/daemon.log" && break
     kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
 grep -q "already stopping (QMP quit" "$T/daemon.log" || { cat "$T/daemon.log"; fail "the SIGTERM after quit forced the exit"; }
 kill -0 $dpid 2>/dev/null || fail "the daemon exited while its flush had no answer"
@@ -79,7 +81,16 @@ step "a daemon whose storage answers stops at the first SIGTERM, status 0, no hi
 start_daemon --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/kit.sock" \
     --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=n0,writable=on
 must qemu-io -f raw -c 'write -P 0x7c 2M 1M' "nbd+unix:///n0?socket=$S" >/dev/null
+t0=${EPOCHREALTIME/./}
 stop_daemon
-! grep -q "still stopping" "$T/daemon.log" || fail "hint without a reason"
+took=$(((${EPOCHREALTIME/./} - t0) / 1000)) # ms
+# the hint is due 5 s into any stop: a stop that took less must not have
+# printed it; one that took longer (a starved daemon at load 30-40: its
+# nodes' close and the sanitizers' exit) may, and then says nothing here
+if [ $took -lt 5000 ]; then
+    ! grep -q "still stopping" "$T/daemon.log" || fail "hint without a reason (the stop took $took ms)"
+else
+    echo "the stop took $took ms at load $(cut -d' ' -f1 /proc/loadavg): the hint is allowed"
+fi
 must qemu-io -f raw -r -c 'read -P 0x7c 2M 1M' "nbd+unix:///?socket=$T/kit.sock" >/dev/null
 echo PASS

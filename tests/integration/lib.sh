@@ -562,6 +562,75 @@ def ok(cmd, **a):
 $(cat)
 PY
 }
+# start_monitored BINARY ARGS...: BINARY (vbd-daemon of some build: ASan,
+# ThreadSanitizer) with a QMP monitor m0 on $S before ARGS, in the
+# background until $S appears (60 s); pid in $dpid, stderr in
+# $T/daemon.log (started afresh)
+start_monitored() {
+    local bin=$1
+    shift
+    rm -f "$S"
+    : >"$T/daemon.log"
+    "$bin" --chardev socket,id=m0,path="$S",server=on,wait=off --monitor m0 "$@" 2>>"$T/daemon.log" &
+    dpid=$!
+    for _ in $(seq 1200); do [ -S "$S" ] && return; kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
+    cat "$T/daemon.log"
+    fail "vbd-daemon ($bin) did not start"
+}
+# stop_behind_hung_command SIGNAL KIT_SOCK KIT_PID: SIGTERM stops the
+# daemon while a QMP command hangs with SIGNALs queued behind it (the end
+# of daemon-sighup-graph and daemon-sigusr1-graph, whose signals' work
+# takes the QMP commands' lock on a coroutine of its own: the main
+# coroutine must never wait for that lock). nbdkit (KIT_PID, listening on
+# KIT_SOCK) is stopped; a vbd-daemon (start_monitored) gets a blockdev-add
+# of an nbd node on KIT_SOCK, whose open waits for the greeting a stopped
+# nbdkit never sends (seen in its listen backlog), holding the lock; two
+# SIGNALs, each taken by the main coroutine (-v), then SIGTERM: the stop's
+# hint after 5 s, a second SIGTERM exits with status 1, no sanitizer report.
+stop_behind_hung_command() {
+    local sig=$1 kit=$2 hung rc
+    stop_process "$3"
+    start_monitored "$VBD_DAEMON" -v --blockdev driver=null-co,node-name=n0,size=1M
+    python3 - "$S" "$kit" <<'PY' &
+import json, os, sys, time
+sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
+from qmp import QMP
+m = QMP(sys.argv[1], negotiate=True)
+# nbdkit takes no connection while stopped: the open waits for its greeting, holding the commands' lock
+m.send_raw(json.dumps({"execute": "blockdev-add", "arguments": {"driver": "nbd", "node-name": "hung",
+           "server": {"type": "unix", "path": sys.argv[2]}}}) + "\n")
+time.sleep(3600)  # keeps the monitor's connection; killed at the end
+PY
+    hung=$!
+    _hung_backlog() { ss -xlHn 2>/dev/null | awk -v s="$kit" '$5 == s && $3 > 0' | grep -q .; }
+    # generous: at load 40 a python start, a QMP session and the command took over a minute
+    for _ in $(seq 6000); do _hung_backlog && break; kill -0 $hung 2>/dev/null || break; sleep 0.05; done
+    _hung_backlog || { cat "$T/daemon.log"; fail "the blockdev-add never reached the stopped nbdkit"; }
+    # one SIGNAL, then another once the main coroutine took the first (-v
+    # says so; the walk waits for the lock): sent together with SIGTERM,
+    # the main coroutine saw all three at once and stopped first, and a
+    # main coroutine that waited for the lock itself passed unseen
+    local n
+    for n in 1 2; do
+        kill -"$sig" $dpid
+        for _ in $(seq 6000); do [ "$(grep -c "SIG$sig taken" "$T/daemon.log")" -ge $n ] && break; kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
+        [ "$(grep -c "SIG$sig taken" "$T/daemon.log")" -ge $n ] ||
+            { cat "$T/daemon.log"; fail "SIG$sig $n behind the hung command not taken in 300 s (the main coroutine waits?)"; }
+    done
+    kill -TERM $dpid
+    for _ in $(seq 6000); do grep -q "still stopping after 5 s" "$T/daemon.log" && break; kill -0 $dpid 2>/dev/null || break; sleep 0.05; done
+    grep -q "still stopping after 5 s" "$T/daemon.log" ||
+        { cat "$T/daemon.log"; fail "SIGTERM behind the hung command and the ${sig}s did not start the stop (no hint in 300 s)"; }
+    kill -TERM $dpid
+    wait $dpid
+    rc=$?
+    dpid=
+    [ $rc = 1 ] || { cat "$T/daemon.log"; fail "exit status $rc after the second SIGTERM, want 1"; }
+    grep -q "second signal while stopping" "$T/daemon.log" || fail "no line for the second signal"
+    ! grep -q -e Sanitizer -e "runtime error" "$T/daemon.log" || { cat "$T/daemon.log"; fail "sanitizer report"; }
+    kill $hung 2>/dev/null
+    wait $hung 2>/dev/null
+}
 # qmpdiff SCRIPT [OPTION VALUE]...: tests/qmp/SCRIPT.jsonl run by
 # qmpdiff.py against vbd-daemon and qemu-storage-daemon 7.2, each started
 # with these daemon options ({DIR}: the daemon's own directory); the

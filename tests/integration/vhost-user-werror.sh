@@ -126,9 +126,12 @@ rm "$T/eio"
 kill -0 $bpid 2>/dev/null || { cat "$T/bench.out"; fail "vbd-bench ended before SIGUSR1"; }
 # a SIGUSR1 a second until vbd-bench is done: a read sent to nbdkit before the
 # rm can fail after the first retry and stop the device again, and with
-# retry-interval=0 only another SIGUSR1 retries it
-for _ in $(seq 60); do
-    kill -0 $bpid 2>/dev/null || break
+# retry-interval=0 only another SIGUSR1 retries it. Bounded by time, not by
+# a count of signals: 60 signals were a minute, after which a device stopped
+# again waited in wait for run.sh's time limit
+end=$((SECONDS + 600))
+while kill -0 $bpid 2>/dev/null; do
+    [ $SECONDS -lt $end ] || { cat "$T/bench.out"; tail -20 "$T/daemon.log"; fail "vbd-bench still runs 600 s after the first SIGUSR1"; }
     kill -USR1 $dpid
     for _ in $(seq 10); do kill -0 $bpid 2>/dev/null || break; sleep 0.1; done
 done

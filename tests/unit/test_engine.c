@@ -715,54 +715,67 @@ UNIT_TEST(stat_clock_follows_monotonic)
 }
 
 /*
- * Completions the kernel finishes as task work in the loop's thread (a
- * socket's data arriving from another thread's send) reach the loop in
- * every VBD_URING_TASKRUN mode, also while the loop makes no syscall of its
- * own: under DEFER_TASKRUN such a completion waits until the thread enters
- * io_uring_enter(GETEVENTS), and under COOP_TASKRUN until it enters the
- * kernel at all; the loop learns of it from IORING_SQ_TASKRUN. Two loops
- * that never block: one whose poller always finds work (a vhost-user ring
- * under steady traffic: every pass is a zero-timeout iteration), one that
- * busy-polls for longer than the test lasts. The receive must complete in
- * both; without the flag (ring_setup without IORING_SETUP_TASKRUN_FLAG) the
- * first spins forever and the second for its whole window.
+ * Data another thread sends reaches a loop that never blocks, while it
+ * spins, in each engine:
+ * - io_uring, every VBD_URING_TASKRUN mode (loop_taskrun_modes): the
+ *   receive is a receive SQE (vbd_co_recv_wait), which the kernel completes
+ *   as task work in the loop's thread; under DEFER_TASKRUN such a
+ *   completion waits until the thread enters io_uring_enter(GETEVENTS), and
+ *   under COOP_TASKRUN until it enters the kernel at all; the loop learns
+ *   of it from IORING_SQ_TASKRUN. Two loops that never block: one whose
+ *   poller always finds work (a vhost-user ring under steady traffic: every
+ *   pass is a zero-timeout iteration), one that busy-polls for longer than
+ *   the test lasts. Without the flag (ring_setup without
+ *   IORING_SETUP_TASKRUN_FLAG) the first spins forever and the second for
+ *   its whole window.
+ * - epoll (VBD_LOOP_FORCE_EPOLL, under either engine's pass;
+ *   epoll_busy_poll_ends_on_readable_fd): the busy-poll ends when a socket
+ *   it waits on (vbd_co_recv's poll) becomes readable, not only when its
+ *   window runs out. Before, the spin looked only at the pollers, bottom
+ *   halves and ready coroutines, and the receive waited out the whole
+ *   window.
+ * One run: a loop thread of its own with a poller (always work, or never
+ * any and a 120 s busy-poll window), a receiver coroutine on one end of a
+ * socket pair and a sender thread that sends one byte once the loop spins.
  */
-struct taskrun_run {
-    const char *mode;    /* VBD_URING_TASKRUN for the loop */
-    bool busy;           /* the poller always finds work (else: a 120 s busy-poll window) */
+struct spin_run {
+    const char *mode; /* VBD_URING_TASKRUN of an io_uring loop; NULL: an epoll loop */
+    bool busy;        /* the poller always finds work (else: a 120 s busy-poll window) */
     enum vbd_uring_taskrun got;
     bool uring, done;
     ssize_t received;
     uint64_t took_ns;
     int sv[2];
-    atomic_int stage; /* 1: the receive is in the kernel and the loop spins; the sender sends */
+    atomic_int stage; /* 1: the receive waits and the loop spins; the sender sends */
 };
 
-static bool taskrun_poll(void *arg)
+static bool spin_poll(void *arg)
 {
-    struct taskrun_run *r = arg;
+    struct spin_run *r = arg;
     if (!r->busy && atomic_load(&r->stage) == 0)
-        atomic_store(&r->stage, 1); /* the busy-poll began: the receive was submitted before it */
+        atomic_store(&r->stage, 1); /* the busy-poll began: the receive waits since before it */
     return r->busy;
 }
 
-static bool taskrun_before_sleep(void *arg)
+static bool spin_before_sleep(void *arg)
 {
     (void)arg;
     return false;
 }
 
-static void taskrun_receiver(void *arg)
+static void spin_receiver(void *arg)
 {
-    struct taskrun_run *r = arg;
+    struct spin_run *r = arg;
     char buf[8];
-    r->received = vbd_co_recv_wait(r->sv[0], buf, sizeof(buf), NULL);
+    /* io_uring: a receive SQE, completed as task work; epoll: a recv that
+     * finds nothing, then a wait for the fd */
+    r->received = r->mode ? vbd_co_recv_wait(r->sv[0], buf, sizeof(buf), NULL) : vbd_co_recv(r->sv[0], buf, sizeof(buf));
     r->done = true;
 }
 
-static void *taskrun_sender(void *arg)
+static void *spin_sender(void *arg)
 {
-    struct taskrun_run *r = arg;
+    struct spin_run *r = arg;
     while (atomic_load(&r->stage) == 0)
         sched_yield();
     if (send(r->sv[1], "x", 1, MSG_NOSIGNAL) != 1)
@@ -770,27 +783,27 @@ static void *taskrun_sender(void *arg)
     return NULL;
 }
 
-static void *taskrun_loop_thread(void *arg)
+static void *spin_loop_thread(void *arg)
 {
-    struct taskrun_run *r = arg;
+    struct spin_run *r = arg;
     struct vbd_error *err = NULL;
-    struct vbd_loop *loop = vbd_loop_new(0, 0, &err);
+    struct vbd_loop *loop = vbd_loop_new(0, r->mode ? 0 : VBD_LOOP_FORCE_EPOLL, &err);
     if (!loop)
         return NULL;
     r->uring = vbd_loop_has_io_uring(loop);
     r->got = vbd_loop_uring_taskrun(loop);
-    if (!r->uring) { /* epoll (VBD_NO_IO_URING): no task work; the window would only be spun out */
+    if (r->mode && !r->uring) { /* epoll (VBD_NO_IO_URING): no task work; the window would only be spun out */
         vbd_co_thread_cleanup();
         vbd_loop_free(loop);
         return NULL;
     }
-    struct vbd_poller p = {.poll = taskrun_poll, .before_sleep = taskrun_before_sleep, .arg = r};
+    struct vbd_poller p = {.poll = spin_poll, .before_sleep = spin_before_sleep, .arg = r};
     vbd_loop_add_poller(loop, &p);
     if (!r->busy)
         vbd_loop_set_poll_max_ns(loop, 120000000000ull);
     pthread_t sender;
-    pthread_create(&sender, NULL, taskrun_sender, r);
-    vbd_co_enter(vbd_co_create(taskrun_receiver, r));
+    pthread_create(&sender, NULL, spin_sender, r);
+    vbd_co_enter(vbd_co_create(spin_receiver, r));
     uint64_t start = vbd_clock_ns();
     if (r->busy) {
         /* the receive's SQE may be held for one pass (vbd_loop_run_once) */
@@ -811,20 +824,40 @@ static void *taskrun_loop_thread(void *arg)
     return NULL;
 }
 
+/* r (mode and busy set) run on a loop thread of its own */
+static void spin_once(struct spin_run *r)
+{
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, r->sv) == 0);
+    if (r->mode)
+        setenv("VBD_URING_TASKRUN", r->mode, 1); /* read by vbd_loop_new, on the thread */
+    pthread_t t;
+    pthread_create(&t, NULL, spin_loop_thread, r);
+    pthread_join(t, NULL);
+    if (r->mode)
+        unsetenv("VBD_URING_TASKRUN");
+    close(r->sv[0]);
+    close(r->sv[1]);
+}
+
+/* the byte came, and the spin ended with it, not with its 120 s window
+ * (generous: a loaded host) */
+static void spin_check(const struct spin_run *r, const char *test)
+{
+    if (!r->done || r->received != 1 || r->took_ns >= 60000000000ull)
+        fprintf(stderr, "%s: %s, %s: done %d, received %zd, after %.3f s\n", test, r->mode ? r->mode : "epoll",
+                r->busy ? "busy pollers" : "busy-poll window", r->done, r->received, r->took_ns / 1e9);
+    CHECK(r->done);
+    CHECK_EQ(r->received, 1);
+    CHECK(r->took_ns < 60000000000ull);
+}
+
 UNIT_TEST(loop_taskrun_modes)
 {
     static const char *const modes[] = {"ipi", "coop", "defer"};
     for (int m = 0; m < 3; m++)
         for (int busy = 0; busy < 2; busy++) {
-            struct taskrun_run r = {.mode = modes[m], .busy = busy};
-            CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, r.sv) == 0);
-            setenv("VBD_URING_TASKRUN", modes[m], 1); /* read by vbd_loop_new, on the thread */
-            pthread_t t;
-            pthread_create(&t, NULL, taskrun_loop_thread, &r);
-            pthread_join(t, NULL);
-            unsetenv("VBD_URING_TASKRUN");
-            close(r.sv[0]);
-            close(r.sv[1]);
+            struct spin_run r = {.mode = modes[m], .busy = busy};
+            spin_once(&r);
             if (!r.uring)
                 continue; /* no io_uring here: nothing of this applies */
             /* the mode asked for: kernels from 6.1 on have all three */
@@ -837,106 +870,13 @@ UNIT_TEST(loop_taskrun_modes)
             else if (r.got != (enum vbd_uring_taskrun)m)
                 fprintf(stderr, "loop_taskrun_modes: %s refused by kernel %s, got %s\n", modes[m], u.release,
                         vbd_uring_taskrun_name(r.got));
-            if (!r.done || r.received != 1 || r.took_ns >= 60000000000ull)
-                fprintf(stderr, "loop_taskrun_modes: %s, %s: done %d, received %zd, after %.3f s\n", modes[m],
-                        busy ? "busy pollers" : "busy-poll window", r.done, r.received, r.took_ns / 1e9);
-            CHECK(r.done);
-            CHECK_EQ(r.received, 1);
-            /* the busy-poll ended with the receive, not with its window */
-            CHECK(r.took_ns < 60000000000ull);
+            spin_check(&r, "loop_taskrun_modes");
         }
-}
-
-/*
- * The epoll engine (VBD_NO_IO_URING=1, or a kernel or container without
- * io_uring) ends its busy-poll when a socket it waits on becomes readable,
- * not only when its window runs out: a loop with a poller that never finds
- * work and a 120 s window receives what another thread sends during the
- * spin at once. Before, the spin looked only at the pollers, bottom halves
- * and ready coroutines, and the receive waited out the whole window.
- * Always an epoll loop (VBD_LOOP_FORCE_EPOLL), under either engine's pass.
- */
-struct epoll_spin_run {
-    int sv[2];
-    atomic_int stage; /* 1: the busy-poll began; the sender sends */
-    bool done;
-    ssize_t received;
-    uint64_t took_ns;
-};
-
-static bool epoll_spin_poll(void *arg)
-{
-    struct epoll_spin_run *r = arg;
-    if (atomic_load(&r->stage) == 0)
-        atomic_store(&r->stage, 1);
-    return false; /* never any work of its own: only the fd can end the spin */
-}
-
-static bool epoll_spin_before_sleep(void *arg)
-{
-    (void)arg;
-    return false;
-}
-
-static void epoll_spin_receiver(void *arg)
-{
-    struct epoll_spin_run *r = arg;
-    char buf[8];
-    r->received = vbd_co_recv(r->sv[0], buf, sizeof(buf));
-    r->done = true;
-}
-
-static void *epoll_spin_sender(void *arg)
-{
-    struct epoll_spin_run *r = arg;
-    while (atomic_load(&r->stage) == 0)
-        sched_yield();
-    if (send(r->sv[1], "x", 1, MSG_NOSIGNAL) != 1)
-        abort();
-    return NULL;
-}
-
-static void *epoll_spin_loop_thread(void *arg)
-{
-    struct epoll_spin_run *r = arg;
-    struct vbd_error *err = NULL;
-    struct vbd_loop *loop = vbd_loop_new(0, VBD_LOOP_FORCE_EPOLL, &err);
-    if (!loop)
-        return NULL;
-    struct vbd_poller p = {.poll = epoll_spin_poll, .before_sleep = epoll_spin_before_sleep, .arg = r};
-    vbd_loop_add_poller(loop, &p);
-    vbd_loop_set_poll_max_ns(loop, 120000000000ull);
-    pthread_t sender;
-    pthread_create(&sender, NULL, epoll_spin_sender, r);
-    vbd_co_enter(vbd_co_create(epoll_spin_receiver, r)); /* its recv finds nothing: it waits for the fd */
-    uint64_t start = vbd_clock_ns();
-    while (!r->done && vbd_clock_ns() - start < 120000000000ull)
-        vbd_loop_run_once(loop, -1);
-    r->took_ns = vbd_clock_ns() - start;
-    atomic_store(&r->stage, 1); /* the sender ends in any case */
-    pthread_join(sender, NULL);
-    vbd_loop_remove_poller(loop, &p);
-    while (!r->done) /* the test failed: a blocking wait lets the receiver finish */
-        vbd_loop_run_once(loop, -1);
-    vbd_co_thread_cleanup();
-    vbd_loop_free(loop);
-    return NULL;
 }
 
 UNIT_TEST(epoll_busy_poll_ends_on_readable_fd)
 {
-    struct epoll_spin_run r = {0};
-    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, r.sv) == 0);
-    pthread_t t;
-    pthread_create(&t, NULL, epoll_spin_loop_thread, &r);
-    pthread_join(t, NULL);
-    close(r.sv[0]);
-    close(r.sv[1]);
-    if (!r.done || r.received != 1 || r.took_ns >= 60000000000ull)
-        fprintf(stderr, "epoll_busy_poll_ends_on_readable_fd: done %d, received %zd, after %.3f s\n", r.done,
-                r.received, r.took_ns / 1e9);
-    CHECK(r.done);
-    CHECK_EQ(r.received, 1);
-    /* the spin ended with the data, not with its window (generous: a loaded host) */
-    CHECK(r.took_ns < 60000000000ull);
+    struct spin_run r = {.mode = NULL, .busy = false};
+    spin_once(&r);
+    spin_check(&r, "epoll_busy_poll_ends_on_readable_fd");
 }
