@@ -124,12 +124,20 @@ int verb_convert(int argc, char **argv)
                                        {"salvage", no_argument, NULL, OPT_SALVAGE},
                                        {NULL, 0, NULL, 0}};
     int c;
-    const char *snapshot = NULL;
+    /* -l as qemu-img 7.2 reads it: snapshot.id=/snapshot.name= options
+     * (the last such -l) or a bare id or name (the last), the options
+     * first when both were given */
+    const char *snap_opts = NULL, *snap_name = NULL;
     while ((c = getopt_long(argc, argv, ":hf:O:o:cpS:nm:Wt:T:B:F:qUl:Cr:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
-        case 'l': snapshot = optarg; break;
+        case 'l':
+            if (!strncmp(optarg, "snapshot.", 9))
+                snap_opts = optarg;
+            else
+                snap_name = optarg;
+            break;
         case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
         case 'c': compress = true; break;
         case 'p': progress = true; break;
@@ -224,10 +232,6 @@ int verb_convert(int argc, char **argv)
         tool_progress_init(1);
         tool_progress_step(0);
     }
-    if (snapshot && nsrc > 1) {
-        vbd_error_report("No support for concatenating multiple snapshot");
-        goto out;
-    }
     for (int i = 0; i < nsrc; i++) {
         /* as qemu-img (BDRV_O_NO_SHARE): nobody writes a source while it is
          * copied. Status only skips work here: what a vhdx source leaves
@@ -238,10 +242,17 @@ int verb_convert(int argc, char **argv)
         src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, flags, src_cache, NULL);
         if (!src[i])
             goto out;
-        if (snapshot && img_load_snapshot(src[i], snapshot) < 0)
-            goto out;
         total += src[i]->size;
     }
+    /* once every source is open, into the first source only (qemu-img
+     * 7.2: the other sources are read as they are); a bare name cannot
+     * serve several sources */
+    if (!snap_opts && snap_name && nsrc > 1) {
+        vbd_error_report("No support for concatenating multiple snapshot");
+        goto out;
+    }
+    if ((snap_opts || snap_name) && img_load_snapshot(src[0], snap_opts ? snap_opts : snap_name) < 0)
+        goto out;
     const struct vbd_driver *od = vbd_driver_find(out_fmt);
     if (!od || od->kind != VBD_DRV_FORMAT) {
         vbd_error_report("Unknown file format '%s'", out_fmt);

@@ -49,6 +49,12 @@ with open(sys.argv[1], "r+b") as f:
     f.seek(l1 + 8)
     f.write(struct.pack(">Q", e & ~(1 << 63)))
 ' base/nc.qcow2 || fail "could not clear COPIED in nc.qcow2"
+# for convert -l: a qcow2 with an internal snapshot s1 (0x01 at 0) and
+# other data since (0x07)
+must qemu-img create -q -f qcow2 base/sn.qcow2 4M
+must qemu-io -f qcow2 -c 'write -P 1 0 64k' base/sn.qcow2 >/dev/null
+must qemu-img snapshot -c s1 base/sn.qcow2
+must qemu-io -f qcow2 -c 'write -P 7 0 4k' base/sn.qcow2 >/dev/null
 # outside base/ (named ../NAME by the cases, from q/ and v/): one a
 # qemu-nbd holds open for writing (its lock)
 must qemu-img create -q -f qcow2 locked.qcow2 4M
@@ -191,4 +197,28 @@ resize --shrink sh.qcow2 1G
 # the old table of nc.qcow2 gives way to a copy, which goes; the old one's
 # cluster keeps its bytes and space as QEMU leaves it (vbd punched it)
 resize --shrink nc.qcow2 2M
+# found by tests/integration/imgsweep.py (round 29): resize takes its last
+# word as the size before reading options (qemu-img's argv handling), a
+# size of 0 is not positive; commit -b on an image without a backing
+# file, commit -p's 0% before an error; rebase -F checked as a driver
+# name, rebase -u without -b removes the backing file; snapshot -U with a
+# verb that writes; qed's options checked once its file is made; convert
+# -l snapshot.* loads the snapshot in the first source only
+resize q-raw.raw -f
+resize -f raw q-raw.raw +1M -q
+resize --shrink q-raw.raw
+resize -f raw q-raw.raw 0
+resize --shrink -f raw -- q-raw.raw -4M
+commit -b ov.qcow2 q-qcow2.qcow2
+commit -p q-qcow2.qcow2
+rebase -b q-raw.raw -F bogus ov.qcow2
+rebase -u ov.qcow2
+snapshot -U -c s q-qcow2.qcow2
+snapshot -U -a s q-vmdk.vmdk
+create -f qed -o cluster_size=3k n.qed 1M
+create -f qed -o table_size=3 n.qed 1M
+create -f qed -o backing_fmt=raw n.qed 1M
+convert -O qed -o cluster_size=3k q-raw.raw n.qed
+convert -O raw -l snapshot.name=s1 sn.qcow2 q-raw.raw n.raw
+convert -O raw -l s1 sn.qcow2 q-raw.raw n.raw
 CASES
