@@ -94,7 +94,8 @@ int verb_check(int argc, char **argv)
         r.leaks_fixed = leaks_fixed;
         r.corruptions_fixed = corruptions_fixed;
     }
-    if (json) {
+    /* -q: nothing, in json too (qemu-img's dump_json_image_check) */
+    if (json && !quiet) {
         struct json_object *o = json_object_new_object();
         /* the key order qemu-img prints */
         if (r.image_end_offset > 0) /* qemu-img leaves it out for formats that do not know it (qed) */
@@ -121,7 +122,7 @@ int verb_check(int argc, char **argv)
             json_object_object_add(o, "fragmented-clusters", json_object_new_int64((int64_t)r.fragmented_clusters));
         tool_print_json(o);
         json_object_put(o);
-    } else if (!quiet) {
+    } else if (!json && !quiet) {
         if (r.corruptions)
             printf("\n%lld errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
                    (long long)r.corruptions);

@@ -106,6 +106,13 @@ static int convert_chunk_done(struct vbd_imageops_ctl *ctl, uint64_t off, uint64
     return 0;
 }
 
+/* a refused option: what -o made so far is freed (a leak otherwise) */
+static int put_opts_fail(struct json_object *opts)
+{
+    json_object_put(opts);
+    return 1;
+}
+
 int verb_convert(int argc, char **argv)
 {
     bool bitmaps = false, skip_broken = false;
@@ -138,23 +145,26 @@ int verb_convert(int argc, char **argv)
             else
                 snap_name = optarg;
             break;
-        case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
+        case 'o':
+            if (add_o(&opts, optarg) < 0)
+                return put_opts_fail(opts);
+            break;
         case 'c': compress = true; break;
         case 'p': progress = true; break;
         case 'S':
             if ((sparse = img_cvtnum("buffer size for sparse output", optarg, 0, INT64_MAX)) < 0)
-                return 1;
+                return put_opts_fail(opts);
             if (sparse % 512 || sparse > 16 * MIB) {
                 vbd_error_report("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up "
                                  "to 16777216. Select 0 to disable sparse detection (fully allocates output).");
-                return 1;
+                return put_opts_fail(opts);
             }
             explicit_sparse = true;
             break;
         case 'n': no_create = true; break;
         case 'r':
             if ((rate = img_cvtnum("rate limit", optarg, 0, INT64_MAX)) < 0)
-                return 1;
+                return put_opts_fail(opts);
             break;
         /* copy offloading: vbd copies through its own buffers (qemu-img
          * falls back to them where offloading fails); as with it, data
@@ -165,7 +175,7 @@ int verb_convert(int argc, char **argv)
             parallel = atoi(optarg);
             if (parallel < 1 || parallel > 16) {
                 vbd_error_report("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
-                return 1;
+                return put_opts_fail(opts);
             }
             break;
         case 'W': out_of_order = true; break;
@@ -187,8 +197,11 @@ int verb_convert(int argc, char **argv)
                    "Copy (and concatenate) images into OUTPUT, converting the format. Holes and zero runs of -S bytes\n"
                    "(default 4k) are not written; -c compresses (formats that support it); -m runs N requests in parallel;\n"
                    "-r caps the target's writes at RATE bytes a second; --salvage reads what cannot be read as zeroes.\n");
+            json_object_put(opts);
             return 0;
-        default: return img_bad_option(c, argv);
+        default:
+            put_opts_fail(opts);
+            return img_bad_option(c, argv);
         }
     }
     /* qemu-img 7.2's checks, in its order */
@@ -212,6 +225,7 @@ int verb_convert(int argc, char **argv)
     }
     if (argc - optind < 2) {
         vbd_error_report("Must specify image file name");
+        json_object_put(opts);
         return 1;
     }
     enum vbd_cache_mode src_mode;

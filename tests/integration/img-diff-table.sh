@@ -221,4 +221,14 @@ create -f qed -o backing_fmt=raw n.qed 1M
 convert -O qed -o cluster_size=3k q-raw.raw n.qed
 convert -O raw -l snapshot.name=s1 sn.qcow2 q-raw.raw n.raw
 convert -O raw -l s1 sn.qcow2 q-raw.raw n.raw
+# check -q prints nothing, in json too; raw's preallocation=metadata is
+# the file's to refuse (made, left empty); -o's options freed when a
+# later option is refused (ASan's leak check)
+check -q --output=json q-qcow2.qcow2
+create -f raw -o preallocation=metadata n.raw 512
+convert -O raw -o preallocation=metadata q-qcow2.qcow2 n.raw
+convert -O qcow2 -o lazy_refcounts=on -m 17 q-raw.raw n.qcow2
+convert -O vdi -o static=off -S x q-raw.raw n.vdi
+amend -o size=8M -f vmdk q-vmdk.vmdk -f
+measure -O qcow2 -o extended_l2=on --size x
 CASES

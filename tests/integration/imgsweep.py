@@ -504,8 +504,12 @@ def make_case(seed, index, only):
 
 # ---------------------------------------------------------------- known
 # (tool, regex over the command line, why): differences README explains;
-# the exit code is still compared
+# the exit code is still compared, unless why starts "not fixed"
 KNOWN = [
+    ("img", r"^convert .*-O qed .*table_size=1\b",
+     "not fixed: README: a qed image of one-cluster tables: QEMU cannot open one (its own create makes it), "
+     "vbd can"),
+    ("img", r"^create .*-f qed .*table_size=1\b", "not fixed: README: the same (create itself is the same)"),
     ("img", r"^measure .*-O (vmdk|vhdx|vpc|parallels)",
      "README: measure also sizes vmdk, vhdx, vpc and parallels targets"),
     ("img", r"^snapshot .*-a \S+ .*bm\.qcow2$",
@@ -567,7 +571,8 @@ def normalize_out(text, tool):
 def first_err_line(text):
     for ln in text.split("\n"):
         if ln.strip():
-            return re.sub(r"qemu-img|vbd-img|qemu-io|vbd-io", "TOOL", ln)
+            # QEMU numbers its nodes without a name (#blockNNN) as it makes them
+            return re.sub(r"#block\d+", "#blockN", re.sub(r"qemu-img|vbd-img|qemu-io|vbd-io", "TOOL", ln))
     return ""
 
 
@@ -677,14 +682,17 @@ def run_case(work, base, tools, tool, args):
         shutil.rmtree(d, ignore_errors=True)
         sh(f"cp -a --sparse=always {shlex.quote(base)} {shlex.quote(d)}", work)
     qbin, vbin = tools[tool]
-    pq, pv = run_side(qbin, args, q), run_side(vbin, args, v)
+    try:
+        pq, pv = run_side(qbin, args, q), run_side(vbin, args, v)
+    except OSError as e:
+        raise HarnessError(f"cannot run the tools: {e}")
     (rq, oq, eq), (rv, ov, ev) = finish(pq), finish(pv)
     cmdline = shlex.join(args)
     if "Sanitizer" in ev or "runtime error" in ev or rv == "timeout" or (isinstance(rv, int) and rv < 0):
         return "diff", f"vbd crashed or hung (exit {rv}):\n{ev[-3000:]}"
     why = known(tool, cmdline)
     diffs = []
-    if rq != rv:
+    if rq != rv and not (why and why.startswith("not fixed")):
         diffs.append(f"exit: qemu {rq}, vbd {rv}")
     if why:
         return ("diff", "\n".join(diffs + [f"(known: {why})", f"qemu err: {first_err_line(eq)}",
