@@ -55,6 +55,8 @@ must qemu-img create -q -f qcow2 base/sn.qcow2 4M
 must qemu-io -f qcow2 -c 'write -P 1 0 64k' base/sn.qcow2 >/dev/null
 must qemu-img snapshot -c s1 base/sn.qcow2
 must qemu-io -f qcow2 -c 'write -P 7 0 4k' base/sn.qcow2 >/dev/null
+# a dynamic vdi copied sparsely: holes of the file amid its blocks
+cp --sparse=always base/q-vdi.vdi base/sp.vdi || fail "cp --sparse=always"
 # outside base/ (named ../NAME by the cases, from q/ and v/): one a
 # qemu-nbd holds open for writing (its lock)
 must qemu-img create -q -f qcow2 locked.qcow2 4M
@@ -231,4 +233,16 @@ convert -O qcow2 -o lazy_refcounts=on -m 17 q-raw.raw n.qcow2
 convert -O vdi -o static=off -S x q-raw.raw n.vdi
 amend -o size=8M -f vmdk q-vmdk.vmdk -f
 measure -O qcow2 -o extended_l2=on --size x
+# a dynamic vdi's blocks are data throughout, holes of the file too (QEMU
+# asks the file of a static image only); an empty file name is none; -g
+# checked after the open, before whether the image stores bitmaps;
+# measure's bad option: getopt's message, the help, exit 0
+map sp.vdi
+map --output=json sp.vdi
+info ''
+convert -O raw '' n.raw
+bitmap --add -g 1000 q-raw.raw b0
+bitmap --add -g 4G q-raw.raw b0
+!qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
+!the same, for a missing value | measure --size
 CASES

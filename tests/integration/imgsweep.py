@@ -553,6 +553,10 @@ def normalize_out(text, tool):
     text = re.sub(r"qemu-img|vbd-img|qemu-io|vbd-io", "TOOL", text)
     if tool == "io" and text.startswith("Usage: TOOL"):
         return "USAGE (README: the usage text is vbd-io's)"
+    # qemu-img's whole help (measure prints it for a bad option), vbd-img's verb's
+    if tool == "img" and (text.startswith("TOOL version ") and "usage: TOOL [standard options]" in text or
+                          text.startswith("Usage: TOOL ")):
+        return "HELP (README: the help text is vbd-img's)"
     text = PROGRESS.sub(" (PROGRESS)", text)
     lines = []
     for ln in text.split("\n"):

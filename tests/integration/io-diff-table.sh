@@ -58,4 +58,7 @@ run_cases io_case <<'CASES'
 # and the shared table's count one too high; tests/integration/imgsweep.py)
 -c 'open -o driver=qcow2 sn.qcow2' -c 'discard 1M 64k'
 -c 'open -o driver=qcow2 sn.qcow2' -c 'write -P 9 1M 4k'
+# an empty file name is none
+-c 'read 0 1' ''
+-f raw -c 'read 0 1' ''
 CASES
