@@ -83,7 +83,7 @@ int verb_resize(int argc, char **argv)
         vbd_warn("Shrinking an image will delete all data beyond the shrunken image's end. Before performing such "
                  "an operation, make sure there is no important data there.");
         rc = 1;
-    } else if (size < old && prealloc) {
+    } else if (size <= old && prealloc) { /* qemu-img: not growing (the same size too) */
         vbd_error_report("Preallocation can only be used for growing images");
         rc = 1;
     } else if (vbd_node_co_truncate(n, size, true, prealloc, &err) < 0) {

@@ -243,6 +243,7 @@ info ''
 convert -O raw '' n.raw
 bitmap --add -g 1000 q-raw.raw b0
 bitmap --add -g 4G q-raw.raw b0
+resize --preallocation=falloc -f raw q-raw.raw +0
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES
