@@ -244,6 +244,10 @@ convert -O raw '' n.raw
 bitmap --add -g 1000 q-raw.raw b0
 bitmap --add -g 4G q-raw.raw b0
 resize --preallocation=falloc -f raw q-raw.raw +0
+create -f vhdx -o block_size=3M n.vhdx 4M
+create -f vhdx n.vhdx 65T
+create -f vpc n.vpc 3T
+convert -O vhdx -o block_size=3M q-raw.raw n.vhdx
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES

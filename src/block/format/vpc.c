@@ -748,9 +748,18 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     uint16_t cyls;
     uint8_t heads, secs;
     uint64_t total_sectors;
+    /* as qemu-img: a new file is made first, then the size checked (one
+     * too large leaves it empty); blockdev-create's target is left alone
+     * until it passes */
+    struct vbd_node *f = NULL;
+    if (!target && !(f = vbd_create_protocol_node(filename, NULL, 0, file_hints, err)))
+        return -EIO;
     int rc = vpc_rounded_size(size, force_size, &cyls, &heads, &secs, &total_sectors, err);
-    if (rc < 0)
+    if (rc < 0) {
+        if (f)
+            vbd_node_unref(f);
         return rc;
+    }
     uint64_t total_size = total_sectors * 512;
     if (target && total_size != size) {
         /* blockdev-create takes the size as it is (QEMU rounds it up to a
@@ -781,8 +790,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     footer[F_UUID + 8] = (uint8_t)((footer[F_UUID + 8] & 0x3f) | 0x80);
     put_be32p(footer + F_CHECKSUM, vpc_checksum(footer, sizeof(footer), F_CHECKSUM));
 
-    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
-    if (!f)
+    if (!f && !(f = vbd_create_protocol_node(filename, target, 0, file_hints, err)))
         return -EIO;
     uint8_t *meta = NULL;
     if (fixed) {

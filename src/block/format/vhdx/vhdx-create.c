@@ -34,7 +34,8 @@ struct vhdx_params {
 };
 
 static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in, struct vhdx_params *p,
-                             struct vbd_error **err)
+                             struct vbd_error **err,
+                             bool *opts_taken)
 {
     int sub = 0;
     p->log_size = MiB;
@@ -47,6 +48,10 @@ static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in
         return -EINVAL;
     if (vbd_opts_check_empty(opts, "Block format 'vhdx'", err) < 0)
         return -EINVAL;
+    /* what follows is QEMU's vhdx_co_create's to check: qemu-img made
+     * the file already */
+    if (opts_taken)
+        *opts_taken = true;
     p->fixed = sub == 1;
     if (in)
         p->size = in->size;
@@ -109,9 +114,18 @@ int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_ob
         vbd_error_setf(err, EINVAL, "Block size must be a multiple of 1 MB");
         return -EINVAL;
     }
-    int rc = vhdx_parse_create(opts, NULL, &p, err);
-    if (rc < 0)
+    bool opts_taken = false;
+    int rc = vhdx_parse_create(opts, NULL, &p, err, &opts_taken);
+    if (rc < 0) {
+        /* a size, log or block size refused: the new file is left empty,
+         * as qemu-img leaves it (blockdev-create's target is left alone) */
+        if (opts_taken && !target) {
+            struct vbd_node *f = vbd_create_protocol_node(filename, NULL, 0, file_hints, NULL);
+            if (f)
+                vbd_node_unref(f);
+        }
         return rc;
+    }
     struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f)
         return -EIO;
@@ -237,7 +251,7 @@ int vhdx_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requir
                  struct vbd_error **err)
 {
     struct vhdx_params p;
-    int rc = vhdx_parse_create(opts, in, &p, err);
+    int rc = vhdx_parse_create(opts, in, &p, err, NULL);
     if (rc < 0)
         return rc;
     uint64_t blocks_bytes = p.data_blocks * p.block_size;
