@@ -248,6 +248,8 @@ create -f vhdx -o block_size=3M n.vhdx 4M
 create -f vhdx n.vhdx 65T
 create -f vpc n.vpc 3T
 convert -O vhdx -o block_size=3M q-raw.raw n.vhdx
+create -f vpc -o subformat=x n.vpc 4M
+create -f vhdx -o subformat=diff n.vhdx 4M
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES

@@ -41,17 +41,27 @@ static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in
     p->log_size = MiB;
     p->block_size = 0;
     p->zero_blocks = true;
+    /* the subformat is QEMU's vhdx_co_create's to check, with the sizes */
+    struct json_object *sf = vbd_opt_take_obj(opts, "subformat");
     if (vbd_opt_take_size(opts, "size", &p->size, err) < 0 || vbd_opt_take_size(opts, "log_size", &p->log_size, err) < 0 ||
         vbd_opt_take_size(opts, "block_size", &p->block_size, err) < 0 ||
-        vbd_opt_take_enum(opts, "subformat", vhdx_subformat_names, &sub, err) < 0 ||
-        vbd_opt_take_bool(opts, "block_state_zero", &p->zero_blocks, err) < 0)
+        vbd_opt_take_bool(opts, "block_state_zero", &p->zero_blocks, err) < 0 ||
+        vbd_opts_check_empty(opts, "Block format 'vhdx'", err) < 0) {
+        json_object_put(sf);
         return -EINVAL;
-    if (vbd_opts_check_empty(opts, "Block format 'vhdx'", err) < 0)
-        return -EINVAL;
+    }
     /* what follows is QEMU's vhdx_co_create's to check: qemu-img made
      * the file already */
     if (opts_taken)
         *opts_taken = true;
+    if (sf) {
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "subformat", sf);
+        int rc = vbd_opt_take_enum(o, "subformat", vhdx_subformat_names, &sub, err);
+        json_object_put(o);
+        if (rc < 0)
+            return -EINVAL;
+    }
     p->fixed = sub == 1;
     if (in)
         p->size = in->size;
