@@ -18,6 +18,7 @@ static int check_failed(struct vbd_node *n, struct vbd_error *err, int ret)
 
 int verb_check(int argc, char **argv)
 {
+    const char *output = NULL;
     const char *fmt = NULL, *repair = NULL;
     bool json = false, quiet = false, force = false, image_opts = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, OPT_OUTPUT},
@@ -31,7 +32,7 @@ int verb_check(int argc, char **argv)
         case 'q': quiet = true; break;
         case 'U': force = true; break;
         case 'T': break;
-        case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
+        case OPT_OUTPUT: output = optarg; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'h':
             printf("Usage: vbd-img check [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-U] filename\n"
@@ -54,6 +55,9 @@ int verb_check(int argc, char **argv)
         img_usage_error("Expecting one image file name");
         return 1;
     }
+    /* --output's value is checked after the file name, as qemu-img does */
+    if (output && !parse_output(output, &json))
+        return 1;
     /* with its backing chain, as qemu-img: an image whose chain cannot be
      * opened is not checked */
     unsigned flags = VBD_OPEN_CHECK | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);

@@ -249,6 +249,9 @@ create -f vhdx n.vhdx 65T
 create -f vpc n.vpc 3T
 convert -O vhdx -o block_size=3M q-raw.raw n.vhdx
 create -f vpc -o subformat=x n.vpc 4M
+info --output=bogus
+check --output=bogus q-raw.raw q-qcow2.qcow2
+map --output=bogus -f raw
 create -f vhdx -o subformat=diff n.vhdx 4M
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size

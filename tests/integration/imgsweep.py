@@ -510,6 +510,7 @@ KNOWN = [
      "not fixed: README: a qed image of one-cluster tables: QEMU cannot open one (its own create makes it), "
      "vbd can"),
     ("img", r"^create .*-f qed .*table_size=1\b", "not fixed: README: the same (create itself is the same)"),
+    ("img", r"^snapshot( \S+)* -f( |$)", "README: snapshot also takes -f (qemu-img: unrecognized option)"),
     ("img", r"^measure .*-O (vmdk|vhdx|vpc|parallels)",
      "README: measure also sizes vmdk, vhdx, vpc and parallels targets"),
     ("img", r"^snapshot .*-a \S+ .*bm\.qcow2$",
