@@ -249,6 +249,9 @@ create -f vhdx n.vhdx 65T
 create -f vpc n.vpc 3T
 convert -O vhdx -o block_size=3M q-raw.raw n.vhdx
 create -f vpc -o subformat=x n.vpc 4M
+create -f qcow2 -o compression_type=lz4,preallocation=bogus n.qcow2 1M
+convert -O qcow2 -o compat=0.10,compression_type=lz4 q-raw.raw n.qcow2
+create -f qcow2 -o cluster_size=3k,preallocation=bogus n.qcow2 1M
 info --output=bogus
 check --output=bogus q-raw.raw q-qcow2.qcow2
 map --output=bogus -f raw
