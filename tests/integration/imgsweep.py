@@ -3,7 +3,7 @@
 """Differential sweep of the image tools: random command lines, the same
 for qemu-img / qemu-io 7.2 and vbd-img / vbd-io, their results compared.
 
-    imgsweep.py [--seed S] [--count N] [--keep DIR] [--only img|io] [-v]
+    imgsweep.py [--seed S] [--count N | --cases I,J,...] [--keep DIR] [--only img|io] [-v]
 
 Case i of seed S (random.Random("S:i")) is one command line: a qemu-img
 verb (create with each format's -o options and subformats, -b/-F, sizes
@@ -24,8 +24,11 @@ tool wrote: qemu-img compare, qemu-img check's report (allocation figures
 aside) and qemu-img info --output=json's format-defined members.
 
 KNOWN lists the differences README explains (the exit code is still
-compared); each other difference is printed with its command line, and
-kept (both directories) under DIR with --keep.
+compared), SAME_MEANING the first lines of stderr that say the same in
+other words; check's "Image end offset" is compared only for the verbs
+that lay out a new image (README). Each other difference is printed with
+its command line (--cases I reruns case I of the seed), and kept (both
+directories) under DIR with --keep.
 Exit status: 0 no difference, 1 a difference, 2 the harness failed.
 Binaries: $QEMU_IMG, $QEMU_IO (default from PATH); $VBD_IMG, $VBD_IO
 (default $VBD_BUILD/src/tools/, else from PATH).
