@@ -96,7 +96,7 @@ qmp-sweep: build-asan
 	    --keep $(CURDIR)/tests/out/qmp-sweep
 
 # The differential sweep of the image tools against qemu-img/qemu-io 7.2
-# at length (tests/integration/imgsweep.py; make check runs 30 command
+# at length (tests/integration/imgsweep.py; make check runs 25 command
 # lines of seed 29): IMGSWEEP_COUNT command lines of seed IMGSWEEP_SEED,
 # under ASan+UBSan; each difference's two directories (qemu's q/, vbd's v/,
 # the command line) in tests/out/img-sweep.

@@ -12,6 +12,6 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 VBD_IMG=$VBD_IMG VBD_IO=$VBD_IO python3 "$VBD_ROOT/tests/integration/imgsweep.py" --seed "${IMGSWEEP_SEED:-29}" \
-    --count "${IMGSWEEP_COUNT:-30}" --keep "$T/sweep" ||
+    --count "${IMGSWEEP_COUNT:-25}" --keep "$T/sweep" ||
     fail "imgsweep: vbd-img/vbd-io and qemu-img/qemu-io differ (above)"
 echo OK
