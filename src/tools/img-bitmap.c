@@ -92,6 +92,12 @@ static int run_action(struct vbd_node *img, struct vbd_node *src, const struct a
         op_failed(a, bitmap, "Granularity must be power of 2 and at least 512");
         return 1;
     }
+    if (!img->drv->co_bitmap_change && a->act != VBD_BITMAP_ADD) {
+        /* QEMU looks the bitmap up first: an image without bitmaps has none of that name */
+        snprintf(why, sizeof(why), "Dirty bitmap '%s' not found", bitmap);
+        op_failed(a, bitmap, why);
+        return 1;
+    }
     if (!img->drv->co_bitmap_change) {
         snprintf(why, sizeof(why), "Can't store persistent bitmaps to %s: Operation not supported", img->node_name);
         op_failed(a, bitmap, why);

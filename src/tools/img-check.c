@@ -28,7 +28,12 @@ int verb_check(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":hf:r:T:qU", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
-        case 'r': repair = optarg; break;
+        case 'r':
+            /* checked as met, as qemu-img does (before a later bad option) */
+            if (strcmp(optarg, "leaks") && strcmp(optarg, "all"))
+                return img_usage_error("Unknown option value for -r (expecting 'leaks' or 'all'): %s", optarg);
+            repair = optarg;
+            break;
         case 'q': quiet = true; break;
         case 'U': force = true; break;
         case 'T': break;

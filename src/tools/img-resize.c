@@ -78,13 +78,14 @@ int verb_resize(int argc, char **argv)
         return 1;
     }
     int rc = 0;
-    if (size < old && !shrink) {
+    /* qemu-img's order: a preallocation that does not grow, then a shrink without --shrink */
+    if (size <= old && prealloc) { /* not growing: the same size too */
+        vbd_error_report("Preallocation can only be used for growing images");
+        rc = 1;
+    } else if (size < old && !shrink) {
         vbd_error_report("Use the --shrink option to perform a shrink operation.");
         vbd_warn("Shrinking an image will delete all data beyond the shrunken image's end. Before performing such "
                  "an operation, make sure there is no important data there.");
-        rc = 1;
-    } else if (size <= old && prealloc) { /* qemu-img: not growing (the same size too) */
-        vbd_error_report("Preallocation can only be used for growing images");
         rc = 1;
     } else if (vbd_node_co_truncate(n, size, true, prealloc, &err) < 0) {
         tool_report(err);

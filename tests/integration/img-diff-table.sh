@@ -252,6 +252,15 @@ create -f vpc -o subformat=x n.vpc 4M
 create -f qcow2 -o compression_type=lz4,preallocation=bogus n.qcow2 1M
 convert -O qcow2 -o compat=0.10,compression_type=lz4 q-raw.raw n.qcow2
 create -f qcow2 -o cluster_size=3k,preallocation=bogus n.qcow2 1M
+resize --preallocation=metadata -f qcow2 q-qcow2.qcow2 1M
+check -f qed -r bogus q-qed.qed --bogus
+bitmap --remove -f raw q-qcow2.qcow2 b0
+bitmap --merge b1 -f raw q-qcow2.qcow2 b0
+measure -O qcow2 -o compat=bogus --size 1M
+measure -O qcow2 -o compat=v3 q-raw.raw
+measure -O qcow2 -o compat=0.10,refcount_bits=8 --size 1M
+measure -O qcow2 -o preallocation=bogus --size 1M
+measure -O qcow2 -o cluster_size=3k,compat=bogus --size 1M
 info --output=bogus
 check --output=bogus q-raw.raw q-qcow2.qcow2
 map --output=bogus -f raw
