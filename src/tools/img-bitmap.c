@@ -85,8 +85,12 @@ static int run_action(struct vbd_node *img, struct vbd_node *src, const struct a
     struct vbd_bitmap_op op = {.action = a->act, .name = bitmap, .granularity = (uint32_t)granularity};
     uint64_t (*ranges)[2] = NULL;
     char why[1200];
-    /* as QEMU's block-dirty-bitmap-add: -g is checked once the image is
-     * open, before whether the image can store a bitmap */
+    /* as QEMU's block-dirty-bitmap-add: the name, then -g, checked once
+     * the image is open, before whether the image can store a bitmap */
+    if (a->act == VBD_BITMAP_ADD && !*bitmap) {
+        op_failed(a, bitmap, "Bitmap name cannot be empty");
+        return 1;
+    }
     if (a->act == VBD_BITMAP_ADD && granularity &&
         (granularity < 512 || granularity > UINT32_MAX || (granularity & (granularity - 1)))) {
         op_failed(a, bitmap, "Granularity must be power of 2 and at least 512");

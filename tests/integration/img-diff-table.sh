@@ -261,6 +261,8 @@ measure -O qcow2 -o compat=v3 q-raw.raw
 measure -O qcow2 -o compat=0.10,refcount_bits=8 --size 1M
 measure -O qcow2 -o preallocation=bogus --size 1M
 measure -O qcow2 -o cluster_size=3k,compat=bogus --size 1M
+bitmap --add -g 1000 q-qcow2.qcow2 ''
+bitmap --add q-raw.raw ''
 info --output=bogus
 check --output=bogus q-raw.raw q-qcow2.qcow2
 map --output=bogus -f raw

@@ -517,6 +517,8 @@ KNOWN = [
     ("img", r"-[oO] (\S*,)?help(,\S*)?( |$)",
      "README: -o help lists no encrypt.* options (no encryption); exit and the rest compared in img-parity"),
     ("img", r"-[fFO] qcow( |$)", "not fixed: README: vbd has no qcow (version 1) driver"),
+    ("img", r"^rebase -b (q\.qcow2 .*-F (?!qcow2)\S+ ov\.qcow2|ov\.qcow2 .*-F (?!qcow2)\S+ ov2\.qcow2)$",
+     "not fixed: README: rebase onto an image in the chain with a wrong -F"),
     ("img", r"^measure .*-O (vmdk|vhdx|vpc|parallels)",
      "README: measure also sizes vmdk, vhdx, vpc and parallels targets"),
     ("img", r"^snapshot .*-a \S+ .*bm\.qcow2$",
