@@ -95,6 +95,20 @@ qmp-sweep: build-asan
 	    python3 tests/qmp/qmpsweep.py --seed $(SWEEP_SEED) --count $(SWEEP_COUNT) --steps $(SWEEP_STEPS) \
 	    --keep $(CURDIR)/tests/out/qmp-sweep
 
+# The differential sweep of the image tools against qemu-img/qemu-io 7.2
+# at length (tests/integration/imgsweep.py; make check runs 25 command
+# lines of seed 29): IMGSWEEP_COUNT command lines of seed IMGSWEEP_SEED,
+# under ASan+UBSan; each difference's two directories (qemu's q/, vbd's v/,
+# the command line) in tests/out/img-sweep.
+IMGSWEEP_SEED ?= 1
+IMGSWEEP_COUNT ?= 2000
+.PHONY: img-sweep
+img-sweep: build-asan
+	@mkdir -p tests/out
+	@VBD_BUILD=$(abspath $(BUILD_ASAN)) ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+	    python3 tests/integration/imgsweep.py --seed $(IMGSWEEP_SEED) --count $(IMGSWEEP_COUNT) \
+	    --keep $(CURDIR)/tests/out/img-sweep
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 

@@ -82,6 +82,13 @@ static bool amend_opts_known(const struct vbd_driver *d, struct json_object *opt
     return false;
 }
 
+/* a refusal before the options are used: what -o made is freed */
+static int put_opts_ret(struct json_object *opts, int rc)
+{
+    json_object_put(opts);
+    return rc;
+}
+
 int verb_amend(int argc, char **argv)
 {
     const char *fmt = NULL, *cache = NULL;
@@ -92,7 +99,7 @@ int verb_amend(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, ":ho:f:t:pq", lo, NULL)) != -1) {
         switch (c) {
-        case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
+        case 'o': if (add_o(&opts, optarg) < 0) return put_opts_ret(opts, 1); break;
         case 'f': fmt = optarg; break;
         case OPT_FORCE: force = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
@@ -100,12 +107,12 @@ int verb_amend(int argc, char **argv)
         case 'p': case 'q': break;
         case 'h':
             printf("Usage: vbd-img amend [-f fmt] [--force] -o options filename\nChange format options of an existing image.\n");
-            return 0;
-        default: return img_bad_option(c, argv);
+            return put_opts_ret(opts, 0);
+        default: return put_opts_ret(opts, img_bad_option(c, argv));
         }
     }
     if (!opts)
-        return img_usage_error("Must specify options (-o)");
+        return put_opts_ret(opts, img_usage_error("Must specify options (-o)"));
     if (o_is_help(opts)) {
         json_object_put(opts);
         return print_amend_help(fmt_or_null(fmt), optind < argc ? argv[optind] : NULL, image_opts);

@@ -80,11 +80,28 @@ static void op_failed(const struct action *a, const char *bitmap, const char *wh
 
 /* One action; 0 or 1 (reported). */
 static int run_action(struct vbd_node *img, struct vbd_node *src, const struct action *a, const char *bitmap,
-                      uint32_t granularity)
+                      uint64_t granularity)
 {
-    struct vbd_bitmap_op op = {.action = a->act, .name = bitmap, .granularity = granularity};
+    struct vbd_bitmap_op op = {.action = a->act, .name = bitmap, .granularity = (uint32_t)granularity};
     uint64_t (*ranges)[2] = NULL;
     char why[1200];
+    /* as QEMU's block-dirty-bitmap-add: the name, then -g, checked once
+     * the image is open, before whether the image can store a bitmap */
+    if (a->act == VBD_BITMAP_ADD && !*bitmap) {
+        op_failed(a, bitmap, "Bitmap name cannot be empty");
+        return 1;
+    }
+    if (a->act == VBD_BITMAP_ADD && granularity &&
+        (granularity < 512 || granularity > UINT32_MAX || (granularity & (granularity - 1)))) {
+        op_failed(a, bitmap, "Granularity must be power of 2 and at least 512");
+        return 1;
+    }
+    if (!img->drv->co_bitmap_change && a->act != VBD_BITMAP_ADD) {
+        /* QEMU looks the bitmap up first: an image without bitmaps has none of that name */
+        snprintf(why, sizeof(why), "Dirty bitmap '%s' not found", bitmap);
+        op_failed(a, bitmap, why);
+        return 1;
+    }
     if (!img->drv->co_bitmap_change) {
         snprintf(why, sizeof(why), "Can't store persistent bitmaps to %s: Operation not supported", img->node_name);
         op_failed(a, bitmap, why);
@@ -211,11 +228,6 @@ int verb_bitmap(int argc, char **argv)
         goto out;
     }
     const char *filename = argv[optind], *bitmap = argv[optind + 1];
-    if (granularity > UINT32_MAX) {
-        struct action a = {.act = VBD_BITMAP_ADD};
-        op_failed(&a, bitmap, "Granularity must be power of 2 and at least 512");
-        goto out;
-    }
     n = tool_open(filename, fmt && *fmt ? fmt : NULL, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!n)
         goto out;
@@ -224,7 +236,7 @@ int verb_bitmap(int argc, char **argv)
     struct vbd_node *img = vbd_node_skip_filters(n);
     rc = 0;
     for (int i = 0; i < nacts && !rc; i++) {
-        rc = run_action(img, src ? src : img, &acts[i], bitmap, (uint32_t)granularity);
+        rc = run_action(img, src ? src : img, &acts[i], bitmap, (uint64_t)granularity);
     }
 out:
     if (src)

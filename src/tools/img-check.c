@@ -18,6 +18,7 @@ static int check_failed(struct vbd_node *n, struct vbd_error *err, int ret)
 
 int verb_check(int argc, char **argv)
 {
+    const char *output = NULL;
     const char *fmt = NULL, *repair = NULL;
     bool json = false, quiet = false, force = false, image_opts = false;
     static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, OPT_OUTPUT},
@@ -27,11 +28,16 @@ int verb_check(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":hf:r:T:qU", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
-        case 'r': repair = optarg; break;
+        case 'r':
+            /* checked as met, as qemu-img does (before a later bad option) */
+            if (strcmp(optarg, "leaks") && strcmp(optarg, "all"))
+                return img_usage_error("Unknown option value for -r (expecting 'leaks' or 'all'): %s", optarg);
+            repair = optarg;
+            break;
         case 'q': quiet = true; break;
         case 'U': force = true; break;
         case 'T': break;
-        case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
+        case OPT_OUTPUT: output = optarg; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'h':
             printf("Usage: vbd-img check [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-U] filename\n"
@@ -54,6 +60,9 @@ int verb_check(int argc, char **argv)
         img_usage_error("Expecting one image file name");
         return 1;
     }
+    /* --output's value is checked after the file name, as qemu-img does */
+    if (output && !parse_output(output, &json))
+        return 1;
     /* with its backing chain, as qemu-img: an image whose chain cannot be
      * opened is not checked */
     unsigned flags = VBD_OPEN_CHECK | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
@@ -94,7 +103,8 @@ int verb_check(int argc, char **argv)
         r.leaks_fixed = leaks_fixed;
         r.corruptions_fixed = corruptions_fixed;
     }
-    if (json) {
+    /* -q: nothing, in json too (qemu-img's dump_json_image_check) */
+    if (json && !quiet) {
         struct json_object *o = json_object_new_object();
         /* the key order qemu-img prints */
         if (r.image_end_offset > 0) /* qemu-img leaves it out for formats that do not know it (qed) */
@@ -121,7 +131,7 @@ int verb_check(int argc, char **argv)
             json_object_object_add(o, "fragmented-clusters", json_object_new_int64((int64_t)r.fragmented_clusters));
         tool_print_json(o);
         json_object_put(o);
-    } else if (!quiet) {
+    } else if (!json && !quiet) {
         if (r.corruptions)
             printf("\n%lld errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
                    (long long)r.corruptions);

@@ -76,15 +76,29 @@ int verb_commit(int argc, char **argv)
      * open (a probed raw image's warning is printed once, as qemu-img's) */
     bool has_backing = vbd_node_skip_filters(chain)->backing_file[0];
     vbd_node_unref(chain);
+    /* qemu-img's progress starts once the image is open: a commit that
+     * fails from here has printed its 0% and ends the line */
+    bool show_progress = progress && !quiet;
+    if (show_progress)
+        tool_progress(0);
     if (!has_backing) {
-        vbd_error_report("Image does not have a backing file");
+        if (show_progress)
+            printf("\n");
+        /* qemu-img looks for -b's image first, then for any backing file */
+        if (base_name)
+            vbd_error_report("Did not find '%s' in the backing chain of '%s'", base_name, argv[optind]);
+        else
+            vbd_error_report("Image does not have a backing file");
         return 1;
     }
     /* The top is opened without its chain, then the chain read-write: a
      * read-only backing child would hold the lock that forbids writers. */
     struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
-    if (!top)
+    if (!top) {
+        if (show_progress)
+            printf("\n");
         return 1;
+    }
     struct vbd_node *img = vbd_node_skip_filters(top);
     int rc = 1;
     struct vbd_node *base = NULL, *layers[64];
@@ -132,14 +146,16 @@ int verb_commit(int argc, char **argv)
     }
     /* an all-zero chunk of the top becomes a write-zeroes request on the base */
     struct vbd_copy_opts copy = {.zero_detect = VBD_IMAGEOPS_CHUNK_DEFAULT};
-    struct vbd_imageops_ctl ctl = {.chunk_done = progress && !quiet ? img_print_progress : NULL};
+    struct vbd_imageops_ctl ctl = {.chunk_done = show_progress ? img_print_progress : NULL};
     struct vbd_error *err = NULL;
     if (vbd_co_commit_layers(layers, nlayers, base, &copy, &ctl, &err) < 0) {
         tool_report(err);
         goto out;
     }
-    if (progress && !quiet)
+    if (show_progress) {
         tool_progress_end();
+        show_progress = false; /* the line is ended */
+    }
     if (vbd_node_co_flush(base) < 0) {
         vbd_error_report("Could not flush the base image");
         goto out;
@@ -156,6 +172,8 @@ int verb_commit(int argc, char **argv)
         printf("Image committed.\n");
     rc = 0;
 out:
+    if (show_progress)
+        printf("\n");
     if (base)
         vbd_node_unref(base);
     for (int i = 1; i < nlayers; i++)

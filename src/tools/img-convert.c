@@ -106,6 +106,13 @@ static int convert_chunk_done(struct vbd_imageops_ctl *ctl, uint64_t off, uint64
     return 0;
 }
 
+/* a refused option: what -o made so far is freed (a leak otherwise) */
+static int put_opts_fail(struct json_object *opts)
+{
+    json_object_put(opts);
+    return 1;
+}
+
 int verb_convert(int argc, char **argv)
 {
     bool bitmaps = false, skip_broken = false;
@@ -124,29 +131,40 @@ int verb_convert(int argc, char **argv)
                                        {"salvage", no_argument, NULL, OPT_SALVAGE},
                                        {NULL, 0, NULL, 0}};
     int c;
-    const char *snapshot = NULL;
+    /* -l as qemu-img 7.2 reads it: snapshot.id=/snapshot.name= options
+     * (the last such -l) or a bare id or name (the last), the options
+     * first when both were given */
+    const char *snap_opts = NULL, *snap_name = NULL;
     while ((c = getopt_long(argc, argv, ":hf:O:o:cpS:nm:Wt:T:B:F:qUl:Cr:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
-        case 'l': snapshot = optarg; break;
-        case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
+        case 'l':
+            if (!strncmp(optarg, "snapshot.", 9))
+                snap_opts = optarg;
+            else
+                snap_name = optarg;
+            break;
+        case 'o':
+            if (add_o(&opts, optarg) < 0)
+                return put_opts_fail(opts);
+            break;
         case 'c': compress = true; break;
         case 'p': progress = true; break;
         case 'S':
             if ((sparse = img_cvtnum("buffer size for sparse output", optarg, 0, INT64_MAX)) < 0)
-                return 1;
+                return put_opts_fail(opts);
             if (sparse % 512 || sparse > 16 * MIB) {
                 vbd_error_report("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up "
                                  "to 16777216. Select 0 to disable sparse detection (fully allocates output).");
-                return 1;
+                return put_opts_fail(opts);
             }
             explicit_sparse = true;
             break;
         case 'n': no_create = true; break;
         case 'r':
             if ((rate = img_cvtnum("rate limit", optarg, 0, INT64_MAX)) < 0)
-                return 1;
+                return put_opts_fail(opts);
             break;
         /* copy offloading: vbd copies through its own buffers (qemu-img
          * falls back to them where offloading fails); as with it, data
@@ -157,7 +175,7 @@ int verb_convert(int argc, char **argv)
             parallel = atoi(optarg);
             if (parallel < 1 || parallel > 16) {
                 vbd_error_report("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
-                return 1;
+                return put_opts_fail(opts);
             }
             break;
         case 'W': out_of_order = true; break;
@@ -179,8 +197,11 @@ int verb_convert(int argc, char **argv)
                    "Copy (and concatenate) images into OUTPUT, converting the format. Holes and zero runs of -S bytes\n"
                    "(default 4k) are not written; -c compresses (formats that support it); -m runs N requests in parallel;\n"
                    "-r caps the target's writes at RATE bytes a second; --salvage reads what cannot be read as zeroes.\n");
+            json_object_put(opts);
             return 0;
-        default: return img_bad_option(c, argv);
+        default:
+            put_opts_fail(opts);
+            return img_bad_option(c, argv);
         }
     }
     /* qemu-img 7.2's checks, in its order */
@@ -204,6 +225,7 @@ int verb_convert(int argc, char **argv)
     }
     if (argc - optind < 2) {
         vbd_error_report("Must specify image file name");
+        json_object_put(opts);
         return 1;
     }
     enum vbd_cache_mode src_mode;
@@ -224,10 +246,6 @@ int verb_convert(int argc, char **argv)
         tool_progress_init(1);
         tool_progress_step(0);
     }
-    if (snapshot && nsrc > 1) {
-        vbd_error_report("No support for concatenating multiple snapshot");
-        goto out;
-    }
     for (int i = 0; i < nsrc; i++) {
         /* as qemu-img (BDRV_O_NO_SHARE): nobody writes a source while it is
          * copied. Status only skips work here: what a vhdx source leaves
@@ -238,10 +256,17 @@ int verb_convert(int argc, char **argv)
         src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, flags, src_cache, NULL);
         if (!src[i])
             goto out;
-        if (snapshot && img_load_snapshot(src[i], snapshot) < 0)
-            goto out;
         total += src[i]->size;
     }
+    /* once every source is open, into the first source only (qemu-img
+     * 7.2: the other sources are read as they are); a bare name cannot
+     * serve several sources */
+    if (!snap_opts && snap_name && nsrc > 1) {
+        vbd_error_report("No support for concatenating multiple snapshot");
+        goto out;
+    }
+    if ((snap_opts || snap_name) && img_load_snapshot(src[0], snap_opts ? snap_opts : snap_name) < 0)
+        goto out;
     const struct vbd_driver *od = vbd_driver_find(out_fmt);
     if (!od || od->kind != VBD_DRV_FORMAT) {
         vbd_error_report("Unknown file format '%s'", out_fmt);

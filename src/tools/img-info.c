@@ -129,6 +129,7 @@ static void print_info_human(struct json_object *o)
 
 int verb_info(int argc, char **argv)
 {
+    const char *output = NULL;
     const char *fmt = NULL;
     bool json = false, chain = false, image_opts = false, force = false;
     static const struct option lo[] = {
@@ -140,7 +141,7 @@ int verb_info(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":f:hU", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
-        case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
+        case OPT_OUTPUT: output = optarg; break;
         case OPT_BACKING_CHAIN: chain = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'U': force = true; break;
@@ -155,6 +156,9 @@ int verb_info(int argc, char **argv)
         img_usage_error("Expecting one image file name");
         return 1;
     }
+    /* --output's value is checked after the file name, as qemu-img does */
+    if (output && !parse_output(output, &json))
+        return 1;
     /* As qemu-img: image by image, each opened without its backing file and
      * the next one named by its full backing file name and format, so that
      * an image that cannot be opened is named itself, and a name met twice

@@ -43,6 +43,7 @@ static int map_print(const struct map_entry *e, bool json, bool first)
 
 int verb_map(int argc, char **argv)
 {
+    const char *output = NULL;
     const char *fmt = NULL;
     bool json = false, image_opts = false, force = false;
     int64_t start = 0, maxlen = -1;
@@ -55,7 +56,7 @@ int verb_map(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":f:hUs:l:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
-        case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
+        case OPT_OUTPUT: output = optarg; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'U': force = true; break;
         case 's': if ((start = img_cvtnum("start offset", optarg, 0, INT64_MAX)) < 0) return 1; break;
@@ -71,6 +72,9 @@ int verb_map(int argc, char **argv)
         img_usage_error("Expecting one image file name");
         return 1;
     }
+    /* --output's value is checked after the file name, as qemu-img does */
+    if (output && !parse_output(output, &json))
+        return 1;
     struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
     if (!n)
         return 1;

@@ -4,6 +4,13 @@
  */
 #include "img.h"
 
+/* a refusal before the options are used: what -o made is freed */
+static int put_opts_ret(struct json_object *opts, int rc)
+{
+    json_object_put(opts);
+    return rc;
+}
+
 int verb_measure(int argc, char **argv)
 {
     const char *fmt = NULL, *out_fmt = NULL, *snapshot = NULL;
@@ -14,49 +21,53 @@ int verb_measure(int argc, char **argv)
                                        {"size", required_argument, NULL, OPT_SIZE}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, ":hf:O:o:Ul:", lo, NULL)) != -1) {
+    /* qemu-img 7.2's measure lets getopt word a bad option (named by the
+     * verb: "measure: invalid option -- 'Z'"), then prints the help and
+     * exits 0 */
+    opterr = 1;
+    while ((c = getopt_long(argc, argv, "hf:O:o:Ul:", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
-        case 'o': if (add_o(&opts, optarg) < 0) return 1; break;
+        case 'o': if (add_o(&opts, optarg) < 0) return put_opts_ret(opts, 1); break;
         case 'U': force = true; break;
         case 'l': snapshot = optarg; break;
-        case OPT_OUTPUT: if (!parse_output(optarg, &json)) return 1; break;
+        case OPT_OUTPUT: if (!parse_output(optarg, &json)) return put_opts_ret(opts, 1); break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case OPT_SIZE:
             if ((size = img_cvtnum("image size", optarg, 0, INT64_MAX)) < 0)
-                return 1;
+                return put_opts_ret(opts, 1);
             break;
         case 'h':
+        case '?':
             printf("Usage: vbd-img measure [--output=human|json] [-O output_fmt] [-o options] [--size N | [-l snapshot_param] [-f fmt] filename]\n"
                    "Print how much space converting to OUTPUT_FMT needs (required and fully allocated).\n");
-            return 0;
-        default: return img_bad_option(c, argv);
+            return put_opts_ret(opts, 0);
         }
     }
     if (!out_fmt)
         out_fmt = "raw";
     if (argc - optind > 1) {
         vbd_error_report("At most one filename argument is allowed.");
-        return 1;
+        return put_opts_ret(opts, 1);
     }
     if (optind == argc && (image_opts || fmt || snapshot)) {
         vbd_error_report("--image-opts, -f, and -l require a filename argument.");
-        return 1;
+        return put_opts_ret(opts, 1);
     }
     if ((size >= 0) == (optind < argc)) {
         vbd_error_report(size >= 0 ? "--size N cannot be used together with a filename." : "Either --size N or one filename must be specified.");
-        return 1;
+        return put_opts_ret(opts, 1);
     }
     /* as qemu-img: the input is opened before the output format is looked up */
     struct vbd_node *in = NULL;
     if (optind < argc) {
         in = tool_open(argv[optind], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
         if (!in)
-            return 1;
+            return put_opts_ret(opts, 1);
         if (snapshot && img_load_snapshot(in, snapshot) < 0) {
             vbd_node_unref(in);
-            return 1;
+            return put_opts_ret(opts, 1);
         }
     }
     const struct vbd_driver *d = vbd_driver_find(out_fmt);
@@ -64,7 +75,7 @@ int verb_measure(int argc, char **argv)
         vbd_error_report(d ? "Block driver '%s' does not support size measurement" : "Unknown file format '%s'", out_fmt);
         if (in)
             vbd_node_unref(in);
-        return 1;
+        return put_opts_ret(opts, 1);
     }
     if (!opts)
         opts = json_object_new_object();

@@ -56,8 +56,10 @@ int verb_rebase(int argc, char **argv)
     }
     if (optind != argc - 1)
         return img_usage_error("Expecting one image file name");
-    if (!backing)
+    if (!backing && !unsafe)
         return img_usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
+    if (!backing)
+        backing = ""; /* as qemu-img: -u alone removes the backing file */
     /* qemu-img's progress (2-point steps, none with -q) starts here, and
      * from here every exit ends its line */
     bool show_progress = progress && !quiet;
@@ -80,6 +82,12 @@ int verb_rebase(int argc, char **argv)
     if (!top)
         goto out;
     img = vbd_node_skip_filters(top);
+    /* -F names a driver, checked once the image is open (as qemu-img),
+     * before either backing file is opened */
+    if (backing_fmt && !vbd_driver_find(backing_fmt)) {
+        vbd_error_report("Invalid format name: '%s'", backing_fmt);
+        goto out;
+    }
     if (!img->drv->change_backing_file) {
         vbd_error_report("Could not change the backing file to '%s': Operation not supported", backing);
         goto out;

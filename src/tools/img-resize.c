@@ -13,10 +13,14 @@ int verb_resize(int argc, char **argv)
                                        {"preallocation", required_argument, NULL, OPT_PREALLOC},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
-    /* As qemu-img: a last argument "-1G" is the size, not an option. */
-    const char *neg_size = NULL;
-    if (argc > 2 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' && argv[argc - 1][1] <= '9')
-        neg_size = argv[--argc];
+    /* As qemu-img: the last argument is the size, taken before the
+     * options are read (so that "-1G" is not an option): whatever it is
+     * ("resize IMG -f" parses "-f" as the size, "resize IMG +1M -q" has
+     * two file names); two words or fewer are not enough (--help aside) */
+    bool help_only = argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"));
+    if (argc < 3 && !help_only)
+        return img_usage_error("Not enough arguments");
+    const char *size_arg = help_only ? NULL : argv[--argc];
     while ((c = getopt_long(argc, argv, ":hf:q", lo, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
@@ -39,11 +43,9 @@ int verb_resize(int argc, char **argv)
         default: return img_bad_option(c, argv);
         }
     }
-    if (argc - optind < (neg_size ? 1 : 2))
-        return img_usage_error("Not enough arguments");
-    if (argc - optind != (neg_size ? 1 : 2))
+    if (argc - optind != 1)
         return img_usage_error("Expecting image file name and size");
-    const char *ss = neg_size ? neg_size : argv[optind + 1];
+    const char *ss = size_arg;
     int sign = 0;
     if (*ss == '+' || *ss == '-')
         sign = *ss++ == '+' ? 1 : -1;
@@ -69,14 +71,21 @@ int verb_resize(int argc, char **argv)
         size = old - delta;
     } else
         size = delta;
+    /* qemu-img: a new size of 0 is not positive either, however reached */
+    if (!size) {
+        vbd_error_report("New image size must be positive");
+        vbd_node_unref(n);
+        return 1;
+    }
     int rc = 0;
-    if (size < old && !shrink) {
+    /* qemu-img's order: a preallocation that does not grow, then a shrink without --shrink */
+    if (size <= old && prealloc) { /* not growing: the same size too */
+        vbd_error_report("Preallocation can only be used for growing images");
+        rc = 1;
+    } else if (size < old && !shrink) {
         vbd_error_report("Use the --shrink option to perform a shrink operation.");
         vbd_warn("Shrinking an image will delete all data beyond the shrunken image's end. Before performing such "
                  "an operation, make sure there is no important data there.");
-        rc = 1;
-    } else if (size < old && prealloc) {
-        vbd_error_report("Preallocation can only be used for growing images");
         rc = 1;
     } else if (vbd_node_co_truncate(n, size, true, prealloc, &err) < 0) {
         tool_report(err);

@@ -1187,6 +1187,10 @@ int main(int argc, char **argv)
     if (optind == argc) {
         /* as qemu-io: no image, commands but open say so */
         vbd_co_run_sync(run_all, &ra);
+        /* an image the commands opened (open without a close) is closed
+         * as one named on the command line is: its cached metadata
+         * (qcow2's L2 tables and refcounts) written back */
+        io_close_image();
         vbd_tls_creds_remove_all();
         return failures ? 1 : 0;
     }

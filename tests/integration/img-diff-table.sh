@@ -49,6 +49,14 @@ with open(sys.argv[1], "r+b") as f:
     f.seek(l1 + 8)
     f.write(struct.pack(">Q", e & ~(1 << 63)))
 ' base/nc.qcow2 || fail "could not clear COPIED in nc.qcow2"
+# for convert -l: a qcow2 with an internal snapshot s1 (0x01 at 0) and
+# other data since (0x07)
+must qemu-img create -q -f qcow2 base/sn.qcow2 4M
+must qemu-io -f qcow2 -c 'write -P 1 0 64k' base/sn.qcow2 >/dev/null
+must qemu-img snapshot -c s1 base/sn.qcow2
+must qemu-io -f qcow2 -c 'write -P 7 0 4k' base/sn.qcow2 >/dev/null
+# a dynamic vdi copied sparsely: holes of the file amid its blocks
+cp --sparse=always base/q-vdi.vdi base/sp.vdi || fail "cp --sparse=always"
 # outside base/ (named ../NAME by the cases, from q/ and v/): one a
 # qemu-nbd holds open for writing (its lock)
 must qemu-img create -q -f qcow2 locked.qcow2 4M
@@ -191,4 +199,74 @@ resize --shrink sh.qcow2 1G
 # the old table of nc.qcow2 gives way to a copy, which goes; the old one's
 # cluster keeps its bytes and space as QEMU leaves it (vbd punched it)
 resize --shrink nc.qcow2 2M
+# found by tests/integration/imgsweep.py (round 29): resize takes its last
+# word as the size before reading options (qemu-img's argv handling), a
+# size of 0 is not positive; commit -b on an image without a backing
+# file, commit -p's 0% before an error; rebase -F checked as a driver
+# name, rebase -u without -b removes the backing file; snapshot -U with a
+# verb that writes; qed's options checked once its file is made; convert
+# -l snapshot.* loads the snapshot in the first source only
+resize q-raw.raw -f
+resize -f raw q-raw.raw +1M -q
+resize --shrink q-raw.raw
+resize -f raw q-raw.raw 0
+resize --shrink -f raw -- q-raw.raw -4M
+commit -b ov.qcow2 q-qcow2.qcow2
+commit -p q-qcow2.qcow2
+rebase -b q-raw.raw -F bogus ov.qcow2
+rebase -u ov.qcow2
+snapshot -U -c s q-qcow2.qcow2
+snapshot -U -a s q-vmdk.vmdk
+create -f qed -o cluster_size=3k n.qed 1M
+create -f qed -o table_size=3 n.qed 1M
+create -f qed -o backing_fmt=raw n.qed 1M
+convert -O qed -o cluster_size=3k q-raw.raw n.qed
+convert -O raw -l snapshot.name=s1 sn.qcow2 q-raw.raw n.raw
+convert -O raw -l s1 sn.qcow2 q-raw.raw n.raw
+# check -q prints nothing, in json too; raw's preallocation=metadata is
+# the file's to refuse (made, left empty); -o's options freed when a
+# later option is refused (ASan's leak check)
+check -q --output=json q-qcow2.qcow2
+create -f raw -o preallocation=metadata n.raw 512
+convert -O raw -o preallocation=metadata q-qcow2.qcow2 n.raw
+convert -O qcow2 -o lazy_refcounts=on -m 17 q-raw.raw n.qcow2
+convert -O vdi -o static=off -S x q-raw.raw n.vdi
+amend -o size=8M -f vmdk q-vmdk.vmdk -f
+measure -O qcow2 -o extended_l2=on --size x
+# a dynamic vdi's blocks are data throughout, holes of the file too (QEMU
+# asks the file of a static image only); an empty file name is none; -g
+# checked after the open, before whether the image stores bitmaps;
+# measure's bad option: getopt's message, the help, exit 0
+map sp.vdi
+map --output=json sp.vdi
+info ''
+convert -O raw '' n.raw
+bitmap --add -g 1000 q-raw.raw b0
+bitmap --add -g 4G q-raw.raw b0
+resize --preallocation=falloc -f raw q-raw.raw +0
+create -f vhdx -o block_size=3M n.vhdx 4M
+create -f vhdx n.vhdx 65T
+create -f vpc n.vpc 3T
+convert -O vhdx -o block_size=3M q-raw.raw n.vhdx
+create -f vpc -o subformat=x n.vpc 4M
+create -f qcow2 -o compression_type=lz4,preallocation=bogus n.qcow2 1M
+convert -O qcow2 -o compat=0.10,compression_type=lz4 q-raw.raw n.qcow2
+create -f qcow2 -o cluster_size=3k,preallocation=bogus n.qcow2 1M
+resize --preallocation=metadata -f qcow2 q-qcow2.qcow2 1M
+check -f qed -r bogus q-qed.qed --bogus
+bitmap --remove -f raw q-qcow2.qcow2 b0
+bitmap --merge b1 -f raw q-qcow2.qcow2 b0
+measure -O qcow2 -o compat=bogus --size 1M
+measure -O qcow2 -o compat=v3 q-raw.raw
+measure -O qcow2 -o compat=0.10,refcount_bits=8 --size 1M
+measure -O qcow2 -o preallocation=bogus --size 1M
+measure -O qcow2 -o cluster_size=3k,compat=bogus --size 1M
+bitmap --add -g 1000 q-qcow2.qcow2 ''
+bitmap --add q-raw.raw ''
+info --output=bogus
+check --output=bogus q-raw.raw q-qcow2.qcow2
+map --output=bogus -f raw
+create -f vhdx -o subformat=diff n.vhdx 4M
+!qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
+!the same, for a missing value | measure --size
 CASES

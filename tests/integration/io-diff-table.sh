@@ -21,6 +21,10 @@ need qemu-img qemu-io
 cd "$T"
 make_base_images
 printf 'abc' >base/pat
+# a qcow2 whose L2 table two snapshots share (a write copies it)
+must qemu-img create -q -f qcow2 base/sn.qcow2 4M
+must qemu-io -f qcow2 -c 'write -P 2 1M 512' base/sn.qcow2 >/dev/null
+must qemu-img snapshot -c s1 base/sn.qcow2
 
 run_cases io_case <<'CASES'
 # what each format reports, on the images vbd-img made, through both tools
@@ -48,4 +52,13 @@ run_cases io_case <<'CASES'
 -t bogus -c 'read 0 1' q-raw.raw
 !README: the usage text (printed for two file names, exit 1 both) is vbd-io's | -c length q-qcow2.qcow2 q-raw.raw
 -f raw -c 'truncate x' -c 'discard' -c 'discard x 1' -c 'alloc' -c 'alloc x' -c 'map 1' -c 'aio_read x 1' -c 'writev 0' -c 'flush 1' q-raw.raw
+# an image the commands open (no file on the command line) and do not
+# close is closed at the end all the same: the L2 table the discard
+# copied and the refcounts written back (vbd-io left the copy unwritten
+# and the shared table's count one too high; tests/integration/imgsweep.py)
+-c 'open -o driver=qcow2 sn.qcow2' -c 'discard 1M 64k'
+-c 'open -o driver=qcow2 sn.qcow2' -c 'write -P 9 1M 4k'
+# an empty file name is none
+-c 'read 0 1' ''
+-f raw -c 'read 0 1' ''
 CASES

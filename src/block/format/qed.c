@@ -776,6 +776,13 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         goto out;
     if (vbd_opts_check_empty(opts, "Block format 'qed'", err) < 0)
         goto out;
+    /* as qemu-img: a new file is made first, then the options checked (a
+     * refused cluster size, table size or image size leaves it empty);
+     * blockdev-create's target is left alone until they pass */
+    if (!target && !(f = vbd_create_protocol_node(filename, NULL, 0, file_hints, err))) {
+        rc = -EIO;
+        goto out;
+    }
     if (!pow2_in(cluster_size, QED_MIN_CLUSTER, QED_MAX_CLUSTER)) {
         vbd_error_setf(err, EINVAL, "QED cluster size must be within range [%u, %u] and power of 2", QED_MIN_CLUSTER,
                        QED_MAX_CLUSTER);
@@ -792,10 +799,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
                        (unsigned long long)max);
         goto out;
     }
-    if (backing_fmt && !backing) {
-        vbd_error_setf(err, EINVAL, "Backing format cannot be used without backing file");
-        goto out;
-    }
+    /* a backing_fmt without backing_file is ignored, as QEMU's qed does */
     if (backing && strlen(backing) > cluster_size - QED_HEADER_BYTES) {
         vbd_error_setf(err, EINVAL, "Backing file name too long");
         goto out;
@@ -812,8 +816,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         s.backing_off = QED_HEADER_BYTES;
         s.backing_len = (uint32_t)strlen(backing);
     }
-    f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
-    if (!f) {
+    if (!f && !(f = vbd_create_protocol_node(filename, target, 0, file_hints, err))) {
         rc = -EIO;
         goto out;
     }

@@ -222,11 +222,9 @@ static int raw_create(const char *filename, struct vbd_node *file, struct json_o
         json_object_put(cs);
         return -EINVAL;
     }
-    if (prealloc == VBD_PREALLOC_METADATA) {
-        json_object_put(cs);
-        vbd_error_setf(err, ENOTSUP, "Unsupported preallocation mode: metadata"); /* QEMU's file driver's words */
-        return -ENOTSUP;
-    }
+    /* preallocation=metadata is the protocol's to refuse, as in QEMU's raw
+     * create: the file protocol makes the file, leaves it empty and says
+     * "Unsupported preallocation mode: metadata" */
     struct json_object *extra = NULL;
     if (cs) {
         extra = json_object_new_object();

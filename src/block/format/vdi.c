@@ -394,9 +394,10 @@ static int vdi_block_status(struct vbd_node *n, bool want_zero, uint64_t off, ui
     *map = host;
     *file = n->file;
     int st = VBD_BS_DATA | VBD_BS_OFFSET_VALID | VBD_BS_ALLOCATED;
-    if (want_zero) {
-        /* a block over a hole of the file (static images, blocks partly written) reads as zeroes, as qemu-img
-         * reports it */
+    if (want_zero && s->image_type == VDI_TYPE_STATIC) {
+        /* a static image's block over a hole of the file reads as zeroes, as qemu-img reports it (QEMU's
+         * vdi asks the file for static images only: a dynamic image's block is data throughout, holes of
+         * a sparse copy too) */
         uint64_t file_pnum = 0;
         int fst = vbd_node_co_block_status(n->file, true, host, total, &file_pnum, NULL, NULL);
         if (fst >= 0) {

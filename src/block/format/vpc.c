@@ -738,19 +738,40 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     uint64_t size = 0;
     int subformat = 0;
     bool force_size = false;
+    /* the subformat is read once the file is made (below) */
+    struct json_object *sf = vbd_opt_take_obj(opts, "subformat");
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 ||
-        vbd_opt_take_enum(opts, "subformat", vpc_subformat_names, &subformat, err) < 0 ||
-        vbd_opt_take_bool(opts, "force_size", &force_size, err) < 0)
+        vbd_opt_take_bool(opts, "force_size", &force_size, err) < 0 ||
+        vbd_opts_check_empty(opts, "Block format 'vpc'", err) < 0) {
+        json_object_put(sf);
         return -EINVAL;
-    if (vbd_opts_check_empty(opts, "Block format 'vpc'", err) < 0)
-        return -EINVAL;
-    bool fixed = subformat == 1;
+    }
     uint16_t cyls;
     uint8_t heads, secs;
     uint64_t total_sectors;
-    int rc = vpc_rounded_size(size, force_size, &cyls, &heads, &secs, &total_sectors, err);
-    if (rc < 0)
+    /* as qemu-img: a new file is made first, then the subformat and the
+     * size checked (a refused one leaves it empty); blockdev-create's
+     * target is left alone until they pass */
+    struct vbd_node *f = NULL;
+    if (!target && !(f = vbd_create_protocol_node(filename, NULL, 0, file_hints, err))) {
+        json_object_put(sf);
+        return -EIO;
+    }
+    int rc = 0;
+    if (sf) {
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "subformat", sf);
+        rc = vbd_opt_take_enum(o, "subformat", vpc_subformat_names, &subformat, err) < 0 ? -EINVAL : 0;
+        json_object_put(o);
+    }
+    bool fixed = subformat == 1;
+    if (rc == 0)
+        rc = vpc_rounded_size(size, force_size, &cyls, &heads, &secs, &total_sectors, err);
+    if (rc < 0) {
+        if (f)
+            vbd_node_unref(f);
         return rc;
+    }
     uint64_t total_size = total_sectors * 512;
     if (target && total_size != size) {
         /* blockdev-create takes the size as it is (QEMU rounds it up to a
@@ -781,8 +802,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     footer[F_UUID + 8] = (uint8_t)((footer[F_UUID + 8] & 0x3f) | 0x80);
     put_be32p(footer + F_CHECKSUM, vpc_checksum(footer, sizeof(footer), F_CHECKSUM));
 
-    struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
-    if (!f)
+    if (!f && !(f = vbd_create_protocol_node(filename, target, 0, file_hints, err)))
         return -EIO;
     uint8_t *meta = NULL;
     if (fixed) {

@@ -291,8 +291,8 @@ static int file_open(struct vbd_node *n, struct json_object *opts, unsigned flag
         vbd_opt_take_bool(opts, "x-check-cache-dropped", &ignore_bool, err) < 0 ||
         take_aio_max_batch(opts, &ignore_int, err) < 0)
         goto fail;
-    if (!filename) {
-        /* qemu-img's and qemu-io's words (blockdev-add and --blockdev say "Parameter 'filename' is missing" before this: src/qmp/cmd-block.c) */
+    if (!filename || !*filename) {
+        /* an empty name is none (QEMU's bdrv_open_common); qemu-img's and qemu-io's words (blockdev-add and --blockdev say "Parameter 'filename' is missing" before this: src/qmp/cmd-block.c) */
         vbd_error_setf(err, EINVAL, "The 'file' block driver requires a file name");
         goto fail;
     }

@@ -640,16 +640,30 @@ int qcow2_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requi
         goto out;
     if (vbd_opts_check_empty(opts, "Block format 'qcow2'", err) < 0)
         goto out;
+    /* QEMU's qcow2_measure order and words: the cluster size (extended
+     * L2 entries need 16 KiB), compat (0.10 or 1.1 only), the refcount
+     * width (16 bits for 0.10), the preallocation mode */
     uint32_t order;
-    if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
+    if (qcow2_check_geometry(cluster_size, 16, &order, err) < 0)
         goto out;
     if (extl2 && cluster_size < 16384) { /* qemu's measure validates the cluster size as its create does */
         vbd_error_setf(err, EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
         goto out;
     }
+    if (compat && strcmp(compat, "0.10") && strcmp(compat, "1.1")) {
+        vbd_error_setf(err, EINVAL, "Invalid compatibility level: '%s'", compat);
+        goto out;
+    }
+    if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
+        goto out;
+    if (compat && !strcmp(compat, "0.10") && refcount_bits != 16) {
+        vbd_error_setf(err, EINVAL, "Different refcount widths than 16 bits require compatibility level 1.1 or above "
+                                    "(use compat=1.1 or greater)");
+        goto out;
+    }
     bool full = prealloc && (!strcmp(prealloc, "full") || !strcmp(prealloc, "falloc"));
     if (prealloc && !full && strcmp(prealloc, "off") && strcmp(prealloc, "metadata")) {
-        vbd_error_setf(err, EINVAL, "Invalid parameter '%s'", prealloc);
+        vbd_error_setf(err, EINVAL, "invalid parameter value: %s", prealloc);
         goto out;
     }
     uint64_t virtual_size, need = 0;

@@ -1915,6 +1915,23 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         vbd_error_setf(err, EINVAL, "Parameter 'version' does not accept value '%s'", compat);
         goto out;
     }
+    /* QEMU reads the enumerations first, in its schema's order (version,
+     * preallocation, compression-type), then checks the values together */
+    int pmode = VBD_PREALLOC_OFF;
+    for (int i = 0; prealloc && vbd_prealloc_names[i]; i++)
+        if (!strcmp(prealloc, vbd_prealloc_names[i]))
+            pmode = i;
+    if (prealloc && strcmp(prealloc, vbd_prealloc_names[pmode])) {
+        vbd_error_setf(err, EINVAL, "Parameter 'preallocation' does not accept value '%s'", prealloc);
+        goto out;
+    }
+    int comp = 0;
+    if (ctype && !strcmp(ctype, "zstd"))
+        comp = 1;
+    else if (ctype && strcmp(ctype, "zlib")) {
+        vbd_error_setf(err, EINVAL, "Parameter 'compression-type' does not accept value '%s'", ctype);
+        goto out;
+    }
     uint32_t order;
     if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
         goto out;
@@ -1929,23 +1946,8 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
                            : "Extended L2 entries are only supported with compatibility level 1.1 and above");
         goto out;
     }
-    int comp = 0;
-    if (ctype && !strcmp(ctype, "zstd"))
-        comp = 1;
-    else if (ctype && strcmp(ctype, "zlib")) {
-        vbd_error_setf(err, EINVAL, "Parameter 'compression-type' does not accept value '%s'", ctype);
-        goto out;
-    }
     if (extl2 && cluster_size < 16384) {
         vbd_error_setf(err, EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
-        goto out;
-    }
-    int pmode = VBD_PREALLOC_OFF;
-    for (int i = 0; prealloc && vbd_prealloc_names[i]; i++)
-        if (!strcmp(prealloc, vbd_prealloc_names[i]))
-            pmode = i;
-    if (prealloc && strcmp(prealloc, vbd_prealloc_names[pmode])) {
-        vbd_error_setf(err, EINVAL, "Parameter 'preallocation' does not accept value '%s'", prealloc);
         goto out;
     }
     if (data_file && version < 3) {

@@ -34,19 +34,34 @@ struct vhdx_params {
 };
 
 static int vhdx_parse_create(struct json_object *opts, const struct vbd_node *in, struct vhdx_params *p,
-                             struct vbd_error **err)
+                             struct vbd_error **err,
+                             bool *opts_taken)
 {
     int sub = 0;
     p->log_size = MiB;
     p->block_size = 0;
     p->zero_blocks = true;
+    /* the subformat is QEMU's vhdx_co_create's to check, with the sizes */
+    struct json_object *sf = vbd_opt_take_obj(opts, "subformat");
     if (vbd_opt_take_size(opts, "size", &p->size, err) < 0 || vbd_opt_take_size(opts, "log_size", &p->log_size, err) < 0 ||
         vbd_opt_take_size(opts, "block_size", &p->block_size, err) < 0 ||
-        vbd_opt_take_enum(opts, "subformat", vhdx_subformat_names, &sub, err) < 0 ||
-        vbd_opt_take_bool(opts, "block_state_zero", &p->zero_blocks, err) < 0)
+        vbd_opt_take_bool(opts, "block_state_zero", &p->zero_blocks, err) < 0 ||
+        vbd_opts_check_empty(opts, "Block format 'vhdx'", err) < 0) {
+        json_object_put(sf);
         return -EINVAL;
-    if (vbd_opts_check_empty(opts, "Block format 'vhdx'", err) < 0)
-        return -EINVAL;
+    }
+    /* what follows is QEMU's vhdx_co_create's to check: qemu-img made
+     * the file already */
+    if (opts_taken)
+        *opts_taken = true;
+    if (sf) {
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "subformat", sf);
+        int rc = vbd_opt_take_enum(o, "subformat", vhdx_subformat_names, &sub, err);
+        json_object_put(o);
+        if (rc < 0)
+            return -EINVAL;
+    }
     p->fixed = sub == 1;
     if (in)
         p->size = in->size;
@@ -109,9 +124,18 @@ int vhdx_co_create(const char *filename, struct vbd_node *target, struct json_ob
         vbd_error_setf(err, EINVAL, "Block size must be a multiple of 1 MB");
         return -EINVAL;
     }
-    int rc = vhdx_parse_create(opts, NULL, &p, err);
-    if (rc < 0)
+    bool opts_taken = false;
+    int rc = vhdx_parse_create(opts, NULL, &p, err, &opts_taken);
+    if (rc < 0) {
+        /* a size, log or block size refused: the new file is left empty,
+         * as qemu-img leaves it (blockdev-create's target is left alone) */
+        if (opts_taken && !target) {
+            struct vbd_node *f = vbd_create_protocol_node(filename, NULL, 0, file_hints, NULL);
+            if (f)
+                vbd_node_unref(f);
+        }
         return rc;
+    }
     struct vbd_node *f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
     if (!f)
         return -EIO;
@@ -237,7 +261,7 @@ int vhdx_measure(struct json_object *opts, struct vbd_node *in, uint64_t *requir
                  struct vbd_error **err)
 {
     struct vhdx_params p;
-    int rc = vhdx_parse_create(opts, in, &p, err);
+    int rc = vhdx_parse_create(opts, in, &p, err, NULL);
     if (rc < 0)
         return rc;
     uint64_t blocks_bytes = p.data_blocks * p.block_size;
