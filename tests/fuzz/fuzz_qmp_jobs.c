@@ -96,22 +96,22 @@ static const char *const nodes[] = {"top", "mid", "base",     "tgt",      "nul",
                                     "nul", "mid", "top-file", "tgt-file", "base-file"};
 static const char *const new_nodes[] = {"f0", "m0", "top", "", "1bad", "#x", "f1"};
 static const char *const jobs[] = {"j0", "j1", "top", "mid", "tgt", "", "1bad", "j0"};
-static const char *const exports[] = {"e0", "e1", "", "1bad", "e0"};
+static const char *const exports[] = {"e0", "e1", "", "1bad", "e0", "e1", "e0"};
 static const char *const bitmaps[] = {"b0", "b1", "", "b0"};
-static const char *const on_errors[] = {"report", "ignore", "enospc", "stop", "auto", "bogus"};
-static const char *const syncs[] = {"full", "top", "none", "incremental", "bitmap", "bogus", "full"};
-static const char *const formats[] = {"qcow2", "raw", "vmdk", "null-co", "bogus", "file"};
-static const char *const modes_drive[] = {"existing", "absolute-paths", "bogus"};
-static const char *const modes_del[] = {"safe", "hard", "bogus"};
-static const char *const copy_modes[] = {"background", "write-blocking", "bogus"};
-static const char *const bitmap_modes[] = {"on-success", "never", "always", "bogus"};
+static const char *const on_errors[] = {"report", "ignore", "enospc", "stop", "auto"};
+static const char *const syncs[] = {"full", "top", "none", "incremental", "bitmap", "full"};
+static const char *const formats[] = {"qcow2", "raw", "vmdk", "null-co", "file"};
+static const char *const modes_drive[] = {"existing", "absolute-paths"};
+static const char *const modes_del[] = {"safe", "hard"};
+static const char *const copy_modes[] = {"background", "write-blocking"};
+static const char *const bitmap_modes[] = {"on-success", "never", "always"};
 static const char *const werrors[] = {"report", "stop", "enospc", "ignore"};
 static const char *const rerrors[] = {"report", "stop", "ignore"};
 static const char *const export_types[] = {"nbd", "vhost-user-blk", "fuse", "vduse-blk", ""};
 static const char *const iothreads[] = {"io0", "io0", "nosuch", ""};
 static const char *const paths[] = {"d0.qcow2",   "d1.raw",    "d2.vmdk",         "d0.qcow2",
                                     "base.qcow2", "mid.qcow2", "no/such/d.qcow2", "top.qcow2"};
-static const char *const completion_modes[] = {"individual", "grouped", "bogus"};
+static const char *const completion_modes[] = {"individual", "grouped"};
 
 /* a value of some type the command does not expect */
 static struct json_object *wrong(struct input *in)
@@ -229,8 +229,50 @@ struct member {
 
 static struct json_object *value(struct input *in, const struct member *m, int depth);
 
+/* Most commands are plausible (this flag): values from the names the graph
+ * has and sane numbers, optional members now and then, no wrong types; the
+ * others are hostile. Commands whose members are all drawn from the
+ * hostile pools almost never start a job: the states a job goes through
+ * would be left unexplored. */
+static bool plausible;
+
+static struct json_object *plausible_value(struct input *in, const struct member *m)
+{
+    static const char *const p_nodes[] = {"top", "tgt", "nul", "mid", "base", "top", "tgt"};
+    static const char *const p_jobs[] = {"j0", "j1", "top"};
+    static const char *const p_exports[] = {"e0", "e1"};
+    static const int64_t p_ints[] = {0, 512, 65536, 1 << 20, 4096, 1};
+    static const int64_t p_sizes[] = {DISK, 2 * DISK, DISK + 65536};
+    switch (m->kind) {
+    case K_INT:
+        return json_object_new_int64(PICK(in, p_ints));
+    case K_SIZE:
+        return json_object_new_int64(PICK(in, p_sizes));
+    case K_NODE:
+        return str(PICK(in, p_nodes));
+    case K_JOB:
+        return str(PICK(in, p_jobs));
+    case K_EXPORT:
+        return str(PICK(in, p_exports));
+    case K_BITMAP:
+        return str("b0");
+    case K_ENUM:
+        return str(m->choices[next(in) % m->nchoices]);
+    case K_IOTHREAD:
+    case K_IOTHREADS:
+        return str("io0");
+    default:
+        return NULL; /* the hostile generator's */
+    }
+}
+
 static struct json_object *good(struct input *in, const struct member *m, int depth)
 {
+    if (plausible) {
+        struct json_object *v = plausible_value(in, m);
+        if (v)
+            return v;
+    }
     switch (m->kind) {
     case K_BOOL:
         return json_object_new_boolean(next(in) & 1);
@@ -255,8 +297,10 @@ static struct json_object *good(struct input *in, const struct member *m, int de
         return str(PICK(in, bitmaps));
     case K_PATH:
         return path(in);
-    case K_ENUM:
-        return str(m->choices[next(in) % m->nchoices]);
+    case K_ENUM: {
+        unsigned b = next(in);
+        return str(b % 8 == 7 ? "bogus" : m->choices[b % m->nchoices]);
+    }
     case K_IOTHREAD:
         return next(in) % 4 == 3 ? NULL : str(PICK(in, iothreads));
     case K_IOTHREADS: {
@@ -302,7 +346,9 @@ static struct json_object *good(struct input *in, const struct member *m, int de
 
 static struct json_object *value(struct input *in, const struct member *m, int depth)
 {
-    return next(in) % 12 == 0 && depth < 3 ? wrong(in) : good(in, m, depth);
+    /* an input that ran out (zero bytes) gives good values and every
+     * required member: the commands get past their checks */
+    return next(in) % 16 == 15 && depth < 3 && !plausible ? wrong(in) : good(in, m, depth);
 }
 
 /* The arguments of a command: each member present (mostly, if required)
@@ -312,11 +358,13 @@ static struct json_object *arguments(struct input *in, const struct member *ms, 
     struct json_object *o = json_object_new_object();
     for (const struct member *m = ms; m->name; m++) {
         unsigned b = next(in);
-        if (m->required ? b % 16 == 0 : b % 3 != 0)
+        /* a job-id, which qsd's jobs need (a daemon's node has no device name to default to) */
+        bool want = m->required || (plausible && !strcmp(m->name, "job-id"));
+        if (want ? b % 32 == 31 && !plausible : b % (plausible ? 6 : 3) != 0)
             continue;
         json_object_object_add(o, m->name, value(in, m, depth));
     }
-    if (next(in) % 16 == 0)
+    if (next(in) % 16 == 15 && !plausible)
         json_object_object_add(o, "bogus", wrong(in));
     return o;
 }
@@ -671,6 +719,7 @@ static void run_co(void *arg)
         fprintf(stderr, "graph built [%.1f ms]\n", vbd_clock_ns() / 1e6);
     for (int i = 0; i < MAX_COMMANDS && in.left; i++) {
         const struct command *c = &commands[next(&in) % (sizeof(commands) / sizeof(commands[0]))];
+        plausible = next(&in) % 4 != 3;
         if (!c->name) {
             static const uint64_t waits[] = {0, 10000, 100000, 1000000, 5000000};
             vbd_co_sleep_ns(PICK(&in, waits));
@@ -681,7 +730,7 @@ static void run_co(void *arg)
             args = transaction(&in);
         } else {
             args = arguments(&in, c->members, 0);
-            if (!strcmp(c->name, "block-export-add") && (next(&in) % 16 || !c->type))
+            if (!strcmp(c->name, "block-export-add") && (next(&in) % 16 != 15 || !c->type))
                 json_object_object_add(args, "type", str(c->type ? c->type : PICK(&in, export_types)));
         }
         json_object_put(execute(c->name, args));
