@@ -62,6 +62,13 @@ for f in g.vhdx g.parallels; do
         -c "write -P 0x5c 3M 1536" -c "read -P 0x5c 3M 1536"
 done
 
+step "a vmdk descriptor over blkdebug finds its extents beside the descriptor's file, as QEMU"
+# vbd looked for them beside "blkdebug::DIR/s.vmdk" (the blkdebug node's
+# name): "Could not open 'blkdebug::DIR/s-s001.vmdk': No such file or directory"
+must qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse base/s.vmdk 3G
+io_same --image-opts "driver=vmdk,file.driver=blkdebug,file.image.filename=s.vmdk" -c "write -P 0x5d 2047M 2M" \
+    -c "read -P 0x5d 2047M 2M" -c "read -P 0 3000M 4k"
+
 step "vbd-img info beside qemu-img info: the same lines (disk size unavailable at blkdebug)"
 for a in "blkdebug::a.qcow2" "blkdebug:empty.conf:a.raw" "-f raw blkdebug::a.qcow2" "--image-opts driver=blkdebug,image.filename=a.qcow2"; do
     tools_run qemu-img "$VBD_IMG" info $a
