@@ -1,28 +1,32 @@
 /* Fuzz target: QMP's block export and block job commands run for real, in
  * process, on a small graph built afresh for each input: a qcow2 chain
- * base <- mid <- top on tmpfs-like scratch files (each with data of its
- * own; their file nodes are named NODE-file), a qcow2 "tgt" and a null-co "nul" of the same size, a smaller
- * null-co "small", an iothread io0 and the NBD server on a unix socket in
- * the scratch directory. The input is a sequence of commands
- * (block-export-add nbd and vhost-user-blk, block-export-del, block-stream,
- * block-commit, drive-mirror, blockdev-mirror, blockdev-backup,
- * drive-backup, transaction, the job-* and block-job-* verbs, dirty
- * bitmaps, block_resize, x-blockdev-set-iothread, blockdev-del, pauses
- * that let the jobs run) whose argument trees the input builds: every
- * member each command takes, present or missing, with values of the right
- * type from pools that reach the graph (node, job, export and bitmap names,
- * paths in the scratch directory, sockets there) or of a wrong type,
- * numbers negative, huge or beyond int64, and members the command does not
- * know. Paths come only from the pool: no input can touch a file outside
- * the scratch directory; there is no quit.
+ * base <- mid <- top (each with data of its own; their file nodes are
+ * named NODE-file), a qcow2 "tgt" and a null-co "nul" of the same size, a
+ * smaller null-co "small", an iothread io0 and the NBD server on a unix
+ * socket, all in a scratch directory ($TMPDIR, else /dev/shm). The input
+ * is a sequence of commands (block-export-add nbd and vhost-user-blk,
+ * block-export-del, block-stream, block-commit, drive-mirror,
+ * blockdev-mirror, blockdev-backup, drive-backup, transaction, the job-*
+ * and block-job-* verbs, dirty bitmaps, block_resize,
+ * x-blockdev-set-iothread, blockdev-del, nbd-server-add/remove/stop,
+ * pauses that let the jobs run) whose argument trees the input builds.
+ * Three commands in four are plausible (the graph's names, sane numbers,
+ * a job-id, few optional members), so that jobs start and go through
+ * their states; the fourth is hostile: every member present or missing,
+ * values from pools that reach the graph or of a wrong type, numbers
+ * negative, huge or beyond int64, members the command does not know.
+ * Paths come only from the pools: no input can touch a file outside the
+ * scratch directory; there is no quit.
  *
  * Each command must answer with return or error (an error says why); after
  * the input the daemon must still answer query-block-jobs,
- * query-named-block-nodes and query-block-exports; then every export is
- * deleted, every job cancelled (as the daemon's stop does) and every node
- * deleted with blockdev-del, and nothing may be left: no node, job or
- * export (the next input builds the same graph again). No crash, no leak,
- * no hang (libFuzzer's -timeout), no out-of-bounds access. */
+ * query-named-block-nodes, query-block-exports and query-jobs; then every
+ * export is deleted, every job cancelled (as the daemon's stop does), the
+ * NBD server stopped and every node deleted with blockdev-del, and
+ * nothing may be left: no node, job or export (the next input builds the
+ * same graph again). No crash, no leak, no hang (libFuzzer's -timeout),
+ * no out-of-bounds access. VBD_FUZZ_VERBOSE=1 prints every command, its
+ * reply and its time. */
 #include "daemon/objects.h"
 #include "vbd/block.h"
 #include "vbd/coroutine.h"
