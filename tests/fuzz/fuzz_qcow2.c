@@ -57,6 +57,10 @@ static void qcow2_inspect(struct fuzz_job *j, struct vbd_node *n)
 /* The disk's first limit bytes as they are compared with the model. */
 static void compare_model(const uint8_t *model, const uint8_t *now, uint64_t limit, const char *when)
 {
+    /* memcmp first: the byte loop, coverage-instrumented, was ~90 % of a
+     * 16 MiB disk's input (round 28's slow units of 5-11 s at load) */
+    if (!memcmp(model, now, limit))
+        return;
     for (uint64_t i = 0; i < limit; i++)
         if (model[i] != now[i]) {
             fprintf(stderr, "a clean qcow2 image: byte %llu reads 0x%02x %s, 0x%02x expected (a write, zero or "

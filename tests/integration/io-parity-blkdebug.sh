@@ -49,6 +49,26 @@ bd="$bd,file.inject-error.1.event=read_aio,file.inject-error.1.sector=16"
 io_same --image-opts "$bd" -c "aio_write -P 1 0 8k" -c aio_flush -c "aio_read 8k 4k" -c aio_flush -c "aio_read -P 5 0 512" -c aio_flush
 io_same --image-opts "$bd" -c "aio_read -Q 0 512" -c "aio_write -P 1 4k 4k" -c aio_flush
 
+step "formats that grow their file by truncating it, over blkdebug: the truncate goes through (QEMU's blkdebug_co_truncate)"
+# vhdx and parallels extend the file for each new block; vbd's blkdebug had
+# no truncate: every write to an unallocated block failed with "Operation
+# not supported" (found by fmt-stress's kinds under STRESS_ALIGN=4096)
+must qemu-img create -q -f vhdx -o block_size=1M base/g.vhdx 32M
+must qemu-img create -q -f parallels base/g.parallels 32M
+for f in g.vhdx g.parallels; do
+    io_same --image-opts "driver=${f#g.},file.driver=blkdebug,file.image.filename=$f" -c "write -P 0x5a 10660435 161693" \
+        -c "write -P 0x5b 20M 4k" -c "read -P 0x5a 10660435 161693" -c "read -P 0x5b 20M 4k"
+    io_same --image-opts "driver=${f#g.},file.driver=blkdebug,file.align=4096,file.image.filename=$f" \
+        -c "write -P 0x5c 3M 1536" -c "read -P 0x5c 3M 1536"
+done
+
+step "a vmdk descriptor over blkdebug finds its extents beside the descriptor's file, as QEMU"
+# vbd looked for them beside "blkdebug::DIR/s.vmdk" (the blkdebug node's
+# name): "Could not open 'blkdebug::DIR/s-s001.vmdk': No such file or directory"
+must qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse base/s.vmdk 3G
+io_same --image-opts "driver=vmdk,file.driver=blkdebug,file.image.filename=s.vmdk" -c "write -P 0x5d 2047M 2M" \
+    -c "read -P 0x5d 2047M 2M" -c "read -P 0 3000M 4k"
+
 step "vbd-img info beside qemu-img info: the same lines (disk size unavailable at blkdebug)"
 for a in "blkdebug::a.qcow2" "blkdebug:empty.conf:a.raw" "-f raw blkdebug::a.qcow2" "--image-opts driver=blkdebug,image.filename=a.qcow2"; do
     tools_run qemu-img "$VBD_IMG" info $a

@@ -481,7 +481,7 @@ io_same() {
     tools_same "$@"
     local f fmt
     for f in $(cd q && ls -A); do
-        case $f in *.qcow2) fmt=qcow2 ;; *.vmdk) fmt=vmdk ;; *) fmt=raw ;; esac
+        case $f in *.qcow2) fmt=qcow2 ;; *.vmdk) fmt=vmdk ;; *.vhdx) fmt=vhdx ;; *.parallels) fmt=parallels ;; *) fmt=raw ;; esac
         # files equal byte for byte are equal images (most raw cases;
         # qemu-img compare costs a process each)
         cmp -s q/$f v/$f && continue

@@ -26,6 +26,13 @@
 # (small ones evict dirty tables all the time) and lazy refcounts on or
 # off, each under the writers; every reopen must succeed (QEMU takes
 # them) and the data checks are the same.
+# JOB_OVERLAP_RESIZE=1: beside the job, a raw node "side" (8 MiB) over
+# vhost-user-blk (2 rings, on the guest's thread: io0 or the main loop)
+# with a second vbd-stress (--overlap, QD 16) in its first 4 MiB, and
+# block_resize of side between 4 and 12 MiB again and again while the job
+# runs: each resize refreshes every node's size (the job's too, on its
+# thread) and tells every export, under both writers; side ends as its
+# writers' model in its first 4 MiB.
 [ $# -gt 0 ] && VBD_BUILD=$(cd "$1" && pwd)
 . "$(dirname "$0")/../integration/lib.sh"
 need qemu-img nbdcopy python3
@@ -107,12 +114,43 @@ def progress(p, jid, key, more):
     while j[key] < want:
         alive(p, f"while job {jid} ran")
         reopen_one()
+        resize_one()
         time.sleep(0.05)  # polling the job's progress
         j = s.job(jid)
         if not j:
             fail(f"job {jid} is gone")
 def guest(node):
     s.run("block-export-add", type="nbd", id="guest", **{"node-name": node}, name="disk", writable=True, **ioarg)
+side = [None]
+resizes = [0]
+def side_start():
+    if os.environ.get("JOB_OVERLAP_RESIZE") != "1":
+        return
+    sh("truncate -s 8M side.raw", "side.raw")
+    s.run("blockdev-add", driver="raw", **{"node-name": "side"},
+          file={"driver": "file", "node-name": "fside", "filename": f"{cwd}/side.raw"})
+    s.run("block-export-add", type="vhost-user-blk", id="sidex", **{"node-name": "side"}, writable=True,
+          addr={"type": "unix", "path": f"{cwd}/side.sock"}, **{"num-queues": 2}, **ioarg)
+    cmd = [stress_bin, "--overlap", "--seed", str(int(seed) + 7), "--ops", str(1 << 40), "--qd", "16",
+           "--range", str(4 << 20), "--shadow-out", "side-shadow.raw", "--vhost-user", "side.sock", "--queues", "2"]
+    side[0] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    side[0].stdout.readline()
+def resize_one():
+    if not side[0]:
+        return
+    alive(side[0], "on side while the job ran")
+    s.run("block_resize", **{"node-name": "side", "size": rng.choice([4, 6, 8, 12]) << 20})
+    resizes[0] += 1
+def side_end():
+    if not side[0]:
+        return
+    stress_end(side[0])
+    s.run("block-export-del", id="sidex", mode="hard")
+    s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
+    s.run("blockdev-del", **{"node-name": "side"})
+    sh("head -c 4194304 side.raw | cmp - side-shadow.raw", "side's first 4 MiB are not its writers' model")
+    print(f"{resizes[0]} resizes of side under the job")
+side_start()
 src_opts = {"driver": "qcow2", "node-name": "src", "discard": os.environ.get("JOB_OVERLAP_DISCARD", "unmap"), "file": "fsrc"}
 reopen_nodes.append(("src", src_opts))
 if scen in ("A", "S"):
@@ -166,6 +204,7 @@ else:
         sh("cmp during.raw ../init.raw", f"the point in time read during the writes (copy {n})")
         alive(p, "during the reads of the point in time")
         reopen_one()
+        resize_one()
     stress_end(p)
     sh(f"nbdcopy --requests=64 '{fl}' after.raw", "nbdcopy after the writes")
     sh("cmp after.raw ../init.raw", "the point in time read after the writes")
@@ -174,6 +213,7 @@ else:
         s.m.wait_event("BLOCK_EXPORT_DELETED", timeout=60)
     for node in ("fleece", "cbw", "tmp"):
         s.run("blockdev-del", **{"node-name": node})
+side_end()
 if os.environ.get("JOB_OVERLAP_REOPEN") == "1":
     print(f"{reopens[0]} reopens under the job")
 PY

@@ -649,7 +649,9 @@ static const struct vbd_driver blkdebug_driver = {
     .co_pdiscard = blkdebug_pdiscard,
     .co_pwrite_zeroes = blkdebug_pwrite_zeroes,
     .co_block_status = blkdebug_block_status,
-    .co_truncate = vbd_filter_co_truncate, /* block_resize goes through, as QEMU's blkdebug_co_truncate */
+    /* through to the image, as QEMU's blkdebug_co_truncate: the formats that
+     * grow their file by truncating it (vhdx, parallels) and block_resize */
+    .co_truncate = vbd_filter_co_truncate,
     .refresh_size = vbd_filter_refresh_size,
     .get_allocated_size = blkdebug_allocated_size,
     .reopen_rw = vbd_filter_reopen_rw,

@@ -482,10 +482,11 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
                        (unsigned long long)nq, VU_MAX_QUEUES);
         goto fail;
     }
-    if ((lbs != 512 && lbs != 4096) || (pbs && (!power_of_two(pbs) || pbs < lbs || pbs > (1u << 20)))) {
+    /* the backend's limits (vbd_backend_new): 64 KiB at most, said here */
+    if ((lbs != 512 && lbs != 4096) || (pbs && (!power_of_two(pbs) || pbs < lbs || pbs > 65536))) {
         vbd_error_setf(err, EINVAL,
                        "vhost-user-blk export '%s': logical-block-size must be 512 or 4096 and physical-block-size "
-                       "a power of two >= it",
+                       "a power of two >= it, at most 65536",
                        id);
         goto fail;
     }
@@ -519,7 +520,11 @@ static struct vbd_export *blk_export_create(struct json_object *opts, struct vbd
     };
     e->be = vbd_backend_new(n, &bo, err);
     if (!e->be) {
+        /* e goes too (it leaked when the backend refused a block size
+         * the check above let through) */
         vbd_error_prepend(err, "vhost-user-blk export '%s': ", id);
+        free(e);
+        e = NULL;
         goto fail;
     }
     e->id = id;

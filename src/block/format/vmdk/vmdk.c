@@ -1072,6 +1072,18 @@ static void dir_of(const char *path, char *out, size_t outlen)
     out[l] = 0;
 }
 
+/* The descriptor's file name as a path: that of the node under the filters
+ * the descriptor may sit on (blkdebug, throttle, copy-on-read name their
+ * node "blkdebug::PATH" or after their child). Extents are found beside
+ * it, as QEMU finds them beside the descriptor's file. */
+static const char *descriptor_path(const struct vbd_node *n)
+{
+    const struct vbd_node *f = n->file;
+    while (f->drv->kind == VBD_DRV_FILTER && f->file && f->file != f)
+        f = f->file;
+    return f->filename;
+}
+
 /* An extent file name may only name a file in the descriptor's own
  * directory tree: no absolute paths, no "..", no symlink leading out. */
 static int check_extent_path(struct vbd_node *n, const char *dir, const char *fname, const char *full,
@@ -1096,11 +1108,11 @@ static int check_extent_path(struct vbd_node *n, const char *dir, const char *fn
     }
     struct stat a, b;
     char rdesc[PATH_MAX];
-    if (realpath(n->file->filename, rdesc) && !strcmp(rdesc, rf)) {
+    if (realpath(descriptor_path(n), rdesc) && !strcmp(rdesc, rf)) {
         vbd_error_setf(err, ELOOP, "Could not open '%s': extent file '%s' is the descriptor itself", n->filename, fname);
         return -ELOOP;
     }
-    if (stat(n->file->filename, &a) == 0 && stat(full, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+    if (stat(descriptor_path(n), &a) == 0 && stat(full, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
         vbd_error_setf(err, ELOOP, "Could not open '%s': extent file '%s' is the descriptor itself", n->filename, fname);
         return -ELOOP;
     }
@@ -1111,7 +1123,7 @@ static int parse_extents(struct vbd_node *n, const char *desc, unsigned flags, s
 {
     struct vmdk_state *s = n->opaque;
     char dir[4096];
-    dir_of(n->file->filename, dir, sizeof(dir));
+    dir_of(descriptor_path(n), dir, sizeof(dir));
     bool writable = flags & VBD_OPEN_RDWR;
     for (const char *p = desc; *p;) {
         const char *eol = strchr(p, '\n');
