@@ -3,12 +3,12 @@
 # vbd-img amend -o refcount_bits=N beside qemu-img 7.2 amend (img-diff-table.sh's
 # way: lib-difftable.sh's img_case, the same output, and the image either
 # wrote qemu-img's byte for byte, compared, checked, feature bits equal):
-# every width from every width's neighbours up and down, on images with
+# widths up and down, on images with
 # snapshots (refcounts of 2), compressed clusters (several in a host
-# cluster), persistent bitmaps, lazy refcounts, a v2 image upgraded in the
-# same amend, and 512-byte clusters, where the new structure needs a
-# larger refcount table and the old one grows while the new one is
-# allocated. A refcount too large for the narrower width: qemu-img's
+# cluster), persistent bitmaps (same image, laid out otherwise: below),
+# lazy refcounts, a v2 image upgraded in the same amend, and 512-byte
+# clusters, where the new structure needs a larger refcount table or the
+# old one grows while the new one is allocated. A refcount too large for the narrower width: qemu-img's
 # refusal, word for word, and the image as qemu-img leaves it.
 # DIFF_TABLE_FILTER=REGEX: only the case lines matching it.
 . "$(dirname "$0")/lib.sh"
@@ -37,17 +37,18 @@ must qemu-img bitmap --add -g 512k base/bm.qcow2 b1
 must qemu-io -c 'write -P 2 1M 64k' -c 'write -P 3 3M 8k' base/bm.qcow2 >/dev/null
 mk lazy cluster_size=64k,lazy_refcounts=on 'write -P 1 0 64k' 'write -P 2 2M 64k'
 mk v2 compat=0.10 'write -P 1 0 64k' 'write -P 2 2M 64k'
-# 512-byte clusters: 64 refcount table entries to a cluster; 1 MiB of data
-# written in 4 KiB pieces 16 KiB apart (L2 tables amid the data)
-# spread N STEP LEN: N writes of LEN bytes STEP KiB apart (qemu-io commands, one a line)
-spread() { for i in $(seq 0 $(($1 - 1))); do echo "write -P $((i % 200 + 1)) $((i * $2))k $3"; done; }
-mapfile -t w < <(spread 256 16 4k)
+# 512-byte clusters: 64 refcount table entries to a cluster, so that 3 MiB
+# of data (32 KiB pieces 64 KiB apart, L2 tables amid them) needs two
+# table clusters at 64 bits; og: 64 bits, 2 MiB less 12 KiB in the file,
+# so that the old refcount table, one cluster, grows while the amend
+# allocates the new structure (QEMU's refcount_area from the old one)
+mapfile -t w < <(for i in $(seq 0 95); do echo "write -P $((i % 200 + 1)) $((i * 64))k 32k"; done)
 SIZE=8M mk s16 cluster_size=512,refcount_bits=16 "${w[@]}"
-mapfile -t w < <(spread 64 64 8k)
 SIZE=8M mk s1 cluster_size=512,refcount_bits=1 "${w[@]}"
-SIZE=8M mk s64 cluster_size=512,refcount_bits=64 "${w[@]}"
+SIZE=8M mk s64 cluster_size=512,refcount_bits=64 "${w[@]:0:32}"
 must qemu-img snapshot -c s1 base/s64.qcow2
 must qemu-io -c 'write -P 9 0 16k' base/s64.qcow2 >/dev/null
+SIZE=8M mk og cluster_size=512,refcount_bits=64 'write -P 7 0 1970k'
 
 # any amend of an image with bitmaps (lazy_refcounts=off alike): qemu-img
 # stores them anew at its close (new bitmap tables and directory, the old
@@ -68,6 +69,7 @@ run_cases img_case <<'CASES'
 @s16.qcow2 amend -o refcount_bits=64 %i
 @s16.qcow2 amend -o refcount_bits=1 %i
 @s64.qcow2 amend -o refcount_bits=2 %i
+@og.qcow2 amend -o refcount_bits=32 %i
 # a refcount of 2 (a snapshot) in 1 bit: qemu-img's refusal; other refusals
 @snap.qcow2 amend -o refcount_bits=1 %i
 @v2.qcow2 amend -o refcount_bits=8 %i
