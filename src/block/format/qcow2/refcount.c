@@ -1064,6 +1064,7 @@ struct new_refcounts {
     uint64_t *table;    /* host offsets of its blocks, 0: none */
     uint64_t entries;   /* the table's size, whole clusters of entries */
     uint8_t *block;     /* the block being filled (the writing walk); NULL while allocating */
+    bool block_used;    /* it holds a refcount (zeroed before the next block: most are empty) */
 };
 
 /* alloc_refblock: a block for new block index j if it counts anything,
@@ -1131,8 +1132,10 @@ static int walk_refcounts(struct qcow2_state *s, uint64_t *fci, struct new_refco
         uint64_t total = s->reftable_entries << bits, first = j * w->per_block;
         uint64_t end = first + w->per_block < total ? first + w->per_block : total;
         bool empty = true;
-        if (w->block)
+        if (w->block && w->block_used) {
             memset(w->block, 0, s->cluster_size);
+            w->block_used = false;
+        }
         for (uint64_t c = first; c < end;) {
             uint64_t idx = c >> bits, block_end = (idx + 1) << bits;
             if (block_end > end)
@@ -1157,8 +1160,10 @@ static int walk_refcounts(struct qcow2_state *s, uint64_t *fci, struct new_refco
                     return -EINVAL;
                 }
                 empty = false;
-                if (w->block)
+                if (w->block) {
                     set_entry(w->order, w->block, c - first, v);
+                    w->block_used = true;
+                }
             }
         }
         bool last = first + w->per_block >= total;
@@ -1200,6 +1205,7 @@ int qcow2_change_refcount_order(struct qcow2_state *s, uint32_t order, struct vb
     /* the blocks, then the table, then the old blocks counting them, all
      * flushed: only then may the header name the new table */
     w.block = vbd_alloc_aligned(4096, cs);
+    memset(w.block, 0, cs);
     rc = walk_refcounts(s, &fci, &w, &allocated, err);
     if (rc < 0)
         goto fail;
