@@ -138,7 +138,13 @@ qcheck a.qcow2
 equal a.qcow2 a.raw
 must "$VBD_IMG" amend -o lazy_refcounts=off a.qcow2
 qemu-img info a.qcow2 | grep -q "lazy refcounts: false" || fail "lazy_refcounts=off not set"
-must_fail_with "refcount_bits" "$VBD_IMG" amend -o refcount_bits=64 a.qcow2
+must "$VBD_IMG" amend -o refcount_bits=64 a.qcow2
+qemu-img info a.qcow2 | grep -q "refcount bits: 64" || fail "amend did not change refcount_bits"
+qcheck a.qcow2
+equal a.qcow2 a.raw
+must "$VBD_IMG" amend -o refcount_bits=16 a.qcow2
+qcheck a.qcow2
+must_fail_with "Cannot decrease refcount entry width to 1 bits" "$VBD_IMG" amend -o refcount_bits=1 a.qcow2
 must_fail_with "Invalid parameter 'cluster_size'" "$VBD_IMG" amend -o cluster_size=4k a.qcow2
 must_fail_with "Lazy refcounts" "$VBD_IMG" amend -o compat=0.10,lazy_refcounts=on a.qcow2
 

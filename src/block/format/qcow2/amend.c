@@ -470,15 +470,6 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
                        "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
         goto out;
     }
-    /* what qemu would do but vbd does not: refused before anything changes */
-    if (refcount_bits != (1ull << s->refcount_order)) {
-        vbd_error_setf(err, ENOTSUP,
-                       "Changing refcount_bits (%u to %llu) is not supported; 'vbd-img convert -O qcow2 -o refcount_bits=%llu' "
-                       "writes a new image with it",
-                       1u << s->refcount_order, (unsigned long long)refcount_bits, (unsigned long long)refcount_bits);
-        rc = -ENOTSUP;
-        goto out;
-    }
     uint32_t dlen = 0;
     const char *dname = has_data_file ? qcow2_data_file_name(s, &dlen) : NULL;
     if ((str && (strlen(str) != dlen || (dlen && memcmp(str, dname, dlen)))) || data_raw != s->data_raw) {
@@ -494,7 +485,8 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         if (!backing != !cur || (backing && strcmp(backing, cur)) || !backing_fmt != !cur_fmt ||
             (backing_fmt && strcmp(backing_fmt, cur_fmt))) {
             backing_refused = true;
-            if (version <= (int)s->version) { /* else after the upgrade, as qemu */
+            /* else after the upgrade and the refcount change, as qemu */
+            if (version <= (int)s->version && refcount_bits == (1ull << s->refcount_order)) {
                 vbd_error_setf(err, EINVAL, "Cannot amend the backing file\nYou can use 'vbd-img rebase' instead.");
                 goto out;
             }
@@ -516,6 +508,18 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         s->refcount_order = 4;
         s->incompat = s->compat = s->autoclear = 0;
         rc = qcow2_rewrite_header(s, n->backing_file, n->backing_format, err);
+    }
+    if (rc == 0 && refcount_bits != (1ull << s->refcount_order)) {
+        uint32_t order = 0;
+        while ((1ull << order) < refcount_bits)
+            order++;
+        rc = qcow2_writeback(s);
+        if (rc == 0)
+            rc = qcow2_flush_refcounts(s);
+        if (rc < 0)
+            vbd_error_setf(err, -rc, "qcow2: could not write back metadata: %s", strerror(-rc));
+        else
+            rc = qcow2_change_refcount_order(s, order, err);
     }
     if (rc == 0 && backing_refused) {
         vbd_error_setf(err, EINVAL, "Cannot amend the backing file\nYou can use 'vbd-img rebase' instead.");

@@ -317,6 +317,10 @@ void qcow2_plan_free(struct qcow2_create_plan *plan);
  * from start_off on, counting the file and `additional` clusters past them;
  * returns where those go */
 int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t additional);
+/* amend -o refcount_bits=2^order: the refcount structure rewritten in the
+ * new width (QEMU's qcow2_change_refcount_order), the header switched to it
+ * once it is on disk; err says why not (a refcount too large for it) */
+int qcow2_change_refcount_order(struct qcow2_state *s, uint32_t order, struct vbd_error **err);
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len);
 /* Which kinds of metadata (QCOW2_OL_*) [off, off+len) hits: the slow path,
  * asked only once qcow2_overlaps_metadata said it hits something. */

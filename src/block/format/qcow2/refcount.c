@@ -151,9 +151,10 @@ void qcow2_free_refcount_cache(struct qcow2_state *s)
     s->rc_slots = s->rc_cur = NULL;
 }
 
-static uint64_t get_entry(const struct qcow2_state *s, const uint8_t *b, uint64_t i)
+/* entry i of a refcount block of 2^order-bit entries */
+static uint64_t get_entry(uint32_t order, const uint8_t *b, uint64_t i)
 {
-    switch (s->refcount_order) {
+    switch (order) {
     case 0: return (b[i / 8] >> (i % 8)) & 1;
     case 1: return (b[i / 4] >> (2 * (i % 4))) & 3;
     case 2: return (b[i / 2] >> (4 * (i % 2))) & 15;
@@ -164,9 +165,9 @@ static uint64_t get_entry(const struct qcow2_state *s, const uint8_t *b, uint64_
     }
 }
 
-static void set_entry(const struct qcow2_state *s, uint8_t *b, uint64_t i, uint64_t v)
+static void set_entry(uint32_t order, uint8_t *b, uint64_t i, uint64_t v)
 {
-    switch (s->refcount_order) {
+    switch (order) {
     case 0: b[i / 8] = (uint8_t)((b[i / 8] & ~(1u << (i % 8))) | (v << (i % 8))); break;
     case 1: b[i / 4] = (uint8_t)((b[i / 4] & ~(3u << (2 * (i % 4)))) | (v << (2 * (i % 4)))); break;
     case 2: b[i / 2] = (uint8_t)((b[i / 2] & ~(15u << (4 * (i % 2)))) | (v << (4 * (i % 2)))); break;
@@ -187,7 +188,7 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t *rc)
     int r = load_block(s, s->reftable[idx]);
     if (r < 0)
         return r;
-    *rc = get_entry(s, s->rc_cur->data, cluster & ((1ull << rb_bits(s)) - 1));
+    *rc = get_entry(s->refcount_order, s->rc_cur->data, cluster & ((1ull << rb_bits(s)) - 1));
     return 0;
 }
 
@@ -457,7 +458,7 @@ static int ensure_block(struct qcow2_state *s, uint64_t cluster, uint64_t *block
     s->file_end = off + s->cluster_size;
     memset(sl->data, 0, s->cluster_size);
     if (self >> rb_bits(s) == idx)
-        set_entry(s, sl->data, self & ((1ull << rb_bits(s)) - 1), 1); /* it describes itself */
+        set_entry(s->refcount_order, sl->data, self & ((1ull << rb_bits(s)) - 1), 1); /* it describes itself */
     rc = vbd_node_co_pwrite(s->n->file, off, sl->data, s->cluster_size, 0);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s); /* the block before the table entry that points to it */
@@ -502,7 +503,7 @@ static int set_refcount(struct qcow2_state *s, uint64_t cluster, uint64_t value)
     if (s->rc_cur->foreign)
         return qcow2_signal_corruption(s, "refcount block on other metadata", off);
     uint64_t i = cluster & ((1ull << rb_bits(s)) - 1);
-    set_entry(s, s->rc_cur->data, i, value);
+    set_entry(s->refcount_order, s->rc_cur->data, i, value);
     s->rc_cur->dirty = true;
     /* a freed cluster can be handed out again as anything: compressed data
      * must never again be packed into its tail */
@@ -534,7 +535,7 @@ int qcow2_skip_counted_tail(struct qcow2_state *s)
         if (rc < 0)
             return rc;
         for (uint64_t i = per_block; i-- > 0;)
-            if (get_entry(s, s->rc_cur->data, i)) {
+            if (get_entry(s->refcount_order, s->rc_cur->data, i)) {
                 uint64_t end = ((idx << rb_bits(s)) + i + 1) << s->cluster_bits;
                 if (end > s->file_end)
                     s->file_end = end;
@@ -720,7 +721,7 @@ int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64
         for (uint64_t k = 0; k < end; k++) {
             uint64_t v = k >= at ? 1 : k < n ? count[k] : 0;
             if (v)
-                set_entry(s, blk + k / per_block * cs, k % per_block, v);
+                set_entry(s->refcount_order, blk + k / per_block * cs, k % per_block, v);
         }
         for (uint64_t i = 0; i < blocks; i++) {
             table[i] = (at + i) * cs;
@@ -762,8 +763,9 @@ int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64
 
 /* The refcount blocks a file of `clusters` clusters needs, counting the
  * blocks and the table themselves (QEMU's qcow2_refcount_metadata_size:
- * its fixed point, so that the layouts agree). */
-static uint64_t refblocks_for(const struct qcow2_state *s, uint64_t clusters)
+ * its fixed point, so that the layouts agree); generous: once more with
+ * half the table's clusters added, as QEMU sizes a table that grows. */
+static uint64_t refblocks_for(const struct qcow2_state *s, uint64_t clusters, bool generous)
 {
     uint64_t per_table_cluster = s->cluster_size / 8, per_block = 1ull << rb_bits(s);
     uint64_t table = 0, blocks = 0, n = 0, last;
@@ -772,6 +774,11 @@ static uint64_t refblocks_for(const struct qcow2_state *s, uint64_t clusters)
         blocks = (clusters + table + blocks + per_block - 1) / per_block;
         table = (blocks + per_table_cluster - 1) / per_table_cluster;
         n = clusters + blocks + table;
+        if (n == last && generous) {
+            clusters += (table + 1) / 2;
+            n = 0;
+            generous = false;
+        }
     } while (n != last);
     return blocks;
 }
@@ -785,12 +792,21 @@ static uint64_t refblocks_for(const struct qcow2_state *s, uint64_t clusters)
  * the old structure in effect, the new clusters leaked at most), then the
  * old table's clusters freed (the next allocations reuse them, as in
  * QEMU). Returns where the `additional` clusters go. Lock held. */
-int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t additional)
+static void lower_fci(struct qcow2_state *s, uint64_t *fci, uint64_t off);
+
+/* exact: as the function below; else (QEMU's alloc_refcount_block, the
+ * table out of entries) the table half as large again; new_block, if not
+ * 0, a block already made and counted that goes in at new_index; *fci
+ * (QEMU's free_cluster_index, if not NULL) lowered by the old table's
+ * release */
+static int64_t refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t additional, bool exact,
+                             uint64_t new_index, uint64_t new_block, uint64_t *fci)
 {
     uint64_t cs = s->cluster_size, per_table_cluster = cs / 8;
-    uint64_t total = refblocks_for(s, start_off / cs + additional);
+    uint64_t total = refblocks_for(s, start_off / cs + additional, !exact);
     uint64_t area_index = (start_off / cs) >> rb_bits(s);
-    uint64_t table_entries = (total + per_table_cluster - 1) / per_table_cluster * per_table_cluster;
+    uint64_t table_entries = exact ? total : total + (total + 1) / 2;
+    table_entries = (table_entries + per_table_cluster - 1) / per_table_cluster * per_table_cluster;
     /* a block the old table names further on stays named (QEMU's caller
      * guarantees there is none; dropping one would lose its counts) */
     for (uint64_t i = table_entries; i < s->reftable_entries; i++)
@@ -814,6 +830,8 @@ int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t 
         return -ENOMEM;
     }
     memcpy(table, s->reftable, (s->reftable_entries < table_entries ? s->reftable_entries : table_entries) * 8);
+    if (new_block)
+        table[new_index] = new_block;
     uint64_t new_blocks = 0;
     for (uint64_t i = area_index; i < total; i++)
         new_blocks += !table[i];
@@ -871,7 +889,387 @@ int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t 
     s->refcount_table_offset = table_off;
     s->refcount_table_clusters = (uint32_t)table_clusters;
     free(old);
-    for (uint64_t c = 0; c < old_clusters; c++) /* a failure only leaks */
+    for (uint64_t c = 0; c < old_clusters; c++) { /* a failure only leaks */
         (void)qcow2_update_refcount(s, old_off + c * cs, -1);
+        if (fci)
+            lower_fci(s, fci, old_off + c * cs);
+    }
     return (int64_t)end_off;
+}
+
+int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start_off, uint64_t additional)
+{
+    return refcount_area(s, start_off, additional, true, 0, 0, NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* amend -o refcount_bits=N: QEMU's qcow2_change_refcount_order, its steps
+ * and its allocations in its order, so that the file ends as qemu-img's.
+ * The new structure is allocated through the old one, its blocks and table
+ * written and everything flushed before the header names it: a crash
+ * before leaves the old structure in effect (the new clusters leaked at
+ * most), a crash after leaves the new one in effect (the old clusters
+ * leaked at most).
+ *
+ * The allocations go through QEMU's allocator, written again here (qa_*):
+ * a run of clusters at the first free ones from *fci (QEMU's
+ * free_cluster_index) on; a missing refcount block made at the first free
+ * cluster, counting itself if it falls in its own range, after which the
+ * allocation starts over; a block the table has no entry for comes with a
+ * larger table (refcount_area, not exact). The runtime allocator
+ * (qcow2_alloc_clusters) puts blocks at the end of the file instead, which
+ * with small clusters would give another layout than qemu-img's. */
+
+static void lower_fci(struct qcow2_state *s, uint64_t *fci, uint64_t off)
+{
+    uint64_t c = off >> s->cluster_bits, refs = 1;
+    if (c < *fci && qcow2_get_refcount(s, c, &refs) == 0 && !refs)
+        *fci = c;
+}
+
+/* QEMU's qcow2_free_clusters: n clusters from off on released */
+static void qa_free(struct qcow2_state *s, uint64_t *fci, uint64_t off, uint64_t n)
+{
+    for (uint64_t k = 0; k < n; k++) { /* a failure only leaks */
+        (void)qcow2_update_refcount(s, off + (k << s->cluster_bits), -1);
+        lower_fci(s, fci, off + (k << s->cluster_bits));
+    }
+}
+
+/* QEMU's alloc_clusters_noref: the first run of n clusters with refcount 0
+ * from *fci on, *fci past it; nothing counted yet */
+static int qa_noref(struct qcow2_state *s, uint64_t *fci, uint64_t n, uint64_t *first)
+{
+    for (uint64_t run = 0; run < n;) {
+        uint64_t refs;
+        int rc = qcow2_get_refcount(s, (*fci)++, &refs);
+        if (rc < 0)
+            return rc;
+        run = refs ? 0 : run + 1;
+    }
+    *first = *fci - n;
+    return 0;
+}
+
+/* a cached copy of the cluster at off (a block freed before) is stale now */
+static void forget_slot(struct qcow2_state *s, uint64_t off)
+{
+    for (int i = 0; i < s->rc_nslots; i++)
+        if (s->rc_slots[i].offset == off) {
+            if (s->rc_cur == &s->rc_slots[i])
+                s->rc_cur = NULL;
+            s->rc_slots[i].offset = 0;
+            s->rc_slots[i].dirty = false;
+        }
+}
+
+static int qa_incref(struct qcow2_state *s, uint64_t *fci, uint64_t start, uint64_t n);
+
+/* QEMU's alloc_refcount_block: 0 if the block counting cluster c exists,
+ * else it is made and -EAGAIN returned (the caller starts over: the block
+ * may sit where it meant to allocate) */
+static int qa_block(struct qcow2_state *s, uint64_t *fci, uint64_t c)
+{
+    uint64_t idx = c >> rb_bits(s), cs = s->cluster_size;
+    if (idx < s->reftable_entries && s->reftable[idx])
+        return 0;
+    uint64_t block;
+    int rc = qa_noref(s, fci, 1, &block);
+    if (rc < 0)
+        return rc;
+    uint8_t *data = vbd_alloc_aligned(4096, cs);
+    memset(data, 0, cs);
+    if (block >> rb_bits(s) == idx)
+        set_entry(s->refcount_order, data, block & ((1ull << rb_bits(s)) - 1), 1); /* it counts itself */
+    else if ((rc = qa_incref(s, fci, block, 1)) == 0)
+        rc = qcow2_flush_refcounts(s);
+    if (rc == 0)
+        rc = lazy_dirty_first(s);
+    if (rc == 0) {
+        forget_slot(s, block * cs);
+        rc = vbd_node_co_pwrite(s->n->file, block * cs, data, cs, 0);
+    }
+    free(data);
+    if (rc == 0)
+        rc = vbd_node_co_flush(s->n->file); /* the block before the table entry naming it */
+    if (rc < 0)
+        return rc;
+    if ((block + 1) * cs > s->file_end)
+        s->file_end = (block + 1) * cs;
+    if (idx < s->reftable_entries) {
+        uint8_t e[8];
+        put_be64p(e, block * cs);
+        rc = vbd_node_co_pwrite(s->n->file, s->refcount_table_offset + idx * 8, e, 8, 0);
+        if (rc == 0)
+            rc = vbd_node_co_flush(s->n->file);
+        if (rc < 0)
+            return rc;
+        s->reftable[idx] = block * cs;
+        qcow2_metadata_moved(s);
+        return -EAGAIN;
+    }
+    /* past the table: blocks and a table counting themselves past
+     * everything in use (QEMU's blocks_used) */
+    uint64_t used = (c > block ? c : block) + 1, per_block = 1ull << rb_bits(s);
+    used = (used + per_block - 1) / per_block;
+    int64_t end = refcount_area(s, used * per_block * cs, 0, false, idx, block * cs, fci);
+    return end < 0 ? (int)end : -EAGAIN;
+}
+
+/* QEMU's update_refcount(+1) over n clusters from cluster start on; on
+ * -EAGAIN (a block was made) what it counted is undone and *fci goes
+ * back to start, so that the same clusters are tried first again */
+static int qa_incref(struct qcow2_state *s, uint64_t *fci, uint64_t start, uint64_t n)
+{
+    uint64_t old_idx = UINT64_MAX;
+    for (uint64_t c = start; c < start + n; c++) {
+        int rc = 0;
+        if (c >> rb_bits(s) != old_idx) {
+            rc = qa_block(s, fci, c);
+            if (rc == -EAGAIN && *fci > start)
+                *fci = start;
+        }
+        old_idx = c >> rb_bits(s);
+        if (rc == 0)
+            rc = qcow2_update_refcount(s, c << s->cluster_bits, 1);
+        if (rc < 0) {
+            qa_free(s, fci, start << s->cluster_bits, c - start);
+            return rc;
+        }
+        if ((c + 1) << s->cluster_bits > s->file_end)
+            s->file_end = (c + 1) << s->cluster_bits;
+    }
+    return 0;
+}
+
+/* QEMU's qcow2_alloc_clusters: n clusters, their host offset in *off */
+static int qa_alloc(struct qcow2_state *s, uint64_t *fci, uint64_t n, uint64_t *off)
+{
+    int rc;
+    uint64_t first;
+    do {
+        rc = qa_noref(s, fci, n, &first);
+        if (rc < 0)
+            return rc;
+        rc = qa_incref(s, fci, first, n);
+    } while (rc == -EAGAIN);
+    *off = first << s->cluster_bits;
+    return rc;
+}
+
+/* the new structure while it is made */
+struct new_refcounts {
+    uint32_t order;
+    uint64_t per_block; /* refcounts in one of its blocks */
+    uint64_t *table;    /* host offsets of its blocks, 0: none */
+    uint64_t entries;   /* the table's size, whole clusters of entries */
+    uint8_t *block;     /* the block being filled (the writing walk); NULL while allocating */
+    bool block_used;    /* it holds a refcount (zeroed before the next block: most are empty) */
+};
+
+/* alloc_refblock: a block for new block index j if it counts anything,
+ * the table made larger for it (whole clusters) */
+static int alloc_new_block(struct qcow2_state *s, uint64_t *fci, struct new_refcounts *w, uint64_t j, bool empty,
+                           bool *allocated, struct vbd_error **err)
+{
+    uint64_t per_table_cluster = s->cluster_size / 8;
+    if (empty)
+        return 0;
+    if (j >= w->entries) {
+        uint64_t entries = (j + per_table_cluster) / per_table_cluster * per_table_cluster;
+        if (entries * 8 > QCOW2_MAX_REFTABLE_BYTES) {
+            vbd_error_setf(err, ENOTSUP,
+                           "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting");
+            return -ENOTSUP;
+        }
+        uint64_t *t = realloc(w->table, entries * 8);
+        if (!t) {
+            vbd_error_setf(err, ENOMEM, "Failed to increase reftable buffer size");
+            return -ENOMEM;
+        }
+        memset(t + w->entries, 0, (entries - w->entries) * 8);
+        w->table = t;
+        w->entries = entries;
+    }
+    if (w->table[j])
+        return 0;
+    int rc = qa_alloc(s, fci, 1, &w->table[j]);
+    if (rc < 0) {
+        w->table[j] = 0;
+        vbd_error_setf(err, -rc, "Failed to allocate refblock: %s", strerror(-rc));
+        return rc;
+    }
+    *allocated = true;
+    return 0;
+}
+
+/* flush_refblock: new block j (w->block) written where the table says */
+static int write_new_block(struct qcow2_state *s, struct new_refcounts *w, uint64_t j, struct vbd_error **err)
+{
+    if (j >= w->entries || !w->table[j])
+        return 0; /* counts nothing: the allocating walks made none */
+    if (qcow2_overlaps_metadata(s, w->table[j], s->cluster_size)) {
+        vbd_error_setf(err, EIO, "Overlap check failed");
+        return qcow2_signal_corruption(s, "new refcount block", w->table[j]);
+    }
+    int rc = vbd_node_co_pwrite(s->n->file, w->table[j], w->block, s->cluster_size, 0);
+    if (rc < 0)
+        vbd_error_setf(err, -rc, "Failed to write refblock: %s", strerror(-rc));
+    return rc;
+}
+
+/* QEMU's walk_over_reftable: the refcount of every cluster the old table
+ * can count, new block by new block (each as large as the new width
+ * makes it), each block then allocated (w->block NULL) or written. The
+ * old table may grow while allocating: the walk goes on over what it
+ * counts then, and ends, as QEMU's, once a block's walk reached the end
+ * of the table as it was before that block's allocation. */
+static int walk_refcounts(struct qcow2_state *s, uint64_t *fci, struct new_refcounts *w, bool *allocated,
+                          struct vbd_error **err)
+{
+    uint32_t bits = rb_bits(s);
+    for (uint64_t j = 0;; j++) {
+        uint64_t total = s->reftable_entries << bits, first = j * w->per_block;
+        uint64_t end = first + w->per_block < total ? first + w->per_block : total;
+        bool empty = true;
+        if (w->block && w->block_used) {
+            memset(w->block, 0, s->cluster_size);
+            w->block_used = false;
+        }
+        for (uint64_t c = first; c < end;) {
+            uint64_t idx = c >> bits, block_end = (idx + 1) << bits;
+            if (block_end > end)
+                block_end = end;
+            if (!s->reftable[idx]) { /* no block: all 0 */
+                c = block_end;
+                continue;
+            }
+            int rc = load_block(s, s->reftable[idx]);
+            if (rc < 0) {
+                vbd_error_setf(err, -rc, "Failed to retrieve refblock: %s", strerror(-rc));
+                return rc;
+            }
+            for (; c < block_end; c++) {
+                uint64_t v = get_entry(s->refcount_order, s->rc_cur->data, c & ((1ull << bits) - 1));
+                if (!v)
+                    continue;
+                if (w->order < 6 && v >> (1u << w->order)) {
+                    vbd_error_setf(err, EINVAL,
+                                   "Cannot decrease refcount entry width to %u bits: Cluster at offset %#llx has a refcount of %llu",
+                                   1u << w->order, (unsigned long long)(c << s->cluster_bits), (unsigned long long)v);
+                    return -EINVAL;
+                }
+                empty = false;
+                if (w->block) {
+                    set_entry(w->order, w->block, c - first, v);
+                    w->block_used = true;
+                }
+            }
+        }
+        bool last = first + w->per_block >= total;
+        int rc = w->block ? write_new_block(s, w, j, err) : alloc_new_block(s, fci, w, j, empty, allocated, err);
+        if (rc < 0)
+            return rc;
+        if (last)
+            return 0;
+    }
+}
+
+int qcow2_change_refcount_order(struct qcow2_state *s, uint32_t order, struct vbd_error **err)
+{
+    uint64_t cs = s->cluster_size, fci = s->free_cluster_hint, table_off = 0, table_clusters = 0;
+    struct new_refcounts w = {.order = order, .per_block = 1ull << (s->cluster_bits + 3 - order)};
+    bool allocated;
+    int rc;
+    /* allocate until a walk allocates nothing more: each allocation
+     * changes refcounts the walk reads, and may need a block of its own;
+     * the table is allocated again after each walk that added blocks */
+    do {
+        allocated = false;
+        rc = walk_refcounts(s, &fci, &w, &allocated, err);
+        if (rc < 0)
+            goto fail;
+        if (allocated) {
+            if (table_off)
+                qa_free(s, &fci, table_off, table_clusters);
+            table_off = 0;
+            table_clusters = w.entries * 8 / cs;
+            rc = qa_alloc(s, &fci, table_clusters, &table_off);
+            if (rc < 0) {
+                table_off = 0;
+                vbd_error_setf(err, -rc, "Failed to allocate the new reftable: %s", strerror(-rc));
+                goto fail;
+            }
+        }
+    } while (allocated);
+    /* the blocks, then the table, then the old blocks counting them, all
+     * flushed: only then may the header name the new table */
+    w.block = vbd_alloc_aligned(4096, cs);
+    memset(w.block, 0, cs);
+    rc = walk_refcounts(s, &fci, &w, &allocated, err);
+    if (rc < 0)
+        goto fail;
+    if (qcow2_overlaps_metadata(s, table_off, table_clusters * cs)) {
+        vbd_error_setf(err, EIO, "Overlap check failed");
+        rc = qcow2_signal_corruption(s, "new refcount table", table_off);
+        goto fail;
+    }
+    uint64_t *disk = vbd_alloc_aligned(4096, w.entries * 8);
+    for (uint64_t i = 0; i < w.entries; i++)
+        disk[i] = be64(w.table[i]);
+    rc = vbd_node_co_pwrite(s->n->file, table_off, disk, w.entries * 8, 0);
+    free(disk);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Failed to write the new reftable: %s", strerror(-rc));
+        goto fail;
+    }
+    rc = qcow2_flush_refcounts(s);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Failed to flush the refblock cache: %s", strerror(-rc));
+        goto fail;
+    }
+    uint32_t old_order = s->refcount_order, old_clusters = s->refcount_table_clusters;
+    uint64_t old_off = s->refcount_table_offset;
+    s->refcount_order = order;
+    s->refcount_table_offset = table_off;
+    s->refcount_table_clusters = (uint32_t)table_clusters;
+    struct vbd_error *herr = NULL;
+    rc = qcow2_rewrite_header(s, s->n->backing_file, s->n->backing_format, &herr);
+    if (rc < 0) {
+        s->refcount_order = old_order;
+        s->refcount_table_offset = old_off;
+        s->refcount_table_clusters = old_clusters;
+        vbd_error_setf(err, -rc, "Failed to update the qcow2 header: %s", strerror(-rc));
+        vbd_error_free(herr);
+        goto fail;
+    }
+    /* the new structure in effect: the cached blocks (old ones, clean after
+     * the flush) go, and the old blocks and table are released in it */
+    for (int i = 0; i < s->rc_nslots; i++) {
+        s->rc_slots[i].offset = 0;
+        s->rc_slots[i].dirty = false;
+    }
+    s->rc_cur = NULL;
+    uint64_t *old = s->reftable, old_entries = s->reftable_entries;
+    s->reftable = w.table;
+    s->reftable_entries = w.entries;
+    qcow2_metadata_moved(s);
+    for (uint64_t i = 0; i < old_entries; i++)
+        if (old[i])
+            qa_free(s, &fci, old[i], 1);
+    qa_free(s, &fci, old_off, old_clusters);
+    free(old);
+    free(w.block);
+    s->free_cluster_hint = fci; /* later allocations go on from where QEMU's would */
+    return 0;
+fail:
+    /* what was allocated for the new structure goes back (old structure) */
+    for (uint64_t i = 0; i < w.entries; i++)
+        if (w.table[i])
+            qa_free(s, &fci, w.table[i], 1);
+    if (table_off)
+        qa_free(s, &fci, table_off, table_clusters);
+    free(w.table);
+    free(w.block);
+    return rc;
 }
