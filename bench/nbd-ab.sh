@@ -9,7 +9,14 @@
 # (ns), with IPI=1 (and PERF=1 / CPERF=1) the interrupts the server took
 # while running (rescheduling and function-call IPIs: a wake-up or a task
 # work kick from another CPU), io_uring task work queued to it and run by
-# it, and the IPIs fio sent. Not a test.
+# it, and the IPIs fio sent, with SCHED=1 (fio rows, SECONDS >= 3) how fio's
+# job spent the run's middle (from 1 s in to 1 s before its end, in its
+# /proc/PID/schedstat): on its CPU, runnable but waiting for it (other tasks
+# on CPU 1), or off it, asleep (waiting for replies: at QD32 nothing but the
+# server keeps it waiting), its sleeps per request, and CPU 1's steal (the
+# host's), and the time the server's threads (summed) waited runnable for a
+# CPU. fio's IOPS is run share / CPU per request, so this tells a server that
+# keeps fio waiting from a CPU taken by others. Not a test.
 #   bench/nbd-ab.sh ROUNDS SECONDS "ROW..." VARIANT...
 #   ROW: via:rw:bs:depth[:client]  (via unix|tcp, client fio (default) or vbd-bench)
 #   VARIANT: NAME=BUILD_DIR[,ENV=VALUE...] (the server gets the variables; see
@@ -38,6 +45,37 @@ if [ -n "${IPI:-}" ]; then
     SEV="$SEV,irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry,irq_vectors:call_function_entry,io_uring:io_uring_task_work_run,io_uring:io_uring_local_work_run"
     CEV="$CEV,ipi:ipi_send_cpu,io_uring:io_uring_task_add"
 fi
+# fio_job: the pid of this script's fio job (a fio whose parent is a fio,
+# with this shell among its ancestors), empty while there is none
+fio_job() {
+    local p pp a
+    for p in $(pgrep -x fio); do
+        pp=$(awk '/^PPid/ {print $2}' /proc/$p/status 2>/dev/null) || continue
+        [ "$(cat /proc/$pp/comm 2>/dev/null)" = fio ] || continue
+        a=$pp
+        while [ -n "$a" ] && [ "$a" -gt 1 ]; do
+            [ "$a" = $$ ] && { echo $p; return; }
+            a=$(awk '/^PPid/ {print $2}' /proc/$a/status 2>/dev/null)
+        done
+    done
+}
+# sched_watch OUT: fio's job's run, run-queue wait and voluntary switches
+# from 1 s into the run to 1 s before its end, with the window's length and
+# CPU 1's steal ticks and the server's threads' run-queue wait (see SCHED
+# above), as one line into OUT
+srv_wait() { cat /proc/$spid/task/*/schedstat 2>/dev/null | awk '{w += $2} END {printf "%.0f\n", w}'; }
+sched_watch() {
+    local j= _i r0 w0 r1 w1 t0 t1 v0 v1 s0 s1 q0 q1
+    for _i in $(seq 200); do j=$(fio_job); [ -n "$j" ] && break; sleep 0.01; done
+    [ -n "$j" ] || return 0
+    sleep 1
+    read -r r0 w0 _ </proc/$j/schedstat || return 0
+    t0=$(date +%s%N); v0=$(awk '/^voluntary_ctxt/ {print $2}' /proc/$j/status); s0=$(awk '$1 == "cpu1" {print $9}' /proc/stat); q0=$(srv_wait)
+    sleep $((SECS - 2))
+    read -r r1 w1 _ </proc/$j/schedstat || return 0
+    t1=$(date +%s%N); v1=$(awk '/^voluntary_ctxt/ {print $2}' /proc/$j/status); s1=$(awk '$1 == "cpu1" {print $9}' /proc/stat); q1=$(srv_wait)
+    echo "$((t1 - t0)) $((r1 - r0)) $((w1 - w0)) $((v1 - v0)) $((s1 - s0)) $((q1 - q0))" >"$1"
+}
 for round in $(seq $ROUNDS); do
  for row in $ROWS; do
   IFS=: read -r t rw bs depth client <<<"$row"
@@ -54,6 +92,8 @@ for round in $(seq $ROUNDS); do
     ppid=
     if [ -n "${PERF:-}" ]; then perf stat -e "$SEV" -p $spid -o "$dir/perfstat" & ppid=$!; fi
     nstat -n >/dev/null
+    wpid=
+    if [ -n "${SCHED:-}" ] && [ "${client:-fio}" = fio ] && [ "$SECS" -ge 3 ]; then rm -f "$dir/sched"; sched_watch "$dir/sched" & wpid=$!; fi
     c0=$(cpu_ns $spid)
     if [ "${client:-fio}" = fio ] && [ -n "${CPERF:-}" ]; then
         out=$(perf stat -e "$CEV" -o "$dir/cperf" -- taskset -c 1 fio --name=b --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$SECS" \
@@ -65,6 +105,7 @@ for round in $(seq $ROUNDS); do
     c1=$(cpu_ns $spid)
     segs=$(nstat -z TcpOutSegs 2>/dev/null | awk '$1=="TcpOutSegs" {print $2}')
     if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
+    if [ -n "$wpid" ]; then wait $wpid || true; fi
     read -r iops ccpu n p50 p99 <<<"$out"
     extra=$(if [ -n "${p99:-}" ]; then printf ' p50 %s p99 %s' "$p50" "$p99"; fi)
     extra="$extra$(if [ -n "$ppid" ]; then per_request "$dir/perfstat" $n; fi)"
@@ -72,6 +113,9 @@ for round in $(seq $ROUNDS); do
     if [ -n "${CPERF:-}" ] && [ -s "$dir/cperf" ]; then
         extra="$extra | fio:$(awk -v n="$n" '$2 == "msec" && $3 == "task-clock" { gsub(",", "", $1); printf " ns/r %.0f", $1 * 1e6 / n }' "$dir/cperf")$(per_request "$dir/cperf" $n)"
         rm -f "$dir/cperf"
+    fi
+    if [ -n "$wpid" ] && [ -s "$dir/sched" ]; then
+        extra="$extra | fio sched:$(awk -v iops="$iops" -v hz="$(getconf CLK_TCK)" '{ printf " run %.0f%% runq %.0f%% off %.0f%% sleeps/r %.3f steal %.1f%% | server runq %.0f%%", 100 * $2 / $1, 100 * $3 / $1, 100 * ($1 - $2 - $3) / $1, $4 / (iops * $1 / 1e9 + 1), 100 * $5 / hz / ($1 / 1e9), 100 * $6 / $1 }' "$dir/sched")"
     fi
     printf '%-8s %-4s %-9s %-3s QD%-2s %-9s iops %7s ns/r %6s ccpu %3s segs/r %.2f%s\n' "$name" $t $rw $bs $depth "${client:-fio}" "$iops" $(( (c1 - c0) / (n + 1) )) "$ccpu" "$(echo "${segs:-0} / ($n + 1)" | bc -l)" "$extra"
     stop
