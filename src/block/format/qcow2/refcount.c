@@ -91,6 +91,17 @@ static int write_rc_blocks(struct qcow2_state *s)
     return 0;
 }
 
+/* Every cached refcount block dropped unwritten: the blocks are no longer
+ * the image's (the structure was replaced; the cache was clean or is moot). */
+static void forget_all_slots(struct qcow2_state *s)
+{
+    for (int i = 0; i < s->rc_nslots; i++) {
+        s->rc_slots[i].offset = 0;
+        s->rc_slots[i].dirty = false;
+    }
+    s->rc_cur = NULL;
+}
+
 /* A slot for a new block: a free one, or the least recently used (written back first). */
 static int take_slot(struct qcow2_state *s, struct qcow2_rc_slot **out)
 {
@@ -742,11 +753,7 @@ int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64
         return rc;
     }
     /* the old blocks are no longer the image's: the cache forgets them */
-    for (int i = 0; i < s->rc_nslots; i++) {
-        s->rc_slots[i].offset = 0;
-        s->rc_slots[i].dirty = false;
-    }
-    s->rc_cur = NULL;
+    forget_all_slots(s);
     free(s->reftable);
     free(s->reftable_bad);
     s->reftable_bad = NULL;
@@ -1245,11 +1252,7 @@ int qcow2_change_refcount_order(struct qcow2_state *s, uint32_t order, struct vb
     }
     /* the new structure in effect: the cached blocks (old ones, clean after
      * the flush) go, and the old blocks and table are released in it */
-    for (int i = 0; i < s->rc_nslots; i++) {
-        s->rc_slots[i].offset = 0;
-        s->rc_slots[i].dirty = false;
-    }
-    s->rc_cur = NULL;
+    forget_all_slots(s);
     uint64_t *old = s->reftable, old_entries = s->reftable_entries;
     s->reftable = w.table;
     s->reftable_entries = w.entries;
