@@ -13,6 +13,7 @@
  * a node that reads (and writes, if read-write) at its start and its end and
  * closes, every node it made with it; no crash, no leak, no out-of-bounds
  * access. */
+#include "fuzz-input.h"
 #include "vbd/block.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
@@ -25,18 +26,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-struct input {
-    const uint8_t *p;
-    size_t left;
-};
-
-static unsigned next(struct input *in)
-{
-    if (!in->left)
-        return 0;
-    in->left--;
-    return *in->p++;
-}
 
 static const char *const drivers[] = {"null-co", "null-aio", "raw", "copy-on-read", "quorum", "blkdebug",
                                       "throttle", "compress", "snapshot-access", "copy-before-write"};
@@ -59,7 +48,7 @@ static struct json_object *tree(struct input *in, int depth);
 
 static struct json_object *value(struct input *in, int depth, const char *key)
 {
-    unsigned b = next(in);
+    unsigned b = input_next(in);
     if (!strcmp(key, "driver"))
         return json_object_new_string(drivers[b % (sizeof(drivers) / sizeof(drivers[0]))]);
     bool child = !strcmp(key, "file") || !strcmp(key, "image") || !strcmp(key, "target") || !strcmp(key, "bottom") ||
@@ -68,24 +57,24 @@ static struct json_object *value(struct input *in, int depth, const char *key)
         return tree(in, depth + 1);
     if (!strcmp(key, "children") && depth < 4 && b % 2 == 0) {
         struct json_object *a = json_object_new_array();
-        for (unsigned i = 0, n = next(in) % 5; i < n; i++)
+        for (unsigned i = 0, n = input_next(in) % 5; i < n; i++)
             json_object_array_add(a, tree(in, depth + 1));
         return a;
     }
     switch (b % 9) {
     case 0:
-    case 1: return json_object_new_int64(ints[next(in) % (sizeof(ints) / sizeof(ints[0]))]);
+    case 1: return json_object_new_int64(ints[input_next(in) % (sizeof(ints) / sizeof(ints[0]))]);
     case 2:
-    case 3: return json_object_new_string(strings[next(in) % (sizeof(strings) / sizeof(strings[0]))]);
-    case 4: return json_object_new_boolean(next(in) & 1);
+    case 3: return json_object_new_string(strings[input_next(in) % (sizeof(strings) / sizeof(strings[0]))]);
+    case 4: return json_object_new_boolean(input_next(in) & 1);
     case 5: return NULL;
-    case 6: return json_object_new_double((double)(int8_t)next(in) * 1.5);
+    case 6: return json_object_new_double((double)(int8_t)input_next(in) * 1.5);
     case 7: {
         if (depth >= 4)
             return json_object_new_int(1);
         struct json_object *a = json_object_new_array();
-        for (unsigned i = 0, n = next(in) % 3; i < n; i++)
-            json_object_array_add(a, next(in) & 1 ? tree(in, depth + 1) : value(in, depth + 1, "x"));
+        for (unsigned i = 0, n = input_next(in) % 3; i < n; i++)
+            json_object_array_add(a, input_next(in) & 1 ? tree(in, depth + 1) : value(in, depth + 1, "x"));
         return a;
     }
     default: return depth < 4 ? tree(in, depth + 1) : json_object_new_int(0);
@@ -96,10 +85,10 @@ static struct json_object *value(struct input *in, int depth, const char *key)
 static struct json_object *tree(struct input *in, int depth)
 {
     struct json_object *o = json_object_new_object();
-    if (next(in) % 8)
+    if (input_next(in) % 8)
         json_object_object_add(o, "driver", value(in, depth, "driver"));
-    for (unsigned i = 0, n = next(in) % 7; i < n && in->left; i++) {
-        const char *k = keys[next(in) % (sizeof(keys) / sizeof(keys[0]))];
+    for (unsigned i = 0, n = input_next(in) % 7; i < n && in->left; i++) {
+        const char *k = keys[input_next(in) % (sizeof(keys) / sizeof(keys[0]))];
         json_object_object_add(o, k, value(in, depth, k));
     }
     return o;

@@ -28,6 +28,7 @@
  * no out-of-bounds access. VBD_FUZZ_VERBOSE=1 prints every command, its
  * reply and its time. */
 #include "daemon/objects.h"
+#include "fuzz-input.h"
 #include "vbd/block.h"
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
@@ -50,20 +51,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char dir[256];
 
-struct input {
-    const uint8_t *p;
-    size_t left;
-};
 
-static unsigned next(struct input *in)
-{
-    if (!in->left)
-        return 0;
-    in->left--;
-    return *in->p++;
-}
-
-#define PICK(in, arr) (arr[next(in) % (sizeof(arr) / sizeof(arr[0]))])
+#define PICK(in, arr) (arr[input_next(in) % (sizeof(arr) / sizeof(arr[0]))])
 
 /* ------------------------------------------------------------------ */
 /* the scratch directory                                               */
@@ -120,23 +109,23 @@ static const char *const completion_modes[] = {"individual", "grouped"};
 /* a value of some type the command does not expect */
 static struct json_object *wrong(struct input *in)
 {
-    switch (next(in) % 8) {
+    switch (input_next(in) % 8) {
     case 0:
         return json_object_new_int64(PICK(in, ints));
     case 1:
         return json_object_new_string(PICK(in, strs));
     case 2:
-        return json_object_new_boolean(next(in) & 1);
+        return json_object_new_boolean(input_next(in) & 1);
     case 3:
         return NULL;
     case 4:
-        return json_object_new_double((double)(int8_t)next(in) / 3.0);
+        return json_object_new_double((double)(int8_t)input_next(in) / 3.0);
     case 5:
         return json_object_new_array();
     case 6:
         return json_object_new_object();
     default:
-        return json_object_new_uint64(UINT64_MAX - next(in));
+        return json_object_new_uint64(UINT64_MAX - input_next(in));
     }
 }
 
@@ -147,7 +136,7 @@ static struct json_object *str(const char *s)
 
 static struct json_object *path(struct input *in)
 {
-    unsigned b = next(in);
+    unsigned b = input_next(in);
     if (b % 11 == 10) { /* longer than a socket's path may be */
         char longp[300];
         memset(longp, 'p', sizeof(longp) - 1);
@@ -161,7 +150,7 @@ static struct json_object *path(struct input *in)
 static struct json_object *addr(struct input *in)
 {
     struct json_object *a = json_object_new_object();
-    unsigned b = next(in);
+    unsigned b = input_next(in);
     json_object_object_add(a, "type",
                            str(b % 7 == 1   ? "inet"
                                : b % 7 == 2 ? "fd"
@@ -169,11 +158,11 @@ static struct json_object *addr(struct input *in)
                                             : "unix"));
     if (b % 5 != 4)
         json_object_object_add(a, "path",
-                               b % 9 == 8 ? path(in) : str(scratch(next(in) & 1 ? "vu1.sock" : "vu0.sock")));
+                               b % 9 == 8 ? path(in) : str(scratch(input_next(in) & 1 ? "vu1.sock" : "vu0.sock")));
     if (b % 13 == 5)
-        json_object_object_add(a, "abstract", json_object_new_boolean(next(in) & 1));
+        json_object_object_add(a, "abstract", json_object_new_boolean(input_next(in) & 1));
     if (b % 17 == 6)
-        json_object_object_add(a, "tight", json_object_new_boolean(next(in) & 1));
+        json_object_object_add(a, "tight", json_object_new_boolean(input_next(in) & 1));
     if (b % 19 == 7)
         json_object_object_add(a, "port", str("10809"));
     if (b % 23 == 8)
@@ -261,7 +250,7 @@ static struct json_object *plausible_value(struct input *in, const struct member
     case K_BITMAP:
         return str("b0");
     case K_ENUM:
-        return str(m->choices[next(in) % m->nchoices]);
+        return str(m->choices[input_next(in) % m->nchoices]);
     case K_IOTHREAD:
     case K_IOTHREADS:
         return str("io0");
@@ -279,7 +268,7 @@ static struct json_object *good(struct input *in, const struct member *m, int de
     }
     switch (m->kind) {
     case K_BOOL:
-        return json_object_new_boolean(next(in) & 1);
+        return json_object_new_boolean(input_next(in) & 1);
     case K_INT:
         return json_object_new_int64(PICK(in, ints));
     case K_SIZE: {
@@ -302,16 +291,16 @@ static struct json_object *good(struct input *in, const struct member *m, int de
     case K_PATH:
         return path(in);
     case K_ENUM: {
-        unsigned b = next(in);
+        unsigned b = input_next(in);
         return str(b % 8 == 7 ? "bogus" : m->choices[b % m->nchoices]);
     }
     case K_IOTHREAD:
-        return next(in) % 4 == 3 ? NULL : str(PICK(in, iothreads));
+        return input_next(in) % 4 == 3 ? NULL : str(PICK(in, iothreads));
     case K_IOTHREADS: {
-        if (next(in) % 3)
+        if (input_next(in) % 3)
             return str(PICK(in, iothreads));
         struct json_object *a = json_object_new_array();
-        for (unsigned i = 0, n = next(in) % 4; i < n; i++)
+        for (unsigned i = 0, n = input_next(in) % 4; i < n; i++)
             json_object_array_add(a, str(PICK(in, iothreads)));
         return a;
     }
@@ -320,8 +309,8 @@ static struct json_object *good(struct input *in, const struct member *m, int de
     case K_EXPORT_BITMAPS:
     case K_BITMAP_LIST: {
         struct json_object *a = json_object_new_array();
-        for (unsigned i = 0, n = next(in) % 3; i < n; i++) {
-            unsigned b = next(in);
+        for (unsigned i = 0, n = input_next(in) % 3; i < n; i++) {
+            unsigned b = input_next(in);
             if (b % 3 == 2 || (m->kind == K_BITMAP_LIST && b % 3 == 1)) {
                 struct json_object *o = json_object_new_object();
                 json_object_object_add(o, "node", str(PICK(in, nodes)));
@@ -340,7 +329,7 @@ static struct json_object *good(struct input *in, const struct member *m, int de
                                              M("max-chunk", K_INT), M("bogus", K_INT), END};
         struct json_object *o = json_object_new_object();
         for (const struct member *p = perf; p->name; p++)
-            if (next(in) & 1)
+            if (input_next(in) & 1)
                 json_object_object_add(o, p->name, value(in, p, depth + 1));
         return o;
     }
@@ -352,7 +341,7 @@ static struct json_object *value(struct input *in, const struct member *m, int d
 {
     /* an input that ran out (zero bytes) gives good values and every
      * required member: the commands get past their checks */
-    return next(in) % 16 == 15 && depth < 3 && !plausible ? wrong(in) : good(in, m, depth);
+    return input_next(in) % 16 == 15 && depth < 3 && !plausible ? wrong(in) : good(in, m, depth);
 }
 
 /* The arguments of a command: each member present (mostly, if required)
@@ -361,14 +350,14 @@ static struct json_object *arguments(struct input *in, const struct member *ms, 
 {
     struct json_object *o = json_object_new_object();
     for (const struct member *m = ms; m->name; m++) {
-        unsigned b = next(in);
+        unsigned b = input_next(in);
         /* a job-id, which qsd's jobs need (a daemon's node has no device name to default to) */
         bool want = m->required || (plausible && !strcmp(m->name, "job-id"));
         if (want ? b % 32 == 31 && !plausible : b % (plausible ? 6 : 3) != 0)
             continue;
         json_object_object_add(o, m->name, value(in, m, depth));
     }
-    if (next(in) % 16 == 15 && !plausible)
+    if (input_next(in) % 16 == 15 && !plausible)
         json_object_object_add(o, "bogus", wrong(in));
     return o;
 }
@@ -519,15 +508,15 @@ static struct json_object *transaction(struct input *in)
                    {"abort", none},
                    {"bogus", none}};
     struct json_object *args = json_object_new_object(), *list = json_object_new_array();
-    for (unsigned i = 0, n = 1 + next(in) % 3; i < n; i++) {
-        unsigned a = next(in) % (sizeof(actions) / sizeof(actions[0]));
+    for (unsigned i = 0, n = 1 + input_next(in) % 3; i < n; i++) {
+        unsigned a = input_next(in) % (sizeof(actions) / sizeof(actions[0]));
         struct json_object *act = json_object_new_object();
         json_object_object_add(act, "type", str(actions[a].type));
         json_object_object_add(act, "data", arguments(in, actions[a].members, 1));
         json_object_array_add(list, act);
     }
     json_object_object_add(args, "actions", list);
-    if (next(in) % 3 == 0) {
+    if (input_next(in) % 3 == 0) {
         struct json_object *p = json_object_new_object();
         json_object_object_add(p, "completion-mode", str(PICK(in, completion_modes)));
         json_object_object_add(args, "properties", p);
@@ -722,8 +711,8 @@ static void run_co(void *arg)
     if (verbose)
         fprintf(stderr, "graph built [%.1f ms]\n", vbd_clock_ns() / 1e6);
     for (int i = 0; i < MAX_COMMANDS && in.left; i++) {
-        const struct command *c = &commands[next(&in) % (sizeof(commands) / sizeof(commands[0]))];
-        plausible = next(&in) % 4 != 3;
+        const struct command *c = &commands[input_next(&in) % (sizeof(commands) / sizeof(commands[0]))];
+        plausible = input_next(&in) % 4 != 3;
         if (!c->name) {
             static const uint64_t waits[] = {0, 10000, 100000, 1000000, 5000000};
             vbd_co_sleep_ns(PICK(&in, waits));
@@ -734,7 +723,7 @@ static void run_co(void *arg)
             args = transaction(&in);
         } else {
             args = arguments(&in, c->members, 0);
-            if (!strcmp(c->name, "block-export-add") && (next(&in) % 16 != 15 || !c->type))
+            if (!strcmp(c->name, "block-export-add") && (input_next(&in) % 16 != 15 || !c->type))
                 json_object_object_add(args, "type", str(c->type ? c->type : PICK(&in, export_types)));
         }
         json_object_put(execute(c->name, args));
