@@ -16,7 +16,12 @@
 # server keeps it waiting), its sleeps per request, and CPU 1's steal (the
 # host's), and the time the server's threads (summed) waited runnable for a
 # CPU. fio's IOPS is run share / CPU per request, so this tells a server that
-# keeps fio waiting from a CPU taken by others. Not a test.
+# keeps fio waiting from a CPU taken by others. With SEGS=1 (tcp rows,
+# SECONDS >= 3) the server's socket's own segments over the run's middle (ss
+# -ti: data segments and the rest, pure ACKs and window updates, each way),
+# per request: what the client receives from the server (and pays for:
+# on loopback a segment is processed by the CPU that sends it unless the
+# receiver holds its socket) and what it sends. Not a test.
 #   bench/nbd-ab.sh ROUNDS SECONDS "ROW..." VARIANT...
 #   ROW: via:rw:bs:depth[:client]  (via unix|tcp, client fio (default) or vbd-bench)
 #   VARIANT: NAME=BUILD_DIR[,ENV=VALUE...] (the server gets the variables; see
@@ -76,6 +81,23 @@ sched_watch() {
     t1=$(date +%s%N); v1=$(awk '/^voluntary_ctxt/ {print $2}' /proc/$j/status); s1=$(awk '$1 == "cpu1" {print $9}' /proc/stat); q1=$(srv_wait)
     echo "$((t1 - t0)) $((r1 - r0)) $((w1 - w0)) $((v1 - v0)) $((s1 - s0)) $((q1 - q0))" >"$1"
 }
+# segs_watch OUT: the server socket's (local port $PORT) segments out, data
+# segments out, segments in, data segments in, from 1 s into the run to 1 s
+# before its end, with the window's length in ns, as one line into OUT
+srv_segs() {
+    ss -tinH state established "( sport = :$PORT )" | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, ":"); v[kv[1]] = kv[2] }
+        if (v["segs_out"] + 0 > best) { best = v["segs_out"] + 0; o = v["segs_out"] + 0 " " v["data_segs_out"] + 0 " " v["segs_in"] + 0 " " v["data_segs_in"] + 0 }
+        delete v } END { print (o == "" ? "" : o) }'
+}
+segs_watch() {
+    local a b t0 t1
+    sleep 1
+    a=$(srv_segs); t0=$(date +%s%N)
+    sleep $((SECS - 2))
+    b=$(srv_segs); t1=$(date +%s%N)
+    [ -n "$a" ] && [ -n "$b" ] || return 0
+    echo "$((t1 - t0)) $a $b" >"$1"
+}
 for round in $(seq $ROUNDS); do
  for row in $ROWS; do
   IFS=: read -r t rw bs depth client <<<"$row"
@@ -94,6 +116,8 @@ for round in $(seq $ROUNDS); do
     nstat -n >/dev/null
     wpid=
     if [ -n "${SCHED:-}" ] && [ "${client:-fio}" = fio ] && [ "$SECS" -ge 3 ]; then rm -f "$dir/sched"; sched_watch "$dir/sched" & wpid=$!; fi
+    gpid=
+    if [ -n "${SEGS:-}" ] && [ "$t" = tcp ] && [ "$SECS" -ge 3 ]; then rm -f "$dir/segs"; segs_watch "$dir/segs" & gpid=$!; fi
     c0=$(cpu_ns $spid)
     if [ "${client:-fio}" = fio ] && [ -n "${CPERF:-}" ]; then
         out=$(perf stat -e "$CEV" -o "$dir/cperf" -- taskset -c 1 fio --name=b --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$SECS" \
@@ -106,6 +130,7 @@ for round in $(seq $ROUNDS); do
     segs=$(nstat -z TcpOutSegs 2>/dev/null | awk '$1=="TcpOutSegs" {print $2}')
     if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
     if [ -n "$wpid" ]; then wait $wpid || true; fi
+    if [ -n "$gpid" ]; then wait $gpid || true; fi
     read -r iops ccpu n p50 p99 <<<"$out"
     extra=$(if [ -n "${p99:-}" ]; then printf ' p50 %s p99 %s' "$p50" "$p99"; fi)
     extra="$extra$(if [ -n "$ppid" ]; then per_request "$dir/perfstat" $n; fi)"
@@ -116,6 +141,9 @@ for round in $(seq $ROUNDS); do
     fi
     if [ -n "$wpid" ] && [ -s "$dir/sched" ]; then
         extra="$extra | fio sched:$(awk -v iops="$iops" -v hz="$(getconf CLK_TCK)" '{ printf " run %.0f%% runq %.0f%% off %.0f%% sleeps/r %.3f steal %.1f%% | server runq %.0f%%", 100 * $2 / $1, 100 * $3 / $1, 100 * ($1 - $2 - $3) / $1, $4 / (iops * $1 / 1e9 + 1), 100 * $5 / hz / ($1 / 1e9), 100 * $6 / $1 }' "$dir/sched")"
+    fi
+    if [ -n "$gpid" ] && [ -s "$dir/segs" ]; then
+        extra="$extra | srv segs/r:$(awk -v iops="$iops" '{ n = iops * $1 / 1e9 + 1; printf " out %.3f (data %.3f, other %.3f) in %.3f (data %.3f, other %.3f)", ($6 - $2) / n, ($7 - $3) / n, ($6 - $2 - $7 + $3) / n, ($8 - $4) / n, ($9 - $5) / n, ($8 - $4 - $9 + $5) / n }' "$dir/segs")"
     fi
     printf '%-8s %-4s %-9s %-3s QD%-2s %-9s iops %7s ns/r %6s ccpu %3s segs/r %.2f%s\n' "$name" $t $rw $bs $depth "${client:-fio}" "$iops" $(( (c1 - c0) / (n + 1) )) "$ccpu" "$(echo "${segs:-0} / ($n + 1)" | bc -l)" "$extra"
     stop
