@@ -12,6 +12,9 @@
 #    sector of it holds the base's old data or the overlay's; the overlay
 #    checks clean and reads as before; a second commit then completes
 #    and the base reads as the overlay did;
+#  - commit killed while it empties the overlay (the base flushed): the
+#    overlay checks without corruption and reads as before, the base as
+#    the overlay;
 #  - convert -m 8 -W into qcow2 and dd into qcow2: the target checks
 #    without corruption, each sector the source's or zero.
 # SIGINT comes early, SIGTERM late: at commit's pwritev2 4 and 16 of
@@ -31,8 +34,11 @@ export VBD_NO_IO_URING=1 # every data write a syscall strace counts
 interrupted() {
     local sig=$1 n=$2 call=$3 out=$4 rc=0
     shift 4
-    # (the group's stderr: bash's "Terminated" for the strace it waited for)
-    rc=$({ strace -f -qq -o /dev/null -e trace="$call" -e inject="$call:signal=$sig:when=$n+" "$@" >"$out" 2>&1
+    # (the group's stderr: bash's "Terminated" for the strace it waited for;
+    # env: a test started in the background has SIGINT ignored, and an
+    # ignored signal stays ignored across exec)
+    rc=$({ strace -f -qq -o /dev/null -e trace="$call" -e inject="$call:signal=$sig:when=$n+" \
+        env --default-signal=INT,TERM "$@" >"$out" 2>&1
         echo $?; } 2>/dev/null)
     case $sig:$rc in
     INT:130 | TERM:143) ;;
@@ -104,5 +110,22 @@ for spec in "INT 4 12 3" "TERM 16 24 8"; do
         interrupted $sig "$at_dd" pwritev dd.out "$VBD_IMG" dd -f qcow2 -O qcow2 bs=1M if=top.qcow2 of=dd.qcow2
         check_allowed dd.qcow2 zero view.raw written
     }
+done
+
+# the commit's last step: the base is flushed, then the overlay emptied
+# (its first pwritev, on a pool thread: the L2 table zeroed, then the
+# refcounts); killed there, the overlay still reads as before (through the
+# base now) and checks without corruption
+for sig in INT TERM; do
+    step "commit, SIG$sig while it empties the overlay"
+    make_chain
+    interrupted $sig 1 pwritev commit.out "$VBD_IMG" commit -p top.qcow2
+    grep -q "100.00/100%" commit.out || fail "the commit did not reach its end before SIG$sig: $(cat commit.out)"
+    qcheck -f qcow2 base.qcow2
+    must qemu-img compare -q -f qcow2 -F raw base.qcow2 view.raw
+    rc=0
+    qemu-img check -q -f qcow2 top.qcow2 >check.out 2>&1 || rc=$?
+    [ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check top.qcow2 (exit $rc): $(tail -5 check.out)"
+    must qemu-img compare -q -f qcow2 -F raw top.qcow2 view.raw
 done
 echo "PASS"
