@@ -27,7 +27,6 @@
 # fails the last case (seeds 7, 8, 9 at 400 requests: each). Each also
 # ends as vbd-stress's model, checked clean by qemu-img. FLUSH_COVER_SEED
 # (random, printed), FLUSH_COVER_OPS.
-# test-timeout: 900
 . "$(dirname "$0")/lib.sh"
 need qemu-img strace python3
 need_stress

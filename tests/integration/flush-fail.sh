@@ -48,7 +48,7 @@ client() {
     python3 - "$1" <<'EOF'
 import sys
 import nbdproto as p
-s = p.connect(sys.argv[1], timeout=120)
+s = p.connect(sys.argv[1], timeout=600)
 p.handshake(s, 'disk')
 cookie = 0
 def req(name, typ, off=0, data=b''):
