@@ -54,6 +54,22 @@ static void qcow2_inspect(struct fuzz_job *j, struct vbd_node *n)
 /* The isolation check's span: up to the last write's end */
 #define ISOLATED ((9u << 20) + WRITE_LEN)
 
+/* Writes over several clusters, twice and then in part: the first
+ * allocates the clusters of [RUN_OFF, +RUN_LEN) (or overwrites what the
+ * input holds there), the next ones write over clusters the image alone
+ * holds, at consecutive host offsets when the first allocated them
+ * together: qcow2.c's overwrite_run sends those as one request to the file
+ * (with 64 KiB clusters the run is 4 clusters; with 512-byte ones it
+ * crosses L2 tables). The writes with WRITE_LEN bytes above span at most 2
+ * clusters of 64 KiB, under a run. Right after the second of those, so
+ * that the seeds' small disks (256 KiB, 1 MiB) hold it, clipped to the disk. */
+#define RUN_OFF 70000u
+#define RUN_LEN (3u * 65536 + 2000)
+static const struct {
+    uint64_t at, len; /* inside [RUN_OFF, +RUN_LEN) */
+    uint8_t pattern;
+} run_writes[] = {{0, RUN_LEN, 0x3c}, {0, RUN_LEN, 0xc3}, {70000, 100000, 0x69}};
+
 /* The disk's first limit bytes as they are compared with the model. */
 static void compare_model(const uint8_t *model, const uint8_t *now, uint64_t limit, const char *when)
 {
@@ -126,6 +142,35 @@ static void qcow2_after(struct fuzz_job *j)
         if (offs[i] + WRITE_LEN <= limit)
             memcpy(model + offs[i], pattern, WRITE_LEN);
     }
+    /* the run writes: the region's expected bytes while every one succeeded */
+    static uint8_t *run_expect, *run_buf;
+    if (!run_expect && (!(run_expect = malloc(RUN_LEN)) || !(run_buf = malloc(RUN_LEN))))
+        abort();
+    uint64_t run_len = n->size > RUN_OFF ? (n->size - RUN_OFF < RUN_LEN ? n->size - RUN_OFF : RUN_LEN) : 0;
+    bool run_written = run_len > 0;
+    for (size_t i = 0; run_written && i < sizeof(run_writes) / sizeof(run_writes[0]); i++) {
+        if (run_writes[i].at >= run_len)
+            continue;
+        uint64_t at = RUN_OFF + run_writes[i].at;
+        uint64_t len = run_len - run_writes[i].at < run_writes[i].len ? run_len - run_writes[i].at : run_writes[i].len;
+        memset(run_buf, run_writes[i].pattern, len);
+        if (vbd_node_co_pwrite(n, at, run_buf, len, 0) < 0) {
+            run_written = false;
+            isolated = isolated && model_take(n, model, limit, RUN_OFF, run_len);
+            break;
+        }
+        memset(run_expect + run_writes[i].at, run_writes[i].pattern, len);
+        if (vbd_node_co_pread(n, RUN_OFF, run_buf, run_len) < 0) {
+            run_written = isolated = false;
+            break;
+        }
+        if (memcmp(run_expect, run_buf, run_len) && (j->tag & CLEAN)) {
+            fprintf(stderr, "a clean qcow2 image: write %zu over [%llu, +%llu) does not read back\n", i,
+                    (unsigned long long)at, (unsigned long long)len);
+            abort();
+        }
+        memcpy(model + RUN_OFF, run_expect, run_len); /* RUN_OFF + run_len <= limit: limit is the size or more */
+    }
     if (isolated && vbd_node_co_pread(n, 0, now, limit) == 0)
         compare_model(model, now, limit, "after the writes");
     if (getenv("VBD_FUZZ_VERBOSE")) /* whether inputs reach this check at all */
@@ -153,6 +198,11 @@ static void qcow2_after(struct fuzz_job *j)
             fprintf(stderr, "a clean qcow2 image lost the write at %llu\n", (unsigned long long)offs[i]);
             abort();
         }
+    if (run_written && (vbd_node_co_pread(n, RUN_OFF, run_buf, run_len) < 0 || memcmp(run_expect, run_buf, run_len))) {
+        fprintf(stderr, "a clean qcow2 image lost the writes over [%llu, +%llu)\n", (unsigned long long)RUN_OFF,
+                (unsigned long long)run_len);
+        abort();
+    }
     if (isolated && n->size >= limit && vbd_node_co_pread(n, 0, now, limit) == 0)
         compare_model(model, now, limit, "once closed and reopened");
     if (check_problems(j, n) != 0) {

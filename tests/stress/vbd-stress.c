@@ -116,6 +116,10 @@ static const char usage_text[] =
     "                       CLOCK_MONOTONIC ns TS and TR and RAW the content it froze: each byte must be the last\n"
     "                       mutation completed before TS or one in flight meanwhile, none issued after TR\n"
     "                       (with --overlap: any not superseded before TS); needs --no-discard\n"
+    "  --flush-marks        an access(2) of '/vbd-stress-flush/N/issue' just before flush N is sent and of\n"
+    "                       '.../acked' just after it succeeded: in an strace of this process and the server\n"
+    "                       together, what the server synced between them (flush-cover.sh)\n"
+    "  --flush-pct P        P %% of the requests are flushes (default: 4 %% of the mix)\n"
     "  -v, --verbose        print every request\n"
     "SIGUSR1 ends the run as --ops does: the requests in flight complete, the checks follow.\n"
     "Exit status: 0 no mismatch, 1 mismatch or failed request, 2 bad usage or cannot connect.\n";
@@ -229,6 +233,10 @@ static struct {
     uint32_t *last_mut;      /* per byte: index into muts of the last mutation issued on it, 0: none */
     struct mutation *muts;
     uint32_t nmuts, muts_cap;
+
+    bool flush_marks; /* --flush-marks */
+    uint64_t flush_marked;
+    unsigned flush_pct; /* --flush-pct */
 
     /* --overlap */
     bool overlap;
@@ -521,7 +529,34 @@ static void vhost_reaper(void *arg)
     vbd_co_queue_wake_all(&S.changed);
 }
 
+/* --flush-marks: a syscall strace shows with its words, that fails
+ * (ENOENT) and changes nothing: where a flush was sent and acknowledged in
+ * the trace's order. A traced thread waits in each syscall until strace has
+ * taken it, so what the trace lists before the issue mark happened before
+ * the flush was sent, and what the server did before its reply is listed
+ * before the acked mark. */
+static void flush_mark(uint64_t n, const char *what)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/vbd-stress-flush/%" PRIu64 "/%s", n, what);
+    (void)access(path, F_OK);
+}
+
+static int io_once(struct worker *w, enum op op, uint64_t off, uint64_t len, unsigned flags);
+
 static int do_io(struct worker *w, enum op op, uint64_t off, uint64_t len, unsigned flags)
+{
+    if (op != OP_FLUSH || !S.flush_marks)
+        return io_once(w, op, off, len, flags);
+    uint64_t n = ++S.flush_marked;
+    flush_mark(n, "issue");
+    int rc = io_once(w, op, off, len, flags);
+    if (rc == 0)
+        flush_mark(n, "acked");
+    return rc;
+}
+
+static int io_once(struct worker *w, enum op op, uint64_t off, uint64_t len, unsigned flags)
 {
     if (w->vhost)
         return vhost_io(w, op, off, len);
@@ -697,7 +732,10 @@ static bool fills_cluster(enum op op) { return op == OP_WRITE || op == OP_ZERO |
 
 static enum op pick_op(void)
 {
-    uint64_t r = rnd_below(100);
+    /* --flush-pct: that share of flushes, the rest in the usual mix */
+    if (S.flush_pct && rnd_below(100) < S.flush_pct)
+        return OP_FLUSH;
+    uint64_t r = rnd_below(S.flush_pct ? 96 : 100);
     /* zero clusters and discards change metadata under the other requests:
      * half of them then (read 20, write 25, zeroes 20, unmapping zeroes 15,
      * discard 15, flush 5 %) */
@@ -1250,7 +1288,8 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &sa, NULL);
     enum { O_SEED = 256, O_OPS, O_SECONDS, O_QD, O_CS, O_SUB, O_HOT, O_INIT, O_BACKING, O_SHADOW, O_NODISCARD, O_ALIGN,
            O_NBD, O_CONNS, O_VU, O_QUEUES, O_IMGOPTS, O_COMPRESS, O_NOZEROES, O_ZEROHEAVY, O_CRASHREADY, O_CRASHAFTER,
-           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT, O_WRITEONCE, O_CLEANSTOP, O_OVERLAP };
+           O_MASKOUT, O_HOTMOVE, O_RANGE, O_TOUCHED, O_POINTS, O_RECONNECT, O_WRITEONCE, O_CLEANSTOP, O_OVERLAP,
+           O_FLUSHMARKS, O_FLUSHPCT };
     static const struct option lo[] = {
         {"seed", required_argument, NULL, O_SEED},       {"ops", required_argument, NULL, O_OPS},
         {"seconds", required_argument, NULL, O_SECONDS}, {"qd", required_argument, NULL, O_QD},
@@ -1272,6 +1311,8 @@ int main(int argc, char **argv)
         {"reconnect-delay", required_argument, NULL, O_RECONNECT},
         {"write-once", no_argument, NULL, O_WRITEONCE},
         {"overlap", no_argument, NULL, O_OVERLAP},
+        {"flush-marks", no_argument, NULL, O_FLUSHMARKS},
+        {"flush-pct", required_argument, NULL, O_FLUSHPCT},
         {"cache", required_argument, NULL, 't'},         {"aio", required_argument, NULL, 'i'},
         {"verbose", no_argument, NULL, 'v'},             {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -1299,6 +1340,13 @@ int main(int argc, char **argv)
         case O_COMPRESS: S.compress = true; break;
         case O_WRITEONCE: S.write_once = true; break;
         case O_OVERLAP: S.overlap = true; break;
+        case O_FLUSHMARKS: S.flush_marks = true; break;
+        case O_FLUSHPCT:
+            if ((S.flush_pct = (unsigned)parse_num(optarg, "--flush-pct")) > 100) {
+                fprintf(stderr, "vbd-stress: invalid value '%s' for --flush-pct (a percentage)\n", optarg);
+                return 2;
+            }
+            break;
         case O_NOZEROES: S.no_zeroes = true; break;
         case O_ZEROHEAVY: S.zero_heavy = true; break;
         case O_CRASHREADY: S.crash_ready = optarg; break;

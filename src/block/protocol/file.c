@@ -87,6 +87,15 @@ struct file_state {
     char pad_before[64];
     uint64_t writes_begun, writes_ended, flushed;
     char pad_after[64];
+    /* An fdatasync failed on a file written through the page cache: Linux
+     * marks the pages it could not write clean (they are dropped, the disk
+     * keeps the old data) and reports the error once, so the next fdatasync
+     * succeeds with the writes lost. Every flush fails from then on (QEMU's
+     * page_cache_inconsistent): a flush must never say that a write is on
+     * the disk when it is not. O_DIRECT writes bypass the page cache: a
+     * failed sync of them is reported and the next one tried. Atomic: the
+     * node's flushes run on any loop. */
+    bool page_cache_lost;
 };
 
 /* The extent cache is read and changed by requests on every loop, without
@@ -552,12 +561,17 @@ static int file_flush(struct vbd_node *n)
     struct file_state *s = n->opaque;
     if (n->open_flags & VBD_OPEN_NO_FLUSH)
         return 0;
+    if (__atomic_load_n(&s->page_cache_lost, __ATOMIC_ACQUIRE))
+        return -EIO;
     /* ended first: see writes_begun */
     uint64_t ended = __atomic_load_n(&s->writes_ended, __ATOMIC_ACQUIRE);
     uint64_t begun = __atomic_load_n(&s->writes_begun, __ATOMIC_ACQUIRE);
     if (begun == __atomic_load_n(&s->flushed, __ATOMIC_ACQUIRE))
         return 0;
     int rc = vbd_co_fsync(s->fd, true, s->aio);
+    if (rc < 0 && !s->direct && !__atomic_exchange_n(&s->page_cache_lost, true, __ATOMIC_ACQ_REL))
+        vbd_warn("'%s': fdatasync failed (%s): writes since the last flush may be lost; every flush of it fails from now on",
+                 n->filename, strerror(-rc));
     if (rc == 0 && ended == begun) {
         uint64_t cur = __atomic_load_n(&s->flushed, __ATOMIC_RELAXED);
         while (cur < begun &&
