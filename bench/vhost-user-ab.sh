@@ -22,6 +22,11 @@
 #   "cs" vbd-bench's sleeps (voluntary context switches: each one a wake-up
 #   the server paid for) and "ss" the server threads' sleeps; /proc counters,
 #   no perf. With the header's wake-cost figures: what the signals cost.
+#   CPU=1: each run also prints after "|": "c" vbd-bench's CPU ns per request
+#   (user + system, /usr/bin/time, 10 ms steps), then the busy share of the
+#   run's wall time of the server ("sb", its CPU ns per request x IOPS: the
+#   busy-poll counts as busy) and of the client ("cb"): which side bounds
+#   the row. A client near 100 % bounds it whatever the server costs.
 #   IPI=1: each run also prints, per request, after "|": "rs" the
 #   rescheduling and "cf" the function-call IPIs the server's threads took
 #   while running, "tw" the io_uring task work runs in them (task_work_run
@@ -54,7 +59,7 @@ for _ in $(seq "$ROUNDS"); do
         # shellcheck disable=SC2086 # ARGS is a list of options
         ppid=
         if [ -n "${IPI:-}" ]; then perf stat -e irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry,irq_vectors:call_function_entry,io_uring:io_uring_task_work_run,io_uring:io_uring_local_work_run -p $spid -o "$dir/ipistat" & ppid=$!; fi
-        out=$(/usr/bin/time -f %w -o "$dir/client-sleeps" taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q "$NQ" $ARGS -t "$SECS" --json)
+        out=$(/usr/bin/time -f "%w %U %S %e" -o "$dir/client-sleeps" taskset -c 1 "$VBD_BENCH" --vhost-user "$sock" -q "$NQ" $ARGS -t "$SECS" --json)
         c1=$(cpu_ns $spid) w1=$(runq_wait_ns $spid) sw1=$(writes $spid) ss1=$(sleeps $spid)
         if [ -n "$ppid" ]; then kill -INT $ppid; wait $ppid || true; fi
         kill $spid
@@ -73,7 +78,13 @@ if sys.argv[3] == "1" and "per-queue" in r:
                             for q in r["per-queue"]) + " w%.0f" % (int(sys.argv[4]) / 1e6)
 if sys.argv[5] == "1":
     n = r["requests"] + 1
-    line += " | sw%.3f cs%.3f ss%.3f" % (int(sys.argv[6]) / n, int(sys.argv[7]) / n, int(sys.argv[8]) / n)
+    line += " | sw%.3f cs%.3f ss%.3f" % (int(sys.argv[6]) / n, int(sys.argv[7].split()[0]) / n, int(sys.argv[8]) / n)
+if sys.argv[10] == "1":
+    n = r["requests"] + 1
+    _, cu, cs, ce = sys.argv[7].split()
+    cns = (float(cu) + float(cs)) * 1e9 / n
+    sns = int(sys.argv[2]) / n
+    line += " | c%.0f sb%.0f%% cb%.0f%%" % (cns, sns * r["iops"] / 1e7, 100 * (float(cu) + float(cs)) / max(float(ce), 0.01))
 if sys.argv[9]:
     ev = {}
     for l in open(sys.argv[9]):
@@ -86,7 +97,7 @@ if sys.argv[9]:
         g("irq_vectors:call_function_single_entry", "irq_vectors:call_function_entry"),
         g("io_uring:io_uring_task_work_run", "io_uring:io_uring_local_work_run"))
 print(line, end="")' "$out" $((c1 - c0)) "${PERQ:-0}" $((w1 - w0)) "${MECH:-0}" $((sw1 - sw0)) \
-        "$(tail -1 "$dir/client-sleeps")" $((ss1 - ss0)) "${ppid:+$dir/ipistat}")
+        "$(tail -1 "$dir/client-sleeps")" $((ss1 - ss0)) "${ppid:+$dir/ipistat}" "${CPU:-0}")
     done
 done
 for bin in "$@"; do
