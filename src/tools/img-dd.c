@@ -104,10 +104,7 @@ int verb_dd(int argc, char **argv)
     buf = vbd_alloc_aligned(4096, (size_t)bs);
     for (uint64_t pos = 0; pos < len;) {
         uint64_t l = len - pos < (uint64_t)bs ? len - pos : (uint64_t)bs;
-        struct iovec one;
-        struct vbd_qiov q;
-        vbd_qiov_init_buf(&q, &one, buf, l);
-        int r = vbd_node_co_preadv(src, start + pos, l, &q, 0, VBD_REQ_INLINE);
+        int r = img_pread(src, start + pos, buf, l);
         if (r == 0)
             r = vbd_node_co_pwrite(dst, pos, buf, l, 0);
         if (r < 0) {

@@ -1,12 +1,13 @@
 #!/bin/bash
-# vbd-img dd and commit copy one chunk at a time: each read from the
-# source's file (through qcow2, and through to its backing file) and each
-# write to the target is made by vbd-img's own thread (VBD_REQ_INLINE,
-# VBD_OPEN_INLINE_WRITES), not handed to a pool worker and waited for.
+# vbd-img dd, commit, compare and rebase (safe) read one chunk at a time:
+# each read from the source's file (through qcow2, and through to its
+# backing file) and each write to the target is made by vbd-img's own
+# thread (VBD_REQ_INLINE, VBD_OPEN_INLINE_WRITES), not handed to a pool
+# worker and waited for.
 # strace -f (VBD_NO_IO_URING=1: a request the loop hands off is a syscall
 # of a pool thread, another pid in the trace) records the reads and writes
 # of the images' files: the 1 MiB blocks all made by the main thread.
-# The results are qemu-img's byte for byte.
+# The results are qemu-img's byte for byte (compare: its verdict).
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io strace python3
 cd "$T"
@@ -72,4 +73,27 @@ traced commit "$VBD_IMG" commit -q "$T/v/src.qcow2"
 cmp q/back.qcow2 v/back.qcow2 || fail "commit: the base is not qemu-img's, byte for byte"
 # 2 MiB at 1M, 1 MiB at 6M and at 12M: read and written in chunks of 1 MiB or more
 one_thread commit.st 6 "$T/v/src.qcow2" "$T/v/back.qcow2" || fail "commit's reads and writes"
+step "compare raw with qcow2 (over a backing file): the reads on vbd-img's thread, the verdict qemu-img's"
+must qemu-img convert -f qcow2 -O raw src.qcow2 src.raw
+traced cmp "$VBD_IMG" compare -f raw -F qcow2 "$T/src.raw" "$T/src.qcow2"
+grep -qx "Images are identical." cmp.out || fail "compare: $(cat cmp.out)"
+# 16 MiB of raw in 2 MiB steps (8), the qcow2 side's data and backing reads
+one_thread cmp.st 12 "$T/src.raw" "$T/src.qcow2" "$T/back.qcow2" || fail "compare's reads"
+must qemu-io -f raw -c 'write -q -P 7 13M 4k' src.raw
+rc=0
+"$VBD_IMG" compare -f raw -F qcow2 "$T/src.raw" "$T/src.qcow2" >cmpd.out 2>&1 || rc=$?
+[ $rc = 1 ] || fail "compare of images that differ: exit $rc, $(cat cmpd.out)"
+[ "$(cat cmpd.out)" = "$(qemu-img compare -f raw -F qcow2 src.raw src.qcow2)" ] || fail "compare: $(cat cmpd.out)"
+
+step "rebase -b (safe) onto another backing file: the backing files read on vbd-img's thread, the image as qemu-img's"
+must qemu-img create -q -f qcow2 back2.qcow2 16M
+must qemu-io -f qcow2 -c 'write -q -P 9 0 4M' -c 'write -q -P 5 4M 4M' back2.qcow2
+for k in q v; do rm -rf $k && mkdir $k && cp --sparse=always back.qcow2 back2.qcow2 src.qcow2 $k/; done
+must qemu-img rebase -q -b back2.qcow2 -F qcow2 q/src.qcow2
+traced rebase "$VBD_IMG" rebase -q -b back2.qcow2 -F qcow2 "$T/v/src.qcow2"
+qcheck v/src.qcow2
+qemu-img compare -q q/src.qcow2 v/src.qcow2 || fail "rebase: the image reads differently from qemu-img's"
+qemu-img compare -q src.qcow2 v/src.qcow2 || fail "rebase: the image's content changed"
+# the old and the new backing file where the image does not allocate, in chunks of 1 MiB or more
+one_thread rebase.st 4 "$T/v/back.qcow2" "$T/v/back2.qcow2" || fail "rebase's reads"
 echo OK
