@@ -366,10 +366,9 @@ static int repoint_table(struct qcow2_state *s, uint32_t l1i, uint64_t old, uint
  * the tables themselves) is released once the change is on disk. Data
  * shared with a snapshot keeps the snapshot's reference. What no longer
  * has a reference is punched in the file, as QEMU discards it
- * (QCOW2_DISCARD_ALWAYS): QEMU punches the data clusters in one go
- * (qcow2_cluster_discard collects them), then each table alone
- * (qcow2_shrink_l1_table frees them one by one); here all in one go, which
- * leaves the same holes with one sync before them. Lock held. */
+ * (QCOW2_DISCARD_ALWAYS): the data clusters in one go (qcow2_cluster_discard
+ * collects them), then each table alone (qcow2_shrink_l1_table frees them
+ * one by one), after one sync of all their counts. Lock held. */
 static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
 {
     uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
@@ -450,14 +449,17 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
      * no sync before the tables' go), and then the file skips this one */
     if (rc == 0 && ntables)
         rc = vbd_node_co_flush(s->n->file);
+    size_t data_noted = s->nto_punch;
     for (uint32_t i = 0; rc == 0 && i < ntables; i++)
         (void)qcow2_update_refcount(s, tables[i], -1); /* a failure only leaks */
-    /* One punch for the data and the tables: its sync of the counts covers
-     * them all (a punch per table synced per table: 8 for 8 GiB -> 4 GiB,
-     * and one more for the data), and the file's holes are the same (the
-     * punch merges adjacent clusters into one range: the same holes). */
+    /* One sync of the counts for the data and the tables (a punch per
+     * table synced per table: 8 for 8 GiB -> 4 GiB, and one more for the
+     * data); the data in merged runs, each table alone, as QEMU punches
+     * them: the same ranges, so the same allocation (with clusters smaller
+     * than the file system's block, merged neighbours free whole blocks
+     * QEMU's single punches leave allocated) */
     if (rc == 0)
-        qcow2_punch_freed(s);
+        qcow2_punch_freed_apart(s, data_noted);
     s->punch_freed = false;
     s->nto_punch = 0;
     free(tables);
