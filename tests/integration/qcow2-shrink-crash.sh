@@ -9,7 +9,7 @@
 # written before an fdatasync is on the disk after it. For the crash
 # between two fdatasyncs (or after the last) the image is the original
 # with every change before the first of them applied, plus any subset of
-# the changes between them: all subsets of up to 6, else none, all, each
+# the changes between them: all subsets of up to 4, else none, all, each
 # one alone and all but each one (writes between two syncs may reach the
 # disk in any order). Cases: a partial L2 table, persistent bitmaps (one
 # enabled, one disabled); L2 tables dropped whole (2G -> 512M); clusters a
@@ -85,7 +85,7 @@ for k in range(len(bounds) - 1):
     done = [o for o in ops[:bounds[k] + 1] if o[0] != 's']
     pend = [o for o in ops[bounds[k] + 1:bounds[k + 1]] if o[0] != 's']
     n = len(pend)
-    if n <= 6:
+    if n <= 4:
         subsets = [c for r in range(n + 1) for c in itertools.combinations(range(n), r)]
     else:
         subsets = [(), tuple(range(n))] + [(i,) for i in range(n)] + [tuple(j for j in range(n) if j != i) for i in range(n)]
