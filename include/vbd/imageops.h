@@ -52,6 +52,12 @@ struct vbd_copy_opts {
      * (cluster_size bytes, aligned) and an all-zero cluster is left out
      * when zero_detect is set, as qemu-img convert -c does. */
     unsigned write_flags;
+    /* flags of data reads: VBD_REQ_INLINE for a caller that copies one
+     * chunk at a time (vbd-img commit): a read from the page cache is
+     * copied on its thread instead of waiting for the pool to copy it
+     * (vbd_co_commit_layers, vbd_co_copy_range; vbd_co_rebase_safe: the
+     * reads of the old and the new backing file) */
+    unsigned read_flags;
     uint64_t cluster_size;  /* the target's cluster size; needed with VBD_REQ_COMPRESSED (<= chunk_size);
                              * convert's chunks end on its boundaries (0: anywhere) */
     /* vbd_co_convert only: coroutines copying at once (qemu-img -m; 0: 8)

@@ -194,7 +194,10 @@ int imageops_copy(struct vbd_node *src, struct vbd_node *dst, uint64_t off, uint
         int rc = imageops_check_cancel(ctl, dst, off, err);
         if (rc < 0)
             return rc;
-        rc = vbd_node_co_pread(src, off, buf, l);
+        struct iovec one;
+        struct vbd_qiov q;
+        vbd_qiov_init_buf(&q, &one, buf, l);
+        rc = vbd_node_co_preadv(src, off, l, &q, 0, o->read_flags & VBD_REQ_INLINE);
         if (rc < 0)
             return imageops_io_error(err, rc, "Could not read", src, off);
         rc = imageops_write(dst, off, l, buf, runs, o, err);

@@ -27,8 +27,10 @@ static bool sector_run(const uint8_t *a, const uint8_t *b, uint64_t len, uint64_
     return differ;
 }
 
-/* buf gets what backing shows at [off, off + len): zeroes past its end or without one. */
-static int read_view(struct vbd_node *backing, uint64_t off, uint64_t len, uint8_t *buf, struct vbd_error **err)
+/* buf gets what backing shows at [off, off + len): zeroes past its end or
+ * without one. flags: the read's (vbd_copy_opts.read_flags). */
+static int read_view(struct vbd_node *backing, uint64_t off, uint64_t len, uint8_t *buf, unsigned flags,
+                     struct vbd_error **err)
 {
     uint64_t size = backing ? vbd_node_size(backing) : 0, got = off >= size ? 0 : size - off < len ? size - off : len;
     /* only what is not read is cleared: a 2 MiB memset per view and chunk
@@ -36,7 +38,10 @@ static int read_view(struct vbd_node *backing, uint64_t off, uint64_t len, uint8
     memset(buf + got, 0, len - got);
     if (!got)
         return 0;
-    int rc = vbd_node_co_pread(backing, off, buf, got);
+    struct iovec one;
+    struct vbd_qiov q;
+    vbd_qiov_init_buf(&q, &one, buf, got);
+    int rc = vbd_node_co_preadv(backing, off, got, &q, 0, flags & VBD_REQ_INLINE);
     return rc < 0 ? imageops_io_error(err, rc, "Could not read", backing, off) : 0;
 }
 
@@ -81,9 +86,9 @@ static int rebase_compare_write(struct vbd_node *node, struct vbd_node *old_back
                                 uint64_t off, uint64_t len, uint8_t *old_buf, uint8_t *new_buf, uint64_t *runs,
                                 const struct vbd_copy_opts *o, uint64_t *written, struct vbd_error **err)
 {
-    int rc = read_view(old_backing, off, len, old_buf, err);
+    int rc = read_view(old_backing, off, len, old_buf, o->read_flags, err);
     if (rc == 0)
-        rc = read_view(new_backing, off, len, new_buf, err);
+        rc = read_view(new_backing, off, len, new_buf, o->read_flags, err);
     for (uint64_t pos = 0; pos < len && rc == 0;) {
         uint64_t run;
         if (sector_run(old_buf + pos, new_buf + pos, len - pos, &run)) {

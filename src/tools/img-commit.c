@@ -145,7 +145,9 @@ int verb_commit(int argc, char **argv)
         nlayers++;
     }
     /* an all-zero chunk of the top becomes a write-zeroes request on the base */
-    struct vbd_copy_opts copy = {.zero_detect = VBD_IMAGEOPS_CHUNK_DEFAULT};
+    /* one chunk at a time: the top's page-cache reads are copied on this
+     * thread, as the base's writes are (open_base) */
+    struct vbd_copy_opts copy = {.zero_detect = VBD_IMAGEOPS_CHUNK_DEFAULT, .read_flags = VBD_REQ_INLINE};
     struct vbd_imageops_ctl ctl = {.chunk_done = show_progress ? img_print_progress : NULL};
     struct vbd_error *err = NULL;
     if (vbd_co_commit_layers(layers, nlayers, base, &copy, &ctl, &err) < 0) {

@@ -126,7 +126,7 @@ int verb_compare(int argc, char **argv)
             /* one side known to read as zeroes: only the other is read, and
              * looked at for its first sector that is not zero (qemu-img
              * reads that side alone too) */
-            int r1 = za ? 0 : vbd_node_co_pread(a, off, ba, step), r2 = r1 < 0 || zb ? 0 : vbd_node_co_pread(b, off, bb, step);
+            int r1 = za ? 0 : img_pread(a, off, ba, step), r2 = r1 < 0 || zb ? 0 : img_pread(b, off, bb, step);
             if (r1 < 0 || r2 < 0) {
                 vbd_error_report("error while reading offset %llu of %s: %s", (unsigned long long)off,
                                  r1 < 0 ? argv[optind] : argv[optind + 1], strerror(-(r1 < 0 ? r1 : r2)));
@@ -158,7 +158,7 @@ int verb_compare(int argc, char **argv)
             if (!z) {
                 if (p > 2 * MIB)
                     p = 2 * MIB;
-                if (vbd_node_co_pread(big, off, ba, p) < 0) {
+                if (img_pread(big, off, ba, p) < 0) {
                     rc = 2;
                     goto out;
                 }

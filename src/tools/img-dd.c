@@ -95,13 +95,16 @@ int verb_dd(int argc, char **argv)
         vbd_error_free(err);
         goto done;
     }
-    dst = tool_open(out, out_fmt, false, VBD_OPEN_RDWR, NULL, NULL);
+    /* One block at a time, read then written: each copy to or from the
+     * page cache (tmpfs) is made on this thread (VBD_REQ_INLINE,
+     * VBD_OPEN_INLINE_WRITES), not handed to a worker and waited for */
+    dst = tool_open(out, out_fmt, false, VBD_OPEN_RDWR | VBD_OPEN_INLINE_WRITES, NULL, NULL);
     if (!dst)
         goto done;
     buf = vbd_alloc_aligned(4096, (size_t)bs);
     for (uint64_t pos = 0; pos < len;) {
         uint64_t l = len - pos < (uint64_t)bs ? len - pos : (uint64_t)bs;
-        int r = vbd_node_co_pread(src, start + pos, buf, l);
+        int r = img_pread(src, start + pos, buf, l);
         if (r == 0)
             r = vbd_node_co_pwrite(dst, pos, buf, l, 0);
         if (r < 0) {

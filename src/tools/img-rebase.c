@@ -135,7 +135,8 @@ int verb_rebase(int argc, char **argv)
         struct rebase_progress p = {.ctl.chunk_done = show_progress ? rebase_chunk_done : NULL};
         if (img->size)
             p.step = (float)100 / (img->size / (img->size < 2 * MIB ? img->size : 2 * MIB));
-        struct vbd_copy_opts o = {.progress_data_only = true};
+        /* one range at a time: the backing files' page-cache reads copied on this thread */
+        struct vbd_copy_opts o = {.progress_data_only = true, .read_flags = VBD_REQ_INLINE};
         if (vbd_co_rebase_safe(img, img->backing, nb, &o, &p.ctl, &err) < 0) {
             tool_report(err);
             goto out;

@@ -81,6 +81,16 @@ int print_create_help(const char *fmt, const char *filename);
 /* A vbd_imageops_ctl chunk_done that prints -p progress (tool_progress). */
 int img_print_progress(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_t written);
 static inline const char *fmt_or_null(const char *f) { return f && *f ? f : NULL; }
+/* A read by a verb that reads one chunk at a time and waits for each (dd,
+ * compare): a copy from the page cache (tmpfs) is made on this thread
+ * (VBD_REQ_INLINE) instead of by a pool worker it would wait for. */
+static inline int img_pread(struct vbd_node *n, uint64_t off, void *buf, uint64_t bytes)
+{
+    struct iovec one;
+    struct vbd_qiov q;
+    vbd_qiov_init_buf(&q, &one, buf, bytes);
+    return vbd_node_co_preadv(n, off, bytes, &q, 0, VBD_REQ_INLINE);
+}
 
 /* img-info.c, also used by snapshot -l */
 struct json_object *image_info_json(struct vbd_node *n, struct vbd_error **err);

@@ -671,8 +671,16 @@ static int dir_store(struct qcow2_state *s, struct dir *d, struct vbd_error **er
     for (uint32_t i = 0; rc == 0 && i < d->n; i++)
         if (d->e[i].old_table)
             rc = release_table(s, d->e[i].old_table, d->e[i].old_table_size);
+    /* Written, not synced: each count went down for a cluster that only
+     * the old directory or an old table named, and the header that points
+     * past them was synced above. A crash that loses the counts leaks
+     * those clusters, as one before them would; the next flush (the
+     * caller's next step, the close) makes them durable. A cluster freed
+     * here is punched only after its count of 0 is synced (release_table,
+     * qcow2_punch_freed), and one handed out again is counted in use in
+     * the same cached block before anything names it. */
     if (rc == 0)
-        rc = qcow2_flush_refcounts(s);
+        rc = qcow2_write_refcounts(s);
     return rc;
 }
 

@@ -421,13 +421,15 @@ static void qcow2_close(struct vbd_node *n)
     qcow2_free_header(s);
 }
 
-/* Bytes of [off, off+len) not defined by this image: from the backing file or zeroes. */
-static int read_unallocated(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff)
+/* Bytes of [off, off+len) not defined by this image: from the backing file or zeroes.
+ * flags: the read's VBD_REQ_INLINE, passed down. */
+static int read_unallocated(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
+                            unsigned flags)
 {
     uint64_t done = 0, bsize = n->backing ? vbd_node_size(n->backing) : 0;
     if (n->backing && off < bsize) {
         uint64_t b = bsize - off < len ? bsize - off : len;
-        int rc = vbd_node_co_preadv(n->backing, off, b, q, qoff, 0);
+        int rc = vbd_node_co_preadv(n->backing, off, b, q, qoff, flags & VBD_REQ_INLINE);
         if (rc < 0)
             return rc;
         done = b;
@@ -565,9 +567,12 @@ static uint64_t cluster_ceil(const struct qcow2_state *s, uint64_t off)
 }
 
 /* range_held: the caller holds an exclusive range over [off, off+bytes)
- * (a copy-on-write reading the cluster it is about to replace). */
+ * (a copy-on-write reading the cluster it is about to replace). flags: the
+ * read's VBD_REQ_INLINE (a caller reading one chunk at a time: the data
+ * file's page-cache copy is made on its thread, not handed to the pool),
+ * passed to the data file and the backing file. */
 static int read_range(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
-                      bool range_held)
+                      bool range_held, unsigned flags)
 {
     struct qcow2_state *s = n->opaque;
     while (bytes) {
@@ -601,14 +606,14 @@ static int read_range(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
             switch (x.type) {
             case QCOW2_UNALLOCATED:
             case QCOW2_UNALLOC_ALLOC:
-                rc = read_unallocated(n, off, x.len, q, qoff);
+                rc = read_unallocated(n, off, x.len, q, qoff, flags);
                 break;
             case QCOW2_ZERO_PLAIN:
             case QCOW2_ZERO_ALLOC:
                 vbd_iov_memset(q->iov, q->niov, qoff, 0, x.len);
                 break;
             case QCOW2_NORMAL:
-                rc = vbd_node_co_preadv(s->data, x.host, x.len, q, qoff, 0);
+                rc = vbd_node_co_preadv(s->data, x.host, x.len, q, qoff, flags & VBD_REQ_INLINE);
                 break;
             case QCOW2_COMPRESSED:
                 break;
@@ -628,8 +633,7 @@ static int read_range(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
 static int qcow2_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                         unsigned flags)
 {
-    (void)flags;
-    return read_range(n, off, bytes, q, qoff, false);
+    return read_range(n, off, bytes, q, qoff, false, flags);
 }
 
 /* Host clusters for guest clusters [guest, +count): with a data file the
@@ -726,7 +730,7 @@ static int cow_read(struct vbd_node *n, uint64_t cstart, uint64_t a, uint64_t b,
     struct iovec one = {buf, s->cluster_size};
     struct vbd_qiov cq;
     vbd_qiov_init(&cq, &one, 1);
-    return read_range(n, cstart + a, b - a, &cq, (size_t)a, true);
+    return read_range(n, cstart + a, b - a, &cq, (size_t)a, true, 0);
 }
 
 /*
@@ -790,7 +794,7 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
             struct vbd_qiov cq;
             vbd_qiov_init(&cq, &one, 1);
             vbd_co_mutex_unlock(&s->lock); /* the backing file is read without blocking this image */
-            rc = read_unallocated(n, cstart, s->cluster_size, &cq, 0);
+            rc = read_unallocated(n, cstart, s->cluster_size, &cq, 0, 0);
             vbd_co_mutex_lock(&s->lock);
         } else {
             /* extended L2 or a shared cluster: per-subcluster content through
@@ -1381,7 +1385,7 @@ static int qcow2_vmstate(struct vbd_node *n, uint64_t pos, uint64_t bytes, struc
         return save ? -EFBIG : -EINVAL;
     uint64_t off = start + pos;
     if (!save)
-        return read_range(n, off, bytes, q, 0, false);
+        return read_range(n, off, bytes, q, 0, false, 0);
     if (s->corrupt)
         return -EIO;
     if (!bytes)

@@ -295,6 +295,11 @@ int qcow2_write_refcounts(struct qcow2_state *s); /* without a flush */
  * 0, punched in the file as QEMU's qcow2_process_discards does (adjacent
  * ones in one request); advisory: a failure only keeps the space. */
 void qcow2_punch_freed(struct qcow2_state *s);
+/* The same, but the clusters noted from index `alone` on are punched one
+ * by one, never merged with a neighbour: a punch of a cluster smaller than
+ * the file system's block leaves the block allocated, so only QEMU's ranges
+ * leave QEMU's allocation (its shrink frees L2 tables one at a time). */
+void qcow2_punch_freed_apart(struct qcow2_state *s, size_t alone);
 void qcow2_punch_later(struct qcow2_state *s, uint64_t host_cluster); /* noted for qcow2_punch_freed */
 /* check -r all: a new refcount structure holding count[k] for host cluster k < n, placed from cluster n on */
 int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n);

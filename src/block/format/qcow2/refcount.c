@@ -10,6 +10,7 @@
 #include "vbd/iov.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -593,24 +594,10 @@ static int cmp_cluster(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-void qcow2_punch_freed(struct qcow2_state *s)
+/* Punches the noted clusters c[0, n) that are still free: runs of
+ * neighbours as one range when merge, else each cluster alone. */
+static void punch_clusters(struct qcow2_state *s, const uint64_t *c, size_t n, bool merge)
 {
-    size_t n = s->nto_punch;
-    s->nto_punch = 0;
-    if (!n)
-        return;
-    uint64_t *c = s->to_punch;
-    qsort(c, n, sizeof(*c), cmp_cluster);
-    size_t u = 0; /* a cluster noted twice (a block freed, then dropped) is punched once */
-    for (size_t i = 0; i < n; i++)
-        if (!u || c[i] != c[u - 1])
-            c[u++] = c[i];
-    n = u;
-    /* no L2 entry on disk names these clusters any more (the caller's
-     * order); their refcounts of 0 reach the disk first, so that a crash
-     * leaves no cluster counted in use that reads as zeroes */
-    if (qcow2_flush_refcounts(s) < 0)
-        return;
     for (size_t i = 0; i < n;) {
         /* only what is still free: a cluster handed out again since it was
          * noted is someone's data or metadata now */
@@ -621,7 +608,7 @@ void qcow2_punch_freed(struct qcow2_state *s)
             continue;
         }
         size_t j = i + 1;
-        while (j < n && c[j] == c[j - 1] + 1 && qcow2_get_refcount(s, c[j], &refs) == 0 && !refs &&
+        while (merge && j < n && c[j] == c[j - 1] + 1 && qcow2_get_refcount(s, c[j], &refs) == 0 && !refs &&
                !qcow2_overlaps_metadata(s, c[j] << s->cluster_bits, s->cluster_size))
             j++;
         uint64_t off = c[i] << s->cluster_bits, end = (c[j - 1] + 1) << s->cluster_bits;
@@ -632,6 +619,35 @@ void qcow2_punch_freed(struct qcow2_state *s)
             (void)vbd_node_co_pdiscard(s->n->file, off, end - off);
         i = j;
     }
+}
+
+void qcow2_punch_freed_apart(struct qcow2_state *s, size_t alone)
+{
+    size_t n = s->nto_punch;
+    s->nto_punch = 0;
+    if (!n)
+        return;
+    if (alone > n)
+        alone = n;
+    uint64_t *c = s->to_punch;
+    qsort(c, alone, sizeof(*c), cmp_cluster);
+    size_t u = 0; /* a cluster noted twice (a block freed, then dropped) is punched once */
+    for (size_t i = 0; i < alone; i++)
+        if (!u || c[i] != c[u - 1])
+            c[u++] = c[i];
+    /* no L2 entry on disk names these clusters any more (the caller's
+     * order); their refcounts of 0 reach the disk first, so that a crash
+     * leaves no cluster counted in use that reads as zeroes: one sync for
+     * all of them */
+    if (qcow2_flush_refcounts(s) < 0)
+        return;
+    punch_clusters(s, c, u, true);
+    punch_clusters(s, c + alone, n - alone, false);
+}
+
+void qcow2_punch_freed(struct qcow2_state *s)
+{
+    qcow2_punch_freed_apart(s, SIZE_MAX);
 }
 
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t count)

@@ -368,7 +368,7 @@ static int repoint_table(struct qcow2_state *s, uint32_t l1i, uint64_t old, uint
  * has a reference is punched in the file, as QEMU discards it
  * (QCOW2_DISCARD_ALWAYS): the data clusters in one go (qcow2_cluster_discard
  * collects them), then each table alone (qcow2_shrink_l1_table frees them
- * one by one). Lock held. */
+ * one by one), after one sync of all their counts. Lock held. */
 static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
 {
     uint64_t per_l1 = 1ull << (s->l2_bits + s->cluster_bits);
@@ -443,14 +443,23 @@ static int drop_mappings(struct qcow2_state *s, uint64_t from, uint64_t end)
     }
     if (rc == 0)
         rc = qcow2_writeback(s); /* tables and L1 on disk, then the data's references go */
-    if (rc == 0)
-        qcow2_punch_freed(s);
+    /* the L1 entries on disk: the tables' references go. A file flush, not
+     * the refcounts': the writeback's sync covered the L1 writes when it
+     * made one (it writes the data's lowered counts after it, which need
+     * no sync before the tables' go), and then the file skips this one */
     if (rc == 0 && ntables)
-        rc = qcow2_flush_refcounts(s); /* the L1 entries on disk: the tables' references go */
-    for (uint32_t i = 0; rc == 0 && i < ntables; i++) {
+        rc = vbd_node_co_flush(s->n->file);
+    size_t data_noted = s->nto_punch;
+    for (uint32_t i = 0; rc == 0 && i < ntables; i++)
         (void)qcow2_update_refcount(s, tables[i], -1); /* a failure only leaks */
-        qcow2_punch_freed(s);
-    }
+    /* One sync of the counts for the data and the tables (a punch per
+     * table synced per table: 8 for 8 GiB -> 4 GiB, and one more for the
+     * data); the data in merged runs, each table alone, as QEMU punches
+     * them: the same ranges, so the same allocation (with clusters smaller
+     * than the file system's block, merged neighbours free whole blocks
+     * QEMU's single punches leave allocated) */
+    if (rc == 0)
+        qcow2_punch_freed_apart(s, data_noted);
     s->punch_freed = false;
     s->nto_punch = 0;
     free(tables);
@@ -493,7 +502,11 @@ static int drop_unused_refblocks(struct qcow2_state *s)
         for (uint64_t i = 0; i < s->reftable_entries; i++)
             disk[i] = unused[i] ? 0 : be64(s->reftable[i]);
         rc = vbd_node_co_pwrite(s->n->file, s->refcount_table_offset, disk, bytes, 0);
-        if (rc == 0)
+        /* synced only before blocks are released (below): a table that
+         * drops none is the bytes the file already holds (every entry was
+         * written when its block was made, and the shrink's header sync
+         * made them durable), so no crash can tell the write happened */
+        if (rc == 0 && any)
             rc = vbd_node_co_flush(s->n->file);
         free(disk);
     }
@@ -568,8 +581,17 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
     int rc = qcow2_writeback(s);
     if (rc == 0 && from < n->size)
         rc = drop_mappings(s, from, n->size);
+    /* The refcounts written, not synced apart: the header's sync below
+     * covers them. They only went down, each for a cluster that no table
+     * on disk names any more (drop_mappings syncs every L2 entry and L1
+     * entry it clears before the count that it held goes), so whether a
+     * crash keeps them or not, no cluster in use is counted free: at worst
+     * one is leaked, as a crash before them would leak it. Nor does the
+     * size depend on them: the header may reach the disk before or with
+     * them. (The sync here had covered nothing else but the punch of the
+     * freed data clusters, which needs no order.) */
     if (rc == 0)
-        rc = qcow2_flush_refcounts(s);
+        rc = qcow2_write_refcounts(s);
     if (rc == 0)
         rc = write_header_u64(s, 24, size);
     if (rc == 0)
