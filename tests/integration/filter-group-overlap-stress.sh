@@ -54,8 +54,8 @@ start_daemon --object iothread,id=io0 --chardev socket,id=mon,path="$S",server=o
     --blockdev "$Q" --blockdev throttle,node-name=tb,throttle-group=g0,file=q \
     --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
     --export "$EA" --export type=nbd,id=eb,node-name=tb,name=disk,writable=on
-wait_sock "$PWD/vu.sock"
-wait_sock "$PWD/nbd.sock"
+wait_sock "$PWD/vu.sock" "$dpid" "$T/daemon.log"
+wait_sock "$PWD/nbd.sock" "$dpid" "$T/daemon.log"
 timeout -k 10 600 "$STRESS" --seed "$SEED" "${COMMON[@]}" --init ../base.raw --backing ../base.raw \
     --shadow-out shadow-a.raw --vhost-user vu.sock --queues 2 >stress-a.log 2>&1 &
 apid=$!

@@ -52,7 +52,7 @@ for tr in ${FILTER_OVERLAP_COR:-vhost}; do
         --blockdev qcow2,node-name=top,file.driver=file,file.filename="$PWD/top.qcow2",backing=base \
         --blockdev copy-on-read,node-name=cor,file=top,bottom=base "${srv[@]}" --export "$exp" 2>daemon.log &
     dpid=$!
-    [ $tr = nbd ] && wait_sock "$PWD/nbd.sock" || wait_sock "$PWD/vu.sock"
+    [ $tr = nbd ] && wait_sock "$PWD/nbd.sock" "$dpid" daemon.log || wait_sock "$PWD/vu.sock" "$dpid" daemon.log
     timeout -k 10 600 "$STRESS" --seed $((SEED + n)) "${COMMON[@]}" --init ../base.raw --backing ../base.raw \
         --shadow-out shadow.raw $target >stress.log 2>&1 ||
         fail "vbd-stress through copy-on-read over $tr, seed $((SEED + n)): $(tail -8 stress.log)"
