@@ -190,6 +190,58 @@ stress_setup() {
     must qemu-img convert -q -f raw -O qcow2 "$1" base.qcow2
     on_exit 'kill -9 $dpid 2>/dev/null'
 }
+# The filter tests under mutations in flight on the same bytes
+# (filter-overlap-stress, filter-group-overlap-stress):
+# overlap_stress_setup SEED OPS: stress_setup (base.raw of 32 MiB, data at
+# 1 and 20 MiB, its copy base.qcow2; $T the current directory), SEED and
+# OPS set, COMMON: vbd-stress's options of a run (--overlap, OPS requests,
+# 48 in flight on 4 hot clusters that move every 32)
+overlap_stress_setup() {
+    stress_setup base.raw 32 20
+    SEED=$1 OPS=$2
+    COMMON=(--overlap --ops "$OPS" --qd 48 --hot 4 --hot-move 32)
+}
+# overlapped LOG: the run issued mutations over others in flight on the
+# same bytes (else it tested nothing)
+overlapped() {
+    local over
+    over=$(sed -n 's/^vbd-stress: overlap: \([0-9]*\) of .*/\1/p' "$1")
+    [ "${over:-0}" -gt 0 ] || fail "$1: no mutation met another on the same bytes (tested nothing)"
+    echo "$1: $over mutations over another in flight on the same bytes"
+}
+# cor_stack: in the current directory base.qcow2 (a copy of ../base.qcow2)
+# and an empty qcow2 overlay top.qcow2 over it; COR_NODES: the --blockdev
+# options of qcow2 nodes base and top (backing: base) and copy-on-read cor
+# over top (bottom: base, so that a discard may expose the base)
+cor_stack() {
+    cp ../base.qcow2 base.qcow2 || fail "copy of base.qcow2"
+    must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+    COR_NODES=(--blockdev qcow2,node-name=base,file.driver=file,file.filename="$PWD/base.qcow2"
+        --blockdev qcow2,node-name=top,file.driver=file,file.filename="$PWD/top.qcow2",backing=base
+        --blockdev copy-on-read,node-name=cor,file=top,bottom=base)
+}
+# cor_stack_check SHADOW: after the run, the overlay checks clean and reads
+# as the model SHADOW, the base checks clean and is unchanged
+cor_stack_check() {
+    qcheck top.qcow2
+    qcheck base.qcow2
+    must qemu-img compare -q -f qcow2 -F raw top.qcow2 "$1"
+    must qemu-img compare -q -f qcow2 -F raw base.qcow2 ../base.raw
+}
+# quorum_raw_children OPTS N: s0.raw, s1.raw and s2.raw (copies of
+# ../base.raw) in the current directory, and Q: the options of a quorum
+# (vote-threshold 2, then OPTS) whose first N children are raw nodes over
+# the first N copies, child 1 through the thread pool (the caller adds
+# the others)
+quorum_raw_children() {
+    local i
+    for i in 0 1 2; do cp ../base.raw s$i.raw || fail "copy of base.raw"; done
+    Q="driver=quorum,vote-threshold=2$1"
+    for ((i = 0; i < $2; i++)); do
+        Q="$Q,children.$i.driver=raw,children.$i.file.driver=file,children.$i.file.filename=$PWD/s$i.raw"
+    done
+    Q="$Q,children.1.file.aio=threads"
+}
 # The restart-stress tests (nbd-client-restart-stress, iscsi-restart-stress):
 # a protocol node whose server is killed and started again twice under two
 # vbd-stress runs, then the server's image checked against their models.
