@@ -1,5 +1,5 @@
 #!/bin/bash
-# test-timeout: 900 (ASan: 20-111 s at load 4-30, up to 4.5 min at load 40)
+# test-timeout: 900 (ASan, its checks side by side: 58-130 s at load 25-39, 418-435 s while the host was out of memory; before: 150 s at load 38, up to 4.5 min at load 40)
 # amend -o refcount_bits=N stopped at every write: under blkdebug (every
 # write from the (K+1)th on fails, as if the machine stopped there; reads
 # go on) vbd-img amend runs for K = 0, 1, 2... until it has written all it
