@@ -16,7 +16,8 @@
  * values from pools that reach the graph or of a wrong type, numbers
  * negative, huge or beyond int64, members the command does not know.
  * Paths come only from the pools: no input can touch a file outside the
- * scratch directory; there is no quit.
+ * scratch directory; there is no quit. (The four images are made once and
+ * copied for each input: make_pristine_images.)
  *
  * Each command must answer with return or error (an error says why); after
  * the input the daemon must still answer query-block-jobs,
@@ -37,6 +38,7 @@
 #include "vbd/nbd.h"
 #include "vbd/qmp.h"
 
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -68,8 +70,11 @@ static char *scratch(const char *name)
 
 static void remove_scratch(void)
 {
-    static const char *const files[] = {"base.qcow2", "mid.qcow2", "top.qcow2", "tgt.qcow2", "d0.qcow2",
-                                        "d1.raw",     "d2.vmdk",   "nbd.sock",  "vu0.sock",  "vu1.sock"};
+    static const char *const files[] = {"base.qcow2",          "mid.qcow2",          "top.qcow2",
+                                        "tgt.qcow2",           "d0.qcow2",           "d1.raw",
+                                        "d2.vmdk",             "nbd.sock",           "vu0.sock",
+                                        "vu1.sock",            "base.qcow2.pristine", "mid.qcow2.pristine",
+                                        "top.qcow2.pristine",  "tgt.qcow2.pristine"};
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
         unlink(scratch(files[i]));
     rmdir(dir);
@@ -606,8 +611,7 @@ static void create(const char *name, const char *backing)
     json_object_put(o);
 }
 
-static void add_qcow2(const char *node, const char *file, const char *backing, uint64_t data_off,
-                      uint8_t fill)
+static void add_qcow2(const char *node, const char *file, const char *backing)
 {
     char text[1024];
     snprintf(text, sizeof(text),
@@ -616,28 +620,102 @@ static void add_qcow2(const char *node, const char *file, const char *backing, u
              node, node, scratch(file), backing ? ", \"backing\": \"" : "", backing ? backing : "",
              backing ? "\"" : "");
     must("blockdev-add", parse(text));
+}
+
+/* 64 KiB of FILL at OFF of node NODE */
+static void fill(const char *node, uint64_t off, uint8_t fill)
+{
     static uint8_t buf[65536];
     memset(buf, fill, sizeof(buf));
     struct vbd_node *n = vbd_node_find(node);
-    if (!n || vbd_node_co_pwrite(n, data_off, buf, sizeof(buf), 0) < 0) {
+    if (!n || vbd_node_co_pwrite(n, off, buf, sizeof(buf), 0) < 0) {
         fprintf(stderr, "cannot write to %s\n", node);
         abort();
     }
 }
 
-static void build_graph(void)
+/* FROM's bytes into a new file TO (both in the scratch directory), its
+ * holes left holes: the copy takes the space the original takes, as the
+ * daemon's answers (actual-size) show */
+static void copy_file(const char *from, const char *to)
 {
-    static const char *const drop[] = {"d0.qcow2", "d1.raw", "d2.vmdk", "vu0.sock", "vu1.sock"};
-    for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
-        unlink(scratch(drop[i]));
+    char src[320], dst[320];
+    snprintf(src, sizeof(src), "%s", scratch(from));
+    snprintf(dst, sizeof(dst), "%s", scratch(to));
+    int in = open(src, O_RDONLY), out = open(dst, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    off_t end = in >= 0 ? lseek(in, 0, SEEK_END) : -1;
+    bool copied = in >= 0 && out >= 0 && end >= 0 && ftruncate(out, end) == 0;
+    static char buf[65536];
+    for (off_t at = 0; copied && at < end;) {
+        off_t data = lseek(in, at, SEEK_DATA);
+        if (data < 0) /* no data after at (ENXIO) */
+            break;
+        off_t hole = lseek(in, data, SEEK_HOLE);
+        copied = hole > data;
+        for (at = data; copied && at < hole;) {
+            size_t want = (size_t)(hole - at) < sizeof(buf) ? (size_t)(hole - at) : sizeof(buf);
+            ssize_t n = pread(in, buf, want, at);
+            copied = n > 0 && pwrite(out, buf, (size_t)n, at) == n;
+            at += n;
+        }
+    }
+    if (!copied) {
+        fprintf(stderr, "cannot copy %s to %s\n", src, dst);
+        abort();
+    }
+    close(in);
+    close(out);
+}
+
+static void teardown(void);
+
+static const char *const images[] = {"base.qcow2", "mid.qcow2", "top.qcow2", "tgt.qcow2"};
+
+/* The chain's and tgt's images as every input starts with them, made once
+ * (created, the data written through their nodes, the nodes deleted) and
+ * kept as NAME.pristine: each input's graph opens copies of them. Made
+ * afresh for each input, they took half of an input's time (ASan). */
+static void make_pristine_images(void)
+{
     create("base.qcow2", NULL);
     create("mid.qcow2", "base.qcow2");
     create("top.qcow2", "mid.qcow2");
     create("tgt.qcow2", NULL);
-    add_qcow2("base", "base.qcow2", NULL, 0, 0x11);
-    add_qcow2("mid", "mid.qcow2", "base", 65536, 0x22);
-    add_qcow2("top", "top.qcow2", "mid", 3 * 65536, 0x33);
-    add_qcow2("tgt", "tgt.qcow2", NULL, DISK - 65536, 0x44);
+    add_qcow2("base", "base.qcow2", NULL);
+    add_qcow2("mid", "mid.qcow2", "base");
+    add_qcow2("top", "top.qcow2", "mid");
+    add_qcow2("tgt", "tgt.qcow2", NULL);
+    fill("base", 0, 0x11);
+    fill("mid", 65536, 0x22);
+    fill("top", 3 * 65536, 0x33);
+    fill("tgt", DISK - 65536, 0x44);
+    teardown();
+    for (size_t i = 0; i < sizeof(images) / sizeof(images[0]); i++) {
+        char pristine[64];
+        snprintf(pristine, sizeof(pristine), "%s.pristine", images[i]);
+        copy_file(images[i], pristine);
+    }
+}
+
+static void build_graph(void)
+{
+    static bool pristine_made;
+    if (!pristine_made) {
+        make_pristine_images();
+        pristine_made = true;
+    }
+    static const char *const drop[] = {"d0.qcow2", "d1.raw", "d2.vmdk", "vu0.sock", "vu1.sock"};
+    for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+        unlink(scratch(drop[i]));
+    for (size_t i = 0; i < sizeof(images) / sizeof(images[0]); i++) {
+        char pristine[64];
+        snprintf(pristine, sizeof(pristine), "%s.pristine", images[i]);
+        copy_file(pristine, images[i]);
+    }
+    add_qcow2("base", "base.qcow2", NULL);
+    add_qcow2("mid", "mid.qcow2", "base");
+    add_qcow2("top", "top.qcow2", "mid");
+    add_qcow2("tgt", "tgt.qcow2", NULL);
     must(
         "blockdev-add",
         parse("{\"driver\": \"null-co\", \"node-name\": \"nul\", \"size\": 1048576, \"read-zeroes\": true}"));

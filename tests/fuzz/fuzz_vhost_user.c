@@ -29,6 +29,7 @@
  * arguments (see run_ops).
  */
 #include "blk-internal.h"
+#include "fuzz-input.h"
 
 #include "vbd/coroutine.h"
 #include "vbd/error.h"
@@ -73,19 +74,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAX_MESSAGES 64 /* the set-ups' included */
 #define MAX_SESSIONS 2
 
-struct cursor {
-    const uint8_t *p;
-    size_t n;
-};
-
-static uint8_t next(struct cursor *c)
-{
-    if (!c->n)
-        return 0;
-    c->n--;
-    return *c->p++;
-}
-
 /* Two exports: e0 on a null-co node; e1 with werror=stop and rerror=stop
  * on a blkdebug node over null-co that fails reads and writes at sector
  * 2000 (EIO): its failed requests are parked, the rings stop popping, and
@@ -103,7 +91,7 @@ static int maps_at_start;
 
 /* The front end's state for one input. */
 struct front_end {
-    struct cursor in;
+    struct input in;
     int which; /* the export: 0, or 1 (the one that stops on errors) */
     bool setup, ring_features;
     int sock;                     /* -1 once the back end closed it */
@@ -464,23 +452,23 @@ static void post_request(struct front_end *fe, uint8_t q, uint8_t type, uint8_t 
  * small pairs and raw bytes), fds. */
 static bool fuzzed_msg(struct front_end *fe, uint8_t op)
 {
-    struct cursor *c = &fe->in;
-    uint32_t request = next(c) % 42;
-    uint8_t f = next(c);
+    struct input *c = &fe->in;
+    uint32_t request = input_next(c) % 42;
+    uint8_t f = input_next(c);
     uint32_t flags = (f & 0x30) == 0x30 ? f & 3 : VHOST_USER_VERSION; /* now and then a wrong version */
     flags |= f & (VHOST_USER_FLAG_REPLY | VHOST_USER_FLAG_NEED_REPLY);
     uint8_t payload[MAX_PAYLOAD];
     uint32_t size = 0;
-    unsigned chunks = next(c) % 16;
+    unsigned chunks = input_next(c) % 16;
     if (op & 0x80) { /* a large payload: up to the limit */
-        uint32_t hi = next(c); /* two statements: the order of calls in one expression is unspecified */
-        size = (hi << 8 | next(c)) % (MAX_PAYLOAD + 1);
+        uint32_t hi = input_next(c); /* two statements: the order of calls in one expression is unspecified */
+        size = (hi << 8 | input_next(c)) % (MAX_PAYLOAD + 1);
         for (uint32_t i = 0; i < size; i++)
-            payload[i] = next(c);
+            payload[i] = input_next(c);
         chunks = 0;
     }
     for (unsigned i = 0; i < chunks && size <= MAX_PAYLOAD - 64; i++) {
-        uint8_t s = next(c);
+        uint8_t s = input_next(c);
         if (s < 128) { /* a 64-bit word from the list */
             memcpy(payload + size, &words[s % NWORDS], 8);
             size += 8;
@@ -490,13 +478,13 @@ static bool fuzzed_msg(struct front_end *fe, uint8_t op)
             size += 4;
         } else { /* raw bytes */
             for (int k = 0; k < s - 191; k++)
-                payload[size++] = next(c);
+                payload[size++] = input_next(c);
         }
     }
-    uint8_t fdspec = next(c);
+    uint8_t fdspec = input_next(c);
     int nfds = fdspec % 11, fds[16];
     for (int i = 0; i < nfds; i++)
-        fds[i] = make_fd(fe, next(c));
+        fds[i] = make_fd(fe, input_next(c));
     bool ok = send_msg(fe, request, flags, payload, size, fds, nfds);
     for (int i = 0; i < nfds; i++)
         close(fds[i]);
@@ -511,27 +499,27 @@ static bool fuzzed_msg(struct front_end *fe, uint8_t op)
  * Returns true when the input (or its budget of messages) ended first. */
 static bool run_ops(struct front_end *fe)
 {
-    struct cursor *c = &fe->in;
-    while (c->n && fe->messages < MAX_MESSAGES) {
-        uint8_t op = next(c);
+    struct input *c = &fe->in;
+    while (c->left && fe->messages < MAX_MESSAGES) {
+        uint8_t op = input_next(c);
         switch (op % 8) {
         case 5: {
-            uint8_t k = next(c);
+            uint8_t k = input_next(c);
             if (fe->neventfds)
                 eventfd_write(fe->eventfds[k % fe->neventfds], 1);
             break;
         }
         case 6: {
-            uint8_t q = next(c), t = next(c), s = next(c), n = next(c);
+            uint8_t q = input_next(c), t = input_next(c), s = input_next(c), n = input_next(c);
             post_request(fe, q, t, s, n);
             break;
         }
         case 7: {
-            uint32_t off = (uint32_t)next(c) << 10;
-            off = (off | (uint32_t)next(c) << 2) % GUEST_MEM;
-            unsigned n = next(c) % 32;
+            uint32_t off = (uint32_t)input_next(c) << 10;
+            off = (off | (uint32_t)input_next(c) << 2) % GUEST_MEM;
+            unsigned n = input_next(c) % 32;
             for (unsigned i = 0; i < n && off + i < GUEST_MEM; i++)
-                guest[off + i] = next(c);
+                guest[off + i] = input_next(c);
             break;
         }
         default:

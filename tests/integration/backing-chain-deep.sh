@@ -42,7 +42,7 @@ diff q.info v.info || fail "info --backing-chain image lists differ"
 "$VBD_NBD" -r -f qcow2 -k "$T/nbd.sock" "$top" 2>"$T/nbd.log" &
 npid=$!
 on_exit "kill $npid 2>/dev/null"
-wait_sock "$T/nbd.sock"
+wait_sock "$T/nbd.sock" "$npid" "$T/nbd.log"
 must qemu-img compare -f raw -F raw q.raw "nbd+unix:///?socket=$T/nbd.sock"
 kill -TERM $npid; wait $npid
 ! grep -q Sanitizer "$T/nbd.log" || { cat "$T/nbd.log"; fail "sanitizer report from vbd-nbd"; }

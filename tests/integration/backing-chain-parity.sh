@@ -91,7 +91,7 @@ must qemu-img create -q -f qcow2 nloop.qcow2 1M
 must qemu-img rebase -u -F qcow2 -b "nbd+unix:///?socket=$sock" nloop.qcow2
 "$VBD_NBD" -r -t -f raw -e 4 -k "$sock" nloop.qcow2 2>"$T/nbd.log" &
 npid=$!
-wait_sock "$sock"
+wait_sock "$sock" "$npid" "$T/nbd.log"
 line="qemu-img: Backing file 'nbd+unix:///?socket=$sock' creates an infinite loop."
 q=$(qemu-img info -U --backing-chain nloop.qcow2 2>&1) && fail "qemu-img info of the NBD loop succeeded"
 [ "$q" = "$line" ] || fail "qemu-img 7.2 words changed: $q"

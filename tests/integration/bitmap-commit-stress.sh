@@ -110,7 +110,7 @@ dirty_map() {
     rm -f q.sock
     qemu-nbd -r -t -k "$T/q.sock" -B "$2" -f qcow2 "$1" 2>qn.log &
     local p=$!
-    wait_sock "$T/q.sock"
+    wait_sock "$T/q.sock" "$p" qn.log
     nbdinfo --map=qemu:dirty-bitmap:"$2" "nbd+unix:///?socket=$T/q.sock" >"$3" || { kill $p; fail "nbdinfo --map of $2 in $1"; }
     kill $p; wait $p 2>/dev/null
 }

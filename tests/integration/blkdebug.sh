@@ -99,7 +99,7 @@ if command -v qemu-storage-daemon >/dev/null && command -v nbdinfo >/dev/null; t
             --blockdev "driver=blkdebug,node-name=b,image=f,max-transfer=65536" --blockdev driver=raw,node-name=r,file=b \
             --nbd-server "addr.type=unix,addr.path=$T/$d.sock" --export type=nbd,id=e,node-name=r,name=r 2>"$T/$d.log" &
         p=$!
-        wait_sock "$T/$d.sock"
+        wait_sock "$T/$d.sock" "$p" "$T/$d.log"
         nbdinfo --json "nbd+unix:///r?socket=$T/$d.sock" >"$T/$d.json" || fail "nbdinfo against $d: $(cat "$T/$d.log")"
         kill -TERM $p
         wait $p

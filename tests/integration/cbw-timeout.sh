@@ -34,7 +34,7 @@ for d in vbd qsd; do
         cp ../src.qcow2 .
         nbdkit -f -U "$W/slow.sock" --filter=delay memory 16M delay-write=3 2>nbdkit.log &
         kpid=$!
-        wait_sock "$W/slow.sock"
+        wait_sock "$W/slow.sock" "$kpid" nbdkit.log
         "$bin" --chardev socket,id=q,path="$W/qmp.sock",server=on,wait=off --monitor chardev=q \
             --blockdev '{"driver":"qcow2","node-name":"src","file":{"driver":"file","filename":"'"$W"'/src.qcow2"}}' \
             --blockdev '{"driver":"raw","node-name":"slow","file":{"driver":"nbd","server":{"type":"unix","path":"'"$W"'/slow.sock"}}}' \
@@ -44,7 +44,7 @@ for d in vbd qsd; do
             --export type=nbd,id=e0,node-name=cbw,name=disk,writable=on \
             --export type=nbd,id=e1,node-name=acc,name=snap 2>daemon.log &
         dpid=$!
-        wait_sock "$W/nbd.sock"
+        wait_sock "$W/nbd.sock" "$dpid" daemon.log
         disk="nbd+unix:///disk?socket=$W/nbd.sock" snap="nbd+unix:///snap?socket=$W/nbd.sock"
         qemu-io -f raw -c 'write -P 0x22 1M 64k' "$disk" >write.out 2>&1
         if [ $policy = break-guest-write ]; then

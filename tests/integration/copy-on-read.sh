@@ -27,7 +27,7 @@ for p in v q; do
     if [ $p = v ]; then
         start_daemon "${args[@]}"
     else
-        rm -f "$S"; qemu-storage-daemon "${args[@]}" 2>qsd.log & qpid=$!; wait_sock "$S"
+        rm -f "$S"; qemu-storage-daemon "${args[@]}" 2>qsd.log & qpid=$!; wait_sock "$S" "$qpid" qsd.log
     fi
     qemu-io -f raw "nbd+unix:///cor?socket=$S" -c "read -P 0x11 0 128k" -c "read -P 0 2M 64k" -c "read -P 0 2500k 64k" \
         -c "read -P 0x11 512k 4k" -c "read -P 0x22 3M 512" >$p.io 2>&1 || fail "qemu-io on $p: $(cat $p.io)"

@@ -85,7 +85,7 @@ PY
     kill -0 $dpid 2>/dev/null || { tail -40 "$T/daemon.log"; fail "the daemon died ($2)"; }
     truncate -s 8M p0.raw
     kill -HUP $dpid
-    wait_log "$T/daemon.log" "node 'fp0' is now 8388608 bytes" ||
+    wait_log "$T/daemon.log" "node 'fp0' is now 8388608 bytes" 1 "$dpid" ||
         { tail -20 "$T/daemon.log"; fail "no refresh after the storm ($2)"; }
     echo "$(grep -c "node 'fp0' is now" "$T/daemon.log") size changes reported for fp0 ($2)"
     kill -TERM $dpid
@@ -114,6 +114,6 @@ step "a QMP command hung on storage that does not answer, a SIGHUP behind it: SI
 nbdkit -f -U "$T/kit.sock" memory 64M 2>"$T/nbdkit.log" &
 kpid=$!
 on_exit "kill -CONT $kpid 2>/dev/null; kill $kpid 2>/dev/null"
-wait_sock "$T/kit.sock"
+wait_sock "$T/kit.sock" "$kpid" "$T/nbdkit.log"
 stop_behind_hung_command HUP "$T/kit.sock" $kpid
 echo OK

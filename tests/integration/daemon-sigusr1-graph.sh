@@ -26,7 +26,7 @@ rm -f "$T/nbd.sock"
 nbdkit -f -U "$T/nbd.sock" --filter=error memory 64M error-pread=EIO error-pread-rate=100% \
     error-pread-file="$T/eio" 2>"$T/nbdkit.log" &
 kpid=$!
-wait_sock "$T/nbd.sock"
+wait_sock "$T/nbd.sock" "$kpid" "$T/nbdkit.log"
 must qemu-img create -q -f qcow2 c.qcow2 4M
 
 retry_storm() { # BINARY WHAT ROUNDS

@@ -16,7 +16,7 @@ start() {
     "$VBD_DAEMON" --chardev socket,id=m,path="$T/qmp.sock",server=on,wait=off --monitor chardev=m \
         --state "$T/state.json" 2>>daemon.log &
     dpid=$!
-    wait_sock "$T/qmp.sock"
+    wait_sock "$T/qmp.sock" "$dpid" daemon.log
 }
 start
 python3 - <<'PY' || fail "QMP setup"
@@ -33,7 +33,7 @@ must nbdinfo --map=qemu:dirty-bitmap:b0 "nbd+unix:///d0?socket=$T/nbd.sock" >/de
 kill -9 $dpid; wait $dpid 2>/dev/null; dpid=
 wait_lock_free disk.qcow2
 start
-wait_sock "$T/nbd.sock"
+wait_sock "$T/nbd.sock" "$dpid" daemon.log
 must qemu-io -f raw -r -c "read -P 0x3c 1M 64k" "nbd+unix:///d0?socket=$T/nbd.sock" >/dev/null
 nbdinfo --list --json "nbd+unix:///?socket=$T/nbd.sock" >list.json || fail "nbdinfo --list"
 grep -q '"d0"' list.json || fail "export d0 not back: $(cat list.json)"

@@ -12,7 +12,7 @@ cd "$T"
 nbdkit -f -U "$T/kit.sock" memory 64M &
 kpid=$!
 on_exit "kill -CONT $kpid 2>/dev/null; kill $kpid 2>/dev/null"
-wait_sock "$T/kit.sock"
+wait_sock "$T/kit.sock" "$kpid"
 S=$T/vbd.sock
 start_daemon --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/kit.sock" \
     --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=n0,writable=on

@@ -43,9 +43,9 @@ for mode in off on unmap; do
         if [ $p = v ]; then
             start_daemon "${args[@]}"
         else
-            rm -f "$S"; qemu-storage-daemon "${args[@]}" 2>qsd.log & qpid=$!; wait_sock "$S"
+            rm -f "$S"; qemu-storage-daemon "${args[@]}" 2>qsd.log & qpid=$!; wait_sock "$S" "$qpid" qsd.log
         fi
-        wait_sock "$Q"
+        wait_sock "$Q" "$qpid" qsd.log
         dz=$(query_dz) || fail "query-named-block-nodes on $p"
         [ "$dz" = "$mode" ] || fail "$p reports detect_zeroes '$dz', want '$mode'"
         qemu-io -f raw "nbd+unix:///d?socket=$S" -c "write -P 0 0 512k" -c "write -f -P 0 512k 128k" \

@@ -27,8 +27,8 @@ for fmt in qcow2 raw; do
         --blockdev "driver=$fmt,node-name=d0,file=f0" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
         --export type=nbd,id=g,node-name=d0,name=disk,writable=on 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/qmp.sock"
-    wait_sock "$PWD/nbd.sock"
+    wait_sock "$PWD/qmp.sock" "$dpid" daemon.log
+    wait_sock "$PWD/nbd.sock" "$dpid" daemon.log
     python3 - "$fmt" "$STRESS" "$SEED" "$ROUNDS" <<'PY' || fail "$fmt: $(tail -20 daemon.log)"
 import os, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

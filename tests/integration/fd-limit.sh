@@ -20,9 +20,9 @@ nbd_raw_daemon "$img" "$S" --export type=nbd,id=e0,node-name=disk0,name=disk,wri
     --export type=vhost-user-blk,id=v0,node-name=disk0,addr.type=unix,addr.path="$V",writable=on \
     --export type=vhost-user-blk,id=v1,node-name=disk0,addr.type=unix,addr.path="$V.1",writable=on \
     --chardev socket,id=m0,path="$M",server=on,wait=off --monitor m0
-wait_sock "$V"
-wait_sock "$V.1"
-wait_sock "$M"
+wait_sock "$V" "$dpid" "$T/daemon.log"
+wait_sock "$V.1" "$dpid" "$T/daemon.log"
+wait_sock "$M" "$dpid" "$T/daemon.log"
 
 PYTHONPATH=$VBD_ROOT/tests/qmp:$VBD_ROOT/tests/integration python3 - "$S" "$V" "$M" "$T/daemon.log" "$dpid" <<'PY' || {
 import os, resource, select, socket, struct, sys, time

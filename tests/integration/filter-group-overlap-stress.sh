@@ -20,42 +20,22 @@
 # FILTER_GROUP_SEED; FILTER_GROUP_OPS requests a run (400).
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-stress_setup base.raw 32 20
-SEED=${FILTER_GROUP_SEED:-5353}
-OPS=${FILTER_GROUP_OPS:-400}
-COMMON=(--overlap --ops "$OPS" --qd 48 --hot 4 --hot-move 32)
-
-# overlapped LOG: the run issued mutations over others in flight on the same bytes
-overlapped() {
-    local over
-    over=$(sed -n 's/^vbd-stress: overlap: \([0-9]*\) of .*/\1/p' "$1")
-    [ "${over:-0}" -gt 0 ] || fail "$1: no mutation met another on the same bytes (tested nothing)"
-    echo "$1: $over mutations over another in flight on the same bytes"
-}
+overlap_stress_setup "${FILTER_GROUP_SEED:-5353}" "${FILTER_GROUP_OPS:-400}"
 
 step "throttle group over copy-on-read (vhost-user, iothread) and quorum (NBD), seeds $SEED and $((SEED + 1))"
 scenario_dir grp
-cp ../base.qcow2 base.qcow2
-must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
-for i in 0 1 2; do cp ../base.raw s$i.raw; done
-Q=driver=quorum,node-name=q,vote-threshold=2
-for i in 0 1 2; do
-    Q="$Q,children.$i.driver=raw,children.$i.file.driver=file,children.$i.file.filename=$PWD/s$i.raw"
-done
-Q="$Q,children.1.file.aio=threads"
+cor_stack
+quorum_raw_children ,node-name=q 3
 S=$PWD/qmp.sock
 EA=type=vhost-user-blk,id=ea,node-name=ta,addr.type=unix,addr.path=$PWD/vu.sock,writable=on,num-queues=2,iothread=io0
 start_daemon --object iothread,id=io0 --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
     --object throttle-group,id=g0,limits.iops-total=500,limits.bps-total=20000000 \
-    --blockdev qcow2,node-name=base,file.driver=file,file.filename="$PWD/base.qcow2" \
-    --blockdev qcow2,node-name=top,file.driver=file,file.filename="$PWD/top.qcow2",backing=base \
-    --blockdev copy-on-read,node-name=cor,file=top,bottom=base \
-    --blockdev throttle,node-name=ta,throttle-group=g0,file=cor \
+    "${COR_NODES[@]}" --blockdev throttle,node-name=ta,throttle-group=g0,file=cor \
     --blockdev "$Q" --blockdev throttle,node-name=tb,throttle-group=g0,file=q \
     --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
     --export "$EA" --export type=nbd,id=eb,node-name=tb,name=disk,writable=on
-wait_sock "$PWD/vu.sock"
-wait_sock "$PWD/nbd.sock"
+wait_sock "$PWD/vu.sock" "$dpid" "$T/daemon.log"
+wait_sock "$PWD/nbd.sock" "$dpid" "$T/daemon.log"
 timeout -k 10 600 "$STRESS" --seed "$SEED" "${COMMON[@]}" --init ../base.raw --backing ../base.raw \
     --shadow-out shadow-a.raw --vhost-user vu.sock --queues 2 >stress-a.log 2>&1 &
 apid=$!
@@ -67,10 +47,7 @@ wait $bpid || fail "vbd-stress through throttle + quorum, seed $((SEED + 1)): $(
 overlapped stress-a.log
 overlapped stress-b.log
 stop_daemon
-qcheck top.qcow2
-qcheck base.qcow2
-must qemu-img compare -q -f qcow2 -F raw top.qcow2 shadow-a.raw
-must qemu-img compare -q -f qcow2 -F raw base.qcow2 ../base.raw
+cor_stack_check shadow-a.raw
 for i in 0 1 2; do
     qemu-img compare -q -f raw -F raw s$i.raw shadow-b.raw || fail "quorum child $i is not run B's model"
 done

@@ -24,54 +24,33 @@
 # a case (300: about 1.5 min under ASan at load 30; longer by hand).
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-stress_setup base.raw 32 20
-SEED=${FILTER_OVERLAP_SEED:-2727}
-OPS=${FILTER_OVERLAP_OPS:-300}
-COMMON=(--overlap --ops "$OPS" --qd 48 --hot 4 --hot-move 32)
-
-# overlapped LOG: the run issued mutations over others in flight on the same bytes
-overlapped() {
-    local over
-    over=$(sed -n 's/^vbd-stress: overlap: \([0-9]*\) of .*/\1/p' "$1")
-    [ "${over:-0}" -gt 0 ] || fail "$1: no mutation met another on the same bytes (tested nothing)"
-    echo "$over mutations over another in flight on the same bytes"
-}
+overlap_stress_setup "${FILTER_OVERLAP_SEED:-2727}" "${FILTER_OVERLAP_OPS:-300}"
 
 n=0
 for tr in ${FILTER_OVERLAP_COR:-vhost}; do
     n=$((n + 1))
     step "copy-on-read over $tr, seed $((SEED + n))"
     scenario_dir cor-$tr
-    cp ../base.qcow2 base.qcow2
-    must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+    cor_stack
     stress_transport $tr e0 cor
     srv=()
     [ $tr = nbd ] && srv=(--nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock")
-    "$VBD_DAEMON" --object iothread,id=io0 \
-        --blockdev qcow2,node-name=base,file.driver=file,file.filename="$PWD/base.qcow2" \
-        --blockdev qcow2,node-name=top,file.driver=file,file.filename="$PWD/top.qcow2",backing=base \
-        --blockdev copy-on-read,node-name=cor,file=top,bottom=base "${srv[@]}" --export "$exp" 2>daemon.log &
+    "$VBD_DAEMON" --object iothread,id=io0 "${COR_NODES[@]}" "${srv[@]}" --export "$exp" 2>daemon.log &
     dpid=$!
-    [ $tr = nbd ] && wait_sock "$PWD/nbd.sock" || wait_sock "$PWD/vu.sock"
+    [ $tr = nbd ] && wait_sock "$PWD/nbd.sock" "$dpid" daemon.log || wait_sock "$PWD/vu.sock" "$dpid" daemon.log
     timeout -k 10 600 "$STRESS" --seed $((SEED + n)) "${COMMON[@]}" --init ../base.raw --backing ../base.raw \
         --shadow-out shadow.raw $target >stress.log 2>&1 ||
         fail "vbd-stress through copy-on-read over $tr, seed $((SEED + n)): $(tail -8 stress.log)"
     overlapped stress.log
     job_daemon_stop vbd-daemon
-    qcheck top.qcow2
-    qcheck base.qcow2
-    must qemu-img compare -q -f qcow2 -F raw top.qcow2 shadow.raw
-    must qemu-img compare -q -f qcow2 -F raw base.qcow2 ../base.raw
+    cor_stack_check shadow.raw
     cd "$T"
 done
 
 n=$((n + 1))
 step "quorum: three children, the third failing every write after its first 60, seed $((SEED + n))"
 scenario_dir q
-Q="driver=quorum,vote-threshold=2"
-for i in 0 1 2; do cp ../base.raw s$i.raw; done
-for i in 0 1; do Q="$Q,children.$i.driver=raw,children.$i.file.driver=file,children.$i.file.filename=$PWD/s$i.raw"; done
-Q="$Q,children.1.file.aio=threads"
+quorum_raw_children "" 2
 D="children.2.file"
 Q="$Q,children.2.driver=raw,$D.driver=blkdebug,$D.image.driver=file,$D.image.filename=$PWD/s2.raw"
 Q="$Q,$D.inject-error.0.event=write_aio,$D.inject-error.0.errno=5,$D.inject-error.0.x-skip=60"

@@ -30,7 +30,7 @@ for bottom in base; do
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
         --export type=nbd,id=e0,node-name=cor,name=disk,writable=on 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/nbd.sock"
+    wait_sock "$PWD/nbd.sock" "$dpid" daemon.log
     out=$(timeout -k 10 600 "$STRESS" --seed "$SEED" --ops 4000 --qd 64 --hot 4 --hot-move 16 --init ../base.raw \
         --backing ../base.raw --shadow-out shadow.raw --nbd "nbd+unix:///disk?socket=$PWD/nbd.sock" --conns 4 2>&1) ||
         fail "vbd-stress through copy-on-read (bottom: $bottom), seed $SEED: $(echo "$out" | tail -8)"
@@ -53,7 +53,7 @@ cp ../base.qcow2 a.qcow2 && cp ../base.qcow2 b.qcow2
     --export type=nbd,id=ea,node-name=ta,name=a,writable=on --export type=nbd,id=eb,node-name=tb,name=b,writable=on \
     2>daemon.log &
 dpid=$!
-wait_sock "$PWD/nbd.sock"
+wait_sock "$PWD/nbd.sock" "$dpid" daemon.log
 n=0
 for x in a b; do
     n=$((n + 1))

@@ -77,7 +77,7 @@ if command -v qemu-storage-daemon >/dev/null; then
         2>"$T/qview.log" &
     qsd=$!
     on_exit '[ -n "$qsd" ] && kill -9 $qsd 2>/dev/null'
-    wait_sock "$T/qview.sock"
+    wait_sock "$T/qview.sock" "$qsd" "$T/qview.log"
     args+=(--vhost-user "$T/qview.sock" --num-queues 2 --workload "$G/workloads/view.sh" --workload "$G/workloads/rebind.sh")
 else
     echo "(qemu-storage-daemon not installed: the guest's view is not compared)"

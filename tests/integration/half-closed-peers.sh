@@ -29,7 +29,7 @@ must cp "$img" "$T/tcp.img" # a daemon of its own for TCP (one NBD server a daem
 ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" nbd_raw_daemon -l "$T/tcp.log" "$T/tcp.img" tcp:$port \
     --export type=nbd,id=e0,node-name=disk0,name=disk
 tcp_pid=$dpid
-wait_sock "$T/m0.sock"
+wait_sock "$T/m0.sock" "$unix_pid" "$T/daemon.log"
 
 # stall WHAT PID KIND ADDR ARGS...: the python client; KIND nbd (ADDR, length, count, URI) or qmp (ADDR)
 stall() {

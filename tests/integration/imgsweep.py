@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 FORMATS = ["raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi", "qed"]
 # every image of base/ (made by setup())
@@ -65,6 +66,18 @@ def tool_paths():
 
 class HarnessError(Exception):
     pass
+
+
+# the qemu-img runs of the two sides (copies, info, check) side by side: on
+# a loaded host each waits for a CPU, most of a case's time (subprocess
+# releases the GIL while it waits)
+POOL = ThreadPoolExecutor(3)
+
+
+def side_by_side(fn, *calls):
+    """fn(*args) for each args tuple of calls, at once; their results in order."""
+    futures = [POOL.submit(fn, *args) for args in calls]
+    return [f.result() for f in futures]
 
 
 def sh(cmd, cwd):
@@ -671,7 +684,7 @@ def compare_images(base, q, v, layout):
             continue
         if same_files(pq, pv):
             continue
-        iq, iv = info_fields(q, f), info_fields(v, f)
+        iq, iv = side_by_side(info_fields, (q, f), (v, f))
         if iq != iv:
             diffs.append(f"{f}: qemu-img info differs:\n      qemu: {json.dumps(iq)[:600]}\n"
                          f"      vbd:  {json.dumps(iv)[:600]}")
@@ -679,10 +692,11 @@ def compare_images(base, q, v, layout):
         if not isinstance(iq, dict):
             continue
         fmt = iq["format"]
-        rc, out, err = qi("compare", "-U", "-q", "-f", fmt, "-F", fmt, pq, pv)
+        cmp_run = POOL.submit(qi, "compare", "-U", "-q", "-f", fmt, "-F", fmt, pq, pv)
+        cq, cv = side_by_side(check_report, (q, f, fmt, layout), (v, f, fmt, layout))
+        rc, out, err = cmp_run.result()
         if rc:
             diffs.append(f"{f}: qemu-img compare: not the same image (exit {rc}: {first_err_line(err)})")
-        cq, cv = check_report(q, f, fmt, layout), check_report(v, f, fmt, layout)
         if cq != cv:
             diffs.append(f"{f}: qemu-img check differs:\n      qemu: {cq!r}\n      vbd:  {cv!r}")
     return diffs
@@ -693,7 +707,7 @@ def run_case(work, base, tools, tool, args):
     q, v = os.path.join(work, "q"), os.path.join(work, "v")
     for d in (q, v):
         shutil.rmtree(d, ignore_errors=True)
-        sh(f"cp -a --sparse=always {shlex.quote(base)} {shlex.quote(d)}", work)
+    side_by_side(sh, *((f"cp -a --sparse=always {shlex.quote(base)} {shlex.quote(d)}", work) for d in (q, v)))
     qbin, vbin = tools[tool]
     try:
         pq, pv = run_side(qbin, args, q), run_side(vbin, args, v)

@@ -27,7 +27,7 @@ start() { # $1 = vbd|qsd
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
         --export type=nbd,id=e0,node-name=src,name=disk,writable=on 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/nbd.sock"
+    wait_sock "$PWD/nbd.sock" "$dpid" daemon.log
 }
 on_exit 'kill -9 $dpid 2>/dev/null'
 for d in vbd qsd; do

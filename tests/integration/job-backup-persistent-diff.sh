@@ -38,7 +38,7 @@ for d in qsd vbd; do
             --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
             --export type=nbd,id=e0,node-name=src,name=src,writable=on 2>daemon.log &
         kpid=$!
-        wait_sock "$PWD/nbd.sock"
+        wait_sock "$PWD/nbd.sock" "$kpid" daemon.log
         [ $run = 2 ] && break
         must qemu-io -f raw -c 'write -P 0x22 1M 64k' "nbd+unix:///src?socket=$PWD/nbd.sock" >/dev/null
         kill -9 $kpid

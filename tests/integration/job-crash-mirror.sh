@@ -60,7 +60,7 @@ for when in copy ready pivoted complete blocking; do
         --nbd-server "addr.type=unix,addr.path=$T/nbd.sock" \
         --export type=nbd,id=e0,node-name=src,name=disk,writable=on 2>daemon.log &
     dpid=$!
-    wait_sock "$T/nbd.sock"
+    wait_sock "$T/nbd.sock" "$dpid" daemon.log
     python3 - "$when" "$dpid" <<'PY' || fail "$when: $(tail -3 daemon.log)"
 import os, random, signal, subprocess, sys, threading, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

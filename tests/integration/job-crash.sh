@@ -25,7 +25,7 @@ start() {
         --nbd-server "addr.type=unix,addr.path=$T/nbd.sock" \
         --export type=nbd,id=e0,node-name=top,name=disk,writable=on 2>daemon.log &
     dpid=$!
-    wait_sock "$T/nbd.sock"
+    wait_sock "$T/nbd.sock" "$dpid" daemon.log
 }
 on_exit 'kill -9 $dpid 2>/dev/null'
 # start JOB ARGS (JSON) and wait until it has copied at least AT bytes

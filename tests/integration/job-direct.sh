@@ -53,7 +53,7 @@ run_job() {
     "$bin" --chardev socket,id=m0,path="$PWD/m.sock",server=on,wait=off --monitor m0 "${bd[@]}" >"$T/$who.out" 2>"$T/$who.log" &
     dpid=$!
     on_exit "[ -z \"\$dpid\" ] || kill -9 \$dpid 2>/dev/null"
-    wait_sock "$PWD/m.sock"
+    wait_sock "$PWD/m.sock" "$dpid" "$T/$who.log"
     qmp_py "$PWD/m.sock" <<PY || fail "$who $job: the job failed ($(cat "$T/$who.log"))"
 cmd = {"backup": ("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full"}),
        "commit": ("block-commit", {"job-id": "j", "device": "top", "top-node": "mid", "base-node": "base"}),

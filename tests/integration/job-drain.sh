@@ -59,7 +59,7 @@ for scen in ${JOB_DRAIN_SCENARIOS:-M B S C}; do
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
         --export "type=nbd,id=guest,node-name=$guest,name=disk,writable=on" 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/nbd.sock"
+    wait_sock "$PWD/nbd.sock" "$dpid" daemon.log
     python3 - "$scen" "$STRESS" "$SEED" <<'PY' || fail "scenario $scen: $(tail -40 daemon.log)"
 import os, signal, subprocess, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

@@ -25,7 +25,7 @@ start_daemon --object iothread,id=io0 --object iothread,id=io1 \
     --blockdev '{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"'"$T"'/top.qcow2"},"backing":"base"}' \
     --blockdev '{"driver":"qcow2","node-name":"tgt","file":{"driver":"file","filename":"'"$T"'/tgt.qcow2"}}' \
     --export type=vhost-user-blk,id=e0,node-name=top,addr.type=unix,addr.path="$T/vu.sock",writable=on,num-queues=2,iothread.0=io0,iothread.1=io1
-wait_sock "$T/vu.sock"
+wait_sock "$T/vu.sock" "$dpid" "$T/daemon.log"
 T=$T BENCH=$VBD_BENCH python3 - <<'PY' || fail_with_daemon_log "jobs under vbd-bench"
 import os, subprocess, sys, threading, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

@@ -41,7 +41,7 @@ for d in vbd qsd; do
         --blockdev '{"driver":"'$fmt'","node-name":"src","file":{"driver":"file","filename":"'"$PWD"'/src.'$fmt'"}}' \
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/qmp.sock"
+    wait_sock "$PWD/qmp.sock" "$dpid" daemon.log
     python3 - "$d" "$R1" "$R2" <<'PY' || fail "$d"
 import os, subprocess, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

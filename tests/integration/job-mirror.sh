@@ -38,7 +38,7 @@ for d in vbd qsd; do
         N) truncate -s 32M tgt.raw
            qemu-nbd -f raw -t -k "$PWD/tgt.sock" -x tgt tgt.raw 2>qnbd.log &
            npid=$!
-           wait_sock "$PWD/tgt.sock" ;;
+           wait_sock "$PWD/tgt.sock" "$npid" qnbd.log ;;
         esac
         job_daemon_start $d top --blockdev "$(qcow2_node base null)" --blockdev "$(qcow2_node top base)"
         python3 - "$d" "$scen" "$STRESS" <<'PY' || fail "$d scenario $scen"

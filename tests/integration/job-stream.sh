@@ -30,7 +30,7 @@ must qemu-io -f raw "${IOW[@]}" model.raw >/dev/null
 nbd_start() {
     qemu-nbd -r -f qcow2 -x base -t -e 8 -k "$PWD/base.sock" ../base.qcow2 2>nbd.log &
     npid=$!
-    wait_sock "$PWD/base.sock"
+    wait_sock "$PWD/base.sock" "$npid" nbd.log
     must qemu-img create -q -f qcow2 -b "nbd+unix:///base?socket=$PWD/base.sock" -F raw top.qcow2 32M
 }
 on_exit 'kill -9 $dpid $npid 2>/dev/null'

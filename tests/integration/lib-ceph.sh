@@ -20,10 +20,23 @@ _ceph_t0=0
 
 _ceph_port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# ceph_wait SECONDS WHAT CMD...: until CMD succeeds
+# ceph_wait SECONDS WHAT CMD...: until CMD succeeds. A daemon of ours that
+# is gone meanwhile ends the wait at once with the logs (it cannot come
+# back by itself): one whose pid file names no live daemon of ours, or
+# whose pid file, seen in this wait, is removed (a clean exit removes it;
+# a forked daemon writes it only some time after its start).
 ceph_wait() {
-    local end=$((SECONDS + $1)) what=$2; shift 2
+    local end=$((SECONDS + $1)) what=$2 name seen=""; shift 2
     until "$@" >/dev/null 2>&1; do
+        for name in mon.a osd.0; do
+            if [ -s "$CEPH_DIR/run/$name.pid" ]; then
+                seen="$seen $name"
+                _ceph_pid $name >/dev/null ||
+                    { _ceph_logs; fail "ceph: $name exited while waiting for $what"; }
+            elif [[ " $seen " == *" $name "* ]]; then
+                _ceph_logs; fail "ceph: $name exited (its pid file removed) while waiting for $what"
+            fi
+        done
         [ $SECONDS -lt $end ] || { _ceph_logs; fail "ceph: timed out waiting for $what"; }
         sleep 0.3
     done
@@ -154,6 +167,9 @@ ceph_osd_kill9() {
     pid=$(_ceph_pid osd.0) || fail "ceph: no running osd.0"
     kill -9 "$pid"
     while _ceph_pid osd.0 >/dev/null; do sleep 0.1; done
+    # its pid file stays behind: the next start's ceph_wait would take it
+    # for the new OSD gone
+    rm -f "$CEPH_DIR/run/osd.0.pid"
     # the monitor must see it down before a restart can be marked up again
     ceph_cli osd down 0 >/dev/null 2>&1 || true
 }

@@ -190,6 +190,58 @@ stress_setup() {
     must qemu-img convert -q -f raw -O qcow2 "$1" base.qcow2
     on_exit 'kill -9 $dpid 2>/dev/null'
 }
+# The filter tests under mutations in flight on the same bytes
+# (filter-overlap-stress, filter-group-overlap-stress):
+# overlap_stress_setup SEED OPS: stress_setup (base.raw of 32 MiB, data at
+# 1 and 20 MiB, its copy base.qcow2; $T the current directory), SEED and
+# OPS set, COMMON: vbd-stress's options of a run (--overlap, OPS requests,
+# 48 in flight on 4 hot clusters that move every 32)
+overlap_stress_setup() {
+    stress_setup base.raw 32 20
+    SEED=$1 OPS=$2
+    COMMON=(--overlap --ops "$OPS" --qd 48 --hot 4 --hot-move 32)
+}
+# overlapped LOG: the run issued mutations over others in flight on the
+# same bytes (else it tested nothing)
+overlapped() {
+    local over
+    over=$(sed -n 's/^vbd-stress: overlap: \([0-9]*\) of .*/\1/p' "$1")
+    [ "${over:-0}" -gt 0 ] || fail "$1: no mutation met another on the same bytes (tested nothing)"
+    echo "$1: $over mutations over another in flight on the same bytes"
+}
+# cor_stack: in the current directory base.qcow2 (a copy of ../base.qcow2)
+# and an empty qcow2 overlay top.qcow2 over it; COR_NODES: the --blockdev
+# options of qcow2 nodes base and top (backing: base) and copy-on-read cor
+# over top (bottom: base, so that a discard may expose the base)
+cor_stack() {
+    cp ../base.qcow2 base.qcow2 || fail "copy of base.qcow2"
+    must qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+    COR_NODES=(--blockdev qcow2,node-name=base,file.driver=file,file.filename="$PWD/base.qcow2"
+        --blockdev qcow2,node-name=top,file.driver=file,file.filename="$PWD/top.qcow2",backing=base
+        --blockdev copy-on-read,node-name=cor,file=top,bottom=base)
+}
+# cor_stack_check SHADOW: after the run, the overlay checks clean and reads
+# as the model SHADOW, the base checks clean and is unchanged
+cor_stack_check() {
+    qcheck top.qcow2
+    qcheck base.qcow2
+    must qemu-img compare -q -f qcow2 -F raw top.qcow2 "$1"
+    must qemu-img compare -q -f qcow2 -F raw base.qcow2 ../base.raw
+}
+# quorum_raw_children OPTS N: s0.raw, s1.raw and s2.raw (copies of
+# ../base.raw) in the current directory, and Q: the options of a quorum
+# (vote-threshold 2, then OPTS) whose first N children are raw nodes over
+# the first N copies, child 1 through the thread pool (the caller adds
+# the others)
+quorum_raw_children() {
+    local i
+    for i in 0 1 2; do cp ../base.raw s$i.raw || fail "copy of base.raw"; done
+    Q="driver=quorum,vote-threshold=2$1"
+    for ((i = 0; i < $2; i++)); do
+        Q="$Q,children.$i.driver=raw,children.$i.file.driver=file,children.$i.file.filename=$PWD/s$i.raw"
+    done
+    Q="$Q,children.1.file.aio=threads"
+}
 # The restart-stress tests (nbd-client-restart-stress, iscsi-restart-stress):
 # a protocol node whose server is killed and started again twice under two
 # vbd-stress runs, then the server's image checked against their models.
@@ -220,8 +272,8 @@ window_stress_start() {
         2>daemon.log &
     dpid=$!
     on_exit "kill -9 $dpid 2>/dev/null"
-    wait_sock "$S"
-    wait_sock "$VU"
+    wait_sock "$S" "$dpid" daemon.log
+    wait_sock "$VU" "$dpid" daemon.log
     "$STRESS" --seed "$aseed" --ops 1000000 --qd 64 --align 512 --init a.init --shadow-out a.shadow \
         --vhost-user "$VU" --queues 2 >a.log 2>&1 &
     apid=$!
@@ -241,7 +293,7 @@ window_stress_rounds() {
         kill -0 $apid 2>/dev/null || fail "vbd-stress (vhost-user) ended before the kill: $(tail -5 a.log)"
         kill -0 $bpid 2>/dev/null || fail "vbd-stress (NBD) ended before the kill: $(tail -5 b.log)"
         $2
-        wait_log daemon.log "$3" $round || fail "no reconnect $round: $(tail -5 daemon.log)"
+        wait_log daemon.log "$3" $round "$dpid" || fail "no reconnect $round: $(tail -5 daemon.log)"
     done
 }
 # window_stress_finish WHAT DISK: both runs stopped (within 120 s) and
@@ -316,8 +368,8 @@ stress_daemon() {
     fi
     start_daemon --object iothread,id=io0 --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
         "$@" "${exports[@]}"
-    [ "$which" = nbd ] || wait_sock "$T/vu.sock"
-    [ "$which" = vhost ] || wait_sock "$T/nbd.sock"
+    [ "$which" = nbd ] || wait_sock "$T/vu.sock" "$dpid" "$T/daemon.log"
+    [ "$which" = vhost ] || wait_sock "$T/nbd.sock" "$dpid" "$T/daemon.log"
 }
 # scenario_dir NAME: a fresh $T/NAME, the current directory from now on
 scenario_dir() { rm -rf "${T:?}/$1" && mkdir "$T/$1" && cd "$T/$1" || fail "cannot make $T/$1"; }
@@ -660,11 +712,20 @@ qmpdiff_job_chain() {
         --blockdev "driver=file,node-name=ftgt,filename={DIR}/tgt.qcow2" \
         --blockdev '{"driver":"qcow2","node-name":"tgt","file":"ftgt","backing":null}'
 }
-# wait_log FILE PATTERN [COUNT]: wait (up to ~60 s) until FILE has COUNT
-# (default 1) lines matching the fixed string PATTERN. A peer may write its
-# log line after the client already saw the failure it logs.
+# wait_log FILE PATTERN [COUNT [PID [LOG]]]: wait (up to ~60 s) until FILE
+# has COUNT (default 1) lines matching the fixed string PATTERN; returns 1
+# if not. A peer may write its log line after the client already saw the
+# failure it logs. PID: the process that writes it; once it is gone (and
+# the lines are not there) the test fails at once, with LOG's tail
+# (default FILE).
 wait_log() {
-    for _ in $(seq 1200); do [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; sleep 0.05; done
+    local pid=${4:-} log=${5:-$1}
+    for _ in $(seq 1200); do
+        [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0
+        [ -z "$pid" ] || _waited_alive "$pid" ||
+            { [ "$(grep -cF -- "$2" "$1")" -ge "${3:-1}" ] && return 0; _waited_fail "no line '$2' in $1" "$pid" "$log"; }
+        sleep 0.05
+    done
     return 1
 }
 # A vbd-io that takes its commands one at a time, each when the test gets
@@ -703,7 +764,54 @@ io_end() {
     io_cmd quit
     exec 7>&-
 }
-wait_sock() { for _ in $(seq 1200); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
+# The waits for a server to come up take the PID of the process that makes
+# what they wait for (wait_sock SOCK PID [LOG], wait_port PORT PID [LOG],
+# wait_log FILE PATTERN [COUNT [PID [LOG]]]): once that process is gone
+# there is nothing left to wait for, and the wait fails at once with its
+# exit status and the tail of its log (LOG, else the file its stderr went
+# to when the wait began) instead of after its whole limit with only "no
+# socket" to say (a daemon that refused its command line was waited for
+# 60 s, and its own error was never printed). Without a PID they wait out
+# their limit as before (a socket made by a process the test cannot name).
+# _waited_log PID: the regular file PID's stderr goes to, if any
+_waited_log() {
+    local l
+    l=$(readlink "/proc/$1/fd/2" 2>/dev/null) && [ -f "$l" ] && echo "$l"
+}
+# _waited_alive PID: the process runs (a zombie does not: an exited child
+# of another shell, not yet reaped)
+_waited_alive() {
+    local st
+    # builtins only: it runs at every turn of a wait
+    { read -r st <"/proc/$1/stat"; } 2>/dev/null || return 1
+    st=${st##*) }
+    [ -n "$st" ] && [ "${st:0:1}" != Z ]
+}
+# _waited_fail WHAT PID LOG: the log's tail, then fail: PID is gone, WHAT
+# never came (its exit status where PID is this shell's child)
+_waited_fail() {
+    local what=$1 pid=$2 log=$3 rc status
+    wait "$pid" 2>/dev/null
+    rc=$?
+    status="exit status $rc"
+    [ $rc != 127 ] || status="not this shell's child: exit status unknown"
+    if [ -n "$log" ] && [ -f "$log" ]; then
+        echo "--- the last lines of $log:" >&2
+        tail -n 20 "$log" >&2
+    fi
+    fail "$what: process $pid exited first ($status)"
+}
+wait_sock() {
+    local sock=$1 pid=${2:-} log=${3:-}
+    [ -n "$log" ] || [ -z "$pid" ] || log=$(_waited_log "$pid")
+    for _ in $(seq 1200); do
+        [ -S "$sock" ] && return 0
+        [ -z "$pid" ] || _waited_alive "$pid" || { [ -S "$sock" ] && return 0; _waited_fail "no socket $sock" "$pid" "$log"; }
+        sleep 0.05
+    done
+    [ -z "$log" ] || { echo "--- the last lines of $log:" >&2; tail -n 20 "$log" >&2; }
+    fail "no socket $sock after 60 s${pid:+ (process $pid still runs)}"
+}
 # free_port [N]: a TCP port P with P..P+N-1 (default 1) free on 127.0.0.1,
 # below the kernel's ephemeral range (32768 and up here) so that no
 # outgoing connection is handed it before the test's server binds it; a
@@ -739,7 +847,17 @@ for _ in range(200):
 sys.exit("free_port: no free run of %d ports" % n)
 PY
 }
-wait_port() { for _ in $(seq 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; fail "nothing listens on $1"; }
+wait_port() {
+    local port=$1 pid=${2:-} log=${3:-}
+    [ -n "$log" ] || [ -z "$pid" ] || log=$(_waited_log "$pid")
+    for _ in $(seq 1200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        [ -z "$pid" ] || _waited_alive "$pid" || _waited_fail "nothing listens on port $port" "$pid" "$log"
+        sleep 0.05
+    done
+    [ -z "$log" ] || { echo "--- the last lines of $log:" >&2; tail -n 20 "$log" >&2; }
+    fail "nothing listens on port $port after 60 s${pid:+ (process $pid still runs)}"
+}
 # vbd-daemon in the background until its socket $S appears (log: $T/daemon.log,
 # started afresh each time); stop_daemon: SIGTERM, exit status 0, socket
 # removed, no sanitizer report.
@@ -792,7 +910,7 @@ nbd_qsd_vbd() {
             --export type=nbd,id=e0,node-name=d0,name=disk,writable=on 2>"$T/$t.log") &
         pid=$!
         on_exit "kill -9 $pid 2>/dev/null"
-        wait_sock "$T/$t.sock"
+        wait_sock "$T/$t.sock" "$pid" "$T/$t.log"
         qemu-io -f raw "${args[@]}" "nbd+unix:///disk?socket=$T/$t.sock" >$t.out 2>&1
         echo "exit $?" >>$t.out
         kill -TERM $pid
@@ -814,7 +932,7 @@ nbd_outage_server() {
     python3 "$VBD_ROOT/tests/integration/nbd-outage-server.py" "$1" "$2" "$T/srv.log" &
     lpid=$!
     on_exit "kill $lpid 2>/dev/null"
-    wait_log "$T/srv.log" listening || fail "the scripted NBD server did not start"
+    wait_log "$T/srv.log" listening 1 "$lpid" || fail "the scripted NBD server did not start"
 }
 # nbd_via unix|tcp PORT: the names of one transport for the export "disk"
 # served at $T/s.sock or 127.0.0.1:PORT: addr (nbd_raw_daemon's ADDR), where
@@ -900,7 +1018,7 @@ job_daemon_start() {
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
         --export type=nbd,id=e0,node-name=$node,name=disk,writable=on 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/nbd.sock"
+    wait_sock "$PWD/nbd.sock" "$dpid" daemon.log
 }
 job_daemon_stop() {
     kill -TERM $dpid; wait $dpid; local rc=$?
@@ -923,7 +1041,7 @@ job_stress_scenario() {
     "$VBD_DAEMON" --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
         --blockdev "$(qcow2_node src)" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/qmp.sock"
+    wait_sock "$PWD/qmp.sock" "$dpid" daemon.log
 }
 # qcow2_node NAME [BACKING]: the blockdev JSON of qcow2 node NAME on
 # $PWD/NAME.qcow2; BACKING: its backing, a node name or null (none); without
@@ -974,7 +1092,7 @@ stress_format() {
         2>daemon.log &
     local spid=$!
     on_exit "kill -9 $spid 2>/dev/null"
-    wait_sock "$PWD/nbd.sock"
+    wait_sock "$PWD/nbd.sock" "$spid" daemon.log
     out=$(timeout -k 10 600 "$stress" --seed 200 --ops 1500 --cluster-size $nbd_cs --init init.raw --shadow-out shadow.raw \
           --nbd "nbd+unix:///disk?socket=$PWD/nbd.sock" --conns 4 2>&1) ||
         fail "vbd-stress $fmt over NBD seed=200: $(echo "$out" | tail -5)"

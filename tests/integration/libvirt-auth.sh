@@ -36,7 +36,7 @@ XML
         --nbd-server addr.type=unix,addr.path="$T/nbd.sock" --export type=nbd,id=e0,node-name=vda,name=vda \
         2>daemon.log &
     dpid=$!
-    wait_sock "$T/nbd.sock"
+    wait_sock "$T/nbd.sock" "$dpid" daemon.log
     must qemu-io -f raw -r -c "read -P 0x5a 1M 64k" "nbd+unix:///vda?socket=$T/nbd.sock" >/dev/null
     kill -TERM $dpid; wait $dpid; rc=$?; dpid=
     [ $rc = 0 ] || fail "vbd-daemon exited with $rc: $(tail -3 daemon.log)"

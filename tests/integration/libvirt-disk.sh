@@ -32,7 +32,7 @@ NS=$T/nbd.sock
 qemu-nbd -k "$NS" -f raw -x exp -e 4 -t "$T/n.raw" </dev/null >"$T/qemu-nbd.log" 2>&1 &
 npid=$!
 on_exit "kill $npid 2>/dev/null; wait $npid 2>/dev/null"
-wait_sock "$NS"
+wait_sock "$NS" "$npid"
 
 domain() { # NAME DISK-XML... -> a domain around the disks
     echo "<domain type='qemu'><name>$1</name><memory unit='MiB'>128</memory>"
@@ -240,7 +240,7 @@ S=$P
 "$VBD_DAEMON" --libvirt-disk "$T/case-chain.xml" --vhost-user "$P" --print-libvirt-disk >"$T/printed.xml" 2>"$T/daemon.log" &
 # shellcheck disable=SC2034 # stop_daemon (lib.sh) stops it
 dpid=$!
-wait_sock "$P"
+wait_sock "$P" "$dpid" "$T/daemon.log"
 for _ in $(seq 1200); do grep -q '</disk>' "$T/printed.xml" && break; sleep 0.05; done
 grep -q "<source type='unix' path='$P'>" "$T/printed.xml" || { cat "$T/printed.xml"; fail "printed element lacks the socket"; }
 grep -q "<reconnect enabled='yes' timeout='1'/>" "$T/printed.xml" || fail "printed element lacks <reconnect>"

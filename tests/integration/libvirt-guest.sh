@@ -62,7 +62,7 @@ start_a 1
 "$VBD_DAEMON" --libvirt-disk "$T/vdb.xml" --nbd-server addr.type=unix,addr.path="$NB" \
     --export type=nbd,id=e,node-name=vdb,name=vdb,writable=on 2>"$T/b.log" &
 bpid=$!
-wait_sock "$NB"
+wait_sock "$NB" "$bpid" "$T/b.log"
 grep -q "<reconnect enabled='yes' timeout='1'/>" "$T/printed-1.xml" || fail "no <reconnect> in the printed element"
 grep -q "queues='2'" "$T/printed-1.xml" || fail "the printed element lacks queues='2'"
 

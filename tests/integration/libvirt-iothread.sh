@@ -41,7 +41,7 @@ for attr in "iothread='1'" ""; do
     rm -f qmp.sock
     start_daemon --chardev socket,id=m,path="$T/qmp.sock",server=on,wait=off --monitor chardev=m \
         --object iothread,id=iothread1 --libvirt-disk "$T/disk.xml" --vhost-user "$S"
-    wait_sock "$T/qmp.sock"
+    wait_sock "$T/qmp.sock" "$dpid" "$T/daemon.log"
     if [ -n "$attr" ]; then objdel refused; else objdel ok; fi
     stop_daemon
 done

@@ -65,7 +65,7 @@ if command -v qemu-storage-daemon >/dev/null; then
             --nbd-server addr.type=unix,addr.path="$T/$d.sock" \
             --export type=nbd,id=e0,node-name=d0,name=disk,writable=on,bitmaps.0=coarse,bitmaps.1=b0 2>$d.log &
         p=$!
-        wait_sock "$T/$d.sock"
+        wait_sock "$T/$d.sock" "$p" $d.log
         u="nbd+unix:///disk?socket=$T/$d.sock"
         nbdinfo --json --list "$u" | python3 -c 'import json,sys; print(json.load(sys.stdin)["exports"][0]["contexts"])' >$d.ctx ||
             fail "nbdinfo --list against $d: $(cat $d.log)"

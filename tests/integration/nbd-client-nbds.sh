@@ -22,16 +22,18 @@ must qemu-io -f raw -c "write -P 0x71 1M 2M" -c "write -P 0x72 20M 64k" disk.raw
 port=$(free_port 4) || fail "no free TCP port"
 kport=$((port + 1))
 qemu-nbd --object "$SRV" --tls-creds tls0 -f raw -k "$T/qn.sock" -x exp --persistent --shared=8 disk.raw 2>qn.log &
-on_exit "kill $! 2>/dev/null"
+qn=$!
 qemu-nbd --object "$SRV" --tls-creds tls0 -f raw -b 127.0.0.1 -p $port -x exp --persistent --shared=8 disk.raw 2>qt.log &
-on_exit "kill $! 2>/dev/null"
+qt=$!
 nbdkit -f -i 127.0.0.1 -p $kport --tls=require --tls-certificates="$T/pki/server" memory 16M 2>nk.log &
-on_exit "kill $! 2>/dev/null"
+nk=$!
 nbdkit -f -U "$T/nkp.sock" --tls=require --tls-psk="$T/psk/keys.psk" memory 16M 2>nkp.log &
-on_exit "kill $! 2>/dev/null"
+nkp=$!
 qemu-nbd -f raw -k "$T/plain.sock" -x exp --persistent --shared=8 -r disk.raw 2>plain.log &
-on_exit "kill $! 2>/dev/null"
-wait_sock qn.sock; wait_sock nkp.sock; wait_sock plain.sock; wait_port $port; wait_port $kport
+plain=$!
+on_exit "kill $qn $qt $nk $nkp $plain 2>/dev/null"
+wait_sock qn.sock $qn qn.log; wait_sock nkp.sock $nkp nkp.log; wait_sock plain.sock $plain plain.log
+wait_port $port $qt qt.log; wait_port $kport $nk nk.log
 CLI="tls-creds-x509,id=tls0,dir=$T/pki/client,endpoint=client"
 QU="nbds+unix:///exp?socket=$T/qn.sock&tls-certificates=$T/pki/client"
 QT="nbds://localhost:$port/exp?tls-certificates=$T/pki/client"
@@ -76,7 +78,7 @@ step "vbd-daemon --blockdev file.filename=nbds+unix://... (file= alone names a n
     --export type=nbd,id=e0,node-name=r0,name=re 2>re.log &
 rpid=$!
 on_exit "kill $rpid 2>/dev/null"
-wait_sock re.sock
+wait_sock re.sock "$rpid" re.log
 must qemu-io -f raw -r -c "read -P 0x74 31M 64k" "nbd+unix:///re?socket=$T/re.sock" >/dev/null
 kill -TERM $rpid; wait $rpid || fail "vbd-daemon exit status $?: $(tail -20 re.log)"
 

@@ -23,7 +23,7 @@ srv_start() {
     qemu-nbd -f raw -k "$SRV" -x exp --persistent disk.raw 2>/dev/null &
     spid=$!
     on_exit "kill -9 $spid 2>/dev/null"
-    wait_sock "$SRV"
+    wait_sock "$SRV" "$spid"
 }
 # The outage: lib.sh's nbd_outage_server on $SRV: the client's open
 # answered and closed at once, so that the client's first request finds

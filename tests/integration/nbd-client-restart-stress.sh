@@ -30,7 +30,7 @@ srv_start() { # KIND: the server of disk.raw on $SRV, pid in spid
     esac
     spid=$!
     on_exit "kill -9 $spid 2>/dev/null"
-    wait_sock "$SRV"
+    wait_sock "$SRV" "$spid" srv.log
 }
 
 srv_restart() { # KIND: SIGKILL, an outage (the client finds no server meanwhile), then a new server

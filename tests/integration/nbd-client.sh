@@ -11,7 +11,7 @@ must qemu-io -f raw -c "write -P 0x42 1M 2M" -c "write -P 0x43 10M 64k" disk.raw
 qemu-nbd -f raw -k "$T/qn.sock" -x exp --persistent --shared=4 disk.raw 2>qn.log &
 qpid=$!
 on_exit "kill $qpid 2>/dev/null"
-wait_sock qn.sock
+wait_sock qn.sock "$qpid" qn.log
 U="nbd+unix:///exp?socket=$T/qn.sock"
 
 step "qemu-nbd: info, map (holes skipped), compare, convert, as qemu-img"
@@ -41,7 +41,7 @@ step "vbd-daemon re-exports the remote disk; qemu-img reads it through both hops
     2>daemon.log &
 dpid=$!
 on_exit "kill $dpid 2>/dev/null"
-wait_sock vbd.sock
+wait_sock vbd.sock "$dpid" daemon.log
 must qemu-img compare -q -f raw -F raw "nbd+unix:///hop?socket=$T/vbd.sock" "$U"
 must qemu-io -f raw -c "write -P 0x47 50M 64k" "nbd+unix:///hop?socket=$T/vbd.sock" >/dev/null
 must qemu-io -f raw -r -c "read -P 0x47 50M 64k" "$U" >/dev/null
@@ -60,7 +60,7 @@ kill $kpid
 nbdkit -f -U "$T/kf.sock" file disk.raw 2>/dev/null &
 kfpid=$!
 on_exit "kill $kfpid 2>/dev/null"
-wait_sock kf.sock
+wait_sock kf.sock "$kfpid"
 must "$VBD_IMG" compare -q -f raw -F raw "nbd+unix:///?socket=$T/kf.sock" "$U"
 kill $kfpid
 
@@ -68,7 +68,7 @@ step "nbdkit error filter: errors reach the caller, nothing hangs"
 nbdkit -f -U "$T/ke.sock" --filter=error memory 16M error=EIO error-pread-rate=100% 2>/dev/null &
 kepid=$!
 on_exit "kill $kepid 2>/dev/null"
-wait_sock ke.sock
+wait_sock ke.sock "$kepid"
 out=$(timeout 120 "$VBD_IO" -f raw -c "read 0 64k" "nbd+unix:///?socket=$T/ke.sock" 2>&1); rc=$?
 [ $rc != 124 ] || fail "a read from a failing server hung"
 [ $rc != 0 ] || fail "a failing read exited 0"
@@ -80,7 +80,7 @@ step "reconnect: the server restarts between requests, reconnect-delay=60 carrie
 sock2=$T/qn2.sock
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &
 q2=$!
-wait_sock "$sock2"
+wait_sock "$sock2" "$q2"
 kill $qpid; wait $qpid 2>/dev/null   # one server at a time holds the image lock
 # the second read sent once the server was killed and started again (its
 # socket may not be back yet: reconnect-delay, counted from the kill, covers
@@ -111,7 +111,7 @@ grep -qi "input/output error" nr.out || fail "no EIO after the server died: $(ca
 qemu-nbd -f raw -k "$sock2" -x exp --persistent disk.raw 2>/dev/null &
 q4=$!
 on_exit "kill $q4 2>/dev/null"
-wait_sock "$sock2"
+wait_sock "$sock2" "$q4"
 
 step "legacy nbd:HOST:PORT and nbd+tcp:// filenames"
 port=$(free_port 4) || fail "no free TCP port"
@@ -130,7 +130,7 @@ must qemu-io -f raw -c "write -P 0x71 0 8M" dis.raw >/dev/null
 qemu-nbd -f raw -k "$T/dis.sock" --discard=unmap -t dis.raw 2>/dev/null &
 dpid2=$!
 on_exit "kill $dpid2 2>/dev/null"
-wait_sock dis.sock
+wait_sock dis.sock "$dpid2"
 must "$VBD_IO" -f raw -c "discard 1M 2M" -c "write -z -u 5M 1M" -c "read -P 0 1M 2M" -c "read -P 0x71 0 1M" \
     "nbd+unix:///?socket=$T/dis.sock" >/dev/null
 kill $dpid2; wait $dpid2 2>/dev/null
@@ -142,7 +142,7 @@ step "read-only export: write open refused with a clear error, read-only open wo
 qemu-nbd -r -f raw -k "$T/ro.sock" -t dis.raw 2>/dev/null &
 ropid=$!
 on_exit "kill $ropid 2>/dev/null"
-wait_sock ro.sock
+wait_sock ro.sock "$ropid"
 must_fail_with "read-only" "$VBD_IO" -f raw -c "write 0 4k" "nbd+unix:///?socket=$T/ro.sock"
 must "$VBD_IO" -f raw -r -c "read -P 0x71 0 1M" "nbd+unix:///?socket=$T/ro.sock" >/dev/null
 kill $ropid
@@ -152,7 +152,7 @@ nbdkit -f -U "$T/bp.sock" --filter=blocksize-policy memory 16M blocksize-minimum
     blocksize-maximum=1M blocksize-error-policy=error 2>/dev/null &
 bppid=$!
 on_exit "kill $bppid 2>/dev/null"
-wait_sock bp.sock
+wait_sock bp.sock "$bppid"
 must "$VBD_IO" -f raw -c "write -P 7 100 1000" -c "write -P 8 1M 5M" -c "aio_write -P 9 7M 3M" -c aio_flush \
     -c "read -P 7 100 1000" -c "read -P 0 0 100" -c "read -P 0 1100 3000" -c "read -P 8 1M 5M" -c "read -P 9 7M 3M" \
     "nbd+unix:///?socket=$T/bp.sock" >/dev/null

@@ -19,7 +19,7 @@ start_daemon --chardev socket,id=m,path="$S",server=on,wait=off --monitor charde
 qemu-storage-daemon --chardev socket,id=m,path="$T/q.qmp",server=on,wait=off --monitor chardev=m \
     --blockdev driver=file,node-name=d,filename="$T/q.raw" 2>q.log &
 qpid=$!
-wait_sock "$T/q.qmp"
+wait_sock "$T/q.qmp" "$qpid" q.log
 T=$T python3 - <<'PY' || fail_with_daemon_log "block-export-del after a client"
 import os, struct, subprocess, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

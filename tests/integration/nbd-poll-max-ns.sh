@@ -20,7 +20,7 @@ for via in unix tcp; do
     step "$via: poll-max-ns=0 on the export's iothread"
     nbd_raw_daemon "$img" "$addr" --object iothread,id=io0 --chardev socket,id=m0,path="$S",server=on,wait=off \
         --monitor m0 --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on,iothread=io0
-    wait_sock "$S"
+    wait_sock "$S" "$dpid" "$T/daemon.log"
     python3 - "$where" "$S" "$dpid" <<'PY' || fail "$via: the connection's spin did not follow poll-max-ns=0"
 import os, struct, sys, time
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

@@ -30,7 +30,7 @@ ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" nbd_raw_daemon "$T/v.img" 
 qemu-nbd -f raw -t -e 4 -x disk -k "$T/q.sock" "$T/q.img" 2>"$T/qemu-nbd.log" &
 qpid=$!
 on_exit "kill $qpid 2>/dev/null"
-wait_sock "$T/q.sock"
+wait_sock "$T/q.sock" "$qpid" "$T/qemu-nbd.log"
 fds0=$(ls /proc/$dpid/fd | wc -l)
 
 probe() { # PART SOCKET: one line per case, INVALID lines for what the spec forbids

@@ -16,7 +16,7 @@ nbd_raw_daemon "$T/v.img" "$T/v.sock"
 qemu-nbd -f raw -t -x disk -k "$T/q.sock" "$T/q.img" 2>"$T/qemu-nbd.log" &
 qpid=$!
 on_exit "kill $qpid 2>/dev/null"
-wait_sock "$T/q.sock"
+wait_sock "$T/q.sock" "$qpid" "$T/qemu-nbd.log"
 
 probe() { # SOCKET: one line per (reply kind, command, flag): the error
     python3 - "$1" <<'PY'

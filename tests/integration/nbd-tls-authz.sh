@@ -27,7 +27,7 @@ start_daemon() {
         --export type=nbd,id=e0,node-name=n0,name=exp,writable=on 2>"$1" &
     dpid=$!
     on_exit "kill $dpid 2>/dev/null"
-    wait_sock vbd.sock
+    wait_sock vbd.sock "$dpid" "$1"
 }
 U="driver=nbd,server.type=unix,server.path=$T/vbd.sock,export=exp,tls-creds=tls0,tls-hostname=localhost"
 RAWU="driver=raw,file.${U//,/,file.}"
@@ -71,12 +71,12 @@ qemu-nbd --object "$SRV" --object "authz-simple,id=auth0,identity=O=vbd,,CN=vbd-
     --tls-authz auth0 -f raw -k "$T/qn.sock" -x exp --persistent disk.raw 2>qn.log &
 qpid=$!
 on_exit "kill $qpid 2>/dev/null"
-wait_sock qn.sock
+wait_sock qn.sock "$qpid" qn.log
 [ "$(nbdinfo --size "nbds+unix:///exp?socket=$T/qn.sock&tls-certificates=$T/pki/client")" = 33554432 ] ||
     fail "qemu-nbd refused the identity vbd allows: $(cat qn.log)"
 nbdinfo --size "nbds+unix:///exp?socket=$T/qn.sock&tls-certificates=$T/pki/client2" >/dev/null 2>&1 &&
     fail "qemu-nbd allowed the identity vbd refuses"
-wait_log qn.log "authz check for O=vbd,CN=vbd-other-client is denied" || fail "qemu-nbd's log: $(cat qn.log)"
+wait_log qn.log "authz check for O=vbd,CN=vbd-other-client is denied" 1 "$qpid" || fail "qemu-nbd's log: $(cat qn.log)"
 kill $qpid; wait $qpid 2>/dev/null
 
 step "authz-list (JSON): deny one client by an exact rule, allow O=vbd,CN=* by glob, default deny"

@@ -36,7 +36,7 @@ port=$(free_port 4) || fail "no free TCP port"
     --export type=nbd,id=e0,node-name=n0,name=exp,writable=on 2>daemon.log &
 dpid=$!
 on_exit "kill $dpid 2>/dev/null"
-wait_sock vbd.sock
+wait_sock vbd.sock "$dpid" daemon.log
 U="driver=nbd,server.type=unix,server.path=$T/vbd.sock,export=exp,tls-creds=tls0,tls-hostname=localhost"
 RAWU="driver=raw,file.${U//,/,file.}"
 out=$(qemu-img info --object "$CLI_X509" --image-opts "$U" 2>&1) || fail "qemu-img info over TLS: $out"
@@ -119,7 +119,7 @@ step "vbd-daemon over TCP: certificate checked against the address (127.0.0.1 an
     --export type=nbd,id=e0,node-name=n0,name=exp,writable=on 2>daemon-tcp.log &
 dpid=$!
 on_exit "kill $dpid 2>/dev/null"
-wait_port $port
+wait_port $port "$dpid" daemon-tcp.log
 for host in 127.0.0.1 localhost; do
     I="driver=nbd,server.type=inet,server.host=$host,server.port=$port,export=exp,tls-creds=tls0"
     must qemu-io --object "$CLI_X509" --image-opts "driver=raw,file.${I//,/,file.}" -r -c "read -P 0x46 40M 4M" >/dev/null
@@ -147,7 +147,7 @@ step "vbd-daemon PSK server: qemu-img, nbdinfo, vbd-io get in; a wrong key is re
     --export type=nbd,id=e0,node-name=n0,name=exp,writable=on 2>daemon-psk.log &
 dpid=$!
 on_exit "kill $dpid 2>/dev/null"
-wait_sock psk.sock
+wait_sock psk.sock "$dpid" daemon-psk.log
 P="driver=nbd,server.type=unix,server.path=$T/psk.sock,export=exp,tls-creds=tls0"
 must qemu-io --object "$CLI_PSK" --image-opts "driver=raw,file.${P//,/,file.}" -c "write -P 0x47 50M 1M" >/dev/null
 must "$VBD_IO" --object "$CLI_PSK" --image-opts "$P" -c "read -P 0x47 50M 1M" -c "read -P 0x5a 0 1M" >/dev/null
@@ -165,7 +165,7 @@ step "vbd as TLS client: qemu-nbd --tls-creds (x509, client certificate checked)
 qemu-nbd --object "$SRV_X509" --tls-creds tls0 -f raw -k "$T/qn.sock" -x exp --persistent --shared=4 disk.raw 2>qn.log &
 qpid=$!
 on_exit "kill $qpid 2>/dev/null"
-wait_sock qn.sock
+wait_sock qn.sock "$qpid" qn.log
 Q="driver=nbd,server.type=unix,server.path=$T/qn.sock,export=exp,tls-creds=tls0,tls-hostname=localhost"
 must "$VBD_IMG" compare --object "$CLI_X509" --image-opts "driver=raw,file.${Q//,/,file.}" \
     "driver=raw,file.driver=file,file.filename=disk.raw"
@@ -202,7 +202,7 @@ step "two TLS hops: qemu-img -> vbd-daemon (TLS server, PSK) -> qemu-nbd (TLS, x
     --export type=nbd,id=e0,node-name=remote,name=hop,writable=on 2>daemon-hop.log &
 hpid=$!
 on_exit "kill $hpid 2>/dev/null"
-wait_sock hop.sock
+wait_sock hop.sock "$hpid" daemon-hop.log
 H="driver=nbd,server.type=unix,server.path=$T/hop.sock,export=hop,tls-creds=tls0,tls-hostname=localhost"
 must qemu-img compare --object "$CLI_PSK" --image-opts "driver=raw,file.${H//,/,file.}" \
     "driver=raw,file.driver=file,file.filename=disk.raw"
@@ -218,8 +218,8 @@ on_exit "kill $kpid 2>/dev/null"
 nbdkit -f -U "$T/nkp.sock" --tls=require --tls-psk="$T/psk-srv/keys.psk" memory 32M 2>nkp.log &
 kppid=$!
 on_exit "kill $kppid 2>/dev/null"
-wait_sock nk.sock
-wait_sock nkp.sock
+wait_sock nk.sock "$kpid" nk.log
+wait_sock nkp.sock "$kppid" nkp.log
 must "$VBD_IO" --object "$CLI_X509" --image-opts "driver=nbd,server.type=unix,server.path=$T/nk.sock,tls-creds=tls0" \
     -c "write -P 0x51 0 4M" -c "read -P 0x51 0 4M" -c "write -z 1M 1M" -c "read -P 0 1M 1M" -c "discard 2M 1M" >/dev/null
 must "$VBD_IO" --object "$CLI_PSK" --image-opts "driver=nbd,server.type=unix,server.path=$T/nkp.sock,tls-creds=tls0" \

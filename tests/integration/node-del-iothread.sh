@@ -35,7 +35,7 @@ on_exit 'kill -9 $dpid $qpid 2>/dev/null'
 start_daemon --object iothread,id=io0 --chardev socket,id=m,path="$S",server=on,wait=off --monitor chardev=m
 qemu-storage-daemon --object iothread,id=io0 --chardev socket,id=m,path="$T/q.qmp",server=on,wait=off --monitor chardev=m 2>q.log &
 qpid=$!
-wait_sock "$T/q.qmp"
+wait_sock "$T/q.qmp" "$qpid" q.log
 T=$T python3 - <<'PY' || fail_with_daemon_log "blockdev-del of nodes on an iothread"
 import os, subprocess, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

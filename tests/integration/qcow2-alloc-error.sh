@@ -80,7 +80,7 @@ start_daemon --chardev socket,id=q,path="$S",server=on,wait=off --monitor charde
     --blockdev driver=blkdebug,node-name=dbg,image=f0,inject-error.0.event=write_aio,inject-error.0.iotype=write,inject-error.0.sector=$l2,inject-error.0.once=on \
     --blockdev driver=qcow2,node-name=disk,file=dbg --nbd-server addr.type=unix,addr.path="$T/nbd.sock" \
     --export type=nbd,id=n,node-name=disk,name=disk,writable=on
-wait_sock "$T/nbd.sock"
+wait_sock "$T/nbd.sock" "$dpid" "$T/daemon.log"
 python3 - "$S" "$T/nbd.sock" <<'PY' || fail "the delete with a table that cannot be written"
 import os, struct, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

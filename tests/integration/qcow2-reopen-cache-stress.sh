@@ -30,7 +30,7 @@ for tr in vhost nbd; do
         --blockdev '{"driver":"qcow2","node-name":"top","file":"ftop","discard":"unmap","l2-cache-size":8192}' \
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" --export "$exp" 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/qmp.sock"
+    wait_sock "$PWD/qmp.sock" "$dpid" daemon.log
     python3 - "$STRESS" "$SEED" "$ROUNDS" $target <<'PY' || fail "over $tr: $(tail -20 daemon.log)"
 import os, random, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

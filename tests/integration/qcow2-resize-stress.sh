@@ -168,7 +168,7 @@ p0_served_covers() {
     rm -f "$T/q.sock"
     qemu-nbd -t -r -f qcow2 -B p0 --socket="$T/q.sock" "$1" &
     local qpid=$!
-    wait_sock "$T/q.sock"
+    wait_sock "$T/q.sock" "$qpid"
     nbdinfo --map=qemu:dirty-bitmap:p0 "nbd+unix:///?socket=$T/q.sock" >"$T/p0q.map" || fail "nbdinfo on qemu-nbd -B p0"
     kill $qpid
     wait $qpid 2>/dev/null

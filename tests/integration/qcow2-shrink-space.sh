@@ -144,7 +144,7 @@ integrity() {
         rm -f n.sock
         qemu-nbd -r -t -k "$T/n.sock" -B b -f qcow2 "$img" 2>qn.log &
         local p=$!
-        wait_sock n.sock
+        wait_sock n.sock "$p" qn.log
         nbdinfo --map=qemu:dirty-bitmap:b "nbd+unix:///?socket=$T/n.sock" >map.txt || fail "nbdinfo: $(cat qn.log)"
         kill $p
         wait $p 2>/dev/null

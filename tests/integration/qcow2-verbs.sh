@@ -287,7 +287,7 @@ dirty_map() { # BITMAP: the dirty ranges qemu-nbd exports for it
     rm -f q.sock
     qemu-nbd -r -t -k "$T/q.sock" -B "$1" -f qcow2 bm.qcow2 2>qn.log &
     local p=$!
-    wait_sock q.sock
+    wait_sock q.sock "$p" qn.log
     nbdinfo --map=qemu:dirty-bitmap:"$1" "nbd+unix:///?socket=$T/q.sock" | awk '$3 == 1 { print $1, $2 }'
     kill $p; wait $p 2>/dev/null
 }

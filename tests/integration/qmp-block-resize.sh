@@ -15,8 +15,8 @@ start_daemon --chardev socket,id=mon,path="$S",server=on,wait=off --monitor char
     --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$T/vu0.sock",writable=on \
     --blockdev driver=file,node-name=file1,filename="$T/disk.qcow2" --blockdev driver=qcow2,node-name=disk1,file=file1 \
     --export type=vhost-user-blk,id=e1,node-name=disk1,addr.type=unix,addr.path="$T/vu1.sock",writable=on
-wait_sock "$T/vu0.sock"
-wait_sock "$T/vu1.sock"
+wait_sock "$T/vu0.sock" "$dpid" "$T/daemon.log"
+wait_sock "$T/vu1.sock" "$dpid" "$T/daemon.log"
 PYTHONPATH=$VBD_ROOT/tests/qmp T=$T python3 - "$S" <<'PY' || fail "resize over QMP"
 import json, os, subprocess, sys
 from qmp import QMP

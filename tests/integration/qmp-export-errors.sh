@@ -16,7 +16,7 @@ nbdkit -f -U "$T/k.sock" --filter=error memory 64M error-pread=EIO error-pread-r
     error-pread-file="$T/eio" error-pwrite=ENOSPC error-pwrite-rate=100% error-pwrite-file="$T/enospc" \
     2>"$T/nbdkit.log" &
 kpid=$!
-wait_sock "$T/k.sock"
+wait_sock "$T/k.sock" "$kpid" "$T/nbdkit.log"
 # data where the failing read goes (a hole is answered without reading), then the errors start
 must qemu-io -f raw -c "write -P 0x33 0 64k" "nbd+unix:///?socket=$T/k.sock" >/dev/null
 touch "$T/eio" "$T/enospc"

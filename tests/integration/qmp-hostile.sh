@@ -13,7 +13,7 @@
 need python3
 cd "$T"
 start_watched_daemon --chardev socket,id=m1,path=$T/m1.sock,server=on,wait=off --monitor m1
-wait_sock "$T/m1.sock"
+wait_sock "$T/m1.sock" "$dpid" "$T/daemon.log"
 
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 - "$T" "$dpid" "${HOSTILE_CONNS:-1000}" <<'PY' || { cat "$T/daemon.log"; fail "see above"; }
 import json, os, socket, sys, threading, time

@@ -21,7 +21,7 @@ truncate -s 16M "$T/remote.img"
 rm -f "$T/q.sock"
 qemu-nbd -f raw -x q -k "$T/q.sock" --persistent --shared=2 "$T/remote.img" 2>"$T/qemu-nbd.log" &
 qpid=$!
-wait_sock "$T/q.sock"
+wait_sock "$T/q.sock" "$qpid" "$T/qemu-nbd.log"
 
 step "moves under load, export deleted, blockdev-del after a move, nbd refused"
 start_daemon --object iothread,id=io0 --object iothread,id=io1 \
@@ -29,7 +29,7 @@ start_daemon --object iothread,id=io0 --object iothread,id=io1 \
     --blockdev driver=file,node-name=file0,filename="$T/disk.qcow2" \
     --blockdev driver=qcow2,node-name=disk0,file=file0,cache-clean-interval=1 \
     --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$T/vu.sock",writable=on,num-queues=2,iothread.0=io0,iothread.1=io1
-wait_sock "$T/vu.sock"
+wait_sock "$T/vu.sock" "$dpid" "$T/daemon.log"
 PYTHONPATH=$VBD_ROOT/tests/qmp T=$T BENCH=$VBD_BENCH python3 - "$S" <<'PY' || fail_with_daemon_log "QMP session"
 import os, subprocess, sys
 from qmp import QMP, QMPError
@@ -193,7 +193,7 @@ start_daemon --object iothread,id=io0 \
     --blockdev driver=file,node-name=file0,filename="$T/disk.qcow2" \
     --blockdev driver=qcow2,node-name=disk0,file=file0,cache-clean-interval=1 \
     --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$T/vu.sock",writable=on,num-queues=2,iothread=io0
-wait_sock "$T/vu.sock"
+wait_sock "$T/vu.sock" "$dpid" "$T/daemon.log"
 "$VBD_BENCH" --vhost-user "$T/vu.sock" -q 2 -d 16 --verify --size 32M >"$T/b.out" 2>&1 || { cat "$T/b.out"; fail "verify"; }
 "$VBD_BENCH" --vhost-user "$T/vu.sock" -q 2 -w randwrite -t 30 >"$T/b.out" 2>&1 &
 bp=$!

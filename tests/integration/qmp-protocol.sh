@@ -44,8 +44,8 @@ step "three monitors (two unix, one TCP on 127.0.0.1:$port), started with umask 
     --chardev socket,id=m1,path=$T/m1.sock,server=on,wait=off --monitor m1 \
     --chardev socket,id=m2,host=127.0.0.1,port=$port,server=on,wait=off --monitor chardev=m2 2>>"$T/daemon.log") &
 dpid=$!
-wait_sock "$T/m0.sock"
-wait_sock "$T/m1.sock"
+wait_sock "$T/m0.sock" "$dpid" "$T/daemon.log"
+wait_sock "$T/m1.sock" "$dpid" "$T/daemon.log"
 for s in m0 m1; do
     [ "$(stat -c %a "$T/$s.sock")" = 600 ] || fail "$s.sock has mode $(stat -c %a "$T/$s.sock"), not 600"
 done
@@ -164,7 +164,7 @@ S=$T/q.sock
 start_daemon --blockdev driver=file,node-name=f0,filename=d.qcow2 --blockdev driver=qcow2,node-name=d0,file=f0 \
     --nbd-server addr.type=unix,addr.path=$T/nbd.sock --export type=nbd,id=e0,node-name=d0,name=d0,writable=on \
     --chardev socket,id=m,path=$S,server=on,wait=off --monitor m
-wait_sock "$T/nbd.sock"
+wait_sock "$T/nbd.sock" "$dpid" "$T/daemon.log"
 need qemu-io
 must qemu-io -f raw -c "write -P 0x5a 0 1M" "nbd+unix:///d0?socket=$T/nbd.sock" >/dev/null
 PYTHONPATH=$VBD_ROOT/tests/qmp python3 -c "

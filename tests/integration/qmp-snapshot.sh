@@ -43,7 +43,7 @@ start_daemon --chardev socket,id=mon0,path="$Q",server=on,wait=off --monitor cha
     --blockdev driver=file,node-name=f0,filename="$base" --blockdev driver=qcow2,node-name=disk0,file=f0 \
     --blockdev driver=file,node-name=f2,filename="$ov2" --blockdev '{"driver":"qcow2","node-name":"top2","file":"f2","backing":null}' \
     --nbd-server addr.type=unix,addr.path="$S" --export type=nbd,id=e0,node-name=disk0,name=disk,writable=on
-wait_sock "$Q"
+wait_sock "$Q" "$dpid" "$T/daemon.log"
 
 step "blockdev-snapshot-sync while qemu-io writes over NBD: the writer sees no error, the base is frozen at the switch"
 writes=""
@@ -208,7 +208,7 @@ must qemu-io -f raw -r -c "read -P 0xc3 0 64k" -c "read -P 0xb2 8M 16M" "$T/s1.r
 qemu-nbd -r -f qcow2 -B b2 -k "$T/qnbd.sock" "$ov" &
 qpid=$!
 on_exit "kill $qpid 2>/dev/null"
-wait_sock "$T/qnbd.sock"
+wait_sock "$T/qnbd.sock" "$qpid"
 nbdinfo --map=qemu:dirty-bitmap:b2 "nbd+unix://?socket=$T/qnbd.sock" | awk '$3 == 1 {print $1, $2}' >"$T/b2.map"
 kill $qpid; wait $qpid 2>/dev/null
 grep -q "^ *41943040 *131072$" "$T/b2.map" || fail "b2 does not mark the write at 40M: $(cat "$T/b2.map")"

@@ -12,7 +12,7 @@ truncate -s 8M disk.raw
 # nbdkit's delay filter holds each client's open for 2 s
 nbdkit -f -U "$T/nbd.sock" --filter=delay file disk.raw delay-open=2 2>nbdkit.log &
 npid=$!
-wait_sock "$T/nbd.sock"
+wait_sock "$T/nbd.sock" "$npid" nbdkit.log
 
 step "commands sent during a slow --blockdev open wait for it"
 "$VBD_DAEMON" --chardev socket,id=m,path="$T/qmp.sock",server=on,wait=off --monitor chardev=m \

@@ -39,7 +39,7 @@ for tr in vhost nbd; do
         --blockdev throttle,node-name=t0,throttle-group=g0,file=top \
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" --export "$exp" 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/qmp.sock"
+    wait_sock "$PWD/qmp.sock" "$dpid" daemon.log
     python3 - "$STRESS" "$SEED" "$ROUNDS" "$tr" "$PWD" $target <<'PY' || fail "over $tr: $(tail -20 daemon.log)"
 import os, random, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

@@ -68,8 +68,8 @@ start() { # FMT TRANSPORT: the daemon; exp and target (stress_transport) set
         --blockdev "driver=$1,node-name=base,file=f0" --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" \
         --export "$exp" 2>daemon.log &
     dpid=$!
-    wait_sock "$PWD/qmp.sock"
-    [ "$2" = vhost ] && wait_sock "$PWD/vu.sock"
+    wait_sock "$PWD/qmp.sock" "$dpid" daemon.log
+    [ "$2" = vhost ] && wait_sock "$PWD/vu.sock" "$dpid" daemon.log
 }
 
 # drive FMT TRANSPORT MODE: vbd-stress on the export while QMP changes the
@@ -202,7 +202,7 @@ for c in "qcow2 vhost" "raw nbd"; do
         rm -f q.sock
         qemu-nbd -t -r -f qcow2 -B p0 --socket="$PWD/q.sock" base.qcow2 &
         qpid=$!
-        wait_sock "$PWD/q.sock"
+        wait_sock "$PWD/q.sock" "$qpid"
         nbdinfo --map=qemu:dirty-bitmap:p0 "nbd+unix:///?socket=$PWD/q.sock" >p0.map || fail "nbdinfo on qemu-nbd -B p0"
         kill $qpid
         wait $qpid 2>/dev/null

@@ -22,7 +22,7 @@ start_daemon --object iothread,id=io0 --object throttle-group,id=g0,limits.bps-t
     --blockdev throttle,node-name=t1,throttle-group=g0,file=db \
     --nbd-server "addr.type=unix,addr.path=$T/nbd.sock" --export type=nbd,id=e0,node-name=t0,name=disk0,writable=on \
     --export type=nbd,id=e1,node-name=t1,name=disk1,writable=on,iothread=io0
-wait_sock "$T/nbd.sock"
+wait_sock "$T/nbd.sock" "$dpid" "$T/daemon.log"
 writes() { # EXPORT FIRST COUNT PATTERN: COUNT aio writes of 1 MiB from FIRST MiB, then a flush
     local c=() i
     for ((i = $2; i < $2 + $3; i++)); do c+=(-c "aio_write -P $(($4 + i)) ${i}M 1M"); done

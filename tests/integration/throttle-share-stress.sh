@@ -35,8 +35,8 @@ start_daemon --object iothread,id=io0 --object throttle-group,id=g0 --object thr
     --blockdev driver=null-co,node-name=nc,size=16777216 \
     --export "type=vhost-user-blk,id=ea,node-name=ta,addr.type=unix,addr.path=$T/vu.sock,writable=on,num-queues=2,iothread=io0" \
     --nbd-server "addr.type=unix,addr.path=$T/nbd.sock" --export type=nbd,id=eb,node-name=tb,name=disk,writable=on
-wait_sock "$T/vu.sock"
-wait_sock "$T/nbd.sock"
+wait_sock "$T/vu.sock" "$dpid" "$T/daemon.log"
+wait_sock "$T/nbd.sock" "$dpid" "$T/daemon.log"
 python3 - "$STRESS" "$SEED" "$ROUNDS" <<'PY' || fail_with_daemon_log "the throttle group's members under load"
 import os, random, sys
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")

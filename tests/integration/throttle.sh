@@ -51,7 +51,7 @@ start_pair() {
         else
             qemu-storage-daemon "${args[@]}" 2>"$T/qsd.log" &
             qpid=$!
-            wait_sock "$S"
+            wait_sock "$S" "$qpid" "$T/qsd.log"
         fi
     done
 }
@@ -352,7 +352,7 @@ qemu-storage-daemon --object throttle-group,id=gd,limits.iops-total=300 \
     --nbd-server addr.type=unix,addr.path=$T/q.nbd --export type=nbd,id=e0,node-name=d0,name=d0 \
     --export type=nbd,id=e1,node-name=d1,name=d1 2>"$T/qsd.log" &
 qpid=$!
-wait_sock "$T/q.nbd"
+wait_sock "$T/q.nbd" "$qpid" "$T/qsd.log"
 stall_mark
 for j in v0 v1 q0 q1; do
     [ ${j:0:1} = v ] && sock=$T/d.nbd || sock=$T/q.nbd

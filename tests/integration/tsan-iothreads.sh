@@ -104,7 +104,7 @@ serve() { # NODE-NAME blockdev options...: start the daemon exporting NODE-NAME 
         --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=n0,node-name="$node",name=disk,writable=on
     # the daemon makes its sockets in command-line order: the NBD server's
     # comes after the vhost-user export's that start() waited for
-    wait_sock "$N"
+    wait_sock "$N" "$dpid" "$T/daemon.log"
 }
 
 step "raw over a cache.direct=on file; SIGHUP resize under load"
@@ -211,7 +211,7 @@ S=$T/qmp.sock start --chardev socket,id=mon,path="$T/qmp.sock",server=on,wait=of
 # start() waited for the monitor's socket, made first: the NBD server's
 # comes after the nodes are open (a vbd-bench that connected before it
 # was there failed this step at load 35)
-wait_sock "$N"
+wait_sock "$N" "$dpid" "$T/daemon.log"
 bench_bg nbd "${NB[@]}" -w randrw:70 -n 6000 --flush-every 50 --size 16M
 PYTHONPATH=$VBD_ROOT/tests/qmp:$PYTHONPATH N=$N python3 - "$T/qmp.sock" <<'PY' || { tail -30 "$T/daemon.log"; tsan_report "NBD idle moves: QMP"; fail "idle NBD connections under moves"; }
 import os, struct, sys
@@ -306,7 +306,7 @@ truncate -s 0 "$T/disk.img"; truncate -s 64M "$T/disk.img"
 rm -f "$T/q.sock"
 qemu-nbd -f raw -x q -k "$T/q.sock" --persistent --shared=2 "$T/disk.img" 2>"$T/qemu-nbd.log" &
 qpid=$!
-wait_sock "$T/q.sock"
+wait_sock "$T/q.sock" "$qpid" "$T/qemu-nbd.log"
 serve d0 --blockdev driver=nbd,node-name=c0,server.type=unix,server.path="$T/q.sock",export=q \
     --blockdev driver=raw,node-name=d0,file=c0
 load "raw/nbd client" yes
@@ -319,7 +319,7 @@ rm -f "$T/k.sock"
 nbdkit -f -U "$T/k.sock" --filter=error memory 64M error-pwrite=ENOSPC error-pwrite-rate=100% \
     error-pwrite-file="$T/enospc" 2>/dev/null &
 kpid=$!
-wait_sock "$T/k.sock"
+wait_sock "$T/k.sock" "$kpid"
 start --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$T/k.sock" --blockdev driver=raw,node-name=d0,file=n0 \
     --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path="$S",writable=on,num-queues=2,iothread.0=io0,iothread.1=io1,werror=enospc,retry-interval=200
 bench_bg b --vhost-user "$S" -q 2 -d 16 --verify --size 8M

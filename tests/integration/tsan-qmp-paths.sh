@@ -101,9 +101,9 @@ rm -f qmp.sock nbd.sock vu.sock
     --export type=vhost-user-blk,id=eV,node-name=tV,addr.type=unix,addr.path="$T/vu.sock",writable=on,num-queues=2,iothread.0=io0,iothread.1=io1 \
     2>daemon.log &
 dpid=$!
-wait_sock "$T/qmp.sock"
-wait_sock "$T/nbd.sock"
-wait_sock "$T/vu.sock"
+wait_sock "$T/qmp.sock" "$dpid" daemon.log
+wait_sock "$T/nbd.sock" "$dpid" daemon.log
+wait_sock "$T/vu.sock" "$dpid" daemon.log
 nbd() { echo "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$T/nbd.sock,file.export=$1"; }
 
 # each client runs again until the QMP loop is done (its writes the same

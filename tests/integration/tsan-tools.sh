@@ -122,7 +122,7 @@ for fmt in raw qcow2; do
     rm -f "$T/nbd.sock"
     "$TNBD" --aio=threads --cache=none -f "$fmt" -x disk -k "$T/nbd.sock" --shared=0 --persistent "$T/exp.$fmt" 2>"$T/vbd-nbd.log" &
     npid=$!
-    wait_sock "$T/nbd.sock"
+    wait_sock "$T/nbd.sock" "$npid" "$T/vbd-nbd.log"
     uri="nbd+unix:///disk?socket=$T/nbd.sock"
     nbd="file.driver=nbd,file.server.type=unix,file.server.path=$T/nbd.sock,file.export=disk"
     "$TBENCH" --nbd "$uri" -q 2 -d 16 --verify --size 4M >"$T/bench.log" 2>&1 &

@@ -422,7 +422,7 @@ if command -v strace >/dev/null; then
                 2>$k.raw &
             spid=$!
             on_exit "kill -9 $spid 2>/dev/null"
-            wait_sock "$T/$k/s.sock"
+            wait_sock "$T/$k/s.sock" "$spid" $k.raw
             for _ in $(seq 1200); do [ -s $k.spid ] && break; sleep 0.05; done
             [ -s $k.spid ] || fail "$bin --cache=$mode wrote no PID file: $(cat $k.raw)"
             on_exit "kill -9 $(cat $k.spid) 2>/dev/null"

@@ -57,8 +57,9 @@ serve() {
     local n=$1
     shift
     "$@" >"$T/$n.log" 2>&1 &
-    on_exit "kill -9 $! 2>/dev/null"
-    if [ "${n#tcp-}" != "$n" ]; then wait_port "${port[$n]}"; else wait_sock "$T/$n.sock"; fi
+    local pid=$!
+    on_exit "kill -9 $pid 2>/dev/null"
+    if [ "${n#tcp-}" != "$n" ]; then wait_port "${port[$n]}" $pid "$T/$n.log"; else wait_sock "$T/$n.sock" $pid "$T/$n.log"; fi
 }
 
 step "vbd-daemon: two exports (description, bitmap, allocation depth, read-only), unix socket and TCP"

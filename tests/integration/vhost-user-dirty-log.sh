@@ -101,8 +101,8 @@ run() { # NAME DAEMON ARGS...: the script against it, transcript in $T/NAME.out
         --blockdev driver=raw,node-name=disk0,file=file0 "$@" \
         --chardev socket,id=m0,path="$T/qmp.sock",server=on,wait=off --monitor chardev=m0 2>"$T/$name.log" &
     dpid=$!
-    wait_sock "$T/vu.sock"
-    wait_sock "$T/qmp.sock"
+    wait_sock "$T/vu.sock" "$dpid" "$T/$name.log"
+    wait_sock "$T/qmp.sock" "$dpid" "$T/$name.log"
     timeout 300 python3 "$T/log.py" "$T/vu.sock" "$T/qmp.sock" >"$T/$name.out" 2>&1 ||
         { cat "$T/$name.out" "$T/$name.log"; fail "$name: see above"; }
     kill -TERM $dpid; wait $dpid; local rc=$?

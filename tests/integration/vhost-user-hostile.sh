@@ -54,7 +54,7 @@ ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
     --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path="$S",writable=on,num-queues=2 \
     --nbd-server addr.type=unix,addr.path="$T/nbd.sock" \
     --export type=nbd,id=e1,node-name=file1,name=other,writable=on
-wait_sock "$T/nbd.sock"
+wait_sock "$T/nbd.sock" "$dpid" "$T/daemon.log"
 fds_of() { ls -l /proc/$dpid/fd | awk 'NR > 1 {print $9, $11}' | sort; }
 fds_of >"$T/fds.before"
 "$H" "$S" "$T/daemon.log" "$dpid" 2 8192 || { tail -30 "$T/daemon.log"; fail "hostile front end (other export)"; }
@@ -77,7 +77,7 @@ if command -v qemu-nbd >/dev/null; then
     qemu-nbd -f raw -k "$T/qn.sock" -x d --persistent "$T/nbd.img" 2>"$T/qn.log" &
     qnpid=$!
     on_exit 'kill $qnpid 2>/dev/null'
-    wait_sock "$T/qn.sock"
+    wait_sock "$T/qn.sock" "$qnpid" "$T/qn.log"
     ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=4" start_daemon \
         --blockdev driver=nbd,node-name=nbd0,server.type=unix,server.path="$T/qn.sock",export=d \
         --export type=vhost-user-blk,id=e0,node-name=nbd0,addr.type=unix,addr.path="$S",writable=on,num-queues=2

@@ -34,12 +34,12 @@ vu() { echo "type=vhost-user-blk,id=$1,node-name=disk0,addr.type=unix,addr.path=
 step "vbd-daemon and qemu-storage-daemon, each exporting its disk twice (source: 2 rings on an iothread)"
 "$VBD_DAEMON" $(node "$T/vbd.img") --export "$(vu src vbd),iothread=io0" --export "$(vu dst vbd)" 2>"$T/vbd.log" &
 vbd=$!
-wait_sock "$T/vbd-src.sock"
-wait_sock "$T/vbd-dst.sock"
+wait_sock "$T/vbd-src.sock" "$vbd" "$T/vbd.log"
+wait_sock "$T/vbd-dst.sock" "$vbd" "$T/vbd.log"
 qemu-storage-daemon $(node "$T/qsd.img") --export "$(vu src qsd),iothread=io0" --export "$(vu dst qsd)" 2>"$T/qsd.log" &
 qsd=$!
-wait_sock "$T/qsd-src.sock"
-wait_sock "$T/qsd-dst.sock"
+wait_sock "$T/qsd-src.sock" "$qsd" "$T/qsd.log"
+wait_sock "$T/qsd-dst.sock" "$qsd" "$T/qsd.log"
 
 guest() { # NAME ARGS...: a QEMU (run-guest.sh) on the NAME exports
     local n=$1; shift

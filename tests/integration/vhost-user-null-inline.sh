@@ -29,7 +29,7 @@ for mode in main iothread; do
     # them, and the ones merged into another are rd_merged/wr_merged
     start_daemon "${iot[@]}" --chardev socket,id=mon,path="$S",server=on,wait=off --monitor chardev=mon \
         "${nodes[@]}" --export "$export_opt"
-    wait_sock "$T/vu.sock"
+    wait_sock "$T/vu.sock" "$dpid" "$T/daemon.log"
     T=$T BENCH=$VBD_BENCH python3 - <<'PY' || fail_with_daemon_log "$mode: counts"
 import json, os, subprocess, sys, threading
 sys.path.insert(0, os.environ["VBD_ROOT"] + "/tests/qmp")
@@ -125,7 +125,7 @@ PY
     qemu-storage-daemon "${iot[@]}" "${nodes[@]}" --export "${export_opt/iothread.0=io0,iothread.1=io1/iothread=io0}" \
         >"$T/qsd.log" 2>&1 &
     spid=$!
-    wait_sock "$T/vu.sock"
+    wait_sock "$T/vu.sock" "$spid"
     for r in "randread 4096 32 20000" "randwrite 4096 32 10000" "read 65536 8 4000"; do
         read -r w b d n <<<"$r"
         "$VBD_BENCH" --vhost-user "$T/vu.sock" -q 4 --json -w "$w" -b "$b" -d "$d" -n "$n" >"$T/q.json" 2>&1 ||

@@ -47,14 +47,14 @@ K=$T/qnbd.sock N=$T/nbd.sock P=$T/proxy.sock
 qemu-nbd -f raw -k "$K" -x disk "$T/disk.raw" 2>"$T/qemu-nbd.log" &
 qpid=$!
 on_exit "kill -CONT $qpid 2>/dev/null"
-wait_sock "$K"
+wait_sock "$K" "$qpid" "$T/qemu-nbd.log"
 start_daemon --blockdev driver=nbd,node-name=n0,server.type=unix,server.path="$K",export=disk \
     --blockdev driver=raw,node-name=disk0,file=n0 --export "$vu_export,num-queues=2" \
     --nbd-server addr.type=unix,addr.path="$N" --export type=nbd,id=e1,node-name=disk0,name=disk,writable=on
 : >"$T/proxy.log"
 python3 "$VBD_ROOT/tests/integration/vu-proxy.py" "$P" "$S" "$T/proxy.log" &
 ppid=$!
-wait_log "$T/proxy.log" listening || fail "the relay did not start"
+wait_log "$T/proxy.log" listening 1 "$ppid" || fail "the relay did not start"
 : >"$T/console.log"
 "$G/run-guest.sh" --vhost-user "$P" --reconnect --num-queues 2 --workload "$G/workloads/until-stopped.sh" \
     --env VBD_SEED=recon --timeout 1200 --log "$T/console.log" >"$T/guest.out" 2>&1 &
@@ -79,7 +79,7 @@ for _ in $(seq 6000); do inflight && break; sleep 0.05; done
 inflight || fail "no guest request reached the stopped NBD server in 300 s"
 cut_round=$(rounds)
 kill -USR1 $ppid # the front end's connection is cut; QEMU connects again a second later
-wait_log "$T/proxy.log" "cut 1" || fail "the relay did not cut the connection"
+wait_log "$T/proxy.log" "cut 1" 1 "$ppid" || fail "the relay did not cut the connection"
 for _ in $(seq 6000); do # generous: QEMU reconnects a second after the cut, but a TCG guest at load 40 is slow
     grep -q -e "served once that session" -e "refusing a second front end" "$T/daemon.log" && break
     sleep 0.05
@@ -92,8 +92,8 @@ grep -q "served once that session" "$T/daemon.log" ||
     fail_with_daemon_log "the old session ended with a request of the stopped storage in flight"
 [ "$(grep -c 'front end connected' "$T/daemon.log")" = 1 ] || fail_with_daemon_log "two sessions at once"
 kill -CONT $qpid # the storage answers: the old session completes its requests, ends, the new one is served
-wait_log "$T/daemon.log" "front end disconnected" || fail_with_daemon_log "the old session never ended"
-wait_log "$T/daemon.log" "front end connected" 2 || fail_with_daemon_log "the waiting front end was never served"
+wait_log "$T/daemon.log" "front end disconnected" 1 "$dpid" || fail_with_daemon_log "the old session never ended"
+wait_log "$T/daemon.log" "front end connected" 2 "$dpid" || fail_with_daemon_log "the waiting front end was never served"
 wait_rounds 2 "second session"
 must qemu-io -f raw -c "write -P 0x53 $((64 * 1048576 - 512)) 512" "nbd+unix:///disk?socket=$N" >/dev/null
 wait $gpid

@@ -14,6 +14,7 @@
 
 struct fake {
     uint8_t *mem;
+    uint8_t *second; /* add_second_region's memory */
     struct vu_mem m;
     struct vu_vq vq;
     struct iovec iov[64];
@@ -43,6 +44,18 @@ static void setup(struct fake *f)
 static void teardown(struct fake *f)
 {
     free(f->mem);
+    free(f->second);
+}
+
+/* A second region of 64 KiB, at the guest address right after the first
+ * (a buffer may cross into it), at another host address: returns its host
+ * memory (freed by teardown). */
+static uint8_t *add_second_region(struct fake *f)
+{
+    f->second = calloc(1, 65536);
+    f->m.r[1] = (struct vu_mem_region){.gpa = GPA_BASE + MEM_SIZE, .size = 65536, .qva = 1, .host = f->second};
+    f->m.nregions = 2;
+    return f->second;
 }
 
 static void set_desc(struct fake *f, struct vring_desc *table, int i, uint64_t addr, uint32_t len, uint16_t flags,
@@ -151,9 +164,7 @@ UNIT_TEST(buffer_spanning_two_regions_is_split)
 {
     struct fake f;
     setup(&f);
-    uint8_t *second = calloc(1, 65536);
-    f.m.r[1] = (struct vu_mem_region){.gpa = GPA_BASE + MEM_SIZE, .size = 65536, .qva = 1, .host = second};
-    f.m.nregions = 2;
+    uint8_t *second = add_second_region(&f);
     set_desc(&f, f.vq.desc, 0, GPA_BASE + MEM_SIZE - 100, 300, VRING_DESC_F_WRITE, 0);
     offer(&f, 0);
     const char *why;
@@ -162,7 +173,6 @@ UNIT_TEST(buffer_spanning_two_regions_is_split)
     CHECK_EQ(f.iov[0].iov_len, 100);
     CHECK(f.iov[1].iov_base == second);
     CHECK_EQ(f.iov[1].iov_len, 200);
-    free(second);
     teardown(&f);
 }
 
@@ -416,9 +426,7 @@ UNIT_TEST(common_chain_walk_maps_as_the_general_one)
 {
     struct fake f;
     setup(&f);
-    uint8_t *second = calloc(1, 65536);
-    f.m.r[1] = (struct vu_mem_region){.gpa = GPA_BASE + MEM_SIZE, .size = 65536, .qva = 1, .host = second};
-    f.m.nregions = 2;
+    add_second_region(&f);
     struct vring_desc *ind = (struct vring_desc *)(f.mem + 32768);
     uint64_t seed = 0x9e3779b97f4a7c15ull;
 #define RND() (seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17, seed)
@@ -490,6 +498,5 @@ UNIT_TEST(common_chain_walk_maps_as_the_general_one)
 #undef RND
     CHECK(mapped > 5000);
     CHECK(refused > 1000);
-    free(second);
     teardown(&f);
 }
