@@ -676,7 +676,10 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
         }
         /* a second format on one file: neither may write (the other's
          * metadata would go stale under it, or two would write it) */
-        if (parent && vbd_node_check_metadata_writer(parent, c, (flags & VBD_OPEN_RDWR) != 0, err) < 0) {
+        /* (a backing edge takes no write: a backing file may be another
+         * format's file, as QEMU's COW role shares it) */
+        if (parent && !strcmp(key, "file") &&
+            vbd_node_check_metadata_writer(parent, c, (flags & VBD_OPEN_RDWR) != 0, err) < 0) {
             json_object_put(v);
             return NULL;
         }
