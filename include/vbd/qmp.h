@@ -113,6 +113,10 @@ struct vbd_qmp_perm_user {
  * 0, or -EPERM with err in qsd's words. No lock changes, main loop only;
  * at graph changes, never on the I/O path. */
 int vbd_qmp_perm_check(const struct vbd_qmp_perm_user *extra, size_t nextra, struct vbd_error **err);
+/* vbd_qmp_image_locks_follow with these users about to come (a job's
+ * edges before the job holds them: its source's reads, its target's
+ * writes). */
+int vbd_qmp_image_locks_follow_users(const struct vbd_qmp_perm_user *extra, size_t nextra, struct vbd_error **err);
 /* The same without the users' check: after a command or a job's end, which
  * changed the graph as QEMU would have it (a conflict left by such a change
  * is not a reason to keep stale locks). */

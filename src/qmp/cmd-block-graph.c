@@ -596,6 +596,16 @@ static int users_conflict(const struct graph *g, struct vbd_error **err)
             return -EPERM;
         }
     }
+    /* QEMU's bdrv_node_refresh_perm: no write through a read-only node
+     * (a raw or filter node opens read-write over one: its writers are
+     * refused as they come, an export, a job's target, a format above) */
+    for (size_t i = g->nedges; i-- > 0;) {
+        const struct gedge *a = &g->edges[i];
+        if ((a->perm & (PERM_WRITE | PERM_WRITE_UNCHANGED)) && ((const struct vbd_node *)a->child)->read_only) {
+            vbd_error_setf(err, EPERM, "Block node is read-only");
+            return -EPERM;
+        }
+    }
     return 0;
 }
 
@@ -643,12 +653,11 @@ int vbd_qmp_perm_check(const struct vbd_qmp_perm_user *extra, size_t nextra, str
 
 /* check: refuse a conflict between two users of one node (users_conflict)
  * before any lock changes */
-static int locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, const char *user, const char *child,
-                        bool check, struct vbd_error **err)
+static int locks_follow_users(const struct vbd_qmp_perm_user *extra, size_t nextra, bool check,
+                              struct vbd_error **err)
 {
     struct graph g = {0};
-    struct vbd_qmp_perm_user u = {.node = extra, .perm = perm, .shared = shared, .user = user, .child = child};
-    if (graph_with(&g, &u, extra ? 1 : 0, check, err) < 0)
+    if (graph_with(&g, extra, nextra, check, err) < 0)
         return -EPERM;
     size_t count = 0, n = 0;
     for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
@@ -691,6 +700,18 @@ static int locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, 
     }
     free(ch);
     return rc;
+}
+
+static int locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, const char *user, const char *child,
+                        bool check, struct vbd_error **err)
+{
+    struct vbd_qmp_perm_user u = {.node = extra, .perm = perm, .shared = shared, .user = user, .child = child};
+    return locks_follow_users(&u, extra ? 1 : 0, check, err);
+}
+
+int vbd_qmp_image_locks_follow_users(const struct vbd_qmp_perm_user *extra, size_t nextra, struct vbd_error **err)
+{
+    return locks_follow_users(extra, nextra, err != NULL, err);
 }
 
 int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, struct vbd_error **err)

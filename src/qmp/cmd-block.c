@@ -677,9 +677,15 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
     }
     if (resize_refused(n, device, err))
         return NULL;
-    if (n->read_only) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Image is read-only");
-        return NULL;
+    /* the node, or below a raw or filter node (read-write over a
+     * read-only node) the node its resize reaches */
+    for (struct vbd_node *m = n; m; m = m->file != m ? m->file : NULL) {
+        if (m->read_only) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Image is read-only");
+            return NULL;
+        }
+        if (m->drv->kind != VBD_DRV_FILTER && strcmp(m->drv->name, "raw"))
+            break;
     }
     /* QEMU's file-posix sets a regular file to the size asked for even when
      * not 'exact' (a shrink included); vbd's file driver leaves a file
