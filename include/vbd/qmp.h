@@ -3,6 +3,7 @@
 #define VBD_QMP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct json_object;
 struct vbd_error;
@@ -96,6 +97,26 @@ int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned s
  * "an unnamed block device" and "root" (an export's or a job's backend). */
 int vbd_qmp_image_locks_follow_as(struct vbd_node *extra, unsigned perm, unsigned shared, const char *user,
                                   const char *child, struct vbd_error **err);
+/* A user about to come, for vbd_qmp_perm_check: it takes perm and shares
+ * shared (BLK_PERM_* bits) on node, through an edge named child ("root",
+ * "target", "main node"); its parent: a node (named as QEMU names a node
+ * parent) or, NULL, the user named by user ("an unnamed block device",
+ * "backup job 'j1'"). */
+struct vbd_qmp_perm_user {
+    struct vbd_node *node;
+    unsigned perm, shared;
+    struct vbd_node *parent;
+    const char *user, *child;
+};
+/* QEMU's permission check (bdrv_parent_perms_conflict on every node) of
+ * the graph with these users added, down through the nodes they reach:
+ * 0, or -EPERM with err in qsd's words. No lock changes, main loop only;
+ * at graph changes, never on the I/O path. */
+int vbd_qmp_perm_check(const struct vbd_qmp_perm_user *extra, size_t nextra, struct vbd_error **err);
+/* vbd_qmp_image_locks_follow with these users about to come (a job's
+ * edges before the job holds them: its source's reads, its target's
+ * writes). */
+int vbd_qmp_image_locks_follow_users(const struct vbd_qmp_perm_user *extra, size_t nextra, struct vbd_error **err);
 /* The same without the users' check: after a command or a job's end, which
  * changed the graph as QEMU would have it (a conflict left by such a change
  * is not a reason to keep stale locks). */

@@ -67,6 +67,15 @@ static bool keeps_metadata(const struct vbd_node *parent, const char *key)
     return parent && !strcmp(key, "file") && parent->drv->kind == VBD_DRV_FORMAT && !passes_through(parent);
 }
 
+/* Does parent write its child key only when its own users write (QEMU's
+ * filter and raw child perms: nothing taken of their own)? */
+static bool writes_only_for_users(const struct vbd_node *parent, const char *key)
+{
+    if (!parent || (strcmp(key, "file") && strcmp(key, "image")) || !passes_through(parent))
+        return false;
+    return strcmp(parent->drv->name, "copy-on-read") && strcmp(parent->drv->name, "snapshot-access");
+}
+
 int vbd_node_check_metadata_writer(struct vbd_node *parent, struct vbd_node *c, bool rw, struct vbd_error **err)
 {
     if (!keeps_metadata(parent, "file"))
@@ -669,14 +678,23 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
             json_object_put(v);
             return NULL;
         }
-        if ((flags & VBD_OPEN_RDWR) && c->read_only) {
+        /* a parent that writes it by itself (a format's metadata,
+         * copy-on-read's copies) over a read-only node is refused now; one
+         * that only passes its users' writes down (raw, throttle,
+         * blkdebug) opens read-write, and a writer that comes above it is
+         * refused then (vbd_qmp_perm_check's graph), as QEMU's
+         * permissions do */
+        if ((flags & VBD_OPEN_RDWR) && c->read_only && !writes_only_for_users(parent, key)) {
             vbd_error_setf(err, EACCES, "Block node is read-only"); /* QEMU's permission check, no name */
             json_object_put(v);
             return NULL;
         }
         /* a second format on one file: neither may write (the other's
          * metadata would go stale under it, or two would write it) */
-        if (parent && vbd_node_check_metadata_writer(parent, c, (flags & VBD_OPEN_RDWR) != 0, err) < 0) {
+        /* (a backing edge takes no write: a backing file may be another
+         * format's file, as QEMU's COW role shares it) */
+        if (parent && !strcmp(key, "file") &&
+            vbd_node_check_metadata_writer(parent, c, (flags & VBD_OPEN_RDWR) != 0, err) < 0) {
             json_object_put(v);
             return NULL;
         }

@@ -455,9 +455,25 @@ struct vbd_job *vbd_backup_create(const char *job_id, struct vbd_node *source, s
     struct vbd_node *filter = NULL;
     struct vbd_job *job = NULL;
     if (job_filter_insert(JOB_FILTER_BACKUP, source, o->filter_node_name, NULL, &filter, err) == 0) {
-        /* the job core has one policy: the target's, QEMU's usual culprit */
-        job = vbd_job_create(&backup_driver, job_id, o->auto_finalize, o->auto_dismiss, o->speed, o->on_target_error,
-                             err);
+        /* QEMU's block_job_create: the job's edge on the filter, which from
+         * then on shares no write below it (cbw_child_perm). A node that
+         * passes writes down to what the source passes its own to (two
+         * raw nodes over one file node) would write under the backup's
+         * copy: refused, as qsd refuses it */
+        char job_user[160];
+        snprintf(job_user, sizeof(job_user), "backup job '%s'", job_id);
+        struct vbd_qmp_perm_user users[] = {
+            {.node = target, .perm = 0x2, .shared = 0xf & ~0x8u, .parent = filter, .child = "target"},
+            {.node = filter, .perm = 0, .shared = 0xf, .user = job_user, .child = "main node"},
+        };
+        if (vbd_qmp_perm_check(users, 2, &le) < 0) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
+            vbd_error_free(le);
+        } else {
+            /* the job core has one policy: the target's, QEMU's usual culprit */
+            job = vbd_job_create(&backup_driver, job_id, o->auto_finalize, o->auto_dismiss, o->speed,
+                                 o->on_target_error, err);
+        }
         if (!job)
             job_filter_co_remove(&filter);
     }

@@ -798,7 +798,24 @@ struct vbd_job *vbd_mirror_start(const struct vbd_mirror_args *a, struct vbd_qmp
         vbd_job_early_fail(job);
         job = NULL;
     }
-    if (job && vbd_qmp_image_locks_follow(a->target, 0x2, 0x4, &le) < 0) {
+    /* the source's reads first (QEMU's block_job_create on mirror_top,
+     * before the target is attached): another node's image opened as the
+     * target (drive-mirror mode=existing of the same image) then finds
+     * them taken, as qsd's open does */
+    char job_user[160];
+    snprintf(job_user, sizeof(job_user), "mirror job '%s'", job ? job->id : "");
+    struct vbd_qmp_perm_user users[] = {
+        {.node = filter, .perm = 0x1, .shared = 0x1 | 0x2 | 0x4, .user = job_user, .child = "main node"},
+        {.node = a->target, .perm = 0x2, .shared = 0x4, .user = "an unnamed block device", .child = "root"},
+    };
+    if (job && filter && vbd_qmp_image_locks_follow_users(users, 1, &le) < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
+        vbd_error_free(le);
+        le = NULL;
+        vbd_job_early_fail(job);
+        job = NULL;
+    }
+    if (job && vbd_qmp_image_locks_follow_users(filter ? users : users + 1, filter ? 2 : 1, &le) < 0) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "%s", le->msg);
         vbd_error_free(le);
         vbd_job_early_fail(job);

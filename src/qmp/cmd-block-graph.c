@@ -75,6 +75,7 @@ struct gedge {
     bool parent_writable; /* the parent node is read-write (bdrv_is_writable_after_reopen) */
     bool rewrite;         /* quorum's rewrite-corrupted */
     bool child_force_share; /* a node parent's child opened with force-share: it shares everything */
+    bool node_parent;     /* the parent is a node (not an export, a job or a user about to come) */
     unsigned perm, shared;
     char user[160];       /* the parent, as QEMU's bdrv_child_user_desc names it */
 };
@@ -220,6 +221,7 @@ static struct gedge *add_node_edge(struct graph *g, struct vbd_node *n, struct v
     struct gedge *e = add_edge(g, n, c, name, r);
     snprintf(e->user, sizeof(e->user), "node '%s'", n->node_name);
     e->child_force_share = (c->open_flags & VBD_OPEN_FORCE_SHARE) != 0;
+    e->node_parent = true;
     return e;
 }
 
@@ -463,6 +465,40 @@ static void graph_build(struct graph *g)
     free(all);
 }
 
+/* Does node n reach node m through the edges of g (its children, and the
+ * edges a job or a user about to come gives it)? */
+static bool reaches(const struct graph *g, const void *n, const void *m, size_t depth)
+{
+    if (n == m)
+        return true;
+    if (depth > g->nedges)
+        return false; /* a cycle: nothing below it to find */
+    for (size_t i = 0; i < g->nedges; i++)
+        if (g->edges[i].parent == n && reaches(g, g->edges[i].child, m, depth + 1))
+            return true;
+    return false;
+}
+
+/* A backup's copy-before-write node over its source takes the source's
+ * node parents, as QEMU's bdrv_replace_node gives them to it (a format
+ * over the source now writes through it: vbd's write hook on the source
+ * sees its writes too), except a parent the filter reaches itself (a
+ * fleecing target whose backing is the source: QEMU's should_update_child
+ * keeps that edge where it is, else the graph would be a cycle). */
+static void graph_filters_take_parents(struct graph *g)
+{
+    for (size_t k = 0; k < g->nedges; k++) {
+        if (g->edges[k].rule != RULE_CBW_SOURCE)
+            continue;
+        const void *filter = g->edges[k].parent, *source = g->edges[k].child;
+        for (size_t i = 0; i < g->nedges; i++) {
+            struct gedge *e = &g->edges[i];
+            if (e->child == source && e->node_parent && e->parent != filter && !reaches(g, filter, e->parent, 0))
+                e->child = filter;
+        }
+    }
+}
+
 /* the permissions, from the top down: a DAG settles within as many rounds as it has edges */
 static void graph_derive(struct graph *g)
 {
@@ -488,6 +524,7 @@ static struct json_object *x_debug_query_block_graph(struct json_object *args, s
     (void)err;
     struct graph g = {.nodes = json_object_new_array()};
     graph_build(&g);
+    graph_filters_take_parents(&g);
     graph_derive(&g);
     struct json_object *edges = json_object_new_array();
     for (size_t k = g.nedges; k-- > 0;) {
@@ -559,30 +596,69 @@ static int users_conflict(const struct graph *g, struct vbd_error **err)
             return -EPERM;
         }
     }
+    /* QEMU's bdrv_node_refresh_perm: no write through a read-only node
+     * (a raw or filter node opens read-write over one: its writers are
+     * refused as they come, an export, a job's target, a format above) */
+    for (size_t i = g->nedges; i-- > 0;) {
+        const struct gedge *a = &g->edges[i];
+        if ((a->perm & (PERM_WRITE | PERM_WRITE_UNCHANGED)) && ((const struct vbd_node *)a->child)->read_only) {
+            vbd_error_setf(err, EPERM, "Block node is read-only");
+            return -EPERM;
+        }
+    }
+    return 0;
+}
+
+/* The graph as it is plus the users about to come (extra[0..nextra)),
+ * its permissions derived; check: first QEMU's check of every node's
+ * users against each other (users_conflict), 0 or -EPERM with err set
+ * (the graph freed). */
+static int graph_with(struct graph *g, const struct vbd_qmp_perm_user *extra, size_t nextra, bool check,
+                      struct vbd_error **err)
+{
+    assert(vbd_thread_is_main()); /* the graph, the exports and the jobs are the main loop's */
+    graph_build(g);
+    for (size_t i = 0; i < nextra; i++) {
+        /* keyed by the entry's own address (no node, export or job has
+         * it) unless a node is its parent */
+        const void *key = extra[i].parent ? (const void *)extra[i].parent : (const void *)&extra[i];
+        struct gedge *e = add_edge(g, key, extra[i].node, extra[i].child, RULE_FIXED);
+        e->perm = extra[i].perm;
+        e->shared = extra[i].shared;
+        if (extra[i].parent)
+            snprintf(e->user, sizeof(e->user), "node '%s'", extra[i].parent->node_name);
+        else
+            snprintf(e->user, sizeof(e->user), "%s", extra[i].user);
+        e->node_parent = extra[i].parent != NULL;
+    }
+    graph_filters_take_parents(g);
+    graph_derive(g);
+    if (check && users_conflict(g, err) < 0) {
+        free(g->ids);
+        free(g->edges);
+        return -EPERM;
+    }
+    return 0;
+}
+
+int vbd_qmp_perm_check(const struct vbd_qmp_perm_user *extra, size_t nextra, struct vbd_error **err)
+{
+    struct graph g = {0};
+    if (graph_with(&g, extra, nextra, true, err) < 0)
+        return -EPERM;
+    free(g.ids);
+    free(g.edges);
     return 0;
 }
 
 /* check: refuse a conflict between two users of one node (users_conflict)
  * before any lock changes */
-static int locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, const char *user, const char *child,
-                        bool check, struct vbd_error **err)
+static int locks_follow_users(const struct vbd_qmp_perm_user *extra, size_t nextra, bool check,
+                              struct vbd_error **err)
 {
-    assert(vbd_thread_is_main()); /* the graph, the exports and the jobs are the main loop's */
     struct graph g = {0};
-    graph_build(&g);
-    static const char extra_user = 0; /* a key no node, export or job has */
-    if (extra) {
-        struct gedge *e = add_edge(&g, &extra_user, extra, child, RULE_FIXED);
-        e->perm = perm;
-        e->shared = shared;
-        snprintf(e->user, sizeof(e->user), "%s", user);
-    }
-    graph_derive(&g);
-    if (check && users_conflict(&g, err) < 0) {
-        free(g.ids);
-        free(g.edges);
+    if (graph_with(&g, extra, nextra, check, err) < 0)
         return -EPERM;
-    }
     size_t count = 0, n = 0;
     for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
         count++;
@@ -624,6 +700,18 @@ static int locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, 
     }
     free(ch);
     return rc;
+}
+
+static int locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, const char *user, const char *child,
+                        bool check, struct vbd_error **err)
+{
+    struct vbd_qmp_perm_user u = {.node = extra, .perm = perm, .shared = shared, .user = user, .child = child};
+    return locks_follow_users(&u, extra ? 1 : 0, check, err);
+}
+
+int vbd_qmp_image_locks_follow_users(const struct vbd_qmp_perm_user *extra, size_t nextra, struct vbd_error **err)
+{
+    return locks_follow_users(extra, nextra, err != NULL, err);
 }
 
 int vbd_qmp_image_locks_follow(struct vbd_node *extra, unsigned perm, unsigned shared, struct vbd_error **err)

@@ -643,12 +643,25 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
             snprintf(by, sizeof(by), "an unnamed block device (uses node '%s' as 'root' child)", n->node_name);
     if (!by[0])
         vbd_node_data_owner(n, by, sizeof(by));
-    if (by[0])
+    if (by[0]) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
                            "Permission conflict on node '%s': permissions 'resize' are both required by an unnamed "
                            "block device (uses node '%s' as 'root' child) and unshared by %s.",
                            n->node_name, n->node_name, by);
-    return by[0] != 0;
+        return true;
+    }
+    /* the resize reaches further down: raw and filters pass it to their
+     * child, which another user may hold the size of (a format over the
+     * same file node): QEMU's check of the whole graph with the command's
+     * BlockBackend (resize taken, everything shared) */
+    struct vbd_qmp_perm_user u = {.node = n, .perm = 0x8, .shared = 0xf, .user = "an unnamed block device",
+                                  .child = "root"};
+    struct vbd_error *e = NULL;
+    if (vbd_qmp_perm_check(&u, 1, &e) < 0) {
+        vbd_qmp_error_take(err, e);
+        return true;
+    }
+    return false;
 }
 
 static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
@@ -664,9 +677,15 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
     }
     if (resize_refused(n, device, err))
         return NULL;
-    if (n->read_only) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Image is read-only");
-        return NULL;
+    /* the node, or below a raw or filter node (read-write over a
+     * read-only node) the node its resize reaches */
+    for (struct vbd_node *m = n; m; m = m->file != m ? m->file : NULL) {
+        if (m->read_only) {
+            vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Image is read-only");
+            return NULL;
+        }
+        if (m->drv->kind != VBD_DRV_FILTER && strcmp(m->drv->name, "raw"))
+            break;
     }
     /* QEMU's file-posix sets a regular file to the size asked for even when
      * not 'exact' (a shrink included); vbd's file driver leaves a file

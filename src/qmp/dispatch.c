@@ -267,7 +267,11 @@ static struct json_object *error_reply(const struct vbd_qmp_error *err)
 {
     struct json_object *e = json_object_new_object();
     json_object_object_add(e, "class", json_object_new_string(err->cls));
-    json_object_object_add(e, "desc", json_object_new_string(err->desc));
+    /* a lock conflict's question is QEMU's error hint, which QMP does not
+     * send: 'Failed to get "write" lock', as qsd's reply */
+    const char *q = strstr(err->desc, " lock: Is another process using the image [");
+    int len = q ? (int)(q - err->desc) + 5 : (int)strlen(err->desc);
+    json_object_object_add(e, "desc", json_object_new_string_len(err->desc, len));
     struct json_object *r = json_object_new_object();
     json_object_object_add(r, "error", e);
     return r;
