@@ -2,9 +2,8 @@
 # vbd-img commit, convert -m 8 and dd interrupted by SIGINT or SIGTERM in
 # the middle: strace delivers the signal at the Nth data write of the tool
 # (-e inject=SYSCALL:signal=SIG:when=N+: the same point on every run,
-# whatever the load; commit and convert write inline on the tool's own
-# thread with pwritev2, dd through the pool's threads with pwritev, each
-# counted per thread), the tool dies of it (qemu-img's default handling),
+# whatever the load; commit, convert and dd write inline on the tool's
+# own thread with pwritev2, counted per thread), the tool dies of it (qemu-img's default handling),
 # and then:
 #  - commit (the base a qcow2 image half allocated, so the commit both
 #    allocates clusters and writes over its own: overwrite runs): the
@@ -19,7 +18,7 @@
 #    without corruption, each sector the source's or zero.
 # SIGINT comes early, SIGTERM late: at commit's pwritev2 4 and 16 of
 # about 25, convert's 12 and 24 of about 33 (its first ones make the
-# target), dd's pwritev 3 and 8 on a pool thread (each does 4 to 18). A
+# target), dd's pwritev2 6 and 40 of about 69. A
 # qcow2 target's new clusters mostly read as zeroes then: their L2 tables
 # were still in the tool's memory (leaked clusters, no corruption).
 . "$(dirname "$0")/lib.sh"
@@ -86,7 +85,7 @@ make_chain() {
     must qemu-img convert -f qcow2 -O raw top.qcow2 view.raw
 }
 
-for spec in "INT 4 12 3" "TERM 16 24 8"; do
+for spec in "INT 4 12 6" "TERM 16 24 40"; do
     read -r sig at_commit at_convert at_dd <<<"$spec"
     {
         step "commit, SIG$sig at write $at_commit"
@@ -105,9 +104,9 @@ for spec in "INT 4 12 3" "TERM 16 24 8"; do
         interrupted $sig "$at_convert" pwritev2 convert.out "$VBD_IMG" convert -m 8 -W -f qcow2 -O qcow2 top.qcow2 conv.qcow2
         check_allowed conv.qcow2 zero view.raw written
 
-        step "dd, SIG$sig at a pool thread's write $at_dd"
+        step "dd, SIG$sig at write $at_dd"
         rm -f dd.qcow2
-        interrupted $sig "$at_dd" pwritev dd.out "$VBD_IMG" dd -f qcow2 -O qcow2 bs=1M if=top.qcow2 of=dd.qcow2
+        interrupted $sig "$at_dd" pwritev2 dd.out "$VBD_IMG" dd -f qcow2 -O qcow2 bs=1M if=top.qcow2 of=dd.qcow2
         check_allowed dd.qcow2 zero view.raw written
     }
 done
