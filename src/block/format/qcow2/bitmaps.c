@@ -994,3 +994,52 @@ int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err)
 {
     return end_change(s, rc, err);
 }
+
+/* At the close of an image amended (vbd-img amend): every consistent
+ * bitmap stored anew, as QEMU 7.2's qcow2_store_persistent_dirty_bitmaps
+ * stores them at every close, so that the file ends as qemu-img amend
+ * leaves it: in directory order, each bitmap's data clusters (an all-zero
+ * one left unallocated) then its table at new clusters, in-use cleared;
+ * then a new directory and the header naming it; only then are the old
+ * directory and the old tables freed (their data clusters given back to
+ * the file system). The old directory keeps its bytes: in-use, as the
+ * open marked it. A crash before the header names the new directory
+ * leaves the bitmaps in use (inconsistent), as a crash ever does; after
+ * it, leaked clusters at most. Bitmaps in use at the open stay as they
+ * are. Lock held, metadata written back. */
+int qcow2_bitmaps_store_anew(struct qcow2_state *s)
+{
+    struct dir d;
+    int rc = dir_load(s, &d);
+    for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
+        struct dir_entry *e = &d.e[i];
+        uint32_t flags = get_be32p(e->raw + 12), nlen = entry_name_len(e);
+        struct qcow2_bitmap *b = NULL;
+        for (int k = 0; k < s->nbitmaps && !b; k++)
+            if (s->bitmaps[k].tracking && strlen(s->bitmaps[k].name) == nlen &&
+                !memcmp(s->bitmaps[k].name, entry_name(e), nlen))
+                b = &s->bitmaps[k];
+        if (b) { /* its bits as tracked */
+            uint64_t bytes = (b->nbits + 7) / 8;
+            if (!(e->bits = malloc(bytes + 1))) {
+                rc = -ENOMEM;
+                break;
+            }
+            memcpy(e->bits, b->bits, bytes);
+            e->nbits = b->nbits;
+            e->old_table = get_be64p(e->raw);
+            e->old_table_size = get_be32p(e->raw + 8);
+            put_be32p(e->raw + 12, flags & ~BME_IN_USE);
+        } else if (!(flags & BME_IN_USE) && !(flags & BME_AUTO) && e->raw[16] == 1 && !get_be32p(e->raw + 20)) {
+            rc = entry_bits(s, e); /* a disabled one: its bits from its clusters */
+        }
+    }
+    struct vbd_error *err = NULL;
+    if (rc == 0)
+        rc = dir_store(s, &d, &err);
+    vbd_error_free(err);
+    dir_free(&d);
+    if (rc == 0)
+        qcow2_bitmaps_free(s); /* stored: nothing left to store at the close */
+    return rc;
+}
