@@ -916,6 +916,34 @@ int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, stru
     return rc;
 }
 
+/* The entries of the bitmaps tracked in memory take their bits from
+ * there (to be written anew), in-use cleared in the new directory; the
+ * old directory on disk keeps in-use until the header leaves it, as
+ * QEMU's close leaves it. */
+static int take_tracked_bits(struct qcow2_state *s, struct dir *d)
+{
+    for (uint32_t i = 0; i < d->n; i++) {
+        struct dir_entry *e = &d->e[i];
+        uint32_t nlen = entry_name_len(e);
+        struct qcow2_bitmap *b = NULL;
+        for (int k = 0; k < s->nbitmaps && !b; k++)
+            if (s->bitmaps[k].tracking && strlen(s->bitmaps[k].name) == nlen &&
+                !memcmp(s->bitmaps[k].name, entry_name(e), nlen))
+                b = &s->bitmaps[k];
+        if (!b)
+            continue;
+        uint64_t bytes = (b->nbits + 7) / 8;
+        if (!(e->bits = malloc(bytes + 1)))
+            return -ENOMEM;
+        memcpy(e->bits, b->bits, bytes);
+        e->nbits = b->nbits;
+        e->old_table = get_be64p(e->raw);
+        e->old_table_size = get_be32p(e->raw + 8);
+        put_be32p(e->raw + 12, get_be32p(e->raw + 12) & ~BME_IN_USE);
+    }
+    return 0;
+}
+
 /* Before a resize: every bitmap must be one that can follow it (QEMU
  * refuses with an inconsistent one). Lock held. */
 int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
@@ -948,9 +976,18 @@ int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
 int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
 {
     struct dir d = {0};
-    int rc = begin_change(s);
+    /* as begin_change, but the tracked bits go to new clusters straight
+     * from memory: the old directory keeps in-use, as QEMU's close
+     * (which stores them after its resize) leaves it */
+    s->bitmaps_changing = true;
+    int rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
     if (rc == 0)
         rc = dir_load(s, &d);
+    if (rc == 0)
+        rc = take_tracked_bits(s, &d);
+    qcow2_bitmaps_free(s);
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         struct dir_entry *e = &d.e[i];
         if ((get_be32p(e->raw + 12) & BME_IN_USE) || e->raw[16] != 1)
@@ -1011,28 +1048,13 @@ int qcow2_bitmaps_store_anew(struct qcow2_state *s)
 {
     struct dir d;
     int rc = dir_load(s, &d);
+    if (rc == 0)
+        rc = take_tracked_bits(s, &d);
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         struct dir_entry *e = &d.e[i];
-        uint32_t flags = get_be32p(e->raw + 12), nlen = entry_name_len(e);
-        struct qcow2_bitmap *b = NULL;
-        for (int k = 0; k < s->nbitmaps && !b; k++)
-            if (s->bitmaps[k].tracking && strlen(s->bitmaps[k].name) == nlen &&
-                !memcmp(s->bitmaps[k].name, entry_name(e), nlen))
-                b = &s->bitmaps[k];
-        if (b) { /* its bits as tracked */
-            uint64_t bytes = (b->nbits + 7) / 8;
-            if (!(e->bits = malloc(bytes + 1))) {
-                rc = -ENOMEM;
-                break;
-            }
-            memcpy(e->bits, b->bits, bytes);
-            e->nbits = b->nbits;
-            e->old_table = get_be64p(e->raw);
-            e->old_table_size = get_be32p(e->raw + 8);
-            put_be32p(e->raw + 12, flags & ~BME_IN_USE);
-        } else if (!(flags & BME_IN_USE) && !(flags & BME_AUTO) && e->raw[16] == 1 && !get_be32p(e->raw + 20)) {
+        uint32_t flags = get_be32p(e->raw + 12);
+        if (!e->bits && !(flags & BME_IN_USE) && !(flags & BME_AUTO) && e->raw[16] == 1 && !get_be32p(e->raw + 20))
             rc = entry_bits(s, e); /* a disabled one: its bits from its clusters */
-        }
     }
     struct vbd_error *err = NULL;
     if (rc == 0)
