@@ -1,5 +1,5 @@
 #!/bin/bash
-# test-timeout: 900 (19 cases, ASan: 34 s at load 4, 140-190 s at load 25-31, up to 7 min at load 38)
+# test-timeout: 900 (25 cases, ASan: 34 s at load 4, 140-190 s at load 25-31, 7 min at load 35-47 beside 7 helpers)
 # vbd-img amend -o refcount_bits=N beside qemu-img 7.2 amend (img-diff-table.sh's
 # way: lib-difftable.sh's img_case, the same output, and the image either
 # wrote qemu-img's byte for byte, compared, checked, feature bits equal):

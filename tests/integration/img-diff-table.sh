@@ -1,5 +1,5 @@
 #!/bin/bash
-# test-timeout: 2400 (run.sh: 118 cases, each tool started per case: 46 s at load 4, 641-687 s at load 30, 1125 s at load 45; 1200 s is too close)
+# test-timeout: 2400 (run.sh: 120 cases (the 2 preallocation=metadata ones past 4M clusters: ~60 s each at load 35), each tool started per case: 46 s at load 4, 641-687 s at load 30, 1125 s at load 45; 1200 s is too close)
 # vbd-img beside qemu-img 7.2, table-driven: every case below is one line,
 # the command line after the tool's name. Both tools run it, each in its
 # own fresh copy of base/ (lib.sh tools_run), and must give the same exit
