@@ -39,5 +39,6 @@ def ranges(path):
         os.close(fd)
 
 
-for p in sys.argv[1:]:
-    print(p, os.stat(p).st_size, ' '.join('%d-%d' % tuple(r) for r in ranges(p)))
+if __name__ == '__main__':
+    for p in sys.argv[1:]:
+        print(p, os.stat(p).st_size, ' '.join('%d-%d' % tuple(r) for r in ranges(p)))

@@ -924,6 +924,34 @@ int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, stru
     return rc;
 }
 
+/* The entries of the bitmaps tracked in memory take their bits from
+ * there (to be written anew), in-use cleared in the new directory; the
+ * old directory on disk keeps in-use until the header leaves it, as
+ * QEMU's close leaves it. */
+static int take_tracked_bits(struct qcow2_state *s, struct dir *d)
+{
+    for (uint32_t i = 0; i < d->n; i++) {
+        struct dir_entry *e = &d->e[i];
+        uint32_t nlen = entry_name_len(e);
+        struct qcow2_bitmap *b = NULL;
+        for (int k = 0; k < s->nbitmaps && !b; k++)
+            if (s->bitmaps[k].tracking && strlen(s->bitmaps[k].name) == nlen &&
+                !memcmp(s->bitmaps[k].name, entry_name(e), nlen))
+                b = &s->bitmaps[k];
+        if (!b)
+            continue;
+        uint64_t bytes = (b->nbits + 7) / 8;
+        if (!(e->bits = malloc(bytes + 1)))
+            return -ENOMEM;
+        memcpy(e->bits, b->bits, bytes);
+        e->nbits = b->nbits;
+        e->old_table = get_be64p(e->raw);
+        e->old_table_size = get_be32p(e->raw + 8);
+        put_be32p(e->raw + 12, get_be32p(e->raw + 12) & ~BME_IN_USE);
+    }
+    return 0;
+}
+
 /* Before a resize: every bitmap must be one that can follow it (QEMU
  * refuses with an inconsistent one). Lock held. */
 int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
@@ -956,9 +984,18 @@ int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
 int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
 {
     struct dir d = {0};
-    int rc = begin_change(s);
+    /* as begin_change, but the tracked bits go to new clusters straight
+     * from memory: the old directory keeps in-use, as QEMU's close
+     * (which stores them after its resize) leaves it */
+    s->bitmaps_changing = true;
+    int rc = qcow2_writeback(s);
+    if (rc == 0)
+        rc = qcow2_flush_refcounts(s);
     if (rc == 0)
         rc = dir_load(s, &d);
+    if (rc == 0)
+        rc = take_tracked_bits(s, &d);
+    qcow2_bitmaps_free(s);
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         struct dir_entry *e = &d.e[i];
         if ((get_be32p(e->raw + 12) & BME_IN_USE) || e->raw[16] != 1)
@@ -1001,4 +1038,38 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
 int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err)
 {
     return end_change(s, rc, err);
+}
+
+/* At the close of an image amended (vbd-img amend): every consistent
+ * bitmap stored anew, as QEMU 7.2's qcow2_store_persistent_dirty_bitmaps
+ * stores them at every close, so that the file ends as qemu-img amend
+ * leaves it: in directory order, each bitmap's data clusters (an all-zero
+ * one left unallocated) then its table at new clusters, in-use cleared;
+ * then a new directory and the header naming it; only then are the old
+ * directory and the old tables freed (their data clusters given back to
+ * the file system). The old directory keeps its bytes: in-use, as the
+ * open marked it. A crash before the header names the new directory
+ * leaves the bitmaps in use (inconsistent), as a crash ever does; after
+ * it, leaked clusters at most. Bitmaps in use at the open stay as they
+ * are. Lock held, metadata written back. */
+int qcow2_bitmaps_store_anew(struct qcow2_state *s)
+{
+    struct dir d;
+    int rc = dir_load(s, &d);
+    if (rc == 0)
+        rc = take_tracked_bits(s, &d);
+    for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
+        struct dir_entry *e = &d.e[i];
+        uint32_t flags = get_be32p(e->raw + 12);
+        if (!e->bits && !(flags & BME_IN_USE) && !(flags & BME_AUTO) && e->raw[16] == 1 && !get_be32p(e->raw + 20))
+            rc = entry_bits(s, e); /* a disabled one: its bits from its clusters */
+    }
+    struct vbd_error *err = NULL;
+    if (rc == 0)
+        rc = dir_store(s, &d, &err);
+    vbd_error_free(err);
+    dir_free(&d);
+    if (rc == 0)
+        qcow2_bitmaps_free(s); /* stored: nothing left to store at the close */
+    return rc;
 }

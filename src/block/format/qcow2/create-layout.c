@@ -16,9 +16,18 @@
  * qemu-img then maps the whole disk (preallocate_co) through the same
  * allocator, table by table: an L2 table, its clusters in one run, the
  * next table (which ends the run), and so on; the refcount blocks and the
- * tables they need come amid them. Those steps are replayed here on an
- * image held in memory (only the clusters QEMU writes), for the bytes the
- * file ends with. The runtime allocator (refcount.c) places its blocks
+ * tables they need come amid them. Those steps are replayed here, and the
+ * file written as they go, for the bytes it ends with.
+ *
+ * Memory stays bounded whatever the size (a 16 TiB image maps 2 GiB of L2
+ * tables): every refcount in a new image is 0 or 1, so the counts are
+ * kept as the runs of clusters in use (a few: the allocator fills the
+ * file from its start, leaving only the holes of freed tables); the
+ * clusters written pass through a small write-back cache (a cluster
+ * written again after it left the cache is read back from the file);
+ * the refcount blocks are made at the end from the runs, one at a time.
+ * Only the L1 table (32 MiB at most) and the refcount table (8 MiB) are
+ * held whole. The runtime allocator (refcount.c) places its blocks
  * otherwise, at the end of the file; its hot path is left alone.
  */
 #include "qcow2.h"
@@ -27,105 +36,238 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* more clusters than this in the file (a pointer each) and
- * preallocation=metadata is not replayed (qcow2_plan_create: -E2BIG) */
-#define SIM_MAX_CLUSTERS (1ull << 22)
+#define CACHE_BYTES (4u << 20) /* the write-back cache: at least 4 clusters */
+
+struct run {
+    uint64_t start, end; /* clusters [start, end) have refcount 1 */
+};
+
+struct slot {
+    uint64_t cluster;
+    uint64_t lo, hi; /* the bytes written since it came in (QEMU writes an L1 table's entries alone) */
+    bool valid;
+};
 
 struct sim {
     uint64_t cs, per_block, per_table_cluster;
     uint32_t rb_bits, refcount_order;
-    uint64_t *rc, rc_len;          /* refcount of each cluster, where a block counts it */
+    struct run *runs; /* sorted, apart (adjacent ones merged) */
+    size_t nruns, runs_cap;
     uint64_t *table, table_size;   /* refcount block (cluster index) of each entry, 0 if none */
     uint64_t table_off, max_index; /* table's cluster; highest entry in use */
     uint64_t free_index;           /* QEMU's free_cluster_index */
-    uint8_t **cl;                  /* the file: each cluster's bytes, NULL where QEMU never writes (a hole) */
-    uint64_t cl_len, file_len;
-    uint64_t cl_limit; /* 0: none */
+    uint64_t file_len;             /* the file's length as qemu-img leaves it */
+    uint64_t written_end;          /* what the file holds so far (past it: zeroes) */
+    struct slot *slots;            /* cluster c in slot c % nslots */
+    uint8_t *cache;
+    uint64_t nslots;
+    const struct qcow2_plan_writer *w;
 };
 
-static int grow(void **p, uint64_t *len, uint64_t need, size_t unit)
+/* ---- the clusters in use ---- */
+
+/* index of the first run ending past c */
+static size_t run_after(const struct sim *m, uint64_t c)
 {
-    if (need <= *len)
+    size_t lo = 0, hi = m->nruns;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (m->runs[mid].end > c)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+static bool all_free(const struct sim *m, uint64_t a, uint64_t b)
+{
+    size_t i = run_after(m, a);
+    return i == m->nruns || m->runs[i].start >= b;
+}
+
+static bool all_used(const struct sim *m, uint64_t a, uint64_t b)
+{
+    size_t i = run_after(m, a);
+    return i < m->nruns && m->runs[i].start <= a && m->runs[i].end >= b;
+}
+
+/* room for one more run */
+static int reserve_run(struct sim *m)
+{
+    if (m->nruns < m->runs_cap)
         return 0;
-    uint64_t n = *len ? *len : 64;
-    while (n < need)
-        n *= 2;
-    void *q = realloc(*p, n * unit);
-    if (!q)
+    size_t cap = m->runs_cap ? 2 * m->runs_cap : 64;
+    struct run *r = realloc(m->runs, cap * sizeof(*r));
+    if (!r)
         return -ENOMEM;
-    memset((uint8_t *)q + *len * unit, 0, (n - *len) * unit);
-    *p = q;
-    *len = n;
+    m->runs = r;
+    m->runs_cap = cap;
+    return 0;
+}
+
+/* [a, b) in use (some of it may be already) */
+static int mark_used(struct sim *m, uint64_t a, uint64_t b)
+{
+    if (a >= b)
+        return 0;
+    /* the runs touching [a, b), adjacent ones too, become one: i the
+     * first ending at a or later, j past the last starting at b or before */
+    size_t i = run_after(m, a ? a - 1 : 0), j = i;
+    while (j < m->nruns && m->runs[j].start <= b)
+        j++;
+    if (i == j) {
+        int rc = reserve_run(m);
+        if (rc < 0)
+            return rc;
+        memmove(m->runs + i + 1, m->runs + i, (m->nruns - i) * sizeof(*m->runs));
+        m->runs[i] = (struct run){a, b};
+        m->nruns++;
+        return 0;
+    }
+    struct run merged = {m->runs[i].start < a ? m->runs[i].start : a, m->runs[j - 1].end > b ? m->runs[j - 1].end : b};
+    m->runs[i] = merged;
+    memmove(m->runs + i + 1, m->runs + j, (m->nruns - j) * sizeof(*m->runs));
+    m->nruns -= j - i - 1;
+    return 0;
+}
+
+/* [a, b), all in use (one run), freed */
+static int mark_free(struct sim *m, uint64_t a, uint64_t b)
+{
+    if (a >= b)
+        return 0;
+    size_t i = run_after(m, a);
+    struct run r = m->runs[i];
+    if (r.start < a && r.end > b) { /* split in two */
+        int rc = reserve_run(m);
+        if (rc < 0)
+            return rc;
+        memmove(m->runs + i + 1, m->runs + i, (m->nruns - i) * sizeof(*m->runs));
+        m->nruns++;
+        m->runs[i].end = a;
+        m->runs[i + 1].start = b;
+    } else if (r.start < a) {
+        m->runs[i].end = a;
+    } else if (r.end > b) {
+        m->runs[i].start = b;
+    } else {
+        memmove(m->runs + i, m->runs + i + 1, (m->nruns - i - 1) * sizeof(*m->runs));
+        m->nruns--;
+    }
+    return 0;
+}
+
+/* ---- the file, through the cache ---- */
+
+static int evict(struct sim *m, struct slot *sl, uint8_t *data)
+{
+    if (!sl->valid || sl->lo >= sl->hi)
+        return 0;
+    uint64_t at = sl->cluster * m->cs;
+    int rc = m->w->pwrite(m->w->opaque, at + sl->lo, data + sl->lo, sl->hi - sl->lo);
+    if (rc < 0)
+        return rc;
+    if (m->written_end < at + sl->hi)
+        m->written_end = at + sl->hi;
+    sl->lo = sl->hi = 0;
+    return 0;
+}
+
+/* cluster c's bytes in the cache, [from, to) of them about to be written
+ * (the rest read back from the file where it was written before) */
+static int cached(struct sim *m, uint64_t c, uint64_t from, uint64_t to, uint8_t **out)
+{
+    struct slot *sl = &m->slots[c % m->nslots];
+    uint8_t *data = m->cache + (c % m->nslots) * m->cs;
+    uint64_t at = c * m->cs;
+    if (!sl->valid || sl->cluster != c) {
+        int rc = evict(m, sl, data);
+        if (rc < 0)
+            return rc;
+        sl->valid = false;
+        if (from || to < m->cs) {
+            uint64_t have = at >= m->written_end ? 0 : m->written_end - at < m->cs ? m->written_end - at : m->cs;
+            if (have && (rc = m->w->pread(m->w->opaque, at, data, have)) < 0)
+                return rc;
+            memset(data + have, 0, m->cs - have);
+        }
+        *sl = (struct slot){.cluster = c, .lo = from, .hi = to, .valid = true};
+    }
+    if (from < sl->lo || sl->lo == sl->hi)
+        sl->lo = from;
+    if (to > sl->hi)
+        sl->hi = to;
+    *out = data;
     return 0;
 }
 
 /* bytes at off written (zeroes if data is NULL); the file at least as long */
 static int put(struct sim *m, uint64_t off, const void *data, uint64_t len)
 {
-    uint64_t first = off / m->cs, last = len ? (off + len - 1) / m->cs : first;
-    if (m->cl_limit && last >= m->cl_limit)
-        return -E2BIG;
-    int rc = grow((void **)&m->cl, &m->cl_len, last + 1, sizeof(uint8_t *));
-    if (rc < 0)
-        return rc;
-    for (uint64_t c = first; c <= last; c++) {
-        if (!m->cl[c] && !(m->cl[c] = calloc(1, m->cs)))
-            return -ENOMEM;
-        uint64_t from = c == first ? off % m->cs : 0;
-        uint64_t to = c == last && len ? (off + len - 1) % m->cs + 1 : m->cs;
-        if (!len)
-            to = from;
+    for (uint64_t done = 0; done < len;) {
+        uint64_t c = (off + done) / m->cs, in = (off + done) % m->cs;
+        uint64_t n = m->cs - in < len - done ? m->cs - in : len - done;
+        uint8_t *cl;
+        int rc = cached(m, c, in, in + n, &cl);
+        if (rc < 0)
+            return rc;
         if (data)
-            memcpy(m->cl[c] + from, (const uint8_t *)data + (c * m->cs + from - off), to - from);
+            memcpy(cl + in, (const uint8_t *)data + done, n);
         else
-            memset(m->cl[c] + from, 0, to - from);
+            memset(cl + in, 0, n);
+        done += n;
     }
     if (m->file_len < off + len)
         m->file_len = off + len;
     return 0;
 }
 
-static int put_u64(struct sim *m, uint64_t off, uint64_t v)
+static int flush_cache(struct sim *m)
 {
-    uint8_t e[8];
-    put_be64p(e, v);
-    return put(m, off, e, 8);
+    for (uint64_t i = 0; i < m->nslots; i++) {
+        int rc = evict(m, &m->slots[i], m->cache + i * m->cs);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
 }
 
-static uint64_t get_rc(const struct sim *m, uint64_t c)
-{
-    uint64_t idx = c >> m->rb_bits;
-    if (idx >= m->table_size || !m->table[idx] || c >= m->rc_len)
-        return 0;
-    return m->rc[c];
-}
-
-static int set_rc(struct sim *m, uint64_t c, uint64_t v)
-{
-    int rc = grow((void **)&m->rc, &m->rc_len, c + 1, sizeof(uint64_t));
-    if (rc == 0)
-        m->rc[c] = v;
-    return rc;
-}
-
-/* the table as it is, at its place (QEMU writes it whole) */
+/* the table as it is, at its place (QEMU writes it whole; entries added
+ * since are in it too: it is written once it is final) */
 static int put_table(struct sim *m)
 {
-    int rc = put(m, m->table_off * m->cs, NULL, m->table_size * 8);
-    for (uint64_t i = 0; rc == 0 && i < m->table_size; i++)
-        if (m->table[i])
-            rc = put_u64(m, m->table_off * m->cs + 8 * i, m->table[i] * m->cs);
-    return rc;
+    uint64_t per_cluster = m->per_table_cluster;
+    uint8_t *cl;
+    for (uint64_t k = 0; k < m->table_size / per_cluster; k++) {
+        int rc = cached(m, m->table_off + k, 0, m->cs, &cl);
+        if (rc < 0)
+            return rc;
+        for (uint64_t i = 0; i < per_cluster; i++) {
+            uint64_t b = m->table[k * per_cluster + i];
+            put_be64p(cl + 8 * i, b * m->cs);
+        }
+    }
+    if (m->file_len < m->table_off * m->cs + m->table_size * 8)
+        m->file_len = m->table_off * m->cs + m->table_size * 8;
+    return 0;
 }
 
-/* alloc_clusters_noref */
+/* ---- QEMU's allocator ---- */
+
+/* alloc_clusters_noref: the first n free clusters from free_index on
+ * (QEMU steps past each cluster in use; a run in use is stepped over whole) */
 static uint64_t alloc_noref(struct sim *m, uint64_t n)
 {
-retry:
-    for (uint64_t i = 0; i < n; i++)
-        if (get_rc(m, m->free_index++))
-            goto retry;
-    return m->free_index - n;
+    uint64_t p = m->free_index;
+    for (;;) {
+        size_t i = run_after(m, p);
+        if (i == m->nruns || m->runs[i].start >= p + n)
+            break;
+        p = m->runs[i].end;
+    }
+    m->free_index = p + n;
+    return p;
 }
 
 static int update_rc(struct sim *m, uint64_t start, uint64_t n, int delta);
@@ -168,14 +310,14 @@ static int refcount_area(struct sim *m, uint64_t start, uint64_t new_index, uint
     for (uint64_t i = area_index; i < total; i++)
         missing += !table[i];
     uint64_t table_off = start + missing, end = table_off + size / m->per_table_cluster, at = start;
-    int rc = 0;
-    for (uint64_t i = area_index; rc == 0 && i < total; i++) {
+    for (uint64_t i = area_index; i < total; i++)
         if (!table[i])
             table[i] = at++;
-        uint64_t first = i * m->per_block;
-        for (uint64_t c = first > start ? first : start; rc == 0 && c < end && c < first + m->per_block; c++)
-            rc = set_rc(m, c, 1);
-    }
+    uint64_t counted_end = end < total * m->per_block ? end : total * m->per_block;
+    int rc = mark_used(m, start, counted_end);
+    /* the old table is final: its bytes stay in the file */
+    if (rc == 0)
+        rc = put_table(m);
     if (rc < 0) {
         free(table);
         return rc;
@@ -189,8 +331,9 @@ static int refcount_area(struct sim *m, uint64_t start, uint64_t new_index, uint
     for (uint64_t i = 0; i < size; i++)
         if (table[i])
             m->max_index = i;
-    rc = put_table(m);
-    return rc < 0 ? rc : update_rc(m, old_off, old_clusters, -1);
+    if (m->file_len < table_off * m->cs + size * 8)
+        m->file_len = table_off * m->cs + size * 8;
+    return update_rc(m, old_off, old_clusters, -1);
 }
 
 /* alloc_refcount_block: 0 if the block counting c exists, -EAGAIN once
@@ -203,7 +346,7 @@ static int alloc_block(struct sim *m, uint64_t c)
     uint64_t block = alloc_noref(m, 1);
     int rc;
     if (block >> m->rb_bits == idx)
-        rc = set_rc(m, block, 1); /* it counts itself */
+        rc = mark_used(m, block, block + 1); /* it counts itself */
     else
         rc = update_rc(m, block, 1, 1);
     if (rc < 0)
@@ -212,8 +355,7 @@ static int alloc_block(struct sim *m, uint64_t c)
         m->table[idx] = block;
         if (idx > m->max_index)
             m->max_index = idx;
-        rc = put_u64(m, m->table_off * m->cs + idx * 8, block * m->cs);
-        return rc < 0 ? rc : -EAGAIN;
+        return -EAGAIN;
     }
     uint64_t used = (c + 1 > block + 1 ? c + 1 : block + 1);
     used = (used + m->per_block - 1) / m->per_block;
@@ -221,28 +363,35 @@ static int alloc_block(struct sim *m, uint64_t c)
     return rc < 0 ? rc : -EAGAIN;
 }
 
-/* update_refcount */
+/* update_refcount by delta (+1: clusters free before, -1: in use) */
 static int update_rc(struct sim *m, uint64_t start, uint64_t n, int delta)
 {
-    uint64_t old_idx = UINT64_MAX;
-    for (uint64_t c = start; c < start + n; c++) {
-        if (c >> m->rb_bits != old_idx) {
-            int rc = alloc_block(m, c);
-            if (rc == -EAGAIN && m->free_index > start)
-                m->free_index = start;
-            if (rc < 0) {
-                (void)update_rc(m, start, c - start, -delta);
-                return rc;
-            }
+    for (uint64_t c = start; c < start + n;) {
+        uint64_t seg_end = ((c >> m->rb_bits) + 1) << m->rb_bits;
+        if (seg_end > start + n)
+            seg_end = start + n;
+        int rc = alloc_block(m, c);
+        if (rc == -EAGAIN && m->free_index > start)
+            m->free_index = start;
+        if (rc < 0) {
+            (void)update_rc(m, start, c - start, -delta);
+            return rc;
         }
-        old_idx = c >> m->rb_bits;
-        int rc = grow((void **)&m->rc, &m->rc_len, c + 1, sizeof(uint64_t));
+        if (delta > 0) {
+            /* a count of 2 is no new image's: never replayed */
+            if (!all_free(m, c, seg_end))
+                return -EIO;
+            rc = mark_used(m, c, seg_end);
+        } else {
+            if (!all_used(m, c, seg_end))
+                return -EIO;
+            rc = mark_free(m, c, seg_end);
+            if (c < m->free_index)
+                m->free_index = c;
+        }
         if (rc < 0)
             return rc;
-        uint64_t v = m->rc[c] + (uint64_t)(int64_t)delta;
-        if (v == 0 && c < m->free_index)
-            m->free_index = c;
-        m->rc[c] = v;
+        c = seg_end;
     }
     return 0;
 }
@@ -277,11 +426,10 @@ static int alloc_clusters_at(struct sim *m, uint64_t at, uint64_t n, uint64_t *g
 {
     int rc;
     do {
-        uint64_t i = 0;
-        while (i < n && !get_rc(m, at + i))
-            i++;
-        *got = i;
-        rc = update_rc(m, at, i, 1);
+        size_t i = run_after(m, at);
+        uint64_t free_to = i == m->nruns ? UINT64_MAX : m->runs[i].start;
+        *got = free_to <= at ? 0 : free_to - at < n ? free_to - at : n;
+        rc = update_rc(m, at, *got, 1);
     } while (rc == -EAGAIN);
     return rc;
 }
@@ -299,6 +447,16 @@ static int l2_table(struct sim *m, uint64_t *l1, uint64_t l1i)
         rc = put(m, t * m->cs, NULL, m->cs);
     if (rc == 0)
         l1[l1i] = t;
+    return rc;
+}
+
+/* entries l2i.. of L2 table t: n clusters from host cluster run on (COPIED) */
+static int put_entries(struct sim *m, uint64_t t, uint64_t l2i, uint32_t entry_bytes, uint64_t run, uint64_t n)
+{
+    uint8_t *cl;
+    int rc = cached(m, t, l2i * entry_bytes, (l2i + n) * entry_bytes, &cl);
+    for (uint64_t k = 0; rc == 0 && k < n; k++)
+        put_be64p(cl + (l2i + k) * entry_bytes, ((run + k) * m->cs) | QCOW_OFLAG_COPIED);
     return rc;
 }
 
@@ -347,9 +505,7 @@ static int prealloc_metadata(struct sim *m, uint64_t size, uint32_t entry_bytes,
                 return rc;
             if (!n)
                 break; /* the run cannot go on: the request ends here */
-            for (uint64_t k = 0; rc == 0 && k < n; k++)
-                rc = put_u64(m, l1[l1i] * cs + (l2i + k) * entry_bytes, ((run + k) * cs) | QCOW_OFLAG_COPIED);
-            if (rc < 0)
+            if ((rc = put_entries(m, l1[l1i], l2i, entry_bytes, run, n)) < 0)
                 return rc;
             if (step > n * cs - in)
                 step = n * cs - in;
@@ -364,20 +520,47 @@ static int prealloc_metadata(struct sim *m, uint64_t size, uint32_t entry_bytes,
     return rc;
 }
 
-
-void qcow2_plan_free(struct qcow2_create_plan *plan)
+/* every refcount block as it ends up: 1 for each cluster of the runs */
+static int put_blocks(struct sim *m)
 {
-    for (uint64_t c = 0; plan->clusters && c < plan->nclusters; c++)
-        free(plan->clusters[c]);
-    free(plan->clusters);
-    plan->clusters = NULL;
-    plan->nclusters = 0;
+    for (uint64_t i = 0; i < m->table_size; i++) {
+        if (!m->table[i])
+            continue;
+        uint8_t *cl;
+        int rc = cached(m, m->table[i], 0, m->cs, &cl);
+        if (rc < 0)
+            return rc;
+        memset(cl, 0, m->cs);
+        uint64_t first = i * m->per_block, last = first + m->per_block;
+        for (size_t r = run_after(m, first); r < m->nruns && m->runs[r].start < last; r++)
+            for (uint64_t c = m->runs[r].start > first ? m->runs[r].start : first; c < m->runs[r].end && c < last; c++)
+                put_refcount(cl, m->refcount_order, c - first, 1);
+        if (m->file_len < (m->table[i] + 1) * m->cs)
+            m->file_len = (m->table[i] + 1) * m->cs;
+    }
+    return 0;
+}
+
+/* the L1 table: each L2 table's offset (COPIED) */
+static int put_l1(struct sim *m, uint64_t l1_at, const uint64_t *l1, uint64_t l1_entries)
+{
+    uint8_t e[8 * 64];
+    for (uint64_t i = 0; i < l1_entries;) {
+        uint64_t n = l1_entries - i < 64 ? l1_entries - i : 64;
+        for (uint64_t k = 0; k < n; k++)
+            put_be64p(e + 8 * k, l1[i + k] ? (l1[i + k] * m->cs) | QCOW_OFLAG_COPIED : 0);
+        int rc = put(m, l1_at * m->cs + 8 * i, e, 8 * n);
+        if (rc < 0)
+            return rc;
+        i += n;
+    }
+    return 0;
 }
 
 int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l1_entries, uint64_t metadata_size,
-                      uint32_t l2_entry_bytes, struct qcow2_create_plan *out)
+                      uint32_t l2_entry_bytes, const struct qcow2_plan_writer *w, struct qcow2_create_plan *out)
 {
-    struct sim m = {.cs = cluster_size, .per_table_cluster = cluster_size / 8, .refcount_order = refcount_order};
+    struct sim m = {.cs = cluster_size, .per_table_cluster = cluster_size / 8, .refcount_order = refcount_order, .w = w};
     uint32_t cbits = 0;
     while ((1ull << cbits) < cluster_size)
         cbits++;
@@ -385,10 +568,11 @@ int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l
     m.per_block = 1ull << m.rb_bits;
     m.table_size = m.per_table_cluster;
     m.table = calloc(m.table_size, sizeof(uint64_t));
-    if (metadata_size)
-        m.cl_limit = SIM_MAX_CLUSTERS;
+    m.nslots = CACHE_BYTES / cluster_size < 4 ? 4 : CACHE_BYTES / cluster_size;
+    m.slots = calloc(m.nslots, sizeof(*m.slots));
+    m.cache = malloc(m.nslots * cluster_size);
     uint64_t *l1 = calloc(l1_entries + 1, sizeof(uint64_t)); /* each entry's L2 table (cluster index), 0 if none */
-    int rc = m.table && l1 ? 0 : -ENOMEM;
+    int rc = m.table && m.slots && m.cache && l1 ? 0 : -ENOMEM;
     /* header, table (entry 0: the block at cluster 2), the block empty;
      * then the three counted (qemu-img's first allocation) */
     if (rc == 0) {
@@ -396,8 +580,6 @@ int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l
         m.table[0] = 2;
         rc = put(&m, 0, NULL, 3 * cluster_size);
     }
-    if (rc == 0)
-        rc = put_table(&m);
     uint64_t got, l1_clusters = (l1_entries * 8 + cluster_size - 1) / cluster_size, l1_at = 0;
     if (rc == 0)
         rc = alloc_clusters(&m, 3, &got);
@@ -408,34 +590,24 @@ int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l
         rc = put(&m, l1_at * cluster_size, NULL, l1_entries * 8);
     if (rc == 0 && metadata_size)
         rc = prealloc_metadata(&m, metadata_size, l2_entry_bytes, l1);
-    for (uint64_t i = 0; rc == 0 && i < l1_entries; i++)
-        if (l1[i])
-            rc = put_u64(&m, l1_at * cluster_size + 8 * i, (l1[i] * cluster_size) | QCOW_OFLAG_COPIED);
-    /* every block as it ends up */
-    for (uint64_t i = 0; rc == 0 && i < m.table_size; i++) {
-        if (!m.table[i])
-            continue;
-        uint64_t at = m.table[i] * cluster_size;
-        if ((rc = put(&m, at, NULL, cluster_size)) < 0)
-            break;
-        for (uint64_t k = 0; k < m.per_block; k++) {
-            uint64_t c = i * m.per_block + k;
-            if (c < m.rc_len && m.rc[c])
-                put_refcount(m.cl[m.table[i]], refcount_order, k, m.rc[c]);
-        }
+    if (rc == 0 && l1_clusters)
+        rc = put_l1(&m, l1_at, l1, l1_entries);
+    if (rc == 0)
+        rc = put_blocks(&m);
+    if (rc == 0)
+        rc = put_table(&m);
+    if (rc == 0)
+        rc = flush_cache(&m);
+    if (rc == 0) {
+        out->length = m.file_len;
+        out->l1_offset = l1_at * cluster_size;
+        out->reftable_offset = m.table_off * cluster_size;
+        out->reftable_clusters = (uint32_t)(m.table_size / m.per_table_cluster);
     }
     free(l1);
-    free(m.rc);
+    free(m.runs);
     free(m.table);
-    out->clusters = m.cl;
-    out->nclusters = m.cl_len;
-    if (rc < 0) {
-        qcow2_plan_free(out);
-        return rc;
-    }
-    out->length = m.file_len;
-    out->l1_offset = l1_at * cluster_size;
-    out->reftable_offset = m.table_off * cluster_size;
-    out->reftable_clusters = (uint32_t)(m.table_size / m.per_table_cluster);
-    return 0;
+    free(m.slots);
+    free(m.cache);
+    return rc;
 }

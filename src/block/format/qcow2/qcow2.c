@@ -1676,9 +1676,11 @@ static void close_co(void *arg)
 {
     struct qcow2_state *s = arg;
     writeback_co(s);
-    if (s->nbitmaps && !s->corrupt && qcow2_bitmaps_store(s) < 0)
+    bool had_bitmaps = s->nbitmaps;
+    if (s->nbitmaps && !s->corrupt &&
+        (s->bitmaps_store_anew ? qcow2_bitmaps_store_anew(s) : qcow2_bitmaps_store(s)) < 0)
         vbd_warn("qcow2 '%s': the persistent bitmaps could not be stored; they stay marked inconsistent", s->n->filename);
-    if (s->nbitmaps)
+    if (had_bitmaps)
         writeback_co(s);
 }
 
@@ -1885,6 +1887,17 @@ static const struct vbd_opt_desc qcow2_create_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
+/* create-layout.c's writes: into the new image's file node */
+static int plan_pwrite(void *opaque, uint64_t off, const void *buf, uint64_t len)
+{
+    return vbd_node_co_pwrite(opaque, off, buf, len, 0);
+}
+
+static int plan_pread(void *opaque, uint64_t off, void *buf, uint64_t len)
+{
+    return vbd_node_co_pread(opaque, off, buf, len);
+}
+
 /* The image at filename (made here), or on target (an open protocol node
  * whose content is replaced: blockdev-create). */
 static int create_image(const char *filename, struct vbd_node *target, struct json_object *opts,
@@ -1894,7 +1907,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
     char *compat = NULL, *backing = NULL, *backing_fmt = NULL, *prealloc = NULL, *ctype = NULL, *data_file = NULL;
     bool lazy = false, extl2 = false, data_raw = false;
     int rc = -EINVAL;
-    uint8_t *buf = NULL;
+    uint8_t *h = NULL;
     struct qcow2_create_plan plan = {0};
     struct vbd_node *f = NULL;
     if (vbd_opt_take_size(opts, "size", &size, err) < 0 || vbd_opt_take_str(opts, "compat", &compat, err) < 0 ||
@@ -1994,23 +2007,6 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         vbd_error_setf(err, EFBIG, "Image size is too large for this cluster size");
         goto out;
     }
-    /* the refcount structure and the L1 table where qemu-img puts them
-     * (create-layout.c); an empty image has no L1 table (offset 0), as
-     * qemu-img makes it: a cluster for it would be counted by nothing.
-     * preallocation=metadata too, in the image itself: its L2 tables and
-     * clusters as qemu-img interleaves them with the refcount blocks
-     * (an image too large to replay so is mapped by qcow2_preallocate
-     * below, in another valid order) */
-    bool planned_metadata = pmode == VBD_PREALLOC_METADATA && !data_file;
-    rc = qcow2_plan_create(cluster_size, order, l1_entries, planned_metadata ? size : 0, extl2 ? 16 : 8, &plan);
-    if (rc == -E2BIG && planned_metadata) {
-        planned_metadata = false;
-        rc = qcow2_plan_create(cluster_size, order, l1_entries, 0, 0, &plan);
-    }
-    if (rc < 0) {
-        vbd_error_setf(err, -rc, "Could not lay out the qcow2 image: %s", strerror(-rc));
-        goto out;
-    }
     char data_path[4096] = "";
     if (data_file) { /* relative to the image, as it will be resolved at open */
         const char *slash = strrchr(filename, '/');
@@ -2018,25 +2014,18 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
             snprintf(data_path, sizeof(data_path), "%s", data_file);
         else
             snprintf(data_path, sizeof(data_path), "%.*s/%s", (int)(slash - filename), filename, data_file);
-        /* on a node, the data file is a node the caller opened */
-        rc = target ? 0 : vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, file_hints, err);
-        if (rc < 0)
-            goto out;
     }
-    f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
-    if (!f) {
-        rc = -EIO;
+    /* the header cluster (its offsets once the layout is made) */
+    h = calloc(1, cluster_size);
+    if (!h) {
+        rc = -ENOMEM;
         goto out;
     }
-    uint8_t *h = plan.clusters[0];
     put_be32p(h, QCOW2_MAGIC);
     put_be32p(h + 4, (uint32_t)version);
     put_be32p(h + 20, cbits);
     put_be64p(h + 24, size);
     put_be32p(h + 36, (uint32_t)l1_entries);
-    put_be64p(h + 40, plan.l1_offset);
-    put_be64p(h + 48, plan.reftable_offset);
-    put_be32p(h + 56, plan.reftable_clusters);
     uint64_t pos = 72;
     if (version == 3) {
         uint64_t incompat = (comp ? QCOW2_INCOMPAT_COMPRESSION : 0) | (extl2 ? QCOW2_INCOMPAT_EXTL2 : 0) |
@@ -2059,28 +2048,41 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         rc = -EINVAL;
         goto out;
     }
-    /* what qemu-img writes, run by run (1 MiB at most a write): the
-     * clusters it never writes stay holes of the new file, so that the
-     * image takes the space qemu-img's takes; the file as long as its */
-    uint64_t length = plan.length, max_run = cluster_size < (1u << 20) ? (1u << 20) / cluster_size : 1;
-    buf = malloc(max_run * cluster_size);
-    rc = buf ? 0 : -ENOMEM;
-    for (uint64_t c = 0; rc == 0 && c * cluster_size < length;) {
-        uint64_t n = 0;
-        while (n < max_run && (c + n) * cluster_size < length && c + n < plan.nclusters && plan.clusters[c + n]) {
-            memcpy(buf + n * cluster_size, plan.clusters[c + n], cluster_size);
-            n++;
-        }
-        if (!n) {
-            c++;
-            continue;
-        }
-        uint64_t end = (c + n) * cluster_size < length ? (c + n) * cluster_size : length;
-        rc = vbd_node_co_pwrite(f, c * cluster_size, buf, end - c * cluster_size, 0);
-        c += n;
+    if (data_file) {
+        /* on a node, the data file is a node the caller opened */
+        rc = target ? 0 : vbd_create_protocol(data_path, size, VBD_PREALLOC_OFF, file_hints, err);
+        if (rc < 0)
+            goto out;
     }
-    if (rc == 0 && vbd_node_size(f) < length)
-        rc = vbd_node_co_truncate(f, length, false, VBD_PREALLOC_OFF, NULL);
+    f = vbd_create_protocol_node(filename, target, 0, file_hints, err);
+    if (!f) {
+        rc = -EIO;
+        goto out;
+    }
+    /* the refcount structure and the L1 table where qemu-img puts them
+     * (create-layout.c), written as they are made; an empty image has no
+     * L1 table (offset 0), as qemu-img makes it: a cluster for it would be
+     * counted by nothing. preallocation=metadata too, in the image itself:
+     * its L2 tables and clusters as qemu-img interleaves them with the
+     * refcount blocks. The clusters qemu-img never writes stay holes of
+     * the new file, so that the image takes the space qemu-img's takes */
+    bool planned_metadata = pmode == VBD_PREALLOC_METADATA && !data_file;
+    struct qcow2_plan_writer pw = {f, plan_pwrite, plan_pread};
+    rc = qcow2_plan_create(cluster_size, order, l1_entries, planned_metadata ? size : 0, extl2 ? 16 : 8, &pw, &plan);
+    if (rc < 0) {
+        vbd_error_setf(err, -rc, "Could not lay out the qcow2 image: %s", strerror(-rc));
+        goto out;
+    }
+    put_be64p(h + 40, plan.l1_offset);
+    put_be64p(h + 48, plan.reftable_offset);
+    put_be32p(h + 56, plan.reftable_clusters);
+    rc = vbd_node_co_pwrite(f, 0, h, cluster_size < plan.length ? cluster_size : plan.length, 0);
+    /* the file as long as qemu-img's (the last cluster written may pass it) */
+    if (rc == 0 && vbd_node_size(f) != plan.length) {
+        rc = vbd_node_co_truncate(f, plan.length, true, VBD_PREALLOC_OFF, NULL);
+        if (rc == -ENOTSUP && vbd_node_size(f) > plan.length)
+            rc = 0; /* a device keeps its size */
+    }
     if (rc == 0)
         rc = vbd_node_co_flush(f);
     if (rc < 0)
@@ -2104,8 +2106,7 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
 out:
     if (f)
         vbd_node_unref(f);
-    free(buf);
-    qcow2_plan_free(&plan);
+    free(h);
     free(compat);
     free(backing);
     free(backing_fmt);

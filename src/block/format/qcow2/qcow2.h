@@ -196,6 +196,7 @@ struct qcow2_state {
      * block job: the exports are drained, the jobs are not) are kept here
      * and marked once the bitmaps are back, so no dirty bit is lost. */
     bool bitmaps_changing;
+    bool bitmaps_store_anew; /* amended: the close stores the bitmaps as QEMU's does (new clusters) */
     struct vbd_bitmap_ranges written_in_change;
     uint8_t *bm_dir;
     uint64_t bm_dir_offset, bm_dir_size; /* the repair at open of a dirty image prints nothing */
@@ -241,6 +242,8 @@ void qcow2_release_entry(struct qcow2_state *s, uint64_t entry); /* qcow2.c */
 int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err);
 void qcow2_bitmaps_dirty(struct qcow2_state *s, uint64_t off, uint64_t len);
 int qcow2_bitmaps_store(struct qcow2_state *s);
+/* the close after an amend: every bitmap stored anew, as qemu-img's close does */
+int qcow2_bitmaps_store_anew(struct qcow2_state *s);
 void qcow2_bitmaps_free(struct qcow2_state *s);
 int qcow2_bitmap_status(struct vbd_node *n, const char *name, uint64_t off, uint64_t bytes, uint64_t *pnum);
 int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, struct vbd_error **err);
@@ -303,21 +306,25 @@ void qcow2_punch_freed_apart(struct qcow2_state *s, size_t alone);
 void qcow2_punch_later(struct qcow2_state *s, uint64_t host_cluster); /* noted for qcow2_punch_freed */
 /* check -r all: a new refcount structure holding count[k] for host cluster k < n, placed from cluster n on */
 int qcow2_rebuild_refcounts(struct qcow2_state *s, const uint64_t *count, uint64_t n);
-/* create-layout.c: a new image as qemu-img lays it out: the file's
- * clusters (length bytes from offset 0), each NULL where qemu-img leaves
- * a hole, else to be written (cluster 0: the header, to be filled in):
- * the refcount structure, the L1 table and, with metadata_size, every
- * guest cluster of [0, metadata_size) mapped (preallocation=metadata; the
- * L2 tables, l2_entry_bytes an entry). -E2BIG: too large to replay so.
- * qcow2_plan_free frees the clusters. */
+/* create-layout.c: a new image as qemu-img lays it out, written through
+ * w as it is made (its pread reads back what its pwrite wrote; clusters
+ * qemu-img never writes are left holes): the refcount structure, the L1
+ * table and, with metadata_size, every guest cluster of [0, metadata_size)
+ * mapped (preallocation=metadata; the L2 tables, l2_entry_bytes an entry).
+ * Cluster 0 is written zero: the caller writes the header over it, then
+ * makes the file `length` bytes long (written clusters may pass it).
+ * Memory stays bounded whatever the size. */
+struct qcow2_plan_writer {
+    void *opaque;
+    int (*pwrite)(void *opaque, uint64_t off, const void *buf, uint64_t len);
+    int (*pread)(void *opaque, uint64_t off, void *buf, uint64_t len);
+};
 struct qcow2_create_plan {
-    uint8_t **clusters;
-    uint64_t nclusters, length, l1_offset, reftable_offset;
+    uint64_t length, l1_offset, reftable_offset;
     uint32_t reftable_clusters;
 };
 int qcow2_plan_create(uint64_t cluster_size, uint32_t refcount_order, uint64_t l1_entries, uint64_t metadata_size,
-                      uint32_t l2_entry_bytes, struct qcow2_create_plan *out);
-void qcow2_plan_free(struct qcow2_create_plan *plan);
+                      uint32_t l2_entry_bytes, const struct qcow2_plan_writer *w, struct qcow2_create_plan *out);
 /* QEMU's qcow2_refcount_area (exact size): refcount blocks and a new table
  * from start_off on, counting the file and `additional` clusters past them;
  * returns where those go */
