@@ -56,6 +56,13 @@ static int stream_run(struct vbd_job *job, struct vbd_error **err)
                     n = pnum;
                     copy = st & VBD_BS_ALLOCATED;
                     zero = st & VBD_BS_ZERO;
+                } else if (st >= 0) {
+                    /* past the end of a backing file shorter than top (an
+                     * overlay grown after its snapshot): the rest reads as
+                     * zeroes through top, nothing to copy (QEMU's stream
+                     * finishes early there too) */
+                    n = len - off;
+                    pnum = n;
                 }
             }
         }
