@@ -618,6 +618,8 @@ KNOWN = [
     ("img", r"-[oO] (\S*,)?help(,\S*)?( |$)",
      "README: -o help lists no encrypt.* options (no encryption); exit and the rest compared in img-parity"),
     ("img", r"-[fFO] qcow( |$)", "not fixed: README: vbd has no qcow (version 1) driver"),
+    ("img", r"detect-zeroes=bogus", "README: a bad enum value in an option string is refused in QMP's words"),
+    ("io", r"detect-zeroes=bogus", "README: a bad enum value in an option string is refused in QMP's words"),
     ("img", r"^measure .*-O (vmdk|vhdx|vpc|parallels)",
      "README: measure also sizes vmdk, vhdx, vpc and parallels targets"),
     ("img", r"^snapshot .*-a \S+ .*bm\.qcow2$",
