@@ -129,7 +129,7 @@ int verb_amend(int argc, char **argv)
         json_object_put(opts);
         return 1;
     }
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!n) {
         json_object_put(opts);
         return 1;

@@ -123,7 +123,7 @@ int verb_bench(int argc, char **argv)
     unsigned flags = (write ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
     if (tool_aio_flags(aio, &flags) < 0)
         return 1;
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags, cache, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, flags, cache, NULL);
     if (!n)
         return 1;
     struct bench b = {.n = n, .write = write, .bufsize = bufsize, .step = step ? step : bufsize, .offset = offset,

@@ -68,7 +68,7 @@ int verb_check(int argc, char **argv)
     /* with its backing chain, as qemu-img: an image whose chain cannot be
      * opened is not checked */
     unsigned flags = VBD_OPEN_CHECK | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, flags, NULL, NULL);
     if (!n)
         return 1;
     struct vbd_node *img = vbd_node_skip_filters(n);

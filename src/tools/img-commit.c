@@ -70,7 +70,7 @@ int verb_commit(int argc, char **argv)
      * process writes: "Could not open backing file: Failed to get shared
      * "write" lock") is refused in its words, naming the top. Closed again
      * at once: the opens below are the ones that work. */
-    struct vbd_node *chain = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
+    struct vbd_node *chain = tool_open(argv[optind], fmt, image_opts,
                                        VBD_OPEN_RDWR | VBD_OPEN_NO_IO, NULL, NULL);
     if (!chain)
         return 1;
@@ -95,7 +95,7 @@ int verb_commit(int argc, char **argv)
     }
     /* The top is opened without its chain, then the chain read-write: a
      * read-only backing child would hold the lock that forbids writers. */
-    struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
+    struct vbd_node *top = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!top) {
         if (show_progress)
             printf("\n");

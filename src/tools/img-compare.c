@@ -71,9 +71,9 @@ int verb_compare(int argc, char **argv)
     if (show_progress)
         tool_progress_init(2);
     unsigned fl = force ? VBD_OPEN_FORCE_SHARE : 0;
-    struct vbd_node *a = tool_open(argv[optind], fmt_or_null(fmt1), image_opts, fl, cache, NULL), *b = NULL;
+    struct vbd_node *a = tool_open(argv[optind], fmt1, image_opts, fl, cache, NULL), *b = NULL;
     if (a)
-        b = tool_open(argv[optind + 1], fmt_or_null(fmt2), image_opts, fl, cache, NULL);
+        b = tool_open(argv[optind + 1], fmt2, image_opts, fl, cache, NULL);
     if (!b) {
         if (a)
             vbd_node_unref(a);

@@ -255,7 +255,7 @@ int verb_convert(int argc, char **argv)
          * target); with -S 0 qemu writes those zeroes, so the source is all
          * data then, as in qemu */
         unsigned flags = (force ? VBD_OPEN_FORCE_SHARE : VBD_OPEN_NO_SHARE) | (sparse > 0 ? VBD_OPEN_EXACT_STATUS : 0);
-        src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, flags, src_cache, NULL);
+        src[i] = tool_open(argv[optind + i], fmt, image_opts, flags, src_cache, NULL);
         if (!src[i])
             goto out;
         total += src[i]->size;

@@ -59,7 +59,7 @@ int verb_dd(int argc, char **argv)
         vbd_error_report("Must specify both input and output files");
         return 1;
     }
-    struct vbd_node *src = tool_open(in, fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
+    struct vbd_node *src = tool_open(in, fmt, image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
     if (!src)
         return 1;
     /* qemu-img's checks of the output format, after the input's open */

@@ -182,7 +182,7 @@ int verb_info(int argc, char **argv)
         }
         seen = vbd_xrealloc(seen, (nseen + 1) * sizeof(*seen));
         seen[nseen++] = name; /* freed with seen from here on */
-        struct vbd_node *img = tool_open(name, fmt_or_null(name_fmt), first && image_opts,
+        struct vbd_node *img = tool_open(name, name_fmt, first && image_opts,
                                          (force ? VBD_OPEN_FORCE_SHARE : 0) | VBD_OPEN_NO_IO | VBD_OPEN_NO_BACKING,
                                          NULL, NULL);
         name = NULL;

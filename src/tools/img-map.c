@@ -77,7 +77,7 @@ int verb_map(int argc, char **argv)
     /* --output's value is checked after the file name, as qemu-img does */
     if (output && !parse_output(output, &json))
         return 1;
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
     if (!n)
         return 1;
     uint64_t end = n->size;

@@ -64,7 +64,7 @@ int verb_measure(int argc, char **argv)
     /* as qemu-img: the input is opened before the output format is looked up */
     struct vbd_node *in = NULL;
     if (optind < argc) {
-        in = tool_open(argv[optind], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
+        in = tool_open(argv[optind], fmt, image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
         if (!in)
             return put_opts_ret(opts, 1);
         if (snapshot && img_load_snapshot(in, snapshot) < 0) {

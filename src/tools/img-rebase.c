@@ -110,7 +110,7 @@ int verb_rebase(int argc, char **argv)
         vbd_error_report("Invalid source cache option: %s", src_cache);
         goto out;
     }
-    top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | (unsafe ? VBD_OPEN_NO_BACKING : 0),
+    top = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR | (unsafe ? VBD_OPEN_NO_BACKING : 0),
                     NULL, NULL);
     if (!top)
         goto out;

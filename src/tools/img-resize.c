@@ -58,7 +58,7 @@ int verb_resize(int argc, char **argv)
         tool_report(err);
         return 1;
     }
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR, NULL, NULL);
     if (!n)
         return 1;
     uint64_t old = n->size, size;

@@ -38,7 +38,7 @@ int verb_snapshot(int argc, char **argv)
         return img_usage_error("Expecting one image file name");
     /* -U with -c/-a/-d: the read-write open refuses it, as qemu-img's */
     unsigned flags = (action == 'l' ? 0 : VBD_OPEN_RDWR) | (force ? VBD_OPEN_FORCE_SHARE : 0);
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags | VBD_OPEN_NO_BACKING, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, flags | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!n)
         return 1;
     struct vbd_node *img = vbd_node_skip_filters(n);

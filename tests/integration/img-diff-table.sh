@@ -300,6 +300,10 @@ measure -O dmg --size 1M
 info --object secret,id=s0,data=x,format=base64 q-raw.raw
 info --object secret,id=s0,data=a*b,format=base64 q-raw.raw
 info --image-opts driver=raw,file.filename=q-raw.raw,file.bogus=1
+# -f '' names no driver (vbd-img took it for no -f and probed)
+info -f '' q-raw.raw
+resize -f '' -- q-raw.raw -1M
+compare -F '' q-raw.raw q-qcow2.qcow2
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES
