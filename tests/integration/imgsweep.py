@@ -744,6 +744,16 @@ def changed(base, q, v, f):
     return any(os.path.exists(p) and os.stat(p).st_mtime_ns != bt for p in (os.path.join(q, f), os.path.join(v, f)))
 
 
+def is_fixed_vhd(path):
+    """the file ends with a VHD footer (its cookie)"""
+    size = os.path.getsize(path)
+    if size < 512:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - 512)
+        return f.read(8) == b"conectix"
+
+
 def data_extents(f):
     """[(start, end)] of a file's data (SEEK_DATA/SEEK_HOLE): a hole reads
     as zeroes"""
@@ -803,7 +813,7 @@ def compare_images(base, q, v, layout):
         fmt = iq["format"]
         # a fixed VHD probes as raw (QEMU): compared as raw, its footer's
         # timestamp and UUID would differ
-        if fmt == "raw" and f.endswith(".vpc"):
+        if fmt == "raw" and is_fixed_vhd(pq):
             fmt = "vpc"
         rc, out, err = qi("compare", "-U", "-q", "-f", fmt, "-F", fmt, pq, pv)
         if rc:
