@@ -56,6 +56,10 @@ struct json_object *vbd_opt_take_obj(struct json_object *opts, const char *key);
  * value" for any other. */
 bool vbd_qom_type_known(const char *type);
 int vbd_opts_check_empty(struct json_object *opts, const char *what, struct vbd_error **err);
+/* the same, worded "WHAT DOES_NOT support the option 'KEY'" (QEMU says a
+ * protocol "doesn't", a format "does not") */
+int vbd_opts_check_empty_worded(struct json_object *opts, const char *what, const char *does_not,
+                                struct vbd_error **err);
 
 /* Sizes: "1G", "512", "64k", "1.5M". Rejects negative, overflow, unknown
  * suffix ("1Q") with a message naming the value. */

@@ -404,7 +404,8 @@ static struct vbd_node *node_create(const struct vbd_driver *drv, const char *fi
     }
     char what[128];
     snprintf(what, sizeof(what), "Block %s '%s'", drv->kind == VBD_DRV_PROTOCOL ? "protocol" : "format", drv->name);
-    if (vbd_opts_check_empty(opts, what, err) < 0) {
+    /* QEMU's words differ by kind: a protocol "doesn't support" an option */
+    if (vbd_opts_check_empty_worded(opts, what, drv->kind == VBD_DRV_PROTOCOL ? "doesn't" : "does not", err) < 0) {
         vbd_node_unref(n);
         n = NULL;
         goto fail;
@@ -606,10 +607,17 @@ static struct vbd_node *open_in_co(const char *filename, struct json_object *opt
         vbd_node_unref(proto); /* the format node holds its own reference */
         goto out;
     }
-    if (filename && !vbd_opt_get(opts, "file")) {
+    struct json_object *given_file = vbd_opt_get(opts, "file");
+    if (filename && !given_file) {
         struct json_object *fo = json_object_new_object();
         json_object_object_add(fo, "filename", json_object_new_string(filename));
         json_object_object_add(opts, "file", fo);
+    } else if (filename && json_object_is_type(given_file, json_type_object) &&
+               !vbd_opt_get(given_file, "filename") && !vbd_opt_get(given_file, "driver")) {
+        /* file.* options beside a file name (qemu-io's "open -o
+         * driver=raw,file.locking=off F"): the file child is F's, as
+         * QEMU opens it */
+        json_object_object_add(given_file, "filename", json_object_new_string(filename));
     }
     result = node_create(drv, filename, opts, flags, err);
 out:
@@ -618,7 +626,8 @@ out:
     /* a node name already taken is not about the file: qemu says it alone,
      * as it does file-posix's refusal of aio=native */
     if (!result && err && *err && filename && !strstr((*err)->msg, filename) &&
-        strncmp((*err)->msg, "Duplicate nodes with", 20) && strncmp((*err)->msg, "aio=native was", 14))
+        strncmp((*err)->msg, "Duplicate nodes with", 20) && strncmp((*err)->msg, "aio=native was", 14) &&
+        strncmp((*err)->msg, "Block protocol '", 16) && strncmp((*err)->msg, "Block format '", 14))
         vbd_error_prepend(err, "Could not open '%s': ", filename);
     free(fname);
     free(drvname);

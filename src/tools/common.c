@@ -534,37 +534,6 @@ int tool_add_object(const char *arg)
     return 0;
 }
 
-int tool_take_objects(int *argc, char **argv)
-{
-    int out = 1;
-    for (int i = 1; i < *argc; i++) {
-        if (!strcmp(argv[i], "--")) {
-            while (i < *argc)
-                argv[out++] = argv[i++];
-            break;
-        }
-        const char *val = NULL;
-        if (!strcmp(argv[i], "--object")) {
-            if (i + 1 >= *argc) {
-                vbd_error_report("option '--object' requires an argument");
-                return -1;
-            }
-            val = argv[++i];
-        } else if (!strncmp(argv[i], "--object=", 9)) {
-            val = argv[i] + 9;
-        }
-        if (!val) {
-            argv[out++] = argv[i];
-            continue;
-        }
-        if (tool_add_object(val) < 0)
-            return -1;
-    }
-    *argc = out;
-    argv[out] = NULL;
-    return 0;
-}
-
 /* qemu-img info's layout of format-specific data: keys with spaces for
  * dashes, nested objects and array elements indented by four. */
 void tool_print_specific(struct json_object *v, int indent)

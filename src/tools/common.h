@@ -76,9 +76,6 @@ void tool_progress_finish(bool ok);
 /* --object ARG (tls-creds-x509, tls-creds-psk, tls-creds-anon): create it;
  * -1 after printing the error. */
 int tool_add_object(const char *arg);
-/* Create every --object of argv[1..] and remove them from argv (argv[0]
- * and the order of the rest are kept); -1 after printing an error. */
-int tool_take_objects(int *argc, char **argv);
 /* JSON printed like QEMU's (4-space indent, ": " separators). */
 void tool_print_json(struct json_object *o);
 char *tool_json_pretty(struct json_object *o);

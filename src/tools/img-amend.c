@@ -94,11 +94,13 @@ int verb_amend(int argc, char **argv)
     const char *fmt = NULL, *cache = NULL;
     struct json_object *opts = NULL;
     bool force = false, image_opts = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force", no_argument, NULL, OPT_FORCE},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"force", no_argument, NULL, OPT_FORCE},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":ho:f:t:pq", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return put_opts_ret(opts, 1); break;
         case 'o': if (add_o(&opts, optarg) < 0) return put_opts_ret(opts, 1); break;
         case 'f': fmt = optarg; break;
         case OPT_FORCE: force = true; break;
@@ -127,7 +129,7 @@ int verb_amend(int argc, char **argv)
         json_object_put(opts);
         return 1;
     }
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!n) {
         json_object_put(opts);
         return 1;

@@ -79,13 +79,15 @@ int verb_bench(int argc, char **argv)
     const char *fmt = NULL, *cache = "writeback", *aio = NULL;
     int64_t count = 75000, depth = 64, bufsize = 4096, step = 0, offset = 0, flush_interval = 0;
     bool write = false, quiet = false, force = false, no_drain = false, image_opts = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"pattern", required_argument, NULL, OPT_PATTERN},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"pattern", required_argument, NULL, OPT_PATTERN},
                                        {"flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL},
                                        {"no-drain", no_argument, NULL, OPT_NO_DRAIN}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'c': count = tool_cvtnum(optarg); if (count <= 0) { vbd_error_report("Invalid request count specified"); return 1; } break;
         case 'd': depth = tool_cvtnum(optarg); if (depth <= 0 || depth > 4096) { vbd_error_report("Invalid queue depth specified"); return 1; } break;
         case 'f': fmt = optarg; break;
@@ -121,7 +123,7 @@ int verb_bench(int argc, char **argv)
     unsigned flags = (write ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
     if (tool_aio_flags(aio, &flags) < 0)
         return 1;
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags, cache, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, flags, cache, NULL);
     if (!n)
         return 1;
     struct bench b = {.n = n, .write = write, .bufsize = bufsize, .step = step ? step : bufsize, .offset = offset,

@@ -148,7 +148,7 @@ static int run_action(struct vbd_node *img, struct vbd_node *src, const struct a
 
 int verb_bitmap(int argc, char **argv)
 {
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'},         {"add", no_argument, NULL, OPT_ADD},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'},         {"add", no_argument, NULL, OPT_ADD},
                                        {"remove", no_argument, NULL, OPT_REMOVE}, {"clear", no_argument, NULL, OPT_CLEAR},
                                        {"enable", no_argument, NULL, OPT_ENABLE}, {"disable", no_argument, NULL, OPT_DISABLE},
                                        {"merge", required_argument, NULL, OPT_MERGE},
@@ -163,6 +163,8 @@ int verb_bitmap(int argc, char **argv)
         return 1;
     while ((c = getopt_long(argc, argv, ":hf:b:F:g:q", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) { free(acts); return 1; } break;
         case OPT_ADD: acts[nacts++].act = VBD_BITMAP_ADD; add = true; break;
         case OPT_REMOVE: acts[nacts++].act = VBD_BITMAP_REMOVE; break;
         case OPT_CLEAR: acts[nacts++].act = VBD_BITMAP_CLEAR; break;

@@ -21,12 +21,14 @@ int verb_check(int argc, char **argv)
     const char *output = NULL;
     const char *fmt = NULL, *repair = NULL;
     bool json = false, quiet = false, force = false, image_opts = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, OPT_OUTPUT},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, OPT_OUTPUT},
                                        {"repair", required_argument, NULL, 'r'}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":hf:r:T:qU", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'f': fmt = optarg; break;
         case 'r':
             /* checked as met, as qemu-img does (before a later bad option) */
@@ -66,7 +68,7 @@ int verb_check(int argc, char **argv)
     /* with its backing chain, as qemu-img: an image whose chain cannot be
      * opened is not checked */
     unsigned flags = VBD_OPEN_CHECK | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, flags, NULL, NULL);
     if (!n)
         return 1;
     struct vbd_node *img = vbd_node_skip_filters(n);

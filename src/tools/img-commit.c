@@ -29,11 +29,13 @@ int verb_commit(int argc, char **argv)
 {
     const char *fmt = NULL, *base_name = NULL, *cache = NULL;
     bool drop = false, progress = false, quiet = false, image_opts = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":hf:t:b:dpqr:", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'f': fmt = optarg; break;
         case 'b': base_name = optarg; break;
         case 'd': drop = true; break;
@@ -68,7 +70,7 @@ int verb_commit(int argc, char **argv)
      * process writes: "Could not open backing file: Failed to get shared
      * "write" lock") is refused in its words, naming the top. Closed again
      * at once: the opens below are the ones that work. */
-    struct vbd_node *chain = tool_open(argv[optind], fmt_or_null(fmt), image_opts,
+    struct vbd_node *chain = tool_open(argv[optind], fmt, image_opts,
                                        VBD_OPEN_RDWR | VBD_OPEN_NO_IO, NULL, NULL);
     if (!chain)
         return 1;
@@ -93,7 +95,7 @@ int verb_commit(int argc, char **argv)
     }
     /* The top is opened without its chain, then the chain read-write: a
      * read-only backing child would hold the lock that forbids writers. */
-    struct vbd_node *top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
+    struct vbd_node *top = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!top) {
         if (show_progress)
             printf("\n");

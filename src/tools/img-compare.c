@@ -40,11 +40,13 @@ int verb_compare(int argc, char **argv)
 {
     const char *fmt1 = NULL, *fmt2 = NULL, *cache = "writeback";
     bool strict = false, quiet = false, progress = false, force = false, image_opts = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":hf:F:T:pqsU", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'f': fmt1 = optarg; break;
         case 'F': fmt2 = optarg; break;
         case 'T': cache = optarg; break;
@@ -69,9 +71,9 @@ int verb_compare(int argc, char **argv)
     if (show_progress)
         tool_progress_init(2);
     unsigned fl = force ? VBD_OPEN_FORCE_SHARE : 0;
-    struct vbd_node *a = tool_open(argv[optind], fmt_or_null(fmt1), image_opts, fl, cache, NULL), *b = NULL;
+    struct vbd_node *a = tool_open(argv[optind], fmt1, image_opts, fl, cache, NULL), *b = NULL;
     if (a)
-        b = tool_open(argv[optind + 1], fmt_or_null(fmt2), image_opts, fl, cache, NULL);
+        b = tool_open(argv[optind + 1], fmt2, image_opts, fl, cache, NULL);
     if (!b) {
         if (a)
             vbd_node_unref(a);

@@ -123,7 +123,7 @@ int verb_convert(int argc, char **argv)
          target_zero = false, image_opts = false, target_image_opts = false, target_backing = false,
          copy_range = false, salvage = false, explicit_sparse = false;
     int64_t sparse = 4096, parallel = PARALLEL_DEFAULT, rate = 0;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
                                        {"target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
                                        {"bitmaps", no_argument, NULL, OPT_BITMAPS},
@@ -137,6 +137,8 @@ int verb_convert(int argc, char **argv)
     const char *snap_opts = NULL, *snap_name = NULL;
     while ((c = getopt_long(argc, argv, ":hf:O:o:cpS:nm:Wt:T:B:F:qUl:Cr:", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return put_opts_fail(opts); break;
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
         case 'l':
@@ -253,7 +255,7 @@ int verb_convert(int argc, char **argv)
          * target); with -S 0 qemu writes those zeroes, so the source is all
          * data then, as in qemu */
         unsigned flags = (force ? VBD_OPEN_FORCE_SHARE : VBD_OPEN_NO_SHARE) | (sparse > 0 ? VBD_OPEN_EXACT_STATUS : 0);
-        src[i] = tool_open(argv[optind + i], fmt_or_null(fmt), image_opts, flags, src_cache, NULL);
+        src[i] = tool_open(argv[optind + i], fmt, image_opts, flags, src_cache, NULL);
         if (!src[i])
             goto out;
         total += src[i]->size;

@@ -155,6 +155,8 @@ int verb_create(int argc, char **argv)
     img_encryption_options = true;
     while ((c = getopt_long(argc, argv, ":F:b:f:ho:qu", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) goto out; break;
         case 'f': fmt = optarg; break;
         case 'b': backing = optarg; break;
         case 'F': backing_fmt = optarg; break;

@@ -9,11 +9,13 @@ int verb_dd(int argc, char **argv)
     const char *fmt = NULL, *out_fmt = "raw", *in = NULL, *out = NULL;
     int64_t bs = 512, count = -1, skip = 0;
     bool force = false, image_opts = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":hf:O:U", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
         case 'U': force = true; break;
@@ -57,7 +59,7 @@ int verb_dd(int argc, char **argv)
         vbd_error_report("Must specify both input and output files");
         return 1;
     }
-    struct vbd_node *src = tool_open(in, fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
+    struct vbd_node *src = tool_open(in, fmt, image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
     if (!src)
         return 1;
     /* qemu-img's checks of the output format, after the input's open */

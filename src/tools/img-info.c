@@ -132,7 +132,7 @@ int verb_info(int argc, char **argv)
     const char *output = NULL;
     const char *fmt = NULL;
     bool json = false, chain = false, image_opts = false, force = false;
-    static const struct option lo[] = {
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, 
         {"help", no_argument, NULL, 'h'},          {"format", required_argument, NULL, 'f'},
         {"output", required_argument, NULL, OPT_OUTPUT}, {"backing-chain", no_argument, NULL, OPT_BACKING_CHAIN},
         {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {"force-share", no_argument, NULL, 'U'},
@@ -140,6 +140,8 @@ int verb_info(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, ":f:hU", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'f': fmt = optarg; break;
         case OPT_OUTPUT: output = optarg; break;
         case OPT_BACKING_CHAIN: chain = true; break;
@@ -180,7 +182,7 @@ int verb_info(int argc, char **argv)
         }
         seen = vbd_xrealloc(seen, (nseen + 1) * sizeof(*seen));
         seen[nseen++] = name; /* freed with seen from here on */
-        struct vbd_node *img = tool_open(name, fmt_or_null(name_fmt), first && image_opts,
+        struct vbd_node *img = tool_open(name, name_fmt, first && image_opts,
                                          (force ? VBD_OPEN_FORCE_SHARE : 0) | VBD_OPEN_NO_IO | VBD_OPEN_NO_BACKING,
                                          NULL, NULL);
         name = NULL;

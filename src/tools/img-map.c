@@ -47,7 +47,7 @@ int verb_map(int argc, char **argv)
     const char *fmt = NULL;
     bool json = false, image_opts = false, force = false;
     int64_t start = 0, maxlen = -1;
-    static const struct option lo[] = {
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, 
         {"help", no_argument, NULL, 'h'},          {"format", required_argument, NULL, 'f'},
         {"output", required_argument, NULL, OPT_OUTPUT}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
         {"force-share", no_argument, NULL, 'U'},   {"start-offset", required_argument, NULL, 's'},
@@ -55,6 +55,8 @@ int verb_map(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, ":f:hUs:l:", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'f': fmt = optarg; break;
         case OPT_OUTPUT: output = optarg; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
@@ -75,7 +77,7 @@ int verb_map(int argc, char **argv)
     /* --output's value is checked after the file name, as qemu-img does */
     if (output && !parse_output(output, &json))
         return 1;
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
     if (!n)
         return 1;
     uint64_t end = n->size;

@@ -17,7 +17,7 @@ int verb_measure(int argc, char **argv)
     struct json_object *opts = NULL;
     bool json = false, force = false, image_opts = false;
     int64_t size = -1;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, OPT_OUTPUT},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, OPT_OUTPUT},
                                        {"size", required_argument, NULL, OPT_SIZE}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
@@ -27,6 +27,8 @@ int verb_measure(int argc, char **argv)
     opterr = 1;
     while ((c = getopt_long(argc, argv, "hf:O:o:Ul:", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return put_opts_ret(opts, 1); break;
         case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
         case 'o': if (add_o(&opts, optarg) < 0) return put_opts_ret(opts, 1); break;
@@ -62,7 +64,7 @@ int verb_measure(int argc, char **argv)
     /* as qemu-img: the input is opened before the output format is looked up */
     struct vbd_node *in = NULL;
     if (optind < argc) {
-        in = tool_open(argv[optind], fmt_or_null(fmt), image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
+        in = tool_open(argv[optind], fmt, image_opts, force ? VBD_OPEN_FORCE_SHARE : 0, NULL, NULL);
         if (!in)
             return put_opts_ret(opts, 1);
         if (snapshot && img_load_snapshot(in, snapshot) < 0) {
@@ -70,9 +72,11 @@ int verb_measure(int argc, char **argv)
             return put_opts_ret(opts, 1);
         }
     }
+    /* qemu-img's order: the format, whether it creates images, -o parsed
+     * with its creation options, then whether it measures */
     const struct vbd_driver *d = vbd_driver_find(out_fmt);
-    if (!d || !d->measure) {
-        vbd_error_report(d ? "Block driver '%s' does not support size measurement" : "Unknown file format '%s'", out_fmt);
+    if (!d || !d->co_create) {
+        vbd_error_report(d ? "Format driver '%s' does not support image creation" : "Unknown file format '%s'", out_fmt);
         if (in)
             vbd_node_unref(in);
         return put_opts_ret(opts, 1);
@@ -83,6 +87,13 @@ int verb_measure(int argc, char **argv)
      * options: an unknown name or a size that is none is refused here */
     if (img_check_create_options(d, NULL, opts, NULL) < 0) {
         vbd_error_report("Invalid options for file format '%s'", out_fmt);
+        json_object_put(opts);
+        if (in)
+            vbd_node_unref(in);
+        return 1;
+    }
+    if (!d->measure) {
+        vbd_error_report("Block driver '%s' does not support size measurement", out_fmt);
         json_object_put(opts);
         if (in)
             vbd_node_unref(in);

@@ -27,15 +27,48 @@ static int rebase_chunk_done(struct vbd_imageops_ctl *ctl, uint64_t off, uint64_
     return 0;
 }
 
+/* name, a backing file name as an image records it, as a path from here:
+ * relative to the directory of n's file */
+static void backing_path(const struct vbd_node *n, const char *name, char *path, size_t len)
+{
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", n->file ? n->file->filename : n->filename);
+    char *slash = strrchr(dir, '/');
+    if (name[0] == '/' || !slash)
+        snprintf(path, len, "%s", name);
+    else {
+        *slash = 0;
+        snprintf(path, len, "%s/%s", dir, name);
+    }
+}
+
+/* The node of img's backing chain (below img) that is the file at path,
+ * compared as canonical paths (qemu-img's bdrv_find_backing_image), or
+ * NULL */
+static struct vbd_node *chain_node_at(struct vbd_node *img, const char *path)
+{
+    char want[PATH_MAX], have[PATH_MAX], rec[4096];
+    if (!realpath(path, want))
+        return NULL;
+    for (struct vbd_node *n = img; n && n->backing && n->backing_file[0]; n = vbd_node_skip_filters(n->backing)) {
+        backing_path(n, n->backing_file, rec, sizeof(rec));
+        if (realpath(rec, have) && !strcmp(want, have))
+            return n->backing;
+    }
+    return NULL;
+}
+
 int verb_rebase(int argc, char **argv)
 {
     const char *fmt = NULL, *backing = NULL, *backing_fmt = NULL, *cache = NULL, *src_cache = NULL;
     bool unsafe = false, progress = false, quiet = false, image_opts = false, force = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
                                        {"force-share", no_argument, NULL, 'U'}, {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'f': fmt = optarg; break;
         case 'F': backing_fmt = optarg; break;
         case 'b': backing = optarg; break;
@@ -77,7 +110,7 @@ int verb_rebase(int argc, char **argv)
         vbd_error_report("Invalid source cache option: %s", src_cache);
         goto out;
     }
-    top = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR | (unsafe ? VBD_OPEN_NO_BACKING : 0),
+    top = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR | (unsafe ? VBD_OPEN_NO_BACKING : 0),
                     NULL, NULL);
     if (!top)
         goto out;
@@ -92,16 +125,15 @@ int verb_rebase(int argc, char **argv)
         vbd_error_report("Could not change the backing file to '%s': Operation not supported", backing);
         goto out;
     }
-    if (!unsafe && *backing) {
-        char path[4096], dir[4096];
-        snprintf(dir, sizeof(dir), "%s", img->file ? img->file->filename : img->filename);
-        char *slash = strrchr(dir, '/');
-        if (backing[0] == '/' || !slash)
-            snprintf(path, sizeof(path), "%s", backing);
-        else {
-            *slash = 0;
-            snprintf(path, sizeof(path), "%s/%s", dir, backing);
-        }
+    char path[4096];
+    backing_path(img, backing, path, sizeof(path));
+    /* an image already in the chain below is taken as the chain has it,
+     * whatever -F says (qemu-img 7.2 does not open it again): the copy
+     * compares what the guest sees through that node, and the header gets
+     * -F as given */
+    if (!unsafe && *backing && (nb = chain_node_at(img, path)))
+        vbd_node_ref(nb);
+    else if (!unsafe && *backing) {
         struct json_object *o = NULL;
         if (fmt_or_null(backing_fmt)) {
             o = json_object_new_object();

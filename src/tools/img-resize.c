@@ -9,7 +9,7 @@ int verb_resize(int argc, char **argv)
     const char *fmt = NULL;
     int prealloc = VBD_PREALLOC_OFF;
     bool shrink = false, quiet = false, image_opts = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"shrink", no_argument, NULL, OPT_SHRINK},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"shrink", no_argument, NULL, OPT_SHRINK},
                                        {"preallocation", required_argument, NULL, OPT_PREALLOC},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
@@ -23,6 +23,8 @@ int verb_resize(int argc, char **argv)
     const char *size_arg = help_only ? NULL : argv[--argc];
     while ((c = getopt_long(argc, argv, ":hf:q", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'f': fmt = optarg; break;
         case 'q': quiet = true; break;
         case OPT_SHRINK: shrink = true; break;
@@ -56,7 +58,7 @@ int verb_resize(int argc, char **argv)
         tool_report(err);
         return 1;
     }
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, VBD_OPEN_RDWR, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR, NULL, NULL);
     if (!n)
         return 1;
     uint64_t old = n->size, size;

@@ -9,11 +9,13 @@ int verb_snapshot(int argc, char **argv)
     const char *fmt = NULL, *name = NULL;
     char action = 0;
     bool quiet = false, force = false, image_opts = false;
-    static const struct option lo[] = {{"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'},
+    static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"force-share", no_argument, NULL, 'U'},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":hlc:a:d:f:qU", lo, NULL)) != -1) {
         switch (c) {
+        /* qemu-img makes each --object as its options meet it */
+        case OPT_OBJECT: if (tool_add_object(optarg) < 0) return 1; break;
         case 'l': case 'c': case 'a': case 'd':
             if (action) {
                 return img_usage_error("Cannot mix '-l', '-a', '-c', '-d'");
@@ -36,7 +38,7 @@ int verb_snapshot(int argc, char **argv)
         return img_usage_error("Expecting one image file name");
     /* -U with -c/-a/-d: the read-write open refuses it, as qemu-img's */
     unsigned flags = (action == 'l' ? 0 : VBD_OPEN_RDWR) | (force ? VBD_OPEN_FORCE_SHARE : 0);
-    struct vbd_node *n = tool_open(argv[optind], fmt_or_null(fmt), image_opts, flags | VBD_OPEN_NO_BACKING, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, flags | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!n)
         return 1;
     struct vbd_node *img = vbd_node_skip_filters(n);

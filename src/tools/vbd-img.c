@@ -110,11 +110,9 @@ int main(int argc, char **argv)
         if (!strcmp(v->name, cmd)) {
             verb_argc = argc - optind;
             verb_argv = argv + optind;
-            /* --object (TLS credentials for nbd nodes) works with every command, as in qemu-img */
-            if (tool_take_objects(&verb_argc, verb_argv) < 0) {
-                vbd_tls_creds_remove_all();
-                return 1;
-            }
+            /* --object (TLS credentials for nbd nodes, secrets) works with
+             * every command, as in qemu-img: each verb's getopt makes them as
+             * met (an option's value is never taken for one) */
             /* 0: glibc's full reset (the verbs permute; main's "+" stops at the verb) */
             optind = 0;
             /* qemu-img's raw-probing warning is noise for a tool run */

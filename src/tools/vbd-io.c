@@ -373,6 +373,10 @@ static bool compress_aligned(int64_t off, int64_t len)
     }
     json_object_put(info.format_specific);
     uint64_t cs = info.cluster_size;
+    /* QEMU's vmdk writes a compressed request to a sparse or flat extent
+     * as a plain one, anywhere; only streamOptimized grains go whole */
+    if (!strcmp(io_node->drv->name, "vmdk") && !info.needs_compressed_writes)
+        return true;
     return !cs || (off % cs == 0 && (len % cs == 0 || (uint64_t)(off + len) == io_node->size));
 }
 
@@ -459,6 +463,13 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         io_print_usage(name);
         return -EINVAL;
     }
+    /* qemu-io 7.2's aio_write: -z takes one length; its "-z and -P" check
+     * never fires (the zeroes are written) */
+    bool aio_write = !strcmp(name, "aio_write");
+    if (aio_write && zero && nargs != 2) {
+        printf("-z supports only a single length parameter\n");
+        return -EINVAL;
+    }
     if (vmstate && zero) {
         printf("-b and -z cannot be specified at the same time\n");
         return -EINVAL;
@@ -467,7 +478,7 @@ static int do_rw(int argc, char **argv, const char *name, bool write, bool vecto
         printf("-f and -b or -c cannot be specified at the same time\n");
         return -EINVAL;
     }
-    if (write && (zero + (pattern >= 0) + (source != NULL)) > 1) {
+    if (write && !aio_write && (zero + (pattern >= 0) + (source != NULL)) > 1) {
         printf("Only one of -z, -P, and -s can be specified at the same time\n");
         return -EINVAL;
     }
@@ -1179,8 +1190,22 @@ int main(int argc, char **argv)
         default: fputs(usage_text, stdout); return 1;
         }
     }
+    unsigned flags = ro ? 0 : VBD_OPEN_RDWR;
+    if (unmap)
+        flags |= VBD_OPEN_UNMAP;
+    bool writethrough = true;
+    /* qemu-io checks -i and -t as it parses them, -f with --image-opts
+     * before it runs anything: with no image named too */
+    if (tool_aio_flags(aio, &flags) < 0 || tool_cache_flags(cache, &flags, &writethrough) < 0)
+        return 1;
+    if (aio && !strcmp(aio, "native"))
+        flags |= VBD_OPEN_AIO_NATIVE; /* io_uring runs it; the file node refuses it without -t none as qemu-io does */
     if (optind < argc - 1) {
         fputs(usage_text, stdout);
+        return 1;
+    }
+    if (image_opts && fmt) {
+        vbd_error_report("--image-opts and -f are mutually exclusive");
         return 1;
     }
     struct run_args ra = {cmds, ncmds};
@@ -1194,19 +1219,7 @@ int main(int argc, char **argv)
         vbd_tls_creds_remove_all();
         return failures ? 1 : 0;
     }
-    unsigned flags = ro ? 0 : VBD_OPEN_RDWR;
-    if (unmap)
-        flags |= VBD_OPEN_UNMAP;
-    bool writethrough = true;
-    if (tool_aio_flags(aio, &flags) < 0 || tool_cache_flags(cache, &flags, &writethrough) < 0)
-        return 1;
-    if (aio && !strcmp(aio, "native"))
-        flags |= VBD_OPEN_AIO_NATIVE; /* io_uring runs it; the file node refuses it without -t none as qemu-io does */
     const char *filename = argv[optind];
-    if (image_opts && fmt) {
-        vbd_error_report("--image-opts and -f are mutually exclusive");
-        return 1;
-    }
     struct json_object *opts = NULL;
     struct vbd_error *err = NULL;
     bool unknown_fmt = false;

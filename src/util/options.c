@@ -487,14 +487,20 @@ static void first_key(struct json_object *o, char *buf, size_t len, const char *
     }
 }
 
-int vbd_opts_check_empty(struct json_object *opts, const char *what, struct vbd_error **err)
+int vbd_opts_check_empty_worded(struct json_object *opts, const char *what, const char *does_not,
+                                struct vbd_error **err)
 {
     if (!opts || json_object_object_length(opts) == 0)
         return 0;
     char key[512] = "";
     first_key(opts, key, sizeof(key), "");
-    vbd_error_setf(err, EINVAL, "%s does not support the option '%s'", what, key);
+    vbd_error_setf(err, EINVAL, "%s %s support the option '%s'", what, does_not, key);
     return -EINVAL;
+}
+
+int vbd_opts_check_empty(struct json_object *opts, const char *what, struct vbd_error **err)
+{
+    return vbd_opts_check_empty_worded(opts, what, "does not", err);
 }
 
 /* QEMU 7.2's ObjectType enum: the qom-types its schema knows */

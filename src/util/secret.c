@@ -37,20 +37,30 @@ static char *b64_encode(const unsigned char *in, size_t len)
     return out;
 }
 
-static int b64_valid(const char *s)
+/* QEMU takes base64 data made of its alphabet, '=' and newlines, and
+ * decodes it leniently (glib's: up to the first '=', a group cut short
+ * giving its whole bytes only): s re-encoded from those bytes (a new
+ * string), or NULL when s holds another character */
+static char *b64_canonical(const char *s)
 {
-    size_t n = strlen(s), pad = 0;
-    if (n % 4)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '=') {
-            if (i < n - 2 || ++pad > 2)
-                return 0;
-        } else if (pad || !strchr(b64chars, s[i])) {
-            return 0;
+    size_t n = strlen(s);
+    if (strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n") != n)
+        return NULL;
+    unsigned char *bytes = malloc(n / 4 * 3 + 3);
+    size_t nb = 0;
+    unsigned acc = 0, bits = 0;
+    for (size_t i = 0; i < n && s[i] != '='; i++) {
+        if (s[i] == '\n')
+            continue;
+        acc = (acc << 6 | (unsigned)(strchr(b64chars, s[i]) - b64chars)) & 0xffffff;
+        if ((bits += 6) >= 8) {
+            bits -= 8;
+            bytes[nb++] = (unsigned char)(acc >> bits);
         }
     }
-    return 1;
+    char *canon = b64_encode(bytes, nb);
+    free(bytes);
+    return canon;
 }
 
 static struct secret *find(const char *id)
@@ -136,13 +146,14 @@ int vbd_secret_add(struct json_object *opts, struct vbd_error **err)
         goto out;
     char *b64;
     if (format == 1) {
-        b64 = strndup(bytes, len);
+        char *text = strndup(bytes, len);
         /* a trailing newline from a file is not part of the text */
-        while (*b64 && (b64[strlen(b64) - 1] == '\n' || b64[strlen(b64) - 1] == '\r'))
-            b64[strlen(b64) - 1] = 0;
-        if (!b64_valid(b64)) {
-            vbd_error_setf(err, EINVAL, "secret '%s': the data is not valid base64", id);
-            free(b64);
+        while (*text && (text[strlen(text) - 1] == '\n' || text[strlen(text) - 1] == '\r'))
+            text[strlen(text) - 1] = 0;
+        b64 = b64_canonical(text);
+        free(text);
+        if (!b64) {
+            vbd_error_setf(err, EINVAL, "Base64 data contains invalid characters"); /* QEMU's words */
             if (bytes != data)
                 free(bytes);
             goto out;

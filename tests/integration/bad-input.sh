@@ -16,7 +16,7 @@ must_fail_with "Could not open '$T/dir': Could not open '$T/dir': Is a directory
 must_fail_with "Unknown driver 'foo'" "$VBD_IMG" info -f foo "$T/ok.raw"
 must_fail_with "Unknown file format 'foo'" "$VBD_IMG" create -f foo "$T/new" 1M
 must_fail_with "does not support the option 'bogus'" "$VBD_IO" --image-opts -c 'length' "driver=raw,bogus=1,file.filename=$T/ok.raw"
-must_fail_with "does not support the option 'bogus'" "$VBD_IMG" info --image-opts "driver=raw,file.driver=file,file.filename=$T/ok.raw,file.bogus=on"
+must_fail_with "Block protocol 'file' doesn't support the option 'bogus'" "$VBD_IMG" info --image-opts "driver=raw,file.driver=file,file.filename=$T/ok.raw,file.bogus=on"
 must_fail_with "Invalid image size" "$VBD_IMG" create -f raw "$T/q" 1Q
 must_fail_with "Invalid image size" "$VBD_IMG" create -f raw "$T/q" -- -1
 must_fail_with "Invalid image size" "$VBD_IMG" create -f raw "$T/q" 99999999999999999999

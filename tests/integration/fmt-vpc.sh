@@ -114,7 +114,7 @@ bad() { # bad WANT OFFSET HEX [fix]; the image is $base
 }
 base=d.vhd
 bad "checksum" 40 01
-base=f.vhd bad "not a VHD" -512 00
+base=f.vhd bad "invalid VPC image" -512 00 # (qemu-img's words for a footer without its cookie)
 base=f.vhd bad "past the end of the file" -456 ffff end
 bad "data_offset" 16 00000000ffff0000 fix
 bad "cxsparse" 512 00 fix
@@ -131,7 +131,7 @@ patch x.vhd 60 00000004 fix
 must_fail_with "differencing VHD image names no parent" "$VBD_IMG" info -f vpc x.vhd
 must_fail_with "writing to differencing VHD images is not supported" "$VBD_IO" -f vpc -c 'write 0 512' x.vhd
 printf 'short' >s.vhd
-must_fail_with "not a VHD image" "$VBD_IMG" info -f vpc s.vhd # (one zero-padded sector: qemu-img "invalid VPC image")
+must_fail_with "invalid VPC image" "$VBD_IMG" info -f vpc s.vhd # (one zero-padded sector: qemu-img's words)
 
 step "an allocation cut short before its BAT entry: the next new block does not show its data"
 # an allocation writes the bitmap, the data, the footer at the new end,

@@ -57,6 +57,9 @@ must qemu-img snapshot -c s1 base/sn.qcow2
 must qemu-io -f qcow2 -c 'write -P 7 0 4k' base/sn.qcow2 >/dev/null
 # a dynamic vdi copied sparsely: holes of the file amid its blocks
 cp --sparse=always base/q-vdi.vdi base/sp.vdi || fail "cp --sparse=always"
+# files of no format: empty, and shorter than a sector
+: >base/empty
+printf 'short' >base/short
 # outside base/ (named ../NAME by the cases, from q/ and v/): one a
 # qemu-nbd holds open for writing (its lock)
 must qemu-img create -q -f qcow2 locked.qcow2 4M
@@ -275,6 +278,40 @@ info --output=bogus
 check --output=bogus q-raw.raw q-qcow2.qcow2
 map --output=bogus -f raw
 create -f vhdx -o subformat=diff n.vhdx 4M
+# round 30 (imgsweep.py widened): a file of another format opened as vhdx
+# or vpc is refused in qemu-img's words (vbd's said what was missing);
+# rebase onto an image already in the chain takes the chain's node
+# whatever -F says (vbd-img opened the file with -F: refused it, or read
+# a qcow2 as raw and copied its bytes), and writes -F as given; --object
+# is made where the verb's options meet it (an option's value is not an
+# --object; an option refused before it is refused first)
+info -f vhdx q-raw.raw
+info -f vpc q-qcow2.qcow2
+check -f vhdx q-vdi.vdi
+info -f vhdx empty
+info -f vpc empty
+info -f vhdx short
+info -f vpc short
+convert -f vpc -O raw short n.raw
+rebase -b q-qcow2.qcow2 -F raw ov.qcow2
+rebase -b ./q-qcow2.qcow2 -F raw ov.qcow2
+rebase -b q-qcow2.qcow2 -F qcow2 ov.qcow2
+check --output --object secret,id=s0 q-qcow2.qcow2
+info --bogus --object bogus,id=x q-qcow2.qcow2
+map --object secret,id=s0,data=x --output json q-qcow2.qcow2
+# measure: the format's creation options parsed before whether it
+# measures, a format that creates nothing refused first; base64 secrets
+# taken as QEMU takes them (its alphabet, decoded leniently); an unknown
+# option of the file protocol worded as QEMU's ("doesn't support")
+measure -O qed -o --output=json --size 1M
+measure -O dmg --size 1M
+info --object secret,id=s0,data=x,format=base64 q-raw.raw
+info --object secret,id=s0,data=a*b,format=base64 q-raw.raw
+info --image-opts driver=raw,file.filename=q-raw.raw,file.bogus=1
+# -f '' names no driver (vbd-img took it for no -f and probed)
+info -f '' q-raw.raw
+resize -f '' -- q-raw.raw -1M
+compare -F '' q-raw.raw q-qcow2.qcow2
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES

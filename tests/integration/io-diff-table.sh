@@ -58,6 +58,25 @@ run_cases io_case <<'CASES'
 # and the shared table's count one too high; tests/integration/imgsweep.py)
 -c 'open -o driver=qcow2 sn.qcow2' -c 'discard 1M 64k'
 -c 'open -o driver=qcow2 sn.qcow2' -c 'write -P 9 1M 4k'
+# a file of another format opened as vhdx or vpc: qemu-io's words (round 30)
+-f vhdx -c 'read 0 1' q-raw.raw
+-f vpc -c 'read 0 1' q-qcow2.qcow2
+-c 'open -o driver=vpc q-vdi.vdi' -c 'read 0 1'
+--image-opts -c 'read 0 1' driver=vhdx,file.filename=q-vpc.vpc
+# found by the widened sweep (round 30): aio_write -z takes one length
+# (and -P beside it is no error in 7.2); a compressed write to a sparse
+# or flat vmdk is a plain one, anywhere (streamOptimized: whole grains);
+# -f with --image-opts and a bad -t refused with no image named too; an
+# unknown option of the file protocol in QEMU's words
+-f raw -c 'aio_write -z 0 512 512' -c aio_flush -c 'aio_write -z -P 1 0 512' -c aio_flush -c 'read -P 0 0 512' q-raw.raw
+-f vmdk -c 'write -c -P 7 1M 512' -c 'read -P 7 1M 512' -c 'write -c -P 8 4190208 4k' q-vmdk.vmdk
+--image-opts -f raw -c 'read 0 1'
+-t bogus -c 'read 0 1'
+--image-opts -c 'read 0 1' driver=qcow2,file.filename=q-qcow2.qcow2,file.bogus=1
+# file.* options beside the file name open that file (vbd-io found no
+# file name for the file child)
+-c 'open -o driver=raw,file.locking=off q-raw.raw' -c 'read -P 1 0 1'
+-c 'open -o driver=qcow2,file.bogus=1 q-qcow2.qcow2' -c 'read 0 1'
 # an empty file name is none
 -c 'read 0 1' ''
 -f raw -c 'read 0 1' ''

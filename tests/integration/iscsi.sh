@@ -191,7 +191,7 @@ if not {"s0", "s1", "bad"} <= set(names):
     fail("qom-list /objects: %s" % names)
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "s0", "data": "x"}), "duplicate")
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "b64", "data": "not*base64", "format": "base64"}),
-             "not valid base64")
+             "Base64 data contains invalid characters")
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e", "data": "x", "format": "hex"}), "format")
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e"}), "Either 'file' or 'data' must be provided")
 expect_error(m.cmd("object-add", {"qom-type": "secret", "id": "e", "file": "/nonexistent/pw"}), "/nonexistent/pw")

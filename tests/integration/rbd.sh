@@ -77,7 +77,7 @@ must_fail_with "error connecting: Permission denied" "$VBD_IO" \
     --object "secret,id=k2,data=$(ceph-authtool --gen-print-key),format=base64" --image-opts -c 'read 0 1' \
     "$(vo ,file.key-secret=k2)"
 must_fail_with "No secret with id 'k9'" "$VBD_IO" --image-opts -c 'read 0 1' "$(vo ,file.key-secret=k9)"
-must_fail_with "not valid base64" "$VBD_IO" --object "secret,id=k3,data=not*base64,format=base64" \
+must_fail_with "Base64 data contains invalid characters" "$VBD_IO" --object "secret,id=k3,data=not*base64,format=base64" \
     --image-opts -c 'read 0 1' "$(vo ,file.key-secret=k3)"
 
 step "create, info (object size, features), convert qcow2 -> rbd -> raw, map skips holes"

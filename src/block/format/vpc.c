@@ -272,25 +272,34 @@ static int vpc_open(struct vbd_node *n, struct json_object *opts, unsigned flags
         return -EINVAL;
     const char *name = n->file->filename;
     uint64_t fsize = n->file->size;
-    if (fsize < VHD_FOOTER_SIZE) {
-        vbd_error_setf(err, EINVAL, "Image '%s' is not a VHD image: smaller than its 512-byte footer", name);
+    /* a file of another format is refused in qemu-img's words (users and
+     * scripts meet them): an empty file is too small, any other without
+     * the footer's cookie "invalid VPC image" (QEMU reads a short file as
+     * one zero-padded sector) */
+    if (fsize == 0) {
+        vbd_error_setf(err, EINVAL, "File too small for a VHD header");
         return -EINVAL;
     }
     uint8_t *f = s->footer;
-    int rc = vbd_node_co_pread(n->file, 0, f, VHD_FOOTER_SIZE);
+    memset(f, 0, VHD_FOOTER_SIZE);
+    int rc = vbd_node_co_pread(n->file, 0, f, fsize < VHD_FOOTER_SIZE ? fsize : VHD_FOOTER_SIZE);
     if (rc < 0)
         goto io_error;
-    if (memcmp(f, "conectix", 8)) { /* a fixed image: the footer is only at the end */
+    if (memcmp(f, "conectix", 8) && fsize >= VHD_FOOTER_SIZE) { /* a fixed image: the footer is only at the end */
         rc = vbd_node_co_pread(n->file, fsize - VHD_FOOTER_SIZE, f, VHD_FOOTER_SIZE);
         if (rc < 0)
             goto io_error;
-        if (memcmp(f, "conectix", 8)) {
-            vbd_error_setf(err, EINVAL, "Image '%s' is not a VHD image: no 'conectix' footer", name);
-            return -EINVAL;
-        }
+    }
+    if (memcmp(f, "conectix", 8)) {
+        vbd_error_setf(err, EINVAL, "invalid VPC image");
+        return -EINVAL;
     }
     if (vpc_checksum(f, VHD_FOOTER_SIZE, F_CHECKSUM) != get_be32p(f + F_CHECKSUM)) {
         vbd_error_setf(err, EINVAL, "Incorrect header checksum"); /* QEMU's words, as below where it checks too */
+        return -EINVAL;
+    }
+    if (fsize < VHD_FOOTER_SIZE) { /* a whole footer in a shorter file: no image */
+        vbd_error_setf(err, EINVAL, "Image '%s' is not a VHD image: smaller than its 512-byte footer", name);
         return -EINVAL;
     }
     s->type = get_be32p(f + F_TYPE);
