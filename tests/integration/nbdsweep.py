@@ -425,6 +425,10 @@ def known(r, q, v, size, ro):
         return "EPERM for a write to a read-only export"
     if r["cmd"] in ("pwrite", "zero") and past_end and q == "errno EINVAL" and v == "errno ENOSPC":
         return "ENOSPC for a write past the end"
+    # qemu-nbd's cache is a copy-on-read, refused (EPERM) on a read-only
+    # export where the top image does not hold the range itself (README)
+    if r["cmd"] == "cache" and ro and q == "errno EPERM" and v == "ok":
+        return "NBD_CMD_CACHE is no copy-on-read"
     return None
 
 
