@@ -218,6 +218,25 @@ def run_side(sock, hs, reqs, log):
     """The client's view, as a list of comparable items (each a (what, value))."""
     out = []
     h = nbd.NBD()
+    try:
+        talk(h, sock, hs, reqs, out)
+    finally:
+        # the connection ends here, not when the handle is collected (a
+        # failed NBD_OPT_GO leaves it open in option mode: a server without
+        # -t would wait for it)
+        try:
+            if h.aio_is_negotiating():
+                h.opt_abort()
+            elif not (h.aio_is_dead() or h.aio_is_closed() or h.aio_is_created() or h.aio_is_connecting()):
+                h.shutdown()
+        except nbd.Error:
+            pass
+        if hasattr(h, "close"):
+            h.close()
+    return out
+
+
+def talk(h, sock, hs, reqs, out):
     h.set_opt_mode(True)
     h.set_full_info(True)
     h.set_request_structured_replies(hs["structured"])
@@ -226,7 +245,7 @@ def run_side(sock, hs, reqs, log):
         h.connect_unix(sock)
     except nbd.Error as e:
         out.append(("connect", err_of(e)))
-        return out
+        return
     out.append(("structured", h.get_structured_replies_negotiated()))
     if hs["list"]:
         names = []
@@ -260,7 +279,7 @@ def run_side(sock, hs, reqs, log):
         h.opt_go()
     except nbd.Error as e:
         out.append(("go", err_of(e)))
-        return out
+        return
     facts = export_facts(h, hs)
     out.append(("go", facts))
     size = facts["size"]
@@ -277,11 +296,6 @@ def run_side(sock, hs, reqs, log):
         if h.aio_is_dead() or h.aio_is_closed():
             out.append(("connection", "dropped"))
             break
-    try:
-        h.shutdown()
-    except nbd.Error:
-        pass
-    return out
 
 
 def export_facts(h, hs):
@@ -501,7 +515,9 @@ def run_case(seed, i, steps, base, work, bins, verbose):
                 diffs.append(f"{wq}: {q!r} (qemu-nbd) vs {v!r} (vbd-nbd)")
         if len(res["q"]) != len(res["v"]):
             diffs.append(f"qemu-nbd ended after {res['q'][-1][0]!r}, vbd-nbd after {res['v'][-1][0]!r}")
-        persistent = "-t" in argv
+        # without -t a server ends when its last client has gone, if
+        # that client completed the handshake (qemu-nbd's rule)
+        persistent = "-t" in argv or not isinstance(gofacts, dict)
         for k, pid in [("q", qpid), ("v", vpid)]:
             if persistent:
                 stop(pid)
@@ -567,6 +583,8 @@ def main():
     ap.add_argument("--table", action="store_true", help="the fixed sequences first")
     ap.add_argument("-v", action="store_true")
     a = ap.parse_args()
+    # a test's timeout (SIGTERM) ends the servers too: run_case's finally
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))
     build = os.environ.get("VBD_BUILD", "build")
     bins = {"q": os.environ.get("QEMU_NBD", "qemu-nbd"),
             "v": os.environ.get("VBD_NBD") or os.path.join(build, "src/tools/vbd-nbd")}
