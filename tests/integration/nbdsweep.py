@@ -563,6 +563,10 @@ def _req(wid, cmd, off, ln, flags=()):
 
 _HS = {"structured": True, "list": False, "info": [], "metalist": [], "go_name": "", "meta": ["base:allocation"]}
 TABLE = [
+    # a fast zero not aligned to the image's O_DIRECT alignment: ENOTSUP, nothing written
+    (["-f", "raw", "-t", "--cache=none"], "img.raw", _HS,
+     [_req(1, "zero", 2346699, 59740, ["FAST_ZERO"]), _req(2, "zero", 4096, 512, ["FAST_ZERO"]),
+      _req(3, "zero", 8192, 700, ["FAST_ZERO"]), _req(4, "pread", 2342912, 65536)]),
     # a probed raw image: minimum block size 512 (QEMU writes its block 0 only whole)
     (["-r"], "img.raw", dict(_HS, info=[""]), [_req(1, "pread", 0, 4096)]),
     (["-t"], "img.raw", _HS, [_req(1, "pwrite", 512, 100), _req(2, "pwrite", 0, 100), _req(3, "pwrite", 0, 512),
