@@ -456,8 +456,13 @@ def run_case(seed, i, steps, base, work, bins, verbose):
     head = f"case {i}: {' '.join(argv)} {img}"
     if verbose:
         print(head, hs, flush=True)
-    st = {k: start_server(bins[k], d[k], argv, img) for k in "qv"}
+    st = {}
     try:
+        for k in "qv":
+            try:
+                st[k] = start_server(bins[k], d[k], argv, img)
+            except OSError as e:
+                raise HarnessError(f"{bins[k]}: {e}") from e
         (qrc, qerr, qpid, qsock), (vrc, verr, vpid, vsock) = st["q"], st["v"]
         if "Sanitizer" in verr or "runtime error" in verr:
             diffs.append(f"vbd-nbd stderr: {verr}")
@@ -525,7 +530,7 @@ def run_case(seed, i, steps, base, work, bins, verbose):
                 diffs.append(f"{k}: the server still runs 60 s after its only client went (no -t)")
                 stop(pid)
     finally:
-        for k in "qv":
+        for k in st:
             pid = st[k][2]
             if pid is not None and not wait_gone(pid, 0):
                 try:
