@@ -449,6 +449,8 @@ def known(r, q, v, size, ro):
 def run_case(seed, i, steps, base, work, bins, verbose):
     argv, img, hs, reqs = TABLE[-1 - i] if i < 0 else draw_sequence(seed, i, steps)
     diffs = []
+    qemu_dropped = False
+    nreq = 0
     d = {k: os.path.join(work, k) for k in "qv"}
     for k in "qv":
         shutil.rmtree(d[k], ignore_errors=True)
@@ -483,7 +485,7 @@ def run_case(seed, i, steps, base, work, bins, verbose):
         size = gofacts["size"] if isinstance(gofacts, dict) else 0
         ro = isinstance(gofacts, dict) and gofacts["read_only"] is True
         rq, rv = res["q"], res["v"]
-        cached = False
+        cached = qemu_dropped = False
         for j, ((wq, q), (wv, v)) in enumerate(zip(rq, rv)):
             nreq += wq.startswith("#")
             if wq != wv:
@@ -495,6 +497,14 @@ def run_case(seed, i, steps, base, work, bins, verbose):
                 continue  # both dropped the connection: how the client saw the end is the socket's
             if r and q != v and known(r, q, v, size, ro):
                 continue
+            if (r and r["cmd"] == "cache" and v == "ok" and q == "errno ENOTCONN" and "-f" not in argv
+                    and img.endswith(".raw") and j + 1 < len(rq) and rq[j + 1] == ("connection", "dropped")):
+                # qemu-nbd 7.2 drops the connection on an unaligned cache
+                # of a probed raw image (request alignment 512: its
+                # prefetch cannot pad a read without a buffer); vbd
+                # answers it. Nothing after it compares.
+                qemu_dropped = True
+                break
             if r and r["cmd"] == "cache" and q == "ok" and img.endswith(".qcow2"):
                 # qemu-nbd's NBD_CMD_CACHE copies what the top image does not
                 # hold from its backing file into it (copy-on-read), vbd's
@@ -518,7 +528,7 @@ def run_case(seed, i, steps, base, work, bins, verbose):
                     diffs.append(f"{wq}: data differs: {len(q[1])} vs {len(v[1])} bytes, first at +{at}")
             elif q != v:
                 diffs.append(f"{wq}: {q!r} (qemu-nbd) vs {v!r} (vbd-nbd)")
-        if len(res["q"]) != len(res["v"]):
+        if len(res["q"]) != len(res["v"]) and not qemu_dropped:
             diffs.append(f"qemu-nbd ended after {res['q'][-1][0]!r}, vbd-nbd after {res['v'][-1][0]!r}")
         # without -t a server ends when its last client has gone, if
         # that client completed the handshake (qemu-nbd's rule)
@@ -540,6 +550,8 @@ def run_case(seed, i, steps, base, work, bins, verbose):
     verr = open(os.path.join(d["v"], "stderr"), errors="replace").read()
     if "Sanitizer" in verr or "runtime error" in verr:
         diffs.append(f"vbd-nbd: {verr[-2000:]}")
+    if qemu_dropped:
+        return head, diffs, nreq  # vbd went on writing where qemu-nbd had gone
     fmt = img.split(".")[1]
     r = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", fmt, os.path.join(d["q"], img),
                         os.path.join(d["v"], img)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -618,7 +630,8 @@ def main():
                     print("   ", x)
                 if a.keep:
                     os.makedirs(a.keep, exist_ok=True)
-                    shutil.copytree(work, os.path.join(a.keep, f"seed{a.seed}-case{i}"), dirs_exist_ok=True)
+                    shutil.copytree(work, os.path.join(a.keep, f"seed{a.seed}-case{i}"), dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns("*.sock"))
             shutil.rmtree(work, ignore_errors=True)
     except HarnessError as e:
         print(f"nbdsweep: {e}", file=sys.stderr)
