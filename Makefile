@@ -109,6 +109,22 @@ img-sweep: build-asan
 	    python3 tests/integration/imgsweep.py --seed $(IMGSWEEP_SEED) --count $(IMGSWEEP_COUNT) \
 	    --keep $(CURDIR)/tests/out/img-sweep
 
+# The differential NBD server sweep against qemu-nbd 7.2 at length
+# (tests/integration/nbdsweep.py; make check runs its fixed table and 8
+# sequences of seed 30): NBDSWEEP_COUNT sequences of NBDSWEEP_STEPS requests
+# of seed NBDSWEEP_SEED, vbd-nbd under ASan+UBSan; each difference's two
+# directories (qemu-nbd's q/, vbd-nbd's v/: images, stderr) in
+# tests/out/nbd-sweep. Needs python3-libnbd (scripts/deps.sh).
+NBDSWEEP_SEED ?= 1
+NBDSWEEP_COUNT ?= 500
+NBDSWEEP_STEPS ?= 40
+.PHONY: nbd-sweep
+nbd-sweep: build-asan
+	@mkdir -p tests/out
+	@VBD_BUILD=$(abspath $(BUILD_ASAN)) ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+	    /usr/bin/python3 tests/integration/nbdsweep.py --table --seed $(NBDSWEEP_SEED) --count $(NBDSWEEP_COUNT) \
+	    --steps $(NBDSWEEP_STEPS) --keep $(CURDIR)/tests/out/nbd-sweep
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 

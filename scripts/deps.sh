@@ -5,9 +5,10 @@ set -e
 # Beyond a debootstrap minbase Debian 12 with make: the build, the peers the
 # tests run against, the guest's kernel and busybox, and the tools the
 # scripts call: python3, ca-certificates (the system CA store the nbds://
-# client falls back to), file (nbdinfo runs it to describe the content).
+# client falls back to), file (nbdinfo runs it to describe the content),
+# python3-libnbd (libnbd's module: tests/integration/nbdsweep.py).
 PKGS="build-essential pkg-config meson ninja-build clang liburing-dev zlib1g-dev libzstd-dev
-libjson-c-dev libgnutls28-dev libbz2-dev cloop-utils libxml2-dev qemu-utils qemu-system-x86 nbdkit libnbd-bin fio
+libjson-c-dev libgnutls28-dev libbz2-dev cloop-utils libxml2-dev qemu-utils qemu-system-x86 nbdkit libnbd-bin python3-libnbd fio
 busybox-static linux-image-amd64 kmod cpio gnutls-bin bc python3 ca-certificates file
 librbd-dev librados-dev ceph-mon ceph-osd ceph-mgr ceph-common qemu-block-extra
 libiscsi-dev libiscsi-bin tgt

@@ -689,6 +689,10 @@ static int pwrite_zeroes_home(struct vbd_node *n, uint64_t off, uint64_t bytes, 
     /* before anything is written: a fast zero that cannot be fast has no side effects */
     if ((flags & VBD_REQ_NO_FALLBACK) && !(n->supported_zero_flags & VBD_REQ_NO_FALLBACK))
         return -ENOTSUP;
+    /* nor can a misaligned one: its edges would be written as data (QEMU's
+     * rule too: qemu-nbd answers such an NBD fast zero ENOTSUP) */
+    if ((flags & VBD_REQ_NO_FALLBACK) && ((off | bytes) & (n->bl.request_alignment - 1)))
+        return -ENOTSUP;
     if (!(n->open_flags & VBD_OPEN_UNMAP))
         flags &= ~VBD_REQ_MAY_UNMAP;
     uint64_t a = n->bl.request_alignment;

@@ -274,6 +274,7 @@ UNIT_TEST(request_range_rule)
  * cannot zero fast, fails before anything is written (its unaligned edges
  * included) and never reaches the driver. */
 static void zero_nofallback_unaligned(void *o) { struct fz *f = o; f->rc = vbd_node_co_pwrite_zeroes(f->n, 100, 8192, VBD_REQ_NO_FALLBACK); }
+static void zero_nofallback_aligned(void *o) { struct fz *f = o; f->rc = vbd_node_co_pwrite_zeroes(f->n, 512, 8192, VBD_REQ_NO_FALLBACK); }
 UNIT_TEST(no_fallback_zeroing_has_no_side_effects)
 {
     cfg_align = 512;
@@ -288,16 +289,23 @@ UNIT_TEST(no_fallback_zeroing_has_no_side_effects)
     CHECK_EQ(zero_calls, 0);
     CHECK_EQ(mem[100], 0xaa);
     CHECK_EQ(mem[8291], 0xaa);
-    /* a node that lists the flag gets the request */
+    /* a node that lists the flag: a request misaligned to its 512 bytes
+     * still fails untouched (its edges would be data writes: QEMU's
+     * bdrv_co_pwritev_part says so too), an aligned one reaches the driver */
     n->supported_zero_flags = VBD_REQ_NO_FALLBACK;
     cfg_zeroes_supported = true;
     vbd_co_run_sync(zero_nofallback_unaligned, &f);
+    CHECK_EQ(f.rc, -ENOTSUP);
+    CHECK_EQ(reqs, 0);
+    CHECK_EQ(zero_calls, 0);
+    CHECK_EQ(mem[100], 0xaa);
+    vbd_co_run_sync(zero_nofallback_aligned, &f);
     CHECK_EQ(f.rc, 0);
     CHECK_EQ(zero_calls, 1);
-    CHECK_EQ(mem[99], 0xaa);
-    CHECK_EQ(mem[100], 0);
-    CHECK_EQ(mem[8291], 0);
-    CHECK_EQ(mem[8292], 0xaa);
+    CHECK_EQ(mem[511], 0xaa);
+    CHECK_EQ(mem[512], 0);
+    CHECK_EQ(mem[8703], 0);
+    CHECK_EQ(mem[8704], 0xaa);
     cfg_zeroes_supported = false;
     vbd_node_unref(n);
 }

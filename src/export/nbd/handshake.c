@@ -122,13 +122,15 @@ static int reply_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uin
     }
     if (want_bs) {
         /* QEMU 7.2's sizes over a format node (its root has byte
-         * granularity whatever the file's alignment): minimum 1, preferred
-         * 4096, the largest request of the node (blkdebug max-transfer=,
-         * an NBD or rbd node below) up to 32 MiB */
-        uint64_t mt = vbd_backend_node(e->be)->bl.max_transfer;
+         * granularity whatever the file's alignment): minimum 1 (512 on a
+         * probed raw image, whose block 0 QEMU writes only whole),
+         * preferred 4096, the largest request of the node (blkdebug
+         * max-transfer=, an NBD or rbd node below) up to 32 MiB */
+        const struct vbd_node *root = vbd_backend_node(e->be);
+        uint64_t mt = root->bl.max_transfer;
         uint8_t b[14];
         put_be16p(b, NBD_INFO_BLOCK_SIZE);
-        put_be32p(b + 2, 1);
+        put_be32p(b + 2, (root->open_flags & VBD_OPEN_PROBED_RAW) ? 512 : 1);
         put_be32p(b + 6, 4096);
         put_be32p(b + 10, mt && mt < NBD_MAX_REQUEST ? (uint32_t)mt : NBD_MAX_REQUEST);
         if ((rc = send_opt_reply(c, opt, NBD_REP_INFO, b, 14)) < 0)

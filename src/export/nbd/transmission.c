@@ -1053,7 +1053,8 @@ static void request_co(void *opaque)
     struct nbd_export *e = c->exp;
     int rc = 0;
     /* checked before the backend only to answer with the spec's error
-     * (EINVAL, ENOSPC for writes): the rule is the library's own */
+     * (EINVAL, ENOSPC for writes and write zeroes; a trim past the end is
+     * EINVAL, as qemu-nbd and nbdkit answer): the rule is the library's own */
     bool bad_range = vbd_request_check(vbd_backend_size(e->be), r->offset, r->len) < 0;
     switch (r->type) {
     case NBD_CMD_READ:
@@ -1091,7 +1092,7 @@ static void request_co(void *opaque)
             break;
         }
         if (bad_range) {
-            rc = send_error_reply(c, r, ENOSPC);
+            rc = send_error_reply(c, r, r->type == NBD_CMD_TRIM ? EINVAL : ENOSPC);
             break;
         }
         int err;

@@ -846,8 +846,13 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
             rc = vbd_node_co_pwrite_zeroes(s->data, target + in + len, to - in - len, VBD_REQ_NO_FALLBACK);
         if (rc == 0) {
             direct = true;
-        } else if (rc == -ENOTSUP) { /* zeroes as data then, and from now on */
-            s->data_no_zero_range = true;
+        } else if (rc == -ENOTSUP) {
+            /* zeroes as data then, and from now on if the edges were
+             * aligned to the file's requests (a misaligned fast zeroing is
+             * refused whatever the file can do) */
+            uint64_t am = s->data->bl.request_alignment - 1;
+            if (!(((target + from) | (target + in) | (target + in + len) | (target + to)) & am))
+                s->data_no_zero_range = true;
             memset(buf + from, 0, to - from);
             vbd_iov_to_buf(q->iov, q->niov, qoff, buf + in, len);
             rc = 0;
