@@ -69,30 +69,10 @@ EOF
 check_cover() {
     python3 - "$@" <<'PY'
 import re, sys
+import stracecalls  # tests/integration, on PYTHONPATH (lib.sh)
 path, image = sys.argv[1], sys.argv[2]
 WRITES = {'pwrite64', 'pwritev', 'pwritev2', 'fallocate', 'ftruncate'}
-pending = {}   # pid -> (name, args, entry line)
-calls = []     # (name, args, entry line, exit line, result)
-for i, line in enumerate(open(path)):
-    m = re.match(r'(\d+)\s+(.*)$', line.rstrip('\n'))
-    if not m:
-        continue
-    pid, rest = m.groups()
-    if rest.startswith('---') or rest.startswith('+++'):
-        continue
-    r = re.match(r'<\.\.\. (\w+) resumed>(.*?)\)?\s*= (.*)$', rest)
-    if r:
-        if pid in pending:
-            name, args, e = pending.pop(pid)
-            calls.append((name, args, e, i, r.group(3)))
-        continue
-    u = re.match(r'(\w+)\((.*) <unfinished \.\.\.>$', rest)
-    if u:
-        pending[pid] = (u.group(1), u.group(2), i)
-        continue
-    c = re.match(r'(\w+)\((.*)\)\s*= (.*)$', rest)
-    if c:
-        calls.append((c.group(1), c.group(2), i, i, c.group(3)))
+calls = stracecalls.read_calls(path)  # (name, args, entry line, exit line, result)
 on_image = [c for c in calls if c[1].split(',')[0].endswith('<' + image + '>')]
 writes = sorted(c[3] for c in on_image if c[0] in WRITES)
 syncs = [c for c in on_image if c[0] in ('fdatasync', 'fsync')]

@@ -44,30 +44,11 @@ traced() {
 check_trace() {
     python3 - "$@" <<'PY'
 import re, sys
+import stracecalls  # tests/integration, on PYTHONPATH (lib.sh)
 path, image, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 WRITES = {'pwrite64', 'pwritev', 'pwritev2', 'write', 'fallocate', 'ftruncate', 'ioctl'}
-pending = {}   # pid -> (name, args, entry index)
-calls = []     # (name, args, entry, exit, result)
+calls = stracecalls.read_calls(path)  # (name, args, entry line, exit line, result)
 marks = []
-for i, line in enumerate(open(path)):
-    m = re.match(r'(\d+)\s+(.*)$', line.rstrip('\n'))
-    if not m:
-        continue
-    pid, rest = m.groups()
-    if rest.startswith('---') or rest.startswith('+++'):
-        continue
-    r = re.match(r'<\.\.\. (\w+) resumed>(.*?)\)?\s*= (.*)$', rest)
-    if r:
-        name, args, e = pending.pop(pid)
-        calls.append((name, args, e, i, r.group(3)))
-        continue
-    u = re.match(r'(\w+)\((.*) <unfinished \.\.\.>$', rest)
-    if u:
-        pending[pid] = (u.group(1), u.group(2), i)
-        continue
-    c = re.match(r'(\w+)\((.*)\)\s*= (.*)$', rest)
-    if c:
-        calls.append((c.group(1), c.group(2), i, i, c.group(3)))
 for name, args, e, x, res in calls:
     if name == 'tgkill' and 'SIGWINCH' in args:
         marks.append(e)
