@@ -199,17 +199,21 @@ class Driver:
             return None
         return p[12:] if len(p) >= 12 else None
 
-    def request(self, type_, sector, data_len, at=None):
+    def request(self, type_, sector, data_len, at=None, out=None):
         """One request: header, data_len bytes for the device to write, the
         status byte. Returns (status, used length, the data bytes). at: the
-        guest addresses of (header, data, status) instead of the defaults."""
+        guest addresses of (header, data, status) instead of the defaults.
+        out: the bytes the device reads instead (a write's data, discard or
+        write-zeroes segments); data_len is then their length."""
         import os
         import select
+        if out is not None:
+            data_len = len(out)
         hdr, data, st = at or (self.buf, self.buf + 64, self.buf + 64 + max(data_len, 1) + 64)
         self.mem[hdr:hdr + 16] = struct.pack('<IIQ', type_, 0, sector)
-        self.mem[data:data + data_len] = b'\xa5' * data_len
+        self.mem[data:data + data_len] = b'\xa5' * data_len if out is None else out
         self.mem[st] = 0xff
-        dflag = 0 if type_ == T_OUT else 2  # 2: WRITE (device-writable)
+        dflag = 0 if type_ == T_OUT or out is not None else 2  # 2: WRITE (device-writable)
         chain = [(hdr, 16, 0)] + ([(data, data_len, dflag)] if data_len else []) + [(st, 1, 2)]
         for i, (a, n, f) in enumerate(chain):
             nxt = 1 if i < len(chain) - 1 else 0
