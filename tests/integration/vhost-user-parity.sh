@@ -33,6 +33,9 @@ writable|discard 8 blocks at block 24|without discard=unmap vbd offers no DISCAR
 writable|discard of 0 sectors|the same: no DISCARD offered without discard=unmap
 writable|discard of 1 sector at sector 1|the same: no DISCARD offered without discard=unmap
 writable|discard of its max sectors|the same: no DISCARD offered without discard=unmap
+writable|discard of 128 KiB at 256 KiB|the same: no DISCARD offered without discard=unmap
+qcow2-unmap|discard of 128 KiB at 256 KiB, image blocks|vbd gives a qcow2 cluster the guest discarded back to the file system once the L2 table that no longer names it is on disk (at the next flush, lines "after a flush"); qsd at once
+qcow2-unmap|write-zeroes unmap of 128 KiB at 768 KiB, image blocks|the same, for zeroes with the unmap flag
 *|get-config(32,2)|vbd answers from the offset asked; qsd from the start of the config whatever the offset
 *|get-config(0,256)|vbd answers with zeros past the fields it has; qsd answers with no config (a front end asking for more than 60 bytes fails)
 *|get-id(64 bytes) used length|the used length: vbd counts the bytes it wrote (20 and the status byte), qsd the whole buffer

@@ -65,11 +65,14 @@ def io(d, say, cfg, image):
     def readback(name, sector, n, written):
         st, _, data = d.request(T_IN, sector, n)
         what = ('zeros' if not any(data) else 'as written' if data == written else
-                'the buffer untouched' if data == b'\xa5' * n else 'other data')
+                'the buffer untouched' if data == b'\xa5' * n else
+                'all 0x%02x' % data[0] if data == data[:1] * n else 'other data')
         say(name + ', then read', 'status %d, %s' % (st, what))
 
     def blocks(name):
         say(name + ', image blocks', os.stat(image).st_blocks)
+        st, _, _ = d.request(T_FLUSH, 0, 0)
+        say(name + ', image blocks after a flush', '%d (flush status %d)' % (os.stat(image).st_blocks, st))
 
     def do(name, type_, sector, out=None, n=0):
         st, _, _ = d.request(type_, sector, n, out=out)
@@ -120,6 +123,18 @@ def io(d, say, cfg, image):
     do('write 8 blocks at block 40', T_OUT, 40 * spb, pattern(8 * lbs, 40))
     do('write 8 blocks of zeros at block 40', T_OUT, 40 * spb, bytes(8 * lbs))
     blocks('write 8 blocks of zeros at block 40')
+    # whole clusters of a qcow2 image (64 KiB): 128 KiB at 256, 512, 768 KiB
+    data = pattern(128 << 10, 77)
+    for kib, name, type_, flags in ((256, 'discard', T_DISCARD, 0), (512, 'write-zeroes', T_WRITE_ZEROES, 0),
+                                    (768, 'write-zeroes unmap', T_WRITE_ZEROES, UNMAP)):
+        do('write 128 KiB at %d KiB' % kib, T_OUT, kib * 2, data)
+        name = '%s of 128 KiB at %d KiB' % (name, kib)
+        do(name, type_, 0, seg(kib * 2, 256, flags))
+        readback(name, kib * 2, 128 << 10, data)
+        blocks(name)
+    do('write 128 KiB at 1024 KiB', T_OUT, 2048, data)
+    do('write 128 KiB of zeros at 1024 KiB', T_OUT, 2048, bytes(128 << 10))
+    blocks('write 128 KiB of zeros at 1024 KiB')
     for type_, what in ((T_DISCARD, 'discard'), (T_WRITE_ZEROES, 'write-zeroes')):
         do(what + ' with the unmap flag', type_, 0, seg(0, spb, UNMAP))
         do(what + ' with flag 2', type_, 0, seg(0, spb, 2))
