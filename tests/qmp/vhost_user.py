@@ -131,6 +131,11 @@ class Driver:
         self.send(SET_MEM_TABLE, struct.pack('<II4Q', 1, 0, 0, self.MEM, self.QVA, 0), fds=[self.memfd])
         # descriptors at 0, the available ring at 1024, the used ring at 2048, buffers from 4096 on
         self.desc, self.avail, self.used, self.buf = 0, 1024, 2048, 4096
+        # the available index, published by one 16-bit store: struct.pack_into
+        # zeroes its bytes before it writes them, and a back end that reads
+        # the index in between sees it jump back (vbd stops the ring then)
+        import ctypes
+        self.avail_idx_word = ctypes.c_uint16.from_buffer(self.mem, self.avail + 2)
         self.send(SET_VRING_NUM, struct.pack('<II', 0, self.QSIZE))
         self.send(SET_VRING_BASE, struct.pack('<II', 0, 0))
         self.set_vring_addr()
@@ -199,24 +204,28 @@ class Driver:
             return None
         return p[12:] if len(p) >= 12 else None
 
-    def request(self, type_, sector, data_len, at=None):
+    def request(self, type_, sector, data_len, at=None, out=None):
         """One request: header, data_len bytes for the device to write, the
         status byte. Returns (status, used length, the data bytes). at: the
-        guest addresses of (header, data, status) instead of the defaults."""
+        guest addresses of (header, data, status) instead of the defaults.
+        out: the bytes the device reads instead (a write's data, discard or
+        write-zeroes segments); data_len is then their length."""
         import os
         import select
+        if out is not None:
+            data_len = len(out)
         hdr, data, st = at or (self.buf, self.buf + 64, self.buf + 64 + max(data_len, 1) + 64)
         self.mem[hdr:hdr + 16] = struct.pack('<IIQ', type_, 0, sector)
-        self.mem[data:data + data_len] = b'\xa5' * data_len
+        self.mem[data:data + data_len] = b'\xa5' * data_len if out is None else out
         self.mem[st] = 0xff
-        dflag = 0 if type_ == T_OUT else 2  # 2: WRITE (device-writable)
+        dflag = 0 if type_ == T_OUT or out is not None else 2  # 2: WRITE (device-writable)
         chain = [(hdr, 16, 0)] + ([(data, data_len, dflag)] if data_len else []) + [(st, 1, 2)]
         for i, (a, n, f) in enumerate(chain):
             nxt = 1 if i < len(chain) - 1 else 0
             struct.pack_into('<QIHH', self.mem, self.desc + 16 * i, a, n, f | nxt, i + 1 if nxt else 0)
         struct.pack_into('<H', self.mem, self.avail + 4 + 2 * (self.avail_idx % self.QSIZE), 0)
         self.avail_idx = (self.avail_idx + 1) & 0xffff
-        struct.pack_into('<HH', self.mem, self.avail, 0, self.avail_idx)
+        self.avail_idx_word.value = self.avail_idx
         os.eventfd_write(self.kick_fd, 1)
         while struct.unpack_from('<H', self.mem, self.used + 2)[0] == self.used_idx:
             if not select.select([self.call_fd], [], [], self.timeout)[0]:
@@ -232,6 +241,7 @@ class Driver:
     def close(self):
         import os
         self.s.close()
+        del self.avail_idx_word  # a view of the mapping: it would keep it from closing
         self.mem.close()
         for fd in (self.memfd, self.call_fd, self.kick_fd):
             os.close(fd)

@@ -145,6 +145,11 @@ bool blk_req_decode(struct blk_req *r)
         return false;
     }
     memcpy(&r->type, hdr, 4);
+    /* The legacy barrier bit (virtio 5.2.6.3) is ignored, as QEMU's
+     * virtio-blk and qemu-storage-daemon ignore it: a legacy driver on a
+     * transitional device may set it on a read, write or flush (Linux's did
+     * on barrier requests before 2.6.37), and such requests failed UNSUPP. */
+    r->type &= ~(uint32_t)VIRTIO_BLK_T_BARRIER;
     memcpy(&r->sector, hdr + 8, 8);
     r->status = status;
     r->out = out;

@@ -23,7 +23,7 @@ void qcow2_defer_free(struct qcow2_state *s, uint64_t host_off)
         s->frees = f;
         s->frees_cap = cap;
     }
-    s->frees[s->nfrees++] = host_off;
+    s->frees[s->nfrees++] = host_off | (s->frees_requested ? 1 : 0); /* offsets are cluster-aligned */
 }
 
 int qcow2_writeback(struct qcow2_state *s)
@@ -61,10 +61,18 @@ int qcow2_writeback(struct qcow2_state *s)
     }
     if (rc == 0 && s->nfrees) {
         rc = qcow2_flush_refcounts(s); /* the tables before the references they dropped */
-        for (size_t i = 0; rc == 0 && i < s->nfrees; i++)
-            qcow2_update_refcount(s, s->frees[i], -1); /* a failure only leaks */
+        bool punching = s->punch_freed, unmap = (s->n->open_flags & VBD_OPEN_UNMAP) != 0, noted = false;
+        for (size_t i = 0; rc == 0 && i < s->nfrees; i++) {
+            bool requested = unmap && (s->frees[i] & 1);
+            s->punch_freed = punching || requested;
+            noted |= requested;
+            qcow2_update_refcount(s, s->frees[i] & ~(uint64_t)1, -1); /* a failure only leaks */
+        }
+        s->punch_freed = punching;
         if (rc == 0)
             s->nfrees = 0;
+        if (noted && !punching) /* a shrink (punching) gives its clusters back itself */
+            qcow2_punch_freed(s);
     }
     return rc;
 }

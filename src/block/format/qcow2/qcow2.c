@@ -1490,8 +1490,11 @@ static int zero_cluster_meta(struct vbd_node *n, uint64_t cstart, unsigned sc0, 
     if (s->extended_l2)
         ep[1] = be64(nb);
     slot->dirty = true;
-    if (release && entry)
+    if (release && entry) {
+        s->frees_requested = true; /* a guest's discard or zeroes */
         qcow2_release_entry(s, entry);
+        s->frees_requested = false;
+    }
     return 0;
 }
 

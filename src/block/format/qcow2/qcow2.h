@@ -209,8 +209,13 @@ struct qcow2_state {
     struct qcow2_range *ranges;
     uint8_t *bufpool[16]; /* cluster-sized buffers for copy-on-write */
     int nbufpool;
-    uint64_t *frees;
+    uint64_t *frees; /* host offsets; bit 0: freed by a guest's discard or zeroes */
     size_t nfrees, frees_cap;
+    /* While set, qcow2_defer_free marks what it notes as freed by a guest's
+     * discard or zeroes: with discard=unmap on the node, those clusters go
+     * back to the file system at writeback, as QEMU's QCOW2_DISCARD_REQUEST
+     * (pass-discard-request, on with discard=unmap) gives them back */
+    bool frees_requested;
     /* While set (a shrink: QEMU's QCOW2_DISCARD_ALWAYS), a host cluster
      * whose refcount falls to 0 is noted here, to be given back to the
      * file system by qcow2_punch_freed once nothing on disk names it */
