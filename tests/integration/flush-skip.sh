@@ -121,6 +121,45 @@ n=$(check_trace va.st "$T/a.raw" any 2>&1) || fail "aio: $n"
 [ "$n" = 2 ] || fail "aio: $n fdatasyncs for a flush with a write in flight, the flush after it and a third"
 qemu-io -f raw -c 'read -P 5 0 4M' a.raw | grep -q "Pattern verification failed" && fail "aio: the data is not what was written"
 
+step "a write, then exit: the close syncs it, as qemu-io's close flushes (and -t unsafe does not)"
+# (vbd's file node closed without a sync: data a tool had written and
+# returned on stayed in the page cache only)
+must qemu-img create -q -f raw q.raw 8M
+must qemu-img create -q -f raw v.raw 8M
+for c in writeback unsafe; do
+    traced cq qemu-io -f raw -t $c -c 'write -P 7 0 1M' "$T/q.raw"
+    traced cv "$VBD_IO" -f raw -t $c -c 'write -P 7 0 1M' "$T/v.raw"
+    for k in cq cv; do
+        python3 - $k.st "$T/${k#c}.raw" $c >close.out 2>&1 <<'PY' || fail "$k -t $c: $(tail -1 close.out)"
+import sys
+import stracecalls  # tests/integration, on PYTHONPATH (lib.sh)
+path, image, cache = sys.argv[1], sys.argv[2], sys.argv[3]
+calls = [c for c in stracecalls.read_calls(path) if c[1].split(',')[0].endswith('<' + image + '>')]
+writes = [c[3] for c in calls if c[0] in ('pwrite64', 'pwritev', 'pwritev2')]
+syncs = [c[2] for c in calls if c[0] in ('fdatasync', 'fsync')]
+assert writes, 'no write of the image traced'
+synced = any(s > writes[-1] for s in syncs)
+want = cache == 'writeback'
+assert synced == want, ('no sync after the last write before the exit' if want else 'a sync with -t unsafe (cache.no-flush)')
+PY
+    done
+done
+echo "write then exit: qemu-io and vbd-io sync once with -t writeback, never with -t unsafe"
+
+step "aio_flush waits for the aio requests and syncs nothing, as qemu-io's (a drain, not a flush)"
+must qemu-img create -q -f raw q.raw 8M
+must qemu-img create -q -f raw v.raw 8M
+CMDS=(-c 'aio_write -P 5 0 1M' -c aio_flush -c 'write -P 6 1M 1M')
+traced aq qemu-io -f raw -t writeback "${CMDS[@]}" "$T/q.raw" &
+qio=$!
+traced av "$VBD_IO" -f raw -t writeback "${CMDS[@]}" "$T/v.raw"
+wait $qio || exit 1 # traced said why
+nq=$(check_trace aq.st "$T/q.raw" any 2>&1) || fail "qemu-io's trace: $nq"
+nv=$(check_trace av.st "$T/v.raw" any 2>&1) || fail "aio_flush: $nv"
+[ "$nv" -le "$nq" ] || fail "aio_flush: vbd-io made $nv fdatasyncs, qemu-io $nq"
+cmp q.raw v.raw || fail "aio_flush: the images differ"
+echo "aio_flush: vbd-io $nv fdatasyncs, qemu-io $nq"
+
 step "resize --shrink, bitmap --merge, commit, amend, snapshot -c: no redundant fdatasync, no more than qemu-img's"
 # (sizes: what the verbs do more of with more data is more writes between
 # the same syncs: 48 extents and a 32 MiB base made the same counts)

@@ -424,8 +424,21 @@ fail:
 static void file_close(struct vbd_node *n)
 {
     struct file_state *s = n->opaque;
-    if (s->fd >= 0)
-        close(s->fd); /* drops the OFD locks too */
+    if (s->fd < 0)
+        return;
+    /* What was written since the last flush reaches the disk before the
+     * file is let go, as QEMU's close flushes every node (qemu-io's write
+     * and exit makes one fdatasync, qsd's blockdev-del and quit too):
+     * a tool that returned or a daemon that stopped cleanly leaves nothing
+     * behind in the page cache. cache.no-flush skips it, as there; after
+     * a failed sync the writes are lost already (page_cache_lost). */
+    if (!s->is_chardev && !(n->open_flags & VBD_OPEN_NO_FLUSH) &&
+        !__atomic_load_n(&s->page_cache_lost, __ATOMIC_ACQUIRE) &&
+        __atomic_load_n(&s->writes_begun, __ATOMIC_ACQUIRE) != __atomic_load_n(&s->flushed, __ATOMIC_ACQUIRE) &&
+        fdatasync(s->fd) < 0)
+        vbd_warn("'%s': fdatasync at close failed (%s): writes since the last flush may be lost", n->filename,
+                 strerror(errno));
+    close(s->fd); /* drops the OFD locks too */
 }
 
 /* A large buffered transfer (or any on tmpfs) is a memcpy to or from the page cache, which
