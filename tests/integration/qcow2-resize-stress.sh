@@ -141,8 +141,10 @@ for k in range(rounds):
     t = threading.Thread(target=writer, args=(s, stop, started, counts))
     t.start()
     started.wait()
-    resize(R)                      # the writes past R are in flight
-    stop.set()
+    try:
+        resize(R)                  # the writes past R are in flight
+    finally:
+        stop.set()                 # a refused resize ends the writer too (it hung the script)
     t.join()
     resize(R + EXTRA)
     cookie = 1 << 40
