@@ -85,13 +85,15 @@ guest-crash: build-asan
 # (tests/qmp/qmpsweep.py; make check runs 2 sequences of seed 28):
 # SWEEP_COUNT sequences of SWEEP_STEPS commands of seed SWEEP_SEED, under
 # ASan+UBSan; each difference's qmpdiff reproducer in tests/out/qmp-sweep.
+# what the sweeps below run under: the ASan+UBSan build, leaks reported
+SWEEP_ENV = VBD_BUILD=$(abspath $(BUILD_ASAN)) ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 SWEEP_SEED ?= 1
 SWEEP_COUNT ?= 1000
 SWEEP_STEPS ?= 40
 .PHONY: qmp-sweep
 qmp-sweep: build-asan
 	@mkdir -p tests/out
-	@VBD_BUILD=$(abspath $(BUILD_ASAN)) ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+	@$(SWEEP_ENV) \
 	    python3 tests/qmp/qmpsweep.py --seed $(SWEEP_SEED) --count $(SWEEP_COUNT) --steps $(SWEEP_STEPS) \
 	    --keep $(CURDIR)/tests/out/qmp-sweep
 
@@ -105,7 +107,7 @@ IMGSWEEP_COUNT ?= 2000
 .PHONY: img-sweep
 img-sweep: build-asan
 	@mkdir -p tests/out
-	@VBD_BUILD=$(abspath $(BUILD_ASAN)) ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+	@$(SWEEP_ENV) \
 	    python3 tests/integration/imgsweep.py --seed $(IMGSWEEP_SEED) --count $(IMGSWEEP_COUNT) \
 	    --keep $(CURDIR)/tests/out/img-sweep
 
@@ -121,7 +123,7 @@ NBDSWEEP_STEPS ?= 40
 .PHONY: nbd-sweep
 nbd-sweep: build-asan
 	@mkdir -p tests/out
-	@VBD_BUILD=$(abspath $(BUILD_ASAN)) ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+	@$(SWEEP_ENV) \
 	    /usr/bin/python3 tests/integration/nbdsweep.py --table --seed $(NBDSWEEP_SEED) --count $(NBDSWEEP_COUNT) \
 	    --steps $(NBDSWEEP_STEPS) --keep $(CURDIR)/tests/out/nbd-sweep
 
