@@ -639,8 +639,6 @@ KNOWN = [
      "README: snapshot -a with persistent bitmaps makes the enabled ones dirty (qemu-img refuses)"),
     ("img", r"^amend .*compat=0\.10.* bm\.qcow2$",
      "qcow228: amend compat=0.10 with bitmaps: vbd removes them (deliberate)"),
-    ("img", r"^amend .*refcount_bits=",
-     "README: changing refcount_bits of an existing image is refused"),
     ("img", r"^amend .*cluster_size=",
      "README: changing the cluster size of an existing image is refused"),
 ]
