@@ -103,16 +103,17 @@ T_IN, T_OUT, T_GET_ID = 0, 1, 8
 class Driver:
     """Plays a VMM and a guest driver at once against a vhost-user-blk back
     end (ours or qemu-storage-daemon's): features, one ring of QSIZE
-    entries in a memfd, and requests one at a time (GET_ID, reads)."""
-    QSIZE = 16
-    MEM = 1 << 20
+    entries in a memfd of MEM bytes, and requests one at a time (GET_ID,
+    reads: request) or many in flight (submit, completions)."""
     QVA = 0x7f0000000000  # where the "VMM" pretends to map guest memory
 
-    def __init__(self, path, timeout=60, protocol=0):
+    def __init__(self, path, timeout=60, protocol=0, qsize=16, mem=1 << 20):
         """protocol: protocol feature bits to take besides REPLY_ACK and
-        CONFIG, when offered."""
+        CONFIG, when offered. qsize: the ring's entries (a power of two),
+        mem: the guest memory's bytes."""
         import mmap
         import os
+        self.QSIZE, self.MEM = qsize, mem
         self.s = socket.socket(socket.AF_UNIX)
         self.s.connect(path)
         self.s.settimeout(timeout)
@@ -129,8 +130,15 @@ class Driver:
         os.ftruncate(self.memfd, self.MEM)
         self.mem = mmap.mmap(self.memfd, self.MEM)
         self.send(SET_MEM_TABLE, struct.pack('<II4Q', 1, 0, 0, self.MEM, self.QVA, 0), fds=[self.memfd])
-        # descriptors at 0, the available ring at 1024, the used ring at 2048, buffers from 4096 on
-        self.desc, self.avail, self.used, self.buf = 0, 1024, 2048, 4096
+        # descriptors at 0, then the available ring, the used ring (each on
+        # a KiB boundary) and the buffers (on a page): with 16 entries at
+        # 0, 1024, 2048 and 4096
+        def up(n, a):
+            return (n + a - 1) // a * a
+        self.desc = 0
+        self.avail = up(16 * qsize, 1024)
+        self.used = self.avail + up(6 + 2 * qsize, 1024)
+        self.buf = up(self.used + 6 + 8 * qsize, 4096)
         # the available index, published by one 16-bit store: struct.pack_into
         # zeroes its bytes before it writes them, and a back end that reads
         # the index in between sees it jump back (vbd stops the ring then)
@@ -210,8 +218,6 @@ class Driver:
         guest addresses of (header, data, status) instead of the defaults.
         out: the bytes the device reads instead (a write's data, discard or
         write-zeroes segments); data_len is then their length."""
-        import os
-        import select
         if out is not None:
             data_len = len(out)
         hdr, data, st = at or (self.buf, self.buf + 64, self.buf + 64 + max(data_len, 1) + 64)
@@ -219,14 +225,29 @@ class Driver:
         self.mem[data:data + data_len] = b'\xa5' * data_len if out is None else out
         self.mem[st] = 0xff
         dflag = 0 if type_ == T_OUT or out is not None else 2  # 2: WRITE (device-writable)
-        chain = [(hdr, 16, 0)] + ([(data, data_len, dflag)] if data_len else []) + [(st, 1, 2)]
+        self.submit([(hdr, 16, 0)] + ([(data, data_len, dflag)] if data_len else []) + [(st, 1, 2)])
+        [(_, used_len)] = self.completions()
+        return self.mem[st], used_len, bytes(self.mem[data:data + data_len])
+
+    def submit(self, chain, head=0):
+        """Puts a descriptor chain, [(guest address, length, flags)], in
+        the descriptors from head on, offers it and kicks; returns at once
+        (its completion: completions(), under the id head)."""
+        import os
         for i, (a, n, f) in enumerate(chain):
             nxt = 1 if i < len(chain) - 1 else 0
-            struct.pack_into('<QIHH', self.mem, self.desc + 16 * i, a, n, f | nxt, i + 1 if nxt else 0)
-        struct.pack_into('<H', self.mem, self.avail + 4 + 2 * (self.avail_idx % self.QSIZE), 0)
+            struct.pack_into('<QIHH', self.mem, self.desc + 16 * (head + i), a, n, f | nxt, head + i + 1 if nxt else 0)
+        struct.pack_into('<H', self.mem, self.avail + 4 + 2 * (self.avail_idx % self.QSIZE), head)
         self.avail_idx = (self.avail_idx + 1) & 0xffff
         self.avail_idx_word.value = self.avail_idx
         os.eventfd_write(self.kick_fd, 1)
+
+    def completions(self):
+        """Waits for the back end to complete something (up to the
+        timeout), then takes every element off the used ring: [(id, used
+        length)]."""
+        import os
+        import select
         while struct.unpack_from('<H', self.mem, self.used + 2)[0] == self.used_idx:
             if not select.select([self.call_fd], [], [], self.timeout)[0]:
                 raise TimeoutError('no completion in %d s' % self.timeout)
@@ -234,9 +255,12 @@ class Driver:
                 os.eventfd_read(self.call_fd)
             except BlockingIOError:
                 pass
-        _, used_len = struct.unpack_from('<II', self.mem, self.used + 4 + 8 * (self.used_idx % self.QSIZE))
-        self.used_idx = (self.used_idx + 1) & 0xffff
-        return self.mem[st], used_len, bytes(self.mem[data:data + data_len])
+        done = []
+        end = struct.unpack_from('<H', self.mem, self.used + 2)[0]
+        while self.used_idx != end:
+            done.append(struct.unpack_from('<II', self.mem, self.used + 4 + 8 * (self.used_idx % self.QSIZE)))
+            self.used_idx = (self.used_idx + 1) & 0xffff
+        return done
 
     def close(self):
         import os
