@@ -33,9 +33,9 @@
  * superseded write's data, not a mix inside a word that none wrote. The
  * first read pins the byte to what it saw.
  *
- * Crash mode (--crash-ready, over NBD): the run goes on until the
- * server dies (the harness kills it with SIGKILL once the ready file
- * exists). Each byte remembers the last mutation issued on it; a mutation
+ * Crash mode (--crash-ready, over NBD or vhost-user): the run goes on
+ * until the server dies (the harness kills it with SIGKILL once the ready
+ * file exists). Each byte remembers the last mutation issued on it; a mutation
  * is durable if it completed with FUA, or before the issue of a flush that
  * was acknowledged. At the end the shadow holds every byte's last value and
  * the mask (--mask-out, 0xff bytes) the bytes whose last mutation was not
@@ -61,12 +61,14 @@
 #include <json-c/json.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,8 +107,9 @@ static const char usage_text[] =
     "  --align N            every offset and length a multiple of N (vhost-user: at least 512)\n"
     "  -f, --format FMT     IMAGE's format (default: probed);  --image-opts: IMAGE is an option string\n"
     "  -t, --cache MODE     cache mode for IMAGE (default writeback);  -i, --aio MODE io_uring|threads\n"
-    "  --crash-ready FILE   crash mode (--nbd): create FILE after --crash-after requests, go on\n"
-    "                       until the server dies, then write the shadow and --mask-out (no discards)\n"
+    "  --crash-ready FILE   crash mode (--nbd or --vhost-user alone): create FILE after --crash-after\n"
+    "                       requests, go on until the server dies, then write the shadow and --mask-out\n"
+    "                       (no discards)\n"
     "  --crash-after N      requests before the ready file (default 400)\n"
     "  --mask-out FILE      crash mode: 0xff for each byte whose last mutation was not durable, else 0\n"
     "  --clean-stop         crash mode: the server is stopped cleanly, every completed mutation is durable\n"
@@ -145,6 +148,7 @@ struct worker {
     uint8_t *status;
     struct virtio_blk_discard_write_zeroes *seg;
     bool busy; /* vhost: request on the ring */
+    bool lost; /* vhost: the back end went away with the request on the ring */
     /* the byte range this worker's request owns while in flight */
     bool active, mutating;
     uint32_t ov_mut; /* --overlap: the mutation in flight (index into S.ov), 0: none */
@@ -208,6 +212,9 @@ static struct {
     struct vbd_node *node[VHC_MAX_QUEUES];
     struct vhc vhc;
     bool vhc_discard, vhc_zeroes;
+    struct vbd_poll_wait vhc_hup; /* vhost_watch's wait on the vhost-user socket */
+    bool vhc_gone;                /* the back end closed the socket: no completion will come */
+    bool vhc_watching;            /* vhost_watch runs */
     uint64_t size;
 
     uint8_t *exp, *fuzzy, *back;
@@ -470,6 +477,8 @@ static int vhost_io(struct worker *w, enum op op, uint64_t off, uint64_t len)
     struct vhc *c = &S.vhc;
     int q = w->conn;
     uint16_t h = w->head;
+    if (S.vhc_gone)
+        return -ECONNRESET; /* as an NBD request on a closed connection */
     uint32_t type = op == OP_READ      ? VIRTIO_BLK_T_IN
                     : op == OP_WRITE   ? VIRTIO_BLK_T_OUT
                     : op == OP_FLUSH   ? VIRTIO_BLK_T_FLUSH
@@ -498,11 +507,17 @@ static int vhost_io(struct worker *w, enum op op, uint64_t off, uint64_t len)
     vhc_kick(c, q);
     while (w->busy)
         vbd_co_yield(); /* the queue's reaper wakes us */
+    if (w->lost) {
+        w->lost = false;
+        return -ECONNRESET;
+    }
     return *w->status == VIRTIO_BLK_S_OK ? 0 : *w->status == VIRTIO_BLK_S_UNSUPP ? -ENOTSUP : -EIO;
 }
 
 /* One per vhost queue: waits for the queue's interrupt and wakes the
- * coroutines whose requests completed. */
+ * coroutines whose requests completed; once the back end is gone
+ * (vhost_watch), after what it completed before it went, fails the
+ * requests left on the ring. */
 static void vhost_reaper(void *arg)
 {
     int q = (int)(intptr_t)arg;
@@ -521,11 +536,47 @@ static void vhost_reaper(void *arg)
             found->busy = false;
             vbd_co_wake(found->co);
         }
+        for (int i = 0; i < S.qd && S.vhc_gone; i++) {
+            struct worker *w = &S.w[i];
+            if (w->vhost && w->conn == q && w->busy) {
+                w->busy = false;
+                w->lost = true;
+                vbd_co_wake(w->co);
+            }
+        }
         if (S.stop_reapers)
             break;
         vbd_co_eventfd_wait(S.vhc.q[q].call_fd);
     }
     S.running--;
+    vbd_co_queue_wake_all(&S.changed);
+}
+
+/* A dead back end signals no call eventfd: the requests on its rings
+ * would wait forever. Its socket tells: the back end sends nothing on it
+ * while the rings run (no message of ours waits for a reply), so it turns
+ * readable only when the back end closes it (EOF; it died) or breaks the
+ * protocol. Then the reapers fail what is left on the rings and new
+ * requests fail at once, as the NBD client's do on a closed connection:
+ * crash mode counts them as not durable. main_co cancels the wait at the
+ * end of a run. */
+static void vhost_watch(void *arg)
+{
+    (void)arg;
+    int rc = vbd_co_poll_wait(&S.vhc_hup, S.vhc.sock, POLLIN);
+    if (rc != -ECANCELED) {
+        char byte;
+        if (rc >= 0 && recv(S.vhc.sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0) {
+            fprintf(stderr, "vbd-stress: '%s' sent a message while the rings run\n", S.vu_sock);
+            fail_now();
+        } else if (!S.crash_ready) {
+            fprintf(stderr, "vbd-stress: the vhost-user back end at '%s' closed its socket\n", S.vu_sock);
+        }
+        S.vhc_gone = true;
+        for (int q = 0; q < S.queues; q++)
+            eventfd_write(S.vhc.q[q].call_fd, 1); /* the reapers fail the requests on the rings */
+    }
+    S.vhc_watching = false;
     vbd_co_queue_wake_all(&S.changed);
 }
 
@@ -1257,6 +1308,8 @@ static void main_co(void *arg)
         S.running += S.queues;
         for (int q = 0; q < S.queues; q++)
             vbd_co_wake(vbd_co_create(vhost_reaper, (void *)(intptr_t)q));
+        S.vhc_watching = true;
+        vbd_co_wake(vbd_co_create(vhost_watch, NULL));
     }
     S.running += S.qd;
     for (int i = 0; i < S.qd; i++)
@@ -1274,7 +1327,8 @@ static void main_co(void *arg)
         S.stop_reapers = true;
         for (int q = 0; q < S.queues; q++)
             eventfd_write(S.vhc.q[q].call_fd, 1);
-        while (S.running)
+        vbd_co_poll_wait_cancel(&S.vhc_hup);
+        while (S.running || S.vhc_watching)
             vbd_co_queue_wait(&S.changed);
     }
     r->rc = S.failed ? 1 : 0;
@@ -1387,9 +1441,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "vbd-stress: --compress needs an IMAGE opened in this process\n");
         return 2;
     }
-    if (S.crash_ready && (S.transport != T_NBD || S.mixed)) {
-        /* in process the crash would take the model with it; a dead vhost-user back end completes nothing */
-        fprintf(stderr, "vbd-stress: --crash-ready needs --nbd alone\n");
+    if (S.crash_ready && (S.transport == T_LIB || S.mixed)) {
+        /* in process the crash would take the model with it */
+        fprintf(stderr, "vbd-stress: --crash-ready needs --nbd or --vhost-user alone\n");
         return 2;
     }
     if (S.points && (!S.no_discard || S.crash_ready)) {
