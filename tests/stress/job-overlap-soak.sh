@@ -2,8 +2,10 @@
 # Block jobs under a guest whose writes, write-zeroes and discards in
 # flight share BYTES (vbd-stress --overlap, 48 requests on 4 NBD
 # connections, hot clusters moving to fresh ground), each scenario on the
-# main loop and with the guest's NBD export on iothread io0 (iothread=io0:
-# the graph and the job's nodes there, the job's requests hop):
+# main loop, with the guest's NBD export on iothread io0 (iothread=io0:
+# the graph and the job's nodes there, the job's requests hop) and with
+# the guest over vhost-user-blk instead (vu: 48 requests on 4 rings on io0
+# and io1, the graph on io0, the requests of io1's rings hop there):
 #  A. active block-commit of the top (an empty qcow2 over the source)
 #     into its base, rate-limited so that the writes race the copy, then
 #     job-complete while the writers run: the base ends as their model;
@@ -19,7 +21,7 @@
 # by `make soak` (SOAK_JOBS=1) or alone:
 #   tests/stress/job-overlap-soak.sh [BUILD_DIR]
 # JOB_OVERLAP_SEED (default: random, printed), JOB_OVERLAP_SCENARIOS
-# (default "A S F B"), JOB_OVERLAP_IO (default "main io0").
+# (default "A S F B"), JOB_OVERLAP_IO (default "main io0 vu").
 # JOB_OVERLAP_REOPEN=1: while each job runs, blockdev-reopen of its qcow2
 # nodes (the top and the source in A and S, the source and the target in
 # B, the source in F) again and again with other l2/refcount cache sizes
@@ -47,7 +49,7 @@ same() { # IMAGE RAW WHAT
     fail "scenario $scen on $io (seed $SEED): $3: $out"
 }
 
-for io in ${JOB_OVERLAP_IO:-main io0}; do
+for io in ${JOB_OVERLAP_IO:-main io0 vu}; do
 for scen in ${JOB_OVERLAP_SCENARIOS:-A S F B}; do
     step "scenario $scen, export on $io (seed $SEED)"
     scenario_dir "$scen-$io"
@@ -55,7 +57,7 @@ for scen in ${JOB_OVERLAP_SCENARIOS:-A S F B}; do
     must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 top.qcow2 16M
     must qemu-img create -q -f qcow2 tgt.qcow2 16M
     must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 fleece.qcow2 16M
-    "$VBD_DAEMON" --object iothread,id=io0 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
+    "$VBD_DAEMON" --object iothread,id=io0 --object iothread,id=io1 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
         --blockdev '{"driver":"qcow2","node-name":"src","discard":"'"${JOB_OVERLAP_DISCARD:-unmap}"'","file":{"driver":"file","node-name":"fsrc","filename":"'"$PWD"'/src.qcow2","discard":"unmap"}}' \
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
     dpid=$!
@@ -67,11 +69,15 @@ from jobs import Session, sh, fail
 scen, stress_bin, seed, io = sys.argv[1:5]
 s = Session("qmp.sock", "vbd")
 cwd = os.getcwd()
-ioarg = {} if io == "main" else {"iothread": io}
+# vu: the guest's rings on io0 and io1; side's export on io0 (the graph's thread)
+ioarg = {} if io == "main" else {"iothread": "io0" if io == "vu" else io}
 def stress(seed):
     cmd = [stress_bin] + os.environ.get("JOB_OVERLAP_STRESS", "--overlap").split() + ["--seed", str(seed), "--ops", str(1 << 40), "--qd", "48", "--hot", "4",
-           "--hot-move", "32", "--init", "../init.raw", "--shadow-out", "shadow.raw",
-           "--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
+           "--hot-move", "32", "--init", "../init.raw", "--shadow-out", "shadow.raw"]
+    if io == "vu":
+        cmd += ["--vhost-user", "guest.sock", "--queues", "4"]
+    else:
+        cmd += ["--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     p.stdout.readline()  # its seed: running, SIGUSR1 handled
     return p
@@ -120,7 +126,11 @@ def progress(p, jid, key, more):
         if not j:
             fail(f"job {jid} is gone")
 def guest(node):
-    s.run("block-export-add", type="nbd", id="guest", **{"node-name": node}, name="disk", writable=True, **ioarg)
+    if io == "vu":
+        s.run("block-export-add", type="vhost-user-blk", id="guest", **{"node-name": node}, writable=True,
+              addr={"type": "unix", "path": f"{cwd}/guest.sock"}, **{"num-queues": 4}, iothread=["io0", "io1"])
+    else:
+        s.run("block-export-add", type="nbd", id="guest", **{"node-name": node}, name="disk", writable=True, **ioarg)
 side = [None]
 resizes = [0]
 def side_start():
