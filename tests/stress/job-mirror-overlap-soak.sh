@@ -15,7 +15,9 @@
 # job's target on io0, the copy and the writes on that thread) and over
 # vhost-user-blk (vu: 4 rings on io0 and io1, the graph on io0, the
 # requests of io1's rings hop there). MIRROR_OVERLAP_IO (default
-# "main io0 vu").
+# "main io0 vu"). MIRROR_OVERLAP_TARGET: the target's format (default
+# qcow2; vmdk, vhdx, qed, vdi, vpc: the job's copies and, after the pivot
+# of C and B, the writers allocate its blocks).
 # Each run must have issued mutations over others in flight on the same
 # bytes. The images check clean. MIRROR_OVERLAP_SEED. Minutes (the job
 # runs rate-limited under the writers; io0 and vu, six scenarios, took 4.5
@@ -27,13 +29,16 @@
 need qemu-img python3
 stress_setup init.raw 16 8
 SEED=${MIRROR_OVERLAP_SEED:-2477}
+TF=${MIRROR_OVERLAP_TARGET:-qcow2}
+tgt_opts=
+[ "$TF" = vpc ] && tgt_opts=force_size=on # else its CHS geometry rounds 16M
 
 for io in ${MIRROR_OVERLAP_IO:-main io0 vu}; do
 for scen in ${MIRROR_OVERLAP_SCENARIOS:-W C B}; do
     step "scenario $scen, export on $io (seed $SEED)"
     scenario_dir "$scen-$io"
     cp ../base.qcow2 src.qcow2 || fail "copy of base.qcow2"
-    must qemu-img create -q -f qcow2 tgt.qcow2 16M
+    must qemu-img create -q -f "$TF" ${tgt_opts:+-o $tgt_opts} tgt.$TF 16M
     "$VBD_DAEMON" --object iothread,id=io0 --object iothread,id=io1 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
         --blockdev '{"driver":"qcow2","node-name":"src","discard":"unmap","file":{"driver":"file","filename":"'"$PWD"'/src.qcow2","discard":"unmap"}}' \
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
@@ -65,7 +70,8 @@ def stress_end(p):
         fail(f"no mutation met another in flight on the same bytes: {out[-1000:]}")
     print(over[0])
     return out
-s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"}, file={"driver": "file", "filename": f"{cwd}/tgt.qcow2"})
+tf = os.environ.get("MIRROR_OVERLAP_TARGET", "qcow2")
+s.run("blockdev-add", driver=tf, **{"node-name": "tgt"}, file={"driver": "file", "filename": f"{cwd}/tgt.{tf}"})
 if io == "vu":
     s.run("block-export-add", type="vhost-user-blk", id="guest", **{"node-name": "src"}, writable=True,
           addr={"type": "unix", "path": f"{cwd}/vu.sock"}, **{"num-queues": 4}, iothread=["io0", "io1"])
@@ -117,8 +123,8 @@ PY
     [ $rc = 0 ] || fail "scenario $scen on $io: vbd-daemon exited with $rc: $(tail -5 daemon.log)"
     ! grep -q Sanitizer daemon.log || fail "scenario $scen on $io: $(cat daemon.log)"
     qcheck src.qcow2
-    qcheck tgt.qcow2
-    qemu-img compare -f qcow2 -F raw tgt.qcow2 shadow.raw >cmp.out 2>&1 || fail "scenario $scen on $io: the target is not the writers' model: $(cat cmp.out)"
+    [ "$TF" = vpc ] || qcheck -f "$TF" tgt.$TF # qemu-img cannot check vpc
+    qemu-img compare -f "$TF" -F raw tgt.$TF shadow.raw >cmp.out 2>&1 || fail "scenario $scen on $io: the target is not the writers' model: $(cat cmp.out)"
     if [ $scen = W ]; then
         qemu-img compare -f qcow2 -F raw src.qcow2 shadow.raw >cmp.out 2>&1 || fail "scenario $scen on $io: the source is not the writers' model: $(cat cmp.out)"
     fi
