@@ -37,7 +37,9 @@
 # chain, is the source's final content (the model's): qemu-img compare.
 # Every image checks clean. The bitmap is persistent (stored in the
 # qcow2) or in memory, its granularity 4k to 128k: the seed picks.
-# BITMAP_INCR_SEED, BITMAP_INCR_ROUNDS.
+# BITMAP_INCR_SEED, BITMAP_INCR_ROUNDS. BITMAP_INCR_OVERLAP=1: the writers
+# with --overlap (writes, write-zeroes and discards in flight share bytes;
+# the run must have issued some), not in make check.
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
 need_stress
@@ -65,7 +67,8 @@ s = Session(T + "/qmp.sock", "vbd")
 persistent = rng.random() < 0.5
 gran = rng.choice([4096, 65536, 131072])
 print(f"bitmap persistent={persistent} granularity={gran}", file=sys.stderr)
-st = Stress([os.environ["STRESS"], "--seed", str(seed), "--ops", str(1 << 40), "--qd", "64", "--align", "512",
+overlap = ["--overlap"] if os.environ.get("BITMAP_INCR_OVERLAP") == "1" else []
+st = Stress([os.environ["STRESS"]] + overlap + ["--seed", str(seed), "--ops", str(1 << 40), "--qd", "64", "--align", "512",
              "--hot", "4", "--hot-move", "32", "--init", T + "/init.raw", "--backing", T + "/init.raw",
              "--shadow-out", T + "/shadow.raw", "--vhost-user", T + "/vu.sock", "--queues", "2",
              "--nbd", f"nbd+unix:///disk?socket={T}/nbd.sock", "--conns", "4"], show_seed=True)
@@ -182,7 +185,11 @@ for r in range(rounds):
     s.run("block-dirty-bitmap-merge", node=top, target=x, bitmaps=[cur])
     s.run("block-dirty-bitmap-remove", node=top, name=x)
 alive("before its end")
-st.finish()
+out = st.finish()
+if overlap:
+    over = [l for l in out.splitlines() if l.startswith("vbd-stress: overlap: ")]
+    if not over or over[0].split()[2] == "0":
+        fail(f"no mutation met another in flight on the same bytes: {out[-1000:]}")
 # the writes since the last backup
 name, jid = f"inc{n}", f"j{n}"
 target(name, prev)

@@ -14,12 +14,18 @@
 # identical to what the reads pinned. Each run must have issued mutations
 # over others in flight on the same bytes (the log's count).
 # Cases: OVERLAP_CASES (KIND/TRANSPORT words: stress-lib.sh's kinds, lib,
-# nbd (4 connections) or vhost (4 queues on 2 iothreads)); make check runs
+# nbd (4 connections), vhost (4 queues on 2 iothreads) or both (the two
+# exports of the node at once)); make check runs
 # four (qcow2 with extended L2 over vhost-user, compressed clusters with
 # extended L2 over NBD, qed with 4k clusters in process, vhdx over NBD) to
-# stay near a minute and a half under load; OVERLAP_ALL=1 eleven (also an
+# stay near a minute and a half under load; OVERLAP_ALL=1 twenty-two (also an
 # external data file, refcount_bits=64 with 512-byte clusters, an
-# internal snapshot, vdi, parallels, vmdk, vpc). Fixed seeds from
+# internal snapshot, vdi, parallels, vmdk, vpc; and every other kind of
+# the foreign formats of stress-lib.sh but streamOptimized, whose grains
+# are written once: vdi static, vpc fixed, qed 64k and over a raw backing
+# file, parallels 1M, vmdk zeroed grains, twoGbMaxExtentSparse, over a
+# vmdk backing file and split across extent files, vhdx 8M and fixed,
+# some over both exports of the node at once). Fixed seeds from
 # OVERLAP_SEED, OVERLAP_OPS requests each; `make soak` runs any kind so
 # with STRESS_EXTRA=--overlap.
 . "$(dirname "$0")/lib.sh"
@@ -33,7 +39,9 @@ OPS=${OVERLAP_OPS:-150}
 SEED=${OVERLAP_SEED:-2300}
 CASES="ext64k/vhost zlib-ext/nbd qed-c4k/lib vhdx-1m/nbd"
 [ "${OVERLAP_ALL:-0}" = 1 ] && CASES="ext64k/vhost zlib-ext/lib data-file/nbd c512-rc64/lib snapshot-ext/nbd
-vdi-dynamic/nbd qed-c4k/vhost parallels-c64k/lib vmdk-sparse/nbd vhdx-1m/vhost vpc-dynamic/lib"
+vdi-dynamic/nbd qed-c4k/vhost parallels-c64k/lib vmdk-sparse/nbd vhdx-1m/vhost vpc-dynamic/lib
+vdi-static/vhost vpc-fixed/nbd qed-c64k/both qed-backing/vhost parallels/nbd vmdk-zeroed-grain/vhost vmdk-2g/nbd
+vmdk-backing/both vmdk-split/vhost vhdx-8m/both vhdx-fixed/nbd"
 CASES=${OVERLAP_CASES:-$CASES}
 failures=0 total=0 n=0
 for c in $CASES; do

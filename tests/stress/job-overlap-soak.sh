@@ -2,8 +2,10 @@
 # Block jobs under a guest whose writes, write-zeroes and discards in
 # flight share BYTES (vbd-stress --overlap, 48 requests on 4 NBD
 # connections, hot clusters moving to fresh ground), each scenario on the
-# main loop and with the guest's NBD export on iothread io0 (iothread=io0:
-# the graph and the job's nodes there, the job's requests hop):
+# main loop, with the guest's NBD export on iothread io0 (iothread=io0:
+# the graph and the job's nodes there, the job's requests hop) and with
+# the guest over vhost-user-blk instead (vu: 48 requests on 4 rings on io0
+# and io1, the graph on io0, the requests of io1's rings hop there):
 #  A. active block-commit of the top (an empty qcow2 over the source)
 #     into its base, rate-limited so that the writes race the copy, then
 #     job-complete while the writers run: the base ends as their model;
@@ -19,7 +21,10 @@
 # by `make soak` (SOAK_JOBS=1) or alone:
 #   tests/stress/job-overlap-soak.sh [BUILD_DIR]
 # JOB_OVERLAP_SEED (default: random, printed), JOB_OVERLAP_SCENARIOS
-# (default "A S F B"), JOB_OVERLAP_IO (default "main io0").
+# (default "A S F B"), JOB_OVERLAP_IO (default "main io0 vu").
+# JOB_OVERLAP_TARGET: the format of B's backup target (default qcow2;
+# vmdk, vhdx, qed, vdi, vpc: the copy-before-write copies and the
+# background copy allocate its blocks at once).
 # JOB_OVERLAP_REOPEN=1: while each job runs, blockdev-reopen of its qcow2
 # nodes (the top and the source in A and S, the source and the target in
 # B, the source in F) again and again with other l2/refcount cache sizes
@@ -39,23 +44,26 @@ need qemu-img nbdcopy python3
 stress_setup init.raw 16 8
 SEED=${JOB_OVERLAP_SEED:-$RANDOM}
 echo "seed $SEED"
+TF=${JOB_OVERLAP_TARGET:-qcow2}
+tgt_opts=
+[ "$TF" = vpc ] && tgt_opts=force_size=on # else its CHS geometry rounds 16M
 # a failed comparison keeps the scenario's directory in JOB_OVERLAP_KEEP (if set)
-same() { # IMAGE RAW WHAT
+same() { # IMAGE RAW WHAT [FORMAT]
     local out
-    out=$(qemu-img compare -f qcow2 -F raw "$1" "$2" 2>&1) && return 0
+    out=$(qemu-img compare -f "${4:-qcow2}" -F raw "$1" "$2" 2>&1) && return 0
     [ -n "${JOB_OVERLAP_KEEP:-}" ] && rm -rf "$JOB_OVERLAP_KEEP" && cp -a "$PWD" "$JOB_OVERLAP_KEEP"
     fail "scenario $scen on $io (seed $SEED): $3: $out"
 }
 
-for io in ${JOB_OVERLAP_IO:-main io0}; do
+for io in ${JOB_OVERLAP_IO:-main io0 vu}; do
 for scen in ${JOB_OVERLAP_SCENARIOS:-A S F B}; do
     step "scenario $scen, export on $io (seed $SEED)"
     scenario_dir "$scen-$io"
     cp ../base.qcow2 src.qcow2 || fail "copy of base.qcow2"
     must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 top.qcow2 16M
-    must qemu-img create -q -f qcow2 tgt.qcow2 16M
+    must qemu-img create -q -f "$TF" ${tgt_opts:+-o $tgt_opts} tgt.$TF 16M
     must qemu-img create -q -f qcow2 -b "$PWD/src.qcow2" -F qcow2 fleece.qcow2 16M
-    "$VBD_DAEMON" --object iothread,id=io0 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
+    "$VBD_DAEMON" --object iothread,id=io0 --object iothread,id=io1 --chardev socket,id=q,path="$PWD/qmp.sock",server=on,wait=off --monitor chardev=q \
         --blockdev '{"driver":"qcow2","node-name":"src","discard":"'"${JOB_OVERLAP_DISCARD:-unmap}"'","file":{"driver":"file","node-name":"fsrc","filename":"'"$PWD"'/src.qcow2","discard":"unmap"}}' \
         --nbd-server "addr.type=unix,addr.path=$PWD/nbd.sock" 2>daemon.log &
     dpid=$!
@@ -67,11 +75,15 @@ from jobs import Session, sh, fail
 scen, stress_bin, seed, io = sys.argv[1:5]
 s = Session("qmp.sock", "vbd")
 cwd = os.getcwd()
-ioarg = {} if io == "main" else {"iothread": io}
+# vu: the guest's rings on io0 and io1; side's export on io0 (the graph's thread)
+ioarg = {} if io == "main" else {"iothread": "io0" if io == "vu" else io}
 def stress(seed):
     cmd = [stress_bin] + os.environ.get("JOB_OVERLAP_STRESS", "--overlap").split() + ["--seed", str(seed), "--ops", str(1 << 40), "--qd", "48", "--hot", "4",
-           "--hot-move", "32", "--init", "../init.raw", "--shadow-out", "shadow.raw",
-           "--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
+           "--hot-move", "32", "--init", "../init.raw", "--shadow-out", "shadow.raw"]
+    if io == "vu":
+        cmd += ["--vhost-user", "guest.sock", "--queues", "4"]
+    else:
+        cmd += ["--nbd", "nbd+unix:///disk?socket=nbd.sock", "--conns", "4"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     p.stdout.readline()  # its seed: running, SIGUSR1 handled
     return p
@@ -108,7 +120,10 @@ def reopen_one():
         o["lazy-refcounts"] = rng.randrange(2) == 1
     s.run("blockdev-reopen", options=[o])
     reopens[0] += 1
-def progress(p, jid, key, more):
+def progress(p, jid, key, more, may_end=False):
+    """waits until the job's key has grown by more bytes, the writers
+    running; False if the job ended first (may_end: a backup whose
+    copy-before-write copied the rest, its events checked by the caller)"""
     j = s.job(jid)
     want = j[key] + more
     while j[key] < want:
@@ -118,9 +133,16 @@ def progress(p, jid, key, more):
         time.sleep(0.05)  # polling the job's progress
         j = s.job(jid)
         if not j:
+            if may_end:
+                return False
             fail(f"job {jid} is gone")
+    return True
 def guest(node):
-    s.run("block-export-add", type="nbd", id="guest", **{"node-name": node}, name="disk", writable=True, **ioarg)
+    if io == "vu":
+        s.run("block-export-add", type="vhost-user-blk", id="guest", **{"node-name": node}, writable=True,
+              addr={"type": "unix", "path": f"{cwd}/guest.sock"}, **{"num-queues": 4}, iothread=["io0", "io1"])
+    else:
+        s.run("block-export-add", type="nbd", id="guest", **{"node-name": node}, name="disk", writable=True, **ioarg)
 side = [None]
 resizes = [0]
 def side_start():
@@ -177,15 +199,20 @@ if scen in ("A", "S"):
     alive(p, "before the job's end: not tested across it")
     stress_end(p)
 elif scen == "B":
-    s.run("blockdev-add", driver="qcow2", **{"node-name": "tgt"}, file={"driver": "file", "node-name": "ftgt", "filename": f"{cwd}/tgt.qcow2"})
-    reopen_nodes.append(("tgt", {"driver": "qcow2", "node-name": "tgt", "file": "ftgt"}))
+    tf = os.environ.get("JOB_OVERLAP_TARGET", "qcow2")
+    s.run("blockdev-add", driver=tf, **{"node-name": "tgt"}, file={"driver": "file", "node-name": "ftgt", "filename": f"{cwd}/tgt.{tf}"})
+    if tf == "qcow2":  # the cache options are qcow2's
+        reopen_nodes.append(("tgt", {"driver": "qcow2", "node-name": "tgt", "file": "ftgt"}))
     guest("src")
     # the point in time is the job's start: the writers start after it
     s.run("blockdev-backup", **{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 256 << 10})
     s.status("b", "created"); s.status("b", "running")
     p = stress(seed)
-    progress(p, "b", "current-progress", 2 << 20)
-    s.run("block-job-set-speed", device="b", speed=0)
+    # a target of 1-2 MiB clusters (vdi, vhdx, vpc): each guest write
+    # copies a whole one first, and the writers' moving hot clusters may
+    # have the job copy everything before it has 2 MiB more to show
+    if progress(p, "b", "current-progress", 2 << 20, may_end=True):
+        s.run("block-job-set-speed", device="b", speed=0)
     s.completed("b")
     alive(p, "before the backup's end")
     stress_end(p)
@@ -226,9 +253,9 @@ PY
     S) qcheck top.qcow2
        qemu-img info top.qcow2 | grep -q "backing file" && fail "scenario S: top.qcow2 still names a backing file"
        same top.qcow2 shadow.raw "the streamed top is not the writers' model" ;;
-    B) qcheck tgt.qcow2
+    B) [ "$TF" = vpc ] || qcheck -f "$TF" tgt.$TF # qemu-img cannot check vpc
        same src.qcow2 shadow.raw "the source is not the writers' model"
-       same tgt.qcow2 ../init.raw "the backup is not the source at its start" ;;
+       same tgt.$TF ../init.raw "the backup is not the source at its start" "$TF" ;;
     F) qcheck fleece.qcow2
        same src.qcow2 shadow.raw "the source is not the writers' model" ;;
     esac

@@ -7,7 +7,9 @@
 # failure (replay: soak.sh --kind K --transport T --seed S [--ops N]) and
 # the total number of operations; keeps each failed case's directory.
 #   soak.sh [--seconds N] [--case-seconds N] [--kind K]... [--transport T]... [--seed S] [--ops N] [BUILD_DIR]
-# Environment: SOAK_SECONDS (default 600), SOAK_OUT (default tests/out/soak).
+# Environment: SOAK_SECONDS (default 600), SOAK_OUT (default tests/out/soak),
+# STRESS_CRASH_AFTER (transport crash: requests before the kill; default
+# from the seed, 40-1539).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 seconds=${SOAK_SECONDS:-600} case_seconds=20 kinds="" transports="" seed="" ops="" build=""
@@ -41,8 +43,13 @@ trap 'stress_kill_daemon; echo "soak.sh: interrupted"; exit 130' INT TERM
 runs=0 failed=0 total_ops=0 failures=""
 one() { # kind transport seed ops
     local d="$OUT/current"
+    # transport crash: the kill after 40 to 1539 requests, from the seed
+    # (a replay kills at the same point), unless STRESS_CRASH_AFTER says:
+    # in the first allocations (new tables, a format's first-write header
+    # update) as well as late; stress-lib.sh's default is 400
+    local after=${STRESS_CRASH_AFTER:-$((40 + $3 % 1500))}
     runs=$((runs + 1))
-    if stress_case "$1" "$2" "$3" "$4" "$d" 2>"$OUT/err.log"; then
+    if STRESS_CRASH_AFTER=$after stress_case "$1" "$2" "$3" "$4" "$d" 2>"$OUT/err.log"; then
         echo "ok   $1/$2 seed=$3 ${STRESS_LAST_OPS:-0} ops ($STRESS_LAST_VARIANT)"
         rm -rf "$d"
     else
