@@ -6,7 +6,7 @@
  * A shared library loaded when first needed (dlopen), not linked. Linked,
  * libiscsi (with libibverbs, librdmacm, libnl), GnuTLS (p11-kit, nettle,
  * gmp, libidn2, libunistring...) and libxml2 (ICU with its 30 MB data
- * file, libstdc++, liblzma) were 21 of vbd-img's 30 libraries and ~3.5 ms
+ * file, libstdc++, liblzma) were 21 of vbd-img's 28 libraries and ~4.3 ms
  * of every start (ld.so mapping and relocating them, their constructors),
  * whether or not the run touched iSCSI, TLS or libvirt XML: more than the
  * rest of a `vbd-img info` (bench/RESULTS.md, 2026-12-08). QEMU keeps such
