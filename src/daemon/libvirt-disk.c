@@ -14,12 +14,14 @@
 #include "daemon/libvirt-disk.h"
 
 #include "qmp/cmd-block.h"
+#include "util/dynlib.h"
 #include "vbd-config.h"
 #include "vbd/alloc.h"
 #include "vbd/block.h"
 #include "vbd/error.h"
 #include "vbd/throttle.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdarg.h>
@@ -31,6 +33,49 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <libxml/xmlerror.h>
+
+/* libxml2 (with ICU and libstdc++) is loaded by the first --libvirt-disk,
+ * not linked (see util/dynlib.h): every libxml2 function this file calls
+ * is one of these pointers (xmllib.f; xmllib.free is xmlFree's value). */
+#define XMLLIB_FUNCS(X) \
+    X(xmlBufferCCat) \
+    X(xmlBufferContent) \
+    X(xmlBufferCreate) \
+    X(xmlBufferFree) \
+    X(xmlDocGetRootElement) \
+    X(xmlFreeDoc) \
+    X(xmlGetLastError) \
+    X(xmlNodeDump) \
+    X(xmlNodeGetContent) \
+    X(xmlReadFile)
+static struct {
+#define X(f) __typeof__(f) *f;
+    XMLLIB_FUNCS(X)
+#undef X
+    xmlFreeFunc free;
+} xmllib;
+
+static const char *xmllib_resolve(void *h)
+{
+#define X(f) \
+    if (!(*(void **)&xmllib.f = dlsym(h, #f))) \
+        return #f;
+    XMLLIB_FUNCS(X)
+#undef X
+    /* xmlFree is a variable holding the function (the default, free, unless a
+     * program sets its own with xmlMemSetup, which nothing here does) */
+    xmlFreeFunc *free_fn = dlsym(h, "xmlFree");
+    if (!free_fn || !*free_fn)
+        return "xmlFree";
+    xmllib.free = *free_fn;
+    return NULL;
+}
+
+static struct vbd_dynlib xmllib_so = {
+    .what = "libvirt XML",
+    .soname = "libxml2.so.2",
+    .resolve = xmllib_resolve,
+};
 
 /* A hostile chain must not recurse without bound; QEMU's own limit on
  * backing chains it follows is far below this in practice. */
@@ -111,9 +156,9 @@ static bool check_children(struct ctx *c, xmlNodePtr n, const char *where, const
 
 static char *text(xmlNodePtr n)
 {
-    xmlChar *t = xmlNodeGetContent(n);
+    xmlChar *t = xmllib.xmlNodeGetContent(n);
     char *s = vbd_xstrdup(t ? (const char *)t : "");
-    xmlFree(t);
+    xmllib.free(t);
     return s;
 }
 
@@ -622,18 +667,18 @@ static bool take_iotune(struct ctx *c, xmlNodePtr io, struct vbd_throttle_config
 
 static char *keep_front_end(xmlNodePtr disk)
 {
-    xmlBufferPtr buf = xmlBufferCreate();
+    xmlBufferPtr buf = xmllib.xmlBufferCreate();
     for (xmlNodePtr k = disk->children; k; k = k->next) {
         if (k->type != XML_ELEMENT_NODE)
             continue;
         const char *kn = (const char *)k->name;
         if (strcmp(kn, "alias") && strcmp(kn, "address") && strcmp(kn, "boot"))
             continue;
-        xmlBufferCCat(buf, "\n  ");
-        xmlNodeDump(buf, disk->doc, k, 1, 0);
+        xmllib.xmlBufferCCat(buf, "\n  ");
+        xmllib.xmlNodeDump(buf, disk->doc, k, 1, 0);
     }
-    char *s = vbd_xstrdup((const char *)xmlBufferContent(buf));
-    xmlBufferFree(buf);
+    char *s = vbd_xstrdup((const char *)xmllib.xmlBufferContent(buf));
+    xmllib.xmlBufferFree(buf);
     return s;
 }
 
@@ -749,16 +794,18 @@ static bool map_disk(struct ctx *c, xmlNodePtr disk)
 
 int vbd_libvirt_disk_add(const char *arg, struct vbd_libvirt_disk **out, int *n, struct vbd_error **err)
 {
+    *out = NULL;
+    *n = 0;
+    if (vbd_dynlib_load(&xmllib_so, err) < 0)
+        return -ENOTSUP;
     char *file = vbd_xstrdup(arg), *want = strrchr(file, '#');
     if (want)
         *want++ = 0;
     struct ctx c = {.file = file, .err = err};
-    *out = NULL;
-    *n = 0;
     /* no network, no entity expansion (the default without XML_PARSE_NOENT), no DTD loading */
-    xmlDocPtr doc = xmlReadFile(file, NULL, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    xmlDocPtr doc = xmllib.xmlReadFile(file, NULL, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
     if (!doc) {
-        const xmlError *xe = xmlGetLastError();
+        const xmlError *xe = xmllib.xmlGetLastError();
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", xe && xe->message ? xe->message : "cannot read the file");
         msg[strcspn(msg, "\n")] = 0;
@@ -769,7 +816,7 @@ int vbd_libvirt_disk_add(const char *arg, struct vbd_libvirt_disk **out, int *n,
         free(file);
         return -EINVAL;
     }
-    xmlNodePtr root = xmlDocGetRootElement(doc);
+    xmlNodePtr root = xmllib.xmlDocGetRootElement(doc);
     xmlNodePtr disks[64];
     int nd = 0;
     if (root && !strcmp((const char *)root->name, "disk")) {
@@ -810,7 +857,7 @@ int vbd_libvirt_disk_add(const char *arg, struct vbd_libvirt_disk **out, int *n,
         map_disk(&c, disks[i]);
         done = i + 1;
     }
-    xmlFreeDoc(doc);
+    xmllib.xmlFreeDoc(doc);
     free(file);
     if (c.failed) {
         /* the nodes already added stay: the daemon exits on this error */

@@ -19,18 +19,18 @@ int tls_load_psk(struct vbd_tls_creds *c, const char *dir, const char *path, con
     int rc = -1;
     int g;
     if (c->endpoint == VBD_TLS_SERVER) {
-        if ((g = gnutls_psk_allocate_server_credentials(&c->psk_server)) < 0 ||
-            (g = gnutls_psk_set_server_credentials_file(c->psk_server, path)) < 0) {
-            vbd_error_setf(err, EINVAL, "%s: cannot load %s: %s", c->what, path, gnutls_strerror(g));
+        if ((g = tlslib.gnutls_psk_allocate_server_credentials(&c->psk_server)) < 0 ||
+            (g = tlslib.gnutls_psk_set_server_credentials_file(c->psk_server, path)) < 0) {
+            vbd_error_setf(err, EINVAL, "%s: cannot load %s: %s", c->what, path, tlslib.gnutls_strerror(g));
             goto out;
         }
         int dh = tls_load_dh(c, dir, err);
         if (dh < 0)
             goto out;
         if (dh)
-            gnutls_psk_set_server_dh_params(c->psk_server, c->dh);
+            tlslib.gnutls_psk_set_server_dh_params(c->psk_server, c->dh);
         else
-            gnutls_psk_set_server_known_dh_params(c->psk_server, GNUTLS_SEC_PARAM_MEDIUM);
+            tlslib.gnutls_psk_set_server_known_dh_params(c->psk_server, GNUTLS_SEC_PARAM_MEDIUM);
         rc = 0;
         goto out;
     }
@@ -52,10 +52,10 @@ int tls_load_psk(struct vbd_tls_creds *c, const char *dir, const char *path, con
             vbd_error_setf(err, EINVAL, "%s: empty key for user '%s' in %s", c->what, username, path);
             break;
         }
-        if ((g = gnutls_psk_allocate_client_credentials(&c->psk_client)) < 0 ||
-            (g = gnutls_psk_set_client_credentials(c->psk_client, username, &key, GNUTLS_PSK_KEY_HEX)) < 0) {
+        if ((g = tlslib.gnutls_psk_allocate_client_credentials(&c->psk_client)) < 0 ||
+            (g = tlslib.gnutls_psk_set_client_credentials(c->psk_client, username, &key, GNUTLS_PSK_KEY_HEX)) < 0) {
             vbd_error_setf(err, EINVAL, "%s: bad key for user '%s' in %s: %s", c->what, username, path,
-                           gnutls_strerror(g));
+                           tlslib.gnutls_strerror(g));
             break;
         }
         found = true;

@@ -30,27 +30,27 @@ int tls_load_x509(struct vbd_tls_creds *c, const char *dir, struct vbd_error **e
         vbd_error_setf(err, ENOENT, "%s: %s/client-key.pem has no client-cert.pem beside it", c->what, dir);
         goto out;
     }
-    int g = gnutls_certificate_allocate_credentials(&c->x509);
+    int g = tlslib.gnutls_certificate_allocate_credentials(&c->x509);
     if (g < 0) {
-        vbd_error_setf(err, ENOMEM, "%s: %s", c->what, gnutls_strerror(g));
+        vbd_error_setf(err, ENOMEM, "%s: %s", c->what, tlslib.gnutls_strerror(g));
         goto out;
     }
     if (have_ca) {
-        g = gnutls_certificate_set_x509_trust_file(c->x509, ca, GNUTLS_X509_FMT_PEM);
+        g = tlslib.gnutls_certificate_set_x509_trust_file(c->x509, ca, GNUTLS_X509_FMT_PEM);
         if (g <= 0) {
             vbd_error_setf(err, EINVAL, "%s: cannot load CA certificate %s: %s", c->what, ca,
-                           g < 0 ? gnutls_strerror(g) : "no certificate in the file");
+                           g < 0 ? tlslib.gnutls_strerror(g) : "no certificate in the file");
             goto out;
         }
     }
-    if (have_crl && (g = gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM)) < 0) {
-        vbd_error_setf(err, EINVAL, "%s: cannot load CRL %s: %s", c->what, crl, gnutls_strerror(g));
+    if (have_crl && (g = tlslib.gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM)) < 0) {
+        vbd_error_setf(err, EINVAL, "%s: cannot load CRL %s: %s", c->what, crl, tlslib.gnutls_strerror(g));
         goto out;
     }
     if (have_cert &&
-        (g = gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM)) < 0) {
+        (g = tlslib.gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM)) < 0) {
         vbd_error_setf(err, EINVAL, "%s: cannot load certificate %s with key %s: %s", c->what, cert, key,
-                       gnutls_strerror(g));
+                       tlslib.gnutls_strerror(g));
         goto out;
     }
     if (server) {
@@ -58,9 +58,9 @@ int tls_load_x509(struct vbd_tls_creds *c, const char *dir, struct vbd_error **e
         if (dh < 0)
             goto out;
         if (dh)
-            gnutls_certificate_set_dh_params(c->x509, c->dh);
+            tlslib.gnutls_certificate_set_dh_params(c->x509, c->dh);
         else
-            gnutls_certificate_set_known_dh_params(c->x509, GNUTLS_SEC_PARAM_MEDIUM);
+            tlslib.gnutls_certificate_set_known_dh_params(c->x509, GNUTLS_SEC_PARAM_MEDIUM);
     }
     rc = 0;
 out:

@@ -7,12 +7,14 @@
  */
 #include "tls-internal.h"
 
+#include "util/dynlib.h"
 #include "vbd/alloc.h"
 #include "vbd/error.h"
 #include "vbd/loop.h"
 #include "vbd/options.h"
 
 #include <assert.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -23,6 +25,34 @@
 const char *const vbd_tls_kind_names[] = {"tls-creds-x509", "tls-creds-psk", "tls-creds-anon"};
 
 static struct vbd_tls_creds *registry;
+
+struct tlslib tlslib;
+
+static const char *tlslib_resolve(void *h)
+{
+#define X(f) \
+    if (!(*(void **)&tlslib.f = dlsym(h, #f))) \
+        return #f;
+    TLSLIB_FUNCS(X)
+#undef X
+    /* gnutls_free is a variable holding the function (gnutls_malloc's partner) */
+    gnutls_free_function *free_fn = dlsym(h, "gnutls_free");
+    if (!free_fn || !*free_fn)
+        return "gnutls_free";
+    tlslib.free = *free_fn;
+    return NULL;
+}
+
+static struct vbd_dynlib tlslib_so = {
+    .what = "TLS",
+    .soname = "libgnutls.so.30",
+    .resolve = tlslib_resolve,
+};
+
+int tls_lib_load(struct vbd_error **err)
+{
+    return vbd_dynlib_load(&tlslib_so, err);
+}
 
 bool vbd_tls_creds_type(const char *qom_type)
 {
@@ -35,17 +65,17 @@ bool vbd_tls_creds_type(const char *qom_type)
 static void creds_free(struct vbd_tls_creds *c)
 {
     if (c->x509)
-        gnutls_certificate_free_credentials(c->x509);
+        tlslib.gnutls_certificate_free_credentials(c->x509);
     if (c->psk_server)
-        gnutls_psk_free_server_credentials(c->psk_server);
+        tlslib.gnutls_psk_free_server_credentials(c->psk_server);
     if (c->psk_client)
-        gnutls_psk_free_client_credentials(c->psk_client);
+        tlslib.gnutls_psk_free_client_credentials(c->psk_client);
     if (c->anon_server)
-        gnutls_anon_free_server_credentials(c->anon_server);
+        tlslib.gnutls_anon_free_server_credentials(c->anon_server);
     if (c->anon_client)
-        gnutls_anon_free_client_credentials(c->anon_client);
+        tlslib.gnutls_anon_free_client_credentials(c->anon_client);
     if (c->dh)
-        gnutls_dh_params_deinit(c->dh);
+        tlslib.gnutls_dh_params_deinit(c->dh);
     free(c->id);
     free(c->dir);
     free(c->username);
@@ -89,13 +119,13 @@ int tls_load_dh(struct vbd_tls_creds *c, const char *dir, struct vbd_error **err
         return have;
     }
     gnutls_datum_t d = {NULL, 0};
-    int rc = gnutls_load_file(path, &d);
-    if (rc >= 0 && (rc = gnutls_dh_params_init(&c->dh)) >= 0)
-        rc = gnutls_dh_params_import_pkcs3(c->dh, &d, GNUTLS_X509_FMT_PEM);
-    gnutls_free(d.data);
+    int rc = tlslib.gnutls_load_file(path, &d);
+    if (rc >= 0 && (rc = tlslib.gnutls_dh_params_init(&c->dh)) >= 0)
+        rc = tlslib.gnutls_dh_params_import_pkcs3(c->dh, &d, GNUTLS_X509_FMT_PEM);
+    tlslib.free(d.data);
     if (rc < 0)
         vbd_error_setf(err, EINVAL, "%s: cannot load DH parameters %s: %s", c->what, path,
-                       gnutls_strerror(rc));
+                       tlslib.gnutls_strerror(rc));
     free(path);
     return rc < 0 ? -1 : 1;
 }
@@ -130,13 +160,13 @@ static int set_priority(struct vbd_tls_creds *c, const char *priority, struct vb
     c->priority = vbd_xasprintf("%s%s", priority ? priority : def, extra[c->kind]);
     gnutls_priority_t pc;
     const char *errpos = NULL;
-    int g = gnutls_priority_init(&pc, c->priority, &errpos);
+    int g = tlslib.gnutls_priority_init(&pc, c->priority, &errpos);
     if (g < 0) {
         vbd_error_setf(err, EINVAL, "%s: bad priority string '%s' (at '%s'): %s", c->what, c->priority,
-                       errpos ? errpos : "", gnutls_strerror(g));
+                       errpos ? errpos : "", tlslib.gnutls_strerror(g));
         return -1;
     }
-    gnutls_priority_deinit(pc);
+    tlslib.gnutls_priority_deinit(pc);
     return 0;
 }
 
@@ -156,6 +186,8 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
         vbd_error_setf(err, EINVAL, "unknown TLS credentials type '%s'", qom_type);
         return -EINVAL;
     }
+    if (tls_lib_load(err) < 0)
+        return -ENOTSUP;
     if (vbd_opt_take_str(opts, "id", &id, err) < 0 || vbd_opt_take_str(opts, "dir", &dir, err) < 0 ||
         vbd_opt_take_enum(opts, "endpoint", endpoints, &endpoint, err) < 0 ||
         vbd_opt_take_bool(opts, "verify-peer", &verify, err) < 0 ||
@@ -196,13 +228,13 @@ int vbd_tls_creds_add(const char *qom_type, struct json_object *opts, struct vbd
         break;
     case CREDS_ANON:
         if (c->endpoint == VBD_TLS_SERVER) {
-            if ((g = gnutls_anon_allocate_server_credentials(&c->anon_server)) >= 0)
-                gnutls_anon_set_server_known_dh_params(c->anon_server, GNUTLS_SEC_PARAM_MEDIUM);
+            if ((g = tlslib.gnutls_anon_allocate_server_credentials(&c->anon_server)) >= 0)
+                tlslib.gnutls_anon_set_server_known_dh_params(c->anon_server, GNUTLS_SEC_PARAM_MEDIUM);
         } else {
-            g = gnutls_anon_allocate_client_credentials(&c->anon_client);
+            g = tlslib.gnutls_anon_allocate_client_credentials(&c->anon_client);
         }
         if (g < 0) {
-            vbd_error_setf(err, ENOMEM, "%s: %s", c->what, gnutls_strerror(g));
+            vbd_error_setf(err, ENOMEM, "%s: %s", c->what, tlslib.gnutls_strerror(g));
             rc = -1;
         }
         break;
@@ -236,6 +268,8 @@ struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts 
 {
     struct vbd_tls_creds *c = NULL;
     char *dir = NULL, what[4200];
+    if (tls_lib_load(err) < 0)
+        return NULL;
     if (o->psk_file) {
         char user[256];
         const char *username = o->username;
@@ -269,15 +303,15 @@ struct vbd_tls_creds *vbd_tls_creds_new_client(const struct vbd_tls_client_opts 
             if (tls_load_x509(c, dir, err) < 0)
                 goto fail;
         } else {
-            int g = gnutls_certificate_allocate_credentials(&c->x509);
+            int g = tlslib.gnutls_certificate_allocate_credentials(&c->x509);
             if (g >= 0)
-                g = gnutls_certificate_set_x509_system_trust(c->x509);
+                g = tlslib.gnutls_certificate_set_x509_system_trust(c->x509);
             if (g <= 0) {
                 vbd_error_setf(
                     err, ENOENT,
                     "%s: no system CA certificates%s%s (give tls-certificates=DIR, tls-psk-file=FILE "
                     "or tls-creds=ID)",
-                    who, g < 0 ? ": " : "", g < 0 ? gnutls_strerror(g) : "");
+                    who, g < 0 ? ": " : "", g < 0 ? tlslib.gnutls_strerror(g) : "");
                 goto fail;
             }
         }

@@ -31,6 +31,84 @@ void vbd_tls_shut_rd(struct vbd_tls *t);
 
 #if VBD_HAVE_GNUTLS
 #include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+
+/* GnuTLS is loaded when the first credentials are made, not linked (see
+ * util/dynlib.h): every GnuTLS function the TLS files call is one of these
+ * pointers (tlslib.f; tlslib.free is gnutls_free's value). Nothing calls
+ * them without credentials: a session needs some. */
+#define TLSLIB_FUNCS(X) \
+    X(gnutls_alert_get) \
+    X(gnutls_alert_get_name) \
+    X(gnutls_alert_send) \
+    X(gnutls_alert_send_appropriate) \
+    X(gnutls_anon_allocate_client_credentials) \
+    X(gnutls_anon_allocate_server_credentials) \
+    X(gnutls_anon_free_client_credentials) \
+    X(gnutls_anon_free_server_credentials) \
+    X(gnutls_anon_set_server_known_dh_params) \
+    X(gnutls_bye) \
+    X(gnutls_certificate_allocate_credentials) \
+    X(gnutls_certificate_free_credentials) \
+    X(gnutls_certificate_get_peers) \
+    X(gnutls_certificate_server_set_request) \
+    X(gnutls_certificate_set_dh_params) \
+    X(gnutls_certificate_set_known_dh_params) \
+    X(gnutls_certificate_set_x509_crl_file) \
+    X(gnutls_certificate_set_x509_key_file) \
+    X(gnutls_certificate_set_x509_system_trust) \
+    X(gnutls_certificate_set_x509_trust_file) \
+    X(gnutls_certificate_type_get) \
+    X(gnutls_certificate_verification_status_print) \
+    X(gnutls_credentials_set) \
+    X(gnutls_deinit) \
+    X(gnutls_dh_params_deinit) \
+    X(gnutls_dh_params_import_pkcs3) \
+    X(gnutls_dh_params_init) \
+    X(gnutls_error_is_fatal) \
+    X(gnutls_handshake) \
+    X(gnutls_handshake_set_timeout) \
+    X(gnutls_init) \
+    X(gnutls_kx_get) \
+    X(gnutls_kx_get_name) \
+    X(gnutls_load_file) \
+    X(gnutls_priority_deinit) \
+    X(gnutls_priority_init) \
+    X(gnutls_priority_set_direct) \
+    X(gnutls_psk_allocate_client_credentials) \
+    X(gnutls_psk_allocate_server_credentials) \
+    X(gnutls_psk_free_client_credentials) \
+    X(gnutls_psk_free_server_credentials) \
+    X(gnutls_psk_set_client_credentials) \
+    X(gnutls_psk_set_server_credentials_file) \
+    X(gnutls_psk_set_server_dh_params) \
+    X(gnutls_psk_set_server_known_dh_params) \
+    X(gnutls_record_get_direction) \
+    X(gnutls_record_recv) \
+    X(gnutls_record_send) \
+    X(gnutls_server_name_set) \
+    X(gnutls_session_get_desc) \
+    X(gnutls_session_get_verify_cert_status) \
+    X(gnutls_session_set_verify_cert) \
+    X(gnutls_strerror) \
+    X(gnutls_transport_set_errno) \
+    X(gnutls_transport_set_ptr) \
+    X(gnutls_transport_set_pull_function) \
+    X(gnutls_transport_set_pull_timeout_function) \
+    X(gnutls_transport_set_push_function) \
+    X(gnutls_x509_crt_deinit) \
+    X(gnutls_x509_crt_get_dn) \
+    X(gnutls_x509_crt_import) \
+    X(gnutls_x509_crt_init)
+struct tlslib {
+#define X(f) __typeof__(f) *f;
+    TLSLIB_FUNCS(X)
+#undef X
+    gnutls_free_function free;
+};
+extern struct tlslib tlslib;
+/* 0 once GnuTLS is loaded, else -ENOTSUP with *err "TLS not available: ..." */
+int tls_lib_load(struct vbd_error **err);
 
 enum creds_kind { CREDS_X509, CREDS_PSK, CREDS_ANON };
 

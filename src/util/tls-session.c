@@ -104,7 +104,7 @@ static ssize_t tls_push(gnutls_transport_ptr_t p, const void *buf, size_t len)
     struct vbd_tls *t = p;
     if (t->corked && len <= TLS_OUTBUF) {
         if (t->out_len + len > TLS_OUTBUF && flush_out(t) < 0) {
-            gnutls_transport_set_errno(t->session, errno);
+            tlslib.gnutls_transport_set_errno(t->session, errno);
             return -1;
         }
         memcpy(t->out + t->out_len, buf, len);
@@ -112,12 +112,12 @@ static ssize_t tls_push(gnutls_transport_ptr_t p, const void *buf, size_t len)
         return (ssize_t)len;
     }
     if (t->out_len && flush_out(t) < 0) { /* keep the order */
-        gnutls_transport_set_errno(t->session, errno);
+        tlslib.gnutls_transport_set_errno(t->session, errno);
         return -1;
     }
     ssize_t r = sock_send(t, buf, len);
     if (r < 0)
-        gnutls_transport_set_errno(t->session, errno);
+        tlslib.gnutls_transport_set_errno(t->session, errno);
     return r;
 }
 
@@ -138,7 +138,7 @@ static ssize_t tls_pull(gnutls_transport_ptr_t p, void *buf, size_t len)
             return (ssize_t)n;
         }
         if (t->rd_shut) {
-            gnutls_transport_set_errno(t->session, EAGAIN);
+            tlslib.gnutls_transport_set_errno(t->session, EAGAIN);
             return -1;
         }
         ssize_t r = len >= TLS_INBUF ? recv(t->fd, buf, len, MSG_DONTWAIT)
@@ -160,16 +160,16 @@ static ssize_t tls_pull(gnutls_transport_ptr_t p, void *buf, size_t len)
             if (pr == -ECANCELED) {
                 /* GnuTLS keeps what it read of a record and asks again next time */
                 t->cancelled = true;
-                gnutls_transport_set_errno(t->session, EAGAIN);
+                tlslib.gnutls_transport_set_errno(t->session, EAGAIN);
                 return -1;
             }
             if (pr < 0) {
-                gnutls_transport_set_errno(t->session, -pr);
+                tlslib.gnutls_transport_set_errno(t->session, -pr);
                 return -1;
             }
             continue;
         }
-        gnutls_transport_set_errno(t->session, errno);
+        tlslib.gnutls_transport_set_errno(t->session, errno);
         return -1;
     }
 }
@@ -197,10 +197,10 @@ struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostnam
     t->in = vbd_xmalloc(TLS_INBUF);
     t->out = vbd_xmalloc(TLS_OUTBUF);
     const char *errpos = NULL;
-    int g = gnutls_init(&t->session,
+    int g = tlslib.gnutls_init(&t->session,
                         (t->server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL);
     if (g < 0) {
-        vbd_error_setf(err, ENOMEM, "TLS: cannot create a session: %s", gnutls_strerror(g));
+        vbd_error_setf(err, ENOMEM, "TLS: cannot create a session: %s", tlslib.gnutls_strerror(g));
         free(t->in);
         free(t->out);
         free(t);
@@ -208,20 +208,20 @@ struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostnam
     }
     t->creds = c;
     __atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL);
-    if ((g = gnutls_priority_set_direct(t->session, c->priority, &errpos)) < 0)
+    if ((g = tlslib.gnutls_priority_set_direct(t->session, c->priority, &errpos)) < 0)
         goto fail;
     switch (c->kind) {
     case CREDS_X509:
-        g = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE, c->x509);
+        g = tlslib.gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE, c->x509);
         if (g >= 0 && t->server && c->verify_peer)
-            gnutls_certificate_server_set_request(t->session, GNUTLS_CERT_REQUIRE);
+            tlslib.gnutls_certificate_server_set_request(t->session, GNUTLS_CERT_REQUIRE);
         break;
     case CREDS_PSK:
-        g = gnutls_credentials_set(t->session, GNUTLS_CRD_PSK,
+        g = tlslib.gnutls_credentials_set(t->session, GNUTLS_CRD_PSK,
                                    t->server ? (void *)c->psk_server : (void *)c->psk_client);
         break;
     case CREDS_ANON:
-        g = gnutls_credentials_set(t->session, GNUTLS_CRD_ANON,
+        g = tlslib.gnutls_credentials_set(t->session, GNUTLS_CRD_ANON,
                                    t->server ? (void *)c->anon_server : (void *)c->anon_client);
         break;
     }
@@ -232,19 +232,19 @@ struct vbd_tls *vbd_tls_new(struct vbd_tls_creds *c, int fd, const char *hostnam
         unsigned char addr[16];
         /* SNI carries DNS names only (RFC 6066) */
         if (!inet_pton(AF_INET, hostname, addr) && !inet_pton(AF_INET6, hostname, addr) &&
-            (g = gnutls_server_name_set(t->session, GNUTLS_NAME_DNS, hostname, strlen(hostname))) < 0)
+            (g = tlslib.gnutls_server_name_set(t->session, GNUTLS_NAME_DNS, hostname, strlen(hostname))) < 0)
             goto fail;
     }
     if (c->verify_peer)
-        gnutls_session_set_verify_cert(t->session, t->server ? NULL : t->hostname, 0);
-    gnutls_transport_set_ptr(t->session, t);
-    gnutls_transport_set_push_function(t->session, tls_push);
-    gnutls_transport_set_pull_function(t->session, tls_pull);
-    gnutls_transport_set_pull_timeout_function(t->session, tls_pull_timeout);
-    gnutls_handshake_set_timeout(t->session, 0); /* ours: t->timer */
+        tlslib.gnutls_session_set_verify_cert(t->session, t->server ? NULL : t->hostname, 0);
+    tlslib.gnutls_transport_set_ptr(t->session, t);
+    tlslib.gnutls_transport_set_push_function(t->session, tls_push);
+    tlslib.gnutls_transport_set_pull_function(t->session, tls_pull);
+    tlslib.gnutls_transport_set_pull_timeout_function(t->session, tls_pull_timeout);
+    tlslib.gnutls_handshake_set_timeout(t->session, 0); /* ours: t->timer */
     return t;
 fail:
-    vbd_error_setf(err, EINVAL, "TLS: cannot set up a session with %s: %s", c->what, gnutls_strerror(g));
+    vbd_error_setf(err, EINVAL, "TLS: cannot set up a session with %s: %s", c->what, tlslib.gnutls_strerror(g));
     vbd_tls_free(t);
     return NULL;
 }
@@ -253,7 +253,7 @@ void vbd_tls_free(struct vbd_tls *t)
 {
     if (!t)
         return;
-    gnutls_deinit(t->session);
+    tlslib.gnutls_deinit(t->session);
     vbd_tls_creds_unref(t->creds);
     free(t->hostname);
     free(t->in);
@@ -264,7 +264,7 @@ void vbd_tls_free(struct vbd_tls *t)
 /* Wait for what the interrupted GnuTLS call needs. */
 static int tls_wait(struct vbd_tls *t)
 {
-    bool out = gnutls_record_get_direction(t->session);
+    bool out = tlslib.gnutls_record_get_direction(t->session);
     struct vbd_poll_wait *w = out ? NULL : idle_wait(t);
     int p = w ? vbd_co_poll_wait(w, t->fd, POLLIN) : vbd_co_poll(t->fd, out ? POLLOUT : POLLIN);
     return p < 0 ? p : 0;
@@ -302,7 +302,7 @@ static int handshake(struct vbd_tls *t, struct vbd_error **err)
 {
     const char *peer = t->server ? "client" : "server";
     for (;;) {
-        int g = gnutls_handshake(t->session);
+        int g = tlslib.gnutls_handshake(t->session);
         if (g == 0)
             break;
         if (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED) {
@@ -314,32 +314,32 @@ static int handshake(struct vbd_tls *t, struct vbd_error **err)
             }
             continue;
         }
-        if (!gnutls_error_is_fatal(g))
+        if (!tlslib.gnutls_error_is_fatal(g))
             continue; /* a warning alert */
         t->failed = true;
         /* tell the peer why (GnuTLS does not on its own); one try, no waiting */
         if (g != GNUTLS_E_FATAL_ALERT_RECEIVED && g != GNUTLS_E_PREMATURE_TERMINATION &&
             g != GNUTLS_E_PULL_ERROR && g != GNUTLS_E_PUSH_ERROR) {
             t->nowait = true;
-            gnutls_alert_send_appropriate(t->session, g);
+            tlslib.gnutls_alert_send_appropriate(t->session, g);
             t->nowait = false;
         }
         if (g == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
             gnutls_datum_t out = {NULL, 0};
-            unsigned st = gnutls_session_get_verify_cert_status(t->session);
-            gnutls_certificate_verification_status_print(st, GNUTLS_CRT_X509, &out, 0);
+            unsigned st = tlslib.gnutls_session_get_verify_cert_status(t->session);
+            tlslib.gnutls_certificate_verification_status_print(st, GNUTLS_CRT_X509, &out, 0);
             for (size_t n = out.data ? strlen((char *)out.data) : 0; n && out.data[n - 1] == ' '; n--)
                 out.data[n - 1] = 0;
             vbd_error_setf(err, EACCES, "TLS handshake failed: the %s's certificate is not accepted: %s",
                            peer, out.data ? (char *)out.data : "verification failed");
-            gnutls_free(out.data);
+            tlslib.free(out.data);
             return -EACCES;
         }
         const char *psk_hint = t->creds->kind != CREDS_PSK ? ""
                                : t->server ? " (the client's PSK username or key is not in keys.psk)"
                                            : " (the server does not know this PSK username or key)";
         if (g == GNUTLS_E_FATAL_ALERT_RECEIVED) {
-            const char *a = gnutls_alert_get_name(gnutls_alert_get(t->session));
+            const char *a = tlslib.gnutls_alert_get_name(tlslib.gnutls_alert_get(t->session));
             vbd_error_setf(err, EACCES, "TLS handshake failed: the %s refused it (alert: %s)%s", peer,
                            a ? a : "?", psk_hint);
             return -EACCES;
@@ -352,7 +352,7 @@ static int handshake(struct vbd_tls *t, struct vbd_error **err)
                                : "");
             return -ECONNRESET;
         }
-        vbd_error_setf(err, EPROTO, "TLS handshake failed: %s%s", gnutls_strerror(g),
+        vbd_error_setf(err, EPROTO, "TLS handshake failed: %s%s", tlslib.gnutls_strerror(g),
                        g == GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER || g == GNUTLS_E_DECRYPTION_FAILED ? psk_hint
                                                                                                    : "");
         return -EPROTO;
@@ -366,18 +366,18 @@ static int handshake(struct vbd_tls *t, struct vbd_error **err)
 
 const char *vbd_tls_describe(struct vbd_tls *t, char *buf, size_t len)
 {
-    char *d = gnutls_session_get_desc(t->session);
-    const char *kx = gnutls_kx_get_name(gnutls_kx_get(t->session));
+    char *d = tlslib.gnutls_session_get_desc(t->session);
+    const char *kx = tlslib.gnutls_kx_get_name(tlslib.gnutls_kx_get(t->session));
     snprintf(buf, len, "%s, key exchange %s", d ? d : "?", kx ? kx : "?");
-    gnutls_free(d);
+    tlslib.free(d);
     return buf;
 }
 
 char *vbd_tls_peer_dn(struct vbd_tls *t, struct vbd_error **err)
 {
     unsigned n = 0;
-    const gnutls_datum_t *certs = gnutls_certificate_type_get(t->session) == GNUTLS_CRT_X509
-                                      ? gnutls_certificate_get_peers(t->session, &n)
+    const gnutls_datum_t *certs = tlslib.gnutls_certificate_type_get(t->session) == GNUTLS_CRT_X509
+                                      ? tlslib.gnutls_certificate_get_peers(t->session, &n)
                                       : NULL;
     if (!certs || !n) {
         vbd_error_setf(err, EACCES, "the %s sent no certificate", t->server ? "client" : "server");
@@ -386,22 +386,22 @@ char *vbd_tls_peer_dn(struct vbd_tls *t, struct vbd_error **err)
     gnutls_x509_crt_t crt;
     char *dn = NULL;
     size_t len = 0;
-    int g = gnutls_x509_crt_init(&crt);
+    int g = tlslib.gnutls_x509_crt_init(&crt);
     if (g < 0) {
-        vbd_error_setf(err, ENOMEM, "cannot read the peer's certificate: %s", gnutls_strerror(g));
+        vbd_error_setf(err, ENOMEM, "cannot read the peer's certificate: %s", tlslib.gnutls_strerror(g));
         return NULL;
     }
     /* the first certificate is the peer's own; the DN as QEMU's authz sees it */
-    if ((g = gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER)) >= 0 &&
-        (g = gnutls_x509_crt_get_dn(crt, NULL, &len)) == GNUTLS_E_SHORT_MEMORY_BUFFER) {
+    if ((g = tlslib.gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER)) >= 0 &&
+        (g = tlslib.gnutls_x509_crt_get_dn(crt, NULL, &len)) == GNUTLS_E_SHORT_MEMORY_BUFFER) {
         len++;
         dn = vbd_xmalloc(len);
-        g = gnutls_x509_crt_get_dn(crt, dn, &len);
+        g = tlslib.gnutls_x509_crt_get_dn(crt, dn, &len);
     }
-    gnutls_x509_crt_deinit(crt);
+    tlslib.gnutls_x509_crt_deinit(crt);
     if (g < 0 || !dn) {
         vbd_error_setf(err, EACCES, "cannot read the distinguished name of the peer's certificate: %s",
-                       gnutls_strerror(g < 0 ? g : GNUTLS_E_INTERNAL_ERROR));
+                       tlslib.gnutls_strerror(g < 0 ? g : GNUTLS_E_INTERNAL_ERROR));
         free(dn);
         return NULL;
     }
@@ -413,7 +413,7 @@ void vbd_tls_deny(struct vbd_tls *t)
     if (t->failed)
         return;
     t->nowait = true; /* one try: the connection is dropped next anyway */
-    gnutls_alert_send(t->session, GNUTLS_AL_FATAL, GNUTLS_A_ACCESS_DENIED);
+    tlslib.gnutls_alert_send(t->session, GNUTLS_AL_FATAL, GNUTLS_A_ACCESS_DENIED);
     t->nowait = false;
     t->failed = true;
 }
@@ -423,7 +423,7 @@ void vbd_tls_bye(struct vbd_tls *t)
     if (!t || t->failed)
         return;
     t->nowait = true; /* one try */
-    gnutls_bye(t->session, GNUTLS_SHUT_WR);
+    tlslib.gnutls_bye(t->session, GNUTLS_SHUT_WR);
     t->nowait = false;
 }
 
@@ -432,7 +432,7 @@ int vbd_tls_try_send(struct vbd_tls *t, const void *buf, size_t len)
     if (t->failed)
         return -EIO;
     t->nowait = true;
-    ssize_t r = gnutls_record_send(t->session, buf, len);
+    ssize_t r = tlslib.gnutls_record_send(t->session, buf, len);
     t->nowait = false;
     if (r != (ssize_t)len)
         t->failed = true; /* maybe half a record out: nothing more can follow */
@@ -448,11 +448,11 @@ static int tls_error(struct vbd_tls *t, ssize_t g, const char *op)
         return -ECONNRESET;
     if (g == GNUTLS_E_FATAL_ALERT_RECEIVED) {
         /* TLS 1.3: a server that refuses the client's certificate says so after the handshake */
-        const char *a = gnutls_alert_get_name(gnutls_alert_get(t->session));
+        const char *a = tlslib.gnutls_alert_get_name(tlslib.gnutls_alert_get(t->session));
         snprintf(t->error, sizeof(t->error), "the %s ended the TLS session (alert: %s)",
                  t->server ? "client" : "server", a ? a : "?");
     } else {
-        snprintf(t->error, sizeof(t->error), "TLS %s failed: %s", op, gnutls_strerror((int)g));
+        snprintf(t->error, sizeof(t->error), "TLS %s failed: %s", op, tlslib.gnutls_strerror((int)g));
     }
     vbd_debug("%s", t->error);
     return -EIO;
@@ -470,7 +470,7 @@ ssize_t vbd_tls_recv(struct vbd_tls *t, void *buf, size_t len)
             return -ECONNRESET;
         if (t->failed)
             return -EIO;
-        ssize_t g = gnutls_record_recv(t->session, buf, len);
+        ssize_t g = tlslib.gnutls_record_recv(t->session, buf, len);
         if (g > 0)
             return g;
         if (g == 0)
@@ -487,7 +487,7 @@ ssize_t vbd_tls_recv(struct vbd_tls *t, void *buf, size_t len)
                 return p;
             continue;
         }
-        if (!gnutls_error_is_fatal((int)g))
+        if (!tlslib.gnutls_error_is_fatal((int)g))
             continue; /* warning alert, renegotiation request (refused) */
         return tls_error(t, g, "receive");
     }
@@ -510,7 +510,7 @@ static int tls_send_all(struct vbd_tls *t, const uint8_t *buf, size_t len)
     while (len) {
         if (t->failed)
             return -EIO;
-        ssize_t g = gnutls_record_send(t->session, buf, len);
+        ssize_t g = tlslib.gnutls_record_send(t->session, buf, len);
         if (g > 0) {
             buf += g;
             len -= (size_t)g;
@@ -525,7 +525,7 @@ static int tls_send_all(struct vbd_tls *t, const uint8_t *buf, size_t len)
             }
             continue;
         }
-        if (g == 0 || !gnutls_error_is_fatal((int)g))
+        if (g == 0 || !tlslib.gnutls_error_is_fatal((int)g))
             continue;
         return tls_error(t, g, "send");
     }

@@ -17,6 +17,7 @@
  * lun, user, password-secret, initiator-name, header-digest, timeout; the
  * URI iscsi://[user[%password]@]host[:port]/target-iqn/lun fills them.
  */
+#include "util/dynlib.h"
 #include "util/socket.h"
 #include "vbd/alloc.h"
 #include "vbd/block.h"
@@ -25,6 +26,7 @@
 #include "vbd/options.h"
 #include "vbd/secret.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
@@ -36,6 +38,65 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* libiscsi is loaded when an iscsi node is first opened, not linked (see
+ * util/dynlib.h): every libiscsi function this file calls is one of these
+ * pointers (iscsilib.f). */
+#define ISCSILIB_FUNCS(X) \
+    X(iscsi_create_context) \
+    X(iscsi_destroy_context) \
+    X(iscsi_full_connect_async) \
+    X(iscsi_get_error) \
+    X(iscsi_get_fd) \
+    X(iscsi_get_lba_status_task) \
+    X(iscsi_get_nops_in_flight) \
+    X(iscsi_inquiry_task) \
+    X(iscsi_is_logged_in) \
+    X(iscsi_logout_async) \
+    X(iscsi_modesense6_task) \
+    X(iscsi_nop_out_async) \
+    X(iscsi_read10_iov_task) \
+    X(iscsi_read16_iov_task) \
+    X(iscsi_readcapacity10_task) \
+    X(iscsi_readcapacity16_task) \
+    X(iscsi_reconnect) \
+    X(iscsi_service) \
+    X(iscsi_set_header_digest) \
+    X(iscsi_set_initiator_username_pwd) \
+    X(iscsi_set_session_type) \
+    X(iscsi_set_targetname) \
+    X(iscsi_set_timeout) \
+    X(iscsi_synchronizecache10_task) \
+    X(iscsi_unmap_task) \
+    X(iscsi_which_events) \
+    X(iscsi_write10_iov_task) \
+    X(iscsi_write16_iov_task) \
+    X(iscsi_writesame16_task) \
+    X(scsi_datain_unmarshall) \
+    X(scsi_devtype_to_str) \
+    X(scsi_free_scsi_task) \
+    X(scsi_task_set_iov_in)
+static struct {
+#define X(f) __typeof__(f) *f;
+    ISCSILIB_FUNCS(X)
+#undef X
+} iscsilib;
+
+static const char *iscsilib_resolve(void *h)
+{
+#define X(f) \
+    if (!(*(void **)&iscsilib.f = dlsym(h, #f))) \
+        return #f;
+    ISCSILIB_FUNCS(X)
+#undef X
+    return NULL;
+}
+
+static struct vbd_dynlib iscsilib_so = {
+    .what = "Block driver 'iscsi'",
+    .soname = "libiscsi.so.7",
+    .resolve = iscsilib_resolve,
+};
 
 static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -225,19 +286,19 @@ static int allocmap_lookup(struct iscsi_state *s, uint64_t off, uint64_t bytes, 
 static void fd_ready(void *arg, short revents)
 {
     struct iscsi_state *s = arg;
-    int r = iscsi_service(s->iscsi, revents);
+    int r = iscsilib.iscsi_service(s->iscsi, revents);
     if (r < 0)
-        vbd_debug("iSCSI %s: %s", s->portal, iscsi_get_error(s->iscsi));
+        vbd_debug("iSCSI %s: %s", s->portal, iscsilib.iscsi_get_error(s->iscsi));
     /* a socket that reported an error or hang-up is finished with: watch
      * whatever socket libiscsi holds now, even under the same number */
-    if ((revents & (POLLERR | POLLHUP | POLLNVAL)) || !iscsi_is_logged_in(s->iscsi)) {
+    if ((revents & (POLLERR | POLLHUP | POLLNVAL)) || !iscsilib.iscsi_is_logged_in(s->iscsi)) {
         s->watch_fd = -1;
         /* Out of session, libiscsi may keep a socket that failed (a new
          * session's connect refused) and ask for it again: watched at once,
          * it reports the error at once, a busy loop (a quarter of a CPU, 84k
          * wake-ups/s, measured with the target gone). The timer's next tick
          * (250 ms) watches it again. */
-        if (!iscsi_is_logged_in(s->iscsi) && (r < 0 || (revents & (POLLERR | POLLHUP | POLLNVAL))))
+        if (!iscsilib.iscsi_is_logged_in(s->iscsi) && (r < 0 || (revents & (POLLERR | POLLHUP | POLLNVAL))))
             s->socket_failed = true;
     }
     update_events(s);
@@ -250,9 +311,9 @@ static void update_events(struct iscsi_state *s)
 {
     if (s->closing)
         return;
-    int fd = iscsi_get_fd(s->iscsi);
-    short ev = (short)iscsi_which_events(s->iscsi);
-    bool in = iscsi_is_logged_in(s->iscsi) != 0;
+    int fd = iscsilib.iscsi_get_fd(s->iscsi);
+    short ev = (short)iscsilib.iscsi_which_events(s->iscsi);
+    bool in = iscsilib.iscsi_is_logged_in(s->iscsi) != 0;
     if (s->watch && fd == s->watch_fd && ev == s->watch_events && in == s->watch_logged_in)
         return;
     if (s->zero_block && !s->logging_out && in != s->watch_logged_in) {
@@ -284,19 +345,19 @@ static struct iscsi_context *new_context(struct iscsi_state *s)
 {
     static const enum iscsi_header_digest dg[] = {ISCSI_HEADER_DIGEST_CRC32C, ISCSI_HEADER_DIGEST_NONE,
                                                   ISCSI_HEADER_DIGEST_CRC32C_NONE, ISCSI_HEADER_DIGEST_NONE_CRC32C};
-    struct iscsi_context *c = iscsi_create_context(s->initiator);
+    struct iscsi_context *c = iscsilib.iscsi_create_context(s->initiator);
     if (!c)
         return NULL;
-    iscsi_set_targetname(c, s->target);
-    iscsi_set_session_type(c, ISCSI_SESSION_NORMAL);
-    iscsi_set_header_digest(c, dg[s->digest]);
-    if (s->user && iscsi_set_initiator_username_pwd(c, s->user, s->password ? s->password : "") != 0) {
-        iscsi_destroy_context(c);
+    iscsilib.iscsi_set_targetname(c, s->target);
+    iscsilib.iscsi_set_session_type(c, ISCSI_SESSION_NORMAL);
+    iscsilib.iscsi_set_header_digest(c, dg[s->digest]);
+    if (s->user && iscsilib.iscsi_set_initiator_username_pwd(c, s->user, s->password ? s->password : "") != 0) {
+        iscsilib.iscsi_destroy_context(c);
         return NULL;
     }
     /* the login's PDUs time out in libiscsi itself; the commands
      * afterwards get the user's timeout (0: none) */
-    iscsi_set_timeout(c, (int)(s->timeout ? s->timeout : DEFAULT_CONNECT_TIMEOUT_S));
+    iscsilib.iscsi_set_timeout(c, (int)(s->timeout ? s->timeout : DEFAULT_CONNECT_TIMEOUT_S));
     return c;
 }
 
@@ -305,10 +366,10 @@ static void reset_cb(struct iscsi_context *iscsi, int status, void *command_data
     (void)command_data;
     struct iscsi_state *s = opaque;
     if (status != SCSI_STATUS_GOOD) {
-        vbd_debug("iSCSI %s: new session: %s", s->portal, iscsi_get_error(iscsi));
+        vbd_debug("iSCSI %s: new session: %s", s->portal, iscsilib.iscsi_get_error(iscsi));
         return; /* the timer tries again */
     }
-    iscsi_set_timeout(iscsi, (int)s->timeout);
+    iscsilib.iscsi_set_timeout(iscsi, (int)s->timeout);
     s->resetting = false;
 }
 
@@ -336,9 +397,9 @@ static void reset_session(struct iscsi_state *s)
     s->iscsi = fresh;
     s->resetting = true;
     s->resets++;
-    iscsi_destroy_context(old);
-    if (iscsi_full_connect_async(fresh, s->portal, s->lun, reset_cb, s) != 0)
-        vbd_debug("iSCSI %s: new session: %s", s->portal, iscsi_get_error(fresh));
+    iscsilib.iscsi_destroy_context(old);
+    if (iscsilib.iscsi_full_connect_async(fresh, s->portal, s->lun, reset_cb, s) != 0)
+        vbd_debug("iSCSI %s: new session: %s", s->portal, iscsilib.iscsi_get_error(fresh));
 }
 
 static void timer_fn(void *arg)
@@ -347,21 +408,21 @@ static void timer_fn(void *arg)
     if (s->request_timed_out) {
         /* a command timed out: the session is presumed dead (QEMU's rule) */
         s->request_timed_out = false;
-        iscsi_reconnect(s->iscsi);
+        iscsilib.iscsi_reconnect(s->iscsi);
     }
     /* timeouts of commands in flight and the reconnect back-off live here */
-    iscsi_service(s->iscsi, 0);
-    if (++s->ticks % NOP_INTERVAL_TICKS == 0 && iscsi_is_logged_in(s->iscsi)) {
-        if (iscsi_get_nops_in_flight(s->iscsi) > MAX_NOP_FAILURES) {
+    iscsilib.iscsi_service(s->iscsi, 0);
+    if (++s->ticks % NOP_INTERVAL_TICKS == 0 && iscsilib.iscsi_is_logged_in(s->iscsi)) {
+        if (iscsilib.iscsi_get_nops_in_flight(s->iscsi) > MAX_NOP_FAILURES) {
             vbd_warn("iSCSI %s: NOP-Out timeout, reconnecting", s->portal);
-            iscsi_reconnect(s->iscsi);
+            iscsilib.iscsi_reconnect(s->iscsi);
         } else {
-            iscsi_nop_out_async(s->iscsi, NULL, NULL, 0, NULL);
+            iscsilib.iscsi_nop_out_async(s->iscsi, NULL, NULL, 0, NULL);
         }
     }
-    if (s->zero_block && !s->logging_out && !iscsi_is_logged_in(s->iscsi)) {
+    if (s->zero_block && !s->logging_out && !iscsilib.iscsi_is_logged_in(s->iscsi)) {
         s->down_ticks++;
-        if (s->down_ticks % RESET_TICKS == 0 || (iscsi_get_fd(s->iscsi) < 0 && s->down_ticks % RESET_STALLED_TICKS == 0))
+        if (s->down_ticks % RESET_TICKS == 0 || (iscsilib.iscsi_get_fd(s->iscsi) < 0 && s->down_ticks % RESET_STALLED_TICKS == 0))
             reset_session(s);
     } else {
         s->down_ticks = 0;
@@ -369,7 +430,7 @@ static void timer_fn(void *arg)
     /* while it reconnects, libiscsi swaps sockets, a new one maybe under
      * the old one's number, which the watch cannot tell apart: watch
      * afresh on every tick until the session is back */
-    if (!iscsi_is_logged_in(s->iscsi))
+    if (!iscsilib.iscsi_is_logged_in(s->iscsi))
         s->watch_fd = -1;
     s->socket_failed = false;
     update_events(s);
@@ -380,8 +441,8 @@ static void timer_fn(void *arg)
  * loop round trip), and watch for writability if the socket is full. */
 static void kick(struct iscsi_state *s)
 {
-    if (iscsi_is_logged_in(s->iscsi) && (iscsi_which_events(s->iscsi) & POLLOUT))
-        iscsi_service(s->iscsi, POLLOUT);
+    if (iscsilib.iscsi_is_logged_in(s->iscsi) && (iscsilib.iscsi_which_events(s->iscsi) & POLLOUT))
+        iscsilib.iscsi_service(s->iscsi, POLLOUT);
     update_events(s);
 }
 
@@ -411,47 +472,47 @@ static struct scsi_task *submit(struct iscsi_state *s, struct iscsi_req *r)
     switch (r->op) {
     case OP_READ:
         if (s->use_16)
-            t = iscsi_read16_iov_task(i, s->lun, r->lba, bytes, (int)s->block_size, 0, 0, 0, 0, 0, task_cb, r, r->iov, r->niov);
+            t = iscsilib.iscsi_read16_iov_task(i, s->lun, r->lba, bytes, (int)s->block_size, 0, 0, 0, 0, 0, task_cb, r, r->iov, r->niov);
         else
-            t = iscsi_read10_iov_task(i, s->lun, (uint32_t)r->lba, bytes, (int)s->block_size, 0, 0, 0, 0, 0, task_cb, r, r->iov,
+            t = iscsilib.iscsi_read10_iov_task(i, s->lun, (uint32_t)r->lba, bytes, (int)s->block_size, 0, 0, 0, 0, 0, task_cb, r, r->iov,
                                       r->niov);
         /* data lands straight in the caller's buffers */
         if (t)
-            scsi_task_set_iov_in(t, r->iov, r->niov);
+            iscsilib.scsi_task_set_iov_in(t, r->iov, r->niov);
         break;
     case OP_WRITE:
         if (s->use_16)
-            t = iscsi_write16_iov_task(i, s->lun, r->lba, NULL, bytes, (int)s->block_size, 0, 0, r->fua, 0, 0, task_cb, r, r->iov,
+            t = iscsilib.iscsi_write16_iov_task(i, s->lun, r->lba, NULL, bytes, (int)s->block_size, 0, 0, r->fua, 0, 0, task_cb, r, r->iov,
                                        r->niov);
         else
-            t = iscsi_write10_iov_task(i, s->lun, (uint32_t)r->lba, NULL, bytes, (int)s->block_size, 0, 0, r->fua, 0, 0, task_cb,
+            t = iscsilib.iscsi_write10_iov_task(i, s->lun, (uint32_t)r->lba, NULL, bytes, (int)s->block_size, 0, 0, r->fua, 0, 0, task_cb,
                                        r, r->iov, r->niov);
         break;
     case OP_FLUSH:
-        t = iscsi_synchronizecache10_task(i, s->lun, 0, 0, 0, 0, task_cb, r);
+        t = iscsilib.iscsi_synchronizecache10_task(i, s->lun, 0, 0, 0, 0, task_cb, r);
         break;
     case OP_UNMAP: {
         struct unmap_list l = {.lba = r->lba, .num = r->nblocks};
-        t = iscsi_unmap_task(i, s->lun, 0, 0, &l, 1, task_cb, r);
+        t = iscsilib.iscsi_unmap_task(i, s->lun, 0, 0, &l, 1, task_cb, r);
         break;
     }
     case OP_WRITE_SAME:
-        t = iscsi_writesame16_task(i, s->lun, r->lba, s->zero_block, s->block_size, r->nblocks, 0, r->unmap, 0, 0, task_cb, r);
+        t = iscsilib.iscsi_writesame16_task(i, s->lun, r->lba, s->zero_block, s->block_size, r->nblocks, 0, r->unmap, 0, 0, task_cb, r);
         break;
     case OP_LBA_STATUS:
-        t = iscsi_get_lba_status_task(i, s->lun, r->lba, 8 + 16 * LBA_STATUS_DESCS, task_cb, r);
+        t = iscsilib.iscsi_get_lba_status_task(i, s->lun, r->lba, 8 + 16 * LBA_STATUS_DESCS, task_cb, r);
         break;
     case OP_INQUIRY:
-        t = iscsi_inquiry_task(i, s->lun, r->evpd, r->page, 255, task_cb, r);
+        t = iscsilib.iscsi_inquiry_task(i, s->lun, r->evpd, r->page, 255, task_cb, r);
         break;
     case OP_RC16:
-        t = iscsi_readcapacity16_task(i, s->lun, task_cb, r);
+        t = iscsilib.iscsi_readcapacity16_task(i, s->lun, task_cb, r);
         break;
     case OP_RC10:
-        t = iscsi_readcapacity10_task(i, s->lun, 0, 0, task_cb, r);
+        t = iscsilib.iscsi_readcapacity10_task(i, s->lun, 0, 0, task_cb, r);
         break;
     case OP_MODE_SENSE:
-        t = iscsi_modesense6_task(i, s->lun, 0, SCSI_MODESENSE_PC_CURRENT, SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255, task_cb, r);
+        t = iscsilib.iscsi_modesense6_task(i, s->lun, 0, SCSI_MODESENSE_PC_CURRENT, SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255, task_cb, r);
         break;
     }
     return t;
@@ -534,7 +595,7 @@ static int run(struct vbd_node *n, struct iscsi_req *r, struct scsi_sense *sense
         struct scsi_task *t = submit(s, r);
         if (!t) {
             vbd_error_report("iSCSI %s: cannot queue %s: %s", n->filename, op_name(r->op, s->use_16),
-                             iscsi_get_error(s->iscsi));
+                             iscsilib.iscsi_get_error(s->iscsi));
             return -ENOMEM;
         }
         kick(s);
@@ -569,7 +630,7 @@ static int run(struct vbd_node *n, struct iscsi_req *r, struct scsi_sense *sense
             }
             if (!again && r->op != OP_LBA_STATUS && r->op != OP_WRITE_SAME && r->op != OP_UNMAP)
                 vbd_error_report("iSCSI %s: %s at LBA %llu failed: %s (%s)", n->filename, op_name(r->op, s->use_16),
-                                 (unsigned long long)r->lba, iscsi_get_error(s->iscsi), strerror(-rc));
+                                 (unsigned long long)r->lba, iscsilib.iscsi_get_error(s->iscsi), strerror(-rc));
             break;
         case SCSI_STATUS_TIMEOUT:
             /* the timer reconnects first, then the command goes again */
@@ -596,10 +657,10 @@ static int run(struct vbd_node *n, struct iscsi_req *r, struct scsi_sense *sense
             break;
         default:
             rc = -EIO;
-            vbd_error_report("iSCSI %s: %s failed: %s", n->filename, op_name(r->op, s->use_16), iscsi_get_error(s->iscsi));
+            vbd_error_report("iSCSI %s: %s failed: %s", n->filename, op_name(r->op, s->use_16), iscsilib.iscsi_get_error(s->iscsi));
             break;
         }
-        scsi_free_scsi_task(t);
+        iscsilib.scsi_free_scsi_task(t);
         r->task = NULL;
         if (!again || s->closing || retry >= CMD_RETRIES)
             return rc;
@@ -642,7 +703,7 @@ static void connect_timeout(void *arg)
 static const char *login_error(struct iscsi_state *s)
 {
     static __thread char buf[512];
-    snprintf(buf, sizeof(buf), "%s", iscsi_get_error(s->iscsi));
+    snprintf(buf, sizeof(buf), "%s", iscsilib.iscsi_get_error(s->iscsi));
     for (size_t l = strlen(buf); l && (buf[l - 1] == '\n' || buf[l - 1] == ' '); l--)
         buf[l - 1] = 0;
     if (!strstr(buf, "reconnect"))
@@ -724,25 +785,25 @@ static int probe_lun(struct vbd_node *n, unsigned flags, struct vbd_error **err)
     struct scsi_sense sense = {0};
     int rc = inquiry(n, 0, 0, &t);
     if (rc < 0) {
-        vbd_error_setf(err, -rc, "iSCSI: INQUIRY of LUN %d failed: %s", s->lun, iscsi_get_error(s->iscsi));
+        vbd_error_setf(err, -rc, "iSCSI: INQUIRY of LUN %d failed: %s", s->lun, iscsilib.iscsi_get_error(s->iscsi));
         return rc;
     }
-    struct scsi_inquiry_standard *std = scsi_datain_unmarshall(t);
+    struct scsi_inquiry_standard *std = iscsilib.scsi_datain_unmarshall(t);
     if (!std || std->qualifier != SCSI_INQUIRY_PERIPHERAL_QUALIFIER_CONNECTED ||
         std->device_type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS) {
         vbd_error_setf(err, ENOTSUP, "iSCSI: LUN %d of %s is not a disk (%s)", s->lun, s->target,
                        !std ? "no INQUIRY data"
                        : std->qualifier != SCSI_INQUIRY_PERIPHERAL_QUALIFIER_CONNECTED
                            ? "no logical unit there"
-                           : scsi_devtype_to_str(std->device_type));
-        scsi_free_scsi_task(t);
+                           : iscsilib.scsi_devtype_to_str(std->device_type));
+        iscsilib.scsi_free_scsi_task(t);
         return -ENOTSUP;
     }
-    scsi_free_scsi_task(t);
+    iscsilib.scsi_free_scsi_task(t);
 
     struct iscsi_req r = {.op = OP_RC16};
     rc = run(n, &r, &sense);
-    struct scsi_readcapacity16 *rc16 = rc == 0 ? scsi_datain_unmarshall(r.task) : NULL;
+    struct scsi_readcapacity16 *rc16 = rc == 0 ? iscsilib.scsi_datain_unmarshall(r.task) : NULL;
     if (rc16) {
         s->block_size = rc16->block_length;
         s->num_blocks = rc16->returned_lba + 1;
@@ -751,22 +812,22 @@ static int probe_lun(struct vbd_node *n, unsigned flags, struct vbd_error **err)
         s->use_16 = true;
     } else {
         if (r.task)
-            scsi_free_scsi_task(r.task);
+            iscsilib.scsi_free_scsi_task(r.task);
         r = (struct iscsi_req){.op = OP_RC10};
         rc = run(n, &r, NULL);
-        struct scsi_readcapacity10 *rc10 = rc == 0 ? scsi_datain_unmarshall(r.task) : NULL;
+        struct scsi_readcapacity10 *rc10 = rc == 0 ? iscsilib.scsi_datain_unmarshall(r.task) : NULL;
         if (!rc10) {
             vbd_error_setf(err, rc < 0 ? -rc : EIO, "iSCSI: READ CAPACITY of LUN %d failed: %s", s->lun,
-                           iscsi_get_error(s->iscsi));
+                           iscsilib.iscsi_get_error(s->iscsi));
             if (r.task)
-                scsi_free_scsi_task(r.task);
+                iscsilib.scsi_free_scsi_task(r.task);
             return rc < 0 ? rc : -EIO;
         }
         s->block_size = rc10->block_size;
         s->num_blocks = (uint64_t)rc10->lba + 1;
         s->use_16 = false;
     }
-    scsi_free_scsi_task(r.task);
+    iscsilib.scsi_free_scsi_task(r.task);
     if (s->block_size < 512 || s->block_size > 65536 || (s->block_size & (s->block_size - 1))) {
         vbd_error_setf(err, ENOTSUP, "iSCSI: LUN %d has an unsupported block size of %u bytes", s->lun, s->block_size);
         return -ENOTSUP;
@@ -779,24 +840,24 @@ static int probe_lun(struct vbd_node *n, unsigned flags, struct vbd_error **err)
     uint32_t max_xfer = 0, opt_xfer = 0, unmap_gran = 0;
     bool has_bl = false, has_lbp = false;
     if (inquiry(n, 1, SCSI_INQUIRY_PAGECODE_SUPPORTED_VPD_PAGES, &t) == 0) {
-        struct scsi_inquiry_supported_pages *sp = scsi_datain_unmarshall(t);
+        struct scsi_inquiry_supported_pages *sp = iscsilib.scsi_datain_unmarshall(t);
         for (int i = 0; sp && i < sp->num_pages; i++) {
             has_bl |= sp->pages[i] == SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS;
             has_lbp |= sp->pages[i] == SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING;
         }
-        scsi_free_scsi_task(t);
+        iscsilib.scsi_free_scsi_task(t);
     }
     if (has_lbp && inquiry(n, 1, SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING, &t) == 0) {
-        struct scsi_inquiry_logical_block_provisioning *lbp = scsi_datain_unmarshall(t);
+        struct scsi_inquiry_logical_block_provisioning *lbp = iscsilib.scsi_datain_unmarshall(t);
         if (lbp) {
             s->lbpu = lbp->lbpu;
             s->lbpws = lbp->lbpws;
             s->lbprz = s->lbprz || lbp->lbprz;
         }
-        scsi_free_scsi_task(t);
+        iscsilib.scsi_free_scsi_task(t);
     }
     if (has_bl && inquiry(n, 1, SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS, &t) == 0) {
-        struct scsi_inquiry_block_limits *bl = scsi_datain_unmarshall(t);
+        struct scsi_inquiry_block_limits *bl = iscsilib.scsi_datain_unmarshall(t);
         if (bl) {
             max_xfer = bl->max_xfer_len;
             opt_xfer = bl->opt_xfer_len;
@@ -804,23 +865,23 @@ static int probe_lun(struct vbd_node *n, unsigned flags, struct vbd_error **err)
             unmap_gran = bl->opt_unmap_gran;
             s->max_ws_blocks = bl->max_ws_len > 0xffffffffull ? 0xffffffffu : (uint32_t)bl->max_ws_len;
         }
-        scsi_free_scsi_task(t);
+        iscsilib.scsi_free_scsi_task(t);
     }
     /* write protection and DPOFUA, from the device-specific parameter */
     r = (struct iscsi_req){.op = OP_MODE_SENSE};
     if (run(n, &r, NULL) == 0) {
-        struct scsi_mode_sense *ms = scsi_datain_unmarshall(r.task);
+        struct scsi_mode_sense *ms = iscsilib.scsi_datain_unmarshall(r.task);
         if (ms) {
             s->dpofua = ms->device_specific_parameter & 0x10;
             if ((flags & VBD_OPEN_RDWR) && (ms->device_specific_parameter & 0x80)) {
-                scsi_free_scsi_task(r.task);
+                iscsilib.scsi_free_scsi_task(r.task);
                 vbd_error_setf(err, EACCES, "iSCSI: LUN %d of %s is write-protected", s->lun, s->target);
                 return -EACCES;
             }
         }
     }
     if (r.task)
-        scsi_free_scsi_task(r.task);
+        iscsilib.scsi_free_scsi_task(r.task);
 
     n->size = s->num_blocks * s->block_size;
     n->bl.request_alignment = s->block_size;
@@ -859,6 +920,8 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
     int digest = 3; /* none-crc32c, QEMU's default */
     int rc = -EINVAL;
     s->watch_fd = -1;
+    if (vbd_dynlib_load(&iscsilib_so, err) < 0)
+        return -ENOTSUP;
     if (vbd_opt_take_str(opts, "transport", &transport, err) < 0 || vbd_opt_take_str(opts, "portal", &portal, err) < 0 ||
         vbd_opt_take_str(opts, "target", &target, err) < 0 || vbd_opt_take_u64(opts, "lun", &lun, err) < 0 ||
         vbd_opt_take_str(opts, "user", &user, err) < 0 || vbd_opt_take_str(opts, "password", &password, err) < 0 ||
@@ -924,8 +987,8 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
     /* log in, bounded: a portal that does not answer is an error in time */
     s->loop = vbd_loop_current();
     struct connect_wait w = {.co = vbd_co_self()};
-    if (iscsi_full_connect_async(s->iscsi, s->portal, s->lun, connect_cb, &w) != 0) {
-        vbd_error_setf(err, EIO, "iSCSI: cannot connect to %s: %s", s->portal, iscsi_get_error(s->iscsi));
+    if (iscsilib.iscsi_full_connect_async(s->iscsi, s->portal, s->lun, connect_cb, &w) != 0) {
+        vbd_error_setf(err, EIO, "iSCSI: cannot connect to %s: %s", s->portal, iscsilib.iscsi_get_error(s->iscsi));
         rc = -EIO;
         goto fail;
     }
@@ -951,7 +1014,7 @@ static int iscsi_open(struct vbd_node *n, struct json_object *opts, unsigned fla
         rc = w.done ? -EIO : -ETIMEDOUT;
         goto fail;
     }
-    iscsi_set_timeout(s->iscsi, (int)timeout);
+    iscsilib.iscsi_set_timeout(s->iscsi, (int)timeout);
     if ((rc = probe_lun(n, flags, err)) < 0)
         goto fail;
     s->zero_block = vbd_xcalloc(1, s->block_size);
@@ -962,7 +1025,7 @@ fail:
     vbd_timer_cancel(&s->timer);
     drop_watch(s);
     if (s->iscsi)
-        iscsi_destroy_context(s->iscsi);
+        iscsilib.iscsi_destroy_context(s->iscsi);
     s->iscsi = NULL;
     free_conn_strings(s);
     if (rc >= 0)
@@ -1015,7 +1078,7 @@ static void close_co(void *arg)
     struct iscsi_state *s = arg;
     struct connect_wait w = {.co = vbd_co_self()};
     s->logging_out = true;
-    if (!iscsi_is_logged_in(s->iscsi) || iscsi_logout_async(s->iscsi, logout_cb, &w) != 0)
+    if (!iscsilib.iscsi_is_logged_in(s->iscsi) || iscsilib.iscsi_logout_async(s->iscsi, logout_cb, &w) != 0)
         return;
     struct vbd_timer wt = {.fn = connect_timeout, .arg = &w};
     vbd_timer_arm(&wt, vbd_clock_ns() + 2000000000ull);
@@ -1042,7 +1105,7 @@ static void iscsi_close(struct vbd_node *n)
     /* a polite logout (bounded), so the target frees the session now */
     vbd_co_run_sync(close_co, s);
     vbd_co_run_sync(close_end_co, s);
-    iscsi_destroy_context(s->iscsi);
+    iscsilib.iscsi_destroy_context(s->iscsi);
     free(s->zero_block);
     allocmap_free(s);
     free_conn_strings(s);
@@ -1074,7 +1137,7 @@ static int rw(struct vbd_node *n, bool write, uint64_t off, uint64_t bytes, stru
         s->writes_done++;
     }
     if (r.task)
-        scsi_free_scsi_task(r.task);
+        iscsilib.scsi_free_scsi_task(r.task);
     if (iov != small)
         free(iov);
     return rc;
@@ -1103,7 +1166,7 @@ static int iscsi_flush(struct vbd_node *n)
     struct iscsi_req r = {.op = OP_FLUSH};
     int rc = run(n, &r, NULL);
     if (r.task)
-        scsi_free_scsi_task(r.task);
+        iscsilib.scsi_free_scsi_task(r.task);
     return rc;
 }
 
@@ -1120,7 +1183,7 @@ static int iscsi_pdiscard(struct vbd_node *n, uint64_t off, uint64_t bytes)
     allocmap_update(s, off, bytes, false, false);
     s->writes_done++;
     if (r.task)
-        scsi_free_scsi_task(r.task);
+        iscsilib.scsi_free_scsi_task(r.task);
     /* discard is advisory: a target that turns UNMAP down is not asked again */
     if (rc == -EINVAL && sense.key == SCSI_SENSE_ILLEGAL_REQUEST) {
         s->lbpu = false;
@@ -1145,7 +1208,7 @@ static int iscsi_pwrite_zeroes(struct vbd_node *n, uint64_t off, uint64_t bytes,
     allocmap_update(s, off, bytes, !r.unmap, !r.unmap);
     s->writes_done++;
     if (r.task)
-        scsi_free_scsi_task(r.task);
+        iscsilib.scsi_free_scsi_task(r.task);
     /* no WRITE SAME(16) there: the generic layer writes zero buffers, now and later */
     if (rc == -EINVAL && sense.key == SCSI_SENSE_ILLEGAL_REQUEST) {
         s->has_write_same = false;
@@ -1174,11 +1237,11 @@ static int iscsi_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
     struct iscsi_req r = {.op = OP_LBA_STATUS, .lba = lba};
     struct scsi_sense sense = {0};
     int rc = run(n, &r, &sense);
-    struct scsi_get_lba_status *st = rc == 0 ? scsi_datain_unmarshall(r.task) : NULL;
+    struct scsi_get_lba_status *st = rc == 0 ? iscsilib.scsi_datain_unmarshall(r.task) : NULL;
     int ret = VBD_BS_DATA | VBD_BS_OFFSET_VALID;
     if (rc < 0) {
         if (r.task)
-            scsi_free_scsi_task(r.task);
+            iscsilib.scsi_free_scsi_task(r.task);
         if (sense.key == SCSI_SENSE_ILLEGAL_REQUEST) {
             s->has_lba_status = false; /* the target has no GET LBA STATUS: everything is data */
             return ret;
@@ -1205,7 +1268,7 @@ static int iscsi_block_status(struct vbd_node *n, bool want_zero, uint64_t off, 
         bool mapped = d->provisioning == SCSI_PROVISIONING_TYPE_MAPPED;
         allocmap_update(s, d->lba * s->block_size, nb * s->block_size, mapped, true);
     }
-    scsi_free_scsi_task(r.task);
+    iscsilib.scsi_free_scsi_task(r.task);
     return ret;
 }
 
@@ -1218,10 +1281,10 @@ static int iscsi_refresh_size(struct vbd_node *n)
     if (rc == 0) {
         uint64_t blocks = 0;
         if (r.op == OP_RC16) {
-            struct scsi_readcapacity16 *c = scsi_datain_unmarshall(r.task);
+            struct scsi_readcapacity16 *c = iscsilib.scsi_datain_unmarshall(r.task);
             blocks = c && c->block_length == s->block_size ? c->returned_lba + 1 : 0;
         } else {
-            struct scsi_readcapacity10 *c = scsi_datain_unmarshall(r.task);
+            struct scsi_readcapacity10 *c = iscsilib.scsi_datain_unmarshall(r.task);
             blocks = c && c->block_size == s->block_size ? (uint64_t)c->lba + 1 : 0;
         }
         if (blocks && blocks <= VBD_MAX_REQUEST_END / s->block_size) {
@@ -1235,7 +1298,7 @@ static int iscsi_refresh_size(struct vbd_node *n)
         }
     }
     if (r.task)
-        scsi_free_scsi_task(r.task);
+        iscsilib.scsi_free_scsi_task(r.task);
     return rc;
 }
 
