@@ -29,6 +29,7 @@
 struct qcow2_bitmap {
     char *name;
     bool tracking;        /* enabled and open read-write: writes set its bits */
+    bool held;            /* marked in-use by this open (enabled or not), cleared when stored */
     uint64_t dir_pos;     /* offset of its entry in the directory */
     uint64_t table_offset;
     uint32_t table_size;
@@ -172,6 +173,9 @@ static int load_entry(struct qcow2_state *s, const uint8_t *e, struct qcow2_bitm
 }
 
 /* At a read-write open (before any write): load enabled, consistent bitmaps.
+ * Disabled ones are taken too (marked in-use, their bits held, not
+ * tracked), as QEMU's qcow2_load_dirty_bitmaps takes every bitmap: its
+ * close stores them anew with the others.
  * A read-only image going read-write may hold copies loaded for reading (an
  * NBD export's, x-debug-block-dirty-bitmap-sha256's: find_bitmap appends
  * them, clean): they go first, or the new array, sized for the directory,
@@ -208,10 +212,12 @@ int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
         uint32_t flags = get_be32p(e + 12), name = ((uint32_t)e[18] << 8) | e[19], extra = get_be32p(e + 20);
         struct qcow2_bitmap b = {.dir_pos = p};
         p += len;
-        if ((flags & BME_IN_USE) || !(flags & BME_AUTO) || e[16] != 1 || extra)
-            continue; /* inconsistent, disabled, or not a dirty-tracking bitmap we know: left as it is */
+        if ((flags & BME_IN_USE) || e[16] != 1 || extra)
+            continue; /* inconsistent, or not a dirty-tracking bitmap we know: left as it is */
         if ((rc = load_entry(s, e, &b)) == -ENOMEM)
             return rc;
+        if (rc < 0 && !(flags & BME_AUTO))
+            continue; /* a disabled one that cannot be read: left as it is (never written to) */
         if (rc < 0) { /* QEMU 7.2's words */
             struct qcow2_bitmap f;
             if (entry_fields(s, e, &f) < 0)
@@ -224,7 +230,8 @@ int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
         }
         put_be32p(e + 12, flags | BME_IN_USE); /* until a clean close stores the bits */
         b.name = strndup((const char *)e + 24 + extra, name);
-        b.tracking = true;
+        b.tracking = (flags & BME_AUTO) != 0;
+        b.held = true;
         s->bitmaps[s->nbitmaps++] = b;
         changed = true;
     }
@@ -269,10 +276,10 @@ int qcow2_bitmaps_store(struct qcow2_state *s)
     int tracked = 0;
     for (int i = 0; i < s->nbitmaps && rc == 0; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
-        if (!b->tracking)
+        if (!b->held)
             continue;
         tracked++;
-        if (!b->bits_changed) {
+        if (!b->bits_changed) { /* a disabled one's never change */
             uint8_t *e = s->bm_dir + b->dir_pos;
             put_be32p(e + 12, get_be32p(e + 12) & ~BME_IN_USE);
             continue;
@@ -919,6 +926,9 @@ int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, stru
         rc = qcow2_flush_refcounts(s);
     free(gone);
     dir_free(&d);
+    /* laid out by this change: the close writes the bits back in place,
+     * not anew (the bitmap verb moves the bitmaps once) */
+    s->bitmaps_store_anew = false;
     rc = end_change(s, rc, err);
     vbd_co_mutex_unlock(&s->lock);
     return rc;
@@ -935,7 +945,7 @@ static int take_tracked_bits(struct qcow2_state *s, struct dir *d)
         uint32_t nlen = entry_name_len(e);
         struct qcow2_bitmap *b = NULL;
         for (int k = 0; k < s->nbitmaps && !b; k++)
-            if (s->bitmaps[k].tracking && strlen(s->bitmaps[k].name) == nlen &&
+            if (s->bitmaps[k].held && strlen(s->bitmaps[k].name) == nlen &&
                 !memcmp(s->bitmaps[k].name, entry_name(e), nlen))
                 b = &s->bitmaps[k];
         if (!b)
@@ -965,7 +975,7 @@ int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         bool tracked = false;
         for (int k = 0; k < s->nbitmaps && !tracked; k++)
-            tracked = s->bitmaps[k].tracking &&
+            tracked = s->bitmaps[k].held &&
                       strlen(s->bitmaps[k].name) == entry_name_len(&d.e[i]) &&
                       !memcmp(s->bitmaps[k].name, entry_name(&d.e[i]), entry_name_len(&d.e[i]));
         if (((get_be32p(d.e[i].raw + 12) & BME_IN_USE) && !tracked) || d.e[i].raw[16] != 1) {
@@ -1028,6 +1038,10 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
     if (rc == 0)
         rc = dir_store(s, &d, err);
     dir_free(&d);
+    /* stored anew here, as QEMU's close stores them after its resize: the
+     * close only clears in-use (once, not a second move) */
+    if (rc == 0)
+        s->bitmaps_store_anew = false;
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "qcow2: could not resize the persistent bitmaps: %s", strerror(-rc));
     return rc;
@@ -1040,10 +1054,10 @@ int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err)
     return end_change(s, rc, err);
 }
 
-/* At the close of an image amended (vbd-img amend): every consistent
- * bitmap stored anew, as QEMU 7.2's qcow2_store_persistent_dirty_bitmaps
- * stores them at every close, so that the file ends as qemu-img amend
- * leaves it: in directory order, each bitmap's data clusters (an all-zero
+/* At the close after a read-write open (vbd-img's verbs, vbd-io, a
+ * daemon's node): every consistent bitmap stored anew, as QEMU 7.2's
+ * qcow2_store_persistent_dirty_bitmaps stores them at every such close,
+ * so that the file ends as qemu-img's verbs and qemu-io leave it: in directory order, each bitmap's data clusters (an all-zero
  * one left unallocated) then its table at new clusters, in-use cleared;
  * then a new directory and the header naming it; only then are the old
  * directory and the old tables freed (their data clusters given back to
@@ -1064,8 +1078,13 @@ int qcow2_bitmaps_store_anew(struct qcow2_state *s)
         if (!e->bits && !(flags & BME_IN_USE) && !(flags & BME_AUTO) && e->raw[16] == 1 && !get_be32p(e->raw + 20))
             rc = entry_bits(s, e); /* a disabled one: its bits from its clusters */
     }
+    /* nothing consistent (every bitmap in use since before the open):
+     * nothing written, as QEMU's store finds nothing to write */
+    bool any = false;
+    for (uint32_t i = 0; i < d.n; i++)
+        any |= d.e[i].bits != NULL;
     struct vbd_error *err = NULL;
-    if (rc == 0)
+    if (rc == 0 && any)
         rc = dir_store(s, &d, &err);
     vbd_error_free(err);
     dir_free(&d);

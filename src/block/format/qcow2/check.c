@@ -339,6 +339,19 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
     int rc = check_locked(n, res, fix, err);
+    /* check -r opened the image read-write without taking its bitmaps (a
+     * damaged directory must not stop the check): once the repair leaves
+     * nothing wrong they are taken in use as any read-write open takes
+     * them, and the close stores them anew, as qemu-img check -r's close
+     * (QEMU loads them at its open). Left alone on an image still damaged:
+     * an allocation there could land on clusters in use. */
+    if (rc == 0 && fix && s->check_open && !s->read_only && !s->corrupt && !res->corruptions && !res->check_errors) {
+        s->check_open = false;
+        if (qcow2_bitmaps_open(s, NULL) == 0)
+            s->bitmaps_store_anew = true;
+        else
+            qcow2_bitmaps_free(s); /* kept as they are on disk */
+    }
     vbd_co_mutex_unlock(&s->lock);
     return rc;
 }
