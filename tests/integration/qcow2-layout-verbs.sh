@@ -19,9 +19,9 @@
 #   new L2 tables): a new table goes into the clusters the discard freed
 #   before it, as QEMU's l2_allocate (vbd's went past them: 4 KiB more with
 #   4 KiB clusters, 60 KiB with 512 bytes);
-# and each image clean to qemu-img check. Then the close's store stopped at
-# every write (blkdebug): each image it leaves is consistent (leaks at most),
-# with its data and bitmaps.
+# and each image clean to qemu-img check. Then the close's store and a
+# resize with bitmaps stopped at every write (blkdebug): each image they
+# leave is consistent (leaks at most), with its data and bitmaps.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
@@ -153,37 +153,49 @@ for cs in 512 4k; do
     done
 done
 
-step "the close's store stopped at every write: a consistent image with its data and bitmaps"
+step "the close's store and a resize's stopped at every write: a consistent image with its data and bitmaps"
 must qemu-img convert -O raw base/dis.qcow2 dis.raw
 qemu-img info --output=json base/dis.qcow2 | grep -o '"name": "[^"]*"' | sort >names
-# (under blkdebug every write from the (K+1)th on fails, as if the machine
-# stopped there; a read opens the image read-write: the open marks the
-# bitmaps in use, the close stores them anew) until the image is the one a
-# run without faults leaves
-cp base/dis.qcow2 full.qcow2
-must "$VBD_IO" -c 'read 0 64k' full.qcow2 >/dev/null
-k=0
-while :; do
-    cp base/dis.qcow2 c.qcow2
-    "$VBD_IO" --image-opts -c 'read 0 64k' \
-        "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=c.qcow2,file.inject-error.0.event=write_aio,file.inject-error.0.iotype=write,file.inject-error.0.x-skip=$k" \
-        >out 2>&1
-    ! grep -q -e Sanitizer -e 'runtime error' out || fail "K=$k: $(cat out)"
-    # the image left, read by three qemu-img runs at once
-    qemu-img check c.qcow2 >check.out 2>&1 &
-    pcheck=$!
-    qemu-img compare -q c.qcow2 dis.raw >compare.out 2>&1 &
-    pcompare=$!
-    qemu-img info --output=json c.qcow2 >info.json 2>&1 || fail "K=$k: qemu-img info: $(cat info.json)"
-    crc=0
-    wait $pcheck || crc=$?
-    case $crc in 0 | 3) ;; *) fail "writes after $k lost: qemu-img check: $(cat check.out)" ;; esac
-    wait $pcompare || fail "K=$k: the guest data changed: $(cat compare.out)"
-    grep -o '"name": "[^"]*"' info.json | sort | cmp -s - names || fail "K=$k: bitmaps lost"
-    ! cmp -s c.qcow2 full.qcow2 || break
-    k=$((k + 1))
-    [ $k -lt 60 ] || fail "the image differs from a run without faults after 60 writes"
-done
-[ $k -ge 4 ] || fail "only $k writes before the image was complete: the faults did not reach the store"
-echo "stopped at each of its first $k writes: consistent"
+# crash_loop TOOL ARGS...: TOOL ARGS (%o: the image's options) on copies
+# of dis.qcow2 under blkdebug (every write from the (K+1)th on fails, as if
+# the machine stopped there) for K = 0, 1... until the image is the one a
+# run without faults leaves; each consistent to qemu-img check (leaks
+# allowed, as QEMU's own crash leaves them), with its data and bitmaps
+crash_loop() {
+    local tool=$1 k=0 a args full
+    shift
+    for a; do args+=("${a//%o/driver=qcow2,file.filename=full.qcow2}"); done
+    cp base/dis.qcow2 full.qcow2
+    must "$tool" "${args[@]}" >/dev/null
+    while :; do
+        cp base/dis.qcow2 c.qcow2
+        args=()
+        for a; do
+            args+=("${a//%o/driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=c.qcow2,file.inject-error.0.event=write_aio,file.inject-error.0.iotype=write,file.inject-error.0.x-skip=$k}")
+        done
+        "$tool" "${args[@]}" >out 2>&1
+        ! grep -q -e Sanitizer -e 'runtime error' out || fail "${tool##*/} $* K=$k: $(cat out)"
+        # the image left, read by three qemu-img runs at once
+        qemu-img check c.qcow2 >check.out 2>&1 &
+        pcheck=$!
+        qemu-img compare -q c.qcow2 dis.raw >compare.out 2>&1 &
+        pcompare=$!
+        qemu-img info --output=json c.qcow2 >info.json 2>&1 || fail "K=$k: qemu-img info: $(cat info.json)"
+        crc=0
+        wait $pcheck || crc=$?
+        case $crc in 0 | 3) ;; *) fail "${tool##*/} $*: writes after $k lost: qemu-img check: $(cat check.out)" ;; esac
+        wait $pcompare || fail "${tool##*/} $* K=$k: the guest data changed: $(cat compare.out)"
+        grep -o '"name": "[^"]*"' info.json | sort | cmp -s - names || fail "${tool##*/} $* K=$k: bitmaps lost"
+        ! cmp -s c.qcow2 full.qcow2 || break
+        k=$((k + 1))
+        [ $k -lt 60 ] || fail "${tool##*/} $*: the image differs from a run without faults after 60 writes"
+    done
+    [ $k -ge 4 ] || fail "${tool##*/} $*: only $k writes before the image was complete: the faults did not reach it"
+    echo "${tool##*/} $*: stopped at each of its first $k writes: consistent"
+}
+# a read opens the image read-write: the open marks the bitmaps in use,
+# the close stores them anew
+crash_loop "$VBD_IO" --image-opts -c 'read 0 64k' %o
+# a resize stores them anew, in use until the close clears it
+crash_loop "$VBD_IMG" resize -q --image-opts %o 8M
 echo PASS

@@ -446,6 +446,7 @@ struct dir_entry {
     uint64_t nbits;
     uint64_t old_table; /* released once the new directory is in place */
     uint32_t old_table_size;
+    bool held;          /* a bitmap this open holds: its bits from memory */
 };
 
 struct dir {
@@ -934,11 +935,11 @@ int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, stru
     return rc;
 }
 
-/* The entries of the bitmaps tracked in memory take their bits from
- * there (to be written anew), in-use cleared in the new directory; the
- * old directory on disk keeps in-use until the header leaves it, as
- * QEMU's close leaves it. */
-static int take_tracked_bits(struct qcow2_state *s, struct dir *d)
+/* The entries of the bitmaps held in memory take their bits from there
+ * (to be written anew), in-use cleared in the new directory unless
+ * keep_in_use (they stay held); the old directory on disk keeps in-use
+ * until the header leaves it, as QEMU's close leaves it. */
+static int take_tracked_bits(struct qcow2_state *s, struct dir *d, bool keep_in_use)
 {
     for (uint32_t i = 0; i < d->n; i++) {
         struct dir_entry *e = &d->e[i];
@@ -957,7 +958,9 @@ static int take_tracked_bits(struct qcow2_state *s, struct dir *d)
         e->nbits = b->nbits;
         e->old_table = get_be64p(e->raw);
         e->old_table_size = get_be32p(e->raw + 8);
-        put_be32p(e->raw + 12, get_be32p(e->raw + 12) & ~BME_IN_USE);
+        e->held = true;
+        if (!keep_in_use)
+            put_be32p(e->raw + 12, get_be32p(e->raw + 12) & ~BME_IN_USE);
     }
     return 0;
 }
@@ -988,13 +991,57 @@ int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
     return rc;
 }
 
+/* After a resize's dir_store: the bitmaps held go on with their resized
+ * bits and their entries in the directory just written (in-use still set
+ * there, as QEMU keeps it until its close): no second directory write to
+ * set in-use again. */
+static int keep_held(struct qcow2_state *s, struct dir *d)
+{
+    struct qcow2_ext *x = bitmaps_ext(s);
+    if (!x || !d->n)
+        return 0; /* no directory: nothing held (taken again from the disk) */
+    uint64_t size = 0;
+    for (uint32_t i = 0; i < d->n; i++)
+        size += d->e[i].len;
+    uint8_t *dir = malloc(size);
+    if (!dir)
+        return -ENOMEM;
+    for (uint64_t p = 0, i = 0; i < d->n; p += d->e[i++].len)
+        memcpy(dir + p, d->e[i].raw, d->e[i].len);
+    for (int k = 0; k < s->nbitmaps; k++) {
+        struct qcow2_bitmap *b = &s->bitmaps[k];
+        uint64_t p = 0;
+        for (uint32_t i = 0; b->held && i < d->n; p += d->e[i++].len) {
+            struct dir_entry *e = &d->e[i];
+            if (!e->held || strlen(b->name) != entry_name_len(e) || memcmp(b->name, entry_name(e), entry_name_len(e)))
+                continue;
+            free(b->bits);
+            b->bits = e->bits; /* the resized bits, as written */
+            e->bits = NULL;
+            b->nbits = e->nbits;
+            b->table_offset = get_be64p(e->raw);
+            b->table_size = get_be32p(e->raw + 8);
+            b->dir_pos = p;
+            b->bits_changed = false;
+            break;
+        }
+    }
+    free(s->bm_dir);
+    s->bm_dir = dir;
+    s->bm_dir_offset = get_be64p(x->data + 16);
+    s->bm_dir_size = size;
+    s->bitmaps_kept = true;
+    return 0;
+}
+
 /* Every bitmap made to cover `size` bytes (bits past the old end clear,
- * bits past the new end dropped), written to new clusters. The bitmaps
- * are not tracked again until qcow2_bitmaps_reload(). Lock held. */
+ * bits past the new end dropped), written to new clusters, those held
+ * still in use and held on (keep_held); after a failure they are not
+ * tracked again until qcow2_bitmaps_reload(). Lock held. */
 int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
 {
     struct dir d = {0};
-    /* as begin_change, but the tracked bits go to new clusters straight
+    /* as begin_change, but the held bits go to new clusters straight
      * from memory: the old directory keeps in-use, as QEMU's close
      * (which stores them after its resize) leaves it */
     s->bitmaps_changing = true;
@@ -1004,11 +1051,10 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
     if (rc == 0)
         rc = dir_load(s, &d);
     if (rc == 0)
-        rc = take_tracked_bits(s, &d);
-    qcow2_bitmaps_free(s);
+        rc = take_tracked_bits(s, &d, true);
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         struct dir_entry *e = &d.e[i];
-        if ((get_be32p(e->raw + 12) & BME_IN_USE) || e->raw[16] != 1)
+        if (!e->held && ((get_be32p(e->raw + 12) & BME_IN_USE) || e->raw[16] != 1))
             continue; /* refused before (qcow2_bitmaps_check_resize) */
         if ((rc = entry_bits(s, e)) < 0)
             break;
@@ -1037,6 +1083,10 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
     }
     if (rc == 0)
         rc = dir_store(s, &d, err);
+    if (rc == 0)
+        rc = keep_held(s, &d);
+    if (!s->bitmaps_kept)
+        qcow2_bitmaps_free(s); /* taken again from the disk (qcow2_bitmaps_reload) */
     dir_free(&d);
     /* stored anew here, as QEMU's close stores them after its resize: the
      * close only clears in-use (once, not a second move) */
@@ -1051,7 +1101,17 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
  * the enabled bitmaps tracked again. Lock held. */
 int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err)
 {
-    return end_change(s, rc, err);
+    if (!s->bitmaps_kept)
+        return end_change(s, rc, err);
+    /* held on by the resize: only what was written meanwhile is marked */
+    s->bitmaps_kept = false;
+    s->bitmaps_changing = false;
+    struct vbd_bitmap_ranges *w = &s->written_in_change;
+    for (size_t i = 0; i < w->n; i++)
+        qcow2_bitmaps_dirty(s, w->r[i][0], w->r[i][1]);
+    free(w->r);
+    *w = (struct vbd_bitmap_ranges){0};
+    return rc;
 }
 
 /* At the close after a read-write open (vbd-img's verbs, vbd-io, a
@@ -1071,7 +1131,7 @@ int qcow2_bitmaps_store_anew(struct qcow2_state *s)
     struct dir d;
     int rc = dir_load(s, &d);
     if (rc == 0)
-        rc = take_tracked_bits(s, &d);
+        rc = take_tracked_bits(s, &d, false);
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         struct dir_entry *e = &d.e[i];
         uint32_t flags = get_be32p(e->raw + 12);

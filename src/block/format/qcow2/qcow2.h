@@ -200,6 +200,7 @@ struct qcow2_state {
      * (new clusters); off once a bitmap change or a resize laid them out */
     bool bitmaps_store_anew;
     bool check_open; /* opened read-write for check -r: bitmaps not taken yet */
+    bool bitmaps_kept; /* a resize stored the bitmaps and holds them on (qcow2_bitmaps_reload) */
     struct vbd_bitmap_ranges written_in_change;
     uint8_t *bm_dir;
     uint64_t bm_dir_offset, bm_dir_size; /* the repair at open of a dirty image prints nothing */
