@@ -47,8 +47,21 @@ static void add(struct ctx *c, uint64_t off, uint64_t len)
         return;
     }
     uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
-    for (uint64_t k = first; k <= last; k++)
+    uint64_t max = s->refcount_order == 6 ? UINT64_MAX : (1ull << (1u << s->refcount_order)) - 1;
+    for (uint64_t k = first; k <= last; k++) {
+        if (c->ref[k] == max) {
+            /* more references than the width can count (QEMU's
+             * inc_refcounts, its words): a corruption no repair here can
+             * undo; the count stays at the width's maximum */
+            report(c, "ERROR: overflow cluster offset=0x%llx\n"
+                      "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean "
+                      "copy if the image cannot be opened for writing\n",
+                   (unsigned long long)(k << s->cluster_bits));
+            c->res->corruptions++;
+            continue;
+        }
         c->ref[k]++;
+    }
     if (last + 1 > c->nref)
         c->nref = last + 1;
 }
