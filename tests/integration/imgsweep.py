@@ -870,9 +870,9 @@ def run_case(work, base, tools, tool, args):
         diffs.append(f"stderr's first line:\n      qemu: {lq}\n      vbd:  {lv}")
     # where an image's clusters end (check's "Image end offset") is
     # compared for the verbs that lay out a new image (README: others
-    # place metadata and data where vbd's allocator puts them: bitmaps
-    # stored at a close, commit's emptied overlay, a rebase refused
-    # before its copy)
+    # place metadata and data where vbd's allocator puts them: the
+    # bitmap verb's changes written at once, commit's emptied overlay and
+    # qemu-img's mirror order, a rebase refused before its copy)
     layout = tool == "img" and args[0] in ("create", "convert", "resize", "dd") and "bm.qcow2" not in args
     diffs += compare_images(base, q, v, layout)
     return ("diff", "\n".join(diffs)) if diffs else None

@@ -5,7 +5,8 @@
 # cluster sizes, extended L2, external data file, compressed clusters (zlib,
 # zstd), snapshots, backing, preallocation, refcount widths, lazy refcounts,
 # bitmaps; then the same images truncated (corrupt: exit 2, not a failure
-# to open), and L1/L2 entries with reserved bits set.
+# to open), L1/L2 entries with reserved bits set, and a cluster with more
+# references than the refcount width counts.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
 cd "$T"
@@ -121,6 +122,41 @@ for what in snapl1 l2 data; do
     case $vr in 1|2) ;; *) fail "hostile $what: vbd-img check exited $vr: $(tail -3 v.err)";; esac
     case $qr in 1|2) ;; *) fail "hostile $what: qemu-img check exited $qr (test premise)";; esac
 done
+step "more references than the refcount width counts: qemu-img's overflow errors, nothing repaired"
+# refcount_bits=1 and 64 KiB clusters: two more L2 entries name the first
+# data cluster (3 references, 1 countable); refcount_bits=2 and three more
+# (4 references, 3 countable). vbd-img said "refcount=1 reference=3" (and
+# "Repairing" under -r all, with nothing written)
+dup_l2() { # FILE N: N more entries of the first L2 table name its first data cluster
+    python3 - "$@" <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b')
+f.seek(40); l1 = struct.unpack('>Q', f.read(8))[0]
+f.seek(l1); l2 = struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00
+f.seek(l2); e = f.read(8)
+for i in range(int(sys.argv[2])):
+    f.seek(l2 + 8 * (i + 1)); f.write(e)
+PY
+}
+mk ov1 refcount_bits=1 4M "write -P 1 0 64k"
+dup_l2 ov1.qcow2 2
+mk ov2 refcount_bits=2 4M "write -P 1 0 64k"
+dup_l2 ov2.qcow2 3
+for f in ov1 ov2; do
+    r=$(agree $f.qcow2) || exit 1
+    [ "$r" = 2 ] || fail "$f: check exited $r, expected 2"
+    grep -q "ERROR: overflow cluster offset=0x" v.err || fail "$f: no overflow error: $(cat v.err)"
+    for o in all leaks; do
+        for k in q v; do cp $f.qcow2 $k.qcow2; done
+        qr=0 vr=0
+        qemu-img check -r $o q.qcow2 >q.out 2>&1 || qr=$?
+        "$VBD_IMG" check -r $o v.qcow2 >v.out 2>&1 || vr=$?
+        [ $vr = $qr ] || fail "$f check -r $o: exit $vr, qemu-img's $qr"
+        diff -u <(sort q.out) <(sort v.out) >&2 || fail "$f check -r $o: the report differs"
+        cmp q.qcow2 v.qcow2 || fail "$f check -r $o: the image differs from qemu-img's"
+    done
+done
+
 step "every image of the matrix is still clean for qemu-img"
 for f in $images; do qcheck "$f"; done
 echo OK

@@ -405,10 +405,6 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
 {
     struct qcow2_state *s = n->opaque;
     (void)force;
-    /* qemu-img amend's close stores the bitmaps anew (new clusters), as
-     * QEMU's close always does, whether the amend went through or not:
-     * so does this image's close */
-    s->bitmaps_store_anew = true;
     char *compat = NULL, *backing = NULL, *backing_fmt = NULL, *str = NULL;
     bool lazy = false, has_lazy = json_object_object_get_ex(opts, "lazy_refcounts", NULL);
     bool has_backing = json_object_object_get_ex(opts, "backing_file", NULL);
@@ -539,10 +535,9 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
     }
     vbd_co_mutex_unlock(&s->lock);
     if (rc == 0 && has_size && size != n->size) { /* smaller: discards past the new end, as resize --shrink */
+        /* (the resize stores the bitmaps anew, as qemu-img's close stores
+         * them after its resize: the close only clears in-use) */
         rc = n->drv->co_truncate(n, size, false, VBD_PREALLOC_OFF, err);
-        /* the resize stored the bitmaps anew already (as qemu-img's close
-         * stores them after its resize): the close only clears in-use */
-        s->bitmaps_store_anew = false;
     }
 out:
     free(compat);

@@ -29,6 +29,7 @@
 struct qcow2_bitmap {
     char *name;
     bool tracking;        /* enabled and open read-write: writes set its bits */
+    bool held;            /* marked in-use by this open (enabled or not), cleared when stored */
     uint64_t dir_pos;     /* offset of its entry in the directory */
     uint64_t table_offset;
     uint32_t table_size;
@@ -172,6 +173,9 @@ static int load_entry(struct qcow2_state *s, const uint8_t *e, struct qcow2_bitm
 }
 
 /* At a read-write open (before any write): load enabled, consistent bitmaps.
+ * Disabled ones are taken too (marked in-use, their bits held, not
+ * tracked), as QEMU's qcow2_load_dirty_bitmaps takes every bitmap: its
+ * close stores them anew with the others.
  * A read-only image going read-write may hold copies loaded for reading (an
  * NBD export's, x-debug-block-dirty-bitmap-sha256's: find_bitmap appends
  * them, clean): they go first, or the new array, sized for the directory,
@@ -208,10 +212,12 @@ int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
         uint32_t flags = get_be32p(e + 12), name = ((uint32_t)e[18] << 8) | e[19], extra = get_be32p(e + 20);
         struct qcow2_bitmap b = {.dir_pos = p};
         p += len;
-        if ((flags & BME_IN_USE) || !(flags & BME_AUTO) || e[16] != 1 || extra)
-            continue; /* inconsistent, disabled, or not a dirty-tracking bitmap we know: left as it is */
+        if ((flags & BME_IN_USE) || e[16] != 1 || extra)
+            continue; /* inconsistent, or not a dirty-tracking bitmap we know: left as it is */
         if ((rc = load_entry(s, e, &b)) == -ENOMEM)
             return rc;
+        if (rc < 0 && !(flags & BME_AUTO))
+            continue; /* a disabled one that cannot be read: left as it is (never written to) */
         if (rc < 0) { /* QEMU 7.2's words */
             struct qcow2_bitmap f;
             if (entry_fields(s, e, &f) < 0)
@@ -224,7 +230,8 @@ int qcow2_bitmaps_open(struct qcow2_state *s, struct vbd_error **err)
         }
         put_be32p(e + 12, flags | BME_IN_USE); /* until a clean close stores the bits */
         b.name = strndup((const char *)e + 24 + extra, name);
-        b.tracking = true;
+        b.tracking = (flags & BME_AUTO) != 0;
+        b.held = true;
         s->bitmaps[s->nbitmaps++] = b;
         changed = true;
     }
@@ -269,10 +276,10 @@ int qcow2_bitmaps_store(struct qcow2_state *s)
     int tracked = 0;
     for (int i = 0; i < s->nbitmaps && rc == 0; i++) {
         struct qcow2_bitmap *b = &s->bitmaps[i];
-        if (!b->tracking)
+        if (!b->held)
             continue;
         tracked++;
-        if (!b->bits_changed) {
+        if (!b->bits_changed) { /* a disabled one's never change */
             uint8_t *e = s->bm_dir + b->dir_pos;
             put_be32p(e + 12, get_be32p(e + 12) & ~BME_IN_USE);
             continue;
@@ -439,6 +446,7 @@ struct dir_entry {
     uint64_t nbits;
     uint64_t old_table; /* released once the new directory is in place */
     uint32_t old_table_size;
+    bool held;          /* a bitmap this open holds: its bits from memory */
 };
 
 struct dir {
@@ -919,23 +927,26 @@ int qcow2_bitmap_change(struct vbd_node *n, const struct vbd_bitmap_op *op, stru
         rc = qcow2_flush_refcounts(s);
     free(gone);
     dir_free(&d);
+    /* laid out by this change: the close writes the bits back in place,
+     * not anew (the bitmap verb moves the bitmaps once) */
+    s->bitmaps_store_anew = false;
     rc = end_change(s, rc, err);
     vbd_co_mutex_unlock(&s->lock);
     return rc;
 }
 
-/* The entries of the bitmaps tracked in memory take their bits from
- * there (to be written anew), in-use cleared in the new directory; the
- * old directory on disk keeps in-use until the header leaves it, as
- * QEMU's close leaves it. */
-static int take_tracked_bits(struct qcow2_state *s, struct dir *d)
+/* The entries of the bitmaps held in memory take their bits from there
+ * (to be written anew), in-use cleared in the new directory unless
+ * keep_in_use (they stay held); the old directory on disk keeps in-use
+ * until the header leaves it, as QEMU's close leaves it. */
+static int take_tracked_bits(struct qcow2_state *s, struct dir *d, bool keep_in_use)
 {
     for (uint32_t i = 0; i < d->n; i++) {
         struct dir_entry *e = &d->e[i];
         uint32_t nlen = entry_name_len(e);
         struct qcow2_bitmap *b = NULL;
         for (int k = 0; k < s->nbitmaps && !b; k++)
-            if (s->bitmaps[k].tracking && strlen(s->bitmaps[k].name) == nlen &&
+            if (s->bitmaps[k].held && strlen(s->bitmaps[k].name) == nlen &&
                 !memcmp(s->bitmaps[k].name, entry_name(e), nlen))
                 b = &s->bitmaps[k];
         if (!b)
@@ -947,7 +958,9 @@ static int take_tracked_bits(struct qcow2_state *s, struct dir *d)
         e->nbits = b->nbits;
         e->old_table = get_be64p(e->raw);
         e->old_table_size = get_be32p(e->raw + 8);
-        put_be32p(e->raw + 12, get_be32p(e->raw + 12) & ~BME_IN_USE);
+        e->held = true;
+        if (!keep_in_use)
+            put_be32p(e->raw + 12, get_be32p(e->raw + 12) & ~BME_IN_USE);
     }
     return 0;
 }
@@ -965,7 +978,7 @@ int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         bool tracked = false;
         for (int k = 0; k < s->nbitmaps && !tracked; k++)
-            tracked = s->bitmaps[k].tracking &&
+            tracked = s->bitmaps[k].held &&
                       strlen(s->bitmaps[k].name) == entry_name_len(&d.e[i]) &&
                       !memcmp(s->bitmaps[k].name, entry_name(&d.e[i]), entry_name_len(&d.e[i]));
         if (((get_be32p(d.e[i].raw + 12) & BME_IN_USE) && !tracked) || d.e[i].raw[16] != 1) {
@@ -978,13 +991,57 @@ int qcow2_bitmaps_check_resize(struct qcow2_state *s, struct vbd_error **err)
     return rc;
 }
 
+/* After a resize's dir_store: the bitmaps held go on with their resized
+ * bits and their entries in the directory just written (in-use still set
+ * there, as QEMU keeps it until its close): no second directory write to
+ * set in-use again. */
+static int keep_held(struct qcow2_state *s, struct dir *d)
+{
+    struct qcow2_ext *x = bitmaps_ext(s);
+    if (!x || !d->n)
+        return 0; /* no directory: nothing held (taken again from the disk) */
+    uint64_t size = 0;
+    for (uint32_t i = 0; i < d->n; i++)
+        size += d->e[i].len;
+    uint8_t *dir = malloc(size);
+    if (!dir)
+        return -ENOMEM;
+    for (uint64_t p = 0, i = 0; i < d->n; p += d->e[i++].len)
+        memcpy(dir + p, d->e[i].raw, d->e[i].len);
+    for (int k = 0; k < s->nbitmaps; k++) {
+        struct qcow2_bitmap *b = &s->bitmaps[k];
+        uint64_t p = 0;
+        for (uint32_t i = 0; b->held && i < d->n; p += d->e[i++].len) {
+            struct dir_entry *e = &d->e[i];
+            if (!e->held || strlen(b->name) != entry_name_len(e) || memcmp(b->name, entry_name(e), entry_name_len(e)))
+                continue;
+            free(b->bits);
+            b->bits = e->bits; /* the resized bits, as written */
+            e->bits = NULL;
+            b->nbits = e->nbits;
+            b->table_offset = get_be64p(e->raw);
+            b->table_size = get_be32p(e->raw + 8);
+            b->dir_pos = p;
+            b->bits_changed = false;
+            break;
+        }
+    }
+    free(s->bm_dir);
+    s->bm_dir = dir;
+    s->bm_dir_offset = get_be64p(x->data + 16);
+    s->bm_dir_size = size;
+    s->bitmaps_kept = true;
+    return 0;
+}
+
 /* Every bitmap made to cover `size` bytes (bits past the old end clear,
- * bits past the new end dropped), written to new clusters. The bitmaps
- * are not tracked again until qcow2_bitmaps_reload(). Lock held. */
+ * bits past the new end dropped), written to new clusters, those held
+ * still in use and held on (keep_held); after a failure they are not
+ * tracked again until qcow2_bitmaps_reload(). Lock held. */
 int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error **err)
 {
     struct dir d = {0};
-    /* as begin_change, but the tracked bits go to new clusters straight
+    /* as begin_change, but the held bits go to new clusters straight
      * from memory: the old directory keeps in-use, as QEMU's close
      * (which stores them after its resize) leaves it */
     s->bitmaps_changing = true;
@@ -994,11 +1051,10 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
     if (rc == 0)
         rc = dir_load(s, &d);
     if (rc == 0)
-        rc = take_tracked_bits(s, &d);
-    qcow2_bitmaps_free(s);
+        rc = take_tracked_bits(s, &d, true);
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         struct dir_entry *e = &d.e[i];
-        if ((get_be32p(e->raw + 12) & BME_IN_USE) || e->raw[16] != 1)
+        if (!e->held && ((get_be32p(e->raw + 12) & BME_IN_USE) || e->raw[16] != 1))
             continue; /* refused before (qcow2_bitmaps_check_resize) */
         if ((rc = entry_bits(s, e)) < 0)
             break;
@@ -1027,7 +1083,15 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
     }
     if (rc == 0)
         rc = dir_store(s, &d, err);
+    if (rc == 0)
+        rc = keep_held(s, &d);
+    if (!s->bitmaps_kept)
+        qcow2_bitmaps_free(s); /* taken again from the disk (qcow2_bitmaps_reload) */
     dir_free(&d);
+    /* stored anew here, as QEMU's close stores them after its resize: the
+     * close only clears in-use (once, not a second move) */
+    if (rc == 0)
+        s->bitmaps_store_anew = false;
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "qcow2: could not resize the persistent bitmaps: %s", strerror(-rc));
     return rc;
@@ -1037,13 +1101,23 @@ int qcow2_bitmaps_resize(struct qcow2_state *s, uint64_t size, struct vbd_error 
  * the enabled bitmaps tracked again. Lock held. */
 int qcow2_bitmaps_reload(struct qcow2_state *s, int rc, struct vbd_error **err)
 {
-    return end_change(s, rc, err);
+    if (!s->bitmaps_kept)
+        return end_change(s, rc, err);
+    /* held on by the resize: only what was written meanwhile is marked */
+    s->bitmaps_kept = false;
+    s->bitmaps_changing = false;
+    struct vbd_bitmap_ranges *w = &s->written_in_change;
+    for (size_t i = 0; i < w->n; i++)
+        qcow2_bitmaps_dirty(s, w->r[i][0], w->r[i][1]);
+    free(w->r);
+    *w = (struct vbd_bitmap_ranges){0};
+    return rc;
 }
 
-/* At the close of an image amended (vbd-img amend): every consistent
- * bitmap stored anew, as QEMU 7.2's qcow2_store_persistent_dirty_bitmaps
- * stores them at every close, so that the file ends as qemu-img amend
- * leaves it: in directory order, each bitmap's data clusters (an all-zero
+/* At the close after a read-write open (vbd-img's verbs, vbd-io, a
+ * daemon's node): every consistent bitmap stored anew, as QEMU 7.2's
+ * qcow2_store_persistent_dirty_bitmaps stores them at every such close,
+ * so that the file ends as qemu-img's verbs and qemu-io leave it: in directory order, each bitmap's data clusters (an all-zero
  * one left unallocated) then its table at new clusters, in-use cleared;
  * then a new directory and the header naming it; only then are the old
  * directory and the old tables freed (their data clusters given back to
@@ -1057,15 +1131,20 @@ int qcow2_bitmaps_store_anew(struct qcow2_state *s)
     struct dir d;
     int rc = dir_load(s, &d);
     if (rc == 0)
-        rc = take_tracked_bits(s, &d);
+        rc = take_tracked_bits(s, &d, false);
     for (uint32_t i = 0; rc == 0 && i < d.n; i++) {
         struct dir_entry *e = &d.e[i];
         uint32_t flags = get_be32p(e->raw + 12);
         if (!e->bits && !(flags & BME_IN_USE) && !(flags & BME_AUTO) && e->raw[16] == 1 && !get_be32p(e->raw + 20))
             rc = entry_bits(s, e); /* a disabled one: its bits from its clusters */
     }
+    /* nothing consistent (every bitmap in use since before the open):
+     * nothing written, as QEMU's store finds nothing to write */
+    bool any = false;
+    for (uint32_t i = 0; i < d.n; i++)
+        any |= d.e[i].bits != NULL;
     struct vbd_error *err = NULL;
-    if (rc == 0)
+    if (rc == 0 && any)
         rc = dir_store(s, &d, &err);
     vbd_error_free(err);
     dir_free(&d);

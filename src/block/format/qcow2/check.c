@@ -47,8 +47,21 @@ static void add(struct ctx *c, uint64_t off, uint64_t len)
         return;
     }
     uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
-    for (uint64_t k = first; k <= last; k++)
+    uint64_t max = s->refcount_order == 6 ? UINT64_MAX : (1ull << (1u << s->refcount_order)) - 1;
+    for (uint64_t k = first; k <= last; k++) {
+        if (c->ref[k] == max) {
+            /* more references than the width can count (QEMU's
+             * inc_refcounts, its words): a corruption no repair here can
+             * undo; the count stays at the width's maximum */
+            report(c, "ERROR: overflow cluster offset=0x%llx\n"
+                      "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean "
+                      "copy if the image cannot be opened for writing\n",
+                   (unsigned long long)(k << s->cluster_bits));
+            c->res->corruptions++;
+            continue;
+        }
         c->ref[k]++;
+    }
     if (last + 1 > c->nref)
         c->nref = last + 1;
 }
@@ -339,6 +352,19 @@ int qcow2_co_check(struct vbd_node *n, struct vbd_check_result *res, unsigned fi
     struct qcow2_state *s = n->opaque;
     vbd_co_mutex_lock(&s->lock);
     int rc = check_locked(n, res, fix, err);
+    /* check -r opened the image read-write without taking its bitmaps (a
+     * damaged directory must not stop the check): once the repair leaves
+     * nothing wrong they are taken in use as any read-write open takes
+     * them, and the close stores them anew, as qemu-img check -r's close
+     * (QEMU loads them at its open). Left alone on an image still damaged:
+     * an allocation there could land on clusters in use. */
+    if (rc == 0 && fix && s->check_open && !s->read_only && !s->corrupt && !res->corruptions && !res->check_errors) {
+        s->check_open = false;
+        if (qcow2_bitmaps_open(s, NULL) == 0)
+            s->bitmaps_store_anew = true;
+        else
+            qcow2_bitmaps_free(s); /* kept as they are on disk */
+    }
     vbd_co_mutex_unlock(&s->lock);
     return rc;
 }

@@ -210,6 +210,18 @@ int qcow2_get_l2(struct qcow2_state *s, uint64_t guest_off, bool alloc, uint64_t
     if (!l2_off) {
         if (!alloc)
             return 0;
+        /* clusters freed since the last writeback (a discard's) are free
+         * for the new table once the tables that dropped them are on disk:
+         * written back first, so that the table lands where QEMU's
+         * l2_allocate puts it (its refcount flush writes the L2 tables the
+         * frees depend on; a whole-image discard over a backing file had
+         * its second table a cluster past qemu-io's, one per table with
+         * small clusters) */
+        if (s->nfrees) {
+            int wrc = qcow2_writeback(s);
+            if (wrc < 0)
+                return wrc;
+        }
         int64_t nl2 = qcow2_alloc_clusters(s, 1);
         if (nl2 < 0)
             return (int)nl2;

@@ -117,7 +117,7 @@ static int clear_unknown_autoclear(struct vbd_node *n, struct qcow2_state *s, st
 /* Before the first write: a dirty image (lazy refcounts, not closed
  * cleanly) gets its refcounts rebuilt, as QEMU does at open; bitmaps we do
  * not keep up to date are marked invalid (the autoclear rule). */
-static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, struct vbd_error **err)
+static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, bool take_bitmaps, struct vbd_error **err)
 {
     int rc = 0;
     if (s->incompat & QCOW2_INCOMPAT_DIRTY) {
@@ -134,8 +134,14 @@ static int open_for_writing(struct vbd_node *n, struct qcow2_state *s, struct vb
     }
     if (rc == 0)
         rc = clear_unknown_autoclear(n, s, err); /* features we do not keep up to date stop being valid */
-    if (rc == 0)
+    /* QEMU's close stores every consistent bitmap anew after a read-write
+     * open; not after an open that does no I/O (vbd-img commit's look at
+     * the chain before its real open: qemu-img opens once, and the
+     * bitmaps moved twice) */
+    if (rc == 0 && take_bitmaps) {
         rc = qcow2_bitmaps_open(s, err);
+        s->bitmaps_store_anew = true;
+    }
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "qcow2: could not prepare the image for writing: %s", strerror(-rc));
     return rc;
@@ -356,13 +362,14 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
         vbd_timer_arm(&s->clean_timer, vbd_clock_ns() + s->cache_clean_interval * 1000000000ull);
     }
     if (!s->read_only && !(flags & VBD_OPEN_CHECK)) {
-        rc = open_for_writing(n, s, err);
+        rc = open_for_writing(n, s, !(flags & VBD_OPEN_NO_IO), err);
         if (rc < 0)
             return rc;
     } else if (!s->read_only) {
         rc = clear_unknown_autoclear(n, s, err);
         if (rc < 0)
             return rc;
+        s->check_open = true; /* the bitmaps wait for the repair (qcow2_co_check) */
     }
     return vbd_open_backing(n, opts, flags, err);
 }
@@ -1679,16 +1686,36 @@ static void writeback_co(void *arg)
         qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY); /* refcounts are on disk: clean */
 }
 
+/* The bitmaps at a close or a reopen read-only (lock held, metadata
+ * written back): stored anew as QEMU's qcow2_store_persistent_dirty_bitmaps
+ * stores them after every read-write open (qemu-img's snapshot -c, check -r,
+ * rebase -u, commit, qemu-io's writes leave them so), or, where this open
+ * laid the directory out itself (a bitmap change, a resize), their bits
+ * written back in place. *stored: something was written. */
+static int store_bitmaps(struct qcow2_state *s, bool *stored)
+{
+    *stored = false;
+    if (s->corrupt)
+        return 0;
+    if (s->bitmaps_store_anew && (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
+        *stored = true;
+        return qcow2_bitmaps_store_anew(s);
+    }
+    if (!s->nbitmaps)
+        return 0;
+    *stored = true;
+    return qcow2_bitmaps_store(s);
+}
+
 /* At close: metadata, then the bitmaps' bits (their new clusters need refcounts on disk) */
 static void close_co(void *arg)
 {
     struct qcow2_state *s = arg;
     writeback_co(s);
-    bool had_bitmaps = s->nbitmaps;
-    if (s->nbitmaps && !s->corrupt &&
-        (s->bitmaps_store_anew ? qcow2_bitmaps_store_anew(s) : qcow2_bitmaps_store(s)) < 0)
+    bool stored;
+    if (store_bitmaps(s, &stored) < 0)
         vbd_warn("qcow2 '%s': the persistent bitmaps could not be stored; they stay marked inconsistent", s->n->filename);
-    if (had_bitmaps)
+    if (stored)
         writeback_co(s);
 }
 
@@ -2133,7 +2160,7 @@ static int qcow2_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
     struct qcow2_state *s = n->opaque;
     if (rw) {
         s->read_only = false;
-        int rc = s->corrupt ? -EIO : open_for_writing(n, s, err);
+        int rc = s->corrupt ? -EIO : open_for_writing(n, s, true, err);
         if (rc < 0) {
             vbd_error_setf(err, -rc, "qcow2 '%s' cannot be made read-write: %s", n->filename,
                            s->corrupt ? "the image is corrupt" : strerror(-rc));
@@ -2145,7 +2172,10 @@ static int qcow2_reopen_rw(struct vbd_node *n, bool rw, struct vbd_error **err)
     int rc = qcow2_writeback(s);
     if (rc == 0)
         rc = qcow2_flush_refcounts(s);
-    if (rc == 0 && s->nbitmaps && !s->corrupt && (rc = qcow2_bitmaps_store(s)) == 0 && (rc = qcow2_writeback(s)) == 0)
+    bool stored = false;
+    if (rc == 0)
+        rc = store_bitmaps(s, &stored);
+    if (rc == 0 && stored && (rc = qcow2_writeback(s)) == 0)
         rc = qcow2_flush_refcounts(s);
     if (rc == 0 && (s->incompat & QCOW2_INCOMPAT_DIRTY))
         rc = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);

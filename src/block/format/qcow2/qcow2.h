@@ -196,7 +196,11 @@ struct qcow2_state {
      * block job: the exports are drained, the jobs are not) are kept here
      * and marked once the bitmaps are back, so no dirty bit is lost. */
     bool bitmaps_changing;
-    bool bitmaps_store_anew; /* amended: the close stores the bitmaps as QEMU's does (new clusters) */
+    /* the close stores the bitmaps as QEMU's does after a read-write open
+     * (new clusters); off once a bitmap change or a resize laid them out */
+    bool bitmaps_store_anew;
+    bool check_open; /* opened read-write for check -r: bitmaps not taken yet */
+    bool bitmaps_kept; /* a resize stored the bitmaps and holds them on (qcow2_bitmaps_reload) */
     struct vbd_bitmap_ranges written_in_change;
     uint8_t *bm_dir;
     uint64_t bm_dir_offset, bm_dir_size; /* the repair at open of a dirty image prints nothing */

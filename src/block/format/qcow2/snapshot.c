@@ -264,6 +264,17 @@ static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, 
     uint8_t *oldtab = NULL;
     if (s->nb_snapshots && read_table(s, &oldtab, &old_len, NULL) == 0)
         free(oldtab);
+    /* the last entry without its padding to 8 bytes, as QEMU's
+     * qcow2_write_snapshots sizes the table (pads before an entry, not
+     * after one): qemu-img's clusters and file length */
+    uint64_t end = 0;
+    for (uint64_t p = 0; p + 40 <= len;) {
+        end = p + 40 + get_be32p(tab + p + 36) + (uint16_t)((tab[p + 12] << 8) | tab[p + 13]) +
+              (uint16_t)((tab[p + 14] << 8) | tab[p + 15]);
+        p = (end + 7) & ~7ull;
+    }
+    if (end && end <= len)
+        len = end;
     int64_t at = 0;
     int rc = 0;
     if (len) {
@@ -291,8 +302,17 @@ static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, 
         s->snap_l1 = NULL;
         s->nsnap_l1 = 0;
     }
-    if (old && old_len)
+    if (old && old_len) {
+        /* the old table's clusters go back to the file system, as QEMU's
+         * qcow2_write_snapshots frees them (QCOW2_DISCARD_SNAPSHOT, on by
+         * default): the header naming the new table is on disk above */
+        bool punching = s->punch_freed;
+        s->punch_freed = true;
         add_refs(s, old, old_len, -1); /* a failure only leaks */
+        s->punch_freed = punching;
+        if (!punching)
+            qcow2_punch_freed(s);
+    }
     return 0;
 }
 
@@ -355,8 +375,11 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
             goto out;
         }
         l1copy = malloc(l1_bytes);
+        /* the active entries as they are, COPIED flags too, as QEMU's
+         * qcow2_snapshot_create copies them (the bytes qemu-img writes): a
+         * snapshot's flags mean nothing, every reader masks them */
         for (uint32_t i = 0; i < s->l1_size; i++)
-            l1copy[i] = be64(s->l1[i] & ~QCOW_OFLAG_COPIED);
+            l1copy[i] = be64(s->l1[i]);
         if ((rc = vbd_node_co_pwrite(n->file, (uint64_t)l1_at, l1copy, l1_bytes, 0)) < 0)
             goto out;
     }
@@ -433,16 +456,24 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
         uint64_t elen = (i + 1 < (int)s->nb_snapshots ? offs[i + 1] : len) - offs[i];
         uint64_t l1_at = get_be64p(tab + offs[i]);
         memmove(tab + offs[i], tab + offs[i] + elen, len - offs[i] - elen);
-        /* the table first: a crash after it only leaks the snapshot's clusters */
+        /* the table first: a crash after it only leaks the snapshot's
+         * clusters. What only the snapshot held goes back to the file
+         * system, as QEMU's delete frees it (QCOW2_DISCARD_SNAPSHOT): punched
+         * once the counts of 0 are on disk (qcow2_punch_freed) */
+        s->punch_freed = true;
         rc = write_table(s, tab, len - elen, s->nb_snapshots - 1);
         if (rc == 0)
             rc = l1_refs(s, l1, l1_size, -1);
         if (rc == 0 && l1_size)
             rc = add_refs(s, l1_at, (uint64_t)l1_size * 8, -1);
+        s->punch_freed = false;
         if (rc == 0)
             rc = fix_copied(s);
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);
+        if (rc == 0)
+            qcow2_punch_freed(s);
+        s->nto_punch = 0;
     }
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "%s", strerror(-rc));
