@@ -11,8 +11,14 @@ all: build
 deps:
 	@./scripts/deps.sh
 
+# The release build (make build, make demo, the benchmarks) links the tools
+# with link-time optimisation (meson option lto_tools: their requests cross
+# small functions in many files, which only LTO inlines into each other);
+# LTO=false: without. The tests, the sanitizer and the fuzz builds link
+# without (an LTO link redoes the optimisation: quick builds, plain reports).
+LTO ?= true
 $(BUILD)/build.ninja:
-	meson setup $(BUILD) --buildtype=release -Db_ndebug=false $(MESON_OPTS)
+	meson setup $(BUILD) --buildtype=release -Db_ndebug=false -Dlto_tools=$(LTO) $(MESON_OPTS)
 
 $(BUILD_ASAN)/build.ninja:
 	meson setup $(BUILD_ASAN) --buildtype=debug -Doptimization=1 -Db_sanitize=address,undefined -Db_lundef=false $(MESON_OPTS)
@@ -28,7 +34,12 @@ $(BUILD_TSAN)/build.ninja:
 build-tsan: deps $(BUILD_TSAN)/build.ninja
 	ninja -C $(BUILD_TSAN) src/tools/vbd-daemon src/tools/vbd-img src/tools/vbd-nbd src/tools/vbd-bench
 
+# a release build dir set up with the other setting, or before the option
+# existed, is switched once (a reconfigure rewrites the build files every
+# time it runs, so only when the setting differs)
 build: deps $(BUILD)/build.ninja
+	@[ "$$(meson configure $(BUILD) | awk '$$1 == "lto_tools" {print $$2}')" = "$(LTO)" ] || \
+	    meson setup --reconfigure $(BUILD) -Dlto_tools=$(LTO) >/dev/null
 	ninja -C $(BUILD)
 
 build-asan: deps $(BUILD_ASAN)/build.ninja
