@@ -126,7 +126,9 @@ int verb_check(int argc, char **argv)
             json_object_object_add(o, "leaks-fixed", json_object_new_int64(r.leaks_fixed));
         if (r.allocated_clusters) /* qemu-img leaves it out when zero */
             json_object_object_add(o, "allocated-clusters", json_object_new_int64((int64_t)r.allocated_clusters));
-        json_object_object_add(o, "filename", json_object_new_string(n->filename));
+        /* the image as the command line names it (qemu-img's
+         * collect_image_check): --image-opts' option string too */
+        json_object_object_add(o, "filename", json_object_new_string(argv[optind]));
         json_object_object_add(o, "format", json_object_new_string(img->drv->name));
         /* qemu-img leaves it out when zero */
         if (r.fragmented_clusters)

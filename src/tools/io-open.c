@@ -61,7 +61,9 @@ static struct vbd_node *apply_mode(struct vbd_node *n, unsigned mode, unsigned f
     *image = n;
     if (!(mode & IO_COR))
         return n;
-    if (!(flags & VBD_OPEN_RDWR)) {
+    /* QEMU refuses it at the open of a node read-only by -r or by its
+     * options (read-only=on), before the permission check */
+    if (!(flags & VBD_OPEN_RDWR) || n->read_only) {
         vbd_error_setf(err, EINVAL, "Can't use copy-on-read on read-only device");
         vbd_node_unref(n);
         return NULL;

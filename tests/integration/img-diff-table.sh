@@ -312,6 +312,19 @@ info --image-opts driver=raw,file.filename=q-raw.raw,file.bogus=1
 info -f '' q-raw.raw
 resize -f '' -- q-raw.raw -1M
 compare -F '' q-raw.raw q-qcow2.qcow2
+# round 31 (seed 32): check --output=json names the image as given on the
+# command line, --image-opts' option string too (vbd-img named the file);
+# bitmap -f '' and -F '' name no driver (vbd-img probed); dd's skip past
+# the input's end is reported after the output's open, whose error comes
+# first (a vmdk of size 0 is one QEMU cannot open)
+check --output=json --image-opts driver=qcow2,file.filename=q-qcow2.qcow2
+check --output=json --image-opts file.filename=q-qcow2.qcow2,driver=qcow2,lazy-refcounts=on
+check --output=json ./q-qcow2.qcow2
+bitmap --add -f '' q-qcow2.qcow2 b0
+bitmap --merge b0 -b q-qcow2.qcow2 -F '' q-qcow2.qcow2 b1
+dd -O vmdk if=q-raw.raw of=n.vmdk skip=9999
+dd -O vmdk if=q-raw.raw of=n.vmdk bs=1M skip=5
+dd -O qcow2 if=q-raw.raw of=n.qcow2 bs=1M count=2 skip=3
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES
