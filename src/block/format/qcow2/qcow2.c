@@ -210,6 +210,8 @@ struct runtime_opts {
     int has_entry, has_lazy;
     bool lazy;
     uint16_t overlap_mask;
+    uint8_t discard_request_opt; /* as qcow2_state's */
+    bool discard_snapshot, discard_other;
 };
 
 static int take_runtime_opts(struct json_object *opts, struct runtime_opts *r, struct vbd_error **err)
@@ -237,7 +239,17 @@ static int take_runtime_opts(struct json_object *opts, struct runtime_opts *r, s
     }
     r->has_entry = vbd_opt_take_size(opts, "l2-cache-entry-size", &r->l2_entry, err);
     r->has_lazy = r->has_entry < 0 ? -1 : vbd_opt_take_bool(opts, "lazy-refcounts", &r->lazy, err);
-    if (r->has_lazy < 0 || take_overlap_check(opts, &r->overlap_mask, err) < 0)
+    if (r->has_lazy < 0)
+        return -EINVAL;
+    /* QEMU's defaults: requests as discard=unmap says, snapshots on, the rest off */
+    bool req = false;
+    int has_req = vbd_opt_take_bool(opts, "pass-discard-request", &req, err);
+    r->discard_snapshot = true;
+    if (has_req < 0 || vbd_opt_take_bool(opts, "pass-discard-snapshot", &r->discard_snapshot, err) < 0 ||
+        vbd_opt_take_bool(opts, "pass-discard-other", &r->discard_other, err) < 0)
+        return -EINVAL;
+    r->discard_request_opt = has_req ? (req ? 2 : 1) : 0;
+    if (take_overlap_check(opts, &r->overlap_mask, err) < 0)
         return -EINVAL;
     if (r->clean_interval > UINT_MAX) {
         vbd_error_setf(err, EINVAL, "Cache clean interval too big");
@@ -311,6 +323,9 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     if (ro.has_lazy)
         s->lazy_opt = ro.lazy ? 2 : 1;
     s->overlap_mask = ro.overlap_mask;
+    s->discard_request_opt = ro.discard_request_opt;
+    s->pass_discard_snapshot = ro.discard_snapshot;
+    s->pass_discard_other = ro.discard_other;
     s->rc_nslots = refcount_cache_slots(s, rc_cache);
     rc = qcow2_load_reftable(s, (flags & VBD_OPEN_CHECK) != 0, err);
     if (rc < 0)
@@ -2177,6 +2192,8 @@ struct qcow2_reopen {
     uint64_t clean_interval;
     uint8_t lazy_opt;
     uint16_t overlap_mask;
+    uint8_t discard_request_opt;
+    bool discard_snapshot, discard_other;
     int l2_slots, rc_slots;
 };
 
@@ -2202,6 +2219,9 @@ static int qcow2_reopen_prepare(struct vbd_node *n, struct json_object *opts, vo
     r->clean_interval = ro.clean_interval;
     r->lazy_opt = ro.has_lazy ? (ro.lazy ? 2 : 1) : 0;
     r->overlap_mask = ro.overlap_mask;
+    r->discard_request_opt = ro.discard_request_opt;
+    r->discard_snapshot = ro.discard_snapshot;
+    r->discard_other = ro.discard_other;
     r->l2_slots = l2_cache_slots(s, ro.l2_cache);
     r->rc_slots = refcount_cache_slots(s, ro.rc_cache);
     if (caches_resized(s, r) && !s->read_only) {
@@ -2262,6 +2282,9 @@ static void qcow2_reopen_commit(struct vbd_node *n, void *staged)
     if (caches_resized(s, r))
         resize_caches(n, s, r);
     s->overlap_mask = r->overlap_mask;
+    s->discard_request_opt = r->discard_request_opt;
+    s->pass_discard_snapshot = r->discard_snapshot;
+    s->pass_discard_other = r->discard_other;
     bool was_lazy = qcow2_lazy(s);
     s->lazy_opt = r->lazy_opt;
     if (was_lazy && !qcow2_lazy(s) && !s->read_only) {

@@ -258,6 +258,25 @@ static int fix_copied(struct qcow2_state *s)
     return rc;
 }
 
+/* What a snapshot's create, delete or revert frees (an old snapshot table,
+ * the deleted snapshot's L1 table, tables and data, the reverted image's)
+ * goes back to the file system once the refcounts of 0 are on the disk, as
+ * QEMU frees it with QCOW2_DISCARD_SNAPSHOT (pass-discard-snapshot, on
+ * unless set off): qemu-img snapshot -d gives the space back. Lock held. */
+static void snapshot_frees_begin(struct qcow2_state *s)
+{
+    s->nto_punch = 0;
+    s->punch_freed = s->pass_discard_snapshot;
+}
+
+static void snapshot_frees_end(struct qcow2_state *s)
+{
+    if (s->punch_freed)
+        qcow2_punch_freed(s); /* only what is still free, refcounts synced first */
+    s->punch_freed = false;
+    s->nto_punch = 0;
+}
+
 static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, uint32_t count)
 {
     uint64_t old = s->snapshots_offset, old_len = 0;
@@ -345,6 +364,7 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
             maxid = v;
     }
     snprintf(sn->id, sizeof(sn->id), "%lu", maxid + 1);
+    snapshot_frees_begin(s);
     /* 1. a copy of the active L1 for the snapshot */
     uint64_t l1_bytes = (uint64_t)s->l1_size * 8;
     int64_t l1_at = 0;
@@ -386,6 +406,7 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
     memcpy(e + 64 + il, sn->name, nl);
     rc = write_table(s, ntab, len + elen, s->nb_snapshots + 1);
 out:
+    snapshot_frees_end(s);
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "%s", strerror(-rc));
     vbd_co_mutex_unlock(&s->lock);
@@ -433,6 +454,7 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
         uint64_t elen = (i + 1 < (int)s->nb_snapshots ? offs[i + 1] : len) - offs[i];
         uint64_t l1_at = get_be64p(tab + offs[i]);
         memmove(tab + offs[i], tab + offs[i] + elen, len - offs[i] - elen);
+        snapshot_frees_begin(s);
         /* the table first: a crash after it only leaks the snapshot's clusters */
         rc = write_table(s, tab, len - elen, s->nb_snapshots - 1);
         if (rc == 0)
@@ -443,6 +465,7 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
             rc = fix_copied(s);
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);
+        snapshot_frees_end(s);
     }
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "%s", strerror(-rc));
@@ -478,6 +501,7 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
     if (rc == 0 && get_be32p(tab + offs[i] + 36) >= 16)
         disk_size = get_be64p(tab + offs[i] + 48);
     if (rc == 0) {
+        snapshot_frees_begin(s);
         /* references for the snapshot's view first, then drop the current one */
         uint64_t *cur = malloc((uint64_t)s->l1_size * 8 + 8);
         if (s->l1_size) /* an empty image has no L1 table (s->l1 NULL) */
@@ -511,6 +535,7 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
             rc = fix_copied(s);
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);
+        snapshot_frees_end(s);
         free(cur);
         /* the whole disk may have changed: every tracked dirty bitmap says so
          * (an incremental backup taken from it must not miss the revert) */
