@@ -283,6 +283,16 @@ static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, 
     uint8_t *oldtab = NULL;
     if (s->nb_snapshots && read_table(s, &oldtab, &old_len, NULL) == 0)
         free(oldtab);
+    /* the table ends where its last entry's name ends, as QEMU writes it:
+     * the entries are 8-byte aligned, the last one not padded (the file's
+     * length as qemu-img snapshot -c leaves it) */
+    for (uint64_t off = 0, i = 0; i < count && off + 40 <= len; i++) {
+        const uint8_t *e = tab + off;
+        uint64_t end = off + 40 + get_be32p(e + 36) + ((e[12] << 8) | e[13]) + ((e[14] << 8) | e[15]);
+        if (i + 1 == count && end <= len)
+            len = end;
+        off = (end + 7) & ~7ull;
+    }
     int64_t at = 0;
     int rc = 0;
     if (len) {
