@@ -325,6 +325,35 @@ bitmap --merge b0 -b q-qcow2.qcow2 -F '' q-qcow2.qcow2 b1
 dd -O vmdk if=q-raw.raw of=n.vmdk skip=9999
 dd -O vmdk if=q-raw.raw of=n.vmdk bs=1M skip=5
 dd -O qcow2 if=q-raw.raw of=n.qcow2 bs=1M count=2 skip=3
+# round 31 (the sweep widened to bench and amend -p, seed 34): bench's
+# values checked as qemu-img 7.2 checks them (counts without suffixes, 0
+# taken; sizes in cvtnum's words; --pattern with reads taken; the flush
+# interval against the depth), -n is native AIO (not cache=none), a
+# request past the end fails with EIO (vbd-img refused a buffer larger
+# than the image, wrapped a request that ran past the end); amend -p
+# prints qemu-img's progress, and its end after errors too
+bench -c 0 -f qcow2 q-qcow2.qcow2
+bench -c 4k -f raw q-raw.raw
+bench -c 0x10 -s 0 -f raw q-raw.raw
+bench -c 1 -s 3 -d 5000 -f raw q-raw.raw
+bench -c 1 -s x -f raw q-raw.raw
+bench -c 1 -S x -f raw q-raw.raw
+bench -c 1 -o x -f raw q-raw.raw
+bench -c 1 -o 5M -f raw q-raw.raw
+bench -c 1 -s 8M -f raw q-raw.raw
+bench -c 1 --pattern=5 -f raw q-raw.raw
+bench -c 1 --pattern=256 -f raw q-raw.raw
+bench -c 1 -w --flush-interval=1 -f raw q-raw.raw
+bench -c 1 -t bogus -f raw q-raw.raw
+bench -c 1 -n -f raw q-raw.raw
+bench -w -c 2 -d 1 -s 2M -S 3M --pattern=5 -f raw q-raw.raw
+bench -w -c 3 -d 1 -s 1M -S 3M --pattern=5 -f raw q-raw.raw
+amend -p -o compat=1.1 q-qcow2.qcow2
+amend -p -o size=8M q-qcow2.qcow2
+amend -p -o bogus=1 q-qcow2.qcow2
+amend -p -o compat=1.1 nosuch
+amend -p -o compat=1.1
+amend -p -q -o compat=1.1 q-qcow2.qcow2
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES

@@ -488,21 +488,8 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         const char *cur_fmt = n->backing_format[0] ? n->backing_format : NULL;
         if (!backing != !cur || (backing && strcmp(backing, cur)) || !backing_fmt != !cur_fmt ||
             (backing_fmt && strcmp(backing_fmt, cur_fmt))) {
-            backing_refused = true;
-            /* else after the upgrade and the refcount change, as qemu */
-            if (version <= (int)s->version && refcount_bits == (1ull << s->refcount_order)) {
-                vbd_error_setf(err, EINVAL, "Cannot amend the backing file\nYou can use 'vbd-img rebase' instead.");
-                goto out;
-            }
+            backing_refused = true; /* after the upgrade, the refcount change and the header's write, as qemu */
         }
-    }
-    if (has_size && size % 512) {
-        vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
-        goto out;
-    }
-    if (has_lazy && lazy && version < 3 && !backing_refused) {
-        vbd_error_setf(err, EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-        goto out;
     }
     vbd_co_mutex_lock(&s->lock);
     rc = 0;
@@ -525,8 +512,21 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         else
             rc = qcow2_change_refcount_order(s, order, err);
     }
+    /* QEMU 7.2 writes the header (the whole cluster) here whatever
+     * changed, before the backing file's check: a sparse copy's header
+     * cluster is allocated after any amend that gets this far */
+    if (rc == 0)
+        rc = qcow2_rewrite_header(s, n->backing_file, n->backing_format, err);
     if (rc == 0 && backing_refused) {
         vbd_error_setf(err, EINVAL, "Cannot amend the backing file\nYou can use 'vbd-img rebase' instead.");
+        rc = -EINVAL;
+    }
+    if (rc == 0 && has_lazy && lazy && version < 3) {
+        vbd_error_setf(err, EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+        rc = -EINVAL;
+    }
+    if (rc == 0 && has_size && size % 512) {
+        vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
         rc = -EINVAL;
     }
     if (rc == 0 && has_lazy)
