@@ -91,7 +91,7 @@ int verb_bench(int argc, char **argv)
 {
     const char *fmt = NULL, *cache = "writeback", *aio = NULL;
     int64_t count = 75000, depth = 64, bufsize = 4096, step = 0, offset = 0, flush_interval = 0;
-    bool write = false, quiet = false, force = false, no_drain = false, image_opts = false, native = false;
+    bool write = false, force = false, no_drain = false, image_opts = false, native = false;
     static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"pattern", required_argument, NULL, OPT_PATTERN},
                                        {"flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL},
                                        {"no-drain", no_argument, NULL, OPT_NO_DRAIN}, {"force-share", no_argument, NULL, 'U'},
@@ -123,7 +123,7 @@ int verb_bench(int argc, char **argv)
             aio = optarg;
             break;
         case 'o': if ((offset = img_cvtnum("offset", optarg, 0, INT64_MAX)) < 0) return 1; break;
-        case 'q': quiet = true; break;
+        case 'q': break; /* qemu-img 7.2 bench prints its lines with -q too */
         case 's': if ((bufsize = img_cvtnum("buffer size", optarg, 0, INT_MAX)) < 0) return 1; break;
         case 'S': if ((step = img_cvtnum("step_size", optarg, 0, INT_MAX)) < 0) return 1; break;
         case 't': {
@@ -185,11 +185,10 @@ int verb_bench(int argc, char **argv)
         return 1;
     struct bench b = {.n = n, .write = write, .bufsize = bufsize, .step = step ? step : bufsize, .offset = offset,
                       .image_size = n->size, .count = count, .flush_interval = flush_interval, .drain = !no_drain};
-    if (!quiet)
-        printf("Sending %lld %s requests, %lld bytes each, %lld in parallel (starting at offset %lld, step size %lld)\n",
-               (long long)count, write ? "write" : "read", (long long)bufsize, (long long)depth, (long long)offset,
-               (long long)b.step);
-    if (flush_interval && !quiet)
+    printf("Sending %lld %s requests, %lld bytes each, %lld in parallel (starting at offset %lld, step size %lld)\n",
+           (long long)count, write ? "write" : "read", (long long)bufsize, (long long)depth, (long long)offset,
+           (long long)b.step);
+    if (flush_interval)
         printf("Sending flush every %lld requests\n", (long long)flush_interval);
     uint64_t t0 = vbd_clock_ns();
     b.workers = (int)(depth < count ? depth : count);
@@ -203,7 +202,7 @@ int verb_bench(int argc, char **argv)
     if (b.error) {
         vbd_error_report("Failed request: %s", strerror(-b.error));
         rc = 1;
-    } else if (!quiet) {
+    } else {
         printf("Run completed in %3.3f seconds.\n", secs);
     }
     vbd_node_unref(n);

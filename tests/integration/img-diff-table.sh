@@ -328,7 +328,8 @@ dd -O qcow2 if=q-raw.raw of=n.qcow2 bs=1M count=2 skip=3
 # round 31 (the sweep widened to bench and amend -p, seed 34): bench's
 # values checked as qemu-img 7.2 checks them (counts without suffixes, 0
 # taken; sizes in cvtnum's words; --pattern with reads taken; the flush
-# interval against the depth), -n is native AIO (not cache=none), a
+# interval against the depth; -q quiets nothing: qemu-img 7.2 prints its
+# two lines all the same), -n is native AIO (not cache=none), a
 # request past the end fails with EIO (vbd-img refused a buffer larger
 # than the image, wrapped a request that ran past the end); amend -p
 # prints qemu-img's progress, and its end after errors too
@@ -346,6 +347,8 @@ bench -c 1 --pattern=256 -f raw q-raw.raw
 bench -c 1 -w --flush-interval=1 -f raw q-raw.raw
 bench -c 1 -t bogus -f raw q-raw.raw
 bench -c 1 -n -f raw q-raw.raw
+bench -q -c 1 -w -f raw q-raw.raw
+bench -c 0 -s 4k -o 5M -w --pattern=5 -q -f qed q-qed.qed
 bench -w -c 2 -d 1 -s 2M -S 3M --pattern=5 -f raw q-raw.raw
 bench -w -c 3 -d 1 -s 1M -S 3M --pattern=5 -f raw q-raw.raw
 amend -p -o compat=1.1 q-qcow2.qcow2
