@@ -357,6 +357,16 @@ amend -p -o bogus=1 q-qcow2.qcow2
 amend -p -o compat=1.1 nosuch
 amend -p -o compat=1.1
 amend -p -q -o compat=1.1 q-qcow2.qcow2
+# qcow2's creation options checked in qemu-img 7.2's order (seed 33):
+# extended L2 entries against the version, the cluster size, lazy
+# refcounts against the version, the refcount width, then against the
+# version, the compression type (vbd-img checked the refcount width with
+# the cluster size, and the version's limits together)
+create -f qcow2 -o refcount_bits=3,extended_l2=on,cluster_size=4k n.qcow2 2M
+create -f qcow2 -o compat=0.10,extended_l2=on,lazy_refcounts=on n.qcow2 1M
+create -f qcow2 -o compat=0.10,lazy_refcounts=on,refcount_bits=3 n.qcow2 1M
+create -f qcow2 -o compat=0.10,extended_l2=on,refcount_bits=8 n.qcow2 1M
+create -f qcow2 -o compat=0.10,compression_type=zstd,extended_l2=on n.qcow2 1M
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES

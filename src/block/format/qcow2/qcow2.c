@@ -1972,22 +1972,29 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         vbd_error_setf(err, EINVAL, "Parameter 'compression-type' does not accept value '%s'", ctype);
         goto out;
     }
+    /* QEMU 7.2's qcow2_co_create: its words, in its order: extended L2
+     * entries against the version, the cluster size (and extended L2
+     * entries against it), lazy refcounts against the version, the
+     * refcount width, then against the version, the compression type */
+    const char *v3_only = NULL;
     uint32_t order;
-    if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
+    if (version == 2 && extl2)
+        v3_only = "Extended L2 entries are only supported with compatibility level 1.1 and above";
+    else if (qcow2_check_geometry(cluster_size, 16, &order, err) < 0)
         goto out;
-    /* QEMU's qcow2_co_create words and order for what version 2 cannot hold */
-    if (version == 2 && (refcount_bits != 16 || lazy || extl2 || (ctype && strcmp(ctype, "zlib")))) {
-        vbd_error_setf(err, EINVAL, "%s (use version=v3 or greater)",
-                       lazy ? "Lazy refcounts only supported with compatibility level 1.1 and above"
-                       : refcount_bits != 16
-                           ? "Different refcount widths than 16 bits require compatibility level 1.1 or above"
-                       : ctype && strcmp(ctype, "zlib")
-                           ? "Non-zlib compression type is only supported with compatibility level 1.1 and above"
-                           : "Extended L2 entries are only supported with compatibility level 1.1 and above");
-        goto out;
-    }
-    if (extl2 && cluster_size < 16384) {
+    else if (extl2 && cluster_size < 16384) {
         vbd_error_setf(err, EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
+        goto out;
+    } else if (version == 2 && lazy)
+        v3_only = "Lazy refcounts only supported with compatibility level 1.1 and above";
+    else if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
+        goto out;
+    else if (version == 2 && refcount_bits != 16)
+        v3_only = "Different refcount widths than 16 bits require compatibility level 1.1 or above";
+    else if (version == 2 && ctype && strcmp(ctype, "zlib"))
+        v3_only = "Non-zlib compression type is only supported with compatibility level 1.1 and above";
+    if (v3_only) {
+        vbd_error_setf(err, EINVAL, "%s (use version=v3 or greater)", v3_only);
         goto out;
     }
     if (data_file && version < 3) {
