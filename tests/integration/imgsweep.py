@@ -712,7 +712,7 @@ KNOWN = [
     ("img", r"-[fFO] qcow( |$)", "not fixed: README: vbd has no qcow (version 1) driver"),
     ("img", r"detect-zeroes=bogus", "README: a bad enum value in an option string is refused in QMP's words"),
     ("io", r"detect-zeroes=bogus", "README: a bad enum value in an option string is refused in QMP's words"),
-    ("io", r"^(?=.*\bwrite -z)(?=.*-c '?(map|alloc)\b)(?=.*\b(q|sp)\.(vmdk|vdi)\b)",
+    ("io", r"^(?=.*write -z)(?=.*-c '?(map|alloc)\b)(?=.*\b(q|sp)\.(vmdk|vdi)\b)",
      "README: vmdk (sparse) and vdi (dynamic): write -z over an unallocated grain or block leaves it unallocated "
      "(map and alloc show it; the data read is the same)"),
     ("img", r"^measure .*-O (vmdk|vhdx|vpc|parallels)",
