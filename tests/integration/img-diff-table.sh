@@ -367,6 +367,14 @@ create -f qcow2 -o compat=0.10,extended_l2=on,lazy_refcounts=on n.qcow2 1M
 create -f qcow2 -o compat=0.10,lazy_refcounts=on,refcount_bits=3 n.qcow2 1M
 create -f qcow2 -o compat=0.10,extended_l2=on,refcount_bits=8 n.qcow2 1M
 create -f qcow2 -o compat=0.10,compression_type=zstd,extended_l2=on n.qcow2 1M
+# create -u with a backing format no driver has: qed makes its file first
+# and leaves it empty, vmdk names no backing format and refuses the
+# backing file itself (vbd-img refused the format name first for both;
+# README's round-30 list)
+create -f qed -u -b q-qcow2.qcow2 -F bogus n.qed 1M
+create -f qed -u -b q-qcow2.qcow2 -F bogus -o cluster_size=3k n.qed 1M
+create -f vmdk -u -b q-qcow2.qcow2 -F bogus n.vmdk 1M
+create -f qcow2 -u -b q-qcow2.qcow2 -F bogus n.qcow2 1M
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES
