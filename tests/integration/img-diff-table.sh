@@ -357,6 +357,13 @@ amend -p -o bogus=1 q-qcow2.qcow2
 amend -p -o compat=1.1 nosuch
 amend -p -o compat=1.1
 amend -p -q -o compat=1.1 q-qcow2.qcow2
+# (amend writes the whole header cluster once past its option checks, even
+# to refuse the backing file or lazy refcounts after: the files' allocation
+# compared)
+amend -o size=4M q-qcow2.qcow2
+amend -o backing_file=x q-qcow2.qcow2
+amend -o lazy_refcounts=on,compat=0.10 q-qcow2.qcow2
+amend -o lazy_refcounts=on q-qcow2.qcow2
 # qcow2's creation options checked in qemu-img 7.2's order (seed 33):
 # extended L2 entries against the version, the cluster size, lazy
 # refcounts against the version, the refcount width, then against the
