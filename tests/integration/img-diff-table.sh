@@ -382,6 +382,16 @@ create -f qed -u -b q-qcow2.qcow2 -F bogus n.qed 1M
 create -f qed -u -b q-qcow2.qcow2 -F bogus -o cluster_size=3k n.qed 1M
 create -f vmdk -u -b q-qcow2.qcow2 -F bogus n.vmdk 1M
 create -f qcow2 -u -b q-qcow2.qcow2 -F bogus n.qcow2 1M
+# rebase (seed 35): a format without backing files is refused once the
+# new backing file is open and -F checked (vbd-img refused it first), its
+# removal named '(null)' as qemu-img's printf names it, 100% printed once
+# the change was tried; bench takes no --object (qemu-img 7.2's has none)
+rebase -b missing.qcow2 -f raw q-raw.raw
+rebase -u -f raw q-raw.raw
+rebase -p -u -f raw q-raw.raw
+rebase -p -b q-qcow2.qcow2 -f raw q-raw.raw
+rebase -p -b q-qcow2.qcow2 ov.qcow2
+bench -c 1 --object secret,id=s0,data=x -f raw q-raw.raw
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES
