@@ -392,6 +392,15 @@ rebase -p -u -f raw q-raw.raw
 rebase -p -b q-qcow2.qcow2 -f raw q-raw.raw
 rebase -p -b q-qcow2.qcow2 ov.qcow2
 bench -c 1 --object secret,id=s0,data=x -f raw q-raw.raw
+# seed 36: check and compare check -T in qemu-img's words (check ignored
+# it); convert --target-image-opts with -O refused at the target's open; a
+# compressed convert into a format that cannot compress refused before the
+# target's size is
+check -T bogus q-qcow2.qcow2
+check --output=json -r leaks -q -T bogus q-qcow2.qcow2
+compare -s -T bogus -p q-qcow2.qcow2 q-raw.raw
+convert -O raw -n --target-image-opts q-vhdx.vhdx driver=qcow2,file.filename=ov.qcow2
+convert -O raw -c -n q-qcow2.qcow2 empty
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES

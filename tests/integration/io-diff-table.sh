@@ -86,4 +86,9 @@ run_cases io_case <<'CASES'
 -C -f qcow2 -c 'open -C -o read-only=on q-qcow2.qcow2' -c 'read 0 1'
 -c 'open -C -o driver=qcow2,read-only=on q-qcow2.qcow2' -c 'read 0 1'
 -C -r -f qcow2 -c 'read -P 1 0 1' q-qcow2.qcow2
+# -r -C on a file of another format: the copy-on-read refusal comes
+# before the format's (once the file is open), as QEMU's (seed 36)
+-r -C -f qcow2 -c 'read 0 1' q-vdi.vdi
+-r -C -f qcow2 -c 'read 0 1' nosuch
+-r -C --image-opts -c 'read 0 1' driver=qcow2,file.filename=q-vdi.vdi
 CASES
