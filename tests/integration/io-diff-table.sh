@@ -91,4 +91,7 @@ run_cases io_case <<'CASES'
 -r -C -f qcow2 -c 'read 0 1' q-vdi.vdi
 -r -C -f qcow2 -c 'read 0 1' nosuch
 -r -C --image-opts -c 'read 0 1' driver=qcow2,file.filename=q-vdi.vdi
+# -i and -t checked as they are met, before a later bad option (seed 37)
+-i bogus -f raw -c 'read 0 1' --bogus q-raw.raw
+-t bogus --bogus -c 'read 0 1' q-raw.raw
 CASES
