@@ -186,8 +186,10 @@ bool tool_is_open_errno(const struct vbd_error *err)
     /* file-posix's refusal of a file of the wrong type is prefixed too */
     if (strstr(err->msg, "' driver requires '"))
         return true;
-    /* and its refusal of an empty name ("qemu-img info ''") */
-    if (!strcmp(err->msg, "The 'file' block driver requires a file name"))
+    /* and its refusal of an empty name ("qemu-img info ''"), of aio=native
+     * without O_DIRECT (qemu-img bench -n / -i native) */
+    if (!strcmp(err->msg, "The 'file' block driver requires a file name") ||
+        !strncmp(err->msg, "aio=native was specified, but", 29))
         return true;
     /* a backing file's open(2): the block layer named the image already */
     if (strstr(err->msg, "Could not open backing file: "))

@@ -93,7 +93,7 @@ int verb_amend(int argc, char **argv)
 {
     const char *fmt = NULL, *cache = NULL;
     struct json_object *opts = NULL;
-    bool force = false, image_opts = false;
+    bool force = false, image_opts = false, progress = false, quiet = false;
     static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"force", no_argument, NULL, OPT_FORCE},
                                        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS}, {NULL, 0, NULL, 0}};
     int c;
@@ -106,7 +106,8 @@ int verb_amend(int argc, char **argv)
         case OPT_FORCE: force = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 't': cache = optarg; break; /* checked as qemu-img does; vbd's own mode serves */
-        case 'p': case 'q': break;
+        case 'p': progress = true; break;
+        case 'q': quiet = true; break;
         case 'h':
             printf("Usage: vbd-img amend [-f fmt] [--force] -o options filename\nChange format options of an existing image.\n");
             return put_opts_ret(opts, 0);
@@ -115,41 +116,59 @@ int verb_amend(int argc, char **argv)
     }
     if (!opts)
         return put_opts_ret(opts, img_usage_error("Must specify options (-o)"));
+    /* -p (not with -q): qemu-img's progress from here on, and its end (a
+     * new line) whatever happens, help and errors too; 0% and 100% around
+     * the amendment itself */
+    progress = progress && !quiet;
+    int rc = 1;
+    struct vbd_node *n = NULL;
+    struct vbd_error *err = NULL;
+    unsigned cache_flags = 0;
     if (o_is_help(opts)) {
-        json_object_put(opts);
-        return print_amend_help(fmt_or_null(fmt), optind < argc ? argv[optind] : NULL, image_opts);
+        rc = print_amend_help(fmt_or_null(fmt), optind < argc ? argv[optind] : NULL, image_opts);
+        goto out;
     }
     if (optind != argc - 1) {
         vbd_error_report("Expecting one image file name");
-        json_object_put(opts);
-        return 1;
+        goto out;
     }
-    unsigned cache_flags = 0;
-    if (tool_cache_flags(cache, &cache_flags, NULL) < 0) {
-        json_object_put(opts);
-        return 1;
-    }
-    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
-    if (!n) {
-        json_object_put(opts);
-        return 1;
-    }
+    if (tool_cache_flags(cache, &cache_flags, NULL) < 0)
+        goto out;
+    n = tool_open(argv[optind], fmt, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
+    if (!n)
+        goto out;
     struct vbd_node *img = vbd_node_skip_filters(n);
-    int rc = 0;
-    struct vbd_error *err = NULL;
+    rc = 0;
     if (!img->drv->co_amend) {
         vbd_error_report("Format driver '%s' does not support option amendment", img->drv->name);
         rc = 1;
     } else if (!amend_opts_known(img->drv, opts) || img_check_create_options(img->drv, NULL, opts, NULL) < 0) {
         /* qemu-img parses -o before amending: unknown names, then values that do not parse */
         rc = 1;
-    } else if (img_normalize_create_options(img->drv, NULL, opts), img->drv->co_amend(img, opts, force, &err) < 0) {
-        /* qemu-img 7.2 prints the driver's error as it is, no prefix */
-        vbd_error_report("%s", err ? err->msg : "failed");
-        rc = 1;
+    } else {
+        img_normalize_create_options(img->drv, NULL, opts);
+        if (progress) {
+            tool_progress_init(1.0f);
+            tool_progress_step(0);
+        }
+        int st = img->drv->co_amend(img, opts, force, &err);
+        if (progress)
+            tool_progress_step(100);
+        if (st < 0) {
+            /* qemu-img 7.2 prints the driver's error as it is, no prefix */
+            fflush(stdout);
+            vbd_error_report("%s", err ? err->msg : "failed");
+            rc = 1;
+        }
+    }
+out:
+    if (progress) {
+        printf("\n");
+        fflush(stdout);
     }
     vbd_error_free(err);
     json_object_put(opts);
-    vbd_node_unref(n);
+    if (n)
+        vbd_node_unref(n);
     return rc;
 }

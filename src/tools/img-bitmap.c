@@ -230,10 +230,11 @@ int verb_bitmap(int argc, char **argv)
         goto out;
     }
     const char *filename = argv[optind], *bitmap = argv[optind + 1];
-    n = tool_open(filename, fmt && *fmt ? fmt : NULL, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
+    /* -f '' and -F '' name no driver ("Unknown driver ''"), as qemu-img's */
+    n = tool_open(filename, fmt, image_opts, VBD_OPEN_RDWR | VBD_OPEN_NO_BACKING, NULL, NULL);
     if (!n)
         goto out;
-    if (src_file && !(src = tool_open(src_file, src_fmt && *src_fmt ? src_fmt : NULL, false, VBD_OPEN_NO_BACKING, NULL, NULL)))
+    if (src_file && !(src = tool_open(src_file, src_fmt, false, VBD_OPEN_NO_BACKING, NULL, NULL)))
         goto out;
     struct vbd_node *img = vbd_node_skip_filters(n);
     rc = 0;

@@ -19,7 +19,7 @@ static int check_failed(struct vbd_node *n, struct vbd_error *err, int ret)
 int verb_check(int argc, char **argv)
 {
     const char *output = NULL;
-    const char *fmt = NULL, *repair = NULL;
+    const char *fmt = NULL, *repair = NULL, *src_cache = NULL;
     bool json = false, quiet = false, force = false, image_opts = false;
     static const struct option lo[] = {{"object", required_argument, NULL, OPT_OBJECT}, {"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, OPT_OUTPUT},
                                        {"repair", required_argument, NULL, 'r'}, {"force-share", no_argument, NULL, 'U'},
@@ -38,7 +38,7 @@ int verb_check(int argc, char **argv)
             break;
         case 'q': quiet = true; break;
         case 'U': force = true; break;
-        case 'T': break;
+        case 'T': src_cache = optarg; break;
         case OPT_OUTPUT: output = optarg; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         case 'h':
@@ -65,10 +65,16 @@ int verb_check(int argc, char **argv)
     /* --output's value is checked after the file name, as qemu-img does */
     if (output && !parse_output(output, &json))
         return 1;
+    /* -T after --output, before the open, in qemu-img's words */
+    enum vbd_cache_mode src_mode;
+    if (src_cache && vbd_cache_mode_parse(src_cache, &src_mode) < 0) {
+        vbd_error_report("Invalid source cache option: %s", src_cache);
+        return 1;
+    }
     /* with its backing chain, as qemu-img: an image whose chain cannot be
      * opened is not checked */
     unsigned flags = VBD_OPEN_CHECK | (fix ? VBD_OPEN_RDWR : 0) | (force ? VBD_OPEN_FORCE_SHARE : 0);
-    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, flags, NULL, NULL);
+    struct vbd_node *n = tool_open(argv[optind], fmt, image_opts, flags, src_cache, NULL);
     if (!n)
         return 1;
     struct vbd_node *img = vbd_node_skip_filters(n);
@@ -126,7 +132,9 @@ int verb_check(int argc, char **argv)
             json_object_object_add(o, "leaks-fixed", json_object_new_int64(r.leaks_fixed));
         if (r.allocated_clusters) /* qemu-img leaves it out when zero */
             json_object_object_add(o, "allocated-clusters", json_object_new_int64((int64_t)r.allocated_clusters));
-        json_object_object_add(o, "filename", json_object_new_string(n->filename));
+        /* the image as the command line names it (qemu-img's
+         * collect_image_check): --image-opts' option string too */
+        json_object_object_add(o, "filename", json_object_new_string(argv[optind]));
         json_object_object_add(o, "format", json_object_new_string(img->drv->name));
         /* qemu-img leaves it out when zero */
         if (r.fragmented_clusters)

@@ -70,6 +70,14 @@ int verb_compare(int argc, char **argv)
     bool show_progress = progress && !quiet;
     if (show_progress)
         tool_progress_init(2);
+    /* -T checked before the opens, in qemu-img's words (exit 2) */
+    enum vbd_cache_mode src_mode;
+    if (vbd_cache_mode_parse(cache, &src_mode) < 0) {
+        vbd_error_report("Invalid source cache option: %s", cache);
+        if (show_progress)
+            tool_progress_finish(false);
+        return 2;
+    }
     unsigned fl = force ? VBD_OPEN_FORCE_SHARE : 0;
     struct vbd_node *a = tool_open(argv[optind], fmt1, image_opts, fl, cache, NULL), *b = NULL;
     if (a)

@@ -116,6 +116,7 @@ static int put_opts_fail(struct json_object *opts)
 int verb_convert(int argc, char **argv)
 {
     bool bitmaps = false, skip_broken = false;
+    bool out_fmt_given = false; /* -O (with --target-image-opts: refused at the target's open, as qemu-img) */
     const char *fmt = NULL, *out_fmt = "raw", *cache = "unsafe", *src_cache = "writeback", *backing = NULL,
                *backing_fmt = NULL;
     struct json_object *opts = NULL;
@@ -140,7 +141,7 @@ int verb_convert(int argc, char **argv)
         /* qemu-img makes each --object as its options meet it */
         case OPT_OBJECT: if (tool_add_object(optarg) < 0) return put_opts_fail(opts); break;
         case 'f': fmt = optarg; break;
-        case 'O': out_fmt = optarg; break;
+        case 'O': out_fmt = optarg; out_fmt_given = true; break;
         case 'l':
             if (!strncmp(optarg, "snapshot.", 9))
                 snap_opts = optarg;
@@ -368,6 +369,11 @@ int verb_convert(int argc, char **argv)
      * left zeroes where the source reads the backing file's data), and
      * zeroes into part of a cluster over backing data are data. */
     struct vbd_error *err = NULL;
+    if (target_image_opts && out_fmt_given) {
+        vbd_error_report("--image-opts and --format are mutually exclusive");
+        json_object_put(dopts);
+        goto out;
+    }
     if (target_image_opts) {
         /* OUTPUT is the whole option string (driver=raw,file.driver=nbd,...), as qemu-img's */
         json_object_put(dopts);
@@ -391,11 +397,6 @@ int verb_convert(int argc, char **argv)
         vbd_error_report("Format driver '%s' does not support bitmaps", vbd_node_skip_filters(dst)->drv->name);
         goto out;
     }
-    if (dst->size < total) {
-        /* qemu-img's words (only -n's target can be: a new one is made at the size) */
-        vbd_error_report("output file is smaller than input file");
-        goto out;
-    }
     if (!compress) {
         struct vbd_image_info info = {0};
         if (vbd_node_get_info(vbd_node_skip_filters(dst), &info, NULL) == 0 && info.needs_compressed_writes)
@@ -404,6 +405,12 @@ int verb_convert(int argc, char **argv)
     }
     if (compress && !(dst->supported_write_flags & VBD_REQ_COMPRESSED)) {
         vbd_error_report("Compression not supported for this file format");
+        goto out;
+    }
+    /* after the compression check, as qemu-img */
+    if (dst->size < total) {
+        /* qemu-img's words (only -n's target can be: a new one is made at the size) */
+        vbd_error_report("output file is smaller than input file");
         goto out;
     }
     /* A target whose writes are page-cache (or tmpfs) copies made on this

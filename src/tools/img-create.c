@@ -268,7 +268,9 @@ int verb_create(int argc, char **argv)
     /* a backing format not opened (-u) is still a driver's name to the
      * format's create (QEMU's BlockdevDriver): no image names a format
      * nothing could open it with */
-    if (bfo && !vbd_driver_find(json_object_get_string(bfo))) {
+    /* (qed makes its file first and then refuses it, as QEMU's qed; vmdk
+     * names no backing format, it checks the backing file itself) */
+    if (bfo && strcmp(drv->name, "qed") && strcmp(drv->name, "vmdk") && !vbd_driver_find(json_object_get_string(bfo))) {
         vbd_error_report("%s: Parameter 'backing-fmt' does not accept value '%s'", filename,
                          json_object_get_string(bfo));
         goto out;

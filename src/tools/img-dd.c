@@ -78,11 +78,12 @@ int verb_dd(int argc, char **argv)
     uint64_t end = src->size;
     if (count >= 0 && (uint64_t)count * bs < end)
         end = (uint64_t)count * bs;
-    if (start > end) {
-        /* qemu-img reports it and goes on: an empty output, exit 0 */
-        vbd_error_report("%s: cannot skip to specified offset", in);
+    /* qemu-img reports a skip past the end once the output is made and
+     * open (an error of that open comes first) and goes on: an empty
+     * output, exit 0 */
+    bool skip_past_end = start > end;
+    if (skip_past_end)
         start = end;
-    }
     uint64_t len = end - start;
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "size", json_object_new_int64((int64_t)len));
@@ -103,6 +104,8 @@ int verb_dd(int argc, char **argv)
     dst = tool_open(out, out_fmt, false, VBD_OPEN_RDWR | VBD_OPEN_INLINE_WRITES, NULL, NULL);
     if (!dst)
         goto done;
+    if (skip_past_end)
+        vbd_error_report("%s: cannot skip to specified offset", in);
     buf = vbd_alloc_aligned(4096, (size_t)bs);
     for (uint64_t pos = 0; pos < len;) {
         uint64_t l = len - pos < (uint64_t)bs ? len - pos : (uint64_t)bs;

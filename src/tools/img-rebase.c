@@ -91,8 +91,11 @@ int verb_rebase(int argc, char **argv)
         return img_usage_error("Expecting one image file name");
     if (!backing && !unsafe)
         return img_usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
+    /* as qemu-img: -u alone removes the backing file; its messages name
+     * it '(null)' then (glibc's printf of its NULL name) */
+    const char *shown = backing ? backing : "(null)";
     if (!backing)
-        backing = ""; /* as qemu-img: -u alone removes the backing file */
+        backing = "";
     /* qemu-img's progress (2-point steps, none with -q) starts here, and
      * from here every exit ends its line */
     bool show_progress = progress && !quiet;
@@ -102,6 +105,7 @@ int verb_rebase(int argc, char **argv)
     }
     struct vbd_node *top = NULL, *img, *nb = NULL;
     int rc = 1;
+    bool changing = false; /* the change of the header was tried */
     unsigned cache_flags = 0;
     enum vbd_cache_mode src_mode;
     if (tool_cache_flags(cache, &cache_flags, NULL) < 0)
@@ -119,10 +123,6 @@ int verb_rebase(int argc, char **argv)
      * before either backing file is opened */
     if (backing_fmt && !vbd_driver_find(backing_fmt)) {
         vbd_error_report("Invalid format name: '%s'", backing_fmt);
-        goto out;
-    }
-    if (!img->drv->change_backing_file) {
-        vbd_error_report("Could not change the backing file to '%s': Operation not supported", backing);
         goto out;
     }
     char path[4096];
@@ -160,6 +160,15 @@ int verb_rebase(int argc, char **argv)
         /* qemu-img 7.2 no longer takes the probed format for the header:
          * refused, before anything is copied */
         vbd_error_report("Could not change the backing file to '%s': backing format must be specified", backing);
+        changing = true; /* qemu-img's refusal is its change's (after its copy): 100% printed */
+        goto out;
+    }
+    /* a format without backing files: refused once the new backing file
+     * is open and -F checked, as qemu-img (its copy into such an image,
+     * every cluster its own, copies nothing) */
+    if (!img->drv->change_backing_file) {
+        vbd_error_report("Could not change the backing file to '%s': Operation not supported", shown);
+        changing = true;
         goto out;
     }
     struct vbd_error *err = NULL;
@@ -174,15 +183,17 @@ int verb_rebase(int argc, char **argv)
             goto out;
         }
     }
+    changing = true;
     if (img->drv->change_backing_file(img, backing, backing_fmt ? backing_fmt : (nb ? nb->drv->name : NULL), &err) < 0) {
-        vbd_error_report("Could not change the backing file to '%s': %s", backing, err ? err->msg : "failed");
+        vbd_error_report("Could not change the backing file to '%s': %s", shown, err ? err->msg : "failed");
         vbd_error_free(err);
         goto out;
     }
     rc = 0;
 out:
+    /* qemu-img prints 100% once it has tried the change, failed or not */
     if (show_progress)
-        tool_progress_finish(rc == 0);
+        tool_progress_finish(rc == 0 || changing);
     if (nb)
         vbd_node_unref(nb);
     if (top)

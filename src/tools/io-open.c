@@ -61,7 +61,9 @@ static struct vbd_node *apply_mode(struct vbd_node *n, unsigned mode, unsigned f
     *image = n;
     if (!(mode & IO_COR))
         return n;
-    if (!(flags & VBD_OPEN_RDWR)) {
+    /* QEMU refuses it at the open of a node read-only by -r or by its
+     * options (read-only=on), before the permission check */
+    if (!(flags & VBD_OPEN_RDWR) || n->read_only) {
         vbd_error_setf(err, EINVAL, "Can't use copy-on-read on read-only device");
         vbd_node_unref(n);
         return NULL;
@@ -102,6 +104,14 @@ int io_open_file(const char *filename, struct json_object *opts, unsigned flags,
     /* -s: the image itself is the overlay's read-only backing file */
     struct vbd_node *n = vbd_open(filename, opts, mode & IO_SNAPSHOT ? flags & ~VBD_OPEN_RDWR : flags, &err);
     struct vbd_node *image = NULL, *top = n ? apply_mode(n, mode, flags, &image, &err) : NULL;
+    /* QEMU refuses -C on a read-only open before the format driver opens
+     * the image (once its file is open): a format's own refusal gives way */
+    if (!n && (mode & IO_COR) && !(mode & IO_SNAPSHOT) && !(flags & VBD_OPEN_RDWR) && err &&
+        !tool_is_open_errno(err)) {
+        vbd_error_free(err);
+        err = NULL;
+        vbd_error_setf(&err, EINVAL, "Can't use copy-on-read on read-only device");
+    }
     if (!top) {
         const char *m = err ? err->msg : "unknown error";
         /* the block layer names the file before a format's reason, as

@@ -1157,8 +1157,17 @@ int main(int argc, char **argv)
         case 's': mode |= IO_SNAPSHOT; break;
         case 'C': mode |= IO_COR; break;
         case 'n': cache = "none"; break;
-        case 't': cache = optarg; break;
-        case 'i': aio = optarg; break;
+        /* -t and -i checked as met, as qemu-io (before a later bad option) */
+        case 't':
+            if (tool_cache_flags(optarg, &(unsigned){0}, NULL) < 0)
+                return 1;
+            cache = optarg;
+            break;
+        case 'i':
+            if (tool_aio_flags(optarg, &(unsigned){0}) < 0)
+                return 1;
+            aio = optarg;
+            break;
         case 'U': force_share = true; break;
         case 'O': image_opts = true; break;
         case 'q': quiet = true; break;

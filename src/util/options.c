@@ -329,7 +329,8 @@ int vbd_opt_take_bool(struct json_object *opts, const char *key, bool *out, stru
         char buf[64];
         const char *s = scalar_str(v, buf, sizeof(buf));
         if (!s || vbd_parse_bool(s, out) < 0) {
-            vbd_error_setf(err, EINVAL, "Parameter '%s' expects 'on' or 'off', not '%s'", key, s ? s : "?");
+            /* QEMU's words (QemuOpts and keyval alike): the value is not repeated */
+            vbd_error_setf(err, EINVAL, "Parameter '%s' expects 'on' or 'off'", key);
             return -EINVAL;
         }
     }

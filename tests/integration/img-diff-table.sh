@@ -312,6 +312,95 @@ info --image-opts driver=raw,file.filename=q-raw.raw,file.bogus=1
 info -f '' q-raw.raw
 resize -f '' -- q-raw.raw -1M
 compare -F '' q-raw.raw q-qcow2.qcow2
+# round 31 (seed 32): check --output=json names the image as given on the
+# command line, --image-opts' option string too (vbd-img named the file);
+# bitmap -f '' and -F '' name no driver (vbd-img probed); dd's skip past
+# the input's end is reported after the output's open, whose error comes
+# first (a vmdk of size 0 is one QEMU cannot open)
+check --output=json --image-opts driver=qcow2,file.filename=q-qcow2.qcow2
+check --output=json --image-opts file.filename=q-qcow2.qcow2,driver=qcow2,lazy-refcounts=on
+check --output=json ./q-qcow2.qcow2
+bitmap --add -f '' q-qcow2.qcow2 b0
+bitmap --merge b0 -b q-qcow2.qcow2 -F '' q-qcow2.qcow2 b1
+dd -O vmdk if=q-raw.raw of=n.vmdk skip=9999
+dd -O vmdk if=q-raw.raw of=n.vmdk bs=1M skip=5
+dd -O qcow2 if=q-raw.raw of=n.qcow2 bs=1M count=2 skip=3
+# round 31 (the sweep widened to bench and amend -p, seed 34): bench's
+# values checked as qemu-img 7.2 checks them (counts without suffixes, 0
+# taken; sizes in cvtnum's words; --pattern with reads taken; the flush
+# interval against the depth; -q quiets nothing: qemu-img 7.2 prints its
+# two lines all the same), -n is native AIO (not cache=none), a
+# request past the end fails with EIO (vbd-img refused a buffer larger
+# than the image, wrapped a request that ran past the end); amend -p
+# prints qemu-img's progress, and its end after errors too
+bench -c 0 -f qcow2 q-qcow2.qcow2
+bench -c 4k -f raw q-raw.raw
+bench -c 0x10 -s 0 -f raw q-raw.raw
+bench -c 1 -s 3 -d 5000 -f raw q-raw.raw
+bench -c 1 -s x -f raw q-raw.raw
+bench -c 1 -S x -f raw q-raw.raw
+bench -c 1 -o x -f raw q-raw.raw
+bench -c 1 -o 5M -f raw q-raw.raw
+bench -c 1 -s 8M -f raw q-raw.raw
+bench -c 1 --pattern=5 -f raw q-raw.raw
+bench -c 1 --pattern=256 -f raw q-raw.raw
+bench -c 1 -w --flush-interval=1 -f raw q-raw.raw
+bench -c 1 -t bogus -f raw q-raw.raw
+bench -c 1 -n -f raw q-raw.raw
+bench -q -c 1 -w -f raw q-raw.raw
+bench -c 0 -s 4k -o 5M -w --pattern=5 -q -f qed q-qed.qed
+bench -w -c 2 -d 1 -s 2M -S 3M --pattern=5 -f raw q-raw.raw
+bench -w -c 3 -d 1 -s 1M -S 3M --pattern=5 -f raw q-raw.raw
+amend -p -o compat=1.1 q-qcow2.qcow2
+amend -p -o size=8M q-qcow2.qcow2
+amend -p -o bogus=1 q-qcow2.qcow2
+amend -p -o compat=1.1 nosuch
+amend -p -o compat=1.1
+amend -p -q -o compat=1.1 q-qcow2.qcow2
+# (amend writes the whole header cluster once past its option checks, even
+# to refuse the backing file or lazy refcounts after: the files' allocation
+# compared)
+amend -o size=4M q-qcow2.qcow2
+amend -o backing_file=x q-qcow2.qcow2
+amend -o lazy_refcounts=on,compat=0.10 q-qcow2.qcow2
+amend -o lazy_refcounts=on q-qcow2.qcow2
+# qcow2's creation options checked in qemu-img 7.2's order (seed 33):
+# extended L2 entries against the version, the cluster size, lazy
+# refcounts against the version, the refcount width, then against the
+# version, the compression type (vbd-img checked the refcount width with
+# the cluster size, and the version's limits together)
+create -f qcow2 -o refcount_bits=3,extended_l2=on,cluster_size=4k n.qcow2 2M
+create -f qcow2 -o compat=0.10,extended_l2=on,lazy_refcounts=on n.qcow2 1M
+create -f qcow2 -o compat=0.10,lazy_refcounts=on,refcount_bits=3 n.qcow2 1M
+create -f qcow2 -o compat=0.10,extended_l2=on,refcount_bits=8 n.qcow2 1M
+create -f qcow2 -o compat=0.10,compression_type=zstd,extended_l2=on n.qcow2 1M
+# create -u with a backing format no driver has: qed makes its file first
+# and leaves it empty, vmdk names no backing format and refuses the
+# backing file itself (vbd-img refused the format name first for both;
+# README's round-30 list)
+create -f qed -u -b q-qcow2.qcow2 -F bogus n.qed 1M
+create -f qed -u -b q-qcow2.qcow2 -F bogus -o cluster_size=3k n.qed 1M
+create -f vmdk -u -b q-qcow2.qcow2 -F bogus n.vmdk 1M
+create -f qcow2 -u -b q-qcow2.qcow2 -F bogus n.qcow2 1M
+# rebase (seed 35): a format without backing files is refused once the
+# new backing file is open and -F checked (vbd-img refused it first), its
+# removal named '(null)' as qemu-img's printf names it, 100% printed once
+# the change was tried; bench takes no --object (qemu-img 7.2's has none)
+rebase -b missing.qcow2 -f raw q-raw.raw
+rebase -u -f raw q-raw.raw
+rebase -p -u -f raw q-raw.raw
+rebase -p -b q-qcow2.qcow2 -f raw q-raw.raw
+rebase -p -b q-qcow2.qcow2 ov.qcow2
+bench -c 1 --object secret,id=s0,data=x -f raw q-raw.raw
+# seed 36: check and compare check -T in qemu-img's words (check ignored
+# it); convert --target-image-opts with -O refused at the target's open; a
+# compressed convert into a format that cannot compress refused before the
+# target's size is
+check -T bogus q-qcow2.qcow2
+check --output=json -r leaks -q -T bogus q-qcow2.qcow2
+compare -s -T bogus -p q-qcow2.qcow2 q-raw.raw
+convert -O raw -n --target-image-opts q-vhdx.vhdx driver=qcow2,file.filename=ov.qcow2
+convert -O raw -c -n q-qcow2.qcow2 empty
 !qemu-img prints its whole help text after getopt's message, vbd-img measure's own (exit 0 both) | measure -O qcow2 -Z
 !the same, for a missing value | measure --size
 CASES

@@ -9,9 +9,11 @@ Case i of seed S (random.Random("S:i")) is one command line: a qemu-img
 verb (create with each format's -o options and subformats, -b/-F, sizes
 with suffixes; convert with -O/-o/-c/-B/-F/-n/-S/-W/-m/--target-is-zero/
 --bitmaps/-l; info, check, map in json and human; snapshot -c/-l/-a/-d;
-resize with +/-/--shrink/--preallocation; rebase -u/-b/-F; commit
--b/-d/-p; compare -s; amend; measure; bitmap; dd; --image-opts with
-driver options, --object, -U) or a qemu-io command line (-c
+resize with +/-/--shrink/--preallocation; rebase -u/-b/-F/-t/-T/-U; commit
+-b/-d/-p/-t/-r; compare -s/-p/-T; amend -p/-t/--force; measure; bitmap;
+dd -U; bench; convert -C/-t/-T/-r/--salvage/--target-image-opts; check
+-T; --image-opts with driver options, --object, -U on every verb qemu-img
+7.2's help gives them) or a qemu-io command line (-c
 read/write -P/-z/-u/-c/-f/-q/-n, readv/writev and aio_read/aio_write of
 several vectors, aio_flush, flush, discard, map, alloc, length, info,
 truncate, open -o; --image-opts, -d/-C/-s/-n/-t/-i). About one in five is spoiled: an unknown option, a bad value, an
@@ -168,6 +170,10 @@ class Gen:
             args = args + ["-f", fopt]
         return args + [img]
 
+    def cache(self):
+        """-t/-T's value: the cache modes, and a bad one"""
+        return self.pick(["none", "writeback", "writethrough", "directsync", "unsafe", "bogus"])
+
     def size(self, big=True):
         small = ["0", "512", "1k", "1.5k", "64k", "1M", "1.5M", "4M", "10M", "0x200000", "1e3", "33M"]
         bad = ["-1", "x", "8E", "1Q", "4M,", ""]
@@ -251,6 +257,8 @@ class Gen:
                 args += ["-u"]
         if self.maybe(0.1):
             args += ["-q"]
+        if self.maybe(0.05):
+            args += ["--object", self.pick(["secret,id=s0,data=x", "bogus,id=x", "secret,id=s0"])]
         args.append(f"n.{fmt}")
         if not backing or self.maybe(0.5):
             args.append(size)
@@ -279,6 +287,8 @@ class Gen:
             args += ["-q"]
         if self.maybe(0.05):
             args += ["-U"]
+        if self.maybe(0.08):
+            args += ["-T", self.cache()]
         return self.opened(args, img, fopt)
 
     def v_map(self):
@@ -309,7 +319,7 @@ class Gen:
             args += [op, self.pick(["s1", "s2", "new", "1", "2", "nope"])]
         if self.maybe(0.05):
             args += ["-l"]
-        return args + [img]
+        return self.opened(args, img, p_opts=0.08)
 
     def v_resize(self):
         img = self.image([f"q.{f}" for f in FORMATS] + ["b.qcow2", "ov.qcow2", "sn.qcow2", "bm.qcow2"])
@@ -327,10 +337,11 @@ class Gen:
                           "+1", "5000000"])
         if pre and size == "1G":
             size = "16M"
+        args = self.opened(args, img, p_opts=0.08)
         # "--" keeps a size that starts with "-" from being an option
         if size.startswith("-"):
-            args += ["--"]
-        return args + [img, size]
+            args.insert(len(args) - 1, "--")
+        return args + [size]
 
     def v_rebase(self):
         img = self.pick(["ov.qcow2", "ov2.qcow2", "b.qcow2", "ov.qcow2", "q.raw", "sn.qcow2"])
@@ -347,7 +358,13 @@ class Gen:
             args += ["-p"]
         if self.maybe(0.1):
             args += ["-q"]
-        return args + [img]
+        if self.maybe(0.05):
+            args += ["-U"]
+        if self.maybe(0.08):
+            args += ["-t", self.cache()]
+        if self.maybe(0.05):
+            args += ["-T", self.cache()]
+        return self.opened(args, img, p_opts=0.08)
 
     def v_commit(self):
         img = self.pick(["ov.qcow2", "ov2.qcow2", "ov2.qcow2", "q.qcow2", "q.raw"])
@@ -358,11 +375,14 @@ class Gen:
             args += ["-d"]
         if self.maybe(0.2):
             args += ["-p"]
-        if self.maybe(0.2):
-            args += ["-f", self.fmt(img)]
+        fopt = self.fmt(img) if self.maybe(0.2) else None
         if self.maybe(0.1):
             args += ["-q"]
-        return args + [img]
+        if self.maybe(0.1):
+            args += ["-t", self.cache()]
+        if self.maybe(0.1):
+            args += ["-r", self.pick(["0", "1M", "100M", "x", "-1"])]
+        return self.opened(args, img, fopt, p_opts=0.08)
 
     def v_compare(self):
         a, b = self.image(), self.image()
@@ -373,6 +393,10 @@ class Gen:
             args += ["-q"]
         if self.maybe(0.05):
             args += ["-U"]
+        if self.maybe(0.05):
+            args += ["-T", self.cache()]
+        if self.maybe(0.1):
+            args += ["-p"]
         if self.maybe(0.1):
             return args + ["--image-opts", self.image_opts(a), self.image_opts(b)]
         if self.maybe(0.3):
@@ -390,11 +414,16 @@ class Gen:
         args = ["amend"]
         if self.maybe(0.9):
             args += ["-o", o]
-        if self.maybe(0.5):
-            args += ["-f", self.fmt(img)]
+        fopt = self.fmt(img) if self.maybe(0.5) else None
         if self.maybe(0.1):
             args += ["-q"]
-        return args + [img]
+        if self.maybe(0.1):
+            args += ["-p"]
+        if self.maybe(0.08):
+            args += ["-t", self.cache()]
+        if self.maybe(0.1):
+            args += ["--force"]
+        return self.opened(args, img, fopt, p_opts=0.08)
 
     def v_measure(self):
         fmt = self.pick(["qcow2", "qcow2", "raw", "qed", "vdi", "bogus"])
@@ -409,11 +438,10 @@ class Gen:
         if self.maybe(0.4):
             return args + ["--size", self.size()]
         img = self.image()
-        if self.maybe(0.2):
-            args += ["-f", self.fmt(img)]
+        fopt = self.fmt(img) if self.maybe(0.2) else None
         if img == "sn.qcow2" and self.maybe(0.5):
             args += ["-l", self.pick(["snapshot.name=s1", "s2", "snapshot.id=9"])]
-        return args + [img]
+        return self.opened(args, img, fopt, p_opts=0.08)
 
     def v_bitmap(self):
         img = self.pick(["bm.qcow2", "bm.qcow2", "q.qcow2", "q.raw"])
@@ -440,7 +468,12 @@ class Gen:
             args += ["-f", self.fmt(src)]
         if self.maybe(0.6):
             args += ["-O", self.pick(FORMATS)]
-        args += [f"if={src}", "of=n.img"]
+        if self.maybe(0.05):
+            args += ["-U"]
+        if self.maybe(0.08):
+            args += ["--image-opts", f"if={self.image_opts(src)}", "of=n.img"]
+        else:
+            args += [f"if={src}", "of=n.img"]
         if self.maybe(0.7):
             args += ["bs=" + self.pick(["512", "4k", "64k", "1M", "0", "x", "1536"])]
         if self.maybe(0.6):
@@ -450,6 +483,38 @@ class Gen:
         if self.maybe(0.05):
             args += ["bogus=1"]
         return args
+
+    def v_bench(self):
+        """qemu-img bench: a few requests (its timing line masked)"""
+        img = self.image([f"q.{f}" for f in FORMATS] + ["ov.qcow2", "b.qcow2"])
+        args = ["bench", "-c", self.pick(["1", "16", "100", "0", "x"])]
+        if self.maybe(0.3):
+            args += ["-d", self.pick(["1", "4", "64", "x"])]  # (-d 0: qemu-img 7.2 hangs)
+        if self.maybe(0.3):
+            args += ["-s", self.pick(["512", "4k", "64k", "3", "0"])]
+        if self.maybe(0.2):
+            args += ["-S", self.pick(["0", "4k", "1M"])]
+        if self.maybe(0.2):
+            args += ["-o", self.pick(["0", "1M", "4M", "5M", "x"])]
+        if self.maybe(0.3):
+            args += ["-w"]
+            if self.maybe(0.5):
+                args += ["--pattern=" + self.pick(["0", "5", "255", "256", "x"])]
+            if self.maybe(0.3):
+                args += ["--flush-interval=" + self.pick(["0", "1", "8", "x"])]
+                if self.maybe(0.3):
+                    args += ["--no-drain"]
+        if self.maybe(0.1):
+            args += ["-n"]
+        if self.maybe(0.1):
+            args += ["-i", self.pick(["threads", "native", "io_uring", "bogus"])]
+        if self.maybe(0.1):
+            args += ["-t", self.cache()]
+        if self.maybe(0.2):
+            args += ["-q"]
+        if self.maybe(0.05):
+            args += ["-U"]
+        return self.opened(args, img, self.fmt(img) if self.maybe(0.4) else None, p_opts=0.08)
 
     def v_convert(self):
         fmt = self.pick(FORMATS + ["qcow2", "qcow2", "raw"])
@@ -493,10 +558,24 @@ class Gen:
             args += ["-p"]
         if self.maybe(0.1):
             args += ["-q"]
+        if self.maybe(0.05):
+            args += ["-C"]
+        if self.maybe(0.08):
+            args += ["-t", self.cache()]
+        if self.maybe(0.05):
+            args += ["-T", self.cache()]
+        if self.maybe(0.05):
+            args += ["-r", self.pick(["0", "1M", "100M", "x"])]
+        if self.maybe(0.05):
+            args += ["--salvage"]
         srcs = [src]
         if self.maybe(0.1):
             srcs.append(self.image())
         dst = self.pick(["b.qcow2", "q.raw", "n.img"]) if n else f"n.{fmt}"
+        if self.maybe(0.05):
+            # the target as an option string (qemu-img wants -n with it)
+            args += ["--target-image-opts"]
+            dst = self.image_opts(dst if os.path.splitext(dst)[1][1:] in FORMATS else "q.raw", extra=False)
         if self.maybe(0.08) and "-f" not in args:
             return args + ["--image-opts"] + [self.image_opts(x) for x in srcs] + [dst]
         return args + srcs + [dst]
@@ -600,8 +679,8 @@ class Gen:
 
 
 VERBS = ["create", "convert", "info", "check", "map", "snapshot", "resize", "rebase", "commit", "compare",
-         "amend", "measure", "bitmap", "dd"]
-WEIGHTS = [14, 16, 5, 5, 4, 6, 7, 5, 5, 5, 4, 4, 5, 4]
+         "amend", "measure", "bitmap", "dd", "bench"]
+WEIGHTS = [14, 16, 5, 5, 4, 6, 7, 5, 5, 5, 4, 4, 5, 4, 3]
 
 
 def make_case(seed, index, only):
@@ -633,9 +712,12 @@ KNOWN = [
     ("img", r"-[fFO] qcow( |$)", "not fixed: README: vbd has no qcow (version 1) driver"),
     ("img", r"detect-zeroes=bogus", "README: a bad enum value in an option string is refused in QMP's words"),
     ("io", r"detect-zeroes=bogus", "README: a bad enum value in an option string is refused in QMP's words"),
+    ("io", r"^(?=.*write -z)(?=.*-c '?(map|alloc)\b)(?=.*\b(q|sp)\.(vmdk|vdi)\b)",
+     "README: vmdk (sparse) and vdi (dynamic): write -z over an unallocated grain or block leaves it unallocated "
+     "(map and alloc show it; the data read is the same)"),
     ("img", r"^measure .*-O (vmdk|vhdx|vpc|parallels)",
      "README: measure also sizes vmdk, vhdx, vpc and parallels targets"),
-    ("img", r"^snapshot .*-a \S+ .*bm\.qcow2$",
+    ("img", r"^snapshot .*-a \S+ .*bm\.qcow2(,\S*)?$",
      "README: snapshot -a with persistent bitmaps makes the enabled ones dirty (qemu-img refuses)"),
     ("img", r"^amend .*compat=0\.10.* bm\.qcow2$",
      "qcow228: amend compat=0.10 with bitmaps: vbd removes them (deliberate)"),
@@ -681,6 +763,7 @@ def normalize_out(text, tool):
         if ln.startswith("disk size:") or re.match(r'\s*"actual-size": \d+,?$', ln):
             continue
         ln = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "DATE", ln)
+        ln = re.sub(r"^Run completed in [0-9.]+ seconds\.$", "Run completed in T seconds.", ln)
         ln = re.sub(r'("date-n?sec": )\d+', r"\1N", ln)
         ln = re.sub(r'((?:parent )?cid|"(?:parent-)?cid"): \d+', r"\1: N", ln)
         if tool == "io":
@@ -873,7 +956,8 @@ def run_case(work, base, tools, tool, args):
     # place metadata and data where vbd's allocator puts them: the
     # bitmap verb's changes written at once, commit's emptied overlay and
     # qemu-img's mirror order, a rebase refused before its copy)
-    layout = tool == "img" and args[0] in ("create", "convert", "resize", "dd") and "bm.qcow2" not in args
+    layout = tool == "img" and args[0] in ("create", "convert", "resize", "dd") and \
+        not any(re.search(r"(^|=)bm\.qcow2\b", a) for a in args)
     diffs += compare_images(base, q, v, layout)
     return ("diff", "\n".join(diffs)) if diffs else None
 

@@ -80,4 +80,18 @@ run_cases io_case <<'CASES'
 # an empty file name is none
 -c 'read 0 1' ''
 -f raw -c 'read 0 1' ''
+# -C over a node opened read-only by its options: QEMU's open refuses
+# copy-on-read there, before the permission check (round 31, seed 32)
+-C --image-opts -c 'read 0 1' driver=qcow2,file.filename=q-qcow2.qcow2,read-only=on
+-C -f qcow2 -c 'open -C -o read-only=on q-qcow2.qcow2' -c 'read 0 1'
+-c 'open -C -o driver=qcow2,read-only=on q-qcow2.qcow2' -c 'read 0 1'
+-C -r -f qcow2 -c 'read -P 1 0 1' q-qcow2.qcow2
+# -r -C on a file of another format: the copy-on-read refusal comes
+# before the format's (once the file is open), as QEMU's (seed 36)
+-r -C -f qcow2 -c 'read 0 1' q-vdi.vdi
+-r -C -f qcow2 -c 'read 0 1' nosuch
+-r -C --image-opts -c 'read 0 1' driver=qcow2,file.filename=q-vdi.vdi
+# -i and -t checked as they are met, before a later bad option (seed 37)
+-i bogus -f raw -c 'read 0 1' --bogus q-raw.raw
+-t bogus --bogus -c 'read 0 1' q-raw.raw
 CASES

@@ -122,6 +122,13 @@ img_case() {
     tools_same "$@"
     for f in $(cd q && ls -A); do
         [ -f q/$f ] && { [ ! -e base/$f ] || [ q/$f -nt base/$f ] || [ v/$f -nt base/$f ]; } || continue
+        # an image QEMU cannot open (dd's vmdk of size 0): vbd's is one too,
+        # with the same reason
+        if ! (cd q && qemu-img info -U $f >/dev/null 2>&1); then
+            [ "$(cd q && qemu-img info -U $f 2>&1)" = "$(cd v && qemu-img info -U $f 2>&1)" ] ||
+                fail "$*: $f: qemu-img cannot open qemu-img's image, and vbd-img's otherwise"
+            continue
+        fi
         qemu-img compare -U -q q/$f v/$f || fail "$*: $f: qemu-img compare: not the same image"
         check_verdicts_same "$*" -U $f
         feature_bits_same "$*" $f

@@ -783,6 +783,12 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         rc = -EIO;
         goto out;
     }
+    /* QEMU reads the options into its schema next: a backing format no
+     * driver has is refused there (its BlockdevDriver enum) */
+    if (backing_fmt && !vbd_driver_find(backing_fmt)) {
+        vbd_error_setf(err, EINVAL, "Parameter 'backing-fmt' does not accept value '%s'", backing_fmt);
+        goto out;
+    }
     if (!pow2_in(cluster_size, QED_MIN_CLUSTER, QED_MAX_CLUSTER)) {
         vbd_error_setf(err, EINVAL, "QED cluster size must be within range [%u, %u] and power of 2", QED_MIN_CLUSTER,
                        QED_MAX_CLUSTER);

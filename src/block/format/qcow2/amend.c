@@ -119,8 +119,11 @@ static uint64_t put_feature_table(uint8_t *h, uint64_t cluster_size, uint64_t po
 
 /* The header cluster as the state describes it: fixed fields, extensions
  * (backing format, the ones kept verbatim, the feature name table), then
- * the backing file name. Written in one piece, as QEMU does. */
-int qcow2_rewrite_header(struct qcow2_state *s, const char *backing, const char *backing_fmt, struct vbd_error **err)
+ * the backing file name. Written in one piece, as QEMU does; flushed
+ * when flush (QEMU's qcow2_update_header itself does not flush: amend's
+ * unconditional rewrite makes no fdatasync of its own). */
+static int write_header(struct qcow2_state *s, const char *backing, const char *backing_fmt, bool flush,
+                        struct vbd_error **err)
 {
     struct vbd_node *n = s->n;
     uint8_t *h = calloc(1, s->cluster_size);
@@ -156,7 +159,7 @@ int qcow2_rewrite_header(struct qcow2_state *s, const char *backing, const char 
         return -ENOSPC;
     }
     int rc = vbd_node_co_pwrite(n->file, 0, h, s->cluster_size, 0);
-    if (rc == 0)
+    if (rc == 0 && flush)
         rc = vbd_node_co_flush(n->file);
     free(h);
     if (rc < 0) {
@@ -171,6 +174,11 @@ int qcow2_rewrite_header(struct qcow2_state *s, const char *backing, const char 
     s->backing_file_offset = backing && *backing ? (uint64_t)pos : 0;
     s->backing_file_size = backing && *backing ? (uint32_t)strlen(backing) : 0;
     return 0;
+}
+
+int qcow2_rewrite_header(struct qcow2_state *s, const char *backing, const char *backing_fmt, struct vbd_error **err)
+{
+    return write_header(s, backing, backing_fmt, true, err);
 }
 
 int qcow2_change_backing_file(struct vbd_node *n, const char *backing, const char *backing_fmt,
@@ -484,24 +492,12 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         const char *cur_fmt = n->backing_format[0] ? n->backing_format : NULL;
         if (!backing != !cur || (backing && strcmp(backing, cur)) || !backing_fmt != !cur_fmt ||
             (backing_fmt && strcmp(backing_fmt, cur_fmt))) {
-            backing_refused = true;
-            /* else after the upgrade and the refcount change, as qemu */
-            if (version <= (int)s->version && refcount_bits == (1ull << s->refcount_order)) {
-                vbd_error_setf(err, EINVAL, "Cannot amend the backing file\nYou can use 'vbd-img rebase' instead.");
-                goto out;
-            }
+            backing_refused = true; /* after the upgrade, the refcount change and the header's write, as qemu */
         }
-    }
-    if (has_size && size % 512) {
-        vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
-        goto out;
-    }
-    if (has_lazy && lazy && version < 3 && !backing_refused) {
-        vbd_error_setf(err, EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-        goto out;
     }
     vbd_co_mutex_lock(&s->lock);
     rc = 0;
+    bool rewritten = version > (int)s->version || refcount_bits != (1ull << s->refcount_order);
     if (version > (int)s->version) {
         /* upgrade: the v3 fields, all zero (no features) */
         s->version = 3;
@@ -521,8 +517,28 @@ int qcow2_amend(struct vbd_node *n, struct json_object *opts, bool force, struct
         else
             rc = qcow2_change_refcount_order(s, order, err);
     }
+    /* QEMU 7.2 writes the header (the whole cluster) here whatever
+     * changed, before the backing file's check: a sparse copy's header
+     * cluster is allocated after any amend that gets this far. Here only
+     * when nothing else rewrites it (an upgrade, a refcount change before,
+     * a lazy refcounts change or downgrade after): the same header, and no
+     * write of it that would make the next sync a real one */
+    bool lazy_change = has_lazy && lazy != ((s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0);
+    bool rewritten_later = !backing_refused && !(lazy_change && lazy && version < 3) && !(has_size && size % 512) &&
+                           (lazy_change || version < (int)s->version);
+    if (rc == 0 && !rewritten && !rewritten_later)
+        rc = write_header(s, n->backing_file, n->backing_format, false, err);
     if (rc == 0 && backing_refused) {
         vbd_error_setf(err, EINVAL, "Cannot amend the backing file\nYou can use 'vbd-img rebase' instead.");
+        rc = -EINVAL;
+    }
+    /* (as QEMU: only a change to lazy refcounts is checked against the version) */
+    if (rc == 0 && lazy_change && lazy && version < 3) {
+        vbd_error_setf(err, EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+        rc = -EINVAL;
+    }
+    if (rc == 0 && has_size && size % 512) {
+        vbd_error_setf(err, EINVAL, "The new size must be a multiple of 512");
         rc = -EINVAL;
     }
     if (rc == 0 && has_lazy)

@@ -61,7 +61,9 @@ int qcow2_writeback(struct qcow2_state *s)
     }
     if (rc == 0 && s->nfrees) {
         rc = qcow2_flush_refcounts(s); /* the tables before the references they dropped */
-        bool punching = s->punch_freed, unmap = (s->n->open_flags & VBD_OPEN_UNMAP) != 0, noted = false;
+        /* pass-discard-request, else discard=unmap on the node (QEMU's default) */
+        bool unmap = s->discard_request_opt ? s->discard_request_opt == 2 : (s->n->open_flags & VBD_OPEN_UNMAP) != 0;
+        bool punching = s->punch_freed, noted = false;
         for (size_t i = 0; rc == 0 && i < s->nfrees; i++) {
             bool requested = unmap && (s->frees[i] & 1);
             s->punch_freed = punching || requested;

@@ -216,6 +216,8 @@ struct runtime_opts {
     int has_entry, has_lazy;
     bool lazy;
     uint16_t overlap_mask;
+    uint8_t discard_request_opt; /* as qcow2_state's */
+    bool discard_snapshot, discard_other;
 };
 
 static int take_runtime_opts(struct json_object *opts, struct runtime_opts *r, struct vbd_error **err)
@@ -243,7 +245,17 @@ static int take_runtime_opts(struct json_object *opts, struct runtime_opts *r, s
     }
     r->has_entry = vbd_opt_take_size(opts, "l2-cache-entry-size", &r->l2_entry, err);
     r->has_lazy = r->has_entry < 0 ? -1 : vbd_opt_take_bool(opts, "lazy-refcounts", &r->lazy, err);
-    if (r->has_lazy < 0 || take_overlap_check(opts, &r->overlap_mask, err) < 0)
+    if (r->has_lazy < 0)
+        return -EINVAL;
+    /* QEMU's defaults: requests as discard=unmap says, snapshots on, the rest off */
+    bool req = false;
+    int has_req = vbd_opt_take_bool(opts, "pass-discard-request", &req, err);
+    r->discard_snapshot = true;
+    if (has_req < 0 || vbd_opt_take_bool(opts, "pass-discard-snapshot", &r->discard_snapshot, err) < 0 ||
+        vbd_opt_take_bool(opts, "pass-discard-other", &r->discard_other, err) < 0)
+        return -EINVAL;
+    r->discard_request_opt = has_req ? (req ? 2 : 1) : 0;
+    if (take_overlap_check(opts, &r->overlap_mask, err) < 0)
         return -EINVAL;
     if (r->clean_interval > UINT_MAX) {
         vbd_error_setf(err, EINVAL, "Cache clean interval too big");
@@ -317,6 +329,9 @@ static int qcow2_open_inner(struct vbd_node *n, struct json_object *opts, unsign
     if (ro.has_lazy)
         s->lazy_opt = ro.lazy ? 2 : 1;
     s->overlap_mask = ro.overlap_mask;
+    s->discard_request_opt = ro.discard_request_opt;
+    s->pass_discard_snapshot = ro.discard_snapshot;
+    s->pass_discard_other = ro.discard_other;
     s->rc_nslots = refcount_cache_slots(s, rc_cache);
     rc = qcow2_load_reftable(s, (flags & VBD_OPEN_CHECK) != 0, err);
     if (rc < 0)
@@ -1984,22 +1999,29 @@ static int create_image(const char *filename, struct vbd_node *target, struct js
         vbd_error_setf(err, EINVAL, "Parameter 'compression-type' does not accept value '%s'", ctype);
         goto out;
     }
+    /* QEMU 7.2's qcow2_co_create: its words, in its order: extended L2
+     * entries against the version, the cluster size (and extended L2
+     * entries against it), lazy refcounts against the version, the
+     * refcount width, then against the version, the compression type */
+    const char *v3_only = NULL;
     uint32_t order;
-    if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
+    if (version == 2 && extl2)
+        v3_only = "Extended L2 entries are only supported with compatibility level 1.1 and above";
+    else if (qcow2_check_geometry(cluster_size, 16, &order, err) < 0)
         goto out;
-    /* QEMU's qcow2_co_create words and order for what version 2 cannot hold */
-    if (version == 2 && (refcount_bits != 16 || lazy || extl2 || (ctype && strcmp(ctype, "zlib")))) {
-        vbd_error_setf(err, EINVAL, "%s (use version=v3 or greater)",
-                       lazy ? "Lazy refcounts only supported with compatibility level 1.1 and above"
-                       : refcount_bits != 16
-                           ? "Different refcount widths than 16 bits require compatibility level 1.1 or above"
-                       : ctype && strcmp(ctype, "zlib")
-                           ? "Non-zlib compression type is only supported with compatibility level 1.1 and above"
-                           : "Extended L2 entries are only supported with compatibility level 1.1 and above");
-        goto out;
-    }
-    if (extl2 && cluster_size < 16384) {
+    else if (extl2 && cluster_size < 16384) {
         vbd_error_setf(err, EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
+        goto out;
+    } else if (version == 2 && lazy)
+        v3_only = "Lazy refcounts only supported with compatibility level 1.1 and above";
+    else if (qcow2_check_geometry(cluster_size, refcount_bits, &order, err) < 0)
+        goto out;
+    else if (version == 2 && refcount_bits != 16)
+        v3_only = "Different refcount widths than 16 bits require compatibility level 1.1 or above";
+    else if (version == 2 && ctype && strcmp(ctype, "zlib"))
+        v3_only = "Non-zlib compression type is only supported with compatibility level 1.1 and above";
+    if (v3_only) {
+        vbd_error_setf(err, EINVAL, "%s (use version=v3 or greater)", v3_only);
         goto out;
     }
     if (data_file && version < 3) {
@@ -2207,6 +2229,8 @@ struct qcow2_reopen {
     uint64_t clean_interval;
     uint8_t lazy_opt;
     uint16_t overlap_mask;
+    uint8_t discard_request_opt;
+    bool discard_snapshot, discard_other;
     int l2_slots, rc_slots;
 };
 
@@ -2232,6 +2256,9 @@ static int qcow2_reopen_prepare(struct vbd_node *n, struct json_object *opts, vo
     r->clean_interval = ro.clean_interval;
     r->lazy_opt = ro.has_lazy ? (ro.lazy ? 2 : 1) : 0;
     r->overlap_mask = ro.overlap_mask;
+    r->discard_request_opt = ro.discard_request_opt;
+    r->discard_snapshot = ro.discard_snapshot;
+    r->discard_other = ro.discard_other;
     r->l2_slots = l2_cache_slots(s, ro.l2_cache);
     r->rc_slots = refcount_cache_slots(s, ro.rc_cache);
     if (caches_resized(s, r) && !s->read_only) {
@@ -2292,6 +2319,9 @@ static void qcow2_reopen_commit(struct vbd_node *n, void *staged)
     if (caches_resized(s, r))
         resize_caches(n, s, r);
     s->overlap_mask = r->overlap_mask;
+    s->discard_request_opt = r->discard_request_opt;
+    s->pass_discard_snapshot = r->discard_snapshot;
+    s->pass_discard_other = r->discard_other;
     bool was_lazy = qcow2_lazy(s);
     s->lazy_opt = r->lazy_opt;
     if (was_lazy && !qcow2_lazy(s) && !s->read_only) {

@@ -183,6 +183,13 @@ struct qcow2_state {
     bool corrupt;
     bool quiet_check;
     uint8_t lazy_opt; /* the lazy-refcounts runtime option: 0 unset (the header's compat bit rules), 1 off, 2 on */
+    /* QEMU's pass-discard-* runtime options: which freed clusters go back
+     * to the file system. request: 0 unset (discard=unmap on the node
+     * rules), 1 off, 2 on; snapshot: on unless set off (what a snapshot's
+     * create, delete or revert frees); other: taken and checked, vbd
+     * passes down none of those frees (tables moved by a write) */
+    uint8_t discard_request_opt;
+    bool pass_discard_snapshot, pass_discard_other;
     uint8_t metadata_prealloc; /* block status: 0 not looked at yet, 1 no, 2 yes (see qcow2_block_status) */
     /* external data file: guest offset == host offset, data clusters not refcounted */
     struct vbd_node *data; /* where data clusters live: n->file, or the data file */

@@ -258,23 +258,41 @@ static int fix_copied(struct qcow2_state *s)
     return rc;
 }
 
+/* What a snapshot's create, delete or revert frees (an old snapshot table,
+ * the deleted snapshot's L1 table, tables and data, the reverted image's)
+ * goes back to the file system once the refcounts of 0 are on the disk, as
+ * QEMU frees it with QCOW2_DISCARD_SNAPSHOT (pass-discard-snapshot, on
+ * unless set off): qemu-img snapshot -d gives the space back. Lock held. */
+static void snapshot_frees_begin(struct qcow2_state *s)
+{
+    s->nto_punch = 0;
+    s->punch_freed = s->pass_discard_snapshot;
+}
+
+static void snapshot_frees_end(struct qcow2_state *s)
+{
+    if (s->punch_freed)
+        qcow2_punch_freed(s); /* only what is still free, refcounts synced first */
+    s->punch_freed = false;
+    s->nto_punch = 0;
+}
+
 static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, uint32_t count)
 {
     uint64_t old = s->snapshots_offset, old_len = 0;
     uint8_t *oldtab = NULL;
     if (s->nb_snapshots && read_table(s, &oldtab, &old_len, NULL) == 0)
         free(oldtab);
-    /* the last entry without its padding to 8 bytes, as QEMU's
-     * qcow2_write_snapshots sizes the table (pads before an entry, not
-     * after one): qemu-img's clusters and file length */
-    uint64_t end = 0;
-    for (uint64_t p = 0; p + 40 <= len;) {
-        end = p + 40 + get_be32p(tab + p + 36) + (uint16_t)((tab[p + 12] << 8) | tab[p + 13]) +
-              (uint16_t)((tab[p + 14] << 8) | tab[p + 15]);
-        p = (end + 7) & ~7ull;
+    /* the table ends where its last entry's name ends, as QEMU writes it:
+     * the entries are 8-byte aligned, the last one not padded (the file's
+     * length as qemu-img snapshot -c leaves it) */
+    for (uint64_t off = 0, i = 0; i < count && off + 40 <= len; i++) {
+        const uint8_t *e = tab + off;
+        uint64_t end = off + 40 + get_be32p(e + 36) + ((e[12] << 8) | e[13]) + ((e[14] << 8) | e[15]);
+        if (i + 1 == count && end <= len)
+            len = end;
+        off = (end + 7) & ~7ull;
     }
-    if (end && end <= len)
-        len = end;
     int64_t at = 0;
     int rc = 0;
     if (len) {
@@ -303,15 +321,11 @@ static int write_table(struct qcow2_state *s, const uint8_t *tab, uint64_t len, 
         s->nsnap_l1 = 0;
     }
     if (old && old_len) {
-        /* the old table's clusters go back to the file system, as QEMU's
-         * qcow2_write_snapshots frees them (QCOW2_DISCARD_SNAPSHOT, on by
-         * default): the header naming the new table is on disk above */
-        bool punching = s->punch_freed;
-        s->punch_freed = true;
+        /* the old table's clusters go back to the file system with the
+         * rest the snapshot operation frees (snapshot_frees_end, as QEMU's
+         * qcow2_write_snapshots frees them with QCOW2_DISCARD_SNAPSHOT):
+         * the header naming the new table is on disk above */
         add_refs(s, old, old_len, -1); /* a failure only leaks */
-        s->punch_freed = punching;
-        if (!punching)
-            qcow2_punch_freed(s);
     }
     return 0;
 }
@@ -365,6 +379,7 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
             maxid = v;
     }
     snprintf(sn->id, sizeof(sn->id), "%lu", maxid + 1);
+    snapshot_frees_begin(s);
     /* 1. a copy of the active L1 for the snapshot */
     uint64_t l1_bytes = (uint64_t)s->l1_size * 8;
     int64_t l1_at = 0;
@@ -409,6 +424,7 @@ int qcow2_snapshot_create(struct vbd_node *n, struct vbd_snapshot_info *sn, stru
     memcpy(e + 64 + il, sn->name, nl);
     rc = write_table(s, ntab, len + elen, s->nb_snapshots + 1);
 out:
+    snapshot_frees_end(s);
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "%s", strerror(-rc));
     vbd_co_mutex_unlock(&s->lock);
@@ -456,24 +472,18 @@ int qcow2_snapshot_delete(struct vbd_node *n, const char *id, const char *name, 
         uint64_t elen = (i + 1 < (int)s->nb_snapshots ? offs[i + 1] : len) - offs[i];
         uint64_t l1_at = get_be64p(tab + offs[i]);
         memmove(tab + offs[i], tab + offs[i] + elen, len - offs[i] - elen);
-        /* the table first: a crash after it only leaks the snapshot's
-         * clusters. What only the snapshot held goes back to the file
-         * system, as QEMU's delete frees it (QCOW2_DISCARD_SNAPSHOT): punched
-         * once the counts of 0 are on disk (qcow2_punch_freed) */
-        s->punch_freed = true;
+        snapshot_frees_begin(s);
+        /* the table first: a crash after it only leaks the snapshot's clusters */
         rc = write_table(s, tab, len - elen, s->nb_snapshots - 1);
         if (rc == 0)
             rc = l1_refs(s, l1, l1_size, -1);
         if (rc == 0 && l1_size)
             rc = add_refs(s, l1_at, (uint64_t)l1_size * 8, -1);
-        s->punch_freed = false;
         if (rc == 0)
             rc = fix_copied(s);
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);
-        if (rc == 0)
-            qcow2_punch_freed(s);
-        s->nto_punch = 0;
+        snapshot_frees_end(s);
     }
     if (rc < 0 && err && !*err)
         vbd_error_setf(err, -rc, "%s", strerror(-rc));
@@ -509,6 +519,7 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
     if (rc == 0 && get_be32p(tab + offs[i] + 36) >= 16)
         disk_size = get_be64p(tab + offs[i] + 48);
     if (rc == 0) {
+        snapshot_frees_begin(s);
         /* references for the snapshot's view first, then drop the current one */
         uint64_t *cur = malloc((uint64_t)s->l1_size * 8 + 8);
         if (s->l1_size) /* an empty image has no L1 table (s->l1 NULL) */
@@ -542,6 +553,7 @@ int qcow2_snapshot_goto(struct vbd_node *n, const char *id_or_name, struct vbd_e
             rc = fix_copied(s);
         if (rc == 0)
             rc = qcow2_flush_refcounts(s);
+        snapshot_frees_end(s);
         free(cur);
         /* the whole disk may have changed: every tracked dirty bitmap says so
          * (an incremental backup taken from it must not miss the revert) */
