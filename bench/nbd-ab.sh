@@ -25,7 +25,9 @@
 #   bench/nbd-ab.sh ROUNDS SECONDS "ROW..." VARIANT...
 #   ROW: via:rw:bs:depth[:client]  (via unix|tcp, client fio (default) or vbd-bench)
 #   VARIANT: NAME=BUILD_DIR[,ENV=VALUE...] (the server gets the variables; see
-#   nbd-common.sh's serve for VBD_NBD_IOTHREAD and VBD_NBD_POLL_MAX_NS), nbdkit or qemu-nbd
+#   nbd-common.sh's serve for VBD_NBD_IOTHREAD, VBD_NBD_POLL_MAX_NS and
+#   NBD_NULL), nbdkit or qemu-nbd, or NAME=nbdkit[,ENV=VALUE...] (e.g.
+#   kitnull=nbdkit,NBD_NULL=1)
 # e.g. flock /work/wt/bench.lock bash bench/nbd-ab.sh 3 3 "tcp:randread:4k:32 unix:randread:4k:32:vbd-bench" \
 #          old=/tmp/old-build new=$PWD/build nbdkit
 # vbd-bench (the client) is $VBD_BUILD's (default build/), whichever server runs.
@@ -105,7 +107,8 @@ for round in $(seq $ROUNDS); do
     name=${v%%=*}; spec=${v#*=}
     IFS=, read -r -a parts <<<"$spec"
     s=vbd
-    if [ "$name" = nbdkit ] || [ "$name" = qemu-nbd ]; then s=$name; else VBD_BUILD=${parts[0]}; VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon; fi
+    if [ "$name" = nbdkit ] || [ "$name" = qemu-nbd ]; then s=$name
+    elif [ "${parts[0]}" = nbdkit ] || [ "${parts[0]}" = qemu-nbd ]; then s=${parts[0]}; else VBD_BUILD=${parts[0]}; VBD_DAEMON=$VBD_BUILD/src/tools/vbd-daemon; fi
     envs=("${parts[@]:1}")
     PORT=$((PORT + 1))
     if [ ${#envs[@]} -gt 0 ]; then export "${envs[@]}"; fi

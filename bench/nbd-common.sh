@@ -13,9 +13,15 @@ nbd_image() {
 # serve SERVER TRANSPORT: vbd, qemu-nbd or nbdkit exporting $img as "disk"
 # (writable) on $dir/s.sock or 127.0.0.1:$PORT; sets URI and spid, returns
 # once the server answers. SERVE_CPU: the CPUs the server runs on (default
-# 0; empty: not pinned, as bench/nbd-client-ab.sh wants)
+# 0; empty: not pinned, as bench/nbd-client-ab.sh wants). NBD_NULL=1 (vbd
+# and nbdkit): a 1 GiB disk that stores nothing (vbd's null-co with
+# read-zeroes, nbdkit's null plugin) in place of $img: what a client gets
+# from the server with its I/O taken away (a bound for the rows a server's
+# own work cannot move)
 serve() {
     local s=$1 t=$2 sock=$dir/s.sock pin=(taskset -c "${SERVE_CPU-0}")
+    local vdisk=(--blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0) kdisk=(file "$img")
+    [ -z "${NBD_NULL-}" ] || { vdisk=(--blockdev driver=null-co,node-name=d0,size=1G,read-zeroes=on); kdisk=(null 1G); }
     [ -n "${SERVE_CPU-0}" ] || pin=()
     rm -f "$sock"
     local addr="addr.type=unix,addr.path=$sock" uri="nbd+unix:///disk?socket=$sock"
@@ -26,12 +32,12 @@ serve() {
         # the connection's busy-poll)
         vbd) local iot=() eiot=
              [ -z "${VBD_NBD_IOTHREAD-}${VBD_NBD_POLL_MAX_NS-}" ] || { iot=(--object iothread,id=io0${VBD_NBD_POLL_MAX_NS:+,poll-max-ns=$VBD_NBD_POLL_MAX_NS}); eiot=,iothread=io0; }
-             "${pin[@]}" "${TAX[@]}" "$VBD_DAEMON" "${iot[@]}" --blockdev driver=file,node-name=f0,filename="$img" --blockdev driver=raw,node-name=d0,file=f0 \
+             "${pin[@]}" "${TAX[@]}" "$VBD_DAEMON" "${iot[@]}" "${vdisk[@]}" \
                  --nbd-server "$addr" --export type=nbd,id=e0,node-name=d0,name=disk,writable=on$eiot >/dev/null 2>&1 & ;;
         qemu-nbd) if [ $t = unix ]; then "${pin[@]}" "${TAX[@]}" qemu-nbd -f raw -x disk -k "$sock" --persistent --shared=8 "$img" >/dev/null 2>&1 &
                   else "${pin[@]}" "${TAX[@]}" qemu-nbd -f raw -x disk -b 127.0.0.1 -p $PORT --persistent --shared=8 "$img" >/dev/null 2>&1 & fi ;;
-        nbdkit) if [ $t = unix ]; then "${pin[@]}" "${TAX[@]}" nbdkit -f -U "$sock" -e disk file "$img" >/dev/null 2>&1 &
-                else "${pin[@]}" "${TAX[@]}" nbdkit -f -i 127.0.0.1 -p $PORT -e disk file "$img" >/dev/null 2>&1 & fi ;;
+        nbdkit) if [ $t = unix ]; then "${pin[@]}" "${TAX[@]}" nbdkit -f -U "$sock" -e disk "${kdisk[@]}" >/dev/null 2>&1 &
+                else "${pin[@]}" "${TAX[@]}" nbdkit -f -i 127.0.0.1 -p $PORT -e disk "${kdisk[@]}" >/dev/null 2>&1 & fi ;;
     esac
     spid=$!
     for _ in $(seq 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.05; done
