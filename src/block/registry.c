@@ -15,6 +15,7 @@ extern const struct vbd_driver *const vbd_driver_raw;
 extern const struct vbd_driver *const vbd_driver_qcow2;
 extern const struct vbd_driver *const vbd_driver_vdi;
 extern const struct vbd_driver *const vbd_driver_qed;
+extern const struct vbd_driver *const vbd_driver_qcow;
 extern const struct vbd_driver *const vbd_driver_parallels;
 extern const struct vbd_driver *const vbd_driver_vpc;
 extern const struct vbd_driver *const vbd_driver_throttle;
@@ -43,6 +44,7 @@ static const struct vbd_driver *const *const registry[] = {
     &vbd_driver_qcow2,
     &vbd_driver_vdi,
     &vbd_driver_qed,
+    &vbd_driver_qcow,
     &vbd_driver_parallels,
     &vbd_driver_vpc,
     &vbd_driver_throttle,

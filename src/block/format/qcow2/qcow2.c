@@ -34,7 +34,9 @@
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     (void)filename;
-    return len >= 4 && get_be32p(buf) == QCOW2_MAGIC ? 100 : 0; /* by magic alone: bad versions get an error */
+    /* as QEMU: version 1 is the qcow driver's; later versions here, so that
+     * an unknown one gets qcow2's error */
+    return len >= 8 && get_be32p(buf) == QCOW2_MAGIC && get_be32p(buf + 4) >= 2 ? 100 : 0;
 }
 
 static void qcow2_close(struct vbd_node *n);
