@@ -653,30 +653,24 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
     /* the resize reaches further down: raw and filters pass it to their
      * child, which another user may hold the size of (a format over the
      * same file node): QEMU's check of the whole graph with the command's
-     * BlockBackend (resize taken, everything shared) */
+     * BlockBackend (resize taken, everything shared), and its image
+     * locks: a second file node on the same image whose users unshare
+     * resize (a format over it) refuses it as another process would
+     * ('Failed to get "resize" lock'). The caller gives them back
+     * (vbd_qmp_image_locks_follow) once done. */
     struct vbd_qmp_perm_user u = {.node = n, .perm = 0x8, .shared = 0xf, .user = "an unnamed block device",
                                   .child = "root"};
     struct vbd_error *e = NULL;
-    if (vbd_qmp_perm_check(&u, 1, &e) < 0) {
+    if (vbd_qmp_image_locks_follow_users(&u, 1, &e) < 0) {
         vbd_qmp_error_take(err, e);
         return true;
     }
     return false;
 }
 
-static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
+/* block_resize with the command's image locks taken (resize_refused) */
+static struct json_object *resize_locked(struct vbd_node *n, int64_t size, struct vbd_qmp_error *err)
 {
-    int64_t size = json_object_get_int64(json_object_object_get(args, "size"));
-    const char *device = opt_str(args, "device"), *node_name = opt_str(args, "node-name");
-    struct vbd_node *n = qmp_lookup_bs(device, node_name, err);
-    if (!n)
-        return NULL;
-    if (size < 0) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'size' expects a >0 size");
-        return NULL;
-    }
-    if (resize_refused(n, device, err))
-        return NULL;
     /* the node, or below a raw or filter node (read-write over a
      * read-only node) the node its resize reaches */
     for (struct vbd_node *m = n; m; m = m->file != m ? m->file : NULL) {
@@ -712,6 +706,24 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
     vbd_qmp_sizes_changed("block_resize");
     vbd_daemon_drain_end(&d);
     return vbd_qmp_ok();
+}
+
+static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
+{
+    int64_t size = json_object_get_int64(json_object_object_get(args, "size"));
+    const char *device = opt_str(args, "device"), *node_name = opt_str(args, "node-name");
+    struct vbd_node *n = qmp_lookup_bs(device, node_name, err);
+    if (!n)
+        return NULL;
+    if (size < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'size' expects a >0 size");
+        return NULL;
+    }
+    if (resize_refused(n, device, err))
+        return NULL;
+    struct json_object *ret = resize_locked(n, size, err);
+    vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* the command's resize lock goes */
+    return ret;
 }
 
 void vbd_qmp_sizes_changed(const char *cmd)

@@ -374,8 +374,6 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "New overlay node-name already in use");
         return -1;
     }
-    if (snn && !vbd_qmp_node_name_check(snn, err)) /* before the file is made (QEMU makes it, then refuses) */
-        return -1;
     const struct vbd_driver *drv = vbd_driver_find(format);
     if (!drv || drv->kind != VBD_DRV_FORMAT) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Unknown file format '%s'", format);
@@ -403,6 +401,11 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
             return -1;
         }
     }
+    /* a bad name is refused once the image is made, as QEMU's
+     * external_snapshot_prepare refuses it at the overlay's open: the
+     * file stays */
+    if (snn && !vbd_qmp_node_name_check(snn, err))
+        return -1;
     /* the overlay's backing is the running node itself, not the file
      * opened a second time */
     struct json_object *o = json_object_new_object();
