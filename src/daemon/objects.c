@@ -297,7 +297,7 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
             return rc;
     }
     struct vbd_daemon_export *ent = vbd_xcalloc(1, sizeof(*ent));
-    snprintf(ent->id, sizeof(ent->id), "%s", id); /* before create() takes "id" out */
+    ent->id = vbd_xstrdup(id); /* before create() takes "id" out */
     struct vbd_export *e = t->create(opts, err);
     if (e && vbd_opts_check_empty(opts, what, err) < 0) {
         t->shutdown(e);
@@ -305,6 +305,7 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
         e = NULL;
     }
     if (!e) {
+        free(ent->id);
         free(ent);
         vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* what it was to take goes */
         return -EINVAL;
@@ -363,6 +364,7 @@ void vbd_daemon_export_remove(struct vbd_daemon_export *e)
         }
     }
     e->type->free(e->exp);
+    free(e->id);
     free(e);
     vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* one user fewer: only locks that go */
 }
