@@ -833,6 +833,7 @@ void vbd_daemon_free_all(void)
     for (struct vbd_daemon_export *e = exports, *n; e; e = n) {
         n = e->next;
         e->type->free(e->exp);
+        free(e->id);
         free(e);
     }
     exports = NULL;
