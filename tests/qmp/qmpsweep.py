@@ -75,6 +75,9 @@ DELIBERATE = [
      "too, vbd moves exports only and refuses"),
     ("blockdev-snapshot", "is busy: node is used as file of", "the same, with an overlay added beforehand"),
     ("transaction", "is busy: node is used as file of", "the same, in a transaction"),
+    ("object-del", "is the home of", "an iothread block nodes run in (an export's iothread): qsd deletes it, and "
+     "their requests wait for a thread that is gone; vbd refuses"),
+    ("object-del", "is in use by", "an iothread an export's rings run in: the same"),
 ]
 
 
