@@ -281,6 +281,12 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     struct vbd_loop *fixed = NULL;
     if (t->node_iothread && export_iothread(opts, target, &fixed, err) < 0)
         return -EINVAL;
+    /* QEMU's blk_exp_add, before the permissions (a read-write node over
+     * a read-only one is refused by those: "Block node is read-only") */
+    if (target && export_writable(opts) && target->read_only) {
+        vbd_error_setf(err, EACCES, "Cannot export read-only node as writable");
+        return -EACCES;
+    }
     if (export_owned(opts, t, target, err) < 0)
         return -EPERM;
     /* a writable export's write lock, if a parent's going left its node
