@@ -616,11 +616,12 @@ bool vbd_qmp_node_written_by_export(struct vbd_node *n)
  * false if nothing holds the size. A backing file and a job's nodes are
  * op-blocked ("Device ... is in use", device printed as glibc prints a
  * NULL), except a backup's source, whose copy-before-write filter
- * unshares RESIZE; a node exported over NBD (the export's BlockBackend
- * does not share RESIZE; vhost-user-blk's does and tells the guest) and a
- * format node's file (read and written at offsets the format keeps)
- * and a quorum's child cannot be resized either. Filters and raw pass their parent's
- * permissions through: their child stays resizable, as in QEMU. */
+ * unshares RESIZE; the permission model refuses the rest: a node exported
+ * over NBD (the export's BlockBackend does not share RESIZE;
+ * vhost-user-blk's does and tells the guest), a format node's file (read
+ * and written at offsets the format keeps), a quorum's child. Filters and
+ * raw pass their parent's permissions through: their child stays
+ * resizable, as in QEMU. */
 static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qmp_error *err)
 {
     struct vbd_job *j = vbd_job_using_node(n);
@@ -629,25 +630,6 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
         backing = p->backing == n;
     if (backing || (j && !(n->write_hook && !strcmp(j->drv->type, "backup")))) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Device '%s' is in use", device ? device : "(null)");
-        return true;
-    }
-    char by[512];
-    by[0] = 0;
-    /* a backup's source: its copy-before-write node (filter-node-name or an
-     * implicit '#blockNNN'), named as QEMU names a parent node */
-    for (struct vbd_node *p = j ? vbd_node_next(NULL) : NULL; p && !by[0]; p = vbd_node_next(p))
-        if (p->file == n && !strcmp(p->drv->name, "copy-before-write"))
-            snprintf(by, sizeof(by), "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
-    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !by[0]; x = x->next)
-        if (!strcmp(x->type->type, "nbd") && vbd_daemon_export_node(x) == n)
-            snprintf(by, sizeof(by), "an unnamed block device (uses node '%s' as 'root' child)", n->node_name);
-    if (!by[0])
-        vbd_node_data_owner(n, by, sizeof(by));
-    if (by[0]) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Permission conflict on node '%s': permissions 'resize' are both required by an unnamed "
-                           "block device (uses node '%s' as 'root' child) and unshared by %s.",
-                           n->node_name, n->node_name, by);
         return true;
     }
     /* the resize reaches further down: raw and filters pass it to their
