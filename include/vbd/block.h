@@ -476,7 +476,7 @@ struct vbd_node {
     uint64_t size;               /* virtual size in bytes; drivers keep it current */
     unsigned open_flags;         /* VBD_OPEN_* as opened */
     bool file_meta;              /* counted as a metadata parent of its "file" child (vbd_open_child) */
-    bool file_ref;               /* the "file" child is an existing node it references (file=NAME), not its own */
+    bool file_ref;               /* the "file" (blkdebug: "image") child is an existing node it references (file=NAME), not its own */
     bool opening;                /* its driver's open runs: no child may reference it by name (a cycle) */
     bool read_only;
     /* vbd-daemon: a node a command opened by filename and left in the
@@ -795,6 +795,10 @@ int vbd_file_set_lock_perm(struct vbd_node *n, unsigned perm, unsigned shared, s
  * it: -EBUSY with QEMU's permission conflict words (a format's "file"
  * unshares write and resize; a read-write one takes both). 0 for a parent
  * that keeps no metadata there. Home thread. */
+/* Does n write its "file" (blkdebug: "image") child only when its own
+ * users write (raw, throttle, blkdebug: QEMU's filter and raw child
+ * perms), not by itself (a format's metadata, copy-on-read's copies)? */
+bool vbd_node_passes_writes_down(const struct vbd_node *n);
 int vbd_node_check_metadata_writer(struct vbd_node *parent, struct vbd_node *c, bool rw, struct vbd_error **err);
 /* blockdev-reopen cache.direct of a protocol node: written back (flushed)
  * first as QEMU's reopen does, then the driver's reopen_direct. The caller

@@ -89,7 +89,7 @@ struct vbd_job_driver {
 
 struct vbd_job {
     const struct vbd_job_driver *drv;
-    char id[128];
+    char *id; /* as given, however long (QEMU keeps it whole) */
     enum vbd_job_status status;
     bool auto_finalize, auto_dismiss;
     int pause_count; /* the user's pause and the error policy's stop (query-block-jobs' "paused") */

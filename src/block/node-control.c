@@ -52,7 +52,10 @@ static bool passes_users_perms(const struct vbd_node *m)
 }
 
 /* Is `child` written by an export, or through another read-write node
- * than `except`? (An overlay reads its backing only: not a writer.) */
+ * than `except`? (An overlay reads its backing only: not a writer. A
+ * read-write raw, throttle or blkdebug node writes only for its own
+ * writers, as QEMU's filter and raw child perms: a reopen read-only of
+ * the node below it goes through while none is there.) */
 static bool other_writer(struct vbd_node *child, struct vbd_node *except)
 {
     const struct vbd_node_event_handlers *h = atomic_load(&handlers);
@@ -60,7 +63,7 @@ static bool other_writer(struct vbd_node *child, struct vbd_node *except)
         return true;
     for (struct vbd_node *m = vbd_node_next(NULL); m; m = vbd_node_next(m))
         if (m != except && !m->read_only && m->file == child && m != child &&
-            (!passes_users_perms(m) || other_writer(m, NULL)))
+            ((!passes_users_perms(m) && !vbd_node_passes_writes_down(m)) || other_writer(m, NULL)))
             return true;
     return false;
 }
@@ -152,16 +155,23 @@ static int set_read_only(struct vbd_node *n, bool read_only, bool by_parent, str
     bool child_switched = false;
     if (child && vbd_node_check_metadata_writer(n, child, true, err) < 0)
         return -EBUSY;
-    if (child && n->file_ref && child->read_only) {
-        /* a node of its own stays read-only: QEMU's permission check */
-        vbd_error_setf(err, EACCES, "Block node is read-only");
-        return -EACCES;
-    }
-    if (child && n->file_ref && !child->read_only && child->drv->write_use) {
+    if (child && n->file_ref) {
+        /* a raw, throttle or blkdebug node goes read-write over a
+         * read-only node it references, as blockdev-add opens it: it
+         * writes nothing of its own, and a writer that comes above it is
+         * refused then (vbd_qmp_perm_check); the child stays as it is.
+         * Any other parent over a node of its own that stays read-only:
+         * QEMU's permission check */
+        if (child->read_only && !vbd_node_passes_writes_down(n)) {
+            vbd_error_setf(err, EACCES, "Block node is read-only");
+            return -EACCES;
+        }
         /* the write lock back before n can write (another process may hold it now) */
-        int rc = child->drv->write_use(child, true, err);
-        if (rc < 0)
-            return rc;
+        if (!child->read_only && child->drv->write_use) {
+            int rc = child->drv->write_use(child, true, err);
+            if (rc < 0)
+                return rc;
+        }
     } else if (child && child->read_only) {
         int rc = set_read_only(child, false, true, err);
         if (rc < 0)

@@ -76,6 +76,11 @@ static bool writes_only_for_users(const struct vbd_node *parent, const char *key
     return strcmp(parent->drv->name, "copy-on-read") && strcmp(parent->drv->name, "snapshot-access");
 }
 
+bool vbd_node_passes_writes_down(const struct vbd_node *n)
+{
+    return writes_only_for_users(n, !strcmp(n->drv->name, "blkdebug") ? "image" : "file");
+}
+
 int vbd_node_check_metadata_writer(struct vbd_node *parent, struct vbd_node *c, bool rw, struct vbd_error **err)
 {
     if (!keeps_metadata(parent, "file"))
@@ -723,7 +728,10 @@ struct vbd_node *vbd_open_child(struct vbd_node *parent, struct json_object *opt
         }
         if (meta)
             parent->file_meta = true;
-        if (parent && !strcmp(key, "file"))
+        /* blkdebug's "image" is its n->file as a format's "file" is:
+         * a reopen of the parent leaves it as it is (QEMU reopens only
+         * the children that inherit from the parent) */
+        if (parent && opened_as_protocol(key))
             parent->file_ref = true;
         vbd_node_ref(c);
         json_object_put(v);

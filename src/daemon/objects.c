@@ -199,36 +199,6 @@ static bool export_writable(struct json_object *opts)
     return writable;
 }
 
-/* An export of a node whose data another node keeps (a format's file, a
- * quorum's child): a writable one would write under it (the format's
- * metadata, a read-only format's image, or one replica apart from the
- * others), an NBD one holds the size a writable format may change. QEMU's
- * permission errors, for block-export-add and --export alike (the
- * command line exported such nodes writable). */
-static int export_owned(struct json_object *opts, const struct vbd_export_type *t, struct vbd_node *n,
-                        struct vbd_error **err)
-{
-    char by[512];
-    int owner = n ? vbd_node_data_owner(n, by, sizeof(by)) : VBD_NODE_OWNER_NONE;
-    if (owner == VBD_NODE_OWNER_NONE)
-        return 0;
-    if (export_writable(opts) && !n->read_only) {
-        vbd_error_setf(err, EPERM,
-                       "Permission conflict on node '%s': permissions 'write' are both required by an unnamed block "
-                       "device (uses node '%s' as 'root' child) and unshared by %s.",
-                       n->node_name, n->node_name, by);
-        return -EPERM;
-    }
-    if (owner == VBD_NODE_OWNER_FORMAT && !strcmp(t->type, "nbd")) {
-        vbd_error_setf(err, EPERM,
-                       "Permission conflict on node '%s': permissions 'resize' are both required by %s and unshared "
-                       "by an unnamed block device (uses node '%s' as 'root' child).",
-                       n->node_name, by, n->node_name);
-        return -EPERM;
-    }
-    return 0;
-}
-
 int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd_error **err)
 {
     MAIN_THREAD_ONLY();
@@ -281,8 +251,12 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     struct vbd_loop *fixed = NULL;
     if (t->node_iothread && export_iothread(opts, target, &fixed, err) < 0)
         return -EINVAL;
-    if (export_owned(opts, t, target, err) < 0)
-        return -EPERM;
+    /* QEMU's blk_exp_add, before the permissions (a read-write node over
+     * a read-only one is refused by those: "Block node is read-only") */
+    if (target && export_writable(opts) && target->read_only) {
+        vbd_error_setf(err, EACCES, "Cannot export read-only node as writable");
+        return -EACCES;
+    }
     /* a writable export's write lock, if a parent's going left its node
      * without (another process may have taken the image since) */
     if (target && export_writable(opts) && (rc = vbd_node_refresh_write_use(target, err)) < 0)
@@ -293,11 +267,18 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
     if (target) {
         unsigned perm = 0x1 | (export_writable(opts) && !target->read_only ? 0x2 : 0);
         unsigned shared = !strcmp(t->type, "nbd") ? 0xf & ~0x8u : 0xf;
+        /* QEMU's blk_exp_add attaches the export sharing everything, and
+         * nbd_export_create unshares resize after: a conflict of what the
+         * export takes is the one reported first */
+        struct vbd_qmp_perm_user u = {.node = target, .perm = perm, .shared = 0xf, .user = "an unnamed block device",
+                                      .child = "root"};
+        if ((rc = vbd_qmp_perm_check(&u, 1, err)) < 0)
+            return rc;
         if ((rc = vbd_qmp_image_locks_follow(target, perm, shared, err)) < 0)
             return rc;
     }
     struct vbd_daemon_export *ent = vbd_xcalloc(1, sizeof(*ent));
-    snprintf(ent->id, sizeof(ent->id), "%s", id); /* before create() takes "id" out */
+    ent->id = vbd_xstrdup(id); /* before create() takes "id" out */
     struct vbd_export *e = t->create(opts, err);
     if (e && vbd_opts_check_empty(opts, what, err) < 0) {
         t->shutdown(e);
@@ -305,6 +286,7 @@ int vbd_daemon_export_add(struct json_object *opts, const char *what, struct vbd
         e = NULL;
     }
     if (!e) {
+        free(ent->id);
         free(ent);
         vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* what it was to take goes */
         return -EINVAL;
@@ -363,6 +345,7 @@ void vbd_daemon_export_remove(struct vbd_daemon_export *e)
         }
     }
     e->type->free(e->exp);
+    free(e->id);
     free(e);
     vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* one user fewer: only locks that go */
 }
@@ -831,6 +814,7 @@ void vbd_daemon_free_all(void)
     for (struct vbd_daemon_export *e = exports, *n; e; e = n) {
         n = e->next;
         e->type->free(e->exp);
+        free(e->id);
         free(e);
     }
     exports = NULL;

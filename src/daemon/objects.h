@@ -38,7 +38,7 @@ int vbd_daemon_node_del(const char *name, struct vbd_error **err);
 int vbd_daemon_node_release(const char *name, struct vbd_error **err);
 
 struct vbd_daemon_export {
-    char id[128];
+    char *id; /* as given, however long (QEMU keeps it whole) */
     const struct vbd_export_type *type;
     struct vbd_export *exp;
     struct vbd_daemon_export *next;

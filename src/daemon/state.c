@@ -811,18 +811,19 @@ int vbd_state_load(const char *path, struct vbd_error **err)
             struct json_object *a = copy(json_object_object_get(req, "arguments"));
             struct vbd_error *ee = NULL;
             const char *id = str_arg(a, "id");
-            char idbuf[128];
-            snprintf(idbuf, sizeof(idbuf), "%s", id ? id : "");
+            char *idbuf = vbd_xstrdup(id ? id : ""); /* a takes "id" out */
             if (vbd_daemon_export_add(a, "--state export", &ee) < 0) {
                 vbd_error_setf(err, EINVAL, "--state %s: command %zu (--export %s) failed: %s; not starting, the file is left as it is",
                                path, i + 1, idbuf, ee ? ee->msg : "error");
                 vbd_error_free(ee);
                 json_object_put(a);
+                free(idbuf);
                 rc = -EINVAL;
                 break;
             }
             json_object_put(a);
             json_object_object_del(cmdline_exports_deleted, idbuf); /* there again, on its new node */
+            free(idbuf);
             continue;
         }
         struct json_object *reply = vbd_qmp_dispatch(req, true), *e, *desc;

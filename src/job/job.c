@@ -146,7 +146,7 @@ struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id,
                                bool auto_dismiss, uint64_t speed, enum vbd_on_error on_error, struct vbd_qmp_error *err)
 {
     ASSERT_MAIN_LOOP();
-    if (!id || !id_ok(id) || strlen(id) >= sizeof(((struct vbd_job *)0)->id)) {
+    if (!id || !id_ok(id)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid job ID '%s'", id ? id : "");
         return NULL;
     }
@@ -156,7 +156,7 @@ struct vbd_job *vbd_job_create(const struct vbd_job_driver *drv, const char *id,
     }
     struct vbd_job *job = vbd_xcalloc(1, sizeof(*job));
     job->drv = drv;
-    snprintf(job->id, sizeof(job->id), "%s", id);
+    job->id = vbd_xstrdup(id);
     job->auto_finalize = auto_finalize;
     job->auto_dismiss = auto_dismiss;
     job->speed = speed;
@@ -177,8 +177,10 @@ void vbd_job_ref(struct vbd_job *job) { job->refs++; }
 
 void vbd_job_unref(struct vbd_job *job)
 {
-    if (--job->refs == 0)
+    if (--job->refs == 0) {
+        free(job->id);
         free(job);
+    }
 }
 
 /* ---------- groups (completion-mode=grouped) ---------- */
@@ -881,8 +883,7 @@ void vbd_job_cancel_all_sync(void)
         if (!live)
             continue;
         struct vbd_qmp_error e = {0};
-        char id[sizeof(live->id)];
-        snprintf(id, sizeof(id), "%s", live->id);
+        char *id = vbd_xstrdup(live->id);
         vbd_qmp_graph_lock();
         /* every job ends dismissed: a group's abort concludes the others
          * of the group, maybe while this waited for the lock (live may be
@@ -892,6 +893,7 @@ void vbd_job_cancel_all_sync(void)
         live = vbd_job_find(id);
         if (!live || live->status == VBD_JOB_CONCLUDED) {
             vbd_qmp_graph_unlock();
+            free(id);
             continue;
         }
         if (!live->cancelled || !live->force_cancel)
@@ -899,5 +901,6 @@ void vbd_job_cancel_all_sync(void)
         vbd_qmp_graph_unlock();
         if (vbd_job_find(id)) /* not ended at once (pending) */
             vbd_co_queue_wait(&jobs_gone);
+        free(id);
     }
 }

@@ -386,29 +386,38 @@ static bool check_resets(struct json_object *o, struct reopen_entry *re, struct 
     return !missing;
 }
 
-/* The entry's options against the node. Stages the driver's change. */
-static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re, struct vbd_qmp_error *err)
+/* What QEMU's qmp_blockdev_reopen checks of every entry as it queues it
+ * (its type, its node): the node, or NULL. */
+static struct vbd_node *entry_node(struct json_object *o, int idx, struct vbd_qmp_error *err)
 {
     char prefix[48];
     snprintf(prefix, sizeof(prefix), "options[%d].", idx);
     if (!json_object_is_type(o, json_type_object)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Invalid parameter type for 'options[%d]', expected: object",
                            idx);
-        return false;
+        return NULL;
     }
     if (!vbd_qmp_check_blockdev(o, prefix, err))
-        return false;
+        return NULL;
     struct json_object *v;
     if (!json_object_object_get_ex(o, "node-name", &v)) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "node-name not specified");
-        return false;
+        return NULL;
     }
     const char *name = json_object_get_string(v);
     struct vbd_node *n = vbd_node_find(name);
-    if (!n) {
+    if (!n)
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Failed to find node with node-name='%s'", name);
+    return n;
+}
+
+/* The entry's options against the node. Stages the driver's change. */
+static bool check_entry(struct json_object *o, int idx, struct reopen_entry *re, struct vbd_qmp_error *err)
+{
+    struct vbd_node *n = entry_node(o, idx, err);
+    if (!n)
         return false;
-    }
+    const char *name = n->node_name;
     re->n = n;
     struct json_object *rest = json_object_new_object();
     bool ok = check_generic(o, re, rest, err) && check_resets(o, re, err);
@@ -502,9 +511,48 @@ static void abort_entries(struct reopen_entry *re, size_t len)
         }
 }
 
-struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd_qmp_error *err)
+/* The entries as QEMU's reopen queue holds them: a node given twice or
+ * more once, at its first place, its entries' options joined: a later
+ * entry's over an earlier one's, an earlier one's where the later has
+ * none (bdrv_reopen_queue_child joins a queued node's explicit options
+ * with the new ones; only the joined ones are checked). */
+static struct json_object *queued_entries(struct json_object *given)
 {
-    struct json_object *list = json_object_object_get(args, "options");
+    struct json_object *list = json_object_new_array();
+    size_t len = json_object_array_length(given);
+    for (size_t i = 0; i < len; i++) {
+        struct json_object *o = json_object_array_get_idx(given, i);
+        struct json_object *name = json_object_object_get(o, "node-name");
+        bool seen = false;
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = json_object_equal(json_object_object_get(json_object_array_get_idx(given, k), "node-name"), name);
+        if (seen)
+            continue;
+        struct json_object *joined = json_object_get(o);
+        for (size_t k = i + 1; k < len; k++) {
+            struct json_object *later = json_object_array_get_idx(given, k);
+            if (!json_object_equal(json_object_object_get(later, "node-name"), name))
+                continue;
+            struct json_object *next = json_object_new_object();
+            json_object_object_foreach(later, key, val)
+            {
+                json_object_object_add(next, key, json_object_get(val));
+            }
+            json_object_object_foreach(joined, okey, oval)
+            {
+                if (!json_object_object_get_ex(next, okey, NULL))
+                    json_object_object_add(next, okey, json_object_get(oval));
+            }
+            json_object_put(joined);
+            joined = next;
+        }
+        json_object_array_add(list, joined);
+    }
+    return list;
+}
+
+static struct json_object *reopen_entries(struct json_object *list, struct vbd_qmp_error *err)
+{
     size_t len = json_object_array_length(list);
     struct reopen_entry *re = calloc(len ? len : 1, sizeof(*re));
     if (!re) {
@@ -515,13 +563,6 @@ struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd
     bool ok = true;
     for (i = 0; i < len && ok; i++)
         ok = check_entry(json_object_array_get_idx(list, i), (int)i, &re[i], err);
-    for (size_t k = 0; ok && k < len; k++)
-        for (size_t m = 0; m < k; m++)
-            if (re[m].n == re[k].n) {
-                vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Node '%s' is given twice", re[k].n->node_name);
-                ok = false;
-                break;
-            }
     if (!ok) {
         abort_entries(re, len);
         free(re);
@@ -579,6 +620,18 @@ struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd
         vbd_daemon_drain_end(&re[i].drain);
     free(re);
     return ok ? vbd_qmp_ok() : NULL;
+}
+
+struct json_object *vbd_qmp_blockdev_reopen(struct json_object *args, struct vbd_qmp_error *err)
+{
+    struct json_object *given = json_object_object_get(args, "options");
+    for (size_t i = 0; i < json_object_array_length(given); i++)
+        if (!entry_node(json_object_array_get_idx(given, i), (int)i, err))
+            return NULL;
+    struct json_object *list = queued_entries(given);
+    struct json_object *ret = reopen_entries(list, err);
+    json_object_put(list);
+    return ret;
 }
 
 void vbd_qmp_node_given_options(struct vbd_node *n, struct json_object *given)

@@ -616,11 +616,12 @@ bool vbd_qmp_node_written_by_export(struct vbd_node *n)
  * false if nothing holds the size. A backing file and a job's nodes are
  * op-blocked ("Device ... is in use", device printed as glibc prints a
  * NULL), except a backup's source, whose copy-before-write filter
- * unshares RESIZE; a node exported over NBD (the export's BlockBackend
- * does not share RESIZE; vhost-user-blk's does and tells the guest) and a
- * format node's file (read and written at offsets the format keeps)
- * and a quorum's child cannot be resized either. Filters and raw pass their parent's
- * permissions through: their child stays resizable, as in QEMU. */
+ * unshares RESIZE; the permission model refuses the rest: a node exported
+ * over NBD (the export's BlockBackend does not share RESIZE;
+ * vhost-user-blk's does and tells the guest), a format node's file (read
+ * and written at offsets the format keeps), a quorum's child. Filters and
+ * raw pass their parent's permissions through: their child stays
+ * resizable, as in QEMU. */
 static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qmp_error *err)
 {
     struct vbd_job *j = vbd_job_using_node(n);
@@ -631,52 +632,27 @@ static bool resize_refused(struct vbd_node *n, const char *device, struct vbd_qm
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Device '%s' is in use", device ? device : "(null)");
         return true;
     }
-    char by[512];
-    by[0] = 0;
-    /* a backup's source: its copy-before-write node (filter-node-name or an
-     * implicit '#blockNNN'), named as QEMU names a parent node */
-    for (struct vbd_node *p = j ? vbd_node_next(NULL) : NULL; p && !by[0]; p = vbd_node_next(p))
-        if (p->file == n && !strcmp(p->drv->name, "copy-before-write"))
-            snprintf(by, sizeof(by), "node '%s' (uses node '%s' as 'file' child)", p->node_name, n->node_name);
-    for (struct vbd_daemon_export *x = vbd_daemon_export_first(); x && !by[0]; x = x->next)
-        if (!strcmp(x->type->type, "nbd") && vbd_daemon_export_node(x) == n)
-            snprintf(by, sizeof(by), "an unnamed block device (uses node '%s' as 'root' child)", n->node_name);
-    if (!by[0])
-        vbd_node_data_owner(n, by, sizeof(by));
-    if (by[0]) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR,
-                           "Permission conflict on node '%s': permissions 'resize' are both required by an unnamed "
-                           "block device (uses node '%s' as 'root' child) and unshared by %s.",
-                           n->node_name, n->node_name, by);
-        return true;
-    }
     /* the resize reaches further down: raw and filters pass it to their
      * child, which another user may hold the size of (a format over the
      * same file node): QEMU's check of the whole graph with the command's
-     * BlockBackend (resize taken, everything shared) */
+     * BlockBackend (resize taken, everything shared), and its image
+     * locks: a second file node on the same image whose users unshare
+     * resize (a format over it) refuses it as another process would
+     * ('Failed to get "resize" lock'). The caller gives them back
+     * (vbd_qmp_image_locks_follow) once done. */
     struct vbd_qmp_perm_user u = {.node = n, .perm = 0x8, .shared = 0xf, .user = "an unnamed block device",
                                   .child = "root"};
     struct vbd_error *e = NULL;
-    if (vbd_qmp_perm_check(&u, 1, &e) < 0) {
+    if (vbd_qmp_image_locks_follow_users(&u, 1, &e) < 0) {
         vbd_qmp_error_take(err, e);
         return true;
     }
     return false;
 }
 
-static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
+/* block_resize with the command's image locks taken (resize_refused) */
+static struct json_object *resize_locked(struct vbd_node *n, int64_t size, struct vbd_qmp_error *err)
 {
-    int64_t size = json_object_get_int64(json_object_object_get(args, "size"));
-    const char *device = opt_str(args, "device"), *node_name = opt_str(args, "node-name");
-    struct vbd_node *n = qmp_lookup_bs(device, node_name, err);
-    if (!n)
-        return NULL;
-    if (size < 0) {
-        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'size' expects a >0 size");
-        return NULL;
-    }
-    if (resize_refused(n, device, err))
-        return NULL;
     /* the node, or below a raw or filter node (read-write over a
      * read-only node) the node its resize reaches */
     for (struct vbd_node *m = n; m; m = m->file != m ? m->file : NULL) {
@@ -712,6 +688,24 @@ static struct json_object *block_resize(struct json_object *args, struct vbd_qmp
     vbd_qmp_sizes_changed("block_resize");
     vbd_daemon_drain_end(&d);
     return vbd_qmp_ok();
+}
+
+static struct json_object *block_resize(struct json_object *args, struct vbd_qmp_error *err)
+{
+    int64_t size = json_object_get_int64(json_object_object_get(args, "size"));
+    const char *device = opt_str(args, "device"), *node_name = opt_str(args, "node-name");
+    struct vbd_node *n = qmp_lookup_bs(device, node_name, err);
+    if (!n)
+        return NULL;
+    if (size < 0) {
+        vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Parameter 'size' expects a >0 size");
+        return NULL;
+    }
+    if (resize_refused(n, device, err))
+        return NULL;
+    struct json_object *ret = resize_locked(n, size, err);
+    vbd_qmp_image_locks_follow(NULL, 0, 0, NULL); /* the command's resize lock goes */
+    return ret;
 }
 
 void vbd_qmp_sizes_changed(const char *cmd)

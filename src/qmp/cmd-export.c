@@ -14,6 +14,7 @@
 #include "qmp/snapshot.h"
 
 #include "daemon/objects.h"
+#include "vbd/alloc.h"
 #include "vbd/dirty-bitmap.h"
 #include "vbd/error.h"
 #include "vbd/export.h"
@@ -200,12 +201,12 @@ static void export_deleted(const char *id)
 /* Clients are cut off, in-flight requests finish, then it is freed. */
 static void export_remove_hard(struct vbd_daemon_export *e)
 {
-    char id[sizeof(e->id)];
-    snprintf(id, sizeof(id), "%s", e->id);
+    char *id = vbd_xstrdup(e->id);
     if (e->type->disconnect)
         e->type->disconnect(e->exp);
     vbd_daemon_export_remove(e);
     export_deleted(id);
+    free(id);
 }
 
 static struct json_object *nbd_server_stop(struct json_object *args, struct vbd_qmp_error *err)

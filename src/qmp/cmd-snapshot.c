@@ -374,8 +374,6 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "New overlay node-name already in use");
         return -1;
     }
-    if (snn && !vbd_qmp_node_name_check(snn, err)) /* before the file is made (QEMU makes it, then refuses) */
-        return -1;
     const struct vbd_driver *drv = vbd_driver_find(format);
     if (!drv || drv->kind != VBD_DRV_FORMAT) {
         vbd_qmp_error_setf(err, VBD_QMP_GENERIC_ERROR, "Unknown file format '%s'", format);
@@ -403,6 +401,11 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
             return -1;
         }
     }
+    /* a bad name is refused once the image is made, as QEMU's
+     * external_snapshot_prepare refuses it at the overlay's open: the
+     * file stays */
+    if (snn && !vbd_qmp_node_name_check(snn, err))
+        return -1;
     /* the overlay's backing is the running node itself, not the file
      * opened a second time */
     struct json_object *o = json_object_new_object();
@@ -412,8 +415,11 @@ static int sync_prepare(struct tx_action *a, struct vbd_qmp_error *err)
     json_object_object_add(o, "backing", json_object_new_string(old->node_name));
     unsigned keep = VBD_OPEN_NOCACHE | VBD_OPEN_NO_FLUSH | VBD_OPEN_UNMAP | VBD_OPEN_AIO_THREADS;
     /* locked by its users as blockdev-add's nodes: its format's claim
-     * (read, write, resize) until they are set after the switch */
-    struct vbd_node *overlay = vbd_open(file, o, VBD_OPEN_RDWR | VBD_OPEN_LOCK_BY_USERS | (old->open_flags & keep), &e);
+     * (read, write, resize) until they are set after the switch. Read-only
+     * over a read-only node (added so, or a snapshot's backing already), as
+     * QEMU opens the overlay with the old node's flags */
+    unsigned rw = old->read_only ? 0 : VBD_OPEN_RDWR;
+    struct vbd_node *overlay = vbd_open(file, o, rw | VBD_OPEN_LOCK_BY_USERS | (old->open_flags & keep), &e);
     if (!overlay) {
         vbd_qmp_error_take(err, e);
         return -1;

@@ -12,8 +12,13 @@ file, raw, qcow2, null-co, throttle, copy-on-read and blkdebug nodes,
 blockdev-del, throttle-group objects, the NBD server and its exports,
 the dirty bitmap commands, the snapshots (external, internal), block_resize,
 the block jobs on the small images (stream, commit, mirror, backup, and
-drive-mirror and drive-backup into a new or an existing image: each waited
-for to its end), the queries. About a third of the requests are
+drive-mirror and drive-backup into a new or an existing image; with a
+speed, error policies, a filter-node-name, auto-finalize or auto-dismiss
+off: each driven to its end, job-finalize and job-dismiss sent when it
+waits for them), blockdev-reopen of the nodes added (their options with
+read-only switched, a throttle group changed), iothread objects, NBD
+exports with their options and vhost-user-blk exports (num-queues,
+logical-block-size, writable, writethrough, an iothread), the queries. About a third of the requests are
 spoiled: a member dropped, a member added, a value of the wrong type, a
 number out of its range. The commands are chosen from what qsd has
 (its replies keep the model of nodes, exports, bitmaps), then sent to
@@ -70,6 +75,9 @@ DELIBERATE = [
      "too, vbd moves exports only and refuses"),
     ("blockdev-snapshot", "is busy: node is used as file of", "the same, with an overlay added beforehand"),
     ("transaction", "is busy: node is used as file of", "the same, in a transaction"),
+    ("object-del", "is the home of", "an iothread block nodes run in (an export's iothread): qsd deletes it, and "
+     "their requests wait for a thread that is gone; vbd refuses"),
+    ("object-del", "is in use by", "an iothread an export's rings run in: the same"),
 ]
 
 
@@ -82,6 +90,8 @@ class Model:
         self.exports = {}  # id -> node
         self.objects = set()
         self.bitmaps = set()  # (node, name)
+        self.added = {}  # node-name -> the blockdev-add arguments it was added with
+        self.iothreads = set()
         self.snaps = set()  # (node, name) internal snapshots
         self.nbd = False
         self.files = list(IMAGES)
@@ -218,6 +228,7 @@ class Sweep:
         self.m.nodes = {n["node-name"]: n["drv"] for n in r["return"]}
         self.m.ro = {n["node-name"]: n["ro"] for n in r["return"]}
         self.m.bitmaps = {(nd, b) for nd, b in self.m.bitmaps if nd in self.m.nodes}
+        self.m.added = {nd: a for nd, a in self.m.added.items() if nd in self.m.nodes}
         self.m.snaps = {(nd, s) for nd, s in self.m.snaps if nd in self.m.nodes}
         r = self.send("query-block-exports", None, only=EXPORTS_ONLY)
         self.m.exports = {e["id"]: e["node-name"] for e in r["return"]}
@@ -277,6 +288,8 @@ class Sweep:
     def c_object(self):
         if self.m.objects and self.rng.random() < 0.3:
             return "object-del", {"id": self.pick(sorted(self.m.objects))}
+        if self.rng.random() < 0.25:
+            return "object-add", {"qom-type": "iothread", "id": self.m.fresh("io")}
         return "object-add", {"qom-type": "throttle-group", "id": self.m.fresh("tg"),
                               "limits": {"iops-total": self.pick([100, 1000, 0])}}
 
@@ -291,11 +304,33 @@ class Sweep:
             if self.rng.random() < 0.5:
                 a["mode"] = self.pick(["safe", "hard"])
             return "block-export-del", a
-        a = {"type": "nbd", "id": self.m.fresh("e"), "node-name": self.node()}
+        eid = self.m.fresh("e")
+        vhost = self.rng.random() < 0.3
+        a = {"type": "vhost-user-blk" if vhost else "nbd", "id": eid, "node-name": self.node()}
         if self.rng.random() < 0.6:
             a["writable"] = self.rng.random() < 0.7
         if self.rng.random() < 0.2:
+            a["writethrough"] = self.rng.random() < 0.5
+        if self.rng.random() < 0.15:
+            iot = sorted(o for o in self.m.objects if o.startswith("io"))
+            a["iothread"] = self.pick(iot + ["nope"])
+            if self.rng.random() < 0.3:
+                a["fixed-iothread"] = self.rng.random() < 0.5
+        if vhost:
+            a["addr"] = {"type": "unix", "path": "{DIR}/" + eid + ".sock"}
+            if self.rng.random() < 0.4:
+                # (vbd serves 64 rings at most, qsd takes up to 65535: README)
+                a["num-queues"] = self.pick([1, 2, 4, 0, 64])
+            if self.rng.random() < 0.3:
+                # (vbd serves 512 and 4096 only, qsd powers of two up to 2 MiB: README)
+                a["logical-block-size"] = self.pick([512, 4096, 1000, 256])
+            return "block-export-add", a
+        if self.rng.random() < 0.2:
             a["name"] = self.pick(["disk", "", "x" * 10])
+        if self.rng.random() < 0.1:
+            a["description"] = self.pick(["d", ""])
+        if self.rng.random() < 0.1:
+            a["allocation-depth"] = self.rng.random() < 0.5
         if self.rng.random() < 0.15 and self.m.bitmaps:
             a["bitmaps"] = [self.pick(sorted(self.m.bitmaps))[1]]
         return "block-export-add", a
@@ -340,6 +375,28 @@ class Sweep:
         nd, nm = self.pick(have) if have and self.rng.random() < 0.8 else (self.node(), "nope")
         return "blockdev-snapshot-delete-internal-sync", {"device": nd, "name": nm}
 
+    def c_reopen(self):
+        """blockdev-reopen of one or two nodes added by name: their
+        options as added (an inline child left out: it stays), read-only
+        switched or kept, a throttle node's group changed."""
+        names = sorted(self.m.added)
+        if not names:
+            return "blockdev-reopen", {"options": [{"driver": "raw", "node-name": self.node()}]}
+        opts = []
+        for nd in [self.pick(names) for _ in range(1 if self.rng.random() < 0.8 else 2)]:
+            o = {k: v for k, v in self.m.added[nd].items() if not isinstance(v, dict)}
+            x = self.rng.random()
+            if x < 0.7:
+                o["read-only"] = self.rng.random() < 0.5
+            elif x < 0.8:
+                o.pop("read-only", None)
+            if o["driver"] == "throttle" and self.rng.random() < 0.3:
+                o["throttle-group"] = self.pick(sorted(self.m.objects) + ["nope"])
+            if self.rng.random() < 0.05:
+                o["driver"] = self.pick(["raw", "qcow2", "file"])
+            opts.append(o)
+        return "blockdev-reopen", {"options": opts}
+
     def c_resize(self):
         return "block_resize", {"node-name": self.node(), "size": self.size()}
 
@@ -365,6 +422,19 @@ class Sweep:
             if kind == "drive-mirror" and self.rng.random() < 0.5:
                 a["node-name"] = self.node(new=True)
             a["sync"] = self.pick(["full", "full", "top", "none"])
+        if self.rng.random() < 0.15:
+            a["speed"] = self.pick([1 << 20, 64 << 20, 0, -1])
+        if self.rng.random() < 0.1:
+            a["auto-finalize"] = False
+        if self.rng.random() < 0.1:
+            a["auto-dismiss"] = False
+        if self.rng.random() < 0.1:
+            a["on-source-error" if kind != "block-stream" and kind != "block-commit" else "on-error"] = \
+                self.pick(["report", "ignore", "stop", "enospc"])
+        if kind in ("blockdev-mirror", "drive-mirror", "blockdev-backup", "drive-backup") and self.rng.random() < 0.1:
+            a["on-target-error"] = self.pick(["report", "ignore", "stop", "enospc"])
+        if kind != "drive-backup" and self.rng.random() < 0.1:
+            a["filter-node-name"] = self.node(new=True)
         return kind, a
 
     def c_query(self):
@@ -415,24 +485,97 @@ class Sweep:
             self.m.snaps.add((a["device"], a["name"]))
         elif cmd == "blockdev-snapshot-delete-internal-sync" and ok:
             self.m.snaps.discard((a["device"], a["name"]))
+        elif cmd == "blockdev-add" and ok and isinstance(a.get("node-name"), str):
+            self.m.added[a["node-name"]] = a
         elif cmd in JOBS and ok:
             jid = a["job-id"]
             if cmd in ("blockdev-backup", "drive-backup") and a.get("sync") == "none":
                 self.send("block-job-cancel", {"device": jid})  # a fleecing backup runs until cancelled
-            ev = self.wait_events(["BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"], {"device": jid})
+            self.drive_job(jid, a.get("auto-finalize") is False, a.get("auto-dismiss") is False)
+
+    # the steps of a job's end a sweep waits for, and what it sends at each
+    JOB_STEPS = ("pending", "concluded", "null")
+
+    def drive_job(self, jid, finalize, dismiss):
+        """The job's READY, COMPLETED or CANCELLED events and its pending,
+        concluded and null states, in the order they come, compared; at
+        READY job-complete or block-job-cancel, at pending (auto-finalize
+        off) job-finalize, at concluded (auto-dismiss off) job-dismiss
+        (query-jobs before each: the job waits there on both), until it is
+        gone."""
+        while True:
+            ev = self.wait_job_step(jid)
+            d = ev.get("data") or {}
             if ev["event"] == "BLOCK_JOB_READY":
                 if self.rng.random() < 0.5:
                     self.send("job-complete", {"id": jid})
                 else:
                     self.send("block-job-cancel", {"device": jid})
-                self.wait_events(["BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"], {"device": jid})
-            self.wait_events(["JOB_STATUS_CHANGE"], {"id": jid, "status": "null"})
+            elif ev["event"] == "JOB_STATUS_CHANGE" and d.get("status") == "pending" and finalize:
+                self.send("query-jobs", None, only=["id", "status"])
+                self.send("job-finalize", {"id": jid})
+            elif ev["event"] == "JOB_STATUS_CHANGE" and d.get("status") == "concluded" and dismiss:
+                self.send("query-jobs", None, only=["id", "status"])
+                self.send("job-dismiss", {"id": jid})
+            elif ev["event"] == "JOB_STATUS_CHANGE" and d.get("status") == "null":
+                return
+
+    def wait_job_step(self, jid):
+        """The next of the job's events wait_job_step knows, on both (the
+        others, its running/paused/ready transitions, stay queued);
+        their names, statuses and data structures compared."""
+        def step(e):
+            d = e.get("data") or {}
+            if e["event"] in ("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
+                return d.get("device") == jid
+            return e["event"] == "JOB_STATUS_CHANGE" and d.get("id") == jid and d.get("status") in self.JOB_STEPS
+        got = []
+        for r in self.runs:
+            deadline = time.monotonic() + JOB_WAIT
+            ev = None
+            while ev is None:
+                for i, e in enumerate(r.qmp.events):
+                    if step(e):
+                        ev = r.qmp.events.pop(i)
+                        break
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    r.qmp.sock.settimeout(left)
+                    try:
+                        msg = r.qmp._read()
+                    except (TimeoutError, OSError):
+                        continue
+                    except (EOFError, ValueError):
+                        break
+                    if "event" in msg:
+                        r.qmp.events.append(msg)
+            r.qmp.sock.settimeout(60)
+            got.append(r.normalize({"event": ev["event"], "data": ev.get("data")}) if ev else
+                       f"<no step of job {jid} within {JOB_WAIT} s>")
+        ea, eb = got
+        if isinstance(ea, dict):
+            want = {"id": jid, "status": ea["data"]["status"]} if ea["event"] == "JOB_STATUS_CHANGE" else \
+                {"device": jid}
+            self.script.append(f"?event {ea['event']} {json.dumps(want)}")
+        diffs = qmpdiff.compare_replies(ea, eb, False)
+        if not diffs and isinstance(ea, dict) and (ea["event"] != eb["event"] or
+                                                   ea["data"].get("status") != eb["data"].get("status")):
+            diffs = [f"event: qsd {ea['event']} {ea['data'].get('status', '')}, "
+                     f"vbd {eb['event']} {eb['data'].get('status', '')}"]
+        if diffs:
+            raise Differs("\n".join([f"waiting for job {jid}'s next step"] + [f"    {d}" for d in diffs] +
+                                    [f"    qsd: {json.dumps(ea)[:400]}", f"    vbd: {json.dumps(eb)[:400]}"]))
+        if not isinstance(ea, dict):
+            raise Differs(f"job {jid}: qsd: {ea}")
+        return ea
 
     def one(self):
         gen = self.rng.choices(
             [self.c_add, self.c_del, self.c_object, self.c_nbd, self.c_export, self.c_bitmap, self.c_snapshot,
-             self.c_resize, self.c_job, self.c_query],
-            weights=[22, 7, 4, 4, 12, 14, 12, 5, 8, 3])[0]
+             self.c_resize, self.c_job, self.c_query, self.c_reopen],
+            weights=[22, 7, 4, 4, 12, 14, 12, 5, 8, 3, 6])[0]
         cmd, args = gen()
         if self.rng.random() < 0.3:
             cmd, args = self.spoil(cmd, args)

@@ -420,7 +420,7 @@ struct vbd_throttle_member {
 };
 
 struct group {
-    char name[128];
+    char *name; /* the id as given, however long (QEMU keeps it whole) */
     bool object;  /* made by the user; else lives while it has members */
     int nmembers;
     pthread_mutex_t lock; /* everything below; never held across a yield */
@@ -587,6 +587,7 @@ static void group_free(struct group *g)
 {
     vbd_timer_cancel(&g->timer);
     pthread_mutex_destroy(&g->lock);
+    free(g->name);
     free(g);
 }
 
@@ -607,7 +608,7 @@ static void bh_cb(void *arg)
 static struct group *group_new(const char *name, const struct vbd_throttle_config *cfg, bool object)
 {
     struct group *g = vbd_xcalloc(1, sizeof(*g));
-    snprintf(g->name, sizeof(g->name), "%s", name);
+    g->name = vbd_xstrdup(name);
     g->object = object;
     pthread_mutex_init(&g->lock, NULL);
     g->cfg = *cfg;
@@ -924,8 +925,7 @@ int vbd_throttle_group_add_opts(struct json_object *opts, struct vbd_error **err
         vbd_error_setf(err, EINVAL, "Parameter 'id' is missing");
         return -EINVAL;
     }
-    char name[128];
-    snprintf(name, sizeof(name), "%s", json_object_get_string(v));
+    const char *name = json_object_get_string(v); /* opts keeps it */
     struct vbd_throttle_config cfg;
     vbd_throttle_config_init(&cfg);
     /* the unstable flat properties (x-iops-total, ...) first, then limits */
