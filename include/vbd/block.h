@@ -682,6 +682,12 @@ static inline int vbd_request_check(uint64_t size, uint64_t off, uint64_t bytes)
  * backend. */
 bool vbd_node_growable(const struct vbd_node *n);
 int vbd_node_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off, unsigned flags);
+/* The bytes [off, off+bytes) of n's backing node into qiov at qiov_off, for
+ * a format's unallocated ranges: zeroes past the backing node's end or
+ * without one (an overlay grown after its snapshot). flags: the read's
+ * VBD_REQ_INLINE, passed down. */
+int vbd_node_co_read_backing(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off,
+                             unsigned flags);
 /* A read or write of a node whose driver completes inline (n->io_inline),
  * run at once, in or outside a coroutine, when the generic layer would pass
  * it to the driver as it is (multi-loop node, nothing to align, split,

@@ -518,6 +518,21 @@ bool vbd_node_rw_inline(struct vbd_node *n, bool write, uint64_t off, uint64_t b
     return true;
 }
 
+int vbd_node_co_read_backing(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off,
+                             unsigned flags)
+{
+    uint64_t bsize = n->backing ? vbd_node_size(n->backing) : 0;
+    uint64_t have = off < bsize ? (bsize - off < bytes ? bsize - off : bytes) : 0;
+    if (have) {
+        int rc = vbd_node_co_preadv(n->backing, off, have, qiov, qiov_off, flags & VBD_REQ_INLINE);
+        if (rc < 0)
+            return rc;
+    }
+    if (have < bytes)
+        vbd_iov_memset(qiov->iov, qiov->niov, qiov_off + have, 0, bytes - have);
+    return 0;
+}
+
 int vbd_node_co_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *qiov, size_t qiov_off,
                        unsigned flags)
 {

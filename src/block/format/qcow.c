@@ -249,20 +249,6 @@ static int inflate_cluster(struct vbd_node *n, uint64_t e)
     return 0;
 }
 
-static int read_backing(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
-{
-    uint64_t bsize = n->backing ? vbd_node_size(n->backing) : 0;
-    uint64_t have = off < bsize ? (bsize - off < bytes ? bsize - off : bytes) : 0;
-    if (have) {
-        int rc = vbd_node_co_preadv(n->backing, off, have, q, qoff, 0);
-        if (rc < 0)
-            return rc;
-    }
-    if (have < bytes)
-        vbd_iov_memset(q->iov, q->niov, qoff + have, 0, bytes - have);
-    return 0;
-}
-
 static int qcow_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff,
                        unsigned flags)
 {
@@ -278,7 +264,7 @@ static int qcow_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
         if (rc < 0)
             break;
         if (!e) {
-            rc = read_backing(n, off, len, q, qoff);
+            rc = vbd_node_co_read_backing(n, off, len, q, qoff, 0);
         } else if (e & QCOW_COMPRESSED) {
             rc = inflate_cluster(n, e);
             if (rc == 0)

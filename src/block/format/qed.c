@@ -208,20 +208,6 @@ static int lookup(struct vbd_node *n, uint64_t off, uint64_t bytes, uint64_t *ru
     return 0;
 }
 
-static int read_backing(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
-{
-    uint64_t bsize = n->backing ? vbd_node_size(n->backing) : 0;
-    uint64_t have = off < bsize ? (bsize - off < bytes ? bsize - off : bytes) : 0;
-    if (have) {
-        int rc = vbd_node_co_preadv(n->backing, off, have, q, qoff, 0);
-        if (rc < 0)
-            return rc;
-    }
-    if (have < bytes)
-        vbd_iov_memset(q->iov, q->niov, qoff + have, 0, bytes - have);
-    return 0;
-}
-
 static int qed_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff, unsigned flags)
 {
     (void)flags;
@@ -234,7 +220,7 @@ static int qed_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
         if (kind == 2)
             rc = vbd_node_co_preadv(n->file, host, run, q, qoff, 0);
         else if (kind == 0)
-            rc = read_backing(n, off, run, q, qoff);
+            rc = vbd_node_co_read_backing(n, off, run, q, qoff, 0);
         else
             vbd_iov_memset(q->iov, q->niov, qoff, 0, run);
         if (rc < 0)
@@ -276,13 +262,13 @@ static int allocate_run(struct vbd_node *n, uint64_t off, uint64_t run, int kind
     vbd_qiov_init_buf(&bq, &one, buf, need);
     if (off > start) {
         if (kind == 0)
-            rc = read_backing(n, start, off - start, &bq, 0);
+            rc = vbd_node_co_read_backing(n, start, off - start, &bq, 0, 0);
         else
             memset(buf, 0, off - start);
     }
     if (rc == 0 && off + run < end) {
         if (kind == 0)
-            rc = read_backing(n, off + run, end - off - run, &bq, off + run - start);
+            rc = vbd_node_co_read_backing(n, off + run, end - off - run, &bq, off + run - start, 0);
         else
             memset(buf + (off + run - start), 0, end - off - run);
     }

@@ -479,21 +479,6 @@ static uint64_t vpc_lookup(struct vpc_state *s, uint64_t off, uint64_t *avail)
     return (uint64_t)entry * 512 + s->bitmap_size + in_block;
 }
 
-/* The parent's bytes; past its end, or without one, zeroes. */
-static int vpc_read_parent(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff)
-{
-    uint64_t psize = n->backing ? vbd_node_size(n->backing) : 0;
-    uint64_t have = off < psize ? (psize - off < len ? psize - off : len) : 0;
-    if (have) {
-        int rc = vbd_node_co_preadv(n->backing, off, have, q, qoff, 0);
-        if (rc < 0)
-            return rc;
-    }
-    if (have < len)
-        vbd_iov_memset(q->iov, q->niov, qoff + have, 0, len - have);
-    return 0;
-}
-
 #define VPC_BITMAP_CHUNK 4096 /* bitmap bytes read at once: 32768 sectors */
 
 /* Sectors [off, off+len) of one allocated block of a differencing image
@@ -520,7 +505,7 @@ static int vpc_read_diff(struct vbd_node *n, uint64_t off, uint64_t len, uint64_
                 j++;
             uint64_t run = (j - i) * 512;
             rc = set ? vbd_node_co_preadv(n->file, host + i * 512, run, q, qoff + i * 512, 0)
-                     : vpc_read_parent(n, off + i * 512, run, q, qoff + i * 512);
+                     : vbd_node_co_read_backing(n, off + i * 512, run, q, qoff + i * 512, 0);
             if (rc < 0)
                 return rc;
             i = j;
@@ -551,7 +536,7 @@ static int vpc_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
         else if (host)
             rc = vbd_node_co_preadv(n->file, host, len, q, qoff, 0);
         else if (s->diff)
-            rc = vpc_read_parent(n, off, len, q, qoff);
+            rc = vbd_node_co_read_backing(n, off, len, q, qoff, 0);
         else
             vbd_iov_memset(q->iov, q->niov, qoff, 0, len);
         if (rc < 0)

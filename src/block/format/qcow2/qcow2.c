@@ -445,24 +445,6 @@ static void qcow2_close(struct vbd_node *n)
     qcow2_free_header(s);
 }
 
-/* Bytes of [off, off+len) not defined by this image: from the backing file or zeroes.
- * flags: the read's VBD_REQ_INLINE, passed down. */
-static int read_unallocated(struct vbd_node *n, uint64_t off, uint64_t len, struct vbd_qiov *q, size_t qoff,
-                            unsigned flags)
-{
-    uint64_t done = 0, bsize = n->backing ? vbd_node_size(n->backing) : 0;
-    if (n->backing && off < bsize) {
-        uint64_t b = bsize - off < len ? bsize - off : len;
-        int rc = vbd_node_co_preadv(n->backing, off, b, q, qoff, flags & VBD_REQ_INLINE);
-        if (rc < 0)
-            return rc;
-        done = b;
-    }
-    if (done < len)
-        vbd_iov_memset(q->iov, q->niov, qoff + done, 0, len - done);
-    return 0;
-}
-
 struct extent {
     enum qcow2_cluster_type type;
     uint64_t host; /* for NORMAL: host offset of off */
@@ -630,7 +612,7 @@ static int read_range(struct vbd_node *n, uint64_t off, uint64_t bytes, struct v
             switch (x.type) {
             case QCOW2_UNALLOCATED:
             case QCOW2_UNALLOC_ALLOC:
-                rc = read_unallocated(n, off, x.len, q, qoff, flags);
+                rc = vbd_node_co_read_backing(n, off, x.len, q, qoff, flags);
                 break;
             case QCOW2_ZERO_PLAIN:
             case QCOW2_ZERO_ALLOC:
@@ -818,7 +800,7 @@ static int cow_fill_and_write(struct vbd_node *n, uint64_t off, uint64_t len, st
             struct vbd_qiov cq;
             vbd_qiov_init(&cq, &one, 1);
             vbd_co_mutex_unlock(&s->lock); /* the backing file is read without blocking this image */
-            rc = read_unallocated(n, cstart, s->cluster_size, &cq, 0, 0);
+            rc = vbd_node_co_read_backing(n, cstart, s->cluster_size, &cq, 0, 0);
             vbd_co_mutex_lock(&s->lock);
         } else {
             /* extended L2 or a shared cluster: per-subcluster content through

@@ -589,21 +589,6 @@ static uint64_t entry_of(const struct vhdx_state *s, uint64_t off, uint64_t *in_
     return s->bat[bat_index(s, blk)];
 }
 
-/* The parent's bytes (zeroes past its end, or without one). */
-static int read_parent(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
-{
-    uint64_t psize = n->backing ? vbd_node_size(n->backing) : 0;
-    uint64_t have = off >= psize ? 0 : psize - off < bytes ? psize - off : bytes;
-    if (have) {
-        int rc = vbd_node_co_preadv(n->backing, off, have, q, qoff, 0);
-        if (rc < 0)
-            return rc;
-    }
-    if (have < bytes)
-        vbd_iov_memset(q->iov, q->niov, qoff + have, 0, bytes - have);
-    return 0;
-}
-
 /* [off, off+len) of a PARTIALLY_PRESENT block at host offset block_off:
  * runs of sectors whose bitmap bit is set come from the file, the others
  * from the parent. Bit k (LSB first) of the chunk's bitmap is its
@@ -636,7 +621,7 @@ static int read_partial(struct vbd_node *n, uint64_t off, uint64_t in, uint64_t 
         if (done + run > len)
             run = len - done;
         rc = bit ? vbd_node_co_preadv(n->file, block_off + in + done, run, q, qoff + done, 0)
-                 : read_parent(n, off + done, run, q, qoff + done);
+                 : vbd_node_co_read_backing(n, off + done, run, q, qoff + done, 0);
         done += run;
     }
     free(bm);
@@ -689,7 +674,7 @@ static int vhdx_preadv(struct vbd_node *n, uint64_t off, uint64_t bytes, struct 
         case PB_UNMAPPED:
         case PB_UNMAPPED_V095:
             if (s->diff) {
-                rc = read_parent(n, off, len, q, qoff);
+                rc = vbd_node_co_read_backing(n, off, len, q, qoff, 0);
                 break;
             }
             /* fall through */

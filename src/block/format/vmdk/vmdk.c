@@ -404,18 +404,9 @@ static bool backing_valid(struct vbd_node *n)
 
 static int read_backing(struct vbd_node *n, uint64_t off, uint64_t bytes, struct vbd_qiov *q, size_t qoff)
 {
-    uint64_t bsize = n->backing ? vbd_node_size(n->backing) : 0;
-    uint64_t have = off < bsize ? (bsize - off < bytes ? bsize - off : bytes) : 0;
     if (n->backing && !backing_valid(n))
         return -EINVAL;
-    if (have) {
-        int rc = vbd_node_co_preadv(n->backing, off, have, q, qoff, 0);
-        if (rc < 0)
-            return rc;
-    }
-    if (have < bytes)
-        vbd_iov_memset(q->iov, q->niov, qoff + have, 0, bytes - have);
-    return 0;
+    return vbd_node_co_read_backing(n, off, bytes, q, qoff, 0);
 }
 
 struct inflate_job {
