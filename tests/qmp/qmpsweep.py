@@ -59,6 +59,30 @@ JOB_WAIT = 120
 JOBS = ("block-stream", "block-commit", "blockdev-mirror", "blockdev-backup", "drive-mirror", "drive-backup")
 
 
+
+def wait_event(qmp, match, deadline):
+    """The first event match() takes, queued or read until deadline
+    (time.monotonic()), popped from qmp.events; None if none came."""
+    while True:
+        for i, e in enumerate(qmp.events):
+            if match(e):
+                qmp.sock.settimeout(60)
+                return qmp.events.pop(i)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        qmp.sock.settimeout(left)
+        try:
+            msg = qmp._read()
+        except (TimeoutError, OSError):
+            continue
+        except (EOFError, ValueError):
+            break
+        if "event" in msg:
+            qmp.events.append(msg)
+    qmp.sock.settimeout(60)
+    return None
+
 class Differs(Exception):
     pass
 
@@ -188,27 +212,8 @@ class Sweep:
         got = []
         for r in self.runs:
             deadline = time.monotonic() + JOB_WAIT
-            ev = None
-            while ev is None:
-                for i, e in enumerate(r.qmp.events):
-                    d = e.get("data") or {}
-                    if e["event"] in names and all(d.get(k) == v for k, v in want.items()):
-                        ev = r.qmp.events.pop(i)
-                        break
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    r.qmp.sock.settimeout(left)
-                    try:
-                        msg = r.qmp._read()
-                    except (TimeoutError, OSError):
-                        continue
-                    except (EOFError, ValueError):
-                        break
-                    if "event" in msg:
-                        r.qmp.events.append(msg)
-            r.qmp.sock.settimeout(60)
+            ev = wait_event(r.qmp, lambda e: e["event"] in names and
+                            all((e.get("data") or {}).get(k) == v for k, v in want.items()), deadline)
             got.append(r.normalize({"event": ev["event"], "data": ev.get("data")}) if ev else
                        f"<no {'/'.join(names)} {json.dumps(want)} within {JOB_WAIT} s>")
         ea, eb = got
@@ -532,26 +537,7 @@ class Sweep:
         got = []
         for r in self.runs:
             deadline = time.monotonic() + JOB_WAIT
-            ev = None
-            while ev is None:
-                for i, e in enumerate(r.qmp.events):
-                    if step(e):
-                        ev = r.qmp.events.pop(i)
-                        break
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    r.qmp.sock.settimeout(left)
-                    try:
-                        msg = r.qmp._read()
-                    except (TimeoutError, OSError):
-                        continue
-                    except (EOFError, ValueError):
-                        break
-                    if "event" in msg:
-                        r.qmp.events.append(msg)
-            r.qmp.sock.settimeout(60)
+            ev = wait_event(r.qmp, step, deadline)
             got.append(r.normalize({"event": ev["event"], "data": ev.get("data")}) if ev else
                        f"<no step of job {jid} within {JOB_WAIT} s>")
         ea, eb = got
